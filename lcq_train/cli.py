@@ -1,0 +1,144 @@
+"""The ``lcq`` command line: ``lcq train``, ``lcq demo`` (more verbs come with the compiler and hardware)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .data import DATASETS, DatasetError
+from .models import MODELS
+from .plan import QuantPlan, parse_layer_bits
+from .quantizer import METHODS
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a model: full precision, uniform baseline or LCQ",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="JSON file of option values (keys as the long options, "
+                   "with _ for -; command-line options win), e.g. {\"wbits\": 3, \"layer_bits\": {\"conv1\": [4, 4]}}")
+    p.add_argument("--model", choices=MODELS, default="cnn")
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", metavar="DIR", help="dataset directory (not needed for digits)")
+    p.add_argument("--method", choices=METHODS, default="lcq")
+    p.add_argument("--wbits", type=int, default=3, metavar="B", help="weight bits of inner layers")
+    p.add_argument("--abits", type=int, default=3, metavar="B", help="activation bits of inner layers")
+    p.add_argument("--layer-bits", action="append", default=[], metavar="NAME=W/A",
+                   help="per-layer override, repeatable (e.g. blocks.0.conv1=4/3)")
+    p.add_argument("--edge-bits", type=int, default=8, metavar="B", help="bits of the first and last layers")
+    p.add_argument("--outer-bits", type=int, default=8, metavar="B", help="b' of the outer re-quantization (0: none)")
+    p.add_argument("--K", type=int, default=16, help="compander intervals")
+    p.add_argument("--alpha-w", type=float, default=3.0, help="initial weight clip (in units of sigma_w)")
+    p.add_argument("--alpha-a", type=float, default=8.0, help="initial activation clip")
+    p.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint (e.g. the FP pretrained one)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=None, help="weight learning rate (default 0.1 fp, 0.04 quantized)")
+    p.add_argument("--q-lr", type=float, default=0.02, help="quantizer (alpha, theta) learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop + flip (default: on for 32x32 RGB data)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--out", metavar="DIR", default="runs/train", help="writes DIR/checkpoint.pt and DIR/metrics.json")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in OUT/checkpoint.pt")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar and per-epoch lines")
+    return p
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.config:
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise SystemExit(f"lcq train: cannot read --config {args.config}: {e}")
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SystemExit(f"lcq train: unknown key(s) {unknown} in {args.config}; valid keys: {sorted(known - {'help', 'config'})}")
+        if isinstance(values.get("layer_bits"), dict):
+            values["layer_bits"] = [f"{k}={v[0]}/{v[1]}" for k, v in values["layer_bits"].items()]
+        parser.set_defaults(**values)
+        args = parser.parse_args(argv)
+    return args
+
+
+def train_config(args: argparse.Namespace):
+    """TrainConfig from parsed ``lcq train`` arguments (raises ValueError on bad values)."""
+    from .train import TrainConfig
+
+    plan = QuantPlan(method=args.method, wbits=args.wbits, abits=args.abits,
+                     outer_bits=args.outer_bits or None, K=args.K, alpha_w=args.alpha_w, alpha_a=args.alpha_a,
+                     edge_bits=args.edge_bits, layer_bits=parse_layer_bits(args.layer_bits))
+    return TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, plan=plan,
+                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, q_lr=args.q_lr,
+                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, augment=args.augment,
+                       init=args.init, seed=args.seed, device=args.device, out=args.out, resume=args.resume,
+                       progress=args.progress)
+
+
+def _cmd_train(args) -> int:
+    from .train import train
+
+    metrics = train(train_config(args))
+    if "test_top1" in metrics:
+        print(f"test top-1: {metrics['test_top1']:.2f}%  ({args.out}/checkpoint.pt, {args.out}/metrics.json)")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    """The main job on the embedded default: FP pretraining, then LCQ fine-tuning, on 8x8 digits."""
+    from .train import TrainConfig, train
+
+    out = Path(args.out)
+    runs = [("full precision", QuantPlan("fp"), None, args.fp_epochs),
+            (f"LCQ W{args.wbits}/A{args.abits}", QuantPlan("lcq", args.wbits, args.abits), out / "fp" / "checkpoint.pt",
+             args.epochs)]
+    results = []
+    for (label, plan, init, epochs), name in zip(runs, ("fp", "lcq")):
+        run_dir = out / name
+        print(f"== train {label} (small CNN, digits) -> {run_dir}", flush=True)
+        cfg = TrainConfig(model="cnn", dataset="digits", plan=plan, epochs=epochs, batch_size=64,
+                          init=str(init) if init else None, out=str(run_dir),
+                          resume=(run_dir / "checkpoint.pt").exists(), progress=args.progress, seed=args.seed)
+        results.append((label, train(cfg)["test_top1"]))
+    print("\n| stage | test top-1 |\n|---|---|")
+    for label, top1 in results:
+        print(f"| {label} | {top1:.2f}% |")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lcq", description="LCQ: train low-bit CNNs and map them to FPGA LUT-MAC arrays")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train_parser = _train_parser(sub)
+    demo = sub.add_parser("demo", help="the main job on the embedded default (8x8 digits)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    demo.add_argument("--out", metavar="DIR", default="runs/demo")
+    demo.add_argument("--wbits", type=int, default=3, metavar="B")
+    demo.add_argument("--abits", type=int, default=3, metavar="B")
+    demo.add_argument("--fp-epochs", type=int, default=30, metavar="N")
+    demo.add_argument("--epochs", type=int, default=30, metavar="N", help="LCQ fine-tuning epochs")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    name = args.command
+    if name == "train":
+        args = _apply_config_file(train_parser, argv[argv.index("train") + 1:])
+        command = _cmd_train
+    else:
+        command = _cmd_demo
+    try:
+        return command(args)
+    except (DatasetError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"lcq {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,474 @@
+"""Offline dataset loading: digits, MNIST, Fashion-MNIST and CIFAR-10.
+
+Every loader returns a :class:`Dataset` of uint8 images ``(N, C, H, W)``
+(pixel value = ``x / 255``) and int64 labels. Nothing is downloaded: the data
+must already be on disk in the dataset's standard layout, found via the
+``data_dir`` argument (``--data-dir DIR`` on the command line), else
+``$LCQ_DATA_DIR/<name>``, else a built-in default where one exists.
+
+- ``digits``: scikit-learn's bundled 8x8 digits, fixed stratified split
+  1437 train / 360 test.
+- ``mnist``, ``fashion-mnist``: the four IDX files, raw or ``.gz``.
+- ``cifar10``: the python pickle batches, ``train/<class>/*.jpg`` image
+  folders, or a ``.tar.gz`` of those folders. Decoded images are cached as an
+  ``.npz`` under ``$LCQ_CACHE_DIR`` (default ``~/.cache/lcq``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import multiprocessing
+import os
+import pickle
+import struct
+import tarfile
+import tempfile
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["DATASETS", "DatasetError", "Dataset", "load_dataset"]
+
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+
+_DEFAULT_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
+_IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
+
+_FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)
+_CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_TAR_SUFFIXES = (".tar.gz", ".tgz")
+_SPLITS = ("train", "test")
+
+_CACHE_VERSION = 1
+_CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "classes")
+_DECODE_CHUNK = 2000  # images per worker task
+_DECODE_WORKERS = max(1, min(8, os.cpu_count() or 1))
+
+Arrays = dict[str, np.ndarray]
+
+
+class DatasetError(ValueError):
+    """A dataset is missing or malformed; the message names the expected files and the fix."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train/test images (uint8 ``(N, C, H, W)``, value = x/255) and int64 labels."""
+
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    num_classes: int
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        for split in _SPLITS:
+            x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
+            if x.dtype != torch.uint8 or x.dim() != 4 or y.dtype != torch.int64 or y.shape != x.shape[:1]:
+                raise DatasetError(
+                    f"{self.name}: {split} split must be uint8 (N, C, H, W) images with int64 (N,) labels, "
+                    f"got {tuple(x.shape)} {x.dtype} and {tuple(y.shape)} {y.dtype}"
+                )
+        if self.train_x.shape[1:] != self.test_x.shape[1:]:
+            raise DatasetError(f"{self.name}: train and test image shapes differ")
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """Shape of one image, ``(C, H, W)``."""
+        c, h, w = self.train_x.shape[1:]
+        return (c, h, w)
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Load dataset ``name`` (one of :data:`DATASETS`) from ``data_dir``.
+
+    ``data_dir`` is ignored for ``digits``. When it is None the loader tries
+    ``$LCQ_DATA_DIR/<name>``, then the built-in default (Fashion-MNIST only).
+    Raises :class:`DatasetError` when the data is missing or malformed.
+    """
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name == "digits":
+        arrays = _load_digits()
+    else:
+        root = _resolve_root(name, data_dir)
+        arrays = _load_cifar10(root) if name == "cifar10" else _load_idx_dataset(name, root)
+    classes = tuple(str(c) for c in arrays["classes"])
+    return Dataset(
+        name=name,
+        train_x=torch.from_numpy(np.ascontiguousarray(arrays["train_x"])),
+        train_y=torch.from_numpy(np.ascontiguousarray(arrays["train_y"])),
+        test_x=torch.from_numpy(np.ascontiguousarray(arrays["test_x"])),
+        test_y=torch.from_numpy(np.ascontiguousarray(arrays["test_y"])),
+        num_classes=len(classes),
+        classes=classes,
+    )
+
+
+# --------------------------------------------------------------------------- locating
+
+
+def _expected_layout(name: str, where: str) -> str:
+    """Human-readable description of the files ``name`` needs in ``where``."""
+    if name == "cifar10":
+        return (
+            "Expected one of:\n"
+            f"  1. the CIFAR-10 python version: {where}/cifar-10-batches-py/ (or {where} itself) holding "
+            f"{', '.join(_CIFAR_BATCHES)} (optional batches.meta)\n"
+            f"  2. image folders: {where}/train/<class>/*.jpg and {where}/test/<class>/*.jpg (.jpg/.jpeg/.png, 32x32)\n"
+            f"  3. one .tar.gz/.tgz archive in {where} (or passed directly) holding that train/ test/ layout, "
+            "optionally under one top-level folder"
+        )
+    return "Expected the four IDX files (raw or .gz): " + ", ".join(f"{where}/{f}[.gz]" for f in _IDX_FILES)
+
+
+def _resolve_root(name: str, data_dir: str | os.PathLike | None) -> Path:
+    """The directory (or, for cifar10, possibly the archive) to load ``name`` from."""
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        if not root.exists():
+            raise DatasetError(
+                f"{name}: {root} does not exist. {_expected_layout(name, str(root))}\n"
+                "Pass the location with --data-dir DIR."
+            )
+        return root
+    candidates = []
+    if os.environ.get("LCQ_DATA_DIR"):
+        candidates.append(Path(os.environ["LCQ_DATA_DIR"]).expanduser() / name)
+    if name in _DEFAULT_DIRS:
+        candidates.append(_DEFAULT_DIRS[name])
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    tried = f" (looked in: {', '.join(map(str, candidates))})" if candidates else ""
+    hint = "; or `apt-get install dataset-fashion-mnist`" if name == "fashion-mnist" else ""
+    raise DatasetError(
+        f"{name}: no data directory given{tried}. {_expected_layout(name, 'DIR')}\n"
+        f"Pass the location with --data-dir DIR (or set LCQ_DATA_DIR to a root holding {name}/{hint})."
+    )
+
+
+# --------------------------------------------------------------------------- digits
+
+
+def _load_digits() -> Arrays:
+    """scikit-learn's 8x8 digits, scaled 0..16 -> 0..255, stratified 1437/360 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    y = bunch.target.astype(np.int64)
+    train_x, test_x, train_y, test_y = train_test_split(x, y, test_size=360, stratify=y, random_state=0)
+    classes = np.array([str(c) for c in range(10)])
+    return dict(train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y, classes=classes)
+
+
+# --------------------------------------------------------------------------- MNIST / Fashion-MNIST
+
+
+def _load_idx_dataset(name: str, root: Path) -> Arrays:
+    """MNIST-format dataset from the four IDX files in ``root``."""
+    paths = {}
+    for base in _IDX_FILES:
+        found = [p for p in (root / base, root / f"{base}.gz") if p.is_file()]
+        if not found:
+            raise DatasetError(
+                f"{name}: missing {base} (or {base}.gz) in {root}. {_expected_layout(name, str(root))}\n"
+                "Pass the right directory with --data-dir DIR."
+            )
+        paths[base] = found[0]
+    arrays: Arrays = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images_path, labels_path = paths[f"{prefix}-images-idx3-ubyte"], paths[f"{prefix}-labels-idx1-ubyte"]
+        images = _read_idx(images_path, _IDX_IMAGES_MAGIC)
+        labels = _read_idx(labels_path, _IDX_LABELS_MAGIC)
+        if images.shape[1:] != (28, 28):
+            raise DatasetError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+        if len(images) != len(labels):
+            raise DatasetError(
+                f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
+            )
+        if labels.size and labels.max() > 9:
+            raise DatasetError(f"{labels_path}: label {labels.max()} out of range 0..9")
+        arrays[f"{split}_x"] = images[:, None]
+        arrays[f"{split}_y"] = labels.astype(np.int64)
+    classes = _FASHION_CLASSES if name == "fashion-mnist" else tuple(str(c) for c in range(10))
+    arrays["classes"] = np.array(classes)
+    return arrays
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse an IDX file (big-endian header: magic, then one uint32 per dimension) of unsigned bytes."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from e
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} bytes)")
+    (found,) = struct.unpack(">I", raw[:4])
+    if found != magic:
+        raise DatasetError(f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    size = int(np.prod(dims, dtype=np.int64))
+    if len(raw) - header != size:
+        raise DatasetError(
+            f"{path}: {len(raw) - header} data bytes, header {dims} needs {size} (truncated or corrupt file)"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+
+def _load_cifar10(root: Path) -> Arrays:
+    """CIFAR-10 from the first recognised layout at ``root`` (see :func:`_expected_layout`)."""
+    if root.is_dir():
+        for candidate in (root / "cifar-10-batches-py", root):
+            if any((candidate / batch).is_file() for batch in _CIFAR_BATCHES):
+                return _load_cifar_python(candidate)
+        if (root / "train").is_dir() and (root / "test").is_dir():
+            files = _list_image_folders(root)
+            stats = [(str(p), st.st_size, st.st_mtime_ns) for _, _, p in files for st in [p.stat()]]
+            fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()
+            return _cached(root, fingerprint, lambda: _decode_images(_read_image_folders(files)))
+        archives = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(_TAR_SUFFIXES))
+        if len(archives) > 1:
+            raise DatasetError(
+                f"cifar10: several archives in {root}: {', '.join(p.name for p in archives)}; "
+                "pass the one to use with --data-dir FILE"
+            )
+        if archives:
+            root = archives[0]
+    if root.is_file() and root.name.endswith(_TAR_SUFFIXES):
+        stat = root.stat()
+        return _cached(root, f"{stat.st_size}:{stat.st_mtime_ns}", lambda: _decode_images(_iter_tar_images(root)))
+    raise DatasetError(
+        f"cifar10: no recognised layout in {root}. {_expected_layout('cifar10', str(root))}\n"
+        "Pass the location with --data-dir DIR."
+    )
+
+
+def _load_cifar_python(root: Path) -> Arrays:
+    """The CIFAR-10 python version: pickled ``data_batch_1..5``, ``test_batch``, optional ``batches.meta``."""
+    classes = _CIFAR10_CLASSES
+    meta_path = root / "batches.meta"
+    if meta_path.is_file():
+        meta = _unpickle(meta_path)
+        try:
+            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"])
+        except (KeyError, TypeError, AttributeError) as e:
+            raise DatasetError(f"{meta_path}: no b'label_names' list ({e!r})") from e
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
+    for batch in _CIFAR_BATCHES:
+        path = root / batch
+        if not path.is_file():
+            raise DatasetError(
+                f"cifar10: missing {batch} in {root}. {_expected_layout('cifar10', str(root.parent))}\n"
+                "Pass the right directory with --data-dir DIR."
+            )
+        entry = _unpickle(path)
+        try:
+            data = np.asarray(entry[b"data"], dtype=np.uint8)
+            labels = np.asarray(entry[b"labels"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise DatasetError(f"{path}: expected a dict with b'data' and b'labels' ({e!r})") from e
+        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
+            raise DatasetError(f"{path}: b'data' {data.shape} and b'labels' {labels.shape} are not (N, 3072) and (N,)")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
+            raise DatasetError(f"{path}: labels out of range 0..{len(classes) - 1}")
+        parts["test" if batch == "test_batch" else "train"].append((data.reshape(-1, 3, 32, 32), labels))
+    arrays = {f"{split}_x": np.concatenate([x for x, _ in p]) for split, p in parts.items()}
+    arrays.update({f"{split}_y": np.concatenate([y for _, y in p]) for split, p in parts.items()})
+    arrays["classes"] = np.array(classes)
+    return arrays
+
+
+def _unpickle(path: Path) -> dict:
+    """Load one CIFAR pickle (``encoding="bytes"``); any failure becomes a DatasetError naming the file."""
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f, encoding="bytes")
+    except Exception as e:  # unpickling garbage can raise almost any exception type
+        raise DatasetError(f"{path}: not a readable CIFAR pickle ({e!r})") from e
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def _list_image_folders(root: Path) -> list[tuple[str, str, Path]]:
+    """(split, class, path) of every image under ``root/{train,test}/<class>/``, sorted."""
+    return [
+        (split, class_dir.name, path)
+        for split in _SPLITS
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir())
+        for path in sorted(class_dir.iterdir())
+        if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file()
+    ]
+
+
+def _read_image_folders(files: list[tuple[str, str, Path]]) -> Iterator[tuple[str, str, str, bytes]]:
+    """(split, class, name, encoded bytes) for each listed image file."""
+    for split, label, path in files:
+        yield split, label, str(path), path.read_bytes()
+
+
+def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
+    """(split, class, name, encoded bytes) for each ``[top/]{train,test}/<class>/<image>`` member, streamed."""
+    prefix = None
+    try:
+        with tarfile.open(archive, "r|*") as tar:
+            for member in tar:
+                parts = [p for p in PurePosixPath(member.name).parts if p != "."]
+                if (
+                    not member.isfile()
+                    or len(parts) not in (3, 4)
+                    or parts[-3] not in _SPLITS
+                    or PurePosixPath(parts[-1]).suffix.lower() not in _IMAGE_SUFFIXES
+                ):
+                    continue
+                if prefix is None:
+                    prefix = parts[:-3]
+                elif parts[:-3] != prefix:
+                    raise DatasetError(
+                        f"{archive}: images under more than one top-level folder "
+                        f"({'/'.join(prefix) or '.'} and {'/'.join(parts[:-3])})"
+                    )
+                yield parts[-3], parts[-2], f"{archive}:{member.name}", tar.extractfile(member).read()
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{archive}: cannot read archive ({e})") from e
+
+
+def _decode_images(items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:
+    """Decode (split, class, name, bytes) images into arrays; classes sorted by name -> label index.
+
+    Chunks are decoded in a process pool while ``items`` is still being read.
+    Output order is (class, name) within each split, whatever the input order.
+    """
+    keys: list[tuple[str, str, str]] = []
+    with _decode_pool() as pool:
+        pending, chunk = [], []
+        for split, label, name, blob in items:
+            keys.append((split, label, name))
+            chunk.append((name, blob))
+            if len(chunk) == _DECODE_CHUNK:
+                pending.append(pool.apply_async(_decode_chunk, (chunk,)))
+                chunk = []
+        if chunk:
+            pending.append(pool.apply_async(_decode_chunk, (chunk,)))
+        decoded = [task.get() for task in pending]
+    classes = {split: sorted({label for s, label, _ in keys if s == split}) for split in _SPLITS}
+    if not classes["train"] or not classes["test"]:
+        raise DatasetError(
+            "cifar10: no images found under train/<class>/ and test/<class>/ "
+            f"(found train classes {classes['train']}, test classes {classes['test']}). "
+            + _expected_layout("cifar10", "DIR")
+            + "\n(The python-version archive cifar-10-python.tar.gz must be extracted first.)"
+        )
+    if not set(classes["test"]) <= set(classes["train"]):
+        raise DatasetError(
+            f"cifar10: test classes {sorted(set(classes['test']) - set(classes['train']))} have no train folder"
+        )
+    images = np.concatenate(decoded)
+    index = {label: i for i, label in enumerate(classes["train"])}
+    arrays: Arrays = {"classes": np.array(classes["train"])}
+    for split in _SPLITS:
+        order = sorted((label, name, i) for i, (s, label, name) in enumerate(keys) if s == split)
+        arrays[f"{split}_x"] = np.ascontiguousarray(images[[i for _, _, i in order]].transpose(0, 3, 1, 2))
+        arrays[f"{split}_y"] = np.array([index[label] for label, _, _ in order], dtype=np.int64)
+    return arrays
+
+
+def _decode_pool() -> multiprocessing.pool.Pool:
+    """Worker pool for image decoding; fork (where available) avoids re-importing torch per worker."""
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    return multiprocessing.get_context(method).Pool(_DECODE_WORKERS)
+
+
+def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
+    """Decode encoded 32x32 images to RGB uint8 ``(n, 32, 32, 3)``; errors name the offending file."""
+    out = np.empty((len(chunk), 32, 32, 3), dtype=np.uint8)
+    for i, (name, blob) in enumerate(chunk):
+        try:
+            with Image.open(io.BytesIO(blob)) as image:
+                rgb = image.convert("RGB")
+        except (OSError, ValueError) as e:
+            raise DatasetError(f"{name}: cannot decode image ({e})") from e
+        if rgb.size != (32, 32):
+            raise DatasetError(f"{name}: image is {rgb.size[0]}x{rgb.size[1]}, expected 32x32")
+        out[i] = np.asarray(rgb)
+    return out
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _cache_dir() -> Path:
+    """``$LCQ_CACHE_DIR``, else ``~/.cache/lcq``."""
+    return Path(os.environ.get("LCQ_CACHE_DIR") or Path.home() / ".cache" / "lcq")
+
+
+def _cached(source: Path, fingerprint: str, build: Callable[[], Arrays]) -> Arrays:
+    """Arrays for ``source`` from the ``.npz`` cache, else ``build()`` them and cache them atomically.
+
+    The cache file is keyed by the source's absolute path and ``fingerprint``
+    (size/mtime); a file that cannot be read back is ignored and rebuilt.
+    """
+    key = hashlib.sha256(f"{_CACHE_VERSION}|{source.resolve()}|{fingerprint}".encode()).hexdigest()[:24]
+    path = _cache_dir() / f"cifar10-{key}.npz"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in _CACHE_KEYS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        pass
+    arrays = build()
+    _write_npz_atomic(path, arrays)
+    return arrays
+
+
+def _write_npz_atomic(path: Path, arrays: Arrays) -> None:
+    """Write ``arrays`` to ``path`` via a temp file in the same directory and ``os.replace``; warn on failure."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    except OSError as e:
+        warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except OSError as e:
+        warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,91 @@
+"""Quantizer modules: learnable LCQ / uniform fake-quantizers for weights and activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .quant import lcq_quantize, level_scale, uniform_quantize
+
+METHODS = ("fp", "uniform", "lcq")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized.
+
+    ``method``: "fp" (identity), "uniform" (eqs. 1-2) or "lcq" (eqs. 3-6, 14).
+    ``bits``: 2..8; ``outer_bits``: b' of the re-quantization (None: none);
+    ``K``: compander intervals; ``alpha``: initial clip value;
+    ``learn_alpha``: False freezes alpha (used for the 8-bit input image).
+    Signed 2-bit LCQ falls back to uniform (ternary: companding has no effect).
+    """
+
+    method: str = "fp"
+    bits: int = 8
+    outer_bits: int | None = 8
+    K: int = 16
+    alpha: float = 8.0
+    learn_alpha: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"quantization method must be one of {METHODS}, not {self.method!r}")
+        if self.method != "fp":
+            if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+                raise ValueError(f"bit-width must be an integer in 2..8, not {self.bits!r}")
+            if self.outer_bits is not None and not (isinstance(self.outer_bits, int) and self.bits <= self.outer_bits <= 16):
+                raise ValueError(f"outer bit-width must be an integer in {self.bits}..16 or None, not {self.outer_bits!r}")
+            if not isinstance(self.K, int) or self.K < 1:
+                raise ValueError(f"K (compander intervals) must be a positive integer, not {self.K!r}")
+            if not self.alpha > 0:
+                raise ValueError(f"initial alpha must be positive, not {self.alpha!r}")
+
+
+class Quantizer(nn.Module):
+    """Fake-quantizer for one tensor; ``signed`` for weights, unsigned for activations.
+
+    Weights (``weight_norm=True``) go through limited weight normalization (eq. 13):
+    ``w~ = sigma_w * Q((w - mu_w) / sigma_w)`` with ``mu_w, sigma_w`` detached.
+    Parameters: ``alpha`` (scalar) unless method is "fp"; ``theta`` (K,) for LCQ.
+    """
+
+    def __init__(self, spec: QuantSpec, signed: bool, weight_norm: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.signed = signed
+        self.weight_norm = weight_norm
+        self.method = spec.method
+        if self.method == "lcq" and signed and spec.bits == 2:
+            self.method = "uniform"
+        if self.method != "fp":
+            level_scale(spec.bits, signed)
+            self.alpha = nn.Parameter(torch.tensor(float(spec.alpha)), requires_grad=spec.learn_alpha)
+        if self.method == "lcq":
+            self.theta = nn.Parameter(torch.zeros(spec.K))
+
+    def normalization(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Detached (mu_w, sigma_w) of LWN for weight tensor ``w``."""
+        w = w.detach()
+        return w.mean(), w.std()
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Q(x) of this quantizer on an already normalized tensor."""
+        if self.method == "lcq":
+            return lcq_quantize(x, self.alpha, self.theta, self.spec.bits, self.spec.outer_bits, self.signed)
+        return uniform_quantize(x, self.alpha, self.spec.bits, self.spec.outer_bits, self.signed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "fp":
+            return x
+        if self.weight_norm:
+            mu, sigma = self.normalization(x)
+            return sigma * self.quantize((x - mu) / sigma)
+        return self.quantize(x)
+
+    def extra_repr(self) -> str:
+        if self.method == "fp":
+            return "fp"
+        return f"{self.method}, bits={self.spec.bits}, outer_bits={self.spec.outer_bits}, signed={self.signed}"

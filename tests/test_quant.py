@@ -1,0 +1,208 @@
+"""The functional quantizers against independent evaluations of the paper's equations."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lcq_train.quant import (compander, expand_levels, lcq_codes, lcq_quantize, level_scale, level_table,
+                             uniform_quantize)
+
+K = 16
+
+
+def _inputs(alpha: float, n: int = 4000, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    """Random values plus interval edges, +-alpha, values beyond alpha and zeros."""
+    g = torch.Generator().manual_seed(seed)
+    edges = alpha * torch.arange(K + 1, dtype=dtype) / K
+    special = torch.cat([edges, -edges, torch.tensor([0.0, alpha * 1.5, -alpha * 3, alpha, -alpha], dtype=dtype)])
+    return torch.cat([torch.randn(n, generator=g, dtype=dtype) * alpha * 0.7, special])
+
+
+def _surrogate_g(v, theta, s, frozen=None):
+    """Direct evaluation of g(v) = f^-1(q_b(f(v))) (eqs. 4-6) with q_b straight-through.
+
+    ``frozen`` (k, j, rounding residual) fixes the pieces and the rounding, for finite differences.
+    """
+    t = torch.softmax(theta, 0)
+    gamma, beta = t * K, torch.cumsum(t, 0) - t
+    vc = v.clamp(0, 1)
+    if frozen is None:
+        k = torch.clamp((vc * K).floor(), max=K - 1).long()
+        f = gamma[k] * (vc - k / K) + beta[k]
+        r = (torch.round(f * s) / s - f).detach()
+        u = f + r
+        bounds = beta.detach()[1:]
+        j = (u.detach()[:, None] >= bounds[None, :]).sum(1)  # u = 1 stays in interval K-1
+    else:
+        k, j, r = frozen
+        u = gamma[k] * (vc - k / K) + beta[k] + r
+    g = (u - beta[j]) / gamma[j] + j / K
+    return g, (k, j, r)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("outer_bits", [8, None])
+def test_theta_zero_equals_uniform(signed, bits, outer_bits):
+    x = _inputs(2.0, seed=bits).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    a1 = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    a2 = a1.detach().clone().requires_grad_()
+    theta = torch.zeros(K, dtype=torch.float64, requires_grad=True)
+    y1 = lcq_quantize(x, a1, theta, bits, outer_bits, signed)
+    y2 = uniform_quantize(x2, a2, bits, outer_bits, signed)
+    torch.testing.assert_close(y1, y2, atol=0, rtol=0)
+    w = torch.randn_like(y1)
+    (y1 * w).sum().backward()
+    (y2 * w).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=0, rtol=0)
+    torch.testing.assert_close(a1.grad, a2.grad, atol=1e-9, rtol=1e-9)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_forward_is_integer_levels_times_scale(signed, bits):
+    torch.manual_seed(bits)
+    theta = torch.randn(K) * 0.8
+    alpha = torch.tensor(1.7)
+    x = _inputs(1.7, dtype=torch.float32)
+    y = lcq_quantize(x, alpha, theta, bits, 8, signed)
+    s_outer = level_scale(8, signed)
+    table = level_table(theta, bits, 8, signed)
+    codes = lcq_codes(x, alpha, theta, bits, signed)
+    expected = torch.sign(codes).float() * alpha * (table.float() / s_outer)[codes.abs()]
+    torch.testing.assert_close(y, expected, atol=0, rtol=0)
+    ratio = y.double() / alpha.double() * s_outer
+    assert (ratio - ratio.round()).abs().max() < 1e-4
+    assert table[0] == 0 and table[-1] == s_outer
+    assert torch.all(table[1:] >= table[:-1])
+    assert codes.abs().max() == level_scale(bits, signed)
+    if not signed:
+        assert codes.min() == 0
+    # Codes are round(s * f(v)) of eq. (5), evaluated directly.
+    v = (x.abs() if signed else x.clamp(min=0)).double() / 1.7
+    t = torch.softmax(theta.double(), 0)
+    vc = v.clamp(0, 1)
+    k = torch.clamp((vc * K).floor(), max=K - 1).long()
+    f = t[k] * K * (vc - k / K) + (torch.cumsum(t, 0) - t)[k]
+    direct = torch.round(f * level_scale(bits, signed)).long()
+    agree = (direct == codes.abs()).double().mean().item()
+    assert agree > 0.999  # float32 vs float64 evaluation differs only at exact ties
+
+
+def test_outer_levels_multiply_to_integers():
+    """W3/A3 with b' = 8: every LUT entry W[k] * A[j] is an integer (21 non-zero entries)."""
+    torch.manual_seed(1)
+    w = level_table(torch.randn(K), 3, 8, True)
+    a = level_table(torch.randn(K), 3, 8, False)
+    assert w.dtype == torch.int64 and w.numel() == 4 and a.numel() == 8
+    assert (w[1:, None] * a[None, 1:]).numel() == 21
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("bits", [3, 4])
+def test_theta_and_alpha_gradients_match_direct_evaluation(signed, bits):
+    torch.manual_seed(10 + bits)
+    s = level_scale(bits, signed)
+    alpha = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    theta = (torch.randn(K, dtype=torch.float64) * 0.7).requires_grad_()
+    x = _inputs(1.3, seed=bits).requires_grad_()
+    w = torch.randn(x.shape, dtype=torch.float64)
+    (lcq_quantize(x, alpha, theta, bits, 8, signed) * w).sum().backward()
+
+    # Independent: autograd through the direct surrogate g (eqs. 7-11), eq. (12) for alpha.
+    xd = x.detach()
+    sign = torch.sign(xd) if signed else (xd > 0).double()
+    v = (xd.abs() if signed else xd.clamp(min=0)) / 1.3
+    inside = v < 1
+    th = theta.detach().clone().requires_grad_()
+    g, _ = _surrogate_g(v, th, s)
+    (w * sign * 1.3 * torch.where(inside, g, torch.zeros_like(g))).sum().backward()
+    torch.testing.assert_close(theta.grad, th.grad, atol=1e-10, rtol=1e-9)
+
+    d_alpha = torch.where(inside, g.detach() - v, torch.ones_like(v)) * sign
+    torch.testing.assert_close(alpha.grad, (w * d_alpha).sum(), atol=1e-10, rtol=1e-9)
+    mask = inside & ((xd >= 0) | torch.tensor(signed))
+    torch.testing.assert_close(x.grad, w * mask, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_theta_gradient_matches_finite_differences(signed):
+    torch.manual_seed(3)
+    s = level_scale(3, signed)
+    theta0 = torch.randn(K, dtype=torch.float64) * 0.5
+    x = _inputs(1.0, n=500, seed=7)
+    w = torch.randn(x.shape, dtype=torch.float64)
+    theta = theta0.clone().requires_grad_()
+    (lcq_quantize(x, torch.tensor(1.0, dtype=torch.float64), theta, 3, None, signed) * w).sum().backward()
+
+    sign = torch.sign(x) if signed else (x > 0).double()
+    v = (x.abs() if signed else x.clamp(min=0))
+    inside = (v < 1).double()
+    _, frozen = _surrogate_g(v, theta0, s)
+
+    def objective(th):
+        g, _ = _surrogate_g(v, th, s, frozen)
+        return (w * sign * inside * g).sum()
+
+    eps = 1e-6
+    fd = torch.stack([(objective(theta0 + eps * e) - objective(theta0 - eps * e)) / (2 * eps)
+                      for e in torch.eye(K, dtype=torch.float64)])
+    torch.testing.assert_close(theta.grad, fd, atol=1e-6, rtol=1e-5)
+
+
+def test_unclipped_code_s_stays_in_last_interval():
+    """q_b(f(v)) = 1 is expanded with the last piece, so f^-1(1) = 1 for any theta."""
+    theta = torch.randn(K) * 2
+    levels, j = expand_levels(theta, 7)
+    assert j[-1] == K - 1 and levels[-1] == 1.0 and levels[0] == 0.0
+    gamma, beta = compander(theta)
+    assert torch.isclose(beta[-1] + gamma[-1] / K, torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_dtypes_train(dtype):
+    x = (torch.randn(64, 8) * 2).to(dtype).requires_grad_()
+    alpha = torch.tensor(1.5, requires_grad=True)
+    theta = torch.zeros(K, requires_grad=True)
+    y = lcq_quantize(x, alpha, theta, 4, 8, True)
+    assert y.dtype == dtype and y.shape == x.shape
+    y.float().square().sum().backward()
+    assert x.grad.dtype == dtype and alpha.grad is not None and theta.grad is not None
+    assert torch.isfinite(theta.grad).all()
+
+
+def test_bad_arguments_name_the_problem():
+    x, a, th = torch.randn(4), torch.tensor(1.0), torch.zeros(K)
+    with pytest.raises(ValueError, match="bit-width must be a positive integer, not 0"):
+        lcq_quantize(x, a, th, 0)
+    with pytest.raises(ValueError, match="alpha must be a scalar"):
+        lcq_quantize(x, torch.ones(2), th, 3)
+    with pytest.raises(TypeError, match="floating-point"):
+        lcq_quantize(torch.ones(4, dtype=torch.int64), a, th, 3)
+    with pytest.raises(ValueError, match="theta must be a non-empty 1-D"):
+        lcq_quantize(x, a, torch.zeros(2, 2), 3)
+    with pytest.raises(ValueError, match="signed quantizer needs at least 2 bits"):
+        uniform_quantize(x, a, 1, signed=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(bits=st.integers(2, 6), outer=st.integers(6, 10), signed=st.booleans(), k=st.sampled_from([1, 4, 16]),
+       seed=st.integers(0, 2**16), scale=st.floats(0.1, 4.0))
+def test_outputs_lie_on_the_level_table(bits, outer, signed, k, seed, scale):
+    if signed and bits == 1:
+        return
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(k, generator=g) * scale
+    alpha = torch.tensor(0.5 + scale)
+    x = torch.randn(300, generator=g) * float(alpha)
+    y = lcq_quantize(x, alpha, theta, bits, outer, signed)
+    ints = y.double() / float(alpha) * level_scale(outer, signed)
+    table = level_table(theta, bits, outer, signed).double()
+    allowed = torch.cat([table, -table]) if signed else table
+    assert torch.isin(ints.round(), allowed).all()
+    assert (ints - ints.round()).abs().max() < 1e-3
+    # Monotone: a larger input never gets a smaller output.
+    order = torch.argsort(x)
+    assert torch.all(y[order][1:] >= y[order][:-1])
