@@ -47,21 +47,27 @@ PLANS = (("fp", 32), ("uniform", 3), ("lcq", 3), ("uniform", 2), ("lcq", 2))
 BATCH = 128
 
 
-def time_ms(fn, warmup: int, reps: int, device: torch.device) -> list[float]:
-    """Wall-clock milliseconds of ``reps`` calls of ``fn`` after ``warmup`` untimed ones."""
+def time_ms(fns: dict, warmup: int, reps: int, device: torch.device) -> dict:
+    """Wall-clock milliseconds of ``reps`` calls of each of ``fns`` after ``warmup`` untimed ones.
+
+    The calls are interleaved (one of each per repetition) so that a change of
+    machine load during the measurement hits all of them alike.
+    """
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
     for _ in range(warmup):
-        fn()
-    samples = []
+        for fn in fns.values():
+            fn()
+    samples = {name: [] for name in fns}
     for _ in range(reps):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        samples.append(1e3 * (time.perf_counter() - t0))
+        for name, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            samples[name].append(1e3 * (time.perf_counter() - t0))
     return samples
 
 
@@ -81,13 +87,27 @@ def bench_quantizers(args, device: torch.device) -> list[dict]:
                 y = lcq_quantize(x, alpha, theta, bits, OUTER_BITS, signed)
                 torch.autograd.grad((y * g).sum(), (x, alpha, theta))
 
-            u = time_ms(uniform, args.warmup, args.reps, device)
-            c = time_ms(lcq, args.warmup, args.reps, device)
+            samples = time_ms({"uniform": uniform, "lcq": lcq}, args.warmup, args.reps, device)
+            u, c = (statistics.median(samples[m]) for m in ("uniform", "lcq"))
             rows.append({"tensor": label, "shape": list(shape), "signed": signed, "bits": bits,
-                         "uniform_ms": statistics.median(u), "lcq_ms": statistics.median(c),
-                         "ratio": statistics.median(c) / statistics.median(u),
-                         "uniform_samples_ms": u, "lcq_samples_ms": c})
+                         "uniform_ms": u, "lcq_ms": c, "ratio": c / u,
+                         "uniform_samples_ms": samples["uniform"], "lcq_samples_ms": samples["lcq"]})
     return rows
+
+
+def training_step(name: str, input_shape, method: str, bits: int, x, y, seed: int, device: torch.device):
+    """A closure running one SGD training step of ``name`` under ``QuantPlan(method, bits, bits)``."""
+    torch.manual_seed(seed)
+    model = build_quantized_model(name, input_shape, 10, QuantPlan(method, bits, bits)).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
 
 
 def bench_training(args, device: torch.device) -> list[dict]:
@@ -95,24 +115,15 @@ def bench_training(args, device: torch.device) -> list[dict]:
     for name, input_shape in MODELS:
         x = torch.rand((BATCH, *input_shape), device=device)
         y = torch.randint(0, 10, (BATCH,), device=device)
-        fp_ms = None
-        for method, bits in PLANS:
-            torch.manual_seed(args.seed)
-            model = build_quantized_model(name, input_shape, 10, QuantPlan(method, bits, bits)).to(device).train()
-            optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-
-            def step():
-                loss = F.cross_entropy(model(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-            samples = time_ms(step, args.warmup, args.steps, device)
-            ms = statistics.median(samples)
-            fp_ms = ms if method == "fp" else fp_ms
+        steps = {(method, bits): training_step(name, input_shape, method, bits, x, y, args.seed, device)
+                 for method, bits in PLANS}
+        samples = time_ms(steps, args.warmup, args.steps, device)
+        fp_ms = statistics.median(samples[("fp", 32)])
+        for (method, bits), s in samples.items():
+            ms = statistics.median(s)
             rows.append({"model": name, "input_shape": list(input_shape), "batch": BATCH, "method": method,
                          "wbits": bits, "abits": bits, "ms_per_step": ms, "ratio_vs_fp": ms / fp_ms,
-                         "samples_ms": samples})
+                         "samples_ms": s})
     return rows
 
 
@@ -124,6 +135,7 @@ def quantizer_table(rows: list[dict]) -> str:
         shape = "x".join(map(str, r["shape"]))
         lines.append(f"| {kind} | {shape} | {r['bits']} | {r['uniform_ms']:.3f} | {r['lcq_ms']:.3f} | "
                      f"{r['ratio']:.2f}x |")
+    lines += ["", "(The models never use signed 2-bit LCQ: ternary weights fall back to uniform.)"]
     return "\n".join(lines)
 
 
@@ -135,6 +147,7 @@ def training_table(rows: list[dict]) -> str:
         shape = "x".join(map(str, r["input_shape"]))
         lines.append(f"| {r['model']} | {shape} | {r['method']} | {wa} | {r['ms_per_step']:.1f} | "
                      f"{r['ratio_vs_fp']:.2f}x |")
+    lines += ["", "(First/last layers 8-bit uniform; LCQ W2 keeps uniform ternary weights, LCQ activations.)"]
     return "\n".join(lines)
 
 
@@ -146,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls / steps before timing")
     parser.add_argument("--part", choices=("all", "quantizer", "training"), default="all")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "quantizer_speed.json"))
@@ -154,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--reps and --steps must be >= 1 and --warmup >= 0")
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    load_start = os.getloadavg()
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
     results: dict = {"quantizer": [], "training": []}
     if args.part in ("all", "quantizer"):
@@ -168,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                "torch": torch.__version__, "device": str(device),
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+               "loadavg_1m": {"start": load_start[0], "end": os.getloadavg()[0]},
                "outer_bits": OUTER_BITS, "K": K, **results}, args.json_out)
     print(f"\nwrote {args.json_out}")
     return 0

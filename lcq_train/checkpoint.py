@@ -1,4 +1,4 @@
-"""Atomic file writes and the training checkpoint format.
+"""The training checkpoint format (written atomically).
 
 A checkpoint (``torch.save`` dict) holds ``format``/``version``, the run
 ``config`` and quantization ``plan`` (what the compiler needs to rebuild the
@@ -9,41 +9,21 @@ the ``metrics`` history (what ``--resume`` needs).
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_write, save_json
+
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "save_json"]
 
 FORMAT = "lcq-checkpoint"
 VERSION = 1
 
 
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_json(obj, path) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    _atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
-
-
 def save_checkpoint(state: dict, path) -> None:
     """Write a checkpoint dict atomically (a crash leaves the previous file intact)."""
-    _atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
+    atomic_write(path, lambda f: torch.save({"format": FORMAT, "version": VERSION, **state}, f))
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

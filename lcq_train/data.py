@@ -244,7 +244,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         raise DatasetError(
             f"{path}: {len(raw) - header} data bytes, header {dims} needs {size} (truncated or corrupt file)"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable, for torch
 
 
 # --------------------------------------------------------------------------- CIFAR-10
@@ -289,19 +289,24 @@ def _load_cifar_python(root: Path) -> Arrays:
         except (KeyError, TypeError, AttributeError) as e:
             raise DatasetError(f"{meta_path}: no b'label_names' list ({e!r})") from e
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
+    layout_root = root.parent if root.name == "cifar-10-batches-py" else root
     for batch in _CIFAR_BATCHES:
         path = root / batch
         if not path.is_file():
             raise DatasetError(
-                f"cifar10: missing {batch} in {root}. {_expected_layout('cifar10', str(root.parent))}\n"
+                f"cifar10: missing {batch} in {root}. {_expected_layout('cifar10', str(layout_root))}\n"
                 "Pass the right directory with --data-dir DIR."
             )
         entry = _unpickle(path)
         try:
-            data = np.asarray(entry[b"data"], dtype=np.uint8)
-            labels = np.asarray(entry[b"labels"], dtype=np.int64)
+            data, labels = np.asarray(entry[b"data"]), np.asarray(entry[b"labels"])
         except (KeyError, TypeError, ValueError) as e:
             raise DatasetError(f"{path}: expected a dict with b'data' and b'labels' ({e!r})") from e
+        if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
+            raise DatasetError(f"{path}: b'data' must hold integer pixel values 0..255")
+        if labels.dtype.kind not in "iu":
+            raise DatasetError(f"{path}: b'labels' must be integers, not {labels.dtype}")
+        data, labels = data.astype(np.uint8), labels.astype(np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
             raise DatasetError(f"{path}: b'data' {data.shape} and b'labels' {labels.shape} are not (N, 3072) and (N,)")
         if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):

@@ -39,6 +39,7 @@ __all__ = [
     "level_table",
     "lcq_codes",
     "lcq_quantize",
+    "uniform_codes",
     "uniform_quantize",
 ]
 
@@ -226,6 +227,14 @@ def lcq_quantize(x, alpha, theta, bits: int, outer_bits: int | None = 8, signed:
     _check_args(x, alpha, outer_bits, signed)
     level_scale(bits, signed)
     return _LCQFunction.apply(x, alpha, theta, bits, outer_bits, signed)
+
+
+def uniform_codes(x: torch.Tensor, alpha: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
+    """Integer codes of the uniform forward (no gradient): ``sgn(x) * i``, i in 0..s."""
+    with torch.no_grad():
+        s = level_scale(bits, signed)
+        v, sign, _ = _normalize(x, alpha, signed)
+        return torch.round(v.clamp(0.0, 1.0) * s).to(torch.int64) * sign.to(torch.int64)
 
 
 class _UniformFunction(torch.autograd.Function):

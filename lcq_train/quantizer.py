@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .quant import lcq_quantize, level_scale, uniform_quantize
+from .quant import lcq_codes, lcq_quantize, level_scale, level_table, uniform_codes, uniform_quantize
 
 METHODS = ("fp", "uniform", "lcq")
 
@@ -84,6 +84,33 @@ class Quantizer(nn.Module):
             mu, sigma = self.normalization(x)
             return sigma * self.quantize((x - mu) / sigma)
         return self.quantize(x)
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes ``sgn * i`` (int64, i in 0..s) of ``x``: ``forward(x) == step(x) * sgn * levels()[i]``."""
+        self._require_integer_levels()
+        if self.weight_norm:
+            mu, sigma = self.normalization(x)
+            x = (x - mu) / sigma
+        if self.method == "lcq":
+            return lcq_codes(x, self.alpha, self.theta, self.spec.bits, self.signed)
+        return uniform_codes(x, self.alpha, self.spec.bits, self.signed)
+
+    def levels(self) -> torch.Tensor:
+        """The integer level table ``round(s' * f^-1(i / s))``, i = 0..s (int64), of the integer contract."""
+        self._require_integer_levels()
+        theta = self.theta.detach() if self.method == "lcq" else None
+        return level_table(theta, self.spec.bits, self.spec.outer_bits, self.signed)
+
+    def step(self, x: torch.Tensor | None = None) -> float:
+        """Real value of one integer level: ``alpha / s'`` (times LWN's ``sigma_w`` of weight tensor ``x``)."""
+        self._require_integer_levels()
+        step = self.alpha.item() / level_scale(self.spec.outer_bits, self.signed)
+        return step * self.normalization(x)[1].item() if self.weight_norm else step
+
+    def _require_integer_levels(self) -> None:
+        if self.method == "fp" or self.spec.outer_bits is None:
+            raise ValueError(f"a {self.extra_repr()} quantizer has no integer levels: "
+                             "quantize with method uniform or lcq and outer bits (b') set")
 
     def extra_repr(self) -> str:
         if self.method == "fp":

@@ -1,0 +1,8 @@
+"""Compiler: trained LCQ checkpoint -> integer-only compiled model, and its reference executor.
+
+Modules: ``graph`` (the compiled model's nodes), ``stages`` (output-stage
+constants), ``lower`` (PyTorch model -> graph; needs torch), ``format`` (the
+versioned file; numpy only), ``reference`` (the integer executor; numpy only),
+``agreement`` (integer path vs the PyTorch fake-quantized model), ``report``
+(per-layer sizes).
+"""

@@ -1,0 +1,75 @@
+"""Agreement of the integer reference with the PyTorch fake-quantized model it was compiled from.
+
+The PyTorch side runs in float64 (the fake-quantized forward, unchanged
+otherwise) so that its float rounding cannot decide a code; each activation
+quantizer's codes are captured with a forward hook. The integer side is
+:func:`compiler.reference.run`. Codes can differ only through the documented
+fixed-point rounding of residual sums, pooling and logits (and exact ties of
+round-half-even, which the integer thresholds round up).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from lcq_train.layers import QAct
+
+from .graph import CompiledModel
+from .reference import check_images, run
+
+
+@dataclass
+class Agreement:
+    """Counts over ``images``: per activation quantizer, codes compared and codes that differ."""
+
+    images: int = 0
+    correct: int = 0                   # integer top-1 equal to the label
+    torch_correct: int = 0
+    disagreements: int = 0             # images whose integer and PyTorch top-1 differ
+    codes: dict[str, list[int]] = field(default_factory=dict)   # name -> [compared, mismatched]
+
+    def to_dict(self) -> dict:
+        n = max(self.images, 1)
+        return {"images": self.images, "top1": 100.0 * self.correct / n, "torch_top1": 100.0 * self.torch_correct / n,
+                "agreement": (self.images - self.disagreements) / n, "disagreements": self.disagreements,
+                "code_mismatches": {k: {"compared": c, "mismatched": m} for k, (c, m) in self.codes.items()}}
+
+
+@torch.no_grad()
+def compare(compiled: CompiledModel, model: nn.Module, images: np.ndarray, labels: np.ndarray,
+            batch_size: int = 128, progress=None) -> Agreement:
+    """Run both paths on uint8 ``images`` (N, C, H, W) with int ``labels`` (N,) and count differences.
+
+    ``model`` is converted to float64 in place. ``progress(result)`` is called after each batch.
+    """
+    check_images(compiled, images)
+    model = model.double().eval()
+    captured: dict[str, np.ndarray] = {}
+    hooks = [m.register_forward_hook(lambda m, inp, out, name=name: captured.__setitem__(name, m.codes(inp[0]).numpy()))
+             for name, m in model.named_modules() if isinstance(m, QAct)]
+    result = Agreement()
+    try:
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size], labels[start:start + batch_size]
+            captured.clear()
+            torch_pred = model(torch.from_numpy(x).double() / 255.0).argmax(1).numpy()
+            tensors = run(compiled, x)
+            int_pred = tensors[compiled.logits].reshape(len(x), -1).argmax(1)
+            result.images += len(x)
+            result.correct += int((int_pred == y).sum())
+            result.torch_correct += int((torch_pred == y).sum())
+            result.disagreements += int((int_pred != torch_pred).sum())
+            for name, codes in captured.items():
+                counts = result.codes.setdefault(name, [0, 0])
+                counts[0] += codes.size
+                counts[1] += int((tensors[name].reshape(codes.shape) != codes).sum())
+            if progress is not None:
+                progress(result)
+    finally:
+        for h in hooks:
+            h.remove()
+    return result

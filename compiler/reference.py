@@ -1,0 +1,86 @@
+"""The integer reference executor: runs a compiled model with numpy integers only.
+
+This is the spec the hardware is checked against. ``run(model, images)``
+returns every tensor of the model (activation codes, residual values,
+logits) plus every layer's accumulator under ``"<layer>.acc"``, for a batch of
+uint8 images ``(N, C, H, W)``. ``predict`` streams a large set in batches and
+keeps only the logits.
+
+A convolution accumulates ``sgn * L[k][j]`` over its reduction. Because the
+LUT is ``L[k][j] = W[k] * A[j]`` (the integer contract), that sum is the int64
+dot product of the signed weight levels ``sgn * W[k]`` with the activation
+levels ``A[j]``; :func:`lut_accumulate` computes it literally from the LUT for
+cross-checking.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .graph import ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode
+
+
+def patches(codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """im2col: ``(N, C, H, W)`` codes -> ``(N, Ho, Wo, C * k * k)`` with zero (code 0) padding."""
+    if padding:
+        codes = np.pad(codes, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    windows = sliding_window_view(codes, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride]
+    n, c, ho, wo = windows.shape[:4]
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n, ho, wo, c * kernel * kernel)
+
+
+def accumulate(node: ConvNode, codes: np.ndarray) -> np.ndarray:
+    """Accumulators ``(N, C_out, Ho, Wo)`` int64 of ``node`` on input codes ``(N, C_in, H, W)``."""
+    cols = node.a_levels[patches(codes, node.kernel, node.stride, node.padding)]
+    k = np.abs(node.weight_codes.astype(np.int64))
+    weights = (np.sign(node.weight_codes) * node.w_levels[k]).reshape(node.out_shape[0], -1)
+    acc = cols.astype(np.int64) @ weights.T
+    return np.ascontiguousarray(acc.transpose(0, 3, 1, 2))
+
+
+def lut_accumulate(node: ConvNode, codes: np.ndarray) -> np.ndarray:
+    """Same as :func:`accumulate`, literally as the hardware does it: sum of ``sgn * LUT[k-1][j-1]``."""
+    lut = np.zeros((len(node.w_levels), len(node.a_levels)), dtype=np.int64)
+    lut[1:, 1:] = node.lut()
+    j = patches(codes, node.kernel, node.stride, node.padding).astype(np.int64)      # (N, Ho, Wo, R)
+    w = node.weight_codes.reshape(node.out_shape[0], -1).astype(np.int64)          # (Co, R)
+    products = np.sign(w)[None, None, None] * lut[np.abs(w)[None, None, None], j[:, :, :, None, :]]
+    return np.ascontiguousarray(products.sum(-1).transpose(0, 3, 1, 2))
+
+
+def check_images(model: CompiledModel, images: np.ndarray) -> None:
+    shape = model.input.shape
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(shape):
+        raise ValueError(f"images must be uint8 (N, {', '.join(map(str, shape))}), "
+                         f"got {images.dtype} {tuple(images.shape)}")
+
+
+def run(model: CompiledModel, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tensor of ``model`` on ``images`` (uint8 ``(N, C, H, W)``), plus ``"<layer>.acc"`` accumulators."""
+    check_images(model, images)
+    t: dict[str, np.ndarray] = {}
+    for node in model.nodes:
+        if isinstance(node, InputNode):
+            t[node.output] = node.table[images]
+        elif isinstance(node, ConvNode):
+            acc = accumulate(node, t[node.input])
+            t[f"{node.name}.acc"] = acc
+            t[node.output] = acc if node.stage is None else node.stage.apply(acc)
+        elif isinstance(node, ActivateNode):
+            t[node.output] = node.stage.apply(t[node.input])
+        elif isinstance(node, AddNode):
+            t[node.output] = t[node.inputs[0]] + t[node.inputs[1]]
+        elif isinstance(node, PoolNode):
+            t[node.output] = node.stage.apply(node.positions_sum(t[node.input]))[:, :, None, None]
+        else:
+            raise TypeError(f"unknown node {node!r}")
+    return t
+
+
+def predict(model: CompiledModel, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Integer logits ``(N, classes)`` int64 of ``images``, computed ``batch_size`` images at a time."""
+    check_images(model, images)
+    out = [run(model, images[i:i + batch_size])[model.logits].reshape(-1, model.num_classes)
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, model.num_classes), dtype=np.int64)

@@ -1,0 +1,62 @@
+"""Per-layer size report of a compiled model (the paper's Tables S1 and 7).
+
+Weight bytes are the packed codes (``ceil(C_out * C_in * k * k * wbits / 8)``);
+a LUT layer stores ``s_w * s_a`` entries of 16 bits (21 entries, 42 bytes at
+W3/A3 with 8-bit outer widths); a "multiply" layer (8-bit edge layers) has no
+LUT. ``total_bytes`` is weights plus LUTs; output-stage constants are listed
+apart (``stage_bytes``: thresholds and requantize constants at their stated
+widths, rounded up to whole bytes per layer).
+"""
+
+from __future__ import annotations
+
+from .graph import CompiledModel, ConvNode, Requantize, Thresholds, signed_bits
+
+LUT_ENTRY_BYTES = 2
+
+
+def _stage_bytes(node: ConvNode) -> int:
+    stage, channels = node.stage, node.out_shape[0]
+    if isinstance(stage, Thresholds):
+        width = signed_bits(max(int(abs(stage.thresholds).max()), 1))
+        return (channels * (stage.thresholds.shape[1] * width + 1) + 7) // 8
+    if isinstance(stage, Requantize):
+        width = sum(signed_bits(max(int(abs(a).max()), 1)) for a in (stage.multiplier, stage.bias, stage.shift))
+        return (channels * width + 7) // 8
+    return 0
+
+
+def layer_rows(model: CompiledModel) -> list[dict]:
+    """One dict per LUT-MAC layer: name, kind, bit-widths, MACs, weight/LUT/stage bytes, accumulator bits."""
+    rows = []
+    for node in model.convs:
+        entries = node.lut().size if node.mac == "lut" else 0
+        rows.append({"name": node.name, "kind": node.kind, "mac": node.mac, "wbits": node.wbits,
+                     "abits": node.abits, "macs": node.macs, "weights": int(node.weight_codes.size),
+                     "weight_bytes": (node.weight_codes.size * node.wbits + 7) // 8,
+                     "lut_entries": entries, "lut_bytes": entries * LUT_ENTRY_BYTES,
+                     "acc_bits": node.acc_bits, "stage": node.stage.kind if node.stage else "accumulator",
+                     "stage_bytes": _stage_bytes(node)})
+    return rows
+
+
+def report(model: CompiledModel) -> dict:
+    """``{"layers": [...], "total_bytes", "total_bytes_without_luts", "stage_bytes", "macs"}``."""
+    rows = layer_rows(model)
+    weights = sum(r["weight_bytes"] for r in rows)
+    luts = sum(r["lut_bytes"] for r in rows)
+    return {"layers": rows, "total_bytes": weights + luts, "total_bytes_without_luts": weights,
+            "stage_bytes": sum(r["stage_bytes"] for r in rows), "macs": sum(r["macs"] for r in rows)}
+
+
+def format_table(rep: dict) -> str:
+    """The report as a markdown table with a totals line."""
+    lines = ["| layer | kind | W/A | MAC | MACs | weight bytes | LUT entries | LUT bytes | acc bits | stage | stage bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rep["layers"]:
+        lines.append(f"| {r['name']} | {r['kind']} | {r['wbits']}/{r['abits']} | {r['mac']} | {r['macs']:,} | "
+                     f"{r['weight_bytes']:,} | {r['lut_entries']} | {r['lut_bytes']} | {r['acc_bits']} | "
+                     f"{r['stage']} | {r['stage_bytes']:,} |")
+    lines += ["", f"total: {rep['total_bytes']:,} bytes with LUTs, {rep['total_bytes_without_luts']:,} without; "
+                  f"output-stage constants {rep['stage_bytes']:,} bytes; {rep['macs']:,} MACs per image"]
+    return "\n".join(lines)

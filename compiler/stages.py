@@ -1,0 +1,113 @@
+"""Output-stage constants from real-valued layer parameters (compile time, float64).
+
+Each function turns a per-channel affine map of an integer tensor,
+``z[n] = gain[n] * x + offset[n]`` (a layer's scale, bias and BatchNorm folded
+together), plus the real thresholds of the next activation quantizer, into the
+integer constants of :mod:`compiler.graph`. Integer results are clamped to
+``[-bound - 1, bound + 1]`` where ``bound`` is the largest ``|x|`` the input
+can hold, so every constant has a stated width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .graph import Requantize, Thresholds
+
+
+def compander_inverse(theta: np.ndarray | None, u: np.ndarray) -> np.ndarray:
+    """``f^-1(u)`` for u in [0, 1] (eq. 6) of the compander with parameters ``theta`` (None: identity)."""
+    u = np.asarray(u, dtype=np.float64)
+    if theta is None:
+        return u
+    theta = np.asarray(theta, dtype=np.float64)
+    t = np.exp(theta - theta.max())
+    t /= t.sum()
+    K = t.size
+    gamma, beta = K * t, np.cumsum(t) - t
+    j = np.searchsorted(beta[1:], u, side="right")
+    return (u - beta[j]) / gamma[j] + j / K
+
+
+def code_thresholds(alpha: float, theta: np.ndarray | None, s: int) -> np.ndarray:
+    """Real inputs ``t_c`` (c = 1..s) at which an unsigned quantizer's code reaches c.
+
+    ``code(z) >= c  iff  z >= t_c = alpha * f^-1((c - 1/2) / s)`` (rounding half
+    up; the PyTorch path rounds half to even, which differs only on exact ties).
+    """
+    return alpha * compander_inverse(theta, (np.arange(1, s + 1) - 0.5) / s)
+
+
+def thresholds(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, bound: int, bits: int) -> Thresholds:
+    """Thresholds for ``code(max(0, gain * x + offset))`` with real code thresholds ``t`` (s,) > 0.
+
+    ``gain > 0``: ``x >= ceil((t - offset) / gain)``; ``gain < 0``: ``x <= floor(...)``
+    (a descending channel); ``gain == 0``: the constant code of ``offset``.
+    """
+    gain, offset = np.asarray(gain, np.float64)[:, None], np.asarray(offset, np.float64)[:, None]
+    lo, hi = -bound - 1, bound + 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = (t[None, :] - offset) / gain
+    up = np.ceil(np.clip(tau, lo, hi))
+    down = np.floor(np.clip(tau, lo, hi))
+    constant = np.where(offset >= t[None, :], lo, hi)
+    out = np.where(gain > 0, up, np.where(gain < 0, down, constant))
+    return Thresholds(out.astype(np.int64), (gain[:, 0] < 0), bits)
+
+
+def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, mult_bits: int = 24) -> Requantize:
+    """``y = round_half_up(x * ratio + bias)`` in fixed point: ``(x * M + B) >> shift``.
+
+    ``ratio`` (C,) > 0, ``bias`` (C,) in output units. ``M`` keeps ``mult_bits``
+    significant bits. Raises ValueError when ``x * M`` could overflow int64.
+    """
+    ratio, bias = np.asarray(ratio, np.float64), np.asarray(bias, np.float64)
+    if not np.all(ratio > 0) or not np.all(np.isfinite(ratio)):
+        raise ValueError(f"requantize ratios must be positive and finite, got {ratio}")
+    shift = np.maximum(0, mult_bits - 1 - np.floor(np.log2(ratio))).astype(np.int64)
+    multiplier = np.round(ratio * 2.0**shift).astype(np.int64)
+    half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
+    b = np.round(bias * 2.0**shift)
+    if not np.all(np.abs(b) < 2**62):
+        raise ValueError("requantize bias too large for int64")
+    stage = Requantize(multiplier, b.astype(np.int64) + half, shift)
+    worst = int(in_bound) * int(multiplier.max()) + int(np.abs(stage.bias).max())
+    if worst >= 2**63:
+        raise ValueError(f"requantize of values up to {in_bound} by multipliers up to {multiplier.max()} "
+                         "overflows 64 bits; lower the fraction bits")
+    return stage
+
+
+def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, positions: int, frac_bits: int,
+                   bound: int, bits: int) -> tuple[np.ndarray, np.ndarray, Thresholds]:
+    """(sign, offset, thresholds) of a :class:`compiler.graph.PoolNode` for ``mean(max(0, gain * x + offset))``.
+
+    ``max(0, gain * x + offset) = |gain| * max(0, sign * (x - c))`` with
+    ``c = -offset / gain``; the node sums ``u = max(0, sign * (x * 2^F - round(c * 2^F)))``
+    over ``positions`` and the code reaches c' when
+    ``sum >= t_c' * positions * 2^F / |gain|``.
+    """
+    gain, offset = np.asarray(gain, np.float64), np.asarray(offset, np.float64)
+    scale = 2.0**frac_bits
+    x_lim = (bound + 1) * 2**frac_bits
+    sign = np.sign(gain).astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = np.where(gain != 0, -offset / gain, 0.0)
+    off = np.round(np.clip(c * scale, -x_lim, x_lim)).astype(np.int64)
+    sum_bound = positions * 2 * x_lim
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tau = t[None, :] * positions * scale / np.abs(gain)[:, None]
+    lim = np.where(gain[:, None] != 0, np.ceil(np.clip(tau, 0, sum_bound + 1)),
+                   np.where(np.maximum(offset, 0)[:, None] >= t[None, :], 0, 1))
+    return sign, off, Thresholds(lim.astype(np.int64), np.zeros(gain.size, dtype=bool), bits)
+
+
+def fraction_scale(scales: list[float], frac_bits: int) -> float:
+    """A fixed-point scale ``2^-frac_bits`` below the finest of ``scales`` (the residual stream's)."""
+    return min(scales) / 2.0**frac_bits
+
+
+def log2_ceil(x: int) -> int:
+    return max(0, math.ceil(math.log2(x))) if x > 0 else 0

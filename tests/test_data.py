@@ -1,0 +1,476 @@
+"""Offline dataset loaders (lcq_train/data.py) on tiny synthetic fixtures written to tmp_path."""
+
+import gzip
+import os
+import pickle
+import re
+import struct
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import lcq_train.data as data_mod
+from lcq_train.data import DATASETS, Dataset, DatasetError, load_dataset
+
+IDX_NAMES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_MNIST = next(
+    (p for p in (Path("/work/shared/datasets/mnist"), REPO_ROOT.parent / "shared" / "datasets" / "mnist")
+     if p.is_dir()),
+    None,
+)
+
+
+# --------------------------------------------------------------------------- fixture writers
+
+
+def write_idx(path, array, magic=None, gz=False, cut=0):
+    """Write ``array`` (uint8) as an IDX file: big-endian magic (0x800 + ndim) and dims, then the bytes."""
+    array = np.asarray(array, dtype=np.uint8)
+    magic = 0x800 + array.ndim if magic is None else magic
+    raw = struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.tobytes()
+    raw = raw[: len(raw) - cut]
+    path = Path(f"{path}.gz") if gz else Path(path)
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    return path
+
+
+def make_idx_dir(root, gz=False, n_train=5, n_test=3, seed=0):
+    """The four IDX files of a tiny 28x28 dataset in ``root``; returns the arrays written."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train_x": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train_y": rng.integers(0, 10, n_train).astype(np.uint8),
+        "test_x": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "test_y": rng.integers(0, 10, n_test).astype(np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    for key, base in IDX_NAMES.items():
+        write_idx(root / base, arrays[key], gz=gz)
+    return arrays
+
+
+def write_pickle(path, obj):
+    path.write_bytes(pickle.dumps(obj))
+
+
+def make_cifar_python(root, n=2, label_names=None, seed=0):
+    """CIFAR-10 python batches (``n`` images each) in ``root``; returns expected (train_x, train_y, test_x, test_y)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    xs, ys = {}, {}
+    for batch in CIFAR_TRAIN_BATCHES + ["test_batch"]:
+        xs[batch] = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        ys[batch] = [int(v) for v in rng.integers(0, 10, n)]
+        write_pickle(root / batch, {b"batch_label": batch.encode(), b"data": xs[batch], b"labels": ys[batch]})
+    if label_names is not None:
+        write_pickle(root / "batches.meta", {b"label_names": label_names, b"num_vis": 3072})
+    train_x = np.concatenate([xs[b] for b in CIFAR_TRAIN_BATCHES]).reshape(-1, 3, 32, 32)
+    train_y = np.concatenate([ys[b] for b in CIFAR_TRAIN_BATCHES])
+    return train_x, train_y, xs["test_batch"].reshape(-1, 3, 32, 32), np.array(ys["test_batch"])
+
+
+def write_image(path, array, fmt="PNG"):
+    """Save an (H, W, 3) uint8 array as an image file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path, format=fmt)
+
+
+# Files deliberately created out of (class, name) order; classes sort to airplane=0, cat=1.
+IMAGE_TREE = {
+    "train": [("cat", "b.png"), ("cat", "a.png"), ("airplane", "z.png")],
+    "test": [("cat", "x.png"), ("airplane", "y.png")],
+}
+EXPECTED_ORDER = {
+    "train": [("airplane", "z.png"), ("cat", "a.png"), ("cat", "b.png")],
+    "test": [("airplane", "y.png"), ("cat", "x.png")],
+}
+
+
+def make_image_tree(root, seed=0):
+    """IMAGE_TREE as 32x32 PNGs under ``root`` (plus a non-image file); returns expected {split: (x, y)}."""
+    rng = np.random.default_rng(seed)
+    pixels = {}
+    for split, files in IMAGE_TREE.items():
+        for cls, name in files:
+            pixels[split, cls, name] = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            write_image(root / split / cls / name, pixels[split, cls, name])
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    index = {"airplane": 0, "cat": 1}
+    return {
+        split: (
+            np.stack([pixels[split, c, n].transpose(2, 0, 1) for c, n in order]),
+            np.array([index[c] for c, _ in order]),
+        )
+        for split, order in EXPECTED_ORDER.items()
+    }
+
+
+def make_tar(archive, tree_root, top=None):
+    """A .tar.gz of ``tree_root``'s train/ and test/ (optionally under folder ``top``), members in reverse order."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    files = sorted(p for split in ("test", "train") for p in (tree_root / split).rglob("*") if p.is_file())
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in reversed(files):  # the loader must sort by (class, name) itself
+            rel = path.relative_to(tree_root).as_posix()
+            tar.add(path, arcname=f"{top}/{rel}" if top else rel)
+    return archive
+
+
+def load_strict(name, data_dir=None):
+    """load_dataset with every warning an error (e.g. torch's non-writable numpy array warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return load_dataset(name, data_dir)
+
+
+def assert_same(a, b):
+    for field in ("train_x", "train_y", "test_x", "test_y"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    assert a.classes == b.classes
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path, monkeypatch):
+    """No ambient LCQ_DATA_DIR; the CIFAR cache goes to tmp_path/cache, never ~/.cache."""
+    monkeypatch.delenv("LCQ_DATA_DIR", raising=False)
+    monkeypatch.setenv("LCQ_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# --------------------------------------------------------------------------- generic
+
+
+def test_datasets_tuple_and_unknown_name():
+    assert DATASETS == ("digits", "mnist", "fashion-mnist", "cifar10")
+    with pytest.raises(DatasetError, match=r"unknown dataset 'svhn'; choose one of: digits, mnist"):
+        load_dataset("svhn")
+
+
+def test_dataset_validates_dtypes_and_shapes():
+    x, y = torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(2, dtype=torch.int64)
+    ds = Dataset("t", x, y, x, y, 10, tuple("0123456789"))
+    assert ds.input_shape == (1, 4, 4)
+    with pytest.raises(DatasetError, match=r"train split must be uint8 \(N, C, H, W\).*float32"):
+        Dataset("t", x.float(), y, x, y, 10, ())
+    with pytest.raises(DatasetError, match=r"test split .* \(3,\) torch.int64"):
+        Dataset("t", x, y, x, torch.zeros(3, dtype=torch.int64), 10, ())
+    with pytest.raises(DatasetError, match="train and test image shapes differ"):
+        Dataset("t", x, y, torch.zeros(2, 1, 5, 5, dtype=torch.uint8), y, 10, ())
+
+
+# --------------------------------------------------------------------------- digits
+
+
+@pytest.fixture(scope="module")
+def digits():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return load_dataset("digits")
+
+
+def test_digits_shapes_dtypes_labels(digits):
+    assert digits.train_x.shape == (1437, 1, 8, 8) and digits.test_x.shape == (360, 1, 8, 8)
+    assert digits.train_x.dtype == torch.uint8 and digits.train_y.dtype == torch.int64
+    assert digits.input_shape == (1, 8, 8) and digits.num_classes == 10
+    assert digits.classes == tuple(str(i) for i in range(10))
+    for y in (digits.train_y, digits.test_y):
+        assert set(y.tolist()) == set(range(10))  # stratified: every class in both splits
+    assert int(digits.train_x.min()) == 0 and int(digits.train_x.max()) == 255  # 0..16 scaled to 0..255
+    assert torch.bincount(digits.test_y).min() >= 35  # ~36 per class in the 360 test images
+
+
+def test_digits_split_is_deterministic_and_ignores_data_dir(digits, tmp_path):
+    again = load_dataset("digits", tmp_path / "does-not-exist")
+    assert_same(digits, again)
+
+
+# --------------------------------------------------------------------------- MNIST / Fashion-MNIST
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+def test_idx_round_trip(tmp_path, gz):
+    written = make_idx_dir(tmp_path / "mnist", gz=gz)
+    ds = load_strict("mnist", tmp_path / "mnist")
+    assert ds.train_x.shape == (5, 1, 28, 28) and ds.test_x.shape == (3, 1, 28, 28)
+    assert ds.train_x.dtype == torch.uint8 and ds.train_y.dtype == torch.int64
+    np.testing.assert_array_equal(ds.train_x.numpy()[:, 0], written["train_x"])
+    np.testing.assert_array_equal(ds.test_x.numpy()[:, 0], written["test_x"])
+    np.testing.assert_array_equal(ds.train_y.numpy(), written["train_y"])
+    np.testing.assert_array_equal(ds.test_y.numpy(), written["test_y"])
+    assert ds.classes == tuple(str(i) for i in range(10)) and ds.num_classes == 10
+    ds.train_x.add_(1)  # writable tensors
+
+
+def test_fashion_mnist_class_names(tmp_path):
+    make_idx_dir(tmp_path, gz=True)
+    ds = load_strict("fashion-mnist", tmp_path)
+    assert ds.num_classes == 10
+    assert ds.classes[0] == "T-shirt/top" and ds.classes[9] == "Ankle boot" and "Sneaker" in ds.classes
+
+
+def test_idx_env_var_and_default_dir(tmp_path, monkeypatch):
+    written = make_idx_dir(tmp_path / "root" / "mnist", seed=1)
+    monkeypatch.setenv("LCQ_DATA_DIR", str(tmp_path / "root"))
+    ds = load_dataset("mnist")
+    np.testing.assert_array_equal(ds.train_x.numpy()[:, 0], written["train_x"])
+    # LCQ_DATA_DIR/fashion-mnist is absent, so the built-in default directory is used.
+    make_idx_dir(tmp_path / "default", seed=2)
+    monkeypatch.setitem(data_mod._DEFAULT_DIRS, "fashion-mnist", tmp_path / "default")
+    assert load_dataset("fashion-mnist").train_x.shape == (5, 1, 28, 28)
+
+
+def test_idx_no_dir_errors(tmp_path, monkeypatch):
+    with pytest.raises(DatasetError, match=r"(?s)mnist: no data directory given\. .*--data-dir DIR.*LCQ_DATA_DIR"):
+        load_dataset("mnist")
+    monkeypatch.setenv("LCQ_DATA_DIR", str(tmp_path))
+    with pytest.raises(DatasetError, match=r"looked in: " + re.escape(str(tmp_path / "mnist"))):
+        load_dataset("mnist")
+    monkeypatch.setitem(data_mod._DEFAULT_DIRS, "fashion-mnist", tmp_path / "nope")
+    with pytest.raises(DatasetError, match=r"apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist")
+
+
+def test_idx_nonexistent_dir(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(DatasetError, match=r"(?s)mnist: " + re.escape(str(missing)) + r" does not exist.*--data-dir"):
+        load_dataset("mnist", missing)
+
+
+def test_idx_missing_file_names_it(tmp_path):
+    make_idx_dir(tmp_path, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(
+        DatasetError, match=r"(?s)missing t10k-labels-idx1-ubyte \(or t10k-labels-idx1-ubyte\.gz\).*--data-dir DIR"
+    ):
+        load_dataset("mnist", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "corrupt, pattern",
+    [
+        (lambda d: write_idx(d / IDX_NAMES["train_x"], np.zeros((5, 28, 28)), magic=0x801),
+         r"train-images-idx3-ubyte: bad IDX magic number 0x00000801, expected 0x00000803"),
+        (lambda d: write_idx(d / IDX_NAMES["test_x"], np.zeros((3, 28, 28)), cut=10),
+         r"t10k-images-idx3-ubyte: 2342 data bytes, header \(3, 28, 28\) needs 2352"),
+        (lambda d: (d / IDX_NAMES["train_y"]).write_bytes(b"\x00\x00"),
+         r"train-labels-idx1-ubyte: truncated IDX header"),
+        (lambda d: write_idx(d / IDX_NAMES["train_y"], np.zeros(4)),
+         r"holds 5 images but .*train-labels-idx1-ubyte holds 4 labels"),
+        (lambda d: write_idx(d / IDX_NAMES["test_y"], [1, 10, 2]),
+         r"t10k-labels-idx1-ubyte: label 10 out of range 0\.\.9"),
+        (lambda d: write_idx(d / IDX_NAMES["train_x"], np.zeros((5, 28, 27))),
+         r"images are \(28, 27\), expected 28x28"),
+    ],
+    ids=["bad-magic", "truncated-data", "truncated-header", "count-mismatch", "label-10", "not-28x28"],
+)
+def test_idx_malformed(tmp_path, corrupt, pattern):
+    make_idx_dir(tmp_path)
+    corrupt(tmp_path)
+    with pytest.raises(DatasetError, match=pattern):
+        load_dataset("mnist", tmp_path)
+
+
+def test_idx_corrupt_gzip(tmp_path):
+    make_idx_dir(tmp_path, gz=True)
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte\.gz: cannot read"):
+        load_dataset("mnist", tmp_path)
+
+
+@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found in /work/shared/datasets/mnist or ../shared")
+def test_real_mnist():
+    ds = load_strict("mnist", REAL_MNIST)
+    assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)
+    for y in (ds.train_y, ds.test_y):
+        assert int(y.min()) == 0 and int(y.max()) == 9 and len(torch.unique(y)) == 10
+    assert int(ds.train_x.max()) == 255 and ds.train_y[:5].tolist() == [5, 0, 4, 1, 9]
+
+
+# --------------------------------------------------------------------------- CIFAR-10 python batches
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["batches-py-subdir", "flat"])
+def test_cifar_python_round_trip(tmp_path, nested):
+    names = [f"class{i}".encode() for i in range(10)]
+    expected = make_cifar_python(tmp_path / "cifar-10-batches-py" if nested else tmp_path, label_names=names)
+    ds = load_strict("cifar10", tmp_path)
+    assert ds.train_x.shape == (10, 3, 32, 32) and ds.test_x.shape == (2, 3, 32, 32)
+    for tensor, want in zip((ds.train_x, ds.train_y, ds.test_x, ds.test_y), expected):
+        np.testing.assert_array_equal(tensor.numpy(), want)
+    assert ds.train_y.dtype == torch.int64 and ds.classes == tuple(f"class{i}" for i in range(10))
+
+
+def test_cifar_python_default_class_names(tmp_path):
+    make_cifar_python(tmp_path)  # no batches.meta
+    ds = load_dataset("cifar10", tmp_path)
+    assert ds.classes[:3] == ("airplane", "automobile", "bird") and ds.classes[-1] == "truck"
+
+
+@pytest.mark.parametrize(
+    "corrupt, pattern",
+    [
+        (lambda d: (d / "data_batch_3").unlink(), r"(?s)cifar10: missing data_batch_3 in .*--data-dir"),
+        (lambda d: (d / "data_batch_2").write_bytes(b"\x80\x04garbage not a pickle"),
+         r"data_batch_2: not a readable CIFAR pickle"),
+        (lambda d: write_pickle(d / "test_batch", [1, 2, 3]), r"test_batch: expected a pickled dict, got list"),
+        (lambda d: write_pickle(d / "data_batch_1", {b"data": np.zeros((2, 3000), np.uint8), b"labels": [0, 1]}),
+         r"data_batch_1: b'data' \(2, 3000\) and b'labels' \(2,\) are not \(N, 3072\) and \(N,\)"),
+        (lambda d: write_pickle(d / "data_batch_1", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}),
+         r"are not \(N, 3072\) and \(N,\)"),
+        (lambda d: write_pickle(d / "data_batch_4", {b"labels": [0, 1]}),
+         r"data_batch_4: expected a dict with b'data' and b'labels'"),
+        (lambda d: write_pickle(d / "test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 10]}),
+         r"test_batch: labels out of range 0\.\.9"),
+        (lambda d: write_pickle(d / "test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [-1, 0]}),
+         r"test_batch: labels out of range 0\.\.9"),
+        (lambda d: write_pickle(d / "batches.meta", {b"num_vis": 3072}), r"batches.meta: no b'label_names' list"),
+    ],
+    ids=["missing-batch", "garbage", "not-dict", "bad-width", "label-count", "no-data", "label-10", "label-neg",
+         "bad-meta"],
+)
+def test_cifar_python_malformed(tmp_path, corrupt, pattern):
+    make_cifar_python(tmp_path / "cifar-10-batches-py")
+    corrupt(tmp_path / "cifar-10-batches-py")
+    with pytest.raises(DatasetError, match=pattern):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_cifar_python_labels_checked_against_meta_names(tmp_path):
+    make_cifar_python(tmp_path, label_names=[b"a", b"b", b"c"])  # labels go up to 9
+    with pytest.raises(DatasetError, match=r"labels out of range 0\.\.2"):
+        load_dataset("cifar10", tmp_path)
+
+
+@pytest.mark.parametrize("data, labels", [([[300] * 3072], [0]), (np.full((1, 3072), -1), [0]),
+                                          (np.zeros((1, 3072), np.uint8), [0.5])])
+def test_cifar_python_data_values_out_of_range(tmp_path, data, labels):
+    make_cifar_python(tmp_path)
+    write_pickle(tmp_path / "test_batch", {b"data": data, b"labels": labels})
+    with pytest.raises(DatasetError, match="test_batch"):
+        load_dataset("cifar10", tmp_path)
+
+
+# --------------------------------------------------------------------------- CIFAR-10 image folders / archives
+
+
+def test_image_folders_values_labels_and_order(tmp_path):
+    expected = make_image_tree(tmp_path / "data")
+    ds = load_dataset("cifar10", tmp_path / "data")
+    assert ds.classes == ("airplane", "cat") and ds.num_classes == 2
+    for split in ("train", "test"):
+        x, y = getattr(ds, f"{split}_x"), getattr(ds, f"{split}_y")
+        assert x.dtype == torch.uint8 and y.dtype == torch.int64
+        np.testing.assert_array_equal(x.numpy(), expected[split][0])
+        np.testing.assert_array_equal(y.numpy(), expected[split][1])
+    assert list((tmp_path / "cache").glob("cifar10-*.npz"))  # decoded arrays were cached
+
+
+def test_image_folders_accept_jpeg(tmp_path):
+    expected = make_image_tree(tmp_path)
+    write_image(tmp_path / "train" / "cat" / "c.jpg", np.full((32, 32, 3), 128), fmt="JPEG")
+    ds = load_dataset("cifar10", tmp_path)
+    assert ds.train_x.shape == (4, 3, 32, 32) and ds.train_y.tolist() == [0, 1, 1, 1]
+    np.testing.assert_array_equal(ds.train_x[:3].numpy(), expected["train"][0])  # c.jpg sorts last
+
+
+@pytest.mark.parametrize("top", [None, "cifar10-jpeg"], ids=["no-top-folder", "top-folder"])
+def test_tar_archive_matches_folders(tmp_path, top):
+    make_image_tree(tmp_path / "tree")
+    from_folders = load_dataset("cifar10", tmp_path / "tree")
+    archive = make_tar(tmp_path / "arch" / "cifar.tar.gz", tmp_path / "tree", top=top)
+    assert_same(load_dataset("cifar10", tmp_path / "arch"), from_folders)  # the one archive in a directory
+    assert_same(load_strict("cifar10", archive), from_folders)  # the archive itself (cache hit: same path)
+
+
+def test_image_cache_reused_and_invalidated(tmp_path, monkeypatch):
+    make_image_tree(tmp_path / "data")
+    first = load_dataset("cifar10", tmp_path / "data")
+    (cache,) = (tmp_path / "cache").glob("cifar10-*.npz")
+
+    def no_decode(items):
+        raise AssertionError("images decoded again instead of read from the cache")
+
+    with monkeypatch.context() as m:
+        m.setattr(data_mod, "_decode_images", no_decode)
+        assert_same(load_strict("cifar10", tmp_path / "data"), first)  # cached arrays are writable too
+        write_image(tmp_path / "data" / "test" / "cat" / "w.png", np.zeros((32, 32, 3)))
+        with pytest.raises(AssertionError, match="decoded again"):  # new file -> new fingerprint
+            load_dataset("cifar10", tmp_path / "data")
+        (tmp_path / "data" / "test" / "cat" / "w.png").unlink()
+        for split in ("train", "test"):  # renamed class: same files, sizes and mtimes, but new paths
+            os.rename(tmp_path / "data" / split / "cat", tmp_path / "data" / split / "car")
+        with pytest.raises(AssertionError, match="decoded again"):
+            load_dataset("cifar10", tmp_path / "data")
+        for split in ("train", "test"):
+            os.rename(tmp_path / "data" / split / "car", tmp_path / "data" / split / "cat")
+    cache.write_bytes(b"not a zip file")  # an unreadable cache is rebuilt, not an error
+    assert_same(load_dataset("cifar10", tmp_path / "data"), first)
+    assert np.load(cache)["train_x"].shape == (3, 3, 32, 32)
+
+
+def test_image_wrong_size(tmp_path):
+    make_image_tree(tmp_path)
+    write_image(tmp_path / "test" / "cat" / "x.png", np.zeros((16, 16, 3)))
+    with pytest.raises(DatasetError, match=r"x\.png: image is 16x16, expected 32x32"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_image_corrupt_bytes_names_file(tmp_path):
+    make_image_tree(tmp_path)
+    bad = tmp_path / "train" / "cat" / "a.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    with pytest.raises(DatasetError, match=re.escape(str(bad)) + ": cannot decode image"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_image_folders_empty(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "test").mkdir()
+    with pytest.raises(DatasetError, match=r"(?s)no images found under train/<class>/ .*train classes \[\]"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_image_test_class_without_train_folder(tmp_path):
+    make_image_tree(tmp_path)
+    write_image(tmp_path / "test" / "dog" / "d.png", np.zeros((32, 32, 3)))
+    with pytest.raises(DatasetError, match=r"test classes \['dog'\] have no train folder"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_archive_errors(tmp_path):
+    make_image_tree(tmp_path / "tree")
+    two = tmp_path / "two"
+    make_tar(two / "a.tar.gz", tmp_path / "tree")
+    make_tar(two / "b.tgz", tmp_path / "tree")
+    with pytest.raises(DatasetError, match=r"several archives in .*: a\.tar\.gz, b\.tgz; .*--data-dir FILE"):
+        load_dataset("cifar10", two)
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00 truncated gzip")
+    with pytest.raises(DatasetError, match=r"broken\.tar\.gz: cannot read archive"):
+        load_dataset("cifar10", broken)
+    mixed = tmp_path / "mixed.tar.gz"
+    with tarfile.open(mixed, "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "train", arcname="one/train")
+        tar.add(tmp_path / "tree" / "test", arcname="two/test")
+    with pytest.raises(DatasetError, match=r"images under more than one top-level folder \(one and two\)"):
+        load_dataset("cifar10", mixed)
+
+
+def test_cifar_no_recognised_layout(tmp_path):
+    (tmp_path / "train").mkdir()  # train/ without test/ is not the folder layout
+    (tmp_path / "readme.txt").write_text("hello")
+    pattern = r"(?s)cifar10: no recognised layout in .*cifar-10-batches-py.*train/<class>/\*\.jpg.*\.tar\.gz.*--data-dir"
+    with pytest.raises(DatasetError, match=pattern):
+        load_dataset("cifar10", tmp_path)
