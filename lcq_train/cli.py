@@ -1,4 +1,4 @@
-"""The ``lcq`` command line: ``lcq train``, ``lcq demo`` (more verbs come with the compiler and hardware)."""
+"""The ``lcq`` command line: ``lcq train``, ``lcq demo`` and the compiler's ``compile``, ``eval``, ``report``."""
 
 from __future__ import annotations
 
@@ -90,7 +90,14 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    """The main job on the embedded default: FP pretraining, then LCQ fine-tuning, on 8x8 digits."""
+    """The main job on the embedded default, 8x8 digits: FP pretraining, LCQ fine-tuning, compiling
+    to the integer model and checking the integer reference against the PyTorch model."""
+    from compiler import format as model_format
+    from compiler.agreement import compare
+    from compiler.lower import compile_checkpoint, load_model
+    from compiler.report import report
+
+    from .data import load_dataset
     from .train import TrainConfig, train
 
     out = Path(args.out)
@@ -105,9 +112,23 @@ def _cmd_demo(args) -> int:
                           init=str(init) if init else None, out=str(run_dir),
                           resume=(run_dir / "checkpoint.pt").exists(), progress=args.progress, seed=args.seed)
         results.append((label, train(cfg)["test_top1"]))
+    compiled_path = out / "model.lcq"
+    print(f"== compile {out / 'lcq' / 'checkpoint.pt'} -> {compiled_path}", flush=True)
+    compiled = compile_checkpoint(out / "lcq" / "checkpoint.pt")
+    model_format.save(compiled, compiled_path)
+    rep = report(compiled)
+    print(f"{len(rep['layers'])} layers, {rep['total_bytes']:,} bytes of weights and LUTs, {rep['macs']:,} MACs per image")
+    print("== integer reference vs PyTorch fake-quant on the test set", flush=True)
+    data = load_dataset("digits")
+    agreement = compare(compiled, load_model(out / "lcq" / "checkpoint.pt")[0], data.test_x.numpy(),
+                        data.test_y.numpy()).to_dict()
+    results.append((f"LCQ W{args.wbits}/A{args.abits}, integer reference ({compiled_path})", agreement["top1"]))
     print("\n| stage | test top-1 |\n|---|---|")
     for label, top1 in results:
         print(f"| {label} | {top1:.2f}% |")
+    mismatched = sum(c["mismatched"] for c in agreement["code_mismatches"].values())
+    print(f"\ninteger vs PyTorch: top-1 agreement {100 * agreement['agreement']:.2f}% "
+          f"({agreement['disagreements']} of {agreement['images']} images differ), {mismatched} activation codes differ")
     return 0
 
 
@@ -125,16 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
+    from compiler.cli import add_parsers
+
+    commands = {"train": _cmd_train, "demo": _cmd_demo, **add_parsers(sub)}
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     name = args.command
     if name == "train":
         args = _apply_config_file(train_parser, argv[argv.index("train") + 1:])
-        command = _cmd_train
-    else:
-        command = _cmd_demo
     try:
-        return command(args)
+        return commands[name](args)
     except (DatasetError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"lcq {name}: error: {e}", file=sys.stderr)
         return 2
