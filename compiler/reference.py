@@ -35,7 +35,7 @@ def accumulate(node: ConvNode, codes: np.ndarray) -> np.ndarray:
     cols = node.a_levels[patches(codes, node.kernel, node.stride, node.padding)]
     k = np.abs(node.weight_codes.astype(np.int64))
     weights = (np.sign(node.weight_codes) * node.w_levels[k]).reshape(node.out_shape[0], -1)
-    acc = cols.astype(np.int64) @ weights.T
+    acc = cols @ weights.T
     return np.ascontiguousarray(acc.transpose(0, 3, 1, 2))
 
 

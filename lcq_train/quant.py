@@ -129,67 +129,104 @@ def _normalize(x: torch.Tensor, alpha: torch.Tensor, signed: bool):
     return v, sign, inside
 
 
-def _codes(v: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, s: int):
-    """Compressing interval k and code ``round(s * f(v))`` for v >= 0 (v >= 1 gives s)."""
-    K = gamma.numel()
-    vc = v.clamp(0.0, 1.0)
-    k = (vc * K).floor_().clamp_(max=K - 1).to(torch.int64)
-    f = torch.addcmul(beta[k], gamma[k], vc - k.to(v.dtype) / K)
-    return k, torch.round(f * s).to(torch.int64)
+def _segments(theta: torch.Tensor, s: int, dtype: torch.dtype):
+    """Where, along ``v = |x| / alpha``, the compressing interval k or the code changes.
+
+    Returns ``bounds`` (B,) sorted: 0, the interval edges i/K (i = 1..K-1), the
+    code thresholds ``t_c = f^-1((c - 1/2) / s)`` (c = 1..s) and 1; and, per
+    segment ``m = torch.bucketize(v, bounds, right=True)`` (B+1 of them), its
+    interval ``seg_k`` and code ``seg_code``. ``round(s * f(v)) >= c`` exactly
+    when ``v >= t_c``; for odd c the threshold is raised by one ulp so that an
+    exact tie rounds half to even, as ``torch.round`` does. Segment 0 holds
+    ``v < 0`` and segment B holds ``v >= 1`` (both outside the clip range).
+    """
+    K, device = theta.numel(), theta.device
+    gamma, beta = compander(theta.detach(), dtype)
+    c = torch.arange(1, s + 1, device=device)
+    u = (c.to(dtype) - 0.5) / s
+    j = _expanding_interval(u, beta)
+    t = (u - beta[j]) / gamma[j] + j.to(dtype) / K
+    t = torch.where(c % 2 == 1, torch.nextafter(t, torch.ones_like(t)), t)
+    edges = torch.arange(1, K, device=device, dtype=dtype) / K
+    ends = torch.tensor([0.0, 1.0], device=device, dtype=dtype)
+    bounds, order = torch.sort(torch.cat([ends[:1], edges, t, ends[1:]]), stable=True)
+    kind = torch.cat([torch.zeros(K, device=device, dtype=torch.int64), torch.ones(s, device=device, dtype=torch.int64),
+                      torch.zeros(1, device=device, dtype=torch.int64)])
+    is_code = kind[order]
+    is_edge = torch.zeros_like(is_code)
+    is_edge[1:-1] = 1 - is_code[1:-1]       # everything between 0 and 1 that is not a code threshold
+    zero = torch.zeros(1, device=device, dtype=torch.int64)
+    return bounds, torch.cat([zero, torch.cumsum(is_edge, 0)]), torch.cat([zero, torch.cumsum(is_code, 0)])
+
+
+def _magnitude(x: torch.Tensor, alpha: torch.Tensor, signed: bool) -> torch.Tensor:
+    """``v = |x| / alpha`` (signed) or ``x / alpha`` (unsigned) in the compute dtype."""
+    dtype = _compute_dtype(x)
+    x = x.to(dtype)
+    return (x.abs() if signed else x) / alpha.to(dtype)
 
 
 def lcq_codes(x: torch.Tensor, alpha: torch.Tensor, theta: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
     """Integer codes of the LCQ forward (no gradient): ``sgn(x) * i``, i in 0..s."""
     with torch.no_grad():
-        s = level_scale(bits, signed)
-        v, sign, _ = _normalize(x, alpha, signed)
-        gamma, beta = compander(theta, v.dtype)
-        _, code = _codes(v, gamma, beta, s)
-        return code * sign.to(torch.int64)
+        v = _magnitude(x, alpha, signed)
+        bounds, _, seg_code = _segments(theta, level_scale(bits, signed), v.dtype)
+        code = seg_code[torch.bucketize(v, bounds, right=True)]
+        return code * torch.sign(x).to(torch.int64) if signed else code
 
 
 class _LCQFunction(torch.autograd.Function):
+    """Forward: one bucketize of v into segments and one table lookup; backward: per-segment sums."""
+
     @staticmethod
     def forward(ctx, x, alpha, theta, bits, outer_bits, signed):
         s = level_scale(bits, signed)
-        v, sign, inside = _normalize(x, alpha, signed)
-        dtype = v.dtype
-        gamma, beta = compander(theta.detach(), dtype)
-        levels, j = expand_levels(theta, s, dtype)
-        k, code = _codes(v, gamma, beta, s)
-        out = sign * alpha.to(dtype) * _outer(levels, outer_bits, signed)[code]
-        ctx.save_for_backward(x, alpha, theta, code)
-        ctx.signed = signed
-        ctx.s = s
+        v = _magnitude(x, alpha, signed)
+        bounds, _, seg_code = _segments(theta, s, v.dtype)
+        levels, _ = expand_levels(theta, s, v.dtype)
+        seg = torch.bucketize(v, bounds, right=True)
+        out = (alpha.to(v.dtype) * _outer(levels, outer_bits, signed)[seg_code])[seg]
+        if signed:
+            out = out * torch.sign(x)
+        ctx.save_for_backward(x, alpha, theta, seg)
+        ctx.signed, ctx.s = signed, s
         return out.to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        x, alpha, theta, code = ctx.saved_tensors
-        s, K = ctx.s, theta.numel()
-        v, sign, inside = _normalize(x, alpha, ctx.signed)
-        dtype = v.dtype
+        x, alpha, theta, seg = ctx.saved_tensors
+        s, K, signed = ctx.s, theta.numel(), ctx.signed
+        dtype = _compute_dtype(x)
+        bounds, seg_k, seg_code = _segments(theta, s, dtype)
+        inside = torch.ones(bounds.numel() + 1, device=x.device, dtype=dtype)
+        inside[0] = inside[-1] = 0.0
         grad = grad.to(dtype)
-        gamma, beta = compander(theta.detach(), dtype)
-        levels, j = expand_levels(theta, s, dtype)
 
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (grad * inside).to(x.dtype)
+        grad_x = (grad * inside[seg]).to(x.dtype) if ctx.needs_input_grad[0] else None
+        if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
+            return grad_x, None, None, None, None, None
+
+        # Per segment: G0 = sum of sgn * grad, G1 = sum of sgn * grad * v.
+        v = _magnitude(x, alpha, signed)
+        g = grad * torch.sign(x).to(dtype) if signed else grad
+        flat = seg.reshape(-1)
+        G0 = torch.zeros(bounds.numel() + 1, device=x.device, dtype=dtype).index_add_(0, flat, g.reshape(-1))
+        G1 = torch.zeros_like(G0).index_add_(0, flat, (g * v).reshape(-1))
+        levels, j = expand_levels(theta, s, dtype)
 
         grad_alpha = None
         if ctx.needs_input_grad[1]:
-            d_alpha = torch.where(inside, levels[code] - v, 1.0) * sign
-            grad_alpha = (grad * d_alpha).sum().to(alpha.dtype).reshape(alpha.shape)
+            # eq. (12): sgn * (g(v) - v) inside the clip range, sgn beyond alpha.
+            d_alpha = (inside * (levels[seg_code] * G0 - G1)).sum() + G0[-1]
+            grad_alpha = d_alpha.to(alpha.dtype).reshape(alpha.shape)
 
         grad_theta = None
         if ctx.needs_input_grad[2]:
-            g = grad * sign * inside * alpha.to(dtype)
-            k = (v.clamp(0.0, 1.0) * K).floor_().clamp_(max=K - 1).to(torch.int64)
-            key = (k * (s + 1) + code).reshape(-1)
-            bins = torch.zeros(2, K * (s + 1), dtype=dtype, device=x.device)
-            t0 = bins[0].index_add_(0, key, g.reshape(-1)).view(K, s + 1)
-            t1 = bins[1].index_add_(0, key, (g * v).reshape(-1)).view(K, s + 1)
+            gamma, beta = compander(theta.detach(), dtype)
+            a = alpha.to(dtype) * inside
+            key = seg_k * (s + 1) + seg_code
+            t0 = torch.zeros(K * (s + 1), device=x.device, dtype=dtype).index_add_(0, key, a * G0).view(K, s + 1)
+            t1 = torch.zeros(K * (s + 1), device=x.device, dtype=dtype).index_add_(0, key, a * G1).view(K, s + 1)
             u = torch.arange(s + 1, device=x.device, dtype=dtype) / s
             inv_gamma_j = 1.0 / gamma[j]
             # Compressing piece k: dg/df = 1/gamma_j, df/dgamma_k = v - k/K, df/dbeta_k = 1.

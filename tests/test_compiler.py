@@ -126,6 +126,16 @@ def test_resnet_codes_equal_with_residual_fixed_point():
     assert all(v == 0 for v in code_mismatches(compiled, model, x).values())
 
 
+@pytest.mark.parametrize("depth", [20, 56])
+def test_resnet20_and_56_compile_and_run_exactly(depth):
+    torch.manual_seed(depth)
+    model = randomize(apply_plan(PreActResNet(depth, 10, 3), QuantPlan("lcq", 4, 4)), seed=depth)
+    compiled = compile_model(model, (3, 32, 32))
+    assert len(compiled.convs) == depth + 2          # depth - 2 block convs, 2 shortcuts, first and last
+    x = images(2, (3, 32, 32), seed=depth)
+    assert all(v == 0 for v in code_mismatches(compiled, model, x).values())
+
+
 def test_coarse_residual_stream_shows_its_rounding():
     """With no fraction bits the residual rounding must show up in the codes (and is counted)."""
     torch.manual_seed(0)

