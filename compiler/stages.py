@@ -10,8 +10,6 @@ can hold, so every constant has a stated width.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .graph import Requantize, Thresholds
@@ -107,7 +105,3 @@ def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, position
 def fraction_scale(scales: list[float], frac_bits: int) -> float:
     """A fixed-point scale ``2^-frac_bits`` below the finest of ``scales`` (the residual stream's)."""
     return min(scales) / 2.0**frac_bits
-
-
-def log2_ceil(x: int) -> int:
-    return max(0, math.ceil(math.log2(x))) if x > 0 else 0

@@ -23,6 +23,13 @@ Backward (exactly the paper's):
   the last interval), with ``q_b`` straight-through, chained through the
   cumulative offsets and the softmax. Clipped elements give theta no gradient.
 
+Implementation: within one segment of v between consecutive boundaries
+(the interval edges i/K and the code thresholds ``f^-1((c - 1/2) / s)``) the
+interval k and the code are constant, so the forward is one ``bucketize`` and
+one table lookup, and the backward needs only the sums of ``grad`` and
+``grad * v`` per segment (two ``index_add`` passes); the rest works on
+tables of K x (s+1) entries.
+
 Signed quantizers (weights) use ``s = 2^(b-1) - 1`` levels per sign, unsigned
 ones (activations) ``s = 2^b - 1``; negative inputs of an unsigned quantizer
 map to 0.
