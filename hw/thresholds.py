@@ -1,0 +1,169 @@
+"""Threshold output stage: accumulators -> the next layer's activation codes.
+
+Bit-exact with :meth:`compiler.graph.Thresholds.apply`: for a value ``acc`` of channel
+``n``, ``code = #{c : acc >= T[n, c]}`` (``acc <= T[n, c]`` where ``descending[n]``).
+
+The code is a population count of ``s = 2^code_bits - 1`` parallel comparisons, summed
+by a balanced adder tree. The compiler sorts each channel's thresholds, so their
+comparisons form a thermometer code and a priority encoder would give the same count;
+the popcount is chosen because it is just as small to write and stays equal to
+``apply`` even for unsorted thresholds (nothing in the hardware depends on the order).
+
+A descending channel is stored with negated thresholds ``-T`` and compares ``-acc``
+(``acc <= T  iff  -acc >= -T``), so every channel uses the same ``s`` ">=" comparators
+and one negation per unit, instead of two comparators per threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from amaranth import Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from compiler.graph import Thresholds, signed_bits
+
+
+def popcount(bits):
+    """The number of ones among the 1-bit values ``bits``, as a balanced adder tree."""
+    values = list(bits)
+    if not values:
+        raise ValueError("popcount of no bits")
+    while len(values) > 1:
+        summed = [a + b for a, b in zip(values[0::2], values[1::2])]
+        values = summed + values[len(summed) * 2:]
+    return values[0]
+
+
+# Host side: widths and memory words from a compiler stage.
+
+def _check(stage: Thresholds) -> np.ndarray:
+    t = np.asarray(stage.thresholds)
+    if t.ndim != 2 or t.shape[0] < 1:
+        raise ValueError(f"thresholds must be (channels, s) with channels >= 1, got shape {t.shape}")
+    if t.shape[1] != 2 ** stage.bits - 1:
+        raise ValueError(f"{stage.bits}-bit codes need 2^{stage.bits} - 1 = {2 ** stage.bits - 1} "
+                         f"thresholds per channel, got {t.shape[1]}")
+    if np.asarray(stage.descending).shape != (t.shape[0],):
+        raise ValueError(f"descending must have one flag per channel ({t.shape[0]}), "
+                         f"got shape {np.asarray(stage.descending).shape}")
+    return t.astype(np.int64)
+
+
+def threshold_bits(stage: Thresholds) -> int:
+    """Signed width holding every threshold of ``stage`` and its negation.
+
+    The compiler clamps thresholds to ``[-bound - 1, bound + 1]`` with ``bound`` the
+    largest ``|acc|``, so ``acc_bits + 1`` always suffices; this is often less.
+    """
+    return signed_bits(int(np.abs(_check(stage)).max()))
+
+
+def threshold_words(stage: Thresholds, threshold_bits: int) -> list[int]:
+    """The memory word of each channel, to write at address ``channel``.
+
+    Bits ``i * threshold_bits .. (i + 1) * threshold_bits - 1`` hold threshold ``i``
+    (two's complement; negated for a descending channel); the top bit
+    (``s * threshold_bits``) is the descending flag.
+    """
+    t = _check(stage)
+    top = 2 ** (threshold_bits - 1) - 1
+    if np.abs(t).max() > top:
+        raise ValueError(f"threshold {int(t.flat[np.abs(t).argmax()])} (or its negation) does not fit "
+                         f"threshold_bits={threshold_bits}")
+    mask = (1 << threshold_bits) - 1
+    words = []
+    for row, desc in zip(t.tolist(), np.asarray(stage.descending, dtype=bool).tolist()):
+        word = int(desc) << (len(row) * threshold_bits)
+        for i, v in enumerate(row):
+            word |= ((-v if desc else v) & mask) << (i * threshold_bits)
+        words.append(word)
+    return words
+
+
+class ThresholdUnit(wiring.Component):
+    """Per-channel thresholds of ``channels`` channels, streaming one value per cycle.
+
+    Parameters: ``acc_bits`` (signed input width), ``code_bits`` (b; s = 2^b - 1
+    thresholds per channel), ``channels``, ``threshold_bits`` (signed width of a stored
+    threshold; :func:`threshold_bits`, at most ``acc_bits + 1`` for compiler stages).
+
+    Ports:
+
+    - load: ``load_en``, ``load_addr`` (channel), ``load_data`` (``word_bits``, a word of
+      :func:`threshold_words`); written at the clock edge. Load between layers: a value
+      of the channel being written in the same cycle reads the old word.
+    - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel``.
+    - out: ``code_valid``, ``code`` (unsigned ``code_bits``), registered.
+
+    Latency 2 (``LATENCY``): a value sampled at clock edge t appears after edge t + 1
+    (edge t reads the channel's word, edge t + 1 registers compare + popcount). Fully
+    pipelined: one value per cycle, gaps allowed (``valid`` low), no back-pressure.
+    """
+
+    LATENCY = 2
+
+    def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int):
+        for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
+                                 ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        self.acc_bits, self.code_bits = int(acc_bits), int(code_bits)
+        self.channels, self.threshold_bits = int(channels), int(threshold_bits)
+        self.s = 2 ** self.code_bits - 1
+        self.word_bits = self.s * self.threshold_bits + 1
+        super().__init__({
+            "load_en": In(1),
+            "load_addr": In(range(self.channels)),
+            "load_data": In(self.word_bits),
+            "valid": In(1),
+            "acc": In(signed(self.acc_bits)),
+            "channel": In(range(self.channels)),
+            "code_valid": Out(1),
+            "code": Out(self.code_bits),
+        })
+
+    @classmethod
+    def for_stage(cls, stage: Thresholds, acc_bits: int) -> ThresholdUnit:
+        """A unit sized for ``stage`` (channels, code bits, threshold width)."""
+        return cls(acc_bits, stage.bits, _check(stage).shape[0], threshold_bits(stage))
+
+    def words(self, stage: Thresholds) -> list[int]:
+        """Memory words of ``stage`` for this unit (checks that it fits)."""
+        t = _check(stage)
+        if t.shape != (self.channels, self.s):
+            raise ValueError(f"stage has thresholds of shape {t.shape}, the unit holds "
+                             f"({self.channels}, {self.s})")
+        return threshold_words(stage, self.threshold_bits)
+
+    def elaborate(self, platform):
+        m = Module()
+        # One memory per field of the word (each threshold, the flag), all addressed by
+        # channel: the same storage as one wide memory, but Amaranth's simulator cannot
+        # compile the write logic of a word thousands of bits wide (s = 255).
+        tb = self.threshold_bits
+        fields = [(f"threshold_{i}", signed(tb), self.load_data.word_select(i, tb)) for i in range(self.s)]
+        fields.append(("descending", 1, self.load_data[-1]))
+        data = []
+        for name, shape, load in fields:
+            m.submodules[name] = memory = Memory(shape=shape, depth=self.channels, init=[])
+            write, read = memory.write_port(), memory.read_port()
+            m.d.comb += [
+                write.en.eq(self.load_en),
+                write.addr.eq(self.load_addr),
+                write.data.eq(load),
+                read.addr.eq(self.channel),
+            ]
+            data.append(read.data)
+        *thresholds, descending = data
+        # Stage 1: the channel's word is read; the value waits for it.
+        acc = Signal(signed(self.acc_bits))
+        valid = Signal()
+        m.d.sync += [acc.eq(self.acc), valid.eq(self.valid)]
+        # Stage 2: compare with every (sign-adjusted) threshold, count.
+        key = Mux(descending, -acc, acc)           # signed(acc_bits + 1)
+        hits = Signal(self.s)
+        m.d.comb += [hits[i].eq(key >= t) for i, t in enumerate(thresholds)]
+        m.d.sync += [self.code.eq(popcount(hits)), self.code_valid.eq(valid)]
+        return m
