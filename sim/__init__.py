@@ -1,0 +1,1 @@
+"""cocotb testbenches and runners (Icarus, Verilator) for the generated Verilog."""

