@@ -123,6 +123,7 @@ class _Writer:
         if isinstance(node, PoolNode):
             return {"op": "pool", "name": node.name, "input": node.input, "output": node.output,
                     "frac_bits": node.frac_bits, "sign": self.ref(f"{p}/sign", node.sign.astype(np.int8)),
+                    "relu": self.ref(f"{p}/relu", node.relu.astype(np.uint8)),
                     "offset": self.ref(f"{p}/offset", node.offset.astype(np.int64)),
                     "stage": self.stage(f"{p}/stage", node.stage)}
         raise TypeError(f"cannot save node {node!r}")
@@ -238,7 +239,8 @@ def _build(reader: _Reader, manifest: dict) -> CompiledModel:
             c = need(d["input"], where, False)[0]
             stage = reader.stage(d["stage"], where, c, True)
             node = PoolNode(d["name"], d["input"], d["output"], reader.array(d["sign"], where, (c,)).astype(np.int64),
-                            reader.array(d["offset"], where, (c,)), int(d["frac_bits"]), stage)
+                            reader.array(d["relu"], where, (c,)).astype(bool), reader.array(d["offset"], where, (c,)),
+                            int(d["frac_bits"]), stage)
             shape, is_codes = (c, 1, 1), True
         else:
             raise reader.error(f"{where}: unknown op {op!r}")

@@ -181,16 +181,19 @@ class AddNode:
 class PoolNode:
     """Global average pooling between BN + ReLU and an activation quantizer, on a value tensor.
 
-    Per position ``u = max(0, sign[n] * (x * 2^frac_bits - offset[n]))``
-    (``sign`` in {-1, 0, 1}; BN's scale sign, 0 for a zero scale), summed over
-    all H * W positions; the sum goes through ``stage`` (thresholds, which
-    fold the BN scale, the 1 / (H * W) and the next quantizer).
+    Per position ``u = sign[n] * (x * 2^frac_bits - offset[n])``, then
+    ``max(0, u)`` where ``relu[n]`` (``sign`` in {-1, 0, 1}: BN's scale sign, 0
+    for a channel whose ReLU output is constant; ``relu`` False where the ReLU
+    never clips on the input's range), summed over all H * W positions; the sum
+    goes through ``stage`` (thresholds, which fold the BN scale and shift, the
+    1 / (H * W) and the next quantizer).
     """
 
     name: str
     input: str
     output: str
     sign: np.ndarray
+    relu: np.ndarray
     offset: np.ndarray
     frac_bits: int
     stage: Thresholds
@@ -199,7 +202,8 @@ class PoolNode:
     def positions_sum(self, x: np.ndarray) -> np.ndarray:
         """``sum over positions of u`` (N, C) for values ``x`` (N, C, H, W)."""
         sign, offset = self.sign.reshape(1, -1, 1, 1), self.offset.reshape(1, -1, 1, 1)
-        u = np.maximum(0, sign * ((x.astype(np.int64) << self.frac_bits) - offset))
+        u = sign * ((x.astype(np.int64) << self.frac_bits) - offset)
+        u = np.where(self.relu.reshape(1, -1, 1, 1), np.maximum(0, u), u)
         return u.sum(axis=(2, 3))
 
 

@@ -10,6 +10,7 @@ Supported: the small CNN and pre-activation ResNets of :mod:`lcq_train.models`.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +81,13 @@ def compile_checkpoint(path: str | Path, options: CompileOptions = CompileOption
 @torch.no_grad()
 def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
                   options: CompileOptions = CompileOptions()) -> CompiledModel:
-    """Lower ``model`` (quantizers installed, trained) for inputs of ``input_shape`` (C, H, W)."""
+    """Lower ``model`` (quantizers installed, trained) for inputs of ``input_shape`` (C, H, W).
+
+    Codes, levels and constants are computed from a float64 copy of ``model``, so
+    that float32 rounding cannot decide a weight code lying on a quantizer
+    threshold; the agreement check runs the PyTorch model in float64 too.
+    """
+    model = copy.deepcopy(model).double().eval()
     lowering = _Lowering(model, options)
     if isinstance(model, SmallCNN):
         lowering.small_cnn(model, input_shape)
@@ -133,7 +140,7 @@ class _Lowering:
 
     def input(self, act_name: str, shape: tuple[int, int, int]) -> None:
         act = self.act(act_name)
-        pixels = torch.arange(256, dtype=torch.float32) / 255.0
+        pixels = torch.arange(256, dtype=torch.float64) / 255.0   # as the loader scales uint8 images
         table = act.codes(pixels).numpy().astype(np.uint8)
         self.nodes.append(InputNode(act_name, tuple(shape), table, act.spec.bits))
         self.shapes[act_name] = tuple(shape)
@@ -225,10 +232,10 @@ class _Lowering:
         """BN -> ReLU -> global average pooling -> activation quantizer ``act_name``."""
         gain, offset = self.affine(tensor, self.module(bn_name, nn.BatchNorm2d))
         c, h, w = self.shapes[tensor]
-        sign, off, stage = stages.pool_constants(gain, offset, self.code_thresholds(act_name), h * w,
+        sign, relu, off, stage = stages.pool_constants(gain, offset, self.code_thresholds(act_name), h * w,
                                                  self.options.pool_frac_bits, self.bounds[tensor],
                                                  self.act(act_name).spec.bits)
-        self.nodes.append(PoolNode(act_name, tensor, act_name, sign, off, self.options.pool_frac_bits, stage))
+        self.nodes.append(PoolNode(act_name, tensor, act_name, sign, relu, off, self.options.pool_frac_bits, stage))
         self._codes(act_name, (c, 1, 1))
 
     def logits(self, name: str, input: str) -> None:

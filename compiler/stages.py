@@ -79,27 +79,34 @@ def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, mult_bits: in
 
 
 def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, positions: int, frac_bits: int,
-                   bound: int, bits: int) -> tuple[np.ndarray, np.ndarray, Thresholds]:
-    """(sign, offset, thresholds) of a :class:`compiler.graph.PoolNode` for ``mean(max(0, gain * x + offset))``.
+                   bound: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Thresholds]:
+    """(sign, relu, offset, thresholds) of a :class:`compiler.graph.PoolNode` for
+    ``mean over positions of max(0, gain * x + offset)`` with ``|x| <= bound``.
 
-    ``max(0, gain * x + offset) = |gain| * max(0, sign * (x - c))`` with
-    ``c = -offset / gain``; the node sums ``u = max(0, sign * (x * 2^F - round(c * 2^F)))``
-    over ``positions`` and the code reaches c' when
-    ``sum >= t_c' * positions * 2^F / |gain|``.
+    Per channel, with the kink ``c = -offset / gain``:
+
+    - kink within ``[-bound, bound]``: ``u = max(0, sign * (x * 2^F - round(c * 2^F)))``
+      equals ``max(0, gain * x + offset) * 2^F / |gain|``, so the code reaches c'
+      when ``sum u >= t_c' * positions * 2^F / |gain|``;
+    - ReLU always active on the input range: ``u = sign * x * 2^F`` (no ReLU, no
+      offset) and the code reaches c' when ``sum u >= positions * 2^F * (t_c' - offset) / |gain|``;
+    - ReLU never active, or ``gain == 0``: ``u = 0`` and a constant code.
     """
     gain, offset = np.asarray(gain, np.float64), np.asarray(offset, np.float64)
     scale = 2.0**frac_bits
-    x_lim = (bound + 1) * 2**frac_bits
-    sign = np.sign(gain).astype(np.int64)
+    sum_limit = positions * (bound + 1) * 2**frac_bits + 1
     with np.errstate(divide="ignore", invalid="ignore"):
         c = np.where(gain != 0, -offset / gain, 0.0)
-    off = np.round(np.clip(c * scale, -x_lim, x_lim)).astype(np.int64)
-    sum_bound = positions * 2 * x_lim
-    with np.errstate(divide="ignore", invalid="ignore"):
-        tau = t[None, :] * positions * scale / np.abs(gain)[:, None]
-    lim = np.where(gain[:, None] != 0, np.ceil(np.clip(tau, 0, sum_bound + 1)),
-                   np.where(np.maximum(offset, 0)[:, None] >= t[None, :], 0, 1))
-    return sign, off, Thresholds(lim.astype(np.int64), np.zeros(gain.size, dtype=bool), bits)
+        kinked = (gain != 0) & (np.abs(c) <= bound)
+        always = (gain != 0) & ~kinked & (gain * (np.sign(c) * -1.0) > 0)   # kink beyond the range, behind x
+        tau_kinked = t[None, :] * positions * scale / np.abs(gain)[:, None]
+        tau_always = (t[None, :] - offset[:, None]) * positions * scale / np.abs(gain)[:, None]
+    never = np.where(np.maximum(offset, 0)[:, None] >= t[None, :], 0, 1)      # constant code; u = 0
+    tau = np.where(kinked[:, None], tau_kinked, np.where(always[:, None], tau_always, never))
+    thresholds = np.ceil(np.clip(tau, -sum_limit, sum_limit)).astype(np.int64)
+    sign = np.where(kinked | always, np.sign(gain), 0).astype(np.int64)
+    off = np.where(kinked, np.round(c * scale), 0).astype(np.int64)
+    return sign, ~always, off, Thresholds(thresholds, np.zeros(gain.size, dtype=bool), bits)
 
 
 def fraction_scale(scales: list[float], frac_bits: int) -> float:

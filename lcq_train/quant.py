@@ -25,7 +25,7 @@ Backward (exactly the paper's):
 
 Implementation: within one segment of v between consecutive boundaries
 (the interval edges i/K and the code thresholds ``f^-1((c - 1/2) / s)``) the
-interval k and the code are constant, so the forward is one ``bucketize`` and
+interval k and the code are constant, so the forward is one segment search and
 one table lookup, and the backward needs only the sums of ``grad`` and
 ``grad * v`` per segment (two ``index_add`` passes); the rest works on
 tables of K x (s+1) entries.
@@ -166,6 +166,31 @@ def _segments(theta: torch.Tensor, s: int, dtype: torch.dtype):
     return bounds, torch.cat([zero, torch.cumsum(is_edge, 0)]), torch.cat([zero, torch.cumsum(is_code, 0)])
 
 
+_GRID = 4096  # cells over [0, 1] of the segment search (a power of two: v * _GRID is exact)
+
+
+def _segment_index(v: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
+    """``torch.bucketize(v, bounds, right=True)`` for sorted ``bounds`` from 0 to 1, by table lookup.
+
+    ``v`` falls in grid cell ``c = floor(min(max(v, 0), 1) * _GRID)``; the count
+    of bounds up to the cell's start is tabulated, and the few bounds inside the
+    cell are compared one by one (as many passes as the fullest cell holds,
+    usually one). Several times faster than a binary search per element.
+    """
+    M = _GRID
+    starts = torch.arange(M + 1, device=v.device, dtype=v.dtype) / M
+    base = torch.bucketize(starts, bounds, right=True)
+    inside = torch.bucketize(starts + 1.0 / M, bounds) - base
+    inside[-1] = 0
+    cell = (v.clamp(0.0, 1.0) * M).to(torch.int64).clamp_(0, M)  # (NaN lands in cell 0)
+    seg = base[cell]
+    padded = torch.cat([bounds, torch.full((1,), float("inf"), device=v.device, dtype=v.dtype)])
+    for i in range(int(inside.max())):
+        nxt = torch.where(i < inside, padded[(base + i).clamp(max=bounds.numel())], float("inf"))
+        seg += (v >= nxt[cell]).to(torch.int64)
+    return seg - (v < 0).to(torch.int64)
+
+
 def _magnitude(x: torch.Tensor, alpha: torch.Tensor, signed: bool) -> torch.Tensor:
     """``v = |x| / alpha`` (signed) or ``x / alpha`` (unsigned) in the compute dtype."""
     dtype = _compute_dtype(x)
@@ -178,25 +203,26 @@ def lcq_codes(x: torch.Tensor, alpha: torch.Tensor, theta: torch.Tensor, bits: i
     with torch.no_grad():
         v = _magnitude(x, alpha, signed)
         bounds, _, seg_code = _segments(theta, level_scale(bits, signed), v.dtype)
-        code = seg_code[torch.bucketize(v, bounds, right=True)]
+        code = seg_code[_segment_index(v, bounds)]
         return code * torch.sign(x).to(torch.int64) if signed else code
 
 
 class _LCQFunction(torch.autograd.Function):
-    """Forward: one bucketize of v into segments and one table lookup; backward: per-segment sums."""
+    """Forward: one segment search of v and one table lookup; backward: per-segment sums."""
 
     @staticmethod
     def forward(ctx, x, alpha, theta, bits, outer_bits, signed):
         s = level_scale(bits, signed)
         v = _magnitude(x, alpha, signed)
-        bounds, _, seg_code = _segments(theta, s, v.dtype)
-        levels, _ = expand_levels(theta, s, v.dtype)
-        seg = torch.bucketize(v, bounds, right=True)
-        out = (alpha.to(v.dtype) * _outer(levels, outer_bits, signed)[seg_code])[seg]
+        segments = _segments(theta, s, v.dtype)
+        levels, j = expand_levels(theta, s, v.dtype)
+        seg = _segment_index(v, segments[0])
+        out = (alpha.to(v.dtype) * _outer(levels, outer_bits, signed)[segments[2]])[seg]
         if signed:
             out = out * torch.sign(x)
         ctx.save_for_backward(x, alpha, theta, seg)
         ctx.signed, ctx.s = signed, s
+        ctx.tables = (*segments, levels, j)  # detached functions of theta, reused by backward
         return out.to(x.dtype)
 
     @staticmethod
@@ -204,7 +230,7 @@ class _LCQFunction(torch.autograd.Function):
         x, alpha, theta, seg = ctx.saved_tensors
         s, K, signed = ctx.s, theta.numel(), ctx.signed
         dtype = _compute_dtype(x)
-        bounds, seg_k, seg_code = _segments(theta, s, dtype)
+        bounds, seg_k, seg_code, levels, j = ctx.tables
         inside = torch.ones(bounds.numel() + 1, device=x.device, dtype=dtype)
         inside[0] = inside[-1] = 0.0
         grad = grad.to(dtype)
@@ -219,7 +245,6 @@ class _LCQFunction(torch.autograd.Function):
         flat = seg.reshape(-1)
         G0 = torch.zeros(bounds.numel() + 1, device=x.device, dtype=dtype).index_add_(0, flat, g.reshape(-1))
         G1 = torch.zeros_like(G0).index_add_(0, flat, (g * v).reshape(-1))
-        levels, j = expand_levels(theta, s, dtype)
 
         grad_alpha = None
         if ctx.needs_input_grad[1]:

@@ -94,6 +94,18 @@ def test_weight_edge_cases_zero_clipped_and_boundary_weights():
     assert all(v == 0 for v in code_mismatches(compiled, model, x).values())
 
 
+def test_pooling_channels_whose_relu_always_or_never_clips():
+    """BN scales so small that the ReLU kink lies far outside the accumulator range."""
+    model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=12)
+    with torch.no_grad():
+        model.bn3.weight[1:5] = torch.tensor([1e-3, -1e-3, 1e-3, -1e-3])
+        model.bn3.bias[1:5] = torch.tensor([0.9, 0.9, -0.9, -0.9])     # always on, always on, never, never
+    compiled = compile_model(model, (1, 8, 8))
+    pool = next(n for n in compiled.nodes if n.op == "pool")
+    assert list(pool.relu[1:5]) == [False, False, True, True] and list(pool.sign[3:5]) == [0, 0]
+    assert all(v == 0 for v in code_mismatches(compiled, model, images(20, (1, 8, 8), seed=12)).values())
+
+
 def test_mixed_bit_widths_and_28x28_input():
     plan = QuantPlan("lcq", 3, 3, layer_bits={"conv1": (4, 2), "conv2": (2, 4)})
     model = small_cnn((1, 28, 28), plan, seed=4)

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcq_train.quant import (compander, expand_levels, lcq_codes, lcq_quantize, level_scale, level_table,
+from lcq_train.quant import (_segment_index, _segments, compander, expand_levels, lcq_codes, lcq_quantize,
+                             level_scale, level_table,
                              uniform_quantize)
 
 K = 16
@@ -206,3 +207,15 @@ def test_outputs_lie_on_the_level_table(bits, outer, signed, k, seed, scale):
     # Monotone: a larger input never gets a smaller output.
     order = torch.argsort(x)
     assert torch.all(y[order][1:] >= y[order][:-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.integers(2, 4), seed=st.integers(0, 2**16), spread=st.floats(0.0, 4.0))
+def test_segment_search_equals_bucketize(bits, seed, spread):
+    """The grid search finds the same segment as a binary search, boundaries themselves included."""
+    g = torch.Generator().manual_seed(seed)
+    theta = torch.randn(K, generator=g, dtype=torch.float64) * spread
+    bounds, _, _ = _segments(theta, level_scale(bits, False), torch.float64)
+    v = torch.cat([torch.rand(3000, generator=g, dtype=torch.float64) * 1.4 - 0.2, bounds,
+                   torch.nextafter(bounds, torch.zeros_like(bounds)), torch.tensor([-1.0, 0.0, 1.0, 5.0], dtype=torch.float64)])
+    torch.testing.assert_close(_segment_index(v, bounds), torch.bucketize(v, bounds, right=True), atol=0, rtol=0)
