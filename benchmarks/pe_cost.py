@@ -27,7 +27,7 @@ or block RAM); the counts say where.
 Level tables: random increasing levels (W[0] = A[0] = 0, W[s_w] = 127, A[s_a] = 255) from a
 fixed seed, written to the JSON (the constant-ROM variants' cost depends on them).
 
-Run:  python benchmarks/pe_cost.py [--sizes pe 4x4] [--bits 2 3 4] [--seeds 3] [--jobs 2]
+Run:  python benchmarks/pe_cost.py [--sizes pe 4x4] [--bits 2 3 4] [--seeds 3] [--jobs 2] [--pnr-timeout 600]
 Writes benchmarks/results/pe_cost.json (or --json-out), build files under build/pe_cost/,
 and prints markdown tables.
 """
@@ -158,9 +158,9 @@ class Job:
         (self.workdir / "top.il").write_text(rtlil.convert(harness, ports=harness.pins))
 
 
-def run(cmd: list[str], cwd: Path, log: str) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, log: str, timeout: float | None = None) -> subprocess.CompletedProcess:
     with open(cwd / log, "w") as out:
-        return subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
 
 
 def last_error(path: Path) -> str:
@@ -196,12 +196,19 @@ def synthesize(job: Job) -> dict:
     return result
 
 
-def place_and_route(job: Job, arch: str, seed: int) -> dict:
-    """One nextpnr run: Fmax (MHz) and utilization, or the error that stopped it."""
+def place_and_route(job: Job, arch: str, seed: int, timeout: float) -> dict:
+    """One nextpnr run: Fmax (MHz) and utilization, or the error that stopped it.
+
+    Near the device's capacity nextpnr's placer can search for half an hour before giving
+    up; runs longer than ``timeout`` seconds are stopped and reported as such."""
     report = f"{arch}-seed{seed}.report.json"
     cmd = NEXTPNR[arch] + ["--json", f"{arch}.json", "--freq", str(TARGET_MHZ[arch]), "--seed", str(seed),
                            "--timing-allow-fail", "--report", report, "-q", "-l", f"{arch}-seed{seed}.log"]
-    if run(cmd, job.workdir, f"{arch}-seed{seed}.out").returncode:
+    try:
+        failed = run(cmd, job.workdir, f"{arch}-seed{seed}.out", timeout).returncode
+    except subprocess.TimeoutExpired:
+        return {"seed": seed, "error": f"timeout: no placement in {timeout:.0f} s"}
+    if failed:
         return {"seed": seed, "error": last_error(job.workdir / f"{arch}-seed{seed}.log")}
     data = json.loads((job.workdir / report).read_text())
     return {"seed": seed,
@@ -209,13 +216,13 @@ def place_and_route(job: Job, arch: str, seed: int) -> dict:
             "utilization": {cell: u["used"] for cell, u in data["utilization"].items() if u["used"]}}
 
 
-def measure(job: Job, seeds: int) -> dict:
+def measure(job: Job, seeds: int, timeout: float) -> dict:
     start = time.perf_counter()
     result = {"label": job.label, "variant": job.variant, "dsp": job.dsp, "wbits": job.bits,
               "abits": job.bits, "size": job.size, "build_dir": str(job.workdir)}
     synth = synthesize(job)
     for arch in SYNTH:
-        runs = [place_and_route(job, arch, seed) for seed in range(1, seeds + 1)]
+        runs = [place_and_route(job, arch, seed, timeout) for seed in range(1, seeds + 1)]
         fmax = [r["fmax_mhz"] for r in runs if "fmax_mhz" in r]
         placed = [r for r in runs if "utilization" in r]
         result[arch] = {
@@ -229,6 +236,11 @@ def measure(job: Job, seeds: int) -> dict:
     return result
 
 
+def short_error(error: str) -> str:
+    match = re.search(r"no BELs remaining to implement cell type '(\w+)'", error)
+    return f"does not fit (too many {match[1]})" if match else error
+
+
 def table(results: list[dict], arch: str) -> str:
     columns = list(CELLS[arch])
     head = ["size", "W/A", "variant", *columns, f"{PNR_LOGIC[arch]} (P&R, +harness)", "Fmax MHz"]
@@ -236,10 +248,11 @@ def table(results: list[dict], arch: str) -> str:
     for r in results:
         a = r[arch]
         if a["fmax_mhz_median"] is None:
-            errors = {run["error"] for run in a["pnr"]}
-            fmax = "fail: " + "; ".join(sorted(errors))
+            fmax = "; ".join(sorted({short_error(run["error"]) for run in a["pnr"]}))
         else:
-            fmax = f"{a['fmax_mhz_median']:.1f}"
+            placed = sum("fmax_mhz" in run for run in a["pnr"])
+            fmax = f"{a['fmax_mhz_median']:.1f}" + (f" ({placed}/{len(a['pnr'])} seeds placed)"
+                                                   if placed < len(a["pnr"]) else "")
         row = [r["size"], f"{r['wbits']}/{r['abits']}", r["label"], *(str(a["cells"][c]) for c in columns),
                str(a["pnr_logic"] if a["pnr_logic"] is not None else "-"), fmax]
         lines.append("| " + " | ".join(row) + " |")
@@ -255,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=[c[0] for c in CONFIGS], choices=[c[0] for c in CONFIGS])
     parser.add_argument("--seeds", type=int, default=3, help="nextpnr placement seeds per design")
     parser.add_argument("--jobs", type=int, default=2, help="designs built in parallel")
+    parser.add_argument("--pnr-timeout", type=float, default=600, help="seconds per nextpnr run")
     parser.add_argument("--build-dir", default="build/pe_cost")
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "pe_cost.json"))
@@ -272,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         job.write_rtlil()
     print(f"{len(jobs)} designs, {args.seeds} seeds, {args.jobs} in parallel", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: measure(job, args.seeds), jobs))
+        results = list(pool.map(lambda job: measure(job, args.seeds, args.pnr_timeout), jobs))
     seconds = round(time.perf_counter() - start, 1)
 
     for arch in SYNTH:
