@@ -15,9 +15,11 @@ import numpy as np
 from amaranth import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from compiler.graph import Requantize, signed_bits
+
+from .stage_ports import stage_ports
 
 
 # Host side: widths and memory words from a compiler stage.
@@ -93,12 +95,7 @@ class RequantizeUnit(wiring.Component):
         self.shift_bits = max(1, self.max_shift.bit_length())
         self.word_bits = self.multiplier_bits + self.bias_bits + self.shift_bits
         super().__init__({
-            "load_en": In(1),
-            "load_addr": In(range(self.channels)),
-            "load_data": In(self.word_bits),
-            "valid": In(1),
-            "acc": In(signed(self.acc_bits)),
-            "channel": In(range(self.channels)),
+            **stage_ports(self.channels, self.word_bits, self.acc_bits),
             "out_valid": Out(1),
             "out": Out(signed(self.out_bits)),
         })

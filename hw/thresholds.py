@@ -20,9 +20,11 @@ import numpy as np
 from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from compiler.graph import Thresholds, signed_bits
+
+from .stage_ports import stage_ports
 
 
 def popcount(bits):
@@ -114,12 +116,7 @@ class ThresholdUnit(wiring.Component):
         self.s = 2 ** self.code_bits - 1
         self.word_bits = self.s * self.threshold_bits + 1
         super().__init__({
-            "load_en": In(1),
-            "load_addr": In(range(self.channels)),
-            "load_data": In(self.word_bits),
-            "valid": In(1),
-            "acc": In(signed(self.acc_bits)),
-            "channel": In(range(self.channels)),
+            **stage_ports(self.channels, self.word_bits, self.acc_bits),
             "code_valid": Out(1),
             "code": Out(self.code_bits),
         })
