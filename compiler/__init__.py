@@ -4,5 +4,5 @@ Modules: ``graph`` (the compiled model's nodes), ``stages`` (output-stage
 constants), ``lower`` (PyTorch model -> graph; needs torch), ``format`` (the
 versioned file; numpy only), ``reference`` (the integer executor; numpy only),
 ``agreement`` (integer path vs the PyTorch fake-quantized model), ``report``
-(per-layer sizes).
+(per-layer sizes), ``cli`` (the ``lcq compile``, ``eval`` and ``report`` verbs).
 """
