@@ -83,6 +83,12 @@ def _expanding_interval(u: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(beta[1:].contiguous(), u.contiguous(), right=True)
 
 
+def _inverse(u: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor):
+    """``f^-1(u)`` (eq. 6) for u in [0, 1] and the expanding interval j of each u."""
+    j = _expanding_interval(u, beta)
+    return (u - beta[j]) / gamma[j] + j.to(u.dtype) / gamma.numel(), j
+
+
 def expand_levels(theta: torch.Tensor | None, s: int, dtype: torch.dtype = torch.float32):
     """Unrounded levels ``g_i = f^-1(i / s)`` for codes i = 0..s (eq. 6).
 
@@ -94,9 +100,7 @@ def expand_levels(theta: torch.Tensor | None, s: int, dtype: torch.dtype = torch
     u = torch.arange(s + 1, device=device, dtype=dtype) / s
     if theta is None:
         return u, None
-    gamma, beta = compander(theta.detach(), dtype)
-    j = _expanding_interval(u, beta)
-    levels = (u - beta[j]) / gamma[j] + j.to(dtype) / theta.numel()
+    levels, j = _inverse(u, *compander(theta.detach(), dtype))
     levels[0] = 0.0
     levels[s] = 1.0
     return levels, j
@@ -150,9 +154,7 @@ def _segments(theta: torch.Tensor, s: int, dtype: torch.dtype):
     K, device = theta.numel(), theta.device
     gamma, beta = compander(theta.detach(), dtype)
     c = torch.arange(1, s + 1, device=device)
-    u = (c.to(dtype) - 0.5) / s
-    j = _expanding_interval(u, beta)
-    t = (u - beta[j]) / gamma[j] + j.to(dtype) / K
+    t, _ = _inverse((c.to(dtype) - 0.5) / s, gamma, beta)
     t = torch.where(c % 2 == 1, torch.nextafter(t, torch.ones_like(t)), t)
     edges = torch.arange(1, K, device=device, dtype=dtype) / K
     ends = torch.tensor([0.0, 1.0], device=device, dtype=dtype)
