@@ -56,25 +56,30 @@ def check_images(model: CompiledModel, images: np.ndarray) -> None:
                          f"got {images.dtype} {tuple(images.shape)}")
 
 
+def execute(node, t: dict[str, np.ndarray], images: np.ndarray) -> None:
+    """Run one node on the tensors ``t`` (adds its output, and a layer's ``"<layer>.acc"``, to ``t``)."""
+    if isinstance(node, InputNode):
+        t[node.output] = node.table[images]
+    elif isinstance(node, ConvNode):
+        acc = accumulate(node, t[node.input])
+        t[f"{node.name}.acc"] = acc
+        t[node.output] = acc if node.stage is None else node.stage.apply(acc)
+    elif isinstance(node, ActivateNode):
+        t[node.output] = node.stage.apply(t[node.input])
+    elif isinstance(node, AddNode):
+        t[node.output] = t[node.inputs[0]] + t[node.inputs[1]]
+    elif isinstance(node, PoolNode):
+        t[node.output] = node.stage.apply(node.positions_sum(t[node.input]))[:, :, None, None]
+    else:
+        raise TypeError(f"unknown node {node!r}")
+
+
 def run(model: CompiledModel, images: np.ndarray) -> dict[str, np.ndarray]:
     """Every tensor of ``model`` on ``images`` (uint8 ``(N, C, H, W)``), plus ``"<layer>.acc"`` accumulators."""
     check_images(model, images)
     t: dict[str, np.ndarray] = {}
     for node in model.nodes:
-        if isinstance(node, InputNode):
-            t[node.output] = node.table[images]
-        elif isinstance(node, ConvNode):
-            acc = accumulate(node, t[node.input])
-            t[f"{node.name}.acc"] = acc
-            t[node.output] = acc if node.stage is None else node.stage.apply(acc)
-        elif isinstance(node, ActivateNode):
-            t[node.output] = node.stage.apply(t[node.input])
-        elif isinstance(node, AddNode):
-            t[node.output] = t[node.inputs[0]] + t[node.inputs[1]]
-        elif isinstance(node, PoolNode):
-            t[node.output] = node.stage.apply(node.positions_sum(t[node.input]))[:, :, None, None]
-        else:
-            raise TypeError(f"unknown node {node!r}")
+        execute(node, t, images)
     return t
 
 

@@ -1,0 +1,277 @@
+"""The layer engine: a weight-stationary PE array with its buffers, address generation and output stage.
+
+One engine runs any convolution or fully connected layer of a compiled model that fits
+its :class:`~hw.engine_params.EngineParams`, one layer per ``start``:
+
+1. **Load** (while idle): beats on ``load_*`` write configuration registers and the
+   buffers (targets in :mod:`hw.engine_params`; the host side is :mod:`hw.program`).
+2. **Compute**: for each tile of ``cols`` output channels and each reduction tile
+   (kernel tap ``(ky, kx)`` x group of ``rows`` input channels) the engine loads the
+   tile's ``rows`` x ``cols`` weight codes into the PEs (one row per cycle), streams every
+   output position through the array (one per cycle; row ``r`` reads input channel
+   ``g * rows + r`` at ``(y * stride + ky - padding, x * stride + kx - padding)``, code 0
+   outside the image), adds each column's partial sum to the one kept for that position
+   in the column's accumulator memory, and lets the pipeline drain. After a channel
+   tile's last reduction tile the accumulators pass the column's output stage
+   (thresholds, requantize or none) into the output buffer.
+3. **Read back**: the output buffer streams out on ``out_*`` (valid/ready), one word of
+   ``cols`` outputs per output position, channel tile after channel tile.
+
+Products: each row has a loadable table ``j -> (L[1][j], ..., L[s_w][j])`` at its left
+edge (the "row vector" way of DESIGN.md); the vector travels along the row and each PE
+selects ``L[k][j]`` by its weight magnitude. Engines with ``multiply`` also hold the level
+``A[j]`` in a table entry whose top bit is set, and then the PE multiplies it by its
+weight level ``W[k]`` (8-bit edge layers, whose LUT would be too large).
+
+Cycles of one layer: ``co_tiles * kernel^2 * groups * (rows + 1 + positions + DRAIN)``
+plus one per output word (more under back-pressure); ``DRAIN = rows + cols + 5``.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, C, Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_REQUANTIZE, STAGE_THRESHOLDS, TABLE,
+                            THRESHOLDS, WEIGHTS, EngineParams)
+from .pe import PRODUCT_BITS, ProcessingElement
+from .requantize import RequantizeUnit
+from .thresholds import ThresholdUnit
+
+
+class EngineProducts:
+    """The PE product of an engine: ``P[k]`` of the row's vector, or ``W[k] * A[j]`` where the
+    table entry's top bit says so (a :class:`hw.pe.Variant`-like object for :class:`ProcessingElement`)."""
+
+    load_signature: dict = {}
+
+    def __init__(self, params: EngineParams):
+        self.params = params
+        self.weight_bits, self.operand_bits = params.weight_bits, params.table_bits
+
+    def product(self, m, pe, magnitude, operand):
+        products = [C(0, PRODUCT_BITS)] + [operand.word_select(i, PRODUCT_BITS) for i in range(self.params.s_w)]
+        selected = Array(products)[magnitude]
+        if not self.params.multiply:
+            return selected
+        return Mux(operand[-1], magnitude * operand[:8], selected)
+
+
+class LayerEngine(wiring.Component):
+    """The accelerator core for ``params`` (see the module docstring for what it does).
+
+    Ports:
+
+    - ``load_valid``, ``load_ready``, ``load_target`` (3 bits), ``load_addr``, ``load_data``:
+      one beat per cycle where valid and ready; ready only while idle.
+    - ``start``: a one-cycle pulse begins a layer (ignored while busy); ``busy`` is high from
+      the next cycle until the last output word has been accepted.
+    - ``out_valid``, ``out_ready``, ``out_data`` (``cols`` signed ``out_bits`` fields, column 0
+      lowest): the layer's outputs.
+    """
+
+    def __init__(self, params: EngineParams):
+        if not isinstance(params, EngineParams):
+            raise TypeError(f"params must be an EngineParams, not {params!r}")
+        self.params = params
+        self.drain = params.rows + params.cols + 5
+        super().__init__({
+            "load_valid": In(1),
+            "load_ready": Out(1),
+            "load_target": In(3),
+            "load_addr": In(params.addr_bits),
+            "load_data": In(params.data_bits),
+            "start": In(1),
+            "busy": Out(1),
+            "out_valid": Out(1),
+            "out_ready": In(1),
+            "out_data": Out(params.cols * params.out_bits),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        R, Cn = p.rows, p.cols
+        cfg = {name: Signal(signed(p.reg_bits), name=f"cfg_{name}") for name in REGISTERS}
+        idle = Signal()
+        loading = self.load_valid & idle
+
+        def loads(target):
+            return loading & (self.load_target == target)
+
+        with m.If(loads(CONFIG)):
+            with m.Switch(self.load_addr):
+                for i, name in enumerate(REGISTERS):
+                    with m.Case(i):
+                        m.d.sync += cfg[name].eq(self.load_data)
+
+        def buffer(name, width, depth, write_en):
+            m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
+            write = memory.write_port()
+            m.d.comb += [write.en.eq(write_en), write.addr.eq(self.load_addr), write.data.eq(self.load_data)]
+            return memory.read_port()
+
+        act_read = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
+        weight_read = buffer("weights", Cn * p.weight_bits, p.weight_depth, loads(WEIGHTS))
+        table_reads = [buffer(f"table_{r}", p.table_bits, p.table_depth, loads(TABLE)) for r in range(R)]
+
+        # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x).
+        def counter(name):
+            return Signal(signed(p.reg_bits), name=name)
+
+        co_tile, ky, kx, g = counter("co_tile"), counter("ky"), counter("kx"), counter("g")
+        plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
+        stage_slot, out_base, read_addr = counter("stage_slot"), counter("out_base"), counter("read_addr")
+        y, x, iy, ix, row_addr = counter("y"), counter("x"), counter("iy"), counter("ix"), counter("row_addr")
+        pos = Signal(range(p.pos_depth + 1))
+        row_count = Signal(range(R + 1))
+        drain = Signal(range(self.drain + 1))
+        w_valid, w_row = Signal(), Signal(range(R))
+        first_tile = (ky == 0) & (kx == 0) & (g == 0)
+        last_tile = (ky == cfg["kernel"] - 1) & (kx == cfg["kernel"] - 1) & (g == cfg["groups"] - 1)
+
+        # The tag of each issued position, delayed one cycle per stage of the pipeline.
+        tag_layout = data.StructLayout({"valid": 1, "inside": 1, "first": 1, "last": 1,
+                                        "pos": range(p.pos_depth + 1)})
+        tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 5)]
+        m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
+
+        fire = ~self.out_valid | self.out_ready
+        m.d.sync += w_valid.eq(0)
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [co_tile.eq(0), ky.eq(0), kx.eq(0), g.eq(0), plane_base.eq(0),
+                                 ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
+                                 stage_slot.eq(cfg["stage_base"]), out_base.eq(0), row_count.eq(0)]
+                    m.next = "LOAD_WEIGHTS"
+            with m.State("LOAD_WEIGHTS"):
+                # Read one row's weight word per cycle; the row loads it in the next cycle.
+                m.d.comb += weight_read.addr.eq(weight_addr)
+                m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
+                             w_valid.eq(1), w_row.eq(row_count)]
+                with m.If(row_count == R - 1):
+                    m.d.sync += [y.eq(0), x.eq(0), pos.eq(0), iy.eq(ky - cfg["padding"]),
+                                 ix.eq(kx - cfg["padding"]), row_addr.eq(plane_base + ky_offset)]
+                    m.next = "ISSUE"
+            with m.State("ISSUE"):
+                inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
+                m.d.comb += [act_read.addr.eq(row_addr + ix), tags[0].valid.eq(1), tags[0].inside.eq(inside),
+                             tags[0].first.eq(first_tile), tags[0].last.eq(last_tile), tags[0].pos.eq(pos)]
+                m.d.sync += pos.eq(pos + 1)
+                with m.If(x == cfg["out_w"] - 1):
+                    m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
+                                 row_addr.eq(row_addr + cfg["row_step"])]
+                    with m.If(y == cfg["out_h"] - 1):
+                        m.d.sync += drain.eq(self.drain)
+                        m.next = "DRAIN"
+                with m.Else():
+                    m.d.sync += [x.eq(x + 1), ix.eq(ix + cfg["stride"])]
+            with m.State("DRAIN"):
+                m.d.sync += drain.eq(drain - 1)
+                with m.If(drain == 0):
+                    m.d.sync += row_count.eq(0)
+                    m.next = "LOAD_WEIGHTS"
+                    with m.If(g != cfg["groups"] - 1):
+                        m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
+                    with m.Else():
+                        m.d.sync += [g.eq(0), plane_base.eq(0)]
+                        with m.If(kx != cfg["kernel"] - 1):
+                            m.d.sync += kx.eq(kx + 1)
+                        with m.Else():
+                            m.d.sync += kx.eq(0)
+                            with m.If(ky != cfg["kernel"] - 1):
+                                m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
+                            with m.Else():
+                                m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"]), co_tile.eq(co_tile + 1),
+                                             stage_slot.eq(stage_slot + 1), out_base.eq(out_base + cfg["positions"])]
+                                with m.If(co_tile == cfg["co_tiles"] - 1):
+                                    m.d.sync += read_addr.eq(0)
+                                    m.next = "READ_OUT"
+            with m.State("READ_OUT"):
+                # One word per accepted beat; the output memories read at read_addr when fire.
+                with m.If(fire):
+                    with m.If(read_addr == out_base):
+                        m.d.sync += self.out_valid.eq(0)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += [self.out_valid.eq(1), read_addr.eq(read_addr + 1)]
+
+        # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
+        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load_ready.eq(idle), self.busy.eq(~idle)]
+
+        # The array: row r's code enters its table r cycles after row 0's (skew), the
+        # table's vector (one cycle later) enters PE (r, 0).
+        pes = [[ProcessingElement(EngineProducts(p), p.acc_bits) for _ in range(Cn)] for _ in range(R)]
+        word = act_read.data
+        for r in range(R):
+            code = Mux(tags[1].inside, word.word_select(r, p.abits), 0)
+            for n in range(r):
+                delayed = Signal(p.abits, name=f"code_{r}_{n}")
+                m.d.sync += delayed.eq(code)
+                code = delayed
+            m.d.comb += table_reads[r].addr.eq(cfg["table_base"] + code)
+            for c in range(Cn):
+                m.submodules[f"pe_{r}_{c}"] = pe = pes[r][c]
+                m.d.comb += [pe.w_load.eq(w_valid & (w_row == r)),
+                             pe.w_code.eq(weight_read.data.word_select(c, p.weight_bits))]
+                if c == 0:
+                    m.d.comb += [pe.a_valid.eq(tags[2 + r].valid), pe.a_in.eq(table_reads[r].data)]
+                else:
+                    m.d.comb += [pe.a_valid.eq(pes[r][c - 1].a_valid_out), pe.a_in.eq(pes[r][c - 1].a_out)]
+                if r > 0:
+                    m.d.comb += pe.psum_in.eq(pes[r - 1][c].psum_out)
+
+        # Each column: partial sums of every position in its own memory, its own output
+        # stage, its own slice of the output buffer; column c runs c cycles behind column 0.
+        stage = cfg["stage"][:2]
+        out_fields = []
+        for c in range(Cn):
+            m.submodules[f"acc_{c}"] = accs = Memory(shape=signed(p.acc_bits), depth=p.pos_depth, init=[])
+            acc_read, acc_write = accs.read_port(), accs.write_port()
+            m.d.comb += [acc_read.addr.eq(tags[1 + c].pos),
+                         pes[0][c].psum_in.eq(Mux(tags[2 + c].first, 0, acc_read.data))]
+            done, total = tags[R + c + 2], pes[R - 1][c].psum_out
+            m.d.comb += [acc_write.en.eq(done.valid & ~done.last), acc_write.addr.eq(done.pos),
+                         acc_write.data.eq(total)]
+            final = done.valid & done.last
+            # Every path takes 3 cycles (the requantize unit's latency).
+            raw = total
+            for n in range(3):
+                delayed = Signal(signed(p.acc_bits), name=f"raw_{c}_{n}")
+                m.d.sync += delayed.eq(raw)
+                raw = delayed
+            result = Signal(signed(p.out_bits), name=f"result_{c}")
+            m.d.comb += result.eq(raw)
+            col_field = self.load_addr[:p.col_bits] == c
+            if p.code_bits:
+                m.submodules[f"thresholds_{c}"] = unit = ThresholdUnit(
+                    p.acc_bits, p.code_bits, p.stage_depth, p.threshold_bits)
+                code = Signal(p.code_bits, name=f"code_out_{c}")
+                m.d.sync += code.eq(unit.code)
+                self._connect_stage(m, unit, loads(THRESHOLDS) & col_field, final, total, stage_slot)
+                with m.If(stage == STAGE_THRESHOLDS):
+                    m.d.comb += result.eq(code)
+            if p.requantize:
+                q = p.requantize
+                m.submodules[f"requantize_{c}"] = unit = RequantizeUnit(
+                    p.acc_bits, p.stage_depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
+                self._connect_stage(m, unit, loads(REQUANTIZE) & col_field, final, total, stage_slot)
+                with m.If(stage == STAGE_REQUANTIZE):
+                    m.d.comb += result.eq(unit.out)
+            m.submodules[f"out_{c}"] = outs = Memory(shape=signed(p.out_bits), depth=p.out_depth, init=[])
+            out_read, out_write = outs.read_port(), outs.write_port()
+            written = tags[R + c + 5]
+            m.d.comb += [out_write.en.eq(written.valid & written.last), out_write.addr.eq(out_base + written.pos),
+                         out_write.data.eq(result), out_read.addr.eq(read_addr), out_read.en.eq(fire)]
+            out_fields.append(out_read.data)
+        m.d.comb += self.out_data.eq(Cat(*out_fields))
+        return m
+
+    def _connect_stage(self, m, unit, load_en, valid, acc, slot):
+        p = self.params
+        m.d.comb += [unit.load_en.eq(load_en), unit.load_addr.eq(self.load_addr[p.col_bits:]),
+                     unit.load_data.eq(self.load_data), unit.valid.eq(valid), unit.acc.eq(acc),
+                     unit.channel.eq(slot)]

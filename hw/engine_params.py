@@ -1,0 +1,204 @@
+"""Parameters of the layer engine, checked, and sized from a compiled model.
+
+:class:`EngineParams` fixes everything the generated hardware cannot change at run
+time: the array (``rows`` x ``cols``), the widths of codes, levels, accumulators and
+outputs, which output stages exist, and the depth of every on-chip buffer. What
+changes per layer (geometry, bit-widths up to these maxima, buffer base addresses)
+goes into the engine's configuration registers (:data:`REGISTERS`), written by the
+host (:mod:`hw.program`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from math import ceil
+
+from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
+
+from .pe import PRODUCT_BITS
+from .requantize import bias_bits, max_shift, multiplier_bits, out_bits
+
+# Load targets (``load_target``) and configuration registers (``load_addr`` of a CONFIG beat).
+CONFIG, WEIGHTS, TABLE, THRESHOLDS, REQUANTIZE, ACTS = range(6)
+REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "groups",
+             "co_tiles", "positions", "plane", "row_step", "top_offset",
+             "weight_base", "table_base", "stage_base")
+# Values of the ``stage`` register: what the output stage does.
+STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE = range(3)
+
+
+@dataclass(frozen=True)
+class RequantizeShape:
+    """Widths of the requantize units: ``M`` unsigned, ``B`` signed, shifts ``0..max_shift``, output signed."""
+
+    multiplier_bits: int
+    bias_bits: int
+    max_shift: int
+    out_bits: int
+
+
+@dataclass(frozen=True)
+class EngineParams:
+    """What a :class:`hw.engine.LayerEngine` is generated with.
+
+    - ``rows`` x ``cols``: the PE array; rows take the reduction (input channels of one
+      kernel tap), columns the output channels.
+    - ``wbits`` (2..4): largest weight bit-width of a LUT layer; ``abits`` (1..8): largest
+      activation code width; ``multiply``: PEs can also multiply levels (8-bit edge
+      layers, ``mac == "multiply"``).
+    - ``acc_bits``: signed accumulator width; ``code_bits``: largest threshold-stage code
+      width (0: no threshold units); ``requantize``: the requantize units' widths (None: none).
+    - Buffer depths, in words: ``act_depth`` (``rows`` codes each), ``weight_depth``
+      (``cols`` weight words each), ``table_depth`` (product-table entries of each row),
+      ``stage_depth`` (output-stage constant slots of each column), ``pos_depth`` (output
+      positions of one layer), ``out_depth`` (``cols`` outputs each).
+    """
+
+    rows: int
+    cols: int
+    wbits: int
+    abits: int
+    multiply: bool
+    acc_bits: int
+    code_bits: int
+    requantize: RequantizeShape | None
+    act_depth: int
+    weight_depth: int
+    table_depth: int
+    stage_depth: int
+    pos_depth: int
+    out_depth: int
+
+    def __post_init__(self):
+        limits = {"rows": (1, 256), "cols": (1, 256), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
+                  "code_bits": (0, 8), "act_depth": (1, 1 << 24), "weight_depth": (1, 1 << 24),
+                  "table_depth": (1, 1 << 24), "stage_depth": (1, 1 << 24), "pos_depth": (1, 1 << 24),
+                  "out_depth": (1, 1 << 24)}
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        if self.code_bits and self.code_bits > self.abits:
+            raise ValueError(f"code_bits={self.code_bits} exceeds abits={self.abits}: threshold stages make "
+                             f"next-layer codes, raise abits")
+
+    # Derived widths.
+
+    @property
+    def s_w(self) -> int:
+        """Largest LUT weight magnitude ``2^(wbits-1) - 1``."""
+        return 2 ** (self.wbits - 1) - 1
+
+    @property
+    def weight_bits(self) -> int:
+        """A PE's weight word: sign + ``k`` (or + the 7-bit level ``W[k]`` where PEs multiply)."""
+        return 8 if self.multiply else self.wbits
+
+    @property
+    def table_bits(self) -> int:
+        """A product-table entry: ``s_w`` products of ``PRODUCT_BITS``, or, where PEs multiply,
+        ``max(that, 8)`` bits plus a top flag bit that selects multiplication."""
+        products = self.s_w * PRODUCT_BITS
+        return max(products, 8) + 1 if self.multiply else products
+
+    @property
+    def threshold_bits(self) -> int:
+        return self.acc_bits + 1
+
+    @property
+    def out_bits(self) -> int:
+        """Signed width of one output: a code, a requantized value or a raw accumulator."""
+        widths = [self.acc_bits, self.code_bits + 1]
+        if self.requantize:
+            widths.append(self.requantize.out_bits)
+        return max(widths)
+
+    @property
+    def reg_bits(self) -> int:
+        """Signed width of the configuration registers and address arithmetic."""
+        largest = max(self.act_depth, self.weight_depth, self.table_depth, self.stage_depth, self.out_depth)
+        return largest.bit_length() + 2
+
+    @property
+    def col_bits(self) -> int:
+        """Bits of the column field in a THRESHOLDS / REQUANTIZE ``load_addr``."""
+        return max(1, (self.cols - 1).bit_length())
+
+    @property
+    def addr_bits(self) -> int:
+        depths = [len(REGISTERS), self.act_depth, self.weight_depth, self.table_depth,
+                  self.stage_depth << self.col_bits]
+        return max(d - 1 for d in depths).bit_length()
+
+    @property
+    def data_bits(self) -> int:
+        words = [self.reg_bits, self.rows * self.abits, self.cols * self.weight_bits, self.table_bits]
+        if self.code_bits:
+            words.append((2 ** self.code_bits - 1) * self.threshold_bits + 1)
+        if self.requantize:
+            r = self.requantize
+            words.append(r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length()))
+        return max(words)
+
+    def memory_bits(self) -> dict[str, int]:
+        """Bits of each on-chip buffer (all rows' or columns' copies together)."""
+        bits = {
+            "activations": self.act_depth * self.rows * self.abits,
+            "weights": self.weight_depth * self.cols * self.weight_bits,
+            "tables": self.rows * self.table_depth * self.table_bits,
+            "accumulators": self.cols * self.pos_depth * self.acc_bits,
+            "outputs": self.cols * self.out_depth * self.out_bits,
+        }
+        if self.code_bits:
+            bits["thresholds"] = self.cols * self.stage_depth * ((2 ** self.code_bits - 1) * self.threshold_bits + 1)
+        if self.requantize:
+            r = self.requantize
+            word = r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length())
+            bits["requantize"] = self.cols * self.stage_depth * word
+        return bits
+
+    def describe(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["requantize"] = None if self.requantize is None else vars(self.requantize).copy()
+        return d
+
+    # Sizing.
+
+    @classmethod
+    def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: bool = False) -> EngineParams:
+        """The smallest engine that runs every convolution of ``model`` on a ``rows`` x ``cols`` array.
+
+        ``resident``: buffers hold every layer's weights, tables and stage constants at once
+        (load them once, then only activations per image); otherwise one layer's at a time.
+        """
+        convs = model.convs
+        if not convs:
+            raise ValueError("the model has no convolution or linear layer to run")
+        need = [layer_needs(n, rows, cols) for n in convs]
+        total = sum if resident else max
+        thresholds = [n.stage for n in convs if isinstance(n.stage, Thresholds)]
+        requant = [n for n in convs if isinstance(n.stage, Requantize)]
+        shape = None
+        if requant:
+            shape = RequantizeShape(
+                multiplier_bits=max(multiplier_bits(n.stage) for n in requant),
+                bias_bits=max(bias_bits(n.stage) for n in requant),
+                max_shift=max(max_shift(n.stage) for n in requant),
+                out_bits=max(out_bits(n.stage, n.acc_bound) for n in requant))
+        lut = [n.wbits for n in convs if n.mac == "lut"]
+        return cls(
+            rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
+            multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
+            code_bits=max((s.bits for s in thresholds), default=0), requantize=shape,
+            act_depth=max(x["act"] for x in need), weight_depth=total(x["weight"] for x in need),
+            table_depth=total(x["table"] for x in need), stage_depth=total(x["stage"] for x in need),
+            pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
+
+
+def layer_needs(node: ConvNode, rows: int, cols: int) -> dict[str, int]:
+    """Buffer words layer ``node`` takes on a ``rows`` x ``cols`` engine."""
+    c_in, h, w = node.in_shape
+    c_out, ho, wo = node.out_shape
+    groups, co_tiles = ceil(c_in / rows), ceil(c_out / cols)
+    return {"act": groups * h * w, "weight": co_tiles * node.kernel ** 2 * groups * rows,
+            "table": 2 ** node.abits, "stage": co_tiles, "positions": ho * wo, "out": co_tiles * ho * wo}

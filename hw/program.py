@@ -1,0 +1,202 @@
+"""Host side of the layer engine: compiled layers -> load beats, output words -> arrays.
+
+A beat is ``(target, addr, data)`` for the engine's ``load_*`` ports (targets and
+registers in :mod:`hw.engine_params`). For one layer (:class:`~compiler.graph.ConvNode`)
+:func:`layer_beats` gives its configuration, weights, product tables and output-stage
+constants, :func:`act_beats` its input codes, :func:`output_words` how many words a run
+returns and :func:`decode_outputs` turns them into the reference's array.
+
+:func:`model_jobs` runs a whole model as a generator: it computes host-side nodes
+(input table, residual additions, activations, pooling) with the integer reference
+and yields one :class:`Job` per convolution to run on the engine, receiving its output
+words back (``send``). Buffers are laid out per layer at base address 0 (the engine
+holds one layer at a time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil
+
+import numpy as np
+
+from compiler import reference
+from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
+
+from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_THRESHOLDS,
+                            TABLE, THRESHOLDS, WEIGHTS, EngineParams, layer_needs)
+from .pe import PRODUCT_BITS
+from .requantize import RequantizeUnit
+from .thresholds import ThresholdUnit
+
+Beat = tuple[int, int, int]
+
+
+def check_fits(params: EngineParams, node: ConvNode) -> None:
+    """Raise ValueError naming what of layer ``node`` does not fit the engine, and the fix."""
+    need = layer_needs(node, params.rows, params.cols)
+    problems = []
+    if node.mac == "multiply" and not params.multiply:
+        problems.append("it multiplies levels (an 8-bit edge layer) but the engine has no multipliers")
+    if node.mac == "lut" and node.wbits > params.wbits:
+        problems.append(f"weights of {node.wbits} bits exceed wbits={params.wbits}")
+    if node.abits > params.abits:
+        problems.append(f"activations of {node.abits} bits exceed abits={params.abits}")
+    if node.acc_bits > params.acc_bits:
+        problems.append(f"accumulators of {node.acc_bits} bits exceed acc_bits={params.acc_bits}")
+    if isinstance(node.stage, Thresholds) and node.stage.bits > params.code_bits:
+        problems.append(f"output codes of {node.stage.bits} bits exceed code_bits={params.code_bits}")
+    if isinstance(node.stage, Requantize) and params.requantize is None:
+        problems.append("it requantizes its output but the engine has no requantize units")
+    for key, depth in (("act", "act_depth"), ("weight", "weight_depth"), ("table", "table_depth"),
+                       ("stage", "stage_depth"), ("positions", "pos_depth"), ("out", "out_depth")):
+        if need[key] > getattr(params, depth):
+            problems.append(f"it needs {need[key]} words of {depth} (has {getattr(params, depth)})")
+    if problems:
+        raise ValueError(f"layer {node.name!r} does not fit the engine: {'; '.join(problems)}. "
+                         f"Generate the engine for this model (EngineParams.for_model).")
+
+
+def _stage_kind(node: ConvNode) -> int:
+    if isinstance(node.stage, Thresholds):
+        return STAGE_THRESHOLDS
+    if isinstance(node.stage, Requantize):
+        return STAGE_REQUANTIZE
+    return STAGE_NONE
+
+
+def config_values(params: EngineParams, node: ConvNode) -> dict[str, int]:
+    """The configuration registers of layer ``node`` (buffers at base 0)."""
+    c_in, h, w = node.in_shape
+    c_out, ho, wo = node.out_shape
+    values = {"stage": _stage_kind(node), "in_h": h, "in_w": w, "out_h": ho, "out_w": wo,
+              "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
+              "groups": ceil(c_in / params.rows), "co_tiles": ceil(c_out / params.cols), "positions": ho * wo,
+              "plane": h * w, "row_step": node.stride * w, "top_offset": -node.padding * w,
+              "weight_base": 0, "table_base": 0, "stage_base": 0}
+    assert set(values) == set(REGISTERS)
+    return values
+
+
+def _weight_word(params: EngineParams, node: ConvNode, code: int) -> int:
+    magnitude = abs(code) if node.mac == "lut" else int(node.w_levels[abs(code)])
+    return int(code < 0) << (params.weight_bits - 1) | magnitude
+
+
+def weight_words(params: EngineParams, node: ConvNode) -> list[int]:
+    """Weight buffer words in the engine's order: channel tile, ky, kx, group, row; ``cols`` codes each."""
+    R, C = params.rows, params.cols
+    c_out, c_in = node.weight_codes.shape[:2]
+    codes = np.zeros((ceil(c_out / C) * C, ceil(c_in / R) * R, node.kernel, node.kernel), dtype=np.int64)
+    codes[:c_out, :c_in] = node.weight_codes
+    words = []
+    for t in range(codes.shape[0] // C):
+        for ky in range(node.kernel):
+            for kx in range(node.kernel):
+                for ci in range(codes.shape[1]):
+                    word = 0
+                    for c in range(C):
+                        word |= _weight_word(params, node, int(codes[t * C + c, ci, ky, kx])) << (c * params.weight_bits)
+                    words.append(word)
+    return words
+
+
+def table_words(params: EngineParams, node: ConvNode) -> list[int]:
+    """Product-table entries ``j = 0 .. 2^abits - 1`` of layer ``node``."""
+    a = [int(v) for v in node.a_levels]
+    if node.mac == "multiply":
+        return [a[j] | 1 << (params.table_bits - 1) for j in range(len(a))]
+    w = [int(v) for v in node.w_levels]
+    return [sum(w[k] * a[j] << PRODUCT_BITS * (k - 1) for k in range(1, len(w))) for j in range(len(a))]
+
+
+def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:
+    c_out = node.out_shape[0]
+    if isinstance(node.stage, Requantize):
+        q = params.requantize
+        unit = RequantizeUnit(params.acc_bits, c_out, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
+        return unit.words(node.stage)
+    # Codes narrower than the units' hold thresholds that are never passed.
+    s, t = 2 ** params.code_bits - 1, np.asarray(node.stage.thresholds, dtype=np.int64)
+    top = 2 ** (params.threshold_bits - 1) - 1
+    desc = np.asarray(node.stage.descending, dtype=bool)
+    pad = np.where(desc, -top, top)[:, None].repeat(s - t.shape[1], axis=1)
+    padded = Thresholds(np.concatenate([t, pad], axis=1), desc, params.code_bits)
+    return ThresholdUnit(params.acc_bits, params.code_bits, c_out, params.threshold_bits).words(padded)
+
+
+def layer_beats(params: EngineParams, node: ConvNode) -> list[Beat]:
+    """Configuration, weights, tables and stage constants of layer ``node``."""
+    check_fits(params, node)
+    mask = (1 << params.reg_bits) - 1
+    beats = [(CONFIG, i, config_values(params, node)[name] & mask) for i, name in enumerate(REGISTERS)]
+    beats += [(WEIGHTS, a, w) for a, w in enumerate(weight_words(params, node))]
+    beats += [(TABLE, j, v) for j, v in enumerate(table_words(params, node))]
+    if node.stage is not None:
+        target = REQUANTIZE if isinstance(node.stage, Requantize) else THRESHOLDS
+        for ch, word in enumerate(_stage_words(params, node)):
+            beats.append((target, (ch // params.cols) << params.col_bits | ch % params.cols, word))
+    return beats
+
+
+def act_beats(params: EngineParams, node: ConvNode, codes: np.ndarray) -> list[Beat]:
+    """The input codes ``(C_in, H, W)`` of one image as activation-buffer beats."""
+    if tuple(codes.shape) != tuple(node.in_shape):
+        raise ValueError(f"layer {node.name!r} takes codes of shape {node.in_shape}, got {tuple(codes.shape)}")
+    R, (c_in, h, w) = params.rows, node.in_shape
+    groups = ceil(c_in / R)
+    padded = np.zeros((groups * R, h, w), dtype=np.int64)
+    padded[:c_in] = codes
+    shifts = (np.arange(R) * params.abits).reshape(1, R, 1, 1)
+    words = (padded.reshape(groups, R, h, w) << shifts).sum(axis=1).reshape(-1)
+    return [(ACTS, a, int(v)) for a, v in enumerate(words.tolist())]
+
+
+def output_words(params: EngineParams, node: ConvNode) -> int:
+    return layer_needs(node, params.rows, params.cols)["out"]
+
+
+def decode_outputs(params: EngineParams, node: ConvNode, words: list[int]) -> np.ndarray:
+    """The engine's output words of layer ``node`` -> ``(C_out, Ho, Wo)`` int64, as the reference has them."""
+    c_out, ho, wo = node.out_shape
+    if len(words) != output_words(params, node):
+        raise ValueError(f"layer {node.name!r} returns {output_words(params, node)} words, got {len(words)}")
+    C, bits = params.cols, params.out_bits
+    fields = np.array([[(int(word) >> (c * bits)) & ((1 << bits) - 1) for c in range(C)] for word in words],
+                      dtype=np.int64)
+    fields = np.where(fields >= 1 << (bits - 1), fields - (1 << bits), fields)
+    tiles = fields.reshape(-1, ho * wo, C)                         # (co_tiles, positions, cols)
+    return tiles.transpose(0, 2, 1).reshape(-1, ho, wo)[:c_out]
+
+
+@dataclass
+class Job:
+    """One layer for the engine: ``index`` (of the node in the model), the beats to load, the words to read."""
+
+    index: int
+    node: ConvNode
+    beats: list[Beat]
+    out_words: int
+
+
+def model_jobs(model: CompiledModel, params: EngineParams, image: np.ndarray, on_engine: set[int] | None = None,
+               upto: int | None = None):
+    """Generator running ``model`` on one uint8 image ``(C, H, W)``.
+
+    Convolutions whose node index is in ``on_engine`` (default: all) are yielded as
+    :class:`Job`; the caller sends back the output words, which are decoded and feed the
+    nodes after it. Everything else runs in the integer reference. Stops after node
+    ``upto`` (default: the last); returns the tensors (batch of one).
+    """
+    images = image[None]
+    reference.check_images(model, images)
+    t: dict[str, np.ndarray] = {}
+    for index, node in enumerate(model.nodes[:None if upto is None else upto + 1]):
+        if isinstance(node, ConvNode) and (on_engine is None or index in on_engine):
+            beats = layer_beats(params, node) + act_beats(params, node, t[node.input][0])
+            words = yield Job(index, node, beats, output_words(params, node))
+            out = decode_outputs(params, node, words)
+            t[node.output] = (out.astype(np.uint8) if isinstance(node.stage, Thresholds) else out)[None]
+        else:
+            reference.execute(node, t, images)
+    return t

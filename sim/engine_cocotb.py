@@ -1,0 +1,134 @@
+"""cocotb testbench for ``hw.engine.LayerEngine``, driven by the data file of ``sim.runner``.
+
+The data (written by :mod:`sim.engine_run`) holds ``params`` (an ``EngineParams``
+description), ``stall`` and ``backpressure`` (probabilities that ``load_valid`` or
+``out_ready`` is low in a cycle), ``seed``, ``results`` (the JSON file to write), and
+the work, either
+
+- ``jobs``: ``[{"index", "beats": [[target, addr, data], ...], "out_words"}]``, or
+- ``model``: ``{"path", "images" (uint8 nested lists), "on_engine" (node indices or
+  null for all), "upto" (last node or null)}``: the model runs image by image through
+  :func:`hw.program.model_jobs`, the engine's outputs feeding the nodes after them.
+
+For every layer run the results hold ``index``, ``cycles`` (from the clock edge that
+samples ``start`` to the one that accepts the last output word), ``words`` (the output
+words) and ``word_cycles`` (the cycle, counted the same way, each word was accepted at).
+Comparison with the integer reference happens outside the simulator. A run that does
+not finish within ``max_cycles`` fails with the layer, the words received and the state.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import FallingEdge
+
+from sim.runner import load_data
+
+PERIOD_NS = 10
+
+
+class Engine:
+    """The DUT's ports, driven at falling edges (sampled by the next rising edge)."""
+
+    def __init__(self, dut, d: dict):
+        self.dut, self.clk = dut, dut.clk
+        self.rng = random.Random(d.get("seed", 0))
+        self.stall, self.backpressure = d.get("stall", 0.0), d.get("backpressure", 0.0)
+
+    async def reset(self):
+        dut = self.dut
+        for sig in (dut.load_valid, dut.load_target, dut.load_addr, dut.load_data, dut.start, dut.out_ready):
+            sig.value = 0
+        dut.rst.value = 1
+        Clock(self.clk, PERIOD_NS, unit="ns").start(start_high=False)
+        for _ in range(2):
+            await FallingEdge(self.clk)
+        dut.rst.value = 0
+
+    async def load(self, beats):
+        dut = self.dut
+        for target, addr, value in beats:
+            while True:
+                valid = self.rng.random() >= self.stall
+                dut.load_valid.value = int(valid)
+                dut.load_target.value, dut.load_addr.value, dut.load_data.value = target, addr, value
+                ready = int(dut.load_ready.value)
+                await FallingEdge(self.clk)
+                if valid and ready:
+                    break
+        dut.load_valid.value = 0
+
+    async def run(self, index: int, out_words: int, max_cycles: int) -> dict:
+        dut = self.dut
+        dut.start.value = 1
+        await FallingEdge(self.clk)
+        dut.start.value = 0
+        words, word_cycles, cycle = [], [], 1
+        while len(words) < out_words or int(dut.busy.value):
+            if cycle > max_cycles:
+                raise AssertionError(f"layer {index}: no end after {max_cycles} cycles: {len(words)} of "
+                                     f"{out_words} output words received, busy={dut.busy.value}")
+            ready = self.rng.random() >= self.backpressure
+            dut.out_ready.value = int(ready)
+            valid = int(dut.out_valid.value)
+            if valid and ready:
+                if len(words) == out_words:
+                    raise AssertionError(f"layer {index}: more than the expected {out_words} output words")
+                words.append(int(dut.out_data.value.to_unsigned()))
+                word_cycles.append(cycle)
+            await FallingEdge(self.clk)
+            cycle += 1
+        dut.out_ready.value = 0
+        return {"index": index, "cycles": word_cycles[-1] if word_cycles else cycle, "words": words,
+                "word_cycles": word_cycles}
+
+
+def max_cycles(beats_out: int, params: dict, backpressure: float, macs: int | None = None) -> int:
+    budget = 200 + 4 * (macs or 0) + 50 * beats_out * (params["rows"] + params["cols"])
+    return int(budget / max(0.05, 1 - backpressure))
+
+
+@cocotb.test()
+async def engine_runs(dut):
+    d = load_data()
+    engine = Engine(dut, d)
+    await engine.reset()
+    results = []
+    if "jobs" in d:
+        per_image = []
+        for job in d["jobs"]:
+            await engine.load(job["beats"])
+            budget = max_cycles(job["out_words"], d["params"], engine.backpressure, job.get("macs"))
+            per_image.append(await engine.run(job["index"], job["out_words"], budget))
+        results.append(per_image)
+    else:
+        from compiler.format import load
+        from hw.engine_params import EngineParams, RequantizeShape
+        from hw.program import model_jobs
+
+        spec = d["model"]
+        model = load(spec["path"])
+        p = dict(d["params"])
+        p["requantize"] = p["requantize"] and RequantizeShape(**p["requantize"])
+        params = EngineParams(**p)
+        on_engine = None if spec["on_engine"] is None else set(spec["on_engine"])
+        for image in spec["images"]:
+            steps, per_image = model_jobs(model, params, np.asarray(image, dtype=np.uint8), on_engine, spec["upto"]), []
+            try:
+                job = next(steps)
+                while True:
+                    await engine.load(job.beats)
+                    budget = max_cycles(job.out_words, d["params"], engine.backpressure, job.node.macs)
+                    result = await engine.run(job.index, job.out_words, budget)
+                    per_image.append(result)
+                    job = steps.send(result["words"])
+            except StopIteration:
+                pass
+            results.append(per_image)
+    with open(d["results"], "w") as f:
+        json.dump(results, f)
