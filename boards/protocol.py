@@ -1,0 +1,239 @@
+"""Host side of the link protocol: frame encoding and decoding, pure Python.
+
+The frame layout, checksum and error codes are specified in :mod:`hw.link` (the
+gateware that implements them); this module holds the numbers both sides share and
+turns frames into bytes and back. Every failure is a :class:`LinkError` whose message
+says which frame, what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+SYNC = 0xA5
+CRC_INIT = 0xFFFF
+CRC_POLY = 0x1021
+HEADER_BYTES = 4  # sync, type, length (2)
+CRC_BYTES = 2
+TARGET_BITS = 3  # load beat target field, sent in a whole byte
+PROTOCOL_VERSION = 1
+INFO_FORMAT = "<B7H"  # version; addr_bits, data_bits, out_bits, out_bytes, rows, cols, max_payload
+DONE_FORMAT = "<I"  # words sent since RUN
+
+
+class FrameType(enum.IntEnum):
+    """Host -> device requests (``0x0_``) and device -> host replies (``0x8_``)."""
+
+    PING = 0x01
+    LOAD = 0x02
+    RUN = 0x03
+    INFO = 0x81
+    ACK = 0x82
+    OUT = 0x83
+    DONE = 0x84
+    NACK = 0x85
+
+
+class NackCode(enum.IntEnum):
+    """First payload byte of a NACK; the second is the type byte of the refused frame."""
+
+    CRC = 1
+    LENGTH = 2
+    TYPE = 3
+    TIMEOUT = 4
+    FRAMING = 5
+
+    @property
+    def explanation(self) -> str:
+        return {
+            NackCode.CRC: "its checksum did not match (bytes were corrupted on the line)",
+            NackCode.LENGTH: "its length was wrong for its type (a LOAD payload must be a "
+                             "whole number of beats and at most max_payload bytes; PING and "
+                             "RUN carry none)",
+            NackCode.TYPE: "its type byte is not a request the device knows",
+            NackCode.TIMEOUT: "it stopped arriving mid-way (the device dropped it)",
+            NackCode.FRAMING: "a byte had no stop bit (baud rate mismatch or line noise)",
+        }[self]
+
+
+class LinkError(Exception):
+    """The link failed; the message says which frame, what was wrong and what to do."""
+
+
+class LinkTimeout(LinkError):
+    """The device sent fewer bytes than a frame needs before the port timed out."""
+
+
+class FrameError(LinkError):
+    """Bytes from the device do not form a valid frame."""
+
+
+class NackError(LinkError):
+    """The device refused a frame, after the allowed retries."""
+
+    def __init__(self, code: int, refused_type: int, attempts: int):
+        self.code, self.refused_type, self.attempts = code, refused_type, attempts
+        try:
+            what = NackCode(code).explanation
+        except ValueError:
+            what = f"unknown NACK code {code}"
+        super().__init__(f"the device refused {_type_name(refused_type)} frame "
+                         f"{attempts} time(s): {what}; check the baud rate and cable, or "
+                         f"lower max_payload")
+
+
+def _type_name(ftype: int) -> str:
+    try:
+        return FrameType(ftype).name
+    except ValueError:
+        return f"type 0x{ftype:02x}"
+
+
+def crc16(data: bytes, crc: int = CRC_INIT) -> int:
+    """CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF, no reflection, no final XOR)."""
+    for byte in data:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ CRC_POLY if crc & 0x8000 else crc << 1) & 0xFFFF
+    return crc
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    payload: bytes = b""
+
+
+def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
+    """The bytes of one frame: sync, type, length (LE), payload, CRC (big-endian)."""
+    if not 0 <= ftype <= 0xFF:
+        raise ValueError(f"Frame type must be a byte, not {ftype!r}")
+    if len(payload) > 0xFFFF:
+        raise ValueError(f"Frame payload must be at most 65535 bytes, not {len(payload)}")
+    body = bytes([ftype]) + struct.pack("<H", len(payload)) + bytes(payload)
+    return bytes([SYNC]) + body + struct.pack(">H", crc16(body))
+
+
+def read_frame(read: Callable[[int], bytes], expecting: str = "a reply") -> Frame:
+    """One frame from ``read(n)`` (a pyserial-like read that may return fewer bytes on
+    timeout). Raises :class:`LinkTimeout` on a short read and :class:`FrameError` on a
+    byte other than sync where a frame starts or a checksum mismatch."""
+
+    def exactly(n: int, part: str) -> bytes:
+        got = read(n) if n else b""
+        if len(got) < n:
+            raise LinkTimeout(f"timed out waiting for {expecting}: got {len(got)} of the {n} "
+                              f"bytes of its {part}; check that the board is programmed, the "
+                              f"port and baud rate are right, and raise the port timeout for "
+                              f"long runs")
+        return got
+
+    sync = exactly(1, "sync byte")[0]
+    if sync != SYNC:
+        raise FrameError(f"expected the sync byte 0x{SYNC:02x} at the start of {expecting}, got "
+                         f"0x{sync:02x}: the link is out of step; check the baud rate, then "
+                         f"reopen the port and ping")
+    header = exactly(3, "header")
+    length = struct.unpack("<H", header[1:])[0]
+    payload = exactly(length, f"{length}-byte payload")
+    check = exactly(CRC_BYTES, "checksum")
+    if crc16(header + payload + check) != 0:
+        raise FrameError(f"checksum mismatch in {_type_name(header[0])} frame ({expecting}, "
+                         f"{length} payload bytes): bytes were corrupted on the line; check "
+                         f"the cable and try a lower baud rate")
+    return Frame(header[0], payload)
+
+
+def decode_frame(data: bytes) -> Frame:
+    """The one frame that ``data`` holds exactly (see :func:`read_frame`)."""
+    rest = memoryview(bytes(data))
+
+    def read(n: int) -> bytes:
+        nonlocal rest
+        got, rest = bytes(rest[:n]), rest[n:]
+        return got
+
+    frame = read_frame(read, "the frame")
+    if len(rest):
+        raise FrameError(f"{len(rest)} stray byte(s) after a {_type_name(frame.type)} frame")
+    return frame
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """The device's parameters, from its INFO reply to PING."""
+
+    version: int
+    addr_bits: int
+    data_bits: int
+    out_bits: int
+    out_bytes: int
+    rows: int
+    cols: int
+    max_payload: int
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "LinkInfo":
+        if len(payload) != struct.calcsize(INFO_FORMAT):
+            raise FrameError(f"INFO reply has {len(payload)} payload bytes, expected "
+                             f"{struct.calcsize(INFO_FORMAT)}: host and gateware speak different "
+                             f"protocol versions; rebuild the bitstream")
+        info = cls(*struct.unpack(INFO_FORMAT, payload))
+        if info.version != PROTOCOL_VERSION:
+            raise FrameError(f"device speaks protocol version {info.version}, this host "
+                             f"{PROTOCOL_VERSION}: rebuild the bitstream or update the host")
+        return info
+
+    def encode(self) -> bytes:
+        return struct.pack(INFO_FORMAT, self.version, self.addr_bits, self.data_bits,
+                           self.out_bits, self.out_bytes, self.rows, self.cols, self.max_payload)
+
+    @property
+    def addr_bytes(self) -> int:
+        return (self.addr_bits + 7) // 8
+
+    @property
+    def data_bytes(self) -> int:
+        return (self.data_bits + 7) // 8
+
+    @property
+    def beat_bytes(self) -> int:
+        """Bytes of one load beat: target, address, data."""
+        return 1 + self.addr_bytes + self.data_bytes
+
+
+
+def encode_beats(beats: Iterable[tuple[int, int, int]], info: LinkInfo) -> bytes:
+    """LOAD payload bytes of ``(target, addr, data)`` beats; raises ValueError on a value
+    that does not fit its field."""
+    out = bytearray()
+    for n, (target, addr, data) in enumerate(beats):
+        for name, value, bits in (("target", target, TARGET_BITS),
+                                  ("address", addr, info.addr_bits),
+                                  ("data", data, info.data_bits)):
+            if not 0 <= value < 1 << bits:
+                raise ValueError(f"Load beat {n}: {name} {value!r} does not fit in {bits} "
+                                 f"bits")
+        out.append(target)
+        out += addr.to_bytes(info.addr_bytes, "little")
+        out += data.to_bytes(info.data_bytes, "little")
+    return bytes(out)
+
+
+def split_payloads(payload: bytes, info: LinkInfo) -> list[bytes]:
+    """``payload`` (whole beats) cut into LOAD payloads of at most ``max_payload`` bytes."""
+    step = info.max_payload // info.beat_bytes * info.beat_bytes
+    return [payload[i:i + step] for i in range(0, len(payload), step)]
+
+
+def decode_words(payload: bytes, info: LinkInfo) -> list[int]:
+    """The little-endian output words of an OUT payload."""
+    if len(payload) % info.out_bytes:
+        raise FrameError(f"OUT frame has {len(payload)} payload bytes, not a multiple of the "
+                         f"{info.out_bytes}-byte word: host and gateware disagree on the word "
+                         f"size; ping again or rebuild the bitstream")
+    step = info.out_bytes
+    return [int.from_bytes(payload[i:i + step], "little") for i in range(0, len(payload), step)]

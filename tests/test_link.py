@@ -1,0 +1,486 @@
+"""Host link: UART, LinkBridge and the host side, in Amaranth's simulator."""
+
+import random
+import struct
+import sys
+
+import pytest
+
+pytest.importorskip("amaranth")
+
+from amaranth import Cat, Module, Signal  # noqa: E402
+from amaranth.lib import wiring  # noqa: E402
+from amaranth.lib.memory import Memory  # noqa: E402
+from amaranth.lib.wiring import In, Out  # noqa: E402
+from amaranth.sim import Simulator  # noqa: E402
+
+from boards.link_host import LinkHost, SerialPort  # noqa: E402
+from boards.protocol import (FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,  # noqa: E402
+                             NackCode, NackError, crc16, decode_frame, decode_words,
+                             encode_beats, encode_frame, read_frame, split_payloads)
+from hw.link import LinkBridge, connect_engine  # noqa: E402
+from hw.uart import UartRx, UartTx, baud_divisor  # noqa: E402
+
+PERIOD = 1e-6
+ADDR_BITS, DATA_BITS, OUT_BITS = 6, 12, 24  # 4-byte beats, 3-byte words
+REC_BITS = 3 + ADDR_BITS + DATA_BITS
+
+
+def uart_bits(byte: int, stop: int = 1) -> list[int]:
+    return [0] + [(byte >> i) & 1 for i in range(8)] + [stop]
+
+
+class LineDecoder:
+    """Bytes on a UART line sampled once per cycle, decoded mid-bit in Python."""
+
+    def __init__(self, divisor: int):
+        self.divisor, self.bytes, self.framing_errors = divisor, [], 0
+        self._countdown, self._bits = None, []
+
+    def step(self, level: int):
+        if self._countdown is None:
+            if level == 0:
+                self._countdown, self._bits = self.divisor // 2, []
+            return
+        self._countdown -= 1
+        if self._countdown:
+            return
+        self._bits.append(level)
+        self._countdown = self.divisor
+        if len(self._bits) == 10:
+            assert self._bits[0] == 0, "start bit went high"
+            if self._bits[9] == 0:
+                self.framing_errors += 1
+            self.bytes.append(sum(b << i for i, b in enumerate(self._bits[1:9])))
+            self._countdown = None
+
+
+# UART
+
+def test_baud_divisor():
+    assert baud_divisor(12e6, 3e6) == 4
+    assert baud_divisor(48e6, 115200) == 417
+    with pytest.raises(ValueError, match=r"Baud rate 2500000 is not reachable within 2% from a "
+                                         r"11000000 Hz clock: the nearest divisor 4 gives "
+                                         r"2750000 baud \(10\.0% off\)"):
+        baud_divisor(11_000_000, 2_500_000)
+    with pytest.raises(ValueError, match=r"needs at least 4 clock cycles per bit"):
+        baud_divisor(8e6, 3e6)
+    with pytest.raises(ValueError, match=r"Baud rate must be a positive number, not 0"):
+        baud_divisor(12e6, 0)
+
+
+def run_uart_loopback(divisor, data):
+    rx, tx = UartRx(divisor, 1), UartTx(divisor, 1)
+    m = Module()
+    m.submodules.rx, m.submodules.tx = rx, tx
+    m.d.comb += rx.rx.eq(tx.tx)
+    received = []
+
+    async def send(ctx):
+        for byte in data:
+            ctx.set(tx.i.payload, byte)
+            ctx.set(tx.i.valid, 1)
+            await ctx.tick().until(tx.i.ready)
+        ctx.set(tx.i.valid, 0)
+        await ctx.tick().repeat(12 * divisor)
+
+    async def receive(ctx):
+        while True:
+            _, _, valid, byte, error = await ctx.tick().sample(rx.o.valid, rx.o.payload.data,
+                                                               rx.o.payload.error)
+            if valid:
+                received.append((byte, error))
+
+    sim = Simulator(m)
+    sim.add_clock(PERIOD)
+    sim.add_testbench(send)
+    sim.add_testbench(receive, background=True)
+    sim.run()
+    return received
+
+
+@pytest.mark.parametrize("divisor", [4, 5, 16])
+def test_uart_loopback(divisor):
+    data = [0x00, 0xFF, 0x55, 0xAA, 0xA5, 0x01, 0x80] + random.Random(divisor).choices(
+        range(256), k=5)
+    assert run_uart_loopback(divisor, data) == [(b, 0) for b in data]
+
+
+@pytest.mark.parametrize("bit_cycles", [31, 32, 33])
+def test_uart_rx_framing_error_and_baud_tolerance(bit_cycles):
+    """A low stop bit sets ``error``; after the line goes high the next byte is good, also
+    from a sender 3% off the receiver's rate."""
+    rx = UartRx(32, 1)
+    received = []
+
+    async def drive(ctx):
+        await ctx.tick().repeat(5)
+        for byte, stop in ((0x3C, 1), (0xC3, 0), (0x5A, 1)):
+            for bit in uart_bits(byte, stop):
+                ctx.set(rx.rx, bit)
+                await ctx.tick().repeat(bit_cycles)
+            ctx.set(rx.rx, 1)
+            await ctx.tick().repeat(2 * bit_cycles)
+
+    async def receive(ctx):
+        while True:
+            _, _, valid, byte, error = await ctx.tick().sample(rx.o.valid, rx.o.payload.data,
+                                                               rx.o.payload.error)
+            if valid:
+                received.append((byte, error))
+
+    sim = Simulator(rx)
+    sim.add_clock(PERIOD)
+    sim.add_testbench(drive)
+    sim.add_testbench(receive, background=True)
+    sim.run()
+    assert received == [(0x3C, 0), (0xC3, 1), (0x5A, 0)]
+
+
+# The engine double and the simulated link
+
+class RecordingEngine(wiring.Component):
+    """``LayerEngine``'s port contract, for tests: load beats are recorded in order
+    (``load_ready`` stalls on a pseudo-random pattern); ``start`` emits, for each recorded
+    beat ``i``, the word ``Cat(target, addr, data, i)`` (cut to ``OUT_BITS``), each after a
+    pseudo-random wait; ``busy`` falls once the last one is accepted."""
+
+    def __init__(self, depth=64, stall=True):
+        self._depth, self._stall = depth, stall
+        super().__init__({
+            "load_valid": In(1), "load_ready": Out(1), "load_target": In(3),
+            "load_addr": In(ADDR_BITS), "load_data": In(DATA_BITS),
+            "start": In(1), "busy": Out(1),
+            "out_valid": Out(1), "out_ready": In(1), "out_data": Out(OUT_BITS),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.record = record = Memory(shape=REC_BITS, depth=self._depth, init=[])
+        write, read = record.write_port(), record.read_port()
+        lfsr = Signal(16, init=0xACE1)
+        m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]))
+        go = lfsr[0] | lfsr[4] if self._stall else 1
+        count, index = Signal(range(self._depth + 1)), Signal(range(self._depth + 1))
+        m.d.comb += [
+            self.load_ready.eq(go & (count < self._depth)),
+            write.addr.eq(count),
+            write.data.eq(Cat(self.load_target, self.load_addr, self.load_data)),
+            write.en.eq(self.load_valid & self.load_ready),
+            read.addr.eq(index),
+            self.out_data.eq(Cat(read.data, index)),
+        ]
+        with m.If(write.en):
+            m.d.sync += count.eq(count + 1)
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += index.eq(0)
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.d.comb += self.busy.eq(1)
+                m.next = "WAIT"
+                with m.If(index == count):
+                    m.next = "IDLE"
+            with m.State("WAIT"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(go):
+                    m.next = "OFFER"
+            with m.State("OFFER"):
+                m.d.comb += [self.busy.eq(1), self.out_valid.eq(1)]
+                with m.If(self.out_ready):
+                    m.d.sync += index.eq(index + 1)
+                    m.next = "FETCH"
+        return m
+
+
+def model_words(beats):
+    mask = (1 << OUT_BITS) - 1
+    return [(t | a << 3 | d << (3 + ADDR_BITS) | i << REC_BITS) & mask
+            for i, (t, a, d) in enumerate(beats)]
+
+
+class LinkTop(wiring.Component):
+    """LinkBridge and RecordingEngine, the bridge's byte ports outside (``divisor`` None) or
+    behind a UartRx/UartTx pair on the ``rx``/``tx`` lines."""
+
+    def __init__(self, divisor, stall, **bridge_args):
+        self.bridge = LinkBridge(ADDR_BITS, DATA_BITS, OUT_BITS, rows=3, cols=5, **bridge_args)
+        self.engine = RecordingEngine(stall=stall)
+        self.divisor = divisor
+        super().__init__({"rx": In(1, init=1), "tx": Out(1)} if divisor else {})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.bridge, m.submodules.engine = self.bridge, self.engine
+        connect_engine(m, self.bridge, self.engine)
+        if self.divisor:
+            m.submodules.uart_rx = uart_rx = UartRx(self.divisor, 1)
+            m.submodules.uart_tx = uart_tx = UartTx(self.divisor, 1)
+            wiring.connect(m, uart_rx.o, self.bridge.rx)
+            wiring.connect(m, self.bridge.tx, uart_tx.i)
+            m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
+        return m
+
+
+class SimPort:
+    """A pyserial-like port into a simulated LinkTop: ``write`` queues bytes for the device,
+    ``read(n)`` runs the simulation until ``n`` bytes came back or ``timeout`` cycles
+    passed. Bytes go in either at the bit level on the UART line (``divisor``) or as
+    ``rx`` stream beats, one every ``gap`` cycles; ``tx`` is read with random stalls.
+    ``beats`` records the load beats the engine accepted."""
+
+    def __init__(self, *, divisor=None, stall=True, gap=2, timeout=20_000, max_payload=32,
+                 timeout_cycles=64):
+        self.top = LinkTop(divisor, stall, max_payload=max_payload, timeout_cycles=timeout_cycles)
+        self.divisor, self.gap, self.timeout = divisor, gap, timeout
+        self.to_device, self.from_device, self.beats = [], bytearray(), []
+        self.cycles = 0
+        self.sim = Simulator(self.top)
+        self.sim.add_clock(PERIOD)
+        self.sim.add_testbench(self._bytes if divisor is None else self._line, background=True)
+
+    async def _bytes(self, ctx):
+        bridge, rng, wait = self.top.bridge, random.Random(0), 0
+        while True:
+            send = bool(self.to_device) and wait == 0
+            ctx.set(bridge.rx.valid, send)
+            if send:
+                ctx.set(bridge.rx.payload.data, self.to_device.pop(0))
+            wait = self.gap - 1 if send else max(wait - 1, 0)
+            ready = rng.random() < 0.6
+            ctx.set(bridge.tx.ready, ready)
+            _, _, valid, byte, *beat = await ctx.tick().sample(
+                bridge.tx.valid, bridge.tx.payload, *self._load_ports())
+            if valid and ready:
+                self.from_device.append(byte)
+            self._record(beat)
+
+    async def _line(self, ctx):
+        decoder = LineDecoder(self.divisor)
+        while True:
+            ctx.set(self.top.rx, self.to_device.pop(0) if self.to_device else 1)
+            _, _, line, *beat = await ctx.tick().sample(self.top.tx, *self._load_ports())
+            decoder.step(line)
+            self.from_device += bytes(decoder.bytes)
+            decoder.bytes.clear()
+            assert not decoder.framing_errors
+            self._record(beat)
+
+    def _load_ports(self):
+        b = self.top.bridge
+        return b.load_valid, b.load_ready, b.load_target, b.load_addr, b.load_data
+
+    def _record(self, beat):
+        valid, ready, *fields = beat
+        if valid and ready:
+            self.beats.append(tuple(fields))
+
+    def advance(self, cycles):
+        self.cycles += cycles
+        self.sim.run_until(self.cycles * PERIOD)
+
+    def write(self, data: bytes):
+        if self.divisor is None:
+            self.to_device += list(data)
+        else:
+            self.write_bits([bit for byte in data for bit in uart_bits(byte)])
+
+    def write_bits(self, bits):
+        """Queue UART line levels, one bit period each (``divisor`` set)."""
+        self.to_device += [bit for bit in bits for _ in range(self.divisor)]
+
+    def read(self, n: int) -> bytes:
+        start = self.cycles
+        while len(self.from_device) < n and self.cycles - start < self.timeout:
+            self.advance(50)
+        got = bytes(self.from_device[:n])
+        del self.from_device[:n]
+        return got
+
+
+def exchange(port, ftype, payload=b""):
+    port.write(encode_frame(ftype, payload))
+    return read_frame(port.read)
+
+
+def nack(code, ftype):
+    return (FrameType.NACK, bytes([code, ftype]))
+
+
+BEATS = [(i % 8, (7 * i + 3) % 64, (1000 * i + 17) % 4096) for i in range(20)]
+
+
+def info_of(port):
+    return LinkInfo.decode(exchange(port, FrameType.PING).payload)
+
+
+def test_bridge_ping():
+    port = SimPort()
+    assert info_of(port) == LinkInfo(1, ADDR_BITS, DATA_BITS, OUT_BITS, 3, 3, 5, 32)
+
+
+def test_bridge_load_and_run():
+    """LOAD frames reach the engine in order through load_ready stalls and are ACKed; RUN
+    returns every word through tx stalls, then DONE with the count."""
+    port = SimPort()
+    info = info_of(port)
+    for payload in split_payloads(encode_beats(BEATS, info), info):
+        frame = exchange(port, FrameType.LOAD, payload)
+        assert (frame.type, frame.payload) == (FrameType.ACK, b"")
+    assert port.beats == BEATS
+    port.write(encode_frame(FrameType.RUN))
+    words = []
+    while (frame := read_frame(port.read)).type == FrameType.OUT:
+        words += decode_words(frame.payload, info)
+    assert frame == decode_frame(encode_frame(FrameType.DONE, struct.pack("<I", len(BEATS))))
+    assert words == model_words(BEATS)
+
+
+def test_bridge_run_without_beats():
+    port = SimPort(stall=False)
+    frame = exchange(port, FrameType.RUN)
+    assert (frame.type, frame.payload) == (FrameType.DONE, bytes(4))
+
+
+@pytest.mark.parametrize("name, frame, code", [
+    ("checksum", encode_frame(FrameType.LOAD, bytes(8))[:-1] + b"\x00", NackCode.CRC),
+    ("not whole beats", encode_frame(FrameType.LOAD, bytes(6)), NackCode.LENGTH),
+    ("over max_payload", encode_frame(FrameType.LOAD, bytes(36)), NackCode.LENGTH),
+    ("PING with payload", encode_frame(FrameType.PING, b"\x01"), NackCode.LENGTH),
+    ("unknown type", encode_frame(0x42, b"\xa5\x00\x00"), NackCode.TYPE),
+    ("truncated", encode_frame(FrameType.LOAD, bytes(8))[:7], NackCode.TIMEOUT),
+])
+def test_bridge_error_then_recovery(name, frame, code):
+    """A bad frame is NACKed with its code, reaches nothing, and the next frame works."""
+    port = SimPort()
+    port.write(b"\x00\x13")  # noise before a frame is skipped
+    port.write(frame)
+    got = read_frame(port.read)
+    assert (got.type, got.payload) == nack(code, frame[1])
+    assert port.beats == []
+    info = LinkInfo(1, ADDR_BITS, DATA_BITS, OUT_BITS, 3, 3, 5, 32)
+    got = exchange(port, FrameType.LOAD, encode_beats(BEATS[:2], info))
+    assert got.type == FrameType.ACK and port.beats == BEATS[:2]
+
+
+def test_bridge_framing_error():
+    """A byte without its stop bit mid-frame is NACKed with FRAMING."""
+    port = SimPort(divisor=4, stall=False)
+    frame = encode_frame(FrameType.PING)
+    port.write_bits([b for byte in frame[:2] for b in uart_bits(byte)] + uart_bits(0, stop=0))
+    got = read_frame(port.read)
+    assert (got.type, got.payload) == nack(NackCode.FRAMING, FrameType.PING)
+    assert exchange(port, FrameType.PING).type == FrameType.INFO
+
+
+def test_bridge_parameter_errors():
+    with pytest.raises(ValueError, match=r"Address width must be an integer in 1\.\.65535, "
+                                         r"not 0"):
+        LinkBridge(0, 8, 8, 1, 1)
+    with pytest.raises(ValueError, match=r"Maximum payload must be an integer in 4\.\.65535, "
+                                         r"not 3"):
+        LinkBridge(8, 16, 8, 1, 1, max_payload=3)
+    with pytest.raises(ValueError, match=r"Timeout must be a positive number of cycles, not "
+                                         r"0"):
+        LinkBridge(8, 16, 8, 1, 1, timeout_cycles=0)
+
+
+# Host side, pure Python
+
+def test_crc16_check_value():
+    assert crc16(b"123456789") == 0x29B1  # CRC-16/CCITT-FALSE's published check value
+    frame = encode_frame(FrameType.LOAD, b"\x01\x02\x03")
+    assert crc16(frame[1:]) == 0
+
+
+def test_frame_round_trip_and_errors():
+    frame = encode_frame(FrameType.OUT, bytes(range(9)))
+    assert frame[:4] == bytes([0xA5, 0x83, 9, 0])
+    assert decode_frame(frame) == decode_frame(frame)
+    assert decode_frame(frame).payload == bytes(range(9))
+    with pytest.raises(FrameError, match=r"checksum mismatch in OUT frame"):
+        decode_frame(frame[:-1] + bytes([frame[-1] ^ 1]))
+    with pytest.raises(FrameError, match=r"expected the sync byte 0xa5 .* got 0x00"):
+        decode_frame(b"\x00" + frame)
+    with pytest.raises(LinkTimeout, match=r"got 3 of the 9 bytes of its 9-byte payload"):
+        decode_frame(frame[:7])
+    with pytest.raises(FrameError, match=r"1 stray byte"):
+        decode_frame(frame + b"\x00")
+
+
+def test_beats_and_words():
+    info = LinkInfo(1, 10, 9, 20, 3, 4, 4, 17)
+    assert info.beat_bytes == 5
+    assert encode_beats([(1, 0x2FF, 0x123)], info) == bytes([1, 0xFF, 0x02, 0x23, 0x01])
+    assert [len(p) for p in split_payloads(bytes(5 * 7), info)] == [15, 15, 5]
+    assert decode_words(bytes([1, 2, 3, 4, 5, 6]), info) == [0x030201, 0x060504]
+    with pytest.raises(ValueError, match=r"Load beat 1: address 1024 does not fit in 10 bits"):
+        encode_beats([(0, 0, 0), (0, 1024, 0)], info)
+    with pytest.raises(FrameError, match=r"not a multiple of the 3-byte word"):
+        decode_words(bytes(4), info)
+
+
+class SilentPort:
+    def write(self, data):
+        pass
+
+    def read(self, n):
+        return b""
+
+
+def test_host_timeout_and_serial_errors(monkeypatch):
+    with pytest.raises(LinkTimeout, match=r"timed out waiting for the INFO reply to PING"):
+        LinkHost(SilentPort()).ping()
+    monkeypatch.setitem(sys.modules, "serial", None)
+    with pytest.raises(LinkError, match=r"pip install pyserial"):
+        SerialPort("/dev/ttyUSB9", 3_000_000)
+
+
+# Host and simulated device, end to end
+
+def test_host_end_to_end_bytes():
+    port = SimPort()
+    host = LinkHost(port)
+    assert host.ping().max_payload == 32
+    host.load(BEATS)
+    assert port.beats == BEATS
+    assert host.run(len(BEATS)) == model_words(BEATS)
+    with pytest.raises(LinkError, match=r"RUN ended after 20 received words .* expected 21"):
+        host.run(len(BEATS) + 1)
+
+
+def test_host_end_to_end_uart():
+    """Through UartRx/UartTx at 4 clock cycles per bit."""
+    port = SimPort(divisor=4, timeout_cycles=200)
+    host = LinkHost(port)
+    beats = BEATS[:9]
+    host.load(beats)
+    assert port.beats == beats
+    assert host.run(len(beats)) == model_words(beats)
+
+
+class CorruptingPort(SimPort):
+    """Flips a payload bit in the first ``bad`` LOAD frames."""
+
+    def __init__(self, bad, **kwargs):
+        super().__init__(**kwargs)
+        self.bad = bad
+
+    def write(self, data):
+        if data[1] == FrameType.LOAD and self.bad:
+            self.bad -= 1
+            data = data[:5] + bytes([data[5] ^ 0x10]) + data[6:]
+        super().write(data)
+
+
+def test_host_retries_nacked_load():
+    port = CorruptingPort(bad=2)
+    LinkHost(port, retries=2).load(BEATS[:3])
+    assert port.beats == BEATS[:3]
+    port = CorruptingPort(bad=3)
+    with pytest.raises(NackError, match=r"refused LOAD frame 3 time\(s\): its checksum did not "
+                                        r"match"):
+        LinkHost(port, retries=2).load(BEATS[:3])
+    assert port.beats == []
