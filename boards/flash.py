@@ -1,0 +1,70 @@
+"""Program a board with its tool: iceprog (iCEBreaker), openFPGALoader (ULX3S), dfu-util (OrangeCrab).
+
+Each tool is taken from its environment variable (the same ones amaranth-boards reads:
+``ICEPROG``, ``OPENFPGALOADER``, ``DFU_UTIL``) or from ``PATH``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .boards import Board
+
+# programmer -> (environment variable, how to install it, what to check when it finds no board)
+TOOLS = {
+    "iceprog": ("ICEPROG", "apt install fpga-icestorm",
+                "is the iCEBreaker plugged in, and may this user open FTDI 0403:6010 (udev rule)?"),
+    "openFPGALoader": ("OPENFPGALOADER", "apt install openfpgaloader",
+                       "is the ULX3S plugged in by its US1 port, and may this user open FTDI 0403:6015 (udev rule)?"),
+    "dfu-util": ("DFU_UTIL", "apt install dfu-util",
+                 "is the OrangeCrab in its DFU bootloader (hold the button while plugging it in)?"),
+}
+
+
+class FlashError(RuntimeError):
+    """The programmer is missing or failed; the message says which and what to do."""
+
+
+def find_tool(board: Board) -> str:
+    """Path of ``board``'s programmer; :class:`FlashError` naming how to install it when missing."""
+    var, install, _ = TOOLS[board.programmer]
+    tool = os.environ.get(var) or board.programmer
+    path = shutil.which(tool)
+    if path is None:
+        raise FlashError(f"{board.programmer} ({tool!r}) not found, needed to flash {board.name}: "
+                         f"`{install}`, or set {var}=/path/to/{board.programmer}")
+    return path
+
+
+def flash_command(board: Board, bitstream, tool: str, sram: bool = False) -> list[str]:
+    """The command that writes ``bitstream`` to the board's configuration flash (``sram``: to
+    the FPGA only, lost at power-off; not on the OrangeCrab, whose bootloader writes flash)."""
+    bitstream = str(bitstream)
+    if board.programmer == "iceprog":
+        return [tool, "-S", bitstream] if sram else [tool, bitstream]
+    if board.programmer == "openFPGALoader":
+        return [tool, "-b", "ulx3s", "-m" if sram else "-f", bitstream]
+    if sram:
+        raise ValueError(f"{board.name} is programmed through its DFU bootloader, which writes flash; drop sram")
+    return [tool, "-a", "0", "-D", bitstream]
+
+
+def flash(board: Board, bitstream, sram: bool = False, timeout: float = 300) -> str:
+    """Program ``bitstream`` into ``board``; returns the tool's output. :class:`FlashError` when the
+    bitstream or tool is missing or the tool fails (no board found, ...), with its exit status and output."""
+    if not Path(bitstream).is_file():
+        raise FlashError(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board {board.name}`")
+    command = flash_command(board, bitstream, find_tool(board), sram)
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise FlashError(f"{' '.join(command)} did not finish in {timeout:g} s; {TOOLS[board.programmer][2]}") from None
+    output = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        tail = "\n".join(output.splitlines()[-15:])
+        raise FlashError(f"{' '.join(command)} failed (exit status {proc.returncode}); "
+                         f"{TOOLS[board.programmer][2]}\n{tail}")
+    return output

@@ -1,0 +1,290 @@
+"""Board flow: board table, PLL settings (vs yowasp-icepll / yowasp-ecppll), report parsing,
+fit estimate, flash errors, the CLI verbs, and (marked slow) one real bitstream per board.
+
+The stored nextpnr reports in ``tests/data`` come from real builds of :class:`MACBlinky`
+(``test_build_board``) on the iCEBreaker and the ULX3S-85F, trimmed to ``fmax`` and
+``utilization``; ``yosys-stats-icebreaker.txt`` is the statistics block of that iCEBreaker
+build's Yosys log.
+"""
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("amaranth", reason="board tests need amaranth: pip install -e '.[hw]'")
+
+from amaranth.hdl import Cat, Elaboratable, Instance, Module, Signal  # noqa: E402
+from amaranth.lib import io, memory  # noqa: E402
+
+from boards import cli  # noqa: E402
+from boards.boards import BOARDS, get_board, uart_baud  # noqa: E402
+from boards.build import BuildError, build  # noqa: E402
+from boards.clock import ecp5_pll, ice40_pll, pll_plan  # noqa: E402
+from boards.fit import FitError, check_fit, place_buffers  # noqa: E402
+from boards.flash import FlashError, flash, flash_command  # noqa: E402
+from boards.report import format_table, parse_build, parse_nextpnr, yosys_ff_count  # noqa: E402
+
+DATA = Path(__file__).parent / "data"
+BIN = Path(sys.executable).parent
+
+
+class MACBlinky(Elaboratable):
+    """A small real design using each resource kind: an LFSR addresses a 256 x 16 ROM (block RAM);
+    LFSR x ROM word is summed into a 40-bit accumulator (a DSP multiplier); accumulator bits drive
+    LED 0 and the UART's TX (XORed with RX, so the UART pins stay in the design)."""
+
+    def elaborate(self, platform):
+        m = Module()
+        lfsr = Signal(16, init=1)
+        m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]))
+        m.submodules.rom = rom = memory.Memory(shape=16, depth=256,
+                                               init=[(i * 2654435761) >> 16 & 0xFFFF for i in range(256)])
+        rd = rom.read_port()
+        a, b, acc = Signal(16), Signal(16), Signal(40)
+        m.d.comb += rd.addr.eq(lfsr[:8])
+        m.d.sync += [a.eq(lfsr), b.eq(rd.data), acc.eq(acc + a * b)]
+        uart = platform.request("uart", dir="-")
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.submodules.tx, m.submodules.rx = tx, rx = io.Buffer("o", uart.tx), io.Buffer("i", uart.rx)
+        m.d.comb += [led.o.eq(acc[-1] ^ acc[-2]), tx.o.eq(rx.i ^ acc[20])]
+        return m
+
+
+# Board table.
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_board_table(name):
+    board = get_board(name)
+    platform = board.make_platform()
+    assert platform.device == board.device
+    assert platform.default_clk_frequency == board.osc_hz
+    assert {"LUT4", "FF", "EBR", "DSP", "PLL"} <= set(board.resources)
+    assert all(isinstance(n, int) and n > 0 for n in board.resources.values())
+    assert ("SPRAM" in board.resources) == (board.family == "ice40")
+    assert board.programmer in ("iceprog", "openFPGALoader", "dfu-util")
+    platform.request("uart", dir="-")  # every board has a host link, the OrangeCrab on header pins
+    plan = pll_plan(board, board.default_mhz)
+    assert plan.achieved_hz == board.default_mhz * 1e6
+    assert uart_baud(board, plan.achieved_hz) <= board.uart_max_baud
+
+
+def test_board_counts():
+    assert get_board("icebreaker").resources == {"LUT4": 5280, "FF": 5280, "EBR": 30, "SPRAM": 4, "DSP": 8, "PLL": 1}
+    assert [(get_board(f"ulx3s-{s}").resources["EBR"], get_board(f"ulx3s-{s}").resources["DSP"])
+            for s in ("12f", "25f", "45f", "85f")] == [(32, 28), (56, 28), (108, 72), (208, 156)]
+    assert get_board("orangecrab-25f").uart_bridge is None and "USB-serial adapter" in get_board("orangecrab-25f").uart_note
+
+
+def test_unknown_board():
+    with pytest.raises(KeyError, match="unknown board 'arty'.*icebreaker"):
+        get_board("arty")
+
+
+def test_uart_baud():
+    assert uart_baud(get_board("icebreaker"), 30e6) == 3_000_000
+    assert uart_baud(get_board("ulx3s-85f"), 50e6) == 2_000_000  # 3 Mbaud would be 2% off
+    assert uart_baud(get_board("orangecrab-25f"), 48e6) == 1_000_000  # its adapter's limit
+    with pytest.raises(ValueError, match="no baud rate .* 1 MHz"):
+        uart_baud(get_board("icebreaker"), 1e6)
+
+
+# PLL settings, bit for bit against the IceStorm / Trellis tools.
+
+def _tool(name):
+    path = BIN / name
+    if not path.exists():
+        pytest.skip(f"{name} not installed (pip install -e '.[hw]')")
+    return str(path)
+
+
+@pytest.mark.parametrize("mhz", [16, 24, 30, 33.3, 42, 48, 60, 75, 100, 133, 275])
+def test_ice40_pll_matches_icepll(mhz):
+    out = subprocess.run([_tool("yowasp-icepll"), "-i", "12", "-o", str(mhz)], capture_output=True, text=True,
+                         check=True).stdout
+    expect = {k: int(re.search(rf"^{k}:\s*(\d+)", out, re.M).group(1)) for k in ("DIVR", "DIVF", "DIVQ", "FILTER_RANGE")}
+    plan = ice40_pll(12, mhz)
+    assert {k: plan.params[k] for k in expect} == expect
+    assert plan.achieved_hz / 1e6 == pytest.approx(float(re.search(r"([\d.]+) MHz \(achieved\)", out).group(1)),
+                                                   abs=1e-3)
+
+
+@pytest.mark.parametrize("input_mhz,mhz", [(25, 10), (25, 33.3), (25, 48), (25, 50), (25, 65), (25, 125), (25, 400),
+                                           (48, 24), (48, 48), (48, 60), (48, 133.33)])
+def test_ecp5_pll_matches_ecppll(tmp_path, input_mhz, mhz):
+    # yowasp-ecppll can only write inside its working directory
+    subprocess.run([_tool("yowasp-ecppll"), "-i", str(input_mhz), "-o", str(mhz), "-f", "pll.v"], cwd=tmp_path,
+                   capture_output=True, check=True)
+    verilog = (tmp_path / "pll.v").read_text()
+    keys = ("CLKI_DIV", "CLKFB_DIV", "CLKOP_DIV", "CLKOP_CPHASE", "CLKOP_FPHASE")
+    expect = {k: int(re.search(rf"\.{k}\((\d+)\)", verilog).group(1)) for k in keys}
+    assert {k: ecp5_pll(input_mhz, mhz).params[k] for k in keys} == expect
+
+
+def test_pll_errors():
+    with pytest.raises(ValueError, match="iCE40 PLL output 300 MHz is outside 16..275 MHz"):
+        pll_plan(get_board("icebreaker"), 300)
+    with pytest.raises(ValueError, match="ECP5 PLL output 5 MHz is outside 10..400 MHz"):
+        pll_plan(get_board("ulx3s-85f"), 5)
+    with pytest.raises(ValueError, match=r"icebreaker: the PLL reaches 33\.\d+ MHz at best .* not 33.3 MHz"):
+        pll_plan(get_board("icebreaker"), 33.3, tolerance=1e-6)
+
+
+# Reports.
+
+def test_parse_nextpnr_ice40():
+    fmax, res = parse_nextpnr(json.loads((DATA / "nextpnr-report-icebreaker.json").read_text()), "ice40")
+    assert fmax == 55.45
+    assert res["LUT4"] == {"used": 83, "available": 5280}
+    assert res["DSP"]["used"] == 1 and res["EBR"]["used"] == 1 and res["PLL"]["used"] == 1
+    assert res["SPRAM"] == {"used": 0, "available": 4}
+
+
+def test_parse_nextpnr_ecp5():
+    fmax, res = parse_nextpnr(json.loads((DATA / "nextpnr-report-ulx3s-85f.json").read_text()), "ecp5")
+    assert fmax == 104.67
+    assert res["FF"]["used"] == 76 and res["EBR"] == {"used": 1, "available": 208}
+    assert res["DSP"] == {"used": 1, "available": 156}
+
+
+def test_parse_build_uses_board_counts(tmp_path):
+    shutil.copy(DATA / "nextpnr-report-icebreaker.json", tmp_path / "nextpnr-report.json")
+    shutil.copy(DATA / "yosys-stats-icebreaker.txt", tmp_path / "top.rpt")
+    fmax, res = parse_build(tmp_path, "top", get_board("icebreaker"))
+    assert yosys_ff_count((DATA / "yosys-stats-icebreaker.txt").read_text()) == 76
+    assert list(res)[:6] == ["LUT4", "FF", "EBR", "SPRAM", "DSP", "PLL"]
+    assert res["FF"] == {"used": 76, "available": 5280} and res["IO"] == {"used": 4, "available": 39}
+    table = format_table({"board": "icebreaker", "device": "iCE40UP5K", "fmax_mhz": fmax, "pll_mhz": 30.0,
+                          "target_mhz": 30.0, "bitstream": "build/icebreaker/top.bin", "seconds": 7.0,
+                          "resources": res})
+    assert "Fmax 55.45 MHz, clock 30 MHz (asked 30): timing met" in table
+    assert "| LUT4 | 83 | 5,280 | 1.6 |" in table
+
+
+def test_yosys_ff_count_needs_statistics():
+    with pytest.raises(ValueError, match="no 'Printing statistics' block"):
+        yosys_ff_count("nothing here")
+
+
+# Fit estimate.
+
+def test_fit_places_large_buffers_in_spram():
+    placed = check_fit(get_board("icebreaker"), {"weights": 300_000, "activations": 40_000, "tables": 4096})
+    assert placed == {"weights": ("SPRAM", 2), "activations": ("EBR", 10), "tables": ("EBR", 1)}
+
+
+def test_fit_error_names_buffer_and_part():
+    with pytest.raises(FitError, match=r"buffer 'weights' \(1,200,000 bits\) needs 5 SPRAM|"
+                                       r"buffer 'weights' \(1,200,000 bits\) needs 293 EBR blocks but iCE40UP5K"):
+        check_fit(get_board("icebreaker"), {"weights": 1_200_000})
+    with pytest.raises(FitError, match=r"buffer 'outputs' \(200,000 bits\) needs 11 EBR blocks but LFE5U-12F on "
+                                       r"ulx3s-12f has 5 of 32 left \(taken: weights 27 EBR\)"):
+        check_fit(get_board("ulx3s-12f"), {"weights": 27 * 18432, "outputs": 200_000})
+    assert place_buffers(get_board("ulx3s-85f"), {"weights": 200 * 18432}) == {"weights": ("EBR", 200)}
+
+
+def test_fit_error_for_logic():
+    with pytest.raises(FitError, match=r"the PE array \(64 PEs x 80 LUT4s = 5,120\) exceeds 80% of the 5,280 LUT4s "
+                                       r"of iCE40UP5K"):
+        check_fit(get_board("icebreaker"), {}, pe_count=64, luts_per_pe=80)
+    check_fit(get_board("ulx3s-25f"), {}, pe_count=64, luts_per_pe=80)
+
+
+# Flashing.
+
+def test_flash_commands():
+    bit = "top.bin"
+    assert flash_command(get_board("icebreaker"), bit, "iceprog") == ["iceprog", "top.bin"]
+    assert flash_command(get_board("icebreaker"), bit, "iceprog", sram=True) == ["iceprog", "-S", "top.bin"]
+    assert flash_command(get_board("ulx3s-85f"), bit, "ofl") == ["ofl", "-b", "ulx3s", "-f", "top.bin"]
+    assert flash_command(get_board("orangecrab-25f"), bit, "dfu") == ["dfu", "-a", "0", "-D", "top.bin"]
+    with pytest.raises(ValueError, match="DFU bootloader, which writes flash"):
+        flash_command(get_board("orangecrab-25f"), bit, "dfu", sram=True)
+
+
+def test_flash_tool_missing(tmp_path, monkeypatch):
+    bit = tmp_path / "top.bin"
+    bit.write_bytes(b"\0")
+    monkeypatch.setenv("ICEPROG", "iceprog-not-installed")
+    with pytest.raises(FlashError, match=r"iceprog \('iceprog-not-installed'\) not found.*apt install fpga-icestorm"
+                                         r".*ICEPROG="):
+        flash(get_board("icebreaker"), bit)
+
+
+def test_flash_bitstream_missing(tmp_path):
+    with pytest.raises(FlashError, match="not found; build it with `lcq build MODEL --board ulx3s-85f`"):
+        flash(get_board("ulx3s-85f"), tmp_path / "top.bit")
+
+
+@pytest.mark.parametrize("name,tool", [("ulx3s-85f", "openFPGALoader"), ("orangecrab-25f", "dfu-util")])
+def test_flash_no_board(tmp_path, name, tool):
+    """The real programmer, with no board attached: an error with its status, its output and a hint."""
+    if shutil.which(tool) is None:
+        pytest.skip(f"{tool} not installed")
+    bit = tmp_path / "top.bit"
+    bit.write_bytes(b"\xff" * 64)
+    with pytest.raises(FlashError, match=r"failed \(exit status \d+\); is the") as e:
+        flash(get_board(name), bit, timeout=60)
+    assert ("unable to open ftdi device" in str(e.value)) or ("No DFU capable USB device" in str(e.value))
+
+
+# CLI.
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="lcq")
+    handlers = cli.add_parsers(parser.add_subparsers(dest="verb", required=True))
+    return parser, handlers
+
+
+def test_cli_parsers():
+    parser, handlers = _parser()
+    assert set(handlers) == {"build", "flash"}
+    args = parser.parse_args(["build", "m.lcq", "--board", "icebreaker", "--mhz", "24", "--rows", "4", "--cols", "8",
+                              "-o", "out", "--json"])
+    assert (args.model, args.board, args.mhz, args.rows, args.cols, args.output, args.json) == \
+        ("m.lcq", "icebreaker", 24.0, 4, 8, "out", True)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["flash", "--board", "arty"])
+
+
+def test_cli_flash_needs_a_build(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    parser, handlers = _parser()
+    with pytest.raises(FileNotFoundError, match=r"no build/icebreaker/report.json: build first"):
+        handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
+
+
+# Real bitstreams (tens of seconds each; the first run of the YoWASP tools compiles them, ~1 min).
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BOARDS)
+def test_build_board(tmp_path, name):
+    board = get_board(name)
+    result = build(lambda platform, clk_hz: MACBlinky(), board, None, tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report == json.loads(json.dumps(result.to_dict()))
+    assert Path(report["bitstream"]).stat().st_size > 10_000
+    assert report["board"] == name and report["device"] == board.device
+    assert report["target_mhz"] == report["pll_mhz"] == board.default_mhz
+    assert report["fmax_mhz"] > report["pll_mhz"]
+    res = report["resources"]
+    assert 40 < res["LUT4"]["used"] < 400 and 60 <= res["FF"]["used"] < 200
+    assert res["EBR"]["used"] == 1 and res["DSP"]["used"] >= 1 and res["PLL"]["used"] == 1
+    assert {r: res[r]["available"] for r in board.resources} == board.resources
+    print(f"\n{format_table(report)}")
+
+
+@pytest.mark.slow
+def test_build_error_shows_log(tmp_path):
+    def broken(platform, clk_hz):
+        m = Module()
+        m.submodules.x = Instance("NOT_A_CELL", o_Y=Signal())
+        return m
+
+    with pytest.raises(BuildError, match=r"icebreaker build failed \(exit status 1\).*NOT_A_CELL"):
+        build(broken, "icebreaker", None, tmp_path)
