@@ -7,7 +7,8 @@
 
 Both return a :class:`SimReport`; its ``as_dict()`` is the ``lcq sim --json`` object:
 ``{"mismatches": total, "layers": [{"index", "name", "cycles", "macs", "mismatches", ...}]}``.
-Cycles and MACs of a layer are summed over the images. The first wrong output of a
+Layers are numbered as ``model.convs`` (the rows of ``lcq report``); cycles and MACs of a
+layer are summed over the images. The first wrong output of a
 layer is described by layer, channel, position and the cycle its word was read.
 """
 
@@ -130,14 +131,16 @@ def simulate_model(built: Build, params: EngineParams, model_path, model: Compil
     expected = reference.run(model, images)
     report = SimReport(built.sim, params, len(images))
     layers: dict[int, LayerResult] = {}
+    position = {id(n): i for i, n in enumerate(model.convs)}
     for image, per_image in enumerate(results):
         for result in per_image:
             node = model.nodes[result["index"]]
-            layer = layers.setdefault(result["index"], LayerResult(result["index"], node.name))
+            index = position[id(node)]
+            layer = layers.setdefault(index, LayerResult(index, node.name))
             layer.cycles += result["cycles"]
             layer.macs += node.macs
             layer.outputs += int(np.prod(node.out_shape))
-            wrong, first = compare(params, node, result["index"], result, expected[node.output][image], image)
+            wrong, first = compare(params, node, index, result, expected[node.output][image], image)
             layer.mismatches += wrong
             layer.first_mismatch = layer.first_mismatch or first
     report.layers = [layers[i] for i in sorted(layers)]
