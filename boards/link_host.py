@@ -15,8 +15,9 @@ from .protocol import (DONE_FORMAT, FrameError, FrameType, LinkError, LinkInfo, 
 
 
 class LinkHost:
-    """Requests to the device on ``port``; a NACKed LOAD frame is sent again up to
-    ``retries`` times before :class:`NackError` is raised."""
+    """Requests to the device on ``port``. A LOAD frame NACKed for its checksum, a
+    timeout or a framing error is sent again up to ``retries`` times before
+    :class:`NackError` is raised; one NACKed for its length is not (it would fail again)."""
 
     def __init__(self, port, *, retries: int = 3):
         if not isinstance(retries, int) or retries < 0:

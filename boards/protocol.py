@@ -16,7 +16,6 @@ from typing import Callable, Iterable
 SYNC = 0xA5
 CRC_INIT = 0xFFFF
 CRC_POLY = 0x1021
-HEADER_BYTES = 4  # sync, type, length (2)
 CRC_BYTES = 2
 TARGET_BITS = 3  # load beat target field, sent in a whole byte
 PROTOCOL_VERSION = 1
