@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from amaranth.hdl import Module
+from amaranth.hdl import ClockDomain, Module
 
 from .boards import Board, get_board
 from .clock import PLLClock, pll_plan
@@ -79,6 +79,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     build_dir = Path(build_dir or Path("build") / board.name)
     platform = board.make_platform()
     top = Module()
+    top.domains.sync = ClockDomain("sync")
     top.submodules.clock = PLLClock(board, plan)
     top.submodules.design = top_factory(platform, plan.achieved_hz)
     options = {"nextpnr_opts": f"--report {NEXTPNR_REPORT} --timing-allow-fail"}

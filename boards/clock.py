@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth.hdl import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
@@ -101,7 +101,8 @@ def pll_plan(board: Board, target_mhz: float, tolerance: float = 0.01) -> PLLPla
 
 
 class PLLClock(Elaboratable):
-    """Drives the ``sync`` domain from the board oscillator through the PLL of ``plan``.
+    """Drives the ``sync`` domain's clock and reset (the domain is defined by the parent: Amaranth
+    0.6 wants domains defined above their users) from the board oscillator through the PLL of ``plan``.
 
     ``sync`` is held in reset until the PLL locks, then released synchronously. (On iCE40 the
     lock time, tens of microseconds, also covers the ~3 us after configuration during which
@@ -113,7 +114,6 @@ class PLLClock(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.domains.sync = ClockDomain("sync")
         clk, lock = Signal(), Signal()
         pin = platform.request(platform.default_clk, dir="-")
         p = {f"p_{k}": v for k, v in self.plan.params.items()}

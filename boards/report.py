@@ -14,7 +14,8 @@ from pathlib import Path
 from .boards import Board
 
 # nextpnr's utilization entries behind each of our resource names. iCE40 logic cells pair a
-# LUT4 with an FF, so the iCE40 FF count comes from Yosys' statistics instead.
+# LUT4 with an FF, so the iCE40 FF count comes from Yosys' statistics instead. IO's available
+# count is nextpnr's: the die's pads, more than a package bonds out.
 NEXTPNR_NAMES = {
     "ice40": {"LUT4": "ICESTORM_LC", "EBR": "ICESTORM_RAM", "SPRAM": "ICESTORM_SPRAM", "DSP": "ICESTORM_DSP",
               "PLL": "ICESTORM_PLL", "IO": "SB_IO"},
