@@ -11,7 +11,8 @@ its :class:`~hw.engine_params.EngineParams`, one layer per ``start``:
    output position through the array (one per cycle; row ``r`` reads input channel
    ``g * rows + r`` at ``(y * stride + ky - padding, x * stride + kx - padding)``, code 0
    outside the image), adds each column's partial sum to the one kept for that position
-   in the column's accumulator memory, and lets the pipeline drain. After a channel
+   in the column's accumulator memory. PEs hold two weights (the next tile's loads while
+   the current tile's last elements are still in the array). After a channel
    tile's last reduction tile the accumulators pass the column's output stage
    (thresholds, requantize or none) into the output buffer.
 3. **Read back**: the output buffer streams out on ``out_*`` (valid/ready), one word of
@@ -23,8 +24,9 @@ selects ``L[k][j]`` by its weight magnitude. Engines with ``multiply`` also hold
 ``A[j]`` in a table entry whose top bit is set, and then the PE multiplies it by its
 weight level ``W[k]`` (8-bit edge layers, whose LUT would be too large).
 
-Cycles of one layer: ``co_tiles * kernel^2 * groups * (rows + 1 + positions + DRAIN)``
-plus one per output word (more under back-pressure); ``DRAIN = rows + cols + 5``.
+Cycles of one layer: ``tiles * (rows + positions + 1 + max(0, cols + 2 - positions))`` with
+``tiles = co_tiles * kernel^2 * groups``, then ``rows + cols + 6`` to empty the pipeline,
+then one per output word (more under back-pressure).
 """
 
 from __future__ import annotations
@@ -127,14 +129,15 @@ class LayerEngine(wiring.Component):
         y, x, iy, ix, row_addr = counter("y"), counter("x"), counter("iy"), counter("ix"), counter("row_addr")
         pos = Signal(range(p.pos_depth + 1))
         row_count = Signal(range(R + 1))
-        drain = Signal(range(self.drain + 1))
+        wait, finishing = Signal(signed(p.reg_bits)), Signal()
         w_valid, w_row = Signal(), Signal(range(R))
         first_tile = (ky == 0) & (kx == 0) & (g == 0)
         last_tile = (ky == cfg["kernel"] - 1) & (kx == cfg["kernel"] - 1) & (g == cfg["groups"] - 1)
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
-        tag_layout = data.StructLayout({"valid": 1, "inside": 1, "first": 1, "last": 1,
-                                        "pos": range(p.pos_depth + 1)})
+        tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1, "last": 1,
+                                        "pos": range(p.pos_depth + 1), "slot": range(p.stage_depth + 1),
+                                        "out_addr": range(p.out_depth + 1)})
         tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 5)]
         m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
 
@@ -148,7 +151,7 @@ class LayerEngine(wiring.Component):
                                  stage_slot.eq(cfg["stage_base"]), out_base.eq(0), row_count.eq(0)]
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
-                # Read one row's weight word per cycle; the row loads it in the next cycle.
+                # Read one row's weight word per cycle; the row's shadow weights take it in the next cycle.
                 m.d.comb += weight_read.addr.eq(weight_addr)
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
                              w_valid.eq(1), w_row.eq(row_count)]
@@ -159,37 +162,34 @@ class LayerEngine(wiring.Component):
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
                 m.d.comb += [act_read.addr.eq(row_addr + ix), tags[0].valid.eq(1), tags[0].inside.eq(inside),
-                             tags[0].first.eq(first_tile), tags[0].last.eq(last_tile), tags[0].pos.eq(pos)]
+                             tags[0].swap.eq(pos == 0), tags[0].first.eq(first_tile), tags[0].last.eq(last_tile),
+                             tags[0].pos.eq(pos), tags[0].slot.eq(stage_slot), tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
                 with m.If(x == cfg["out_w"] - 1):
                     m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
                     with m.If(y == cfg["out_h"] - 1):
-                        m.d.sync += drain.eq(self.drain)
-                        m.next = "DRAIN"
+                        self._next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, stage_slot, out_base,
+                                        finishing)
+                        # The next tile's shadow weights must not be written before this tile's
+                        # first element has passed the last column, nor a partial sum read
+                        # before it is written: at least cols + 2 cycles from a tile's first
+                        # issue to the next tile's loads. The last tile waits for the pipeline.
+                        m.d.sync += wait.eq(Cn + 2 - cfg["positions"])
+                        m.next = "WAIT"
                 with m.Else():
                     m.d.sync += [x.eq(x + 1), ix.eq(ix + cfg["stride"])]
-            with m.State("DRAIN"):
-                m.d.sync += drain.eq(drain - 1)
-                with m.If(drain == 0):
+            with m.State("WAIT"):
+                with m.If(finishing):
+                    m.d.sync += [finishing.eq(0), wait.eq(self.drain)]
+                with m.Elif(wait > 0):
+                    m.d.sync += wait.eq(wait - 1)
+                with m.Elif(co_tile == cfg["co_tiles"]):
+                    m.d.sync += read_addr.eq(0)
+                    m.next = "READ_OUT"
+                with m.Else():
                     m.d.sync += row_count.eq(0)
                     m.next = "LOAD_WEIGHTS"
-                    with m.If(g != cfg["groups"] - 1):
-                        m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
-                    with m.Else():
-                        m.d.sync += [g.eq(0), plane_base.eq(0)]
-                        with m.If(kx != cfg["kernel"] - 1):
-                            m.d.sync += kx.eq(kx + 1)
-                        with m.Else():
-                            m.d.sync += kx.eq(0)
-                            with m.If(ky != cfg["kernel"] - 1):
-                                m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
-                            with m.Else():
-                                m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"]), co_tile.eq(co_tile + 1),
-                                             stage_slot.eq(stage_slot + 1), out_base.eq(out_base + cfg["positions"])]
-                                with m.If(co_tile == cfg["co_tiles"] - 1):
-                                    m.d.sync += read_addr.eq(0)
-                                    m.next = "READ_OUT"
             with m.State("READ_OUT"):
                 # One word per accepted beat; the output memories read at read_addr when fire.
                 with m.If(fire):
@@ -204,7 +204,7 @@ class LayerEngine(wiring.Component):
 
         # The array: row r's code enters its table r cycles after row 0's (skew), the
         # table's vector (one cycle later) enters PE (r, 0).
-        pes = [[ProcessingElement(EngineProducts(p), p.acc_bits) for _ in range(Cn)] for _ in range(R)]
+        pes = [[ProcessingElement(EngineProducts(p), p.acc_bits, double_buffered=True) for _ in range(Cn)] for _ in range(R)]
         word = act_read.data
         for r in range(R):
             code = Mux(tags[1].inside, word.word_select(r, p.abits), 0)
@@ -218,9 +218,12 @@ class LayerEngine(wiring.Component):
                 m.d.comb += [pe.w_load.eq(w_valid & (w_row == r)),
                              pe.w_code.eq(weight_read.data.word_select(c, p.weight_bits))]
                 if c == 0:
-                    m.d.comb += [pe.a_valid.eq(tags[2 + r].valid), pe.a_in.eq(table_reads[r].data)]
+                    m.d.comb += [pe.a_valid.eq(tags[2 + r].valid), pe.a_swap.eq(tags[2 + r].swap),
+                                 pe.a_in.eq(table_reads[r].data)]
                 else:
-                    m.d.comb += [pe.a_valid.eq(pes[r][c - 1].a_valid_out), pe.a_in.eq(pes[r][c - 1].a_out)]
+                    left = pes[r][c - 1]
+                    m.d.comb += [pe.a_valid.eq(left.a_valid_out), pe.a_swap.eq(left.a_swap_out),
+                                 pe.a_in.eq(left.a_out)]
                 if r > 0:
                     m.d.comb += pe.psum_in.eq(pes[r - 1][c].psum_out)
 
@@ -251,24 +254,43 @@ class LayerEngine(wiring.Component):
                     p.acc_bits, p.code_bits, p.stage_depth, p.threshold_bits)
                 code = Signal(p.code_bits, name=f"code_out_{c}")
                 m.d.sync += code.eq(unit.code)
-                self._connect_stage(m, unit, loads(THRESHOLDS) & col_field, final, total, stage_slot)
+                self._connect_stage(m, unit, loads(THRESHOLDS) & col_field, final, total, done.slot)
                 with m.If(stage == STAGE_THRESHOLDS):
                     m.d.comb += result.eq(code)
             if p.requantize:
                 q = p.requantize
                 m.submodules[f"requantize_{c}"] = unit = RequantizeUnit(
                     p.acc_bits, p.stage_depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
-                self._connect_stage(m, unit, loads(REQUANTIZE) & col_field, final, total, stage_slot)
+                self._connect_stage(m, unit, loads(REQUANTIZE) & col_field, final, total, done.slot)
                 with m.If(stage == STAGE_REQUANTIZE):
                     m.d.comb += result.eq(unit.out)
             m.submodules[f"out_{c}"] = outs = Memory(shape=signed(p.out_bits), depth=p.out_depth, init=[])
             out_read, out_write = outs.read_port(), outs.write_port()
             written = tags[R + c + 5]
-            m.d.comb += [out_write.en.eq(written.valid & written.last), out_write.addr.eq(out_base + written.pos),
+            m.d.comb += [out_write.en.eq(written.valid & written.last), out_write.addr.eq(written.out_addr),
                          out_write.data.eq(result), out_read.addr.eq(read_addr), out_read.en.eq(fire)]
             out_fields.append(out_read.data)
         m.d.comb += self.out_data.eq(Cat(*out_fields))
         return m
+
+    @staticmethod
+    def _next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, stage_slot, out_base, finishing):
+        """Advance the reduction tile (group, then kx, then ky), then the channel tile."""
+        with m.If(g != cfg["groups"] - 1):
+            m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
+        with m.Else():
+            m.d.sync += [g.eq(0), plane_base.eq(0)]
+            with m.If(kx != cfg["kernel"] - 1):
+                m.d.sync += kx.eq(kx + 1)
+            with m.Else():
+                m.d.sync += kx.eq(0)
+                with m.If(ky != cfg["kernel"] - 1):
+                    m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
+                with m.Else():
+                    m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"]), co_tile.eq(co_tile + 1),
+                                 stage_slot.eq(stage_slot + 1), out_base.eq(out_base + cfg["positions"])]
+                    with m.If(co_tile == cfg["co_tiles"] - 1):
+                        m.d.sync += finishing.eq(1)
 
     def _connect_stage(self, m, unit, load_en, valid, acc, slot):
         p = self.params

@@ -205,16 +205,27 @@ class ProcessingElement(wiring.Component):
       neighbour.
     - ``psum_out = psum_in + sgn * L[k][j]`` if ``a_valid``, else ``psum_in`` (``acc_bits``
       signed, wrapping).
+
+    ``double_buffered``: ``w_load`` writes a shadow weight instead, and ports ``a_swap`` ->
+    ``a_swap_out`` travel with the operand: an element with ``a_valid`` and ``a_swap`` is the
+    first of a new tile, computed with the shadow weight, which becomes the PE's weight.
+    The next tile's weights can so be loaded while the current tile's last elements are
+    still in the array. Only for variants without load ports.
     """
 
-    def __init__(self, variant: Variant, acc_bits: int = 24):
-        self.variant = variant
+    def __init__(self, variant: Variant, acc_bits: int = 24, double_buffered: bool = False):
+        if double_buffered and variant.load_signature:
+            raise ValueError(f"variant {type(variant).__name__} has load ports {sorted(variant.load_signature)}: "
+                             f"it cannot be double buffered")
+        self.variant, self.double_buffered = variant, double_buffered
+        swap = {"a_swap": In(1), "a_swap_out": Out(1)} if double_buffered else {}
         super().__init__({
             "w_load": In(1),
             "w_code": In(variant.weight_bits),
             **variant.load_signature,
             "a_valid": In(1),
             "a_in": In(variant.operand_bits),
+            **swap,
             "a_valid_out": Out(1),
             "a_out": Out(variant.operand_bits),
             "psum_in": In(signed(acc_bits)),
@@ -223,9 +234,17 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        weight = Signal(self.variant.weight_bits)
+        stored = Signal(self.variant.weight_bits)
         with m.If(self.w_load):
-            m.d.sync += weight.eq(self.w_code)
+            m.d.sync += stored.eq(self.w_code)
+        weight = stored
+        if self.double_buffered:
+            current = Signal(self.variant.weight_bits)
+            swap = self.a_valid & self.a_swap
+            weight = Mux(swap, stored, current)
+            with m.If(swap):
+                m.d.sync += current.eq(stored)
+            m.d.sync += self.a_swap_out.eq(self.a_swap)
         product = Mux(self.a_valid, self.variant.product(m, self, weight[:-1], self.a_in), 0)
         sign = weight[-1]
         # psum_in -/+ product as one adder: -p = ~p + 1, the 1 entering as the carry.
