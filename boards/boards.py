@@ -1,9 +1,10 @@
 """The supported boards: platform, part resources, clock, host link and programmer of each.
 
 Resource counts are the datasheet's (Lattice iCE40 UltraPlus DS FPGA-DS-02008, ECP5 DS
-FPGA-DS-02012; "12K" LUTs and so on, rounded there); the build report sets nextpnr's used counts beside them. Resource names
-are ours and the same on every board: ``LUT4`` (a logic cell on iCE40), ``FF``, ``EBR``
-(block RAM), ``SPRAM`` (UP5K only), ``DSP`` (SB_MAC16 on iCE40, MULT18X18D on ECP5) and ``PLL``.
+FPGA-DS-02012, whose LUT counts are rounded: "12K"); the build report sets nextpnr's used
+counts beside them. Resource names are ours and the same on every board: ``LUT4`` (a logic
+cell on iCE40), ``FF``, ``EBR`` (block RAM), ``SPRAM`` (UP5K only), ``DSP`` (SB_MAC16 on
+iCE40, MULT18X18D on ECP5) and ``PLL``.
 """
 
 from __future__ import annotations
@@ -88,8 +89,8 @@ BOARDS = {b.name: b for b in [
           24_000, 56, 28, 2, osc_hz=48e6, default_mhz=48.0, uart_bridge=None, uart_max_baud=1_000_000,
           programmer="dfu-util", uart_pins=("0", "1"),
           uart_note="no USB-serial bridge (its USB port goes straight to FPGA pins): the link is a 3.3 V "
-                    "USB-serial adapter on the Feather header, RX on pin 0, TX on pin 1; 1 Mbaud suits "
-                    "CP2102, CH340 and FT232R adapters"),
+                    "USB-serial adapter on the Feather header, its TX to pin 0 (FPGA RX), its RX to pin 1 (FPGA TX); "
+                    "1 Mbaud suits CP2102, CH340 and FT232R adapters"),
 ]}
 
 

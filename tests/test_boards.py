@@ -77,7 +77,8 @@ def test_board_counts():
     assert get_board("icebreaker").resources == {"LUT4": 5280, "FF": 5280, "EBR": 30, "SPRAM": 4, "DSP": 8, "PLL": 1}
     assert [(get_board(f"ulx3s-{s}").resources["EBR"], get_board(f"ulx3s-{s}").resources["DSP"])
             for s in ("12f", "25f", "45f", "85f")] == [(32, 28), (56, 28), (108, 72), (208, 156)]
-    assert get_board("orangecrab-25f").uart_bridge is None and "USB-serial adapter" in get_board("orangecrab-25f").uart_note
+    crab = get_board("orangecrab-25f")
+    assert crab.uart_bridge is None and "USB-serial adapter" in crab.uart_note
 
 
 def test_unknown_board():
@@ -106,7 +107,8 @@ def _tool(name):
 def test_ice40_pll_matches_icepll(mhz):
     out = subprocess.run([_tool("yowasp-icepll"), "-i", "12", "-o", str(mhz)], capture_output=True, text=True,
                          check=True).stdout
-    expect = {k: int(re.search(rf"^{k}:\s*(\d+)", out, re.M).group(1)) for k in ("DIVR", "DIVF", "DIVQ", "FILTER_RANGE")}
+    keys = ("DIVR", "DIVF", "DIVQ", "FILTER_RANGE")
+    expect = {k: int(re.search(rf"^{k}:\s*(\d+)", out, re.M).group(1)) for k in keys}
     plan = ice40_pll(12, mhz)
     assert {k: plan.params[k] for k in expect} == expect
     assert plan.achieved_hz / 1e6 == pytest.approx(float(re.search(r"([\d.]+) MHz \(achieved\)", out).group(1)),
