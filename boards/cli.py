@@ -36,20 +36,24 @@ def add_parsers(sub) -> dict:
 def cmd_build(args) -> int:
     from compiler import format as model_format
 
-    from .build import build
+    from .build import BuildError, build
     from .report import format_table
     from .top import accelerator_top  # -> factory(platform, clk_hz) -> Elaboratable; checks the fit
 
     board = get_board(args.board)
     factory = accelerator_top(model_format.load(args.model), board, args.rows, args.cols)
     print(f"building for {board.name} ({board.device})...", file=sys.stderr)
-    result = build(factory, board, args.mhz, args.output or Path("build") / board.name).to_dict()
+    try:
+        result = build(factory, board, args.mhz, args.output or Path("build") / board.name).to_dict()
+    except BuildError as e:
+        print(f"lcq build: error: {e}", file=sys.stderr)
+        return 1
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
 
 def cmd_flash(args) -> int:
-    from .flash import flash
+    from .flash import FlashError, flash
 
     board = get_board(args.board)
     bitstream = args.bitstream
@@ -59,6 +63,10 @@ def cmd_flash(args) -> int:
             raise FileNotFoundError(f"no {report}: build first with `lcq build MODEL --board {board.name}` "
                                     f"or pass --bitstream PATH")
         bitstream = json.loads(report.read_text())["bitstream"]
-    print(flash(board, bitstream, args.sram))
+    try:
+        print(flash(board, bitstream, args.sram))
+    except FlashError as e:
+        print(f"lcq flash: error: {e}", file=sys.stderr)
+        return 1
     print(f"programmed {board.name} with {bitstream}", file=sys.stderr)
     return 0

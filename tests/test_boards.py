@@ -260,6 +260,15 @@ def test_cli_flash_needs_a_build(tmp_path, monkeypatch):
         handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
 
 
+def test_cli_flash_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ICEPROG", "iceprog-not-installed")
+    bit = tmp_path / "top.bin"
+    bit.write_bytes(b"\0")
+    parser, handlers = _parser()
+    assert handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker", "--bitstream", str(bit)])) == 1
+    assert "lcq flash: error: iceprog ('iceprog-not-installed') not found" in capsys.readouterr().err
+
+
 # Real bitstreams (tens of seconds each; the first run of the YoWASP tools compiles them, ~1 min).
 
 @pytest.mark.slow
