@@ -31,7 +31,7 @@ then one per output word (more under back-pressure).
 
 from __future__ import annotations
 
-from amaranth import Array, C, Cat, Module, Mux, Signal, signed
+from amaranth import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -54,8 +54,10 @@ class EngineProducts:
         self.weight_bits, self.operand_bits = params.weight_bits, params.table_bits
 
     def product(self, m, pe, magnitude, operand):
-        products = [C(0, PRODUCT_BITS)] + [operand.word_select(i, PRODUCT_BITS) for i in range(self.params.s_w)]
-        selected = Array(products)[magnitude]
+        # A shift, not an Array: Yosys writes an Array as an ``always @*`` case, which Icarus
+        # leaves at X in a PE whose inputs never change after time 0.
+        products = Cat(C(0, PRODUCT_BITS), operand[:self.params.s_w * PRODUCT_BITS])
+        selected = products.word_select(magnitude, PRODUCT_BITS)
         if not self.params.multiply:
             return selected
         return Mux(operand[-1], magnitude * operand[:8], selected)
@@ -246,8 +248,7 @@ class LayerEngine(wiring.Component):
                 delayed = Signal(signed(p.acc_bits), name=f"raw_{c}_{n}")
                 m.d.sync += delayed.eq(raw)
                 raw = delayed
-            result = Signal(signed(p.out_bits), name=f"result_{c}")
-            m.d.comb += result.eq(raw)
+            result = raw
             col_field = self.load_addr[:p.col_bits] == c
             if p.code_bits:
                 m.submodules[f"thresholds_{c}"] = unit = ThresholdUnit(
@@ -255,15 +256,13 @@ class LayerEngine(wiring.Component):
                 code = Signal(p.code_bits, name=f"code_out_{c}")
                 m.d.sync += code.eq(unit.code)
                 self._connect_stage(m, unit, loads(THRESHOLDS) & col_field, final, total, done.slot)
-                with m.If(stage == STAGE_THRESHOLDS):
-                    m.d.comb += result.eq(code)
+                result = Mux(stage == STAGE_THRESHOLDS, code, result)
             if p.requantize:
                 q = p.requantize
                 m.submodules[f"requantize_{c}"] = unit = RequantizeUnit(
                     p.acc_bits, p.stage_depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
                 self._connect_stage(m, unit, loads(REQUANTIZE) & col_field, final, total, done.slot)
-                with m.If(stage == STAGE_REQUANTIZE):
-                    m.d.comb += result.eq(unit.out)
+                result = Mux(stage == STAGE_REQUANTIZE, unit.out, result)
             m.submodules[f"out_{c}"] = outs = Memory(shape=signed(p.out_bits), depth=p.out_depth, init=[])
             out_read, out_write = outs.read_port(), outs.write_port()
             written = tags[R + c + 5]

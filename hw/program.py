@@ -26,8 +26,8 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_THRESHOLDS,
                             TABLE, THRESHOLDS, WEIGHTS, EngineParams, layer_needs)
 from .pe import PRODUCT_BITS
-from .requantize import RequantizeUnit
-from .thresholds import ThresholdUnit
+from .requantize import requantize_words
+from .thresholds import threshold_words
 
 Beat = tuple[int, int, int]
 
@@ -111,18 +111,25 @@ def table_words(params: EngineParams, node: ConvNode) -> list[int]:
 
 
 def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:
+    """Stage constants of every channel of every channel tile; the channels past ``C_out`` in
+    the last tile get constants too (outputs 0), so that no output comes from uninitialized memory."""
     c_out = node.out_shape[0]
+    channels = ceil(c_out / params.cols) * params.cols
+    pad = channels - c_out
     if isinstance(node.stage, Requantize):
         q = params.requantize
-        unit = RequantizeUnit(params.acc_bits, c_out, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
-        return unit.words(node.stage)
+        m, b, sh = (np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1), np.zeros(pad, dtype=np.int64)])
+                    for a in (node.stage.multiplier, node.stage.bias, node.stage.shift))
+        return requantize_words(Requantize(m, b, sh), q.multiplier_bits, q.bias_bits, q.max_shift)
     # Codes narrower than the units' hold thresholds that are never passed.
     s, t = 2 ** params.code_bits - 1, np.asarray(node.stage.thresholds, dtype=np.int64)
     top = 2 ** (params.threshold_bits - 1) - 1
-    desc = np.asarray(node.stage.descending, dtype=bool)
-    pad = np.where(desc, -top, top)[:, None].repeat(s - t.shape[1], axis=1)
-    padded = Thresholds(np.concatenate([t, pad], axis=1), desc, params.code_bits)
-    return ThresholdUnit(params.acc_bits, params.code_bits, c_out, params.threshold_bits).words(padded)
+    desc = np.concatenate([np.asarray(node.stage.descending, dtype=bool), np.zeros(pad, dtype=bool)])
+    never = np.where(desc, -top, top)[:, None]
+    padded = never.repeat(s, axis=1)
+    padded[:c_out, :t.shape[1]] = t
+    stage = Thresholds(padded, desc, params.code_bits)
+    return threshold_words(stage, params.threshold_bits)
 
 
 def layer_beats(params: EngineParams, node: ConvNode) -> list[Beat]:

@@ -59,6 +59,21 @@ def out_bits(stage: Requantize, in_bound: int) -> int:
     return signed_bits(stage.bound(int(in_bound)))
 
 
+def requantize_words(stage: Requantize, multiplier_bits: int, bias_bits: int, max_shift: int) -> list[int]:
+    """The memory word of each channel: ``M | B << multiplier_bits | shift << (multiplier_bits + bias_bits)``
+    (checks that every constant fits its field)."""
+    m, b, sh = _check(stage)
+    if int(m.max()) >= 2 ** multiplier_bits:
+        raise ValueError(f"multiplier {int(m.max())} does not fit multiplier_bits={multiplier_bits}")
+    if np.abs(b).max() > 2 ** (bias_bits - 1) - 1:
+        raise ValueError(f"bias {int(b[np.abs(b).argmax()])} does not fit bias_bits={bias_bits}")
+    if int(sh.max()) > max_shift:
+        raise ValueError(f"shift {int(sh.max())} exceeds max_shift={max_shift}")
+    mask = (1 << bias_bits) - 1
+    return [int(mi) | (int(bi) & mask) << multiplier_bits | int(si) << (multiplier_bits + bias_bits)
+            for mi, bi, si in zip(m.tolist(), b.tolist(), sh.tolist())]
+
+
 class RequantizeUnit(wiring.Component):
     """Per-channel fixed-point requantization of ``channels`` channels, one value per cycle.
 
@@ -109,19 +124,9 @@ class RequantizeUnit(wiring.Component):
 
     def words(self, stage: Requantize) -> list[int]:
         """Memory words of ``stage`` for this unit, one per channel (checks that it fits)."""
-        m, b, sh = _check(stage)
-        if m.size != self.channels:
-            raise ValueError(f"stage has {m.size} channels, the unit holds {self.channels}")
-        if int(m.max()) >= 2 ** self.multiplier_bits:
-            raise ValueError(f"multiplier {int(m.max())} does not fit multiplier_bits={self.multiplier_bits}")
-        if np.abs(b).max() > 2 ** (self.bias_bits - 1) - 1:
-            raise ValueError(f"bias {int(b[np.abs(b).argmax()])} does not fit bias_bits={self.bias_bits}")
-        if int(sh.max()) > self.max_shift:
-            raise ValueError(f"shift {int(sh.max())} exceeds max_shift={self.max_shift}")
-        mask = (1 << self.bias_bits) - 1
-        return [int(mi) | (int(bi) & mask) << self.multiplier_bits
-                | int(si) << (self.multiplier_bits + self.bias_bits)
-                for mi, bi, si in zip(m.tolist(), b.tolist(), sh.tolist())]
+        if _check(stage)[0].size != self.channels:
+            raise ValueError(f"stage has {_check(stage)[0].size} channels, the unit holds {self.channels}")
+        return requantize_words(stage, self.multiplier_bits, self.bias_bits, self.max_shift)
 
     def elaborate(self, platform):
         m = Module()

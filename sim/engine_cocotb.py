@@ -79,7 +79,11 @@ class Engine:
             if valid and ready:
                 if len(words) == out_words:
                     raise AssertionError(f"layer {index}: more than the expected {out_words} output words")
-                words.append(int(dut.out_data.value.to_unsigned()))
+                value = dut.out_data.value
+                if not value.is_resolvable:
+                    raise AssertionError(f"layer {index}: output word {len(words)} (cycle {cycle}) holds X or Z: "
+                                         f"{value} (column 0 is the lowest field)")
+                words.append(int(value.to_unsigned()))
                 word_cycles.append(cycle)
             await FallingEdge(self.clk)
             cycle += 1

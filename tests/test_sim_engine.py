@@ -1,0 +1,135 @@
+"""The layer engine's generated Verilog in Icarus and Verilator (cocotb), bit-exact against the integer reference.
+
+- Random layers: the convolutions of small CNNs with random parameters compiled at every
+  W/A bit-width pair (2, 3, 4 bits, plus their 8-bit multiply edge layers; threshold,
+  requantize and raw-accumulator stages), on a 3 x 5 engine, so that channel counts
+  leave partial tiles at the array's edges, with random load stalls and output back-pressure.
+- A trained digits CNN (W3/A3), the whole model image by image, the engine's outputs
+  feeding the next layers.
+- Layers of a CIFAR-10 ResNet-20 (W3/A3, trained one FP and one LCQ epoch on the CPU)
+  on an 8 x 8 engine; the whole model is a ``slow`` test.
+
+Builds live in ``build/sim`` (``LCQ_SIM_BUILD`` moves it); Verilator rebuilds only what changed.
+"""
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("amaranth", reason="simulation tests need amaranth: pip install -e '.[hw]'")
+
+from test_compiler import small_cnn  # noqa: E402
+
+from compiler import reference  # noqa: E402
+from compiler.format import load  # noqa: E402
+from compiler.graph import CompiledModel  # noqa: E402
+from compiler.lower import compile_model  # noqa: E402
+from hw.engine_params import EngineParams  # noqa: E402
+from hw.program import Job, act_beats, layer_beats, output_words  # noqa: E402
+from lcq_train.plan import QuantPlan  # noqa: E402
+from sim.engine_run import engine_build, simulate_jobs, simulate_model  # noqa: E402
+from sim.runner import unavailable_reason  # noqa: E402
+
+pytestmark = pytest.mark.sim
+
+DATA = Path(__file__).resolve().parent / "data"
+DIGITS, RESNET20 = DATA / "digits-cnn-lcq-w3a3.lcq", DATA / "cifar10-resnet20-lcq-w3a3.lcq"
+BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
+SIMULATORS = ("icarus", "verilator")
+BITS = (2, 3, 4)
+
+
+def require(sim: str) -> None:
+    reason = unavailable_reason(sim)
+    if reason is not None:
+        pytest.skip(f"{sim} simulation skipped: {reason}")
+
+
+@functools.lru_cache(maxsize=None)
+def random_layers():
+    """(model of every layer, [(node, input codes (C, H, W), expected outputs)]) for all bit-width pairs."""
+    shape, cases = (1, 6, 6), []
+    for wbits in BITS:
+        for abits in BITS:
+            model = compile_model(small_cnn(shape, QuantPlan("lcq", wbits, abits), seed=10 * wbits + abits,
+                                            widths=(4, 6, 7)), shape)
+            image = np.random.default_rng(wbits * abits).integers(0, 256, (1, *shape), dtype=np.uint8)
+            t = reference.run(model, image)
+            cases += [(node, t[node.input][0], t[node.output][0]) for node in model.convs]
+    return CompiledModel([node for node, _, _ in cases], "", 10), cases
+
+
+def assert_exact(report):
+    assert report.mismatches == 0, "\n".join(r.first_mismatch for r in report.layers if r.first_mismatch)
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_random_layers_of_every_bit_width_with_stalls_and_edge_tiles(sim, tmp_path):
+    require(sim)
+    union, cases = random_layers()
+    params = EngineParams.for_model(union, rows=3, cols=5)
+    jobs = [Job(i, node, layer_beats(params, node) + act_beats(params, node, x), output_words(params, node))
+            for i, (node, x, _) in enumerate(cases)]
+    built = engine_build(sim, params, BUILD_ROOT / f"{sim}-engine-random-3x5")
+    report = simulate_jobs(built, params, jobs, [want for _, _, want in cases], tmp_path,
+                           stall=0.3, backpressure=0.4, seed=1)
+    assert_exact(report)
+    kinds = {(n.wbits, n.abits, n.mac, n.stage.kind if n.stage else "none") for n, _, _ in cases}
+    assert {(w, a) for w, a, mac, _ in kinds if mac == "lut"} == {(w, a) for w in BITS for a in BITS}
+    assert {kind for *_, kind in kinds} == {"thresholds", "requantize", "none"}
+    assert len(report.layers) == len(cases) and all(r.cycles > 0 for r in report.layers)
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_trained_digits_cnn_whole_model_on_the_engine(sim):
+    require(sim)
+    model = load(DIGITS)
+    params = EngineParams.for_model(model, rows=4, cols=4)
+    images = np.random.default_rng(0).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    build_dir = BUILD_ROOT / f"{sim}-engine-digits-4x4"
+    report = simulate_model(engine_build(sim, params, build_dir), params, DIGITS, model, images, build_dir / "run",
+                            stall=0.2, backpressure=0.2, seed=2)
+    assert_exact(report)
+    assert [r.name for r in report.layers] == [n.name for n in model.convs]
+    # Every layer's cycles against the engine's cycle formula (plus back-pressure).
+    for layer, node in zip(report.layers, model.convs):
+        assert layer.cycles >= layer.macs / (params.rows * params.cols)
+
+
+RESNET20_LAYERS = ("blocks.3.shortcut", "blocks.6.shortcut", "fc")
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_trained_resnet20_layers_on_an_8x8_engine(sim):
+    require(sim)
+    model = load(RESNET20)
+    params = EngineParams.for_model(model, rows=8, cols=8)
+    images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    t = reference.run(model, images)
+    jobs, expected = [], []
+    for i, node in enumerate(model.convs):
+        if node.name in RESNET20_LAYERS:
+            x = t[node.input][0]
+            jobs.append(Job(i, node, layer_beats(params, node) + act_beats(params, node, x), output_words(params, node)))
+            expected.append(t[node.output][0])
+    built = engine_build(sim, params, BUILD_ROOT / f"{sim}-engine-resnet20-8x8")
+    report = simulate_jobs(built, params, jobs, expected, BUILD_ROOT / f"{sim}-engine-resnet20-8x8" / "layers",
+                           stall=0.1, backpressure=0.1, seed=3)
+    assert_exact(report)
+    assert [r.name for r in report.layers] == list(RESNET20_LAYERS)
+
+
+@pytest.mark.slow
+def test_trained_resnet20_whole_model_on_an_8x8_engine():
+    require("verilator")
+    model = load(RESNET20)
+    params = EngineParams.for_model(model, rows=8, cols=8)
+    images = np.random.default_rng(4).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    build_dir = BUILD_ROOT / "verilator-engine-resnet20-8x8"
+    report = simulate_model(engine_build("verilator", params, build_dir), params, RESNET20, model, images,
+                            build_dir / "model", stall=0.05, backpressure=0.05, seed=4)
+    assert_exact(report)
+    assert len(report.layers) == len(model.convs) == 21
