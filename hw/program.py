@@ -2,15 +2,17 @@
 
 A beat is ``(target, addr, data)`` for the engine's ``load_*`` ports (targets and
 registers in :mod:`hw.engine_params`). For one layer (:class:`~compiler.graph.ConvNode`)
-:func:`layer_beats` gives its configuration, weights, product tables and output-stage
-constants, :func:`act_beats` its input codes, :func:`output_words` how many words a run
-returns and :func:`decode_outputs` turns them into the reference's array.
+:func:`config_beats` gives its configuration, :func:`constant_beats` its weights, product
+tables and output-stage constants (:func:`layer_beats`: both), :func:`act_beats` its input
+codes, :func:`output_words` how many words a run returns and :func:`decode_outputs` turns
+them into the reference's array. An engine sized ``resident`` keeps every layer's
+constants (:func:`resident_beats`, at :func:`resident_bases`), so that an image needs
+only configuration and activations.
 
 :func:`model_jobs` runs a whole model as a generator: it computes host-side nodes
 (input table, residual additions, activations, pooling) with the integer reference
 and yields one :class:`Job` per convolution to run on the engine, receiving its output
-words back (``send``). Buffers are laid out per layer at base address 0 (the engine
-holds one layer at a time).
+words back (``send``).
 """
 
 from __future__ import annotations
@@ -65,15 +67,39 @@ def _stage_kind(node: ConvNode) -> int:
     return STAGE_NONE
 
 
-def config_values(params: EngineParams, node: ConvNode) -> dict[str, int]:
-    """The configuration registers of layer ``node`` (buffers at base 0)."""
+@dataclass(frozen=True)
+class Bases:
+    """Where a layer's constants start in the weight, table and stage buffers."""
+
+    weight: int = 0
+    table: int = 0
+    stage: int = 0
+
+
+def resident_bases(model: CompiledModel, params: EngineParams) -> dict[str, Bases]:
+    """Each layer's :class:`Bases` when every layer's constants stay in the buffers at once
+    (an engine sized with ``EngineParams.for_model(..., resident=True)``)."""
+    bases, w, t, st = {}, 0, 0, 0
+    for node in model.convs:
+        bases[node.name] = Bases(w, t, st)
+        need = layer_needs(node, params.rows, params.cols)
+        w, t, st = w + need["weight"], t + need["table"], st + need["stage"]
+    if w > params.weight_depth or t > params.table_depth or st > params.stage_depth:
+        raise ValueError(f"the model's constants ({w} weight words, {t} table entries, {st} stage slots) do not "
+                         f"fit the engine's buffers ({params.weight_depth}, {params.table_depth}, "
+                         f"{params.stage_depth}); size it with EngineParams.for_model(model, ..., resident=True)")
+    return bases
+
+
+def config_values(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> dict[str, int]:
+    """The configuration registers of layer ``node`` with its constants at ``bases``."""
     c_in, h, w = node.in_shape
     c_out, ho, wo = node.out_shape
     values = {"stage": _stage_kind(node), "in_h": h, "in_w": w, "out_h": ho, "out_w": wo,
               "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
               "groups": ceil(c_in / params.rows), "co_tiles": ceil(c_out / params.cols), "positions": ho * wo,
               "plane": h * w, "row_step": node.stride * w, "top_offset": -node.padding * w,
-              "weight_base": 0, "table_base": 0, "stage_base": 0}
+              "weight_base": bases.weight, "table_base": bases.table, "stage_base": bases.stage}
     assert set(values) == set(REGISTERS)
     return values
 
@@ -132,18 +158,36 @@ def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:
     return threshold_words(stage, params.threshold_bits)
 
 
-def layer_beats(params: EngineParams, node: ConvNode) -> list[Beat]:
-    """Configuration, weights, tables and stage constants of layer ``node``."""
+def config_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> list[Beat]:
+    """The configuration registers of layer ``node`` (constants at ``bases``)."""
     check_fits(params, node)
     mask = (1 << params.reg_bits) - 1
-    beats = [(CONFIG, i, config_values(params, node)[name] & mask) for i, name in enumerate(REGISTERS)]
-    beats += [(WEIGHTS, a, w) for a, w in enumerate(weight_words(params, node))]
-    beats += [(TABLE, j, v) for j, v in enumerate(table_words(params, node))]
+    return [(CONFIG, i, config_values(params, node, bases)[name] & mask) for i, name in enumerate(REGISTERS)]
+
+
+def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> list[Beat]:
+    """Weights, product tables and output-stage constants of layer ``node``, at ``bases``."""
+    check_fits(params, node)
+    beats = [(WEIGHTS, bases.weight + a, w) for a, w in enumerate(weight_words(params, node))]
+    beats += [(TABLE, bases.table + j, v) for j, v in enumerate(table_words(params, node))]
     if node.stage is not None:
         target = REQUANTIZE if isinstance(node.stage, Requantize) else THRESHOLDS
         for ch, word in enumerate(_stage_words(params, node)):
-            beats.append((target, (ch // params.cols) << params.col_bits | ch % params.cols, word))
+            slot = bases.stage + ch // params.cols
+            beats.append((target, slot << params.col_bits | ch % params.cols, word))
     return beats
+
+
+def layer_beats(params: EngineParams, node: ConvNode) -> list[Beat]:
+    """Configuration and constants of layer ``node``, alone in the buffers."""
+    return config_beats(params, node) + constant_beats(params, node)
+
+
+def resident_beats(model: CompiledModel, params: EngineParams) -> list[Beat]:
+    """Every layer's constants at its :func:`resident_bases`: load once, then run images with
+    ``model_jobs(..., resident=True)``."""
+    bases = resident_bases(model, params)
+    return [beat for node in model.convs for beat in constant_beats(params, node, bases[node.name])]
 
 
 def act_beats(params: EngineParams, node: ConvNode, codes: np.ndarray) -> list[Beat]:
@@ -187,21 +231,25 @@ class Job:
 
 
 def model_jobs(model: CompiledModel, params: EngineParams, image: np.ndarray, on_engine: set[int] | None = None,
-               upto: int | None = None):
+               upto: int | None = None, resident: bool = False):
     """Generator running ``model`` on one uint8 image ``(C, H, W)``.
 
     Convolutions whose node index is in ``on_engine`` (default: all) are yielded as
     :class:`Job`; the caller sends back the output words, which are decoded and feed the
     nodes after it. Everything else runs in the integer reference. Stops after node
-    ``upto`` (default: the last); returns the tensors (batch of one).
+    ``upto`` (default: the last); returns the tensors (batch of one). ``resident``: the
+    engine already holds every layer's constants (:func:`resident_beats`); jobs then load
+    only configuration and activations.
     """
     images = image[None]
     reference.check_images(model, images)
+    bases = resident_bases(model, params) if resident else None
     t: dict[str, np.ndarray] = {}
     for index, node in enumerate(model.nodes[:None if upto is None else upto + 1]):
         if isinstance(node, ConvNode) and (on_engine is None or index in on_engine):
-            beats = layer_beats(params, node) + act_beats(params, node, t[node.input][0])
-            words = yield Job(index, node, beats, output_words(params, node))
+            setup = config_beats(params, node, bases[node.name]) if resident else layer_beats(params, node)
+            words = yield Job(index, node, setup + act_beats(params, node, t[node.input][0]),
+                              output_words(params, node))
             out = decode_outputs(params, node, words)
             t[node.output] = (out.astype(np.uint8) if isinstance(node.stage, Thresholds) else out)[None]
         else:

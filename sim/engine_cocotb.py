@@ -7,8 +7,9 @@ the work, either
 
 - ``jobs``: ``[{"index", "beats": [[target, addr, data], ...], "out_words"}]``, or
 - ``model``: ``{"path", "images" (uint8 nested lists), "on_engine" (node indices or
-  null for all), "upto" (last node or null)}``: the model runs image by image through
-  :func:`hw.program.model_jobs`, the engine's outputs feeding the nodes after them.
+  null for all), "upto" (last node or null), "resident" (load every layer's constants
+  once first)}``: the model runs image by image through :func:`hw.program.model_jobs`,
+  the engine's outputs feeding the nodes after them.
 
 For every layer run the results hold ``index``, ``cycles`` (from the clock edge that
 samples ``start`` to the one that accepts the last output word), ``words`` (the output
@@ -113,7 +114,7 @@ async def engine_runs(dut):
     else:
         from compiler.format import load
         from hw.engine_params import EngineParams, RequantizeShape
-        from hw.program import model_jobs
+        from hw.program import model_jobs, resident_beats
 
         spec = d["model"]
         model = load(spec["path"])
@@ -121,8 +122,12 @@ async def engine_runs(dut):
         p["requantize"] = p["requantize"] and RequantizeShape(**p["requantize"])
         params = EngineParams(**p)
         on_engine = None if spec["on_engine"] is None else set(spec["on_engine"])
+        resident = spec.get("resident", False)
+        if resident:
+            await engine.load(resident_beats(model, params))
         for image in spec["images"]:
-            steps, per_image = model_jobs(model, params, np.asarray(image, dtype=np.uint8), on_engine, spec["upto"]), []
+            steps = model_jobs(model, params, np.asarray(image, dtype=np.uint8), on_engine, spec["upto"], resident)
+            per_image = []
             try:
                 job = next(steps)
                 while True:

@@ -92,6 +92,23 @@ def test_trained_digits_cnn_whole_model_on_the_engine(sim):
     build_dir = BUILD_ROOT / f"{sim}-engine-digits-4x4"
     report = simulate_model(engine_build(sim, params, build_dir), params, DIGITS, model, images, build_dir / "run",
                             stall=0.2, backpressure=0.2, seed=2)
+    check_digits_report(report, model, params)
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_digits_cnn_with_resident_constants_two_images(sim):
+    """Every layer's constants loaded once, then two images with only configuration and activations."""
+    require(sim)
+    model = load(DIGITS)
+    params = EngineParams.for_model(model, rows=2, cols=8, resident=True)
+    images = np.random.default_rng(5).integers(0, 256, (2, *model.input.shape), dtype=np.uint8)
+    build_dir = BUILD_ROOT / f"{sim}-engine-digits-2x8-resident"
+    report = simulate_model(engine_build(sim, params, build_dir), params, DIGITS, model, images, build_dir / "run",
+                            resident=True, seed=6)
+    check_digits_report(report, model, params)
+
+
+def check_digits_report(report, model, params):
     assert_exact(report)
     assert [r.name for r in report.layers] == [n.name for n in model.convs]
     # Every layer's cycles against the engine's cycle formula (plus back-pressure).
