@@ -84,7 +84,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     top.submodules.design = top_factory(platform, plan.achieved_hz)
     options = {"nextpnr_opts": f"--report {NEXTPNR_REPORT} --timing-allow-fail"}
     if board.family == "ice40":
-        options["synth_opts"] = "-dsp"
+        options["synth_opts"] = "-dsp -spram"
     t0 = time.perf_counter()
     platform.build(top, name=name, do_build=False, **options).extract(build_dir)
     bitstream = build_dir / (name + board.bitstream_suffix)

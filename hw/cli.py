@@ -136,11 +136,12 @@ def cmd_sim(args) -> int:
 def format_table(result: dict) -> str:
     rc = result["rows"] * result["cols"]
     lines = [f"{result['simulator']}: {result['images']} image(s) on a {result['rows']} x {result['cols']} engine",
-             "", "| layer | name | cycles | MACs | MACs/cycle | of R*C | lower bound | mismatches |",
-             "|---|---|---|---|---|---|---|---|"]
+             "", "| layer | name | cycles | computing | MACs | MACs/cycle | of R*C | lower bound | mismatches |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["layers"]:
         bound = -(-r["macs"] // rc)
-        lines.append(f"| {r['index']} | {r['name']} | {r['cycles']:,} | {r['macs']:,} | {r['macs_per_cycle']:.2f} | "
+        lines.append(f"| {r['index']} | {r['name']} | {r['cycles']:,} | {r['compute_cycles']:,} | {r['macs']:,} | "
+                     f"{r['macs_per_cycle']:.2f} | "
                      f"{100 * r['utilization']:.1f}% | {bound:,} | {r['mismatches']} |")
     lines.append(f"\n{result['mismatches']} outputs differ from the integer reference")
     lines += [r["first_mismatch"] for r in result["layers"] if r["first_mismatch"]]

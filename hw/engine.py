@@ -11,12 +11,14 @@ its :class:`~hw.engine_params.EngineParams`, one layer per ``start``:
    output position through the array (one per cycle; row ``r`` reads input channel
    ``g * rows + r`` at ``(y * stride + ky - padding, x * stride + kx - padding)``, code 0
    outside the image), adds each column's partial sum to the one kept for that position
-   in the column's accumulator memory. PEs hold two weights (the next tile's loads while
-   the current tile's last elements are still in the array). After a channel
-   tile's last reduction tile the accumulators pass the column's output stage
-   (thresholds, requantize or none) into the output buffer.
-3. **Read back**: the output buffer streams out on ``out_*`` (valid/ready), one word of
-   ``cols`` outputs per output position, channel tile after channel tile.
+   in the column's memory (one entry per output channel tile and position). PEs hold two
+   weights (the next tile's loads while the current tile's last elements are still in the
+   array).
+3. **Read back**: each position's ``cols`` accumulators pass, one per cycle, through the
+   one output stage (thresholds, requantize or none), and stream out on ``out_*``
+   (valid/ready) as one word of ``cols`` outputs per position, channel tile after channel
+   tile. One stage serves all columns: read-back is bound by the host link anyway, and
+   per-column stage memories would not fit small FPGAs.
 
 Products: each row has a loadable table ``j -> (L[1][j], ..., L[s_w][j])`` at its left
 edge (the "row vector" way of DESIGN.md); the vector travels along the row and each PE
@@ -24,9 +26,9 @@ selects ``L[k][j]`` by its weight magnitude. Engines with ``multiply`` also hold
 ``A[j]`` in a table entry whose top bit is set, and then the PE multiplies it by its
 weight level ``W[k]`` (8-bit edge layers, whose LUT would be too large).
 
-Cycles of one layer: ``tiles * (rows + positions + 1 + max(0, cols + 2 - positions))`` with
-``tiles = co_tiles * kernel^2 * groups``, then ``rows + cols + 6`` to empty the pipeline,
-then one per output word (more under back-pressure).
+Cycles of one layer: computing ``tiles * (rows + positions + 1 + max(0, cols + 2 - positions))``
+with ``tiles = co_tiles * kernel^2 * groups``, then ``rows + cols + 4`` to empty the
+pipeline; reading back ``cols + 6`` per output word (more under back-pressure).
 """
 
 from __future__ import annotations
@@ -76,11 +78,13 @@ class LayerEngine(wiring.Component):
       lowest): the layer's outputs.
     """
 
+    STAGE_LATENCY = 3
+
     def __init__(self, params: EngineParams):
         if not isinstance(params, EngineParams):
             raise TypeError(f"params must be an EngineParams, not {params!r}")
         self.params = params
-        self.drain = params.rows + params.cols + 5
+        self.drain = params.rows + params.cols + 3
         super().__init__({
             "load_valid": In(1),
             "load_ready": Out(1),
@@ -112,14 +116,20 @@ class LayerEngine(wiring.Component):
                         m.d.sync += cfg[name].eq(self.load_data)
 
         def buffer(name, width, depth, write_en):
+            """A buffer written by loads while idle and read while computing: one address for
+            both ports (single-port RAM, which Yosys can map to UP5K SPRAM). Returns the read
+            port and the read address to drive."""
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
-            write = memory.write_port()
-            m.d.comb += [write.en.eq(write_en), write.addr.eq(self.load_addr), write.data.eq(self.load_data)]
-            return memory.read_port()
+            write, read = memory.write_port(), memory.read_port()
+            addr = Signal(range(depth), name=f"{name}_addr")
+            shared = Mux(idle, self.load_addr, addr)
+            m.d.comb += [write.en.eq(write_en), write.addr.eq(shared), write.data.eq(self.load_data),
+                         read.addr.eq(shared)]
+            return read, addr
 
-        act_read = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
-        weight_read = buffer("weights", Cn * p.weight_bits, p.weight_depth, loads(WEIGHTS))
-        table_reads = [buffer(f"table_{r}", p.table_bits, p.table_depth, loads(TABLE)) for r in range(R)]
+        act_read, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
+        weight_read, weight_read_addr = buffer("weights", Cn * p.weight_bits, p.weight_depth, loads(WEIGHTS))
+        tables = [buffer(f"table_{r}", p.table_bits, p.table_depth, loads(TABLE)) for r in range(R)]
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x).
         def counter(name):
@@ -127,34 +137,33 @@ class LayerEngine(wiring.Component):
 
         co_tile, ky, kx, g = counter("co_tile"), counter("ky"), counter("kx"), counter("g")
         plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
-        stage_slot, out_base, read_addr = counter("stage_slot"), counter("out_base"), counter("read_addr")
+        out_base, read_addr = counter("out_base"), counter("read_addr")
         y, x, iy, ix, row_addr = counter("y"), counter("x"), counter("iy"), counter("ix"), counter("row_addr")
-        pos = Signal(range(p.pos_depth + 1))
+        pos, read_pos = Signal(range(p.pos_depth + 1)), Signal(range(p.pos_depth + 1))
+        read_slot = Signal(range(p.stage_depth + 1))
+        feed_col, collected = Signal(range(Cn + 1)), Signal(range(Cn + 2))
         row_count = Signal(range(R + 1))
         wait, finishing = Signal(signed(p.reg_bits)), Signal()
         w_valid, w_row = Signal(), Signal(range(R))
         first_tile = (ky == 0) & (kx == 0) & (g == 0)
-        last_tile = (ky == cfg["kernel"] - 1) & (kx == cfg["kernel"] - 1) & (g == cfg["groups"] - 1)
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
-        tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1, "last": 1,
-                                        "pos": range(p.pos_depth + 1), "slot": range(p.stage_depth + 1),
+        tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
                                         "out_addr": range(p.out_depth + 1)})
-        tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 5)]
+        tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 2)]
         m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
 
-        fire = ~self.out_valid | self.out_ready
         m.d.sync += w_valid.eq(0)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [co_tile.eq(0), ky.eq(0), kx.eq(0), g.eq(0), plane_base.eq(0),
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
-                                 stage_slot.eq(cfg["stage_base"]), out_base.eq(0), row_count.eq(0)]
+                                 out_base.eq(0), row_count.eq(0)]
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
                 # Read one row's weight word per cycle; the row's shadow weights take it in the next cycle.
-                m.d.comb += weight_read.addr.eq(weight_addr)
+                m.d.comb += weight_read_addr.eq(weight_addr)
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
                              w_valid.eq(1), w_row.eq(row_count)]
                 with m.If(row_count == R - 1):
@@ -163,16 +172,15 @@ class LayerEngine(wiring.Component):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
-                m.d.comb += [act_read.addr.eq(row_addr + ix), tags[0].valid.eq(1), tags[0].inside.eq(inside),
-                             tags[0].swap.eq(pos == 0), tags[0].first.eq(first_tile), tags[0].last.eq(last_tile),
-                             tags[0].pos.eq(pos), tags[0].slot.eq(stage_slot), tags[0].out_addr.eq(out_base + pos)]
+                m.d.comb += [act_addr.eq(row_addr + ix), tags[0].valid.eq(1), tags[0].inside.eq(inside),
+                             tags[0].swap.eq(pos == 0), tags[0].first.eq(first_tile),
+                             tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
                 with m.If(x == cfg["out_w"] - 1):
                     m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
                     with m.If(y == cfg["out_h"] - 1):
-                        self._next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, stage_slot, out_base,
-                                        finishing)
+                        self._next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing)
                         # The next tile's shadow weights must not be written before this tile's
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
@@ -187,22 +195,38 @@ class LayerEngine(wiring.Component):
                 with m.Elif(wait > 0):
                     m.d.sync += wait.eq(wait - 1)
                 with m.Elif(co_tile == cfg["co_tiles"]):
-                    m.d.sync += read_addr.eq(0)
-                    m.next = "READ_OUT"
+                    m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
+                    m.next = "READ_WORD"
                 with m.Else():
                     m.d.sync += row_count.eq(0)
                     m.next = "LOAD_WEIGHTS"
-            with m.State("READ_OUT"):
-                # One word per accepted beat; the output memories read at read_addr when fire.
-                with m.If(fire):
-                    with m.If(read_addr == out_base):
-                        m.d.sync += self.out_valid.eq(0)
+            with m.State("READ_WORD"):
+                # The column memories read word read_addr (data in the next cycle, held there).
+                m.d.sync += feed_col.eq(0)
+                m.next = "FEED"
+            with m.State("FEED"):
+                m.d.sync += feed_col.eq(feed_col + 1)
+                with m.If(feed_col == Cn - 1):
+                    m.next = "COLLECT"
+            with m.State("COLLECT"):
+                with m.If(collected == Cn):
+                    m.d.sync += self.out_valid.eq(1)
+                    m.next = "OFFER"
+            with m.State("OFFER"):
+                with m.If(self.out_ready):
+                    m.d.sync += [self.out_valid.eq(0), read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
+                    with m.If(read_pos == cfg["positions"] - 1):
+                        m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1)]
+                    with m.If(read_addr == out_base - 1):
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [self.out_valid.eq(1), read_addr.eq(read_addr + 1)]
+                        m.next = "READ_WORD"
 
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
-        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load_ready.eq(idle), self.busy.eq(~idle)]
+        reading = Signal()
+        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load_ready.eq(idle), self.busy.eq(~idle),
+                     reading.eq(fsm.ongoing("READ_WORD") | fsm.ongoing("FEED") | fsm.ongoing("COLLECT")
+                                | fsm.ongoing("OFFER"))]
 
         # The array: row r's code enters its table r cycles after row 0's (skew), the
         # table's vector (one cycle later) enters PE (r, 0).
@@ -214,14 +238,15 @@ class LayerEngine(wiring.Component):
                 delayed = Signal(p.abits, name=f"code_{r}_{n}")
                 m.d.sync += delayed.eq(code)
                 code = delayed
-            m.d.comb += table_reads[r].addr.eq(cfg["table_base"] + code)
+            table_read, table_addr = tables[r]
+            m.d.comb += table_addr.eq(cfg["table_base"] + code)
             for c in range(Cn):
                 m.submodules[f"pe_{r}_{c}"] = pe = pes[r][c]
                 m.d.comb += [pe.w_load.eq(w_valid & (w_row == r)),
                              pe.w_code.eq(weight_read.data.word_select(c, p.weight_bits))]
                 if c == 0:
                     m.d.comb += [pe.a_valid.eq(tags[2 + r].valid), pe.a_swap.eq(tags[2 + r].swap),
-                                 pe.a_in.eq(table_reads[r].data)]
+                                 pe.a_in.eq(table_read.data)]
                 else:
                     left = pes[r][c - 1]
                     m.d.comb += [pe.a_valid.eq(left.a_valid_out), pe.a_swap.eq(left.a_swap_out),
@@ -229,51 +254,61 @@ class LayerEngine(wiring.Component):
                 if r > 0:
                     m.d.comb += pe.psum_in.eq(pes[r - 1][c].psum_out)
 
-        # Each column: partial sums of every position in its own memory, its own output
-        # stage, its own slice of the output buffer; column c runs c cycles behind column 0.
-        stage = cfg["stage"][:2]
-        out_fields = []
+        # Each column keeps the partial sums of every output (channel tile, position) in its
+        # own memory; column c runs c cycles behind column 0.
+        column_reads = []
         for c in range(Cn):
-            m.submodules[f"acc_{c}"] = accs = Memory(shape=signed(p.acc_bits), depth=p.pos_depth, init=[])
+            m.submodules[f"acc_{c}"] = accs = Memory(shape=signed(p.acc_bits), depth=p.out_depth, init=[])
             acc_read, acc_write = accs.read_port(), accs.write_port()
-            m.d.comb += [acc_read.addr.eq(tags[1 + c].pos),
-                         pes[0][c].psum_in.eq(Mux(tags[2 + c].first, 0, acc_read.data))]
-            done, total = tags[R + c + 2], pes[R - 1][c].psum_out
-            m.d.comb += [acc_write.en.eq(done.valid & ~done.last), acc_write.addr.eq(done.pos),
-                         acc_write.data.eq(total)]
-            final = done.valid & done.last
-            # Every path takes 3 cycles (the requantize unit's latency).
-            raw = total
-            for n in range(3):
-                delayed = Signal(signed(p.acc_bits), name=f"raw_{c}_{n}")
-                m.d.sync += delayed.eq(raw)
-                raw = delayed
-            result = raw
-            col_field = self.load_addr[:p.col_bits] == c
-            if p.code_bits:
-                m.submodules[f"thresholds_{c}"] = unit = ThresholdUnit(
-                    p.acc_bits, p.code_bits, p.stage_depth, p.threshold_bits)
-                code = Signal(p.code_bits, name=f"code_out_{c}")
-                m.d.sync += code.eq(unit.code)
-                self._connect_stage(m, unit, loads(THRESHOLDS) & col_field, final, total, done.slot)
-                result = Mux(stage == STAGE_THRESHOLDS, code, result)
-            if p.requantize:
-                q = p.requantize
-                m.submodules[f"requantize_{c}"] = unit = RequantizeUnit(
-                    p.acc_bits, p.stage_depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
-                self._connect_stage(m, unit, loads(REQUANTIZE) & col_field, final, total, done.slot)
-                result = Mux(stage == STAGE_REQUANTIZE, unit.out, result)
-            m.submodules[f"out_{c}"] = outs = Memory(shape=signed(p.out_bits), depth=p.out_depth, init=[])
-            out_read, out_write = outs.read_port(), outs.write_port()
-            written = tags[R + c + 5]
-            m.d.comb += [out_write.en.eq(written.valid & written.last), out_write.addr.eq(written.out_addr),
-                         out_write.data.eq(result), out_read.addr.eq(read_addr), out_read.en.eq(fire)]
-            out_fields.append(out_read.data)
-        m.d.comb += self.out_data.eq(Cat(*out_fields))
+            done = tags[R + c + 2]
+            m.d.comb += [acc_read.addr.eq(Mux(reading, read_addr, tags[1 + c].out_addr)),
+                         pes[0][c].psum_in.eq(Mux(tags[2 + c].first, 0, acc_read.data)),
+                         acc_write.en.eq(done.valid), acc_write.addr.eq(done.out_addr),
+                         acc_write.data.eq(pes[R - 1][c].psum_out)]
+            column_reads.append(acc_read.data)
+
+        # Read-back: the word's accumulators enter the output stage one per cycle (column
+        # feed_col); results come back STAGE_LATENCY cycles later into their field of out_data.
+        value = Cat(*column_reads).word_select(feed_col, p.acc_bits).as_signed()
+        channel = Cat(feed_col[:p.col_bits], read_slot)
+        feeding = fsm.ongoing("FEED")
+        stage = cfg["stage"][:2]
+        raw = value
+        for n in range(self.STAGE_LATENCY):
+            delayed = Signal(signed(p.acc_bits), name=f"raw_{n}")
+            m.d.sync += delayed.eq(raw)
+            raw = delayed
+        result = raw
+        if p.code_bits:
+            m.submodules.thresholds = unit = ThresholdUnit(p.acc_bits, p.code_bits, p.stage_depth << p.col_bits,
+                                                           p.threshold_bits)
+            code = Signal(p.code_bits)
+            m.d.sync += code.eq(unit.code)       # 2 + 1 cycles, as the requantize unit's 3
+            self._connect_stage(m, unit, loads(THRESHOLDS), feeding, value, channel)
+            result = Mux(stage == STAGE_THRESHOLDS, code, result)
+        if p.requantize:
+            q = p.requantize
+            m.submodules.requantize = unit = RequantizeUnit(p.acc_bits, p.stage_depth << p.col_bits,
+                                                            q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
+            self._connect_stage(m, unit, loads(REQUANTIZE), feeding, value, channel)
+            result = Mux(stage == STAGE_REQUANTIZE, unit.out, result)
+        back_valid, back_col = feeding, feed_col
+        for n in range(self.STAGE_LATENCY):
+            v, col = Signal(name=f"back_valid_{n}"), Signal.like(feed_col, name=f"back_col_{n}")
+            m.d.sync += [v.eq(back_valid), col.eq(back_col)]
+            back_valid, back_col = v, col
+        fields = [Signal(signed(p.out_bits), name=f"out_{c}") for c in range(Cn)]
+        with m.If(back_valid):
+            with m.Switch(back_col):
+                for c in range(Cn):
+                    with m.Case(c):
+                        m.d.sync += fields[c].eq(result)
+        m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
+        m.d.comb += self.out_data.eq(Cat(*fields))
         return m
 
     @staticmethod
-    def _next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, stage_slot, out_base, finishing):
+    def _next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing):
         """Advance the reduction tile (group, then kx, then ky), then the channel tile."""
         with m.If(g != cfg["groups"] - 1):
             m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
@@ -287,12 +322,10 @@ class LayerEngine(wiring.Component):
                     m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
                 with m.Else():
                     m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"]), co_tile.eq(co_tile + 1),
-                                 stage_slot.eq(stage_slot + 1), out_base.eq(out_base + cfg["positions"])]
+                                 out_base.eq(out_base + cfg["positions"])]
                     with m.If(co_tile == cfg["co_tiles"] - 1):
                         m.d.sync += finishing.eq(1)
 
-    def _connect_stage(self, m, unit, load_en, valid, acc, slot):
-        p = self.params
-        m.d.comb += [unit.load_en.eq(load_en), unit.load_addr.eq(self.load_addr[p.col_bits:]),
-                     unit.load_data.eq(self.load_data), unit.valid.eq(valid), unit.acc.eq(acc),
-                     unit.channel.eq(slot)]
+    def _connect_stage(self, m, unit, load_en, valid, acc, channel):
+        m.d.comb += [unit.load_en.eq(load_en), unit.load_addr.eq(self.load_addr), unit.load_data.eq(self.load_data),
+                     unit.valid.eq(valid), unit.acc.eq(acc), unit.channel.eq(channel)]

@@ -17,7 +17,7 @@ and one negation per unit, instead of two comparators per threshold.
 from __future__ import annotations
 
 import numpy as np
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
@@ -136,15 +136,19 @@ class ThresholdUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # One memory per field of the word (each threshold, the flag), all addressed by
-        # channel: the same storage as one wide memory, but Amaranth's simulator cannot
-        # compile the write logic of a word thousands of bits wide (s = 255).
+        # Small words (s <= 15) in one memory; wider ones as one memory per field of the
+        # word (each threshold, the flag), all addressed by channel: the same storage, but
+        # Amaranth's simulator cannot compile the write logic of a word thousands of bits
+        # wide (s = 255).
         tb = self.threshold_bits
-        fields = [(f"threshold_{i}", signed(tb), self.load_data.word_select(i, tb)) for i in range(self.s)]
-        fields.append(("descending", 1, self.load_data[-1]))
-        data = []
-        for name, shape, load in fields:
-            m.submodules[name] = memory = Memory(shape=shape, depth=self.channels, init=[])
+        if self.s <= 15:
+            words = [("words", self.word_bits, self.load_data)]
+        else:
+            words = [(f"threshold_{i}", tb, self.load_data.word_select(i, tb)) for i in range(self.s)]
+            words.append(("descending", 1, self.load_data[-1]))
+        parts = []
+        for name, width, load in words:
+            m.submodules[name] = memory = Memory(shape=width, depth=self.channels, init=[])
             write, read = memory.write_port(), memory.read_port()
             m.d.comb += [
                 write.en.eq(self.load_en),
@@ -152,7 +156,9 @@ class ThresholdUnit(wiring.Component):
                 write.data.eq(load),
                 read.addr.eq(self.channel),
             ]
-            data.append(read.data)
+            parts.append(read.data)
+        word = Cat(*parts)
+        data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
         # Stage 1: the channel's word is read; the value waits for it.
         acc = Signal(signed(self.acc_bits))

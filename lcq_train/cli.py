@@ -147,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
     from compiler.cli import add_parsers
+    from boards.cli import add_parsers as add_board_parsers
     from hw.cli import add_parsers as add_hw_parsers
 
-    commands = {"train": _cmd_train, "demo": _cmd_demo, **add_parsers(sub), **add_hw_parsers(sub)}
+    commands = {"train": _cmd_train, "demo": _cmd_demo, **add_parsers(sub), **add_hw_parsers(sub),
+                **add_board_parsers(sub)}
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     name = args.command

@@ -12,8 +12,10 @@ the work, either
   the engine's outputs feeding the nodes after them.
 
 For every layer run the results hold ``index``, ``cycles`` (from the clock edge that
-samples ``start`` to the one that accepts the last output word), ``words`` (the output
-words) and ``word_cycles`` (the cycle, counted the same way, each word was accepted at).
+samples ``start`` to the one that accepts the last output word), ``compute_cycles`` (to
+the first cycle an output word is offered: computing, without read-back), ``words`` (the
+output words) and ``word_cycles`` (the cycle, counted the same way, each word was
+accepted at).
 Comparison with the integer reference happens outside the simulator. A run that does
 not finish within ``max_cycles`` fails with the layer, the words received and the state.
 """
@@ -69,7 +71,7 @@ class Engine:
         dut.start.value = 1
         await FallingEdge(self.clk)
         dut.start.value = 0
-        words, word_cycles, cycle = [], [], 1
+        words, word_cycles, cycle, first_valid = [], [], 1, None
         while len(words) < out_words or int(dut.busy.value):
             if cycle > max_cycles:
                 raise AssertionError(f"layer {index}: no end after {max_cycles} cycles: {len(words)} of "
@@ -77,6 +79,8 @@ class Engine:
             ready = self.rng.random() >= self.backpressure
             dut.out_ready.value = int(ready)
             valid = int(dut.out_valid.value)
+            if valid and first_valid is None:
+                first_valid = cycle
             if valid and ready:
                 if len(words) == out_words:
                     raise AssertionError(f"layer {index}: more than the expected {out_words} output words")
@@ -90,7 +94,7 @@ class Engine:
             cycle += 1
         dut.out_ready.value = 0
         return {"index": index, "cycles": word_cycles[-1] if word_cycles else cycle, "words": words,
-                "word_cycles": word_cycles}
+                "word_cycles": word_cycles, "compute_cycles": first_valid or cycle}
 
 
 def max_cycles(beats_out: int, params: dict, backpressure: float, macs: int | None = None) -> int:

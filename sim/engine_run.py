@@ -8,7 +8,8 @@
 Both return a :class:`SimReport`; its ``as_dict()`` is the ``lcq sim --json`` object:
 ``{"mismatches": total, "layers": [{"index", "name", "cycles", "macs", "mismatches", ...}]}``.
 Layers are numbered as ``model.convs`` (the rows of ``lcq report``); cycles and MACs of a
-layer are summed over the images. The first wrong output of a
+layer are summed over the images; ``compute_cycles`` leave out the read-back, and MACs
+per cycle and utilization are computed from them. The first wrong output of a
 layer is described by layer, channel, position and the cycle its word was read.
 """
 
@@ -36,6 +37,7 @@ class LayerResult:
     index: int
     name: str
     cycles: int = 0
+    compute_cycles: int = 0
     macs: int = 0
     outputs: int = 0
     mismatches: int = 0
@@ -43,7 +45,8 @@ class LayerResult:
 
     @property
     def macs_per_cycle(self) -> float:
-        return self.macs / self.cycles if self.cycles else 0.0
+        """MACs per computing cycle (read-back excluded: it is paced by the host link)."""
+        return self.macs / self.compute_cycles if self.compute_cycles else 0.0
 
 
 @dataclass
@@ -62,7 +65,8 @@ class SimReport:
         return {
             "simulator": self.simulator, "images": self.images, "rows": self.params.rows, "cols": self.params.cols,
             "mismatches": self.mismatches,
-            "layers": [{"index": r.index, "name": r.name, "cycles": r.cycles, "macs": r.macs,
+            "layers": [{"index": r.index, "name": r.name, "cycles": r.cycles, "compute_cycles": r.compute_cycles,
+                        "macs": r.macs,
                         "macs_per_cycle": round(r.macs_per_cycle, 4),
                         "utilization": round(r.macs_per_cycle / rc, 4),
                         "outputs": r.outputs, "mismatches": r.mismatches, "first_mismatch": r.first_mismatch}
@@ -113,7 +117,8 @@ def simulate_jobs(built: Build, params: EngineParams, jobs: list[Job], expected:
     results = _run(built, test_dir, params, work, stall, backpressure, seed)[0]
     report = SimReport(built.sim, params, 1)
     for job, result, want in zip(jobs, results, expected):
-        layer = LayerResult(job.index, job.node.name, result["cycles"], job.node.macs, want.size)
+        layer = LayerResult(job.index, job.node.name, result["cycles"], result["compute_cycles"], job.node.macs,
+                            want.size)
         layer.mismatches, layer.first_mismatch = compare(params, job.node, job.index, result, want, 0)
         report.layers.append(layer)
     return report
@@ -140,6 +145,7 @@ def simulate_model(built: Build, params: EngineParams, model_path, model: Compil
             index = position[id(node)]
             layer = layers.setdefault(index, LayerResult(index, node.name))
             layer.cycles += result["cycles"]
+            layer.compute_cycles += result["compute_cycles"]
             layer.macs += node.macs
             layer.outputs += int(np.prod(node.out_shape))
             wrong, first = compare(params, node, index, result, expected[node.output][image], image)
