@@ -1,8 +1,8 @@
 """The accelerator on a board: layer engine + link bridge + UART, sized to the part.
 
 - :class:`AcceleratorCore`: a :class:`hw.engine.LayerEngine` behind a
-  :class:`hw.link.LinkBridge`; its ports are the bridge's byte streams (``rx`` in, ``tx``
-  out). Simulated as it is by :mod:`boards.simulated`.
+  :class:`hw.link.LinkBridge`; its ports are the bridge's byte streams (``rx_*`` in,
+  ``tx_*`` out, valid/ready). Simulated as it is by ``sim/board_cocotb.py``.
 - :class:`AcceleratorTop`: the core with a :class:`hw.uart.UartRx`/``UartTx`` pair on the
   platform's ``uart`` resource, at the board's fastest rate for the clock.
 - :func:`engine_for_board`: the engine for a model on a board: every layer's constants
@@ -16,13 +16,13 @@
 from __future__ import annotations
 
 from amaranth import Elaboratable, Module
-from amaranth.lib import stream, wiring
+from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from compiler.graph import CompiledModel
 from hw.engine import LayerEngine
 from hw.engine_params import EngineParams
-from hw.link import RX_LAYOUT, LinkBridge, connect_engine
+from hw.link import LinkBridge, connect_engine
 from hw.uart import UartRx, UartTx
 
 from .boards import Board, uart_baud
@@ -58,8 +58,9 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
 
 
 class AcceleratorCore(wiring.Component):
-    """Engine and link bridge; ``rx`` (bytes from the host, with a framing-error flag) and
-    ``tx`` (bytes to the host, valid/ready) are the bridge's. ``timeout_cycles``: how long a
+    """Engine and link bridge; ``rx_valid``/``rx_data``/``rx_error`` (bytes from the host, with a
+    framing-error flag, no back-pressure) and ``tx_valid``/``tx_ready``/``tx_data`` (bytes to
+    the host) are the bridge's. ``timeout_cycles``: how long a
     frame may stall before the bridge drops it (a few byte times)."""
 
     def __init__(self, params: EngineParams, timeout_cycles: int):
@@ -67,14 +68,16 @@ class AcceleratorCore(wiring.Component):
         self.engine = LayerEngine(params)
         self.bridge = LinkBridge(params.addr_bits, params.data_bits, params.cols * params.out_bits, params.rows,
                                  params.cols, timeout_cycles=timeout_cycles)
-        super().__init__({"rx": In(stream.Signature(RX_LAYOUT, always_ready=True)), "tx": Out(stream.Signature(8))})
+        super().__init__({"rx_valid": In(1), "rx_data": In(8), "rx_error": In(1),
+                          "tx_valid": Out(1), "tx_ready": In(1), "tx_data": Out(8)})
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine, m.submodules.bridge = self.engine, self.bridge
         connect_engine(m, self.bridge, self.engine)
-        wiring.connect(m, wiring.flipped(self.rx), self.bridge.rx)
-        wiring.connect(m, self.bridge.tx, wiring.flipped(self.tx))
+        rx, tx = self.bridge.rx, self.bridge.tx
+        m.d.comb += [rx.valid.eq(self.rx_valid), rx.payload.data.eq(self.rx_data), rx.payload.error.eq(self.rx_error),
+                     self.tx_valid.eq(tx.valid), tx.ready.eq(self.tx_ready), self.tx_data.eq(tx.payload)]
         return m
 
 
@@ -91,8 +94,9 @@ class AcceleratorTop(Elaboratable):
         m.submodules.core = core = AcceleratorCore(self.params, timeout_cycles=20 * byte_cycles)
         m.submodules.uart_rx = uart_rx = UartRx(int(self.clk_hz), self.baud)
         m.submodules.uart_tx = uart_tx = UartTx(int(self.clk_hz), self.baud)
-        wiring.connect(m, uart_rx.o, core.rx)
-        wiring.connect(m, core.tx, uart_tx.i)
+        m.d.comb += [core.rx_valid.eq(uart_rx.o.valid), core.rx_data.eq(uart_rx.o.payload.data),
+                     core.rx_error.eq(uart_rx.o.payload.error), uart_tx.i.valid.eq(core.tx_valid),
+                     core.tx_ready.eq(uart_tx.i.ready), uart_tx.i.payload.eq(core.tx_data)]
         uart = platform.request("uart", 0)
         m.d.comb += [uart_rx.rx.eq(uart.rx.i), uart.tx.o.eq(uart_tx.tx)]
         return m

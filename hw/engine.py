@@ -33,7 +33,7 @@ pipeline; reading back ``cols + 6`` per output word (more under back-pressure).
 
 from __future__ import annotations
 
-from amaranth import C, Cat, Module, Mux, Signal, signed
+from amaranth import C, Cat, ClockSignal, Instance, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -43,6 +43,24 @@ from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_REQUANTIZ
 from .pe import PRODUCT_BITS, ProcessingElement
 from .requantize import RequantizeUnit
 from .thresholds import ThresholdUnit
+
+
+SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
+
+
+def spram_buffer(m, name, width, addr, write_en, write_data):
+    """``width`` bits x 16K words of iCE40 UltraPlus SB_SPRAM256KA blocks side by side; the read
+    data of ``addr`` appears one cycle later (written data where ``write_en``)."""
+    data = Signal(width, name=f"{name}_data")
+    for i in range(0, width, SPRAM_WIDTH):
+        bits = min(SPRAM_WIDTH, width - i)
+        out = Signal(SPRAM_WIDTH, name=f"{name}_spram_{i // SPRAM_WIDTH}")
+        m.submodules[f"{name}_spram_{i // SPRAM_WIDTH}"] = Instance(
+            "SB_SPRAM256KA", i_ADDRESS=addr[:14], i_DATAIN=write_data[i:i + bits], i_MASKWREN=0b1111,
+            i_WREN=write_en, i_CHIPSELECT=1, i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+            o_DATAOUT=out)
+        m.d.comb += data[i:i + bits].eq(out[:bits])
+    return data
 
 
 class EngineProducts:
@@ -115,20 +133,24 @@ class LayerEngine(wiring.Component):
                     with m.Case(i):
                         m.d.sync += cfg[name].eq(self.load_data)
 
-        def buffer(name, width, depth, write_en):
+        def buffer(name, width, depth, write_en, spram=False):
             """A buffer written by loads while idle and read while computing: one address for
-            both ports (single-port RAM, which Yosys can map to UP5K SPRAM). Returns the read
-            port and the read address to drive."""
-            m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
-            write, read = memory.write_port(), memory.read_port()
+            both ports (single-port RAM). ``spram`` on an iCE40 UltraPlus: built from its
+            256 Kbit SPRAM blocks (Yosys does not infer them for Amaranth's memories).
+            Returns the read data (one cycle after the address) and the read address to drive."""
             addr = Signal(range(depth), name=f"{name}_addr")
             shared = Mux(idle, self.load_addr, addr)
+            if spram and getattr(platform, "device", None) == "iCE40UP5K" and depth <= SPRAM_DEPTH:
+                return spram_buffer(m, name, width, shared, write_en, self.load_data), addr
+            m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
+            write, read = memory.write_port(), memory.read_port()
             m.d.comb += [write.en.eq(write_en), write.addr.eq(shared), write.data.eq(self.load_data),
                          read.addr.eq(shared)]
-            return read, addr
+            return read.data, addr
 
-        act_read, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
-        weight_read, weight_read_addr = buffer("weights", Cn * p.weight_bits, p.weight_depth, loads(WEIGHTS))
+        act_data, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
+        weight_data, weight_read_addr = buffer("weights", Cn * p.weight_bits, p.weight_depth, loads(WEIGHTS),
+                                               spram=True)
         tables = [buffer(f"table_{r}", p.table_bits, p.table_depth, loads(TABLE)) for r in range(R)]
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x).
@@ -231,22 +253,22 @@ class LayerEngine(wiring.Component):
         # The array: row r's code enters its table r cycles after row 0's (skew), the
         # table's vector (one cycle later) enters PE (r, 0).
         pes = [[ProcessingElement(EngineProducts(p), p.acc_bits, double_buffered=True) for _ in range(Cn)] for _ in range(R)]
-        word = act_read.data
+        word = act_data
         for r in range(R):
             code = Mux(tags[1].inside, word.word_select(r, p.abits), 0)
             for n in range(r):
                 delayed = Signal(p.abits, name=f"code_{r}_{n}")
                 m.d.sync += delayed.eq(code)
                 code = delayed
-            table_read, table_addr = tables[r]
+            table_data, table_addr = tables[r]
             m.d.comb += table_addr.eq(cfg["table_base"] + code)
             for c in range(Cn):
                 m.submodules[f"pe_{r}_{c}"] = pe = pes[r][c]
                 m.d.comb += [pe.w_load.eq(w_valid & (w_row == r)),
-                             pe.w_code.eq(weight_read.data.word_select(c, p.weight_bits))]
+                             pe.w_code.eq(weight_data.word_select(c, p.weight_bits))]
                 if c == 0:
                     m.d.comb += [pe.a_valid.eq(tags[2 + r].valid), pe.a_swap.eq(tags[2 + r].swap),
-                                 pe.a_in.eq(table_read.data)]
+                                 pe.a_in.eq(table_data)]
                 else:
                     left = pes[r][c - 1]
                     m.d.comb += [pe.a_valid.eq(left.a_valid_out), pe.a_swap.eq(left.a_swap_out),

@@ -17,6 +17,7 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .pe import PRODUCT_BITS
 from .requantize import bias_bits, max_shift, multiplier_bits, out_bits
+from .thresholds import threshold_bits
 
 # Load targets (``load_target``) and configuration registers (``load_addr`` of a CONFIG beat).
 CONFIG, WEIGHTS, TABLE, THRESHOLDS, REQUANTIZE, ACTS = range(6)
@@ -52,6 +53,7 @@ class EngineParams:
       (``cols`` weight words each), ``table_depth`` (product-table entries of each row),
       ``stage_depth`` (output-stage constant slots of each column), ``pos_depth`` (output
       positions of one layer), ``out_depth`` (``cols`` outputs each).
+    - ``threshold_width``: signed width of a stored threshold (0: ``acc_bits + 1``).
     """
 
     rows: int
@@ -68,6 +70,7 @@ class EngineParams:
     stage_depth: int
     pos_depth: int
     out_depth: int
+    threshold_width: int = 0
 
     def __post_init__(self):
         limits = {"rows": (1, 256), "cols": (1, 256), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
@@ -78,6 +81,9 @@ class EngineParams:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        if not isinstance(self.threshold_width, int) or not 0 <= self.threshold_width <= self.acc_bits + 1:
+            raise ValueError(f"threshold_width must be 0 (acc_bits + 1) or 2..{self.acc_bits + 1}, "
+                             f"got {self.threshold_width!r}")
         if self.code_bits and self.code_bits > self.abits:
             raise ValueError(f"code_bits={self.code_bits} exceeds abits={self.abits}: threshold stages make "
                              f"next-layer codes, raise abits")
@@ -103,7 +109,9 @@ class EngineParams:
 
     @property
     def threshold_bits(self) -> int:
-        return self.acc_bits + 1
+        """Signed width of a stored threshold: ``threshold_width``, or ``acc_bits + 1`` (which
+        holds any threshold, and the never-passed ones that pad narrower codes) when 0."""
+        return self.threshold_width or self.acc_bits + 1
 
     @property
     def out_bits(self) -> int:
@@ -186,13 +194,19 @@ class EngineParams:
                 max_shift=max(max_shift(n.stage) for n in requant),
                 out_bits=max(out_bits(n.stage, n.acc_bound) for n in requant))
         lut = [n.wbits for n in convs if n.mac == "lut"]
+        code_bits = max((s.bits for s in thresholds), default=0)
+        # Narrower stored thresholds where no stage needs padding to code_bits.
+        width = max((threshold_bits(s) for s in thresholds), default=0)
+        if any(s.bits < code_bits for s in thresholds):
+            width = 0
         return cls(
             rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
             multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
-            code_bits=max((s.bits for s in thresholds), default=0), requantize=shape,
+            code_bits=code_bits, requantize=shape, threshold_width=width,
             act_depth=max(x["act"] for x in need), weight_depth=total(x["weight"] for x in need),
             table_depth=total(x["table"] for x in need), stage_depth=total(x["stage"] for x in need),
-            pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
+            pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need),
+            )
 
 
 def layer_needs(node: ConvNode, rows: int, cols: int) -> dict[str, int]:

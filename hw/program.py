@@ -29,7 +29,7 @@ from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STA
                             TABLE, THRESHOLDS, WEIGHTS, EngineParams, layer_needs)
 from .pe import PRODUCT_BITS
 from .requantize import requantize_words
-from .thresholds import threshold_words
+from .thresholds import threshold_bits, threshold_words
 
 Beat = tuple[int, int, int]
 
@@ -46,8 +46,14 @@ def check_fits(params: EngineParams, node: ConvNode) -> None:
         problems.append(f"activations of {node.abits} bits exceed abits={params.abits}")
     if node.acc_bits > params.acc_bits:
         problems.append(f"accumulators of {node.acc_bits} bits exceed acc_bits={params.acc_bits}")
-    if isinstance(node.stage, Thresholds) and node.stage.bits > params.code_bits:
-        problems.append(f"output codes of {node.stage.bits} bits exceed code_bits={params.code_bits}")
+    if isinstance(node.stage, Thresholds):
+        if node.stage.bits > params.code_bits:
+            problems.append(f"output codes of {node.stage.bits} bits exceed code_bits={params.code_bits}")
+        if threshold_bits(node.stage) > params.threshold_bits:
+            problems.append(f"thresholds of {threshold_bits(node.stage)} bits exceed {params.threshold_bits}")
+        if node.stage.bits < params.code_bits and params.threshold_bits <= params.acc_bits:
+            problems.append(f"its {node.stage.bits}-bit codes need never-passed thresholds, which need "
+                            f"threshold_width 0 (acc_bits + 1)")
     if isinstance(node.stage, Requantize) and params.requantize is None:
         problems.append("it requantizes its output but the engine has no requantize units")
     for key, depth in (("act", "act_depth"), ("weight", "weight_depth"), ("table", "table_depth"),

@@ -1,0 +1,97 @@
+"""Host runtime: a compiled model on a board (or a simulated one) over the link.
+
+:class:`BoardRunner` loads what the engine keeps (every layer's constants when the engine
+is resident), then classifies images: each convolution runs on the board (configuration
+and input activations over the link, output words back), every host-side node (input
+table, residual additions, activations, pooling) in the integer reference, exactly as
+:func:`hw.program.model_jobs` lays out. Results are the integer logits, so they can be
+compared image for image with ``compiler.reference.predict``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from compiler.graph import CompiledModel
+from hw.engine_params import EngineParams
+from hw.program import model_jobs, resident_beats
+
+from .link_host import LinkHost
+from .protocol import LinkError
+
+
+@dataclass
+class RunResult:
+    """Logits ``(N, classes)``, predictions, and the link's pace."""
+
+    logits: np.ndarray
+    seconds: float
+    labels: np.ndarray | None = None
+    per_layer_words: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.logits.argmax(axis=1)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.logits) / self.seconds if self.seconds else 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        if self.labels is None:
+            return None
+        return float((self.predictions == self.labels).mean() * 100)
+
+
+class BoardRunner:
+    """Runs ``model`` on the engine of ``params`` behind ``host`` (a :class:`LinkHost`).
+
+    The device's INFO must match ``params`` (widths, rows, cols): otherwise the board runs
+    another build, and a :class:`LinkError` says to build and flash this one.
+    """
+
+    def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: bool):
+        info = host.info
+        expected = (params.addr_bits, params.data_bits, params.cols * params.out_bits, params.rows, params.cols)
+        got = (info.addr_bits, info.data_bits, info.out_bits, info.rows, info.cols)
+        if got != expected:
+            raise LinkError(f"the board's engine (address, data, output bits, rows, cols = {got}) is not the one "
+                            f"built for this model ({expected}): build and flash it with `lcq build MODEL --board "
+                            f"NAME` and `lcq flash --board NAME`")
+        self.host, self.model, self.params, self.resident = host, model, params, resident
+        self.loaded = False
+
+    def load_constants(self) -> None:
+        """Send every layer's constants (resident engines; a no-op otherwise)."""
+        if self.resident and not self.loaded:
+            self.host.load(resident_beats(self.model, self.params))
+        self.loaded = True
+
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """Integer logits ``(classes,)`` of one uint8 image ``(C, H, W)``."""
+        self.load_constants()
+        steps = model_jobs(self.model, self.params, image, resident=self.resident)
+        try:
+            job = next(steps)
+            while True:
+                self.host.load(job.beats)
+                job = steps.send(self.host.run(job.out_words))
+        except StopIteration as done:
+            tensors = done.value
+        return tensors[self.model.logits].reshape(-1)
+
+    def classify(self, images: np.ndarray, labels: np.ndarray | None = None, progress=None) -> RunResult:
+        """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``)."""
+        t0 = time.perf_counter()
+        self.load_constants()
+        out = []
+        for i, image in enumerate(images):
+            out.append(self.logits(image))
+            if progress:
+                progress(i + 1, len(images))
+        logits = np.stack(out) if out else np.zeros((0, self.model.num_classes), dtype=np.int64)
+        return RunResult(logits, time.perf_counter() - t0, labels)
