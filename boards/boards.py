@@ -79,7 +79,7 @@ _ULX3S = dict(osc_hz=25e6, default_mhz=50.0, uart_bridge="FT231X", uart_max_baud
 BOARDS = {b.name: b for b in [
     Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "iCE40UP5K",
           {"LUT4": 5280, "FF": 5280, "EBR": 30, "SPRAM": 4, "DSP": 8, "PLL": 1},
-          osc_hz=12e6, default_mhz=30.0, uart_bridge="FT2232H", uart_max_baud=3_000_000, programmer="iceprog",
+          osc_hz=12e6, default_mhz=24.0, uart_bridge="FT2232H", uart_max_baud=3_000_000, programmer="iceprog",
           uart_note="FT2232H channel B (the FT2232H allows 12 Mbaud; 3 Mbaud keeps the FPGA-side divider >= 8)"),
     _ecp5("ulx3s-12f", "amaranth_boards.ulx3s:ULX3S_12F_Platform", "LFE5U-12F", 12_000, 32, 28, 2, **_ULX3S),
     _ecp5("ulx3s-25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform", "LFE5U-25F", 24_000, 56, 28, 2, **_ULX3S),

@@ -1,4 +1,4 @@
-"""``lcq build`` and ``lcq flash``: the board verbs of the ``lcq`` command."""
+"""``lcq build``, ``lcq flash`` and ``lcq run``: the board verbs of the ``lcq`` command."""
 
 from __future__ import annotations
 
@@ -30,26 +30,128 @@ def add_parsers(sub) -> dict:
                    help="bitstream to program (default: the one in build/<board>/report.json)")
     p.add_argument("--sram", action="store_true",
                    help="configure the FPGA only (lost at power-off) instead of writing its flash")
-    return {"build": cmd_build, "flash": cmd_flash}
+
+    p = sub.add_parser("run", help="classify test images on a flashed board over its serial link", formatter_class=fmt)
+    p.add_argument("model", metavar="MODEL", help="compiled model file the board was built for")
+    p.add_argument("--board", required=True, metavar="NAME", choices=BOARDS, help=f"one of: {boards}")
+    p.add_argument("--port", required=True, metavar="PORT", help="serial port of the board, e.g. /dev/ttyUSB1")
+    p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR", help="dataset directory (not for digits)")
+    p.add_argument("--images", type=int, default=100, metavar="N", help="first N test images")
+    p.add_argument("--report", metavar="FILE", help="the build's report.json (default: build/<board>/report.json): "
+                                                     "clock, array and residency of the flashed design")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S", help="serial read timeout in seconds")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return {"build": cmd_build, "flash": cmd_flash, "run": cmd_run}
 
 
 def cmd_build(args) -> int:
-    from compiler import format as model_format
-
-    from .build import BuildError, build
+    from .build import BuildError
     from .report import format_table
-    from .top import accelerator_top  # -> factory(platform, clk_hz) -> Elaboratable; checks the fit
 
-    board = get_board(args.board)
-    factory = accelerator_top(model_format.load(args.model), board, args.rows, args.cols)
-    print(f"building for {board.name} ({board.device})...", file=sys.stderr)
     try:
-        result = build(factory, board, args.mhz, args.output or Path("build") / board.name).to_dict()
+        result = build_model(args.model, get_board(args.board), args.mhz, args.rows, args.cols,
+                             Path(args.output or Path("build") / args.board))
     except BuildError as e:
         print(f"lcq build: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result) if args.json else format_table(result))
     return 0
+
+
+def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
+                out: Path | None = None) -> dict:
+    """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board``, in ``out``
+    (default ``build/<board>``). Without ``mhz``, at the board's default clock and, where timing
+    does not close there, once more at the Fmax reached. Returns the report (also in
+    ``out/report.json``); raises :class:`boards.build.BuildError` when a tool fails."""
+    from compiler import format as model_format
+
+    from .build import build, write_json
+    from .top import accelerator_top
+
+    factory = accelerator_top(model_format.load(model_path), board, rows, cols)
+    engine = factory.engine
+    out = Path(out or Path("build") / board.name)
+    print(f"building a {engine.params.rows} x {engine.params.cols} engine "
+          f"({'resident' if engine.resident else 'one layer at a time'}) for {board.name} ({board.device})...",
+          file=sys.stderr, flush=True)
+    result = build(factory, board, mhz, out).to_dict()
+    attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]
+    if mhz is None and result["fmax_mhz"] < result["pll_mhz"]:
+        slower = closing_frequency(board, result["fmax_mhz"])
+        print(f"Fmax {result['fmax_mhz']} MHz < {result['pll_mhz']} MHz: building again at {slower} MHz",
+              file=sys.stderr, flush=True)
+        result = build(factory, board, slower, out).to_dict()
+        attempts.append({"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]})
+    result.update(timing_met=result["fmax_mhz"] >= result["pll_mhz"], attempts=attempts, model=str(model_path),
+                  engine={"rows": engine.params.rows, "cols": engine.params.cols, "resident": engine.resident,
+                          "estimate": engine.estimate, "params": engine.params.describe()})
+    write_json(out / "report.json", result)
+    return result
+
+
+def cmd_run(args) -> int:
+    from compiler import format as model_format
+    from compiler.reference import predict
+    from lcq_train.data import load_dataset
+
+    from .boards import uart_baud
+    from .link_host import LinkHost, SerialPort
+    from .protocol import LinkError
+    from .runtime import BoardRunner
+    from .top import engine_for_board
+
+    board = get_board(args.board)
+    report_path = Path(args.report or Path("build") / board.name / "report.json")
+    if not report_path.is_file():
+        raise FileNotFoundError(f"no build report {report_path}: build and flash first (`lcq build MODEL --board "
+                                f"{board.name}`, `lcq flash --board {board.name}`) or pass --report FILE")
+    built = json.loads(report_path.read_text())
+    model = model_format.load(args.model)
+    engine = engine_for_board(model, board, built["engine"]["rows"], built["engine"]["cols"])
+    if engine.resident != built["engine"]["resident"]:
+        raise ValueError(f"{report_path} was built with other buffers for this model; build again")
+    if args.images < 1:
+        raise ValueError(f"--images must be at least 1, not {args.images}")
+    data = load_dataset(model.source.get("dataset", "digits"), args.data_dir)
+    images, labels = data.test_x[:args.images].numpy(), data.test_y[:args.images].numpy()
+    baud = uart_baud(board, built["pll_mhz"] * 1e6)
+    try:
+        with SerialPort(args.port, baud, timeout=args.timeout) as port:
+            runner = BoardRunner(LinkHost(port), model, engine.params, engine.resident)
+            show = None if args.json else (lambda i, n: print(f"\r{i}/{n} images", end="", file=sys.stderr))
+            result = runner.classify(images, labels, show)
+    except LinkError as e:
+        print(f"\nlcq run: error: {e}", file=sys.stderr)
+        return 1
+    reference = predict(model, images).argmax(axis=1)
+    out = {"board": board.name, "port": args.port, "baud": baud, "images": len(images),
+           "accuracy": result.accuracy, "images_per_second": result.images_per_second,
+           "seconds": result.seconds, "equal_to_reference": int((result.predictions == reference).sum())}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(file=sys.stderr)
+        print(f"{board.name}: {out['images']} images, top-1 {out['accuracy']:.2f}%, "
+              f"{out['images_per_second']:.2f} images/s at {baud:,} baud; "
+              f"{out['equal_to_reference']} of {out['images']} predictions equal the integer reference")
+    return 0 if out["equal_to_reference"] == out["images"] else 1
+
+
+def closing_frequency(board, fmax_mhz: float) -> float:
+    """The fastest PLL frequency (in 0.25 MHz steps) at most 97% of ``fmax_mhz`` that the board's PLL makes."""
+    from .clock import pll_plan
+
+    mhz = int(fmax_mhz * 0.97 * 4) / 4
+    while mhz > 1:
+        try:
+            plan = pll_plan(board, mhz)
+            if plan.achieved_hz / 1e6 <= fmax_mhz:
+                return mhz
+        except ValueError:
+            pass
+        mhz -= 0.25
+    raise ValueError(f"no PLL frequency below {fmax_mhz} MHz on {board.name}")
 
 
 def cmd_flash(args) -> int:

@@ -1,57 +1,77 @@
-"""Fit estimate before synthesis: do a design's buffers and PE array fit the board's part?
+"""Fit estimate before synthesis: do an engine's RAMs, multipliers and logic fit the board's part?
 
-The estimate is simple on purpose and errs low: a buffer of ``b`` bits takes ``ceil(b / B)``
-blocks of ``B`` bits (:data:`boards.boards.RAM_BLOCK_BITS`), ignoring the waste of word
-widths that do not divide a block's width. On the UP5K, buffers of more than
-:data:`SPRAM_MIN_BITS` go to SPRAM while SPRAM blocks are left, largest first; the rest, and
-every buffer on ECP5, go to EBR. Logic: ``pe_count * luts_per_pe`` LUT4s must stay within
-``logic_share`` of the part, leaving room for control, link and routing.
+- RAM: every memory of :meth:`hw.engine_params.EngineParams.memories` takes, per copy,
+  the fewest blocks of any aspect ratio of the part's block RAM (iCE40 EBR: 256 x 16,
+  512 x 8, 1024 x 4, 2048 x 2; ECP5 DP16KD: 512 x 36 ... 16384 x 1). On the UP5K the
+  weight buffer goes to SPRAM (16K x 16 blocks) as the engine builds it there. The link
+  bridge's frame buffer takes one more block.
+- DSP: one per PE that multiplies levels (``multiply``), and the requantize unit's
+  ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces.
+- LUT4: :data:`BASE_LUTS` for control, output stage, link and UART, plus
+  :func:`luts_per_pe` per PE, calibrated on the digits CNN's 2 x 2 iCEBreaker build
+  (4,225 LUT4s); within ``logic_share`` of the part, leaving room for routing.
+
+The estimate decides the array before synthesis; the build report has the true counts.
 """
 
 from __future__ import annotations
 
 from math import ceil
 
-from .boards import RAM_BLOCK_BITS, Board
+from hw.engine_params import EngineParams
 
-SPRAM_MIN_BITS = 16 * 4096  # larger than 16 EBRs: worth a 256 Kbit SPRAM block
+from .boards import Board
+
+RAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
+              "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
+SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
+DSP_WIDTH = {"ice40": 16, "ecp5": 18}
+BASE_LUTS = 3700
+LINK_BUFFER_BLOCKS = 1
 
 
 class FitError(ValueError):
-    """The design does not fit the part; the message names the buffer (or the PE array) and the part."""
+    """The design does not fit the part; the message names what (a buffer, DSPs or logic) and the part."""
 
 
-def place_buffers(board: Board, memory_bits: dict[str, int]) -> dict[str, tuple[str, int]]:
-    """{buffer: (block kind, blocks)} for ``memory_bits`` ({buffer: bits}) on ``board``;
-    :class:`FitError` naming the first buffer that finds no room."""
-    sizes = RAM_BLOCK_BITS[board.family]
-    left = {kind: board.resources.get(kind, 0) for kind in sizes}
-    placed = {}
-    for name, bits in sorted(memory_bits.items(), key=lambda kv: -kv[1]):
-        if bits < 0:
-            raise ValueError(f"buffer {name!r} has {bits} bits; sizes must be >= 0")
-        spram = ceil(bits / sizes["SPRAM"]) if "SPRAM" in sizes else 0
-        kind = "SPRAM" if spram and bits > SPRAM_MIN_BITS and spram <= left["SPRAM"] else "EBR"
-        blocks = spram if kind == "SPRAM" else ceil(bits / sizes["EBR"])
-        if blocks > left[kind]:
-            used = ", ".join(f"{n} {b} {k}" for n, (k, b) in placed.items()) or "nothing"
-            raise FitError(f"buffer {name!r} ({bits:,} bits) needs {blocks} {kind} blocks but {board.device} on "
-                           f"{board.name} has {left[kind]} of {board.resources[kind]} left (taken: {used}); "
-                           f"use a smaller array or model, or a larger part")
-        left[kind] -= blocks
-        placed[name] = (kind, blocks)
-    return placed
+def ram_blocks(family: str, width: int, depth: int) -> int:
+    """Block RAMs of ``family`` holding one ``width`` x ``depth`` memory."""
+    return min(ceil(width / w) * ceil(depth / d) for d, w in RAM_SHAPES[family])
 
 
-def check_fit(board: Board, memory_bits: dict[str, int], pe_count: int = 0, luts_per_pe: int = 0,
-              logic_share: float = 0.8) -> dict[str, tuple[str, int]]:
-    """Raise :class:`FitError` when the buffers (``memory_bits``: {buffer: bits}, e.g.
-    ``EngineParams.memory_bits()``) or ``pe_count`` PEs of ``luts_per_pe`` LUT4s each do not fit
-    ``board``; return the buffer placement of :func:`place_buffers`."""
-    placed = place_buffers(board, memory_bits)
-    luts = pe_count * luts_per_pe
-    if luts > logic_share * board.resources["LUT4"]:
-        raise FitError(f"the PE array ({pe_count} PEs x {luts_per_pe} LUT4s = {luts:,}) exceeds {logic_share:.0%} "
-                       f"of the {board.resources['LUT4']:,} LUT4s of {board.device} on {board.name}; "
-                       f"use fewer rows/cols or a larger part")
-    return placed
+def luts_per_pe(params: EngineParams) -> int:
+    """Rough LUT4s of one PE: partial-sum adder, the select of one of ``s_w`` 15-bit products,
+    and the glue of a 7 x 8 multiplier where the engine multiplies (the product itself in a DSP)."""
+    return params.acc_bits + 15 * params.s_w + (16 if params.multiply else 0)
+
+
+def estimate(board: Board, params: EngineParams) -> dict[str, int]:
+    """{resource: estimated use} of the accelerator (engine, link, UART) for ``params`` on ``board``."""
+    family = board.family
+    use = {"EBR": LINK_BUFFER_BLOCKS, "SPRAM": 0}
+    for name, width, depth, copies in params.memories():
+        if name == "weights" and "SPRAM" in board.resources and depth <= SPRAM_DEPTH:
+            use["SPRAM"] += ceil(width / SPRAM_WIDTH)
+        else:
+            use["EBR"] += copies * ram_blocks(family, width, depth)
+    piece = DSP_WIDTH[family]
+    pes = params.rows * params.cols
+    use["DSP"] = pes if params.multiply else 0
+    if params.requantize:
+        use["DSP"] += ceil(params.acc_bits / piece) * ceil(params.requantize.multiplier_bits / piece)
+    use["LUT4"] = BASE_LUTS + pes * luts_per_pe(params)
+    return use
+
+
+def check_fit(board: Board, params: EngineParams, logic_share: float = 0.85) -> dict[str, int]:
+    """The estimate of :func:`estimate`; :class:`FitError` naming the first resource that does not fit."""
+    use = estimate(board, params)
+    limits = {name: board.resources.get(name, 0) for name in use}
+    limits["LUT4"] = int(logic_share * board.resources["LUT4"])
+    for name, used in use.items():
+        if used > limits[name]:
+            memories = ", ".join(f"{n} {w}x{d}" + (f" (x{c})" if c > 1 else "") for n, w, d, c in params.memories())
+            raise FitError(f"{params.rows} x {params.cols} engine on {board.name} ({board.device}): needs about "
+                           f"{used} {name} of {limits[name]} (memories: {memories}); use a smaller array or "
+                           f"model, or a larger part")
+    return use

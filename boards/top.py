@@ -5,15 +5,17 @@
   ``tx_*`` out, valid/ready). Simulated as it is by ``sim/board_cocotb.py``.
 - :class:`AcceleratorTop`: the core with a :class:`hw.uart.UartRx`/``UartTx`` pair on the
   platform's ``uart`` resource, at the board's fastest rate for the clock.
-- :func:`engine_for_board`: the engine for a model on a board: every layer's constants
-  resident (so that an image needs only activations over the link), the largest array of
-  :data:`ARRAYS` whose buffers and PEs pass :func:`boards.fit.check_fit`; an error
-  naming the buffer and the part when even the smallest does not fit.
+- :func:`engine_for_board`: the engine for a model on a board: the largest array of
+  :data:`ARRAYS` that passes :func:`boards.fit.check_fit`, with every layer's constants
+  resident where they fit (then an image needs only activations over the link), else
+  one layer's at a time; an error naming the resource and the part when none fits.
 - :func:`accelerator_top`: the factory ``(platform, clk_hz) -> AcceleratorTop`` that
   ``lcq build`` hands to :func:`boards.build.build`.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
@@ -32,29 +34,33 @@ from .fit import FitError, check_fit
 ARRAYS = ((16, 16), (8, 16), (8, 8), (4, 8), (4, 4), (2, 4), (2, 2), (1, 2), (1, 1))
 
 
-def luts_per_pe(params: EngineParams) -> int:
-    """Rough LUT4s of one engine PE: the partial-sum adder, the product select (a mux of ``s_w``
-    15-bit products), and a 7 x 8 multiplier where the engine multiplies (edge layers)."""
-    select = 15 * params.s_w
-    return params.acc_bits + select + (56 if params.multiply else 0)
+@dataclass(frozen=True)
+class BoardEngine:
+    """The engine chosen for a model on a board; ``resident``: it keeps every layer's constants."""
+
+    params: EngineParams
+    resident: bool
+    estimate: dict
 
 
 def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None,
-                     cols: int | None = None) -> EngineParams:
-    """The resident engine for ``model`` on ``board``: ``rows`` x ``cols`` if given (checked),
-    else the largest array of :data:`ARRAYS` that fits; :class:`FitError` otherwise."""
-    arrays = [(rows, cols)] if rows and cols else [(r, c) for r, c in ARRAYS
-                                                   if (rows or r) == r and (cols or c) == c]
+                     cols: int | None = None) -> BoardEngine:
+    """The engine for ``model`` on ``board``: ``rows`` x ``cols`` (each defaulting to the sizes of
+    :data:`ARRAYS`), largest array first, resident constants before one layer at a time, the
+    first that :func:`boards.fit.check_fit` accepts; :class:`FitError` when none does."""
+    arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
+    if rows and cols and (rows, cols) not in arrays:
+        arrays = [(rows, cols)]
     errors = []
     for r, c in arrays:
-        params = EngineParams.for_model(model, r, c, resident=True)
-        try:
-            check_fit(board, params.memory_bits(), r * c, luts_per_pe(params))
-            return params
-        except FitError as e:
-            errors.append(f"{r} x {c}: {e}")
-    raise FitError(f"the model does not fit {board.name} ({board.device}) with every layer's constants on chip; "
-                   f"smallest array tried: {errors[-1]}")
+        for resident in (True, False):
+            params = EngineParams.for_model(model, r, c, resident=resident)
+            try:
+                return BoardEngine(params, resident, check_fit(board, params))
+            except FitError as e:
+                errors.append(str(e))
+    raise FitError(f"the model does not fit {board.name} ({board.device}) with any array tried; "
+                   f"the smallest: {errors[-1]}")
 
 
 class AcceleratorCore(wiring.Component):
@@ -103,13 +109,12 @@ class AcceleratorTop(Elaboratable):
 
 
 def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None, cols: int | None = None):
-    """``(platform, clk_hz) -> AcceleratorTop`` for ``model`` on ``board`` (the fit is checked now,
-    before any synthesis); the chosen :class:`EngineParams` is the factory's ``params``."""
-    params = engine_for_board(model, board, rows, cols)
+    """``(platform, clk_hz) -> AcceleratorTop`` for ``model`` on ``board``; the fit is checked now,
+    before any synthesis, and the chosen :class:`BoardEngine` is the factory's ``engine``."""
+    engine = engine_for_board(model, board, rows, cols)
 
     def factory(platform, clk_hz):
-        return AcceleratorTop(params, clk_hz, uart_baud(board, clk_hz))
+        return AcceleratorTop(engine.params, clk_hz, uart_baud(board, clk_hz))
 
-    factory.params = params
+    factory.engine = engine
     return factory
-

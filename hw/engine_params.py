@@ -148,21 +148,31 @@ class EngineParams:
             words.append(r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length()))
         return max(words)
 
-    def memory_bits(self) -> dict[str, int]:
-        """Bits of each on-chip buffer (all rows' or columns' copies together)."""
-        bits = {
-            "activations": self.act_depth * self.rows * self.abits,
-            "weights": self.weight_depth * self.cols * self.weight_bits,
-            "tables": self.rows * self.table_depth * self.table_bits,
-            "accumulators": self.cols * self.pos_depth * self.acc_bits,
-            "outputs": self.cols * self.out_depth * self.out_bits,
-        }
+    def memories(self) -> list[tuple[str, int, int, int]]:
+        """The engine's RAMs as ``(name, width, depth, copies)``: what a fit estimate maps to
+        block RAM. ``activations``, ``weights`` and ``tables`` are single-port."""
+        stage_depth = self.stage_depth << self.col_bits
+        mems = [("activations", self.rows * self.abits, self.act_depth, 1),
+                ("weights", self.cols * self.weight_bits, self.weight_depth, 1),
+                ("tables", self.table_bits, self.table_depth, self.rows),
+                ("accumulators", self.acc_bits, self.out_depth, self.cols)]
         if self.code_bits:
-            bits["thresholds"] = self.cols * self.stage_depth * ((2 ** self.code_bits - 1) * self.threshold_bits + 1)
+            s = 2 ** self.code_bits - 1
+            if s <= 15:
+                mems.append(("thresholds", s * self.threshold_bits + 1, stage_depth, 1))
+            else:
+                mems += [("thresholds", self.threshold_bits, stage_depth, s), ("descending", 1, stage_depth, 1)]
         if self.requantize:
             r = self.requantize
-            word = r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length())
-            bits["requantize"] = self.cols * self.stage_depth * word
+            mems.append(("requantize", r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length()),
+                         stage_depth, 1))
+        return mems
+
+    def memory_bits(self) -> dict[str, int]:
+        """Bits of each on-chip buffer (all copies together)."""
+        bits: dict[str, int] = {}
+        for name, width, depth, copies in self.memories():
+            bits[name] = bits.get(name, 0) + width * depth * copies
         return bits
 
     def describe(self) -> dict:
@@ -205,8 +215,7 @@ class EngineParams:
             code_bits=code_bits, requantize=shape, threshold_width=width,
             act_depth=max(x["act"] for x in need), weight_depth=total(x["weight"] for x in need),
             table_depth=total(x["table"] for x in need), stage_depth=total(x["stage"] for x in need),
-            pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need),
-            )
+            pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
 
 
 def layer_needs(node: ConvNode, rows: int, cols: int) -> dict[str, int]:

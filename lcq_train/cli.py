@@ -123,13 +123,52 @@ def _cmd_demo(args) -> int:
     agreement = compare(compiled, load_model(out / "lcq" / "checkpoint.pt")[0], data.test_x.numpy(),
                         data.test_y.numpy()).to_dict()
     results.append((f"LCQ W{args.wbits}/A{args.abits}, integer reference ({compiled_path})", agreement["top1"]))
+    mismatched = sum(c["mismatched"] for c in agreement["code_mismatches"].values())
+    notes = [f"integer vs PyTorch: top-1 agreement {100 * agreement['agreement']:.2f}% "
+             f"({agreement['disagreements']} of {agreement['images']} images differ), {mismatched} activation codes differ"]
+    if args.sim_images > 0:
+        notes.append(_demo_simulation(compiled, compiled_path, data, args.sim_images, out, results))
+    board_report = None
+    if args.board != "none":
+        from boards.boards import get_board
+        from boards.cli import build_model
+
+        print(f"== bitstream for {args.board}", flush=True)
+        board_report = build_model(compiled_path, get_board(args.board), out=out / args.board)
     print("\n| stage | test top-1 |\n|---|---|")
     for label, top1 in results:
         print(f"| {label} | {top1:.2f}% |")
-    mismatched = sum(c["mismatched"] for c in agreement["code_mismatches"].values())
-    print(f"\ninteger vs PyTorch: top-1 agreement {100 * agreement['agreement']:.2f}% "
-          f"({agreement['disagreements']} of {agreement['images']} images differ), {mismatched} activation codes differ")
+    print("\n" + "\n".join(notes))
+    if board_report is not None:
+        from boards.report import format_table
+
+        print("\n" + format_table(board_report))
+        print(f"\nbitstream: {board_report['bitstream']} (flash: lcq flash --board {args.board} "
+              f"--bitstream {board_report['bitstream']})")
     return 0
+
+
+def _demo_simulation(compiled, compiled_path: Path, data, n: int, out: Path, results: list) -> str:
+    """Run ``n`` test images through the generated Verilog (cocotb, Verilator or Icarus); add the
+    accuracy to ``results``; return a line on the comparison with the integer reference."""
+    from hw.engine_params import EngineParams
+    from sim.engine_run import engine_build, simulate_model
+    from sim.runner import available_simulators
+
+    simulators = available_simulators()
+    if not simulators:
+        return "cocotb simulation skipped: no simulator (pip install -e '.[hw]'; apt-get install iverilog)"
+    sim = simulators[-1]
+    params = EngineParams.for_model(compiled, 4, 4)
+    images, labels = data.test_x[:n].numpy(), data.test_y[:n].numpy()
+    print(f"== {sim}: {n} test images through the generated Verilog of a 4 x 4 engine", flush=True)
+    report = simulate_model(engine_build(sim, params, out / "sim"), params, compiled_path, compiled, images,
+                            out / "sim" / "run")
+    top1 = float((report.logits.argmax(axis=1) == labels).mean() * 100)
+    results.append((f"cocotb + {sim}, generated Verilog ({n} images)", top1))
+    cycles = sum(layer.compute_cycles for layer in report.layers)
+    return (f"{sim} simulation: {report.mismatches} of {sum(r.outputs for r in report.layers):,} layer outputs differ "
+            f"from the integer reference; {cycles / n:,.0f} cycles per image on a 4 x 4 array")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=30, metavar="N", help="LCQ fine-tuning epochs")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    demo.add_argument("--sim-images", type=int, default=10, metavar="N",
+                      help="test images to run through the generated Verilog in cocotb (0: skip)")
+    demo.add_argument("--board", default="icebreaker", help="board to build a bitstream for ('none': skip)")
 
     from compiler.cli import add_parsers
     from boards.cli import add_parsers as add_board_parsers

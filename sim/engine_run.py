@@ -55,6 +55,7 @@ class SimReport:
     params: EngineParams
     images: int
     layers: list[LayerResult] = field(default_factory=list)
+    logits: np.ndarray | None = None   # (images, classes) from the engine, where its last layer ran there
 
     @property
     def mismatches(self) -> int:
@@ -148,6 +149,10 @@ def simulate_model(built: Build, params: EngineParams, model_path, model: Compil
             layer.compute_cycles += result["compute_cycles"]
             layer.macs += node.macs
             layer.outputs += int(np.prod(node.out_shape))
+            if node.output == model.logits:
+                if report.logits is None:
+                    report.logits = np.zeros((len(images), model.num_classes), dtype=np.int64)
+                report.logits[image] = decode_outputs(params, node, result["words"]).reshape(-1)
             wrong, first = compare(params, node, index, result, expected[node.output][image], image)
             layer.mismatches += wrong
             layer.first_mismatch = layer.first_mismatch or first

@@ -26,11 +26,15 @@ from boards import cli  # noqa: E402
 from boards.boards import BOARDS, get_board, uart_baud  # noqa: E402
 from boards.build import BuildError, build  # noqa: E402
 from boards.clock import ecp5_pll, ice40_pll, pll_plan  # noqa: E402
-from boards.fit import FitError, check_fit, place_buffers  # noqa: E402
+from boards.fit import FitError, check_fit, estimate, ram_blocks  # noqa: E402
 from boards.flash import FlashError, flash, flash_command  # noqa: E402
 from boards.report import format_table, parse_build, parse_nextpnr, yosys_ff_count  # noqa: E402
+from boards.top import engine_for_board  # noqa: E402
+from compiler.format import load  # noqa: E402
+from hw.engine_params import EngineParams  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
+DIGITS, RESNET20 = DATA / "digits-cnn-lcq-w3a3.lcq", DATA / "cifar10-resnet20-lcq-w3a3.lcq"
 BIN = Path(sys.executable).parent
 
 
@@ -174,26 +178,41 @@ def test_yosys_ff_count_needs_statistics():
 
 # Fit estimate.
 
-def test_fit_places_large_buffers_in_spram():
-    placed = check_fit(get_board("icebreaker"), {"weights": 300_000, "activations": 40_000, "tables": 4096})
-    assert placed == {"weights": ("SPRAM", 2), "activations": ("EBR", 10), "tables": ("EBR", 1)}
+def test_ram_blocks_pick_the_best_aspect_ratio():
+    assert ram_blocks("ice40", 16, 256) == 1
+    assert ram_blocks("ice40", 8, 512) == 1          # 512 x 8, not two 256 x 16
+    assert ram_blocks("ice40", 46, 256) == 3
+    assert ram_blocks("ice40", 25, 512) == 4
+    assert ram_blocks("ecp5", 36, 512) == 1
+    assert ram_blocks("ecp5", 8, 16384) == 8         # 2048 x 9 blocks
 
 
-def test_fit_error_names_buffer_and_part():
-    with pytest.raises(FitError, match=r"buffer 'weights' \(1,200,000 bits\) needs 5 SPRAM|"
-                                       r"buffer 'weights' \(1,200,000 bits\) needs 293 EBR blocks but iCE40UP5K"):
-        check_fit(get_board("icebreaker"), {"weights": 1_200_000})
-    with pytest.raises(FitError, match=r"buffer 'outputs' \(200,000 bits\) needs 11 EBR blocks but LFE5U-12F on "
-                                       r"ulx3s-12f has 5 of 32 left \(taken: weights 27 EBR\)"):
-        check_fit(get_board("ulx3s-12f"), {"weights": 27 * 18432, "outputs": 200_000})
-    assert place_buffers(get_board("ulx3s-85f"), {"weights": 200 * 18432}) == {"weights": ("EBR", 200)}
+def test_fit_estimate_of_the_digits_cnn_matches_its_icebreaker_build():
+    """The 2 x 2 engine of the digits CNN, one layer at a time, built for the iCEBreaker: 30 of
+    30 EBR, 1 SPRAM, 8 of 8 DSP, 4,225 LUT4s (build report of `lcq build`)."""
+    params = EngineParams.for_model(load(DIGITS), 2, 2)
+    use = estimate(get_board("icebreaker"), params)
+    assert use["EBR"] == 30 and use["SPRAM"] == 1 and use["DSP"] == 8
+    assert abs(use["LUT4"] - 4225) < 0.1 * 4225
+    check_fit(get_board("icebreaker"), params)
 
 
-def test_fit_error_for_logic():
-    with pytest.raises(FitError, match=r"the PE array \(64 PEs x 80 LUT4s = 5,120\) exceeds 80% of the 5,280 LUT4s "
-                                       r"of iCE40UP5K"):
-        check_fit(get_board("icebreaker"), {}, pe_count=64, luts_per_pe=80)
-    check_fit(get_board("ulx3s-25f"), {}, pe_count=64, luts_per_pe=80)
+def test_fit_errors_name_the_resource_and_part():
+    model = load(DIGITS)
+    with pytest.raises(FitError, match=r"2 x 4 engine on icebreaker \(iCE40UP5K\): needs about \d+ (EBR|DSP) of "
+                                       r"(30|8) .*use a smaller array"):
+        check_fit(get_board("icebreaker"), EngineParams.for_model(model, 2, 4))
+    with pytest.raises(FitError, match=r"the model does not fit icebreaker .* any array tried"):
+        engine_for_board(load(RESNET20), get_board("icebreaker"))
+
+
+def test_engine_for_board_prefers_large_arrays_then_resident_constants():
+    model = load(DIGITS)
+    small = engine_for_board(model, get_board("icebreaker"))
+    assert (small.params.rows, small.params.cols, small.resident) == (2, 2, False)
+    big = engine_for_board(model, get_board("ulx3s-85f"))
+    assert big.resident and big.params.rows * big.params.cols > 16
+    assert engine_for_board(model, get_board("ulx3s-85f"), 2, 2).params.cols == 2
 
 
 # Flashing.
