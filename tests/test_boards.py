@@ -263,7 +263,7 @@ def _parser():
 
 def test_cli_parsers():
     parser, handlers = _parser()
-    assert set(handlers) == {"build", "flash"}
+    assert set(handlers) == {"build", "flash", "run"}
     args = parser.parse_args(["build", "m.lcq", "--board", "icebreaker", "--mhz", "24", "--rows", "4", "--cols", "8",
                               "-o", "out", "--json"])
     assert (args.model, args.board, args.mhz, args.rows, args.cols, args.output, args.json) == \
@@ -317,3 +317,40 @@ def test_build_error_shows_log(tmp_path):
 
     with pytest.raises(BuildError, match=r"(?s)icebreaker build failed \(exit status 1\).*NOT_A_CELL"):
         build(broken, "icebreaker", None, tmp_path)
+
+
+# The accelerator itself on every board (CI-sized: a 2 x 2 engine for the digits CNN).
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BOARDS)
+def test_accelerator_bitstream_for_every_board(tmp_path, name):
+    from boards.cli import build_model
+
+    result = build_model(DIGITS, get_board(name), rows=2, cols=2, out=tmp_path)
+    assert Path(result["bitstream"]).stat().st_size > 0
+    assert result["timing_met"] and result["fmax_mhz"] >= result["pll_mhz"] > 0
+    assert all(r["used"] <= r["available"] for r in result["resources"].values())
+    assert result["resources"]["DSP"]["used"] >= 1
+    assert (result["engine"]["rows"], result["engine"]["cols"]) == (2, 2)
+    assert json.loads((tmp_path / "report.json").read_text())["bitstream"] == result["bitstream"]
+
+
+def test_build_refuses_a_model_that_does_not_fit(capsys):
+    from lcq_train.cli import main
+
+    assert main(["build", str(RESNET20), "--board", "icebreaker"]) == 2
+    err = capsys.readouterr().err
+    assert "lcq build: error: the model does not fit icebreaker (iCE40UP5K)" in err
+
+
+def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
+    from lcq_train.cli import main
+
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent",
+                 "--report", str(tmp_path / "none.json")]) == 2
+    assert "no build report" in capsys.readouterr().err
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": False}}))
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent", "--images", "2",
+                 "--report", str(report)]) == 1
+    assert "cannot open serial port '/dev/nonexistent' at 3000000 baud" in capsys.readouterr().err
