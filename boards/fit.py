@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from math import ceil
 
+from hw.engine import SPRAM_DEPTH, SPRAM_WIDTH
 from hw.engine_params import EngineParams
 
 from .boards import Board
 
 RAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
               "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
-SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
 BASE_LUTS = 3700
 LINK_BUFFER_BLOCKS = 1

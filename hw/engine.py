@@ -28,7 +28,7 @@ weight level ``W[k]`` (8-bit edge layers, whose LUT would be too large).
 
 Cycles of one layer: computing ``tiles * (rows + positions + 1 + max(0, cols + 2 - positions))``
 with ``tiles = co_tiles * kernel^2 * groups``, then ``rows + cols + 4`` to empty the
-pipeline; reading back ``cols + 6`` per output word (more under back-pressure).
+pipeline; reading back ``cols + 5`` per output word (more under back-pressure).
 """
 
 from __future__ import annotations
@@ -44,14 +44,13 @@ from .pe import PRODUCT_BITS, ProcessingElement
 from .requantize import RequantizeUnit
 from .thresholds import ThresholdUnit
 
-
 SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
 
 
 def spram_buffer(m, name, width, addr, write_en, write_data):
     """``width`` bits x 16K words of iCE40 UltraPlus SB_SPRAM256KA blocks side by side; the read
     data of ``addr`` appears one cycle later (written data where ``write_en``)."""
-    data = Signal(width, name=f"{name}_data")
+    read_data = Signal(width, name=f"{name}_data")
     for i in range(0, width, SPRAM_WIDTH):
         bits = min(SPRAM_WIDTH, width - i)
         out = Signal(SPRAM_WIDTH, name=f"{name}_spram_{i // SPRAM_WIDTH}")
@@ -59,8 +58,8 @@ def spram_buffer(m, name, width, addr, write_en, write_data):
             "SB_SPRAM256KA", i_ADDRESS=addr[:14], i_DATAIN=write_data[i:i + bits], i_MASKWREN=0b1111,
             i_WREN=write_en, i_CHIPSELECT=1, i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
             o_DATAOUT=out)
-        m.d.comb += data[i:i + bits].eq(out[:bits])
-    return data
+        m.d.comb += read_data[i:i + bits].eq(out[:bits])
+    return read_data
 
 
 class EngineProducts:
