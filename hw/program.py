@@ -202,9 +202,9 @@ def act_beats(params: EngineParams, node: ConvNode, codes: np.ndarray) -> list[B
         raise ValueError(f"layer {node.name!r} takes codes of shape {node.in_shape}, got {tuple(codes.shape)}")
     R, (c_in, h, w) = params.rows, node.in_shape
     groups = ceil(c_in / R)
-    padded = np.zeros((groups * R, h, w), dtype=np.int64)
-    padded[:c_in] = codes
-    shifts = (np.arange(R) * params.abits).reshape(1, R, 1, 1)
+    padded = np.zeros((groups * R, h, w), dtype=object)     # Python integers: words can exceed 64 bits
+    padded[:c_in] = codes.astype(np.int64)
+    shifts = np.array([r * params.abits for r in range(R)], dtype=object).reshape(1, R, 1, 1)
     words = (padded.reshape(groups, R, h, w) << shifts).sum(axis=1).reshape(-1)
     return [(ACTS, a, int(v)) for a, v in enumerate(words.tolist())]
 
