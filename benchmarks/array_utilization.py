@@ -1,0 +1,222 @@
+"""PE array utilization of the layer engine on every ResNet-20 layer, from simulation cycles.
+
+For each array size (``--arrays``, R x C PEs) the engine is generated for the trained
+CIFAR-10 ResNet-20 W3/A3 model (``EngineParams.for_model``, one layer's constants at a
+time, not resident), built with the simulator (Verilator by default) and the whole model
+runs on it for ``--images`` random images (fixed seed): every convolution and the FC layer
+on the engine, the host-side nodes (input table, residual additions, pooling) in the
+integer reference, every engine output compared bit for bit with the reference
+(``sim.engine_run.simulate_model``; no stalls, no back-pressure).
+
+Per layer and array it reports:
+
+- ``compute``: simulated cycles from the clock edge that samples ``start`` to the first
+  output word offered (``compute_cycles`` of ``sim.engine_run``: the array's work and the
+  pipeline drain); ``cycles``: to the edge that accepts the last output word (compute plus
+  read-back through the shared output stage); loading the layer's beats is not counted;
+- ``bound`` = ceil(MACs / (R*C)), the cycles an array busy on every PE every cycle needs;
+  ``compute / bound``; MACs per compute cycle; utilization = MACs / compute cycle / (R*C),
+  and the same over all cycles (``utilization incl. read-back``);
+- ``analytic``: the cycle counts of the formula in ``hw/engine.py``'s docstring: compute
+  ``tiles * (R + positions + 1 + max(0, C + 2 - positions)) + R + C + 4`` with
+  ``tiles = co_tiles * kernel^2 * groups``, ``groups = ceil(C_in / R)``,
+  ``co_tiles = ceil(C_out / C)``, ``positions = H_out * W_out``; read-back ``(C + 6)`` per
+  output word, ``out_words = co_tiles * positions``;
+- ``fill`` = MACs / (tiles * positions * R * C): the share of PE slots of the streamed
+  positions that do real work (below 1 where C_in is not a multiple of R or C_out not of C).
+  Utilization = fill * (tiles * positions) / compute.
+
+Run:  python benchmarks/array_utilization.py [--arrays 8x8,16x16] [--images 1] [--simulator verilator]
+Writes benchmarks/results/array_utilization.json (or --json-out), builds under
+build/bench/, prints markdown tables; exits 1 if any output differs from the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+from math import ceil
+from pathlib import Path
+
+import numpy as np
+
+from compiler import format as model_format
+from hw.engine_params import EngineParams
+from lcq_train.atomic import save_json
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"
+
+
+def git_state() -> dict:
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"),
+            "modified": [line[3:] for line in git("status", "--porcelain", "--", "hw", "sim").splitlines()]}
+
+
+def parse_arrays(text: str) -> list[tuple[int, int]]:
+    arrays = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)x(\d+)\s*", item)
+        if not match or min(map(int, match.groups())) < 1:
+            raise argparse.ArgumentTypeError(f"arrays must be RxC[,RxC...] (e.g. 8x8,16x16), not {item!r}")
+        arrays.append((int(match[1]), int(match[2])))
+    return arrays
+
+
+def analytic(node, rows: int, cols: int) -> dict:
+    """The engine's cycle formula (hw/engine.py docstring) for ``node`` on ``rows`` x ``cols``, by part."""
+    c_in, _, _ = node.in_shape
+    c_out, ho, wo = node.out_shape
+    positions = ho * wo
+    groups, co_tiles = ceil(c_in / rows), ceil(c_out / cols)
+    tiles = co_tiles * node.kernel ** 2 * groups
+    per_tile_overhead = rows + 1 + max(0, cols + 2 - positions)
+    parts = {"stream": tiles * positions, "tile_overhead": tiles * per_tile_overhead,
+             "drain": rows + cols + 4, "read_back": (cols + 6) * co_tiles * positions}
+    return {"groups": groups, "co_tiles": co_tiles, "tiles": tiles, "positions": positions,
+            "per_tile_overhead": per_tile_overhead, "parts": parts, "cycles": sum(parts.values()),
+            "compute": sum(parts.values()) - parts["read_back"],
+            "fill": node.macs / (tiles * positions * rows * cols)}
+
+
+def geometry(node) -> str:
+    c_in, h, w = node.in_shape
+    c_out, ho, wo = node.out_shape
+    size = f"{h}x{w}" if (h, w) == (ho, wo) else f"{h}x{w}->{ho}x{wo}"
+    return f"{c_in}->{c_out}, {size}, {node.kernel}x{node.kernel}/{node.stride}"
+
+
+def measure(sim: str, rows: int, cols: int, model, images: np.ndarray, build_root: Path) -> dict:
+    from sim.engine_run import engine_build, simulate_model
+
+    params = EngineParams.for_model(model, rows, cols)
+    build_dir = build_root / f"resnet20-{rows}x{cols}-{sim}"
+    t0 = time.perf_counter()
+    built = engine_build(sim, params, build_dir)
+    t1 = time.perf_counter()
+    report = simulate_model(built, params, MODEL, model, images, build_dir / "run")
+    t2 = time.perf_counter()
+    rc, n = rows * cols, len(images)
+    layers = []
+    for r in report.layers:
+        node = model.convs[r.index]
+        a = analytic(node, rows, cols)
+        bound = ceil(r.macs / rc)
+        compute = r.compute_cycles
+        layers.append({
+            "index": r.index, "name": r.name, "kind": node.kind, "mac": node.mac, "geometry": geometry(node),
+            "in_shape": list(node.in_shape), "out_shape": list(node.out_shape), "kernel": node.kernel,
+            "stride": node.stride, "macs": r.macs, "compute_cycles": compute, "cycles": r.cycles,
+            "lower_bound": bound, "compute_over_bound": round(compute / bound, 4),
+            "cycles_over_bound": round(r.cycles / bound, 4), "macs_per_cycle": round(r.macs / compute, 4),
+            "utilization": round(r.macs / compute / rc, 4), "utilization_with_read_back": round(r.macs / r.cycles / rc, 4),
+            "analytic_compute_cycles": a["compute"] * n, "analytic_cycles": a["cycles"] * n, "analytic_parts": {k: v * n for k, v in a["parts"].items()},
+            "tiles": a["tiles"], "groups": a["groups"], "co_tiles": a["co_tiles"], "positions": a["positions"],
+            "per_tile_overhead": a["per_tile_overhead"], "fill": round(a["fill"], 4),
+            "outputs": r.outputs, "mismatches": r.mismatches, "first_mismatch": r.first_mismatch,
+        })
+    macs, cycles = sum(x["macs"] for x in layers), sum(x["cycles"] for x in layers)
+    compute = sum(x["compute_cycles"] for x in layers)
+    total = {"macs": macs, "compute_cycles": compute, "cycles": cycles, "lower_bound": ceil(macs / rc),
+             "compute_over_bound": round(compute / ceil(macs / rc), 4),
+             "cycles_over_bound": round(cycles / ceil(macs / rc), 4), "macs_per_cycle": round(macs / compute, 4),
+             "utilization": round(macs / compute / rc, 4), "utilization_with_read_back": round(macs / cycles / rc, 4),
+             "analytic_compute_cycles": sum(x["analytic_compute_cycles"] for x in layers),
+             "analytic_cycles": sum(x["analytic_cycles"] for x in layers),
+             "mismatches": sum(x["mismatches"] for x in layers)}
+    result = {"rows": rows, "cols": cols, "params": params.describe(), "build_dir": str(build_dir),
+              "build_seconds": round(t1 - t0, 1), "run_seconds": round(t2 - t1, 1), "layers": layers, "total": total}
+    print(f"  {rows}x{cols}: build {result['build_seconds']} s, simulation {result['run_seconds']} s, "
+          f"{cycles:,} cycles, {total['mismatches']} mismatches", flush=True)
+    return result
+
+
+def table(result: dict) -> str:
+    head = ["#", "layer", "geometry (C_in->C_out, HxW, k/s)", "MACs", "compute", "analytic", "bound",
+            "compute/bound", "MACs/cycle", "utilization", "fill", "tiles x (pos + ovh)", "cycles incl. read-back",
+            "analytic", "util. incl. read-back", "mismatches"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for x in result["layers"]:
+        row = [str(x["index"]), x["name"], x["geometry"], f"{x['macs']:,}", f"{x['compute_cycles']:,}",
+               f"{x['analytic_compute_cycles']:,}", f"{x['lower_bound']:,}", f"{x['compute_over_bound']:.2f}",
+               f"{x['macs_per_cycle']:.1f}", f"{100 * x['utilization']:.1f}%", f"{100 * x['fill']:.0f}%",
+               f"{x['tiles']} x ({x['positions']} + {x['per_tile_overhead']})", f"{x['cycles']:,}",
+               f"{x['analytic_cycles']:,}", f"{100 * x['utilization_with_read_back']:.1f}%", str(x["mismatches"])]
+        lines.append("| " + " | ".join(row) + " |")
+    t = result["total"]
+    lines.append("| " + " | ".join(["", "**total**", "", f"{t['macs']:,}", f"{t['compute_cycles']:,}",
+                                     f"{t['analytic_compute_cycles']:,}", f"{t['lower_bound']:,}",
+                                     f"{t['compute_over_bound']:.2f}", f"{t['macs_per_cycle']:.1f}",
+                                     f"{100 * t['utilization']:.1f}%", "", "", f"{t['cycles']:,}",
+                                     f"{t['analytic_cycles']:,}", f"{100 * t['utilization_with_read_back']:.1f}%",
+                                     str(t["mismatches"])]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--arrays", type=parse_arrays, default="8x8,16x16", help="PE arrays RxC, comma-separated")
+    parser.add_argument("--images", type=int, default=1, help="random images (uint8, fixed seed) to run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    parser.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
+    parser.add_argument("--build-dir", default="build/bench", help="simulation builds go under this directory")
+    parser.add_argument("--json-out", metavar="FILE",
+                        default=str(Path(__file__).resolve().parent / "results" / "array_utilization.json"))
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images must be at least 1, not {args.images}")
+    from sim.runner import unavailable_reason
+
+    reason = unavailable_reason(args.simulator)
+    if reason is not None:
+        parser.error(f"cannot simulate with {args.simulator}: {reason}")
+
+    model = model_format.load(MODEL)
+    images = np.random.default_rng(args.seed).integers(0, 256, (args.images, *model.input.shape), dtype=np.uint8)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    print(f"{MODEL.name}: {len(model.convs)} layers on the engine, {args.images} image(s), {args.simulator}",
+          flush=True)
+    results = [measure(args.simulator, rows, cols, model, images, Path(args.build_dir)) for rows, cols in args.arrays]
+    seconds = round(time.perf_counter() - start, 1)
+
+    for r in results:
+        print(f"\n{r['rows']} x {r['cols']} array ({r['rows'] * r['cols']} PEs), {args.simulator}, "
+              f"{args.images} image(s)\n\n{table(r)}")
+        for x in r["layers"]:
+            if x["first_mismatch"]:
+                print(x["first_mismatch"])
+    mismatches = sum(r["total"]["mismatches"] for r in results)
+    options = dict(vars(args), arrays=[f"{rows}x{cols}" for rows, cols in args.arrays])
+    save_json({
+        "benchmark": "array_utilization", "argv": sys.argv[1:], "options": options, "seconds": seconds,
+        "model": str(MODEL.relative_to(ROOT)),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                    "load_average_before": [round(v, 2) for v in load_before],
+                    "load_average_after": [round(v, 2) for v in os.getloadavg()]},
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": {pkg: version(pkg) for pkg in ("amaranth", "cocotb", "verilator", "numpy")},
+        "cycle_formula": "compute: tiles * (rows + positions + 1 + max(0, cols + 2 - positions)) + rows + cols + 4, "
+                     "tiles = co_tiles * kernel^2 * groups; read-back: (cols + 6) * out_words",
+    "git": git_state(),
+        "mismatches": mismatches,
+        "results": results,
+    }, args.json_out)
+    print(f"\n{len(results)} arrays in {seconds} s; {mismatches} outputs differ from the integer reference; "
+          f"wrote {args.json_out}")
+    return 0 if mismatches == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
