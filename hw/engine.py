@@ -28,7 +28,7 @@ weight level ``W[k]`` (8-bit edge layers, whose LUT would be too large).
 
 Cycles of one layer: computing ``tiles * (rows + positions + 1 + max(0, cols + 2 - positions))``
 with ``tiles = co_tiles * kernel^2 * groups``, then ``rows + cols + 4`` to empty the
-pipeline; reading back ``cols + 5`` per output word (more under back-pressure).
+pipeline; reading back ``cols + 6`` per output word (more under back-pressure).
 """
 
 from __future__ import annotations

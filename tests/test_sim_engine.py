@@ -83,37 +83,31 @@ def test_random_layers_of_every_bit_width_with_stalls_and_edge_tiles(sim, tmp_pa
     assert len(report.layers) == len(cases) and all(r.cycles > 0 for r in report.layers)
 
 
-@pytest.mark.parametrize("sim", SIMULATORS)
-def test_trained_digits_cnn_whole_model_on_the_engine(sim):
+def simulate_digits(sim: str, rows: int, cols: int, n_images: int, seed: int, *, resident: bool = False,
+                    stall: float = 0.0, backpressure: float = 0.0):
+    """The trained digits CNN, every layer on a ``rows`` x ``cols`` engine, on random images: exact,
+    every layer reported, no layer faster than the MACs / (R*C) bound."""
     require(sim)
     model = load(DIGITS)
-    params = EngineParams.for_model(model, rows=4, cols=4)
-    images = np.random.default_rng(0).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
-    build_dir = BUILD_ROOT / f"{sim}-engine-digits-4x4"
+    params = EngineParams.for_model(model, rows, cols, resident=resident)
+    images = np.random.default_rng(seed).integers(0, 256, (n_images, *model.input.shape), dtype=np.uint8)
+    build_dir = BUILD_ROOT / f"{sim}-engine-digits-{rows}x{cols}{'-resident' if resident else ''}"
     report = simulate_model(engine_build(sim, params, build_dir), params, DIGITS, model, images, build_dir / "run",
-                            stall=0.2, backpressure=0.2, seed=2)
-    check_digits_report(report, model, params)
+                            resident=resident, stall=stall, backpressure=backpressure, seed=seed)
+    assert_exact(report)
+    assert [r.name for r in report.layers] == [n.name for n in model.convs]
+    assert all(r.compute_cycles >= r.macs / (rows * cols) for r in report.layers)
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_trained_digits_cnn_whole_model_on_the_engine(sim):
+    simulate_digits(sim, 4, 4, 1, seed=2, stall=0.2, backpressure=0.2)
 
 
 @pytest.mark.parametrize("sim", SIMULATORS)
 def test_digits_cnn_with_resident_constants_two_images(sim):
     """Every layer's constants loaded once, then two images with only configuration and activations."""
-    require(sim)
-    model = load(DIGITS)
-    params = EngineParams.for_model(model, rows=2, cols=8, resident=True)
-    images = np.random.default_rng(5).integers(0, 256, (2, *model.input.shape), dtype=np.uint8)
-    build_dir = BUILD_ROOT / f"{sim}-engine-digits-2x8-resident"
-    report = simulate_model(engine_build(sim, params, build_dir), params, DIGITS, model, images, build_dir / "run",
-                            resident=True, seed=6)
-    check_digits_report(report, model, params)
-
-
-def check_digits_report(report, model, params):
-    assert_exact(report)
-    assert [r.name for r in report.layers] == [n.name for n in model.convs]
-    # Every layer's cycles against the engine's cycle formula (plus back-pressure).
-    for layer, node in zip(report.layers, model.convs):
-        assert layer.cycles >= layer.macs / (params.rows * params.cols)
+    simulate_digits(sim, 2, 8, 2, seed=6, resident=True)
 
 
 RESNET20_LAYERS = ("blocks.3.shortcut", "blocks.6.shortcut", "fc")
