@@ -251,10 +251,10 @@ class LayerEngine(wiring.Component):
 
         # The array: row r's code enters its table r cycles after row 0's (skew), the
         # table's vector (one cycle later) enters PE (r, 0).
-        pes = [[ProcessingElement(EngineProducts(p), p.acc_bits, double_buffered=True) for _ in range(Cn)] for _ in range(R)]
-        word = act_data
+        products = EngineProducts(p)
+        pes = [[ProcessingElement(products, p.acc_bits, double_buffered=True) for _ in range(Cn)] for _ in range(R)]
         for r in range(R):
-            code = Mux(tags[1].inside, word.word_select(r, p.abits), 0)
+            code = Mux(tags[1].inside, act_data.word_select(r, p.abits), 0)
             for n in range(r):
                 delayed = Signal(p.abits, name=f"code_{r}_{n}")
                 m.d.sync += delayed.eq(code)
