@@ -160,12 +160,12 @@ class ThresholdUnit(wiring.Component):
         word = Cat(*parts)
         data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
-        # Stage 1: the channel's word is read; the value waits for it.
-        acc = Signal(signed(self.acc_bits))
+        # Stage 1: the channel's word is read; the value and its negation wait for it.
+        acc, negated = Signal(signed(self.acc_bits)), Signal(signed(self.acc_bits + 1))
         valid = Signal()
-        m.d.sync += [acc.eq(self.acc), valid.eq(self.valid)]
+        m.d.sync += [acc.eq(self.acc), negated.eq(-self.acc), valid.eq(self.valid)]
         # Stage 2: compare with every (sign-adjusted) threshold, count.
-        key = Mux(descending, -acc, acc)           # signed(acc_bits + 1)
+        key = Mux(descending, negated, acc)
         hits = Signal(self.s)
         m.d.comb += [hits[i].eq(key >= t) for i, t in enumerate(thresholds)]
         m.d.sync += [self.code.eq(popcount(hits)), self.code_valid.eq(valid)]
