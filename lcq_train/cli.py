@@ -1,4 +1,5 @@
-"""The ``lcq`` command line: ``lcq train``, ``lcq demo`` and the compiler's ``compile``, ``eval``, ``report``."""
+"""The ``lcq`` command line: ``lcq train``, ``lcq demo``, the compiler's ``compile``, ``eval``, ``report``,
+the hardware's ``generate``, ``sim`` and the boards' ``build``, ``flash``, ``run``."""
 
 from __future__ import annotations
 
@@ -91,7 +92,8 @@ def _cmd_train(args) -> int:
 
 def _cmd_demo(args) -> int:
     """The main job on the embedded default, 8x8 digits: FP pretraining, LCQ fine-tuning, compiling
-    to the integer model and checking the integer reference against the PyTorch model."""
+    to the integer model, checking the integer reference against the PyTorch model, running test
+    images through the generated Verilog in cocotb, and building a bitstream for ``--board``."""
     from compiler import format as model_format
     from compiler.agreement import compare
     from compiler.lower import compile_checkpoint, load_model
@@ -131,10 +133,15 @@ def _cmd_demo(args) -> int:
     board_report = None
     if args.board != "none":
         from boards.boards import get_board
+        from boards.build import BuildError
         from boards.cli import build_model
 
         print(f"== bitstream for {args.board}", flush=True)
-        board_report = build_model(compiled_path, get_board(args.board), out=out / args.board)
+        try:
+            board_report = build_model(compiled_path, get_board(args.board), out=out / args.board)
+        except BuildError as e:
+            print(f"lcq demo: error: {e}", file=sys.stderr)
+            return 1
     print("\n| stage | test top-1 |\n|---|---|")
     for label, top1 in results:
         print(f"| {label} | {top1:.2f}% |")
@@ -188,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                       help="test images to run through the generated Verilog in cocotb (0: skip)")
     demo.add_argument("--board", default="icebreaker", help="board to build a bitstream for ('none': skip)")
 
-    from compiler.cli import add_parsers
     from boards.cli import add_parsers as add_board_parsers
+    from compiler.cli import add_parsers
     from hw.cli import add_parsers as add_hw_parsers
 
     commands = {"train": _cmd_train, "demo": _cmd_demo, **add_parsers(sub), **add_hw_parsers(sub),
