@@ -27,7 +27,7 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_THRESHOLDS,
                             TABLE, THRESHOLDS, WEIGHTS, EngineParams, layer_needs)
-from .pe import PRODUCT_BITS
+from .pe import A_MAX, PRODUCT_BITS, W_MAX
 from .requantize import requantize_words
 from .thresholds import threshold_bits, threshold_words
 
@@ -44,6 +44,9 @@ def check_fits(params: EngineParams, node: ConvNode) -> None:
         problems.append(f"weights of {node.wbits} bits exceed wbits={params.wbits}")
     if node.abits > params.abits:
         problems.append(f"activations of {node.abits} bits exceed abits={params.abits}")
+    if int(max(node.w_levels)) > W_MAX or int(max(node.a_levels)) > A_MAX:
+        problems.append(f"levels up to {int(max(node.w_levels))} (weights) and {int(max(node.a_levels))} "
+                        f"(activations) exceed the PEs' {W_MAX} and {A_MAX} (outer widths of 8 bits)")
     if node.acc_bits > params.acc_bits:
         problems.append(f"accumulators of {node.acc_bits} bits exceed acc_bits={params.acc_bits}")
     if isinstance(node.stage, Thresholds):
