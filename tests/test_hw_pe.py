@@ -1,11 +1,14 @@
 """The LUT-MAC PE variants (hw/pe.py) in Amaranth's simulator, bit-exact against the integer contract."""
 
+import gc
 import random
+import warnings
 
 import pytest
 
 pytest.importorskip("amaranth", reason="hardware tests need amaranth: pip install -e '.[hw]'")
 
+from amaranth.hdl import UnusedElaboratable  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from hw.pe import A_MAX, VARIANTS, W_MAX, PEArray, ProcessingElement  # noqa: E402
@@ -107,3 +110,40 @@ def test_array_columns_sum_rows(name, bits):
 
     simulate(dut, bench)
     assert got == expected
+
+
+def test_double_buffered_pe_swaps_weights_with_the_first_element_of_a_tile():
+    """``w_load`` writes the shadow weight while the current one keeps computing; the element
+    with ``a_swap`` is the first computed with the new weight."""
+    rng = random.Random("double buffered")
+    variant = random_variant("row_vector", 3, rng)
+    dut = ProcessingElement(variant, ACC_BITS, double_buffered=True)
+    j = variant.s_a
+
+    async def element(ctx, swap, psum=0):
+        ctx.set(dut.a_valid, 1)
+        ctx.set(dut.a_swap, swap)
+        ctx.set(dut.a_in, variant.operand(j))
+        ctx.set(dut.psum_in, psum)
+        await ctx.tick()
+        assert ctx.get(dut.a_swap_out) == swap
+        return ctx.get(dut.psum_out)
+
+    async def bench(ctx):
+        await load(ctx, dut, variant.load_beats(0, 1))
+        assert await element(ctx, swap=1) == variant.lut(1, j)            # tile 1 starts: weight +1
+        ctx.set(dut.w_load, 1)
+        ctx.set(dut.w_code, variant.weight_word(1, variant.s_w))          # tile 2's weight, loaded meanwhile
+        assert await element(ctx, swap=0) == variant.lut(1, j)            # tile 1 goes on with +1
+        ctx.set(dut.w_load, 0)
+        assert await element(ctx, swap=0, psum=5) == 5 + variant.lut(1, j)
+        assert await element(ctx, swap=1) == -variant.lut(variant.s_w, j)  # tile 2: -s_w
+        assert await element(ctx, swap=0) == -variant.lut(variant.s_w, j)
+
+    simulate(dut, bench)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(ValueError, match="variant PeLut has load ports .* cannot be double buffered"):
+            ProcessingElement(random_variant("pe_lut", 3, rng), ACC_BITS, double_buffered=True)
+        gc.collect()                                                       # the half-built PE, while ignored
