@@ -39,7 +39,20 @@ def baud_divisor(clk_freq, baud) -> int:
     return divisor
 
 
-class UartTx(wiring.Component):
+class _Uart(wiring.Component):
+    """What both directions share: the bit period ``divisor`` (clock cycles) of
+    ``baud`` from ``clk_freq``, checked by :func:`baud_divisor`."""
+
+    def __init__(self, clk_freq, baud):
+        self._divisor = baud_divisor(clk_freq, baud)
+        super().__init__()
+
+    @property
+    def divisor(self) -> int:
+        return self._divisor
+
+
+class UartTx(_Uart):
     """8N1 transmitter.
 
     ``i`` takes a byte when ``valid & ready``; ``ready`` is high only while the line is
@@ -49,14 +62,6 @@ class UartTx(wiring.Component):
 
     i: In(stream.Signature(8))
     tx: Out(1, init=1)
-
-    def __init__(self, clk_freq, baud):
-        self._divisor = baud_divisor(clk_freq, baud)
-        super().__init__()
-
-    @property
-    def divisor(self) -> int:
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()
@@ -76,7 +81,7 @@ class UartTx(wiring.Component):
         return m
 
 
-class UartRx(wiring.Component):
+class UartRx(_Uart):
     """8N1 receiver, sampling each bit in its middle after a two-flop synchronizer.
 
     ``o`` presents each byte for one cycle (``valid``; no backpressure), three cycles
@@ -88,14 +93,6 @@ class UartRx(wiring.Component):
 
     rx: In(1, init=1)
     o: Out(stream.Signature(RX_LAYOUT, always_ready=True))
-
-    def __init__(self, clk_freq, baud):
-        self._divisor = baud_divisor(clk_freq, baud)
-        super().__init__()
-
-    @property
-    def divisor(self) -> int:
-        return self._divisor
 
     def elaborate(self, platform):
         m = Module()

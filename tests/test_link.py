@@ -73,6 +73,17 @@ def test_baud_divisor():
         baud_divisor(12e6, 0)
 
 
+def receiver(rx, received):
+    """A background testbench appending ``(byte, error)`` of every byte ``rx`` presents to ``received``."""
+    async def receive(ctx):
+        while True:
+            _, _, valid, byte, error = await ctx.tick().sample(rx.o.valid, rx.o.payload.data,
+                                                               rx.o.payload.error)
+            if valid:
+                received.append((byte, error))
+    return receive
+
+
 def run_uart_loopback(divisor, data):
     rx, tx = UartRx(divisor, 1), UartTx(divisor, 1)
     m = Module()
@@ -88,17 +99,10 @@ def run_uart_loopback(divisor, data):
         ctx.set(tx.i.valid, 0)
         await ctx.tick().repeat(12 * divisor)
 
-    async def receive(ctx):
-        while True:
-            _, _, valid, byte, error = await ctx.tick().sample(rx.o.valid, rx.o.payload.data,
-                                                               rx.o.payload.error)
-            if valid:
-                received.append((byte, error))
-
     sim = Simulator(m)
     sim.add_clock(PERIOD)
     sim.add_testbench(send)
-    sim.add_testbench(receive, background=True)
+    sim.add_testbench(receiver(rx, received), background=True)
     sim.run()
     return received
 
@@ -126,17 +130,10 @@ def test_uart_rx_framing_error_and_baud_tolerance(bit_cycles):
             ctx.set(rx.rx, 1)
             await ctx.tick().repeat(2 * bit_cycles)
 
-    async def receive(ctx):
-        while True:
-            _, _, valid, byte, error = await ctx.tick().sample(rx.o.valid, rx.o.payload.data,
-                                                               rx.o.payload.error)
-            if valid:
-                received.append((byte, error))
-
     sim = Simulator(rx)
     sim.add_clock(PERIOD)
     sim.add_testbench(drive)
-    sim.add_testbench(receive, background=True)
+    sim.add_testbench(receiver(rx, received), background=True)
     sim.run()
     assert received == [(0x3C, 0), (0xC3, 1), (0x5A, 0)]
 
