@@ -9,7 +9,7 @@
   ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces.
 - LUT4: :data:`BASE_LUTS` for control, output stage, link and UART, plus
   :func:`luts_per_pe` per PE, calibrated on the digits CNN's 2 x 2 iCEBreaker build
-  (4,225 LUT4s); within ``logic_share`` of the part, leaving room for routing.
+  (4,512 LUT4s); within ``logic_share`` of the part, leaving room for routing.
 
 The estimate decides the array before synthesis; the build report has the true counts.
 """
@@ -26,7 +26,7 @@ from .boards import Board
 RAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
               "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
-BASE_LUTS = 3700
+BASE_LUTS = 4150
 LINK_BUFFER_BLOCKS = 1
 
 
@@ -63,7 +63,7 @@ def estimate(board: Board, params: EngineParams) -> dict[str, int]:
     return use
 
 
-def check_fit(board: Board, params: EngineParams, logic_share: float = 0.85) -> dict[str, int]:
+def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> dict[str, int]:
     """The estimate of :func:`estimate`; :class:`FitError` naming the first resource that does not fit."""
     use = estimate(board, params)
     limits = {name: board.resources.get(name, 0) for name in use}

@@ -10,19 +10,21 @@ from __future__ import annotations
 import struct
 
 from .protocol import (DONE_FORMAT, FrameError, FrameType, LinkError, LinkInfo, NackCode,
-                       NackError, decode_words, encode_beats, encode_frame, read_frame,
-                       split_payloads)
+                       NackError, OutputFormat, decode_words, encode_frame, encode_loads,
+                       encode_run, read_frame)
 
 
 class LinkHost:
     """Requests to the device on ``port``. A LOAD frame NACKed for its checksum, a
     timeout or a framing error is sent again up to ``retries`` times before
-    :class:`NackError` is raised; one NACKed for its length is not (it would fail again)."""
+    :class:`NackError` is raised; one NACKed for its length or target is not (it would fail again).
+    ``retried`` counts the frames sent again."""
 
     def __init__(self, port, *, retries: int = 3):
         if not isinstance(retries, int) or retries < 0:
             raise ValueError(f"Retries must be a non-negative integer, not {retries!r}")
         self.port, self.retries = port, retries
+        self.retried = 0
         self._info: LinkInfo | None = None
 
     @property
@@ -56,10 +58,9 @@ class LinkHost:
         return self._info
 
     def load(self, beats: list[tuple[int, int, int]]) -> None:
-        """Send ``(target, addr, data)`` beats in order, in frames of at most
-        ``max_payload`` bytes, each acknowledged before the next."""
-        info = self.info
-        for number, payload in enumerate(split_payloads(encode_beats(beats, info), info)):
+        """Send ``(target, addr, data)`` beats in order, in LOAD frames of at most
+        ``max_payload`` bytes (:func:`encode_loads`), each acknowledged before the next."""
+        for number, payload in enumerate(encode_loads(beats, self.info)):
             expecting = f"the reply to LOAD frame {number} ({len(payload)} bytes)"
             for attempt in range(1, self.retries + 2):
                 frame = self._request(FrameType.LOAD, payload, expecting)
@@ -68,30 +69,37 @@ class LinkHost:
                 if frame.type != FrameType.NACK or len(frame.payload) != 2:
                     raise self._unexpected(frame, f"LOAD frame {number}")
                 code, refused = frame.payload
-                if code == NackCode.LENGTH or attempt > self.retries:
+                if code in (NackCode.LENGTH, NackCode.TARGET) or attempt > self.retries:
                     raise NackError(code, refused, attempt)
+                self.retried += 1
 
-    def run(self, out_words: int) -> list[int]:
-        """Start the engine and collect exactly ``out_words`` output words."""
+    def run(self, out_words: int, fmt: OutputFormat = OutputFormat.FULL) -> list[int]:
+        """Start the engine and collect exactly ``out_words`` output words, sent in format
+        ``fmt`` and returned as full words."""
         info = self.info
-        self.port.write(encode_frame(FrameType.RUN))
+        if fmt == OutputFormat.CODES and not info.code_bits:
+            raise ValueError("this engine has no activation codes to return in the CODES format")
+        self.port.write(encode_frame(FrameType.RUN, encode_run(out_words, fmt)))
         words: list[int] = []
         while True:
             expecting = f"RUN output (word {len(words)} of {out_words}, or DONE)"
             frame = read_frame(self.port.read, expecting)
             if frame.type == FrameType.OUT:
-                words += decode_words(frame.payload, info)
+                words += decode_words(frame.payload, info, fmt)
                 if len(words) > out_words:
                     raise LinkError(f"the device sent {len(words)} output words, more than the "
-                                    f"{out_words} expected: the loaded model does not match "
-                                    f"the host's; load it again")
+                                    f"{out_words} asked for: host and gateware speak different "
+                                    f"protocols; rebuild the bitstream")
             elif frame.type == FrameType.DONE and len(frame.payload) == 4:
                 (sent,) = struct.unpack(DONE_FORMAT, frame.payload)
-                if sent != len(words) or sent != out_words:
-                    raise LinkError(f"RUN ended after {len(words)} received words (device "
-                                    f"sent {sent}), expected {out_words}: words were lost on "
-                                    f"the line or the loaded model does not match; load it "
-                                    f"again")
+                if sent != out_words:
+                    raise LinkError(f"the engine returned {sent} output words, expected "
+                                    f"{out_words}: the loaded model does not match the host's; "
+                                    f"load it again")
+                if len(words) != out_words:
+                    raise LinkError(f"RUN ended after {len(words)} received words, expected "
+                                    f"{out_words}: frames were lost on the line; check the "
+                                    f"cable and baud rate")
                 return words
             else:
                 raise self._unexpected(frame, "RUN")

@@ -17,10 +17,13 @@ SYNC = 0xA5
 CRC_INIT = 0xFFFF
 CRC_POLY = 0x1021
 CRC_BYTES = 2
-TARGET_BITS = 3  # load beat target field, sent in a whole byte
-PROTOCOL_VERSION = 1
-INFO_FORMAT = "<B7H"  # version; addr_bits, data_bits, out_bits, out_bytes, rows, cols, max_payload
-DONE_FORMAT = "<I"  # words sent since RUN
+TARGET_BITS = 3  # engine load_target width; a LOAD names its target in a whole byte
+TARGETS = 6  # load targets 0 .. 5 (hw.engine_params: CONFIG .. ACTS)
+PROTOCOL_VERSION = 2
+# version; addr_bits, out_bits, rows, cols, max_payload, code_bits; data bits of each target
+INFO_FORMAT = f"<B6H{TARGETS}H"
+RUN_FORMAT = "<IB"  # words expected, output format (FULL or CODES)
+DONE_FORMAT = "<I"  # words the engine returned since RUN
 
 
 class FrameType(enum.IntEnum):
@@ -44,17 +47,20 @@ class NackCode(enum.IntEnum):
     TYPE = 3
     TIMEOUT = 4
     FRAMING = 5
+    TARGET = 6
 
     @property
     def explanation(self) -> str:
         return {
             NackCode.CRC: "its checksum did not match (bytes were corrupted on the line)",
-            NackCode.LENGTH: "its length was wrong for its type (a LOAD payload must be a "
-                             "whole number of beats and at most max_payload bytes; PING and "
-                             "RUN carry none)",
+            NackCode.LENGTH: "its length was wrong for its type (a LOAD payload is the "
+                             "target, the address and whole words of that target, at most "
+                             "max_payload bytes; a RUN payload is the word count and a known "
+                             "output format; PING carries none)",
             NackCode.TYPE: "its type byte is not a request the device knows",
             NackCode.TIMEOUT: "it stopped arriving mid-way (the device dropped it)",
             NackCode.FRAMING: "a byte had no stop bit (baud rate mismatch or line noise)",
+            NackCode.TARGET: "its target byte names no buffer of this engine",
         }[self]
 
 
@@ -161,18 +167,28 @@ def decode_frame(data: bytes) -> Frame:
     return frame
 
 
+class OutputFormat(enum.IntEnum):
+    """How RUN returns a word: ``FULL`` all ``out_bits``; ``CODES`` the low ``code_bits`` of
+    each of the ``cols`` fields (activation codes, which are never negative), packed."""
+
+    FULL = 0
+    CODES = 1
+
+
 @dataclass(frozen=True)
 class LinkInfo:
-    """The device's parameters, from its INFO reply to PING."""
+    """The device's parameters, from its INFO reply to PING: the engine's address bits, output
+    word bits (``cols`` fields), array size, the largest payload it takes, the width of an
+    activation code (0: no CODES format) and the data bits of each load target (0: none)."""
 
     version: int
     addr_bits: int
-    data_bits: int
     out_bits: int
-    out_bytes: int
     rows: int
     cols: int
     max_payload: int
+    code_bits: int
+    target_bits: tuple[int, ...]
 
     @classmethod
     def decode(cls, payload: bytes) -> "LinkInfo":
@@ -180,59 +196,79 @@ class LinkInfo:
             raise FrameError(f"INFO reply has {len(payload)} payload bytes, expected "
                              f"{struct.calcsize(INFO_FORMAT)}: host and gateware speak different "
                              f"protocol versions; rebuild the bitstream")
-        info = cls(*struct.unpack(INFO_FORMAT, payload))
+        values = struct.unpack(INFO_FORMAT, payload)
+        info = cls(*values[:7], tuple(values[7:]))
         if info.version != PROTOCOL_VERSION:
             raise FrameError(f"device speaks protocol version {info.version}, this host "
                              f"{PROTOCOL_VERSION}: rebuild the bitstream or update the host")
         return info
 
     def encode(self) -> bytes:
-        return struct.pack(INFO_FORMAT, self.version, self.addr_bits, self.data_bits,
-                           self.out_bits, self.out_bytes, self.rows, self.cols, self.max_payload)
+        return struct.pack(INFO_FORMAT, self.version, self.addr_bits, self.out_bits, self.rows,
+                           self.cols, self.max_payload, self.code_bits, *self.target_bits)
 
     @property
     def addr_bytes(self) -> int:
         return (self.addr_bits + 7) // 8
 
-    @property
-    def data_bytes(self) -> int:
-        return (self.data_bits + 7) // 8
+    def word_bytes(self, target: int) -> int:
+        """Bytes of one LOAD word to ``target``."""
+        return (self.target_bits[target] + 7) // 8
 
-    @property
-    def beat_bytes(self) -> int:
-        """Bytes of one load beat: target, address, data."""
-        return 1 + self.addr_bytes + self.data_bytes
+    def out_bytes(self, fmt: OutputFormat = OutputFormat.FULL) -> int:
+        """Bytes of one RUN output word in format ``fmt``."""
+        bits = self.cols * self.code_bits if fmt == OutputFormat.CODES else self.out_bits
+        return (bits + 7) // 8
 
 
-
-def encode_beats(beats: Iterable[tuple[int, int, int]], info: LinkInfo) -> bytes:
-    """LOAD payload bytes of ``(target, addr, data)`` beats; raises ValueError on a value
-    that does not fit its field."""
-    out = bytearray()
+def encode_loads(beats: Iterable[tuple[int, int, int]], info: LinkInfo) -> list[bytes]:
+    """LOAD payloads of ``(target, addr, data)`` beats, in order: each run of beats to one
+    target at consecutive addresses becomes payloads of the target byte, the first address
+    (``addr_bytes``, little-endian) and the words (``word_bytes(target)`` each, little-endian),
+    at most ``max_payload`` bytes. Raises ValueError on a value that does not fit its field."""
+    runs: list[list] = []
     for n, (target, addr, data) in enumerate(beats):
-        for name, value, bits in (("target", target, TARGET_BITS),
-                                  ("address", addr, info.addr_bits),
-                                  ("data", data, info.data_bits)):
+        if not 0 <= target < TARGETS or not info.target_bits[target]:
+            raise ValueError(f"Load beat {n}: target {target!r} is not a target of this engine")
+        for name, value, bits in (("address", addr, info.addr_bits),
+                                  ("data", data, info.target_bits[target])):
             if not 0 <= value < 1 << bits:
-                raise ValueError(f"Load beat {n}: {name} {value!r} does not fit in {bits} "
-                                 f"bits")
-        out.append(target)
-        out += addr.to_bytes(info.addr_bytes, "little")
-        out += data.to_bytes(info.data_bytes, "little")
-    return bytes(out)
+                raise ValueError(f"Load beat {n}: {name} {value!r} does not fit in {bits} bits")
+        if runs and runs[-1][0] == target and runs[-1][1] + len(runs[-1][2]) == addr:
+            runs[-1][2].append(data)
+        else:
+            runs.append([target, addr, [data]])
+    header = 1 + info.addr_bytes
+    payloads = []
+    for target, addr, words in runs:
+        size = info.word_bytes(target)
+        step = (info.max_payload - header) // size
+        if step < 1:
+            raise ValueError(f"a {size}-byte word to target {target} does not fit a "
+                             f"{info.max_payload}-byte payload")
+        for i in range(0, len(words), step):
+            payload = bytearray([target]) + (addr + i).to_bytes(info.addr_bytes, "little")
+            for word in words[i:i + step]:
+                payload += word.to_bytes(size, "little")
+            payloads.append(bytes(payload))
+    return payloads
 
 
-def split_payloads(payload: bytes, info: LinkInfo) -> list[bytes]:
-    """``payload`` (whole beats) cut into LOAD payloads of at most ``max_payload`` bytes."""
-    step = info.max_payload // info.beat_bytes * info.beat_bytes
-    return [payload[i:i + step] for i in range(0, len(payload), step)]
+def encode_run(words: int, fmt: OutputFormat = OutputFormat.FULL) -> bytes:
+    """The RUN payload asking for ``words`` output words in format ``fmt``."""
+    return struct.pack(RUN_FORMAT, words, fmt)
 
 
-def decode_words(payload: bytes, info: LinkInfo) -> list[int]:
-    """The little-endian output words of an OUT payload."""
-    if len(payload) % info.out_bytes:
+def decode_words(payload: bytes, info: LinkInfo, fmt: OutputFormat = OutputFormat.FULL) -> list[int]:
+    """The output words of an OUT payload, as full words (CODES fields widened to ``out_bits / cols``)."""
+    step = info.out_bytes(fmt)
+    if len(payload) % step:
         raise FrameError(f"OUT frame has {len(payload)} payload bytes, not a multiple of the "
-                         f"{info.out_bytes}-byte word: host and gateware disagree on the word "
-                         f"size; ping again or rebuild the bitstream")
-    step = info.out_bytes
-    return [int.from_bytes(payload[i:i + step], "little") for i in range(0, len(payload), step)]
+                         f"{step}-byte word: host and gateware disagree on the word size; ping "
+                         f"again or rebuild the bitstream")
+    words = [int.from_bytes(payload[i:i + step], "little") for i in range(0, len(payload), step)]
+    if fmt == OutputFormat.CODES:
+        field, mask = info.out_bits // info.cols, (1 << info.code_bits) - 1
+        words = [sum(((w >> c * info.code_bits) & mask) << c * field for c in range(info.cols))
+                 for w in words]
+    return words

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from compiler.graph import CompiledModel
+from compiler.graph import CompiledModel, Thresholds
 from hw.engine_params import EngineParams
 from hw.program import model_jobs, resident_beats
 
 from .link_host import LinkHost
-from .protocol import LinkError
+from .protocol import LinkError, OutputFormat
 
 
 @dataclass
@@ -56,10 +56,12 @@ class BoardRunner:
 
     def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: bool):
         info = host.info
-        expected = (params.addr_bits, params.data_bits, params.cols * params.out_bits, params.rows, params.cols)
-        got = (info.addr_bits, info.data_bits, info.out_bits, info.rows, info.cols)
+        expected = (params.addr_bits, params.target_bits, params.cols * params.out_bits, params.code_bits,
+                    params.rows, params.cols)
+        got = (info.addr_bits, info.target_bits, info.out_bits, info.code_bits, info.rows, info.cols)
         if got != expected:
-            raise LinkError(f"the board's engine (address, data, output bits, rows, cols = {got}) is not the one "
+            raise LinkError(f"the board's engine (address bits, target bits, output bits, code bits, rows, cols "
+                            f"= {got}) is not the one "
                             f"built for this model ({expected}): build and flash it with `lcq build MODEL --board "
                             f"NAME` and `lcq flash --board NAME`")
         self.host, self.model, self.params, self.resident = host, model, params, resident
@@ -79,7 +81,8 @@ class BoardRunner:
             job = next(steps)
             while True:
                 self.host.load(job.beats)
-                job = steps.send(self.host.run(job.out_words))
+                codes = isinstance(job.node.stage, Thresholds)
+                job = steps.send(self.host.run(job.out_words, OutputFormat.CODES if codes else OutputFormat.FULL))
         except StopIteration as done:
             tensors = done.value
         return tensors[self.model.logits].reshape(-1)

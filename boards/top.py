@@ -30,6 +30,9 @@ from hw.uart import UartRx, UartTx
 from .boards import Board, uart_baud
 from .fit import FitError, check_fit
 
+# The link bridge's frame buffer: one block RAM in its byte-wide shape.
+LINK_PAYLOAD = {"ice40": 512, "ecp5": 2048}
+
 # Arrays tried, largest first, when the user names none.
 ARRAYS = ((16, 16), (8, 16), (8, 8), (4, 8), (4, 4), (2, 4), (2, 2), (1, 2), (1, 1))
 
@@ -66,14 +69,15 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
 class AcceleratorCore(wiring.Component):
     """Engine and link bridge; ``rx_valid``/``rx_data``/``rx_error`` (bytes from the host, with a
     framing-error flag, no back-pressure) and ``tx_valid``/``tx_ready``/``tx_data`` (bytes to
-    the host) are the bridge's. ``timeout_cycles``: how long a
-    frame may stall before the bridge drops it (a few byte times)."""
+    the host) are the bridge's. ``timeout_cycles``: how long a frame may stall before the
+    bridge drops it (a few byte times); ``max_payload``: the bridge's frame buffer in bytes."""
 
-    def __init__(self, params: EngineParams, timeout_cycles: int):
+    def __init__(self, params: EngineParams, timeout_cycles: int, max_payload: int = 512):
         self.params = params
         self.engine = LayerEngine(params)
-        self.bridge = LinkBridge(params.addr_bits, params.data_bits, params.cols * params.out_bits, params.rows,
-                                 params.cols, timeout_cycles=timeout_cycles)
+        self.bridge = LinkBridge(params.addr_bits, params.target_bits, params.cols * params.out_bits, params.rows,
+                                 params.cols, code_bits=params.code_bits, max_payload=max_payload,
+                                 timeout_cycles=timeout_cycles)
         super().__init__({"rx_valid": In(1), "rx_data": In(8), "rx_error": In(1),
                           "tx_valid": Out(1), "tx_ready": In(1), "tx_data": Out(8)})
 
@@ -88,16 +92,19 @@ class AcceleratorCore(wiring.Component):
 
 
 class AcceleratorTop(Elaboratable):
-    """:class:`AcceleratorCore` on the platform's ``uart`` resource at ``baud`` (clock ``clk_hz``)."""
+    """:class:`AcceleratorCore` on the platform's ``uart`` resource at ``baud`` (clock ``clk_hz``),
+    its frame buffer one block RAM of ``family`` (512 bytes on iCE40, 2048 on ECP5)."""
 
-    def __init__(self, params: EngineParams, clk_hz: float, baud: int):
+    def __init__(self, params: EngineParams, clk_hz: float, baud: int, family: str = "ice40"):
         self.params, self.clk_hz, self.baud = params, clk_hz, baud
+        self.max_payload = LINK_PAYLOAD[family]
 
     def elaborate(self, platform):
         m = Module()
         # A frame may pause for 20 byte times before the bridge drops it.
         byte_cycles = int(self.clk_hz * 10 / self.baud)
-        m.submodules.core = core = AcceleratorCore(self.params, timeout_cycles=20 * byte_cycles)
+        m.submodules.core = core = AcceleratorCore(self.params, timeout_cycles=20 * byte_cycles,
+                                                    max_payload=self.max_payload)
         m.submodules.uart_rx = uart_rx = UartRx(int(self.clk_hz), self.baud)
         m.submodules.uart_tx = uart_tx = UartTx(int(self.clk_hz), self.baud)
         m.d.comb += [core.rx_valid.eq(uart_rx.o.valid), core.rx_data.eq(uart_rx.o.payload.data),
@@ -114,7 +121,7 @@ def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None,
     engine = engine_for_board(model, board, rows, cols)
 
     def factory(platform, clk_hz):
-        return AcceleratorTop(engine.params, clk_hz, uart_baud(board, clk_hz))
+        return AcceleratorTop(engine.params, clk_hz, uart_baud(board, clk_hz), board.family)
 
     factory.engine = engine
     return factory

@@ -139,33 +139,36 @@ class EngineParams:
         return max(d - 1 for d in depths).bit_length()
 
     @property
+    def target_bits(self) -> tuple[int, ...]:
+        """Data bits of a load beat to each target, in target order (CONFIG .. ACTS); 0 for a
+        target this engine lacks (no thresholds or no requantize unit)."""
+        r = self.requantize
+        return (self.reg_bits, self.cols * self.weight_bits, self.table_bits,
+                (2 ** self.code_bits - 1) * self.threshold_bits + 1 if self.code_bits else 0,
+                r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length()) if r else 0,
+                self.rows * self.abits)
+
+    @property
     def data_bits(self) -> int:
-        words = [self.reg_bits, self.rows * self.abits, self.cols * self.weight_bits, self.table_bits]
-        if self.code_bits:
-            words.append((2 ** self.code_bits - 1) * self.threshold_bits + 1)
-        if self.requantize:
-            r = self.requantize
-            words.append(r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length()))
-        return max(words)
+        return max(self.target_bits)
 
     def memories(self) -> list[tuple[str, int, int, int]]:
         """The engine's RAMs as ``(name, width, depth, copies)``: what a fit estimate maps to
         block RAM. ``activations``, ``weights`` and ``tables`` are single-port."""
         stage_depth = self.stage_depth << self.col_bits
-        mems = [("activations", self.rows * self.abits, self.act_depth, 1),
-                ("weights", self.cols * self.weight_bits, self.weight_depth, 1),
-                ("tables", self.table_bits, self.table_depth, self.rows),
+        bits = self.target_bits
+        mems = [("activations", bits[ACTS], self.act_depth, 1),
+                ("weights", bits[WEIGHTS], self.weight_depth, 1),
+                ("tables", bits[TABLE], self.table_depth, self.rows),
                 ("accumulators", self.acc_bits, self.out_depth, self.cols)]
         if self.code_bits:
             s = 2 ** self.code_bits - 1
             if s <= 15:
-                mems.append(("thresholds", s * self.threshold_bits + 1, stage_depth, 1))
+                mems.append(("thresholds", bits[THRESHOLDS], stage_depth, 1))
             else:
                 mems += [("thresholds", self.threshold_bits, stage_depth, s), ("descending", 1, stage_depth, 1)]
         if self.requantize:
-            r = self.requantize
-            mems.append(("requantize", r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length()),
-                         stage_depth, 1))
+            mems.append(("requantize", bits[REQUANTIZE], stage_depth, 1))
         return mems
 
     def memory_bits(self) -> dict[str, int]:

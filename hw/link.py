@@ -11,27 +11,34 @@ only marks a frame start where one is expected.
 
 Host -> device requests:
 
-- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 1),
-  then 16-bit little-endian addr_bits, data_bits, out_bits, out_bytes, rows, cols,
-  max_payload.
-- ``LOAD 0x02``: a sequence of load beats, each the target byte, the address
-  little-endian in ceil(addr_bits/8) bytes and the data little-endian in
-  ceil(data_bits/8) bytes; at most ``max_payload`` bytes. The bridge keeps the payload
-  until its checksum is checked, then hands the beats to the engine in order (waiting
-  on ``load_ready``) and answers ``ACK 0x82`` (no payload). A corrupted frame never
-  reaches the engine.
-- ``RUN 0x03`` (no payload): the bridge pulses ``start``, sends every output word as an
-  ``OUT 0x83`` frame (one word per frame from this bridge, little-endian in out_bytes =
-  ceil(out_bits/8) bytes; hosts accept several words per frame) and, once ``busy``
-  falls, ``DONE 0x84`` with the number of words sent (32-bit little-endian).
+- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 2),
+  then 16-bit little-endian addr_bits, out_bits (one output word: ``cols`` signed
+  fields), rows, cols, max_payload, code_bits (0: no CODES format), and the data bits
+  of each of the 6 load targets (0: the engine has no such target).
+- ``LOAD 0x02``: the target byte, the address of the first word little-endian in
+  ceil(addr_bits/8) bytes, then one or more words, each little-endian in
+  ceil(target_bits/8) bytes, for consecutive addresses; at most ``max_payload`` bytes.
+  The bridge keeps the payload until its checksum is checked, then hands the words to
+  the engine as load beats in order (waiting on ``load_ready``) and answers ``ACK
+  0x82`` (no payload). A corrupted frame never reaches the engine.
+- ``RUN 0x03``: the number of words expected (32-bit little-endian) and the output
+  format (1 byte: 0 FULL, every out_bits; 1 CODES, the low code_bits of each field,
+  packed). The bridge pulses ``start`` and sends the engine's first ``expected`` words
+  in ``OUT 0x83`` frames of as many words as ``max_payload`` holds (each little-endian
+  in its format's whole bytes), drops any further words, and, once ``busy`` falls,
+  sends ``DONE 0x84`` with the number of words the engine returned (32-bit
+  little-endian). Should the engine stop within a frame, the frame is completed with
+  zero words; DONE's count tells the host.
 
 Errors are answered ``NACK 0x85`` with two payload bytes: the code and the type byte of
-the refused frame. Codes: 1 CRC (checksum mismatch), 2 LENGTH (LOAD payload not a whole
-number of beats or over max_payload; PING or RUN with a payload), 3 TYPE (unknown type),
-4 TIMEOUT (no byte for ``timeout_cycles`` cycles in mid-frame), 5 FRAMING (a byte without
-its stop bit in mid-frame). After an error the bridge drops incoming bytes until the line
-has been quiet for ``timeout_cycles`` cycles (so the rest of a bad frame is not taken for
-a new one), sends the NACK and looks for the next sync byte.
+the refused frame. Codes: 1 CRC (checksum mismatch), 2 LENGTH (a LOAD payload without a
+whole number of words or over max_payload; a RUN payload other than 5 bytes or of an
+unknown format; PING with a payload), 3 TYPE (unknown type), 4 TIMEOUT (no byte for
+``timeout_cycles`` cycles in mid-frame), 5 FRAMING (a byte without its stop bit in
+mid-frame), 6 TARGET (a LOAD to a target the engine lacks). After an error the bridge
+drops incoming bytes until the line has been quiet for ``timeout_cycles`` cycles (so the
+rest of a bad frame is not taken for a new one), sends the NACK and looks for the next
+sync byte.
 
 The host sends one request and waits for its reply: bytes arriving while the bridge
 replays a LOAD, runs the engine or sends a reply are dropped.
@@ -47,10 +54,12 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from boards.protocol import (CRC_INIT, CRC_POLY, DONE_FORMAT, INFO_FORMAT, PROTOCOL_VERSION,
-                             SYNC, TARGET_BITS, FrameType, NackCode)
+                             RUN_FORMAT, SYNC, TARGET_BITS, TARGETS, FrameType, NackCode,
+                             OutputFormat)
 from hw.uart import RX_LAYOUT
 
 INFO_BYTES = struct.calcsize(INFO_FORMAT)
+RUN_BYTES = struct.calcsize(RUN_FORMAT)
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
 NACK_BYTES = 2
 
@@ -68,29 +77,45 @@ def _u16(name, value, minimum):
         raise ValueError(f"{name} must be an integer in {minimum}..65535, not {value!r}")
 
 
+def _bytes(bits: int) -> int:
+    return (bits + 7) // 8
+
+
 class LinkBridge(wiring.Component):
     """Framed protocol between UART bytes (``rx`` in, ``tx`` out) and the engine ports.
 
-    ``rx`` takes a byte per ``valid`` cycle (``error`` set: framing error); ``tx`` offers
-    reply bytes with ``valid``/``ready``. The engine-side ports mirror ``LayerEngine``'s
-    (Out here where the engine has In); :func:`connect_engine` wires them.
-    A LOAD is acknowledged ``2 * LEN + beats`` cycles (plus ``load_ready`` stalls) after
-    its last byte; ``out_ready`` is high only while ``tx`` can take a byte.
+    ``target_bits``: the data bits of each of the 6 load targets (0: none); ``out_bits``:
+    one output word of ``cols`` fields; ``code_bits``: the activation-code width of the
+    CODES format (0: FULL only). ``rx`` takes a byte per ``valid`` cycle (``error`` set:
+    framing error); ``tx`` offers reply bytes with ``valid``/``ready``. The engine-side
+    ports mirror ``LayerEngine``'s (Out here where the engine has In);
+    :func:`connect_engine` wires them. A LOAD is acknowledged ``2 * LEN`` cycles plus
+    one per word (plus ``load_ready`` stalls) after its last byte.
     """
 
-    def __init__(self, addr_bits, data_bits, out_bits, rows, cols, *, max_payload=256,
-                 timeout_cycles=100_000):
+    def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
+                 max_payload=256, timeout_cycles=100_000):
         _u16("Address width", addr_bits, 1)
-        _u16("Data width", data_bits, 1)
+        if len(target_bits) != TARGETS:
+            raise ValueError(f"Target widths must be {TARGETS} numbers, not {target_bits!r}")
+        for target, bits in enumerate(target_bits):
+            _u16(f"Data width of target {target}", bits, 0)
+        if not any(target_bits):
+            raise ValueError("Target widths must name at least one target, not all 0")
         _u16("Output word width", out_bits, 1)
         _u16("Row count", rows, 1)
         _u16("Column count", cols, 1)
-        self._addr_bits, self._data_bits, self._out_bits = addr_bits, data_bits, out_bits
-        self._rows, self._cols = rows, cols
-        self._addr_bytes, self._data_bytes = (addr_bits + 7) // 8, (data_bits + 7) // 8
-        self._beat_bytes = 1 + self._addr_bytes + self._data_bytes
-        self._out_bytes = (out_bits + 7) // 8
-        _u16("Maximum payload", max_payload, self._beat_bytes)
+        if out_bits % cols:
+            raise ValueError(f"Output word width {out_bits} must be whole fields of {cols} columns")
+        if not isinstance(code_bits, int) or not 0 <= code_bits <= out_bits // cols:
+            raise ValueError(f"Code width must be an integer in 0..{out_bits // cols}, not {code_bits!r}")
+        self._addr_bits, self._target_bits = addr_bits, tuple(target_bits)
+        self._out_bits, self._rows, self._cols, self._code_bits = out_bits, rows, cols, code_bits
+        self._addr_bytes = _bytes(addr_bits)
+        self._word_bytes = [_bytes(bits) for bits in target_bits]
+        self._out_bytes = (_bytes(out_bits), _bytes(cols * code_bits))
+        largest = max(1 + self._addr_bytes + max(self._word_bytes), RUN_BYTES, max(self._out_bytes))
+        _u16("Maximum payload", max_payload, largest)
         if not isinstance(timeout_cycles, int) or timeout_cycles < 1:
             raise ValueError(f"Timeout must be a positive number of cycles, not "
                              f"{timeout_cycles!r}")
@@ -102,21 +127,13 @@ class LinkBridge(wiring.Component):
             "load_ready": In(1),
             "load_target": Out(TARGET_BITS),
             "load_addr": Out(addr_bits),
-            "load_data": Out(data_bits),
+            "load_data": Out(max(target_bits)),
             "start": Out(1),
             "busy": In(1),
             "out_valid": In(1),
             "out_ready": Out(1),
             "out_data": In(out_bits),
         })
-
-    @property
-    def beat_bytes(self) -> int:
-        return self._beat_bytes
-
-    @property
-    def out_bytes(self) -> int:
-        return self._out_bytes
 
     @property
     def max_payload(self) -> int:
@@ -126,15 +143,16 @@ class LinkBridge(wiring.Component):
     def timeout_cycles(self) -> int:
         return self._timeout_cycles
 
-    def info_payload(self) -> list[int]:
+    def info_payload(self) -> bytes:
         """The bytes of the INFO reply."""
-        return list(struct.pack(INFO_FORMAT, PROTOCOL_VERSION, self._addr_bits, self._data_bits,
-                                self._out_bits, self._out_bytes, self._rows, self._cols,
-                                self._max_payload))
+        return struct.pack(INFO_FORMAT, PROTOCOL_VERSION, self._addr_bits, self._out_bits,
+                           self._rows, self._cols, self._max_payload, self._code_bits,
+                           *self._target_bits)
 
     def elaborate(self, platform):
         m = Module()
-        beat_bytes, timeout = self._beat_bytes, self._timeout_cycles
+        timeout, addr_bytes = self._timeout_cycles, self._addr_bytes
+        header = 1 + addr_bytes
         m.submodules.buffer = buffer = Memory(shape=8, depth=self._max_payload, init=[])
         write, read = buffer.write_port(), buffer.read_port()
 
@@ -144,10 +162,17 @@ class LinkBridge(wiring.Component):
 
         ftype = Signal(8)
         length = Signal(16)
-        count = Signal(16)  # payload bytes received, then read back
-        beat_pos = Signal(range(beat_bytes))
-        misaligned = Signal()
-        beat = Signal(8 * beat_bytes)
+        count = Signal(16)          # payload bytes received, then read back
+        target = Signal(8)
+        word_bytes = Signal(range(max(self._word_bytes) + 1))
+        with m.Switch(target):
+            for t, n in enumerate(self._word_bytes):
+                with m.Case(t):
+                    m.d.comb += word_bytes.eq(n)
+        pos = Signal(range(max(header, max(self._word_bytes)) + 1))  # byte within header / word
+        in_words = Signal()         # past the header
+        malformed = Signal()
+        run_arg = Signal(8 * RUN_BYTES)
         timer = Signal(range(timeout))
         error = Signal(8)
         crc = Signal(16)
@@ -155,22 +180,49 @@ class LinkBridge(wiring.Component):
         crc_next = Signal(16)
         m.d.comb += [crc_in.eq(byte), crc_next.eq(crc16_update(crc, crc_in))]
 
-        reply_bytes = max(INFO_BYTES, self._out_bytes, DONE_BYTES, NACK_BYTES)
-        reply = Signal(8 * reply_bytes)
+        addr = Signal(self._addr_bits)
+        data = Signal(max(self._target_bits))
+        m.d.comb += [self.load_target.eq(target), self.load_addr.eq(addr), self.load_data.eq(data)]
+
+        # Replies: INFO from constants, OUT from the word register, DONE from the word count,
+        # NACK from error and type; `sent` counts payload bytes, `word_pos` bytes of a word.
         reply_type = Signal(8)
         reply_len = Signal(16)
-        sent = Signal(range(reply_bytes))
+        sent = Signal(16)
         running = Signal()
-        words = Signal(32)
+        remaining = Signal(32)      # words still to send of those RUN asked for
+        fmt = Signal()
+        words = Signal(32)          # words the engine returned since RUN
+        word_pos = Signal(range(max(self._out_bytes) + 1))
+        out_word = Signal(8 * max(self._out_bytes))
+        field = self._out_bits // self._cols
+        codes = Cat(self.out_data[c * field:c * field + self._code_bits] for c in range(self._cols))
+        full_bytes, code_bytes = self._out_bytes[OutputFormat.FULL], self._out_bytes[OutputFormat.CODES]
+        out_bytes = Mux(fmt, code_bytes, full_bytes)
+        per_frame = [self._max_payload // full_bytes, self._max_payload // max(1, code_bytes)]
 
-        m.d.comb += [
-            self.load_target.eq(beat[:TARGET_BITS]),
-            self.load_addr.eq(beat[8:]),
-            self.load_data.eq(beat[8 * (1 + self._addr_bytes):]),
-        ]
+        # The byte of the reply payload at `sent`, by reply type.
+        info = self.info_payload()
+        info_byte = Signal(8)
+        with m.Switch(sent):
+            for i, b in enumerate(info):
+                with m.Case(i):
+                    m.d.comb += info_byte.eq(b)
+        payload_byte = Signal(8)
+        with m.Switch(reply_type):
+            with m.Case(FrameType.INFO):
+                m.d.comb += payload_byte.eq(info_byte)
+            with m.Case(FrameType.OUT):
+                m.d.comb += payload_byte.eq(out_word[:8])
+            with m.Case(FrameType.DONE):
+                m.d.comb += payload_byte.eq(words.word_select(sent[:2], 8))
+            with m.Case(FrameType.NACK):
+                m.d.comb += payload_byte.eq(Mux(sent[0], ftype, error))
 
-        def send(ftype_, payload, n):
-            m.d.sync += [reply_type.eq(ftype_), reply.eq(payload), reply_len.eq(n)]
+        word = Mux(fmt, codes, self.out_data)
+
+        def send(ftype_, n):
+            m.d.sync += [reply_type.eq(ftype_), reply_len.eq(n)]
             m.next = "TX_SYNC"
 
         def fail(code):
@@ -185,7 +237,8 @@ class LinkBridge(wiring.Component):
                     m.d.sync += [timer.eq(0), crc.eq(crc_next)]
                     on_byte()
                 with m.Elif(timer == timeout - 1):
-                    send(FrameType.NACK, Cat(C(NackCode.TIMEOUT, 8), ftype), NACK_BYTES)
+                    m.d.sync += error.eq(NackCode.TIMEOUT)
+                    send(FrameType.NACK, NACK_BYTES)
                 with m.Else():
                     m.d.sync += timer.eq(timer + 1)
 
@@ -203,9 +256,10 @@ class LinkBridge(wiring.Component):
 
         def on_len_hi():
             full = Cat(length[:8], byte)
-            m.d.sync += [length[8:].eq(byte), count.eq(0), beat_pos.eq(0), misaligned.eq(0)]
-            with m.If((ftype == FrameType.LOAD) & (full > self._max_payload) |
-                      (ftype != FrameType.LOAD) & (full != 0)):
+            m.d.sync += [length[8:].eq(byte), count.eq(0), pos.eq(0), in_words.eq(0), malformed.eq(0)]
+            with m.If((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
+                      (ftype == FrameType.RUN) & (full != RUN_BYTES) |
+                      (ftype == FrameType.PING) & (full != 0)):
                 fail(NackCode.LENGTH)
             with m.Elif(full == 0):
                 m.next = "CRC_HI"
@@ -214,28 +268,40 @@ class LinkBridge(wiring.Component):
 
         def on_payload():
             m.d.comb += [write.addr.eq(count), write.data.eq(byte), write.en.eq(1)]
-            m.d.sync += [count.eq(count + 1),
-                         beat_pos.eq(Mux(beat_pos == beat_bytes - 1, 0, beat_pos + 1))]
+            m.d.sync += [count.eq(count + 1), run_arg.eq(Cat(run_arg[8:], byte))]
+            with m.If(count == 0):
+                m.d.sync += target.eq(byte)
+            # Where the payload would end a LOAD: after the header or a whole word.
+            last_of_part = Mux(in_words, pos == word_bytes - 1, pos == header - 1)
+            m.d.sync += pos.eq(Mux(last_of_part, 0, pos + 1))
+            with m.If(last_of_part):
+                m.d.sync += in_words.eq(1)
             with m.If(count == length - 1):
-                m.d.sync += misaligned.eq(beat_pos != beat_bytes - 1)
+                m.d.sync += malformed.eq(~last_of_part)
                 m.next = "CRC_HI"
 
         def on_crc_hi():
             m.next = "CRC_LO"
 
         def on_crc_lo():
+            run_fmt = run_arg[32:]
             with m.If(crc_next != 0):
                 fail(NackCode.CRC)
-            with m.Elif(misaligned):
-                fail(NackCode.LENGTH)
             with m.Elif(ftype == FrameType.PING):
-                send(FrameType.INFO, Cat(C(b, 8) for b in self.info_payload()), INFO_BYTES)
+                send(FrameType.INFO, INFO_BYTES)
             with m.Elif(ftype == FrameType.RUN):
-                m.next = "START"
-            with m.Elif(length == 0):
-                send(FrameType.ACK, 0, 0)
+                with m.If((run_fmt == OutputFormat.FULL) |
+                          (run_fmt == OutputFormat.CODES) & (self._code_bits != 0)):
+                    m.d.sync += [remaining.eq(run_arg[:32]), fmt.eq(run_fmt[0])]
+                    m.next = "START"
+                with m.Else():
+                    fail(NackCode.LENGTH)
+            with m.Elif((target >= TARGETS) | (word_bytes == 0)):
+                fail(NackCode.TARGET)
+            with m.Elif(malformed):
+                fail(NackCode.LENGTH)
             with m.Else():
-                m.d.sync += [count.eq(0), beat_pos.eq(0)]
+                m.d.sync += [count.eq(0), pos.eq(0), in_words.eq(0)]
                 m.next = "READ"
 
         with m.FSM():
@@ -253,46 +319,72 @@ class LinkBridge(wiring.Component):
                 with m.If(self.rx.valid):
                     m.d.sync += timer.eq(0)
                 with m.Elif(timer == timeout - 1):
-                    send(FrameType.NACK, Cat(error, ftype), NACK_BYTES)
+                    send(FrameType.NACK, NACK_BYTES)
                 with m.Else():
                     m.d.sync += timer.eq(timer + 1)
 
-            # LOAD: read the checked payload back, one beat at a time, into the engine.
+            # LOAD: read the checked payload back: the address, then each word into the engine.
             with m.State("READ"):
                 m.d.comb += read.addr.eq(count)
                 m.d.sync += count.eq(count + 1)
                 m.next = "SHIFT"
             with m.State("SHIFT"):
-                m.d.sync += beat.eq(Cat(beat[8:], read.data))
-                with m.If(beat_pos == beat_bytes - 1):
-                    m.d.sync += beat_pos.eq(0)
-                    m.next = "BEAT"
+                m.next = "READ"
+                with m.If(~in_words):
+                    with m.Switch(pos):
+                        for i in range(addr_bytes):
+                            with m.Case(i + 1):
+                                m.d.sync += addr[8 * i:8 * i + 8].eq(read.data)
+                    m.d.sync += pos.eq(pos + 1)
+                    with m.If(pos == header - 1):
+                        m.d.sync += [pos.eq(0), in_words.eq(1)]
                 with m.Else():
-                    m.d.sync += beat_pos.eq(beat_pos + 1)
-                    m.next = "READ"
+                    with m.Switch(pos):
+                        with m.Case(0):
+                            m.d.sync += data.eq(read.data)
+                        for i in range(1, max(self._word_bytes)):
+                            with m.Case(i):
+                                m.d.sync += data[8 * i:8 * i + 8].eq(read.data)
+                    m.d.sync += pos.eq(pos + 1)
+                    with m.If(pos == word_bytes - 1):
+                        m.d.sync += pos.eq(0)
+                        m.next = "BEAT"
             with m.State("BEAT"):
                 m.d.comb += self.load_valid.eq(1)
                 with m.If(self.load_ready):
+                    m.d.sync += addr.eq(addr + 1)
                     with m.If(count == length):
-                        send(FrameType.ACK, 0, 0)
+                        send(FrameType.ACK, 0)
                     with m.Else():
                         m.next = "READ"
 
-            # RUN: start the engine, forward its words, DONE when it is no longer busy.
+            # RUN: start the engine, frame its first `expected` words, DONE once not busy.
             with m.State("START"):
                 m.d.comb += self.start.eq(1)
                 m.d.sync += [running.eq(1), words.eq(0)]
                 m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.out_ready.eq(self.tx.ready)
-                with m.If(self.out_valid & self.tx.ready):
+                m.d.comb += self.out_ready.eq(1)
+                with m.If(self.out_valid):
                     m.d.sync += words.eq(words + 1)
-                    send(FrameType.OUT, self.out_data, self._out_bytes)
+                    with m.If(remaining != 0):      # open a frame with this word
+                        m.d.sync += [out_word.eq(word), word_pos.eq(0), remaining.eq(remaining - 1)]
+                        full, codes_ = (Mux(remaining < k, remaining[:16] * size, k * size)
+                                        for k, size in zip(per_frame, (full_bytes, code_bytes)))
+                        send(FrameType.OUT, Mux(fmt, codes_, full))
                 with m.Elif(~self.busy):
                     m.d.sync += running.eq(0)
-                    send(FrameType.DONE, words, DONE_BYTES)
+                    send(FrameType.DONE, DONE_BYTES)
+            with m.State("NEXT_WORD"):
+                m.d.comb += self.out_ready.eq(1)
+                with m.If(self.out_valid):
+                    m.d.sync += [words.eq(words + 1), remaining.eq(remaining - 1), out_word.eq(word)]
+                    m.next = "TX_PAYLOAD"
+                with m.Elif(~self.busy):
+                    m.d.sync += out_word.eq(0)      # the engine stopped early: pad
+                    m.next = "TX_PAYLOAD"
 
-            # Reply: sync, type, length, `reply_len` bytes of `reply`, CRC.
+            # Reply: sync, type, length, `reply_len` payload bytes, CRC.
             def transmit(name, value, next_state, update_crc=True):
                 with m.State(name):
                     m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value),
@@ -318,9 +410,12 @@ class LinkBridge(wiring.Component):
                     m.next = "TX_CRC_HI"
 
             def after_payload():
-                m.d.sync += [reply.eq(reply[8:]), sent.eq(sent + 1)]
+                m.d.sync += [out_word.eq(out_word[8:]), sent.eq(sent + 1), word_pos.eq(word_pos + 1)]
                 with m.If(sent == reply_len - 1):
                     m.next = "TX_CRC_HI"
+                with m.Elif(running & (word_pos == out_bytes - 1)):
+                    m.d.sync += word_pos.eq(0)
+                    m.next = "NEXT_WORD"
 
             def after_crc():
                 m.next = "HUNT"
@@ -331,7 +426,7 @@ class LinkBridge(wiring.Component):
             transmit("TX_TYPE", reply_type, goto("TX_LEN_LO"))
             transmit("TX_LEN_LO", reply_len, goto("TX_LEN_HI"))
             transmit("TX_LEN_HI", reply_len[8:], after_len)
-            transmit("TX_PAYLOAD", reply[:8], after_payload)
+            transmit("TX_PAYLOAD", payload_byte, after_payload)
             transmit("TX_CRC_HI", crc[8:], goto("TX_CRC_LO"), update_crc=False)
             transmit("TX_CRC_LO", crc[:8], after_crc, update_crc=False)
         return m

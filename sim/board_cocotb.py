@@ -6,8 +6,10 @@ byte streams as ports ``rx_*``, ``tx_*``). The unmodified host side, :class:`boa
 through :class:`SimPort`, whose ``read`` advances the simulation (cocotb's ``resume``). The
 data file (``sim.runner``) holds ``model`` (path), ``params`` (``EngineParams``
 description), ``resident``, ``images`` (uint8 nested lists), ``corrupt`` (flip a bit of the
-nth byte sent, to exercise a NACK and the host's retry; -1 for none) and ``results``
-(where the logits and the simulated cycles go).
+nth byte sent, to exercise a NACK and the host's retry; -1 for none), ``byte_cycles``
+(clock cycles per byte each way, as a UART at the board's rate takes; 1 by default) and
+``results`` (where the logits and the link traffic go: cycles, bytes each way and requests,
+for loading the resident constants and for the images).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.task import bridge, resume
-from cocotb.triggers import FallingEdge
+from cocotb.triggers import FallingEdge, Timer
 
 from sim.runner import load_data
 
@@ -28,32 +30,41 @@ READ_TIMEOUT_CYCLES = 200_000
 
 class SimPort:
     """A pyserial-like port into the DUT: ``write`` queues bytes for ``rx``, ``read(n)`` runs the
-    simulation until ``n`` bytes came from ``tx`` or the timeout passed (then returns fewer)."""
+    simulation until ``n`` bytes came from ``tx`` or the timeout passed (then returns fewer):
+    :data:`READ_TIMEOUT_CYCLES` beyond the time the queued and the awaited bytes take.
+    One byte may go each way every ``byte_cycles`` cycles; ``traffic()`` counts cycles, bytes
+    each way and requests (frames written) so far."""
 
-    def __init__(self, dut, corrupt: int):
-        self.dut, self.corrupt = dut, corrupt
+    def __init__(self, dut, corrupt: int, byte_cycles: int):
+        self.dut, self.corrupt, self.byte_cycles = dut, corrupt, byte_cycles
         self.to_device: list[int] = []
         self.from_device = bytearray()
-        self.sent = self.cycles = 0
+        self.sent = self.received = self.requests = self.cycles = 0
+
+    def traffic(self) -> dict[str, int]:
+        return {"cycles": self.cycles, "bytes_to_device": self.sent, "bytes_from_device": self.received,
+                "requests": self.requests}
 
     def write(self, data: bytes) -> None:
         self.to_device += list(data)
+        self.requests += 1
 
     def read(self, n: int) -> bytes:
         return resume(self._read)(n)
 
     async def _read(self, n: int) -> bytes:
         start = self.cycles
-        while len(self.from_device) < n and self.cycles - start < READ_TIMEOUT_CYCLES:
-            await FallingEdge(self.dut.clk)
+        timeout = READ_TIMEOUT_CYCLES + (len(self.to_device) + n) * self.byte_cycles
+        while len(self.from_device) < n and self.cycles - start < timeout:
+            await Timer(self.byte_cycles * PERIOD_NS, unit="ns")
         got = bytes(self.from_device[:n])
         del self.from_device[:n]
         return got
 
     async def pump(self):
-        """Every cycle: one byte into ``rx`` if any is queued, and the ``tx`` byte if valid."""
+        """Every ``byte_cycles`` cycles: for one cycle, a byte into ``rx`` if any is queued and
+        ``tx_ready``, taking the ``tx`` byte if one is offered."""
         dut = self.dut
-        dut.tx_ready.value = 1
         while True:
             if self.to_device:
                 byte = self.to_device.pop(0)
@@ -61,12 +72,15 @@ class SimPort:
                     byte ^= 0x10
                 self.sent += 1
                 dut.rx_valid.value, dut.rx_data.value = 1, byte
-            else:
-                dut.rx_valid.value = 0
+            dut.tx_ready.value = 1
             if int(dut.tx_valid.value):
                 self.from_device.append(int(dut.tx_data.value))
+                self.received += 1
             await FallingEdge(dut.clk)
-            self.cycles += 1
+            dut.rx_valid.value = dut.tx_ready.value = 0
+            if self.byte_cycles > 1:    # to a quarter period after a falling edge
+                await Timer((self.byte_cycles - 1) * PERIOD_NS * 1000 + PERIOD_NS * 250, unit="ps")
+            self.cycles += self.byte_cycles
 
 
 def classify(d: dict, port: SimPort) -> dict:
@@ -78,23 +92,26 @@ def classify(d: dict, port: SimPort) -> dict:
 
     p = dict(d["params"])
     p["requantize"] = p["requantize"] and RequantizeShape(**p["requantize"])
-    runner = BoardRunner(LinkHost(port), load(d["model"]), EngineParams(**p), d["resident"])
+    host = LinkHost(port)
+    runner = BoardRunner(host, load(d["model"]), EngineParams(**p), d["resident"])
+    runner.load_constants()
+    loading = port.traffic()
     result = runner.classify(np.asarray(d["images"], dtype=np.uint8))
-    return {"logits": result.logits.tolist()}
+    images = {name: value - loading[name] for name, value in port.traffic().items()}
+    return {"logits": result.logits.tolist(), "loading": loading, "images": images, "retried": host.retried}
 
 
 @cocotb.test()
 async def host_runtime_classifies(dut):
     d = load_data()
-    dut.rx_valid.value = dut.rx_error.value = 0
+    dut.rx_valid.value = dut.rx_error.value = dut.tx_ready.value = 0
     dut.rst.value = 1
     Clock(dut.clk, PERIOD_NS, unit="ns").start(start_high=False)
     for _ in range(2):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
-    port = SimPort(dut, d.get("corrupt", -1))
+    port = SimPort(dut, d.get("corrupt", -1), d.get("byte_cycles", 1))
     cocotb.start_soon(port.pump())
     out = await bridge(classify)(d, port)
-    out["cycles"] = port.cycles
     with open(d["results"], "w") as f:
         json.dump(out, f)

@@ -33,12 +33,14 @@ def digits_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
     return data.test_x[:n].numpy(), data.test_y[:n].numpy()
 
 
-@pytest.mark.parametrize("resident, corrupt", [(True, 5_000), pytest.param(False, -1, marks=pytest.mark.slow)],
+@pytest.mark.parametrize("resident, corrupt, byte_cycles",
+                         [(True, 1_000, 3), pytest.param(False, -1, 1, marks=pytest.mark.slow)],
                          ids=["resident-corrupted-byte", "layer-by-layer"])
-def test_host_runtime_on_simulated_board_equals_reference(resident, corrupt, tmp_path):
+def test_host_runtime_on_simulated_board_equals_reference(resident, corrupt, byte_cycles, tmp_path):
     """Resident constants (one byte of them corrupted on the way in: the bridge NACKs the
-    frame, the host sends it again), then images; or every layer's constants sent again
-    for every image (``slow``), as on boards whose buffers hold one layer."""
+    frame, the host sends it again), then images, a byte each way every 3 cycles; or every
+    layer's constants sent again for every image (``slow``), as on boards whose buffers hold
+    one layer."""
     reason = unavailable_reason("verilator")
     if reason is not None:
         pytest.skip(f"verilator simulation skipped: {reason}")
@@ -53,7 +55,9 @@ def test_host_runtime_on_simulated_board_equals_reference(resident, corrupt, tmp
     results = tmp_path / "results.json"
     run_test(built, "sim.board_cocotb", tmp_path, data={
         "model": str(DIGITS), "params": params.describe(), "resident": resident, "images": images.tolist(),
-        "corrupt": corrupt, "results": str(results)})
-    got = np.array(json.loads(results.read_text())["logits"])
+        "corrupt": corrupt, "byte_cycles": byte_cycles, "results": str(results)})
+    out = json.loads(results.read_text())
+    got = np.array(out["logits"])
     assert (got == predict(model, images)).all()
     assert len(got) == 3
+    assert out["retried"] == (corrupt >= 0)

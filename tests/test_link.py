@@ -19,14 +19,17 @@ from amaranth.sim import Simulator  # noqa: E402
 
 from boards.link_host import LinkHost, SerialPort  # noqa: E402
 from boards.protocol import (FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,  # noqa: E402
-                             NackCode, NackError, crc16, decode_frame, decode_words,
-                             encode_beats, encode_frame, read_frame, split_payloads)
+                             NackCode, NackError, OutputFormat, crc16, decode_frame,
+                             decode_words, encode_frame, encode_loads, encode_run, read_frame)
 from hw.link import LinkBridge, connect_engine  # noqa: E402
 from hw.uart import UartRx, UartTx, baud_divisor  # noqa: E402
 
 PERIOD = 1e-6
-ADDR_BITS, DATA_BITS, OUT_BITS = 6, 12, 24  # 4-byte beats, 3-byte words
+ADDR_BITS, OUT_BITS, COLS, CODE_BITS = 6, 24, 4, 2  # 3-byte words, 1-byte CODES words
+TARGET_WIDTHS = (8, 12, 0, 20, 5, 9)                 # words of 1, 2, -, 3, 1, 2 bytes
+DATA_BITS = max(TARGET_WIDTHS)
 REC_BITS = 3 + ADDR_BITS + DATA_BITS
+INFO = LinkInfo(2, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, TARGET_WIDTHS)
 
 
 def uart_bits(byte: int, stop: int = 1) -> list[int]:
@@ -206,7 +209,8 @@ class LinkTop(wiring.Component):
     behind a UartRx/UartTx pair on the ``rx``/``tx`` lines."""
 
     def __init__(self, divisor, stall, **bridge_args):
-        self.bridge = LinkBridge(ADDR_BITS, DATA_BITS, OUT_BITS, rows=3, cols=5, **bridge_args)
+        self.bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS,
+                                 **bridge_args)
         self.engine = RecordingEngine(stall=stall)
         self.divisor = divisor
         super().__init__({"rx": In(1, init=1), "tx": Out(1)} if divisor else {})
@@ -251,9 +255,8 @@ class SimPort:
             wait = self.gap - 1 if send else max(wait - 1, 0)
             ready = rng.random() < 0.6
             ctx.set(bridge.tx.ready, ready)
-            _, _, valid, byte, out_ready, *beat = await ctx.tick().sample(
-                bridge.tx.valid, bridge.tx.payload, bridge.out_ready, *self._load_ports())
-            assert ready or not out_ready, "out_ready while tx cannot take a byte"
+            _, _, valid, byte, *beat = await ctx.tick().sample(
+                bridge.tx.valid, bridge.tx.payload, *self._load_ports())
             if valid and ready:
                 self.from_device.append(byte)
             self._record(beat)
@@ -310,49 +313,89 @@ def nack(code, ftype):
     return (FrameType.NACK, bytes([code, ftype]))
 
 
-BEATS = [(i % 8, (7 * i + 3) % 64, (1000 * i + 17) % 4096) for i in range(20)]
+# Runs at consecutive addresses (one LOAD each) and single beats, to every target the engine has.
+BEATS = ([(1, 10 + i, 300 * i + 7) for i in range(9)] + [(5, 3, 0x1AB), (0, 0, 0xC3)]
+         + [(3, 40 + i, 0xABCDE - 999 * i) for i in range(5)] + [(4, 63, 17), (1, 0, 0xFFF)])
 
 
 def info_of(port):
     return LinkInfo.decode(exchange(port, FrameType.PING).payload)
 
 
+def run_words(port, count, fmt=OutputFormat.FULL):
+    """RUN asking for ``count`` words: the words of the OUT frames, their sizes and DONE's count."""
+    port.write(encode_frame(FrameType.RUN, encode_run(count, fmt)))
+    words, sizes = [], []
+    while (frame := read_frame(port.read)).type == FrameType.OUT:
+        words += decode_words(frame.payload, INFO, fmt)
+        sizes.append(len(frame.payload))
+    assert frame.type == FrameType.DONE
+    return words, sizes, struct.unpack("<I", frame.payload)[0]
+
+
 def test_bridge_ping():
-    port = SimPort()
-    assert info_of(port) == LinkInfo(1, ADDR_BITS, DATA_BITS, OUT_BITS, 3, 3, 5, 32)
+    assert info_of(SimPort()) == INFO
 
 
 def test_bridge_load_and_run():
-    """LOAD frames reach the engine in order through load_ready stalls and are ACKed; RUN
-    returns every word through tx stalls, then DONE with the count."""
+    """LOAD frames (one per run of consecutive addresses, split at max_payload) reach the
+    engine in order through load_ready stalls and are ACKed; RUN returns the words in OUT
+    frames of as many whole words as max_payload holds, through tx stalls, then DONE."""
     port = SimPort()
-    info = info_of(port)
-    for payload in split_payloads(encode_beats(BEATS, info), info):
+    payloads = encode_loads(BEATS, info_of(port))
+    assert [len(p) for p in payloads] == [2 + 2 * 9, 4, 3, 2 + 3 * 5, 3, 4]
+    for payload in payloads:
         frame = exchange(port, FrameType.LOAD, payload)
         assert (frame.type, frame.payload) == (FrameType.ACK, b"")
     assert port.beats == BEATS
-    port.write(encode_frame(FrameType.RUN))
-    words = []
-    while (frame := read_frame(port.read)).type == FrameType.OUT:
-        words += decode_words(frame.payload, info)
-    assert frame == decode_frame(encode_frame(FrameType.DONE, struct.pack("<I", len(BEATS))))
-    assert words == model_words(BEATS)
+    words, sizes, done = run_words(port, len(BEATS))
+    assert words == model_words(BEATS) and done == len(BEATS)
+    assert sizes == [30, 3 * (len(BEATS) - 10)]
+
+
+def test_bridge_codes_format():
+    """CODES sends the low CODE_BITS of each column field, a byte per word here."""
+    port = SimPort()
+    for payload in encode_loads(BEATS, INFO):
+        exchange(port, FrameType.LOAD, payload)
+    words, sizes, done = run_words(port, len(BEATS), OutputFormat.CODES)
+    field, mask = OUT_BITS // COLS, (1 << CODE_BITS) - 1
+    expected = [sum(((w >> c * field) & mask) << c * field for c in range(COLS)) for w in model_words(BEATS)]
+    assert words == expected and sizes == [len(BEATS)] and done == len(BEATS)
+
+
+def test_bridge_run_asks_for_other_counts():
+    """Words beyond those asked for are dropped; asked-for words the engine never returns are
+    padded with zeros; DONE counts what the engine returned either way."""
+    port = SimPort(stall=False)
+    for payload in encode_loads(BEATS[:5], INFO):
+        exchange(port, FrameType.LOAD, payload)
+    assert run_words(port, 3) == (model_words(BEATS[:3]), [9], 5)
+    assert run_words(port, 7) == (model_words(BEATS[:5]) + [0, 0], [21], 5)
+    assert run_words(port, 0) == ([], [], 5)
 
 
 def test_bridge_run_without_beats():
     port = SimPort(stall=False)
-    frame = exchange(port, FrameType.RUN)
-    assert (frame.type, frame.payload) == (FrameType.DONE, bytes(4))
+    assert run_words(port, 0) == ([], [], 0)
+
+
+def frame_bytes(ftype, payload):
+    return encode_frame(ftype, bytes(payload))
 
 
 @pytest.mark.parametrize("frame, code", [
-    pytest.param(encode_frame(FrameType.LOAD, bytes(8))[:-1] + b"\x00", NackCode.CRC,
-                 id="checksum"),
-    pytest.param(encode_frame(FrameType.LOAD, bytes(6)), NackCode.LENGTH, id="not-whole-beats"),
-    pytest.param(encode_frame(FrameType.LOAD, bytes(36)), NackCode.LENGTH, id="over-max"),
-    pytest.param(encode_frame(FrameType.PING, b"\x01"), NackCode.LENGTH, id="ping-payload"),
-    pytest.param(encode_frame(0x42, b"\xa5\x00\x00"), NackCode.TYPE, id="unknown-type"),
-    pytest.param(encode_frame(FrameType.LOAD, bytes(8))[:7], NackCode.TIMEOUT, id="truncated"),
+    pytest.param(frame_bytes(FrameType.LOAD, [1, 0, 1, 2])[:-1] + b"\x00", NackCode.CRC, id="checksum"),
+    pytest.param(frame_bytes(FrameType.LOAD, [1, 0, 1, 2, 3]), NackCode.LENGTH, id="not-whole-words"),
+    pytest.param(frame_bytes(FrameType.LOAD, [1, 0]), NackCode.LENGTH, id="no-words"),
+    pytest.param(frame_bytes(FrameType.LOAD, [0] * 36), NackCode.LENGTH, id="over-max"),
+    pytest.param(frame_bytes(FrameType.LOAD, [2, 0, 1, 2]), NackCode.TARGET, id="absent-target"),
+    pytest.param(frame_bytes(FrameType.LOAD, [7, 0, 1]), NackCode.TARGET, id="unknown-target"),
+    pytest.param(frame_bytes(FrameType.RUN, [1, 0, 0, 0]), NackCode.LENGTH, id="run-short"),
+    pytest.param(frame_bytes(FrameType.RUN, [1, 0, 0, 0, 2]), NackCode.LENGTH, id="run-format"),
+    pytest.param(frame_bytes(FrameType.PING, [1]), NackCode.LENGTH, id="ping-payload"),
+    pytest.param(frame_bytes(0x42, [0xA5, 0, 0]), NackCode.TYPE, id="unknown-type"),
+    pytest.param(frame_bytes(FrameType.LOAD, [0] * 8)[:7], NackCode.TIMEOUT, id="truncated"),
 ])
 def test_bridge_error_then_recovery(frame, code):
     """A bad frame is NACKed with its code, reaches nothing, and the next frame works."""
@@ -362,8 +405,7 @@ def test_bridge_error_then_recovery(frame, code):
     got = read_frame(port.read)
     assert (got.type, got.payload) == nack(code, frame[1])
     assert port.beats == []
-    info = LinkInfo(1, ADDR_BITS, DATA_BITS, OUT_BITS, 3, 3, 5, 32)
-    got = exchange(port, FrameType.LOAD, encode_beats(BEATS[:2], info))
+    got = exchange(port, FrameType.LOAD, encode_loads(BEATS[:2], INFO)[0])
     assert got.type == FrameType.ACK and port.beats == BEATS[:2]
 
 
@@ -377,12 +419,19 @@ def test_bridge_framing_error():
     assert exchange(port, FrameType.PING).type == FrameType.INFO
 
 
+WIDTHS = (8, 16, 0, 0, 0, 8)
+
+
 @pytest.mark.parametrize("args, kwargs, message", [
-    ((0, 8, 8, 1, 1), {}, r"Address width must be an integer in 1\.\.65535, not 0"),
-    ((8, 8, 8, 1, 70000), {}, r"Column count must be an integer in 1\.\.65535, not 70000"),
-    ((8, 16, 8, 1, 1), {"max_payload": 3},
-     r"Maximum payload must be an integer in 4\.\.65535, not 3"),
-    ((8, 16, 8, 1, 1), {"timeout_cycles": 0},
+    ((0, WIDTHS, 8, 1, 1), {}, r"Address width must be an integer in 1\.\.65535, not 0"),
+    ((8, WIDTHS[:5], 8, 1, 1), {}, r"Target widths must be 6 numbers"),
+    ((8, (0,) * 6, 8, 1, 1), {}, r"Target widths must name at least one target"),
+    ((8, WIDTHS, 8, 1, 70000), {}, r"Column count must be an integer in 1\.\.65535, not 70000"),
+    ((8, WIDTHS, 10, 1, 4), {}, r"Output word width 10 must be whole fields of 4 columns"),
+    ((8, WIDTHS, 8, 1, 2), {"code_bits": 5}, r"Code width must be an integer in 0\.\.4, not 5"),
+    ((8, WIDTHS, 8, 1, 1), {"max_payload": 3},
+     r"Maximum payload must be an integer in 5\.\.65535, not 3"),
+    ((8, WIDTHS, 8, 1, 1), {"timeout_cycles": 0},
      r"Timeout must be a positive number of cycles, not 0"),
 ])
 def test_bridge_parameter_errors(args, kwargs, message):
@@ -416,14 +465,22 @@ def test_frame_round_trip_and_errors():
         decode_frame(frame + b"\x00")
 
 
-def test_beats_and_words():
-    info = LinkInfo(1, 10, 9, 20, 3, 4, 4, 17)
-    assert info.beat_bytes == 5
-    assert encode_beats([(1, 0x2FF, 0x123)], info) == bytes([1, 0xFF, 0x02, 0x23, 0x01])
-    assert [len(p) for p in split_payloads(bytes(5 * 7), info)] == [15, 15, 5]
+def test_loads_and_words():
+    info = LinkInfo(2, 10, 20, 3, 4, 9, 3, (9, 16, 0, 0, 0, 4))
+    assert info.addr_bytes == 2 and info.out_bytes() == 3 and info.out_bytes(OutputFormat.CODES) == 2
+    assert encode_loads([(0, 0x2FF, 0x123)], info) == [bytes([0, 0xFF, 0x02, 0x23, 0x01])]
+    beats = [(1, 5 + i, i) for i in range(4)] + [(5, 9, 1), (5, 7, 2)]
+    assert encode_loads(beats, info) == [bytes([1, 5, 0, 0, 0, 1, 0, 2, 0]), bytes([1, 8, 0, 3, 0]),
+                                         bytes([5, 9, 0, 1]), bytes([5, 7, 0, 2])]
     assert decode_words(bytes([1, 2, 3, 4, 5, 6]), info) == [0x030201, 0x060504]
+    assert decode_words(bytes([0b11_010_001, 0b0000_1_110]), info, OutputFormat.CODES) == [
+        1 | 2 << 5 | 3 << 10 | 7 << 15]
     with pytest.raises(ValueError, match=r"Load beat 1: address 1024 does not fit in 10 bits"):
-        encode_beats([(0, 0, 0), (0, 1024, 0)], info)
+        encode_loads([(0, 0, 0), (0, 1024, 0)], info)
+    with pytest.raises(ValueError, match=r"Load beat 0: target 2 is not a target of this engine"):
+        encode_loads([(2, 0, 0)], info)
+    with pytest.raises(ValueError, match=r"Load beat 0: data 16 does not fit in 4 bits"):
+        encode_loads([(5, 0, 16)], info)
     with pytest.raises(FrameError, match=r"not a multiple of the 3-byte word"):
         decode_words(bytes(4), info)
 
@@ -453,8 +510,10 @@ def test_host_end_to_end_bytes():
     host.load(BEATS)
     assert port.beats == BEATS
     assert host.run(len(BEATS)) == model_words(BEATS)
-    with pytest.raises(LinkError, match=r"RUN ended after 20 received words .* expected 21"):
+    with pytest.raises(LinkError, match=rf"the engine returned {len(BEATS)} output words, expected "
+                                        rf"{len(BEATS) + 1}: the loaded model does not match"):
         host.run(len(BEATS) + 1)
+    assert host.run(len(BEATS), OutputFormat.CODES) == run_words(port, len(BEATS), OutputFormat.CODES)[0]
 
 
 def test_host_end_to_end_uart():
