@@ -11,7 +11,8 @@ engine time together, the host's own time and USB latency left out. Every logit 
 compared with the integer reference (exit 1 on a difference).
 
 Per board it reports the clock (the board's default) and baud rate, loading the resident
-constants (bytes, requests, ms), and per image: bytes to and from the device, requests
+constants (bytes, requests; simulated a byte per cycle, its ms computed as bytes x 10 /
+baud), and per image: bytes to and from the device, requests
 (LOAD and RUN frames, each answered before the next), device ms and images per second;
 ``with latency``: the same plus ``--round-trip-ms`` per request (a USB-serial bridge
 answers in about 1 ms at best: FTDI's latency timer set to 1 ms).
@@ -71,7 +72,7 @@ def measure(board_name: str, model_path: Path, model, images: np.ndarray, build_
         "board": board.name, "rows": params.rows, "cols": params.cols, "resident": engine.resident,
         "clock_mhz": board.default_mhz, "baud": baud, "byte_cycles": byte_cycles,
         "max_payload": LINK_PAYLOAD[board.family],
-        "loading": {**loading, "ms": round(loading["cycles"] / clk_hz * 1e3, 2)},
+        "loading": {**loading, "line_ms": round(loading["bytes_to_device"] * 10 / baud * 1e3, 2)},
         "per_image": {"bytes_to_device": run["bytes_to_device"] / n, "bytes_from_device": run["bytes_from_device"] / n,
                       "requests": requests, "cycles": run["cycles"] / n, "ms": round(image_s * 1e3, 2)},
         "images_per_second": round(1 / image_s, 1),
@@ -90,10 +91,11 @@ def table(results: list[dict], round_trip_ms: float) -> str:
     for r in results:
         p, load = r["per_image"], r["loading"]
         with_latency = 1e3 / (p["ms"] + p["requests"] * round_trip_ms)
-        loads = f"{load['bytes_to_device']:,} B, {load['requests']} requests, {load['ms']:.0f} ms" \
-            if r["resident"] else "- (per image)"
+        loads = f"{load['bytes_to_device']:,} B, {load['requests']} requests, {load['line_ms']:.0f} ms" \
+            if r["resident"] != "none" else "-"
         lines.append("| " + " | ".join([
-            r["board"], f"{r['rows']}x{r['cols']}{' resident' if r['resident'] else ''}", f"{r['clock_mhz']:g} MHz",
+            r["board"], f"{r['rows']}x{r['cols']}, " + {"none": "layer by layer", "weights": "weights resident",
+                                                     "all": "all resident"}[r["resident"]], f"{r['clock_mhz']:g} MHz",
             f"{r['baud'] / 1e6:g} M", loads, f"{p['bytes_to_device']:,.0f} / {p['bytes_from_device']:,.0f}",
             f"{p['requests']:g}", f"{p['ms']:.1f}", f"{r['images_per_second']:.1f}", f"{with_latency:.1f}"]) + " |")
     return "\n".join(lines)

@@ -66,6 +66,8 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     ``out/report.json``); raises :class:`boards.build.BuildError` when a tool fails."""
     from compiler import format as model_format
 
+    from hw.residency import DESCRIPTION
+
     from .build import build, write_json
     from .top import accelerator_top
 
@@ -73,7 +75,7 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     engine = factory.engine
     out = Path(out or Path("build") / board.name)
     print(f"building a {engine.params.rows} x {engine.params.cols} engine "
-          f"({'resident' if engine.resident else 'one layer at a time'}) for {board.name} ({board.device})...",
+          f"({DESCRIPTION[engine.resident]}) for {board.name} ({board.device})...",
           file=sys.stderr, flush=True)
     result = build(factory, board, mhz, out).to_dict()
     attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]

@@ -1,8 +1,9 @@
 """Host runtime: a compiled model on a board (or a simulated one) over the link.
 
-:class:`BoardRunner` loads what the engine keeps (every layer's constants when the engine
-is resident), then classifies images: each convolution runs on the board (configuration
-and input activations over the link, output words back), every host-side node (input
+:class:`BoardRunner` loads what the engine keeps for every layer (its weights, or all its
+constants, by the engine's residency), then classifies images: each convolution runs on
+the board (configuration, the constants not kept and the input activations over the link,
+output words back), every host-side node (input
 table, residual additions, activations, pooling) in the integer reference, exactly as
 :func:`hw.program.model_jobs` lays out. Results are the integer logits, so they can be
 compared image for image with ``compiler.reference.predict``.
@@ -50,11 +51,12 @@ class RunResult:
 class BoardRunner:
     """Runs ``model`` on the engine of ``params`` behind ``host`` (a :class:`LinkHost`).
 
-    The device's INFO must match ``params`` (widths, rows, cols): otherwise the board runs
-    another build, and a :class:`LinkError` says to build and flash this one.
+    ``resident`` (``"none"``, ``"weights"``, ``"all"``) is the residency ``params`` were sized
+    for. The device's INFO must match ``params`` (widths, rows, cols): otherwise the board
+    runs another build, and a :class:`LinkError` says to build and flash this one.
     """
 
-    def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: bool):
+    def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: str):
         info = host.info
         expected = (params.addr_bits, params.target_bits, params.cols * params.out_bits, params.code_bits,
                     params.rows, params.cols)
@@ -68,9 +70,9 @@ class BoardRunner:
         self.loaded = False
 
     def load_constants(self) -> None:
-        """Send every layer's constants (resident engines; a no-op otherwise)."""
-        if self.resident and not self.loaded:
-            self.host.load(resident_beats(self.model, self.params))
+        """Send what the engine keeps of every layer (once; nothing for ``"none"``)."""
+        if self.resident != "none" and not self.loaded:
+            self.host.load(resident_beats(self.model, self.params, self.resident))
         self.loaded = True
 
     def logits(self, image: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@
 - :func:`engine_for_board`: the engine for a model on a board: the largest array of
   :data:`ARRAYS` that passes :func:`boards.fit.check_fit`, with every layer's constants
   resident where they fit (then an image needs only activations over the link), else
-  one layer's at a time; an error naming the resource and the part when none fits.
+  every layer's weights, else one layer's at a time; an error naming the resource and the
+  part when none fits.
 - :func:`accelerator_top`: the factory ``(platform, clk_hz) -> AcceleratorTop`` that
   ``lcq build`` hands to :func:`boards.build.build`.
 """
@@ -39,24 +40,26 @@ ARRAYS = ((16, 16), (8, 16), (8, 8), (4, 8), (4, 4), (2, 4), (2, 2), (1, 2), (1,
 
 @dataclass(frozen=True)
 class BoardEngine:
-    """The engine chosen for a model on a board; ``resident``: it keeps every layer's constants."""
+    """The engine chosen for a model on a board; ``resident``: what it keeps of every layer
+    (:data:`hw.residency.RESIDENCY`)."""
 
     params: EngineParams
-    resident: bool
+    resident: str
     estimate: dict
 
 
 def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None,
                      cols: int | None = None) -> BoardEngine:
     """The engine for ``model`` on ``board``: ``rows`` x ``cols`` (each defaulting to the sizes of
-    :data:`ARRAYS`), largest array first, resident constants before one layer at a time, the
-    first that :func:`boards.fit.check_fit` accepts; :class:`FitError` when none does."""
+    :data:`ARRAYS`), largest array first, then every layer's constants resident before only its
+    weights before one layer's at a time, the first that :func:`boards.fit.check_fit` accepts;
+    :class:`FitError` when none does."""
     arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
     if rows and cols and (rows, cols) not in arrays:
         arrays = [(rows, cols)]
     errors = []
     for r, c in arrays:
-        for resident in (True, False):
+        for resident in ("all", "weights", "none"):
             params = EngineParams.for_model(model, r, c, resident=resident)
             try:
                 return BoardEngine(params, resident, check_fit(board, params))

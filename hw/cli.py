@@ -1,6 +1,6 @@
 """``lcq generate`` and ``lcq sim``: the hardware verbs of the ``lcq`` command.
 
-- ``lcq generate MODEL -o engine.v [--rows R --cols C] [--resident]`` writes the layer
+- ``lcq generate MODEL -o engine.v [--rows R --cols C] [--resident none|weights|all]`` writes the layer
   engine's Verilog sized for MODEL, and ``engine.json`` beside it (the parameters, port
   widths and buffer sizes).
 - ``lcq sim MODEL [--layer N] [--simulator icarus|verilator] [--images N] [--json]`` runs
@@ -21,6 +21,8 @@ import numpy as np
 
 from compiler import format as model_format
 
+from .residency import RESIDENCY
+
 DEFAULT_ROWS = DEFAULT_COLS = 8
 
 
@@ -36,8 +38,8 @@ def add_parsers(sub) -> dict:
     p = sub.add_parser("generate", help="write the layer engine's Verilog for a compiled model", formatter_class=fmt)
     array_args(p)
     p.add_argument("-o", "--output", metavar="FILE", default="build/engine.v", help="Verilog file to write")
-    p.add_argument("--resident", action="store_true",
-                   help="size buffers to hold every layer's weights, tables and stage constants at once")
+    p.add_argument("--resident", choices=RESIDENCY, default="none",
+                   help="size buffers to hold every layer's weights, or all its constants, at once")
 
     p = sub.add_parser("sim", help="run the generated Verilog in cocotb against the integer reference",
                        formatter_class=fmt)
@@ -60,7 +62,7 @@ def add_parsers(sub) -> dict:
 def _params(args, model):
     from .engine_params import EngineParams
 
-    return EngineParams.for_model(model, args.rows, args.cols, resident=getattr(args, "resident", False))
+    return EngineParams.for_model(model, args.rows, args.cols, resident=getattr(args, "resident", "none"))
 
 
 def cmd_generate(args) -> int:

@@ -17,6 +17,7 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .pe import PRODUCT_BITS
 from .requantize import bias_bits, max_shift, multiplier_bits, out_bits
+from .residency import check_residency
 from .thresholds import threshold_bits
 
 # Load targets (``load_target``) and configuration registers (``load_addr`` of a CONFIG beat).
@@ -186,17 +187,21 @@ class EngineParams:
     # Sizing.
 
     @classmethod
-    def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: bool = False) -> EngineParams:
+    def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: str = "none") -> EngineParams:
         """The smallest engine that runs every convolution of ``model`` on a ``rows`` x ``cols`` array.
 
-        ``resident``: buffers hold every layer's weights, tables and stage constants at once
-        (load them once, then only activations per image); otherwise one layer's at a time.
+        ``resident`` (one of :data:`hw.residency.RESIDENCY`): what the buffers hold for every layer at once,
+        loaded once before the images: ``"all"`` constants (then an image needs only
+        configuration and activations), ``"weights"`` (product tables and stage constants
+        still go with each layer), or ``"none"`` (one layer's constants at a time).
         """
+        check_residency(resident)
         convs = model.convs
         if not convs:
             raise ValueError("the model has no convolution or linear layer to run")
         need = [layer_needs(n, rows, cols) for n in convs]
-        total = sum if resident else max
+        weights_total = sum if resident != "none" else max
+        total = sum if resident == "all" else max
         thresholds = [n.stage for n in convs if isinstance(n.stage, Thresholds)]
         requant = [n for n in convs if isinstance(n.stage, Requantize)]
         shape = None
@@ -216,7 +221,7 @@ class EngineParams:
             rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
             multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
             code_bits=code_bits, requantize=shape, threshold_width=width,
-            act_depth=max(x["act"] for x in need), weight_depth=total(x["weight"] for x in need),
+            act_depth=max(x["act"] for x in need), weight_depth=weights_total(x["weight"] for x in need),
             table_depth=total(x["table"] for x in need), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
 

@@ -5,9 +5,10 @@ registers in :mod:`hw.engine_params`). For one layer (:class:`~compiler.graph.Co
 :func:`config_beats` gives its configuration, :func:`constant_beats` its weights, product
 tables and output-stage constants (:func:`layer_beats`: both), :func:`act_beats` its input
 codes, :func:`output_words` how many words a run returns and :func:`decode_outputs` turns
-them into the reference's array. An engine sized ``resident`` keeps every layer's
+them into the reference's array. An engine sized ``resident="all"`` keeps every layer's
 constants (:func:`resident_beats`, at :func:`resident_bases`), so that an image needs
-only configuration and activations.
+only configuration and activations; one sized ``resident="weights"`` keeps every layer's
+weights, and an image brings each layer's product tables and stage constants.
 
 :func:`model_jobs` runs a whole model as a generator: it computes host-side nodes
 (input table, residual additions, activations, pooling) with the integer reference
@@ -29,6 +30,7 @@ from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STA
                             TABLE, THRESHOLDS, WEIGHTS, EngineParams, layer_needs)
 from .pe import A_MAX, PRODUCT_BITS, W_MAX
 from .requantize import requantize_words
+from .residency import check_residency
 from .thresholds import threshold_bits, threshold_words
 
 Beat = tuple[int, int, int]
@@ -85,18 +87,23 @@ class Bases:
     stage: int = 0
 
 
-def resident_bases(model: CompiledModel, params: EngineParams) -> dict[str, Bases]:
-    """Each layer's :class:`Bases` when every layer's constants stay in the buffers at once
-    (an engine sized with ``EngineParams.for_model(..., resident=True)``)."""
-    bases, w, t, st = {}, 0, 0, 0
+def resident_bases(model: CompiledModel, params: EngineParams, resident: str = "all") -> dict[str, Bases]:
+    """Each layer's :class:`Bases` when the constants ``resident`` names (``"weights"`` or
+    ``"all"``) of every layer stay in the buffers at once, the rest at 0 (an engine sized with
+    ``EngineParams.for_model(..., resident=resident)``)."""
+    check_residency(resident)
+    every = {"none": (), "weights": ("weight",), "all": ("weight", "table", "stage")}[resident]
+    bases, next_base = {}, {"weight": 0, "table": 0, "stage": 0}
     for node in model.convs:
-        bases[node.name] = Bases(w, t, st)
+        bases[node.name] = Bases(**{kind: next_base[kind] if kind in every else 0 for kind in next_base})
         need = layer_needs(node, params.rows, params.cols)
-        w, t, st = w + need["weight"], t + need["table"], st + need["stage"]
-    if w > params.weight_depth or t > params.table_depth or st > params.stage_depth:
-        raise ValueError(f"the model's constants ({w} weight words, {t} table entries, {st} stage slots) do not "
-                         f"fit the engine's buffers ({params.weight_depth}, {params.table_depth}, "
-                         f"{params.stage_depth}); size it with EngineParams.for_model(model, ..., resident=True)")
+        for kind in every:
+            next_base[kind] += need[kind]
+    depths = {"weight": params.weight_depth, "table": params.table_depth, "stage": params.stage_depth}
+    if any(next_base[kind] > depths[kind] for kind in every):
+        raise ValueError(f"the model's resident constants ({', '.join(f'{next_base[k]} {k} words' for k in every)}) "
+                         f"do not fit the engine's buffers ({', '.join(f'{depths[k]}' for k in every)}); size it "
+                         f"with EngineParams.for_model(model, ..., resident={resident!r})")
     return bases
 
 
@@ -174,10 +181,17 @@ def config_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -
     return [(CONFIG, i, config_values(params, node, bases)[name] & mask) for i, name in enumerate(REGISTERS)]
 
 
-def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> list[Beat]:
-    """Weights, product tables and output-stage constants of layer ``node``, at ``bases``."""
+def weight_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> list[Beat]:
+    """The weights of layer ``node``, at ``bases``."""
     check_fits(params, node)
-    beats = [(WEIGHTS, bases.weight + a, w) for a, w in enumerate(weight_words(params, node))]
+    return [(WEIGHTS, bases.weight + a, w) for a, w in enumerate(weight_words(params, node))]
+
+
+def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases(), weights: bool = True) -> list[Beat]:
+    """Weights (unless not ``weights``), product tables and output-stage constants of layer
+    ``node``, at ``bases``."""
+    check_fits(params, node)
+    beats = weight_beats(params, node, bases) if weights else []
     beats += [(TABLE, bases.table + j, v) for j, v in enumerate(table_words(params, node))]
     if node.stage is not None:
         target = REQUANTIZE if isinstance(node.stage, Requantize) else THRESHOLDS
@@ -192,11 +206,14 @@ def layer_beats(params: EngineParams, node: ConvNode) -> list[Beat]:
     return config_beats(params, node) + constant_beats(params, node)
 
 
-def resident_beats(model: CompiledModel, params: EngineParams) -> list[Beat]:
-    """Every layer's constants at its :func:`resident_bases`: load once, then run images with
-    ``model_jobs(..., resident=True)``."""
-    bases = resident_bases(model, params)
-    return [beat for node in model.convs for beat in constant_beats(params, node, bases[node.name])]
+def resident_beats(model: CompiledModel, params: EngineParams, resident: str = "all") -> list[Beat]:
+    """Every layer's ``resident`` constants (``"weights"`` or ``"all"``; none for ``"none"``) at
+    its :func:`resident_bases`: load once, then run images with ``model_jobs(..., resident=resident)``."""
+    bases = resident_bases(model, params, resident)
+    if resident == "none":
+        return []
+    beats = weight_beats if resident == "weights" else constant_beats
+    return [beat for node in model.convs for beat in beats(params, node, bases[node.name])]
 
 
 def act_beats(params: EngineParams, node: ConvNode, codes: np.ndarray) -> list[Beat]:
@@ -240,23 +257,25 @@ class Job:
 
 
 def model_jobs(model: CompiledModel, params: EngineParams, image: np.ndarray, on_engine: set[int] | None = None,
-               upto: int | None = None, resident: bool = False):
+               upto: int | None = None, resident: str = "none"):
     """Generator running ``model`` on one uint8 image ``(C, H, W)``.
 
     Convolutions whose node index is in ``on_engine`` (default: all) are yielded as
     :class:`Job`; the caller sends back the output words, which are decoded and feed the
     nodes after it. Everything else runs in the integer reference. Stops after node
-    ``upto`` (default: the last); returns the tensors (batch of one). ``resident``: the
-    engine already holds every layer's constants (:func:`resident_beats`); jobs then load
-    only configuration and activations.
+    ``upto`` (default: the last); returns the tensors (batch of one). ``resident``: what the
+    engine already holds (:func:`resident_beats`); jobs load the configuration, the other
+    constants and the activations.
     """
     images = image[None]
     reference.check_images(model, images)
-    bases = resident_bases(model, params) if resident else None
+    bases = resident_bases(model, params, resident)
     t: dict[str, np.ndarray] = {}
     for index, node in enumerate(model.nodes[:None if upto is None else upto + 1]):
         if isinstance(node, ConvNode) and (on_engine is None or index in on_engine):
-            setup = config_beats(params, node, bases[node.name]) if resident else layer_beats(params, node)
+            setup = config_beats(params, node, bases[node.name])
+            if resident != "all":
+                setup += constant_beats(params, node, bases[node.name], weights=resident == "none")
             words = yield Job(index, node, setup + act_beats(params, node, t[node.input][0]),
                               output_words(params, node))
             out = decode_outputs(params, node, words)

@@ -7,9 +7,10 @@ through :class:`SimPort`, whose ``read`` advances the simulation (cocotb's ``res
 data file (``sim.runner``) holds ``model`` (path), ``params`` (``EngineParams``
 description), ``resident``, ``images`` (uint8 nested lists), ``corrupt`` (flip a bit of the
 nth byte sent, to exercise a NACK and the host's retry; -1 for none), ``byte_cycles``
-(clock cycles per byte each way, as a UART at the board's rate takes; 1 by default) and
-``results`` (where the logits and the link traffic go: cycles, bytes each way and requests,
-for loading the resident constants and for the images).
+(clock cycles per byte each way while classifying, as a UART at the board's rate takes; 1
+by default; loading the resident constants goes a byte per cycle) and ``results`` (where
+the logits and the link traffic go: cycles, bytes each way and requests, for loading the
+resident constants and for the images).
 """
 
 from __future__ import annotations
@@ -94,8 +95,9 @@ def classify(d: dict, port: SimPort) -> dict:
     p["requantize"] = p["requantize"] and RequantizeShape(**p["requantize"])
     host = LinkHost(port)
     runner = BoardRunner(host, load(d["model"]), EngineParams(**p), d["resident"])
+    paced, port.byte_cycles = port.byte_cycles, 1
     runner.load_constants()
-    loading = port.traffic()
+    loading, port.byte_cycles = port.traffic(), paced
     result = runner.classify(np.asarray(d["images"], dtype=np.uint8))
     images = {name: value - loading[name] for name, value in port.traffic().items()}
     return {"logits": result.logits.tolist(), "loading": loading, "images": images, "retried": host.retried}
@@ -110,7 +112,7 @@ async def host_runtime_classifies(dut):
     for _ in range(2):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
-    port = SimPort(dut, d.get("corrupt", -1), d.get("byte_cycles", 1))
+    port = SimPort(dut, d.get("corrupt", -1), d.get("byte_cycles", 1))  # paced from the first image on
     cocotb.start_soon(port.pump())
     out = await bridge(classify)(d, port)
     with open(d["results"], "w") as f:

@@ -7,8 +7,8 @@ the work, either
 
 - ``jobs``: ``[{"index", "beats": [[target, addr, data], ...], "out_words"}]``, or
 - ``model``: ``{"path", "images" (uint8 nested lists), "on_engine" (node indices or
-  null for all), "upto" (last node or null), "resident" (load every layer's constants
-  once first)}``: the model runs image by image through :func:`hw.program.model_jobs`,
+  null for all), "upto" (last node or null), "resident" (what to load for every
+  layer once first: "none", "weights" or "all" constants)}``: the model runs image by image through :func:`hw.program.model_jobs`,
   the engine's outputs feeding the nodes after them.
 
 For every layer run the results hold ``index``, ``cycles`` (from the clock edge that
@@ -126,9 +126,8 @@ async def engine_runs(dut):
         p["requantize"] = p["requantize"] and RequantizeShape(**p["requantize"])
         params = EngineParams(**p)
         on_engine = None if spec["on_engine"] is None else set(spec["on_engine"])
-        resident = spec.get("resident", False)
-        if resident:
-            await engine.load(resident_beats(model, params))
+        resident = spec.get("resident", "none")
+        await engine.load(resident_beats(model, params, resident))
         for image in spec["images"]:
             steps = model_jobs(model, params, np.asarray(image, dtype=np.uint8), on_engine, spec["upto"], resident)
             per_image = []

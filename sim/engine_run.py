@@ -126,11 +126,12 @@ def simulate_jobs(built: Build, params: EngineParams, jobs: list[Job], expected:
 
 
 def simulate_model(built: Build, params: EngineParams, model_path, model: CompiledModel, images: np.ndarray,
-                   test_dir, *, on_engine: set[int] | None = None, upto: int | None = None, resident: bool = False,
+                   test_dir, *, on_engine: set[int] | None = None, upto: int | None = None, resident: str = "none",
                    stall: float = 0.0, backpressure: float = 0.0, seed: int = 0) -> SimReport:
     """Run ``images`` (uint8 ``(N, C, H, W)``) through ``model`` with the convolutions in ``on_engine``
     (node indices; default all) on the engine, up to node ``upto``; compare with the reference.
-    ``resident``: the engine (sized so) is loaded with every layer's constants once, before the images."""
+    ``resident``: the engine (sized so) is loaded with every layer's weights (``"weights"``) or constants
+    (``"all"``) once, before the images."""
     reference.check_images(model, images)
     work = {"model": {"path": str(Path(model_path).resolve()), "images": images.tolist(),
                       "on_engine": None if on_engine is None else sorted(on_engine), "upto": upto,

@@ -34,7 +34,7 @@ def digits_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("resident, corrupt, byte_cycles",
-                         [(True, 1_000, 3), pytest.param(False, -1, 1, marks=pytest.mark.slow)],
+                         [("all", 1_000, 3), pytest.param("none", -1, 1, marks=pytest.mark.slow)],
                          ids=["resident-corrupted-byte", "layer-by-layer"])
 def test_host_runtime_on_simulated_board_equals_reference(resident, corrupt, byte_cycles, tmp_path):
     """Resident constants (one byte of them corrupted on the way in: the bridge NACKs the
@@ -49,7 +49,7 @@ def test_host_runtime_on_simulated_board_equals_reference(resident, corrupt, byt
     model = load(DIGITS)
     params = EngineParams.for_model(model, 2, 4, resident=resident)
     images, labels = digits_test_images(3)
-    build_dir = BUILD_ROOT / f"verilator-board-digits-2x4-{'resident' if resident else 'layers'}"
+    build_dir = BUILD_ROOT / f"verilator-board-digits-2x4-{resident}"
     source = verilog_of(AcceleratorCore(params, timeout_cycles=2_000), "board", build_dir)
     built = build("verilator", [source], "board", build_dir)
     results = tmp_path / "results.json"

@@ -207,11 +207,12 @@ def test_fit_errors_name_the_resource_and_part():
 
 
 def test_engine_for_board_prefers_large_arrays_then_resident_constants():
+    """On the UP5K every layer's weights fit SPRAM, but not every product table the block RAM."""
     model = load(DIGITS)
     small = engine_for_board(model, get_board("icebreaker"))
-    assert (small.params.rows, small.params.cols, small.resident) == (2, 2, False)
+    assert (small.params.rows, small.params.cols, small.resident) == (2, 2, "weights")
     big = engine_for_board(model, get_board("ulx3s-85f"))
-    assert big.resident and big.params.rows * big.params.cols > 16
+    assert big.resident == "all" and big.params.rows * big.params.cols > 16
     assert engine_for_board(model, get_board("ulx3s-85f"), 2, 2).params.cols == 2
 
 
@@ -350,7 +351,7 @@ def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
                  "--report", str(tmp_path / "none.json")]) == 2
     assert "no build report" in capsys.readouterr().err
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": False}}))
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent", "--images", "2",
                  "--report", str(report)]) == 1
     assert "cannot open serial port '/dev/nonexistent' at 3000000 baud" in capsys.readouterr().err

@@ -61,13 +61,29 @@ def test_outputs_decode_signed_fields_per_channel_tile():
 
 
 def test_resident_layout_and_fit_errors():
-    params = EngineParams.for_model(RESNET20, 8, 8, resident=True)
+    params = EngineParams.for_model(RESNET20, 8, 8, resident="all")
     bases = resident_bases(RESNET20, params)
     assert bases[RESNET20.convs[0].name].weight == 0
     assert sorted(b.weight for b in bases.values()) == [b.weight for b in bases.values()]
+    assert sorted(b.stage for b in bases.values()) == [b.stage for b in bases.values()]
     assert sum(1 for t, _, _ in resident_beats(RESNET20, params) if t == WEIGHTS) == params.weight_depth
     with pytest.raises(ValueError, match="do not fit the engine's buffers"):
         resident_bases(RESNET20, EngineParams.for_model(RESNET20, 8, 8))
+    with pytest.raises(ValueError, match=r"Residency must be one of 'none', 'weights', 'all', not True"):
+        EngineParams.for_model(RESNET20, 8, 8, resident=True)
+
+
+def test_weights_resident_layout():
+    """Weights at running bases, loaded once; tables and stage constants at 0, sent with each layer."""
+    params = EngineParams.for_model(RESNET20, 8, 8, resident="weights")
+    alone = EngineParams.for_model(RESNET20, 8, 8)
+    assert params.weight_depth == EngineParams.for_model(RESNET20, 8, 8, resident="all").weight_depth
+    assert (params.table_depth, params.stage_depth) == (alone.table_depth, alone.stage_depth)
+    bases = resident_bases(RESNET20, params, "weights")
+    assert all(b.table == b.stage == 0 for b in bases.values())
+    loaded = resident_beats(RESNET20, params, "weights")
+    assert {t for t, _, _ in loaded} == {WEIGHTS} and len(loaded) == params.weight_depth
+    assert resident_beats(RESNET20, params, "none") == []
     small = EngineParams.for_model(load(DATA / "digits-cnn-lcq-w3a3.lcq"), 8, 8)
     with pytest.raises(ValueError, match=r"layer 'conv1' does not fit the engine: .*act_depth .*"
                                          r"Generate the engine for this model"):

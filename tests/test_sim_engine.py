@@ -83,7 +83,7 @@ def test_random_layers_of_every_bit_width_with_stalls_and_edge_tiles(sim, tmp_pa
     assert len(report.layers) == len(cases) and all(r.cycles > 0 for r in report.layers)
 
 
-def simulate_digits(sim: str, rows: int, cols: int, n_images: int, seed: int, *, resident: bool = False,
+def simulate_digits(sim: str, rows: int, cols: int, n_images: int, seed: int, *, resident: str = "none",
                     stall: float = 0.0, backpressure: float = 0.0):
     """The trained digits CNN, every layer on a ``rows`` x ``cols`` engine, on random images: exact,
     every layer reported, no layer faster than the MACs / (R*C) bound."""
@@ -91,7 +91,7 @@ def simulate_digits(sim: str, rows: int, cols: int, n_images: int, seed: int, *,
     model = load(DIGITS)
     params = EngineParams.for_model(model, rows, cols, resident=resident)
     images = np.random.default_rng(seed).integers(0, 256, (n_images, *model.input.shape), dtype=np.uint8)
-    build_dir = BUILD_ROOT / f"{sim}-engine-digits-{rows}x{cols}{'-resident' if resident else ''}"
+    build_dir = BUILD_ROOT / f"{sim}-engine-digits-{rows}x{cols}-{resident}"
     report = simulate_model(engine_build(sim, params, build_dir), params, DIGITS, model, images, build_dir / "run",
                             resident=resident, stall=stall, backpressure=backpressure, seed=seed)
     assert_exact(report)
@@ -107,7 +107,13 @@ def test_trained_digits_cnn_whole_model_on_the_engine(sim):
 @pytest.mark.parametrize("sim", SIMULATORS)
 def test_digits_cnn_with_resident_constants_two_images(sim):
     """Every layer's constants loaded once, then two images with only configuration and activations."""
-    simulate_digits(sim, 2, 8, 2, seed=6, resident=True)
+    simulate_digits(sim, 2, 8, 2, seed=6, resident="all")
+
+
+@pytest.mark.parametrize("sim", SIMULATORS)
+def test_digits_cnn_with_resident_weights_two_images(sim):
+    """Every layer's weights loaded once, then two images, each layer bringing its tables and stage constants."""
+    simulate_digits(sim, 2, 4, 2, seed=7, resident="weights", stall=0.2)
 
 
 RESNET20_LAYERS = ("blocks.3.shortcut", "blocks.6.shortcut", "fc")
