@@ -188,9 +188,9 @@ def test_ram_blocks_pick_the_best_aspect_ratio():
 
 
 def test_fit_estimate_of_the_digits_cnn_matches_its_icebreaker_build():
-    """The 2 x 2 engine of the digits CNN, one layer at a time, built for the iCEBreaker: 30 of
-    30 EBR, 1 SPRAM, 8 of 8 DSP, 4,512 LUT4s (build report of `lcq build`)."""
-    params = EngineParams.for_model(load(DIGITS), 2, 2)
+    """The 2 x 2 engine of the digits CNN, every layer's weights resident, built for the
+    iCEBreaker: 30 of 30 EBR, 1 SPRAM, 8 of 8 DSP, 4,512 LUT4s (build report of `lcq build`)."""
+    params = EngineParams.for_model(load(DIGITS), 2, 2, resident="weights")
     use = estimate(get_board("icebreaker"), params)
     assert use["EBR"] == 30 and use["SPRAM"] == 1 and use["DSP"] == 8
     assert abs(use["LUT4"] - 4512) < 0.1 * 4512
