@@ -73,7 +73,8 @@ def _ecp5(name, platform, device, luts, ebr, dsp, plls, **kw):
     return Board(name, platform, "ecp5", device, res, **kw)
 
 
-_ULX3S = dict(osc_hz=25e6, default_mhz=50.0, uart_bridge="FT231X", uart_max_baud=3_000_000,
+# 45 MHz: the ECP5 PLL makes it from 25 MHz, and 15 cycles per bit give 3 Mbaud exactly.
+_ULX3S = dict(osc_hz=25e6, default_mhz=45.0, uart_bridge="FT231X", uart_max_baud=3_000_000,
               programmer="openFPGALoader", uart_note="FT231X USB-serial on the US1 port")
 
 BOARDS = {b.name: b for b in [

@@ -141,19 +141,30 @@ def cmd_run(args) -> int:
 
 
 def closing_frequency(board, fmax_mhz: float) -> float:
-    """The fastest PLL frequency (in 0.25 MHz steps) at most 97% of ``fmax_mhz`` that the board's PLL makes."""
+    """The PLL frequency (in 0.25 MHz steps, at most 97% of ``fmax_mhz``, that the board's PLL
+    makes) with the fastest host link (:func:`boards.boards.uart_baud`), the fastest of those:
+    the link, not the clock, bounds images per second. Frequencies below 80% of the fastest
+    one are not considered."""
+    from .boards import uart_baud
     from .clock import pll_plan
 
-    mhz = int(fmax_mhz * 0.97 * 4) / 4
-    while mhz > 1:
+    top = int(fmax_mhz * 0.97 * 4) / 4
+    best = None
+    for step in range(int(top * 4), 3, -1):
+        mhz = step / 4
+        if best is not None and mhz < 0.8 * best[1]:
+            break
         try:
-            plan = pll_plan(board, mhz)
-            if plan.achieved_hz / 1e6 <= fmax_mhz:
-                return mhz
+            if pll_plan(board, mhz).achieved_hz / 1e6 > fmax_mhz:
+                continue
+            baud = uart_baud(board, mhz * 1e6)
         except ValueError:
-            pass
-        mhz -= 0.25
-    raise ValueError(f"no PLL frequency below {fmax_mhz} MHz on {board.name}")
+            continue
+        if best is None or baud > best[0]:
+            best = (baud, mhz)
+    if best is None:
+        raise ValueError(f"no PLL frequency below {fmax_mhz} MHz on {board.name}")
+    return best[1]
 
 
 def cmd_flash(args) -> int:

@@ -355,3 +355,16 @@ def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent", "--images", "2",
                  "--report", str(report)]) == 1
     assert "cannot open serial port '/dev/nonexistent' at 3000000 baud" in capsys.readouterr().err
+
+
+def test_retry_clock_prefers_the_fastest_link():
+    """Below a missed Fmax, the clock that keeps the board's fastest baud rate wins over a
+    slightly faster one that would drop the link to a slower rate."""
+    from boards.cli import closing_frequency
+
+    board = get_board("ulx3s-85f")
+    mhz = closing_frequency(board, 46.94)
+    assert mhz <= 0.97 * 46.94 and uart_baud(board, mhz * 1e6) == 3_000_000
+    assert uart_baud(board, 45.5e6) < 3_000_000        # the fastest 0.25 MHz step below 97% of Fmax
+    with pytest.raises(ValueError, match="no PLL frequency below 12.3 MHz on icebreaker"):
+        closing_frequency(get_board("icebreaker"), 12.3)
