@@ -3,8 +3,8 @@
 :class:`BoardRunner` loads what the engine keeps for every layer (its weights, or all its
 constants, by the engine's residency), then classifies images: each convolution runs on
 the board (configuration, the constants not kept and the input activations over the link,
-output words back), every host-side node (input
-table, residual additions, activations, pooling) in the integer reference, exactly as
+output words back; codes only for thresholded layers), every host-side node (input table,
+residual additions, activations, pooling) in the integer reference, exactly as
 :func:`hw.program.model_jobs` lays out. Results are the integer logits, so they can be
 compared image for image with ``compiler.reference.predict``.
 """
@@ -63,9 +63,8 @@ class BoardRunner:
         got = (info.addr_bits, info.target_bits, info.out_bits, info.code_bits, info.rows, info.cols)
         if got != expected:
             raise LinkError(f"the board's engine (address bits, target bits, output bits, code bits, rows, cols "
-                            f"= {got}) is not the one "
-                            f"built for this model ({expected}): build and flash it with `lcq build MODEL --board "
-                            f"NAME` and `lcq flash --board NAME`")
+                            f"= {got}) is not the one built for this model ({expected}): build and flash it "
+                            f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
         self.host, self.model, self.params, self.resident = host, model, params, resident
         self.loaded = False
 

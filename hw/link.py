@@ -54,8 +54,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from boards.protocol import (CRC_INIT, CRC_POLY, DONE_FORMAT, INFO_FORMAT, PROTOCOL_VERSION,
-                             RUN_FORMAT, SYNC, TARGET_BITS, TARGETS, FrameType, NackCode,
-                             OutputFormat)
+                             RUN_FORMAT, SYNC, TARGET_BITS, TARGETS, FrameType, LinkInfo,
+                             NackCode, OutputFormat)
 from hw.uart import RX_LAYOUT
 
 INFO_BYTES = struct.calcsize(INFO_FORMAT)
@@ -145,9 +145,8 @@ class LinkBridge(wiring.Component):
 
     def info_payload(self) -> bytes:
         """The bytes of the INFO reply."""
-        return struct.pack(INFO_FORMAT, PROTOCOL_VERSION, self._addr_bits, self._out_bits,
-                           self._rows, self._cols, self._max_payload, self._code_bits,
-                           *self._target_bits)
+        return LinkInfo(PROTOCOL_VERSION, self._addr_bits, self._out_bits, self._rows, self._cols,
+                        self._max_payload, self._code_bits, self._target_bits).encode()
 
     def elaborate(self, platform):
         m = Module()
