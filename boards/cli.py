@@ -120,7 +120,8 @@ def cmd_run(args) -> int:
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
     try:
         with SerialPort(args.port, baud, timeout=args.timeout) as port:
-            runner = BoardRunner(LinkHost(port), model, engine.params, engine.resident)
+            host = LinkHost(port)
+            runner = BoardRunner(host, model, engine.params, engine.resident)
             show = None if args.json else (lambda i, n: print(f"\r{i}/{n} images", end="", file=sys.stderr))
             result = runner.classify(images, labels, show)
     except LinkError as e:
@@ -129,13 +130,15 @@ def cmd_run(args) -> int:
     reference = predict(model, images).argmax(axis=1)
     out = {"board": board.name, "port": args.port, "baud": baud, "images": len(images),
            "accuracy": result.accuracy, "images_per_second": result.images_per_second,
-           "seconds": result.seconds, "equal_to_reference": int((result.predictions == reference).sum())}
+           "seconds": result.seconds, "load_seconds": result.load_seconds, "frames_resent": host.retried,
+           "equal_to_reference": int((result.predictions == reference).sum())}
     if args.json:
         print(json.dumps(out))
     else:
         print(file=sys.stderr)
         print(f"{board.name}: {out['images']} images, top-1 {out['accuracy']:.2f}%, "
-              f"{out['images_per_second']:.2f} images/s at {baud:,} baud; "
+              f"{out['images_per_second']:.2f} images/s at {baud:,} baud (constants loaded in "
+              f"{out['load_seconds']:.2f} s, {host.retried} frames resent); "
               f"{out['equal_to_reference']} of {out['images']} predictions equal the integer reference")
     return 0 if out["equal_to_reference"] == out["images"] else 1
 

@@ -12,7 +12,7 @@ compared image for image with ``compiler.reference.predict``.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,12 +26,13 @@ from .protocol import LinkError, OutputFormat
 
 @dataclass
 class RunResult:
-    """Logits ``(N, classes)``, predictions, and the link's pace."""
+    """Logits ``(N, classes)``, predictions, and the link's pace: ``seconds`` for the images,
+    ``load_seconds`` for loading the resident constants before them."""
 
     logits: np.ndarray
     seconds: float
     labels: np.ndarray | None = None
-    per_layer_words: dict[str, int] = field(default_factory=dict)
+    load_seconds: float = 0.0
 
     @property
     def predictions(self) -> np.ndarray:
@@ -92,10 +93,11 @@ class BoardRunner:
         """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``)."""
         t0 = time.perf_counter()
         self.load_constants()
+        t1 = time.perf_counter()
         out = []
         for i, image in enumerate(images):
             out.append(self.logits(image))
             if progress:
                 progress(i + 1, len(images))
         logits = np.stack(out) if out else np.zeros((0, self.model.num_classes), dtype=np.int64)
-        return RunResult(logits, time.perf_counter() - t0, labels)
+        return RunResult(logits, time.perf_counter() - t1, labels, load_seconds=t1 - t0)

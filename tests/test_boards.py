@@ -357,6 +357,48 @@ def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
     assert "cannot open serial port '/dev/nonexistent' at 3000000 baud" in capsys.readouterr().err
 
 
+def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
+    """`lcq run` end to end on the host side, with the port and the board's runner stubbed
+    (the runner itself runs against the simulated board in test_board_runtime.py)."""
+    import boards.link_host
+    import boards.runtime
+    from compiler.reference import predict
+    from lcq_train.cli import main
+
+    class Port:
+        def __init__(self, path, baud, timeout):
+            self.opened = (path, baud)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    class Runner:
+        def __init__(self, host, model, params, resident):
+            assert resident == "weights" and (params.rows, params.cols) == (2, 2)
+            self.model = model
+
+        def classify(self, images, labels, progress):
+            return boards.runtime.RunResult(predict(self.model, images), 0.5, labels, load_seconds=0.25)
+
+    monkeypatch.setattr(boards.link_host, "SerialPort", Port)
+    monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
+                 "--report", str(report), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == out["equal_to_reference"] == 5 and out["baud"] == 3_000_000
+    assert out["images_per_second"] == 10.0 and out["load_seconds"] == 0.25 and out["frames_resent"] == 0
+    assert 0 <= out["accuracy"] <= 100
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
+                 "--report", str(report)]) == 0
+    assert ("10.00 images/s at 3,000,000 baud (constants loaded in 0.25 s, 0 frames resent); 5 of 5 "
+            "predictions equal the integer reference") in capsys.readouterr().out
+
+
 def test_retry_clock_prefers_the_fastest_link():
     """Below a missed Fmax, the clock that keeps the board's fastest baud rate wins over a
     slightly faster one that would drop the link to a slower rate."""
