@@ -78,7 +78,8 @@ def cmd_generate(args) -> int:
     text = verilog.convert(engine, name="lcq_engine")
     out = Path(args.output)
     atomic_write(out, lambda f: f.write(text.encode()))
-    info = {"model": str(args.model), "top": "lcq_engine", "params": params.describe(),
+    info = {"model": str(args.model), "top": "lcq_engine", "resident": args.resident, "params": params.describe(),
+            "target_bits": list(params.target_bits),
             "ports": {"load_addr": params.addr_bits, "load_data": params.data_bits, "load_target": 3,
                       "out_data": params.cols * params.out_bits, "out_bits_per_column": params.out_bits},
             "memory_bits": params.memory_bits()}

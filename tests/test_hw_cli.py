@@ -15,10 +15,11 @@ DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
 
 def test_generate_writes_verilog_and_its_parameters(tmp_path, capsys):
     out = tmp_path / "engine.v"
-    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "2", "--cols", "3"]) == 0
+    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "2", "--cols", "3", "--resident", "weights"]) == 0
     assert "module lcq_engine(" in out.read_text()
     info = json.loads(out.with_suffix(".json").read_text())
     assert info["params"]["rows"] == 2 and info["params"]["cols"] == 3 and info["params"]["multiply"]
+    assert info["resident"] == "weights" and max(info["target_bits"]) == info["ports"]["load_data"]
     assert info["ports"]["out_data"] == 3 * info["ports"]["out_bits_per_column"]
     assert "2 x 3 PEs" in capsys.readouterr().out
 
