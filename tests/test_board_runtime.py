@@ -45,6 +45,7 @@ def test_host_runtime_on_simulated_board_equals_reference(resident, corrupt, byt
     if reason is not None:
         pytest.skip(f"verilator simulation skipped: {reason}")
     from boards.top import AcceleratorCore
+    from boards.traffic import image_traffic
 
     model = load(DIGITS)
     params = EngineParams.for_model(model, 2, 4, resident=resident)
@@ -61,3 +62,8 @@ def test_host_runtime_on_simulated_board_equals_reference(resident, corrupt, byt
     assert (got == predict(model, images)).all()
     assert len(got) == 3
     assert out["retried"] == (corrupt >= 0)
+    # The bytes and requests the simulated device exchanged are the protocol's count.
+    traffic = image_traffic(model, params, resident, max_payload=512)
+    assert out["images"]["requests"] == 3 * traffic["requests"]
+    assert out["images"]["bytes_to_device"] == 3 * traffic["bytes_to_device"]
+    assert out["images"]["bytes_from_device"] == 3 * traffic["bytes_from_device"]

@@ -1,0 +1,78 @@
+"""Bytes per image over the host link, counted from the protocol, for any model and board.
+
+No simulation: for each board (``--boards``) the model (``--model``, default the digits
+CNN and the CIFAR-10 ResNet-20 of ``tests/data``) gets the engine ``lcq build`` would choose
+(``boards.top.engine_for_board``), and ``boards.traffic.image_traffic`` counts the bytes of
+every request of one image as ``lcq run`` sends it and of every reply. It reports, per image, bytes to and from the device, requests, and the
+images per second the line alone allows (bytes x 10 / baud), the engine's time left out;
+``benchmarks/link_throughput.py`` simulates the whole device for the small models.
+
+Run:  python benchmarks/link_traffic.py [--boards ulx3s-45f,ulx3s-85f] [--model FILE ...]
+Writes benchmarks/results/link_traffic.json (or --json-out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from boards.boards import BOARDS, get_board, uart_baud
+from compiler import format as model_format
+from lcq_train.atomic import save_json
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = [ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq", ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"]
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--boards", default="icebreaker,ulx3s-45f,ulx3s-85f,orangecrab-25f",
+                        help="boards, comma-separated")
+    parser.add_argument("--model", nargs="+", default=[str(m) for m in MODELS], help="compiled models (lcq compile)")
+    parser.add_argument("--json-out", metavar="FILE",
+                        default=str(Path(__file__).resolve().parent / "results" / "link_traffic.json"))
+    args = parser.parse_args(argv)
+    boards = [b.strip() for b in args.boards.split(",") if b.strip()]
+    unknown = [b for b in boards if b not in BOARDS]
+    if unknown:
+        parser.error(f"unknown board(s) {', '.join(unknown)}; known: {', '.join(BOARDS)}")
+    from boards.fit import FitError
+    from boards.top import LINK_PAYLOAD, engine_for_board
+    from boards.traffic import image_traffic
+
+    head = ["model", "board", "engine", "baud", "loading constants", "bytes to / from device per image",
+            "requests per image", "line-bound images/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    results = []
+    for path in map(Path, args.model):
+        model = model_format.load(path)
+        for name in boards:
+            board = get_board(name)
+            try:
+                engine = engine_for_board(model, board)
+            except FitError as e:
+                results.append({"model": path.name, "board": name, "fits": False, "error": str(e)})
+                lines.append(f"| {path.name} | {name} | does not fit | | | | | |")
+                continue
+            baud = uart_baud(board, board.default_mhz * 1e6)
+            t = image_traffic(model, engine.params, engine.resident, LINK_PAYLOAD[board.family])
+            rate = baud / 10 / (t["bytes_to_device"] + t["bytes_from_device"])
+            results.append({"model": path.name, "board": name, "fits": True, "rows": engine.params.rows,
+                            "cols": engine.params.cols, "resident": engine.resident, "baud": baud,
+                            **t, "line_bound_images_per_second": round(rate, 2)})
+            load = t["loading"]
+            lines.append("| " + " | ".join([
+                path.name, name, f"{engine.params.rows}x{engine.params.cols}, {engine.resident} resident",
+                f"{baud / 1e6:g} M", f"{load['bytes_to_device']:,} B, {load['requests']} requests" if load["requests"]
+                else "-", f"{t['bytes_to_device']:,} / {t['bytes_from_device']:,}", str(t["requests"]),
+                f"{rate:.2f}"]) + " |")
+    print("\n".join(lines))
+    save_json({"benchmark": "link_traffic", "argv": sys.argv[1:], "options": vars(args),
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results}, args.json_out)
+    print(f"\nwrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
