@@ -131,6 +131,7 @@ def cmd_run(args) -> int:
     out = {"board": board.name, "port": args.port, "baud": baud, "images": len(images),
            "accuracy": result.accuracy, "images_per_second": result.images_per_second,
            "seconds": result.seconds, "load_seconds": result.load_seconds, "frames_resent": host.retried,
+           "layers_repeated": runner.repeated,
            "equal_to_reference": int((result.predictions == reference).sum())}
     if args.json:
         print(json.dumps(out))
@@ -138,7 +139,8 @@ def cmd_run(args) -> int:
         print(file=sys.stderr)
         print(f"{board.name}: {out['images']} images, top-1 {out['accuracy']:.2f}%, "
               f"{out['images_per_second']:.2f} images/s at {baud:,} baud (constants loaded in "
-              f"{out['load_seconds']:.2f} s, {host.retried} frames resent); "
+              f"{out['load_seconds']:.2f} s, {host.retried} frames resent, {runner.repeated} layer runs "
+              f"repeated); "
               f"{out['equal_to_reference']} of {out['images']} predictions equal the integer reference")
     return 0 if out["equal_to_reference"] == out["images"] else 1
 

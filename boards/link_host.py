@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import struct
 
-from .protocol import (DONE_FORMAT, FrameError, FrameType, LinkError, LinkInfo, NackCode,
-                       NackError, OutputFormat, decode_words, encode_frame, encode_loads,
-                       encode_run, read_frame)
+from .protocol import (DONE_FORMAT, FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,
+                       NackCode, NackError, OutputFormat, decode_words, encode_frame,
+                       encode_loads, encode_run, read_frame)
 
 
 class LinkHost:
     """Requests to the device on ``port``. A LOAD frame NACKed for its checksum, a
     timeout or a framing error is sent again up to ``retries`` times before
     :class:`NackError` is raised; one NACKed for its length or target is not (it would fail again).
-    ``retried`` counts the frames sent again."""
+    A LOAD whose reply is corrupted or missing is sent again after :meth:`resync` (loading
+    the same words twice is harmless). ``retried`` counts the frames sent again."""
 
     def __init__(self, port, *, retries: int = 3):
         if not isinstance(retries, int) or retries < 0:
@@ -57,13 +58,27 @@ class LinkHost:
         self._info = LinkInfo.decode(frame.payload)
         return self._info
 
+    def resync(self) -> LinkInfo:
+        """After a reply went wrong: drop what the device still sends (until the port times
+        out; the device then waits for a frame) and ping it."""
+        while self.port.read(4096):
+            pass
+        return self.ping()
+
     def load(self, beats: list[tuple[int, int, int]]) -> None:
         """Send ``(target, addr, data)`` beats in order, in LOAD frames of at most
         ``max_payload`` bytes (:func:`encode_loads`), each acknowledged before the next."""
         for number, payload in enumerate(encode_loads(beats, self.info)):
             expecting = f"the reply to LOAD frame {number} ({len(payload)} bytes)"
             for attempt in range(1, self.retries + 2):
-                frame = self._request(FrameType.LOAD, payload, expecting)
+                try:
+                    frame = self._request(FrameType.LOAD, payload, expecting)
+                except (FrameError, LinkTimeout):    # the reply went wrong: resync, send again
+                    if attempt > self.retries:
+                        raise
+                    self.retried += 1
+                    self.resync()
+                    continue
                 if frame.type == FrameType.ACK:
                     break
                 if frame.type != FrameType.NACK or len(frame.payload) != 2:

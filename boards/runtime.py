@@ -21,7 +21,7 @@ from hw.engine_params import EngineParams
 from hw.program import model_jobs, resident_beats
 
 from .link_host import LinkHost
-from .protocol import LinkError, OutputFormat
+from .protocol import FrameError, LinkError, LinkTimeout, OutputFormat
 
 
 @dataclass
@@ -53,11 +53,12 @@ class BoardRunner:
     """Runs ``model`` on the engine of ``params`` behind ``host`` (a :class:`LinkHost`).
 
     ``resident`` (``"none"``, ``"weights"``, ``"all"``) is the residency ``params`` were sized
-    for. The device's INFO must match ``params`` (widths, rows, cols): otherwise the board
+    for. ``repeated`` counts layer runs repeated after a lost or corrupted reply. The device's INFO must match ``params`` (widths, rows, cols): otherwise the board
     runs another build, and a :class:`LinkError` says to build and flash this one.
     """
 
-    def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: str):
+    def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: str, *,
+                 retries: int = 2):
         info = host.info
         expected = (params.addr_bits, params.target_bits, params.cols * params.out_bits, params.code_bits,
                     params.rows, params.cols)
@@ -67,6 +68,7 @@ class BoardRunner:
                             f"= {got}) is not the one built for this model ({expected}): build and flash it "
                             f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
         self.host, self.model, self.params, self.resident = host, model, params, resident
+        self.retries, self.repeated = retries, 0
         self.loaded = False
 
     def load_constants(self) -> None:
@@ -82,12 +84,26 @@ class BoardRunner:
         try:
             job = next(steps)
             while True:
-                self.host.load(job.beats)
-                codes = isinstance(job.node.stage, Thresholds)
-                job = steps.send(self.host.run(job.out_words, OutputFormat.CODES if codes else OutputFormat.FULL))
+                job = steps.send(self._run_job(job))
         except StopIteration as done:
             tensors = done.value
         return tensors[self.model.logits].reshape(-1)
+
+    def _run_job(self, job) -> list[int]:
+        """One layer on the board: its beats, then RUN. A reply that is corrupted or stops
+        arriving (the device's bytes to the host have no retry of their own) is recovered
+        by draining the line, pinging and running the layer again, up to ``retries`` times;
+        every layer run is idempotent (the job brings all the engine does not keep)."""
+        fmt = OutputFormat.CODES if isinstance(job.node.stage, Thresholds) else OutputFormat.FULL
+        for attempt in range(self.retries + 1):
+            try:
+                self.host.load(job.beats)
+                return self.host.run(job.out_words, fmt)
+            except (FrameError, LinkTimeout):
+                if attempt == self.retries:
+                    raise
+                self.repeated += 1
+                self.host.resync()
 
     def classify(self, images: np.ndarray, labels: np.ndarray | None = None, progress=None) -> RunResult:
         """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``)."""

@@ -6,7 +6,9 @@ byte streams as ports ``rx_*``, ``tx_*``). The unmodified host side, :class:`boa
 through :class:`SimPort`, whose ``read`` advances the simulation (cocotb's ``resume``). The
 data file (``sim.runner``) holds ``model`` (path), ``params`` (``EngineParams``
 description), ``resident``, ``images`` (uint8 nested lists), ``corrupt`` (flip a bit of the
-nth byte sent, to exercise a NACK and the host's retry; -1 for none), ``byte_cycles``
+nth byte sent, to exercise a NACK and the host's retry; -1 for none), ``corrupt_replies``
+(flip a bit of each of these byte indices the device sends, to exercise the host's
+recovery), ``byte_cycles``
 (clock cycles per byte each way while classifying, as a UART at the board's rate takes; 1
 by default; loading the resident constants goes a byte per cycle) and ``results`` (where
 the logits and the link traffic go: cycles, bytes each way and requests, for loading the
@@ -36,8 +38,9 @@ class SimPort:
     One byte may go each way every ``byte_cycles`` cycles; ``traffic()`` counts cycles, bytes
     each way and requests (frames written) so far."""
 
-    def __init__(self, dut, corrupt: int, byte_cycles: int):
+    def __init__(self, dut, corrupt: int, corrupt_replies: list[int], byte_cycles: int):
         self.dut, self.corrupt, self.byte_cycles = dut, corrupt, byte_cycles
+        self.corrupt_replies = set(corrupt_replies)
         self.to_device: list[int] = []
         self.from_device = bytearray()
         self.sent = self.received = self.requests = self.cycles = 0
@@ -75,7 +78,8 @@ class SimPort:
                 dut.rx_valid.value, dut.rx_data.value = 1, byte
             dut.tx_ready.value = 1
             if int(dut.tx_valid.value):
-                self.from_device.append(int(dut.tx_data.value))
+                byte = int(dut.tx_data.value)
+                self.from_device.append(byte ^ 0x10 if self.received in self.corrupt_replies else byte)
                 self.received += 1
             await FallingEdge(dut.clk)
             dut.rx_valid.value = dut.tx_ready.value = 0
@@ -100,7 +104,8 @@ def classify(d: dict, port: SimPort) -> dict:
     loading, port.byte_cycles = port.traffic(), paced
     result = runner.classify(np.asarray(d["images"], dtype=np.uint8))
     images = {name: value - loading[name] for name, value in port.traffic().items()}
-    return {"logits": result.logits.tolist(), "loading": loading, "images": images, "retried": host.retried}
+    return {"logits": result.logits.tolist(), "loading": loading, "images": images, "retried": host.retried,
+            "repeated": runner.repeated}
 
 
 @cocotb.test()
@@ -112,7 +117,8 @@ async def host_runtime_classifies(dut):
     for _ in range(2):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
-    port = SimPort(dut, d.get("corrupt", -1), d.get("byte_cycles", 1))  # paced from the first image on
+    port = SimPort(dut, d.get("corrupt", -1), d.get("corrupt_replies", []),
+                   d.get("byte_cycles", 1))  # paced from the first image on
     cocotb.start_soon(port.pump())
     out = await bridge(classify)(d, port)
     with open(d["results"], "w") as f:

@@ -33,37 +33,50 @@ def digits_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
     return data.test_x[:n].numpy(), data.test_y[:n].numpy()
 
 
-@pytest.mark.parametrize("resident, corrupt, byte_cycles",
-                         [("all", 1_000, 3), pytest.param("none", -1, 1, marks=pytest.mark.slow)],
-                         ids=["resident-corrupted-byte", "layer-by-layer"])
-def test_host_runtime_on_simulated_board_equals_reference(resident, corrupt, byte_cycles, tmp_path):
-    """Resident constants (one byte of them corrupted on the way in: the bridge NACKs the
-    frame, the host sends it again), then images, a byte each way every 3 cycles; or every
-    layer's constants sent again for every image (``slow``), as on boards whose buffers hold
-    one layer."""
+def run_board(resident: str, tmp_path, *, byte_cycles: int, **faults) -> tuple:
+    """The digits CNN on a simulated 2 x 4 board core with ``resident`` constants, 3 test
+    images: (model, params, images, the testbench's results)."""
     reason = unavailable_reason("verilator")
     if reason is not None:
         pytest.skip(f"verilator simulation skipped: {reason}")
     from boards.top import AcceleratorCore
-    from boards.traffic import image_traffic
 
     model = load(DIGITS)
     params = EngineParams.for_model(model, 2, 4, resident=resident)
-    images, labels = digits_test_images(3)
+    images, _ = digits_test_images(3)
     build_dir = BUILD_ROOT / f"verilator-board-digits-2x4-{resident}"
     source = verilog_of(AcceleratorCore(params, timeout_cycles=2_000), "board", build_dir)
     built = build("verilator", [source], "board", build_dir)
     results = tmp_path / "results.json"
     run_test(built, "sim.board_cocotb", tmp_path, data={
         "model": str(DIGITS), "params": params.describe(), "resident": resident, "images": images.tolist(),
-        "corrupt": corrupt, "byte_cycles": byte_cycles, "results": str(results)})
+        "byte_cycles": byte_cycles, "results": str(results), **faults})
     out = json.loads(results.read_text())
-    got = np.array(out["logits"])
-    assert (got == predict(model, images)).all()
-    assert len(got) == 3
-    assert out["retried"] == (corrupt >= 0)
-    # The bytes and requests the simulated device exchanged are the protocol's count.
+    assert (np.array(out["logits"]) == predict(model, images)).all() and len(out["logits"]) == 3
+    return model, params, images, out
+
+
+@pytest.mark.parametrize("resident, byte_cycles", [("weights", 3), pytest.param("none", 1, marks=pytest.mark.slow)],
+                         ids=["resident-weights", "layer-by-layer"])
+def test_host_runtime_on_simulated_board_equals_reference(resident, byte_cycles, tmp_path):
+    """Every layer's weights loaded once, then images, a byte each way every 3 cycles; or
+    every layer's constants sent again for every image (``slow``), as on boards whose
+    buffers hold one layer. The bytes and requests exchanged are the protocol's count."""
+    from boards.traffic import image_traffic
+
+    model, params, _, out = run_board(resident, tmp_path, byte_cycles=byte_cycles)
+    assert out["retried"] == out["repeated"] == 0
     traffic = image_traffic(model, params, resident, max_payload=512)
     assert out["images"]["requests"] == 3 * traffic["requests"]
     assert out["images"]["bytes_to_device"] == 3 * traffic["bytes_to_device"]
     assert out["images"]["bytes_from_device"] == 3 * traffic["bytes_from_device"]
+    assert out["loading"]["bytes_to_device"] == traffic["loading"]["bytes_to_device"] + 6    # and a PING
+
+
+def test_host_runtime_recovers_from_corrupted_bytes_both_ways(tmp_path):
+    """All constants resident. A byte of them corrupted on the way in: the bridge NACKs the
+    frame and the host sends it again. A byte of an ACK corrupted on the way back: the host
+    resyncs and sends that LOAD again. A byte of the first image's outputs corrupted: the
+    host resyncs and runs that layer again. The logits still equal the reference."""
+    _, _, _, out = run_board("all", tmp_path, byte_cycles=1, corrupt=1_000, corrupt_replies=[41, 700])
+    assert out["retried"] == 2 and out["repeated"] == 1

@@ -378,7 +378,7 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
     class Runner:
         def __init__(self, host, model, params, resident):
             assert resident == "weights" and (params.rows, params.cols) == (2, 2)
-            self.model = model
+            self.model, self.repeated = model, 0
 
         def classify(self, images, labels, progress):
             return boards.runtime.RunResult(predict(self.model, images), 0.5, labels, load_seconds=0.25)
@@ -391,12 +391,13 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
                  "--report", str(report), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["images"] == out["equal_to_reference"] == 5 and out["baud"] == 3_000_000
-    assert out["images_per_second"] == 10.0 and out["load_seconds"] == 0.25 and out["frames_resent"] == 0
+    assert out["images_per_second"] == 10.0 and out["load_seconds"] == 0.25
+    assert out["frames_resent"] == out["layers_repeated"] == 0
     assert 0 <= out["accuracy"] <= 100
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
                  "--report", str(report)]) == 0
-    assert ("10.00 images/s at 3,000,000 baud (constants loaded in 0.25 s, 0 frames resent); 5 of 5 "
-            "predictions equal the integer reference") in capsys.readouterr().out
+    assert ("10.00 images/s at 3,000,000 baud (constants loaded in 0.25 s, 0 frames resent, 0 layer runs "
+            "repeated); 5 of 5 predictions equal the integer reference") in capsys.readouterr().out
 
 
 def test_retry_clock_prefers_the_fastest_link():
