@@ -53,8 +53,9 @@ class BoardRunner:
     """Runs ``model`` on the engine of ``params`` behind ``host`` (a :class:`LinkHost`).
 
     ``resident`` (``"none"``, ``"weights"``, ``"all"``) is the residency ``params`` were sized
-    for. ``repeated`` counts layer runs repeated after a lost or corrupted reply. The device's INFO must match ``params`` (widths, rows, cols): otherwise the board
-    runs another build, and a :class:`LinkError` says to build and flash this one.
+    for; ``repeated`` counts layer runs repeated after a lost or corrupted reply. The
+    device's INFO must match ``params`` (widths, rows, cols): otherwise the board runs
+    another build, and a :class:`LinkError` says to build and flash this one.
     """
 
     def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: str, *,
