@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from boards.boards import BOARDS, get_board, uart_baud
+from boards.boards import get_board, uart_baud
 from compiler import format as model_format
 from compiler.reference import predict
 from lcq_train.atomic import save_json
@@ -112,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "link_throughput.json"))
     args = parser.parse_args(argv)
-    boards = [b.strip() for b in args.boards.split(",") if b.strip()]
-    unknown = [b for b in boards if b not in BOARDS]
-    if unknown:
-        parser.error(f"unknown board(s) {', '.join(unknown)}; known: {', '.join(BOARDS)}")
+    try:
+        boards = [get_board(b.strip()).name for b in args.boards.split(",") if b.strip()]
+    except KeyError as e:
+        parser.error(e.args[0])
     if args.images < 1:
         parser.error(f"--images must be at least 1, not {args.images}")
     from sim.runner import unavailable_reason

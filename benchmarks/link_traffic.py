@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from boards.boards import BOARDS, get_board, uart_baud
+from boards.boards import get_board, uart_baud
 from compiler import format as model_format
 from lcq_train.atomic import save_json
 
@@ -33,10 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "link_traffic.json"))
     args = parser.parse_args(argv)
-    boards = [b.strip() for b in args.boards.split(",") if b.strip()]
-    unknown = [b for b in boards if b not in BOARDS]
-    if unknown:
-        parser.error(f"unknown board(s) {', '.join(unknown)}; known: {', '.join(BOARDS)}")
+    try:
+        boards = [get_board(b.strip()).name for b in args.boards.split(",") if b.strip()]
+    except KeyError as e:
+        parser.error(e.args[0])
     from boards.fit import FitError
     from boards.top import LINK_PAYLOAD, engine_for_board
     from boards.traffic import image_traffic

@@ -16,12 +16,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.graph import CompiledModel, Thresholds
+from compiler.graph import CompiledModel, ConvNode, Thresholds
 from hw.engine_params import EngineParams
 from hw.program import model_jobs, resident_beats
 
 from .link_host import LinkHost
 from .protocol import FrameError, LinkError, LinkTimeout, OutputFormat
+
+
+def output_format(node: ConvNode) -> OutputFormat:
+    """How a RUN of layer ``node`` asks for its words: activation codes after thresholds."""
+    return OutputFormat.CODES if isinstance(node.stage, Thresholds) else OutputFormat.FULL
 
 
 @dataclass
@@ -95,7 +100,7 @@ class BoardRunner:
         arriving (the device's bytes to the host have no retry of their own) is recovered
         by draining the line, pinging and running the layer again, up to ``retries`` times;
         every layer run is idempotent (the job brings all the engine does not keep)."""
-        fmt = OutputFormat.CODES if isinstance(job.node.stage, Thresholds) else OutputFormat.FULL
+        fmt = output_format(job.node)
         for attempt in range(self.retries + 1):
             try:
                 self.host.load(job.beats)

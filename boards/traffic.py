@@ -13,11 +13,12 @@ import struct
 
 import numpy as np
 
-from compiler.graph import CompiledModel, Thresholds
+from compiler.graph import CompiledModel
 from hw.engine_params import EngineParams
-from hw.program import act_beats, config_beats, constant_beats, output_words, resident_bases, resident_beats
+from hw.program import act_beats, output_words, resident_bases, resident_beats, setup_beats
 
-from .protocol import CRC_BYTES, DONE_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, LinkInfo, OutputFormat, encode_loads
+from .protocol import CRC_BYTES, DONE_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, LinkInfo, encode_loads
+from .runtime import output_format
 
 FRAME = 1 + 1 + 2 + CRC_BYTES      # sync, type, length, checksum
 
@@ -36,13 +37,9 @@ def image_traffic(model: CompiledModel, params: EngineParams, resident: str, max
     bases = resident_bases(model, params, resident)
     to_device = from_device = requests = 0
     for node in model.convs:
-        beats = config_beats(params, node, bases[node.name])
-        if resident != "all":
-            beats += constant_beats(params, node, bases[node.name], weights=resident == "none")
-        beats += act_beats(params, node, np.zeros(node.in_shape, dtype=np.int64))
-        sent, acks, frames = loads(beats)
-        fmt = OutputFormat.CODES if isinstance(node.stage, Thresholds) else OutputFormat.FULL
-        words, size = output_words(params, node), info.out_bytes(fmt)
+        sent, acks, frames = loads(setup_beats(params, node, bases[node.name], resident)
+                                   + act_beats(params, node, np.zeros(node.in_shape, dtype=np.int64)))
+        words, size = output_words(params, node), info.out_bytes(output_format(node))
         out_frames = -(-words // (max_payload // size))
         to_device += sent + FRAME + struct.calcsize(RUN_FORMAT)
         from_device += acks + words * size + FRAME * out_frames + FRAME + struct.calcsize(DONE_FORMAT)

@@ -3,7 +3,8 @@
 A beat is ``(target, addr, data)`` for the engine's ``load_*`` ports (targets and
 registers in :mod:`hw.engine_params`). For one layer (:class:`~compiler.graph.ConvNode`)
 :func:`config_beats` gives its configuration, :func:`constant_beats` its weights, product
-tables and output-stage constants (:func:`layer_beats`: both), :func:`act_beats` its input
+tables and output-stage constants (:func:`layer_beats`: both; :func:`setup_beats`: what
+a run loads on an engine that holds some of them), :func:`act_beats` its input
 codes, :func:`output_words` how many words a run returns and :func:`decode_outputs` turns
 them into the reference's array. An engine sized ``resident="all"`` keeps every layer's
 constants (:func:`resident_beats`, at :func:`resident_bases`), so that an image needs
@@ -216,6 +217,15 @@ def resident_beats(model: CompiledModel, params: EngineParams, resident: str = "
     return [beat for node in model.convs for beat in beats(params, node, bases[node.name])]
 
 
+def setup_beats(params: EngineParams, node: ConvNode, bases: Bases, resident: str) -> list[Beat]:
+    """What a run of layer ``node`` loads before its activations on an engine that holds the
+    ``resident`` constants (at ``bases``): its configuration and the constants not held."""
+    beats = config_beats(params, node, bases)
+    if resident != "all":
+        beats += constant_beats(params, node, bases, weights=resident == "none")
+    return beats
+
+
 def act_beats(params: EngineParams, node: ConvNode, codes: np.ndarray) -> list[Beat]:
     """The input codes ``(C_in, H, W)`` of one image as activation-buffer beats."""
     if tuple(codes.shape) != tuple(node.in_shape):
@@ -273,9 +283,7 @@ def model_jobs(model: CompiledModel, params: EngineParams, image: np.ndarray, on
     t: dict[str, np.ndarray] = {}
     for index, node in enumerate(model.nodes[:None if upto is None else upto + 1]):
         if isinstance(node, ConvNode) and (on_engine is None or index in on_engine):
-            setup = config_beats(params, node, bases[node.name])
-            if resident != "all":
-                setup += constant_beats(params, node, bases[node.name], weights=resident == "none")
+            setup = setup_beats(params, node, bases[node.name], resident)
             words = yield Job(index, node, setup + act_beats(params, node, t[node.input][0]),
                               output_words(params, node))
             out = decode_outputs(params, node, words)
