@@ -1,7 +1,7 @@
 """Images per second over the host link, from a cycle-level simulation of each board's design.
 
 For each board (``--boards``) the digits CNN (``tests/data``, or ``--model``) gets the engine
-``lcq build`` would choose (``boards.top.engine_for_board``); the board's accelerator core
+``lcq build`` would choose (``boards.fit.engine_for_board``); the board's accelerator core
 (engine + link bridge with the board's frame buffer) is generated, built with Verilator,
 and the unmodified host runtime (``LinkHost`` + ``BoardRunner``, what ``lcq run`` uses)
 classifies ``--images`` digits test images through it (``sim/board_cocotb.py``). Bytes
@@ -44,7 +44,9 @@ MODEL = ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq"
 
 
 def measure(board_name: str, model_path: Path, model, images: np.ndarray, build_root: Path) -> dict:
-    from boards.top import LINK_PAYLOAD, AcceleratorCore, engine_for_board
+    from boards.boards import LINK_PAYLOAD
+    from boards.fit import engine_for_board
+    from boards.top import AcceleratorCore
     from sim.runner import build, run_test, verilog_of
 
     board = get_board(board_name)

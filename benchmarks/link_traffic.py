@@ -2,7 +2,7 @@
 
 No simulation: for each board (``--boards``) the model (``--model``, default the digits
 CNN and the CIFAR-10 ResNet-20 of ``tests/data``) gets the engine ``lcq build`` would choose
-(``boards.top.engine_for_board``), and ``boards.traffic.image_traffic`` counts the bytes of
+(``boards.fit.engine_for_board``), and ``boards.traffic.image_traffic`` counts the bytes of
 every request of one image as ``lcq run`` sends it and of every reply. It reports, per image, bytes to and from the device, requests, and the
 images per second the line alone allows (bytes x 10 / baud), the engine's time left out;
 ``benchmarks/link_throughput.py`` simulates the whole device for the small models.
@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as e:
         parser.error(e.args[0])
     from boards.fit import FitError
-    from boards.top import LINK_PAYLOAD, engine_for_board
+    from boards.boards import LINK_PAYLOAD
+    from boards.fit import engine_for_board
     from boards.traffic import image_traffic
 
     head = ["model", "board", "engine", "baud", "loading constants", "bytes to / from device per image",

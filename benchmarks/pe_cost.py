@@ -1,6 +1,7 @@
 """FPGA cost and Fmax of the LUT-MAC PE variants (hw/pe.py), side by side from one Yosys/nextpnr run.
 
-For each variant (pe_lut, row_vector, rom; multiply on logic and multiply on DSPs, the
+For each variant (pe_lut, row_vector, rom; row_table, the layer engine's, with its row
+tables loadable, alone and able to multiply; multiply on logic and multiply on DSPs, the
 baseline) at each bit-width (W2/A2, W3/A3, W4/A4) and size ("pe": one PE alone, without a
 row decoder; "RxC": a PEArray with its row decoders):
 
@@ -54,14 +55,16 @@ from amaranth import Cat, ClockDomain, Elaboratable, Module, Signal, Value
 from amaranth.back import rtlil
 from amaranth.lib import wiring
 
-from hw.pe import A_MAX, VARIANTS, W_MAX, PEArray, ProcessingElement
+from hw.pe import VARIANTS, PEArray, ProcessingElement
+from hw.pe_words import A_MAX, W_MAX
 from lcq_train.atomic import save_json
 
 ACC_BITS = 24
 TARGET_MHZ = {"ice40": 100, "ecp5": 250}
-# (label, variant, map multipliers to DSPs)
-CONFIGS = (("pe_lut", "pe_lut", False), ("row_vector", "row_vector", False), ("rom", "rom", False),
-           ("multiply", "multiply", False), ("multiply_dsp", "multiply", True))
+# (label, variant, map multipliers to DSPs, variant options)
+CONFIGS = (("pe_lut", "pe_lut", False, {}), ("row_vector", "row_vector", False, {}), ("rom", "rom", False, {}),
+           ("row_table", "row_table", False, {}), ("row_table_multiply", "row_table", False, {"multiply": True}),
+           ("multiply", "multiply", False, {}), ("multiply_dsp", "multiply", True, {}))
 SYNTH = {"ice40": lambda dsp: "synth_ice40 -top top" + (" -dsp" if dsp else ""),
          "ecp5": lambda dsp: "synth_ecp5 -top top" + ("" if dsp else " -nodsp")}
 DEVICE = {"ice40": "iCE40UP5K-SG48", "ecp5": "LFE5U-25F-CABGA381"}
@@ -145,12 +148,13 @@ class Job:
     label: str
     variant: str
     dsp: bool
+    options: dict
     bits: int
     size: str
     workdir: Path
 
     def write_rtlil(self) -> None:
-        variant = VARIANTS[self.variant](**level_tables(self.bits))
+        variant = VARIANTS[self.variant](**level_tables(self.bits), **self.options)
         shape = parse_size(self.size)
         dut = ProcessingElement(variant, ACC_BITS) if shape is None else PEArray(variant, *shape, ACC_BITS)
         harness = SerialHarness(dut)
@@ -218,7 +222,7 @@ def place_and_route(job: Job, arch: str, seed: int, timeout: float) -> dict:
 
 def measure(job: Job, seeds: int, timeout: float) -> dict:
     start = time.perf_counter()
-    result = {"label": job.label, "variant": job.variant, "dsp": job.dsp, "wbits": job.bits,
+    result = {"label": job.label, "variant": job.variant, "dsp": job.dsp, "options": job.options, "wbits": job.bits,
               "abits": job.bits, "size": job.size, "build_dir": str(job.workdir)}
     synth = synthesize(job)
     for arch in SYNTH:
@@ -279,9 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds and --jobs must be >= 1")
 
     start = time.perf_counter()
-    jobs = [Job(label, variant, dsp, bits, size, Path(args.build_dir) / f"{size}-w{bits}a{bits}-{label}")
+    jobs = [Job(label, variant, dsp, options, bits, size, Path(args.build_dir) / f"{size}-w{bits}a{bits}-{label}")
             for size in args.sizes for bits in args.bits
-            for label, variant, dsp in CONFIGS if label in args.variants]
+            for label, variant, dsp, options in CONFIGS if label in args.variants]
     for job in jobs:
         job.write_rtlil()
     print(f"{len(jobs)} designs, {args.seeds} seeds, {args.jobs} in parallel", flush=True)

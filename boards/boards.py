@@ -12,9 +12,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from hw.baud import BAUD_TOLERANCE, MIN_DIVISOR, baud_divisor
+
 # Bits of one RAM block: iCE40 EBR 4 Kbit (256 x 16), UP5K SPRAM 256 Kbit (16K x 16),
 # ECP5 DP16KD 18 Kbit (1K x 18; 16 Kbit at widths without the 9th bits).
 RAM_BLOCK_BITS = {"ice40": {"EBR": 4096, "SPRAM": 262144}, "ecp5": {"EBR": 18432}}
+
+# The link bridge's frame buffer in bytes: one block RAM in its byte-wide shape.
+LINK_PAYLOAD = {"ice40": 512, "ecp5": 2048}
 
 # Baud rates the host link may use, fastest first; `uart_baud` picks one per board and clock.
 BAUD_RATES = (3_000_000, 2_000_000, 1_500_000, 1_000_000, 921_600, 500_000, 460_800, 230_400, 115_200)
@@ -103,12 +108,16 @@ def get_board(name: str) -> Board:
         raise KeyError(f"unknown board {name!r}; known boards: {', '.join(BOARDS)}") from None
 
 
-def uart_baud(board: Board, clk_hz: float, tolerance: float = 0.01, min_divisor: int = 4) -> int:
-    """The fastest rate of :data:`BAUD_RATES` up to the board's limit that ``clk_hz`` makes within
-    ``tolerance`` with an integer divider of at least ``min_divisor`` cycles per bit."""
+def uart_baud(board: Board, clk_hz: float) -> int:
+    """The fastest rate of :data:`BAUD_RATES` up to the board's limit that a ``clk_hz`` clock makes
+    by the UART's rule (:func:`hw.baud.baud_divisor`)."""
     for baud in BAUD_RATES:
-        divisor = round(clk_hz / baud)
-        if baud <= board.uart_max_baud and divisor >= min_divisor and abs(clk_hz / divisor / baud - 1) <= tolerance:
-            return baud
-    raise ValueError(f"no baud rate of {BAUD_RATES} is within {tolerance:.0%} of {clk_hz / 1e6:g} MHz / "
-                     f"an integer >= {min_divisor}; pick another clock")
+        if baud > board.uart_max_baud:
+            continue
+        try:
+            baud_divisor(clk_hz, baud)
+        except ValueError:
+            continue
+        return baud
+    raise ValueError(f"no baud rate of {BAUD_RATES} up to {board.name}'s {board.uart_max_baud} is within "
+                     f"{BAUD_TOLERANCE:.0%} of {clk_hz / 1e6:g} MHz / an integer >= {MIN_DIVISOR}; pick another clock")

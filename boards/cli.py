@@ -36,6 +36,8 @@ def add_parsers(sub) -> dict:
     p.add_argument("--board", required=True, metavar="NAME", choices=BOARDS, help=f"one of: {boards}")
     p.add_argument("--port", required=True, metavar="PORT", help="serial port of the board, e.g. /dev/ttyUSB1")
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR", help="dataset directory (not for digits)")
+    p.add_argument("--inputs", metavar="NPZ", help="images (uint8, N x C x H x W) and labels from this .npz instead "
+                                                  "of the model's test set; needs numpy only, not the trainer's torch")
     p.add_argument("--images", type=int, default=100, metavar="N", help="first N test images")
     p.add_argument("--report", metavar="FILE", help="the build's report.json (default: build/<board>/report.json): "
                                                      "clock, array and residency of the flashed design")
@@ -95,13 +97,12 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
 def cmd_run(args) -> int:
     from compiler import format as model_format
     from compiler.reference import predict
-    from lcq_train.data import load_dataset
+    from hw.protocol import LinkError
 
     from .boards import uart_baud
+    from .fit import engine_for_board
     from .link_host import LinkHost, SerialPort
-    from .protocol import LinkError
     from .runtime import BoardRunner
-    from .top import engine_for_board
 
     board = get_board(args.board)
     report_path = Path(args.report or Path("build") / board.name / "report.json")
@@ -115,8 +116,7 @@ def cmd_run(args) -> int:
         raise ValueError(f"{report_path} was built with other buffers for this model; build again")
     if args.images < 1:
         raise ValueError(f"--images must be at least 1, not {args.images}")
-    data = load_dataset(model.source.get("dataset", "digits"), args.data_dir)
-    images, labels = data.test_x[:args.images].numpy(), data.test_y[:args.images].numpy()
+    images, labels = _test_images(args, model)
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
     try:
         with SerialPort(args.port, baud, timeout=args.timeout) as port:
@@ -143,6 +143,26 @@ def cmd_run(args) -> int:
               f"repeated); "
               f"{out['equal_to_reference']} of {out['images']} predictions equal the integer reference")
     return 0 if out["equal_to_reference"] == out["images"] else 1
+
+
+def _test_images(args, model) -> tuple:
+    """The first ``--images`` images and labels of ``--inputs`` or, without it, of the model's test set."""
+    if args.inputs is None:
+        from lcq_train.data import load_dataset
+
+        data = load_dataset(model.source.get("dataset", "digits"), args.data_dir)
+        return data.test_x[:args.images].numpy(), data.test_y[:args.images].numpy()
+    import numpy as np
+
+    with np.load(args.inputs, allow_pickle=False) as f:
+        if "images" not in f or "labels" not in f:
+            raise ValueError(f"{args.inputs} must hold arrays 'images' and 'labels', not {sorted(f.files)}")
+        images, labels = f["images"][:args.images], f["labels"][:args.images]
+    shape = tuple(model.input.shape)
+    if images.dtype != np.uint8 or images.shape[1:] != shape or labels.shape != images.shape[:1]:
+        raise ValueError(f"{args.inputs}: images must be uint8 of shape (N, {', '.join(map(str, shape))}) with one "
+                         f"label each, not {images.dtype} {images.shape} and labels {labels.shape}")
+    return images, labels.astype(np.int64)
 
 
 def closing_frequency(board, fmax_mhz: float) -> float:

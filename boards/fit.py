@@ -11,15 +11,19 @@
   :func:`luts_per_pe` per PE, calibrated on the digits CNN's 2 x 2 iCEBreaker build
   (4,512 LUT4s); within ``logic_share`` of the part, leaving room for routing.
 
-The estimate decides the array before synthesis; the build report has the true counts.
+The estimate decides the array before synthesis (:func:`engine_for_board`: the largest array
+of :data:`ARRAYS` that fits, with every layer's constants resident where they fit, else every
+layer's weights, else one layer's at a time); the build report has the true counts. No
+Amaranth here: ``lcq run`` sizes the engine of a flashed board with it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import ceil
 
-from hw.engine import SPRAM_DEPTH, SPRAM_WIDTH
-from hw.engine_params import EngineParams
+from compiler.graph import CompiledModel
+from hw.engine_params import SPRAM_DEPTH, SPRAM_WIDTH, EngineParams
 
 from .boards import Board
 
@@ -75,3 +79,38 @@ def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> d
                            f"{used} {name} of {limits[name]} (memories: {memories}); use a smaller array or "
                            f"model, or a larger part")
     return use
+
+
+# Arrays tried, largest first, when the user names none.
+ARRAYS = ((16, 16), (8, 16), (8, 8), (4, 8), (4, 4), (2, 4), (2, 2), (1, 2), (1, 1))
+
+
+@dataclass(frozen=True)
+class BoardEngine:
+    """The engine chosen for a model on a board; ``resident``: what it keeps of every layer
+    (:data:`hw.residency.RESIDENCY`)."""
+
+    params: EngineParams
+    resident: str
+    estimate: dict
+
+
+def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None,
+                     cols: int | None = None) -> BoardEngine:
+    """The engine for ``model`` on ``board``: ``rows`` x ``cols`` (each defaulting to the sizes of
+    :data:`ARRAYS`), largest array first, then every layer's constants resident before only its
+    weights before one layer's at a time, the first that :func:`boards.fit.check_fit` accepts;
+    :class:`FitError` when none does."""
+    arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
+    if rows and cols and (rows, cols) not in arrays:
+        arrays = [(rows, cols)]
+    errors = []
+    for r, c in arrays:
+        for resident in ("all", "weights", "none"):
+            params = EngineParams.for_model(model, r, c, resident=resident)
+            try:
+                return BoardEngine(params, resident, check_fit(board, params))
+            except FitError as e:
+                errors.append(str(e))
+    raise FitError(f"the model does not fit {board.name} ({board.device}) with any array tried; "
+                   f"the smallest: {errors[-1]}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from .protocol import (DONE_FORMAT, FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,
+from hw.protocol import (DONE_FORMAT, FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,
                        NackCode, NackError, OutputFormat, decode_words, encode_frame,
                        encode_loads, encode_run, read_frame)
 

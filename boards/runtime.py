@@ -19,9 +19,9 @@ import numpy as np
 from compiler.graph import CompiledModel, ConvNode, Thresholds
 from hw.engine_params import EngineParams
 from hw.program import model_jobs, resident_beats
+from hw.protocol import FrameError, LinkError, LinkTimeout, OutputFormat
 
 from .link_host import LinkHost
-from .protocol import FrameError, LinkError, LinkTimeout, OutputFormat
 
 
 def output_format(node: ConvNode) -> OutputFormat:

@@ -5,18 +5,11 @@
   ``tx_*`` out, valid/ready). Simulated as it is by ``sim/board_cocotb.py``.
 - :class:`AcceleratorTop`: the core with a :class:`hw.uart.UartRx`/``UartTx`` pair on the
   platform's ``uart`` resource, at the board's fastest rate for the clock.
-- :func:`engine_for_board`: the engine for a model on a board: the largest array of
-  :data:`ARRAYS` that passes :func:`boards.fit.check_fit`, with every layer's constants
-  resident where they fit (then an image needs only activations over the link), else
-  every layer's weights, else one layer's at a time; an error naming the resource and the
-  part when none fits.
 - :func:`accelerator_top`: the factory ``(platform, clk_hz) -> AcceleratorTop`` that
   ``lcq build`` hands to :func:`boards.build.build`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from amaranth import Elaboratable, Module
 from amaranth.lib import wiring
@@ -25,54 +18,17 @@ from amaranth.lib.wiring import In, Out
 from compiler.graph import CompiledModel
 from hw.engine import LayerEngine
 from hw.engine_params import EngineParams
-from hw.link import LinkBridge, connect_engine
+from hw.link import LinkBridge
 from hw.uart import UartRx, UartTx
 
-from .boards import Board, uart_baud
-from .fit import FitError, check_fit
-
-# The link bridge's frame buffer: one block RAM in its byte-wide shape.
-LINK_PAYLOAD = {"ice40": 512, "ecp5": 2048}
-
-# Arrays tried, largest first, when the user names none.
-ARRAYS = ((16, 16), (8, 16), (8, 8), (4, 8), (4, 4), (2, 4), (2, 2), (1, 2), (1, 1))
-
-
-@dataclass(frozen=True)
-class BoardEngine:
-    """The engine chosen for a model on a board; ``resident``: what it keeps of every layer
-    (:data:`hw.residency.RESIDENCY`)."""
-
-    params: EngineParams
-    resident: str
-    estimate: dict
-
-
-def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None,
-                     cols: int | None = None) -> BoardEngine:
-    """The engine for ``model`` on ``board``: ``rows`` x ``cols`` (each defaulting to the sizes of
-    :data:`ARRAYS`), largest array first, then every layer's constants resident before only its
-    weights before one layer's at a time, the first that :func:`boards.fit.check_fit` accepts;
-    :class:`FitError` when none does."""
-    arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
-    if rows and cols and (rows, cols) not in arrays:
-        arrays = [(rows, cols)]
-    errors = []
-    for r, c in arrays:
-        for resident in ("all", "weights", "none"):
-            params = EngineParams.for_model(model, r, c, resident=resident)
-            try:
-                return BoardEngine(params, resident, check_fit(board, params))
-            except FitError as e:
-                errors.append(str(e))
-    raise FitError(f"the model does not fit {board.name} ({board.device}) with any array tried; "
-                   f"the smallest: {errors[-1]}")
-
+from .boards import LINK_PAYLOAD, Board, uart_baud
+from .fit import engine_for_board
 
 class AcceleratorCore(wiring.Component):
     """Engine and link bridge; ``rx_valid``/``rx_data``/``rx_error`` (bytes from the host, with a
     framing-error flag, no back-pressure) and ``tx_valid``/``tx_ready``/``tx_data`` (bytes to
-    the host) are the bridge's. ``timeout_cycles``: how long a frame may stall before the
+    the host) are the bridge's ``rx`` and ``tx`` streams, flat: a stream without back-pressure
+    cannot be a Verilog top's port. ``timeout_cycles``: how long a frame may stall before the
     bridge drops it (a few byte times); ``max_payload``: the bridge's frame buffer in bytes."""
 
     def __init__(self, params: EngineParams, timeout_cycles: int, max_payload: int = 512):
@@ -87,7 +43,7 @@ class AcceleratorCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine, m.submodules.bridge = self.engine, self.bridge
-        connect_engine(m, self.bridge, self.engine)
+        wiring.connect(m, self.bridge.engine, self.engine)
         rx, tx = self.bridge.rx, self.bridge.tx
         m.d.comb += [rx.valid.eq(self.rx_valid), rx.payload.data.eq(self.rx_data), rx.payload.error.eq(self.rx_error),
                      self.tx_valid.eq(tx.valid), tx.ready.eq(self.tx_ready), self.tx_data.eq(tx.payload)]
@@ -120,7 +76,7 @@ class AcceleratorTop(Elaboratable):
 
 def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None, cols: int | None = None):
     """``(platform, clk_hz) -> AcceleratorTop`` for ``model`` on ``board``; the fit is checked now,
-    before any synthesis, and the chosen :class:`BoardEngine` is the factory's ``engine``."""
+    before any synthesis, and the chosen :class:`boards.fit.BoardEngine` is the factory's ``engine``."""
     engine = engine_for_board(model, board, rows, cols)
 
     def factory(platform, clk_hz):

@@ -16,11 +16,9 @@ import numpy as np
 from compiler.graph import CompiledModel
 from hw.engine_params import EngineParams
 from hw.program import act_beats, output_words, resident_bases, resident_beats, setup_beats
+from hw.protocol import DONE_FORMAT, FRAME_BYTES, PROTOCOL_VERSION, RUN_FORMAT, LinkInfo, encode_loads
 
-from .protocol import CRC_BYTES, DONE_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, LinkInfo, encode_loads
 from .runtime import output_format
-
-FRAME = 1 + 1 + 2 + CRC_BYTES      # sync, type, length, checksum
 
 
 def image_traffic(model: CompiledModel, params: EngineParams, resident: str, max_payload: int) -> dict:
@@ -32,7 +30,7 @@ def image_traffic(model: CompiledModel, params: EngineParams, resident: str, max
 
     def loads(beats) -> tuple[int, int, int]:
         payloads = encode_loads(beats, info)
-        return sum(FRAME + len(x) for x in payloads), FRAME * len(payloads), len(payloads)
+        return sum(FRAME_BYTES + len(x) for x in payloads), FRAME_BYTES * len(payloads), len(payloads)
 
     bases = resident_bases(model, params, resident)
     to_device = from_device = requests = 0
@@ -41,8 +39,8 @@ def image_traffic(model: CompiledModel, params: EngineParams, resident: str, max
                                    + act_beats(params, node, np.zeros(node.in_shape, dtype=np.int64)))
         words, size = output_words(params, node), info.out_bytes(output_format(node))
         out_frames = -(-words // (max_payload // size))
-        to_device += sent + FRAME + struct.calcsize(RUN_FORMAT)
-        from_device += acks + words * size + FRAME * out_frames + FRAME + struct.calcsize(DONE_FORMAT)
+        to_device += sent + FRAME_BYTES + struct.calcsize(RUN_FORMAT)
+        from_device += acks + words * size + FRAME_BYTES * out_frames + FRAME_BYTES + struct.calcsize(DONE_FORMAT)
         requests += frames + 1
     sent, acks, frames = loads(resident_beats(model, params, resident))
     return {"bytes_to_device": to_device, "bytes_from_device": from_device, "requests": requests,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
+
+from lcq_train.arguments import positive_int
 
 from . import format as model_format
 from .report import format_table, report
@@ -32,9 +33,10 @@ def add_parsers(sub) -> dict:
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR",
                    help="dataset directory (not needed for digits); the dataset is the one the model was trained on")
     p.add_argument("--checkpoint", metavar="CHECKPOINT",
-                   help="checkpoint to compare with (default: the one the model was compiled from)")
-    p.add_argument("--images", type=int, metavar="N", help="evaluate the first N test images (default: all)")
-    p.add_argument("--batch-size", type=int, default=128)
+                   help="where the checkpoint the model was compiled from is now (default: the absolute path the "
+                        "model records); it must be that checkpoint (same digest)")
+    p.add_argument("--images", type=positive_int, metavar="N", help="evaluate the first N test images (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
     p = sub.add_parser("report", help="per-layer bit-widths, MACs, weight and LUT bytes", formatter_class=fmt)
@@ -61,6 +63,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _recorded_path(recorded: str, model: str) -> Path:
+    """The checkpoint path a model records: absolute (this compiler), or, from older compilers,
+    relative to the working directory of the compile, tried here and beside the model file."""
+    path = Path(recorded)
+    if path.is_absolute() or path.is_file():
+        return path
+    beside = Path(model).parent / path
+    return beside if beside.is_file() else path
+
+
 def cmd_eval(args) -> int:
     from lcq_train.data import load_dataset
 
@@ -69,20 +81,30 @@ def cmd_eval(args) -> int:
 
     compiled = model_format.load(args.model)
     source = compiled.source
-    checkpoint = args.checkpoint or source.get("checkpoint")
-    if not checkpoint or not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"the checkpoint {checkpoint!r} that {args.model} was compiled from is not there; "
-                                "pass it with --checkpoint CHECKPOINT")
-    if args.checkpoint is None and hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest() != source.get("sha256"):
-        raise ValueError(f"{checkpoint} changed after {args.model} was compiled from it; recompile with "
-                         f"`lcq compile {checkpoint} -o {args.model}`")
-    if args.images is not None and args.images < 1:
-        raise ValueError(f"--images must be at least 1, not {args.images}")
+    if not source:
+        raise ValueError(f"{args.model} does not record the checkpoint it was compiled from; recompile it with "
+                         f"`lcq compile CHECKPOINT -o {args.model}`")
+    recorded = source["checkpoint"]
+    checkpoint = Path(args.checkpoint) if args.checkpoint else _recorded_path(recorded, args.model)
+    if not checkpoint.is_file():
+        if args.checkpoint:
+            raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
+        raise FileNotFoundError(f"the checkpoint {recorded} that {args.model} was compiled from is not there; "
+                                "pass where it is now with --checkpoint CHECKPOINT")
+    model, state = load_model(checkpoint)        # checks the checkpoint's own digest and fields
+    if state["sha256"] != source["sha256"]:
+        digests = f"its SHA-256 is {state['sha256'][:16]}..., the model records {source['sha256'][:16]}..."
+        if args.checkpoint:
+            raise ValueError(f"--checkpoint {checkpoint} is not the checkpoint {args.model} was compiled from "
+                             f"({recorded}; {digests}), so the two cannot be compared. Pass that one, or recompile "
+                             f"the model from this one: `lcq compile {checkpoint} -o {args.model}`")
+        raise ValueError(f"{checkpoint} is not the checkpoint {args.model} was compiled from: it changed since "
+                         f"({digests}). Recompile: `lcq compile {checkpoint} -o {args.model}`, or pass the "
+                         "original with --checkpoint")
     data = load_dataset(source["dataset"], args.data_dir)
     images, labels = data.test_x.numpy(), data.test_y.numpy()
     if args.images is not None:
         images, labels = images[:args.images], labels[:args.images]
-    model, _ = load_model(checkpoint)
     t0 = time.perf_counter()
     show = None if args.json else (lambda r: print(f"\r{r.images}/{len(images)} images", end="", file=sys.stderr))
     result = compare(compiled, model, images, labels, args.batch_size, show).to_dict()

@@ -1,44 +1,85 @@
-"""The compiled-model file: one zip (numpy ``.npz``) holding ``manifest.json`` and named arrays.
+"""The compiled-model file: a zip of ``manifest.json`` and named arrays, sealed by a SHA-256 digest.
 
-Readable with numpy alone (no PyTorch). Layout, version 1:
+Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
 
+- A zip of deflate-compressed members, each named once: ``manifest.json.npy``
+  and one ``KEY.npy`` per array, all ``.npy`` format 1.0, little-endian, C order.
 - ``manifest.json`` (a uint8 array of UTF-8 JSON): ``format`` =
   "lcq-compiled-model", ``version``, ``num_classes``, ``logits`` (output
   tensor), ``source`` (checkpoint, sha256, plan, compile options), ``scales``
-  (real value of one unit of each value tensor) and ``nodes`` in execution
-  order. A node is a dict of its scalar fields; each array field is a
-  reference ``{"array": KEY, "dtype": ..., "shape": [...]}`` to a member of
-  the zip.
+  (real value of one unit of each value tensor), ``nodes`` in execution
+  order and ``sha256`` (see :func:`digest`). A node is a dict of its scalar
+  fields; each array field is a reference ``{"array": KEY, "dtype": ...,
+  "shape": [...]}`` to a member, ``KEY = nodes/<i>/<field>`` (``nodes/<i>/stage/<field>``
+  for the output stage), of the dtype :data:`ARRAY_DTYPES` gives.
 - Conv weights: ``weights`` is the bit stream of ``C_out * C_in * kh * kw``
   fields of ``wbits`` bits (order out, in, ky, kx; each field
-  ``sign << (wbits - 1) | k``, sign 1 for negative; LSB first in each byte).
-- LUT (``mac`` = "lut"): ``lut`` ``(s_w, s_a)`` unsigned, ``L[k-1][j-1] =
-  W[k] * A[j]``, k-major: the ROM image the hardware reads; ``lut_bits``.
+  ``sign << (wbits - 1) | k``, sign 1 for negative and never with k = 0; LSB
+  first in each byte; the last byte's unused bits 0).
+- LUT (``mac`` = "lut"): ``lut`` ``(s_w, s_a)`` unsigned (uint16, or uint32
+  when an entry needs it), ``L[k-1][j-1] = W[k] * A[j]``, k-major: the ROM
+  image the hardware reads; ``lut_bits``. ``acc_bits``: the accumulator width.
 - Output ``stage``: ``{"kind": "thresholds", "thresholds", "descending", "bits"}``
   or ``{"kind": "requantize", "multiplier", "bias", "shift"}`` (see
-  :mod:`compiler.graph`).
+  :mod:`compiler.graph`); flags (``descending``, ``relu``) are uint8 0 or 1.
 
-:func:`load` rejects another format or version, a truncated or corrupt file,
-missing arrays and inconsistent shapes with a :class:`ModelFormatError`.
+:func:`save` checks the model against the rules of :mod:`compiler.graph`
+before it writes. :func:`load` accepts only what :func:`save` can write: each
+member named once and none unexpected, every field and array exactly as
+specified (each ``.npy`` header is checked against the manifest, and member
+sizes against their compressed size, before any data is read), the digest
+(so any damage to the contents is detected), and then the same rules of
+:mod:`compiler.graph`. Every failure is a :class:`ModelFormatError` naming the
+file and, where one is to blame, the node, the field and what is allowed.
+Version 1 files (written without a digest) are refused with the advice to
+recompile.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import math
+import re
 import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from lcq_train.atomic import atomic_write
+from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode,
+                    ModelRuleError, PoolNode, Requantize, Thresholds, act_scale, node_where, show, weight_scale)
 
-from .graph import (FORMAT, VERSION, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode,
-                    Requantize, Thresholds)
+MANIFEST = "manifest.json"
+DIGEST_FIELD = "sha256"
+MAX_MANIFEST_BYTES = 64 << 20
+MAX_ARRAY_BYTES = 1 << 30
+DEFLATE_MAX_RATIO = 1032      # deflate expands at most ~1032:1, so a member's stated size is bounded by its stored size
+NPY_MAGIC = b"\x93NUMPY\x01\x00"
+NPY_MAX_HEADER = 65535
+
+#: File dtype of every array field (what :func:`save` writes and :func:`load` requires).
+ARRAY_DTYPES = {"table": "|u1", "weights": "|u1", "w_levels": "<i4", "a_levels": "<i4", "lut": ("<u2", "<u4"),
+                "thresholds": "<i8", "descending": "|u1", "multiplier": "<i8", "bias": "<i8", "shift": "<i8",
+                "sign": "|i1", "relu": "|u1", "offset": "<i8"}
+#: Fields of the manifest, of each node by op, and of each output stage by kind.
+TOP_FIELDS = ("format", "version", "num_classes", "logits", "source", "scales", "nodes", DIGEST_FIELD)
+NODE_FIELDS = {
+    "input": ("op", "output", "shape", "bits", "table"),
+    "conv": ("op", "name", "input", "output", "kind", "in_shape", "out_shape", "kernel", "stride", "padding", "wbits",
+             "abits", "outer_wbits", "outer_abits", "mac", "acc_bits", "scale", "out_scale", "weights", "w_levels",
+             "a_levels", "stage"),
+    "activate": ("op", "name", "input", "output", "stage"),
+    "add": ("op", "name", "inputs", "output"),
+    "pool": ("op", "name", "input", "output", "frac_bits", "sign", "relu", "offset", "stage"),
+}
+LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
+STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
+                "requantize": ("kind", "multiplier", "bias", "shift")}
 
 
 class ModelFormatError(ValueError):
-    """A compiled-model file is not readable, of another version, or inconsistent."""
+    """A compiled-model file is not readable, of another version, damaged, or breaks a rule."""
 
 
 def pack_fields(values: np.ndarray, bits: int) -> np.ndarray:
@@ -67,8 +108,41 @@ def decode_weights(packed: np.ndarray, bits: int, shape: tuple[int, ...]) -> np.
     return np.where(negative == 1, -magnitude, magnitude).astype(np.int8).reshape(shape)
 
 
-def _lut_dtype(lut: np.ndarray):
-    return np.uint16 if lut.size == 0 or lut.max() < 2**16 else np.uint32
+def _lut_dtype(lut: np.ndarray) -> str:
+    return ARRAY_DTYPES["lut"][0] if lut.size == 0 or lut.max() < 2**16 else ARRAY_DTYPES["lut"][1]
+
+
+def _file_array(name: str, array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, dtype=np.dtype(ARRAY_DTYPES[name]))
+
+
+def _canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
+
+
+def digest(manifest: dict, members: dict[str, bytes]) -> str:
+    """SHA-256 (hex) of a model file's contents, the ``sha256`` field of its manifest.
+
+    It covers the canonical JSON (sorted keys, no spaces, ASCII) of ``manifest``
+    without its ``sha256`` field, and every array member's ``.npy`` bytes
+    (``members``: key -> bytes, taken in sorted order, each with its key and
+    length). What it leaves out (zip headers, timestamps, compression, the
+    manifest's whitespace) does not change the loaded model.
+    """
+    h = hashlib.sha256(f"{FORMAT} {VERSION}\n".encode())
+    body = _canonical({k: v for k, v in manifest.items() if k != DIGEST_FIELD})
+    h.update(len(body).to_bytes(8, "little") + body)
+    for key in sorted(members):
+        name = key.encode()
+        h.update(len(name).to_bytes(8, "little") + name + len(members[key]).to_bytes(8, "little"))
+        h.update(members[key])
+    return h.hexdigest()
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
+    return buf.getvalue()
 
 
 # --------------------------------------------------------------------------- save
@@ -78,8 +152,8 @@ class _Writer:
     def __init__(self):
         self.arrays: dict[str, np.ndarray] = {}
 
-    def ref(self, key: str, array: np.ndarray) -> dict:
-        array = np.ascontiguousarray(array)
+    def ref(self, key: str, name: str, array: np.ndarray, dtype: str | None = None) -> dict:
+        array = np.ascontiguousarray(array, dtype=np.dtype(dtype)) if dtype else _file_array(name, array)
         self.arrays[key] = array
         return {"array": key, "dtype": array.dtype.name, "shape": list(array.shape)}
 
@@ -87,32 +161,31 @@ class _Writer:
         if stage is None:
             return None
         if isinstance(stage, Thresholds):
-            return {"kind": "thresholds", "bits": stage.bits,
-                    "thresholds": self.ref(f"{prefix}/thresholds", stage.thresholds.astype(np.int64)),
-                    "descending": self.ref(f"{prefix}/descending", stage.descending.astype(np.uint8))}
-        return {"kind": "requantize",
-                "multiplier": self.ref(f"{prefix}/multiplier", stage.multiplier.astype(np.int64)),
-                "bias": self.ref(f"{prefix}/bias", stage.bias.astype(np.int64)),
-                "shift": self.ref(f"{prefix}/shift", stage.shift.astype(np.int64))}
+            return {"kind": "thresholds", "bits": int(stage.bits),
+                    "thresholds": self.ref(f"{prefix}/thresholds", "thresholds", stage.thresholds),
+                    "descending": self.ref(f"{prefix}/descending", "descending", stage.descending)}
+        return {"kind": "requantize", **{k: self.ref(f"{prefix}/{k}", k, getattr(stage, k))
+                                         for k in ("multiplier", "bias", "shift")}}
 
     def node(self, i: int, node) -> dict:
         p = f"nodes/{i}"
         if isinstance(node, InputNode):
-            return {"op": "input", "output": node.output, "shape": list(node.shape), "bits": node.bits,
-                    "table": self.ref(f"{p}/table", node.table.astype(np.uint8))}
+            return {"op": "input", "output": node.output, "shape": [int(v) for v in node.shape], "bits": int(node.bits),
+                    "table": self.ref(f"{p}/table", "table", node.table)}
         if isinstance(node, ConvNode):
             d = {"op": "conv", "name": node.name, "input": node.input, "output": node.output, "kind": node.kind,
-                 "in_shape": list(node.in_shape), "out_shape": list(node.out_shape), "kernel": node.kernel,
-                 "stride": node.stride, "padding": node.padding, "wbits": node.wbits, "abits": node.abits,
-                 "outer_wbits": node.outer_wbits, "outer_abits": node.outer_abits, "mac": node.mac,
-                 "acc_bits": node.acc_bits, "scale": node.scale, "out_scale": node.out_scale,
-                 "weights": self.ref(f"{p}/weights", encode_weights(node.weight_codes, node.wbits)),
-                 "w_levels": self.ref(f"{p}/w_levels", node.w_levels.astype(np.int32)),
-                 "a_levels": self.ref(f"{p}/a_levels", node.a_levels.astype(np.int32)),
+                 "in_shape": [int(v) for v in node.in_shape], "out_shape": [int(v) for v in node.out_shape],
+                 **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding", "wbits", "abits",
+                                                       "outer_wbits", "outer_abits")},
+                 "mac": node.mac, "acc_bits": node.acc_bits, "scale": float(node.scale),
+                 "out_scale": None if node.out_scale is None else float(node.out_scale),
+                 "weights": self.ref(f"{p}/weights", "weights", encode_weights(node.weight_codes, node.wbits)),
+                 "w_levels": self.ref(f"{p}/w_levels", "w_levels", node.w_levels),
+                 "a_levels": self.ref(f"{p}/a_levels", "a_levels", node.a_levels),
                  "stage": self.stage(f"{p}/stage", node.stage)}
             if node.mac == "lut":
                 lut = node.lut()
-                d["lut"] = self.ref(f"{p}/lut", lut.astype(_lut_dtype(lut)))
+                d["lut"] = self.ref(f"{p}/lut", "lut", lut, _lut_dtype(lut))
                 d["lut_bits"] = int(lut.max()).bit_length() if lut.size else 0
             return d
         if isinstance(node, ActivateNode):
@@ -122,161 +195,360 @@ class _Writer:
             return {"op": "add", "name": node.name, "inputs": list(node.inputs), "output": node.output}
         if isinstance(node, PoolNode):
             return {"op": "pool", "name": node.name, "input": node.input, "output": node.output,
-                    "frac_bits": node.frac_bits, "sign": self.ref(f"{p}/sign", node.sign.astype(np.int8)),
-                    "relu": self.ref(f"{p}/relu", node.relu.astype(np.uint8)),
-                    "offset": self.ref(f"{p}/offset", node.offset.astype(np.int64)),
+                    "frac_bits": int(node.frac_bits), "sign": self.ref(f"{p}/sign", "sign", node.sign),
+                    "relu": self.ref(f"{p}/relu", "relu", node.relu),
+                    "offset": self.ref(f"{p}/offset", "offset", node.offset),
                     "stage": self.stage(f"{p}/stage", node.stage)}
         raise TypeError(f"cannot save node {node!r}")
 
 
 def save(model: CompiledModel, path: str | Path) -> None:
-    """Write ``model`` to ``path`` atomically (see the module docstring for the layout)."""
+    """Check ``model`` against the rules of :mod:`compiler.graph`, then write it to ``path`` atomically."""
+    model.validate()
     writer = _Writer()
-    manifest = {"format": FORMAT, "version": VERSION, "num_classes": model.num_classes, "logits": model.logits,
-                "source": model.source, "scales": model.scales,
+    manifest = {"format": FORMAT, "version": VERSION, "num_classes": int(model.num_classes), "logits": model.logits,
+                "source": model.source, "scales": {k: float(v) for k, v in model.scales.items()},
                 "nodes": [writer.node(i, node) for i, node in enumerate(model.nodes)]}
-    blob = np.frombuffer(json.dumps(manifest, indent=1).encode(), dtype=np.uint8)
-    atomic_write(path, lambda f: np.savez_compressed(f, **{"manifest.json": blob}, **writer.arrays))
+    write_members(path, manifest, writer.arrays)
+
+
+def write_members(path: str | Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``manifest`` (its ``sha256`` field set to the :func:`digest` of it all) and ``arrays`` as a model file.
+
+    The low level of :func:`save`, which checks nothing: arrays are written as
+    they are (for tools and tests that build or edit files).
+    """
+    from lcq_train.atomic import atomic_write  # here: loading a model (the host runtime) imports no trainer module
+
+    members = {key: _npy(array) for key, array in arrays.items()}
+    manifest = json.loads(json.dumps({k: v for k, v in manifest.items() if k != DIGEST_FIELD}, allow_nan=False))
+    manifest[DIGEST_FIELD] = digest(manifest, members)
+    blob = _npy(np.frombuffer(json.dumps(manifest, indent=1, allow_nan=False).encode(), dtype=np.uint8))
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in [(MANIFEST, blob), *members.items()]:
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+                z.writestr(info, data)
+
+    atomic_write(path, write)
 
 
 # --------------------------------------------------------------------------- load
 
 
+def _unique_keys(pairs: list) -> dict:
+    d = {}
+    for key, value in pairs:
+        if key in d:
+            raise ValueError(f"key {show(key)} appears twice in one object")
+        d[key] = value
+    return d
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 class _Reader:
-    def __init__(self, path: Path, npz):
-        self.path, self.npz = path, npz
+    """One file being loaded: the zip, its members, and the array references met in the manifest."""
+
+    def __init__(self, path: Path, zf: zipfile.ZipFile):
+        self.path, self.zip = path, zf
+        self.refs: dict[str, tuple[str, str, dict]] = {}   # key -> (where, field, reference)
+        self.infos: dict[str, zipfile.ZipInfo] = {}
 
     def error(self, what: str) -> ModelFormatError:
         return ModelFormatError(f"{self.path}: {what}; recompile it with `lcq compile CHECKPOINT -o {self.path}`")
 
-    def array(self, ref, where: str, shape: tuple | None = None) -> np.ndarray:
-        if not isinstance(ref, dict) or "array" not in ref:
-            raise self.error(f"{where}: missing array reference")
-        key = ref["array"]
-        try:
-            array = self.npz[key]
-        except KeyError:
-            raise self.error(f"{where}: array {key!r} is missing") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-            raise self.error(f"{where}: array {key!r} is corrupt ({e})") from e
-        if array.dtype.name != ref.get("dtype") or list(array.shape) != list(ref.get("shape", [])):
-            raise self.error(f"{where}: array {key!r} is {array.dtype.name} {list(array.shape)}, "
-                             f"the manifest says {ref.get('dtype')} {ref.get('shape')}")
-        if shape is not None and tuple(array.shape) != tuple(shape):
-            raise self.error(f"{where}: array {key!r} has shape {tuple(array.shape)}, expected {tuple(shape)}")
-        return array
+    # ---- the zip and its members
 
-    def stage(self, d, where: str, channels: int, codes_only: bool):
+    def members(self) -> None:
+        for info in self.zip.infolist():
+            if info.filename in self.infos:
+                count = sum(i.filename == info.filename for i in self.zip.infolist())
+                raise self.error(f"the zip holds {count} members named {show(info.filename)}; a model file names each "
+                                 "member once")
+            self.infos[info.filename] = info
+
+    def member(self, key: str, where: str, dtype: str, shape: tuple | None) -> tuple[np.ndarray, bytes]:
+        """Array ``key`` (and its .npy bytes) after checking its size and header against ``dtype`` and ``shape``.
+
+        ``shape`` None: a 1-D array (the manifest) of at most MAX_MANIFEST_BYTES.
+        """
+        name = f"{key}.npy"
+        info = self.infos.get(name)
+        if info is None:
+            raise self.error(f"{where}: array {key!r} is missing")
+        if info.flag_bits & 0x1 or info.compress_type != zipfile.ZIP_DEFLATED:
+            raise self.error(f"{where}: member {name!r} is encrypted or not deflate-compressed")
+        size = np.dtype(dtype).itemsize
+        most = MAX_MANIFEST_BYTES if shape is None else math.prod(shape) * size
+        if most > MAX_ARRAY_BYTES:
+            raise self.error(f"{where}: array {key!r} of shape {list(shape)} is larger than {MAX_ARRAY_BYTES} bytes")
+        if not 10 < info.file_size <= most + 10 + NPY_MAX_HEADER or (shape is not None and info.file_size <= most + 10):
+            raise self.error(f"{where}: member {name!r} holds {info.file_size} bytes, not an .npy of {dtype} "
+                             f"{'bytes' if shape is None else list(shape)}")
+        if info.file_size > DEFLATE_MAX_RATIO * info.compress_size + 64:
+            raise self.error(f"{where}: member {name!r} claims {info.file_size} bytes, more than its "
+                             f"{info.compress_size} compressed bytes can hold")
+        with self.zip.open(info) as f:
+            prefix = f.read(10)
+            if len(prefix) != 10 or prefix[:8] != NPY_MAGIC:
+                raise self.error(f"{where}: member {name!r} is not an .npy array of format 1.0")
+            hlen = int.from_bytes(prefix[8:], "little")
+            nbytes = info.file_size - 10 - hlen
+            if shape is None:
+                shape = (nbytes,)
+            if nbytes < 0 or nbytes != math.prod(shape) * size:
+                raise self.error(f"{where}: member {name!r} holds {info.file_size} bytes, not an .npy of {dtype} "
+                                 f"{list(shape)}")
+            header = f.read(hlen)
+            got_shape, fortran, got = np.lib.format.read_array_header_1_0(io.BytesIO(prefix[8:] + header),
+                                                                           max_header_size=NPY_MAX_HEADER)
+            if got.str != dtype or tuple(got_shape) != tuple(shape) or fortran:
+                raise self.error(f"{where}: array {key!r} is {got.str} {show(list(got_shape))}"
+                                 f"{' (Fortran order)' if fortran else ''}, the manifest says {dtype} {list(shape)}")
+            data = f.read(nbytes)
+            if len(data) != nbytes or f.read(1):
+                raise self.error(f"{where}: array {key!r} is truncated")
+        return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(shape).copy(), prefix + header + data
+
+    def manifest(self) -> dict:
+        if f"{MANIFEST}.npy" not in self.infos:
+            raise ModelFormatError(f"{self.path} is not a readable compiled model (the zip has no {MANIFEST}): "
+                                   f"recompile it with `lcq compile CHECKPOINT -o {self.path}`")
+        blob, _ = self.member(MANIFEST, MANIFEST, "|u1", None)
+        try:
+            manifest = json.loads(blob.tobytes().decode("utf-8"), object_pairs_hook=_unique_keys,
+                                  parse_constant=_no_constant)
+        except (ValueError, RecursionError) as e:
+            raise self.error(f"{MANIFEST} is not valid JSON ({str(e)[:200]})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise self.error(f"not an {FORMAT} file")
+        version = manifest.get("version")
+        if version != VERSION or isinstance(version, bool):
+            old = " (written before model files carried a SHA-256 digest)" if version == 1 else ""
+            raise ModelFormatError(f"{self.path} has format version {show(version)}{old}; this lcq reads version "
+                                   f"{VERSION}: recompile it with `lcq compile CHECKPOINT -o {self.path}`")
+        self.fields(manifest, "manifest", TOP_FIELDS)
+        if not isinstance(manifest[DIGEST_FIELD], str) or not re.fullmatch(r"[0-9a-f]{64}", manifest[DIGEST_FIELD]):
+            raise self.error(f"manifest: field {DIGEST_FIELD!r} must be 64 hex digits, not "
+                             f"{show(manifest[DIGEST_FIELD])}")
+        return manifest
+
+    # ---- the manifest's nodes (scalars and array references; no array is read here)
+
+    def fields(self, d, where: str, names: tuple) -> None:
+        if not isinstance(d, dict):
+            raise self.error(f"{where}: must be a JSON object, not {show(d)}")
+        for name in names:
+            if name not in d:
+                raise self.error(f"{where}: field {name!r} is missing")
+        for name in d:
+            if name not in names:
+                raise self.error(f"{where}: unknown field {show(name)}")
+
+    def ref(self, d: dict, name: str, where: str, key: str, prefix: str = "") -> str:
+        ref = d[name]
+        if not isinstance(ref, dict) or set(ref) != {"array", "dtype", "shape"} or ref["array"] != key \
+                or not isinstance(ref["dtype"], str) or not isinstance(ref["shape"], list):
+            raise self.error(f"{where}: field {prefix + name!r} must be a reference "
+                             f"{{\"array\": {key!r}, \"dtype\": ..., \"shape\": [...]}}, not {show(ref)}")
+        self.refs[key] = (where, prefix + name, ref)
+        return key
+
+    def stage(self, d, where: str, key: str):
         if d is None:
             return None
-        if d.get("kind") == "thresholds":
-            stage = Thresholds(self.array(d["thresholds"], where).astype(np.int64),
-                               self.array(d["descending"], where, (channels,)).astype(bool), int(d["bits"]))
-            if stage.thresholds.shape != (channels, 2 ** stage.bits - 1):
-                raise self.error(f"{where}: thresholds shape {stage.thresholds.shape} does not match "
-                                 f"{channels} channels of {stage.bits}-bit codes")
-            return stage
-        if d.get("kind") == "requantize" and not codes_only:
-            return Requantize(*(self.array(d[k], where, (channels,)) for k in ("multiplier", "bias", "shift")))
-        raise self.error(f"{where}: unknown or misplaced output stage {d.get('kind')!r}")
+        kind = d.get("kind") if isinstance(d, dict) else None
+        if not isinstance(kind, str) or kind not in STAGE_FIELDS:
+            raise self.error(f"{where}: field 'stage' must be null or a thresholds or requantize stage, not {show(d)}")
+        self.fields(d, f"{where} stage", STAGE_FIELDS[kind])
+        refs = [self.ref(d, name, where, f"{key}/{name}", "stage.") for name in STAGE_FIELDS[kind][1:]
+                if name != "bits"]
+        return Thresholds(*refs, d["bits"]) if kind == "thresholds" else Requantize(*refs)
+
+    def node(self, i: int, d) -> object:
+        op = d.get("op") if isinstance(d, dict) else None
+        if not isinstance(op, str) or op not in NODE_FIELDS:
+            raise self.error(f"node {i}: field 'op' must be one of {', '.join(map(repr, NODE_FIELDS))}, not "
+                             f"{show(op if isinstance(d, dict) else d)}")
+        where = f"node {i} ({op} {show(d.get('name', d.get('output')))})"
+        self.fields(d, where, NODE_FIELDS[op] + (LUT_FIELDS if op == "conv" and d.get("mac") == "lut" else ()))
+        p = f"nodes/{i}"
+        if op == "input":
+            return InputNode(d["output"], d["shape"], self.ref(d, "table", where, f"{p}/table"), d["bits"])
+        if op == "conv":
+            refs = [self.ref(d, name, where, f"{p}/{name}") for name in ("weights", "w_levels", "a_levels")]
+            if "lut" in d:
+                self.ref(d, "lut", where, f"{p}/lut")
+            return ConvNode(d["name"], d["input"], d["output"], d["kind"], d["in_shape"], d["out_shape"], d["kernel"],
+                            d["stride"], d["padding"], d["wbits"], d["abits"], d["outer_wbits"], d["outer_abits"],
+                            d["mac"], *refs, d["scale"], self.stage(d["stage"], where, f"{p}/stage"), d["out_scale"])
+        if op == "activate":
+            return ActivateNode(d["name"], d["input"], d["output"], self.stage(d["stage"], where, f"{p}/stage"))
+        if op == "add":
+            return AddNode(d["name"], d["inputs"], d["output"])
+        return PoolNode(d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")
+                                                              for k in ("sign", "relu", "offset")),
+                        d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))
+
+    # ---- what each array must be, from the checked fields
+
+    def expected(self, model: CompiledModel, tensors: dict) -> dict[str, tuple]:
+        """key -> (dtype or dtypes, shape) of every array, from the (checked) scalar fields and tensor shapes."""
+        want = {}
+
+        def stage(p: str, stage, channels: int):
+            if isinstance(stage, Thresholds):
+                want[f"{p}/stage/thresholds"] = (ARRAY_DTYPES["thresholds"], (channels, act_scale(stage.bits)))
+                want[f"{p}/stage/descending"] = (ARRAY_DTYPES["descending"], (channels,))
+            elif isinstance(stage, Requantize):
+                for k in ("multiplier", "bias", "shift"):
+                    want[f"{p}/stage/{k}"] = (ARRAY_DTYPES[k], (channels,))
+
+        for i, node in enumerate(model.nodes):
+            p = f"nodes/{i}"
+            if isinstance(node, InputNode):
+                want[f"{p}/table"] = (ARRAY_DTYPES["table"], (256,))
+            elif isinstance(node, ConvNode):
+                co, ci, k = node.out_shape[0], node.in_shape[0], node.kernel
+                s_w, s_a = weight_scale(node.wbits), act_scale(node.abits)
+                want[f"{p}/weights"] = (ARRAY_DTYPES["weights"], ((co * ci * k * k * node.wbits + 7) // 8,))
+                want[f"{p}/w_levels"] = (ARRAY_DTYPES["w_levels"], (s_w + 1,))
+                want[f"{p}/a_levels"] = (ARRAY_DTYPES["a_levels"], (s_a + 1,))
+                if node.mac == "lut":
+                    want[f"{p}/lut"] = (ARRAY_DTYPES["lut"], (s_w, s_a))
+                stage(p, node.stage, co)
+            elif isinstance(node, ActivateNode):
+                stage(p, node.stage, tensors[node.input].shape[0])
+            elif isinstance(node, PoolNode):
+                c = tensors[node.input].shape[0]
+                for k in ("sign", "relu", "offset"):
+                    want[f"{p}/{k}"] = (ARRAY_DTYPES[k], (c,))
+                stage(p, node.stage, c)
+        return want
+
+    def arrays(self, want: dict[str, tuple]) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+        """Check the references against ``want`` and the members against both, then read every array."""
+        if set(want) != set(self.refs):   # a conv whose mac is "lut" and its "lut" field agree by construction
+            raise self.error(f"array references {sorted(set(want) ^ set(self.refs))} do not match the fields")
+        for name in self.infos:
+            if name != f"{MANIFEST}.npy" and (not name.endswith(".npy") or name[:-4] not in want):
+                raise self.error(f"unexpected zip member {show(name)}")
+        arrays, members = {}, {}
+        for key, (dtypes, shape) in want.items():
+            where, name, ref = self.refs[key]
+            names = {np.dtype(d).name: d for d in ((dtypes,) if isinstance(dtypes, str) else dtypes)}
+            if ref["dtype"] not in names or ref["shape"] != list(shape):
+                raise self.error(f"{where}: field {name!r} is declared {show(ref['dtype'])} {show(ref['shape'])}, "
+                                 f"the layer needs {' or '.join(names)} {list(shape)}")
+            arrays[key], members[key] = self.member(key, where, names[ref["dtype"]], shape)
+        return arrays, members
+
+    # ---- from file arrays to the model's
+
+    def flags(self, where: str, name: str, a: np.ndarray) -> np.ndarray:
+        bad = np.flatnonzero(a > 1)
+        if bad.size:
+            raise self.error(f"{where}: field {name!r} [{int(bad[0])}] = {int(a[bad[0]])}; a flag is 0 or 1")
+        return a.astype(bool)
+
+    def fill(self, model: CompiledModel, arrays: dict[str, np.ndarray]) -> None:
+        """Put the arrays into ``model``'s nodes as the compiler holds them (weight codes, int64, bool flags)."""
+        def stage(where: str, stage):
+            if isinstance(stage, Thresholds):
+                stage.thresholds = arrays[stage.thresholds].astype(np.int64)
+                stage.descending = self.flags(where, "stage.descending", arrays[stage.descending])
+            elif isinstance(stage, Requantize):
+                for k in ("multiplier", "bias", "shift"):
+                    setattr(stage, k, arrays[getattr(stage, k)].astype(np.int64))
+
+        for i, node in enumerate(model.nodes):
+            where = node_where(i, node)
+            if isinstance(node, InputNode):
+                node.shape, node.table = tuple(node.shape), arrays[node.table]
+            elif isinstance(node, ConvNode):
+                node.in_shape, node.out_shape = tuple(node.in_shape), tuple(node.out_shape)
+                packed = arrays[node.weight_codes]
+                shape = (node.out_shape[0], node.in_shape[0], node.kernel, node.kernel)
+                node.weight_codes = decode_weights(packed, node.wbits, shape)
+                differ = np.flatnonzero(encode_weights(node.weight_codes, node.wbits) != packed)
+                if differ.size:
+                    raise self.error(f"{where}: field 'weights' byte {int(differ[0])} is not the compiler's packing "
+                                     "(a negative zero, or unused bits that are not 0)")
+                node.w_levels = arrays[node.w_levels].astype(np.int64)
+                node.a_levels = arrays[node.a_levels].astype(np.int64)
+                stage(where, node.stage)
+            elif isinstance(node, ActivateNode):
+                stage(where, node.stage)
+            elif isinstance(node, AddNode):
+                node.inputs = tuple(node.inputs)
+            elif isinstance(node, PoolNode):
+                node.sign = arrays[node.sign].astype(np.int64)
+                node.relu = self.flags(where, "relu", arrays[node.relu])
+                node.offset = arrays[node.offset].astype(np.int64)
+                stage(where, node.stage)
+
+    def derived(self, model: CompiledModel, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+        """The redundant conv fields (``acc_bits``, ``lut``, ``lut_bits``) equal what the levels give."""
+        for i, (node, d) in enumerate(zip(model.nodes, manifest["nodes"])):
+            if not isinstance(node, ConvNode):
+                continue
+            where = node_where(i, node)
+            if d["acc_bits"] != node.acc_bits or isinstance(d["acc_bits"], bool):
+                raise self.error(f"{where}: field 'acc_bits' = {show(d['acc_bits'])}; the levels and the reduction "
+                                 f"give {node.acc_bits}")
+            if node.mac != "lut":
+                continue
+            lut, want = arrays[f"nodes/{i}/lut"], node.lut()
+            if not np.array_equal(lut.astype(np.int64), want):
+                raise self.error(f"{where}: field 'lut': LUT contents differ from the product of the level tables")
+            if lut.dtype != np.dtype(_lut_dtype(want)):
+                raise self.error(f"{where}: field 'lut' is {lut.dtype}, the compiler writes "
+                                 f"{np.dtype(_lut_dtype(want))}")
+            bits = int(want.max()).bit_length() if want.size else 0
+            if d["lut_bits"] != bits or isinstance(d["lut_bits"], bool):
+                raise self.error(f"{where}: field 'lut_bits' = {show(d['lut_bits'])}; the LUT needs {bits}")
 
 
 def load(path: str | Path) -> CompiledModel:
-    """Read and validate a compiled model written by :func:`save`."""
+    """Read a compiled model written by :func:`save`, accepting nothing else (see the module docstring).
+
+    Raises FileNotFoundError when there is no file, otherwise :class:`ModelFormatError` for any problem.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no compiled model at {path}; make one with `lcq compile CHECKPOINT -o {path}`")
     try:
-        npz = np.load(path, allow_pickle=False)
-        manifest = json.loads(bytes(npz["manifest.json"]).decode())
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{path} is not a readable compiled model ({e}); it may be truncated: "
-                               f"recompile it with `lcq compile CHECKPOINT -o {path}`") from e
-    with npz:
-        reader = _Reader(path, npz)
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise reader.error(f"not an {FORMAT} file")
-        if manifest.get("version") != VERSION:
-            raise ModelFormatError(f"{path} has format version {manifest.get('version')!r}; this lcq reads version "
-                                   f"{VERSION}: recompile it with `lcq compile CHECKPOINT -o {path}`")
-        try:
-            return _build(reader, manifest)
-        except (KeyError, TypeError, IndexError) as e:
-            raise reader.error(f"malformed manifest ({type(e).__name__}: {e})") from e
+        with zipfile.ZipFile(path) as zf:
+            return _load(_Reader(path, zf))
+    except ModelFormatError:
+        raise
+    except ModelRuleError as e:
+        raise ModelFormatError(f"{path}: {e}; recompile it with `lcq compile CHECKPOINT -o {path}`") from None
+    except Exception as e:   # zipfile, zlib, numpy, OverflowError, MemoryError, ...: a damaged file, not a bug to show
+        raise ModelFormatError(f"{path} is not a readable compiled model ({type(e).__name__}: {str(e)[:200]}); "
+                               f"it may be truncated or damaged: recompile it with "
+                               f"`lcq compile CHECKPOINT -o {path}`") from e
 
 
-def _build(reader: _Reader, manifest: dict) -> CompiledModel:
-    nodes, shapes, codes = [], {}, set()   # shapes of tensors defined so far; which of them are codes
-
-    def need(name: str, where: str, want_codes: bool) -> tuple:
-        if name not in shapes:
-            raise reader.error(f"{where}: input tensor {name!r} is not defined by an earlier node")
-        if (name in codes) != want_codes:
-            raise reader.error(f"{where}: input {name!r} must be {'codes' if want_codes else 'values'}")
-        return shapes[name]
-
-    for i, d in enumerate(manifest["nodes"]):
-        where = f"node {i} ({d.get('name', d.get('op'))})"
-        op = d["op"]
-        if op == "input":
-            if i != 0:
-                raise reader.error(f"{where}: the input node must come first")
-            node = InputNode(d["output"], tuple(d["shape"]), reader.array(d["table"], where, (256,)), int(d["bits"]))
-            shape, is_codes = node.shape, True
-        elif op == "conv":
-            node = _conv(reader, d, where, need(d["input"], where, True))
-            shape, is_codes = node.out_shape, node.stage is not None and node.stage.kind == "thresholds"
-        elif op == "activate":
-            shape = need(d["input"], where, False)
-            node = ActivateNode(d["name"], d["input"], d["output"], reader.stage(d["stage"], where, shape[0], False))
-            is_codes = node.stage.kind == "thresholds"
-        elif op == "add":
-            a, b = (need(name, where, False) for name in d["inputs"])
-            if a != b:
-                raise reader.error(f"{where}: operand shapes {a} and {b} differ")
-            node, shape, is_codes = AddNode(d["name"], tuple(d["inputs"]), d["output"]), a, False
-        elif op == "pool":
-            c = need(d["input"], where, False)[0]
-            stage = reader.stage(d["stage"], where, c, True)
-            node = PoolNode(d["name"], d["input"], d["output"], reader.array(d["sign"], where, (c,)).astype(np.int64),
-                            reader.array(d["relu"], where, (c,)).astype(bool), reader.array(d["offset"], where, (c,)),
-                            int(d["frac_bits"]), stage)
-            shape, is_codes = (c, 1, 1), True
-        else:
-            raise reader.error(f"{where}: unknown op {op!r}")
-        nodes.append(node)
-        shapes[node.output] = tuple(shape)
-        if is_codes:
-            codes.add(node.output)
-    model = CompiledModel(nodes, manifest["logits"], int(manifest["num_classes"]), manifest.get("source", {}),
-                          manifest.get("scales", {}))
-    if shapes.get(model.logits) != (model.num_classes, 1, 1):
-        raise reader.error(f"output {model.logits!r} is not a ({model.num_classes}, 1, 1) tensor")
+def _load(reader: _Reader) -> CompiledModel:
+    reader.members()
+    manifest = reader.manifest()
+    nodes = manifest["nodes"]
+    if not isinstance(nodes, list) or len(nodes) > MAX_NODES:
+        raise reader.error(f"manifest: field 'nodes' must be a list of at most {MAX_NODES} nodes")
+    model = CompiledModel([reader.node(i, d) for i, d in enumerate(nodes)], manifest["logits"],
+                          manifest["num_classes"], manifest["source"], manifest["scales"])
+    tensors = model.validate(arrays=False)          # every scalar field and the graph, before any array is read
+    arrays, members = reader.arrays(reader.expected(model, tensors))
+    if digest(manifest, members) != manifest[DIGEST_FIELD]:
+        raise ModelFormatError(f"{reader.path} is damaged: its contents do not match the SHA-256 digest recorded in "
+                               f"it; copy it again or recompile it with `lcq compile CHECKPOINT -o {reader.path}`")
+    reader.fill(model, arrays)
+    model.validate()
+    reader.derived(model, manifest, arrays)
     return model
-
-
-def _conv(reader: _Reader, d: dict, where: str, in_shape: tuple) -> ConvNode:
-    if tuple(d["in_shape"]) != in_shape:
-        raise reader.error(f"{where}: in_shape {d['in_shape']} does not match its input tensor {list(in_shape)}")
-    wbits, abits, k = int(d["wbits"]), int(d["abits"]), int(d["kernel"])
-    c_out, c_in = int(d["out_shape"][0]), in_shape[0]
-    count = c_out * c_in * k * k
-    packed = reader.array(d["weights"], where, ((count * wbits + 7) // 8,))
-    w_levels = reader.array(d["w_levels"], where, (2 ** (wbits - 1),)).astype(np.int64)
-    a_levels = reader.array(d["a_levels"], where, (2 ** abits,)).astype(np.int64)
-    node = ConvNode(d["name"], d["input"], d["output"], d["kind"], in_shape, tuple(d["out_shape"]), k,
-                    int(d["stride"]), int(d["padding"]), wbits, abits, int(d["outer_wbits"]), int(d["outer_abits"]),
-                    d["mac"], decode_weights(packed, wbits, (c_out, c_in, k, k)), w_levels, a_levels,
-                    float(d["scale"]), None, d["out_scale"])
-    c, h, w = in_shape
-    expect = (c_out, (h + 2 * node.padding - k) // node.stride + 1, (w + 2 * node.padding - k) // node.stride + 1)
-    if node.out_shape != expect:
-        raise reader.error(f"{where}: out_shape {list(node.out_shape)} does not follow from the geometry {list(expect)}")
-    if np.abs(node.weight_codes).max(initial=0) > len(w_levels) - 1:
-        raise reader.error(f"{where}: weight code beyond the level table")
-    if node.mac == "lut":
-        lut = reader.array(d["lut"], where, (len(w_levels) - 1, len(a_levels) - 1))
-        if not np.array_equal(lut.astype(np.int64), node.lut()):
-            raise reader.error(f"{where}: LUT contents differ from the product of the level tables")
-    node.stage = reader.stage(d["stage"], where, c_out, False)
-    return node

@@ -1,4 +1,4 @@
-"""The compiled model: a list of integer-only nodes over named tensors.
+"""The compiled model: a list of integer-only nodes over named tensors, and the rules it obeys.
 
 Tensors are either activation *codes* (unsigned, ``0..s_a``, named after the
 PyTorch activation quantizer that produces them, e.g. ``blocks.0.act1``) or
@@ -17,16 +17,75 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
 - :class:`AddNode`: sum of two value tensors of the same scale.
 - :class:`PoolNode`: BN + ReLU per position, global sum, thresholds into
   codes (global average pooling followed by an activation quantizer).
+
+Rules. :meth:`CompiledModel.validate` is the one definition of what a compiled
+model may hold: the compiler runs it before it returns or saves a model
+(:func:`compiler.lower.compile_model`, :func:`compiler.format.save`) and the
+loader runs it on every model it reads (:func:`compiler.format.load`), so a
+file loads only if the compiler could have written it. A broken rule raises
+:class:`ModelRuleError` naming the node, the field and what is allowed. The
+rules, besides exact types, dtypes and shapes of every field and array:
+
+- bit-widths: ``wbits``, ``abits`` and code widths in :data:`CODE_BITS`, the
+  outer widths ``b'`` in :data:`OUTER_BITS`, pool ``frac_bits`` in
+  :data:`FRAC_BITS` (also the compile options' range);
+- geometry: channels up to :data:`MAX_CHANNELS`, sides up to :data:`MAX_SIDE`,
+  kernel ``1..MAX_KERNEL``, stride ``1..MAX_STRIDE``, padding ``0..kernel//2``,
+  ``out = (in + 2 * padding - kernel) // stride + 1`` exactly, ``in_shape``
+  equal to the input tensor's shape; "linear" layers are 1x1 on (C, 1, 1);
+- level tables (DESIGN.md): ``s_w + 1`` resp. ``s_a + 1`` entries, non-decreasing,
+  ``W[0] = A[0] = 0``, ``W[s_w] = s'_w``, ``A[s_a] = s'_a``; so the LUT
+  ``W[k] * A[j]`` is the product table at every index, 0 included;
+- weight codes within ``-s_w..s_w``; a layer reads codes of exactly ``abits``
+  bits; the input table is non-decreasing from 0 up to ``2^bits - 1``;
+- flags (``descending``, ``relu``) are booleans, ``sign`` is -1, 0 or 1;
+- thresholds: ``2^bits - 1`` per channel, monotone in the channel's direction,
+  within ``+-(bound + 1)`` of the input (:meth:`Thresholds.limit`; pooling:
+  :meth:`PoolNode.sum_limit`, ascending only);
+- requantize: shift ``0..MAX_SHIFT``, multiplier with :data:`MULT_BITS`
+  significant bits, bias within ``2^62`` of the rounding half, and
+  ``bound * multiplier + |bias| < 2^63`` (no int64 overflow);
+- pooling: offsets within ``bound * 2^frac_bits``, zero where the ReLU is off
+  or the sign is 0, and ``positions * (bound + 1) * 2^(frac_bits + 1) < 2^63``;
+- every value tensor's bound (largest ``|x|``, propagated exactly as the
+  compiler does) below :data:`VALUE_LIMIT`, so no sum overflows int64;
+- graph: the input node first and once, every input defined earlier with the
+  right kind (codes or values), every tensor and node name defined once
+  (names match :data:`NAME`), the logits the last node's ``(num_classes, 1, 1)``
+  value tensor, ``scales`` exactly the value tensors (positive, finite, equal
+  across an addition), ``source`` empty or the compiler's record, whose
+  options agree with the nodes (``mac``, pool ``frac_bits``).
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
 
 FORMAT = "lcq-compiled-model"
-VERSION = 1
+VERSION = 2
+
+CODE_BITS = (2, 8)           # wbits, abits, input and threshold code widths (QuantPlan allows 2..8)
+OUTER_BITS = (2, 16)         # b'_w and b'_a of the outer re-quantization
+FRAC_BITS = (0, 24)          # fixed-point fraction bits (pooling; the compile options)
+MAX_CHANNELS = 1 << 16
+MAX_SIDE = 1 << 14
+MAX_KERNEL = 32
+MAX_STRIDE = 16
+MULT_BITS = 24               # significant bits of a requantize multiplier
+MAX_SHIFT = 62
+BIAS_LIMIT = 1 << 62         # |requantize bias - rounding half| stays below this
+VALUE_LIMIT = 1 << 62        # bound of every value tensor: the sum of two fits int64
+INT64_LIMIT = 1 << 63
+MAX_NODES = 4096
+MAX_CLASSES = 1 << 16
+NAME = re.compile(r"[A-Za-z0-9_.]{1,256}")
+SOURCE_FIELDS = {"checkpoint": str, "sha256": str, "model": str, "dataset": str, "plan": dict, "epoch": int,
+                 "test_top1": (float, int, type(None)), "options": dict}
+OPTION_FIELDS = ("residual_frac_bits", "pool_frac_bits", "logit_frac_bits", "max_lut_entries")
 
 
 def signed_bits(bound: int) -> int:
@@ -34,14 +93,135 @@ def signed_bits(bound: int) -> int:
     return int(bound).bit_length() + 1
 
 
+def weight_scale(bits: int) -> int:
+    """``s = 2^(b-1) - 1``: non-zero levels per sign of a signed (weight) quantizer."""
+    return 2 ** (bits - 1) - 1
+
+
+def act_scale(bits: int) -> int:
+    """``s = 2^b - 1``: non-zero levels of an unsigned (activation) quantizer."""
+    return 2**bits - 1
+
+
+def mac_kind(wbits: int, abits: int, max_lut_entries: int) -> str:
+    """"lut" when the layer's LUT (``s_w * s_a`` entries) fits ``max_lut_entries``, else "multiply"."""
+    return "lut" if weight_scale(wbits) * act_scale(abits) <= max_lut_entries else "multiply"
+
+
+# --------------------------------------------------------------------------- rule checks
+
+
+class ModelRuleError(ValueError):
+    """A compiled model breaks a rule: ``where`` (the node), ``field`` and what is allowed."""
+
+    def __init__(self, where: str, field: str, problem: str):
+        self.where, self.field, self.problem = where, field, problem
+        super().__init__(f"{where}: field {field!r} {problem}")
+
+
+def show(value) -> str:
+    """A short printable form of a (possibly hostile) value for an error message."""
+    if isinstance(value, (bool, np.bool_)):
+        return repr(bool(value))
+    if isinstance(value, (int, np.integer)):
+        value = int(value)
+        return str(value) if abs(value) < 10**20 else f"{'-' if value < 0 else ''}a {value.bit_length()}-bit integer"
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    text = repr(value) if isinstance(value, (str, list, tuple, dict)) or value is None \
+        else f"{type(value).__name__} {value!r}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def rule_int(where: str, name: str, value, lo: int, hi: int) -> int:
+    """``value`` as an int, which must be an integer (not a bool) in ``lo..hi``."""
+    if not _is_int(value):
+        raise ModelRuleError(where, name, f"must be an integer in {lo}..{hi}, not {show(value)}")
+    if not lo <= int(value) <= hi:
+        raise ModelRuleError(where, name, f"= {show(value)} is out of range; allowed {lo}..{hi}")
+    return int(value)
+
+
+def rule_positive(where: str, name: str, value) -> float:
+    """A finite real number > 0 (a scale)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value) or not value > 0:
+        raise ModelRuleError(where, name, f"must be a finite number > 0, not {show(value)}")
+    return float(value)
+
+
+def rule_name(where: str, name: str, value) -> str:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise ModelRuleError(where, name, f"must be a name of 1..256 letters, digits, '_' or '.', not {show(value)}")
+    return value
+
+
+def rule_choice(where: str, name: str, value, choices: tuple) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ModelRuleError(where, name, f"must be one of {', '.join(map(repr, choices))}, not {show(value)}")
+
+
+def rule_shape(where: str, name: str, value) -> tuple[int, int, int]:
+    """A tensor shape ``(C, H, W)``: C in 1..MAX_CHANNELS, H and W in 1..MAX_SIDE."""
+    if not isinstance(value, (tuple, list)) or len(value) != 3:
+        raise ModelRuleError(where, name, f"must be 3 integers (C, H, W), not {show(value)}")
+    return (rule_int(where, f"{name}[0]", value[0], 1, MAX_CHANNELS),
+            rule_int(where, f"{name}[1]", value[1], 1, MAX_SIDE), rule_int(where, f"{name}[2]", value[2], 1, MAX_SIDE))
+
+
+def rule_array(where: str, name: str, a, dtype, shape: tuple) -> np.ndarray:
+    """``a`` must be a numpy array of exactly ``dtype`` and ``shape``."""
+    if not isinstance(a, np.ndarray):
+        raise ModelRuleError(where, name, f"must be a numpy array, not {type(a).__name__}")
+    if a.dtype != np.dtype(dtype) or a.shape != tuple(shape):
+        raise ModelRuleError(where, name, f"is {a.dtype} {list(a.shape)}, must be {np.dtype(dtype)} {list(shape)}")
+    return a
+
+
+def _at(a: np.ndarray, flat: int) -> str:
+    return "[" + ", ".join(str(int(i)) for i in np.unravel_index(flat, a.shape)) + "]"
+
+
+def rule_values(where: str, name: str, a: np.ndarray, lo: int, hi: int) -> None:
+    """Every element of the integer array ``a`` in ``lo..hi`` (limits beyond int64 are not checked)."""
+    info = np.iinfo(a.dtype)
+    bad = np.zeros(a.shape, dtype=bool)
+    if lo > info.min:
+        bad |= a < lo
+    if hi < info.max:
+        bad |= a > hi
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ModelRuleError(where, name, f"{_at(a, i)} = {show(a.flat[i])} is out of range; allowed {lo}..{hi}")
+
+
+def rule_levels(where: str, name: str, levels, s: int, top: int, symbol: str) -> None:
+    """A level table: ``s + 1`` int64 entries, non-decreasing, ``[0] = 0`` and ``[s] = top`` (= s')."""
+    rule_array(where, name, levels, np.int64, (s + 1,))
+    if levels[0] != 0:
+        raise ModelRuleError(where, name, f"[0] = {show(levels[0])}; must be 0 ({symbol}[0] = 0, the zero level)")
+    down = np.flatnonzero(np.diff(levels) < 0)
+    if down.size:
+        i = int(down[0])
+        raise ModelRuleError(where, name, f"must be non-decreasing, but [{i}] = {show(levels[i])} > "
+                                          f"[{i + 1}] = {show(levels[i + 1])}")
+    if levels[s] != top:
+        raise ModelRuleError(where, name, f"[{s}] = {show(levels[s])}; must be {top} "
+                                          f"({symbol}[s] = s', the clip level of the outer width)")
+
+
 @dataclass
 class Thresholds:
     """Codes from values: ``code[n] = #{c : x >= T[n, c]}`` (``x <= T[n, c]`` where ``descending[n]``).
 
     ``thresholds`` (C, s) int64, non-decreasing along c for ascending channels
-    and non-increasing for descending ones; ``bits``: width of the output code.
-    Folds BN, ReLU and the next layer's compander (round half up at each
-    threshold).
+    and non-increasing for descending ones; ``descending`` (C,) bool; ``bits``:
+    width of the output code. Folds BN, ReLU and the next layer's compander
+    (round half up at each threshold).
     """
 
     thresholds: np.ndarray
@@ -59,6 +239,30 @@ class Thresholds:
             t = self.thresholds[:, c].reshape(shape)
             codes += np.where(desc, x <= t, x >= t)
         return codes.astype(np.uint8)
+
+    @staticmethod
+    def limit(bound: int) -> int:
+        """Thresholds on values ``|x| <= bound`` lie in ``[-limit, limit]``: beyond, every x passes (or none)."""
+        return int(bound) + 1
+
+    def check_fields(self, where: str, prefix: str = "stage.") -> None:
+        rule_int(where, prefix + "bits", self.bits, *CODE_BITS)
+
+    def check_arrays(self, where: str, channels: int, limit: int, prefix: str = "stage.",
+                     ascending_only: bool = False) -> None:
+        """Shapes, flags, range ``[-limit, limit]`` and monotony in each channel's direction."""
+        t = rule_array(where, prefix + "thresholds", self.thresholds, np.int64, (channels, act_scale(self.bits)))
+        desc = rule_array(where, prefix + "descending", self.descending, np.bool_, (channels,))
+        if ascending_only and desc.any():
+            raise ModelRuleError(where, prefix + "descending", f"[{int(np.flatnonzero(desc)[0])}] = True; "
+                                                               "pooling thresholds are ascending (all False)")
+        rule_values(where, prefix + "thresholds", t, -limit, limit)
+        step = np.diff(t, axis=1)
+        wrong = np.where(desc[:, None], step > 0, step < 0)
+        if wrong.any():
+            n = int(np.flatnonzero(wrong.any(axis=1))[0])
+            order = "non-increasing (a descending channel)" if desc[n] else "non-decreasing"
+            raise ModelRuleError(where, prefix + "thresholds", f"[{n}, :] must be {order}: {show(t[n].tolist())}")
 
 
 @dataclass
@@ -82,8 +286,36 @@ class Requantize:
 
     def bound(self, in_bound: int) -> int:
         """Largest ``|y|`` for ``|x| <= in_bound``."""
-        top = (in_bound * self.multiplier.astype(object) + np.abs(self.bias).astype(object)) >> self.shift.astype(object)
+        m, b = self.multiplier.astype(object), self.bias.astype(object)
+        top = (in_bound * m + np.abs(b)) >> self.shift.astype(object)
         return int(max(top.max(), 0)) + 1
+
+    def check_fields(self, where: str, prefix: str = "stage.") -> None:
+        pass
+
+    def check_arrays(self, where: str, channels: int, in_bound: int, prefix: str = "stage.") -> int:
+        """Ranges of shift, multiplier (``MULT_BITS`` significant bits) and bias, and no int64 overflow
+        for inputs ``|x| <= in_bound``; returns the output bound."""
+        m, b, sh = (rule_array(where, prefix + k, getattr(self, k), np.int64, (channels,))
+                    for k in ("multiplier", "bias", "shift"))
+        rule_values(where, prefix + "shift", sh, 0, MAX_SHIFT)
+        rule_values(where, prefix + "multiplier", m, 1 << (MULT_BITS - 1), INT64_LIMIT - 1)
+        over = np.flatnonzero((sh > 0) & (m > 1 << MULT_BITS))
+        if over.size:
+            n = int(over[0])
+            raise ModelRuleError(where, prefix + "multiplier", f"[{n}] = {show(m[n])} is out of range for shift "
+                                 f"{show(sh[n])}; allowed {1 << (MULT_BITS - 1)}..{1 << MULT_BITS}")
+        half = np.where(sh > 0, np.left_shift(1, np.maximum(sh - 1, 0)), 0)
+        rest = b.astype(object) - half.astype(object)
+        far = [n for n, r in enumerate(rest) if not -BIAS_LIMIT < r < BIAS_LIMIT]
+        if far:
+            raise ModelRuleError(where, prefix + "bias", f"[{far[0]}] = {show(b[far[0]])} is out of range; allowed "
+                                 f"2^(shift-1) +- (2^62 - 1)")
+        worst = int(in_bound) * int(m.max()) + int(np.abs(b.astype(object)).max())
+        if worst >= INT64_LIMIT:
+            raise ModelRuleError(where, prefix + "multiplier", f"up to {show(int(m.max()))} times values up to "
+                                 f"{show(int(in_bound))} (plus the bias) overflows 64 bits; lower the fraction bits")
+        return self.bound(in_bound)
 
 
 @dataclass
@@ -96,6 +328,20 @@ class InputNode:
     bits: int
     op = "input"
 
+    def check_fields(self, where: str) -> None:
+        rule_name(where, "output", self.output)
+        rule_shape(where, "shape", self.shape)
+        rule_int(where, "bits", self.bits, *CODE_BITS)
+
+    def check_arrays(self, where: str) -> None:
+        table = rule_array(where, "table", self.table, np.uint8, (256,))
+        if table[0] != 0:
+            raise ModelRuleError(where, "table", f"[0] = {show(table[0])}; must be 0 (pixel 0 is code 0)")
+        down = np.flatnonzero(np.diff(table.astype(np.int64)) < 0)
+        if down.size:
+            raise ModelRuleError(where, "table", f"must be non-decreasing, but [{int(down[0])}] > [{int(down[0]) + 1}]")
+        rule_values(where, "table", table, 0, act_scale(self.bits))
+
 
 @dataclass
 class ConvNode:
@@ -103,7 +349,7 @@ class ConvNode:
 
     ``weight_codes`` int8 ``(C_out, C_in, kh, kw)``: ``sgn * k``, k in 0..s_w.
     ``w_levels`` (s_w + 1,) and ``a_levels`` (s_a + 1,) are the integer level
-    tables; the LUT is ``L[k][j] = w_levels[k] * a_levels[j]`` for k, j >= 1.
+    tables (int64); the LUT is ``L[k][j] = w_levels[k] * a_levels[j]`` for k, j >= 1.
     ``acc[n, co, y, x] = sum sgn * L[k][j]`` over the ``C_in * kh * kw``
     reduction (zero padding is code 0); ``acc_bits`` holds its worst case.
     ``mac`` is "lut" (the LUT ROM) or "multiply" (edge layers whose LUT would
@@ -155,16 +401,86 @@ class ConvNode:
         """The LUT ROM ``(s_w, s_a)``: ``L[k-1, j-1] = W[k] * A[j]`` (int64)."""
         return np.outer(self.w_levels[1:], self.a_levels[1:]).astype(np.int64)
 
+    @staticmethod
+    def out_side(side: int, kernel: int, stride: int, padding: int) -> int:
+        """Output rows (or columns) of ``side`` input rows: ``(side + 2 * padding - kernel) // stride + 1``."""
+        return (side + 2 * padding - kernel) // stride + 1
+
+    def check_fields(self, where: str) -> None:
+        for name in ("name", "input", "output"):
+            rule_name(where, name, getattr(self, name))
+        rule_choice(where, "kind", self.kind, ("conv", "linear"))
+        c, h, w = rule_shape(where, "in_shape", self.in_shape)
+        rule_shape(where, "out_shape", self.out_shape)
+        k = rule_int(where, "kernel", self.kernel, 1, MAX_KERNEL)
+        s = rule_int(where, "stride", self.stride, 1, MAX_STRIDE)
+        p = rule_int(where, "padding", self.padding, 0, k // 2)   # up to "same" padding
+        if min(h, w) + 2 * p < k:
+            raise ModelRuleError(where, "kernel", f"= {k} exceeds the padded input {h + 2 * p}x{w + 2 * p}")
+        expect = (self.out_side(h, k, s, p), self.out_side(w, k, s, p))
+        if tuple(self.out_shape[1:]) != expect:
+            raise ModelRuleError(where, "out_shape", f"= {list(self.out_shape)} does not follow from the geometry: "
+                                 f"in_shape {list(self.in_shape)}, kernel {k}, stride {s}, padding {p} give "
+                                 f"{[self.out_shape[0], *expect]}")
+        if self.kind == "linear" and (k, s, p, h, w) != (1, 1, 0, 1, 1):
+            raise ModelRuleError(where, "kind", "'linear' needs kernel 1, stride 1, padding 0 and a (C, 1, 1) input")
+        rule_int(where, "wbits", self.wbits, *CODE_BITS)
+        rule_int(where, "abits", self.abits, *CODE_BITS)
+        rule_int(where, "outer_wbits", self.outer_wbits, *OUTER_BITS)
+        rule_int(where, "outer_abits", self.outer_abits, *OUTER_BITS)
+        rule_choice(where, "mac", self.mac, ("lut", "multiply"))
+        rule_positive(where, "scale", self.scale)
+        if self.stage is None:
+            if self.out_scale != self.scale:
+                raise ModelRuleError(where, "out_scale", f"= {show(self.out_scale)}; a raw accumulator's scale is "
+                                                         f"the layer's scale {show(self.scale)}")
+        elif isinstance(self.stage, Thresholds):
+            if self.out_scale is not None:
+                raise ModelRuleError(where, "out_scale", f"= {show(self.out_scale)}; codes have no scale (None)")
+        elif isinstance(self.stage, Requantize):
+            rule_positive(where, "out_scale", self.out_scale)
+        else:
+            raise ModelRuleError(where, "stage", f"must be thresholds, requantize or none, not {show(self.stage)}")
+        if self.stage is not None:
+            self.stage.check_fields(where)
+
+    def acc_limit(self) -> int:
+        """The accumulator bound from the fields alone: ``reduction * s'_w * s'_a`` (= :attr:`acc_bound`)."""
+        return self.reduction * weight_scale(self.outer_wbits) * act_scale(self.outer_abits)
+
+    def check_arrays(self, where: str) -> int | None:
+        """Weight codes and level tables, then the stage; returns the bound of a value output (None: codes)."""
+        s_w = weight_scale(self.wbits)
+        codes = rule_array(where, "weight_codes", self.weight_codes, np.int8,
+                           (self.out_shape[0], self.in_shape[0], self.kernel, self.kernel))
+        rule_values(where, "weight_codes", codes, -s_w, s_w)
+        rule_levels(where, "w_levels", self.w_levels, s_w, weight_scale(self.outer_wbits), "W")
+        rule_levels(where, "a_levels", self.a_levels, act_scale(self.abits), act_scale(self.outer_abits), "A")
+        bound = self.acc_bound
+        if isinstance(self.stage, Thresholds):
+            self.stage.check_arrays(where, self.out_shape[0], Thresholds.limit(bound))
+            return None
+        if isinstance(self.stage, Requantize):
+            return self.stage.check_arrays(where, self.out_shape[0], bound)
+        return bound
+
 
 @dataclass
 class ActivateNode:
-    """An output stage (thresholds or requantize) applied to a value tensor."""
+    """An output stage (thresholds) applied to a value tensor."""
 
     name: str
     input: str
     output: str
-    stage: Thresholds | Requantize
+    stage: Thresholds
     op = "activate"
+
+    def check_fields(self, where: str) -> None:
+        for name in ("name", "input", "output"):
+            rule_name(where, name, getattr(self, name))
+        if not isinstance(self.stage, Thresholds):
+            raise ModelRuleError(where, "stage", f"must be thresholds, not {show(self.stage)}")
+        self.stage.check_fields(where)
 
 
 @dataclass
@@ -175,6 +491,14 @@ class AddNode:
     inputs: tuple[str, str]
     output: str
     op = "add"
+
+    def check_fields(self, where: str) -> None:
+        rule_name(where, "name", self.name)
+        if not isinstance(self.inputs, (tuple, list)) or len(self.inputs) != 2:
+            raise ModelRuleError(where, "inputs", f"must be two tensor names, not {show(self.inputs)}")
+        rule_name(where, "inputs[0]", self.inputs[0])
+        rule_name(where, "inputs[1]", self.inputs[1])
+        rule_name(where, "output", self.output)
 
 
 @dataclass
@@ -206,8 +530,61 @@ class PoolNode:
         u = np.where(self.relu.reshape(1, -1, 1, 1), np.maximum(0, u), u)
         return u.sum(axis=(2, 3))
 
+    @staticmethod
+    def sum_limit(positions: int, bound: int, frac_bits: int) -> int:
+        """Thresholds on sums of ``positions`` terms ``u`` for ``|x| <= bound`` lie within this."""
+        return positions * (int(bound) + 1) * 2**frac_bits + 1
+
+    @staticmethod
+    def check_sum(where: str, positions: int, bound: int, frac_bits: int) -> None:
+        """Sums of ``positions`` terms ``sign * (x * 2^frac_bits - offset)``, ``|x| <= bound``, fit int64."""
+        if positions * (int(bound) + 1) * 2 ** (frac_bits + 1) >= INT64_LIMIT:
+            raise ModelRuleError(where, "frac_bits", f"= {frac_bits}: sums over {positions} positions of values up to "
+                                 f"{show(bound)} overflow 64 bits; lower the pool fraction bits")
+
+    def check_fields(self, where: str) -> None:
+        for name in ("name", "input", "output"):
+            rule_name(where, name, getattr(self, name))
+        rule_int(where, "frac_bits", self.frac_bits, *FRAC_BITS)
+        if not isinstance(self.stage, Thresholds):
+            raise ModelRuleError(where, "stage", f"must be thresholds, not {show(self.stage)}")
+        self.stage.check_fields(where)
+
+    def check_arrays(self, where: str, in_shape: tuple[int, int, int], in_bound: int) -> None:
+        c, positions, f = in_shape[0], in_shape[1] * in_shape[2], self.frac_bits
+        self.check_sum(where, positions, in_bound, f)
+        sign = rule_array(where, "sign", self.sign, np.int64, (c,))
+        relu = rule_array(where, "relu", self.relu, np.bool_, (c,))
+        offset = rule_array(where, "offset", self.offset, np.int64, (c,))
+        rule_values(where, "sign", sign, -1, 1)
+        rule_values(where, "offset", offset, -(in_bound << f), in_bound << f)
+        for name, bad, why in (("offset", (sign == 0) & (offset != 0), "must be 0 where sign is 0"),
+                               ("relu", (sign == 0) & ~relu, "must be True where sign is 0 (a constant channel)"),
+                               ("offset", ~relu & (offset != 0), "must be 0 where relu is False"),
+                               ("sign", ~relu & (sign == 0), "must be -1 or 1 where relu is False")):
+            if bad.any():
+                n = int(np.flatnonzero(bad)[0])
+                raise ModelRuleError(where, f"{name}", f"[{n}] = {show(getattr(self, name)[n])}: {why}")
+        self.stage.check_arrays(where, c, self.sum_limit(positions, in_bound, f), ascending_only=True)
+
 
 Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode
+NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode)
+
+
+@dataclass
+class TensorInfo:
+    """What :meth:`CompiledModel.validate` knows of a tensor: shape, code bits (None: values), bound of values."""
+
+    shape: tuple[int, int, int]
+    bits: int | None
+    bound: int | None = None
+
+
+def node_where(i: int, node) -> str:
+    """``node 3 (conv 'blocks.0.conv1')``: how errors name a node."""
+    name = getattr(node, "name", getattr(node, "output", None))
+    return f"node {i} ({getattr(node, 'op', type(node).__name__)} {show(name)})"
 
 
 @dataclass
@@ -227,3 +604,134 @@ class CompiledModel:
     @property
     def input(self) -> InputNode:
         return self.nodes[0]
+
+    def validate(self, arrays: bool = True) -> dict[str, TensorInfo]:
+        """Check every rule (see the module docstring); raise :class:`ModelRuleError` at the first broken one.
+
+        ``arrays=False`` checks only the scalar fields and the graph (what the
+        loader checks before it reads any array). Returns every tensor's
+        :class:`TensorInfo` (bounds only with ``arrays``).
+        """
+        num_classes = rule_int("model", "num_classes", self.num_classes, 1, MAX_CLASSES)
+        rule_name("model", "logits", self.logits)
+        if not isinstance(self.nodes, list) or not 2 <= len(self.nodes) <= MAX_NODES:
+            raise ModelRuleError("model", "nodes", f"must be a list of 2..{MAX_NODES} nodes")
+        options = self._check_source()
+        if not isinstance(self.scales, dict):
+            raise ModelRuleError("model", "scales", f"must be a dict of tensor scales, not {show(self.scales)}")
+        tensors: dict[str, TensorInfo] = {}
+        names: set[str] = set()
+        for i, node in enumerate(self.nodes):
+            where = node_where(i, node)
+            if not isinstance(node, NODE_TYPES):
+                raise ModelRuleError(where, "op", "is not a node of the compiled model")
+            if isinstance(node, InputNode) != (i == 0):
+                raise ModelRuleError(where, "op", "the input node comes first, and only once")
+            node.check_fields(where)
+            name = node.output if isinstance(node, InputNode) else node.name
+            if name in names:
+                raise ModelRuleError(where, "name", f"{name!r} is the name of an earlier node")
+            names.add(name)
+            if node.output in tensors:
+                raise ModelRuleError(where, "output", f"tensor {node.output!r} is already defined by an earlier node")
+            tensors[node.output] = self._check_node(i, node, where, tensors, arrays, options)
+            if tensors[node.output].bound is not None and tensors[node.output].bound >= VALUE_LIMIT:
+                raise ModelRuleError(where, "output", f"values up to {show(tensors[node.output].bound)} reach "
+                                                      f"2^62; int64 sums could overflow")
+        last = self.nodes[-1]
+        if self.logits != last.output or tensors[last.output].bits is not None:
+            raise ModelRuleError("model", "logits", f"= {self.logits!r}; must be the value tensor of the last node "
+                                                    f"({last.output!r})")
+        if tensors[self.logits].shape != (num_classes, 1, 1):
+            raise ModelRuleError("model", "logits", f"tensor has shape {list(tensors[self.logits].shape)}, "
+                                                    f"must be [{num_classes}, 1, 1] (num_classes)")
+        values = {name for name, t in tensors.items() if t.bits is None}
+        for name in self.scales:
+            if name not in values:
+                raise ModelRuleError("model", "scales", f"names {show(name)}, which is not a value tensor")
+        for name in values:
+            if name not in self.scales:
+                raise ModelRuleError("model", "scales", f"has no entry for value tensor {name!r}")
+        return tensors
+
+    def _scale(self, where: str, tensor: str) -> float:
+        return rule_positive(where, f"scales[{tensor!r}]", self.scales.get(tensor))
+
+    def _check_node(self, i: int, node, where: str, tensors: dict, arrays: bool, options: dict | None) -> TensorInfo:
+        def need(name: str, codes: bool, field_name: str = "input") -> TensorInfo:
+            t = tensors.get(name)
+            if t is None:
+                raise ModelRuleError(where, field_name, f"tensor {name!r} is not defined by an earlier node")
+            if (t.bits is not None) != codes:
+                raise ModelRuleError(where, field_name, f"tensor {name!r} must be {'codes' if codes else 'values'}")
+            return t
+
+        if isinstance(node, InputNode):
+            if arrays:
+                node.check_arrays(where)
+            return TensorInfo(tuple(node.shape), node.bits)
+        if isinstance(node, ConvNode):
+            t = need(node.input, True)
+            if tuple(node.in_shape) != t.shape:
+                raise ModelRuleError(where, "in_shape", f"= {list(node.in_shape)} does not match its input tensor "
+                                                        f"{node.input!r} {list(t.shape)}")
+            if node.abits != t.bits:
+                raise ModelRuleError(where, "abits", f"= {node.abits} differs from the {t.bits}-bit codes of its "
+                                                     f"input {node.input!r}")
+            if options is not None and node.mac != mac_kind(node.wbits, node.abits, options["max_lut_entries"]):
+                raise ModelRuleError(where, "mac", f"= {node.mac!r}; with max_lut_entries "
+                                     f"{options['max_lut_entries']} the compiler makes it "
+                                     f"{mac_kind(node.wbits, node.abits, options['max_lut_entries'])!r}")
+            if node.acc_limit() >= VALUE_LIMIT:
+                raise ModelRuleError(where, "in_shape", "accumulators could reach 2^62")
+            bound = node.check_arrays(where) if arrays else None
+            if isinstance(node.stage, Thresholds):
+                return TensorInfo(tuple(node.out_shape), node.stage.bits)
+            if self._scale(where, node.output) != node.out_scale:
+                raise ModelRuleError(where, "out_scale", f"= {show(node.out_scale)} differs from "
+                                     f"scales[{node.output!r}] = {show(self.scales[node.output])}")
+            return TensorInfo(tuple(node.out_shape), None, bound)
+        if isinstance(node, ActivateNode):
+            t = need(node.input, False)
+            if arrays:
+                node.stage.check_arrays(where, t.shape[0], Thresholds.limit(t.bound))
+            return TensorInfo(t.shape, node.stage.bits)
+        if isinstance(node, AddNode):
+            a, b = need(node.inputs[0], False, "inputs[0]"), need(node.inputs[1], False, "inputs[1]")
+            if a.shape != b.shape:
+                raise ModelRuleError(where, "inputs", f"operand shapes {list(a.shape)} and {list(b.shape)} differ")
+            scale = self._scale(where, node.inputs[0])
+            if self._scale(where, node.inputs[1]) != scale or self._scale(where, node.output) != scale:
+                raise ModelRuleError(where, "inputs", "operands and sum must have one scale (scales differ)")
+            return TensorInfo(a.shape, None, a.bound + b.bound if arrays else None)
+        t = need(node.input, False)
+        if options is not None and node.frac_bits != options["pool_frac_bits"]:
+            raise ModelRuleError(where, "frac_bits", f"= {node.frac_bits}; the compile options say "
+                                                     f"pool_frac_bits {options['pool_frac_bits']}")
+        if arrays:
+            node.check_arrays(where, t.shape, t.bound)
+        return TensorInfo((t.shape[0], 1, 1), node.stage.bits)
+
+    def _check_source(self) -> dict | None:
+        """``source`` is {} or what :func:`compiler.lower.compile_checkpoint` records; returns its options."""
+        if not isinstance(self.source, dict):
+            raise ModelRuleError("model", "source", f"must be a dict, not {show(self.source)}")
+        if not self.source:
+            return None
+        for key, kind in SOURCE_FIELDS.items():
+            value = self.source.get(key, ...)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ModelRuleError("model", f"source.{key}", f"must be {getattr(kind, '__name__', 'a number')}, "
+                                                               f"not {show(value) if value is not ... else 'missing'}")
+        extra = set(self.source) - set(SOURCE_FIELDS)
+        if extra:
+            raise ModelRuleError("model", "source", f"has unknown entries {sorted(map(show, extra))}")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.source["sha256"]):
+            raise ModelRuleError("model", "source.sha256", f"must be 64 hex digits, not {show(self.source['sha256'])}")
+        options = self.source["options"]
+        for key in OPTION_FIELDS:
+            if key == "max_lut_entries":
+                rule_int("model", f"source.options.{key}", options.get(key), 1, INT64_LIMIT)
+            else:
+                rule_int("model", f"source.options.{key}", options.get(key), *FRAC_BITS)
+        return options

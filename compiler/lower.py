@@ -11,7 +11,6 @@ Supported: the small CNN and pre-activation ResNets of :mod:`lcq_train.models`.
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from lcq_train.quant import level_scale
 from lcq_train.train import build_quantized_model
 
 from . import stages
-from .graph import ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode
+from .graph import FRAC_BITS, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode, mac_kind
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,17 @@ class CompileOptions:
 
     def __post_init__(self):
         for name in ("residual_frac_bits", "pool_frac_bits", "logit_frac_bits"):
-            if not 0 <= getattr(self, name) <= 24:
-                raise ValueError(f"{name.replace('_', '-')} must be in 0..24, not {getattr(self, name)}")
+            if not FRAC_BITS[0] <= getattr(self, name) <= FRAC_BITS[1]:   # the rule the loader applies too
+                raise ValueError(f"{name.replace('_', '-')} must be in {FRAC_BITS[0]}..{FRAC_BITS[1]}, "
+                                 f"not {getattr(self, name)}")
         if self.max_lut_entries < 1:
             raise ValueError(f"max-lut-entries must be positive, not {self.max_lut_entries}")
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict]:
-    """The quantized model of an ``lcq train`` checkpoint (eval mode, CPU) and the checkpoint dict."""
+    """The quantized model of an ``lcq train`` checkpoint (eval mode, CPU) and the checkpoint dict
+    (:func:`lcq_train.checkpoint.load_checkpoint`: no pickle, digest and fields checked; its
+    ``sha256`` is the checkpoint's digest)."""
     state = load_checkpoint(path)
     plan = QuantPlan.from_dict(state["plan"])
     if plan.method == "fp":
@@ -62,16 +64,23 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         raise ValueError(f"{path} was trained without outer re-quantization (--outer-bits 0); "
                          "integer LUTs need b' (retrain with --outer-bits 8)")
     model = build_quantized_model(state["config"]["model"], state["input_shape"], state["num_classes"], plan)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its weights do not fit a {state['config']['model']} with its plan "
+                         f"({str(e).splitlines()[-1].strip()}); it is not a checkpoint lcq train wrote") from None
     return model.eval(), state
 
 
 def compile_checkpoint(path: str | Path, options: CompileOptions = CompileOptions()) -> CompiledModel:
-    """Compile the checkpoint at ``path`` (see :func:`compile_model`), recording its origin."""
+    """Compile the checkpoint at ``path`` (see :func:`compile_model`), recording its origin in
+    ``source``: ``checkpoint``, its absolute path (so that ``lcq eval`` finds it from any working
+    directory), and ``sha256``, the checkpoint's digest (the SHA-256 its frame records and
+    :func:`~lcq_train.checkpoint.load_checkpoint` verifies), which ``lcq eval`` compares."""
     model, state = load_model(path)
     compiled = compile_model(model, tuple(state["input_shape"]), options)
     cfg = state["config"]
-    compiled.source = {"checkpoint": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+    compiled.source = {"checkpoint": str(Path(path).resolve()), "sha256": state["sha256"],
                        "model": cfg["model"], "dataset": cfg["dataset"], "plan": state["plan"],
                        "epoch": state["epoch"], "test_top1": state["metrics"].get("test_top1"),
                        "options": options.__dict__}
@@ -96,7 +105,9 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     else:
         raise ValueError(f"cannot compile a {type(model).__name__}: supported models are SmallCNN and PreActResNet")
     num_classes = lowering.nodes[-1].out_shape[0]
-    return CompiledModel(lowering.nodes, "logits", num_classes, scales=lowering.scales)
+    compiled = CompiledModel(lowering.nodes, "logits", num_classes, scales=lowering.scales)
+    compiled.validate()   # the rules of compiler.graph, which the loader applies to every file
+    return compiled
 
 
 def _bn_affine(bn: nn.BatchNorm2d, gain: float, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -173,12 +184,11 @@ class _Lowering:
         if not wq.alpha.item() > 0 or not wq.normalization(weight)[1].item() > 0:
             raise ValueError(f"layer {name!r}: weight clip alpha and LWN sigma must be positive")
         w_levels, a_levels = wq.levels().numpy(), act.levels().numpy()
-        entries = (len(w_levels) - 1) * (len(a_levels) - 1)
         node = ConvNode(
             name=name, input=input, output=output, kind=kind, in_shape=(c, h, w), out_shape=out_shape,
             kernel=k, stride=stride, padding=pad, wbits=wq.spec.bits, abits=act.spec.bits,
             outer_wbits=wq.spec.outer_bits, outer_abits=act.spec.outer_bits,
-            mac="lut" if entries <= self.options.max_lut_entries else "multiply",
+            mac=mac_kind(wq.spec.bits, act.spec.bits, self.options.max_lut_entries),
             weight_codes=wq.codes(weight).numpy().astype(np.int8),
             w_levels=w_levels.astype(np.int64), a_levels=a_levels.astype(np.int64),
             scale=wq.step(weight) * act.step(), out_scale=None)

@@ -5,14 +5,16 @@ Each function turns a per-channel affine map of an integer tensor,
 together), plus the real thresholds of the next activation quantizer, into the
 integer constants of :mod:`compiler.graph`. Integer results are clamped to
 ``[-bound - 1, bound + 1]`` where ``bound`` is the largest ``|x|`` the input
-can hold, so every constant has a stated width.
+can hold, so every constant has a stated width. The limits and the checks of
+the results are the rules of :mod:`compiler.graph` (``Thresholds.limit``,
+``PoolNode.sum_limit``, ``Requantize.check_arrays``), which the loader applies too.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .graph import Requantize, Thresholds
+from .graph import BIAS_LIMIT, MULT_BITS, PoolNode, Requantize, Thresholds
 
 
 def compander_inverse(theta: np.ndarray | None, u: np.ndarray) -> np.ndarray:
@@ -45,36 +47,38 @@ def thresholds(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, bound: int, 
     (a descending channel); ``gain == 0``: the constant code of ``offset``.
     """
     gain, offset = np.asarray(gain, np.float64)[:, None], np.asarray(offset, np.float64)[:, None]
-    lo, hi = -bound - 1, bound + 1
+    hi = Thresholds.limit(bound)
+    lo = -hi
     with np.errstate(divide="ignore", invalid="ignore"):
         tau = (t[None, :] - offset) / gain
     up = np.ceil(np.clip(tau, lo, hi))
     down = np.floor(np.clip(tau, lo, hi))
     constant = np.where(offset >= t[None, :], lo, hi)
     out = np.where(gain > 0, up, np.where(gain < 0, down, constant))
-    return Thresholds(out.astype(np.int64), (gain[:, 0] < 0), bits)
+    with np.errstate(invalid="ignore"):   # out of int64 only where a bound breaks a rule (validate names it)
+        exact = np.clip(out.astype(np.int64), max(lo, -2**63), min(hi, 2**63 - 1))   # exact limits, not float ones
+    return Thresholds(exact, (gain[:, 0] < 0), bits)
 
 
-def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, mult_bits: int = 24) -> Requantize:
+def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int) -> Requantize:
     """``y = round_half_up(x * ratio + bias)`` in fixed point: ``(x * M + B) >> shift``.
 
-    ``ratio`` (C,) > 0, ``bias`` (C,) in output units. ``M`` keeps ``mult_bits``
-    significant bits. Raises ValueError when ``x * M`` could overflow int64.
+    ``ratio`` (C,) > 0, ``bias`` (C,) in output units. ``M`` keeps
+    :data:`compiler.graph.MULT_BITS` significant bits. Raises ValueError when
+    ``x * M`` could overflow int64 or a constant breaks a rule of
+    :meth:`compiler.graph.Requantize.check_arrays`.
     """
     ratio, bias = np.asarray(ratio, np.float64), np.asarray(bias, np.float64)
     if not np.all(ratio > 0) or not np.all(np.isfinite(ratio)):
         raise ValueError(f"requantize ratios must be positive and finite, got {ratio}")
-    shift = np.maximum(0, mult_bits - 1 - np.floor(np.log2(ratio))).astype(np.int64)
+    shift = np.maximum(0, MULT_BITS - 1 - np.floor(np.log2(ratio))).astype(np.int64)
     multiplier = np.round(ratio * 2.0**shift).astype(np.int64)
     half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
     b = np.round(bias * 2.0**shift)
-    if not np.all(np.abs(b) < 2**62):
+    if not np.all(np.abs(b) < BIAS_LIMIT):
         raise ValueError("requantize bias too large for int64")
     stage = Requantize(multiplier, b.astype(np.int64) + half, shift)
-    worst = int(in_bound) * int(multiplier.max()) + int(np.abs(stage.bias).max())
-    if worst >= 2**63:
-        raise ValueError(f"requantize of values up to {in_bound} by multipliers up to {multiplier.max()} "
-                         "overflows 64 bits; lower the fraction bits")
+    stage.check_arrays("requantize", len(ratio), in_bound, prefix="")
     return stage
 
 
@@ -94,7 +98,8 @@ def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, position
     """
     gain, offset = np.asarray(gain, np.float64), np.asarray(offset, np.float64)
     scale = 2.0**frac_bits
-    sum_limit = positions * (bound + 1) * 2**frac_bits + 1
+    PoolNode.check_sum("pooling", positions, bound, frac_bits)
+    sum_limit = PoolNode.sum_limit(positions, bound, frac_bits)
     with np.errstate(divide="ignore", invalid="ignore"):
         c = np.where(gain != 0, -offset / gain, 0.0)
         kinked = (gain != 0) & (np.abs(c) <= bound)
@@ -103,7 +108,7 @@ def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, position
         tau_always = (t[None, :] - offset[:, None]) * positions * scale / np.abs(gain)[:, None]
     never = np.where(np.maximum(offset, 0)[:, None] >= t[None, :], 0, 1)      # constant code; u = 0
     tau = np.where(kinked[:, None], tau_kinked, np.where(always[:, None], tau_always, never))
-    thresholds = np.ceil(np.clip(tau, -sum_limit, sum_limit)).astype(np.int64)
+    thresholds = np.clip(np.ceil(np.clip(tau, -sum_limit, sum_limit)).astype(np.int64), -sum_limit, sum_limit)
     sign = np.where(kinked | always, np.sign(gain), 0).astype(np.int64)
     off = np.where(kinked, np.round(c * scale), 0).astype(np.int64)
     return sign, ~always, off, Thresholds(thresholds, np.zeros(gain.size, dtype=bool), bits)

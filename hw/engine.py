@@ -3,8 +3,9 @@
 One engine runs any convolution or fully connected layer of a compiled model that fits
 its :class:`~hw.engine_params.EngineParams`, one layer per ``start``:
 
-1. **Load** (while idle): beats on ``load_*`` write configuration registers and the
-   buffers (targets in :mod:`hw.engine_params`; the host side is :mod:`hw.program`).
+1. **Load** (while idle): ``(target, addr, data)`` beats on the ``load`` stream write
+   configuration registers and the buffers (targets in :mod:`hw.engine_params`; the host
+   side is :mod:`hw.program`).
 2. **Compute**: for each tile of ``cols`` output channels and each reduction tile
    (kernel tap ``(ky, kx)`` x group of ``rows`` input channels) the engine loads the
    tile's ``rows`` x ``cols`` weight codes into the PEs (one row per cycle), streams every
@@ -15,105 +16,130 @@ its :class:`~hw.engine_params.EngineParams`, one layer per ``start``:
    weights (the next tile's loads while the current tile's last elements are still in the
    array).
 3. **Read back**: each position's ``cols`` accumulators pass, one per cycle, through the
-   one output stage (thresholds, requantize or none), and stream out on ``out_*``
-   (valid/ready) as one word of ``cols`` outputs per position, channel tile after channel
-   tile. One stage serves all columns: read-back is bound by the host link anyway, and
-   per-column stage memories would not fit small FPGAs.
+   one output stage (thresholds, requantize or none), and stream out on ``out`` as one
+   word of ``cols`` outputs per position, channel tile after channel tile. One stage
+   serves all columns: read-back is bound by the host link anyway, and per-column stage
+   memories would not fit small FPGAs.
 
-Products: each row has a loadable table ``j -> (L[1][j], ..., L[s_w][j])`` at its left
-edge (the "row vector" way of DESIGN.md); the vector travels along the row and each PE
-selects ``L[k][j]`` by its weight magnitude. Engines with ``multiply`` also hold the level
-``A[j]`` in a table entry whose top bit is set, and then the PE multiplies it by its
-weight level ``W[k]`` (8-bit edge layers, whose LUT would be too large).
+Products (a :class:`hw.pe.PEArray` of :class:`hw.pe.RowTable` PEs): each row has a loadable
+table ``j -> (L[1][j], ..., L[s_w][j])`` at its left edge (the "row vector" way of
+DESIGN.md); the vector travels along the row and each PE selects ``L[k][j]`` by its weight
+magnitude. Engines with ``multiply`` also hold the level ``A[j]`` in a table entry whose
+top bit is set, and then the PE multiplies it by its weight level ``W[k]`` (8-bit edge
+layers, whose LUT would be too large).
 
-Cycles of one layer: computing ``tiles * (rows + positions + 1 + max(0, cols + 2 - positions))``
-with ``tiles = co_tiles * kernel^2 * groups``, then ``rows + cols + 4`` to empty the
-pipeline; reading back ``cols + 6`` per output word (more under back-pressure).
+Cycles of one layer, the first being the one after the edge that samples ``start``:
+computing takes ``tiles * (rows + positions + 1 + gap) - gap + drain`` cycles with
+``tiles = co_tiles * kernel^2 * groups``, ``gap = max(0, cols + 2 - positions)`` and
+``drain = rows + cols + 4`` (:attr:`LayerEngine.drain`): each tile loads its weight rows,
+issues its positions and waits ``1 + gap`` cycles; the last waits ``1 + drain`` instead, for
+the pipeline to empty. Each output word is then offered ``cols + STAGE_LATENCY + 3`` (``cols +
+6``) cycles after computing ends or the previous word is accepted; ``busy`` falls the cycle
+after the last word is accepted.
 """
 
 from __future__ import annotations
 
-from amaranth import C, Cat, ClockSignal, Instance, Module, Mux, Signal, signed
-from amaranth.lib import data, wiring
+from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_REQUANTIZE, STAGE_THRESHOLDS, TABLE,
-                            THRESHOLDS, WEIGHTS, EngineParams)
-from .pe import PRODUCT_BITS, ProcessingElement
+from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE, STAGE_THRESHOLDS,
+                            TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, EngineParams)
+from .pe import PEArray, RowTable
 from .requantize import RequantizeUnit
+from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
 
-SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
+
+class EngineSignature(wiring.Signature):
+    """The layer engine's host interface, as the engine sees it; the host side uses it flipped.
+
+    - ``load``: stream in of :attr:`load_layout` beats ``(target, addr, data)``, ``addr_bits``
+      and ``data_bits`` wide; the engine is ready only while idle.
+    - ``start`` (in): a one-cycle pulse begins a layer (ignored while busy); ``busy`` (out):
+      high from the next cycle until the last output word has been accepted.
+    - ``out``: stream out of ``out_bits``-bit output words (``cols`` signed fields, column 0 lowest).
+    """
+
+    def __init__(self, addr_bits: int, data_bits: int, out_bits: int):
+        for name, value in (("Address width", addr_bits), ("Data width", data_bits), ("Output word width", out_bits)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        self._addr_bits, self._data_bits, self._out_bits = addr_bits, data_bits, out_bits
+        super().__init__({
+            "load": In(stream.Signature(self.load_layout)),
+            "start": In(1),
+            "busy": Out(1),
+            "out": Out(stream.Signature(out_bits)),
+        })
+
+    @classmethod
+    def for_params(cls, params: EngineParams) -> EngineSignature:
+        return cls(params.addr_bits, params.data_bits, params.cols * params.out_bits)
+
+    @property
+    def addr_bits(self) -> int:
+        return self._addr_bits
+
+    @property
+    def data_bits(self) -> int:
+        return self._data_bits
+
+    @property
+    def out_bits(self) -> int:
+        return self._out_bits
+
+    @property
+    def load_layout(self) -> data.StructLayout:
+        """A load beat: ``target`` (:data:`hw.engine_params.TARGET_BITS`), ``addr``, ``data``, lowest first."""
+        return data.StructLayout({"target": TARGET_BITS, "addr": self._addr_bits, "data": self._data_bits})
+
+    def __eq__(self, other):
+        return type(other) is EngineSignature and (other.addr_bits, other.data_bits, other.out_bits) == (
+            self.addr_bits, self.data_bits, self.out_bits)
+
+    def __repr__(self):
+        return f"EngineSignature({self.addr_bits}, {self.data_bits}, {self.out_bits})"
 
 
-def spram_buffer(m, name, width, addr, write_en, write_data):
-    """``width`` bits x 16K words of iCE40 UltraPlus SB_SPRAM256KA blocks side by side; the read
-    data of ``addr`` appears one cycle later (written data where ``write_en``)."""
-    read_data = Signal(width, name=f"{name}_data")
-    for i in range(0, width, SPRAM_WIDTH):
-        bits = min(SPRAM_WIDTH, width - i)
-        out = Signal(SPRAM_WIDTH, name=f"{name}_spram_{i // SPRAM_WIDTH}")
-        m.submodules[f"{name}_spram_{i // SPRAM_WIDTH}"] = Instance(
-            "SB_SPRAM256KA", i_ADDRESS=addr[:14], i_DATAIN=write_data[i:i + bits], i_MASKWREN=0b1111,
-            i_WREN=write_en, i_CHIPSELECT=1, i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
-            o_DATAOUT=out)
-        m.d.comb += read_data[i:i + bits].eq(out[:bits])
-    return read_data
-
-
-class EngineProducts:
-    """The PE product of an engine: ``P[k]`` of the row's vector, or ``W[k] * A[j]`` where the
-    table entry's top bit says so (a :class:`hw.pe.Variant`-like object for :class:`ProcessingElement`)."""
-
-    load_signature: dict = {}
-
-    def __init__(self, params: EngineParams):
-        self.params = params
-        self.weight_bits, self.operand_bits = params.weight_bits, params.table_bits
-
-    def product(self, m, pe, magnitude, operand):
-        # A shift, not an Array: Yosys writes an Array as an ``always @*`` case, which Icarus
-        # leaves at X in a PE whose inputs never change after time 0.
-        products = Cat(C(0, PRODUCT_BITS), operand[:self.params.s_w * PRODUCT_BITS])
-        selected = products.word_select(magnitude, PRODUCT_BITS)
-        if not self.params.multiply:
-            return selected
-        return Mux(operand[-1], magnitude * operand[:8], selected)
+def delayed(m: Module, value, cycles: int, name: str):
+    """``value`` through ``cycles`` registers."""
+    for n in range(cycles):
+        register = Signal(value.shape(), name=f"{name}_{n}")
+        m.d.sync += register.eq(value)
+        value = register
+    return value
 
 
 class LayerEngine(wiring.Component):
     """The accelerator core for ``params`` (see the module docstring for what it does).
 
-    Ports:
+    ``spram``: where the weights buffer lives. True: iCE40 UltraPlus SPRAM blocks
+    (:class:`hw.spram.SpramBuffer`; simulations then need the primitive's model, as
+    ``sim.engine_run.engine_build(..., spram=True)`` adds it); False: block RAM (an Amaranth
+    memory); None (default): SPRAM on an iCE40 UltraPlus platform
+    (:func:`hw.spram.platform_has_spram`) where the buffer fits its 16K words, as board builds do.
+    Either way the buffer's read data follows its address by one cycle.
 
-    - ``load_valid``, ``load_ready``, ``load_target`` (3 bits), ``load_addr``, ``load_data``:
-      one beat per cycle where valid and ready; ready only while idle.
-    - ``start``: a one-cycle pulse begins a layer (ignored while busy); ``busy`` is high from
-      the next cycle until the last output word has been accepted.
-    - ``out_valid``, ``out_ready``, ``out_data`` (``cols`` signed ``out_bits`` fields, column 0
-      lowest): the layer's outputs.
+    Ports: :class:`EngineSignature` for ``params``. ``STAGE_LATENCY``: cycles through the
+    output stage, the slower unit's; ``drain``: see the module docstring.
     """
 
-    STAGE_LATENCY = 3
+    STAGE_LATENCY = max(ThresholdUnit.LATENCY, RequantizeUnit.LATENCY)
 
-    def __init__(self, params: EngineParams):
+    def __init__(self, params: EngineParams, *, spram: bool | None = None):
         if not isinstance(params, EngineParams):
             raise TypeError(f"params must be an EngineParams, not {params!r}")
-        self.params = params
-        self.drain = params.rows + params.cols + 3
-        super().__init__({
-            "load_valid": In(1),
-            "load_ready": Out(1),
-            "load_target": In(3),
-            "load_addr": In(params.addr_bits),
-            "load_data": In(params.data_bits),
-            "start": In(1),
-            "busy": Out(1),
-            "out_valid": Out(1),
-            "out_ready": In(1),
-            "out_data": Out(params.cols * params.out_bits),
-        })
+        if spram not in (None, True, False):
+            raise TypeError(f"spram must be True, False or None, not {spram!r}")
+        if spram and params.weight_depth > SPRAM_DEPTH:
+            raise ValueError(f"a weights buffer of {params.weight_depth} words does not fit SPRAM "
+                             f"({SPRAM_DEPTH} words)")
+        self.params, self.spram = params, spram
+        self.drain = params.rows + params.cols + 4
+        super().__init__(EngineSignature.for_params(params))
 
     def elaborate(self, platform):
         m = Module()
@@ -121,36 +147,39 @@ class LayerEngine(wiring.Component):
         R, Cn = p.rows, p.cols
         cfg = {name: Signal(signed(p.reg_bits), name=f"cfg_{name}") for name in REGISTERS}
         idle = Signal()
-        loading = self.load_valid & idle
+        load = self.load.payload
 
         def loads(target):
-            return loading & (self.load_target == target)
+            return self.load.valid & idle & (load.target == target)
 
         with m.If(loads(CONFIG)):
-            with m.Switch(self.load_addr):
+            with m.Switch(load.addr):
                 for i, name in enumerate(REGISTERS):
                     with m.Case(i):
-                        m.d.sync += cfg[name].eq(self.load_data)
+                        m.d.sync += cfg[name].eq(load.data)
 
         def buffer(name, width, depth, write_en, spram=False):
             """A buffer written by loads while idle and read while computing: one address for
-            both ports (single-port RAM). ``spram`` on an iCE40 UltraPlus: built from its
-            256 Kbit SPRAM blocks (Yosys does not infer them for Amaranth's memories).
+            both ports (single-port RAM), in SPRAM blocks where ``spram``, else an Amaranth memory.
             Returns the read data (one cycle after the address) and the read address to drive."""
             addr = Signal(range(depth), name=f"{name}_addr")
-            shared = Mux(idle, self.load_addr, addr)
-            if spram and getattr(platform, "device", None) == "iCE40UP5K" and depth <= SPRAM_DEPTH:
-                return spram_buffer(m, name, width, shared, write_en, self.load_data), addr
+            shared = Mux(idle, load.addr, addr)
+            if spram:
+                m.submodules[name] = memory = SpramBuffer(width)
+                m.d.comb += [memory.addr.eq(shared), memory.write_en.eq(write_en),
+                             memory.write_data.eq(load.data)]
+                return memory.read_data, addr
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
             write, read = memory.write_port(), memory.read_port()
-            m.d.comb += [write.en.eq(write_en), write.addr.eq(shared), write.data.eq(self.load_data),
+            m.d.comb += [write.en.eq(write_en), write.addr.eq(shared), write.data.eq(load.data),
                          read.addr.eq(shared)]
             return read.data, addr
 
         act_data, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
-        weight_data, weight_read_addr = buffer("weights", Cn * p.weight_bits, p.weight_depth, loads(WEIGHTS),
-                                               spram=True)
-        tables = [buffer(f"table_{r}", p.table_bits, p.table_depth, loads(TABLE)) for r in range(R)]
+        spram = self.spram
+        if spram is None:
+            spram = platform_has_spram(platform) and p.weight_depth <= SPRAM_DEPTH
+        weight_data, weight_read_addr = buffer("weights", Cn * p.weight_bits, p.weight_depth, loads(WEIGHTS), spram)
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x).
         def counter(name):
@@ -212,7 +241,8 @@ class LayerEngine(wiring.Component):
                     m.d.sync += [x.eq(x + 1), ix.eq(ix + cfg["stride"])]
             with m.State("WAIT"):
                 with m.If(finishing):
-                    m.d.sync += [finishing.eq(0), wait.eq(self.drain)]
+                    # This cycle, the decrements and the last: drain + 1 cycles, for 1 + gap.
+                    m.d.sync += [finishing.eq(0), wait.eq(self.drain - 1)]
                 with m.Elif(wait > 0):
                     m.d.sync += wait.eq(wait - 1)
                 with m.Elif(co_tile == cfg["co_tiles"]):
@@ -231,11 +261,11 @@ class LayerEngine(wiring.Component):
                     m.next = "COLLECT"
             with m.State("COLLECT"):
                 with m.If(collected == Cn):
-                    m.d.sync += self.out_valid.eq(1)
+                    m.d.sync += self.out.valid.eq(1)
                     m.next = "OFFER"
             with m.State("OFFER"):
-                with m.If(self.out_ready):
-                    m.d.sync += [self.out_valid.eq(0), read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
+                with m.If(self.out.ready):
+                    m.d.sync += [self.out.valid.eq(0), read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
                     with m.If(read_pos == cfg["positions"] - 1):
                         m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1)]
                     with m.If(read_addr == out_base - 1):
@@ -245,35 +275,20 @@ class LayerEngine(wiring.Component):
 
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         reading = Signal()
-        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load_ready.eq(idle), self.busy.eq(~idle),
+        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load.ready.eq(idle), self.busy.eq(~idle),
                      reading.eq(fsm.ongoing("READ_WORD") | fsm.ongoing("FEED") | fsm.ongoing("COLLECT")
                                 | fsm.ongoing("OFFER"))]
 
-        # The array: row r's code enters its table r cycles after row 0's (skew), the
-        # table's vector (one cycle later) enters PE (r, 0).
-        products = EngineProducts(p)
-        pes = [[ProcessingElement(products, p.acc_bits, double_buffered=True) for _ in range(Cn)] for _ in range(R)]
+        # The array: row r's code enters its table r cycles after row 0's (skew).
+        variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth)
+        m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
+        m.d.comb += [array.w_load.eq(w_valid), array.w_row.eq(w_row), array.w_code.eq(weight_data),
+                     array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
+                     array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]
         for r in range(R):
-            code = Mux(tags[1].inside, act_data.word_select(r, p.abits), 0)
-            for n in range(r):
-                delayed = Signal(p.abits, name=f"code_{r}_{n}")
-                m.d.sync += delayed.eq(code)
-                code = delayed
-            table_data, table_addr = tables[r]
-            m.d.comb += table_addr.eq(cfg["table_base"] + code)
-            for c in range(Cn):
-                m.submodules[f"pe_{r}_{c}"] = pe = pes[r][c]
-                m.d.comb += [pe.w_load.eq(w_valid & (w_row == r)),
-                             pe.w_code.eq(weight_data.word_select(c, p.weight_bits))]
-                if c == 0:
-                    m.d.comb += [pe.a_valid.eq(tags[2 + r].valid), pe.a_swap.eq(tags[2 + r].swap),
-                                 pe.a_in.eq(table_data)]
-                else:
-                    left = pes[r][c - 1]
-                    m.d.comb += [pe.a_valid.eq(left.a_valid_out), pe.a_swap.eq(left.a_swap_out),
-                                 pe.a_in.eq(left.a_out)]
-                if r > 0:
-                    m.d.comb += pe.psum_in.eq(pes[r - 1][c].psum_out)
+            code = delayed(m, Mux(tags[1].inside, act_data.word_select(r, p.abits), 0), r, f"code_{r}")
+            m.d.comb += [array.a_valid[r].eq(tags[1 + r].valid), array.a_swap[r].eq(tags[1 + r].swap),
+                         array.a_code[r].eq(code)]
 
         # Each column keeps the partial sums of every output (channel tile, position) in its
         # own memory; column c runs c cycles behind column 0.
@@ -283,28 +298,22 @@ class LayerEngine(wiring.Component):
             acc_read, acc_write = accs.read_port(), accs.write_port()
             done = tags[R + c + 2]
             m.d.comb += [acc_read.addr.eq(Mux(reading, read_addr, tags[1 + c].out_addr)),
-                         pes[0][c].psum_in.eq(Mux(tags[2 + c].first, 0, acc_read.data)),
+                         array.psum_in[c].eq(Mux(tags[2 + c].first, 0, acc_read.data)),
                          acc_write.en.eq(done.valid), acc_write.addr.eq(done.out_addr),
-                         acc_write.data.eq(pes[R - 1][c].psum_out)]
+                         acc_write.data.eq(array.psum_out[c])]
             column_reads.append(acc_read.data)
 
         # Read-back: the word's accumulators enter the output stage one per cycle (column
-        # feed_col); results come back STAGE_LATENCY cycles later into their field of out_data.
+        # feed_col); results come back STAGE_LATENCY cycles later into their field of the output word.
         value = Cat(*column_reads).word_select(feed_col, p.acc_bits).as_signed()
         channel = Cat(feed_col[:p.col_bits], read_slot)
         feeding = fsm.ongoing("FEED")
         stage = cfg["stage"][:2]
-        raw = value
-        for n in range(self.STAGE_LATENCY):
-            delayed = Signal(signed(p.acc_bits), name=f"raw_{n}")
-            m.d.sync += delayed.eq(raw)
-            raw = delayed
-        result = raw
+        result = delayed(m, value, self.STAGE_LATENCY, "raw")
         if p.code_bits:
             m.submodules.thresholds = unit = ThresholdUnit(p.acc_bits, p.code_bits, p.stage_depth << p.col_bits,
                                                            p.threshold_bits)
-            code = Signal(p.code_bits)
-            m.d.sync += code.eq(unit.code)       # 2 + 1 cycles, as the requantize unit's 3
+            code = delayed(m, unit.code, self.STAGE_LATENCY - unit.LATENCY, "code")
             self._connect_stage(m, unit, loads(THRESHOLDS), feeding, value, channel)
             result = Mux(stage == STAGE_THRESHOLDS, code, result)
         if p.requantize:
@@ -312,12 +321,10 @@ class LayerEngine(wiring.Component):
             m.submodules.requantize = unit = RequantizeUnit(p.acc_bits, p.stage_depth << p.col_bits,
                                                             q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
             self._connect_stage(m, unit, loads(REQUANTIZE), feeding, value, channel)
-            result = Mux(stage == STAGE_REQUANTIZE, unit.out, result)
-        back_valid, back_col = feeding, feed_col
-        for n in range(self.STAGE_LATENCY):
-            v, col = Signal(name=f"back_valid_{n}"), Signal.like(feed_col, name=f"back_col_{n}")
-            m.d.sync += [v.eq(back_valid), col.eq(back_col)]
-            back_valid, back_col = v, col
+            out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, "requantized")
+            result = Mux(stage == STAGE_REQUANTIZE, out, result)
+        back_valid = delayed(m, feeding, self.STAGE_LATENCY, "back_valid")
+        back_col = delayed(m, feed_col, self.STAGE_LATENCY, "back_col")
         fields = [Signal(signed(p.out_bits), name=f"out_{c}") for c in range(Cn)]
         with m.If(back_valid):
             with m.Switch(back_col):
@@ -325,7 +332,7 @@ class LayerEngine(wiring.Component):
                     with m.Case(c):
                         m.d.sync += fields[c].eq(result)
         m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
-        m.d.comb += self.out_data.eq(Cat(*fields))
+        m.d.comb += self.out.payload.eq(Cat(*fields))
         return m
 
     @staticmethod
@@ -348,5 +355,6 @@ class LayerEngine(wiring.Component):
                         m.d.sync += finishing.eq(1)
 
     def _connect_stage(self, m, unit, load_en, valid, acc, channel):
-        m.d.comb += [unit.load_en.eq(load_en), unit.load_addr.eq(self.load_addr), unit.load_data.eq(self.load_data),
+        load = self.load.payload
+        m.d.comb += [unit.load_en.eq(load_en), unit.load_addr.eq(load.addr), unit.load_data.eq(load.data),
                      unit.valid.eq(valid), unit.acc.eq(acc), unit.channel.eq(channel)]

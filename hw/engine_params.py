@@ -15,13 +15,19 @@ from math import ceil
 
 from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
-from .pe import PRODUCT_BITS
-from .requantize import bias_bits, max_shift, multiplier_bits, out_bits
+from .pe_words import LEVEL_BITS, PRODUCT_BITS
 from .residency import check_residency
-from .thresholds import threshold_bits
+from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_word_bits, threshold_bits,
+                          threshold_word_bits)
 
-# Load targets (``load_target``) and configuration registers (``load_addr`` of a CONFIG beat).
-CONFIG, WEIGHTS, TABLE, THRESHOLDS, REQUANTIZE, ACTS = range(6)
+# iCE40 UltraPlus SB_SPRAM256KA: 16K words of 16 bits; the weights buffer of an UP5K engine.
+SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
+
+# Load targets (a load beat's ``target``), their count and width, and configuration registers
+# (``addr`` of a CONFIG beat).
+TARGETS = 6
+TARGET_BITS = (TARGETS - 1).bit_length()
+CONFIG, WEIGHTS, TABLE, THRESHOLDS, REQUANTIZE, ACTS = range(TARGETS)
 REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "groups",
              "co_tiles", "positions", "plane", "row_step", "top_offset",
              "weight_base", "table_base", "stage_base")
@@ -99,14 +105,14 @@ class EngineParams:
     @property
     def weight_bits(self) -> int:
         """A PE's weight word: sign + ``k`` (or + the 7-bit level ``W[k]`` where PEs multiply)."""
-        return 8 if self.multiply else self.wbits
+        return LEVEL_BITS if self.multiply else self.wbits
 
     @property
     def table_bits(self) -> int:
         """A product-table entry: ``s_w`` products of ``PRODUCT_BITS``, or, where PEs multiply,
         ``max(that, 8)`` bits plus a top flag bit that selects multiplication."""
         products = self.s_w * PRODUCT_BITS
-        return max(products, 8) + 1 if self.multiply else products
+        return max(products, LEVEL_BITS) + 1 if self.multiply else products
 
     @property
     def threshold_bits(self) -> int:
@@ -145,8 +151,8 @@ class EngineParams:
         target this engine lacks (no thresholds or no requantize unit)."""
         r = self.requantize
         return (self.reg_bits, self.cols * self.weight_bits, self.table_bits,
-                (2 ** self.code_bits - 1) * self.threshold_bits + 1 if self.code_bits else 0,
-                r.multiplier_bits + r.bias_bits + max(1, r.max_shift.bit_length()) if r else 0,
+                threshold_word_bits(self.code_bits, self.threshold_bits) if self.code_bits else 0,
+                requantize_word_bits(r.multiplier_bits, r.bias_bits, r.max_shift) if r else 0,
                 self.rows * self.abits)
 
     @property
@@ -180,9 +186,24 @@ class EngineParams:
         return bits
 
     def describe(self) -> dict:
+        """Every parameter as JSON-ready values; :meth:`from_dict` reads it back."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["requantize"] = None if self.requantize is None else vars(self.requantize).copy()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EngineParams:
+        """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction)."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
+        shape = d["requantize"]
+        if shape is not None:
+            if not isinstance(shape, dict) or set(shape) != {f.name for f in fields(RequantizeShape)}:
+                raise ValueError(f"requantize must be null or a dict with the keys "
+                                 f"{sorted(f.name for f in fields(RequantizeShape))}, not {shape!r}")
+            shape = RequantizeShape(**shape)
+        return cls(**{**d, "requantize": shape})
 
     # Sizing.
 

@@ -19,7 +19,7 @@ Host -> device requests:
   ceil(addr_bits/8) bytes, then one or more words, each little-endian in
   ceil(target_bits/8) bytes, for consecutive addresses; at most ``max_payload`` bytes.
   The bridge keeps the payload until its checksum is checked, then hands the words to
-  the engine as load beats in order (waiting on ``load_ready``) and answers ``ACK
+  the engine as load beats in order (waiting while it is not ready) and answers ``ACK
   0x82`` (no payload). A corrupted frame never reaches the engine.
 - ``RUN 0x03``: the number of words expected (32-bit little-endian) and the output
   format (1 byte: 0 FULL, every out_bits; 1 CODES, the low code_bits of each field,
@@ -53,14 +53,22 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from boards.protocol import (CRC_INIT, CRC_POLY, DONE_FORMAT, INFO_FORMAT, PROTOCOL_VERSION,
-                             RUN_FORMAT, SYNC, TARGET_BITS, TARGETS, FrameType, LinkInfo,
-                             NackCode, OutputFormat)
-from hw.uart import RX_LAYOUT
+from .engine import EngineSignature
+from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, INFO_FORMAT, LENGTH_BITS, PROTOCOL_VERSION,
+                       RUN_FORMAT, SYNC, TARGETS, FrameType, LinkInfo, NackCode, OutputFormat)
+from .uart import RX_LAYOUT
+
+
+def _field_bits(fmt: str) -> list[int]:
+    """Bits of each field of a ``struct`` format of one-letter fields after its byte order."""
+    return [8 * struct.calcsize(fmt[0] + code) for code in fmt[1:]]
+
 
 INFO_BYTES = struct.calcsize(INFO_FORMAT)
 RUN_BYTES = struct.calcsize(RUN_FORMAT)
+RUN_COUNT_BITS = _field_bits(RUN_FORMAT)[0]     # words expected; the output format follows
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
+(DONE_COUNT_BITS,) = _field_bits(DONE_FORMAT)   # words the engine returned
 NACK_BYTES = 2
 
 
@@ -82,15 +90,15 @@ def _bytes(bits: int) -> int:
 
 
 class LinkBridge(wiring.Component):
-    """Framed protocol between UART bytes (``rx`` in, ``tx`` out) and the engine ports.
+    """Framed protocol between UART bytes (``rx`` in, ``tx`` out) and the layer engine (``engine``).
 
     ``target_bits``: the data bits of each of the 6 load targets (0: none); ``out_bits``:
     one output word of ``cols`` fields; ``code_bits``: the activation-code width of the
     CODES format (0: FULL only). ``rx`` takes a byte per ``valid`` cycle (``error`` set:
-    framing error); ``tx`` offers reply bytes with ``valid``/``ready``. The engine-side
-    ports mirror ``LayerEngine``'s (Out here where the engine has In);
-    :func:`connect_engine` wires them. A LOAD is acknowledged ``2 * LEN`` cycles plus
-    one per word (plus ``load_ready`` stalls) after its last byte.
+    framing error); ``tx`` offers reply bytes with ``valid``/``ready``. ``engine`` is the
+    flipped :class:`hw.engine.EngineSignature` (``addr_bits``, the widest target, ``out_bits``):
+    connect it to a ``LayerEngine`` with ``wiring.connect``. A LOAD is acknowledged ``2 * LEN``
+    cycles plus one per word (plus cycles the engine is not ready) after its last byte.
     """
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
@@ -123,16 +131,7 @@ class LinkBridge(wiring.Component):
         super().__init__({
             "rx": In(stream.Signature(RX_LAYOUT, always_ready=True)),
             "tx": Out(stream.Signature(8)),
-            "load_valid": Out(1),
-            "load_ready": In(1),
-            "load_target": Out(TARGET_BITS),
-            "load_addr": Out(addr_bits),
-            "load_data": Out(max(target_bits)),
-            "start": Out(1),
-            "busy": In(1),
-            "out_valid": In(1),
-            "out_ready": Out(1),
-            "out_data": In(out_bits),
+            "engine": In(EngineSignature(addr_bits, max(target_bits), out_bits)),
         })
 
     @property
@@ -160,8 +159,8 @@ class LinkBridge(wiring.Component):
         bad = self.rx.valid & self.rx.payload.error
 
         ftype = Signal(8)
-        length = Signal(16)
-        count = Signal(16)          # payload bytes received, then read back
+        length = Signal(LENGTH_BITS)
+        count = Signal(LENGTH_BITS)  # payload bytes received, then read back
         target = Signal(8)
         word_bytes = Signal(range(max(self._word_bytes) + 1))
         with m.Switch(target):
@@ -174,28 +173,29 @@ class LinkBridge(wiring.Component):
         run_arg = Signal(8 * RUN_BYTES)
         timer = Signal(range(timeout))
         error = Signal(8)
-        crc = Signal(16)
+        crc = Signal(8 * CRC_BYTES)
         crc_in = Signal(8)
-        crc_next = Signal(16)
+        crc_next = Signal(8 * CRC_BYTES)
         m.d.comb += [crc_in.eq(byte), crc_next.eq(crc16_update(crc, crc_in))]
 
+        load, start, busy, out = self.engine.load, self.engine.start, self.engine.busy, self.engine.out
         addr = Signal(self._addr_bits)
         data = Signal(max(self._target_bits))
-        m.d.comb += [self.load_target.eq(target), self.load_addr.eq(addr), self.load_data.eq(data)]
+        m.d.comb += [load.payload.target.eq(target), load.payload.addr.eq(addr), load.payload.data.eq(data)]
 
         # Replies: INFO from constants, OUT from the word register, DONE from the word count,
         # NACK from error and type; `sent` counts payload bytes, `word_pos` bytes of a word.
         reply_type = Signal(8)
-        reply_len = Signal(16)
-        sent = Signal(16)
+        reply_len = Signal(LENGTH_BITS)
+        sent = Signal(LENGTH_BITS)
         running = Signal()
-        remaining = Signal(32)      # words still to send of those RUN asked for
+        remaining = Signal(RUN_COUNT_BITS)      # words still to send of those RUN asked for
         fmt = Signal()
-        words = Signal(32)          # words the engine returned since RUN
+        words = Signal(DONE_COUNT_BITS)         # words the engine returned since RUN
         word_pos = Signal(range(max(self._out_bytes) + 1))
         out_word = Signal(8 * max(self._out_bytes))
         field = self._out_bits // self._cols
-        codes = Cat(self.out_data[c * field:c * field + self._code_bits] for c in range(self._cols))
+        codes = Cat(out.payload[c * field:c * field + self._code_bits] for c in range(self._cols))
         full_bytes, code_bytes = self._out_bytes[OutputFormat.FULL], self._out_bytes[OutputFormat.CODES]
         out_bytes = Mux(fmt, code_bytes, full_bytes)
         per_frame = [self._max_payload // full_bytes, self._max_payload // max(1, code_bytes)]
@@ -214,11 +214,11 @@ class LinkBridge(wiring.Component):
             with m.Case(FrameType.OUT):
                 m.d.comb += payload_byte.eq(out_word[:8])
             with m.Case(FrameType.DONE):
-                m.d.comb += payload_byte.eq(words.word_select(sent[:2], 8))
+                m.d.comb += payload_byte.eq(words.word_select(sent[:(DONE_BYTES - 1).bit_length()], 8))
             with m.Case(FrameType.NACK):
                 m.d.comb += payload_byte.eq(Mux(sent[0], ftype, error))
 
-        word = Mux(fmt, codes, self.out_data)
+        word = Mux(fmt, codes, out.payload)
 
         def send(ftype_, n):
             m.d.sync += [reply_type.eq(ftype_), reply_len.eq(n)]
@@ -283,7 +283,7 @@ class LinkBridge(wiring.Component):
             m.next = "CRC_LO"
 
         def on_crc_lo():
-            run_fmt = run_arg[32:]
+            run_fmt = run_arg[RUN_COUNT_BITS:]
             with m.If(crc_next != 0):
                 fail(NackCode.CRC)
             with m.Elif(ftype == FrameType.PING):
@@ -291,7 +291,7 @@ class LinkBridge(wiring.Component):
             with m.Elif(ftype == FrameType.RUN):
                 with m.If((run_fmt == OutputFormat.FULL) |
                           (run_fmt == OutputFormat.CODES) & (self._code_bits != 0)):
-                    m.d.sync += [remaining.eq(run_arg[:32]), fmt.eq(run_fmt[0])]
+                    m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0])]
                     m.next = "START"
                 with m.Else():
                     fail(NackCode.LENGTH)
@@ -349,8 +349,8 @@ class LinkBridge(wiring.Component):
                         m.d.sync += pos.eq(0)
                         m.next = "BEAT"
             with m.State("BEAT"):
-                m.d.comb += self.load_valid.eq(1)
-                with m.If(self.load_ready):
+                m.d.comb += load.valid.eq(1)
+                with m.If(load.ready):
                     m.d.sync += addr.eq(addr + 1)
                     with m.If(count == length):
                         send(FrameType.ACK, 0)
@@ -359,27 +359,27 @@ class LinkBridge(wiring.Component):
 
             # RUN: start the engine, frame its first `expected` words, DONE once not busy.
             with m.State("START"):
-                m.d.comb += self.start.eq(1)
+                m.d.comb += start.eq(1)
                 m.d.sync += [running.eq(1), words.eq(0)]
                 m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += self.out_ready.eq(1)
-                with m.If(self.out_valid):
+                m.d.comb += out.ready.eq(1)
+                with m.If(out.valid):
                     m.d.sync += words.eq(words + 1)
                     with m.If(remaining != 0):      # open a frame with this word
                         m.d.sync += [out_word.eq(word), word_pos.eq(0), remaining.eq(remaining - 1)]
                         full, codes_ = (Mux(remaining < k, remaining[:16] * size, k * size)
                                         for k, size in zip(per_frame, (full_bytes, code_bytes)))
                         send(FrameType.OUT, Mux(fmt, codes_, full))
-                with m.Elif(~self.busy):
+                with m.Elif(~busy):
                     m.d.sync += running.eq(0)
                     send(FrameType.DONE, DONE_BYTES)
             with m.State("NEXT_WORD"):
-                m.d.comb += self.out_ready.eq(1)
-                with m.If(self.out_valid):
+                m.d.comb += out.ready.eq(1)
+                with m.If(out.valid):
                     m.d.sync += [words.eq(words + 1), remaining.eq(remaining - 1), out_word.eq(word)]
                     m.next = "TX_PAYLOAD"
-                with m.Elif(~self.busy):
+                with m.Elif(~busy):
                     m.d.sync += out_word.eq(0)      # the engine stopped early: pad
                     m.next = "TX_PAYLOAD"
 
@@ -430,10 +430,3 @@ class LinkBridge(wiring.Component):
             transmit("TX_CRC_LO", crc[:8], after_crc, update_crc=False)
         return m
 
-
-def connect_engine(m: Module, bridge: LinkBridge, engine) -> None:
-    """Wire ``bridge``'s engine-side ports to ``engine``'s ports of the same names."""
-    for name in ("load_valid", "load_target", "load_addr", "load_data", "start", "out_ready"):
-        m.d.comb += getattr(engine, name).eq(getattr(bridge, name))
-    for name in ("load_ready", "busy", "out_valid", "out_data"):
-        m.d.comb += getattr(bridge, name).eq(getattr(engine, name))

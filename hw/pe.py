@@ -10,7 +10,9 @@ product comes from:
   ``P = (L[1][j], ..., L[s_w][j])`` that travels along the row; each PE selects ``P[k]``;
 - :class:`Rom`: every PE holds the model's whole LUT as a constant ROM;
 - :class:`Multiply` (the baseline): the PE holds the level ``W[k]``, a constant ROM at
-  the row's edge turns ``j`` into ``A[j]``, and the PE multiplies.
+  the row's edge turns ``j`` into ``A[j]``, and the PE multiplies;
+- :class:`RowTable` (the layer engine's): :class:`RowVector` with the table loaded at run
+  time, optionally multiplying where an entry says so.
 
 Weight words (``w_code``) are sign-magnitude: sign in the most significant bit.
 """
@@ -22,10 +24,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-W_MAX = 127  # s'_w for outer weight bits b' = 8
-A_MAX = 255  # s'_a for outer activation bits b' = 8
-LEVEL_BITS = 8  # sign + 7-bit weight level, or an 8-bit activation level
-PRODUCT_BITS = (W_MAX * A_MAX).bit_length()  # 15
+from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, row_vector, weight_word
 
 
 def rom(m: Module, name: str, table: list[int], width: int, addr):
@@ -81,7 +80,7 @@ class Variant:
         return {}
 
     def weight_word(self, sign: int, magnitude: int) -> int:
-        return sign << (self.weight_bits - 1) | magnitude
+        return weight_word(sign, magnitude, self.weight_bits)
 
     def load_beats(self, sign: int, k: int) -> list[dict]:
         """Port values of the ``w_load`` beats that load weight code ``(sign, k)`` into a PE."""
@@ -91,11 +90,24 @@ class Variant:
         """What travels along the row for activation code ``j``."""
         return j
 
+    @property
+    def edge_signature(self) -> dict:
+        """Row decoder inputs that load the row's edge, the same for every row."""
+        return {}
+
+    def edge_beats(self) -> list[dict]:
+        """Port values of the beats (one per clock) that load the row edges for these levels."""
+        return []
+
     # Hardware.
 
     def edge(self, m: Module, code):
         """The operand of activation code ``code`` (combinational, at the row's left edge)."""
         return code
+
+    def decode(self, m: Module, decoder: RowDecoder):
+        """Drive ``decoder.operand``: the operand of ``decoder.a_code`` one cycle later."""
+        m.d.sync += decoder.operand.eq(self.edge(m, decoder.a_code))
 
     def product(self, m: Module, pe: ProcessingElement, magnitude, operand):
         """``L[k][j]`` (``PRODUCT_BITS`` unsigned) from the weight's magnitude and the operand."""
@@ -145,7 +157,7 @@ class RowVector(Variant):
         return self.s_w * PRODUCT_BITS
 
     def operand(self, j: int) -> int:
-        return sum(self.lut(k, j) << PRODUCT_BITS * (k - 1) for k in range(1, self.s_w + 1))
+        return row_vector(self.w_levels, self.a_levels[j])
 
     def edge(self, m, code):
         table = [self.operand(j) for j in range(self.s_a + 1)]
@@ -194,7 +206,85 @@ class Multiply(Variant):
         return magnitude * operand
 
 
-VARIANTS = {cls.name: cls for cls in (PeLut, RowVector, Rom, Multiply)}
+class RowTable(Variant):
+    """:class:`RowVector` with a loadable table, the layer engine's PEs: each row's edge holds a
+    RAM of ``depth`` entries (default ``s_a + 1``) read at ``table_base + j``. An entry is
+    ``P = (L[1][j], ..., L[s_w][j])`` and the PE selects ``P[k]``. With ``multiply`` an entry
+    whose top bit is set holds the level ``A[j]`` instead, and the PE multiplies it by its
+    weight level ``W[k]`` (weight words are then ``LEVEL_BITS`` wide: sign + ``k`` or ``W[k]``);
+    the host side (:meth:`operand`, :meth:`load_beats`) then encodes these levels that way.
+
+    Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr``
+    (the table has one address port: ``table_addr`` while ``table_load``, else the read
+    address); ``table_base`` offsets the reads. The levels matter only to the host side:
+    :meth:`sized` makes the hardware for any layer up to given widths.
+    """
+
+    name = "row_table"
+
+    def __init__(self, w_levels, a_levels, *, multiply: bool = False, depth: int | None = None):
+        super().__init__(w_levels, a_levels)
+        self.multiply = bool(multiply)
+        self.depth = self.s_a + 1 if depth is None else depth
+        if not isinstance(self.depth, int) or self.depth < self.s_a + 1:
+            raise ValueError(f"Table depth must be an integer of at least {self.s_a + 1} entries, not {depth!r}")
+
+    @classmethod
+    def sized(cls, wbits: int, abits: int, *, multiply: bool = False, depth: int | None = None) -> RowTable:
+        """The variant for layers of up to ``wbits``-bit weights and ``abits``-bit codes (levels 0, 1, ...)."""
+        return cls(range(2 ** (wbits - 1)), range(2 ** abits), multiply=multiply, depth=depth)
+
+    @property
+    def weight_bits(self) -> int:
+        return LEVEL_BITS if self.multiply else self.wbits
+
+    @property
+    def operand_bits(self) -> int:
+        """A table entry: ``s_w`` products, or with ``multiply`` at least a level, and the flag on top."""
+        products = self.s_w * PRODUCT_BITS
+        return max(products, LEVEL_BITS) + 1 if self.multiply else products
+
+    def load_beats(self, sign: int, k: int) -> list[dict]:
+        return [{"w_code": self.weight_word(sign, self.w_levels[k] if self.multiply else k)}]
+
+    def operand(self, j: int) -> int:
+        if self.multiply:
+            return self.a_levels[j] | 1 << (self.operand_bits - 1)
+        return row_vector(self.w_levels, self.a_levels[j])
+
+    @property
+    def edge_signature(self) -> dict:
+        return {"table_load": In(1), "table_addr": In(range(self.depth)), "table_data": In(self.operand_bits),
+                "table_base": In(range(self.depth))}
+
+    def edge_beats(self) -> list[dict]:
+        return [{"table_load": 1, "table_addr": j, "table_data": self.operand(j)} for j in range(self.s_a + 1)]
+
+    def decode(self, m, decoder):
+        m.submodules.table = table = Memory(shape=self.operand_bits, depth=self.depth, init=[])
+        write, read = table.write_port(), table.read_port()
+        addr = Mux(decoder.table_load, decoder.table_addr, decoder.table_base + decoder.a_code)
+        m.d.comb += [write.en.eq(decoder.table_load), write.addr.eq(addr), write.data.eq(decoder.table_data),
+                     read.addr.eq(addr), decoder.operand.eq(read.data)]
+
+    def product(self, m, pe, magnitude, operand):
+        # A shift, not an Array: Yosys writes an Array as an ``always @*`` case, which Icarus
+        # leaves at X in a PE whose inputs never change after time 0.
+        products = Cat(C(0, PRODUCT_BITS), operand[:self.s_w * PRODUCT_BITS])
+        selected = products.word_select(magnitude, PRODUCT_BITS)
+        if not self.multiply:
+            return selected
+        return Mux(operand[-1], magnitude * operand[:LEVEL_BITS], selected)
+
+
+VARIANTS = {cls.name: cls for cls in (PeLut, RowVector, Rom, Multiply, RowTable)}
+
+
+def check_double_buffered(variant: Variant) -> None:
+    """``ValueError`` unless ``variant``'s PEs can be double buffered (no load ports)."""
+    if variant.load_signature:
+        raise ValueError(f"variant {type(variant).__name__} has load ports {sorted(variant.load_signature)}: "
+                         f"it cannot be double buffered")
 
 
 class ProcessingElement(wiring.Component):
@@ -214,9 +304,8 @@ class ProcessingElement(wiring.Component):
     """
 
     def __init__(self, variant: Variant, acc_bits: int = 24, double_buffered: bool = False):
-        if double_buffered and variant.load_signature:
-            raise ValueError(f"variant {type(variant).__name__} has load ports {sorted(variant.load_signature)}: "
-                             f"it cannot be double buffered")
+        if double_buffered:
+            check_double_buffered(variant)
         self.variant, self.double_buffered = variant, double_buffered
         swap = {"a_swap": In(1), "a_swap_out": Out(1)} if double_buffered else {}
         super().__init__({
@@ -258,21 +347,23 @@ class ProcessingElement(wiring.Component):
 
 
 class RowDecoder(wiring.Component):
-    """The left edge of a row: ``a_code`` -> the variant's ``operand``, registered with
-    ``a_valid`` -> ``valid`` (latency 1)."""
+    """The left edge of a row: ``a_code`` -> the variant's ``operand``, with ``a_valid`` ->
+    ``valid``, latency 1; the variant's edge ports (:attr:`Variant.edge_signature`) load it."""
 
     def __init__(self, variant: Variant):
         self.variant = variant
         super().__init__({
             "a_valid": In(1),
             "a_code": In(variant.abits),
+            **variant.edge_signature,
             "valid": Out(1),
             "operand": Out(variant.operand_bits),
         })
 
     def elaborate(self, platform):
         m = Module()
-        m.d.sync += [self.valid.eq(self.a_valid), self.operand.eq(self.variant.edge(m, self.a_code))]
+        m.d.sync += self.valid.eq(self.a_valid)
+        self.variant.decode(m, self)
         return m
 
 
@@ -281,21 +372,36 @@ class PEArray(wiring.Component):
 
     Operands flow left to right along rows, partial sums top to bottom down columns.
     Loading: ``w_load`` with ``w_pe = r * cols + c`` selects PE (r, c); ``w_code`` and the
-    variant's load ports are broadcast. Timing, counting clock edges: element t of row r's
-    stream (``a_valid[r]``, ``a_code[r]``) is sampled at edge ``t + r`` (rows skewed by one),
-    the matching ``psum_in[c]`` at edge ``t + c + 1``, and ``psum_out[c]`` holds
-    ``psum_in[c] + sum over r of sgn[r][c] * L[k[r][c]][j[r]]`` after edge ``t + rows + c``.
+    variant's load ports are broadcast; the variant's edge ports go to every row decoder.
+    Timing, counting clock edges: element t of row r's stream (``a_valid[r]``, ``a_code[r]``)
+    is sampled at edge ``t + r`` (rows skewed by one), the matching ``psum_in[c]`` at edge
+    ``t + c + 1``, and ``psum_out[c]`` holds ``psum_in[c] + sum over r of sgn[r][c] *
+    L[k[r][c]][j[r]]`` after edge ``t + rows + c``.
+
+    ``double_buffered``: double-buffered PEs (:class:`ProcessingElement`; variants without
+    load ports), loaded a row per beat: ``w_load`` with ``w_row = r`` writes row r's shadow
+    weights from ``w_code``, ``cols`` weight words, column 0 lowest; ``a_swap[r]`` goes with
+    row r's stream (sampled with ``a_valid[r]``).
     """
 
-    def __init__(self, variant: Variant, rows: int, cols: int, acc_bits: int = 24):
+    def __init__(self, variant: Variant, rows: int, cols: int, acc_bits: int = 24, *, double_buffered: bool = False):
+        if double_buffered:
+            check_double_buffered(variant)
         self.variant, self.rows, self.cols, self.acc_bits = variant, rows, cols, acc_bits
+        self.double_buffered = double_buffered
+        if double_buffered:
+            load = {"w_row": In(range(rows)), "w_code": In(cols * variant.weight_bits)}
+            swap = {"a_swap": In(1).array(rows)}
+        else:
+            load = {"w_pe": In(range(rows * cols)), "w_code": In(variant.weight_bits), **variant.load_signature}
+            swap = {}
         super().__init__({
             "w_load": In(1),
-            "w_pe": In(range(rows * cols)),
-            "w_code": In(variant.weight_bits),
-            **variant.load_signature,
+            **load,
+            **variant.edge_signature,
             "a_valid": In(1).array(rows),
             "a_code": In(variant.abits).array(rows),
+            **swap,
             "psum_in": In(signed(acc_bits)).array(cols),
             "psum_out": Out(signed(acc_bits)).array(cols),
         })
@@ -305,18 +411,25 @@ class PEArray(wiring.Component):
         psums = list(self.psum_in)
         for r in range(self.rows):
             m.submodules[f"decoder_{r}"] = decoder = RowDecoder(self.variant)
-            m.d.comb += [decoder.a_valid.eq(self.a_valid[r]), decoder.a_code.eq(self.a_code[r])]
+            m.d.comb += [decoder.a_valid.eq(self.a_valid[r]), decoder.a_code.eq(self.a_code[r]),
+                         *(getattr(decoder, name).eq(getattr(self, name)) for name in self.variant.edge_signature)]
             valid, operand = decoder.valid, decoder.operand
+            if self.double_buffered:
+                swap = Signal(name=f"swap_{r}")
+                m.d.sync += swap.eq(self.a_swap[r])
             for c in range(self.cols):
-                m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(self.variant, self.acc_bits)
-                m.d.comb += [
-                    pe.w_load.eq(self.w_load & (self.w_pe == r * self.cols + c)),
-                    pe.w_code.eq(self.w_code),
-                    *(getattr(pe, name).eq(getattr(self, name)) for name in self.variant.load_signature),
-                    pe.a_valid.eq(valid),
-                    pe.a_in.eq(operand),
-                    pe.psum_in.eq(psums[c]),
-                ]
+                m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(self.variant, self.acc_bits,
+                                                                     double_buffered=self.double_buffered)
+                if self.double_buffered:
+                    m.d.comb += [pe.w_load.eq(self.w_load & (self.w_row == r)),
+                                 pe.w_code.eq(self.w_code.word_select(c, self.variant.weight_bits)),
+                                 pe.a_swap.eq(swap)]
+                    swap = pe.a_swap_out
+                else:
+                    m.d.comb += [pe.w_load.eq(self.w_load & (self.w_pe == r * self.cols + c)),
+                                 pe.w_code.eq(self.w_code),
+                                 *(getattr(pe, name).eq(getattr(self, name)) for name in self.variant.load_signature)]
+                m.d.comb += [pe.a_valid.eq(valid), pe.a_in.eq(operand), pe.psum_in.eq(psums[c])]
                 valid, operand, psums[c] = pe.a_valid_out, pe.a_out, pe.psum_out
         m.d.comb += [out.eq(psum) for out, psum in zip(self.psum_out, psums)]
         return m

@@ -29,10 +29,9 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_THRESHOLDS,
                             TABLE, THRESHOLDS, WEIGHTS, EngineParams, layer_needs)
-from .pe import A_MAX, PRODUCT_BITS, W_MAX
-from .requantize import requantize_words
+from .pe_words import A_MAX, W_MAX, row_vector, weight_word
 from .residency import check_residency
-from .thresholds import threshold_bits, threshold_words
+from .stage_words import requantize_words, threshold_bits, threshold_words
 
 Beat = tuple[int, int, int]
 
@@ -123,7 +122,7 @@ def config_values(params: EngineParams, node: ConvNode, bases: Bases = Bases()) 
 
 def _weight_word(params: EngineParams, node: ConvNode, code: int) -> int:
     magnitude = abs(code) if node.mac == "lut" else int(node.w_levels[abs(code)])
-    return int(code < 0) << (params.weight_bits - 1) | magnitude
+    return weight_word(int(code < 0), magnitude, params.weight_bits)
 
 
 def weight_words(params: EngineParams, node: ConvNode) -> list[int]:
@@ -149,8 +148,7 @@ def table_words(params: EngineParams, node: ConvNode) -> list[int]:
     a = [int(v) for v in node.a_levels]
     if node.mac == "multiply":
         return [a[j] | 1 << (params.table_bits - 1) for j in range(len(a))]
-    w = [int(v) for v in node.w_levels]
-    return [sum(w[k] * a[j] << PRODUCT_BITS * (k - 1) for k in range(1, len(w))) for j in range(len(a))]
+    return [row_vector(node.w_levels, level) for level in a]
 
 
 def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:

@@ -17,61 +17,11 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
-from compiler.graph import Requantize, signed_bits
+from compiler.graph import Requantize
 
 from .stage_ports import stage_ports
-
-
-# Host side: widths and memory words from a compiler stage.
-
-def _check(stage: Requantize) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    m, b, sh = (np.asarray(a).astype(np.int64).reshape(-1)
-                for a in (stage.multiplier, stage.bias, stage.shift))
-    if not (m.size == b.size == sh.size >= 1):
-        raise ValueError(f"multiplier, bias and shift need one entry per channel, got {m.size}, {b.size}, {sh.size}")
-    if m.min() < 0:
-        raise ValueError(f"multipliers must be non-negative, got {int(m.min())}")
-    if sh.min() < 0:
-        raise ValueError(f"shifts must be non-negative, got {int(sh.min())}")
-    return m, b, sh
-
-
-def multiplier_bits(stage: Requantize) -> int:
-    """Unsigned width of the largest multiplier (25 for the compiler's 24 significant bits
-    when rounding reaches ``2^24``, else 24)."""
-    return max(1, int(_check(stage)[0].max()).bit_length())
-
-
-def bias_bits(stage: Requantize) -> int:
-    """Signed width of the largest ``|bias|``."""
-    return signed_bits(int(np.abs(_check(stage)[1]).max()))
-
-
-def max_shift(stage: Requantize) -> int:
-    return int(_check(stage)[2].max())
-
-
-def out_bits(stage: Requantize, in_bound: int) -> int:
-    """Signed output width holding ``y`` for every ``|acc| <= in_bound`` (from :meth:`Requantize.bound`)."""
-    if in_bound < 0:
-        raise ValueError(f"in_bound must be >= 0, got {in_bound}")
-    _check(stage)
-    return signed_bits(stage.bound(int(in_bound)))
-
-
-def requantize_words(stage: Requantize, multiplier_bits: int, bias_bits: int, max_shift: int) -> list[int]:
-    """The memory word of each channel: ``M | B << multiplier_bits | shift << (multiplier_bits + bias_bits)``
-    (checks that every constant fits its field)."""
-    m, b, sh = _check(stage)
-    if int(m.max()) >= 2 ** multiplier_bits:
-        raise ValueError(f"multiplier {int(m.max())} does not fit multiplier_bits={multiplier_bits}")
-    if np.abs(b).max() > 2 ** (bias_bits - 1) - 1:
-        raise ValueError(f"bias {int(b[np.abs(b).argmax()])} does not fit bias_bits={bias_bits}")
-    if int(sh.max()) > max_shift:
-        raise ValueError(f"shift {int(sh.max())} exceeds max_shift={max_shift}")
-    mask = (1 << bias_bits) - 1
-    return [int(mi) | (int(bi) & mask) << multiplier_bits | int(si) << (multiplier_bits + bias_bits)
-            for mi, bi, si in zip(m.tolist(), b.tolist(), sh.tolist())]
+from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_arrays, requantize_word_bits,
+                          requantize_words, shift_bits)
 
 
 class RequantizeUnit(wiring.Component):
@@ -107,8 +57,8 @@ class RequantizeUnit(wiring.Component):
         self.acc_bits, self.channels = int(acc_bits), int(channels)
         self.multiplier_bits, self.bias_bits = int(multiplier_bits), int(bias_bits)
         self.max_shift, self.out_bits = int(max_shift), int(out_bits)
-        self.shift_bits = max(1, self.max_shift.bit_length())
-        self.word_bits = self.multiplier_bits + self.bias_bits + self.shift_bits
+        self.shift_bits = shift_bits(self.max_shift)
+        self.word_bits = requantize_word_bits(self.multiplier_bits, self.bias_bits, self.max_shift)
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits),
             "out_valid": Out(1),
@@ -119,13 +69,13 @@ class RequantizeUnit(wiring.Component):
     def for_stage(cls, stage: Requantize, acc_bits: int, in_bound: int | None = None) -> RequantizeUnit:
         """A unit sized for ``stage``; ``in_bound`` (largest ``|acc|``) defaults to ``2^(acc_bits-1)``."""
         bound = 2 ** (acc_bits - 1) if in_bound is None else in_bound
-        return cls(acc_bits, _check(stage)[0].size, multiplier_bits(stage), bias_bits(stage),
+        return cls(acc_bits, requantize_arrays(stage)[0].size, multiplier_bits(stage), bias_bits(stage),
                    max_shift(stage), out_bits(stage, bound))
 
     def words(self, stage: Requantize) -> list[int]:
         """Memory words of ``stage`` for this unit, one per channel (checks that it fits)."""
-        if _check(stage)[0].size != self.channels:
-            raise ValueError(f"stage has {_check(stage)[0].size} channels, the unit holds {self.channels}")
+        if requantize_arrays(stage)[0].size != self.channels:
+            raise ValueError(f"stage has {requantize_arrays(stage)[0].size} channels, the unit holds {self.channels}")
         return requantize_words(stage, self.multiplier_bits, self.bias_bits, self.max_shift)
 
     def elaborate(self, platform):

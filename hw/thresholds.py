@@ -22,9 +22,10 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
-from compiler.graph import Thresholds, signed_bits
+from compiler.graph import Thresholds
 
 from .stage_ports import stage_ports
+from .stage_words import threshold_bits, threshold_word_bits, threshold_words, thresholds_array
 
 
 def popcount(bits):
@@ -36,52 +37,6 @@ def popcount(bits):
         summed = [a + b for a, b in zip(values[0::2], values[1::2])]
         values = summed + values[len(summed) * 2:]
     return values[0]
-
-
-# Host side: widths and memory words from a compiler stage.
-
-def _check(stage: Thresholds) -> np.ndarray:
-    t = np.asarray(stage.thresholds)
-    if t.ndim != 2 or t.shape[0] < 1:
-        raise ValueError(f"thresholds must be (channels, s) with channels >= 1, got shape {t.shape}")
-    if t.shape[1] != 2 ** stage.bits - 1:
-        raise ValueError(f"{stage.bits}-bit codes need 2^{stage.bits} - 1 = {2 ** stage.bits - 1} "
-                         f"thresholds per channel, got {t.shape[1]}")
-    if np.asarray(stage.descending).shape != (t.shape[0],):
-        raise ValueError(f"descending must have one flag per channel ({t.shape[0]}), "
-                         f"got shape {np.asarray(stage.descending).shape}")
-    return t.astype(np.int64)
-
-
-def threshold_bits(stage: Thresholds) -> int:
-    """Signed width holding every threshold of ``stage`` and its negation.
-
-    The compiler clamps thresholds to ``[-bound - 1, bound + 1]`` with ``bound`` the
-    largest ``|acc|``, so ``acc_bits + 1`` always suffices; this is often less.
-    """
-    return signed_bits(int(np.abs(_check(stage)).max()))
-
-
-def threshold_words(stage: Thresholds, threshold_bits: int) -> list[int]:
-    """The memory word of each channel, to write at address ``channel``.
-
-    Bits ``i * threshold_bits .. (i + 1) * threshold_bits - 1`` hold threshold ``i``
-    (two's complement; negated for a descending channel); the top bit
-    (``s * threshold_bits``) is the descending flag.
-    """
-    t = _check(stage)
-    top = 2 ** (threshold_bits - 1) - 1
-    if np.abs(t).max() > top:
-        raise ValueError(f"threshold {int(t.flat[np.abs(t).argmax()])} (or its negation) does not fit "
-                         f"threshold_bits={threshold_bits}")
-    mask = (1 << threshold_bits) - 1
-    words = []
-    for row, desc in zip(t.tolist(), np.asarray(stage.descending, dtype=bool).tolist()):
-        word = int(desc) << (len(row) * threshold_bits)
-        for i, v in enumerate(row):
-            word |= ((-v if desc else v) & mask) << (i * threshold_bits)
-        words.append(word)
-    return words
 
 
 class ThresholdUnit(wiring.Component):
@@ -114,7 +69,7 @@ class ThresholdUnit(wiring.Component):
         self.acc_bits, self.code_bits = int(acc_bits), int(code_bits)
         self.channels, self.threshold_bits = int(channels), int(threshold_bits)
         self.s = 2 ** self.code_bits - 1
-        self.word_bits = self.s * self.threshold_bits + 1
+        self.word_bits = threshold_word_bits(self.code_bits, self.threshold_bits)
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits),
             "code_valid": Out(1),
@@ -124,11 +79,11 @@ class ThresholdUnit(wiring.Component):
     @classmethod
     def for_stage(cls, stage: Thresholds, acc_bits: int) -> ThresholdUnit:
         """A unit sized for ``stage`` (channels, code bits, threshold width)."""
-        return cls(acc_bits, stage.bits, _check(stage).shape[0], threshold_bits(stage))
+        return cls(acc_bits, stage.bits, thresholds_array(stage).shape[0], threshold_bits(stage))
 
     def words(self, stage: Thresholds) -> list[int]:
         """Memory words of ``stage`` for this unit (checks that it fits)."""
-        t = _check(stage)
+        t = thresholds_array(stage)
         if t.shape != (self.channels, self.s):
             raise ValueError(f"stage has thresholds of shape {t.shape}, the unit holds "
                              f"({self.channels}, {self.s})")

@@ -1,7 +1,7 @@
 """8N1 UART: a transmitter and a receiver with stream-style byte ports.
 
-Both count a whole number of clock cycles per bit, :func:`baud_divisor` of the clock
-frequency and the baud rate. The line idles high; a byte is a low start bit, 8 data
+Both count a whole number of clock cycles per bit, :func:`hw.baud.baud_divisor` of the
+clock frequency and the baud rate. The line idles high; a byte is a low start bit, 8 data
 bits least significant first, and a high stop bit.
 """
 
@@ -10,33 +10,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
-MIN_DIVISOR = 4  # the receiver samples mid-bit, two synchronizer cycles behind the line
-BAUD_TOLERANCE = 0.02
+from .baud import baud_divisor
 
 #: What the receiver delivers per byte: the data and whether its stop bit was low.
 RX_LAYOUT = data.StructLayout({"data": 8, "error": 1})
-
-
-def baud_divisor(clk_freq, baud) -> int:
-    """Clock cycles per bit for ``baud`` from a ``clk_freq`` Hz clock.
-
-    Raises :class:`ValueError`, naming the values, when the nearest whole divisor is
-    off by more than 2% or below the receiver's minimum of 4 cycles per bit.
-    """
-    for name, value in (("Clock frequency", clk_freq), ("Baud rate", baud)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive number, not {value!r}")
-    divisor = round(clk_freq / baud)
-    if divisor < MIN_DIVISOR:
-        raise ValueError(f"Baud rate {baud!r} needs at least {MIN_DIVISOR} clock cycles per "
-                         f"bit, but a {clk_freq!r} Hz clock gives {clk_freq / baud:.2f}")
-    actual = clk_freq / divisor
-    error = abs(actual - baud) / baud
-    if error > BAUD_TOLERANCE:
-        raise ValueError(f"Baud rate {baud!r} is not reachable within 2% from a {clk_freq!r} Hz "
-                         f"clock: the nearest divisor {divisor} gives {actual:.0f} baud "
-                         f"({error:.1%} off)")
-    return divisor
 
 
 class _Uart(wiring.Component):

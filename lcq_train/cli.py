@@ -1,17 +1,17 @@
-"""The ``lcq`` command line: ``lcq train``, ``lcq demo``, the compiler's ``compile``, ``eval``, ``report``,
-the hardware's ``generate``, ``sim`` and the boards' ``build``, ``flash``, ``run``."""
+"""``lcq train``: the trainer's verb of the ``lcq`` command (:mod:`lcq.cli`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .data import DATASETS, DatasetError
+from .arguments import nonnegative_float, positive_float, positive_int, torch_device
+from .data import DATASETS
 from .models import MODELS
-from .plan import QuantPlan, parse_layer_bits
-from .quantizer import METHODS
+from .plan import parse_layer_bits
+from .quantizer import BITS, CLIP, INTERVALS, METHODS, OUTER_BITS
+from .train import SEED
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
@@ -23,195 +23,152 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory (not needed for digits)")
     p.add_argument("--method", choices=METHODS, default="lcq")
-    p.add_argument("--wbits", type=int, default=3, metavar="B", help="weight bits of inner layers")
-    p.add_argument("--abits", type=int, default=3, metavar="B", help="activation bits of inner layers")
+    p.add_argument("--wbits", type=BITS, default=3, metavar="B", help=f"weight bits of inner layers ({BITS.describe()})")
+    p.add_argument("--abits", type=BITS, default=3, metavar="B", help="activation bits of inner layers")
     p.add_argument("--layer-bits", action="append", default=[], metavar="NAME=W/A",
                    help="per-layer override, repeatable (e.g. blocks.0.conv1=4/3)")
-    p.add_argument("--edge-bits", type=int, default=8, metavar="B", help="bits of the first and last layers")
-    p.add_argument("--outer-bits", type=int, default=8, metavar="B", help="b' of the outer re-quantization (0: none)")
-    p.add_argument("--K", type=int, default=16, help="compander intervals")
-    p.add_argument("--alpha-w", type=float, default=3.0, help="initial weight clip (in units of sigma_w)")
-    p.add_argument("--alpha-a", type=float, default=8.0, help="initial activation clip")
+    p.add_argument("--edge-bits", type=BITS, default=8, metavar="B", help="bits of the first and last layers")
+    p.add_argument("--outer-bits", type=OUTER_BITS, default=8, metavar="B",
+                   help="b' of the outer re-quantization (0: none; else at least every layer's bits, at most 16)")
+    p.add_argument("--K", type=INTERVALS, default=16, help=f"compander intervals ({INTERVALS.describe()})")
+    p.add_argument("--alpha-w", type=CLIP, default=3.0, help="initial weight clip (in units of sigma_w)")
+    p.add_argument("--alpha-a", type=CLIP, default=8.0, help="initial activation clip")
     p.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint (e.g. the FP pretrained one)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=None, help="weight learning rate (default 0.1 fp, 0.04 quantized)")
-    p.add_argument("--q-lr", type=float, default=0.02, help="quantizer (alpha, theta) learning rate")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
+    p.add_argument("--epochs", type=positive_int, default=10,
+                   help="epochs of the run (with --resume: omit to finish the saved run, more to extend it)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--lr", type=positive_float, default=None, help="weight learning rate (default 0.1 fp, 0.04 quantized)")
+    p.add_argument("--q-lr", type=nonnegative_float, default=0.02, help="quantizer (alpha, theta) learning rate")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip (default: on for 32x32 RGB data)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--out", metavar="DIR", default="runs/train", help="writes DIR/checkpoint.pt and DIR/metrics.json")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in OUT/checkpoint.pt")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", type=torch_device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--out", metavar="DIR", default="runs/train",
+                   help="a new or empty directory: writes DIR/checkpoint.pt and DIR/metrics.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run saved in OUT/checkpoint.pt: options not given keep the saved run's values, "
+                        "options given must equal them (--epochs may be larger, to extend the run)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar and per-epoch lines")
     return p
 
 
-def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+_UNSET = object()
+
+
+def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed by the ``train`` parser with the values of its ``--config`` file as defaults.
+
+    Each value of the file is held to its option's rule (argparse stops with the key named).
+    ``given`` of the result is the set of options set on the command line or in the file:
+    with ``--resume``, :func:`train_config` takes the others from the saved run."""
     args = parser.parse_args(argv)
-    if args.config:
-        try:
-            values = json.loads(Path(args.config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise SystemExit(f"lcq train: cannot read --config {args.config}: {e}")
-        known = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise SystemExit(f"lcq train: unknown key(s) {unknown} in {args.config}; valid keys: {sorted(known - {'help', 'config'})}")
-        if isinstance(values.get("layer_bits"), dict):
-            values["layer_bits"] = [f"{k}={v[0]}/{v[1]}" for k, v in values["layer_bits"].items()]
+    values = _config_values(parser, args.config) if args.config else {}
+    if values:
         parser.set_defaults(**values)
         args = parser.parse_args(argv)
+    args.given = frozenset(values) | _given_on_command_line(parser, argv)
     return args
 
 
+def _given_on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    probe = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
+    probe.layer_bits = []
+    parser.parse_args(argv, namespace=probe)
+    given = {dest for dest, value in vars(probe).items() if value is not _UNSET and dest != "layer_bits"}
+    return given | ({"layer_bits"} if probe.layer_bits else set())
+
+
+def _config_values(parser: argparse.ArgumentParser, path: str) -> dict:
+    """The option values of ``--config`` file ``path``, each checked by its option's rule."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        parser.error(f"cannot read --config {path}: {e}")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path} must hold a JSON object of option values, not a {type(values).__name__}")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        parser.error(f"unknown key(s) {unknown} in --config {path}; valid keys: {sorted(actions)}")
+    for key, value in values.items():
+        problem = _config_problem(actions[key], value)
+        if problem:
+            parser.error(f"--config {path}: key {key!r} {problem}")
+        if key == "layer_bits" and isinstance(value, dict):
+            values[key] = [f"{name}={pair[0]}/{pair[1]}" for name, pair in value.items()]
+    return values
+
+
+def _config_problem(action: argparse.Action, value) -> str | None:
+    """Why ``value`` from a config file breaks the rule of ``action``'s option (None: it does not)."""
+    if action.dest == "layer_bits":
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return None
+        if not isinstance(value, dict):
+            return f'must be an object {{"LAYER": [WBITS, ABITS], ...}} or a list of "LAYER=W/A" strings, not {value!r}'
+        for name, pair in value.items():
+            if not isinstance(pair, list) or len(pair) != 2 or not all(BITS.accepts(b) for b in pair):
+                return f"must give layer {name!r} [WBITS, ABITS], each {BITS.describe()}, not {pair!r}"
+        return None
+    if value is None and action.default is None:
+        return None
+    if action.choices is not None:
+        return None if isinstance(value, str) and value in action.choices else \
+            f"must be one of {list(action.choices)}, not {value!r}"
+    if action.nargs == 0:               # a switch: --resume, --progress/--no-progress, --augment/--no-augment
+        return None if isinstance(value, bool) else f"must be true or false, not {value!r}"
+    if hasattr(action.type, "check"):
+        try:
+            action.type.check(value, "")
+        except ValueError as e:
+            return str(e).strip()
+        return None
+    return None if isinstance(value, str) else f"must be a string, not {value!r}"
+
+
 def train_config(args: argparse.Namespace):
-    """TrainConfig from parsed ``lcq train`` arguments (raises ValueError on bad values)."""
-    from .train import TrainConfig
+    """TrainConfig from parsed ``lcq train`` arguments (raises ValueError on bad values).
 
-    plan = QuantPlan(method=args.method, wbits=args.wbits, abits=args.abits,
-                     outer_bits=args.outer_bits or None, K=args.K, alpha_w=args.alpha_w, alpha_a=args.alpha_a,
-                     edge_bits=args.edge_bits, layer_bits=parse_layer_bits(args.layer_bits))
-    return TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, plan=plan,
-                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, q_lr=args.q_lr,
-                       weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, augment=args.augment,
-                       init=args.init, seed=args.seed, device=args.device, out=args.out, resume=args.resume,
-                       progress=args.progress)
+    With ``--resume``, the options not in ``args.given`` take the values of the run saved in
+    OUT/checkpoint.pt, so that ``lcq train --resume --out DIR`` continues it as it was started;
+    the options given must equal the saved ones (ValueError lists those that do not)."""
+    from .train import TrainConfig, check_continues
+
+    plan = {"method": args.method, "wbits": args.wbits, "abits": args.abits, "outer_bits": args.outer_bits or None,
+            "K": args.K, "alpha_w": args.alpha_w, "alpha_a": args.alpha_a, "edge_bits": args.edge_bits,
+            "layer_bits": {k: list(v) for k, v in parse_layer_bits(args.layer_bits).items()}}
+    asked = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir, "plan": plan,
+             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "q_lr": args.q_lr,
+             "weight_decay": args.weight_decay, "momentum": TrainConfig.momentum, "warmup_epochs": args.warmup_epochs,
+             "augment": args.augment, "init": args.init, "seed": args.seed, "device": args.device, "out": args.out,
+             "resume": args.resume, "progress": args.progress}
+    given = getattr(args, "given", None)
+    checkpoint = Path(args.out) / "checkpoint.pt"
+    if not args.resume or given is None or not checkpoint.is_file():
+        return TrainConfig.from_dict(asked)
+    from .checkpoint import load_checkpoint
+
+    saved = load_checkpoint(checkpoint)["config"]
+    check_continues(checkpoint, saved, asked, given)
+    merged = {name: asked[name] if name in given or name in ("out", "resume", "progress") else saved[name]
+              for name in asked if name != "plan"}
+    merged["plan"] = {name: plan[name] if name in given else saved["plan"][name] for name in plan}
+    return TrainConfig.from_dict(merged)
 
 
-def _cmd_train(args) -> int:
+def cmd_train(args) -> int:
     from .train import train
 
-    metrics = train(train_config(args))
+    metrics = train(train_config(args), finished_ok=False)
     if "test_top1" in metrics:
         print(f"test top-1: {metrics['test_top1']:.2f}%  ({args.out}/checkpoint.pt, {args.out}/metrics.json)")
     return 0
 
 
-def _cmd_demo(args) -> int:
-    """The main job on the embedded default, 8x8 digits: FP pretraining, LCQ fine-tuning, compiling
-    to the integer model, checking the integer reference against the PyTorch model, running test
-    images through the generated Verilog in cocotb, and building a bitstream for ``--board``."""
-    from compiler import format as model_format
-    from compiler.agreement import compare
-    from compiler.lower import compile_checkpoint, load_model
-    from compiler.report import report
-
-    from .data import load_dataset
-    from .train import TrainConfig, train
-
-    out = Path(args.out)
-    runs = [("full precision", QuantPlan("fp"), None, args.fp_epochs),
-            (f"LCQ W{args.wbits}/A{args.abits}", QuantPlan("lcq", args.wbits, args.abits), out / "fp" / "checkpoint.pt",
-             args.epochs)]
-    results = []
-    for (label, plan, init, epochs), name in zip(runs, ("fp", "lcq")):
-        run_dir = out / name
-        print(f"== train {label} (small CNN, digits) -> {run_dir}", flush=True)
-        cfg = TrainConfig(model="cnn", dataset="digits", plan=plan, epochs=epochs, batch_size=64,
-                          init=str(init) if init else None, out=str(run_dir),
-                          resume=(run_dir / "checkpoint.pt").exists(), progress=args.progress, seed=args.seed)
-        results.append((label, train(cfg)["test_top1"]))
-    compiled_path = out / "model.lcq"
-    print(f"== compile {out / 'lcq' / 'checkpoint.pt'} -> {compiled_path}", flush=True)
-    compiled = compile_checkpoint(out / "lcq" / "checkpoint.pt")
-    model_format.save(compiled, compiled_path)
-    rep = report(compiled)
-    print(f"{len(rep['layers'])} layers, {rep['total_bytes']:,} bytes of weights and LUTs, {rep['macs']:,} MACs per image")
-    print("== integer reference vs PyTorch fake-quant on the test set", flush=True)
-    data = load_dataset("digits")
-    agreement = compare(compiled, load_model(out / "lcq" / "checkpoint.pt")[0], data.test_x.numpy(),
-                        data.test_y.numpy()).to_dict()
-    results.append((f"LCQ W{args.wbits}/A{args.abits}, integer reference ({compiled_path})", agreement["top1"]))
-    mismatched = sum(c["mismatched"] for c in agreement["code_mismatches"].values())
-    notes = [f"integer vs PyTorch: top-1 agreement {100 * agreement['agreement']:.2f}% "
-             f"({agreement['disagreements']} of {agreement['images']} images differ), {mismatched} activation codes differ"]
-    if args.sim_images > 0:
-        notes.append(_demo_simulation(compiled, compiled_path, data, args.sim_images, out, results))
-    board_report = None
-    if args.board != "none":
-        from boards.boards import get_board
-        from boards.build import BuildError
-        from boards.cli import build_model
-
-        print(f"== bitstream for {args.board}", flush=True)
-        try:
-            board_report = build_model(compiled_path, get_board(args.board), out=out / args.board)
-        except BuildError as e:
-            print(f"lcq demo: error: {e}", file=sys.stderr)
-            return 1
-    print("\n| stage | test top-1 |\n|---|---|")
-    for label, top1 in results:
-        print(f"| {label} | {top1:.2f}% |")
-    print("\n" + "\n".join(notes))
-    if board_report is not None:
-        from boards.report import format_table
-
-        print("\n" + format_table(board_report))
-        print(f"\nbitstream: {board_report['bitstream']} (flash: lcq flash --board {args.board} "
-              f"--bitstream {board_report['bitstream']})")
-    return 0
-
-
-def _demo_simulation(compiled, compiled_path: Path, data, n: int, out: Path, results: list) -> str:
-    """Run ``n`` test images through the generated Verilog (cocotb, Verilator or Icarus); add the
-    accuracy to ``results``; return a line on the comparison with the integer reference."""
-    from hw.engine_params import EngineParams
-    from sim.engine_run import engine_build, simulate_model
-    from sim.runner import available_simulators
-
-    simulators = available_simulators()
-    if not simulators:
-        return "cocotb simulation skipped: no simulator (pip install -e '.[hw]'; apt-get install iverilog)"
-    sim = simulators[-1]
-    params = EngineParams.for_model(compiled, 4, 4)
-    images, labels = data.test_x[:n].numpy(), data.test_y[:n].numpy()
-    print(f"== {sim}: {n} test images through the generated Verilog of a 4 x 4 engine", flush=True)
-    report = simulate_model(engine_build(sim, params, out / "sim"), params, compiled_path, compiled, images,
-                            out / "sim" / "run")
-    top1 = float((report.logits.argmax(axis=1) == labels).mean() * 100)
-    results.append((f"cocotb + {sim}, generated Verilog ({n} images)", top1))
-    cycles = sum(layer.compute_cycles for layer in report.layers)
-    return (f"{sim} simulation: {report.mismatches} of {sum(r.outputs for r in report.layers):,} layer outputs differ "
-            f"from the integer reference; {cycles / n:,.0f} cycles per image on a 4 x 4 array")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lcq", description="LCQ: train low-bit CNNs and map them to FPGA LUT-MAC arrays")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train_parser = _train_parser(sub)
-    demo = sub.add_parser("demo", help="the main job on the embedded default (8x8 digits)",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    demo.add_argument("--out", metavar="DIR", default="runs/demo")
-    demo.add_argument("--wbits", type=int, default=3, metavar="B")
-    demo.add_argument("--abits", type=int, default=3, metavar="B")
-    demo.add_argument("--fp-epochs", type=int, default=30, metavar="N")
-    demo.add_argument("--epochs", type=int, default=30, metavar="N", help="LCQ fine-tuning epochs")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    demo.add_argument("--sim-images", type=int, default=10, metavar="N",
-                      help="test images to run through the generated Verilog in cocotb (0: skip)")
-    demo.add_argument("--board", default="icebreaker", help="board to build a bitstream for ('none': skip)")
-
-    from boards.cli import add_parsers as add_board_parsers
-    from compiler.cli import add_parsers
-    from hw.cli import add_parsers as add_hw_parsers
-
-    commands = {"train": _cmd_train, "demo": _cmd_demo, **add_parsers(sub), **add_hw_parsers(sub),
-                **add_board_parsers(sub)}
-    argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
-    name = args.command
-    if name == "train":
-        args = _apply_config_file(train_parser, argv[argv.index("train") + 1:])
-    try:
-        return commands[name](args)
-    except (DatasetError, ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"lcq {name}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def add_parsers(sub) -> dict:
+    """Register the trainer's verb on ``sub`` (argparse subparsers); returns {verb: handler}. The
+    ``--config`` file of ``lcq train`` is applied by :func:`apply_config_file`."""
+    _train_parser(sub)
+    return {"train": cmd_train}

@@ -10,12 +10,15 @@ layer at (wbits, abits) unless ``layer_bits`` overrides it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from torch import nn
 
+from .arguments import IntRange
 from .layers import QAct
-from .quantizer import METHODS, Quantizer, QuantSpec
+from .quantizer import BITS, CLIP, INTERVALS, MAX_OUTER_BITS, METHODS, Quantizer, QuantSpec
+
+INPUT_BITS = 8      # the input image is quantized to its own uint8 codes
 
 
 @dataclass(frozen=True)
@@ -33,13 +36,28 @@ class QuantPlan:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
-        if self.method != "fp":
-            for what, bits in (("--wbits", self.wbits), ("--abits", self.abits), ("edge bits", self.edge_bits)):
-                if not isinstance(bits, int) or not 2 <= bits <= 8:
-                    raise ValueError(f"{what} must be an integer in 2..8 for method {self.method!r}, not {bits!r}")
+        if self.outer_bits is not None:
+            IntRange(BITS.lo, MAX_OUTER_BITS).check(self.outer_bits, "--outer-bits")
+        INTERVALS.check(self.K, "--K (compander intervals)")
+        CLIP.check(self.alpha_w, "--alpha-w")
+        CLIP.check(self.alpha_a, "--alpha-a")
+        if not isinstance(self.layer_bits, dict):
+            raise ValueError(f"per-layer bit-widths must map layer names to (wbits, abits), not {self.layer_bits!r}")
         for name, pair in self.layer_bits.items():
-            if len(pair) != 2 or not all(isinstance(b, int) and 2 <= b <= 8 for b in pair):
-                raise ValueError(f"layer {name!r}: bits must be (wbits, abits) integers in 2..8, not {pair!r}")
+            if not isinstance(name, str) or not isinstance(pair, (tuple, list)) or len(pair) != 2 \
+                    or not all(BITS.accepts(b) for b in pair):
+                raise ValueError(f"layer {name!r}: bits must be (wbits, abits), each {BITS.describe()}, not {pair!r}")
+        object.__setattr__(self, "layer_bits", {name: tuple(pair) for name, pair in self.layer_bits.items()})
+        if self.method == "fp":
+            return
+        for what, bits in (("--wbits", self.wbits), ("--abits", self.abits), ("--edge-bits", self.edge_bits)):
+            BITS.check(bits, what)
+        if self.outer_bits is not None:
+            widest = max(INPUT_BITS, self.edge_bits, self.wbits, self.abits, *(b for p in self.layer_bits.values() for b in p))
+            if self.outer_bits < widest:
+                raise ValueError(f"--outer-bits {self.outer_bits} is narrower than the widest quantizer ({widest} bits, "
+                                 f"the {INPUT_BITS}-bit input image included); b' must be in {widest}..{MAX_OUTER_BITS}, "
+                                 "or 0 for none")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -48,8 +66,13 @@ class QuantPlan:
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantPlan":
-        d = dict(d)
-        d["layer_bits"] = {k: tuple(v) for k, v in d.get("layer_bits", {}).items()}
+        """The plan of :meth:`to_dict`'s ``d``; ValueError names a key that does not belong or a bad value."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a quantization plan must be a JSON object, not {d!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown quantization plan key(s) {unknown}; the keys are {sorted(known)}")
         return cls(**d)
 
 
@@ -101,7 +124,7 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
             continue
         act_bits[act_name] = abits
         if i == 0:
-            spec = QuantSpec("uniform", 8, plan.outer_bits, plan.K, alpha=1.0, learn_alpha=False)
+            spec = QuantSpec("uniform", INPUT_BITS, plan.outer_bits, plan.K, alpha=1.0, learn_alpha=False)
         else:
             spec = QuantSpec(method, abits, plan.outer_bits, plan.K, plan.alpha_a)
         parent_name, _, attr = act_name.rpartition(".")

@@ -7,9 +7,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .arguments import IntRange, positive_float
 from .quant import lcq_codes, lcq_quantize, level_scale, level_table, uniform_codes, uniform_quantize
 
 METHODS = ("fp", "uniform", "lcq")
+
+# The ranges the quantizer supports: the one rule behind QuantSpec, QuantPlan and `lcq train`'s options.
+MIN_BITS, MAX_BITS = 2, 8            # bit-width b of a weight or activation quantizer
+MAX_OUTER_BITS = 16                  # b' of the outer re-quantization (at least the quantizer's own b)
+MAX_K = 1024                         # compander intervals K
+BITS = IntRange(MIN_BITS, MAX_BITS)                     # --wbits, --abits, --edge-bits, per-layer bits
+OUTER_BITS = IntRange(MIN_BITS, MAX_OUTER_BITS, also=(0,))   # --outer-bits (0: no outer re-quantization)
+INTERVALS = IntRange(1, MAX_K)                          # --K
+CLIP = positive_float                                   # --alpha-w, --alpha-a (initial clip values)
 
 
 @dataclass(frozen=True)
@@ -17,8 +27,8 @@ class QuantSpec:
     """How one tensor is quantized.
 
     ``method``: "fp" (identity), "uniform" (eqs. 1-2) or "lcq" (eqs. 3-6, 14).
-    ``bits``: 2..8; ``outer_bits``: b' of the re-quantization (None: none);
-    ``K``: compander intervals; ``alpha``: initial clip value;
+    ``bits``: 2..8; ``outer_bits``: b' of the re-quantization (bits..16, None: none);
+    ``K``: compander intervals (1..1024); ``alpha``: initial clip value;
     ``learn_alpha``: False freezes alpha (used for the 8-bit input image).
     Signed 2-bit LCQ falls back to uniform (ternary: companding has no effect).
     """
@@ -34,14 +44,11 @@ class QuantSpec:
         if self.method not in METHODS:
             raise ValueError(f"quantization method must be one of {METHODS}, not {self.method!r}")
         if self.method != "fp":
-            if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
-                raise ValueError(f"bit-width must be an integer in 2..8, not {self.bits!r}")
-            if self.outer_bits is not None and not (isinstance(self.outer_bits, int) and self.bits <= self.outer_bits <= 16):
-                raise ValueError(f"outer bit-width must be an integer in {self.bits}..16 or None, not {self.outer_bits!r}")
-            if not isinstance(self.K, int) or self.K < 1:
-                raise ValueError(f"K (compander intervals) must be a positive integer, not {self.K!r}")
-            if not self.alpha > 0:
-                raise ValueError(f"initial alpha must be positive, not {self.alpha!r}")
+            BITS.check(self.bits, "bit-width")
+            if self.outer_bits is not None:
+                IntRange(self.bits, MAX_OUTER_BITS).check(self.outer_bits, "outer bit-width (None: none)")
+            INTERVALS.check(self.K, "K (compander intervals)")
+            CLIP.check(self.alpha, "initial alpha")
 
 
 class Quantizer(nn.Module):

@@ -3,8 +3,9 @@
 Recipe (paper): SGD with Nesterov momentum 0.9, cosine decay per step after an
 optional linear warm-up, separate learning rates for weights and quantizer
 parameters (alpha, theta; no weight decay on them). Each epoch writes
-``OUT/checkpoint.pt`` and ``OUT/metrics.json`` atomically; ``resume=True``
-continues from ``OUT/checkpoint.pt``. Under torchrun (WORLD_SIZE > 1) it runs
+``OUT/checkpoint.pt`` (:mod:`lcq_train.checkpoint`) and ``OUT/metrics.json``
+atomically; ``resume=True`` continues from ``OUT/checkpoint.pt`` (same settings,
+or more epochs to extend the run). Under torchrun (WORLD_SIZE > 1) it runs
 DistributedDataParallel, one process per GPU (gloo on CPU).
 """
 
@@ -13,8 +14,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +26,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint, save_json
-from .data import load_dataset
+from .arguments import FloatRange, IntRange, device_problem, nonnegative_float, positive_float, positive_int
+from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, save_json
+from .data import DATASETS, load_dataset
 from .loader import batches
-from .models import build_model
+from .models import MODELS, build_model
 from .plan import QuantPlan, apply_plan, layer_bits, quantizer_parameters
+
+SEED = IntRange(0, 2**32 - 1)        # what numpy's generator accepts
+MOMENTUM = FloatRange(0.0, 1.0)
+# The settings a resumed run keeps: --resume refuses others. ``epochs`` may grow (extending the run);
+# data_dir, device, out, progress may change.
+RECIPE = ("model", "dataset", "plan", "batch_size", "lr", "q_lr", "weight_decay", "momentum", "warmup_epochs",
+          "augment", "seed", "init")
 
 
 @dataclass
@@ -52,6 +62,32 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
 
+    def __post_init__(self):
+        """The rules of ``lcq train``'s options (:mod:`lcq_train.arguments`), for every way a config is made."""
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, not {self.model!r}")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset must be one of {DATASETS}, not {self.dataset!r}")
+        if not isinstance(self.plan, QuantPlan):
+            raise ValueError(f"plan must be a QuantPlan, not {type(self.plan).__name__}")
+        positive_int.check(self.epochs, "epochs")
+        positive_int.check(self.batch_size, "batch_size")
+        if self.lr is not None:
+            positive_float.check(self.lr, "lr")
+        nonnegative_float.check(self.q_lr, "q_lr")
+        nonnegative_float.check(self.weight_decay, "weight_decay")
+        MOMENTUM.check(self.momentum, "momentum")
+        nonnegative_float.check(self.warmup_epochs, "warmup_epochs")
+        SEED.check(self.seed, "seed")
+        for name in ("augment", "resume", "progress"):
+            value = getattr(self, name)
+            if not isinstance(value, bool) and not (name == "augment" and value is None):
+                raise ValueError(f"{name} must be true or false{' or null' if name == 'augment' else ''}, not {value!r}")
+        for name in ("data_dir", "init", "device", "out"):
+            value = getattr(self, name)
+            if not isinstance(value, str) and not (name != "out" and value is None):
+                raise ValueError(f"{name} must be a path or name (a string), not {value!r}")
+
     def weight_lr(self) -> float:
         return self.lr if self.lr is not None else (0.1 if self.plan.method == "fp" else 0.04)
 
@@ -62,6 +98,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The config of :meth:`to_dict`'s ``d``; ValueError names a key that does not belong or a bad value."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a training config must be a JSON object, not {d!r}")
+        known = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(d) - known), sorted(known - set(d))
+        if unknown or missing:
+            raise ValueError(f"a training config has the keys {sorted(known)} (unknown here: {unknown}, "
+                             f"missing: {missing})")
         d = dict(d)
         d["plan"] = QuantPlan.from_dict(d["plan"])
         return cls(**d)
@@ -89,26 +133,78 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def _load_init(model: nn.Module, path: str) -> None:
     state = load_checkpoint(path)["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    fix = "pretrain with the same --model and --dataset"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"--init {path} does not fit this model ({str(e).splitlines()[-1].strip()}); {fix}") from None
     bad_missing = [k for k in missing if not k.endswith((".alpha", ".theta"))]
     if bad_missing or unexpected:
         raise ValueError(f"--init {path} does not fit this model: missing {bad_missing[:5]}, unexpected {unexpected[:5]}; "
-                         "pretrain with the same --model and --dataset")
+                         f"{fix}")
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def _check_out_dir(out: Path, resume: bool) -> None:
+    """``--out`` holds the run to resume (``resume``), or is new or empty: nothing there is overwritten."""
+    ckpt_path = out / "checkpoint.pt"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass a directory")
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: {out} holds no checkpoint.pt to continue; drop --resume to start "
+                                    "a new run there")
+        return
+    if ckpt_path.exists():
+        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue that run or choose another --out")
+    temporary = (".checkpoint.pt.", ".metrics.json.")        # left by a crash inside atomic_write
+    others = sorted(p.name for p in out.iterdir() if not (p.name.startswith(temporary) and p.name.endswith(".tmp"))) \
+        if out.is_dir() else []
+    if others:
+        raise FileExistsError(f"--out {out} is not empty and holds no run of lcq train (no checkpoint.pt; it holds "
+                              f"{others[:5]}{' ...' if len(others) > 5 else ''}); choose a new or empty directory, "
+                              "so that nothing there is overwritten")
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _option(name: str) -> str:
+    """The command-line option of a TrainConfig or QuantPlan field."""
+    return "momentum" if name == "momentum" else "--" + name.replace("_", "-")
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    return a == b or (a is not None and b is not None and os.path.abspath(a) == os.path.abspath(b))
+
+
+def check_continues(ckpt_path: Path, saved: dict, asked: dict, given=None) -> None:
+    """Raise ValueError listing the RECIPE settings in which config dict ``asked`` (``to_dict`` form;
+    only the names in ``given`` when not None) differs from the ``saved`` run's."""
+    lines = []
+    for name in RECIPE:
+        old, new = saved[name], asked[name]
+        if name == "plan":
+            lines += [f"{_option(key)} {old[key]!r} there, {new[key]!r} asked" for key in (f.name for f in fields(QuantPlan))
+                      if (given is None or key in given) and old[key] != new[key]]
+        elif (given is None or name in given) and not (_same_path(old, new) if name == "init" else old == new):
+            lines.append(f"{_option(name)} {old!r} there, {new!r} asked")
+    if lines:
+        raise ValueError(f"{ckpt_path} holds a run with other settings, and --resume continues a run only as it "
+                         f"was started: {'; '.join(lines)}. Drop those options (or give the saved values) to "
+                         "continue it, or choose another --out for a new run")
+
+
+def _resume_state(ckpt_path: Path, cfg: TrainConfig, finished_ok: bool) -> tuple[dict, TrainConfig]:
+    """The checkpoint to resume and the saved run's config, after checking that ``cfg`` continues it."""
+    state = load_checkpoint(ckpt_path)
+    saved = TrainConfig.from_dict(state["config"])
+    check_continues(ckpt_path, saved.to_dict(), cfg.to_dict())
+    done = state["epoch"]
+    if cfg.epochs < saved.epochs:
+        raise ValueError(f"--epochs {cfg.epochs} is fewer than the {saved.epochs} epochs of the run in {ckpt_path.parent}; "
+                         f"omit --epochs to finish it, or pass more than {saved.epochs} to extend it")
+    if done >= cfg.epochs and not finished_ok:
+        raise ValueError(f"the run in {ckpt_path.parent} already finished its {done} epochs (test top-1 "
+                         f"{state['metrics']['test_top1']:.2f}%): nothing to train. Pass --epochs N with N > {done} "
+                         "to extend it, or choose another --out for a new run")
+    return state, saved
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -127,20 +223,34 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run training per ``cfg``; returns the metrics dict also written to OUT/metrics.json."""
+def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
+    """Run training per ``cfg``; returns the metrics dict also written to OUT/metrics.json.
+
+    ``cfg.out`` must be new or empty, or, with ``cfg.resume``, hold the run to continue: its
+    RECIPE settings must equal ``cfg``'s (ValueError lists the differences), and ``cfg.epochs``
+    larger than the saved run's extends it (said on stdout). A resumed run that has already
+    finished its epochs returns its saved metrics, or with ``finished_ok=False`` (``lcq train``)
+    raises ValueError: nothing to train is an error there.
+    """
+    if cfg.device is not None and device_problem(cfg.device):
+        raise ValueError(f"--device {cfg.device}: {device_problem(cfg.device)}")
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    _check_out_dir(out, cfg.resume)
+    resume_state, saved = _resume_state(ckpt_path, cfg, finished_ok) if cfg.resume else (None, None)
+    if resume_state is not None and resume_state["epoch"] >= cfg.epochs:
+        return resume_state["metrics"]
     rank, world, local_rank = _distributed()
     device = torch.device(cfg.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    out = Path(cfg.out)
-    ckpt_path = out / "checkpoint.pt"
-    resume_state = load_checkpoint(ckpt_path) if cfg.resume else None
-    if resume_state is not None:
-        # A resumed run keeps every setting it was started with.
-        cfg = TrainConfig.from_dict({**resume_state["config"], "resume": True, "progress": cfg.progress})
-    elif ckpt_path.exists():
-        raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue that run or choose another --out")
+    if resume_state is not None and rank == 0:
+        done = resume_state["epoch"]
+        if cfg.epochs > saved.epochs:
+            print(f"extending the run in {out} from {saved.epochs} to {cfg.epochs} epochs: it continues after epoch "
+                  f"{done}, with its cosine learning-rate schedule stretched over {cfg.epochs} epochs", flush=True)
+        else:
+            print(f"resuming the run in {out} after epoch {done} of {cfg.epochs}", flush=True)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -169,12 +279,19 @@ def train(cfg: TrainConfig) -> dict:
                "params": sum(p.numel() for p in w_params), "epochs": []}
     start_epoch = 0
     if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        _set_rng_state(resume_state["rng"])
+        for what, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
+            try:
+                target.load_state_dict(resume_state[what])
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                raise CheckpointError(f"{ckpt_path}: its {what} state does not fit this run ({e}); it is not a "
+                                      "checkpoint this lcq wrote for these settings") from None
+        if cfg.epochs != saved.epochs:     # extended: the learning rates of the stretched schedule
+            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)
+            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        restore_rng(resume_state["rng"])
         start_epoch = resume_state["epoch"]
-        metrics = resume_state["metrics"]
+        metrics = {**resume_state["metrics"], "config": cfg.to_dict()}
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
 
@@ -185,7 +302,7 @@ def train(cfg: TrainConfig) -> dict:
         loader = batches(train_x, train_y, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch,
                          augment=augment, rank=rank, world_size=world)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress or rank != 0, leave=False, dynamic_ncols=True)
+                   disable=not cfg.progress or rank != 0 or not sys.stderr.isatty(), leave=False, dynamic_ncols=True)
         for xb, yb in bar:
             logits = net(xb)
             loss = F.cross_entropy(logits, yb)
@@ -209,7 +326,7 @@ def train(cfg: TrainConfig) -> dict:
                              "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                              "layers": metrics["layers"], "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "epoch": epoch + 1, "rng": _rng_state(), "metrics": metrics}, ckpt_path)
+                             "epoch": epoch + 1, "rng": capture_rng(), "metrics": metrics}, ckpt_path)
             save_json(metrics, out / "metrics.json")
             if cfg.progress:
                 print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f}  "

@@ -93,12 +93,10 @@ def classify(d: dict, port: SimPort) -> dict:
     from boards.link_host import LinkHost
     from boards.runtime import BoardRunner
     from compiler.format import load
-    from hw.engine_params import EngineParams, RequantizeShape
+    from hw.engine_params import EngineParams
 
-    p = dict(d["params"])
-    p["requantize"] = p["requantize"] and RequantizeShape(**p["requantize"])
     host = LinkHost(port)
-    runner = BoardRunner(host, load(d["model"]), EngineParams(**p), d["resident"])
+    runner = BoardRunner(host, load(d["model"]), EngineParams.from_dict(d["params"]), d["resident"])
     paced, port.byte_cycles = port.byte_cycles, 1
     runner.load_constants()
     loading, port.byte_cycles = port.traffic(), paced

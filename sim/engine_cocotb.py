@@ -1,8 +1,13 @@
 """cocotb testbench for ``hw.engine.LayerEngine``, driven by the data file of ``sim.runner``.
 
+The DUT's ports are ``hw.engine.EngineSignature``'s as Amaranth writes them: ``load__valid``,
+``load__ready``, ``load__payload`` (the fields of a beat packed), ``start``, ``busy``,
+``out__valid``, ``out__ready``, ``out__payload``.
+
 The data (written by :mod:`sim.engine_run`) holds ``params`` (an ``EngineParams``
-description), ``stall`` and ``backpressure`` (probabilities that ``load_valid`` or
-``out_ready`` is low in a cycle), ``seed``, ``results`` (the JSON file to write), and
+description), ``load_fields`` (the bit offset of each field of ``load__payload``),
+``stall`` and ``backpressure`` (probabilities that ``load__valid`` or ``out__ready`` is
+low in a cycle), ``seed``, ``results`` (the JSON file to write), and
 the work, either
 
 - ``jobs``: ``[{"index", "beats": [[target, addr, data], ...], "out_words"}]``, or
@@ -40,12 +45,13 @@ class Engine:
 
     def __init__(self, dut, d: dict):
         self.dut, self.clk = dut, dut.clk
+        self.fields = d["load_fields"]
         self.rng = random.Random(d.get("seed", 0))
         self.stall, self.backpressure = d.get("stall", 0.0), d.get("backpressure", 0.0)
 
     async def reset(self):
         dut = self.dut
-        for sig in (dut.load_valid, dut.load_target, dut.load_addr, dut.load_data, dut.start, dut.out_ready):
+        for sig in (dut.load__valid, dut.load__payload, dut.start, dut.out__ready):
             sig.value = 0
         dut.rst.value = 1
         Clock(self.clk, PERIOD_NS, unit="ns").start(start_high=False)
@@ -55,16 +61,17 @@ class Engine:
 
     async def load(self, beats):
         dut = self.dut
-        for target, addr, value in beats:
+        for beat in beats:
             while True:
                 valid = self.rng.random() >= self.stall
-                dut.load_valid.value = int(valid)
-                dut.load_target.value, dut.load_addr.value, dut.load_data.value = target, addr, value
-                ready = int(dut.load_ready.value)
+                dut.load__valid.value = int(valid)
+                dut.load__payload.value = sum(value << self.fields[name]
+                                              for name, value in zip(("target", "addr", "data"), beat))
+                ready = int(dut.load__ready.value)
                 await FallingEdge(self.clk)
                 if valid and ready:
                     break
-        dut.load_valid.value = 0
+        dut.load__valid.value = 0
 
     async def run(self, index: int, out_words: int, max_cycles: int) -> dict:
         dut = self.dut
@@ -77,14 +84,14 @@ class Engine:
                 raise AssertionError(f"layer {index}: no end after {max_cycles} cycles: {len(words)} of "
                                      f"{out_words} output words received, busy={dut.busy.value}")
             ready = self.rng.random() >= self.backpressure
-            dut.out_ready.value = int(ready)
-            valid = int(dut.out_valid.value)
+            dut.out__ready.value = int(ready)
+            valid = int(dut.out__valid.value)
             if valid and first_valid is None:
                 first_valid = cycle
             if valid and ready:
                 if len(words) == out_words:
                     raise AssertionError(f"layer {index}: more than the expected {out_words} output words")
-                value = dut.out_data.value
+                value = dut.out__payload.value
                 if not value.is_resolvable:
                     raise AssertionError(f"layer {index}: output word {len(words)} (cycle {cycle}) holds X or Z: "
                                          f"{value} (column 0 is the lowest field)")
@@ -92,7 +99,7 @@ class Engine:
                 word_cycles.append(cycle)
             await FallingEdge(self.clk)
             cycle += 1
-        dut.out_ready.value = 0
+        dut.out__ready.value = 0
         return {"index": index, "cycles": word_cycles[-1] if word_cycles else cycle, "words": words,
                 "word_cycles": word_cycles, "compute_cycles": first_valid or cycle}
 
@@ -117,14 +124,12 @@ async def engine_runs(dut):
         results.append(per_image)
     else:
         from compiler.format import load
-        from hw.engine_params import EngineParams, RequantizeShape
+        from hw.engine_params import EngineParams
         from hw.program import model_jobs, resident_beats
 
         spec = d["model"]
         model = load(spec["path"])
-        p = dict(d["params"])
-        p["requantize"] = p["requantize"] and RequantizeShape(**p["requantize"])
-        params = EngineParams(**p)
+        params = EngineParams.from_dict(d["params"])
         on_engine = None if spec["on_engine"] is None else set(spec["on_engine"])
         resident = spec.get("resident", "none")
         await engine.load(resident_beats(model, params, resident))

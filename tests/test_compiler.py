@@ -11,51 +11,21 @@ from compiler import stages
 from compiler.agreement import compare
 from compiler.lower import CompileOptions, compile_checkpoint, compile_model
 from compiler.reference import accumulate, lut_accumulate, predict, run
-from lcq_train.layers import QAct, QConv2d
+from lcq_train.layers import QConv2d
 from lcq_train.models.cnn import SmallCNN
 from lcq_train.models.resnet import PreActResNet
 from lcq_train.plan import QuantPlan, apply_plan
 from lcq_train.train import TrainConfig, train
 
+from helpers import images, randomize, small_cnn
+
 BITS = (2, 3, 4)
-
-
-def randomize(model: nn.Module, seed: int, act_alpha: float = 2.0) -> nn.Module:
-    """Random BN statistics (negative and zero scales included), compander slopes and clip values."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.2)
-                m.weight.copy_(torch.rand(c, generator=g) * 3 - 1)
-                m.weight[0] = 0.0                      # a constant channel
-                m.bias.copy_(torch.rand(c, generator=g) - 0.5)
-            if getattr(m, "theta", None) is not None:
-                m.theta.normal_(0, 0.7, generator=g)
-            if isinstance(m, QAct) and m.method != "fp" and m.alpha.requires_grad:
-                m.alpha.fill_(act_alpha * (0.5 + torch.rand(1, generator=g).item()))
-    return model.eval()
-
-
-def images(n: int, shape, seed: int) -> np.ndarray:
-    """Random uint8 images plus an all-zero and an all-255 one."""
-    x = np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
-    x[0] = 0
-    x[-1] = 255
-    return x
 
 
 def code_mismatches(compiled, model, x) -> dict:
     result = compare(compiled, model, x, np.zeros(len(x), dtype=np.int64), batch_size=64)
     assert result.images == len(x)
     return {name: m for name, (_, m) in result.codes.items()} | {"top1": result.disagreements}
-
-
-def small_cnn(shape, plan: QuantPlan, seed: int, widths=(4, 6, 8), act_alpha: float = 2.0) -> SmallCNN:
-    torch.manual_seed(seed)
-    return randomize(apply_plan(SmallCNN(shape, 10, widths), plan), seed, act_alpha)
 
 
 @pytest.mark.parametrize("wbits", BITS)

@@ -5,7 +5,9 @@ import shutil
 
 import pytest
 
-from lcq_train.cli import main
+from compiler import format as model_format
+from lcq.cli import main
+from lcq_train.checkpoint import load_checkpoint, save_checkpoint
 from lcq_train.plan import QuantPlan
 from lcq_train.train import TrainConfig, train
 
@@ -88,5 +90,46 @@ def test_eval_errors_name_the_fix(compiled, tmp_path, capsys):
         assert _json(capsys)["images"] == 10
     finally:
         shutil.move(stash, checkpoint)
-    assert main(["eval", str(model), "--images", "0"]) == 2
-    assert "--images must be at least 1" in capsys.readouterr().err
+    for option in ("--images", "--batch-size"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["eval", str(model), option, "0"])
+        assert exit_.value.code == 2
+        assert f"argument {option}: must be an integer >= 1, not '0'" in capsys.readouterr().err
+
+
+def test_the_model_records_its_checkpoint_and_eval_works_from_anywhere(compiled, tmp_path, monkeypatch, capsys):
+    checkpoint, _ = compiled
+    monkeypatch.chdir(checkpoint.parent)
+    assert main(["compile", "checkpoint.pt", "-o", "relative.lcq"]) == 0     # a relative path on the command line
+    source = model_format.load(checkpoint.parent / "relative.lcq").source
+    assert source["checkpoint"] == str(checkpoint.resolve())
+    assert source["sha256"] == load_checkpoint(checkpoint)["sha256"]       # the checkpoint's own digest
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["eval", str(checkpoint.parent / "relative.lcq"), "--images", "10", "--json"]) == 0
+    assert _json(capsys)["images"] == 10
+
+
+def test_eval_refuses_a_checkpoint_the_model_was_not_compiled_from(compiled, tmp_path, capsys):
+    checkpoint, model = compiled
+    state = load_checkpoint(checkpoint)
+    state["metrics"]["note"] = "another checkpoint"
+    other = tmp_path / "other.pt"
+    save_checkpoint(state, other)
+    assert main(["eval", str(model), "--images", "10", "--checkpoint", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint {other} is not the checkpoint {model} was compiled from" in err
+    assert f"lcq compile {other} -o {model}" in err
+    # The recorded checkpoint replaced by another one in place: said too.
+    stash = tmp_path / "stash.pt"
+    shutil.copy(checkpoint, stash)
+    shutil.copy(other, checkpoint)
+    try:
+        assert main(["eval", str(model), "--images", "10"]) == 2
+        err = capsys.readouterr().err
+        assert f"{checkpoint} is not the checkpoint {model} was compiled from: it changed since" in err
+    finally:
+        shutil.copy(stash, checkpoint)
+    assert main(["eval", str(model), "--images", "10", "--json"]) == 0

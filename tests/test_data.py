@@ -25,11 +25,7 @@ IDX_NAMES = {
 }
 CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_MNIST = next(
-    (p for p in (Path("/work/shared/datasets/mnist"), REPO_ROOT.parent / "shared" / "datasets" / "mnist")
-     if p.is_dir()),
-    None,
-)
+REAL_MNIST = REPO_ROOT.parent / "shared" / "datasets" / "mnist"   # ../shared/datasets/mnist, beside the repository
 
 
 # --------------------------------------------------------------------------- fixture writers
@@ -289,7 +285,7 @@ def test_idx_corrupt_gzip(tmp_path):
         load_dataset("mnist", tmp_path)
 
 
-@pytest.mark.skipif(REAL_MNIST is None, reason="real MNIST not found in /work/shared/datasets/mnist or ../shared")
+@pytest.mark.skipif(not REAL_MNIST.is_dir(), reason=f"real MNIST not found at {REAL_MNIST}")
 def test_real_mnist():
     ds = load_strict("mnist", REAL_MNIST)
     assert ds.train_x.shape == (60000, 1, 28, 28) and ds.test_x.shape == (10000, 1, 28, 28)

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("amaranth", reason="the demo's simulation needs amaranth: pip install -e '.[hw]'")
 
-from lcq_train.cli import main  # noqa: E402
+from lcq.cli import main  # noqa: E402
 from sim.runner import available_simulators  # noqa: E402
 
 
@@ -19,3 +19,24 @@ def test_demo_trains_compiles_and_simulates(tmp_path, capsys):
     assert "generated Verilog (2 images)" in out
     assert " simulation: 0 of " in out and "differ from the integer reference" in out
     assert (tmp_path / "model.lcq").is_file()
+
+
+def test_demo_refuses_an_unknown_board_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--out", str(tmp_path), "--board", "nosuchboard"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'nosuchboard'" in err and "icebreaker" in err and "ulx3s-85f" in err
+    assert not any(tmp_path.iterdir()), "nothing may run before the board name is checked"
+
+
+def test_training_without_a_terminal_prints_one_line_per_epoch(tmp_path):
+    """Piped to a file, `lcq train` prints each epoch's line and no progress-bar redraws."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "lcq.cli", "train", "--method", "fp", "--epochs", "2",
+                             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]

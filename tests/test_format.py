@@ -15,11 +15,10 @@ from compiler.lower import compile_model
 from compiler.reference import run
 from lcq_train.models.resnet import PreActResNet
 from lcq_train.plan import QuantPlan, apply_plan
-from test_compiler import images, randomize
 
 
 @pytest.fixture(scope="module")
-def compiled():
+def compiled(randomize):
     torch.manual_seed(0)
     model = randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 4, layer_bits={"blocks.1.conv2": (2, 2)})),
                       seed=1)
@@ -34,17 +33,19 @@ def saved(compiled, tmp_path):
 
 
 def rewrite(path, edit):
-    """Load the zip members, let ``edit(manifest, arrays)`` change them, write them back."""
+    """Load the zip members, let ``edit(manifest, arrays)`` change them, write them back.
+
+    Like a deliberate editor, it records the new contents' digest, so that the
+    loader's other checks are what must catch the edit.
+    """
     with np.load(path) as npz:
         arrays = {k: npz[k] for k in npz.files}
     manifest = json.loads(bytes(arrays.pop("manifest.json")).decode())
     edit(manifest, arrays)
-    blob = np.frombuffer(json.dumps(manifest).encode(), dtype=np.uint8)
-    with open(path, "wb") as f:
-        np.savez(f, **{"manifest.json": blob}, **arrays)
+    fmt.write_members(path, manifest, arrays)
 
 
-def test_round_trip_preserves_every_array_and_result(compiled, saved):
+def test_round_trip_preserves_every_array_and_result(compiled, saved, images):
     loaded = fmt.load(saved)
     assert [type(n) for n in loaded.nodes] == [type(n) for n in compiled.nodes]
     for a, b in zip(compiled.convs, loaded.convs):
@@ -71,7 +72,9 @@ def test_manifest_documents_luts_and_weight_packing(saved):
         assert npz[inner["lut"]["array"]].shape == (3, 15)                     # W3/A4: 45 entries
         assert npz[inner["weights"]["array"]].size == (16 * 16 * 9 * 3 + 7) // 8
         assert convs[0]["mac"] == "multiply" and "lut" not in convs[0]       # the 8-bit first layer
-    assert manifest["format"] == "lcq-compiled-model" and manifest["version"] == 1
+        members = {k: fmt._npy(npz[k]) for k in npz.files if k != "manifest.json"}
+    assert manifest["format"] == "lcq-compiled-model" and manifest["version"] == 2
+    assert manifest["sha256"] == fmt.digest(manifest, members)
 
 
 @given(bits=st.integers(2, 8), data=st.data())
@@ -97,7 +100,7 @@ def test_loader_needs_no_torch(saved):
 
 def test_wrong_version_is_rejected(saved):
     rewrite(saved, lambda m, a: m.update(version=99))
-    with pytest.raises(fmt.ModelFormatError, match="version 99.*reads version 1"):
+    with pytest.raises(fmt.ModelFormatError, match="version 99.*reads version 2"):
         fmt.load(saved)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("amaranth", reason="the hardware verbs need amaranth: pip install -e '.[hw]'")
 
-from lcq_train.cli import main  # noqa: E402
+from lcq.cli import main  # noqa: E402
 from sim.runner import unavailable_reason  # noqa: E402
 
 DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
@@ -16,11 +16,16 @@ DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
 def test_generate_writes_verilog_and_its_parameters(tmp_path, capsys):
     out = tmp_path / "engine.v"
     assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "2", "--cols", "3", "--resident", "weights"]) == 0
-    assert "module lcq_engine(" in out.read_text()
+    verilog = out.read_text()
+    assert "module lcq_engine(" in verilog
     info = json.loads(out.with_suffix(".json").read_text())
+    for port, width in (("load__payload", sum(info["ports"]["load__payload"].values())),
+                        ("out__payload", info["ports"]["out__payload"])):
+        assert f"input [{width - 1}:0] {port};" in verilog or f"output [{width - 1}:0] {port};" in verilog
     assert info["params"]["rows"] == 2 and info["params"]["cols"] == 3 and info["params"]["multiply"]
-    assert info["resident"] == "weights" and max(info["target_bits"]) == info["ports"]["load_data"]
-    assert info["ports"]["out_data"] == 3 * info["ports"]["out_bits_per_column"]
+    load = info["ports"]["load__payload"]
+    assert info["resident"] == "weights" and max(info["target_bits"]) == load["data"] and load["target"] == 3
+    assert info["ports"]["out__payload"] == 3 * info["ports"]["out_bits_per_column"]
     assert "2 x 3 PEs" in capsys.readouterr().out
 
 

@@ -11,46 +11,67 @@ import pytest
 
 pytest.importorskip("amaranth", reason="hw needs amaranth: pip install -e '.[hw]'")
 
+from amaranth import Module  # noqa: E402
 from amaranth.hdl import UnusedElaboratable  # noqa: E402
+from amaranth.lib import wiring  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
-from hw.engine import LayerEngine  # noqa: E402
-from hw.engine_params import EngineParams  # noqa: E402
-from hw.program import act_beats, check_fits, decode_outputs, layer_beats, output_words  # noqa: E402
+from hw.engine import EngineSignature, LayerEngine  # noqa: E402
+from hw.engine_params import TARGET_BITS, TARGETS, EngineParams  # noqa: E402
+from hw.link import LinkBridge  # noqa: E402
+from hw.program import act_beats, check_fits, config_values, decode_outputs, layer_beats, output_words  # noqa: E402
 from sim.engine_run import compare  # noqa: E402
 
 DIGITS = load(Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq")
 
 
-def run_engine(params, beats, out_words):
-    """Load ``beats``, start, read ``out_words`` words (``out_ready`` every other cycle)."""
+def compute_cycles(params, node, drain):
+    """Computing cycles of layer ``node`` as the engine's module docstring gives them."""
+    v = config_values(params, node)
+    tiles = v["co_tiles"] * v["kernel"] ** 2 * v["groups"]
+    gap = max(0, params.cols + 2 - v["positions"])
+    return tiles * (params.rows + v["positions"] + 1 + gap) - gap + drain
+
+
+def run_engine(params, node, beats, out_words):
+    """Load ``beats``, start, read ``out_words`` words (``out.ready`` every other cycle); check the
+    documented timing: load ready while idle, each word offered ``cols + STAGE_LATENCY + 3``
+    cycles after computing ends or the previous word is accepted, busy until the last is
+    accepted, then no busy and no word for as long as reading back a word takes, twice."""
     dut = LayerEngine(params)
+    assert dut.drain == params.rows + params.cols + 4
+    word_cycles = params.cols + LayerEngine.STAGE_LATENCY + 3
     words = []
 
     async def testbench(ctx):
         for target, addr, data in beats:
-            ctx.set(dut.load_valid, 1)
-            ctx.set(dut.load_target, target)
-            ctx.set(dut.load_addr, addr)
-            ctx.set(dut.load_data, data)
+            ctx.set(dut.load.valid, 1)
+            ctx.set(dut.load.payload, {"target": target, "addr": addr, "data": data})
+            assert ctx.get(dut.load.ready)
             await ctx.tick()
-        ctx.set(dut.load_valid, 0)
+        ctx.set(dut.load.valid, 0)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        cycle = 0
+        cycle, due = 1, compute_cycles(params, node, dut.drain) + word_cycles   # cycle 1: after start's edge
         while len(words) < out_words:
             ready = cycle % 2
-            ctx.set(dut.out_ready, ready)
-            valid, data = ctx.get(dut.out_valid), ctx.get(dut.out_data)
+            ctx.set(dut.out.ready, ready)
+            valid, data = ctx.get(dut.out.valid), ctx.get(dut.out.payload)
+            assert ctx.get(dut.busy) and not ctx.get(dut.load.ready), f"cycle {cycle}: idle before the last word"
+            assert valid == (cycle >= due), f"cycle {cycle}: word {len(words)} offered={valid}, due at {due}"
             await ctx.tick()
             if valid and ready:
                 words.append(data)
+                due = cycle + word_cycles
             cycle += 1
             assert cycle < 20_000, "the engine did not finish"
-        assert ctx.get(dut.busy) == 0 or len(words) == out_words
+        ctx.set(dut.out.ready, 1)
+        for n in range(2 * word_cycles):
+            assert not ctx.get(dut.busy) and not ctx.get(dut.out.valid), f"{n} cycles after the last word"
+            await ctx.tick()
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -65,9 +86,37 @@ def test_engine_layer_in_amaranth_simulation(layer):
     images = np.random.default_rng(layer).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
     t = reference.run(DIGITS, images)
     params = EngineParams.for_model(DIGITS, 2, 3)
-    words = run_engine(params, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
+    words = run_engine(params, node, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
                        output_words(params, node))
     assert (decode_outputs(params, node, words) == t[node.output][0]).all()
+
+
+def test_engine_signature_is_the_bridge_side_flipped():
+    params = EngineParams.for_model(DIGITS, 2, 3)
+    signature = EngineSignature.for_params(params)
+    assert signature == EngineSignature(params.addr_bits, params.data_bits, 3 * params.out_bits)
+    assert TARGET_BITS == 3 and (TARGETS - 1).bit_length() == TARGET_BITS
+    assert [(name, member.offset, member.width) for name, member in signature.load_layout] == [
+        ("target", 0, TARGET_BITS), ("addr", TARGET_BITS, params.addr_bits),
+        ("data", TARGET_BITS + params.addr_bits, params.data_bits)]
+    assert sorted(path for path, _ in signature.members.flatten()) == [
+        ("busy",), ("load",), ("load", "payload"), ("load", "ready"), ("load", "valid"),
+        ("out",), ("out", "payload"), ("out", "ready"), ("out", "valid"), ("start",)]
+    with pytest.raises(ValueError, match="Data width must be a positive integer, not 0"):
+        EngineSignature(4, 0, 8)
+    engine = LayerEngine(params)
+    bridge = LinkBridge(params.addr_bits, params.target_bits, 3 * params.out_bits, 2, 3)
+    assert bridge.engine.signature == signature.flip()
+    m = Module()
+    m.submodules.engine, m.submodules.bridge = engine, bridge
+    wiring.connect(m, bridge.engine, engine)
+    narrow = LinkBridge(params.addr_bits, params.target_bits, 2 * params.out_bits, 2, 2)
+    with pytest.raises(wiring.ConnectionError, match="out.payload"):
+        wiring.connect(Module(), narrow.engine, engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        del m, engine, bridge, narrow
+        gc.collect()
 
 
 def test_engine_params_errors_name_the_value():

@@ -12,8 +12,9 @@ from amaranth.back import verilog  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from compiler.graph import PoolNode, Requantize, Thresholds, signed_bits  # noqa: E402
-from hw.requantize import RequantizeUnit, bias_bits, multiplier_bits, out_bits  # noqa: E402
-from hw.thresholds import ThresholdUnit, threshold_bits, threshold_words  # noqa: E402
+from hw.requantize import RequantizeUnit  # noqa: E402
+from hw.stage_words import bias_bits, multiplier_bits, out_bits, threshold_bits, threshold_words  # noqa: E402
+from hw.thresholds import ThresholdUnit  # noqa: E402
 
 # Units built only to check parameters or host-side words are never elaborated.
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -184,7 +185,7 @@ def test_requantize_random(acc_bits, gaps):
 
 @pytest.fixture(scope="module")
 def compiled_run():
-    from test_compiler import images, small_cnn
+    from helpers import images, small_cnn
 
     from compiler.lower import compile_model
     from compiler.reference import run

@@ -11,10 +11,14 @@ pytest.importorskip("amaranth", reason="hardware tests need amaranth: pip instal
 from amaranth.hdl import UnusedElaboratable  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
-from hw.pe import A_MAX, VARIANTS, W_MAX, PEArray, ProcessingElement  # noqa: E402
+from hw.pe import VARIANTS, PEArray, ProcessingElement, RowTable  # noqa: E402
+from hw.pe_words import A_MAX, W_MAX  # noqa: E402
 
 BITS = (2, 3, 4)
 ACC_BITS = 24
+# Every variant, and the engine's table variant where it multiplies.
+CASES = [(name, {}) for name in VARIANTS] + [("row_table", {"multiply": True})]
+CASE_IDS = [name + "_multiply" * bool(options) for name, options in CASES]
 
 
 def random_levels(s: int, top: int, rng: random.Random) -> list[int]:
@@ -22,9 +26,9 @@ def random_levels(s: int, top: int, rng: random.Random) -> list[int]:
     return [0] + sorted(rng.sample(range(1, top), s - 1)) + [top]
 
 
-def random_variant(name: str, bits: int, rng: random.Random):
+def random_variant(name: str, bits: int, rng: random.Random, **options):
     return VARIANTS[name](random_levels(2 ** (bits - 1) - 1, W_MAX, rng),
-                          random_levels(2 ** bits - 1, A_MAX, rng))
+                          random_levels(2 ** bits - 1, A_MAX, rng), **options)
 
 
 def wrap(x: int) -> int:
@@ -50,11 +54,22 @@ async def load(ctx, dut, beats, **select):
     ctx.set(dut.w_load, 0)
 
 
+async def load_edges(ctx, dut, variant):
+    """Drive the beats that load the row edges (none for constant ones)."""
+    beats = variant.edge_beats()
+    for beat in beats:
+        for name, value in beat.items():
+            ctx.set(getattr(dut, name), value)
+        await ctx.tick()
+    for name in beats[0] if beats else ():
+        ctx.set(getattr(dut, name), 0)
+
+
 @pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("name", VARIANTS)
-def test_pe(name, bits):
-    rng = random.Random(f"pe {name} {bits}")
-    variant = random_variant(name, bits, rng)
+@pytest.mark.parametrize("name, options", CASES, ids=CASE_IDS)
+def test_pe(name, options, bits):
+    rng = random.Random(f"pe {name} {options} {bits}")
+    variant = random_variant(name, bits, rng, **options)
     dut = ProcessingElement(variant, ACC_BITS)
     weights = [(1, variant.s_w), (0, 0), (1, 0), (0, rng.randrange(1, variant.s_w + 1))]
 
@@ -76,11 +91,11 @@ def test_pe(name, bits):
 
 
 @pytest.mark.parametrize("bits", BITS)
-@pytest.mark.parametrize("name", VARIANTS)
-def test_array_columns_sum_rows(name, bits):
+@pytest.mark.parametrize("name, options", CASES, ids=CASE_IDS)
+def test_array_columns_sum_rows(name, options, bits):
     rows, cols, length = 2, 3, 10
-    rng = random.Random(f"array {name} {bits}")
-    variant = random_variant(name, bits, rng)
+    rng = random.Random(f"array {name} {options} {bits}")
+    variant = random_variant(name, bits, rng, **options)
     dut = PEArray(variant, rows, cols, ACC_BITS)
     weights = [[(rng.randrange(2), rng.randrange(variant.s_w + 1)) for _ in range(cols)] for _ in range(rows)]
     stream = [[(rng.random() < 0.8, rng.randrange(variant.s_a + 1)) for _ in range(length)] for _ in range(rows)]
@@ -91,6 +106,7 @@ def test_array_columns_sum_rows(name, bits):
     got = [[None] * length for _ in range(cols)]
 
     async def bench(ctx):
+        await load_edges(ctx, dut, variant)
         for r in range(rows):
             for c in range(cols):
                 await load(ctx, dut, variant.load_beats(*weights[r][c]), w_pe=r * cols + c)
@@ -110,6 +126,65 @@ def test_array_columns_sum_rows(name, bits):
 
     simulate(dut, bench)
     assert got == expected
+
+
+@pytest.mark.parametrize("multiply", [False, True])
+def test_double_buffered_array_loads_the_next_tile_while_streaming(multiply):
+    """Two tiles back to back: the second tile's rows load (a row per beat) while the first
+    tile's last elements are in the array; the element with ``a_swap`` starts using them."""
+    rows, cols, length = 2, 3, 6
+    rng = random.Random(f"double buffered array {multiply}")
+    variant = random_variant("row_table", 3, rng, multiply=multiply)
+    dut = PEArray(variant, rows, cols, ACC_BITS, double_buffered=True)
+    tiles = [[[(rng.randrange(2), rng.randrange(variant.s_w + 1)) for _ in range(cols)] for _ in range(rows)]
+             for _ in range(2)]
+    codes = [[rng.randrange(variant.s_a + 1) for _ in range(2 * length)] for _ in range(rows)]
+    expected = [[sum((-1) ** tiles[t // length][r][c][0] * variant.lut(tiles[t // length][r][c][1], codes[r][t])
+                     for r in range(rows)) for t in range(2 * length)] for c in range(cols)]
+    got = [[None] * (2 * length) for _ in range(cols)]
+    # Row r of tile 1 loads at edge next_load + r: after tile 0's first element has passed
+    # PE (r, cols - 1) (edge r + cols), before tile 1's first one reaches PE (r, 0) (edge length + r + 1).
+    next_load = length - 1
+
+    def row_word(tile, r):
+        words = [variant.load_beats(*tiles[tile][r][c])[0]["w_code"] for c in range(cols)]
+        return sum(w << (c * variant.weight_bits) for c, w in enumerate(words))
+
+    async def bench(ctx):
+        await load_edges(ctx, dut, variant)
+        ctx.set(dut.w_load, 1)
+        for r in range(rows):
+            ctx.set(dut.w_row, r)
+            ctx.set(dut.w_code, row_word(0, r))
+            await ctx.tick()
+        ctx.set(dut.w_load, 0)
+        for n in range(2 * length + rows + cols):  # n: clock edges since loading
+            loading = next_load <= n < next_load + rows
+            ctx.set(dut.w_load, loading)
+            if loading:
+                ctx.set(dut.w_row, n - next_load)
+                ctx.set(dut.w_code, row_word(1, n - next_load))
+            for r in range(rows):
+                t = n - r
+                ctx.set(dut.a_valid[r], 0 <= t < 2 * length)
+                ctx.set(dut.a_swap[r], t in (0, length))
+                ctx.set(dut.a_code[r], codes[r][t] if 0 <= t < 2 * length else 0)
+            await ctx.tick()
+            for c in range(cols):
+                t = n - rows - c
+                if 0 <= t < 2 * length:
+                    got[c][t] = ctx.get(dut.psum_out[c])
+
+    simulate(dut, bench)
+    assert got == expected
+
+
+def test_row_table_is_sized_by_widths_and_checks_its_depth():
+    variant = RowTable.sized(3, 2, multiply=True, depth=40)
+    assert (variant.s_w, variant.abits, variant.weight_bits, variant.depth) == (3, 2, 8, 40)
+    assert variant.operand_bits == 3 * 15 + 1 and variant.operand(3) == 3 | 1 << 45
+    with pytest.raises(ValueError, match="Table depth must be an integer of at least 4 entries, not 3"):
+        RowTable.sized(3, 2, depth=3)
 
 
 def test_double_buffered_pe_swaps_weights_with_the_first_element_of_a_tile():
@@ -146,4 +221,6 @@ def test_double_buffered_pe_swaps_weights_with_the_first_element_of_a_tile():
         warnings.simplefilter("ignore", UnusedElaboratable)
         with pytest.raises(ValueError, match="variant PeLut has load ports .* cannot be double buffered"):
             ProcessingElement(random_variant("pe_lut", 3, rng), ACC_BITS, double_buffered=True)
+        with pytest.raises(ValueError, match="variant PeLut has load ports .* cannot be double buffered"):
+            PEArray(random_variant("pe_lut", 3, rng), 2, 2, ACC_BITS, double_buffered=True)
         gc.collect()                                                       # the half-built PE, while ignored

@@ -1,16 +1,14 @@
 """Host side of the layer engine (hw.program): beat layouts, wide words, fit checks, resident layout."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-pytest.importorskip("amaranth", reason="hw needs amaranth: pip install -e '.[hw]'")
-
-from compiler.format import load  # noqa: E402
-from hw.engine_params import ACTS, WEIGHTS, EngineParams  # noqa: E402
-from hw.program import (act_beats, decode_outputs, layer_beats, output_words, resident_bases,  # noqa: E402
-                        resident_beats, weight_words)
+from compiler.format import load
+from hw.engine_params import ACTS, WEIGHTS, EngineParams
+from hw.program import act_beats, decode_outputs, layer_beats, output_words, resident_bases, resident_beats, weight_words
 
 DATA = Path(__file__).resolve().parent / "data"
 RESNET20 = load(DATA / "cifar10-resnet20-lcq-w3a3.lcq")
@@ -32,6 +30,26 @@ def test_activation_words_wider_than_64_bits():
     assert fields(word, params.abits, 16) == codes[:, 5, 7].tolist()
 
 
+def test_weight_words_by_hand():
+    """A 2 x 2 LUT engine (3-bit words: sign on top of k) and a 3 x 1 x 2 x 2 kernel, packed by hand.
+
+    Order: channel tile, ky, kx, input channel (padded to 2 rows); column 0 lowest."""
+    params = replace(EngineParams.for_model(RESNET20, 2, 2), multiply=False)
+    assert params.weight_bits == 3
+    codes = np.array([[[[1, -2], [3, 0]]],                      # output channel 0: [ky][kx]
+                      [[[-1, 2], [0, -3]]],                     # output channel 1
+                      [[[2, 0], [-1, 1]]]], dtype=np.int8)      # output channel 2 (tile 1, column 1 is padding)
+    node = replace(RESNET20.convs[1], weight_codes=codes, kernel=2)
+    #                  column 1 | column 0; second word of each pair: input channel 1 (padding)
+    assert weight_words(params, node) == [
+        0b101_001, 0, 0b010_110, 0, 0b000_011, 0, 0b111_000, 0,   # tile 0: (ky, kx) = 00, 01, 10, 11
+        0b000_010, 0, 0b000_000, 0, 0b000_101, 0, 0b000_001, 0]   # tile 1
+    # Where PEs multiply, a "multiply" layer's word holds the level W[k], not k, in 8 bits:
+    # (ky, kx) = 01 of tile 0 holds codes -2 | +2, so W[2] = 85 = 0b1010101 with sign 1 | 0.
+    levels = replace(node, mac="multiply", w_levels=np.array([0, 42, 85, 127]))
+    assert weight_words(replace(params, multiply=True), levels)[2] == 0b1_1010101 | 0b0_1010101 << 8
+
+
 def test_weight_words_layout_and_zero_padding():
     params = EngineParams.for_model(RESNET20, 3, 5)
     node = RESNET20.convs[1]
@@ -41,7 +59,8 @@ def test_weight_words_layout_and_zero_padding():
     code = int(node.weight_codes[6, 2, 1, 0])                    # tile 1, column 1; ky 1, kx 0; channel 2
     word = words[((1 * 3 + 1) * 3 + 0) * 18 + 2]
     field = fields(word, params.weight_bits, 5)[1]
-    assert field == (int(code < 0) << (params.weight_bits - 1) | abs(code))
+    magnitude, negative = field % 2 ** (params.weight_bits - 1), field >= 2 ** (params.weight_bits - 1)
+    assert (-magnitude if negative else magnitude) == code and not (negative and magnitude == 0)
     assert fields(words[3 * 9 * 18], params.weight_bits, 5)[1:] == [0, 0, 0, 0]   # channels 16..19 do not exist
 
 
@@ -88,3 +107,17 @@ def test_weights_resident_layout():
     with pytest.raises(ValueError, match=r"layer 'conv1' does not fit the engine: .*act_depth .*"
                                          r"Generate the engine for this model"):
         layer_beats(small, RESNET20.convs[0])
+
+
+def test_engine_params_round_trip_through_json():
+    import json
+
+    for params in (EngineParams.for_model(RESNET20, 8, 16, resident="weights"), EngineParams.for_model(RESNET20, 2, 2)):
+        assert EngineParams.from_dict(json.loads(json.dumps(params.describe()))) == params
+    d = EngineParams.for_model(RESNET20, 2, 2).describe()
+    with pytest.raises(ValueError, match="engine parameters must be a dict with the keys"):
+        EngineParams.from_dict({k: v for k, v in d.items() if k != "rows"})
+    with pytest.raises(ValueError, match="requantize must be null or a dict"):
+        EngineParams.from_dict({**d, "requantize": {"multiplier_bits": 24}})
+    with pytest.raises(ValueError, match="rows must be an integer in 1..256, got 0"):
+        EngineParams.from_dict({**d, "rows": 0})

@@ -1,5 +1,6 @@
 """Host link: UART, LinkBridge and the host side, in Amaranth's simulator."""
 
+import binascii
 import gc
 import random
 import struct
@@ -18,17 +19,20 @@ from amaranth.lib.wiring import In, Out  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from boards.link_host import LinkHost, SerialPort  # noqa: E402
-from boards.protocol import (FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,  # noqa: E402
+from hw.protocol import (Frame, FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,  # noqa: E402
                              NackCode, NackError, OutputFormat, crc16, decode_frame,
                              decode_words, encode_frame, encode_loads, encode_run, read_frame)
-from hw.link import LinkBridge, connect_engine  # noqa: E402
-from hw.uart import UartRx, UartTx, baud_divisor  # noqa: E402
+from hw.engine import EngineSignature  # noqa: E402
+from hw.engine_params import TARGET_BITS  # noqa: E402
+from hw.link import LinkBridge  # noqa: E402
+from hw.baud import baud_divisor  # noqa: E402
+from hw.uart import UartRx, UartTx  # noqa: E402
 
 PERIOD = 1e-6
 ADDR_BITS, OUT_BITS, COLS, CODE_BITS = 6, 24, 4, 2  # 3-byte words, 1-byte CODES words
 TARGET_WIDTHS = (8, 12, 0, 20, 5, 9)                 # words of 1, 2, -, 3, 1, 2 bytes
 DATA_BITS = max(TARGET_WIDTHS)
-REC_BITS = 3 + ADDR_BITS + DATA_BITS
+REC_BITS = TARGET_BITS + ADDR_BITS + DATA_BITS
 INFO = LinkInfo(2, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, TARGET_WIDTHS)
 
 
@@ -66,10 +70,12 @@ class LineDecoder:
 def test_baud_divisor():
     assert baud_divisor(12e6, 3e6) == 4
     assert baud_divisor(48e6, 115200) == 417
-    with pytest.raises(ValueError, match=r"Baud rate 2500000 is not reachable within 2% from a "
+    with pytest.raises(ValueError, match=r"Baud rate 2500000 is not reachable within 1% from a "
                                          r"11000000 Hz clock: the nearest divisor 4 gives "
                                          r"2750000 baud \(10\.0% off\)"):
         baud_divisor(11_000_000, 2_500_000)
+    with pytest.raises(ValueError, match=r"divisor 17 gives 2941176 baud \(2\.0% off\)"):
+        baud_divisor(50e6, 3e6)                 # the rate the ULX3S at 50 MHz must not use (test_uart_baud)
     with pytest.raises(ValueError, match=r"needs at least 4 clock cycles per bit"):
         baud_divisor(8e6, 3e6)
     with pytest.raises(ValueError, match=r"Baud rate must be a positive number, not 0"):
@@ -144,19 +150,14 @@ def test_uart_rx_framing_error_and_baud_tolerance(bit_cycles):
 # The engine double and the simulated link
 
 class RecordingEngine(wiring.Component):
-    """``LayerEngine``'s port contract, for tests: load beats are recorded in order
-    (``load_ready`` stalls on a pseudo-random pattern); ``start`` emits, for each recorded
-    beat ``i``, the word ``Cat(target, addr, data, i)`` (cut to ``OUT_BITS``), each after a
-    pseudo-random wait; ``busy`` falls once the last one is accepted."""
+    """``LayerEngine``'s interface (:class:`EngineSignature`), for tests: load beats are
+    recorded in order (``load.ready`` stalls on a pseudo-random pattern); ``start`` emits, for
+    each recorded beat ``i``, the word ``Cat(target, addr, data, i)`` (cut to ``OUT_BITS``),
+    each after a pseudo-random wait; ``busy`` falls once the last one is accepted."""
 
     def __init__(self, depth=64, stall=True):
         self._depth, self._stall = depth, stall
-        super().__init__({
-            "load_valid": In(1), "load_ready": Out(1), "load_target": In(3),
-            "load_addr": In(ADDR_BITS), "load_data": In(DATA_BITS),
-            "start": In(1), "busy": Out(1),
-            "out_valid": Out(1), "out_ready": In(1), "out_data": Out(OUT_BITS),
-        })
+        super().__init__(EngineSignature(ADDR_BITS, DATA_BITS, OUT_BITS))
 
     def elaborate(self, platform):
         m = Module()
@@ -167,12 +168,12 @@ class RecordingEngine(wiring.Component):
         go = lfsr[0] | lfsr[4] if self._stall else 1
         count, index = Signal(range(self._depth + 1)), Signal(range(self._depth + 1))
         m.d.comb += [
-            self.load_ready.eq(go & (count < self._depth)),
+            self.load.ready.eq(go & (count < self._depth)),
             write.addr.eq(count),
-            write.data.eq(Cat(self.load_target, self.load_addr, self.load_data)),
-            write.en.eq(self.load_valid & self.load_ready),
+            write.data.eq(self.load.payload),
+            write.en.eq(self.load.valid & self.load.ready),
             read.addr.eq(index),
-            self.out_data.eq(Cat(read.data, index)),
+            self.out.payload.eq(Cat(read.data, index)),
         ]
         with m.If(write.en):
             m.d.sync += count.eq(count + 1)
@@ -191,8 +192,8 @@ class RecordingEngine(wiring.Component):
                 with m.If(go):
                     m.next = "OFFER"
             with m.State("OFFER"):
-                m.d.comb += [self.busy.eq(1), self.out_valid.eq(1)]
-                with m.If(self.out_ready):
+                m.d.comb += [self.busy.eq(1), self.out.valid.eq(1)]
+                with m.If(self.out.ready):
                     m.d.sync += index.eq(index + 1)
                     m.next = "FETCH"
         return m
@@ -200,7 +201,7 @@ class RecordingEngine(wiring.Component):
 
 def model_words(beats):
     mask = (1 << OUT_BITS) - 1
-    return [(t | a << 3 | d << (3 + ADDR_BITS) | i << REC_BITS) & mask
+    return [(t | a << TARGET_BITS | d << (TARGET_BITS + ADDR_BITS) | i << REC_BITS) & mask
             for i, (t, a, d) in enumerate(beats)]
 
 
@@ -218,7 +219,7 @@ class LinkTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.bridge, m.submodules.engine = self.bridge, self.engine
-        connect_engine(m, self.bridge, self.engine)
+        wiring.connect(m, self.bridge.engine, self.engine)
         if self.divisor:
             m.submodules.uart_rx = uart_rx = UartRx(self.divisor, 1)
             m.submodules.uart_tx = uart_tx = UartTx(self.divisor, 1)
@@ -273,8 +274,8 @@ class SimPort:
             self._record(beat)
 
     def _load_ports(self):
-        b = self.top.bridge
-        return b.load_valid, b.load_ready, b.load_target, b.load_addr, b.load_data
+        load = self.top.bridge.engine.load
+        return load.valid, load.ready, load.payload.target, load.payload.addr, load.payload.data
 
     def _record(self, beat):
         valid, ready, *fields = beat
@@ -339,7 +340,7 @@ def test_bridge_ping():
 
 def test_bridge_load_and_run():
     """LOAD frames (one per run of consecutive addresses, split at max_payload) reach the
-    engine in order through load_ready stalls and are ACKed; RUN returns the words in OUT
+    engine in order through load.ready stalls and are ACKed; RUN returns the words in OUT
     frames of as many whole words as max_payload holds, through tx stalls, then DONE."""
     port = SimPort()
     payloads = encode_loads(BEATS, info_of(port))
@@ -451,9 +452,15 @@ def test_crc16_check_value():
 
 
 def test_frame_round_trip_and_errors():
+    # hw.link's layout: SYNC 0xA5 | TYPE (OUT 0x83) | LEN lo, hi | PAYLOAD | CRC hi, lo, the CRC-16/CCITT-FALSE
+    # of TYPE .. PAYLOAD, 0x27AC here as the standard library's CRC-CCITT (crc_hqx, init 0xFFFF) computes it.
+    body = bytes([0x83, 9, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])
+    assert binascii.crc_hqx(body, 0xFFFF) == 0x27AC and crc16(b"123456789") == 0x29B1   # the catalogue's check value
+    expected = bytes([0xA5]) + body + bytes([0x27, 0xAC])
     frame = encode_frame(FrameType.OUT, bytes(range(9)))
     assert frame[:4] == bytes([0xA5, 0x83, 9, 0])
-    assert decode_frame(frame) == decode_frame(frame)
+    assert frame == expected
+    assert decode_frame(expected) == Frame(0x83, bytes(range(9)))
     assert decode_frame(frame).payload == bytes(range(9))
     with pytest.raises(FrameError, match=r"checksum mismatch in OUT frame"):
         decode_frame(frame[:-1] + bytes([frame[-1] ^ 1]))

@@ -1,13 +1,14 @@
 """The PE array's generated Verilog in Icarus and Verilator (cocotb), bit-exact against the integer reference.
 
-A 3 x 4 ``PEArray`` ("rom" and "row_vector" variants) holds a real slice of a compiled LCQ
-layer (weight codes and level tables of a small CNN's conv compiled at W2/A2, W3/A3,
-W4/A4), then weights covering every code; random activation codes stream through with
-random stalls and random ``psum_in``; every column output must equal ``psum_in +
-compiler.reference.lut_accumulate`` of the slice (wrapped to the accumulator).
+A 3 x 4 ``PEArray`` ("rom", "row_vector" and the engine's "row_table" variants, the last
+with its row tables loaded first) holds a real slice of a compiled LCQ layer (weight codes
+and level tables of a small CNN's conv compiled at W2/A2, W3/A3, W4/A4), then weights
+covering every code; random activation codes stream through with random stalls and random
+``psum_in``; every column output must equal ``psum_in + compiler.reference.lut_accumulate``
+of the slice (wrapped to the accumulator).
 
 Icarus builds each array alone (under a second). Verilator's C++ build costs ~20 s
-whatever the design's size, so all six arrays share one build (``sim.bundle.Bundle``),
+whatever the design's size, so all nine arrays share one build (``sim.bundle.Bundle``),
 kept in ``build/sim/verilator-pe-array`` (``LCQ_SIM_BUILD`` moves ``build/sim``): a later
 run with unchanged Verilog rebuilds in ~0.1 s.
 """
@@ -23,7 +24,7 @@ import pytest
 
 pytest.importorskip("amaranth", reason="simulation tests need amaranth: pip install -e '.[hw]'")
 
-from test_compiler import small_cnn  # noqa: E402
+from helpers import small_cnn  # noqa: E402
 
 from compiler.lower import compile_model  # noqa: E402
 from compiler.reference import accumulate, lut_accumulate  # noqa: E402
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.sim
 ROWS, COLS, ACC_BITS, LENGTH = 3, 4, 24, 120
 SHAPE = (1, 8, 8)
 TOP, TESTBENCH = "pe_array", "sim.array_cocotb"
-VARIANT_NAMES, BITS = ("rom", "row_vector"), (2, 3, 4)
+VARIANT_NAMES, BITS = ("rom", "row_vector", "row_table"), (2, 3, 4)
 BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
 
 
@@ -97,11 +98,17 @@ def stream_pass(node, variant, w: np.ndarray, label: str, rng: random.Random) ->
     x = (codes * valid).T.reshape(LENGTH, ROWS, 1, 1)
     acc = lut_accumulate(sliced, x).reshape(LENGTH, COLS).T
     assert (acc == accumulate(sliced, x).reshape(LENGTH, COLS).T).all()
+
+    weights = [{**beat, "w_pe": r * COLS + c} for r in range(ROWS) for c in range(COLS)
+               for beat in variant.load_beats(int(w[r, c] < 0), int(abs(w[r, c])))]
+    # Row tables first (the testbench raises w_load on every beat: these reload PE (0, 0)).
+    edges = [{**weights[0], **beat, "table_base": 0} for beat in variant.edge_beats()]
+    if edges:
+        weights = [{**beat, "table_load": 0} for beat in weights]
     return {
         "label": label,
         "weights": [[[int(w[r, c] < 0), int(abs(w[r, c]))] for c in range(COLS)] for r in range(ROWS)],
-        "load": [{**beat, "w_pe": r * COLS + c} for r in range(ROWS) for c in range(COLS)
-                 for beat in variant.load_beats(int(w[r, c] < 0), int(abs(w[r, c])))],
+        "load": edges + weights,
         "a_valid": valid.tolist(), "a_code": codes.tolist(), "psum_in": psum.tolist(),
         "expected": wrap(psum + acc).tolist(),
     }

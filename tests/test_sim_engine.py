@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("amaranth", reason="simulation tests need amaranth: pip install -e '.[hw]'")
 
-from test_compiler import small_cnn  # noqa: E402
+from helpers import small_cnn  # noqa: E402
 
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402

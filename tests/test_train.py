@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import lcq_train.train as train_mod
-from lcq_train.checkpoint import load_checkpoint
-from lcq_train.cli import main
+from lcq_train.checkpoint import load_checkpoint, save_checkpoint
+from lcq.cli import main
 from lcq_train.plan import QuantPlan
 from lcq_train.train import TrainConfig, build_quantized_model, train
 
@@ -80,10 +80,14 @@ def test_existing_run_is_not_overwritten(fp_checkpoint):
 
 
 def test_init_from_another_model_is_rejected(tmp_path, fp_checkpoint):
-    state = torch.load(fp_checkpoint, weights_only=False)
+    state = load_checkpoint(fp_checkpoint)
     state["model"]["extra.weight"] = torch.zeros(1)
     bad = tmp_path / "bad.pt"
-    torch.save(state, bad)
+    save_checkpoint(state, bad)
+    with pytest.raises(ValueError, match="does not fit this model"):
+        train(_cfg(tmp_path / "run", init=str(bad)))
+    state["model"]["conv0.weight"] = torch.zeros(3, 3)
+    save_checkpoint(state, bad)
     with pytest.raises(ValueError, match="does not fit this model"):
         train(_cfg(tmp_path / "run", init=str(bad)))
 
@@ -118,12 +122,112 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "unknown layer(s) ['nope']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--epochs", "0", "argument --epochs: must be an integer >= 1, not '0'"),
+    ("--epochs", "-1", "argument --epochs: must be an integer >= 1, not '-1'"),
+    ("--batch-size", "0", "argument --batch-size: must be an integer >= 1"),
+    ("--lr", "0", "argument --lr: must be a finite number > 0"),
+    ("--lr", "nan", "argument --lr: must be a finite number > 0"),
+    ("--q-lr", "-0.1", "argument --q-lr: must be a finite number >= 0"),
+    ("--weight-decay", "inf", "argument --weight-decay: must be a finite number >= 0"),
+    ("--warmup-epochs", "-1", "argument --warmup-epochs: must be a finite number >= 0"),
+    ("--K", "0", "argument --K: must be an integer in 1..1024"),
+    ("--wbits", "9", "argument --wbits: must be an integer in 2..8, not '9'"),
+    ("--abits", "1", "argument --abits: must be an integer in 2..8"),
+    ("--edge-bits", "three", "argument --edge-bits: must be an integer in 2..8, not 'three'"),
+    ("--outer-bits", "17", "argument --outer-bits: must be 0 or an integer in 2..16"),
+    ("--alpha-w", "-3", "argument --alpha-w: must be a finite number > 0"),
+    ("--seed", "-1", "argument --seed: must be an integer in 0..4294967295"),
+    ("--device", "warp9", "argument --device: 'warp9' is not a device torch knows"),
+])
+def test_cli_range_checks_every_value(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", option, value, "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_checks_devices_and_plans(tmp_path, capsys):
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["train", "--device", "cuda:0", "--out", str(tmp_path / "o")])
+        assert "argument --device: 'cuda:0' is not available" in capsys.readouterr().err
+    assert main(["train", "--outer-bits", "6", "--epochs", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "--outer-bits 6 is narrower than the widest quantizer (8 bits" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, not 0"):
+        _cfg(tmp_path, epochs=0)
+    with pytest.raises(ValueError, match="--wbits must be an integer in 2..8, not 9"):
+        QuantPlan("lcq", 9, 3)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"layer_bits": [3]}, "key 'layer_bits' must be an object"),
+    ({"layer_bits": {"conv1": [3, 9]}}, "key 'layer_bits' must give layer 'conv1' [WBITS, ABITS], each an integer in 2..8"),
+    ({"epochs": "3"}, "key 'epochs' must be an integer >= 1, not '3'"),
+    ({"epochs": 0}, "key 'epochs' must be an integer >= 1, not 0"),
+    ({"wbits": 3.5}, "key 'wbits' must be an integer in 2..8, not 3.5"),
+    ({"lr": -1}, "key 'lr' must be a finite number > 0, not -1"),
+    ({"method": "apot"}, "key 'method' must be one of ['fp', 'uniform', 'lcq'], not 'apot'"),
+    ({"progress": "yes"}, "key 'progress' must be true or false, not 'yes'"),
+    ({"data_dir": 7}, "key 'data_dir' must be a string, not 7"),
+    ({"bogus": 1}, "unknown key(s) ['bogus']"),
+    ([1, 2], "must hold a JSON object of option values, not a list"),
+])
+def test_config_file_values_are_checked_by_key(tmp_path, capsys, values, message):
+    config = tmp_path / "bad.json"
+    config.write_text(json.dumps(values))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--config", str(config), "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and str(config) in err, err
+
+
+def test_out_must_be_new_empty_or_a_run_to_resume(tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.json").write_text("{}")
+    assert main(["train", "--epochs", "1", "--out", str(other), "--no-progress"]) == 2
+    assert "is not empty and holds no run of lcq train (no checkpoint.pt; it holds ['metrics.json'])" \
+        in capsys.readouterr().err
+    assert main(["train", "--resume", "--epochs", "1", "--out", str(other), "--no-progress"]) == 2
+    assert "holds no checkpoint.pt to continue; drop --resume" in capsys.readouterr().err
+    assert json.loads((other / "metrics.json").read_text()) == {}
+
+
+def test_resume_checks_settings_and_extends_runs(fp_checkpoint, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fp_checkpoint.parent, run)
+    capsys.readouterr()
+    # Finished: nothing to do is an error, not a success line.
+    assert main(["train", "--resume", "--out", str(run), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "already finished its 4 epochs" in captured.err and "--epochs N with N > 4" in captured.err
+    assert "test top-1" not in captured.out
+    # Other settings are refused, each difference listed.
+    assert main(["train", "--resume", "--out", str(run), "--method", "lcq", "--batch-size", "32", "--epochs", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a run with other settings" in err
+    assert "--method 'fp' there, 'lcq' asked" in err and "--batch-size 64 there, 32 asked" in err
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "3"]) == 2
+    assert "--epochs 3 is fewer than the 4 epochs of the run" in capsys.readouterr().err
+    # More epochs extend the run, and it says so.
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "5", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"extending the run in {run} from 4 to 5 epochs: it continues after epoch 4" in out and "test top-1" in out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 5 and metrics["config"]["epochs"] == 5
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["epoch"] == 5 and state["config"]["epochs"] == 5
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (
         __import__("pathlib").Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
 def test_distributed_data_parallel_on_cpu(tmp_path):
     """Two gloo processes through torchrun train one epoch and write one checkpoint."""
     torchrun = str(__import__("pathlib").Path(sys.executable).parent / "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lcq_train.cli", "train", "--dataset", "digits",
+    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "lcq.cli", "train", "--dataset", "digits",
            "--method", "lcq", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,8 +1,9 @@
-"""Host side of the link protocol: frame encoding and decoding, pure Python.
+"""The link protocol, the one module that both sides import: pure Python, no Amaranth.
 
-The frame layout, checksum and error codes are specified in :mod:`hw.link` (the
-gateware that implements them); this module holds the numbers both sides share and
-turns frames into bytes and back. Every failure is a :class:`LinkError` whose message
+The gateware (:mod:`hw.link`) and the host (:mod:`boards.link_host`) take every number
+of the protocol from here: sync byte, checksum, frame types, error codes and the
+``struct`` formats of the payloads. :mod:`hw.link` specifies the frame layout; this
+module turns frames into bytes and back. Every failure is a :class:`LinkError` whose message
 says which frame, what was wrong and what to do.
 """
 
@@ -13,12 +14,16 @@ import struct
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from .engine_params import TARGETS  # load targets CONFIG .. ACTS; a LOAD names one in a whole byte
+
 SYNC = 0xA5
 CRC_INIT = 0xFFFF
 CRC_POLY = 0x1021
-CRC_BYTES = 2
-TARGET_BITS = 3  # engine load_target width; a LOAD names its target in a whole byte
-TARGETS = 6  # load targets 0 .. 5 (hw.engine_params: CONFIG .. ACTS)
+LENGTH_FORMAT = "<H"  # a frame's payload length, after its type byte
+CRC_FORMAT = ">H"  # the checksum, after the payload
+LENGTH_BITS = 8 * struct.calcsize(LENGTH_FORMAT)
+CRC_BYTES = struct.calcsize(CRC_FORMAT)
+FRAME_BYTES = 1 + 1 + struct.calcsize(LENGTH_FORMAT) + CRC_BYTES  # sync, type, length, checksum
 PROTOCOL_VERSION = 2
 # version; addr_bits, out_bits, rows, cols, max_payload, code_bits; data bits of each target
 INFO_FORMAT = f"<B6H{TARGETS}H"
@@ -116,10 +121,10 @@ def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
     """The bytes of one frame: sync, type, length (LE), payload, CRC (big-endian)."""
     if not 0 <= ftype <= 0xFF:
         raise ValueError(f"Frame type must be a byte, not {ftype!r}")
-    if len(payload) > 0xFFFF:
-        raise ValueError(f"Frame payload must be at most 65535 bytes, not {len(payload)}")
-    body = bytes([ftype]) + struct.pack("<H", len(payload)) + bytes(payload)
-    return bytes([SYNC]) + body + struct.pack(">H", crc16(body))
+    if len(payload) >= 1 << LENGTH_BITS:
+        raise ValueError(f"Frame payload must be at most {(1 << LENGTH_BITS) - 1} bytes, not {len(payload)}")
+    body = bytes([ftype]) + struct.pack(LENGTH_FORMAT, len(payload)) + bytes(payload)
+    return bytes([SYNC]) + body + struct.pack(CRC_FORMAT, crc16(body))
 
 
 def read_frame(read: Callable[[int], bytes], expecting: str = "a reply") -> Frame:
@@ -141,8 +146,8 @@ def read_frame(read: Callable[[int], bytes], expecting: str = "a reply") -> Fram
         raise FrameError(f"expected the sync byte 0x{SYNC:02x} at the start of {expecting}, got "
                          f"0x{sync:02x}: the link is out of step; check the baud rate, then "
                          f"reopen the port and ping")
-    header = exactly(3, "header")
-    length = struct.unpack("<H", header[1:])[0]
+    header = exactly(1 + struct.calcsize(LENGTH_FORMAT), "header")
+    length = struct.unpack(LENGTH_FORMAT, header[1:])[0]
     payload = exactly(length, f"{length}-byte payload")
     check = exactly(CRC_BYTES, "checksum")
     if crc16(header + payload + check) != 0:

@@ -1,0 +1,128 @@
+"""The words of the output-stage memories, computed on the host: pure Python, no Amaranth.
+
+One source for what the threshold and requantize units store (:mod:`hw.thresholds`,
+:mod:`hw.requantize`), what the engine is sized for (:mod:`hw.engine_params`) and what
+the host loads (:mod:`hw.program`): the widths each compiler stage needs and each
+channel's memory word.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.graph import Requantize, Thresholds, signed_bits
+
+# Thresholds: s = 2^code_bits - 1 signed thresholds per channel and a descending flag.
+
+
+def thresholds_array(stage: Thresholds) -> np.ndarray:
+    """The (channels, 2^bits - 1) int64 thresholds of ``stage``, its shapes checked."""
+    t = np.asarray(stage.thresholds)
+    if t.ndim != 2 or t.shape[0] < 1:
+        raise ValueError(f"thresholds must be (channels, s) with channels >= 1, got shape {t.shape}")
+    if t.shape[1] != 2 ** stage.bits - 1:
+        raise ValueError(f"{stage.bits}-bit codes need 2^{stage.bits} - 1 = {2 ** stage.bits - 1} "
+                         f"thresholds per channel, got {t.shape[1]}")
+    if np.asarray(stage.descending).shape != (t.shape[0],):
+        raise ValueError(f"descending must have one flag per channel ({t.shape[0]}), "
+                         f"got shape {np.asarray(stage.descending).shape}")
+    return t.astype(np.int64)
+
+
+def threshold_bits(stage: Thresholds) -> int:
+    """Signed width holding every threshold of ``stage`` and its negation.
+
+    The compiler clamps thresholds to ``[-bound - 1, bound + 1]`` with ``bound`` the
+    largest ``|acc|``, so ``acc_bits + 1`` always suffices; this is often less.
+    """
+    return signed_bits(int(np.abs(thresholds_array(stage)).max()))
+
+
+def threshold_words(stage: Thresholds, threshold_bits: int) -> list[int]:
+    """The memory word of each channel, to write at address ``channel``.
+
+    Bits ``i * threshold_bits .. (i + 1) * threshold_bits - 1`` hold threshold ``i``
+    (two's complement; negated for a descending channel); the top bit
+    (``s * threshold_bits``) is the descending flag.
+    """
+    t = thresholds_array(stage)
+    top = 2 ** (threshold_bits - 1) - 1
+    if np.abs(t).max() > top:
+        raise ValueError(f"threshold {int(t.flat[np.abs(t).argmax()])} (or its negation) does not fit "
+                         f"threshold_bits={threshold_bits}")
+    mask = (1 << threshold_bits) - 1
+    words = []
+    for row, desc in zip(t.tolist(), np.asarray(stage.descending, dtype=bool).tolist()):
+        word = int(desc) << (len(row) * threshold_bits)
+        for i, v in enumerate(row):
+            word |= ((-v if desc else v) & mask) << (i * threshold_bits)
+        words.append(word)
+    return words
+
+
+def threshold_word_bits(code_bits: int, threshold_bits: int) -> int:
+    """Bits of one channel's threshold word: ``2^code_bits - 1`` thresholds and the descending flag."""
+    return (2 ** code_bits - 1) * threshold_bits + 1
+
+
+# Requantize: unsigned multiplier M, signed bias B and a shift per channel.
+
+def requantize_arrays(stage: Requantize) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(M, B, shift)`` of ``stage`` as int64 vectors, one entry per channel, checked."""
+    m, b, sh = (np.asarray(a).astype(np.int64).reshape(-1)
+                for a in (stage.multiplier, stage.bias, stage.shift))
+    if not (m.size == b.size == sh.size >= 1):
+        raise ValueError(f"multiplier, bias and shift need one entry per channel, got {m.size}, {b.size}, {sh.size}")
+    if m.min() < 0:
+        raise ValueError(f"multipliers must be non-negative, got {int(m.min())}")
+    if sh.min() < 0:
+        raise ValueError(f"shifts must be non-negative, got {int(sh.min())}")
+    return m, b, sh
+
+
+def multiplier_bits(stage: Requantize) -> int:
+    """Unsigned width of the largest multiplier (25 for the compiler's 24 significant bits
+    when rounding reaches ``2^24``, else 24)."""
+    return max(1, int(requantize_arrays(stage)[0].max()).bit_length())
+
+
+def bias_bits(stage: Requantize) -> int:
+    """Signed width of the largest ``|bias|``."""
+    return signed_bits(int(np.abs(requantize_arrays(stage)[1]).max()))
+
+
+def max_shift(stage: Requantize) -> int:
+    return int(requantize_arrays(stage)[2].max())
+
+
+def out_bits(stage: Requantize, in_bound: int) -> int:
+    """Signed output width holding ``y`` for every ``|acc| <= in_bound`` (from :meth:`Requantize.bound`)."""
+    if in_bound < 0:
+        raise ValueError(f"in_bound must be >= 0, got {in_bound}")
+    requantize_arrays(stage)
+    return signed_bits(stage.bound(int(in_bound)))
+
+
+def requantize_words(stage: Requantize, multiplier_bits: int, bias_bits: int, max_shift: int) -> list[int]:
+    """The memory word of each channel: ``M | B << multiplier_bits | shift << (multiplier_bits + bias_bits)``
+    (checks that every constant fits its field)."""
+    m, b, sh = requantize_arrays(stage)
+    if int(m.max()) >= 2 ** multiplier_bits:
+        raise ValueError(f"multiplier {int(m.max())} does not fit multiplier_bits={multiplier_bits}")
+    if np.abs(b).max() > 2 ** (bias_bits - 1) - 1:
+        raise ValueError(f"bias {int(b[np.abs(b).argmax()])} does not fit bias_bits={bias_bits}")
+    if int(sh.max()) > max_shift:
+        raise ValueError(f"shift {int(sh.max())} exceeds max_shift={max_shift}")
+    mask = (1 << bias_bits) - 1
+    return [int(mi) | (int(bi) & mask) << multiplier_bits | int(si) << (multiplier_bits + bias_bits)
+            for mi, bi, si in zip(m.tolist(), b.tolist(), sh.tolist())]
+
+
+def shift_bits(max_shift: int) -> int:
+    """Bits of the shift field for shifts ``0..max_shift``."""
+    return max(1, max_shift.bit_length())
+
+
+def requantize_word_bits(multiplier_bits: int, bias_bits: int, max_shift: int) -> int:
+    """Bits of one channel's requantize word: ``M``, ``B`` and the shift."""
+    return multiplier_bits + bias_bits + shift_bits(max_shift)

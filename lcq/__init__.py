@@ -1,0 +1,1 @@
+"""The ``lcq`` command line, above every stage: it collects each stage's verbs and runs ``demo``."""

@@ -1,0 +1,52 @@
+"""The ``lcq`` command: every stage's verbs under one entry point.
+
+Each stage contributes its own verbs from its own ``cli`` module (``add_parsers(sub)`` ->
+``{verb: handler}``): ``train`` (:mod:`lcq_train.cli`), ``compile``, ``eval``, ``report``
+(:mod:`compiler.cli`), ``generate`` (:mod:`hw.cli`), ``sim`` (:mod:`sim.cli`), ``build``,
+``flash``, ``run`` (:mod:`boards.cli`); ``demo`` (:mod:`lcq.demo`) chains them. A stage
+whose third-party packages are not installed (torch for the trainer, say, on a host that
+only talks to a board) leaves its verbs out, and ``lcq --help`` says which and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Verb modules in the order of the data flow (also the order of ``lcq --help``).
+VERB_MODULES = ("lcq_train.cli", "compiler.cli", "hw.cli", "sim.cli", "boards.cli", "lcq.demo")
+PROJECT_PACKAGES = {"lcq", "lcq_train", "compiler", "hw", "sim", "boards"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="lcq", description="LCQ: train low-bit CNNs and map them to FPGA LUT-MAC arrays")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands, missing = {}, []
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or e.name.split(".")[0] in PROJECT_PACKAGES:
+                raise
+            missing.append(f"the verbs of {name.split('.')[0]} need {e.name!r}, which is not installed")
+            continue
+        commands.update(module.add_parsers(sub))
+    if missing:
+        parser.epilog = "Not available here: " + "; ".join(missing) + " (pip install -e '.[hw]' installs everything)."
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    name = args.command
+    if name == "train":
+        from lcq_train.cli import apply_config_file
+
+        args = apply_config_file(sub.choices["train"], argv[argv.index("train") + 1:])
+    try:
+        return commands[name](args)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"lcq {name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

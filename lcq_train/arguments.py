@@ -1,0 +1,172 @@
+"""Range-checked values for every stage's command line (argparse ``type=``) and files (no torch, no numpy).
+
+Each checker is both an argparse type and a validator, so that an option, a JSON config file and a
+saved run are held to one rule:
+
+- ``parser.add_argument("--epochs", type=positive_int)`` turns the option's text into a value or
+  stops with ``lcq train: error: argument --epochs: must be an integer >= 1, not '0'`` (argparse
+  names the option, the checker states the allowed range);
+- ``positive_int.check(value, "epochs")`` applies the same rule to a value that did not come from
+  the command line (a config file, a checkpoint, a dataclass) and raises ValueError naming it.
+
+``IntRange(lo, hi)`` and ``FloatRange(lo, hi, lo_open=...)`` make new ones (floats are always
+finite); :data:`positive_int`, :data:`nonnegative_int`, :data:`positive_float`,
+:data:`nonnegative_float` and :data:`probability` are the common ones. :func:`torch_device` checks a
+``--device`` (it imports torch only when called).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+__all__ = ["IntRange", "FloatRange", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
+           "probability", "torch_device", "device_problem"]
+
+
+class IntRange:
+    """An integer in ``lo..hi`` (None: unbounded), or one of the values in ``also`` (e.g. 0 for "none")."""
+
+    kind = "integer"
+
+    def __init__(self, lo: int | None = None, hi: int | None = None, *, also: tuple[int, ...] = ()):
+        self.lo, self.hi, self.also = lo, hi, tuple(also)
+        self.__name__ = self.describe()          # argparse's fallback messages use the type's name
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            text = f"an integer in {self.lo}..{self.hi}"
+        elif self.lo is not None:
+            text = f"an integer >= {self.lo}"
+        elif self.hi is not None:
+            text = f"an integer <= {self.hi}"
+        else:
+            text = "an integer"
+        return " or ".join([*(str(v) for v in self.also), text])
+
+    def accepts(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return False
+        return value in self.also or ((self.lo is None or value >= self.lo) and (self.hi is None or value <= self.hi))
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, not {text!r}") from None
+        if not self.accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, not {text!r}")
+        return value
+
+    def check(self, value, name: str) -> int:
+        """``value`` if it passes, else ValueError ``"{name} must be ..., not ..."``."""
+        if not self.accepts(value):
+            raise ValueError(f"{name} must be {self.describe()}, not {value!r}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"IntRange({self.lo}, {self.hi}{f', also={self.also}' if self.also else ''})"
+
+
+class FloatRange:
+    """A finite number in ``[lo, hi]`` (``lo_open``: ``(lo, hi]``; None: unbounded)."""
+
+    kind = "number"
+
+    def __init__(self, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False):
+        self.lo, self.hi, self.lo_open = lo, hi, lo_open
+        self.__name__ = self.describe()
+
+    def describe(self) -> str:
+        low = None if self.lo is None else f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if low and self.hi is not None:
+            if not self.lo_open:
+                return f"a number in [{self.lo:g}, {self.hi:g}]"
+            return f"a number {low} and <= {self.hi:g}"
+        if low:
+            return f"a finite number {low}"
+        if self.hi is not None:
+            return f"a finite number <= {self.hi:g}"
+        return "a finite number"
+
+    def accepts(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return False
+        return self.hi is None or value <= self.hi
+
+    def __call__(self, text: str) -> float:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, not {text!r}") from None
+        if not self.accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, not {text!r}")
+        return value
+
+    def check(self, value, name: str) -> float:
+        """``float(value)`` if it passes, else ValueError ``"{name} must be ..., not ..."``."""
+        if not self.accepts(value):
+            raise ValueError(f"{name} must be {self.describe()}, not {value!r}")
+        return float(value)
+
+    def __repr__(self) -> str:
+        return f"FloatRange({self.lo}, {self.hi}, lo_open={self.lo_open})"
+
+
+positive_int = IntRange(1)
+nonnegative_int = IntRange(0)
+positive_float = FloatRange(0.0, lo_open=True)
+nonnegative_float = FloatRange(0.0)
+probability = FloatRange(0.0, 1.0)
+
+
+def device_problem(name: str) -> str | None:
+    """Why torch cannot train on device ``name`` here (None: it can). Imports torch."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        return f"{name!r} is not a device torch knows; use cpu, cuda, cuda:N or mps"
+    if device.type == "cpu":
+        return None
+    if device.type == "meta":
+        return "the meta device holds no data; use cpu or cuda"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            return f"{name!r} is not available: {why}; use --device cpu"
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            return f"{name!r} is not available: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}"
+        return None
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return None if mps is not None and mps.is_available() else f"{name!r} is not available here; use --device cpu"
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if callable(available) and available():
+        return None
+    return f"{name!r} is not available here; use --device cpu"
+
+
+def torch_device(text: str) -> str:
+    """argparse type of ``--device``: a device torch knows and that is available here."""
+    problem = device_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+torch_device.check = lambda value, name: _check_device(value, name)  # type: ignore[attr-defined]
+
+
+def _check_device(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a device name such as cpu or cuda:0, not {value!r}")
+    problem = device_problem(value)
+    if problem:
+        raise ValueError(f"{name}: {problem}" if name else problem)
+    return value

@@ -1,0 +1,101 @@
+"""``lcq sim``: the simulation verb of the ``lcq`` command.
+
+``lcq sim MODEL [--layer N] [--simulator icarus|verilator] [--images N] [--json]`` runs the
+generated Verilog in cocotb on test images (the model's dataset, or ``--random``), every
+convolution on the engine (or only layer N, fed by the reference), and compares every output
+with the integer reference: cycles, MACs per cycle and mismatches per layer. Layer numbers
+are the rows of ``lcq report`` (0 = first convolution).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from compiler import format as model_format
+from hw.cli import array_args, engine_params
+
+from .engine_run import engine_build, simulate_model
+from .runner import unavailable_reason
+
+
+def add_parsers(sub) -> dict:
+    """Register the simulation verb on ``sub`` (argparse subparsers); returns {verb: handler}."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("sim", help="run the generated Verilog in cocotb against the integer reference",
+                       formatter_class=fmt)
+    array_args(p)
+    p.add_argument("--layer", type=int, metavar="N", help="only layer N on the engine (default: the whole model)")
+    p.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
+    p.add_argument("--images", type=int, default=1, metavar="N", help="test images to run")
+    p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR",
+                   help="dataset directory (not needed for digits or --random)")
+    p.add_argument("--random", action="store_true", help="random uint8 images instead of the test set")
+    p.add_argument("--stall", type=float, default=0.0, metavar="P", help="probability of a load stall per cycle")
+    p.add_argument("--backpressure", type=float, default=0.0, metavar="P",
+                   help="probability that the output is not ready in a cycle")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--build-dir", metavar="DIR", help="simulation build directory (default: build/sim/...)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    return {"sim": cmd_sim}
+
+
+def _images(args, model) -> np.ndarray:
+    if args.images < 1:
+        raise ValueError(f"--images must be at least 1, not {args.images}")
+    if args.random:
+        rng = np.random.default_rng(args.seed)
+        return rng.integers(0, 256, size=(args.images, *model.input.shape), dtype=np.uint8)
+    from lcq_train.data import load_dataset
+
+    data = load_dataset(model.source.get("dataset", "digits"), args.data_dir)
+    return np.ascontiguousarray(data.test_x[:args.images].numpy())
+
+
+def cmd_sim(args) -> int:
+    model = model_format.load(args.model)
+    convs = model.convs
+    on_engine = upto = None
+    if args.layer is not None:
+        if not 0 <= args.layer < len(convs):
+            raise ValueError(f"--layer {args.layer} does not exist: the model has layers 0..{len(convs) - 1} "
+                             f"(see `lcq report {args.model}`)")
+        upto = next(i for i, n in enumerate(model.nodes) if n is convs[args.layer])
+        on_engine = {upto}
+    reason = unavailable_reason(args.simulator)
+    if reason is not None:
+        raise ValueError(f"cannot simulate with {args.simulator}: {reason}")
+    params = engine_params(args, model)
+    images = _images(args, model)
+    build_dir = Path(args.build_dir or f"build/sim/{Path(args.model).stem}-{params.rows}x{params.cols}-{args.simulator}")
+    t0 = time.perf_counter()
+    built = engine_build(args.simulator, params, build_dir)
+    t1 = time.perf_counter()
+    report = simulate_model(built, params, args.model, model, images, build_dir / "run", on_engine=on_engine,
+                            upto=upto, stall=args.stall, backpressure=args.backpressure, seed=args.seed)
+    result = report.as_dict()
+    result.update(build_seconds=round(t1 - t0, 2), run_seconds=round(time.perf_counter() - t1, 2))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+    return 0 if result["mismatches"] == 0 else 1
+
+
+def format_table(result: dict) -> str:
+    rc = result["rows"] * result["cols"]
+    lines = [f"{result['simulator']}: {result['images']} image(s) on a {result['rows']} x {result['cols']} engine",
+             "", "| layer | name | cycles | computing | MACs | MACs/cycle | of R*C | lower bound | mismatches |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["layers"]:
+        bound = -(-r["macs"] // rc)
+        lines.append(f"| {r['index']} | {r['name']} | {r['cycles']:,} | {r['compute_cycles']:,} | {r['macs']:,} | "
+                     f"{r['macs_per_cycle']:.2f} | "
+                     f"{100 * r['utilization']:.1f}% | {bound:,} | {r['mismatches']} |")
+    lines.append(f"\n{result['mismatches']} outputs differ from the integer reference")
+    lines += [r["first_mismatch"] for r in result["layers"] if r["first_mismatch"]]
+    return "\n".join(lines)

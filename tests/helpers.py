@@ -1,0 +1,46 @@
+"""Plain helper functions shared by the tests: random small models and images.
+
+:mod:`conftest` exposes each as a fixture (a test or fixture asks for ``small_cnn``, say);
+code that cannot take fixtures (module-level caches, Hypothesis tests) imports them from here.
+"""
+
+import numpy as np
+import torch
+from torch import nn
+
+from lcq_train.layers import QAct
+from lcq_train.models.cnn import SmallCNN
+from lcq_train.plan import QuantPlan, apply_plan
+
+
+def randomize(model: nn.Module, seed: int, act_alpha: float = 2.0) -> nn.Module:
+    """Random BN statistics (negative and zero scales included), compander slopes and clip values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(c, generator=g) * 2 + 0.2)
+                m.weight.copy_(torch.rand(c, generator=g) * 3 - 1)
+                m.weight[0] = 0.0                      # a constant channel
+                m.bias.copy_(torch.rand(c, generator=g) - 0.5)
+            if getattr(m, "theta", None) is not None:
+                m.theta.normal_(0, 0.7, generator=g)
+            if isinstance(m, QAct) and m.method != "fp" and m.alpha.requires_grad:
+                m.alpha.fill_(act_alpha * (0.5 + torch.rand(1, generator=g).item()))
+    return model.eval()
+
+
+def images(n: int, shape, seed: int) -> np.ndarray:
+    """Random uint8 images plus an all-zero and an all-255 one."""
+    x = np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+    x[0] = 0
+    x[-1] = 255
+    return x
+
+
+def small_cnn(shape, plan: QuantPlan, seed: int, widths=(4, 6, 8), act_alpha: float = 2.0) -> SmallCNN:
+    """A :class:`SmallCNN` for ``shape`` quantized by ``plan``, with seeded weights and :func:`randomize`."""
+    torch.manual_seed(seed)
+    return randomize(apply_plan(SmallCNN(shape, 10, widths), plan), seed, act_alpha)

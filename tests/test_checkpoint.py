@@ -1,0 +1,225 @@
+"""The checkpoint format: no code in a checkpoint, corruption detected, every field checked, old files refused."""
+
+import hashlib
+import json
+import pickle
+import random
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import lcq_train.checkpoint as ckpt
+from lcq.cli import main
+from lcq_train.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint, upgrade_checkpoint
+from lcq_train.plan import QuantPlan
+from lcq_train.train import TrainConfig, train
+
+FRAME = struct.Struct("<8sIQ32s")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A one-epoch LCQ W3/A3 run of the digits CNN, and the model compiled from it."""
+    out = tmp_path_factory.mktemp("run")
+    train(TrainConfig(model="cnn", dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=1, batch_size=64,
+                      out=str(out / "lcq"), progress=False))
+    assert main(["compile", str(out / "lcq" / "checkpoint.pt"), "-o", str(out / "model.lcq")]) == 0
+    return out / "lcq" / "checkpoint.pt", out / "model.lcq"
+
+
+def _frame(header: dict, data: bytes, version: int = 2) -> bytes:
+    """A checkpoint file of ``header`` and ``data`` with a correct digest (the layout the module documents)."""
+    raw = json.dumps(header).encode()
+    return FRAME.pack(b"LCQCKPT\n", version, len(raw), hashlib.sha256(raw + data).digest()) + raw + data
+
+
+def _split(path) -> tuple[dict, bytes]:
+    blob = path.read_bytes()
+    _, _, n, _ = FRAME.unpack_from(blob)
+    return json.loads(blob[FRAME.size:FRAME.size + n]), blob[FRAME.size + n:]
+
+
+def _tensors(state) -> dict:
+    """Every tensor of a checkpoint dict by its path."""
+    out = {}
+
+    def walk(obj, where):
+        if isinstance(obj, torch.Tensor):
+            out[where] = obj
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(v, f"{where}/{k}")
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}/{i}")
+    walk(state, "")
+    return out
+
+
+def test_round_trip_keeps_every_tensor_and_value(run, tmp_path):
+    path, _ = run
+    state = load_checkpoint(path)
+    assert len(state["sha256"]) == 64 and path.read_bytes()[:8] == b"LCQCKPT\n"
+    # Unusual tensors survive too: other dtypes, 0-d, empty, non-contiguous.
+    state["model"].update({"x.bf16": torch.randn(3, dtype=torch.bfloat16), "x.bool": torch.tensor([True, False]),
+                           "x.scalar": torch.tensor(2.5, dtype=torch.float64), "x.empty": torch.zeros(0, 3),
+                           "x.strided": torch.arange(12, dtype=torch.int16).view(3, 4).t()})
+    digest = save_checkpoint(state, tmp_path / "copy.pt")
+    again = load_checkpoint(tmp_path / "copy.pt")
+    assert again["sha256"] == digest != state["sha256"]
+    a, b = _tensors({k: v for k, v in state.items() if k != "sha256"}), _tensors(again)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+    assert again["optimizer"]["param_groups"] == state["optimizer"]["param_groups"]
+    assert set(again["optimizer"]["state"]) == set(state["optimizer"]["state"])     # integer keys stay integers
+    assert again["config"] == state["config"] and again["metrics"] == state["metrics"]
+    restore_rng(again["rng"])
+
+
+def test_loading_never_unpickles(run, monkeypatch):
+    path, _ = run
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a checkpoint load reached pickle")
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "Unpickler", forbidden)
+    assert load_checkpoint(path)["epoch"] == 1
+
+
+class _Payload:
+    """Unpickling this runs code: it writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('code ran')",)
+
+
+def test_a_crafted_pickle_is_refused_everywhere_and_runs_nothing(run, tmp_path, capsys):
+    path, model = run
+    # The payload is live: unpickling it does write its marker.
+    live = tmp_path / "live"
+    pickle.loads(pickle.dumps(_Payload(live)))
+    assert live.read_text() == "code ran"
+
+    marker = tmp_path / "marker"
+    evil_dir = tmp_path / "evil"
+    evil_dir.mkdir()
+    evil = evil_dir / "checkpoint.pt"
+    torch.save({"format": "lcq-checkpoint", "version": 1, "model": _Payload(marker)}, evil)
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps({"model": _Payload(marker)}, protocol=2))
+    for file in (evil, raw):
+        with pytest.raises(CheckpointError, match="pickle file.*can run any code.*upgrade"):
+            load_checkpoint(file)
+        with pytest.raises(CheckpointError, match="weights_only=True\\) refused it"):
+            upgrade_checkpoint(file, tmp_path / "converted.pt")
+        assert not (tmp_path / "converted.pt").exists()
+    capsys.readouterr()
+    commands = [["compile", str(evil), "-o", str(tmp_path / "m.lcq")],
+                ["train", "--init", str(evil), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"],
+                ["train", "--resume", "--out", str(evil_dir), "--no-progress"],
+                ["eval", str(model), "--checkpoint", str(evil)]]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "does not load pickle files" in err and str(evil) in err, (argv, err)
+    assert not marker.exists()
+    assert not (tmp_path / "m.lcq").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_random_bit_flips_are_detected(run, tmp_path):
+    path, _ = run
+    blob = path.read_bytes()
+    reference = _tensors(load_checkpoint(path))
+    rng = random.Random(1234)
+    offsets = [rng.randrange(len(blob)) for _ in range(50)] + list(range(0, FRAME.size, 3))  # and the frame
+    damaged = tmp_path / "checkpoint.pt"
+    for offset in offsets:
+        flipped = bytearray(blob)
+        flipped[offset] ^= 1 << rng.randrange(8)
+        damaged.write_bytes(bytes(flipped))
+        try:
+            state = load_checkpoint(damaged)
+        except CheckpointError as e:
+            assert str(damaged) in str(e)
+            continue
+        tensors = _tensors(state)      # loaded: then provably harmless, every tensor identical
+        assert tensors.keys() == reference.keys()
+        for key in tensors:
+            torch.testing.assert_close(tensors[key], reference[key], atol=0, rtol=0)
+    for length in (0, 5, 40, FRAME.size, FRAME.size + 10, len(blob) // 2, len(blob) - 1):
+        damaged.write_bytes(blob[:length])
+        with pytest.raises(CheckpointError, match="truncated|empty"):
+            load_checkpoint(damaged)
+
+
+def test_a_damaged_run_does_not_resume(run, tmp_path, capsys):
+    path, _ = run
+    out = tmp_path / "run"
+    out.mkdir()
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x10
+    (out / "checkpoint.pt").write_bytes(bytes(blob))
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "is damaged" in captured.err and "SHA-256" in captured.err and str(out / "checkpoint.pt") in captured.err
+    assert "top-1" not in captured.out
+
+
+def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):
+    path, _ = run
+    header, data = _split(path)
+    bad = tmp_path / "bad.pt"
+
+    def refused(edit, match, version=2):
+        h = json.loads(json.dumps(header))
+        edit(h)
+        bad.write_bytes(_frame(h, data, version))
+        with pytest.raises(CheckpointError, match=match):
+            load_checkpoint(bad)
+
+    refused(lambda h: None, "format version 3", version=3)
+    refused(lambda h: h["state"]["config"].update(epochs=0), "config is invalid: epochs must be an integer >= 1")
+    refused(lambda h: h["state"]["config"]["plan"].update(wbits=9), "config is invalid: --wbits must be an integer in 2..8")
+    refused(lambda h: h["state"].update(epoch=5), "epoch is 5, not an integer in 1..1")
+    refused(lambda h: h["state"].update(extra=1), "unknown \\['extra'\\]")
+    refused(lambda h: h["state"]["rng"]["numpy"].update(pos=10**6), "rng numpy is not an MT19937 state")
+    refused(lambda h: h["state"]["model"].update({"w": {"__tensor__": "nowhere"}}), "refers to no tensor")
+    refused(lambda h: h["state"]["model"].update({"w": {"__pickle__": "x"}}), "unknown tag")
+    refused(lambda h: next(iter(h["tensors"].values())).update(dtype="OBJECT"), "has dtype 'OBJECT'")
+    refused(lambda h: next(iter(h["tensors"].values())).update(shape=[10**9]), "needs \\[0, ")
+    refused(lambda h: h.update(format="other"), "not 'lcq-checkpoint'")
+
+
+def test_a_version_1_checkpoint_is_refused_and_can_be_upgraded(run, tmp_path):
+    path, _ = run
+    state = load_checkpoint(path)
+    state.pop("sha256")
+    n, p = state["rng"]["numpy"], state["rng"]["python"]
+    # What the previous lcq wrote: torch.save of the dict, numpy and Python RNG states as tuples.
+    state["rng"] = {"torch": state["rng"]["torch"],
+                    "numpy": ("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]),
+                    "python": (p["version"], tuple(p["state"]), p["gauss_next"])}
+    old = tmp_path / "old.pt"
+    torch.save({"format": "lcq-checkpoint", "version": 1, **state}, old)
+    with pytest.raises(CheckpointError, match="older lcq's checkpoints \\(version 1\\).*lcq_train.checkpoint upgrade"):
+        load_checkpoint(old)
+    assert ckpt.main(["upgrade", str(old), str(tmp_path / "new.pt")]) == 0
+    new = load_checkpoint(tmp_path / "new.pt")
+    for key, tensor in load_checkpoint(path)["model"].items():
+        torch.testing.assert_close(new["model"][key], tensor, atol=0, rtol=0)
+    saved_rng = load_checkpoint(path)["rng"]
+    assert new["rng"]["numpy"] == saved_rng["numpy"] and new["rng"]["python"] == saved_rng["python"]
+    torch.testing.assert_close(new["rng"]["torch"], saved_rng["torch"], atol=0, rtol=0)
+    with pytest.raises(FileExistsError):
+        upgrade_checkpoint(old, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match="already in checkpoint format version 2"):
+        upgrade_checkpoint(tmp_path / "new.pt", tmp_path / "newer.pt")
