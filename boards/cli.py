@@ -7,6 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from hw.cli import ARRAY_SIZE
+from hw.residency import RESIDENCY
+from lcq_train.arguments import positive_float, positive_int
+
 from .boards import BOARDS, get_board
 
 
@@ -18,9 +22,11 @@ def add_parsers(sub) -> dict:
                                      "timing and resource report", formatter_class=fmt)
     p.add_argument("model", metavar="MODEL", help="compiled model file (`lcq compile`)")
     p.add_argument("--board", required=True, metavar="NAME", choices=BOARDS, help=f"one of: {boards}")
-    p.add_argument("--mhz", type=float, metavar="F", help="target clock (default: the board's)")
-    p.add_argument("--rows", type=int, metavar="R", help="PE array rows (default: chosen for the board)")
-    p.add_argument("--cols", type=int, metavar="C", help="PE array columns (default: chosen for the board)")
+    p.add_argument("--mhz", type=positive_float, metavar="F", help="target clock in MHz, > 0 (default: the board's)")
+    p.add_argument("--rows", type=ARRAY_SIZE, metavar="R",
+                   help=f"PE array rows, {ARRAY_SIZE.describe()} (default: chosen for the board)")
+    p.add_argument("--cols", type=ARRAY_SIZE, metavar="C",
+                   help=f"PE array columns, {ARRAY_SIZE.describe()} (default: chosen for the board)")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory (default: build/<board>)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -38,10 +44,11 @@ def add_parsers(sub) -> dict:
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR", help="dataset directory (not for digits)")
     p.add_argument("--inputs", metavar="NPZ", help="images (uint8, N x C x H x W) and labels from this .npz instead "
                                                   "of the model's test set; needs numpy only, not the trainer's torch")
-    p.add_argument("--images", type=int, default=100, metavar="N", help="first N test images")
+    p.add_argument("--images", type=positive_int, default=100, metavar="N", help="first N test images, N >= 1")
     p.add_argument("--report", metavar="FILE", help="the build's report.json (default: build/<board>/report.json): "
                                                      "clock, array and residency of the flashed design")
-    p.add_argument("--timeout", type=float, default=2.0, metavar="S", help="serial read timeout in seconds")
+    p.add_argument("--timeout", type=positive_float, default=2.0, metavar="S",
+                   help="serial read timeout in seconds, > 0")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return {"build": cmd_build, "flash": cmd_flash, "run": cmd_run}
 
@@ -94,6 +101,53 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     return result
 
 
+# What `lcq run` and `lcq flash` read of a build's report.json: (dotted field, rule of its value, what it is).
+REPORT_FIELDS = {
+    "pll_mhz": (positive_float, "the clock of the flashed design, which sets the baud rate"),
+    "engine.rows": (ARRAY_SIZE, "the PE array rows of the flashed engine"),
+    "engine.cols": (ARRAY_SIZE, "the PE array columns of the flashed engine"),
+    "engine.resident": (RESIDENCY, "what the flashed engine keeps loaded"),
+    "bitstream": (str, "the bitstream file"),
+}
+
+
+def read_report(path, fields) -> dict:
+    """The build report at ``path`` with each of ``fields`` (keys of :data:`REPORT_FIELDS`) present and
+    valid; a ValueError naming the file, the field and what to do otherwise."""
+    path = Path(path)
+    advice = "pass the report.json that `lcq build` wrote for the flashed design (--report FILE), or build again"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read the build report {path} ({e}): {advice}") from None
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not a build report: it is not JSON ({e}); {advice}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} is not a build report: it holds a JSON {type(report).__name__}, not an "
+                         f"object; {advice}")
+    for field in fields:
+        rule, meaning = REPORT_FIELDS[field]
+        value = report
+        for part in field.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"{path} is not a build report of `lcq build`: field {field!r} ({meaning}) is "
+                                 f"missing; {advice}")
+            value = value[part]
+        if rule is str:
+            ok, allowed = isinstance(value, str) and bool(value), "a non-empty string"
+        elif isinstance(rule, tuple):
+            ok, allowed = value in rule, f"one of {', '.join(map(repr, rule))}"
+        else:
+            ok, allowed = rule.accepts(value), rule.describe()
+        if not ok:
+            raise ValueError(f"{path}: field {field!r} ({meaning}) must be {allowed}, not {value!r}; {advice}")
+    return report
+
+
 def cmd_run(args) -> int:
     from compiler import format as model_format
     from compiler.reference import predict
@@ -109,13 +163,13 @@ def cmd_run(args) -> int:
     if not report_path.is_file():
         raise FileNotFoundError(f"no build report {report_path}: build and flash first (`lcq build MODEL --board "
                                 f"{board.name}`, `lcq flash --board {board.name}`) or pass --report FILE")
-    built = json.loads(report_path.read_text())
+    built = read_report(report_path, ("pll_mhz", "engine.rows", "engine.cols", "engine.resident"))
+    positive_int.check(args.images, "--images")
+    positive_float.check(args.timeout, "--timeout")
     model = model_format.load(args.model)
     engine = engine_for_board(model, board, built["engine"]["rows"], built["engine"]["cols"])
     if engine.resident != built["engine"]["resident"]:
         raise ValueError(f"{report_path} was built with other buffers for this model; build again")
-    if args.images < 1:
-        raise ValueError(f"--images must be at least 1, not {args.images}")
     images, labels = _test_images(args, model)
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
     try:
@@ -202,7 +256,7 @@ def cmd_flash(args) -> int:
         if not report.is_file():
             raise FileNotFoundError(f"no {report}: build first with `lcq build MODEL --board {board.name}` "
                                     f"or pass --bitstream PATH")
-        bitstream = json.loads(report.read_text())["bitstream"]
+        bitstream = read_report(report, ("bitstream",))["bitstream"]
     try:
         print(flash(board, bitstream, args.sram))
     except FlashError as e:

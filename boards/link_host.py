@@ -1,17 +1,49 @@
 """The host end of the link: requests and replies over any pyserial-like port.
 
 :class:`LinkHost` speaks the protocol of :mod:`hw.link` over an object with
-``write(bytes)`` and ``read(n)`` (``read`` returns fewer bytes on timeout);
+``write(bytes)`` and ``read(n)`` (``read`` returns fewer bytes on timeout, so that every
+read ends; an optional ``reset_input_buffer()`` discards bytes already received);
 :class:`SerialPort` opens a real serial port with pyserial.
+
+Nothing waits forever, whatever the device sends. Every read ends within the port's own
+timeout (:class:`SerialPort` refuses to open without one), and the number of reads is bounded:
+a reply frame takes at most four (a frame may not announce more payload than any reply of the
+request can hold), a RUN at most one OUT frame per word asked for (an empty OUT frame is an
+error) and DONE, draining the line at most ``drain_bytes`` bytes and :data:`DRAIN_SHORT_READS`
+reads cut short by the timeout (a device that never goes quiet), and every retry (a LOAD sent
+again, a PING while resynchronizing, a layer run again) is bounded by ``retries``. So every wait
+is bounded in port timeouts, which a simulated port counts in simulated time; ``deadline``
+adds a wall-clock limit of its own to each reply frame and each drain. Each way of failing
+ends in a :class:`hw.protocol.LinkError` that names what did not arrive and what to do.
 """
 
 from __future__ import annotations
 
+import math
 import struct
+import time
 
-from hw.protocol import (DONE_FORMAT, FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,
-                       NackCode, NackError, OutputFormat, decode_words, encode_frame,
-                       encode_loads, encode_run, read_frame)
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, INFO_FORMAT, FrameError, FrameType, LinkError, LinkInfo,
+                         LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_words, encode_frame,
+                         encode_loads, encode_run, read_frame)
+
+NACK_BYTES = 2
+INFO_BYTES = struct.calcsize(INFO_FORMAT)
+DONE_BYTES = struct.calcsize(DONE_FORMAT)
+RUN_WORDS_MAX = (1 << 8 * struct.calcsize(DONE_FORMAT)) - 1
+# NACK codes of a frame damaged on the way in: sending it again may succeed (LENGTH and TARGET would fail again).
+RESENDABLE = (NackCode.CRC, NackCode.TIMEOUT, NackCode.FRAMING)
+DRAIN_CHUNK = 4096
+# Reads of a drain that return some bytes but fewer than asked (the port timed out while bytes still
+# came): the tail of a reply gives one; more mean a device that trickles bytes and never goes quiet.
+DRAIN_SHORT_READS = 8
+
+
+def recoverable(error: BaseException) -> bool:
+    """Whether ``error`` is a reply damaged or lost on the line (worth a resync and another try)."""
+    if isinstance(error, NackError):
+        return error.code in RESENDABLE
+    return isinstance(error, (FrameError, LinkTimeout))
 
 
 class LinkHost:
@@ -19,25 +51,80 @@ class LinkHost:
     timeout or a framing error is sent again up to ``retries`` times before
     :class:`NackError` is raised; one NACKed for its length or target is not (it would fail again).
     A LOAD whose reply is corrupted or missing is sent again after :meth:`resync` (loading
-    the same words twice is harmless). ``retried`` counts the frames sent again."""
+    the same words twice is harmless). ``retried`` counts the frames sent again, ``resyncs``
+    the resynchronizations and ``repeated`` the layer runs repeated by :meth:`load_and_run`.
 
-    def __init__(self, port, *, retries: int = 3):
-        if not isinstance(retries, int) or retries < 0:
+    ``drain_bytes``: the most bytes :meth:`resync` drains before it gives up on a device that
+    never stops sending (at least twice the longest reply of the last RUN); ``deadline`` (None:
+    none): wall-clock seconds one reply frame, and one drain, may take on top of the bounds in
+    port timeouts (for ports whose time is real time, not a simulation's).
+    """
+
+    def __init__(self, port, *, retries: int = 3, deadline: float | None = None, drain_bytes: int = 1 << 20):
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"Retries must be a non-negative integer, not {retries!r}")
-        self.port, self.retries = port, retries
-        self.retried = 0
+        if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))
+                                     or not math.isfinite(deadline) or deadline <= 0):
+            raise ValueError(f"Deadline must be None or a finite number of seconds > 0, not {deadline!r}")
+        if isinstance(drain_bytes, bool) or not isinstance(drain_bytes, int) or drain_bytes < 1:
+            raise ValueError(f"Drain limit must be a positive number of bytes, not {drain_bytes!r}")
+        self.port, self.retries, self.drain_bytes = port, retries, drain_bytes
+        self.deadline = None if deadline is None else float(deadline)
+        self.retried = self.resyncs = self.repeated = 0
         self._info: LinkInfo | None = None
+        self._reply_bytes = 0       # the longest reply the last request could bring
 
     @property
     def info(self) -> LinkInfo:
-        """The device's parameters (pings it the first time)."""
+        """The device's parameters (pings it the first time; a damaged reply is recovered by
+        :meth:`resync`, a device that sends nothing at all is reported at once)."""
         if self._info is None:
-            self.ping()
+            try:
+                self.ping()
+            except LinkError as e:
+                if not recoverable(e) or (isinstance(e, LinkTimeout) and e.received == 0):
+                    raise
+                self.resync()
         return self._info
 
-    def _request(self, ftype: FrameType, payload: bytes = b"", expecting: str = "a reply"):
+    # Frames, each with its deadline.
+
+    def _discard_stale(self) -> None:
+        """Drop bytes received before a request (a duplicated or late reply): they answer no
+        request of ours. Only ports that can (pyserial's ``reset_input_buffer``)."""
+        reset = getattr(self.port, "reset_input_buffer", None)
+        if callable(reset):
+            reset()
+
+    def _send(self, ftype: FrameType, payload: bytes = b"") -> None:
+        self._discard_stale()
         self.port.write(encode_frame(ftype, payload))
-        return read_frame(self.port.read, expecting)
+
+    def _frame(self, expecting: str, max_length: int):
+        """One reply frame of at most ``max_length`` payload bytes (at most four reads), complete
+        within ``deadline`` seconds if there is one."""
+        if self.deadline is None:
+            return read_frame(self.port.read, expecting, max_length)
+        end = time.monotonic() + self.deadline
+        got = 0
+
+        def read(n: int) -> bytes:
+            nonlocal got
+            if time.monotonic() > end:
+                raise LinkTimeout(f"{expecting} did not arrive within the {self.deadline:g} s deadline "
+                                  f"({got} bytes of it came, too slowly): check the baud rate and cable, "
+                                  f"reset the board, or give the host a longer deadline", got)
+            data = self.port.read(n)
+            got += len(data)
+            return data
+
+        return read_frame(read, expecting, max_length)
+
+    def _request(self, ftype: FrameType, payload: bytes = b"", expecting: str = "a reply",
+                 max_length: int = NACK_BYTES):
+        self._send(ftype, payload)
+        self._reply_bytes = FRAME_BYTES + max_length
+        return self._frame(expecting, max_length)
 
     def _unexpected(self, frame, request: str):
         if frame.type == FrameType.NACK and len(frame.payload) == 2:
@@ -50,20 +137,50 @@ class LinkHost:
                           f"reply to {request}: the link is out of step; reopen the port and "
                           f"ping")
 
+    # Requests.
+
     def ping(self) -> LinkInfo:
-        """Ask the device for its parameters."""
-        frame = self._request(FrameType.PING, expecting="the INFO reply to PING")
+        """Ask the device for its parameters (once; :meth:`resync` retries)."""
+        frame = self._request(FrameType.PING, expecting="the INFO reply to PING", max_length=INFO_BYTES)
         if frame.type != FrameType.INFO:
             raise self._unexpected(frame, "PING")
         self._info = LinkInfo.decode(frame.payload)
         return self._info
 
+    def _drain(self) -> None:
+        """Read until the port times out with nothing (the device then waits for a frame): at most
+        ``drain_bytes`` bytes, :data:`DRAIN_SHORT_READS` reads cut short, ``deadline`` seconds."""
+        start = time.monotonic()
+        limit = max(self.drain_bytes, 2 * self._reply_bytes)
+        drained = reads = short = 0
+        while chunk := self.port.read(DRAIN_CHUNK):
+            drained, reads, short = drained + len(chunk), reads + 1, short + (len(chunk) < DRAIN_CHUNK)
+            elapsed = time.monotonic() - start
+            late = self.deadline is not None and elapsed > self.deadline
+            if drained > limit or short > DRAIN_SHORT_READS or late:
+                bound = (f"at most {limit:,} bytes and {DRAIN_SHORT_READS} reads cut short by the port's timeout"
+                         + (f", in {self.deadline:g} s" if self.deadline is not None else ""))
+                raise LinkNoise(f"the line did not go quiet while resynchronizing: {drained:,} bytes "
+                                f"arrived in {reads} reads ({elapsed:.1f} s) and kept coming ({bound} were "
+                                f"expected); the device keeps sending: check the baud rate, close other "
+                                f"programs on the port, and reset or reflash the board")
+
     def resync(self) -> LinkInfo:
         """After a reply went wrong: drop what the device still sends (until the port times
-        out; the device then waits for a frame) and ping it."""
-        while self.port.read(4096):
-            pass
-        return self.ping()
+        out; the device then waits for a frame) and ping it, up to ``retries + 1`` times."""
+        self.resyncs += 1
+        last: LinkError | None = None
+        for _ in range(self.retries + 1):
+            self._drain()
+            try:
+                return self.ping()
+            except LinkError as e:
+                if not recoverable(e):
+                    raise
+                last = e
+        kind = LinkTimeout if isinstance(last, LinkTimeout) else FrameError
+        raise kind(f"no valid INFO reply to {self.retries + 1} PING(s) while resynchronizing "
+                   f"(the last: {last}); reset the board, check the cable and baud rate, and try again") from last
 
     def load(self, beats: list[tuple[int, int, int]]) -> None:
         """Send ``(target, addr, data)`` beats in order, in LOAD frames of at most
@@ -73,59 +190,89 @@ class LinkHost:
             for attempt in range(1, self.retries + 2):
                 try:
                     frame = self._request(FrameType.LOAD, payload, expecting)
+                    if frame.type == FrameType.ACK and not frame.payload:
+                        break
+                    if frame.type != FrameType.NACK or len(frame.payload) != 2:
+                        raise self._unexpected(frame, f"LOAD frame {number}")
                 except (FrameError, LinkTimeout):    # the reply went wrong: resync, send again
                     if attempt > self.retries:
                         raise
                     self.retried += 1
                     self.resync()
                     continue
-                if frame.type == FrameType.ACK:
-                    break
-                if frame.type != FrameType.NACK or len(frame.payload) != 2:
-                    raise self._unexpected(frame, f"LOAD frame {number}")
                 code, refused = frame.payload
-                if code in (NackCode.LENGTH, NackCode.TARGET) or attempt > self.retries:
+                if code not in RESENDABLE or attempt > self.retries:
                     raise NackError(code, refused, attempt)
                 self.retried += 1
 
     def run(self, out_words: int, fmt: OutputFormat = OutputFormat.FULL) -> list[int]:
         """Start the engine and collect exactly ``out_words`` output words, sent in format
         ``fmt`` and returned as full words."""
+        if isinstance(out_words, bool) or not isinstance(out_words, int) or not 1 <= out_words <= RUN_WORDS_MAX:
+            raise ValueError(f"A RUN must ask for 1..{RUN_WORDS_MAX} output words, not {out_words!r}")
         info = self.info
         if fmt == OutputFormat.CODES and not info.code_bits:
             raise ValueError("this engine has no activation codes to return in the CODES format")
-        self.port.write(encode_frame(FrameType.RUN, encode_run(out_words, fmt)))
+        max_length = max(info.max_payload, DONE_BYTES, NACK_BYTES)
+        step = info.out_bytes(fmt)
+        per_frame = max(1, info.max_payload // step)
+        self._send(FrameType.RUN, encode_run(out_words, fmt))
+        self._reply_bytes = out_words * step + -(-out_words // per_frame) * FRAME_BYTES + FRAME_BYTES + DONE_BYTES
         words: list[int] = []
-        while True:
+        while True:         # at most one OUT frame per word asked for, then DONE
             expecting = f"RUN output (word {len(words)} of {out_words}, or DONE)"
-            frame = read_frame(self.port.read, expecting)
+            frame = self._frame(expecting, max_length)
             if frame.type == FrameType.OUT:
+                if not frame.payload:
+                    raise FrameError(f"empty OUT frame in {expecting}: the device sends at least one word "
+                                     f"per OUT frame, so the reply was damaged on the line or the device is "
+                                     f"faulty; check the cable, then reopen the port and ping")
                 words += decode_words(frame.payload, info, fmt)
                 if len(words) > out_words:
-                    raise LinkError(f"the device sent {len(words)} output words, more than the "
-                                    f"{out_words} asked for: host and gateware speak different "
-                                    f"protocols; rebuild the bitstream")
-            elif frame.type == FrameType.DONE and len(frame.payload) == 4:
+                    raise FrameError(f"the device sent {len(words)} output words, more than the "
+                                     f"{out_words} asked for: a frame arrived twice, or host and gateware "
+                                     f"speak different protocols (rebuild the bitstream)")
+            elif frame.type == FrameType.DONE and len(frame.payload) == DONE_BYTES:
                 (sent,) = struct.unpack(DONE_FORMAT, frame.payload)
                 if sent != out_words:
                     raise LinkError(f"the engine returned {sent} output words, expected "
                                     f"{out_words}: the loaded model does not match the host's; "
                                     f"load it again")
                 if len(words) != out_words:
-                    raise LinkError(f"RUN ended after {len(words)} received words, expected "
-                                    f"{out_words}: frames were lost on the line; check the "
-                                    f"cable and baud rate")
+                    raise FrameError(f"RUN ended after {len(words)} received words, expected "
+                                     f"{out_words}: frames were lost on the line; check the "
+                                     f"cable and baud rate")
                 return words
             else:
                 raise self._unexpected(frame, "RUN")
 
+    def load_and_run(self, beats: list[tuple[int, int, int]], out_words: int,
+                     fmt: OutputFormat = OutputFormat.FULL, *, repeats: int = 2) -> list[int]:
+        """:meth:`load` then :meth:`run`, the whole again after :meth:`resync` when a reply comes
+        back damaged or not at all (the device's bytes to the host have no retry of their own),
+        up to ``repeats`` times: a job that brings everything the engine does not keep is
+        idempotent. ``repeated`` counts the repetitions."""
+        for attempt in range(repeats + 1):
+            try:
+                self.load(beats)
+                return self.run(out_words, fmt)
+            except LinkError as e:
+                if attempt == repeats or not recoverable(e):
+                    raise
+                self.repeated += 1
+                self.resync()
+        raise AssertionError("unreachable")
+
 
 class SerialPort:
     """A serial port opened with pyserial (imported here, so that the rest of the host
-    side needs no pyserial): ``write``, ``read`` with a timeout, ``close``; a context
-    manager."""
+    side needs no pyserial): ``write``, ``read`` with a ``timeout`` (required: it ends every wait), ``reset_input_buffer``,
+    ``close``; a context manager."""
 
     def __init__(self, path: str, baud: int, *, timeout: float = 1.0):
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"The serial read timeout must be a finite number of seconds > 0 (reads must end), "
+                             f"not {timeout!r}")
         try:
             import serial
         except ImportError:
@@ -142,6 +289,9 @@ class SerialPort:
 
     def read(self, n: int) -> bytes:
         return self._serial.read(n)
+
+    def reset_input_buffer(self) -> None:
+        self._serial.reset_input_buffer()
 
     def close(self) -> None:
         self._serial.close()

@@ -19,7 +19,7 @@ import numpy as np
 from compiler.graph import CompiledModel, ConvNode, Thresholds
 from hw.engine_params import EngineParams
 from hw.program import model_jobs, resident_beats
-from hw.protocol import FrameError, LinkError, LinkTimeout, OutputFormat
+from hw.protocol import LinkError, OutputFormat
 
 from .link_host import LinkHost
 
@@ -99,17 +99,13 @@ class BoardRunner:
         """One layer on the board: its beats, then RUN. A reply that is corrupted or stops
         arriving (the device's bytes to the host have no retry of their own) is recovered
         by draining the line, pinging and running the layer again, up to ``retries`` times;
-        every layer run is idempotent (the job brings all the engine does not keep)."""
-        fmt = output_format(job.node)
-        for attempt in range(self.retries + 1):
-            try:
-                self.host.load(job.beats)
-                return self.host.run(job.out_words, fmt)
-            except (FrameError, LinkTimeout):
-                if attempt == self.retries:
-                    raise
-                self.repeated += 1
-                self.host.resync()
+        every layer run is idempotent (the job brings all the engine does not keep):
+        :meth:`LinkHost.load_and_run`, whose bounded retries and deadlines end every wait."""
+        before = self.host.repeated
+        try:
+            return self.host.load_and_run(job.beats, job.out_words, output_format(job.node), repeats=self.retries)
+        finally:
+            self.repeated += self.host.repeated - before
 
     def classify(self, images: np.ndarray, labels: np.ndarray | None = None, progress=None) -> RunResult:
         """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``)."""

@@ -11,17 +11,23 @@ import argparse
 from pathlib import Path
 
 from compiler import format as model_format
+from lcq_train.arguments import IntRange
 
+from .engine_params import MAX_ARRAY
 from .residency import RESIDENCY
 
 DEFAULT_ROWS = DEFAULT_COLS = 8
+# The type of every --rows and --cols (lcq generate, sim, build) and of a build report's array.
+ARRAY_SIZE = IntRange(1, MAX_ARRAY)
 
 
 def array_args(p: argparse.ArgumentParser) -> None:
     """The compiled model and the array size: the arguments of every verb that sizes an engine."""
     p.add_argument("model", metavar="MODEL", help="compiled model file (lcq compile)")
-    p.add_argument("--rows", type=int, default=DEFAULT_ROWS, help="PE array rows (reduction)")
-    p.add_argument("--cols", type=int, default=DEFAULT_COLS, help="PE array columns (output channels)")
+    p.add_argument("--rows", type=ARRAY_SIZE, default=DEFAULT_ROWS, metavar="R",
+                   help=f"PE array rows (reduction), {ARRAY_SIZE.describe()}")
+    p.add_argument("--cols", type=ARRAY_SIZE, default=DEFAULT_COLS, metavar="C",
+                   help=f"PE array columns (output channels), {ARRAY_SIZE.describe()}")
 
 
 def engine_params(args, model):

@@ -20,6 +20,9 @@ from .residency import check_residency
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_word_bits, threshold_bits,
                           threshold_word_bits)
 
+# The largest PE array side (rows or columns).
+MAX_ARRAY = 256
+
 # iCE40 UltraPlus SB_SPRAM256KA: 16K words of 16 bits; the weights buffer of an UP5K engine.
 SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
 
@@ -80,7 +83,7 @@ class EngineParams:
     threshold_width: int = 0
 
     def __post_init__(self):
-        limits = {"rows": (1, 256), "cols": (1, 256), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
+        limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
                   "code_bits": (0, 8), "act_depth": (1, 1 << 24), "weight_depth": (1, 1 << 24),
                   "table_depth": (1, 1 << 24), "stage_depth": (1, 1 << 24), "pos_depth": (1, 1 << 24),
                   "out_depth": (1, 1 << 24)}

@@ -74,7 +74,17 @@ class LinkError(Exception):
 
 
 class LinkTimeout(LinkError):
-    """The device sent fewer bytes than a frame needs before the port timed out."""
+    """The device sent fewer bytes than a frame needs before the port timed out (or before the
+    host's deadline passed). ``received``: bytes of the frame that did arrive (0: the device
+    said nothing at all; None: not known)."""
+
+    def __init__(self, message: str, received: int | None = None):
+        super().__init__(message)
+        self.received = received
+
+
+class LinkNoise(LinkError):
+    """The device kept sending when it should have gone quiet (the line never drained)."""
 
 
 class FrameError(LinkError):
@@ -127,18 +137,24 @@ def encode_frame(ftype: int, payload: bytes = b"") -> bytes:
     return bytes([SYNC]) + body + struct.pack(CRC_FORMAT, crc16(body))
 
 
-def read_frame(read: Callable[[int], bytes], expecting: str = "a reply") -> Frame:
+def read_frame(read: Callable[[int], bytes], expecting: str = "a reply",
+               max_length: int | None = None) -> Frame:
     """One frame from ``read(n)`` (a pyserial-like read that may return fewer bytes on
     timeout). Raises :class:`LinkTimeout` on a short read and :class:`FrameError` on a
-    byte other than sync where a frame starts or a checksum mismatch."""
+    byte other than sync where a frame starts, a checksum mismatch, or (``max_length``) a
+    length field larger than any frame the reader can be waiting for (then the payload is
+    not read: a damaged length must not make the host wait for 64 KB)."""
+    received = 0
 
     def exactly(n: int, part: str) -> bytes:
+        nonlocal received
         got = read(n) if n else b""
+        received += len(got)
         if len(got) < n:
             raise LinkTimeout(f"timed out waiting for {expecting}: got {len(got)} of the {n} "
                               f"bytes of its {part}; check that the board is programmed, the "
                               f"port and baud rate are right, and raise the port timeout for "
-                              f"long runs")
+                              f"long runs", received)
         return got
 
     sync = exactly(1, "sync byte")[0]
@@ -148,6 +164,11 @@ def read_frame(read: Callable[[int], bytes], expecting: str = "a reply") -> Fram
                          f"reopen the port and ping")
     header = exactly(1 + struct.calcsize(LENGTH_FORMAT), "header")
     length = struct.unpack(LENGTH_FORMAT, header[1:])[0]
+    if max_length is not None and length > max_length:
+        raise FrameError(f"{_type_name(header[0])} frame announces {length} payload bytes, more than "
+                         f"the {max_length} of any frame of {expecting}: its length was damaged on "
+                         f"the line or the link is out of step; check the cable and baud rate, "
+                         f"then reopen the port and ping")
     payload = exactly(length, f"{length}-byte payload")
     check = exactly(CRC_BYTES, "checksum")
     if crc16(header + payload + check) != 0:
@@ -206,7 +227,42 @@ class LinkInfo:
         if info.version != PROTOCOL_VERSION:
             raise FrameError(f"device speaks protocol version {info.version}, this host "
                              f"{PROTOCOL_VERSION}: rebuild the bitstream or update the host")
+        problems = info.problems()
+        if problems:
+            raise FrameError(f"INFO reply states impossible parameters ({'; '.join(problems)}): it "
+                             f"does not come from a link bridge of this project, or it was damaged "
+                             f"on the line; ping again, and rebuild and flash the bitstream if it "
+                             f"persists")
         return info
+
+    def problems(self) -> list[str]:
+        """What no link bridge could state (the rules :class:`hw.link.LinkBridge` checks of its
+        parameters): each a phrase naming the field, its value and the rule; empty when none."""
+        out = []
+        if self.addr_bits < 1:
+            out.append(f"addr_bits {self.addr_bits}, not at least 1")
+        if len(self.target_bits) != TARGETS:
+            out.append(f"{len(self.target_bits)} target widths, not {TARGETS}")
+        elif not any(self.target_bits):
+            out.append("no load target (every target's data bits are 0)")
+        if self.out_bits < 1:
+            out.append(f"out_bits {self.out_bits}: output words of 0 bytes")
+        for name in ("rows", "cols"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} {getattr(self, name)}, not at least 1")
+        if self.cols >= 1 and self.out_bits >= 1:
+            if self.out_bits % self.cols:
+                out.append(f"out_bits {self.out_bits} is not whole fields of {self.cols} columns")
+            elif self.code_bits > self.out_bits // self.cols:
+                out.append(f"code_bits {self.code_bits} wider than a {self.out_bits // self.cols}-bit "
+                           f"column field")
+        if len(self.target_bits) == TARGETS and self.out_bits >= 1:
+            largest = max(1 + self.addr_bytes + max(map(self.word_bytes, range(TARGETS))),
+                          struct.calcsize(RUN_FORMAT), self.out_bytes(), self.out_bytes(OutputFormat.CODES))
+            if self.max_payload < largest:
+                out.append(f"max_payload {self.max_payload} smaller than the {largest} bytes the largest "
+                           f"payload needs (a LOAD header and word, a RUN request or an output word)")
+        return out
 
     def encode(self) -> bytes:
         return struct.pack(INFO_FORMAT, self.version, self.addr_bits, self.out_bits, self.rows,
@@ -267,6 +323,10 @@ def encode_run(words: int, fmt: OutputFormat = OutputFormat.FULL) -> bytes:
 def decode_words(payload: bytes, info: LinkInfo, fmt: OutputFormat = OutputFormat.FULL) -> list[int]:
     """The output words of an OUT payload, as full words (CODES fields widened to ``out_bits / cols``)."""
     step = info.out_bytes(fmt)
+    if step < 1:
+        raise FrameError(f"the device's INFO states {fmt.name} output words of 0 bytes (out_bits "
+                         f"{info.out_bits}, cols {info.cols}, code_bits {info.code_bits}): no word can "
+                         f"be decoded; ping again, and rebuild and flash the bitstream if it persists")
     if len(payload) % step:
         raise FrameError(f"OUT frame has {len(payload)} payload bytes, not a multiple of the "
                          f"{step}-byte word: host and gateware disagree on the word size; ping "

@@ -1,16 +1,20 @@
 """``lcq sim``: the simulation verb of the ``lcq`` command.
 
-``lcq sim MODEL [--layer N] [--simulator icarus|verilator] [--images N] [--json]`` runs the
+``lcq sim MODEL [--layer N] [--simulator icarus|verilator] [--images N] [--timeout S] [--json]`` runs the
 generated Verilog in cocotb on test images (the model's dataset, or ``--random``), every
 convolution on the engine (or only layer N, fed by the reference), and compares every output
 with the integer reference: cycles, MACs per cycle and mismatches per layer. Layer numbers
-are the rows of ``lcq report`` (0 = first convolution).
+are the rows of ``lcq report`` (0 = first convolution). Each simulator command (a build step,
+the run) gets ``--timeout`` seconds and is killed with its process group past them
+(:mod:`sim.runner`); ``--stall`` and ``--backpressure`` are below 1, where the engine would
+never finish.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -18,9 +22,28 @@ import numpy as np
 
 from compiler import format as model_format
 from hw.cli import array_args, engine_params
+from lcq_train.arguments import FloatRange, IntRange, nonnegative_int, positive_float, positive_int
 
 from .engine_run import engine_build, simulate_model
-from .runner import unavailable_reason
+from .runner import DEFAULT_TIMEOUT_S, SimulationFailed, deadline, unavailable_reason
+
+
+class StallProbability(FloatRange):
+    """A per-cycle probability in [0, 1): at 1 the load stream would stall (or the output
+    stay unready) on every cycle and the simulation would never end."""
+
+    def __init__(self):
+        super().__init__(0.0, 1.0)
+
+    def describe(self) -> str:
+        return "a number in [0, 1)"
+
+    def accepts(self, value) -> bool:
+        return super().accepts(value) and value < 1.0
+
+
+STALL = StallProbability()
+SEED = IntRange(0, 2**32 - 1)       # numpy's generator and cocotb's seed
 
 
 def add_parsers(sub) -> dict:
@@ -29,24 +52,27 @@ def add_parsers(sub) -> dict:
     p = sub.add_parser("sim", help="run the generated Verilog in cocotb against the integer reference",
                        formatter_class=fmt)
     array_args(p)
-    p.add_argument("--layer", type=int, metavar="N", help="only layer N on the engine (default: the whole model)")
+    p.add_argument("--layer", type=nonnegative_int, metavar="N",
+                   help="only layer N on the engine (default: the whole model); N >= 0, a row of `lcq report`")
     p.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
-    p.add_argument("--images", type=int, default=1, metavar="N", help="test images to run")
+    p.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run, N >= 1")
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR",
                    help="dataset directory (not needed for digits or --random)")
     p.add_argument("--random", action="store_true", help="random uint8 images instead of the test set")
-    p.add_argument("--stall", type=float, default=0.0, metavar="P", help="probability of a load stall per cycle")
-    p.add_argument("--backpressure", type=float, default=0.0, metavar="P",
-                   help="probability that the output is not ready in a cycle")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stall", type=STALL, default=0.0, metavar="P",
+                   help="probability of a load stall per cycle, in [0, 1)")
+    p.add_argument("--backpressure", type=STALL, default=0.0, metavar="P",
+                   help="probability that the output is not ready in a cycle, in [0, 1)")
+    p.add_argument("--seed", type=SEED, default=0, help=f"random seed, {SEED.describe()}")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help="seconds each simulator command (build step, run) may take before it is killed")
     p.add_argument("--build-dir", metavar="DIR", help="simulation build directory (default: build/sim/...)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return {"sim": cmd_sim}
 
 
 def _images(args, model) -> np.ndarray:
-    if args.images < 1:
-        raise ValueError(f"--images must be at least 1, not {args.images}")
+    positive_int.check(args.images, "--images")
     if args.random:
         rng = np.random.default_rng(args.seed)
         return rng.integers(0, 256, size=(args.images, *model.input.shape), dtype=np.uint8)
@@ -72,11 +98,19 @@ def cmd_sim(args) -> int:
     params = engine_params(args, model)
     images = _images(args, model)
     build_dir = Path(args.build_dir or f"build/sim/{Path(args.model).stem}-{params.rows}x{params.cols}-{args.simulator}")
-    t0 = time.perf_counter()
-    built = engine_build(args.simulator, params, build_dir)
-    t1 = time.perf_counter()
-    report = simulate_model(built, params, args.model, model, images, build_dir / "run", on_engine=on_engine,
-                            upto=upto, stall=args.stall, backpressure=args.backpressure, seed=args.seed)
+    STALL.check(args.stall, "--stall")
+    STALL.check(args.backpressure, "--backpressure")
+    t0 = t1 = time.perf_counter()
+    try:
+        with deadline(getattr(args, "timeout", DEFAULT_TIMEOUT_S)):
+            built = engine_build(args.simulator, params, build_dir)
+            t1 = time.perf_counter()
+            report = simulate_model(built, params, args.model, model, images, build_dir / "run",
+                                    on_engine=on_engine, upto=upto, stall=args.stall,
+                                    backpressure=args.backpressure, seed=args.seed)
+    except SimulationFailed as e:
+        print(f"lcq sim: error: {e}", file=sys.stderr)
+        return 1
     result = report.as_dict()
     result.update(build_seconds=round(t1 - t0, 2), run_seconds=round(time.perf_counter() - t1, 2))
     if args.json:

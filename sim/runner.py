@@ -36,15 +36,30 @@ XML itself and raises :class:`SimulationFailed` (an ``AssertionError``, so pytes
 reports a failure with the testbench's own message) when a testcase failed or
 errored, when no testcase ran, or when the simulator died without results; a failed
 build raises it too, with the tail of the build log.
+
+Process contract: every command the runner starts (the compiler, make, ``vvp``, the
+Verilator binary) runs in its own process group with a deadline (``timeout`` of
+:func:`build` and :func:`run_test`; default :func:`default_timeout`: ``LCQ_SIM_TIMEOUT``
+seconds, else :data:`DEFAULT_TIMEOUT_S`; :func:`deadline` sets it for a block). Past the
+deadline the whole group is killed and :class:`SimulationTimeout` says which command, after
+how long, and what to do; an exception in this process (Ctrl-C included) kills the group
+too, and a small reaper process kills it when this process dies without cleaning up (killed
+with SIGKILL, say), so no simulator outlives the run that started it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
+import types
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -61,6 +76,9 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where ``sim`` is import
 # Icarus 11 rejects the default port values of cells_sim.v (``input X = 1'b0``); this macro
 # leaves them out (every port of an instance is connected anyway). Verilator takes it too.
 ICE40_DEFINES = {"NO_ICE40_DEFAULT_ASSIGNMENTS": 1}
+TIMEOUT_ENV = "LCQ_SIM_TIMEOUT"
+DEFAULT_TIMEOUT_S = 3600.0      # one simulator command (a build step or a test run), unless told otherwise
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("lcq_sim_timeout", default=None)
 
 
 class SimulationFailed(AssertionError):
@@ -69,6 +87,127 @@ class SimulationFailed(AssertionError):
     def __init__(self, message: str, failures: list[tuple[str, str]] = ()):
         super().__init__(message)
         self.failures = list(failures)
+
+
+class SimulationTimeout(SimulationFailed):
+    """A simulator command ran past its deadline; its process group was killed."""
+
+
+def _check_timeout(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")
+    return float(value)
+
+
+def default_timeout() -> float:
+    """Seconds one simulator command may run: the innermost :func:`deadline`, else the
+    ``LCQ_SIM_TIMEOUT`` environment variable, else :data:`DEFAULT_TIMEOUT_S`."""
+    inner = _deadline.get()
+    if inner is not None:
+        return inner
+    text = os.environ.get(TIMEOUT_ENV)
+    if text is None or not text.strip():
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+    return _check_timeout(value, f"{TIMEOUT_ENV} (the seconds a simulator command may run)")
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Within the block, every simulator command started here gets at most ``seconds``."""
+    token = _deadline.set(_check_timeout(seconds, "The simulation timeout"))
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+# Started beside each simulator command: reads until its stdin closes. The parent writes "done"
+# before closing it once it has dealt with the command; a bare EOF means the parent died, and
+# the reaper kills the command's process group. It ignores Ctrl-C (the parent handles that).
+_REAPER = ("import os, signal, sys\n"
+           "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+           "data = sys.stdin.buffer.read()\n"
+           "if not data.endswith(b'done'):\n"
+           "    try:\n"
+           "        os.killpg(int(data.split()[0]), signal.SIGKILL)\n"
+           "    except (IndexError, ValueError, ProcessLookupError, PermissionError):\n"
+           "        pass\n")
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group (it leads one: ``start_new_session``), then reap ``proc``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None = None) -> int:
+    """Run ``cmd`` (argv list) in a new process group and return its exit status; its output goes to
+    ``stdout`` (a file; stderr with it) or is inherited. After ``timeout`` seconds (default
+    :func:`default_timeout`) the group is killed and :class:`SimulationTimeout` raised; any
+    exception here kills it too, and a reaper process kills it should this process die first."""
+    timeout = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
+    stderr = None if stdout is None else subprocess.STDOUT
+    if os.name != "posix":      # no process groups to kill: the deadline alone
+        try:
+            return subprocess.run(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            raise SimulationTimeout(f"{Path(str(cmd[0])).name} did not finish within {timeout:g} s and was "
+                                    f"killed") from None
+    reaper = subprocess.Popen([sys.executable, "-I", "-c", _REAPER], stdin=subprocess.PIPE)
+    start = time.monotonic()
+    proc = None
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
+        reaper.stdin.write(f"{proc.pid}\n".encode())
+        reaper.stdin.flush()
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            raise SimulationTimeout(
+                f"{Path(str(cmd[0])).name} did not finish within its {timeout:.1f} s deadline and was "
+                f"killed with its process group after {time.monotonic() - start:.1f} s: a stalled "
+                f"design or testbench (lcq sim: --stall or --backpressure near 1?) or a larger run than "
+                f"the deadline allows; raise it (lcq sim --timeout, or {TIMEOUT_ENV}) if the run is "
+                f"merely long") from None
+    except BaseException:
+        if proc is not None and proc.returncode is None:
+            _kill_group(proc)
+        raise
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            reaper.stdin.write(b"done")
+            reaper.stdin.close()
+        reaper.wait()
+
+
+def _guard(runner, timeout: float | None):
+    """Make ``runner`` (a ``cocotb_tools.runner`` object) run its commands with :func:`run_guarded`:
+    one deadline of ``timeout`` seconds (default :func:`default_timeout`) for all the commands of
+    one ``build()`` or ``test()``."""
+    seconds = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
+    end = time.monotonic() + seconds
+
+    def execute_cmds(self, cmds, cwd, stdout=None):
+        for cmd in cmds:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise SimulationTimeout(f"the simulator's commands used up their {seconds:g} s before "
+                                        f"{Path(str(cmd[0])).name}; raise the deadline (lcq sim --timeout, or "
+                                        f"{TIMEOUT_ENV}) if the run is merely long")
+            self.log.info("Running command %s in directory %s", " ".join(map(str, cmd)), cwd)
+            code = run_guarded(cmd, cwd=cwd, env=self.env, stdout=stdout, timeout=left)
+            if code != 0:
+                raise RuntimeError(f"Command failed with return code: {code}")
+
+    runner._execute_cmds = types.MethodType(execute_cmds, runner)
 
 
 def verilog_of(component, name: str, build_dir) -> Path:
@@ -174,14 +313,15 @@ class Build:
 
 
 def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict | None = None,
-          build_args: list[str] | None = None, defines: dict | None = None) -> Build:
+          build_args: list[str] | None = None, defines: dict | None = None, timeout: float | None = None) -> Build:
     """Compile ``verilog_files`` (top module ``toplevel``) for ``sim`` in ``build_dir`` (log: ``build.log``).
 
     Icarus recompiles every time (well under a second). Verilator regenerates nothing when
     its inputs are unchanged, and make recompiles only what changed, so a build directory
     kept between runs makes a Verilator rebuild take ~0.1 s instead of ~20 s.
     ``build_args`` replace the defaults (:data:`VERILATOR_ARGS` for Verilator); ``defines``
-    are Verilog macros (``{name: value}``).
+    are Verilog macros (``{name: value}``). The build's commands get ``timeout`` seconds in
+    all (default :func:`default_timeout`; then :class:`SimulationTimeout`).
     """
     reason = unavailable_reason(sim)
     if reason is not None:
@@ -194,6 +334,7 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
         build_args = list(VERILATOR_ARGS) if sim == "verilator" else []
     runner = get_runner(sim)
     log = build_dir / "build.log"
+    _guard(runner, timeout)
     try:
         runner.build(sources=[Path(f).resolve() for f in verilog_files], hdl_toplevel=toplevel,
                      build_dir=build_dir, always=True, timescale=TIMESCALE, parameters=parameters or {},
@@ -204,14 +345,17 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
 
 
 def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data: dict | None = None,
-             env: dict[str, str] | None = None, testcase: str | None = None, seed: int | None = None) -> Path:
+             env: dict[str, str] | None = None, testcase: str | None = None, seed: int | None = None,
+             timeout: float | None = None) -> Path:
     """Run the cocotb ``test_module`` (dotted name; or several) on a :func:`build`, in ``test_dir``
     (default: the build directory).
 
     ``data`` is written to ``<test_dir>/data.json`` and handed to the testbench through
     ``LCQ_SIM_DATA``; ``env`` adds environment variables (``os.environ`` wins on a clash,
     as in cocotb's runner). The simulator's log is ``<test_dir>/test.log``. Returns the
-    JUnit results file; raises :class:`SimulationFailed` unless every testcase passed.
+    JUnit results file; raises :class:`SimulationFailed` unless every testcase passed, and
+    :class:`SimulationTimeout` (the simulator killed) when the run takes more than ``timeout``
+    seconds (default :func:`default_timeout`).
     """
     test_dir = Path(test_dir).resolve() if test_dir is not None else built.build_dir
     test_dir.mkdir(parents=True, exist_ok=True)
@@ -230,12 +374,15 @@ def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data:
     if added:
         sys.path.append(str(PACKAGE_ROOT))
     exit_code = 0
+    _guard(built.runner, timeout)
     try:
         built.runner.test(test_module=modules, hdl_toplevel=built.toplevel, build_dir=built.build_dir,
                           test_dir=test_dir, results_xml=str(results), extra_env=env, testcase=testcase,
                           seed=seed, log_file=log)
     except SystemExit as e:   # under pytest, test() exits on failures; we report them below
         exit_code = e.code if isinstance(e.code, int) else 1
+    except SimulationTimeout as e:
+        raise SimulationTimeout(f"{built.sim} run of {', '.join(modules)}: {e}; {log} (tail):\n{_tail(log, 25)}") from None
     finally:
         if added:
             sys.path.remove(str(PACKAGE_ROOT))
@@ -254,7 +401,7 @@ def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data:
 
 def run_cocotb(sim: str, verilog_files, toplevel: str, test_module: str | list[str], build_dir, *,
                data: dict | None = None, env: dict[str, str] | None = None, parameters: dict | None = None,
-               testcase: str | None = None, seed: int | None = None) -> Path:
+               testcase: str | None = None, seed: int | None = None, timeout: float | None = None) -> Path:
     """:func:`build` then :func:`run_test` in ``build_dir``: the results file, or :class:`SimulationFailed`."""
-    built = build(sim, verilog_files, toplevel, build_dir, parameters=parameters)
-    return run_test(built, test_module, data=data, env=env, testcase=testcase, seed=seed)
+    built = build(sim, verilog_files, toplevel, build_dir, parameters=parameters, timeout=timeout)
+    return run_test(built, test_module, data=data, env=env, testcase=testcase, seed=seed, timeout=timeout)

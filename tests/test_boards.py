@@ -429,3 +429,67 @@ def test_retry_clock_prefers_the_fastest_link():
     assert uart_baud(board, 45.5e6) < 3_000_000        # the fastest 0.25 MHz step below 97% of Fmax
     with pytest.raises(ValueError, match="no PLL frequency below 12.3 MHz on icebreaker"):
         closing_frequency(get_board("icebreaker"), 12.3)
+
+
+# Command-line values and build reports are checked before anything runs.
+
+@pytest.mark.parametrize("argv, message", [
+    (["build", "m.lcq", "--board", "icebreaker", "--rows", "0"], "argument --rows: must be an integer in 1..256, not '0'"),
+    (["build", "m.lcq", "--board", "icebreaker", "--rows", "-1"], "argument --rows: must be an integer in 1..256, not '-1'"),
+    (["build", "m.lcq", "--board", "icebreaker", "--cols", "257"], "argument --cols: must be an integer in 1..256, not '257'"),
+    (["build", "m.lcq", "--board", "icebreaker", "--cols", "2.5"], "argument --cols: must be an integer in 1..256, not '2.5'"),
+    (["build", "m.lcq", "--board", "icebreaker", "--mhz", "0"], "argument --mhz: must be a finite number > 0, not '0'"),
+    (["build", "m.lcq", "--board", "icebreaker", "--mhz", "nan"], "argument --mhz: must be a finite number > 0, not 'nan'"),
+    (["run", "m.lcq", "--board", "icebreaker", "--port", "p", "--images", "0"],
+     "argument --images: must be an integer >= 1, not '0'"),
+    (["run", "m.lcq", "--board", "icebreaker", "--port", "p", "--timeout", "0"],
+     "argument --timeout: must be a finite number > 0, not '0'"),
+    (["run", "m.lcq", "--board", "icebreaker", "--port", "p", "--timeout", "-2"],
+     "argument --timeout: must be a finite number > 0, not '-2'"),
+])
+def test_cli_values_are_range_checked(argv, message, capsys):
+    parser, _ = _parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(argv)
+    assert e.value.code == 2
+    assert f"lcq {argv[0]}: error: {message}" in capsys.readouterr().err
+
+
+GOOD_ENGINE = {"rows": 2, "cols": 2, "resident": "weights"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("not json", r"is not a build report: it is not JSON \(Expecting value: line 1 column 1 \(char 0\)\)"),
+    ("[1, 2]", r"is not a build report: it holds a JSON list, not an object"),
+    ("{}", r"is not a build report of `lcq build`: field 'pll_mhz' \(the clock of the flashed design, which sets "
+           r"the baud rate\) is missing"),
+    (json.dumps({"pll_mhz": 24.0}), r"field 'engine.rows' \(the PE array rows of the flashed engine\) is missing"),
+    (json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2}}), r"field 'engine.resident' .* is missing"),
+    (json.dumps({"pll_mhz": 0, "engine": GOOD_ENGINE}), r"field 'pll_mhz' .* must be a finite number > 0, not 0"),
+    (json.dumps({"pll_mhz": "24", "engine": GOOD_ENGINE}), r"field 'pll_mhz' .* must be a finite number > 0, not '24'"),
+    (json.dumps({"pll_mhz": 24.0, "engine": {**GOOD_ENGINE, "rows": 0}}),
+     r"field 'engine.rows' .* must be an integer in 1\.\.256, not 0"),
+    (json.dumps({"pll_mhz": 24.0, "engine": {**GOOD_ENGINE, "resident": "some"}}),
+     r"field 'engine.resident' .* must be one of 'none', 'weights', 'all', not 'some'"),
+])
+def test_run_names_the_report_and_its_bad_field(tmp_path, capsys, text, message):
+    from lcq.cli import main
+
+    report = tmp_path / "report.json"
+    report.write_text(text)
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent", "--report",
+                 str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lcq run: error: {report}") and "Traceback" not in err
+    assert re.search(message, err), err
+    assert "pass the report.json that `lcq build` wrote for the flashed design (--report FILE), or build again" in err
+
+
+def test_flash_names_a_report_without_a_bitstream(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build" / "icebreaker").mkdir(parents=True)
+    (tmp_path / "build" / "icebreaker" / "report.json").write_text(json.dumps({"pll_mhz": 24.0}))
+    parser, handlers = _parser()
+    with pytest.raises(ValueError, match=r"build/icebreaker/report.json is not a build report of `lcq build`: field "
+                                         r"'bitstream' \(the bitstream file\) is missing"):
+        handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))

@@ -46,3 +46,179 @@ def test_sim_one_layer_json(tmp_path, capsys):
 def test_sim_rejects_a_missing_layer(capsys):
     assert main(["sim", str(DIGITS), "--layer", "7", "--simulator", "icarus"]) == 2
     assert "--layer 7 does not exist: the model has layers 0..3" in capsys.readouterr().err
+
+
+# Command-line values are range-checked; no simulator outlives its deadline or its parent.
+
+import dataclasses  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_array_size_is_the_range_engine_params_takes():
+    """--rows and --cols take exactly the array sizes EngineParams accepts."""
+    from compiler.format import load
+    from hw.cli import ARRAY_SIZE
+    from hw.engine_params import EngineParams
+
+    base = EngineParams.for_model(load(DIGITS), 2, 2)
+    for n in (ARRAY_SIZE.lo - 1, ARRAY_SIZE.lo, ARRAY_SIZE.hi, ARRAY_SIZE.hi + 1):
+        for name in ("rows", "cols"):
+            try:
+                dataclasses.replace(base, **{name: n})
+                taken = True
+            except ValueError:
+                taken = False
+            assert taken == ARRAY_SIZE.accepts(n), (name, n)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "m.lcq", "--rows", "0"], "argument --rows: must be an integer in 1..256, not '0'"),
+    (["generate", "m.lcq", "--rows", "-1"], "argument --rows: must be an integer in 1..256, not '-1'"),
+    (["generate", "m.lcq", "--cols", "257"], "argument --cols: must be an integer in 1..256, not '257'"),
+    (["sim", "m.lcq", "--rows", "0"], "argument --rows: must be an integer in 1..256, not '0'"),
+    (["sim", "m.lcq", "--stall", "2"], "argument --stall: must be a number in [0, 1), not '2'"),
+    (["sim", "m.lcq", "--stall", "1"], "argument --stall: must be a number in [0, 1), not '1'"),
+    (["sim", "m.lcq", "--stall", "-0.1"], "argument --stall: must be a number in [0, 1), not '-0.1'"),
+    (["sim", "m.lcq", "--backpressure", "1"], "argument --backpressure: must be a number in [0, 1), not '1'"),
+    (["sim", "m.lcq", "--backpressure", "nan"], "argument --backpressure: must be a number in [0, 1), not 'nan'"),
+    (["sim", "m.lcq", "--images", "0"], "argument --images: must be an integer >= 1, not '0'"),
+    (["sim", "m.lcq", "--layer", "-1"], "argument --layer: must be an integer >= 0, not '-1'"),
+    (["sim", "m.lcq", "--seed", "-1"], "argument --seed: must be an integer in 0..4294967295, not '-1'"),
+    (["sim", "m.lcq", "--timeout", "0"], "argument --timeout: must be a finite number > 0, not '0'"),
+])
+def test_command_line_values_are_range_checked(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert f"lcq {argv[0]}: error: {message}" in capsys.readouterr().err
+
+
+def test_simulation_deadline_setting(monkeypatch):
+    from sim.runner import DEFAULT_TIMEOUT_S, TIMEOUT_ENV, deadline, default_timeout
+
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert default_timeout() == DEFAULT_TIMEOUT_S
+    monkeypatch.setenv(TIMEOUT_ENV, "12.5")
+    assert default_timeout() == 12.5
+    with deadline(3):
+        assert default_timeout() == 3.0
+    assert default_timeout() == 12.5
+    for bad in ("soon", "0", "-1", "inf"):
+        monkeypatch.setenv(TIMEOUT_ENV, bad)
+        with pytest.raises(ValueError, match=rf"LCQ_SIM_TIMEOUT \(the seconds a simulator command may run\) must be "
+                                             rf"a finite number of seconds > 0, not '?{bad}'?"):
+            default_timeout()
+    with pytest.raises(ValueError, match=r"The simulation timeout must be a finite number of seconds > 0, not 0"):
+        with deadline(0):
+            pass
+
+
+def test_sim_cli_runs_under_its_timeout_and_reports_a_killed_simulator(monkeypatch, capsys, tmp_path):
+    """`lcq sim --timeout S`: every simulator command gets S seconds; a timeout is an error line, exit 1."""
+    import sim.cli
+    from sim.runner import SimulationTimeout, default_timeout
+
+    seen = []
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    monkeypatch.setattr(sim.cli, "engine_build", lambda *args: seen.append(default_timeout()))
+
+    def stalled(*args, **kwargs):
+        raise SimulationTimeout("vvp did not finish within its 7.0 s deadline and was killed with its process group")
+
+    monkeypatch.setattr(sim.cli, "simulate_model", stalled)
+    assert main(["sim", str(DIGITS), "--simulator", "icarus", "--random", "--stall", "0.999", "--timeout", "7",
+                 "--build-dir", str(tmp_path)]) == 1
+    assert seen == [7.0]
+    err = capsys.readouterr().err
+    assert "lcq sim: error: vvp did not finish within its 7.0 s deadline" in err and "Traceback" not in err
+
+
+HANGING_TESTBENCH = """
+import cocotb
+from cocotb.triggers import Timer
+
+
+@cocotb.test()
+async def forever(dut):
+    while True:
+        await Timer(1, unit="us")
+"""
+
+PARENT = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from sim.runner import build, run_test
+built = build("icarus", [sys.argv[1] + "/top.v"], "top", sys.argv[1] + "/build")
+run_test(built, "hanging_cocotb", sys.argv[1] + "/run", timeout=600)
+"""
+
+
+def _live_simulators(marker: str) -> list[int]:
+    """Pids of live (not zombie) vvp processes whose command line names ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if "vvp" in cmdline and marker in cmdline and state not in ("Z", "X"):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def hanging_design(tmp_path, monkeypatch):
+    """A design and a cocotb testbench that never ends, in ``tmp_path`` (importable from there)."""
+    if unavailable_reason("icarus") is not None or not Path("/proc/self/stat").exists():
+        pytest.skip(f"needs Icarus and /proc: {unavailable_reason('icarus')}")
+    (tmp_path / "top.v").write_text("module top(input clk);\nendmodule\n")
+    (tmp_path / "hanging_cocotb.py").write_text(HANGING_TESTBENCH)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for pid in _live_simulators(str(tmp_path)):      # only ever the ones this test started
+        os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.sim
+def test_a_simulator_past_its_deadline_is_killed(hanging_design):
+    from sim.runner import SimulationTimeout, build, run_test
+
+    built = build("icarus", [hanging_design / "top.v"], "top", hanging_design / "build")
+    start = time.monotonic()
+    with pytest.raises(SimulationTimeout, match=r"(?s)icarus run of hanging_cocotb: vvp did not finish within its "
+                                                r"3\.0 s deadline and was killed with its process group.*test\.log"):
+        run_test(built, "hanging_cocotb", hanging_design / "run", timeout=3)
+    assert time.monotonic() - start < 30
+    assert _live_simulators(str(hanging_design)) == []
+
+
+@pytest.mark.sim
+def test_a_simulator_dies_with_its_parent(hanging_design):
+    """The parent (a Python process running a simulation) is killed with SIGKILL: its vvp is gone
+    within seconds (the reaper kills the simulator's process group)."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(hanging_design)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (simulators := _live_simulators(str(hanging_design))):
+            assert parent.poll() is None, "the parent ended before its simulator started"
+            assert time.monotonic() < deadline, "the simulator did not start within 120 s"
+            time.sleep(0.2)
+        time.sleep(1)                       # the testbench is running
+        assert _live_simulators(str(hanging_design)) == simulators
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while _live_simulators(str(hanging_design)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _live_simulators(str(hanging_design)) == []

@@ -556,3 +556,256 @@ def test_host_retries_nacked_load():
                                         r"match"):
         LinkHost(port, retries=2).load(BEATS[:3])
     assert port.beats == []
+
+
+# Every wait of the host has a deadline and a bounded number of retries; impossible INFO is refused.
+
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+
+from boards.link_host import RUN_WORDS_MAX  # noqa: E402
+from hw.protocol import FRAME_BYTES, PROTOCOL_VERSION, LinkNoise  # noqa: E402
+
+
+class ScriptPort:
+    """A device as a function: ``reply(request bytes) -> bytes`` queued for ``read`` (which returns
+    fewer bytes when the queue runs dry, as a port that timed out); ``writes`` lists the requests."""
+
+    def __init__(self, reply):
+        self.reply, self.queue, self.writes = reply, bytearray(), []
+
+    def write(self, data):
+        self.writes.append(bytes(data))
+        self.queue += self.reply(bytes(data))
+
+    def read(self, n):
+        got = bytes(self.queue[:n])
+        del self.queue[:n]
+        return got
+
+
+def answers(info_payload=INFO.encode(), run=b""):
+    """PING -> INFO of ``info_payload``, LOAD -> ACK, RUN -> ``run``."""
+    return lambda request: {FrameType.PING: encode_frame(FrameType.INFO, info_payload),
+                            FrameType.LOAD: encode_frame(FrameType.ACK), FrameType.RUN: run}[request[1]]
+
+
+@pytest.mark.parametrize("fields, problem", [
+    ({"out_bits": 0}, r"out_bits 0: output words of 0 bytes"),
+    ({"rows": 0}, r"rows 0, not at least 1"),
+    ({"cols": 0}, r"cols 0, not at least 1"),
+    ({"addr_bits": 0}, r"addr_bits 0, not at least 1"),
+    ({"target_bits": (0,) * 6}, r"no load target \(every target's data bits are 0\)"),
+    ({"out_bits": 10}, r"out_bits 10 is not whole fields of 4 columns"),
+    ({"code_bits": 7}, r"code_bits 7 wider than a 6-bit column field"),
+    ({"max_payload": 4}, r"max_payload 4 smaller than the 5 bytes the largest payload needs"),
+])
+def test_impossible_info_is_refused(fields, problem):
+    bad = dataclasses.replace(INFO, **fields)
+    with pytest.raises(FrameError, match=r"INFO reply states impossible parameters \(" + problem + r".*\): it does "
+                                         r"not come from a link bridge of this project"):
+        LinkInfo.decode(bad.encode())
+    port = ScriptPort(answers(bad.encode()))
+    with pytest.raises(FrameError, match=r"no valid INFO reply to 2 PING\(s\) while resynchronizing \(the last: "
+                                         r"INFO reply states impossible parameters \(" + problem):
+        LinkHost(port, retries=1).info
+    assert len(port.writes) == 3         # the first PING, then the resync's two
+
+
+def test_unknown_protocol_version_is_refused():
+    with pytest.raises(FrameError, match=r"device speaks protocol version 3, this host 2: rebuild the bitstream"):
+        LinkInfo.decode(dataclasses.replace(INFO, version=PROTOCOL_VERSION + 1).encode())
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((8, (8, 16, 0, 0, 0, 8), 10, 1, 4), {}),
+    ((8, (8, 16, 0, 0, 0, 8), 8, 1, 2), {"code_bits": 5}),
+    ((8, (8, 16, 0, 0, 0, 8), 8, 1, 1), {"max_payload": 3}),
+    ((0, (8, 16, 0, 0, 0, 8), 8, 1, 1), {}),
+])
+def test_host_refuses_every_info_the_bridge_refuses_and_takes_the_rest(args, kwargs):
+    """One rule set: the parameters LinkBridge refuses make an INFO the host refuses."""
+    addr, targets, out, rows, cols = args
+    info = LinkInfo(PROTOCOL_VERSION, addr, out, rows, cols, kwargs.get("max_payload", 256), kwargs.get("code_bits", 0),
+                    targets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(ValueError):
+            LinkBridge(*args, **kwargs)
+        gc.collect()
+    assert info.problems()
+    with pytest.raises(FrameError, match="impossible parameters"):
+        LinkInfo.decode(info.encode())
+
+
+def test_host_takes_the_info_of_every_bridge():
+    """The bridge of these tests and a minimal one: INFO the host takes as sent."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS, max_payload=32)
+        assert LinkInfo.decode(bridge.info_payload()) == INFO
+        minimal = LinkBridge(1, (1, 0, 0, 0, 0, 0), 1, 1, 1, max_payload=5)
+        assert LinkInfo.decode(minimal.info_payload()).problems() == []
+        del bridge, minimal
+        gc.collect()
+
+
+def test_zero_byte_words_are_an_error_not_a_division_by_zero():
+    with pytest.raises(FrameError, match=r"INFO states FULL output words of 0 bytes \(out_bits 0"):
+        decode_words(b"\x00\x00", dataclasses.replace(INFO, out_bits=0))
+    with pytest.raises(FrameError, match=r"INFO states CODES output words of 0 bytes"):
+        decode_words(b"\x00", dataclasses.replace(INFO, code_bits=0), OutputFormat.CODES)
+
+
+def test_resync_gives_up_on_a_device_that_never_stops_sending():
+    """Noise forever (the reported hang): at most ``drain_bytes`` are drained, then LinkNoise."""
+    class Noise:
+        reads = 0
+
+        def write(self, data):
+            pass
+
+        def read(self, n):
+            Noise.reads += 1
+            return bytes([0x5A]) * n
+
+    start = time.monotonic()
+    with pytest.raises(LinkNoise, match=r"the line did not go quiet while resynchronizing: 102,400 bytes arrived in "
+                                        r"25 reads \(.* s\) and kept coming \(at most 100,000 bytes and 8 reads cut "
+                                        r"short by the port's timeout were expected\); the device keeps sending: "
+                                        r"check the baud rate"):
+        LinkHost(Noise(), drain_bytes=100_000).resync()
+    assert Noise.reads == 25 and time.monotonic() - start < 5
+
+
+def test_resync_stops_a_trickle_and_a_slow_babbler():
+    """A device that sends a byte per port timeout forever: nine reads cut short end the drain.
+    One that sends full reads slowly: the optional wall-clock deadline ends it."""
+    class Trickle:
+        reads = 0
+
+        def write(self, data):
+            pass
+
+        def read(self, n):
+            Trickle.reads += 1
+            return b"\x00"
+
+    with pytest.raises(LinkNoise, match=r"9 bytes arrived in 9 reads \(.*\) and kept coming \(at most 1,048,576 "
+                                        r"bytes and 8 reads cut short by the port's timeout were expected\)"):
+        LinkHost(Trickle()).resync()
+    assert Trickle.reads == 9
+
+    class Slow:
+        def write(self, data):
+            pass
+
+        def read(self, n):
+            time.sleep(0.02)
+            return bytes(n)
+
+    start = time.monotonic()
+    with pytest.raises(LinkNoise, match=r"reads \(0\.[3-9] s\) and kept coming \(at most 1,048,576 bytes and 8 reads "
+                                        r"cut short by the port's timeout, in 0\.3 s were expected\)"):
+        LinkHost(Slow(), deadline=0.3).resync()
+    assert time.monotonic() - start < 3
+
+
+def test_a_reply_that_comes_too_slowly_misses_its_deadline():
+    class Slow(ScriptPort):
+        def read(self, n):
+            time.sleep(0.05)
+            return super().read(n)
+
+    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(29 "
+                                          r"bytes of it came, too slowly\)"):
+        LinkHost(Slow(answers()), deadline=0.12).ping()
+
+
+def test_run_ends_on_endless_empty_out_frames():
+    """The reported hang: a device answering RUN with empty OUT frames forever."""
+    port = ScriptPort(answers(run=encode_frame(FrameType.OUT) * 100_000))
+    with pytest.raises(FrameError, match=r"empty OUT frame in RUN output \(word 0 of 3, or DONE\): the device sends "
+                                         r"at least one word per OUT frame"):
+        LinkHost(port).run(3)
+
+
+def test_run_reads_at_most_one_out_frame_per_word():
+    """A device sending valid one-word OUT frames forever: the fourth word of three ends the RUN."""
+    port = ScriptPort(answers(run=encode_frame(FrameType.OUT, bytes(3)) * 10_000))
+    with pytest.raises(FrameError, match=r"the device sent 4 output words, more than the 3 asked for: a frame "
+                                         r"arrived twice"):
+        LinkHost(port).run(3)
+    assert len(port.queue) == (10_000 - 4) * (FRAME_BYTES + 3)
+
+
+def test_a_length_beyond_any_reply_is_refused_before_its_payload_is_read():
+    reads = []
+    stream = memoryview(encode_frame(FrameType.OUT, bytes(40_000)))
+
+    def read(n):
+        nonlocal stream
+        reads.append(n)
+        got, stream = bytes(stream[:n]), stream[n:]
+        return got
+
+    with pytest.raises(FrameError, match=r"OUT frame announces 40000 payload bytes, more than the 32 of any frame of "
+                                         r"RUN output: its length was damaged on the line or the link is out of step"):
+        read_frame(read, "RUN output", max_length=32)
+    assert reads == [1, 3]
+
+
+def test_resync_pings_a_bounded_number_of_times():
+    """A device whose every INFO comes back damaged: retries + 1 PINGs, then the last error."""
+    bad = bytearray(encode_frame(FrameType.INFO, INFO.encode()))
+    bad[7] ^= 0x01
+    port = ScriptPort(lambda request: bytes(bad))
+    with pytest.raises(FrameError, match=r"no valid INFO reply to 3 PING\(s\) while resynchronizing \(the last: "
+                                         r"checksum mismatch in INFO frame .*\); reset the board"):
+        LinkHost(port, retries=2).resync()
+    assert len(port.writes) == 3
+
+
+def test_a_silent_device_is_reported_at_once_and_a_damaged_first_reply_is_recovered():
+    port = ScriptPort(lambda request: b"")
+    with pytest.raises(LinkTimeout, match=r"timed out waiting for the INFO reply to PING: got 0 of the 1 bytes"):
+        LinkHost(port).info
+    assert len(port.writes) == 1         # nothing came at all: no resync
+    first = [True]
+
+    def damaged_once(request):
+        frame = encode_frame(FrameType.INFO, INFO.encode())
+        if first[0]:
+            first[0] = False
+            return frame[:5] + bytes([frame[5] ^ 4]) + frame[6:]
+        return frame
+
+    host = LinkHost(ScriptPort(damaged_once))
+    assert host.info == INFO and host.resyncs == 1
+
+
+def test_stale_bytes_are_discarded_before_each_request():
+    class Buffered(ScriptPort):
+        def reset_input_buffer(self):
+            self.queue.clear()
+
+    port = Buffered(answers())
+    port.queue += encode_frame(FrameType.ACK) + b"\x00\x13"        # a duplicated reply and noise
+    assert LinkHost(port).ping() == INFO
+
+
+def test_link_host_parameters_and_run_requests_are_checked():
+    for kwargs, message in (({"retries": -1}, r"Retries must be a non-negative integer, not -1"),
+                            ({"deadline": 0}, r"Deadline must be None or a finite number of seconds > 0, not 0"),
+                            ({"deadline": float("inf")}, r"Deadline must be None or a finite number of seconds > 0, "
+                                                         r"not inf"),
+                            ({"drain_bytes": 0}, r"Drain limit must be a positive number of bytes, not 0")):
+        with pytest.raises(ValueError, match=message):
+            LinkHost(SilentPort(), **kwargs)
+    for words in (0, -1, RUN_WORDS_MAX + 1, 2.0):
+        with pytest.raises(ValueError, match=rf"A RUN must ask for 1\.\.{RUN_WORDS_MAX} output words, not"):
+            LinkHost(ScriptPort(answers())).run(words)
+    for timeout in (0, None, float("nan")):
+        with pytest.raises(ValueError, match=r"The serial read timeout must be a finite number of seconds > 0 \(reads "
+                                             r"must end\)"):
+            SerialPort("/dev/ttyUSB9", 3_000_000, timeout=timeout)

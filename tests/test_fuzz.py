@@ -1,0 +1,719 @@
+"""Fuzzing: the host link against a faulty device, model files and checkpoints against damage.
+
+Every input must end, within a time bound, in one of three outcomes: the correct result, a
+detected-and-recovered retry (the correct result after a resend, resync or repeated layer run), or
+the project's own error (:class:`hw.protocol.LinkError`, :class:`compiler.format.ModelFormatError`,
+:class:`lcq_train.checkpoint.CheckpointError`, naming the file where there is one). Never a hang,
+another exception (a crash) or a silently wrong result: results are compared with the expected
+words, logits-free but bit for bit, and loaded files with the original.
+
+Classes of input (hypothesis draws each from a ``random.Random`` it controls, so that the same
+case functions serve ``benchmarks/fuzz.py``'s seeded campaigns):
+
+- ``frame``: one frame with a burst of flipped bits (CRC-16 detects every burst of up to 16
+  bits), truncated, extended, with a byte inserted or deleted, or a damaged sync byte.
+- ``info``: an INFO reply of random (mostly impossible) parameters: refused, or usable.
+- ``session``: whole sessions (PING, LOADs, RUNs of two layer jobs, FULL and CODES words) with a
+  scripted device (:class:`FakeDevice`) that answers correctly, behind a port
+  (:class:`FaultyPort`) that damages frames each way at a random rate: on the way in bursts,
+  drops and truncations (the device NACKs or stays silent); on the way back bursts, drops,
+  truncations (the rest of the reply lost), noise before a frame, duplicated frames and empty
+  frames of types that are never empty. At most one frame of a reply is dropped or duplicated:
+  OUT frames carry no word offset, so a dropped OUT frame plus a duplicated one cannot be told
+  from the right two (the ``dup+drop`` class of ``benchmarks/fuzz.py`` measures that limit).
+- ``model file``: byte edits and truncations of the digits model, and members edited inside
+  the zip with a recomputed zip CRC (the helpers of ``tests/test_model_file.py``).
+- ``checkpoint``: byte edits, truncations and appended bytes of a checkpoint (the helpers of
+  ``tests/test_checkpoint.py``).
+
+The default run is bounded (about 10-20 s); ``pytest -m fuzz`` runs the long campaigns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import signal
+import struct
+import threading
+import time
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from boards.link_host import LinkHost
+from hw.protocol import (PROTOCOL_VERSION, RUN_FORMAT, SYNC, TARGETS, FrameError, FrameType, LinkError, LinkInfo,
+                         LinkNoise, LinkTimeout, NackCode, OutputFormat, decode_frame, decode_words, encode_frame,
+                         encode_loads, encode_run)
+
+OUTCOMES = ("correct", "recovered", "clean error", "crash", "hang", "silent wrong answer")
+GOOD = ("correct", "recovered", "clean error")
+BOUND_S = 10.0          # one input, whatever it is (a session takes milliseconds)
+MAX_PORT_OPS = 200_000  # reads and writes of one session: far beyond the host's bounded retries
+
+
+class Hang(BaseException):
+    """An input ran past its time bound (a BaseException, so that no ``except Exception`` hides it)."""
+
+
+@contextlib.contextmanager
+def time_bound(seconds: float = BOUND_S):
+    """Raise :class:`Hang` in the block after ``seconds`` (SIGALRM; in the main thread of a POSIX process)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise Hang(f"no end within {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def crash(error: BaseException) -> tuple[str, str]:
+    return "crash", "".join(traceback.format_exception(type(error), error, error.__traceback__))[-3000:]
+
+
+# ------------------------------------------------------------------------------- mutations of bytes
+
+def burst(data: bytes, rnd: random.Random) -> bytes:
+    """``data`` with a burst of 1..16 bits flipped (its first and last bits among them) at a random
+    place: an error CRC-16/CCITT detects in any frame whose bounds are known."""
+    bits = 8 * len(data)
+    length = rnd.randint(1, min(16, bits))
+    start = rnd.randrange(bits - length + 1)
+    pattern = rnd.getrandbits(length) | 1 | 1 << (length - 1)
+    value = int.from_bytes(data, "big") ^ pattern << (bits - start - length)
+    return value.to_bytes(len(data), "big")
+
+
+def noise(rnd: random.Random, most: int = 24) -> bytes:
+    return bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, most)))
+
+
+def byte_edits(data: bytes, rnd: random.Random, tail: int = 0) -> bytes:
+    """``data`` with 1..4 bytes replaced by other values (``tail``: half of them in the last ``tail`` bytes)."""
+    out = bytearray(data)
+    for _ in range(rnd.randint(1, 4)):
+        lo = max(0, len(data) - tail) if tail and rnd.random() < 0.5 else 0
+        i = rnd.randrange(lo, len(data))
+        out[i] ^= rnd.randint(1, 255)
+    return bytes(out)
+
+
+# ------------------------------------------------------------------------------- frames
+
+FRAME_MUTATIONS = ("burst", "truncate", "extend", "insert", "delete", "sync")
+
+
+def mutate_frame(frame: bytes, kind: str, rnd: random.Random) -> bytes:
+    if kind == "burst":
+        return frame[:1] + burst(frame[1:], rnd)
+    if kind == "truncate":
+        return frame[:rnd.randrange(len(frame))]
+    if kind == "extend":
+        return frame + noise(rnd, 8)
+    if kind == "insert":
+        i = rnd.randrange(1, len(frame) + 1)
+        return frame[:i] + bytes([rnd.getrandbits(8)]) + frame[i:]
+    if kind == "delete":
+        i = rnd.randrange(1, len(frame))
+        return frame[:i] + frame[i + 1:]
+    if kind == "sync":
+        return bytes([frame[0] ^ rnd.randint(1, 255)]) + frame[1:]
+    raise ValueError(kind)
+
+
+def frame_case(rnd: random.Random) -> tuple[str, str]:
+    """A random frame, mutated one way, decoded: the project's error (the frame is never taken
+    for another one)."""
+    ftype = rnd.choice([*FrameType, rnd.getrandbits(8)])
+    payload = bytes(rnd.getrandbits(8) for _ in range(rnd.choice([0, 1, 2, 4, rnd.randint(0, 64)])))
+    original = encode_frame(ftype, payload)
+    kind = rnd.choice(FRAME_MUTATIONS)
+    damaged = mutate_frame(original, kind, rnd)
+    try:
+        with time_bound():
+            frame = decode_frame(damaged)
+    except Hang as e:
+        return "hang", f"{kind}: {e}"
+    except LinkError:
+        return "clean error", kind
+    except Exception as e:      # noqa: BLE001 - any other exception is what the fuzz looks for
+        return crash(e)
+    if damaged == original:
+        return "correct", kind
+    return "silent wrong answer", f"{kind}: {damaged.hex()} decoded as {frame} (sent {original.hex()})"
+
+
+# ------------------------------------------------------------------------------- a scripted device
+
+INFO = LinkInfo(PROTOCOL_VERSION, 6, 24, 3, 4, 32, 2, (8, 12, 0, 20, 5, 9))   # as tests/test_link.py's bridge
+NEVER_EMPTY = (FrameType.OUT, FrameType.DONE, FrameType.INFO, FrameType.NACK)  # an empty ACK is a valid ACK
+REPLY_FAULTS = ("corrupt", "drop", "truncate", "noise", "duplicate", "empty")
+REQUEST_FAULTS = ("corrupt", "drop", "truncate")
+
+
+class FakeEngine:
+    """Load targets as memories; a RUN returns as many words as the CONFIG word at address 0 says,
+    each a hash of everything loaded and its index (so that any lost or wrong word shows)."""
+
+    def __init__(self, info: LinkInfo):
+        self.info, self.memory = info, {}
+
+    def apply(self, beats) -> None:
+        for target, addr, data in beats:
+            self.memory[target, addr] = data
+
+    def output(self) -> list[int]:
+        seed = hashlib.blake2b(repr(sorted(self.memory.items())).encode(), digest_size=16).digest()
+        mask = (1 << self.info.out_bits) - 1
+        return [int.from_bytes(hashlib.blake2b(seed + i.to_bytes(4, "little"), digest_size=8).digest(), "little")
+                & mask for i in range(self.memory.get((0, 0), 0))]
+
+    def fields(self, word: int, fmt: OutputFormat) -> int:
+        """``word`` as the host gets it in ``fmt`` (CODES: the low code bits of each field, widened)."""
+        if fmt == OutputFormat.FULL:
+            return word
+        field, mask = self.info.out_bits // self.info.cols, (1 << self.info.code_bits) - 1
+        return sum(((word >> c * field) & mask) << c * field for c in range(self.info.cols))
+
+
+class FakeDevice:
+    """The link bridge of :mod:`hw.link` at the frame level: ``receive(bytes of one request)`` ->
+    the frames of its reply (PING -> INFO; LOAD -> ACK; RUN -> OUT frames of as many words as
+    max_payload holds, then DONE; NACKs as the bridge gives them)."""
+
+    def __init__(self, info: LinkInfo = INFO, info_payload: bytes | None = None):
+        self.info, self.engine = info, FakeEngine(info)
+        self.info_payload = info.encode() if info_payload is None else info_payload
+
+    @staticmethod
+    def nack(code: int, ftype: int) -> bytes:
+        return encode_frame(FrameType.NACK, bytes([code, ftype & 0xFF]))
+
+    def receive(self, data: bytes) -> list[bytes]:
+        start = data.find(bytes([SYNC]))
+        if start < 0:
+            return []                   # no frame started: the bridge waits
+        data = data[start:]
+        try:
+            frame = decode_frame(data)
+        except LinkTimeout:
+            return [self.nack(NackCode.TIMEOUT, data[1] if len(data) > 1 else 0)]
+        except FrameError:
+            return [self.nack(NackCode.CRC, data[1] if len(data) > 1 else 0)]
+        if frame.type == FrameType.PING:
+            return [self.nack(NackCode.LENGTH, frame.type) if frame.payload else
+                    encode_frame(FrameType.INFO, self.info_payload)]
+        if frame.type == FrameType.LOAD:
+            code = self.load(frame.payload)
+            return [encode_frame(FrameType.ACK) if code is None else self.nack(code, frame.type)]
+        if frame.type == FrameType.RUN:
+            return self.run(frame.payload)
+        return [self.nack(NackCode.TYPE, frame.type)]
+
+    def load(self, payload: bytes) -> int | None:
+        info, header = self.info, 1 + self.info.addr_bytes
+        if not header < len(payload) <= info.max_payload:
+            return NackCode.LENGTH
+        target = payload[0]
+        if target >= TARGETS or not info.target_bits[target]:
+            return NackCode.TARGET
+        size, body = info.word_bytes(target), payload[header:]
+        if len(body) % size:
+            return NackCode.LENGTH
+        addr = int.from_bytes(payload[1:header], "little")
+        self.engine.apply((target, addr + i, int.from_bytes(body[i * size:(i + 1) * size], "little"))
+                          for i in range(len(body) // size))
+        return None
+
+    def run(self, payload: bytes) -> list[bytes]:
+        info = self.info
+        if len(payload) != struct.calcsize(RUN_FORMAT) or payload[-1] not in (0, 1) \
+                or (payload[-1] == OutputFormat.CODES and not info.code_bits):
+            return [self.nack(NackCode.LENGTH, FrameType.RUN)]
+        asked, fmt = struct.unpack(RUN_FORMAT, payload)
+        fmt = OutputFormat(fmt)
+        words = self.engine.output()
+        step = info.out_bytes(fmt)
+        per = info.max_payload // step
+        frames = []
+        for i in range(0, asked, per):
+            chunk = words[i:i + per]
+            if not chunk:
+                break
+            chunk += [0] * (min(per, asked - i) - len(chunk))     # the engine stopped within the frame
+            body = b""
+            for word in chunk:
+                if fmt == OutputFormat.CODES:
+                    field, mask = info.out_bits // info.cols, (1 << info.code_bits) - 1
+                    word = sum(((word >> c * field) & mask) << c * info.code_bits for c in range(info.cols))
+                body += word.to_bytes(step, "little")
+            frames.append(encode_frame(FrameType.OUT, body))
+        return frames + [encode_frame(FrameType.DONE, struct.pack("<I", len(words)))]
+
+
+class FaultyPort:
+    """A pyserial-like port to ``device`` that damages each frame, each way, with probability
+    ``rate`` (:data:`REQUEST_FAULTS`, :data:`REPLY_FAULTS`; ``faults`` counts them). At most one
+    frame of each reply is dropped or duplicated, unless ``dup_drop``: then the first RUN reply of
+    two or more OUT frames loses one of them and gets another twice (beyond what the protocol can
+    detect). ``read`` returns what has arrived (fewer bytes: the port timed out)."""
+
+    def __init__(self, device: FakeDevice, rnd: random.Random, rate: float, *, dup_drop: bool = False):
+        self.device, self.rnd, self.rate, self.dup_drop = device, rnd, rate, dup_drop
+        self.to_host = bytearray()
+        self.faults: Counter = Counter()
+        self.ops = 0
+
+    def _tick(self) -> None:
+        self.ops += 1
+        if self.ops > MAX_PORT_OPS:
+            raise Hang(f"more than {MAX_PORT_OPS} port operations in one session")
+
+    def write(self, data: bytes) -> None:
+        self._tick()
+        data = bytes(data)
+        if self.rnd.random() < self.rate:
+            fault = self.rnd.choice(REQUEST_FAULTS)
+            self.faults[f"request {fault}"] += 1
+            data = (burst(data, self.rnd) if fault == "corrupt" else b"" if fault == "drop"
+                    else data[:self.rnd.randrange(1, len(data))])
+        self.to_host += self._reply(self.device.receive(data))
+
+    def _reply(self, frames: list[bytes]) -> bytes:
+        rnd, out = self.rnd, bytearray()
+        if self.dup_drop and sum(f[1] == FrameType.OUT for f in frames) >= 2:
+            self.dup_drop = False
+            outs = [i for i, f in enumerate(frames) if f[1] == FrameType.OUT]
+            lost, twice = rnd.sample(outs, 2)
+            self.faults["dup+drop"] += 1
+            frames = [g for i, f in enumerate(frames) if i != lost for g in ([f, f] if i == twice else [f])]
+            return b"".join(frames)
+        moved = False       # a frame of this reply dropped or duplicated already
+        for frame in frames:
+            if rnd.random() >= self.rate:
+                out += frame
+                continue
+            fault = rnd.choice([f for f in REPLY_FAULTS if not (moved and f in ("drop", "duplicate"))])
+            moved |= fault in ("drop", "duplicate")
+            self.faults[f"reply {fault}"] += 1
+            if fault == "corrupt":
+                out += burst(frame, rnd)
+            elif fault == "truncate":
+                out += frame[:rnd.randrange(len(frame))]
+                break                   # the rest of the reply is lost
+            elif fault == "noise":
+                out += noise(rnd) + frame
+            elif fault == "duplicate":
+                out += frame + frame
+            elif fault == "empty":
+                out += encode_frame(rnd.choice(NEVER_EMPTY)) + frame
+        return bytes(out)
+
+    def read(self, n: int) -> bytes:
+        self._tick()
+        got = bytes(self.to_host[:n])
+        del self.to_host[:n]
+        return got
+
+    def reset_input_buffer(self) -> None:
+        self.to_host.clear()
+
+
+def random_jobs(rnd: random.Random, info: LinkInfo = INFO, count: int = 2) -> list[tuple[list, int, OutputFormat]]:
+    """``count`` layer jobs ``(beats, out_words, fmt)``: the word count in CONFIG word 0, then runs of
+    consecutive addresses to random targets (several LOAD frames), some at the same addresses
+    each job (so that a lost LOAD leaves another job's word behind)."""
+    targets = [t for t in range(TARGETS) if info.target_bits[t]]
+    jobs = []
+    for _ in range(count):
+        words = rnd.choice([1, 2, rnd.randint(1, 40)])
+        beats = [(0, 0, words)]
+        for _ in range(rnd.randint(0, 6)):
+            target, start = rnd.choice(targets), rnd.randrange(1 << info.addr_bits)
+            for addr in range(start, min(start + rnd.randint(1, 14), 1 << info.addr_bits)):
+                if (target, addr) != (0, 0):
+                    beats.append((target, addr, rnd.getrandbits(info.target_bits[target])))
+        jobs.append((beats, words, rnd.choice(list(OutputFormat)) if info.code_bits else OutputFormat.FULL))
+    return jobs
+
+
+RATES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)
+
+
+def session_case(rnd: random.Random, rate: float | None = None, *, dup_drop: bool = False,
+                 info: LinkInfo = INFO, faults: Counter | None = None) -> tuple[str, str]:
+    """Two layer jobs through :meth:`LinkHost.load_and_run` over a :class:`FaultyPort` (rate drawn
+    from :data:`RATES` unless given): the outcome and what happened (``faults`` adds up the
+    faults injected)."""
+    rate = rnd.choice(RATES) if rate is None else rate
+    jobs = random_jobs(rnd, info)
+    port = FaultyPort(FakeDevice(info), random.Random(rnd.getrandbits(64)), rate, dup_drop=dup_drop)
+    host = LinkHost(port, retries=3, deadline=5.0)
+    results = []
+    try:
+        with time_bound():
+            for beats, words, fmt in jobs:
+                results.append(host.load_and_run(beats, words, fmt, repeats=3))
+    except Hang as e:
+        return "hang", f"rate {rate}, faults {dict(port.faults)}: {e}"
+    except LinkError as e:
+        return "clean error", f"{type(e).__name__}: {e}"
+    except Exception as e:      # noqa: BLE001
+        return crash(e)
+    finally:
+        if faults is not None:
+            faults.update(port.faults)
+    reference = FakeEngine(info)
+    for (beats, words, fmt), got in zip(jobs, results):
+        reference.apply(beats)
+        expected = [reference.fields(w, fmt) for w in reference.output()[:words]]
+        if got != expected:
+            return "silent wrong answer", (f"rate {rate}, faults {dict(port.faults)}: {fmt.name} words {got} "
+                                           f"instead of {expected}")
+    recovered = host.retried + host.resyncs + host.repeated
+    return ("recovered" if recovered else "correct"), f"rate {rate}, faults {dict(port.faults)}"
+
+
+def random_info_payload(rnd: random.Random) -> bytes:
+    """INFO payloads of random parameters, each field often at an edge (0, 1, the most) or valid."""
+    valid = INFO.encode()
+    fields = list(struct.unpack(f"<B6H{TARGETS}H", valid))
+    for i in range(len(fields)):
+        if rnd.random() < 0.4:
+            top = 255 if i == 0 else 65535
+            fields[i] = rnd.choice([0, 1, 2, 3, 7, 8, 9, top, rnd.randint(0, top)])
+    return struct.pack(f"<B6H{TARGETS}H", *fields)
+
+
+def info_case(rnd: random.Random) -> tuple[str, str]:
+    """A device whose INFO states random parameters: the host refuses it (LinkError) or gets an INFO it
+    can use (words of at least a byte, every target's word fits a LOAD payload)."""
+    payload = random_info_payload(rnd)
+    host = LinkHost(FaultyPort(FakeDevice(INFO, payload), random.Random(0), 0.0), retries=1, deadline=5.0)
+    try:
+        with time_bound():
+            info = host.info
+            assert info.encode() == payload, "the host took another INFO than the device sent"
+            decode_words(bytes(info.out_bytes()), info)
+            if info.code_bits:
+                decode_words(bytes(info.out_bytes(OutputFormat.CODES)), info, OutputFormat.CODES)
+            for target in range(TARGETS):
+                if info.target_bits[target]:
+                    top = (1 << info.target_bits[target]) - 1
+                    (load,) = encode_loads([(target, (1 << info.addr_bits) - 1, top)], info)
+                    assert len(load) <= info.max_payload
+            encode_run(1)
+    except Hang as e:
+        return "hang", str(e)
+    except LinkError as e:
+        return "clean error", str(e)
+    except AssertionError as e:
+        return "silent wrong answer", f"{payload.hex()}: {e}"
+    except Exception as e:      # noqa: BLE001
+        return crash(e)
+    return "correct", payload.hex()
+
+
+# ------------------------------------------------------------------------------- files
+
+def _model_helpers():
+    from test_model_file import DIGITS, raw_members, same, write_raw
+
+    return DIGITS, raw_members, same, write_raw
+
+
+MODEL_MUTATIONS = ("byte edits", "truncation", "member edit")
+
+
+class ModelFiles:
+    """Mutations of the committed digits model (``tests/test_model_file.py``'s file and helpers)."""
+
+    def __init__(self, workdir: Path):
+        from compiler import format as fmt
+
+        self.fmt = fmt
+        self.digits, self.raw_members, self.same, self.write_raw = _model_helpers()
+        self.data = self.digits.read_bytes()
+        self.entries = self.raw_members(self.digits)
+        self.original = fmt.load(self.digits)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        self.path = Path(workdir) / "fuzzed.lcq"
+
+    def case(self, rnd: random.Random, kind: str | None = None) -> tuple[str, str]:
+        kind = kind or rnd.choice(MODEL_MUTATIONS)
+        if kind == "byte edits":
+            self.path.write_bytes(byte_edits(self.data, rnd, tail=3000))
+        elif kind == "truncation":
+            self.path.write_bytes(self.data[:rnd.randrange(len(self.data))])
+        else:       # a member's contents edited, the zip rewritten with valid CRCs
+            i = rnd.randrange(len(self.entries))
+            name, data = self.entries[i]
+            how = rnd.choice(("bytes", "burst", "cut", "append"))
+            new = (byte_edits(data, rnd) if how == "bytes" else burst(data, rnd) if how == "burst"
+                   else data[:rnd.randrange(len(data))] if how == "cut" else data + noise(rnd, 64))
+            self.write_raw(self.path, [*self.entries[:i], (name, new), *self.entries[i + 1:]])
+            kind = f"member edit ({how} of {name})"
+        try:
+            with time_bound():
+                loaded = self.fmt.load(self.path)
+        except Hang as e:
+            return "hang", f"{kind}: {e}"
+        except self.fmt.ModelFormatError as e:
+            if str(self.path) not in str(e):
+                return "crash", f"{kind}: the error does not name the file: {e}"
+            return "clean error", kind
+        except Exception as e:      # noqa: BLE001
+            return crash(e)
+        return ("correct", kind) if self.same(loaded, self.original) else ("silent wrong answer", kind)
+
+
+def _checkpoint_helpers():
+    from test_checkpoint import FRAME, _tensors
+
+    return FRAME, _tensors
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    """A checkpoint of the digits CNN (LCQ W3/A3) as ``train`` writes one after its first epoch, without
+    the training (seconds instead of half a minute)."""
+    import torch
+
+    from lcq_train.checkpoint import capture_rng, save_checkpoint
+    from lcq_train.plan import QuantPlan
+    from lcq_train.train import TrainConfig, _bits, _lr_lambda, build_quantized_model
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(model="cnn", dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=1, batch_size=64,
+                      out=str(path.parent / "run"), progress=False)
+    model = build_quantized_model("cnn", (1, 8, 8), 10, cfg.plan)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
+    model(torch.rand(4, 1, 8, 8)).sum().backward()
+    optimizer.step()                     # a momentum buffer per parameter, as after training
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(10, 1))
+    layers = {k: list(v) for k, v in _bits(model, cfg.plan).items()}
+    row = {"epoch": 1, "train_loss": 2.0, "train_top1": 10.0, "test_loss": 2.0, "test_top1": 10.0, "lr": 0.1,
+           "time_s": 0.1}
+    metrics = {"config": cfg.to_dict(), "layers": layers, "params": 1, "epochs": [row], "test_top1": 10.0,
+               "best_test_top1": 10.0}
+    save_checkpoint({"config": cfg.to_dict(), "plan": cfg.plan.to_dict(), "input_shape": [1, 8, 8],
+                     "num_classes": 10, "layers": layers, "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": 1,
+                     "rng": capture_rng(), "metrics": metrics}, path)
+    return path
+
+
+CHECKPOINT_MUTATIONS = ("byte edits", "truncation", "appended bytes")
+
+
+class Checkpoints:
+    """Mutations of :func:`tiny_checkpoint` (``tests/test_checkpoint.py``'s frame layout and helpers)."""
+
+    def __init__(self, workdir: Path):
+        from lcq_train.checkpoint import CheckpointError, load_checkpoint
+
+        self.error, self.load = CheckpointError, load_checkpoint
+        self.frame, self.tensors = _checkpoint_helpers()
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        source = tiny_checkpoint(Path(workdir) / "source.pt")
+        self.blob = source.read_bytes()
+        self.reference = self.load(source)
+        self.path = Path(workdir) / "fuzzed.pt"
+
+    def identical(self, state) -> bool:
+        import torch
+
+        a, b = self.tensors(state), self.tensors(self.reference)
+        if a.keys() != b.keys() or any(a[k].dtype != b[k].dtype or a[k].shape != b[k].shape
+                                       or not torch.equal(a[k], b[k]) for k in a):
+            return False
+        strip = lambda s: {k: v for k, v in s.items() if k not in ("model", "optimizer", "scheduler")}  # noqa: E731
+        return repr(strip(state)) == repr(strip(self.reference))
+
+    def case(self, rnd: random.Random, kind: str | None = None) -> tuple[str, str]:
+        kind = kind or rnd.choice(CHECKPOINT_MUTATIONS)
+        if kind == "byte edits":
+            # half of the edits in the frame (magic, version, header length, digest) and the header
+            head = self.frame.size + 600
+            damaged = byte_edits(self.blob[:head], rnd) + self.blob[head:] if rnd.random() < 0.5 \
+                else byte_edits(self.blob, rnd)
+        elif kind == "truncation":
+            damaged = self.blob[:rnd.randrange(len(self.blob))]
+        else:
+            damaged = self.blob + noise(rnd, 64)
+        self.path.write_bytes(damaged)
+        try:
+            with time_bound():
+                state = self.load(self.path)
+        except Hang as e:
+            return "hang", f"{kind}: {e}"
+        except self.error as e:
+            if str(self.path) not in str(e):
+                return "crash", f"{kind}: the error does not name the file: {e}"
+            return "clean error", kind
+        except Exception as e:      # noqa: BLE001
+            return crash(e)
+        return ("correct", kind) if self.identical(state) else ("silent wrong answer", kind)
+
+
+# ------------------------------------------------------------------------------- the tests
+
+def fuzz(case, examples: int, *, derandomize: bool) -> Counter:
+    """Run ``case(rnd)`` on ``examples`` hypothesis-drawn Randoms; every outcome must be one of
+    :data:`GOOD`. Returns the outcomes' counts."""
+    counts: Counter = Counter()
+
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=derandomize,
+              suppress_health_check=list(HealthCheck))
+    @given(st.randoms(use_true_random=False))
+    def check(rnd):
+        outcome, detail = case(rnd)
+        counts[outcome] += 1
+        assert outcome in GOOD, f"{outcome}: {detail}"
+
+    check()
+    return counts
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    return ModelFiles(tmp_path_factory.mktemp("model-files"))
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return Checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+def test_mutated_frames_are_refused():
+    counts = fuzz(frame_case, 300, derandomize=True)
+    assert counts["clean error"] == sum(counts.values())
+
+
+def test_random_info_replies_are_refused_or_usable():
+    counts = fuzz(info_case, 150, derandomize=True)
+    assert counts["clean error"] > 50 and counts["correct"] > 0, counts
+
+
+def test_sessions_with_a_faulty_device_end_correct_recovered_or_in_a_link_error():
+    started = time.monotonic()
+    counts = fuzz(session_case, 250, derandomize=True)
+    # the fault injection works: faults are recovered from, and some sessions fail cleanly
+    assert counts["recovered"] > 25 and counts["clean error"] > 0 and counts["correct"] > 0, counts
+    assert time.monotonic() - started < 60
+
+
+def test_mutated_model_files_fail_cleanly_or_load_identical(model_files):
+    counts = fuzz(model_files.case, 45, derandomize=True)
+    assert counts["clean error"] > 30, counts
+
+
+def test_mutated_checkpoints_fail_cleanly(checkpoints):
+    counts = fuzz(checkpoints.case, 60, derandomize=True)
+    assert counts["clean error"] == sum(counts.values()) >= 50, counts
+
+
+@pytest.mark.slow
+@pytest.mark.fuzz
+@pytest.mark.parametrize("case, examples", [("frame", 20_000), ("info", 5_000), ("session", 10_000),
+                                            ("model file", 1_000), ("checkpoint", 2_000)])
+def test_long_fuzz_campaign(case, examples, request):
+    """``pytest -m fuzz``: random (not derandomized) campaigns, minutes each."""
+    cases = {"frame": frame_case, "info": info_case, "session": session_case,
+             "model file": lambda rnd: request.getfixturevalue("model_files").case(rnd),
+             "checkpoint": lambda rnd: request.getfixturevalue("checkpoints").case(rnd)}
+    counts = fuzz(cases[case], examples, derandomize=False)
+    assert sum(counts.values()) >= examples
+
+
+# ------------------------------------------------------------------------------- each fault alone
+
+def _one_job(seed: int = 3):
+    return random_jobs(random.Random(seed), count=1)[0]
+
+
+class ScriptedPort(FaultyPort):
+    """A fault-free port whose ``n``-th reply frame of each type (``damage[(type, n)]``) is replaced
+    by what ``damage`` maps it to."""
+
+    def __init__(self, damage: dict):
+        super().__init__(FakeDevice(), random.Random(0), 0.0)
+        self.damage, self.seen = damage, Counter()
+
+    def _reply(self, frames):
+        out = b""
+        for frame in frames:
+            key = (frame[1], self.seen[frame[1]])
+            self.seen[frame[1]] += 1
+            out += self.damage.get(key, frame)
+        return out
+
+
+def _expected(beats, words, fmt):
+    engine = FakeEngine(INFO)
+    engine.apply(beats)
+    return [engine.fields(w, fmt) for w in engine.output()[:words]]
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("corrupted OUT", lambda f: {(FrameType.OUT, 0): f[:6] + bytes([f[6] ^ 0x40]) + f[7:]}),
+    ("lost DONE", lambda f: {(FrameType.DONE, 0): b""}),
+    ("truncated ACK", lambda f: {(FrameType.ACK, 0): encode_frame(FrameType.ACK)[:3]}),
+    ("noise before INFO", lambda f: {(FrameType.INFO, 0): b"\x00\x13" + encode_frame(FrameType.INFO, INFO.encode())}),
+    ("empty OUT", lambda f: {(FrameType.OUT, 0): encode_frame(FrameType.OUT) + f}),
+    ("duplicated OUT", lambda f: {(FrameType.OUT, 0): f + f}),
+])
+def test_each_reply_fault_is_recovered(name, damage):
+    beats, words, fmt = _one_job()
+    device = FakeDevice()
+    device.engine.apply(beats)
+    out = next(f for f in device.run(encode_run(words, fmt)) if f[1] == FrameType.OUT)
+    port = ScriptedPort(damage(out))
+    host = LinkHost(port, retries=2, deadline=5.0)
+    with time_bound(10):
+        assert host.load_and_run(beats, words, fmt) == _expected(beats, words, fmt)
+    assert host.retried + host.repeated + host.resyncs >= 1
+
+
+def test_a_device_that_never_stops_sending_is_refused_within_the_bound():
+    """Noise forever: resync drains at most ``drain_bytes`` (and a few reads cut short) and gives up;
+    a device that answers a RUN with empty OUT frames forever, and one whose INFO states 0-byte
+    words, end in a FrameError."""
+    class Babbler:
+        def write(self, data):
+            pass
+
+        def read(self, n):
+            return bytes(random.getrandbits(8) for _ in range(min(n, 64)))
+
+    with time_bound(10), pytest.raises(LinkNoise, match=r"the line did not go quiet while resynchronizing: .* "
+                                                        r"the device keeps sending: check the baud rate"):
+        LinkHost(Babbler(), drain_bytes=10_000).resync()
+
+    class EmptyOuts(FaultyPort):
+        def _reply(self, frames):
+            return b"".join(frames) if frames[0][1] != FrameType.OUT else encode_frame(FrameType.OUT) * 1000
+
+    host = LinkHost(EmptyOuts(FakeDevice(), random.Random(0), 0.0), retries=2)
+    beats, words, fmt = _one_job()
+    with time_bound(10), pytest.raises(FrameError, match=r"empty OUT frame in RUN output \(word 0 of"):
+        host.load_and_run(beats, words, fmt)
+    assert host.repeated == 2
+
+    zero = LinkInfo(PROTOCOL_VERSION, 6, 0, 3, 4, 32, 0, INFO.target_bits).encode()
+    host = LinkHost(FaultyPort(FakeDevice(INFO, zero), random.Random(0), 0.0), retries=1)
+    with time_bound(10), pytest.raises(FrameError, match=r"impossible parameters \(out_bits 0: output words of 0 "
+                                                         r"bytes"):
+        host.info
