@@ -1,17 +1,29 @@
-"""Speed of the LCQ quantizer against the uniform one, alone and inside a training step.
+"""Speed of the LCQ quantizer against the uniform one, alone and inside a training step, and its gradient precision.
 
-Two measurements, each the median over repetitions after warm-up:
+Three measurements, the timings each the median over repetitions after warm-up:
 
 1. Quantizer: forward + backward of ``lcq_quantize`` and ``uniform_quantize``
    on the same tensor (gradients to x, alpha and, for LCQ, theta, of
    ``(y * g).sum()`` for a fixed random g) at 2/3/4 bits, outer_bits 8, K 16,
-   for signed weights (64, 64, 3, 3) and unsigned activations (128, 16, 32, 32)
-   and (128, 64, 8, 8). The project's aim is LCQ/uniform <= 1.5.
+   on every tensor ResNet-20 quantizes with LCQ at batch 128: the signed
+   weights (LWN-normalized, ~N(0, 1)) of every convolution between the first
+   and the last layer and the unsigned activations (post-ReLU) feeding them.
+   The project's aim is LCQ/uniform <= 1.5 on each.
 2. Training step: forward + backward + SGD step of resnet20 on random
    (3, 32, 32) data and of the small cnn on random (1, 28, 28) data, batch 128,
-   full precision vs uniform vs LCQ at W3/A3 and W2/A2.
+   full precision vs uniform vs LCQ at W3/A3 and W2/A2. The aim is an LCQ step
+   <= 1.25x a uniform one.
+3. Precision: the alpha and theta gradients of LCQ in float32 against the same
+   computation in float64, on 2M elements (elements that float32 and float64
+   put in different segments get no gradient), and the backward's per-segment
+   sums of grad and grad * v against float64 sums of the same float32 terms,
+   next to a plain float32 ``index_add`` per segment.
 
-Run:  python benchmarks/quantizer_speed.py [--device cpu] [--reps 20] [--steps 10]
+Each timing has the wall-clock median (what the aims are about) and the
+median of the process's CPU time (``time.process_time``, CPU only), which a
+busy machine disturbs less. Every row names the device and the thread count.
+
+Run:  python benchmarks/quantizer_speed.py [--device cpu] [--threads 1] [--reps 20] [--steps 10]
 Writes benchmarks/results/quantizer_speed.json (or --json-out) and prints markdown tables.
 """
 
@@ -29,26 +41,46 @@ import torch.nn.functional as F
 
 from lcq_train.checkpoint import save_json
 from lcq_train.plan import QuantPlan
-from lcq_train.quant import lcq_quantize, uniform_quantize
+from lcq_train.quant import level_scale, lcq_quantize, uniform_quantize
+from lcq_train.quantizer import Quantizer
 from lcq_train.train import build_quantized_model
 
 OUTER_BITS = 8
 K = 16
 BITS = (2, 3, 4)
-# (label, shape, signed, alpha, sample): weights are LWN-normalized (~N(0, 1)), activations post-ReLU.
-TENSORS = (
-    ("weights", (64, 64, 3, 3), True, 3.0, lambda shape: torch.randn(shape)),
-    ("activations", (128, 16, 32, 32), False, 4.0, lambda shape: 2.0 * torch.randn(shape).relu()),
-    ("activations", (128, 64, 8, 8), False, 4.0, lambda shape: 2.0 * torch.randn(shape).relu()),
-)
+BATCH = 128
+QUANTIZER_AIM = 1.5
+TRAINING_AIM = 1.25
+# label -> (signed, alpha, sample): weights are LWN-normalized (~N(0, 1)), activations post-ReLU.
+KINDS = {
+    "weights": (True, 3.0, lambda shape: torch.randn(shape)),
+    "activations": (False, 4.0, lambda shape: 2.0 * torch.randn(shape).relu()),
+}
 # (model, input shape); batch 128, 10 classes.
 MODELS = (("resnet20", (3, 32, 32)), ("cnn", (1, 28, 28)))
 PLANS = (("fp", 32), ("uniform", 3), ("lcq", 3), ("uniform", 2), ("lcq", 2))
-BATCH = 128
+PRECISION_ELEMENTS = 1 << 21
 
 
-def time_ms(fns: dict, warmup: int, reps: int, device: torch.device) -> dict:
-    """Wall-clock milliseconds of ``reps`` calls of each of ``fns`` after ``warmup`` untimed ones.
+def resnet20_tensors() -> list[tuple[str, tuple[int, ...]]]:
+    """(label, shape) of every distinct tensor that ResNet-20 (batch 128, W3/A3) quantizes with LCQ."""
+    model = build_quantized_model("resnet20", (3, 32, 32), 10, QuantPlan("lcq", 3, 3))
+    seen: dict = {}
+
+    def record(module, args):
+        seen.setdefault(("weights" if module.signed else "activations", tuple(args[0].shape)), None)
+
+    for m in model.modules():
+        if isinstance(m, Quantizer) and m.method == "lcq":
+            m.register_forward_pre_hook(record)
+    with torch.no_grad():
+        model(torch.rand(BATCH, 3, 32, 32))
+    order = {"weights": 0, "activations": 1}
+    return sorted(seen, key=lambda item: (order[item[0]], item[1]))
+
+
+def time_ms(fns: dict, warmup: int, reps: int, device: torch.device) -> tuple[dict, dict]:
+    """Wall-clock and process CPU milliseconds of ``reps`` calls of each of ``fns`` after ``warmup`` untimed ones.
 
     The calls are interleaved (one of each per repetition) so that a change of
     machine load during the measurement hits all of them alike.
@@ -60,24 +92,33 @@ def time_ms(fns: dict, warmup: int, reps: int, device: torch.device) -> dict:
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    samples = {name: [] for name in fns}
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
     for _ in range(reps):
         for name, fn in fns.items():
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             sync()
-            samples[name].append(1e3 * (time.perf_counter() - t0))
-    return samples
+            wall[name].append(1e3 * (time.perf_counter() - t0))
+            cpu[name].append(1e3 * (time.process_time() - c0))
+    return wall, cpu
+
+
+def where(device: torch.device) -> dict:
+    """The device and CPU thread count a number is for."""
+    return {"device": str(device), "threads": torch.get_num_threads()}
 
 
 def bench_quantizers(args, device: torch.device) -> list[dict]:
     rows = []
-    for label, shape, signed, alpha0, sample in TENSORS:
+    for label, shape in resnet20_tensors():
+        signed, alpha0, sample = KINDS[label]
         x = sample(shape).to(device).requires_grad_()
         g = torch.randn(shape, device=device)
         alpha = torch.tensor(alpha0, device=device, requires_grad=True)
         theta = (0.5 * torch.randn(K)).to(device).requires_grad_()
+        reps = args.reps if x.numel() >= 1 << 18 else 10 * args.reps   # small tensors: more, cheaper repetitions
         for bits in BITS:
             def uniform():
                 y = uniform_quantize(x, alpha, bits, OUTER_BITS, signed)
@@ -87,11 +128,15 @@ def bench_quantizers(args, device: torch.device) -> list[dict]:
                 y = lcq_quantize(x, alpha, theta, bits, OUTER_BITS, signed)
                 torch.autograd.grad((y * g).sum(), (x, alpha, theta))
 
-            samples = time_ms({"uniform": uniform, "lcq": lcq}, args.warmup, args.reps, device)
-            u, c = (statistics.median(samples[m]) for m in ("uniform", "lcq"))
-            rows.append({"tensor": label, "shape": list(shape), "signed": signed, "bits": bits,
-                         "uniform_ms": u, "lcq_ms": c, "ratio": c / u,
-                         "uniform_samples_ms": samples["uniform"], "lcq_samples_ms": samples["lcq"]})
+            wall, cpu = time_ms({"uniform": uniform, "lcq": lcq}, args.warmup, reps, device)
+            u, c = (statistics.median(wall[m]) for m in ("uniform", "lcq"))
+            uc, cc = (statistics.median(cpu[m]) for m in ("uniform", "lcq"))
+            rows.append({"tensor": label, "shape": list(shape), "signed": signed, "bits": bits, **where(device),
+                         "reps": reps, "uniform_ms": u, "lcq_ms": c, "ratio": c / u,
+                         "uniform_cpu_ms": uc, "lcq_cpu_ms": cc, "cpu_ratio": cc / uc,
+                         "uniform_samples_ms": wall["uniform"], "lcq_samples_ms": wall["lcq"]})
+            print(f"  {label} {'x'.join(map(str, shape))} {bits}-bit: uniform {u:.3f} ms, LCQ {c:.3f} ms "
+                  f"({c / u:.2f}x; CPU time {cc / uc:.2f}x)", flush=True)
     return rows
 
 
@@ -117,14 +162,98 @@ def bench_training(args, device: torch.device) -> list[dict]:
         y = torch.randint(0, 10, (BATCH,), device=device)
         steps = {(method, bits): training_step(name, input_shape, method, bits, x, y, args.seed, device)
                  for method, bits in PLANS}
-        samples = time_ms(steps, args.warmup, args.steps, device)
-        fp_ms = statistics.median(samples[("fp", 32)])
-        for (method, bits), s in samples.items():
-            ms = statistics.median(s)
+        wall, cpu = time_ms(steps, args.warmup, args.steps, device)
+        ms = {plan: statistics.median(s) for plan, s in wall.items()}
+        cpu_ms = {plan: statistics.median(s) for plan, s in cpu.items()}
+        for (method, bits), s in wall.items():
+            uniform = ("uniform", bits) if method != "fp" else None
             rows.append({"model": name, "input_shape": list(input_shape), "batch": BATCH, "method": method,
-                         "wbits": bits, "abits": bits, "ms_per_step": ms, "ratio_vs_fp": ms / fp_ms,
+                         "wbits": bits, "abits": bits, **where(device),
+                         "ms_per_step": ms[method, bits], "ratio_vs_fp": ms[method, bits] / ms["fp", 32],
+                         "ratio_vs_uniform": ms[method, bits] / ms[uniform] if uniform else None,
+                         "cpu_ms_per_step": cpu_ms[method, bits],
+                         "cpu_ratio_vs_uniform": cpu_ms[method, bits] / cpu_ms[uniform] if uniform else None,
                          "samples_ms": s})
     return rows
+
+
+def bench_precision(args, device: torch.device) -> list[dict]:
+    """Relative errors of the float32 LCQ gradients and per-segment sums against float64 (max over entries of
+    |error| / max |float64 value| for theta; per segment |error| / |float64 sum| for the sums)."""
+    from lcq_train.quant import _search, _segment_sums, _segments, _Tables   # the backward's own steps
+
+    rows = []
+    for label, (signed, alpha0, sample) in KINDS.items():
+        g = torch.Generator().manual_seed(args.seed)
+        torch.manual_seed(args.seed)
+        x = sample((PRECISION_ELEMENTS,)).to(device)
+        grad = torch.randn(PRECISION_ELEMENTS, generator=g).to(device)
+        theta = (0.5 * torch.randn(K, generator=g)).to(device)
+        for bits in (3, 4):
+            s = level_scale(bits, signed)
+            v = (x.abs() if signed else x) / alpha0
+            v64 = (x.double().abs() if signed else x.double()) / alpha0
+            same = torch.bucketize(v, _segments(theta, s, torch.float32)[0], right=True) == \
+                torch.bucketize(v64, _segments(theta, s, torch.float64)[0], right=True)
+            w = torch.where(same, grad, 0.0)
+            result = {}
+            for dtype in (torch.float32, torch.float64):
+                a = torch.tensor(alpha0, dtype=dtype, device=device, requires_grad=True)
+                th = theta.to(dtype, copy=True).requires_grad_()
+                y = lcq_quantize(x.to(dtype), a, th, bits, OUTER_BITS, signed)
+                result[dtype] = [t.double() for t in torch.autograd.grad((y * w.to(dtype)).sum(), (a, th))]
+            (a32, t32), (a64, t64) = result[torch.float32], result[torch.float64]
+            # The per-segment sums alone: the backward's, and one float32 index_add accumulator per segment.
+            with torch.no_grad():
+                tables = _Tables(theta, s, torch.float32)
+            seg = _search(tables, v)
+            if signed:
+                seg.add_(x < 0, alpha=tables.key.size + 1)
+            bins = (2 if signed else 1) * (tables.key.size + 1)
+            index = seg.long()
+            terms = (grad, grad * v)
+            exact = torch.stack([torch.zeros(bins, dtype=torch.float64, device=device).index_add_(0, index, t.double())
+                                 for t in terms]).cpu()
+            chunked = torch.from_numpy(_segment_sums(seg, *terms, bins))
+            plain = torch.stack([torch.zeros(bins, device=device).index_add_(0, index, t) for t in terms])
+            plain = plain.cpu().double()
+            used = exact != 0
+
+            def sums_error(sums):
+                return ((sums - exact).abs()[used] / exact.abs()[used]).max().item()
+
+            rows.append({"tensor": label, "signed": signed, "bits": bits, "elements": PRECISION_ELEMENTS,
+                         **where(device), "elements_in_other_segment_in_float64": int((~same).sum()),
+                         "alpha_grad_rel_error": ((a32 - a64).abs() / a64.abs()).item(),
+                         "theta_grad_rel_error": ((t32 - t64).abs().max() / t64.abs().max()).item(),
+                         "theta_grad_max_entry_rel_error": ((t32 - t64).abs() / t64.abs()).max().item(),
+                         "segment_sums_rel_error": sums_error(chunked),
+                         "index_add_segment_sums_rel_error": sums_error(plain)})
+            r = rows[-1]
+            print(f"  {label} {bits}-bit: alpha {r['alpha_grad_rel_error']:.1e}, "
+                  f"theta {r['theta_grad_rel_error']:.1e}, segment sums {r['segment_sums_rel_error']:.1e} "
+                  f"(index_add {r['index_add_segment_sums_rel_error']:.1e})", flush=True)
+    return rows
+
+
+def summary(results: dict) -> dict:
+    out: dict = {}
+    if results["quantizer"]:
+        worst = max(results["quantizer"], key=lambda r: r["ratio"])
+        out["quantizer"] = {"aim": QUANTIZER_AIM, "max_ratio": worst["ratio"],
+                            "worst": {k: worst[k] for k in ("tensor", "shape", "bits", "uniform_ms", "lcq_ms")},
+                            "max_cpu_ratio": max(r["cpu_ratio"] for r in results["quantizer"]),
+                            "met": worst["ratio"] <= QUANTIZER_AIM}
+    if results["training"]:
+        lcq = [r for r in results["training"] if r["model"] == "resnet20" and r["method"] == "lcq"]
+        out["training"] = {"aim": TRAINING_AIM, "model": "resnet20",
+                           "lcq_vs_uniform": {f"W{r['wbits']}/A{r['abits']}": r["ratio_vs_uniform"] for r in lcq},
+                           "met": all(r["ratio_vs_uniform"] <= TRAINING_AIM for r in lcq)}
+    if results["precision"]:
+        keys = ("alpha_grad_rel_error", "theta_grad_rel_error", "segment_sums_rel_error")
+        worst = {key: max(r[key] for r in results["precision"]) for key in keys}
+        out["precision"] = {"aim": 1e-5, **worst, "met": max(worst.values()) <= 1e-5}
+    return out
 
 
 def quantizer_table(rows: list[dict]) -> str:
@@ -151,14 +280,26 @@ def training_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def precision_table(rows: list[dict]) -> str:
+    lines = [f"LCQ gradients in float32 against float64 ({PRECISION_ELEMENTS:,} elements; relative error)", "",
+             "| tensor | bits | alpha | theta | per-segment sums | same sums by index_add |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tensor']} | {r['bits']} | {r['alpha_grad_rel_error']:.1e} | "
+                     f"{r['theta_grad_rel_error']:.1e} | {r['segment_sums_rel_error']:.1e} | "
+                     f"{r['index_add_segment_sums_rel_error']:.1e} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--reps", type=int, default=20, help="timed repetitions per quantizer measurement")
+    parser.add_argument("--reps", type=int, default=20,
+                        help="timed repetitions per quantizer measurement (ten times as many below 256K elements)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls / steps before timing")
-    parser.add_argument("--part", choices=("all", "quantizer", "training"), default="all")
+    parser.add_argument("--part", choices=("all", "quantizer", "training", "precision"), default="all")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", metavar="FILE",
@@ -172,22 +313,33 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     load_start = os.getloadavg()
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads", flush=True)
-    results: dict = {"quantizer": [], "training": []}
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+          f"load average {load_start[0]:.2f}", flush=True)
+    results: dict = {"quantizer": [], "training": [], "precision": []}
+    if args.part in ("all", "precision"):
+        results["precision"] = bench_precision(args, device)
+        print("\n" + precision_table(results["precision"]), flush=True)
     if args.part in ("all", "quantizer"):
         results["quantizer"] = bench_quantizers(args, device)
         print("\n" + quantizer_table(results["quantizer"]), flush=True)
     if args.part in ("all", "training"):
         results["training"] = bench_training(args, device)
         print("\n" + training_table(results["training"]), flush=True)
+    load_end = os.getloadavg()
+    print(f"\nload average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end")
 
+    gpu = ({"status": "measured", "device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else
+           {"status": "pending", "reason": "measured on the CPU" + ("" if torch.cuda.is_available() else
+                                                                  "; this machine has no CUDA device")})
     save_json({"benchmark": "quantizer_speed", "argv": sys.argv[1:], "options": vars(args),
                "torch": torch.__version__, "device": str(device),
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-               "loadavg_1m": {"start": load_start[0], "end": os.getloadavg()[0]},
-               "outer_bits": OUTER_BITS, "K": K, **results}, args.json_out)
-    print(f"\nwrote {args.json_out}")
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+               "loadavg_1m": {"start": load_start[0], "end": load_end[0]},
+               "loadavg_5m": {"start": load_start[1], "end": load_end[1]},
+               "gpu": gpu, "outer_bits": OUTER_BITS, "K": K, "summary": summary(results), **results}, args.json_out)
+    print(f"wrote {args.json_out}")
     return 0
 
 
