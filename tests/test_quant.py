@@ -101,18 +101,16 @@ def test_outer_levels_multiply_to_integers():
     assert (w[1:, None] * a[None, 1:]).numel() == 21
 
 
-@pytest.mark.parametrize("signed", [True, False])
-@pytest.mark.parametrize("bits", [3, 4])
-def test_theta_and_alpha_gradients_match_direct_evaluation(signed, bits):
-    torch.manual_seed(10 + bits)
+def _check_gradients_against_equations(bits: int, signed: bool, n: int, seed: int) -> None:
+    """lcq_quantize's gradients for random x, theta (alpha = 1.3) against an independent float64
+    evaluation: autograd through the direct surrogate g (eqs. 7-11), eq. (12) for alpha."""
     s = level_scale(bits, signed)
     alpha = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
     theta = (torch.randn(K, dtype=torch.float64) * 0.7).requires_grad_()
-    x = _inputs(1.3, seed=bits).requires_grad_()
+    x = _inputs(1.3, n=n, seed=seed).requires_grad_()
     w = torch.randn(x.shape, dtype=torch.float64)
     (lcq_quantize(x, alpha, theta, bits, 8, signed) * w).sum().backward()
 
-    # Independent: autograd through the direct surrogate g (eqs. 7-11), eq. (12) for alpha.
     xd = x.detach()
     sign = torch.sign(xd) if signed else (xd > 0).double()
     v = (xd.abs() if signed else xd.clamp(min=0)) / 1.3
@@ -126,6 +124,13 @@ def test_theta_and_alpha_gradients_match_direct_evaluation(signed, bits):
     torch.testing.assert_close(alpha.grad, (w * d_alpha).sum(), atol=1e-10, rtol=1e-9)
     mask = inside & ((xd >= 0) | torch.tensor(signed))
     torch.testing.assert_close(x.grad, w * mask, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("bits", [3, 4])
+def test_theta_and_alpha_gradients_match_direct_evaluation(signed, bits):
+    torch.manual_seed(10 + bits)
+    _check_gradients_against_equations(bits, signed, 4000, seed=bits)
 
 
 @pytest.mark.parametrize("signed", [True, False])
@@ -311,25 +316,7 @@ def test_gradients_match_direct_evaluation_on_every_path(monkeypatch, path, loop
     """As test_theta_and_alpha_gradients_match_direct_evaluation, on the grid search and both theta-gradient forms."""
     _use_path(monkeypatch, path, loop)
     torch.manual_seed(21)
-    s = level_scale(4, signed)
-    alpha = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
-    theta = (torch.randn(K, dtype=torch.float64) * 0.7).requires_grad_()
-    x = _inputs(1.3, n=6000, seed=4).requires_grad_()
-    w = torch.randn(x.shape, dtype=torch.float64)
-    (lcq_quantize(x, alpha, theta, 4, 8, signed) * w).sum().backward()
-
-    xd = x.detach()
-    sign = torch.sign(xd) if signed else (xd > 0).double()
-    v = (xd.abs() if signed else xd.clamp(min=0)) / 1.3
-    inside = v < 1
-    th = theta.detach().clone().requires_grad_()
-    g, _ = _surrogate_g(v, th, s)
-    (w * sign * 1.3 * torch.where(inside, g, torch.zeros_like(g))).sum().backward()
-    torch.testing.assert_close(theta.grad, th.grad, atol=1e-10, rtol=1e-9)
-    d_alpha = torch.where(inside, g.detach() - v, torch.ones_like(v)) * sign
-    torch.testing.assert_close(alpha.grad, (w * d_alpha).sum(), atol=1e-10, rtol=1e-9)
-    mask = inside & ((xd >= 0) | torch.tensor(signed))
-    torch.testing.assert_close(x.grad, w * mask, atol=0, rtol=0)
+    _check_gradients_against_equations(4, signed, 6000, seed=4)
 
 
 @pytest.mark.parametrize("path", list(PATHS))
