@@ -8,10 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from lcq_train.arguments import positive_int
+from lcq_train.arguments import IntRange, positive_int
 
 from . import format as model_format
+from .network import MAX_LANES
 from .report import format_table, report
+
+# The type of `lcq report --lanes` (code lanes per word of the network plan's code memory).
+LANES = IntRange(1, MAX_LANES)
 
 
 def add_parsers(sub) -> dict:
@@ -39,8 +43,11 @@ def add_parsers(sub) -> dict:
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
-    p = sub.add_parser("report", help="per-layer bit-widths, MACs, weight and LUT bytes", formatter_class=fmt)
+    p = sub.add_parser("report", help="per-layer bit-widths, MACs, weight and LUT bytes; the on-chip data memories "
+                       "of the whole network", formatter_class=fmt)
     p.add_argument("model", metavar="MODEL", help="compiled model file")
+    p.add_argument("--lanes", type=LANES, default=1, metavar="R",
+                   help=f"codes per word of the network's code memory (the PE array's rows R), {LANES.describe()}")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return {"compile": cmd_compile, "eval": cmd_eval, "report": cmd_report}
 
@@ -58,7 +65,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_report(args) -> int:
-    rep = report(model_format.load(args.model))
+    rep = report(model_format.load(args.model), lanes=args.lanes)
     print(json.dumps(rep) if args.json else format_table(rep))
     return 0
 

@@ -6,11 +6,18 @@ W3/A3 with 8-bit outer widths); a "multiply" layer (8-bit edge layers) has no
 LUT. ``total_bytes`` is weights plus LUTs; output-stage constants are listed
 apart (``stage_bytes``: thresholds and requantize constants at their stated
 widths, rounded up to whole bytes per layer).
+
+With ``lanes``, the report also holds the network plan of
+:mod:`compiler.network` (``"network"``: :meth:`NetworkPlan.describe`): the
+on-chip data memories (code memory, value memory) that running the whole
+network on the chip needs, and the logical buffers in them. Sizes in KB are
+decimal (1 KB = 1000 bytes = 8000 bits).
 """
 
 from __future__ import annotations
 
 from .graph import CompiledModel, ConvNode, Requantize, Thresholds, signed_bits
+from .network import plan_network
 
 LUT_ENTRY_BYTES = 2
 
@@ -40,13 +47,42 @@ def layer_rows(model: CompiledModel) -> list[dict]:
     return rows
 
 
-def report(model: CompiledModel) -> dict:
-    """``{"layers": [...], "total_bytes", "total_bytes_without_luts", "stage_bytes", "macs"}``."""
+def report(model: CompiledModel, lanes: int | None = None) -> dict:
+    """``{"layers": [...], "total_bytes", "total_bytes_without_luts", "stage_bytes", "macs"}``, and with
+    ``lanes`` (code lanes per word, :func:`compiler.network.plan_network`) ``"network"``: the network plan."""
     rows = layer_rows(model)
     weights = sum(r["weight_bytes"] for r in rows)
     luts = sum(r["lut_bytes"] for r in rows)
-    return {"layers": rows, "total_bytes": weights + luts, "total_bytes_without_luts": weights,
-            "stage_bytes": sum(r["stage_bytes"] for r in rows), "macs": sum(r["macs"] for r in rows)}
+    rep = {"layers": rows, "total_bytes": weights + luts, "total_bytes_without_luts": weights,
+           "stage_bytes": sum(r["stage_bytes"] for r in rows), "macs": sum(r["macs"] for r in rows)}
+    if lanes is not None:
+        rep["network"] = plan_network(model, lanes).describe()
+    return rep
+
+
+def _kb(bits: int) -> str:
+    return f"{bits / 8000:,.1f}"
+
+
+def format_network(net: dict) -> str:
+    """The network plan (:meth:`NetworkPlan.describe`) as two markdown tables (buffers, memories) and a total."""
+    lanes = net["lanes"]
+    lines = [f"network on the chip: {len(net['steps'])} steps, {len(net['tensors'])} tensors; code memory "
+             f"{lanes} code{'s' if lanes > 1 else ''} per word", "",
+             "| buffer | memory | tensors | largest tensor (words) | words alive at once | bits | KB |",
+             "|---|---|---|---|---|---|---|"]
+    for name, b in net["buffers"].items():
+        if b["tensors"]:
+            lines.append(f"| {name} | {b['memory']} | {len(b['tensors'])} | {b['largest_tensor_words']:,} | "
+                         f"{b['words']:,} | {b['bits']:,} | {_kb(b['bits'])} |")
+    lines += ["", "| memory | depth (words) | width (bits) | peak live words | bits | KB |",
+              "|---|---|---|---|---|---|"]
+    for name, m in net["memories"].items():
+        lines.append(f"| {name} | {m['depth']:,} | {m['width']} | {m['peak_live_words']:,} | {m['bits']:,} | "
+                     f"{_kb(m['bits'])} |")
+    lines += ["", f"total on-chip data memory: {net['total_bits']:,} bits = {_kb(net['total_bits'])} KB "
+                  f"(1 KB = 1000 bytes); the buffers are views of these two memories"]
+    return "\n".join(lines)
 
 
 def format_table(rep: dict) -> str:
@@ -59,4 +95,6 @@ def format_table(rep: dict) -> str:
                      f"{r['stage']} | {r['stage_bytes']:,} |")
     lines += ["", f"total: {rep['total_bytes']:,} bytes with LUTs, {rep['total_bytes_without_luts']:,} without; "
                   f"output-stage constants {rep['stage_bytes']:,} bytes; {rep['macs']:,} MACs per image"]
+    if "network" in rep:
+        lines += ["", format_network(rep["network"])]
     return "\n".join(lines)

@@ -40,17 +40,21 @@ after the last word is accepted.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE, STAGE_THRESHOLDS,
-                            TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, EngineParams)
+from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE,
+                            STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable
 from .requantize import RequantizeUnit
 from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
+
+
+# Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``).
+DEST_COUNTERS = ("channel", "value_base", "code_base", "lane")
 
 
 class EngineSignature(wiring.Signature):
@@ -104,6 +108,27 @@ class EngineSignature(wiring.Signature):
         return f"EngineSignature({self.addr_bits}, {self.data_bits}, {self.out_bits})"
 
 
+def network_signature(params: EngineParams, reg_bits: int) -> wiring.Signature:
+    """The engine's ports in network mode (``LayerEngine(..., value_depth=N)``), as the engine sees them.
+
+    - ``load``, ``start``, ``busy``: as :class:`EngineSignature` (``load`` also writes the
+      :data:`~hw.engine_params.NETWORK_REGISTERS`).
+    - ``code_write`` (in, used only while idle): ``en`` (one bit per lane), ``addr``, ``data``
+      (``rows`` lanes of ``abits``) write the chosen lanes of one activation-buffer word.
+    - ``val_write`` (out): ``en``, ``addr`` (``reg_bits``), ``data`` (signed ``out_bits``): each
+      output value of a layer whose ``dst_values`` is 1, one per cycle.
+    - ``code_written`` (out): the activation buffer's write port (``en`` per lane, ``addr``,
+      ``data``) in every cycle, whoever writes: a probe for simulations.
+    """
+    lanes = wiring.Signature({"en": Out(params.rows), "addr": Out(range(params.act_depth)),
+                              "data": Out(params.rows * params.abits)})
+    values = wiring.Signature({"en": Out(1), "addr": Out(reg_bits), "data": Out(signed(params.out_bits))})
+    load = data.StructLayout({"target": TARGET_BITS, "addr": params.addr_bits,
+                              "data": max(params.data_bits, reg_bits)})
+    return wiring.Signature({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
+                             "code_write": In(lanes), "val_write": Out(values), "code_written": Out(lanes)})
+
+
 def delayed(m: Module, value, cycles: int, name: str):
     """``value`` through ``cycles`` registers."""
     for n in range(cycles):
@@ -129,7 +154,7 @@ class LayerEngine(wiring.Component):
 
     STAGE_LATENCY = max(ThresholdUnit.LATENCY, RequantizeUnit.LATENCY)
 
-    def __init__(self, params: EngineParams, *, spram: bool | None = None):
+    def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None):
         if not isinstance(params, EngineParams):
             raise TypeError(f"params must be an EngineParams, not {params!r}")
         if spram not in (None, True, False):
@@ -137,15 +162,35 @@ class LayerEngine(wiring.Component):
         if spram and params.weight_depth > SPRAM_DEPTH:
             raise ValueError(f"a weights buffer of {params.weight_depth} words does not fit SPRAM "
                              f"({SPRAM_DEPTH} words)")
-        self.params, self.spram = params, spram
+        if value_depth is not None and (not isinstance(value_depth, int) or not 1 <= value_depth <= 1 << 24):
+            raise ValueError(f"value_depth must be None (layer mode) or an integer in 1..{1 << 24}, got {value_depth!r}")
+        self.params, self.spram, self.value_depth = params, spram, value_depth
         self.drain = params.rows + params.cols + 4
-        super().__init__(EngineSignature.for_params(params))
+        if value_depth is None:
+            signature = EngineSignature.for_params(params)
+        else:
+            signature = network_signature(params, self.reg_bits)
+        super().__init__(signature)
+
+    @property
+    def network(self) -> bool:
+        """Whether outputs go to the on-chip memories (network mode) instead of the ``out`` stream."""
+        return self.value_depth is not None
+
+    @property
+    def reg_bits(self) -> int:
+        """Signed width of the configuration registers (network mode: also value-memory addresses)."""
+        return max(self.params.reg_bits, (self.value_depth or 0).bit_length() + 2)
+
+    @property
+    def registers(self) -> tuple[str, ...]:
+        return NETWORK_REGISTERS if self.network else REGISTERS
 
     def elaborate(self, platform):
         m = Module()
         p = self.params
         R, Cn = p.rows, p.cols
-        cfg = {name: Signal(signed(p.reg_bits), name=f"cfg_{name}") for name in REGISTERS}
+        cfg = {name: Signal(signed(self.reg_bits), name=f"cfg_{name}") for name in self.registers}
         idle = Signal()
         load = self.load.payload
 
@@ -154,7 +199,7 @@ class LayerEngine(wiring.Component):
 
         with m.If(loads(CONFIG)):
             with m.Switch(load.addr):
-                for i, name in enumerate(REGISTERS):
+                for i, name in enumerate(self.registers):
                     with m.Case(i):
                         m.d.sync += cfg[name].eq(load.data)
 
@@ -175,7 +220,10 @@ class LayerEngine(wiring.Component):
                          read.addr.eq(shared)]
             return read.data, addr
 
-        act_data, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
+        if self.network:
+            act_data, act_addr, code_out = self._code_buffer(m, idle)
+        else:
+            act_data, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
         spram = self.spram
         if spram is None:
             spram = platform_has_spram(platform) and p.weight_depth <= SPRAM_DEPTH
@@ -183,7 +231,7 @@ class LayerEngine(wiring.Component):
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x).
         def counter(name):
-            return Signal(signed(p.reg_bits), name=name)
+            return Signal(signed(self.reg_bits), name=name)
 
         co_tile, ky, kx, g = counter("co_tile"), counter("ky"), counter("kx"), counter("g")
         plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
@@ -195,6 +243,10 @@ class LayerEngine(wiring.Component):
         row_count = Signal(range(R + 1))
         wait, finishing = Signal(signed(p.reg_bits)), Signal()
         w_valid, w_row = Signal(), Signal(range(R))
+        # Network mode: the destination of the output being fed (channel, value-memory address of
+        # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
+        dest = {name: counter(name) for name in DEST_COUNTERS}
+        dest.update({"tile_" + name: counter("tile_" + name) for name in DEST_COUNTERS})
         first_tile = (ky == 0) & (kx == 0) & (g == 0)
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
@@ -222,7 +274,8 @@ class LayerEngine(wiring.Component):
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
-                m.d.comb += [act_addr.eq(row_addr + ix), tags[0].valid.eq(1), tags[0].inside.eq(inside),
+                base = cfg["act_base"] if self.network else 0
+                m.d.comb += [act_addr.eq(base + row_addr + ix), tags[0].valid.eq(1), tags[0].inside.eq(inside),
                              tags[0].swap.eq(pos == 0), tags[0].first.eq(first_tile),
                              tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
@@ -247,6 +300,10 @@ class LayerEngine(wiring.Component):
                     m.d.sync += wait.eq(wait - 1)
                 with m.Elif(co_tile == cfg["co_tiles"]):
                     m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
+                    if self.network:
+                        m.d.sync += [dest["tile_channel"].eq(0), dest["tile_lane"].eq(0),
+                                     dest["tile_value_base"].eq(cfg["dst_base"]),
+                                     dest["tile_code_base"].eq(cfg["dst_base"])]
                     m.next = "READ_WORD"
                 with m.Else():
                     m.d.sync += row_count.eq(0)
@@ -254,30 +311,52 @@ class LayerEngine(wiring.Component):
             with m.State("READ_WORD"):
                 # The column memories read word read_addr (data in the next cycle, held there).
                 m.d.sync += feed_col.eq(0)
+                if self.network:
+                    m.d.sync += [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
                 m.next = "FEED"
             with m.State("FEED"):
                 m.d.sync += feed_col.eq(feed_col + 1)
+                if self.network:
+                    self._step_destination(m, cfg, dest, read_pos)
                 with m.If(feed_col == Cn - 1):
-                    m.next = "COLLECT"
-            with m.State("COLLECT"):
-                with m.If(collected == Cn):
-                    m.d.sync += self.out.valid.eq(1)
-                    m.next = "OFFER"
-            with m.State("OFFER"):
-                with m.If(self.out.ready):
-                    m.d.sync += [self.out.valid.eq(0), read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
-                    with m.If(read_pos == cfg["positions"] - 1):
-                        m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1)]
-                    with m.If(read_addr == out_base - 1):
+                    if self.network:
+                        m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
+                        with m.If(read_pos == cfg["positions"] - 1):
+                            m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1)]
+                            self._step_destination(m, cfg, dest, read_pos, tile=True)
+                        with m.If(read_addr == out_base - 1):
+                            m.d.sync += wait.eq(self.STAGE_LATENCY - 1)
+                            m.next = "FLUSH"
+                        with m.Else():
+                            m.next = "READ_WORD"
+                    else:
+                        m.next = "COLLECT"
+            if self.network:
+                with m.State("FLUSH"):
+                    # The last results leave the output stage and are written.
+                    m.d.sync += wait.eq(wait - 1)
+                    with m.If(wait == 0):
                         m.next = "IDLE"
-                    with m.Else():
-                        m.next = "READ_WORD"
+            else:
+                with m.State("COLLECT"):
+                    with m.If(collected == Cn):
+                        m.d.sync += self.out.valid.eq(1)
+                        m.next = "OFFER"
+                with m.State("OFFER"):
+                    with m.If(self.out.ready):
+                        m.d.sync += [self.out.valid.eq(0), read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
+                        with m.If(read_pos == cfg["positions"] - 1):
+                            m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1)]
+                        with m.If(read_addr == out_base - 1):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "READ_WORD"
 
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         reading = Signal()
+        read_states = ("READ_WORD", "FEED") + (("FLUSH",) if self.network else ("COLLECT", "OFFER"))
         m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load.ready.eq(idle), self.busy.eq(~idle),
-                     reading.eq(fsm.ongoing("READ_WORD") | fsm.ongoing("FEED") | fsm.ongoing("COLLECT")
-                                | fsm.ongoing("OFFER"))]
+                     reading.eq(Cat(*(fsm.ongoing(state) for state in read_states)).any())]
 
         # The array: row r's code enters its table r cycles after row 0's (skew).
         variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth)
@@ -323,6 +402,9 @@ class LayerEngine(wiring.Component):
             self._connect_stage(m, unit, loads(REQUANTIZE), feeding, value, channel)
             out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, "requantized")
             result = Mux(stage == STAGE_REQUANTIZE, out, result)
+        if self.network:
+            self._write_back(m, cfg, dest, feeding, read_pos, result, code_out)
+            return m
         back_valid = delayed(m, feeding, self.STAGE_LATENCY, "back_valid")
         back_col = delayed(m, feed_col, self.STAGE_LATENCY, "back_col")
         fields = [Signal(signed(p.out_bits), name=f"out_{c}") for c in range(Cn)]
@@ -334,6 +416,49 @@ class LayerEngine(wiring.Component):
         m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
         m.d.comb += self.out.payload.eq(Cat(*fields))
         return m
+
+    def _step_destination(self, m, cfg, dest, read_pos, tile=False):
+        """Network mode: the destination counters move to the next channel (``tile``: the channel
+        tile's first counters move to the channel after the word being fed, the next tile's first)."""
+        target = {name: dest["tile_" + name] if tile else dest[name] for name in DEST_COUNTERS}
+        last_lane = dest["lane"] == self.params.rows - 1
+        m.d.sync += [target["channel"].eq(dest["channel"] + 1),
+                     target["value_base"].eq(dest["value_base"] + cfg["positions"]),
+                     target["lane"].eq(Mux(last_lane, 0, dest["lane"] + 1)),
+                     target["code_base"].eq(Mux(last_lane, dest["code_base"] + cfg["positions"], dest["code_base"]))]
+
+    def _code_buffer(self, m, idle):
+        """Network mode: the activation buffer with a write enable per lane. Returns its read data
+        (one cycle after the address), the compute read address to drive and the write-back port
+        ``(en, addr, data)`` to drive while reading back; ``code_write`` drives it while idle."""
+        p = self.params
+        m.submodules.activations = memory = Memory(shape=p.rows * p.abits, depth=p.act_depth, init=[])
+        write, read = memory.write_port(granularity=p.abits), memory.read_port()
+        addr = Signal(range(p.act_depth), name="activations_addr")
+        back = {"en": Signal(p.rows, name="code_back_en"), "addr": Signal(range(p.act_depth), name="code_back_addr"),
+                "data": Signal(p.rows * p.abits, name="code_back_data")}
+        m.d.comb += [write.en.eq(Mux(idle, self.code_write.en, back["en"])),
+                     write.addr.eq(Mux(idle, self.code_write.addr, Mux(back["en"].any(), back["addr"], addr))),
+                     write.data.eq(Mux(idle, self.code_write.data, back["data"])),
+                     read.addr.eq(write.addr),
+                     self.code_written.en.eq(write.en), self.code_written.addr.eq(write.addr),
+                     self.code_written.data.eq(write.data)]
+        return read.data, addr, back
+
+    def _write_back(self, m, cfg, dest, feeding, read_pos, result, code_out):
+        """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
+        accumulator was fed, as a value (``dst_values``) or as a code into its lane; the padding
+        channels of the last channel tile (``channel >= c_out``) are not written."""
+        p = self.params
+        valid = delayed(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
+        value_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY, "back_value_addr")
+        code_addr = delayed(m, dest["code_base"] + read_pos, self.STAGE_LATENCY, "back_code_addr")
+        lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self.STAGE_LATENCY, "back_lane")
+        values = cfg["dst_values"][0]
+        m.d.comb += [self.val_write.en.eq(valid & values), self.val_write.addr.eq(value_addr),
+                     self.val_write.data.eq(result),
+                     code_out["en"].eq(Mux(valid & ~values, C(1, p.rows) << lane, 0)), code_out["addr"].eq(code_addr),
+                     code_out["data"].eq(Cat(*[result[:p.abits]] * p.rows))]
 
     @staticmethod
     def _next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing):

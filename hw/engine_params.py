@@ -34,6 +34,11 @@ CONFIG, WEIGHTS, TABLE, THRESHOLDS, REQUANTIZE, ACTS = range(TARGETS)
 REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "groups",
              "co_tiles", "positions", "plane", "row_step", "top_offset",
              "weight_base", "table_base", "stage_base")
+# Registers of an engine generated for the whole network on the chip (``LayerEngine(network=True)``),
+# after :data:`REGISTERS`: where the input codes start in the activation buffer, where the outputs
+# go (``dst_values``: 1 = values into the value memory, 0 = codes into the activation buffer) and
+# how many output channels are real (the last channel tile's padding columns are not written).
+NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out")
 # Values of the ``stage`` register: what the output stage does.
 STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE = range(3)
 
@@ -144,7 +149,7 @@ class EngineParams:
 
     @property
     def addr_bits(self) -> int:
-        depths = [len(REGISTERS), self.act_depth, self.weight_depth, self.table_depth,
+        depths = [len(NETWORK_REGISTERS), self.act_depth, self.weight_depth, self.table_depth,
                   self.stage_depth << self.col_bits]
         return max(d - 1 for d in depths).bit_length()
 

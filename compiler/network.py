@@ -1,0 +1,332 @@
+"""The whole network on the chip: the data memories and the step program of a compiled model.
+
+With every layer on the FPGA (image in, logits out) the hardware walks a
+program of *steps*, one per node of the :class:`~compiler.graph.CompiledModel`
+in model order, with no host between layers. Its tensors live in two on-chip
+data memories:
+
+- the **code memory** holds activation codes, ``lanes`` codes per word
+  (``lanes`` = the PE array's rows). A codes tensor ``(C, H, W)`` takes
+  ``ceil(C / lanes) * H * W`` words: channel ``ch`` at position
+  ``p = y * W + x`` is lane ``ch % lanes`` of word
+  ``base + (ch // lanes) * H * W + p``. Word width: ``lanes`` times the widest
+  code of any codes tensor (the 8-bit input and pooled codes set it in the
+  models of :mod:`lcq_train.models`).
+- the **value memory** holds signed integers, one per word: conv outputs with a
+  requantize stage or none (raw accumulators), residual sums, the logits.
+  Channel ``ch`` at position ``p`` is word ``base + ch * H * W + p``. Word
+  width: the widest value tensor, ``signed_bits(bound)`` with the exact bounds
+  that :meth:`~compiler.graph.CompiledModel.validate` propagates.
+
+Steps (``kind`` is the node's ``op``): ``input`` (pixels -> input table ->
+codes), ``conv`` (codes -> codes with a thresholds stage, else values),
+``activate`` (values -> codes), ``add`` (values + values -> values), ``pool``
+(values ``(C, H, W)`` -> codes ``(C, 1, 1)``). The logits, the last step's
+values, are what the host reads back.
+
+Each tensor is alive from the step that writes it to the last step that reads
+it (the logits to the end). :func:`plan_network` places every tensor at a base
+address of its memory (first fit, in order of definition or largest first,
+whichever needs fewer words) so that no two tensors alive at one step overlap;
+as the intervals are inclusive, a step's output never overlaps its own inputs. A memory's depth is the high-water mark
+of its regions. A graph the planned hardware cannot run (a conv on values,
+pooling or activating codes, an add of codes) raises :class:`NetworkPlanError`.
+
+Numpy only (no torch, no amaranth), like the rest of the compiler's file side.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode, Requantize, Thresholds,
+                    node_where, signed_bits)
+
+# Largest number of code lanes (the PE array's rows); the same limit as hw.engine_params.MAX_ARRAY,
+# stated here because the compiler does not import the hardware package.
+MAX_LANES = 256
+
+MEMORIES = ("codes", "values")
+# Logical buffers (roles of tensors), in the order the report lists them, with the memory that holds them.
+ROLES = {
+    "activations": ("codes", "activation codes between layers (input codes included): the ping-pong"),
+    "residual": ("values", "residual stream: requantized conv outputs and residual sums"),
+    "accumulators": ("values", "raw conv accumulators (a conv without output stage, before pooling)"),
+    "pooled": ("codes", "pooled vector: global average pooling's codes"),
+    "logits": ("values", "logits, read back by the host"),
+}
+
+
+class NetworkPlanError(ValueError):
+    """The planned hardware cannot run this graph: ``where`` (the node) and why."""
+
+    def __init__(self, where: str, problem: str):
+        self.where, self.problem = where, problem
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the program: node ``name`` of ``kind`` (input, conv, activate, add, pool)."""
+
+    index: int
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    output: str
+
+    def to_dict(self) -> dict:
+        return {"index": self.index, "name": self.name, "kind": self.kind, "inputs": list(self.inputs),
+                "output": self.output}
+
+
+@dataclass
+class TensorPlan:
+    """Where a tensor lives: ``kind`` (its memory, "codes" or "values"), ``shape`` (C, H, W), element
+    width ``bits``, ``words`` of its memory from ``base``, alive from step ``first`` to ``last``
+    (inclusive), ``role`` (its logical buffer, :data:`ROLES`) and, for values, ``bound`` (largest |x|)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, int, int]
+    bits: int
+    words: int
+    first: int
+    last: int
+    role: str
+    bound: int | None = None
+    base: int = 0
+
+    @property
+    def end(self) -> int:
+        """One past the last word."""
+        return self.base + self.words
+
+    def alive(self, step: int) -> bool:
+        return self.first <= step <= self.last
+
+    def overlaps_in_time(self, other: TensorPlan) -> bool:
+        return self.first <= other.last and other.first <= self.last
+
+    def overlaps_in_space(self, other: TensorPlan) -> bool:
+        return self.base < other.end and other.base < self.end
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "role": self.role, "shape": list(self.shape), "bits": self.bits,
+                "bound": self.bound, "words": self.words, "base": self.base, "first": self.first, "last": self.last}
+
+
+@dataclass
+class MemoryPlan:
+    """One data memory: ``depth`` words (the high-water mark) of ``width`` bits; ``peak_live_words``:
+    the most words alive at one step (no placement can need fewer than this)."""
+
+    name: str
+    depth: int
+    width: int
+    peak_live_words: int
+
+    @property
+    def bits(self) -> int:
+        return self.depth * self.width
+
+    def to_dict(self) -> dict:
+        return {"depth": self.depth, "width": self.width, "bits": self.bits, "peak_live_words": self.peak_live_words}
+
+
+@dataclass
+class NetworkPlan:
+    """Steps, tensors (by name, in order of definition) and the two memories of a network on the chip."""
+
+    lanes: int
+    steps: list[Step]
+    tensors: dict[str, TensorPlan]
+    memories: dict[str, MemoryPlan] = field(default_factory=dict)
+
+    @property
+    def total_bits(self) -> int:
+        """On-chip bits of the data memories (code memory + value memory)."""
+        return sum(m.bits for m in self.memories.values())
+
+    def alive(self, step: int, memory: str | None = None) -> list[TensorPlan]:
+        """Tensors alive at ``step`` (of ``memory`` only, if given)."""
+        return [t for t in self.tensors.values() if t.alive(step) and (memory is None or t.kind == memory)]
+
+    def peak_words(self, select) -> int:
+        """The most words, over steps, of the alive tensors for which ``select(tensor)`` holds."""
+        return max((sum(t.words for t in self.alive(s.index) if select(t)) for s in self.steps), default=0)
+
+    def buffers(self) -> dict[str, dict]:
+        """The logical buffers (:data:`ROLES`): activation ping-pong, residual stream, raw accumulators,
+        pooled vector, logits. Each: its memory, what it holds, its tensors, ``words`` (the most words of
+        its tensors alive at one step), ``bits`` (those words at the memory's width) and
+        ``largest_tensor_words``. Buffers share their memory; the memories' sizes are the plan's truth."""
+        out = {}
+        for role, (memory, what) in ROLES.items():
+            names = [t.name for t in self.tensors.values() if t.role == role]
+            words = self.peak_words(lambda t, role=role: t.role == role)
+            out[role] = {"memory": memory, "holds": what, "tensors": names, "words": words,
+                         "bits": words * self.memories[memory].width,
+                         "largest_tensor_words": max((self.tensors[n].words for n in names), default=0)}
+        return out
+
+    def describe(self) -> dict:
+        """The plan as a JSON-ready dict."""
+        return {"lanes": self.lanes, "total_bits": self.total_bits,
+                "memories": {name: m.to_dict() for name, m in self.memories.items()},
+                "buffers": self.buffers(),
+                "steps": [s.to_dict() for s in self.steps],
+                "tensors": {name: t.to_dict() for name, t in self.tensors.items()}}
+
+
+def network_memory_bits(plan: NetworkPlan) -> int:
+    """Total on-chip bits of ``plan``'s data memories (to add to the engine's constant memories)."""
+    return plan.total_bits
+
+
+def code_words(shape: tuple[int, int, int], lanes: int) -> int:
+    """Words of the code memory a codes tensor ``(C, H, W)`` takes: ``ceil(C / lanes) * H * W``."""
+    c, h, w = shape
+    return -(-c // lanes) * h * w
+
+
+def value_words(shape: tuple[int, int, int]) -> int:
+    """Words of the value memory a value tensor takes: ``C * H * W``."""
+    c, h, w = shape
+    return c * h * w
+
+
+def code_address(base: int, shape: tuple[int, int, int], lanes: int, ch: int, y: int, x: int) -> tuple[int, int]:
+    """(word, lane) of code ``[ch, y, x]`` of a codes tensor at ``base``."""
+    _, h, w = shape
+    return base + (ch // lanes) * h * w + y * w + x, ch % lanes
+
+
+def value_address(base: int, shape: tuple[int, int, int], ch: int, y: int, x: int) -> int:
+    """Word of value ``[ch, y, x]`` of a value tensor at ``base``."""
+    _, h, w = shape
+    return base + (ch * h + y) * w + x
+
+
+def _steps(model: CompiledModel) -> list[Step]:
+    """The step program, refusing what the planned hardware cannot do (before the model's own rules, so
+    that the error says what the hardware needs)."""
+    if not isinstance(model.nodes, list):
+        raise NetworkPlanError("model", "nodes must be a list")
+    kinds: dict[str, str] = {}      # tensor -> "codes" | "values", as far as defined
+    steps = []
+
+    def need(where: str, node_kind: str, tensor: str, kind: str, why: str) -> None:
+        have = kinds.get(tensor)
+        if have is not None and have != kind:
+            raise NetworkPlanError(where, f"{node_kind} reads {have} {tensor!r}, but {why}")
+
+    for i, node in enumerate(model.nodes):
+        where = node_where(i, node)
+        if isinstance(node, InputNode):
+            steps.append(Step(i, node.output, "input", (), node.output))
+            kinds[node.output] = "codes"
+        elif isinstance(node, ConvNode):
+            need(where, "the conv", node.input, "codes", "a conv step reads activation codes from the code memory "
+                 "(apply thresholds first: an activate step)")
+            steps.append(Step(i, node.name, "conv", (node.input,), node.output))
+            kinds[node.output] = "codes" if isinstance(node.stage, Thresholds) else "values"
+        elif isinstance(node, ActivateNode):
+            need(where, "the activate step", node.input, "values", "an activate step turns values of the value "
+                 "memory into codes")
+            steps.append(Step(i, node.name, "activate", (node.input,), node.output))
+            kinds[node.output] = "codes"
+        elif isinstance(node, AddNode):
+            inputs = tuple(node.inputs) if isinstance(node.inputs, (tuple, list)) else ()
+            for name in inputs:
+                need(where, "the add", name, "values", "an add step sums two value tensors of the value memory "
+                     "(codes cannot be added)")
+            steps.append(Step(i, node.name, "add", inputs, node.output))
+            kinds[node.output] = "values"
+        elif isinstance(node, PoolNode):
+            need(where, "the pool step", node.input, "values", "a pool step sums values of the value memory "
+                 "(BN + ReLU on values; pooling of codes is not supported)")
+            steps.append(Step(i, node.name, "pool", (node.input,), node.output))
+            kinds[node.output] = "codes"
+        else:
+            raise NetworkPlanError(where, f"a {type(node).__name__} is not a step the hardware runs")
+    return steps
+
+
+def _role(node, model: CompiledModel) -> str:
+    if node.output == model.logits:
+        return "logits"
+    if isinstance(node, PoolNode):
+        return "pooled"
+    if isinstance(node, (InputNode, ActivateNode)):
+        return "activations"
+    if isinstance(node, ConvNode) and isinstance(node.stage, Thresholds):
+        return "activations"
+    if isinstance(node, AddNode) or (isinstance(node, ConvNode) and isinstance(node.stage, Requantize)):
+        return "residual"
+    return "accumulators"
+
+
+def first_fit(tensors: list[TensorPlan]) -> int:
+    """Set each tensor's ``base``, first fit in the given order, so that no two tensors alive at one step
+    overlap; returns the high-water mark."""
+    placed: list[TensorPlan] = []
+    for t in tensors:
+        base = 0
+        for other in sorted((p for p in placed if p.overlaps_in_time(t)), key=lambda p: p.base):
+            if other.base >= base + t.words:
+                break               # the gap below ``other`` holds t
+            base = max(base, other.end)
+        t.base = base
+        placed.append(t)
+    return max((t.end for t in tensors), default=0)
+
+
+def allocate(tensors: list[TensorPlan]) -> int:
+    """Place ``tensors`` (in order of definition) in one memory: first fit in order of definition, and
+    first fit largest first; keeps the shallower (definition order on a tie). Returns the depth."""
+    orders = [list(tensors), sorted(tensors, key=lambda t: -t.words)]   # sorted() is stable
+    best = None
+    for order in orders:
+        depth = first_fit(order)
+        if best is None or depth < best[0]:
+            best = depth, {t.name: t.base for t in tensors}
+    for t in tensors:
+        t.base = best[1][t.name]
+    return best[0]
+
+
+def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
+    """The network plan of ``model`` for a code memory of ``lanes`` codes per word (1..MAX_LANES).
+
+    Raises :class:`NetworkPlanError` for a graph the planned hardware cannot run and
+    :class:`~compiler.graph.ModelRuleError` for a model that breaks the compiled model's rules.
+    """
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= MAX_LANES:
+        raise ValueError(f"lanes must be an integer in 1..{MAX_LANES}, not {lanes!r}")
+    steps = _steps(model)
+    info = model.validate()          # shapes, code bits and exact value bounds, as the compiler propagates them
+    last_use = {}
+    for step in steps:
+        for name in step.inputs:
+            last_use[name] = step.index
+    end = len(steps) - 1
+    tensors: dict[str, TensorPlan] = {}
+    for step, node in zip(steps, model.nodes):
+        t = info[step.output]
+        shape = tuple(int(d) for d in t.shape)
+        last = end if step.output == model.logits else last_use.get(step.output, step.index)
+        if t.bits is not None:
+            tensors[step.output] = TensorPlan(step.output, "codes", shape, t.bits, code_words(shape, lanes),
+                                              step.index, last, _role(node, model))
+        else:
+            tensors[step.output] = TensorPlan(step.output, "values", shape, signed_bits(t.bound), value_words(shape),
+                                              step.index, last, _role(node, model), bound=int(t.bound))
+    plan = NetworkPlan(lanes, steps, tensors)
+    for memory in MEMORIES:
+        held = [t for t in tensors.values() if t.kind == memory]
+        depth = allocate(held)
+        bits = max((t.bits for t in held), default=0)
+        width = lanes * bits if memory == "codes" else bits
+        plan.memories[memory] = MemoryPlan(memory, depth, width, plan.peak_words(lambda t, m=memory: t.kind == m))
+    return plan

@@ -1,0 +1,244 @@
+"""The whole-network core: image in, logits out, every layer on the chip.
+
+A :class:`NetworkCore` holds a layer engine in network mode (:class:`hw.engine.LayerEngine`
+with ``value_depth``: its activation buffer is the code memory, its outputs go to the data
+memories), a vector unit (:class:`hw.vector.VectorUnit`: activations, residual additions,
+pooling), the value memory, an input table and a program memory, and a sequencer that walks
+the program (:mod:`hw.network_params` lists the ops; :mod:`hw.network_program` writes it) with
+no host involvement between layers:
+
+1. **Load** (while idle): ``(target, addr, data)`` beats write every layer's constants, the
+   vector unit's constants, the input table and the program, once per model.
+2. **Run**: a ``start`` pulse runs the program from its first word: ``INPUT`` takes the image's
+   pixels (channel-major) from the ``image`` stream, one per cycle, through the input table into
+   the code memory; each convolution runs on the engine, each other node on the vector unit;
+   ``OUTPUT`` sends the logits on ``out``, one value per beat; ``END`` makes the core idle.
+   ``busy`` is high from the cycle after ``start`` until then.
+
+Each program word takes two cycles to fetch and decode, plus the run time of its step: a layer
+as :mod:`hw.engine` states (network mode: its outputs are written one per cycle, ``cols + 1``
+cycles per word of ``cols`` channels, then ``STAGE_LATENCY`` cycles), a vector op as
+:mod:`hw.vector` states, one cycle per pixel and two per logit (plus back-pressure).
+"""
+
+from __future__ import annotations
+
+from amaranth import C, Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .engine import LayerEngine
+from .engine_params import CONFIG, TARGETS
+from .network_params import (END, ENGINE_REG, INPUT, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS, OPERANDS, OUTPUT,
+                             PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG,
+                             NetworkParams)
+from .vector import VectorUnit
+from .vector_params import TARGETS as VECTOR_TARGETS
+
+
+class NetworkSignature(wiring.Signature):
+    """The core's host interface, as the core sees it.
+
+    - ``load``: stream in of ``(target, addr, data)`` beats (:data:`NETWORK_TARGET_BITS`,
+      ``addr_bits``, ``data_bits``), ready only while idle;
+    - ``image``: stream in of 8-bit pixels, taken while the program's ``INPUT`` runs;
+    - ``start`` (in): a one-cycle pulse runs the program (ignored while busy); ``busy`` (out);
+    - ``out``: stream out of signed ``value_bits`` values (the logits);
+    - ``probe`` (out): every write to the data memories, in the cycle it happens: ``code_en`` (one
+      bit per lane), ``code_addr``, ``code_data``; ``value_en``, ``value_addr``, ``value_data``;
+      ``step_done``: the step of a node (input, layer, vector op) ends, its writes included.
+      Simulations rebuild every tensor from it (:class:`hw.network_program.MemoryMirror`); boards
+      leave it unconnected.
+    """
+
+    def __init__(self, params: NetworkParams):
+        self.params = params
+        load = data.StructLayout({"target": NETWORK_TARGET_BITS, "addr": params.addr_bits, "data": params.data_bits})
+        lanes, code_bits = params.engine.rows, params.engine.rows * params.engine.abits
+        probe = wiring.Signature({"code_en": Out(lanes), "code_addr": Out(range(params.engine.act_depth)),
+                                  "code_data": Out(code_bits), "value_en": Out(1),
+                                  "value_addr": Out(range(params.value_depth)),
+                                  "value_data": Out(signed(params.value_bits)), "step_done": Out(1)})
+        super().__init__({"load": In(stream.Signature(load)), "image": In(stream.Signature(PIXEL_BITS)),
+                          "start": In(1), "busy": Out(1), "out": Out(stream.Signature(signed(params.value_bits))),
+                          "probe": Out(probe)})
+
+    def __eq__(self, other):
+        return type(other) is NetworkSignature and other.params == self.params
+
+
+class NetworkCore(wiring.Component):
+    """The accelerator for a whole model (see the module docstring); ``spram`` as :class:`hw.engine.LayerEngine`."""
+
+    def __init__(self, params: NetworkParams, *, spram: bool | None = None):
+        if not isinstance(params, NetworkParams):
+            raise TypeError(f"params must be a NetworkParams, not {params!r}")
+        self.params = params
+        self.engine = LayerEngine(params.engine, spram=spram, value_depth=params.value_depth)
+        self.vector = VectorUnit(params.vector)
+        super().__init__(NetworkSignature(params))
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        lanes, lane_bits = p.engine.rows, p.engine.abits
+        m.submodules.engine = engine = self.engine
+        m.submodules.vector = vector = self.vector
+
+        def memory(name, shape, depth):
+            m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=[])
+            return mem.write_port(), mem.read_port()
+
+        value_write, value_read = memory("values", signed(p.value_bits), p.value_depth)
+        program_write, program_read = memory("program", p.instruction_bits, p.program_depth)
+        table_write, table_read = memory("input_table", p.input_bits, 256)
+
+        idle = Signal()
+        load = self.load.payload
+        host = self.load.valid & idle
+        vector_target = load.target - VECTOR_BASE
+        m.d.comb += [
+            self.load.ready.eq(idle),
+            program_write.en.eq(host & (load.target == PROGRAM)), program_write.addr.eq(load.addr),
+            program_write.data.eq(load.data),
+            table_write.en.eq(host & (load.target == INPUT_TABLE)), table_write.addr.eq(load.addr),
+            table_write.data.eq(load.data),
+            vector.load_en.eq(host & (load.target >= VECTOR_BASE) & (load.target < VECTOR_BASE + len(VECTOR_TARGETS))),
+            vector.load_target.eq(vector_target), vector.load_addr.eq(load.addr), vector.load_data.eq(load.data),
+        ]
+
+        # The program word at pc (read one cycle after pc is set, held while pc stays).
+        pc = Signal(range(p.program_depth + 1))
+        word = program_read.data
+        op = word[:OP_BITS]
+        reg = word[OP_BITS:OP_BITS + REG_FIELD_BITS]
+        value = word[OP_BITS + REG_FIELD_BITS:].as_signed()
+        m.d.comb += program_read.addr.eq(pc)
+        operands = {name: Signal(signed(p.reg_bits), name=f"operand_{name}") for name in OPERANDS}
+
+        # The engine's load port: the host's beats while idle, the program's register writes while running.
+        sequencer_config = Signal()
+        m.d.comb += [
+            engine.load.valid.eq(Mux(idle, host & (load.target < TARGETS), sequencer_config)),
+            engine.load.payload.target.eq(Mux(idle, load.target, CONFIG)),
+            engine.load.payload.addr.eq(Mux(idle, load.addr, reg)),
+            engine.load.payload.data.eq(Mux(idle, load.data, value)),
+        ]
+        m.d.comb += [getattr(vector, name).eq(operands[name]) for name in OPERANDS]
+
+        # INPUT: pixel -> table -> one lane of the code memory, written the cycle after it is taken.
+        position, lane = Signal(signed(p.reg_bits)), Signal(range(lanes))
+        code_base, remaining = Signal(signed(p.reg_bits)), Signal(signed(2 * p.reg_bits))
+        pixel_valid, pixel_addr, pixel_lane = Signal(), Signal(signed(p.reg_bits)), Signal(range(lanes))
+        inputting = Signal()
+        taken = self.image.valid & self.image.ready
+        m.d.comb += [table_read.addr.eq(self.image.payload), self.image.ready.eq(inputting & (remaining > 0))]
+        m.d.sync += [pixel_valid.eq(taken), pixel_addr.eq(code_base + position), pixel_lane.eq(lane)]
+        with m.If(taken):
+            m.d.sync += remaining.eq(remaining - 1)
+            with m.If(position == operands["positions"] - 1):
+                m.d.sync += position.eq(0)
+                with m.If(lane == lanes - 1):
+                    m.d.sync += [lane.eq(0), code_base.eq(code_base + operands["positions"])]
+                with m.Else():
+                    m.d.sync += lane.eq(lane + 1)
+            with m.Else():
+                m.d.sync += position.eq(position + 1)
+
+        # The code memory's write port (the engine's, while it is idle): input pixels or the vector unit's codes.
+        def lane_mask(enable, which):
+            return Mux(enable, C(1, lanes) << which, 0)
+
+        m.d.comb += [
+            engine.code_write.en.eq(Mux(pixel_valid, lane_mask(1, pixel_lane),
+                                        lane_mask(vector.code_write_en, vector.code_write_lane))),
+            engine.code_write.addr.eq(Mux(pixel_valid, pixel_addr, vector.code_write_addr)),
+            engine.code_write.data.eq(Mux(pixel_valid, Cat(*[table_read.data[:lane_bits]] * lanes),
+                                          Cat(*[vector.code_write_data[:lane_bits]] * lanes))),
+        ]
+
+        # The value memory: written by the engine or the vector unit (never both at once), read by
+        # the vector unit or OUTPUT.
+        out_addr, outputting = Signal(signed(p.reg_bits)), Signal()
+        m.d.comb += [
+            value_write.en.eq(engine.val_write.en | vector.val_write_en),
+            value_write.addr.eq(Mux(engine.val_write.en, engine.val_write.addr, vector.val_write_addr)),
+            value_write.data.eq(Mux(engine.val_write.en, engine.val_write.data, vector.val_write_data)),
+            value_read.addr.eq(Mux(outputting, out_addr, vector.val_read_addr)),
+            vector.val_read_data.eq(value_read.data),
+        ]
+        m.d.comb += [self.probe.code_en.eq(engine.code_written.en), self.probe.code_addr.eq(engine.code_written.addr),
+                     self.probe.code_data.eq(engine.code_written.data), self.probe.value_en.eq(value_write.en),
+                     self.probe.value_addr.eq(value_write.addr), self.probe.value_data.eq(value_write.data)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += idle.eq(1)
+                with m.If(self.start):
+                    m.d.sync += pc.eq(0)
+                    m.next = "FETCH"
+            with m.State("FETCH"):
+                m.next = "DECODE"
+            with m.State("DECODE"):
+                advance = [pc.eq(pc + 1)]
+                with m.Switch(op):
+                    with m.Case(ENGINE_REG):
+                        m.d.comb += sequencer_config.eq(1)
+                        m.d.sync += advance
+                        m.next = "FETCH"
+                    with m.Case(VECTOR_REG):
+                        with m.Switch(reg):
+                            for i, name in enumerate(OPERANDS):
+                                with m.Case(i):
+                                    m.d.sync += operands[name].eq(value)
+                        m.d.sync += advance
+                        m.next = "FETCH"
+                    with m.Case(RUN_ENGINE):
+                        m.d.comb += engine.start.eq(1)
+                        m.next = "WAIT_ENGINE"
+                    with m.Case(RUN_VECTOR):
+                        m.d.comb += vector.start.eq(1)
+                        m.next = "WAIT_VECTOR"
+                    with m.Case(INPUT):
+                        m.d.sync += [position.eq(0), lane.eq(0), code_base.eq(operands["dst"]),
+                                     remaining.eq(operands["channels"] * operands["positions"])]
+                        m.next = "INPUT"
+                    with m.Case(OUTPUT):
+                        m.d.sync += [out_addr.eq(operands["src_a"]), remaining.eq(operands["channels"])]
+                        m.next = "OUTPUT_READ"
+                    with m.Case(END):
+                        m.next = "IDLE"
+                    with m.Default():
+                        m.next = "IDLE"
+            with m.State("WAIT_ENGINE"):
+                with m.If(~engine.busy):
+                    m.d.comb += self.probe.step_done.eq(1)
+                    m.d.sync += pc.eq(pc + 1)
+                    m.next = "FETCH"
+            with m.State("WAIT_VECTOR"):
+                with m.If(~vector.busy):
+                    m.d.comb += self.probe.step_done.eq(1)
+                    m.d.sync += pc.eq(pc + 1)
+                    m.next = "FETCH"
+            with m.State("INPUT"):
+                # Done when every pixel is taken; the last one's code is written in this cycle.
+                m.d.comb += inputting.eq(1)
+                with m.If(remaining == 0):
+                    m.d.comb += self.probe.step_done.eq(1)
+                    m.d.sync += pc.eq(pc + 1)
+                    m.next = "FETCH"
+            with m.State("OUTPUT_READ"):
+                m.d.comb += outputting.eq(1)
+                with m.If(remaining == 0):
+                    m.d.sync += pc.eq(pc + 1)
+                    m.next = "FETCH"
+                with m.Else():
+                    m.next = "OUTPUT_OFFER"
+            with m.State("OUTPUT_OFFER"):
+                m.d.comb += [outputting.eq(1), self.out.valid.eq(1), self.out.payload.eq(value_read.data)]
+                with m.If(self.out.ready):
+                    m.d.sync += [out_addr.eq(out_addr + 1), remaining.eq(remaining - 1)]
+                    m.next = "OUTPUT_READ"
+        m.d.comb += self.busy.eq(~idle)
+        return m

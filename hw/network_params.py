@@ -1,0 +1,132 @@
+"""Parameters of the whole-network core, checked, and sized from a compiled model (no Amaranth).
+
+:class:`NetworkParams` fixes what a :class:`hw.network.NetworkCore` is generated with: its
+layer engine (:class:`~hw.engine_params.EngineParams`, every layer's constants resident), its
+vector unit (:class:`~hw.vector_params.VectorParams`), the value memory, the program memory and
+the input table. The data memories follow the compiler's plan (:func:`compiler.network.plan_network`
+with ``lanes`` = the array's rows): the engine's activation buffer is the plan's code memory.
+
+Load targets of the core (a load beat's ``target``): the engine's (:data:`hw.engine_params.TARGETS`
+of them, CONFIG .. ACTS), then :data:`PROGRAM`, :data:`INPUT_TABLE` and the vector unit's
+(:data:`hw.vector_params.TARGETS`, from :data:`VECTOR_BASE`).
+
+Program words (:func:`instruction`): ``op`` (:data:`OP_BITS`), ``reg`` (:data:`REG_FIELD_BITS`),
+then a signed ``value`` of ``reg_bits``, lowest first. The ops:
+
+- ``ENGINE_REG``: engine configuration register ``reg`` (:data:`~hw.engine_params.NETWORK_REGISTERS`) = value;
+- ``VECTOR_REG``: operand register ``reg`` (:data:`OPERANDS`) = value;
+- ``RUN_ENGINE`` / ``RUN_VECTOR``: start the engine (one layer) / the vector unit (one op with
+  the operands), wait until it is done;
+- ``INPUT``: take ``channels * positions`` pixels from the image stream (channel-major), look each
+  up in the input table and write the code at ``dst`` in the code memory's layout;
+- ``OUTPUT``: send the ``channels`` values from ``src_a`` on the out stream;
+- ``END``: the image is done; the core is idle again.
+
+Every step writes all its registers before it runs (:func:`program_length`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from compiler.graph import CompiledModel
+from compiler.network import NetworkPlan, plan_network
+
+from .engine_params import NETWORK_REGISTERS, TARGETS, EngineParams
+from .vector_params import OP_REGISTERS, VectorParams
+from .vector_params import TARGETS as VECTOR_TARGETS
+
+PROGRAM, INPUT_TABLE = TARGETS, TARGETS + 1
+VECTOR_BASE = TARGETS + 2
+NETWORK_TARGETS = VECTOR_BASE + len(VECTOR_TARGETS)
+NETWORK_TARGET_BITS = (NETWORK_TARGETS - 1).bit_length()
+
+OPS = ("END", "ENGINE_REG", "VECTOR_REG", "RUN_ENGINE", "RUN_VECTOR", "INPUT", "OUTPUT")
+END, ENGINE_REG, VECTOR_REG, RUN_ENGINE, RUN_VECTOR, INPUT, OUTPUT = range(len(OPS))
+OP_BITS = (len(OPS) - 1).bit_length()
+# Operand registers: the vector unit's, also used by INPUT (dst, channels, positions) and OUTPUT (src_a, channels).
+OPERANDS = OP_REGISTERS
+REG_FIELD_BITS = (max(len(NETWORK_REGISTERS), len(OPERANDS)) - 1).bit_length()
+PIXEL_BITS = 8
+
+
+@dataclass(frozen=True)
+class NetworkParams:
+    """What a :class:`hw.network.NetworkCore` is generated with.
+
+    - ``engine``: the layer engine (``act_depth`` = the code memory's depth);
+    - ``vector``: the vector unit (activations, additions, pooling);
+    - ``value_bits`` / ``value_depth``: the value memory (signed values, one per word);
+    - ``program_depth``: program words; ``input_bits``: width of the input table's codes.
+    """
+
+    engine: EngineParams
+    vector: VectorParams
+    value_bits: int
+    value_depth: int
+    program_depth: int
+    input_bits: int
+
+    def __post_init__(self):
+        if not isinstance(self.engine, EngineParams) or not isinstance(self.vector, VectorParams):
+            raise TypeError("engine must be an EngineParams and vector a VectorParams")
+        for name, low, high in (("value_bits", 2, 64), ("value_depth", 1, 1 << 24), ("program_depth", 1, 1 << 16),
+                                ("input_bits", 1, self.engine.abits)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+
+    @property
+    def reg_bits(self) -> int:
+        """Signed width of a program word's value: the engine's registers and every memory address."""
+        largest = max(self.engine.act_depth, self.value_depth, self.vector.value_depth, self.vector.code_depth)
+        return max(self.engine.reg_bits, largest.bit_length() + 2)
+
+    @property
+    def instruction_bits(self) -> int:
+        return OP_BITS + REG_FIELD_BITS + self.reg_bits
+
+    @property
+    def addr_bits(self) -> int:
+        """Address width of a load beat: the engine's, the program's and the vector unit's constants."""
+        return max(self.engine.addr_bits, (self.program_depth - 1).bit_length(), PIXEL_BITS,
+                   self.vector.load_addr_bits)
+
+    @property
+    def data_bits(self) -> int:
+        return max(self.engine.data_bits, self.instruction_bits, self.input_bits, self.vector.load_data_bits)
+
+    def memory_bits(self) -> dict[str, int]:
+        """Bits of each on-chip memory: the engine's, the vector unit's, values, program, input table."""
+        bits = dict(self.engine.memory_bits())
+        for name, width, depth, copies in self.vector.memories():
+            bits[f"vector {name}"] = bits.get(f"vector {name}", 0) + width * depth * copies
+        bits["values"] = self.value_bits * self.value_depth
+        bits["program"] = self.instruction_bits * self.program_depth
+        bits["input table"] = self.input_bits * 256
+        return bits
+
+    @classmethod
+    def for_model(cls, model: CompiledModel, rows: int, cols: int) -> NetworkParams:
+        """The core that runs all of ``model`` on a ``rows`` x ``cols`` array, every constant resident."""
+        plan = plan_network(model, lanes=rows)
+        engine = EngineParams.for_model(model, rows, cols, resident="all")
+        engine = replace(engine, act_depth=plan.memories["codes"].depth)
+        values = plan.memories["values"]
+        vector = VectorParams.for_model(model, lanes=rows, lane_bits=engine.abits, value_bits=values.width,
+                                        value_depth=values.depth, code_depth=engine.act_depth)
+        return cls(engine=engine, vector=vector, value_bits=values.width, value_depth=values.depth,
+                   program_depth=program_length(model), input_bits=model.input.bits)
+
+
+def program_length(model: CompiledModel) -> int:
+    """Words of ``model``'s program: every step writes all its registers, then runs; INPUT and
+    OUTPUT write all operands too; END closes (:func:`hw.network_program.program_words`)."""
+    convs = len(model.convs)
+    vector_steps = len(model.nodes) - 1 - convs
+    return convs * (len(NETWORK_REGISTERS) + 1) + (vector_steps + 2) * (len(OPERANDS) + 1) + 1
+
+
+def network_plan(model: CompiledModel, params: NetworkParams) -> NetworkPlan:
+    """The compiler's plan for ``params``'s lanes (the array's rows)."""
+    return plan_network(model, lanes=params.engine.rows)

@@ -1,0 +1,141 @@
+"""Host side of the whole-network core: a compiled model -> load beats once, then image in, logits out.
+
+:func:`load_beats` is everything a :class:`hw.network.NetworkCore` holds for a model, loaded
+once: every layer's constants (resident in the engine), the vector unit's constants, the
+input table and the program (:func:`program_words`, the steps of the compiler's plan in model
+order). Per image the core takes :func:`image_pixels` on its image stream and returns the
+logits on its out stream (:func:`decode_logits`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler import reference
+from compiler.graph import CompiledModel, ConvNode, InputNode, Thresholds
+
+from .engine_params import CONFIG, NETWORK_REGISTERS
+from .network_params import (ENGINE_REG, END, INPUT, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM, REG_FIELD_BITS,
+                             RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams, network_plan,
+                             program_length)
+from .program import check_fits, config_values, resident_bases, resident_beats
+from .vector_words import constant_beats as vector_constant_beats
+from .vector_words import op_registers, slot_bases
+
+Beat = tuple[int, int, int]
+
+
+def instruction(params: NetworkParams, op: int, reg: int = 0, value: int = 0) -> int:
+    """One program word: ``op``, register ``reg``, signed ``value`` (checked against ``reg_bits``)."""
+    bits = params.reg_bits
+    if not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
+        raise ValueError(f"program value {value} does not fit {bits} signed bits")
+    return op | reg << OP_BITS | (value & ((1 << bits) - 1)) << (OP_BITS + REG_FIELD_BITS)
+
+
+def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
+    return [instruction(params, VECTOR_REG, OPERANDS.index(name), values.get(name, 0)) for name in OPERANDS]
+
+
+def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
+    """The program that runs ``model`` on one image: input, every node in order, output, end."""
+    plan = network_plan(model, params)
+    bases = resident_bases(model, params.engine, "all")
+    slots = slot_bases(model)
+    base = {name: t.base for name, t in plan.tensors.items()}
+    words: list[int] = []
+    for node in model.nodes:
+        if isinstance(node, InputNode):
+            c, h, w = node.shape
+            words += _operands(params, {"dst": base[node.output], "channels": c, "positions": h * w})
+            words.append(instruction(params, INPUT))
+        elif isinstance(node, ConvNode):
+            check_fits(params.engine, node)
+            values = config_values(params.engine, node, bases[node.name])
+            values.update(act_base=base[node.input], dst_base=base[node.output],
+                          dst_values=int(not isinstance(node.stage, Thresholds)), c_out=node.out_shape[0])
+            words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
+            words.append(instruction(params, RUN_ENGINE))
+        else:
+            first = node.inputs[0] if hasattr(node, "inputs") else node.input
+            words += _operands(params, op_registers(params.vector, node, plan.tensors[first].shape, base, slots))
+            words.append(instruction(params, RUN_VECTOR))
+    words += _operands(params, {"src_a": base[model.logits], "channels": model.num_classes})
+    words += [instruction(params, OUTPUT), instruction(params, END)]
+    assert len(words) == program_length(model) == params.program_depth
+    return words
+
+
+def load_beats(model: CompiledModel, params: NetworkParams) -> list[Beat]:
+    """Everything the core holds for ``model``: load once, before the first image."""
+    beats = [beat for beat in resident_beats(model, params.engine, "all") if beat[0] != CONFIG]
+    vector, _ = vector_constant_beats(params.vector, model)
+    beats += [(VECTOR_BASE + target, addr, data) for target, addr, data in vector]
+    beats += [(INPUT_TABLE, pixel, int(code)) for pixel, code in enumerate(model.input.table)]
+    beats += [(PROGRAM, addr, word) for addr, word in enumerate(program_words(model, params))]
+    return beats
+
+
+def image_pixels(model: CompiledModel, image: np.ndarray) -> list[int]:
+    """The pixels of one uint8 image ``(C, H, W)``, channel-major, as the image stream takes them."""
+    reference.check_images(model, np.asarray(image)[None])
+    return [int(v) for v in np.asarray(image).reshape(-1)]
+
+
+def decode_logits(params: NetworkParams, words: list[int], classes: int) -> np.ndarray:
+    """The out stream's ``classes`` words (``value_bits`` two's complement) -> int64 logits."""
+    if len(words) != classes:
+        raise ValueError(f"expected {classes} logits, got {len(words)} words")
+    bits = params.value_bits
+    raw = np.array([int(w) & ((1 << bits) - 1) for w in words], dtype=object)
+    return np.array([v - (1 << bits) if v >> (bits - 1) else v for v in raw], dtype=np.int64)
+
+
+def read_tensor(params: NetworkParams, tensor, code_word, value_word) -> np.ndarray:
+    """Tensor ``tensor`` (a :class:`compiler.network.TensorPlan`) as the data memories hold it, as the
+    reference has it (``(C, H, W)`` int64): ``code_word(addr)`` / ``value_word(addr)`` read one word
+    of the code / value memory (as raw unsigned integers)."""
+    c, h, w = tensor.shape
+    positions, lanes, bits = h * w, params.engine.rows, params.engine.abits
+    out = np.zeros((c, positions), dtype=np.int64)
+    if tensor.kind == "codes":
+        for group in range((c + lanes - 1) // lanes):
+            for p in range(positions):
+                word = int(code_word(tensor.base + group * positions + p))
+                for lane in range(min(lanes, c - group * lanes)):
+                    out[group * lanes + lane, p] = word >> (lane * bits) & ((1 << bits) - 1)
+    else:
+        top = params.value_bits
+        for ch in range(c):
+            for p in range(positions):
+                v = int(value_word(tensor.base + ch * positions + p)) & ((1 << top) - 1)
+                out[ch, p] = v - (1 << top) if v >> (top - 1) else v
+    return out.reshape(c, h, w)
+
+
+class MemoryMirror:
+    """The core's data memories as a simulation rebuilds them from the ``probe`` port's writes
+    (:class:`hw.network.NetworkSignature`): every tensor of a step can be read once the step is done."""
+
+    def __init__(self, params: NetworkParams):
+        self.params = params
+        self.codes: dict[int, int] = {}
+        self.values: dict[int, int] = {}
+
+    def write(self, code_en: int, code_addr: int, code_data: int, value_en: int, value_addr: int,
+              value_data: int) -> None:
+        """One cycle of the probe port (raw unsigned integers)."""
+        bits = self.params.engine.abits
+        if code_en:
+            word = self.codes.get(code_addr, 0)
+            for lane in range(self.params.engine.rows):
+                if code_en >> lane & 1:
+                    mask = ((1 << bits) - 1) << (lane * bits)
+                    word = word & ~mask | code_data & mask
+            self.codes[code_addr] = word
+        if value_en:
+            self.values[value_addr] = value_data & ((1 << self.params.value_bits) - 1)
+
+    def tensor(self, tensor) -> np.ndarray:
+        """Tensor ``tensor`` (a :class:`compiler.network.TensorPlan`) as the memories hold it now."""
+        return read_tensor(self.params, tensor, lambda a: self.codes.get(a, 0), lambda a: self.values.get(a, 0))

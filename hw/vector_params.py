@@ -1,0 +1,306 @@
+"""Parameters of the vector unit (:mod:`hw.vector`), checked, and sized from a compiled model.
+
+:class:`VectorParams` fixes what the generated unit cannot change at run time: the layout of
+the two data memories it works on (``lanes`` codes of ``lane_bits`` per code-memory word,
+``value_bits`` per value-memory word, their depths) and the shape of its constant memories:
+the thresholds of every :class:`~compiler.graph.ActivateNode` (``act_*``, one slot per channel
+of every activate node, all resident) and the constants of every
+:class:`~compiler.graph.PoolNode` (``pool_*``). What changes per op goes into the unit's op
+registers (:data:`OP_REGISTERS`, computed by :func:`hw.vector_words.op_registers`).
+
+Pure Python: the host and the compiler side import it without Amaranth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, CompiledModel, PoolNode, TensorInfo,
+                            Thresholds, signed_bits)
+
+from .stage_words import threshold_bits, threshold_word_bits
+
+MAX_LANES = 256
+MAX_DEPTH = 1 << 24          # words of a data memory, and constant slots
+MAX_VALUE_BITS = 64
+
+# Ops (the ``op`` register) and their names.
+OPS = ("activate", "add", "pool")
+ACTIVATE, ADD, POOL = range(len(OPS))
+OP_BITS = 2
+# The op registers, sampled with ``start``.
+OP_REGISTERS = ("op", "src_a", "src_b", "dst", "channels", "positions", "slot_base", "frac_bits")
+
+# Load targets (``load_target``): a channel's activate-threshold word, a pool channel's
+# (relu, sign, offset) word, one pool threshold.
+TARGETS = ("act_thresholds", "pool_constants", "pool_thresholds")
+ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS = range(len(TARGETS))
+VECTOR_TARGETS = len(TARGETS)
+TARGET_BITS = 2
+
+# A POOL_CONSTANTS word: bit 0 relu, bits 1-2 the sign (two's complement), offset from bit 3.
+POOL_RELU_BIT, POOL_SIGN_SHIFT, POOL_SIGN_BITS, POOL_OFFSET_SHIFT = 0, 1, 2, 3
+
+# Cycles of the pipelines (see :meth:`VectorParams.op_cycles`): ACTIVATE from an element's
+# read to its write (read, :class:`hw.thresholds.ThresholdUnit` of latency 2, the write
+# register); POOL: cycles from a channel's last read until its sum is complete, and per
+# step of the threshold search (read a threshold, compare).
+THRESHOLD_LATENCY = 2
+ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
+ADD_DEPTH = 2
+POOL_DRAIN = 2
+SEARCH_STEP = 2
+
+
+def pool_sum_bound(node: PoolNode, shape: tuple[int, int, int], bound: int) -> int:
+    """Largest ``|sum over positions of u|`` of ``node`` for inputs ``|x| <= bound`` of ``shape``:
+    ``|u| <= bound * 2^frac_bits + |offset|``. (Thresholds are clamped to ``PoolNode.sum_limit``,
+    but an offset of the sign opposite to ``x`` makes sums up to twice that.)"""
+    offset = int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())
+    return shape[1] * shape[2] * ((int(bound) << node.frac_bits) + offset)
+
+
+def activate_needs(node: ActivateNode, info: TensorInfo) -> dict[str, int]:
+    """Widths one activate node needs: its codes, thresholds, the never-passed threshold that
+    pads it to wider codes (``bound + 1``), its input values; and its slots."""
+    return {"code_bits": node.stage.bits, "threshold_bits": threshold_bits(node.stage),
+            "pad_bits": signed_bits(Thresholds.limit(info.bound)), "value_bits": signed_bits(info.bound),
+            "slots": info.shape[0]}
+
+
+def pool_needs(node: PoolNode, info: TensorInfo) -> dict[str, int]:
+    """Widths one pool node needs (as :func:`activate_needs`, plus offsets, sums and fraction bits);
+    its padding threshold is one above the largest sum (:func:`pool_sum_bound`)."""
+    total = pool_sum_bound(node, info.shape, info.bound)
+    return {"code_bits": node.stage.bits, "threshold_bits": threshold_bits(node.stage),
+            "pad_bits": signed_bits(total + 1), "value_bits": signed_bits(info.bound),
+            "offset_bits": signed_bits(int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())),
+            "sum_bits": signed_bits(total), "frac_bits": node.frac_bits, "slots": info.shape[0]}
+
+
+def _bits(largest: int) -> int:
+    """Unsigned bits of ``0..largest`` (at least 1)."""
+    return max(1, int(largest).bit_length())
+
+
+@dataclass(frozen=True)
+class VectorParams:
+    """What a :class:`hw.vector.VectorUnit` is generated with.
+
+    - Data memories: ``lanes`` (1..256) codes of ``lane_bits`` (1..8) per code-memory word,
+      ``code_depth`` words; values of ``value_bits`` (2..64, signed) per value-memory word,
+      ``value_depth`` words (depths 1..2^24).
+    - Activate thresholds: ``act_code_bits`` (0: no activate hardware, else 1..8, at most
+      ``lane_bits``), ``act_threshold_bits`` (signed width of a stored threshold, 2..``value_bits
+      + 1``), ``act_slots`` (channels of all activate nodes together).
+    - Pooling: ``pool_slots`` (channels of all pool nodes; 0: no pool hardware, then every
+      ``pool_*`` and ``max_frac_bits`` is 0), ``pool_code_bits`` (1..8, at most ``lane_bits``),
+      ``pool_threshold_bits`` (2..65), ``pool_offset_bits`` (signed,
+      1..``value_bits + max_frac_bits``), ``pool_sum_bits`` (signed sums, 2..64),
+      ``max_frac_bits`` (0..24).
+    """
+
+    lanes: int
+    lane_bits: int
+    value_bits: int
+    value_depth: int
+    code_depth: int
+    act_code_bits: int = 0
+    act_threshold_bits: int = 0
+    act_slots: int = 0
+    pool_slots: int = 0
+    pool_code_bits: int = 0
+    pool_threshold_bits: int = 0
+    pool_offset_bits: int = 0
+    pool_sum_bits: int = 0
+    max_frac_bits: int = 0
+
+    def __post_init__(self):
+        def check(name: str, low: int, high: int) -> None:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+
+        for name, low, high in (("lanes", 1, MAX_LANES), ("lane_bits", 1, CODE_BITS[1]),
+                                ("value_bits", 2, MAX_VALUE_BITS), ("value_depth", 1, MAX_DEPTH),
+                                ("code_depth", 1, MAX_DEPTH), ("act_code_bits", 0, CODE_BITS[1]),
+                                ("pool_slots", 0, MAX_DEPTH)):
+            check(name, low, high)
+        if self.act_code_bits:
+            check("act_code_bits", 1, self.lane_bits)
+            check("act_threshold_bits", 2, self.value_bits + 1)
+            check("act_slots", 1, MAX_DEPTH)
+        else:
+            for name in ("act_threshold_bits", "act_slots"):
+                check(name, 0, 0)
+        if self.pool_slots:
+            check("max_frac_bits", *FRAC_BITS)
+            check("pool_code_bits", 1, self.lane_bits)
+            check("pool_sum_bits", 2, MAX_VALUE_BITS)
+            check("pool_threshold_bits", 2, MAX_VALUE_BITS + 1)
+            check("pool_offset_bits", 1, self.value_bits + self.max_frac_bits)
+        else:
+            for name in ("pool_code_bits", "pool_threshold_bits", "pool_offset_bits", "pool_sum_bits",
+                         "max_frac_bits"):
+                check(name, 0, 0)
+
+    # Widths of the ports and op registers.
+
+    @property
+    def value_addr_bits(self) -> int:
+        """``src_a``, ``src_b``, ``val_*_addr``: addresses ``0..value_depth - 1``."""
+        return _bits(self.value_depth - 1)
+
+    @property
+    def code_addr_bits(self) -> int:
+        """``code_write_addr``: addresses ``0..code_depth - 1``."""
+        return _bits(self.code_depth - 1)
+
+    @property
+    def dst_bits(self) -> int:
+        """``dst``: a value address (ADD) or a code address (ACTIVATE, POOL)."""
+        return max(self.value_addr_bits, self.code_addr_bits)
+
+    @property
+    def count_bits(self) -> int:
+        """``channels``, ``positions``: ``1..value_depth`` (a tensor's elements are value words)."""
+        return _bits(self.value_depth)
+
+    @property
+    def lane_index_bits(self) -> int:
+        """``code_write_lane``: lanes ``0..lanes - 1``."""
+        return _bits(self.lanes - 1)
+
+    @property
+    def slot_bits(self) -> int:
+        """``slot_base``: constant slots of the activate or the pool nodes."""
+        return _bits(max(self.act_slots, self.pool_slots, 1) - 1)
+
+    @property
+    def frac_field_bits(self) -> int:
+        """``frac_bits`` register: ``0..max_frac_bits``."""
+        return _bits(self.max_frac_bits)
+
+    @property
+    def act_word_bits(self) -> int:
+        """An ACT_THRESHOLDS word (:func:`hw.stage_words.threshold_words`); 0 without activate hardware."""
+        return threshold_word_bits(self.act_code_bits, self.act_threshold_bits) if self.act_code_bits else 0
+
+    @property
+    def pool_constant_bits(self) -> int:
+        """A POOL_CONSTANTS word: relu, sign, offset; 0 without pool hardware."""
+        return POOL_OFFSET_SHIFT + self.pool_offset_bits if self.pool_slots else 0
+
+    @property
+    def pool_threshold_depth(self) -> int:
+        """Words of the pool-threshold memory: ``2^pool_code_bits`` per slot (the last unused)."""
+        return self.pool_slots << self.pool_code_bits
+
+    @property
+    def target_bits(self) -> tuple[int, int, int]:
+        """Data bits of a load beat to each target (:data:`TARGETS` order); 0 for one the unit lacks."""
+        return self.act_word_bits, self.pool_constant_bits, self.pool_threshold_bits
+
+    @property
+    def load_data_bits(self) -> int:
+        return max(1, *self.target_bits)
+
+    @property
+    def load_addr_bits(self) -> int:
+        return _bits(max(self.act_slots, self.pool_slots, self.pool_threshold_depth, 1) - 1)
+
+    @property
+    def ops(self) -> tuple[int, ...]:
+        """The ops this unit runs (ADD always; ACTIVATE and POOL where it has their constants)."""
+        return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, True), (POOL, self.pool_slots))
+                     if present)
+
+    def op_cycles(self, op: int, channels: int, positions: int) -> int:
+        """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
+        in which the last write is presented): ACTIVATE ``N + 4`` and ADD ``2N + 2`` with
+        ``N = channels * positions``; POOL ``channels * (positions + 2 + 2 * pool_code_bits) + 1``."""
+        n = channels * positions
+        if op == ACTIVATE:
+            return n + ACTIVATE_DEPTH
+        if op == ADD:
+            return 2 * n + ADD_DEPTH
+        if op == POOL:
+            return channels * (positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
+        raise ValueError(f"op must be one of {', '.join(f'{i} ({name})' for i, name in enumerate(OPS))}, got {op!r}")
+
+    def memories(self) -> list[tuple[str, int, int, int]]:
+        """The unit's constant RAMs as ``(name, width, depth, copies)`` (as
+        :meth:`hw.engine_params.EngineParams.memories`; the data memories are the network core's)."""
+        mems = []
+        if self.act_code_bits:
+            s = 2 ** self.act_code_bits - 1
+            if s <= 15:
+                mems.append(("act_thresholds", self.act_word_bits, self.act_slots, 1))
+            else:
+                mems += [("act_thresholds", self.act_threshold_bits, self.act_slots, s),
+                         ("act_descending", 1, self.act_slots, 1)]
+        if self.pool_slots:
+            mems += [("pool_constants", self.pool_constant_bits, self.pool_slots, 1),
+                     ("pool_thresholds", self.pool_threshold_bits, self.pool_threshold_depth, 1)]
+        return mems
+
+    def memory_bits(self) -> dict[str, int]:
+        """Bits of each constant memory (all copies together)."""
+        bits: dict[str, int] = {}
+        for name, width, depth, copies in self.memories():
+            bits[name] = bits.get(name, 0) + width * depth * copies
+        return bits
+
+    def describe(self) -> dict:
+        """Every parameter as JSON-ready values; :meth:`from_dict` reads it back."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VectorParams:
+        """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction)."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise ValueError(f"vector parameters must be a dict with the keys {sorted(names)}, not {d!r}")
+        return cls(**d)
+
+    # Sizing.
+
+    @classmethod
+    def for_model(cls, model: CompiledModel, lanes: int, lane_bits: int, value_bits: int, value_depth: int,
+                  code_depth: int) -> VectorParams:
+        """The smallest unit that runs every activate, add and pool node of ``model`` on data memories
+        of the given shape: each width exactly what the widest node needs (from the value bounds
+        :meth:`~compiler.graph.CompiledModel.validate` propagates), every node's constants resident.
+        Raises ValueError when ``value_bits`` or ``lane_bits`` cannot hold the model's tensors."""
+        info = model.validate()
+        acts = [activate_needs(n, info[n.input]) for n in model.nodes if isinstance(n, ActivateNode)]
+        pools = [pool_needs(n, info[n.input]) for n in model.nodes if isinstance(n, PoolNode)]
+        values = [signed_bits(info[name].bound) for n in model.nodes if isinstance(n, AddNode)
+                  for name in (*n.inputs, n.output)]
+        values += [need["value_bits"] for need in acts + pools]
+        if max(values, default=0) > value_bits:
+            raise ValueError(f"value_bits={value_bits} cannot hold the model's values: its activate, add and pool "
+                             f"nodes need {max(values)} bits; give the value memory {max(values)}-bit words")
+        codes = [need["code_bits"] for need in acts + pools]
+        if max(codes, default=0) > lane_bits:
+            raise ValueError(f"lane_bits={lane_bits} cannot hold the model's {max(codes)}-bit activate or pool "
+                             f"codes; give the code memory lanes of {max(codes)} bits")
+
+        def shape(needs: list[dict]) -> dict[str, int]:
+            """Code bits, threshold bits (never-passed padding included) and slots of some nodes."""
+            if not needs:
+                return {"code_bits": 0, "threshold_bits": 0, "slots": 0}
+            code = max(n["code_bits"] for n in needs)
+            width = max(max(2, n["threshold_bits"], n["pad_bits"] if n["code_bits"] < code else 0) for n in needs)
+            return {"code_bits": code, "threshold_bits": width, "slots": sum(n["slots"] for n in needs)}
+
+        act, pool = shape(acts), shape(pools)
+        return cls(lanes=lanes, lane_bits=lane_bits, value_bits=value_bits, value_depth=value_depth,
+                   code_depth=code_depth, act_code_bits=act["code_bits"], act_threshold_bits=act["threshold_bits"],
+                   act_slots=act["slots"], pool_slots=pool["slots"], pool_code_bits=pool["code_bits"],
+                   pool_threshold_bits=pool["threshold_bits"],
+                   pool_offset_bits=max((n["offset_bits"] for n in pools), default=0),
+                   pool_sum_bits=max((max(2, n["sum_bits"]) for n in pools), default=0),
+                   max_frac_bits=max((n["frac_bits"] for n in pools), default=0))

@@ -1,0 +1,218 @@
+"""Host and compile side of the vector unit (:mod:`hw.vector`): constants as load beats, op registers.
+
+A beat is ``(target, addr, data)`` for the unit's ``load_*`` ports (targets in
+:mod:`hw.vector_params`, re-exported here). :func:`constant_beats` gives the constants of every
+:class:`~compiler.graph.ActivateNode` and :class:`~compiler.graph.PoolNode` of a model, each node
+at its own slots (all resident: load once); :func:`op_registers` gives the op registers that run
+one node on its tensors at given base addresses of the data memories (a network plan's).
+
+Words:
+
+- ACT_THRESHOLDS, address ``slot``: the channel's :func:`hw.stage_words.threshold_words` word of
+  ``act_threshold_bits`` thresholds; a node with narrower codes than ``act_code_bits`` is padded
+  with thresholds that no value passes (``bound + 1``, ascending; ``-(bound + 1)``, descending).
+- POOL_CONSTANTS, address ``slot``: ``relu | sign << 1 | offset << 3`` (sign and offset two's
+  complement, :data:`~hw.vector_params.POOL_SIGN_BITS` and ``pool_offset_bits`` wide).
+- POOL_THRESHOLDS, address ``slot << pool_code_bits | i``: threshold ``i`` (``0..2^pool_code_bits - 2``)
+  of the channel, two's complement; narrower codes are padded with ``largest sum + 1``.
+
+Pure Python (no Amaranth).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.graph import ActivateNode, AddNode, CompiledModel, PoolNode, TensorInfo, Thresholds, signed_bits
+
+from .stage_words import thresholds_array, threshold_words
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT,
+                            POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs,
+                            pool_needs, pool_sum_bound)
+
+__all__ = ["ACT_THRESHOLDS", "POOL_CONSTANTS", "POOL_THRESHOLDS", "TARGETS", "Beat", "constant_beats",
+           "op_registers", "slot_bases", "activate_words", "pool_constant_words", "pool_threshold_words"]
+
+Beat = tuple[int, int, int]
+FIX = "generate the unit for this model (VectorParams.for_model)"
+
+
+def slot_bases(model: CompiledModel) -> dict[str, int]:
+    """The first constant slot of every activate and pool node (by name): activate nodes one after
+    the other from slot 0 in model order, pool nodes likewise in their own memories."""
+    info = model.validate(arrays=False)
+    bases, next_slot = {}, {ActivateNode: 0, PoolNode: 0}
+    for node in model.nodes:
+        if isinstance(node, (ActivateNode, PoolNode)):
+            bases[node.name] = next_slot[type(node)]
+            next_slot[type(node)] += info[node.input].shape[0]
+    return bases
+
+
+def _padded(stage: Thresholds, code_bits: int, never: int) -> Thresholds:
+    """``stage`` widened to ``code_bits`` codes: the extra thresholds are never passed by values
+    ``|x| < never`` (``+never`` on ascending channels, ``-never`` on descending ones)."""
+    t = thresholds_array(stage)
+    desc = np.asarray(stage.descending, dtype=bool)
+    padded = np.where(desc, -never, never)[:, None].repeat(2 ** code_bits - 1, axis=1)
+    padded[:, :t.shape[1]] = t
+    return Thresholds(padded, desc, code_bits)
+
+
+def activate_words(params: VectorParams, node: ActivateNode, bound: int) -> list[int]:
+    """ACT_THRESHOLDS words of ``node`` (input values ``|x| <= bound``), one per channel."""
+    stage = _padded(node.stage, params.act_code_bits, Thresholds.limit(bound))
+    return threshold_words(stage, params.act_threshold_bits)
+
+
+def pool_constant_words(params: VectorParams, node: PoolNode) -> list[int]:
+    """POOL_CONSTANTS words of ``node``, one per channel."""
+    sign_mask, offset_mask = (1 << POOL_SIGN_BITS) - 1, (1 << params.pool_offset_bits) - 1
+    return [int(r) | (int(s) & sign_mask) << POOL_SIGN_SHIFT | (int(o) & offset_mask) << POOL_OFFSET_SHIFT
+            for s, r, o in zip(np.asarray(node.sign).tolist(), np.asarray(node.relu).tolist(),
+                               np.asarray(node.offset).tolist())]
+
+
+def pool_threshold_words(params: VectorParams, node: PoolNode, info: TensorInfo) -> list[list[int]]:
+    """POOL_THRESHOLDS words of ``node`` (input ``info``): per channel, its ``2^pool_code_bits - 1``
+    thresholds, ascending (the unit searches them binarily)."""
+    stage = _padded(node.stage, params.pool_code_bits, pool_sum_bound(node, info.shape, info.bound) + 1)
+    t = thresholds_array(stage)
+    if np.asarray(stage.descending).any() or (np.diff(t, axis=1) < 0).any():
+        raise ValueError(f"pool node {node.name!r}: thresholds must be ascending and non-decreasing in every "
+                         f"channel (the unit finds a code by binary search)")
+    mask = (1 << params.pool_threshold_bits) - 1
+    return [[v & mask for v in row] for row in t.tolist()]
+
+
+def check_node(params: VectorParams, node, info: dict[str, TensorInfo]) -> None:
+    """Raise ValueError naming what of ``node`` (an activate, add or pool node, tensors ``info``)
+    does not fit the unit, and the fix."""
+    problems = []
+    if isinstance(node, AddNode):
+        bits = signed_bits(max(info[name].bound for name in (*node.inputs, node.output)))
+        if bits > params.value_bits:
+            problems.append(f"its values need {bits} bits (value_bits={params.value_bits})")
+    else:
+        act = isinstance(node, ActivateNode)
+        need = (activate_needs if act else pool_needs)(node, info[node.input])
+        code, width = ((params.act_code_bits, params.act_threshold_bits) if act
+                       else (params.pool_code_bits, params.pool_threshold_bits))
+        kind = "act" if act else "pool"
+        if not code:
+            problems.append(f"the unit has no {'activate' if act else 'pool'} hardware")
+        else:
+            if need["code_bits"] > code:
+                problems.append(f"its {need['code_bits']}-bit codes exceed {kind}_code_bits={code}")
+            threshold = max(need["threshold_bits"], need["pad_bits"] if need["code_bits"] < code else 0)
+            if threshold > width:
+                problems.append(f"its thresholds need {threshold} bits ({kind}_threshold_bits={width})")
+        if need["value_bits"] > params.value_bits:
+            problems.append(f"its input values need {need['value_bits']} bits (value_bits={params.value_bits})")
+        if not act and params.pool_slots:
+            for name, what in (("offset_bits", "offsets"), ("sum_bits", "sums")):
+                if need[name] > getattr(params, f"pool_{name}"):
+                    problems.append(f"its {what} need {need[name]} bits (pool_{name}={getattr(params, f'pool_{name}')})")
+            if need["frac_bits"] > params.max_frac_bits:
+                problems.append(f"frac_bits={need['frac_bits']} exceeds max_frac_bits={params.max_frac_bits}")
+    if problems:
+        raise ValueError(f"node {node.name!r} does not fit the vector unit: {'; '.join(problems)}; {FIX}")
+
+
+def constant_beats(params: VectorParams, model: CompiledModel) -> tuple[list[Beat], dict[str, int]]:
+    """Every activate and pool node's constants as load beats, and each node's first slot
+    (:func:`slot_bases`). Checks that every activate, add and pool node fits the unit and that
+    all slots fit its constant memories."""
+    info = model.validate()
+    slots = slot_bases(model)
+    beats: list[Beat] = []
+    for node in model.nodes:
+        if not isinstance(node, (ActivateNode, AddNode, PoolNode)):
+            continue
+        check_node(params, node, info)
+        if isinstance(node, AddNode):
+            continue
+        base, channels = slots[node.name], info[node.input].shape[0]
+        have = params.act_slots if isinstance(node, ActivateNode) else params.pool_slots
+        if base + channels > have:
+            raise ValueError(f"node {node.name!r} needs slots {base}..{base + channels - 1}, the unit has "
+                             f"{have}; {FIX}")
+        if isinstance(node, ActivateNode):
+            words = activate_words(params, node, info[node.input].bound)
+            beats += [(ACT_THRESHOLDS, base + ch, w) for ch, w in enumerate(words)]
+            continue
+        beats += [(POOL_CONSTANTS, base + ch, w) for ch, w in enumerate(pool_constant_words(params, node))]
+        for ch, row in enumerate(pool_threshold_words(params, node, info[node.input])):
+            beats += [(POOL_THRESHOLDS, (base + ch) << params.pool_code_bits | i, w) for i, w in enumerate(row)]
+    return beats, slots
+
+
+def _check_shape(shape) -> tuple[int, int, int]:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 3 or \
+            not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise ValueError(f"shape must be 3 positive integers (C, H, W), not {shape!r}")
+    return tuple(int(d) for d in shape)
+
+
+def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases: dict[str, int],
+                 slots: dict[str, int] | None = None) -> dict[str, int]:
+    """The op registers (:data:`~hw.vector_params.OP_REGISTERS`) that run ``node`` (an activate,
+    add or pool node) on its input tensor(s) of ``shape`` (C, H, W).
+
+    ``bases``: the base address of each tensor by name (a network plan's), at least the node's
+    inputs (value memory) and output (code memory; value memory for an add, where the output may
+    start at an input's base but not overlap it otherwise). ``slots``: each activate and pool
+    node's first constant slot by name (:func:`constant_beats`' second result)."""
+    c, h, w = _check_shape(shape)
+    positions = h * w
+    ops = {ActivateNode: ACTIVATE, AddNode: ADD, PoolNode: POOL}
+    if type(node) not in ops:
+        raise ValueError(f"the vector unit runs activate, add and pool nodes, not {type(node).__name__}")
+    op = ops[type(node)]
+    name = f"node {node.name!r}"
+    tensors = list(node.inputs) if op == ADD else [node.input]
+    for tensor in (*tensors, node.output):
+        if tensor not in bases:
+            raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give every input's and the "
+                             f"output's base (the network plan's)")
+    inputs, output = [bases[t] for t in tensors], bases[node.output]
+    slot_base = 0
+    if op != ADD:
+        if slots is None or node.name not in slots:
+            raise ValueError(f"{name}: slots has no first slot for the node; pass the slots constant_beats returns")
+        slot_base = slots[node.name]
+    words = c * positions
+
+    def check_range(what: str, base, size: int, depth: int, memory: str) -> int:
+        if not isinstance(base, (int, np.integer)) or isinstance(base, bool) or base < 0 or base + size > depth:
+            raise ValueError(f"{name}: {what} at {base!r} takes {size} words of the {memory} memory, which has "
+                             f"{depth}; plan the tensors within the memory (or generate a deeper one)")
+        return int(base)
+
+    src = [check_range(f"input {t!r}", b, words, params.value_depth, "value") for t, b in zip(tensors, inputs)]
+    if op == ADD:
+        dst = check_range(f"output {node.output!r}", output, words, params.value_depth, "value")
+        for t, s in zip(tensors, src):
+            if s != dst and s < dst + words and dst < s + words:
+                raise ValueError(f"{name}: output {node.output!r} at {dst} overlaps input {t!r} at {s} without "
+                                 f"starting there; an add may only write over an input exactly")
+    else:
+        out_words = -(-c // params.lanes) * (positions if op == ACTIVATE else 1)
+        dst = check_range(f"output {node.output!r}", output, out_words, params.code_depth, "code")
+        if op not in params.ops:
+            raise ValueError(f"{name}: the unit has no {'activate' if op == ACTIVATE else 'pool'} hardware; {FIX}")
+        have = params.act_slots if op == ACTIVATE else params.pool_slots
+        if not isinstance(slot_base, (int, np.integer)) or isinstance(slot_base, bool) or slot_base < 0 \
+                or slot_base + c > have:
+            raise ValueError(f"{name}: slots {slot_base!r}.. for {c} channels do not fit the unit's {have}; "
+                             f"pass the slots constant_beats returns")
+        if c > len(node.stage.thresholds):
+            raise ValueError(f"{name}: shape has {c} channels, the node's constants {len(node.stage.thresholds)}; "
+                             f"give the shape of its input tensor")
+    frac = node.frac_bits if op == POOL else 0
+    if frac > params.max_frac_bits:
+        raise ValueError(f"{name}: frac_bits={frac} exceeds max_frac_bits={params.max_frac_bits}; {FIX}")
+    values = {"op": op, "src_a": src[0], "src_b": src[1] if op == ADD else 0, "dst": dst, "channels": c,
+              "positions": positions, "slot_base": int(slot_base), "frac_bits": frac}
+    assert tuple(values) == OP_REGISTERS
+    return values

@@ -1,0 +1,530 @@
+"""The vector unit (hw/vector.py) in Amaranth's simulator on a value and a code memory, bit-exact
+against compiler.reference.execute; its parameters (hw/vector_params.py) and words (hw/vector_words.py)."""
+
+import copy
+import functools
+import gc
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("amaranth", reason="hardware tests need amaranth: pip install -e '.[hw]'")
+
+from amaranth import Elaboratable, Module, Mux, signed  # noqa: E402
+from amaranth.back import verilog  # noqa: E402
+from amaranth.hdl import UnusedElaboratable  # noqa: E402
+from amaranth.lib.memory import Memory  # noqa: E402
+from amaranth.sim import Simulator  # noqa: E402
+
+from compiler import reference  # noqa: E402
+from compiler.format import load  # noqa: E402
+from compiler.graph import ActivateNode, AddNode, PoolNode, TensorInfo, Thresholds, signed_bits  # noqa: E402
+from hw.thresholds import ThresholdUnit  # noqa: E402
+from hw.vector import VectorUnit  # noqa: E402
+from hw.vector_params import (ACTIVATE, ADD, POOL, THRESHOLD_LATENCY, VectorParams,  # noqa: E402
+                              pool_sum_bound)
+from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
+                             constant_beats, op_registers, pool_threshold_words)
+
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+DATA = Path(__file__).parent / "data"
+RESNET, DIGITS = "cifar10-resnet20-lcq-w3a3.lcq", "digits-cnn-lcq-w3a3.lcq"
+LANE_BITS = 8                     # the models' widest codes (input and pooled codes)
+
+
+@functools.lru_cache(maxsize=None)
+def model(name: str):
+    return load(DATA / name)
+
+
+def node_of(m, name: str):
+    return next(n for n in m.nodes if getattr(n, "name", None) == name)
+
+
+def value_bits(m) -> int:
+    """The value memory's width for ``m``: its widest value tensor."""
+    info = m.validate()
+    return max(signed_bits(t.bound) for t in info.values() if t.bits is None)
+
+
+def params_for(m, lanes: int, value_depth: int, code_depth: int) -> VectorParams:
+    return VectorParams.for_model(m, lanes, LANE_BITS, value_bits(m), value_depth, code_depth)
+
+
+# ---------------------------------------------------------------- harness
+
+
+class Harness(Elaboratable):
+    """The unit on a value memory (one read, one write port) and a code memory with a write
+    enable per lane, as the network core wires them."""
+
+    def __init__(self, params: VectorParams, values: list[int], codes: list[int]):
+        self.params, self.dut = params, VectorUnit(params)
+        self.values = Memory(shape=signed(params.value_bits), depth=params.value_depth, init=values)
+        self.codes = Memory(shape=params.lanes * params.lane_bits, depth=params.code_depth, init=codes)
+
+    def elaborate(self, platform):
+        m, p, dut = Module(), self.params, self.dut
+        m.submodules.dut, m.submodules.values, m.submodules.codes = dut, self.values, self.codes
+        read, write = self.values.read_port(), self.values.write_port()
+        code = self.codes.write_port(granularity=p.lane_bits)
+        m.d.comb += [read.addr.eq(dut.val_read_addr), dut.val_read_data.eq(read.data),
+                     write.en.eq(dut.val_write_en), write.addr.eq(dut.val_write_addr),
+                     write.data.eq(dut.val_write_data),
+                     code.en.eq(Mux(dut.code_write_en, 1, 0) << dut.code_write_lane),
+                     code.addr.eq(dut.code_write_addr), code.data.eq(dut.code_write_data.replicate(p.lanes))]
+        return m
+
+
+def simulate(params, beats, values, codes, ops, interfere=False):
+    """Load ``beats``, then run each op (a dict of op registers) from ``start`` until ``busy`` falls.
+    ``interfere``: while busy, pulse ``start`` again and drive junk loads (both must be ignored).
+    Returns the final value and code memories and each op's busy cycles."""
+    h = Harness(params, values, codes)
+    dut, out = h.dut, {}
+    rng = np.random.default_rng(1)
+
+    async def bench(ctx):
+        ctx.set(dut.load_en, 1)
+        for target, addr, data in beats:
+            ctx.set(dut.load_target, target)
+            ctx.set(dut.load_addr, addr)
+            ctx.set(dut.load_data, data)
+            await ctx.tick()
+        ctx.set(dut.load_en, 0)
+        cycles = []
+        for regs in ops:
+            for name, value in regs.items():
+                ctx.set(getattr(dut, name), value)
+            ctx.set(dut.start, 1)
+            assert not ctx.get(dut.busy)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            n = 0
+            while ctx.get(dut.busy):
+                if interfere:
+                    ctx.set(dut.start, int(rng.integers(2)))
+                    ctx.set(dut.load_en, 1)
+                    ctx.set(dut.load_target, int(rng.integers(3)))
+                    ctx.set(dut.load_addr, int(rng.integers(min(600, 1 << params.load_addr_bits))))
+                    ctx.set(dut.load_data, int(rng.integers(1 << min(params.load_data_bits, 62))))
+                n += 1
+                assert n <= 10 * params.op_cycles(regs["op"], regs["channels"], regs["positions"]) + 10
+                await ctx.tick()
+            ctx.set(dut.start, 0)
+            ctx.set(dut.load_en, 0)
+            cycles.append(n)
+        out["values"] = [ctx.get(h.values.data[i]) for i in range(params.value_depth)]
+        out["codes"] = [ctx.get(h.codes.data[i]) for i in range(params.code_depth)]
+        out["cycles"] = cycles
+
+    sim = Simulator(h)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return out["values"], out["codes"], out["cycles"]
+
+
+def registers(params, node, shape, inputs, output, slot=0):
+    """:func:`op_registers` for ``node`` with its input tensors at ``inputs`` and its output at ``output``."""
+    names = list(node.inputs) if isinstance(node, AddNode) else [node.input]
+    return op_registers(params, node, shape, {**dict(zip(names, inputs)), node.output: output}, {node.name: slot})
+
+
+# ---------------------------------------------------------------- memory images and the spec
+
+
+def junk(params, rng):
+    """Random memory images: every value word any ``value_bits`` value, every code word any bits."""
+    half = 1 << (params.value_bits - 1)
+    values = [int(v) for v in rng.integers(-half, half, params.value_depth, dtype=np.int64)]
+    codes = [int(rng.integers(1 << 62)) & ((1 << params.lanes * params.lane_bits) - 1)
+             for _ in range(params.code_depth)]
+    return values, codes
+
+
+def put_values(values: list[int], base: int, x: np.ndarray) -> None:
+    values[base:base + x.size] = [int(v) for v in x.reshape(-1)]
+
+
+def expected(params, node, regs, values, codes):
+    """The memories after op ``regs`` runs ``node``: its input read from ``values`` (the op's
+    ``channels`` of the node's, the rest zero), ``compiler.reference.execute`` on it, the op's
+    channels written into copies of the memories."""
+    values, codes = list(values), list(codes)
+    k, n_pos = regs["channels"], regs["positions"]
+    inputs = [node.input] if not isinstance(node, AddNode) else list(node.inputs)
+    channels = k if isinstance(node, AddNode) else len(node.stage.thresholds)
+    t = {}
+    for name, base in zip(inputs, (regs["src_a"], regs["src_b"])):
+        x = np.zeros((1, channels, n_pos, 1), dtype=np.int64)
+        x[0, :k, :, 0] = np.array(values[base:base + k * n_pos], dtype=np.int64).reshape(k, n_pos)
+        t[name] = x
+    reference.execute(node, t, None)
+    y = t[node.output][0, :k, :, 0]
+    if isinstance(node, AddNode):
+        put_values(values, regs["dst"], y)
+        return values, codes
+    lanes, lane_bits = params.lanes, params.lane_bits
+    for ch in range(k):
+        for pos in range(y.shape[1]):
+            addr = regs["dst"] + (ch // lanes) * y.shape[1] + pos
+            shift = (ch % lanes) * lane_bits
+            codes[addr] = codes[addr] & ~(((1 << lane_bits) - 1) << shift) | int(y[ch, pos]) << shift
+    return values, codes
+
+
+def check(params, beats, ops, values, codes, interfere=False):
+    """Run ``ops`` (``(node, regs)``) in one simulation; compare every word of both memories and
+    each op's busy cycles with the spec."""
+    got_values, got_codes, cycles = simulate(params, beats, values, codes, [r for _, r in ops], interfere)
+    for node, regs in ops:
+        values, codes = expected(params, node, regs, values, codes)
+    assert got_values == values
+    assert got_codes == codes
+    assert cycles == [params.op_cycles(r["op"], r["channels"], r["positions"]) for _, r in ops]
+    return values, codes
+
+
+def activate_inputs(rng, stage: Thresholds, bound: int, shape) -> np.ndarray:
+    """Values ``|x| <= bound``: uniform, the extremes, and a threshold of their channel +-1."""
+    c, h, w = shape
+    x = rng.integers(-bound, bound + 1, (c, h * w), dtype=np.int64)
+    for ch in range(c):
+        for pos in range(h * w):
+            kind = rng.integers(5)
+            if kind == 0:
+                x[ch, pos] = rng.choice([-bound, bound, 0])
+            elif kind >= 2:
+                x[ch, pos] = np.clip(rng.choice(stage.thresholds[ch]) + rng.integers(-1, 2), -bound, bound)
+    return x.reshape(shape)
+
+
+def pool_inputs(rng, node: PoolNode, bound: int, shape) -> np.ndarray:
+    """Values ``|x| <= bound`` whose channel sums fall near a random threshold (most channels) or
+    anywhere (the rest, mostly saturating)."""
+    c, h, w = shape
+    n, f = h * w, node.frac_bits
+    x = rng.integers(-bound, bound + 1, (c, n), dtype=np.int64)
+    for ch in range(c):
+        t = node.stage.thresholds[ch]
+        if node.sign[ch] == 0 or rng.random() < 0.2:
+            continue
+        j = int(rng.integers(1, len(t) - 1))
+        center = (int(t[j]) // n * int(node.sign[ch]) + int(node.offset[ch])) >> f
+        spread = max(1, (int(t[j + 1]) - int(t[j - 1])) >> (f + 1)) // max(1, int(np.sqrt(n)))
+        x[ch] = np.clip(center + rng.integers(-spread, spread + 1, n), -bound, bound)
+    return x.reshape(shape)
+
+
+def hit_thresholds(m, node: PoolNode, x: np.ndarray, bound: int) -> None:
+    """Make each channel's sum of ``x`` one of its thresholds (the nearest, kept in order and in
+    range): ``>=`` against ``>`` shows. Changes ``node`` of ``m`` (a copy) and checks ``m``."""
+    sums = node.positions_sum(x[None])[0]
+    limit = PoolNode.sum_limit(x.shape[1] * x.shape[2], bound, node.frac_bits)
+    t = node.stage.thresholds
+    for ch, total in enumerate(sums.tolist()):
+        if abs(total) <= limit:
+            t[ch, np.abs(t[ch] - total).argmin()] = total
+            t[ch] = np.sort(t[ch])
+    m.validate()
+
+
+def unary_case(m, node_name, lanes, positions_shape, seed, params=None, hit=False):
+    """An activate or pool node of ``m`` on random inputs: ``(params, beats, ops, values, codes)``;
+    ``hit``: :func:`hit_thresholds` first (pool)."""
+    node = node_of(m, node_name)
+    info = m.validate()
+    c, h, w = info[node.input].shape
+    if positions_shape is not None:
+        h, w = positions_shape
+    src, dst = 11, 5
+    out_words = -(-c // lanes) * (h * w if isinstance(node, ActivateNode) else 1)
+    rng = np.random.default_rng(seed)
+    bound = info[node.input].bound
+    make = activate_inputs if isinstance(node, ActivateNode) else pool_inputs
+    x = make(rng, node if isinstance(node, PoolNode) else node.stage, bound, (c, h, w))
+    if hit:
+        hit_thresholds(m, node, x, bound)
+    params = params or params_for(m, lanes, src + c * h * w + 7, dst + out_words + 4)
+    values, codes = junk(params, rng)
+    put_values(values, src, x)
+    beats, slots = constant_beats(params, m)
+    targets = (ACT_THRESHOLDS,) if isinstance(node, ActivateNode) else (POOL_CONSTANTS, POOL_THRESHOLDS)
+    beats = [b for b in beats if b[0] in targets]          # the other node kind's are not needed
+    regs = registers(params, node, (c, h, w), (src,), dst, slots[node.name])
+    return params, beats, [(node, regs)], values, codes
+
+
+def descending_resnet():
+    """ResNet-20 with half of blocks.0.act1's channels descending (thresholds reversed: still valid)."""
+    m = copy.deepcopy(model(RESNET))
+    stage = node_of(m, "blocks.0.act1").stage
+    flip = np.arange(len(stage.thresholds)) % 2 == 1
+    stage.descending = flip.copy()
+    stage.thresholds = np.where(flip[:, None], stage.thresholds[:, ::-1], stage.thresholds)
+    m.validate()
+    return m
+
+
+def signed_pool_digits():
+    """The digits CNN with pool channels of every kind: sign -1, sign 0 (offset 0), relu off (offset 0)."""
+    m = copy.deepcopy(model(DIGITS))
+    node = node_of(m, "act_fc")
+    kind = np.arange(len(node.sign)) % 4
+    node.sign = np.where(kind == 1, -1, np.where(kind == 2, 0, 1)).astype(np.int64)
+    node.relu = kind != 3
+    node.offset = np.where((kind == 2) | (kind == 3), 0, node.offset).astype(np.int64)
+    m.validate()
+    return m
+
+
+# ---------------------------------------------------------------- ops against the spec
+
+
+@pytest.mark.parametrize("node_name, lanes, positions", [
+    ("blocks.0.act1", 1, (4, 5)),
+    ("blocks.4.act1", 3, (3, 3)),      # 32 channels: not a multiple of 3
+    ("blocks.8.act1", 8, (2, 3)),
+])
+def test_activate_resnet(node_name, lanes, positions):
+    params, beats, ops, values, codes = unary_case(model(RESNET), node_name, lanes, positions, seed=lanes)
+    after_values, after_codes = check(params, beats, ops, values, codes)
+    assert after_values == values and after_codes != codes
+    regs = ops[0][1]
+    made = expected(params, *ops[0], values, [0] * len(codes))[1]
+    words = made[regs["dst"]:regs["dst"] + -(-regs["channels"] // lanes) * regs["positions"]]
+    assert {(w >> (lane * LANE_BITS)) & 7 for w in words for lane in range(lanes)} == set(range(8))
+
+
+def test_activate_descending_and_padded():
+    """Descending channels, and a unit with wider codes than the model's (never-passed thresholds)."""
+    m = descending_resnet()
+    base = params_for(m, 3, 400, 200)
+    wide = VectorParams(**{**base.describe(), "act_code_bits": 4, "act_threshold_bits": base.value_bits + 1})
+    for params in (base, wide):
+        check(*unary_case(m, "blocks.0.act1", 3, (2, 5), seed=7, params=params))
+
+
+def add_case(lanes, node_name, dst_is, seed):
+    m = model(RESNET)
+    node = node_of(m, node_name)
+    info = m.validate()
+    c, h, w = (info[node.inputs[0]].shape[0], 3, 4)
+    n = c * h * w
+    bases = {"a": 3, "b": 3 + n + 2, "other": 3 + 2 * n + 5}
+    params = params_for(m, lanes, 3 + 3 * n + 9, 8)
+    rng = np.random.default_rng(seed)
+    values, codes = junk(params, rng)
+    for key, name in zip("ab", node.inputs):
+        bound = info[name].bound
+        put_values(values, bases[key], rng.integers(-bound, bound + 1, n, dtype=np.int64))
+        values[bases[key]] = bound                      # the largest sum
+    regs = registers(params, node, (c, h, w), (bases["a"], bases["b"]), bases[dst_is])
+    return params, [(node, regs)], values, codes
+
+
+@pytest.mark.parametrize("node_name, dst_is", [("blocks.0.add", "other"), ("blocks.3.add", "a"),
+                                               ("blocks.7.add", "b")])
+def test_add_resnet(node_name, dst_is):
+    params, ops, values, codes = add_case(3, node_name, dst_is, seed=len(node_name))
+    after_values, after_codes = check(params, [], ops, values, codes)
+    assert after_codes == codes and after_values != values
+
+
+def test_pool_resnet():
+    """The whole global pooling of ResNet-20 (64 channels of 8 x 8), 3 lanes."""
+    params, beats, ops, values, codes = unary_case(model(RESNET), "act_fc", 3, None, seed=3)
+    check(params, beats, ops, values, codes)
+    pooled = expected(params, *ops[0], values, [0] * len(codes))[1]
+    dst = ops[0][1]["dst"]
+    assert len({(w >> (lane * LANE_BITS)) & 255 for w in pooled[dst:dst + 22] for lane in range(3)}) > 20
+
+
+@pytest.mark.parametrize("lanes, variant", [(1, False), (8, True)])
+def test_pool_digits(lanes, variant):
+    """The digits CNN's pooling of raw accumulators; ``variant``: signs -1 and 0, ReLU off, and
+    sums equal to thresholds."""
+    m = signed_pool_digits() if variant else model(DIGITS)
+    check(*unary_case(m, "act_fc", lanes, None, seed=lanes, hit=variant))
+
+
+# ---------------------------------------------------------------- cycles, ops in sequence
+
+
+def test_cycles_and_sequence():
+    """Ops back to back on one image (each reading what the last wrote), with ``start`` pulses and
+    junk loads while busy (ignored): busy lasts exactly ``op_cycles``, results equal the spec."""
+    m = model(RESNET)
+    assert ThresholdUnit.LATENCY == THRESHOLD_LATENCY
+    params = params_for(m, 3, 64, 24)
+    beats, slots = constant_beats(params, m)
+    pool_slots = 2                                   # the pool runs on channels 0 and 1 only
+    beats = [b for b in beats if b[0] == ACT_THRESHOLDS
+             or (b[0] == POOL_CONSTANTS and b[1] < pool_slots)
+             or (b[0] == POOL_THRESHOLDS and b[1] >> params.pool_code_bits < pool_slots)]
+    rng = np.random.default_rng(5)
+    values, codes = junk(params, rng)
+    info = m.validate()
+    act, add, pool = node_of(m, "blocks.1.act1"), node_of(m, "blocks.1.add"), node_of(m, "act_fc")
+    small = min(info[name].bound for name in add.inputs)
+    put_values(values, 0, rng.integers(-small // 4, small // 4, 40, dtype=np.int64))
+
+    def regs(node, shape, inputs, dst):
+        return node, registers(params, node, shape, inputs, dst, slots.get(node.name, 0))
+
+    ops = [regs(add, (1, 1, 1), (0, 1), 2),           # N = 1
+           regs(add, (2, 1, 3), (0, 10), 0),          # dst == src_a
+           regs(act, (1, 1, 1), (0,), 0),             # the node's first channel only
+           regs(act, (16, 1, 2), (4,), 3),
+           regs(pool, (1, 1, 1), (20,), 20),
+           regs(pool, (2, 2, 3), (20,), 21)]
+    check(params, beats, ops, values, codes, interfere=True)
+
+
+def test_missing_hardware_is_ignored():
+    """A unit without activate hardware (digits CNN) ignores an ACTIVATE start; bad op codes too."""
+    params = params_for(model(DIGITS), 2, 8, 8)
+    assert params.ops == (ADD, POOL)
+    dut = VectorUnit(params)
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+
+    async def bench(ctx):
+        for op in (ACTIVATE, 3):
+            ctx.set(dut.op, op)
+            ctx.set(dut.channels, 1)
+            ctx.set(dut.positions, 1)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            for _ in range(4):
+                assert not ctx.get(dut.busy)
+                await ctx.tick()
+
+    sim.add_testbench(bench)
+    sim.run()
+
+
+def test_verilog():
+    """The ResNet-20 unit converts to Verilog with the documented ports."""
+    params = params_for(model(RESNET), 8, 1 << 15, 1 << 12)
+    text = verilog.convert(VectorUnit(params), name="vector")
+    for port in ("start", "busy", "val_read_addr", "code_write_lane", "load_data"):
+        assert port in text
+
+
+# ---------------------------------------------------------------- parameters and words
+
+
+def test_params_sizing():
+    m = model(RESNET)
+    p = params_for(m, 8, 100, 50)
+    info = m.validate()
+    pool = node_of(m, "act_fc")
+    assert (p.act_code_bits, p.act_slots, p.pool_slots, p.pool_code_bits, p.max_frac_bits) == (3, 288, 64, 8, 8)
+    assert p.act_threshold_bits == max(signed_bits(int(np.abs(n.stage.thresholds).max()))
+                                       for n in m.nodes if isinstance(n, ActivateNode))
+    assert p.pool_sum_bits == signed_bits(pool_sum_bound(pool, info[pool.input].shape, info[pool.input].bound))
+    assert p.pool_offset_bits == signed_bits(int(np.abs(pool.offset).max()))
+    assert VectorParams.from_dict(p.describe()) == p
+    assert [name for name, *_ in p.memories()] == ["act_thresholds", "pool_constants", "pool_thresholds"]
+    d = params_for(model(DIGITS), 1, 10, 10)
+    assert (d.act_code_bits, d.act_slots, d.act_word_bits) == (0, 0, 0)
+    assert d.op_cycles(POOL, 64, 16) == 64 * (16 + 2 + 16) + 1
+
+
+def test_padding_never_passed():
+    """The padded words of a narrower activate node give the node's codes on every value in range."""
+    m = model(RESNET)
+    node, bound = node_of(m, "blocks.0.act1"), m.validate()["conv1"].bound
+    base = params_for(m, 1, 10, 10)
+    wide = VectorParams(**{**base.describe(), "act_code_bits": 5, "act_threshold_bits": base.value_bits + 1})
+    words = activate_words(wide, node, bound)
+    tb, s = wide.act_threshold_bits, 31
+    t = np.array([[((w >> (i * tb)) & ((1 << tb) - 1)) for i in range(s)] for w in words], dtype=object)
+    t = np.where(t >= 1 << (tb - 1), t - (1 << tb), t).astype(np.int64)
+    x = np.array([-bound, -1, 0, 1, bound] + list(node.stage.thresholds.reshape(-1)), dtype=np.int64)
+    x = x[None, None, :].repeat(16, axis=1)
+    assert np.array_equal(Thresholds(t, np.zeros(16, bool), 5).apply(x), node.stage.apply(x))
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lanes": 0}, "lanes must be an integer in 1..256"),
+    ({"value_bits": 65}, "value_bits must be an integer in 2..64"),
+    ({"act_code_bits": 0}, "act_threshold_bits must be an integer in 0..0"),
+    ({"act_code_bits": 9}, "act_code_bits must be an integer in 0..8"),
+    ({"lane_bits": 2}, "act_code_bits must be an integer in 1..2"),
+    ({"act_threshold_bits": 40}, "act_threshold_bits must be an integer in 2..36"),
+    ({"pool_slots": 0}, "pool_code_bits must be an integer in 0..0"),
+    ({"max_frac_bits": 25}, "max_frac_bits must be an integer in 0..24"),
+    ({"pool_offset_bits": 0}, "pool_offset_bits must be an integer in 1..43"),
+    ({"code_depth": True}, "code_depth must be an integer"),
+])
+def test_params_errors(change, message):
+    base = params_for(model(RESNET), 3, 100, 100).describe()
+    with pytest.raises(ValueError, match=message):
+        VectorParams(**{**base, **change})
+
+
+def test_sizing_and_beat_errors():
+    m, digits = model(RESNET), model(DIGITS)
+    with pytest.raises(ValueError, match="value_bits=20 cannot hold .* need 35 bits"):
+        VectorParams.for_model(m, 3, LANE_BITS, 20, 10, 10)
+    with pytest.raises(ValueError, match="lane_bits=3 cannot hold the model's 8-bit"):
+        VectorParams.for_model(m, 3, 3, 35, 10, 10)
+    with pytest.raises(ValueError, match="keys"):
+        VectorParams.from_dict({"lanes": 1})
+    with pytest.raises(ValueError, match="blocks.0.act1.*no activate hardware.*VectorParams.for_model"):
+        constant_beats(params_for(digits, 3, 10, 10), m)
+    with pytest.raises(ValueError, match="act_fc.*thresholds need 43 bits"):
+        constant_beats(VectorParams(**{**params_for(m, 3, 10, 10).describe(), "pool_threshold_bits": 30}), m)
+    few = VectorParams(**{**params_for(m, 3, 10, 10).describe(), "act_slots": 100})
+    with pytest.raises(ValueError, match="blocks.5.act1.*needs slots 96..127, the unit has 100"):
+        constant_beats(few, m)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(TypeError, match="params must be a VectorParams"):
+            VectorUnit({"lanes": 1})
+        gc.collect()                                             # the half-built unit, while ignored
+
+
+def test_op_register_errors():
+    m = model(RESNET)
+    p = params_for(m, 3, 100, 40)
+    act, add, pool = node_of(m, "blocks.0.act1"), node_of(m, "blocks.0.add"), node_of(m, "act_fc")
+    assert registers(p, add, (2, 3, 4), (0, 24), 0) == {
+        "op": ADD, "src_a": 0, "src_b": 24, "dst": 0, "channels": 2, "positions": 12, "slot_base": 0,
+        "frac_bits": 0}
+    assert registers(p, pool, (4, 2, 2), (10,), 38)["frac_bits"] == 8
+    cases = [
+        (lambda: registers(p, add, (2, 3, 4), (0, 24), 12),
+         "output 'blocks.0.out' at 12 overlaps input 'blocks.0.conv2' at 0 without starting there"),
+        (lambda: registers(p, add, (2, 3, 4), (0, 80), 30), "input 'conv1' at 80 takes 24 words of the value"),
+        (lambda: op_registers(p, add, (2, 3, 4), {"conv1": 0, "blocks.0.out": 9}), "no address for tensor "
+                                                                                  "'blocks.0.conv2'"),
+        (lambda: registers(p, act, (16, 2, 2), (0,), 30), "output 'blocks.0.act1' at 30 takes 24 words of the code"),
+        (lambda: registers(p, act, (16, 1, 1), (0,), 0, 280), "slots 280.. for 16 channels do not fit"),
+        (lambda: op_registers(p, act, (16, 1, 1), {"conv1": 0, "blocks.0.act1": 0}), "no first slot"),
+        (lambda: registers(p, act, (16, 0, 1), (0,), 0), "shape must be 3 positive integers"),
+        (lambda: registers(p, act, (17, 1, 1), (0,), 0), "shape has 17 channels, the node's constants 16"),
+        (lambda: registers(p, m.nodes[1], (3, 1, 1), (0,), 0), "runs activate, add and pool nodes"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    no_act = params_for(model(DIGITS), 3, 100, 40)
+    with pytest.raises(ValueError, match="no activate hardware"):
+        registers(no_act, act, (16, 1, 1), (0,), 0)
+
+
+def test_pool_thresholds_must_ascend():
+    m = copy.deepcopy(model(DIGITS))
+    node = node_of(m, "act_fc")
+    p = params_for(m, 1, 10, 10)
+    node.stage.thresholds[3, :2] = node.stage.thresholds[3, 1::-1] + np.array([0, -1])
+    with pytest.raises(ValueError, match="non-decreasing.*binary search"):
+        pool_threshold_words(p, node, TensorInfo((64, 4, 4), None, 9326880))

@@ -1,0 +1,334 @@
+"""The network plan (compiler.network): steps, tensor liveness, the code and value memories, refusals.
+
+Liveness and non-overlap are checked against the step list independently of the plan's own
+``first``/``last``: for every pair of tensors of one memory that are alive at one step (written at
+or before it, read at or after it; the logits to the end), their address ranges must be disjoint.
+Random graphs are valid compiled models built node by node (convs with every output stage,
+activations, residual additions of any two value tensors of one shape, pooling).
+"""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.format import load
+from compiler.graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, ModelRuleError, PoolNode,
+                            Requantize, Thresholds, act_scale, mac_kind, signed_bits)
+from compiler.network import (MAX_LANES, NetworkPlanError, code_address, network_memory_bits, plan_network,
+                              value_address)
+from lcq.cli import main
+
+DATA = Path(__file__).parent / "data"
+DIGITS = DATA / "digits-cnn-lcq-w3a3.lcq"
+RESNET = DATA / "cifar10-resnet20-lcq-w3a3.lcq"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load(DIGITS)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    return load(RESNET)
+
+
+# --------------------------------------------------------------------------- hand-made graphs
+
+
+def _levels(s: int, top: int) -> np.ndarray:
+    return np.round(np.linspace(0, top, s + 1)).astype(np.int64)
+
+
+def _thresholds(channels: int, bits: int) -> Thresholds:
+    return Thresholds(np.zeros((channels, act_scale(bits)), np.int64), np.zeros(channels, bool), bits)
+
+
+def _conv(name, input, output, in_shape, channels, abits, stage="codes", bits=3, kernel=1, stride=1, kind="conv"):
+    """A valid ConvNode: ``stage`` "codes" (thresholds to ``bits``-bit codes), "requantize" or "raw"."""
+    c, h, w = in_shape
+    pad = kernel // 2
+    out = (channels, (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1)
+    if stage == "codes":
+        st, out_scale = _thresholds(channels, bits), None
+    elif stage == "requantize":
+        st = Requantize(np.full(channels, 1 << 23, np.int64), np.full(channels, 1 << 23, np.int64),
+                        np.full(channels, 24, np.int64))
+        out_scale = 1.0
+    else:
+        st, out_scale = None, 1.0
+    return ConvNode(name=name, input=input, output=output, kind=kind, in_shape=tuple(in_shape), out_shape=out,
+                    kernel=kernel, stride=stride, padding=pad, wbits=3, abits=abits, outer_wbits=8, outer_abits=8,
+                    mac=mac_kind(3, abits, 1024), weight_codes=np.zeros((channels, c, kernel, kernel), np.int8),
+                    w_levels=_levels(3, 127), a_levels=_levels(act_scale(abits), 255), scale=1.0, stage=st,
+                    out_scale=out_scale)
+
+
+def _pool(name, input, channels):
+    return PoolNode(name, input, name, np.ones(channels, np.int64), np.ones(channels, bool),
+                    np.zeros(channels, np.int64), 0, _thresholds(channels, 8))
+
+
+def _input(shape, bits=8):
+    table = np.minimum(np.arange(256) // 8, act_scale(bits)).astype(np.uint8)
+    return InputNode("act_in", tuple(shape), table, bits)
+
+
+def _model(nodes, classes):
+    """The model of ``nodes``; every value tensor (sums, convs without thresholds) has scale 1."""
+    values = {n.output: 1.0 for n in nodes
+              if isinstance(n, AddNode) or (isinstance(n, ConvNode) and not isinstance(n.stage, Thresholds))}
+    return CompiledModel(nodes, nodes[-1].output, classes, scales=values)
+
+
+def random_model(rnd: random.Random) -> CompiledModel:
+    """A random valid compiled model: a DAG of convs, activations, additions and pooling on small maps."""
+    side = rnd.randint(1, 6)
+    shape = (rnd.randint(1, 5), side, side)
+    nodes = [_input(shape, rnd.choice((3, 8)))]
+    codes = {"act_in": (shape, nodes[0].bits)}      # name -> (shape, bits)
+    values = {}                                      # name -> shape
+    for i in range(rnd.randint(1, 24)):
+        ops = ["conv"] + (["activate", "pool"] if values else [])
+        by_shape = {}
+        for name, s in values.items():
+            by_shape.setdefault(s, []).append(name)
+        ops += ["add"] * 2 * bool(values)
+        op = rnd.choice(ops)
+        name = f"n{i}"
+        if op == "conv":
+            src = rnd.choice(list(codes)[-3:] if rnd.random() < 0.7 else list(codes))
+            s, bits = codes[src]
+            k = rnd.choice((1, 3)) if min(s[1:]) >= 2 else 1
+            stage = rnd.choice(("codes", "requantize", "raw"))
+            node = _conv(name, src, name, s, rnd.randint(1, 20), bits, stage, rnd.choice((2, 3, 4)), k,
+                         rnd.choice((1, 2)) if min(s[1:]) >= 2 else 1)
+            if stage == "codes":
+                codes[name] = (node.out_shape, node.stage.bits)
+            else:
+                values[name] = node.out_shape
+        elif op == "activate":
+            src = rnd.choice(list(values))
+            node = ActivateNode(name, src, name, _thresholds(values[src][0], rnd.choice((2, 3))))
+            codes[name] = (values[src], node.stage.bits)
+        elif op == "pool":
+            src = rnd.choice(list(values))
+            node = _pool(name, src, values[src][0])
+            codes[name] = ((values[src][0], 1, 1), 8)
+        else:
+            group = rnd.choice(list(by_shape.values()))
+            node = AddNode(name, (rnd.choice(group), rnd.choice(group)), name)
+            values[name] = values[node.inputs[0]]
+        nodes.append(node)
+    flat = [n for n, (s, _) in codes.items() if s[1:] == (1, 1)]
+    if not flat:
+        if not values:
+            s, bits = codes[list(codes)[-1]]
+            nodes.append(_conv("last_raw", list(codes)[-1], "last_raw", s, 4, bits, "raw"))
+            values["last_raw"] = nodes[-1].out_shape
+        src = rnd.choice(list(values))
+        nodes.append(_pool("pooled", src, values[src][0]))
+        codes["pooled"] = ((values[src][0], 1, 1), 8)
+        flat = ["pooled"]
+    src = rnd.choice(flat)
+    classes = rnd.randint(1, 10)
+    nodes.append(_conv("fc", src, "logits", codes[src][0], classes, codes[src][1], "requantize", kind="linear"))
+    model = _model(nodes, classes)
+    model.validate()
+    return model
+
+
+# --------------------------------------------------------------------------- independent checks
+
+
+def check_plan(model: CompiledModel, plan) -> None:
+    """Every rule of the plan, recomputed from the model: liveness, word counts, widths, non-overlap."""
+    info = model.validate()
+    assert [s.index for s in plan.steps] == list(range(len(model.nodes)))
+    assert list(plan.tensors) == [n.output for n in model.nodes]
+    defined = {n.output: i for i, n in enumerate(model.nodes)}
+    readers = {}
+    for i, n in enumerate(model.nodes):
+        ins = list(n.inputs) if isinstance(n, AddNode) else [] if isinstance(n, InputNode) else [n.input]
+        assert list(plan.steps[i].inputs) == ins and plan.steps[i].output == n.output and plan.steps[i].kind == n.op
+        for name in ins:
+            readers.setdefault(name, []).append(i)
+    end = len(model.nodes) - 1
+    live = {name: (defined[name], end if name == model.logits else max(readers.get(name, [defined[name]])))
+            for name in defined}
+    lanes = plan.lanes
+    for name, t in plan.tensors.items():
+        c, h, w = info[name].shape
+        assert (t.first, t.last) == live[name] and t.shape == (c, h, w)
+        if info[name].bits is None:
+            assert t.kind == "values" and t.words == c * h * w and t.bits == signed_bits(info[name].bound)
+        else:
+            assert t.kind == "codes" and t.words == math.ceil(c / lanes) * h * w and t.bits == info[name].bits
+        assert 0 <= t.base and t.base + t.words <= plan.memories[t.kind].depth
+    for memory in ("codes", "values"):
+        held = [t for t in plan.tensors.values() if t.kind == memory]
+        bits = max(t.bits for t in held)
+        assert plan.memories[memory].width == (lanes * bits if memory == "codes" else bits)
+        assert plan.memories[memory].depth == max(t.base + t.words for t in held)
+        for i, a in enumerate(held):
+            la = live[a.name]
+            for b in held[i + 1:]:
+                lb = live[b.name]
+                if la[0] <= lb[1] and lb[0] <= la[1]:       # alive at one step
+                    assert a.base + a.words <= b.base or b.base + b.words <= a.base, (memory, a, b)
+        peak = max(sum(t.words for t in held if live[t.name][0] <= s <= live[t.name][1]) for s in range(end + 1))
+        assert plan.memories[memory].peak_live_words == peak <= plan.memories[memory].depth
+    assert network_memory_bits(plan) == plan.total_bits == sum(m.depth * m.width for m in plan.memories.values())
+    json.dumps(plan.describe())
+
+
+# --------------------------------------------------------------------------- the test models
+
+
+@pytest.mark.parametrize("lanes", [1, 3, 8, 16, MAX_LANES])
+def test_plans_of_the_test_models_keep_every_rule(digits, resnet, lanes):
+    for model in (digits, resnet):
+        check_plan(model, plan_network(model, lanes))
+
+
+def test_digits_plan(digits):
+    plan = plan_network(digits)
+    assert [s.kind for s in plan.steps] == ["input", "conv", "conv", "conv", "pool", "conv"]
+    assert {n: t.kind for n, t in plan.tensors.items()} == {
+        "act_in": "codes", "act1": "codes", "act2": "codes", "conv2": "values", "act_fc": "codes", "logits": "values"}
+    # act1 (16x8x8) and act2 (32x4x4) alive together at conv1: 1024 + 512 words; conv2's raw 25-bit accumulators
+    # feed the pool; the logits need 30 bits. The input and pooled codes are 8 bits wide.
+    assert (plan.memories["codes"].depth, plan.memories["codes"].width) == (1536, 8)
+    assert (plan.memories["values"].depth, plan.memories["values"].width) == (1024, 30)
+    assert plan.total_bits == 1536 * 8 + 1024 * 30
+    plan8 = plan_network(digits, 8)
+    assert (plan8.memories["codes"].depth, plan8.memories["codes"].width) == (2 * 64 + 64, 64)
+    buffers = plan.buffers()
+    assert buffers["accumulators"]["tensors"] == ["conv2"] and buffers["residual"]["tensors"] == []
+    assert buffers["pooled"]["tensors"] == ["act_fc"] and buffers["logits"]["bits"] == 10 * 30
+
+
+def test_resnet20_plan(resnet):
+    plan = plan_network(resnet)
+    assert len(plan.steps) == len(resnet.nodes) == 42
+    # a block's add reads the stream and conv2 and writes the next stream: 3 maps of 16x32x32 values at once
+    assert (plan.memories["values"].depth, plan.memories["values"].peak_live_words) == (3 * 16384, 3 * 16384)
+    assert (plan.memories["codes"].depth, plan.memories["codes"].width) == (2 * 16384, 8)
+    widths = {t.bits for t in plan.tensors.values() if t.kind == "values"}
+    assert plan.memories["values"].width == max(widths) == 35
+    buffers = plan.buffers()
+    assert len(buffers["residual"]["tensors"]) == 21 and buffers["residual"]["bits"] == 3 * 16384 * 35
+    assert buffers["activations"]["words"] == 2 * 16384 and buffers["accumulators"]["tensors"] == []
+    plan8 = plan_network(resnet, 8)
+    assert (plan8.memories["codes"].depth, plan8.memories["codes"].width) == (2 * 2048, 64)
+    assert plan8.memories["values"].to_dict() == plan.memories["values"].to_dict()
+
+
+def test_values_width_is_the_widest_exact_bound(resnet, digits):
+    for model in (resnet, digits):
+        info = model.validate()
+        plan = plan_network(model)
+        assert plan.memories["values"].width == max(signed_bits(t.bound) for t in info.values() if t.bits is None)
+        assert plan.memories["codes"].width == max(t.bits for t in info.values() if t.bits is not None)
+
+
+def test_addresses_fill_each_region_exactly():
+    for shape, lanes in (((5, 3, 4), 2), ((16, 2, 2), 8), ((3, 1, 1), 4), ((7, 2, 3), 1)):
+        c, h, w = shape
+        base = 100
+        words = math.ceil(c / lanes) * h * w
+        seen = {code_address(base, shape, lanes, ch, y, x) for ch in range(c) for y in range(h) for x in range(w)}
+        assert len(seen) == c * h * w and all(base <= word < base + words and 0 <= lane < lanes for word, lane in seen)
+        vals = {value_address(base, shape, ch, y, x) for ch in range(c) for y in range(h) for x in range(w)}
+        assert vals == set(range(base, base + c * h * w))
+
+
+# --------------------------------------------------------------------------- random graphs
+
+
+def test_random_graphs_keep_every_rule():
+    rnd = random.Random(12)
+    kinds = set()
+    for _ in range(150):
+        model = random_model(rnd)
+        kinds |= {n.op for n in model.nodes}
+        for lanes in (1, rnd.randint(2, 9)):
+            check_plan(model, plan_network(model, lanes))
+    assert kinds == {"input", "conv", "activate", "add", "pool"}
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _bad(kind):
+    nodes = [_input((2, 4, 4))]
+    if kind == "conv of values":
+        nodes += [_conv("c0", "act_in", "v0", (2, 4, 4), 3, 8, "raw"), _conv("c1", "v0", "v1", (3, 4, 4), 3, 8, "raw")]
+    elif kind == "pool of codes":
+        nodes += [_conv("c0", "act_in", "a0", (2, 4, 4), 3, 8, "codes"), _pool("p0", "a0", 3)]
+    elif kind == "add of codes":
+        nodes += [_conv("c0", "act_in", "a0", (2, 4, 4), 3, 8, "codes"), AddNode("s0", ("a0", "a0"), "s0")]
+    elif kind == "activate of codes":
+        nodes += [ActivateNode("t0", "act_in", "t0", _thresholds(2, 3))]
+    nodes.append(_conv("fc", nodes[-1].output, "logits", (3, 1, 1), 2, 8, "requantize", kind="linear"))
+    return CompiledModel(nodes, "logits", 2, scales={"logits": 1.0})
+
+
+@pytest.mark.parametrize("kind, node, says", [
+    ("conv of values", "node 2 (conv 'c1')", "reads values 'v0', but a conv step reads activation codes"),
+    ("pool of codes", "node 2 (pool 'p0')", "reads codes 'a0', but a pool step sums values"),
+    ("add of codes", "node 2 (add 's0')", "reads codes 'a0', but an add step sums two value tensors"),
+    ("activate of codes", "node 1 (activate 't0')", "reads codes 'act_in', but an activate step turns values"),
+])
+def test_graphs_the_hardware_cannot_run_are_refused(kind, node, says):
+    with pytest.raises(NetworkPlanError) as e:
+        plan_network(_bad(kind))
+    assert str(e.value).startswith(node + ": ") and says in str(e.value)
+    assert isinstance(e.value, ValueError) and e.value.where == node
+
+
+def test_other_broken_rules_are_the_models_own_errors(digits):
+    import copy
+    model = copy.deepcopy(digits)
+    model.nodes[2].stride = 0
+    with pytest.raises(ModelRuleError, match=r"node 2 \(conv 'conv1'\): field 'stride'"):
+        plan_network(model)
+
+
+@pytest.mark.parametrize("lanes", [0, -1, MAX_LANES + 1, 2.0, True, "8"])
+def test_lanes_out_of_range(digits, lanes):
+    with pytest.raises(ValueError, match=rf"lanes must be an integer in 1..{MAX_LANES}"):
+        plan_network(digits, lanes)
+
+
+# --------------------------------------------------------------------------- lcq report
+
+
+def test_report_json_has_the_network_plan(capsys, resnet):
+    assert main(["report", str(RESNET), "--json", "--lanes", "8"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["network"] == json.loads(json.dumps(plan_network(resnet, 8).describe()))
+    assert rep["network"]["lanes"] == 8 and rep["total_bytes"] == 103_096       # the layer report is unchanged
+    assert main(["report", str(DIGITS), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["network"]["lanes"] == 1
+
+
+def test_report_table_lists_buffers_memories_and_the_total(capsys):
+    assert main(["report", str(DIGITS)]) == 0
+    out = capsys.readouterr().out
+    assert "| layer | kind |" in out and "| buffer | memory |" in out and "| memory | depth (words) |" in out
+    assert "| codes | 1,536 | 8 | 1,536 | 12,288 | 1.5 |" in out
+    assert "| values | 1,024 | 30 | 1,024 | 30,720 | 3.8 |" in out
+    assert "total on-chip data memory: 43,008 bits = 5.4 KB" in out
+
+
+@pytest.mark.parametrize("lanes", ["0", "257", "x"])
+def test_report_refuses_lanes_out_of_range(capsys, lanes):
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(DIGITS), "--lanes", lanes])
+    assert e.value.code == 2
+    assert f"argument --lanes: must be an integer in 1..256, not '{lanes}'" in capsys.readouterr().err
