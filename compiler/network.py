@@ -28,7 +28,10 @@ Each tensor is alive from the step that writes it to the last step that reads
 it (the logits to the end). :func:`plan_network` places every tensor at a base
 address of its memory (first fit, in order of definition or largest first,
 whichever needs fewer words) so that no two tensors alive at one step overlap;
-as the intervals are inclusive, a step's output never overlaps its own inputs. A memory's depth is the high-water mark
+as the intervals are inclusive, a step's output never overlaps its own inputs,
+with one exception: a residual sum is written *in place* over an operand that
+this addition reads for the last time (the vector unit reads both operands of
+an element before it writes the sum). A memory's depth is the high-water mark
 of its regions. A graph the planned hardware cannot run (a conv on values,
 pooling or activating codes, an add of codes) raises :class:`NetworkPlanError`.
 
@@ -37,7 +40,7 @@ Numpy only (no torch, no amaranth), like the rest of the compiler's file side.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode, Requantize, Thresholds,
                     node_where, signed_bits)
@@ -84,7 +87,8 @@ class Step:
 class TensorPlan:
     """Where a tensor lives: ``kind`` (its memory, "codes" or "values"), ``shape`` (C, H, W), element
     width ``bits``, ``words`` of its memory from ``base``, alive from step ``first`` to ``last``
-    (inclusive), ``role`` (its logical buffer, :data:`ROLES`) and, for values, ``bound`` (largest |x|)."""
+    (inclusive), ``role`` (its logical buffer, :data:`ROLES`), for values ``bound`` (largest |x|), and
+    for an addition's sum ``in_place``: the operand whose region it overwrites (or None)."""
 
     name: str
     kind: str
@@ -96,6 +100,7 @@ class TensorPlan:
     role: str
     bound: int | None = None
     base: int = 0
+    in_place: str | None = None
 
     @property
     def end(self) -> int:
@@ -113,7 +118,8 @@ class TensorPlan:
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "role": self.role, "shape": list(self.shape), "bits": self.bits,
-                "bound": self.bound, "words": self.words, "base": self.base, "first": self.first, "last": self.last}
+                "bound": self.bound, "words": self.words, "base": self.base, "first": self.first, "last": self.last,
+                "in_place": self.in_place}
 
 
 @dataclass
@@ -153,8 +159,13 @@ class NetworkPlan:
         return [t for t in self.tensors.values() if t.alive(step) and (memory is None or t.kind == memory)]
 
     def peak_words(self, select) -> int:
-        """The most words, over steps, of the alive tensors for which ``select(tensor)`` holds."""
-        return max((sum(t.words for t in self.alive(s.index) if select(t)) for s in self.steps), default=0)
+        """The most words, over steps, of the alive tensors for which ``select(tensor)`` holds (a sum
+        written in place over its operand counted once)."""
+        def words(step: int) -> int:
+            alive = self.alive(step)
+            names = {t.name for t in alive}
+            return sum(t.words for t in alive if select(t) and t.in_place not in names)
+        return max((words(s.index) for s in self.steps), default=0)
 
     def buffers(self) -> dict[str, dict]:
         """The logical buffers (:data:`ROLES`): activation ping-pong, residual stream, raw accumulators,
@@ -296,6 +307,24 @@ def allocate(tensors: list[TensorPlan]) -> int:
     return best[0]
 
 
+def allocate_in_place(tensors: list[TensorPlan], by_name: dict[str, TensorPlan]) -> int:
+    """:func:`allocate` with each sum that is ``in_place`` sharing its operand's region: the chain of
+    tensors joined so is placed as one, alive from the first's first step to the last's last."""
+    chains: dict[str, list[TensorPlan]] = {}
+    for t in tensors:
+        head = t
+        while head.in_place is not None:
+            head = by_name[head.in_place]
+        chains.setdefault(head.name, []).append(t)
+    joined = [replace(chain[0], first=min(t.first for t in chain), last=max(t.last for t in chain),
+                      words=max(t.words for t in chain)) for chain in chains.values()]
+    depth = allocate(joined)
+    for region in joined:
+        for t in chains[region.name]:
+            t.base = region.base
+    return depth
+
+
 def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
     """The network plan of ``model`` for a code memory of ``lanes`` codes per word (1..MAX_LANES).
 
@@ -323,9 +352,15 @@ def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
             tensors[step.output] = TensorPlan(step.output, "values", shape, signed_bits(t.bound), value_words(shape),
                                               step.index, last, _role(node, model), bound=int(t.bound))
     plan = NetworkPlan(lanes, steps, tensors)
+    for step, node in zip(steps, model.nodes):
+        if isinstance(node, AddNode):
+            total = tensors[step.output]
+            dying = [tensors[n] for n in node.inputs if tensors[n].last == step.index and n != model.logits]
+            if dying:
+                total.in_place = dying[0].name
     for memory in MEMORIES:
         held = [t for t in tensors.values() if t.kind == memory]
-        depth = allocate(held)
+        depth = allocate_in_place(held, tensors)
         bits = max((t.bits for t in held), default=0)
         width = lanes * bits if memory == "codes" else bits
         plan.memories[memory] = MemoryPlan(memory, depth, width, plan.peak_words(lambda t, m=memory: t.kind == m))

@@ -89,7 +89,8 @@ def check_against_reference(model, images, results):
         assert set(result["probes"]) == {node.output for node in model.nodes}
 
 
-@pytest.mark.parametrize("rows, cols, stall, backpressure", [(4, 4, 0.0, 0.0), (3, 2, 0.3, 0.5)])
+@pytest.mark.parametrize("rows, cols, stall, backpressure", [
+    pytest.param(4, 4, 0.0, 0.0, marks=pytest.mark.slow), (3, 2, 0.3, 0.5)])
 def test_digits_network_on_the_core(rows, cols, stall, backpressure):
     images = np.random.default_rng(rows).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
     params = NetworkParams.for_model(DIGITS, rows, cols)
