@@ -8,13 +8,15 @@ read ends; an optional ``reset_input_buffer()`` discards bytes already received)
 Nothing waits forever, whatever the device sends. Every read ends within the port's own
 timeout (:class:`SerialPort` refuses to open without one), and the number of reads is bounded:
 a reply frame takes at most four (a frame may not announce more payload than any reply of the
-request can hold), a RUN at most one OUT frame per word asked for (an empty OUT frame is an
-error) and DONE, draining the line at most ``drain_bytes`` bytes and :data:`DRAIN_SHORT_READS`
-reads cut short by the timeout (a device that never goes quiet), and every retry (a LOAD sent
-again, a PING while resynchronizing, a layer run again) is bounded by ``retries``. So every wait
-is bounded in port timeouts, which a simulated port counts in simulated time; ``deadline``
-adds a wall-clock limit of its own to each reply frame and each drain. Each way of failing
-ends in a :class:`hw.protocol.LinkError` that names what did not arrive and what to do.
+request can hold), a RUN at most one OUT frame per word asked for (an empty OUT frame, and one
+that does not start at the next word, is an error) and DONE, draining the line at most
+``drain_bytes`` bytes and :data:`DRAIN_SHORT_READS` reads cut short by the timeout (a device
+that never goes quiet), and every retry (a LOAD sent again, a PING while resynchronizing, a
+layer run again) is bounded by ``retries``. So every wait is bounded in port timeouts, which a
+simulated port counts in simulated time; ``deadline`` adds a wall-clock limit of its own to each
+reply frame and each drain. Each way of failing ends in a :class:`hw.protocol.LinkError` that
+names what did not arrive and what to do; a device of another protocol version is refused at
+its INFO reply (:class:`hw.protocol.VersionError`, not retried).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import math
 import struct
 import time
 
-from hw.protocol import (DONE_FORMAT, FRAME_BYTES, INFO_FORMAT, FrameError, FrameType, LinkError, LinkInfo,
-                         LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_words, encode_frame,
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, INFO_FORMAT, OUT_HEAD_BYTES, FrameError, FrameType, LinkError,
+                         LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_out, encode_frame,
                          encode_loads, encode_run, read_frame)
 
 NACK_BYTES = 2
@@ -207,7 +209,9 @@ class LinkHost:
 
     def run(self, out_words: int, fmt: OutputFormat = OutputFormat.FULL) -> list[int]:
         """Start the engine and collect exactly ``out_words`` output words, sent in format
-        ``fmt`` and returned as full words."""
+        ``fmt`` and returned as full words. Each OUT frame must start at the word that comes
+        next (its index within the RUN); one that arrived twice or after a lost one is a
+        :class:`FrameError` (:meth:`load_and_run` runs the layer again)."""
         if isinstance(out_words, bool) or not isinstance(out_words, int) or not 1 <= out_words <= RUN_WORDS_MAX:
             raise ValueError(f"A RUN must ask for 1..{RUN_WORDS_MAX} output words, not {out_words!r}")
         info = self.info
@@ -215,23 +219,29 @@ class LinkHost:
             raise ValueError("this engine has no activation codes to return in the CODES format")
         max_length = max(info.max_payload, DONE_BYTES, NACK_BYTES)
         step = info.out_bytes(fmt)
-        per_frame = max(1, info.max_payload // step)
+        frames = -(-out_words // info.out_frame_words(fmt))
         self._send(FrameType.RUN, encode_run(out_words, fmt))
-        self._reply_bytes = out_words * step + -(-out_words // per_frame) * FRAME_BYTES + FRAME_BYTES + DONE_BYTES
+        self._reply_bytes = out_words * step + frames * (FRAME_BYTES + OUT_HEAD_BYTES) + FRAME_BYTES + DONE_BYTES
         words: list[int] = []
         while True:         # at most one OUT frame per word asked for, then DONE
             expecting = f"RUN output (word {len(words)} of {out_words}, or DONE)"
             frame = self._frame(expecting, max_length)
             if frame.type == FrameType.OUT:
-                if not frame.payload:
+                if len(frame.payload) <= OUT_HEAD_BYTES:
                     raise FrameError(f"empty OUT frame in {expecting}: the device sends at least one word "
                                      f"per OUT frame, so the reply was damaged on the line or the device is "
                                      f"faulty; check the cable, then reopen the port and ping")
-                words += decode_words(frame.payload, info, fmt)
+                first, got = decode_out(frame.payload, info, fmt)
+                if first != len(words):
+                    what = ("the frames before it were lost" if first > len(words) else
+                            "it arrived twice or out of order")
+                    raise FrameError(f"OUT frame of words {first}..{first + len(got) - 1} in {expecting}: "
+                                     f"{what} on the line; check the cable and baud rate")
+                words += got
                 if len(words) > out_words:
                     raise FrameError(f"the device sent {len(words)} output words, more than the "
-                                     f"{out_words} asked for: a frame arrived twice, or host and gateware "
-                                     f"speak different protocols (rebuild the bitstream)")
+                                     f"{out_words} asked for: host and gateware speak different "
+                                     f"protocols (rebuild the bitstream) or the device is faulty")
             elif frame.type == FrameType.DONE and len(frame.payload) == DONE_BYTES:
                 (sent,) = struct.unpack(DONE_FORMAT, frame.payload)
                 if sent != out_words:

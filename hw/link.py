@@ -11,7 +11,7 @@ only marks a frame start where one is expected.
 
 Host -> device requests:
 
-- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 2),
+- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 3),
   then 16-bit little-endian addr_bits, out_bits (one output word: ``cols`` signed
   fields), rows, cols, max_payload, code_bits (0: no CODES format), and the data bits
   of each of the 6 load targets (0: the engine has no such target).
@@ -24,11 +24,13 @@ Host -> device requests:
 - ``RUN 0x03``: the number of words expected (32-bit little-endian) and the output
   format (1 byte: 0 FULL, every out_bits; 1 CODES, the low code_bits of each field,
   packed). The bridge pulses ``start`` and sends the engine's first ``expected`` words
-  in ``OUT 0x83`` frames of as many words as ``max_payload`` holds (each little-endian
-  in its format's whole bytes), drops any further words, and, once ``busy`` falls,
-  sends ``DONE 0x84`` with the number of words the engine returned (32-bit
-  little-endian). Should the engine stop within a frame, the frame is completed with
-  zero words; DONE's count tells the host.
+  in ``OUT 0x83`` frames: the index of the frame's first word within the RUN (32-bit
+  little-endian, 0 for the first frame), then as many words as the rest of
+  ``max_payload`` holds (each little-endian in its format's whole bytes). It drops any
+  further words and, once ``busy`` falls, sends ``DONE 0x84`` with the number of words
+  the engine returned (32-bit little-endian). Should the engine stop within a frame, the
+  frame is completed with zero words; DONE's count tells the host. The index lets the
+  host refuse an OUT frame that arrives twice or after a lost one.
 
 Errors are answered ``NACK 0x85`` with two payload bytes: the code and the type byte of
 the refused frame. Codes: 1 CRC (checksum mismatch), 2 LENGTH (a LOAD payload without a
@@ -54,8 +56,9 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .engine import EngineSignature
-from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, INFO_FORMAT, LENGTH_BITS, PROTOCOL_VERSION,
-                       RUN_FORMAT, SYNC, TARGETS, FrameType, LinkInfo, NackCode, OutputFormat)
+from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, INFO_FORMAT, LENGTH_BITS, OUT_FORMAT,
+                       OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SYNC, TARGETS, FrameType, LinkInfo, NackCode,
+                       OutputFormat)
 from .uart import RX_LAYOUT
 
 
@@ -69,6 +72,7 @@ RUN_BYTES = struct.calcsize(RUN_FORMAT)
 RUN_COUNT_BITS = _field_bits(RUN_FORMAT)[0]     # words expected; the output format follows
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
 (DONE_COUNT_BITS,) = _field_bits(DONE_FORMAT)   # words the engine returned
+(OUT_INDEX_BITS,) = _field_bits(OUT_FORMAT)     # an OUT frame's first word within the RUN
 NACK_BYTES = 2
 
 
@@ -122,7 +126,7 @@ class LinkBridge(wiring.Component):
         self._addr_bytes = _bytes(addr_bits)
         self._word_bytes = [_bytes(bits) for bits in target_bits]
         self._out_bytes = (_bytes(out_bits), _bytes(cols * code_bits))
-        largest = max(1 + self._addr_bytes + max(self._word_bytes), RUN_BYTES, max(self._out_bytes))
+        largest = max(1 + self._addr_bytes + max(self._word_bytes), RUN_BYTES, OUT_HEAD_BYTES + max(self._out_bytes))
         _u16("Maximum payload", max_payload, largest)
         if not isinstance(timeout_cycles, int) or timeout_cycles < 1:
             raise ValueError(f"Timeout must be a positive number of cycles, not "
@@ -183,8 +187,9 @@ class LinkBridge(wiring.Component):
         data = Signal(max(self._target_bits))
         m.d.comb += [load.payload.target.eq(target), load.payload.addr.eq(addr), load.payload.data.eq(data)]
 
-        # Replies: INFO from constants, OUT from the word register, DONE from the word count,
-        # NACK from error and type; `sent` counts payload bytes, `word_pos` bytes of a word.
+        # Replies: INFO from constants, OUT from the first word's index then the word register, DONE
+        # from the word count, NACK from error and type; `sent` counts payload bytes, `word_pos` bytes
+        # of a word.
         reply_type = Signal(8)
         reply_len = Signal(LENGTH_BITS)
         sent = Signal(LENGTH_BITS)
@@ -192,13 +197,15 @@ class LinkBridge(wiring.Component):
         remaining = Signal(RUN_COUNT_BITS)      # words still to send of those RUN asked for
         fmt = Signal()
         words = Signal(DONE_COUNT_BITS)         # words the engine returned since RUN
+        first = Signal(OUT_INDEX_BITS)          # the OUT frame's first word within the RUN
         word_pos = Signal(range(max(self._out_bytes) + 1))
         out_word = Signal(8 * max(self._out_bytes))
         field = self._out_bits // self._cols
         codes = Cat(out.payload[c * field:c * field + self._code_bits] for c in range(self._cols))
         full_bytes, code_bytes = self._out_bytes[OutputFormat.FULL], self._out_bytes[OutputFormat.CODES]
         out_bytes = Mux(fmt, code_bytes, full_bytes)
-        per_frame = [self._max_payload // full_bytes, self._max_payload // max(1, code_bytes)]
+        per_frame = [(self._max_payload - OUT_HEAD_BYTES) // size for size in (full_bytes, max(1, code_bytes))]
+        heading = (reply_type == FrameType.OUT) & (sent < OUT_HEAD_BYTES)   # sending the OUT frame's index
 
         # The byte of the reply payload at `sent`, by reply type.
         info = self.info_payload()
@@ -212,7 +219,8 @@ class LinkBridge(wiring.Component):
             with m.Case(FrameType.INFO):
                 m.d.comb += payload_byte.eq(info_byte)
             with m.Case(FrameType.OUT):
-                m.d.comb += payload_byte.eq(out_word[:8])
+                m.d.comb += payload_byte.eq(Mux(heading, first.word_select(sent[:(OUT_HEAD_BYTES - 1).bit_length()], 8),
+                                                out_word[:8]))
             with m.Case(FrameType.DONE):
                 m.d.comb += payload_byte.eq(words.word_select(sent[:(DONE_BYTES - 1).bit_length()], 8))
             with m.Case(FrameType.NACK):
@@ -366,9 +374,10 @@ class LinkBridge(wiring.Component):
                 m.d.comb += out.ready.eq(1)
                 with m.If(out.valid):
                     m.d.sync += words.eq(words + 1)
-                    with m.If(remaining != 0):      # open a frame with this word
-                        m.d.sync += [out_word.eq(word), word_pos.eq(0), remaining.eq(remaining - 1)]
-                        full, codes_ = (Mux(remaining < k, remaining[:16] * size, k * size)
+                    with m.If(remaining != 0):      # open a frame with this word, word `words` of the RUN
+                        m.d.sync += [out_word.eq(word), word_pos.eq(0), remaining.eq(remaining - 1),
+                                     first.eq(words)]
+                        full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:16] * size, k * size)
                                         for k, size in zip(per_frame, (full_bytes, code_bytes)))
                         send(FrameType.OUT, Mux(fmt, codes_, full))
                 with m.Elif(~busy):
@@ -409,10 +418,12 @@ class LinkBridge(wiring.Component):
                     m.next = "TX_CRC_HI"
 
             def after_payload():
-                m.d.sync += [out_word.eq(out_word[8:]), sent.eq(sent + 1), word_pos.eq(word_pos + 1)]
+                m.d.sync += sent.eq(sent + 1)
+                with m.If(~heading):
+                    m.d.sync += [out_word.eq(out_word[8:]), word_pos.eq(word_pos + 1)]
                 with m.If(sent == reply_len - 1):
                     m.next = "TX_CRC_HI"
-                with m.Elif(running & (word_pos == out_bytes - 1)):
+                with m.Elif(running & ~heading & (word_pos == out_bytes - 1)):
                     m.d.sync += word_pos.eq(0)
                     m.next = "NEXT_WORD"
 

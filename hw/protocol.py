@@ -5,6 +5,13 @@ of the protocol from here: sync byte, checksum, frame types, error codes and the
 ``struct`` formats of the payloads. :mod:`hw.link` specifies the frame layout; this
 module turns frames into bytes and back. Every failure is a :class:`LinkError` whose message
 says which frame, what was wrong and what to do.
+
+Version 3 (:data:`PROTOCOL_VERSION`): an OUT payload starts with the index of its first word
+within the RUN (:data:`OUT_FORMAT`), then the words. Version 2 OUT frames carried words only, so
+that one OUT frame lost and another duplicated in a RUN kept the word count and went undetected;
+now the host takes an OUT frame only if it starts at the word that comes next, and a frame that
+repeats words or skips some is an error that runs the layer again. A version 2 bitstream is
+refused by its INFO reply (:class:`VersionError`).
 """
 
 from __future__ import annotations
@@ -24,10 +31,12 @@ CRC_FORMAT = ">H"  # the checksum, after the payload
 LENGTH_BITS = 8 * struct.calcsize(LENGTH_FORMAT)
 CRC_BYTES = struct.calcsize(CRC_FORMAT)
 FRAME_BYTES = 1 + 1 + struct.calcsize(LENGTH_FORMAT) + CRC_BYTES  # sync, type, length, checksum
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 # version; addr_bits, out_bits, rows, cols, max_payload, code_bits; data bits of each target
 INFO_FORMAT = f"<B6H{TARGETS}H"
 RUN_FORMAT = "<IB"  # words expected, output format (FULL or CODES)
+OUT_FORMAT = "<I"  # an OUT payload's head: the index of its first word within the RUN (the words follow)
+OUT_HEAD_BYTES = struct.calcsize(OUT_FORMAT)
 DONE_FORMAT = "<I"  # words the engine returned since RUN
 
 
@@ -89,6 +98,10 @@ class LinkNoise(LinkError):
 
 class FrameError(LinkError):
     """Bytes from the device do not form a valid frame."""
+
+
+class VersionError(LinkError):
+    """The device speaks another protocol version than the host (asking again would not help)."""
 
 
 class NackError(LinkError):
@@ -218,15 +231,23 @@ class LinkInfo:
 
     @classmethod
     def decode(cls, payload: bytes) -> "LinkInfo":
+        """The INFO reply's parameters. Raises :class:`VersionError` when its first byte states
+        another protocol version, :class:`FrameError` on a payload of the wrong size or with
+        impossible parameters."""
+        if payload and payload[0] != PROTOCOL_VERSION:
+            fix = ("rebuild the bitstream with this version of the project (`lcq build MODEL --board NAME`) "
+                   "and flash it (`lcq flash --board NAME`)" if payload[0] < PROTOCOL_VERSION else
+                   "update the host to the project version that built the bitstream, or rebuild the "
+                   "bitstream with this one (`lcq build MODEL --board NAME`, `lcq flash --board NAME`)")
+            raise VersionError(f"the board's bitstream speaks link protocol version {payload[0]}, this host "
+                               f"version {PROTOCOL_VERSION}: {fix}")
         if len(payload) != struct.calcsize(INFO_FORMAT):
             raise FrameError(f"INFO reply has {len(payload)} payload bytes, expected "
-                             f"{struct.calcsize(INFO_FORMAT)}: host and gateware speak different "
-                             f"protocol versions; rebuild the bitstream")
+                             f"{struct.calcsize(INFO_FORMAT)}: it was damaged on the line or does not "
+                             f"come from a link bridge of this project; ping again, and rebuild and "
+                             f"flash the bitstream if it persists")
         values = struct.unpack(INFO_FORMAT, payload)
         info = cls(*values[:7], tuple(values[7:]))
-        if info.version != PROTOCOL_VERSION:
-            raise FrameError(f"device speaks protocol version {info.version}, this host "
-                             f"{PROTOCOL_VERSION}: rebuild the bitstream or update the host")
         problems = info.problems()
         if problems:
             raise FrameError(f"INFO reply states impossible parameters ({'; '.join(problems)}): it "
@@ -258,10 +279,11 @@ class LinkInfo:
                            f"column field")
         if len(self.target_bits) == TARGETS and self.out_bits >= 1:
             largest = max(1 + self.addr_bytes + max(map(self.word_bytes, range(TARGETS))),
-                          struct.calcsize(RUN_FORMAT), self.out_bytes(), self.out_bytes(OutputFormat.CODES))
+                          struct.calcsize(RUN_FORMAT), OUT_HEAD_BYTES + self.out_bytes(),
+                          OUT_HEAD_BYTES + self.out_bytes(OutputFormat.CODES))
             if self.max_payload < largest:
                 out.append(f"max_payload {self.max_payload} smaller than the {largest} bytes the largest "
-                           f"payload needs (a LOAD header and word, a RUN request or an output word)")
+                           f"payload needs (a LOAD header and word, a RUN request or an OUT frame of one word)")
         return out
 
     def encode(self) -> bytes:
@@ -280,6 +302,10 @@ class LinkInfo:
         """Bytes of one RUN output word in format ``fmt``."""
         bits = self.cols * self.code_bits if fmt == OutputFormat.CODES else self.out_bits
         return (bits + 7) // 8
+
+    def out_frame_words(self, fmt: OutputFormat = OutputFormat.FULL) -> int:
+        """Words of a full OUT frame in format ``fmt``: as many as ``max_payload`` holds after the head."""
+        return (self.max_payload - OUT_HEAD_BYTES) // max(1, self.out_bytes(fmt))
 
 
 def encode_loads(beats: Iterable[tuple[int, int, int]], info: LinkInfo) -> list[bytes]:
@@ -320,15 +346,32 @@ def encode_run(words: int, fmt: OutputFormat = OutputFormat.FULL) -> bytes:
     return struct.pack(RUN_FORMAT, words, fmt)
 
 
+def encode_out(first: int, words: bytes) -> bytes:
+    """The OUT payload of ``words`` (their bytes, as :func:`decode_words` takes them), the first of
+    which is word ``first`` of the RUN."""
+    return struct.pack(OUT_FORMAT, first) + bytes(words)
+
+
+def decode_out(payload: bytes, info: LinkInfo, fmt: OutputFormat = OutputFormat.FULL) -> tuple[int, list[int]]:
+    """The index within the RUN of an OUT payload's first word, and its words (:func:`decode_words`)."""
+    if len(payload) < OUT_HEAD_BYTES:
+        raise FrameError(f"OUT frame has {len(payload)} payload bytes, fewer than the {OUT_HEAD_BYTES} of its "
+                         f"first word's index: it was damaged on the line, or host and gateware speak "
+                         f"different protocols (rebuild the bitstream)")
+    (first,) = struct.unpack_from(OUT_FORMAT, payload)
+    return first, decode_words(payload[OUT_HEAD_BYTES:], info, fmt)
+
+
 def decode_words(payload: bytes, info: LinkInfo, fmt: OutputFormat = OutputFormat.FULL) -> list[int]:
-    """The output words of an OUT payload, as full words (CODES fields widened to ``out_bits / cols``)."""
+    """The output words of an OUT payload's words (after its head), as full words (CODES fields
+    widened to ``out_bits / cols``)."""
     step = info.out_bytes(fmt)
     if step < 1:
         raise FrameError(f"the device's INFO states {fmt.name} output words of 0 bytes (out_bits "
                          f"{info.out_bits}, cols {info.cols}, code_bits {info.code_bits}): no word can "
                          f"be decoded; ping again, and rebuild and flash the bitstream if it persists")
     if len(payload) % step:
-        raise FrameError(f"OUT frame has {len(payload)} payload bytes, not a multiple of the "
+        raise FrameError(f"OUT frame has {len(payload)} bytes of words, not a multiple of the "
                          f"{step}-byte word: host and gateware disagree on the word size; ping "
                          f"again or rebuild the bitstream")
     words = [int.from_bytes(payload[i:i + step], "little") for i in range(0, len(payload), step)]

@@ -19,9 +19,10 @@ from amaranth.lib.wiring import In, Out  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from boards.link_host import LinkHost, SerialPort  # noqa: E402
-from hw.protocol import (Frame, FrameError, FrameType, LinkError, LinkInfo, LinkTimeout,  # noqa: E402
-                             NackCode, NackError, OutputFormat, crc16, decode_frame,
-                             decode_words, encode_frame, encode_loads, encode_run, read_frame)
+from hw.protocol import (FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, Frame, FrameError,  # noqa: E402
+                         FrameType, LinkError, LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError,
+                         OutputFormat, VersionError, crc16, decode_frame, decode_out, decode_words,
+                         encode_frame, encode_loads, encode_out, encode_run, read_frame)
 from hw.engine import EngineSignature  # noqa: E402
 from hw.engine_params import TARGET_BITS  # noqa: E402
 from hw.link import LinkBridge  # noqa: E402
@@ -33,7 +34,7 @@ ADDR_BITS, OUT_BITS, COLS, CODE_BITS = 6, 24, 4, 2  # 3-byte words, 1-byte CODES
 TARGET_WIDTHS = (8, 12, 0, 20, 5, 9)                 # words of 1, 2, -, 3, 1, 2 bytes
 DATA_BITS = max(TARGET_WIDTHS)
 REC_BITS = TARGET_BITS + ADDR_BITS + DATA_BITS
-INFO = LinkInfo(2, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, TARGET_WIDTHS)
+INFO = LinkInfo(PROTOCOL_VERSION, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, TARGET_WIDTHS)   # 9 FULL words per OUT
 
 
 def uart_bits(byte: int, stop: int = 1) -> list[int]:
@@ -324,14 +325,16 @@ def info_of(port):
 
 
 def run_words(port, count, fmt=OutputFormat.FULL):
-    """RUN asking for ``count`` words: the words of the OUT frames, their sizes and DONE's count."""
+    """RUN asking for ``count`` words: the words of the OUT frames, each frame's (index of its first
+    word, words) and DONE's count."""
     port.write(encode_frame(FrameType.RUN, encode_run(count, fmt)))
-    words, sizes = [], []
+    words, frames = [], []
     while (frame := read_frame(port.read)).type == FrameType.OUT:
-        words += decode_words(frame.payload, INFO, fmt)
-        sizes.append(len(frame.payload))
+        first, got = decode_out(frame.payload, INFO, fmt)
+        words += got
+        frames.append((first, len(got)))
     assert frame.type == FrameType.DONE
-    return words, sizes, struct.unpack("<I", frame.payload)[0]
+    return words, frames, struct.unpack("<I", frame.payload)[0]
 
 
 def test_bridge_ping():
@@ -341,7 +344,8 @@ def test_bridge_ping():
 def test_bridge_load_and_run():
     """LOAD frames (one per run of consecutive addresses, split at max_payload) reach the
     engine in order through load.ready stalls and are ACKed; RUN returns the words in OUT
-    frames of as many whole words as max_payload holds, through tx stalls, then DONE."""
+    frames, each the index of its first word and as many whole words as the rest of max_payload
+    holds, through tx stalls, then DONE."""
     port = SimPort()
     payloads = encode_loads(BEATS, info_of(port))
     assert [len(p) for p in payloads] == [2 + 2 * 9, 4, 3, 2 + 3 * 5, 3, 4]
@@ -349,9 +353,11 @@ def test_bridge_load_and_run():
         frame = exchange(port, FrameType.LOAD, payload)
         assert (frame.type, frame.payload) == (FrameType.ACK, b"")
     assert port.beats == BEATS
-    words, sizes, done = run_words(port, len(BEATS))
-    assert words == model_words(BEATS) and done == len(BEATS)
-    assert sizes == [30, 3 * (len(BEATS) - 10)]
+    words, frames, done = run_words(port, len(BEATS))
+    assert words == model_words(BEATS) and done == len(BEATS) == 18
+    assert frames == [(0, 9), (9, 9)]
+    words, frames, done = run_words(port, 7)
+    assert words == model_words(BEATS)[:7] and frames == [(0, 7)] and done == len(BEATS)
 
 
 def test_bridge_codes_format():
@@ -359,10 +365,10 @@ def test_bridge_codes_format():
     port = SimPort()
     for payload in encode_loads(BEATS, INFO):
         exchange(port, FrameType.LOAD, payload)
-    words, sizes, done = run_words(port, len(BEATS), OutputFormat.CODES)
+    words, frames, done = run_words(port, len(BEATS), OutputFormat.CODES)
     field, mask = OUT_BITS // COLS, (1 << CODE_BITS) - 1
     expected = [sum(((w >> c * field) & mask) << c * field for c in range(COLS)) for w in model_words(BEATS)]
-    assert words == expected and sizes == [len(BEATS)] and done == len(BEATS)
+    assert words == expected and frames == [(0, len(BEATS))] and done == len(BEATS)
 
 
 def test_bridge_run_asks_for_other_counts():
@@ -371,8 +377,8 @@ def test_bridge_run_asks_for_other_counts():
     port = SimPort(stall=False)
     for payload in encode_loads(BEATS[:5], INFO):
         exchange(port, FrameType.LOAD, payload)
-    assert run_words(port, 3) == (model_words(BEATS[:3]), [9], 5)
-    assert run_words(port, 7) == (model_words(BEATS[:5]) + [0, 0], [21], 5)
+    assert run_words(port, 3) == (model_words(BEATS[:3]), [(0, 3)], 5)
+    assert run_words(port, 7) == (model_words(BEATS[:5]) + [0, 0], [(0, 7)], 5)
     assert run_words(port, 0) == ([], [], 5)
 
 
@@ -473,7 +479,7 @@ def test_frame_round_trip_and_errors():
 
 
 def test_loads_and_words():
-    info = LinkInfo(2, 10, 20, 3, 4, 9, 3, (9, 16, 0, 0, 0, 4))
+    info = LinkInfo(PROTOCOL_VERSION, 10, 20, 3, 4, 9, 3, (9, 16, 0, 0, 0, 4))
     assert info.addr_bytes == 2 and info.out_bytes() == 3 and info.out_bytes(OutputFormat.CODES) == 2
     assert encode_loads([(0, 0x2FF, 0x123)], info) == [bytes([0, 0xFF, 0x02, 0x23, 0x01])]
     beats = [(1, 5 + i, i) for i in range(4)] + [(5, 9, 1), (5, 7, 2)]
@@ -490,6 +496,12 @@ def test_loads_and_words():
         encode_loads([(5, 0, 16)], info)
     with pytest.raises(FrameError, match=r"not a multiple of the 3-byte word"):
         decode_words(bytes(4), info)
+    assert encode_out(0x0102, bytes([1, 2, 3])) == bytes([2, 1, 0, 0, 1, 2, 3])
+    assert decode_out(encode_out(70_000, bytes([1, 2, 3, 4, 5, 6])), info) == (70_000, [0x030201, 0x060504])
+    assert info.out_frame_words() == 1 and info.out_frame_words(OutputFormat.CODES) == 2
+    with pytest.raises(FrameError, match=r"OUT frame has 3 payload bytes, fewer than the 4 of its first word's "
+                                         r"index"):
+        decode_out(bytes(3), info)
 
 
 class SilentPort:
@@ -558,13 +570,67 @@ def test_host_retries_nacked_load():
     assert port.beats == []
 
 
+def split_frames(data: bytes) -> list[bytes]:
+    """The frames ``data`` holds back to back (the last one cut short where ``data`` ends)."""
+    frames = []
+    while len(data) >= 4:
+        end = FRAME_BYTES + int.from_bytes(data[2:4], "little")
+        frames.append(data[:end])
+        data = data[end:]
+    return frames + ([data] if data else [])
+
+
+class TamperingPort(SimPort):
+    """Hands the bridge's whole reply to the next RUN (once ``tamper`` is set) to ``tamper``: its
+    frames -> the frames the host gets."""
+
+    tamper = None
+
+    def write(self, data):
+        super().write(data)
+        if data[1] != FrameType.RUN or self.tamper is None:
+            return
+        start, frames = self.cycles, []
+        while not frames or len(frames[-1]) != FRAME_BYTES + 4 or frames[-1][1] != FrameType.DONE:
+            assert self.cycles - start < self.timeout, f"no DONE within {self.timeout} cycles: {frames}"
+            self.advance(50)
+            frames = split_frames(bytes(self.from_device))
+        self.from_device[:] = b"".join(self.tamper(frames))
+        self.tamper = None
+
+
+@pytest.mark.parametrize("twice, message", [
+    (0, r"OUT frame of words 0\.\.8 in RUN output \(word 9 of 18, or DONE\): it arrived twice or out of order"),
+    (1, r"OUT frame of words 9\.\.17 in RUN output \(word 0 of 18, or DONE\): the frames before it were lost"),
+])
+def test_host_refuses_a_lost_and_a_duplicated_out_frame_of_the_bridge(twice, message):
+    """The bridge's reply to an 18-word RUN (OUT frames of words 0-8 and 9-17, DONE) with one OUT frame lost
+    and the other twice: the word count matches, but the frame that does not start at the next word gives it
+    away. ``run`` raises; ``load_and_run`` resyncs and runs the layer again (no beats: the recording engine
+    keeps those loaded before), to the right words."""
+    def lose_one_repeat_the_other(frames):
+        assert [f[1] for f in frames] == [FrameType.OUT, FrameType.OUT, FrameType.DONE]
+        return [frames[twice], frames[twice], frames[2]]
+
+    port = TamperingPort(stall=False)
+    host = LinkHost(port, retries=1)
+    host.load(BEATS)
+    port.tamper = lose_one_repeat_the_other
+    with pytest.raises(FrameError, match=message):
+        host.run(len(BEATS))
+    host.resync()
+    assert host.run(len(BEATS)) == model_words(BEATS)
+    port.tamper = lose_one_repeat_the_other
+    assert host.load_and_run([], len(BEATS)) == model_words(BEATS)
+    assert host.repeated == 1 and host.resyncs == 2
+
+
 # Every wait of the host has a deadline and a bounded number of retries; impossible INFO is refused.
 
 import dataclasses  # noqa: E402
 import time  # noqa: E402
 
 from boards.link_host import RUN_WORDS_MAX  # noqa: E402
-from hw.protocol import FRAME_BYTES, PROTOCOL_VERSION, LinkNoise  # noqa: E402
 
 
 class ScriptPort:
@@ -598,7 +664,8 @@ def answers(info_payload=INFO.encode(), run=b""):
     ({"target_bits": (0,) * 6}, r"no load target \(every target's data bits are 0\)"),
     ({"out_bits": 10}, r"out_bits 10 is not whole fields of 4 columns"),
     ({"code_bits": 7}, r"code_bits 7 wider than a 6-bit column field"),
-    ({"max_payload": 4}, r"max_payload 4 smaller than the 5 bytes the largest payload needs"),
+    ({"max_payload": 6}, r"max_payload 6 smaller than the 7 bytes the largest payload needs \(a LOAD header and "
+                         r"word, a RUN request or an OUT frame of one word\)"),
 ])
 def test_impossible_info_is_refused(fields, problem):
     bad = dataclasses.replace(INFO, **fields)
@@ -612,9 +679,23 @@ def test_impossible_info_is_refused(fields, problem):
     assert len(port.writes) == 3         # the first PING, then the resync's two
 
 
-def test_unknown_protocol_version_is_refused():
-    with pytest.raises(FrameError, match=r"device speaks protocol version 3, this host 2: rebuild the bitstream"):
-        LinkInfo.decode(dataclasses.replace(INFO, version=PROTOCOL_VERSION + 1).encode())
+def test_another_protocol_version_is_refused_at_once():
+    """A version 2 bitstream (OUT frames without their first word's index): the host says so and to
+    rebuild it, after one PING (pinging again would not help); a newer one: update the host."""
+    assert PROTOCOL_VERSION == 3
+    old = dataclasses.replace(INFO, version=2).encode()
+    rebuild = (r"the board's bitstream speaks link protocol version 2, this host version 3: rebuild the bitstream "
+               r"with this version of the project \(`lcq build MODEL --board NAME`\) and flash it")
+    with pytest.raises(VersionError, match=rebuild):
+        LinkInfo.decode(old)
+    port = ScriptPort(answers(old))
+    with pytest.raises(VersionError, match=rebuild):
+        LinkHost(port, retries=2).info
+    assert len(port.writes) == 1
+    with pytest.raises(VersionError, match=r"speaks link protocol version 4, this host version 3: update the host"):
+        LinkInfo.decode(dataclasses.replace(INFO, version=4).encode())
+    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 3: rebuild"):
+        LinkInfo.decode(bytes([1, 0, 0]))           # whatever a version's INFO holds, its first byte is the version
 
 
 @pytest.mark.parametrize("args, kwargs", [
@@ -731,12 +812,19 @@ def test_run_ends_on_endless_empty_out_frames():
 
 
 def test_run_reads_at_most_one_out_frame_per_word():
-    """A device sending valid one-word OUT frames forever: the fourth word of three ends the RUN."""
-    port = ScriptPort(answers(run=encode_frame(FrameType.OUT, bytes(3)) * 10_000))
-    with pytest.raises(FrameError, match=r"the device sent 4 output words, more than the 3 asked for: a frame "
-                                         r"arrived twice"):
+    """A device sending valid one-word OUT frames of consecutive words forever: the fourth word of
+    three ends the RUN; one sending the first word forever: its second frame does."""
+    port = ScriptPort(answers(run=b"".join(encode_frame(FrameType.OUT, encode_out(i, bytes(3)))
+                                           for i in range(10_000))))
+    with pytest.raises(FrameError, match=r"the device sent 4 output words, more than the 3 asked for: host and "
+                                         r"gateware speak different protocols \(rebuild the bitstream\)"):
         LinkHost(port).run(3)
-    assert len(port.queue) == (10_000 - 4) * (FRAME_BYTES + 3)
+    assert len(port.queue) == (10_000 - 4) * (FRAME_BYTES + OUT_HEAD_BYTES + 3)
+    port = ScriptPort(answers(run=encode_frame(FrameType.OUT, encode_out(0, bytes(3))) * 10_000))
+    with pytest.raises(FrameError, match=r"OUT frame of words 0\.\.0 in RUN output \(word 1 of 3, or DONE\): it "
+                                         r"arrived twice or out of order"):
+        LinkHost(port).run(3)
+    assert len(port.queue) == (10_000 - 2) * (FRAME_BYTES + OUT_HEAD_BYTES + 3)
 
 
 def test_a_length_beyond_any_reply_is_refused_before_its_payload_is_read():
