@@ -1,13 +1,20 @@
 """``lcq sim``: the simulation verb of the ``lcq`` command.
 
 ``lcq sim MODEL [--layer N] [--simulator icarus|verilator] [--images N] [--timeout S] [--json]`` runs the
-generated Verilog in cocotb on test images (the model's dataset, or ``--random``), every
-convolution on the engine (or only layer N, fed by the reference), and compares every output
-with the integer reference: cycles, MACs per cycle and mismatches per layer. Layer numbers
-are the rows of ``lcq report`` (0 = first convolution). Each simulator command (a build step,
-the run) gets ``--timeout`` seconds and is killed with its process group past them
-(:mod:`sim.runner`); ``--stall`` and ``--backpressure`` are below 1, where the engine would
-never finish.
+generated Verilog in cocotb on test images (the model's dataset, or ``--random``) and compares
+with the integer reference.
+
+- Network mode (the default, :mod:`sim.network_run`): the whole model on the whole-network core
+  (:class:`hw.network.NetworkCore`), loaded once, then per image only the pixels in and the logits
+  out; per image the cycles, MACs per cycle and mismatches of the logits and of every step's
+  output tensor (probed in the data memories as the core writes them), per step its cycles.
+- Layer mode (``--layer N``, the debug path, :mod:`sim.engine_run`): layer N alone on the layer
+  engine, fed by the reference; cycles, MACs per cycle and mismatches of that layer. Layer
+  numbers are the rows of ``lcq report`` (0 = first convolution).
+
+Each simulator command (a build step, the run) gets ``--timeout`` seconds and is killed with its
+process group past them (:mod:`sim.runner`); ``--stall`` and ``--backpressure`` are below 1,
+where the core would never finish. The exit status is 1 on any mismatch.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from hw.cli import array_args, engine_params
 from lcq_train.arguments import FloatRange, IntRange, nonnegative_int, positive_float, positive_int
 
 from .engine_run import engine_build, simulate_model
+from .network_run import network_build, simulate_network
 from .runner import DEFAULT_TIMEOUT_S, SimulationFailed, deadline, unavailable_reason
 
 
@@ -50,17 +58,22 @@ def add_parsers(sub) -> dict:
     """Register the simulation verb on ``sub`` (argparse subparsers); returns {verb: handler}."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("sim", help="run the generated Verilog in cocotb against the integer reference",
+                       description="Run the generated Verilog in cocotb against the integer reference. By default "
+                                   "the whole network runs on the network core (image in, logits out; every "
+                                   "step's output probed and compared); --layer N is the debug path: one layer "
+                                   "alone on the layer engine.",
                        formatter_class=fmt)
     array_args(p)
     p.add_argument("--layer", type=nonnegative_int, metavar="N",
-                   help="only layer N on the engine (default: the whole model); N >= 0, a row of `lcq report`")
+                   help="debug path: only layer N, on the layer engine, fed by the reference (default: network "
+                        "mode, the whole model on the network core); N >= 0, a row of `lcq report`")
     p.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
     p.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run, N >= 1")
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR",
                    help="dataset directory (not needed for digits or --random)")
     p.add_argument("--random", action="store_true", help="random uint8 images instead of the test set")
     p.add_argument("--stall", type=STALL, default=0.0, metavar="P",
-                   help="probability of a load stall per cycle, in [0, 1)")
+                   help="probability of a load (and image) stream stall per cycle, in [0, 1)")
     p.add_argument("--backpressure", type=STALL, default=0.0, metavar="P",
                    help="probability that the output is not ready in a cycle, in [0, 1)")
     p.add_argument("--seed", type=SEED, default=0, help=f"random seed, {SEED.describe()}")
@@ -95,29 +108,73 @@ def cmd_sim(args) -> int:
     reason = unavailable_reason(args.simulator)
     if reason is not None:
         raise ValueError(f"cannot simulate with {args.simulator}: {reason}")
-    params = engine_params(args, model)
+    network = args.layer is None
+    if network:
+        from hw.network_params import NetworkParams
+
+        params = NetworkParams.for_model(model, args.rows, args.cols)
+        rows, cols = params.engine.rows, params.engine.cols
+    else:
+        params = engine_params(args, model)
+        rows, cols = params.rows, params.cols
     images = _images(args, model)
-    build_dir = Path(args.build_dir or f"build/sim/{Path(args.model).stem}-{params.rows}x{params.cols}-{args.simulator}")
+    kind = "-network" if network else ""
+    build_dir = Path(args.build_dir or
+                     f"build/sim/{Path(args.model).stem}{kind}-{rows}x{cols}-{args.simulator}")
     STALL.check(args.stall, "--stall")
     STALL.check(args.backpressure, "--backpressure")
     t0 = t1 = time.perf_counter()
     try:
         with deadline(getattr(args, "timeout", DEFAULT_TIMEOUT_S)):
-            built = engine_build(args.simulator, params, build_dir)
-            t1 = time.perf_counter()
-            report = simulate_model(built, params, args.model, model, images, build_dir / "run",
-                                    on_engine=on_engine, upto=upto, stall=args.stall,
-                                    backpressure=args.backpressure, seed=args.seed)
+            if network:
+                built = network_build(args.simulator, params, build_dir)
+                t1 = time.perf_counter()
+                report = simulate_network(built, params, args.model, model, images, build_dir / "run",
+                                          stall=args.stall, backpressure=args.backpressure, seed=args.seed)
+            else:
+                built = engine_build(args.simulator, params, build_dir)
+                t1 = time.perf_counter()
+                report = simulate_model(built, params, args.model, model, images, build_dir / "run",
+                                        on_engine=on_engine, upto=upto, stall=args.stall,
+                                        backpressure=args.backpressure, seed=args.seed)
     except SimulationFailed as e:
         print(f"lcq sim: error: {e}", file=sys.stderr)
         return 1
     result = report.as_dict()
+    result.setdefault("mode", "layer")
     result.update(build_seconds=round(t1 - t0, 2), run_seconds=round(time.perf_counter() - t1, 2))
     if args.json:
         print(json.dumps(result))
     else:
-        print(format_table(result))
+        print(format_network_table(result) if network else format_table(result))
     return 0 if result["mismatches"] == 0 else 1
+
+
+def format_network_table(result: dict) -> str:
+    """Network mode: one row per step (cycles and MACs summed over the images), the logits, per image."""
+    rc = result["rows"] * result["cols"]
+    lines = [f"{result['simulator']}: {result['images']} image(s) on the network core, {result['rows']} x "
+             f"{result['cols']} array; {result['bytes_in_per_image']} bytes in, {result['bytes_out_per_image']} "
+             f"bytes out per image",
+             "", "| step | kind | name | cycles | MACs | MACs/cycle | of R*C | outputs | mismatches |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for s in result["steps"]:
+        rate = f"{s['macs_per_cycle']:.2f} | {100 * s['utilization']:.1f}%" if s["macs"] else "- | -"
+        lines.append(f"| {s['index']} | {s['kind']} | {s['name']} | {s['cycles']:,} | {s['macs']:,} | {rate} | "
+                     f"{s['outputs']:,} | {s['mismatches']} |")
+    logits = result["logits"]
+    received = sum(len(values) for values in logits["values"])
+    lines.append(f"| | logits | out stream | | | | | {received:,} | {logits['mismatches']} |")
+    lines.append("")
+    for im in result["per_image"]:
+        lines.append(f"image {im['image']}: {im['cycles']:,} cycles, {result['macs_per_image']:,} MACs, "
+                     f"{im['macs_per_cycle']:.2f} MACs/cycle ({100 * im['utilization']:.1f}% of {rc}), "
+                     f"{im['mismatches']} mismatches ({im['logit_mismatches']} in the logits)")
+    lines.append(f"\n{result['mismatches']} values differ from the integer reference")
+    if logits["first_mismatch"]:
+        lines.append(logits["first_mismatch"])
+    lines += [s["first_mismatch"] for s in result["steps"] if s["first_mismatch"]]
+    return "\n".join(lines)
 
 
 def format_table(result: dict) -> str:

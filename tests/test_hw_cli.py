@@ -126,12 +126,12 @@ def test_sim_cli_runs_under_its_timeout_and_reports_a_killed_simulator(monkeypat
 
     seen = []
     monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
-    monkeypatch.setattr(sim.cli, "engine_build", lambda *args: seen.append(default_timeout()))
+    monkeypatch.setattr(sim.cli, "network_build", lambda *args: seen.append(default_timeout()))
 
     def stalled(*args, **kwargs):
         raise SimulationTimeout("vvp did not finish within its 7.0 s deadline and was killed with its process group")
 
-    monkeypatch.setattr(sim.cli, "simulate_model", stalled)
+    monkeypatch.setattr(sim.cli, "simulate_network", stalled)
     assert main(["sim", str(DIGITS), "--simulator", "icarus", "--random", "--stall", "0.999", "--timeout", "7",
                  "--build-dir", str(tmp_path)]) == 1
     assert seen == [7.0]

@@ -1,0 +1,165 @@
+"""The whole-network core's generated Verilog in Icarus and Verilator (cocotb): image in, logits out,
+the logits and every step's output tensor (probed in the data memories) bit-exact against the
+integer reference.
+
+- The trained digits CNN (W3/A3) on both simulators, with load/image stalls and output
+  back-pressure; a corrupted expectation is reported as a mismatch.
+- A small pre-activation ResNet with random parameters (identity and strided shortcuts,
+  residual additions, pooling) on an (3, 8, 8) input.
+- ``lcq sim MODEL --json`` (network mode is the default) has the network keys.
+- The trained CIFAR-10 ResNet-20 (W3/A3), two images on an 8 x 8 array: a ``slow`` test.
+
+Builds live in ``build/sim`` (``LCQ_SIM_BUILD`` moves it); Verilator rebuilds only what changed.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("amaranth", reason="simulation tests need amaranth: pip install -e '.[hw]'")
+
+from compiler import reference  # noqa: E402
+from compiler.format import load  # noqa: E402
+from hw.network_params import NetworkParams, network_plan  # noqa: E402
+from sim.network_run import network_build, simulate_network  # noqa: E402
+from sim.runner import unavailable_reason  # noqa: E402
+
+pytestmark = pytest.mark.sim
+
+DATA = Path(__file__).resolve().parent / "data"
+DIGITS, RESNET20 = DATA / "digits-cnn-lcq-w3a3.lcq", DATA / "cifar10-resnet20-lcq-w3a3.lcq"
+BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
+
+
+def require(sim: str) -> None:
+    reason = unavailable_reason(sim)
+    if reason is not None:
+        pytest.skip(f"{sim} simulation skipped: {reason}")
+
+
+def first_available(*sims: str) -> str:
+    for sim in sims:
+        if unavailable_reason(sim) is None:
+            return sim
+    require(sims[0])
+
+
+def run_network(sim, model_path, model, rows, cols, images, test_dir, **options):
+    params = NetworkParams.for_model(model, rows, cols)
+    built = network_build(sim, params, BUILD_ROOT / f"{sim}-network-{Path(model_path).stem}-{rows}x{cols}")
+    return params, simulate_network(built, params, model_path, model, images, test_dir, **options)
+
+
+def assert_exact(model, params, report, n_images):
+    assert report.mismatches == 0, report.first_mismatch()
+    steps = network_plan(model, params).steps
+    assert [s.name for s in report.steps] == [s.name for s in steps]
+    assert {s.output for s in report.steps} == {node.output for node in model.nodes}
+    assert len(report.images) == n_images
+    macs = sum(node.macs for node in model.convs)
+    rc = params.engine.rows * params.engine.cols
+    for image in report.images:
+        assert image.cycles >= macs / rc and image.out_beats == model.num_classes
+        assert image.pixels == int(np.prod(model.input.shape))
+    assert all(s.cycles > 0 for s in report.steps) and sum(s.macs for s in report.steps) == macs * n_images
+    assert sum(s.cycles for s in report.steps) < sum(im.cycles for im in report.images)
+
+
+@pytest.mark.parametrize("sim, rows, cols, n_images, stall, backpressure",
+                         [("icarus", 4, 4, 1, 0.3, 0.3), ("verilator", 4, 4, 2, 0.2, 0.5)])
+def test_digits_cnn_on_the_network_core(sim, rows, cols, n_images, stall, backpressure, tmp_path):
+    require(sim)
+    model = load(DIGITS)
+    images = np.random.default_rng(rows).integers(0, 256, (n_images, *model.input.shape), dtype=np.uint8)
+    params, report = run_network(sim, DIGITS, model, rows, cols, images, tmp_path, stall=stall,
+                                 backpressure=backpressure, seed=rows)
+    assert_exact(model, params, report, n_images)
+    assert (report.logits == reference.run(model, images)[model.logits].reshape(n_images, -1)).all()
+
+
+def test_a_wrong_expectation_is_reported_as_a_mismatch(tmp_path):
+    """The comparison can fail: one value of a middle tensor and one logit changed in the expectation."""
+    sim = first_available("verilator", "icarus")
+    model = load(DIGITS)
+    images = np.random.default_rng(9).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    expected = {name: t.copy() for name, t in reference.run(model, images).items()}
+    middle = network_plan(model, NetworkParams.for_model(model, 4, 4)).steps[2]
+    expected[middle.output][0, 1, 2, 3] += 1
+    expected[model.logits][0, 7, 0, 0] -= 5
+    params, report = run_network(sim, DIGITS, model, 4, 4, images, tmp_path, expected=expected)
+    step = next(s for s in report.steps if s.output == middle.output)
+    assert step.mismatches == 1 and "channel 1, position (y=2, x=3)" in step.first_mismatch
+    assert f"step {middle.index} ({middle.kind} {middle.name})" in step.first_mismatch
+    assert report.logit_mismatches == 1 and "logits (out stream), image 0" in report.first_logit_mismatch
+    assert "channel 7" in report.first_logit_mismatch
+    last = next(s for s in report.steps if s.output == model.logits)
+    assert last.mismatches == 1
+    assert report.mismatches == 3 and report.images[0].mismatches == 3
+    assert report.as_dict()["mismatches"] == 3
+
+
+def test_random_resnet_with_shortcuts_and_pooling(tmp_path):
+    """Random pre-activation ResNet-8 on (3, 8, 8): an identity shortcut, two strided 1x1 shortcuts,
+    residual additions and the global pool, every tensor exact."""
+    sim = first_available("verilator", "icarus")
+    import torch
+    from helpers import randomize
+
+    from compiler.format import save
+    from compiler.lower import compile_model
+    from lcq_train.models.resnet import PreActResNet
+    from lcq_train.plan import QuantPlan, apply_plan
+
+    torch.manual_seed(0)
+    net = randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 3)), seed=5)
+    model = compile_model(net, (3, 8, 8))
+    ops = [n.op for n in model.nodes]
+    assert ops.count("add") == 3 and ops.count("pool") == 1
+    assert [c.name for c in model.convs if "shortcut" in c.name] == ["blocks.1.shortcut", "blocks.2.shortcut"]
+    path = tmp_path / "resnet8.lcq"
+    save(model, path)
+    images = np.random.default_rng(5).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    params, report = run_network(sim, path, load(path), 4, 4, images, tmp_path / "run", stall=0.2,
+                                 backpressure=0.3, seed=5)
+    assert_exact(model, params, report, 1)
+    assert {s.kind for s in report.steps} == {"input", "conv", "activate", "add", "pool"}
+
+
+def test_sim_cli_network_json(capsys):
+    from lcq.cli import main
+
+    sim = first_available("verilator", "icarus")
+    build_dir = BUILD_ROOT / f"{sim}-network-{DIGITS.stem}-4x4"      # the build of the tests above, reused
+    assert main(["sim", str(DIGITS), "--simulator", sim, "--rows", "4", "--cols", "4", "--random", "--seed", "3",
+                 "--backpressure", "0.2", "--build-dir", str(build_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model = load(DIGITS)
+    assert result["mode"] == "network" and result["simulator"] == sim and result["images"] == 1
+    assert result["rows"] == 4 and result["cols"] == 4 and result["mismatches"] == 0
+    assert result["macs_per_image"] == sum(n.macs for n in model.convs)
+    assert result["bytes_in_per_image"] == 64
+    value_bits = NetworkParams.for_model(model, 4, 4).value_bits
+    assert result["bytes_out_per_image"] == 10 * -(-value_bits // 8)
+    (cycles,) = result["cycles_per_image"]
+    assert cycles > result["macs_per_image"] / 16
+    (image,) = result["per_image"]
+    assert image["cycles"] == cycles and image["macs_per_cycle"] == round(result["macs_per_image"] / cycles, 4)
+    assert len(result["logits"]["values"][0]) == 10 and result["logits"]["mismatches"] == 0
+    assert [s["name"] for s in result["steps"]] == [s.name for s in network_plan(model, NetworkParams.for_model(
+        model, 4, 4)).steps]
+    assert all(s["mismatches"] == 0 and s["first_mismatch"] is None for s in result["steps"])
+    assert sum(s["macs"] for s in result["steps"]) == result["macs_per_image"]
+
+
+@pytest.mark.slow
+def test_trained_resnet20_whole_network_on_an_8x8_array(tmp_path):
+    require("verilator")
+    model = load(RESNET20)
+    images = np.random.default_rng(4).integers(0, 256, (2, *model.input.shape), dtype=np.uint8)
+    params, report = run_network("verilator", RESNET20, model, 8, 8, images, tmp_path, stall=0.05,
+                                 backpressure=0.05, seed=4)
+    assert_exact(model, params, report, 2)
+    assert len(model.convs) == 21
