@@ -8,17 +8,18 @@ the program (:mod:`hw.network_params` lists the ops; :mod:`hw.network_program` w
 no host involvement between layers:
 
 1. **Load** (while idle): ``(target, addr, data)`` beats write every layer's constants, the
-   vector unit's constants, the input table and the program, once per model.
-2. **Run**: a ``start`` pulse runs the program from its first word: ``INPUT`` takes the image's
-   pixels (channel-major) from the ``image`` stream, one per cycle, through the input table into
-   the code memory; each convolution runs on the engine, each other node on the vector unit;
-   ``OUTPUT`` sends the logits on ``out``, one value per beat; ``END`` makes the core idle.
-   ``busy`` is high from the cycle after ``start`` until then.
+   vector unit's constants, the input table and the program, once per model; then, per image,
+   its pixels: an ``IMAGE`` beat's pixel goes through the input table and is written, the next
+   cycle, into lane ``addr >> code_addr_bits`` of code-memory word ``addr & (2^code_addr_bits - 1)``
+   (:func:`hw.network_program.image_beats`: a channel's pixels are consecutive addresses).
+2. **Run**: a ``start`` pulse runs the program from its first word: each convolution runs on the
+   engine, each other node on the vector unit; ``OUTPUT`` sends the logits on ``out``, one value
+   per beat; ``END`` makes the core idle. ``busy`` is high from the cycle after ``start`` until then.
 
 Each program word takes two cycles to fetch and decode, plus the run time of its step: a layer
 as :mod:`hw.engine` states (network mode: its outputs are written one per cycle, ``cols + 1``
 cycles per word of ``cols`` channels, then ``STAGE_LATENCY`` cycles), a vector op as
-:mod:`hw.vector` states, one cycle per pixel and two per logit (plus back-pressure).
+:meth:`hw.vector_params.VectorParams.op_cycles` states, two cycles per logit (plus back-pressure).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from amaranth.lib.wiring import In, Out
 
 from .engine import LayerEngine
 from .engine_params import CONFIG, TARGETS
-from .network_params import (END, ENGINE_REG, INPUT, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS, OPERANDS, OUTPUT,
+from .network_params import (END, ENGINE_REG, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS, OPERANDS, OUTPUT,
                              PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG,
                              NetworkParams)
 from .vector import VectorUnit
@@ -41,13 +42,12 @@ class NetworkSignature(wiring.Signature):
     """The core's host interface, as the core sees it.
 
     - ``load``: stream in of ``(target, addr, data)`` beats (:data:`NETWORK_TARGET_BITS`,
-      ``addr_bits``, ``data_bits``), ready only while idle;
-    - ``image``: stream in of 8-bit pixels, taken while the program's ``INPUT`` runs;
+      ``addr_bits``, ``data_bits``), ready only while idle (constants, program, image pixels);
     - ``start`` (in): a one-cycle pulse runs the program (ignored while busy); ``busy`` (out);
     - ``out``: stream out of signed ``value_bits`` values (the logits);
     - ``probe`` (out): every write to the data memories, in the cycle it happens: ``code_en`` (one
       bit per lane), ``code_addr``, ``code_data``; ``value_en``, ``value_addr``, ``value_data``;
-      ``step_done``: the step of a node (input, layer, vector op) ends, its writes included.
+      ``step_done``: the step of a node (a layer, a vector op) ends, its writes included.
       Simulations rebuild every tensor from it (:class:`hw.network_program.MemoryMirror`); boards
       leave it unconnected.
     """
@@ -60,8 +60,7 @@ class NetworkSignature(wiring.Signature):
                                   "code_data": Out(code_bits), "value_en": Out(1),
                                   "value_addr": Out(range(params.value_depth)),
                                   "value_data": Out(signed(params.value_bits)), "step_done": Out(1)})
-        super().__init__({"load": In(stream.Signature(load)), "image": In(stream.Signature(PIXEL_BITS)),
-                          "start": In(1), "busy": Out(1), "out": Out(stream.Signature(signed(params.value_bits))),
+        super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1), "out": Out(stream.Signature(signed(params.value_bits))),
                           "probe": Out(probe)})
 
     def __eq__(self, other):
@@ -127,24 +126,12 @@ class NetworkCore(wiring.Component):
         ]
         m.d.comb += [getattr(vector, name).eq(operands[name]) for name in OPERANDS]
 
-        # INPUT: pixel -> table -> one lane of the code memory, written the cycle after it is taken.
-        position, lane = Signal(signed(p.reg_bits)), Signal(range(lanes))
-        code_base, remaining = Signal(signed(p.reg_bits)), Signal(signed(2 * p.reg_bits))
-        pixel_valid, pixel_addr, pixel_lane = Signal(), Signal(signed(p.reg_bits)), Signal(range(lanes))
-        inputting = Signal()
-        taken = self.image.valid & self.image.ready
-        m.d.comb += [table_read.addr.eq(self.image.payload), self.image.ready.eq(inputting & (remaining > 0))]
-        m.d.sync += [pixel_valid.eq(taken), pixel_addr.eq(code_base + position), pixel_lane.eq(lane)]
-        with m.If(taken):
-            m.d.sync += remaining.eq(remaining - 1)
-            with m.If(position == operands["positions"] - 1):
-                m.d.sync += position.eq(0)
-                with m.If(lane == lanes - 1):
-                    m.d.sync += [lane.eq(0), code_base.eq(code_base + operands["positions"])]
-                with m.Else():
-                    m.d.sync += lane.eq(lane + 1)
-            with m.Else():
-                m.d.sync += position.eq(position + 1)
+        # IMAGE beats: pixel -> input table -> one lane of the code memory, written the next cycle.
+        word_bits = p.code_addr_bits
+        pixel_valid, pixel_addr, pixel_lane = Signal(), Signal(word_bits), Signal(range(lanes))
+        m.d.comb += table_read.addr.eq(load.data[:PIXEL_BITS])
+        m.d.sync += [pixel_valid.eq(host & (load.target == IMAGE)), pixel_addr.eq(load.addr[:word_bits]),
+                     pixel_lane.eq(load.addr[word_bits:])]
 
         # The code memory's write port (the engine's, while it is idle): input pixels or the vector unit's codes.
         def lane_mask(enable, which):
@@ -172,9 +159,9 @@ class NetworkCore(wiring.Component):
                      self.probe.code_data.eq(engine.code_written.data), self.probe.value_en.eq(value_write.en),
                      self.probe.value_addr.eq(value_write.addr), self.probe.value_data.eq(value_write.data)]
 
-        with m.FSM():
+        remaining = Signal(signed(p.reg_bits))
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += idle.eq(1)
                 with m.If(self.start):
                     m.d.sync += pc.eq(0)
                     m.next = "FETCH"
@@ -200,10 +187,6 @@ class NetworkCore(wiring.Component):
                     with m.Case(RUN_VECTOR):
                         m.d.comb += vector.start.eq(1)
                         m.next = "WAIT_VECTOR"
-                    with m.Case(INPUT):
-                        m.d.sync += [position.eq(0), lane.eq(0), code_base.eq(operands["dst"]),
-                                     remaining.eq(operands["channels"] * operands["positions"])]
-                        m.next = "INPUT"
                     with m.Case(OUTPUT):
                         m.d.sync += [out_addr.eq(operands["src_a"]), remaining.eq(operands["channels"])]
                         m.next = "OUTPUT_READ"
@@ -221,13 +204,6 @@ class NetworkCore(wiring.Component):
                     m.d.comb += self.probe.step_done.eq(1)
                     m.d.sync += pc.eq(pc + 1)
                     m.next = "FETCH"
-            with m.State("INPUT"):
-                # Done when every pixel is taken; the last one's code is written in this cycle.
-                m.d.comb += inputting.eq(1)
-                with m.If(remaining == 0):
-                    m.d.comb += self.probe.step_done.eq(1)
-                    m.d.sync += pc.eq(pc + 1)
-                    m.next = "FETCH"
             with m.State("OUTPUT_READ"):
                 m.d.comb += outputting.eq(1)
                 with m.If(remaining == 0):
@@ -240,5 +216,6 @@ class NetworkCore(wiring.Component):
                 with m.If(self.out.ready):
                     m.d.sync += [out_addr.eq(out_addr + 1), remaining.eq(remaining - 1)]
                     m.next = "OUTPUT_READ"
-        m.d.comb += self.busy.eq(~idle)
+        # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
+        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.busy.eq(~idle)]
         return m

@@ -7,8 +7,9 @@ the input table. The data memories follow the compiler's plan (:func:`compiler.n
 with ``lanes`` = the array's rows): the engine's activation buffer is the plan's code memory.
 
 Load targets of the core (a load beat's ``target``): the engine's (:data:`hw.engine_params.TARGETS`
-of them, CONFIG .. ACTS), then :data:`PROGRAM`, :data:`INPUT_TABLE` and the vector unit's
-(:data:`hw.vector_params.TARGETS`, from :data:`VECTOR_BASE`).
+of them, CONFIG .. ACTS), then :data:`PROGRAM`, :data:`INPUT_TABLE`, the vector unit's
+(:data:`hw.vector_params.TARGETS`, from :data:`VECTOR_BASE`) and :data:`IMAGE` (one pixel per
+beat, at ``lane << code_addr_bits | word`` of the code memory).
 
 Program words (:func:`instruction`): ``op`` (:data:`OP_BITS`), ``reg`` (:data:`REG_FIELD_BITS`),
 then a signed ``value`` of ``reg_bits``, lowest first. The ops:
@@ -17,8 +18,6 @@ then a signed ``value`` of ``reg_bits``, lowest first. The ops:
 - ``VECTOR_REG``: operand register ``reg`` (:data:`OPERANDS`) = value;
 - ``RUN_ENGINE`` / ``RUN_VECTOR``: start the engine (one layer) / the vector unit (one op with
   the operands), wait until it is done;
-- ``INPUT``: take ``channels * positions`` pixels from the image stream (channel-major), look each
-  up in the input table and write the code at ``dst`` in the code memory's layout;
 - ``OUTPUT``: send the ``channels`` values from ``src_a`` on the out stream;
 - ``END``: the image is done; the core is idle again.
 
@@ -38,13 +37,14 @@ from .vector_params import TARGETS as VECTOR_TARGETS
 
 PROGRAM, INPUT_TABLE = TARGETS, TARGETS + 1
 VECTOR_BASE = TARGETS + 2
-NETWORK_TARGETS = VECTOR_BASE + len(VECTOR_TARGETS)
+IMAGE = VECTOR_BASE + len(VECTOR_TARGETS)
+NETWORK_TARGETS = IMAGE + 1
 NETWORK_TARGET_BITS = (NETWORK_TARGETS - 1).bit_length()
 
-OPS = ("END", "ENGINE_REG", "VECTOR_REG", "RUN_ENGINE", "RUN_VECTOR", "INPUT", "OUTPUT")
-END, ENGINE_REG, VECTOR_REG, RUN_ENGINE, RUN_VECTOR, INPUT, OUTPUT = range(len(OPS))
+OPS = ("END", "ENGINE_REG", "VECTOR_REG", "RUN_ENGINE", "RUN_VECTOR", "OUTPUT")
+END, ENGINE_REG, VECTOR_REG, RUN_ENGINE, RUN_VECTOR, OUTPUT = range(len(OPS))
 OP_BITS = (len(OPS) - 1).bit_length()
-# Operand registers: the vector unit's, also used by INPUT (dst, channels, positions) and OUTPUT (src_a, channels).
+# Operand registers: the vector unit's, also used by OUTPUT (src_a, channels).
 OPERANDS = OP_REGISTERS
 REG_FIELD_BITS = (max(len(NETWORK_REGISTERS), len(OPERANDS)) - 1).bit_length()
 PIXEL_BITS = 8
@@ -87,14 +87,26 @@ class NetworkParams:
         return OP_BITS + REG_FIELD_BITS + self.reg_bits
 
     @property
+    def code_addr_bits(self) -> int:
+        """Bits of a code-memory word address (the low bits of an IMAGE beat's ``addr``)."""
+        return max(1, (self.engine.act_depth - 1).bit_length())
+
+    @property
+    def target_bits(self) -> tuple[int, ...]:
+        """Data bits of a load beat to each target, in target order (0: a target this core lacks)."""
+        return (self.engine.target_bits + (self.instruction_bits, self.input_bits) + tuple(self.vector.target_bits)
+                + (PIXEL_BITS,))
+
+    @property
     def addr_bits(self) -> int:
-        """Address width of a load beat: the engine's, the program's and the vector unit's constants."""
+        """Address width of a load beat: the engine's, the program's, the vector unit's constants, an IMAGE beat."""
+        lane_bits = (self.engine.rows - 1).bit_length()
         return max(self.engine.addr_bits, (self.program_depth - 1).bit_length(), PIXEL_BITS,
-                   self.vector.load_addr_bits)
+                   self.vector.load_addr_bits, self.code_addr_bits + lane_bits)
 
     @property
     def data_bits(self) -> int:
-        return max(self.engine.data_bits, self.instruction_bits, self.input_bits, self.vector.load_data_bits)
+        return max(self.target_bits)
 
     def memory_bits(self) -> dict[str, int]:
         """Bits of each on-chip memory: the engine's, the vector unit's, values, program, input table."""
@@ -120,11 +132,11 @@ class NetworkParams:
 
 
 def program_length(model: CompiledModel) -> int:
-    """Words of ``model``'s program: every step writes all its registers, then runs; INPUT and
-    OUTPUT write all operands too; END closes (:func:`hw.network_program.program_words`)."""
+    """Words of ``model``'s program: every step after the input writes all its registers, then runs;
+    OUTPUT writes all operands too; END closes (:func:`hw.network_program.program_words`)."""
     convs = len(model.convs)
     vector_steps = len(model.nodes) - 1 - convs
-    return convs * (len(NETWORK_REGISTERS) + 1) + (vector_steps + 2) * (len(OPERANDS) + 1) + 1
+    return convs * (len(NETWORK_REGISTERS) + 1) + (vector_steps + 1) * (len(OPERANDS) + 1) + 1
 
 
 def network_plan(model: CompiledModel, params: NetworkParams) -> NetworkPlan:

@@ -3,7 +3,7 @@
 :func:`load_beats` is everything a :class:`hw.network.NetworkCore` holds for a model, loaded
 once: every layer's constants (resident in the engine), the vector unit's constants, the
 input table and the program (:func:`program_words`, the steps of the compiler's plan in model
-order). Per image the core takes :func:`image_pixels` on its image stream and returns the
+order). Per image the core takes :func:`image_beats` (while idle, then ``start``) and returns the
 logits on its out stream (:func:`decode_logits`).
 """
 
@@ -15,9 +15,9 @@ from compiler import reference
 from compiler.graph import CompiledModel, ConvNode, InputNode, Thresholds
 
 from .engine_params import CONFIG, NETWORK_REGISTERS
-from .network_params import (ENGINE_REG, END, INPUT, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM, REG_FIELD_BITS,
-                             RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams, network_plan,
-                             program_length)
+from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM,
+                             REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams,
+                             network_plan, program_length)
 from .program import check_fits, config_values, resident_bases, resident_beats
 from .vector_words import constant_beats as vector_constant_beats
 from .vector_words import op_registers, slot_bases
@@ -38,7 +38,8 @@ def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
 
 
 def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
-    """The program that runs ``model`` on one image: input, every node in order, output, end."""
+    """The program that runs ``model`` on one image loaded by :func:`image_beats`: every node after
+    the input in order, output, end."""
     plan = network_plan(model, params)
     bases = resident_bases(model, params.engine, "all")
     slots = slot_bases(model)
@@ -46,10 +47,8 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
     words: list[int] = []
     for node in model.nodes:
         if isinstance(node, InputNode):
-            c, h, w = node.shape
-            words += _operands(params, {"dst": base[node.output], "channels": c, "positions": h * w})
-            words.append(instruction(params, INPUT))
-        elif isinstance(node, ConvNode):
+            continue
+        if isinstance(node, ConvNode):
             check_fits(params.engine, node)
             values = config_values(params.engine, node, bases[node.name])
             values.update(act_base=base[node.input], dst_base=base[node.output],
@@ -76,10 +75,21 @@ def load_beats(model: CompiledModel, params: NetworkParams) -> list[Beat]:
     return beats
 
 
-def image_pixels(model: CompiledModel, image: np.ndarray) -> list[int]:
-    """The pixels of one uint8 image ``(C, H, W)``, channel-major, as the image stream takes them."""
+def image_beats(model: CompiledModel, params: NetworkParams, image: np.ndarray) -> list[Beat]:
+    """One uint8 image ``(C, H, W)`` as IMAGE beats: pixel ``(ch, y, x)`` at ``lane << code_addr_bits |
+    word`` of the input tensor's place in the code memory, so that a channel's pixels are consecutive
+    addresses. Loading them again rewrites the same codes."""
     reference.check_images(model, np.asarray(image)[None])
-    return [int(v) for v in np.asarray(image).reshape(-1)]
+    plan = network_plan(model, params)
+    tensor = plan.tensors[model.input.output]
+    c, h, w = tensor.shape
+    lanes, positions = params.engine.rows, h * w
+    pixels = np.asarray(image).reshape(c, positions)
+    beats = []
+    for ch in range(c):
+        start = (ch % lanes) << params.code_addr_bits | tensor.base + (ch // lanes) * positions
+        beats += [(IMAGE, start + p, int(v)) for p, v in enumerate(pixels[ch])]
+    return beats
 
 
 def decode_logits(params: NetworkParams, words: list[int], classes: int) -> np.ndarray:

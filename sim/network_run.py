@@ -2,7 +2,8 @@
 
 :func:`network_build` writes and builds the Verilog of a :class:`hw.network.NetworkCore`;
 :func:`simulate_network` loads the model once, then runs images through it with only the
-image going in (``image`` stream) and the logits coming out (``out`` stream), and compares
+image going in (its pixels, loaded while the core is idle) and the logits coming out (``out``
+stream), and compares
 bit for bit with ``compiler.reference.run``: the logits received, and every step's output
 tensor as the probe port showed it written to the data memories (read when the step ends,
 not over the stream). It returns a :class:`NetworkReport`; its ``as_dict()`` is the
@@ -19,8 +20,8 @@ not over the stream). It returns a :class:`NetworkReport`; its ``as_dict()`` is 
 
 Cycles of an image run from the clock edge that samples ``start`` until ``busy`` falls. A step's
 cycles and MACs are summed over the images; its cycles count from the end of the step before it
-(from ``start`` for the first) to its own end, so program fetch and register writes count to the
-step they precede. MACs are the convolutions' (``ConvNode.macs``); utilization is MACs per cycle
+(from ``start`` for the first after the input) to its own end, so program fetch and register
+writes count to the step they precede; the input step, loaded before ``start``, has none. MACs are the convolutions' (``ConvNode.macs``); utilization is MACs per cycle
 over ``rows * cols``.
 """
 
@@ -199,7 +200,7 @@ def compare(params: NetworkParams, model: CompiledModel, images: np.ndarray, res
         report.logit_mismatches += wrong
         report.first_logit_mismatch = report.first_logit_mismatch or first
         previous = 0
-        for step, end in zip(report.steps, result["step_cycles"]):
+        for step, end in zip(report.steps, [0] + result["step_cycles"]):
             step.cycles += end - previous
             previous = end
             node = model.nodes[step.index]

@@ -15,16 +15,17 @@ from compiler.format import load  # noqa: E402
 from compiler.graph import ConvNode  # noqa: E402
 from hw.network import NetworkCore  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
-from hw.network_program import MemoryMirror, decode_logits, image_pixels, load_beats  # noqa: E402
+from hw.network_program import MemoryMirror, decode_logits, image_beats, load_beats  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS = load(DATA / "digits-cnn-lcq-w3a3.lcq")
 
 
 def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed=0, limit=2_000_000):
-    """Run ``images`` through a :class:`NetworkCore`; returns per image the logits, the cycles from
+    """Run ``images`` through a :class:`NetworkCore` (load beats stalled with probability ``stall``,
+    logits back-pressured with ``backpressure``); returns per image the logits, the cycles from
     ``start`` to idle and the probed tensors ``{name: (C, H, W)}`` of every step, each read from the
-    data memories when the step that writes it has finished."""
+    data memories when the step that writes it has finished (the input's once the image is loaded)."""
     core = NetworkCore(params)
     plan = network_plan(model, params)
     steps = plan.steps
@@ -35,33 +36,40 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
     probe_ports = [core.probe.code_en, core.probe.code_addr, core.probe.code_data, core.probe.value_en,
                    core.probe.value_addr, core.probe.value_data]
 
-    async def testbench(ctx):
-        for target, addr, data in load_beats(model, params):
-            ctx.set(core.load.valid, 1)
-            ctx.set(core.load.payload, {"target": target, "addr": addr, "data": data})
-            assert ctx.get(core.load.ready)
-            await ctx.tick()
+    async def load(ctx, beats):
+        """Each beat offered until taken (``load.valid`` low with probability ``stall``), the probe sampled."""
+        for target, addr, data in beats:
+            while True:
+                offer = rng.random() >= stall
+                ctx.set(core.load.valid, offer)
+                ctx.set(core.load.payload, {"target": target, "addr": addr, "data": data})
+                taken = offer and ctx.get(core.load.ready)
+                mirror.write(*(ctx.get(port) for port in probe_ports))
+                await ctx.tick()
+                if taken:
+                    break
         ctx.set(core.load.valid, 0)
+        mirror.write(*(ctx.get(port) for port in probe_ports))     # the last pixel's code is written now
+        await ctx.tick()
+
+    async def testbench(ctx):
+        await load(ctx, load_beats(model, params))
         for image in images:
-            pixels = image_pixels(model, image)
+            await load(ctx, image_beats(model, params, image))
+            probes = {steps[0].output: mirror.tensor(plan.tensors[steps[0].output])}
             ctx.set(core.start, 1)
             await ctx.tick()
             ctx.set(core.start, 0)
-            cycles, out, probes, step = 1, [], {}, 0
+            cycles, out, step = 1, [], 1
             while ctx.get(core.busy):
-                offer = bool(pixels) and rng.random() >= stall
-                ctx.set(core.image.valid, offer)
-                ctx.set(core.image.payload, pixels[0] if pixels else 0)
                 ready = rng.random() >= backpressure
                 ctx.set(core.out.ready, ready)
-                taken, sent, value = ctx.get(core.image.ready) and offer, ctx.get(core.out.valid), ctx.get(core.out.payload)
+                sent, value = ctx.get(core.out.valid), ctx.get(core.out.payload)
                 mirror.write(*(ctx.get(port) for port in probe_ports))
                 if ctx.get(core.probe.step_done):
                     probes[steps[step].output] = mirror.tensor(plan.tensors[steps[step].output])
                     step += 1
                 await ctx.tick()
-                if taken:
-                    pixels.pop(0)
                 if sent and ready:
                     out.append(value)
                 cycles += 1
