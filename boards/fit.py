@@ -15,6 +15,11 @@ The estimate decides the array before synthesis (:func:`engine_for_board`: the l
 of :data:`ARRAYS` that fits, with every layer's constants resident where they fit, else every
 layer's weights, else one layer's at a time); the build report has the true counts. No
 Amaranth here: ``lcq run`` sizes the engine of a flashed board with it.
+
+The whole-network core (:class:`hw.network_params.NetworkParams`) is estimated the same way over
+all of its memories (the engine's, the vector unit's, the value memory, the program and the input
+table) plus :data:`VECTOR_LUTS` of logic; :func:`network_for_board` picks its array, and a model
+whose memories fit no array is refused naming the largest buffers, their sizes and the part.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from math import ceil
 
 from compiler.graph import CompiledModel
 from hw.engine_params import SPRAM_DEPTH, SPRAM_WIDTH, EngineParams
+from hw.network_params import NetworkParams
 
 from .boards import Board
 
@@ -32,6 +38,9 @@ RAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
 BASE_LUTS = 4150
 LINK_BUFFER_BLOCKS = 1
+# LUT4s of the whole-network core beyond the engine: the vector unit (1,382 LUT4 and 329 carry cells
+# for ResNet-20's in a 16-lane ECP5 synthesis) and the sequencer.
+VECTOR_LUTS = 2000
 
 
 class FitError(ValueError):
@@ -49,15 +58,25 @@ def luts_per_pe(params: EngineParams) -> int:
     return params.acc_bits + 15 * params.s_w + (16 if params.multiply else 0)
 
 
+def memory_blocks(board: Board, memories) -> list[tuple[str, int, str, int]]:
+    """``(name, bits, kind, blocks)`` of each ``(name, width, depth, copies)`` memory on ``board``:
+    SPRAM for the weights buffer where the part has it and the buffer fits (as the engine builds
+    it), block RAM ("EBR") otherwise."""
+    out = []
+    for name, width, depth, copies in memories:
+        if name == "weights" and "SPRAM" in board.resources and depth <= SPRAM_DEPTH:
+            out.append((name, width * depth * copies, "SPRAM", ceil(width / SPRAM_WIDTH)))
+        else:
+            out.append((name, width * depth * copies, "EBR", copies * ram_blocks(board.family, width, depth)))
+    return out
+
+
 def estimate(board: Board, params: EngineParams) -> dict[str, int]:
     """{resource: estimated use} of the accelerator (engine, link, UART) for ``params`` on ``board``."""
     family = board.family
     use = {"EBR": LINK_BUFFER_BLOCKS, "SPRAM": 0}
-    for name, width, depth, copies in params.memories():
-        if name == "weights" and "SPRAM" in board.resources and depth <= SPRAM_DEPTH:
-            use["SPRAM"] += ceil(width / SPRAM_WIDTH)
-        else:
-            use["EBR"] += copies * ram_blocks(family, width, depth)
+    for _, _, kind, blocks in memory_blocks(board, params.memories()):
+        use[kind] += blocks
     piece = DSP_WIDTH[family]
     pes = params.rows * params.cols
     use["DSP"] = pes if params.multiply else 0
@@ -79,6 +98,48 @@ def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> d
                            f"{used} {name} of {limits[name]} (memories: {memories}); use a smaller array or "
                            f"model, or a larger part")
     return use
+
+
+def network_memories(params: NetworkParams) -> list[tuple[str, int, int, int]]:
+    """Every memory of the whole-network core as ``(name, width, depth, copies)``."""
+    vector = [(f"vector {name}", w, d, c) for name, w, d, c in params.vector.memories()]
+    return params.engine.memories() + vector + [
+        ("values", params.value_bits, params.value_depth, 1), ("program", params.instruction_bits,
+                                                              params.program_depth, 1),
+        ("input table", params.input_bits, 256, 1)]
+
+
+def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 0.9) -> dict[str, int]:
+    """The estimate of the whole-network core (with link and UART) on ``board``; :class:`FitError`
+    naming the resource that does not fit and, for RAM, the largest buffers, their sizes and the part."""
+    use = estimate(board, params.engine)
+    blocks = memory_blocks(board, network_memories(params))
+    use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
+    use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
+    use["LUT4"] += VECTOR_LUTS
+    limits = {name: board.resources.get(name, 0) for name in use}
+    limits["LUT4"] = int(logic_share * board.resources["LUT4"])
+    engine = f"{params.engine.rows} x {params.engine.cols} whole-network core"
+    for name, used in use.items():
+        if used <= limits[name]:
+            continue
+        if name in ("EBR", "SPRAM"):
+            largest = sorted((b for b in blocks if b[2] == name), key=lambda b: -b[3])[:3]
+            buffers = "; ".join(f"{n}: {bits:,} bits in {count} blocks" for n, bits, _, count in largest)
+            raise FitError(f"{engine} on {board.name} ({board.device}): its buffers need {used} {name} blocks, "
+                           f"the part has {limits[name]}; the largest: {buffers}. Use a smaller model or array "
+                           f"(`lcq report MODEL --lanes R` lists the network's buffers), or a larger part")
+        raise FitError(f"{engine} on {board.name} ({board.device}): needs about {used} {name} of {limits[name]}; "
+                       f"use a smaller array or model, or a larger part")
+    return use
+
+
+@dataclass(frozen=True)
+class BoardNetwork:
+    """The whole-network core chosen for a model on a board, with its resource estimate."""
+
+    params: NetworkParams
+    estimate: dict
 
 
 # Arrays tried, largest first, when the user names none.
@@ -114,3 +175,22 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
                 errors.append(str(e))
     raise FitError(f"the model does not fit {board.name} ({board.device}) with any array tried; "
                    f"the smallest: {errors[-1]}")
+
+
+def network_for_board(model: CompiledModel, board: Board, rows: int | None = None,
+                      cols: int | None = None) -> BoardNetwork:
+    """The whole-network core for ``model`` on ``board``: the largest ``rows`` x ``cols`` array (each
+    defaulting to the sizes of :data:`ARRAYS`) that :func:`check_network_fit` accepts; :class:`FitError`
+    naming the smallest one's largest buffers when none does."""
+    arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
+    if rows and cols and (rows, cols) not in arrays:
+        arrays = [(rows, cols)]
+    error = None
+    for r, c in arrays:
+        params = NetworkParams.for_model(model, r, c)
+        try:
+            return BoardNetwork(params, check_network_fit(board, params))
+        except FitError as e:
+            error = e
+    raise FitError(f"the whole network does not fit {board.name} ({board.device}) with any array tried; the "
+                   f"smallest: {error}")

@@ -1,0 +1,42 @@
+"""Fit estimate of the whole-network core before synthesis: the array it picks, and the refusal
+that names the buffers, their sizes and the part."""
+
+from pathlib import Path
+
+import pytest
+
+from boards.boards import BOARDS
+from boards.fit import FitError, check_network_fit, network_for_board, network_memories
+from compiler.format import load
+from hw.network_params import NetworkParams
+
+DATA = Path(__file__).resolve().parent / "data"
+DIGITS = load(DATA / "digits-cnn-lcq-w3a3.lcq")
+RESNET20 = load(DATA / "cifar10-resnet20-lcq-w3a3.lcq")
+
+
+def test_the_digits_network_fits_the_ulx3s_85f_with_the_largest_array_that_fits():
+    chosen = network_for_board(DIGITS, BOARDS["ulx3s-85f"])
+    assert (chosen.params.engine.rows, chosen.params.engine.cols) == (8, 16)
+    assert chosen.estimate["EBR"] <= BOARDS["ulx3s-85f"].resources["EBR"]
+    with pytest.raises(FitError):           # the next larger array does not
+        check_network_fit(BOARDS["ulx3s-85f"], NetworkParams.for_model(DIGITS, 16, 16))
+
+
+def test_every_memory_of_the_core_is_counted():
+    params = NetworkParams.for_model(DIGITS, 4, 4)
+    names = [name for name, *_ in network_memories(params)]
+    assert {"weights", "tables", "accumulators", "values", "program", "input table",
+            "vector pool_thresholds"} <= set(names)
+    bits = sum(w * d * c for _, w, d, c in network_memories(params))
+    assert bits == sum(params.memory_bits().values())
+
+
+def test_a_network_that_fits_no_array_is_refused_naming_its_buffers_and_the_part():
+    with pytest.raises(FitError) as refused:
+        network_for_board(RESNET20, BOARDS["ulx3s-85f"])
+    message = str(refused.value)
+    assert "LFE5U-85F" in message and "the part has 208" in message
+    assert "weights: 2,167,168 bits" in message and "values: 1,146,880 bits" in message
+    with pytest.raises(FitError, match="iCE40UP5K.*vector pool_thresholds: 491,520 bits"):
+        network_for_board(DIGITS, BOARDS["icebreaker"])
