@@ -1,8 +1,9 @@
 """``lcq generate``: the hardware verb of the ``lcq`` command.
 
-``lcq generate MODEL -o engine.v [--rows R --cols C] [--resident none|weights|all]`` writes the
-layer engine's Verilog sized for MODEL, and ``engine.json`` beside it (the parameters, port
-widths and buffer sizes).
+``lcq generate MODEL -o core.v [--rows R --cols C]`` writes the Verilog of the whole-network core
+(:class:`hw.network.NetworkCore`, top module ``lcq_network``) sized for MODEL, and a JSON file beside
+it (the parameters, load targets, port widths and memory sizes). ``--mode layer [--resident
+none|weights|all]`` writes the layer engine instead (top module ``lcq_engine``).
 """
 
 from __future__ import annotations
@@ -41,22 +42,27 @@ def add_parsers(sub) -> dict:
     """Register the hardware verbs on ``sub`` (argparse subparsers); returns {verb: handler}."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
-    p = sub.add_parser("generate", help="write the layer engine's Verilog for a compiled model", formatter_class=fmt)
+    p = sub.add_parser("generate", help="write the accelerator's Verilog for a compiled model", formatter_class=fmt)
     array_args(p)
-    p.add_argument("-o", "--output", metavar="FILE", default="build/engine.v", help="Verilog file to write")
+    p.add_argument("-o", "--output", metavar="FILE", default="build/core.v", help="Verilog file to write")
+    p.add_argument("--mode", choices=("network", "layer"), default="network",
+                   help="the whole network on the chip (image in, logits out), or the layer engine (one layer "
+                        "per start, the host between layers)")
     p.add_argument("--resident", choices=RESIDENCY, default="none",
-                   help="size buffers to hold every layer's weights, or all its constants, at once")
+                   help="layer mode: size buffers to hold every layer's weights, or all its constants, at once")
     return {"generate": cmd_generate}
 
 
 def cmd_generate(args) -> int:
+    model = model_format.load(args.model)
+    if args.mode == "network":
+        return _generate_network(args, model)
     from amaranth.back import verilog
 
     from lcq_train.atomic import atomic_write, save_json
 
     from .engine import LayerEngine
 
-    model = model_format.load(args.model)
     params = engine_params(args, model)
     engine = LayerEngine(params)
     text = verilog.convert(engine, name="lcq_engine")
@@ -73,4 +79,32 @@ def cmd_generate(args) -> int:
     print(f"{params.rows} x {params.cols} PEs, {params.wbits}-bit LUT weights, {params.abits}-bit codes, "
           f"{'with' if params.multiply else 'no'} multipliers, {params.acc_bits}-bit accumulators; "
           f"buffers {sum(params.memory_bits().values()):,} bits")
+    return 0
+
+
+def _generate_network(args, model) -> int:
+    from amaranth.back import verilog
+
+    from lcq_train.atomic import atomic_write, save_json
+
+    from .network import NetworkCore
+    from .network_params import NetworkParams
+
+    params = NetworkParams.for_model(model, args.rows, args.cols)
+    core = NetworkCore(params)
+    text = verilog.convert(core, name="lcq_network")
+    out = Path(args.output)
+    atomic_write(out, lambda f: f.write(text.encode()))
+    load = core.signature.members["load"].signature.members["payload"].shape
+    info = {"model": str(args.model), "top": "lcq_network", "mode": "network", "params": params.describe(),
+            "target_bits": list(params.target_bits),
+            "ports": {"load__payload": {name: field.width for name, field in load},
+                      "out__payload": params.value_bits},
+            "memory_bits": params.memory_bits()}
+    save_json(info, out.with_suffix(".json"))
+    bits = params.memory_bits()
+    print(f"wrote {out} ({len(text):,} bytes, top module lcq_network) and {out.with_suffix('.json')}")
+    print(f"whole network on a {args.rows} x {args.cols} array: code memory {params.engine.act_depth:,} words, value "
+          f"memory {params.value_depth:,} x {params.value_bits} bits, program {params.program_depth} words; memories "
+          f"{sum(bits.values()):,} bits in all")
     return 0

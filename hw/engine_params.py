@@ -31,14 +31,18 @@ SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
 TARGETS = 6
 TARGET_BITS = (TARGETS - 1).bit_length()
 CONFIG, WEIGHTS, TABLE, THRESHOLDS, REQUANTIZE, ACTS = range(TARGETS)
+# The weights of multiplying layers where an engine keeps them apart (``wide_depth`` > 0: network
+# mode only, so this target is not one of the link's TARGETS).
+WIDE_WEIGHTS = TARGETS
 REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "groups",
              "co_tiles", "positions", "plane", "row_step", "top_offset",
              "weight_base", "table_base", "stage_base")
 # Registers of an engine generated for the whole network on the chip (``LayerEngine(network=True)``),
 # after :data:`REGISTERS`: where the input codes start in the activation buffer, where the outputs
 # go (``dst_values``: 1 = values into the value memory, 0 = codes into the activation buffer) and
-# how many output channels are real (the last channel tile's padding columns are not written).
-NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out")
+# how many output channels are real (the last channel tile's padding columns are not written),
+# and whether the layer's weights are in the wide weights buffer (``wide_depth`` > 0).
+NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights")
 # Values of the ``stage`` register: what the output stage does.
 STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE = range(3)
 
@@ -69,6 +73,9 @@ class EngineParams:
       ``stage_depth`` (output-stage constant slots of each column), ``pos_depth`` (output
       positions of one layer), ``out_depth`` (``cols`` outputs each).
     - ``threshold_width``: signed width of a stored threshold (0: ``acc_bits + 1``).
+    - ``wide_depth``: 0, or the depth of a second weights buffer that holds the multiplying
+      layers' weights (``weight_bits`` per column) so that the first holds only the LUT layers'
+      at ``wbits`` per column (:attr:`stored_weight_bits`).
     """
 
     rows: int
@@ -86,6 +93,7 @@ class EngineParams:
     pos_depth: int
     out_depth: int
     threshold_width: int = 0
+    wide_depth: int = 0
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
@@ -99,6 +107,10 @@ class EngineParams:
         if not isinstance(self.threshold_width, int) or not 0 <= self.threshold_width <= self.acc_bits + 1:
             raise ValueError(f"threshold_width must be 0 (acc_bits + 1) or 2..{self.acc_bits + 1}, "
                              f"got {self.threshold_width!r}")
+        if not isinstance(self.wide_depth, int) or isinstance(self.wide_depth, bool) or \
+                not 0 <= self.wide_depth <= 1 << 24 or (self.wide_depth and not self.multiply):
+            raise ValueError(f"wide_depth must be 0, or an integer in 1..{1 << 24} for an engine that multiplies, "
+                             f"got {self.wide_depth!r}")
         if self.code_bits and self.code_bits > self.abits:
             raise ValueError(f"code_bits={self.code_bits} exceeds abits={self.abits}: threshold stages make "
                              f"next-layer codes, raise abits")
@@ -114,6 +126,12 @@ class EngineParams:
     def weight_bits(self) -> int:
         """A PE's weight word: sign + ``k`` (or + the 7-bit level ``W[k]`` where PEs multiply)."""
         return LEVEL_BITS if self.multiply else self.wbits
+
+    @property
+    def stored_weight_bits(self) -> int:
+        """Bits per column of a word in the weights buffer: ``wbits`` where the multiplying layers'
+        weights are kept apart (``wide_depth``), else :attr:`weight_bits`."""
+        return self.wbits if self.wide_depth else self.weight_bits
 
     @property
     def table_bits(self) -> int:
@@ -139,7 +157,8 @@ class EngineParams:
     @property
     def reg_bits(self) -> int:
         """Signed width of the configuration registers and address arithmetic."""
-        largest = max(self.act_depth, self.weight_depth, self.table_depth, self.stage_depth, self.out_depth)
+        largest = max(self.act_depth, self.weight_depth, self.wide_depth, self.table_depth, self.stage_depth,
+                      self.out_depth)
         return largest.bit_length() + 2
 
     @property
@@ -158,7 +177,7 @@ class EngineParams:
         """Data bits of a load beat to each target, in target order (CONFIG .. ACTS); 0 for a
         target this engine lacks (no thresholds or no requantize unit)."""
         r = self.requantize
-        return (self.reg_bits, self.cols * self.weight_bits, self.table_bits,
+        return (self.reg_bits, self.cols * self.stored_weight_bits, self.table_bits,
                 threshold_word_bits(self.code_bits, self.threshold_bits) if self.code_bits else 0,
                 requantize_word_bits(r.multiplier_bits, r.bias_bits, r.max_shift) if r else 0,
                 self.rows * self.abits)
@@ -174,6 +193,7 @@ class EngineParams:
         bits = self.target_bits
         mems = [("activations", bits[ACTS], self.act_depth, 1),
                 ("weights", bits[WEIGHTS], self.weight_depth, 1),
+                *([("wide weights", self.cols * self.weight_bits, self.wide_depth, 1)] if self.wide_depth else []),
                 ("tables", bits[TABLE], self.table_depth, self.rows),
                 ("accumulators", self.acc_bits, self.out_depth, self.cols)]
         if self.code_bits:
@@ -216,13 +236,17 @@ class EngineParams:
     # Sizing.
 
     @classmethod
-    def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: str = "none") -> EngineParams:
+    def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: str = "none",
+                  split_weights: bool = False) -> EngineParams:
         """The smallest engine that runs every convolution of ``model`` on a ``rows`` x ``cols`` array.
 
         ``resident`` (one of :data:`hw.residency.RESIDENCY`): what the buffers hold for every layer at once,
         loaded once before the images: ``"all"`` constants (then an image needs only
         configuration and activations), ``"weights"`` (product tables and stage constants
         still go with each layer), or ``"none"`` (one layer's constants at a time).
+        ``split_weights`` (with every layer's weights resident, a model with both multiplying and LUT
+        layers): the multiplying layers' weights in a buffer of their own (``wide_depth``), the LUT
+        layers' at ``wbits`` per column (the whole-network core's engine).
         """
         check_residency(resident)
         convs = model.convs
@@ -246,11 +270,15 @@ class EngineParams:
         width = max((threshold_bits(s) for s in thresholds), default=0)
         if any(s.bits < code_bits for s in thresholds):
             width = 0
+        weight_depth, wide_depth = weights_total(x["weight"] for x in need), 0
+        if split_weights and resident != "none" and lut and len(lut) < len(convs):
+            weight_depth = sum(x["weight"] for x, n in zip(need, convs) if n.mac == "lut")
+            wide_depth = sum(x["weight"] for x, n in zip(need, convs) if n.mac == "multiply")
         return cls(
             rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
             multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
-            code_bits=code_bits, requantize=shape, threshold_width=width,
-            act_depth=max(x["act"] for x in need), weight_depth=weights_total(x["weight"] for x in need),
+            code_bits=code_bits, requantize=shape, threshold_width=width, wide_depth=wide_depth,
+            act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=total(x["table"] for x in need), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
 

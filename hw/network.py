@@ -30,10 +30,10 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .engine import LayerEngine
-from .engine_params import CONFIG, TARGETS
-from .network_params import (END, ENGINE_REG, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS, OPERANDS, OUTPUT,
-                             PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG,
-                             NetworkParams)
+from .engine_params import CONFIG
+from .network_params import (END, ENGINE_REG, ENGINE_TARGETS, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS,
+                             OPERANDS, OUTPUT, PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE,
+                             VECTOR_REG, NetworkParams)
 from .vector import VectorUnit
 from .vector_params import TARGETS as VECTOR_TARGETS
 
@@ -60,7 +60,8 @@ class NetworkSignature(wiring.Signature):
                                   "code_data": Out(code_bits), "value_en": Out(1),
                                   "value_addr": Out(range(params.value_depth)),
                                   "value_data": Out(signed(params.value_bits)), "step_done": Out(1)})
-        super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1), "out": Out(stream.Signature(signed(params.value_bits))),
+        super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
+                          "out": Out(stream.Signature(signed(params.value_bits))),
                           "probe": Out(probe)})
 
     def __eq__(self, other):
@@ -119,7 +120,7 @@ class NetworkCore(wiring.Component):
         # The engine's load port: the host's beats while idle, the program's register writes while running.
         sequencer_config = Signal()
         m.d.comb += [
-            engine.load.valid.eq(Mux(idle, host & (load.target < TARGETS), sequencer_config)),
+            engine.load.valid.eq(Mux(idle, host & (load.target < ENGINE_TARGETS), sequencer_config)),
             engine.load.payload.target.eq(Mux(idle, load.target, CONFIG)),
             engine.load.payload.addr.eq(Mux(idle, load.addr, reg)),
             engine.load.payload.data.eq(Mux(idle, load.data, value)),

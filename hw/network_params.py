@@ -7,9 +7,9 @@ the input table. The data memories follow the compiler's plan (:func:`compiler.n
 with ``lanes`` = the array's rows): the engine's activation buffer is the plan's code memory.
 
 Load targets of the core (a load beat's ``target``): the engine's (:data:`hw.engine_params.TARGETS`
-of them, CONFIG .. ACTS), then :data:`PROGRAM`, :data:`INPUT_TABLE`, the vector unit's
-(:data:`hw.vector_params.TARGETS`, from :data:`VECTOR_BASE`) and :data:`IMAGE` (one pixel per
-beat, at ``lane << code_addr_bits | word`` of the code memory).
+of them, CONFIG .. ACTS, and :data:`~hw.engine_params.WIDE_WEIGHTS`), then :data:`PROGRAM`,
+:data:`INPUT_TABLE`, the vector unit's (:data:`hw.vector_params.TARGETS`, from :data:`VECTOR_BASE`)
+and :data:`IMAGE` (one pixel per beat, at ``lane << code_addr_bits | word`` of the code memory).
 
 Program words (:func:`instruction`): ``op`` (:data:`OP_BITS`), ``reg`` (:data:`REG_FIELD_BITS`),
 then a signed ``value`` of ``reg_bits``, lowest first. The ops:
@@ -26,17 +26,18 @@ Every step writes all its registers before it runs (:func:`program_length`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, plan_network
 
-from .engine_params import NETWORK_REGISTERS, TARGETS, EngineParams
+from .engine_params import NETWORK_REGISTERS, WIDE_WEIGHTS, EngineParams
 from .vector_params import OP_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
 
-PROGRAM, INPUT_TABLE = TARGETS, TARGETS + 1
-VECTOR_BASE = TARGETS + 2
+ENGINE_TARGETS = WIDE_WEIGHTS + 1
+PROGRAM, INPUT_TABLE = ENGINE_TARGETS, ENGINE_TARGETS + 1
+VECTOR_BASE = ENGINE_TARGETS + 2
 IMAGE = VECTOR_BASE + len(VECTOR_TARGETS)
 NETWORK_TARGETS = IMAGE + 1
 NETWORK_TARGET_BITS = (NETWORK_TARGETS - 1).bit_length()
@@ -94,8 +95,9 @@ class NetworkParams:
     @property
     def target_bits(self) -> tuple[int, ...]:
         """Data bits of a load beat to each target, in target order (0: a target this core lacks)."""
-        return (self.engine.target_bits + (self.instruction_bits, self.input_bits) + tuple(self.vector.target_bits)
-                + (PIXEL_BITS,))
+        wide = self.engine.cols * self.engine.weight_bits if self.engine.wide_depth else 0
+        return (self.engine.target_bits + (wide, self.instruction_bits, self.input_bits)
+                + tuple(self.vector.target_bits) + (PIXEL_BITS,))
 
     @property
     def addr_bits(self) -> int:
@@ -117,6 +119,20 @@ class NetworkParams:
         bits["program"] = self.instruction_bits * self.program_depth
         bits["input table"] = self.input_bits * 256
         return bits
+
+    def describe(self) -> dict:
+        """Every parameter as JSON-ready values; :meth:`from_dict` reads it back."""
+        return {"engine": self.engine.describe(), "vector": self.vector.describe(),
+                **{f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("engine", "vector")}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> NetworkParams:
+        """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction)."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(d, dict) or set(d) != names:
+            raise ValueError(f"network parameters must be a dict with the keys {sorted(names)}, not {d!r}")
+        return cls(**{**d, "engine": EngineParams.from_dict(d["engine"]),
+                      "vector": VectorParams.from_dict(d["vector"])})
 
     @classmethod
     def for_model(cls, model: CompiledModel, rows: int, cols: int) -> NetworkParams:

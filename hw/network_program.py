@@ -18,7 +18,7 @@ from .engine_params import CONFIG, NETWORK_REGISTERS
 from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM,
                              REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams,
                              network_plan, program_length)
-from .program import check_fits, config_values, resident_bases, resident_beats
+from .program import check_fits, config_values, in_wide_buffer, resident_bases, resident_beats
 from .vector_words import constant_beats as vector_constant_beats
 from .vector_words import op_registers, slot_bases
 
@@ -52,7 +52,8 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
             check_fits(params.engine, node)
             values = config_values(params.engine, node, bases[node.name])
             values.update(act_base=base[node.input], dst_base=base[node.output],
-                          dst_values=int(not isinstance(node.stage, Thresholds)), c_out=node.out_shape[0])
+                          dst_values=int(not isinstance(node.stage, Thresholds)), c_out=node.out_shape[0],
+                          wide_weights=int(in_wide_buffer(params.engine, node)))
             words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
             words.append(instruction(params, RUN_ENGINE))
         else:

@@ -28,7 +28,7 @@ from compiler import reference
 from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_THRESHOLDS,
-                            TABLE, THRESHOLDS, WEIGHTS, EngineParams, layer_needs)
+                            TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams, layer_needs)
 from .pe_words import A_MAX, W_MAX, row_vector, weight_word
 from .residency import check_residency
 from .stage_words import requantize_words, threshold_bits, threshold_words
@@ -80,7 +80,8 @@ def _stage_kind(node: ConvNode) -> int:
 
 @dataclass(frozen=True)
 class Bases:
-    """Where a layer's constants start in the weight, table and stage buffers."""
+    """Where a layer's constants start in the weight (or wide weight: :func:`in_wide_buffer`), table
+    and stage buffers."""
 
     weight: int = 0
     table: int = 0
@@ -93,13 +94,18 @@ def resident_bases(model: CompiledModel, params: EngineParams, resident: str = "
     ``EngineParams.for_model(..., resident=resident)``)."""
     check_residency(resident)
     every = {"none": (), "weights": ("weight",), "all": ("weight", "table", "stage")}[resident]
-    bases, next_base = {}, {"weight": 0, "table": 0, "stage": 0}
+    bases, next_base = {}, {"weight": 0, "wide": 0, "table": 0, "stage": 0}
     for node in model.convs:
-        bases[node.name] = Bases(**{kind: next_base[kind] if kind in every else 0 for kind in next_base})
+        weights = "wide" if in_wide_buffer(params, node) else "weight"
+        bases[node.name] = Bases(weight=next_base[weights] if every else 0,
+                                 **{kind: next_base[kind] if kind in every else 0 for kind in ("table", "stage")})
         need = layer_needs(node, params.rows, params.cols)
         for kind in every:
-            next_base[kind] += need[kind]
-    depths = {"weight": params.weight_depth, "table": params.table_depth, "stage": params.stage_depth}
+            next_base[weights if kind == "weight" else kind] += need[kind]
+    if every:
+        every += ("wide",)
+    depths = {"weight": params.weight_depth, "wide": params.wide_depth, "table": params.table_depth,
+              "stage": params.stage_depth}
     if any(next_base[kind] > depths[kind] for kind in every):
         raise ValueError(f"the model's resident constants ({', '.join(f'{next_base[k]} {k} words' for k in every)}) "
                          f"do not fit the engine's buffers ({', '.join(f'{depths[k]}' for k in every)}); size it "
@@ -120,9 +126,19 @@ def config_values(params: EngineParams, node: ConvNode, bases: Bases = Bases()) 
     return values
 
 
+def in_wide_buffer(params: EngineParams, node: ConvNode) -> bool:
+    """Whether layer ``node``'s weights go to the engine's wide weights buffer (``wide_depth``)."""
+    return bool(params.wide_depth) and node.mac == "multiply"
+
+
+def _word_bits(params: EngineParams, node: ConvNode) -> int:
+    """Bits per column of layer ``node``'s weight words in the buffer that holds them."""
+    return params.weight_bits if in_wide_buffer(params, node) else params.stored_weight_bits
+
+
 def _weight_word(params: EngineParams, node: ConvNode, code: int) -> int:
     magnitude = abs(code) if node.mac == "lut" else int(node.w_levels[abs(code)])
-    return weight_word(int(code < 0), magnitude, params.weight_bits)
+    return weight_word(int(code < 0), magnitude, _word_bits(params, node))
 
 
 def weight_words(params: EngineParams, node: ConvNode) -> list[int]:
@@ -131,14 +147,14 @@ def weight_words(params: EngineParams, node: ConvNode) -> list[int]:
     c_out, c_in = node.weight_codes.shape[:2]
     codes = np.zeros((ceil(c_out / C) * C, ceil(c_in / R) * R, node.kernel, node.kernel), dtype=np.int64)
     codes[:c_out, :c_in] = node.weight_codes
-    words = []
+    bits, words = _word_bits(params, node), []
     for t in range(codes.shape[0] // C):
         for ky in range(node.kernel):
             for kx in range(node.kernel):
                 for ci in range(codes.shape[1]):
                     word = 0
                     for c in range(C):
-                        word |= _weight_word(params, node, int(codes[t * C + c, ci, ky, kx])) << (c * params.weight_bits)
+                        word |= _weight_word(params, node, int(codes[t * C + c, ci, ky, kx])) << (c * bits)
                     words.append(word)
     return words
 
@@ -183,7 +199,8 @@ def config_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -
 def weight_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> list[Beat]:
     """The weights of layer ``node``, at ``bases``."""
     check_fits(params, node)
-    return [(WEIGHTS, bases.weight + a, w) for a, w in enumerate(weight_words(params, node))]
+    target = WIDE_WEIGHTS if in_wide_buffer(params, node) else WEIGHTS
+    return [(target, bases.weight + a, w) for a, w in enumerate(weight_words(params, node))]
 
 
 def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases(), weights: bool = True) -> list[Beat]:

@@ -112,7 +112,8 @@ def check_node(params: VectorParams, node, info: dict[str, TensorInfo]) -> None:
         if not act and params.pool_slots:
             for name, what in (("offset_bits", "offsets"), ("sum_bits", "sums")):
                 if need[name] > getattr(params, f"pool_{name}"):
-                    problems.append(f"its {what} need {need[name]} bits (pool_{name}={getattr(params, f'pool_{name}')})")
+                    have = getattr(params, f"pool_{name}")
+                    problems.append(f"its {what} need {need[name]} bits (pool_{name}={have})")
             if need["frac_bits"] > params.max_frac_bits:
                 problems.append(f"frac_bits={need['frac_bits']} exceeds max_frac_bits={params.max_frac_bits}")
     if problems:

@@ -21,8 +21,8 @@ not over the stream). It returns a :class:`NetworkReport`; its ``as_dict()`` is 
 Cycles of an image run from the clock edge that samples ``start`` until ``busy`` falls. A step's
 cycles and MACs are summed over the images; its cycles count from the end of the step before it
 (from ``start`` for the first after the input) to its own end, so program fetch and register
-writes count to the step they precede; the input step, loaded before ``start``, has none. MACs are the convolutions' (``ConvNode.macs``); utilization is MACs per cycle
-over ``rows * cols``.
+writes count to the step they precede; the input step, loaded before ``start``, has none. MACs
+are the convolutions' (``ConvNode.macs``); utilization is MACs per cycle over ``rows * cols``.
 """
 
 from __future__ import annotations

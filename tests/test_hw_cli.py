@@ -7,6 +7,8 @@ import pytest
 
 pytest.importorskip("amaranth", reason="the hardware verbs need amaranth: pip install -e '.[hw]'")
 
+from compiler.format import load as load_model  # noqa: E402
+from hw.network_params import NETWORK_TARGETS, NetworkParams  # noqa: E402
 from lcq.cli import main  # noqa: E402
 from sim.runner import unavailable_reason  # noqa: E402
 
@@ -15,7 +17,8 @@ DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
 
 def test_generate_writes_verilog_and_its_parameters(tmp_path, capsys):
     out = tmp_path / "engine.v"
-    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "2", "--cols", "3", "--resident", "weights"]) == 0
+    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "2", "--cols", "3", "--mode", "layer",
+                 "--resident", "weights"]) == 0
     verilog = out.read_text()
     assert "module lcq_engine(" in verilog
     info = json.loads(out.with_suffix(".json").read_text())
@@ -27,6 +30,21 @@ def test_generate_writes_verilog_and_its_parameters(tmp_path, capsys):
     assert info["resident"] == "weights" and max(info["target_bits"]) == load["data"] and load["target"] == 3
     assert info["ports"]["out__payload"] == 3 * info["ports"]["out_bits_per_column"]
     assert "2 x 3 PEs" in capsys.readouterr().out
+
+
+def test_generate_writes_the_whole_network_core_by_default(tmp_path, capsys):
+    out = tmp_path / "core.v"
+    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "2", "--cols", "3"]) == 0
+    verilog = out.read_text()
+    assert "module lcq_network(" in verilog
+    info = json.loads(out.with_suffix(".json").read_text())
+    params = NetworkParams.from_dict(info["params"])
+    assert info["mode"] == "network" and params == NetworkParams.for_model(load_model(DIGITS), 2, 3)
+    load = info["ports"]["load__payload"]
+    assert max(info["target_bits"]) == load["data"] and len(info["target_bits"]) == NETWORK_TARGETS
+    for port, width in (("load__payload", sum(load.values())), ("out__payload", info["ports"]["out__payload"])):
+        assert f"input [{width - 1}:0] {port};" in verilog or f"output [{width - 1}:0] {port};" in verilog
+    assert "whole network on a 2 x 3 array" in capsys.readouterr().out
 
 
 @pytest.mark.sim
