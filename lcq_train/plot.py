@@ -1,0 +1,295 @@
+"""``lcq plot RUN_DIR``: pictures of a training run (matplotlib, the ``plot`` extra).
+
+Writes PNGs to ``--out`` (default ``RUN_DIR/plots``):
+
+- ``quantizer-<layer>.png`` for every quantized layer: the paper's Fig. 2 for its weight and its
+  activation quantizer, from the checkpoint's alpha and theta through the quantizer code of
+  :mod:`lcq_train.quant`: the learned compander ``f`` on [0, 1] with the b-bit grid it maps back
+  (``f^-1(i / s)``), and the quantizer's transfer function ``Q(x)`` with its output levels (weights in
+  units of sigma_w, LWN, over a histogram of the layer's normalized weights);
+- ``companders.png``: every layer's ``f`` for weights and for activations on one picture;
+- ``curves.png``: the training curves of ``metrics.json`` (loss, top-1, learning rate per epoch);
+- ``activation-codes.png``: per activation quantizer, the histogram of its integer codes on a few
+  batches of training images (``--batches``; needs the run's data set, ``--data-dir``).
+
+Checkpoints are read with :func:`lcq_train.checkpoint.load_checkpoint` only (no pickle).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_checkpoint
+from .layers import QAct
+from .plan import QuantPlan
+from .quant import compander, expand_levels, level_scale
+
+EXTRA_HINT = "pip install -e '.[plot]' (or pip install 'matplotlib>=3.7')"
+
+
+def _figure_class():
+    """matplotlib's Figure with the Agg canvas (no pyplot: no global state, no display needed)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ModuleNotFoundError(f"lcq plot needs matplotlib, the optional `plot` extra, which is not installed "
+                                  f"({e}): {EXTRA_HINT}", name="matplotlib") from None
+
+    def figure(**kwargs):
+        fig = Figure(**kwargs)
+        FigureCanvasAgg(fig)
+        return fig
+    return figure
+
+
+def load_run(run_dir: str | Path) -> tuple[dict, dict]:
+    """The checkpoint state and the metrics (``metrics.json``, else the checkpoint's) of a run directory
+    (or of a checkpoint file)."""
+    run_dir = Path(run_dir)
+    ckpt = run_dir if run_dir.is_file() else run_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: pass the --out directory of an `lcq train` run")
+    state = load_checkpoint(ckpt)
+    metrics_path = ckpt.parent / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else state["metrics"]
+    return state, metrics
+
+
+def rebuild_model(state: dict) -> torch.nn.Module:
+    """The run's model with its quantizers and trained state, in eval mode."""
+    from .train import build_quantized_model
+
+    model = build_quantized_model(state["config"]["model"], state["input_shape"], state["num_classes"],
+                                  QuantPlan.from_dict(state["plan"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def quantizer_curves(q, points: int = 2001) -> dict:
+    """The compander and the transfer function of quantizer ``q`` (a Quantizer, method uniform or lcq).
+
+    ``v, f``: f on [0, 1] (the identity for uniform); ``grid``: f^-1(i / s), i = 0..s, the inputs at
+    which the b-bit grid of q_b falls back onto [0, 1]; ``x, y``: Q(x) over 1.25 clip ranges (x in units
+    of sigma_w for weights); ``levels``: the output levels alpha * L / s' (alpha * f^-1(i / s) without
+    outer bits), i = 0..s; ``alpha``, ``bits``, ``method``, ``signed``.
+    """
+    theta = q.theta.detach().double() if q.method == "lcq" else None
+    s = level_scale(q.spec.bits, q.signed)
+    v = torch.linspace(0.0, 1.0, points, dtype=torch.float64)
+    if theta is None:
+        f = v.clone()
+    else:
+        gamma, beta = compander(theta)
+        K = theta.numel()
+        k = torch.clamp((v * K).floor().long(), max=K - 1)
+        f = gamma[k] * (v - k.double() / K) + beta[k]
+    grid, _ = expand_levels(theta, s, torch.float64)
+    alpha = float(q.alpha.detach())
+    if q.spec.outer_bits is None:
+        levels = alpha * grid
+    else:
+        so = level_scale(q.spec.outer_bits, q.signed)
+        levels = alpha * torch.round(grid * so) / so
+    lo = -1.25 * alpha if q.signed else -0.1 * alpha
+    x = torch.linspace(lo, 1.25 * alpha, points, dtype=torch.float32)
+    with torch.no_grad():
+        y = q.quantize(x)
+    return {"v": v.numpy(), "f": f.numpy(), "grid": grid.numpy(), "x": x.numpy(), "y": y.double().numpy(),
+            "levels": levels.numpy(), "alpha": alpha, "bits": q.spec.bits, "method": q.method, "signed": q.signed}
+
+
+def quantized_layers(model: torch.nn.Module) -> list[tuple[str, object, str, object]]:
+    """(layer, its weight quantizer, activation quantizer name, the activation quantizer) in forward order."""
+    modules = dict(model.named_modules())
+    return [(name, modules[name].wq, act, modules[act]) for name, act in model.quant_layers()]
+
+
+def _filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _compander_panel(ax, c: dict, title: str) -> None:
+    s = len(c["grid"]) - 1
+    ax.plot(c["v"], c["f"], color="C0", lw=1.8, label="f (learned)" if c["method"] == "lcq" else "f (uniform: identity)")
+    ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="identity")
+    for i, g in enumerate(c["grid"]):
+        ax.plot([0, g, g], [i / s, i / s, 0], color="C1", lw=0.7, alpha=0.8, label="f^-1(i/s)" if i == 1 else None)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="v = |x| / alpha", ylabel="f(v)", title=title)
+    ax.legend(loc="lower right", fontsize=7)
+
+
+def _transfer_panel(ax, c: dict, title: str, xlabel: str, samples=None) -> None:
+    if samples is not None:
+        twin = ax.twinx()
+        lo, hi = c["x"][0], c["x"][-1]
+        twin.hist(samples.clip(lo, hi), bins=120, range=(lo, hi), color="0.85")
+        twin.set_yticks([])
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    ax.plot(c["x"], c["x"].clip(-c["alpha"] if c["signed"] else 0, c["alpha"]), color="0.6", lw=0.8, ls="--",
+            label="clip(x)")
+    ax.plot(c["x"], c["y"], color="C0", lw=1.6, label="Q(x)")
+    levels = sorted(set(c["levels"].tolist()) | ({-v for v in c["levels"].tolist()} if c["signed"] else set()))
+    for value in levels:
+        ax.axhline(value, color="C1", lw=0.5, alpha=0.6)
+    ax.set(xlabel=xlabel, ylabel="Q(x)", title=title)
+    ax.legend(loc="upper left", fontsize=7)
+
+
+def plot_quantizers(model, out: Path, figure) -> list[Path]:
+    """``quantizer-<layer>.png`` per quantized layer and ``companders.png``; returns the files written."""
+    written, all_curves = [], []
+    seen_acts = set()
+    for name, wq, act_name, aq in quantized_layers(model):
+        weight = dict(model.named_modules())[name].weight.detach()
+        normalized = ((weight - weight.mean()) / weight.std()).flatten().numpy()
+        fig = figure(figsize=(10, 7.5), layout="constrained")
+        axes = fig.subplots(2, 2)
+        for row, (q, what, tensor) in enumerate(((wq, "weights", name), (aq, "activations", act_name))):
+            if q.method == "fp":
+                for ax in axes[row]:
+                    ax.text(0.5, 0.5, f"{what}: full precision", ha="center", va="center")
+                    ax.set_axis_off()
+                continue
+            c = quantizer_curves(q)
+            desc = f"{what} ({tensor}): {c['method']} {c['bits']}-bit, alpha = {c['alpha']:.3g}"
+            _compander_panel(axes[row][0], c, f"compander f, {desc}")
+            xlabel = "x / sigma_w (after LWN)" if what == "weights" else "x (after BN + ReLU)"
+            s = len(c["levels"]) - 1
+            _transfer_panel(axes[row][1], c, f"quantizer Q: {2 * s + 1 if c['signed'] else s + 1} output levels",
+                            xlabel,
+                            normalized if what == "weights" else None)
+            if what == "weights" or act_name not in seen_acts:
+                all_curves.append((f"{tensor}", what, c))
+        seen_acts.add(act_name)
+        fig.suptitle(f"layer {name}")
+        path = out / f"quantizer-{_filename(name)}.png"
+        fig.savefig(path, dpi=100)
+        written.append(path)
+    if all_curves:
+        fig = figure(figsize=(11, 5), layout="constrained")
+        axes = fig.subplots(1, 2)
+        for ax, what in zip(axes, ("weights", "activations")):
+            for label, kind, c in all_curves:
+                if kind == what:
+                    ax.plot(c["v"], c["f"], lw=1.0, label=f"{label} ({c['bits']}b {c['method']})")
+            ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
+            ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="v", ylabel="f(v)", title=f"companders of the {what}")
+            ax.legend(fontsize=6, ncol=2, loc="lower right")
+        path = out / "companders.png"
+        fig.savefig(path, dpi=100)
+        written.append(path)
+    return written
+
+
+def plot_curves(metrics: dict, out: Path, figure) -> Path | None:
+    """``curves.png`` from the per-epoch rows of ``metrics``; None when it has none."""
+    rows = metrics.get("epochs") or []
+    if not rows:
+        return None
+    epochs = [r["epoch"] for r in rows]
+    fig = figure(figsize=(13, 4), layout="constrained")
+    ax_loss, ax_top1, ax_lr = fig.subplots(1, 3)
+    for split, style in (("train", "-"), ("test", "--")):
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, marker=".", label=split)
+        ax_top1.plot(epochs, [r[f"{split}_top1"] for r in rows], style, marker=".", label=split)
+    ax_lr.plot(epochs, [r["lr"] for r in rows], marker=".")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    ax_top1.set(xlabel="epoch", ylabel="top-1 (%)",
+                title=f"top-1 (final test {rows[-1]['test_top1']:.2f}%, eval mode)")
+    ax_lr.set(xlabel="epoch", ylabel="weight learning rate", title="learning rate (end of epoch)")
+    ax_loss.legend()
+    ax_top1.legend()
+    cfg = metrics.get("config", {})
+    plan = cfg.get("plan", {})
+    bits = "" if plan.get("method") == "fp" else f" W{plan.get('wbits')}/A{plan.get('abits')}"
+    fig.suptitle(f"{cfg.get('model')} on {cfg.get('dataset')}, {plan.get('method')}{bits}")
+    path = out / "curves.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
+@torch.no_grad()
+def activation_codes(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per activation quantizer (forward order): counts of its codes 0..s on uint8 ``images``."""
+    counts, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, QAct) and module.method != "fp" and module.spec.outer_bits is not None:
+            s = level_scale(module.spec.bits, False)
+
+            def hook(mod, inputs, name=name, s=s):
+                codes = mod.codes(inputs[0]).flatten()
+                counts[name] = counts.get(name, 0) + torch.bincount(codes, minlength=s + 1)
+            hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        for start in range(0, images.shape[0], 256):
+            model(images[start:start + 256].float() / 255.0)
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int) -> Path | None:
+    if not counts:
+        return None
+    n = len(counts)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig = figure(figsize=(3.2 * cols, 2.6 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax, (name, c) in zip(axes, counts.items()):
+        share = (c.double() / c.sum()).numpy()
+        ax.bar(range(len(share)), share, width=1.0 if len(share) > 32 else 0.8)
+        ax.set_title(f"{name} ({int(math.log2(len(share)))}-bit)", fontsize=8)
+        ax.set_xlabel("code", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in axes[n:]:
+        ax.set_axis_off()
+    fig.suptitle(f"activation codes on {images} training images (share of elements per code)")
+    path = out / "activation-codes.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: str | None = None,
+             images: int = 512, seed: int = 0, log=print) -> list[Path]:
+    """Write the run's PNGs to ``out`` (default RUN_DIR/plots); returns their paths.
+
+    ``images``: training images for the activation-code histograms (0: none), drawn at random with
+    ``seed``; the data set is the run's, from ``data_dir`` if given, else the run's own ``--data-dir``.
+    Raises ModuleNotFoundError (naming the ``plot`` extra) without matplotlib.
+    """
+    figure = _figure_class()
+    state, metrics = load_run(run_dir)
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else (run_dir.parent if run_dir.is_file() else run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    curves = plot_curves(metrics, out, figure)
+    written += [curves] if curves else []
+    if state["plan"]["method"] == "fp":
+        log(f"{run_dir} is a full-precision run: no quantizers to draw, training curves only")
+        return written
+    model = rebuild_model(state)
+    written += plot_quantizers(model, out, figure)
+    if images > 0:
+        from .data import DatasetError, load_dataset
+
+        cfg = state["config"]
+        try:
+            data = load_dataset(cfg["dataset"], data_dir if data_dir is not None else cfg["data_dir"])
+        except DatasetError as e:
+            log(f"no activation-code histograms: the run's data set cannot be loaded ({e}); pass --data-dir")
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            pick = torch.randperm(data.train_x.shape[0], generator=generator)[:images]
+            path = plot_codes(activation_codes(model, data.train_x[pick]), out, figure, len(pick))
+            written += [path] if path else []
+    return written

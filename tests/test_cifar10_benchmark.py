@@ -1,0 +1,45 @@
+"""benchmarks/cifar10_resnet20.py --tiny: the GPU benchmark's whole pipeline on CPU, on a slice of CIFAR-10."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "cifar10_resnet20.py"
+DATA = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
+
+
+@pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
+def test_tiny_run_writes_the_table_and_json(tmp_path):
+    out, result = tmp_path / "runs", tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--data-dir", str(DATA), "--out", str(out),
+                           "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "| lcq | 3/3 | 2 |" in proc.stdout and "92.80" in proc.stdout     # beside the paper's number
+    data = json.loads(result.read_text())
+    assert data["benchmark"] == "cifar10-resnet20" and data["complete"] is True
+    assert data["schedule"]["fp_epochs"] == 2 and data["schedule"]["epochs"] == 2 and data["schedule"]["bits"] == [3]
+    assert data["data"]["train_images"] == 200 and data["data"]["test_images"] == 100
+    assert {"device", "device_name", "torch", "cuda", "torch_threads", "cpu_count"} <= set(data["machine"])
+    assert data["seeds"]["per_run"] == {"fp": 0, "uniform-w3a3": 0, "lcq-w3a3": 0}
+    assert data["paper"]["lcq"]["3"] == 92.8 and data["paper"]["apot"]["3"] == 92.2
+    rows = {r["run"]: r for r in data["rows"]}
+    assert list(rows) == ["fp", "uniform-w3a3", "lcq-w3a3"]
+    for name, row in rows.items():
+        assert row["status"] == "trained" and row["epochs"] == 2
+        assert 0.0 <= row["test_top1"] <= 100.0 and row["wall_s"] > 0
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert row["test_top1"] == metrics["epochs"][-1]["test_top1"]   # the final epoch, not the best
+        assert (out / name / "checkpoint.pt").is_file() and (out / f"{name}.log").read_text().startswith("$ lcq train")
+    assert rows["lcq-w3a3"]["paper_lcq_top1"] == 92.8 and rows["uniform-w3a3"]["paper_lcq_top1"] is None
+    from lcq_train.data import load_dataset
+
+    sliced = load_dataset("cifar10", out / "data-slice")        # the slice takes every class, equally
+    assert sliced.train_y.bincount().tolist() == [20] * 10 and sliced.test_y.bincount().tolist() == [10] * 10
+    # re-running reuses the finished runs
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--data-dir", str(DATA), "--out", str(out),
+                           "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.count("done earlier, reused") == 3

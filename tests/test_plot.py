@@ -1,0 +1,86 @@
+"""``lcq plot``: PNGs of a tiny run (the small CNN, one epoch on the digits); matplotlib is the ``plot`` extra."""
+
+import sys
+
+import pytest
+import torch
+
+from lcq.cli import main
+from lcq_train.plan import QuantPlan
+from lcq_train.train import TrainConfig, train
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _train(out, plan, **kw):
+    train(TrainConfig(model="cnn", dataset="digits", plan=plan, epochs=1, batch_size=128, out=str(out),
+                      progress=False, **kw))
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plot")
+    fp = _train(root / "fp", QuantPlan("fp"))
+    lcq = _train(root / "lcq", QuantPlan("lcq", 3, 3), init=str(fp / "checkpoint.pt"))
+    return fp, lcq
+
+
+def test_plot_writes_companders_curves_and_codes(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    _, lcq = runs
+    assert main(["plot", str(lcq), "--out", str(tmp_path), "--images", "64"]) == 0
+    names = {"curves.png", "companders.png", "activation-codes.png",
+             *(f"quantizer-{layer}.png" for layer in ("conv0", "conv1", "conv2", "fc"))}
+    assert {p.name for p in tmp_path.iterdir()} == names
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:8] == PNG
+    assert set(capsys.readouterr().out.split()) == {str(tmp_path / n) for n in names}
+
+
+def test_quantizer_curves_follow_the_quantizer(runs):
+    from lcq_train.checkpoint import load_checkpoint
+    from lcq_train.plot import activation_codes, quantized_layers, quantizer_curves, rebuild_model
+
+    _, lcq = runs
+    model = rebuild_model(load_checkpoint(lcq / "checkpoint.pt"))
+    _, wq, _, aq = [row for row in quantized_layers(model) if row[0] == "conv1"][0]
+    with torch.no_grad():
+        aq.theta.copy_(torch.linspace(-1.0, 1.0, aq.theta.numel()))      # a compander far from the identity
+    c = quantizer_curves(aq)
+    assert c["f"][0] == 0.0 and abs(c["f"][-1] - 1.0) < 1e-12 and (c["f"][1:] >= c["f"][:-1]).all()
+    assert len(c["levels"]) == 8 and c["levels"][0] == 0.0 and c["levels"][-1] == pytest.approx(c["alpha"])
+    # every output of Q is one of the drawn levels, and those are alpha * L / s' of the integer table
+    y, levels = torch.as_tensor(c["y"]), torch.as_tensor(c["levels"])
+    assert ((y[:, None] - levels[None, :]).abs().min(1).values < 1e-5 * c["alpha"]).all()
+    assert len(set(y.tolist())) == 8                                   # and Q takes all of them
+    torch.testing.assert_close(torch.as_tensor(c["levels"]), aq.levels().double() * aq.step(), rtol=1e-6, atol=1e-9)
+    w = quantizer_curves(wq)
+    assert w["signed"] and len(w["levels"]) == 4 and w["x"][0] < 0
+    counts = activation_codes(model, torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8))
+    assert list(counts) == ["act_in", "act1", "act2", "act_fc"]
+    assert len(counts["act1"]) == 8 and len(counts["act_in"]) == 256 and counts["act_in"].sum() == 16 * 64
+
+
+def test_full_precision_run_gets_curves_only(runs, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    fp, _ = runs
+    assert main(["plot", str(fp), "--out", str(tmp_path)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+    assert "full-precision run" in capsys.readouterr().out
+
+
+def test_without_matplotlib_the_error_names_the_extra(runs, tmp_path, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # import matplotlib now fails
+    assert main(["plot", str(runs[1]), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "matplotlib" in err and "pip install -e '.[plot]'" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_plot_of_a_directory_without_a_run(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "holds no checkpoint.pt" in capsys.readouterr().err
