@@ -1,8 +1,10 @@
 """Bytes per image over the host link, counted from the protocol, for any model and board.
 
 No simulation: for each board (``--boards``) the model (``--model``, default the digits
-CNN and the CIFAR-10 ResNet-20 of ``tests/data``) gets the engine ``lcq build`` would choose
-(``boards.fit.engine_for_board``), and ``boards.traffic.image_traffic`` counts the bytes of
+CNN and the CIFAR-10 ResNet-20 of ``tests/data``) gets, in each mode (``--modes``), the design
+``lcq build`` would choose: network mode the whole-network core (``boards.fit.network_for_board``;
+``boards.traffic.network_image_traffic``: the image's pixels, one RUN, the logits), layers mode the
+layer engine (``boards.fit.engine_for_board``; ``boards.traffic.image_traffic``), counting the bytes of
 every request of one image as ``lcq run`` sends it and of every reply. It reports, per image, bytes to and from the device, requests, and the
 images per second the line alone allows (bytes x 10 / baud), the engine's time left out;
 ``benchmarks/link_throughput.py`` simulates the whole device for the small models.
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--boards", default="icebreaker,ulx3s-45f,ulx3s-85f,orangecrab-25f",
                         help="boards, comma-separated")
+    parser.add_argument("--modes", default="network,layers", help="network and/or layers, comma-separated")
     parser.add_argument("--model", nargs="+", default=[str(m) for m in MODELS], help="compiled models (lcq compile)")
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "link_traffic.json"))
@@ -39,32 +42,44 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(e.args[0])
     from boards.fit import FitError
     from boards.boards import LINK_PAYLOAD
-    from boards.fit import engine_for_board
-    from boards.traffic import image_traffic
+    from boards.fit import engine_for_board, network_for_board
+    from boards.traffic import image_traffic, network_image_traffic
 
-    head = ["model", "board", "engine", "baud", "loading constants", "bytes to / from device per image",
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or set(modes) - {"network", "layers"}:
+        parser.error(f"--modes must name network and/or layers, not {args.modes!r}")
+    head = ["model", "board", "mode", "core", "baud", "loading constants", "bytes to / from device per image",
             "requests per image", "line-bound images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     results = []
     for path in map(Path, args.model):
         model = model_format.load(path)
-        for name in boards:
+        for name, mode in ((name, mode) for name in boards for mode in modes):
             board = get_board(name)
+            payload = LINK_PAYLOAD[board.family]
             try:
-                engine = engine_for_board(model, board)
+                if mode == "network":
+                    params = network_for_board(model, board).params
+                    rows, cols, extra = params.engine.rows, params.engine.cols, {}
+                    core = f"{rows}x{cols}, whole network"
+                    t = network_image_traffic(model, params, payload)
+                else:
+                    engine = engine_for_board(model, board)
+                    rows, cols, extra = engine.params.rows, engine.params.cols, {"resident": engine.resident}
+                    core = f"{rows}x{cols}, {engine.resident} resident"
+                    t = image_traffic(model, engine.params, engine.resident, payload)
             except FitError as e:
-                results.append({"model": path.name, "board": name, "fits": False, "error": str(e)})
-                lines.append(f"| {path.name} | {name} | does not fit | | | | | |")
+                results.append({"model": path.name, "board": name, "mode": mode, "fits": False, "error": str(e)})
+                lines.append(f"| {path.name} | {name} | {mode} | does not fit | | | | | |")
                 continue
             baud = uart_baud(board, board.default_mhz * 1e6)
-            t = image_traffic(model, engine.params, engine.resident, LINK_PAYLOAD[board.family])
             rate = baud / 10 / (t["bytes_to_device"] + t["bytes_from_device"])
-            results.append({"model": path.name, "board": name, "fits": True, "rows": engine.params.rows,
-                            "cols": engine.params.cols, "resident": engine.resident, "baud": baud,
-                            **t, "line_bound_images_per_second": round(rate, 2)})
+            results.append({"model": path.name, "board": name, "mode": mode, "fits": True, "rows": rows,
+                            "cols": cols, **extra, "baud": baud, **t,
+                            "line_bound_images_per_second": round(rate, 2)})
             load = t["loading"]
             lines.append("| " + " | ".join([
-                path.name, name, f"{engine.params.rows}x{engine.params.cols}, {engine.resident} resident",
+                path.name, name, mode, core,
                 f"{baud / 1e6:g} M", f"{load['bytes_to_device']:,} B, {load['requests']} requests" if load["requests"]
                 else "-", f"{t['bytes_to_device']:,} / {t['bytes_from_device']:,}", str(t["requests"]),
                 f"{rate:.2f}"]) + " |")

@@ -13,6 +13,8 @@ from lcq_train.arguments import positive_float, positive_int
 
 from .boards import BOARDS, get_board
 
+MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.protocol.LinkMode's labels)
+
 
 def add_parsers(sub) -> dict:
     """Register the board verbs on ``sub`` (argparse subparsers); returns {verb: handler}."""
@@ -27,6 +29,9 @@ def add_parsers(sub) -> dict:
                    help=f"PE array rows, {ARRAY_SIZE.describe()} (default: chosen for the board)")
     p.add_argument("--cols", type=ARRAY_SIZE, metavar="C",
                    help=f"PE array columns, {ARRAY_SIZE.describe()} (default: chosen for the board)")
+    p.add_argument("--mode", choices=MODES, default="network",
+                   help="network: the whole network on the chip (image in, logits out); layers: the layer engine, "
+                        "one convolution per request, the rest on the host")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory (default: build/<board>)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -59,7 +64,7 @@ def cmd_build(args) -> int:
 
     try:
         result = build_model(args.model, get_board(args.board), args.mhz, args.rows, args.cols,
-                             Path(args.output or Path("build") / args.board))
+                             Path(args.output or Path("build") / args.board), mode=args.mode)
     except BuildError as e:
         print(f"lcq build: error: {e}", file=sys.stderr)
         return 1
@@ -68,11 +73,15 @@ def cmd_build(args) -> int:
 
 
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
-                out: Path | None = None) -> dict:
-    """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board``, in ``out``
-    (default ``build/<board>``). Without ``mhz``, at the board's default clock and, where timing
-    does not close there, once more at the Fmax reached. Returns the report (also in
-    ``out/report.json``); raises :class:`boards.build.BuildError` when a tool fails."""
+                out: Path | None = None, mode: str = "layers") -> dict:
+    """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
+    (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
+    ``build/<board>``). Without ``mhz``, at the board's default clock and, where timing does not
+    close there, once more at the Fmax reached. Returns the report (also in ``out/report.json``;
+    ``mode``, and ``network`` or ``engine``: what ``lcq run`` needs to talk to the board); raises
+    :class:`boards.build.BuildError` when a tool fails. ``mode`` defaults to ``"layers"``, what the callers
+    of this function (``lcq demo``, ``benchmarks/board_builds.py``) built before network mode existed;
+    ``lcq build`` passes its ``--mode`` (default ``network``)."""
     from compiler import format as model_format
 
     from hw.residency import DESCRIPTION
@@ -80,12 +89,16 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     from .build import build, write_json
     from .top import accelerator_top
 
-    factory = accelerator_top(model_format.load(model_path), board, rows, cols)
+    model = model_format.load(model_path)
+    factory = accelerator_top(model, board, rows, cols, mode=mode)
     engine = factory.engine
     out = Path(out or Path("build") / board.name)
-    print(f"building a {engine.params.rows} x {engine.params.cols} engine "
-          f"({DESCRIPTION[engine.resident]}) for {board.name} ({board.device})...",
-          file=sys.stderr, flush=True)
+    if mode == "network":
+        params = factory.params
+        what = f"the whole-network core on a {params.engine.rows} x {params.engine.cols} array"
+    else:
+        what = f"a {engine.params.rows} x {engine.params.cols} engine ({DESCRIPTION[engine.resident]})"
+    print(f"building {what} for {board.name} ({board.device})...", file=sys.stderr, flush=True)
     result = build(factory, board, mhz, out).to_dict()
     attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]
     if mhz is None and result["fmax_mhz"] < result["pll_mhz"]:
@@ -95,15 +108,35 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
         result = build(factory, board, slower, out).to_dict()
         attempts.append({"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]})
     result.update(timing_met=result["fmax_mhz"] >= result["pll_mhz"], attempts=attempts, model=str(model_path),
-                  engine={"rows": engine.params.rows, "cols": engine.params.cols, "resident": engine.resident,
-                          "estimate": engine.estimate, "params": engine.params.describe()})
+                  mode=mode)
+    if mode == "network":
+        result["network"] = network_report(model, factory.network)
+    else:
+        result["engine"] = {"rows": engine.params.rows, "cols": engine.params.cols, "resident": engine.resident,
+                            "estimate": engine.estimate, "params": engine.params.describe()}
     write_json(out / "report.json", result)
     return result
+
+
+def network_report(model, network) -> dict:
+    """What a build report records of a whole-network core (a :class:`boards.fit.BoardNetwork`): ``rows`` and
+    ``cols`` (``lcq run`` recomputes the core with ``NetworkParams.for_model(model, rows, cols)``, which is
+    deterministic), and, to read, the fit estimate, its link parameters, the engine's and vector unit's
+    parameters and the bits of each memory."""
+    params = network.params
+    return {"estimate": network.estimate, "rows": params.engine.rows, "cols": params.engine.cols, "classes": model.num_classes,
+            "addr_bits": params.addr_bits, "value_bits": params.value_bits, "target_bits": list(params.target_bits),
+            "value_depth": params.value_depth, "program_depth": params.program_depth,
+            "input_bits": params.input_bits, "engine": params.engine.describe(),
+            "vector": params.vector.describe(), "memory_bits": params.memory_bits()}
 
 
 # What `lcq run` and `lcq flash` read of a build's report.json: (dotted field, rule of its value, what it is).
 REPORT_FIELDS = {
     "pll_mhz": (positive_float, "the clock of the flashed design, which sets the baud rate"),
+    "mode": (MODES, "what the flashed design runs: the whole network or one layer at a time"),
+    "network.rows": (ARRAY_SIZE, "the PE array rows of the flashed network core"),
+    "network.cols": (ARRAY_SIZE, "the PE array columns of the flashed network core"),
     "engine.rows": (ARRAY_SIZE, "the PE array rows of the flashed engine"),
     "engine.cols": (ARRAY_SIZE, "the PE array columns of the flashed engine"),
     "engine.resident": (RESIDENCY, "what the flashed engine keeps loaded"),
@@ -156,36 +189,49 @@ def cmd_run(args) -> int:
     from .boards import uart_baud
     from .fit import engine_for_board
     from .link_host import LinkHost, SerialPort
-    from .runtime import BoardRunner
+    from .runtime import BoardRunner, NetworkRunner
 
     board = get_board(args.board)
     report_path = Path(args.report or Path("build") / board.name / "report.json")
     if not report_path.is_file():
         raise FileNotFoundError(f"no build report {report_path}: build and flash first (`lcq build MODEL --board "
                                 f"{board.name}`, `lcq flash --board {board.name}`) or pass --report FILE")
-    built = read_report(report_path, ("pll_mhz", "engine.rows", "engine.cols", "engine.resident"))
+    # A report without a mode is of a build before network mode existed: layers mode.
+    mode = read_report(report_path, ("mode",))["mode"] if "mode" in read_report(report_path, ()) else "layers"
+    array = ("network.rows", "network.cols") if mode == "network" else ("engine.rows", "engine.cols",
+                                                                        "engine.resident")
+    built = read_report(report_path, ("pll_mhz", *array))
     positive_int.check(args.images, "--images")
     positive_float.check(args.timeout, "--timeout")
     model = model_format.load(args.model)
-    engine = engine_for_board(model, board, built["engine"]["rows"], built["engine"]["cols"])
-    if engine.resident != built["engine"]["resident"]:
-        raise ValueError(f"{report_path} was built with other buffers for this model; build again")
+    if mode == "network":
+        from hw.network_params import NetworkParams
+
+        params = NetworkParams.for_model(model, built["network"]["rows"], built["network"]["cols"])
+    else:
+        engine = engine_for_board(model, board, built["engine"]["rows"], built["engine"]["cols"])
+        if engine.resident != built["engine"]["resident"]:
+            raise ValueError(f"{report_path} was built with other buffers for this model; build again")
     images, labels = _test_images(args, model)
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
     try:
         with SerialPort(args.port, baud, timeout=args.timeout) as port:
             host = LinkHost(port)
-            runner = BoardRunner(host, model, engine.params, engine.resident)
+            if mode == "network":
+                runner = NetworkRunner(host, model, params)
+            else:
+                runner = BoardRunner(host, model, engine.params, engine.resident)
             show = None if args.json else (lambda i, n: print(f"\r{i}/{n} images", end="", file=sys.stderr))
             result = runner.classify(images, labels, show)
     except LinkError as e:
         print(f"\nlcq run: error: {e}", file=sys.stderr)
         return 1
     reference = predict(model, images).argmax(axis=1)
-    out = {"board": board.name, "port": args.port, "baud": baud, "images": len(images),
+    repeated = "images_repeated" if mode == "network" else "layers_repeated"
+    out = {"board": board.name, "port": args.port, "mode": mode, "baud": baud, "images": len(images),
            "accuracy": result.accuracy, "images_per_second": result.images_per_second,
            "seconds": result.seconds, "load_seconds": result.load_seconds, "frames_resent": host.retried,
-           "layers_repeated": runner.repeated,
+           repeated: runner.repeated,
            "equal_to_reference": int((result.predictions == reference).sum())}
     if args.json:
         print(json.dumps(out))
@@ -193,8 +239,8 @@ def cmd_run(args) -> int:
         print(file=sys.stderr)
         print(f"{board.name}: {out['images']} images, top-1 {out['accuracy']:.2f}%, "
               f"{out['images_per_second']:.2f} images/s at {baud:,} baud (constants loaded in "
-              f"{out['load_seconds']:.2f} s, {host.retried} frames resent, {runner.repeated} layer runs "
-              f"repeated); "
+              f"{out['load_seconds']:.2f} s, {host.retried} frames resent, {runner.repeated} "
+              f"{'image' if mode == 'network' else 'layer'} runs repeated); "
               f"{out['equal_to_reference']} of {out['images']} predictions equal the integer reference")
     return 0 if out["equal_to_reference"] == out["images"] else 1
 

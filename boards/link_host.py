@@ -25,12 +25,12 @@ import math
 import struct
 import time
 
-from hw.protocol import (DONE_FORMAT, FRAME_BYTES, INFO_FORMAT, OUT_HEAD_BYTES, FrameError, FrameType, LinkError,
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, MAX_INFO_BYTES, OUT_HEAD_BYTES, FrameError, FrameType, LinkError,
                          LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_out, encode_frame,
                          encode_loads, encode_run, read_frame)
 
 NACK_BYTES = 2
-INFO_BYTES = struct.calcsize(INFO_FORMAT)
+INFO_BYTES = MAX_INFO_BYTES     # the longest INFO reply (255 load targets)
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
 RUN_WORDS_MAX = (1 << 8 * struct.calcsize(DONE_FORMAT)) - 1
 # NACK codes of a frame damaged on the way in: sending it again may succeed (LENGTH and TARGET would fail again).

@@ -1,6 +1,13 @@
 """Host runtime: a compiled model on a board (or a simulated one) over the link.
 
-:class:`BoardRunner` loads what the engine keeps for every layer (its weights, or all its
+A bitstream runs in one of two modes (:data:`MODES`, stated in its INFO reply,
+:class:`hw.protocol.LinkMode`); each runner refuses a board of the other mode.
+
+:class:`NetworkRunner` (network mode, the whole-network core): loads the model's constants and
+program once (:func:`hw.network_program.load_beats`), then per image its pixels
+(:func:`hw.network_program.image_beats`), one RUN returning ``num_classes`` logits.
+
+:class:`BoardRunner` (layers mode, the layer engine) loads what the engine keeps for every layer (its weights, or all its
 constants, by the engine's residency), then classifies images: each convolution runs on
 the board (configuration, the constants not kept and the input activations over the link,
 output words back; codes only for thresholded layers), every host-side node (input table,
@@ -17,11 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from compiler.graph import CompiledModel, ConvNode, Thresholds
+from compiler.reference import check_images
 from hw.engine_params import EngineParams
+from hw.network_params import NetworkParams
+from hw.network_program import decode_logits, image_beats, load_beats
 from hw.program import model_jobs, resident_beats
-from hw.protocol import LinkError, OutputFormat
+from hw.protocol import LinkError, LinkInfo, LinkMode, OutputFormat
 
 from .link_host import LinkHost
+
+MODES = tuple(mode.label for mode in LinkMode)     # "layers", "network": what `lcq build --mode` takes
 
 
 def output_format(node: ConvNode) -> OutputFormat:
@@ -54,8 +66,79 @@ class RunResult:
         return float((self.predictions == self.labels).mean() * 100)
 
 
-class BoardRunner:
-    """Runs ``model`` on the engine of ``params`` behind ``host`` (a :class:`LinkHost`).
+def check_mode(info: LinkInfo, expected: LinkMode) -> None:
+    """A :class:`LinkError` naming both modes and the fix when the board's bitstream runs in another
+    mode than the host expects (from the build report)."""
+    if info.mode != expected:
+        got, want = LinkMode(info.mode).label, expected.label
+        raise LinkError(f"the board's bitstream runs in {got} mode, but the host was asked to run it in {want} "
+                        f"mode (from the build report): pass the report.json of the flashed build (--report FILE), "
+                        f"or build and flash a {want}-mode bitstream (`lcq build MODEL --board NAME --mode {want}`, "
+                        f"`lcq flash --board NAME`)")
+
+
+class _Runner:
+    """What both runners share: ``classify`` over ``logits`` after ``load_constants``."""
+
+    model: CompiledModel
+
+    def classify(self, images: np.ndarray, labels: np.ndarray | None = None, progress=None) -> RunResult:
+        """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``); images of another shape or type
+        are refused (ValueError) before anything is sent."""
+        check_images(self.model, np.asarray(images))
+        t0 = time.perf_counter()
+        self.load_constants()
+        t1 = time.perf_counter()
+        out = []
+        for i, image in enumerate(images):
+            out.append(self.logits(image))
+            if progress:
+                progress(i + 1, len(images))
+        logits = np.stack(out) if out else np.zeros((0, self.model.num_classes), dtype=np.int64)
+        return RunResult(logits, time.perf_counter() - t1, labels, load_seconds=t1 - t0)
+
+
+class NetworkRunner(_Runner):
+    """Runs ``model`` on the whole-network core of ``params`` behind ``host`` (a :class:`LinkHost`):
+    image in, logits out. The device's INFO must state network mode and match ``params`` and the
+    model's class count; otherwise a :class:`LinkError` says what to build and flash. ``repeated``
+    counts image runs repeated after a lost or corrupted reply (up to ``retries`` per image; an
+    image's beats are idempotent, so its LOADs and RUN are sent again whole)."""
+
+    def __init__(self, host: LinkHost, model: CompiledModel, params: NetworkParams, *, retries: int = 2):
+        info = host.info
+        check_mode(info, LinkMode.NETWORK)
+        expected = (params.addr_bits, params.target_bits, params.value_bits, params.engine.rows, params.engine.cols,
+                    model.num_classes)
+        got = (info.addr_bits, info.target_bits, info.out_bits, info.rows, info.cols, info.classes)
+        if got != expected:
+            raise LinkError(f"the board's network core (address bits, target bits, logit bits, rows, cols, classes "
+                            f"= {got}) is not the one built for this model ({expected}): build and flash it "
+                            f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
+        self.host, self.model, self.params = host, model, params
+        self.retries, self.repeated = retries, 0
+        self.loaded = False
+
+    def load_constants(self) -> None:
+        """Send every constant and the program (once)."""
+        if not self.loaded:
+            self.host.load(load_beats(self.model, self.params))
+        self.loaded = True
+
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """Integer logits ``(classes,)`` of one uint8 image ``(C, H, W)``: its pixels, then one RUN."""
+        beats = image_beats(self.model, self.params, image)     # checks the image before anything is sent
+        self.load_constants()
+        before = self.host.repeated
+        try:
+            words = self.host.load_and_run(beats, self.model.num_classes, OutputFormat.FULL, repeats=self.retries)
+        finally:
+            self.repeated += self.host.repeated - before
+        return decode_logits(self.params, words, self.model.num_classes)
+
+
+class BoardRunner(_Runner):
+    """Runs ``model`` on the engine of ``params`` behind ``host`` (a :class:`LinkHost`), layers mode.
 
     ``resident`` (``"none"``, ``"weights"``, ``"all"``) is the residency ``params`` were sized
     for; ``repeated`` counts layer runs repeated after a lost or corrupted reply. The
@@ -66,6 +149,7 @@ class BoardRunner:
     def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: str, *,
                  retries: int = 2):
         info = host.info
+        check_mode(info, LinkMode.LAYERS)
         expected = (params.addr_bits, params.target_bits, params.cols * params.out_bits, params.code_bits,
                     params.rows, params.cols)
         got = (info.addr_bits, info.target_bits, info.out_bits, info.code_bits, info.rows, info.cols)
@@ -106,16 +190,3 @@ class BoardRunner:
             return self.host.load_and_run(job.beats, job.out_words, output_format(job.node), repeats=self.retries)
         finally:
             self.repeated += self.host.repeated - before
-
-    def classify(self, images: np.ndarray, labels: np.ndarray | None = None, progress=None) -> RunResult:
-        """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``)."""
-        t0 = time.perf_counter()
-        self.load_constants()
-        t1 = time.perf_counter()
-        out = []
-        for i, image in enumerate(images):
-            out.append(self.logits(image))
-            if progress:
-                progress(i + 1, len(images))
-        logits = np.stack(out) if out else np.zeros((0, self.model.num_classes), dtype=np.int64)
-        return RunResult(logits, time.perf_counter() - t1, labels, load_seconds=t1 - t0)

@@ -1,12 +1,18 @@
-"""The accelerator on a board: layer engine + link bridge + UART, sized to the part.
+"""The accelerator on a board: the layer engine or the whole-network core, behind the link bridge and a UART.
 
-- :class:`AcceleratorCore`: a :class:`hw.engine.LayerEngine` behind a
-  :class:`hw.link.LinkBridge`; its ports are the bridge's byte streams (``rx_*`` in,
-  ``tx_*`` out, valid/ready). Simulated as it is by ``sim/board_cocotb.py``.
-- :class:`AcceleratorTop`: the core with a :class:`hw.uart.UartRx`/``UartTx`` pair on the
-  platform's ``uart`` resource, at the board's fastest rate for the clock.
-- :func:`accelerator_top`: the factory ``(platform, clk_hz) -> AcceleratorTop`` that
-  ``lcq build`` hands to :func:`boards.build.build`.
+Two modes (:class:`hw.protocol.LinkMode`, stated in the bridge's INFO reply):
+
+- ``network`` (``lcq build`` by default): :class:`NetworkAcceleratorCore`, a
+  :class:`hw.network.NetworkCore` (every layer on the chip: constants and program loaded once,
+  then per image its pixels, one RUN, the logits back) behind a :class:`hw.link.LinkBridge`;
+- ``layers``: :class:`AcceleratorCore`, a :class:`hw.engine.LayerEngine` behind the bridge, one
+  convolution per RUN, the host runs the rest.
+
+Each core's ports are the bridge's byte streams (``rx_*`` in, ``tx_*`` out, valid/ready),
+simulated as they are by ``sim/board_cocotb.py``. :class:`AcceleratorTop` puts either on the
+platform's ``uart`` resource through a :class:`hw.uart.UartRx`/``UartTx`` pair, at the board's
+fastest rate for the clock; :func:`accelerator_top` is the factory ``(platform, clk_hz) ->
+AcceleratorTop`` that ``lcq build`` hands to :func:`boards.build.build`.
 """
 
 from __future__ import annotations
@@ -19,24 +25,23 @@ from compiler.graph import CompiledModel
 from hw.engine import LayerEngine
 from hw.engine_params import EngineParams
 from hw.link import LinkBridge
+from hw.network import NetworkCore
+from hw.network_params import NetworkParams
+from hw.protocol import LinkMode
 from hw.uart import UartRx, UartTx
 
 from .boards import LINK_PAYLOAD, Board, uart_baud
-from .fit import engine_for_board
+from .fit import engine_for_board, network_for_board
+from .runtime import MODES
 
-class AcceleratorCore(wiring.Component):
-    """Engine and link bridge; ``rx_valid``/``rx_data``/``rx_error`` (bytes from the host, with a
-    framing-error flag, no back-pressure) and ``tx_valid``/``tx_ready``/``tx_data`` (bytes to
-    the host) are the bridge's ``rx`` and ``tx`` streams, flat: a stream without back-pressure
-    cannot be a Verilog top's port. ``timeout_cycles``: how long a frame may stall before the
-    bridge drops it (a few byte times); ``max_payload``: the bridge's frame buffer in bytes."""
 
-    def __init__(self, params: EngineParams, timeout_cycles: int, max_payload: int = 512):
-        self.params = params
-        self.engine = LayerEngine(params)
-        self.bridge = LinkBridge(params.addr_bits, params.target_bits, params.cols * params.out_bits, params.rows,
-                                 params.cols, code_bits=params.code_bits, max_payload=max_payload,
-                                 timeout_cycles=timeout_cycles)
+class _LinkedCore(wiring.Component):
+    """An engine side (``self.engine``) and its link bridge (``self.bridge``); ``rx_valid``/``rx_data``/
+    ``rx_error`` (bytes from the host, with a framing-error flag, no back-pressure) and ``tx_valid``/
+    ``tx_ready``/``tx_data`` (bytes to the host) are the bridge's ``rx`` and ``tx`` streams, flat: a
+    stream without back-pressure cannot be a Verilog top's port."""
+
+    def __init__(self):
         super().__init__({"rx_valid": In(1), "rx_data": In(8), "rx_error": In(1),
                           "tx_valid": Out(1), "tx_ready": In(1), "tx_data": Out(8)})
 
@@ -50,20 +55,53 @@ class AcceleratorCore(wiring.Component):
         return m
 
 
-class AcceleratorTop(Elaboratable):
-    """:class:`AcceleratorCore` on the platform's ``uart`` resource at ``baud`` (clock ``clk_hz``),
-    its frame buffer one block RAM of ``family`` (512 bytes on iCE40, 2048 on ECP5)."""
+class AcceleratorCore(_LinkedCore):
+    """Layer engine and link bridge (layers mode). ``timeout_cycles``: how long a frame may stall before
+    the bridge drops it (a few byte times); ``max_payload``: the bridge's frame buffer in bytes."""
 
-    def __init__(self, params: EngineParams, clk_hz: float, baud: int, family: str = "ice40"):
-        self.params, self.clk_hz, self.baud = params, clk_hz, baud
+    def __init__(self, params: EngineParams, timeout_cycles: int, max_payload: int = 512):
+        self.params = params
+        self.engine = LayerEngine(params)
+        self.bridge = LinkBridge(params.addr_bits, params.target_bits, params.cols * params.out_bits, params.rows,
+                                 params.cols, code_bits=params.code_bits, max_payload=max_payload,
+                                 timeout_cycles=timeout_cycles)
+        super().__init__()
+
+
+class NetworkAcceleratorCore(_LinkedCore):
+    """Whole-network core and link bridge (network mode): the bridge's ``engine`` port is the core's own
+    signature, flipped (its ``probe`` left unconnected); INFO states ``classes``, the logits of a RUN.
+    ``timeout_cycles`` and ``max_payload`` as :class:`AcceleratorCore`."""
+
+    def __init__(self, params: NetworkParams, classes: int, timeout_cycles: int, max_payload: int = 512):
+        self.params, self.classes = params, classes
+        self.engine = NetworkCore(params)
+        self.bridge = LinkBridge(params.addr_bits, params.target_bits, params.value_bits, params.engine.rows,
+                                 params.engine.cols, max_payload=max_payload, timeout_cycles=timeout_cycles,
+                                 mode=LinkMode.NETWORK, classes=classes, signature=self.engine.signature)
+        super().__init__()
+
+
+class AcceleratorTop(Elaboratable):
+    """The core of ``params`` (an :class:`EngineParams`: layers mode; a :class:`NetworkParams`: network
+    mode, ``classes`` logits per image) on the platform's ``uart`` resource at ``baud`` (clock
+    ``clk_hz``), its frame buffer one block RAM of ``family`` (512 bytes on iCE40, 2048 on ECP5)."""
+
+    def __init__(self, params: EngineParams | NetworkParams, clk_hz: float, baud: int, family: str = "ice40",
+                 classes: int = 0):
+        self.params, self.clk_hz, self.baud, self.classes = params, clk_hz, baud, classes
         self.max_payload = LINK_PAYLOAD[family]
 
     def elaborate(self, platform):
         m = Module()
         # A frame may pause for 20 byte times before the bridge drops it.
         byte_cycles = int(self.clk_hz * 10 / self.baud)
-        m.submodules.core = core = AcceleratorCore(self.params, timeout_cycles=20 * byte_cycles,
-                                                    max_payload=self.max_payload)
+        if isinstance(self.params, NetworkParams):
+            core = NetworkAcceleratorCore(self.params, self.classes, timeout_cycles=20 * byte_cycles,
+                                          max_payload=self.max_payload)
+        else:
+            core = AcceleratorCore(self.params, timeout_cycles=20 * byte_cycles, max_payload=self.max_payload)
+        m.submodules.core = core
         m.submodules.uart_rx = uart_rx = UartRx(int(self.clk_hz), self.baud)
         m.submodules.uart_tx = uart_tx = UartTx(int(self.clk_hz), self.baud)
         m.d.comb += [core.rx_valid.eq(uart_rx.o.valid), core.rx_data.eq(uart_rx.o.payload.data),
@@ -74,13 +112,30 @@ class AcceleratorTop(Elaboratable):
         return m
 
 
-def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None, cols: int | None = None):
-    """``(platform, clk_hz) -> AcceleratorTop`` for ``model`` on ``board``; the fit is checked now,
-    before any synthesis, and the chosen :class:`boards.fit.BoardEngine` is the factory's ``engine``."""
-    engine = engine_for_board(model, board, rows, cols)
+def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None, cols: int | None = None,
+                    mode: str = "network"):
+    """``(platform, clk_hz) -> AcceleratorTop`` for ``model`` on ``board`` in ``mode`` (``"network"``: the
+    whole-network core; ``"layers"``: the layer engine); the fit is checked now, before any synthesis.
+    The factory carries ``mode``, ``params`` and ``network`` (network mode: the chosen
+    :class:`boards.fit.BoardNetwork`) or ``engine`` (layers mode: the chosen :class:`boards.fit.BoardEngine`);
+    the other is None."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if mode == "network":
+        network = network_for_board(model, board, rows, cols)
+        params = network.params
 
-    def factory(platform, clk_hz):
-        return AcceleratorTop(engine.params, clk_hz, uart_baud(board, clk_hz), board.family)
+        def factory(platform, clk_hz):
+            return AcceleratorTop(params, clk_hz, uart_baud(board, clk_hz), board.family, classes=model.num_classes)
 
-    factory.engine = engine
+        factory.engine, factory.network = None, network
+    else:
+        engine = engine_for_board(model, board, rows, cols)
+        params = engine.params
+
+        def factory(platform, clk_hz):
+            return AcceleratorTop(params, clk_hz, uart_baud(board, clk_hz), board.family)
+
+        factory.engine, factory.network = engine, None
+    factory.mode, factory.params = mode, params
     return factory

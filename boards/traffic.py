@@ -1,6 +1,9 @@
 """Bytes over the host link for one image, counted from the protocol without a device.
 
-Every request of one image is encoded exactly as :class:`boards.runtime.BoardRunner` sends
+Network mode (:func:`network_image_traffic`): per image the LOAD frames of its pixels
+(:func:`hw.network_program.image_beats`) with an ACK each, one RUN, the OUT frames of the
+``num_classes`` logits (each with the index of its first word) and DONE; the constants and
+program once (:func:`hw.network_program.load_beats`). Layers mode (:func:`image_traffic`): every request of one image is encoded exactly as :class:`boards.runtime.BoardRunner` sends
 it (the :func:`hw.program.model_jobs` layout, :func:`boards.protocol.encode_loads`), and the
 replies' sizes follow from the protocol (:mod:`hw.link`): an ACK per LOAD frame, the OUT
 frames of each RUN (CODES for thresholded layers), each with the index of its first word, and
@@ -15,8 +18,11 @@ import numpy as np
 
 from compiler.graph import CompiledModel
 from hw.engine_params import EngineParams
+from hw.network_params import NetworkParams
+from hw.network_program import image_beats, load_beats
 from hw.program import act_beats, output_words, resident_bases, resident_beats, setup_beats
-from hw.protocol import DONE_FORMAT, FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, LinkInfo, encode_loads
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, LinkInfo, LinkMode,
+                         OutputFormat, encode_loads)
 
 from .runtime import output_format
 
@@ -47,3 +53,36 @@ def image_traffic(model: CompiledModel, params: EngineParams, resident: str, max
     sent, acks, frames = loads(resident_beats(model, params, resident))
     return {"bytes_to_device": to_device, "bytes_from_device": from_device, "requests": requests,
             "loading": {"bytes_to_device": sent, "bytes_from_device": acks, "requests": frames}}
+
+
+def _loads(beats, info: LinkInfo) -> tuple[int, int, int]:
+    """Bytes of the LOAD frames of ``beats``, of their ACKs, and the number of frames."""
+    payloads = encode_loads(beats, info)
+    return sum(FRAME_BYTES + len(x) for x in payloads), FRAME_BYTES * len(payloads), len(payloads)
+
+
+def _run(info: LinkInfo, words: int, fmt: OutputFormat) -> tuple[int, int]:
+    """Bytes of a RUN asking for ``words`` words in ``fmt``, and of its OUT frames and DONE."""
+    frames = -(-words // info.out_frame_words(fmt))
+    return (FRAME_BYTES + struct.calcsize(RUN_FORMAT),
+            words * info.out_bytes(fmt) + (FRAME_BYTES + OUT_HEAD_BYTES) * frames + FRAME_BYTES
+            + struct.calcsize(DONE_FORMAT))
+
+
+def network_info(model: CompiledModel, params: NetworkParams, max_payload: int) -> LinkInfo:
+    """The INFO a network-mode bitstream of ``params`` for ``model`` states (frame buffer ``max_payload`` bytes)."""
+    return LinkInfo(PROTOCOL_VERSION, params.addr_bits, params.value_bits, params.engine.rows, params.engine.cols,
+                    max_payload, 0, params.target_bits, LinkMode.NETWORK, model.num_classes)
+
+
+def network_image_traffic(model: CompiledModel, params: NetworkParams, max_payload: int) -> dict:
+    """``{"bytes_to_device", "bytes_from_device", "requests"}`` of one image on the whole-network core of
+    ``params`` (frame buffer ``max_payload`` bytes): its pixels' LOAD frames and their ACKs, the RUN, the
+    logits' OUT frames and DONE; the same under ``"loading"`` for the constants and program, loaded once
+    (PING left out). Pixel values change no size, so a zero image stands in for any."""
+    info = network_info(model, params, max_payload)
+    sent, acks, frames = _loads(image_beats(model, params, np.zeros(model.input.shape, dtype=np.uint8)), info)
+    run, replies = _run(info, model.num_classes, OutputFormat.FULL)
+    load_sent, load_acks, load_frames = _loads(load_beats(model, params), info)
+    return {"bytes_to_device": sent + run, "bytes_from_device": acks + replies, "requests": frames + 1,
+            "loading": {"bytes_to_device": load_sent, "bytes_from_device": load_acks, "requests": load_frames}}

@@ -1,4 +1,4 @@
-"""The host link bridge: a framed byte protocol between a UART and the layer engine.
+"""The host link bridge: a framed byte protocol between a UART and the layer engine or the network core.
 
 Frames (both directions)::
 
@@ -11,10 +11,13 @@ only marks a frame start where one is expected.
 
 Host -> device requests:
 
-- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 3),
-  then 16-bit little-endian addr_bits, out_bits (one output word: ``cols`` signed
-  fields), rows, cols, max_payload, code_bits (0: no CODES format), and the data bits
-  of each of the 6 load targets (0: the engine has no such target).
+- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 4), mode
+  (1 byte: 0 layers, the layer engine; 1 network, the whole-network core), then 16-bit
+  little-endian addr_bits, out_bits (one output word: ``cols`` signed fields in layers mode,
+  one signed logit in network mode), rows, cols, max_payload, code_bits (0: no CODES
+  format), classes (network mode: the logits a RUN returns; 0 in layers mode), then the
+  number of load targets (1 byte) and the 16-bit data bits of each (0: the core has no such
+  target): :data:`hw.protocol.INFO_HEAD_FORMAT`.
 - ``LOAD 0x02``: the target byte, the address of the first word little-endian in
   ceil(addr_bits/8) bytes, then one or more words, each little-endian in
   ceil(target_bits/8) bytes, for consecutive addresses; at most ``max_payload`` bytes.
@@ -50,14 +53,14 @@ from __future__ import annotations
 
 import struct
 
-from amaranth import C, Cat, Module, Mux, Signal
+from amaranth import C, Cat, Module, Mux, Shape, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .engine import EngineSignature
-from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, INFO_FORMAT, LENGTH_BITS, OUT_FORMAT,
-                       OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SYNC, TARGETS, FrameType, LinkInfo, NackCode,
+from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, LENGTH_BITS, MAX_TARGETS, OUT_FORMAT,
+                       OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameType, LinkInfo, LinkMode, NackCode,
                        OutputFormat)
 from .uart import RX_LAYOUT
 
@@ -67,7 +70,6 @@ def _field_bits(fmt: str) -> list[int]:
     return [8 * struct.calcsize(fmt[0] + code) for code in fmt[1:]]
 
 
-INFO_BYTES = struct.calcsize(INFO_FORMAT)
 RUN_BYTES = struct.calcsize(RUN_FORMAT)
 RUN_COUNT_BITS = _field_bits(RUN_FORMAT)[0]     # words expected; the output format follows
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
@@ -89,27 +91,38 @@ def _u16(name, value, minimum):
         raise ValueError(f"{name} must be an integer in {minimum}..65535, not {value!r}")
 
 
+def _width(shape) -> int:
+    """Bits of a member's shape (a plain width, a ``signed(n)`` shape or a data layout)."""
+    return Shape.cast(shape).width
+
+
 def _bytes(bits: int) -> int:
     return (bits + 7) // 8
 
 
 class LinkBridge(wiring.Component):
-    """Framed protocol between UART bytes (``rx`` in, ``tx`` out) and the layer engine (``engine``).
+    """Framed protocol between UART bytes (``rx`` in, ``tx`` out) and the engine side (``engine``):
+    the layer engine (``mode`` :attr:`LinkMode.LAYERS`) or the whole-network core (:attr:`LinkMode.NETWORK`).
 
-    ``target_bits``: the data bits of each of the 6 load targets (0: none); ``out_bits``:
-    one output word of ``cols`` fields; ``code_bits``: the activation-code width of the
-    CODES format (0: FULL only). ``rx`` takes a byte per ``valid`` cycle (``error`` set:
-    framing error); ``tx`` offers reply bytes with ``valid``/``ready``. ``engine`` is the
-    flipped :class:`hw.engine.EngineSignature` (``addr_bits``, the widest target, ``out_bits``):
-    connect it to a ``LayerEngine`` with ``wiring.connect``. A LOAD is acknowledged ``2 * LEN``
-    cycles plus one per word (plus cycles the engine is not ready) after its last byte.
+    ``target_bits``: the data bits of each load target (0: none; 1 to 255 of them); ``out_bits``:
+    one output word (layers mode: ``cols`` fields; network mode: one logit); ``code_bits``: the
+    activation-code width of the CODES format (0: FULL only; always 0 in network mode);
+    ``classes``: the logits a RUN returns (network mode only, stated in INFO). ``rx`` takes a byte
+    per ``valid`` cycle (``error`` set: framing error); ``tx`` offers reply bytes with
+    ``valid``/``ready``. ``engine`` is the flipped ``signature``: the engine side's own signature
+    (as the engine sees it) with members ``load`` (a stream in of ``target``, ``addr``, ``data``
+    fields), ``start`` (in), ``busy`` (out) and ``out`` (a stream out of ``out_bits`` words),
+    and any others (a probe) left unconnected; by default :class:`hw.engine.EngineSignature`
+    (``addr_bits``, the widest target, ``out_bits``). Connect it to a ``LayerEngine`` or a
+    ``NetworkCore`` with ``wiring.connect``. A LOAD is acknowledged ``2 * LEN`` cycles plus one
+    per word (plus cycles the engine is not ready) after its last byte.
     """
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
-                 max_payload=256, timeout_cycles=100_000):
+                 max_payload=256, timeout_cycles=100_000, mode=LinkMode.LAYERS, classes=0, signature=None):
         _u16("Address width", addr_bits, 1)
-        if len(target_bits) != TARGETS:
-            raise ValueError(f"Target widths must be {TARGETS} numbers, not {target_bits!r}")
+        if not isinstance(target_bits, (tuple, list)) or not 1 <= len(target_bits) <= MAX_TARGETS:
+            raise ValueError(f"Target widths must be 1..{MAX_TARGETS} numbers, not {target_bits!r}")
         for target, bits in enumerate(target_bits):
             _u16(f"Data width of target {target}", bits, 0)
         if not any(target_bits):
@@ -117,10 +130,25 @@ class LinkBridge(wiring.Component):
         _u16("Output word width", out_bits, 1)
         _u16("Row count", rows, 1)
         _u16("Column count", cols, 1)
-        if out_bits % cols:
-            raise ValueError(f"Output word width {out_bits} must be whole fields of {cols} columns")
-        if not isinstance(code_bits, int) or not 0 <= code_bits <= out_bits // cols:
-            raise ValueError(f"Code width must be an integer in 0..{out_bits // cols}, not {code_bits!r}")
+        if mode not in set(LinkMode):
+            raise ValueError(f"Mode must be one of {', '.join(m.name for m in LinkMode)}, not {mode!r}")
+        mode = LinkMode(mode)
+        if mode == LinkMode.NETWORK:
+            _u16("Class count", classes, 1)
+            if code_bits != 0:
+                raise ValueError(f"Code width must be 0 in network mode (logits have no CODES format), "
+                                 f"not {code_bits!r}")
+        else:
+            if classes != 0:
+                raise ValueError(f"Class count must be 0 in layers mode, not {classes!r}")
+            if out_bits % cols:
+                raise ValueError(f"Output word width {out_bits} must be whole fields of {cols} columns")
+            if not isinstance(code_bits, int) or not 0 <= code_bits <= out_bits // cols:
+                raise ValueError(f"Code width must be an integer in 0..{out_bits // cols}, not {code_bits!r}")
+        if signature is None:
+            signature = EngineSignature(addr_bits, max(target_bits), out_bits)
+        self._check_signature(signature, addr_bits, target_bits, out_bits)
+        self._mode, self._classes = mode, classes
         self._addr_bits, self._target_bits = addr_bits, tuple(target_bits)
         self._out_bits, self._rows, self._cols, self._code_bits = out_bits, rows, cols, code_bits
         self._addr_bytes = _bytes(addr_bits)
@@ -135,8 +163,36 @@ class LinkBridge(wiring.Component):
         super().__init__({
             "rx": In(stream.Signature(RX_LAYOUT, always_ready=True)),
             "tx": Out(stream.Signature(8)),
-            "engine": In(EngineSignature(addr_bits, max(target_bits), out_bits)),
+            "engine": In(signature),
         })
+
+    @staticmethod
+    def _check_signature(signature, addr_bits, target_bits, out_bits):
+        """The engine side's signature has what the bridge drives and reads, wide enough."""
+        if not isinstance(signature, wiring.Signature):
+            raise TypeError(f"Engine signature must be a wiring.Signature, not {signature!r}")
+        members = signature.members
+        problems = [f"no {name!r} member" for name in ("load", "start", "busy", "out") if name not in members]
+        if not problems:
+            load = members["load"].signature.members["payload"].shape
+            try:
+                fields = {name: load[name].shape for name in ("target", "addr", "data")}
+            except (TypeError, KeyError):
+                problems.append("a load payload without target, addr and data fields")
+            else:
+                widths = {name: _width(shape) for name, shape in fields.items()}
+                needs = {"target": (len(target_bits) - 1).bit_length(), "addr": addr_bits, "data": max(target_bits)}
+                problems += [f"a {widths[name]}-bit load {name} field, narrower than the {bits} bits it needs"
+                             for name, bits in needs.items() if widths[name] < bits]
+            width = _width(members["out"].signature.members["payload"].shape)
+            if width != out_bits:
+                problems.append(f"{width}-bit output words, not the {out_bits} of out_bits")
+        if problems:
+            raise ValueError(f"Engine signature {signature!r} does not fit the bridge: {'; '.join(problems)}")
+
+    @property
+    def mode(self) -> LinkMode:
+        return self._mode
 
     @property
     def max_payload(self) -> int:
@@ -149,7 +205,7 @@ class LinkBridge(wiring.Component):
     def info_payload(self) -> bytes:
         """The bytes of the INFO reply."""
         return LinkInfo(PROTOCOL_VERSION, self._addr_bits, self._out_bits, self._rows, self._cols,
-                        self._max_payload, self._code_bits, self._target_bits).encode()
+                        self._max_payload, self._code_bits, self._target_bits, self._mode, self._classes).encode()
 
     def elaborate(self, platform):
         m = Module()
@@ -201,7 +257,8 @@ class LinkBridge(wiring.Component):
         word_pos = Signal(range(max(self._out_bytes) + 1))
         out_word = Signal(8 * max(self._out_bytes))
         field = self._out_bits // self._cols
-        codes = Cat(out.payload[c * field:c * field + self._code_bits] for c in range(self._cols))
+        raw = Value.cast(out.payload)
+        codes = Cat(raw[c * field:c * field + self._code_bits] for c in range(self._cols)) if self._code_bits else C(0, 1)
         full_bytes, code_bytes = self._out_bytes[OutputFormat.FULL], self._out_bytes[OutputFormat.CODES]
         out_bytes = Mux(fmt, code_bytes, full_bytes)
         per_frame = [(self._max_payload - OUT_HEAD_BYTES) // size for size in (full_bytes, max(1, code_bytes))]
@@ -226,7 +283,7 @@ class LinkBridge(wiring.Component):
             with m.Case(FrameType.NACK):
                 m.d.comb += payload_byte.eq(Mux(sent[0], ftype, error))
 
-        word = Mux(fmt, codes, out.payload)
+        word = Mux(fmt, codes, raw) if self._code_bits else raw
 
         def send(ftype_, n):
             m.d.sync += [reply_type.eq(ftype_), reply_len.eq(n)]
@@ -295,7 +352,7 @@ class LinkBridge(wiring.Component):
             with m.If(crc_next != 0):
                 fail(NackCode.CRC)
             with m.Elif(ftype == FrameType.PING):
-                send(FrameType.INFO, INFO_BYTES)
+                send(FrameType.INFO, len(info))
             with m.Elif(ftype == FrameType.RUN):
                 with m.If((run_fmt == OutputFormat.FULL) |
                           (run_fmt == OutputFormat.CODES) & (self._code_bits != 0)):
@@ -303,7 +360,7 @@ class LinkBridge(wiring.Component):
                     m.next = "START"
                 with m.Else():
                     fail(NackCode.LENGTH)
-            with m.Elif((target >= TARGETS) | (word_bytes == 0)):
+            with m.Elif((target >= len(self._target_bits)) | (word_bytes == 0)):
                 fail(NackCode.TARGET)
             with m.Elif(malformed):
                 fail(NackCode.LENGTH)

@@ -10,18 +10,31 @@ Version 3 (:data:`PROTOCOL_VERSION`): an OUT payload starts with the index of it
 within the RUN (:data:`OUT_FORMAT`), then the words. Version 2 OUT frames carried words only, so
 that one OUT frame lost and another duplicated in a RUN kept the word count and went undetected;
 now the host takes an OUT frame only if it starts at the word that comes next, and a frame that
-repeats words or skips some is an error that runs the layer again. A version 2 bitstream is
-refused by its INFO reply (:class:`VersionError`).
+repeats words or skips some is an error that runs the layer again.
+
+Version 4: a bitstream runs in one of two modes (:class:`LinkMode`), which INFO states. ``LAYERS``:
+the layer engine, one convolution per RUN, the host runs the rest (:class:`boards.runtime.BoardRunner`).
+``NETWORK``: the whole-network core (:class:`hw.network.NetworkCore`): the model's constants and
+program are loaded once, then per image its pixels are loaded (LOAD frames to the ``IMAGE`` target)
+and one RUN returns the logits, one signed ``out_bits`` value per word, ``classes`` of them
+(:class:`boards.runtime.NetworkRunner`). INFO (:data:`INFO_HEAD_FORMAT`, then the targets)::
+
+    version B | mode B | addr_bits H | out_bits H | rows H | cols H | max_payload H | code_bits H |
+    classes H | targets B | data bits of each target H ...
+
+all little-endian: ``out_bits`` is one output word (LAYERS: ``cols`` signed fields; NETWORK: one
+logit), ``code_bits`` the CODES format's code width (0: none; always 0 in NETWORK mode),
+``classes`` the logits a RUN returns (NETWORK; 0 in LAYERS mode), ``targets`` the number of load
+targets, each with its data bits (0: no such target). A bitstream of another version (a version 3
+one has no mode and always 6 targets) is refused by its INFO reply (:class:`VersionError`).
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
-
-from .engine_params import TARGETS  # load targets CONFIG .. ACTS; a LOAD names one in a whole byte
 
 SYNC = 0xA5
 CRC_INIT = 0xFFFF
@@ -31,13 +44,37 @@ CRC_FORMAT = ">H"  # the checksum, after the payload
 LENGTH_BITS = 8 * struct.calcsize(LENGTH_FORMAT)
 CRC_BYTES = struct.calcsize(CRC_FORMAT)
 FRAME_BYTES = 1 + 1 + struct.calcsize(LENGTH_FORMAT) + CRC_BYTES  # sync, type, length, checksum
-PROTOCOL_VERSION = 3
-# version; addr_bits, out_bits, rows, cols, max_payload, code_bits; data bits of each target
-INFO_FORMAT = f"<B6H{TARGETS}H"
+PROTOCOL_VERSION = 4
+# version, mode; addr_bits, out_bits, rows, cols, max_payload, code_bits, classes; number of targets (the data
+# bits of each target follow, TARGET_FORMAT each)
+INFO_HEAD_FORMAT = "<BB7HB"
+INFO_HEAD_BYTES = struct.calcsize(INFO_HEAD_FORMAT)
+TARGET_FORMAT = "<H"
+MAX_TARGETS = 255  # a LOAD names its target in one byte; INFO counts them in one
 RUN_FORMAT = "<IB"  # words expected, output format (FULL or CODES)
 OUT_FORMAT = "<I"  # an OUT payload's head: the index of its first word within the RUN (the words follow)
 OUT_HEAD_BYTES = struct.calcsize(OUT_FORMAT)
 DONE_FORMAT = "<I"  # words the engine returned since RUN
+
+
+def info_bytes(targets: int) -> int:
+    """Payload bytes of an INFO reply describing ``targets`` load targets."""
+    return INFO_HEAD_BYTES + targets * struct.calcsize(TARGET_FORMAT)
+
+
+MAX_INFO_BYTES = info_bytes(MAX_TARGETS)
+
+
+class LinkMode(enum.IntEnum):
+    """What a bitstream runs: ``LAYERS`` the layer engine (one layer per RUN; ``lcq build --mode layers``),
+    ``NETWORK`` the whole-network core (image in, logits out; ``lcq build --mode network``)."""
+
+    LAYERS = 0
+    NETWORK = 1
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 class FrameType(enum.IntEnum):
@@ -217,8 +254,10 @@ class OutputFormat(enum.IntEnum):
 @dataclass(frozen=True)
 class LinkInfo:
     """The device's parameters, from its INFO reply to PING: the engine's address bits, output
-    word bits (``cols`` fields), array size, the largest payload it takes, the width of an
-    activation code (0: no CODES format) and the data bits of each load target (0: none)."""
+    word bits (LAYERS: ``cols`` fields; NETWORK: one logit), array size, the largest payload it
+    takes, the width of an activation code (0: no CODES format), the data bits of each load
+    target (0: none; as many targets as the core has), the mode (:class:`LinkMode`) and, in
+    NETWORK mode, the number of logits a RUN returns (``classes``; 0 in LAYERS mode)."""
 
     version: int
     addr_bits: int
@@ -228,6 +267,8 @@ class LinkInfo:
     max_payload: int
     code_bits: int
     target_bits: tuple[int, ...]
+    mode: int = LinkMode.LAYERS
+    classes: int = 0
 
     @classmethod
     def decode(cls, payload: bytes) -> "LinkInfo":
@@ -241,29 +282,39 @@ class LinkInfo:
                    "bitstream with this one (`lcq build MODEL --board NAME`, `lcq flash --board NAME`)")
             raise VersionError(f"the board's bitstream speaks link protocol version {payload[0]}, this host "
                                f"version {PROTOCOL_VERSION}: {fix}")
-        if len(payload) != struct.calcsize(INFO_FORMAT):
-            raise FrameError(f"INFO reply has {len(payload)} payload bytes, expected "
-                             f"{struct.calcsize(INFO_FORMAT)}: it was damaged on the line or does not "
-                             f"come from a link bridge of this project; ping again, and rebuild and "
-                             f"flash the bitstream if it persists")
-        values = struct.unpack(INFO_FORMAT, payload)
-        info = cls(*values[:7], tuple(values[7:]))
+        targets = payload[INFO_HEAD_BYTES - 1] if len(payload) >= INFO_HEAD_BYTES else None
+        if targets is None or len(payload) != info_bytes(targets):
+            expected = (f"{INFO_HEAD_BYTES} bytes and 2 per load target" if targets is None else
+                        f"{info_bytes(targets)} for the {targets} load targets it states")
+            raise FrameError(f"INFO reply has {len(payload)} payload bytes, expected {expected}: it was "
+                             f"damaged on the line or does not come from a link bridge of this project; ping "
+                             f"again, and rebuild and flash the bitstream if it persists")
+        version, mode, addr_bits, out_bits, rows, cols, max_payload, code_bits, classes, _ = \
+            struct.unpack_from(INFO_HEAD_FORMAT, payload)
+        widths = struct.unpack_from(f"<{targets}H", payload, INFO_HEAD_BYTES)
+        info = cls(version, addr_bits, out_bits, rows, cols, max_payload, code_bits, tuple(widths), mode, classes)
         problems = info.problems()
         if problems:
             raise FrameError(f"INFO reply states impossible parameters ({'; '.join(problems)}): it "
                              f"does not come from a link bridge of this project, or it was damaged "
                              f"on the line; ping again, and rebuild and flash the bitstream if it "
                              f"persists")
+        if not isinstance(info.mode, LinkMode):
+            info = replace(info, mode=LinkMode(info.mode))
         return info
 
     def problems(self) -> list[str]:
         """What no link bridge could state (the rules :class:`hw.link.LinkBridge` checks of its
         parameters): each a phrase naming the field, its value and the rule; empty when none."""
         out = []
+        known_mode = self.mode in set(LinkMode)
+        if not known_mode:
+            out.append(f"mode {self.mode}, not one of " + ", ".join(f"{m.value} ({m.label})" for m in LinkMode))
+        network = self.mode == LinkMode.NETWORK
         if self.addr_bits < 1:
             out.append(f"addr_bits {self.addr_bits}, not at least 1")
-        if len(self.target_bits) != TARGETS:
-            out.append(f"{len(self.target_bits)} target widths, not {TARGETS}")
+        if not 1 <= len(self.target_bits) <= MAX_TARGETS:
+            out.append(f"{len(self.target_bits)} load targets, not 1..{MAX_TARGETS}")
         elif not any(self.target_bits):
             out.append("no load target (every target's data bits are 0)")
         if self.out_bits < 1:
@@ -271,14 +322,22 @@ class LinkInfo:
         for name in ("rows", "cols"):
             if getattr(self, name) < 1:
                 out.append(f"{name} {getattr(self, name)}, not at least 1")
-        if self.cols >= 1 and self.out_bits >= 1:
-            if self.out_bits % self.cols:
-                out.append(f"out_bits {self.out_bits} is not whole fields of {self.cols} columns")
-            elif self.code_bits > self.out_bits // self.cols:
-                out.append(f"code_bits {self.code_bits} wider than a {self.out_bits // self.cols}-bit "
-                           f"column field")
-        if len(self.target_bits) == TARGETS and self.out_bits >= 1:
-            largest = max(1 + self.addr_bytes + max(map(self.word_bytes, range(TARGETS))),
+        if network:
+            if self.classes < 1:
+                out.append(f"classes {self.classes} in network mode, not at least 1")
+            if self.code_bits:
+                out.append(f"code_bits {self.code_bits} in network mode, not 0 (logits have no CODES format)")
+        elif known_mode:
+            if self.classes:
+                out.append(f"classes {self.classes} in layers mode, not 0")
+            if self.cols >= 1 and self.out_bits >= 1:
+                if self.out_bits % self.cols:
+                    out.append(f"out_bits {self.out_bits} is not whole fields of {self.cols} columns")
+                elif self.code_bits > self.out_bits // self.cols:
+                    out.append(f"code_bits {self.code_bits} wider than a {self.out_bits // self.cols}-bit "
+                               f"column field")
+        if 1 <= len(self.target_bits) <= MAX_TARGETS and any(self.target_bits) and self.out_bits >= 1:
+            largest = max(1 + self.addr_bytes + max(map(self.word_bytes, range(len(self.target_bits)))),
                           struct.calcsize(RUN_FORMAT), OUT_HEAD_BYTES + self.out_bytes(),
                           OUT_HEAD_BYTES + self.out_bytes(OutputFormat.CODES))
             if self.max_payload < largest:
@@ -287,8 +346,14 @@ class LinkInfo:
         return out
 
     def encode(self) -> bytes:
-        return struct.pack(INFO_FORMAT, self.version, self.addr_bits, self.out_bits, self.rows,
-                           self.cols, self.max_payload, self.code_bits, *self.target_bits)
+        return (struct.pack(INFO_HEAD_FORMAT, self.version, self.mode, self.addr_bits, self.out_bits, self.rows,
+                            self.cols, self.max_payload, self.code_bits, self.classes, len(self.target_bits))
+                + struct.pack(f"<{len(self.target_bits)}H", *self.target_bits))
+
+    @property
+    def targets(self) -> int:
+        """Number of load targets."""
+        return len(self.target_bits)
 
     @property
     def addr_bytes(self) -> int:
@@ -315,7 +380,7 @@ def encode_loads(beats: Iterable[tuple[int, int, int]], info: LinkInfo) -> list[
     at most ``max_payload`` bytes. Raises ValueError on a value that does not fit its field."""
     runs: list[list] = []
     for n, (target, addr, data) in enumerate(beats):
-        if not 0 <= target < TARGETS or not info.target_bits[target]:
+        if not 0 <= target < info.targets or not info.target_bits[target]:
             raise ValueError(f"Load beat {n}: target {target!r} is not a target of this engine")
         for name, value, bits in (("address", addr, info.addr_bits),
                                   ("data", data, info.target_bits[target])):

@@ -1,8 +1,10 @@
 """cocotb testbench: the host runtime against the generated Verilog of a board's accelerator.
 
 The DUT is :class:`boards.top.AcceleratorCore` (layer engine + link bridge, the bridge's
-byte streams as ports ``rx_*``, ``tx_*``). The unmodified host side, :class:`boards.link_host.LinkHost` and
-:class:`boards.runtime.BoardRunner`, runs in a thread (cocotb's ``bridge``) and talks to it
+byte streams as ports ``rx_*``, ``tx_*``) or, with ``mode`` ``"network"`` in the data file,
+:class:`boards.top.NetworkAcceleratorCore` (the whole-network core + link bridge, the same ports;
+its ``NetworkParams`` recomputed from ``rows`` and ``cols``). The unmodified host side,
+:class:`boards.link_host.LinkHost` and :class:`boards.runtime.BoardRunner` (or ``NetworkRunner``), runs in a thread (cocotb's ``bridge``) and talks to it
 through :class:`SimPort`, whose ``read`` advances the simulation (cocotb's ``resume``). The
 data file (``sim.runner``) holds ``model`` (path), ``params`` (``EngineParams``
 description), ``resident``, ``images`` (uint8 nested lists), ``corrupt`` (flip a bit of the
@@ -96,7 +98,14 @@ def classify(d: dict, port: SimPort) -> dict:
     from hw.engine_params import EngineParams
 
     host = LinkHost(port)
-    runner = BoardRunner(host, load(d["model"]), EngineParams.from_dict(d["params"]), d["resident"])
+    model = load(d["model"])
+    if d.get("mode", "layers") == "network":
+        from boards.runtime import NetworkRunner
+        from hw.network_params import NetworkParams
+
+        runner = NetworkRunner(host, model, NetworkParams.for_model(model, d["rows"], d["cols"]))
+    else:
+        runner = BoardRunner(host, model, EngineParams.from_dict(d["params"]), d["resident"])
     paced, port.byte_cycles = port.byte_cycles, 1
     runner.load_constants()
     loading, port.byte_cycles = port.traffic(), paced

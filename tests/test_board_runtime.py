@@ -1,9 +1,10 @@
 """The host runtime against the simulated board accelerator: a trained digits CNN classifies
 test images over the link protocol, equal to the integer reference image for image.
 
-The DUT is the generated Verilog of ``boards.top.AcceleratorCore`` (layer engine + link
-bridge) in cocotb; the host side (``LinkHost``, ``BoardRunner``) is the code ``lcq run``
-uses. The UART itself is tested bit by bit in ``tests/test_link.py``.
+The DUT is the generated Verilog of ``boards.top.NetworkAcceleratorCore`` (network mode: the
+whole-network core + link bridge) or ``boards.top.AcceleratorCore`` (layers mode: layer engine +
+link bridge) in cocotb; the host side (``LinkHost``, ``NetworkRunner`` / ``BoardRunner``) is the
+code ``lcq run`` uses. The UART itself is tested bit by bit in ``tests/test_link.py``.
 """
 
 import json
@@ -79,4 +80,61 @@ def test_host_runtime_recovers_from_corrupted_bytes_both_ways(tmp_path):
     resyncs and sends that LOAD again. A byte of the first image's outputs corrupted: the
     host resyncs and runs that layer again. The logits still equal the reference."""
     _, _, _, out = run_board("all", tmp_path, byte_cycles=1, corrupt=1_000, corrupt_replies=[41, 700])
+    assert out["retried"] == 2 and out["repeated"] == 1
+
+
+def run_network_board(tmp_path, *, byte_cycles: int, images: int = 3, **faults) -> tuple:
+    """The digits CNN on a simulated 2 x 4 board in network mode (the whole network on the chip):
+    (model, params, images, the testbench's results)."""
+    reason = unavailable_reason("verilator")
+    if reason is not None:
+        pytest.skip(f"verilator simulation skipped: {reason}")
+    from boards.top import NetworkAcceleratorCore
+    from hw.network_params import NetworkParams
+
+    model = load(DIGITS)
+    params = NetworkParams.for_model(model, 2, 4)
+    test_images, _ = digits_test_images(images)
+    build_dir = BUILD_ROOT / "verilator-board-network-digits-2x4"
+    source = verilog_of(NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=2_000), "board", build_dir)
+    built = build("verilator", [source], "board", build_dir)
+    results = tmp_path / "results.json"
+    run_test(built, "sim.board_cocotb", tmp_path, data={
+        "model": str(DIGITS), "mode": "network", "rows": 2, "cols": 4, "images": test_images.tolist(),
+        "byte_cycles": byte_cycles, "results": str(results), **faults})
+    out = json.loads(results.read_text())
+    assert len(out["logits"]) == images and (np.array(out["logits"]) == predict(model, test_images)).all()
+    return model, params, test_images, out
+
+
+def test_network_mode_board_equals_reference_and_the_traffic_count(tmp_path):
+    """Network mode: the constants and program loaded once, then per image its pixels and one RUN, a byte
+    each way every 3 cycles; the logits equal the integer reference and the bytes and requests on the
+    line are :func:`boards.traffic.network_image_traffic`'s count."""
+    from boards.traffic import network_image_traffic
+
+    model, params, _, out = run_network_board(tmp_path, byte_cycles=3)
+    assert out["retried"] == out["repeated"] == 0
+    traffic = network_image_traffic(model, params, max_payload=512)
+    for name in ("requests", "bytes_to_device", "bytes_from_device"):
+        assert out["images"][name] == 3 * traffic[name], name
+    assert out["loading"]["bytes_to_device"] == traffic["loading"]["bytes_to_device"] + 6    # and a PING
+    assert out["loading"]["requests"] == traffic["loading"]["requests"] + 1
+
+
+@pytest.mark.slow
+def test_network_mode_board_recovers_from_corrupted_bytes_both_ways(tmp_path):
+    """A byte of the constants corrupted on the way in (the frame is NACKed and sent again) and a byte of
+    the first image's reply corrupted on the way back (the host resyncs and runs that image again)."""
+    from boards.traffic import network_image_traffic
+
+    model = load(DIGITS)
+    from hw.network_params import NetworkParams
+
+    loading = network_image_traffic(model, NetworkParams.for_model(model, 2, 4), 512)["loading"]["bytes_from_device"]
+    info, ack, nack = 6 + 41, 6, 8      # reply frames' bytes: INFO (12 targets), ACK, NACK
+    # An ACK of the constants; then the first logit byte of the first image's OUT frame, after the INFO, the
+    # constants' ACKs, the NACK, the resync's INFO, the LOAD sent again and the image's ACK.
+    replies = [info + 10 * ack + 2, info + loading + nack + info + ack + ack + 8]
+    _, _, _, out = run_network_board(tmp_path, byte_cycles=1, images=2, corrupt=1_000, corrupt_replies=replies)
     assert out["retried"] == 2 and out["repeated"] == 1

@@ -287,6 +287,10 @@ def test_cli_parsers():
                               "-o", "out", "--json"])
     assert (args.model, args.board, args.mhz, args.rows, args.cols, args.output, args.json) == \
         ("m.lcq", "icebreaker", 24.0, 4, 8, "out", True)
+    assert args.mode == "network"
+    assert parser.parse_args(["build", "m.lcq", "--board", "icebreaker", "--mode", "layers"]).mode == "layers"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "m.lcq", "--board", "icebreaker", "--mode", "whole"])
     with pytest.raises(SystemExit):
         parser.parse_args(["flash", "--board", "arty"])
 
@@ -345,8 +349,8 @@ def test_build_error_shows_log(tmp_path):
 def test_accelerator_bitstream_for_every_board(tmp_path, name):
     from boards.cli import build_model
 
-    result = build_model(DIGITS, get_board(name), rows=2, cols=2, out=tmp_path)
-    assert Path(result["bitstream"]).stat().st_size > 0
+    result = build_model(DIGITS, get_board(name), rows=2, cols=2, out=tmp_path, mode="layers")
+    assert Path(result["bitstream"]).stat().st_size > 0 and result["mode"] == "layers"
     assert result["timing_met"] and result["fmax_mhz"] >= result["pll_mhz"] > 0
     assert all(r["used"] <= r["available"] for r in result["resources"].values())
     assert result["resources"]["DSP"]["used"] >= 1
@@ -354,10 +358,47 @@ def test_accelerator_bitstream_for_every_board(tmp_path, name):
     assert json.loads((tmp_path / "report.json").read_text())["bitstream"] == result["bitstream"]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [b for b in BOARDS if get_board(b).family == "ecp5"])
+def test_network_bitstream_on_the_ecp5_boards(tmp_path, name):
+    """The whole digits CNN on the chip (a 2 x 4 array): the bitstream, its report (mode, the core's rows and
+    cols, which `lcq run` reads) and timing."""
+    from boards.cli import build_model, read_report
+
+    result = build_model(DIGITS, get_board(name), rows=2, cols=4, out=tmp_path, mode="network")
+    assert Path(result["bitstream"]).stat().st_size > 0 and result["timing_met"]
+    assert all(r["used"] <= r["available"] for r in result["resources"].values())
+    report = read_report(tmp_path / "report.json", ("mode", "network.rows", "network.cols", "bitstream"))
+    assert report["mode"] == "network" and (report["network"]["rows"], report["network"]["cols"]) == (2, 4)
+    assert report["network"]["classes"] == 10 and "engine" not in report
+
+
+def test_accelerator_top_modes():
+    """Network mode (the default) sizes the whole-network core with boards.fit.network_for_board, layers mode
+    the engine with engine_for_board; the factory says which."""
+    from boards.top import accelerator_top
+    from compiler.format import load
+    from hw.network_params import NetworkParams
+
+    model, board = load(DIGITS), get_board("ulx3s-85f")
+    network = accelerator_top(model, board, 2, 4)
+    assert network.mode == "network" and network.engine is None and isinstance(network.params, NetworkParams)
+    assert network.params == NetworkParams.for_model(model, 2, 4) == network.network.params
+    layers = accelerator_top(model, board, 2, 4, mode="layers")
+    assert layers.mode == "layers" and layers.network is None and layers.params == layers.engine.params
+    with pytest.raises(ValueError, match=r"mode must be one of layers, network, not 'whole'"):
+        accelerator_top(model, board, mode="whole")
+    with pytest.raises(FitError, match=r"the whole network does not fit icebreaker"):
+        accelerator_top(model, get_board("icebreaker"))
+
+
 def test_build_refuses_a_model_that_does_not_fit(capsys):
     from lcq.cli import main
 
     assert main(["build", str(RESNET20), "--board", "icebreaker"]) == 2
+    err = capsys.readouterr().err
+    assert "lcq build: error: the whole network does not fit icebreaker (iCE40UP5K)" in err
+    assert main(["build", str(RESNET20), "--board", "icebreaker", "--mode", "layers"]) == 2
     err = capsys.readouterr().err
     assert "lcq build: error: the model does not fit icebreaker (iCE40UP5K)" in err
 
@@ -418,6 +459,50 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
             "repeated); 5 of 5 predictions equal the integer reference") in capsys.readouterr().out
 
 
+def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, monkeypatch):
+    """A report of a network-mode build: `lcq run` recomputes the core from its rows and cols and runs the
+    network runner (stubbed here; it runs against the simulated board in test_board_runtime.py)."""
+    import boards.link_host
+    import boards.runtime
+    from compiler.reference import predict
+    from lcq.cli import main
+
+    class Port:
+        def __init__(self, path, baud, timeout):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    class Runner:
+        def __init__(self, host, model, params):
+            assert (params.engine.rows, params.engine.cols) == (2, 4) and params.target_bits[-1] == 8
+            self.model, self.repeated = model, 1
+
+        def classify(self, images, labels, progress):
+            return boards.runtime.RunResult(predict(self.model, images), 0.25, labels, load_seconds=0.5)
+
+    def layers(*args):
+        raise AssertionError("a network-mode report ran the layers runner")
+
+    monkeypatch.setattr(boards.link_host, "SerialPort", Port)
+    monkeypatch.setattr(boards.runtime, "NetworkRunner", Runner)
+    monkeypatch.setattr(boards.runtime, "BoardRunner", layers)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4}}))
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
+                 "--report", str(report), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["mode"] == "network" and out["images"] == out["equal_to_reference"] == 5
+    assert out["images_per_second"] == 20.0 and out["images_repeated"] == 1 and "layers_repeated" not in out
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
+                 "--report", str(report)]) == 0
+    assert "1 image runs repeated); 5 of 5 predictions equal the integer reference" in capsys.readouterr().out
+
+
 def test_retry_clock_prefers_the_fastest_link():
     """Below a missed Fmax, the clock that keeps the board's fastest baud rate wins over a
     slightly faster one that would drop the link to a slower rate."""
@@ -471,6 +556,12 @@ GOOD_ENGINE = {"rows": 2, "cols": 2, "resident": "weights"}
      r"field 'engine.rows' .* must be an integer in 1\.\.256, not 0"),
     (json.dumps({"pll_mhz": 24.0, "engine": {**GOOD_ENGINE, "resident": "some"}}),
      r"field 'engine.resident' .* must be one of 'none', 'weights', 'all', not 'some'"),
+    (json.dumps({"pll_mhz": 24.0, "mode": "whole"}),
+     r"field 'mode' \(what the flashed design runs: .*\) must be one of 'network', 'layers', not 'whole'"),
+    (json.dumps({"pll_mhz": 24.0, "mode": "network", "engine": GOOD_ENGINE}),
+     r"field 'network.rows' \(the PE array rows of the flashed network core\) is missing"),
+    (json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 300}}),
+     r"field 'network.cols' .* must be an integer in 1\.\.256, not 300"),
 ])
 def test_run_names_the_report_and_its_bad_field(tmp_path, capsys, text, message):
     from lcq.cli import main

@@ -49,7 +49,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from boards.link_host import LinkHost
-from hw.protocol import (PROTOCOL_VERSION, RUN_FORMAT, SYNC, TARGETS, FrameError, FrameType, LinkError, LinkInfo,
+from hw.engine_params import TARGETS
+from hw.protocol import (INFO_HEAD_BYTES, INFO_HEAD_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameError, FrameType,
+                         LinkError, LinkInfo,
                          LinkNoise, LinkTimeout, NackCode, OutputFormat, decode_frame, decode_words, encode_frame,
                          encode_loads, encode_out, encode_run)
 
@@ -389,14 +391,23 @@ def session_case(rnd: random.Random, rate: float | None = None, *, dup_drop: boo
 
 
 def random_info_payload(rnd: random.Random) -> bytes:
-    """INFO payloads of random parameters, each field often at an edge (0, 1, the most) or valid."""
+    """INFO payloads of random parameters, each field often at an edge (0, 1, the most) or valid: the head
+    (version, mode, the 16-bit fields, the target count) and each target's width; the widths mostly as many
+    as the count states, sometimes not."""
     valid = INFO.encode()
-    fields = list(struct.unpack(f"<B6H{TARGETS}H", valid))
-    for i in range(len(fields)):
+    head = list(struct.unpack_from(INFO_HEAD_FORMAT, valid))
+    widths = list(struct.unpack_from(f"<{head[-1]}H", valid, INFO_HEAD_BYTES))
+    bytes_fields = (0, 1, len(head) - 1)        # version, mode, target count: one byte each
+    for i in range(len(head)):
         if rnd.random() < 0.4:
-            top = 255 if i == 0 else 65535
-            fields[i] = rnd.choice([0, 1, 2, 3, 7, 8, 9, top, rnd.randint(0, top)])
-    return struct.pack(f"<B6H{TARGETS}H", *fields)
+            top = 255 if i in bytes_fields else 65535
+            head[i] = rnd.choice([0, 1, 2, 3, 7, 8, 9, top, rnd.randint(0, top)])
+    for i in range(len(widths)):
+        if rnd.random() < 0.4:
+            widths[i] = rnd.choice([0, 1, 2, 3, 7, 8, 9, 65535, rnd.randint(0, 65535)])
+    if rnd.random() < 0.9:
+        widths = (widths + [rnd.choice([0, 8, 16])] * head[-1])[:head[-1]]
+    return struct.pack(INFO_HEAD_FORMAT, *head) + struct.pack(f"<{len(widths)}H", *widths)
 
 
 def info_case(rnd: random.Random) -> tuple[str, str]:
@@ -411,7 +422,7 @@ def info_case(rnd: random.Random) -> tuple[str, str]:
             decode_words(bytes(info.out_bytes()), info)
             if info.code_bits:
                 decode_words(bytes(info.out_bytes(OutputFormat.CODES)), info, OutputFormat.CODES)
-            for target in range(TARGETS):
+            for target in range(info.targets):
                 if info.target_bits[target]:
                     top = (1 << info.target_bits[target]) - 1
                     (load,) = encode_loads([(target, (1 << info.addr_bits) - 1, top)], info)

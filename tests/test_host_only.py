@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq"
@@ -40,12 +41,13 @@ class Port:
         pass
 
 class Runner:
-    def __init__(self, host, model, params, resident):
+    def __init__(self, host, model, params, resident=None):
         self.model, self.repeated = model, 0
     def classify(self, images, labels, progress):
         return boards.runtime.RunResult(predict(self.model, images), 0.5, labels, load_seconds=0.25)
 
-boards.link_host.SerialPort, boards.runtime.BoardRunner = Port, Runner
+boards.link_host.SerialPort = Port
+boards.runtime.BoardRunner = boards.runtime.NetworkRunner = Runner
 code = main(sys.argv[2:])
 loaded = sorted({m.split(".")[0] for m in sys.modules} & BLOCKED)
 print(json.dumps({"code": code, "loaded": loaded}))
@@ -59,7 +61,8 @@ def _python(script: str, blocked, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_host_modules_import_without_amaranth_or_trainer():
-    script = BLOCKER + "import boards.fit, boards.link_host, boards.runtime, boards.traffic, hw.program, hw.protocol"
+    script = BLOCKER + ("import boards.fit, boards.link_host, boards.runtime, boards.traffic, hw.program, hw.protocol, "
+                        "hw.network_params, hw.network_program")
     result = _python(script, (*THIRD_PARTY, "lcq_train"))
     assert result.returncode == 0, result.stderr
 
@@ -70,7 +73,12 @@ def test_gateware_really_is_blocked():
     assert result.returncode != 0 and "blocked by the test" in result.stderr
 
 
-def test_lcq_run_with_numpy_inputs_needs_neither_amaranth_nor_torch(tmp_path):
+REPORTS = {"layers": {"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}},
+           "network": {"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4}}}
+
+
+@pytest.mark.parametrize("mode", REPORTS)
+def test_lcq_run_with_numpy_inputs_needs_neither_amaranth_nor_torch(tmp_path, mode):
     from compiler.format import load
 
     model = load(DIGITS)
@@ -79,14 +87,14 @@ def test_lcq_run_with_numpy_inputs_needs_neither_amaranth_nor_torch(tmp_path):
     np.savez(inputs, images=rng.integers(0, 256, size=(4, *model.input.shape), dtype=np.uint8),
              labels=np.arange(4))
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
+    report.write_text(json.dumps(REPORTS[mode]))
     result = _python(RUN, THIRD_PARTY, "run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1",
                      "--inputs", str(inputs), "--report", str(report), "--json")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     out, status = json.loads(lines[-2]), json.loads(lines[-1])
     assert status == {"code": 0, "loaded": []}
-    assert out["images"] == out["equal_to_reference"] == 4
+    assert out["images"] == out["equal_to_reference"] == 4 and out["mode"] == mode
 
 
 def test_lcq_run_inputs_are_checked(tmp_path, capsys):

@@ -11,16 +11,16 @@ import pytest
 
 pytest.importorskip("amaranth")
 
-from amaranth import Cat, Module, Signal  # noqa: E402
+from amaranth import Cat, Module, Shape, Signal, signed  # noqa: E402
 from amaranth.hdl import UnusedElaboratable  # noqa: E402
-from amaranth.lib import wiring  # noqa: E402
+from amaranth.lib import data, stream, wiring  # noqa: E402
 from amaranth.lib.memory import Memory  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from boards.link_host import LinkHost, SerialPort  # noqa: E402
-from hw.protocol import (FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, Frame, FrameError,  # noqa: E402
-                         FrameType, LinkError, LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError,
+from hw.protocol import (FRAME_BYTES, INFO_HEAD_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, Frame,  # noqa: E402
+                         FrameError, FrameType, LinkError, LinkInfo, LinkMode, LinkNoise, LinkTimeout, NackCode, NackError,
                          OutputFormat, VersionError, crc16, decode_frame, decode_out, decode_words,
                          encode_frame, encode_loads, encode_out, encode_run, read_frame)
 from hw.engine import EngineSignature  # noqa: E402
@@ -156,13 +156,14 @@ class RecordingEngine(wiring.Component):
     each recorded beat ``i``, the word ``Cat(target, addr, data, i)`` (cut to ``OUT_BITS``),
     each after a pseudo-random wait; ``busy`` falls once the last one is accepted."""
 
-    def __init__(self, depth=64, stall=True):
+    def __init__(self, depth=64, stall=True, signature=None):
         self._depth, self._stall = depth, stall
-        super().__init__(EngineSignature(ADDR_BITS, DATA_BITS, OUT_BITS))
+        super().__init__(signature or EngineSignature(ADDR_BITS, DATA_BITS, OUT_BITS))
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.record = record = Memory(shape=REC_BITS, depth=self._depth, init=[])
+        rec_bits = Shape.cast(self.load.payload.shape()).width
+        m.submodules.record = record = Memory(shape=rec_bits, depth=self._depth, init=[])
         write, read = record.write_port(), record.read_port()
         lfsr = Signal(16, init=0xACE1)
         m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]))
@@ -200,6 +201,29 @@ class RecordingEngine(wiring.Component):
         return m
 
 
+# The network core's shape, for the bridge in network mode: 12 targets (a 4-bit target field), signed logits.
+NET_TARGETS = (8, 12, 0, 20, 5, 9, 16, 7, 0, 3, 11, 8)
+NET_OUT_BITS, NET_CLASSES = 16, 5
+NET_INFO = LinkInfo(PROTOCOL_VERSION, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_TARGETS, LinkMode.NETWORK,
+                    NET_CLASSES)
+
+
+class NetworkDoubleSignature(wiring.Signature):
+    """:class:`hw.network.NetworkSignature`'s shape: load, start, busy, signed out, and a probe the bridge leaves
+    unconnected."""
+
+    def __init__(self):
+        load = data.StructLayout({"target": 4, "addr": ADDR_BITS, "data": max(NET_TARGETS)})
+        super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
+                          "out": Out(stream.Signature(signed(NET_OUT_BITS))),
+                          "probe": Out(wiring.Signature({"write": Out(1), "addr": Out(3)}))})
+
+
+def net_words(beats):
+    rec = 4 + ADDR_BITS + max(NET_TARGETS)
+    return [(t | a << 4 | d << (4 + ADDR_BITS) | i << rec) & 0xFFFF for i, (t, a, d) in enumerate(beats)]
+
+
 def model_words(beats):
     mask = (1 << OUT_BITS) - 1
     return [(t | a << TARGET_BITS | d << (TARGET_BITS + ADDR_BITS) | i << REC_BITS) & mask
@@ -210,10 +234,15 @@ class LinkTop(wiring.Component):
     """LinkBridge and RecordingEngine, the bridge's byte ports outside (``divisor`` None) or
     behind a UartRx/UartTx pair on the ``rx``/``tx`` lines."""
 
-    def __init__(self, divisor, stall, **bridge_args):
-        self.bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS,
-                                 **bridge_args)
-        self.engine = RecordingEngine(stall=stall)
+    def __init__(self, divisor, stall, network=False, **bridge_args):
+        if network:     # more targets, a wider target field, one signed value per word, a probe port
+            self.bridge = LinkBridge(ADDR_BITS, NET_TARGETS, NET_OUT_BITS, rows=2, cols=COLS, mode=LinkMode.NETWORK,
+                                     classes=NET_CLASSES, signature=NetworkDoubleSignature(), **bridge_args)
+            self.engine = RecordingEngine(stall=stall, signature=NetworkDoubleSignature())
+        else:
+            self.bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS,
+                                     **bridge_args)
+            self.engine = RecordingEngine(stall=stall)
         self.divisor = divisor
         super().__init__({"rx": In(1, init=1), "tx": Out(1)} if divisor else {})
 
@@ -238,8 +267,8 @@ class SimPort:
     ``beats`` records the load beats the engine accepted."""
 
     def __init__(self, *, divisor=None, stall=True, gap=2, timeout=20_000, max_payload=32,
-                 timeout_cycles=64):
-        self.top = LinkTop(divisor, stall, max_payload=max_payload, timeout_cycles=timeout_cycles)
+                 timeout_cycles=64, network=False):
+        self.top = LinkTop(divisor, stall, network, max_payload=max_payload, timeout_cycles=timeout_cycles)
         self.divisor, self.gap, self.timeout = divisor, gap, timeout
         self.to_device, self.from_device, self.beats = [], bytearray(), []
         self.cycles = 0
@@ -341,6 +370,42 @@ def test_bridge_ping():
     assert info_of(SimPort()) == INFO
 
 
+def test_bridge_in_network_mode_with_more_targets():
+    """The bridge in front of a network-core double: INFO v4 states the mode, the class count and all 12 targets;
+    LOADs to targets past the layer engine's 6 (a 4-bit target field) reach the core, one to a target it lacks is
+    refused; RUN returns one 16-bit value per word, as many as asked for."""
+    port = SimPort(network=True)
+    info = info_of(port)
+    assert info == NET_INFO and info.mode == LinkMode.NETWORK and info.targets == 12
+    assert exchange(port, FrameType.PING).payload[:2] == bytes([4, LinkMode.NETWORK])
+    beats = [(11, 5 + i, 200 + i) for i in range(4)] + [(6, 0, 0xFFFF), (9, 63, 5), (0, 1, 0x7F)]
+    for payload in encode_loads(beats, info):
+        assert exchange(port, FrameType.LOAD, payload).type == FrameType.ACK
+    assert port.beats == beats
+    for target in (2, 8, 12, 200):
+        got = exchange(port, FrameType.LOAD, bytes([target, 0, 0, 0]))
+        assert (got.type, got.payload) == nack(NackCode.TARGET, FrameType.LOAD)
+    port.write(encode_frame(FrameType.RUN, encode_run(NET_CLASSES)))
+    words = []
+    while (frame := read_frame(port.read)).type == FrameType.OUT:
+        words += decode_out(frame.payload, info)[1]
+    assert frame.type == FrameType.DONE and words == net_words(beats)[:NET_CLASSES]
+    with pytest.raises(ValueError, match="target 12 is not a target of this engine"):
+        encode_loads([(12, 0, 0)], info)
+
+
+def test_info_v4_layout():
+    """Head (version, mode, 7 16-bit fields, target count), then 16 bits per target; decoded as encoded."""
+    payload = NET_INFO.encode()
+    assert len(payload) == INFO_HEAD_BYTES + 2 * 12 == 17 + 24
+    assert struct.unpack_from("<BB7HB", payload) == (4, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES, 12)
+    assert LinkInfo.decode(payload) == NET_INFO and LinkInfo.decode(INFO.encode()) == INFO
+    with pytest.raises(FrameError, match=r"INFO reply has 40 payload bytes, expected 41 for the 12 load targets"):
+        LinkInfo.decode(payload[:-1])
+    with pytest.raises(FrameError, match=r"INFO reply has 5 payload bytes, expected 17 bytes and 2 per load target"):
+        LinkInfo.decode(payload[:5])
+
+
 def test_bridge_load_and_run():
     """LOAD frames (one per run of consecutive addresses, split at max_payload) reach the
     engine in order through load.ready stalls and are ACKed; RUN returns the words in OUT
@@ -431,7 +496,19 @@ WIDTHS = (8, 16, 0, 0, 0, 8)
 
 @pytest.mark.parametrize("args, kwargs, message", [
     ((0, WIDTHS, 8, 1, 1), {}, r"Address width must be an integer in 1\.\.65535, not 0"),
-    ((8, WIDTHS[:5], 8, 1, 1), {}, r"Target widths must be 6 numbers"),
+    ((8, (), 8, 1, 1), {}, r"Target widths must be 1\.\.255 numbers"),
+    ((8, (8,) * 256, 8, 1, 1), {}, r"Target widths must be 1\.\.255 numbers"),
+    ((8, WIDTHS, 8, 1, 1), {"mode": 7}, r"Mode must be one of LAYERS, NETWORK, not 7"),
+    ((8, WIDTHS, 8, 1, 1), {"classes": 10}, r"Class count must be 0 in layers mode, not 10"),
+    ((8, WIDTHS, 8, 1, 1), {"mode": LinkMode.NETWORK}, r"Class count must be an integer in 1\.\.65535, not 0"),
+    ((8, WIDTHS, 8, 1, 1), {"mode": LinkMode.NETWORK, "classes": 3, "code_bits": 2},
+     r"Code width must be 0 in network mode"),
+    ((8, WIDTHS, 8, 1, 1), {"signature": EngineSignature(7, 16, 8)},
+     r"does not fit the bridge: a 7-bit load addr field, narrower than the 8 bits it needs"),
+    ((8, WIDTHS, 8, 1, 1), {"signature": EngineSignature(8, 16, 9)},
+     r"does not fit the bridge: 9-bit output words, not the 8 of out_bits"),
+    ((8, (8,) * 9, 8, 1, 1), {"signature": EngineSignature(8, 16, 8)},
+     r"a 3-bit load target field, narrower than the 4 bits it needs"),
     ((8, (0,) * 6, 8, 1, 1), {}, r"Target widths must name at least one target"),
     ((8, WIDTHS, 8, 1, 70000), {}, r"Column count must be an integer in 1\.\.65535, not 70000"),
     ((8, WIDTHS, 10, 1, 4), {}, r"Output word width 10 must be whole fields of 4 columns"),
@@ -664,6 +741,11 @@ def answers(info_payload=INFO.encode(), run=b""):
     ({"target_bits": (0,) * 6}, r"no load target \(every target's data bits are 0\)"),
     ({"out_bits": 10}, r"out_bits 10 is not whole fields of 4 columns"),
     ({"code_bits": 7}, r"code_bits 7 wider than a 6-bit column field"),
+    ({"mode": 7}, r"mode 7, not one of 0 \(layers\), 1 \(network\)"),
+    ({"classes": 10}, r"classes 10 in layers mode, not 0"),
+    ({"mode": LinkMode.NETWORK}, r"classes 0 in network mode, not at least 1"),
+    ({"mode": LinkMode.NETWORK, "classes": 10}, r"code_bits 2 in network mode, not 0"),
+    ({"target_bits": ()}, r"0 load targets, not 1\.\.255"),
     ({"max_payload": 6}, r"max_payload 6 smaller than the 7 bytes the largest payload needs \(a LOAD header and "
                          r"word, a RUN request or an OUT frame of one word\)"),
 ])
@@ -680,11 +762,11 @@ def test_impossible_info_is_refused(fields, problem):
 
 
 def test_another_protocol_version_is_refused_at_once():
-    """A version 2 bitstream (OUT frames without their first word's index): the host says so and to
+    """A version 3 bitstream (no mode, always 6 load targets): the host says so and to
     rebuild it, after one PING (pinging again would not help); a newer one: update the host."""
-    assert PROTOCOL_VERSION == 3
-    old = dataclasses.replace(INFO, version=2).encode()
-    rebuild = (r"the board's bitstream speaks link protocol version 2, this host version 3: rebuild the bitstream "
+    assert PROTOCOL_VERSION == 4
+    old = struct.pack(f"<B6H{len(TARGET_WIDTHS)}H", 3, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, *TARGET_WIDTHS)
+    rebuild = (r"the board's bitstream speaks link protocol version 3, this host version 4: rebuild the bitstream "
                r"with this version of the project \(`lcq build MODEL --board NAME`\) and flash it")
     with pytest.raises(VersionError, match=rebuild):
         LinkInfo.decode(old)
@@ -692,9 +774,9 @@ def test_another_protocol_version_is_refused_at_once():
     with pytest.raises(VersionError, match=rebuild):
         LinkHost(port, retries=2).info
     assert len(port.writes) == 1
-    with pytest.raises(VersionError, match=r"speaks link protocol version 4, this host version 3: update the host"):
-        LinkInfo.decode(dataclasses.replace(INFO, version=4).encode())
-    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 3: rebuild"):
+    with pytest.raises(VersionError, match=r"speaks link protocol version 5, this host version 4: update the host"):
+        LinkInfo.decode(dataclasses.replace(INFO, version=5).encode())
+    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 4: rebuild"):
         LinkInfo.decode(bytes([1, 0, 0]))           # whatever a version's INFO holds, its first byte is the version
 
 
@@ -798,7 +880,7 @@ def test_a_reply_that_comes_too_slowly_misses_its_deadline():
             time.sleep(0.05)
             return super().read(n)
 
-    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(29 "
+    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(33 "
                                           r"bytes of it came, too slowly\)"):
         LinkHost(Slow(answers()), deadline=0.12).ping()
 
@@ -897,3 +979,93 @@ def test_link_host_parameters_and_run_requests_are_checked():
         with pytest.raises(ValueError, match=r"The serial read timeout must be a finite number of seconds > 0 \(reads "
                                              r"must end\)"):
             SerialPort("/dev/ttyUSB9", 3_000_000, timeout=timeout)
+
+
+# The runners' mode checks and a network-mode run against a scripted device
+
+def _network_device(model, params, images, max_payload=512):
+    """A scripted network-mode board: INFO, an ACK per LOAD, and per RUN the reference logits of the next
+    image (one OUT frame, DONE)."""
+    from boards.traffic import network_info
+    from compiler.reference import predict
+
+    info = network_info(model, params, max_payload)
+    logits = iter(predict(model, images))
+    mask = (1 << params.value_bits) - 1
+
+    def run(_request):
+        words = b"".join((int(v) & mask).to_bytes(info.out_bytes(), "little") for v in next(logits))
+        return (encode_frame(FrameType.OUT, encode_out(0, words))
+                + encode_frame(FrameType.DONE, struct.pack("<I", model.num_classes)))
+
+    return info, ScriptPort(lambda request: {FrameType.PING: encode_frame(FrameType.INFO, info.encode()),
+                                             FrameType.LOAD: encode_frame(FrameType.ACK),
+                                             FrameType.RUN: run(request) if request[1] == FrameType.RUN else b""}
+                            [request[1]])
+
+
+def _digits():
+    from pathlib import Path
+
+    from compiler.format import load
+    from hw.network_params import NetworkParams
+
+    model = load(Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq")
+    rng = random.Random(1)
+    import numpy as np
+    images = np.array([[[[rng.randrange(256) for _ in range(8)] for _ in range(8)]] for _ in range(3)], dtype=np.uint8)
+    return model, NetworkParams.for_model(model, 2, 4), images
+
+
+def test_network_runner_against_a_scripted_board():
+    """Constants and program once, then per image its pixels (one LOAD frame for 64 pixels) and a RUN of
+    num_classes words; the logits decoded from value_bits two's complement."""
+    from boards.runtime import NetworkRunner
+    from compiler.reference import predict
+    from hw.network_program import image_beats, load_beats
+
+    model, params, images = _digits()
+    info, port = _network_device(model, params, images)
+    runner = NetworkRunner(LinkHost(port), model, params)
+    result = runner.classify(images)
+    assert (result.logits == predict(model, images)).all() and runner.repeated == 0
+    loads = len(encode_loads(load_beats(model, params), info))
+    per_image = len(encode_loads(image_beats(model, params, images[0]), info)) + 1
+    assert len(port.writes) == 1 + loads + 3 * per_image
+    assert [w[1] for w in port.writes[-per_image:]] == [FrameType.LOAD] * (per_image - 1) + [FrameType.RUN]
+    assert struct.unpack("<IB", decode_frame(port.writes[-1]).payload) == (model.num_classes, OutputFormat.FULL)
+
+
+def test_each_runner_refuses_a_board_of_the_other_mode():
+    from boards.runtime import BoardRunner, NetworkRunner
+    from hw.engine_params import EngineParams
+
+    model, params, images = _digits()
+    _, port = _network_device(model, params, images)
+    with pytest.raises(LinkError, match=r"the board's bitstream runs in network mode, but the host was asked to run "
+                                        r"it in layers mode \(from the build report\): pass the report.json of the "
+                                        r"flashed build \(--report FILE\), or build and flash a layers-mode "
+                                        r"bitstream \(`lcq build MODEL --board NAME --mode layers`"):
+        BoardRunner(LinkHost(port), model, EngineParams.for_model(model, 2, 4, resident="all"), "all")
+    layers = LinkInfo(PROTOCOL_VERSION, 8, 24, 2, 4, 512, 2, (8, 16, 0, 0, 0, 8))
+    with pytest.raises(LinkError, match=r"runs in layers mode, but the host was asked to run it in network mode "
+                                        r".*--mode network"):
+        NetworkRunner(LinkHost(ScriptPort(answers(layers.encode()))), model, params)
+    other = dataclasses.replace(_network_device(model, params, images)[0], classes=11)
+    with pytest.raises(LinkError, match=r"the board's network core .* is not the one built for this model"):
+        NetworkRunner(LinkHost(ScriptPort(answers(other.encode()))), model, params)
+
+
+def test_network_runner_refuses_images_of_the_wrong_shape_before_sending_anything():
+    from boards.runtime import NetworkRunner
+
+    model, params, images = _digits()
+    _, port = _network_device(model, params, images)
+    runner = NetworkRunner(LinkHost(port), model, params)
+    sent = len(port.writes)
+    for bad in (images[:, :, :7], images.repeat(3, axis=1), images.astype("int64")):
+        with pytest.raises(ValueError, match=r"images must be uint8 \(N, 1, 8, 8\)"):
+            runner.classify(bad)
+    with pytest.raises(ValueError, match=r"images must be uint8 \(N, 1, 8, 8\)"):
+        runner.logits(images[0, :, :7])
+    assert len(port.writes) == sent
