@@ -1,4 +1,4 @@
-"""``lcq train``: the trainer's verb of the ``lcq`` command (:mod:`lcq.cli`)."""
+"""``lcq train`` and ``lcq plot``: the trainer's verbs of the ``lcq`` command (:mod:`lcq.cli`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .arguments import nonnegative_float, positive_float, positive_int, torch_device
 from .data import DATASETS
+from .factory import MODEL, is_factory
 from .models import MODELS
 from .plan import parse_layer_bits
 from .quantizer import BITS, CLIP, INTERVALS, METHODS, OUTER_BITS
@@ -19,7 +20,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="JSON file of option values (keys as the long options, "
                    "with _ for -; command-line options win), e.g. {\"wbits\": 3, \"layer_bits\": {\"conv1\": [4, 4]}}")
-    p.add_argument("--model", choices=MODELS, default="cnn")
+    p.add_argument("--model", type=MODEL, default="cnn", metavar="{" + ",".join(MODELS) + "} or MODULE:FACTORY",
+                   help="a built-in model, or your own network: MODULE:FACTORY or FILE.py:FACTORY names a callable "
+                        "that gets num_classes=, in_channels= (and input_shape=(C, H, W) if it has that parameter) "
+                        "and returns a full-precision torch.nn.Module, quantized per the plan. IMPORTING IT RUNS "
+                        "THAT CODE. The checkpoint records the reference; --resume of such a run needs the same "
+                        "--model again (a checkpoint alone never imports code)")
     p.add_argument("--dataset", choices=DATASETS, default="digits")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory (not needed for digits)")
     p.add_argument("--method", choices=METHODS, default="lcq")
@@ -151,6 +157,10 @@ def train_config(args: argparse.Namespace):
     from .checkpoint import load_checkpoint
 
     saved = load_checkpoint(checkpoint)["config"]
+    if is_factory(saved["model"]) and "model" not in given:
+        raise ValueError(f"{checkpoint} holds a run of the user model {saved['model']!r}; continuing it imports and "
+                         f"runs that code, which a checkpoint alone never does: pass --model {saved['model']} to "
+                         "confirm")
     check_continues(checkpoint, saved, asked, given)
     merged = {name: asked[name] if name in given or name in ("out", "resume", "progress") else saved[name]
               for name in asked if name != "plan"}
@@ -167,8 +177,42 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _plot_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("plot", help="PNGs of a run: learned companders and quantizer levels, training curves, "
+                       "activation-code histograms (needs the plot extra: matplotlib)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of an lcq train run (or its checkpoint)")
+    p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: RUN_DIR/plots)")
+    p.add_argument("--data-dir", metavar="DIR", help="the run's data set, for the activation codes (default: the "
+                   "run's own --data-dir)")
+    p.add_argument("--images", type=int, default=512, metavar="N",
+                   help="training images for the activation-code histograms (0: none)")
+    p.add_argument("--seed", type=SEED, default=0, help="which training images")
+    return p
+
+
+def cmd_plot(args) -> int:
+    import sys
+
+    from .plot import plot_run
+
+    if args.images < 0:
+        raise ValueError(f"--images must be >= 0, not {args.images}")
+    try:
+        written = plot_run(args.run_dir, args.out, data_dir=args.data_dir, images=args.images, seed=args.seed)
+    except ModuleNotFoundError as e:
+        if e.name != "matplotlib":
+            raise
+        print(f"lcq plot: error: {e}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
 def add_parsers(sub) -> dict:
-    """Register the trainer's verb on ``sub`` (argparse subparsers); returns {verb: handler}. The
+    """Register the trainer's verbs on ``sub`` (argparse subparsers); returns {verb: handler}. The
     ``--config`` file of ``lcq train`` is applied by :func:`apply_config_file`."""
     _train_parser(sub)
-    return {"train": cmd_train}
+    _plot_parser(sub)
+    return {"train": cmd_train, "plot": cmd_plot}

@@ -14,10 +14,11 @@ from .quantizer import Quantizer, QuantSpec
 
 
 class QAct(Quantizer):
-    """Unsigned activation fake-quantizer (identity until configured)."""
+    """Activation fake-quantizer (identity until configured): unsigned, as after a ReLU, unless
+    ``signed`` (an input that can be negative; only :mod:`lcq_train.graph` makes those)."""
 
-    def __init__(self, spec: QuantSpec = QuantSpec()):
-        super().__init__(spec, signed=False)
+    def __init__(self, spec: QuantSpec = QuantSpec(), signed: bool = False):
+        super().__init__(spec, signed=signed)
 
 
 class QConv2d(nn.Conv2d):

@@ -1,8 +1,10 @@
 """Quantization plan: which method and bit-widths each layer of a model gets.
 
 A model lists its quantized layers with ``model.quant_layers()`` as (layer,
-activation quantizer feeding it) pairs. :func:`apply_plan` installs weight and
-activation quantizers per the plan: the first and last layers at
+activation quantizer feeding it) pairs; :func:`quantize_model` gives any other
+``nn.Module`` that form by tracing it (:mod:`lcq_train.graph`). It (and
+:func:`apply_plan`, the same with a plan) installs weight and activation
+quantizers per the plan: the first and last layers at
 ``edge_bits`` with the uniform quantizer, the input image at 8 bits with a
 fixed alpha = 1 (pixel values in [0, 1] map to their uint8 codes), every other
 layer at (wbits, abits) unless ``layer_bits`` overrides it.
@@ -10,7 +12,7 @@ layer at (wbits, abits) unless ``layer_bits`` overrides it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 
 from torch import nn
 
@@ -91,7 +93,10 @@ def parse_layer_bits(items: list[str]) -> dict[str, tuple[int, int]]:
 
 def layer_bits(model: nn.Module, plan: QuantPlan) -> dict[str, tuple[int, int]]:
     """(wbits, abits) of every quantized layer under ``plan``, in forward order."""
-    pairs = model.quant_layers()
+    return _bits_of(model.quant_layers(), plan)
+
+
+def _bits_of(pairs: list[tuple[str, str]], plan: QuantPlan) -> dict[str, tuple[int, int]]:
     names = [layer for layer, _ in pairs]
     unknown = sorted(set(plan.layer_bits) - set(names))
     if unknown:
@@ -100,36 +105,83 @@ def layer_bits(model: nn.Module, plan: QuantPlan) -> dict[str, tuple[int, int]]:
     for i, name in enumerate(names):
         edge = i in (0, len(names) - 1)
         bits[name] = plan.layer_bits.get(name, (plan.edge_bits, plan.edge_bits) if edge else (plan.wbits, plan.abits))
+    if plan.method != "fp":
+        shared: dict[str, tuple[str, int]] = {}
+        for name, act_name in pairs:
+            abits = bits[name][1]
+            first, other = shared.setdefault(act_name, (name, abits))
+            if other != abits:
+                raise ValueError(f"layers sharing input {act_name!r} need the same activation bits, "
+                                 f"but {name!r} asks for {abits} and {first!r} for {other}")
     return bits
 
 
-def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
-    """Install the plan's quantizers in ``model`` (in place; returns it). ``fp`` leaves it unchanged."""
+def quantize_model(model: nn.Module, plan: QuantPlan | None = None, **fields) -> nn.Module:
+    """``model`` with the quantizers of ``plan`` (a :class:`QuantPlan`, or its fields as keywords:
+    ``method="lcq", wbits=3, abits=3`` by default, ``edge_bits=8``, ``layer_bits={NAME: (W, A)}``,
+    ``outer_bits``, ``K``, ``alpha_w``, ``alpha_a``; keywords next to ``plan`` replace its fields).
+
+    The paper's rules: the weights of every conv and linear layer go through an LWN weight
+    quantizer, activations are quantized where they enter those layers (unsigned after ReLU),
+    the first and last layers are at ``edge_bits`` with the uniform quantizer, the input image is
+    quantized to its uint8 codes, 2-bit weights are ternary; ``layer_bits`` overrides the bits of
+    layers by name (ValueError lists the model's layer names when one does not exist).
+
+    A model that lists its layers with ``quant_layers()`` (those of :mod:`lcq_train.models`, or
+    one written with :mod:`lcq_train.layers`) is changed in place and returned. Any other
+    ``nn.Module`` (full precision, perhaps pretrained) is traced with ``torch.fx``
+    (:func:`lcq_train.graph.prepare`): the result is a new module (a ``torch.fx.GraphModule``
+    holding the model's own layers and parameters under their names, plus the quantizers), ready
+    for ``lcq train`` or any training loop (its quantizer parameters: :func:`quantizer_parameters`).
+    Method ``fp`` installs no quantizer (the traced model is then the FP network in quantizable form,
+    which a later ``--init`` carries over). Raises ValueError for what cannot be quantized."""
+    from .graph import prepare, quantizable
+
+    if plan is None:
+        plan = QuantPlan(**{"method": "lcq", "wbits": 3, "abits": 3, **fields})
+    elif fields:
+        plan = replace(plan, **fields)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"a model to quantize must be a torch.nn.Module, not {type(model).__name__}")
+    if not quantizable(model):
+        model = prepare(model, check=lambda pairs: _bits_of(pairs, plan))
     if plan.method == "fp":
         return model
+    return _install(model, plan)
+
+
+def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
+    """Install the plan's quantizers in ``model`` (in place; returns it). ``fp`` leaves it unchanged.
+
+    :func:`quantize_model` with a plan; for a model without ``quant_layers()`` it returns a new module."""
+    return quantize_model(model, plan)
+
+
+def _install(model: nn.Module, plan: QuantPlan) -> nn.Module:
     bits = layer_bits(model, plan)
     pairs = model.quant_layers()
+    image = model.image_input() if callable(getattr(model, "image_input", None)) else pairs[0][1]
     modules = dict(model.named_modules())
-    act_bits: dict[str, int] = {}
+    done: set[str] = set()
     for i, (name, act_name) in enumerate(pairs):
         wbits, abits = bits[name]
         edge = i in (0, len(pairs) - 1)
         method = "uniform" if edge else plan.method
-        modules[name].wq = Quantizer(
-            QuantSpec(method, wbits, plan.outer_bits, plan.K, plan.alpha_w), signed=True, weight_norm=True)
-        if act_name in act_bits:
-            if act_bits[act_name] != abits:
-                raise ValueError(f"layers sharing input {act_name!r} need the same activation bits, "
-                                 f"but {name!r} asks for {abits} and another for {act_bits[act_name]}")
+        layer = modules[name]
+        device = layer.weight.device
+        layer.wq = Quantizer(
+            QuantSpec(method, wbits, plan.outer_bits, plan.K, plan.alpha_w), signed=True, weight_norm=True).to(device)
+        if act_name in done:
             continue
-        act_bits[act_name] = abits
-        if i == 0:
+        done.add(act_name)
+        if act_name == image:
             spec = QuantSpec("uniform", INPUT_BITS, plan.outer_bits, plan.K, alpha=1.0, learn_alpha=False)
         else:
             spec = QuantSpec(method, abits, plan.outer_bits, plan.K, plan.alpha_a)
         parent_name, _, attr = act_name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
-        setattr(parent, attr, QAct(spec))
+        signed = act_name != image and getattr(modules.get(act_name), "signed", False)
+        setattr(parent, attr, QAct(spec, signed=signed).to(device))
     return model
 
 

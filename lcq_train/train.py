@@ -30,7 +30,8 @@ from .arguments import FloatRange, IntRange, device_problem, nonnegative_float, 
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, save_json
 from .data import DATASETS, load_dataset
 from .loader import batches
-from .models import MODELS, build_model
+from .factory import build_user_model, is_factory, normalize_model
+from .models import build_model
 from .plan import QuantPlan, apply_plan, layer_bits, quantizer_parameters
 
 SEED = IntRange(0, 2**32 - 1)        # what numpy's generator accepts
@@ -43,7 +44,7 @@ RECIPE = ("model", "dataset", "plan", "batch_size", "lr", "q_lr", "weight_decay"
 
 @dataclass
 class TrainConfig:
-    model: str = "cnn"
+    model: str = "cnn"               # a built-in model, or a factory reference MODULE:NAME / FILE.py:NAME
     dataset: str = "digits"
     data_dir: str | None = None
     plan: QuantPlan = field(default_factory=QuantPlan)
@@ -64,8 +65,7 @@ class TrainConfig:
 
     def __post_init__(self):
         """The rules of ``lcq train``'s options (:mod:`lcq_train.arguments`), for every way a config is made."""
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {MODELS}, not {self.model!r}")
+        self.model = normalize_model(self.model, "model")     # a built-in name or a factory reference
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, not {self.dataset!r}")
         if not isinstance(self.plan, QuantPlan):
@@ -111,8 +111,19 @@ class TrainConfig:
         return cls(**d)
 
 
-def build_quantized_model(model: str, input_shape, num_classes: int, plan: QuantPlan) -> nn.Module:
-    """Model with the plan's quantizers installed (what checkpoints and the compiler rebuild)."""
+def build_quantized_model(model: str, input_shape, num_classes: int, plan: QuantPlan, *,
+                          allow_factory: bool = False, where: str = "") -> nn.Module:
+    """Model with the plan's quantizers installed (what checkpoints and the compiler rebuild).
+
+    ``model``: a built-in name, or a factory reference (:mod:`lcq_train.factory`) built only with
+    ``allow_factory`` (importing it runs its code: the caller vouches that the user gave it; a
+    reference read from a checkpoint alone is refused, with the way to confirm it)."""
+    if is_factory(model):
+        if not allow_factory:
+            raise ValueError(f"the model {model!r} is a user model factory; building it imports and runs that code, "
+                             "which a checkpoint alone never does: rebuild it with "
+                             f"lcq_train.model_from_checkpoint(checkpoint, factory={model!r})")
+        return apply_plan(build_user_model(model, tuple(input_shape), num_classes, where), plan)
     return apply_plan(build_model(model, tuple(input_shape), num_classes), plan)
 
 
@@ -260,7 +271,7 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     augment = cfg.augment if cfg.augment is not None else data.input_shape == (3, 32, 32)
 
-    model = build_quantized_model(cfg.model, data.input_shape, data.num_classes, cfg.plan)
+    model = build_quantized_model(cfg.model, data.input_shape, data.num_classes, cfg.plan, allow_factory=True)
     if cfg.init and resume_state is None:
         _load_init(model, cfg.init)
     model.to(device)

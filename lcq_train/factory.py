@@ -1,0 +1,218 @@
+"""Your own network in ``lcq train``: ``--model MODULE:FACTORY`` or ``--model FILE.py:FACTORY``.
+
+A factory reference names a callable that builds the full-precision network (an ``nn.Module``):
+``mypackage.nets:vgg_small`` imports module ``mypackage.nets`` (installed, on ``PYTHONPATH`` or in
+the current directory) and ``path/to/nets.py:vgg_small`` runs that file as a module (its
+directory is added to ``sys.path``, as running it would). Either way **importing runs that code**:
+a reference is only ever imported because you passed it (``--model``, ``--config``, a
+:class:`~lcq_train.train.TrainConfig`, ``factory=`` of :func:`model_from_checkpoint`).
+
+The factory is called with keyword arguments ``num_classes`` and ``in_channels`` (the dataset's),
+and ``input_shape=(C, H, W)`` too if it has a parameter of that name (or ``**kwargs``); the
+trainer then quantizes what it returns with :func:`lcq_train.plan.quantize_model`.
+
+A checkpoint records the reference as the run's ``config.model`` (a file's path made absolute),
+and nothing else of the code: loading a checkpoint never imports it. ``lcq train --resume`` of
+such a run asks for the same ``--model`` again (the confirmation); :func:`model_from_checkpoint`
+for ``factory=`` the recorded reference. If the factory can no longer be imported, or now builds
+a network that does not fit the saved weights, the error says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from pathlib import Path
+
+__all__ = ["ModelChoice", "MODEL", "is_factory", "normalize_model", "load_factory", "build_user_model",
+           "model_from_checkpoint"]
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+def _split(ref: str) -> tuple[str, str] | None:
+    """(module or file, attribute path) of a factory reference, or None if ``ref`` is not one."""
+    if not isinstance(ref, str):
+        return None
+    where, colon, attr = ref.rpartition(":")
+    if not colon or not where or not _DOTTED.match(attr):
+        return None
+    if where.endswith(".py") or _DOTTED.match(where):
+        return where, attr
+    return None
+
+
+def is_factory(ref) -> bool:
+    """Whether ``ref`` has the form of a factory reference (MODULE:NAME or FILE.py:NAME; nothing is imported)."""
+    return _split(ref) is not None
+
+
+def normalize_model(value, name: str = "model") -> str:
+    """``value`` if it names a built-in model or is a factory reference (a file's path made
+    absolute); else ValueError naming ``name`` and the accepted forms."""
+    from .models import MODELS
+
+    if isinstance(value, str) and value in MODELS:
+        return value
+    parts = _split(value)
+    if parts is None:
+        raise ValueError(f"{name} must be one of {list(MODELS)} or a factory reference MODULE:FACTORY or "
+                         f"FILE.py:FACTORY (e.g. mypackage.nets:vgg_small), not {value!r}")
+    where, attr = parts
+    if where.endswith(".py"):
+        return f"{os.path.abspath(where)}:{attr}"
+    return value
+
+
+class ModelChoice:
+    """The rule of ``--model`` as an argparse type and a validator (:mod:`lcq_train.arguments` style)."""
+
+    def __init__(self):
+        self.__name__ = "model"
+
+    def __call__(self, text: str) -> str:
+        import argparse
+
+        try:
+            return normalize_model(text, "--model")
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("--model ")) from None
+
+    def check(self, value, name: str) -> str:
+        return normalize_model(value, name)
+
+
+MODEL = ModelChoice()
+
+
+def _import_file(path: str):
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"there is no file {path}")
+    key = "_lcq_user_model_" + re.sub(r"\W", "_", file.stem) + "_" + hashlib.sha1(str(file).encode()).hexdigest()[:10]
+    if key in sys.modules:
+        return sys.modules[key]
+    folder = str(file.parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    spec = importlib.util.spec_from_file_location(key, file)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return module
+
+
+def load_factory(ref: str, where: str = ""):
+    """The callable that factory reference ``ref`` names, imported (this runs its module's code).
+
+    ValueError says why it cannot be had (no such module or file, an error while importing it, no
+    such name, not callable); ``where`` (e.g. "recorded in runs/x/checkpoint.pt") goes into it."""
+    ref = normalize_model(ref, "a model factory")
+    parts = _split(ref)
+    if parts is None:
+        raise ValueError(f"{ref!r} is a built-in model, not a factory reference")
+    module_name, attr = parts
+    context = f"the model factory {ref!r}{' ' + where if where else ''}"
+    try:
+        if module_name.endswith(".py"):
+            module = _import_file(module_name)
+        else:
+            cwd = os.getcwd()
+            if cwd not in sys.path and "" not in sys.path:
+                sys.path.append(cwd)
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.split(".")[0] == e.name.split(".")[0] and module_name.startswith(e.name):
+            raise ValueError(f"cannot import {context}: there is no module {e.name!r} (it must be installed, on "
+                             "PYTHONPATH or in the current directory; or give FILE.py:FACTORY)") from None
+        raise ValueError(f"cannot import {context}: importing it raised ModuleNotFoundError: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"cannot import {context}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- the user's module failed: say so, with its error
+        raise ValueError(f"cannot import {context}: importing it raised {type(e).__name__}: {e}") from e
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                           and getattr(v, "__module__", None) == module.__name__)
+            raise ValueError(f"cannot import {context}: {module_name} has no {attr!r}"
+                             f"{f' (its callables: {names[:12]})' if names else ''}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"{context} is a {type(obj).__name__}, not a callable that builds a model")
+    return obj
+
+
+def build_user_model(ref: str, input_shape, num_classes: int, where: str = ""):
+    """The full-precision network that factory ``ref`` builds for ``input_shape`` (C, H, W) and
+    ``num_classes`` (the factory gets num_classes=, in_channels= and, if it takes it, input_shape=)."""
+    from torch import nn
+
+    factory = load_factory(ref, where)
+    kwargs = {"num_classes": int(num_classes), "in_channels": int(input_shape[0])}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = None
+    if params is not None:
+        if "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            kwargs["input_shape"] = tuple(int(n) for n in input_shape)
+        try:
+            inspect.signature(factory).bind(**kwargs)
+        except TypeError as e:
+            raise ValueError(f"the model factory {ref!r} cannot be called as {_call(ref, kwargs)} ({e}); a factory "
+                             "takes the keyword arguments num_classes and in_channels (and input_shape=(C, H, W) "
+                             "if it has that parameter)") from None
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the model factory {ref!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _call(ref: str, kwargs: dict) -> str:
+    return f"{ref.rpartition(':')[2]}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+
+
+def model_from_checkpoint(checkpoint, factory: str | None = None):
+    """The trained, quantized network of a checkpoint (a path, or the dict of
+    :func:`~lcq_train.checkpoint.load_checkpoint`) with its weights loaded, in eval mode.
+
+    A built-in model is rebuilt from its name. A run of your own network is rebuilt only with
+    ``factory`` equal to the reference the checkpoint records (``config.model``; the confirmation
+    that its code may run); ValueError says so otherwise, when it cannot be imported, and when it
+    now builds a network that does not fit the saved weights."""
+    from .checkpoint import load_checkpoint
+    from .plan import QuantPlan
+    from .train import build_quantized_model
+
+    where = str(checkpoint) if not isinstance(checkpoint, dict) else "the checkpoint"
+    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    recorded = state["config"]["model"]
+    if is_factory(recorded):
+        if factory is None:
+            raise ValueError(f"{where} holds a run of the user model {recorded!r}; rebuilding it imports and runs "
+                             f"that code, which loading a checkpoint never does by itself: pass factory={recorded!r} "
+                             "to confirm")
+        if normalize_model(factory, "factory") != recorded:
+            raise ValueError(f"{where} holds a run of the user model {recorded!r}, not of {factory!r}")
+    elif factory is not None and factory != recorded:
+        raise ValueError(f"{where} holds a run of the built-in model {recorded!r}, not of {factory!r}")
+    model = build_quantized_model(recorded, state["input_shape"], state["num_classes"],
+                                  QuantPlan.from_dict(state["plan"]), allow_factory=True,
+                                  where=f"recorded in {where}")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        raise ValueError(f"the model {recorded!r} no longer fits the weights saved in {where} ({lines[-1]}); "
+                         "has its code changed?") from None
+    return model.eval()

@@ -1,0 +1,249 @@
+"""The quantizable form of any PyTorch network, found by tracing its forward with ``torch.fx``.
+
+A model of :mod:`lcq_train.models` says itself which layers it quantizes (``model.quant_layers()``:
+(layer, activation quantizer feeding it) pairs). :func:`prepare` gives any other ``nn.Module`` the
+same form, following the paper's rules:
+
+- every ``nn.Conv2d`` and ``nn.Linear`` becomes a :class:`~lcq_train.layers.QConv2d` /
+  :class:`~lcq_train.layers.QLinear` (in place: the same module object, parameters, device and
+  hooks; its class changes and it gains an identity weight quantizer ``wq``);
+- an activation quantizer (:class:`~lcq_train.layers.QAct`, identity until a plan configures it)
+  is inserted where a tensor enters those layers: one per tensor, shared by the layers it feeds
+  (a residual block's conv and its projection shortcut read the same codes); it is called
+  ``act_<first layer it feeds, dots as _>``;
+- that quantizer is unsigned when the tensor cannot be negative: it comes from a ReLU (ReLU6,
+  sigmoid) or the input image, through pooling, flattening, reshaping, dropout, concatenation or
+  sums of such tensors; otherwise it is signed;
+- the quantizer that sees the input image itself (through such shape-only and pooling operations
+  alone) is the image quantizer: 8 bits, clip 1, frozen, so a pixel in [0, 1] maps to its uint8
+  code.
+
+The result is a :class:`QuantGraphModule`: a ``torch.fx.GraphModule`` that holds the model's own
+submodules (same names, so ``state_dict`` keys do not change but for the quantizers' ``alpha``
+and ``theta``) and has ``quant_layers()``. What cannot be quantized is a ValueError that says
+why: a forward that ``torch.fx`` cannot trace (data-dependent control flow: give the model a
+``quant_layers()`` method and QConv2d/QLinear/QAct layers instead), no conv or linear layer, a
+layer called twice, a convolution the accelerator does not run (1-d, 3-d, transposed), or a
+convolution or linear map called as a function (``F.conv2d``) rather than a module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import operator
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .layers import QAct, QConv2d, QLinear
+from .quantizer import Quantizer, QuantSpec
+
+__all__ = ["QuantGraphModule", "prepare", "quantizable"]
+
+_PAIRS, _IMAGE = "lcq_quant_layers", "lcq_image_input"     # keys of QuantGraphModule.meta
+
+
+class QuantGraphModule(fx.GraphModule):
+    """A traced network with its quantizers in place (:func:`prepare`); ``quant_layers()`` as the
+    built-in models have it, and ``image_input()``: the activation quantizer that sees the image."""
+
+    def quant_layers(self) -> list[tuple[str, str]]:
+        """(layer name, name of the activation quantizer feeding it), in forward order."""
+        return [tuple(pair) for pair in self.meta[_PAIRS]]
+
+    def image_input(self) -> str | None:
+        """Name of the activation quantizer of the raw input image (None: no layer sees it unchanged)."""
+        return self.meta[_IMAGE]
+
+
+def quantizable(model: nn.Module) -> bool:
+    """Whether ``model`` already declares its quantized layers (``quant_layers()``)."""
+    return callable(getattr(model, "quant_layers", None))
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (Quantizer, QConv2d, QLinear)) or super().is_leaf_module(m, qualname)
+
+
+_LAYERS = (nn.Conv2d, nn.Linear)
+_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
+_FUNCTIONAL = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
+               F.bilinear, torch.conv1d, torch.conv2d, torch.conv3d}
+# Operations whose output is >= 0 whatever their input.
+_NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
+_NONNEGATIVE_FUNCTIONS = {F.relu, F.relu6, torch.relu, torch.relu_, torch.sigmoid, F.sigmoid, F.hardsigmoid,
+                          F.softmax, torch.softmax}
+_NONNEGATIVE_METHODS = {"relu", "relu_", "sigmoid", "softmax"}
+# Operations that keep their input's sign and values (up to selection and averaging): they keep a
+# tensor non-negative, and keep the raw image the raw image.
+_SHAPE_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity,
+                  nn.Dropout, nn.Dropout2d, nn.Unflatten)
+_SHAPE_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.dropout,
+                    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
+                    operator.getitem}
+_SHAPE_METHODS = {"flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
+                  "mean", "clone", "detach", "float", "to"}
+# Operations whose output is >= 0 when all their tensor inputs are.
+_COMBINING_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, torch.mul, torch.cat, torch.maximum,
+                        torch.minimum, torch.sum, torch.mean}
+_COMBINING_METHODS = {"add", "add_", "mul", "mul_", "sum"}
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    return [n for n in node.all_input_nodes if n.op != "get_attr"]
+
+
+def _kind(node: fx.Node, modules: dict) -> str:
+    """How ``node`` treats the sign of its inputs: "nonnegative", "shape", "combine" or "other"."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, _NONNEGATIVE_MODULES):
+            return "nonnegative"
+        return "shape" if isinstance(m, _SHAPE_MODULES) else "other"
+    if node.op == "call_function":
+        if node.target in _NONNEGATIVE_FUNCTIONS:
+            return "nonnegative"
+        if node.target in _SHAPE_FUNCTIONS:
+            return "shape"
+        return "combine" if node.target in _COMBINING_FUNCTIONS else "other"
+    if node.op == "call_method":
+        if node.target in _NONNEGATIVE_METHODS:
+            return "nonnegative"
+        if node.target in _SHAPE_METHODS:
+            return "shape"
+        return "combine" if node.target in _COMBINING_METHODS else "other"
+    return "other"
+
+
+def _nonnegative(node: fx.Node, modules: dict, memo: dict) -> bool:
+    if node not in memo:
+        memo[node] = False          # cycles cannot occur in a graph; this only guards the recursion
+        kind = _kind(node, modules)
+        inputs = _tensor_inputs(node)
+        if node.op == "placeholder":
+            memo[node] = True       # the image, pixels in [0, 1]
+        elif kind == "nonnegative":
+            memo[node] = True
+        elif kind == "shape":
+            memo[node] = bool(inputs) and _nonnegative(inputs[0], modules, memo)
+        elif kind == "combine":
+            memo[node] = bool(inputs) and all(_nonnegative(n, modules, memo) for n in inputs)
+    return memo[node]
+
+
+def _is_image(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` is the model's first input, or comes from it by shape-only or pooling operations."""
+    while True:
+        if node.op == "placeholder":
+            return next(iter(n for n in node.graph.nodes if n.op == "placeholder")) is node
+        inputs = _tensor_inputs(node)
+        if _kind(node, modules) != "shape" or not inputs:
+            return False
+        node = inputs[0]
+
+
+def _defaults(model: nn.Module) -> dict | None:
+    """forward's parameters after the first that have defaults (flags such as ``return_features=False``):
+    traced at those values."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return None
+    fixed = {p.name: p.default for p in params if p.default is not p.empty
+             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return fixed or None
+
+
+def _layer_input(node: fx.Node) -> fx.Node:
+    x = node.args[0] if node.args else node.kwargs.get("input")
+    if not isinstance(x, fx.Node):
+        raise ValueError(f"layer {node.target!r} is called on {x!r}, not on a tensor of the network")
+    return x
+
+
+def prepare(model: nn.Module, check=None) -> QuantGraphModule:
+    """``model`` traced, with its conv and linear layers made quantizable and activation quantizers
+    inserted where tensors enter them (all identity until a plan configures them).
+
+    ``model``'s Conv2d and Linear modules change class in place (their parameters stay); the
+    returned module holds them under the same names. ValueError says what cannot be quantized;
+    it is raised before anything is changed, as is any error of ``check(pairs)`` (called, when
+    given, with what ``quant_layers()`` will return)."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"a model to quantize must be a torch.nn.Module, not {type(model).__name__}")
+    name = type(model).__name__
+    try:
+        graph = _Tracer().trace(model, concrete_args=_defaults(model))
+    except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot quantize {name}: torch.fx cannot trace its forward ({type(e).__name__}: {reason}). "
+                         "Its forward must not branch on tensor values; or write the model with lcq_train.layers "
+                         "(QConv2d, QLinear, QAct) and give it a quant_layers() method listing (layer, activation "
+                         "quantizer) pairs, as the models of lcq_train.models do") from None
+    modules = dict(model.named_modules())
+    layers: list[fx.Node] = []
+    problems = []
+    for node in graph.nodes:
+        if node.op == "call_module":
+            m = modules[node.target]
+            if isinstance(m, _UNSUPPORTED):
+                problems.append(f"{node.target!r} is a {type(m).__name__}, which the accelerator does not run "
+                                "(it runs Conv2d and Linear)")
+            elif isinstance(m, _LAYERS):
+                if type(m) not in (nn.Conv2d, nn.Linear, QConv2d, QLinear):
+                    base = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
+                    problems.append(f"{node.target!r} is a {type(m).__name__} (a subclass of {base} with its own "
+                                    f"behaviour); use torch.nn.{base}")
+                elif any(n.target == node.target for n in layers):
+                    problems.append(f"layer {node.target!r} is called more than once in forward; a quantized layer "
+                                    "must be called once (use one module per call)")
+                layers.append(node)
+        elif node.op == "call_function" and node.target in _FUNCTIONAL:
+            problems.append(f"forward calls {getattr(node.target, '__name__', node.target)} directly (node "
+                            f"{node.name!r}); use a torch.nn.Conv2d / Linear module so that it can be quantized")
+    if problems:
+        raise ValueError(f"cannot quantize {name}: " + "; ".join(problems))
+    if not layers:
+        raise ValueError(f"cannot quantize {name}: it has no torch.nn.Conv2d or torch.nn.Linear layer "
+                         "called in forward")
+
+    gm = QuantGraphModule(model, graph, class_name=name)
+    memo: dict = {}
+    taken = set(dict(gm.named_modules())) | {n for n, _ in gm.named_parameters()} | {n for n, _ in gm.named_buffers()}
+    acts: dict[fx.Node, str] = {}          # a layer's input (and its quantizer's node) -> the quantizer's name
+    layer_set = set(layers)
+    pairs, image = [], None
+    for node in layers:
+        x = _layer_input(node)
+        if x not in acts:
+            act = base = "act_" + node.target.replace(".", "_")
+            i = 1
+            while act in taken or hasattr(gm, act):
+                i += 1
+                act = f"{base}_{i}"
+            taken.add(act)
+            signed = not _nonnegative(x, modules, memo)
+            if image is None and not pairs and _is_image(x, modules):
+                image = act
+            gm.add_submodule(act, QAct(signed=signed))
+            with gm.graph.inserting_after(x):
+                q = gm.graph.call_module(act, (x,))
+            acts[x] = acts[q] = act
+            for user in [u for u in x.users if u in layer_set]:
+                user.replace_input_with(x, q)
+        pairs.append((node.target, acts[x]))
+    if check is not None:
+        check(pairs)
+    for node in layers:          # now nothing can fail: make the layers quantizable
+        m = gm.get_submodule(node.target)
+        if type(m) in (nn.Conv2d, nn.Linear):
+            m.__class__ = QConv2d if type(m) is nn.Conv2d else QLinear
+            m.wq = Quantizer(QuantSpec(), signed=True, weight_norm=True)
+    gm.graph.lint()
+    gm.recompile()
+    gm.meta[_PAIRS] = pairs
+    gm.meta[_IMAGE] = image
+    gm.train(model.training)
+    return gm
