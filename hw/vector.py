@@ -13,9 +13,16 @@ bit-exact with :func:`compiler.reference.execute`:
   written after both its reads, so ``dst`` may be ``src_a`` or ``src_b``.
 - POOL: per channel, ``s = sum over positions of u`` with ``u = sign * (x * 2^frac_bits - offset)``,
   then ``max(0, u)`` where ``relu``; the code is the number of the channel's (ascending)
-  thresholds that ``s`` reaches, found by a binary search over one threshold memory
-  (``pool_code_bits`` steps, one comparator) instead of ``2^b - 1`` parallel comparators: the
-  8-bit pooled codes would need 255 wide comparators for one code per channel.
+  thresholds that ``s`` reaches, found by a binary search (``pool_code_bits`` steps, one
+  comparator) instead of ``2^b - 1`` parallel comparators: the 8-bit pooled codes would need
+  255 wide comparators for one code per channel. The thresholds are either computed
+  (``pool_form`` "arithmetic", :mod:`hw.vector_params`): ``T[c] = ceil((B + c * S) / 2^k)``,
+  so ``s >= T[c]`` iff ``s * 2^k >= B + c * S``; with the code found so far ``code`` and the
+  probe ``p`` (one-hot, from ``2^(b-1)`` down) the candidate ``c = code + p - 1`` gives
+  ``B + c * S = B' + code * S + p * S`` (``B' = B - S``, stored per channel with ``S``), where
+  ``code * S`` is kept by adding ``p * S`` whenever ``code`` takes ``p``, and ``p * S`` by
+  shifting ``S << (b - 1)`` right each step: adders only, no multiplier and no threshold
+  memory; or read from a threshold memory (``pool_form`` "table", ``2^b`` words per channel).
 
 Constants are loaded by ``(target, addr, data)`` beats (:mod:`hw.vector_words`).
 """
@@ -72,7 +79,8 @@ class VectorUnit(wiring.Component):
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
     channel's ``positions`` values (one per cycle), waits 2 cycles for the sum, searches its
     thresholds (2 cycles per code bit: read, compare) and presents the code's write in the next
-    channel's first cycle.
+    channel's first cycle (the arithmetic form computes ``B' + code * S + p * S`` where the table
+    form reads the threshold: the same cycles).
     """
 
     def __init__(self, params: VectorParams):
@@ -234,20 +242,25 @@ class VectorUnit(wiring.Component):
         pending.append(b1)
 
         if pool_hw:
-            self._pool(m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane)
+            self._pool(m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,
+                       fsm.ongoing("SEARCH"))
 
         m.d.comb += busy.eq(~fsm.ongoing("IDLE") | Cat(*pending).any() | self.val_write_en | self.code_write_en)
         m.d.comb += self.busy.eq(busy)
         return m
 
-    def _pool(self, m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane):
-        """The pool datapath: constants and thresholds memories, ``u`` and the sum, the search step."""
+    def _pool(self, m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,
+              searching):
+        """The pool datapath: constants (and thresholds) memories, ``u`` and the sum, the search step."""
         p = self.params
         b = p.pool_code_bits
         m.submodules.pool_constants = constants = Memory(shape=p.pool_constant_bits, depth=p.pool_slots, init=[])
-        m.submodules.pool_thresholds = thresholds = Memory(shape=signed(p.pool_threshold_bits),
-                                                           depth=p.pool_threshold_depth, init=[])
-        for memory, target in ((constants, POOL_CONSTANTS), (thresholds, POOL_THRESHOLDS)):
+        memories = [(constants, POOL_CONSTANTS)]
+        if not p.pool_arithmetic:
+            m.submodules.pool_thresholds = thresholds = Memory(shape=signed(p.pool_threshold_bits),
+                                                               depth=p.pool_threshold_depth, init=[])
+            memories.append((thresholds, POOL_THRESHOLDS))
+        for memory, target in memories:
             write = memory.write_port()
             m.d.comb += [write.en.eq(load & (self.load_target == target)), write.addr.eq(self.load_addr),
                          write.data.eq(self.load_data)]
@@ -257,7 +270,7 @@ class VectorUnit(wiring.Component):
         word = const_read.data
         relu = word[POOL_RELU_BIT]
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()
-        offset = word[POOL_OFFSET_SHIFT:].as_signed()
+        offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()
         # Stage 1: t = x * 2^frac - offset; stage 2: u = relu(sign * t), summed.
         pool1 = delays(m, issue_pool, 1, "pool")[1]
         t, t_valid = Signal(signed(p.value_bits + p.max_frac_bits + 1)), Signal()
@@ -267,12 +280,31 @@ class VectorUnit(wiring.Component):
         u = Mux(relu & signed_t[-1], 0, signed_t)
         with m.If(t_valid):
             m.d.sync += total.eq(total + u)
-        # Search step: read threshold ``code | probe`` (index - 1), then compare the sum with it.
+        # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): first half,
+        # read its threshold (table) or compute ``B' + code * S + probe * S`` (arithmetic); second
+        # half, compare the sum (times ``2^k``) with it.
         cand = code | probe
-        thr_read = thresholds.read_port()
-        m.d.comb += thr_read.addr.eq(Cat((cand - 1)[:b], slot))
         found = Signal(b)
-        m.d.comb += found.eq(Mux(total >= thr_read.data, cand, code))
+        if p.pool_arithmetic:
+            base = word[p.pool_base_shift:p.pool_base_shift + p.pool_base_bits].as_signed()
+            step = word[p.pool_step_shift:p.pool_step_shift + p.pool_step_bits]
+            acc = Signal(p.pool_step_bits + b)             # code * S
+            probe_step = Signal(p.pool_step_bits + b - 1)  # probe * S
+            bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1))
+            passed = (total << p.pool_shift) >= bound
+            m.d.sync += bound.eq(base + acc + probe_step)
+            # Before the search (the channel's constants are read by then): code 0, probe 2^(b-1).
+            with m.If(~searching):
+                m.d.sync += [acc.eq(0), probe_step.eq(step << (b - 1))]
+            with m.Elif(compare):
+                m.d.sync += probe_step.eq(probe_step >> 1)
+                with m.If(passed):
+                    m.d.sync += acc.eq(acc + probe_step)
+        else:
+            thr_read = thresholds.read_port()
+            m.d.comb += thr_read.addr.eq(Cat((cand - 1)[:b], slot))
+            passed = total >= thr_read.data
+        m.d.comb += found.eq(Mux(passed, cand, code))
         with m.If(compare & ~probe[0]):          # after the last step, the next channel starts at 0
             m.d.sync += code.eq(found)
         with m.If(pool_write):

@@ -8,6 +8,18 @@ of every activate node, all resident) and the constants of every
 :class:`~compiler.graph.PoolNode` (``pool_*``). What changes per op goes into the unit's op
 registers (:data:`OP_REGISTERS`, computed by :func:`hw.vector_words.op_registers`).
 
+Pool thresholds come in one of two forms (``pool_form``):
+
+- ``"arithmetic"``: every channel's ``2^b - 1`` thresholds are ``T[c] = ceil((B + c * S) / 2^k)``
+  for integers ``B``, ``S >= 0`` and one shift ``k`` (``pool_shift``) for the whole unit
+  (:func:`fit_progression`; exact, checked with Python integers). A pooled code feeds a layer
+  whose activation quantizer is uniform, so its thresholds are an arithmetic progression up to
+  rounding and ``k`` near ``log2(2^b)`` reproduces them. The unit stores ``B' = B - S`` and
+  ``S`` per channel next to its pool constants, and no threshold table.
+- ``"table"``: every threshold stored, ``2^pool_code_bits`` words per channel.
+
+:meth:`VectorParams.for_model` picks the arithmetic form when every pool node of the model has one.
+
 Pure Python: the host and the compiler side import it without Amaranth.
 """
 
@@ -34,14 +46,20 @@ OP_BITS = 2
 OP_REGISTERS = ("op", "src_a", "src_b", "dst", "channels", "positions", "slot_base", "frac_bits")
 
 # Load targets (``load_target``): a channel's activate-threshold word, a pool channel's
-# (relu, sign, offset) word, one pool threshold.
+# (relu, sign, offset[, B', S]) word, one pool threshold (table form only).
 TARGETS = ("act_thresholds", "pool_constants", "pool_thresholds")
 ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS = range(len(TARGETS))
 VECTOR_TARGETS = len(TARGETS)
 TARGET_BITS = 2
 
-# A POOL_CONSTANTS word: bit 0 relu, bits 1-2 the sign (two's complement), offset from bit 3.
+# A POOL_CONSTANTS word: bit 0 relu, bits 1-2 the sign (two's complement), offset from bit 3;
+# in the arithmetic form then B' (two's complement, ``pool_base_bits``) and S (``pool_step_bits``).
 POOL_RELU_BIT, POOL_SIGN_SHIFT, POOL_SIGN_BITS, POOL_OFFSET_SHIFT = 0, 1, 2, 3
+
+# Forms of the pool thresholds (``pool_form``) and the largest shift ``k`` of the arithmetic form.
+POOL_FORMS = ("arithmetic", "table")
+MAX_POOL_SHIFT = 32
+MAX_POOL_BASE_BITS = 128
 
 # Cycles of the pipelines (see :meth:`VectorParams.op_cycles`): ACTIVATE from an element's
 # read to its write (read, :class:`hw.thresholds.ThresholdUnit` of latency 2, the write
@@ -80,6 +98,97 @@ def pool_needs(node: PoolNode, info: TensorInfo) -> dict[str, int]:
             "sum_bits": signed_bits(total), "frac_bits": node.frac_bits, "slots": info.shape[0]}
 
 
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def fit_progression(row: list[int], shift: int, padding: int = 0,
+                    never: int = 0) -> tuple[int, int] | None:
+    """Integers ``(B, S)``, ``S >= 0``, with ``ceil((B + c * S) / 2^shift) == row[c]`` for every
+    ``c < len(row)`` and ``>= never`` for the ``padding`` indices after them (thresholds no sum
+    reaches); None where there are none. Exact (Python integers).
+
+    With ``L_c = (row[c] - 1) * 2^shift + 1`` and ``U_c = row[c] * 2^shift`` (no upper bound for a
+    padding index) the condition is ``L_c <= B + c * S <= U_c`` for all ``c``; for a given ``S``,
+    ``B`` may be anything in ``[max_c(L_c - c S), min_c(U_c - c S)]``, whose width ``f(S)`` is
+    concave in ``S``. Where ``f(S) < 0`` the indices of that max and min tell on which side of
+    ``S`` the feasible ``S`` lie (if any), so a binary search between the bounds that the pairs
+    ``(0, c)`` give finds one. ``B`` is the feasible value nearest 0.
+    """
+    row = [int(t) for t in row]
+    n, one = len(row), 1 << shift
+    if n < 1:
+        raise ValueError("a channel has at least one threshold")
+    low = [(t - 1) * one + 1 for t in row] + [(int(never) - 1) * one + 1] * padding
+    high = [t * one for t in row]
+    lo = max([0] + [_ceil_div(low[j] - high[0], j) for j in range(1, len(low))])
+    hi = (high[-1] - low[0]) // (n - 1) if n > 1 else lo
+    found = None
+    while lo <= hi:
+        s = (lo + hi) // 2
+        up_c = min(range(n), key=lambda c: high[c] - c * s)
+        low_c = max(range(len(low)), key=lambda c: low[c] - c * s)
+        upper, lower = high[up_c] - up_c * s, low[low_c] - low_c * s
+        if lower <= upper:
+            found = (min(max(0, lower), upper), s)
+            break
+        if low_c > up_c:
+            lo = s + 1
+        else:
+            hi = s - 1
+    if found is None:
+        return None
+    b, s = found
+    ok = all(_ceil_div(b + c * s, one) == t for c, t in enumerate(row)) and \
+        all(_ceil_div(b + c * s, one) >= never for c in range(n, n + padding))
+    assert ok, (row, shift, found)
+    return found
+
+
+def pool_rows(node: PoolNode, code_bits: int) -> list[list[int]]:
+    """The thresholds of every channel of ``node`` (Python integers), before padding to ``code_bits``."""
+    t = np.asarray(node.stage.thresholds, dtype=np.int64)
+    if t.ndim != 2 or t.shape[1] != 2 ** node.stage.bits - 1 or node.stage.bits > code_bits:
+        raise ValueError(f"pool node {node.name!r}: {node.stage.bits}-bit thresholds of shape {t.shape} do not "
+                         f"fit {code_bits}-bit codes")
+    return t.tolist()
+
+
+def pool_progressions(node: PoolNode, info: TensorInfo, code_bits: int,
+                      shift: int) -> list[tuple[int, int]] | None:
+    """Each channel's ``(B, S)`` (:func:`fit_progression`) of ``node`` (input ``info``) in a unit of
+    ``code_bits`` pooled codes at ``shift``; a narrower node's padding thresholds are never passed
+    (above :func:`pool_sum_bound`). None where a channel has none (or its thresholds descend)."""
+    if np.asarray(node.stage.descending).any():
+        return None
+    padding = 2 ** code_bits - 2 ** node.stage.bits
+    never = pool_sum_bound(node, info.shape, info.bound) + 1
+    fits = []
+    for row in pool_rows(node, code_bits):
+        fit = fit_progression(row, shift, padding, never)
+        if fit is None:
+            return None
+        fits.append(fit)
+    return fits
+
+
+def pool_shift(node: PoolNode, info: TensorInfo, code_bits: int) -> int | None:
+    """The smallest shift ``k`` (0..:data:`MAX_POOL_SHIFT`) at which ``node`` has the arithmetic form
+    (:func:`pool_progressions`), or None. A form at ``k`` gives one at every larger ``k``
+    (``(2B, 2S)``), so a unit takes the largest of its nodes'."""
+    for k in range(MAX_POOL_SHIFT + 1):
+        if pool_progressions(node, info, code_bits, k) is not None:
+            return k
+    return None
+
+
+def progression_bits(fits: list[tuple[int, int]]) -> tuple[int, int]:
+    """``(base_bits, step_bits)``: the signed width of every ``B' = B - S`` (at least 2) and the
+    unsigned width of every ``S`` (at least 1)."""
+    return (max(2, max(signed_bits(abs(b - s)) for b, s in fits)),
+            max(1, max(int(s).bit_length() for _, s in fits)))
+
+
 def _bits(largest: int) -> int:
     """Unsigned bits of ``0..largest`` (at least 1)."""
     return max(1, int(largest).bit_length())
@@ -96,10 +205,13 @@ class VectorParams:
       ``lane_bits``), ``act_threshold_bits`` (signed width of a stored threshold, 2..``value_bits
       + 1``), ``act_slots`` (channels of all activate nodes together).
     - Pooling: ``pool_slots`` (channels of all pool nodes; 0: no pool hardware, then every
-      ``pool_*`` and ``max_frac_bits`` is 0), ``pool_code_bits`` (1..8, at most ``lane_bits``),
-      ``pool_threshold_bits`` (2..65), ``pool_offset_bits`` (signed,
+      ``pool_*`` width and ``max_frac_bits`` is 0 and ``pool_form`` "table"), ``pool_code_bits``
+      (1..8, at most ``lane_bits``), ``pool_offset_bits`` (signed,
       1..``value_bits + max_frac_bits``), ``pool_sum_bits`` (signed sums, 2..64),
-      ``max_frac_bits`` (0..24).
+      ``max_frac_bits`` (0..24), ``pool_form`` (:data:`POOL_FORMS`, module docstring) and its widths:
+      "table": ``pool_threshold_bits`` (a stored threshold, signed, 2..65; the arithmetic widths 0);
+      "arithmetic": ``pool_shift`` (``k``, 0..32), ``pool_base_bits`` (``B'``, signed, 2..128),
+      ``pool_step_bits`` (``S``, 1..128), ``pool_threshold_bits`` 0.
     """
 
     lanes: int
@@ -116,6 +228,10 @@ class VectorParams:
     pool_offset_bits: int = 0
     pool_sum_bits: int = 0
     max_frac_bits: int = 0
+    pool_form: str = "table"
+    pool_shift: int = 0
+    pool_base_bits: int = 0
+    pool_step_bits: int = 0
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -135,16 +251,30 @@ class VectorParams:
         else:
             for name in ("act_threshold_bits", "act_slots"):
                 check(name, 0, 0)
+        if self.pool_form not in POOL_FORMS:
+            raise ValueError(f"pool_form must be one of {', '.join(map(repr, POOL_FORMS))}, got {self.pool_form!r}")
+        arithmetic = ("pool_shift", "pool_base_bits", "pool_step_bits")
         if self.pool_slots:
             check("max_frac_bits", *FRAC_BITS)
             check("pool_code_bits", 1, self.lane_bits)
             check("pool_sum_bits", 2, MAX_VALUE_BITS)
-            check("pool_threshold_bits", 2, MAX_VALUE_BITS + 1)
             check("pool_offset_bits", 1, self.value_bits + self.max_frac_bits)
+            if self.pool_form == "table":
+                check("pool_threshold_bits", 2, MAX_VALUE_BITS + 1)
+                for name in arithmetic:
+                    check(name, 0, 0)
+            else:
+                check("pool_threshold_bits", 0, 0)
+                check("pool_shift", 0, MAX_POOL_SHIFT)
+                check("pool_base_bits", 2, MAX_POOL_BASE_BITS)
+                check("pool_step_bits", 1, MAX_POOL_BASE_BITS)
         else:
             for name in ("pool_code_bits", "pool_threshold_bits", "pool_offset_bits", "pool_sum_bits",
-                         "max_frac_bits"):
+                         "max_frac_bits", *arithmetic):
                 check(name, 0, 0)
+            if self.pool_form != "table":
+                raise ValueError(f"pool_form must be 'table' without pool hardware (pool_slots=0), got "
+                                 f"{self.pool_form!r}")
 
     # Widths of the ports and op registers.
 
@@ -189,18 +319,36 @@ class VectorParams:
         return threshold_word_bits(self.act_code_bits, self.act_threshold_bits) if self.act_code_bits else 0
 
     @property
+    def pool_arithmetic(self) -> bool:
+        """Whether the pool thresholds are in the arithmetic form (per channel ``B'`` and ``S``)."""
+        return self.pool_form == "arithmetic"
+
+    @property
+    def pool_base_shift(self) -> int:
+        """Lowest bit of ``B'`` in a POOL_CONSTANTS word (arithmetic form)."""
+        return POOL_OFFSET_SHIFT + self.pool_offset_bits
+
+    @property
+    def pool_step_shift(self) -> int:
+        """Lowest bit of ``S`` in a POOL_CONSTANTS word (arithmetic form)."""
+        return self.pool_base_shift + self.pool_base_bits
+
+    @property
     def pool_constant_bits(self) -> int:
-        """A POOL_CONSTANTS word: relu, sign, offset; 0 without pool hardware."""
-        return POOL_OFFSET_SHIFT + self.pool_offset_bits if self.pool_slots else 0
+        """A POOL_CONSTANTS word: relu, sign, offset (and ``B'``, ``S`` in the arithmetic form); 0
+        without pool hardware."""
+        return self.pool_step_shift + self.pool_step_bits if self.pool_slots else 0
 
     @property
     def pool_threshold_depth(self) -> int:
-        """Words of the pool-threshold memory: ``2^pool_code_bits`` per slot (the last unused)."""
-        return self.pool_slots << self.pool_code_bits
+        """Words of the pool-threshold memory: ``2^pool_code_bits`` per slot (the last unused); 0 in
+        the arithmetic form (no table)."""
+        return 0 if self.pool_arithmetic else self.pool_slots << self.pool_code_bits
 
     @property
     def target_bits(self) -> tuple[int, int, int]:
-        """Data bits of a load beat to each target (:data:`TARGETS` order); 0 for one the unit lacks."""
+        """Data bits of a load beat to each target (:data:`TARGETS` order); 0 for one the unit lacks
+        (POOL_THRESHOLDS in the arithmetic form)."""
         return self.act_word_bits, self.pool_constant_bits, self.pool_threshold_bits
 
     @property
@@ -242,8 +390,9 @@ class VectorParams:
                 mems += [("act_thresholds", self.act_threshold_bits, self.act_slots, s),
                          ("act_descending", 1, self.act_slots, 1)]
         if self.pool_slots:
-            mems += [("pool_constants", self.pool_constant_bits, self.pool_slots, 1),
-                     ("pool_thresholds", self.pool_threshold_bits, self.pool_threshold_depth, 1)]
+            mems.append(("pool_constants", self.pool_constant_bits, self.pool_slots, 1))
+            if not self.pool_arithmetic:
+                mems.append(("pool_thresholds", self.pool_threshold_bits, self.pool_threshold_depth, 1))
         return mems
 
     def memory_bits(self) -> dict[str, int]:
@@ -273,6 +422,8 @@ class VectorParams:
         """The smallest unit that runs every activate, add and pool node of ``model`` on data memories
         of the given shape: each width exactly what the widest node needs (from the value bounds
         :meth:`~compiler.graph.CompiledModel.validate` propagates), every node's constants resident.
+        The pool thresholds take the arithmetic form where every pool node has one (at the largest of
+        the nodes' smallest shifts, :func:`pool_shift`), else the table form.
         Raises ValueError when ``value_bits`` or ``lane_bits`` cannot hold the model's tensors."""
         info = model.validate()
         acts = [activate_needs(n, info[n.input]) for n in model.nodes if isinstance(n, ActivateNode)]
@@ -297,10 +448,17 @@ class VectorParams:
             return {"code_bits": code, "threshold_bits": width, "slots": sum(n["slots"] for n in needs)}
 
         act, pool = shape(acts), shape(pools)
+        form = {"pool_form": "table", "pool_threshold_bits": pool["threshold_bits"]}
+        nodes = [(n, info[n.input]) for n in model.nodes if isinstance(n, PoolNode)]
+        shifts = [pool_shift(n, i, pool["code_bits"]) for n, i in nodes]
+        if nodes and None not in shifts:
+            k = max(shifts)
+            widths = [progression_bits(pool_progressions(n, i, pool["code_bits"], k)) for n, i in nodes]
+            form = {"pool_form": "arithmetic", "pool_threshold_bits": 0, "pool_shift": k,
+                    "pool_base_bits": max(w[0] for w in widths), "pool_step_bits": max(w[1] for w in widths)}
         return cls(lanes=lanes, lane_bits=lane_bits, value_bits=value_bits, value_depth=value_depth,
                    code_depth=code_depth, act_code_bits=act["code_bits"], act_threshold_bits=act["threshold_bits"],
-                   act_slots=act["slots"], pool_slots=pool["slots"], pool_code_bits=pool["code_bits"],
-                   pool_threshold_bits=pool["threshold_bits"],
+                   act_slots=act["slots"], pool_slots=pool["slots"], pool_code_bits=pool["code_bits"], **form,
                    pool_offset_bits=max((n["offset_bits"] for n in pools), default=0),
                    pool_sum_bits=max((max(2, n["sum_bits"]) for n in pools), default=0),
                    max_frac_bits=max((n["frac_bits"] for n in pools), default=0))

@@ -12,9 +12,15 @@ Words:
   ``act_threshold_bits`` thresholds; a node with narrower codes than ``act_code_bits`` is padded
   with thresholds that no value passes (``bound + 1``, ascending; ``-(bound + 1)``, descending).
 - POOL_CONSTANTS, address ``slot``: ``relu | sign << 1 | offset << 3`` (sign and offset two's
-  complement, :data:`~hw.vector_params.POOL_SIGN_BITS` and ``pool_offset_bits`` wide).
-- POOL_THRESHOLDS, address ``slot << pool_code_bits | i``: threshold ``i`` (``0..2^pool_code_bits - 2``)
-  of the channel, two's complement; narrower codes are padded with ``largest sum + 1``.
+  complement, :data:`~hw.vector_params.POOL_SIGN_BITS` and ``pool_offset_bits`` wide); in the
+  arithmetic form (``pool_form``) then ``B' = B - S`` (two's complement, ``pool_base_bits``, from
+  bit ``pool_base_shift``) and ``S`` (``pool_step_bits``, from ``pool_step_shift``) of the
+  channel's thresholds ``T[c] = ceil((B + c * S) / 2^pool_shift)``
+  (:func:`~hw.vector_params.fit_progression`; a narrower node's padding indices lie above the
+  largest sum).
+- POOL_THRESHOLDS (table form only), address ``slot << pool_code_bits | i``: threshold ``i``
+  (``0..2^pool_code_bits - 2``) of the channel, two's complement; narrower codes are padded with
+  ``largest sum + 1``.
 
 Pure Python (no Amaranth).
 """
@@ -28,10 +34,11 @@ from compiler.graph import ActivateNode, AddNode, CompiledModel, PoolNode, Tenso
 from .stage_words import thresholds_array, threshold_words
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT,
                             POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs,
-                            pool_needs, pool_sum_bound)
+                            pool_needs, pool_progressions, pool_sum_bound, progression_bits)
 
 __all__ = ["ACT_THRESHOLDS", "POOL_CONSTANTS", "POOL_THRESHOLDS", "TARGETS", "Beat", "constant_beats",
-           "op_registers", "slot_bases", "activate_words", "pool_constant_words", "pool_threshold_words"]
+           "op_registers", "slot_bases", "activate_words", "pool_constant_words", "pool_threshold_words",
+           "node_progressions"]
 
 Beat = tuple[int, int, int]
 FIX = "generate the unit for this model (VectorParams.for_model)"
@@ -65,17 +72,40 @@ def activate_words(params: VectorParams, node: ActivateNode, bound: int) -> list
     return threshold_words(stage, params.act_threshold_bits)
 
 
-def pool_constant_words(params: VectorParams, node: PoolNode) -> list[int]:
-    """POOL_CONSTANTS words of ``node``, one per channel."""
+def node_progressions(params: VectorParams, node: PoolNode, info: TensorInfo) -> list[tuple[int, int]]:
+    """Each channel's ``(B, S)`` of ``node`` (input ``info``) at the unit's ``pool_shift``
+    (:func:`~hw.vector_params.pool_progressions`); ValueError where the node has none there."""
+    fits = pool_progressions(node, info, params.pool_code_bits, params.pool_shift)
+    if fits is None:
+        raise ValueError(f"pool node {node.name!r}: its thresholds are not ceil((B + c * S) / 2^{params.pool_shift}) "
+                         f"in every channel (the unit's arithmetic form, pool_shift={params.pool_shift}); {FIX}")
+    return fits
+
+
+def pool_constant_words(params: VectorParams, node: PoolNode, info: TensorInfo) -> list[int]:
+    """POOL_CONSTANTS words of ``node`` (input ``info``), one per channel."""
     sign_mask, offset_mask = (1 << POOL_SIGN_BITS) - 1, (1 << params.pool_offset_bits) - 1
-    return [int(r) | (int(s) & sign_mask) << POOL_SIGN_SHIFT | (int(o) & offset_mask) << POOL_OFFSET_SHIFT
-            for s, r, o in zip(np.asarray(node.sign).tolist(), np.asarray(node.relu).tolist(),
-                               np.asarray(node.offset).tolist())]
+    words = [int(r) | (int(s) & sign_mask) << POOL_SIGN_SHIFT | (int(o) & offset_mask) << POOL_OFFSET_SHIFT
+             for s, r, o in zip(np.asarray(node.sign).tolist(), np.asarray(node.relu).tolist(),
+                                np.asarray(node.offset).tolist())]
+    if not params.pool_arithmetic:
+        return words
+    fits = node_progressions(params, node, info)
+    base_bits, step_bits = progression_bits(fits)
+    if base_bits > params.pool_base_bits or step_bits > params.pool_step_bits:
+        raise ValueError(f"pool node {node.name!r}: B' and S need {base_bits} and {step_bits} bits "
+                         f"(pool_base_bits={params.pool_base_bits}, pool_step_bits={params.pool_step_bits}); {FIX}")
+    base_mask = (1 << params.pool_base_bits) - 1
+    return [w | ((b - s) & base_mask) << params.pool_base_shift | s << params.pool_step_shift
+            for w, (b, s) in zip(words, fits)]
 
 
 def pool_threshold_words(params: VectorParams, node: PoolNode, info: TensorInfo) -> list[list[int]]:
     """POOL_THRESHOLDS words of ``node`` (input ``info``): per channel, its ``2^pool_code_bits - 1``
-    thresholds, ascending (the unit searches them binarily)."""
+    thresholds, ascending (the unit searches them binarily). Table form only."""
+    if params.pool_arithmetic:
+        raise ValueError("the unit holds its pool thresholds in the arithmetic form (pool_form='arithmetic'): "
+                         "no threshold table; see pool_constant_words")
     stage = _padded(node.stage, params.pool_code_bits, pool_sum_bound(node, info.shape, info.bound) + 1)
     t = thresholds_array(stage)
     if np.asarray(stage.descending).any() or (np.diff(t, axis=1) < 0).any():
@@ -104,9 +134,21 @@ def check_node(params: VectorParams, node, info: dict[str, TensorInfo]) -> None:
         else:
             if need["code_bits"] > code:
                 problems.append(f"its {need['code_bits']}-bit codes exceed {kind}_code_bits={code}")
-            threshold = max(need["threshold_bits"], need["pad_bits"] if need["code_bits"] < code else 0)
-            if threshold > width:
-                problems.append(f"its thresholds need {threshold} bits ({kind}_threshold_bits={width})")
+            elif not act and params.pool_arithmetic:
+                fits = pool_progressions(node, info[node.input], code, params.pool_shift)
+                if fits is None:
+                    problems.append(f"its thresholds are not ceil((B + c * S) / 2^{params.pool_shift}) in every "
+                                    f"channel (the unit's arithmetic form, pool_shift={params.pool_shift})")
+                else:
+                    base_bits, step_bits = progression_bits(fits)
+                    if base_bits > params.pool_base_bits:
+                        problems.append(f"its B' need {base_bits} bits (pool_base_bits={params.pool_base_bits})")
+                    if step_bits > params.pool_step_bits:
+                        problems.append(f"its S need {step_bits} bits (pool_step_bits={params.pool_step_bits})")
+            if act or not params.pool_arithmetic:
+                threshold = max(need["threshold_bits"], need["pad_bits"] if need["code_bits"] < code else 0)
+                if threshold > width:
+                    problems.append(f"its thresholds need {threshold} bits ({kind}_threshold_bits={width})")
         if need["value_bits"] > params.value_bits:
             problems.append(f"its input values need {need['value_bits']} bits (value_bits={params.value_bits})")
         if not act and params.pool_slots:
@@ -142,7 +184,10 @@ def constant_beats(params: VectorParams, model: CompiledModel) -> tuple[list[Bea
             words = activate_words(params, node, info[node.input].bound)
             beats += [(ACT_THRESHOLDS, base + ch, w) for ch, w in enumerate(words)]
             continue
-        beats += [(POOL_CONSTANTS, base + ch, w) for ch, w in enumerate(pool_constant_words(params, node))]
+        words = pool_constant_words(params, node, info[node.input])
+        beats += [(POOL_CONSTANTS, base + ch, w) for ch, w in enumerate(words)]
+        if params.pool_arithmetic:
+            continue
         for ch, row in enumerate(pool_threshold_words(params, node, info[node.input])):
             beats += [(POOL_THRESHOLDS, (base + ch) << params.pool_code_bits | i, w) for i, w in enumerate(row)]
     return beats, slots

@@ -23,10 +23,12 @@ from compiler.format import load  # noqa: E402
 from compiler.graph import ActivateNode, AddNode, PoolNode, TensorInfo, Thresholds, signed_bits  # noqa: E402
 from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
-from hw.vector_params import (ACTIVATE, ADD, POOL, THRESHOLD_LATENCY, VectorParams,  # noqa: E402
-                              pool_sum_bound)
+from hw.network_params import NetworkParams  # noqa: E402
+from hw.vector_params import (ACTIVATE, ADD, MAX_POOL_SHIFT, POOL, POOL_OFFSET_SHIFT,  # noqa: E402
+                              THRESHOLD_LATENCY, VectorParams, fit_progression, pool_progressions, pool_shift,
+                              pool_sum_bound, progression_bits)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
-                             constant_beats, op_registers, pool_threshold_words)
+                             constant_beats, op_registers, pool_constant_words, pool_threshold_words)
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -220,22 +222,36 @@ def pool_inputs(rng, node: PoolNode, bound: int, shape) -> np.ndarray:
     return x.reshape(shape)
 
 
-def hit_thresholds(m, node: PoolNode, x: np.ndarray, bound: int) -> None:
+def hit_thresholds(m, node: PoolNode, x: np.ndarray, bound: int, how: str = "replace") -> int:
     """Make each channel's sum of ``x`` one of its thresholds (the nearest, kept in order and in
-    range): ``>=`` against ``>`` shows. Changes ``node`` of ``m`` (a copy) and checks ``m``."""
+    range): ``>=`` against ``>`` shows. ``how``: "replace" that threshold by the sum (the channel's
+    thresholds no longer an arithmetic progression: the unit falls back to its table), or "shift"
+    all the channel's thresholds by the difference (``B`` by a multiple of ``2^k``: still the
+    arithmetic form), where they stay in range. Changes ``node`` of ``m`` (a copy) and checks
+    ``m``; returns how many channels hit."""
     sums = node.positions_sum(x[None])[0]
     limit = PoolNode.sum_limit(x.shape[1] * x.shape[2], bound, node.frac_bits)
     t = node.stage.thresholds
+    hits = 0
     for ch, total in enumerate(sums.tolist()):
-        if abs(total) <= limit:
-            t[ch, np.abs(t[ch] - total).argmin()] = total
+        if abs(total) > limit:
+            continue
+        j = np.abs(t[ch] - total).argmin()
+        if how == "replace":
+            t[ch, j] = total
             t[ch] = np.sort(t[ch])
+        elif np.abs(t[ch] + (total - t[ch, j])).max() <= limit:
+            t[ch] += total - t[ch, j]
+        else:
+            continue
+        hits += 1
     m.validate()
+    return hits
 
 
-def unary_case(m, node_name, lanes, positions_shape, seed, params=None, hit=False):
+def unary_case(m, node_name, lanes, positions_shape, seed, params=None, hit=None):
     """An activate or pool node of ``m`` on random inputs: ``(params, beats, ops, values, codes)``;
-    ``hit``: :func:`hit_thresholds` first (pool)."""
+    ``hit``: :func:`hit_thresholds` first (pool), "replace" or "shift"."""
     node = node_of(m, node_name)
     info = m.validate()
     c, h, w = info[node.input].shape
@@ -248,7 +264,7 @@ def unary_case(m, node_name, lanes, positions_shape, seed, params=None, hit=Fals
     make = activate_inputs if isinstance(node, ActivateNode) else pool_inputs
     x = make(rng, node if isinstance(node, PoolNode) else node.stage, bound, (c, h, w))
     if hit:
-        hit_thresholds(m, node, x, bound)
+        assert hit_thresholds(m, node, x, bound, hit) > c // 2
     params = params or params_for(m, lanes, src + c * h * w + 7, dst + out_words + 4)
     values, codes = junk(params, rng)
     put_values(values, src, x)
@@ -335,21 +351,46 @@ def test_add_resnet(node_name, dst_is):
     assert after_codes == codes and after_values != values
 
 
-def test_pool_resnet():
-    """The whole global pooling of ResNet-20 (64 channels of 8 x 8), 3 lanes."""
-    params, beats, ops, values, codes = unary_case(model(RESNET), "act_fc", 3, None, seed=3)
+@pytest.mark.parametrize("hit", [None, "shift"])
+def test_pool_resnet(hit):
+    """The whole global pooling of ResNet-20 (64 channels of 8 x 8), 3 lanes, thresholds in the
+    arithmetic form; ``hit``: sums equal to thresholds."""
+    m = copy.deepcopy(model(RESNET)) if hit else model(RESNET)
+    params, beats, ops, values, codes = unary_case(m, "act_fc", 3, None, seed=3, hit=hit)
+    assert params.pool_form == "arithmetic" and not any(b[0] == POOL_THRESHOLDS for b in beats)
     check(params, beats, ops, values, codes)
     pooled = expected(params, *ops[0], values, [0] * len(codes))[1]
     dst = ops[0][1]["dst"]
     assert len({(w >> (lane * LANE_BITS)) & 255 for w in pooled[dst:dst + 22] for lane in range(3)}) > 20
 
 
-@pytest.mark.parametrize("lanes, variant", [(1, False), (8, True)])
-def test_pool_digits(lanes, variant):
-    """The digits CNN's pooling of raw accumulators; ``variant``: signs -1 and 0, ReLU off, and
-    sums equal to thresholds."""
-    m = signed_pool_digits() if variant else model(DIGITS)
-    check(*unary_case(m, "act_fc", lanes, None, seed=lanes, hit=variant))
+def exact_pool_digits():
+    """The digits CNN with every pool channel's thresholds an exact progression of integers (the
+    arithmetic form at shift 0: ``B + c * S`` is the threshold itself, so ``s * 2^k == B + c * S``
+    where a sum equals one)."""
+    m = copy.deepcopy(model(DIGITS))
+    t = node_of(m, "act_fc").stage.thresholds
+    t[:] = t[:, :1] + np.arange(t.shape[1])[None, :] * ((t[:, -1:] - t[:, :1]) // (t.shape[1] - 1))
+    m.validate()
+    return m
+
+
+@pytest.mark.parametrize("lanes, variant, hit, form, shift", [(1, None, None, "arithmetic", 14),
+                                                             (8, "signed", "shift", "arithmetic", 14),
+                                                             (5, "exact", "shift", "arithmetic", 0),
+                                                             (8, "signed", "replace", "table", 0),
+                                                             (3, None, "replace", "table", 0)])
+def test_pool_digits(lanes, variant, hit, form, shift):
+    """The digits CNN's pooling of raw accumulators; ``variant``: "signed" signs -1 and 0, ReLU
+    off, "exact" integer progressions; ``hit``: sums equal to thresholds, by shifting a channel's
+    progression (the arithmetic form) or by replacing one threshold (not a progression: the unit
+    falls back to the table form)."""
+    m = {"signed": signed_pool_digits, "exact": exact_pool_digits}.get(variant, lambda: copy.deepcopy(model(DIGITS)))()
+    case = unary_case(m, "act_fc", lanes, None, seed=lanes, hit=hit)
+    params, beats = case[:2]
+    assert (params.pool_form, params.pool_shift) == (form, shift)
+    assert any(b[0] == POOL_THRESHOLDS for b in beats) == (form == "table")
+    check(*case)
 
 
 # ---------------------------------------------------------------- cycles, ops in sequence
@@ -431,7 +472,12 @@ def test_params_sizing():
     assert p.pool_sum_bits == signed_bits(pool_sum_bound(pool, info[pool.input].shape, info[pool.input].bound))
     assert p.pool_offset_bits == signed_bits(int(np.abs(pool.offset).max()))
     assert VectorParams.from_dict(p.describe()) == p
-    assert [name for name, *_ in p.memories()] == ["act_thresholds", "pool_constants", "pool_thresholds"]
+    assert (p.pool_form, p.pool_shift, p.pool_threshold_bits, p.pool_threshold_depth) == ("arithmetic", 13, 0, 0)
+    assert p.pool_constant_bits == POOL_OFFSET_SHIFT + p.pool_offset_bits + p.pool_base_bits + p.pool_step_bits
+    assert [name for name, *_ in p.memories()] == ["act_thresholds", "pool_constants"]
+    assert ("pool_constants", p.pool_constant_bits, 64, 1) in p.memories()
+    assert max(depth for _, _, depth, _ in p.memories()) < 1 << 14        # no 16384-deep threshold table
+    assert p.target_bits[2] == 0
     d = params_for(model(DIGITS), 1, 10, 10)
     assert (d.act_code_bits, d.act_slots, d.act_word_bits) == (0, 0, 0)
     assert d.op_cycles(POOL, 64, 16) == 64 * (16 + 2 + 16) + 1
@@ -463,6 +509,12 @@ def test_padding_never_passed():
     ({"max_frac_bits": 25}, "max_frac_bits must be an integer in 0..24"),
     ({"pool_offset_bits": 0}, "pool_offset_bits must be an integer in 1..43"),
     ({"code_depth": True}, "code_depth must be an integer"),
+    ({"pool_form": "linear"}, "pool_form must be one of 'arithmetic', 'table'"),
+    ({"pool_threshold_bits": 40}, "pool_threshold_bits must be an integer in 0..0"),
+    ({"pool_shift": MAX_POOL_SHIFT + 1}, "pool_shift must be an integer in 0..32"),
+    ({"pool_step_bits": 0}, "pool_step_bits must be an integer in 1..128"),
+    ({"pool_form": "table"}, "pool_threshold_bits must be an integer in 2..65"),
+    ({"pool_form": "table", "pool_threshold_bits": 43}, "pool_shift must be an integer in 0..0"),
 ])
 def test_params_errors(change, message):
     base = params_for(model(RESNET), 3, 100, 100).describe()
@@ -480,8 +532,14 @@ def test_sizing_and_beat_errors():
         VectorParams.from_dict({"lanes": 1})
     with pytest.raises(ValueError, match="blocks.0.act1.*no activate hardware.*VectorParams.for_model"):
         constant_beats(params_for(digits, 3, 10, 10), m)
+    base = params_for(m, 3, 10, 10).describe()
+    table = {**base, "pool_form": "table", "pool_shift": 0, "pool_base_bits": 0, "pool_step_bits": 0}
     with pytest.raises(ValueError, match="act_fc.*thresholds need 43 bits"):
-        constant_beats(VectorParams(**{**params_for(m, 3, 10, 10).describe(), "pool_threshold_bits": 30}), m)
+        constant_beats(VectorParams(**{**table, "pool_threshold_bits": 30}), m)
+    with pytest.raises(ValueError, match="act_fc.*B' need 47 bits \\(pool_base_bits=40\\).*S need 47 bits"):
+        constant_beats(VectorParams(**{**base, "pool_base_bits": 40, "pool_step_bits": 40}), m)
+    with pytest.raises(ValueError, match=r"act_fc.*not ceil\(\(B \+ c \* S\) / 2\^12\) in every channel"):
+        constant_beats(VectorParams(**{**base, "pool_shift": 12}), m)
     few = VectorParams(**{**params_for(m, 3, 10, 10).describe(), "act_slots": 100})
     with pytest.raises(ValueError, match="blocks.5.act1.*needs slots 96..127, the unit has 100"):
         constant_beats(few, m)
@@ -524,7 +582,127 @@ def test_op_register_errors():
 def test_pool_thresholds_must_ascend():
     m = copy.deepcopy(model(DIGITS))
     node = node_of(m, "act_fc")
-    p = params_for(m, 1, 10, 10)
     node.stage.thresholds[3, :2] = node.stage.thresholds[3, 1::-1] + np.array([0, -1])
+    info = TensorInfo((64, 4, 4), None, 9326880)
+    assert pool_shift(node, info, 8) is None                       # no progression descends
+    p = VectorParams(**{**params_for(model(DIGITS), 1, 10, 10).describe(), "pool_form": "table",
+                        "pool_threshold_bits": 40, "pool_shift": 0, "pool_base_bits": 0, "pool_step_bits": 0})
     with pytest.raises(ValueError, match="non-decreasing.*binary search"):
-        pool_threshold_words(p, node, TensorInfo((64, 4, 4), None, 9326880))
+        pool_threshold_words(p, node, info)
+    with pytest.raises(ValueError, match="arithmetic form.*no threshold table"):
+        pool_threshold_words(params_for(model(DIGITS), 1, 10, 10), node, info)
+
+
+# ---------------------------------------------------------------- the arithmetic form
+
+
+def ceil_shift(x: int, k: int) -> int:
+    return -(-x // (1 << k))
+
+
+@pytest.mark.parametrize("name, shift", [(DIGITS, 14), (RESNET, 13)])
+def test_pool_arithmetic_fit(name, shift):
+    """The smallest shift of each model's pool node; its (B, S) reproduce every threshold
+    exactly, and so do the B', S of the POOL_CONSTANTS words; one bit less shift has none."""
+    m = model(name)
+    info = m.validate()
+    node = node_of(m, "act_fc")
+    assert pool_shift(node, info[node.input], 8) == shift
+    assert pool_progressions(node, info[node.input], 8, shift - 1) is None
+    p = params_for(m, 4, 10, 10)
+    assert (p.pool_form, p.pool_shift) == ("arithmetic", shift)
+    fits = pool_progressions(node, info[node.input], 8, shift)
+    words = pool_constant_words(p, node, info[node.input])
+    for row, (b, s), word in zip(node.stage.thresholds.tolist(), fits, words):
+        assert s >= 0 and [ceil_shift(b + c * s, shift) for c in range(255)] == row
+        base = (word >> p.pool_base_shift) & ((1 << p.pool_base_bits) - 1)
+        base -= (base >> (p.pool_base_bits - 1)) << p.pool_base_bits
+        step = word >> p.pool_step_shift
+        assert step == s and base == b - s and step < 1 << p.pool_step_bits
+        assert [ceil_shift(base + (c + 1) * step, shift) for c in range(255)] == row
+    assert pool_progressions(node, info[node.input], 8, shift + 3) is not None
+
+
+def test_fit_progression():
+    """Exact fits of rounded progressions, constant rows, padding, and rows that are none."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.choice([1, 3, 7, 15, 255]))
+        a, d = rng.uniform(-1e9, 1e9), rng.uniform(0, 1e7) * rng.choice([0, 1, 1, 1])
+        row = [int(np.ceil(a + c * d)) for c in range(n)]
+        k = next(k for k in range(MAX_POOL_SHIFT + 1) if fit_progression(row, k) is not None)
+        b, s = fit_progression(row, k)
+        assert s >= 0 and [ceil_shift(b + c * s, k) for c in range(n)] == row
+        assert all(fit_progression(row, j) is not None for j in range(k, k + 4))
+        if k:
+            assert fit_progression(row, k - 1) is None
+    assert fit_progression([5, 5, 5], 0) == (5, 0)
+    assert fit_progression([-7], 0) == (-7, 0)
+    assert fit_progression([0, 2, 3], 0) is None and fit_progression([0, 2, 3], 1) is not None
+    assert fit_progression([0, 1, 1, 5], MAX_POOL_SHIFT) is None
+    assert fit_progression([3, 2], MAX_POOL_SHIFT) is None
+    # Padding: indices after the row reach at least ``never``.
+    b, s = fit_progression([10, 20, 30], 3, padding=4, never=33)
+    assert [ceil_shift(b + c * s, 3) for c in range(3)] == [10, 20, 30] and ceil_shift(b + 3 * s, 3) >= 33
+    b, s = fit_progression([10, 20, 30], 3, padding=4, never=41)
+    assert [ceil_shift(b + c * s, 3) for c in range(3)] == [10, 20, 30] and ceil_shift(b + 3 * s, 3) == 41
+    assert fit_progression([10, 20, 30], 3, padding=4, never=42) is None
+    b, s = fit_progression([10], 2, padding=2, never=50)
+    assert ceil_shift(b, 2) == 10 and ceil_shift(b + s, 2) >= 50
+    assert fit_progression([10, 20, 30], 0, padding=1, never=41) is None
+    assert fit_progression([10, 20, 30], 0, padding=1, never=40) == (10, 10)
+
+
+def narrow_pool_node(spread: bool):
+    """The digits CNN's pool node (a copy) with 3-bit codes, and its input: every 36th threshold of
+    each channel, or (``spread``) a progression over the whole range of sums, whose continuation
+    passes every sum. (Its model would need a 3-bit last layer: the node runs alone.)"""
+    node = copy.deepcopy(node_of(model(DIGITS), "act_fc"))
+    info = model(DIGITS).validate()[node.input]
+    t = node.stage.thresholds[:, ::36][:, :7].copy()
+    if spread:
+        limit = PoolNode.sum_limit(info.shape[1] * info.shape[2], info.bound, node.frac_bits)
+        t = np.ceil(np.linspace(200 - limit, limit - 200, 7)).astype(np.int64)[None, :].repeat(len(t), axis=0)
+        t += np.arange(len(t))[:, None] * 3 - 96
+    node.stage = Thresholds(t, node.stage.descending, 3)
+    node.stage.check_arrays("test", info.shape[0], limit if spread else 1 << 62, ascending_only=True)
+    return node, info
+
+
+def test_narrow_pool_node_padding():
+    """A unit with wider pooled codes than the node's: the padding indices of the progression must
+    lie above every sum. Thresholds from inside the range cannot (no arithmetic form at 5 bits: the
+    table's padding); a progression over the whole range can, and runs bit-exact."""
+    node, info = narrow_pool_node(spread=False)
+    assert pool_shift(node, info, 3) is not None and pool_shift(node, info, 5) is None
+    node, info = narrow_pool_node(spread=True)
+    never = pool_sum_bound(node, info.shape, info.bound) + 1
+    k = pool_shift(node, info, 5)
+    fits = pool_progressions(node, info, 5, k)
+    for row, (b, s) in zip(node.stage.thresholds.tolist(), fits):
+        assert [ceil_shift(b + c * s, k) for c in range(7)] == row
+        assert ceil_shift(b + 7 * s, k) >= never
+    widths = progression_bits(fits)
+    c, h, w = info.shape
+    src, dst = 3, 2
+    params = VectorParams(**{**params_for(model(DIGITS), 2, src + c * h * w + 5, dst + c // 2 + 3).describe(),
+                             "pool_code_bits": 5, "pool_shift": k, "pool_base_bits": widths[0],
+                             "pool_step_bits": widths[1]})
+    rng = np.random.default_rng(4)
+    values, codes = junk(params, rng)
+    x = pool_inputs(rng, node, info.bound, info.shape)
+    x[::5] = info.bound * np.sign(node.sign[::5])[:, None, None]      # the largest sums
+    put_values(values, src, x)
+    beats = [(POOL_CONSTANTS, ch, word) for ch, word in enumerate(pool_constant_words(params, node, info))]
+    regs = registers(params, node, info.shape, (src,), dst)
+    check(params, beats, [(node, regs)], values, codes)
+    got = expected(params, node, regs, values, [0] * len(codes))[1][dst:dst + c // 2]
+    pooled = {(word >> (lane * LANE_BITS)) & 255 for word in got for lane in range(2)}
+    assert len(pooled) >= 4 and max(pooled) == 7
+
+
+def test_network_memory_bits():
+    """The whole-network core's memories: no pool threshold table for either model."""
+    for name, constants in ((DIGITS, 64 * (3 + 24 + 35 + 35)), (RESNET, 64 * (3 + 34 + 47 + 47))):
+        bits = NetworkParams.for_model(model(name), 8, 8).memory_bits()
+        assert "vector pool_thresholds" not in bits and bits["vector pool_constants"] == constants

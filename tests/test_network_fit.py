@@ -27,7 +27,7 @@ def test_every_memory_of_the_core_is_counted():
     params = NetworkParams.for_model(DIGITS, 4, 4)
     names = [name for name, *_ in network_memories(params)]
     assert {"weights", "tables", "accumulators", "values", "program", "input table",
-            "vector pool_thresholds"} <= set(names)
+            "vector pool_constants"} <= set(names)
     bits = sum(w * d * c for _, w, d, c in network_memories(params))
     assert bits == sum(params.memory_bits().values())
 
@@ -38,5 +38,5 @@ def test_a_network_that_fits_no_array_is_refused_naming_its_buffers_and_the_part
     message = str(refused.value)
     assert "LFE5U-85F" in message and "the part has 208" in message
     assert "weights: 2,167,168 bits" in message and "values: 1,146,880 bits" in message
-    with pytest.raises(FitError, match="iCE40UP5K.*vector pool_thresholds: 491,520 bits"):
+    with pytest.raises(FitError, match="iCE40UP5K.*weights: 190,592 bits"):
         network_for_board(DIGITS, BOARDS["icebreaker"])
