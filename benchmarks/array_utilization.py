@@ -26,14 +26,28 @@ Per layer and array it reports:
   positions that do real work (below 1 where C_in is not a multiple of R or C_out not of C).
   Utilization = fill * (tiles * positions) / compute.
 
+Network mode (``--mode network`` or ``both``): the whole ResNet-20 runs on the
+:class:`hw.network.NetworkCore` (``sim.network_run``: engine in network mode, the vector unit
+for activations, additions and pooling, every step's tensor compared with the reference). Per
+convolution step it reports the step's cycles (from the end of the step before: the
+sequencer's register writes and fetches included), MACs per cycle and utilization, and the
+engine's cycles by the network-mode formula of ``hw/engine.py``: ``compute`` (as above),
+``write_back`` = ``co_tiles * positions * (C + 1)``, ``overlapped`` = ``max(k*T + co_tiles*W,
+co_tiles*k*T + W) - gap + drain + 3`` (each channel tile written back while the next computes)
+and ``serial`` = compute + write-back + 3 (the engine before the overlap); ``overhead`` = step
+cycles - overlapped (the sequencer's).
+
 Run:  python benchmarks/array_utilization.py [--arrays 8x8,16x16] [--images 1] [--simulator verilator]
-Writes benchmarks/results/array_utilization.json (or --json-out), builds under
-build/bench/, prints markdown tables; exits 1 if any output differs from the reference.
+                                             [--mode layer|network|both]
+Writes benchmarks/results/array_utilization.json (or --json-out; ``--mode network`` replaces only
+its ``"network"`` key), builds under build/bench/, prints markdown tables; exits 1 if any output
+differs from the reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -88,6 +102,20 @@ def analytic(node, rows: int, cols: int) -> dict:
             "fill": node.macs / (tiles * positions * rows * cols)}
 
 
+def network_analytic(node, rows: int, cols: int) -> dict:
+    """The engine's network-mode cycle formula (hw/engine.py docstring) for ``node``."""
+    a = analytic(node, rows, cols)
+    positions, co_tiles = a["positions"], a["co_tiles"]
+    k = node.kernel ** 2 * a["groups"]
+    gap = max(0, cols + 2 - positions)
+    T, drain, W = rows + positions + 1 + gap, rows + cols + 4, positions * (cols + 1)
+    latency = 3                                            # LayerEngine.STAGE_LATENCY
+    compute = co_tiles * k * T - gap + drain
+    return {"compute": compute, "write_back": co_tiles * W, "tile_compute": k * T, "tile_write_back": W,
+            "serial": compute + co_tiles * W + latency,
+            "overlapped": max(k * T + co_tiles * W, co_tiles * k * T + W) - gap + drain + latency}
+
+
 def geometry(node) -> str:
     c_in, h, w = node.in_shape
     c_out, ho, wo = node.out_shape
@@ -140,6 +168,67 @@ def measure(sim: str, rows: int, cols: int, model, images: np.ndarray, build_roo
     return result
 
 
+def measure_network(sim: str, rows: int, cols: int, model, images: np.ndarray, build_root: Path) -> dict:
+    from hw.network_params import NetworkParams
+    from sim.network_run import network_build, simulate_network
+
+    params = NetworkParams.for_model(model, rows, cols)
+    build_dir = build_root / f"resnet20-network-{rows}x{cols}-{sim}"
+    t0 = time.perf_counter()
+    built = network_build(sim, params, build_dir)
+    t1 = time.perf_counter()
+    report = simulate_network(built, params, MODEL, model, images, build_dir / "run")
+    t2 = time.perf_counter()
+    rc, n = rows * cols, len(images)
+    convs = {node.name: node for node in model.convs}
+    steps = []
+    for s in report.steps:
+        entry = {"index": s.index, "name": s.name, "kind": s.kind, "cycles": s.cycles // n, "macs": s.macs // n,
+                 "mismatches": s.mismatches, "first_mismatch": s.first_mismatch}
+        if s.kind == "conv":
+            node = convs[s.name]
+            a = network_analytic(node, rows, cols)
+            entry.update({"geometry": geometry(node), "macs_per_cycle": round(s.macs / s.cycles, 4),
+                          "utilization": round(s.macs / s.cycles / rc, 4), "lower_bound": ceil(node.macs / rc),
+                          "analytic": a, "overhead": s.cycles // n - a["overlapped"]})
+        steps.append(entry)
+    cycles = [im.cycles for im in report.images]
+    macs = report.macs_per_image
+    conv_cycles = sum(x["cycles"] for x in steps if x["kind"] == "conv")
+    total = {"cycles_per_image": cycles, "macs_per_image": macs, "macs_per_cycle": round(macs / cycles[0], 4),
+             "utilization": round(macs / cycles[0] / rc, 4), "conv_cycles": conv_cycles,
+             "conv_utilization": round(macs / conv_cycles / rc, 4),
+             "analytic_overlapped": sum(x["analytic"]["overlapped"] for x in steps if x["kind"] == "conv"),
+             "analytic_serial": sum(x["analytic"]["serial"] for x in steps if x["kind"] == "conv"),
+             "mismatches": report.mismatches}
+    result = {"rows": rows, "cols": cols, "build_dir": str(build_dir), "build_seconds": round(t1 - t0, 1),
+              "run_seconds": round(t2 - t1, 1), "steps": steps, "total": total}
+    print(f"  network {rows}x{cols}: build {result['build_seconds']} s, simulation {result['run_seconds']} s, "
+          f"{cycles[0]:,} cycles per image, {report.mismatches} mismatches", flush=True)
+    return result
+
+
+def network_table(result: dict) -> str:
+    head = ["step", "layer", "geometry (C_in->C_out, HxW, k/s)", "MACs", "cycles", "MACs/cycle", "of R*C",
+            "bound", "compute", "write-back", "overlapped", "serial", "overhead", "mismatches"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for x in result["steps"]:
+        if x["kind"] != "conv":
+            continue
+        a = x["analytic"]
+        row = [str(x["index"]), x["name"], x["geometry"], f"{x['macs']:,}", f"{x['cycles']:,}",
+               f"{x['macs_per_cycle']:.1f}", f"{100 * x['utilization']:.1f}%", f"{x['lower_bound']:,}",
+               f"{a['compute']:,}", f"{a['write_back']:,}", f"{a['overlapped']:,}", f"{a['serial']:,}",
+               str(x["overhead"]), str(x["mismatches"])]
+        lines.append("| " + " | ".join(row) + " |")
+    t = result["total"]
+    lines.append(f"\nper image: {t['cycles_per_image'][0]:,} cycles, {t['macs_per_cycle']:.2f} MACs/cycle "
+                 f"({100 * t['utilization']:.1f}% of R*C); convolution steps {t['conv_cycles']:,} cycles "
+                 f"({100 * t['conv_utilization']:.1f}%), engine formula {t['analytic_overlapped']:,} "
+                 f"(serial write-back: {t['analytic_serial']:,}); {t['mismatches']} mismatches")
+    return "\n".join(lines)
+
+
 def table(result: dict) -> str:
     head = ["#", "layer", "geometry (C_in->C_out, HxW, k/s)", "MACs", "compute", "analytic", "bound",
             "compute/bound", "MACs/cycle", "utilization", "fill", "tiles x (pos + ovh)", "cycles incl. read-back",
@@ -170,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random images")
     parser.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
     parser.add_argument("--build-dir", default="build/bench", help="simulation builds go under this directory")
+    parser.add_argument("--mode", choices=("layer", "network", "both"), default="both",
+                        help="layer: per-layer engine runs; network: the whole network on the core")
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "array_utilization.json"))
     args = parser.parse_args(argv)
@@ -187,8 +278,32 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     print(f"{MODEL.name}: {len(model.convs)} layers on the engine, {args.images} image(s), {args.simulator}",
           flush=True)
-    results = [measure(args.simulator, rows, cols, model, images, Path(args.build_dir)) for rows, cols in args.arrays]
+    layer_mode = args.mode in ("layer", "both")
+    results = [measure(args.simulator, rows, cols, model, images, Path(args.build_dir))
+               for rows, cols in args.arrays] if layer_mode else []
+    network = [measure_network(args.simulator, rows, cols, model, images, Path(args.build_dir))
+               for rows, cols in args.arrays] if args.mode != "layer" else []
     seconds = round(time.perf_counter() - start, 1)
+    for r in network:
+        print(f"\nnetwork mode: {r['rows']} x {r['cols']} array, {args.simulator}\n\n{network_table(r)}")
+        for x in r["steps"]:
+            if x["first_mismatch"]:
+                print(x["first_mismatch"])
+    network_mismatches = sum(r["total"]["mismatches"] for r in network)
+    network_entry = {"argv": sys.argv[1:], "seconds": seconds, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                     "git": git_state(), "images": args.images, "seed": args.seed, "simulator": args.simulator,
+                     "cycle_formula": "overlapped: max(k*T + co_tiles*W, co_tiles*k*T + W) - gap + drain + 3, "
+                                      "k = kernel^2 * groups, T = rows + positions + 1 + gap, "
+                                      "W = positions * (cols + 1); serial: co_tiles*(k*T + W) - gap + drain + 3",
+                     "mismatches": network_mismatches, "results": network}
+    if not layer_mode:
+        out = Path(args.json_out)
+        document = json.loads(out.read_text()) if out.exists() else {"benchmark": "array_utilization"}
+        document["network"] = network_entry
+        save_json(document, args.json_out)
+        print(f"\n{len(network)} arrays in {seconds} s (network mode); {network_mismatches} values differ "
+              f"from the integer reference; wrote the \"network\" key of {args.json_out}")
+        return 0 if network_mismatches == 0 else 1
 
     for r in results:
         print(f"\n{r['rows']} x {r['cols']} array ({r['rows'] * r['cols']} PEs), {args.simulator}, "
@@ -210,12 +325,13 @@ def main(argv: list[str] | None = None) -> int:
         "cycle_formula": "compute: tiles * (rows + positions + 1 + max(0, cols + 2 - positions)) + rows + cols + 4, "
                      "tiles = co_tiles * kernel^2 * groups; read-back: (cols + 6) * out_words",
     "git": git_state(),
-        "mismatches": mismatches,
+        "mismatches": mismatches + network_mismatches,
         "results": results,
+        **({"network": network_entry} if network else {}),
     }, args.json_out)
     print(f"\n{len(results)} arrays in {seconds} s; {mismatches} outputs differ from the integer reference; "
           f"wrote {args.json_out}")
-    return 0 if mismatches == 0 else 1
+    return 0 if mismatches + network_mismatches == 0 else 1
 
 
 if __name__ == "__main__":

@@ -36,6 +36,26 @@ issues its positions and waits ``1 + gap`` cycles; the last waits ``1 + drain`` 
 the pipeline to empty. Each output word is then offered ``cols + STAGE_LATENCY + 3`` (``cols +
 6``) cycles after computing ends or the previous word is accepted; ``busy`` falls the cycle
 after the last word is accepted.
+
+Network mode (``value_depth``; :func:`network_signature`): outputs are not offered on a stream
+but written into the code memory (one lane per cycle) or the value memory, and each channel
+tile is written back while the array computes the next ones. The accumulator memories have a
+second read port for the write-back, and the code memory separate read (compute) and write
+(write-back) addresses, so neither disturbs the computation; the one output stage is shared as
+in layer mode. With ``k = kernel^2 * groups`` reduction tiles per channel tile and ``T = rows +
+positions + 1 + gap`` cycles per reduction tile (as above), channel tile ``t``'s accumulators
+(``t = 0 .. co_tiles - 1``) are final after cycle ``c_t = (t + 1) * k * T - gap + drain``
+(``drain`` cycles after its last position is issued). Its write-back takes ``W = positions *
+(cols + 1)`` cycles (per position a read cycle, then ``cols`` cycles feeding the output stage,
+whose results are written ``STAGE_LATENCY`` cycles later) and starts in cycle ``c_t + 1`` or the
+cycle after the previous tile's ends, whichever is later; ``STAGE_LATENCY`` cycles after the last
+tile's write-back, ``busy`` falls. ``busy`` is thus high for
+
+    max(k * T + co_tiles * W, co_tiles * k * T + W) - gap + drain + STAGE_LATENCY
+
+cycles: the larger of computation and write-back per channel tile, times ``co_tiles``, plus one
+tile of the other (instead of ``co_tiles * (k * T + W) - gap + drain + STAGE_LATENCY`` with the
+write-back after the computation).
 """
 
 from __future__ import annotations
@@ -116,7 +136,8 @@ def network_signature(params: EngineParams, reg_bits: int) -> wiring.Signature:
     - ``code_write`` (in, used only while idle): ``en`` (one bit per lane), ``addr``, ``data``
       (``rows`` lanes of ``abits``) write the chosen lanes of one activation-buffer word.
     - ``val_write`` (out): ``en``, ``addr`` (``reg_bits``), ``data`` (signed ``out_bits``): each
-      output value of a layer whose ``dst_values`` is 1, one per cycle.
+      output value of a layer whose ``dst_values`` is 1, one per cycle, while the layer computes
+      its next channel tiles (so a layer's output must not share words with its input).
     - ``code_written`` (out): the activation buffer's write port (``en`` per lane, ``addr``,
       ``data``) in every cycle, whoever writes: a probe for simulations.
     """
@@ -255,6 +276,12 @@ class LayerEngine(wiring.Component):
         tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 2)]
         m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
 
+        # Network mode: tile_issued pulses in the cycle a channel tile's last position is issued (for
+        # the writer, below); writer_done, in the last cycle of the layer's write-back (both continuous
+        # assignments, below the FSMs).
+        tile_issued = Signal(name="tile_issued") if self.network else None
+        writer_done = Signal(name="writer_done") if self.network else None
+
         m.d.sync += w_valid.eq(0)
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -299,45 +326,28 @@ class LayerEngine(wiring.Component):
                 with m.Elif(wait > 0):
                     m.d.sync += wait.eq(wait - 1)
                 with m.Elif(co_tile == cfg["co_tiles"]):
-                    m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
                     if self.network:
-                        m.d.sync += [dest["tile_channel"].eq(0), dest["tile_lane"].eq(0),
-                                     dest["tile_value_base"].eq(cfg["dst_base"]),
-                                     dest["tile_code_base"].eq(cfg["dst_base"])]
-                    m.next = "READ_WORD"
+                        m.next = "WRITE_BACK"
+                    else:
+                        m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
+                        m.next = "READ_WORD"
                 with m.Else():
                     m.d.sync += row_count.eq(0)
                     m.next = "LOAD_WEIGHTS"
-            with m.State("READ_WORD"):
-                # The column memories read word read_addr (data in the next cycle, held there).
-                m.d.sync += feed_col.eq(0)
-                if self.network:
-                    m.d.sync += [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
-                m.next = "FEED"
-            with m.State("FEED"):
-                m.d.sync += feed_col.eq(feed_col + 1)
-                if self.network:
-                    self._step_destination(m, cfg, dest, read_pos)
-                with m.If(feed_col == Cn - 1):
-                    if self.network:
-                        m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
-                        with m.If(read_pos == cfg["positions"] - 1):
-                            m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1)]
-                            self._step_destination(m, cfg, dest, read_pos, tile=True)
-                        with m.If(read_addr == out_base - 1):
-                            m.d.sync += wait.eq(self.STAGE_LATENCY - 1)
-                            m.next = "FLUSH"
-                        with m.Else():
-                            m.next = "READ_WORD"
-                    else:
-                        m.next = "COLLECT"
             if self.network:
-                with m.State("FLUSH"):
-                    # The last results leave the output stage and are written.
-                    m.d.sync += wait.eq(wait - 1)
-                    with m.If(wait == 0):
+                with m.State("WRITE_BACK"):
+                    # The writer (below) writes back the last channel tile.
+                    with m.If(writer_done):
                         m.next = "IDLE"
             else:
+                with m.State("READ_WORD"):
+                    # The column memories read word read_addr (data in the next cycle, held there).
+                    m.d.sync += feed_col.eq(0)
+                    m.next = "FEED"
+                with m.State("FEED"):
+                    m.d.sync += feed_col.eq(feed_col + 1)
+                    with m.If(feed_col == Cn - 1):
+                        m.next = "COLLECT"
                 with m.State("COLLECT"):
                     with m.If(collected == Cn):
                         m.d.sync += self.out.valid.eq(1)
@@ -353,10 +363,17 @@ class LayerEngine(wiring.Component):
                             m.next = "READ_WORD"
 
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
-        reading = Signal()
-        read_states = ("READ_WORD", "FEED") + (("FLUSH",) if self.network else ("COLLECT", "OFFER"))
-        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load.ready.eq(idle), self.busy.eq(~idle),
-                     reading.eq(Cat(*(fsm.ongoing(state) for state in read_states)).any())]
+        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load.ready.eq(idle), self.busy.eq(~idle)]
+        if self.network:
+            last = [(x == cfg["out_w"] - 1), (y == cfg["out_h"] - 1), (g == cfg["groups"] - 1),
+                    (kx == cfg["kernel"] - 1), (ky == cfg["kernel"] - 1)]
+            m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*last).all())
+            feeding = self._writer(m, cfg, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col)
+        else:
+            reading = Signal()
+            m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
+                                                                               "OFFER"))).any())
+            feeding = fsm.ongoing("FEED")
 
         # The array: row r's code enters its table r cycles after row 0's (skew).
         variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth)
@@ -376,17 +393,22 @@ class LayerEngine(wiring.Component):
             m.submodules[f"acc_{c}"] = accs = Memory(shape=signed(p.acc_bits), depth=p.out_depth, init=[])
             acc_read, acc_write = accs.read_port(), accs.write_port()
             done = tags[R + c + 2]
-            m.d.comb += [acc_read.addr.eq(Mux(reading, read_addr, tags[1 + c].out_addr)),
-                         array.psum_in[c].eq(Mux(tags[2 + c].first, 0, acc_read.data)),
+            m.d.comb += [array.psum_in[c].eq(Mux(tags[2 + c].first, 0, acc_read.data)),
                          acc_write.en.eq(done.valid), acc_write.addr.eq(done.out_addr),
                          acc_write.data.eq(array.psum_out[c])]
-            column_reads.append(acc_read.data)
+            if self.network:
+                # A second read port for the writer: the partial-sum reads of the next channel tile go on.
+                back_read = accs.read_port()
+                m.d.comb += [acc_read.addr.eq(tags[1 + c].out_addr), back_read.addr.eq(read_addr)]
+                column_reads.append(back_read.data)
+            else:
+                m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, tags[1 + c].out_addr))
+                column_reads.append(acc_read.data)
 
         # Read-back: the word's accumulators enter the output stage one per cycle (column
         # feed_col); results come back STAGE_LATENCY cycles later into their field of the output word.
         value = Cat(*column_reads).word_select(feed_col, p.acc_bits).as_signed()
         channel = Cat(feed_col[:p.col_bits], read_slot)
-        feeding = fsm.ongoing("FEED")
         stage = cfg["stage"][:2]
         result = delayed(m, value, self.STAGE_LATENCY, "raw")
         if p.code_bits:
@@ -428,9 +450,10 @@ class LayerEngine(wiring.Component):
                      target["code_base"].eq(Mux(last_lane, dest["code_base"] + cfg["positions"], dest["code_base"]))]
 
     def _code_buffer(self, m, idle):
-        """Network mode: the activation buffer with a write enable per lane. Returns its read data
-        (one cycle after the address), the compute read address to drive and the write-back port
-        ``(en, addr, data)`` to drive while reading back; ``code_write`` drives it while idle."""
+        """Network mode: the activation buffer with a write enable per lane, simple dual port (the
+        write-back of one channel tile goes on while the next one's codes are read). Returns its read
+        data (one cycle after the address), the compute read address to drive and the write-back port
+        ``(en, addr, data)`` to drive while busy; ``code_write`` drives it while idle."""
         p = self.params
         m.submodules.activations = memory = Memory(shape=p.rows * p.abits, depth=p.act_depth, init=[])
         write, read = memory.write_port(granularity=p.abits), memory.read_port()
@@ -438,12 +461,70 @@ class LayerEngine(wiring.Component):
         back = {"en": Signal(p.rows, name="code_back_en"), "addr": Signal(range(p.act_depth), name="code_back_addr"),
                 "data": Signal(p.rows * p.abits, name="code_back_data")}
         m.d.comb += [write.en.eq(Mux(idle, self.code_write.en, back["en"])),
-                     write.addr.eq(Mux(idle, self.code_write.addr, Mux(back["en"].any(), back["addr"], addr))),
+                     write.addr.eq(Mux(idle, self.code_write.addr, back["addr"])),
                      write.data.eq(Mux(idle, self.code_write.data, back["data"])),
-                     read.addr.eq(write.addr),
+                     read.addr.eq(addr),
                      self.code_written.en.eq(write.en), self.code_written.addr.eq(write.addr),
                      self.code_written.data.eq(write.data)]
         return read.data, addr, back
+
+    def _writer(self, m, cfg, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col):
+        """Network mode: the write-back of each channel tile while the array computes the next ones.
+
+        A channel tile's accumulators are final ``drain`` cycles after its last position is issued
+        (``tile_issued``): it is then counted in ``tiles_done``. The writer, waiting while
+        ``tiles_written == tiles_done``, reads each of the tile's positions (READ_WORD, one cycle)
+        and feeds its ``cols`` accumulators to the output stage (FEED, one per cycle), and goes on
+        with the next tile at once if that one is done. After the last tile, FLUSH waits
+        ``STAGE_LATENCY`` cycles for the last results to be written; ``writer_done`` marks its last
+        cycle. Returns the FEED signal (an accumulator enters the output stage)."""
+        p = self.params
+        Cn = p.cols
+        ready = delayed(m, tile_issued, self.drain, "tile_ready")
+        tiles_done, tiles_written = Signal(range(p.out_depth + 1)), Signal(range(p.out_depth + 1))
+        flush = Signal(range(self.STAGE_LATENCY))
+        m.d.sync += tiles_done.eq(tiles_done + ready)
+        pending = tiles_done != tiles_written
+        with m.FSM(name="writer") as writer:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [tiles_done.eq(0), tiles_written.eq(0), read_addr.eq(0), read_pos.eq(0),
+                                 read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
+                                 dest["tile_lane"].eq(0), dest["tile_value_base"].eq(cfg["dst_base"]),
+                                 dest["tile_code_base"].eq(cfg["dst_base"])]
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(pending):
+                    m.next = "READ_WORD"
+            with m.State("READ_WORD"):
+                # The column memories read word read_addr (data in the next cycle, held there).
+                m.d.sync += [feed_col.eq(0)] + [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
+                m.next = "FEED"
+            with m.State("FEED"):
+                m.d.sync += feed_col.eq(feed_col + 1)
+                self._step_destination(m, cfg, dest, read_pos)
+                with m.If(feed_col == Cn - 1):
+                    m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
+                    with m.If(read_pos == cfg["positions"] - 1):
+                        # The tile's last word: the next tile's, if it is done, or wait for it.
+                        m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1), tiles_written.eq(tiles_written + 1)]
+                        self._step_destination(m, cfg, dest, read_pos, tile=True)
+                        with m.If(tiles_written == cfg["co_tiles"] - 1):
+                            m.d.sync += flush.eq(self.STAGE_LATENCY - 1)
+                            m.next = "FLUSH"
+                        with m.Elif(tiles_done != tiles_written + 1):
+                            m.next = "READ_WORD"
+                        with m.Else():
+                            m.next = "WAIT"
+                    with m.Else():
+                        m.next = "READ_WORD"
+            with m.State("FLUSH"):
+                # The last results leave the output stage and are written.
+                m.d.sync += flush.eq(flush - 1)
+                with m.If(flush == 0):
+                    m.next = "IDLE"
+        m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
+        return writer.ongoing("FEED")
 
     def _write_back(self, m, cfg, dest, feeding, read_pos, result, code_out):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its

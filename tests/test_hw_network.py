@@ -1,5 +1,7 @@
 """The whole-network core in Amaranth's simulator: image in, logits out, every layer's output
-probed in the data memories and compared with the integer reference."""
+probed in the data memories and compared with the integer reference, and every layer's engine
+cycles against the network-mode formula of ``hw/engine.py`` (each channel tile written back while
+the next one computes)."""
 
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from amaranth.sim import Simulator  # noqa: E402
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
 from compiler.graph import ConvNode  # noqa: E402
+from hw.engine import LayerEngine  # noqa: E402
 from hw.network import NetworkCore  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
 from hw.network_program import MemoryMirror, decode_logits, image_beats, load_beats  # noqa: E402
@@ -24,8 +27,9 @@ DIGITS = load(DATA / "digits-cnn-lcq-w3a3.lcq")
 def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed=0, limit=2_000_000):
     """Run ``images`` through a :class:`NetworkCore` (load beats stalled with probability ``stall``,
     logits back-pressured with ``backpressure``); returns per image the logits, the cycles from
-    ``start`` to idle and the probed tensors ``{name: (C, H, W)}`` of every step, each read from the
-    data memories when the step that writes it has finished (the input's once the image is loaded)."""
+    ``start`` to idle, the probed tensors ``{name: (C, H, W)}`` of every step, each read from the
+    data memories when the step that writes it has finished (the input's once the image is loaded),
+    and ``engine_cycles``: the cycles the engine's ``busy`` was high in each of its runs, in order."""
     core = NetworkCore(params)
     plan = network_plan(model, params)
     steps = plan.steps
@@ -60,8 +64,13 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
             ctx.set(core.start, 1)
             await ctx.tick()
             ctx.set(core.start, 0)
-            cycles, out, step = 1, [], 1
+            cycles, out, step, engine_cycles, run = 1, [], 1, [], 0
             while ctx.get(core.busy):
+                if ctx.get(core.engine.busy):
+                    run += 1
+                elif run:
+                    engine_cycles.append(run)
+                    run = 0
                 ready = rng.random() >= backpressure
                 ctx.set(core.out.ready, ready)
                 sent, value = ctx.get(core.out.valid), ctx.get(core.out.payload)
@@ -76,7 +85,7 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
                 assert cycles < limit, f"the core did not finish within {limit} cycles"
             assert step == len(steps), f"{step} of {len(steps)} steps ran"
             results.append({"logits": decode_logits(params, out, model.num_classes), "cycles": cycles,
-                            "probes": probes})
+                            "probes": probes, "engine_cycles": engine_cycles})
 
     sim = Simulator(core)
     sim.add_clock(1e-8)
@@ -106,3 +115,60 @@ def test_digits_network_on_the_core(rows, cols, stall, backpressure):
     check_against_reference(DIGITS, images, results)
     macs = sum(node.macs for node in DIGITS.nodes if isinstance(node, ConvNode))
     assert results[0]["cycles"] > macs / (rows * cols)
+    check_layer_cycles(DIGITS, params, results[0])
+
+
+def test_write_back_overlaps_the_next_channel_tile(small_cnn):
+    """Network mode on a 2 x 10 array: conv0 (1 -> 20 channels, 8 x 8) has two channel tiles whose
+    write-back (704 cycles each) takes longer than their computation (603), so the layer takes
+    603 + 2 * 704 plus drain and flush, not 2 * (603 + 704); every tensor exact."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=(20, 4, 4)), (1, 8, 8))
+    params = NetworkParams.for_model(model, 2, 10)
+    images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    (result,) = simulate_network(model, params, images)
+    check_against_reference(model, images, [result])
+    counts = check_layer_cycles(model, params, result)
+    drain, flush = 2 + 10 + 4, LayerEngine.STAGE_LATENCY
+    assert counts[0] == (603 + 2 * 704 + drain + flush, 2 * (603 + 704) + drain + flush)
+
+
+def layer_cycles(params, node, overlapped=True):
+    """The cycles of layer ``node`` on the engine in network mode (``busy`` high), as ``hw/engine.py``
+    states: channel tile ``t``'s accumulators are final after ``c_t = (t + 1) * k * T - gap + drain``
+    cycles; its write-back (``W = positions * (cols + 1)`` cycles) starts in cycle ``c_t + 1`` or
+    when the previous tile's ends, whichever is later; ``STAGE_LATENCY`` cycles follow the last.
+    ``overlapped=False``: the write-back of every tile after the computation of all (the engine
+    before the overlap)."""
+    R, C = params.engine.rows, params.engine.cols
+    (c_in, _, _), (c_out, ho, wo) = node.in_shape, node.out_shape
+    positions, co_tiles = ho * wo, -(-c_out // C)
+    k = node.kernel ** 2 * -(-c_in // R)
+    gap = max(0, C + 2 - positions)
+    T, drain, W = R + positions + 1 + gap, R + C + 4, positions * (C + 1)
+    if not overlapped:
+        return co_tiles * k * T - gap + drain + co_tiles * W + LayerEngine.STAGE_LATENCY
+    end = 0
+    for t in range(co_tiles):
+        start = max((t + 1) * k * T - gap + drain + 1, end + 1)
+        end = start + W - 1
+    closed = max(k * T + co_tiles * W, co_tiles * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
+    assert end + LayerEngine.STAGE_LATENCY == closed
+    return closed
+
+
+def check_layer_cycles(model, params, result):
+    """Every layer's engine cycles are as :func:`layer_cycles` states, and fewer than without the
+    overlap where the layer has more than one channel tile. Returns per layer ``(cycles, serial)``."""
+    convs = list(model.convs)
+    assert len(result["engine_cycles"]) == len(convs)
+    counts = []
+    for node, cycles in zip(convs, result["engine_cycles"]):
+        serial = layer_cycles(params, node, overlapped=False)
+        assert cycles == layer_cycles(params, node), f"{node.name}: {cycles} cycles"
+        if node.out_shape[0] > params.engine.cols:
+            assert cycles < serial, f"{node.name}: {cycles} cycles, the write-back is not overlapped ({serial})"
+        counts.append((cycles, serial))
+    return counts

@@ -163,4 +163,4 @@ def test_trained_resnet20_whole_network_on_an_8x8_array(tmp_path):
     params, report = run_network("verilator", RESNET20, model, 8, 8, images, tmp_path, stall=0.05,
                                  backpressure=0.05, seed=4)
     assert_exact(model, params, report, 2)
-    assert len(model.convs) == 21
+    assert len(model.convs) == 22      # 19 3x3 convolutions, 2 strided 1x1 shortcuts, the FC layer
