@@ -101,9 +101,12 @@ def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> d
 
 
 def network_memories(params: NetworkParams) -> list[tuple[str, int, int, int]]:
-    """Every memory of the whole-network core as ``(name, width, depth, copies)``."""
+    """Every memory of the whole-network core as ``(name, width, depth, copies)``; the accumulator
+    memories count twice (network mode reads them through two ports while writing through a third,
+    which block RAM holds as two copies)."""
     vector = [(f"vector {name}", w, d, c) for name, w, d, c in params.vector.memories()]
-    return params.engine.memories() + vector + [
+    engine = [(name, w, d, 2 * c if name == "accumulators" else c) for name, w, d, c in params.engine.memories()]
+    return engine + vector + [
         ("values", params.value_bits, params.value_depth, 1), ("program", params.instruction_bits,
                                                               params.program_depth, 1),
         ("input table", params.input_bits, 256, 1)]

@@ -66,7 +66,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE,
-                            STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, EngineParams)
+                            STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable
 from .requantize import RequantizeUnit
 from .spram import SpramBuffer, platform_has_spram
@@ -185,6 +185,9 @@ class LayerEngine(wiring.Component):
                              f"({SPRAM_DEPTH} words)")
         if value_depth is not None and (not isinstance(value_depth, int) or not 1 <= value_depth <= 1 << 24):
             raise ValueError(f"value_depth must be None (layer mode) or an integer in 1..{1 << 24}, got {value_depth!r}")
+        if params.wide_depth and value_depth is None:
+            raise ValueError("a wide weights buffer (wide_depth) needs network mode (value_depth), whose registers "
+                             "select it per layer")
         self.params, self.spram, self.value_depth = params, spram, value_depth
         self.drain = params.rows + params.cols + 4
         if value_depth is None:
@@ -248,7 +251,10 @@ class LayerEngine(wiring.Component):
         spram = self.spram
         if spram is None:
             spram = platform_has_spram(platform) and p.weight_depth <= SPRAM_DEPTH
-        weight_data, weight_read_addr = buffer("weights", Cn * p.weight_bits, p.weight_depth, loads(WEIGHTS), spram)
+        weight_data, weight_read_addr = buffer("weights", Cn * p.stored_weight_bits, p.weight_depth, loads(WEIGHTS),
+                                               spram)
+        if p.wide_depth:
+            weight_data = self._weights_of_layer(m, cfg, buffer, loads(WIDE_WEIGHTS), weight_data, weight_read_addr)
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x).
         def counter(name):
@@ -438,6 +444,19 @@ class LayerEngine(wiring.Component):
         m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
         m.d.comb += self.out.payload.eq(Cat(*fields))
         return m
+
+    def _weights_of_layer(self, m, cfg, buffer, load_en, narrow, read_addr):
+        """With a wide weights buffer: the PE weight words of the layer, from the wide buffer where the
+        ``wide_weights`` register says so, else the narrow words (``wbits`` per column: sign on top of
+        ``k``) widened to ``weight_bits`` (sign on top, ``k`` zero-extended). Both read at ``read_addr``."""
+        p = self.params
+        wide, wide_addr = buffer("wide_weights", p.cols * p.weight_bits, p.wide_depth, load_en)
+        m.d.comb += wide_addr.eq(read_addr)
+        fields = []
+        for c in range(p.cols):
+            field = narrow.word_select(c, p.wbits)
+            fields.append(Cat(field[:p.wbits - 1], C(0, p.weight_bits - p.wbits), field[p.wbits - 1]))
+        return Mux(cfg["wide_weights"][0], wide, Cat(*fields))
 
     def _step_destination(self, m, cfg, dest, read_pos, tile=False):
         """Network mode: the destination counters move to the next channel (``tile``: the channel

@@ -138,7 +138,7 @@ class NetworkParams:
     def for_model(cls, model: CompiledModel, rows: int, cols: int) -> NetworkParams:
         """The core that runs all of ``model`` on a ``rows`` x ``cols`` array, every constant resident."""
         plan = plan_network(model, lanes=rows)
-        engine = EngineParams.for_model(model, rows, cols, resident="all")
+        engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True)
         engine = replace(engine, act_depth=plan.memories["codes"].depth)
         values = plan.memories["values"]
         vector = VectorParams.for_model(model, lanes=rows, lane_bits=engine.abits, value_bits=values.width,

@@ -111,6 +111,8 @@ def check_against_reference(model, images, results):
 def test_digits_network_on_the_core(rows, cols, stall, backpressure):
     images = np.random.default_rng(rows).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
     params = NetworkParams.for_model(DIGITS, rows, cols)
+    # the 8-bit edge layers' weights in the wide buffer, the 3-bit layers' at 3 bits per column
+    assert params.engine.wide_depth and params.engine.stored_weight_bits == params.engine.wbits == 3
     results = simulate_network(DIGITS, params, images, stall=stall, backpressure=backpressure)
     check_against_reference(DIGITS, images, results)
     macs = sum(node.macs for node in DIGITS.nodes if isinstance(node, ConvNode))
