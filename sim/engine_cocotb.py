@@ -59,7 +59,9 @@ class Engine:
             await FallingEdge(self.clk)
         dut.rst.value = 0
 
-    async def load(self, beats):
+    async def load(self, beats, each_cycle=None):
+        """Each beat offered until taken (``load__valid`` low with probability ``stall``);
+        ``each_cycle()`` called in every cycle before its clock edge."""
         dut = self.dut
         for beat in beats:
             while True:
@@ -68,6 +70,8 @@ class Engine:
                 dut.load__payload.value = sum(value << self.fields[name]
                                               for name, value in zip(("target", "addr", "data"), beat))
                 ready = int(dut.load__ready.value)
+                if each_cycle is not None:
+                    each_cycle()
                 await FallingEdge(self.clk)
                 if valid and ready:
                     break

@@ -32,15 +32,12 @@ past its deadline fails naming the step it was in.
 from __future__ import annotations
 
 import json
-import random
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge
 
+from sim.engine_cocotb import Engine
 from sim.runner import load_data
-
-PERIOD_NS = 10
 
 
 def _int(value, what: str) -> int:
@@ -49,47 +46,25 @@ def _int(value, what: str) -> int:
     return int(value.to_unsigned())
 
 
-class Core:
-    """The DUT's ports, driven at falling edges (sampled by the next rising edge)."""
-
-    def __init__(self, dut, d: dict):
-        self.dut, self.clk = dut, dut.clk
-        self.fields = d["load_fields"]
-        self.rng = random.Random(d.get("seed", 0))
-        self.stall, self.backpressure = d.get("stall", 0.0), d.get("backpressure", 0.0)
+class Core(Engine):
+    """The DUT's ports, driven at falling edges (sampled by the next rising edge): the layer
+    engine's testbench driver (load, start, out) plus the probe port."""
 
     async def reset(self):
+        await super().reset()
         dut = self.dut
-        for sig in (dut.load__valid, dut.load__payload, dut.start, dut.out__ready):
-            sig.value = 0
-        dut.rst.value = 1
-        Clock(self.clk, PERIOD_NS, unit="ns").start(start_high=False)
-        for _ in range(2):
-            await FallingEdge(self.clk)
-        dut.rst.value = 0
         if not (dut.load__ready.value.is_resolvable and dut.busy.value.is_resolvable):
             raise AssertionError(f"after reset: load__ready={dut.load__ready.value}, busy={dut.busy.value}")
 
     async def load(self, beats, mirror=None):
         """Each beat offered until taken; with a ``mirror``, the probe port sampled into it (the
         last beat's write included)."""
-        dut = self.dut
-        for beat in beats:
-            while True:
-                valid = self.rng.random() >= self.stall
-                dut.load__valid.value = int(valid)
-                dut.load__payload.value = sum(value << self.fields[name]
-                                              for name, value in zip(("target", "addr", "data"), beat))
-                ready = int(dut.load__ready.value)
-                if mirror is not None:
-                    self.sample(mirror, "while loading")
-                await FallingEdge(self.clk)
-                if valid and ready:
-                    break
-        dut.load__valid.value = 0
-        if mirror is not None:
-            self.sample(mirror, "while loading")
-            await FallingEdge(self.clk)
+        if mirror is None:
+            await super().load(beats)
+            return
+        await super().load(beats, lambda: self.sample(mirror, "while loading"))
+        self.sample(mirror, "while loading")
+        await FallingEdge(self.clk)
 
     def sample(self, mirror, where: str) -> bool:
         """This cycle's writes of the probe port into ``mirror``; whether there were any."""
