@@ -15,6 +15,7 @@ from math import ceil
 
 from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
+from .memories import memory_bits
 from .pe_words import LEVEL_BITS, PRODUCT_BITS
 from .residency import check_residency
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_word_bits, threshold_bits,
@@ -208,10 +209,7 @@ class EngineParams:
 
     def memory_bits(self) -> dict[str, int]:
         """Bits of each on-chip buffer (all copies together)."""
-        bits: dict[str, int] = {}
-        for name, width, depth, copies in self.memories():
-            bits[name] = bits.get(name, 0) + width * depth * copies
-        return bits
+        return memory_bits(self.memories())
 
     def describe(self) -> dict:
         """Every parameter as JSON-ready values; :meth:`from_dict` reads it back."""

@@ -113,8 +113,7 @@ class NetworkParams:
     def memory_bits(self) -> dict[str, int]:
         """Bits of each on-chip memory: the engine's, the vector unit's, values, program, input table."""
         bits = dict(self.engine.memory_bits())
-        for name, width, depth, copies in self.vector.memories():
-            bits[f"vector {name}"] = bits.get(f"vector {name}", 0) + width * depth * copies
+        bits.update({f"vector {name}": value for name, value in self.vector.memory_bits().items()})
         bits["values"] = self.value_bits * self.value_depth
         bits["program"] = self.instruction_bits * self.program_depth
         bits["input table"] = self.input_bits * 256

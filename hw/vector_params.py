@@ -32,6 +32,7 @@ import numpy as np
 from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, CompiledModel, PoolNode, TensorInfo,
                             Thresholds, signed_bits)
 
+from .memories import memory_bits
 from .stage_words import threshold_bits, threshold_word_bits
 
 MAX_LANES = 256
@@ -397,10 +398,7 @@ class VectorParams:
 
     def memory_bits(self) -> dict[str, int]:
         """Bits of each constant memory (all copies together)."""
-        bits: dict[str, int] = {}
-        for name, width, depth, copies in self.memories():
-            bits[name] = bits.get(name, 0) + width * depth * copies
-        return bits
+        return memory_bits(self.memories())
 
     def describe(self) -> dict:
         """Every parameter as JSON-ready values; :meth:`from_dict` reads it back."""
