@@ -74,6 +74,8 @@ def test_host_runtime_on_simulated_board_equals_reference(resident, byte_cycles,
     assert out["loading"]["bytes_to_device"] == traffic["loading"]["bytes_to_device"] + 6    # and a PING
 
 
+# About 3 minutes; the host's recovery is also tested against a fake port and the bridge in tests/test_link.py.
+@pytest.mark.slow
 def test_host_runtime_recovers_from_corrupted_bytes_both_ways(tmp_path):
     """All constants resident. A byte of them corrupted on the way in: the bridge NACKs the
     frame and the host sends it again. A byte of an ACK corrupted on the way back: the host
