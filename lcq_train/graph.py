@@ -102,18 +102,13 @@ def _kind(node: fx.Node, modules: dict) -> str:
         if isinstance(m, _NONNEGATIVE_MODULES):
             return "nonnegative"
         return "shape" if isinstance(m, _SHAPE_MODULES) else "other"
-    if node.op == "call_function":
-        if node.target in _NONNEGATIVE_FUNCTIONS:
-            return "nonnegative"
-        if node.target in _SHAPE_FUNCTIONS:
-            return "shape"
-        return "combine" if node.target in _COMBINING_FUNCTIONS else "other"
-    if node.op == "call_method":
-        if node.target in _NONNEGATIVE_METHODS:
-            return "nonnegative"
-        if node.target in _SHAPE_METHODS:
-            return "shape"
-        return "combine" if node.target in _COMBINING_METHODS else "other"
+    tables = {"call_function": (_NONNEGATIVE_FUNCTIONS, _SHAPE_FUNCTIONS, _COMBINING_FUNCTIONS),
+              "call_method": (_NONNEGATIVE_METHODS, _SHAPE_METHODS, _COMBINING_METHODS)}.get(node.op)
+    if tables is None:
+        return "other"
+    for kind, targets in zip(("nonnegative", "shape", "combine"), tables):
+        if node.target in targets:
+            return kind
     return "other"
 
 
