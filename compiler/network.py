@@ -24,6 +24,16 @@ codes), ``conv`` (codes -> codes with a thresholds stage, else values),
 (values ``(C, H, W)`` -> codes ``(C, 1, 1)``). The logits, the last step's
 values, are what the host reads back.
 
+A residual addition right after the conv that computes one of its operands is
+*fused* into that conv (:func:`fuse_additions`) when the conv's values are read
+by nothing else and the other operand dies at the addition: the conv's
+write-back adds each output to the other operand's element and writes the sum
+in its place. That conv step (``fused_add``: the addition's name) reads the
+codes and the other operand and writes the sum; its own values are never stored
+(``stored`` false), and the addition has no step of its own. This halves the
+residual stream's memory (one value tensor alive instead of two) and saves the
+addition's pass over it.
+
 Each tensor is alive from the step that writes it to the last step that reads
 it (the logits to the end). :func:`plan_network` places every tensor at a base
 address of its memory (first fit, in order of definition or largest first,
@@ -70,17 +80,20 @@ class NetworkPlanError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One step of the program: node ``name`` of ``kind`` (input, conv, activate, add, pool)."""
+    """One step of the program: node ``name`` of ``kind`` (input, conv, activate, add, pool), node
+    ``index`` of the model; a conv with ``fused_add`` (the addition's name) also reads the addition's
+    other operand (``inputs[1]``) and writes the sum (``output``)."""
 
     index: int
     name: str
     kind: str
     inputs: tuple[str, ...]
     output: str
+    fused_add: str | None = None
 
     def to_dict(self) -> dict:
         return {"index": self.index, "name": self.name, "kind": self.kind, "inputs": list(self.inputs),
-                "output": self.output}
+                "output": self.output, "fused_add": self.fused_add}
 
 
 @dataclass
@@ -88,7 +101,8 @@ class TensorPlan:
     """Where a tensor lives: ``kind`` (its memory, "codes" or "values"), ``shape`` (C, H, W), element
     width ``bits``, ``words`` of its memory from ``base``, alive from step ``first`` to ``last``
     (inclusive), ``role`` (its logical buffer, :data:`ROLES`), for values ``bound`` (largest |x|), and
-    for an addition's sum ``in_place``: the operand whose region it overwrites (or None)."""
+    for an addition's sum ``in_place``: the operand whose region it overwrites (or None). A conv's
+    values that a fused addition consumes are not ``stored`` (no region; ``base`` is the sum's)."""
 
     name: str
     kind: str
@@ -101,6 +115,7 @@ class TensorPlan:
     bound: int | None = None
     base: int = 0
     in_place: str | None = None
+    stored: bool = True
 
     @property
     def end(self) -> int:
@@ -119,7 +134,7 @@ class TensorPlan:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "role": self.role, "shape": list(self.shape), "bits": self.bits,
                 "bound": self.bound, "words": self.words, "base": self.base, "first": self.first, "last": self.last,
-                "in_place": self.in_place}
+                "in_place": self.in_place, "stored": self.stored}
 
 
 @dataclass
@@ -155,8 +170,9 @@ class NetworkPlan:
         return sum(m.bits for m in self.memories.values())
 
     def alive(self, step: int, memory: str | None = None) -> list[TensorPlan]:
-        """Tensors alive at ``step`` (of ``memory`` only, if given)."""
-        return [t for t in self.tensors.values() if t.alive(step) and (memory is None or t.kind == memory)]
+        """Stored tensors alive at ``step`` (of ``memory`` only, if given)."""
+        return [t for t in self.tensors.values()
+                if t.stored and t.alive(step) and (memory is None or t.kind == memory)]
 
     def peak_words(self, select) -> int:
         """The most words, over steps, of the alive tensors for which ``select(tensor)`` holds (a sum
@@ -174,7 +190,7 @@ class NetworkPlan:
         ``largest_tensor_words``. Buffers share their memory; the memories' sizes are the plan's truth."""
         out = {}
         for role, (memory, what) in ROLES.items():
-            names = [t.name for t in self.tensors.values() if t.role == role]
+            names = [t.name for t in self.tensors.values() if t.role == role and t.stored]
             words = self.peak_words(lambda t, role=role: t.role == role)
             out[role] = {"memory": memory, "holds": what, "tensors": names, "words": words,
                          "bits": words * self.memories[memory].width,
@@ -325,6 +341,32 @@ def allocate_in_place(tensors: list[TensorPlan], by_name: dict[str, TensorPlan])
     return depth
 
 
+def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
+    """``steps`` with each addition folded into the conv step right before it, where the conv writes values
+    (a requantize stage or none) that only this addition reads and that are not the logits, and the
+    addition's other operand is a different tensor that the addition reads last (so that the sum can
+    take its place). The addition's step is dropped."""
+    readers: dict[str, int] = {}
+    last_use: dict[str, int] = {}
+    for step in steps:
+        for name in step.inputs:
+            readers[name] = readers.get(name, 0) + 1
+            last_use[name] = step.index
+    out: list[Step] = []
+    for step in steps:
+        conv = out[-1] if out else None
+        if step.kind == "add" and conv is not None and conv.kind == "conv" and conv.fused_add is None:
+            node = model.nodes[conv.index]
+            others = [name for name in step.inputs if name != conv.output]
+            if (not isinstance(node.stage, Thresholds) and conv.output in step.inputs and len(others) == 1
+                    and readers.get(conv.output) == 1 and conv.output != model.logits
+                    and others[0] != model.logits and last_use.get(others[0]) == step.index):
+                out[-1] = replace(conv, inputs=(conv.inputs[0], others[0]), output=step.output, fused_add=step.name)
+                continue
+        out.append(step)
+    return out
+
+
 def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
     """The network plan of ``model`` for a code memory of ``lanes`` codes per word (1..MAX_LANES).
 
@@ -335,33 +377,41 @@ def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
         raise ValueError(f"lanes must be an integer in 1..{MAX_LANES}, not {lanes!r}")
     steps = _steps(model)
     info = model.validate()          # shapes, code bits and exact value bounds, as the compiler propagates them
+    steps = fuse_additions(steps, model)
+    written = {step.output: step.index for step in steps}
+    fused = {model.nodes[step.index].output: step for step in steps if step.fused_add}   # conv values -> step
     last_use = {}
     for step in steps:
         for name in step.inputs:
             last_use[name] = step.index
-    end = len(steps) - 1
+    end = steps[-1].index
     tensors: dict[str, TensorPlan] = {}
-    for step, node in zip(steps, model.nodes):
-        t = info[step.output]
+    for node in model.nodes:
+        t = info[node.output]
         shape = tuple(int(d) for d in t.shape)
-        last = end if step.output == model.logits else last_use.get(step.output, step.index)
+        first = fused[node.output].index if node.output in fused else written[node.output]
+        last = end if node.output == model.logits else last_use.get(node.output, first)
         if t.bits is not None:
-            tensors[step.output] = TensorPlan(step.output, "codes", shape, t.bits, code_words(shape, lanes),
-                                              step.index, last, _role(node, model))
+            tensors[node.output] = TensorPlan(node.output, "codes", shape, t.bits, code_words(shape, lanes),
+                                              first, last, _role(node, model))
         else:
-            tensors[step.output] = TensorPlan(step.output, "values", shape, signed_bits(t.bound), value_words(shape),
-                                              step.index, last, _role(node, model), bound=int(t.bound))
+            tensors[node.output] = TensorPlan(node.output, "values", shape, signed_bits(t.bound), value_words(shape),
+                                              first, last, _role(node, model), bound=int(t.bound),
+                                              stored=node.output not in fused)
     plan = NetworkPlan(lanes, steps, tensors)
-    for step, node in zip(steps, model.nodes):
+    for node in model.nodes:
         if isinstance(node, AddNode):
-            total = tensors[step.output]
-            dying = [tensors[n] for n in node.inputs if tensors[n].last == step.index and n != model.logits]
+            total = tensors[node.output]
+            dying = [tensors[n] for n in node.inputs
+                     if tensors[n].stored and tensors[n].last == total.first and n != model.logits]
             if dying:
                 total.in_place = dying[0].name
     for memory in MEMORIES:
-        held = [t for t in tensors.values() if t.kind == memory]
+        held = [t for t in tensors.values() if t.kind == memory and t.stored]
         depth = allocate_in_place(held, tensors)
-        bits = max((t.bits for t in held), default=0)
+        bits = max((t.bits for t in tensors.values() if t.kind == memory), default=0)
         width = lanes * bits if memory == "codes" else bits
         plan.memories[memory] = MemoryPlan(memory, depth, width, plan.peak_words(lambda t, m=memory: t.kind == m))
+    for name, step in fused.items():
+        tensors[name].base = tensors[step.output].base
     return plan

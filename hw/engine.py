@@ -39,7 +39,9 @@ after the last word is accepted.
 
 Network mode (``value_depth``; :func:`network_signature`): outputs are not offered on a stream
 but written into the code memory (one lane per cycle) or the value memory, and each channel
-tile is written back while the array computes the next ones. The accumulator memories have a
+tile is written back while the array computes the next ones. With ``dst_add`` set, each value is
+added to the one at its address before it is written (a residual addition fused into the layer:
+the old value is read the cycle before the write, so the timing is the same). The accumulator memories have a
 second read port for the write-back, and the code memory separate read (compute) and write
 (write-back) addresses, so neither disturbs the computation; the one output stage is shared as
 in layer mode. With ``k = kernel^2 * groups`` reduction tiles per channel tile and ``T = rows +
@@ -128,26 +130,30 @@ class EngineSignature(wiring.Signature):
         return f"EngineSignature({self.addr_bits}, {self.data_bits}, {self.out_bits})"
 
 
-def network_signature(params: EngineParams, reg_bits: int) -> wiring.Signature:
+def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> wiring.Signature:
     """The engine's ports in network mode (``LayerEngine(..., value_depth=N)``), as the engine sees them.
 
     - ``load``, ``start``, ``busy``: as :class:`EngineSignature` (``load`` also writes the
       :data:`~hw.engine_params.NETWORK_REGISTERS`).
     - ``code_write`` (in, used only while idle): ``en`` (one bit per lane), ``addr``, ``data``
       (``rows`` lanes of ``abits``) write the chosen lanes of one activation-buffer word.
-    - ``val_write`` (out): ``en``, ``addr`` (``reg_bits``), ``data`` (signed ``out_bits``): each
+    - ``val_write`` (out): ``en``, ``addr`` (``reg_bits``), ``data`` (signed ``value_bits``): each
       output value of a layer whose ``dst_values`` is 1, one per cycle, while the layer computes
       its next channel tiles (so a layer's output must not share words with its input).
+    - ``val_read`` (while busy): ``addr`` (out, ``reg_bits``), ``data`` (in, signed ``value_bits``, the
+      word at the previous cycle's address): with ``dst_add``, the value each write adds to.
     - ``code_written`` (out): the activation buffer's write port (``en`` per lane, ``addr``,
       ``data``) in every cycle, whoever writes: a probe for simulations.
     """
     lanes = wiring.Signature({"en": Out(params.rows), "addr": Out(range(params.act_depth)),
                               "data": Out(params.rows * params.abits)})
-    values = wiring.Signature({"en": Out(1), "addr": Out(reg_bits), "data": Out(signed(params.out_bits))})
+    values = wiring.Signature({"en": Out(1), "addr": Out(reg_bits), "data": Out(signed(value_bits))})
+    old_values = wiring.Signature({"addr": Out(reg_bits), "data": In(signed(value_bits))})
     load = data.StructLayout({"target": TARGET_BITS, "addr": params.addr_bits,
                               "data": max(params.data_bits, reg_bits)})
     return wiring.Signature({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
-                             "code_write": In(lanes), "val_write": Out(values), "code_written": Out(lanes)})
+                             "code_write": In(lanes), "val_write": Out(values), "val_read": Out(old_values),
+                             "code_written": Out(lanes)})
 
 
 def delayed(m: Module, value, cycles: int, name: str):
@@ -169,13 +175,18 @@ class LayerEngine(wiring.Component):
     (:func:`hw.spram.platform_has_spram`) where the buffer fits its 16K words, as board builds do.
     Either way the buffer's read data follows its address by one cycle.
 
-    Ports: :class:`EngineSignature` for ``params``. ``STAGE_LATENCY``: cycles through the
-    output stage, the slower unit's; ``drain``: see the module docstring.
+    ``value_depth`` / ``value_bits`` (network mode): the value memory's depth and width (default
+    ``params.out_bits``).
+
+    Ports: :class:`EngineSignature` for ``params`` (network mode: :func:`network_signature`).
+    ``STAGE_LATENCY``: cycles through the output stage, the slower unit's; ``drain``: see the
+    module docstring.
     """
 
     STAGE_LATENCY = max(ThresholdUnit.LATENCY, RequantizeUnit.LATENCY)
 
-    def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None):
+    def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None,
+                 value_bits: int | None = None):
         if not isinstance(params, EngineParams):
             raise TypeError(f"params must be an EngineParams, not {params!r}")
         if spram not in (None, True, False):
@@ -188,12 +199,16 @@ class LayerEngine(wiring.Component):
         if params.wide_depth and value_depth is None:
             raise ValueError("a wide weights buffer (wide_depth) needs network mode (value_depth), whose registers "
                              "select it per layer")
+        if value_bits is not None and (not isinstance(value_bits, int) or not params.out_bits <= value_bits <= 64):
+            raise ValueError(f"value_bits must be an integer in {params.out_bits}..64 (the output width up), "
+                             f"got {value_bits!r}")
         self.params, self.spram, self.value_depth = params, spram, value_depth
+        self.value_bits = value_bits or params.out_bits
         self.drain = params.rows + params.cols + 4
         if value_depth is None:
             signature = EngineSignature.for_params(params)
         else:
-            signature = network_signature(params, self.reg_bits)
+            signature = network_signature(params, self.reg_bits, self.value_bits)
         super().__init__(signature)
 
     @property
@@ -547,16 +562,19 @@ class LayerEngine(wiring.Component):
 
     def _write_back(self, m, cfg, dest, feeding, read_pos, result, code_out):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
-        accumulator was fed, as a value (``dst_values``) or as a code into its lane; the padding
-        channels of the last channel tile (``channel >= c_out``) are not written."""
+        accumulator was fed, as a value (``dst_values``; plus the value read at its address the cycle
+        before, with ``dst_add``) or as a code into its lane; the padding channels of the last channel
+        tile (``channel >= c_out``) are not written."""
         p = self.params
         valid = delayed(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
-        value_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY, "back_value_addr")
+        read_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY - 1, "back_value_read_addr")
+        value_addr = delayed(m, read_addr, 1, "back_value_addr")
         code_addr = delayed(m, dest["code_base"] + read_pos, self.STAGE_LATENCY, "back_code_addr")
         lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self.STAGE_LATENCY, "back_lane")
         values = cfg["dst_values"][0]
+        added = Mux(cfg["dst_add"][0], self.val_read.data, 0)
         m.d.comb += [self.val_write.en.eq(valid & values), self.val_write.addr.eq(value_addr),
-                     self.val_write.data.eq(result),
+                     self.val_read.addr.eq(read_addr), self.val_write.data.eq(result + added),
                      code_out["en"].eq(Mux(valid & ~values, C(1, p.rows) << lane, 0)), code_out["addr"].eq(code_addr),
                      code_out["data"].eq(Cat(*[result[:p.abits]] * p.rows))]
 

@@ -42,8 +42,9 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 # after :data:`REGISTERS`: where the input codes start in the activation buffer, where the outputs
 # go (``dst_values``: 1 = values into the value memory, 0 = codes into the activation buffer) and
 # how many output channels are real (the last channel tile's padding columns are not written),
-# and whether the layer's weights are in the wide weights buffer (``wide_depth`` > 0).
-NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights")
+# whether the layer's weights are in the wide weights buffer (``wide_depth`` > 0), and whether each
+# output value is added to the value already at its address (``dst_add``: a fused residual addition).
+NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add")
 # Values of the ``stage`` register: what the output stage does.
 STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE = range(3)
 

@@ -75,7 +75,8 @@ class NetworkCore(wiring.Component):
         if not isinstance(params, NetworkParams):
             raise TypeError(f"params must be a NetworkParams, not {params!r}")
         self.params = params
-        self.engine = LayerEngine(params.engine, spram=spram, value_depth=params.value_depth)
+        self.engine = LayerEngine(params.engine, spram=spram, value_depth=params.value_depth,
+                                  value_bits=params.value_bits)
         self.vector = VectorUnit(params.vector)
         super().__init__(NetworkSignature(params))
 
@@ -147,14 +148,15 @@ class NetworkCore(wiring.Component):
         ]
 
         # The value memory: written by the engine or the vector unit (never both at once), read by
-        # the vector unit or OUTPUT.
+        # OUTPUT, the engine (while busy: fused additions) or the vector unit.
         out_addr, outputting = Signal(signed(p.reg_bits)), Signal()
         m.d.comb += [
             value_write.en.eq(engine.val_write.en | vector.val_write_en),
             value_write.addr.eq(Mux(engine.val_write.en, engine.val_write.addr, vector.val_write_addr)),
             value_write.data.eq(Mux(engine.val_write.en, engine.val_write.data, vector.val_write_data)),
-            value_read.addr.eq(Mux(outputting, out_addr, vector.val_read_addr)),
-            vector.val_read_data.eq(value_read.data),
+            value_read.addr.eq(Mux(outputting, out_addr, Mux(engine.busy, engine.val_read.addr,
+                                                             vector.val_read_addr))),
+            vector.val_read_data.eq(value_read.data), engine.val_read.data.eq(value_read.data),
         ]
         m.d.comb += [self.probe.code_en.eq(engine.code_written.en), self.probe.code_addr.eq(engine.code_written.addr),
                      self.probe.code_data.eq(engine.code_written.data), self.probe.value_en.eq(value_write.en),

@@ -143,14 +143,14 @@ class NetworkParams:
         vector = VectorParams.for_model(model, lanes=rows, lane_bits=engine.abits, value_bits=values.width,
                                         value_depth=values.depth, code_depth=engine.act_depth)
         return cls(engine=engine, vector=vector, value_bits=values.width, value_depth=values.depth,
-                   program_depth=program_length(model), input_bits=model.input.bits)
+                   program_depth=program_length(plan), input_bits=model.input.bits)
 
 
-def program_length(model: CompiledModel) -> int:
-    """Words of ``model``'s program: every step after the input writes all its registers, then runs;
-    OUTPUT writes all operands too; END closes (:func:`hw.network_program.program_words`)."""
-    convs = len(model.convs)
-    vector_steps = len(model.nodes) - 1 - convs
+def program_length(plan: NetworkPlan) -> int:
+    """Words of the program of ``plan``'s steps: every step after the input writes all its registers,
+    then runs; OUTPUT writes all operands too; END closes (:func:`hw.network_program.program_words`)."""
+    convs = sum(step.kind == "conv" for step in plan.steps)
+    vector_steps = len(plan.steps) - 1 - convs
     return convs * (len(NETWORK_REGISTERS) + 1) + (vector_steps + 1) * (len(OPERANDS) + 1) + 1
 
 

@@ -38,22 +38,24 @@ def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
 
 
 def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
-    """The program that runs ``model`` on one image loaded by :func:`image_beats`: every node after
-    the input in order, output, end."""
+    """The program that runs ``model`` on one image loaded by :func:`image_beats`: every step of the
+    compiler's plan after the input in order (a conv with a fused addition adds its outputs into the
+    sum's place: ``dst_add``), output, end."""
     plan = network_plan(model, params)
     bases = resident_bases(model, params.engine, "all")
     slots = slot_bases(model)
     base = {name: t.base for name, t in plan.tensors.items()}
     words: list[int] = []
-    for node in model.nodes:
+    for step in plan.steps:
+        node = model.nodes[step.index]
         if isinstance(node, InputNode):
             continue
         if isinstance(node, ConvNode):
             check_fits(params.engine, node)
             values = config_values(params.engine, node, bases[node.name])
-            values.update(act_base=base[node.input], dst_base=base[node.output],
+            values.update(act_base=base[node.input], dst_base=base[step.output],
                           dst_values=int(not isinstance(node.stage, Thresholds)), c_out=node.out_shape[0],
-                          wide_weights=int(in_wide_buffer(params.engine, node)))
+                          wide_weights=int(in_wide_buffer(params.engine, node)), dst_add=int(bool(step.fused_add)))
             words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
             words.append(instruction(params, RUN_ENGINE))
         else:
@@ -62,7 +64,7 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
             words.append(instruction(params, RUN_VECTOR))
     words += _operands(params, {"src_a": base[model.logits], "channels": model.num_classes})
     words += [instruction(params, OUTPUT), instruction(params, END)]
-    assert len(words) == program_length(model) == params.program_depth
+    assert len(words) == program_length(plan) == params.program_depth
     return words
 
 

@@ -98,6 +98,8 @@ def random_model(rnd: random.Random) -> CompiledModel:
         for name, s in values.items():
             by_shape.setdefault(s, []).append(name)
         ops += ["add"] * 2 * bool(values)
+        sides = {s[1:] for s, _ in codes.values()}
+        ops += ["residual"] * 2 * any(s[1:] in sides for s in values.values())
         op = rnd.choice(ops)
         name = f"n{i}"
         if op == "conv":
@@ -119,6 +121,19 @@ def random_model(rnd: random.Random) -> CompiledModel:
             src = rnd.choice(list(values))
             node = _pool(name, src, values[src][0])
             codes[name] = ((values[src][0], 1, 1), 8)
+        elif op == "residual":
+            # a conv of codes with the spatial size of a value tensor, then their sum (often fusable)
+            stream = rnd.choice([v for v, s in values.items() if s[1:] in sides])
+            c, h, w = values[stream]
+            src = rnd.choice([n for n, (s, _) in codes.items() if s[1:] == (h, w)])
+            conv = _conv(name + "c", src, name + "c", codes[src][0], c, codes[src][1], rnd.choice(("requantize", "raw")),
+                         kernel=rnd.choice((1, 3)) if min(h, w) >= 2 else 1)
+            nodes.append(conv)
+            values[conv.output] = conv.out_shape
+            pair = [conv.output, stream]
+            rnd.shuffle(pair)
+            node = AddNode(name, tuple(pair), name)
+            values[name] = values[stream]
         else:
             group = rnd.choice(list(by_shape.values()))
             node = AddNode(name, (rnd.choice(group), rnd.choice(group)), name)
@@ -145,33 +160,67 @@ def random_model(rnd: random.Random) -> CompiledModel:
 # --------------------------------------------------------------------------- independent checks
 
 
-def check_plan(model: CompiledModel, plan) -> None:
-    """Every rule of the plan, recomputed from the model: liveness, word counts, widths, non-overlap."""
-    info = model.validate()
-    assert [s.index for s in plan.steps] == list(range(len(model.nodes)))
-    assert list(plan.tensors) == [n.output for n in model.nodes]
-    defined = {n.output: i for i, n in enumerate(model.nodes)}
+def node_inputs(node) -> list[str]:
+    return list(node.inputs) if isinstance(node, AddNode) else [] if isinstance(node, InputNode) else [node.input]
+
+
+def fusable_adds(model: CompiledModel) -> dict[int, str]:
+    """{index of an addition: the conv output it consumes} for each addition that the rule of
+    compiler.network fuses into the conv right before it, found from the model alone."""
     readers = {}
     for i, n in enumerate(model.nodes):
-        ins = list(n.inputs) if isinstance(n, AddNode) else [] if isinstance(n, InputNode) else [n.input]
-        assert list(plan.steps[i].inputs) == ins and plan.steps[i].output == n.output and plan.steps[i].kind == n.op
-        for name in ins:
+        for name in node_inputs(n):
             readers.setdefault(name, []).append(i)
-    end = len(model.nodes) - 1
+    out = {}
+    for i, n in enumerate(model.nodes):
+        conv = model.nodes[i - 1] if i else None
+        if not isinstance(n, AddNode) or not isinstance(conv, ConvNode) or isinstance(conv.stage, Thresholds):
+            continue
+        others = [x for x in n.inputs if x != conv.output]
+        if (conv.output in n.inputs and len(others) == 1 and readers[conv.output] == [i]
+                and model.logits not in (conv.output, others[0]) and max(readers[others[0]]) == i):
+            out[i] = conv.output
+    return out
+
+
+def check_plan(model: CompiledModel, plan) -> None:
+    """Every rule of the plan, recomputed from the model: fused additions, liveness, word counts, widths,
+    non-overlap of the stored tensors."""
+    info = model.validate()
+    fused = fusable_adds(model)
+    assert [s.index for s in plan.steps] == [i for i in range(len(model.nodes)) if i not in fused]
+    assert list(plan.tensors) == [n.output for n in model.nodes]
+    step_of = {i: i - 1 if i in fused else i for i in range(len(model.nodes))}
+    defined = {n.output: step_of[i] for i, n in enumerate(model.nodes)}
+    readers = {}
+    steps = {s.index: s for s in plan.steps}
+    for i, n in enumerate(model.nodes):
+        ins = [x for x in node_inputs(n) if x != fused.get(i)]
+        if i in fused:
+            conv = model.nodes[i - 1]
+            assert steps[i - 1].inputs == (conv.input, ins[0]) and steps[i - 1].fused_add == n.name
+            assert steps[i - 1].output == n.output and steps[i - 1].kind == "conv"
+        elif i + 1 not in fused:
+            assert list(steps[i].inputs) == ins and steps[i].output == n.output and steps[i].kind == n.op
+            assert steps[i].fused_add is None
+        for name in ins:
+            readers.setdefault(name, []).append(step_of[i])
+    end = plan.steps[-1].index
     live = {name: (defined[name], end if name == model.logits else max(readers.get(name, [defined[name]])))
             for name in defined}
     lanes = plan.lanes
     for name, t in plan.tensors.items():
         c, h, w = info[name].shape
         assert (t.first, t.last) == live[name] and t.shape == (c, h, w)
+        assert t.stored == (name not in fused.values())
         if info[name].bits is None:
             assert t.kind == "values" and t.words == c * h * w and t.bits == signed_bits(info[name].bound)
         else:
             assert t.kind == "codes" and t.words == math.ceil(c / lanes) * h * w and t.bits == info[name].bits
         assert 0 <= t.base and t.base + t.words <= plan.memories[t.kind].depth
     for memory in ("codes", "values"):
-        held = [t for t in plan.tensors.values() if t.kind == memory]
-        bits = max(t.bits for t in held)
+        bits = max(t.bits for t in plan.tensors.values() if t.kind == memory)
+        held = [t for t in plan.tensors.values() if t.kind == memory and t.stored]
         assert plan.memories[memory].width == (lanes * bits if memory == "codes" else bits)
         assert plan.memories[memory].depth == max(t.base + t.words for t in held)
         for i, a in enumerate(held):
@@ -187,6 +236,8 @@ def check_plan(model: CompiledModel, plan) -> None:
         peak = max(sum(t.words for t in held if alive(t, s) and not (t.in_place and alive(plan.tensors[t.in_place], s)))
                    for s in range(end + 1))
         assert plan.memories[memory].peak_live_words == peak <= plan.memories[memory].depth
+    for i, name in fused.items():
+        assert plan.tensors[model.nodes[i].output].in_place is not None
     assert network_memory_bits(plan) == plan.total_bits == sum(m.depth * m.width for m in plan.memories.values())
     json.dumps(plan.describe())
 
@@ -219,17 +270,22 @@ def test_digits_plan(digits):
 
 def test_resnet20_plan(resnet):
     plan = plan_network(resnet)
-    assert len(plan.steps) == len(resnet.nodes) == 42
-    # a block's add reads the stream and conv2 and writes the next stream over conv2's map: 2 maps of
-    # 16x32x32 values at once
-    assert (plan.memories["values"].depth, plan.memories["values"].peak_live_words) == (2 * 16384, 2 * 16384)
-    assert plan.tensors["blocks.0.out"].in_place == "blocks.0.conv2"
-    assert plan.tensors["blocks.0.out"].base == plan.tensors["blocks.0.conv2"].base
+    # every block's addition is fused into the conv before it (conv2, or the strided shortcut, which then
+    # adds into conv2's map): 42 nodes, 33 steps
+    assert len(resnet.nodes) == 42 and len(plan.steps) == 33
+    fused = [s for s in plan.steps if s.fused_add]
+    assert [s.name for s in fused] == [f"blocks.{b}.{'shortcut' if b in (3, 6) else 'conv2'}" for b in range(9)]
+    assert fused[0].inputs == ("blocks.0.act2", "conv1") and fused[0].output == "blocks.0.out"
+    assert fused[3].inputs == ("blocks.3.act1", "blocks.3.conv2")
+    # so the residual stream is one map of 16x32x32 values, written in place block after block
+    assert (plan.memories["values"].depth, plan.memories["values"].peak_live_words) == (16384, 16384)
+    assert plan.tensors["blocks.0.out"].in_place == "conv1" and not plan.tensors["blocks.0.conv2"].stored
+    assert plan.tensors["blocks.0.out"].base == plan.tensors["conv1"].base
     assert (plan.memories["codes"].depth, plan.memories["codes"].width) == (2 * 16384, 8)
     widths = {t.bits for t in plan.tensors.values() if t.kind == "values"}
     assert plan.memories["values"].width == max(widths) == 35
     buffers = plan.buffers()
-    assert len(buffers["residual"]["tensors"]) == 21 and buffers["residual"]["bits"] == 2 * 16384 * 35
+    assert len(buffers["residual"]["tensors"]) == 12 and buffers["residual"]["bits"] == 16384 * 35
     assert buffers["activations"]["words"] == 2 * 16384 and buffers["accumulators"]["tensors"] == []
     plan8 = plan_network(resnet, 8)
     assert (plan8.memories["codes"].depth, plan8.memories["codes"].width) == (2 * 2048, 64)
@@ -260,13 +316,14 @@ def test_addresses_fill_each_region_exactly():
 
 def test_random_graphs_keep_every_rule():
     rnd = random.Random(12)
-    kinds = set()
+    kinds, fused = set(), 0
     for _ in range(150):
         model = random_model(rnd)
         kinds |= {n.op for n in model.nodes}
+        fused += len(fusable_adds(model))
         for lanes in (1, rnd.randint(2, 9)):
             check_plan(model, plan_network(model, lanes))
-    assert kinds == {"input", "conv", "activate", "add", "pool"}
+    assert kinds == {"input", "conv", "activate", "add", "pool"} and fused >= 50
 
 
 # --------------------------------------------------------------------------- refusals

@@ -55,9 +55,9 @@ def run_network(sim, model_path, model, rows, cols, images, test_dir, **options)
 
 def assert_exact(model, params, report, n_images):
     assert report.mismatches == 0, report.first_mismatch()
-    steps = network_plan(model, params).steps
-    assert [s.name for s in report.steps] == [s.name for s in steps]
-    assert {s.output for s in report.steps} == {node.output for node in model.nodes}
+    plan = network_plan(model, params)
+    assert [s.name for s in report.steps] == [s.name for s in plan.steps]
+    assert {s.output for s in report.steps} == {t.name for t in plan.tensors.values() if t.stored}
     assert len(report.images) == n_images
     macs = sum(node.macs for node in model.convs)
     rc = params.engine.rows * params.engine.cols
@@ -126,7 +126,10 @@ def test_random_resnet_with_shortcuts_and_pooling(tmp_path):
     params, report = run_network(sim, path, load(path), 4, 4, images, tmp_path / "run", stall=0.2,
                                  backpressure=0.3, seed=5)
     assert_exact(model, params, report, 1)
-    assert {s.kind for s in report.steps} == {"input", "conv", "activate", "add", "pool"}
+    # every addition fused into the conv before it (conv2, or the strided shortcut after conv2)
+    assert {s.kind for s in report.steps} == {"input", "conv", "activate", "pool"}
+    fused = [s for s in network_plan(model, params).steps if s.fused_add]
+    assert [s.name for s in fused] == ["blocks.0.conv2", "blocks.1.shortcut", "blocks.2.shortcut"]
 
 
 def test_sim_cli_network_json(capsys):
