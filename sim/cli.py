@@ -1,4 +1,7 @@
-"""``lcq sim``: the simulation verb of the ``lcq`` command.
+"""``lcq sim`` and ``lcq board-sim``: the simulation verbs of the ``lcq`` command.
+
+``lcq board-sim`` (:mod:`sim.board_pty`) runs a board's whole design behind a pseudo-terminal serial port
+for ``lcq run``; the rest of this docstring is ``lcq sim``.
 
 ``lcq sim MODEL [--layer N] [--simulator icarus|verilator] [--images N] [--timeout S] [--json]`` runs the
 generated Verilog in cocotb on test images (the model's dataset, or ``--random``) and compares
@@ -31,6 +34,7 @@ from compiler import format as model_format
 from hw.cli import array_args, engine_params
 from lcq_train.arguments import FloatRange, IntRange, nonnegative_int, positive_float, positive_int
 
+from .board_pty import add_parsers as board_sim_parsers
 from .engine_run import engine_build, simulate_model
 from .network_run import network_build, simulate_network
 from .runner import DEFAULT_TIMEOUT_S, SimulationFailed, deadline, unavailable_reason
@@ -55,7 +59,7 @@ SEED = IntRange(0, 2**32 - 1)       # numpy's generator and cocotb's seed
 
 
 def add_parsers(sub) -> dict:
-    """Register the simulation verb on ``sub`` (argparse subparsers); returns {verb: handler}."""
+    """Register the simulation verbs on ``sub`` (argparse subparsers); returns {verb: handler}."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("sim", help="run the generated Verilog in cocotb against the integer reference",
                        description="Run the generated Verilog in cocotb against the integer reference. By default "
@@ -81,7 +85,7 @@ def add_parsers(sub) -> dict:
                    help="seconds each simulator command (build step, run) may take before it is killed")
     p.add_argument("--build-dir", metavar="DIR", help="simulation build directory (default: build/sim/...)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    return {"sim": cmd_sim}
+    return {"sim": cmd_sim, **board_sim_parsers(sub)}
 
 
 def _images(args, model) -> np.ndarray:
