@@ -36,12 +36,14 @@ READ_TIMEOUT_CYCLES = 200_000
 class SimPort:
     """A pyserial-like port into the DUT: ``write`` queues bytes for ``rx``, ``read(n)`` runs the
     simulation until ``n`` bytes came from ``tx`` or the timeout passed (then returns fewer):
-    :data:`READ_TIMEOUT_CYCLES` beyond the time the queued and the awaited bytes take.
+    ``read_timeout`` cycles (default :data:`READ_TIMEOUT_CYCLES`; a large model's RUN computes for
+    longer) beyond the time the queued and the awaited bytes take.
     One byte may go each way every ``byte_cycles`` cycles; ``traffic()`` counts cycles, bytes
     each way and requests (frames written) so far."""
 
-    def __init__(self, dut, corrupt: int, corrupt_replies: list[int], byte_cycles: int):
-        self.dut, self.corrupt, self.byte_cycles = dut, corrupt, byte_cycles
+    def __init__(self, dut, corrupt: int, corrupt_replies: list[int], byte_cycles: int,
+                 read_timeout: int = READ_TIMEOUT_CYCLES):
+        self.dut, self.corrupt, self.byte_cycles, self.read_timeout = dut, corrupt, byte_cycles, read_timeout
         self.corrupt_replies = set(corrupt_replies)
         self.to_device: list[int] = []
         self.from_device = bytearray()
@@ -60,7 +62,7 @@ class SimPort:
 
     async def _read(self, n: int) -> bytes:
         start = self.cycles
-        timeout = READ_TIMEOUT_CYCLES + (len(self.to_device) + n) * self.byte_cycles
+        timeout = self.read_timeout + (len(self.to_device) + n) * self.byte_cycles
         while len(self.from_device) < n and self.cycles - start < timeout:
             await Timer(self.byte_cycles * PERIOD_NS, unit="ns")
         got = bytes(self.from_device[:n])
@@ -125,7 +127,8 @@ async def host_runtime_classifies(dut):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
     port = SimPort(dut, d.get("corrupt", -1), d.get("corrupt_replies", []),
-                   d.get("byte_cycles", 1))  # paced from the first image on
+                   d.get("byte_cycles", 1),  # paced from the first image on
+                   d.get("read_timeout_cycles", READ_TIMEOUT_CYCLES))
     cocotb.start_soon(port.pump())
     out = await bridge(classify)(d, port)
     with open(d["results"], "w") as f:
