@@ -31,11 +31,12 @@ Network mode (``--mode network`` or ``both``): the whole ResNet-20 runs on the
 for activations, additions and pooling, every step's tensor compared with the reference). Per
 convolution step it reports the step's cycles (from the end of the step before: the
 sequencer's register writes and fetches included), MACs per cycle and utilization, and the
-engine's cycles by the network-mode formula of ``hw/engine.py``: ``compute`` (as above),
-``write_back`` = ``co_tiles * positions * (C + 1)``, ``overlapped`` = ``max(k*T + co_tiles*W,
-co_tiles*k*T + W) - gap + drain + 3`` (each channel tile written back while the next computes)
-and ``serial`` = compute + write-back + 3 (the engine before the overlap); ``overhead`` = step
-cycles - overlapped (the sequencer's).
+engine's cycles by the network-mode formula (``hw.bands.network_layer_cycles``): ``band`` (output
+rows per band, as the program runs the layer), ``overlapped`` (each band of each channel tile
+written back while the next computes), and with one band per channel tile and no overlap:
+``compute`` (as above), ``write_back`` = ``co_tiles * positions * (C + 1)`` and ``serial`` =
+compute + write-back + 3 (the engine before the overlap); ``overhead`` = step cycles - overlapped
+(the sequencer's).
 
 Run:  python benchmarks/array_utilization.py [--arrays 8x8,16x16] [--images 1] [--simulator verilator]
                                              [--mode layer|network|both]
@@ -102,8 +103,13 @@ def analytic(node, rows: int, cols: int) -> dict:
             "fill": node.macs / (tiles * positions * rows * cols)}
 
 
-def network_analytic(node, rows: int, cols: int) -> dict:
-    """The engine's network-mode cycle formula (hw/engine.py docstring) for ``node``."""
+def network_analytic(node, params) -> dict:
+    """The engine's network-mode cycle formula (``hw.bands.network_layer_cycles``) for ``node`` on the
+    engine ``params``: ``band_rows`` (the program's), ``overlapped`` (with them), and with one band per
+    channel tile: ``compute``, ``write_back`` and ``serial`` (the write-back after the computation)."""
+    from hw.bands import band_rows, network_layer_cycles
+
+    rows, cols = params.rows, params.cols
     a = analytic(node, rows, cols)
     positions, co_tiles = a["positions"], a["co_tiles"]
     k = node.kernel ** 2 * a["groups"]
@@ -111,9 +117,9 @@ def network_analytic(node, rows: int, cols: int) -> dict:
     T, drain, W = rows + positions + 1 + gap, rows + cols + 4, positions * (cols + 1)
     latency = 3                                            # LayerEngine.STAGE_LATENCY
     compute = co_tiles * k * T - gap + drain
-    return {"compute": compute, "write_back": co_tiles * W, "tile_compute": k * T, "tile_write_back": W,
-            "serial": compute + co_tiles * W + latency,
-            "overlapped": max(k * T + co_tiles * W, co_tiles * k * T + W) - gap + drain + latency}
+    band = band_rows(params, node)
+    return {"band_rows": band, "compute": compute, "write_back": co_tiles * W,
+            "serial": compute + co_tiles * W + latency, "overlapped": network_layer_cycles(params, node, band, latency)}
 
 
 def geometry(node) -> str:
@@ -187,7 +193,7 @@ def measure_network(sim: str, rows: int, cols: int, model, images: np.ndarray, b
                  "mismatches": s.mismatches, "first_mismatch": s.first_mismatch}
         if s.kind == "conv":
             node = convs[s.name]
-            a = network_analytic(node, rows, cols)
+            a = network_analytic(node, params.engine)
             entry.update({"geometry": geometry(node), "macs_per_cycle": round(s.macs / s.cycles, 4),
                           "utilization": round(s.macs / s.cycles / rc, 4), "lower_bound": ceil(node.macs / rc),
                           "analytic": a, "overhead": s.cycles // n - a["overlapped"]})
@@ -210,7 +216,7 @@ def measure_network(sim: str, rows: int, cols: int, model, images: np.ndarray, b
 
 def network_table(result: dict) -> str:
     head = ["step", "layer", "geometry (C_in->C_out, HxW, k/s)", "MACs", "cycles", "MACs/cycle", "of R*C",
-            "bound", "compute", "write-back", "overlapped", "serial", "overhead", "mismatches"]
+            "bound", "band", "overlapped", "compute", "write-back", "serial", "overhead", "mismatches"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for x in result["steps"]:
         if x["kind"] != "conv":
@@ -218,7 +224,8 @@ def network_table(result: dict) -> str:
         a = x["analytic"]
         row = [str(x["index"]), x["name"], x["geometry"], f"{x['macs']:,}", f"{x['cycles']:,}",
                f"{x['macs_per_cycle']:.1f}", f"{100 * x['utilization']:.1f}%", f"{x['lower_bound']:,}",
-               f"{a['compute']:,}", f"{a['write_back']:,}", f"{a['overlapped']:,}", f"{a['serial']:,}",
+               str(a["band_rows"]), f"{a['overlapped']:,}", f"{a['compute']:,}", f"{a['write_back']:,}",
+               f"{a['serial']:,}",
                str(x["overhead"]), str(x["mismatches"])]
         lines.append("| " + " | ".join(row) + " |")
     t = result["total"]

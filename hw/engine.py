@@ -38,26 +38,29 @@ the pipeline to empty. Each output word is then offered ``cols + STAGE_LATENCY +
 after the last word is accepted.
 
 Network mode (``value_depth``; :func:`network_signature`): outputs are not offered on a stream
-but written into the code memory (one lane per cycle) or the value memory, and each channel
-tile is written back while the array computes the next ones. With ``dst_add`` set, each value is
-added to the one at its address before it is written (a residual addition fused into the layer:
-the old value is read the cycle before the write, so the timing is the same). The accumulator memories have a
-second read port for the write-back, and the code memory separate read (compute) and write
-(write-back) addresses, so neither disturbs the computation; the one output stage is shared as
-in layer mode. With ``k = kernel^2 * groups`` reduction tiles per channel tile and ``T = rows +
-positions + 1 + gap`` cycles per reduction tile (as above), channel tile ``t``'s accumulators
-(``t = 0 .. co_tiles - 1``) are final after cycle ``c_t = (t + 1) * k * T - gap + drain``
-(``drain`` cycles after its last position is issued). Its write-back takes ``W = positions *
-(cols + 1)`` cycles (per position a read cycle, then ``cols`` cycles feeding the output stage,
-whose results are written ``STAGE_LATENCY`` cycles later) and starts in cycle ``c_t + 1`` or the
-cycle after the previous tile's ends, whichever is later; ``STAGE_LATENCY`` cycles after the last
-tile's write-back, ``busy`` falls. ``busy`` is thus high for
+but written into the code memory (one lane per cycle) or the value memory. Each channel tile is
+computed in *bands* of ``band_rows`` output rows (registers ``band_*``; :mod:`hw.bands` picks
+them): every reduction tile of a band, then the next band (each band reads its channel tile's
+weights again), and each band is written back while the array computes the next ones. With
+``dst_add`` set, each value is added to the one at its address before it is written (a residual
+addition fused into the layer: the old value is read the cycle before the write, so the timing
+is the same). The accumulator memories have a second read port for the write-back, and the code
+memory separate read (compute) and write (write-back) addresses, so neither disturbs the
+computation; the one output stage is shared as in layer mode. With ``k = kernel^2 * groups``
+reduction tiles, ``units = co_tiles * bands`` (a band of a channel tile), ``P = band_rows *
+out_w`` positions per band, ``gap = max(0, cols + 2 - P)`` and ``T = rows + P + 1 + gap``
+cycles per reduction tile, unit ``u``'s accumulators (``u = 0 .. units - 1``) are final after
+cycle ``c_u = (u + 1) * k * T - gap + drain`` (``drain`` cycles after its last position is
+issued). Its write-back takes ``W = P * (cols + 1)`` cycles (per position a read cycle, then
+``cols`` cycles feeding the output stage, whose results are written ``STAGE_LATENCY`` cycles
+later) and starts in cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is
+later; ``STAGE_LATENCY`` cycles after the last unit's write-back, ``busy`` falls. ``busy`` is
+thus high for (:func:`hw.bands.network_layer_cycles`)
 
-    max(k * T + co_tiles * W, co_tiles * k * T + W) - gap + drain + STAGE_LATENCY
+    max(k * T + units * W, units * k * T + W) - gap + drain + STAGE_LATENCY
 
-cycles: the larger of computation and write-back per channel tile, times ``co_tiles``, plus one
-tile of the other (instead of ``co_tiles * (k * T + W) - gap + drain + STAGE_LATENCY`` with the
-write-back after the computation).
+cycles: the larger of computation and write-back per unit, times ``units``, plus one unit of
+the other.
 """
 
 from __future__ import annotations
@@ -195,7 +198,8 @@ class LayerEngine(wiring.Component):
             raise ValueError(f"a weights buffer of {params.weight_depth} words does not fit SPRAM "
                              f"({SPRAM_DEPTH} words)")
         if value_depth is not None and (not isinstance(value_depth, int) or not 1 <= value_depth <= 1 << 24):
-            raise ValueError(f"value_depth must be None (layer mode) or an integer in 1..{1 << 24}, got {value_depth!r}")
+            raise ValueError(f"value_depth must be None (layer mode) or an integer in 1..{1 << 24}, "
+                             f"got {value_depth!r}")
         if params.wide_depth and value_depth is None:
             raise ValueError("a wide weights buffer (wide_depth) needs network mode (value_depth), whose registers "
                              "select it per layer")
@@ -285,6 +289,14 @@ class LayerEngine(wiring.Component):
         row_count = Signal(range(R + 1))
         wait, finishing = Signal(signed(p.reg_bits)), Signal()
         w_valid, w_row = Signal(), Signal(range(R))
+        # The band being computed: its first output row, first position, first input row (times
+        # stride) and first row address, its last output row (layer mode: one band, the layer), and
+        # the address of its channel tile's first weight word (each band reads the tile's weights).
+        band = {name: counter(f"band_{name}") for name in ("y", "pos", "iy", "row", "end_y", "weight_addr")}
+        if self.network:
+            band_cfg = {name: cfg[f"band_{name}"] for name in ("rows", "positions", "in_rows", "step")}
+        else:
+            band_cfg = {"rows": cfg["out_h"], "positions": cfg["positions"], "in_rows": 0, "step": 0}
         # Network mode: the destination of the output being fed (channel, value-memory address of
         # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
         dest = {name: counter(name) for name in DEST_COUNTERS}
@@ -309,7 +321,8 @@ class LayerEngine(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [co_tile.eq(0), ky.eq(0), kx.eq(0), g.eq(0), plane_base.eq(0),
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
-                                 out_base.eq(0), row_count.eq(0)]
+                                 out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"])]
+                    self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
                 # Read one row's weight word per cycle; the row's shadow weights take it in the next cycle.
@@ -317,26 +330,27 @@ class LayerEngine(wiring.Component):
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
                              w_valid.eq(1), w_row.eq(row_count)]
                 with m.If(row_count == R - 1):
-                    m.d.sync += [y.eq(0), x.eq(0), pos.eq(0), iy.eq(ky - cfg["padding"]),
-                                 ix.eq(kx - cfg["padding"]), row_addr.eq(plane_base + ky_offset)]
+                    m.d.sync += [y.eq(band["y"]), x.eq(0), pos.eq(band["pos"]), iy.eq(band["iy"] + ky - cfg["padding"]),
+                                 ix.eq(kx - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
                     m.next = "ISSUE"
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
                 base = cfg["act_base"] if self.network else 0
                 m.d.comb += [act_addr.eq(base + row_addr + ix), tags[0].valid.eq(1), tags[0].inside.eq(inside),
-                             tags[0].swap.eq(pos == 0), tags[0].first.eq(first_tile),
+                             tags[0].swap.eq(pos == band["pos"]), tags[0].first.eq(first_tile),
                              tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
                 with m.If(x == cfg["out_w"] - 1):
                     m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
-                    with m.If(y == cfg["out_h"] - 1):
-                        self._next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing)
+                    with m.If(y == band["end_y"]):
+                        self._next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing,
+                                        band, band_cfg, weight_addr)
                         # The next tile's shadow weights must not be written before this tile's
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
                         # issue to the next tile's loads. The last tile waits for the pipeline.
-                        m.d.sync += wait.eq(Cn + 2 - cfg["positions"])
+                        m.d.sync += wait.eq(Cn + 2 - band_cfg["positions"])
                         m.next = "WAIT"
                 with m.Else():
                     m.d.sync += [x.eq(x + 1), ix.eq(ix + cfg["stride"])]
@@ -386,10 +400,11 @@ class LayerEngine(wiring.Component):
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load.ready.eq(idle), self.busy.eq(~idle)]
         if self.network:
-            last = [(x == cfg["out_w"] - 1), (y == cfg["out_h"] - 1), (g == cfg["groups"] - 1),
+            last = [(x == cfg["out_w"] - 1), (y == band["end_y"]), (g == cfg["groups"] - 1),
                     (kx == cfg["kernel"] - 1), (ky == cfg["kernel"] - 1)]
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*last).all())
-            feeding = self._writer(m, cfg, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col)
+            feeding = self._writer(m, cfg, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col,
+                                   band_cfg)
         else:
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
@@ -502,27 +517,29 @@ class LayerEngine(wiring.Component):
                      self.code_written.data.eq(write.data)]
         return read.data, addr, back
 
-    def _writer(self, m, cfg, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col):
-        """Network mode: the write-back of each channel tile while the array computes the next ones.
+    def _writer(self, m, cfg, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col, band_cfg):
+        """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
-        A channel tile's accumulators are final ``drain`` cycles after its last position is issued
+        A band's accumulators are final ``drain`` cycles after its last position is issued
         (``tile_issued``): it is then counted in ``tiles_done``. The writer, waiting while
-        ``tiles_written == tiles_done``, reads each of the tile's positions (READ_WORD, one cycle)
+        ``tiles_written == tiles_done``, reads each of the band's positions (READ_WORD, one cycle)
         and feeds its ``cols`` accumulators to the output stage (FEED, one per cycle), and goes on
-        with the next tile at once if that one is done. After the last tile, FLUSH waits
-        ``STAGE_LATENCY`` cycles for the last results to be written; ``writer_done`` marks its last
-        cycle. Returns the FEED signal (an accumulator enters the output stage)."""
+        with the next band at once if that one is done. After the last channel tile's last band,
+        FLUSH waits ``STAGE_LATENCY`` cycles for the last results to be written; ``writer_done`` marks
+        its last cycle. Returns the FEED signal (an accumulator enters the output stage)."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
         tiles_done, tiles_written = Signal(range(p.out_depth + 1)), Signal(range(p.out_depth + 1))
+        channel_tiles_written, band_pos = Signal(range(p.out_depth + 1)), Signal(range(p.pos_depth + 1))
         flush = Signal(range(self.STAGE_LATENCY))
         m.d.sync += tiles_done.eq(tiles_done + ready)
         pending = tiles_done != tiles_written
         with m.FSM(name="writer") as writer:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [tiles_done.eq(0), tiles_written.eq(0), read_addr.eq(0), read_pos.eq(0),
+                    m.d.sync += [tiles_done.eq(0), tiles_written.eq(0), channel_tiles_written.eq(0), band_pos.eq(0),
+                                 read_addr.eq(0), read_pos.eq(0),
                                  read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
                                  dest["tile_lane"].eq(0), dest["tile_value_base"].eq(cfg["dst_base"]),
                                  dest["tile_code_base"].eq(cfg["dst_base"])]
@@ -538,18 +555,22 @@ class LayerEngine(wiring.Component):
                 m.d.sync += feed_col.eq(feed_col + 1)
                 self._step_destination(m, cfg, dest, read_pos)
                 with m.If(feed_col == Cn - 1):
-                    m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
-                    with m.If(read_pos == cfg["positions"] - 1):
-                        # The tile's last word: the next tile's, if it is done, or wait for it.
-                        m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1), tiles_written.eq(tiles_written + 1)]
-                        self._step_destination(m, cfg, dest, read_pos, tile=True)
-                        with m.If(tiles_written == cfg["co_tiles"] - 1):
-                            m.d.sync += flush.eq(self.STAGE_LATENCY - 1)
-                            m.next = "FLUSH"
-                        with m.Elif(tiles_done != tiles_written + 1):
+                    m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1), band_pos.eq(band_pos + 1)]
+                    with m.If(band_pos == band_cfg["positions"] - 1):
+                        # The band's last word: the next band's, if it is done, or wait for it.
+                        m.d.sync += [band_pos.eq(0), tiles_written.eq(tiles_written + 1)]
+                        with m.If(tiles_done != tiles_written + 1):
                             m.next = "READ_WORD"
                         with m.Else():
                             m.next = "WAIT"
+                        with m.If(read_pos == cfg["positions"] - 1):
+                            # ... and the channel tile's: the next tile's destinations, or the end.
+                            m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
+                                         channel_tiles_written.eq(channel_tiles_written + 1)]
+                            self._step_destination(m, cfg, dest, read_pos, tile=True)
+                            with m.If(channel_tiles_written == cfg["co_tiles"] - 1):
+                                m.d.sync += flush.eq(self.STAGE_LATENCY - 1)
+                                m.next = "FLUSH"
                     with m.Else():
                         m.next = "READ_WORD"
             with m.State("FLUSH"):
@@ -579,8 +600,14 @@ class LayerEngine(wiring.Component):
                      code_out["data"].eq(Cat(*[result[:p.abits]] * p.rows))]
 
     @staticmethod
-    def _next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing):
-        """Advance the reduction tile (group, then kx, then ky), then the channel tile."""
+    def _first_band(m, band, band_cfg):
+        """The band counters at the layer's first band."""
+        m.d.sync += [band["y"].eq(0), band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
+                     band["end_y"].eq(band_cfg["rows"] - 1)]
+
+    def _next_tile(self, m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing, band, band_cfg,
+                   weight_addr):
+        """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile."""
         with m.If(g != cfg["groups"] - 1):
             m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
         with m.Else():
@@ -592,10 +619,19 @@ class LayerEngine(wiring.Component):
                 with m.If(ky != cfg["kernel"] - 1):
                     m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
                 with m.Else():
-                    m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"]), co_tile.eq(co_tile + 1),
-                                 out_base.eq(out_base + cfg["positions"])]
-                    with m.If(co_tile == cfg["co_tiles"] - 1):
-                        m.d.sync += finishing.eq(1)
+                    m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"])]
+                    with m.If(band["end_y"] != cfg["out_h"] - 1):
+                        m.d.sync += [weight_addr.eq(band["weight_addr"]), band["y"].eq(band["y"] + band_cfg["rows"]),
+                                     band["pos"].eq(band["pos"] + band_cfg["positions"]),
+                                     band["iy"].eq(band["iy"] + band_cfg["in_rows"]),
+                                     band["row"].eq(band["row"] + band_cfg["step"]),
+                                     band["end_y"].eq(band["end_y"] + band_cfg["rows"])]
+                    with m.Else():
+                        self._first_band(m, band, band_cfg)
+                        m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
+                                     band["weight_addr"].eq(weight_addr)]
+                        with m.If(co_tile == cfg["co_tiles"] - 1):
+                            m.d.sync += finishing.eq(1)
 
     def _connect_stage(self, m, unit, load_en, valid, acc, channel):
         load = self.load.payload

@@ -42,9 +42,14 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 # after :data:`REGISTERS`: where the input codes start in the activation buffer, where the outputs
 # go (``dst_values``: 1 = values into the value memory, 0 = codes into the activation buffer) and
 # how many output channels are real (the last channel tile's padding columns are not written),
-# whether the layer's weights are in the wide weights buffer (``wide_depth`` > 0), and whether each
-# output value is added to the value already at its address (``dst_add``: a fused residual addition).
-NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add")
+# whether the layer's weights are in the wide weights buffer (``wide_depth`` > 0), whether each
+# output value is added to the value already at its address (``dst_add``: a fused residual addition),
+# and the layer's bands (``band_rows`` output rows each, ``band_positions`` = band_rows * out_w
+# positions; ``band_in_rows`` = band_rows * stride, ``band_step`` = band_rows * row_step: how far the
+# input moves from one band to the next): the engine computes a channel tile band by band, so
+# that each band's write-back overlaps the next band's computation.
+NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
+                                 "band_rows", "band_positions", "band_in_rows", "band_step")
 # Values of the ``stage`` register: what the output stage does.
 STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE = range(3)
 

@@ -14,6 +14,7 @@ import numpy as np
 from compiler import reference
 from compiler.graph import CompiledModel, ConvNode, InputNode, Thresholds
 
+from .bands import band_registers
 from .engine_params import CONFIG, NETWORK_REGISTERS
 from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM,
                              REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams,
@@ -55,7 +56,8 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
             values = config_values(params.engine, node, bases[node.name])
             values.update(act_base=base[node.input], dst_base=base[step.output],
                           dst_values=int(not isinstance(node.stage, Thresholds)), c_out=node.out_shape[0],
-                          wide_weights=int(in_wide_buffer(params.engine, node)), dst_add=int(bool(step.fused_add)))
+                          wide_weights=int(in_wide_buffer(params.engine, node)), dst_add=int(bool(step.fused_add)),
+                          **band_registers(params.engine, node))
             words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
             words.append(instruction(params, RUN_ENGINE))
         else:

@@ -15,6 +15,7 @@ from amaranth.sim import Simulator  # noqa: E402
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
 from compiler.graph import ConvNode  # noqa: E402
+from hw.bands import band_rows, network_layer_cycles  # noqa: E402
 from hw.engine import LayerEngine  # noqa: E402
 from hw.network import NetworkCore  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
@@ -120,10 +121,12 @@ def test_digits_network_on_the_core(rows, cols, stall, backpressure):
     check_layer_cycles(DIGITS, params, results[0])
 
 
-def test_write_back_overlaps_the_next_channel_tile(small_cnn):
-    """Network mode on a 2 x 10 array: conv0 (1 -> 20 channels, 8 x 8) has two channel tiles whose
-    write-back (704 cycles each) takes longer than their computation (603), so the layer takes
-    603 + 2 * 704 plus drain and flush, not 2 * (603 + 704); every tensor exact."""
+def test_write_back_overlaps_the_next_band(small_cnn):
+    """Network mode on a 2 x 10 array: conv0 (1 -> 20 channels, 8 x 8, two channel tiles) runs in bands
+    of 2 rows (``hw.bands``: 8 units of 16 positions, computed in 9 * 19 = 171 cycles and written back
+    in 16 * 11 = 176 each), so the layer takes 171 + 8 * 176 plus drain and flush: less than one
+    channel tile's computation and write-back per tile overlapped (603 + 2 * 704) and far less than
+    none overlapped (2 * (603 + 704)); every tensor exact."""
     from compiler.lower import compile_model
     from lcq_train.plan import QuantPlan
 
@@ -134,30 +137,35 @@ def test_write_back_overlaps_the_next_channel_tile(small_cnn):
     check_against_reference(model, images, [result])
     counts = check_layer_cycles(model, params, result)
     drain, flush = 2 + 10 + 4, LayerEngine.STAGE_LATENCY
-    assert counts[0] == (603 + 2 * 704 + drain + flush, 2 * (603 + 704) + drain + flush)
+    assert band_rows(params.engine, model.convs[0]) == 2
+    assert counts[0] == (171 + 8 * 176 + drain + flush, 2 * (603 + 704) + drain + flush)
+    assert counts[0][0] < 603 + 2 * 704 + drain + flush
 
 
 def layer_cycles(params, node, overlapped=True):
     """The cycles of layer ``node`` on the engine in network mode (``busy`` high), as ``hw/engine.py``
-    states: channel tile ``t``'s accumulators are final after ``c_t = (t + 1) * k * T - gap + drain``
-    cycles; its write-back (``W = positions * (cols + 1)`` cycles) starts in cycle ``c_t + 1`` or
-    when the previous tile's ends, whichever is later; ``STAGE_LATENCY`` cycles follow the last.
-    ``overlapped=False``: the write-back of every tile after the computation of all (the engine
-    before the overlap)."""
+    states, with the bands the program gives it (``hw.bands.band_rows``): the band of a channel tile
+    is a unit; unit ``u``'s accumulators are final after ``c_u = (u + 1) * k * T - gap + drain``
+    cycles; its write-back (``W = band positions * (cols + 1)`` cycles) starts in cycle ``c_u + 1`` or
+    when the previous unit's ends, whichever is later; ``STAGE_LATENCY`` cycles follow the last.
+    ``overlapped=False``: one band, the write-back of every channel tile after the computation of
+    all (the engine before the overlap)."""
     R, C = params.engine.rows, params.engine.cols
     (c_in, _, _), (c_out, ho, wo) = node.in_shape, node.out_shape
-    positions, co_tiles = ho * wo, -(-c_out // C)
+    rows = band_rows(params.engine, node) if overlapped else ho
+    positions, units = rows * wo, -(-c_out // C) * (ho // rows)
     k = node.kernel ** 2 * -(-c_in // R)
     gap = max(0, C + 2 - positions)
     T, drain, W = R + positions + 1 + gap, R + C + 4, positions * (C + 1)
     if not overlapped:
-        return co_tiles * k * T - gap + drain + co_tiles * W + LayerEngine.STAGE_LATENCY
+        return units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
     end = 0
-    for t in range(co_tiles):
-        start = max((t + 1) * k * T - gap + drain + 1, end + 1)
+    for u in range(units):
+        start = max((u + 1) * k * T - gap + drain + 1, end + 1)
         end = start + W - 1
-    closed = max(k * T + co_tiles * W, co_tiles * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
+    closed = max(k * T + units * W, units * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
     assert end + LayerEngine.STAGE_LATENCY == closed
+    assert closed == network_layer_cycles(params.engine, node, rows, LayerEngine.STAGE_LATENCY)
     return closed
 
 

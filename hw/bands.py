@@ -1,0 +1,59 @@
+"""Bands of a layer in network mode: the engine's cycle model and the band height it runs with.
+
+In network mode (:class:`hw.engine.LayerEngine` with ``value_depth``) the engine computes each
+channel tile band by band (``band_rows`` output rows each, a divisor of the output height), all
+reduction tiles of a band before the next band, and writes each band back while the array
+computes the next one. Smaller bands shorten the write-back left over after the last band; each
+band costs a weight load (``rows`` cycles) per reduction tile, and bands of fewer than
+``cols + 2`` positions wait for the pipeline. :func:`network_layer_cycles` is the engine's cycle
+model (``hw/engine.py``), :func:`band_rows` picks the band that it says is fastest and
+:func:`band_registers` writes it into the engine's band registers
+(:data:`hw.engine_params.NETWORK_REGISTERS`). No Amaranth here.
+"""
+
+from __future__ import annotations
+
+from math import ceil
+
+from compiler.graph import ConvNode
+
+from .engine_params import EngineParams
+
+
+def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: int, stage_latency: int) -> int:
+    """Cycles ``busy`` is high for layer ``node`` on the engine in network mode with bands of
+    ``rows_per_band`` output rows (``stage_latency``: the engine's ``STAGE_LATENCY``).
+
+    With ``k = kernel^2 * ceil(C_in / rows)`` reduction tiles, ``units = ceil(C_out / cols) * bands``
+    (band of a channel tile), ``P = rows_per_band * W_out`` positions per band, ``gap = max(0, cols +
+    2 - P)``, ``T = rows + P + 1 + gap`` cycles per reduction tile and ``W = P * (cols + 1)`` cycles
+    of write-back per unit: ``max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency`` with
+    ``drain = rows + cols + 4`` (unit ``u``'s accumulators are final after ``(u + 1) * k * T - gap +
+    drain`` cycles; its write-back starts the cycle after, or after the previous unit's)."""
+    c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
+    if rows_per_band < 1 or ho % rows_per_band:
+        raise ValueError(f"a band of {rows_per_band} rows does not divide {node.name}'s {ho} output rows")
+    k = node.kernel ** 2 * ceil(c_in / params.rows)
+    units = ceil(c_out / params.cols) * (ho // rows_per_band)
+    positions = rows_per_band * wo
+    gap = max(0, params.cols + 2 - positions)
+    T, W = params.rows + positions + 1 + gap, positions * (params.cols + 1)
+    drain = params.rows + params.cols + 4
+    return max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
+
+
+def band_rows(params: EngineParams, node: ConvNode) -> int:
+    """The band height (a divisor of the output height) with the fewest cycles by
+    :func:`network_layer_cycles`; the tallest of equals."""
+    ho = node.out_shape[1]
+    return min((r for r in range(1, ho + 1) if ho % r == 0),
+               key=lambda r: (network_layer_cycles(params, node, r, 0), -r))
+
+
+def band_registers(params: EngineParams, node: ConvNode) -> dict[str, int]:
+    """The band registers of layer ``node``: ``band_rows`` (:func:`band_rows`), ``band_positions``,
+    ``band_in_rows`` (input rows the band moves, ``band_rows * stride``), ``band_step`` (activation
+    words it moves, ``band_rows * stride * W_in``)."""
+    rows = band_rows(params, node)
+    return {"band_rows": rows, "band_positions": rows * node.out_shape[2], "band_in_rows": rows * node.stride,
+            "band_step": rows * node.stride * node.in_shape[2]}
