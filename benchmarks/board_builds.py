@@ -3,10 +3,11 @@
 For each ``BOARD:MODEL[@RxC]`` of ``--builds`` (default: the README's three, the digits CNN on the
 iCEBreaker with the engine ``lcq build`` chooses, on the ULX3S-85F at 2 x 2, and on the ULX3S-85F
 with its own choice, 8 x 16) it runs ``boards.cli.build_model`` (what ``lcq build MODEL --board
-BOARD [--rows R --cols C]`` runs: the board's default clock and, where timing does not close
-there, once more at the Fmax reached; it writes ``report.json``) in a child process in
-``BUILD_ROOT/<board>-<model>-<array>``, stopped after ``--time-limit`` seconds. A record per
-build: everything of ``report.json`` plus ``board``, ``model`` (file name), ``clock_mhz`` (the
+BOARD [--rows R --cols C] --mode MODE`` runs, ``--mode`` network (the whole network on the chip,
+``lcq build``'s default) or layers (the layer engine): the board's default clock and, where
+timing does not close there, once more at the Fmax reached; it writes ``report.json``) in a child
+process in ``BUILD_ROOT/<board>-<model>-<array>-<mode>``, stopped after ``--time-limit`` seconds.
+A record per build: everything of ``report.json`` plus ``board``, ``model`` (file name), ``mode``, ``clock_mhz`` (the
 PLL clock of the final attempt), ``fmax_mhz``, ``build_seconds`` (wall clock of the whole
 ``build_model`` call, every attempt and the elaboration included), ``resources``, ``routed``.
 
@@ -22,6 +23,7 @@ nextpnr and Yosys here are the YoWASP (WebAssembly) builds, one thread each; the
 depends on the machine and its load, recorded with the tool versions and the git state.
 
 Run:  python benchmarks/board_builds.py [--builds icebreaker:digits ulx3s-85f:digits@2x2 ...] [--array RxC]
+          [--mode network|layers]
           [--time-limit SECONDS] [--build-root DIR] [--json-out FILE]
 Writes benchmarks/results/board_builds.json (or --json-out): a JSON list of records, and prints a table.
 """
@@ -62,7 +64,7 @@ from boards.build import BuildError
 from boards.cli import build_model
 a = json.loads(sys.argv[1])
 try:
-    r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]))
+    r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]), a["mode"])
 except BuildError as e:
     print(f"BuildError: {e}", file=sys.stderr)
     sys.exit(1)
@@ -181,42 +183,46 @@ def stop(proc: subprocess.Popen) -> None:
             continue
 
 
-def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path) -> dict:
+def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str) -> dict:
     from compiler import format as model_format
 
     from boards.clock import pll_plan
-    from boards.fit import FitError, engine_for_board
+    from boards.fit import FitError, engine_for_board, network_for_board
 
     board = get_board(job["board"])
     path = job["model_path"]
     arr = f"{job['rows']}x{job['cols']}" if job["rows"] else "auto"
-    out = build_root / f"{board.name}-{path.stem}-{arr}"
+    out = build_root / f"{board.name}-{path.stem}-{arr}-{mode}"
     command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-               "--board", board.name]
+               "--board", board.name, "--mode", mode]
     for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz)):
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
-    record = {"spec": job["spec"], "board": board.name, "device": board.device, "model": path.name,
+    record = {"spec": job["spec"], "board": board.name, "device": board.device, "model": path.name, "mode": mode,
               "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
               "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit}
     try:
-        engine = engine_for_board(model_format.load(path), board, job["rows"], job["cols"])
+        if mode == "network":
+            chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"])
+            rows, cols, resident = chosen.params.engine.rows, chosen.params.engine.cols, "whole network"
+        else:
+            chosen = engine_for_board(model_format.load(path), board, job["rows"], job["cols"])
+            rows, cols, resident = chosen.params.rows, chosen.params.cols, chosen.resident
     except FitError as e:
         return {**record, "status": "does not fit", "routed": False, "error": str(e), "fmax_mhz": None,
                 "clock_mhz": None, "build_seconds": 0.0, "resources": {}}
     except (OSError, ValueError) as e:   # an unreadable model file, say of another format version
         return {**record, "status": "failed", "reached": "loading the model", "routed": False, "error": str(e),
                 "fmax_mhz": None, "clock_mhz": None, "build_seconds": 0.0, "resources": {}}
-    record["engine"] = {"rows": engine.params.rows, "cols": engine.params.cols, "resident": engine.resident,
-                        "estimate": engine.estimate}
+    record["engine"] = {"rows": rows, "cols": cols, "resident": resident, "estimate": chosen.estimate}
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", "build.log", "nextpnr-report.json"):
         (out / stale).unlink(missing_ok=True)
     args = {"model": str(path), "board": board.name, "mhz": mhz, "rows": job["rows"], "cols": job["cols"],
-            "out": str(out)}
+            "out": str(out), "mode": mode}
     log = out / "board_builds.log"
-    print(f"{job['spec']}: {engine.params.rows} x {engine.params.cols} engine ({engine.resident} resident) on "
-          f"{board.name}, limit {time_limit:g} s, in {out}", flush=True)
+    print(f"{job['spec']}: {rows} x {cols} array ({mode} mode, {resident}) on {board.name}, limit {time_limit:g} s, "
+          f"in {out}", flush=True)
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -264,7 +270,8 @@ def table(records: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         e = r.get("engine")
-        engine = f"{e['rows']} x {e['cols']}, {e['resident']} resident" if e else "-"
+        engine = f"{e['rows']} x {e['cols']}, {e['resident']}" + (" resident" if e["resident"] in (
+            "all", "weights", "none") else "") if e else "-"
         if e:
             engine += " (asked)" if r.get("asked_rows") else " (chosen)"
         if r["status"] == "ok":
@@ -294,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"builds to run; BOARD one of {', '.join(BOARDS)}; MODEL {', '.join(MODELS)} or a "
                              "compiled model file; RxC the PE array (default: the one lcq build chooses)")
     parser.add_argument("--array", metavar="RxC", help="PE array of every build (overrides each build's @RxC)")
+    parser.add_argument("--mode", choices=("network", "layers"), default="network",
+                        help="what every build puts on the chip, as lcq build --mode: the whole network or the "
+                             "layer engine")
     parser.add_argument("--mhz", type=float, metavar="F", help="target clock of every build (default: the board's, "
                                                                "then the Fmax reached, as lcq build does)")
     parser.add_argument("--time-limit", type=float, default=3600, metavar="S",
@@ -313,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     records = []
     for job in jobs:
-        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root))
+        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode)
         record.update(benchmark="board_builds", script_command=command,
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment={**env, "load_average_after":
                                                                               list(os.getloadavg())})
