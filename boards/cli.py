@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from hw.cli import ARRAY_SIZE
 from hw.residency import RESIDENCY
-from lcq_train.arguments import positive_float, positive_int
+from lcq_train.arguments import nonnegative_int, positive_float, positive_int
 
 from .boards import BOARDS, get_board
+from .build import DEFAULT_ROUTER, ROUTERS
 
 MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.protocol.LinkMode's labels)
 
@@ -33,6 +35,12 @@ def add_parsers(sub) -> dict:
                    help="network: the whole network on the chip (image in, logits out); layers: the layer engine, "
                         "one convolution per request, the rest on the host")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory (default: build/<board>)")
+    p.add_argument("--timeout", type=positive_float, metavar="S",
+                   help="stop the build (both attempts, elaboration included) after S seconds, > 0, naming the "
+                        "stage it stopped in (default: no limit)")
+    p.add_argument("--seed", type=nonnegative_int, metavar="N",
+                   help="nextpnr's placement seed, an integer >= 0 (default: nextpnr's own)")
+    p.add_argument("--router", choices=ROUTERS, default=DEFAULT_ROUTER, help="nextpnr's router")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     p = sub.add_parser("flash", help="program a board with a built bitstream", formatter_class=fmt)
@@ -61,10 +69,15 @@ def add_parsers(sub) -> dict:
 def cmd_build(args) -> int:
     from .build import BuildError
     from .report import format_table
+    from .stages import BuildTimeout
 
     try:
         result = build_model(args.model, get_board(args.board), args.mhz, args.rows, args.cols,
-                             Path(args.output or Path("build") / args.board), mode=args.mode)
+                             Path(args.output or Path("build") / args.board), mode=args.mode, seed=args.seed,
+                             router=args.router, timeout=args.timeout)
+    except BuildTimeout as e:
+        print(f"lcq build: error: --timeout {args.timeout:g} s: {e}", file=sys.stderr)
+        return 1
     except BuildError as e:
         print(f"lcq build: error: {e}", file=sys.stderr)
         return 1
@@ -73,13 +86,16 @@ def cmd_build(args) -> int:
 
 
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
-                out: Path | None = None, mode: str = "layers") -> dict:
+                out: Path | None = None, mode: str = "layers", *, seed: int | None = None,
+                router: str = DEFAULT_ROUTER, timeout: float | None = None) -> dict:
     """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
     (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
-    ``build/<board>``). Without ``mhz``, at the board's default clock and, where timing does not
-    close there, once more at the Fmax reached. Returns the report (also in ``out/report.json``;
-    ``mode``, and ``network`` or ``engine``: what ``lcq run`` needs to talk to the board); raises
-    :class:`boards.build.BuildError` when a tool fails. ``mode`` defaults to ``"layers"``, what the callers
+    ``build/<board>``), with nextpnr's ``seed`` and ``router`` (:func:`boards.build.build`). Without
+    ``mhz``, at the board's default clock and, where timing does not close there, once more at the
+    Fmax reached. Returns the report (also in ``out/report.json``; ``mode``, and ``network`` or
+    ``engine``: what ``lcq run`` needs to talk to the board); raises :class:`boards.build.BuildError`
+    when a tool fails and :class:`boards.stages.BuildTimeout` when the whole call (elaboration and both
+    attempts) outlasts ``timeout`` seconds (None: no limit). ``mode`` defaults to ``"layers"``, what the callers
     of this function (``lcq demo``, ``benchmarks/board_builds.py``) built before network mode existed;
     ``lcq build`` passes its ``--mode`` (default ``network``)."""
     from compiler import format as model_format
@@ -87,8 +103,10 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     from hw.residency import DESCRIPTION
 
     from .build import build, write_json
+    from .report import missed_target
     from .top import accelerator_top
 
+    deadline = None if timeout is None else time.monotonic() + timeout
     model = model_format.load(model_path)
     factory = accelerator_top(model, board, rows, cols, mode=mode)
     engine = factory.engine
@@ -99,13 +117,15 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     else:
         what = f"a {engine.params.rows} x {engine.params.cols} engine ({DESCRIPTION[engine.resident]})"
     print(f"building {what} for {board.name} ({board.device})...", file=sys.stderr, flush=True)
-    result = build(factory, board, mhz, out).to_dict()
+    result = build(factory, board, mhz, out, seed=seed, router=router, deadline=deadline).to_dict()
     attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]
     if mhz is None and result["fmax_mhz"] < result["pll_mhz"]:
         slower = closing_frequency(board, result["fmax_mhz"])
-        print(f"Fmax {result['fmax_mhz']} MHz < {result['pll_mhz']} MHz: building again at {slower} MHz",
+        miss = missed_target(result)
+        print(f"Fmax {result['fmax_mhz']} MHz < {result['pll_mhz']} MHz"
+              + (f" (the path that misses it: {miss})" if miss else "") + f": building again at {slower} MHz",
               file=sys.stderr, flush=True)
-        result = build(factory, board, slower, out).to_dict()
+        result = build(factory, board, slower, out, seed=seed, router=router, deadline=deadline).to_dict()
         attempts.append({"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]})
     result.update(timing_met=result["fmax_mhz"] >= result["pll_mhz"], attempts=attempts, model=str(model_path),
                   mode=mode)
@@ -124,7 +144,8 @@ def network_report(model, network) -> dict:
     deterministic), and, to read, the fit estimate, its link parameters, the engine's and vector unit's
     parameters and the bits of each memory."""
     params = network.params
-    return {"estimate": network.estimate, "rows": params.engine.rows, "cols": params.engine.cols, "classes": model.num_classes,
+    return {"estimate": network.estimate, "rows": params.engine.rows, "cols": params.engine.cols,
+            "classes": model.num_classes,
             "addr_bits": params.addr_bits, "value_bits": params.value_bits, "target_bits": list(params.target_bits),
             "value_depth": params.value_depth, "program_depth": params.program_depth,
             "input_bits": params.input_bits, "engine": params.engine.describe(),

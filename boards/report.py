@@ -1,8 +1,9 @@
 """Read a build's timing and utilization (nextpnr's ``--report`` JSON, Yosys' log) and print them.
 
 :func:`parse_nextpnr` maps nextpnr's cell names onto the board table's resource names
-(``LUT4``, ``FF``, ``EBR``, ``SPRAM``, ``DSP``, ``PLL``, ``IO``); :func:`format_table` prints
-a build report (``boards.build.BuildResult.to_dict()``) as a markdown table.
+(``LUT4``, ``FF``, ``EBR``, ``SPRAM``, ``DSP``, ``PLL``, ``IO``); :func:`worst_paths` names the
+slowest paths by the cells they start and end at; :func:`format_table` prints a build report
+(``boards.build.BuildResult.to_dict()``) as text: timing, the worst paths, a resource table.
 """
 
 from __future__ import annotations
@@ -34,6 +35,75 @@ def parse_nextpnr(report: dict, family: str) -> tuple[float | None, dict]:
     return (round(min(achieved), 2) if achieved else None), resources
 
 
+WORST_PATHS = 3        # paths a build report keeps
+DEFINED_IN = 3         # design source lines kept per path
+_EDGE = re.compile(r"^(posedge|negedge) (.+)$")
+
+
+def period_share(launch: str, capture: str) -> float | None:
+    """The share of a clock period a path between nextpnr's clock edges ``launch`` and ``capture`` has:
+    1 between like edges of one clock, 0.5 between opposite ones, None between clocks or pins."""
+    a, b = _EDGE.match(launch), _EDGE.match(capture)
+    if not (a and b and a[2] == b[2]):
+        return None
+    return 1.0 if a[1] == b[1] else 0.5
+
+
+def worst_paths(report: dict, count: int = WORST_PATHS) -> list[dict]:
+    """The ``count`` worst of the critical paths of a nextpnr ``--report`` object (nextpnr keeps the worst
+    path of each pair of clock edges; none where the report has no ``critical_paths``), worst first: the
+    paths within one clock by the frequency they allow (``fmax_mhz``, lowest first; a path between
+    opposite edges has half a period), then the others (between clocks or pins: ``fmax_mhz`` None) by
+    delay. Each is a dict: ``from`` and ``to`` (nextpnr's clock edges, e.g. ``posedge clk``, or
+    ``<async>``), ``source`` and ``sink`` (``cell.port`` where the path starts and ends), ``delay_ns``,
+    ``fmax_mhz``, ``slack_ns`` (against nextpnr's constraint for the clock; None without one) and
+    ``defined_in`` (the first :data:`DEFINED_IN` source lines of the design along the path, the
+    toolchain's own library files left out)."""
+    paths = []
+    for cp in report.get("critical_paths", []):
+        segments = cp["path"]
+        if not segments:
+            continue
+        delay = sum(seg["delay"] for seg in segments)
+        share = period_share(cp["from"], cp["to"])
+        fmax = slack = None
+        if share is not None and delay > 0:
+            fmax = share * 1000 / delay
+            constraint = report.get("fmax", {}).get(_EDGE.match(cp["from"])[2], {}).get("constraint")
+            slack = None if not constraint else share * 1000 / constraint - delay
+        defined = []
+        for seg in segments:
+            defined += [src for src in seg.get("sources", []) if not src.startswith("/share/") and src not in defined]
+        first, last = segments[0]["from"], segments[-1]["to"]
+        paths.append({"from": cp["from"], "to": cp["to"], "source": f"{first['cell']}.{first['port']}",
+                      "sink": f"{last['cell']}.{last['port']}", "delay_ns": round(delay, 3),
+                      "fmax_mhz": None if fmax is None else round(fmax, 2),
+                      "slack_ns": None if slack is None else round(slack, 3), "defined_in": defined[:DEFINED_IN]})
+    paths.sort(key=lambda p: (p["fmax_mhz"] is None, p["fmax_mhz"] or 0, -p["delay_ns"]))
+    return paths[:count]
+
+
+def read_worst_paths(path, count: int = WORST_PATHS) -> list[dict]:
+    """:func:`worst_paths` of the nextpnr report file at ``path``."""
+    return worst_paths(json.loads(Path(path).read_text()), count)
+
+
+def missed_target(report: dict) -> str | None:
+    """Where a build report (``boards.build.BuildResult.to_dict()``) misses its clock: the worst path
+    slower than ``pll_mhz``, its delay and how much longer that is than the time the clock gives it;
+    None where timing is met or the report names no such path."""
+    fmax = report.get("fmax_mhz")
+    if fmax is None or fmax >= report["pll_mhz"]:
+        return None
+    for p in report.get("worst_paths", []):
+        if p["fmax_mhz"] is not None and p["fmax_mhz"] < report["pll_mhz"]:
+            allowed = period_share(p["from"], p["to"]) * 1000 / report["pll_mhz"]
+            return (f"{p['source']} -> {p['sink']} ({p['from']} -> {p['to']}) takes {p['delay_ns']:.2f} ns, "
+                    f"{p['delay_ns'] - allowed:.2f} ns more than the {allowed:.2f} ns that {report['pll_mhz']:g} MHz "
+                    f"gives it (it allows {p['fmax_mhz']:g} MHz)")
+    return None
+
+
 def yosys_ff_count(log: str) -> int:
     """Flip-flops (``SB_DFF*`` / ``TRELLIS_FF`` cells) in the last statistics block of a Yosys log."""
     stats = log.rsplit("Printing statistics", 1)
@@ -56,13 +126,26 @@ def parse_build(build_dir, name: str, board: Board, nextpnr_report: str = "nextp
 
 
 def format_table(report: dict) -> str:
-    """A build report as text: board, Fmax vs the PLL clock, bitstream, then a resource table."""
+    """A build report as text: board, Fmax vs the PLL clock (where missed: by which path and how much,
+    :func:`missed_target`), bitstream and time per stage, the worst paths, then a resource table."""
     fmax = report["fmax_mhz"]
     met = "no clocked logic" if fmax is None else ("met" if fmax >= report["pll_mhz"] else "NOT met")
+    stages = ", ".join(f"{stage} {s:g} s" for stage, s in report.get("stage_seconds", {}).items())
     lines = [f"{report['board']} ({report['device']}): Fmax {fmax} MHz, clock {report['pll_mhz']:g} MHz "
-             f"(asked {report['target_mhz']:g}): timing {met}",
-             f"bitstream {report['bitstream']} ({report['seconds']:g} s)", "",
-             "| resource | used | available | % |", "|---|---:|---:|---:|"]
+             f"(asked {report['target_mhz']:g}): timing {met}"]
+    miss = missed_target(report)
+    if miss:
+        lines.append(f"the path that misses it: {miss}")
+    lines.append(f"bitstream {report['bitstream']} ({report['seconds']:g} s" + (f": {stages})" if stages else ")"))
+    if report.get("worst_paths"):
+        lines.append("worst paths (nextpnr):")
+        for i, p in enumerate(report["worst_paths"], 1):
+            speed = f", {p['fmax_mhz']:g} MHz" if p["fmax_mhz"] is not None else ""
+            slack = f", slack {p['slack_ns']:.2f} ns" if p["slack_ns"] is not None else ""
+            where = f" [{', '.join(p['defined_in'])}]" if p["defined_in"] else ""
+            lines.append(f"  {i}. {p['delay_ns']:.2f} ns{speed}{slack} ({p['from']} -> {p['to']}): "
+                         f"{p['source']} -> {p['sink']}{where}")
+    lines += ["", "| resource | used | available | % |", "|---|---:|---:|---:|"]
     for name, r in report["resources"].items():
         share = f"{100 * r['used'] / r['available']:.1f}" if r["available"] else "-"
         lines.append(f"| {name} | {r['used']:,} | {r['available']:,} | {share} |")

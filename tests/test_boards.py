@@ -328,6 +328,10 @@ def test_build_board(tmp_path, name):
     assert 40 < res["LUT4"]["used"] < 400 and 60 <= res["FF"]["used"] < 200
     assert res["EBR"]["used"] == 1 and res["DSP"]["used"] >= 1 and res["PLL"]["used"] == 1
     assert {r: res[r]["available"] for r in board.resources} == board.resources
+    assert report["seed"] is None and report["router"] == "router1"
+    assert list(report["stage_seconds"]) == ["synthesis", "placement and routing", "packing"]
+    worst = report["worst_paths"][0]   # the path that sets the Fmax, by the cells it starts and ends at
+    assert abs(worst["fmax_mhz"] - report["fmax_mhz"]) <= 0.02 and worst["source"] and worst["sink"]
     print(f"\n{format_table(report)}")
 
 

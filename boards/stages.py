@@ -1,0 +1,279 @@
+"""Run a build's toolchain stage by stage: synthesis, placement and routing, packing, each with a deadline.
+
+Amaranth writes a build's tool commands into ``build_<name>.json`` (each an argv whose first word is
+the tool's name, as ``build_<name>.sh`` runs them). :func:`plan_stages` reads them as :class:`Stage`\\ s;
+:func:`run_stages` runs them one after the other in the build directory, each in a session and process
+group of its own, with the executable from the tool's Amaranth variable (``YOSYS``, ``NEXTPNR_ECP5``, ...
+in ``env``; the tool's name where unset). Output goes to ``build.log``; the log each tool writes itself
+(Yosys ``-l``, nextpnr ``--log``) is followed while it runs and a line on stderr says every ``every``
+seconds which stage runs, for how long and the tool's own last progress figure (:class:`Progress`). A stage that passes
+the deadline is stopped (its process group killed) and :class:`BuildTimeout` raised; one that fails raises
+:class:`BuildError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+STAGE_NAMES = {"yosys": "synthesis", "nextpnr-ice40": "placement and routing",
+               "nextpnr-ecp5": "placement and routing", "icepack": "packing", "ecppack": "packing"}
+LOG_FLAGS = ("-l", "--log")      # the flag before the log file a tool writes itself (Yosys, nextpnr)
+PROGRESS_SECONDS = 30.0          # default seconds between progress lines
+STOP_GRACE_SECONDS = 5.0         # SIGTERM, then SIGKILL after this long
+
+
+class BuildError(RuntimeError):
+    """A toolchain step failed; the message ends with the tail of the build log."""
+
+
+class BuildTimeout(BuildError):
+    """The deadline passed: ``stage`` (its name) was stopped after ``stage_seconds`` of it,
+    ``seconds`` after the stages started; ``progress`` is the tool's last progress figure (or None)."""
+
+    def __init__(self, message: str, stage: str, stage_seconds: float, seconds: float, progress: str | None):
+        super().__init__(message)
+        self.stage, self.stage_seconds, self.seconds, self.progress = stage, stage_seconds, seconds, progress
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One tool run: ``name`` (synthesis, placement and routing, packing, or the tool's name),
+    ``tool`` (Amaranth's name for it, e.g. ``nextpnr-ecp5``), its ``argv`` (``argv[0]`` the tool's
+    name) and ``log``, the file it logs to (relative to the build directory; None where it has none)."""
+
+    name: str
+    tool: str
+    argv: tuple[str, ...]
+    log: str | None
+
+
+def plan_stages(build_dir, name: str = "top") -> list[Stage]:
+    """The stages of the build of ``name`` in ``build_dir``, from Amaranth's ``build_<name>.json``."""
+    commands = json.loads((Path(build_dir) / f"build_{name}.json").read_text())["commands"]
+    stages = []
+    for argv in commands:
+        log = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in LOG_FLAGS), None)
+        stages.append(Stage(STAGE_NAMES.get(argv[0], argv[0]), argv[0], tuple(argv), log))
+    return stages
+
+
+def tool_env_var(tool: str) -> str:
+    """The environment variable naming ``tool``'s executable, as Amaranth spells it (``nextpnr-ecp5`` ->
+    ``NEXTPNR_ECP5``)."""
+    return tool.upper().replace("-", "_").replace("+", "X")
+
+
+# nextpnr's and Yosys' log lines that tell how far a stage is.
+_NEXTPNR = [
+    (re.compile(r"^Info: Packing"), lambda m, p: "packing the netlist"),
+    (re.compile(r"at initial placer iter (\d+), wirelen = (\d+)"),
+     lambda m, p: f"placement (initial): iteration {m[1]}, wirelength {m[2]}"),
+    (re.compile(r"at iteration #(\d+), type \w+: wirelen solved = \d+, spread = \d+, legal = (\d+)"),
+     lambda m, p: f"placement (analytic): iteration {m[1]}, wirelength {m[2]}"),
+    (re.compile(r"Running simulated annealing placer"), lambda m, p: "placement (annealing)"),
+    (re.compile(r"at iteration #(\d+): temp = [\d.]+, timing cost = \d+, wirelen = (\d+)"),
+     lambda m, p: f"placement (annealing): iteration {m[1]}, wirelength {m[2]}"),
+    (re.compile(r"^Info: Routing (\d+) arcs"), lambda m, p: p._arcs(int(m[1]))),
+    (re.compile(r"^Info:\s+(\d+) \|\s+\d+\s+\d+ \|\s+\d+\s+\d+ \|\s+(\d+)\|\s+[\d.]+\s+([\d.]+)\|"),
+     lambda m, p: p._routing(f"routing (router1): iteration {m[1]}, {m[2]}{p._of_arcs()} arcs left after "
+                             f"{float(m[3]):.0f} s")),
+    (re.compile(r"Running router2"), lambda m, p: p._routing("routing (router2)")),
+    (re.compile(r"iter=(\d+) wires=(\d+) overused=(\d+) overuse=(\d+)"),
+     lambda m, p: p._routing(f"routing (router2): iteration {m[1]}, {m[3]} of {m[2]} wires overused")),
+    (re.compile(r"^Info: Routing complete"), lambda m, p: p._routing("routing complete")),
+    (re.compile(r"Max frequency for clock\s+'([^']*)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)"),
+     lambda m, p: p._clock(m[1], float(m[2]), m[3], float(m[4]))),
+]
+_YOSYS = [(re.compile(r"^(\d+(?:\.\d+)*)\. Executing (\S+)"), lambda m, p: f"step {m[1]}: {m[2]}")]
+
+
+class Progress:
+    """The last progress figure of a Yosys or nextpnr log, fed line by line (:meth:`feed`): ``figure``
+    is a short text (e.g. ``routing (router1): iteration 252000, 10429 of 72362 arcs left after 2078 s``)
+    or None before the first line that says anything; for nextpnr it ends with the slowest clock of
+    the last timing analysis, said to be the placement's estimate where routing had not started."""
+
+    def __init__(self, tool: str):
+        self.rules = _NEXTPNR if tool.startswith("nextpnr") else _YOSYS if tool == "yosys" else []
+        self.step: str | None = None
+        self.clocks: dict = {}
+        self.total_arcs: int | None = None
+        self.routing = False        # a routing line seen
+        self.clocks_routed = False  # the clocks are of an analysis after routing started
+
+    def _arcs(self, total: int) -> str:
+        self.total_arcs = total
+        return self._routing(f"routing {total} arcs")
+
+    def _routing(self, step: str) -> str:
+        self.routing = True
+        return step
+
+    def _of_arcs(self) -> str:
+        return f" of {self.total_arcs}" if self.total_arcs else ""
+
+    def _clock(self, clock: str, mhz: float, verdict: str, target: float) -> str | None:
+        if self.clocks_routed != self.routing:
+            self.clocks, self.clocks_routed = {}, self.routing
+        self.clocks[clock] = (mhz, verdict, target)
+        return self.step
+
+    def feed(self, line: str) -> None:
+        for pattern, say in self.rules:
+            m = pattern.search(line)
+            if m:
+                self.step = say(m, self)
+                return
+
+    @property
+    def figure(self) -> str | None:
+        if not self.clocks:
+            return self.step
+        clock, (mhz, verdict, target) = min(self.clocks.items(), key=lambda c: c[1][0])
+        timing = (f"{'Fmax' if self.clocks_routed else 'placement estimate'} {mhz:g} MHz for {clock} "
+                  f"({verdict} at {target:g} MHz)")
+        return timing if self.step is None else f"{self.step}; {timing}"
+
+
+class LogFollower:
+    """New complete lines of a growing file, from where the last call stopped (none while it is missing)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.rest = path, 0, b""
+
+    def lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        *done, self.rest = (self.rest + data).split(b"\n")
+        return [line.decode(errors="replace") for line in done]
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as ``1h02m03s``, ``2m03s`` or ``3s``."""
+    s = int(seconds)
+    h, m = s // 3600, s // 60 % 60
+    return f"{h}h{m:02d}m{s % 60:02d}s" if h else f"{m}m{s % 60:02d}s" if m else f"{s}s"
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group that ``proc`` leads, then SIGKILL to what is left of it; after each,
+    waits up to :data:`STOP_GRACE_SECONDS` for ``proc`` to end (then ``proc.returncode`` is set)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def _raise_on_signal(signum, frame):
+    raise BuildError(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build", deadline: float | None = None,
+               every: float | None = PROGRESS_SECONDS, log_name: str = "build.log", out=None) -> dict:
+    """Run ``stages`` in ``build_dir`` with ``env``, their output to ``log_name`` there; returns
+    {stage name: seconds}. ``deadline`` is a ``time.monotonic()`` value (None: no limit); progress
+    lines go to ``out`` (default stderr): one as each stage starts and ends, one every ``every`` seconds
+    (None: none) while it runs. Unlike Amaranth's ``build_<name>.sh``, this does not source a toolchain
+    environment script (``AMARANTH_ENV_TRELLIS``, ``AMARANTH_ENV_ICESTORM``): the tools are those that
+    ``env``'s tool variables name, or found on its PATH. Raises :class:`BuildTimeout` when the
+    deadline passes (the stage's process group is killed, nothing more runs), :class:`BuildError`
+    (message: ``what`` failed, the exit status, the stage, the end of the log) when a tool exits non-zero
+    or cannot start, and :class:`BuildError` when this process gets SIGTERM while a stage runs on the main
+    thread (its process group killed first; Ctrl-C kills it too and raises KeyboardInterrupt)."""
+    out = sys.stderr if out is None else out
+    build_dir = Path(build_dir)
+    log_path = build_dir / log_name
+    log_path.write_text("")
+    started = time.monotonic()
+    seconds: dict = {}
+
+    def say(text: str) -> None:
+        print(f"{what}: {text}", file=out, flush=True)
+
+    def tail() -> str:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+
+    for stage in stages:
+        progress = Progress(stage.tool)
+        follow = LogFollower(build_dir / stage.log) if stage.log else None
+        t0 = time.monotonic()
+
+        def timeout(in_stage: float) -> BuildTimeout:
+            total = time.monotonic() - started
+            figure = progress.figure
+            where = f"in {stage.name} ({stage.tool}) after {duration(in_stage)} of it" if in_stage > 0 else \
+                f"before {stage.name} ({stage.tool}) started"
+            last = f"; its last progress: {figure}" if figure else ""
+            return BuildTimeout(f"{what} stopped at its time limit {where}, {duration(total)} after the toolchain "
+                                f"started{last}; no bitstream was made (logs in {build_dir})",
+                                stage.name, in_stage, total, figure)
+
+        if deadline is not None and t0 >= deadline:
+            raise timeout(0.0)
+        if follow is not None:
+            (build_dir / stage.log).unlink(missing_ok=True)
+        argv = [env.get(tool_env_var(stage.tool), stage.tool), *stage.argv[1:]]
+        say(f"{stage.name} ({stage.tool}) started")
+        with open(log_path, "a") as logf:
+            try:
+                proc = subprocess.Popen(argv, cwd=build_dir, env=env, stdin=subprocess.DEVNULL, stdout=logf,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as e:
+                raise BuildError(f"{what} failed in {stage.name}: cannot run {argv[0]!r} ({e}); "
+                                 f"set {tool_env_var(stage.tool)} to the tool's path") from None
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_on_signal) if main else None
+        try:
+            next_line = t0 + every if every else None
+            while True:
+                now = time.monotonic()
+                wakes = [t for t in (next_line, deadline) if t is not None]
+                try:
+                    proc.wait(max(min(wakes) - now, 0.0) if wakes else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                for line in follow.lines() if follow else ():
+                    progress.feed(line)
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    stop_group(proc)
+                    raise timeout(now - t0)
+                if next_line is not None and now >= next_line:
+                    figure = progress.figure
+                    say(f"{stage.name} {duration(now - t0)} ({duration(now - started)} in all)"
+                        + (f": {figure}" if figure else ""))
+                    next_line += every
+        finally:
+            if proc.poll() is None:
+                stop_group(proc)
+            if main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for line in follow.lines() if follow else ():
+            progress.feed(line)
+        seconds[stage.name] = round(time.monotonic() - t0, 1)
+        if proc.returncode != 0:
+            raise BuildError(f"{what} failed (exit status {proc.returncode}) in {stage.name} ({stage.tool}), "
+                             f"in {build_dir}; the end of {log_path}:\n{tail()}")
+        figure = progress.figure
+        say(f"{stage.name} done in {duration(seconds[stage.name])}" + (f": {figure}" if figure else ""))
+    return seconds

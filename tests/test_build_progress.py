@@ -1,0 +1,446 @@
+"""`lcq build` stage by stage: progress figures from Yosys' and nextpnr's logs, the stage runner with
+fake tools (a deadline kills a stage's process group; a failing tool names its stage), the worst paths
+of nextpnr's report, and the build options --timeout, --seed and --router. No real synthesis: the fake
+tools are Python scripts put in place of the YoWASP tools through the variables ``toolchain_env`` sets.
+
+The nextpnr log lines are real ones (an iCEBreaker build of the digits CNN and an ULX3S-85F build of
+ResNet-20); ``CLK_PATH`` is the worst ``clk`` path of that iCEBreaker build's ``nextpnr-report.json``
+with 66 of its 71 segments folded into one of their summed delay (the cell names and the total are real).
+"""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from boards.report import format_table, missed_target, worst_paths
+from boards.stages import (BuildError, BuildTimeout, LogFollower, Progress, Stage, duration, plan_stages,
+                           run_stages)
+
+DATA = Path(__file__).parent / "data"
+
+# --- Progress figures -----------------------------------------------------------------------------------
+
+ECP5_LOG = """\
+Info: Packing IOs..
+Info: Placed 6 cells based on constraints.
+Info: Creating initial analytic placement for 14864 cells, random placement wirelen = 1914900.
+Info:     at initial placer iter 3, wirelen = 6706
+Info: Running main analytical placer, max placement attempts per cell = 79165944.
+Info:     at iteration #7, type ALL: wirelen solved = 78501, spread = 319112, legal = 378890; time = 10.63s
+Info: HeAP Placer Time: 157.76s
+Info: Running simulated annealing placer for refinement.
+Info:   at iteration #25: temp = 0.000000, timing cost = 4685, wirelen = 319876
+Info: SA placement time 511.54s
+
+Info: Max frequency for clock '$glbnet$clock.clk': 38.11 MHz (FAIL at 45.00 MHz)
+
+Info: Routing globals...
+Info: Routing..
+Info: Setting up routing queue.
+Info: Routing 72362 arcs.
+Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |
+Info:    IterCnt |  w/ripup   wo/ripup |  w/r  wo/r |      arcs| batch(sec) total(sec)|
+Info:       1000 |      637        362 |  637   362 |     72167|      12.84      12.84|
+Info:     252000 |    94277     155824 |  489   511 |     10429|      14.81    2078.04|
+"""
+
+
+def feed(tool, text):
+    p = Progress(tool)
+    for line in text.splitlines():
+        p.feed(line)
+    return p.figure
+
+
+@pytest.mark.parametrize("upto, figure", [
+    ("Info: Packing IOs..", "packing the netlist"),
+    ("at initial placer iter 3", "placement (initial): iteration 3, wirelength 6706"),
+    ("type ALL", "placement (analytic): iteration 7, wirelength 378890"),
+    ("Running simulated annealing", "placement (annealing)"),
+    ("at iteration #25:", "placement (annealing): iteration 25, wirelength 319876"),
+    ("Max frequency", "placement (annealing): iteration 25, wirelength 319876; "
+                      "placement estimate 38.11 MHz for $glbnet$clock.clk (FAIL at 45 MHz)"),
+    ("Routing 72362 arcs", "routing 72362 arcs; placement estimate 38.11 MHz for $glbnet$clock.clk (FAIL at 45 MHz)"),
+    ("252000 |", "routing (router1): iteration 252000, 10429 of 72362 arcs left after 2078 s; "
+                 "placement estimate 38.11 MHz for $glbnet$clock.clk (FAIL at 45 MHz)"),
+])
+def test_nextpnr_progress_figures(upto, figure):
+    lines = ECP5_LOG.splitlines()
+    last = next(i for i, line in enumerate(lines) if upto in line)
+    assert feed("nextpnr-ecp5", "\n".join(lines[:last + 1])) == figure
+
+
+def test_router2_and_ice40_progress():
+    router2 = ("Info: Running router2...\nInfo: Setting up routing resources...\n"
+               "Info:     iter=1 wires=350796 overused=32139 overuse=43659 archfail=NA\n")
+    assert feed("nextpnr-ecp5", router2) == "routing (router2): iteration 1, 32139 of 350796 wires overused"
+    placed = ("Info: Max frequency for clock '$PACKER_GND_NET_$glb_clk': 386.25 MHz (PASS at 12.00 MHz)\n"
+              "Info: Max frequency for clock                      'clk': 23.74 MHz (PASS at 21.00 MHz)\n"
+              "Info: Routing 15047 arcs.\nInfo: Routing complete.\n")
+    assert feed("nextpnr-ice40", placed) == "routing complete; placement estimate 23.74 MHz for clk (PASS at 21 MHz)"
+    routed = placed + "Info: Max frequency for clock                      'clk': 23.52 MHz (PASS at 21.00 MHz)\n"
+    assert feed("nextpnr-ice40", routed) == "routing complete; Fmax 23.52 MHz for clk (PASS at 21 MHz)"
+    assert feed("nextpnr-ice40", "Info: Program finished normally.") is None
+
+
+def test_yosys_progress_and_other_tools():
+    log = "1. Executing RTLIL frontend.\n2.46. Executing ABC9 pass.\n2.46.15.2. Executing ABC9_OPS pass (helper).\n"
+    assert feed("yosys", log) == "step 2.46.15.2: ABC9_OPS"
+    assert feed("ecppack", log) is None
+
+
+def test_log_follower_returns_complete_lines_once(tmp_path):
+    path = tmp_path / "top.tim"
+    follow = LogFollower(path)
+    assert follow.lines() == []
+    path.write_text("Info: one\nInfo: tw")
+    assert follow.lines() == ["Info: one"]
+    with open(path, "a") as f:
+        f.write("o\n")
+    assert follow.lines() == ["Info: two"] and follow.lines() == []
+
+
+def test_duration():
+    assert [duration(s) for s in (0, 59.9, 61, 3725)] == ["0s", "59s", "1m01s", "1h02m05s"]
+
+
+# --- Stages from Amaranth's build script ----------------------------------------------------------------
+
+ECP5_COMMANDS = [["yosys", "-q", "-l", "top.rpt", "top.ys"],
+                 ["nextpnr-ecp5", "--quiet", "--report", "nextpnr-report.json", "--timing-allow-fail", "--log",
+                  "top.tim", "--85k", "--package", "CABGA381", "--speed", "6", "--json", "top.json", "--lpf",
+                  "top.lpf", "--textcfg", "top.config"],
+                 ["ecppack", "--compress", "--input", "top.config", "--bit", "top.bit", "--svf", "top.svf"]]
+
+
+def test_plan_stages_reads_amaranths_commands(tmp_path):
+    (tmp_path / "build_top.json").write_text(json.dumps({"comment": "", "commands": ECP5_COMMANDS}))
+    stages = plan_stages(tmp_path)
+    assert [(s.name, s.tool, s.log) for s in stages] == [("synthesis", "yosys", "top.rpt"),
+                                                          ("placement and routing", "nextpnr-ecp5", "top.tim"),
+                                                          ("packing", "ecppack", None)]
+    assert stages[1].argv == tuple(ECP5_COMMANDS[1])
+
+
+# --- The stage runner with fake tools -----------------------------------------------------------------
+
+# One fake for every tool: writes the lines of $FAKE_LOG_<TOOL> (a file) to its own log (-l / --log),
+# its argv to <tool>.argv, the files it is asked for (--report: $FAKE_REPORT's content; --textcfg, --asc,
+# icepack's output, --bit), then, with $FAKE_SLEEP_<TOOL>, starts a `sleep` child (its pid in
+# <tool>.child) and sleeps; $FAKE_EXIT_<TOOL> is its exit status.
+FAKE = textwrap.dedent("""\
+    import os, subprocess, sys, time
+    from pathlib import Path
+    tool = Path(sys.argv[0]).name
+    key = tool.upper().replace("-", "_")
+    args = sys.argv[1:]
+    Path(tool + ".argv").write_text(repr(args))
+    def value(flag):
+        return args[args.index(flag) + 1] if flag in args else None
+    log = value("-l") or value("--log")
+    if log and os.environ.get("FAKE_LOG_" + key):
+        with open(log, "w") as f:
+            for line in Path(os.environ["FAKE_LOG_" + key]).read_text().splitlines():
+                f.write(line + "\\n")
+                f.flush()
+    if value("--report"):
+        Path(value("--report")).write_text(Path(os.environ["FAKE_REPORT"]).read_text())
+    for out in (value("--textcfg"), value("--asc"), value("--bit")):
+        if out:
+            Path(out).write_text("fake")
+    if tool == "icepack":
+        Path(args[-1]).write_bytes(bytes(20000))
+    print(tool, "ran")
+    if os.environ.get("FAKE_SLEEP_" + key):
+        child = subprocess.Popen(["sleep", "60"])
+        Path(tool + ".child").write_text(str(child.pid))
+        time.sleep(float(os.environ["FAKE_SLEEP_" + key]))
+    sys.exit(int(os.environ.get("FAKE_EXIT_" + key, "0")))
+""")
+TOOLS = {"YOSYS": "yosys", "NEXTPNR_ECP5": "nextpnr-ecp5", "NEXTPNR_ICE40": "nextpnr-ice40",
+         "ECPPACK": "ecppack", "ICEPACK": "icepack"}
+
+
+@pytest.fixture
+def fake_tools(tmp_path, monkeypatch):
+    """The fake tool installed under each tool's name in tmp_path/bin and named by the tool variables;
+    returns a function setting a tool's log text (and other FAKE_* variables)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for var, tool in TOOLS.items():
+        exe = bindir / tool
+        exe.write_text(f"#!{sys.executable}\n{FAKE}")
+        exe.chmod(0o755)
+        monkeypatch.setenv(var, str(exe))
+
+    def set_log(tool, text):
+        path = tmp_path / f"{tool}.log-lines"
+        path.write_text(text)
+        monkeypatch.setenv("FAKE_LOG_" + tool.upper().replace("-", "_"), str(path))
+    return set_log
+
+
+def ecp5_stages():
+    return [Stage(n, argv[0], tuple(argv), log) for n, argv, log in zip(
+        ("synthesis", "placement and routing", "packing"), ECP5_COMMANDS, ("top.rpt", "top.tim", None))]
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (killed, not yet reaped by its parent) counts as gone
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+
+
+def test_stages_run_in_order_with_progress_lines(tmp_path, fake_tools, monkeypatch):
+    fake_tools("yosys", "2.46. Executing ABC9 pass.\n")
+    fake_tools("nextpnr-ecp5", ECP5_LOG)
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-ulx3s-85f.json"))
+    monkeypatch.setenv("FAKE_SLEEP_ECPPACK", "1.2")
+    out = io.StringIO()
+    seconds = run_stages(ecp5_stages(), tmp_path, dict(os.environ), what="ulx3s-85f build", every=0.5, out=out)
+    assert list(seconds) == ["synthesis", "placement and routing", "packing"] and seconds["packing"] >= 1.2
+    text = out.getvalue()
+    assert "ulx3s-85f build: synthesis (yosys) started\n" in text
+    assert "ulx3s-85f build: synthesis done in 0s: step 2.46: ABC9\n" in text
+    assert ("ulx3s-85f build: placement and routing done in 0s: routing (router1): iteration 252000, "
+            "10429 of 72362 arcs left after 2078 s; placement estimate 38.11 MHz for $glbnet$clock.clk "
+            "(FAIL at 45 MHz)") in text
+    assert "ulx3s-85f build: packing 0s (1s in all)\n" in text or "ulx3s-85f build: packing 1s (1s in all)\n" in text
+    assert (tmp_path / "build.log").read_text().splitlines() == ["yosys ran", "nextpnr-ecp5 ran", "ecppack ran"]
+    assert eval((tmp_path / "nextpnr-ecp5.argv").read_text()) == ECP5_COMMANDS[1][1:]
+
+
+def test_a_stage_past_the_deadline_is_stopped_with_its_process_group(tmp_path, fake_tools, monkeypatch):
+    fake_tools("nextpnr-ecp5", ECP5_LOG)
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-ulx3s-85f.json"))
+    monkeypatch.setenv("FAKE_SLEEP_NEXTPNR_ECP5", "60")
+    out = io.StringIO()
+    t0 = time.monotonic()
+    with pytest.raises(BuildTimeout) as e:
+        run_stages(ecp5_stages(), tmp_path, dict(os.environ), what="ulx3s-85f build", deadline=t0 + 2.5, every=1,
+                   out=out)
+    assert time.monotonic() - t0 < 10
+    err = e.value
+    assert err.stage == "placement and routing" and 1 < err.seconds < 10 and err.stage_seconds <= err.seconds
+    assert err.progress.startswith("routing (router1): iteration 252000, 10429 of 72362 arcs left")
+    assert str(err).startswith("ulx3s-85f build stopped at its time limit in placement and routing (nextpnr-ecp5) "
+                               "after ")
+    assert "its last progress: routing (router1): iteration 252000" in str(err)
+    assert not alive(int((tmp_path / "nextpnr-ecp5.child").read_text()))
+    assert not (tmp_path / "ecppack.argv").exists()   # nothing ran after the stopped stage
+    assert "ulx3s-85f build: placement and routing 1s (" in out.getvalue()
+
+
+def test_a_deadline_already_passed_stops_before_the_stage(tmp_path, fake_tools):
+    with pytest.raises(BuildTimeout, match=r"stopped at its time limit before synthesis \(yosys\) started"):
+        run_stages(ecp5_stages(), tmp_path, dict(os.environ), deadline=time.monotonic() - 1, out=io.StringIO())
+    assert not (tmp_path / "yosys.argv").exists()
+
+
+def test_a_failing_tool_names_its_stage_and_shows_the_log(tmp_path, fake_tools, monkeypatch):
+    monkeypatch.setenv("FAKE_EXIT_YOSYS", "3")
+    with pytest.raises(BuildError, match=r"(?s)icebreaker build failed \(exit status 3\) in synthesis \(yosys\).*"
+                                         r"the end of .*build.log:\nyosys ran"):
+        run_stages(ecp5_stages(), tmp_path, dict(os.environ), what="icebreaker build", out=io.StringIO())
+    env = {**os.environ, "YOSYS": str(tmp_path / "no-such-yosys")}
+    with pytest.raises(BuildError, match=r"failed in synthesis: cannot run .*no-such-yosys.*set YOSYS"):
+        run_stages(ecp5_stages(), tmp_path, env, out=io.StringIO())
+
+
+def test_sigterm_stops_the_stage_and_its_process_group(tmp_path, fake_tools, monkeypatch):
+    """What benchmarks/board_builds.py does to a build past its time: SIGTERM to the builder's group."""
+    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
+    script = ("import os, sys\nfrom boards.stages import BuildError, Stage, run_stages\n"
+              "try:\n    run_stages([Stage('synthesis', 'yosys', ('yosys', '-l', 'top.rpt', 'top.ys'), 'top.rpt')], "
+              f"{str(tmp_path)!r}, dict(os.environ))\nexcept BuildError as e:\n    print(e)\n    sys.exit(5)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    child = tmp_path / "yosys.child"
+    for _ in range(200):
+        if child.exists() and child.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 5 and "stopped by signal SIGTERM" in stdout
+    assert not alive(int(child.read_text()))
+
+
+# --- Worst paths of nextpnr's report ------------------------------------------------------------------
+
+def seg(delay, kind, src, dst, sources=()):
+    cell = lambda c: {"cell": c.rsplit(".", 1)[0], "loc": [0, 0], "port": c.rsplit(".", 1)[1]}  # noqa: E731
+    return {"delay": delay, "from": cell(src), "to": cell(dst), "type": kind, "sources": list(sources)}
+
+
+RAM = "design.core.engine.thresholds.words.0.8_RAM"
+FF = "design.core.engine.code$66_SB_DFFSR_Q_1_DFFLC"
+CLK_PATH = [seg(1.178, "clk-to-q", f"{RAM}.RDATA_10", f"{RAM}.RDATA_10"),
+            seg(5.544, "routing", f"{RAM}.RDATA_10", "design.core.engine.thresholds.words.0.8_RDATA_5_SB_LUT4_I3_LC.I3",
+                ["/share/ice40/cells_map.v:6.21-6.22"]),
+            seg(0.874, "logic", "design.core.engine.thresholds.words.0.8_RDATA_5_SB_LUT4_I3_LC.I3",
+                "design.core.engine.thresholds.words.0.8_RDATA_5_SB_LUT4_I3_LC.O"),
+            seg(31.920, "routing", "design.core.engine.thresholds.words.0.8_RDATA_5_SB_LUT4_I3_LC.O",
+                "$nextpnr_ICESTORM_LC_32.O", ["/work/main/hw/thresholds.py:125", "/share/ice40/arith_map.v:62.5-70.4"]),
+            seg(1.761, "routing", "$nextpnr_ICESTORM_LC_32.O", f"{FF}.I0", ["/share/ice40/abc9_model.v:4.9-4.11"]),
+            seg(1.234, "setup", f"{FF}.I0", f"{FF}.I0")]
+RX_PATH = [seg(0, "source", "pin_uart_0__rx.buf.buf0.D_IN_0", "pin_uart_0__rx.buf.buf0.D_IN_0"),
+           seg(3.891, "routing", "pin_uart_0__rx.buf.buf0.D_IN_0", "design.uart_rx.sync.rx_SB_LUT4_I3_LC.I3",
+               ["/work/main/hw/uart.py:71"]),
+           seg(0.824, "setup", "design.uart_rx.sync.rx_SB_LUT4_I3_LC.I3", "design.uart_rx.sync.rx_SB_LUT4_I3_LC.I3")]
+HALF_PATH = [seg(2.0, "clk-to-q", "a.Q", "a.Q"), seg(3.0, "setup", "b.D", "b.D")]
+REPORT = {"fmax": {"clk": {"achieved": 23.52332305908203, "constraint": 21.0013427734375}},
+          "critical_paths": [{"from": "<async>", "to": "posedge clk", "path": RX_PATH},
+                             {"from": "posedge clk", "to": "negedge clk", "path": HALF_PATH},
+                             {"from": "posedge clk", "to": "posedge clk", "path": CLK_PATH}],
+          "utilization": {}}
+
+
+def test_worst_paths_name_source_and_sink_worst_first():
+    paths = worst_paths(REPORT)
+    assert [(p["from"], p["to"]) for p in paths] == [("posedge clk", "posedge clk"), ("posedge clk", "negedge clk"),
+                                                     ("<async>", "posedge clk")]
+    clk = paths[0]
+    assert clk == {"from": "posedge clk", "to": "posedge clk", "source": f"{RAM}.RDATA_10", "sink": f"{FF}.I0",
+                   "delay_ns": 42.511, "fmax_mhz": 23.52, "slack_ns": round(1000 / 21.0013427734375 - 42.511, 3),
+                   "defined_in": ["/work/main/hw/thresholds.py:125"]}
+    assert clk["fmax_mhz"] == round(REPORT["fmax"]["clk"]["achieved"], 2)   # the path that sets nextpnr's Fmax
+    assert paths[1]["fmax_mhz"] == 100.0 and paths[1]["slack_ns"] == round(500 / 21.0013427734375 - 5, 3)
+    assert paths[2]["fmax_mhz"] is None and paths[2]["slack_ns"] is None and paths[2]["delay_ns"] == 4.715
+    assert [p["from"] for p in worst_paths(REPORT, 1)] == ["posedge clk"]
+
+
+@pytest.mark.parametrize("name", ["icebreaker", "ulx3s-85f", "ulx3s-85f-digits-4x4"])
+def test_reports_without_critical_paths_have_no_worst_paths(name):
+    assert worst_paths(json.loads((DATA / f"nextpnr-report-{name}.json").read_text())) == []
+
+
+def build_report(pll_mhz, paths):
+    return {"board": "icebreaker", "device": "iCE40UP5K", "fmax_mhz": 23.52, "pll_mhz": pll_mhz, "target_mhz": 24.0,
+            "bitstream": "build/icebreaker/top.bin", "seconds": 312.0, "resources": {}, "worst_paths": paths,
+            "stage_seconds": {"synthesis": 61.2, "placement and routing": 248.4, "packing": 2.1}}
+
+
+def test_a_missed_clock_names_the_path_and_by_how_much():
+    report = build_report(24.0, worst_paths(REPORT))
+    allowed = 1000 / 24.0
+    assert missed_target(report) == (f"{RAM}.RDATA_10 -> {FF}.I0 (posedge clk -> posedge clk) takes 42.51 ns, "
+                                     f"{42.511 - allowed:.2f} ns more than the {allowed:.2f} ns that 24 MHz gives it "
+                                     f"(it allows 23.52 MHz)")
+    table = format_table(report)
+    assert "Fmax 23.52 MHz, clock 24 MHz (asked 24): timing NOT met\nthe path that misses it: " in table
+    assert "(312 s: synthesis 61.2 s, placement and routing 248.4 s, packing 2.1 s)" in table
+    assert (f"  1. 42.51 ns, 23.52 MHz, slack 5.11 ns (posedge clk -> posedge clk): {RAM}.RDATA_10 -> {FF}.I0 "
+            f"[/work/main/hw/thresholds.py:125]") in table
+    assert "  3. 4.71 ns (<async> -> posedge clk): pin_uart_0__rx.buf.buf0.D_IN_0 -> " in table
+    assert missed_target(build_report(21.0, worst_paths(REPORT))) is None
+    assert missed_target(build_report(24.0, [])) is None
+
+
+# --- The command line ---------------------------------------------------------------------------------
+
+def _build_parser():
+    import argparse
+
+    from boards.cli import add_parsers
+
+    parser = argparse.ArgumentParser(prog="lcq")
+    handlers = add_parsers(parser.add_subparsers(dest="verb"))
+    return parser, handlers
+
+
+def test_build_options_parse():
+    from boards.build import DEFAULT_ROUTER
+
+    parser, _ = _build_parser()
+    args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f", "--timeout", "90", "--seed", "7",
+                              "--router", "router2"])
+    assert (args.timeout, args.seed, args.router) == (90.0, 7, "router2")
+    args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f"])
+    assert (args.timeout, args.seed, args.router) == (None, None, DEFAULT_ROUTER) and DEFAULT_ROUTER == "router1"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--timeout", "0"], "argument --timeout: must be a finite number > 0, not '0'"),
+    (["--seed", "-1"], "argument --seed: must be an integer >= 0, not '-1'"),
+    (["--router", "router3"], "argument --router: invalid choice: 'router3'"),
+])
+def test_build_options_are_checked(argv, message, capsys):
+    parser, _ = _build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "m.lcq", "--board", "icebreaker", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_cmd_build_passes_the_options_and_reports_a_timeout(monkeypatch, capsys):
+    from boards import cli
+
+    seen = {}
+
+    def stopped(*args, **kwargs):
+        seen.update(kwargs)
+        raise BuildTimeout("ulx3s-85f build stopped at its time limit in placement and routing (nextpnr-ecp5) "
+                           "after 1m00s of it", "placement and routing", 60.0, 90.0, None)
+    monkeypatch.setattr(cli, "build_model", stopped)
+    parser, handlers = _build_parser()
+    args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f", "--timeout", "90", "--seed", "3",
+                              "--router", "router2", "--json"])
+    assert handlers["build"](args) == 1
+    assert (seen["timeout"], seen["seed"], seen["router"]) == (90.0, 3, "router2")
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("lcq build: error: --timeout 90 s: ulx3s-85f build stopped at its time limit in placement "
+                            "and routing (nextpnr-ecp5) after 1m00s of it\n")
+
+
+# --- build() end to end with fake tools: options reach nextpnr, report.json records them ---------------
+
+def test_build_records_seed_router_stages_and_worst_paths(tmp_path, fake_tools, monkeypatch):
+    pytest.importorskip("amaranth")
+    from amaranth.hdl import Module
+
+    from boards.build import build
+
+    report = tmp_path / "nextpnr-report.json"
+    report.write_text(json.dumps({**json.loads((DATA / "nextpnr-report-icebreaker.json").read_text()),
+                                  "critical_paths": REPORT["critical_paths"]}))
+    monkeypatch.setenv("FAKE_REPORT", str(report))
+    fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
+    out = tmp_path / "out"
+    result = build(lambda platform, clk_hz: Module(), "icebreaker", None, out, seed=5, router="router2")
+    argv = eval((out / "nextpnr-ice40.argv").read_text())
+    assert argv[argv.index("--seed") + 1] == "5" and argv[argv.index("--router") + 1] == "router2"
+    written = json.loads((out / "report.json").read_text())
+    assert written == json.loads(json.dumps(result.to_dict()))
+    assert (written["seed"], written["router"]) == (5, "router2")
+    assert list(written["stage_seconds"]) == ["synthesis", "placement and routing", "packing"]
+    assert written["worst_paths"][0]["sink"] == f"{FF}.I0"
+    with pytest.raises(ValueError, match="router 'router3': nextpnr's routers are router1, router2"):
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, out, router="router3")
+
+
+def test_build_past_its_deadline_leaves_no_result(tmp_path, fake_tools, monkeypatch, capsys):
+    pytest.importorskip("amaranth")
+    from amaranth.hdl import Module
+
+    from boards.build import build
+
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-icebreaker.json"))
+    monkeypatch.setenv("FAKE_SLEEP_ICEPACK", "60")   # the packer writes top.bin, then hangs
+    out = tmp_path / "out"
+    with pytest.raises(BuildTimeout, match=r"icebreaker build stopped at its time limit in packing \(icepack\)"):
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, out, deadline=time.monotonic() + 5)
+    assert not (out / "top.bin").exists() and not (out / "nextpnr-report.json").exists()
+    assert not (out / "report.json").exists()
+    assert "icebreaker build: packing (icepack) started" in capsys.readouterr().err
