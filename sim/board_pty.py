@@ -233,8 +233,9 @@ def add_parsers(sub) -> dict:
                                    "pass.")
     p.add_argument("model", metavar="MODEL", help="compiled model file (`lcq compile`)")
     p.add_argument("--board", required=True, metavar="NAME", choices=BOARDS, help=f"one of: {boards}")
-    p.add_argument("--mhz", type=positive_float, metavar="F", help="clock in MHz, > 0 (default: the board's); a build that closed timing lower "
-                                                          "ran at its report's pll_mhz")
+    p.add_argument("--mhz", type=positive_float, metavar="F",
+                   help="clock in MHz, > 0 (default: the board's); a build that closed timing lower ran at its "
+                        "report's pll_mhz")
     p.add_argument("--rows", type=ARRAY_SIZE, metavar="R",
                    help=f"PE array rows, {ARRAY_SIZE.describe()} (default: chosen for the board)")
     p.add_argument("--cols", type=ARRAY_SIZE, metavar="C",

@@ -126,7 +126,8 @@ def random_model(rnd: random.Random) -> CompiledModel:
             stream = rnd.choice([v for v, s in values.items() if s[1:] in sides])
             c, h, w = values[stream]
             src = rnd.choice([n for n, (s, _) in codes.items() if s[1:] == (h, w)])
-            conv = _conv(name + "c", src, name + "c", codes[src][0], c, codes[src][1], rnd.choice(("requantize", "raw")),
+            stage = rnd.choice(("requantize", "raw"))
+            conv = _conv(name + "c", src, name + "c", codes[src][0], c, codes[src][1], stage,
                          kernel=rnd.choice((1, 3)) if min(h, w) >= 2 else 1)
             nodes.append(conv)
             values[conv.output] = conv.out_shape
