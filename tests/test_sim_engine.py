@@ -39,6 +39,9 @@ DATA = Path(__file__).resolve().parent / "data"
 DIGITS, RESNET20 = DATA / "digits-cnn-lcq-w3a3.lcq", DATA / "cifar10-resnet20-lcq-w3a3.lcq"
 BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
 SIMULATORS = ("icarus", "verilator")
+# The whole-model runs take 15-27 s each on Icarus, 7-15 s on Verilator: by default on Verilator only
+# (Icarus runs every other test of this file), on both with -m slow.
+WHOLE_MODEL_SIMULATORS = (pytest.param("icarus", marks=pytest.mark.slow), "verilator")
 BITS = (2, 3, 4)
 
 
@@ -99,18 +102,18 @@ def simulate_digits(sim: str, rows: int, cols: int, n_images: int, seed: int, *,
     assert all(r.compute_cycles >= r.macs / (rows * cols) for r in report.layers)
 
 
-@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("sim", WHOLE_MODEL_SIMULATORS)
 def test_trained_digits_cnn_whole_model_on_the_engine(sim):
     simulate_digits(sim, 4, 4, 1, seed=2, stall=0.2, backpressure=0.2)
 
 
-@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("sim", WHOLE_MODEL_SIMULATORS)
 def test_digits_cnn_with_resident_constants_two_images(sim):
     """Every layer's constants loaded once, then two images with only configuration and activations."""
     simulate_digits(sim, 2, 8, 2, seed=6, resident="all")
 
 
-@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("sim", WHOLE_MODEL_SIMULATORS)
 def test_digits_cnn_with_resident_weights_two_images(sim):
     """Every layer's weights loaded once, then two images, each layer bringing its tables and stage constants."""
     simulate_digits(sim, 2, 4, 2, seed=7, resident="weights", stall=0.2)
@@ -119,7 +122,7 @@ def test_digits_cnn_with_resident_weights_two_images(sim):
 RESNET20_LAYERS = ("blocks.3.shortcut", "blocks.6.shortcut", "fc")
 
 
-@pytest.mark.parametrize("sim", SIMULATORS)
+@pytest.mark.parametrize("sim", WHOLE_MODEL_SIMULATORS)
 def test_trained_resnet20_layers_on_an_8x8_engine(sim):
     require(sim)
     model = load(RESNET20)
