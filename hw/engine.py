@@ -605,7 +605,8 @@ class LayerEngine(wiring.Component):
         m.d.sync += [band["y"].eq(0), band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
                      band["end_y"].eq(band_cfg["rows"] - 1)]
 
-    def _next_tile(self, m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing, band, band_cfg,
+    @staticmethod
+    def _next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing, band, band_cfg,
                    weight_addr):
         """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile."""
         with m.If(g != cfg["groups"] - 1):
@@ -627,7 +628,7 @@ class LayerEngine(wiring.Component):
                                      band["row"].eq(band["row"] + band_cfg["step"]),
                                      band["end_y"].eq(band["end_y"] + band_cfg["rows"])]
                     with m.Else():
-                        self._first_band(m, band, band_cfg)
+                        LayerEngine._first_band(m, band, band_cfg)
                         m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
                                      band["weight_addr"].eq(weight_addr)]
                         with m.If(co_tile == cfg["co_tiles"] - 1):

@@ -14,8 +14,9 @@ no host involvement between layers:
    (:func:`hw.network_program.image_beats`: a channel's pixels are consecutive addresses).
 2. **Run**: a ``start`` pulse runs the program from its first word: each convolution runs on the
    engine (with the residual addition that the compiler fused into it, if any: the engine reads
-   the other operand from the value memory as it writes), each other node on the vector unit; ``OUTPUT`` sends the logits on ``out``, one value
-   per beat; ``END`` makes the core idle. ``busy`` is high from the cycle after ``start`` until then.
+   the other operand from the value memory as it writes), each other node on the vector unit;
+   ``OUTPUT`` sends the logits on ``out``, one value per beat; ``END`` makes the core idle.
+   ``busy`` is high from the cycle after ``start`` until then.
 
 Each program word takes two cycles to fetch and decode, plus the run time of its step: a layer
 as :mod:`hw.engine` states (network mode: its outputs are written one per cycle, ``cols + 1``
