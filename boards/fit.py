@@ -109,7 +109,7 @@ def network_memories(params: NetworkParams) -> list[tuple[str, int, int, int]]:
     return engine + vector + [
         ("values", params.value_bits, params.value_depth, 1), ("program", params.instruction_bits,
                                                               params.program_depth, 1),
-        ("input table", params.input_bits, 256, 1)]
+        ("input table", params.input_bits, 256, 1), ("image staging", params.input_bits, params.image_depth, 1)]
 
 
 def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 0.9) -> dict[str, int]:

@@ -8,15 +8,19 @@ the program (:mod:`hw.network_params` lists the ops; :mod:`hw.network_program` w
 no host involvement between layers:
 
 1. **Load** (while idle): ``(target, addr, data)`` beats write every layer's constants, the
-   vector unit's constants, the input table and the program, once per model; then, per image,
-   its pixels: an ``IMAGE`` beat's pixel goes through the input table and is written, the next
-   cycle, into lane ``addr >> code_addr_bits`` of code-memory word ``addr & (2^code_addr_bits - 1)``
-   (:func:`hw.network_program.image_beats`: a channel's pixels are consecutive addresses).
-2. **Run**: a ``start`` pulse runs the program from its first word: each convolution runs on the
-   engine (with the residual addition that the compiler fused into it, if any: the engine reads
-   the other operand from the value memory as it writes), each other node on the vector unit;
-   ``OUTPUT`` sends the logits on ``out``, one value per beat; ``END`` makes the core idle.
-   ``busy`` is high from the cycle after ``start`` until then.
+   vector unit's constants, the input table and the program, once per model. Per image, its
+   pixels (:func:`hw.network_program.image_beats`): an ``IMAGE`` beat's pixel goes through the
+   input table into the image staging buffer at ``addr`` (``channel * positions + position``), the
+   next cycle. IMAGE beats are taken while the core runs too (not while it copies, below), so
+   that the next image arrives while this one is computed.
+2. **Run**: a ``start`` pulse (taken while idle) copies the staged image into the input tensor's
+   place in the code memory (``COPY``: one code per cycle, ``image_depth`` cycles; ``starting`` is
+   high meanwhile, then the staging buffer is free for the next image; ``probe.step_done`` marks
+   its end, the input step's), then runs the program from its first word: each convolution runs
+   on the engine (with the residual addition that the compiler fused into it, if any: the engine
+   reads the other operand from the value memory as it writes), each other node on the vector
+   unit; ``OUTPUT`` sends the logits on ``out``, one value per beat (waiting while ``out`` is not
+   ready); ``END`` makes the core idle. ``busy`` is high from the cycle after ``start`` until then.
 
 Each program word takes two cycles to fetch and decode, plus the run time of its step: a layer
 as :mod:`hw.engine` states (network mode: its outputs are written one per cycle, ``cols + 1``
@@ -44,8 +48,11 @@ class NetworkSignature(wiring.Signature):
     """The core's host interface, as the core sees it.
 
     - ``load``: stream in of ``(target, addr, data)`` beats (:data:`NETWORK_TARGET_BITS`,
-      ``addr_bits``, ``data_bits``), ready only while idle (constants, program, image pixels);
-    - ``start`` (in): a one-cycle pulse runs the program (ignored while busy); ``busy`` (out);
+      ``addr_bits``, ``data_bits``): constants and program ready only while idle, image pixels
+      (``IMAGE``) at any time except while ``starting``;
+    - ``start`` (in): a one-cycle pulse copies the staged image and runs the program (ignored while
+      busy); ``busy`` (out): from the next cycle until the program ends; ``starting`` (out): from the
+      next cycle until the staged image has been copied (the staging buffer may then take the next);
     - ``out``: stream out of signed ``value_bits`` values (the logits);
     - ``probe`` (out): every write to the data memories, in the cycle it happens: ``code_en`` (one
       bit per lane), ``code_addr``, ``code_data``; ``value_en``, ``value_addr``, ``value_data``;
@@ -62,7 +69,7 @@ class NetworkSignature(wiring.Signature):
                                   "code_data": Out(code_bits), "value_en": Out(1),
                                   "value_addr": Out(range(params.value_depth)),
                                   "value_data": Out(signed(params.value_bits)), "step_done": Out(1)})
-        super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
+        super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1), "starting": Out(1),
                           "out": Out(stream.Signature(signed(params.value_bits))),
                           "probe": Out(probe)})
 
@@ -96,13 +103,15 @@ class NetworkCore(wiring.Component):
         value_write, value_read = memory("values", signed(p.value_bits), p.value_depth)
         program_write, program_read = memory("program", p.instruction_bits, p.program_depth)
         table_write, table_read = memory("input_table", p.input_bits, 256)
+        stage_write, stage_read = memory("image", p.input_bits, p.image_depth)
 
-        idle = Signal()
+        idle, copying = Signal(), Signal()
         load = self.load.payload
-        host = self.load.valid & idle
+        is_image = load.target == IMAGE
+        host = self.load.valid & idle & ~is_image
         vector_target = load.target - VECTOR_BASE
         m.d.comb += [
-            self.load.ready.eq(idle),
+            self.load.ready.eq(Mux(is_image, ~copying, idle)),
             program_write.en.eq(host & (load.target == PROGRAM)), program_write.addr.eq(load.addr),
             program_write.data.eq(load.data),
             table_write.en.eq(host & (load.target == INPUT_TABLE)), table_write.addr.eq(load.addr),
@@ -130,22 +139,27 @@ class NetworkCore(wiring.Component):
         ]
         m.d.comb += [getattr(vector, name).eq(operands[name]) for name in OPERANDS]
 
-        # IMAGE beats: pixel -> input table -> one lane of the code memory, written the next cycle.
-        word_bits = p.code_addr_bits
-        pixel_valid, pixel_addr, pixel_lane = Signal(), Signal(word_bits), Signal(range(lanes))
-        m.d.comb += table_read.addr.eq(load.data[:PIXEL_BITS])
-        m.d.sync += [pixel_valid.eq(host & (load.target == IMAGE)), pixel_addr.eq(load.addr[:word_bits]),
-                     pixel_lane.eq(load.addr[word_bits:])]
+        # IMAGE beats: pixel -> input table -> the staging buffer, written the next cycle.
+        m.d.comb += [table_read.addr.eq(load.data[:PIXEL_BITS]), stage_write.data.eq(table_read.data)]
+        m.d.sync += [stage_write.en.eq(self.load.valid & is_image & ~copying), stage_write.addr.eq(load.addr)]
 
-        # The code memory's write port (the engine's, while it is idle): input pixels or the vector unit's codes.
+        # COPY: staged code `index` (channel * positions + position) is read, and written the next
+        # cycle into lane `lane` of code-memory word `word_base + position`.
+        index, position = Signal(range(p.image_depth + 1)), Signal(range(p.image_positions))
+        lane, word_base = Signal(range(lanes)), Signal(range(p.engine.act_depth + 1))
+        copy_valid, copy_lane, copy_addr = Signal(), Signal(range(lanes)), Signal(range(p.engine.act_depth))
+        m.d.comb += stage_read.addr.eq(index)
+        m.d.sync += [copy_valid.eq(copying), copy_lane.eq(lane), copy_addr.eq(word_base + position)]
+
+        # The code memory's write port (the engine's, while it is idle): copied image codes or the vector unit's.
         def lane_mask(enable, which):
             return Mux(enable, C(1, lanes) << which, 0)
 
         m.d.comb += [
-            engine.code_write.en.eq(Mux(pixel_valid, lane_mask(1, pixel_lane),
+            engine.code_write.en.eq(Mux(copy_valid, lane_mask(1, copy_lane),
                                         lane_mask(vector.code_write_en, vector.code_write_lane))),
-            engine.code_write.addr.eq(Mux(pixel_valid, pixel_addr, vector.code_write_addr)),
-            engine.code_write.data.eq(Mux(pixel_valid, Cat(*[table_read.data[:lane_bits]] * lanes),
+            engine.code_write.addr.eq(Mux(copy_valid, copy_addr, vector.code_write_addr)),
+            engine.code_write.data.eq(Mux(copy_valid, Cat(*[stage_read.data[:lane_bits]] * lanes),
                                           Cat(*[vector.code_write_data[:lane_bits]] * lanes))),
         ]
 
@@ -168,8 +182,20 @@ class NetworkCore(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += pc.eq(0)
-                    m.next = "FETCH"
+                    m.d.sync += [pc.eq(0), index.eq(0), position.eq(0), lane.eq(0), word_base.eq(p.image_base)]
+                    m.next = "COPY"
+            with m.State("COPY"):
+                m.d.sync += [index.eq(index + 1), position.eq(position + 1)]
+                with m.If(position == p.image_positions - 1):
+                    m.d.sync += [position.eq(0), lane.eq(lane + 1)]
+                    with m.If(lane == lanes - 1):
+                        m.d.sync += [lane.eq(0), word_base.eq(word_base + p.image_positions)]
+                with m.If(index == p.image_depth - 1):
+                    m.next = "COPY_END"
+            with m.State("COPY_END"):
+                # The last code is written; the input step is done.
+                m.d.comb += self.probe.step_done.eq(1)
+                m.next = "FETCH"
             with m.State("FETCH"):
                 m.next = "DECODE"
             with m.State("DECODE"):
@@ -222,5 +248,6 @@ class NetworkCore(wiring.Component):
                     m.d.sync += [out_addr.eq(out_addr + 1), remaining.eq(remaining - 1)]
                     m.next = "OUTPUT_READ"
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
-        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.busy.eq(~idle)]
+        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), copying.eq(fsm.ongoing("COPY")), self.busy.eq(~idle),
+                     self.starting.eq(copying)]
         return m

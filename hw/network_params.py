@@ -9,7 +9,8 @@ with ``lanes`` = the array's rows): the engine's activation buffer is the plan's
 Load targets of the core (a load beat's ``target``): the engine's (:data:`hw.engine_params.TARGETS`
 of them, CONFIG .. ACTS, and :data:`~hw.engine_params.WIDE_WEIGHTS`), then :data:`PROGRAM`,
 :data:`INPUT_TABLE`, the vector unit's (:data:`hw.vector_params.TARGETS`, from :data:`VECTOR_BASE`)
-and :data:`IMAGE` (one pixel per beat, at ``lane << code_addr_bits | word`` of the code memory).
+and :data:`IMAGE` (one pixel per beat into the image staging buffer, at ``channel * positions + y * W + x``;
+accepted while the core runs, so that the next image arrives while this one is computed).
 
 Program words (:func:`instruction`): ``op`` (:data:`OP_BITS`), ``reg`` (:data:`REG_FIELD_BITS`),
 then a signed ``value`` of ``reg_bits``, lowest first. The ops:
@@ -58,7 +59,10 @@ class NetworkParams:
     - ``engine``: the layer engine (``act_depth`` = the code memory's depth);
     - ``vector``: the vector unit (activations, additions, pooling);
     - ``value_bits`` / ``value_depth``: the value memory (signed values, one per word);
-    - ``program_depth``: program words; ``input_bits``: width of the input table's codes.
+    - ``program_depth``: program words; ``input_bits``: width of the input table's codes;
+    - ``image_channels`` x ``image_positions``: the input image (the staging buffer holds one code per
+      pixel); ``image_base``: the code-memory word where the plan puts the input tensor (channel
+      ``c`` in lane ``c % rows`` of words ``image_base + (c // rows) * image_positions + p``).
     """
 
     engine: EngineParams
@@ -67,15 +71,23 @@ class NetworkParams:
     value_depth: int
     program_depth: int
     input_bits: int
+    image_channels: int
+    image_positions: int
+    image_base: int
 
     def __post_init__(self):
         if not isinstance(self.engine, EngineParams) or not isinstance(self.vector, VectorParams):
             raise TypeError("engine must be an EngineParams and vector a VectorParams")
         for name, low, high in (("value_bits", 2, 64), ("value_depth", 1, 1 << 24), ("program_depth", 1, 1 << 16),
-                                ("input_bits", 1, self.engine.abits)):
+                                ("input_bits", 1, self.engine.abits), ("image_channels", 1, 1 << 16),
+                                ("image_positions", 1, 1 << 24), ("image_base", 0, self.engine.act_depth - 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        end = self.image_base + -(-self.image_channels // self.engine.rows) * self.image_positions
+        if end > self.engine.act_depth:
+            raise ValueError(f"an input image of {self.image_channels} x {self.image_positions} codes at word "
+                             f"{self.image_base} ends at word {end}, past the code memory's {self.engine.act_depth}")
 
     @property
     def reg_bits(self) -> int:
@@ -88,9 +100,9 @@ class NetworkParams:
         return OP_BITS + REG_FIELD_BITS + self.reg_bits
 
     @property
-    def code_addr_bits(self) -> int:
-        """Bits of a code-memory word address (the low bits of an IMAGE beat's ``addr``)."""
-        return max(1, (self.engine.act_depth - 1).bit_length())
+    def image_depth(self) -> int:
+        """Codes in the image staging buffer: one per pixel of the input image."""
+        return self.image_channels * self.image_positions
 
     @property
     def target_bits(self) -> tuple[int, ...]:
@@ -102,21 +114,21 @@ class NetworkParams:
     @property
     def addr_bits(self) -> int:
         """Address width of a load beat: the engine's, the program's, the vector unit's constants, an IMAGE beat."""
-        lane_bits = (self.engine.rows - 1).bit_length()
         return max(self.engine.addr_bits, (self.program_depth - 1).bit_length(), PIXEL_BITS,
-                   self.vector.load_addr_bits, self.code_addr_bits + lane_bits)
+                   self.vector.load_addr_bits, (self.image_depth - 1).bit_length())
 
     @property
     def data_bits(self) -> int:
         return max(self.target_bits)
 
     def memory_bits(self) -> dict[str, int]:
-        """Bits of each on-chip memory: the engine's, the vector unit's, values, program, input table."""
+        """Bits of each on-chip memory: the engine's, the vector unit's, values, program, input table, image."""
         bits = dict(self.engine.memory_bits())
         bits.update({f"vector {name}": value for name, value in self.vector.memory_bits().items()})
         bits["values"] = self.value_bits * self.value_depth
         bits["program"] = self.instruction_bits * self.program_depth
         bits["input table"] = self.input_bits * 256
+        bits["image staging"] = self.input_bits * self.image_depth
         return bits
 
     def describe(self) -> dict:
@@ -140,10 +152,13 @@ class NetworkParams:
         engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True)
         engine = replace(engine, act_depth=plan.memories["codes"].depth)
         values = plan.memories["values"]
+        image = plan.tensors[model.input.output]
         vector = VectorParams.for_model(model, lanes=rows, lane_bits=engine.abits, value_bits=values.width,
                                         value_depth=values.depth, code_depth=engine.act_depth)
         return cls(engine=engine, vector=vector, value_bits=values.width, value_depth=values.depth,
-                   program_depth=program_length(plan), input_bits=model.input.bits)
+                   program_depth=program_length(plan), input_bits=model.input.bits,
+                   image_channels=image.shape[0], image_positions=image.shape[1] * image.shape[2],
+                   image_base=image.base)
 
 
 def program_length(plan: NetworkPlan) -> int:

@@ -3,8 +3,8 @@
 :func:`load_beats` is everything a :class:`hw.network.NetworkCore` holds for a model, loaded
 once: every layer's constants (resident in the engine), the vector unit's constants, the
 input table and the program (:func:`program_words`, the steps of the compiler's plan in model
-order). Per image the core takes :func:`image_beats` (while idle, then ``start``) and returns the
-logits on its out stream (:func:`decode_logits`).
+order). Per image the core takes :func:`image_beats` (into its staging buffer, also while it runs
+the previous image), then ``start``, and returns the logits on its out stream (:func:`decode_logits`).
 """
 
 from __future__ import annotations
@@ -81,20 +81,11 @@ def load_beats(model: CompiledModel, params: NetworkParams) -> list[Beat]:
 
 
 def image_beats(model: CompiledModel, params: NetworkParams, image: np.ndarray) -> list[Beat]:
-    """One uint8 image ``(C, H, W)`` as IMAGE beats: pixel ``(ch, y, x)`` at ``lane << code_addr_bits |
-    word`` of the input tensor's place in the code memory, so that a channel's pixels are consecutive
-    addresses. Loading them again rewrites the same codes."""
+    """One uint8 image ``(C, H, W)`` as IMAGE beats: pixel ``(ch, y, x)`` at staging address
+    ``ch * H * W + y * W + x`` (``start`` copies the staged codes to the input tensor's place). Loading
+    them again rewrites the same codes."""
     reference.check_images(model, np.asarray(image)[None])
-    plan = network_plan(model, params)
-    tensor = plan.tensors[model.input.output]
-    c, h, w = tensor.shape
-    lanes, positions = params.engine.rows, h * w
-    pixels = np.asarray(image).reshape(c, positions)
-    beats = []
-    for ch in range(c):
-        start = (ch % lanes) << params.code_addr_bits | tensor.base + (ch // lanes) * positions
-        beats += [(IMAGE, start + p, int(v)) for p, v in enumerate(pixels[ch])]
-    return beats
+    return [(IMAGE, addr, int(v)) for addr, v in enumerate(np.asarray(image).reshape(-1))]
 
 
 def decode_logits(params: NetworkParams, words: list[int], classes: int) -> np.ndarray:

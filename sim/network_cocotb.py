@@ -15,11 +15,11 @@ without any progress: a memory write, a step done, a logit sent) and
 ``results`` (the JSON file to write).
 
 The core is loaded once (``hw.network_program.load_beats``); then per image its pixels are
-loaded (``image_beats``), ``start`` is pulsed and the logits come out on ``out``; nothing else
-passes between the host and the core. Every cycle the probe port is sampled into a
-``hw.network_program.MemoryMirror``; the input codes are read from it once the image is loaded,
-and at each ``probe__step_done`` the output tensor of the next step (``network_plan(...).steps``
-in order) is read from it.
+loaded (``image_beats``, into the staging buffer), ``start`` is pulsed and the logits come out on
+``out``; nothing else passes between the host and the core. Every cycle the probe port is sampled
+into a ``hw.network_program.MemoryMirror``; at each ``probe__step_done`` the output tensor of the
+next step (``network_plan(...).steps`` in order, the input first: the staged image copied) is read
+from it.
 
 Per image the results hold ``cycles`` (from the clock edge that samples ``start`` to the first
 cycle ``busy`` is low), ``logits`` (the out stream's words, unsigned), ``pixels`` and
@@ -85,11 +85,10 @@ class Core(Engine):
         busy, step_done = dut.busy, dut.probe__step_done
         out_valid, out_ready, out_payload = dut.out__valid, dut.out__ready, dut.out__payload
         await self.load(pixels, mirror)
-        probes = {steps[0].output: mirror.tensor(plan.tensors[steps[0].output]).tolist()}
         dut.start.value = 1
         await FallingEdge(self.clk)
         dut.start.value = 0
-        cycle, logits, step, step_cycles, last_progress = 1, [], 1, [], 1
+        cycle, logits, step, step_cycles, last_progress, probes = 1, [], 0, [], 1, {}
 
         def where() -> str:
             if step < len(steps):

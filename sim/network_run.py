@@ -20,8 +20,8 @@ not over the stream). It returns a :class:`NetworkReport`; its ``as_dict()`` is 
 
 Cycles of an image run from the clock edge that samples ``start`` until ``busy`` falls. A step's
 cycles and MACs are summed over the images; its cycles count from the end of the step before it
-(from ``start`` for the first after the input) to its own end, so program fetch and register
-writes count to the step they precede; the input step, loaded before ``start``, has none. MACs
+(from ``start`` for the first, the input: the staged image copied into the code memory) to its own
+end, so program fetch and register writes count to the step they precede. MACs
 are the convolutions' (``ConvNode.macs``); utilization is MACs per cycle over ``rows * cols``.
 """
 
@@ -200,7 +200,7 @@ def compare(params: NetworkParams, model: CompiledModel, images: np.ndarray, res
         report.logit_mismatches += wrong
         report.first_logit_mismatch = report.first_logit_mismatch or first
         previous = 0
-        for step, end in zip(report.steps, [0] + result["step_cycles"]):
+        for step, end in zip(report.steps, result["step_cycles"]):
             step.cycles += end - previous
             previous = end
             node = model.nodes[step.index]

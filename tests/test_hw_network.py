@@ -25,12 +25,15 @@ DATA = Path(__file__).resolve().parent / "data"
 DIGITS = load(DATA / "digits-cnn-lcq-w3a3.lcq")
 
 
-def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed=0, limit=2_000_000):
+def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed=0, limit=2_000_000,
+                     pipelined=False):
     """Run ``images`` through a :class:`NetworkCore` (load beats stalled with probability ``stall``,
     logits back-pressured with ``backpressure``); returns per image the logits, the cycles from
     ``start`` to idle, the probed tensors ``{name: (C, H, W)}`` of every step, each read from the
-    data memories when the step that writes it has finished (the input's once the image is loaded),
-    and ``engine_cycles``: the cycles the engine's ``busy`` was high in each of its runs, in order."""
+    data memories when the step that writes it has finished (the input's when the staged image has
+    been copied), and ``engine_cycles``: the cycles the engine's ``busy`` was high in each of its runs,
+    in order. ``pipelined``: each next image's pixels are loaded while the core runs the image before
+    (the staging buffer must refuse them while ``starting``)."""
     core = NetworkCore(params)
     plan = network_plan(model, params)
     steps = plan.steps
@@ -41,31 +44,35 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
     probe_ports = [core.probe.code_en, core.probe.code_addr, core.probe.code_data, core.probe.value_en,
                    core.probe.value_addr, core.probe.value_data]
 
+    def offer(ctx, beat):
+        """Offer ``beat`` (or nothing, with probability ``stall``) this cycle; whether it is taken."""
+        shown = rng.random() >= stall
+        ctx.set(core.load.valid, shown)
+        ctx.set(core.load.payload, dict(zip(("target", "addr", "data"), beat)))
+        return shown and ctx.get(core.load.ready)
+
     async def load(ctx, beats):
-        """Each beat offered until taken (``load.valid`` low with probability ``stall``), the probe sampled."""
-        for target, addr, data in beats:
+        """Each beat offered until taken, the probe sampled."""
+        for beat in beats:
             while True:
-                offer = rng.random() >= stall
-                ctx.set(core.load.valid, offer)
-                ctx.set(core.load.payload, {"target": target, "addr": addr, "data": data})
-                taken = offer and ctx.get(core.load.ready)
+                taken = offer(ctx, beat)
                 mirror.write(*(ctx.get(port) for port in probe_ports))
                 await ctx.tick()
                 if taken:
                     break
         ctx.set(core.load.valid, 0)
-        mirror.write(*(ctx.get(port) for port in probe_ports))     # the last pixel's code is written now
+        mirror.write(*(ctx.get(port) for port in probe_ports))
         await ctx.tick()
 
     async def testbench(ctx):
         await load(ctx, load_beats(model, params))
-        for image in images:
-            await load(ctx, image_beats(model, params, image))
-            probes = {steps[0].output: mirror.tensor(plan.tensors[steps[0].output])}
+        await load(ctx, image_beats(model, params, images[0]))
+        for n in range(len(images)):
             ctx.set(core.start, 1)
             await ctx.tick()
             ctx.set(core.start, 0)
-            cycles, out, step, engine_cycles, run = 1, [], 1, [], 0
+            following = image_beats(model, params, images[n + 1]) if n + 1 < len(images) else []
+            cycles, out, step, engine_cycles, run, probes = 1, [], 0, [], 0, {}
             while ctx.get(core.busy):
                 if ctx.get(core.engine.busy):
                     run += 1
@@ -74,19 +81,25 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
                     run = 0
                 ready = rng.random() >= backpressure
                 ctx.set(core.out.ready, ready)
+                taken = pipelined and following and offer(ctx, following[0])
+                assert not (taken and ctx.get(core.starting)), "an IMAGE beat was taken while copying"
                 sent, value = ctx.get(core.out.valid), ctx.get(core.out.payload)
                 mirror.write(*(ctx.get(port) for port in probe_ports))
                 if ctx.get(core.probe.step_done):
                     probes[steps[step].output] = mirror.tensor(plan.tensors[steps[step].output])
                     step += 1
                 await ctx.tick()
+                if taken:
+                    following.pop(0)
                 if sent and ready:
                     out.append(value)
                 cycles += 1
                 assert cycles < limit, f"the core did not finish within {limit} cycles"
+            ctx.set(core.load.valid, 0)
             assert step == len(steps), f"{step} of {len(steps)} steps ran"
             results.append({"logits": decode_logits(params, out, model.num_classes), "cycles": cycles,
-                            "probes": probes, "engine_cycles": engine_cycles})
+                            "probes": probes, "engine_cycles": engine_cycles, "left_to_load": len(following)})
+            await load(ctx, following)
 
     sim = Simulator(core)
     sim.add_clock(1e-8)
@@ -143,6 +156,21 @@ def test_write_back_overlaps_the_next_band(small_cnn):
     assert band_rows(params.engine, model.convs[0]) == 2
     assert counts[0] == (171 + 8 * 176 + drain + flush, 2 * (603 + 704) + drain + flush)
     assert counts[0][0] < 603 + 2 * 704 + drain + flush
+
+
+def test_next_image_loads_while_the_core_runs(small_cnn):
+    """The staging buffer: each next image's pixels are loaded while the core computes the image before
+    (stalled, with the logits back-pressured), never while the staged image is being copied; every
+    image's tensors and logits are exact."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((2, 6, 6), QuantPlan("lcq", 3, 3), seed=5, widths=(6, 4, 4)), (2, 6, 6))
+    params = NetworkParams.for_model(model, 4, 4)
+    images = np.random.default_rng(5).integers(0, 256, (3, *model.input.shape), dtype=np.uint8)
+    results = simulate_network(model, params, images, stall=0.2, backpressure=0.3, seed=5, pipelined=True)
+    check_against_reference(model, images, results)
+    assert [r["left_to_load"] for r in results] == [0, 0, 0]
 
 
 def layer_cycles(params, node, overlapped=True):

@@ -26,7 +26,7 @@ def test_the_digits_network_fits_the_ulx3s_85f_with_the_largest_array_that_fits(
 def test_every_memory_of_the_core_is_counted():
     params = NetworkParams.for_model(DIGITS, 4, 4)
     names = [name for name, *_ in network_memories(params)]
-    assert {"weights", "tables", "accumulators", "values", "program", "input table",
+    assert {"weights", "tables", "accumulators", "values", "program", "input table", "image staging",
             "vector pool_constants"} <= set(names)
     bits = sum(w * d * c for _, w, d, c in network_memories(params))
     accumulators = params.memory_bits()["accumulators"]
