@@ -34,7 +34,7 @@ computing takes ``tiles * (rows + positions + 1 + gap) - gap + drain`` cycles wi
 ``drain = rows + cols + 4`` (:attr:`LayerEngine.drain`): each tile loads its weight rows,
 issues its positions and waits ``1 + gap`` cycles; the last waits ``1 + drain`` instead, for
 the pipeline to empty. Each output word is then offered ``cols + STAGE_LATENCY + 3`` (``cols +
-6``) cycles after computing ends or the previous word is accepted; ``busy`` falls the cycle
+9``) cycles after computing ends or the previous word is accepted; ``busy`` falls the cycle
 after the last word is accepted.
 
 Network mode (``value_depth``; :func:`network_signature`): outputs are not offered on a stream
@@ -70,6 +70,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .delay import delayed
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE,
                             STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable
@@ -157,15 +158,6 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
     return wiring.Signature({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
                              "code_write": In(lanes), "val_write": Out(values), "val_read": Out(old_values),
                              "code_written": Out(lanes)})
-
-
-def delayed(m: Module, value, cycles: int, name: str):
-    """``value`` through ``cycles`` registers."""
-    for n in range(cycles):
-        register = Signal(value.shape(), name=f"{name}_{n}")
-        m.d.sync += register.eq(value)
-        value = register
-    return value
 
 
 class LayerEngine(wiring.Component):

@@ -19,9 +19,24 @@ from amaranth.lib.wiring import Out
 
 from compiler.graph import Requantize
 
+from .delay import delayed
 from .stage_ports import stage_ports
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_arrays, requantize_word_bits,
                           requantize_words, shift_bits)
+
+
+PART_BITS = 17    # an unsigned part of a multiplier operand: one 18 x 18 signed multiplier takes it
+
+
+def _parts(value, bits: int, signed_top: bool) -> list[tuple[int, object]]:
+    """``value`` (``bits`` wide) as ``(low bit, part)`` pairs of :data:`PART_BITS` bits from the bottom:
+    every part but the top one unsigned; the top one signed where ``signed_top`` (two's complement)."""
+    parts = []
+    for low in range(0, bits, PART_BITS):
+        part = value[low:min(bits, low + PART_BITS)]
+        top = low + PART_BITS >= bits
+        parts.append((low, part.as_signed() if top and signed_top else part))
+    return parts
 
 
 class RequantizeUnit(wiring.Component):
@@ -40,12 +55,15 @@ class RequantizeUnit(wiring.Component):
     - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel``.
     - out: ``out_valid``, ``out`` (signed ``out_bits``), registered.
 
-    Latency 3 (``LATENCY``): a value sampled at clock edge t appears after edge t + 2
-    (edge t reads the channel's constants, edge t + 1 registers ``acc * M + B``, edge
-    t + 2 registers the shifted result). Fully pipelined, gaps allowed, no back-pressure.
+    Latency 6 (``LATENCY``): a value sampled at clock edge t appears after edge t + 5. Edge t reads
+    the channel's constants (block RAM); t + 1 registers them; t + 2 registers the partial products
+    of ``acc`` and ``M``, each cut to fit one 18 x 18 multiplier (:data:`PART_BITS` unsigned bits
+    per low part); t + 3 registers two partial sums, t + 4 their sum plus ``B``; t + 5 the shifted
+    result. Each stage is one block RAM read, one multiplier or one two-input carry chain, so that
+    the unit runs at the FPGA's clock. Fully pipelined, gaps allowed, no back-pressure.
     """
 
-    LATENCY = 3
+    LATENCY = 6
 
     def __init__(self, acc_bits: int, channels: int, multiplier_bits: int, bias_bits: int,
                  max_shift: int, out_bits: int):
@@ -88,16 +106,28 @@ class RequantizeUnit(wiring.Component):
             write.data.eq(self.load_data),
             read.addr.eq(self.channel),
         ]
-        # Stage 1: the channel's constants are read; the value waits for them.
-        acc, valid1 = Signal(signed(self.acc_bits)), Signal()
-        m.d.sync += [acc.eq(self.acc), valid1.eq(self.valid)]
-        # Stage 2: acc * M + B at full width (signed * unsigned -> signed(acc_bits + multiplier_bits)).
-        mult = read.data[:self.multiplier_bits]
-        bias = read.data[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
-        shift_in = read.data[self.multiplier_bits + self.bias_bits:]
-        width = max(self.acc_bits + self.multiplier_bits, self.bias_bits) + 1
-        total, shift, valid2 = Signal(signed(width)), Signal(self.shift_bits), Signal()
-        m.d.sync += [total.eq(acc * mult + bias), shift.eq(shift_in), valid2.eq(valid1)]
-        # Stage 3: arithmetic shift right (floor), truncated to out_bits.
-        m.d.sync += [self.out.eq(total >> shift), self.out_valid.eq(valid2)]
+        # Edge t: the channel's constants are read; edge t + 1 registers them, the value follows.
+        acc = delayed(m, self.acc, 2, "acc")
+        valid = delayed(m, self.valid, 5, "valid")
+        constants = delayed(m, read.data, 1, "constants")
+        mult = constants[:self.multiplier_bits]
+        bias = constants[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
+        shift = delayed(m, constants[self.multiplier_bits + self.bias_bits:], 3, "shift")
+        # Edge t + 2: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned).
+        products = []
+        for a_low, a_part in _parts(acc, self.acc_bits, signed_top=True):
+            for m_low, m_part in _parts(mult, self.multiplier_bits, signed_top=False):
+                product = Signal(signed(len(a_part) + len(m_part) + 1), name=f"product_{a_low}_{m_low}")
+                m.d.sync += product.eq(a_part * m_part)
+                products.append((product, a_low + m_low))
+        # Edge t + 3: two partial sums (each product at its weight); t + 4: their sum plus B.
+        width = max(self.acc_bits + self.multiplier_bits, self.bias_bits) + 2
+        halves = [Signal(signed(width), name=f"partial_{n}") for n in range(2)]
+        for n, half in enumerate(halves):
+            terms = [product.as_signed() << low for product, low in products[n::2]]
+            m.d.sync += half.eq(sum(terms[1:], terms[0]) if terms else 0)
+        total = Signal(signed(width))
+        m.d.sync += total.eq(halves[0] + halves[1] + delayed(m, bias, 2, "bias"))
+        # Edge t + 5: arithmetic shift right (floor), truncated to out_bits.
+        m.d.sync += [self.out.eq(total >> shift), self.out_valid.eq(valid)]
         return m

@@ -24,6 +24,7 @@ from amaranth.lib.wiring import Out
 
 from compiler.graph import Thresholds
 
+from .delay import delayed
 from .stage_ports import stage_ports
 from .stage_words import threshold_bits, threshold_word_bits, threshold_words, thresholds_array
 
@@ -54,12 +55,13 @@ class ThresholdUnit(wiring.Component):
     - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel``.
     - out: ``code_valid``, ``code`` (unsigned ``code_bits``), registered.
 
-    Latency 2 (``LATENCY``): a value sampled at clock edge t appears after edge t + 1
-    (edge t reads the channel's word, edge t + 1 registers compare + popcount). Fully
-    pipelined: one value per cycle, gaps allowed (``valid`` low), no back-pressure.
+    Latency 4 (``LATENCY``): a value sampled at clock edge t appears after edge t + 3 (edge t
+    reads the channel's word from block RAM, t + 1 registers it, t + 2 registers the comparisons
+    with every threshold, t + 3 their count). Fully pipelined: one value per cycle, gaps allowed
+    (``valid`` low), no back-pressure.
     """
 
-    LATENCY = 2
+    LATENCY = 4
 
     def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
@@ -112,16 +114,16 @@ class ThresholdUnit(wiring.Component):
                 read.addr.eq(self.channel),
             ]
             parts.append(read.data)
-        word = Cat(*parts)
+        word = delayed(m, Cat(*parts), 1, "word")
         data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
-        # Stage 1: the channel's word is read; the value and its negation wait for it.
-        acc, negated = Signal(signed(self.acc_bits)), Signal(signed(self.acc_bits + 1))
-        valid = Signal()
-        m.d.sync += [acc.eq(self.acc), negated.eq(-self.acc), valid.eq(self.valid)]
-        # Stage 2: compare with every (sign-adjusted) threshold, count.
+        # Edges t, t + 1: the channel's word is read and registered; the value and its negation wait.
+        acc = delayed(m, self.acc, 2, "acc")
+        negated = delayed(m, -self.acc, 2, "negated")
+        valid = delayed(m, self.valid, 3, "valid")
+        # Edge t + 2: the comparisons with every (sign-adjusted) threshold; t + 3: their count.
         key = Mux(descending, negated, acc)
         hits = Signal(self.s)
-        m.d.comb += [hits[i].eq(key >= t) for i, t in enumerate(thresholds)]
+        m.d.sync += [hits[i].eq(key >= t) for i, t in enumerate(thresholds)]
         m.d.sync += [self.code.eq(popcount(hits)), self.code_valid.eq(valid)]
         return m

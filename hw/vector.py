@@ -34,20 +34,11 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .delay import delays
 from .thresholds import ThresholdUnit
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, OP_BITS, POOL, POOL_CONSTANTS, POOL_DRAIN,
                             POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS,
                             TARGET_BITS, VectorParams)
-
-
-def delays(m: Module, value, cycles: int, name: str) -> list:
-    """``value`` and its copies through 1..``cycles`` registers: ``[value, value_1, ..., value_cycles]``."""
-    stages = [value]
-    for n in range(1, cycles + 1):
-        register = Signal(value.shape(), name=f"{name}_{n}")
-        m.d.sync += register.eq(stages[-1])
-        stages.append(register)
-    return stages
 
 
 class VectorUnit(wiring.Component):
@@ -215,10 +206,10 @@ class VectorUnit(wiring.Component):
         m.d.sync += [self.code_write_en.eq(0), self.val_write_en.eq(0)]
         pending = []
         if p.act_code_bits:
-            act = delays(m, issue_act, 2, "act")
+            depth = 1 + ThresholdUnit.LATENCY
+            act = delays(m, issue_act, depth, "act")
             m.submodules.thresholds = unit = ThresholdUnit(p.value_bits, p.act_code_bits, p.act_slots,
                                                            p.act_threshold_bits)
-            depth = 1 + ThresholdUnit.LATENCY
             addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr")[-1]
             act_lane = delays(m, lane, depth, "act_lane")[-1]
             m.d.comb += [unit.load_en.eq(load & (self.load_target == ACT_THRESHOLDS)),
@@ -228,7 +219,7 @@ class VectorUnit(wiring.Component):
             with m.If(unit.code_valid):
                 m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(addr),
                              self.code_write_lane.eq(act_lane), self.code_write_data.eq(unit.code)]
-            pending += [act[1], act[2], unit.code_valid]
+            pending += act[1:] + [unit.code_valid]     # the element in the read, in the unit
 
         # ADD: operand a waits for b; the sum goes to the value write registers.
         a1, b1 = delays(m, issue_a, 1, "add_a")[1], delays(m, issue_b, 1, "add_b")[1]
