@@ -8,8 +8,8 @@ read ends; an optional ``reset_input_buffer()`` discards bytes already received)
 Nothing waits forever, whatever the device sends. Every read ends within the port's own
 timeout (:class:`SerialPort` refuses to open without one), and the number of reads is bounded:
 a reply frame takes at most four (a frame may not announce more payload than any reply of the
-request can hold), a RUN at most one OUT frame per word asked for (an empty OUT frame, and one
-that does not start at the next word, is an error) and DONE, draining the line at most
+request can hold), a RUN or RESULT at most one OUT frame per word asked for (an empty OUT frame,
+and one that does not start at the next word, is an error) and DONE, draining the line at most
 ``drain_bytes`` bytes and :data:`DRAIN_SHORT_READS` reads cut short by the timeout (a device
 that never goes quiet), and every retry (a LOAD sent again, a PING while resynchronizing, a
 layer run again) is bounded by ``retries``. So every wait is bounded in port timeouts, which a
@@ -17,6 +17,10 @@ simulated port counts in simulated time; ``deadline`` adds a wall-clock limit of
 reply frame and each drain. Each way of failing ends in a :class:`hw.protocol.LinkError` that
 names what did not arrive and what to do; a device of another protocol version is refused at
 its INFO reply (:class:`hw.protocol.VersionError`, not retried).
+
+In network mode the core computes between requests (protocol version 5): :meth:`LinkHost.start`
+starts it on the staged image and returns, :meth:`LinkHost.result` collects its logits later, so that
+the next image's LOAD frames travel while it runs.
 """
 
 from __future__ import annotations
@@ -33,12 +37,19 @@ NACK_BYTES = 2
 INFO_BYTES = MAX_INFO_BYTES     # the longest INFO reply (255 load targets)
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
 RUN_WORDS_MAX = (1 << 8 * struct.calcsize(DONE_FORMAT)) - 1
-# NACK codes of a frame damaged on the way in: sending it again may succeed (LENGTH and TARGET would fail again).
+# NACK codes of a frame damaged on the way in: sending it again may succeed (LENGTH and TARGET would fail again;
+# BUSY means a request out of order: a RESULT must come first).
 RESENDABLE = (NackCode.CRC, NackCode.TIMEOUT, NackCode.FRAMING)
 DRAIN_CHUNK = 4096
 # Reads of a drain that return some bytes but fewer than asked (the port timed out while bytes still
 # came): the tail of a reply gives one; more mean a device that trickles bytes and never goes quiet.
 DRAIN_SHORT_READS = 8
+
+
+def _check_words(out_words, request: str) -> None:
+    if isinstance(out_words, bool) or not isinstance(out_words, int) or not 1 <= out_words <= RUN_WORDS_MAX:
+        raise ValueError(f"A {request} must ask for 1..{RUN_WORDS_MAX} output words, not {out_words!r}"
+                         + (" (start() sends a RUN of 0 words)" if request == "RUN" and out_words == 0 else ""))
 
 
 def recoverable(error: BaseException) -> bool:
@@ -51,7 +62,8 @@ def recoverable(error: BaseException) -> bool:
 class LinkHost:
     """Requests to the device on ``port``. A LOAD frame NACKed for its checksum, a
     timeout or a framing error is sent again up to ``retries`` times before
-    :class:`NackError` is raised; one NACKed for its length or target is not (it would fail again).
+    :class:`NackError` is raised; one NACKed for its length or target (it would fail again) or a busy core
+    (a RESULT must come first) is not.
     A LOAD whose reply is corrupted or missing is sent again after :meth:`resync` (loading
     the same words twice is harmless). ``retried`` counts the frames sent again, ``resyncs``
     the resynchronizations and ``repeated`` the layer runs repeated by :meth:`load_and_run`.
@@ -211,20 +223,59 @@ class LinkHost:
         """Start the engine and collect exactly ``out_words`` output words, sent in format
         ``fmt`` and returned as full words. Each OUT frame must start at the word that comes
         next (its index within the RUN); one that arrived twice or after a lost one is a
-        :class:`FrameError` (:meth:`load_and_run` runs the layer again)."""
-        if isinstance(out_words, bool) or not isinstance(out_words, int) or not 1 <= out_words <= RUN_WORDS_MAX:
-            raise ValueError(f"A RUN must ask for 1..{RUN_WORDS_MAX} output words, not {out_words!r}")
+        :class:`FrameError` (:meth:`load_and_run` runs the layer again). In network mode a RUN
+        while the core still runs is refused (:class:`NackError`, code BUSY)."""
+        _check_words(out_words, "RUN")
+        return self._exactly(FrameType.RUN, out_words, fmt)
+
+    def start(self) -> None:
+        """Network mode: start the core on the staged image, without waiting for its logits (a RUN
+        asking for 0 words, answered DONE 0 once the core has taken the image); :meth:`result`
+        collects them. Refused while the core still runs (:class:`NackError`, code BUSY)."""
+        self._exactly(FrameType.RUN, 0, OutputFormat.FULL)
+
+    def result(self, out_words: int, fmt: OutputFormat = OutputFormat.FULL) -> list[int]:
+        """Network mode: collect exactly ``out_words`` output words of the core started by :meth:`start`
+        (a RESULT frame; the same checks as :meth:`run`). A core that is not running answers at once
+        with fewer words: a :class:`LinkError`."""
+        _check_words(out_words, "RESULT")
+        return self._exactly(FrameType.RESULT, out_words, fmt)
+
+    def settle(self, out_words: int, fmt: OutputFormat = OutputFormat.FULL) -> int:
+        """Network mode, after a reply went wrong and :meth:`resync`: collect and drop what the core still
+        holds, up to ``out_words`` words (a RESULT, answered at once if the core is not running), so that
+        it stops and takes the next RUN. Returns the number of words the core returned."""
+        _check_words(out_words, "RESULT")
+        return self._collect(FrameType.RESULT, out_words, fmt)[1]
+
+    def _exactly(self, request: FrameType, out_words: int, fmt: OutputFormat) -> list[int]:
+        """:meth:`_collect`, checked: the engine returned ``out_words`` words and all of them arrived."""
+        words, sent = self._collect(request, out_words, fmt)
+        if sent != out_words:
+            why = ("the core was not running (start it before RESULT), or it stopped early"
+                   if request == FrameType.RESULT and sent < out_words else
+                   "the loaded model does not match the host's; load it again")
+            raise LinkError(f"the engine returned {sent} output words to {request.name}, expected "
+                            f"{out_words}: {why}")
+        if len(words) != out_words:
+            raise FrameError(f"{request.name} ended after {len(words)} received words, expected "
+                             f"{out_words}: frames were lost on the line; check the cable and baud rate")
+        return words
+
+    def _collect(self, request: FrameType, out_words: int, fmt: OutputFormat) -> tuple[list[int], int]:
+        """Send ``request`` (RUN or RESULT) asking for ``out_words`` words in format ``fmt``; its OUT
+        frames' words (each frame must start at the next word; at most ``out_words``) and DONE's count."""
         info = self.info
         if fmt == OutputFormat.CODES and not info.code_bits:
             raise ValueError("this engine has no activation codes to return in the CODES format")
         max_length = max(info.max_payload, DONE_BYTES, NACK_BYTES)
         step = info.out_bytes(fmt)
         frames = -(-out_words // info.out_frame_words(fmt))
-        self._send(FrameType.RUN, encode_run(out_words, fmt))
+        self._send(request, encode_run(out_words, fmt))
         self._reply_bytes = out_words * step + frames * (FRAME_BYTES + OUT_HEAD_BYTES) + FRAME_BYTES + DONE_BYTES
         words: list[int] = []
         while True:         # at most one OUT frame per word asked for, then DONE
-            expecting = f"RUN output (word {len(words)} of {out_words}, or DONE)"
+            expecting = f"{request.name} output (word {len(words)} of {out_words}, or DONE)"
             frame = self._frame(expecting, max_length)
             if frame.type == FrameType.OUT:
                 if len(frame.payload) <= OUT_HEAD_BYTES:
@@ -243,18 +294,9 @@ class LinkHost:
                                      f"{out_words} asked for: host and gateware speak different "
                                      f"protocols (rebuild the bitstream) or the device is faulty")
             elif frame.type == FrameType.DONE and len(frame.payload) == DONE_BYTES:
-                (sent,) = struct.unpack(DONE_FORMAT, frame.payload)
-                if sent != out_words:
-                    raise LinkError(f"the engine returned {sent} output words, expected "
-                                    f"{out_words}: the loaded model does not match the host's; "
-                                    f"load it again")
-                if len(words) != out_words:
-                    raise FrameError(f"RUN ended after {len(words)} received words, expected "
-                                     f"{out_words}: frames were lost on the line; check the "
-                                     f"cable and baud rate")
-                return words
+                return words, struct.unpack(DONE_FORMAT, frame.payload)[0]
             else:
-                raise self._unexpected(frame, "RUN")
+                raise self._unexpected(frame, request.name)
 
     def load_and_run(self, beats: list[tuple[int, int, int]], out_words: int,
                      fmt: OutputFormat = OutputFormat.FULL, *, repeats: int = 2) -> list[int]:

@@ -5,7 +5,8 @@ A bitstream runs in one of two modes (:data:`MODES`, stated in its INFO reply,
 
 :class:`NetworkRunner` (network mode, the whole-network core): loads the model's constants and
 program once (:func:`hw.network_program.load_beats`), then per image its pixels
-(:func:`hw.network_program.image_beats`), one RUN returning ``num_classes`` logits.
+(:func:`hw.network_program.image_beats`), sent while the image before runs (the core stages them),
+RESULT collecting the image before's ``num_classes`` logits, and a RUN of 0 words starting it.
 
 :class:`BoardRunner` (layers mode, the layer engine) loads what the engine keeps for every layer (its weights, or all its
 constants, by the engine's residency), then classifies images: each convolution runs on
@@ -31,7 +32,7 @@ from hw.network_program import decode_logits, image_beats, load_beats
 from hw.program import model_jobs, resident_beats
 from hw.protocol import LinkError, LinkInfo, LinkMode, OutputFormat
 
-from .link_host import LinkHost
+from .link_host import LinkHost, recoverable
 
 MODES = tuple(mode.label for mode in LinkMode)     # "layers", "network": what `lcq build --mode` takes
 
@@ -89,13 +90,18 @@ class _Runner:
         t0 = time.perf_counter()
         self.load_constants()
         t1 = time.perf_counter()
+        out = self._all_logits(images, progress)
+        logits = np.stack(out) if out else np.zeros((0, self.model.num_classes), dtype=np.int64)
+        return RunResult(logits, time.perf_counter() - t1, labels, load_seconds=t1 - t0)
+
+    def _all_logits(self, images: np.ndarray, progress) -> list[np.ndarray]:
+        """The logits of each image, in order, one image after the other (``progress(done, total)`` after each)."""
         out = []
         for i, image in enumerate(images):
             out.append(self.logits(image))
             if progress:
                 progress(i + 1, len(images))
-        logits = np.stack(out) if out else np.zeros((0, self.model.num_classes), dtype=np.int64)
-        return RunResult(logits, time.perf_counter() - t1, labels, load_seconds=t1 - t0)
+        return out
 
 
 class NetworkRunner(_Runner):
@@ -103,7 +109,12 @@ class NetworkRunner(_Runner):
     image in, logits out. The device's INFO must state network mode and match ``params`` and the
     model's class count; otherwise a :class:`LinkError` says what to build and flash. ``repeated``
     counts image runs repeated after a lost or corrupted reply (up to ``retries`` per image; an
-    image's beats are idempotent, so its LOADs and RUN are sent again whole)."""
+    image's beats are idempotent, so its LOADs and RUN are sent again whole).
+
+    :meth:`classify` overlaps the link with compute: the core stages one image's pixels while it runs
+    another, so per image ``i`` the host sends LOAD (its pixels, staged while image ``i - 1`` runs),
+    RESULT (image ``i - 1``'s logits; the core is then idle), RUN of 0 words (start image ``i``, which
+    returns once the core has taken the staged pixels), and after the last image its RESULT."""
 
     def __init__(self, host: LinkHost, model: CompiledModel, params: NetworkParams, *, retries: int = 2):
         info = host.info
@@ -126,7 +137,8 @@ class NetworkRunner(_Runner):
         self.loaded = True
 
     def logits(self, image: np.ndarray) -> np.ndarray:
-        """Integer logits ``(classes,)`` of one uint8 image ``(C, H, W)``: its pixels, then one RUN."""
+        """Integer logits ``(classes,)`` of one uint8 image ``(C, H, W)``, not overlapped: its pixels, then a RUN
+        that waits for them (the core must not be running: :meth:`classify` leaves it idle)."""
         beats = image_beats(self.model, self.params, image)     # checks the image before anything is sent
         self.load_constants()
         before = self.host.repeated
@@ -135,6 +147,71 @@ class NetworkRunner(_Runner):
         finally:
             self.repeated += self.host.repeated - before
         return decode_logits(self.params, words, self.model.num_classes)
+
+    def _all_logits(self, images: np.ndarray, progress) -> list[np.ndarray]:
+        """The logits of each image, pipelined (see the class): a reply that goes wrong is recovered by
+        :meth:`_recover`. ``progress(done, total)`` after each image's logits."""
+        classes, host = self.model.num_classes, self.host
+        out: list[np.ndarray | None] = [None] * len(images)
+        attempts = [0] * len(images)
+
+        def collect(index: int, words: list[int]) -> None:
+            out[index] = decode_logits(self.params, words, classes)
+            if progress:
+                progress(sum(x is not None for x in out), len(images))
+
+        n, i = len(images), 0
+        staged = running = None     # the image whose pixels the core holds, not started; the image it runs
+        while i < n or staged is not None or running is not None:
+            try:
+                if i < n and staged is None:
+                    host.load(self._beats(images, i))
+                    staged, i = i, i + 1
+                if running is not None:
+                    collect(running, host.result(classes))
+                    running = None
+                if staged is not None:
+                    host.start()
+                    running, staged = staged, None
+            except LinkError as error:
+                if not recoverable(error):
+                    raise
+                if running is not None:     # its RESULT went wrong (or the next image's LOAD): run it again
+                    lost, running = running, None
+                elif staged is not None:    # its start went wrong: the core may or may not run it
+                    lost, staged = staged, None
+                else:                       # its LOAD went wrong, nothing running
+                    lost, i = i, i + 1
+                collect(lost, self._recover(error, images, lost, staged, attempts))
+        return out
+
+    def _recover(self, error: LinkError, images: np.ndarray, lost: int, staged: int | None,
+                 attempts: list[int]) -> list[int]:
+        """After ``error`` (a reply that went wrong): resync, stop the core (collect and drop what it holds),
+        run image ``lost`` again the blocking way (LOAD, RUN of ``classes`` words) and stage image ``staged``
+        again (its pixels were overwritten); up to ``retries`` times per image, each counted in ``repeated``.
+        Returns ``lost``'s logit words."""
+        classes, host = self.model.num_classes, self.host
+        while True:
+            if attempts[lost] == self.retries:
+                raise error
+            attempts[lost] += 1
+            self.repeated += 1
+            try:
+                host.resync()
+                host.settle(classes)
+                host.load(self._beats(images, lost))
+                words = host.run(classes)
+                if staged is not None:
+                    host.load(self._beats(images, staged))
+                return words
+            except LinkError as e:
+                if not recoverable(e):
+                    raise
+                error = e
+
+    def _beats(self, images: np.ndarray, index: int) -> list[tuple[int, int, int]]:
+        return image_beats(self.model, self.params, images[index])
 
 
 class BoardRunner(_Runner):

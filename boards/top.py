@@ -4,7 +4,8 @@ Two modes (:class:`hw.protocol.LinkMode`, stated in the bridge's INFO reply):
 
 - ``network`` (``lcq build`` by default): :class:`NetworkAcceleratorCore`, a
   :class:`hw.network.NetworkCore` (every layer on the chip: constants and program loaded once,
-  then per image its pixels, one RUN, the logits back) behind a :class:`hw.link.LinkBridge`;
+  then per image its pixels, staged while the image before runs, a RUN that starts it and a RESULT
+  that brings its logits back) behind a :class:`hw.link.LinkBridge`;
 - ``layers``: :class:`AcceleratorCore`, a :class:`hw.engine.LayerEngine` behind the bridge, one
   convolution per RUN, the host runs the rest.
 
@@ -26,7 +27,7 @@ from hw.engine import LayerEngine
 from hw.engine_params import EngineParams
 from hw.link import LinkBridge
 from hw.network import NetworkCore
-from hw.network_params import NetworkParams
+from hw.network_params import IMAGE, NetworkParams
 from hw.protocol import LinkMode
 from hw.uart import UartRx, UartTx
 
@@ -70,7 +71,8 @@ class AcceleratorCore(_LinkedCore):
 
 class NetworkAcceleratorCore(_LinkedCore):
     """Whole-network core and link bridge (network mode): the bridge's ``engine`` port is the core's own
-    signature, flipped (its ``probe`` left unconnected); INFO states ``classes``, the logits of a RUN.
+    signature, flipped (its ``probe`` left unconnected); INFO states ``classes``, the logits of a RUN; LOADs to
+    the ``IMAGE`` target are taken while the core runs (the next image is staged).
     ``timeout_cycles`` and ``max_payload`` as :class:`AcceleratorCore`."""
 
     def __init__(self, params: NetworkParams, classes: int, timeout_cycles: int, max_payload: int = 512):
@@ -78,7 +80,8 @@ class NetworkAcceleratorCore(_LinkedCore):
         self.engine = NetworkCore(params)
         self.bridge = LinkBridge(params.addr_bits, params.target_bits, params.value_bits, params.engine.rows,
                                  params.engine.cols, max_payload=max_payload, timeout_cycles=timeout_cycles,
-                                 mode=LinkMode.NETWORK, classes=classes, signature=self.engine.signature)
+                                 mode=LinkMode.NETWORK, classes=classes, image_target=IMAGE,
+                                 signature=self.engine.signature)
         super().__init__()
 
 

@@ -1,13 +1,16 @@
 """Bytes over the host link for one image, counted from the protocol without a device.
 
 Network mode (:func:`network_image_traffic`): per image the LOAD frames of its pixels
-(:func:`hw.network_program.image_beats`) with an ACK each, one RUN, the OUT frames of the
-``num_classes`` logits (each with the index of its first word) and DONE; the constants and
-program once (:func:`hw.network_program.load_beats`). Layers mode (:func:`image_traffic`): every request of one image is encoded exactly as :class:`boards.runtime.BoardRunner` sends
-it (the :func:`hw.program.model_jobs` layout, :func:`boards.protocol.encode_loads`), and the
-replies' sizes follow from the protocol (:mod:`hw.link`): an ACK per LOAD frame, the OUT
-frames of each RUN (CODES for thresholded layers), each with the index of its first word, and
-its DONE. Activation values do not change any size, so zero activations stand in for the image's.
+(:func:`hw.network_program.image_beats`) with an ACK each, a RESULT with the OUT frames of the
+``num_classes`` logits (each with the index of its first word) and DONE, and a RUN of 0 words with
+its DONE (:class:`boards.runtime.NetworkRunner` overlaps the link with compute); the constants and
+program once (:func:`hw.network_program.load_beats`).
+
+Layers mode (:func:`image_traffic`): every request of one image is encoded exactly as
+:class:`boards.runtime.BoardRunner` sends it (the :func:`hw.program.model_jobs` layout,
+:func:`boards.protocol.encode_loads`), and the replies' sizes follow from the protocol (:mod:`hw.link`):
+an ACK per LOAD frame, the OUT frames of each RUN (CODES for thresholded layers), each with the index
+of its first word, and its DONE. Activation values do not change any size, so zero activations stand in for the image's.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _loads(beats, info: LinkInfo) -> tuple[int, int, int]:
 
 
 def _run(info: LinkInfo, words: int, fmt: OutputFormat) -> tuple[int, int]:
-    """Bytes of a RUN asking for ``words`` words in ``fmt``, and of its OUT frames and DONE."""
+    """Bytes of a RUN (or RESULT) asking for ``words`` words in ``fmt``, and of its OUT frames and DONE."""
     frames = -(-words // info.out_frame_words(fmt))
     return (FRAME_BYTES + struct.calcsize(RUN_FORMAT),
             words * info.out_bytes(fmt) + (FRAME_BYTES + OUT_HEAD_BYTES) * frames + FRAME_BYTES
@@ -77,12 +80,15 @@ def network_info(model: CompiledModel, params: NetworkParams, max_payload: int) 
 
 def network_image_traffic(model: CompiledModel, params: NetworkParams, max_payload: int) -> dict:
     """``{"bytes_to_device", "bytes_from_device", "requests"}`` of one image on the whole-network core of
-    ``params`` (frame buffer ``max_payload`` bytes): its pixels' LOAD frames and their ACKs, the RUN, the
-    logits' OUT frames and DONE; the same under ``"loading"`` for the constants and program, loaded once
-    (PING left out). Pixel values change no size, so a zero image stands in for any."""
+    ``params`` (frame buffer ``max_payload`` bytes): its pixels' LOAD frames and their ACKs, the RESULT
+    with the logits' OUT frames and DONE, the RUN of 0 words that starts it with its DONE; the same under
+    ``"loading"`` for the constants and program, loaded once (PING left out). Pixel values change no
+    size, so a zero image stands in for any."""
     info = network_info(model, params, max_payload)
     sent, acks, frames = _loads(image_beats(model, params, np.zeros(model.input.shape, dtype=np.uint8)), info)
-    run, replies = _run(info, model.num_classes, OutputFormat.FULL)
+    result, replies = _run(info, model.num_classes, OutputFormat.FULL)
+    start, done = _run(info, 0, OutputFormat.FULL)
     load_sent, load_acks, load_frames = _loads(load_beats(model, params), info)
-    return {"bytes_to_device": sent + run, "bytes_from_device": acks + replies, "requests": frames + 1,
+    return {"bytes_to_device": sent + result + start, "bytes_from_device": acks + replies + done,
+            "requests": frames + 2,
             "loading": {"bytes_to_device": load_sent, "bytes_from_device": load_acks, "requests": load_frames}}

@@ -11,7 +11,7 @@ only marks a frame start where one is expected.
 
 Host -> device requests:
 
-- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 4), mode
+- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 5), mode
   (1 byte: 0 layers, the layer engine; 1 network, the whole-network core), then 16-bit
   little-endian addr_bits, out_bits (one output word: ``cols`` signed fields in layers mode,
   one signed logit in network mode), rows, cols, max_payload, code_bits (0: no CODES
@@ -34,19 +34,32 @@ Host -> device requests:
   the engine returned (32-bit little-endian). Should the engine stop within a frame, the
   frame is completed with zero words; DONE's count tells the host. The index lets the
   host refuse an OUT frame that arrives twice or after a lost one.
+- ``RESULT 0x04``: RUN's payload; the same without the ``start`` pulse: the engine's next
+  ``expected`` words in OUT frames (indices from 0), then DONE.
+
+In network mode the core runs on after RUN's reply, and DONE ends a RUN or RESULT once the core
+has taken the start (``starting`` low: it copied the staged image; an engine side without a
+``starting`` member takes it at once) and either the words asked for are sent or the core is not
+running (``busy`` low). So a RUN asking for 0 words answers DONE (count 0) as soon as the core has
+started, and a RESULT answers when its words are sent, or with fewer (DONE's count) at once if the
+core is not running. Words beyond those asked for stay in the core for the next RESULT. In layers
+mode DONE waits for ``busy`` to fall, and words beyond those asked for are dropped.
 
 Errors are answered ``NACK 0x85`` with two payload bytes: the code and the type byte of
 the refused frame. Codes: 1 CRC (checksum mismatch), 2 LENGTH (a LOAD payload without a
-whole number of words or over max_payload; a RUN payload other than 5 bytes or of an
-unknown format; PING with a payload), 3 TYPE (unknown type), 4 TIMEOUT (no byte for
+whole number of words or over max_payload; a RUN or RESULT payload other than 5 bytes or of
+an unknown format; PING with a payload), 3 TYPE (unknown type), 4 TIMEOUT (no byte for
 ``timeout_cycles`` cycles in mid-frame), 5 FRAMING (a byte without its stop bit in
-mid-frame), 6 TARGET (a LOAD to a target the engine lacks). After an error the bridge
-drops incoming bytes until the line has been quiet for ``timeout_cycles`` cycles (so the
-rest of a bad frame is not taken for a new one), sends the NACK and looks for the next
-sync byte.
+mid-frame), 6 TARGET (a LOAD to a target the engine lacks), 7 BUSY (network mode: a RUN, or a
+LOAD to any target but ``image_target``, while the core is ``busy``; nothing reaches the core).
+After a damaged frame (codes 1 to 5) the bridge drops incoming bytes until the line has been
+quiet for ``timeout_cycles`` cycles (so the rest of a bad frame is not taken for a new one),
+sends the NACK and looks for the next sync byte.
 
 The host sends one request and waits for its reply: bytes arriving while the bridge
-replays a LOAD, runs the engine or sends a reply are dropped.
+replays a LOAD, runs the engine or sends a reply are dropped. In network mode the core
+computes between requests: after RUN's DONE the host loads the next image's pixels (staged
+by the core) while the core runs, then collects the running image's logits with RESULT.
 """
 
 from __future__ import annotations
@@ -107,11 +120,14 @@ class LinkBridge(wiring.Component):
     ``target_bits``: the data bits of each load target (0: none; 1 to 255 of them); ``out_bits``:
     one output word (layers mode: ``cols`` fields; network mode: one logit); ``code_bits``: the
     activation-code width of the CODES format (0: FULL only; always 0 in network mode);
-    ``classes``: the logits a RUN returns (network mode only, stated in INFO). ``rx`` takes a byte
+    ``classes``: the logits a RUN returns (network mode only, stated in INFO); ``image_target``: the
+    load target the core takes while it runs (network mode; None: none; must be None in layers mode,
+    boards pass :data:`hw.network_params.IMAGE`). ``rx`` takes a byte
     per ``valid`` cycle (``error`` set: framing error); ``tx`` offers reply bytes with
     ``valid``/``ready``. ``engine`` is the flipped ``signature``: the engine side's own signature
     (as the engine sees it) with members ``load`` (a stream in of ``target``, ``addr``, ``data``
     fields), ``start`` (in), ``busy`` (out) and ``out`` (a stream out of ``out_bits`` words),
+    optionally ``starting`` (out: the core has not yet taken the start; read in network mode),
     and any others (a probe) left unconnected; by default :class:`hw.engine.EngineSignature`
     (``addr_bits``, the widest target, ``out_bits``). Connect it to a ``LayerEngine`` or a
     ``NetworkCore`` with ``wiring.connect``. A LOAD is acknowledged ``2 * LEN`` cycles plus one
@@ -119,7 +135,8 @@ class LinkBridge(wiring.Component):
     """
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
-                 max_payload=256, timeout_cycles=100_000, mode=LinkMode.LAYERS, classes=0, signature=None):
+                 max_payload=256, timeout_cycles=100_000, mode=LinkMode.LAYERS, classes=0, image_target=None,
+                 signature=None):
         _u16("Address width", addr_bits, 1)
         if not isinstance(target_bits, (tuple, list)) or not 1 <= len(target_bits) <= MAX_TARGETS:
             raise ValueError(f"Target widths must be 1..{MAX_TARGETS} numbers, not {target_bits!r}")
@@ -138,9 +155,17 @@ class LinkBridge(wiring.Component):
             if code_bits != 0:
                 raise ValueError(f"Code width must be 0 in network mode (logits have no CODES format), "
                                  f"not {code_bits!r}")
+            if image_target is not None and (not isinstance(image_target, int) or isinstance(image_target, bool)
+                                             or not 0 <= image_target < len(target_bits)
+                                             or not target_bits[image_target]):
+                raise ValueError(f"Image target must be None or one of the targets with data bits (0.."
+                                 f"{len(target_bits) - 1}), not {image_target!r}")
         else:
             if classes != 0:
                 raise ValueError(f"Class count must be 0 in layers mode, not {classes!r}")
+            if image_target is not None:
+                raise ValueError(f"Image target must be None in layers mode (the layer engine takes no load "
+                                 f"while it runs), not {image_target!r}")
             if out_bits % cols:
                 raise ValueError(f"Output word width {out_bits} must be whole fields of {cols} columns")
             if not isinstance(code_bits, int) or not 0 <= code_bits <= out_bits // cols:
@@ -148,7 +173,7 @@ class LinkBridge(wiring.Component):
         if signature is None:
             signature = EngineSignature(addr_bits, max(target_bits), out_bits)
         self._check_signature(signature, addr_bits, target_bits, out_bits)
-        self._mode, self._classes = mode, classes
+        self._mode, self._classes, self._image_target = mode, classes, image_target
         self._addr_bits, self._target_bits = addr_bits, tuple(target_bits)
         self._out_bits, self._rows, self._cols, self._code_bits = out_bits, rows, cols, code_bits
         self._addr_bytes = _bytes(addr_bits)
@@ -239,6 +264,8 @@ class LinkBridge(wiring.Component):
         m.d.comb += [crc_in.eq(byte), crc_next.eq(crc16_update(crc, crc_in))]
 
         load, start, busy, out = self.engine.load, self.engine.start, self.engine.busy, self.engine.out
+        network = self._mode == LinkMode.NETWORK
+        starting = self.engine.starting if "starting" in self.engine.signature.members else C(0, 1)
         addr = Signal(self._addr_bits)
         data = Signal(max(self._target_bits))
         m.d.comb += [load.payload.target.eq(target), load.payload.addr.eq(addr), load.payload.data.eq(data)]
@@ -309,7 +336,7 @@ class LinkBridge(wiring.Component):
         def on_type():
             m.d.sync += ftype.eq(byte)
             with m.If((byte == FrameType.PING) | (byte == FrameType.LOAD) |
-                      (byte == FrameType.RUN)):
+                      (byte == FrameType.RUN) | (byte == FrameType.RESULT)):
                 m.next = "LEN_LO"
             with m.Else():
                 fail(NackCode.TYPE)
@@ -322,7 +349,7 @@ class LinkBridge(wiring.Component):
             full = Cat(length[:8], byte)
             m.d.sync += [length[8:].eq(byte), count.eq(0), pos.eq(0), in_words.eq(0), malformed.eq(0)]
             with m.If((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
-                      (ftype == FrameType.RUN) & (full != RUN_BYTES) |
+                      ((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)) & (full != RUN_BYTES) |
                       (ftype == FrameType.PING) & (full != 0)):
                 fail(NackCode.LENGTH)
             with m.Elif(full == 0):
@@ -347,23 +374,39 @@ class LinkBridge(wiring.Component):
         def on_crc_hi():
             m.next = "CRC_LO"
 
+        # Network mode: while the core runs, only LOADs to the image target reach it (a whole frame: no drain).
+        busy_refuses = busy if network else C(0, 1)
+        not_image = target != self._image_target if self._image_target is not None else C(1, 1)
+
+        def refuse_busy():
+            m.d.sync += error.eq(NackCode.BUSY)
+            send(FrameType.NACK, NACK_BYTES)
+
         def on_crc_lo():
             run_fmt = run_arg[RUN_COUNT_BITS:]
             with m.If(crc_next != 0):
                 fail(NackCode.CRC)
             with m.Elif(ftype == FrameType.PING):
                 send(FrameType.INFO, len(info))
-            with m.Elif(ftype == FrameType.RUN):
-                with m.If((run_fmt == OutputFormat.FULL) |
-                          (run_fmt == OutputFormat.CODES) & (self._code_bits != 0)):
-                    m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0])]
-                    m.next = "START"
-                with m.Else():
+            with m.Elif((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)):
+                with m.If((run_fmt != OutputFormat.FULL) &
+                          ((run_fmt != OutputFormat.CODES) | (self._code_bits == 0))):
                     fail(NackCode.LENGTH)
+                with m.Elif((ftype == FrameType.RUN) & busy_refuses):
+                    refuse_busy()
+                with m.Else():
+                    m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0)]
+                    with m.If(ftype == FrameType.RUN):
+                        m.next = "START"
+                    with m.Else():
+                        m.d.sync += running.eq(1)
+                        m.next = "RUN"
             with m.Elif((target >= len(self._target_bits)) | (word_bytes == 0)):
                 fail(NackCode.TARGET)
             with m.Elif(malformed):
                 fail(NackCode.LENGTH)
+            with m.Elif(busy_refuses & not_image):
+                refuse_busy()
             with m.Else():
                 m.d.sync += [count.eq(0), pos.eq(0), in_words.eq(0)]
                 m.next = "READ"
@@ -422,14 +465,18 @@ class LinkBridge(wiring.Component):
                     with m.Else():
                         m.next = "READ"
 
-            # RUN: start the engine, frame its first `expected` words, DONE once not busy.
+            # RUN: start the engine; RUN and RESULT: frame its next `expected` words, then DONE (the rule
+            # of the mode: layers, once not busy, dropping further words; network, once the start is taken
+            # and the words are sent or the core stopped, leaving further words in the core).
             with m.State("START"):
                 m.d.comb += start.eq(1)
-                m.d.sync += [running.eq(1), words.eq(0)]
+                m.d.sync += running.eq(1)
                 m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += out.ready.eq(1)
-                with m.If(out.valid):
+                taking = (remaining != 0) if network else C(1, 1)
+                finished = ~starting & ((remaining == 0) | ~busy) if network else ~busy
+                m.d.comb += out.ready.eq(taking)
+                with m.If(out.valid & taking):
                     m.d.sync += words.eq(words + 1)
                     with m.If(remaining != 0):      # open a frame with this word, word `words` of the RUN
                         m.d.sync += [out_word.eq(word), word_pos.eq(0), remaining.eq(remaining - 1),
@@ -437,7 +484,7 @@ class LinkBridge(wiring.Component):
                         full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:16] * size, k * size)
                                         for k, size in zip(per_frame, (full_bytes, code_bytes)))
                         send(FrameType.OUT, Mux(fmt, codes_, full))
-                with m.Elif(~busy):
+                with m.Elif(finished):
                     m.d.sync += running.eq(0)
                     send(FrameType.DONE, DONE_BYTES)
             with m.State("NEXT_WORD"):

@@ -27,6 +27,15 @@ logit), ``code_bits`` the CODES format's code width (0: none; always 0 in NETWOR
 ``classes`` the logits a RUN returns (NETWORK; 0 in LAYERS mode), ``targets`` the number of load
 targets, each with its data bits (0: no such target). A bitstream of another version (a version 3
 one has no mode and always 6 targets) is refused by its INFO reply (:class:`VersionError`).
+
+Version 5: the link overlaps compute in NETWORK mode. The core stages the pixels of one image while it
+runs another, so the host sends image n+1's pixels while the core computes image n: a RUN asking for
+0 words only starts the core (DONE once the core has taken the staged image), and the new request
+``RESULT`` (:attr:`FrameType.RESULT`, RUN's payload) collects the running image's logits without
+starting anything. While the core runs, a RUN, or a LOAD to any target but the image, is refused
+with :attr:`NackCode.BUSY` (it would disturb the running image): collect the logits with RESULT first.
+Order per image (:class:`boards.runtime.NetworkRunner`): LOAD its pixels, RESULT of the image before,
+RUN(0). A RUN asking for the logits still runs one image the blocking way (LOAD, RUN(classes)).
 """
 
 from __future__ import annotations
@@ -44,14 +53,14 @@ CRC_FORMAT = ">H"  # the checksum, after the payload
 LENGTH_BITS = 8 * struct.calcsize(LENGTH_FORMAT)
 CRC_BYTES = struct.calcsize(CRC_FORMAT)
 FRAME_BYTES = 1 + 1 + struct.calcsize(LENGTH_FORMAT) + CRC_BYTES  # sync, type, length, checksum
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 # version, mode; addr_bits, out_bits, rows, cols, max_payload, code_bits, classes; number of targets (the data
 # bits of each target follow, TARGET_FORMAT each)
 INFO_HEAD_FORMAT = "<BB7HB"
 INFO_HEAD_BYTES = struct.calcsize(INFO_HEAD_FORMAT)
 TARGET_FORMAT = "<H"
 MAX_TARGETS = 255  # a LOAD names its target in one byte; INFO counts them in one
-RUN_FORMAT = "<IB"  # words expected, output format (FULL or CODES)
+RUN_FORMAT = "<IB"  # words expected, output format (FULL or CODES); a RESULT's payload too
 OUT_FORMAT = "<I"  # an OUT payload's head: the index of its first word within the RUN (the words follow)
 OUT_HEAD_BYTES = struct.calcsize(OUT_FORMAT)
 DONE_FORMAT = "<I"  # words the engine returned since RUN
@@ -83,6 +92,7 @@ class FrameType(enum.IntEnum):
     PING = 0x01
     LOAD = 0x02
     RUN = 0x03
+    RESULT = 0x04
     INFO = 0x81
     ACK = 0x82
     OUT = 0x83
@@ -99,6 +109,7 @@ class NackCode(enum.IntEnum):
     TIMEOUT = 4
     FRAMING = 5
     TARGET = 6
+    BUSY = 7
 
     @property
     def explanation(self) -> str:
@@ -106,12 +117,14 @@ class NackCode(enum.IntEnum):
             NackCode.CRC: "its checksum did not match (bytes were corrupted on the line)",
             NackCode.LENGTH: "its length was wrong for its type (a LOAD payload is the "
                              "target, the address and whole words of that target, at most "
-                             "max_payload bytes; a RUN payload is the word count and a known "
-                             "output format; PING carries none)",
+                             "max_payload bytes; a RUN or RESULT payload is the word count and a "
+                             "known output format; PING carries none)",
             NackCode.TYPE: "its type byte is not a request the device knows",
             NackCode.TIMEOUT: "it stopped arriving mid-way (the device dropped it)",
             NackCode.FRAMING: "a byte had no stop bit (baud rate mismatch or line noise)",
             NackCode.TARGET: "its target byte names no buffer of this engine",
+            NackCode.BUSY: "the core is still running the previous image (while it runs it takes LOADs to the "
+                           "image target only, and no RUN): collect its logits with RESULT first",
         }[self]
 
 
@@ -150,9 +163,8 @@ class NackError(LinkError):
             what = NackCode(code).explanation
         except ValueError:
             what = f"unknown NACK code {code}"
-        super().__init__(f"the device refused {_type_name(refused_type)} frame "
-                         f"{attempts} time(s): {what}; check the baud rate and cable, or "
-                         f"lower max_payload")
+        fix = "" if code == NackCode.BUSY else "; check the baud rate and cable, or lower max_payload"
+        super().__init__(f"the device refused {_type_name(refused_type)} frame {attempts} time(s): {what}{fix}")
 
 
 def _type_name(ftype: int) -> str:

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -48,11 +49,13 @@ CORRUPT_TO_BOARD = 1000     # a byte of the first constants LOAD frame: the brid
 
 def first_logit_byte(model) -> int:
     """Index of the first logit byte of the first image's OUT frame among the bytes the board sends, when
-    the constants' first LOAD frame was NACKed once: INFO, NACK, the constants' ACKs, the pixels' ACKs."""
+    the constants' first LOAD frame was NACKed once: INFO, NACK, the constants' ACKs, the first image's pixels'
+    ACKs, the DONE of its start, the second image's pixels' ACKs (staged while the first runs), then the OUT
+    frame of the first image's RESULT."""
     from boards.boards import LINK_PAYLOAD, get_board
     from boards.fit import network_for_board
     from boards.traffic import network_image_traffic, network_info
-    from hw.protocol import FRAME_BYTES, OUT_HEAD_BYTES
+    from hw.protocol import DONE_FORMAT, FRAME_BYTES, OUT_HEAD_BYTES
 
     board = get_board(BOARD)
     params = network_for_board(model, board).params
@@ -60,8 +63,10 @@ def first_logit_byte(model) -> int:
     traffic = network_image_traffic(model, params, payload)
     info = FRAME_BYTES + len(network_info(model, params, payload).encode())
     nack = FRAME_BYTES + 2
-    pixel_acks = FRAME_BYTES * (traffic["requests"] - 1)
-    return info + nack + traffic["loading"]["bytes_from_device"] + pixel_acks + FRAME_BYTES + OUT_HEAD_BYTES
+    pixel_acks = FRAME_BYTES * (traffic["requests"] - 2)       # each image: its LOAD frames, RESULT and start
+    start_done = FRAME_BYTES + struct.calcsize(DONE_FORMAT)
+    return (info + nack + traffic["loading"]["bytes_from_device"] + pixel_acks + start_done + pixel_acks
+            + FRAME_BYTES + OUT_HEAD_BYTES)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, seconds: float, log: Path) -> str:

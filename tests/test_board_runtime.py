@@ -110,9 +110,10 @@ def run_network_board(tmp_path, *, byte_cycles: int, images: int = 3, **faults) 
 
 
 def test_network_mode_board_equals_reference_and_the_traffic_count(tmp_path):
-    """Network mode: the constants and program loaded once, then per image its pixels and one RUN, a byte
-    each way every 3 cycles; the logits equal the integer reference and the bytes and requests on the
-    line are :func:`boards.traffic.network_image_traffic`'s count."""
+    """Network mode: the constants and program loaded once, then per image its pixels (staged while the image
+    before runs), the RESULT of the image before and a RUN of 0 words starting it, a byte each way every 3
+    cycles; the logits equal the integer reference and the bytes and requests on the line are
+    :func:`boards.traffic.network_image_traffic`'s count."""
     from boards.traffic import network_image_traffic
 
     model, params, _, out = run_network_board(tmp_path, byte_cycles=3)
@@ -127,16 +128,18 @@ def test_network_mode_board_equals_reference_and_the_traffic_count(tmp_path):
 @pytest.mark.slow
 def test_network_mode_board_recovers_from_corrupted_bytes_both_ways(tmp_path):
     """A byte of the constants corrupted on the way in (the frame is NACKed and sent again) and a byte of
-    the first image's reply corrupted on the way back (the host resyncs and runs that image again)."""
+    the first image's RESULT reply corrupted on the way back (the host resyncs, settles the core and runs that
+    image again, the blocking way)."""
     from boards.traffic import network_image_traffic
 
     model = load(DIGITS)
     from hw.network_params import NetworkParams
 
     loading = network_image_traffic(model, NetworkParams.for_model(model, 2, 4), 512)["loading"]["bytes_from_device"]
-    info, ack, nack = 6 + 41, 6, 8      # reply frames' bytes: INFO (12 targets), ACK, NACK
-    # An ACK of the constants; then the first logit byte of the first image's OUT frame, after the INFO, the
-    # constants' ACKs, the NACK, the resync's INFO, the LOAD sent again and the image's ACK.
-    replies = [info + 10 * ack + 2, info + loading + nack + info + ack + ack + 8]
+    info, ack, nack, done = 6 + 41, 6, 8, 6 + 4     # reply frames' bytes: INFO (12 targets), ACK, NACK, DONE
+    # An ACK of the constants; then the first logit byte of the first image's OUT frame (its RESULT's), after
+    # the INFO, the constants' ACKs, the NACK, the resync's INFO, the LOAD sent again, the image's ACK, its
+    # start's DONE and the second image's ACK.
+    replies = [info + 10 * ack + 2, info + loading + nack + info + ack + ack + done + ack + 8]
     _, _, _, out = run_network_board(tmp_path, byte_cycles=1, images=2, corrupt=1_000, corrupt_replies=replies)
     assert out["retried"] == 2 and out["repeated"] == 1

@@ -208,15 +208,65 @@ NET_INFO = LinkInfo(PROTOCOL_VERSION, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, N
                     NET_CLASSES)
 
 
+NET_IMAGE = 11        # the image target: the one load target the core takes while it runs
+
+
 class NetworkDoubleSignature(wiring.Signature):
     """:class:`hw.network.NetworkSignature`'s shape: load, start, busy, signed out, and a probe the bridge leaves
-    unconnected."""
+    unconnected; ``starting`` too if asked for."""
 
-    def __init__(self):
+    def __init__(self, starting=False):
         load = data.StructLayout({"target": 4, "addr": ADDR_BITS, "data": max(NET_TARGETS)})
         super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
                           "out": Out(stream.Signature(signed(NET_OUT_BITS))),
-                          "probe": Out(wiring.Signature({"write": Out(1), "addr": Out(3)}))})
+                          "probe": Out(wiring.Signature({"write": Out(1), "addr": Out(3)})),
+                          **({"starting": Out(1)} if starting else {})})
+
+
+class StagingCore(wiring.Component):
+    """The network core's run protocol, for tests: it counts the ``NET_IMAGE`` beats staged since its last
+    start (taken at any time but while it takes the start); a ``start`` takes the staged image for ``TAKE``
+    cycles (``starting``), computes for ``COMPUTE`` cycles, then offers ``NET_CLASSES`` words, waiting for
+    each to be read; ``busy`` from the cycle after ``start`` until the last word is read. Word ``j`` of run
+    ``r`` (counted from 0) of an image of ``n`` beats is ``j | n << 4 | r << 10``."""
+
+    TAKE, COMPUTE = 400, 3_000
+
+    def __init__(self):
+        super().__init__(NetworkDoubleSignature(starting=True))
+
+    def elaborate(self, platform):
+        m = Module()
+        staged, image, runs = Signal(6), Signal(6), Signal(6)
+        index, timer = Signal(4), Signal(range(self.COMPUTE + 1))
+        m.d.comb += [self.load.ready.eq(~self.starting),
+                     self.out.payload.eq(Cat(index, image, runs))]
+        with m.If(self.load.valid & self.load.ready & (self.load.payload.target == NET_IMAGE)):
+            m.d.sync += staged.eq(staged + 1)
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [timer.eq(0), index.eq(0)]
+                    m.next = "TAKE"
+            with m.State("TAKE"):
+                m.d.comb += [self.busy.eq(1), self.starting.eq(1)]
+                m.d.sync += timer.eq(timer + 1)
+                with m.If(timer == self.TAKE - 1):
+                    m.d.sync += [image.eq(staged), staged.eq(0), timer.eq(0)]
+                    m.next = "COMPUTE"
+            with m.State("COMPUTE"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += timer.eq(timer + 1)
+                with m.If(timer == self.COMPUTE - 1):
+                    m.next = "OUTPUT"
+            with m.State("OUTPUT"):
+                m.d.comb += [self.busy.eq(1), self.out.valid.eq(1)]
+                with m.If(self.out.ready):
+                    m.d.sync += index.eq(index + 1)
+                    with m.If(index == NET_CLASSES - 1):
+                        m.d.sync += runs.eq(runs + 1)
+                        m.next = "IDLE"
+        return m
 
 
 def net_words(beats):
@@ -234,8 +284,13 @@ class LinkTop(wiring.Component):
     """LinkBridge and RecordingEngine, the bridge's byte ports outside (``divisor`` None) or
     behind a UartRx/UartTx pair on the ``rx``/``tx`` lines."""
 
-    def __init__(self, divisor, stall, network=False, **bridge_args):
-        if network:     # more targets, a wider target field, one signed value per word, a probe port
+    def __init__(self, divisor, stall, network=False, staging=False, **bridge_args):
+        if staging:     # network mode, a core that stages images and runs on after the start (StagingCore)
+            self.bridge = LinkBridge(ADDR_BITS, NET_TARGETS, NET_OUT_BITS, rows=2, cols=COLS, mode=LinkMode.NETWORK,
+                                     classes=NET_CLASSES, image_target=NET_IMAGE,
+                                     signature=NetworkDoubleSignature(starting=True), **bridge_args)
+            self.engine = StagingCore()
+        elif network:   # more targets, a wider target field, one signed value per word, a probe port
             self.bridge = LinkBridge(ADDR_BITS, NET_TARGETS, NET_OUT_BITS, rows=2, cols=COLS, mode=LinkMode.NETWORK,
                                      classes=NET_CLASSES, signature=NetworkDoubleSignature(), **bridge_args)
             self.engine = RecordingEngine(stall=stall, signature=NetworkDoubleSignature())
@@ -264,11 +319,12 @@ class SimPort:
     ``read(n)`` runs the simulation until ``n`` bytes came back or ``timeout`` cycles
     passed. Bytes go in either at the bit level on the UART line (``divisor``) or as
     ``rx`` stream beats, one every ``gap`` cycles; ``tx`` is read with random stalls.
-    ``beats`` records the load beats the engine accepted."""
+    ``beats`` records the load beats the engine accepted. ``network``: a network-mode bridge in front of
+    a :class:`RecordingEngine`; ``staging``: in front of a :class:`StagingCore`."""
 
     def __init__(self, *, divisor=None, stall=True, gap=2, timeout=20_000, max_payload=32,
-                 timeout_cycles=64, network=False):
-        self.top = LinkTop(divisor, stall, network, max_payload=max_payload, timeout_cycles=timeout_cycles)
+                 timeout_cycles=64, network=False, staging=False):
+        self.top = LinkTop(divisor, stall, network, staging, max_payload=max_payload, timeout_cycles=timeout_cycles)
         self.divisor, self.gap, self.timeout = divisor, gap, timeout
         self.to_device, self.from_device, self.beats = [], bytearray(), []
         self.cycles = 0
@@ -371,13 +427,13 @@ def test_bridge_ping():
 
 
 def test_bridge_in_network_mode_with_more_targets():
-    """The bridge in front of a network-core double: INFO v4 states the mode, the class count and all 12 targets;
+    """The bridge in front of a network-core double: INFO v5 states the mode, the class count and all 12 targets;
     LOADs to targets past the layer engine's 6 (a 4-bit target field) reach the core, one to a target it lacks is
     refused; RUN returns one 16-bit value per word, as many as asked for."""
     port = SimPort(network=True)
     info = info_of(port)
     assert info == NET_INFO and info.mode == LinkMode.NETWORK and info.targets == 12
-    assert exchange(port, FrameType.PING).payload[:2] == bytes([4, LinkMode.NETWORK])
+    assert exchange(port, FrameType.PING).payload[:2] == bytes([5, LinkMode.NETWORK])
     beats = [(11, 5 + i, 200 + i) for i in range(4)] + [(6, 0, 0xFFFF), (9, 63, 5), (0, 1, 0x7F)]
     for payload in encode_loads(beats, info):
         assert exchange(port, FrameType.LOAD, payload).type == FrameType.ACK
@@ -394,11 +450,11 @@ def test_bridge_in_network_mode_with_more_targets():
         encode_loads([(12, 0, 0)], info)
 
 
-def test_info_v4_layout():
+def test_info_v5_layout():
     """Head (version, mode, 7 16-bit fields, target count), then 16 bits per target; decoded as encoded."""
     payload = NET_INFO.encode()
     assert len(payload) == INFO_HEAD_BYTES + 2 * 12 == 17 + 24
-    assert struct.unpack_from("<BB7HB", payload) == (4, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES, 12)
+    assert struct.unpack_from("<BB7HB", payload) == (5, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES, 12)
     assert LinkInfo.decode(payload) == NET_INFO and LinkInfo.decode(INFO.encode()) == INFO
     with pytest.raises(FrameError, match=r"INFO reply has 40 payload bytes, expected 41 for the 12 load targets"):
         LinkInfo.decode(payload[:-1])
@@ -452,6 +508,86 @@ def test_bridge_run_without_beats():
     assert run_words(port, 0) == ([], [], 0)
 
 
+def net_request(port, ftype, count):
+    """RUN or RESULT asking for ``count`` words of the network bridge: (words, each OUT frame's (first word,
+    words), DONE's count), or the reply frame if it is neither OUT nor DONE."""
+    port.write(encode_frame(ftype, encode_run(count)))
+    words, frames = [], []
+    while (frame := read_frame(port.read)).type == FrameType.OUT:
+        first, got = decode_out(frame.payload, NET_INFO)
+        words += got
+        frames.append((first, len(got)))
+    if frame.type != FrameType.DONE:
+        return frame.type, frame.payload
+    return words, frames, struct.unpack("<I", frame.payload)[0]
+
+
+def staged_words(pixels, run):
+    """The words of StagingCore's run ``run`` of an image of ``pixels`` beats."""
+    return [j | pixels << 4 | run << 10 for j in range(NET_CLASSES)]
+
+
+def image_payload(pixels):
+    return encode_loads([(NET_IMAGE, a, a + 1) for a in range(pixels)], NET_INFO)
+
+
+def test_bridge_overlaps_the_link_with_compute_in_network_mode():
+    """Network mode, protocol v5: RUN of 0 words answers DONE 0 once the core has taken the staged image
+    (``starting`` fell), not before, and while it still computes; while it runs, a LOAD to the image target
+    is taken (the next image staged), a RUN or a LOAD to another target is refused with NACK BUSY and never
+    reaches the core; RESULT brings its words, then (the core idle) DONE 0 at once; RUN asking for the
+    words still runs an image the blocking way; words not asked for stay in the core for the next RESULT."""
+    port = SimPort(staging=True)
+    assert info_of(port) == NET_INFO
+    for payload in image_payload(3):
+        assert exchange(port, FrameType.LOAD, payload).type == FrameType.ACK
+    before = port.cycles
+    assert net_request(port, FrameType.RUN, 0) == ([], [], 0)
+    assert StagingCore.TAKE <= port.cycles - before < StagingCore.TAKE + 200
+    staged = len(port.beats)
+    for request, payload in ((FrameType.LOAD, bytes([0, 0, 7])), (FrameType.LOAD, bytes([6, 1, 7, 0])),
+                             (FrameType.RUN, encode_run(NET_CLASSES))):
+        got = exchange(port, request, payload)
+        assert (got.type, got.payload) == nack(NackCode.BUSY, request)
+    assert len(port.beats) == staged
+    for payload in image_payload(2):        # the next image, staged while the core computes
+        assert exchange(port, FrameType.LOAD, payload).type == FrameType.ACK
+    assert port.cycles - before < StagingCore.TAKE + StagingCore.COMPUTE    # the core was still computing
+    assert net_request(port, FrameType.RESULT, NET_CLASSES) == (staged_words(3, 0), [(0, NET_CLASSES)], NET_CLASSES)
+    assert net_request(port, FrameType.RESULT, NET_CLASSES) == ([], [], 0)     # not running: at once
+    assert net_request(port, FrameType.RUN, NET_CLASSES) == (staged_words(2, 1), [(0, NET_CLASSES)], NET_CLASSES)
+    assert exchange(port, FrameType.LOAD, bytes([0, 0, 7])).type == FrameType.ACK      # idle: any target
+    assert net_request(port, FrameType.RUN, 2) == (staged_words(0, 2)[:2], [(0, 2)], 2)
+    assert net_request(port, FrameType.RUN, 1) == nack(NackCode.BUSY, FrameType.RUN)   # 3 words still to read
+    padded = staged_words(0, 2)[2:] + [0] * 6      # the core stopped within the frame: zeros, DONE counts 3
+    assert net_request(port, FrameType.RESULT, 9) == (padded, [(0, 9)], 3)
+
+
+def test_host_starts_and_collects_on_the_bridge():
+    """LinkHost.start and result on the simulated network bridge; a request the busy core refuses is a
+    NackError naming the fix (not retried), as is a RESULT of a core that is not running."""
+    port = SimPort(staging=True)
+    host = LinkHost(port)
+    first, second = [(NET_IMAGE, a, 9) for a in range(4)], [(NET_IMAGE, a, 9) for a in range(5)]
+    host.load(first)
+    host.start()
+    host.load(second)
+    for refused, call in ((FrameType.LOAD, lambda: host.load([(0, 0, 1)])), (FrameType.RUN, host.start),
+                          (FrameType.RUN, lambda: host.run(NET_CLASSES))):
+        with pytest.raises(NackError, match=rf"the device refused {refused.name} frame 1 time\(s\): the core is "
+                                            r"still running the previous image \(.*\): collect its logits with "
+                                            r"RESULT first$"):
+            call()
+    assert host.retried == 0 and port.beats == first + second
+    assert host.result(NET_CLASSES) == staged_words(4, 0)
+    host.start()
+    assert host.result(NET_CLASSES) == staged_words(5, 1)
+    with pytest.raises(LinkError, match=rf"the engine returned 0 output words to RESULT, expected {NET_CLASSES}: "
+                                        r"the core was not running \(start it before RESULT\)"):
+        host.result(NET_CLASSES)
+    assert host.run(NET_CLASSES) == staged_words(0, 2)
+
+
 def frame_bytes(ftype, payload):
     return encode_frame(ftype, bytes(payload))
 
@@ -503,6 +639,11 @@ WIDTHS = (8, 16, 0, 0, 0, 8)
     ((8, WIDTHS, 8, 1, 1), {"mode": LinkMode.NETWORK}, r"Class count must be an integer in 1\.\.65535, not 0"),
     ((8, WIDTHS, 8, 1, 1), {"mode": LinkMode.NETWORK, "classes": 3, "code_bits": 2},
      r"Code width must be 0 in network mode"),
+    ((8, WIDTHS, 8, 1, 1), {"image_target": 1}, r"Image target must be None in layers mode"),
+    ((8, WIDTHS, 8, 1, 1), {"mode": LinkMode.NETWORK, "classes": 3, "image_target": 2},
+     r"Image target must be None or one of the targets with data bits \(0\.\.5\), not 2"),
+    ((8, WIDTHS, 8, 1, 1), {"mode": LinkMode.NETWORK, "classes": 3, "image_target": 6},
+     r"Image target must be None or one of the targets with data bits \(0\.\.5\), not 6"),
     ((8, WIDTHS, 8, 1, 1), {"signature": EngineSignature(7, 16, 8)},
      r"does not fit the bridge: a 7-bit load addr field, narrower than the 8 bits it needs"),
     ((8, WIDTHS, 8, 1, 1), {"signature": EngineSignature(8, 16, 9)},
@@ -606,7 +747,7 @@ def test_host_end_to_end_bytes():
     host.load(BEATS)
     assert port.beats == BEATS
     assert host.run(len(BEATS)) == model_words(BEATS)
-    with pytest.raises(LinkError, match=rf"the engine returned {len(BEATS)} output words, expected "
+    with pytest.raises(LinkError, match=rf"the engine returned {len(BEATS)} output words to RUN, expected "
                                         rf"{len(BEATS) + 1}: the loaded model does not match"):
         host.run(len(BEATS) + 1)
     assert host.run(len(BEATS), OutputFormat.CODES) == run_words(port, len(BEATS), OutputFormat.CODES)[0]
@@ -762,21 +903,24 @@ def test_impossible_info_is_refused(fields, problem):
 
 
 def test_another_protocol_version_is_refused_at_once():
-    """A version 3 bitstream (no mode, always 6 load targets): the host says so and to
-    rebuild it, after one PING (pinging again would not help); a newer one: update the host."""
-    assert PROTOCOL_VERSION == 4
-    old = struct.pack(f"<B6H{len(TARGET_WIDTHS)}H", 3, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, *TARGET_WIDTHS)
-    rebuild = (r"the board's bitstream speaks link protocol version 3, this host version 4: rebuild the bitstream "
-               r"with this version of the project \(`lcq build MODEL --board NAME`\) and flash it")
-    with pytest.raises(VersionError, match=rebuild):
-        LinkInfo.decode(old)
-    port = ScriptPort(answers(old))
-    with pytest.raises(VersionError, match=rebuild):
-        LinkHost(port, retries=2).info
-    assert len(port.writes) == 1
-    with pytest.raises(VersionError, match=r"speaks link protocol version 5, this host version 4: update the host"):
-        LinkInfo.decode(dataclasses.replace(INFO, version=5).encode())
-    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 4: rebuild"):
+    """A version 4 bitstream (INFO of the same layout, no RESULT): the host says so and to rebuild it, after
+    one PING (pinging again would not help); a version 3 one (no mode, always 6 load targets) too; a newer
+    one: update the host."""
+    assert PROTOCOL_VERSION == 5
+    v3 = struct.pack(f"<B6H{len(TARGET_WIDTHS)}H", 3, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, *TARGET_WIDTHS)
+    v4 = dataclasses.replace(NET_INFO, version=4).encode()
+    for old, version in ((v4, 4), (v3, 3)):
+        rebuild = (rf"the board's bitstream speaks link protocol version {version}, this host version 5: rebuild the "
+                   r"bitstream with this version of the project \(`lcq build MODEL --board NAME`\) and flash it")
+        with pytest.raises(VersionError, match=rebuild):
+            LinkInfo.decode(old)
+        port = ScriptPort(answers(old))
+        with pytest.raises(VersionError, match=rebuild):
+            LinkHost(port, retries=2).info
+        assert len(port.writes) == 1
+    with pytest.raises(VersionError, match=r"speaks link protocol version 6, this host version 5: update the host"):
+        LinkInfo.decode(dataclasses.replace(INFO, version=6).encode())
+    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 5: rebuild"):
         LinkInfo.decode(bytes([1, 0, 0]))           # whatever a version's INFO holds, its first byte is the version
 
 
@@ -975,6 +1119,10 @@ def test_link_host_parameters_and_run_requests_are_checked():
     for words in (0, -1, RUN_WORDS_MAX + 1, 2.0):
         with pytest.raises(ValueError, match=rf"A RUN must ask for 1\.\.{RUN_WORDS_MAX} output words, not"):
             LinkHost(ScriptPort(answers())).run(words)
+        with pytest.raises(ValueError, match=rf"A RESULT must ask for 1\.\.{RUN_WORDS_MAX} output words, not"):
+            LinkHost(ScriptPort(answers())).result(words)
+    with pytest.raises(ValueError, match=r"not 0 \(start\(\) sends a RUN of 0 words\)"):
+        LinkHost(ScriptPort(answers())).run(0)
     for timeout in (0, None, float("nan")):
         with pytest.raises(ValueError, match=r"The serial read timeout must be a finite number of seconds > 0 \(reads "
                                              r"must end\)"):
@@ -983,25 +1131,71 @@ def test_link_host_parameters_and_run_requests_are_checked():
 
 # The runners' mode checks and a network-mode run against a scripted device
 
-def _network_device(model, params, images, max_payload=512):
-    """A scripted network-mode board: INFO, an ACK per LOAD, and per RUN the reference logits of the next
-    image (one OUT frame, DONE)."""
-    from boards.traffic import network_info
-    from compiler.reference import predict
+class NetworkBoard:
+    """A scripted network-mode board, v5: INFO; LOAD -> ACK (the image target's payloads staged by address;
+    any other target while the core runs: NACK BUSY); RUN -> NACK BUSY while the core runs, otherwise it
+    starts the core on the staged image: RUN of 0 words -> DONE 0, of ``classes`` -> the reference logits
+    (one OUT frame) and DONE; RESULT -> the running image's logits and DONE, or DONE 0 when not running.
+    ``damaged``: (RUN or RESULT, n) of the requests (the nth of its type, from 0) whose reply's first frame has
+    a corrupted checksum."""
 
-    info = network_info(model, params, max_payload)
-    logits = iter(predict(model, images))
-    mask = (1 << params.value_bits) - 1
+    def __init__(self, model, params, images, max_payload=512, damaged=()):
+        from boards.traffic import network_info
+        from compiler.reference import predict
+        from hw.network_params import IMAGE
+        from hw.network_program import image_beats
 
-    def run(_request):
-        words = b"".join((int(v) & mask).to_bytes(info.out_bytes(), "little") for v in next(logits))
+        self.info, self.image_target = network_info(model, params, max_payload), IMAGE
+        self.logits = {tuple(encode_loads(image_beats(model, params, image), self.info)): logits
+                       for image, logits in zip(images, predict(model, images))}
+        self.mask, self.classes = (1 << params.value_bits) - 1, model.num_classes
+        self.staged, self.running, self.damaged = {}, None, set(damaged)
+        self.count = {FrameType.RUN: 0, FrameType.RESULT: 0}
+        self.port = ScriptPort(self.reply)
+
+    def out(self, logits):
+        words = b"".join((int(v) & self.mask).to_bytes(self.info.out_bytes(), "little") for v in logits)
         return (encode_frame(FrameType.OUT, encode_out(0, words))
-                + encode_frame(FrameType.DONE, struct.pack("<I", model.num_classes)))
+                + encode_frame(FrameType.DONE, struct.pack("<I", len(logits))))
 
-    return info, ScriptPort(lambda request: {FrameType.PING: encode_frame(FrameType.INFO, info.encode()),
-                                             FrameType.LOAD: encode_frame(FrameType.ACK),
-                                             FrameType.RUN: run(request) if request[1] == FrameType.RUN else b""}
-                            [request[1]])
+    def reply(self, request):
+        frame = decode_frame(request)
+        busy = encode_frame(FrameType.NACK, bytes([NackCode.BUSY, frame.type]))
+        if frame.type == FrameType.PING:
+            return encode_frame(FrameType.INFO, self.info.encode())
+        if frame.type == FrameType.LOAD:
+            if frame.payload[0] != self.image_target:
+                if self.running is not None:
+                    return busy
+            else:
+                self.staged[frame.payload[1:1 + self.info.addr_bytes]] = frame.payload
+            return encode_frame(FrameType.ACK)
+        reply = self.run(frame)
+        self.count[frame.type] += 1
+        if (frame.type, self.count[frame.type] - 1) in self.damaged:
+            reply = reply[:FRAME_BYTES - 1] + bytes([reply[FRAME_BYTES - 1] ^ 1]) + reply[FRAME_BYTES:]
+        return reply
+
+    def run(self, frame):
+        """The reply to a RUN or RESULT."""
+        words, _ = struct.unpack("<IB", frame.payload)
+        if frame.type == FrameType.RESULT:
+            logits, self.running = self.running, None
+            return encode_frame(FrameType.DONE, bytes(4)) if logits is None else self.out(logits)
+        if self.running is not None:
+            return encode_frame(FrameType.NACK, bytes([NackCode.BUSY, frame.type]))
+        self.running = self.logits[tuple(self.staged[key] for key in sorted(self.staged))]
+        if words == 0:
+            return encode_frame(FrameType.DONE, bytes(4))
+        assert words == self.classes
+        logits, self.running = self.running, None
+        return self.out(logits)
+
+
+def _network_device(model, params, images, max_payload=512):
+    """A :class:`NetworkBoard`'s INFO and port."""
+    board = NetworkBoard(model, params, images, max_payload)
+    return board.info, board.port
 
 
 def _digits():
@@ -1017,23 +1211,103 @@ def _digits():
     return model, NetworkParams.for_model(model, 2, 4), images
 
 
+def request_kinds(writes):
+    """Each request's type and, for RUN and RESULT, the words it asks for."""
+    frames = [decode_frame(w) for w in writes]
+    return [(f.type, struct.unpack("<IB", f.payload)[0]) if f.type in (FrameType.RUN, FrameType.RESULT) else f.type
+            for f in frames]
+
+
 def test_network_runner_against_a_scripted_board():
-    """Constants and program once, then per image its pixels (one LOAD frame for 64 pixels) and a RUN of
-    num_classes words; the logits decoded from value_bits two's complement."""
+    """Constants and program once, then, overlapping the link with compute, per image its pixels (one LOAD
+    frame for 64 pixels, staged while the image before runs), RESULT (the logits of the image before) and a
+    RUN of 0 words (start), and a last RESULT; the logits decoded from value_bits two's complement. A single
+    image (``logits``) is LOAD and a RUN of num_classes words."""
     from boards.runtime import NetworkRunner
     from compiler.reference import predict
     from hw.network_program import image_beats, load_beats
 
     model, params, images = _digits()
-    info, port = _network_device(model, params, images)
-    runner = NetworkRunner(LinkHost(port), model, params)
-    result = runner.classify(images)
+    board = NetworkBoard(model, params, images)
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    done = []
+    result = runner.classify(images, progress=lambda i, n: done.append((i, n)))
     assert (result.logits == predict(model, images)).all() and runner.repeated == 0
+    assert done == [(1, 3), (2, 3), (3, 3)]
+    info, classes = board.info, model.num_classes
     loads = len(encode_loads(load_beats(model, params), info))
-    per_image = len(encode_loads(image_beats(model, params, images[0]), info)) + 1
-    assert len(port.writes) == 1 + loads + 3 * per_image
-    assert [w[1] for w in port.writes[-per_image:]] == [FrameType.LOAD] * (per_image - 1) + [FrameType.RUN]
-    assert struct.unpack("<IB", decode_frame(port.writes[-1]).payload) == (model.num_classes, OutputFormat.FULL)
+    pixels = [FrameType.LOAD] * len(encode_loads(image_beats(model, params, images[0]), info))
+    assert pixels == [FrameType.LOAD]
+    start, collect = (FrameType.RUN, 0), (FrameType.RESULT, classes)
+    assert request_kinds(board.port.writes) == ([FrameType.PING] + [FrameType.LOAD] * loads + pixels + [start]
+                                                + 2 * (pixels + [collect, start]) + [collect])
+    sent = len(board.port.writes)
+    assert (runner.logits(images[1]) == predict(model, images[1:2])[0]).all()
+    assert request_kinds(board.port.writes[sent:]) == pixels + [(FrameType.RUN, classes)]
+
+
+RESULT, START = FrameType.RESULT, FrameType.RUN     # RUN requests of the pipeline are starts
+
+
+@pytest.mark.parametrize("damaged, lost", [
+    pytest.param([(RESULT, 0)], 0, id="result-0"),
+    pytest.param([(RESULT, 2)], 2, id="last-result"),
+    pytest.param([(RESULT, 0), (RESULT, 2)], 0, id="two-results"),    # RESULT 1 is the first's settle
+    pytest.param([(START, 1)], 1, id="start-1"),
+])
+def test_network_runner_recovers_a_lost_reply(damaged, lost):
+    """A reply of the pipeline damaged (a RESULT's: its logits are lost, the core has sent them; a start's:
+    the core runs the image): the runner resyncs (PING), settles the core (RESULT: what the core still holds,
+    or DONE 0), runs the image again the blocking way (LOAD, RUN of num_classes words), stages the next
+    image again if one was staged and goes on; each repetition counted."""
+    from boards.runtime import NetworkRunner
+    from compiler.reference import predict
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images, damaged=damaged)
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    result = runner.classify(images)
+    assert (result.logits == predict(model, images)).all() and runner.repeated == len(damaged)
+    kinds = request_kinds(board.port.writes)
+    classes = model.num_classes
+    kind, n = damaged[0]
+    asked = (kind, classes if kind == RESULT else 0)
+    first = [i for i, k in enumerate(kinds) if k == asked][n]
+    again = [FrameType.PING, (RESULT, classes), FrameType.LOAD, (FrameType.RUN, classes)]
+    assert kinds[first + 1:first + 5] == again
+    assert kinds[first + 5:first + 7] == ([] if lost == len(images) - 1 else [FrameType.LOAD, (START, 0)])
+
+
+def test_network_runner_gives_up_after_its_retries():
+    """The same image's reply lost more often than ``retries``: the error is raised."""
+    from boards.runtime import NetworkRunner
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images[:1])
+    board.out = lambda logits: encode_frame(FrameType.OUT, encode_out(0, b"\x00")) + bytes(4)   # always bad
+    runner = NetworkRunner(LinkHost(board.port), model, params, retries=2)
+    with pytest.raises(FrameError, match=r"OUT frame has 1 bytes of words"):
+        runner.classify(images[:1])
+    assert runner.repeated == 2
+
+
+def test_host_start_and_result_check_their_replies():
+    """start: any word or a DONE count other than 0 is an error; result: a core that returned fewer words."""
+    done = encode_frame(FrameType.DONE, struct.pack("<I", 2))
+    for reply, error, message in (
+            (encode_frame(FrameType.OUT, encode_out(0, bytes(3))) + done, FrameError,
+             r"the device sent 1 output words, more than the 0 asked for"),
+            (done, LinkError, r"the engine returned 2 output words to RUN, expected 0: the loaded model does not"),
+            (encode_frame(FrameType.NACK, bytes([NackCode.BUSY, FrameType.RUN])), NackError,
+             r"refused RUN frame 1 time\(s\): the core is still running the previous image")):
+        with pytest.raises(error, match=message):
+            LinkHost(ScriptPort(answers(run=reply))).start()
+    port = ScriptPort(lambda request: answers(run=done)(request) if request[1] != FrameType.RESULT else
+                      encode_frame(FrameType.OUT, encode_out(0, bytes(6))) + done)
+    with pytest.raises(LinkError, match=r"the engine returned 2 output words to RESULT, expected 3: the core was not "
+                                        r"running \(start it before RESULT\), or it stopped early"):
+        LinkHost(port).result(3)
+    assert LinkHost(port).settle(3) == 2
 
 
 def test_each_runner_refuses_a_board_of_the_other_mode():
