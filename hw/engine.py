@@ -31,7 +31,8 @@ layers, whose LUT would be too large).
 Cycles of one layer, the first being the one after the edge that samples ``start``:
 computing takes ``tiles * (rows + positions + 1 + gap) - gap + drain`` cycles with
 ``tiles = co_tiles * kernel^2 * groups``, ``gap = max(0, cols + 2 - positions)`` and
-``drain = rows + cols + 4`` (:attr:`LayerEngine.drain`): each tile loads its weight rows,
+``drain = rows + cols + 6`` (:attr:`LayerEngine.drain`; ``rows + cols + 4`` plus the array's
+:data:`~hw.pe_words.ARRAY_PIPELINE` registers): each tile loads its weight rows,
 issues its positions and waits ``1 + gap`` cycles; the last waits ``1 + drain`` instead, for
 the pipeline to empty. Each output word is then offered ``cols + STAGE_LATENCY + 3`` (``cols +
 9``) cycles after computing ends or the previous word is accepted; ``busy`` falls the cycle
@@ -74,6 +75,7 @@ from .delay import delayed
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE,
                             STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable
+from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
 from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
@@ -200,7 +202,7 @@ class LayerEngine(wiring.Component):
                              f"got {value_bits!r}")
         self.params, self.spram, self.value_depth = params, spram, value_depth
         self.value_bits = value_bits or params.out_bits
-        self.drain = params.rows + params.cols + 4
+        self.drain = params.rows + params.cols + 4 + ARRAY_PIPELINE
         if value_depth is None:
             signature = EngineSignature.for_params(params)
         else:
@@ -298,7 +300,7 @@ class LayerEngine(wiring.Component):
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
         tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
                                         "out_addr": range(p.out_depth + 1)})
-        tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 2)]
+        tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 2 + ARRAY_PIPELINE)]
         m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
 
         # Network mode: tile_issued pulses in the cycle a channel tile's last position is issued (for
@@ -420,17 +422,17 @@ class LayerEngine(wiring.Component):
         for c in range(Cn):
             m.submodules[f"acc_{c}"] = accs = Memory(shape=signed(p.acc_bits), depth=p.out_depth, init=[])
             acc_read, acc_write = accs.read_port(), accs.write_port()
-            done = tags[R + c + 2]
-            m.d.comb += [array.psum_in[c].eq(Mux(tags[2 + c].first, 0, acc_read.data)),
+            done = tags[R + c + 2 + ARRAY_PIPELINE]
+            m.d.comb += [array.psum_in[c].eq(Mux(tags[2 + c + ARRAY_PIPELINE].first, 0, acc_read.data)),
                          acc_write.en.eq(done.valid), acc_write.addr.eq(done.out_addr),
                          acc_write.data.eq(array.psum_out[c])]
             if self.network:
                 # A second read port for the writer: the partial-sum reads of the next channel tile go on.
                 back_read = accs.read_port()
-                m.d.comb += [acc_read.addr.eq(tags[1 + c].out_addr), back_read.addr.eq(read_addr)]
+                m.d.comb += [acc_read.addr.eq(tags[1 + c + ARRAY_PIPELINE].out_addr), back_read.addr.eq(read_addr)]
                 column_reads.append(back_read.data)
             else:
-                m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, tags[1 + c].out_addr))
+                m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, tags[1 + c + ARRAY_PIPELINE].out_addr))
                 column_reads.append(acc_read.data)
 
         # Read-back: the word's accumulators enter the output stage one per cycle (column

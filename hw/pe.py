@@ -24,6 +24,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .delay import delayed
 from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, row_vector, weight_word
 
 
@@ -274,7 +275,17 @@ class RowTable(Variant):
         selected = products.word_select(magnitude, PRODUCT_BITS)
         if not self.multiply:
             return selected
-        return Mux(operand[-1], magnitude * operand[:LEVEL_BITS], selected)
+        return Mux(operand[-1], shift_add(magnitude, operand[:LEVEL_BITS]), selected)
+
+
+def shift_add(multiplier, multiplicand):
+    """``multiplier * multiplicand`` (both unsigned) as a sum of shifted copies, one per multiplier bit:
+    logic cells, not a hardware multiplier, so that a PE array is not spread over the FPGA's few
+    multiplier sites (every PE of an engine that multiplies has one)."""
+    terms = [Mux(multiplier[i], multiplicand << i, 0) for i in range(len(multiplier))]
+    while len(terms) > 1:
+        terms = [a + b for a, b in zip(terms[0::2], terms[1::2])] + terms[len(terms) // 2 * 2:]
+    return terms[0]
 
 
 VARIANTS = {cls.name: cls for cls in (PeLut, RowVector, Rom, Multiply, RowTable)}
@@ -288,13 +299,14 @@ def check_double_buffered(variant: Variant) -> None:
 
 
 class ProcessingElement(wiring.Component):
-    """One weight-stationary PE of ``variant``; every output is registered (latency 1).
+    """One weight-stationary PE of ``variant``; every output is registered.
 
     - ``w_load``: stores ``w_code`` and the variant's load ports (:meth:`Variant.load_beats`).
     - ``a_valid``, ``a_in`` (the row's operand) -> ``a_valid_out``, ``a_out`` for the right
-      neighbour.
+      neighbour (latency 1).
     - ``psum_out = psum_in + sgn * L[k][j]`` if ``a_valid``, else ``psum_in`` (``acc_bits``
-      signed, wrapping).
+      signed, wrapping), the product registered first: the element sampled at edge e adds to
+      the ``psum_in`` sampled at edge e + 1 (one multiplier or select, then one adder, per cycle).
 
     ``double_buffered``: ``w_load`` writes a shadow weight instead, and ports ``a_swap`` ->
     ``a_swap_out`` travel with the operand: an element with ``a_valid`` and ``a_swap`` is the
@@ -336,12 +348,14 @@ class ProcessingElement(wiring.Component):
             m.d.sync += self.a_swap_out.eq(self.a_swap)
         product = Mux(self.a_valid, self.variant.product(m, self, weight[:-1], self.a_in), 0)
         sign = weight[-1]
-        # psum_in -/+ product as one adder: -p = ~p + 1, the 1 entering as the carry.
+        # The signed product, registered: -p = ~p + 1, the 1 entering as the carry.
         ones_if_negative = Mux(sign, -1, 0)
+        signed_product = Signal(signed(len(product) + 1))
         m.d.sync += [
             self.a_valid_out.eq(self.a_valid),
             self.a_out.eq(self.a_in),
-            self.psum_out.eq(self.psum_in + (product ^ ones_if_negative) + sign),
+            signed_product.eq((product ^ ones_if_negative) + sign),
+            self.psum_out.eq(self.psum_in + signed_product),
         ]
         return m
 
@@ -373,10 +387,11 @@ class PEArray(wiring.Component):
     Operands flow left to right along rows, partial sums top to bottom down columns.
     Loading: ``w_load`` with ``w_pe = r * cols + c`` selects PE (r, c); ``w_code`` and the
     variant's load ports are broadcast; the variant's edge ports go to every row decoder.
-    Timing, counting clock edges: element t of row r's stream (``a_valid[r]``, ``a_code[r]``)
+    Timing, counting clock edges, with ``p`` = :data:`hw.pe_words.ARRAY_PIPELINE` (the register after
+    each row decoder, each PE's product register): element t of row r's stream (``a_valid[r]``, ``a_code[r]``)
     is sampled at edge ``t + r`` (rows skewed by one), the matching ``psum_in[c]`` at edge
-    ``t + c + 1``, and ``psum_out[c]`` holds ``psum_in[c] + sum over r of sgn[r][c] *
-    L[k[r][c]][j[r]]`` after edge ``t + rows + c``.
+    ``t + c + 1 + p``, and ``psum_out[c]`` holds ``psum_in[c] + sum over r of sgn[r][c] *
+    L[k[r][c]][j[r]]`` after edge ``t + rows + c + p``.
 
     ``double_buffered``: double-buffered PEs (:class:`ProcessingElement`; variants without
     load ports), loaded a row per beat: ``w_load`` with ``w_row = r`` writes row r's shadow
@@ -413,10 +428,10 @@ class PEArray(wiring.Component):
             m.submodules[f"decoder_{r}"] = decoder = RowDecoder(self.variant)
             m.d.comb += [decoder.a_valid.eq(self.a_valid[r]), decoder.a_code.eq(self.a_code[r]),
                          *(getattr(decoder, name).eq(getattr(self, name)) for name in self.variant.edge_signature)]
-            valid, operand = decoder.valid, decoder.operand
+            # The decoder's outputs registered: a table's read data leaves its block RAM through them.
+            valid, operand = delayed(m, decoder.valid, 1, f"valid_{r}"), delayed(m, decoder.operand, 1, f"operand_{r}")
             if self.double_buffered:
-                swap = Signal(name=f"swap_{r}")
-                m.d.sync += swap.eq(self.a_swap[r])
+                swap = delayed(m, self.a_swap[r], 2, f"swap_{r}")     # with the decoder's operand
             for c in range(self.cols):
                 m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(self.variant, self.acc_bits,
                                                                      double_buffered=self.double_buffered)

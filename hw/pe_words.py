@@ -15,6 +15,9 @@ W_MAX = 127  # s'_w for outer weight bits b' = 8
 A_MAX = 255  # s'_a for outer activation bits b' = 8
 LEVEL_BITS = 8  # sign + 7-bit weight level, or an 8-bit activation level
 PRODUCT_BITS = (W_MAX * A_MAX).bit_length()  # 15
+# Registers of the PE array beyond one per PE: each row's table read data (out of block RAM) before
+# the row's PEs, and each PE's product before its adder (:class:`hw.pe.PEArray`, the engine's timing).
+ARRAY_PIPELINE = 2
 
 
 def weight_word(sign: int, magnitude: int, weight_bits: int) -> int:

@@ -13,9 +13,10 @@ top: its ports are ``<member>__<port>``, its PEs under instance ``<member>``), a
 - ``expected[c][t]``: ``psum_in + sum over valid rows of sgn * L[k][j]``, wrapped to
   ``acc_bits`` (the integer reference's accumulator, computed by the caller).
 
-Timing is ``PEArray``'s documented contract, counting rising edges ``n`` after loading:
-row r's element t is driven for edge ``t + r``, ``psum_in[c][t]`` for edge ``t + c + 1``,
-and ``psum_out[c]`` is read after edge ``t + rows + c``. Inputs change and outputs are
+Timing is ``PEArray``'s documented contract, counting rising edges ``n`` after loading, with
+``p`` = ``hw.pe_words.ARRAY_PIPELINE``: row r's element t is driven for edge ``t + r``,
+``psum_in[c][t]`` for edge ``t + c + 1 + p``, and ``psum_out[c]`` is read after edge
+``t + rows + c + p`` (PE (r, c)'s after edge ``t + r + c + 1 + p``). Inputs change and outputs are
 read at falling edges. Every column output of every element is checked bit for bit; the
 first mismatch is reported with its column, element, edge and simulation time, the
 per-row terms, and (where the simulator exposes the PEs' registers) the first PE of
@@ -29,6 +30,7 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import FallingEdge
 
+from hw.pe_words import ARRAY_PIPELINE
 from sim.runner import load_data
 
 PERIOD_NS = 10
@@ -103,21 +105,22 @@ class Array:
         rows, cols, length = self.rows, self.cols, len(p["expected"][0])
         got = [[None] * length for _ in range(cols)]
         partial = [[[None] * length for _ in range(cols)] for _ in range(rows)]
-        for n in range(length + rows + cols):   # n: the rising edge the inputs set now are sampled at
+        pipeline = ARRAY_PIPELINE
+        for n in range(length + rows + cols + pipeline):   # n: the rising edge the inputs set now are sampled at
             for r in range(rows):
                 t = n - r
                 self.a_valid[r].value = p["a_valid"][r][t] if 0 <= t < length else 0
                 self.a_code[r].value = p["a_code"][r][t] if 0 <= t < length else 0
             for c in range(cols):
-                t = n - c - 1
+                t = n - c - 1 - pipeline
                 self.psum_in[c].value = p["psum_in"][c][t] if 0 <= t < length else 0
             await FallingEdge(self.dut.clk)     # edge n has passed
             for c in range(cols):
-                t = n - rows - c
+                t = n - rows - c - pipeline
                 if 0 <= t < length:
                     got[c][t] = (as_int(self.psum_out[c].value), n, get_sim_time("ns"))
                 for r in range(rows if self.probes else 0):
-                    t = n - r - c - 1
+                    t = n - r - c - 1 - pipeline
                     if 0 <= t < length:
                         partial[r][c][t] = as_int(self.probes[r][c].value)
         return got, partial

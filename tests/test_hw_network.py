@@ -152,7 +152,7 @@ def test_write_back_overlaps_the_next_band(small_cnn):
     (result,) = simulate_network(model, params, images)
     check_against_reference(model, images, [result])
     counts = check_layer_cycles(model, params, result)
-    drain, flush = 2 + 10 + 4, LayerEngine.STAGE_LATENCY
+    drain, flush = 2 + 10 + 6, LayerEngine.STAGE_LATENCY
     assert band_rows(params.engine, model.convs[0]) == 2
     assert counts[0] == (171 + 8 * 176 + drain + flush, 2 * (603 + 704) + drain + flush)
     assert counts[0][0] < 603 + 2 * 704 + drain + flush
@@ -187,7 +187,7 @@ def layer_cycles(params, node, overlapped=True):
     positions, units = rows * wo, -(-c_out // C) * (ho // rows)
     k = node.kernel ** 2 * -(-c_in // R)
     gap = max(0, C + 2 - positions)
-    T, drain, W = R + positions + 1 + gap, R + C + 4, positions * (C + 1)
+    T, drain, W = R + positions + 1 + gap, R + C + 6, positions * (C + 1)
     if not overlapped:
         return units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
     end = 0

@@ -12,6 +12,7 @@ from amaranth.hdl import UnusedElaboratable  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from hw.pe import VARIANTS, PEArray, ProcessingElement, RowTable  # noqa: E402
+from hw.pe_words import ARRAY_PIPELINE  # noqa: E402
 from hw.pe_words import A_MAX, W_MAX  # noqa: E402
 
 BITS = (2, 3, 4)
@@ -75,7 +76,9 @@ def test_pe(name, options, bits):
 
     async def bench(ctx):
         for sign, k in weights:
+            ctx.set(dut.a_valid, 0)     # no product while loading
             await load(ctx, dut, variant.load_beats(sign, k))
+            product = 0     # of the element sampled at the edge before: added to this edge's psum_in
             for _ in range(2 * (variant.s_a + 1)):
                 valid, j = rng.random() < 0.8, rng.randrange(variant.s_a + 1)
                 psum = rng.randrange(-(1 << ACC_BITS - 1), 1 << ACC_BITS - 1)
@@ -83,9 +86,10 @@ def test_pe(name, options, bits):
                 ctx.set(dut.a_in, variant.operand(j))
                 ctx.set(dut.psum_in, psum)
                 await ctx.tick()
-                assert ctx.get(dut.psum_out) == wrap(psum + valid * (-1) ** sign * variant.lut(k, j))
+                assert ctx.get(dut.psum_out) == wrap(psum + product)
                 assert ctx.get(dut.a_valid_out) == valid
                 assert ctx.get(dut.a_out) == variant.operand(j)
+                product = valid * (-1) ** sign * variant.lut(k, j)
 
     simulate(dut, bench)
 
@@ -110,17 +114,17 @@ def test_array_columns_sum_rows(name, options, bits):
         for r in range(rows):
             for c in range(cols):
                 await load(ctx, dut, variant.load_beats(*weights[r][c]), w_pe=r * cols + c)
-        for n in range(length + rows + cols):  # n: clock edges since loading
+        for n in range(length + rows + cols + ARRAY_PIPELINE):  # n: clock edges since loading
             for r in range(rows):
                 valid, j = stream[r][n - r] if 0 <= n - r < length else (0, 0)
                 ctx.set(dut.a_valid[r], valid)
                 ctx.set(dut.a_code[r], j)
             for c in range(cols):
-                t = n - c - 1
+                t = n - c - 1 - ARRAY_PIPELINE
                 ctx.set(dut.psum_in[c], psum_in[c][t] if 0 <= t < length else 0)
             await ctx.tick()
             for c in range(cols):
-                t = n - rows - c
+                t = n - rows - c - ARRAY_PIPELINE
                 if 0 <= t < length:
                     got[c][t] = ctx.get(dut.psum_out[c])
 
@@ -143,7 +147,7 @@ def test_double_buffered_array_loads_the_next_tile_while_streaming(multiply):
                      for r in range(rows)) for t in range(2 * length)] for c in range(cols)]
     got = [[None] * (2 * length) for _ in range(cols)]
     # Row r of tile 1 loads at edge next_load + r: after tile 0's first element has passed
-    # PE (r, cols - 1) (edge r + cols), before tile 1's first one reaches PE (r, 0) (edge length + r + 1).
+    # PE (r, cols - 1) (edge r + cols + 1), before tile 1's first one reaches PE (r, 0) (edge length + r + 2).
     next_load = length - 1
 
     def row_word(tile, r):
@@ -158,7 +162,7 @@ def test_double_buffered_array_loads_the_next_tile_while_streaming(multiply):
             ctx.set(dut.w_code, row_word(0, r))
             await ctx.tick()
         ctx.set(dut.w_load, 0)
-        for n in range(2 * length + rows + cols):  # n: clock edges since loading
+        for n in range(2 * length + rows + cols + ARRAY_PIPELINE):  # n: clock edges since loading
             loading = next_load <= n < next_load + rows
             ctx.set(dut.w_load, loading)
             if loading:
@@ -171,7 +175,7 @@ def test_double_buffered_array_loads_the_next_tile_while_streaming(multiply):
                 ctx.set(dut.a_code[r], codes[r][t] if 0 <= t < 2 * length else 0)
             await ctx.tick()
             for c in range(cols):
-                t = n - rows - c
+                t = n - rows - c - ARRAY_PIPELINE
                 if 0 <= t < 2 * length:
                     got[c][t] = ctx.get(dut.psum_out[c])
 
@@ -196,12 +200,15 @@ def test_double_buffered_pe_swaps_weights_with_the_first_element_of_a_tile():
     j = variant.s_a
 
     async def element(ctx, swap, psum=0):
+        """The psum_out of this element (its product is added one edge later, with ``psum``)."""
         ctx.set(dut.a_valid, 1)
         ctx.set(dut.a_swap, swap)
         ctx.set(dut.a_in, variant.operand(j))
-        ctx.set(dut.psum_in, psum)
         await ctx.tick()
         assert ctx.get(dut.a_swap_out) == swap
+        ctx.set(dut.a_valid, 0)
+        ctx.set(dut.psum_in, psum)
+        await ctx.tick()
         return ctx.get(dut.psum_out)
 
     async def bench(ctx):
