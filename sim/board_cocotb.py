@@ -14,7 +14,8 @@ recovery), ``byte_cycles``
 (clock cycles per byte each way while classifying, as a UART at the board's rate takes; 1
 by default; loading the resident constants goes a byte per cycle) and ``results`` (where
 the logits and the link traffic go: cycles, bytes each way and requests, for loading the
-resident constants and for the images).
+resident constants and for the images; ``done_cycles``: the cycle count when each image's logits
+had arrived).
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ def classify(d: dict, port: SimPort) -> dict:
     paced, port.byte_cycles = port.byte_cycles, 1
     runner.load_constants()
     loading, port.byte_cycles = port.traffic(), paced
-    result = runner.classify(np.asarray(d["images"], dtype=np.uint8))
+    done_cycles = []        # the port's cycle count as each image's logits arrive
+    result = runner.classify(np.asarray(d["images"], dtype=np.uint8),
+                             progress=lambda done, total: done_cycles.append(port.cycles))
     images = {name: value - loading[name] for name, value in port.traffic().items()}
     return {"logits": result.logits.tolist(), "loading": loading, "images": images, "retried": host.retried,
-            "repeated": runner.repeated}
+            "repeated": runner.repeated, "done_cycles": done_cycles}
 
 
 @cocotb.test()
