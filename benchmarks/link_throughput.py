@@ -23,16 +23,18 @@ reference (``compiler.reference.predict``), and the bytes per image with the pro
 Per board and model it reports the clock (the board's default) and baud rate, loading the
 resident constants (bytes, requests; simulated a byte per cycle, its ms computed as bytes x 10 /
 baud), and per image: bytes to and from the device, requests (each answered before the next),
-device cycles, ms and images per second (``images_per_s``: in the steady state, over the cycles
-from the first image's logits to the last's, one image each, as a long stream of images runs:
-the link's and the core's time overlap in network mode; one image: its own cycles), beside two bounds: the link's (line rate baud / 10 bytes/s
+device cycles, ms and images per second (``images_per_s``: in the steady state, as a long stream
+of images runs, where the link's and the core's time overlap in network mode: over the cycles from
+the first image's logits to the last but one's, each interval holding a whole round of requests,
+the next image's LOAD included (the last image has no next); fewer than 3 images: the average over
+the run, the first image's link and the last one's compute not overlapped), beside two bounds: the link's (line rate baud / 10 bytes/s
 over the bytes per image both ways, as the protocol is request-reply) and the array's (clock over
 MACs per image / (rows x cols)), and the fraction of the lower bound reached; ``with latency``: the
 images per second with ``--round-trip-ms`` per request (a USB-serial bridge answers in about 1 ms
 at best: FTDI's latency timer set to 1 ms).
 
 Run:  python benchmarks/link_throughput.py [--mode network|layers] [--boards icebreaker,ulx3s-85f,orangecrab-25f]
-          [--models FILE ...] [--images 2] [--rows R --cols C] [--data-dir DIR]
+          [--models FILE ...] [--images 3] [--rows R --cols C] [--data-dir DIR]
 Writes benchmarks/results/link_throughput.json (or --json-out), builds under build/bench/.
 """
 
@@ -175,7 +177,7 @@ def measure(board_name: str, mode: str, model_path: Path, model, images: np.ndar
     requests_equal = run["requests"] == n * traffic["requests"]
     cycles = run["cycles"] / n
     done = out["done_cycles"]
-    steady = (done[-1] - done[0]) / (n - 1) if n > 1 else cycles
+    steady = (done[-2] - done[0]) / (n - 2) if n > 2 else cycles
     images_per_s = clk_hz / steady
     b = bounds(clk_hz, baud, per_image["bytes_to_device"], per_image["bytes_from_device"], macs, rows_, cols_,
                images_per_s)
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=None, metavar="FILE",
                         help="compiled models (lcq compile); default: the digits CNN and CIFAR-10 ResNet-20 of "
                         "tests/data in network mode, the digits CNN in layers mode")
-    parser.add_argument("--images", type=int, default=2, help="test images to classify")
+    parser.add_argument("--images", type=int, default=3,
+                        help="test images to classify (3 or more for the steady state, see above)")
     parser.add_argument("--rows", type=int, help="array rows (with --cols: simulated even where it does not fit)")
     parser.add_argument("--cols", type=int, help="array columns")
     parser.add_argument("--data-dir", default=str(DATA_DIR), help="CIFAR-10 for models taking 3x32x32 images")

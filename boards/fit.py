@@ -5,11 +5,13 @@
   512 x 8, 1024 x 4, 2048 x 2; ECP5 DP16KD: 512 x 36 ... 16384 x 1). On the UP5K the
   weight buffer goes to SPRAM (16K x 16 blocks) as the engine builds it there. The link
   bridge's frame buffer takes one more block.
-- DSP: one per PE that multiplies levels (``multiply``), and the requantize unit's
-  ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces.
+- DSP: on iCE40, one per PE that multiplies levels (``multiply``; ECP5 engines multiply in logic
+  cells, :func:`hw.pe.multiply_in_logic`), and the requantize unit's ``acc_bits x multiplier_bits``
+  product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces.
 - LUT4: :data:`BASE_LUTS` for control, output stage, link and UART, plus
   :func:`luts_per_pe` per PE, calibrated on the digits CNN's 2 x 2 iCEBreaker build
-  (4,512 LUT4s); within ``logic_share`` of the part, leaving room for routing.
+  (4,512 LUT4s) and, for PEs that multiply in logic, the ResNet-20 8 x 8 ULX3S-85F build
+  (34,738); within ``logic_share`` of the part, leaving room for routing.
 
 The estimate decides the array before synthesis (:func:`engine_for_board`: the largest array
 of :data:`ARRAYS` that fits, with every layer's constants resident where they fit, else every
@@ -37,6 +39,7 @@ RAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
               "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
 BASE_LUTS = 4150
+LOGIC_MULTIPLY_LUTS = 376   # a PE's 7 x 8 shift-and-add multiplier and its registers (ResNet-20 8 x 8, ECP5)
 LINK_BUFFER_BLOCKS = 1
 # LUT4s of the whole-network core beyond the engine: the vector unit (1,382 LUT4 and 329 carry cells
 # for ResNet-20's in a 16-lane ECP5 synthesis) and the sequencer.
@@ -52,10 +55,12 @@ def ram_blocks(family: str, width: int, depth: int) -> int:
     return min(ceil(width / w) * ceil(depth / d) for d, w in RAM_SHAPES[family])
 
 
-def luts_per_pe(params: EngineParams) -> int:
+def luts_per_pe(params: EngineParams, logic_multiply: bool) -> int:
     """Rough LUT4s of one PE: partial-sum adder, the select of one of ``s_w`` 15-bit products,
-    and the glue of a 7 x 8 multiplier where the engine multiplies (the product itself in a DSP)."""
-    return params.acc_bits + 15 * params.s_w + (16 if params.multiply else 0)
+    and where the engine multiplies the glue of a 7 x 8 multiplier in a DSP, or the whole
+    shift-and-add multiplier (``logic_multiply``)."""
+    multiplier = (LOGIC_MULTIPLY_LUTS if logic_multiply else 16) if params.multiply else 0
+    return params.acc_bits + 15 * params.s_w + multiplier
 
 
 def memory_blocks(board: Board, memories) -> list[tuple[str, int, str, int]]:
@@ -79,10 +84,11 @@ def estimate(board: Board, params: EngineParams) -> dict[str, int]:
         use[kind] += blocks
     piece = DSP_WIDTH[family]
     pes = params.rows * params.cols
-    use["DSP"] = pes if params.multiply else 0
+    logic_multiply = family == "ecp5"       # as hw.pe.multiply_in_logic decides
+    use["DSP"] = pes if params.multiply and not logic_multiply else 0
     if params.requantize:
         use["DSP"] += ceil(params.acc_bits / piece) * ceil(params.requantize.multiplier_bits / piece)
-    use["LUT4"] = BASE_LUTS + pes * luts_per_pe(params)
+    use["LUT4"] = BASE_LUTS + pes * luts_per_pe(params, logic_multiply)
     return use
 
 

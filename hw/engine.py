@@ -74,7 +74,7 @@ from amaranth.lib.wiring import In, Out
 from .delay import delayed
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE,
                             STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
-from .pe import PEArray, RowTable
+from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
 from .spram import SpramBuffer, platform_has_spram
@@ -406,7 +406,8 @@ class LayerEngine(wiring.Component):
             feeding = fsm.ongoing("FEED")
 
         # The array: row r's code enters its table r cycles after row 0's (skew).
-        variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth)
+        variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth,
+                                 logic_multiply=multiply_in_logic(platform))
         m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
         m.d.comb += [array.w_load.eq(w_valid), array.w_row.eq(w_row), array.w_code.eq(weight_data),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),

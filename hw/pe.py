@@ -214,6 +214,8 @@ class RowTable(Variant):
     whose top bit is set holds the level ``A[j]`` instead, and the PE multiplies it by its
     weight level ``W[k]`` (weight words are then ``LEVEL_BITS`` wide: sign + ``k`` or ``W[k]``);
     the host side (:meth:`operand`, :meth:`load_beats`) then encodes these levels that way.
+    ``logic_multiply``: that product by :func:`shift_add` in logic cells, not a hardware multiplier
+    (:func:`multiply_in_logic` says where).
 
     Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr``
     (the table has one address port: ``table_addr`` while ``table_load``, else the read
@@ -223,17 +225,20 @@ class RowTable(Variant):
 
     name = "row_table"
 
-    def __init__(self, w_levels, a_levels, *, multiply: bool = False, depth: int | None = None):
+    def __init__(self, w_levels, a_levels, *, multiply: bool = False, depth: int | None = None,
+                 logic_multiply: bool = False):
         super().__init__(w_levels, a_levels)
-        self.multiply = bool(multiply)
+        self.multiply, self.logic_multiply = bool(multiply), bool(logic_multiply)
         self.depth = self.s_a + 1 if depth is None else depth
         if not isinstance(self.depth, int) or self.depth < self.s_a + 1:
             raise ValueError(f"Table depth must be an integer of at least {self.s_a + 1} entries, not {depth!r}")
 
     @classmethod
-    def sized(cls, wbits: int, abits: int, *, multiply: bool = False, depth: int | None = None) -> RowTable:
+    def sized(cls, wbits: int, abits: int, *, multiply: bool = False, depth: int | None = None,
+              logic_multiply: bool = False) -> RowTable:
         """The variant for layers of up to ``wbits``-bit weights and ``abits``-bit codes (levels 0, 1, ...)."""
-        return cls(range(2 ** (wbits - 1)), range(2 ** abits), multiply=multiply, depth=depth)
+        return cls(range(2 ** (wbits - 1)), range(2 ** abits), multiply=multiply, depth=depth,
+                   logic_multiply=logic_multiply)
 
     @property
     def weight_bits(self) -> int:
@@ -275,13 +280,22 @@ class RowTable(Variant):
         selected = products.word_select(magnitude, PRODUCT_BITS)
         if not self.multiply:
             return selected
-        return Mux(operand[-1], shift_add(magnitude, operand[:LEVEL_BITS]), selected)
+        level = operand[:LEVEL_BITS]
+        product = shift_add(magnitude, level) if self.logic_multiply else magnitude * level
+        return Mux(operand[-1], product, selected)
+
+
+def multiply_in_logic(platform) -> bool:
+    """Whether the multiplying PEs of an engine built for ``platform`` (None: simulation) multiply in
+    logic cells: on ECP5 parts, whose multiplier sites would spread a PE array over the die (the
+    ResNet-20 whole-network core did not route in 35 minutes with 64 of them, and did with none),
+    not on the iCE40 UltraPlus, whose few PEs fit its multipliers but not the logic."""
+    return str(getattr(platform, "device", "")).startswith("LFE5U")
 
 
 def shift_add(multiplier, multiplicand):
-    """``multiplier * multiplicand`` (both unsigned) as a sum of shifted copies, one per multiplier bit:
-    logic cells, not a hardware multiplier, so that a PE array is not spread over the FPGA's few
-    multiplier sites (every PE of an engine that multiplies has one)."""
+    """``multiplier * multiplicand`` (both unsigned) as a sum of shifted copies, one per multiplier bit,
+    in logic cells: no hardware multiplier."""
     terms = [Mux(multiplier[i], multiplicand << i, 0) for i in range(len(multiplier))]
     while len(terms) > 1:
         terms = [a + b for a, b in zip(terms[0::2], terms[1::2])] + terms[len(terms) // 2 * 2:]

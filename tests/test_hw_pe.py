@@ -18,8 +18,9 @@ from hw.pe_words import A_MAX, W_MAX  # noqa: E402
 BITS = (2, 3, 4)
 ACC_BITS = 24
 # Every variant, and the engine's table variant where it multiplies.
-CASES = [(name, {}) for name in VARIANTS] + [("row_table", {"multiply": True})]
-CASE_IDS = [name + "_multiply" * bool(options) for name, options in CASES]
+CASES = [(name, {}) for name in VARIANTS] + [("row_table", {"multiply": True}),
+                                             ("row_table", {"multiply": True, "logic_multiply": True})]
+CASE_IDS = [name + "".join(f"_{option}" for option in options) for name, options in CASES]
 
 
 def random_levels(s: int, top: int, rng: random.Random) -> list[int]:
