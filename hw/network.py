@@ -22,7 +22,8 @@ no host involvement between layers:
    unit; ``OUTPUT`` sends the logits on ``out``, one value per beat (waiting while ``out`` is not
    ready); ``END`` makes the core idle. ``busy`` is high from the cycle after ``start`` until then.
 
-Each program word takes two cycles to fetch and decode, plus the run time of its step: a layer
+Each program word takes three cycles to fetch (the program memory's read, then its read data
+registered: the block RAM's output feeds no logic directly) and decode, plus the run time of its step: a layer
 as :mod:`hw.engine` states (network mode: its outputs are written one per cycle, ``cols + 1``
 cycles per word of ``cols`` channels, then ``STAGE_LATENCY`` cycles), a vector op as
 :meth:`hw.vector_params.VectorParams.op_cycles` states, two cycles per logit (plus back-pressure).
@@ -120,9 +121,9 @@ class NetworkCore(wiring.Component):
             vector.load_target.eq(vector_target), vector.load_addr.eq(load.addr), vector.load_data.eq(load.data),
         ]
 
-        # The program word at pc (read one cycle after pc is set, held while pc stays).
+        # The program word at pc: read in FETCH, registered in READ, decoded in DECODE.
         pc = Signal(range(p.program_depth + 1))
-        word = program_read.data
+        word = Signal(p.instruction_bits)       # the program word at pc, registered (READ)
         op = word[:OP_BITS]
         reg = word[OP_BITS:OP_BITS + REG_FIELD_BITS]
         value = word[OP_BITS + REG_FIELD_BITS:].as_signed()
@@ -197,6 +198,9 @@ class NetworkCore(wiring.Component):
                 m.d.comb += self.probe.step_done.eq(1)
                 m.next = "FETCH"
             with m.State("FETCH"):
+                m.next = "READ"
+            with m.State("READ"):
+                m.d.sync += word.eq(program_read.data)
                 m.next = "DECODE"
             with m.State("DECODE"):
                 advance = [pc.eq(pc + 1)]

@@ -25,7 +25,7 @@ from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requa
                           requantize_words, shift_bits)
 
 
-PART_BITS = 17    # an unsigned part of a multiplier operand: one 18 x 18 signed multiplier takes it
+PART_BITS = 16    # an unsigned part of a multiplier operand: one ECP5 18 x 18 or iCE40 16 x 16 multiplier takes it
 
 
 def _parts(value, bits: int, signed_top: bool) -> list[tuple[int, object]]:
@@ -57,7 +57,7 @@ class RequantizeUnit(wiring.Component):
 
     Latency 6 (``LATENCY``): a value sampled at clock edge t appears after edge t + 5. Edge t reads
     the channel's constants (block RAM); t + 1 registers them; t + 2 registers the partial products
-    of ``acc`` and ``M``, each cut to fit one 18 x 18 multiplier (:data:`PART_BITS` unsigned bits
+    of ``acc`` and ``M``, each cut to fit one hardware multiplier (:data:`PART_BITS` unsigned bits
     per low part); t + 3 registers two partial sums, t + 4 their sum plus ``B``; t + 5 the shifted
     result. Each stage is one block RAM read, one multiplier or one two-input carry chain, so that
     the unit runs at the FPGA's clock. Fully pipelined, gaps allowed, no back-pressure.

@@ -55,13 +55,13 @@ class ThresholdUnit(wiring.Component):
     - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel``.
     - out: ``code_valid``, ``code`` (unsigned ``code_bits``), registered.
 
-    Latency 4 (``LATENCY``): a value sampled at clock edge t appears after edge t + 3 (edge t
-    reads the channel's word from block RAM, t + 1 registers it, t + 2 registers the comparisons
-    with every threshold, t + 3 their count). Fully pipelined: one value per cycle, gaps allowed
-    (``valid`` low), no back-pressure.
+    Latency 3 (``LATENCY``): a value sampled at clock edge t appears after edge t + 2 (edge t
+    reads the channel's word from block RAM, t + 1 registers the comparisons with every threshold,
+    t + 2 their count; the word itself is not registered: on the UP5K its flip-flops would not
+    fit). Fully pipelined: one value per cycle, gaps allowed (``valid`` low), no back-pressure.
     """
 
-    LATENCY = 4
+    LATENCY = 3
 
     def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
@@ -114,14 +114,14 @@ class ThresholdUnit(wiring.Component):
                 read.addr.eq(self.channel),
             ]
             parts.append(read.data)
-        word = delayed(m, Cat(*parts), 1, "word")
+        word = Cat(*parts)
         data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
-        # Edges t, t + 1: the channel's word is read and registered; the value and its negation wait.
-        acc = delayed(m, self.acc, 2, "acc")
-        negated = delayed(m, -self.acc, 2, "negated")
-        valid = delayed(m, self.valid, 3, "valid")
-        # Edge t + 2: the comparisons with every (sign-adjusted) threshold; t + 3: their count.
+        # Edge t: the channel's word is read; the value and its negation wait for it.
+        acc = delayed(m, self.acc, 1, "acc")
+        negated = delayed(m, -self.acc, 1, "negated")
+        valid = delayed(m, self.valid, 2, "valid")
+        # Edge t + 1: the comparisons with every (sign-adjusted) threshold; t + 2: their count.
         key = Mux(descending, negated, acc)
         hits = Signal(self.s)
         m.d.sync += [hits[i].eq(key >= t) for i, t in enumerate(thresholds)]

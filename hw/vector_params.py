@@ -63,10 +63,10 @@ MAX_POOL_SHIFT = 32
 MAX_POOL_BASE_BITS = 128
 
 # Cycles of the pipelines (see :meth:`VectorParams.op_cycles`): ACTIVATE from an element's
-# read to its write (read, :class:`hw.thresholds.ThresholdUnit` of latency 4, the write
+# read to its write (read, :class:`hw.thresholds.ThresholdUnit` of latency 3, the write
 # register); POOL: cycles from a channel's last read until its sum is complete, and per
 # step of the threshold search (read a threshold, compare).
-THRESHOLD_LATENCY = 4
+THRESHOLD_LATENCY = 3
 ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 2
 POOL_DRAIN = 2
