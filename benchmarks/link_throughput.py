@@ -9,8 +9,9 @@ trained on digits (8x8), CIFAR-10 test images (``--data-dir``) for one taking 3x
 ``--mode network`` (the default, as ``lcq build``'s): the whole-network core
 (``boards.top.NetworkAcceleratorCore``, array ``boards.fit.network_for_board``) driven by
 ``NetworkRunner``: constants and program loaded once, then per image its pixels (sent while the
-image before computes), RESULT (the image before's logits) and RUN (start it). ``--mode layers``: the layer engine (``boards.top.AcceleratorCore``, engine
-``boards.fit.engine_for_board``) driven by ``BoardRunner``, layer by layer. A model that does not
+image before computes), RESULT (the image before's logits) and RUN (start it). ``--mode layers``:
+the layer engine (``boards.top.AcceleratorCore``, engine ``boards.fit.engine_for_board``) driven by
+``BoardRunner``, layer by layer. A model that does not
 fit a board is recorded as such (``"fits": false`` and the fit error) and, when ``--rows`` and
 ``--cols`` are given, simulated anyway at that array (network mode).
 
@@ -27,9 +28,9 @@ device cycles, ms and images per second (``images_per_s``: in the steady state, 
 of images runs, where the link's and the core's time overlap in network mode: over the cycles from
 the first image's logits to the last but one's, each interval holding a whole round of requests,
 the next image's LOAD included (the last image has no next); fewer than 3 images: the average over
-the run, the first image's link and the last one's compute not overlapped), beside two bounds: the link's (line rate baud / 10 bytes/s
-over the bytes per image both ways, as the protocol is request-reply) and the array's (clock over
-MACs per image / (rows x cols)), and the fraction of the lower bound reached; ``with latency``: the
+the run, the first image's link and the last one's compute not overlapped), beside two bounds:
+the link's (line rate baud / 10 bytes/s over the bytes per image both ways, as the protocol is
+request-reply) and the array's (clock over MACs per image / (rows x cols)), and the fraction of the lower bound reached; ``with latency``: the
 images per second with ``--round-trip-ms`` per request (a USB-serial bridge answers in about 1 ms
 at best: FTDI's latency timer set to 1 ms).
 
