@@ -36,7 +36,6 @@ import os
 import platform
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from boards.boards import BOARDS, get_board
+from boards.stages import stop_group
 from lcq_train.atomic import save_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,20 +169,6 @@ def environment() -> dict:
                                                           "tests/data").splitlines()]}}
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the child's process group (build_model, the shell, Yosys or nextpnr), SIGKILL after 15 s."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str) -> dict:
     from compiler import format as model_format
 
@@ -231,7 +217,7 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
             stdout, _ = proc.communicate(timeout=time_limit)
             timed_out = False
         except subprocess.TimeoutExpired:
-            stop(proc)
+            stop_group(proc, grace=15)     # the builder stops its own stage's group first
             stdout, timed_out = proc.communicate()[0], True
     seconds = round(time.perf_counter() - t0, 1)
     record["build_seconds"] = seconds

@@ -169,16 +169,16 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s % 60:02d}s" if h else f"{m}m{s % 60:02d}s" if m else f"{s}s"
 
 
-def stop_group(proc: subprocess.Popen) -> None:
+def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM to the process group that ``proc`` leads, then SIGKILL to what is left of it; after each,
-    waits up to :data:`STOP_GRACE_SECONDS` for ``proc`` to end (then ``proc.returncode`` is set)."""
+    waits up to ``grace`` seconds for ``proc`` to end (then ``proc.returncode`` is set)."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:
-            proc.wait(STOP_GRACE_SECONDS)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             pass
 
