@@ -6,7 +6,7 @@
   weight buffer goes to SPRAM (16K x 16 blocks) as the engine builds it there. The link
   bridge's frame buffer takes one more block.
 - DSP: on iCE40, one per PE that multiplies levels (``multiply``; ECP5 engines multiply in logic
-  cells, :func:`hw.pe.multiply_in_logic`), and the requantize unit's ``acc_bits x multiplier_bits``
+  cells, :func:`hw.pe_words.logic_multiplies`), and the requantize unit's ``acc_bits x multiplier_bits``
   product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces.
 - LUT4: :data:`BASE_LUTS` for control, output stage, link and UART, plus
   :func:`luts_per_pe` per PE, calibrated on the digits CNN's 2 x 2 iCEBreaker build
@@ -32,6 +32,7 @@ from math import ceil
 from compiler.graph import CompiledModel
 from hw.engine_params import SPRAM_DEPTH, SPRAM_WIDTH, EngineParams
 from hw.network_params import NetworkParams
+from hw.pe_words import logic_multiplies
 
 from .boards import Board
 
@@ -84,7 +85,7 @@ def estimate(board: Board, params: EngineParams) -> dict[str, int]:
         use[kind] += blocks
     piece = DSP_WIDTH[family]
     pes = params.rows * params.cols
-    logic_multiply = family == "ecp5"       # as hw.pe.multiply_in_logic decides
+    logic_multiply = logic_multiplies(board.device)
     use["DSP"] = pes if params.multiply and not logic_multiply else 0
     if params.requantize:
         use["DSP"] += ceil(params.acc_bits / piece) * ceil(params.requantize.multiplier_bits / piece)

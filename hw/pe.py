@@ -25,7 +25,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .delay import delayed
-from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, row_vector, weight_word
+from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, logic_multiplies, row_vector, weight_word
 
 
 def rom(m: Module, name: str, table: list[int], width: int, addr):
@@ -287,10 +287,8 @@ class RowTable(Variant):
 
 def multiply_in_logic(platform) -> bool:
     """Whether the multiplying PEs of an engine built for ``platform`` (None: simulation) multiply in
-    logic cells: on ECP5 parts, whose multiplier sites would spread a PE array over the die (the
-    ResNet-20 whole-network core did not route in 35 minutes with 64 of them, and did with none),
-    not on the iCE40 UltraPlus, whose few PEs fit its multipliers but not the logic."""
-    return str(getattr(platform, "device", "")).startswith("LFE5U")
+    logic cells: :func:`hw.pe_words.logic_multiplies` of its device."""
+    return logic_multiplies(str(getattr(platform, "device", "")))
 
 
 def shift_add(multiplier, multiplicand):

@@ -20,6 +20,14 @@ PRODUCT_BITS = (W_MAX * A_MAX).bit_length()  # 15
 ARRAY_PIPELINE = 2
 
 
+def logic_multiplies(device: str) -> bool:
+    """Whether PEs that multiply levels do it in logic cells on FPGA part ``device`` (``""``: none, a
+    simulation): on ECP5 parts (``LFE5U-...``), whose multiplier sites would spread a PE array over the
+    die (the ResNet-20 whole-network core did not route in 35 minutes with 64 of them, and did with
+    none); not on the iCE40 UltraPlus, whose few PEs fit its multipliers but not the logic."""
+    return device.startswith("LFE5U")
+
+
 def weight_word(sign: int, magnitude: int, weight_bits: int) -> int:
     """The ``weight_bits``-bit word of a weight: ``sign`` (0 or 1) on top of ``magnitude``
     (the index ``k``, or the level ``W[k]`` for a multiplying PE)."""
