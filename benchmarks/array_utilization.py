@@ -107,10 +107,11 @@ def analytic(node, rows: int, cols: int) -> dict:
             "fill": node.macs / (tiles * positions * rows * cols)}
 
 
-def network_analytic(node, params) -> dict:
+def network_analytic(node, params, fused_activation: bool = False) -> dict:
     """The engine's network-mode cycle formula (``hw.bands.network_layer_cycles``) for ``node`` on the
-    engine ``params``: ``band_rows`` (the program's), ``overlapped`` (with them), and with one band per
-    channel tile: ``compute``, ``write_back`` and ``serial`` (the write-back after the computation)."""
+    engine ``params`` (with an activation fused into its write-back or not): ``band_rows`` (the
+    program's), ``overlapped`` (with them), and with one band per channel tile: ``compute``,
+    ``write_back`` and ``serial`` (the write-back after the computation)."""
     from hw.bands import band_rows, network_layer_cycles
     from hw.engine import LayerEngine
     from hw.pe_words import ARRAY_PIPELINE
@@ -121,7 +122,7 @@ def network_analytic(node, params) -> dict:
     k = node.kernel ** 2 * a["groups"]
     gap = max(0, cols + 2 - positions)
     T, drain, W = rows + positions + 1 + gap, rows + cols + 4 + ARRAY_PIPELINE, positions * (cols + 1)
-    latency = LayerEngine.STAGE_LATENCY
+    latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if fused_activation else 0)
     compute = co_tiles * k * T - gap + drain
     band = band_rows(params, node)
     return {"band_rows": band, "compute": compute, "write_back": co_tiles * W,
@@ -199,7 +200,7 @@ def measure_network(sim: str, rows: int, cols: int, model, images: np.ndarray, b
                  "mismatches": s.mismatches, "first_mismatch": s.first_mismatch}
         if s.kind == "conv":
             node = convs[s.name]
-            a = network_analytic(node, params.engine)
+            a = network_analytic(node, params.engine, s.activated is not None)
             entry.update({"geometry": geometry(node), "macs_per_cycle": round(s.macs / s.cycles, 4),
                           "utilization": round(s.macs / s.cycles / rc, 4), "lower_bound": ceil(node.macs / rc),
                           "analytic": a, "overhead": s.cycles // n - a["overlapped"]})

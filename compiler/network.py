@@ -32,7 +32,12 @@ in its place. That conv step (``fused_add``: the addition's name) reads the
 codes and the other operand and writes the sum; its own values are never stored
 (``stored`` false), and the addition has no step of its own. This halves the
 residual stream's memory (one value tensor alive instead of two) and saves the
-addition's pass over it.
+addition's pass over it. An activation right after a conv that writes values (the
+conv's own, or a fused addition's sum) is *fused* into it too (:func:`fuse_activations`):
+as the conv writes each value, it also writes the value's code through the activation's
+thresholds (``fused_activate``: the activation's name; ``activated``: its codes tensor,
+first written at the conv's step), and the activation has no step of its own: its pass
+over the values (one cycle per element) is saved.
 
 Each tensor is alive from the step that writes it to the last step that reads
 it (the logits to the end). :func:`plan_network` places every tensor at a base
@@ -82,7 +87,8 @@ class NetworkPlanError(ValueError):
 class Step:
     """One step of the program: node ``name`` of ``kind`` (input, conv, activate, add, pool), node
     ``index`` of the model; a conv with ``fused_add`` (the addition's name) also reads the addition's
-    other operand (``inputs[1]``) and writes the sum (``output``)."""
+    other operand (``inputs[1]``) and writes the sum (``output``); a conv with ``fused_activate`` (the
+    activation's name) also writes the codes of its values (``output``) into ``activated``."""
 
     index: int
     name: str
@@ -90,10 +96,18 @@ class Step:
     inputs: tuple[str, ...]
     output: str
     fused_add: str | None = None
+    fused_activate: str | None = None
+    activated: str | None = None
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The tensors the step writes: ``output``, then ``activated`` if any."""
+        return (self.output,) if self.activated is None else (self.output, self.activated)
 
     def to_dict(self) -> dict:
         return {"index": self.index, "name": self.name, "kind": self.kind, "inputs": list(self.inputs),
-                "output": self.output, "fused_add": self.fused_add}
+                "output": self.output, "fused_add": self.fused_add, "fused_activate": self.fused_activate,
+                "activated": self.activated}
 
 
 @dataclass
@@ -367,6 +381,21 @@ def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
     return out
 
 
+def fuse_activations(steps: list[Step], model: CompiledModel) -> list[Step]:
+    """``steps`` with each activation folded into the conv step right before it, where that conv writes
+    values (a requantize stage or none, with or without a fused addition) and the activation reads
+    them: the conv writes the values and their codes. The activation's step is dropped."""
+    out: list[Step] = []
+    for step in steps:
+        conv = out[-1] if out else None
+        if (step.kind == "activate" and conv is not None and conv.kind == "conv" and conv.fused_activate is None
+                and not isinstance(model.nodes[conv.index].stage, Thresholds) and step.inputs == (conv.output,)):
+            out[-1] = replace(conv, fused_activate=step.name, activated=step.output)
+            continue
+        out.append(step)
+    return out
+
+
 def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
     """The network plan of ``model`` for a code memory of ``lanes`` codes per word (1..MAX_LANES).
 
@@ -377,8 +406,8 @@ def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
         raise ValueError(f"lanes must be an integer in 1..{MAX_LANES}, not {lanes!r}")
     steps = _steps(model)
     info = model.validate()          # shapes, code bits and exact value bounds, as the compiler propagates them
-    steps = fuse_additions(steps, model)
-    written = {step.output: step.index for step in steps}
+    steps = fuse_activations(fuse_additions(steps, model), model)
+    written = {name: step.index for step in steps for name in step.outputs}
     fused = {model.nodes[step.index].output: step for step in steps if step.fused_add}   # conv values -> step
     last_use = {}
     for step in steps:

@@ -38,27 +38,30 @@ the pipeline to empty. Each output word is then offered ``cols + STAGE_LATENCY +
 9``) cycles after computing ends or the previous word is accepted; ``busy`` falls the cycle
 after the last word is accepted.
 
-Network mode (``value_depth``; :func:`network_signature`): outputs are not offered on a stream
-but written into the code memory (one lane per cycle) or the value memory. Each channel tile is
-computed in *bands* of ``band_rows`` output rows (registers ``band_*``; :mod:`hw.bands` picks
-them): every reduction tile of a band, then the next band (each band reads its channel tile's
-weights again), and each band is written back while the array computes the next ones. With
-``dst_add`` set, each value is added to the one at its address before it is written (a residual
-addition fused into the layer: the old value is read the cycle before the write, so the timing
-is the same). The accumulator memories have a second read port for the write-back, and the code
-memory separate read (compute) and write (write-back) addresses, so neither disturbs the
-computation; the one output stage is shared as in layer mode. With ``k = kernel^2 * groups``
-reduction tiles, ``units = co_tiles * bands`` (a band of a channel tile), ``P = band_rows *
-out_w`` positions per band, ``gap = max(0, cols + 2 - P)`` and ``T = rows + P + 1 + gap``
-cycles per reduction tile, unit ``u``'s accumulators (``u = 0 .. units - 1``) are final after
-cycle ``c_u = (u + 1) * k * T - gap + drain`` (``drain`` cycles after its last position is
-issued). Its write-back takes ``W = P * (cols + 1)`` cycles (per position a read cycle, then
-``cols`` cycles feeding the output stage, whose results are written ``STAGE_LATENCY`` cycles
-later) and starts in cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is
-later; ``STAGE_LATENCY`` cycles after the last unit's write-back, ``busy`` falls. ``busy`` is
-thus high for (:func:`hw.bands.network_layer_cycles`)
+Network mode (``value_depth``; :func:`network_signature`): outputs are not offered on a stream but
+written into the code memory (one lane per cycle) or the value memory. Each channel tile is computed
+in *bands* of ``band_rows`` output rows (registers ``band_*``; :mod:`hw.bands` picks them): every
+reduction tile of a band, then the next band (each band reads its channel tile's weights again), and
+each band is written back while the array computes the next ones. With ``dst_add`` set, each value
+is added to the one at its address before it is written (a residual addition fused into the layer:
+the old value is read the cycle before the write, so the timing is the same). With ``act_fuse`` set,
+each value written also goes through an activation's thresholds, lent by the vector unit (the
+``activation`` port), and its code is written into its lane of the codes tensor at ``act_dst``,
+``FUSED_LATENCY`` cycles after the value (an activation fused into the layer; the layer's busy time
+grows by ``FUSED_LATENCY`` cycles at its end). The accumulator memories have a second read port for
+the write-back, and the code memory separate read (compute) and write (write-back) addresses, so
+neither disturbs the computation; the one output stage is shared as in layer mode. With ``k =
+kernel^2 * groups`` reduction tiles, ``units = co_tiles * bands`` (a band of a channel tile), ``P =
+band_rows * out_w`` positions per band, ``gap = max(0, cols + 2 - P)`` and ``T = rows + P + 1 +
+gap`` cycles per reduction tile, unit ``u``'s accumulators (``u = 0 .. units - 1``) are final after
+cycle ``c_u = (u + 1) * k * T - gap + drain`` (``drain`` cycles after its last position is issued).
+Its write-back takes ``W = P * (cols + 1)`` cycles (per position a read cycle, then ``cols`` cycles
+feeding the output stage, whose results are written ``STAGE_LATENCY`` cycles later) and starts in
+cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is later; ``L`` =
+``STAGE_LATENCY`` (plus ``FUSED_LATENCY`` with ``act_fuse``) cycles after the last unit's
+write-back, ``busy`` falls. ``busy`` is thus high for (:func:`hw.bands.network_layer_cycles`)
 
-    max(k * T + units * W, units * k * T + W) - gap + drain + STAGE_LATENCY
+    max(k * T + units * W, units * k * T + W) - gap + drain + L
 
 cycles: the larger of computation and write-back per unit, times ``units``, plus one unit of
 the other.
@@ -150,16 +153,22 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
       word at the previous cycle's address): with ``dst_add``, the value each write adds to.
     - ``code_written`` (out): the activation buffer's write port (``en`` per lane, ``addr``,
       ``data``) in every cycle, whoever writes: a probe for simulations.
+    - ``activation`` (with ``act_fuse``): ``valid``, ``value`` (signed ``value_bits``), ``slot``
+      (``reg_bits``: ``act_slot`` + the value's channel) out, the cycle after each value is written;
+      ``code`` (in, ``abits``): the value's code under the thresholds of ``slot``, expected
+      ``ThresholdUnit.LATENCY`` cycles later (:class:`hw.vector.VectorUnit`'s ``lent_*`` ports).
     """
     lanes = wiring.Signature({"en": Out(params.rows), "addr": Out(range(params.act_depth)),
                               "data": Out(params.rows * params.abits)})
     values = wiring.Signature({"en": Out(1), "addr": Out(reg_bits), "data": Out(signed(value_bits))})
     old_values = wiring.Signature({"addr": Out(reg_bits), "data": In(signed(value_bits))})
+    activation = wiring.Signature({"valid": Out(1), "value": Out(signed(value_bits)), "slot": Out(reg_bits),
+                                   "code": In(params.abits)})
     load = data.StructLayout({"target": TARGET_BITS, "addr": params.addr_bits,
                               "data": max(params.data_bits, reg_bits)})
     return wiring.Signature({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
                              "code_write": In(lanes), "val_write": Out(values), "val_read": Out(old_values),
-                             "code_written": Out(lanes)})
+                             "code_written": Out(lanes), "activation": Out(activation)})
 
 
 class LayerEngine(wiring.Component):
@@ -176,11 +185,13 @@ class LayerEngine(wiring.Component):
     ``params.out_bits``).
 
     Ports: :class:`EngineSignature` for ``params`` (network mode: :func:`network_signature`).
-    ``STAGE_LATENCY``: cycles through the output stage, the slower unit's; ``drain``: see the
-    module docstring.
+    ``STAGE_LATENCY``: cycles through the output stage, the slower unit's; ``FUSED_LATENCY``: cycles
+    from a value's write to its fused activation's code write (a register, then the lent threshold
+    unit); ``drain``: see the module docstring.
     """
 
     STAGE_LATENCY = max(ThresholdUnit.LATENCY, RequantizeUnit.LATENCY)
+    FUSED_LATENCY = 1 + ThresholdUnit.LATENCY
 
     def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None,
                  value_bits: int | None = None):
@@ -520,14 +531,15 @@ class LayerEngine(wiring.Component):
         ``tiles_written == tiles_done``, reads each of the band's positions (READ_WORD, one cycle)
         and feeds its ``cols`` accumulators to the output stage (FEED, one per cycle), and goes on
         with the next band at once if that one is done. After the last channel tile's last band,
-        FLUSH waits ``STAGE_LATENCY`` cycles for the last results to be written; ``writer_done`` marks
+        FLUSH waits ``STAGE_LATENCY`` cycles (plus ``FUSED_LATENCY`` with ``act_fuse``) for the last
+        results to be written; ``writer_done`` marks
         its last cycle. Returns the FEED signal (an accumulator enters the output stage)."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
         tiles_done, tiles_written = Signal(range(p.out_depth + 1)), Signal(range(p.out_depth + 1))
         channel_tiles_written, band_pos = Signal(range(p.out_depth + 1)), Signal(range(p.pos_depth + 1))
-        flush = Signal(range(self.STAGE_LATENCY))
+        flush = Signal(range(self.STAGE_LATENCY + self.FUSED_LATENCY))
         m.d.sync += tiles_done.eq(tiles_done + ready)
         pending = tiles_done != tiles_written
         with m.FSM(name="writer") as writer:
@@ -537,7 +549,7 @@ class LayerEngine(wiring.Component):
                                  read_addr.eq(0), read_pos.eq(0),
                                  read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
                                  dest["tile_lane"].eq(0), dest["tile_value_base"].eq(cfg["dst_base"]),
-                                 dest["tile_code_base"].eq(cfg["dst_base"])]
+                                 dest["tile_code_base"].eq(Mux(cfg["act_fuse"][0], cfg["act_dst"], cfg["dst_base"]))]
                     m.next = "WAIT"
             with m.State("WAIT"):
                 with m.If(pending):
@@ -564,7 +576,8 @@ class LayerEngine(wiring.Component):
                                          channel_tiles_written.eq(channel_tiles_written + 1)]
                             self._step_destination(m, cfg, dest, read_pos, tile=True)
                             with m.If(channel_tiles_written == cfg["co_tiles"] - 1):
-                                m.d.sync += flush.eq(self.STAGE_LATENCY - 1)
+                                m.d.sync += flush.eq(Mux(cfg["act_fuse"][0], self.FUSED_LATENCY, 0)
+                                                     + self.STAGE_LATENCY - 1)
                                 m.next = "FLUSH"
                     with m.Else():
                         m.next = "READ_WORD"
@@ -579,20 +592,32 @@ class LayerEngine(wiring.Component):
     def _write_back(self, m, cfg, dest, feeding, read_pos, result, code_out):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
         accumulator was fed, as a value (``dst_values``; plus the value read at its address the cycle
-        before, with ``dst_add``) or as a code into its lane; the padding channels of the last channel
-        tile (``channel >= c_out``) are not written."""
+        before, with ``dst_add``) or as a code into its lane; with ``act_fuse``, the value's code
+        (lent thresholds of slot ``act_slot + channel``) into its lane ``FUSED_LATENCY`` cycles later.
+        The padding channels of the last channel tile (``channel >= c_out``) are not written."""
         p = self.params
         valid = delayed(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
+        channel = delayed(m, dest["channel"], self.STAGE_LATENCY, "back_channel")
         read_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY - 1, "back_value_read_addr")
         value_addr = delayed(m, read_addr, 1, "back_value_addr")
         code_addr = delayed(m, dest["code_base"] + read_pos, self.STAGE_LATENCY, "back_code_addr")
         lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self.STAGE_LATENCY, "back_lane")
         values = cfg["dst_values"][0]
-        added = Mux(cfg["dst_add"][0], self.val_read.data, 0)
+        total = Signal(signed(self.value_bits), name="back_value")
+        m.d.comb += total.eq(result + Mux(cfg["dst_add"][0], self.val_read.data, 0))
+        # The fused activation: the value to the lent thresholds, its code written FUSED_LATENCY cycles on.
+        lend = valid & values & cfg["act_fuse"][0]
+        m.d.sync += [self.activation.valid.eq(lend), self.activation.value.eq(total),
+                     self.activation.slot.eq(cfg["act_slot"] + channel)]
+        coded = delayed(m, lend, self.FUSED_LATENCY, "fused_valid")
+        coded_addr = delayed(m, code_addr, self.FUSED_LATENCY, "fused_code_addr")
+        coded_lane = delayed(m, lane, self.FUSED_LATENCY, "fused_lane")
         m.d.comb += [self.val_write.en.eq(valid & values), self.val_write.addr.eq(value_addr),
-                     self.val_read.addr.eq(read_addr), self.val_write.data.eq(result + added),
-                     code_out["en"].eq(Mux(valid & ~values, C(1, p.rows) << lane, 0)), code_out["addr"].eq(code_addr),
-                     code_out["data"].eq(Cat(*[result[:p.abits]] * p.rows))]
+                     self.val_read.addr.eq(read_addr), self.val_write.data.eq(total),
+                     code_out["en"].eq(Mux(valid & ~values, C(1, p.rows) << lane, 0)
+                                       | Mux(coded, C(1, p.rows) << coded_lane, 0)),
+                     code_out["addr"].eq(Mux(values, coded_addr, code_addr)),
+                     code_out["data"].eq(Cat(*[Mux(values, self.activation.code, result[:p.abits])] * p.rows))]
 
     @staticmethod
     def _first_band(m, band, band_cfg):

@@ -47,9 +47,12 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 # and the layer's bands (``band_rows`` output rows each, ``band_positions`` = band_rows * out_w
 # positions; ``band_in_rows`` = band_rows * stride, ``band_step`` = band_rows * row_step: how far the
 # input moves from one band to the next): the engine computes a channel tile band by band, so
-# that each band's write-back overlaps the next band's computation.
+# that each band's write-back overlaps the next band's computation. ``act_fuse`` (with
+# ``dst_values``): each value written is also activated by the thresholds of slot ``act_slot`` +
+# its channel (lent by the vector unit), its code written into the codes tensor at ``act_dst``.
 NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
-                                 "band_rows", "band_positions", "band_in_rows", "band_step")
+                                 "band_rows", "band_positions", "band_in_rows", "band_step", "act_fuse", "act_dst",
+                                 "act_slot")
 # Values of the ``stage`` register: what the output stage does.
 STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE = range(3)
 

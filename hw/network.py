@@ -15,17 +15,20 @@ no host involvement between layers:
    that the next image arrives while this one is computed.
 2. **Run**: a ``start`` pulse (taken while idle) copies the staged image into the input tensor's
    place in the code memory (``COPY``: one code per cycle, ``image_depth`` cycles; ``starting`` is
-   high meanwhile, then the staging buffer is free for the next image; ``probe.step_done`` marks
-   its end, the input step's), then runs the program from its first word: each convolution runs
-   on the engine (with the residual addition that the compiler fused into it, if any: the engine
-   reads the other operand from the value memory as it writes), each other node on the vector
-   unit; ``OUTPUT`` sends the logits on ``out``, one value per beat (waiting while ``out`` is not
-   ready); ``END`` makes the core idle. ``busy`` is high from the cycle after ``start`` until then.
+   high meanwhile, then the staging buffer is free for the next image; ``probe.step_done`` marks its
+   end, the input step's), then runs the program from its first word: each convolution runs on the
+   engine (with the residual addition that the compiler fused into it, if any: the engine reads the
+   other operand from the value memory as it writes; and with the activation fused into it, if any:
+   the engine's values go through the idle vector unit's activate thresholds, and the engine writes
+   their codes), each other node on the vector unit; ``OUTPUT`` sends the logits on ``out``, one
+   value per beat (waiting while ``out`` is not ready); ``END`` makes the core idle. ``busy`` is
+   high from the cycle after ``start`` until then.
 
 Each program word takes three cycles to fetch (the program memory's read, then its read data
 registered: the block RAM's output feeds no logic directly) and decode, plus the run time of its step: a layer
 as :mod:`hw.engine` states (network mode: its outputs are written one per cycle, ``cols + 1``
-cycles per word of ``cols`` channels, then ``STAGE_LATENCY`` cycles), a vector op as
+cycles per word of ``cols`` channels, then ``STAGE_LATENCY`` cycles, plus ``FUSED_LATENCY`` with a
+fused activation), a vector op as
 :meth:`hw.vector_params.VectorParams.op_cycles` states, two cycles per logit (plus back-pressure).
 """
 
@@ -139,6 +142,9 @@ class NetworkCore(wiring.Component):
             engine.load.payload.data.eq(Mux(idle, load.data, value)),
         ]
         m.d.comb += [getattr(vector, name).eq(operands[name]) for name in OPERANDS]
+        # A fused activation: the engine's values through the vector unit's thresholds, and back.
+        m.d.comb += [vector.lent_valid.eq(engine.activation.valid), vector.lent_value.eq(engine.activation.value),
+                     vector.lent_slot.eq(engine.activation.slot), engine.activation.code.eq(vector.lent_code)]
 
         # IMAGE beats: pixel -> input table -> the staging buffer, written the next cycle.
         m.d.comb += [table_read.addr.eq(load.data[:PIXEL_BITS]), stage_write.data.eq(table_read.data)]

@@ -41,7 +41,8 @@ def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
 def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
     """The program that runs ``model`` on one image loaded by :func:`image_beats`: every step of the
     compiler's plan after the input in order (a conv with a fused addition adds its outputs into the
-    sum's place: ``dst_add``), output, end."""
+    sum's place: ``dst_add``; with a fused activation it also writes their codes: ``act_fuse``), output,
+    end."""
     plan = network_plan(model, params)
     bases = resident_bases(model, params.engine, "all")
     slots = slot_bases(model)
@@ -57,6 +58,9 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
             values.update(act_base=base[node.input], dst_base=base[step.output],
                           dst_values=int(not isinstance(node.stage, Thresholds)), c_out=node.out_shape[0],
                           wide_weights=int(in_wide_buffer(params.engine, node)), dst_add=int(bool(step.fused_add)),
+                          act_fuse=int(bool(step.fused_activate)),
+                          act_dst=base[step.activated] if step.activated else 0,
+                          act_slot=slots[step.fused_activate] if step.fused_activate else 0,
                           **band_registers(params.engine, node))
             words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
             words.append(instruction(params, RUN_ENGINE))

@@ -64,6 +64,10 @@ class VectorUnit(wiring.Component):
     - code write: ``code_write_en``, ``code_write_addr`` (``p.code_addr_bits``),
       ``code_write_lane`` (``p.lane_index_bits``), ``code_write_data`` (``p.lane_bits``): one
       code into one lane of a code-memory word (the memory's per-lane write enable).
+    - lent thresholds (while idle, for an activation fused into a layer's write-back): ``lent_valid``,
+      ``lent_value`` (signed ``p.value_bits``), ``lent_slot`` (``p.slot_bits``) in; ``lent_code``
+      (``p.lane_bits``) out, the code of the value under the activate thresholds of slot ``lent_slot``,
+      ``ThresholdUnit.LATENCY`` cycles after the value is presented. Nothing is written.
 
     The write ports are registers. Pipelines, counted from an element's read address: ACTIVATE
     presents the write 4 cycles later (the read, the threshold unit's 2, the write register), ADD
@@ -102,6 +106,10 @@ class VectorUnit(wiring.Component):
             "code_write_addr": Out(p.code_addr_bits),
             "code_write_lane": Out(p.lane_index_bits),
             "code_write_data": Out(p.lane_bits),
+            "lent_valid": In(1),
+            "lent_value": In(signed(p.value_bits)),
+            "lent_slot": In(p.slot_bits),
+            "lent_code": Out(p.lane_bits),
         })
 
     def elaborate(self, platform):
@@ -201,7 +209,8 @@ class VectorUnit(wiring.Component):
                                 m.next = "SUM"
 
         # ACTIVATE: the value read goes through the threshold unit; its code, with the element's
-        # code address and lane delayed alike, into the code write registers.
+        # code address and lane delayed alike, into the code write registers. While idle, the unit
+        # takes the lent value instead (the ``lent_*`` ports).
         # ``pending``: writes still in a pipeline (busy until they are done).
         m.d.sync += [self.code_write_en.eq(0), self.val_write_en.eq(0)]
         pending = []
@@ -212,14 +221,16 @@ class VectorUnit(wiring.Component):
                                                            p.act_threshold_bits)
             addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr")[-1]
             act_lane = delays(m, lane, depth, "act_lane")[-1]
+            lent = self.lent_valid & ~busy
             m.d.comb += [unit.load_en.eq(load & (self.load_target == ACT_THRESHOLDS)),
                          unit.load_addr.eq(self.load_addr), unit.load_data.eq(self.load_data),
-                         unit.valid.eq(act[1]), unit.acc.eq(self.val_read_data),
-                         unit.channel.eq(delays(m, slot, 1, "act_slot")[1])]
-            with m.If(unit.code_valid):
+                         unit.valid.eq(act[1] | lent), unit.acc.eq(Mux(lent, self.lent_value, self.val_read_data)),
+                         unit.channel.eq(Mux(lent, self.lent_slot, delays(m, slot, 1, "act_slot")[1])),
+                         self.lent_code.eq(unit.code)]
+            with m.If(act[-1]):
                 m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(addr),
                              self.code_write_lane.eq(act_lane), self.code_write_data.eq(unit.code)]
-            pending += act[1:] + [unit.code_valid]     # the element in the read, in the unit
+            pending += act[1:]      # the element in the read, in the unit
 
         # ADD: operand a waits for b; the sum goes to the value write registers.
         a1, b1 = delays(m, issue_a, 1, "add_a")[1], delays(m, issue_b, 1, "add_b")[1]

@@ -114,8 +114,8 @@ class Core(Engine):
             if int(step_done.value):
                 if step == len(steps):
                     raise AssertionError(f"image {image}: more than the plan's {len(steps)} steps ended")
-                name = steps[step].output
-                probes[name] = mirror.tensor(plan.tensors[name]).tolist()
+                for name in steps[step].outputs:
+                    probes[name] = mirror.tensor(plan.tensors[name]).tolist()
                 step_cycles.append(cycle)
                 step += 1
                 last_progress = cycle

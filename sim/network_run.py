@@ -50,6 +50,7 @@ class StepResult:
     name: str
     kind: str
     output: str
+    activated: str | None = None    # the codes of a fused activation, also written by the step
     cycles: int = 0
     macs: int = 0
     outputs: int = 0
@@ -108,7 +109,8 @@ class NetworkReport:
         steps = []
         for s in self.steps:
             per_cycle, utilization = rate(s.macs, s.cycles)
-            steps.append({"index": s.index, "name": s.name, "kind": s.kind, "output": s.output, "cycles": s.cycles,
+            steps.append({"index": s.index, "name": s.name, "kind": s.kind, "output": s.output,
+                          "activated": s.activated, "cycles": s.cycles,
                           "macs": s.macs, "macs_per_cycle": per_cycle, "utilization": utilization,
                           "outputs": s.outputs, "mismatches": s.mismatches, "first_mismatch": s.first_mismatch})
         return {
@@ -191,7 +193,7 @@ def compare(params: NetworkParams, model: CompiledModel, images: np.ndarray, res
     report = NetworkReport(simulator, params, sum(node.macs for node in model.convs),
                            int(np.prod(model.input.shape)) * PIXEL_BITS // 8,
                            classes * -(-params.value_bits // 8))
-    report.steps = [StepResult(s.index, s.name, s.kind, s.output) for s in plan.steps]
+    report.steps = [StepResult(s.index, s.name, s.kind, s.output, s.activated) for s in plan.steps]
     for n, result in enumerate(results):
         logits = decode_logits(params, result["logits"], classes)
         want = np.asarray(expected[model.logits][n]).reshape(-1)
@@ -205,17 +207,18 @@ def compare(params: NetworkParams, model: CompiledModel, images: np.ndarray, res
             previous = end
             node = model.nodes[step.index]
             step.macs += node.macs if isinstance(node, ConvNode) else 0
-            got = np.asarray(result["probes"][step.output], dtype=np.int64)
-            want = np.asarray(expected[step.output][n])
-            step.outputs += want.size
-            if got.shape != want.shape:
-                wrong, first = want.size, (f"step {step.index} ({step.kind} {step.name}), image {n}: probed "
-                                           f"{step.output} has shape {list(got.shape)}, reference {list(want.shape)}")
-            else:
-                wrong, first = describe(f"step {step.index} ({step.kind} {step.name}) output {step.output}",
-                                        got, want, n)
-            step.mismatches += wrong
-            step.first_mismatch = step.first_mismatch or first
-            image.mismatches += wrong
+            for output in (step.output, step.activated) if step.activated else (step.output,):
+                got = np.asarray(result["probes"][output], dtype=np.int64)
+                want = np.asarray(expected[output][n])
+                step.outputs += want.size
+                if got.shape != want.shape:
+                    wrong, first = want.size, (f"step {step.index} ({step.kind} {step.name}), image {n}: probed "
+                                               f"{output} has shape {list(got.shape)}, reference {list(want.shape)}")
+                else:
+                    wrong, first = describe(f"step {step.index} ({step.kind} {step.name}) output {output}",
+                                            got, want, n)
+                step.mismatches += wrong
+                step.first_mismatch = step.first_mismatch or first
+                image.mismatches += wrong
         report.images.append(image)
     return report

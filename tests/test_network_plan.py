@@ -184,14 +184,30 @@ def fusable_adds(model: CompiledModel) -> dict[int, str]:
     return out
 
 
+def fusable_activations(model: CompiledModel, adds: dict[int, str]) -> dict[int, int]:
+    """{index of an activation: index of the conv step it is fused into}: the activation reads the values
+    that the step right before it writes (a conv's without thresholds, or its fused addition's sum)."""
+    out = {}
+    for i, n in enumerate(model.nodes):
+        if not isinstance(n, ActivateNode) or i == 0:
+            continue
+        step = i - 2 if i - 1 in adds else i - 1
+        conv, values = model.nodes[step], model.nodes[i - 1].output
+        if isinstance(conv, ConvNode) and not isinstance(conv.stage, Thresholds) and n.input == values:
+            out[i] = step
+    return out
+
+
 def check_plan(model: CompiledModel, plan) -> None:
-    """Every rule of the plan, recomputed from the model: fused additions, liveness, word counts, widths,
-    non-overlap of the stored tensors."""
+    """Every rule of the plan, recomputed from the model: fused additions and activations, liveness, word
+    counts, widths, non-overlap of the stored tensors."""
     info = model.validate()
     fused = fusable_adds(model)
-    assert [s.index for s in plan.steps] == [i for i in range(len(model.nodes)) if i not in fused]
+    activations = fusable_activations(model, fused)
+    assert [s.index for s in plan.steps] == [i for i in range(len(model.nodes)) if i not in fused
+                                             and i not in activations]
     assert list(plan.tensors) == [n.output for n in model.nodes]
-    step_of = {i: i - 1 if i in fused else i for i in range(len(model.nodes))}
+    step_of = {i: activations.get(i, i - 1 if i in fused else i) for i in range(len(model.nodes))}
     defined = {n.output: step_of[i] for i, n in enumerate(model.nodes)}
     readers = {}
     steps = {s.index: s for s in plan.steps}
@@ -201,9 +217,15 @@ def check_plan(model: CompiledModel, plan) -> None:
             conv = model.nodes[i - 1]
             assert steps[i - 1].inputs == (conv.input, ins[0]) and steps[i - 1].fused_add == n.name
             assert steps[i - 1].output == n.output and steps[i - 1].kind == "conv"
+        elif i in activations:
+            step = steps[activations[i]]
+            assert step.kind == "conv" and step.fused_activate == n.name and step.activated == n.output
+            assert step.outputs == (n.input, n.output)
         elif i + 1 not in fused:
             assert list(steps[i].inputs) == ins and steps[i].output == n.output and steps[i].kind == n.op
             assert steps[i].fused_add is None
+        if i in steps and not any(step == i for step in activations.values()):
+            assert steps[i].fused_activate is None and steps[i].activated is None
         for name in ins:
             readers.setdefault(name, []).append(step_of[i])
     end = plan.steps[-1].index
@@ -272,12 +294,18 @@ def test_digits_plan(digits):
 def test_resnet20_plan(resnet):
     plan = plan_network(resnet)
     # every block's addition is fused into the conv before it (conv2, or the strided shortcut, which then
-    # adds into conv2's map): 42 nodes, 33 steps
-    assert len(resnet.nodes) == 42 and len(plan.steps) == 33
+    # adds into conv2's map), and so is every activation into the conv writing its values (the stem, or a
+    # block's last conv with its addition): 42 nodes, 24 steps
+    assert len(resnet.nodes) == 42 and len(plan.steps) == 24
     fused = [s for s in plan.steps if s.fused_add]
     assert [s.name for s in fused] == [f"blocks.{b}.{'shortcut' if b in (3, 6) else 'conv2'}" for b in range(9)]
     assert fused[0].inputs == ("blocks.0.act2", "conv1") and fused[0].output == "blocks.0.out"
     assert fused[3].inputs == ("blocks.3.act1", "blocks.3.conv2")
+    activating = [s for s in plan.steps if s.fused_activate]
+    assert [s.name for s in activating] == ["conv1"] + [s.name for s in fused[:-1]]
+    assert [s.activated for s in activating] == [f"blocks.{b}.act1" for b in range(9)]
+    assert activating[0].outputs == ("conv1", "blocks.0.act1") and plan.tensors["blocks.0.act1"].first == 1
+    assert not any(s.kind == "activate" for s in plan.steps)
     # so the residual stream is one map of 16x32x32 values, written in place block after block
     assert (plan.memories["values"].depth, plan.memories["values"].peak_live_words) == (16384, 16384)
     assert plan.tensors["blocks.0.out"].in_place == "conv1" and not plan.tensors["blocks.0.conv2"].stored
@@ -317,14 +345,18 @@ def test_addresses_fill_each_region_exactly():
 
 def test_random_graphs_keep_every_rule():
     rnd = random.Random(12)
-    kinds, fused = set(), 0
+    kinds, fused, activations, kept = set(), 0, 0, 0
     for _ in range(150):
         model = random_model(rnd)
         kinds |= {n.op for n in model.nodes}
-        fused += len(fusable_adds(model))
+        adds = fusable_adds(model)
+        fused += len(adds)
+        activations += len(fusable_activations(model, adds))
+        kept += sum(n.op == "activate" for n in model.nodes) - len(fusable_activations(model, adds))
         for lanes in (1, rnd.randint(2, 9)):
             check_plan(model, plan_network(model, lanes))
     assert kinds == {"input", "conv", "activate", "add", "pool"} and fused >= 50
+    assert activations >= 30 and kept >= 50, (activations, kept)
 
 
 # --------------------------------------------------------------------------- refusals

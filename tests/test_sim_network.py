@@ -23,6 +23,8 @@ pytest.importorskip("amaranth", reason="simulation tests need amaranth: pip inst
 
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
+from hw.bands import band_rows, network_layer_cycles  # noqa: E402
+from hw.engine import LayerEngine  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
 from sim.network_run import network_build, simulate_network  # noqa: E402
 from sim.runner import unavailable_reason  # noqa: E402
@@ -57,7 +59,8 @@ def assert_exact(model, params, report, n_images):
     assert report.mismatches == 0, report.first_mismatch()
     plan = network_plan(model, params)
     assert [s.name for s in report.steps] == [s.name for s in plan.steps]
-    assert {s.output for s in report.steps} == {t.name for t in plan.tensors.values() if t.stored}
+    written = {s.output for s in report.steps} | {s.activated for s in report.steps if s.activated}
+    assert written == {t.name for t in plan.tensors.values() if t.stored}
     assert len(report.images) == n_images
     macs = sum(node.macs for node in model.convs)
     rc = params.engine.rows * params.engine.cols
@@ -128,10 +131,22 @@ def test_random_resnet_with_shortcuts_and_pooling(tmp_path):
     params, report = run_network(sim, path, load(path), 4, 4, images, tmp_path / "run", stall=0.2,
                                  backpressure=0.3, seed=5)
     assert_exact(model, params, report, 1)
-    # every addition fused into the conv before it (conv2, or the strided shortcut after conv2)
-    assert {s.kind for s in report.steps} == {"input", "conv", "activate", "pool"}
-    fused = [s for s in network_plan(model, params).steps if s.fused_add]
-    assert [s.name for s in fused] == ["blocks.0.conv2", "blocks.1.shortcut", "blocks.2.shortcut"]
+    # every addition fused into the conv before it (conv2, or the strided shortcut after conv2), and every
+    # activation into the conv that writes its values (the stem, a block's last conv): no vector pass but pooling
+    assert {s.kind for s in report.steps} == {"input", "conv", "pool"}
+    steps = network_plan(model, params).steps
+    assert [s.name for s in steps if s.fused_add] == ["blocks.0.conv2", "blocks.1.shortcut", "blocks.2.shortcut"]
+    assert [s.name for s in steps if s.fused_activate] == ["conv1", "blocks.0.conv2", "blocks.1.shortcut"]
+    # each conv step takes the engine's cycle formula (FUSED_LATENCY more with a fused activation) plus the
+    # same sequencer overhead (its register writes)
+    overheads = set()
+    for s in report.steps:
+        if s.kind == "conv":
+            node = model.nodes[s.index]
+            latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if s.activated else 0)
+            overheads.add(s.cycles - network_layer_cycles(params.engine, node, band_rows(params.engine, node),
+                                                          latency))
+    assert len(overheads) == 1, overheads
 
 
 def test_sim_cli_network_json(capsys):
