@@ -330,7 +330,8 @@ class LayerEngine(wiring.Component):
                     self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
-                # Read one row's weight word per cycle; the row's shadow weights take it in the next cycle.
+                # Read one row's weight word per cycle; the row's shadow weights take it in the next cycle
+                # (network mode: the one after).
                 m.d.comb += weight_read_addr.eq(weight_addr)
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
                              w_valid.eq(1), w_row.eq(row_count)]
@@ -420,6 +421,12 @@ class LayerEngine(wiring.Component):
         variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth,
                                  logic_multiply=multiply_in_logic(platform))
         m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
+        if self.network:
+            # Every layer's weights are resident: a deep buffer whose read multiplexer, registered here,
+            # would otherwise feed every PE's shadow weight in the same cycle (the row's shadow weights
+            # take the word one cycle later, still before the tile's first position reaches the row).
+            w_valid, w_row, weight_data = (delayed(m, s, 1, f"{name}_registered") for s, name in
+                                           ((w_valid, "w_valid"), (w_row, "w_row"), (weight_data, "weight_word")))
         m.d.comb += [array.w_load.eq(w_valid), array.w_row.eq(w_row), array.w_code.eq(weight_data),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
                      array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]
