@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from lcq_train.arguments import IntRange, positive_int
+from lcq_train.factory import MODEL
 
 from . import format as model_format
 from .network import MAX_LANES
@@ -30,6 +31,7 @@ def add_parsers(sub) -> dict:
     p.add_argument("--logit-frac-bits", type=int, default=8, metavar="F", help="fraction bits of the logits")
     p.add_argument("--max-lut-entries", type=int, default=1024, metavar="N",
                    help="layers with larger LUTs (8-bit edge layers) multiply levels instead")
+    _model_option(p)
 
     p = sub.add_parser("eval", help="top-1 of the integer reference and its agreement with the PyTorch model",
                        formatter_class=fmt)
@@ -42,6 +44,7 @@ def add_parsers(sub) -> dict:
     p.add_argument("--images", type=positive_int, metavar="N", help="evaluate the first N test images (default: all)")
     p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    _model_option(p)
 
     p = sub.add_parser("report", help="per-layer bit-widths, MACs, weight and LUT bytes; the on-chip data memories "
                        "of the whole network", formatter_class=fmt)
@@ -52,11 +55,18 @@ def add_parsers(sub) -> dict:
     return {"compile": cmd_compile, "eval": cmd_eval, "report": cmd_report}
 
 
+def _model_option(p) -> None:
+    p.add_argument("--model", dest="factory", metavar="MODULE:FACTORY", type=MODEL,
+                   help="for a checkpoint of your own network: the factory reference it records (its --model of "
+                        "lcq train), which confirms that its code may be imported and RUN to rebuild the network "
+                        "(a checkpoint alone never imports code)")
+
+
 def cmd_compile(args) -> int:
     from .lower import CompileOptions, compile_checkpoint
 
     options = CompileOptions(args.residual_frac_bits, args.pool_frac_bits, args.logit_frac_bits, args.max_lut_entries)
-    compiled = compile_checkpoint(args.checkpoint, options)
+    compiled = compile_checkpoint(args.checkpoint, options, args.factory)
     model_format.save(compiled, args.output)
     rep = report(compiled)
     print(format_table(rep))
@@ -98,7 +108,7 @@ def cmd_eval(args) -> int:
             raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
         raise FileNotFoundError(f"the checkpoint {recorded} that {args.model} was compiled from is not there; "
                                 "pass where it is now with --checkpoint CHECKPOINT")
-    model, state = load_model(checkpoint)        # checks the checkpoint's own digest and fields
+    model, state = load_model(checkpoint, args.factory)   # checks the checkpoint's own digest and fields
     if state["sha256"] != source["sha256"]:
         digests = f"its SHA-256 is {state['sha256'][:16]}..., the model records {source['sha256'][:16]}..."
         if args.checkpoint:

@@ -1,32 +1,53 @@
-"""Lower a trained, quantized PyTorch model to a :class:`compiler.graph.CompiledModel`.
+"""Lower a trained, quantized PyTorch model to a :class:`compiler.graph.CompiledModel`, by graph capture.
 
-``compile_checkpoint(path)`` rebuilds the model from an ``lcq train``
-checkpoint and lowers it: per layer the weight codes and level tables from the
-layer's quantizers, and the output stage that the layer's successor needs
-(thresholds folding BN + ReLU + next compander; requantize into the residual
-stream or the logits; the raw accumulator before global average pooling).
-Supported: the small CNN and pre-activation ResNets of :mod:`lcq_train.models`.
+``compile_checkpoint(path)`` rebuilds the model of an ``lcq train`` checkpoint (a
+run of your own network only with ``factory=`` its recorded reference, the
+``--model`` of ``lcq compile``) and lowers it. ``compile_model`` captures the
+model's ``torch.fx`` graph (:mod:`compiler.capture`; the built-in models and
+yours alike) and walks it from the output, each node's inputs first in
+argument order (a residual block's main path before its shortcut), turning
+runs of operations into the nodes of :mod:`compiler.graph`:
+
+- image -> activation quantizer: an :class:`InputNode`;
+- quantized conv or linear layer on codes: a :class:`ConvNode`, whose output
+  stage its consumers decide: *thresholds* when its only consumer is
+  [BN] -> [ReLU | ReLU6 | hardtanh(0, max)] -> activation quantizer (all folded);
+  *requantize* when it is an operand of a residual addition (to the other
+  operand's scale, or ``2^-residual_frac_bits`` below the finer of two
+  accumulators; a BN in between folds in when its scales are positive; an
+  accumulator that other operations read too is requantized where it is made,
+  ``2^-residual_frac_bits`` below its scale) or the network's output (the
+  logits, ``2^-logit_frac_bits`` below its scale); *none* (the raw
+  accumulator) otherwise;
+- [BN] -> [ReLU] -> activation quantizer on any other value tensor: an :class:`ActivateNode`;
+- [BN] -> ReLU -> global average pooling -> [flatten] -> quantizer: a :class:`PoolNode`;
+- an addition: an :class:`AddNode` named after the module whose forward adds
+  (``blocks.0.add``, writing ``blocks.0.out``).
+
+Tensors are named after modules: codes after their activation quantizer, raw
+accumulators after their layer, the output ``logits``. Any other operation is
+refused with :class:`compiler.capture.Unsupported` (the operation, its place in
+the user's code, what is supported) before anything is returned.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
 from lcq_train.checkpoint import load_checkpoint
-from lcq_train.layers import QAct, QConv2d, QLinear
-from lcq_train.models.cnn import SmallCNN
-from lcq_train.models.resnet import PreActResNet
+from lcq_train.factory import is_factory, model_from_checkpoint
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale
-from lcq_train.train import build_quantized_model
 
 from . import stages
+from .capture import Op, Unsupported, capture, operation
 from .graph import FRAC_BITS, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode, mac_kind
 
 
@@ -51,10 +72,12 @@ class CompileOptions:
             raise ValueError(f"max-lut-entries must be positive, not {self.max_lut_entries}")
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+def load_model(path: str | Path, factory: str | None = None) -> tuple[nn.Module, dict]:
     """The quantized model of an ``lcq train`` checkpoint (eval mode, CPU) and the checkpoint dict
     (:func:`lcq_train.checkpoint.load_checkpoint`: no pickle, digest and fields checked; its
-    ``sha256`` is the checkpoint's digest)."""
+    ``sha256`` is the checkpoint's digest). A run of a user model is rebuilt only with ``factory``
+    equal to the reference it records (:func:`lcq_train.factory.model_from_checkpoint`): building
+    it imports and runs that code."""
     state = load_checkpoint(path)
     plan = QuantPlan.from_dict(state["plan"])
     if plan.method == "fp":
@@ -63,21 +86,25 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
     if plan.outer_bits is None:
         raise ValueError(f"{path} was trained without outer re-quantization (--outer-bits 0); "
                          "integer LUTs need b' (retrain with --outer-bits 8)")
-    model = build_quantized_model(state["config"]["model"], state["input_shape"], state["num_classes"], plan)
+    recorded = state["config"]["model"]
+    if is_factory(recorded) and factory is None:
+        raise ValueError(f"{path} holds a run of the user model {recorded!r}; rebuilding it imports and runs that "
+                         f"code, which reading a checkpoint never does by itself: pass --model {recorded} "
+                         f"(factory={recorded!r} in Python) to confirm")
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: its weights do not fit a {state['config']['model']} with its plan "
-                         f"({str(e).splitlines()[-1].strip()}); it is not a checkpoint lcq train wrote") from None
-    return model.eval(), state
+        return model_from_checkpoint(state, factory), state
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
-def compile_checkpoint(path: str | Path, options: CompileOptions = CompileOptions()) -> CompiledModel:
-    """Compile the checkpoint at ``path`` (see :func:`compile_model`), recording its origin in
-    ``source``: ``checkpoint``, its absolute path (so that ``lcq eval`` finds it from any working
-    directory), and ``sha256``, the checkpoint's digest (the SHA-256 its frame records and
-    :func:`~lcq_train.checkpoint.load_checkpoint` verifies), which ``lcq eval`` compares."""
-    model, state = load_model(path)
+def compile_checkpoint(path: str | Path, options: CompileOptions = CompileOptions(),
+                       factory: str | None = None) -> CompiledModel:
+    """Compile the checkpoint at ``path`` (see :func:`compile_model`; ``factory``: see
+    :func:`load_model`), recording its origin in ``source``: ``checkpoint``, its absolute path
+    (so that ``lcq eval`` finds it from any working directory), and ``sha256``, the checkpoint's
+    digest (the SHA-256 its frame records and :func:`~lcq_train.checkpoint.load_checkpoint`
+    verifies), which ``lcq eval`` compares."""
+    model, state = load_model(path, factory)
     compiled = compile_model(model, tuple(state["input_shape"]), options)
     cfg = state["config"]
     compiled.source = {"checkpoint": str(Path(path).resolve()), "sha256": state["sha256"],
@@ -95,200 +122,339 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     Codes, levels and constants are computed from a float64 copy of ``model``, so
     that float32 rounding cannot decide a weight code lying on a quantizer
     threshold; the agreement check runs the PyTorch model in float64 too.
+    ValueError (:class:`~compiler.capture.Unsupported` for an operation) says what cannot be compiled.
     """
+    name = type(model).__name__                 # a traced network's copy is a class of its own
     model = copy.deepcopy(model).double().eval()
-    lowering = _Lowering(model, options)
-    if isinstance(model, SmallCNN):
-        lowering.small_cnn(model, input_shape)
-    elif isinstance(model, PreActResNet):
-        lowering.resnet(model, input_shape)
-    else:
-        raise ValueError(f"cannot compile a {type(model).__name__}: supported models are SmallCNN and PreActResNet")
+    lowering = _Lowering(model, name, tuple(input_shape), options)
+    lowering.run(capture(model, name))
     num_classes = lowering.nodes[-1].out_shape[0]
     compiled = CompiledModel(lowering.nodes, "logits", num_classes, scales=lowering.scales)
     compiled.validate()   # the rules of compiler.graph, which the loader applies to every file
     return compiled
 
 
-def _bn_affine(bn: nn.BatchNorm2d, gain: float, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``bn(gain * x + bias)`` as per-channel ``(a, b)`` with ``a * x + b`` (eval-mode statistics)."""
-    inv = bn.weight.double().numpy() / np.sqrt(bn.running_var.double().numpy() + bn.eps)
-    return inv * gain, inv * (bias - bn.running_mean.double().numpy()) + bn.bias.double().numpy()
+@dataclass(frozen=True)
+class _Value:
+    """What a graph node computes. ``kind`` "image"; "codes" (of tensor ``tensor``); or "values":
+    per channel ``gain * x + offset`` of value tensor ``x = tensor``, then a ReLU (``relu``),
+    clipped at ``cap``, globally averaged (``pooled``). ``folded``: a BN is in ``gain``/``offset``;
+    ``sole``: the raw accumulator ``tensor`` has no consumer but this chain."""
+
+    kind: str
+    tensor: str | None = None
+    gain: np.ndarray | None = None
+    offset: np.ndarray | None = None
+    folded: bool = False
+    relu: bool = False
+    cap: float = math.inf
+    pooled: bool = False
+    sole: bool = False
+
+    @property
+    def plain(self) -> bool:
+        return not (self.folded or self.relu or self.pooled or self.cap < math.inf)
+
+
+def _post_order(output: fx.Node) -> list[fx.Node]:
+    """The nodes ``output`` depends on, each after its inputs, inputs visited in argument order."""
+    order, seen, stack = [], set(), [(output, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+        elif node not in seen:
+            seen.add(node)
+            stack.append((node, True))
+            stack.extend((n, False) for n in reversed(node.all_input_nodes) if n not in seen)
+    return order
 
 
 class _Lowering:
     """Appends nodes while tracking every tensor's shape, bound (largest |value|) and scale."""
 
-    def __init__(self, model: nn.Module, options: CompileOptions):
+    def __init__(self, model: nn.Module, name: str, input_shape: tuple[int, int, int], options: CompileOptions):
+        self.model = name
         self.modules = dict(model.named_modules())
-        self.options = options
+        self.input_shape, self.options = input_shape, options
         self.nodes: list = []
         self.shapes: dict[str, tuple[int, int, int]] = {}
         self.bounds: dict[str, int] = {}
         self.scales: dict[str, float] = {}
-        self.biases: dict[str, np.ndarray] = {}  # real bias (output units) of raw accumulator tensors
+        self.raw: dict[str, ConvNode] = {}       # value tensors that are an accumulator with no stage yet
+        self.values: dict[fx.Node, _Value] = {}
+        self.called: set[str] = set()
+        self.names: set[str] = set(self.modules) | {"logits"}
 
-    # ------------------------------------------------------------------ building blocks
+    def run(self, graph: fx.Graph) -> None:
+        output = next(n for n in graph.nodes if n.op == "output")
+        for node in _post_order(output):
+            op = operation(node, self.modules, self.model)
+            self.values[node] = getattr(self, "_" + op.kind)(node, op)
 
-    def module(self, name: str, kind: type) -> nn.Module:
-        m = self.modules.get(name)
-        if not isinstance(m, kind):
-            raise ValueError(f"layer {name!r} is a {type(m).__name__}, the compiler expects a {kind.__name__}")
-        return m
+    # ------------------------------------------------------------------ helpers
 
-    def act(self, name: str) -> QAct:
-        act = self.module(name, QAct)
-        if act.method == "fp":
-            raise ValueError(f"activation {name!r} is not quantized; compile a model trained with --method lcq/uniform")
-        if not act.alpha.item() > 0:
-            raise ValueError(f"activation {name!r} has a non-positive clip alpha {act.alpha.item()}")
-        return act
+    def refuse(self, node: fx.Node, why: str):
+        raise Unsupported(self.model, node, why)
 
-    def code_thresholds(self, act_name: str) -> np.ndarray:
-        act = self.act(act_name)
+    def arg(self, node: fx.Node, i: int = 0) -> _Value:
+        x = node.args[i] if len(node.args) > i else None
+        if not isinstance(x, fx.Node):
+            self.refuse(node, f"is applied to {x!r}, not to a tensor of the network")
+        return self.values[x]
+
+    def chain(self, node: fx.Node, x: _Value, **changes) -> _Value:
+        """``x`` changed by a one-input operation ``node``."""
+        return replace(x, sole=x.sole and len(node.users) == 1, **changes)
+
+    def shape(self, x: _Value) -> tuple[int, int, int]:
+        c, h, w = self.shapes[x.tensor]
+        return (c, 1, 1) if x.pooled else (c, h, w)
+
+    def once(self, node: fx.Node) -> None:
+        if node.target in self.called:
+            self.refuse(node, "is called a second time; a layer or quantizer compiles once (use one module per call)")
+        self.called.add(node.target)
+
+    def act_thresholds(self, act) -> np.ndarray:
         theta = act.theta.double().numpy() if act.method == "lcq" else None
         return stages.code_thresholds(act.alpha.item(), theta, level_scale(act.spec.bits, False))
 
-    def input(self, act_name: str, shape: tuple[int, int, int]) -> None:
-        act = self.act(act_name)
-        pixels = torch.arange(256, dtype=torch.float64) / 255.0   # as the loader scales uint8 images
-        table = act.codes(pixels).numpy().astype(np.uint8)
-        self.nodes.append(InputNode(act_name, tuple(shape), table, act.spec.bits))
-        self.shapes[act_name] = tuple(shape)
+    def requantize(self, conv: ConvNode, gain: np.ndarray, offset: np.ndarray, out_scale: float) -> None:
+        """Give the raw accumulator ``conv`` the stage ``round(gain / out_scale * x + offset / out_scale)``."""
+        out = conv.output
+        conv.stage = stages.requantize(gain / out_scale, offset / out_scale, self.bounds[out])
+        conv.out_scale = out_scale
+        self.bounds[out] = conv.stage.bound(self.bounds[out])
+        self.scales[out] = out_scale
+        del self.raw[out]
 
-    def conv(self, name: str, input: str, output: str) -> ConvNode:
-        """A ConvNode without output stage; its raw accumulator is tensor ``output``."""
-        layer = self.modules.get(name)
-        c, h, w = self.shapes[input]
-        if isinstance(layer, QConv2d):
-            if layer.groups != 1 or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
-                raise ValueError(f"layer {name!r}: grouped, dilated or non-zero-padded convolutions are not supported")
+    def rename(self, old: str, new: str) -> None:
+        for table in (self.shapes, self.bounds, self.scales, self.raw):
+            if old in table:
+                table[new] = table.pop(old)
+
+    def scoped(self, node: fx.Node, what: str, result: str) -> tuple[str, str]:
+        """(node name, tensor name) for ``node`` in the module whose forward calls it: ``blocks.0.add``."""
+        stack = node.meta.get("nn_module_stack") or {}
+        scope = next(reversed(stack.values()), ("",))[0] if stack else ""
+        prefix = f"{scope}." if isinstance(scope, str) and scope else ""
+        k = 0
+        while True:
+            suffix = f"_{k}" if k else ""
+            name, out = f"{prefix}{what}{suffix}", f"{prefix}{result}{suffix}"
+            if name not in self.names and out not in self.names:
+                self.names |= {name, out}
+                return name, out
+            k += 1
+
+    def feeds_addition(self, node: fx.Node) -> bool:
+        """Whether ``node`` is a residual addition, or passes its input on to one unchanged."""
+        try:
+            kind = operation(node, self.modules, self.model).kind
+        except Unsupported:
+            return False
+        return kind == "add" or (kind == "identity" and any(self.feeds_addition(u) for u in node.users))
+
+    # ------------------------------------------------------------------ operations
+
+    def _input(self, node: fx.Node, op: Op) -> _Value:
+        first = next(n for n in node.graph.nodes if n.op == "placeholder")
+        if node is not first:
+            self.refuse(node, "is a second input; a compiled network has one input, the image")
+        return _Value("image")
+
+    def _act(self, node: fx.Node, op: Op) -> _Value:
+        act, name = op.module, node.target
+        if act.method == "fp":
+            raise ValueError(f"cannot compile a {self.model}: activation {name!r} is not quantized; compile a model "
+                             "trained with --method lcq/uniform")
+        if not act.alpha.item() > 0:
+            raise ValueError(f"cannot compile a {self.model}: activation {name!r} has a non-positive clip alpha "
+                             f"{act.alpha.item()}")
+        self.once(node)
+        x = self.arg(node)
+        if act.signed:
+            self.refuse(node, "is a signed activation quantizer; the accelerator's codes are unsigned (a ReLU before "
+                        "it, or the raw image, makes it unsigned)")
+        if x.kind == "image":
+            pixels = torch.arange(256, dtype=torch.float64) / 255.0   # as the loader scales uint8 images
+            table = act.codes(pixels).numpy().astype(np.uint8)
+            self.nodes.append(InputNode(name, self.input_shape, table, act.spec.bits))
+            self.shapes[name] = self.input_shape
+            return _Value("codes", name)
+        if x.kind == "codes":
+            self.refuse(node, "quantizes codes again; an activation quantizer reads values")
+        t = self.act_thresholds(act)
+        t = np.where(t > x.cap, np.inf, t)              # codes above the clip are never reached
+        bits, shape = act.spec.bits, self.shape(x)
+        if x.pooled:
+            _, h, w = self.shapes[x.tensor]
+            frac = self.options.pool_frac_bits
+            sign, relu, off, stage = stages.pool_constants(x.gain, x.offset, t, h * w, frac, self.bounds[x.tensor],
+                                                           bits)
+            self.nodes.append(PoolNode(name, x.tensor, name, sign, relu, off, frac, stage))
+        else:
+            stage = stages.thresholds(x.gain, x.offset, t, self.bounds[x.tensor], bits)
+            conv = self.raw.get(x.tensor)
+            if conv is not None and x.sole:             # fold into the layer's output stage
+                conv.stage, conv.out_scale, conv.output = stage, None, name
+                for table in (self.shapes, self.bounds, self.scales, self.raw):
+                    table.pop(x.tensor, None)
+            else:
+                self.nodes.append(ActivateNode(name, x.tensor, name, stage))
+        self.shapes[name] = shape
+        return _Value("codes", name)
+
+    def _conv(self, node: fx.Node, op: Op) -> _Value:
+        return self.layer(node, op.module, "conv")
+
+    def _linear(self, node: fx.Node, op: Op) -> _Value:
+        return self.layer(node, op.module, "linear")
+
+    def layer(self, node: fx.Node, layer: nn.Module, kind: str) -> _Value:
+        """A ConvNode without output stage; its raw accumulator is tensor ``node.target``."""
+        name = node.target
+        self.once(node)
+        x = self.arg(node)
+        if x.kind != "codes":
+            self.refuse(node, "reads a tensor that no activation quantizer turned into codes")
+        c, h, w = self.shapes[x.tensor]
+        if kind == "conv":
+            if layer.groups != 1:
+                self.refuse(node, f"is a grouped convolution (groups={layer.groups}), which the accelerator does "
+                            "not run")
+            if isinstance(layer.padding, str) or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
+                self.refuse(node, f"has padding {layer.padding!r}, dilation {layer.dilation} or padding mode "
+                            f"{layer.padding_mode!r}; the accelerator runs numeric zero padding without dilation")
             k, stride, pad = layer.kernel_size[0], layer.stride[0], layer.padding[0]
             if layer.kernel_size != (k, k) or layer.stride != (stride, stride) or layer.padding != (pad, pad):
-                raise ValueError(f"layer {name!r}: only square kernels, strides and paddings are supported")
-            kind, out_shape = "conv", (layer.out_channels, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
+                self.refuse(node, "has a non-square kernel, stride or padding; only square ones are supported")
+            if pad > k // 2:
+                self.refuse(node, f"pads by {pad}, more than kernel // 2 = {k // 2}")
+            out_shape = (layer.out_channels, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
             weight = layer.weight
-        elif isinstance(layer, QLinear):
-            if (h, w) != (1, 1):
-                raise ValueError(f"layer {name!r}: a linear layer needs a (C, 1, 1) input, got {(c, h, w)}")
-            kind, k, stride, pad, out_shape = "linear", 1, 1, 0, (layer.out_features, 1, 1)
-            weight = layer.weight[:, :, None, None]
         else:
-            raise ValueError(f"unsupported layer {name!r} ({type(layer).__name__}): the compiler lowers "
-                             "QConv2d and QLinear layers")
+            if (h, w) != (1, 1):
+                self.refuse(node, f"reads a {c}x{h}x{w} map; a linear layer reads a vector (C x 1 x 1): pool it "
+                            "globally first")
+            k, stride, pad, out_shape = 1, 1, 0, (layer.out_features, 1, 1)
+            weight = layer.weight[:, :, None, None]
         if weight.shape[1] != c:
-            raise ValueError(f"layer {name!r} expects {weight.shape[1]} input channels, its input has {c}")
-        wq, act = layer.wq, self.act(input)
+            self.refuse(node, f"expects {weight.shape[1]} input channels, its input has {c}")
+        wq, act = layer.wq, self.modules[x.tensor]
         if wq.method == "fp":
-            raise ValueError(f"layer {name!r} has full-precision weights; compile a quantized model")
+            raise ValueError(f"cannot compile a {self.model}: layer {name!r} has full-precision weights; compile a "
+                             "quantized model")
         if not wq.alpha.item() > 0 or not wq.normalization(weight)[1].item() > 0:
-            raise ValueError(f"layer {name!r}: weight clip alpha and LWN sigma must be positive")
-        w_levels, a_levels = wq.levels().numpy(), act.levels().numpy()
-        node = ConvNode(
-            name=name, input=input, output=output, kind=kind, in_shape=(c, h, w), out_shape=out_shape,
+            raise ValueError(f"cannot compile a {self.model}: layer {name!r}: weight clip alpha and LWN sigma must "
+                             "be positive")
+        conv = ConvNode(
+            name=name, input=x.tensor, output=name, kind=kind, in_shape=(c, h, w), out_shape=out_shape,
             kernel=k, stride=stride, padding=pad, wbits=wq.spec.bits, abits=act.spec.bits,
             outer_wbits=wq.spec.outer_bits, outer_abits=act.spec.outer_bits,
             mac=mac_kind(wq.spec.bits, act.spec.bits, self.options.max_lut_entries),
             weight_codes=wq.codes(weight).numpy().astype(np.int8),
-            w_levels=w_levels.astype(np.int64), a_levels=a_levels.astype(np.int64),
+            w_levels=wq.levels().numpy().astype(np.int64), a_levels=act.levels().numpy().astype(np.int64),
             scale=wq.step(weight) * act.step(), out_scale=None)
-        node.out_scale = node.scale
-        self.nodes.append(node)
-        self.shapes[output], self.bounds[output], self.scales[output] = out_shape, node.acc_bound, node.scale
+        conv.out_scale = conv.scale
+        self.nodes.append(conv)
+        self.shapes[name], self.bounds[name], self.scales[name] = out_shape, conv.acc_bound, conv.scale
+        self.raw[name] = conv
         bias = layer.bias.double().numpy() if layer.bias is not None else np.zeros(out_shape[0])
-        self.biases[output] = bias
-        return node
+        value = _Value("values", name, np.full(out_shape[0], conv.scale), bias, sole=len(node.users) == 1)
+        if len(node.users) > 1 and any(self.feeds_addition(u) for u in node.users):   # a residual stream's start
+            out_scale = stages.fraction_scale([conv.scale], self.options.residual_frac_bits)
+            self.requantize(conv, value.gain, bias, out_scale)
+            value = _Value("values", name, np.full(out_shape[0], out_scale), np.zeros(out_shape[0]))
+        return value
 
-    def affine(self, tensor: str, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
-        """BN of value tensor ``tensor`` as per-channel ``a * x + b`` on its integers."""
-        bias = self.biases.get(tensor, np.zeros(self.shapes[tensor][0]))
-        return _bn_affine(bn, self.scales[tensor], bias)
+    def _bn(self, node: fx.Node, op: Op) -> _Value:
+        x, bn = self.arg(node), op.module
+        if x.kind != "values" or x.relu or x.pooled:
+            self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there folds")
+        c = self.shapes[x.tensor][0]
+        if bn.running_var is None or bn.num_features != c:
+            self.refuse(node, f"has no running statistics or not {c} channels")
+        weight = bn.weight.double().numpy() if bn.weight is not None else np.ones(c)
+        beta = bn.bias.double().numpy() if bn.bias is not None else np.zeros(c)
+        inv = weight / np.sqrt(bn.running_var.double().numpy() + bn.eps)
+        return self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - bn.running_mean.double().numpy()) + beta,
+                          folded=True)
 
-    def threshold_stage(self, tensor: str, bn_name: str, act_name: str):
-        gain, offset = self.affine(tensor, self.module(bn_name, nn.BatchNorm2d))
-        act = self.act(act_name)
-        return stages.thresholds(gain, offset, self.code_thresholds(act_name), self.bounds[tensor], act.spec.bits)
+    def _relu(self, node: fx.Node, op: Op) -> _Value:
+        x = self.arg(node)
+        if x.kind == "codes":
+            return x                                    # codes are never negative
+        if x.kind != "values" or x.pooled:
+            self.refuse(node, "is applied to the raw image or after pooling")
+        return self.chain(node, x, relu=True)
 
-    def conv_to_codes(self, name: str, input: str, bn_name: str, act_name: str) -> None:
-        """Conv -> BN -> ReLU -> activation quantizer ``act_name``, folded into thresholds."""
-        node = self.conv(name, input, act_name)
-        node.stage = self.threshold_stage(act_name, bn_name, act_name)
-        node.out_scale = None
-        self._codes(act_name, node.out_shape)
+    def _clip(self, node: fx.Node, op: Op) -> _Value:
+        x = self.arg(node)
+        if x.kind != "values" or x.pooled:
+            self.refuse(node, "clips the image, codes or a pooled tensor; it folds only into the thresholds of an "
+                        "activation quantizer after a conv, BN or addition")
+        return self.chain(node, x, relu=True, cap=min(x.cap, op.cap))
 
-    def activate(self, tensor: str, bn_name: str, act_name: str) -> None:
-        """BN -> ReLU -> activation quantizer on a value tensor (the residual stream)."""
-        stage = self.threshold_stage(tensor, bn_name, act_name)
-        self.nodes.append(ActivateNode(act_name, tensor, act_name, stage))
-        self._codes(act_name, self.shapes[tensor])
+    def _pool(self, node: fx.Node, op: Op) -> _Value:
+        x = self.arg(node)
+        if x.kind != "values" or x.pooled or not x.relu or x.cap < math.inf:
+            self.refuse(node, "does not pool a ReLU's output (unclipped) of a conv, BN or addition; the pooling unit "
+                        "averages [BN +] ReLU outputs")
+        return self.chain(node, x, pooled=True)
 
-    def requantize(self, node: ConvNode, out_scale: float) -> None:
-        """Requantize ``node``'s accumulator (and bias) to ``out_scale``."""
-        out = node.output
-        ratio = np.full(node.out_shape[0], node.scale / out_scale)
-        node.stage = stages.requantize(ratio, self.biases.pop(out) / out_scale, self.bounds[out])
-        node.out_scale = out_scale
-        self.bounds[out] = node.stage.bound(self.bounds[out])
-        self.scales[out] = out_scale
+    def _flatten(self, node: fx.Node, op: Op) -> _Value:
+        x = self.arg(node)
+        if x.kind == "image" or self.shape(x)[1:] != (1, 1):
+            shape = "the image" if x.kind == "image" else "a {}x{}x{} map".format(*self.shape(x))
+            self.refuse(node, f"flattens {shape}; only a C x 1 x 1 tensor flattens (pool globally first)")
+        return self.chain(node, x)
 
-    def add(self, name: str, a: str, b: str, output: str) -> None:
-        if self.scales[a] != self.scales[b] or self.shapes[a] != self.shapes[b]:
-            raise ValueError(f"{name}: residual operands {a!r} and {b!r} differ in scale or shape")
-        self.nodes.append(AddNode(name, (a, b), output))
-        self.shapes[output], self.scales[output] = self.shapes[a], self.scales[a]
-        self.bounds[output] = self.bounds[a] + self.bounds[b]
+    def _identity(self, node: fx.Node, op: Op) -> _Value:
+        return self.chain(node, self.arg(node))
 
-    def pool(self, tensor: str, bn_name: str, act_name: str) -> None:
-        """BN -> ReLU -> global average pooling -> activation quantizer ``act_name``."""
-        gain, offset = self.affine(tensor, self.module(bn_name, nn.BatchNorm2d))
-        c, h, w = self.shapes[tensor]
-        sign, relu, off, stage = stages.pool_constants(gain, offset, self.code_thresholds(act_name), h * w,
-                                                 self.options.pool_frac_bits, self.bounds[tensor],
-                                                 self.act(act_name).spec.bits)
-        self.nodes.append(PoolNode(act_name, tensor, act_name, sign, relu, off, self.options.pool_frac_bits, stage))
-        self._codes(act_name, (c, 1, 1))
+    def _add(self, node: fx.Node, op: Op) -> _Value:
+        a, b = self.arg(node, 0), self.arg(node, 1)
+        if any(x.kind != "values" or x.relu or x.pooled or x.cap < math.inf for x in (a, b)) or a.tensor == b.tensor:
+            self.refuse(node, "does not add two different outputs of conv or linear layers, BNs or additions (before "
+                        "any ReLU)")
+        if self.shapes[a.tensor] != self.shapes[b.tensor]:
+            self.refuse(node, f"adds shapes {self.shapes[a.tensor]} and {self.shapes[b.tensor]}")
+        free = [x.tensor in self.raw and x.sole for x in (a, b)]
+        for x, f in zip((a, b), free):
+            if not f and (x.folded or x.tensor in self.raw):
+                self.refuse(node, f"adds {x.tensor!r} with a BN, or unscaled, while other operations read it too; "
+                            "only an accumulator the addition alone reads folds a BN")
+            if f and not np.all(x.gain > 0):
+                self.refuse(node, f"adds {x.tensor!r} through a BN with a negative or zero scale, which the requantize "
+                            "stage cannot fold")
+        fixed = [self.scales[x.tensor] for x, f in zip((a, b), free) if not f]
+        if len(fixed) == 2 and fixed[0] != fixed[1]:
+            self.refuse(node, f"adds {a.tensor!r} and {b.tensor!r}, whose scales differ")
+        out_scale = fixed[0] if fixed else stages.fraction_scale([a.gain.min(), b.gain.min()],
+                                                                 self.options.residual_frac_bits)
+        for x, f in zip((a, b), free):
+            if f:
+                self.requantize(self.raw[x.tensor], x.gain, x.offset, out_scale)
+        name, out = self.scoped(node, "add", "out")
+        self.nodes.append(AddNode(name, (a.tensor, b.tensor), out))
+        c = self.shapes[a.tensor][0]
+        self.shapes[out], self.scales[out] = self.shapes[a.tensor], out_scale
+        self.bounds[out] = self.bounds[a.tensor] + self.bounds[b.tensor]
+        return _Value("values", out, np.full(c, out_scale), np.zeros(c))
 
-    def logits(self, name: str, input: str) -> None:
-        node = self.conv(name, input, "logits")
-        self.requantize(node, node.scale / 2.0**self.options.logit_frac_bits)
-
-    def _codes(self, name: str, shape) -> None:
-        self.shapes[name] = tuple(shape)
-        self.bounds.pop(name, None)
-        self.scales.pop(name, None)
-        self.biases.pop(name, None)
-
-    # ------------------------------------------------------------------ models
-
-    def small_cnn(self, model: SmallCNN, input_shape) -> None:
-        self.input("act_in", input_shape)
-        self.conv_to_codes("conv0", "act_in", "bn1", "act1")
-        self.conv_to_codes("conv1", "act1", "bn2", "act2")
-        self.conv("conv2", "act2", "conv2")
-        self.pool("conv2", "bn3", "act_fc")
-        self.logits("fc", "act_fc")
-
-    def resnet(self, model: PreActResNet, input_shape) -> None:
-        frac = self.options.residual_frac_bits
-        self.input("act_in", input_shape)
-        stem = self.conv("conv1", "act_in", "conv1")
-        self.requantize(stem, stem.scale / 2.0**frac)
-        stream = "conv1"
-        for i, block in enumerate(model.blocks):
-            p = f"blocks.{i}."
-            self.activate(stream, p + "bn1", p + "act1")
-            self.conv_to_codes(p + "conv1", p + "act1", p + "bn2", p + "act2")
-            conv2 = self.conv(p + "conv2", p + "act2", p + "conv2")
-            if block.shortcut is None:
-                self.requantize(conv2, self.scales[stream])
-                skip = stream
-            else:
-                short = self.conv(p + "shortcut", p + "act1", p + "shortcut")
-                scale = stages.fraction_scale([conv2.scale, short.scale], frac)
-                self.requantize(conv2, scale)
-                self.requantize(short, scale)
-                skip = p + "shortcut"
-            self.add(p + "add", p + "conv2", skip, p + "out")
-            stream = p + "out"
-        self.pool(stream, "bn", "act_fc")
-        self.logits("fc", "act_fc")
+    def _output(self, node: fx.Node, op: Op) -> _Value:
+        source = node.args[0]
+        if not isinstance(source, fx.Node):
+            self.refuse(node, "returns more than one tensor; a compiled network returns its logits")
+        x = self.values[source]
+        if x.kind != "values" or x.tensor not in self.raw or not x.plain or not x.sole \
+                or self.shapes[x.tensor][1:] != (1, 1):
+            self.refuse(source, "gives the network's output; the output must be a linear layer's (or a conv's "
+                        "C x 1 x 1) accumulator that nothing else reads (the logits)")
+        conv = self.raw[x.tensor]
+        self.rename(x.tensor, "logits")
+        conv.output = "logits"
+        self.requantize(conv, x.gain, x.offset, conv.scale / 2.0**self.options.logit_frac_bits)
+        return x

@@ -39,7 +39,7 @@ from torch import fx, nn
 from .layers import QAct, QConv2d, QLinear
 from .quantizer import Quantizer, QuantSpec
 
-__all__ = ["QuantGraphModule", "prepare", "quantizable"]
+__all__ = ["QuantGraphModule", "prepare", "quantizable", "trace"]
 
 _PAIRS, _IMAGE = "lcq_quant_layers", "lcq_image_input"     # keys of QuantGraphModule.meta
 
@@ -151,6 +151,15 @@ def _defaults(model: nn.Module) -> dict | None:
     return fixed or None
 
 
+def trace(model: nn.Module) -> fx.Graph:
+    """``model``'s forward as a ``torch.fx`` graph (quantizers, QConv2d and QLinear are leaves; forward's
+    defaulted flags at their defaults). Each node's ``meta`` holds ``stack_trace`` (where the user's
+    code called it) and ``nn_module_stack`` (the modules it was called in). Tracing errors propagate."""
+    tracer = _Tracer()
+    tracer.record_stack_traces = True
+    return tracer.trace(model, concrete_args=_defaults(model))
+
+
 def _layer_input(node: fx.Node) -> fx.Node:
     x = node.args[0] if node.args else node.kwargs.get("input")
     if not isinstance(x, fx.Node):
@@ -170,7 +179,7 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
         raise ValueError(f"a model to quantize must be a torch.nn.Module, not {type(model).__name__}")
     name = type(model).__name__
     try:
-        graph = _Tracer().trace(model, concrete_args=_defaults(model))
+        graph = trace(model)
     except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot quantize {name}: torch.fx cannot trace its forward ({type(e).__name__}: {reason}). "

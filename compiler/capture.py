@@ -1,0 +1,179 @@
+"""The operations of a quantized network, captured by tracing its forward with ``torch.fx``.
+
+:func:`capture` gives the graph of a model: that of a traced network
+(:func:`lcq_train.plan.quantize_model` of a user's model keeps its graph), or a
+fresh trace (:func:`lcq_train.graph.trace`) of a model written with
+:mod:`lcq_train.layers` (the built-in ones). :func:`operation` names what one
+graph node does as one of the kinds the compiler lowers (:data:`SUPPORTED`);
+any other operation raises :class:`Unsupported`, a ValueError naming the
+operation, where the user's code calls it (``file:line``) and the list of
+what is supported.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from lcq_train.graph import trace
+from lcq_train.layers import QAct, QConv2d, QLinear
+
+SUPPORTED = (
+    "the input image into its activation quantizer (QAct, uint8 codes)",
+    "Conv2d (quantized; groups 1, square kernel, stride and zero padding up to kernel // 2, no dilation, bias allowed)",
+    "Linear (quantized; on a vector of C codes)",
+    "BatchNorm2d (eval-mode statistics; before a ReLU, pooling or a quantizer, or a residual addition "
+    "with a positive scale)",
+    "ReLU (nn.ReLU, F.relu, torch.relu, .relu())",
+    "ReLU6 / hardtanh(0, max) before an activation quantizer",
+    "residual addition of two tensors (+, torch.add, .add())",
+    "global average pooling after a ReLU (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)))",
+    "flatten of a C x 1 x 1 tensor (nn.Flatten, torch.flatten(x, 1), .flatten(1))",
+    "identity and dropout (inference)",
+    "activation quantizer (QAct, unsigned) on a tensor",
+    "a linear or conv layer as the network's output (the logits)",
+)
+
+_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
+_TORCH_DIR = re.escape(str(torch.__file__).rsplit("/", 1)[0])
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+@dataclass(frozen=True)
+class Op:
+    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, flatten,
+    identity, add, output), its ``module`` (None for a function) and ``cap`` (the clip maximum)."""
+
+    kind: str
+    module: nn.Module | None = None
+    cap: float = math.inf
+
+
+class Unsupported(ValueError):
+    """An operation the compiler does not lower: what it is, where the user's code calls it, and why."""
+
+    def __init__(self, model: str, node: fx.Node, why: str):
+        self.node = node
+        super().__init__(f"cannot compile a {model}: {describe(node)}{location(node)} {why}; "
+                         f"the compiler lowers: {'; '.join(SUPPORTED)}")
+
+
+def capture(model: nn.Module, name: str) -> fx.Graph:
+    """The ``torch.fx`` graph of ``model`` (a traced network's own graph, else a fresh trace).
+    ValueError, naming the model ``name``, when ``torch.fx`` cannot trace the forward."""
+    if isinstance(model, fx.GraphModule):
+        return model.graph
+    try:
+        return trace(model)
+    except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot compile a {name}: torch.fx cannot trace its forward "
+                         f"({type(e).__name__}: {reason}); its forward must not branch on tensor values") from None
+
+
+def describe(node: fx.Node) -> str:
+    """The operation of ``node`` as the user wrote it: a module and its class, a function or a method."""
+    if node.op == "call_module":
+        module = node.graph.owning_module.get_submodule(node.target) if node.graph.owning_module else None
+        return f"layer {node.target!r} ({type(module).__name__ if module is not None else 'module'})"
+    if node.op == "call_function":
+        module = (getattr(node.target, "__module__", None) or "").replace("_operator", "operator")
+        name = getattr(node.target, "__name__", node.name)
+        return f"function {module + '.' if module else ''}{name}"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    return f"{node.op} {node.target}"
+
+
+def location(node: fx.Node) -> str:
+    """`` at FILE:LINE (code)``: the innermost frame outside torch of ``node``'s recorded stack trace
+    (empty when none was recorded, as for the quantizers that tracing inserted)."""
+    trace_text = node.meta.get("stack_trace") or ""
+    lines = trace_text.splitlines()
+    found = ""
+    for i, line in enumerate(lines):
+        m = _FRAME.search(line)
+        if m and not re.match(_TORCH_DIR, m.group(1)):
+            code = lines[i + 1].strip() if i + 1 < len(lines) and not _FRAME.search(lines[i + 1]) else ""
+            found = f" at {m.group(1)}:{m.group(2)}" + (f" ({code})" if code else "")
+    return found
+
+
+def _arg(node: fx.Node, i: int, name: str, default=None):
+    return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
+def _is_one(size) -> bool:
+    return size == 1 or (isinstance(size, (tuple, list)) and all(s == 1 for s in size))
+
+
+def _spatial_dims(dims) -> bool:
+    return isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3]
+
+
+def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
+    """The kind of ``node``; :class:`Unsupported` for anything the compiler does not lower."""
+    if node.op == "placeholder":
+        return Op("input")
+    if node.op == "output":
+        return Op("output")
+    if node.op == "call_module":
+        m = modules[node.target]
+        if isinstance(m, QAct):
+            return Op("act", m)
+        if isinstance(m, QConv2d):
+            return Op("conv", m)
+        if isinstance(m, QLinear):
+            return Op("linear", m)
+        if type(m) is nn.BatchNorm2d:
+            return Op("bn", m)
+        if type(m) is nn.ReLU:
+            return Op("relu")
+        if type(m) is nn.ReLU6:
+            return Op("clip", cap=6.0)
+        if type(m) is nn.Hardtanh and m.min_val == 0 and m.max_val > 0:
+            return Op("clip", cap=float(m.max_val))
+        if type(m) is nn.AdaptiveAvgPool2d and _is_one(m.output_size):
+            return Op("pool")
+        if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
+            return Op("flatten")
+        if isinstance(m, _IDENTITY_MODULES):
+            return Op("identity")
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            raise Unsupported(model, node, "is not quantized (quantize the model with lcq_train.quantize_model)")
+    elif node.op == "call_function":
+        f = node.target
+        if f in _RELU_FUNCTIONS:
+            return Op("relu")
+        if f is F.relu6:
+            return Op("clip", cap=6.0)
+        if f is F.hardtanh and _arg(node, 1, "min_val", -1.0) == 0 and _arg(node, 2, "max_val", 1.0) > 0:
+            return Op("clip", cap=float(_arg(node, 2, "max_val", 1.0)))
+        if f is F.adaptive_avg_pool2d and _is_one(_arg(node, 1, "output_size")):
+            return Op("pool")
+        if f is torch.flatten and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
+            return Op("flatten")
+        if f is F.dropout:
+            return Op("identity")
+        if f in _ADD_FUNCTIONS and _arg(node, 2, "alpha", 1) == 1:
+            return Op("add")
+    elif node.op == "call_method":
+        if node.target in ("relu", "relu_"):
+            return Op("relu")
+        if node.target == "flatten" and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
+            return Op("flatten")
+        if node.target == "mean" and _spatial_dims(_arg(node, 1, "dim")):
+            return Op("pool")
+        if node.target == "contiguous":
+            return Op("identity")
+        if node.target in ("add", "add_") and _arg(node, 2, "alpha", 1) == 1:
+            return Op("add")
+    raise Unsupported(model, node, "is not supported")

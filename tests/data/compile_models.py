@@ -1,0 +1,110 @@
+"""Plain PyTorch networks (no lcq_train import) that the accelerator runs but that are not the built-in
+models, for tests/test_compile_graph.py: ``lcq train --model FILE.py:FACTORY``, then ``lcq compile``.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PostActBlock(nn.Module):
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + bn_s(conv_s(x)))`` (He et al. 2015), projection shortcut."""
+
+    def __init__(self, in_ch, out_ch, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.shortcut = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class PostActResNet(nn.Module):
+    """A post-activation ResNet: stem conv + BN + ReLU, two blocks (the first strided), global average
+    pooling by ``mean``, a linear classifier."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                  nn.ReLU(inplace=True))
+        self.block1 = PostActBlock(width, 2 * width, stride=2)
+        self.block2 = PostActBlock(2 * width, 2 * width, stride=1)
+        self.fc = nn.Linear(2 * width, num_classes)
+
+    def forward(self, x):
+        x = self.block2(self.block1(self.stem(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class StridedVGG(nn.Module):
+    """VGG-style: convs with biases and ReLU6, strided convs instead of max pooling, a 1x1 conv, global
+    average pooling, two linear layers with dropout between."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU6(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+            nn.Conv2d(2 * w, 2 * w, 1), nn.BatchNorm2d(2 * w), nn.ReLU6(),
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Sequential(nn.Linear(4 * w, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+class WithMaxPool(nn.Module):
+    """A max pooling layer, which the accelerator does not run."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Depthwise(nn.Module):
+    """A depthwise (grouped) convolution."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = self.dw(F.relu(self.bn(self.conv(x))))
+        return self.fc(F.adaptive_avg_pool2d(F.relu(x), 1).flatten(1))
+
+
+class Gated(nn.Module):
+    """A sigmoid gate."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = torch.sigmoid(self.conv(x))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def post_act_resnet(num_classes, in_channels):
+    return PostActResNet(num_classes, in_channels)
+
+
+def strided_vgg(num_classes, in_channels):
+    return StridedVGG(num_classes, in_channels)

@@ -1,0 +1,186 @@
+"""Compiling by graph capture: the built-in models as before, networks of your own, and the refusals."""
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compiler.agreement import compare
+from compiler.capture import Unsupported
+from compiler.format import load, save
+from compiler.lower import CompileOptions, compile_model
+from lcq.cli import main
+from lcq_train.data import load_dataset
+from lcq_train.models.resnet import PreActResNet
+from lcq_train.plan import QuantPlan, apply_plan, quantize_model
+import lcq_train.train as train_mod
+from lcq_train.train import TrainConfig, train
+from sim.runner import unavailable_reason
+
+from helpers import images, randomize, small_cnn
+
+DATA = Path(__file__).parent / "data"
+sys.path.insert(0, str(DATA))
+import compile_models as cm  # noqa: E402
+
+
+def _resnet(depth, bits, seed):
+    torch.manual_seed(seed)
+    return randomize(apply_plan(PreActResNet(depth, 10, 3), QuantPlan("lcq", bits, bits)), seed=seed)
+
+
+# SHA-256 of the files the class-based lowering (compiler/lower.py before graph capture) wrote for these
+# seeded models; the graph path must write the same bytes.
+BUILTIN = {
+    "cnn-lcq-w3a3": (lambda: small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=33), (1, 8, 8), {},
+                     "0ed67e52fe7a6918493443d2384cdf76b38691135fbfc907a720fba47c7ca1f3"),
+    "cnn-uniform-w2a4": (lambda: small_cnn((1, 8, 8), QuantPlan("uniform", 2, 4), seed=24), (1, 8, 8), {},
+                         "d9ee8f6392a8a4e3d19ddf54206bc148e5e5e11a6ee9e20f0f6b76a71d9b2073"),
+    "cnn-28x28-mixed": (lambda: small_cnn((1, 28, 28), QuantPlan("lcq", 3, 3, layer_bits={"conv1": (4, 2),
+                                                                                         "conv2": (2, 4)}), seed=4),
+                        (1, 28, 28), {}, "2dd82538c1f0f84a6d1f07cb0737077be628993b6257ca87ec6a0e0eb8327c0a"),
+    "resnet8-coarse": (lambda: _resnet(8, 3, 5), (3, 32, 32),
+                       dict(residual_frac_bits=0, logit_frac_bits=0, pool_frac_bits=3, max_lut_entries=16),
+                       "8e1216824905f9dd675ef69841377bb03f1b37062f6fff788eac1927c07fa751"),
+    "resnet20-w3a3": (lambda: _resnet(20, 3, 20), (3, 32, 32), {},
+                      "d0e7c0fa17f1b00f7f4687c0bef6c350f21ae33e551923ed48d83347ba070ecc"),
+    "resnet56-w4a4": (lambda: _resnet(56, 4, 56), (3, 32, 32), {},
+                      "943c58edf4dce45c9787d98067efe4c956d5bc9b1fc9d54ed7ca3fad4e2bfcf6"),
+}
+
+
+@pytest.mark.parametrize("case", list(BUILTIN))
+def test_builtin_models_compile_to_the_same_bytes(case, tmp_path):
+    make, shape, options, digest = BUILTIN[case]
+    path = tmp_path / "m.lcq"
+    save(compile_model(make(), shape, CompileOptions(**options)), path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+def _mismatches(compiled, model, x):
+    result = compare(compiled, model, x, np.zeros(len(x), dtype=np.int64))
+    return result.disagreements + sum(m for _, m in result.codes.values())
+
+
+def _positive_bn(model):
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.abs_().add_(0.1)
+    return model
+
+
+def test_random_user_networks_are_exact_code_for_code():
+    torch.manual_seed(0)
+    resnet = _positive_bn(randomize(quantize_model(cm.PostActResNet(10, 1), method="lcq", wbits=3, abits=3), 3))
+    compiled = compile_model(resnet, (1, 8, 8))
+    assert [n.op for n in compiled.nodes] == ["input", "conv", "conv", "conv", "conv", "add", "activate", "conv",
+                                              "conv", "conv", "add", "pool", "conv"]
+    assert [n.name for n in compiled.nodes if n.op == "add"] == ["block1.add", "block2.add"]
+    assert all(c.stage.kind == "requantize" for c in compiled.convs if "conv2" in c.name or "shortcut" in c.name)
+    assert _mismatches(compiled, resnet, images(40, (1, 8, 8), seed=1)) == 0
+
+    torch.manual_seed(1)
+    vgg = randomize(quantize_model(cm.StridedVGG(10, 1), method="lcq", wbits=3, abits=3), 4, act_alpha=8.0)
+    compiled = compile_model(vgg, (1, 8, 8))
+    assert [(c.kind, c.kernel, c.stride, c.out_shape) for c in compiled.convs] == [
+        ("conv", 3, 1, (8, 8, 8)), ("conv", 3, 2, (16, 4, 4)), ("conv", 1, 1, (16, 4, 4)), ("conv", 3, 2, (32, 2, 2)),
+        ("linear", 1, 1, (32, 1, 1)), ("linear", 1, 1, (10, 1, 1))]
+    first = compiled.convs[0]                       # ReLU6 folded: codes whose threshold lies above 6 never occur
+    act = vgg.get_submodule(first.output)
+    assert (act.alpha.item() > 6) and (first.stage.thresholds[first.stage.thresholds < first.acc_bound].size
+                                       < first.stage.thresholds.size)
+    assert _mismatches(compiled, vgg, images(40, (1, 8, 8), seed=2)) == 0
+
+
+@pytest.mark.parametrize("net,pattern", [
+    (cm.WithMaxPool, r"function torch\.nn\.functional\.max_pool2d at .*compile_models\.py:\d+ \(x = F\.max_pool2d"),
+    (cm.Depthwise, r"layer 'dw' \(QConv2d\) at .*compile_models\.py:\d+ .* is a grouped convolution \(groups=4\)"),
+    (cm.Gated, r"function torch\.sigmoid at .*compile_models\.py:\d+ "),
+])
+def test_unsupported_operations_are_named_with_their_place_and_the_supported_list(net, pattern):
+    model = quantize_model(net(10, 1), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=pattern) as e:
+        compile_model(model, (1, 8, 8))
+    assert str(e.value).startswith(f"cannot compile a {net.__name__}: ")
+    assert "the compiler lowers: " in str(e.value) and "residual addition" in str(e.value)
+
+
+def test_batch_norm_with_negative_scale_before_an_addition_is_refused():
+    torch.manual_seed(0)
+    model = _positive_bn(randomize(quantize_model(cm.PostActResNet(10, 1), method="lcq", wbits=3, abits=3), 3))
+    with torch.no_grad():
+        model.block2.bn2.weight[3] = -0.5
+    with pytest.raises(Unsupported, match=r"operator\.add at .*compile_models\.py:\d+ .*'block2\.conv2' through a BN "
+                                          "with a negative"):
+        compile_model(model, (1, 8, 8))
+
+
+def _digits_slice(name, data_dir=None):
+    """The first 512 training and 128 test images of digits: brief runs."""
+    d = load_dataset(name, data_dir)
+    return dataclasses.replace(d, train_x=d.train_x[:512], train_y=d.train_y[:512], test_x=d.test_x[:128],
+                               test_y=d.test_y[:128])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Both networks of tests/data/compile_models.py (a copy), trained briefly on digits, compiled by `lcq compile`."""
+    root = tmp_path_factory.mktemp("graph")
+    nets = root / "nets.py"
+    shutil.copy(DATA / "compile_models.py", nets)
+    runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_mod, "load_dataset", _digits_slice)
+        for factory in ("post_act_resnet", "strided_vgg"):
+            ref = f"{nets}:{factory}"
+            train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
+                              out=str(root / factory), progress=False))
+            checkpoint, model = root / factory / "checkpoint.pt", root / f"{factory}.lcq"
+            assert main(["compile", str(checkpoint), "-o", str(model), "--model", ref]) == 0
+            runs[factory] = ref, checkpoint, model
+    return runs
+
+
+@pytest.mark.parametrize("factory", ["post_act_resnet", "strided_vgg"])
+def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
+    ref, checkpoint, model = trained[factory]
+    compiled = load(model)
+    assert compiled.source["model"] == ref
+    capsys.readouterr()
+    assert main(["eval", str(model), "--model", ref, "--images", "128", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 128 and result["agreement"] == 1.0 and result["disagreements"] == 0
+    assert result["top1"] == result["torch_top1"] > 20.0
+    assert all(c["mismatched"] == 0 for c in result["code_mismatches"].values())
+
+
+def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_path, capsys):
+    ref, checkpoint, _ = trained["strided_vgg"]
+    out = tmp_path / "m.lcq"
+    assert main(["compile", str(checkpoint), "-o", str(out)]) == 2
+    assert f"pass --model {ref} " in capsys.readouterr().err and not out.exists()
+    assert main(["compile", str(checkpoint), "-o", str(out), "--model", "cnn"]) == 2
+    assert "not of 'cnn'" in capsys.readouterr().err and not out.exists()
+    assert main(["eval", str(trained["strided_vgg"][2])]) == 2
+    assert f"pass --model {ref}" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_trained_user_network_runs_bit_exact_in_verilator(trained, capsys):
+    reason = unavailable_reason("verilator")
+    if reason is not None:
+        pytest.skip(f"verilator simulation skipped: {reason}")
+    _, _, model = trained["post_act_resnet"]
+    capsys.readouterr()
+    assert main(["sim", str(model), "--simulator", "verilator", "--rows", "2", "--cols", "2", "--images", "2",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mismatches"] == 0
