@@ -347,7 +347,8 @@ class _Lowering:
             raise ValueError(f"cannot compile a {self.model}: layer {name!r} has full-precision weights; compile a "
                              "quantized model")
         if not wq.alpha.item() > 0 or not wq.normalization(weight)[1].item() > 0:
-            raise ValueError(f"cannot compile a {self.model}: layer {name!r}: weight clip alpha and LWN sigma must "
+            raise ValueError(f"cannot compile a {self.model}: layer {name!r}: weight clip alpha and the weight "
+                             "normalization's sigma_w (LWN or standardization) must "
                              "be positive")
         conv = ConvNode(
             name=name, input=x.tensor, output=name, kind=kind, in_shape=(c, h, w), out_shape=out_shape,

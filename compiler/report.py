@@ -1,9 +1,14 @@
 """Per-layer size report of a compiled model (the paper's Tables S1 and 7).
 
 Weight bytes are the packed codes (``ceil(C_out * C_in * k * k * wbits / 8)``);
-a LUT layer stores ``s_w * s_a`` entries of 16 bits (21 entries, 42 bytes at
-W3/A3 with 8-bit outer widths); a "multiply" layer (8-bit edge layers) has no
-LUT. ``total_bytes`` is weights plus LUTs; output-stage constants are listed
+a LUT layer stores ``m = s_w * s_a`` entries of ``b'_w + b'_a`` bits each (an
+entry is the product of an outer weight level, ``b'_w`` bits with its sign,
+and an outer activation level, ``b'_a`` bits), ``ceil(m * (b'_w + b'_a) / 8)``
+bytes: the paper's ``2^-3 (b'_w + b'_a) m`` (Table 7) rounded up to whole
+bytes per layer (21 entries, 42 bytes at W3/A3 with 8-bit outer widths, 27
+at 6/4); ``lut_bits_needed`` is the width its largest entry needs without the
+sign (the compiled file's ``lut_bits``). A "multiply" layer (8-bit edge layers)
+has no LUT. ``total_bytes`` is weights plus LUTs; output-stage constants are listed
 apart (``stage_bytes``: thresholds and requantize constants at their stated
 widths, rounded up to whole bytes per layer).
 
@@ -19,7 +24,16 @@ from __future__ import annotations
 from .graph import CompiledModel, ConvNode, Requantize, Thresholds, signed_bits
 from .network import plan_network
 
-LUT_ENTRY_BYTES = 2
+
+
+def lut_entry_bits(node: ConvNode) -> int:
+    """Bits of one LUT entry: ``b'_w + b'_a`` (the paper's Table 7)."""
+    return node.outer_wbits + node.outer_abits
+
+
+def lut_bytes(entries: int, entry_bits: int) -> int:
+    """``ceil(entries * entry_bits / 8)``: the paper's ``2^-3 (b'_w + b'_a) m`` in whole bytes."""
+    return (entries * entry_bits + 7) // 8
 
 
 def _stage_bytes(node: ConvNode) -> int:
@@ -37,11 +51,15 @@ def layer_rows(model: CompiledModel) -> list[dict]:
     """One dict per LUT-MAC layer: name, kind, bit-widths, MACs, weight/LUT/stage bytes, accumulator bits."""
     rows = []
     for node in model.convs:
-        entries = node.lut().size if node.mac == "lut" else 0
+        lut = node.lut() if node.mac == "lut" else None
+        entries = lut.size if lut is not None else 0
+        bits = lut_entry_bits(node) if entries else 0
         rows.append({"name": node.name, "kind": node.kind, "mac": node.mac, "wbits": node.wbits,
-                     "abits": node.abits, "macs": node.macs, "weights": int(node.weight_codes.size),
+                     "abits": node.abits, "outer_wbits": node.outer_wbits, "outer_abits": node.outer_abits,
+                     "macs": node.macs, "weights": int(node.weight_codes.size),
                      "weight_bytes": (node.weight_codes.size * node.wbits + 7) // 8,
-                     "lut_entries": entries, "lut_bytes": entries * LUT_ENTRY_BYTES,
+                     "lut_entries": entries, "lut_entry_bits": bits, "lut_bytes": lut_bytes(entries, bits),
+                     "lut_bits_needed": int(lut.max()).bit_length() if entries else 0,
                      "acc_bits": node.acc_bits, "stage": node.stage.kind if node.stage else "accumulator",
                      "stage_bytes": _stage_bytes(node)})
     return rows
@@ -53,7 +71,7 @@ def report(model: CompiledModel, lanes: int | None = None) -> dict:
     rows = layer_rows(model)
     weights = sum(r["weight_bytes"] for r in rows)
     luts = sum(r["lut_bytes"] for r in rows)
-    rep = {"layers": rows, "total_bytes": weights + luts, "total_bytes_without_luts": weights,
+    rep = {"layers": rows, "total_bytes": weights + luts, "total_bytes_without_luts": weights, "lut_bytes": luts,
            "stage_bytes": sum(r["stage_bytes"] for r in rows), "macs": sum(r["macs"] for r in rows)}
     if lanes is not None:
         rep["network"] = plan_network(model, lanes).describe()
@@ -87,10 +105,12 @@ def format_network(net: dict) -> str:
 
 def format_table(rep: dict) -> str:
     """The report as a markdown table with a totals line."""
-    lines = ["| layer | kind | W/A | MAC | MACs | weight bytes | LUT entries | LUT bytes | acc bits | stage | stage bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| layer | kind | W/A | b'_w/b'_a | MAC | MACs | weight bytes | LUT entries | LUT bytes | acc bits "
+             "| stage | stage bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["layers"]:
-        lines.append(f"| {r['name']} | {r['kind']} | {r['wbits']}/{r['abits']} | {r['mac']} | {r['macs']:,} | "
+        lines.append(f"| {r['name']} | {r['kind']} | {r['wbits']}/{r['abits']} | {r['outer_wbits']}/{r['outer_abits']} "
+                     f"| {r['mac']} | {r['macs']:,} | "
                      f"{r['weight_bytes']:,} | {r['lut_entries']} | {r['lut_bytes']} | {r['acc_bits']} | "
                      f"{r['stage']} | {r['stage_bytes']:,} |")
     lines += ["", f"total: {rep['total_bytes']:,} bytes with LUTs, {rep['total_bytes_without_luts']:,} without; "

@@ -10,8 +10,8 @@ from .arguments import nonnegative_float, positive_float, positive_int, torch_de
 from .data import DATASETS
 from .factory import MODEL, is_factory
 from .models import MODELS
-from .plan import parse_layer_bits
-from .quantizer import BITS, CLIP, INTERVALS, METHODS, OUTER_BITS
+from .plan import OUTER_BITS_OPTION, QuantPlan, parse_layer_bits
+from .quantizer import BITS, CLIP, INTERVALS, METHODS, WEIGHT_NORMS
 from .train import SEED
 
 
@@ -31,11 +31,18 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--method", choices=METHODS, default="lcq")
     p.add_argument("--wbits", type=BITS, default=3, metavar="B", help=f"weight bits of inner layers ({BITS.describe()})")
     p.add_argument("--abits", type=BITS, default=3, metavar="B", help="activation bits of inner layers")
-    p.add_argument("--layer-bits", action="append", default=[], metavar="NAME=W/A",
-                   help="per-layer override, repeatable (e.g. blocks.0.conv1=4/3)")
+    p.add_argument("--layer-bits", action="append", default=[], metavar="NAME=W/A[:BW/BA]",
+                   help="per-layer override, repeatable (e.g. blocks.0.conv1=4/3), optionally with the layer's own "
+                        "outer widths b'_w/b'_a (e.g. blocks.0.conv1=3/3:6/4)")
     p.add_argument("--edge-bits", type=BITS, default=8, metavar="B", help="bits of the first and last layers")
-    p.add_argument("--outer-bits", type=OUTER_BITS, default=8, metavar="B",
-                   help="b' of the outer re-quantization (0: none; else at least every layer's bits, at most 16)")
+    p.add_argument("--outer-bits", type=OUTER_BITS_OPTION, default=8, metavar="B|BW/BA",
+                   help="b' of the outer re-quantization: one width for weights and activations (8), or b'_w/b'_a "
+                        "(6/4); 0: none. Each at least the inner layers' bits, at most 16; the 8-bit edge layers and "
+                        "the input image keep at least their own bits")
+    p.add_argument("--weight-norm", choices=WEIGHT_NORMS, default="lwn",
+                   help="weight normalization of the inner layers: lwn = limited weight normalization (the paper's, "
+                        "sigma_w * Q((w - mu_w) / sigma_w)); standardize = the conventional one (APoT), "
+                        "Q((w - mu_w) / sigma_w) without rescaling")
     p.add_argument("--K", type=INTERVALS, default=16, help=f"compander intervals ({INTERVALS.describe()})")
     p.add_argument("--alpha-w", type=CLIP, default=3.0, help="initial weight clip (in units of sigma_w)")
     p.add_argument("--alpha-a", type=CLIP, default=8.0, help="initial activation clip")
@@ -103,7 +110,8 @@ def _config_values(parser: argparse.ArgumentParser, path: str) -> dict:
         if problem:
             parser.error(f"--config {path}: key {key!r} {problem}")
         if key == "layer_bits" and isinstance(value, dict):
-            values[key] = [f"{name}={pair[0]}/{pair[1]}" for name, pair in value.items()]
+            values[key] = [f"{name}={pair[0]}/{pair[1]}" + (f":{pair[2]}/{pair[3]}" if len(pair) == 4 else "")
+                           for name, pair in value.items()]
     return values
 
 
@@ -113,10 +121,16 @@ def _config_problem(action: argparse.Action, value) -> str | None:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return None
         if not isinstance(value, dict):
-            return f'must be an object {{"LAYER": [WBITS, ABITS], ...}} or a list of "LAYER=W/A" strings, not {value!r}'
+            return (f'must be an object {{"LAYER": [WBITS, ABITS] or [WBITS, ABITS, BW, BA], ...}} or a list of '
+                    f'"LAYER=W/A[:BW/BA]" strings, not {value!r}')
         for name, pair in value.items():
-            if not isinstance(pair, list) or len(pair) != 2 or not all(BITS.accepts(b) for b in pair):
-                return f"must give layer {name!r} [WBITS, ABITS], each {BITS.describe()}, not {pair!r}"
+            if not isinstance(pair, list) or len(pair) not in (2, 4) or not all(BITS.accepts(b) for b in pair[:2]):
+                return (f"must give layer {name!r} [WBITS, ABITS], each {BITS.describe()}, or [WBITS, ABITS, BW, BA] "
+                        f"(outer widths), not {pair!r}")
+            try:
+                QuantPlan(layer_bits={name: pair})
+            except ValueError as e:
+                return str(e)
         return None
     if value is None and action.default is None:
         return None
@@ -142,9 +156,12 @@ def train_config(args: argparse.Namespace):
     the options given must equal the saved ones (ValueError lists those that do not)."""
     from .train import TrainConfig, check_continues
 
-    plan = {"method": args.method, "wbits": args.wbits, "abits": args.abits, "outer_bits": args.outer_bits or None,
+    outer = OUTER_BITS_OPTION.check(args.outer_bits)      # (a --config file's value is not parsed by argparse)
+    plan = {"method": args.method, "wbits": args.wbits, "abits": args.abits,
+            "outer_bits": list(outer) if isinstance(outer, tuple) else outer,
             "K": args.K, "alpha_w": args.alpha_w, "alpha_a": args.alpha_a, "edge_bits": args.edge_bits,
-            "layer_bits": {k: list(v) for k, v in parse_layer_bits(args.layer_bits).items()}}
+            "layer_bits": {k: list(v) for k, v in parse_layer_bits(args.layer_bits).items()},
+            "weight_norm": args.weight_norm}
     asked = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir, "plan": plan,
              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "q_lr": args.q_lr,
              "weight_decay": args.weight_decay, "momentum": TrainConfig.momentum, "warmup_epochs": args.warmup_epochs,
@@ -156,7 +173,7 @@ def train_config(args: argparse.Namespace):
         return TrainConfig.from_dict(asked)
     from .checkpoint import load_checkpoint
 
-    saved = load_checkpoint(checkpoint)["config"]
+    saved = TrainConfig.from_dict(load_checkpoint(checkpoint)["config"]).to_dict()   # (fields added since: defaults)
     if is_factory(saved["model"]) and "model" not in given:
         raise ValueError(f"{checkpoint} holds a run of the user model {saved['model']!r}; continuing it imports and "
                          f"runs that code, which a checkpoint alone never does: pass --model {saved['model']} to "

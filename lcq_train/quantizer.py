@@ -20,6 +20,7 @@ BITS = IntRange(MIN_BITS, MAX_BITS)                     # --wbits, --abits, --ed
 OUTER_BITS = IntRange(MIN_BITS, MAX_OUTER_BITS, also=(0,))   # --outer-bits (0: no outer re-quantization)
 INTERVALS = IntRange(1, MAX_K)                          # --K
 CLIP = positive_float                                   # --alpha-w, --alpha-a (initial clip values)
+WEIGHT_NORMS = ("lwn", "standardize")                   # --weight-norm
 
 
 @dataclass(frozen=True)
@@ -54,16 +55,25 @@ class QuantSpec:
 class Quantizer(nn.Module):
     """Fake-quantizer for one tensor; ``signed`` for weights, unsigned for activations.
 
-    Weights (``weight_norm=True``) go through limited weight normalization (eq. 13):
-    ``w~ = sigma_w * Q((w - mu_w) / sigma_w)`` with ``mu_w, sigma_w`` detached.
+    Weights go through a weight normalization, ``weight_norm`` (True means "lwn"):
+
+    - "lwn", limited weight normalization (eq. 13): ``w~ = sigma_w * Q((w - mu_w) / sigma_w)``;
+    - "standardize", the conventional standardization the paper compares LWN with (APoT):
+      ``w~ = Q((w - mu_w) / sigma_w)``, no rescaling by sigma_w after the quantizer;
+
+    with ``mu_w, sigma_w`` detached in both. ``weight_norm`` False or None: none (activations).
     Parameters: ``alpha`` (scalar) unless method is "fp"; ``theta`` (K,) for LCQ.
     """
 
-    def __init__(self, spec: QuantSpec, signed: bool, weight_norm: bool = False):
+    def __init__(self, spec: QuantSpec, signed: bool, weight_norm: bool | str | None = False):
         super().__init__()
         self.spec = spec
         self.signed = signed
-        self.weight_norm = weight_norm
+        if weight_norm is True:
+            weight_norm = "lwn"
+        if weight_norm not in (False, None, *WEIGHT_NORMS):
+            raise ValueError(f"weight normalization must be one of {WEIGHT_NORMS} (or none), not {weight_norm!r}")
+        self.weight_norm = weight_norm or None
         self.method = spec.method
         if self.method == "lcq" and signed and spec.bits == 2:
             self.method = "uniform"
@@ -74,7 +84,7 @@ class Quantizer(nn.Module):
             self.theta = nn.Parameter(torch.zeros(spec.K))
 
     def normalization(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Detached (mu_w, sigma_w) of LWN for weight tensor ``w``."""
+        """Detached (mu_w, sigma_w) of the weight normalization for weight tensor ``w``."""
         w = w.detach()
         return w.mean(), w.std()
 
@@ -89,7 +99,8 @@ class Quantizer(nn.Module):
             return x
         if self.weight_norm:
             mu, sigma = self.normalization(x)
-            return sigma * self.quantize((x - mu) / sigma)
+            q = self.quantize((x - mu) / sigma)
+            return sigma * q if self.weight_norm == "lwn" else q
         return self.quantize(x)
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,10 +120,11 @@ class Quantizer(nn.Module):
         return level_table(theta, self.spec.bits, self.spec.outer_bits, self.signed)
 
     def step(self, x: torch.Tensor | None = None) -> float:
-        """Real value of one integer level: ``alpha / s'`` (times LWN's ``sigma_w`` of weight tensor ``x``)."""
+        """Real value of one integer level: ``alpha / s'`` (times LWN's ``sigma_w`` of weight tensor ``x``;
+        standardized weights are not rescaled, so their step is ``alpha / s'``)."""
         self._require_integer_levels()
         step = self.alpha.item() / level_scale(self.spec.outer_bits, self.signed)
-        return step * self.normalization(x)[1].item() if self.weight_norm else step
+        return step * self.normalization(x)[1].item() if self.weight_norm == "lwn" else step
 
     def _require_integer_levels(self) -> None:
         if self.method == "fp" or self.spec.outer_bits is None:
@@ -122,4 +134,5 @@ class Quantizer(nn.Module):
     def extra_repr(self) -> str:
         if self.method == "fp":
             return "fp"
-        return f"{self.method}, bits={self.spec.bits}, outer_bits={self.spec.outer_bits}, signed={self.signed}"
+        norm = f", weight_norm={self.weight_norm}" if self.weight_norm else ""
+        return f"{self.method}, bits={self.spec.bits}, outer_bits={self.spec.outer_bits}, signed={self.signed}{norm}"

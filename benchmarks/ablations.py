@@ -1,0 +1,389 @@
+"""The paper's ablations (Sec. 4.5), on a small CNN: intervals K, LWN against standardization, outer widths.
+
+Three tables, each over ``--seeds`` (at least 3 for a result; mean ± sample std of the final test top-1):
+
+1. top-1 against the compander intervals K in {1, 2, 4, 8, 16} at W2/A2 and W3/A3 (K = 1 is the
+   uniform quantizer; at W2 the weights are ternary, so W2/A2 varies the activation quantizers only);
+2. limited weight normalization (LWN, eq. 13) against the conventional standardization of APoT
+   (``--weight-norm standardize``: no rescaling by sigma_w) at W2/A2, W3/A3 and W4/A4;
+3. outer widths b'_w/b'_a in {8/8, 6/6, 4/4, 8/4, 4/8} at W3/A3 (the inner layers; the 8-bit edge
+   layers keep 8/8): top-1, and the LUT bytes per layer and in total of the compiled model
+   (``lcq report``) against the paper's formula ``2^-3 (b'_w + b'_a) m`` bytes (m = s_w * s_a
+   entries per LUT); each compiled model is also checked against PyTorch (top-1 agreement).
+
+Per seed, one full-precision run, then every quantized run fine-tuned from it with the same recipe
+(LCQ, K = 16, LWN, b' = 8 unless the table varies it); a run that two tables share (W3/A3 K = 16
+LWN 8/8) is trained once. Resumable: finished runs are skipped, interrupted ones resumed.
+
+Run:  python benchmarks/ablations.py --dataset mnist --data-dir ../shared/datasets/mnist --schedule full
+      python benchmarks/ablations.py --dataset digits --schedule quick --seeds 0 --epochs 1 --fp-epochs 1
+Writes benchmarks/results/ablations-<dataset>.json (atomically; or --json-out) and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lcq_train.checkpoint import load_checkpoint, save_json
+from lcq_train.data import DATASETS, DatasetError, load_dataset
+from lcq_train.models import MODELS, build_model
+from lcq_train.plan import QuantPlan
+from lcq_train.train import TrainConfig, train
+
+KS = (1, 2, 4, 8, 16)
+K_BITS = (2, 3)
+NORM_BITS = (2, 3, 4)
+NORMS = ("lwn", "standardize")
+OUTERS = ((8, 8), (6, 6), (4, 4), (8, 4), (4, 8))
+OUTER_BITS_AT = 3
+# (fp epochs, quantized epochs) per schedule and dataset
+SCHEDULES = {
+    "quick": {"digits": (3, 2), "mnist": (1, 1), "fashion-mnist": (1, 1), "cifar10": (1, 1)},
+    "full": {"digits": (30, 30), "mnist": (15, 10), "fashion-mnist": (15, 10), "cifar10": (300, 300)},
+}
+_RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed", "init")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--data-dir", metavar="DIR", help="dataset directory (not needed for digits)")
+    p.add_argument("--model", choices=MODELS, default="cnn")
+    p.add_argument("--schedule", choices=tuple(SCHEDULES), default="quick",
+                   help="epochs per run: " + "; ".join(f"{k}: " + ", ".join(f"{d} {f}+{q}" for d, (f, q) in v.items())
+                                                       for k, v in SCHEDULES.items()) + " (fp + quantized)")
+    p.add_argument("--fp-epochs", type=int, metavar="N", help="override the schedule's full-precision epochs")
+    p.add_argument("--epochs", type=int, metavar="N", help="override the schedule's quantized epochs")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+                   help="one run of every configuration per seed (3 or more for mean ± std)")
+    p.add_argument("--tables", nargs="+", choices=("K", "norm", "outer"), default=["K", "norm", "outer"])
+    p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
+                   help="torch CPU threads")
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--eval-images", type=int, default=256, metavar="N",
+                   help="test images on which each compiled outer-width model is compared with PyTorch")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default: runs/ablations/<dataset>-<model>-<schedule>)")
+    p.add_argument("--json-out", metavar="FILE", help="results file (default: "
+                   "benchmarks/results/ablations-<dataset>.json)")
+    args = p.parse_args(argv)
+    fp_epochs, epochs = SCHEDULES[args.schedule][args.dataset]
+    args.fp_epochs = args.fp_epochs if args.fp_epochs is not None else fp_epochs
+    args.epochs = args.epochs if args.epochs is not None else epochs
+    if min(args.fp_epochs, args.epochs, args.batch_size, args.threads) < 1 or args.eval_images < 0:
+        p.error("--fp-epochs, --epochs, --batch-size and --threads must be >= 1, --eval-images >= 0")
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        p.error("--seeds must be distinct non-negative integers")
+    args.out = args.out or f"runs/ablations/{args.dataset}-{args.model}-{args.schedule}"
+    args.json_out = args.json_out or str(Path(__file__).resolve().parent / "results" / f"ablations-{args.dataset}.json")
+    return args
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    cmd = ["python", "benchmarks/ablations.py", "--dataset", args.dataset, "--model", args.model,
+           "--schedule", args.schedule, "--fp-epochs", str(args.fp_epochs), "--epochs", str(args.epochs),
+           "--seeds", *map(str, args.seeds), "--tables", *args.tables, "--threads", str(args.threads),
+           "--batch-size", str(args.batch_size), "--eval-images", str(args.eval_images), "--out", args.out]
+    for flag, value in (("--data-dir", args.data_dir), ("--device", args.device)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    return shlex.join(cmd)
+
+
+def edge_layers(args: argparse.Namespace, data) -> tuple[str, str]:
+    """Names of the first and last quantized layers (8-bit edges: they keep outer widths 8/8)."""
+    names = [name for name, _ in build_model(args.model, data.input_shape, data.num_classes).quant_layers()]
+    return names[0], names[-1]
+
+
+def outer_plan(ow: int, oa: int, edges: tuple[str, str]) -> QuantPlan:
+    """W3/A3 with inner outer widths ``ow/oa``; the 8-bit edge layers keep 8/8 (their own widths)."""
+    b = OUTER_BITS_AT
+    layer_bits = {} if (ow, oa) == (8, 8) else {name: (8, 8, 8, 8) for name in edges}
+    return QuantPlan("lcq", b, b, outer_bits=(ow, oa), layer_bits=layer_bits)
+
+
+def plans(args: argparse.Namespace, edges: tuple[str, str]) -> dict[str, QuantPlan]:
+    """label -> plan of every distinct quantized run the tables need (a shared run once)."""
+    out: dict[str, QuantPlan] = {}
+
+    def add(label: str, plan: QuantPlan) -> None:
+        for other, p in out.items():
+            if p == plan:
+                return
+        out[label] = plan
+
+    if "K" in args.tables:
+        for b in K_BITS:
+            for K in KS:
+                add(f"w{b}a{b}-K{K}", QuantPlan("lcq", b, b, K=K))
+    if "norm" in args.tables:
+        for b in NORM_BITS:
+            for norm in NORMS:
+                add(f"w{b}a{b}-{norm}", QuantPlan("lcq", b, b, weight_norm=norm))
+    if "outer" in args.tables:
+        for ow, oa in OUTERS:
+            add(f"w{OUTER_BITS_AT}a{OUTER_BITS_AT}-o{ow}-{oa}", outer_plan(ow, oa, edges))
+    return out
+
+
+def label_of(runs: dict[str, QuantPlan], plan: QuantPlan) -> str:
+    return next(label for label, p in runs.items() if p == plan)
+
+
+def saved_metrics(cfg: TrainConfig) -> dict | None:
+    """Metrics of the run saved in ``cfg.out`` (None: none there); ValueError if it used another recipe."""
+    out = Path(cfg.out)
+    if (out / "metrics.json").is_file():
+        metrics = json.loads((out / "metrics.json").read_text())
+    elif (out / "checkpoint.pt").is_file():
+        metrics = load_checkpoint(out / "checkpoint.pt")["metrics"]
+    else:
+        return None
+    saved = TrainConfig.from_dict(metrics["config"]).to_dict()     # (fields added since: their defaults)
+    wanted = cfg.to_dict()
+    differ = [k for k in _RECIPE_KEYS if saved.get(k) != wanted[k] and k != "init"]
+    if differ:
+        raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)}: "
+                         f"{[saved.get(k) for k in differ]} there, {[wanted[k] for k in differ]} asked); "
+                         "choose another --out or delete it")
+    return metrics
+
+
+def run(cfg: TrainConfig) -> tuple[dict, float, str]:
+    """Train, resume or skip one run: (metrics, seconds spent now, note)."""
+    metrics = saved_metrics(cfg)
+    if metrics is not None and len(metrics["epochs"]) >= cfg.epochs:
+        return metrics, 0.0, "done earlier, skipped"
+    cfg.resume = (Path(cfg.out) / "checkpoint.pt").is_file()
+    note = f"resumed after epoch {len(metrics['epochs'])}" if cfg.resume else "trained"
+    t0 = time.perf_counter()
+    metrics = train(cfg)
+    seconds = time.perf_counter() - t0
+    return metrics, seconds, f"{note} in {seconds:.1f} s"
+
+
+def compiled_sizes(checkpoint: Path, eval_images: int, data) -> dict:
+    """LUT bytes per LUT layer and in total (``lcq report``) against the paper's formula, and agreement."""
+    from compiler.agreement import compare
+    from compiler.lower import compile_checkpoint, load_model
+    from compiler.report import report
+
+    compiled = compile_checkpoint(checkpoint)
+    rep = report(compiled)
+    layers = []
+    for r in rep["layers"]:
+        if r["mac"] != "lut":
+            continue
+        formula = r["lut_entries"] * (r["outer_wbits"] + r["outer_abits"]) / 8    # 2^-3 (b'_w + b'_a) m
+        layers.append({"name": r["name"], "outer": f"{r['outer_wbits']}/{r['outer_abits']}",
+                       "entries": r["lut_entries"], "entry_bits": r["lut_entry_bits"],
+                       "bits_needed": r["lut_bits_needed"], "lut_bytes": r["lut_bytes"], "formula_bytes": formula})
+    out = {"layers": layers, "lut_bytes": rep["lut_bytes"], "formula_bytes": sum(x["formula_bytes"] for x in layers),
+           "total_bytes": rep["total_bytes"]}
+    if eval_images:
+        model, _ = load_model(checkpoint)
+        n = min(eval_images, len(data.test_y))
+        agreement = compare(compiled, model, data.test_x[:n].numpy(), data.test_y[:n].numpy()).to_dict()
+        out["agreement"] = {"images": agreement["images"], "agreement": agreement["agreement"],
+                            "integer_top1": agreement["top1"], "torch_top1": agreement["torch_top1"]}
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (n=1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def summarize(values: list[float]) -> dict:
+    return {"values": values, "mean": statistics.mean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
+           edges: tuple[str, str]) -> tuple[str, dict]:
+    """Markdown tables and their JSON form from ``results[seed][label]`` = {top1, sizes?}."""
+    seeds = [s for s in args.seeds if s in results]
+
+    def top1(label: str) -> list[float]:
+        return [results[s][label]["test_top1"] for s in seeds if label in results[s]]
+
+    lines, data = [f"Command: `{reproduce_command(args)}`", "",
+                   f"{args.dataset}, {args.model}; final test top-1 (%), mean ± std over seeds {seeds}; "
+                   f"FP {args.fp_epochs} epochs, every quantized run {args.epochs} epochs from the seed's FP run "
+                   f"(FP top-1 {mean_std(top1('fp'))}). First and last layers 8-bit uniform with LWN and b' = 8.",
+                   ""], {}
+    if "K" in args.tables:
+        lines += ["Table 1: compander intervals K (LCQ, LWN, b' = 8; K = 1 is the uniform quantizer)", "",
+                  "| K | " + " | ".join(f"W{b}/A{b}" for b in K_BITS) + " |", "|---|" + "---|" * len(K_BITS)]
+        data["K"] = {}
+        for K in KS:
+            cells = []
+            for b in K_BITS:
+                label = label_of(runs, QuantPlan("lcq", b, b, K=K))
+                data["K"][f"w{b}a{b}-K{K}"] = summarize(top1(label))
+                cells.append(mean_std(top1(label)))
+            lines.append(f"| {K} | " + " | ".join(cells) + " |")
+        lines += ["", "Paper (CIFAR-10 ResNet-20, Fig. 6): a roughly steady gain with K up to 16.", ""]
+    if "norm" in args.tables:
+        lines += ["Table 2: LWN against standardization (LCQ, K = 16, b' = 8)", "",
+                  "| W/A | LWN | standardize | LWN - standardize |", "|---|---|---|---|"]
+        data["norm"] = {}
+        for b in NORM_BITS:
+            lwn = top1(label_of(runs, QuantPlan("lcq", b, b, weight_norm="lwn")))
+            std = top1(label_of(runs, QuantPlan("lcq", b, b, weight_norm="standardize")))
+            diff = [x - y for x, y in zip(lwn, std)]
+            data["norm"][f"w{b}a{b}"] = {"lwn": summarize(lwn), "standardize": summarize(std),
+                                         "difference": summarize(diff)}
+            lines.append(f"| {b}/{b} | {mean_std(lwn)} | {mean_std(std)} | {mean_std(diff)} |")
+        lines += ["", "Paper (Table 6, CIFAR-10 ResNet-20): a large gain of LWN at 2 bits, small at 3 and 4.", ""]
+    if "outer" in args.tables:
+        b = OUTER_BITS_AT
+        lines += [f"Table 3: outer widths b'_w/b'_a of the inner layers at W{b}/A{b} (LCQ, K = 16, LWN; edge "
+                  "layers 8/8). LUT bytes from the compiled model (`lcq report`: ceil(m (b'_w + b'_a) / 8) per "
+                  "layer) against the paper's 2^-3 (b'_w + b'_a) m", "",
+                  "| b'_w/b'_a | top-1 | LUT bytes per LUT layer | LUT bytes total | paper formula total | "
+                  "LUT bits needed | agreement with PyTorch |", "|---|---|---|---|---|---|---|"]
+        data["outer"] = {}
+        for ow, oa in OUTERS:
+            plan_label = label_of(runs, outer_plan(ow, oa, edges))
+            sizes = [results[s][plan_label]["sizes"] for s in seeds
+                     if plan_label in results[s] and "sizes" in results[s][plan_label]]
+            entry = {"top1": summarize(top1(plan_label)), "sizes": sizes[0] if sizes else None,
+                     "agreement": [x.get("agreement") for x in sizes]}
+            data["outer"][f"{ow}/{oa}"] = entry
+            if sizes:
+                sz = sizes[0]
+                per = ", ".join(f"{x['name']} {x['lut_bytes']}" for x in sz["layers"])
+                needed = ", ".join(str(x["bits_needed"]) for x in sz["layers"])
+                agree = [x["agreement"]["agreement"] for x in sizes if x.get("agreement")]
+                agree_text = f"{100 * min(agree):.1f}% (min over seeds)" if agree else "-"
+                lines.append(f"| {ow}/{oa} | {mean_std(top1(plan_label))} | {per} | {sz['lut_bytes']} | "
+                             f"{sz['formula_bytes']:g} | {needed} | {agree_text} |")
+            else:
+                lines.append(f"| {ow}/{oa} | {mean_std(top1(plan_label))} | - | - | - | - | - |")
+        lines += ["", "Paper (Table 7, CIFAR-10): no loss from 8 down to 6 bits, a loss at 4; LUT memory "
+                      "2^-3 (b'_w + b'_a) m bytes.", ""]
+    return "\n".join(lines), data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        data = load_dataset(args.dataset, args.data_dir)
+    except DatasetError as e:
+        where = f" in {args.data_dir}" if args.data_dir else ""
+        note = " (Fashion-MNIST is not among the shared datasets: pass its directory with --data-dir)" \
+            if args.dataset == "fashion-mnist" else ""
+        print(f"ablations.py: error: {args.dataset} is absent{where}{note}: {e}", file=sys.stderr)
+        return 2
+    edges = edge_layers(args, data)
+    runs = plans(args, edges)
+    compiled_labels = ({label_of(runs, outer_plan(ow, oa, edges)) for ow, oa in OUTERS}
+                       if "outer" in args.tables else set())
+    out = Path(args.out)
+    common = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
+              "batch_size": args.batch_size, "device": args.device, "progress": False}
+    configs = []
+    for seed in args.seeds:
+        fp = TrainConfig(plan=QuantPlan("fp"), epochs=args.fp_epochs, seed=seed, out=str(out / f"seed{seed}" / "fp"),
+                         **common)
+        configs.append((seed, "fp", fp))
+        for label, plan in runs.items():
+            configs.append((seed, label, TrainConfig(plan=plan, epochs=args.epochs, seed=seed,
+                                                     out=str(out / f"seed{seed}" / label),
+                                                     init=str(Path(fp.out) / "checkpoint.pt"), **common)))
+    results: dict[int, dict[str, dict]] = {}
+    timing = {"fp_seconds": 0.0, "fp_epochs": 0, "quant_seconds": 0.0, "quant_epochs": 0, "compile_seconds": 0.0}
+    t_start = time.perf_counter()
+    try:
+        for _, _, cfg in configs:     # refuse a mismatched --out before spending any training time
+            saved_metrics(cfg)
+        for i, (seed, label, cfg) in enumerate(configs, 1):
+            metrics, seconds, note = run(cfg)
+            if seconds:
+                kind = "fp" if label == "fp" else "quant"
+                timing[f"{kind}_seconds"] += seconds
+                timing[f"{kind}_epochs"] += cfg.epochs
+            row = {"test_top1": metrics["test_top1"], "best_test_top1": metrics["best_test_top1"],
+                   "epochs": len(metrics["epochs"]), "out": cfg.out}
+            if label in compiled_labels:
+                t0 = time.perf_counter()
+                row["sizes"] = compiled_sizes(Path(cfg.out) / "checkpoint.pt", args.eval_images, data)
+                timing["compile_seconds"] += time.perf_counter() - t0
+            results.setdefault(seed, {})[label] = row
+            print(f"[{i}/{len(configs)}] seed {seed} {label}: test top-1 {metrics['test_top1']:.2f}%; {note}",
+                  flush=True)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"ablations.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ablations.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - t_start
+    text, table_data = tables(args, runs, results, edges)
+    print("\n" + text)
+    estimate = full_estimate(args, runs, timing)
+    if estimate:
+        print(estimate["text"])
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    save_json({"benchmark": "ablations", "command": reproduce_command(args), "argv": sys.argv[1:],
+               "options": vars(args), "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                                   "numpy": np.__version__,
+                                                   "lcq": _version("lcq-accel")},
+               "device": device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+               "seconds": wall, "timing": timing, "full_estimate": estimate,
+               "runs": {label: plan.to_dict() for label, plan in runs.items()},
+               "results": {str(s): r for s, r in results.items()}, "tables": table_data, "markdown": text},
+              args.json_out)
+    print(f"\nwrote {args.json_out}")
+    return 0
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def full_estimate(args: argparse.Namespace, runs: dict, timing: dict) -> dict | None:
+    """Hours of the full schedule on 3 seeds, from this run's measured seconds per epoch (None: nothing trained)."""
+    if not timing["fp_epochs"] and not timing["quant_epochs"]:
+        return None
+    fp_rate = timing["fp_seconds"] / max(timing["fp_epochs"], 1)
+    q_rate = timing["quant_seconds"] / max(timing["quant_epochs"], 1) if timing["quant_epochs"] else fp_rate
+    fp_rate = fp_rate if timing["fp_epochs"] else q_rate
+    fp_epochs, epochs = SCHEDULES["full"][args.dataset]
+    seeds = max(3, len(args.seeds))
+    compile_rate = timing["compile_seconds"] / max(1, len(args.seeds))
+    seconds = seeds * (fp_epochs * fp_rate + len(runs) * epochs * q_rate + compile_rate)
+    text = (f"estimated full schedule ({args.dataset}: FP {fp_epochs} + {len(runs)} runs x {epochs} epochs, "
+            f"{seeds} seeds, {args.threads} threads) from this run's {fp_rate:.1f} s/FP epoch and {q_rate:.1f} "
+            f"s/quantized epoch: {seconds / 3600:.1f} h")
+    return {"seconds": seconds, "hours": seconds / 3600, "seeds": seeds, "runs_per_seed": len(runs) + 1,
+            "fp_seconds_per_epoch": fp_rate, "quant_seconds_per_epoch": q_rate,
+            "text": text if math.isfinite(seconds) else "no estimate"}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

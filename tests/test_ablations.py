@@ -1,0 +1,240 @@
+"""The paper's ablation options: ``--weight-norm standardize`` and separate outer widths ``--outer-bits BW/BA``.
+
+Each trains (a step or one short epoch on digits), compiles and agrees with PyTorch bit for bit; the
+LUT bytes of the report follow ``2^-3 (b'_w + b'_a) m``; the command line refuses bad widths with the
+value and the fix; the plan survives a checkpoint (and old plans read as LWN); one layer-engine
+simulation of a 6/4 model in Verilator.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compiler.agreement import compare
+from compiler.lower import compile_checkpoint, compile_model
+from compiler.report import format_table, report
+from lcq.cli import main
+from lcq_train.checkpoint import load_checkpoint
+from lcq_train.data import load_dataset
+from lcq_train.models import build_model
+from lcq_train.plan import OUTER_BITS_OPTION, QuantPlan, apply_plan, outer_widths, parse_layer_bits
+from lcq_train.quant import level_scale
+from lcq_train.train import TrainConfig
+
+SHAPE = (1, 8, 8)
+EDGES = {"conv0": (8, 8, 8, 8), "fc": (8, 8, 8, 8)}     # the digits CNN's 8-bit first and last layers
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def _trained_step(plan: QuantPlan, digits, steps: int = 2):
+    """The digits CNN under ``plan`` after a few SGD steps on training images (train mode: BN statistics move)."""
+    torch.manual_seed(0)
+    model = apply_plan(build_model("cnn", SHAPE, 10), plan)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    model.train()
+    for i in range(steps):
+        x = digits.train_x[i * 64:(i + 1) * 64].float() / 255.0
+        loss = F.cross_entropy(model(x), digits.train_y[i * 64:(i + 1) * 64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _agreement(model, digits, n: int = 64) -> dict:
+    compiled = compile_model(model, SHAPE)
+    result = compare(compiled, model, digits.test_x[:n].numpy(), digits.test_y[:n].numpy()).to_dict()
+    return compiled, result
+
+
+def test_standardize_is_not_rescaled_and_compiles_bit_exactly(digits):
+    plan = QuantPlan("lcq", 3, 3, weight_norm="standardize")
+    model = _trained_step(plan, digits)
+    wq, w = model.conv1.wq, model.conv1.weight.detach()
+    assert wq.weight_norm == "standardize" and model.conv0.wq.weight_norm == "lwn"     # edge layers keep LWN
+    mu, sigma = w.mean(), w.std()
+    assert torch.equal(wq(w), wq.quantize((w - mu) / sigma))                          # no sigma after Q
+    assert wq.step(w) == pytest.approx(wq.alpha.item() / level_scale(8, True))       # so no sigma in the step
+    lwn = apply_plan(build_model("cnn", SHAPE, 10), QuantPlan("lcq", 3, 3)).conv1.wq
+    lwn.load_state_dict(wq.state_dict())
+    assert torch.allclose(lwn(w), sigma * wq(w))
+    compiled, result = _agreement(model, digits)
+    conv1 = next(n for n in compiled.convs if n.name == "conv1")
+    assert conv1.scale == pytest.approx(wq.step(w) * model.act1.step())
+    assert result["agreement"] == 1.0 and result["disagreements"] == 0
+    assert all(c["mismatched"] == 0 for c in result["code_mismatches"].values())
+
+
+def test_outer_widths_6_4_compile_report_and_agree(digits):
+    plan = QuantPlan("lcq", 3, 3, outer_bits=(6, 4), layer_bits=EDGES)
+    model = _trained_step(plan, digits)
+    assert outer_widths(model, plan) == {"conv0": (8, 8), "conv1": (6, 4), "conv2": (6, 4), "fc": (8, 8)}
+    compiled, result = _agreement(model, digits)
+    assert result["agreement"] == 1.0 and all(c["mismatched"] == 0 for c in result["code_mismatches"].values())
+    rep = report(compiled)
+    rows = {r["name"]: r for r in rep["layers"]}
+    for name in ("conv1", "conv2"):
+        node = next(n for n in compiled.convs if n.name == name)
+        assert (node.outer_wbits, node.outer_abits) == (6, 4)
+        assert node.w_levels[-1] == 31 and node.a_levels[-1] == 15 and node.lut().max() <= 31 * 15
+        r = rows[name]
+        assert (r["lut_entries"], r["lut_entry_bits"]) == (21, 10)
+        assert r["lut_bytes"] == math.ceil(2**-3 * (6 + 4) * 21) == 27
+        assert r["lut_bits_needed"] <= 9
+    assert rows["conv0"]["lut_bytes"] == rows["fc"]["lut_bytes"] == 0            # 8-bit edges multiply
+    assert rep["lut_bytes"] == 54 and rep["total_bytes"] == rep["total_bytes_without_luts"] + 54
+    assert "| conv1 | conv | 3/3 | 6/4 | lut |" in format_table(rep)
+
+
+def test_outer_widths_8_8_report_unchanged(digits):
+    rep = report(compile_model(_trained_step(QuantPlan("lcq", 3, 3), digits, steps=1), SHAPE))
+    assert [(r["lut_entries"], r["lut_bytes"]) for r in rep["layers"] if r["mac"] == "lut"] == [(21, 42)] * 2
+
+
+@pytest.mark.parametrize("text, value", [("8", 8), ("0", None), ("6/4", (6, 4)), ("6/6", 6), (" 4/8 ", (4, 8))])
+def test_outer_bits_parses(text, value):
+    assert OUTER_BITS_OPTION.parse(text) == value
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--outer-bits", "6/"], "argument --outer-bits: must be 0 or an integer in 2..16 (b'_w = b'_a), or BW/BA"),
+    (["--outer-bits", "6/4/2"], "not '6/4/2'"),
+    (["--outer-bits", "3/17"], "e.g. 8 or 6/4, not '3/17'"),
+    (["--outer-bits", "1/8"], "not '1/8'"),
+    (["--outer-bits", "x"], "not 'x'"),
+])
+def test_cli_refuses_malformed_outer_bits(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *argv, "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--wbits", "4", "--outer-bits", "3/9"],
+     "--outer-bits 3/9: b'_w = 3 is narrower than --wbits 4; each outer width must be at least its quantizer's bits "
+     "and at most 16 (e.g. --outer-bits 4/9)"),
+    (["--abits", "4", "--outer-bits", "8/3"], "b'_a = 3 is narrower than --abits 4"),
+    (["--outer-bits", "6/4"], "--outer-bits 6/4 is narrower than the widest quantizer (8-bit weights, 8-bit "
+     "activations, the 8-bit input image included); widen it (--outer-bits 8/8"),
+    (["--outer-bits", "6/4", "--layer-bits", "fc=8/8:8/8"], "--outer-bits 6/4 is narrower than the widest quantizer "
+     "(8-bit weights, 8-bit activations: layer 'conv0', the 8-bit input image included); widen it (--outer-bits 8/8, "
+     "at most 16, or 0 for none), or give that layer outer widths of its own (--layer-bits conv0=8/8:8/8)"),
+    (["--outer-bits", "6/4", "--layer-bits", "conv0=8/8:8/4", "--layer-bits", "fc=8/8:8/8"],
+     "layer 'conv0': outer widths 8/4 are narrower than its bits 8/8"),
+    (["--outer-bits", "6/4", "--layer-bits", "conv0=3/3:4/4", "--layer-bits", "fc=8/8:8/8"],
+     "layer 'conv0' reads the 8-bit input image, so its b'_a must be at least 8, not 4 (e.g. conv0=3/3:4/8)"),
+    (["--layer-bits", "conv1=3/3:6"], "must look like NAME=W/A or NAME=W/A:BW/BA (outer widths)"),
+])
+def test_cli_refuses_widths_below_the_bits_with_the_fix(tmp_path, capsys, argv, message):
+    assert main(["train", *argv, "--epochs", "1", "--no-progress", "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_plan_round_trip_through_a_checkpoint_and_resume(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--outer-bits", "6/4", "--layer-bits", "conv0=8/8:8/8", "--layer-bits", "fc=8/8:8/8",
+            "--weight-norm", "standardize", "--epochs", "1", "--batch-size", "256", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    plan = QuantPlan.from_dict(state["plan"])
+    assert plan == QuantPlan("lcq", 3, 3, outer_bits=(6, 4), layer_bits=EDGES, weight_norm="standardize")
+    assert state["plan"]["outer_bits"] == [6, 4] and state["plan"]["layer_bits"]["conv0"] == [8, 8, 8, 8]
+    assert QuantPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert TrainConfig.from_dict(state["config"]).plan == plan
+    # the compiled model follows the recorded plan
+    compiled = compile_checkpoint(out / "checkpoint.pt")
+    assert [(n.outer_wbits, n.outer_abits) for n in compiled.convs] == [(8, 8), (6, 4), (6, 4), (8, 8)]
+    # --resume with the options left out continues the run as it was started
+    assert main(["train", "--resume", "--epochs", "2", "--no-progress", "--out", str(out)]) == 0
+    again = load_checkpoint(out / "checkpoint.pt")
+    assert again["epoch"] == 2 and QuantPlan.from_dict(again["plan"]) == plan
+    capsys.readouterr()
+    assert main(["train", "--resume", "--epochs", "3", "--weight-norm", "lwn", "--no-progress", "--out", str(out)]) == 2
+    assert "--weight-norm 'standardize' there, 'lwn' asked" in capsys.readouterr().err
+
+
+def test_old_plans_read_as_lwn_and_file_values_are_checked():
+    old = {"method": "lcq", "wbits": 3, "abits": 3, "outer_bits": 8, "K": 16, "alpha_w": 3.0, "alpha_a": 8.0,
+           "edge_bits": 8, "layer_bits": {}}                   # a plan written before weight_norm existed
+    plan = QuantPlan.from_dict(old)
+    assert plan.weight_norm == "lwn" and plan == QuantPlan("lcq", 3, 3)
+    assert QuantPlan.from_dict({**old, "outer_bits": [8, 8]}) == plan        # an equal pair is one width
+    for bad, match in [({"weight_norm": "apot"}, "--weight-norm must be one of"),
+                       ({"outer_bits": [6]}, "--outer-bits must be"),
+                       ({"outer_bits": [6, 4, 2]}, "--outer-bits must be"),
+                       ({"outer_bits": "6/4"}, "--outer-bits must be"), ({"outer_bits": 0}, "--outer-bits must be"),
+                       ({"outer_bits": [2, 8]}, "b'_w = 2 is narrower than --wbits 3"),
+                       ({"layer_bits": {"conv1": [3, 3, 6]}}, "bits must be (wbits, abits)"),
+                       ({"layer_bits": {"conv1": [3, 3, 2, 4]}}, "outer widths 2/4 are narrower than its bits 3/3")]:
+        with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
+            QuantPlan.from_dict({**old, **bad})
+    assert parse_layer_bits(["a=3/3:6/4", "b=4/4"]) == {"a": (3, 3, 6, 4), "b": (4, 4)}
+
+
+def test_config_file_outer_bits(tmp_path, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"outer_bits": [6, 4], "layer_bits": {"conv0": [8, 8, 8, 8], "fc": [8, 8, 8, 8]},
+                                  "weight_norm": "standardize"}))
+    from lcq_train.cli import _train_parser, apply_config_file, train_config
+    import argparse
+
+    parser = _train_parser(argparse.ArgumentParser().add_subparsers())
+    cfg = train_config(apply_config_file(parser, ["--config", str(config), "--out", str(tmp_path / "o")]))
+    assert cfg.plan == QuantPlan("lcq", 3, 3, outer_bits=(6, 4), layer_bits=EDGES, weight_norm="standardize")
+    config.write_text(json.dumps({"outer_bits": [6, 1]}))
+    with pytest.raises(SystemExit):
+        apply_config_file(parser, ["--config", str(config)])
+    assert "key 'outer_bits' must be 0 or an integer in 2..16" in capsys.readouterr().err
+
+
+def test_ablation_benchmark_plans_each_run_once(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "ablations.py"
+    spec = importlib.util.spec_from_file_location("ablations", path)
+    ablations = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablations)
+    args = ablations.parse_args(["--dataset", "digits", "--seeds", "0", "--out", str(tmp_path)])
+    runs = ablations.plans(args, ("conv0", "fc"))
+    assert len(runs) == 18                    # 10 K runs, 4 more norm runs, 4 more outer-width runs
+    assert runs["w3a3-o8-4"] == QuantPlan("lcq", 3, 3, outer_bits=(8, 4), layer_bits=EDGES)
+    assert ablations.label_of(runs, ablations.outer_plan(8, 8, ("conv0", "fc"))) == "w3a3-K16"
+    assert ablations.label_of(runs, QuantPlan("lcq", 2, 2, weight_norm="lwn")) == "w2a2-K16"
+    assert ablations.main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "none")]) == 2
+    assert "fashion-mnist is absent" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_6_4_model_layers_in_verilator_bit_exact(tmp_path, capsys, small_cnn):
+    from sim.runner import unavailable_reason
+
+    reason = unavailable_reason("verilator")
+    if reason:
+        pytest.skip(reason)
+    from compiler import format as model_format
+
+    plan = QuantPlan("lcq", 3, 3, outer_bits=(6, 4), layer_bits={"conv0": (8, 8, 8, 8), "fc": (8, 8, 8, 8)})
+    model = small_cnn(SHAPE, plan, seed=3)
+    compiled = compile_model(model, SHAPE)
+    assert [(n.outer_wbits, n.outer_abits) for n in compiled.convs][1] == (6, 4)
+    path = tmp_path / "w3a3-o6-4.lcq"
+    model_format.save(compiled, path)
+    capsys.readouterr()
+    rc = main(["sim", str(path), "--mode", "layers", "--simulator", "verilator", "--random", "--images", "1",
+               "--rows", "2", "--cols", "2", "--build-dir", str(tmp_path / "build"), "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and out["mismatches"] == 0
+    assert [layer["index"] for layer in out["layers"]][:2] == [0, 1]       # layer 0 (8/8) and a 6/4 LUT layer
+    assert all(layer["mismatches"] == 0 for layer in out["layers"])
+    assert np.sum([layer["outputs"] for layer in out["layers"]]) > 0
