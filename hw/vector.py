@@ -54,7 +54,7 @@ class VectorUnit(wiring.Component):
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
       ADD ``2N + 2`` (``N = channels * positions``), POOL
-      ``channels * (positions + 2 + 2 * pool_code_bits) + 1``.
+      ``channels * (positions + 3 + 2 * pool_code_bits) + 1``.
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
       (``p.load_data_bits``): write one constant word at the clock edge; ignored while busy.
     - value read: ``val_read_addr`` (out, ``p.value_addr_bits``), ``val_read_data`` (in, signed
@@ -72,7 +72,7 @@ class VectorUnit(wiring.Component):
     The write ports are registers. Pipelines, counted from an element's read address: ACTIVATE
     presents the write 4 cycles later (the read, the threshold unit's 2, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
-    channel's ``positions`` values (one per cycle), waits 2 cycles for the sum, searches its
+    channel's ``positions`` values (one per cycle), waits 3 cycles for the sum, searches its
     thresholds (2 cycles per code bit: read, compare) and presents the code's write in the next
     channel's first cycle (the arithmetic form computes ``B' + code * S + p * S`` where the table
     form reads the threshold: the same cycles).
@@ -273,10 +273,11 @@ class VectorUnit(wiring.Component):
         relu = word[POOL_RELU_BIT]
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()
         offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()
-        # Stage 1: t = x * 2^frac - offset; stage 2: u = relu(sign * t), summed.
-        pool1 = delays(m, issue_pool, 1, "pool")[1]
+        # Stage 1: the value read, registered (the value memory's read multiplexer feeds no logic);
+        # stage 2: t = x * 2^frac - offset; stage 3: u = relu(sign * t), summed.
+        value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2, "pool")[2]
         t, t_valid = Signal(signed(p.value_bits + p.max_frac_bits + 1)), Signal()
-        m.d.sync += [t.eq((self.val_read_data << frac) - offset), t_valid.eq(pool1)]
+        m.d.sync += [t.eq((value << frac) - offset), t_valid.eq(pool2)]
         signed_t = Signal(signed(t.shape().width + 1))
         m.d.comb += signed_t.eq(Mux(sign == 0, 0, Mux(sign < 0, -t, t)))
         u = Mux(relu & signed_t[-1], 0, signed_t)

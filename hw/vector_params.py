@@ -69,7 +69,7 @@ MAX_POOL_BASE_BITS = 128
 THRESHOLD_LATENCY = 3
 ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 2
-POOL_DRAIN = 2
+POOL_DRAIN = 3
 SEARCH_STEP = 2
 
 
@@ -369,7 +369,7 @@ class VectorParams:
     def op_cycles(self, op: int, channels: int, positions: int) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented): ACTIVATE ``N + 4`` and ADD ``2N + 2`` with
-        ``N = channels * positions``; POOL ``channels * (positions + 2 + 2 * pool_code_bits) + 1``."""
+        ``N = channels * positions``; POOL ``channels * (positions + 3 + 2 * pool_code_bits) + 1``."""
         n = channels * positions
         if op == ACTIVATE:
             return n + ACTIVATE_DEPTH
