@@ -3,7 +3,8 @@
 ``lcq board-sim`` (:mod:`sim.board_pty`) runs a board's whole design behind a pseudo-terminal serial port
 for ``lcq run``; the rest of this docstring is ``lcq sim``.
 
-``lcq sim MODEL [--layer N] [--simulator icarus|verilator] [--images N] [--timeout S] [--json]`` runs the
+``lcq sim MODEL [--layer N | --mode layers] [--board NAME] [--netlist ice40|ecp5 [--x-init]]
+[--simulator icarus|verilator] [--images N] [--timeout S] [--json]`` runs the
 generated Verilog in cocotb on test images (the model's dataset, or ``--random``) and compares
 with the integer reference.
 
@@ -14,6 +15,16 @@ with the integer reference.
 - Layer mode (``--layer N``, the debug path, :mod:`sim.engine_run`): layer N alone on the layer
   engine, fed by the reference; cycles, MACs per cycle and mismatches of that layer. Layer
   numbers are the rows of ``lcq report`` (0 = first convolution).
+
+- ``--mode layers`` without ``--layer``: every layer on the layer engine, image by image.
+- Board and netlist (:mod:`sim.netlist`): ``--board NAME`` simulates the core ``lcq build`` builds for that
+  board (array and residency as :mod:`boards.fit` picks them, ``--rows``/``--cols`` constraining it;
+  elaborated with the board's platform: SPRAM weights on the UP5K, logic multipliers on ECP5);
+  ``--netlist ice40|ecp5`` simulates that core's post-synthesis netlist (Yosys, cached in
+  ``build/netlist``) with the vendor cell models, in the same testbench (default board: icebreaker or
+  ulx3s-85f); ``--x-init`` (Icarus, with ``--netlist``) starts the cells' flip-flops and RAMs at X. The JSON
+  report then adds ``board``, ``netlist`` (the family or null), ``netlist_cells`` ({cell type: count}),
+  ``synth_seconds`` (Yosys's run, when the netlist was made), ``netlist_cached`` and ``x_init``.
 
 Each simulator command (a build step, the run) gets ``--timeout`` seconds and is killed with its
 process group past them (:mod:`sim.runner`); ``--stall`` and ``--backpressure`` are below 1,
@@ -31,12 +42,13 @@ from pathlib import Path
 import numpy as np
 
 from compiler import format as model_format
-from hw.cli import array_args, engine_params
+from hw.cli import DEFAULT_COLS, DEFAULT_ROWS, array_args, engine_params
 from lcq_train.arguments import FloatRange, IntRange, nonnegative_int, positive_float, positive_int
 
 from .board_pty import add_parsers as board_sim_parsers
 from .engine_run import engine_build, simulate_model
 from .network_run import network_build, simulate_network
+from .netlist import FAMILIES, NetlistError
 from .runner import DEFAULT_TIMEOUT_S, SimulationFailed, deadline, unavailable_reason
 
 
@@ -58,9 +70,16 @@ STALL = StallProbability()
 SEED = IntRange(0, 2**32 - 1)       # numpy's generator and cocotb's seed
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except None (an option whose default is decided later)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def add_parsers(sub) -> dict:
     """Register the simulation verbs on ``sub`` (argparse subparsers); returns {verb: handler}."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Defaults
     p = sub.add_parser("sim", help="run the generated Verilog in cocotb against the integer reference",
                        description="Run the generated Verilog in cocotb against the integer reference. By default "
                                    "the whole network runs on the network core (image in, logits out; every "
@@ -68,9 +87,29 @@ def add_parsers(sub) -> dict:
                                    "alone on the layer engine.",
                        formatter_class=fmt)
     array_args(p)
+    p.set_defaults(rows=None, cols=None)
+    for action in p._actions:
+        if action.dest in ("rows", "cols"):
+            action.help += (f" (default: {DEFAULT_ROWS if action.dest == 'rows' else DEFAULT_COLS}; with --board "
+                            f"or --netlist, as `lcq build` picks for the board)")
     p.add_argument("--layer", type=nonnegative_int, metavar="N",
                    help="debug path: only layer N, on the layer engine, fed by the reference (default: network "
                         "mode, the whole model on the network core); N >= 0, a row of `lcq report`")
+    p.add_argument("--mode", choices=("network", "layers"),
+                   help="network: the whole model on the network core; layers: the layer engine (every layer, "
+                        "or --layer N) (default: network, layers with --layer)")
+    from boards.boards import BOARDS
+
+    p.add_argument("--board", metavar="NAME", choices=BOARDS,
+                   help=f"simulate the core `lcq build` builds for this board (its array, residency and "
+                        f"platform primitives), one of: {', '.join(BOARDS)}; with --netlist default icebreaker "
+                        f"(ice40) or ulx3s-85f (ecp5)")
+    p.add_argument("--netlist", choices=FAMILIES,
+                   help="simulate the board core's post-synthesis netlist (Yosys synth_ice40/synth_ecp5, cached "
+                        "in build/netlist) with Yosys's cell models, in the same testbench")
+    p.add_argument("--x-init", action="store_true",
+                   help="with --netlist and --simulator icarus: the cell models' flip-flops and RAMs start at X "
+                        "(a design that depends on power-up values then fails)")
     p.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
     p.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run, N >= 1")
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR",
@@ -107,39 +146,78 @@ def cmd_sim(args) -> int:
         if not 0 <= args.layer < len(convs):
             raise ValueError(f"--layer {args.layer} does not exist: the model has layers 0..{len(convs) - 1} "
                              f"(see `lcq report {args.model}`)")
+        if args.mode == "network":
+            raise ValueError("--layer N runs one layer on the layer engine: it needs --mode layers (or no --mode)")
         upto = next(i for i, n in enumerate(model.nodes) if n is convs[args.layer])
         on_engine = {upto}
     reason = unavailable_reason(args.simulator)
     if reason is not None:
         raise ValueError(f"cannot simulate with {args.simulator}: {reason}")
-    network = args.layer is None
-    if network:
-        from hw.network_params import NetworkParams
+    network = args.layer is None and args.mode != "layers"
+    netlist, x_init = getattr(args, "netlist", None), getattr(args, "x_init", False)
+    if x_init and netlist is None:
+        raise ValueError("--x-init starts the cell models of a netlist at X: it needs --netlist ice40|ecp5")
+    if x_init and args.simulator != "icarus":
+        raise ValueError(f"--x-init needs --simulator icarus: {args.simulator} has two-state logic (no X), so "
+                         f"flip-flops and RAMs cannot start unknown there")
+    core = board = None
+    resident = "none"
+    if netlist is not None or getattr(args, "board", None) is not None:
+        from . import netlist as netlists
 
-        params = NetworkParams.for_model(model, args.rows, args.cols)
-        rows, cols = params.engine.rows, params.engine.cols
+        board = netlists.board_for(netlist, args.board)
+        if netlist is not None and netlists.unavailable_reason() is not None:
+            raise NetlistError(f"cannot make a netlist: {netlists.unavailable_reason()}")
+        try:
+            core = netlists.board_core(model, board, "network" if network else "layers", args.rows, args.cols)
+        except ValueError as e:     # boards.fit.FitError
+            hint = "; or simulate the layer engine the layers-mode build has: --mode layers" if network else ""
+            raise ValueError(f"{e}{hint}") from None
+        params, resident = core.params, core.resident
+        rows, cols = (params.engine.rows, params.engine.cols) if network else (params.rows, params.cols)
     else:
-        params = engine_params(args, model)
-        rows, cols = params.rows, params.cols
+        args.rows = DEFAULT_ROWS if args.rows is None else args.rows
+        args.cols = DEFAULT_COLS if args.cols is None else args.cols
+        if network:
+            from hw.network_params import NetworkParams
+
+            params = NetworkParams.for_model(model, args.rows, args.cols)
+            rows, cols = params.engine.rows, params.engine.cols
+        else:
+            params = engine_params(args, model)
+            rows, cols = params.rows, params.cols
     images = _images(args, model)
     kind = "-network" if network else ""
+    where = "" if board is None else f"-{board.name}" + (f"-net-{netlist}" if netlist else "") + (
+        "-xinit" if x_init else "")
     build_dir = Path(args.build_dir or
-                     f"build/sim/{Path(args.model).stem}{kind}-{rows}x{cols}-{args.simulator}")
+                     f"build/sim/{Path(args.model).stem}{kind}-{rows}x{cols}{where}-{args.simulator}")
     STALL.check(args.stall, "--stall")
     STALL.check(args.backpressure, "--backpressure")
+    synthesized = None
     t0 = t1 = time.perf_counter()
     try:
         with deadline(getattr(args, "timeout", DEFAULT_TIMEOUT_S)):
-            if network:
+            if core is not None:
+                from . import netlist as netlists
+
+                source = netlists.core_verilog(core, build_dir)
+                if netlist is not None:
+                    synthesized = netlists.synthesize(source, core.top, netlist)
+                    built = netlists.netlist_build(args.simulator, synthesized, build_dir, x_init=x_init)
+                else:
+                    built = netlists.rtl_build(args.simulator, source, core, build_dir)
+            elif network:
                 built = network_build(args.simulator, params, build_dir)
-                t1 = time.perf_counter()
+            else:
+                built = engine_build(args.simulator, params, build_dir)
+            t1 = time.perf_counter()
+            if network:
                 report = simulate_network(built, params, args.model, model, images, build_dir / "run",
                                           stall=args.stall, backpressure=args.backpressure, seed=args.seed)
             else:
-                built = engine_build(args.simulator, params, build_dir)
-                t1 = time.perf_counter()
                 report = simulate_model(built, params, args.model, model, images, build_dir / "run",
-                                        on_engine=on_engine, upto=upto, stall=args.stall,
+                                        on_engine=on_engine, upto=upto, resident=resident, stall=args.stall,
                                         backpressure=args.backpressure, seed=args.seed)
     except SimulationFailed as e:
         print(f"lcq sim: error: {e}", file=sys.stderr)
@@ -147,11 +225,28 @@ def cmd_sim(args) -> int:
     result = report.as_dict()
     result.setdefault("mode", "layer")
     result.update(build_seconds=round(t1 - t0, 2), run_seconds=round(time.perf_counter() - t1, 2))
+    if board is not None:
+        result.update(board=board.name, resident=resident, netlist=netlist, x_init=x_init)
+    if synthesized is not None:
+        result.update(netlist_cells=synthesized.cells, synth_seconds=synthesized.seconds,
+                      netlist_cached=synthesized.cached, netlist_path=str(synthesized.path))
     if args.json:
         print(json.dumps(result))
     else:
-        print(format_network_table(result) if network else format_table(result))
+        table = format_network_table(result) if network else format_table(result)
+        print(format_netlist_line(result) + "\n" + table if board is not None else table)
     return 0 if result["mismatches"] == 0 else 1
+
+
+def format_netlist_line(result: dict) -> str:
+    """One line naming the board, and the netlist (family, cells, synthesis time) where one ran."""
+    if result.get("netlist") is None:
+        return f"board {result['board']}: the core `lcq build` builds (RTL)"
+    cells = result["netlist_cells"]
+    top = ", ".join(f"{n} {name}" for name, n in sorted(cells.items(), key=lambda c: -c[1])[:6])
+    made = "cached; synthesized" if result["netlist_cached"] else "synthesized"
+    return (f"board {result['board']}: {result['netlist']} netlist{' (cells start at X)' if result['x_init'] else ''}"
+            f", {sum(cells.values()):,} cells ({top}), {made} in {result['synth_seconds']:.1f} s")
 
 
 def format_network_table(result: dict) -> str:

@@ -13,8 +13,8 @@ the work, either
 - ``jobs``: ``[{"index", "beats": [[target, addr, data], ...], "out_words"}]``, or
 - ``model``: ``{"path", "images" (uint8 nested lists), "on_engine" (node indices or
   null for all), "upto" (last node or null), "resident" (what to load for every
-  layer once first: "none", "weights" or "all" constants)}``: the model runs image by image through :func:`hw.program.model_jobs`,
-  the engine's outputs feeding the nodes after them.
+  layer once first: "none", "weights" or "all" constants)}``: the model runs image by image through
+  :func:`hw.program.model_jobs`, the engine's outputs feeding the nodes after them.
 
 For every layer run the results hold ``index``, ``cycles`` (from the clock edge that
 samples ``start`` to the one that accepts the last output word), ``compute_cycles`` (to

@@ -382,7 +382,8 @@ def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data:
     except SystemExit as e:   # under pytest, test() exits on failures; we report them below
         exit_code = e.code if isinstance(e.code, int) else 1
     except SimulationTimeout as e:
-        raise SimulationTimeout(f"{built.sim} run of {', '.join(modules)}: {e}; {log} (tail):\n{_tail(log, 25)}") from None
+        raise SimulationTimeout(f"{built.sim} run of {', '.join(modules)}: {e}; {log} (tail):\n"
+                                f"{_tail(log, 25)}") from None
     finally:
         if added:
             sys.path.remove(str(PACKAGE_ROOT))

