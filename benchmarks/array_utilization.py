@@ -107,6 +107,12 @@ def analytic(node, rows: int, cols: int) -> dict:
             "fill": node.macs / (tiles * positions * rows * cols)}
 
 
+CYCLE_FORMULA = ("overlapped (hw.bands.network_layer_cycles): max(k*T + units*W, units*k*T + W) - gap + drain + L, "
+                 "k = kernel^2 * groups, units = co_tiles * bands, P = band_rows * out_w, T = rows + P + 1 + gap, "
+                 "W = P * (cols + 1), L = STAGE_LATENCY (+ FUSED_LATENCY with a fused activation); "
+                 "serial: one band per channel tile, compute + co_tiles * W + STAGE_LATENCY")
+
+
 def network_analytic(node, params, fused_activation: bool = False) -> dict:
     """The engine's network-mode cycle formula (``hw.bands.network_layer_cycles``) for ``node`` on the
     engine ``params`` (with an activation fused into its write-back or not): ``band_rows`` (the
@@ -306,9 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     network_mismatches = sum(r["total"]["mismatches"] for r in network)
     network_entry = {"argv": sys.argv[1:], "seconds": seconds, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                      "git": git_state(), "images": args.images, "seed": args.seed, "simulator": args.simulator,
-                     "cycle_formula": "overlapped: max(k*T + co_tiles*W, co_tiles*k*T + W) - gap + drain + 3, "
-                                      "k = kernel^2 * groups, T = rows + positions + 1 + gap, "
-                                      "W = positions * (cols + 1); serial: co_tiles*(k*T + W) - gap + drain + 3",
+                     "cycle_formula": CYCLE_FORMULA,
                      "mismatches": network_mismatches, "results": network}
     if not layer_mode:
         out = Path(args.json_out)

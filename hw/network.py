@@ -24,8 +24,9 @@ no host involvement between layers:
    value per beat (waiting while ``out`` is not ready); ``END`` makes the core idle. ``busy`` is
    high from the cycle after ``start`` until then.
 
-Each program word takes three cycles to fetch (the program memory's read, then its read data
-registered: the block RAM's output feeds no logic directly) and decode, plus the run time of its step: a layer
+A program word that starts a step takes three cycles to fetch (the program memory's read, then its
+read data registered: the block RAM's output feeds no logic directly) and decode, a register word
+that follows another word one cycle (the memory reads one word ahead), plus the run time of its step: a layer
 as :mod:`hw.engine` states (network mode: its outputs are written one per cycle, ``cols + 1``
 cycles per word of ``cols`` channels, then ``STAGE_LATENCY`` cycles, plus ``FUSED_LATENCY`` with a
 fused activation), a vector op as
@@ -130,7 +131,10 @@ class NetworkCore(wiring.Component):
         op = word[:OP_BITS]
         reg = word[OP_BITS:OP_BITS + REG_FIELD_BITS]
         value = word[OP_BITS + REG_FIELD_BITS:].as_signed()
-        m.d.comb += program_read.addr.eq(pc)
+        # The memory reads ahead: pc in FETCH, pc + 1 in READ, pc + 2 in DECODE (its data comes a cycle
+        # later, when pc has moved on by a register word): a run of register words decodes one per cycle.
+        ahead = Signal(2)
+        m.d.comb += program_read.addr.eq(pc + ahead)
         operands = {name: Signal(signed(p.reg_bits), name=f"operand_{name}") for name in OPERANDS}
 
         # The engine's load port: the host's beats while idle, the program's register writes while running.
@@ -206,22 +210,23 @@ class NetworkCore(wiring.Component):
             with m.State("FETCH"):
                 m.next = "READ"
             with m.State("READ"):
+                m.d.comb += ahead.eq(1)
                 m.d.sync += word.eq(program_read.data)
                 m.next = "DECODE"
             with m.State("DECODE"):
-                advance = [pc.eq(pc + 1)]
+                # A register word: the next word (read at pc + 1 meanwhile) is decoded in the next cycle.
+                m.d.comb += ahead.eq(2)
+                advance = [pc.eq(pc + 1), word.eq(program_read.data)]
                 with m.Switch(op):
                     with m.Case(ENGINE_REG):
                         m.d.comb += sequencer_config.eq(1)
                         m.d.sync += advance
-                        m.next = "FETCH"
                     with m.Case(VECTOR_REG):
                         with m.Switch(reg):
                             for i, name in enumerate(OPERANDS):
                                 with m.Case(i):
                                     m.d.sync += operands[name].eq(value)
                         m.d.sync += advance
-                        m.next = "FETCH"
                     with m.Case(RUN_ENGINE):
                         m.d.comb += engine.start.eq(1)
                         m.next = "WAIT_ENGINE"
