@@ -23,7 +23,6 @@ Writes benchmarks/results/ablations-<dataset>.json (atomically; or --json-out) a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -36,11 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lcq_train.checkpoint import load_checkpoint, save_json
+from lcq_train.checkpoint import save_json
+from lcq_train.runs import saved_metrics, train_or_resume
 from lcq_train.data import DATASETS, DatasetError, load_dataset
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
-from lcq_train.train import TrainConfig, train
+from lcq_train.train import TrainConfig
 
 KS = (1, 2, 4, 8, 16)
 K_BITS = (2, 3)
@@ -53,7 +53,6 @@ SCHEDULES = {
     "quick": {"digits": (3, 2), "mnist": (1, 1), "fashion-mnist": (1, 1), "cifar10": (1, 1)},
     "full": {"digits": (30, 30), "mnist": (15, 10), "fashion-mnist": (15, 10), "cifar10": (300, 300)},
 }
-_RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed", "init")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -142,38 +141,6 @@ def plans(args: argparse.Namespace, edges: tuple[str, str]) -> dict[str, QuantPl
 
 def label_of(runs: dict[str, QuantPlan], plan: QuantPlan) -> str:
     return next(label for label, p in runs.items() if p == plan)
-
-
-def saved_metrics(cfg: TrainConfig) -> dict | None:
-    """Metrics of the run saved in ``cfg.out`` (None: none there); ValueError if it used another recipe."""
-    out = Path(cfg.out)
-    if (out / "metrics.json").is_file():
-        metrics = json.loads((out / "metrics.json").read_text())
-    elif (out / "checkpoint.pt").is_file():
-        metrics = load_checkpoint(out / "checkpoint.pt")["metrics"]
-    else:
-        return None
-    saved = TrainConfig.from_dict(metrics["config"]).to_dict()     # (fields added since: their defaults)
-    wanted = cfg.to_dict()
-    differ = [k for k in _RECIPE_KEYS if saved.get(k) != wanted[k] and k != "init"]
-    if differ:
-        raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)}: "
-                         f"{[saved.get(k) for k in differ]} there, {[wanted[k] for k in differ]} asked); "
-                         "choose another --out or delete it")
-    return metrics
-
-
-def run(cfg: TrainConfig) -> tuple[dict, float, str]:
-    """Train, resume or skip one run: (metrics, seconds spent now, note)."""
-    metrics = saved_metrics(cfg)
-    if metrics is not None and len(metrics["epochs"]) >= cfg.epochs:
-        return metrics, 0.0, "done earlier, skipped"
-    cfg.resume = (Path(cfg.out) / "checkpoint.pt").is_file()
-    note = f"resumed after epoch {len(metrics['epochs'])}" if cfg.resume else "trained"
-    t0 = time.perf_counter()
-    metrics = train(cfg)
-    seconds = time.perf_counter() - t0
-    return metrics, seconds, f"{note} in {seconds:.1f} s"
 
 
 def compiled_sizes(checkpoint: Path, eval_images: int, data) -> dict:
@@ -317,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         for _, _, cfg in configs:     # refuse a mismatched --out before spending any training time
             saved_metrics(cfg)
         for i, (seed, label, cfg) in enumerate(configs, 1):
-            metrics, seconds, note = run(cfg)
+            metrics, seconds, note = train_or_resume(cfg)
             if seconds:
                 kind = "fp" if label == "fp" else "quant"
                 timing[f"{kind}_seconds"] += seconds

@@ -14,23 +14,21 @@ Writes benchmarks/results/accuracy-<dataset>-<model>.json (or --json-out) and pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from lcq_train.checkpoint import load_checkpoint, save_json
+from lcq_train.checkpoint import save_json
+from lcq_train.runs import saved_metrics, train_or_resume
 from lcq_train.data import DATASETS
 from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
-from lcq_train.train import TrainConfig, train
+from lcq_train.train import TrainConfig
 
 # Settings a finished or interrupted run must share with the requested one to be reused.
-_RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -90,39 +88,6 @@ def run_configs(args: argparse.Namespace) -> list[tuple[str, TrainConfig]]:
     return runs
 
 
-def saved_metrics(cfg: TrainConfig) -> dict | None:
-    """Metrics of the run saved in ``cfg.out`` (None if none was started there).
-
-    Raises ValueError when that run used another recipe than ``cfg``.
-    """
-    out = Path(cfg.out)
-    if (out / "metrics.json").is_file():
-        metrics = json.loads((out / "metrics.json").read_text())
-    elif (out / "checkpoint.pt").is_file():
-        metrics = load_checkpoint(out / "checkpoint.pt")["metrics"]
-    else:
-        return None
-    saved, wanted = metrics["config"], cfg.to_dict()
-    differ = [k for k in _RECIPE_KEYS if saved.get(k) != wanted[k]]
-    if differ:
-        raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)}: "
-                         f"{[saved.get(k) for k in differ]} there, {[wanted[k] for k in differ]} asked); "
-                         "choose another --out or delete it")
-    return metrics
-
-
-def run(cfg: TrainConfig) -> tuple[dict, str]:
-    """Train, resume or skip one run; returns its metrics and a note on what was done."""
-    metrics = saved_metrics(cfg)
-    if metrics is not None and len(metrics["epochs"]) >= cfg.epochs:
-        return metrics, "done earlier, skipped"
-    cfg.resume = (Path(cfg.out) / "checkpoint.pt").is_file()
-    note = f"resumed after epoch {len(metrics['epochs'])}" if cfg.resume else "trained"
-    t0 = time.perf_counter()
-    metrics = train(cfg)
-    return metrics, f"{note} in {time.perf_counter() - t0:.1f} s"
-
-
 def make_row(label: str, cfg: TrainConfig, metrics: dict, fp_top1: float) -> dict:
     plan = cfg.plan
     return {"run": label, "method": plan.method,
@@ -166,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             saved_metrics(cfg)
         results = []
         for i, (label, cfg) in enumerate(runs, 1):
-            metrics, note = run(cfg)
+            metrics, _, note = train_or_resume(cfg)
             results.append(metrics)
             print(f"[{i}/{len(runs)}] {label}: test top-1 {metrics['test_top1']:.2f}% "
                   f"(best {metrics['best_test_top1']:.2f}%), {len(metrics['epochs'])} epochs; {note} -> {cfg.out}",

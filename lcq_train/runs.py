@@ -1,0 +1,51 @@
+"""A training run kept in its output directory, for scripts that run many (the benchmarks).
+
+:func:`train_or_resume` skips a run that is done, resumes one that was started with the same recipe
+(:data:`RECIPE_KEYS` of its :class:`~lcq_train.train.TrainConfig`) and trains one that was not;
+:func:`saved_metrics` refuses a directory that holds a run of another recipe, so that a script can
+check every directory before it spends any training time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+from .train import TrainConfig, train
+
+RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed")
+
+
+def saved_metrics(cfg: TrainConfig) -> dict | None:
+    """Metrics of the run saved in ``cfg.out`` (None: none was started there); ValueError naming the
+    settings that differ if that run used another recipe."""
+    out = Path(cfg.out)
+    if (out / "metrics.json").is_file():
+        metrics = json.loads((out / "metrics.json").read_text())
+    elif (out / "checkpoint.pt").is_file():
+        metrics = load_checkpoint(out / "checkpoint.pt")["metrics"]
+    else:
+        return None
+    saved = TrainConfig.from_dict(metrics["config"]).to_dict()     # checked, and in today's form
+    wanted = cfg.to_dict()
+    differ = [k for k in RECIPE_KEYS if saved.get(k) != wanted[k]]
+    if differ:
+        raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)}: "
+                         f"{[saved.get(k) for k in differ]} there, {[wanted[k] for k in differ]} asked); "
+                         "choose another --out or delete it")
+    return metrics
+
+
+def train_or_resume(cfg: TrainConfig) -> tuple[dict, float, str]:
+    """Train, resume or skip the run of ``cfg``: (its metrics, seconds spent now, a note on what was done)."""
+    metrics = saved_metrics(cfg)
+    if metrics is not None and len(metrics["epochs"]) >= cfg.epochs:
+        return metrics, 0.0, "done earlier, skipped"
+    cfg.resume = (Path(cfg.out) / "checkpoint.pt").is_file()
+    note = f"resumed after epoch {len(metrics['epochs'])}" if cfg.resume else "trained"
+    t0 = time.perf_counter()
+    metrics = train(cfg)
+    seconds = time.perf_counter() - t0
+    return metrics, seconds, f"{note} in {seconds:.1f} s"
