@@ -43,6 +43,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from boards.boards import BOARDS, get_board
+from boards.build import DEFAULT_ROUTER
 from boards.stages import stop_group
 from lcq_train.atomic import save_json
 
@@ -64,7 +65,8 @@ from boards.build import BuildError
 from boards.cli import build_model
 a = json.loads(sys.argv[1])
 try:
-    r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]), a["mode"])
+    r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]), a["mode"],
+                    seed=a["seed"], router=a["router"])
 except BuildError as e:
     print(f"BuildError: {e}", file=sys.stderr)
     sys.exit(1)
@@ -169,7 +171,8 @@ def environment() -> dict:
                                                           "tests/data").splitlines()]}}
 
 
-def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str) -> dict:
+def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str,
+              seed: int | None = None, router: str = DEFAULT_ROUTER) -> dict:
     from compiler import format as model_format
 
     from boards.clock import pll_plan
@@ -181,12 +184,14 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     out = build_root / f"{board.name}-{path.stem}-{arr}-{mode}"
     command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                "--board", board.name, "--mode", mode]
-    for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz)):
+    for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz), ("--seed", seed),
+                        ("--router", None if router == DEFAULT_ROUTER else router)):
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     record = {"spec": job["spec"], "board": board.name, "device": board.device, "model": path.name, "mode": mode,
               "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
-              "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit}
+              "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit,
+              "seed": seed, "router": router}
     try:
         if mode == "network":
             chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"])
@@ -205,7 +210,7 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", "build.log", "nextpnr-report.json"):
         (out / stale).unlink(missing_ok=True)
     args = {"model": str(path), "board": board.name, "mhz": mhz, "rows": job["rows"], "cols": job["cols"],
-            "out": str(out), "mode": mode}
+            "out": str(out), "mode": mode, "seed": seed, "router": router}
     log = out / "board_builds.log"
     print(f"{job['spec']}: {rows} x {cols} array ({mode} mode, {resident}) on {board.name}, limit {time_limit:g} s, "
           f"in {out}", flush=True)
@@ -292,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                              "layer engine")
     parser.add_argument("--mhz", type=float, metavar="F", help="target clock of every build (default: the board's, "
                                                                "then the Fmax reached, as lcq build does)")
+    parser.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed of every build, as lcq "
+                                                              "build --seed (default: nextpnr's own)")
+    parser.add_argument("--router", choices=("router1", "router2"), default=DEFAULT_ROUTER,
+                        help="nextpnr's router of every build, as lcq build --router")
     parser.add_argument("--time-limit", type=float, default=3600, metavar="S",
                         help="seconds per build (both attempts of build_model); the build is stopped after it")
     parser.add_argument("--build-root", metavar="DIR", default=str(ROOT / "build" / "board-builds"),
@@ -305,11 +314,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(e.args[0])
     if args.time_limit <= 0:
         parser.error("--time-limit must be positive")
+    if args.seed is not None and args.seed < 0:
+        parser.error("--seed must be an integer >= 0")
     command = shlex.join(["python", "benchmarks/board_builds.py", *(sys.argv[1:] if argv is None else argv)])
     env = environment()
     records = []
     for job in jobs:
-        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode)
+        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode, args.seed, args.router)
         record.update(benchmark="board_builds", script_command=command,
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment={**env, "load_average_after":
                                                                               list(os.getloadavg())})
