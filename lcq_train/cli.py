@@ -1,4 +1,4 @@
-"""``lcq train`` and ``lcq plot``: the trainer's verbs of the ``lcq`` command (:mod:`lcq.cli`)."""
+"""``lcq train``, ``lcq plot`` and ``lcq export-onnx``: the trainer's verbs of the ``lcq`` command (:mod:`lcq.cli`)."""
 
 from __future__ import annotations
 
@@ -227,9 +227,58 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _export_onnx_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("export-onnx", help="the fake-quantized model of a checkpoint as an ONNX file (standard "
+                       "operators; each activation quantizer as its thresholds and level table; needs onnx)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt of `lcq train`")
+    p.add_argument("-o", "--output", metavar="FILE", required=True, help="ONNX file to write (e.g. model.onnx)")
+    p.add_argument("--model", dest="factory", metavar="MODULE:FACTORY", type=MODEL,
+                   help="for a checkpoint of your own network: the factory reference it records (its --model of "
+                        "lcq train), which confirms that its code may be imported and RUN to rebuild the network "
+                        "(a checkpoint alone never imports code)")
+    return p
+
+
+def cmd_export_onnx(args) -> int:
+    import sys
+
+    from .checkpoint import load_checkpoint
+    from .factory import model_from_checkpoint
+    from .onnx_export import export_onnx
+
+    state = load_checkpoint(args.checkpoint)
+    recorded = state["config"]["model"]
+    if is_factory(recorded) and args.factory is None:
+        raise ValueError(f"{args.checkpoint} holds a run of the user model {recorded!r}; rebuilding it imports and "
+                         f"runs that code, which reading a checkpoint never does by itself: pass --model {recorded} "
+                         "to confirm")
+    try:
+        model = model_from_checkpoint(state, args.factory)
+    except ValueError as e:
+        raise ValueError(f"{args.checkpoint}: {e}") from None
+    try:
+        summary = export_onnx(model, args.output, tuple(state["input_shape"]))
+    except ModuleNotFoundError as e:
+        if e.name != "onnx":
+            raise
+        print(f"lcq export-onnx: error: {e}", file=sys.stderr)
+        return 2
+    for name, q in summary["activation_quantizers"].items():
+        outer = q["outer_bits"] if q["outer_bits"] is not None else "none"
+        print(f"{name}: {q['method']} {q['bits']} bits (b' {outer}{', signed' if q['signed'] else ''}), "
+              f"{len(q['table'])} levels")
+    operators = ", ".join(f"{op} {n}" for op, n in sorted(summary["operators"].items()))
+    print(f"wrote {args.output}: {summary['nodes']} nodes ({operators}), {len(summary['activation_quantizers'])} "
+          f"activation quantizers as level tables, {len(summary['weight_quantizers'])} quantized weight tensors, "
+          f"{summary['bytes']:,} bytes")
+    return 0
+
+
 def add_parsers(sub) -> dict:
     """Register the trainer's verbs on ``sub`` (argparse subparsers); returns {verb: handler}. The
     ``--config`` file of ``lcq train`` is applied by :func:`apply_config_file`."""
     _train_parser(sub)
     _plot_parser(sub)
-    return {"train": cmd_train, "plot": cmd_plot}
+    _export_onnx_parser(sub)
+    return {"train": cmd_train, "plot": cmd_plot, "export-onnx": cmd_export_onnx}
