@@ -57,11 +57,11 @@ def ram_blocks(family: str, width: int, depth: int) -> int:
 
 
 def luts_per_pe(params: EngineParams, logic_multiply: bool) -> int:
-    """Rough LUT4s of one PE: partial-sum adder, the select of one of ``s_w`` 15-bit products,
+    """Rough LUT4s of one PE: partial-sum adder, the select of one of ``s_w`` ``product_bits``-bit products,
     and where the engine multiplies the glue of a 7 x 8 multiplier in a DSP, or the whole
     shift-and-add multiplier (``logic_multiply``)."""
     multiplier = (LOGIC_MULTIPLY_LUTS if logic_multiply else 16) if params.multiply else 0
-    return params.acc_bits + 15 * params.s_w + multiplier
+    return params.acc_bits + params.product_bits * params.s_w + multiplier
 
 
 def memory_blocks(board: Board, memories) -> list[tuple[str, int, str, int]]:

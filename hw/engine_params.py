@@ -16,7 +16,7 @@ from math import ceil
 from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .memories import memory_bits
-from .pe_words import LEVEL_BITS, PRODUCT_BITS
+from .pe_words import LEVEL_BITS, PRODUCT_BITS, product_width
 from .residency import check_residency
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_word_bits, threshold_bits,
                           threshold_word_bits)
@@ -86,6 +86,8 @@ class EngineParams:
     - ``wide_depth``: 0, or the depth of a second weights buffer that holds the multiplying
       layers' weights (``weight_bits`` per column) so that the first holds only the LUT layers'
       at ``wbits`` per column (:attr:`stored_weight_bits`).
+    - ``product_bits``: width of a LUT product ``W[k] * A[j]`` in the product tables and PEs, from
+      the LUT layers' outer widths b'_w / b'_a (:func:`hw.pe_words.product_width`; 15 at 8/8).
     """
 
     rows: int
@@ -104,10 +106,12 @@ class EngineParams:
     out_depth: int
     threshold_width: int = 0
     wide_depth: int = 0
+    product_bits: int = PRODUCT_BITS
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
-                  "code_bits": (0, 8), "act_depth": (1, 1 << 24), "weight_depth": (1, 1 << 24),
+                  "code_bits": (0, 8), "product_bits": (1, PRODUCT_BITS), "act_depth": (1, 1 << 24),
+                  "weight_depth": (1, 1 << 24),
                   "table_depth": (1, 1 << 24), "stage_depth": (1, 1 << 24), "pos_depth": (1, 1 << 24),
                   "out_depth": (1, 1 << 24)}
         for name, (low, high) in limits.items():
@@ -145,9 +149,9 @@ class EngineParams:
 
     @property
     def table_bits(self) -> int:
-        """A product-table entry: ``s_w`` products of ``PRODUCT_BITS``, or, where PEs multiply,
+        """A product-table entry: ``s_w`` products of ``product_bits``, or, where PEs multiply,
         ``max(that, 8)`` bits plus a top flag bit that selects multiplication."""
-        products = self.s_w * PRODUCT_BITS
+        products = self.s_w * self.product_bits
         return max(products, LEVEL_BITS) + 1 if self.multiply else products
 
     @property
@@ -228,8 +232,12 @@ class EngineParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineParams:
-        """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction)."""
+        """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction);
+        a ``d`` without ``product_bits`` (written before products were sized) means 15, what those
+        engines were built with."""
         names = {f.name for f in fields(cls)}
+        if isinstance(d, dict) and "product_bits" not in d:
+            d = {**d, "product_bits": PRODUCT_BITS}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         shape = d["requantize"]
@@ -272,6 +280,8 @@ class EngineParams:
                 max_shift=max(max_shift(n.stage) for n in requant),
                 out_bits=max(out_bits(n.stage, n.acc_bound) for n in requant))
         lut = [n.wbits for n in convs if n.mac == "lut"]
+        products = max((product_width(n.outer_wbits, n.outer_abits) for n in convs if n.mac == "lut"),
+                       default=PRODUCT_BITS)
         code_bits = max((s.bits for s in thresholds), default=0)
         # Narrower stored thresholds where no stage needs padding to code_bits.
         width = max((threshold_bits(s) for s in thresholds), default=0)
@@ -285,6 +295,7 @@ class EngineParams:
             rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
             multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
             code_bits=code_bits, requantize=shape, threshold_width=width, wide_depth=wide_depth,
+            product_bits=products,
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=total(x["table"] for x in need), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))

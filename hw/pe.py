@@ -41,14 +41,15 @@ class Variant:
 
     ``w_levels`` (``s_w + 1`` integers, ``W[0] = 0``, up to 127) and ``a_levels``
     (``s_a + 1``, ``A[0] = 0``, up to 255) as :class:`compiler.graph.ConvNode` holds them.
-    The base class is the part common to all: the weight word is ``(sign, k)``
-    (``wbits`` bits), the activation code ``j`` travels along the row, no extra load
+    ``product_bits``: the width of a product ``L[k][j]`` (:func:`hw.pe_words.product_width` of the
+    layer's outer widths; 15 at 8/8). The base class is the part common to all: the weight word is
+    ``(sign, k)`` (``wbits`` bits), the activation code ``j`` travels along the row, no extra load
     ports. Subclasses define :meth:`product` and override the rest where they differ.
     """
 
     name: str
 
-    def __init__(self, w_levels, a_levels):
+    def __init__(self, w_levels, a_levels, product_bits: int = PRODUCT_BITS):
         self.w_levels = [int(v) for v in w_levels]
         self.a_levels = [int(v) for v in a_levels]
         self.s_w, self.s_a = len(self.w_levels) - 1, len(self.a_levels) - 1
@@ -59,6 +60,11 @@ class Variant:
         for levels, top in ((self.w_levels, W_MAX), (self.a_levels, A_MAX)):
             if levels[0] != 0 or not all(0 <= v <= top for v in levels):
                 raise ValueError(f"levels must start at 0 and lie in 0..{top}: {levels}")
+        if not isinstance(product_bits, int) or not 1 <= product_bits <= PRODUCT_BITS or \
+                max(self.w_levels) * max(self.a_levels) >= 1 << product_bits:
+            raise ValueError(f"products of levels up to {max(self.w_levels)} x {max(self.a_levels)} do not fit "
+                             f"product_bits={product_bits!r} (1..{PRODUCT_BITS})")
+        self.product_bits = product_bits
 
     def lut(self, k: int, j: int) -> int:
         """``L[k][j] = W[k] * A[j]``."""
@@ -111,7 +117,7 @@ class Variant:
         m.d.sync += decoder.operand.eq(self.edge(m, decoder.a_code))
 
     def product(self, m: Module, pe: ProcessingElement, magnitude, operand):
-        """``L[k][j]`` (``PRODUCT_BITS`` unsigned) from the weight's magnitude and the operand."""
+        """``L[k][j]`` (``product_bits`` unsigned) from the weight's magnitude and the operand."""
         raise NotImplementedError
 
 
@@ -127,7 +133,7 @@ class PeLut(Variant):
 
     @property
     def load_signature(self) -> dict:
-        return {"lut_addr": In(self.abits), "lut_data": In(PRODUCT_BITS)}
+        return {"lut_addr": In(self.abits), "lut_data": In(self.product_bits)}
 
     def load_beats(self, sign: int, k: int) -> list[dict]:
         word = self.weight_word(sign, k)
@@ -135,7 +141,7 @@ class PeLut(Variant):
                 for j in range(1, self.s_a + 1)]
 
     def product(self, m, pe, magnitude, operand):
-        m.submodules.lut = lut = Memory(shape=PRODUCT_BITS, depth=self.s_a + 1, init=[])
+        m.submodules.lut = lut = Memory(shape=self.product_bits, depth=self.s_a + 1, init=[])
         write, read = lut.write_port(), lut.read_port(domain="comb")
         m.d.comb += [
             write.en.eq(pe.w_load & (pe.lut_addr != 0)),
@@ -149,23 +155,23 @@ class PeLut(Variant):
 class RowVector(Variant):
     """A constant ROM at the row's edge (``s_a + 1`` entries of ``s_w`` products) turns ``j``
     into ``P = (L[1][j], ..., L[s_w][j])``, which travels along the row; each PE selects
-    ``P[k]`` (0 for k = 0). ``P[k]`` is bits ``15 (k-1) .. 15 k - 1`` of the operand."""
+    ``P[k]`` (0 for k = 0). ``P[k]`` is bits ``b (k-1) .. b k - 1`` of the operand, ``b = product_bits``."""
 
     name = "row_vector"
 
     @property
     def operand_bits(self) -> int:
-        return self.s_w * PRODUCT_BITS
+        return self.s_w * self.product_bits
 
     def operand(self, j: int) -> int:
-        return row_vector(self.w_levels, self.a_levels[j])
+        return row_vector(self.w_levels, self.a_levels[j], self.product_bits)
 
     def edge(self, m, code):
         table = [self.operand(j) for j in range(self.s_a + 1)]
         return rom(m, "vector_rom", table, self.operand_bits, code)
 
     def product(self, m, pe, magnitude, operand):
-        products = [C(0, PRODUCT_BITS)] + [operand.word_select(i, PRODUCT_BITS) for i in range(self.s_w)]
+        products = [C(0, self.product_bits)] + [operand.word_select(i, self.product_bits) for i in range(self.s_w)]
         return Array(products)[magnitude]
 
 
@@ -176,7 +182,7 @@ class Rom(Variant):
 
     def product(self, m, pe, magnitude, operand):
         table = [self.lut(k, j) for k in range(self.s_w + 1) for j in range(self.s_a + 1)]
-        return rom(m, "lut_rom", table, PRODUCT_BITS, Cat(operand, magnitude))
+        return rom(m, "lut_rom", table, self.product_bits, Cat(operand, magnitude))
 
 
 class Multiply(Variant):
@@ -226,8 +232,8 @@ class RowTable(Variant):
     name = "row_table"
 
     def __init__(self, w_levels, a_levels, *, multiply: bool = False, depth: int | None = None,
-                 logic_multiply: bool = False):
-        super().__init__(w_levels, a_levels)
+                 logic_multiply: bool = False, product_bits: int = PRODUCT_BITS):
+        super().__init__(w_levels, a_levels, product_bits)
         self.multiply, self.logic_multiply = bool(multiply), bool(logic_multiply)
         self.depth = self.s_a + 1 if depth is None else depth
         if not isinstance(self.depth, int) or self.depth < self.s_a + 1:
@@ -235,10 +241,13 @@ class RowTable(Variant):
 
     @classmethod
     def sized(cls, wbits: int, abits: int, *, multiply: bool = False, depth: int | None = None,
-              logic_multiply: bool = False) -> RowTable:
-        """The variant for layers of up to ``wbits``-bit weights and ``abits``-bit codes (levels 0, 1, ...)."""
-        return cls(range(2 ** (wbits - 1)), range(2 ** abits), multiply=multiply, depth=depth,
-                   logic_multiply=logic_multiply)
+              logic_multiply: bool = False, product_bits: int = PRODUCT_BITS) -> RowTable:
+        """The variant for layers of up to ``wbits``-bit weights and ``abits``-bit codes whose products
+        fit ``product_bits``; its levels are placeholders (0, 1, ..., the activation ones capped so
+        that their products fit): only the sizes matter to the hardware."""
+        cap = ((1 << product_bits) - 1) // (2 ** (wbits - 1) - 1)
+        return cls(range(2 ** (wbits - 1)), [min(j, cap) for j in range(2 ** abits)], multiply=multiply,
+                   depth=depth, logic_multiply=logic_multiply, product_bits=product_bits)
 
     @property
     def weight_bits(self) -> int:
@@ -247,7 +256,7 @@ class RowTable(Variant):
     @property
     def operand_bits(self) -> int:
         """A table entry: ``s_w`` products, or with ``multiply`` at least a level, and the flag on top."""
-        products = self.s_w * PRODUCT_BITS
+        products = self.s_w * self.product_bits
         return max(products, LEVEL_BITS) + 1 if self.multiply else products
 
     def load_beats(self, sign: int, k: int) -> list[dict]:
@@ -256,7 +265,7 @@ class RowTable(Variant):
     def operand(self, j: int) -> int:
         if self.multiply:
             return self.a_levels[j] | 1 << (self.operand_bits - 1)
-        return row_vector(self.w_levels, self.a_levels[j])
+        return row_vector(self.w_levels, self.a_levels[j], self.product_bits)
 
     @property
     def edge_signature(self) -> dict:
@@ -276,8 +285,8 @@ class RowTable(Variant):
     def product(self, m, pe, magnitude, operand):
         # A shift, not an Array: Yosys writes an Array as an ``always @*`` case, which Icarus
         # leaves at X in a PE whose inputs never change after time 0.
-        products = Cat(C(0, PRODUCT_BITS), operand[:self.s_w * PRODUCT_BITS])
-        selected = products.word_select(magnitude, PRODUCT_BITS)
+        products = Cat(C(0, self.product_bits), operand[:self.s_w * self.product_bits])
+        selected = products.word_select(magnitude, self.product_bits)
         if not self.multiply:
             return selected
         level = operand[:LEVEL_BITS]

@@ -5,8 +5,9 @@ One source for the PE variants (:mod:`hw.pe`), the engine's sizing
 
 - a weight word is sign-magnitude, the sign in its top bit (:func:`weight_word`);
 - a row vector ``P = (L[1][j], ..., L[s_w][j])`` packs the products of activation
-  code ``j`` with every weight magnitude, ``P[k]`` in bits ``PRODUCT_BITS * (k - 1)``
-  and up (:func:`row_vector`).
+  code ``j`` with every weight magnitude, ``P[k]`` in bits ``bits * (k - 1)`` and up
+  (:func:`row_vector`), ``bits`` the product width that the outer widths b'_w / b'_a
+  allow (:func:`product_width`; ``PRODUCT_BITS`` = 15 at b' = 8).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 W_MAX = 127  # s'_w for outer weight bits b' = 8
 A_MAX = 255  # s'_a for outer activation bits b' = 8
 LEVEL_BITS = 8  # sign + 7-bit weight level, or an 8-bit activation level
-PRODUCT_BITS = (W_MAX * A_MAX).bit_length()  # 15
+PRODUCT_BITS = (W_MAX * A_MAX).bit_length()  # 15: the product width at outer widths b'_w = b'_a = 8
 # Registers of the PE array beyond one per PE: each row's table read data (out of block RAM) before
 # the row's PEs, and each PE's product before its adder (:class:`hw.pe.PEArray`, the engine's timing).
 ARRAY_PIPELINE = 2
@@ -36,7 +37,20 @@ def weight_word(sign: int, magnitude: int, weight_bits: int) -> int:
     return sign << (weight_bits - 1) | magnitude
 
 
-def row_vector(w_levels, a_level: int) -> int:
+def product_width(outer_wbits: int, outer_abits: int) -> int:
+    """Width of an unsigned LUT product ``W[k] * A[j]`` at outer widths b'_w, b'_a (2..8): levels
+    up to ``2^(b'_w - 1) - 1`` and ``2^b'_a - 1`` (15 bits at 8/8, 9 at 6/4, 7 at 4/4)."""
+    for name, bits in (("b'_w", outer_wbits), ("b'_a", outer_abits)):
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 2 <= bits <= 8:
+            raise ValueError(f"outer width {name} = {bits!r}: the PEs take outer widths of 2..8 bits (levels up to "
+                             f"{W_MAX} and {A_MAX}); train with --outer-bits 8 or narrower")
+    return ((2 ** (outer_wbits - 1) - 1) * (2 ** outer_abits - 1)).bit_length()
+
+
+def row_vector(w_levels, a_level: int, bits: int = PRODUCT_BITS) -> int:
     """The row vector of an activation level ``A[j]``: ``W[k] * A[j]`` for ``k = 1 .. s_w``,
-    each ``PRODUCT_BITS`` wide, ``k = 1`` lowest."""
-    return sum(int(w) * int(a_level) << PRODUCT_BITS * (k - 1) for k, w in enumerate(w_levels[1:], start=1))
+    each ``bits`` wide, ``k = 1`` lowest; ValueError where a product does not fit ``bits``."""
+    products = [int(w) * int(a_level) for w in w_levels[1:]]
+    if any(not 0 <= x < 1 << bits for x in products):
+        raise ValueError(f"products {products} of activation level {a_level} do not fit {bits} bits")
+    return sum(x << bits * k for k, x in enumerate(products))

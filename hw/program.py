@@ -164,7 +164,7 @@ def table_words(params: EngineParams, node: ConvNode) -> list[int]:
     a = [int(v) for v in node.a_levels]
     if node.mac == "multiply":
         return [a[j] | 1 << (params.table_bits - 1) for j in range(len(a))]
-    return [row_vector(node.w_levels, level) for level in a]
+    return [row_vector(node.w_levels, level, params.product_bits) for level in a]
 
 
 def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:

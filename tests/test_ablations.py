@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from compiler.agreement import compare
 from compiler.lower import compile_checkpoint, compile_model
 from compiler.report import format_table, report
+from hw.engine_params import EngineParams
 from lcq.cli import main
 from lcq_train.checkpoint import load_checkpoint
 from lcq_train.data import load_dataset
@@ -92,6 +93,8 @@ def test_outer_widths_6_4_compile_report_and_agree(digits):
     assert rows["conv0"]["lut_bytes"] == rows["fc"]["lut_bytes"] == 0            # 8-bit edges multiply
     assert rep["lut_bytes"] == 54 and rep["total_bytes"] == rep["total_bytes_without_luts"] + 54
     assert "| conv1 | conv | 3/3 | 6/4 | lut |" in format_table(rep)
+    engine = EngineParams.for_model(compiled, 2, 2)          # 31 x 15 products: 9 bits, not 15
+    assert engine.product_bits == 9 and engine.table_bits == 3 * 9 + 1          # + the multiply flag bit
 
 
 def test_outer_widths_8_8_report_unchanged(digits):

@@ -13,7 +13,7 @@ from amaranth.sim import Simulator  # noqa: E402
 
 from hw.pe import VARIANTS, PEArray, ProcessingElement, RowTable  # noqa: E402
 from hw.pe_words import ARRAY_PIPELINE  # noqa: E402
-from hw.pe_words import A_MAX, W_MAX  # noqa: E402
+from hw.pe_words import A_MAX, W_MAX, product_width, row_vector  # noqa: E402
 
 BITS = (2, 3, 4)
 ACC_BITS = 24
@@ -190,6 +190,18 @@ def test_row_table_is_sized_by_widths_and_checks_its_depth():
     assert variant.operand_bits == 3 * 15 + 1 and variant.operand(3) == 3 | 1 << 45
     with pytest.raises(ValueError, match="Table depth must be an integer of at least 4 entries, not 3"):
         RowTable.sized(3, 2, depth=3)
+
+
+def test_products_are_as_wide_as_the_outer_widths_allow():
+    assert [product_width(*w) for w in ((8, 8), (6, 6), (6, 4), (4, 8), (4, 4), (2, 2))] == [15, 11, 9, 11, 7, 2]
+    with pytest.raises(ValueError, match="outer width b'_w = 9: the PEs take outer widths of 2..8 bits"):
+        product_width(9, 8)
+    narrow = RowTable([0, 31, 7, 2], [0, 15, 1, 3], product_bits=9)          # 31 * 15 = 465 < 2^9
+    assert narrow.operand_bits == 27 and narrow.operand(1) == 31 * 15 | 7 * 15 << 9 | 2 * 15 << 18
+    with pytest.raises(ValueError, match="levels up to 31 x 15 do not fit product_bits=8"):
+        RowTable([0, 31, 7, 2], [0, 15, 1, 3], product_bits=8)
+    with pytest.raises(ValueError, match="do not fit 8 bits"):
+        row_vector([0, 31, 7, 2], 15, 8)
 
 
 def test_double_buffered_pe_swaps_weights_with_the_first_element_of_a_tile():
