@@ -43,7 +43,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from boards.boards import BOARDS, get_board
-from boards.build import DEFAULT_ROUTER
+from boards.build import default_router
 from boards.stages import stop_group
 from lcq_train.atomic import save_json
 
@@ -172,7 +172,7 @@ def environment() -> dict:
 
 
 def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str,
-              seed: int | None = None, router: str = DEFAULT_ROUTER) -> dict:
+              seed: int | None = None, router: str | None = None) -> dict:
     from compiler import format as model_format
 
     from boards.clock import pll_plan
@@ -185,13 +185,13 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                "--board", board.name, "--mode", mode]
     for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz), ("--seed", seed),
-                        ("--router", None if router == DEFAULT_ROUTER else router)):
+                        ("--router", router)):
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     record = {"spec": job["spec"], "board": board.name, "device": board.device, "model": path.name, "mode": mode,
               "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
               "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit,
-              "seed": seed, "router": router}
+              "seed": seed, "router": router or default_router(board)}
     try:
         if mode == "network":
             chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"])
@@ -299,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                "then the Fmax reached, as lcq build does)")
     parser.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed of every build, as lcq "
                                                               "build --seed (default: nextpnr's own)")
-    parser.add_argument("--router", choices=("router1", "router2"), default=DEFAULT_ROUTER,
-                        help="nextpnr's router of every build, as lcq build --router")
+    parser.add_argument("--router", choices=("router1", "router2"),
+                        help="nextpnr's router of every build, as lcq build --router (default: the board's)")
     parser.add_argument("--time-limit", type=float, default=3600, metavar="S",
                         help="seconds per build (both attempts of build_model); the build is stopped after it")
     parser.add_argument("--build-root", metavar="DIR", default=str(ROOT / "build" / "board-builds"),

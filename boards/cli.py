@@ -13,7 +13,7 @@ from hw.residency import RESIDENCY
 from lcq_train.arguments import nonnegative_int, positive_float, positive_int
 
 from .boards import BOARDS, get_board
-from .build import DEFAULT_ROUTER, ROUTERS
+from .build import ROUTERS
 
 MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.protocol.LinkMode's labels)
 
@@ -40,7 +40,8 @@ def add_parsers(sub) -> dict:
                         "stage it stopped in (default: no limit)")
     p.add_argument("--seed", type=nonnegative_int, metavar="N",
                    help="nextpnr's placement seed, an integer >= 0 (default: nextpnr's own)")
-    p.add_argument("--router", choices=ROUTERS, default=DEFAULT_ROUTER, help="nextpnr's router")
+    p.add_argument("--router", choices=ROUTERS, help="nextpnr's router (default: router2 on ECP5 boards, router1 on "
+                                                     "iCE40)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     p = sub.add_parser("flash", help="program a board with a built bitstream", formatter_class=fmt)
@@ -87,7 +88,7 @@ def cmd_build(args) -> int:
 
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
                 out: Path | None = None, mode: str = "layers", *, seed: int | None = None,
-                router: str = DEFAULT_ROUTER, timeout: float | None = None) -> dict:
+                router: str | None = None, timeout: float | None = None) -> dict:
     """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
     (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
     ``build/<board>``), with nextpnr's ``seed`` and ``router`` (:func:`boards.build.build`). Without

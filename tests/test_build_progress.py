@@ -372,14 +372,17 @@ def _build_parser():
 
 
 def test_build_options_parse():
-    from boards.build import DEFAULT_ROUTER
+    from boards.boards import get_board
+    from boards.build import default_router
 
     parser, _ = _build_parser()
     args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f", "--timeout", "90", "--seed", "7",
-                              "--router", "router2"])
-    assert (args.timeout, args.seed, args.router) == (90.0, 7, "router2")
+                              "--router", "router1"])
+    assert (args.timeout, args.seed, args.router) == (90.0, 7, "router1")
     args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f"])
-    assert (args.timeout, args.seed, args.router) == (None, None, DEFAULT_ROUTER) and DEFAULT_ROUTER == "router1"
+    assert (args.timeout, args.seed, args.router) == (None, None, None)        # the board's router
+    assert [default_router(get_board(b)) for b in ("ulx3s-85f", "orangecrab-25f", "icebreaker")] == [
+        "router2", "router2", "router1"]
 
 
 @pytest.mark.parametrize("argv, message", [
