@@ -84,6 +84,8 @@ from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
 
 
+# Configuration registers whose last value (register - 1) the loops compare with, kept in registers of its own.
+LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions")
 # Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``).
 DEST_COUNTERS = ("channel", "value_base", "code_base", "lane")
 
@@ -250,6 +252,11 @@ class LayerEngine(wiring.Component):
                 for i, name in enumerate(self.registers):
                     with m.Case(i):
                         m.d.sync += cfg[name].eq(load.data)
+        # Each count's last value, registered a cycle after its register is written (the layer's first
+        # compare comes rows + 1 cycles after start): the loop ends compare with a register, no subtraction.
+        last = {name: Signal(signed(self.reg_bits), name=f"last_{name}") for name in LAST_COUNTS
+                if name in self.registers}
+        m.d.sync += [last[name].eq(cfg[name] - 1) for name in last]
 
         def buffer(name, width, depth, write_en, spram=False):
             """A buffer written by loads while idle and read while computing: one address for
@@ -346,11 +353,11 @@ class LayerEngine(wiring.Component):
                              tags[0].swap.eq(pos == band["pos"]), tags[0].first.eq(first_tile),
                              tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
-                with m.If(x == cfg["out_w"] - 1):
+                with m.If(x == last["out_w"]):
                     m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
                     with m.If(y == band["end_y"]):
-                        self._next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing,
+                        self._next_tile(m, cfg, last, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing,
                                         band, band_cfg, weight_addr)
                         # The next tile's shadow weights must not be written before this tile's
                         # first element has passed the last column, nor a partial sum read
@@ -396,7 +403,7 @@ class LayerEngine(wiring.Component):
                 with m.State("OFFER"):
                     with m.If(self.out.ready):
                         m.d.sync += [self.out.valid.eq(0), read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
-                        with m.If(read_pos == cfg["positions"] - 1):
+                        with m.If(read_pos == last["positions"]):
                             m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1)]
                         with m.If(read_addr == out_base - 1):
                             m.next = "IDLE"
@@ -406,11 +413,11 @@ class LayerEngine(wiring.Component):
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load.ready.eq(idle), self.busy.eq(~idle)]
         if self.network:
-            last = [(x == cfg["out_w"] - 1), (y == band["end_y"]), (g == cfg["groups"] - 1),
-                    (kx == cfg["kernel"] - 1), (ky == cfg["kernel"] - 1)]
-            m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*last).all())
-            feeding = self._writer(m, cfg, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col,
-                                   band_cfg)
+            ends = [(x == last["out_w"]), (y == band["end_y"]), (g == last["groups"]), (kx == last["kernel"]),
+                    (ky == last["kernel"])]
+            m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*ends).all())
+            feeding = self._writer(m, cfg, last, dest, tile_issued, writer_done, read_addr, read_pos, read_slot,
+                                   feed_col, band_cfg)
         else:
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
@@ -530,7 +537,8 @@ class LayerEngine(wiring.Component):
                      self.code_written.data.eq(write.data)]
         return read.data, addr, back
 
-    def _writer(self, m, cfg, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col, band_cfg):
+    def _writer(self, m, cfg, last, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col,
+                band_cfg):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
         A band's accumulators are final ``drain`` cycles after its last position is issued
@@ -570,19 +578,19 @@ class LayerEngine(wiring.Component):
                 self._step_destination(m, cfg, dest, read_pos)
                 with m.If(feed_col == Cn - 1):
                     m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1), band_pos.eq(band_pos + 1)]
-                    with m.If(band_pos == band_cfg["positions"] - 1):
+                    with m.If(band_pos == last["band_positions"]):
                         # The band's last word: the next band's, if it is done, or wait for it.
                         m.d.sync += [band_pos.eq(0), tiles_written.eq(tiles_written + 1)]
                         with m.If(tiles_done != tiles_written + 1):
                             m.next = "READ_WORD"
                         with m.Else():
                             m.next = "WAIT"
-                        with m.If(read_pos == cfg["positions"] - 1):
+                        with m.If(read_pos == last["positions"]):
                             # ... and the channel tile's: the next tile's destinations, or the end.
                             m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
                                          channel_tiles_written.eq(channel_tiles_written + 1)]
                             self._step_destination(m, cfg, dest, read_pos, tile=True)
-                            with m.If(channel_tiles_written == cfg["co_tiles"] - 1):
+                            with m.If(channel_tiles_written == last["co_tiles"]):
                                 m.d.sync += flush.eq(Mux(cfg["act_fuse"][0], self.FUSED_LATENCY, 0)
                                                      + self.STAGE_LATENCY - 1)
                                 m.next = "FLUSH"
@@ -633,22 +641,22 @@ class LayerEngine(wiring.Component):
                      band["end_y"].eq(band_cfg["rows"] - 1)]
 
     @staticmethod
-    def _next_tile(m, cfg, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing, band, band_cfg,
+    def _next_tile(m, cfg, last, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing, band, band_cfg,
                    weight_addr):
         """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile."""
-        with m.If(g != cfg["groups"] - 1):
+        with m.If(g != last["groups"]):
             m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
         with m.Else():
             m.d.sync += [g.eq(0), plane_base.eq(0)]
-            with m.If(kx != cfg["kernel"] - 1):
+            with m.If(kx != last["kernel"]):
                 m.d.sync += kx.eq(kx + 1)
             with m.Else():
                 m.d.sync += kx.eq(0)
-                with m.If(ky != cfg["kernel"] - 1):
+                with m.If(ky != last["kernel"]):
                     m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
                 with m.Else():
                     m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"])]
-                    with m.If(band["end_y"] != cfg["out_h"] - 1):
+                    with m.If(band["end_y"] != last["out_h"]):
                         m.d.sync += [weight_addr.eq(band["weight_addr"]), band["y"].eq(band["y"] + band_cfg["rows"]),
                                      band["pos"].eq(band["pos"] + band_cfg["positions"]),
                                      band["iy"].eq(band["iy"] + band_cfg["in_rows"]),
@@ -658,7 +666,7 @@ class LayerEngine(wiring.Component):
                         LayerEngine._first_band(m, band, band_cfg)
                         m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
                                      band["weight_addr"].eq(weight_addr)]
-                        with m.If(co_tile == cfg["co_tiles"] - 1):
+                        with m.If(co_tile == last["co_tiles"]):
                             m.d.sync += finishing.eq(1)
 
     def _connect_stage(self, m, unit, load_en, valid, acc, channel):
