@@ -26,7 +26,8 @@ from lcq_train.layers import QAct, QConv2d, QLinear
 
 SUPPORTED = (
     "the input image into its activation quantizer (QAct, uint8 codes)",
-    "Conv2d (quantized; groups 1, square kernel, stride and zero padding up to kernel // 2, no dilation, bias allowed)",
+    "Conv2d (quantized; square kernel, stride and zero padding up to kernel // 2, no dilation, bias allowed; "
+    "grouped and depthwise ones run as the dense conv with zero weights outside each group: groups x the MACs)",
     "Linear (quantized; on a vector of C codes)",
     "BatchNorm2d (eval-mode statistics; before a ReLU, pooling or a quantizer, or a residual addition "
     "with a positive scale)",
@@ -34,6 +35,10 @@ SUPPORTED = (
     "ReLU6 / hardtanh(0, max) before an activation quantizer",
     "residual addition of two tensors (+, torch.add, .add())",
     "global average pooling after a ReLU (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)))",
+    "max pooling (MaxPool2d, F.max_pool2d: square kernel k, stride and padding up to k // 2, no dilation, "
+    "ceil_mode False) of a conv's, BN's or addition's output where only ReLU, ReLU6 / hardtanh(0, max), identity, "
+    "dropout, flatten and more max pooling stand between it and the activation quantizer of the next layer "
+    "(it pools that quantizer's codes: the quantizer is non-decreasing, so it commutes with the maximum)",
     "flatten of a C x 1 x 1 tensor (nn.Flatten, torch.flatten(x, 1), .flatten(1))",
     "identity and dropout (inference)",
     "activation quantizer (QAct, unsigned) on a tensor",
@@ -49,12 +54,14 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 @dataclass(frozen=True)
 class Op:
-    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, flatten,
-    identity, add, output), its ``module`` (None for a function) and ``cap`` (the clip maximum)."""
+    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, maxpool, flatten,
+    identity, add, output), its ``module`` (None for a function), ``cap`` (the clip maximum) and
+    ``window`` (max pooling's kernel, stride and padding)."""
 
     kind: str
     module: nn.Module | None = None
     cap: float = math.inf
+    window: tuple[int, int, int] | None = None
 
 
 class Unsupported(ValueError):
@@ -119,6 +126,23 @@ def _spatial_dims(dims) -> bool:
     return isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3]
 
 
+def _max_pool(node: fx.Node, model: str, kernel, stride, padding, dilation, ceil_mode, return_indices) -> Op:
+    """The maxpool Op of a max pooling's arguments; :class:`Unsupported` for those the compiler does not lower."""
+    def square(v):
+        v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+        return v[0] if len(v) == 2 and v[0] == v[1] and isinstance(v[0], int) else None
+
+    k, p = square(kernel), square(padding)
+    s = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else square(stride)
+    if None in (k, s, p) or square(dilation) != 1 or ceil_mode or return_indices:
+        raise Unsupported(model, node, f"(kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}, "
+                          f"ceil_mode {ceil_mode}, return_indices {return_indices}) is not supported: max pooling "
+                          "needs a square kernel, stride and padding, dilation 1, ceil_mode False and no indices")
+    if p > k // 2:
+        raise Unsupported(model, node, f"pads by {p}, more than kernel // 2 = {k // 2}")
+    return Op("maxpool", window=(k, s, p))
+
+
 def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
     """The kind of ``node``; :class:`Unsupported` for anything the compiler does not lower."""
     if node.op == "placeholder":
@@ -145,6 +169,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("pool")
         if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
             return Op("flatten")
+        if type(m) is nn.MaxPool2d:
+            return _max_pool(node, model, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
+                             m.return_indices)
         if isinstance(m, _IDENTITY_MODULES):
             return Op("identity")
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -161,6 +188,11 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("pool")
         if f is torch.flatten and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
             return Op("flatten")
+        if f in (F.max_pool2d, torch.max_pool2d):
+            names = (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
+                     ("return_indices", False))
+            return _max_pool(node, model, *(_arg(node, i, name, default)
+                                            for i, (name, default) in enumerate(names, start=1)))
         if f is F.dropout:
             return Op("identity")
         if f in _ADD_FUNCTIONS and _arg(node, 2, "alpha", 1) == 1:

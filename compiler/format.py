@@ -22,6 +22,8 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
 - Output ``stage``: ``{"kind": "thresholds", "thresholds", "descending", "bits"}``
   or ``{"kind": "requantize", "multiplier", "bias", "shift"}`` (see
   :mod:`compiler.graph`); flags (``descending``, ``relu``) are uint8 0 or 1.
+- Max pooling (``op`` "maxpool"): scalar fields only (``kernel``, ``stride``,
+  ``padding``), no arrays. A file without one is laid out as before it existed.
 
 :func:`save` checks the model against the rules of :mod:`compiler.graph`
 before it writes. :func:`load` accepts only what :func:`save` can write: each
@@ -48,7 +50,8 @@ from pathlib import Path
 import numpy as np
 
 from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode,
-                    ModelRuleError, PoolNode, Requantize, Thresholds, act_scale, node_where, show, weight_scale)
+                    MaxPoolNode, ModelRuleError, PoolNode, Requantize, Thresholds, act_scale, node_where, show,
+                    weight_scale)
 
 MANIFEST = "manifest.json"
 DIGEST_FIELD = "sha256"
@@ -72,6 +75,7 @@ NODE_FIELDS = {
     "activate": ("op", "name", "input", "output", "stage"),
     "add": ("op", "name", "inputs", "output"),
     "pool": ("op", "name", "input", "output", "frac_bits", "sign", "relu", "offset", "stage"),
+    "maxpool": ("op", "name", "input", "output", "kernel", "stride", "padding"),
 }
 LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
@@ -199,6 +203,9 @@ class _Writer:
                     "relu": self.ref(f"{p}/relu", "relu", node.relu),
                     "offset": self.ref(f"{p}/offset", "offset", node.offset),
                     "stage": self.stage(f"{p}/stage", node.stage)}
+        if isinstance(node, MaxPoolNode):
+            return {"op": "maxpool", "name": node.name, "input": node.input, "output": node.output,
+                    **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding")}}
         raise TypeError(f"cannot save node {node!r}")
 
 
@@ -391,6 +398,8 @@ class _Reader:
             return ActivateNode(d["name"], d["input"], d["output"], self.stage(d["stage"], where, f"{p}/stage"))
         if op == "add":
             return AddNode(d["name"], d["inputs"], d["output"])
+        if op == "maxpool":
+            return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"])
         return PoolNode(d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")
                                                               for k in ("sign", "relu", "offset")),
                         d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))

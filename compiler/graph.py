@@ -17,6 +17,8 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
 - :class:`AddNode`: sum of two value tensors of the same scale.
 - :class:`PoolNode`: BN + ReLU per position, global sum, thresholds into
   codes (global average pooling followed by an activation quantizer).
+- :class:`MaxPoolNode`: codes -> codes, the largest code of each window
+  (max pooling before an activation quantizer, moved after it).
 
 Rules. :meth:`CompiledModel.validate` is the one definition of what a compiled
 model may hold: the compiler runs it before it returns or saves a model
@@ -33,6 +35,7 @@ rules, besides exact types, dtypes and shapes of every field and array:
   kernel ``1..MAX_KERNEL``, stride ``1..MAX_STRIDE``, padding ``0..kernel//2``,
   ``out = (in + 2 * padding - kernel) // stride + 1`` exactly, ``in_shape``
   equal to the input tensor's shape; "linear" layers are 1x1 on (C, 1, 1);
+  max pooling the same geometry on its input codes, the window within the padded input;
 - level tables (DESIGN.md): ``s_w + 1`` resp. ``s_a + 1`` entries, non-decreasing,
   ``W[0] = A[0] = 0``, ``W[s_w] = s'_w``, ``A[s_a] = s'_a``; so the LUT
   ``W[k] * A[j]`` is the product table at every index, 0 included;
@@ -64,6 +67,7 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 FORMAT = "lcq-compiled-model"
 VERSION = 2
@@ -568,8 +572,54 @@ class PoolNode:
         self.stage.check_arrays(where, c, self.sum_limit(positions, in_bound, f), ascending_only=True)
 
 
-Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode
-NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode)
+@dataclass
+class MaxPoolNode:
+    """Max pooling of a codes tensor: ``out[n, c, y, x]`` is the largest ``in[n, c, y * stride - padding + i,
+    x * stride - padding + j]`` over ``0 <= i, j < kernel``, code 0 outside the input; same code width.
+
+    It stands for a max pooling between a ReLU and an activation quantizer: the quantizer is
+    non-decreasing, so it commutes with the maximum, and code 0 is its lowest level, so zero padding
+    of codes is PyTorch's -inf padding (every window holds an input position, ``padding <= kernel // 2``).
+    """
+
+    name: str
+    input: str
+    output: str
+    kernel: int
+    stride: int
+    padding: int
+    op = "maxpool"
+
+    def apply(self, codes: np.ndarray) -> np.ndarray:
+        """Pooled codes ``(N, C, Ho, Wo)`` of ``codes`` ``(N, C, H, W)`` (same dtype)."""
+        k, s, p = self.kernel, self.stride, self.padding
+        padded = np.pad(codes, ((0, 0), (0, 0), (p, p), (p, p))) if p else codes
+        windows = sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::s, ::s]
+        return windows.max(axis=(4, 5))
+
+    def out_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        c, h, w = in_shape
+        return (c, ConvNode.out_side(h, self.kernel, self.stride, self.padding),
+                ConvNode.out_side(w, self.kernel, self.stride, self.padding))
+
+    def check_fields(self, where: str) -> None:
+        for name in ("name", "input", "output"):
+            rule_name(where, name, getattr(self, name))
+        k = rule_int(where, "kernel", self.kernel, 1, MAX_KERNEL)
+        rule_int(where, "stride", self.stride, 1, MAX_STRIDE)
+        rule_int(where, "padding", self.padding, 0, k // 2)
+
+    def check_shape(self, where: str, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The output shape for input ``in_shape``; the kernel must fit the padded input."""
+        _, h, w = in_shape
+        if min(h, w) + 2 * self.padding < self.kernel:
+            raise ModelRuleError(where, "kernel", f"= {self.kernel} exceeds the padded input "
+                                                  f"{h + 2 * self.padding}x{w + 2 * self.padding}")
+        return self.out_shape(in_shape)
+
+
+Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode | MaxPoolNode
+NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode, MaxPoolNode)
 
 
 @dataclass
@@ -704,6 +754,9 @@ class CompiledModel:
             if self._scale(where, node.inputs[1]) != scale or self._scale(where, node.output) != scale:
                 raise ModelRuleError(where, "inputs", "operands and sum must have one scale (scales differ)")
             return TensorInfo(a.shape, None, a.bound + b.bound if arrays else None)
+        if isinstance(node, MaxPoolNode):
+            t = need(node.input, True)
+            return TensorInfo(node.check_shape(where, t.shape), t.bits)
         t = need(node.input, False)
         if options is not None and node.frac_bits != options["pool_frac_bits"]:
             raise ModelRuleError(where, "frac_bits", f"= {node.frac_bits}; the compile options say "

@@ -9,7 +9,9 @@ argument order (a residual block's main path before its shortcut), turning
 runs of operations into the nodes of :mod:`compiler.graph`:
 
 - image -> activation quantizer: an :class:`InputNode`;
-- quantized conv or linear layer on codes: a :class:`ConvNode`, whose output
+- quantized conv or linear layer on codes: a :class:`ConvNode` (a grouped or
+  depthwise conv as the dense conv whose weights are 0 outside each group's
+  block, :func:`dense_codes`: exact, at ``groups`` times its MACs), whose output
   stage its consumers decide: *thresholds* when its only consumer is
   [BN] -> [ReLU | ReLU6 | hardtanh(0, max)] -> activation quantizer (all folded);
   *requantize* when it is an operand of a residual addition (to the other
@@ -21,6 +23,11 @@ runs of operations into the nodes of :mod:`compiler.graph`:
   accumulator) otherwise;
 - [BN] -> [ReLU] -> activation quantizer on any other value tensor: an :class:`ActivateNode`;
 - [BN] -> ReLU -> global average pooling -> [flatten] -> quantizer: a :class:`PoolNode`;
+- max pooling on the way to an activation quantizer (after the conv, BN or addition, before or after
+  the ReLU or clip; nothing but ReLU, clip, identity, flatten and max pooling until the quantizer):
+  the quantizer's thresholds as if there were no pooling (codes ``<act>.unpooled``), then a
+  :class:`MaxPoolNode` per max pooling, the last writing the quantizer's codes. Exact: the
+  quantizer (after ReLU and clip) is non-decreasing, so it commutes with the maximum;
 - an addition: an :class:`AddNode` named after the module whose forward adds
   (``blocks.0.add``, writing ``blocks.0.out``).
 
@@ -47,8 +54,9 @@ from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale
 
 from . import stages
-from .capture import Op, Unsupported, capture, operation
-from .graph import FRAC_BITS, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode, mac_kind
+from .capture import Op, Unsupported, capture, describe, location, operation
+from .graph import (FRAC_BITS, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, PoolNode,
+                    mac_kind)
 
 
 @dataclass(frozen=True)
@@ -138,7 +146,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
 class _Value:
     """What a graph node computes. ``kind`` "image"; "codes" (of tensor ``tensor``); or "values":
     per channel ``gain * x + offset`` of value tensor ``x = tensor``, then a ReLU (``relu``),
-    clipped at ``cap``, globally averaged (``pooled``). ``folded``: a BN is in ``gain``/``offset``;
+    clipped at ``cap``, globally averaged (``pooled``), max pooled (``maxpools``: the graph node and
+    its (kernel, stride, padding) of each, in order). ``folded``: a BN is in ``gain``/``offset``;
     ``sole``: the raw accumulator ``tensor`` has no consumer but this chain."""
 
     kind: str
@@ -150,10 +159,11 @@ class _Value:
     cap: float = math.inf
     pooled: bool = False
     sole: bool = False
+    maxpools: tuple = ()
 
     @property
     def plain(self) -> bool:
-        return not (self.folded or self.relu or self.pooled or self.cap < math.inf)
+        return not (self.folded or self.relu or self.pooled or self.cap < math.inf or self.maxpools)
 
 
 def _post_order(output: fx.Node) -> list[fx.Node]:
@@ -168,6 +178,21 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
             stack.append((node, True))
             stack.extend((n, False) for n in reversed(node.all_input_nodes) if n not in seen)
     return order
+
+
+def dense_codes(codes: np.ndarray, groups: int) -> np.ndarray:
+    """The weight codes ``(C_out, C_in, k, k)`` of a conv with ``groups`` groups whose codes are
+    ``(C_out, C_in / groups, k, k)``: output channels of group ``g`` read input channels of group ``g``
+    only, every other weight is code 0 (weight 0), so the dense conv computes the grouped one exactly."""
+    if groups == 1:
+        return codes
+    c_out, c_group = codes.shape[:2]
+    dense = np.zeros((c_out, c_group * groups, *codes.shape[2:]), dtype=codes.dtype)
+    per_group = c_out // groups
+    for g in range(groups):
+        outputs = slice(g * per_group, (g + 1) * per_group)
+        dense[outputs, g * c_group:(g + 1) * c_group] = codes[outputs]
+    return dense
 
 
 class _Lowering:
@@ -185,6 +210,7 @@ class _Lowering:
         self.values: dict[fx.Node, _Value] = {}
         self.called: set[str] = set()
         self.names: set[str] = set(self.modules) | {"logits"}
+        self.pooled: set[str] = set()            # max pooling modules that named a node
 
     def run(self, graph: fx.Graph) -> None:
         output = next(n for n in graph.nodes if n.op == "output")
@@ -209,7 +235,18 @@ class _Lowering:
 
     def shape(self, x: _Value) -> tuple[int, int, int]:
         c, h, w = self.shapes[x.tensor]
-        return (c, 1, 1) if x.pooled else (c, h, w)
+        if x.pooled:
+            return (c, 1, 1)
+        for _, k, s, p in x.maxpools:
+            h, w = ConvNode.out_side(h, k, s, p), ConvNode.out_side(w, k, s, p)
+        return (c, h, w)
+
+    def after_max_pooling(self, node: fx.Node, x: _Value, what: str) -> None:
+        """Refuse ``what`` (an operation ``node``) on max-pooled values, naming the max pooling."""
+        if x.maxpools:
+            self.refuse(x.maxpools[0][0], f"is followed by {what} ({describe(node)}{location(node)}); max pooling "
+                        "lowers only where nothing but ReLU, clip, identity, flatten or max pooling stands between "
+                        "it and an activation quantizer")
 
     def once(self, node: fx.Node) -> None:
         if node.target in self.called:
@@ -247,6 +284,29 @@ class _Lowering:
                 self.names |= {name, out}
                 return name, out
             k += 1
+
+    def fresh(self, base: str) -> str:
+        """``base``, or ``base_1``, ``base_2``, ...: the first name not taken yet (now taken)."""
+        k = 0
+        while (name := f"{base}_{k}" if k else base) in self.names:
+            k += 1
+        self.names.add(name)
+        return name
+
+    def max_pools(self, pools: tuple, codes: str, out: str) -> None:
+        """A :class:`MaxPoolNode` per max pooling of ``pools`` (graph node, kernel, stride, padding), in order,
+        from codes tensor ``codes``; each is named after its module (or ``max_pool`` in its scope) and writes
+        a tensor of that name, the last one ``out``."""
+        for i, (node, k, s, p) in enumerate(pools):
+            if node.op != "call_module":
+                name = self.scoped(node, "max_pool", "max_pool")[0]
+            else:                                       # a module may pool several tensors
+                name = self.fresh(node.target) if node.target in self.pooled else node.target
+                self.pooled.add(node.target)
+            result = out if i == len(pools) - 1 else name
+            self.nodes.append(MaxPoolNode(name, codes, result, k, s, p))
+            self.shapes[result] = self.nodes[-1].out_shape(self.shapes[codes])
+            codes = result
 
     def feeds_addition(self, node: fx.Node) -> bool:
         """Whether ``node`` is a residual addition, or passes its input on to one unchanged."""
@@ -295,14 +355,17 @@ class _Lowering:
                                                            bits)
             self.nodes.append(PoolNode(name, x.tensor, name, sign, relu, off, frac, stage))
         else:
+            codes, full = self.fresh(f"{name}.unpooled") if x.maxpools else name, self.shapes[x.tensor]
             stage = stages.thresholds(x.gain, x.offset, t, self.bounds[x.tensor], bits)
             conv = self.raw.get(x.tensor)
             if conv is not None and x.sole:             # fold into the layer's output stage
-                conv.stage, conv.out_scale, conv.output = stage, None, name
+                conv.stage, conv.out_scale, conv.output = stage, None, codes
                 for table in (self.shapes, self.bounds, self.scales, self.raw):
                     table.pop(x.tensor, None)
             else:
-                self.nodes.append(ActivateNode(name, x.tensor, name, stage))
+                self.nodes.append(ActivateNode(codes, x.tensor, codes, stage))
+            self.shapes[codes] = full
+            self.max_pools(x.maxpools, codes, name)
         self.shapes[name] = shape
         return _Value("codes", name)
 
@@ -321,9 +384,6 @@ class _Lowering:
             self.refuse(node, "reads a tensor that no activation quantizer turned into codes")
         c, h, w = self.shapes[x.tensor]
         if kind == "conv":
-            if layer.groups != 1:
-                self.refuse(node, f"is a grouped convolution (groups={layer.groups}), which the accelerator does "
-                            "not run")
             if isinstance(layer.padding, str) or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
                 self.refuse(node, f"has padding {layer.padding!r}, dilation {layer.dilation} or padding mode "
                             f"{layer.padding_mode!r}; the accelerator runs numeric zero padding without dilation")
@@ -340,8 +400,9 @@ class _Lowering:
                             "globally first")
             k, stride, pad, out_shape = 1, 1, 0, (layer.out_features, 1, 1)
             weight = layer.weight[:, :, None, None]
-        if weight.shape[1] != c:
-            self.refuse(node, f"expects {weight.shape[1]} input channels, its input has {c}")
+        groups = layer.groups if kind == "conv" else 1
+        if weight.shape[1] * groups != c:
+            self.refuse(node, f"expects {weight.shape[1] * groups} input channels, its input has {c}")
         wq, act = layer.wq, self.modules[x.tensor]
         if wq.method == "fp":
             raise ValueError(f"cannot compile a {self.model}: layer {name!r} has full-precision weights; compile a "
@@ -355,7 +416,7 @@ class _Lowering:
             kernel=k, stride=stride, padding=pad, wbits=wq.spec.bits, abits=act.spec.bits,
             outer_wbits=wq.spec.outer_bits, outer_abits=act.spec.outer_bits,
             mac=mac_kind(wq.spec.bits, act.spec.bits, self.options.max_lut_entries),
-            weight_codes=wq.codes(weight).numpy().astype(np.int8),
+            weight_codes=dense_codes(wq.codes(weight).numpy().astype(np.int8), groups),
             w_levels=wq.levels().numpy().astype(np.int64), a_levels=act.levels().numpy().astype(np.int64),
             scale=wq.step(weight) * act.step(), out_scale=None)
         conv.out_scale = conv.scale
@@ -372,6 +433,7 @@ class _Lowering:
 
     def _bn(self, node: fx.Node, op: Op) -> _Value:
         x, bn = self.arg(node), op.module
+        self.after_max_pooling(node, x, "a BN")
         if x.kind != "values" or x.relu or x.pooled:
             self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there folds")
         c = self.shapes[x.tensor][0]
@@ -400,10 +462,22 @@ class _Lowering:
 
     def _pool(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
+        self.after_max_pooling(node, x, "global average pooling")
         if x.kind != "values" or x.pooled or not x.relu or x.cap < math.inf:
             self.refuse(node, "does not pool a ReLU's output (unclipped) of a conv, BN or addition; the pooling unit "
                         "averages [BN +] ReLU outputs")
         return self.chain(node, x, pooled=True)
+
+    def _maxpool(self, node: fx.Node, op: Op) -> _Value:
+        x = self.arg(node)
+        if x.kind != "values" or x.pooled:
+            self.refuse(node, "max pools the image, codes or a globally pooled tensor; max pooling lowers between a "
+                        "conv, BN or addition and the activation quantizer of the next layer")
+        c, h, w = self.shape(x)
+        k, s, p = op.window
+        if min(h, w) + 2 * p < k:
+            self.refuse(node, f"has a {k}x{k} window, larger than its padded {h + 2 * p}x{w + 2 * p} input")
+        return self.chain(node, x, maxpools=x.maxpools + ((node, k, s, p),))
 
     def _flatten(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
@@ -417,6 +491,8 @@ class _Lowering:
 
     def _add(self, node: fx.Node, op: Op) -> _Value:
         a, b = self.arg(node, 0), self.arg(node, 1)
+        for x in (a, b):
+            self.after_max_pooling(node, x, "a residual addition")
         if any(x.kind != "values" or x.relu or x.pooled or x.cap < math.inf for x in (a, b)) or a.tensor == b.tensor:
             self.refuse(node, "does not add two different outputs of conv or linear layers, BNs or additions (before "
                         "any ReLU)")

@@ -21,7 +21,8 @@ data memories:
 Steps (``kind`` is the node's ``op``): ``input`` (pixels -> input table ->
 codes), ``conv`` (codes -> codes with a thresholds stage, else values),
 ``activate`` (values -> codes), ``add`` (values + values -> values), ``pool``
-(values ``(C, H, W)`` -> codes ``(C, 1, 1)``). The logits, the last step's
+(values ``(C, H, W)`` -> codes ``(C, 1, 1)``), ``maxpool`` (codes -> codes, word by
+word: a window's words, each ``lanes`` codes of one channel group, give one word of maxima). The logits, the last step's
 values, are what the host reads back.
 
 A residual addition right after the conv that computes one of its operands is
@@ -48,7 +49,7 @@ with one exception: a residual sum is written *in place* over an operand that
 this addition reads for the last time (the vector unit reads both operands of
 an element before it writes the sum). A memory's depth is the high-water mark
 of its regions. A graph the planned hardware cannot run (a conv on values,
-pooling or activating codes, an add of codes) raises :class:`NetworkPlanError`.
+pooling or activating codes, max pooling values, an add of codes) raises :class:`NetworkPlanError`.
 
 Numpy only (no torch, no amaranth), like the rest of the compiler's file side.
 """
@@ -57,8 +58,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode, Requantize, Thresholds,
-                    node_where, signed_bits)
+from .graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, PoolNode, Requantize,
+                    Thresholds, node_where, signed_bits)
 
 # Largest number of code lanes (the PE array's rows); the same limit as hw.engine_params.MAX_ARRAY,
 # stated here because the compiler does not import the hardware package.
@@ -85,7 +86,7 @@ class NetworkPlanError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One step of the program: node ``name`` of ``kind`` (input, conv, activate, add, pool), node
+    """One step of the program: node ``name`` of ``kind`` (input, conv, activate, add, pool, maxpool), node
     ``index`` of the model; a conv with ``fused_add`` (the addition's name) also reads the addition's
     other operand (``inputs[1]``) and writes the sum (``output``); a conv with ``fused_activate`` (the
     activation's name) also writes the codes of its values (``output``) into ``activated``."""
@@ -289,6 +290,11 @@ def _steps(model: CompiledModel) -> list[Step]:
                  "(BN + ReLU on values; pooling of codes is not supported)")
             steps.append(Step(i, node.name, "pool", (node.input,), node.output))
             kinds[node.output] = "codes"
+        elif isinstance(node, MaxPoolNode):
+            need(where, "the maxpool step", node.input, "codes", "a maxpool step takes maxima of codes of the code "
+                 "memory")
+            steps.append(Step(i, node.name, "maxpool", (node.input,), node.output))
+            kinds[node.output] = "codes"
         else:
             raise NetworkPlanError(where, f"a {type(node).__name__} is not a step the hardware runs")
     return steps
@@ -299,7 +305,7 @@ def _role(node, model: CompiledModel) -> str:
         return "logits"
     if isinstance(node, PoolNode):
         return "pooled"
-    if isinstance(node, (InputNode, ActivateNode)):
+    if isinstance(node, (InputNode, ActivateNode, MaxPoolNode)):
         return "activations"
     if isinstance(node, ConvNode) and isinstance(node.stage, Thresholds):
         return "activations"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .graph import ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, PoolNode
+from .graph import ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, PoolNode
 
 
 def patches(codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
@@ -70,6 +70,8 @@ def execute(node, t: dict[str, np.ndarray], images: np.ndarray) -> None:
         t[node.output] = t[node.inputs[0]] + t[node.inputs[1]]
     elif isinstance(node, PoolNode):
         t[node.output] = node.stage.apply(node.positions_sum(t[node.input]))[:, :, None, None]
+    elif isinstance(node, MaxPoolNode):
+        t[node.output] = node.apply(t[node.input])
     else:
         raise TypeError(f"unknown node {node!r}")
 

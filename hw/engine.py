@@ -155,6 +155,8 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
       word at the previous cycle's address): with ``dst_add``, the value each write adds to.
     - ``code_written`` (out): the activation buffer's write port (``en`` per lane, ``addr``,
       ``data``) in every cycle, whoever writes: a probe for simulations.
+    - ``code_read`` (used only while idle): ``addr`` (in), ``data`` (out, ``rows`` lanes of ``abits``:
+      the activation-buffer word at the previous cycle's address): the buffer's read port, lent.
     - ``activation`` (with ``act_fuse``): ``valid``, ``value`` (signed ``value_bits``), ``slot``
       (``reg_bits``: ``act_slot`` + the value's channel) out, the cycle after each value is written;
       ``code`` (in, ``abits``): the value's code under the thresholds of ``slot``, expected
@@ -164,13 +166,14 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
                               "data": Out(params.rows * params.abits)})
     values = wiring.Signature({"en": Out(1), "addr": Out(reg_bits), "data": Out(signed(value_bits))})
     old_values = wiring.Signature({"addr": Out(reg_bits), "data": In(signed(value_bits))})
+    reader = wiring.Signature({"addr": Out(range(params.act_depth)), "data": In(params.rows * params.abits)})
     activation = wiring.Signature({"valid": Out(1), "value": Out(signed(value_bits)), "slot": Out(reg_bits),
                                    "code": In(params.abits)})
     load = data.StructLayout({"target": TARGET_BITS, "addr": params.addr_bits,
                               "data": max(params.data_bits, reg_bits)})
     return wiring.Signature({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
                              "code_write": In(lanes), "val_write": Out(values), "val_read": Out(old_values),
-                             "code_written": Out(lanes), "activation": Out(activation)})
+                             "code_written": Out(lanes), "activation": Out(activation), "code_read": In(reader)})
 
 
 class LayerEngine(wiring.Component):
@@ -522,7 +525,7 @@ class LayerEngine(wiring.Component):
         """Network mode: the activation buffer with a write enable per lane, simple dual port (the
         write-back of one channel tile goes on while the next one's codes are read). Returns its read
         data (one cycle after the address), the compute read address to drive and the write-back port
-        ``(en, addr, data)`` to drive while busy; ``code_write`` drives it while idle."""
+        ``(en, addr, data)`` to drive while busy; ``code_write`` and ``code_read`` drive it while idle."""
         p = self.params
         m.submodules.activations = memory = Memory(shape=p.rows * p.abits, depth=p.act_depth, init=[])
         write, read = memory.write_port(granularity=p.abits), memory.read_port()
@@ -532,7 +535,7 @@ class LayerEngine(wiring.Component):
         m.d.comb += [write.en.eq(Mux(idle, self.code_write.en, back["en"])),
                      write.addr.eq(Mux(idle, self.code_write.addr, back["addr"])),
                      write.data.eq(Mux(idle, self.code_write.data, back["data"])),
-                     read.addr.eq(addr),
+                     read.addr.eq(Mux(idle, self.code_read.addr, addr)), self.code_read.data.eq(read.data),
                      self.code_written.en.eq(write.en), self.code_written.addr.eq(write.addr),
                      self.code_written.data.eq(write.data)]
         return read.data, addr, back

@@ -3,9 +3,11 @@
 A :class:`NetworkCore` holds a layer engine in network mode (:class:`hw.engine.LayerEngine`
 with ``value_depth``: its activation buffer is the code memory, its outputs go to the data
 memories), a vector unit (:class:`hw.vector.VectorUnit`: activations, residual additions,
-pooling), the value memory, an input table and a program memory, and a sequencer that walks
-the program (:mod:`hw.network_params` lists the ops; :mod:`hw.network_program` writes it) with
-no host involvement between layers:
+pooling, max pooling: it reads the code memory through the engine's read port, which the idle
+engine lends, as the idle vector unit lends the engine its activate thresholds), the value
+memory, an input table and a program memory, and a sequencer that walks the program
+(:mod:`hw.network_params` lists the ops; :mod:`hw.network_program` writes it) with no host
+involvement between layers:
 
 1. **Load** (while idle): ``(target, addr, data)`` beats write every layer's constants, the
    vector unit's constants, the input table and the program, once per model. Per image, its
@@ -46,6 +48,7 @@ from .network_params import (END, ENGINE_REG, ENGINE_TARGETS, IMAGE, INPUT_TABLE
                              OPERANDS, OUTPUT, PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE,
                              VECTOR_REG, NetworkParams)
 from .vector import VectorUnit
+from .vector_params import OP_REGISTERS
 from .vector_params import TARGETS as VECTOR_TARGETS
 
 
@@ -135,7 +138,8 @@ class NetworkCore(wiring.Component):
         # later, when pc has moved on by a register word): a run of register words decodes one per cycle.
         ahead = Signal(2)
         m.d.comb += program_read.addr.eq(pc + ahead)
-        operands = {name: Signal(signed(p.reg_bits), name=f"operand_{name}") for name in OPERANDS}
+        present = OPERANDS if p.vector.maxpool_bits else OP_REGISTERS     # the window's for max pooling
+        operands = {name: Signal(signed(p.reg_bits), name=f"operand_{name}") for name in present}
 
         # The engine's load port: the host's beats while idle, the program's register writes while running.
         sequencer_config = Signal()
@@ -145,7 +149,7 @@ class NetworkCore(wiring.Component):
             engine.load.payload.addr.eq(Mux(idle, load.addr, reg)),
             engine.load.payload.data.eq(Mux(idle, load.data, value)),
         ]
-        m.d.comb += [getattr(vector, name).eq(operands[name]) for name in OPERANDS]
+        m.d.comb += [getattr(vector, name).eq(operands[name]) for name in present]
         # A fused activation: the engine's values through the vector unit's thresholds, and back.
         m.d.comb += [vector.lent_valid.eq(engine.activation.valid), vector.lent_value.eq(engine.activation.value),
                      vector.lent_slot.eq(engine.activation.slot), engine.activation.code.eq(vector.lent_code)]
@@ -162,16 +166,15 @@ class NetworkCore(wiring.Component):
         m.d.comb += stage_read.addr.eq(index)
         m.d.sync += [copy_valid.eq(copying), copy_lane.eq(lane), copy_addr.eq(word_base + position)]
 
-        # The code memory's write port (the engine's, while it is idle): copied image codes or the vector unit's.
-        def lane_mask(enable, which):
-            return Mux(enable, C(1, lanes) << which, 0)
-
+        # The code memory's ports (the engine's, while it is idle): written with copied image codes or the
+        # vector unit's codes and words, read by the vector unit (max pooling).
         m.d.comb += [
-            engine.code_write.en.eq(Mux(copy_valid, lane_mask(1, copy_lane),
-                                        lane_mask(vector.code_write_en, vector.code_write_lane))),
+            engine.code_write.en.eq(Mux(copy_valid, C(1, lanes) << copy_lane,
+                                        Mux(vector.code_write_en, vector.code_write_lanes, 0))),
             engine.code_write.addr.eq(Mux(copy_valid, copy_addr, vector.code_write_addr)),
             engine.code_write.data.eq(Mux(copy_valid, Cat(*[stage_read.data[:lane_bits]] * lanes),
-                                          Cat(*[vector.code_write_data[:lane_bits]] * lanes))),
+                                          vector.code_write_word)),
+            engine.code_read.addr.eq(vector.code_read_addr), vector.code_read_data.eq(engine.code_read.data),
         ]
 
         # The value memory: written by the engine or the vector unit (never both at once), read by
@@ -223,8 +226,8 @@ class NetworkCore(wiring.Component):
                         m.d.sync += advance
                     with m.Case(VECTOR_REG):
                         with m.Switch(reg):
-                            for i, name in enumerate(OPERANDS):
-                                with m.Case(i):
+                            for name in present:
+                                with m.Case(OPERANDS.index(name)):
                                     m.d.sync += operands[name].eq(value)
                         m.d.sync += advance
                     with m.Case(RUN_ENGINE):

@@ -22,7 +22,9 @@ then a signed ``value`` of ``reg_bits``, lowest first. The ops:
 - ``OUTPUT``: send the ``channels`` values from ``src_a`` on the out stream;
 - ``END``: the image is done; the core is idle again.
 
-Every step writes all its registers before it runs (:func:`program_length`).
+Every step writes all its registers before it runs (:func:`program_length`): a conv step every
+engine register, a vector step :data:`~hw.vector_params.OP_REGISTERS` (a max-pool step also
+:data:`~hw.vector_params.MAXPOOL_REGISTERS`).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, plan_network
 
 from .engine_params import NETWORK_REGISTERS, WIDE_WEIGHTS, EngineParams
-from .vector_params import OP_REGISTERS, VectorParams
+from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
 
 ENGINE_TARGETS = WIDE_WEIGHTS + 1
@@ -46,8 +48,9 @@ NETWORK_TARGET_BITS = (NETWORK_TARGETS - 1).bit_length()
 OPS = ("END", "ENGINE_REG", "VECTOR_REG", "RUN_ENGINE", "RUN_VECTOR", "OUTPUT")
 END, ENGINE_REG, VECTOR_REG, RUN_ENGINE, RUN_VECTOR, OUTPUT = range(len(OPS))
 OP_BITS = (len(OPS) - 1).bit_length()
-# Operand registers: the vector unit's, also used by OUTPUT (src_a, channels).
-OPERANDS = OP_REGISTERS
+# Operand registers: the vector unit's, also used by OUTPUT (src_a, channels); a max-pool step also
+# writes the window's.
+OPERANDS = OP_REGISTERS + MAXPOOL_REGISTERS
 REG_FIELD_BITS = (max(len(NETWORK_REGISTERS), len(OPERANDS)) - 1).bit_length()
 PIXEL_BITS = 8
 
@@ -162,11 +165,14 @@ class NetworkParams:
 
 
 def program_length(plan: NetworkPlan) -> int:
-    """Words of the program of ``plan``'s steps: every step after the input writes all its registers,
-    then runs; OUTPUT writes all operands too; END closes (:func:`hw.network_program.program_words`)."""
+    """Words of the program of ``plan``'s steps: every step after the input writes its registers
+    (a max-pool step the window's too), then runs; OUTPUT writes the op registers too; END closes
+    (:func:`hw.network_program.program_words`)."""
     convs = sum(step.kind == "conv" for step in plan.steps)
+    maxpools = sum(step.kind == "maxpool" for step in plan.steps)
     vector_steps = len(plan.steps) - 1 - convs
-    return convs * (len(NETWORK_REGISTERS) + 1) + (vector_steps + 1) * (len(OPERANDS) + 1) + 1
+    return (convs * (len(NETWORK_REGISTERS) + 1) + (vector_steps + 1) * (len(OP_REGISTERS) + 1)
+            + maxpools * len(MAXPOOL_REGISTERS) + 1)
 
 
 def network_plan(model: CompiledModel, params: NetworkParams) -> NetworkPlan:

@@ -21,6 +21,7 @@ from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERA
                              network_plan, program_length)
 from .program import check_fits, config_values, in_wide_buffer, resident_bases, resident_beats
 from .vector_words import constant_beats as vector_constant_beats
+from .vector_params import OP_REGISTERS
 from .vector_words import op_registers, slot_bases
 
 Beat = tuple[int, int, int]
@@ -35,7 +36,9 @@ def instruction(params: NetworkParams, op: int, reg: int = 0, value: int = 0) ->
 
 
 def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
-    return [instruction(params, VECTOR_REG, OPERANDS.index(name), values.get(name, 0)) for name in OPERANDS]
+    """VECTOR_REG words for the operand registers in ``values`` (the op registers at least, 0 if not given)."""
+    names = OP_REGISTERS + tuple(name for name in OPERANDS if name in values and name not in OP_REGISTERS)
+    return [instruction(params, VECTOR_REG, OPERANDS.index(name), values.get(name, 0)) for name in names]
 
 
 def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:

@@ -1,6 +1,6 @@
 """The vector unit: the element-wise nodes of a network on the chip, on its two data memories.
 
-Between the convolutions, :class:`VectorUnit` runs the activate, add and pool nodes of a
+Between the convolutions, :class:`VectorUnit` runs the activate, add, pool and max-pool nodes of a
 :class:`~compiler.graph.CompiledModel` on the network core's value and code memories (layout in
 :mod:`compiler.network`: value ``(ch, p)`` of a tensor at base ``B`` is word ``B + ch * P + p``;
 code ``(ch, p)`` is lane ``ch % lanes`` of word ``B + (ch // lanes) * P + p``, ``P = H * W``),
@@ -23,22 +23,26 @@ bit-exact with :func:`compiler.reference.execute`:
   ``code * S`` is kept by adding ``p * S`` whenever ``code`` takes ``p``, and ``p * S`` by
   shifting ``S << (b - 1)`` right each step: adders only, no multiplier and no threshold
   memory; or read from a threshold memory (``pool_form`` "table", ``2^b`` words per channel).
+- MAXPOOL: per lane group, output position and window element, one code-memory word read (``lanes``
+  codes of one channel group), each lane's maximum kept (positions outside the input read as code 0,
+  PyTorch's -inf padding on codes), one word of maxima written per output position: a whole word at
+  a time, through the code memory's read port (the network core lends it from the idle engine).
 
 Constants are loaded by ``(target, addr, data)`` beats (:mod:`hw.vector_words`).
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, signed
+from amaranth import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .delay import delays
 from .thresholds import ThresholdUnit
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, OP_BITS, POOL, POOL_CONSTANTS, POOL_DRAIN,
-                            POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS,
-                            TARGET_BITS, VectorParams)
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
+                            POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
+                            POOL_SIGN_SHIFT, POOL_THRESHOLDS, TARGET_BITS, VectorParams)
 
 
 class VectorUnit(wiring.Component):
@@ -47,14 +51,18 @@ class VectorUnit(wiring.Component):
     Ports (widths from :class:`~hw.vector_params.VectorParams` ``p``; all unsigned unless signed):
 
     - ``start`` (in): a one-cycle pulse, sampled only while idle (``busy`` low), with the op
-      registers: ``op`` (2 bits: ACTIVATE 0, ADD 1, POOL 2; an op the unit has no hardware for
-      is ignored), ``src_a``, ``src_b`` (``p.value_addr_bits``), ``dst`` (``p.dst_bits``),
-      ``channels``, ``positions`` (``p.count_bits``, both >= 1), ``slot_base``
-      (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``).
+      registers: ``op`` (2 bits: ACTIVATE 0, ADD 1, POOL 2, MAXPOOL 3; an op the unit has no
+      hardware for is ignored), ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
+      ``dst`` (``p.dst_bits``), ``channels``, ``positions`` (``p.count_bits``, both >= 1),
+      ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's window
+      (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.maxpool_bits``; ``row_step``
+      ``p.code_addr_bits``) with ``src_a`` the word of the first window's top left corner and
+      ``positions`` the input's ``H * W`` (:func:`hw.vector_words.maxpool_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
       ADD ``2N + 2`` (``N = channels * positions``), POOL
-      ``channels * (positions + 3 + 2 * pool_code_bits) + 1``.
+      ``channels * (positions + 3 + 2 * pool_code_bits) + 1``, MAXPOOL
+      ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``.
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
       (``p.load_data_bits``): write one constant word at the clock edge; ignored while busy.
     - value read: ``val_read_addr`` (out, ``p.value_addr_bits``), ``val_read_data`` (in, signed
@@ -63,7 +71,12 @@ class VectorUnit(wiring.Component):
       ``p.value_bits``): written at the edge that ends the cycle they are presented in.
     - code write: ``code_write_en``, ``code_write_addr`` (``p.code_addr_bits``),
       ``code_write_lane`` (``p.lane_index_bits``), ``code_write_data`` (``p.lane_bits``): one
-      code into one lane of a code-memory word (the memory's per-lane write enable).
+      code into one lane of a code-memory word (the memory's per-lane write enable); and the same
+      write as a whole word, ``code_write_lanes`` (one enable per lane) and ``code_write_word``
+      (``lanes`` codes): a single code in its lane, or a MAXPOOL word (the lanes of channels
+      ``< channels``).
+    - code read (MAXPOOL): ``code_read_addr`` (out, ``p.code_addr_bits``), ``code_read_data`` (in,
+      ``lanes`` codes): the word at the address of the previous cycle.
     - lent thresholds (while idle, for an activation fused into a layer's write-back): ``lent_valid``,
       ``lent_value`` (signed ``p.value_bits``), ``lent_slot`` (``p.slot_bits``) in; ``lent_code``
       (``p.lane_bits``) out, the code of the value under the activate thresholds of slot ``lent_slot``,
@@ -75,7 +88,8 @@ class VectorUnit(wiring.Component):
     channel's ``positions`` values (one per cycle), waits 3 cycles for the sum, searches its
     thresholds (2 cycles per code bit: read, compare) and presents the code's write in the next
     channel's first cycle (the arithmetic form computes ``B' + code * S + p * S`` where the table
-    form reads the threshold: the same cycles).
+    form reads the threshold: the same cycles); MAXPOOL reads a word per cycle and presents a
+    window's write 2 cycles after its last read (the read, the write register).
     """
 
     def __init__(self, params: VectorParams):
@@ -85,13 +99,15 @@ class VectorUnit(wiring.Component):
         super().__init__({
             "start": In(1),
             "op": In(OP_BITS),
-            "src_a": In(p.value_addr_bits),
+            "src_a": In(p.src_bits),
             "src_b": In(p.value_addr_bits),
             "dst": In(p.dst_bits),
             "channels": In(p.count_bits),
             "positions": In(p.count_bits),
             "slot_base": In(p.slot_bits),
             "frac_bits": In(p.frac_field_bits),
+            **{name: In(p.code_addr_bits if name == "row_step" else max(1, p.maxpool_bits))
+               for name in MAXPOOL_REGISTERS},
             "busy": Out(1),
             "load_en": In(1),
             "load_target": In(TARGET_BITS),
@@ -106,6 +122,10 @@ class VectorUnit(wiring.Component):
             "code_write_addr": Out(p.code_addr_bits),
             "code_write_lane": Out(p.lane_index_bits),
             "code_write_data": Out(p.lane_bits),
+            "code_write_lanes": Out(p.lanes),
+            "code_write_word": Out(p.lanes * p.lane_bits),
+            "code_read_addr": Out(p.code_addr_bits),
+            "code_read_data": In(p.lanes * p.lane_bits),
             "lent_valid": In(1),
             "lent_value": In(signed(p.value_bits)),
             "lent_slot": In(p.slot_bits),
@@ -156,6 +176,7 @@ class VectorUnit(wiring.Component):
             def new_channel():
                 m.d.sync += [total.eq(0), code.eq(0), probe.eq(1 << (b - 1)), compare.eq(0)]
 
+        maxpool = _MaxPool(self, m) if p.maxpool_bits else None
         supported = Cat(*(self.op == x for x in p.ops)).any()
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -171,6 +192,10 @@ class VectorUnit(wiring.Component):
                     if pool_hw:
                         with m.If(self.op == POOL):
                             m.next = "SUM"
+                    if maxpool:
+                        with m.If(self.op == MAXPOOL):
+                            maxpool.start()
+                            m.next = "MAXPOOL"
             with m.State("RUN"):
                 # ACTIVATE: one element per cycle; ADD: operand a, then b and the next element.
                 with m.If((op == ADD) & ~phase):
@@ -184,6 +209,10 @@ class VectorUnit(wiring.Component):
                             m.next = "IDLE"
                         with m.Else():
                             next_channel()
+            if maxpool:
+                with m.State("MAXPOOL"):
+                    with m.If(maxpool.issue()):
+                        m.next = "IDLE"
             if pool_hw:
                 with m.State("SUM"):
                     m.d.comb += issue_pool.eq(1)
@@ -247,6 +276,11 @@ class VectorUnit(wiring.Component):
             self._pool(m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,
                        fsm.ongoing("SEARCH"))
 
+        # The write as a whole code-memory word: a max-pool word, or one lane of a code.
+        word_write, word_lanes, word_data = (maxpool.write(pending) if maxpool
+                                             else (C(0, 1), C(0, p.lanes), C(0, p.lanes * p.lane_bits)))
+        m.d.comb += [self.code_write_lanes.eq(Mux(word_write, word_lanes, C(1, p.lanes) << self.code_write_lane)),
+                     self.code_write_word.eq(Mux(word_write, word_data, self.code_write_data.replicate(p.lanes)))]
         m.d.comb += busy.eq(~fsm.ongoing("IDLE") | Cat(*pending).any() | self.val_write_en | self.code_write_en)
         m.d.comb += self.busy.eq(busy)
         return m
@@ -313,3 +347,101 @@ class VectorUnit(wiring.Component):
         with m.If(pool_write):
             m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(group),
                          self.code_write_lane.eq(lane), self.code_write_data.eq(found)]
+
+
+class _MaxPool:
+    """The MAXPOOL datapath of a :class:`VectorUnit`: window counters, the code read, the lane maxima.
+
+    Per lane group (``ch`` = its first channel), output row ``oy`` and column ``ox``, the window's
+    ``kernel^2`` words are read one per cycle, row by row (``ky``, ``kx``): word ``row + kx``, where
+    ``row`` is the window row's first word (addresses wrap at ``2^code_addr_bits``); its input
+    position ``(iy0 + ky, ix0 + kx)`` (signed: the window origin starts at ``-padding``) outside the
+    input reads as code 0. The cycle after the read, each lane's code goes into the running maximum
+    (the window's first word replaces it); with the window's last word the maxima go into the write
+    registers, for the output words in order from ``dst``, lanes of channels ``>= channels`` masked.
+    """
+
+    def __init__(self, unit: VectorUnit, m: Module):
+        self.unit, self.m, p = unit, m, unit.params
+        wide, addr = signed(p.maxpool_bits + 3), p.code_addr_bits
+        self.regs = {name: Signal(getattr(unit, name).shape(), name=f"mp_{name}") for name in MAXPOOL_REGISTERS}
+        self.channels, self.positions = Signal(p.count_bits, name="mp_channels"), Signal(addr, name="mp_positions")
+        self.ch = Signal(p.count_bits + 1, name="mp_ch")
+        self.oy, self.ox, self.ky, self.kx = (Signal(p.maxpool_bits, name=f"mp_{n}") for n in ("oy", "ox", "ky", "kx"))
+        self.iy0, self.ix0 = Signal(wide, name="mp_iy0"), Signal(wide, name="mp_ix0")
+        self.group, self.out_row, self.win, self.row = (Signal(addr, name=f"mp_{n}")
+                                                        for n in ("group", "out_row", "win", "row"))
+        self.wr = Signal(addr, name="mp_wr")
+        self.issuing = Signal(name="mp_issuing")
+
+    def start(self) -> None:
+        """Sample the registers (in the cycle of ``start``): the first window of the first group."""
+        u, m = self.unit, self.m
+        m.d.sync += [reg.eq(getattr(u, name)) for name, reg in self.regs.items()]
+        m.d.sync += [self.channels.eq(u.channels), self.positions.eq(u.positions), self.ch.eq(0),
+                     self.oy.eq(0), self.ox.eq(0), self.ky.eq(0), self.kx.eq(0),
+                     self.iy0.eq(-u.padding), self.ix0.eq(-u.padding), self.wr.eq(u.dst)]
+        m.d.sync += [r.eq(u.src_a) for r in (self.group, self.out_row, self.win, self.row)]
+
+    def issue(self):
+        """In the MAXPOOL state: read the window word, advance the counters; returns "the last read"."""
+        u, m, r = self.unit, self.m, self.regs
+        p = u.params
+        m.d.comb += [self.issuing.eq(1), u.code_read_addr.eq(self.row + self.kx)]
+        last_kx, last_ky = self.kx == r["kernel"] - 1, self.ky == r["kernel"] - 1
+        last_ox, last_oy = self.ox == r["out_width"] - 1, self.oy == r["out_height"] - 1
+        last_group = self.ch + p.lanes >= self.channels
+        done = Signal(name="mp_done")
+        m.d.comb += done.eq(last_kx & last_ky & last_ox & last_oy & last_group)
+        stride = r["stride"]
+        with m.If(~last_kx):
+            m.d.sync += self.kx.eq(self.kx + 1)
+        with m.Else():
+            m.d.sync += self.kx.eq(0)
+            with m.If(~last_ky):
+                m.d.sync += [self.ky.eq(self.ky + 1), self.row.eq(self.row + r["width"])]
+            with m.Else():
+                m.d.sync += self.ky.eq(0)
+                with m.If(~last_ox):
+                    m.d.sync += [self.ox.eq(self.ox + 1), self.ix0.eq(self.ix0 + stride),
+                                 self.win.eq(self.win + stride), self.row.eq(self.win + stride)]
+                with m.Else():
+                    m.d.sync += [self.ox.eq(0), self.ix0.eq(-r["padding"])]
+                    following = self.out_row + r["row_step"]
+                    with m.If(~last_oy):
+                        m.d.sync += [self.oy.eq(self.oy + 1), self.iy0.eq(self.iy0 + stride)]
+                        m.d.sync += [a.eq(following) for a in (self.out_row, self.win, self.row)]
+                    with m.Else():
+                        m.d.sync += [self.oy.eq(0), self.iy0.eq(-r["padding"]), self.ch.eq(self.ch + p.lanes)]
+                        following = self.group + self.positions
+                        m.d.sync += [a.eq(following) for a in (self.group, self.out_row, self.win, self.row)]
+        return done
+
+    def write(self, pending: list):
+        """The read data's maxima and the write registers; returns (word write, its lanes, its data)."""
+        u, m, r = self.unit, self.m, self.regs
+        p = u.params
+        iy, ix = self.iy0 + self.ky, self.ix0 + self.kx
+        inside = (iy >= 0) & (iy < r["height"]) & (ix >= 0) & (ix < r["width"])
+        lanes = Cat(*(self.ch + i < self.channels for i in range(p.lanes)))
+        first = (self.kx == 0) & (self.ky == 0)
+        last = (self.kx == r["kernel"] - 1) & (self.ky == r["kernel"] - 1)
+        issued, inside1, first1, last1, lanes1 = (delays(m, v, 1, f"mp_{n}")[1] for v, n in (
+            (self.issuing, "issued"), (inside, "inside"), (first, "first"), (last, "last"), (lanes, "lanes")))
+        b = p.lane_bits
+        best = Signal(p.lanes * b, name="mp_best")
+        word = Signal(p.lanes * b, name="mp_word")
+        for i in range(p.lanes):
+            code = Mux(inside1, u.code_read_data[i * b:(i + 1) * b], 0)
+            held = best[i * b:(i + 1) * b]
+            m.d.comb += word[i * b:(i + 1) * b].eq(Mux(first1 | (code > held), code, held))
+        word_write, word_lanes, word_data = Signal(name="mp_write"), Signal(p.lanes, name="mp_write_lanes"), \
+            Signal(p.lanes * b, name="mp_write_word")
+        m.d.sync += word_write.eq(0)
+        with m.If(issued):
+            m.d.sync += best.eq(word)
+            with m.If(last1):
+                m.d.sync += [u.code_write_en.eq(1), u.code_write_addr.eq(self.wr), word_write.eq(1),
+                             word_lanes.eq(lanes1), word_data.eq(word), self.wr.eq(self.wr + 1)]
+        pending.append(issued)
+        return word_write, word_lanes, word_data

@@ -5,8 +5,10 @@ the two data memories it works on (``lanes`` codes of ``lane_bits`` per code-mem
 ``value_bits`` per value-memory word, their depths) and the shape of its constant memories:
 the thresholds of every :class:`~compiler.graph.ActivateNode` (``act_*``, one slot per channel
 of every activate node, all resident) and the constants of every
-:class:`~compiler.graph.PoolNode` (``pool_*``). What changes per op goes into the unit's op
-registers (:data:`OP_REGISTERS`, computed by :func:`hw.vector_words.op_registers`).
+:class:`~compiler.graph.PoolNode` (``pool_*``), and whether it has max-pool hardware
+(``maxpool_bits``, the width of the window registers of a :class:`~compiler.graph.MaxPoolNode`).
+What changes per op goes into the unit's op registers (:data:`OP_REGISTERS`, computed by
+:func:`hw.vector_words.op_registers`).
 
 Pool thresholds come in one of two forms (``pool_form``):
 
@@ -29,8 +31,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, CompiledModel, PoolNode, TensorInfo,
-                            Thresholds, signed_bits)
+from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, CompiledModel, MaxPoolNode, PoolNode,
+                            TensorInfo, Thresholds, signed_bits)
 
 from .memories import memory_bits
 from .stage_words import threshold_bits, threshold_word_bits
@@ -40,11 +42,14 @@ MAX_DEPTH = 1 << 24          # words of a data memory, and constant slots
 MAX_VALUE_BITS = 64
 
 # Ops (the ``op`` register) and their names.
-OPS = ("activate", "add", "pool")
-ACTIVATE, ADD, POOL = range(len(OPS))
+OPS = ("activate", "add", "pool", "maxpool")
+ACTIVATE, ADD, POOL, MAXPOOL = range(len(OPS))
 OP_BITS = 2
-# The op registers, sampled with ``start``.
+# The op registers, sampled with ``start``; MAXPOOL also samples its window's (input and output
+# sides, kernel, stride, padding, and ``row_step`` = stride * width).
 OP_REGISTERS = ("op", "src_a", "src_b", "dst", "channels", "positions", "slot_base", "frac_bits")
+MAXPOOL_REGISTERS = ("height", "width", "out_height", "out_width", "kernel", "stride", "padding", "row_step")
+MAX_MAXPOOL_BITS = 16
 
 # Load targets (``load_target``): a channel's activate-threshold word, a pool channel's
 # (relu, sign, offset[, B', S]) word, one pool threshold (table form only).
@@ -71,6 +76,7 @@ ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 2
 POOL_DRAIN = 3
 SEARCH_STEP = 2
+MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the write register
 
 
 def pool_sum_bound(node: PoolNode, shape: tuple[int, int, int], bound: int) -> int:
@@ -97,6 +103,13 @@ def pool_needs(node: PoolNode, info: TensorInfo) -> dict[str, int]:
             "pad_bits": signed_bits(total + 1), "value_bits": signed_bits(info.bound),
             "offset_bits": signed_bits(int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())),
             "sum_bits": signed_bits(total), "frac_bits": node.frac_bits, "slots": info.shape[0]}
+
+
+def maxpool_bits(node: MaxPoolNode, shape: tuple[int, int, int]) -> int:
+    """Width of the window registers that max-pool node ``node`` on input ``shape`` needs: the bits of its
+    largest side (input or output), kernel, stride or padding."""
+    return max(1, *(int(v).bit_length() for v in (*shape[1:], *node.out_shape(shape)[1:], node.kernel, node.stride,
+                                                   node.padding)))
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -213,6 +226,9 @@ class VectorParams:
       "table": ``pool_threshold_bits`` (a stored threshold, signed, 2..65; the arithmetic widths 0);
       "arithmetic": ``pool_shift`` (``k``, 0..32), ``pool_base_bits`` (``B'``, signed, 2..128),
       ``pool_step_bits`` (``S``, 1..128), ``pool_threshold_bits`` 0.
+    - Max pooling: ``maxpool_bits`` (0: no max-pool hardware, else 1..16): width of the window
+      registers (input and output sides, kernel, stride, padding). With it, ``channels`` and
+      ``positions`` also count codes (up to ``lanes * code_depth``) and ``src_a`` holds a code address.
     """
 
     lanes: int
@@ -233,6 +249,7 @@ class VectorParams:
     pool_shift: int = 0
     pool_base_bits: int = 0
     pool_step_bits: int = 0
+    maxpool_bits: int = 0
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -243,7 +260,7 @@ class VectorParams:
         for name, low, high in (("lanes", 1, MAX_LANES), ("lane_bits", 1, CODE_BITS[1]),
                                 ("value_bits", 2, MAX_VALUE_BITS), ("value_depth", 1, MAX_DEPTH),
                                 ("code_depth", 1, MAX_DEPTH), ("act_code_bits", 0, CODE_BITS[1]),
-                                ("pool_slots", 0, MAX_DEPTH)):
+                                ("pool_slots", 0, MAX_DEPTH), ("maxpool_bits", 0, MAX_MAXPOOL_BITS)):
             check(name, low, high)
         if self.act_code_bits:
             check("act_code_bits", 1, self.lane_bits)
@@ -291,13 +308,19 @@ class VectorParams:
 
     @property
     def dst_bits(self) -> int:
-        """``dst``: a value address (ADD) or a code address (ACTIVATE, POOL)."""
+        """``dst``: a value address (ADD) or a code address (ACTIVATE, POOL, MAXPOOL)."""
         return max(self.value_addr_bits, self.code_addr_bits)
 
     @property
+    def src_bits(self) -> int:
+        """``src_a``: a value address, or with max-pool hardware also a code address."""
+        return self.dst_bits if self.maxpool_bits else self.value_addr_bits
+
+    @property
     def count_bits(self) -> int:
-        """``channels``, ``positions``: ``1..value_depth`` (a tensor's elements are value words)."""
-        return _bits(self.value_depth)
+        """``channels``, ``positions``: ``1..value_depth`` (a tensor's elements are value words); with
+        max-pool hardware ``1..lanes * code_depth`` too (a codes tensor's codes)."""
+        return _bits(max(self.value_depth, self.lanes * self.code_depth if self.maxpool_bits else 0))
 
     @property
     def lane_index_bits(self) -> int:
@@ -362,14 +385,17 @@ class VectorParams:
 
     @property
     def ops(self) -> tuple[int, ...]:
-        """The ops this unit runs (ADD always; ACTIVATE and POOL where it has their constants)."""
-        return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, True), (POOL, self.pool_slots))
-                     if present)
+        """The ops this unit runs (ADD always; ACTIVATE and POOL where it has their constants, MAXPOOL
+        where it has ``maxpool_bits``)."""
+        return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, True), (POOL, self.pool_slots),
+                                            (MAXPOOL, self.maxpool_bits)) if present)
 
-    def op_cycles(self, op: int, channels: int, positions: int) -> int:
+    def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented): ACTIVATE ``N + 4`` and ADD ``2N + 2`` with
-        ``N = channels * positions``; POOL ``channels * (positions + 3 + 2 * pool_code_bits) + 1``."""
+        ``N = channels * positions``; POOL ``channels * (positions + 3 + 2 * pool_code_bits) + 1``;
+        MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
+        and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes."""
         n = channels * positions
         if op == ACTIVATE:
             return n + ACTIVATE_DEPTH
@@ -377,7 +403,16 @@ class VectorParams:
             return 2 * n + ADD_DEPTH
         if op == POOL:
             return channels * (positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
+        if op == MAXPOOL:
+            return -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
         raise ValueError(f"op must be one of {', '.join(f'{i} ({name})' for i, name in enumerate(OPS))}, got {op!r}")
+
+    def register_cycles(self, regs: dict[str, int]) -> int:
+        """:meth:`op_cycles` of the op that the op registers ``regs`` start (``op_registers``'s dict)."""
+        if regs["op"] == MAXPOOL:
+            return self.op_cycles(MAXPOOL, regs["channels"], regs["out_height"] * regs["out_width"],
+                                  regs["kernel"] ** 2)
+        return self.op_cycles(regs["op"], regs["channels"], regs["positions"])
 
     def memories(self) -> list[tuple[str, int, int, int]]:
         """The unit's constant RAMs as ``(name, width, depth, copies)`` (as
@@ -421,7 +456,9 @@ class VectorParams:
         of the given shape: each width exactly what the widest node needs (from the value bounds
         :meth:`~compiler.graph.CompiledModel.validate` propagates), every node's constants resident.
         The pool thresholds take the arithmetic form where every pool node has one (at the largest of
-        the nodes' smallest shifts, :func:`pool_shift`), else the table form.
+        the nodes' smallest shifts, :func:`pool_shift`), else the table form. Max-pool hardware is there
+        where the model has a max-pool node, its registers as wide as the largest side, kernel, stride
+        or padding of one.
         Raises ValueError when ``value_bits`` or ``lane_bits`` cannot hold the model's tensors."""
         info = model.validate()
         acts = [activate_needs(n, info[n.input]) for n in model.nodes if isinstance(n, ActivateNode)]
@@ -459,4 +496,6 @@ class VectorParams:
                    act_slots=act["slots"], pool_slots=pool["slots"], pool_code_bits=pool["code_bits"], **form,
                    pool_offset_bits=max((n["offset_bits"] for n in pools), default=0),
                    pool_sum_bits=max((max(2, n["sum_bits"]) for n in pools), default=0),
-                   max_frac_bits=max((n["frac_bits"] for n in pools), default=0))
+                   max_frac_bits=max((n["frac_bits"] for n in pools), default=0),
+                   maxpool_bits=max((maxpool_bits(n, info[n.input].shape) for n in model.nodes
+                                     if isinstance(n, MaxPoolNode)), default=0))

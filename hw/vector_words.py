@@ -4,7 +4,8 @@ A beat is ``(target, addr, data)`` for the unit's ``load_*`` ports (targets in
 :mod:`hw.vector_params`, re-exported here). :func:`constant_beats` gives the constants of every
 :class:`~compiler.graph.ActivateNode` and :class:`~compiler.graph.PoolNode` of a model, each node
 at its own slots (all resident: load once); :func:`op_registers` gives the op registers that run
-one node on its tensors at given base addresses of the data memories (a network plan's).
+one node on its tensors at given base addresses of the data memories (a network plan's); a
+:class:`~compiler.graph.MaxPoolNode` has no constants, only op registers (:func:`maxpool_registers`).
 
 Words:
 
@@ -29,12 +30,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.graph import ActivateNode, AddNode, CompiledModel, PoolNode, TensorInfo, Thresholds, signed_bits
+from compiler.graph import (ActivateNode, AddNode, CompiledModel, MaxPoolNode, PoolNode, TensorInfo, Thresholds,
+                            signed_bits)
 
 from .stage_words import thresholds_array, threshold_words
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT,
-                            POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs,
-                            pool_needs, pool_progressions, pool_sum_bound, progression_bits)
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, MAXPOOL, MAXPOOL_REGISTERS, OP_REGISTERS, POOL,
+                            POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS,
+                            TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs, pool_progressions,
+                            pool_sum_bound, progression_bits)
 
 __all__ = ["ACT_THRESHOLDS", "POOL_CONSTANTS", "POOL_THRESHOLDS", "TARGETS", "Beat", "constant_beats",
            "op_registers", "slot_bases", "activate_words", "pool_constant_words", "pool_threshold_words",
@@ -203,17 +206,20 @@ def _check_shape(shape) -> tuple[int, int, int]:
 def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases: dict[str, int],
                  slots: dict[str, int] | None = None) -> dict[str, int]:
     """The op registers (:data:`~hw.vector_params.OP_REGISTERS`) that run ``node`` (an activate,
-    add or pool node) on its input tensor(s) of ``shape`` (C, H, W).
+    add or pool node) on its input tensor(s) of ``shape`` (C, H, W); for a max-pool node
+    :func:`maxpool_registers`.
 
     ``bases``: the base address of each tensor by name (a network plan's), at least the node's
     inputs (value memory) and output (code memory; value memory for an add, where the output may
     start at an input's base but not overlap it otherwise). ``slots``: each activate and pool
     node's first constant slot by name (:func:`constant_beats`' second result)."""
+    if isinstance(node, MaxPoolNode):
+        return maxpool_registers(params, node, shape, bases)
     c, h, w = _check_shape(shape)
     positions = h * w
     ops = {ActivateNode: ACTIVATE, AddNode: ADD, PoolNode: POOL}
     if type(node) not in ops:
-        raise ValueError(f"the vector unit runs activate, add and pool nodes, not {type(node).__name__}")
+        raise ValueError(f"the vector unit runs activate, add, pool and max-pool nodes, not {type(node).__name__}")
     op = ops[type(node)]
     name = f"node {node.name!r}"
     tensors = list(node.inputs) if op == ADD else [node.input]
@@ -261,4 +267,49 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     values = {"op": op, "src_a": src[0], "src_b": src[1] if op == ADD else 0, "dst": dst, "channels": c,
               "positions": positions, "slot_base": int(slot_base), "frac_bits": frac}
     assert tuple(values) == OP_REGISTERS
+    return values
+
+
+def maxpool_registers(params: VectorParams, node: MaxPoolNode, shape: tuple[int, int, int],
+                      bases: dict[str, int]) -> dict[str, int]:
+    """The op registers (:data:`~hw.vector_params.OP_REGISTERS`, then
+    :data:`~hw.vector_params.MAXPOOL_REGISTERS`) that run max-pool node ``node`` on its input codes of
+    ``shape`` (C, H, W) at ``bases[node.input]`` into ``bases[node.output]`` (code memory; the two
+    regions must not overlap). ``src_a`` is the word of the first window's top left corner,
+    ``base - padding * (W + 1)``, and ``row_step`` = ``stride * W``, both modulo ``2^code_addr_bits``
+    (the unit's address arithmetic wraps there; every address it reads lies in the input)."""
+    c, h, w = _check_shape(shape)
+    name = f"node {node.name!r}"
+    if MAXPOOL not in params.ops:
+        raise ValueError(f"{name}: the unit has no max-pool hardware; {FIX}")
+    for tensor in (node.input, node.output):
+        if tensor not in bases:
+            raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give the input's and the "
+                             f"output's base (the network plan's)")
+    _, ho, wo = node.out_shape((c, h, w))
+    groups = -(-c // params.lanes)
+    regions = []
+    for what, tensor, words in (("input", node.input, groups * h * w), ("output", node.output, groups * ho * wo)):
+        base = bases[tensor]
+        if not isinstance(base, (int, np.integer)) or isinstance(base, bool) or base < 0 \
+                or base + words > params.code_depth:
+            raise ValueError(f"{name}: {what} {tensor!r} at {base!r} takes {words} words of the code memory, which "
+                             f"has {params.code_depth}; plan the tensors within the memory (or generate a deeper one)")
+        regions.append((int(base), int(base) + words))
+    (a, b), (x, y) = regions
+    if a < y and x < b:
+        raise ValueError(f"{name}: output {node.output!r} overlaps input {node.input!r}; max pooling reads its "
+                         f"input while it writes")
+    if min(h, w) + 2 * node.padding < node.kernel or maxpool_bits(node, (c, h, w)) > params.maxpool_bits:
+        raise ValueError(f"{name}: its window (input {h}x{w}, kernel {node.kernel}, stride {node.stride}, padding "
+                         f"{node.padding}) does not fit the padded input or maxpool_bits={params.maxpool_bits}; "
+                         f"{FIX}")
+    if max(c, h * w) >= 1 << params.count_bits:
+        raise ValueError(f"{name}: {c} channels of {h * w} positions exceed count_bits={params.count_bits}; {FIX}")
+    mask = (1 << params.code_addr_bits) - 1
+    values = {"op": MAXPOOL, "src_a": (a - node.padding * (w + 1)) & mask, "src_b": 0, "dst": x, "channels": c,
+              "positions": h * w, "slot_base": 0, "frac_bits": 0, "height": h, "width": w, "out_height": ho,
+              "out_width": wo, "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
+              "row_step": node.stride * w & mask}
+    assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS
     return values

@@ -173,6 +173,41 @@ def test_next_image_loads_while_the_core_runs(small_cnn):
     assert [r["left_to_load"] for r in results] == [0, 0, 0]
 
 
+def test_max_pooling_on_the_core():
+    """Max pooling after the ReLU (2 x 2) and before it (3 x 3, stride 2, padded), then global average
+    pooling, on a 3 x 2 array: each max pooling a vector-unit step that reads the code memory through the
+    engine's lent read port, 3 lanes per word (partial last lane groups); every tensor, the logits and
+    the layers' cycles exact."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    from compiler.lower import compile_model
+    from lcq_train.plan import quantize_model
+    from helpers import randomize
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+            self.conv2, self.conv3 = nn.Conv2d(4, 5, 3, padding=1), nn.Conv2d(5, 4, 1)
+            self.fc = nn.Linear(4, 10)
+
+        def forward(self, x):
+            x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+            x = F.relu(F.max_pool2d(self.conv2(x), 3, 2, 1))
+            return self.fc(F.adaptive_avg_pool2d(F.relu(self.conv3(x)), 1).flatten(1))
+
+    torch.manual_seed(3)
+    model = compile_model(randomize(quantize_model(Net(), method="lcq", wbits=3, abits=3), 6, act_alpha=4.0), (1, 8, 8))
+    assert [n.op for n in model.nodes] == ["input", "conv", "maxpool", "conv", "maxpool", "conv", "pool", "conv"]
+    params = NetworkParams.for_model(model, 3, 2)
+    images = np.random.default_rng(7).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    (result,) = simulate_network(model, params, images, stall=0.2, backpressure=0.3, seed=7)
+    check_against_reference(model, images, [result])
+    check_layer_cycles(model, params, result)
+
+
 def layer_cycles(params, node, overlapped=True):
     """The cycles of layer ``node`` on the engine in network mode (``busy`` high), as ``hw/engine.py``
     states, with the bands the program gives it (``hw.bands.band_rows``): the band of a channel tile

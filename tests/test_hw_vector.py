@@ -2,6 +2,7 @@
 against compiler.reference.execute; its parameters (hw/vector_params.py) and words (hw/vector_words.py)."""
 
 import copy
+from dataclasses import replace
 import functools
 import gc
 import warnings
@@ -20,13 +21,14 @@ from amaranth.sim import Simulator  # noqa: E402
 
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
-from compiler.graph import ActivateNode, AddNode, PoolNode, TensorInfo, Thresholds, signed_bits  # noqa: E402
+from compiler.graph import (ActivateNode, AddNode, MaxPoolNode, PoolNode, TensorInfo, Thresholds,  # noqa: E402
+                            signed_bits)
 from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
-from hw.vector_params import (ACTIVATE, ADD, MAX_POOL_SHIFT, POOL, POOL_OFFSET_SHIFT,  # noqa: E402
-                              THRESHOLD_LATENCY, VectorParams, fit_progression, pool_progressions, pool_shift,
-                              pool_sum_bound, progression_bits)
+from hw.vector_params import (ACTIVATE, ADD, MAX_POOL_SHIFT, MAXPOOL, POOL, POOL_OFFSET_SHIFT,  # noqa: E402
+                              THRESHOLD_LATENCY, VectorParams, fit_progression, maxpool_bits, pool_progressions,
+                              pool_shift, pool_sum_bound, progression_bits)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
                              constant_beats, op_registers, pool_constant_words, pool_threshold_words)
 
@@ -60,8 +62,8 @@ def params_for(m, lanes: int, value_depth: int, code_depth: int) -> VectorParams
 
 
 class Harness(Elaboratable):
-    """The unit on a value memory (one read, one write port) and a code memory with a write
-    enable per lane, as the network core wires them."""
+    """The unit on a value memory (one read, one write port) and a code memory (one read port, a
+    write port with an enable per lane), as the network core wires them: whole-word writes."""
 
     def __init__(self, params: VectorParams, values: list[int], codes: list[int]):
         self.params, self.dut = params, VectorUnit(params)
@@ -72,12 +74,13 @@ class Harness(Elaboratable):
         m, p, dut = Module(), self.params, self.dut
         m.submodules.dut, m.submodules.values, m.submodules.codes = dut, self.values, self.codes
         read, write = self.values.read_port(), self.values.write_port()
-        code = self.codes.write_port(granularity=p.lane_bits)
+        code, code_read = self.codes.write_port(granularity=p.lane_bits), self.codes.read_port()
         m.d.comb += [read.addr.eq(dut.val_read_addr), dut.val_read_data.eq(read.data),
                      write.en.eq(dut.val_write_en), write.addr.eq(dut.val_write_addr),
                      write.data.eq(dut.val_write_data),
-                     code.en.eq(Mux(dut.code_write_en, 1, 0) << dut.code_write_lane),
-                     code.addr.eq(dut.code_write_addr), code.data.eq(dut.code_write_data.replicate(p.lanes))]
+                     code.en.eq(Mux(dut.code_write_en, dut.code_write_lanes, 0)),
+                     code.addr.eq(dut.code_write_addr), code.data.eq(dut.code_write_word),
+                     code_read.addr.eq(dut.code_read_addr), dut.code_read_data.eq(code_read.data)]
         return m
 
 
@@ -114,7 +117,7 @@ def simulate(params, beats, values, codes, ops, interfere=False):
                     ctx.set(dut.load_addr, int(rng.integers(min(600, 1 << params.load_addr_bits))))
                     ctx.set(dut.load_data, int(rng.integers(1 << min(params.load_data_bits, 62))))
                 n += 1
-                assert n <= 10 * params.op_cycles(regs["op"], regs["channels"], regs["positions"]) + 10
+                assert n <= 10 * params.register_cycles(regs) + 10
                 await ctx.tick()
             ctx.set(dut.start, 0)
             ctx.set(dut.load_en, 0)
@@ -157,6 +160,8 @@ def expected(params, node, regs, values, codes):
     ``channels`` of the node's, the rest zero), ``compiler.reference.execute`` on it, the op's
     channels written into copies of the memories."""
     values, codes = list(values), list(codes)
+    if isinstance(node, MaxPoolNode):
+        return values, expected_maxpool(params, node, regs, codes)
     k, n_pos = regs["channels"], regs["positions"]
     inputs = [node.input] if not isinstance(node, AddNode) else list(node.inputs)
     channels = k if isinstance(node, AddNode) else len(node.stage.thresholds)
@@ -179,6 +184,27 @@ def expected(params, node, regs, values, codes):
     return values, codes
 
 
+def expected_maxpool(params, node, regs, codes):
+    """The code memory after max-pool op ``regs`` runs ``node``: its input tensor read from ``codes``
+    at the base ``regs`` imply, ``compiler.reference.execute``, the output's lanes written."""
+    codes, lanes, b = list(codes), params.lanes, params.lane_bits
+    c, h, w = regs["channels"], regs["height"], regs["width"]
+    base = (regs["src_a"] + node.padding * (w + 1)) % (1 << params.code_addr_bits)
+    x = np.zeros((1, c, h, w), dtype=np.uint8)
+    for ch in range(c):
+        for pos in range(h * w):
+            x[0, ch, pos // w, pos % w] = codes[base + (ch // lanes) * h * w + pos] >> (ch % lanes) * b & (1 << b) - 1
+    t = {node.input: x}
+    reference.execute(node, t, None)
+    y = t[node.output][0]
+    positions = y.shape[1] * y.shape[2]
+    for ch in range(c):
+        for pos in range(positions):
+            addr, shift = regs["dst"] + (ch // lanes) * positions + pos, (ch % lanes) * b
+            codes[addr] = codes[addr] & ~(((1 << b) - 1) << shift) | int(y[ch].reshape(-1)[pos]) << shift
+    return codes
+
+
 def check(params, beats, ops, values, codes, interfere=False):
     """Run ``ops`` (``(node, regs)``) in one simulation; compare every word of both memories and
     each op's busy cycles with the spec."""
@@ -187,7 +213,7 @@ def check(params, beats, ops, values, codes, interfere=False):
         values, codes = expected(params, node, regs, values, codes)
     assert got_values == values
     assert got_codes == codes
-    assert cycles == [params.op_cycles(r["op"], r["channels"], r["positions"]) for _, r in ops]
+    assert cycles == [params.register_cycles(r) for _, r in ops]
     return values, codes
 
 
@@ -393,6 +419,49 @@ def test_pool_digits(lanes, variant, hit, form, shift):
     check(*case)
 
 
+# ---------------------------------------------------------------- max pooling
+
+
+@pytest.mark.parametrize("lanes, shape, window", [
+    (1, (2, 5, 5), (2, 2, 0)),            # one lane: one channel per word
+    (3, (7, 6, 5), (3, 2, 1)),            # a partial last group: lanes beyond channel 6 stay as they were
+    (4, (4, 3, 3), (3, 1, 1)),            # stride 1, "same" padding
+    (2, (3, 4, 7), (4, 3, 2)),            # even kernel, padding kernel // 2, non-square input
+])
+def test_maxpool(lanes, shape, window):
+    """MAXPOOL on junk memories (inputs any code; words and lanes outside the output untouched), the
+    input just below the output and, in a second op, far above it; busy lasts ``op_cycles``."""
+    c, h, w = shape
+    node = MaxPoolNode("mp", "x", "y", *window)
+    _, ho, wo = node.out_shape(shape)
+    groups = -(-c // lanes)
+    depth = groups * (h * w + ho * wo) + 40
+    params = VectorParams(lanes=lanes, lane_bits=3, value_bits=8, value_depth=4, code_depth=depth,
+                          maxpool_bits=maxpool_bits(node, shape))
+    assert MAXPOOL in params.ops
+    values, codes = junk(params, np.random.default_rng(sum(shape) + lanes))
+    ops = [(node, op_registers(params, node, shape, {"x": 0, "y": groups * h * w})),
+           (node, op_registers(params, node, shape, {"x": depth - groups * h * w, "y": 1}))]
+    check(params, [], ops, values, codes, interfere=True)
+
+
+def test_maxpool_registers_and_errors():
+    node = MaxPoolNode("mp", "x", "y", 3, 2, 1)
+    params = VectorParams(lanes=4, lane_bits=2, value_bits=8, value_depth=4, code_depth=100, maxpool_bits=3)
+    regs = op_registers(params, node, (6, 5, 5), {"x": 3, "y": 60})
+    assert regs["src_a"] == (3 - 6) % 128 and regs["row_step"] == 10
+    assert (regs["out_height"], regs["out_width"]) == (3, 3)
+    assert params.register_cycles(regs) == 2 * 9 * 9 + 2 == params.op_cycles(MAXPOOL, 6, 9, 9)
+    for bases, says in (({"x": 0, "y": 49}, "overlaps"), ({"x": 60, "y": 0}, "takes 50 words"),
+                        ({"x": 0}, "no address")):
+        with pytest.raises(ValueError, match=says):
+            op_registers(params, node, (6, 5, 5), bases)
+    with pytest.raises(ValueError, match="maxpool_bits=3"):
+        op_registers(params, node, (6, 8, 3), {"x": 0, "y": 60})
+    with pytest.raises(ValueError, match="no max-pool hardware"):
+        op_registers(replace(params, maxpool_bits=0), node, (6, 5, 5), {"x": 0, "y": 60})
+
+
 # ---------------------------------------------------------------- cycles, ops in sequence
 
 
@@ -427,7 +496,7 @@ def test_cycles_and_sequence():
 
 
 def test_missing_hardware_is_ignored():
-    """A unit without activate hardware (digits CNN) ignores an ACTIVATE start; bad op codes too."""
+    """A unit without activate and max-pool hardware (digits CNN) ignores ACTIVATE and MAXPOOL starts."""
     params = params_for(model(DIGITS), 2, 8, 8)
     assert params.ops == (ADD, POOL)
     dut = VectorUnit(params)
@@ -435,7 +504,7 @@ def test_missing_hardware_is_ignored():
     sim.add_clock(1e-6)
 
     async def bench(ctx):
-        for op in (ACTIVATE, 3):
+        for op in (ACTIVATE, MAXPOOL):
             ctx.set(dut.op, op)
             ctx.set(dut.channels, 1)
             ctx.set(dut.positions, 1)
@@ -569,7 +638,7 @@ def test_op_register_errors():
         (lambda: op_registers(p, act, (16, 1, 1), {"conv1": 0, "blocks.0.act1": 0}), "no first slot"),
         (lambda: registers(p, act, (16, 0, 1), (0,), 0), "shape must be 3 positive integers"),
         (lambda: registers(p, act, (17, 1, 1), (0,), 0), "shape has 17 channels, the node's constants 16"),
-        (lambda: registers(p, m.nodes[1], (3, 1, 1), (0,), 0), "runs activate, add and pool nodes"),
+        (lambda: registers(p, m.nodes[1], (3, 1, 1), (0,), 0), "runs activate, add, pool and max-pool nodes"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -4,7 +4,7 @@ Liveness and non-overlap are checked against the step list independently of the 
 ``first``/``last``: for every pair of tensors of one memory that are alive at one step (written at
 or before it, read at or after it; the logits to the end), their address ranges must be disjoint.
 Random graphs are valid compiled models built node by node (convs with every output stage,
-activations, residual additions of any two value tensors of one shape, pooling).
+activations, residual additions of any two value tensors of one shape, pooling, max pooling of codes).
 """
 
 import json
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from compiler.format import load
-from compiler.graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, ModelRuleError, PoolNode,
-                            Requantize, Thresholds, act_scale, mac_kind, signed_bits)
+from compiler.graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, ModelRuleError,
+                            PoolNode, Requantize, Thresholds, act_scale, mac_kind, signed_bits)
 from compiler.network import (MAX_LANES, NetworkPlanError, code_address, network_memory_bits, plan_network,
                               value_address)
 from lcq.cli import main
@@ -86,14 +86,15 @@ def _model(nodes, classes):
 
 
 def random_model(rnd: random.Random) -> CompiledModel:
-    """A random valid compiled model: a DAG of convs, activations, additions and pooling on small maps."""
+    """A random valid compiled model: a DAG of convs, activations, additions, pooling and max pooling on small
+    maps."""
     side = rnd.randint(1, 6)
     shape = (rnd.randint(1, 5), side, side)
     nodes = [_input(shape, rnd.choice((3, 8)))]
     codes = {"act_in": (shape, nodes[0].bits)}      # name -> (shape, bits)
     values = {}                                      # name -> shape
     for i in range(rnd.randint(1, 24)):
-        ops = ["conv"] + (["activate", "pool"] if values else [])
+        ops = ["conv", "maxpool"] + (["activate", "pool"] if values else [])
         by_shape = {}
         for name, s in values.items():
             by_shape.setdefault(s, []).append(name)
@@ -113,6 +114,13 @@ def random_model(rnd: random.Random) -> CompiledModel:
                 codes[name] = (node.out_shape, node.stage.bits)
             else:
                 values[name] = node.out_shape
+        elif op == "maxpool":
+            src = rnd.choice(list(codes))
+            s, bits = codes[src]
+            k = rnd.randint(1, min(3, min(s[1:]) + 2))
+            pad = rnd.randint(max(0, (k - min(s[1:]) + 1) // 2), k // 2)
+            node = MaxPoolNode(name, src, name, k, rnd.randint(1, 2), pad)
+            codes[name] = (node.out_shape(s), bits)
         elif op == "activate":
             src = rnd.choice(list(values))
             node = ActivateNode(name, src, name, _thresholds(values[src][0], rnd.choice((2, 3))))
@@ -355,8 +363,8 @@ def test_random_graphs_keep_every_rule():
         kept += sum(n.op == "activate" for n in model.nodes) - len(fusable_activations(model, adds))
         for lanes in (1, rnd.randint(2, 9)):
             check_plan(model, plan_network(model, lanes))
-    assert kinds == {"input", "conv", "activate", "add", "pool"} and fused >= 50
-    assert activations >= 30 and kept >= 50, (activations, kept)
+    assert kinds == {"input", "conv", "activate", "add", "pool", "maxpool"} and fused >= 50
+    assert activations >= 25 and kept >= 50, (activations, kept)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -372,6 +380,8 @@ def _bad(kind):
         nodes += [_conv("c0", "act_in", "a0", (2, 4, 4), 3, 8, "codes"), AddNode("s0", ("a0", "a0"), "s0")]
     elif kind == "activate of codes":
         nodes += [ActivateNode("t0", "act_in", "t0", _thresholds(2, 3))]
+    elif kind == "maxpool of values":
+        nodes += [_conv("c0", "act_in", "v0", (2, 4, 4), 3, 8, "raw"), MaxPoolNode("m0", "v0", "m0", 4, 1, 0)]
     nodes.append(_conv("fc", nodes[-1].output, "logits", (3, 1, 1), 2, 8, "requantize", kind="linear"))
     return CompiledModel(nodes, "logits", 2, scales={"logits": 1.0})
 
@@ -381,6 +391,7 @@ def _bad(kind):
     ("pool of codes", "node 2 (pool 'p0')", "reads codes 'a0', but a pool step sums values"),
     ("add of codes", "node 2 (add 's0')", "reads codes 'a0', but an add step sums two value tensors"),
     ("activate of codes", "node 1 (activate 't0')", "reads codes 'act_in', but an activate step turns values"),
+    ("maxpool of values", "node 2 (maxpool 'm0')", "reads values 'v0', but a maxpool step takes maxima of codes"),
 ])
 def test_graphs_the_hardware_cannot_run_are_refused(kind, node, says):
     with pytest.raises(NetworkPlanError) as e:

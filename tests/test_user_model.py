@@ -262,16 +262,17 @@ def test_cli_trains_a_user_model_and_records_the_factory(user_run):
         build_quantized_model(ref, state["input_shape"], state["num_classes"], QuantPlan.from_dict(state["plan"]))
 
 
-def test_cli_compile_refuses_max_pooling_before_writing(user_run, tmp_path, capsys):
-    """VGGRes max-pools, which the accelerator does not run: `lcq compile` names it and where it is called."""
+def test_cli_compile_refuses_an_identity_shortcut_before_writing(user_run, tmp_path, capsys):
+    """VGGRes's second block adds ReLU outputs (an identity shortcut), which the accelerator does not run (its
+    max pooling compiles): `lcq compile` names the addition and where it is called."""
     ref, out, _ = user_run
     model = tmp_path / "m.lcq"
     assert main(["compile", str(out / "checkpoint.pt"), "-o", str(model)]) == 2
     assert f"pass --model {ref} " in capsys.readouterr().err and not model.exists()
     assert main(["compile", str(out / "checkpoint.pt"), "-o", str(model), "--model", ref]) == 2
     err = capsys.readouterr().err
-    assert "cannot compile a VGGRes: layer 'features.6' (MaxPool2d) at " in err and "nets.py:" in err
-    assert "is not supported; the compiler lowers: " in err and not model.exists()
+    assert "cannot compile a VGGRes: function operator.add at " in err and "nets.py:" in err
+    assert "(before any ReLU); the compiler lowers: " in err and not model.exists()
 
 
 def test_cli_resume_of_a_user_model(user_run, tmp_path, capsys):

@@ -60,8 +60,33 @@ class StridedVGG(nn.Module):
         return self.classifier(self.features(x))
 
 
+class MaxPoolVGG(nn.Module):
+    """VGG-style with max pooling: conv blocks each followed by a max pooling, after the ReLU (2 x 2), before
+    it (overlapping 3 x 3 windows, stride 2, padded) and after a ReLU6 (functional, 2 x 2 windows at stride 1,
+    padded), a 1x1 conv, global average pooling, dropout and a linear classifier."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)
+        self.pool = nn.MaxPool2d(2)
+        self.conv2, self.bn2 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
+        self.overlap = nn.MaxPool2d(3, stride=2, padding=1)
+        self.conv3 = nn.Conv2d(2 * w, 4 * w, 3, padding=1)
+        self.conv4, self.bn4 = nn.Conv2d(4 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w)
+        self.fc = nn.Sequential(nn.Dropout(0.1), nn.Linear(4 * w, num_classes))
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))                  # 8x8 -> 4x4
+        x = F.relu(self.overlap(self.bn2(self.conv2(x))))               # 4x4 -> 2x2
+        x = F.max_pool2d(F.relu6(self.conv3(x)), 2, 1, 1)               # 2x2 -> 3x3
+        x = F.adaptive_avg_pool2d(F.relu(self.bn4(self.conv4(x))), 1)
+        return self.fc(torch.flatten(x, 1))
+
+
 class WithMaxPool(nn.Module):
-    """A max pooling layer, which the accelerator does not run."""
+    """Max pooling before global average pooling, which the accelerator does not run (max pooling lowers only
+    on the way to an activation quantizer)."""
 
     def __init__(self, num_classes=10, in_channels=1):
         super().__init__()
@@ -74,19 +99,28 @@ class WithMaxPool(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class Depthwise(nn.Module):
-    """A depthwise (grouped) convolution."""
+class MobileNet(nn.Module):
+    """MobileNet-style (Howard et al. 2017): a stem conv, then depthwise-separable blocks (a depthwise 3x3
+    conv, BN, ReLU6, a pointwise 1x1 conv, BN, ReLU6), the second depthwise one strided, a grouped 1x1
+    conv (2 groups), global average pooling, a linear classifier."""
 
-    def __init__(self, num_classes=10, in_channels=1):
+    def __init__(self, num_classes=10, in_channels=1, width=8):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(4)
-        self.dw = nn.Conv2d(4, 4, 3, padding=1, groups=4, bias=False)
-        self.fc = nn.Linear(4, num_classes)
+        w = width
+
+        def separable(c_in, c_out, stride):
+            return [nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False),
+                    nn.BatchNorm2d(c_in), nn.ReLU6(), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
+                    nn.ReLU6()]
+
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+            *separable(w, 2 * w, 1), *separable(2 * w, 2 * w, 2),
+            nn.Conv2d(2 * w, 2 * w, 1, groups=2, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.fc = nn.Linear(2 * w, num_classes)
 
     def forward(self, x):
-        x = self.dw(F.relu(self.bn(self.conv(x))))
-        return self.fc(F.adaptive_avg_pool2d(F.relu(x), 1).flatten(1))
+        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
 class Gated(nn.Module):
@@ -108,3 +142,11 @@ def post_act_resnet(num_classes, in_channels):
 
 def strided_vgg(num_classes, in_channels):
     return StridedVGG(num_classes, in_channels)
+
+
+def maxpool_vgg(num_classes, in_channels):
+    return MaxPoolVGG(num_classes, in_channels)
+
+
+def mobilenet(num_classes, in_channels):
+    return MobileNet(num_classes, in_channels)
