@@ -142,12 +142,16 @@ class NetworkCore(wiring.Component):
         operands = {name: Signal(signed(p.reg_bits), name=f"operand_{name}") for name in present}
 
         # The engine's load port: the host's beats while idle, the program's register writes while running.
-        sequencer_config = Signal()
+        # A register value is sign-extended to the engine's registers only, zeros above: sign-extended to
+        # the whole load word (thousands of bits with 8-bit codes' threshold words) it became a Verilog
+        # line of thousands of copies of its sign bit, too many tokens for Verilator.
+        sequencer_config, config_value = Signal(), Signal(signed(engine.reg_bits))
         m.d.comb += [
+            config_value.eq(value),
             engine.load.valid.eq(Mux(idle, host & (load.target < ENGINE_TARGETS), sequencer_config)),
             engine.load.payload.target.eq(Mux(idle, load.target, CONFIG)),
             engine.load.payload.addr.eq(Mux(idle, load.addr, reg)),
-            engine.load.payload.data.eq(Mux(idle, load.data, value)),
+            engine.load.payload.data.eq(Mux(idle, load.data, config_value.as_unsigned())),
         ]
         m.d.comb += [getattr(vector, name).eq(operands[name]) for name in present]
         # A fused activation: the engine's values through the vector unit's thresholds, and back.

@@ -248,3 +248,28 @@ def check_layer_cycles(model, params, result):
             assert cycles < serial, f"{node.name}: {cycles} cycles, the write-back is not overlapped ({serial})"
         counts.append((cycles, serial))
     return counts
+
+
+def test_verilog_lines_stay_short_with_8_bit_threshold_words():
+    """A layer whose thresholds make 8-bit codes (a linear layer before the 8-bit classifier) has a
+    load word of 255 thresholds (thousands of bits); the sequencer's register values must not be
+    sign-extended across it, which wrote one Verilog line of thousands of tokens that Verilator
+    refuses ("Too many preprocessor tokens on a line"; such a model then simulates bit-exactly)."""
+    import sys
+
+    import torch
+    from amaranth.back import verilog
+
+    from compiler.lower import compile_model
+    from lcq_train.plan import quantize_model
+
+    from helpers import randomize
+
+    sys.path.insert(0, str(DATA))
+    import compile_models as cm
+
+    torch.manual_seed(1)
+    model = compile_model(randomize(quantize_model(cm.StridedVGG(10, 1), method="lcq", wbits=3, abits=3), 4), (1, 8, 8))
+    params = NetworkParams.for_model(model, 2, 2)
+    assert params.engine.code_bits == 8 and params.engine.data_bits > 6000
+    assert max(map(len, verilog.convert(NetworkCore(params), name="top").splitlines())) < 4000
