@@ -218,6 +218,30 @@ def test_ablation_benchmark_plans_each_run_once(tmp_path, capsys):
     assert "fashion-mnist is absent" in capsys.readouterr().err
 
 
+def test_outer_width_builds_find_the_ablation_runs_or_say_how_to_train_them(tmp_path, capsys):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location("outer_widths_hw", bench / "outer_widths_hw.py")
+    hw_sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hw_sweep)
+    with pytest.raises(SystemExit):
+        hw_sweep.main(["--runs", str(tmp_path), "--builds", "icebreaker@2by2"])
+    assert "--builds 'icebreaker@2by2': expected BOARD[@RxC]" in capsys.readouterr().err
+    run = tmp_path / "seed0" / "w3a3-o6-6"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"")
+    plan = hw_sweep.outer_plan(6, 6, ("conv0", "fc"))
+    (run / "metrics.json").write_text(json.dumps({"config": {"plan": plan.to_dict()}}))
+    assert hw_sweep.find_run(tmp_path / "seed0", plan) == run / "checkpoint.pt"
+    assert hw_sweep.main(["--runs", str(tmp_path)]) == 2          # the 8/8 run is missing
+    err = capsys.readouterr().err
+    assert "no finished run with outer widths 8 in " in err and "train them first: python benchmarks" in err
+
+
 @pytest.mark.sim
 def test_6_4_model_layers_in_verilator_bit_exact(tmp_path, capsys, small_cnn):
     from sim.runner import unavailable_reason
