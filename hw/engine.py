@@ -84,7 +84,7 @@ from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
 
 
-# Configuration registers whose last value (register - 1) the loops compare with, kept in registers of its own.
+# Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
 LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions")
 # Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``).
 DEST_COUNTERS = ("channel", "value_base", "code_base", "lane")
@@ -255,11 +255,15 @@ class LayerEngine(wiring.Component):
                 for i, name in enumerate(self.registers):
                     with m.Case(i):
                         m.d.sync += cfg[name].eq(load.data)
-        # Each count's last value, registered a cycle after its register is written (the layer's first
-        # compare comes rows + 1 cycles after start): the loop ends compare with a register, no subtraction.
-        last = {name: Signal(signed(self.reg_bits), name=f"last_{name}") for name in LAST_COUNTS
-                if name in self.registers}
-        m.d.sync += [last[name].eq(cfg[name] - 1) for name in last]
+        # Each count's last value. Network mode: registered a cycle after its register is written (the
+        # layer's first compare comes rows + 1 cycles after start), so that the loop ends compare with a
+        # register, no subtraction (the ResNet-20 core's worst path). Layer mode keeps the subtraction:
+        # its engine fills the UP5K, where these registers would not fit.
+        if self.network:
+            last = {name: Signal(signed(self.reg_bits), name=f"last_{name}") for name in LAST_COUNTS}
+            m.d.sync += [last[name].eq(cfg[name] - 1) for name in last]
+        else:
+            last = {name: cfg[name] - 1 for name in LAST_COUNTS if name in self.registers}
 
         def buffer(name, width, depth, write_en, spram=False):
             """A buffer written by loads while idle and read while computing: one address for
