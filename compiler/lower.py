@@ -49,7 +49,7 @@ import torch
 from torch import fx, nn
 
 from lcq_train.checkpoint import load_checkpoint
-from lcq_train.factory import is_factory, model_from_checkpoint
+from lcq_train.factory import model_from_checkpoint
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale
 
@@ -94,13 +94,8 @@ def load_model(path: str | Path, factory: str | None = None) -> tuple[nn.Module,
     if plan.outer_bits is None:
         raise ValueError(f"{path} was trained without outer re-quantization (--outer-bits 0); "
                          "integer LUTs need b' (retrain with --outer-bits 8)")
-    recorded = state["config"]["model"]
-    if is_factory(recorded) and factory is None:
-        raise ValueError(f"{path} holds a run of the user model {recorded!r}; rebuilding it imports and runs that "
-                         f"code, which reading a checkpoint never does by itself: pass --model {recorded} "
-                         f"(factory={recorded!r} in Python) to confirm")
     try:
-        return model_from_checkpoint(state, factory), state
+        return model_from_checkpoint(state, factory, option="--model"), state
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

@@ -248,13 +248,8 @@ def cmd_export_onnx(args) -> int:
     from .onnx_export import export_onnx
 
     state = load_checkpoint(args.checkpoint)
-    recorded = state["config"]["model"]
-    if is_factory(recorded) and args.factory is None:
-        raise ValueError(f"{args.checkpoint} holds a run of the user model {recorded!r}; rebuilding it imports and "
-                         f"runs that code, which reading a checkpoint never does by itself: pass --model {recorded} "
-                         "to confirm")
     try:
-        model = model_from_checkpoint(state, args.factory)
+        model = model_from_checkpoint(state, args.factory, option="--model")
     except ValueError as e:
         raise ValueError(f"{args.checkpoint}: {e}") from None
     try:

@@ -182,14 +182,15 @@ def _call(ref: str, kwargs: dict) -> str:
     return f"{ref.rpartition(':')[2]}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
 
 
-def model_from_checkpoint(checkpoint, factory: str | None = None):
+def model_from_checkpoint(checkpoint, factory: str | None = None, option: str | None = None):
     """The trained, quantized network of a checkpoint (a path, or the dict of
     :func:`~lcq_train.checkpoint.load_checkpoint`) with its weights loaded, in eval mode.
 
     A built-in model is rebuilt from its name. A run of your own network is rebuilt only with
     ``factory`` equal to the reference the checkpoint records (``config.model``; the confirmation
-    that its code may run); ValueError says so otherwise, when it cannot be imported, and when it
-    now builds a network that does not fit the saved weights."""
+    that its code may run); ValueError says so otherwise (naming the command-line ``option`` that
+    gives ``factory``, e.g. ``--model``, where a command calls this), when it cannot be imported,
+    and when it now builds a network that does not fit the saved weights."""
     from .checkpoint import load_checkpoint
     from .plan import QuantPlan
     from .train import build_quantized_model
@@ -199,9 +200,9 @@ def model_from_checkpoint(checkpoint, factory: str | None = None):
     recorded = state["config"]["model"]
     if is_factory(recorded):
         if factory is None:
+            how = f"factory={recorded!r}" if option is None else f"{option} {recorded} (factory={recorded!r} in Python)"
             raise ValueError(f"{where} holds a run of the user model {recorded!r}; rebuilding it imports and runs "
-                             f"that code, which loading a checkpoint never does by itself: pass factory={recorded!r} "
-                             "to confirm")
+                             f"that code, which loading a checkpoint never does by itself: pass {how} to confirm")
         if normalize_model(factory, "factory") != recorded:
             raise ValueError(f"{where} holds a run of the user model {recorded!r}, not of {factory!r}")
     elif factory is not None and factory != recorded:
