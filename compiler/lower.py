@@ -271,22 +271,17 @@ class _Lowering:
         stack = node.meta.get("nn_module_stack") or {}
         scope = next(reversed(stack.values()), ("",))[0] if stack else ""
         prefix = f"{scope}." if isinstance(scope, str) and scope else ""
+        return self.fresh(f"{prefix}{what}", f"{prefix}{result}")
+
+    def fresh(self, *bases: str) -> tuple[str, ...]:
+        """``bases`` with the first suffix (none, ``_1``, ``_2``, ...) that none of them has taken yet (now taken)."""
         k = 0
         while True:
-            suffix = f"_{k}" if k else ""
-            name, out = f"{prefix}{what}{suffix}", f"{prefix}{result}{suffix}"
-            if name not in self.names and out not in self.names:
-                self.names |= {name, out}
-                return name, out
+            names = tuple(f"{base}_{k}" if k else base for base in bases)
+            if not any(name in self.names for name in names):
+                self.names |= set(names)
+                return names
             k += 1
-
-    def fresh(self, base: str) -> str:
-        """``base``, or ``base_1``, ``base_2``, ...: the first name not taken yet (now taken)."""
-        k = 0
-        while (name := f"{base}_{k}" if k else base) in self.names:
-            k += 1
-        self.names.add(name)
-        return name
 
     def max_pools(self, pools: tuple, codes: str, out: str) -> None:
         """A :class:`MaxPoolNode` per max pooling of ``pools`` (graph node, kernel, stride, padding), in order,
@@ -296,7 +291,7 @@ class _Lowering:
             if node.op != "call_module":
                 name = self.scoped(node, "max_pool", "max_pool")[0]
             else:                                       # a module may pool several tensors
-                name = self.fresh(node.target) if node.target in self.pooled else node.target
+                name = self.fresh(node.target)[0] if node.target in self.pooled else node.target
                 self.pooled.add(node.target)
             result = out if i == len(pools) - 1 else name
             self.nodes.append(MaxPoolNode(name, codes, result, k, s, p))
@@ -350,7 +345,7 @@ class _Lowering:
                                                            bits)
             self.nodes.append(PoolNode(name, x.tensor, name, sign, relu, off, frac, stage))
         else:
-            codes, full = self.fresh(f"{name}.unpooled") if x.maxpools else name, self.shapes[x.tensor]
+            codes, full = self.fresh(f"{name}.unpooled")[0] if x.maxpools else name, self.shapes[x.tensor]
             stage = stages.thresholds(x.gain, x.offset, t, self.bounds[x.tensor], bits)
             conv = self.raw.get(x.tensor)
             if conv is not None and x.sole:             # fold into the layer's output stage
