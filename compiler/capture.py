@@ -29,9 +29,9 @@ SUPPORTED = (
     "Conv2d (quantized; square kernel, stride and zero padding up to kernel // 2, no dilation, bias allowed; "
     "grouped and depthwise ones run as the dense conv with zero weights outside each group: groups x the MACs)",
     "Linear (quantized; on a vector of C codes)",
-    "BatchNorm2d (eval-mode statistics; before a ReLU, pooling or a quantizer, or a residual addition "
-    "with a positive scale)",
-    "ReLU (nn.ReLU, F.relu, torch.relu, .relu())",
+    "BatchNorm2d (eval-mode statistics; before a ReLU, pooling, a quantizer or a residual addition)",
+    "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "
+    "a conv or linear layer [+ BN] or an addition that nothing else reads (post-activation blocks)",
     "ReLU6 / hardtanh(0, max) before an activation quantizer",
     "residual addition of two tensors (+, torch.add, .add())",
     "global average pooling after a ReLU (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)))",

@@ -24,6 +24,9 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   :mod:`compiler.graph`); flags (``descending``, ``relu``) are uint8 0 or 1.
 - Max pooling (``op`` "maxpool"): scalar fields only (``kernel``, ``stride``,
   ``padding``), no arrays. A file without one is laid out as before it existed.
+- ReLU flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
+  requantize stage that applies a ReLU; absent otherwise (never ``false``), so
+  a file without one is laid out as before they existed.
 
 :func:`save` checks the model against the rules of :mod:`compiler.graph`
 before it writes. :func:`load` accepts only what :func:`save` can write: each
@@ -80,6 +83,8 @@ NODE_FIELDS = {
 LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
                 "requantize": ("kind", "multiplier", "bias", "shift")}
+#: Optional flags by node op or stage kind: written as ``true`` where set, left out where not.
+FLAG_FIELDS = {"add": ("relu",), "requantize": ("relu",)}
 
 
 class ModelFormatError(ValueError):
@@ -169,7 +174,7 @@ class _Writer:
                     "thresholds": self.ref(f"{prefix}/thresholds", "thresholds", stage.thresholds),
                     "descending": self.ref(f"{prefix}/descending", "descending", stage.descending)}
         return {"kind": "requantize", **{k: self.ref(f"{prefix}/{k}", k, getattr(stage, k))
-                                         for k in ("multiplier", "bias", "shift")}}
+                                         for k in ("multiplier", "bias", "shift")}, **_flags(stage, "requantize")}
 
     def node(self, i: int, node) -> dict:
         p = f"nodes/{i}"
@@ -196,7 +201,8 @@ class _Writer:
             return {"op": "activate", "name": node.name, "input": node.input, "output": node.output,
                     "stage": self.stage(f"{p}/stage", node.stage)}
         if isinstance(node, AddNode):
-            return {"op": "add", "name": node.name, "inputs": list(node.inputs), "output": node.output}
+            return {"op": "add", "name": node.name, "inputs": list(node.inputs), "output": node.output,
+                    **_flags(node, "add")}
         if isinstance(node, PoolNode):
             return {"op": "pool", "name": node.name, "input": node.input, "output": node.output,
                     "frac_bits": int(node.frac_bits), "sign": self.ref(f"{p}/sign", "sign", node.sign),
@@ -207,6 +213,11 @@ class _Writer:
             return {"op": "maxpool", "name": node.name, "input": node.input, "output": node.output,
                     **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding")}}
         raise TypeError(f"cannot save node {node!r}")
+
+
+def _flags(obj, kind: str) -> dict:
+    """The :data:`FLAG_FIELDS` of ``kind`` that ``obj`` sets, as ``{name: True}``."""
+    return {name: True for name in FLAG_FIELDS.get(kind, ()) if getattr(obj, name)}
 
 
 def save(model: CompiledModel, path: str | Path) -> None:
@@ -347,15 +358,21 @@ class _Reader:
 
     # ---- the manifest's nodes (scalars and array references; no array is read here)
 
-    def fields(self, d, where: str, names: tuple) -> None:
+    def fields(self, d, where: str, names: tuple, flags: tuple = ()) -> dict[str, bool]:
+        """Check that ``d`` has exactly ``names`` plus any of ``flags`` (each ``true`` where present);
+        returns every flag, False where absent."""
         if not isinstance(d, dict):
             raise self.error(f"{where}: must be a JSON object, not {show(d)}")
         for name in names:
             if name not in d:
                 raise self.error(f"{where}: field {name!r} is missing")
         for name in d:
-            if name not in names:
+            if name not in names and name not in flags:
                 raise self.error(f"{where}: unknown field {show(name)}")
+            if name in flags and d[name] is not True:
+                raise self.error(f"{where}: field {name!r} = {show(d[name])}; it is written only as true (left out "
+                                 "where false)")
+        return {name: name in d for name in flags}
 
     def ref(self, d: dict, name: str, where: str, key: str, prefix: str = "") -> str:
         ref = d[name]
@@ -372,10 +389,10 @@ class _Reader:
         kind = d.get("kind") if isinstance(d, dict) else None
         if not isinstance(kind, str) or kind not in STAGE_FIELDS:
             raise self.error(f"{where}: field 'stage' must be null or a thresholds or requantize stage, not {show(d)}")
-        self.fields(d, f"{where} stage", STAGE_FIELDS[kind])
+        flags = self.fields(d, f"{where} stage", STAGE_FIELDS[kind], FLAG_FIELDS.get(kind, ()))
         refs = [self.ref(d, name, where, f"{key}/{name}", "stage.") for name in STAGE_FIELDS[kind][1:]
                 if name != "bits"]
-        return Thresholds(*refs, d["bits"]) if kind == "thresholds" else Requantize(*refs)
+        return Thresholds(*refs, d["bits"]) if kind == "thresholds" else Requantize(*refs, **flags)
 
     def node(self, i: int, d) -> object:
         op = d.get("op") if isinstance(d, dict) else None
@@ -383,7 +400,8 @@ class _Reader:
             raise self.error(f"node {i}: field 'op' must be one of {', '.join(map(repr, NODE_FIELDS))}, not "
                              f"{show(op if isinstance(d, dict) else d)}")
         where = f"node {i} ({op} {show(d.get('name', d.get('output')))})"
-        self.fields(d, where, NODE_FIELDS[op] + (LUT_FIELDS if op == "conv" and d.get("mac") == "lut" else ()))
+        flags = self.fields(d, where, NODE_FIELDS[op] + (LUT_FIELDS if op == "conv" and d.get("mac") == "lut" else ()),
+                            FLAG_FIELDS.get(op, ()))
         p = f"nodes/{i}"
         if op == "input":
             return InputNode(d["output"], d["shape"], self.ref(d, "table", where, f"{p}/table"), d["bits"])
@@ -397,7 +415,7 @@ class _Reader:
         if op == "activate":
             return ActivateNode(d["name"], d["input"], d["output"], self.stage(d["stage"], where, f"{p}/stage"))
         if op == "add":
-            return AddNode(d["name"], d["inputs"], d["output"])
+            return AddNode(d["name"], d["inputs"], d["output"], **flags)
         if op == "maxpool":
             return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"])
         return PoolNode(d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")

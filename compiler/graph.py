@@ -14,7 +14,7 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
   :class:`Requantize`, or none: the raw accumulator).
 - :class:`ActivateNode`: an output stage applied to a value tensor
   (BN + ReLU + compander of a residual stream into codes).
-- :class:`AddNode`: sum of two value tensors of the same scale.
+- :class:`AddNode`: sum of two value tensors of the same scale (then a ReLU, where ``relu``).
 - :class:`PoolNode`: BN + ReLU per position, global sum, thresholds into
   codes (global average pooling followed by an activation quantizer).
 - :class:`MaxPoolNode`: codes -> codes, the largest code of each window
@@ -271,22 +271,26 @@ class Thresholds:
 
 @dataclass
 class Requantize:
-    """Values at a new scale: ``y[n] = (x * multiplier[n] + bias[n]) >> shift[n]`` (arithmetic shift, floor).
+    """Values at a new scale: ``y[n] = (x * multiplier[n] + bias[n]) >> shift[n]`` (arithmetic shift, floor),
+    then ``max(0, y)`` where ``relu``.
 
     ``bias`` already holds ``2^(shift-1)`` so that the shift rounds half up.
-    Used for residual sums (to the stream's scale) and for the logits.
+    Used for residual sums (to the stream's scale; ``relu`` for a BN + ReLU output that a residual
+    addition reads) and for the logits.
     """
 
     multiplier: np.ndarray
     bias: np.ndarray
     shift: np.ndarray
+    relu: bool = False
 
     kind = "requantize"
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         shape = (1, -1) + (1,) * (x.ndim - 2)
         m, b, sh = (a.reshape(shape) for a in (self.multiplier, self.bias, self.shift))
-        return (x.astype(np.int64) * m + b) >> sh
+        y = (x.astype(np.int64) * m + b) >> sh
+        return np.maximum(y, 0) if self.relu else y
 
     def bound(self, in_bound: int) -> int:
         """Largest ``|y|`` for ``|x| <= in_bound``."""
@@ -295,7 +299,8 @@ class Requantize:
         return int(max(top.max(), 0)) + 1
 
     def check_fields(self, where: str, prefix: str = "stage.") -> None:
-        pass
+        if not isinstance(self.relu, bool):
+            raise ModelRuleError(where, prefix + "relu", f"must be true or false, not {show(self.relu)}")
 
     def check_arrays(self, where: str, channels: int, in_bound: int, prefix: str = "stage.") -> int:
         """Ranges of shift, multiplier (``MULT_BITS`` significant bits) and bias, and no int64 overflow
@@ -489,11 +494,13 @@ class ActivateNode:
 
 @dataclass
 class AddNode:
-    """``output = a + b`` for two value tensors of the same scale (a residual addition)."""
+    """``output = a + b`` for two value tensors of the same scale (a residual addition), then
+    ``max(0, output)`` where ``relu`` (a post-activation block's ReLU)."""
 
     name: str
     inputs: tuple[str, str]
     output: str
+    relu: bool = False
     op = "add"
 
     def check_fields(self, where: str) -> None:
@@ -503,6 +510,8 @@ class AddNode:
         rule_name(where, "inputs[0]", self.inputs[0])
         rule_name(where, "inputs[1]", self.inputs[1])
         rule_name(where, "output", self.output)
+        if not isinstance(self.relu, bool):
+            raise ModelRuleError(where, "relu", f"must be true or false, not {show(self.relu)}")
 
 
 @dataclass

@@ -16,11 +16,13 @@ runs of operations into the nodes of :mod:`compiler.graph`:
   [BN] -> [ReLU | ReLU6 | hardtanh(0, max)] -> activation quantizer (all folded);
   *requantize* when it is an operand of a residual addition (to the other
   operand's scale, or ``2^-residual_frac_bits`` below the finer of two
-  accumulators; a BN in between folds in when its scales are positive; an
-  accumulator that other operations read too is requantized where it is made,
-  ``2^-residual_frac_bits`` below its scale) or the network's output (the
-  logits, ``2^-logit_frac_bits`` below its scale); *none* (the raw
-  accumulator) otherwise;
+  accumulators; a BN in between folds in, a channel of negative BN scale by
+  negating its weights; an accumulator that other operations read too is
+  requantized where it is made, ``2^-residual_frac_bits`` below its scale) or
+  the network's output (the logits, ``2^-logit_frac_bits`` below its scale);
+  *requantize with a ReLU* when [BN] -> ReLU follows and the ReLU's output
+  feeds a residual addition (a post-activation block's input); *none* (the
+  raw accumulator) otherwise;
 - [BN] -> [ReLU] -> activation quantizer on any other value tensor: an :class:`ActivateNode`;
 - [BN] -> ReLU -> global average pooling -> [flatten] -> quantizer: a :class:`PoolNode`;
 - max pooling on the way to an activation quantizer (after the conv, BN or addition, before or after
@@ -29,7 +31,8 @@ runs of operations into the nodes of :mod:`compiler.graph`:
   :class:`MaxPoolNode` per max pooling, the last writing the quantizer's codes. Exact: the
   quantizer (after ReLU and clip) is non-decreasing, so it commutes with the maximum;
 - an addition: an :class:`AddNode` named after the module whose forward adds
-  (``blocks.0.add``, writing ``blocks.0.out``).
+  (``blocks.0.add``, writing ``blocks.0.out``); a ReLU right after it whose output
+  feeds another addition (a post-activation block) sets its ``relu`` flag.
 
 Tensors are named after modules: codes after their activation quantizer, raw
 accumulators after their layer, the output ``logits``. Any other operation is
@@ -143,7 +146,8 @@ class _Value:
     per channel ``gain * x + offset`` of value tensor ``x = tensor``, then a ReLU (``relu``),
     clipped at ``cap``, globally averaged (``pooled``), max pooled (``maxpools``: the graph node and
     its (kernel, stride, padding) of each, in order). ``folded``: a BN is in ``gain``/``offset``;
-    ``sole``: the raw accumulator ``tensor`` has no consumer but this chain."""
+    ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
+    ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`)."""
 
     kind: str
     tensor: str | None = None
@@ -155,6 +159,7 @@ class _Value:
     pooled: bool = False
     sole: bool = False
     maxpools: tuple = ()
+    rectified: bool = False
 
     @property
     def plain(self) -> bool:
@@ -173,6 +178,12 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
             stack.append((node, True))
             stack.extend((n, False) for n in reversed(node.all_input_nodes) if n not in seen)
     return order
+
+
+def _finest(gain: np.ndarray) -> float:
+    """The smallest non-zero ``|gain|`` (1 where all are 0): the finest scale a requantize stage must keep."""
+    nonzero = np.abs(gain[gain != 0])
+    return float(nonzero.min()) if nonzero.size else 1.0
 
 
 def dense_codes(codes: np.ndarray, groups: int) -> np.ndarray:
@@ -202,6 +213,7 @@ class _Lowering:
         self.bounds: dict[str, int] = {}
         self.scales: dict[str, float] = {}
         self.raw: dict[str, ConvNode] = {}       # value tensors that are an accumulator with no stage yet
+        self.sums: dict[str, AddNode] = {}       # value tensors that are a residual sum
         self.values: dict[fx.Node, _Value] = {}
         self.called: set[str] = set()
         self.names: set[str] = set(self.modules) | {"logits"}
@@ -252,10 +264,17 @@ class _Lowering:
         theta = act.theta.double().numpy() if act.method == "lcq" else None
         return stages.code_thresholds(act.alpha.item(), theta, level_scale(act.spec.bits, False))
 
-    def requantize(self, conv: ConvNode, gain: np.ndarray, offset: np.ndarray, out_scale: float) -> None:
-        """Give the raw accumulator ``conv`` the stage ``round(gain / out_scale * x + offset / out_scale)``."""
+    def requantize(self, conv: ConvNode, gain: np.ndarray, offset: np.ndarray, out_scale: float,
+                   relu: bool = False) -> None:
+        """Give the raw accumulator ``conv`` the stage ``round(gain / out_scale * x + offset / out_scale)``
+        (then a ReLU where ``relu``). The stage multiplies by positive constants: a channel of negative
+        ``gain`` has its weight codes negated instead (exact, as weight levels are symmetric), one of zero
+        ``gain`` its weight codes zeroed (its accumulator is 0, so any positive multiplier gives ``offset``)."""
         out = conv.output
-        conv.stage = stages.requantize(gain / out_scale, offset / out_scale, self.bounds[out])
+        flip, dead = (gain < 0)[:, None, None, None], (gain == 0)[:, None, None, None]
+        conv.weight_codes = np.where(dead, 0, np.where(flip, -conv.weight_codes, conv.weight_codes)).astype(np.int8)
+        ratio = np.where(gain == 0, _finest(gain), np.abs(gain)) / out_scale
+        conv.stage = stages.requantize(ratio, offset / out_scale, self.bounds[out], relu)
         conv.out_scale = out_scale
         self.bounds[out] = conv.stage.bound(self.bounds[out])
         self.scales[out] = out_scale
@@ -297,6 +316,23 @@ class _Lowering:
             self.nodes.append(MaxPoolNode(name, codes, result, k, s, p))
             self.shapes[result] = self.nodes[-1].out_shape(self.shapes[codes])
             codes = result
+
+    def rectify(self, node: fx.Node, x: _Value) -> _Value:
+        """``x`` after the ReLU ``node``, which a residual addition reads: the ReLU goes into the tensor,
+        as the requantize stage (with a ReLU) of the conv or linear layer whose accumulator ``x`` is, or as
+        the ReLU flag of the addition whose sum ``x`` is. Either must have no other reader."""
+        conv, total = self.raw.get(x.tensor), self.sums.get(x.tensor)
+        if conv is not None and x.sole and not (x.maxpools or x.pooled or x.cap < math.inf):
+            out_scale = stages.fraction_scale([_finest(x.gain)], self.options.residual_frac_bits)
+            self.requantize(conv, x.gain, x.offset, out_scale, relu=True)
+        elif total is not None and x.sole and x.plain:
+            total.relu = True
+        else:
+            self.refuse(node, "feeds a residual addition, but not right after a conv or linear layer (with its BN) "
+                        "or an addition that nothing else reads; the ReLU of a residual stream lowers into one "
+                        "of those")
+        c = self.shapes[x.tensor][0]
+        return _Value("values", x.tensor, np.full(c, self.scales[x.tensor]), np.zeros(c), relu=True, rectified=True)
 
     def feeds_addition(self, node: fx.Node) -> bool:
         """Whether ``node`` is a residual addition, or passes its input on to one unchanged."""
@@ -437,10 +473,12 @@ class _Lowering:
 
     def _relu(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
-        if x.kind == "codes":
-            return x                                    # codes are never negative
+        if x.kind == "codes" or x.rectified:
+            return x                                    # codes are never negative; rectified values neither
         if x.kind != "values" or x.pooled:
             self.refuse(node, "is applied to the raw image or after pooling")
+        if any(self.feeds_addition(u) for u in node.users):
+            return self.rectify(node, x)
         return self.chain(node, x, relu=True)
 
     def _clip(self, node: fx.Node, op: Op) -> _Value:
@@ -483,9 +521,10 @@ class _Lowering:
         a, b = self.arg(node, 0), self.arg(node, 1)
         for x in (a, b):
             self.after_max_pooling(node, x, "a residual addition")
-        if any(x.kind != "values" or x.relu or x.pooled or x.cap < math.inf for x in (a, b)) or a.tensor == b.tensor:
-            self.refuse(node, "does not add two different outputs of conv or linear layers, BNs or additions (before "
-                        "any ReLU)")
+        if any(x.kind != "values" or (x.relu and not x.rectified) or x.pooled or x.cap < math.inf for x in (a, b)) \
+                or a.tensor == b.tensor:
+            self.refuse(node, "does not add two different outputs of conv or linear layers, BNs, additions or the "
+                        "ReLUs of those that feed additions only")
         if self.shapes[a.tensor] != self.shapes[b.tensor]:
             self.refuse(node, f"adds shapes {self.shapes[a.tensor]} and {self.shapes[b.tensor]}")
         free = [x.tensor in self.raw and x.sole for x in (a, b)]
@@ -493,23 +532,21 @@ class _Lowering:
             if not f and (x.folded or x.tensor in self.raw):
                 self.refuse(node, f"adds {x.tensor!r} with a BN, or unscaled, while other operations read it too; "
                             "only an accumulator the addition alone reads folds a BN")
-            if f and not np.all(x.gain > 0):
-                self.refuse(node, f"adds {x.tensor!r} through a BN with a negative or zero scale, which the requantize "
-                            "stage cannot fold")
         fixed = [self.scales[x.tensor] for x, f in zip((a, b), free) if not f]
         if len(fixed) == 2 and fixed[0] != fixed[1]:
             self.refuse(node, f"adds {a.tensor!r} and {b.tensor!r}, whose scales differ")
-        out_scale = fixed[0] if fixed else stages.fraction_scale([a.gain.min(), b.gain.min()],
+        out_scale = fixed[0] if fixed else stages.fraction_scale([_finest(a.gain), _finest(b.gain)],
                                                                  self.options.residual_frac_bits)
         for x, f in zip((a, b), free):
             if f:
                 self.requantize(self.raw[x.tensor], x.gain, x.offset, out_scale)
         name, out = self.scoped(node, "add", "out")
         self.nodes.append(AddNode(name, (a.tensor, b.tensor), out))
+        self.sums[out] = self.nodes[-1]
         c = self.shapes[a.tensor][0]
         self.shapes[out], self.scales[out] = self.shapes[a.tensor], out_scale
         self.bounds[out] = self.bounds[a.tensor] + self.bounds[b.tensor]
-        return _Value("values", out, np.full(c, out_scale), np.zeros(c))
+        return _Value("values", out, np.full(c, out_scale), np.zeros(c), sole=len(node.users) == 1)
 
     def _output(self, node: fx.Node, op: Op) -> _Value:
         source = node.args[0]

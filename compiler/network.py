@@ -363,9 +363,9 @@ def allocate_in_place(tensors: list[TensorPlan], by_name: dict[str, TensorPlan])
 
 def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
     """``steps`` with each addition folded into the conv step right before it, where the conv writes values
-    (a requantize stage or none) that only this addition reads and that are not the logits, and the
-    addition's other operand is a different tensor that the addition reads last (so that the sum can
-    take its place). The addition's step is dropped."""
+    (a requantize stage without ReLU, or none where the addition has no ReLU either) that only this
+    addition reads and that are not the logits, and the addition's other operand is a different tensor
+    that the addition reads last (so that the sum can take its place). The addition's step is dropped."""
     readers: dict[str, int] = {}
     last_use: dict[str, int] = {}
     for step in steps:
@@ -378,7 +378,10 @@ def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
         if step.kind == "add" and conv is not None and conv.kind == "conv" and conv.fused_add is None:
             node = model.nodes[conv.index]
             others = [name for name in step.inputs if name != conv.output]
-            if (not isinstance(node.stage, Thresholds) and conv.output in step.inputs and len(others) == 1
+            add = model.nodes[step.index]
+            stage_ok = (isinstance(node.stage, Requantize) and not node.stage.relu) or (node.stage is None
+                                                                                       and not add.relu)
+            if (stage_ok and conv.output in step.inputs and len(others) == 1
                     and readers.get(conv.output) == 1 and conv.output != model.logits
                     and others[0] != model.logits and last_use.get(others[0]) == step.index):
                 out[-1] = replace(conv, inputs=(conv.inputs[0], others[0]), output=step.output, fused_add=step.name)

@@ -67,7 +67,8 @@ def execute(node, t: dict[str, np.ndarray], images: np.ndarray) -> None:
     elif isinstance(node, ActivateNode):
         t[node.output] = node.stage.apply(t[node.input])
     elif isinstance(node, AddNode):
-        t[node.output] = t[node.inputs[0]] + t[node.inputs[1]]
+        total = t[node.inputs[0]] + t[node.inputs[1]]
+        t[node.output] = np.maximum(total, 0) if node.relu else total
     elif isinstance(node, PoolNode):
         t[node.output] = node.stage.apply(node.positions_sum(t[node.input]))[:, :, None, None]
     elif isinstance(node, MaxPoolNode):

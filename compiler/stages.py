@@ -60,8 +60,9 @@ def thresholds(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, bound: int, 
     return Thresholds(exact, (gain[:, 0] < 0), bits)
 
 
-def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int) -> Requantize:
-    """``y = round_half_up(x * ratio + bias)`` in fixed point: ``(x * M + B) >> shift``.
+def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, relu: bool = False) -> Requantize:
+    """``y = round_half_up(x * ratio + bias)`` in fixed point: ``(x * M + B) >> shift`` (then
+    ``max(0, y)`` where ``relu``).
 
     ``ratio`` (C,) > 0, ``bias`` (C,) in output units. ``M`` keeps
     :data:`compiler.graph.MULT_BITS` significant bits. Raises ValueError when
@@ -77,7 +78,7 @@ def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int) -> Requantize
     b = np.round(bias * 2.0**shift)
     if not np.all(np.abs(b) < BIAS_LIMIT):
         raise ValueError("requantize bias too large for int64")
-    stage = Requantize(multiplier, b.astype(np.int64) + half, shift)
+    stage = Requantize(multiplier, b.astype(np.int64) + half, shift, relu)
     stage.check_arrays("requantize", len(ratio), in_bound, prefix="")
     return stage
 

@@ -16,7 +16,7 @@ its :class:`~hw.engine_params.EngineParams`, one layer per ``start``:
    weights (the next tile's loads while the current tile's last elements are still in the
    array).
 3. **Read back**: each position's ``cols`` accumulators pass, one per cycle, through the
-   one output stage (thresholds, requantize or none), and stream out on ``out`` as one
+   one output stage (thresholds, requantize [then ReLU] or none), and stream out on ``out`` as one
    word of ``cols`` outputs per position, channel tile after channel tile. One stage
    serves all columns: read-back is bound by the host link anyway, and per-column stage
    memories would not fit small FPGAs.
@@ -44,7 +44,8 @@ in *bands* of ``band_rows`` output rows (registers ``band_*``; :mod:`hw.bands` p
 reduction tile of a band, then the next band (each band reads its channel tile's weights again), and
 each band is written back while the array computes the next ones. With ``dst_add`` set, each value
 is added to the one at its address before it is written (a residual addition fused into the layer:
-the old value is read the cycle before the write, so the timing is the same). With ``act_fuse`` set,
+the old value is read the cycle before the write, so the timing is the same); with the stage
+STAGE_REQUANTIZE_RELU, ``max(0, value)`` is written (after the addition, if any). With ``act_fuse`` set,
 each value written also goes through an activation's thresholds, lent by the vector unit (the
 ``activation`` port), and its code is written into its lane of the codes tensor at ``act_dst``,
 ``FUSED_LATENCY`` cycles after the value (an activation fused into the layer; the layer's busy time
@@ -76,7 +77,8 @@ from amaranth.lib.wiring import In, Out
 
 from .delay import delayed
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE,
-                            STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
+                            STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
+                            WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
@@ -480,15 +482,20 @@ class LayerEngine(wiring.Component):
             code = delayed(m, unit.code, self.STAGE_LATENCY - unit.LATENCY, "code")
             self._connect_stage(m, unit, loads(THRESHOLDS), feeding, value, channel)
             result = Mux(stage == STAGE_THRESHOLDS, code, result)
+        relu = C(0, 1)      # STAGE_REQUANTIZE_RELU: in layer mode here, in network mode after the fused addition
         if p.requantize:
             q = p.requantize
             m.submodules.requantize = unit = RequantizeUnit(p.acc_bits, p.stage_depth << p.col_bits,
                                                             q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
             self._connect_stage(m, unit, loads(REQUANTIZE), feeding, value, channel)
             out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, "requantized")
-            result = Mux(stage == STAGE_REQUANTIZE, out, result)
+            if q.relu:
+                relu = stage == STAGE_REQUANTIZE_RELU
+                if not self.network:
+                    out = Mux(relu & (out < 0), 0, out)
+            result = Mux((stage == STAGE_REQUANTIZE) | relu, out, result)
         if self.network:
-            self._write_back(m, cfg, dest, feeding, read_pos, result, code_out)
+            self._write_back(m, cfg, dest, feeding, read_pos, result, code_out, relu)
             return m
         back_valid = delayed(m, feeding, self.STAGE_LATENCY, "back_valid")
         back_col = delayed(m, feed_col, self.STAGE_LATENCY, "back_col")
@@ -611,12 +618,13 @@ class LayerEngine(wiring.Component):
         m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
         return writer.ongoing("FEED")
 
-    def _write_back(self, m, cfg, dest, feeding, read_pos, result, code_out):
+    def _write_back(self, m, cfg, dest, feeding, read_pos, result, code_out, relu):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
         accumulator was fed, as a value (``dst_values``; plus the value read at its address the cycle
-        before, with ``dst_add``) or as a code into its lane; with ``act_fuse``, the value's code
-        (lent thresholds of slot ``act_slot + channel``) into its lane ``FUSED_LATENCY`` cycles later.
-        The padding channels of the last channel tile (``channel >= c_out``) are not written."""
+        before, with ``dst_add``; then ``max(0, value)`` where ``relu``) or as a code into its lane; with
+        ``act_fuse``, the value's code (lent thresholds of slot ``act_slot + channel``) into its lane
+        ``FUSED_LATENCY`` cycles later. The padding channels of the last channel tile (``channel >= c_out``)
+        are not written."""
         p = self.params
         valid = delayed(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
         channel = delayed(m, dest["channel"], self.STAGE_LATENCY, "back_channel")
@@ -626,7 +634,8 @@ class LayerEngine(wiring.Component):
         lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self.STAGE_LATENCY, "back_lane")
         values = cfg["dst_values"][0]
         total = Signal(signed(self.value_bits), name="back_value")
-        m.d.comb += total.eq(result + Mux(cfg["dst_add"][0], self.val_read.data, 0))
+        summed = result + Mux(cfg["dst_add"][0], self.val_read.data, 0)
+        m.d.comb += total.eq(Mux(relu & (summed < 0), 0, summed))
         # The fused activation: the value to the lent thresholds, its code written FUSED_LATENCY cycles on.
         lend = valid & values & cfg["act_fuse"][0]
         m.d.sync += [self.activation.valid.eq(lend), self.activation.value.eq(total),

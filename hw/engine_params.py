@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from math import ceil
 
-from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
+from compiler.graph import AddNode, CompiledModel, ConvNode, Requantize, Thresholds
 
 from .memories import memory_bits
 from .pe_words import LEVEL_BITS, PRODUCT_BITS, product_width
@@ -53,18 +53,22 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
                                  "band_rows", "band_positions", "band_in_rows", "band_step", "act_fuse", "act_dst",
                                  "act_slot")
-# Values of the ``stage`` register: what the output stage does.
-STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE = range(3)
+# Values of the ``stage`` register: what the output stage does. STAGE_REQUANTIZE_RELU (engines whose
+# ``requantize.relu`` is set): requantize, then ``max(0, y)``; in network mode after the fused addition,
+# if any (a post-activation block's ReLU).
+STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU = range(4)
 
 
 @dataclass(frozen=True)
 class RequantizeShape:
-    """Widths of the requantize units: ``M`` unsigned, ``B`` signed, shifts ``0..max_shift``, output signed."""
+    """Widths of the requantize units: ``M`` unsigned, ``B`` signed, shifts ``0..max_shift``, output signed;
+    ``relu``: the stage also runs STAGE_REQUANTIZE_RELU."""
 
     multiplier_bits: int
     bias_bits: int
     max_shift: int
     out_bits: int
+    relu: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,18 +237,23 @@ class EngineParams:
     @classmethod
     def from_dict(cls, d: dict) -> EngineParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction);
-        a ``d`` without ``product_bits`` (written before products were sized) means 15, what those
-        engines were built with."""
+        a ``d`` without ``product_bits`` (written before products were sized) means 15, and a requantize
+        shape without ``relu`` (written before the stage had one) means False: what those engines were
+        built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         shape = d["requantize"]
+        if isinstance(shape, dict) and "relu" not in shape:
+            shape = {**shape, "relu": False}
         if shape is not None:
             if not isinstance(shape, dict) or set(shape) != {f.name for f in fields(RequantizeShape)}:
                 raise ValueError(f"requantize must be null or a dict with the keys "
                                  f"{sorted(f.name for f in fields(RequantizeShape))}, not {shape!r}")
+            if not isinstance(shape["relu"], bool):
+                raise ValueError(f"requantize.relu must be true or false, not {shape['relu']!r}")
             shape = RequantizeShape(**shape)
         return cls(**{**d, "requantize": shape})
 
@@ -278,7 +287,8 @@ class EngineParams:
                 multiplier_bits=max(multiplier_bits(n.stage) for n in requant),
                 bias_bits=max(bias_bits(n.stage) for n in requant),
                 max_shift=max(max_shift(n.stage) for n in requant),
-                out_bits=max(out_bits(n.stage, n.acc_bound) for n in requant))
+                out_bits=max(out_bits(n.stage, n.acc_bound) for n in requant),
+                relu=any(n.stage.relu for n in requant) or any(isinstance(n, AddNode) and n.relu for n in model.nodes))
         lut = [n.wbits for n in convs if n.mac == "lut"]
         products = max((product_width(n.outer_wbits, n.outer_abits) for n in convs if n.mac == "lut"),
                        default=PRODUCT_BITS)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from compiler import reference
-from compiler.graph import CompiledModel, ConvNode, InputNode, Thresholds
+from compiler.graph import AddNode, CompiledModel, ConvNode, InputNode, Thresholds
 
 from .bands import band_registers
-from .engine_params import CONFIG, NETWORK_REGISTERS
+from .engine_params import CONFIG, NETWORK_REGISTERS, STAGE_REQUANTIZE_RELU
 from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM,
                              REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams,
                              network_plan, program_length)
@@ -44,12 +44,13 @@ def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
 def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
     """The program that runs ``model`` on one image loaded by :func:`image_beats`: every step of the
     compiler's plan after the input in order (a conv with a fused addition adds its outputs into the
-    sum's place: ``dst_add``; with a fused activation it also writes their codes: ``act_fuse``), output,
-    end."""
+    sum's place: ``dst_add``, and the stage STAGE_REQUANTIZE_RELU where the addition has a ReLU; with a
+    fused activation it also writes their codes: ``act_fuse``), output, end."""
     plan = network_plan(model, params)
     bases = resident_bases(model, params.engine, "all")
     slots = slot_bases(model)
     base = {name: t.base for name, t in plan.tensors.items()}
+    adds = {node.name: node for node in model.nodes if isinstance(node, AddNode)}
     words: list[int] = []
     for step in plan.steps:
         node = model.nodes[step.index]
@@ -58,6 +59,8 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
         if isinstance(node, ConvNode):
             check_fits(params.engine, node)
             values = config_values(params.engine, node, bases[node.name])
+            if step.fused_add and adds[step.fused_add].relu:
+                values["stage"] = STAGE_REQUANTIZE_RELU     # the fused addition's ReLU, after the addition
             values.update(act_base=base[node.input], dst_base=base[step.output],
                           dst_values=int(not isinstance(node.stage, Thresholds)), c_out=node.out_shape[0],
                           wide_weights=int(in_wide_buffer(params.engine, node)), dst_add=int(bool(step.fused_add)),

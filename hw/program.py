@@ -27,8 +27,8 @@ import numpy as np
 from compiler import reference
 from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
-from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_THRESHOLDS,
-                            TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams, layer_needs)
+from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU,
+                            STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams, layer_needs)
 from .pe_words import A_MAX, W_MAX, row_vector, weight_word
 from .residency import check_residency
 from .stage_words import requantize_words, threshold_bits, threshold_words
@@ -61,6 +61,8 @@ def check_fits(params: EngineParams, node: ConvNode) -> None:
                             f"threshold_width 0 (acc_bits + 1)")
     if isinstance(node.stage, Requantize) and params.requantize is None:
         problems.append("it requantizes its output but the engine has no requantize units")
+    elif isinstance(node.stage, Requantize) and node.stage.relu and not params.requantize.relu:
+        problems.append("its requantize stage has a ReLU but the engine's has none")
     for key, depth in (("act", "act_depth"), ("weight", "weight_depth"), ("table", "table_depth"),
                        ("stage", "stage_depth"), ("positions", "pos_depth"), ("out", "out_depth")):
         if need[key] > getattr(params, depth):
@@ -74,7 +76,7 @@ def _stage_kind(node: ConvNode) -> int:
     if isinstance(node.stage, Thresholds):
         return STAGE_THRESHOLDS
     if isinstance(node.stage, Requantize):
-        return STAGE_REQUANTIZE
+        return STAGE_REQUANTIZE_RELU if node.stage.relu else STAGE_REQUANTIZE
     return STAGE_NONE
 
 

@@ -10,7 +10,8 @@ bit-exact with :func:`compiler.reference.execute`:
   ``positions``, one element per cycle through a :class:`hw.thresholds.ThresholdUnit` holding
   every activate node's thresholds (one slot per channel).
 - ADD: ``VAL[dst + i] = VAL[src_a + i] + VAL[src_b + i]``, two reads per element; an element is
-  written after both its reads, so ``dst`` may be ``src_a`` or ``src_b``.
+  written after both its reads, so ``dst`` may be ``src_a`` or ``src_b``. ADD_RELU: the same, then
+  ``max(0, sum)`` (a post-activation block's ReLU).
 - POOL: per channel, ``s = sum over positions of u`` with ``u = sign * (x * 2^frac_bits - offset)``,
   then ``max(0, u)`` where ``relu``; the code is the number of the channel's (ascending)
   thresholds that ``s`` reaches, found by a binary search (``pool_code_bits`` steps, one
@@ -40,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 
 from .delay import delays
 from .thresholds import ThresholdUnit
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
                             POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
                             POOL_SIGN_SHIFT, POOL_THRESHOLDS, TARGET_BITS, VectorParams)
 
@@ -51,7 +52,7 @@ class VectorUnit(wiring.Component):
     Ports (widths from :class:`~hw.vector_params.VectorParams` ``p``; all unsigned unless signed):
 
     - ``start`` (in): a one-cycle pulse, sampled only while idle (``busy`` low), with the op
-      registers: ``op`` (2 bits: ACTIVATE 0, ADD 1, POOL 2, MAXPOOL 3; an op the unit has no
+      registers: ``op`` (3 bits: ACTIVATE 0, ADD 1, POOL 2, MAXPOOL 3, ADD_RELU 4; an op the unit has no
       hardware for is ignored), ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
       ``dst`` (``p.dst_bits``), ``channels``, ``positions`` (``p.count_bits``, both >= 1),
       ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's window
@@ -60,7 +61,7 @@ class VectorUnit(wiring.Component):
       ``positions`` the input's ``H * W`` (:func:`hw.vector_words.maxpool_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
-      ADD ``2N + 2`` (``N = channels * positions``), POOL
+      ADD and ADD_RELU ``2N + 2`` (``N = channels * positions``), POOL
       ``channels * (positions + 3 + 2 * pool_code_bits) + 1``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``.
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
@@ -150,6 +151,7 @@ class VectorUnit(wiring.Component):
         pos, ch = Signal(p.count_bits), Signal(p.count_bits)
         lane, group, slot = Signal(p.lane_index_bits), Signal(p.code_addr_bits), Signal(p.slot_bits)
         phase = Signal()                        # ADD: 0 reads a, 1 reads b
+        adding = (op == ADD) | (op == ADD_RELU)
         last_pos, last_ch = pos == positions - 1, ch == channels - 1
 
         def next_channel():
@@ -198,11 +200,11 @@ class VectorUnit(wiring.Component):
                             m.next = "MAXPOOL"
             with m.State("RUN"):
                 # ACTIVATE: one element per cycle; ADD: operand a, then b and the next element.
-                with m.If((op == ADD) & ~phase):
+                with m.If(adding & ~phase):
                     m.d.comb += issue_a.eq(1)
                     m.d.sync += phase.eq(1)
                 with m.Else():
-                    m.d.comb += [issue_act.eq(op == ACTIVATE), issue_b.eq(op == ADD)]
+                    m.d.comb += [issue_act.eq(op == ACTIVATE), issue_b.eq(adding)]
                     m.d.sync += [phase.eq(0), pos.eq(pos + 1)]
                     with m.If(last_pos):
                         with m.If(last_ch):
@@ -267,9 +269,10 @@ class VectorUnit(wiring.Component):
         a_value = Signal(signed(p.value_bits))
         with m.If(a1):
             m.d.sync += a_value.eq(self.val_read_data)
+        add_sum = a_value + self.val_read_data
         with m.If(b1):
             m.d.sync += [self.val_write_en.eq(1), self.val_write_addr.eq(wr1),
-                         self.val_write_data.eq(a_value + self.val_read_data)]
+                         self.val_write_data.eq(Mux((op == ADD_RELU) & (add_sum < 0), 0, add_sum))]
         pending.append(b1)
 
         if pool_hw:

@@ -42,9 +42,9 @@ MAX_DEPTH = 1 << 24          # words of a data memory, and constant slots
 MAX_VALUE_BITS = 64
 
 # Ops (the ``op`` register) and their names.
-OPS = ("activate", "add", "pool", "maxpool")
-ACTIVATE, ADD, POOL, MAXPOOL = range(len(OPS))
-OP_BITS = 2
+OPS = ("activate", "add", "pool", "maxpool", "add_relu")
+ACTIVATE, ADD, POOL, MAXPOOL, ADD_RELU = range(len(OPS))     # ADD_RELU: ADD, then max(0, sum)
+OP_BITS = 3
 # The op registers, sampled with ``start``; MAXPOOL also samples its window's (input and output
 # sides, kernel, stride, padding, and ``row_step`` = stride * width).
 OP_REGISTERS = ("op", "src_a", "src_b", "dst", "channels", "positions", "slot_base", "frac_bits")
@@ -385,21 +385,21 @@ class VectorParams:
 
     @property
     def ops(self) -> tuple[int, ...]:
-        """The ops this unit runs (ADD always; ACTIVATE and POOL where it has their constants, MAXPOOL
-        where it has ``maxpool_bits``)."""
+        """The ops this unit runs (ADD and ADD_RELU always; ACTIVATE and POOL where it has their constants,
+        MAXPOOL where it has ``maxpool_bits``)."""
         return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, True), (POOL, self.pool_slots),
-                                            (MAXPOOL, self.maxpool_bits)) if present)
+                                            (MAXPOOL, self.maxpool_bits), (ADD_RELU, True)) if present)
 
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
-        in which the last write is presented): ACTIVATE ``N + 4`` and ADD ``2N + 2`` with
+        in which the last write is presented): ACTIVATE ``N + 4`` and ADD (ADD_RELU) ``2N + 2`` with
         ``N = channels * positions``; POOL ``channels * (positions + 3 + 2 * pool_code_bits) + 1``;
         MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
         and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes."""
         n = channels * positions
         if op == ACTIVATE:
             return n + ACTIVATE_DEPTH
-        if op == ADD:
+        if op in (ADD, ADD_RELU):
             return 2 * n + ADD_DEPTH
         if op == POOL:
             return channels * (positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1

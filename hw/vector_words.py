@@ -34,7 +34,7 @@ from compiler.graph import (ActivateNode, AddNode, CompiledModel, MaxPoolNode, P
                             signed_bits)
 
 from .stage_words import thresholds_array, threshold_words
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, MAXPOOL, MAXPOOL_REGISTERS, OP_REGISTERS, POOL,
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, MAXPOOL, MAXPOOL_REGISTERS, OP_REGISTERS, POOL,
                             POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS,
                             TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs, pool_progressions,
                             pool_sum_bound, progression_bits)
@@ -220,16 +220,16 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     ops = {ActivateNode: ACTIVATE, AddNode: ADD, PoolNode: POOL}
     if type(node) not in ops:
         raise ValueError(f"the vector unit runs activate, add, pool and max-pool nodes, not {type(node).__name__}")
-    op = ops[type(node)]
+    op = ADD_RELU if isinstance(node, AddNode) and node.relu else ops[type(node)]
     name = f"node {node.name!r}"
-    tensors = list(node.inputs) if op == ADD else [node.input]
+    tensors = list(node.inputs) if isinstance(node, AddNode) else [node.input]
     for tensor in (*tensors, node.output):
         if tensor not in bases:
             raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give every input's and the "
                              f"output's base (the network plan's)")
     inputs, output = [bases[t] for t in tensors], bases[node.output]
     slot_base = 0
-    if op != ADD:
+    if not isinstance(node, AddNode):
         if slots is None or node.name not in slots:
             raise ValueError(f"{name}: slots has no first slot for the node; pass the slots constant_beats returns")
         slot_base = slots[node.name]
@@ -242,7 +242,7 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
         return int(base)
 
     src = [check_range(f"input {t!r}", b, words, params.value_depth, "value") for t, b in zip(tensors, inputs)]
-    if op == ADD:
+    if isinstance(node, AddNode):
         dst = check_range(f"output {node.output!r}", output, words, params.value_depth, "value")
         for t, s in zip(tensors, src):
             if s != dst and s < dst + words and dst < s + words:
@@ -264,7 +264,7 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     frac = node.frac_bits if op == POOL else 0
     if frac > params.max_frac_bits:
         raise ValueError(f"{name}: frac_bits={frac} exceeds max_frac_bits={params.max_frac_bits}; {FIX}")
-    values = {"op": op, "src_a": src[0], "src_b": src[1] if op == ADD else 0, "dst": dst, "channels": c,
+    values = {"op": op, "src_a": src[0], "src_b": src[1] if isinstance(node, AddNode) else 0, "dst": dst, "channels": c,
               "positions": positions, "slot_base": int(slot_base), "frac_bits": frac}
     assert tuple(values) == OP_REGISTERS
     return values

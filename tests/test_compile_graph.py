@@ -16,6 +16,7 @@ from compiler.agreement import compare
 from compiler.capture import Unsupported
 from compiler.format import load, save
 from compiler.lower import CompileOptions, compile_model
+from compiler.reference import run
 from lcq.cli import main
 from lcq_train.data import load_dataset
 from lcq_train.models.resnet import PreActResNet
@@ -132,13 +133,48 @@ def test_unsupported_operations_are_named_with_their_place_and_the_supported_lis
     assert "the compiler lowers: " in str(e.value) and "residual addition" in str(e.value)
 
 
-def test_batch_norm_with_negative_scale_before_an_addition_is_refused():
+def test_post_activation_residual_streams_are_exact_with_any_batch_norm_scale():
+    """ReLUs that feed additions go into the tensor (a requantize stage's or an addition's flag); BN scales of
+    either sign, and 0, before an addition fold (negated or zeroed weights)."""
     torch.manual_seed(0)
-    model = _positive_bn(randomize(quantize_model(cm.PostActResNet(10, 1), method="lcq", wbits=3, abits=3), 3))
-    with torch.no_grad():
-        model.block2.bn2.weight[3] = -0.5
-    with pytest.raises(Unsupported, match=r"operator\.add at .*compile_models\.py:\d+ .*'block2\.conv2' through a BN "
-                                          "with a negative"):
+    net = randomize(quantize_model(cm.TorchvisionResNet(10, 1), method="lcq", wbits=3, abits=3), 3)
+    bns = [m.weight for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all((w < 0).any() and (w == 0).any() for w in bns)
+    compiled = compile_model(net, (1, 8, 8))
+    relu = {n.name: n.relu for n in compiled.nodes if n.op == "add"}
+    # layer1.0's sum feeds layer2.0's convs only (their quantizers fold its ReLU); layer2.0's feeds layer2.1's add
+    assert relu == {"layer1.0.add": False, "layer2.0.add": True, "layer2.1.add": False}
+    stem = compiled.convs[0]
+    assert stem.name == "conv1" and stem.stage.kind == "requantize" and stem.stage.relu
+    assert not any(c.stage.relu for c in compiled.convs[1:] if c.stage.kind == "requantize")
+    x = images(40, (1, 8, 8), seed=1)
+    assert _mismatches(compiled, net, x) == 0
+    assert (run(compiled, x)["conv1"] == 0).any()       # the ReLU clips
+
+    torch.manual_seed(0)
+    resnet = randomize(quantize_model(cm.PostActResNet(10, 1), method="lcq", wbits=3, abits=3), 3)
+    assert _mismatches(compile_model(resnet, (1, 8, 8)), resnet, images(40, (1, 8, 8), seed=1)) == 0
+
+
+class _ReluOfASharedSum(nn.Module):
+    """``relu(s)`` feeds an addition while the sum ``s`` itself is read too."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3), nn.Conv2d(4, 4, 3)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        s = self.a(x) + self.b(x)
+        y = torch.relu(s) + s
+        return self.fc(torch.relu(y).mean((2, 3)))
+
+
+def test_a_relu_feeding_an_addition_where_it_cannot_go_into_the_tensor_is_refused():
+    model = quantize_model(_ReluOfASharedSum(), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=r"function torch\.relu at .*test_compile_graph\.py:\d+ .*feeds a residual "
+                                          "addition, but not right after"):
         compile_model(model, (1, 8, 8))
 
 
@@ -158,8 +194,8 @@ def trained(tmp_path_factory):
     runs = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_mod, "load_dataset", _digits_slice)
-        for factory, lr in (("post_act_resnet", None), ("strided_vgg", None), ("mobilenet", 0.2),
-                            ("maxpool_vgg", None)):
+        for factory, lr in (("post_act_resnet", None), ("torchvision_resnet", None), ("strided_vgg", None),
+                            ("mobilenet", 0.2), ("maxpool_vgg", None)):
             ref = f"{nets}:{factory}"     # the depthwise net learns slowly at the default rate (13% after 3 epochs)
             train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
                               lr=lr, out=str(root / factory), progress=False))
@@ -169,7 +205,8 @@ def trained(tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("factory", ["post_act_resnet", "strided_vgg", "mobilenet", "maxpool_vgg"])
+@pytest.mark.parametrize("factory", ["post_act_resnet", "torchvision_resnet", "strided_vgg", "mobilenet",
+                                     "maxpool_vgg"])
 def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
     ref, checkpoint, model = trained[factory]
     compiled = load(model)
@@ -194,7 +231,7 @@ def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_p
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("factory", ["post_act_resnet", "maxpool_vgg"])
+@pytest.mark.parametrize("factory", ["torchvision_resnet", "maxpool_vgg"])
 def test_trained_user_network_runs_bit_exact_in_verilator(trained, factory, capsys):
     reason = unavailable_reason("verilator")
     if reason is not None:

@@ -91,6 +91,24 @@ def test_engine_layer_in_amaranth_simulation(layer):
     assert (decode_outputs(params, node, words) == t[node.output][0]).all()
 
 
+def test_engine_requantize_stage_with_relu():
+    """STAGE_REQUANTIZE_RELU in layer mode: the requantized outputs, negative ones as 0; an engine without the
+    ReLU refuses the layer."""
+    fc = DIGITS.convs[3]
+    node = dataclasses.replace(fc, stage=dataclasses.replace(fc.stage, relu=True))
+    images = np.random.default_rng(5).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
+    t = reference.run(DIGITS, images)
+    plain = EngineParams.for_model(DIGITS, 2, 3)
+    with pytest.raises(ValueError, match="its requantize stage has a ReLU but the engine's has none"):
+        check_fits(plain, node)
+    params = dataclasses.replace(plain, requantize=dataclasses.replace(plain.requantize, relu=True))
+    words = run_engine(params, node, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
+                       output_words(params, node))
+    want = node.stage.apply(t[f"{fc.name}.acc"])[0]
+    assert (t[fc.output][0] < 0).any() and (want == np.maximum(t[fc.output][0], 0)).all()
+    assert (decode_outputs(params, node, words) == want).all()
+
+
 def test_engine_signature_is_the_bridge_side_flipped():
     params = EngineParams.for_model(DIGITS, 2, 3)
     signature = EngineSignature.for_params(params)

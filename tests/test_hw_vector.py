@@ -2,6 +2,7 @@
 against compiler.reference.execute; its parameters (hw/vector_params.py) and words (hw/vector_words.py)."""
 
 import copy
+import dataclasses
 from dataclasses import replace
 import functools
 import gc
@@ -26,7 +27,7 @@ from compiler.graph import (ActivateNode, AddNode, MaxPoolNode, PoolNode, Tensor
 from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
-from hw.vector_params import (ACTIVATE, ADD, MAX_POOL_SHIFT, MAXPOOL, POOL, POOL_OFFSET_SHIFT,  # noqa: E402
+from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, MAX_POOL_SHIFT, MAXPOOL, POOL, POOL_OFFSET_SHIFT,  # noqa: E402
                               THRESHOLD_LATENCY, VectorParams, fit_progression, maxpool_bits, pool_progressions,
                               pool_shift, pool_sum_bound, progression_bits)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
@@ -351,9 +352,9 @@ def test_activate_descending_and_padded():
         check(*unary_case(m, "blocks.0.act1", 3, (2, 5), seed=7, params=params))
 
 
-def add_case(lanes, node_name, dst_is, seed):
+def add_case(lanes, node_name, dst_is, seed, relu=False):
     m = model(RESNET)
-    node = node_of(m, node_name)
+    node = dataclasses.replace(node_of(m, node_name), relu=relu)
     info = m.validate()
     c, h, w = (info[node.inputs[0]].shape[0], 3, 4)
     n = c * h * w
@@ -369,12 +370,17 @@ def add_case(lanes, node_name, dst_is, seed):
     return params, [(node, regs)], values, codes
 
 
-@pytest.mark.parametrize("node_name, dst_is", [("blocks.0.add", "other"), ("blocks.3.add", "a"),
-                                               ("blocks.7.add", "b")])
-def test_add_resnet(node_name, dst_is):
-    params, ops, values, codes = add_case(3, node_name, dst_is, seed=len(node_name))
+@pytest.mark.parametrize("node_name, dst_is, relu", [("blocks.0.add", "other", False), ("blocks.3.add", "a", False),
+                                                     ("blocks.7.add", "b", False), ("blocks.3.add", "other", True),
+                                                     ("blocks.7.add", "a", True)])
+def test_add_resnet(node_name, dst_is, relu):
+    """ADD, and ADD_RELU (an addition with a ReLU: negative sums written as 0)."""
+    params, ops, values, codes = add_case(3, node_name, dst_is, seed=len(node_name), relu=relu)
+    assert ops[0][1]["op"] == (ADD_RELU if relu else ADD)
     after_values, after_codes = check(params, [], ops, values, codes)
     assert after_codes == codes and after_values != values
+    written = after_values[ops[0][1]["dst"]:][:ops[0][1]["channels"] * ops[0][1]["positions"]]
+    assert (min(written) == 0) if relu else (min(written) < 0)
 
 
 @pytest.mark.parametrize("hit", [None, "shift"])
@@ -498,7 +504,7 @@ def test_cycles_and_sequence():
 def test_missing_hardware_is_ignored():
     """A unit without activate and max-pool hardware (digits CNN) ignores ACTIVATE and MAXPOOL starts."""
     params = params_for(model(DIGITS), 2, 8, 8)
-    assert params.ops == (ADD, POOL)
+    assert params.ops == (ADD, POOL, ADD_RELU)
     dut = VectorUnit(params)
     sim = Simulator(dut)
     sim.add_clock(1e-6)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from compiler.format import load
 from lcq.cli import main
 from lcq_train import QuantPlan, apply_plan, model_from_checkpoint, quantize_model, quantizer_parameters
 from lcq_train.checkpoint import load_checkpoint
@@ -262,17 +263,20 @@ def test_cli_trains_a_user_model_and_records_the_factory(user_run):
         build_quantized_model(ref, state["input_shape"], state["num_classes"], QuantPlan.from_dict(state["plan"]))
 
 
-def test_cli_compile_refuses_an_identity_shortcut_before_writing(user_run, tmp_path, capsys):
-    """VGGRes's second block adds ReLU outputs (an identity shortcut), which the accelerator does not run (its
-    max pooling compiles): `lcq compile` names the addition and where it is called."""
+def test_cli_compiles_a_user_model_with_an_identity_shortcut(user_run, tmp_path, capsys):
+    """VGGRes's second block adds ReLU outputs (an identity shortcut: block1's ReLU goes into its addition):
+    `lcq compile` writes nothing until the factory is confirmed, then compiles it, and `lcq eval` agrees."""
     ref, out, _ = user_run
     model = tmp_path / "m.lcq"
     assert main(["compile", str(out / "checkpoint.pt"), "-o", str(model)]) == 2
     assert f"pass --model {ref} " in capsys.readouterr().err and not model.exists()
-    assert main(["compile", str(out / "checkpoint.pt"), "-o", str(model), "--model", ref]) == 2
-    err = capsys.readouterr().err
-    assert "cannot compile a VGGRes: function operator.add at " in err and "nets.py:" in err
-    assert "(before any ReLU); the compiler lowers: " in err and not model.exists()
+    assert main(["compile", str(out / "checkpoint.pt"), "-o", str(model), "--model", ref]) == 0
+    assert [(n.name, n.relu) for n in load(model).nodes if n.op == "add"] == [("block1.add", True),
+                                                                               ("block2.add", False)]
+    capsys.readouterr()
+    assert main(["eval", str(model), "--model", ref, "--images", "64", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["agreement"] == 1.0 and all(c["mismatched"] == 0 for c in result["code_mismatches"].values())
 
 
 def test_cli_resume_of_a_user_model(user_run, tmp_path, capsys):

@@ -41,6 +41,51 @@ class PostActResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ``BasicBlock``: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + identity)``, one ReLU module
+    called twice, an in-place addition; ``identity`` is ``x`` or a 1x1 conv + BN (``downsample``)."""
+
+    def __init__(self, in_ch, out_ch, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.downsample = None
+        if stride != 1 or in_ch != out_ch:
+            self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out_ch))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class TorchvisionResNet(nn.Module):
+    """torchvision's ResNet layout at CIFAR scale: stem conv + BN + ReLU (no max pooling), identity-shortcut
+    blocks whose ReLU'd sums are the next block's shortcut, a strided block with a downsample, adaptive
+    average pooling, flatten, a linear classifier."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = nn.Sequential(BasicBlock(w, w))
+        self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, stride=2), BasicBlock(2 * w, 2 * w))
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 class StridedVGG(nn.Module):
     """VGG-style: convs with biases and ReLU6, strided convs instead of max pooling, a 1x1 conv, global
     average pooling, two linear layers with dropout between."""
@@ -138,6 +183,10 @@ class Gated(nn.Module):
 
 def post_act_resnet(num_classes, in_channels):
     return PostActResNet(num_classes, in_channels)
+
+
+def torchvision_resnet(num_classes, in_channels):
+    return TorchvisionResNet(num_classes, in_channels)
 
 
 def strided_vgg(num_classes, in_channels):
