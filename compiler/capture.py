@@ -35,6 +35,8 @@ SUPPORTED = (
     "ReLU6 / hardtanh(0, max) before an activation quantizer",
     "residual addition of two tensors (+, torch.add, .add())",
     "global average pooling after a ReLU (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)))",
+    "average pooling after a ReLU, before an activation quantizer (AvgPool2d, F.avg_pool2d: square kernel and "
+    "stride, no padding, ceil_mode False, no divisor_override)",
     "max pooling (MaxPool2d, F.max_pool2d: square kernel k, stride and padding up to k // 2, no dilation, "
     "ceil_mode False) of a conv's, BN's or addition's output where only ReLU, ReLU6 / hardtanh(0, max), identity, "
     "dropout, flatten and more max pooling stand between it and the activation quantizer of the next layer "
@@ -54,9 +56,9 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 @dataclass(frozen=True)
 class Op:
-    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, maxpool, flatten,
-    identity, add, output), its ``module`` (None for a function), ``cap`` (the clip maximum) and
-    ``window`` (max pooling's kernel, stride and padding)."""
+    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, avgpool, maxpool,
+    flatten, identity, add, output), its ``module`` (None for a function), ``cap`` (the clip maximum) and
+    ``window`` (an average or max pooling's kernel, stride and padding)."""
 
     kind: str
     module: nn.Module | None = None
@@ -92,7 +94,8 @@ def describe(node: fx.Node) -> str:
         module = node.graph.owning_module.get_submodule(node.target) if node.graph.owning_module else None
         return f"layer {node.target!r} ({type(module).__name__ if module is not None else 'module'})"
     if node.op == "call_function":
-        module = (getattr(node.target, "__module__", None) or "").replace("_operator", "operator")
+        module = (getattr(node.target, "__module__", None) or "").replace("_operator", "operator") \
+            .replace("torch._C._nn", "torch.nn.functional")          # builtins that F exports (avg_pool2d)
         name = getattr(node.target, "__name__", node.name)
         return f"function {module + '.' if module else ''}{name}"
     if node.op == "call_method":
@@ -126,21 +129,41 @@ def _spatial_dims(dims) -> bool:
     return isinstance(dims, (tuple, list)) and sorted(d % 4 for d in dims) == [2, 3]
 
 
+def _square(v) -> int | None:
+    """``v`` (an int or a pair) as one int where both sides are equal ints, else None."""
+    v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    return v[0] if len(v) == 2 and v[0] == v[1] and isinstance(v[0], int) else None
+
+
+def _window(kernel, stride, padding) -> tuple[int | None, int | None, int | None]:
+    """(kernel, stride, padding) of a pooling as ints (None where not square); stride None or () is the kernel."""
+    k = _square(kernel)
+    return k, k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _square(stride), \
+        _square(padding)
+
+
 def _max_pool(node: fx.Node, model: str, kernel, stride, padding, dilation, ceil_mode, return_indices) -> Op:
     """The maxpool Op of a max pooling's arguments; :class:`Unsupported` for those the compiler does not lower."""
-    def square(v):
-        v = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-        return v[0] if len(v) == 2 and v[0] == v[1] and isinstance(v[0], int) else None
-
-    k, p = square(kernel), square(padding)
-    s = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else square(stride)
-    if None in (k, s, p) or square(dilation) != 1 or ceil_mode or return_indices:
+    k, s, p = _window(kernel, stride, padding)
+    if None in (k, s, p) or _square(dilation) != 1 or ceil_mode or return_indices:
         raise Unsupported(model, node, f"(kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}, "
                           f"ceil_mode {ceil_mode}, return_indices {return_indices}) is not supported: max pooling "
                           "needs a square kernel, stride and padding, dilation 1, ceil_mode False and no indices")
     if p > k // 2:
         raise Unsupported(model, node, f"pads by {p}, more than kernel // 2 = {k // 2}")
     return Op("maxpool", window=(k, s, p))
+
+
+def _avg_pool(node: fx.Node, model: str, kernel, stride, padding, ceil_mode, count_include_pad,
+              divisor_override) -> Op:
+    """The avgpool Op of an average pooling's arguments; :class:`Unsupported` for those the compiler does not
+    lower (padding, ceil_mode or a divisor override: a window's divisor must be kernel^2)."""
+    k, s, p = _window(kernel, stride, padding)
+    if None in (k, s) or p != 0 or ceil_mode or divisor_override is not None:
+        raise Unsupported(model, node, f"(kernel {kernel}, stride {stride}, padding {padding}, ceil_mode {ceil_mode}, "
+                          f"divisor_override {divisor_override}) is not supported: average pooling needs a square "
+                          "kernel and stride, no padding, ceil_mode False and no divisor override")
+    return Op("avgpool", window=(k, s, 0))
 
 
 def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
@@ -169,6 +192,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("pool")
         if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
             return Op("flatten")
+        if type(m) is nn.AvgPool2d:
+            return _avg_pool(node, model, m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad,
+                             m.divisor_override)
         if type(m) is nn.MaxPool2d:
             return _max_pool(node, model, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
                              m.return_indices)
@@ -192,6 +218,11 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             names = (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
                      ("return_indices", False))
             return _max_pool(node, model, *(_arg(node, i, name, default)
+                                            for i, (name, default) in enumerate(names, start=1)))
+        if f is F.avg_pool2d:
+            names = (("kernel_size", None), ("stride", None), ("padding", 0), ("ceil_mode", False),
+                     ("count_include_pad", True), ("divisor_override", None))
+            return _avg_pool(node, model, *(_arg(node, i, name, default)
                                             for i, (name, default) in enumerate(names, start=1)))
         if f is F.dropout:
             return Op("identity")

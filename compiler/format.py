@@ -23,7 +23,9 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   or ``{"kind": "requantize", "multiplier", "bias", "shift"}`` (see
   :mod:`compiler.graph`); flags (``descending``, ``relu``) are uint8 0 or 1.
 - Max pooling (``op`` "maxpool"): scalar fields only (``kernel``, ``stride``,
-  ``padding``), no arrays. A file without one is laid out as before it existed.
+  ``padding``), no arrays. Average pooling (``op`` "avgpool"): a pool node's
+  fields plus ``kernel`` and ``stride``. A file without them is laid out as
+  before they existed.
 - ReLU flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
   requantize stage that applies a ReLU; absent otherwise (never ``false``), so
   a file without one is laid out as before they existed.
@@ -52,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode,
+from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode,
                     MaxPoolNode, ModelRuleError, PoolNode, Requantize, Thresholds, act_scale, node_where, show,
                     weight_scale)
 
@@ -78,6 +80,7 @@ NODE_FIELDS = {
     "activate": ("op", "name", "input", "output", "stage"),
     "add": ("op", "name", "inputs", "output"),
     "pool": ("op", "name", "input", "output", "frac_bits", "sign", "relu", "offset", "stage"),
+    "avgpool": ("op", "name", "input", "output", "frac_bits", "sign", "relu", "offset", "stage", "kernel", "stride"),
     "maxpool": ("op", "name", "input", "output", "kernel", "stride", "padding"),
 }
 LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
@@ -204,11 +207,12 @@ class _Writer:
             return {"op": "add", "name": node.name, "inputs": list(node.inputs), "output": node.output,
                     **_flags(node, "add")}
         if isinstance(node, PoolNode):
-            return {"op": "pool", "name": node.name, "input": node.input, "output": node.output,
+            window = {k: int(getattr(node, k)) for k in ("kernel", "stride")} if node.op == "avgpool" else {}
+            return {"op": node.op, "name": node.name, "input": node.input, "output": node.output,
                     "frac_bits": int(node.frac_bits), "sign": self.ref(f"{p}/sign", "sign", node.sign),
                     "relu": self.ref(f"{p}/relu", "relu", node.relu),
                     "offset": self.ref(f"{p}/offset", "offset", node.offset),
-                    "stage": self.stage(f"{p}/stage", node.stage)}
+                    "stage": self.stage(f"{p}/stage", node.stage), **window}
         if isinstance(node, MaxPoolNode):
             return {"op": "maxpool", "name": node.name, "input": node.input, "output": node.output,
                     **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding")}}
@@ -418,9 +422,10 @@ class _Reader:
             return AddNode(d["name"], d["inputs"], d["output"], **flags)
         if op == "maxpool":
             return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"])
-        return PoolNode(d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")
-                                                              for k in ("sign", "relu", "offset")),
-                        d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))
+        pool = (d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")
+                                                      for k in ("sign", "relu", "offset")),
+                d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))
+        return AvgPoolNode(*pool, d["kernel"], d["stride"]) if op == "avgpool" else PoolNode(*pool)
 
     # ---- what each array must be, from the checked fields
 

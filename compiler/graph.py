@@ -16,7 +16,8 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
   (BN + ReLU + compander of a residual stream into codes).
 - :class:`AddNode`: sum of two value tensors of the same scale (then a ReLU, where ``relu``).
 - :class:`PoolNode`: BN + ReLU per position, global sum, thresholds into
-  codes (global average pooling followed by an activation quantizer).
+  codes (global average pooling followed by an activation quantizer);
+  :class:`AvgPoolNode`: the same summed over each window of an average pooling.
 - :class:`MaxPoolNode`: codes -> codes, the largest code of each window
   (max pooling before an activation quantizer, moved after it).
 
@@ -536,12 +537,22 @@ class PoolNode:
     stage: Thresholds
     op = "pool"
 
-    def positions_sum(self, x: np.ndarray) -> np.ndarray:
-        """``sum over positions of u`` (N, C) for values ``x`` (N, C, H, W)."""
+    def terms(self, x: np.ndarray) -> np.ndarray:
+        """``u`` (N, C, H, W) int64 of values ``x`` (N, C, H, W)."""
         sign, offset = self.sign.reshape(1, -1, 1, 1), self.offset.reshape(1, -1, 1, 1)
         u = sign * ((x.astype(np.int64) << self.frac_bits) - offset)
-        u = np.where(self.relu.reshape(1, -1, 1, 1), np.maximum(0, u), u)
-        return u.sum(axis=(2, 3))
+        return np.where(self.relu.reshape(1, -1, 1, 1), np.maximum(0, u), u)
+
+    def sums(self, x: np.ndarray) -> np.ndarray:
+        """The sums of ``u`` that ``stage`` reads, (N, C, 1, 1), for values ``x`` (N, C, H, W)."""
+        return self.terms(x).sum(axis=(2, 3), keepdims=True)
+
+    def summed(self, in_shape: tuple[int, int, int]) -> int:
+        """How many terms one sum adds, on an input of ``in_shape``."""
+        return in_shape[1] * in_shape[2]
+
+    def out_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        return (in_shape[0], 1, 1)
 
     @staticmethod
     def sum_limit(positions: int, bound: int, frac_bits: int) -> int:
@@ -564,7 +575,7 @@ class PoolNode:
         self.stage.check_fields(where)
 
     def check_arrays(self, where: str, in_shape: tuple[int, int, int], in_bound: int) -> None:
-        c, positions, f = in_shape[0], in_shape[1] * in_shape[2], self.frac_bits
+        c, positions, f = in_shape[0], self.summed(in_shape), self.frac_bits
         self.check_sum(where, positions, in_bound, f)
         sign = rule_array(where, "sign", self.sign, np.int64, (c,))
         relu = rule_array(where, "relu", self.relu, np.bool_, (c,))
@@ -579,6 +590,40 @@ class PoolNode:
                 n = int(np.flatnonzero(bad)[0])
                 raise ModelRuleError(where, f"{name}", f"[{n}] = {show(getattr(self, name)[n])}: {why}")
         self.stage.check_arrays(where, c, self.sum_limit(positions, in_bound, f), ascending_only=True)
+
+
+@dataclass
+class AvgPoolNode(PoolNode):
+    """Average pooling (``kernel`` x ``kernel`` windows at ``stride``, no padding) between BN + ReLU and an
+    activation quantizer: :class:`PoolNode`'s ``u`` summed over each window instead of the whole map, each
+    sum through ``stage`` (which folds the 1 / kernel^2); codes ``(C, Ho, Wo)``,
+    ``Ho = (H - kernel) // stride + 1``."""
+
+    kernel: int = 1
+    stride: int = 1
+    op = "avgpool"
+
+    def sums(self, x: np.ndarray) -> np.ndarray:
+        k, s = self.kernel, self.stride
+        return sliding_window_view(self.terms(x), (k, k), axis=(2, 3))[:, :, ::s, ::s].sum(axis=(4, 5))
+
+    def summed(self, in_shape: tuple[int, int, int]) -> int:
+        return self.kernel ** 2
+
+    def out_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        c, h, w = in_shape
+        return (c, ConvNode.out_side(h, self.kernel, self.stride, 0), ConvNode.out_side(w, self.kernel, self.stride, 0))
+
+    def check_fields(self, where: str) -> None:
+        super().check_fields(where)
+        rule_int(where, "kernel", self.kernel, 1, MAX_KERNEL)
+        rule_int(where, "stride", self.stride, 1, MAX_STRIDE)
+
+    def check_shape(self, where: str, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The output shape for input ``in_shape``; the kernel must fit the input."""
+        if min(in_shape[1:]) < self.kernel:
+            raise ModelRuleError(where, "kernel", f"= {self.kernel} exceeds the {in_shape[1]}x{in_shape[2]} input")
+        return self.out_shape(in_shape)
 
 
 @dataclass
@@ -627,8 +672,8 @@ class MaxPoolNode:
         return self.out_shape(in_shape)
 
 
-Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode | MaxPoolNode
-NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode, MaxPoolNode)
+Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode | AvgPoolNode | MaxPoolNode
+NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode, AvgPoolNode, MaxPoolNode)
 
 
 @dataclass
@@ -770,9 +815,10 @@ class CompiledModel:
         if options is not None and node.frac_bits != options["pool_frac_bits"]:
             raise ModelRuleError(where, "frac_bits", f"= {node.frac_bits}; the compile options say "
                                                      f"pool_frac_bits {options['pool_frac_bits']}")
+        shape = node.check_shape(where, t.shape) if isinstance(node, AvgPoolNode) else node.out_shape(t.shape)
         if arrays:
             node.check_arrays(where, t.shape, t.bound)
-        return TensorInfo((t.shape[0], 1, 1), node.stage.bits)
+        return TensorInfo(shape, node.stage.bits)
 
     def _check_source(self) -> dict | None:
         """``source`` is {} or what :func:`compiler.lower.compile_checkpoint` records; returns its options."""

@@ -25,6 +25,8 @@ runs of operations into the nodes of :mod:`compiler.graph`:
   raw accumulator) otherwise;
 - [BN] -> [ReLU] -> activation quantizer on any other value tensor: an :class:`ActivateNode`;
 - [BN] -> ReLU -> global average pooling -> [flatten] -> quantizer: a :class:`PoolNode`;
+  [BN] -> ReLU -> average pooling (k x k windows at a stride, no padding) -> quantizer: an
+  :class:`AvgPoolNode`;
 - max pooling on the way to an activation quantizer (after the conv, BN or addition, before or after
   the ReLU or clip; nothing but ReLU, clip, identity, flatten and max pooling until the quantizer):
   the quantizer's thresholds as if there were no pooling (codes ``<act>.unpooled``), then a
@@ -58,8 +60,8 @@ from lcq_train.quant import level_scale
 
 from . import stages
 from .capture import Op, Unsupported, capture, describe, location, operation
-from .graph import (FRAC_BITS, ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, PoolNode,
-                    mac_kind)
+from .graph import (FRAC_BITS, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode, MaxPoolNode,
+                    PoolNode, mac_kind)
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
 class _Value:
     """What a graph node computes. ``kind`` "image"; "codes" (of tensor ``tensor``); or "values":
     per channel ``gain * x + offset`` of value tensor ``x = tensor``, then a ReLU (``relu``),
-    clipped at ``cap``, globally averaged (``pooled``), max pooled (``maxpools``: the graph node and
+    clipped at ``cap``, averaged (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)), max
+    pooled (``maxpools``: the graph node and
     its (kernel, stride, padding) of each, in order). ``folded``: a BN is in ``gain``/``offset``;
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`)."""
@@ -156,7 +159,7 @@ class _Value:
     folded: bool = False
     relu: bool = False
     cap: float = math.inf
-    pooled: bool = False
+    pooled: tuple[int, int] | None = None
     sole: bool = False
     maxpools: tuple = ()
     rectified: bool = False
@@ -178,6 +181,9 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
             stack.append((node, True))
             stack.extend((n, False) for n in reversed(node.all_input_nodes) if n not in seen)
     return order
+
+
+GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
 
 
 def _finest(gain: np.ndarray) -> float:
@@ -242,8 +248,11 @@ class _Lowering:
 
     def shape(self, x: _Value) -> tuple[int, int, int]:
         c, h, w = self.shapes[x.tensor]
-        if x.pooled:
+        if x.pooled == GLOBAL:
             return (c, 1, 1)
+        if x.pooled:
+            (k, s), p = x.pooled, 0
+            return (c, ConvNode.out_side(h, k, s, p), ConvNode.out_side(w, k, s, p))
         for _, k, s, p in x.maxpools:
             h, w = ConvNode.out_side(h, k, s, p), ConvNode.out_side(w, k, s, p)
         return (c, h, w)
@@ -376,10 +385,12 @@ class _Lowering:
         bits, shape = act.spec.bits, self.shape(x)
         if x.pooled:
             _, h, w = self.shapes[x.tensor]
-            frac = self.options.pool_frac_bits
-            sign, relu, off, stage = stages.pool_constants(x.gain, x.offset, t, h * w, frac, self.bounds[x.tensor],
+            frac, window = self.options.pool_frac_bits, x.pooled != GLOBAL
+            summed = x.pooled[0] ** 2 if window else h * w
+            sign, relu, off, stage = stages.pool_constants(x.gain, x.offset, t, summed, frac, self.bounds[x.tensor],
                                                            bits)
-            self.nodes.append(PoolNode(name, x.tensor, name, sign, relu, off, frac, stage))
+            pool = (name, x.tensor, name, sign, relu, off, frac, stage)
+            self.nodes.append(AvgPoolNode(*pool, *x.pooled) if window else PoolNode(*pool))
         else:
             codes, full = self.fresh(f"{name}.unpooled")[0] if x.maxpools else name, self.shapes[x.tensor]
             stage = stages.thresholds(x.gain, x.offset, t, self.bounds[x.tensor], bits)
@@ -494,7 +505,19 @@ class _Lowering:
         if x.kind != "values" or x.pooled or not x.relu or x.cap < math.inf:
             self.refuse(node, "does not pool a ReLU's output (unclipped) of a conv, BN or addition; the pooling unit "
                         "averages [BN +] ReLU outputs")
-        return self.chain(node, x, pooled=True)
+        return self.chain(node, x, pooled=GLOBAL)
+
+    def _avgpool(self, node: fx.Node, op: Op) -> _Value:
+        x = self.arg(node)
+        self.after_max_pooling(node, x, "average pooling")
+        if x.kind != "values" or x.pooled or not x.relu or x.cap < math.inf:
+            self.refuse(node, "does not pool a ReLU's output (unclipped) of a conv, BN or addition before an "
+                        "activation quantizer; the pooling unit averages [BN +] ReLU outputs")
+        k, s, _ = op.window
+        c, h, w = self.shape(x)
+        if min(h, w) < k:
+            self.refuse(node, f"has a {k}x{k} window, larger than its {h}x{w} input")
+        return self.chain(node, x, pooled=(k, s))
 
     def _maxpool(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)

@@ -21,7 +21,8 @@ data memories:
 Steps (``kind`` is the node's ``op``): ``input`` (pixels -> input table ->
 codes), ``conv`` (codes -> codes with a thresholds stage, else values),
 ``activate`` (values -> codes), ``add`` (values + values -> values), ``pool``
-(values ``(C, H, W)`` -> codes ``(C, 1, 1)``), ``maxpool`` (codes -> codes, word by
+(values ``(C, H, W)`` -> codes ``(C, 1, 1)``), ``avgpool`` (values -> codes, window by
+window), ``maxpool`` (codes -> codes, word by
 word: a window's words, each ``lanes`` codes of one channel group, give one word of maxima). The logits, the last step's
 values, are what the host reads back.
 
@@ -58,8 +59,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, PoolNode, Requantize,
-                    Thresholds, node_where, signed_bits)
+from .graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, PoolNode,
+                    Requantize, Thresholds, node_where, signed_bits)
 
 # Largest number of code lanes (the PE array's rows); the same limit as hw.engine_params.MAX_ARRAY,
 # stated here because the compiler does not import the hardware package.
@@ -86,7 +87,7 @@ class NetworkPlanError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One step of the program: node ``name`` of ``kind`` (input, conv, activate, add, pool, maxpool), node
+    """One step of the program: node ``name`` of ``kind`` (input, conv, activate, add, pool, avgpool, maxpool), node
     ``index`` of the model; a conv with ``fused_add`` (the addition's name) also reads the addition's
     other operand (``inputs[1]``) and writes the sum (``output``); a conv with ``fused_activate`` (the
     activation's name) also writes the codes of its values (``output``) into ``activated``."""
@@ -288,7 +289,7 @@ def _steps(model: CompiledModel) -> list[Step]:
         elif isinstance(node, PoolNode):
             need(where, "the pool step", node.input, "values", "a pool step sums values of the value memory "
                  "(BN + ReLU on values; pooling of codes is not supported)")
-            steps.append(Step(i, node.name, "pool", (node.input,), node.output))
+            steps.append(Step(i, node.name, node.op, (node.input,), node.output))
             kinds[node.output] = "codes"
         elif isinstance(node, MaxPoolNode):
             need(where, "the maxpool step", node.input, "codes", "a maxpool step takes maxima of codes of the code "
@@ -303,9 +304,9 @@ def _steps(model: CompiledModel) -> list[Step]:
 def _role(node, model: CompiledModel) -> str:
     if node.output == model.logits:
         return "logits"
-    if isinstance(node, PoolNode):
+    if isinstance(node, PoolNode) and not isinstance(node, AvgPoolNode):
         return "pooled"
-    if isinstance(node, (InputNode, ActivateNode, MaxPoolNode)):
+    if isinstance(node, (InputNode, ActivateNode, AvgPoolNode, MaxPoolNode)):
         return "activations"
     if isinstance(node, ConvNode) and isinstance(node.stage, Thresholds):
         return "activations"

@@ -70,7 +70,7 @@ def execute(node, t: dict[str, np.ndarray], images: np.ndarray) -> None:
         total = t[node.inputs[0]] + t[node.inputs[1]]
         t[node.output] = np.maximum(total, 0) if node.relu else total
     elif isinstance(node, PoolNode):
-        t[node.output] = node.stage.apply(node.positions_sum(t[node.input]))[:, :, None, None]
+        t[node.output] = node.stage.apply(node.sums(t[node.input]))
     elif isinstance(node, MaxPoolNode):
         t[node.output] = node.apply(t[node.input])
     else:

@@ -138,7 +138,7 @@ class NetworkCore(wiring.Component):
         # later, when pc has moved on by a register word): a run of register words decodes one per cycle.
         ahead = Signal(2)
         m.d.comb += program_read.addr.eq(pc + ahead)
-        present = OPERANDS if p.vector.maxpool_bits else OP_REGISTERS     # the window's for max pooling
+        present = OPERANDS if p.vector.window_bits else OP_REGISTERS     # the window's for max, average pooling
         operands = {name: Signal(signed(p.reg_bits), name=f"operand_{name}") for name in present}
 
         # The engine's load port: the host's beats while idle, the program's register writes while running.

@@ -48,8 +48,8 @@ NETWORK_TARGET_BITS = (NETWORK_TARGETS - 1).bit_length()
 OPS = ("END", "ENGINE_REG", "VECTOR_REG", "RUN_ENGINE", "RUN_VECTOR", "OUTPUT")
 END, ENGINE_REG, VECTOR_REG, RUN_ENGINE, RUN_VECTOR, OUTPUT = range(len(OPS))
 OP_BITS = (len(OPS) - 1).bit_length()
-# Operand registers: the vector unit's, also used by OUTPUT (src_a, channels); a max-pool step also
-# writes the window's.
+# Operand registers: the vector unit's, also used by OUTPUT (src_a, channels); a max- or average-pool
+# step also writes the window's.
 OPERANDS = OP_REGISTERS + MAXPOOL_REGISTERS
 REG_FIELD_BITS = (max(len(NETWORK_REGISTERS), len(OPERANDS)) - 1).bit_length()
 PIXEL_BITS = 8
@@ -166,10 +166,10 @@ class NetworkParams:
 
 def program_length(plan: NetworkPlan) -> int:
     """Words of the program of ``plan``'s steps: every step after the input writes its registers
-    (a max-pool step the window's too), then runs; OUTPUT writes the op registers too; END closes
-    (:func:`hw.network_program.program_words`)."""
+    (a max- or average-pool step the window's too), then runs; OUTPUT writes the op registers too; END
+    closes (:func:`hw.network_program.program_words`)."""
     convs = sum(step.kind == "conv" for step in plan.steps)
-    maxpools = sum(step.kind == "maxpool" for step in plan.steps)
+    maxpools = sum(step.kind in ("maxpool", "avgpool") for step in plan.steps)
     vector_steps = len(plan.steps) - 1 - convs
     return (convs * (len(NETWORK_REGISTERS) + 1) + (vector_steps + 1) * (len(OP_REGISTERS) + 1)
             + maxpools * len(MAXPOOL_REGISTERS) + 1)

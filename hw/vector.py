@@ -24,6 +24,8 @@ bit-exact with :func:`compiler.reference.execute`:
   ``code * S`` is kept by adding ``p * S`` whenever ``code`` takes ``p``, and ``p * S`` by
   shifting ``S << (b - 1)`` right each step: adders only, no multiplier and no threshold
   memory; or read from a threshold memory (``pool_form`` "table", ``2^b`` words per channel).
+- AVGPOOL: POOL's sum and search for each window of an average pooling (no padding) instead of each
+  channel, lane by lane within a lane group: one code per window, into its lane of the output word.
 - MAXPOOL: per lane group, output position and window element, one code-memory word read (``lanes``
   codes of one channel group), each lane's maximum kept (positions outside the input read as code 0,
   PyTorch's -inf padding on codes), one word of maxima written per output position: a whole word at
@@ -41,7 +43,7 @@ from amaranth.lib.wiring import In, Out
 
 from .delay import delays
 from .thresholds import ThresholdUnit
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
                             POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
                             POOL_SIGN_SHIFT, POOL_THRESHOLDS, TARGET_BITS, VectorParams)
 
@@ -52,18 +54,20 @@ class VectorUnit(wiring.Component):
     Ports (widths from :class:`~hw.vector_params.VectorParams` ``p``; all unsigned unless signed):
 
     - ``start`` (in): a one-cycle pulse, sampled only while idle (``busy`` low), with the op
-      registers: ``op`` (3 bits: ACTIVATE 0, ADD 1, POOL 2, MAXPOOL 3, ADD_RELU 4; an op the unit has no
-      hardware for is ignored), ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
+      registers: ``op`` (3 bits: ACTIVATE 0, ADD 1, POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5; an op the
+      unit has no hardware for is ignored), ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
       ``dst`` (``p.dst_bits``), ``channels``, ``positions`` (``p.count_bits``, both >= 1),
-      ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's window
-      (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.maxpool_bits``; ``row_step``
-      ``p.code_addr_bits``) with ``src_a`` the word of the first window's top left corner and
-      ``positions`` the input's ``H * W`` (:func:`hw.vector_words.maxpool_registers`).
+      ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's and AVGPOOL's
+      window (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.window_bits``; ``row_step``
+      ``p.code_addr_bits``, ``p.dst_bits`` with AVGPOOL hardware) with ``positions`` the input's
+      ``H * W``; MAXPOOL's ``src_a`` is the word of the first window's top left corner
+      (:func:`hw.vector_words.maxpool_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
       ADD and ADD_RELU ``2N + 2`` (``N = channels * positions``), POOL
       ``channels * (positions + 3 + 2 * pool_code_bits) + 1``, MAXPOOL
-      ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``.
+      ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``, AVGPOOL
+      ``channels * out_height * out_width * (kernel^2 + 3 + 2 * pool_code_bits) + 1``.
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
       (``p.load_data_bits``): write one constant word at the clock edge; ignored while busy.
     - value read: ``val_read_addr`` (out, ``p.value_addr_bits``), ``val_read_data`` (in, signed
@@ -107,8 +111,8 @@ class VectorUnit(wiring.Component):
             "positions": In(p.count_bits),
             "slot_base": In(p.slot_bits),
             "frac_bits": In(p.frac_field_bits),
-            **{name: In(p.code_addr_bits if name == "row_step" else max(1, p.maxpool_bits))
-               for name in MAXPOOL_REGISTERS},
+            **{name: In((p.dst_bits if p.avgpool_bits else p.code_addr_bits) if name == "row_step"
+                        else max(1, p.window_bits)) for name in MAXPOOL_REGISTERS},
             "busy": Out(1),
             "load_en": In(1),
             "load_target": In(TARGET_BITS),
@@ -162,7 +166,6 @@ class VectorUnit(wiring.Component):
                 m.d.sync += lane.eq(lane + 1)
 
         issue_act, issue_a, issue_b, issue_pool = Signal(), Signal(), Signal(), Signal()
-        m.d.comb += self.val_read_addr.eq(Mux(issue_b, rd_b, rd_a))
         m.d.sync += [rd_a.eq(rd_a + (issue_act | issue_a | issue_pool)), rd_b.eq(rd_b + issue_b),
                      wr.eq(wr + issue_b)]
 
@@ -179,6 +182,9 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [total.eq(0), code.eq(0), probe.eq(1 << (b - 1)), compare.eq(0)]
 
         maxpool = _MaxPool(self, m) if p.maxpool_bits else None
+        avgpool = _AvgPool(self, m, lane, group, ch, slot, channels, positions) if p.avgpool_bits else None
+        windowed = op == AVGPOOL
+        m.d.comb += self.val_read_addr.eq(Mux(issue_b, rd_b, Mux(windowed, avgpool.addr, rd_a) if avgpool else rd_a))
         supported = Cat(*(self.op == x for x in p.ops)).any()
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -193,6 +199,10 @@ class VectorUnit(wiring.Component):
                     m.next = "RUN"
                     if pool_hw:
                         with m.If(self.op == POOL):
+                            m.next = "SUM"
+                    if avgpool:
+                        with m.If(self.op == AVGPOOL):
+                            avgpool.start()
                             m.next = "SUM"
                     if maxpool:
                         with m.If(self.op == MAXPOOL):
@@ -219,7 +229,9 @@ class VectorUnit(wiring.Component):
                 with m.State("SUM"):
                     m.d.comb += issue_pool.eq(1)
                     m.d.sync += pos.eq(pos + 1)
-                    with m.If(last_pos):
+                    if avgpool:
+                        avgpool.element()
+                    with m.If(Mux(windowed, avgpool.last, last_pos) if avgpool else last_pos):
                         m.d.sync += drain.eq(0)
                         m.next = "DRAIN"
                 with m.State("DRAIN"):
@@ -233,8 +245,12 @@ class VectorUnit(wiring.Component):
                         with m.If(probe[0]):
                             m.d.comb += pool_write.eq(1)
                             new_channel()
-                            with m.If(last_ch):
+                            with m.If(Mux(windowed, avgpool.done, last_ch) if avgpool else last_ch):
                                 m.next = "IDLE"
+                            if avgpool:
+                                with m.Elif(windowed):
+                                    avgpool.next_window()
+                                    m.next = "SUM"
                             with m.Else():
                                 next_channel()
                                 m.next = "SUM"
@@ -350,6 +366,84 @@ class VectorUnit(wiring.Component):
         with m.If(pool_write):
             m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(group),
                          self.code_write_lane.eq(lane), self.code_write_data.eq(found)]
+
+
+class _AvgPool:
+    """The AVGPOOL counters of a :class:`VectorUnit`; its sums and searches are POOL's, a window for a channel.
+
+    Per lane group (first channel ``first``), output row ``oy``, column ``ox`` and lane ``l`` (channel
+    ``ch = first + l``, constants slot ``slot_base + ch``), the window's ``kernel^2`` values are read one per
+    cycle, row by row (``ky``, ``kx``): word ``row + kx``, ``row`` = ``src_a + ch * positions + (oy * stride +
+    ky) * width + ox * stride``. The window's code goes to lane ``l`` of the unit's ``group`` word, which
+    starts at ``dst`` and moves on by one after the group's last lane: the output words in order.
+    """
+
+    def __init__(self, unit: VectorUnit, m: Module, lane, group, ch, slot, channels, positions):
+        self.unit, self.m, p = unit, m, unit.params
+        self.lane, self.group, self.ch, self.slot, self.channels, self.positions = (lane, group, ch, slot, channels,
+                                                                                    positions)
+        self.regs = {name: Signal(getattr(unit, name).shape(), name=f"ap_{name}")
+                     for name in ("width", "out_height", "out_width", "kernel", "stride", "row_step")}
+        self.oy, self.ox, self.ky, self.kx = (Signal(p.avgpool_bits, name=f"ap_{n}") for n in ("oy", "ox", "ky", "kx"))
+        # Value addresses: the group's first window, the output row's first window, the window (lane 0),
+        # the window of lane l, the window row being read; ``span`` = lanes * positions (a group's values).
+        self.base, self.out_row, self.win, self.lane_win, self.row, self.span = (
+            Signal(p.value_addr_bits, name=f"ap_{n}") for n in ("base", "out_row", "win", "lane_win", "row", "span"))
+        self.first = Signal(p.count_bits + 1, name="ap_first")
+        self.first_slot = Signal(p.slot_bits, name="ap_first_slot")
+        r = self.regs
+        self.addr = self.row + self.kx
+        self.last_lane = (lane == p.lanes - 1) | (ch == channels - 1)
+        self.last = (self.kx == r["kernel"] - 1) & (self.ky == r["kernel"] - 1)
+        self.done = self.last_lane & (self.ox == r["out_width"] - 1) & (self.oy == r["out_height"] - 1) & \
+            (self.first + p.lanes >= channels)
+
+    def start(self) -> None:
+        """Sample the registers (in the cycle of ``start``): the first window of the first group."""
+        u, m, p = self.unit, self.m, self.unit.params
+        m.d.sync += [reg.eq(getattr(u, name)) for name, reg in self.regs.items()]
+        m.d.sync += [c.eq(0) for c in (self.oy, self.ox, self.ky, self.kx, self.first)]
+        m.d.sync += [a.eq(u.src_a) for a in (self.base, self.out_row, self.win, self.lane_win, self.row)]
+        m.d.sync += [self.span.eq(u.positions * p.lanes), self.first_slot.eq(u.slot_base)]
+
+    def element(self) -> None:
+        """In SUM: the next element of the window (the address moves on; ``last``: this is its last)."""
+        m, r = self.m, self.regs
+        with m.If(self.kx != r["kernel"] - 1):
+            m.d.sync += self.kx.eq(self.kx + 1)
+        with m.Else():
+            m.d.sync += self.kx.eq(0)
+            with m.If(self.ky != r["kernel"] - 1):
+                m.d.sync += [self.ky.eq(self.ky + 1), self.row.eq(self.row + r["width"])]
+            with m.Else():
+                m.d.sync += self.ky.eq(0)
+
+    def next_window(self) -> None:
+        """After a window's search (not the last): the next lane, else the next window, else the next group."""
+        m, r, p = self.m, self.regs, self.unit.params
+        with m.If(~self.last_lane):
+            m.d.sync += [self.lane.eq(self.lane + 1), self.ch.eq(self.ch + 1), self.slot.eq(self.slot + 1),
+                         self.lane_win.eq(self.lane_win + self.positions), self.row.eq(self.lane_win + self.positions)]
+        with m.Elif(self.ox != r["out_width"] - 1):
+            self._lane_zero()
+            m.d.sync += self.ox.eq(self.ox + 1)
+            m.d.sync += [a.eq(self.win + r["stride"]) for a in (self.win, self.lane_win, self.row)]
+        with m.Elif(self.oy != r["out_height"] - 1):
+            self._lane_zero()
+            m.d.sync += [self.ox.eq(0), self.oy.eq(self.oy + 1)]
+            m.d.sync += [a.eq(self.out_row + r["row_step"]) for a in (self.out_row, self.win, self.lane_win, self.row)]
+        with m.Else():
+            self._lane_zero()
+            m.d.sync += [self.ox.eq(0), self.oy.eq(0), self.first.eq(self.first + p.lanes),
+                         self.ch.eq(self.first + p.lanes), self.slot.eq(self.first_slot + p.lanes),
+                         self.first_slot.eq(self.first_slot + p.lanes)]
+            m.d.sync += [a.eq(self.base + self.span) for a in (self.base, self.out_row, self.win, self.lane_win,
+                                                                self.row)]
+
+    def _lane_zero(self) -> None:
+        """After a window's last lane: lane 0 (its channel and slot) of the next output word."""
+        self.m.d.sync += [self.lane.eq(0), self.group.eq(self.group + 1), self.ch.eq(self.first),
+                          self.slot.eq(self.first_slot)]
 
 
 class _MaxPool:

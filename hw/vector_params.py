@@ -31,8 +31,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, CompiledModel, MaxPoolNode, PoolNode,
-                            TensorInfo, Thresholds, signed_bits)
+from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, AvgPoolNode, CompiledModel, MaxPoolNode,
+                            PoolNode, TensorInfo, Thresholds, signed_bits)
 
 from .memories import memory_bits
 from .stage_words import threshold_bits, threshold_word_bits
@@ -42,11 +42,11 @@ MAX_DEPTH = 1 << 24          # words of a data memory, and constant slots
 MAX_VALUE_BITS = 64
 
 # Ops (the ``op`` register) and their names.
-OPS = ("activate", "add", "pool", "maxpool", "add_relu")
-ACTIVATE, ADD, POOL, MAXPOOL, ADD_RELU = range(len(OPS))     # ADD_RELU: ADD, then max(0, sum)
+OPS = ("activate", "add", "pool", "maxpool", "add_relu", "avgpool")
+ACTIVATE, ADD, POOL, MAXPOOL, ADD_RELU, AVGPOOL = range(len(OPS))     # ADD_RELU: ADD, then max(0, sum)
 OP_BITS = 3
-# The op registers, sampled with ``start``; MAXPOOL also samples its window's (input and output
-# sides, kernel, stride, padding, and ``row_step`` = stride * width).
+# The op registers, sampled with ``start``; MAXPOOL and AVGPOOL also sample their window's (input and
+# output sides, kernel, stride, padding, and ``row_step`` = stride * width).
 OP_REGISTERS = ("op", "src_a", "src_b", "dst", "channels", "positions", "slot_base", "frac_bits")
 MAXPOOL_REGISTERS = ("height", "width", "out_height", "out_width", "kernel", "stride", "padding", "row_step")
 MAX_MAXPOOL_BITS = 16
@@ -80,11 +80,11 @@ MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the
 
 
 def pool_sum_bound(node: PoolNode, shape: tuple[int, int, int], bound: int) -> int:
-    """Largest ``|sum over positions of u|`` of ``node`` for inputs ``|x| <= bound`` of ``shape``:
-    ``|u| <= bound * 2^frac_bits + |offset|``. (Thresholds are clamped to ``PoolNode.sum_limit``,
+    """Largest ``|sum of u|`` (over all positions, or a window) of ``node`` for inputs ``|x| <= bound`` of
+    ``shape``: ``|u| <= bound * 2^frac_bits + |offset|``. (Thresholds are clamped to ``PoolNode.sum_limit``,
     but an offset of the sign opposite to ``x`` makes sums up to twice that.)"""
     offset = int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())
-    return shape[1] * shape[2] * ((int(bound) << node.frac_bits) + offset)
+    return node.summed(shape) * ((int(bound) << node.frac_bits) + offset)
 
 
 def activate_needs(node: ActivateNode, info: TensorInfo) -> dict[str, int]:
@@ -105,11 +105,11 @@ def pool_needs(node: PoolNode, info: TensorInfo) -> dict[str, int]:
             "sum_bits": signed_bits(total), "frac_bits": node.frac_bits, "slots": info.shape[0]}
 
 
-def maxpool_bits(node: MaxPoolNode, shape: tuple[int, int, int]) -> int:
-    """Width of the window registers that max-pool node ``node`` on input ``shape`` needs: the bits of its
-    largest side (input or output), kernel, stride or padding."""
+def maxpool_bits(node: MaxPoolNode | AvgPoolNode, shape: tuple[int, int, int]) -> int:
+    """Width of the window registers that max- or average-pool node ``node`` on input ``shape`` needs: the
+    bits of its largest side (input or output), kernel, stride or padding."""
     return max(1, *(int(v).bit_length() for v in (*shape[1:], *node.out_shape(shape)[1:], node.kernel, node.stride,
-                                                   node.padding)))
+                                                   getattr(node, "padding", 0))))
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -226,9 +226,11 @@ class VectorParams:
       "table": ``pool_threshold_bits`` (a stored threshold, signed, 2..65; the arithmetic widths 0);
       "arithmetic": ``pool_shift`` (``k``, 0..32), ``pool_base_bits`` (``B'``, signed, 2..128),
       ``pool_step_bits`` (``S``, 1..128), ``pool_threshold_bits`` 0.
-    - Max pooling: ``maxpool_bits`` (0: no max-pool hardware, else 1..16): width of the window
-      registers (input and output sides, kernel, stride, padding). With it, ``channels`` and
+    - Max pooling: ``maxpool_bits`` (0: no max-pool hardware, else 1..16): width of its window
+      counters (input and output sides, kernel, stride, padding). With it, ``channels`` and
       ``positions`` also count codes (up to ``lanes * code_depth``) and ``src_a`` holds a code address.
+    - Average pooling: ``avgpool_bits`` (0: no AVGPOOL hardware, else 1..16, with pool hardware): the
+      same for the windows of average pooling nodes. The window registers are ``window_bits`` wide.
     """
 
     lanes: int
@@ -250,6 +252,7 @@ class VectorParams:
     pool_base_bits: int = 0
     pool_step_bits: int = 0
     maxpool_bits: int = 0
+    avgpool_bits: int = 0
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -260,7 +263,8 @@ class VectorParams:
         for name, low, high in (("lanes", 1, MAX_LANES), ("lane_bits", 1, CODE_BITS[1]),
                                 ("value_bits", 2, MAX_VALUE_BITS), ("value_depth", 1, MAX_DEPTH),
                                 ("code_depth", 1, MAX_DEPTH), ("act_code_bits", 0, CODE_BITS[1]),
-                                ("pool_slots", 0, MAX_DEPTH), ("maxpool_bits", 0, MAX_MAXPOOL_BITS)):
+                                ("pool_slots", 0, MAX_DEPTH), ("maxpool_bits", 0, MAX_MAXPOOL_BITS),
+                                ("avgpool_bits", 0, MAX_MAXPOOL_BITS if self.pool_slots else 0)):
             check(name, low, high)
         if self.act_code_bits:
             check("act_code_bits", 1, self.lane_bits)
@@ -321,6 +325,11 @@ class VectorParams:
         """``channels``, ``positions``: ``1..value_depth`` (a tensor's elements are value words); with
         max-pool hardware ``1..lanes * code_depth`` too (a codes tensor's codes)."""
         return _bits(max(self.value_depth, self.lanes * self.code_depth if self.maxpool_bits else 0))
+
+    @property
+    def window_bits(self) -> int:
+        """The window registers (:data:`MAXPOOL_REGISTERS` but ``row_step``): 0 without MAXPOOL or AVGPOOL."""
+        return max(self.maxpool_bits, self.avgpool_bits)
 
     @property
     def lane_index_bits(self) -> int:
@@ -386,16 +395,18 @@ class VectorParams:
     @property
     def ops(self) -> tuple[int, ...]:
         """The ops this unit runs (ADD and ADD_RELU always; ACTIVATE and POOL where it has their constants,
-        MAXPOOL where it has ``maxpool_bits``)."""
+        MAXPOOL and AVGPOOL where it has ``maxpool_bits``, ``avgpool_bits``)."""
         return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, True), (POOL, self.pool_slots),
-                                            (MAXPOOL, self.maxpool_bits), (ADD_RELU, True)) if present)
+                                            (MAXPOOL, self.maxpool_bits), (ADD_RELU, True),
+                                            (AVGPOOL, self.avgpool_bits)) if present)
 
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented): ACTIVATE ``N + 4`` and ADD (ADD_RELU) ``2N + 2`` with
         ``N = channels * positions``; POOL ``channels * (positions + 3 + 2 * pool_code_bits) + 1``;
         MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
-        and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes."""
+        and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL
+        ``channels * positions * (window + 3 + 2 * pool_code_bits) + 1`` (each window as POOL's channel)."""
         n = channels * positions
         if op == ACTIVATE:
             return n + ACTIVATE_DEPTH
@@ -405,12 +416,14 @@ class VectorParams:
             return channels * (positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
         if op == MAXPOOL:
             return -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
+        if op == AVGPOOL:
+            return channels * positions * (window + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
         raise ValueError(f"op must be one of {', '.join(f'{i} ({name})' for i, name in enumerate(OPS))}, got {op!r}")
 
     def register_cycles(self, regs: dict[str, int]) -> int:
         """:meth:`op_cycles` of the op that the op registers ``regs`` start (``op_registers``'s dict)."""
-        if regs["op"] == MAXPOOL:
-            return self.op_cycles(MAXPOOL, regs["channels"], regs["out_height"] * regs["out_width"],
+        if regs["op"] in (MAXPOOL, AVGPOOL):
+            return self.op_cycles(regs["op"], regs["channels"], regs["out_height"] * regs["out_width"],
                                   regs["kernel"] ** 2)
         return self.op_cycles(regs["op"], regs["channels"], regs["positions"])
 
@@ -441,8 +454,11 @@ class VectorParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> VectorParams:
-        """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction)."""
+        """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction); a
+        ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL) means 0."""
         names = {f.name for f in fields(cls)}
+        if isinstance(d, dict) and "avgpool_bits" not in d:
+            d = {**d, "avgpool_bits": 0}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"vector parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         return cls(**d)
@@ -498,4 +514,6 @@ class VectorParams:
                    pool_sum_bits=max((max(2, n["sum_bits"]) for n in pools), default=0),
                    max_frac_bits=max((n["frac_bits"] for n in pools), default=0),
                    maxpool_bits=max((maxpool_bits(n, info[n.input].shape) for n in model.nodes
-                                     if isinstance(n, MaxPoolNode)), default=0))
+                                     if isinstance(n, MaxPoolNode)), default=0),
+                   avgpool_bits=max((maxpool_bits(n, info[n.input].shape) for n in model.nodes
+                                     if isinstance(n, AvgPoolNode)), default=0))

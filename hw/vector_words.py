@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.graph import (ActivateNode, AddNode, CompiledModel, MaxPoolNode, PoolNode, TensorInfo, Thresholds,
-                            signed_bits)
+from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, MaxPoolNode, PoolNode, TensorInfo,
+                            Thresholds, signed_bits)
 
 from .stage_words import thresholds_array, threshold_words
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, MAXPOOL, MAXPOOL_REGISTERS, OP_REGISTERS, POOL,
-                            POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS,
-                            TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs, pool_progressions,
-                            pool_sum_bound, progression_bits)
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OPS,
+                            OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
+                            POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs,
+                            pool_progressions, pool_sum_bound, progression_bits)
 
 __all__ = ["ACT_THRESHOLDS", "POOL_CONSTANTS", "POOL_THRESHOLDS", "TARGETS", "Beat", "constant_beats",
            "op_registers", "slot_bases", "activate_words", "pool_constant_words", "pool_threshold_words",
@@ -54,8 +54,9 @@ def slot_bases(model: CompiledModel) -> dict[str, int]:
     bases, next_slot = {}, {ActivateNode: 0, PoolNode: 0}
     for node in model.nodes:
         if isinstance(node, (ActivateNode, PoolNode)):
-            bases[node.name] = next_slot[type(node)]
-            next_slot[type(node)] += info[node.input].shape[0]
+            memory = ActivateNode if isinstance(node, ActivateNode) else PoolNode
+            bases[node.name] = next_slot[memory]
+            next_slot[memory] += info[node.input].shape[0]
     return bases
 
 
@@ -206,8 +207,9 @@ def _check_shape(shape) -> tuple[int, int, int]:
 def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases: dict[str, int],
                  slots: dict[str, int] | None = None) -> dict[str, int]:
     """The op registers (:data:`~hw.vector_params.OP_REGISTERS`) that run ``node`` (an activate,
-    add or pool node) on its input tensor(s) of ``shape`` (C, H, W); for a max-pool node
-    :func:`maxpool_registers`.
+    add or pool node) on its input tensor(s) of ``shape`` (C, H, W), an average-pool node's window's
+    too (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``row_step`` = stride * W in values); for a
+    max-pool node :func:`maxpool_registers`.
 
     ``bases``: the base address of each tensor by name (a network plan's), at least the node's
     inputs (value memory) and output (code memory; value memory for an add, where the output may
@@ -217,9 +219,10 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
         return maxpool_registers(params, node, shape, bases)
     c, h, w = _check_shape(shape)
     positions = h * w
-    ops = {ActivateNode: ACTIVATE, AddNode: ADD, PoolNode: POOL}
+    ops = {ActivateNode: ACTIVATE, AddNode: ADD, PoolNode: POOL, AvgPoolNode: AVGPOOL}
     if type(node) not in ops:
-        raise ValueError(f"the vector unit runs activate, add, pool and max-pool nodes, not {type(node).__name__}")
+        raise ValueError(f"the vector unit runs activate, add, pool, average-pool and max-pool nodes, not "
+                         f"{type(node).__name__}")
     op = ADD_RELU if isinstance(node, AddNode) and node.relu else ops[type(node)]
     name = f"node {node.name!r}"
     tensors = list(node.inputs) if isinstance(node, AddNode) else [node.input]
@@ -249,10 +252,12 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
                 raise ValueError(f"{name}: output {node.output!r} at {dst} overlaps input {t!r} at {s} without "
                                  f"starting there; an add may only write over an input exactly")
     else:
-        out_words = -(-c // params.lanes) * (positions if op == ACTIVATE else 1)
-        dst = check_range(f"output {node.output!r}", output, out_words, params.code_depth, "code")
+        out_positions = {ACTIVATE: positions, POOL: 1}.get(op) or node.out_shape((c, h, w))[1] * \
+            node.out_shape((c, h, w))[2]
+        dst = check_range(f"output {node.output!r}", output, -(-c // params.lanes) * out_positions,
+                          params.code_depth, "code")
         if op not in params.ops:
-            raise ValueError(f"{name}: the unit has no {'activate' if op == ACTIVATE else 'pool'} hardware; {FIX}")
+            raise ValueError(f"{name}: the unit has no {OPS[op]} hardware; {FIX}")
         have = params.act_slots if op == ACTIVATE else params.pool_slots
         if not isinstance(slot_base, (int, np.integer)) or isinstance(slot_base, bool) or slot_base < 0 \
                 or slot_base + c > have:
@@ -261,12 +266,20 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
         if c > len(node.stage.thresholds):
             raise ValueError(f"{name}: shape has {c} channels, the node's constants {len(node.stage.thresholds)}; "
                              f"give the shape of its input tensor")
-    frac = node.frac_bits if op == POOL else 0
+    frac = node.frac_bits if isinstance(node, PoolNode) else 0
     if frac > params.max_frac_bits:
         raise ValueError(f"{name}: frac_bits={frac} exceeds max_frac_bits={params.max_frac_bits}; {FIX}")
     values = {"op": op, "src_a": src[0], "src_b": src[1] if isinstance(node, AddNode) else 0, "dst": dst, "channels": c,
               "positions": positions, "slot_base": int(slot_base), "frac_bits": frac}
     assert tuple(values) == OP_REGISTERS
+    if op == AVGPOOL:
+        if min(h, w) < node.kernel or maxpool_bits(node, (c, h, w)) > params.avgpool_bits:
+            raise ValueError(f"{name}: its window (input {h}x{w}, kernel {node.kernel}, stride {node.stride}) does "
+                             f"not fit the input or avgpool_bits={params.avgpool_bits}; {FIX}")
+        _, ho, wo = node.out_shape((c, h, w))
+        values.update(height=h, width=w, out_height=ho, out_width=wo, kernel=node.kernel, stride=node.stride,
+                      padding=0, row_step=node.stride * w)
+        assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS
     return values
 
 

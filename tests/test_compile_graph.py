@@ -121,7 +121,20 @@ def test_grouped_and_depthwise_convolutions_run_as_dense_ones_exactly():
     assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=3)) == 0
 
 
+def test_average_pooling_windows_are_exact_code_for_code():
+    torch.manual_seed(3)
+    net = randomize(quantize_model(cm.AvgPoolNet(10, 1), method="lcq", wbits=3, abits=3), 6)
+    compiled = compile_model(net, (1, 8, 8))
+    pools = [(n.op, n.name, getattr(n, "kernel", None), getattr(n, "stride", None)) for n in compiled.nodes
+             if "pool" in n.op]
+    assert pools == [("avgpool", "act_conv2", 2, 2), ("avgpool", "act_conv3", 3, 1), ("pool", "act_fc", None, None)]
+    assert compiled.validate()["act_conv3"].shape == (12, 2, 2)
+    assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=4)) == 0
+
+
 @pytest.mark.parametrize("net,pattern", [
+    (cm.PaddedAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
+                       r"F\.avg_pool2d.*padding 1.*average pooling needs .* no padding"),
     (cm.WithMaxPool, r"function torch\.nn\.functional\.max_pool2d at .*compile_models\.py:\d+ \(x = F\.max_pool2d"),
     (cm.Gated, r"function torch\.sigmoid at .*compile_models\.py:\d+ "),
 ])
@@ -195,8 +208,8 @@ def trained(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train_mod, "load_dataset", _digits_slice)
         for factory, lr in (("post_act_resnet", None), ("torchvision_resnet", None), ("strided_vgg", None),
-                            ("mobilenet", 0.2), ("maxpool_vgg", None)):
-            ref = f"{nets}:{factory}"     # the depthwise net learns slowly at the default rate (13% after 3 epochs)
+                            ("mobilenet", 0.2), ("maxpool_vgg", None), ("avgpool_net", 0.2)):
+            ref = f"{nets}:{factory}"     # the depthwise and average-pooling nets learn slowly at the default rate
             train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
                               lr=lr, out=str(root / factory), progress=False))
             checkpoint, model = root / factory / "checkpoint.pt", root / f"{factory}.lcq"
@@ -206,7 +219,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("factory", ["post_act_resnet", "torchvision_resnet", "strided_vgg", "mobilenet",
-                                     "maxpool_vgg"])
+                                     "maxpool_vgg", "avgpool_net"])
 def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
     ref, checkpoint, model = trained[factory]
     compiled = load(model)
@@ -231,7 +244,7 @@ def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_p
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("factory", ["torchvision_resnet", "maxpool_vgg"])
+@pytest.mark.parametrize("factory", ["torchvision_resnet", "maxpool_vgg", "avgpool_net"])
 def test_trained_user_network_runs_bit_exact_in_verilator(trained, factory, capsys):
     reason = unavailable_reason("verilator")
     if reason is not None:

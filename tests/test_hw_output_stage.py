@@ -213,7 +213,7 @@ def test_compiled_small_cnn_stage(compiled_run, layer):
     compiled, tensors = compiled_run
     if layer == "act_fc":                           # the pool's 8-bit thresholds on its position sums
         node = next(n for n in compiled.nodes if isinstance(n, PoolNode))
-        acc = node.positions_sum(tensors[node.input])
+        acc = node.sums(tensors[node.input])[:, :, 0, 0]
         acc_bits = signed_bits(max(int(np.abs(acc).max()), int(np.abs(node.stage.thresholds).max())))
         items, want = stream_items(acc, tensors[node.output][:, :, 0, 0], 40, seed=3)
     else:

@@ -22,12 +22,12 @@ from amaranth.sim import Simulator  # noqa: E402
 
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
-from compiler.graph import (ActivateNode, AddNode, MaxPoolNode, PoolNode, TensorInfo, Thresholds,  # noqa: E402
+from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, MaxPoolNode, PoolNode, TensorInfo, Thresholds,  # noqa: E402
                             signed_bits)
 from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
-from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, MAX_POOL_SHIFT, MAXPOOL, POOL, POOL_OFFSET_SHIFT,  # noqa: E402
+from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, MAXPOOL, POOL, POOL_OFFSET_SHIFT,  # noqa: E402
                               THRESHOLD_LATENCY, VectorParams, fit_progression, maxpool_bits, pool_progressions,
                               pool_shift, pool_sum_bound, progression_bits)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
@@ -166,13 +166,14 @@ def expected(params, node, regs, values, codes):
     k, n_pos = regs["channels"], regs["positions"]
     inputs = [node.input] if not isinstance(node, AddNode) else list(node.inputs)
     channels = k if isinstance(node, AddNode) else len(node.stage.thresholds)
+    side = (regs["height"], regs["width"]) if isinstance(node, AvgPoolNode) else (n_pos, 1)
     t = {}
     for name, base in zip(inputs, (regs["src_a"], regs["src_b"])):
-        x = np.zeros((1, channels, n_pos, 1), dtype=np.int64)
-        x[0, :k, :, 0] = np.array(values[base:base + k * n_pos], dtype=np.int64).reshape(k, n_pos)
+        x = np.zeros((1, channels, *side), dtype=np.int64)
+        x[0, :k] = np.array(values[base:base + k * n_pos], dtype=np.int64).reshape(k, *side)
         t[name] = x
     reference.execute(node, t, None)
-    y = t[node.output][0, :k, :, 0]
+    y = t[node.output][0, :k].reshape(k, -1)
     if isinstance(node, AddNode):
         put_values(values, regs["dst"], y)
         return values, codes
@@ -256,7 +257,7 @@ def hit_thresholds(m, node: PoolNode, x: np.ndarray, bound: int, how: str = "rep
     all the channel's thresholds by the difference (``B`` by a multiple of ``2^k``: still the
     arithmetic form), where they stay in range. Changes ``node`` of ``m`` (a copy) and checks
     ``m``; returns how many channels hit."""
-    sums = node.positions_sum(x[None])[0]
+    sums = node.sums(x[None])[0, :, 0, 0]
     limit = PoolNode.sum_limit(x.shape[1] * x.shape[2], bound, node.frac_bits)
     t = node.stage.thresholds
     hits = 0
@@ -423,6 +424,52 @@ def test_pool_digits(lanes, variant, hit, form, shift):
     assert (params.pool_form, params.pool_shift) == (form, shift)
     assert any(b[0] == POOL_THRESHOLDS for b in beats) == (form == "table")
     check(*case)
+
+
+# ---------------------------------------------------------------- average pooling
+
+
+@pytest.fixture(scope="module")
+def avgpool_model():
+    """tests/data/compile_models.py's AvgPoolNet (random parameters, compiled) and its tensors on 3 images."""
+    import sys
+
+    import torch
+    from helpers import images, randomize
+
+    from compiler.lower import compile_model
+    from lcq_train.plan import quantize_model
+
+    sys.path.insert(0, str(DATA))
+    import compile_models as cm
+
+    torch.manual_seed(3)
+    net = randomize(quantize_model(cm.AvgPoolNet(10, 1), method="lcq", wbits=3, abits=3), 8, act_alpha=0.2)
+    m = compile_model(net, (1, 8, 8))
+    return m, reference.run(m, images(3, (1, 8, 8), seed=5))
+
+
+@pytest.mark.parametrize("node_name, lanes, image", [("act_conv2", 1, 0), ("act_conv2", 4, 1), ("act_conv3", 3, 0),
+                                                     ("act_conv3", 1, 2)])
+def test_avgpool(avgpool_model, node_name, lanes, image):
+    """AVGPOOL (2 x 2 windows at stride 2; overlapping 3 x 3 ones at stride 1) of an image's values, on junk
+    memories, every word of both against the reference; busy lasts ``op_cycles``."""
+    m, t = avgpool_model
+    node = node_of(m, node_name)
+    assert isinstance(node, AvgPoolNode)
+    x = t[node.input][image]
+    c, h, w = x.shape
+    _, ho, wo = node.out_shape(x.shape)
+    src, dst = 7, 3
+    params = params_for(m, lanes, src + c * h * w + 5, dst + -(-c // lanes) * ho * wo + 4)
+    assert AVGPOOL in params.ops
+    values, codes = junk(params, np.random.default_rng(lanes))
+    put_values(values, src, x)
+    beats, slots = constant_beats(params, m)
+    beats = [b for b in beats if b[0] in (POOL_CONSTANTS, POOL_THRESHOLDS)]
+    regs = registers(params, node, x.shape, (src,), dst, slots[node.name])
+    check(params, beats, [(node, regs)], values, codes)
+    assert len(np.unique(t[node.output][image])) >= 4            # the codes the windows give differ
 
 
 # ---------------------------------------------------------------- max pooling
@@ -644,7 +691,8 @@ def test_op_register_errors():
         (lambda: op_registers(p, act, (16, 1, 1), {"conv1": 0, "blocks.0.act1": 0}), "no first slot"),
         (lambda: registers(p, act, (16, 0, 1), (0,), 0), "shape must be 3 positive integers"),
         (lambda: registers(p, act, (17, 1, 1), (0,), 0), "shape has 17 channels, the node's constants 16"),
-        (lambda: registers(p, m.nodes[1], (3, 1, 1), (0,), 0), "runs activate, add, pool and max-pool nodes"),
+        (lambda: registers(p, m.nodes[1], (3, 1, 1), (0,), 0), "runs activate, add, pool, average-pool and max-pool "
+                                                               "nodes"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -129,6 +129,39 @@ class MaxPoolVGG(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
+class AvgPoolNet(nn.Module):
+    """LeNet-style with average pooling: 2 x 2 windows at stride 2 after BN + ReLU (a module), overlapping
+    3 x 3 windows at stride 1 (functional), a 1x1 conv, global average pooling, a linear classifier."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=6):
+        super().__init__()
+        w = width
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)
+        self.pool = nn.AvgPool2d(2)
+        self.conv2, self.bn2 = nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w)
+        self.conv3 = nn.Conv2d(2 * w, 2 * w, 1)
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn1(self.conv1(x))))                  # 8x8 -> 4x4
+        x = F.avg_pool2d(F.relu(self.bn2(self.conv2(x))), 3, 1)         # 4x4 -> 2x2
+        x = F.relu(self.conv3(x))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class PaddedAvgPool(nn.Module):
+    """Average pooling with padding, which the accelerator does not run (a border window's divisor)."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = F.avg_pool2d(F.relu(self.conv(x)), 3, 2, 1)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 class WithMaxPool(nn.Module):
     """Max pooling before global average pooling, which the accelerator does not run (max pooling lowers only
     on the way to an activation quantizer)."""
@@ -195,6 +228,10 @@ def strided_vgg(num_classes, in_channels):
 
 def maxpool_vgg(num_classes, in_channels):
     return MaxPoolVGG(num_classes, in_channels)
+
+
+def avgpool_net(num_classes, in_channels):
+    return AvgPoolNet(num_classes, in_channels)
 
 
 def mobilenet(num_classes, in_channels):
