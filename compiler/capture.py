@@ -26,8 +26,10 @@ from lcq_train.layers import QAct, QConv2d, QLinear
 
 SUPPORTED = (
     "the input image into its activation quantizer (QAct, uint8 codes)",
-    "Conv2d (quantized; square kernel, stride and zero padding up to kernel // 2, no dilation, bias allowed; "
-    "grouped and depthwise ones run as the dense conv with zero weights outside each group: groups x the MACs)",
+    "Conv2d (quantized; square stride, zero padding up to kernel // 2 ('same' with odd kernel sides), no "
+    "dilation, bias allowed; a non-square kernel (1x3, 3x1, ...) runs as the square one with zeros around it, "
+    "where the output geometry is the same (odd sides padded by side // 2); grouped and depthwise ones run as "
+    "the dense conv with zero weights outside each group: groups x the MACs)",
     "Linear (quantized; on a vector of C codes)",
     "BatchNorm2d (eval-mode statistics; before a ReLU, pooling, a quantizer or a residual addition)",
     "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "

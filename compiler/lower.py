@@ -11,7 +11,8 @@ runs of operations into the nodes of :mod:`compiler.graph`:
 - image -> activation quantizer: an :class:`InputNode`;
 - quantized conv or linear layer on codes: a :class:`ConvNode` (a grouped or
   depthwise conv as the dense conv whose weights are 0 outside each group's
-  block, :func:`dense_codes`: exact, at ``groups`` times its MACs), whose output
+  block, :func:`dense_codes`: exact, at ``groups`` times its MACs; a kh x kw
+  kernel as the square one with zeros around it, :func:`square_codes`), whose output
   stage its consumers decide: *thresholds* when its only consumer is
   [BN] -> [ReLU | ReLU6 | hardtanh(0, max)] -> activation quantizer (all folded);
   *requantize* when it is an operand of a residual addition (to the other
@@ -190,6 +191,13 @@ def _finest(gain: np.ndarray) -> float:
     """The smallest non-zero ``|gain|`` (1 where all are 0): the finest scale a requantize stage must keep."""
     nonzero = np.abs(gain[gain != 0])
     return float(nonzero.min()) if nonzero.size else 1.0
+
+
+def square_codes(codes: np.ndarray, k: int, border: tuple[int, int]) -> np.ndarray:
+    """Weight codes ``(C_out, C_in, kh, kw)`` as the ``k`` x ``k`` kernel with them at ``border`` = (top,
+    left) and code 0 around them."""
+    (top, left), (kh, kw) = border, codes.shape[2:]
+    return np.pad(codes, ((0, 0), (0, 0), (top, k - kh - top), (left, k - kw - left)))
 
 
 def dense_codes(codes: np.ndarray, groups: int) -> np.ndarray:
@@ -412,6 +420,32 @@ class _Lowering:
     def _linear(self, node: fx.Node, op: Op) -> _Value:
         return self.layer(node, op.module, "linear")
 
+    def square_window(self, node: fx.Node, layer: nn.Conv2d) -> tuple[int, int, int, tuple[int, int]]:
+        """(kernel, stride, padding, (top, left)) of the square conv that runs conv ``layer`` exactly: its
+        own, or for a kh x kw kernel the k x k one (k the larger side) with the kernel at ``(top, left)`` and
+        zeros around it, where the output geometry is the same (odd sides padded by side // 2, as "same"
+        convs are, or any sides that differ by an even number with padding to match)."""
+        (kh, kw), (sh, sw), padding = layer.kernel_size, layer.stride, layer.padding
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same" and kh % 2 and kw % 2:
+            padding = (kh // 2, kw // 2)
+        if isinstance(padding, str) or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
+            self.refuse(node, f"has padding {layer.padding!r}, dilation {layer.dilation} or padding mode "
+                        f"{layer.padding_mode!r}; the accelerator runs numeric zero padding without dilation "
+                        "('same' only with odd kernel sides)")
+        (ph, pw), k = padding, max(kh, kw)
+        top, left = (k - kh) // 2, (k - kw) // 2
+        if sh != sw or (k - kh) % 2 or (k - kw) % 2 or ph + top != pw + left:
+            self.refuse(node, f"has a {kh}x{kw} kernel, stride {layer.stride} and padding {padding}; the accelerator "
+                        "runs square convs, and a non-square kernel as the square one with zeros around it, which "
+                        "needs a square stride and the same output geometry (odd sides padded by side // 2, as "
+                        "'same' convs are)")
+        pad = ph + top
+        if pad > k // 2:
+            self.refuse(node, f"pads by {pad}, more than kernel // 2 = {k // 2}")
+        return k, sh, pad, (top, left)
+
     def layer(self, node: fx.Node, layer: nn.Module, kind: str) -> _Value:
         """A ConvNode without output stage; its raw accumulator is tensor ``node.target``."""
         name = node.target
@@ -420,15 +454,9 @@ class _Lowering:
         if x.kind != "codes":
             self.refuse(node, "reads a tensor that no activation quantizer turned into codes")
         c, h, w = self.shapes[x.tensor]
+        border = (0, 0)
         if kind == "conv":
-            if isinstance(layer.padding, str) or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
-                self.refuse(node, f"has padding {layer.padding!r}, dilation {layer.dilation} or padding mode "
-                            f"{layer.padding_mode!r}; the accelerator runs numeric zero padding without dilation")
-            k, stride, pad = layer.kernel_size[0], layer.stride[0], layer.padding[0]
-            if layer.kernel_size != (k, k) or layer.stride != (stride, stride) or layer.padding != (pad, pad):
-                self.refuse(node, "has a non-square kernel, stride or padding; only square ones are supported")
-            if pad > k // 2:
-                self.refuse(node, f"pads by {pad}, more than kernel // 2 = {k // 2}")
+            k, stride, pad, border = self.square_window(node, layer)
             out_shape = (layer.out_channels, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
             weight = layer.weight
         else:
@@ -453,7 +481,7 @@ class _Lowering:
             kernel=k, stride=stride, padding=pad, wbits=wq.spec.bits, abits=act.spec.bits,
             outer_wbits=wq.spec.outer_bits, outer_abits=act.spec.outer_bits,
             mac=mac_kind(wq.spec.bits, act.spec.bits, self.options.max_lut_entries),
-            weight_codes=dense_codes(wq.codes(weight).numpy().astype(np.int8), groups),
+            weight_codes=square_codes(dense_codes(wq.codes(weight).numpy().astype(np.int8), groups), k, border),
             w_levels=wq.levels().numpy().astype(np.int64), a_levels=act.levels().numpy().astype(np.int64),
             scale=wq.step(weight) * act.step(), out_scale=None)
         conv.out_scale = conv.scale

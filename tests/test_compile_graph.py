@@ -132,6 +132,40 @@ def test_average_pooling_windows_are_exact_code_for_code():
     assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=4)) == 0
 
 
+def test_non_square_kernels_run_as_square_ones_exactly():
+    torch.manual_seed(4)
+    net = randomize(quantize_model(cm.Factorized(10, 1), method="lcq", wbits=3, abits=3), 7, act_alpha=1.0)
+    compiled = compile_model(net, (1, 8, 8))
+    convs = {c.name: c for c in compiled.convs}
+    assert [(c.kernel, c.stride, c.padding, c.out_shape) for c in compiled.convs[1:4]] == [
+        (3, 1, 1, (6, 8, 8)), (3, 1, 1, (6, 8, 8)), (5, 2, 2, (12, 4, 4))]
+    for name, (top, left) in (("row.0", (1, 0)), ("col.0", (0, 1)), ("wide.0", (2, 0))):
+        module, codes = net.get_submodule(name), convs[name].weight_codes
+        kh, kw = module.kernel_size
+        assert np.array_equal(codes[:, :, top:top + kh, left:left + kw], module.wq.codes(module.weight).numpy())
+        outside = np.ones(codes.shape[2:], bool)
+        outside[top:top + kh, left:left + kw] = False
+        assert not codes[:, :, outside].any()
+    assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=5)) == 0
+
+
+class _UnevenKernel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, (1, 2), bias=False)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_a_non_square_kernel_whose_geometry_differs_from_a_square_one_is_refused():
+    model = quantize_model(_UnevenKernel(), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=r"layer 'conv' \(QConv2d\) at .* has a 1x2 kernel, stride \(1, 1\) and "
+                                          r"padding \(0, 0\); the accelerator runs square convs"):
+        compile_model(model, (1, 8, 8))
+
+
 @pytest.mark.parametrize("net,pattern", [
     (cm.PaddedAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
                        r"F\.avg_pool2d.*padding 1.*average pooling needs .* no padding"),

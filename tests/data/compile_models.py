@@ -162,6 +162,27 @@ class PaddedAvgPool(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
+class Factorized(nn.Module):
+    """Factorized convolutions (Inception-style): a 1x3 then a 3x1 conv (padding (0, 1), (1, 0)), a strided
+    1x5 conv with padding "valid" on the width, a conv with padding "same", global pooling, a linear layer."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=6):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.row = nn.Sequential(nn.Conv2d(w, w, (1, 3), padding=(0, 1), bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.col = nn.Sequential(nn.Conv2d(w, w, (3, 1), padding=(1, 0)), nn.ReLU())
+        self.wide = nn.Sequential(nn.Conv2d(w, 2 * w, (1, 5), stride=2, padding=(0, 2), bias=False),
+                                  nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.same = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, padding="same", bias=False), nn.BatchNorm2d(2 * w),
+                                  nn.ReLU())
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        x = self.same(self.wide(self.col(self.row(self.stem(x)))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
 class WithMaxPool(nn.Module):
     """Max pooling before global average pooling, which the accelerator does not run (max pooling lowers only
     on the way to an activation quantizer)."""
