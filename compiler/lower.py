@@ -147,9 +147,9 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
 class _Value:
     """What a graph node computes. ``kind`` "image"; "codes" (of tensor ``tensor``); or "values":
     per channel ``gain * x + offset`` of value tensor ``x = tensor``, then a ReLU (``relu``),
-    clipped at ``cap``, averaged (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)), max
-    pooled (``maxpools``: the graph node and
-    its (kernel, stride, padding) of each, in order). ``folded``: a BN is in ``gain``/``offset``;
+    clipped at ``cap``, averaged (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)),
+    max pooled (``maxpools``: the graph node and its (kernel, stride, padding) of each, in order).
+    ``folded``: a BN is in ``gain``/``offset``;
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`)."""
 
@@ -259,8 +259,8 @@ class _Lowering:
         if x.pooled == GLOBAL:
             return (c, 1, 1)
         if x.pooled:
-            (k, s), p = x.pooled, 0
-            return (c, ConvNode.out_side(h, k, s, p), ConvNode.out_side(w, k, s, p))
+            k, s = x.pooled
+            return (c, ConvNode.out_side(h, k, s, 0), ConvNode.out_side(w, k, s, 0))
         for _, k, s, p in x.maxpools:
             h, w = ConvNode.out_side(h, k, s, p), ConvNode.out_side(w, k, s, p)
         return (c, h, w)
@@ -542,7 +542,7 @@ class _Lowering:
             self.refuse(node, "does not pool a ReLU's output (unclipped) of a conv, BN or addition before an "
                         "activation quantizer; the pooling unit averages [BN +] ReLU outputs")
         k, s, _ = op.window
-        c, h, w = self.shape(x)
+        _, h, w = self.shape(x)
         if min(h, w) < k:
             self.refuse(node, f"has a {k}x{k} window, larger than its {h}x{w} input")
         return self.chain(node, x, pooled=(k, s))
