@@ -17,7 +17,7 @@ from math import ceil
 
 from compiler.graph import ConvNode
 
-from .engine_params import EngineParams
+from .engine_params import EngineParams, group_span
 from .pe_words import ARRAY_PIPELINE
 
 
@@ -25,7 +25,8 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     """Cycles ``busy`` is high for layer ``node`` on the engine in network mode with bands of
     ``rows_per_band`` output rows (``stage_latency``: the engine's ``STAGE_LATENCY``).
 
-    With ``k = kernel^2 * ceil(C_in / rows)`` reduction tiles, ``units = ceil(C_out / cols) * bands``
+    With ``k = kernel^2 * groups`` reduction tiles (``groups`` = ``ceil(C_in / rows)``, or
+    :func:`~hw.engine_params.group_span`'s with ``skip_groups``), ``units = ceil(C_out / cols) * bands``
     (band of a channel tile), ``P = rows_per_band * W_out`` positions per band, ``gap = max(0, cols +
     2 - P)``, ``T = rows + P + 1 + gap`` cycles per reduction tile and ``W = P * (cols + 1)`` cycles
     of write-back per unit: ``max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency`` with
@@ -34,7 +35,8 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
     if rows_per_band < 1 or ho % rows_per_band:
         raise ValueError(f"a band of {rows_per_band} rows does not divide {node.name}'s {ho} output rows")
-    k = node.kernel ** 2 * ceil(c_in / params.rows)
+    k = node.kernel ** 2 * (group_span(node, params.rows, params.cols)[1] if params.skip_groups
+                            else ceil(c_in / params.rows))
     units = ceil(c_out / params.cols) * (ho // rows_per_band)
     positions = rows_per_band * wo
     gap = max(0, params.cols + 2 - positions)

@@ -42,7 +42,9 @@ Network mode (``value_depth``; :func:`network_signature`): outputs are not offer
 written into the code memory (one lane per cycle) or the value memory. Each channel tile is computed
 in *bands* of ``band_rows`` output rows (registers ``band_*``; :mod:`hw.bands` picks them): every
 reduction tile of a band, then the next band (each band reads its channel tile's weights again), and
-each band is written back while the array computes the next ones. With ``dst_add`` set, each value
+each band is written back while the array computes the next ones. A channel tile's ``groups`` row
+groups start ``tile_step`` activation words after the previous tile's (0: every tile reads the same
+ones; a depthwise conv's tiles each read their own group, :func:`hw.engine_params.group_span`). With ``dst_add`` set, each value
 is added to the one at its address before it is written (a residual addition fused into the layer:
 the old value is read the cycle before the write, so the timing is the same); with the stage
 STAGE_REQUANTIZE_RELU, ``max(0, value)`` is written (after the addition, if any). With ``act_fuse`` set,
@@ -302,6 +304,8 @@ class LayerEngine(wiring.Component):
 
         co_tile, ky, kx, g = counter("co_tile"), counter("ky"), counter("kx"), counter("g")
         plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
+        # Where the channel tile's first row group starts (network mode: ``tile_step`` on per channel tile).
+        tile_plane = counter("tile_plane") if self.network else C(0)
         out_base, read_addr = counter("out_base"), counter("read_addr")
         y, x, iy, ix, row_addr = counter("y"), counter("x"), counter("iy"), counter("ix"), counter("row_addr")
         pos, read_pos = Signal(range(p.pos_depth + 1)), Signal(range(p.pos_depth + 1))
@@ -343,6 +347,8 @@ class LayerEngine(wiring.Component):
                     m.d.sync += [co_tile.eq(0), ky.eq(0), kx.eq(0), g.eq(0), plane_base.eq(0),
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
                                  out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"])]
+                    if self.network:
+                        m.d.sync += tile_plane.eq(0)
                     self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
@@ -366,8 +372,8 @@ class LayerEngine(wiring.Component):
                     m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
                     with m.If(y == band["end_y"]):
-                        self._next_tile(m, cfg, last, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing,
-                                        band, band_cfg, weight_addr)
+                        self._next_tile(m, cfg, last, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base,
+                                        finishing, band, band_cfg, weight_addr)
                         # The next tile's shadow weights must not be written before this tile's
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
@@ -656,14 +662,14 @@ class LayerEngine(wiring.Component):
         m.d.sync += [band["y"].eq(0), band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
                      band["end_y"].eq(band_cfg["rows"] - 1)]
 
-    @staticmethod
-    def _next_tile(m, cfg, last, g, kx, ky, co_tile, plane_base, ky_offset, out_base, finishing, band, band_cfg,
-                   weight_addr):
-        """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile."""
+    def _next_tile(self, m, cfg, last, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base, finishing,
+                   band, band_cfg, weight_addr):
+        """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile (network
+        mode: whose row groups start ``tile_step`` activation words on)."""
         with m.If(g != last["groups"]):
             m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
         with m.Else():
-            m.d.sync += [g.eq(0), plane_base.eq(0)]
+            m.d.sync += [g.eq(0), plane_base.eq(tile_plane)]
             with m.If(kx != last["kernel"]):
                 m.d.sync += kx.eq(kx + 1)
             with m.Else():
@@ -682,6 +688,9 @@ class LayerEngine(wiring.Component):
                         LayerEngine._first_band(m, band, band_cfg)
                         m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
                                      band["weight_addr"].eq(weight_addr)]
+                        if self.network:
+                            m.d.sync += [tile_plane.eq(tile_plane + cfg["tile_step"]),
+                                         plane_base.eq(tile_plane + cfg["tile_step"])]
                         with m.If(co_tile == last["co_tiles"]):
                             m.d.sync += finishing.eq(1)
 

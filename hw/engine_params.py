@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from math import ceil
 
+import numpy as np
+
 from compiler.graph import AddNode, CompiledModel, ConvNode, Requantize, Thresholds
 
 from .memories import memory_bits
@@ -50,9 +52,11 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 # that each band's write-back overlaps the next band's computation. ``act_fuse`` (with
 # ``dst_values``): each value written is also activated by the thresholds of slot ``act_slot`` +
 # its channel (lent by the vector unit), its code written into the codes tensor at ``act_dst``.
+# ``tile_step``: activation words the reduction moves from one channel tile to the next (a grouped or
+# depthwise conv reads only its tile's row groups, :func:`group_span`).
 NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
                                  "band_rows", "band_positions", "band_in_rows", "band_step", "act_fuse", "act_dst",
-                                 "act_slot")
+                                 "act_slot", "tile_step")
 # Values of the ``stage`` register: what the output stage does. STAGE_REQUANTIZE_RELU (engines whose
 # ``requantize.relu`` is set): requantize, then ``max(0, y)``; in network mode after the fused addition,
 # if any (a post-activation block's ReLU).
@@ -92,6 +96,9 @@ class EngineParams:
       at ``wbits`` per column (:attr:`stored_weight_bits`).
     - ``product_bits``: width of a LUT product ``W[k] * A[j]`` in the product tables and PEs, from
       the LUT layers' outer widths b'_w / b'_a (:func:`hw.pe_words.product_width`; 15 at 8/8).
+    - ``skip_groups`` (network engines): each channel tile runs only the row groups :func:`group_span`
+      gives it (a grouped or depthwise conv skips the other groups' all-zero reduction tiles), and its
+      weights hold only those.
     """
 
     rows: int
@@ -111,6 +118,7 @@ class EngineParams:
     threshold_width: int = 0
     wide_depth: int = 0
     product_bits: int = PRODUCT_BITS
+    skip_groups: bool = False
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
@@ -129,6 +137,8 @@ class EngineParams:
                 not 0 <= self.wide_depth <= 1 << 24 or (self.wide_depth and not self.multiply):
             raise ValueError(f"wide_depth must be 0, or an integer in 1..{1 << 24} for an engine that multiplies, "
                              f"got {self.wide_depth!r}")
+        if not isinstance(self.skip_groups, bool):
+            raise ValueError(f"skip_groups must be true or false, got {self.skip_groups!r}")
         if self.code_bits and self.code_bits > self.abits:
             raise ValueError(f"code_bits={self.code_bits} exceeds abits={self.abits}: threshold stages make "
                              f"next-layer codes, raise abits")
@@ -237,12 +247,14 @@ class EngineParams:
     @classmethod
     def from_dict(cls, d: dict) -> EngineParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction);
-        a ``d`` without ``product_bits`` (written before products were sized) means 15, and a requantize
-        shape without ``relu`` (written before the stage had one) means False: what those engines were
-        built with."""
+        a ``d`` without ``product_bits`` (written before products were sized) means 15, a requantize
+        shape without ``relu`` (written before the stage had one) and one without ``skip_groups`` mean
+        False: what those engines were built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
+        if isinstance(d, dict) and "skip_groups" not in d:
+            d = {**d, "skip_groups": False}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         shape = d["requantize"]
@@ -261,7 +273,7 @@ class EngineParams:
 
     @classmethod
     def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: str = "none",
-                  split_weights: bool = False) -> EngineParams:
+                  split_weights: bool = False, skip_groups: bool = False) -> EngineParams:
         """The smallest engine that runs every convolution of ``model`` on a ``rows`` x ``cols`` array.
 
         ``resident`` (one of :data:`hw.residency.RESIDENCY`): what the buffers hold for every layer at once,
@@ -270,13 +282,13 @@ class EngineParams:
         still go with each layer), or ``"none"`` (one layer's constants at a time).
         ``split_weights`` (with every layer's weights resident, a model with both multiplying and LUT
         layers): the multiplying layers' weights in a buffer of their own (``wide_depth``), the LUT
-        layers' at ``wbits`` per column (the whole-network core's engine).
+        layers' at ``wbits`` per column (the whole-network core's engine). ``skip_groups``: see the class.
         """
         check_residency(resident)
         convs = model.convs
         if not convs:
             raise ValueError("the model has no convolution or linear layer to run")
-        need = [layer_needs(n, rows, cols) for n in convs]
+        need = [layer_needs(n, rows, cols, skip_groups) for n in convs]
         weights_total = sum if resident != "none" else max
         total = sum if resident == "all" else max
         thresholds = [n.stage for n in convs if isinstance(n.stage, Thresholds)]
@@ -305,16 +317,37 @@ class EngineParams:
             rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
             multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
             code_bits=code_bits, requantize=shape, threshold_width=width, wide_depth=wide_depth,
-            product_bits=products,
+            product_bits=products, skip_groups=skip_groups,
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=total(x["table"] for x in need), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
 
 
-def layer_needs(node: ConvNode, rows: int, cols: int) -> dict[str, int]:
-    """Buffer words layer ``node`` takes on a ``rows`` x ``cols`` engine."""
+def group_span(node: ConvNode, rows: int, cols: int) -> tuple[int, int]:
+    """``(step, groups)``: on a ``rows`` x ``cols`` array, channel tile ``t`` of ``node`` needs only the
+    ``groups`` row groups (``rows`` input channels each) from ``t * step`` on, the fewest such that every
+    nonzero weight of every tile lies among them and no tile reads past the last row group. A depthwise
+    conv (dense with zero blocks, :func:`compiler.lower.dense_codes`) on a square array gives (1, 1);
+    a dense conv ``(0, ceil(C_in / rows))``."""
+    c_out, c_in = node.out_shape[0], node.in_shape[0]
+    total, tiles = ceil(c_in / rows), ceil(c_out / cols)
+    used = [np.flatnonzero(np.any(node.weight_codes[t * cols:(t + 1) * cols] != 0, axis=(0, 2, 3))) // rows
+            for t in range(tiles)]
+    spans = [(t, int(u.min()), int(u.max())) for t, u in enumerate(used) if u.size]
+    for groups in range(max((hi - lo + 1 for _, lo, hi in spans), default=1), total):
+        for step in range(total - groups + 1):
+            if (tiles - 1) * step + groups <= total and all(t * step <= lo and hi < t * step + groups
+                                                            for t, lo, hi in spans):
+                return step, groups
+    return 0, total
+
+
+def layer_needs(node: ConvNode, rows: int, cols: int, skip_groups: bool = False) -> dict[str, int]:
+    """Buffer words layer ``node`` takes on a ``rows`` x ``cols`` engine (``skip_groups``: its weights of
+    the row groups :func:`group_span` gives each channel tile only)."""
     c_in, h, w = node.in_shape
     c_out, ho, wo = node.out_shape
     groups, co_tiles = ceil(c_in / rows), ceil(c_out / cols)
-    return {"act": groups * h * w, "weight": co_tiles * node.kernel ** 2 * groups * rows,
+    reduced = group_span(node, rows, cols)[1] if skip_groups else groups
+    return {"act": groups * h * w, "weight": co_tiles * node.kernel ** 2 * reduced * rows,
             "table": 2 ** node.abits, "stage": co_tiles, "positions": ho * wo, "out": co_tiles * ho * wo}

@@ -152,7 +152,7 @@ class NetworkParams:
     def for_model(cls, model: CompiledModel, rows: int, cols: int) -> NetworkParams:
         """The core that runs all of ``model`` on a ``rows`` x ``cols`` array, every constant resident."""
         plan = plan_network(model, lanes=rows)
-        engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True)
+        engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True, skip_groups=True)
         engine = replace(engine, act_depth=plan.memories["codes"].depth)
         values = plan.memories["values"]
         image = plan.tensors[model.input.output]

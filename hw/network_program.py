@@ -15,7 +15,7 @@ from compiler import reference
 from compiler.graph import AddNode, CompiledModel, ConvNode, InputNode, Thresholds
 
 from .bands import band_registers
-from .engine_params import CONFIG, NETWORK_REGISTERS, STAGE_REQUANTIZE_RELU
+from .engine_params import CONFIG, NETWORK_REGISTERS, STAGE_REQUANTIZE_RELU, EngineParams, group_span
 from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM,
                              REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams,
                              network_plan, program_length)
@@ -39,6 +39,13 @@ def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
     """VECTOR_REG words for the operand registers in ``values`` (the op registers at least, 0 if not given)."""
     names = OP_REGISTERS + tuple(name for name in OPERANDS if name in values and name not in OP_REGISTERS)
     return [instruction(params, VECTOR_REG, OPERANDS.index(name), values.get(name, 0)) for name in names]
+
+
+def tile_step(params: EngineParams, node: ConvNode) -> int:
+    """Register ``tile_step`` of layer ``node``: the activation words its reduction moves from one channel
+    tile to the next, ``step * H_in * W_in`` (:func:`~hw.engine_params.group_span`; 0 without ``skip_groups``)."""
+    step = group_span(node, params.rows, params.cols)[0] if params.skip_groups else 0
+    return step * node.in_shape[1] * node.in_shape[2]
 
 
 def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
@@ -67,7 +74,7 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
                           act_fuse=int(bool(step.fused_activate)),
                           act_dst=base[step.activated] if step.activated else 0,
                           act_slot=slots[step.fused_activate] if step.fused_activate else 0,
-                          **band_registers(params.engine, node))
+                          tile_step=tile_step(params.engine, node), **band_registers(params.engine, node))
             words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
             words.append(instruction(params, RUN_ENGINE))
         else:

@@ -28,7 +28,8 @@ from compiler import reference
 from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU,
-                            STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams, layer_needs)
+                            STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams, group_span,
+                            layer_needs)
 from .pe_words import A_MAX, W_MAX, row_vector, weight_word
 from .residency import check_residency
 from .stage_words import requantize_words, threshold_bits, threshold_words
@@ -38,7 +39,7 @@ Beat = tuple[int, int, int]
 
 def check_fits(params: EngineParams, node: ConvNode) -> None:
     """Raise ValueError naming what of layer ``node`` does not fit the engine, and the fix."""
-    need = layer_needs(node, params.rows, params.cols)
+    need = layer_needs(node, params.rows, params.cols, params.skip_groups)
     problems = []
     if node.mac == "multiply" and not params.multiply:
         problems.append("it multiplies levels (an 8-bit edge layer) but the engine has no multipliers")
@@ -101,7 +102,7 @@ def resident_bases(model: CompiledModel, params: EngineParams, resident: str = "
         weights = "wide" if in_wide_buffer(params, node) else "weight"
         bases[node.name] = Bases(weight=next_base[weights] if every else 0,
                                  **{kind: next_base[kind] if kind in every else 0 for kind in ("table", "stage")})
-        need = layer_needs(node, params.rows, params.cols)
+        need = layer_needs(node, params.rows, params.cols, params.skip_groups)
         for kind in every:
             next_base[weights if kind == "weight" else kind] += need[kind]
     if every:
@@ -116,12 +117,14 @@ def resident_bases(model: CompiledModel, params: EngineParams, resident: str = "
 
 
 def config_values(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> dict[str, int]:
-    """The configuration registers of layer ``node`` with its constants at ``bases``."""
+    """The configuration registers of layer ``node`` with its constants at ``bases`` (``groups``: the row
+    groups each channel tile runs, :func:`~hw.engine_params.group_span`'s with ``skip_groups``)."""
     c_in, h, w = node.in_shape
     c_out, ho, wo = node.out_shape
+    groups = group_span(node, params.rows, params.cols)[1] if params.skip_groups else ceil(c_in / params.rows)
     values = {"stage": _stage_kind(node), "in_h": h, "in_w": w, "out_h": ho, "out_w": wo,
               "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
-              "groups": ceil(c_in / params.rows), "co_tiles": ceil(c_out / params.cols), "positions": ho * wo,
+              "groups": groups, "co_tiles": ceil(c_out / params.cols), "positions": ho * wo,
               "plane": h * w, "row_step": node.stride * w, "top_offset": -node.padding * w,
               "weight_base": bases.weight, "table_base": bases.table, "stage_base": bases.stage}
     assert set(values) == set(REGISTERS)
@@ -144,16 +147,18 @@ def _weight_word(params: EngineParams, node: ConvNode, code: int) -> int:
 
 
 def weight_words(params: EngineParams, node: ConvNode) -> list[int]:
-    """Weight buffer words in the engine's order: channel tile, ky, kx, group, row; ``cols`` codes each."""
+    """Weight buffer words in the engine's order: channel tile, ky, kx, group, row; ``cols`` codes each
+    (with ``skip_groups``, channel tile ``t``'s groups from ``t * step`` on only, :func:`group_span`)."""
     R, C = params.rows, params.cols
     c_out, c_in = node.weight_codes.shape[:2]
     codes = np.zeros((ceil(c_out / C) * C, ceil(c_in / R) * R, node.kernel, node.kernel), dtype=np.int64)
     codes[:c_out, :c_in] = node.weight_codes
+    step, groups = group_span(node, R, C) if params.skip_groups else (0, ceil(c_in / R))
     bits, words = _word_bits(params, node), []
     for t in range(codes.shape[0] // C):
         for ky in range(node.kernel):
             for kx in range(node.kernel):
-                for ci in range(codes.shape[1]):
+                for ci in range(t * step * R, (t * step + groups) * R):
                     word = 0
                     for c in range(C):
                         word |= _weight_word(params, node, int(codes[t * C + c, ci, ky, kx])) << (c * bits)
