@@ -44,10 +44,11 @@ in *bands* of ``band_rows`` output rows (registers ``band_*``; :mod:`hw.bands` p
 reduction tile of a band, then the next band (each band reads its channel tile's weights again), and
 each band is written back while the array computes the next ones. A channel tile's ``groups`` row
 groups start ``tile_step`` activation words after the previous tile's (0: every tile reads the same
-ones; a depthwise conv's tiles each read their own group, :func:`hw.engine_params.group_span`). With ``dst_add`` set, each value
-is added to the one at its address before it is written (a residual addition fused into the layer:
-the old value is read the cycle before the write, so the timing is the same); with the stage
-STAGE_REQUANTIZE_RELU, ``max(0, value)`` is written (after the addition, if any). With ``act_fuse`` set,
+ones; a depthwise conv's tiles each read their own group, :func:`hw.engine_params.group_span`). With
+``dst_add`` set, each value is added to the one at its address before it is written (a residual
+addition fused into the layer: the old value is read the cycle before the write, so the timing is the
+same); with the stage STAGE_REQUANTIZE_RELU, ``max(0, value)`` is written (after the addition, if
+any). With ``act_fuse`` set,
 each value written also goes through an activation's thresholds, lent by the vector unit (the
 ``activation`` port), and its code is written into its lane of the codes tensor at ``act_dst``,
 ``FUSED_LATENCY`` cycles after the value (an activation fused into the layer; the layer's busy time
@@ -270,20 +271,21 @@ class LayerEngine(wiring.Component):
             last = {name: cfg[name] - 1 for name in LAST_COUNTS if name in self.registers}
 
         def buffer(name, width, depth, write_en, spram=False):
-            """A buffer written by loads while idle and read while computing: one address for
-            both ports (single-port RAM), in SPRAM blocks where ``spram``, else an Amaranth memory.
-            Returns the read data (one cycle after the address) and the read address to drive."""
+            """A buffer written by loads while idle and read while computing: in SPRAM blocks where
+            ``spram`` (single-port: the load's address while idle, else the read address), else an
+            Amaranth memory with a write port of its own (no multiplexer from the state into the
+            read address). Returns the read data (one cycle after the address) and the read address
+            to drive."""
             addr = Signal(range(depth), name=f"{name}_addr")
-            shared = Mux(idle, load.addr, addr)
             if spram:
                 m.submodules[name] = memory = SpramBuffer(width)
-                m.d.comb += [memory.addr.eq(shared), memory.write_en.eq(write_en),
+                m.d.comb += [memory.addr.eq(Mux(idle, load.addr, addr)), memory.write_en.eq(write_en),
                              memory.write_data.eq(load.data)]
                 return memory.read_data, addr
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
             write, read = memory.write_port(), memory.read_port()
-            m.d.comb += [write.en.eq(write_en), write.addr.eq(shared), write.data.eq(load.data),
-                         read.addr.eq(shared)]
+            m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),
+                         read.addr.eq(addr)]
             return read.data, addr
 
         if self.network:

@@ -224,8 +224,8 @@ class RowTable(Variant):
     (:func:`multiply_in_logic` says where).
 
     Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr``
-    (the table has one address port: ``table_addr`` while ``table_load``, else the read
-    address); ``table_base`` offsets the reads. The levels matter only to the host side:
+    (a write port of its own: no multiplexer from the load's state into the read address, which
+    was the ResNet-20 core's worst path); ``table_base`` offsets the reads. The levels matter only to the host side:
     :meth:`sized` makes the hardware for any layer up to given widths.
     """
 
@@ -278,9 +278,9 @@ class RowTable(Variant):
     def decode(self, m, decoder):
         m.submodules.table = table = Memory(shape=self.operand_bits, depth=self.depth, init=[])
         write, read = table.write_port(), table.read_port()
-        addr = Mux(decoder.table_load, decoder.table_addr, decoder.table_base + decoder.a_code)
-        m.d.comb += [write.en.eq(decoder.table_load), write.addr.eq(addr), write.data.eq(decoder.table_data),
-                     read.addr.eq(addr), decoder.operand.eq(read.data)]
+        m.d.comb += [write.en.eq(decoder.table_load), write.addr.eq(decoder.table_addr),
+                     write.data.eq(decoder.table_data), read.addr.eq(decoder.table_base + decoder.a_code),
+                     decoder.operand.eq(read.data)]
 
     def product(self, m, pe, magnitude, operand):
         # A shift, not an Array: Yosys writes an Array as an ``always @*`` case, which Icarus
