@@ -240,3 +240,60 @@ def test_a_simulator_dies_with_its_parent(hanging_design):
     while _live_simulators(str(hanging_design)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _live_simulators(str(hanging_design)) == []
+
+
+FAKE_CXX = """import sys
+from pathlib import Path
+args = sys.argv[1:]
+out = Path(args[args.index("-o") + 1])
+out.write_text("object of " + args[-1] + " " + " ".join(args[:-3]))
+out.with_suffix(".d").write_text(f"{out.name}: {args[-1]}\\n")
+with open(sys.argv[0] + ".calls", "a") as calls:
+    calls.write(args[-1] + "\\n")
+"""
+
+
+def test_verilator_runtime_objects_are_compiled_once(tmp_path, monkeypatch):
+    """make's OBJCACHE of Verilator builds: a source of Verilator's include directory is compiled once per
+    command line and source text, later builds (another directory) get its object and .d copied; the design's
+    sources and changed flags or text are compiled; ``LCQ_VERILATOR_CACHE=off`` or a user's OBJCACHE: none."""
+    import shlex
+
+    from sim import runner
+
+    include = tmp_path / "verilator" / "include"
+    include.mkdir(parents=True)
+    (include / "verilated_config.h").write_text("#define VERILATOR_VERSION 5\n")
+    (include / "verilated.cpp").write_text("int x;\n")
+    cxx = tmp_path / "cxx.py"
+    cxx.write_text(FAKE_CXX)
+    monkeypatch.setattr(runner, "_verilator_root", lambda: include.parent)
+    monkeypatch.delenv("OBJCACHE", raising=False)
+    monkeypatch.setenv(runner.OBJECT_CACHE_ENV, str(tmp_path / "cache"))
+    objcache = shlex.split(runner.verilator_object_cache()["OBJCACHE"])
+
+    def compile_in(build, source, flags=("-O0",)):
+        build.mkdir(exist_ok=True)
+        cmd = [*objcache, sys.executable, str(cxx), "-I.", "-MMD", *flags, "-c", "-o", Path(source).stem + ".o",
+               str(source)]
+        assert subprocess.run(cmd, cwd=build).returncode == 0
+        return (build / (Path(source).stem + ".o")).read_text(), (build / (Path(source).stem + ".d")).read_text()
+
+    def calls():
+        return (tmp_path / "cxx.py.calls").read_text().splitlines()
+
+    first = compile_in(tmp_path / "a", include / "verilated.cpp")
+    assert compile_in(tmp_path / "b", include / "verilated.cpp") == first and len(calls()) == 1
+    compile_in(tmp_path / "b", include / "verilated.cpp", flags=("-O2",))        # other flags: compiled
+    (tmp_path / "b" / "Vtop__ALL.cpp").write_text("design\n")
+    compile_in(tmp_path / "b", tmp_path / "b" / "Vtop__ALL.cpp")                 # the design's: always compiled
+    compile_in(tmp_path / "c", tmp_path / "b" / "Vtop__ALL.cpp")
+    assert len(calls()) == 4
+    (include / "verilated.cpp").write_text("int y;\n")                            # another Verilator: compiled
+    compile_in(tmp_path / "c", include / "verilated.cpp")
+    assert len(calls()) == 5
+    monkeypatch.setenv(runner.OBJECT_CACHE_ENV, "off")
+    assert runner.verilator_object_cache() == {}
+    monkeypatch.setenv(runner.OBJECT_CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv("OBJCACHE", "ccache")
+    assert runner.verilator_object_cache() == {}

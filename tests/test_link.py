@@ -830,7 +830,9 @@ def test_host_refuses_a_lost_and_a_duplicated_out_frame_of_the_bridge(twice, mes
         assert [f[1] for f in frames] == [FrameType.OUT, FrameType.OUT, FrameType.DONE]
         return [frames[twice], frames[twice], frames[2]]
 
-    port = TamperingPort(stall=False)
+    # Each resync drains the port until it times out (twice here): a port timeout of 2,000 cycles, well
+    # above the few hundred a reply takes, instead of 20,000 (5 s of simulation each).
+    port = TamperingPort(stall=False, timeout=2_000)
     host = LinkHost(port, retries=1)
     host.load(BEATS)
     port.tamper = lose_one_repeat_the_other
