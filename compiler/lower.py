@@ -527,20 +527,21 @@ class _Lowering:
                         "activation quantizer after a conv, BN or addition")
         return self.chain(node, x, relu=True, cap=min(x.cap, op.cap))
 
-    def _pool(self, node: fx.Node, op: Op) -> _Value:
+    def pooling_input(self, node: fx.Node, what: str) -> _Value:
+        """The input of ``node``, a global or windowed average pooling (``what``): a ReLU's output (unclipped)
+        of a conv, BN or addition, else refused."""
         x = self.arg(node)
-        self.after_max_pooling(node, x, "global average pooling")
+        self.after_max_pooling(node, x, what)
         if x.kind != "values" or x.pooled or not x.relu or x.cap < math.inf:
             self.refuse(node, "does not pool a ReLU's output (unclipped) of a conv, BN or addition; the pooling unit "
                         "averages [BN +] ReLU outputs")
-        return self.chain(node, x, pooled=GLOBAL)
+        return x
+
+    def _pool(self, node: fx.Node, op: Op) -> _Value:
+        return self.chain(node, self.pooling_input(node, "global average pooling"), pooled=GLOBAL)
 
     def _avgpool(self, node: fx.Node, op: Op) -> _Value:
-        x = self.arg(node)
-        self.after_max_pooling(node, x, "average pooling")
-        if x.kind != "values" or x.pooled or not x.relu or x.cap < math.inf:
-            self.refuse(node, "does not pool a ReLU's output (unclipped) of a conv, BN or addition before an "
-                        "activation quantizer; the pooling unit averages [BN +] ReLU outputs")
+        x = self.pooling_input(node, "average pooling")
         k, s, _ = op.window
         _, h, w = self.shape(x)
         if min(h, w) < k:

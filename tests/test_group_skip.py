@@ -15,7 +15,7 @@ from hw.bands import band_rows, network_layer_cycles
 from hw.engine_params import group_span
 from lcq_train.plan import quantize_model
 
-from helpers import images, randomize
+from helpers import randomize
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 import compile_models as cm  # noqa: E402
@@ -55,13 +55,10 @@ def test_group_span_of_dense_depthwise_grouped_and_empty_tiles(mobilenet):
 @pytest.mark.sim
 def test_depthwise_convs_skip_the_other_groups_bit_exact_on_the_network_core(mobilenet, tmp_path):
     from hw.engine import LayerEngine
-    from test_sim_network import assert_exact, first_available, run_network
+    from test_sim_network import run_exact
 
     model, path = mobilenet
-    sim = first_available("verilator", "icarus")
-    x = images(2, model.input.shape, seed=3)
-    params, report = run_network(sim, path, model, 4, 4, x, tmp_path, stall=0.2, backpressure=0.3, seed=3)
-    assert_exact(model, params, report, len(x))
+    params, report = run_exact(model, path, 4, 4, tmp_path, seed=3)
     engine = params.engine
     assert engine.skip_groups
     dense = dataclasses.replace(engine, skip_groups=False)
@@ -71,7 +68,7 @@ def test_depthwise_convs_skip_the_other_groups_bit_exact_on_the_network_core(mob
             continue
         node = model.nodes[s.index]
         latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if s.activated else 0)
-        cycles = s.cycles // len(x)
+        cycles = s.cycles // len(report.images)
         overheads.add(cycles - network_layer_cycles(engine, node, band_rows(engine, node), latency))
         saved[node.name] = network_layer_cycles(dense, node, band_rows(dense, node), latency) - \
             network_layer_cycles(engine, node, band_rows(engine, node), latency)

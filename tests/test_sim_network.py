@@ -55,6 +55,19 @@ def run_network(sim, model_path, model, rows, cols, images, test_dir, **options)
     return params, simulate_network(built, params, model_path, model, images, test_dir, **options)
 
 
+def run_exact(model, path, rows, cols, test_dir, seed):
+    """``model`` (file ``path``) on a ``rows`` x ``cols`` network core of the first simulator available, two
+    random images with load stalls and output back-pressure, every tensor exact (:func:`assert_exact`);
+    returns (params, report)."""
+    from helpers import images
+
+    sim = first_available("verilator", "icarus")
+    x = images(2, model.input.shape, seed=seed)
+    params, report = run_network(sim, path, model, rows, cols, x, test_dir, stall=0.2, backpressure=0.3, seed=seed)
+    assert_exact(model, params, report, len(x))
+    return params, report
+
+
 def assert_exact(model, params, report, n_images):
     assert report.mismatches == 0, report.first_mismatch()
     plan = network_plan(model, params)
