@@ -1,8 +1,11 @@
-"""Plain helper functions shared by the tests: random small models and images.
+"""Plain helper functions shared by the tests: random small models and images, a model file's members.
 
-:mod:`conftest` exposes each as a fixture (a test or fixture asks for ``small_cnn``, say);
-code that cannot take fixtures (module-level caches, Hypothesis tests) imports them from here.
+:mod:`conftest` exposes the model and image helpers as fixtures (a test or fixture asks for
+``small_cnn``, say); code that cannot take fixtures (module-level caches, Hypothesis tests) imports
+them from here.
 """
+
+import json
 
 import numpy as np
 import torch
@@ -44,3 +47,11 @@ def small_cnn(shape, plan: QuantPlan, seed: int, widths=(4, 6, 8), act_alpha: fl
     """A :class:`SmallCNN` for ``shape`` quantized by ``plan``, with seeded weights and :func:`randomize`."""
     torch.manual_seed(seed)
     return randomize(apply_plan(SmallCNN(shape, 10, widths), plan), seed, act_alpha)
+
+
+def members(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A compiled-model file's manifest and its arrays by key, as :func:`compiler.format.write_members` takes
+    them (to write an edited copy)."""
+    with np.load(path) as npz:
+        arrays = {k: npz[k].copy() for k in npz.files}
+    return json.loads(bytes(arrays.pop("manifest.json")).decode()), arrays

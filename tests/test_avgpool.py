@@ -1,9 +1,7 @@
 """Average pooling (``AvgPool2d(k, s)``, no padding) before an activation quantizer: the compiled node in
 the file and its rules, and the network core running it bit-exact (the vector unit's AVGPOOL)."""
 
-import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +13,7 @@ from compiler.graph import AvgPoolNode
 from compiler.lower import compile_model
 from lcq_train.plan import quantize_model
 
-from helpers import randomize
+from helpers import members, randomize
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 import compile_models as cm  # noqa: E402
@@ -31,13 +29,6 @@ def compiled(tmp_path_factory):
     return model, path
 
 
-def _members(path):
-    with zipfile.ZipFile(path) as z:
-        manifest = json.loads(np.load(z.open("manifest.json.npy")).tobytes())
-        arrays = {name[:-4]: np.load(z.open(name)) for name in z.namelist() if name != "manifest.json.npy"}
-    return manifest, arrays
-
-
 def test_avgpool_nodes_round_trip_and_their_window_is_checked(compiled, tmp_path):
     model, path = compiled
     again = load(path)
@@ -45,7 +36,7 @@ def test_avgpool_nodes_round_trip_and_their_window_is_checked(compiled, tmp_path
     assert [(n.kernel, n.stride) for n in pools] == [(2, 2), (3, 1)]
     assert all(np.array_equal(a.stage.thresholds, b.stage.thresholds) for a, b in
                zip(pools, [n for n in model.nodes if isinstance(n, AvgPoolNode)]))
-    manifest, arrays = _members(path)
+    manifest, arrays = members(path)
     node = next(d for d in manifest["nodes"] if d["op"] == "avgpool" and d["kernel"] == 3)
     bad = tmp_path / "bad.lcq"
     node["kernel"] = 5                       # larger than its 4 x 4 input

@@ -24,17 +24,13 @@ from compiler import format as fmt
 from compiler.graph import ModelRuleError
 from compiler.reference import run
 
+from helpers import members
+
 DATA = Path(__file__).parent / "data"
 # nodes: 0 input act_in, 1 conv0 (8-bit, multiply, thresholds), 2 conv1 (W3/A3 lut, 3x3 stride 2 pad 1, 16x8x8 ->
 # 32x4x4, thresholds), 3 conv2 (lut, raw accumulator), 4 pool act_fc, 5 fc (linear, multiply, requantize -> logits)
 DIGITS = DATA / "digits-cnn-lcq-w3a3.lcq"
 RESNET = DATA / "cifar10-resnet20-lcq-w3a3.lcq"
-
-
-def members(path):
-    with np.load(path) as npz:
-        arrays = {k: npz[k].copy() for k in npz.files}
-    return json.loads(bytes(arrays.pop("manifest.json")).decode()), arrays
 
 
 def edited(tmp_path, edit, source=DIGITS):
