@@ -252,8 +252,8 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
                 raise ValueError(f"{name}: output {node.output!r} at {dst} overlaps input {t!r} at {s} without "
                                  f"starting there; an add may only write over an input exactly")
     else:
-        out_positions = {ACTIVATE: positions, POOL: 1}.get(op) or node.out_shape((c, h, w))[1] * \
-            node.out_shape((c, h, w))[2]
+        _, out_h, out_w = (c, h, w) if op == ACTIVATE else node.out_shape((c, h, w))   # a pool: 1 x 1 or windowed
+        out_positions = out_h * out_w
         dst = check_range(f"output {node.output!r}", output, -(-c // params.lanes) * out_positions,
                           params.code_depth, "code")
         if op not in params.ops:
