@@ -45,6 +45,7 @@ the user's code, what is supported) before anything is returned.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass, replace
@@ -123,6 +124,19 @@ def compile_checkpoint(path: str | Path, options: CompileOptions = CompileOption
     return compiled
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """PyTorch on one thread inside: its parallel reductions (LWN's mean and standard deviation of a
+    weight tensor, hence a layer's scale) split their sums by thread, so their last bits vary with
+    the thread count; on one thread they add in one order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @torch.no_grad()
 def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
                   options: CompileOptions = CompileOptions()) -> CompiledModel:
@@ -130,13 +144,15 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
 
     Codes, levels and constants are computed from a float64 copy of ``model``, so
     that float32 rounding cannot decide a weight code lying on a quantizer
-    threshold; the agreement check runs the PyTorch model in float64 too.
+    threshold; the agreement check runs the PyTorch model in float64 too. PyTorch
+    runs on one thread meanwhile, so that the bytes do not depend on the thread count.
     ValueError (:class:`~compiler.capture.Unsupported` for an operation) says what cannot be compiled.
     """
     name = type(model).__name__                 # a traced network's copy is a class of its own
     model = copy.deepcopy(model).double().eval()
-    lowering = _Lowering(model, name, tuple(input_shape), options)
-    lowering.run(capture(model, name))
+    with _one_thread():
+        lowering = _Lowering(model, name, tuple(input_shape), options)
+        lowering.run(capture(model, name))
     num_classes = lowering.nodes[-1].out_shape[0]
     compiled = CompiledModel(lowering.nodes, "logits", num_classes, scales=lowering.scales)
     compiled.validate()   # the rules of compiler.graph, which the loader applies to every file
