@@ -107,9 +107,10 @@ def analytic(node, rows: int, cols: int) -> dict:
             "fill": node.macs / (tiles * positions * rows * cols)}
 
 
-CYCLE_FORMULA = ("overlapped (hw.bands.network_layer_cycles): max(k*T + units*W, units*k*T + W) - gap + drain + L, "
-                 "k = kernel^2 * groups, units = co_tiles * bands, P = band_rows * out_w, T = rows + P + 1 + gap, "
-                 "W = P * (cols + 1), L = STAGE_LATENCY (+ FUSED_LATENCY with a fused activation); "
+CYCLE_FORMULA = ("overlapped (hw.bands.network_layer_cycles): 1 + rows - load + max(k*T + units*W, units*k*T + W) "
+                 "- gap + drain + L, k = kernel^2 * groups, units = co_tiles * bands, P = band_rows * out_w, "
+                 "load = 0 if P >= rows + cols + 3 (the next tile's weights read while one issues) else rows, "
+                 "T = load + P + 1 + gap, W = P * (cols + 1), L = STAGE_LATENCY (+ FUSED_LATENCY with a fused activation); "
                  "serial: one band per channel tile, compute + co_tiles * W + STAGE_LATENCY")
 
 

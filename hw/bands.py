@@ -28,10 +28,13 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     With ``k = kernel^2 * groups`` reduction tiles (``groups`` = ``ceil(C_in / rows)``, or
     :func:`~hw.engine_params.group_span`'s with ``skip_groups``), ``units = ceil(C_out / cols) * bands``
     (band of a channel tile), ``P = rows_per_band * W_out`` positions per band, ``gap = max(0, cols +
-    2 - P)``, ``T = rows + P + 1 + gap`` cycles per reduction tile and ``W = P * (cols + 1)`` cycles
-    of write-back per unit: ``max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency`` with
-    ``drain = rows + cols + 4 + ARRAY_PIPELINE`` (unit ``u``'s accumulators are final after ``(u + 1) * k * T - gap +
-    drain`` cycles; its write-back starts the cycle after, or after the previous unit's)."""
+    2 - P)``, ``load`` = 0 where the next tile's weights are read while a tile issues (:func:`overlaps`),
+    else ``rows``, ``T = load + P + 1 + gap`` cycles per reduction tile and ``W = P * (cols + 1)`` cycles
+    of write-back per unit: ``1 + rows - load + max(k*T + units*W, units*k*T + W) - gap + drain +
+    stage_latency`` with ``drain = rows + cols + 4 + ARRAY_PIPELINE`` (the engine's registered ``start``
+    takes a cycle, and with the overlap the first tile's weights ``rows``; then unit ``u``'s accumulators
+    are final after ``(u + 1) * k * T - gap + drain`` cycles; its write-back starts the cycle after, or
+    after the previous unit's)."""
     c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
     if rows_per_band < 1 or ho % rows_per_band:
         raise ValueError(f"a band of {rows_per_band} rows does not divide {node.name}'s {ho} output rows")
@@ -40,9 +43,17 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     units = ceil(c_out / params.cols) * (ho // rows_per_band)
     positions = rows_per_band * wo
     gap = max(0, params.cols + 2 - positions)
-    T, W = params.rows + positions + 1 + gap, positions * (params.cols + 1)
+    load = 0 if overlaps(params, positions) else params.rows
+    T, W = load + positions + 1 + gap, positions * (params.cols + 1)
     drain = params.rows + params.cols + 4 + ARRAY_PIPELINE
-    return max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
+    return 1 + params.rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
+
+
+def overlaps(params: EngineParams, positions: int) -> bool:
+    """Whether the engine reads the next reduction tile's weights while it issues the last ``rows``
+    positions of a band of ``positions`` (at least ``rows + cols + 3``: the tile's first position has
+    passed the array's last column first), instead of loading them between tiles."""
+    return positions >= params.rows + params.cols + 3
 
 
 def band_rows(params: EngineParams, node: ConvNode) -> int:

@@ -56,16 +56,21 @@ grows by ``FUSED_LATENCY`` cycles at its end). The accumulator memories have a s
 the write-back, and the code memory separate read (compute) and write (write-back) addresses, so
 neither disturbs the computation; the one output stage is shared as in layer mode. With ``k =
 kernel^2 * groups`` reduction tiles, ``units = co_tiles * bands`` (a band of a channel tile), ``P =
-band_rows * out_w`` positions per band, ``gap = max(0, cols + 2 - P)`` and ``T = rows + P + 1 +
+band_rows * out_w`` positions per band, ``gap = max(0, cols + 2 - P)`` and ``T = load + P + 1 +
 gap`` cycles per reduction tile, unit ``u``'s accumulators (``u = 0 .. units - 1``) are final after
-cycle ``c_u = (u + 1) * k * T - gap + drain`` (``drain`` cycles after its last position is issued).
+cycle ``c_u = rows - load + (u + 1) * k * T - gap + drain`` (``drain`` cycles after its last position
+is issued). ``load`` is ``rows`` (LOAD_WEIGHTS between tiles) or, with bands of at least ``rows +
+cols + 3`` positions, 0: the next tile's weight rows are then read during a tile's last ``rows``
+positions (its first position has passed the last column by then), and only the first tile loads.
 Its write-back takes ``W = P * (cols + 1)`` cycles (per position a read cycle, then ``cols`` cycles
 feeding the output stage, whose results are written ``STAGE_LATENCY`` cycles later) and starts in
 cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is later; ``L`` =
 ``STAGE_LATENCY`` (plus ``FUSED_LATENCY`` with ``act_fuse``) cycles after the last unit's
-write-back, ``busy`` falls. ``busy`` is thus high for (:func:`hw.bands.network_layer_cycles`)
+write-back, ``busy`` falls. Load beats and ``start`` pass a register first (no write enable
+depends on the state), so cycles count from the cycle after the one following ``start``, and
+``busy`` is high for (:func:`hw.bands.network_layer_cycles`)
 
-    max(k * T + units * W, units * k * T + W) - gap + drain + L
+    1 + rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + L
 
 cycles: the larger of computation and write-back per unit, times ``units``, plus one unit of
 the other.
@@ -250,10 +255,10 @@ class LayerEngine(wiring.Component):
         R, Cn = p.rows, p.cols
         cfg = {name: Signal(signed(self.reg_bits), name=f"cfg_{name}") for name in self.registers}
         idle = Signal()
-        load = self.load.payload
+        load, beat_valid, start = self._load_beat(m, idle)
 
         def loads(target):
-            return self.load.valid & idle & (load.target == target)
+            return beat_valid & (load.target == target)
 
         with m.If(loads(CONFIG)):
             with m.Switch(load.addr):
@@ -342,10 +347,28 @@ class LayerEngine(wiring.Component):
         tile_issued = Signal(name="tile_issued") if self.network else None
         writer_done = Signal(name="writer_done") if self.network else None
 
+        # Network mode, bands of at least rows + cols + 3 positions (``overlap``): the next tile's weight rows
+        # are read during the last ``rows`` positions of a tile (``left`` counts the band's positions still to
+        # issue), from ``next_weights``: the band's first tile's where the tile is the band's last and another
+        # band of the channel tile follows, else the next ones; the next tile then issues without LOAD_WEIGHTS.
+        if self.network:
+            overlap, left = Signal(name="overlap"), Signal(range(p.pos_depth + 1), name="left")
+            m.d.sync += overlap.eq(cfg["band_positions"] >= R + Cn + 3)
+            band_wrap = (g == last["groups"]) & (kx == last["kernel"]) & (ky == last["kernel"]) & (
+                band["end_y"] != last["out_h"])
+            next_weights = Mux(band_wrap, band["weight_addr"], weight_addr)
+
+        def begin_issue():
+            m.d.sync += [y.eq(band["y"]), x.eq(0), pos.eq(band["pos"]), iy.eq(band["iy"] + ky - cfg["padding"]),
+                         ix.eq(kx - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
+            if self.network:
+                m.d.sync += left.eq(last["band_positions"])
+            m.next = "ISSUE"
+
         m.d.sync += w_valid.eq(0)
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(start):
                     m.d.sync += [co_tile.eq(0), ky.eq(0), kx.eq(0), g.eq(0), plane_base.eq(0),
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
                                  out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"])]
@@ -360,9 +383,7 @@ class LayerEngine(wiring.Component):
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
                              w_valid.eq(1), w_row.eq(row_count)]
                 with m.If(row_count == R - 1):
-                    m.d.sync += [y.eq(band["y"]), x.eq(0), pos.eq(band["pos"]), iy.eq(band["iy"] + ky - cfg["padding"]),
-                                 ix.eq(kx - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
-                    m.next = "ISSUE"
+                    begin_issue()
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
                 base = cfg["act_base"] if self.network else 0
@@ -370,12 +391,21 @@ class LayerEngine(wiring.Component):
                              tags[0].swap.eq(pos == band["pos"]), tags[0].first.eq(first_tile),
                              tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
+                if self.network:
+                    m.d.sync += left.eq(left - 1)
+                    with m.If(overlap & (left < R)):
+                        row = (R - 1 - left)[:len(w_row)]
+                        m.d.comb += weight_read_addr.eq(next_weights + row)
+                        m.d.sync += [w_valid.eq(1), w_row.eq(row)]
                 with m.If(x == last["out_w"]):
                     m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
                     with m.If(y == band["end_y"]):
                         self._next_tile(m, cfg, last, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base,
                                         finishing, band, band_cfg, weight_addr)
+                        if self.network:
+                            with m.If(overlap):
+                                m.d.sync += weight_addr.eq(next_weights + R)
                         # The next tile's shadow weights must not be written before this tile's
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
@@ -396,6 +426,9 @@ class LayerEngine(wiring.Component):
                     else:
                         m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
                         m.next = "READ_WORD"
+                if self.network:
+                    with m.Elif(overlap):
+                        begin_issue()
                 with m.Else():
                     m.d.sync += row_count.eq(0)
                     m.next = "LOAD_WEIGHTS"
@@ -428,13 +461,13 @@ class LayerEngine(wiring.Component):
                             m.next = "READ_WORD"
 
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
-        m.d.comb += [idle.eq(fsm.ongoing("IDLE")), self.load.ready.eq(idle), self.busy.eq(~idle)]
+        m.d.comb += idle.eq(fsm.ongoing("IDLE"))
         if self.network:
             ends = [(x == last["out_w"]), (y == band["end_y"]), (g == last["groups"]), (kx == last["kernel"]),
                     (ky == last["kernel"])]
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*ends).all())
-            feeding = self._writer(m, cfg, last, dest, tile_issued, writer_done, read_addr, read_pos, read_slot,
-                                   feed_col, band_cfg)
+            feeding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, read_addr, read_pos,
+                                   read_slot, feed_col, band_cfg)
         else:
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
@@ -488,14 +521,14 @@ class LayerEngine(wiring.Component):
             m.submodules.thresholds = unit = ThresholdUnit(p.acc_bits, p.code_bits, p.stage_depth << p.col_bits,
                                                            p.threshold_bits)
             code = delayed(m, unit.code, self.STAGE_LATENCY - unit.LATENCY, "code")
-            self._connect_stage(m, unit, loads(THRESHOLDS), feeding, value, channel)
+            self._connect_stage(m, unit, load, loads(THRESHOLDS), feeding, value, channel)
             result = Mux(stage == STAGE_THRESHOLDS, code, result)
         relu = C(0, 1)      # STAGE_REQUANTIZE_RELU: in layer mode here, in network mode after the fused addition
         if p.requantize:
             q = p.requantize
             m.submodules.requantize = unit = RequantizeUnit(p.acc_bits, p.stage_depth << p.col_bits,
                                                             q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
-            self._connect_stage(m, unit, loads(REQUANTIZE), feeding, value, channel)
+            self._connect_stage(m, unit, load, loads(REQUANTIZE), feeding, value, channel)
             out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, "requantized")
             if q.relu:
                 relu = stage == STAGE_REQUANTIZE_RELU
@@ -516,6 +549,28 @@ class LayerEngine(wiring.Component):
         m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
         m.d.comb += self.out.payload.eq(Cat(*fields))
         return m
+
+    def _load_beat(self, m, idle):
+        """The load beat as the registers and buffers take it: ``(payload, valid, start)``. Layer mode:
+        the ``load`` stream's beat (taken while idle) and ``start`` as they come. Network mode: both a
+        cycle later, from flip-flops, so that no write enable depends on the FSM's state (the ResNet-20
+        core's worst path ran from the state into a configuration register's enable); the registered
+        ``start`` keeps a layer started right after its last register word seeing that word. ``busy``
+        is high, and ``load`` not ready, from the cycle after ``start``."""
+        if not self.network:
+            m.d.comb += [self.load.ready.eq(idle), self.busy.eq(~idle)]
+            return self.load.payload, self.load.valid & idle, self.start
+        pending = Signal(name="start_pending")
+        m.d.comb += [self.load.ready.eq(idle & ~pending), self.busy.eq(~idle | pending)]
+        beat, beat_valid = Signal(self.load.payload.shape(), name="beat"), Signal(name="beat_valid")
+        # Ifs, not the conditions assigned: an X on ``start`` or ``valid`` (Icarus, before the sequencer's
+        # FSM first changes state) then reads as false instead of latching an X.
+        m.d.sync += [beat.eq(self.load.payload), beat_valid.eq(0), pending.eq(0)]
+        with m.If(self.load.valid & self.load.ready):
+            m.d.sync += beat_valid.eq(1)
+        with m.If(self.start & idle & ~pending):
+            m.d.sync += pending.eq(1)
+        return beat, beat_valid, pending
 
     def _weights_of_layer(self, m, cfg, buffer, load_en, narrow, read_addr):
         """With a wide weights buffer: the PE weight words of the layer, from the wide buffer where the
@@ -559,7 +614,7 @@ class LayerEngine(wiring.Component):
                      self.code_written.data.eq(write.data)]
         return read.data, addr, back
 
-    def _writer(self, m, cfg, last, dest, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col,
+    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col,
                 band_cfg):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
@@ -581,7 +636,7 @@ class LayerEngine(wiring.Component):
         pending = tiles_done != tiles_written
         with m.FSM(name="writer") as writer:
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(start):
                     m.d.sync += [tiles_done.eq(0), tiles_written.eq(0), channel_tiles_written.eq(0), band_pos.eq(0),
                                  read_addr.eq(0), read_pos.eq(0),
                                  read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
@@ -696,7 +751,7 @@ class LayerEngine(wiring.Component):
                         with m.If(co_tile == last["co_tiles"]):
                             m.d.sync += finishing.eq(1)
 
-    def _connect_stage(self, m, unit, load_en, valid, acc, channel):
-        load = self.load.payload
+    @staticmethod
+    def _connect_stage(m, unit, load, load_en, valid, acc, channel):
         m.d.comb += [unit.load_en.eq(load_en), unit.load_addr.eq(load.addr), unit.load_data.eq(load.data),
                      unit.valid.eq(valid), unit.acc.eq(acc), unit.channel.eq(channel)]

@@ -139,9 +139,10 @@ def test_digits_network_on_the_core(rows, cols, stall, backpressure):
 
 def test_write_back_overlaps_the_next_band(small_cnn):
     """Network mode on a 2 x 10 array: conv0 (1 -> 20 channels, 8 x 8, two channel tiles) runs in bands
-    of 2 rows (``hw.bands``: 8 units of 16 positions, computed in 9 * 19 = 171 cycles and written back
-    in 16 * 11 = 176 each), so the layer takes 171 + 8 * 176 plus drain and flush: less than one
-    channel tile's computation and write-back per tile overlapped (603 + 2 * 704) and far less than
+    of 2 rows (``hw.bands``: 8 units of 16 positions, computed in 9 * 17 = 153 cycles, each tile's weights
+    read while the one before issues, and written back in 16 * 11 = 176 each), so the layer takes 2 (the
+    first tile's weights) + 153 + 8 * 176 plus drain, flush and the registered start's cycle: less than
+    one channel tile's computation and write-back per tile overlapped (603 + 2 * 704) and far less than
     none overlapped (2 * (603 + 704)); every tensor exact."""
     from compiler.lower import compile_model
     from lcq_train.plan import QuantPlan
@@ -154,8 +155,8 @@ def test_write_back_overlaps_the_next_band(small_cnn):
     counts = check_layer_cycles(model, params, result)
     drain, flush = 2 + 10 + 6, LayerEngine.STAGE_LATENCY
     assert band_rows(params.engine, model.convs[0]) == 2
-    assert counts[0] == (171 + 8 * 176 + drain + flush, 2 * (603 + 704) + drain + flush)
-    assert counts[0][0] < 603 + 2 * 704 + drain + flush
+    assert counts[0] == (1 + 2 + 153 + 8 * 176 + drain + flush, 1 + 2 * (603 + 704) + drain + flush)
+    assert counts[0][0] < 1 + 603 + 2 * 704 + drain + flush
 
 
 def test_next_image_loads_while_the_core_runs(small_cnn):
@@ -213,24 +214,28 @@ def layer_cycles(params, node, overlapped=True):
     states, with the bands the program gives it (``hw.bands.band_rows``): the band of a channel tile
     is a unit; unit ``u``'s accumulators are final after ``c_u = (u + 1) * k * T - gap + drain``
     cycles; its write-back (``W = band positions * (cols + 1)`` cycles) starts in cycle ``c_u + 1`` or
-    when the previous unit's ends, whichever is later; ``STAGE_LATENCY`` cycles follow the last.
-    ``overlapped=False``: one band, the write-back of every channel tile after the computation of
-    all (the engine before the overlap)."""
+    when the previous unit's ends, whichever is later; ``STAGE_LATENCY`` cycles follow the last, and
+    the cycle of the registered ``start`` precedes the first. Bands of at least ``R + C + 3``
+    positions read the next tile's weights while a tile issues: ``T`` loses its ``R`` cycles, and
+    the first tile's load (``R``) comes first. ``overlapped=False``: one band, the write-back of every
+    channel tile after the computation of all, weights loaded between tiles (the engine before the
+    overlaps)."""
     R, C = params.engine.rows, params.engine.cols
     (c_in, _, _), (c_out, ho, wo) = node.in_shape, node.out_shape
     rows = band_rows(params.engine, node) if overlapped else ho
     positions, units = rows * wo, -(-c_out // C) * (ho // rows)
     k = node.kernel ** 2 * -(-c_in // R)
     gap = max(0, C + 2 - positions)
-    T, drain, W = R + positions + 1 + gap, R + C + 6, positions * (C + 1)
+    load = 0 if overlapped and positions >= R + C + 3 else R     # the next tile's weights read while one issues
+    T, drain, W = load + positions + 1 + gap, R + C + 6, positions * (C + 1)
     if not overlapped:
-        return units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
+        return 1 + units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
     end = 0
     for u in range(units):
-        start = max((u + 1) * k * T - gap + drain + 1, end + 1)
+        start = max(R - load + (u + 1) * k * T - gap + drain + 1, end + 1)
         end = start + W - 1
-    closed = max(k * T + units * W, units * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
-    assert end + LayerEngine.STAGE_LATENCY == closed
+    closed = 1 + R - load + max(k * T + units * W, units * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
+    assert 1 + end + LayerEngine.STAGE_LATENCY == closed                 # 1: the registered start
     assert closed == network_layer_cycles(params.engine, node, rows, LayerEngine.STAGE_LATENCY)
     return closed
 
