@@ -34,9 +34,11 @@ sequencer's register writes and fetches included), MACs per cycle and utilizatio
 engine's cycles by the network-mode formula (``hw.bands.network_layer_cycles``): ``band`` (output
 rows per band, as the program runs the layer), ``overlapped`` (each band of each channel tile
 written back while the next computes), and with one band per channel tile and no overlap:
-``compute`` (as above), ``write_back`` = ``co_tiles * positions * (C + 1)`` and ``serial`` =
+``compute`` (as above), ``write_back`` = ``co_tiles * positions * (C + 1)`` (with the write-back in
+pairs, ``hw.bands.write_back_cycles``: ``positions / 2 * (C + 2)`` per channel tile) and ``serial`` =
 compute + write-back + 3 (the engine before the overlap); ``overhead`` = step cycles - overlapped
-(the sequencer's).
+(the sequencer's). The core is ``NetworkParams.for_model``'s: the write-back in pairs where it pays
+(16 x 16). Totals: all steps, the convolution steps, and the 3x3 convolutions.
 
 Run:  python benchmarks/array_utilization.py [--arrays 8x8,16x16] [--images 1] [--simulator verilator]
                                              [--mode layer|network|both]
@@ -110,7 +112,8 @@ def analytic(node, rows: int, cols: int) -> dict:
 CYCLE_FORMULA = ("overlapped (hw.bands.network_layer_cycles): 1 + rows - load + max(k*T + units*W, units*k*T + W) "
                  "- gap + drain + L, k = kernel^2 * groups, units = co_tiles * bands, P = band_rows * out_w, "
                  "load = 0 if P >= rows + cols + 3 (the next tile's weights read while one issues) else rows, "
-                 "T = load + P + 1 + gap, W = P * (cols + 1), L = STAGE_LATENCY (+ FUSED_LATENCY with a fused activation); "
+                 "T = load + P + 1 + gap, W = P * (cols + 1) (with write_pairs and an even P: P / 2 * (cols + 2)), "
+                 "L = STAGE_LATENCY (+ FUSED_LATENCY with a fused activation); "
                  "serial: one band per channel tile, compute + co_tiles * W + STAGE_LATENCY")
 
 
@@ -119,7 +122,7 @@ def network_analytic(node, params, fused_activation: bool = False) -> dict:
     engine ``params`` (with an activation fused into its write-back or not): ``band_rows`` (the
     program's), ``overlapped`` (with them), and with one band per channel tile: ``compute``,
     ``write_back`` and ``serial`` (the write-back after the computation)."""
-    from hw.bands import band_rows, network_layer_cycles
+    from hw.bands import band_rows, network_layer_cycles, write_back_cycles
     from hw.engine import LayerEngine
     from hw.pe_words import ARRAY_PIPELINE
 
@@ -128,7 +131,7 @@ def network_analytic(node, params, fused_activation: bool = False) -> dict:
     positions, co_tiles = a["positions"], a["co_tiles"]
     k = node.kernel ** 2 * a["groups"]
     gap = max(0, cols + 2 - positions)
-    T, drain, W = rows + positions + 1 + gap, rows + cols + 4 + ARRAY_PIPELINE, positions * (cols + 1)
+    T, drain, W = rows + positions + 1 + gap, rows + cols + 4 + ARRAY_PIPELINE, write_back_cycles(params, positions)
     latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if fused_activation else 0)
     compute = co_tiles * k * T - gap + drain
     band = band_rows(params, node)
@@ -215,13 +218,16 @@ def measure_network(sim: str, rows: int, cols: int, model, images: np.ndarray, b
     cycles = [im.cycles for im in report.images]
     macs = report.macs_per_image
     conv_cycles = sum(x["cycles"] for x in steps if x["kind"] == "conv")
+    square = [x for x in steps if x["kind"] == "conv" and convs[x["name"]].kernel == 3]
     total = {"cycles_per_image": cycles, "macs_per_image": macs, "macs_per_cycle": round(macs / cycles[0], 4),
              "utilization": round(macs / cycles[0] / rc, 4), "conv_cycles": conv_cycles,
              "conv_utilization": round(macs / conv_cycles / rc, 4),
+             "conv3x3_utilization": round(sum(x["macs"] for x in square) / sum(x["cycles"] for x in square) / rc, 4),
              "analytic_overlapped": sum(x["analytic"]["overlapped"] for x in steps if x["kind"] == "conv"),
              "analytic_serial": sum(x["analytic"]["serial"] for x in steps if x["kind"] == "conv"),
              "mismatches": report.mismatches}
-    result = {"rows": rows, "cols": cols, "build_dir": str(build_dir), "build_seconds": round(t1 - t0, 1),
+    result = {"rows": rows, "cols": cols, "write_pairs": params.engine.write_pairs, "build_dir": str(build_dir),
+              "build_seconds": round(t1 - t0, 1),
               "run_seconds": round(t2 - t1, 1), "steps": steps, "total": total}
     print(f"  network {rows}x{cols}: build {result['build_seconds']} s, simulation {result['run_seconds']} s, "
           f"{cycles[0]:,} cycles per image, {report.mismatches} mismatches", flush=True)
@@ -245,7 +251,9 @@ def network_table(result: dict) -> str:
     t = result["total"]
     lines.append(f"\nper image: {t['cycles_per_image'][0]:,} cycles, {t['macs_per_cycle']:.2f} MACs/cycle "
                  f"({100 * t['utilization']:.1f}% of R*C); convolution steps {t['conv_cycles']:,} cycles "
-                 f"({100 * t['conv_utilization']:.1f}%), engine formula {t['analytic_overlapped']:,} "
+                 f"({100 * t['conv_utilization']:.1f}%; the 3x3 ones {100 * t['conv3x3_utilization']:.1f}%), "
+                 f"write-back in pairs: {'yes' if result['write_pairs'] else 'no'}, "
+                 f"engine formula {t['analytic_overlapped']:,} "
                  f"(serial write-back: {t['analytic_serial']:,}); {t['mismatches']} mismatches")
     return "\n".join(lines)
 

@@ -43,7 +43,8 @@ over the values (one cycle per element) is saved.
 
 Each tensor is alive from the step that writes it to the last step that reads
 it (the logits to the end). :func:`plan_network` places every tensor at a base
-address of its memory (first fit, in order of definition or largest first,
+address of its memory (a multiple of ``align``: 2 where the hardware's memories hold two
+positions per word; first fit, in order of definition or largest first,
 whichever needs fewer words) so that no two tensors alive at one step overlap;
 as the intervals are inclusive, a step's output never overlaps its own inputs,
 with one exception: a residual sum is written *in place* over an operand that
@@ -315,28 +316,29 @@ def _role(node, model: CompiledModel) -> str:
     return "accumulators"
 
 
-def first_fit(tensors: list[TensorPlan]) -> int:
-    """Set each tensor's ``base``, first fit in the given order, so that no two tensors alive at one step
-    overlap; returns the high-water mark."""
+def first_fit(tensors: list[TensorPlan], align: int = 1) -> int:
+    """Set each tensor's ``base`` (a multiple of ``align``), first fit in the given order, so that no two
+    tensors alive at one step overlap; returns the high-water mark."""
     placed: list[TensorPlan] = []
     for t in tensors:
         base = 0
         for other in sorted((p for p in placed if p.overlaps_in_time(t)), key=lambda p: p.base):
             if other.base >= base + t.words:
                 break               # the gap below ``other`` holds t
-            base = max(base, other.end)
+            base = max(base, -(-other.end // align) * align)
         t.base = base
         placed.append(t)
     return max((t.end for t in tensors), default=0)
 
 
-def allocate(tensors: list[TensorPlan]) -> int:
-    """Place ``tensors`` (in order of definition) in one memory: first fit in order of definition, and
-    first fit largest first; keeps the shallower (definition order on a tie). Returns the depth."""
+def allocate(tensors: list[TensorPlan], align: int = 1) -> int:
+    """Place ``tensors`` (in order of definition) in one memory, at multiples of ``align``: first fit in
+    order of definition, and first fit largest first; keeps the shallower (definition order on a tie).
+    Returns the depth."""
     orders = [list(tensors), sorted(tensors, key=lambda t: -t.words)]   # sorted() is stable
     best = None
     for order in orders:
-        depth = first_fit(order)
+        depth = first_fit(order, align)
         if best is None or depth < best[0]:
             best = depth, {t.name: t.base for t in tensors}
     for t in tensors:
@@ -344,7 +346,7 @@ def allocate(tensors: list[TensorPlan]) -> int:
     return best[0]
 
 
-def allocate_in_place(tensors: list[TensorPlan], by_name: dict[str, TensorPlan]) -> int:
+def allocate_in_place(tensors: list[TensorPlan], by_name: dict[str, TensorPlan], align: int = 1) -> int:
     """:func:`allocate` with each sum that is ``in_place`` sharing its operand's region: the chain of
     tensors joined so is placed as one, alive from the first's first step to the last's last."""
     chains: dict[str, list[TensorPlan]] = {}
@@ -355,7 +357,7 @@ def allocate_in_place(tensors: list[TensorPlan], by_name: dict[str, TensorPlan])
         chains.setdefault(head.name, []).append(t)
     joined = [replace(chain[0], first=min(t.first for t in chain), last=max(t.last for t in chain),
                       words=max(t.words for t in chain)) for chain in chains.values()]
-    depth = allocate(joined)
+    depth = allocate(joined, align)
     for region in joined:
         for t in chains[region.name]:
             t.base = region.base
@@ -406,14 +408,18 @@ def fuse_activations(steps: list[Step], model: CompiledModel) -> list[Step]:
     return out
 
 
-def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
-    """The network plan of ``model`` for a code memory of ``lanes`` codes per word (1..MAX_LANES).
+def plan_network(model: CompiledModel, lanes: int = 1, align: int = 1) -> NetworkPlan:
+    """The network plan of ``model`` for a code memory of ``lanes`` codes per word (1..MAX_LANES), every
+    tensor at a multiple of ``align`` words (1 or 2: 2 for a core that writes positions in pairs, whose
+    memories hold two positions per word).
 
     Raises :class:`NetworkPlanError` for a graph the planned hardware cannot run and
     :class:`~compiler.graph.ModelRuleError` for a model that breaks the compiled model's rules.
     """
     if isinstance(lanes, bool) or not isinstance(lanes, int) or not 1 <= lanes <= MAX_LANES:
         raise ValueError(f"lanes must be an integer in 1..{MAX_LANES}, not {lanes!r}")
+    if align not in (1, 2) or isinstance(align, bool):
+        raise ValueError(f"align must be 1 or 2, not {align!r}")
     steps = _steps(model)
     info = model.validate()          # shapes, code bits and exact value bounds, as the compiler propagates them
     steps = fuse_activations(fuse_additions(steps, model), model)
@@ -447,7 +453,7 @@ def plan_network(model: CompiledModel, lanes: int = 1) -> NetworkPlan:
                 total.in_place = dying[0].name
     for memory in MEMORIES:
         held = [t for t in tensors.values() if t.kind == memory and t.stored]
-        depth = allocate_in_place(held, tensors)
+        depth = allocate_in_place(held, tensors, align)
         bits = max((t.bits for t in tensors.values() if t.kind == memory), default=0)
         width = lanes * bits if memory == "codes" else bits
         plan.memories[memory] = MemoryPlan(memory, depth, width, plan.peak_words(lambda t, m=memory: t.kind == m))

@@ -29,12 +29,12 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     :func:`~hw.engine_params.group_span`'s with ``skip_groups``), ``units = ceil(C_out / cols) * bands``
     (band of a channel tile), ``P = rows_per_band * W_out`` positions per band, ``gap = max(0, cols +
     2 - P)``, ``load`` = 0 where the next tile's weights are read while a tile issues (:func:`overlaps`),
-    else ``rows``, ``T = load + P + 1 + gap`` cycles per reduction tile and ``W = P * (cols + 1)`` cycles
-    of write-back per unit: ``1 + rows - load + max(k*T + units*W, units*k*T + W) - gap + drain +
-    stage_latency`` with ``drain = rows + cols + 4 + ARRAY_PIPELINE`` (the engine's registered ``start``
-    takes a cycle, and with the overlap the first tile's weights ``rows``; then unit ``u``'s accumulators
-    are final after ``(u + 1) * k * T - gap + drain`` cycles; its write-back starts the cycle after, or
-    after the previous unit's)."""
+    else ``rows``, ``T = load + P + 1 + gap`` cycles per reduction tile and ``W`` cycles of write-back per
+    unit (:func:`write_back_cycles`: ``P * (cols + 1)``, or ``P / 2 * (cols + 2)`` in pairs): ``1 + rows -
+    load + max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency`` with ``drain = rows + cols +
+    4 + ARRAY_PIPELINE`` (the engine's registered ``start`` takes a cycle, and with the overlap the first
+    tile's weights ``rows``; then unit ``u``'s accumulators are final after ``(u + 1) * k * T - gap +
+    drain`` cycles; its write-back starts the cycle after, or after the previous unit's)."""
     c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
     if rows_per_band < 1 or ho % rows_per_band:
         raise ValueError(f"a band of {rows_per_band} rows does not divide {node.name}'s {ho} output rows")
@@ -44,9 +44,18 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     positions = rows_per_band * wo
     gap = max(0, params.cols + 2 - positions)
     load = 0 if overlaps(params, positions) else params.rows
-    T, W = load + positions + 1 + gap, positions * (params.cols + 1)
+    T, W = load + positions + 1 + gap, write_back_cycles(params, positions)
     drain = params.rows + params.cols + 4 + ARRAY_PIPELINE
     return 1 + params.rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
+
+
+def write_back_cycles(params: EngineParams, positions: int) -> int:
+    """Cycles the engine writes a band of ``positions`` back in: per position a read cycle and ``cols``
+    cycles through the output stage; with ``write_pairs`` and an even band, per pair of positions two
+    read cycles and ``cols`` through the two stages."""
+    if params.write_pairs and positions % 2 == 0:
+        return positions // 2 * (params.cols + 2)
+    return positions * (params.cols + 1)
 
 
 def overlaps(params: EngineParams, positions: int) -> bool:

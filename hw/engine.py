@@ -64,7 +64,12 @@ cols + 3`` positions, 0: the next tile's weight rows are then read during a tile
 positions (its first position has passed the last column by then), and only the first tile loads.
 Its write-back takes ``W = P * (cols + 1)`` cycles (per position a read cycle, then ``cols`` cycles
 feeding the output stage, whose results are written ``STAGE_LATENCY`` cycles later) and starts in
-cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is later; ``L`` =
+cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is later. With
+``write_pairs`` and an even ``P`` (register-free: the layer's ``band_positions`` is even; the
+program puts every tensor at an even word), the write-back takes the positions in pairs: two read
+cycles, then ``cols`` cycles feeding the even position's accumulators (held) to one output stage
+and the odd one's to a second, both results written at once into the two halves of a word of the
+code and value memories (two positions per word): ``W = P / 2 * (cols + 2)``. ``L`` =
 ``STAGE_LATENCY`` (plus ``FUSED_LATENCY`` with ``act_fuse``) cycles after the last unit's
 write-back, ``busy`` falls. Load beats and ``start`` pass a register first (no write enable
 depends on the state), so cycles count from the cycle after the one following ``start``, and
@@ -158,32 +163,40 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
       :data:`~hw.engine_params.NETWORK_REGISTERS`).
     - ``code_write`` (in, used only while idle): ``en`` (one bit per lane), ``addr``, ``data``
       (``rows`` lanes of ``abits``) write the chosen lanes of one activation-buffer word.
-    - ``val_write`` (out): ``en``, ``addr`` (``reg_bits``), ``data`` (signed ``value_bits``): each
-      output value of a layer whose ``dst_values`` is 1, one per cycle, while the layer computes
-      its next channel tiles (so a layer's output must not share words with its input).
-    - ``val_read`` (while busy): ``addr`` (out, ``reg_bits``), ``data`` (in, signed ``value_bits``, the
-      word at the previous cycle's address): with ``dst_add``, the value each write adds to.
-    - ``code_written`` (out): the activation buffer's write port (``en`` per lane, ``addr``,
-      ``data``) in every cycle, whoever writes: a probe for simulations.
+    - ``val_write`` (out): ``en`` (one bit per half), ``addr`` (``reg_bits``), ``data`` (``halves``
+      signed ``value_bits`` fields): the output values of a layer whose ``dst_values`` is 1, one (or, in
+      pairs, two) per cycle, into word ``addr`` of the value memory (value ``addr * halves + h`` in half
+      ``h``; ``halves`` = :attr:`~hw.engine_params.EngineParams.halves`), while the layer computes its
+      next channel tiles (so a layer's output must not share words with its input).
+    - ``val_read`` (while busy): ``addr`` (out, ``reg_bits``), ``data`` (in, ``halves`` values, the
+      word at the previous cycle's address): with ``dst_add``, the values each write adds to.
+    - ``code_written`` (out): the activation buffer's write port in every cycle, whoever writes, a
+      probe for simulations: ``en`` (one bit per lane of each half), ``addr``, ``data`` (``halves``
+      activation words: word ``addr * halves + h`` in half ``h``).
     - ``code_read`` (used only while idle): ``addr`` (in), ``data`` (out, ``rows`` lanes of ``abits``:
       the activation-buffer word at the previous cycle's address): the buffer's read port, lent.
     - ``activation`` (with ``act_fuse``): ``valid``, ``value`` (signed ``value_bits``), ``slot``
       (``reg_bits``: ``act_slot`` + the value's channel) out, the cycle after each value is written;
       ``code`` (in, ``abits``): the value's code under the thresholds of ``slot``, expected
-      ``ThresholdUnit.LATENCY`` cycles later (:class:`hw.vector.VectorUnit`'s ``lent_*`` ports).
+      ``ThresholdUnit.LATENCY`` cycles later (:class:`hw.vector.VectorUnit`'s ``lent_*`` ports); with
+      ``write_pairs`` also ``value_odd`` and ``code_odd``: the odd position's of a pair.
     """
+    halves = params.halves
     lanes = wiring.Signature({"en": Out(params.rows), "addr": Out(range(params.act_depth)),
                               "data": Out(params.rows * params.abits)})
-    values = wiring.Signature({"en": Out(1), "addr": Out(reg_bits), "data": Out(signed(value_bits))})
-    old_values = wiring.Signature({"addr": Out(reg_bits), "data": In(signed(value_bits))})
+    written = wiring.Signature({"en": Out(halves * params.rows), "addr": Out(range(-(-params.act_depth // halves))),
+                                "data": Out(halves * params.rows * params.abits)})
+    values = wiring.Signature({"en": Out(halves), "addr": Out(reg_bits), "data": Out(halves * value_bits)})
+    old_values = wiring.Signature({"addr": Out(reg_bits), "data": In(halves * value_bits)})
     reader = wiring.Signature({"addr": Out(range(params.act_depth)), "data": In(params.rows * params.abits)})
+    odd = {"value_odd": Out(signed(value_bits)), "code_odd": In(params.abits)} if halves == 2 else {}
     activation = wiring.Signature({"valid": Out(1), "value": Out(signed(value_bits)), "slot": Out(reg_bits),
-                                   "code": In(params.abits)})
+                                   "code": In(params.abits), **odd})
     load = data.StructLayout({"target": TARGET_BITS, "addr": params.addr_bits,
                               "data": max(params.data_bits, reg_bits)})
     return wiring.Signature({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
                              "code_write": In(lanes), "val_write": Out(values), "val_read": Out(old_values),
-                             "code_written": Out(lanes), "activation": Out(activation), "code_read": In(reader)})
+                             "code_written": Out(written), "activation": Out(activation), "code_read": In(reader)})
 
 
 class LayerEngine(wiring.Component):
@@ -293,6 +306,11 @@ class LayerEngine(wiring.Component):
                          read.addr.eq(addr)]
             return read.data, addr
 
+        # Network mode with write_pairs: this layer writes back in pairs (its bands have an even number of
+        # positions; the program puts every tensor at an even word).
+        pair = Signal(name="pair") if p.write_pairs else C(0, 1)
+        if p.write_pairs:
+            m.d.sync += pair.eq(cfg["band_positions"][0] == 0)
         if self.network:
             act_data, act_addr, code_out = self._code_buffer(m, idle)
         else:
@@ -347,22 +365,25 @@ class LayerEngine(wiring.Component):
         tile_issued = Signal(name="tile_issued") if self.network else None
         writer_done = Signal(name="writer_done") if self.network else None
 
-        # Network mode, bands of at least rows + cols + 3 positions (``overlap``): the next tile's weight rows
-        # are read during the last ``rows`` positions of a tile (``left`` counts the band's positions still to
-        # issue), from ``next_weights``: the band's first tile's where the tile is the band's last and another
-        # band of the channel tile follows, else the next ones; the next tile then issues without LOAD_WEIGHTS.
+        # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
+        # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
+        # weight rows are read during the last ``rows`` positions of a tile (``left`` counts the band's
+        # positions still to issue), from the band's first tile's where the tile is the band's last and
+        # another band of the channel tile follows, else from the next ones (``sequential``, set as the tile
+        # begins); the next tile then issues without LOAD_WEIGHTS.
         if self.network:
             overlap, left = Signal(name="overlap"), Signal(range(p.pos_depth + 1), name="left")
+            fetch = counter("fetch")
             m.d.sync += overlap.eq(cfg["band_positions"] >= R + Cn + 3)
+            m.d.comb += weight_read_addr.eq(fetch)
             band_wrap = (g == last["groups"]) & (kx == last["kernel"]) & (ky == last["kernel"]) & (
                 band["end_y"] != last["out_h"])
-            next_weights = Mux(band_wrap, band["weight_addr"], weight_addr)
 
-        def begin_issue():
+        def begin_issue(sequential):
             m.d.sync += [y.eq(band["y"]), x.eq(0), pos.eq(band["pos"]), iy.eq(band["iy"] + ky - cfg["padding"]),
                          ix.eq(kx - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
             if self.network:
-                m.d.sync += left.eq(last["band_positions"])
+                m.d.sync += [left.eq(last["band_positions"]), fetch.eq(Mux(band_wrap, band["weight_addr"], sequential))]
             m.next = "ISSUE"
 
         m.d.sync += w_valid.eq(0)
@@ -373,17 +394,20 @@ class LayerEngine(wiring.Component):
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
                                  out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"])]
                     if self.network:
-                        m.d.sync += tile_plane.eq(0)
+                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"])]
                     self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
                 # Read one row's weight word per cycle; the row's shadow weights take it in the next cycle
                 # (network mode: the one after).
-                m.d.comb += weight_read_addr.eq(weight_addr)
+                if self.network:
+                    m.d.sync += fetch.eq(fetch + 1)
+                else:
+                    m.d.comb += weight_read_addr.eq(weight_addr)
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
                              w_valid.eq(1), w_row.eq(row_count)]
                 with m.If(row_count == R - 1):
-                    begin_issue()
+                    begin_issue(weight_addr + 1)
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
                 base = cfg["act_base"] if self.network else 0
@@ -394,9 +418,7 @@ class LayerEngine(wiring.Component):
                 if self.network:
                     m.d.sync += left.eq(left - 1)
                     with m.If(overlap & (left < R)):
-                        row = (R - 1 - left)[:len(w_row)]
-                        m.d.comb += weight_read_addr.eq(next_weights + row)
-                        m.d.sync += [w_valid.eq(1), w_row.eq(row)]
+                        m.d.sync += [fetch.eq(fetch + 1), w_valid.eq(1), w_row.eq((R - 1 - left)[:len(w_row)])]
                 with m.If(x == last["out_w"]):
                     m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
@@ -405,7 +427,7 @@ class LayerEngine(wiring.Component):
                                         finishing, band, band_cfg, weight_addr)
                         if self.network:
                             with m.If(overlap):
-                                m.d.sync += weight_addr.eq(next_weights + R)
+                                m.d.sync += weight_addr.eq(fetch + 1)       # after the next tile's last row
                         # The next tile's shadow weights must not be written before this tile's
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
@@ -428,9 +450,11 @@ class LayerEngine(wiring.Component):
                         m.next = "READ_WORD"
                 if self.network:
                     with m.Elif(overlap):
-                        begin_issue()
+                        begin_issue(weight_addr)
                 with m.Else():
                     m.d.sync += row_count.eq(0)
+                    if self.network:
+                        m.d.sync += fetch.eq(weight_addr)
                     m.next = "LOAD_WEIGHTS"
             if self.network:
                 with m.State("WRITE_BACK"):
@@ -466,8 +490,8 @@ class LayerEngine(wiring.Component):
             ends = [(x == last["out_w"]), (y == band["end_y"]), (g == last["groups"]), (kx == last["kernel"]),
                     (ky == last["kernel"])]
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*ends).all())
-            feeding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, read_addr, read_pos,
-                                   read_slot, feed_col, band_cfg)
+            feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, read_addr, read_pos,
+                                            read_slot, feed_col, band_cfg, pair)
         else:
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
@@ -513,30 +537,24 @@ class LayerEngine(wiring.Component):
 
         # Read-back: the word's accumulators enter the output stage one per cycle (column
         # feed_col); results come back STAGE_LATENCY cycles later into their field of the output word.
-        value = Cat(*column_reads).word_select(feed_col, p.acc_bits).as_signed()
+        # In pairs, the even position's accumulators (held) enter one stage and the odd one's a second.
+        fed = Cat(*column_reads).word_select(feed_col, p.acc_bits).as_signed()
+        values = [fed]
+        if p.write_pairs:
+            held = [Signal(signed(p.acc_bits), name=f"held_{c}") for c in range(Cn)]
+            with m.If(holding):
+                m.d.sync += [h.eq(r) for h, r in zip(held, column_reads)]
+            values = [Mux(pair, Cat(*held).word_select(feed_col, p.acc_bits).as_signed(), fed), fed]
         channel = Cat(feed_col[:p.col_bits], read_slot)
         stage = cfg["stage"][:2]
-        result = delayed(m, value, self.STAGE_LATENCY, "raw")
-        if p.code_bits:
-            m.submodules.thresholds = unit = ThresholdUnit(p.acc_bits, p.code_bits, p.stage_depth << p.col_bits,
-                                                           p.threshold_bits)
-            code = delayed(m, unit.code, self.STAGE_LATENCY - unit.LATENCY, "code")
-            self._connect_stage(m, unit, load, loads(THRESHOLDS), feeding, value, channel)
-            result = Mux(stage == STAGE_THRESHOLDS, code, result)
         relu = C(0, 1)      # STAGE_REQUANTIZE_RELU: in layer mode here, in network mode after the fused addition
-        if p.requantize:
-            q = p.requantize
-            m.submodules.requantize = unit = RequantizeUnit(p.acc_bits, p.stage_depth << p.col_bits,
-                                                            q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
-            self._connect_stage(m, unit, load, loads(REQUANTIZE), feeding, value, channel)
-            out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, "requantized")
-            if q.relu:
-                relu = stage == STAGE_REQUANTIZE_RELU
-                if not self.network:
-                    out = Mux(relu & (out < 0), 0, out)
-            result = Mux((stage == STAGE_REQUANTIZE) | relu, out, result)
+        if p.requantize and p.requantize.relu:
+            relu = stage == STAGE_REQUANTIZE_RELU
+        results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix)
+                   for value, suffix in zip(values, ("", "_odd"))]
+        result = results[0]
         if self.network:
-            self._write_back(m, cfg, dest, feeding, read_pos, result, code_out, relu)
+            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair)
             return m
         back_valid = delayed(m, feeding, self.STAGE_LATENCY, "back_valid")
         back_col = delayed(m, feed_col, self.STAGE_LATENCY, "back_col")
@@ -549,6 +567,29 @@ class LayerEngine(wiring.Component):
         m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
         m.d.comb += self.out.payload.eq(Cat(*fields))
         return m
+
+    def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix):
+        """One output stage (the units named with ``suffix``): ``value`` of ``channel`` (entering while
+        ``feeding``) -> its result ``STAGE_LATENCY`` cycles later: the code, the requantized value (in
+        layer mode then ReLU'd with ``relu``) or the raw value, as ``stage`` says."""
+        p = self.params
+        result = delayed(m, value, self.STAGE_LATENCY, f"raw{suffix}")
+        if p.code_bits:
+            m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(p.acc_bits, p.code_bits,
+                                                                       p.stage_depth << p.col_bits, p.threshold_bits)
+            code = delayed(m, unit.code, self.STAGE_LATENCY - unit.LATENCY, f"code{suffix}")
+            self._connect_stage(m, unit, load, loads(THRESHOLDS), feeding, value, channel)
+            result = Mux(stage == STAGE_THRESHOLDS, code, result)
+        if p.requantize:
+            q = p.requantize
+            m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
+                p.acc_bits, p.stage_depth << p.col_bits, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
+            self._connect_stage(m, unit, load, loads(REQUANTIZE), feeding, value, channel)
+            out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, f"requantized{suffix}")
+            if q.relu and not self.network:
+                out = Mux(relu & (out < 0), 0, out)
+            result = Mux((stage == STAGE_REQUANTIZE) | relu, out, result)
+        return result
 
     def _load_beat(self, m, idle):
         """The load beat as the registers and buffers take it: ``(payload, valid, start)``. Layer mode:
@@ -597,25 +638,39 @@ class LayerEngine(wiring.Component):
 
     def _code_buffer(self, m, idle):
         """Network mode: the activation buffer with a write enable per lane, simple dual port (the
-        write-back of one channel tile goes on while the next one's codes are read). Returns its read
-        data (one cycle after the address), the compute read address to drive and the write-back port
-        ``(en, addr, data)`` to drive while busy; ``code_write`` and ``code_read`` drive it while idle."""
+        write-back of one channel tile goes on while the next one's codes are read); with
+        ``write_pairs``, words of two positions (activation words ``2w``, ``2w + 1``), so that the
+        write-back writes a pair at once. Returns its read data (the activation word at the address of
+        the cycle before), the compute read address to drive and the write-back port ``(en, addr, data)``
+        of whole words (:func:`network_signature`'s ``code_written``) to drive while busy;
+        ``code_write`` and ``code_read`` (one activation word each) drive it while idle."""
         p = self.params
-        m.submodules.activations = memory = Memory(shape=p.rows * p.abits, depth=p.act_depth, init=[])
+        halves, word_bits = p.halves, p.rows * p.abits
+        depth = -(-p.act_depth // halves)
+        m.submodules.activations = memory = Memory(shape=halves * word_bits, depth=depth, init=[])
         write, read = memory.write_port(granularity=p.abits), memory.read_port()
         addr = Signal(range(p.act_depth), name="activations_addr")
-        back = {"en": Signal(p.rows, name="code_back_en"), "addr": Signal(range(p.act_depth), name="code_back_addr"),
-                "data": Signal(p.rows * p.abits, name="code_back_data")}
-        m.d.comb += [write.en.eq(Mux(idle, self.code_write.en, back["en"])),
-                     write.addr.eq(Mux(idle, self.code_write.addr, back["addr"])),
-                     write.data.eq(Mux(idle, self.code_write.data, back["data"])),
-                     read.addr.eq(Mux(idle, self.code_read.addr, addr)), self.code_read.data.eq(read.data),
+        back = {"en": Signal(halves * p.rows, name="code_back_en"), "addr": Signal(range(depth), name="code_back_addr"),
+                "data": Signal(halves * word_bits, name="code_back_data")}
+        idle_write = self.code_write
+        read_addr = Mux(idle, self.code_read.addr, addr)
+        if halves == 1:
+            idle_en, idle_addr, read_word, read_half = idle_write.en, idle_write.addr, read_addr, C(0, 1)
+        else:
+            idle_en = Mux(idle_write.addr[0], Cat(C(0, p.rows), idle_write.en), Cat(idle_write.en, C(0, p.rows)))
+            idle_addr, read_word = idle_write.addr >> 1, read_addr >> 1
+            read_half = delayed(m, read_addr[0], 1, "activations_half")
+        data = read.data.word_select(read_half, word_bits)
+        m.d.comb += [write.en.eq(Mux(idle, idle_en, back["en"])),
+                     write.addr.eq(Mux(idle, idle_addr, back["addr"])),
+                     write.data.eq(Mux(idle, Cat(*[idle_write.data] * halves), back["data"])),
+                     read.addr.eq(read_word), self.code_read.data.eq(data),
                      self.code_written.en.eq(write.en), self.code_written.addr.eq(write.addr),
                      self.code_written.data.eq(write.data)]
-        return read.data, addr, back
+        return data, addr, back
 
     def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col,
-                band_cfg):
+                band_cfg, pair):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
         A band's accumulators are final ``drain`` cycles after its last position is issued
@@ -624,8 +679,10 @@ class LayerEngine(wiring.Component):
         and feeds its ``cols`` accumulators to the output stage (FEED, one per cycle), and goes on
         with the next band at once if that one is done. After the last channel tile's last band,
         FLUSH waits ``STAGE_LATENCY`` cycles (plus ``FUSED_LATENCY`` with ``act_fuse``) for the last
-        results to be written; ``writer_done`` marks
-        its last cycle. Returns the FEED signal (an accumulator enters the output stage)."""
+        results to be written; ``writer_done`` marks its last cycle. In pairs (``pair``), READ_WORD reads
+        the even position and READ_SECOND the odd one (the even one's accumulators are held meanwhile),
+        and FEED feeds both. Returns the FEED signal (accumulators enter the output stages) and the
+        READ_SECOND one (hold the even position's)."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
@@ -649,20 +706,31 @@ class LayerEngine(wiring.Component):
             with m.State("READ_WORD"):
                 # The column memories read word read_addr (data in the next cycle, held there).
                 m.d.sync += [feed_col.eq(0)] + [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
-                m.next = "FEED"
+                if p.write_pairs:
+                    with m.If(pair):
+                        m.d.sync += read_addr.eq(read_addr + 1)
+                        m.next = "READ_SECOND"
+                    with m.Else():
+                        m.next = "FEED"
+                else:
+                    m.next = "FEED"
+            if p.write_pairs:
+                with m.State("READ_SECOND"):
+                    m.next = "FEED"
             with m.State("FEED"):
                 m.d.sync += feed_col.eq(feed_col + 1)
                 self._step_destination(m, cfg, dest, read_pos)
                 with m.If(feed_col == Cn - 1):
-                    m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1), band_pos.eq(band_pos + 1)]
-                    with m.If(band_pos == last["band_positions"]):
+                    m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1 + pair),
+                                 band_pos.eq(band_pos + 1 + pair)]
+                    with m.If(band_pos + pair == last["band_positions"]):
                         # The band's last word: the next band's, if it is done, or wait for it.
                         m.d.sync += [band_pos.eq(0), tiles_written.eq(tiles_written + 1)]
                         with m.If(tiles_done != tiles_written + 1):
                             m.next = "READ_WORD"
                         with m.Else():
                             m.next = "WAIT"
-                        with m.If(read_pos == last["positions"]):
+                        with m.If(read_pos + pair == last["positions"]):
                             # ... and the channel tile's: the next tile's destinations, or the end.
                             m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
                                          channel_tiles_written.eq(channel_tiles_written + 1)]
@@ -679,16 +747,19 @@ class LayerEngine(wiring.Component):
                 with m.If(flush == 0):
                     m.next = "IDLE"
         m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
-        return writer.ongoing("FEED")
+        return writer.ongoing("FEED"), (writer.ongoing("READ_SECOND") if p.write_pairs else C(0, 1))
 
-    def _write_back(self, m, cfg, dest, feeding, read_pos, result, code_out, relu):
+    def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
         accumulator was fed, as a value (``dst_values``; plus the value read at its address the cycle
         before, with ``dst_add``; then ``max(0, value)`` where ``relu``) or as a code into its lane; with
         ``act_fuse``, the value's code (lent thresholds of slot ``act_slot + channel``) into its lane
         ``FUSED_LATENCY`` cycles later. The padding channels of the last channel tile (``channel >= c_out``)
-        are not written."""
+        are not written. ``results``: the even position's stage (the only one without ``write_pairs``) and
+        the odd one's; in pairs both are written at once into the two halves of a word (the position
+        being fed is even, and so is every tensor's base), else the first into its position's half."""
         p = self.params
+        halves, vb = p.halves, self.value_bits
         valid = delayed(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
         channel = delayed(m, dest["channel"], self.STAGE_LATENCY, "back_channel")
         read_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY - 1, "back_value_read_addr")
@@ -696,22 +767,51 @@ class LayerEngine(wiring.Component):
         code_addr = delayed(m, dest["code_base"] + read_pos, self.STAGE_LATENCY, "back_code_addr")
         lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self.STAGE_LATENCY, "back_lane")
         values = cfg["dst_values"][0]
-        total = Signal(signed(self.value_bits), name="back_value")
-        summed = result + Mux(cfg["dst_add"][0], self.val_read.data, 0)
-        m.d.comb += total.eq(Mux(relu & (summed < 0), 0, summed))
-        # The fused activation: the value to the lent thresholds, its code written FUSED_LATENCY cycles on.
+
+        def word(addr):
+            return addr >> 1 if halves == 2 else addr
+
+        def halves_of(addr):
+            """The halves a write at activation or value address ``addr`` takes: both in pairs, else its own."""
+            return Mux(pair, 0b11, Mux(addr[0], 0b10, 0b01)) if halves == 2 else C(1, 1)
+
+        old = [self.val_read.data.word_select(h, vb).as_signed() for h in range(halves)]
+        if halves == 2:
+            old[0] = Mux(pair | ~value_addr[0], old[0], old[1])
+        totals = []
+        for h, result in enumerate(results):
+            summed = result + Mux(cfg["dst_add"][0], old[h], 0)
+            total = Signal(signed(vb), name="back_value" + ("_odd" if h else ""))
+            m.d.comb += total.eq(Mux(relu & (summed < 0), 0, summed))
+            totals.append(total)
+        # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on.
         lend = valid & values & cfg["act_fuse"][0]
-        m.d.sync += [self.activation.valid.eq(lend), self.activation.value.eq(total),
+        m.d.sync += [self.activation.valid.eq(lend), self.activation.value.eq(totals[0]),
                      self.activation.slot.eq(cfg["act_slot"] + channel)]
+        if halves == 2:
+            m.d.sync += self.activation.value_odd.eq(totals[1])
         coded = delayed(m, lend, self.FUSED_LATENCY, "fused_valid")
         coded_addr = delayed(m, code_addr, self.FUSED_LATENCY, "fused_code_addr")
         coded_lane = delayed(m, lane, self.FUSED_LATENCY, "fused_lane")
-        m.d.comb += [self.val_write.en.eq(valid & values), self.val_write.addr.eq(value_addr),
-                     self.val_read.addr.eq(read_addr), self.val_write.data.eq(total),
-                     code_out["en"].eq(Mux(valid & ~values, C(1, p.rows) << lane, 0)
-                                       | Mux(coded, C(1, p.rows) << coded_lane, 0)),
-                     code_out["addr"].eq(Mux(values, coded_addr, code_addr)),
-                     code_out["data"].eq(Cat(*[Mux(values, self.activation.code, result[:p.abits])] * p.rows))]
+
+        def lanes_en(lane_, addr):
+            """Enables of lane ``lane_`` in the halves a write at ``addr`` takes."""
+            taken = halves_of(addr)
+            one = (C(1, p.rows) << lane_)[:p.rows]
+            return Cat(*(Mux(taken[h], one, C(0, p.rows)) for h in range(halves)))
+
+        even_code = Mux(values, self.activation.code, results[0][:p.abits])
+        codes = [even_code]
+        if halves == 2:
+            codes.append(Mux(pair, Mux(values, self.activation.code_odd, results[1][:p.abits]), even_code))
+        m.d.comb += [self.val_write.en.eq(Mux(valid & values, halves_of(value_addr), 0)),
+                     self.val_write.addr.eq(word(value_addr)), self.val_read.addr.eq(word(read_addr)),
+                     self.val_write.data.eq(Cat(totals[0], Mux(pair, totals[1], totals[0])) if halves == 2
+                                            else totals[0]),
+                     code_out["en"].eq(Mux(valid & ~values, lanes_en(lane, code_addr), 0)
+                                       | Mux(coded, lanes_en(coded_lane, coded_addr), 0)),
+                     code_out["addr"].eq(word(Mux(values, coded_addr, code_addr))),
+                     code_out["data"].eq(Cat(*[Cat(*[code] * p.rows) for code in codes]))]
 
     @staticmethod
     def _first_band(m, band, band_cfg):

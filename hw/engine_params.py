@@ -99,6 +99,9 @@ class EngineParams:
     - ``skip_groups`` (network engines): each channel tile runs only the row groups :func:`group_span`
       gives it (a grouped or depthwise conv skips the other groups' all-zero reduction tiles), and its
       weights hold only those.
+    - ``write_pairs`` (network engines): the write-back takes two positions at once (``2q``, ``2q + 1``)
+      where a layer's bands have an even number of positions: two output stages, and code and value
+      memories of two-position words (:attr:`halves`).
     """
 
     rows: int
@@ -119,6 +122,7 @@ class EngineParams:
     wide_depth: int = 0
     product_bits: int = PRODUCT_BITS
     skip_groups: bool = False
+    write_pairs: bool = False
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
@@ -137,13 +141,19 @@ class EngineParams:
                 not 0 <= self.wide_depth <= 1 << 24 or (self.wide_depth and not self.multiply):
             raise ValueError(f"wide_depth must be 0, or an integer in 1..{1 << 24} for an engine that multiplies, "
                              f"got {self.wide_depth!r}")
-        if not isinstance(self.skip_groups, bool):
-            raise ValueError(f"skip_groups must be true or false, got {self.skip_groups!r}")
+        for name in ("skip_groups", "write_pairs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.code_bits and self.code_bits > self.abits:
             raise ValueError(f"code_bits={self.code_bits} exceeds abits={self.abits}: threshold stages make "
                              f"next-layer codes, raise abits")
 
     # Derived widths.
+
+    @property
+    def halves(self) -> int:
+        """Positions per word of the network core's code and value memories: 2 with ``write_pairs``, else 1."""
+        return 2 if self.write_pairs else 1
 
     @property
     def s_w(self) -> int:
@@ -219,7 +229,7 @@ class EngineParams:
         block RAM. ``activations``, ``weights`` and ``tables`` are single-port."""
         stage_depth = self.stage_depth << self.col_bits
         bits = self.target_bits
-        mems = [("activations", bits[ACTS], self.act_depth, 1),
+        mems = [("activations", bits[ACTS] * self.halves, -(-self.act_depth // self.halves), 1),
                 ("weights", bits[WEIGHTS], self.weight_depth, 1),
                 *([("wide weights", self.cols * self.weight_bits, self.wide_depth, 1)] if self.wide_depth else []),
                 ("tables", bits[TABLE], self.table_depth, self.rows),
@@ -227,11 +237,12 @@ class EngineParams:
         if self.code_bits:
             s = 2 ** self.code_bits - 1
             if s <= 15:
-                mems.append(("thresholds", bits[THRESHOLDS], stage_depth, 1))
+                mems.append(("thresholds", bits[THRESHOLDS], stage_depth, self.halves))
             else:
-                mems += [("thresholds", self.threshold_bits, stage_depth, s), ("descending", 1, stage_depth, 1)]
+                mems += [("thresholds", self.threshold_bits, stage_depth, s * self.halves),
+                         ("descending", 1, stage_depth, self.halves)]
         if self.requantize:
-            mems.append(("requantize", bits[REQUANTIZE], stage_depth, 1))
+            mems.append(("requantize", bits[REQUANTIZE], stage_depth, self.halves))
         return mems
 
     def memory_bits(self) -> dict[str, int]:
@@ -248,13 +259,14 @@ class EngineParams:
     def from_dict(cls, d: dict) -> EngineParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction);
         a ``d`` without ``product_bits`` (written before products were sized) means 15, a requantize
-        shape without ``relu`` (written before the stage had one) and one without ``skip_groups`` mean
-        False: what those engines were built with."""
+        shape without ``relu`` (written before the stage had one) and one without ``skip_groups`` or
+        ``write_pairs`` mean False: what those engines were built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
-        if isinstance(d, dict) and "skip_groups" not in d:
-            d = {**d, "skip_groups": False}
+        for flag in ("skip_groups", "write_pairs"):
+            if isinstance(d, dict) and flag not in d:
+                d = {**d, flag: False}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         shape = d["requantize"]

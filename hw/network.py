@@ -30,8 +30,9 @@ A program word that starts a step takes three cycles to fetch (the program memor
 read data registered: the block RAM's output feeds no logic directly) and decode, a register word
 that follows another word one cycle (the memory reads one word ahead), plus the run time of its step: a layer
 as :mod:`hw.engine` states (network mode: its outputs are written one per cycle, ``cols + 1``
-cycles per word of ``cols`` channels, then ``STAGE_LATENCY`` cycles, plus ``FUSED_LATENCY`` with a
-fused activation), a vector op as
+cycles per word of ``cols`` channels, or with ``write_pairs`` two per cycle, ``cols + 2`` cycles per
+two positions, then ``STAGE_LATENCY`` cycles, plus ``FUSED_LATENCY`` with a fused activation), a
+vector op as
 :meth:`hw.vector_params.VectorParams.op_cycles` states, two cycles per logit (plus back-pressure).
 """
 
@@ -47,8 +48,9 @@ from .engine_params import CONFIG
 from .network_params import (END, ENGINE_REG, ENGINE_TARGETS, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS,
                              OPERANDS, OUTPUT, PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE,
                              VECTOR_REG, NetworkParams)
+from .thresholds import ThresholdUnit
 from .vector import VectorUnit
-from .vector_params import OP_REGISTERS
+from .vector_params import ACT_THRESHOLDS, OP_REGISTERS
 from .vector_params import TARGETS as VECTOR_TARGETS
 
 
@@ -62,8 +64,11 @@ class NetworkSignature(wiring.Signature):
       busy); ``busy`` (out): from the next cycle until the program ends; ``starting`` (out): from the
       next cycle until the staged image has been copied (the staging buffer may then take the next);
     - ``out``: stream out of signed ``value_bits`` values (the logits);
-    - ``probe`` (out): every write to the data memories, in the cycle it happens: ``code_en`` (one
-      bit per lane), ``code_addr``, ``code_data``; ``value_en``, ``value_addr``, ``value_data``;
+    - ``probe`` (out): every write to the data memories, in the cycle it happens, as whole words of
+      ``halves`` positions (:attr:`~hw.engine_params.EngineParams.halves`: 2 where the engine writes in
+      pairs): ``code_en`` (one bit per lane of each half), ``code_addr``, ``code_data`` (code-memory
+      word ``code_addr * halves + h`` in half ``h``); ``value_en`` (one bit per half), ``value_addr``,
+      ``value_data`` (likewise);
       ``step_done``: the step of a node (a layer, a vector op) ends, its writes included.
       Simulations rebuild every tensor from it (:class:`hw.network_program.MemoryMirror`); boards
       leave it unconnected.
@@ -72,11 +77,13 @@ class NetworkSignature(wiring.Signature):
     def __init__(self, params: NetworkParams):
         self.params = params
         load = data.StructLayout({"target": NETWORK_TARGET_BITS, "addr": params.addr_bits, "data": params.data_bits})
+        halves = params.engine.halves
         lanes, code_bits = params.engine.rows, params.engine.rows * params.engine.abits
-        probe = wiring.Signature({"code_en": Out(lanes), "code_addr": Out(range(params.engine.act_depth)),
-                                  "code_data": Out(code_bits), "value_en": Out(1),
-                                  "value_addr": Out(range(params.value_depth)),
-                                  "value_data": Out(signed(params.value_bits)), "step_done": Out(1)})
+        probe = wiring.Signature({"code_en": Out(halves * lanes),
+                                  "code_addr": Out(range(-(-params.engine.act_depth // halves))),
+                                  "code_data": Out(halves * code_bits), "value_en": Out(halves),
+                                  "value_addr": Out(range(-(-params.value_depth // halves))),
+                                  "value_data": Out(halves * params.value_bits), "step_done": Out(1)})
         super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1), "starting": Out(1),
                           "out": Out(stream.Signature(signed(params.value_bits))),
                           "probe": Out(probe)})
@@ -104,11 +111,13 @@ class NetworkCore(wiring.Component):
         m.submodules.engine = engine = self.engine
         m.submodules.vector = vector = self.vector
 
-        def memory(name, shape, depth):
+        def memory(name, shape, depth, granularity=None):
             m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=[])
-            return mem.write_port(), mem.read_port()
+            return mem.write_port(granularity=granularity), mem.read_port()
 
-        value_write, value_read = memory("values", signed(p.value_bits), p.value_depth)
+        # The value memory: words of ``halves`` values (two where the engine writes in pairs: values 2w, 2w + 1).
+        halves = p.engine.halves
+        value_write, value_read = memory("values", halves * p.value_bits, -(-p.value_depth // halves), p.value_bits)
         program_write, program_read = memory("program", p.instruction_bits, p.program_depth)
         table_write, table_read = memory("input_table", p.input_bits, 256)
         stage_write, stage_read = memory("image", p.input_bits, p.image_depth)
@@ -157,6 +166,15 @@ class NetworkCore(wiring.Component):
         # A fused activation: the engine's values through the vector unit's thresholds, and back.
         m.d.comb += [vector.lent_valid.eq(engine.activation.valid), vector.lent_value.eq(engine.activation.value),
                      vector.lent_slot.eq(engine.activation.slot), engine.activation.code.eq(vector.lent_code)]
+        if halves == 2 and p.vector.act_code_bits:
+            # In pairs, the odd position's value goes through a copy of the activate thresholds, loaded alike.
+            v = p.vector
+            m.submodules.odd_thresholds = odd = ThresholdUnit(v.value_bits, v.act_code_bits, v.act_slots,
+                                                             v.act_threshold_bits)
+            m.d.comb += [odd.load_en.eq(host & (load.target == VECTOR_BASE + ACT_THRESHOLDS)),
+                         odd.load_addr.eq(load.addr), odd.load_data.eq(load.data),
+                         odd.valid.eq(engine.activation.valid), odd.acc.eq(engine.activation.value_odd),
+                         odd.channel.eq(engine.activation.slot), engine.activation.code_odd.eq(odd.code)]
 
         # IMAGE beats: pixel -> input table -> the staging buffer, written the next cycle.
         m.d.comb += [table_read.addr.eq(load.data[:PIXEL_BITS]), stage_write.data.eq(table_read.data)]
@@ -181,16 +199,27 @@ class NetworkCore(wiring.Component):
             engine.code_read.addr.eq(vector.code_read_addr), vector.code_read_data.eq(engine.code_read.data),
         ]
 
-        # The value memory: written by the engine or the vector unit (never both at once), read by
-        # OUTPUT, the engine (while busy: fused additions) or the vector unit.
+        # The value memory: written by the engine (whole words) or the vector unit (one value), never both
+        # at once; read by OUTPUT or the vector unit (one value: its half of the word) or the engine (while
+        # busy: fused additions; whole words).
         out_addr, outputting = Signal(signed(p.reg_bits)), Signal()
+        single_read = Mux(outputting, out_addr, vector.val_read_addr)
+        if halves == 1:
+            vector_en, vector_addr, read_word, read_half = C(1, 1), vector.val_write_addr, single_read, C(0, 1)
+        else:
+            vector_en = Mux(vector.val_write_addr[0], C(0b10, 2), C(0b01, 2))
+            vector_addr, read_word = vector.val_write_addr >> 1, single_read >> 1
+            read_half = Signal(name="value_read_half")
+            m.d.sync += read_half.eq(single_read[0])
+        single_value = value_read.data.word_select(read_half, p.value_bits)
+        engine_writes = engine.val_write.en.any()
         m.d.comb += [
-            value_write.en.eq(engine.val_write.en | vector.val_write_en),
-            value_write.addr.eq(Mux(engine.val_write.en, engine.val_write.addr, vector.val_write_addr)),
-            value_write.data.eq(Mux(engine.val_write.en, engine.val_write.data, vector.val_write_data)),
-            value_read.addr.eq(Mux(outputting, out_addr, Mux(engine.busy, engine.val_read.addr,
-                                                             vector.val_read_addr))),
-            vector.val_read_data.eq(value_read.data), engine.val_read.data.eq(value_read.data),
+            value_write.en.eq(Mux(engine_writes, engine.val_write.en, Mux(vector.val_write_en, vector_en, 0))),
+            value_write.addr.eq(Mux(engine_writes, engine.val_write.addr, vector_addr)),
+            value_write.data.eq(Mux(engine_writes, engine.val_write.data,
+                                    Cat(*[vector.val_write_data.as_unsigned()] * halves))),
+            value_read.addr.eq(Mux(engine.busy & ~outputting, engine.val_read.addr, read_word)),
+            vector.val_read_data.eq(single_value), engine.val_read.data.eq(value_read.data),
         ]
         m.d.comb += [self.probe.code_en.eq(engine.code_written.en), self.probe.code_addr.eq(engine.code_written.addr),
                      self.probe.code_data.eq(engine.code_written.data), self.probe.value_en.eq(value_write.en),
@@ -265,7 +294,7 @@ class NetworkCore(wiring.Component):
                 with m.Else():
                     m.next = "OUTPUT_OFFER"
             with m.State("OUTPUT_OFFER"):
-                m.d.comb += [outputting.eq(1), self.out.valid.eq(1), self.out.payload.eq(value_read.data)]
+                m.d.comb += [outputting.eq(1), self.out.valid.eq(1), self.out.payload.eq(single_value)]
                 with m.If(self.out.ready):
                     m.d.sync += [out_addr.eq(out_addr + 1), remaining.eq(remaining - 1)]
                     m.next = "OUTPUT_READ"

@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields, replace
 from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, plan_network
 
+from .bands import band_rows, network_layer_cycles
 from .engine_params import NETWORK_REGISTERS, WIDE_WEIGHTS, EngineParams
 from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
@@ -125,10 +126,13 @@ class NetworkParams:
         return max(self.target_bits)
 
     def memory_bits(self) -> dict[str, int]:
-        """Bits of each on-chip memory: the engine's, the vector unit's, values, program, input table, image."""
+        """Bits of each on-chip memory: the engine's, the vector unit's (and with ``write_pairs`` a second
+        copy of its activation thresholds), values, program, input table, image."""
+        halves = self.engine.halves
         bits = dict(self.engine.memory_bits())
-        bits.update({f"vector {name}": value for name, value in self.vector.memory_bits().items()})
-        bits["values"] = self.value_bits * self.value_depth
+        bits.update({f"vector {name}": value * (halves if name.startswith("act_") else 1)
+                     for name, value in self.vector.memory_bits().items()})
+        bits["values"] = self.value_bits * -(-self.value_depth // halves) * halves
         bits["program"] = self.instruction_bits * self.program_depth
         bits["input table"] = self.input_bits * 256
         bits["image staging"] = self.input_bits * self.image_depth
@@ -149,10 +153,15 @@ class NetworkParams:
                       "vector": VectorParams.from_dict(d["vector"])})
 
     @classmethod
-    def for_model(cls, model: CompiledModel, rows: int, cols: int) -> NetworkParams:
-        """The core that runs all of ``model`` on a ``rows`` x ``cols`` array, every constant resident."""
-        plan = plan_network(model, lanes=rows)
+    def for_model(cls, model: CompiledModel, rows: int, cols: int, write_pairs: bool | None = None) -> NetworkParams:
+        """The core that runs all of ``model`` on a ``rows`` x ``cols`` array, every constant resident;
+        ``write_pairs`` (:class:`~hw.engine_params.EngineParams`): None (default) where they pay
+        (:func:`pairs_pay`)."""
         engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True, skip_groups=True)
+        if write_pairs is None:
+            write_pairs = pairs_pay(model, engine)
+        engine = replace(engine, write_pairs=write_pairs)
+        plan = network_plan(model, engine)
         engine = replace(engine, act_depth=plan.memories["codes"].depth)
         values = plan.memories["values"]
         image = plan.tensors[model.input.output]
@@ -175,6 +184,19 @@ def program_length(plan: NetworkPlan) -> int:
             + maxpools * len(MAXPOOL_REGISTERS) + 1)
 
 
-def network_plan(model: CompiledModel, params: NetworkParams) -> NetworkPlan:
-    """The compiler's plan for ``params``'s lanes (the array's rows)."""
-    return plan_network(model, lanes=params.engine.rows)
+def network_plan(model: CompiledModel, params: NetworkParams | EngineParams) -> NetworkPlan:
+    """The compiler's plan for ``params``'s lanes (the array's rows), every tensor at a multiple of its
+    memories' positions per word (2 with ``write_pairs``)."""
+    engine = params.engine if isinstance(params, NetworkParams) else params
+    return plan_network(model, lanes=engine.rows, align=engine.halves)
+
+
+def pairs_pay(model: CompiledModel, engine: EngineParams, saving: float = 0.2) -> bool:
+    """Whether writing back in pairs cuts ``model``'s engine cycles (:func:`hw.bands.network_layer_cycles`,
+    each layer at its best band) by at least ``saving``: where the write-back bounds the layers, as for
+    16-channel layers on a 16 x 16 array (CIFAR-10 ResNet-20: 28% fewer), not for 8 x 8 (2%), whose
+    two output stages would cost block RAM for nothing."""
+    def cycles(params: EngineParams) -> int:
+        return sum(network_layer_cycles(params, node, band_rows(params, node), 0) for node in model.convs)
+
+    return cycles(replace(engine, write_pairs=True)) <= (1 - saving) * cycles(replace(engine, write_pairs=False))

@@ -147,17 +147,21 @@ class MemoryMirror:
 
     def write(self, code_en: int, code_addr: int, code_data: int, value_en: int, value_addr: int,
               value_data: int) -> None:
-        """One cycle of the probe port (raw unsigned integers)."""
-        bits = self.params.engine.abits
-        if code_en:
-            word = self.codes.get(code_addr, 0)
-            for lane in range(self.params.engine.rows):
-                if code_en >> lane & 1:
-                    mask = ((1 << bits) - 1) << (lane * bits)
-                    word = word & ~mask | code_data & mask
-            self.codes[code_addr] = word
-        if value_en:
-            self.values[value_addr] = value_data & ((1 << self.params.value_bits) - 1)
+        """One cycle of the probe port (raw unsigned integers; words of ``halves`` positions)."""
+        bits, lanes, halves = self.params.engine.abits, self.params.engine.rows, self.params.engine.halves
+        word_bits, value_bits = lanes * bits, self.params.value_bits
+        for h in range(halves):
+            en = code_en >> (h * lanes) & ((1 << lanes) - 1)
+            if en:
+                addr, data = code_addr * halves + h, code_data >> (h * word_bits)
+                word = self.codes.get(addr, 0)
+                for lane in range(lanes):
+                    if en >> lane & 1:
+                        mask = ((1 << bits) - 1) << (lane * bits)
+                        word = word & ~mask | data & mask
+                self.codes[addr] = word
+            if value_en >> h & 1:
+                self.values[value_addr * halves + h] = value_data >> (h * value_bits) & ((1 << value_bits) - 1)
 
     def tensor(self, tensor) -> np.ndarray:
         """Tensor ``tensor`` (a :class:`compiler.network.TensorPlan`) as the memories hold it now."""

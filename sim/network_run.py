@@ -165,17 +165,20 @@ def simulate_network(built: Build, params: NetworkParams, model_path, model: Com
                      test_dir, *, stall: float = 0.0, backpressure: float = 0.0, seed: int = 0,
                      expected: dict[str, np.ndarray] | None = None) -> NetworkReport:
     """Run ``images`` (uint8 ``(N, C, H, W)``) through ``model`` (saved at ``model_path``) on the
-    core built for ``params`` (``NetworkParams.for_model(model, rows, cols)``); compare with
+    core built for ``params`` (``NetworkParams.for_model(model, rows, cols, write_pairs)``); compare with
     ``expected`` (default: ``compiler.reference.run(model, images)``)."""
     reference.check_images(model, images)
-    if params != NetworkParams.for_model(model, params.engine.rows, params.engine.cols):
-        raise ValueError("params must be NetworkParams.for_model(model, rows, cols): the testbench recomputes them")
+    pairs = params.engine.write_pairs
+    if params != NetworkParams.for_model(model, params.engine.rows, params.engine.cols, write_pairs=pairs):
+        raise ValueError("params must be NetworkParams.for_model(model, rows, cols, write_pairs): the testbench "
+                         "recomputes them")
     test_dir = Path(test_dir)
     test_dir.mkdir(parents=True, exist_ok=True)
     results_file = test_dir / "network-results.json"
     results_file.unlink(missing_ok=True)
     max_cycles, idle_cycles = deadlines(model, params, stall, backpressure)
     data = {"model": str(Path(model_path).resolve()), "rows": params.engine.rows, "cols": params.engine.cols,
+            "write_pairs": pairs,
             "load_fields": load_fields(params), "images": np.asarray(images).tolist(), "stall": stall,
             "backpressure": backpressure, "seed": seed, "max_cycles": max_cycles, "idle_cycles": idle_cycles,
             "results": str(results_file.resolve())}

@@ -227,7 +227,9 @@ def layer_cycles(params, node, overlapped=True):
     k = node.kernel ** 2 * -(-c_in // R)
     gap = max(0, C + 2 - positions)
     load = 0 if overlapped and positions >= R + C + 3 else R     # the next tile's weights read while one issues
-    T, drain, W = load + positions + 1 + gap, R + C + 6, positions * (C + 1)
+    paired = params.engine.write_pairs and positions % 2 == 0    # two positions per C + 2 cycles
+    T, drain = load + positions + 1 + gap, R + C + 6
+    W = positions // 2 * (C + 2) if paired else positions * (C + 1)
     if not overlapped:
         return 1 + units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
     end = 0
@@ -253,6 +255,26 @@ def check_layer_cycles(model, params, result):
             assert cycles < serial, f"{node.name}: {cycles} cycles, the write-back is not overlapped ({serial})"
         counts.append((cycles, serial))
     return counts
+
+
+def test_write_back_in_pairs(small_cnn):
+    """With ``write_pairs``, the 2 x 10 array of the test above writes conv0's bands back two positions at
+    a time (8 units of 16 positions: 8 * 12 = 96 cycles each instead of 176), so the layer is bound by
+    its computation (8 * 153 cycles) instead of its write-back; every tensor exact, with load stalls and
+    output back-pressure, over two images."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=(20, 4, 4)), (1, 8, 8))
+    params = NetworkParams.for_model(model, 2, 10, write_pairs=True)
+    assert params.engine.halves == 2 and all(t.base % 2 == 0 for t in network_plan(model, params).tensors.values())
+    images = np.random.default_rng(3).integers(0, 256, (2, *model.input.shape), dtype=np.uint8)
+    results = simulate_network(model, params, images, stall=0.2, backpressure=0.3)
+    check_against_reference(model, images, results)
+    counts = check_layer_cycles(model, params, results[0])
+    drain, flush = 2 + 10 + 6, LayerEngine.STAGE_LATENCY
+    assert band_rows(params.engine, model.convs[0]) == 2
+    assert counts[0][0] == 1 + 2 + 8 * 153 + 96 + drain + flush
 
 
 def test_verilog_lines_stay_short_with_8_bit_threshold_words():
