@@ -65,7 +65,7 @@ positions (its first position has passed the last column by then), and only the 
 Its write-back takes ``W = P * (cols + 1)`` cycles (per position a read cycle, then ``cols`` cycles
 feeding the output stage, whose results are written ``STAGE_LATENCY`` cycles later) and starts in
 cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is later. With
-``write_pairs`` and an even ``P`` (register-free: the layer's ``band_positions`` is even; the
+``write_pairs`` and an even ``P`` (the engine tests ``band_positions``, no register of its own; the
 program puts every tensor at an even word), the write-back takes the positions in pairs: two read
 cycles, then ``cols`` cycles feeding the even position's accumulators (held) to one output stage
 and the odd one's to a second, both results written at once into the two halves of a word of the
@@ -427,7 +427,7 @@ class LayerEngine(wiring.Component):
                                         finishing, band, band_cfg, weight_addr)
                         if self.network:
                             with m.If(overlap):
-                                m.d.sync += weight_addr.eq(fetch + 1)       # after the next tile's last row
+                                m.d.sync += weight_addr.eq(fetch + 1)       # past the next tile's last row
                         # The next tile's shadow weights must not be written before this tile's
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
