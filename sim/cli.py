@@ -252,9 +252,10 @@ def format_netlist_line(result: dict) -> str:
 def format_network_table(result: dict) -> str:
     """Network mode: one row per step (cycles and MACs summed over the images), the logits, per image."""
     rc = result["rows"] * result["cols"]
+    pairs = ", write-back in pairs" if result["write_pairs"] else ""
     lines = [f"{result['simulator']}: {result['images']} image(s) on the network core, {result['rows']} x "
-             f"{result['cols']} array; {result['bytes_in_per_image']} bytes in, {result['bytes_out_per_image']} "
-             f"bytes out per image",
+             f"{result['cols']} array{pairs}; {result['bytes_in_per_image']} bytes in, "
+             f"{result['bytes_out_per_image']} bytes out per image",
              "", "| step | kind | name | cycles | MACs | MACs/cycle | of R*C | outputs | mismatches |",
              "|---|---|---|---|---|---|---|---|---|"]
     for s in result["steps"]:

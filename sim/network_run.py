@@ -116,6 +116,7 @@ class NetworkReport:
         return {
             "mode": "network", "simulator": self.simulator, "images": len(self.images),
             "rows": self.params.engine.rows, "cols": self.params.engine.cols,
+            "write_pairs": self.params.engine.write_pairs,
             "cycles_per_image": [im.cycles for im in self.images], "macs_per_image": self.macs_per_image,
             "bytes_in_per_image": self.bytes_in_per_image, "bytes_out_per_image": self.bytes_out_per_image,
             "mismatches": self.mismatches, "per_image": per_image,

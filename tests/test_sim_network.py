@@ -177,6 +177,7 @@ def test_sim_cli_network_json(capsys):
     model = load(DIGITS)
     assert result["mode"] == "network" and result["simulator"] == sim and result["images"] == 1
     assert result["rows"] == 4 and result["cols"] == 4 and result["mismatches"] == 0
+    assert result["write_pairs"] is False                   # pairs do not pay at 4 x 4
     assert result["macs_per_image"] == sum(n.macs for n in model.convs)
     assert result["bytes_in_per_image"] == 64
     value_bits = NetworkParams.for_model(model, 4, 4).value_bits
