@@ -108,18 +108,10 @@ def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> d
 
 
 def network_memories(params: NetworkParams) -> list[tuple[str, int, int, int]]:
-    """Every memory of the whole-network core as ``(name, width, depth, copies)``; the accumulator
-    memories count twice (network mode reads them through two ports while writing through a third,
-    which block RAM holds as two copies); with ``write_pairs`` the vector unit's activation thresholds too
-    (a second unit reads them for the odd positions of a fused activation)."""
-    halves = params.engine.halves
-    vector = [(f"vector {name}", w, d, halves * c if name in ("act_thresholds", "act_descending") else c)
-              for name, w, d, c in params.vector.memories()]
-    engine = [(name, w, d, 2 * c if name == "accumulators" else c) for name, w, d, c in params.engine.memories()]
-    return engine + vector + [
-        ("values", halves * params.value_bits, -(-params.value_depth // halves), 1),
-        ("program", params.instruction_bits, params.program_depth, 1),
-        ("input table", params.input_bits, 256, 1), ("image staging", params.input_bits, params.image_depth, 1)]
+    """Every memory of the whole-network core (:meth:`~hw.network_params.NetworkParams.memories`); the
+    accumulator memories count twice (network mode reads them through two ports while writing through a
+    third, which block RAM holds as two copies)."""
+    return [(name, w, d, 2 * c if name == "accumulators" else c) for name, w, d, c in params.memories()]
 
 
 def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 0.9) -> dict[str, int]:

@@ -36,6 +36,7 @@ from compiler.network import NetworkPlan, plan_network
 
 from .bands import band_rows, network_layer_cycles
 from .engine_params import NETWORK_REGISTERS, WIDE_WEIGHTS, EngineParams
+from .memories import memory_bits
 from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
 
@@ -125,18 +126,22 @@ class NetworkParams:
     def data_bits(self) -> int:
         return max(self.target_bits)
 
-    def memory_bits(self) -> dict[str, int]:
-        """Bits of each on-chip memory: the engine's, the vector unit's (and with ``write_pairs`` a second
-        copy of its activation thresholds), values, program, input table, image."""
+    def memories(self) -> list[tuple[str, int, int, int]]:
+        """Every on-chip memory as ``(name, width, depth, copies)``: the engine's, the vector unit's (``vector``
+        before their names; with ``write_pairs`` its activation thresholds twice, a second unit reads them
+        for the odd positions of a fused activation), values (``halves`` per word), program, input table,
+        image."""
         halves = self.engine.halves
-        bits = dict(self.engine.memory_bits())
-        bits.update({f"vector {name}": value * (halves if name.startswith("act_") else 1)
-                     for name, value in self.vector.memory_bits().items()})
-        bits["values"] = self.value_bits * -(-self.value_depth // halves) * halves
-        bits["program"] = self.instruction_bits * self.program_depth
-        bits["input table"] = self.input_bits * 256
-        bits["image staging"] = self.input_bits * self.image_depth
-        return bits
+        vector = [(f"vector {name}", w, d, halves * c if name.startswith("act_") else c)
+                  for name, w, d, c in self.vector.memories()]
+        return self.engine.memories() + vector + [
+            ("values", halves * self.value_bits, -(-self.value_depth // halves), 1),
+            ("program", self.instruction_bits, self.program_depth, 1),
+            ("input table", self.input_bits, 256, 1), ("image staging", self.input_bits, self.image_depth, 1)]
+
+    def memory_bits(self) -> dict[str, int]:
+        """Bits of each on-chip memory of :meth:`memories` (all copies together)."""
+        return memory_bits(self.memories())
 
     def describe(self) -> dict:
         """Every parameter as JSON-ready values; :meth:`from_dict` reads it back."""
