@@ -341,14 +341,17 @@ class ProcessingElement(wiring.Component):
     ``a_swap_out`` travel with the operand: an element with ``a_valid`` and ``a_swap`` is the
     first of a new tile, computed with the shadow weight, which becomes the PE's weight.
     The next tile's weights can so be loaded while the current tile's last elements are
-    still in the array. Only for variants without load ports.
+    still in the array. Only for variants without load ports. ``swap_next`` must be, one
+    cycle ahead, what ``a_valid & a_swap`` will be (``swap``, combinational, is the right
+    neighbour's): the weight of the next element is registered from it, so that no
+    multiplexer from ``a_swap`` lies before the product (the ResNet-20 core's worst path).
     """
 
     def __init__(self, variant: Variant, acc_bits: int = 24, double_buffered: bool = False):
         if double_buffered:
             check_double_buffered(variant)
         self.variant, self.double_buffered = variant, double_buffered
-        swap = {"a_swap": In(1), "a_swap_out": Out(1)} if double_buffered else {}
+        swap = {"a_swap": In(1), "a_swap_out": Out(1), "swap_next": In(1), "swap": Out(1)} if double_buffered else {}
         super().__init__({
             "w_load": In(1),
             "w_code": In(variant.weight_bits),
@@ -369,11 +372,12 @@ class ProcessingElement(wiring.Component):
             m.d.sync += stored.eq(self.w_code)
         weight = stored
         if self.double_buffered:
-            current = Signal(self.variant.weight_bits)
-            swap = self.a_valid & self.a_swap
-            weight = Mux(swap, stored, current)
-            with m.If(swap):
-                m.d.sync += current.eq(stored)
+            # weight(t) = stored(t) if a tile starts at t, else weight(t - 1): registered from swap_next
+            # at t - 1, with stored(t) = the shadow as this cycle's load leaves it.
+            weight = Signal(self.variant.weight_bits)
+            with m.If(self.swap_next):
+                m.d.sync += weight.eq(Mux(self.w_load, self.w_code, stored))
+            m.d.comb += self.swap.eq(self.a_valid & self.a_swap)
             m.d.sync += self.a_swap_out.eq(self.a_swap)
         product = Mux(self.a_valid, self.variant.product(m, self, weight[:-1], self.a_in), 0)
         sign = weight[-1]
@@ -460,15 +464,18 @@ class PEArray(wiring.Component):
             # The decoder's outputs registered: a table's read data leaves its block RAM through them.
             valid, operand = delayed(m, decoder.valid, 1, f"valid_{r}"), delayed(m, decoder.operand, 1, f"operand_{r}")
             if self.double_buffered:
-                swap = delayed(m, self.a_swap[r], 2, f"swap_{r}")     # with the decoder's operand
+                # With the decoder's operand, and one cycle ahead of it for the first PE's swap_next.
+                swap_ahead = delayed(m, self.a_swap[r], 1, f"swap_ahead_{r}")
+                swap_next = decoder.valid & swap_ahead
+                swap = delayed(m, swap_ahead, 1, f"swap_{r}")
             for c in range(self.cols):
                 m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(self.variant, self.acc_bits,
                                                                      double_buffered=self.double_buffered)
                 if self.double_buffered:
                     m.d.comb += [pe.w_load.eq(self.w_load & (self.w_row == r)),
                                  pe.w_code.eq(self.w_code.word_select(c, self.variant.weight_bits)),
-                                 pe.a_swap.eq(swap)]
-                    swap = pe.a_swap_out
+                                 pe.a_swap.eq(swap), pe.swap_next.eq(swap_next)]
+                    swap, swap_next = pe.a_swap_out, pe.swap
                 else:
                     m.d.comb += [pe.w_load.eq(self.w_load & (self.w_pe == r * self.cols + c)),
                                  pe.w_code.eq(self.w_code),

@@ -213,10 +213,15 @@ def test_double_buffered_pe_swaps_weights_with_the_first_element_of_a_tile():
     j = variant.s_a
 
     async def element(ctx, swap, psum=0):
-        """The psum_out of this element (its product is added one edge later, with ``psum``)."""
+        """The psum_out of this element after an idle cycle that announces its ``swap`` on ``swap_next``
+        (its product is added one edge later, with ``psum``)."""
+        ctx.set(dut.swap_next, swap)
+        await ctx.tick()
+        ctx.set(dut.swap_next, 0)
         ctx.set(dut.a_valid, 1)
         ctx.set(dut.a_swap, swap)
         ctx.set(dut.a_in, variant.operand(j))
+        assert ctx.get(dut.swap) == swap
         await ctx.tick()
         assert ctx.get(dut.a_swap_out) == swap
         ctx.set(dut.a_valid, 0)
@@ -234,6 +239,11 @@ def test_double_buffered_pe_swaps_weights_with_the_first_element_of_a_tile():
         assert await element(ctx, swap=0, psum=5) == 5 + variant.lut(1, j)
         assert await element(ctx, swap=1) == -variant.lut(variant.s_w, j)  # tile 2: -s_w
         assert await element(ctx, swap=0) == -variant.lut(variant.s_w, j)
+        ctx.set(dut.w_load, 1)
+        ctx.set(dut.w_code, variant.weight_word(0, 2))                    # loaded in the cycle that announces
+        assert await element(ctx, swap=1) == variant.lut(2, j)            # tile 3, and used at once: +2
+        ctx.set(dut.w_load, 0)
+        assert await element(ctx, swap=0) == variant.lut(2, j)
 
     simulate(dut, bench)
 
