@@ -88,6 +88,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .banked import LATENCY as BANKED_LATENCY
+from .banked import banked_buffer
 from .delay import delayed
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE,
                             STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
@@ -292,14 +294,19 @@ class LayerEngine(wiring.Component):
             """A buffer written by loads while idle and read while computing: in SPRAM blocks where
             ``spram`` (single-port: the load's address while idle, else the read address), else an
             Amaranth memory with a write port of its own (no multiplexer from the state into the
-            read address). Returns the read data (one cycle after the address) and the read address
+            read address). Returns the read data (one cycle after the address; network mode: two, the
+            data registered, in banks where the buffer is deep, :mod:`hw.banked`) and the read address
             to drive."""
             addr = Signal(range(depth), name=f"{name}_addr")
             if spram:
                 m.submodules[name] = memory = SpramBuffer(width)
                 m.d.comb += [memory.addr.eq(Mux(idle, load.addr, addr)), memory.write_en.eq(write_en),
                              memory.write_data.eq(load.data)]
+                if self.network:
+                    return delayed(m, memory.read_data, BANKED_LATENCY - 1, f"{name}_data"), addr
                 return memory.read_data, addr
+            if self.network:
+                return banked_buffer(m, name, width, depth, write_en, load.addr, load.data, addr), addr
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
             write, read = memory.write_port(), memory.read_port()
             m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),
@@ -503,11 +510,13 @@ class LayerEngine(wiring.Component):
                                  logic_multiply=multiply_in_logic(platform), product_bits=p.product_bits)
         m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
         if self.network:
-            # Every layer's weights are resident: a deep buffer whose read multiplexer, registered here,
-            # would otherwise feed every PE's shadow weight in the same cycle (the row's shadow weights
-            # take the word one cycle later, still before the tile's first position reaches the row).
-            w_valid, w_row, weight_data = (delayed(m, s, 1, f"{name}_registered") for s, name in
-                                           ((w_valid, "w_valid"), (w_row, "w_row"), (weight_data, "weight_word")))
+            # Every layer's weights are resident: a deep buffer read through registered banks (its word
+            # comes BANKED_LATENCY cycles after the address) whose multiplexer, registered here, would
+            # otherwise feed every PE's shadow weight in the same cycle (the row's shadow weights take the
+            # word two cycles after a one-cycle read, still before the tile's first position reaches the row).
+            w_valid, w_row = (delayed(m, s, BANKED_LATENCY, f"{name}_registered") for s, name in
+                              ((w_valid, "w_valid"), (w_row, "w_row")))
+            weight_data = delayed(m, weight_data, 1, "weight_word_registered")
         m.d.comb += [array.w_load.eq(w_valid), array.w_row.eq(w_row), array.w_code.eq(weight_data),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
                      array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]
@@ -751,7 +760,7 @@ class LayerEngine(wiring.Component):
 
     def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
-        accumulator was fed, as a value (``dst_values``; plus the value read at its address the cycle
+        accumulator was fed, as a value (``dst_values``; plus the value read at its address two cycles
         before, with ``dst_add``; then ``max(0, value)`` where ``relu``) or as a code into its lane; with
         ``act_fuse``, the value's code (lent thresholds of slot ``act_slot + channel``) into its lane
         ``FUSED_LATENCY`` cycles later. The padding channels of the last channel tile (``channel >= c_out``)
@@ -762,8 +771,11 @@ class LayerEngine(wiring.Component):
         halves, vb = p.halves, self.value_bits
         valid = delayed(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
         channel = delayed(m, dest["channel"], self.STAGE_LATENCY, "back_channel")
-        read_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY - 1, "back_value_read_addr")
-        value_addr = delayed(m, read_addr, 1, "back_value_addr")
+        # The old values are read a cycle early and registered (no logic between the value memory's read
+        # multiplexer and the addition): the read of a position's value precedes its write by two cycles, and
+        # no other position writes that word between them.
+        read_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY - 2, "back_value_read_addr")
+        value_addr = delayed(m, read_addr, 2, "back_value_addr")
         code_addr = delayed(m, dest["code_base"] + read_pos, self.STAGE_LATENCY, "back_code_addr")
         lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self.STAGE_LATENCY, "back_lane")
         values = cfg["dst_values"][0]
@@ -775,7 +787,8 @@ class LayerEngine(wiring.Component):
             """The halves a write at activation or value address ``addr`` takes: both in pairs, else its own."""
             return Mux(pair, 0b11, Mux(addr[0], 0b10, 0b01)) if halves == 2 else C(1, 1)
 
-        old = [self.val_read.data.word_select(h, vb).as_signed() for h in range(halves)]
+        old_word = delayed(m, self.val_read.data, 1, "back_old_values")
+        old = [old_word.word_select(h, vb).as_signed() for h in range(halves)]
         if halves == 2:
             old[0] = Mux(pair | ~value_addr[0], old[0], old[1])
         totals = []

@@ -1,0 +1,44 @@
+"""A deep buffer read through registered banks: no block RAM's output drives a wide multiplexer.
+
+A memory deeper than one block RAM is built by Yosys as many blocks and a multiplexer over
+their outputs; on the ULX3S-85F the whole-network core's weights buffer (51 DP16KD, a 17-way
+multiplexer) was the worst path from a block RAM's slow output. Here the buffer is
+``ceil(depth / BANK_DEPTH)`` memories of at most :data:`BANK_DEPTH` words (2048: the ECP5
+block's 2048 x 9 shape, one block deep), each read into a register, and the multiplexer
+selects among the registers.
+
+Contract: written at the clock edge (``write_en``, ``write_addr``, ``write_data``); the word at
+``read_addr`` of cycle t is on the returned data in cycle t + 2 (block RAM, then the bank
+registers with the multiplexer after them); a read of a word written in the same cycle gives
+the old word.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module
+from amaranth.lib.memory import Memory
+
+from .delay import delayed
+
+BANK_DEPTH = 2048
+LATENCY = 2
+
+
+def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_addr, write_data, read_addr):
+    """A ``width`` x ``depth`` buffer in module ``m`` (submodules ``{name}`` or ``{name}_{b}``); returns the
+    read data, :data:`LATENCY` cycles after ``read_addr``."""
+    banks = -(-depth // BANK_DEPTH)
+    low = (min(depth, BANK_DEPTH) - 1).bit_length()
+    outputs = []
+    for b in range(banks):
+        bank_depth = min(BANK_DEPTH, depth - b * BANK_DEPTH)
+        m.submodules[f"{name}_{b}" if banks > 1 else name] = memory = Memory(shape=width, depth=bank_depth, init=[])
+        write, read = memory.write_port(), memory.read_port()
+        selected = write_addr[low:] == b if banks > 1 else 1
+        m.d.comb += [write.en.eq(write_en & selected), write.addr.eq(write_addr[:low]), write.data.eq(write_data),
+                     read.addr.eq(read_addr[:low])]
+        outputs.append(delayed(m, read.data, 1, f"{name}_{b}_data"))
+    if banks == 1:
+        return outputs[0]
+    bank = delayed(m, read_addr[low:], 2, f"{name}_bank")
+    return Cat(*outputs).word_select(bank, width)
