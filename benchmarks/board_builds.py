@@ -17,7 +17,8 @@ directory: the stage (``synthesis``, ``packing``, ``placement``, ``routing``), n
 utilisation after packing (``resources``; on iCE40 the FFs from Yosys' statistics), its timing
 estimate after placement (``placement_fmax_mhz``, from the ``Max frequency`` lines that nextpnr
 logs to ``top.tim`` before routing starts), and any attempt that finished before. A model that
-does not fit the board (``boards.fit``) is a record with ``status`` "does not fit".
+does not fit the board (``boards.fit``) is a record with ``status`` "does not fit", unless ``--force``
+builds it anyway (``lcq build --force``): then Yosys and nextpnr say whether it fits.
 
 nextpnr and Yosys here are the YoWASP (WebAssembly) builds, one thread each; the build time
 depends on the machine and its load, recorded with the tool versions and the git state.
@@ -66,7 +67,7 @@ from boards.cli import build_model
 a = json.loads(sys.argv[1])
 try:
     r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]), a["mode"],
-                    seed=a["seed"], router=a["router"])
+                    seed=a["seed"], router=a["router"], force=a["force"])
 except BuildError as e:
     print(f"BuildError: {e}", file=sys.stderr)
     sys.exit(1)
@@ -172,7 +173,7 @@ def environment() -> dict:
 
 
 def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str,
-              seed: int | None = None, router: str | None = None) -> dict:
+              seed: int | None = None, router: str | None = None, force: bool = False) -> dict:
     from compiler import format as model_format
 
     from boards.clock import pll_plan
@@ -188,13 +189,14 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
                         ("--router", router)):
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    command += ["--force"] if force else []
     record = {"spec": job["spec"], "board": board.name, "device": board.device, "model": path.name, "mode": mode,
               "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
               "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit,
-              "seed": seed, "router": router or default_router(board)}
+              "seed": seed, "router": router or default_router(board), "force": force}
     try:
         if mode == "network":
-            chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"])
+            chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"], force)
             rows, cols, resident = chosen.params.engine.rows, chosen.params.engine.cols, "whole network"
         else:
             chosen = engine_for_board(model_format.load(path), board, job["rows"], job["cols"])
@@ -210,7 +212,7 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", "build.log", "nextpnr-report.json"):
         (out / stale).unlink(missing_ok=True)
     args = {"model": str(path), "board": board.name, "mhz": mhz, "rows": job["rows"], "cols": job["cols"],
-            "out": str(out), "mode": mode, "seed": seed, "router": router}
+            "out": str(out), "mode": mode, "seed": seed, "router": router, "force": force}
     log = out / "board_builds.log"
     print(f"{job['spec']}: {rows} x {cols} array ({mode} mode, {resident}) on {board.name}, limit {time_limit:g} s, "
           f"in {out}", flush=True)
@@ -301,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
                                                               "build --seed (default: nextpnr's own)")
     parser.add_argument("--router", choices=("router1", "router2"),
                         help="nextpnr's router of every build, as lcq build --router (default: the board's)")
+    parser.add_argument("--force", action="store_true",
+                        help="network mode, every build with its array given (@RxC or --array): past the fit "
+                             "estimate, as lcq build --force; a part too small is a failed record with nextpnr's "
+                             "words")
     parser.add_argument("--time-limit", type=float, default=3600, metavar="S",
                         help="seconds per build (both attempts of build_model); the build is stopped after it")
     parser.add_argument("--build-root", metavar="DIR", default=str(ROOT / "build" / "board-builds"),
@@ -320,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     records = []
     for job in jobs:
-        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode, args.seed, args.router)
+        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode, args.seed, args.router,
+                           args.force)
         record.update(benchmark="board_builds", script_command=command,
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment={**env, "load_average_after":
                                                                               list(os.getloadavg())})

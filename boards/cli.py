@@ -42,6 +42,9 @@ def add_parsers(sub) -> dict:
                    help="nextpnr's placement seed, an integer >= 0 (default: nextpnr's own)")
     p.add_argument("--router", choices=ROUTERS, help="nextpnr's router (default: router2 on ECP5 boards, router1 on "
                                                      "iCE40)")
+    p.add_argument("--force", action="store_true",
+                   help="network mode: build the --rows x --cols core even where the fit estimate refuses it, to "
+                        "see what Yosys and nextpnr say (a part too small fails in placement, naming the resource)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     p = sub.add_parser("flash", help="program a board with a built bitstream", formatter_class=fmt)
@@ -75,7 +78,7 @@ def cmd_build(args) -> int:
     try:
         result = build_model(args.model, get_board(args.board), args.mhz, args.rows, args.cols,
                              Path(args.output or Path("build") / args.board), mode=args.mode, seed=args.seed,
-                             router=args.router, timeout=args.timeout)
+                             router=args.router, timeout=args.timeout, force=args.force)
     except BuildTimeout as e:
         print(f"lcq build: error: --timeout {args.timeout:g} s: {e}", file=sys.stderr)
         return 1
@@ -88,7 +91,7 @@ def cmd_build(args) -> int:
 
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
                 out: Path | None = None, mode: str = "layers", *, seed: int | None = None,
-                router: str | None = None, timeout: float | None = None) -> dict:
+                router: str | None = None, timeout: float | None = None, force: bool = False) -> dict:
     """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
     (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
     ``build/<board>``), with nextpnr's ``seed`` and ``router`` (:func:`boards.build.build`). Without
@@ -96,7 +99,8 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     Fmax reached. Returns the report (also in ``out/report.json``; ``mode``, and ``network`` or
     ``engine``: what ``lcq run`` needs to talk to the board); raises :class:`boards.build.BuildError`
     when a tool fails and :class:`boards.stages.BuildTimeout` when the whole call (elaboration and both
-    attempts) outlasts ``timeout`` seconds (None: no limit). ``mode`` defaults to ``"layers"``, what the callers
+    attempts) outlasts ``timeout`` seconds (None: no limit); ``force``: past the fit estimate
+    (:func:`boards.top.accelerator_top`). ``mode`` defaults to ``"layers"``, what the callers
     of this function (``lcq demo``, ``benchmarks/board_builds.py``) built before network mode existed;
     ``lcq build`` passes its ``--mode`` (default ``network``)."""
     from compiler import format as model_format
@@ -109,7 +113,7 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
 
     deadline = None if timeout is None else time.monotonic() + timeout
     model = model_format.load(model_path)
-    factory = accelerator_top(model, board, rows, cols, mode=mode)
+    factory = accelerator_top(model, board, rows, cols, mode=mode, force=force)
     engine = factory.engine
     out = Path(out or Path("build") / board.name)
     if mode == "network":

@@ -114,14 +114,21 @@ def network_memories(params: NetworkParams) -> list[tuple[str, int, int, int]]:
     return [(name, w, d, 2 * c if name == "accumulators" else c) for name, w, d, c in params.memories()]
 
 
-def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 0.9) -> dict[str, int]:
-    """The estimate of the whole-network core (with link and UART) on ``board``; :class:`FitError`
-    naming the resource that does not fit and, for RAM, the largest buffers, their sizes and the part."""
+def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
+    """{resource: estimated use} of the whole-network core (with link and UART) on ``board``."""
     use = estimate(board, params.engine)
     blocks = memory_blocks(board, network_memories(params))
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
     use["LUT4"] += VECTOR_LUTS
+    return use
+
+
+def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 0.9) -> dict[str, int]:
+    """The estimate of :func:`network_estimate`; :class:`FitError` naming the resource that does not fit
+    and, for RAM, the largest buffers, their sizes and the part."""
+    use = network_estimate(board, params)
+    blocks = memory_blocks(board, network_memories(params))
     limits = {name: board.resources.get(name, 0) for name in use}
     limits["LUT4"] = int(logic_share * board.resources["LUT4"])
     engine = f"{params.engine.rows} x {params.engine.cols} whole-network core"
@@ -183,10 +190,16 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
 
 
 def network_for_board(model: CompiledModel, board: Board, rows: int | None = None,
-                      cols: int | None = None) -> BoardNetwork:
+                      cols: int | None = None, force: bool = False) -> BoardNetwork:
     """The whole-network core for ``model`` on ``board``: the largest ``rows`` x ``cols`` array (each
     defaulting to the sizes of :data:`ARRAYS`) that :func:`check_network_fit` accepts; :class:`FitError`
-    naming the smallest one's largest buffers when none does."""
+    naming the smallest one's largest buffers when none does. ``force`` (with both ``rows`` and ``cols``):
+    that array whatever the estimate says (the synthesis and placement tools decide)."""
+    if force:
+        if not rows or not cols:
+            raise ValueError("forcing a build past the fit estimate needs the array: give --rows and --cols")
+        params = NetworkParams.for_model(model, rows, cols)
+        return BoardNetwork(params, network_estimate(board, params))
     arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
     if rows and cols and (rows, cols) not in arrays:
         arrays = [(rows, cols)]

@@ -46,3 +46,15 @@ def test_resnet20_fits_the_ulx3s_85f_at_8x8_and_no_array_of_the_45f():
     assert "values: 573,440 bits" in message and "weights: 809,472 bits" in message
     with pytest.raises(FitError, match="iCE40UP5K.*weights: 69,120 bits"):
         network_for_board(DIGITS, BOARDS["icebreaker"])
+
+
+def test_force_takes_the_array_asked_for_past_the_estimate():
+    """``lcq build --force``: the array given, with the estimate that would have refused it, for the tools
+    to decide; without the array there is nothing to force."""
+    forced = network_for_board(DIGITS, BOARDS["icebreaker"], 1, 2, force=True)
+    assert (forced.params.engine.rows, forced.params.engine.cols) == (1, 2)
+    assert forced.estimate["EBR"] > BOARDS["icebreaker"].resources["EBR"]
+    with pytest.raises(FitError):
+        check_network_fit(BOARDS["icebreaker"], forced.params)
+    with pytest.raises(ValueError, match="give --rows and --cols"):
+        network_for_board(DIGITS, BOARDS["icebreaker"], 1, None, force=True)
