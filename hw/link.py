@@ -271,8 +271,9 @@ class LinkBridge(wiring.Component):
         m.d.comb += [load.payload.target.eq(target), load.payload.addr.eq(addr), load.payload.data.eq(data)]
 
         # Replies: INFO from constants, OUT from the first word's index then the word register, DONE
-        # from the word count, NACK from error and type; `sent` counts payload bytes, `word_pos` bytes
-        # of a word.
+        # from the word count, NACK from error and type; `sent` counts payload bytes, `word_left` the bytes
+        # of a word after this one. The reply's decisions read registers (`heading`, `last_byte`, a zero
+        # test of `word_left`), set as `sent` moves on, not compares of `sent` (the bridge's worst path).
         reply_type = Signal(8)
         reply_len = Signal(LENGTH_BITS)
         sent = Signal(LENGTH_BITS)
@@ -281,7 +282,7 @@ class LinkBridge(wiring.Component):
         fmt = Signal()
         words = Signal(DONE_COUNT_BITS)         # words the engine returned since RUN
         first = Signal(OUT_INDEX_BITS)          # the OUT frame's first word within the RUN
-        word_pos = Signal(range(max(self._out_bytes) + 1))
+        word_left = Signal(range(max(self._out_bytes)))
         out_word = Signal(8 * max(self._out_bytes))
         field = self._out_bits // self._cols
         raw = Value.cast(out.payload)
@@ -289,7 +290,8 @@ class LinkBridge(wiring.Component):
         full_bytes, code_bytes = self._out_bytes[OutputFormat.FULL], self._out_bytes[OutputFormat.CODES]
         out_bytes = Mux(fmt, code_bytes, full_bytes)
         per_frame = [(self._max_payload - OUT_HEAD_BYTES) // size for size in (full_bytes, max(1, code_bytes))]
-        heading = (reply_type == FrameType.OUT) & (sent < OUT_HEAD_BYTES)   # sending the OUT frame's index
+        heading = Signal()          # sending the OUT frame's index: reply_type == OUT and sent < OUT_HEAD_BYTES
+        last_byte = Signal()        # sent == reply_len - 1
 
         # The byte of the reply payload at `sent`, by reply type.
         info = self.info_payload()
@@ -479,7 +481,7 @@ class LinkBridge(wiring.Component):
                 with m.If(out.valid & taking):
                     m.d.sync += words.eq(words + 1)
                     with m.If(remaining != 0):      # open a frame with this word, word `words` of the RUN
-                        m.d.sync += [out_word.eq(word), word_pos.eq(0), remaining.eq(remaining - 1),
+                        m.d.sync += [out_word.eq(word), word_left.eq(out_bytes - 1), remaining.eq(remaining - 1),
                                      first.eq(words)]
                         full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:16] * size, k * size)
                                         for k, size in zip(per_frame, (full_bytes, code_bytes)))
@@ -516,19 +518,20 @@ class LinkBridge(wiring.Component):
                 m.next = "TX_TYPE"
 
             def after_len():
-                m.d.sync += sent.eq(0)
+                m.d.sync += [sent.eq(0), heading.eq(reply_type == FrameType.OUT), last_byte.eq(reply_len == 1)]
                 m.next = "TX_PAYLOAD"
                 with m.If(reply_len == 0):
                     m.next = "TX_CRC_HI"
 
             def after_payload():
-                m.d.sync += sent.eq(sent + 1)
+                m.d.sync += [sent.eq(sent + 1), heading.eq(heading & (sent != OUT_HEAD_BYTES - 1)),
+                             last_byte.eq(sent + 2 == reply_len)]
                 with m.If(~heading):
-                    m.d.sync += [out_word.eq(out_word[8:]), word_pos.eq(word_pos + 1)]
-                with m.If(sent == reply_len - 1):
+                    m.d.sync += [out_word.eq(out_word[8:]),
+                                 word_left.eq(Mux(word_left == 0, out_bytes - 1, word_left - 1))]
+                with m.If(last_byte):
                     m.next = "TX_CRC_HI"
-                with m.Elif(running & ~heading & (word_pos == out_bytes - 1)):
-                    m.d.sync += word_pos.eq(0)
+                with m.Elif(running & ~heading & (word_left == 0)):
                     m.next = "NEXT_WORD"
 
             def after_crc():
