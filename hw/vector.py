@@ -64,7 +64,7 @@ class VectorUnit(wiring.Component):
       (:func:`hw.vector_words.maxpool_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
-      ADD and ADD_RELU ``2N + 2`` (``N = channels * positions``), POOL
+      ADD and ADD_RELU ``2N + 3`` (``N = channels * positions``), POOL
       ``channels * (positions + 3 + 2 * pool_code_bits) + 1``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``, AVGPOOL
       ``channels * out_height * out_width * (kernel^2 + 3 + 2 * pool_code_bits) + 1``.
@@ -279,17 +279,19 @@ class VectorUnit(wiring.Component):
                              self.code_write_lane.eq(act_lane), self.code_write_data.eq(unit.code)]
             pending += act[1:]      # the element in the read, in the unit
 
-        # ADD: operand a waits for b; the sum goes to the value write registers.
-        a1, b1 = delays(m, issue_a, 1, "add_a")[1], delays(m, issue_b, 1, "add_b")[1]
-        wr1 = delays(m, wr, 1, "add_wr")[1]
+        # ADD: the value read, registered (no adder after the value memory's read multiplexer); operand a
+        # waits for b; the sum goes to the value write registers.
+        a2, (_, b1, b2) = delays(m, issue_a, 2, "add_a")[2], delays(m, issue_b, 2, "add_b")
+        wr2 = delays(m, wr, 2, "add_wr")[2]
+        read_value = delays(m, self.val_read_data, 1, "add_value")[1]
         a_value = Signal(signed(p.value_bits))
-        with m.If(a1):
-            m.d.sync += a_value.eq(self.val_read_data)
-        add_sum = a_value + self.val_read_data
-        with m.If(b1):
-            m.d.sync += [self.val_write_en.eq(1), self.val_write_addr.eq(wr1),
+        with m.If(a2):
+            m.d.sync += a_value.eq(read_value)
+        add_sum = a_value + read_value
+        with m.If(b2):
+            m.d.sync += [self.val_write_en.eq(1), self.val_write_addr.eq(wr2),
                          self.val_write_data.eq(Mux((op == ADD_RELU) & (add_sum < 0), 0, add_sum))]
-        pending.append(b1)
+        pending += [b1, b2]
 
         if pool_hw:
             self._pool(m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,

@@ -69,11 +69,12 @@ MAX_POOL_BASE_BITS = 128
 
 # Cycles of the pipelines (see :meth:`VectorParams.op_cycles`): ACTIVATE from an element's
 # read to its write (read, :class:`hw.thresholds.ThresholdUnit` of latency 3, the write
+# register); ADD from operand b's read to its write (read, the read data's register, the write
 # register); POOL: cycles from a channel's last read until its sum is complete, and per
 # step of the threshold search (read a threshold, compare).
 THRESHOLD_LATENCY = 3
 ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
-ADD_DEPTH = 2
+ADD_DEPTH = 3
 POOL_DRAIN = 3
 SEARCH_STEP = 2
 MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the write register
@@ -402,7 +403,7 @@ class VectorParams:
 
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
-        in which the last write is presented): ACTIVATE ``N + 4`` and ADD (ADD_RELU) ``2N + 2`` with
+        in which the last write is presented): ACTIVATE ``N + 4`` and ADD (ADD_RELU) ``2N + 3`` with
         ``N = channels * positions``; POOL ``channels * (positions + 3 + 2 * pool_code_bits) + 1``;
         MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
         and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL
