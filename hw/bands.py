@@ -20,6 +20,16 @@ from compiler.graph import ConvNode
 from .engine_params import EngineParams, group_span
 from .pe_words import ARRAY_PIPELINE
 
+# Network mode: registers between the code buffer's read data and the array's rows.
+CODE_REGISTER = 1
+
+
+def network_drain(params: EngineParams) -> int:
+    """Cycles from a band's last issued position until its accumulators are final, in network mode:
+    ``rows + cols + 4 + CODE_REGISTER + ARRAY_PIPELINE`` (the code buffer's read data passes a register
+    before the array, :data:`CODE_REGISTER`)."""
+    return params.rows + params.cols + 4 + CODE_REGISTER + ARRAY_PIPELINE
+
 
 def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: int, stage_latency: int) -> int:
     """Cycles ``busy`` is high for layer ``node`` on the engine in network mode with bands of
@@ -31,8 +41,8 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     2 - P)``, ``load`` = 0 where the next tile's weights are read while a tile issues (:func:`overlaps`),
     else ``rows``, ``T = load + P + 1 + gap`` cycles per reduction tile and ``W`` cycles of write-back per
     unit (:func:`write_back_cycles`: ``P * (cols + 1)``, or ``P / 2 * (cols + 2)`` in pairs): ``1 + rows -
-    load + max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency`` with ``drain = rows + cols +
-    4 + ARRAY_PIPELINE`` (the engine's registered ``start`` takes a cycle, and with the overlap the first
+    load + max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency`` with ``drain`` =
+    :func:`network_drain` (the engine's registered ``start`` takes a cycle, and with the overlap the first
     tile's weights ``rows``; then unit ``u``'s accumulators are final after ``(u + 1) * k * T - gap +
     drain`` cycles; its write-back starts the cycle after, or after the previous unit's)."""
     c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
@@ -45,7 +55,7 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     gap = max(0, params.cols + 2 - positions)
     load = 0 if overlaps(params, positions) else params.rows
     T, W = load + positions + 1 + gap, write_back_cycles(params, positions)
-    drain = params.rows + params.cols + 4 + ARRAY_PIPELINE
+    drain = network_drain(params)
     return 1 + params.rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
 
 

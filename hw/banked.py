@@ -2,10 +2,11 @@
 
 A memory deeper than one block RAM is built by Yosys as many blocks and a multiplexer over
 their outputs; on the ULX3S-85F the whole-network core's weights buffer (51 DP16KD, a 17-way
-multiplexer) was the worst path from a block RAM's slow output. Here the buffer is
-``ceil(depth / BANK_DEPTH)`` memories of at most :data:`BANK_DEPTH` words (2048: the ECP5
-block's 2048 x 9 shape, one block deep), each read into a register, and the multiplexer
-selects among the registers.
+multiplexer) was the worst path from a block RAM's slow output. Here the buffer is banks of
+:func:`bank_depth` words, each read into a register, and the multiplexer selects among the
+registers. A bank is one block RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`)
+that holds the most words of the width per block, the shallower on a tie (24-bit words: 2048 x 9,
+3-bit words: 16384 x 1), so that banking takes no more blocks than the best mapping of the whole.
 
 Contract: written at the clock edge (``write_en``, ``write_addr``, ``write_data``); the word at
 ``read_addr`` of cycle t is on the returned data in cycle t + 2 (block RAM, then the bank
@@ -20,19 +21,26 @@ from amaranth.lib.memory import Memory
 
 from .delay import delayed
 
-BANK_DEPTH = 2048
+BLOCK_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))   # ECP5 DP16KD (depth, width)
 LATENCY = 2
+
+
+def bank_depth(width: int) -> int:
+    """Words of one bank of ``width``-bit words: the depth of the shape with the fewest blocks per word
+    (``ceil(width / shape width) / shape depth``), the shallowest of those."""
+    return min(BLOCK_SHAPES, key=lambda shape: (-(-width // shape[1]) / shape[0], shape[0]))[0]
 
 
 def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_addr, write_data, read_addr):
     """A ``width`` x ``depth`` buffer in module ``m`` (submodules ``{name}`` or ``{name}_{b}``); returns the
     read data, :data:`LATENCY` cycles after ``read_addr``."""
-    banks = -(-depth // BANK_DEPTH)
-    low = (min(depth, BANK_DEPTH) - 1).bit_length()
+    words = bank_depth(width)
+    banks = -(-depth // words)
+    low = (min(depth, words) - 1).bit_length()
     outputs = []
     for b in range(banks):
-        bank_depth = min(BANK_DEPTH, depth - b * BANK_DEPTH)
-        m.submodules[f"{name}_{b}" if banks > 1 else name] = memory = Memory(shape=width, depth=bank_depth, init=[])
+        m.submodules[f"{name}_{b}" if banks > 1 else name] = memory = Memory(
+            shape=width, depth=min(words, depth - b * words), init=[])
         write, read = memory.write_port(), memory.read_port()
         selected = write_addr[low:] == b if banks > 1 else 1
         m.d.comb += [write.en.eq(write_en & selected), write.addr.eq(write_addr[:low]), write.data.eq(write_data),

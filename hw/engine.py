@@ -88,6 +88,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .bands import CODE_REGISTER
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
 from .delay import delayed
@@ -243,7 +244,9 @@ class LayerEngine(wiring.Component):
                              f"got {value_bits!r}")
         self.params, self.spram, self.value_depth = params, spram, value_depth
         self.value_bits = value_bits or params.out_bits
-        self.drain = params.rows + params.cols + 4 + ARRAY_PIPELINE
+        # Cycles from a position's issue to row 0's code (network mode: the code buffer's read data registered).
+        self.lag = 1 + (CODE_REGISTER if value_depth is not None else 0)
+        self.drain = params.rows + params.cols + 3 + self.lag + ARRAY_PIPELINE
         if value_depth is None:
             signature = EngineSignature.for_params(params)
         else:
@@ -363,7 +366,8 @@ class LayerEngine(wiring.Component):
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
         tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
                                         "out_addr": range(p.out_depth + 1)})
-        tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 2 + ARRAY_PIPELINE)]
+        lag = self.lag
+        tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 1 + lag + ARRAY_PIPELINE)]
         m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
 
         # Network mode: tile_issued pulses in the cycle a channel tile's last position is issued (for
@@ -520,9 +524,11 @@ class LayerEngine(wiring.Component):
         m.d.comb += [array.w_load.eq(w_valid), array.w_row.eq(w_row), array.w_code.eq(weight_data),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
                      array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]
+        if lag > 1:
+            act_data = delayed(m, act_data, lag - 1, "code_word")
         for r in range(R):
-            code = delayed(m, Mux(tags[1].inside, act_data.word_select(r, p.abits), 0), r, f"code_{r}")
-            m.d.comb += [array.a_valid[r].eq(tags[1 + r].valid), array.a_swap[r].eq(tags[1 + r].swap),
+            code = delayed(m, Mux(tags[lag].inside, act_data.word_select(r, p.abits), 0), r, f"code_{r}")
+            m.d.comb += [array.a_valid[r].eq(tags[lag + r].valid), array.a_swap[r].eq(tags[lag + r].swap),
                          array.a_code[r].eq(code)]
 
         # Each column keeps the partial sums of every output (channel tile, position) in its
@@ -531,17 +537,17 @@ class LayerEngine(wiring.Component):
         for c in range(Cn):
             m.submodules[f"acc_{c}"] = accs = Memory(shape=signed(p.acc_bits), depth=p.out_depth, init=[])
             acc_read, acc_write = accs.read_port(), accs.write_port()
-            done = tags[R + c + 2 + ARRAY_PIPELINE]
-            m.d.comb += [array.psum_in[c].eq(Mux(tags[2 + c + ARRAY_PIPELINE].first, 0, acc_read.data)),
+            done = tags[R + c + 1 + lag + ARRAY_PIPELINE]
+            m.d.comb += [array.psum_in[c].eq(Mux(tags[1 + lag + c + ARRAY_PIPELINE].first, 0, acc_read.data)),
                          acc_write.en.eq(done.valid), acc_write.addr.eq(done.out_addr),
                          acc_write.data.eq(array.psum_out[c])]
             if self.network:
                 # A second read port for the writer: the partial-sum reads of the next channel tile go on.
                 back_read = accs.read_port()
-                m.d.comb += [acc_read.addr.eq(tags[1 + c + ARRAY_PIPELINE].out_addr), back_read.addr.eq(read_addr)]
+                m.d.comb += [acc_read.addr.eq(tags[lag + c + ARRAY_PIPELINE].out_addr), back_read.addr.eq(read_addr)]
                 column_reads.append(back_read.data)
             else:
-                m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, tags[1 + c + ARRAY_PIPELINE].out_addr))
+                m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, tags[lag + c + ARRAY_PIPELINE].out_addr))
                 column_reads.append(acc_read.data)
 
         # Read-back: the word's accumulators enter the output stage one per cycle (column
