@@ -20,15 +20,15 @@ from compiler.graph import ConvNode
 from .engine_params import EngineParams, group_span
 from .pe_words import ARRAY_PIPELINE
 
-# Network mode: registers between the code buffer's read data and the array's rows.
-CODE_REGISTER = 1
+# Network mode: registers on the code buffer's read path, its read address and its read data.
+CODE_READ_REGISTERS = 2
 
 
 def network_drain(params: EngineParams) -> int:
     """Cycles from a band's last issued position until its accumulators are final, in network mode:
-    ``rows + cols + 4 + CODE_REGISTER + ARRAY_PIPELINE`` (the code buffer's read data passes a register
-    before the array, :data:`CODE_REGISTER`)."""
-    return params.rows + params.cols + 4 + CODE_REGISTER + ARRAY_PIPELINE
+    ``rows + cols + 4 + CODE_READ_REGISTERS + ARRAY_PIPELINE`` (the code buffer's read address and read
+    data each pass a register, :data:`CODE_READ_REGISTERS`)."""
+    return params.rows + params.cols + 4 + CODE_READ_REGISTERS + ARRAY_PIPELINE
 
 
 def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: int, stage_latency: int) -> int:

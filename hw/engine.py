@@ -88,7 +88,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .bands import CODE_REGISTER
+from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
 from .delay import delayed
@@ -244,8 +244,9 @@ class LayerEngine(wiring.Component):
                              f"got {value_bits!r}")
         self.params, self.spram, self.value_depth = params, spram, value_depth
         self.value_bits = value_bits or params.out_bits
-        # Cycles from a position's issue to row 0's code (network mode: the code buffer's read data registered).
-        self.lag = 1 + (CODE_REGISTER if value_depth is not None else 0)
+        # Cycles from a position's issue to row 0's code (network mode: the code buffer's read address and
+        # read data registered).
+        self.lag = 1 + (CODE_READ_REGISTERS if value_depth is not None else 0)
         self.drain = params.rows + params.cols + 3 + self.lag + ARRAY_PIPELINE
         if value_depth is None:
             signature = EngineSignature.for_params(params)
@@ -421,8 +422,11 @@ class LayerEngine(wiring.Component):
                     begin_issue(weight_addr + 1)
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
-                base = cfg["act_base"] if self.network else 0
-                m.d.comb += [act_addr.eq(base + row_addr + ix), tags[0].valid.eq(1), tags[0].inside.eq(inside),
+                if self.network:
+                    m.d.sync += act_addr.eq(cfg["act_base"] + row_addr + ix)
+                else:
+                    m.d.comb += act_addr.eq(row_addr + ix)
+                m.d.comb += [tags[0].valid.eq(1), tags[0].inside.eq(inside),
                              tags[0].swap.eq(pos == band["pos"]), tags[0].first.eq(first_tile),
                              tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
@@ -524,8 +528,8 @@ class LayerEngine(wiring.Component):
         m.d.comb += [array.w_load.eq(w_valid), array.w_row.eq(w_row), array.w_code.eq(weight_data),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
                      array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]
-        if lag > 1:
-            act_data = delayed(m, act_data, lag - 1, "code_word")
+        if self.network:
+            act_data = delayed(m, act_data, 1, "code_word")
         for r in range(R):
             code = delayed(m, Mux(tags[lag].inside, act_data.word_select(r, p.abits), 0), r, f"code_{r}")
             m.d.comb += [array.a_valid[r].eq(tags[lag + r].valid), array.a_swap[r].eq(tags[lag + r].swap),
