@@ -520,8 +520,10 @@ class LayerEngine(wiring.Component):
         if self.network:
             # Every layer's weights are resident: a deep buffer read through registered banks (its word
             # comes BANKED_LATENCY cycles after the address) whose multiplexer, registered here, would
-            # otherwise feed every PE's shadow weight in the same cycle (the row's shadow weights take the
-            # word two cycles after a one-cycle read, still before the tile's first position reaches the row).
+            # otherwise feed every PE's shadow weight in the same cycle. The row's shadow weights take the
+            # word BANKED_LATENCY + 1 cycles after its address: before the tile's first position reaches the
+            # row, and two cycles after the previous tile's first position has passed the row's last column
+            # (with the overlap's rows + cols + 3 positions, or the wait before LOAD_WEIGHTS).
             w_valid, w_row = (delayed(m, s, BANKED_LATENCY, f"{name}_registered") for s, name in
                               ((w_valid, "w_valid"), (w_row, "w_row")))
             weight_data = delayed(m, weight_data, 1, "weight_word_registered")
