@@ -128,7 +128,6 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 
     """The estimate of :func:`network_estimate`; :class:`FitError` naming the resource that does not fit
     and, for RAM, the largest buffers, their sizes and the part."""
     use = network_estimate(board, params)
-    blocks = memory_blocks(board, network_memories(params))
     limits = {name: board.resources.get(name, 0) for name in use}
     limits["LUT4"] = int(logic_share * board.resources["LUT4"])
     engine = f"{params.engine.rows} x {params.engine.cols} whole-network core"
@@ -136,6 +135,7 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 
         if used <= limits[name]:
             continue
         if name in ("EBR", "SPRAM"):
+            blocks = memory_blocks(board, network_memories(params))
             largest = sorted((b for b in blocks if b[2] == name), key=lambda b: -b[3])[:3]
             buffers = "; ".join(f"{n}: {bits:,} bits in {count} blocks" for n, bits, _, count in largest)
             raise FitError(f"{engine} on {board.name} ({board.device}): its buffers need {used} {name} blocks, "
