@@ -515,7 +515,8 @@ class LayerEngine(wiring.Component):
 
         # The array: row r's code enters its table r cycles after row 0's (skew).
         variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth,
-                                 logic_multiply=multiply_in_logic(platform), product_bits=p.product_bits)
+                                 logic_multiply=multiply_in_logic(platform), product_bits=p.product_bits,
+                                 identity=p.identity_tables)
         m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
         if self.network:
             # Every layer's weights are resident: a deep buffer read through registered banks (its word
@@ -530,6 +531,8 @@ class LayerEngine(wiring.Component):
         m.d.comb += [array.w_load.eq(w_valid), array.w_row.eq(w_row), array.w_code.eq(weight_data),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
                      array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]
+        if p.identity_tables:
+            m.d.comb += array.table_identity.eq(cfg["identity_levels"][0])
         if self.network:
             act_data = delayed(m, act_data, 1, "code_word")
         for r in range(R):

@@ -53,10 +53,11 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 # ``dst_values``): each value written is also activated by the thresholds of slot ``act_slot`` +
 # its channel (lent by the vector unit), its code written into the codes tensor at ``act_dst``.
 # ``tile_step``: activation words the reduction moves from one channel tile to the next (a grouped or
-# depthwise conv reads only its tile's row groups, :func:`group_span`).
+# depthwise conv reads only its tile's row groups, :func:`group_span`). ``identity_levels`` (engines with
+# ``identity_tables``): the layer has no product table, its codes go to the PEs as their levels.
 NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
                                  "band_rows", "band_positions", "band_in_rows", "band_step", "act_fuse", "act_dst",
-                                 "act_slot", "tile_step")
+                                 "act_slot", "tile_step", "identity_levels")
 # Values of the ``stage`` register: what the output stage does. STAGE_REQUANTIZE_RELU (engines whose
 # ``requantize.relu`` is set): requantize, then ``max(0, y)``; in network mode after the fused addition,
 # if any (a post-activation block's ReLU).
@@ -102,6 +103,9 @@ class EngineParams:
     - ``write_pairs`` (network engines): the write-back takes two positions at once (``2q``, ``2q + 1``)
       where a layer's bands have an even number of positions: two output stages, and code and value
       memories of two-position words (:attr:`halves`).
+    - ``identity_tables`` (network engines): a multiplying layer whose activation levels are its codes
+      (:func:`identity_levels`: the 8-bit edge layers) has no product table; the row decoders pass its
+      codes to the PEs as levels (register ``identity_levels``).
     """
 
     rows: int
@@ -123,6 +127,7 @@ class EngineParams:
     product_bits: int = PRODUCT_BITS
     skip_groups: bool = False
     write_pairs: bool = False
+    identity_tables: bool = False
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
@@ -141,9 +146,11 @@ class EngineParams:
                 not 0 <= self.wide_depth <= 1 << 24 or (self.wide_depth and not self.multiply):
             raise ValueError(f"wide_depth must be 0, or an integer in 1..{1 << 24} for an engine that multiplies, "
                              f"got {self.wide_depth!r}")
-        for name in ("skip_groups", "write_pairs"):
+        for name in ("skip_groups", "write_pairs", "identity_tables"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.identity_tables and not self.multiply:
+            raise ValueError("identity_tables is for an engine that multiplies (multiply: true)")
         if self.code_bits and self.code_bits > self.abits:
             raise ValueError(f"code_bits={self.code_bits} exceeds abits={self.abits}: threshold stages make "
                              f"next-layer codes, raise abits")
@@ -259,12 +266,12 @@ class EngineParams:
     def from_dict(cls, d: dict) -> EngineParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction);
         a ``d`` without ``product_bits`` (written before products were sized) means 15, a requantize
-        shape without ``relu`` (written before the stage had one) and one without ``skip_groups`` or
-        ``write_pairs`` mean False: what those engines were built with."""
+        shape without ``relu`` (written before the stage had one) and one without ``skip_groups``,
+        ``write_pairs`` or ``identity_tables`` mean False: what those engines were built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
-        for flag in ("skip_groups", "write_pairs"):
+        for flag in ("skip_groups", "write_pairs", "identity_tables"):
             if isinstance(d, dict) and flag not in d:
                 d = {**d, flag: False}
         if not isinstance(d, dict) or set(d) != names:
@@ -285,7 +292,8 @@ class EngineParams:
 
     @classmethod
     def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: str = "none",
-                  split_weights: bool = False, skip_groups: bool = False) -> EngineParams:
+                  split_weights: bool = False, skip_groups: bool = False,
+                  identity_tables: bool = False) -> EngineParams:
         """The smallest engine that runs every convolution of ``model`` on a ``rows`` x ``cols`` array.
 
         ``resident`` (one of :data:`hw.residency.RESIDENCY`): what the buffers hold for every layer at once,
@@ -294,13 +302,13 @@ class EngineParams:
         still go with each layer), or ``"none"`` (one layer's constants at a time).
         ``split_weights`` (with every layer's weights resident, a model with both multiplying and LUT
         layers): the multiplying layers' weights in a buffer of their own (``wide_depth``), the LUT
-        layers' at ``wbits`` per column (the whole-network core's engine). ``skip_groups``: see the class.
+        layers' at ``wbits`` per column (the whole-network core's engine). ``skip_groups``,
+        ``identity_tables``: see the class.
         """
         check_residency(resident)
         convs = model.convs
         if not convs:
             raise ValueError("the model has no convolution or linear layer to run")
-        need = [layer_needs(n, rows, cols, skip_groups) for n in convs]
         weights_total = sum if resident != "none" else max
         total = sum if resident == "all" else max
         thresholds = [n.stage for n in convs if isinstance(n.stage, Thresholds)]
@@ -321,6 +329,8 @@ class EngineParams:
         width = max((threshold_bits(s) for s in thresholds), default=0)
         if any(s.bits < code_bits for s in thresholds):
             width = 0
+        identity_tables = identity_tables and any(identity_levels(n) for n in convs)
+        need = [layer_needs(n, rows, cols, skip_groups, identity_tables) for n in convs]
         weight_depth, wide_depth = weights_total(x["weight"] for x in need), 0
         if split_weights and resident != "none" and lut and len(lut) < len(convs):
             weight_depth = sum(x["weight"] for x, n in zip(need, convs) if n.mac == "lut")
@@ -329,9 +339,9 @@ class EngineParams:
             rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
             multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
             code_bits=code_bits, requantize=shape, threshold_width=width, wide_depth=wide_depth,
-            product_bits=products, skip_groups=skip_groups,
+            product_bits=products, skip_groups=skip_groups, identity_tables=identity_tables,
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
-            table_depth=total(x["table"] for x in need), stage_depth=total(x["stage"] for x in need),
+            table_depth=max(1, total(x["table"] for x in need)), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
 
 
@@ -354,12 +364,22 @@ def group_span(node: ConvNode, rows: int, cols: int) -> tuple[int, int]:
     return 0, total
 
 
-def layer_needs(node: ConvNode, rows: int, cols: int, skip_groups: bool = False) -> dict[str, int]:
+def identity_levels(node: ConvNode) -> bool:
+    """Whether layer ``node`` multiplies levels that are its codes (``A[j] = j``: the 8-bit edge layers), so
+    that an engine with ``identity_tables`` needs no product table for it."""
+    a = np.asarray(node.a_levels)
+    return node.mac == "multiply" and bool(np.array_equal(a, np.arange(a.size)))
+
+
+def layer_needs(node: ConvNode, rows: int, cols: int, skip_groups: bool = False,
+                identity_tables: bool = False) -> dict[str, int]:
     """Buffer words layer ``node`` takes on a ``rows`` x ``cols`` engine (``skip_groups``: its weights of
-    the row groups :func:`group_span` gives each channel tile only)."""
+    the row groups :func:`group_span` gives each channel tile only; ``identity_tables``: no product table
+    where :func:`identity_levels`)."""
     c_in, h, w = node.in_shape
     c_out, ho, wo = node.out_shape
     groups, co_tiles = ceil(c_in / rows), ceil(c_out / cols)
     reduced = group_span(node, rows, cols)[1] if skip_groups else groups
     return {"act": groups * h * w, "weight": co_tiles * node.kernel ** 2 * reduced * rows,
-            "table": 2 ** node.abits, "stage": co_tiles, "positions": ho * wo, "out": co_tiles * ho * wo}
+            "table": 0 if identity_tables and identity_levels(node) else 2 ** node.abits, "stage": co_tiles,
+            "positions": ho * wo, "out": co_tiles * ho * wo}

@@ -162,7 +162,8 @@ class NetworkParams:
         """The core that runs all of ``model`` on a ``rows`` x ``cols`` array, every constant resident;
         ``write_pairs`` (:class:`~hw.engine_params.EngineParams`): None (default) where they pay
         (:func:`pairs_pay`)."""
-        engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True, skip_groups=True)
+        engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True, skip_groups=True,
+                                        identity_tables=True)
         if write_pairs is None:
             write_pairs = pairs_pay(model, engine)
         engine = replace(engine, write_pairs=write_pairs)

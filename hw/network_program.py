@@ -15,7 +15,8 @@ from compiler import reference
 from compiler.graph import AddNode, CompiledModel, ConvNode, InputNode, Thresholds
 
 from .bands import band_registers
-from .engine_params import CONFIG, NETWORK_REGISTERS, STAGE_REQUANTIZE_RELU, EngineParams, group_span
+from .engine_params import (CONFIG, NETWORK_REGISTERS, STAGE_REQUANTIZE_RELU, EngineParams, group_span,
+                            identity_levels)
 from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM,
                              REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams,
                              network_plan, program_length)
@@ -74,7 +75,9 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
                           act_fuse=int(bool(step.fused_activate)),
                           act_dst=base[step.activated] if step.activated else 0,
                           act_slot=slots[step.fused_activate] if step.fused_activate else 0,
-                          tile_step=tile_step(params.engine, node), **band_registers(params.engine, node))
+                          tile_step=tile_step(params.engine, node),
+                          identity_levels=int(params.engine.identity_tables and identity_levels(node)),
+                          **band_registers(params.engine, node))
             words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
             words.append(instruction(params, RUN_ENGINE))
         else:

@@ -233,29 +233,36 @@ class RowTable(Variant):
 
     Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr``
     (a write port of its own: no multiplexer from the load's state into the read address, which
-    was the ResNet-20 core's worst path); ``table_base`` offsets the reads. The levels matter only to the host side:
-    :meth:`sized` makes the hardware for any layer up to given widths.
+    was the ResNet-20 core's worst path); ``table_base`` offsets the reads. With ``identity`` (and
+    ``multiply``), ``table_identity`` high makes the operand the code itself as a level to multiply, with
+    the table's latency (a layer whose levels are its codes needs no table entries). The levels matter only
+    to the host side: :meth:`sized` makes the hardware for any layer up to given widths.
     """
 
     name = "row_table"
 
     def __init__(self, w_levels, a_levels, *, multiply: bool = False, depth: int | None = None,
-                 logic_multiply: bool = False, product_bits: int = PRODUCT_BITS):
+                 logic_multiply: bool = False, product_bits: int = PRODUCT_BITS, identity: bool = False):
         super().__init__(w_levels, a_levels, product_bits)
         self.multiply, self.logic_multiply = bool(multiply), bool(logic_multiply)
+        if identity and not multiply:
+            raise ValueError("codes pass as levels (identity) only to PEs that multiply")
+        self.identity = bool(identity)
         self.depth = self.s_a + 1 if depth is None else depth
-        if not isinstance(self.depth, int) or self.depth < self.s_a + 1:
-            raise ValueError(f"Table depth must be an integer of at least {self.s_a + 1} entries, not {depth!r}")
+        # With identity the widest codes may be those passed as levels: any table holds at least one entry.
+        least = 1 if self.identity else self.s_a + 1
+        if not isinstance(self.depth, int) or self.depth < least:
+            raise ValueError(f"Table depth must be an integer of at least {least} entries, not {depth!r}")
 
     @classmethod
     def sized(cls, wbits: int, abits: int, *, multiply: bool = False, depth: int | None = None,
-              logic_multiply: bool = False, product_bits: int = PRODUCT_BITS) -> RowTable:
+              logic_multiply: bool = False, product_bits: int = PRODUCT_BITS, identity: bool = False) -> RowTable:
         """The variant for layers of up to ``wbits``-bit weights and ``abits``-bit codes whose products
         fit ``product_bits``; its levels are placeholders (0, 1, ..., the activation ones capped so
         that their products fit): only the sizes matter to the hardware."""
         cap = ((1 << product_bits) - 1) // (2 ** (wbits - 1) - 1)
         return cls(range(2 ** (wbits - 1)), [min(j, cap) for j in range(2 ** abits)], multiply=multiply,
-                   depth=depth, logic_multiply=logic_multiply, product_bits=product_bits)
+                   depth=depth, logic_multiply=logic_multiply, product_bits=product_bits, identity=identity)
 
     @property
     def weight_bits(self) -> int:
@@ -277,8 +284,9 @@ class RowTable(Variant):
 
     @property
     def edge_signature(self) -> dict:
+        identity = {"table_identity": In(1)} if self.identity else {}
         return {"table_load": In(1), "table_addr": In(range(self.depth)), "table_data": In(self.operand_bits),
-                "table_base": In(range(self.depth))}
+                "table_base": In(range(self.depth)), **identity}
 
     def edge_beats(self) -> list[dict]:
         return [{"table_load": 1, "table_addr": j, "table_data": self.operand(j)} for j in range(self.s_a + 1)]
@@ -287,8 +295,14 @@ class RowTable(Variant):
         m.submodules.table = table = Memory(shape=self.operand_bits, depth=self.depth, init=[])
         write, read = table.write_port(), table.read_port()
         m.d.comb += [write.en.eq(decoder.table_load), write.addr.eq(decoder.table_addr),
-                     write.data.eq(decoder.table_data), read.addr.eq(decoder.table_base + decoder.a_code),
-                     decoder.operand.eq(read.data)]
+                     write.data.eq(decoder.table_data), read.addr.eq(decoder.table_base + decoder.a_code)]
+        if not self.identity:
+            m.d.comb += decoder.operand.eq(read.data)
+            return
+        identity, code = Signal(), Signal(self.abits)
+        m.d.sync += [identity.eq(decoder.table_identity), code.eq(decoder.a_code)]
+        level = Cat(code, C(0, self.operand_bits - 1 - self.abits), C(1, 1))
+        m.d.comb += decoder.operand.eq(Mux(identity, level, read.data))
 
     def product(self, m, pe, magnitude, operand):
         # A shift, not an Array: Yosys writes an Array as an ``always @*`` case, which Icarus

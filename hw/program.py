@@ -29,7 +29,7 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU,
                             STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams, group_span,
-                            layer_needs)
+                            identity_levels, layer_needs)
 from .pe_words import A_MAX, W_MAX, row_vector, weight_word
 from .residency import check_residency
 from .stage_words import requantize_words, threshold_bits, threshold_words
@@ -39,7 +39,7 @@ Beat = tuple[int, int, int]
 
 def check_fits(params: EngineParams, node: ConvNode) -> None:
     """Raise ValueError naming what of layer ``node`` does not fit the engine, and the fix."""
-    need = layer_needs(node, params.rows, params.cols, params.skip_groups)
+    need = layer_needs(node, params.rows, params.cols, params.skip_groups, params.identity_tables)
     problems = []
     if node.mac == "multiply" and not params.multiply:
         problems.append("it multiplies levels (an 8-bit edge layer) but the engine has no multipliers")
@@ -102,7 +102,7 @@ def resident_bases(model: CompiledModel, params: EngineParams, resident: str = "
         weights = "wide" if in_wide_buffer(params, node) else "weight"
         bases[node.name] = Bases(weight=next_base[weights] if every else 0,
                                  **{kind: next_base[kind] if kind in every else 0 for kind in ("table", "stage")})
-        need = layer_needs(node, params.rows, params.cols, params.skip_groups)
+        need = layer_needs(node, params.rows, params.cols, params.skip_groups, params.identity_tables)
         for kind in every:
             next_base[weights if kind == "weight" else kind] += need[kind]
     if every:
@@ -167,7 +167,10 @@ def weight_words(params: EngineParams, node: ConvNode) -> list[int]:
 
 
 def table_words(params: EngineParams, node: ConvNode) -> list[int]:
-    """Product-table entries ``j = 0 .. 2^abits - 1`` of layer ``node``."""
+    """Product-table entries ``j = 0 .. 2^abits - 1`` of layer ``node``; none where the engine passes its
+    codes as levels (``identity_tables``, :func:`~hw.engine_params.identity_levels`)."""
+    if params.identity_tables and identity_levels(node):
+        return []
     a = [int(v) for v in node.a_levels]
     if node.mac == "multiply":
         return [a[j] | 1 << (params.table_bits - 1) for j in range(len(a))]

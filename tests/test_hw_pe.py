@@ -11,7 +11,7 @@ pytest.importorskip("amaranth", reason="hardware tests need amaranth: pip instal
 from amaranth.hdl import UnusedElaboratable  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
-from hw.pe import VARIANTS, PEArray, ProcessingElement, RowTable  # noqa: E402
+from hw.pe import VARIANTS, PEArray, ProcessingElement, RowDecoder, RowTable  # noqa: E402
 from hw.pe_words import ARRAY_PIPELINE  # noqa: E402
 from hw.pe_words import A_MAX, W_MAX, product_width, row_vector  # noqa: E402
 
@@ -190,6 +190,40 @@ def test_row_table_is_sized_by_widths_and_checks_its_depth():
     assert variant.operand_bits == 3 * 15 + 1 and variant.operand(3) == 3 | 1 << 45
     with pytest.raises(ValueError, match="Table depth must be an integer of at least 4 entries, not 3"):
         RowTable.sized(3, 2, depth=3)
+
+
+def test_identity_decoder_passes_codes_as_levels_or_reads_its_table():
+    """With ``table_identity`` the operand is the code as a level to multiply, with the table's latency of
+    one cycle; without it, the table's entry at ``table_base + code``."""
+    variant = RowTable.sized(3, 8, multiply=True, depth=8, identity=True)
+    flag = 1 << (variant.operand_bits - 1)
+    dut = RowDecoder(variant)
+    entries = [flag | (7 * j + 3) for j in range(8)]
+    # (table_identity, code) per cycle; each operand is checked the cycle after.
+    stream = [(1, 200), (0, 5), (1, 0), (1, 255), (0, 2), (0, 7), (1, 9)]
+    got = []
+
+    async def bench(ctx):
+        for j, entry in enumerate(entries):
+            ctx.set(dut.table_load, 1)
+            ctx.set(dut.table_addr, j)
+            ctx.set(dut.table_data, entry)
+            await ctx.tick()
+        ctx.set(dut.table_load, 0)
+        ctx.set(dut.table_base, 0)
+        for identity, code in stream:
+            ctx.set(dut.table_identity, identity)
+            ctx.set(dut.a_code, code)
+            await ctx.tick()
+            # Other inputs now: the operand is the registered one's.
+            ctx.set(dut.table_identity, 1 - identity)
+            ctx.set(dut.a_code, code ^ 0x5A)
+            got.append(ctx.get(dut.operand))
+
+    simulate(dut, bench)
+    assert got == [code | flag if identity else entries[code] for identity, code in stream]
+    with pytest.raises(ValueError, match="only to PEs that multiply"):
+        RowTable.sized(3, 8, depth=8, identity=True)
 
 
 def test_products_are_as_wide_as_the_outer_widths_allow():
