@@ -4,7 +4,8 @@
 for the design (any Elaboratable, its logic in the ``sync`` domain, which :class:`PLLClock`
 drives at the PLL frequency nearest ``target_mhz``), runs the board's Amaranth toolchain
 stage by stage (:mod:`boards.stages`: progress on stderr, an optional deadline) with the YoWASP
-tools of this Python environment, and writes ``report.json`` in ``build_dir``: ``bitstream``,
+tools of this Python environment (Yosys told that the memories' same-cycle read-write collisions are
+undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
 ``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``resources`` (name -> used/available), ``board``,
 ``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed`` (nextpnr's ``--seed``;
 None: nextpnr's default), ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
@@ -19,6 +20,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from hw.memories import UNDEFINED_COLLISIONS
 
 from .boards import Board, get_board
 from .report import parse_build, read_worst_paths
@@ -106,7 +109,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     top.submodules.clock = PLLClock(board, plan)
     top.submodules.design = top_factory(platform, plan.achieved_hz)
     nextpnr_opts = f"--report {NEXTPNR_REPORT} --timing-allow-fail --router {router}"
-    options = {"nextpnr_opts": nextpnr_opts + ("" if seed is None else f" --seed {int(seed)}")}
+    options = {"nextpnr_opts": nextpnr_opts + ("" if seed is None else f" --seed {int(seed)}"),
+               "script_after_read": UNDEFINED_COLLISIONS}
     if board.family == "ice40":
         options["synth_opts"] = "-dsp -spram"
     t0 = time.perf_counter()

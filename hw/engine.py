@@ -92,9 +92,9 @@ from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
 from .delay import delayed
-from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH, STAGE_REQUANTIZE,
-                            STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
-                            WIDE_WEIGHTS, EngineParams)
+from .engine_params import (ACTS, CONFIG, GEOMETRY_REGISTERS, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH,
+                            STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS,
+                            WEIGHTS, WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
@@ -272,7 +272,8 @@ class LayerEngine(wiring.Component):
         m = Module()
         p = self.params
         R, Cn = p.rows, p.cols
-        cfg = {name: Signal(signed(self.reg_bits), name=f"cfg_{name}") for name in self.registers}
+        cfg = {name: Signal(signed(p.dim_bits if name in GEOMETRY_REGISTERS else self.reg_bits), name=f"cfg_{name}")
+               for name in self.registers}
         idle = Signal()
         load, beat_valid, start = self._load_beat(m, idle)
 
@@ -289,7 +290,7 @@ class LayerEngine(wiring.Component):
         # register, no subtraction (the ResNet-20 core's worst path). Layer mode keeps the subtraction:
         # its engine fills the UP5K, where these registers would not fit.
         if self.network:
-            last = {name: Signal(signed(self.reg_bits), name=f"last_{name}") for name in LAST_COUNTS}
+            last = {name: Signal(signed(len(cfg[name])), name=f"last_{name}") for name in LAST_COUNTS}
             m.d.sync += [last[name].eq(cfg[name] - 1) for name in last]
         else:
             last = {name: cfg[name] - 1 for name in LAST_COUNTS if name in self.registers}
@@ -334,16 +335,18 @@ class LayerEngine(wiring.Component):
         if p.wide_depth:
             weight_data = self._weights_of_layer(m, cfg, buffer, loads(WIDE_WEIGHTS), weight_data, weight_read_addr)
 
-        # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x).
-        def counter(name):
-            return Signal(signed(self.reg_bits), name=name)
+        # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x); those of rows, columns and
+        # kernel taps (``geometry``) as wide as the geometry registers.
+        def counter(name, geometry=False):
+            return Signal(signed(p.dim_bits if geometry else self.reg_bits), name=name)
 
-        co_tile, ky, kx, g = counter("co_tile"), counter("ky"), counter("kx"), counter("g")
+        co_tile, ky, kx, g = counter("co_tile"), counter("ky", True), counter("kx", True), counter("g")
         plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
         # Where the channel tile's first row group starts (network mode: ``tile_step`` on per channel tile).
         tile_plane = counter("tile_plane") if self.network else C(0)
         out_base, read_addr = counter("out_base"), counter("read_addr")
-        y, x, iy, ix, row_addr = counter("y"), counter("x"), counter("iy"), counter("ix"), counter("row_addr")
+        y, x, iy, ix = (counter(name, True) for name in ("y", "x", "iy", "ix"))
+        row_addr = counter("row_addr")
         pos, read_pos = Signal(range(p.pos_depth + 1)), Signal(range(p.pos_depth + 1))
         read_slot = Signal(range(p.stage_depth + 1))
         feed_col, collected = Signal(range(Cn + 1)), Signal(range(Cn + 2))
@@ -353,7 +356,8 @@ class LayerEngine(wiring.Component):
         # The band being computed: its first output row, first position, first input row (times
         # stride) and first row address, its last output row (layer mode: one band, the layer), and
         # the address of its channel tile's first weight word (each band reads the tile's weights).
-        band = {name: counter(f"band_{name}") for name in ("y", "pos", "iy", "row", "end_y", "weight_addr")}
+        band = {name: counter(f"band_{name}", name in ("y", "iy", "end_y"))
+                for name in ("y", "pos", "iy", "row", "end_y", "weight_addr")}
         if self.network:
             band_cfg = {name: cfg[f"band_{name}"] for name in ("rows", "positions", "in_rows", "step")}
         else:

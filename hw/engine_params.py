@@ -58,6 +58,10 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
                                  "band_rows", "band_positions", "band_in_rows", "band_step", "act_fuse", "act_dst",
                                  "act_slot", "tile_step", "identity_levels")
+# The registers of a layer's geometry (its sides, kernel, stride, padding, and its bands' rows): signed
+# ``dim_bits`` wide (:attr:`EngineParams.dim_bits`), as are the engine's counters of rows, columns and
+# kernel taps; every other register is ``reg_bits`` wide.
+GEOMETRY_REGISTERS = ("in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "band_rows", "band_in_rows")
 # Values of the ``stage`` register: what the output stage does. STAGE_REQUANTIZE_RELU (engines whose
 # ``requantize.relu`` is set): requantize, then ``max(0, y)``; in network mode after the fused addition,
 # if any (a post-activation block's ReLU).
@@ -103,6 +107,9 @@ class EngineParams:
     - ``write_pairs`` (network engines): the write-back takes two positions at once (``2q``, ``2q + 1``)
       where a layer's bands have an even number of positions: two output stages, and code and value
       memories of two-position words (:attr:`halves`).
+    - ``max_side``: the largest side (input or output height or width), kernel, stride or padding of any
+      layer (:func:`layer_side`): the geometry registers and counters are sized by it (:attr:`dim_bits`);
+      0: as wide as the address registers (``reg_bits``).
     - ``identity_tables`` (network engines): a multiplying layer whose activation levels are its codes
       (:func:`identity_levels`: the 8-bit edge layers) has no product table; the row decoders pass its
       codes to the PEs as levels (register ``identity_levels``).
@@ -128,6 +135,7 @@ class EngineParams:
     skip_groups: bool = False
     write_pairs: bool = False
     identity_tables: bool = False
+    max_side: int = 0
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
@@ -139,6 +147,8 @@ class EngineParams:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        if not isinstance(self.max_side, int) or isinstance(self.max_side, bool) or not 0 <= self.max_side <= 1 << 24:
+            raise ValueError(f"max_side must be an integer in 0..{1 << 24}, got {self.max_side!r}")
         if not isinstance(self.threshold_width, int) or not 0 <= self.threshold_width <= self.acc_bits + 1:
             raise ValueError(f"threshold_width must be 0 (acc_bits + 1) or 2..{self.acc_bits + 1}, "
                              f"got {self.threshold_width!r}")
@@ -207,6 +217,13 @@ class EngineParams:
         return largest.bit_length() + 2
 
     @property
+    def dim_bits(self) -> int:
+        """Signed width of the geometry registers (:data:`GEOMETRY_REGISTERS`) and of the counters of rows,
+        columns and kernel taps: they hold ``-max_side .. 4 * max_side`` (an input row or column index runs
+        from ``-padding`` to past the last row by a stride); ``reg_bits`` where ``max_side`` is 0."""
+        return (4 * self.max_side).bit_length() + 1 if self.max_side else self.reg_bits
+
+    @property
     def col_bits(self) -> int:
         """Bits of the column field in a THRESHOLDS / REQUANTIZE ``load_addr``."""
         return max(1, (self.cols - 1).bit_length())
@@ -267,13 +284,16 @@ class EngineParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction);
         a ``d`` without ``product_bits`` (written before products were sized) means 15, a requantize
         shape without ``relu`` (written before the stage had one) and one without ``skip_groups``,
-        ``write_pairs`` or ``identity_tables`` mean False: what those engines were built with."""
+        ``write_pairs`` or ``identity_tables`` mean False, without ``max_side`` 0: what those engines were
+        built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
         for flag in ("skip_groups", "write_pairs", "identity_tables"):
             if isinstance(d, dict) and flag not in d:
                 d = {**d, flag: False}
+        if isinstance(d, dict) and "max_side" not in d:
+            d = {**d, "max_side": 0}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         shape = d["requantize"]
@@ -340,6 +360,7 @@ class EngineParams:
             multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
             code_bits=code_bits, requantize=shape, threshold_width=width, wide_depth=wide_depth,
             product_bits=products, skip_groups=skip_groups, identity_tables=identity_tables,
+            max_side=max(layer_side(n) for n in convs),
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=max(1, total(x["table"] for x in need)), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
@@ -362,6 +383,11 @@ def group_span(node: ConvNode, rows: int, cols: int) -> tuple[int, int]:
                                                             for t, lo, hi in spans):
                 return step, groups
     return 0, total
+
+
+def layer_side(node: ConvNode) -> int:
+    """The largest of layer ``node``'s sides (input and output heights and widths), kernel, stride and padding."""
+    return max(*node.in_shape[1:], *node.out_shape[1:], node.kernel, node.stride, node.padding)
 
 
 def identity_levels(node: ConvNode) -> bool:

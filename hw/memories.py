@@ -1,6 +1,19 @@
-"""On-chip memory lists: ``(name, width, depth, copies)`` as the parameter classes describe them."""
+"""On-chip memory lists: ``(name, width, depth, copies)`` as the parameter classes describe them; how
+synthesis may map the generated memories (:data:`UNDEFINED_COLLISIONS`)."""
 
 from __future__ import annotations
+
+# Yosys command for the design as read (RTLIL from Amaranth; Verilog after ``proc; memory_dff``): a read
+# of an address in the cycle it is written may return anything, on every synchronous read port of a memory
+# with one write port. The generated hardware never uses such a read: constants (weights, tables, stage
+# constants, program, input table) are written while idle and read while running; the staging buffer is
+# not written while it is copied; the link's frame buffer is written while a frame arrives and read after;
+# the data memories' reads of an address come at least a cycle before its write (fused addition, vector
+# ops, whose writes lag their reads by a pipeline) or after it (partial sums: the engine's spacing of
+# tiles), and no step reads the tensor it writes. Without it Yosys keeps Amaranth's read-first semantics on
+# block RAMs that lack them by delaying every write a cycle and bypassing it around the RAM: on the digits
+# core for the UP5K (1 x 2) 1,089 flip-flops and 370 LUTs of a 5,280-cell part.
+UNDEFINED_COLLISIONS = "setparam -set COLLISION_X_MASK 1'1 t:$memrd_v2 r:COLLISION_X_MASK=1'0 %i"
 
 
 def memory_bits(memories) -> dict[str, int]:

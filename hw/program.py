@@ -29,7 +29,7 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU,
                             STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams, group_span,
-                            identity_levels, layer_needs)
+                            identity_levels, layer_needs, layer_side)
 from .pe_words import A_MAX, W_MAX, row_vector, weight_word
 from .residency import check_residency
 from .stage_words import requantize_words, threshold_bits, threshold_words
@@ -50,6 +50,9 @@ def check_fits(params: EngineParams, node: ConvNode) -> None:
     if int(max(node.w_levels)) > W_MAX or int(max(node.a_levels)) > A_MAX:
         problems.append(f"levels up to {int(max(node.w_levels))} (weights) and {int(max(node.a_levels))} "
                         f"(activations) exceed the PEs' {W_MAX} and {A_MAX} (outer widths of 8 bits)")
+    if params.max_side and layer_side(node) > params.max_side:
+        problems.append(f"its sides, kernel, stride or padding (up to {layer_side(node)}) exceed "
+                        f"max_side={params.max_side}")
     if node.acc_bits > params.acc_bits:
         problems.append(f"accumulators of {node.acc_bits} bits exceed acc_bits={params.acc_bits}")
     if isinstance(node.stage, Thresholds):

@@ -12,7 +12,7 @@ in the same testbench and with the same report as the RTL run.
   is the core, not the UART top: its ports are the RTL core's (the network core's ``probe`` port included, an
   output port that synthesis keeps), so the RTL testbenches drive it unchanged.
 - :func:`synthesize`: ``synth_ice40 -dsp -spram`` (the board build's ``synth_opts``) or ``synth_ecp5`` (the
-  board build's defaults), then ``stat -json`` and ``write_verilog -noattr``; cached in
+  board build's defaults), after the board build's :data:`hw.memories.UNDEFINED_COLLISIONS`, then ``stat -json`` and ``write_verilog -noattr``; cached in
   ``build/netlist/<key>/`` under :func:`cache_key` (source text, script, Yosys version), written to a
   temporary directory and moved in with ``os.replace`` (``net.v`` last), so a cache entry is complete or absent.
   Yosys runs under :func:`sim.runner.run_guarded` with the current deadline (:func:`sim.runner.deadline`).
@@ -45,6 +45,8 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from hw.memories import UNDEFINED_COLLISIONS
 
 from .runner import ICE40_DEFINES, SimulationFailed, run_guarded
 
@@ -170,11 +172,12 @@ def yosys_version() -> str:
 
 
 def synth_script(family: str, top: str) -> str:
-    """The Yosys script: read ``core.v``, the family's synthesis as the board build runs it, statistics,
-    the netlist without attributes."""
+    """The Yosys script: read ``core.v``, the family's synthesis as the board build runs it (its memories'
+    same-cycle collisions undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`), statistics, the netlist
+    without attributes."""
     if family not in FAMILIES:
         raise NetlistError(f"unknown netlist family {family!r}; known: {', '.join(FAMILIES)}")
-    return (f"read_verilog -sv {SOURCE}\n{SYNTH[family]} -top {top}\n"
+    return (f"read_verilog -sv {SOURCE}\nproc\nmemory_dff\n{UNDEFINED_COLLISIONS}\n{SYNTH[family]} -top {top}\n"
             f"tee -q -o {STATS} stat -json\nwrite_verilog -noattr {NETLIST}\n")
 
 

@@ -62,6 +62,36 @@ def test_script_keeps_the_board_builds_options():
         nl.synth_script("gowin", "engine")
 
 
+def test_memories_map_to_block_ram_without_read_first_emulation(tmp_path):
+    """A memory written and read through ports of its own in the same clock: one iCE40 block RAM and not a
+    flip-flop (the collisions are undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`); Yosys otherwise
+    delays the write a cycle and bypasses it around the RAM: 42 flip-flops for a 16-bit word."""
+    require(yosys=True)
+    from amaranth import Module
+    from amaranth.back import verilog
+    from amaranth.lib import wiring
+    from amaranth.lib.memory import Memory
+    from amaranth.lib.wiring import In, Out
+
+    class Ram(wiring.Component):
+        def __init__(self):
+            super().__init__({"we": In(1), "waddr": In(8), "wdata": In(16), "raddr": In(8), "rdata": Out(16)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.mem = mem = Memory(shape=16, depth=256, init=[])
+            write, read = mem.write_port(), mem.read_port()
+            m.d.comb += [write.en.eq(self.we), write.addr.eq(self.waddr), write.data.eq(self.wdata),
+                         read.addr.eq(self.raddr), self.rdata.eq(read.data)]
+            return m
+
+    source = tmp_path / "core.v"
+    source.write_text(verilog.convert(Ram(), name="ram", emit_src=False))
+    cells = nl.synthesize(source, "ram", "ice40", cache_root=tmp_path / "cache").cells
+    assert cells.get("SB_RAM40_4K") == 1
+    assert not {name: n for name, n in cells.items() if name.startswith("SB_DFF")}
+
+
 def test_synthesis_is_cached_and_written_atomically(tmp_path, monkeypatch):
     calls = []
 
