@@ -780,8 +780,8 @@ class LayerEngine(wiring.Component):
     def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
         accumulator was fed, as a value (``dst_values``; plus the value read at its address two cycles
-        before, with ``dst_add``; then ``max(0, value)`` where ``relu``) or as a code into its lane; with
-        ``act_fuse``, the value's code (lent thresholds of slot ``act_slot + channel``) into its lane
+        before, with ``dst_add`` (engines with ``fused_adds``); then ``max(0, value)`` where ``relu``) or as a
+        code into its lane; with ``act_fuse`` (engines with ``fused_activations``), the value's code (lent thresholds of slot ``act_slot + channel``) into its lane
         ``FUSED_LATENCY`` cycles later. The padding channels of the last channel tile (``channel >= c_out``)
         are not written. ``results``: the even position's stage (the only one without ``write_pairs``) and
         the odd one's; in pairs both are written at once into the two halves of a word (the position
@@ -806,25 +806,17 @@ class LayerEngine(wiring.Component):
             """The halves a write at activation or value address ``addr`` takes: both in pairs, else its own."""
             return Mux(pair, 0b11, Mux(addr[0], 0b10, 0b01)) if halves == 2 else C(1, 1)
 
-        old_word = delayed(m, self.val_read.data, 1, "back_old_values")
-        old = [old_word.word_select(h, vb).as_signed() for h in range(halves)]
-        if halves == 2:
-            old[0] = Mux(pair | ~value_addr[0], old[0], old[1])
+        if p.fused_adds:
+            old_word = delayed(m, self.val_read.data, 1, "back_old_values")
+            old = [old_word.word_select(h, vb).as_signed() for h in range(halves)]
+            if halves == 2:
+                old[0] = Mux(pair | ~value_addr[0], old[0], old[1])
         totals = []
         for h, result in enumerate(results):
-            summed = result + Mux(cfg["dst_add"][0], old[h], 0)
+            summed = result + Mux(cfg["dst_add"][0], old[h], 0) if p.fused_adds else result
             total = Signal(signed(vb), name="back_value" + ("_odd" if h else ""))
             m.d.comb += total.eq(Mux(relu & (summed < 0), 0, summed))
             totals.append(total)
-        # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on.
-        lend = valid & values & cfg["act_fuse"][0]
-        m.d.sync += [self.activation.valid.eq(lend), self.activation.value.eq(totals[0]),
-                     self.activation.slot.eq(cfg["act_slot"] + channel)]
-        if halves == 2:
-            m.d.sync += self.activation.value_odd.eq(totals[1])
-        coded = delayed(m, lend, self.FUSED_LATENCY, "fused_valid")
-        coded_addr = delayed(m, code_addr, self.FUSED_LATENCY, "fused_code_addr")
-        coded_lane = delayed(m, lane, self.FUSED_LATENCY, "fused_lane")
 
         def lanes_en(lane_, addr):
             """Enables of lane ``lane_`` in the halves a write at ``addr`` takes."""
@@ -832,18 +824,32 @@ class LayerEngine(wiring.Component):
             one = (C(1, p.rows) << lane_)[:p.rows]
             return Cat(*(Mux(taken[h], one, C(0, p.rows)) for h in range(halves)))
 
-        even_code = Mux(values, self.activation.code, results[0][:p.abits])
-        codes = [even_code]
+        codes = [results[0][:p.abits]]
         if halves == 2:
-            codes.append(Mux(pair, Mux(values, self.activation.code_odd, results[1][:p.abits]), even_code))
+            codes.append(Mux(pair, results[1][:p.abits], codes[0]))
+        code_en, write_addr = Mux(valid & ~values, lanes_en(lane, code_addr), 0), code_addr
+        if p.fused_activations:
+            # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on.
+            lend = valid & values & cfg["act_fuse"][0]
+            m.d.sync += [self.activation.valid.eq(lend), self.activation.value.eq(totals[0]),
+                         self.activation.slot.eq(cfg["act_slot"] + channel)]
+            if halves == 2:
+                m.d.sync += self.activation.value_odd.eq(totals[1])
+            coded = delayed(m, lend, self.FUSED_LATENCY, "fused_valid")
+            coded_addr = delayed(m, code_addr, self.FUSED_LATENCY, "fused_code_addr")
+            coded_lane = delayed(m, lane, self.FUSED_LATENCY, "fused_lane")
+            codes[0] = Mux(values, self.activation.code, codes[0])
+            if halves == 2:
+                codes[1] = Mux(pair, Mux(values, self.activation.code_odd, results[1][:p.abits]), codes[0])
+            code_en = code_en | Mux(coded, lanes_en(coded_lane, coded_addr), 0)
+            write_addr = Mux(values, coded_addr, code_addr)
         m.d.comb += [self.val_write.en.eq(Mux(valid & values, halves_of(value_addr), 0)),
-                     self.val_write.addr.eq(word(value_addr)), self.val_read.addr.eq(word(read_addr)),
-                     self.val_write.data.eq(Cat(totals[0], Mux(pair, totals[1], totals[0])) if halves == 2
-                                            else totals[0]),
-                     code_out["en"].eq(Mux(valid & ~values, lanes_en(lane, code_addr), 0)
-                                       | Mux(coded, lanes_en(coded_lane, coded_addr), 0)),
-                     code_out["addr"].eq(word(Mux(values, coded_addr, code_addr))),
+                     self.val_write.addr.eq(word(value_addr)), self.val_write.data.eq(
+                         Cat(totals[0], Mux(pair, totals[1], totals[0])) if halves == 2 else totals[0]),
+                     code_out["en"].eq(code_en), code_out["addr"].eq(word(write_addr)),
                      code_out["data"].eq(Cat(*[Cat(*[code] * p.rows) for code in codes]))]
+        if p.fused_adds:
+            m.d.comb += self.val_read.addr.eq(word(read_addr))
 
     @staticmethod
     def _first_band(m, band, band_cfg):

@@ -107,6 +107,9 @@ class EngineParams:
     - ``write_pairs`` (network engines): the write-back takes two positions at once (``2q``, ``2q + 1``)
       where a layer's bands have an even number of positions: two output stages, and code and value
       memories of two-position words (:attr:`halves`).
+    - ``fused_adds``, ``fused_activations`` (network engines): the write-back's hardware for residual
+      additions and activations fused into a conv (registers ``dst_add``, ``act_fuse``); false where no step
+      of the model's program fuses one.
     - ``max_side``: the largest side (input or output height or width), kernel, stride or padding of any
       layer (:func:`layer_side`): the geometry registers and counters are sized by it (:attr:`dim_bits`);
       0: as wide as the address registers (``reg_bits``).
@@ -136,6 +139,8 @@ class EngineParams:
     write_pairs: bool = False
     identity_tables: bool = False
     max_side: int = 0
+    fused_adds: bool = True
+    fused_activations: bool = True
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
@@ -156,7 +161,7 @@ class EngineParams:
                 not 0 <= self.wide_depth <= 1 << 24 or (self.wide_depth and not self.multiply):
             raise ValueError(f"wide_depth must be 0, or an integer in 1..{1 << 24} for an engine that multiplies, "
                              f"got {self.wide_depth!r}")
-        for name in ("skip_groups", "write_pairs", "identity_tables"):
+        for name in ("skip_groups", "write_pairs", "identity_tables", "fused_adds", "fused_activations"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.identity_tables and not self.multiply:
@@ -284,8 +289,8 @@ class EngineParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction);
         a ``d`` without ``product_bits`` (written before products were sized) means 15, a requantize
         shape without ``relu`` (written before the stage had one) and one without ``skip_groups``,
-        ``write_pairs`` or ``identity_tables`` mean False, without ``max_side`` 0: what those engines were
-        built with."""
+        ``write_pairs`` or ``identity_tables`` mean False, without ``max_side`` 0, without ``fused_adds`` or
+        ``fused_activations`` True: what those engines were built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
@@ -294,6 +299,9 @@ class EngineParams:
                 d = {**d, flag: False}
         if isinstance(d, dict) and "max_side" not in d:
             d = {**d, "max_side": 0}
+        for flag in ("fused_adds", "fused_activations"):
+            if isinstance(d, dict) and flag not in d:
+                d = {**d, flag: True}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         shape = d["requantize"]

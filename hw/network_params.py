@@ -168,11 +168,14 @@ class NetworkParams:
             write_pairs = pairs_pay(model, engine)
         engine = replace(engine, write_pairs=write_pairs)
         plan = network_plan(model, engine)
-        engine = replace(engine, act_depth=plan.memories["codes"].depth)
+        engine = replace(engine, act_depth=plan.memories["codes"].depth,
+                         fused_adds=any(step.fused_add for step in plan.steps),
+                         fused_activations=any(step.fused_activate for step in plan.steps))
         values = plan.memories["values"]
         image = plan.tensors[model.input.output]
         vector = VectorParams.for_model(model, lanes=rows, lane_bits=engine.abits, value_bits=values.width,
-                                        value_depth=values.depth, code_depth=engine.act_depth)
+                                        value_depth=values.depth, code_depth=engine.act_depth,
+                                        adds=any(step.kind == "add" for step in plan.steps))
         return cls(engine=engine, vector=vector, value_bits=values.width, value_depth=values.depth,
                    program_depth=program_length(plan), input_bits=model.input.bits,
                    image_channels=image.shape[0], image_positions=image.shape[1] * image.shape[2],

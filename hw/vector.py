@@ -155,7 +155,7 @@ class VectorUnit(wiring.Component):
         pos, ch = Signal(p.count_bits), Signal(p.count_bits)
         lane, group, slot = Signal(p.lane_index_bits), Signal(p.code_addr_bits), Signal(p.slot_bits)
         phase = Signal()                        # ADD: 0 reads a, 1 reads b
-        adding = (op == ADD) | (op == ADD_RELU)
+        adding = ((op == ADD) | (op == ADD_RELU)) if p.adds else C(0, 1)
         last_pos, last_ch = pos == positions - 1, ch == channels - 1
 
         def next_channel():
@@ -279,19 +279,20 @@ class VectorUnit(wiring.Component):
                              self.code_write_lane.eq(act_lane), self.code_write_data.eq(unit.code)]
             pending += act[1:]      # the element in the read, in the unit
 
-        # ADD: the value read, registered (no adder after the value memory's read multiplexer); operand a
-        # waits for b; the sum goes to the value write registers.
-        a2, (_, b1, b2) = delays(m, issue_a, 2, "add_a")[2], delays(m, issue_b, 2, "add_b")
-        wr2 = delays(m, wr, 2, "add_wr")[2]
-        read_value = delays(m, self.val_read_data, 1, "add_value")[1]
-        a_value = Signal(signed(p.value_bits))
-        with m.If(a2):
-            m.d.sync += a_value.eq(read_value)
-        add_sum = a_value + read_value
-        with m.If(b2):
-            m.d.sync += [self.val_write_en.eq(1), self.val_write_addr.eq(wr2),
-                         self.val_write_data.eq(Mux((op == ADD_RELU) & (add_sum < 0), 0, add_sum))]
-        pending += [b1, b2]
+        # ADD (with ``adds``): the value read, registered (no adder after the value memory's read multiplexer);
+        # operand a waits for b; the sum goes to the value write registers.
+        if p.adds:
+            a2, (_, b1, b2) = delays(m, issue_a, 2, "add_a")[2], delays(m, issue_b, 2, "add_b")
+            wr2 = delays(m, wr, 2, "add_wr")[2]
+            read_value = delays(m, self.val_read_data, 1, "add_value")[1]
+            a_value = Signal(signed(p.value_bits))
+            with m.If(a2):
+                m.d.sync += a_value.eq(read_value)
+            add_sum = a_value + read_value
+            with m.If(b2):
+                m.d.sync += [self.val_write_en.eq(1), self.val_write_addr.eq(wr2),
+                             self.val_write_data.eq(Mux((op == ADD_RELU) & (add_sum < 0), 0, add_sum))]
+            pending += [b1, b2]
 
         if pool_hw:
             self._pool(m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,

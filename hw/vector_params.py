@@ -232,6 +232,7 @@ class VectorParams:
       ``positions`` also count codes (up to ``lanes * code_depth``) and ``src_a`` holds a code address.
     - Average pooling: ``avgpool_bits`` (0: no AVGPOOL hardware, else 1..16, with pool hardware): the
       same for the windows of average pooling nodes. The window registers are ``window_bits`` wide.
+    - ``adds``: ADD and ADD_RELU hardware (false where every addition of the model is fused into a conv).
     """
 
     lanes: int
@@ -254,6 +255,7 @@ class VectorParams:
     pool_step_bits: int = 0
     maxpool_bits: int = 0
     avgpool_bits: int = 0
+    adds: bool = True
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -274,6 +276,8 @@ class VectorParams:
         else:
             for name in ("act_threshold_bits", "act_slots"):
                 check(name, 0, 0)
+        if not isinstance(self.adds, bool):
+            raise ValueError(f"adds must be true or false, got {self.adds!r}")
         if self.pool_form not in POOL_FORMS:
             raise ValueError(f"pool_form must be one of {', '.join(map(repr, POOL_FORMS))}, got {self.pool_form!r}")
         arithmetic = ("pool_shift", "pool_base_bits", "pool_step_bits")
@@ -395,10 +399,11 @@ class VectorParams:
 
     @property
     def ops(self) -> tuple[int, ...]:
-        """The ops this unit runs (ADD and ADD_RELU always; ACTIVATE and POOL where it has their constants,
-        MAXPOOL and AVGPOOL where it has ``maxpool_bits``, ``avgpool_bits``)."""
-        return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, True), (POOL, self.pool_slots),
-                                            (MAXPOOL, self.maxpool_bits), (ADD_RELU, True),
+        """The ops this unit runs (ADD and ADD_RELU with ``adds``; ACTIVATE and POOL where it has their
+        constants, MAXPOOL and AVGPOOL where it has ``maxpool_bits``, ``avgpool_bits``)."""
+        return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, self.adds),
+                                            (POOL, self.pool_slots), (MAXPOOL, self.maxpool_bits),
+                                            (ADD_RELU, self.adds),
                                             (AVGPOOL, self.avgpool_bits)) if present)
 
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
@@ -456,10 +461,12 @@ class VectorParams:
     @classmethod
     def from_dict(cls, d: dict) -> VectorParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction); a
-        ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL) means 0."""
+        ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL) means 0, without ``adds`` true."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "avgpool_bits" not in d:
             d = {**d, "avgpool_bits": 0}
+        if isinstance(d, dict) and "adds" not in d:
+            d = {**d, "adds": True}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"vector parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         return cls(**d)
@@ -468,14 +475,14 @@ class VectorParams:
 
     @classmethod
     def for_model(cls, model: CompiledModel, lanes: int, lane_bits: int, value_bits: int, value_depth: int,
-                  code_depth: int) -> VectorParams:
+                  code_depth: int, adds: bool = True) -> VectorParams:
         """The smallest unit that runs every activate, add and pool node of ``model`` on data memories
         of the given shape: each width exactly what the widest node needs (from the value bounds
         :meth:`~compiler.graph.CompiledModel.validate` propagates), every node's constants resident.
         The pool thresholds take the arithmetic form where every pool node has one (at the largest of
         the nodes' smallest shifts, :func:`pool_shift`), else the table form. Max-pool hardware is there
         where the model has a max-pool node, its registers as wide as the largest side, kernel, stride
-        or padding of one.
+        or padding of one. ``adds``: the ADD hardware (see the class).
         Raises ValueError when ``value_bits`` or ``lane_bits`` cannot hold the model's tensors."""
         info = model.validate()
         acts = [activate_needs(n, info[n.input]) for n in model.nodes if isinstance(n, ActivateNode)]
@@ -517,4 +524,4 @@ class VectorParams:
                    maxpool_bits=max((maxpool_bits(n, info[n.input].shape) for n in model.nodes
                                      if isinstance(n, MaxPoolNode)), default=0),
                    avgpool_bits=max((maxpool_bits(n, info[n.input].shape) for n in model.nodes
-                                     if isinstance(n, AvgPoolNode)), default=0))
+                                     if isinstance(n, AvgPoolNode)), default=0), adds=adds)
