@@ -64,13 +64,13 @@ def luts_per_pe(params: EngineParams, logic_multiply: bool) -> int:
     return params.acc_bits + params.product_bits * params.s_w + multiplier
 
 
-def memory_blocks(board: Board, memories) -> list[tuple[str, int, str, int]]:
+def memory_blocks(board: Board, memories, spram=("weights",)) -> list[tuple[str, int, str, int]]:
     """``(name, bits, kind, blocks)`` of each ``(name, width, depth, copies)`` memory on ``board``:
-    SPRAM for the weights buffer where the part has it and the buffer fits (as the engine builds
-    it), block RAM ("EBR") otherwise."""
+    SPRAM for the memories named in ``spram`` where the part has it and the memory fits (as the engine
+    builds its weights buffer and the network core its value memory), block RAM ("EBR") otherwise."""
     out = []
     for name, width, depth, copies in memories:
-        if name == "weights" and "SPRAM" in board.resources and depth <= SPRAM_DEPTH:
+        if name in spram and "SPRAM" in board.resources and depth <= SPRAM_DEPTH:
             out.append((name, width * depth * copies, "SPRAM", ceil(width / SPRAM_WIDTH)))
         else:
             out.append((name, width * depth * copies, "EBR", copies * ram_blocks(board.family, width, depth)))
@@ -114,10 +114,16 @@ def network_memories(params: NetworkParams) -> list[tuple[str, int, int, int]]:
     return [(name, w, d, 2 * c if name == "accumulators" else c) for name, w, d, c in params.memories()]
 
 
+def network_spram(params: NetworkParams) -> tuple[str, ...]:
+    """The memories the whole-network core keeps in SPRAM on a part that has it: the weights buffer, and
+    the value memory where one port serves it (:attr:`~hw.network_params.NetworkParams.values_single_port`)."""
+    return ("weights", "values") if params.values_single_port else ("weights",)
+
+
 def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     """{resource: estimated use} of the whole-network core (with link and UART) on ``board``."""
     use = estimate(board, params.engine)
-    blocks = memory_blocks(board, network_memories(params))
+    blocks = memory_blocks(board, network_memories(params), network_spram(params))
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
     use["LUT4"] += VECTOR_LUTS
@@ -135,7 +141,7 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 
         if used <= limits[name]:
             continue
         if name in ("EBR", "SPRAM"):
-            blocks = memory_blocks(board, network_memories(params))
+            blocks = memory_blocks(board, network_memories(params), network_spram(params))
             largest = sorted((b for b in blocks if b[2] == name), key=lambda b: -b[3])[:3]
             buffers = "; ".join(f"{n}: {bits:,} bits in {count} blocks" for n, bits, _, count in largest)
             raise FitError(f"{engine} on {board.name} ({board.device}): its buffers need {used} {name} blocks, "

@@ -38,6 +38,8 @@ vector op as
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -48,10 +50,26 @@ from .engine_params import CONFIG
 from .network_params import (END, ENGINE_REG, ENGINE_TARGETS, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS,
                              OPERANDS, OUTPUT, PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE,
                              VECTOR_REG, NetworkParams)
+from .spram import ADDR_BITS as SPRAM_ADDR_BITS
+from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
 from .vector import VectorUnit
 from .vector_params import ACT_THRESHOLDS, OP_REGISTERS
 from .vector_params import TARGETS as VECTOR_TARGETS
+
+
+def single_port_values(m: Module, width: int):
+    """The value memory in SPRAM blocks (:class:`hw.spram.SpramBuffer`, one value of ``width`` bits per word):
+    ``(write, read)`` ports with the members of an Amaranth memory's (``en``, ``addr``, ``data``; ``addr``,
+    ``data`` one cycle after its address), sharing the one address, the write's while it writes. For a program
+    that never reads and writes values in one step: a read's data is undefined after a write."""
+    m.submodules.values = buffer = SpramBuffer(width)
+    write = SimpleNamespace(en=Signal(name="values_write_en"), addr=Signal(SPRAM_ADDR_BITS, name="values_write_addr"),
+                            data=Signal(width, name="values_write_data"))
+    read = SimpleNamespace(addr=Signal(SPRAM_ADDR_BITS, name="values_read_addr"), data=buffer.read_data)
+    m.d.comb += [buffer.addr.eq(Mux(write.en, write.addr, read.addr)), buffer.write_en.eq(write.en),
+                 buffer.write_data.eq(write.data)]
+    return write, read
 
 
 class NetworkSignature(wiring.Signature):
@@ -93,12 +111,15 @@ class NetworkSignature(wiring.Signature):
 
 
 class NetworkCore(wiring.Component):
-    """The accelerator for a whole model (see the module docstring); ``spram`` as :class:`hw.engine.LayerEngine`."""
+    """The accelerator for a whole model (see the module docstring). ``spram`` as :class:`hw.engine.LayerEngine`
+    (None: where the platform has it, :func:`hw.spram.platform_has_spram`): the engine's weights buffer, and the
+    value memory too where one port serves it (:attr:`~hw.network_params.NetworkParams.values_single_port`), in
+    iCE40 UltraPlus SPRAM."""
 
     def __init__(self, params: NetworkParams, *, spram: bool | None = None):
         if not isinstance(params, NetworkParams):
             raise TypeError(f"params must be a NetworkParams, not {params!r}")
-        self.params = params
+        self.params, self.spram = params, spram
         self.engine = LayerEngine(params.engine, spram=spram, value_depth=params.value_depth,
                                   value_bits=params.value_bits)
         self.vector = VectorUnit(params.vector)
@@ -117,7 +138,12 @@ class NetworkCore(wiring.Component):
 
         # The value memory: words of ``halves`` values (two where the engine writes in pairs: values 2w, 2w + 1).
         halves = p.engine.halves
-        value_write, value_read = memory("values", halves * p.value_bits, -(-p.value_depth // halves), p.value_bits)
+        spram = platform_has_spram(platform) if self.spram is None else self.spram
+        if spram and p.values_single_port:
+            value_write, value_read = single_port_values(m, p.value_bits)
+        else:
+            value_write, value_read = memory("values", halves * p.value_bits, -(-p.value_depth // halves),
+                                             p.value_bits)
         program_write, program_read = memory("program", p.instruction_bits, p.program_depth)
         table_write, table_read = memory("input_table", p.input_bits, 256)
         stage_write, stage_read = memory("image", p.input_bits, p.image_depth)

@@ -35,7 +35,7 @@ from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, plan_network
 
 from .bands import band_rows, network_layer_cycles
-from .engine_params import NETWORK_REGISTERS, WIDE_WEIGHTS, EngineParams
+from .engine_params import NETWORK_REGISTERS, SPRAM_DEPTH, WIDE_WEIGHTS, EngineParams
 from .memories import memory_bits
 from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
@@ -138,6 +138,14 @@ class NetworkParams:
             ("values", halves * self.value_bits, -(-self.value_depth // halves), 1),
             ("program", self.instruction_bits, self.program_depth, 1),
             ("input table", self.input_bits, 256, 1), ("image staging", self.input_bits, self.image_depth, 1)]
+
+    @property
+    def values_single_port(self) -> bool:
+        """Whether one port serves the value memory: no step both reads and writes values (no addition, fused
+        or not; steps read values, as pooling, activation and OUTPUT do, or write them, as a conv does), one
+        value per word, at most :data:`~hw.engine_params.SPRAM_DEPTH` words: the UP5K keeps it in SPRAM."""
+        return (not self.vector.adds and not self.engine.fused_adds and self.engine.halves == 1
+                and self.value_depth <= SPRAM_DEPTH)
 
     def memory_bits(self) -> dict[str, int]:
         """Bits of each on-chip memory of :meth:`memories` (all copies together)."""

@@ -49,10 +49,11 @@ def first_available(*sims: str) -> str:
     require(sims[0])
 
 
-def run_network(sim, model_path, model, rows, cols, images, test_dir, write_pairs=None, **options):
+def run_network(sim, model_path, model, rows, cols, images, test_dir, write_pairs=None, spram=False, **options):
     params = NetworkParams.for_model(model, rows, cols, write_pairs=write_pairs)
-    pairs = "-pairs" if params.engine.write_pairs else ""
-    built = network_build(sim, params, BUILD_ROOT / f"{sim}-network-{Path(model_path).stem}-{rows}x{cols}{pairs}")
+    suffix = ("-pairs" if params.engine.write_pairs else "") + ("-spram" if spram else "")
+    built = network_build(sim, params, BUILD_ROOT / f"{sim}-network-{Path(model_path).stem}-{rows}x{cols}{suffix}",
+                          spram=spram)
     return params, simulate_network(built, params, model_path, model, images, test_dir, **options)
 
 
@@ -98,6 +99,19 @@ def test_digits_cnn_on_the_network_core(sim, rows, cols, n_images, stall, backpr
                                  backpressure=backpressure, seed=rows)
     assert_exact(model, params, report, n_images)
     assert (report.logits == reference.run(model, images)[model.logits].reshape(n_images, -1)).all()
+
+
+def test_digits_cnn_with_its_memories_in_spram(tmp_path):
+    """The UP5K's choice: the weights buffer and the value memory (the digits CNN adds nothing, so one port
+    serves it) in ``SB_SPRAM256KA`` blocks, simulated with Yosys's model, on a 1 x 2 core: exact."""
+    sim = first_available("verilator", "icarus")
+    model = load(DIGITS)
+    images = np.random.default_rng(12).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    params, report = run_network(sim, DIGITS, model, 1, 2, images, tmp_path, spram=True, stall=0.2,
+                                 backpressure=0.3, seed=12)
+    assert params.values_single_port
+    assert_exact(model, params, report, 1)
+    assert (report.logits == reference.run(model, images)[model.logits].reshape(1, -1)).all()
 
 
 def test_a_wrong_expectation_is_reported_as_a_mismatch(tmp_path):
