@@ -5,8 +5,9 @@ channel tile band by band (``band_rows`` output rows each, a divisor of the outp
 reduction tiles of a band before the next band, and writes each band back while the array
 computes the next one. Smaller bands shorten the write-back left over after the last band; each
 band costs a weight load (``rows`` cycles) per reduction tile, and bands of fewer than
-``cols + 2`` positions wait for the pipeline. :func:`network_layer_cycles` is the engine's cycle
-model (``hw/engine.py``), :func:`band_rows` picks the band that it says is fastest and
+``cols + 2`` positions wait for the pipeline. The accumulators hold two of the largest bands
+(:func:`ring_depth`), not the layer: a band waits while the ring is full. :func:`network_layer_cycles` is
+the engine's cycle model (``hw/engine.py``), :func:`band_rows` picks the band that it says is fastest and
 :func:`band_registers` writes it into the engine's band registers
 (:data:`hw.engine_params.NETWORK_REGISTERS`). No Amaranth here.
 """
@@ -22,6 +23,9 @@ from .pe_words import ARRAY_PIPELINE
 
 # Network mode: registers on the code buffer's read path, its read address and its read data.
 CODE_READ_REGISTERS = 2
+# Network mode, a full accumulator ring: cycles from the write-back of the unit ``acc_units`` before to the
+# first issue of the next unit (counted as :func:`network_layer_cycles` counts issues).
+RING_RESUME = 1
 
 
 def network_drain(params: EngineParams) -> int:
@@ -40,11 +44,14 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     (band of a channel tile), ``P = rows_per_band * W_out`` positions per band, ``gap = max(0, cols +
     2 - P)``, ``load`` = 0 where the next tile's weights are read while a tile issues (:func:`overlaps`),
     else ``rows``, ``T = load + P + 1 + gap`` cycles per reduction tile and ``W`` cycles of write-back per
-    unit (:func:`write_back_cycles`: ``P * (cols + 1)``, or ``P / 2 * (cols + 2)`` in pairs): ``1 + rows -
-    load + max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency`` with ``drain`` =
-    :func:`network_drain` (the engine's registered ``start`` takes a cycle, and with the overlap the first
-    tile's weights ``rows``; then unit ``u``'s accumulators are final after ``(u + 1) * k * T - gap +
-    drain`` cycles; its write-back starts the cycle after, or after the previous unit's)."""
+    unit (:func:`write_back_cycles`: ``P * (cols + 1)``, or ``P / 2 * (cols + 2)`` in pairs): unit ``u``
+    issues from ``i_u = rows - load + u * k * T`` on (the engine's registered ``start`` takes a cycle, and
+    with the overlap the first tile's weights ``rows``), its accumulators are final at ``i_u + k * T - gap +
+    drain`` (``drain`` = :func:`network_drain`), its write-back runs ``W`` cycles from the cycle after that or
+    after the previous unit's, whichever is later, and ``1 + stage_latency`` cycles follow the last one's. With
+    ``K = out_depth // P`` < ``units`` the accumulators are a ring of ``K`` units: unit ``u`` issues no
+    earlier than :data:`RING_RESUME` cycles after unit ``u - K``'s write-back ends. Without stalls this is
+    ``1 + rows - load + max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency``."""
     c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
     if rows_per_band < 1 or ho % rows_per_band:
         raise ValueError(f"a band of {rows_per_band} rows does not divide {node.name}'s {ho} output rows")
@@ -52,11 +59,34 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
                             else ceil(c_in / params.rows))
     units = ceil(c_out / params.cols) * (ho // rows_per_band)
     positions = rows_per_band * wo
+    held = params.out_depth // positions
+    if held < 1:
+        raise ValueError(f"a band of {positions} positions of {node.name} does not fit the {params.out_depth} "
+                         f"accumulators of a column")
     gap = max(0, params.cols + 2 - positions)
     load = 0 if overlaps(params, positions) else params.rows
     T, W = load + positions + 1 + gap, write_back_cycles(params, positions)
     drain = network_drain(params)
-    return 1 + params.rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
+    if held >= units:
+        return 1 + params.rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
+    issue, end, ends = params.rows - load, 0, []
+    for u in range(units):
+        if u:
+            issue += k * T
+        if u >= held:
+            issue = max(issue, ends[u - held] + RING_RESUME)
+        end = max(issue + k * T - gap + drain + 1, end + 1) + W - 1
+        ends.append(end)
+    return 1 + end + stage_latency
+
+
+def ring_depth(params: EngineParams, nodes) -> int:
+    """Accumulator words per column for the layers ``nodes`` in network mode: a ring of twice the largest band
+    (:func:`band_rows`'s with the layer's whole output held), a power of two (its addresses wrap by dropping
+    their high bits), where that is less than the largest layer's outputs (``out_depth``)."""
+    largest = max(band_rows(params, node) * node.out_shape[2] for node in nodes)
+    ring = 1 << (2 * largest - 1).bit_length()
+    return ring if ring < params.out_depth else params.out_depth
 
 
 def write_back_cycles(params: EngineParams, positions: int) -> int:
@@ -77,16 +107,21 @@ def overlaps(params: EngineParams, positions: int) -> bool:
 
 def band_rows(params: EngineParams, node: ConvNode) -> int:
     """The band height (a divisor of the output height) with the fewest cycles by
-    :func:`network_layer_cycles`; the tallest of equals."""
-    ho = node.out_shape[1]
-    return min((r for r in range(1, ho + 1) if ho % r == 0),
-               key=lambda r: (network_layer_cycles(params, node, r, 0), -r))
+    :func:`network_layer_cycles` among those whose band fits the accumulators; the tallest of equals."""
+    ho, wo = node.out_shape[1:]
+    fits = [r for r in range(1, ho + 1) if ho % r == 0 and r * wo <= params.out_depth]
+    if not fits:
+        raise ValueError(f"no band of {node.name} ({wo} positions a row) fits the {params.out_depth} accumulators "
+                         f"of a column")
+    return min(fits, key=lambda r: (network_layer_cycles(params, node, r, 0), -r))
 
 
 def band_registers(params: EngineParams, node: ConvNode) -> dict[str, int]:
     """The band registers of layer ``node``: ``band_rows`` (:func:`band_rows`), ``band_positions``,
     ``band_in_rows`` (input rows the band moves, ``band_rows * stride``), ``band_step`` (activation
-    words it moves, ``band_rows * stride * W_in``)."""
+    words it moves, ``band_rows * stride * W_in``), ``acc_units`` (bands the accumulators hold,
+    ``out_depth // band_positions``)."""
     rows = band_rows(params, node)
-    return {"band_rows": rows, "band_positions": rows * node.out_shape[2], "band_in_rows": rows * node.stride,
-            "band_step": rows * node.stride * node.in_shape[2]}
+    positions = rows * node.out_shape[2]
+    return {"band_rows": rows, "band_positions": positions, "band_in_rows": rows * node.stride,
+            "band_step": rows * node.stride * node.in_shape[2], "acc_units": params.out_depth // positions}

@@ -78,7 +78,11 @@ depends on the state), so cycles count from the cycle after the one following ``
     1 + rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + L
 
 cycles: the larger of computation and write-back per unit, times ``units``, plus one unit of
-the other.
+the other. The accumulator memories hold ``out_depth`` outputs a column, a power of two that may be
+fewer than the layer's (``co_tiles * out_h * out_w``): their addresses wrap (a ring), and a unit begins
+only while fewer than ``acc_units`` (``out_depth // P``) are begun and not written back, the cycle after
+the write-back of the unit ``acc_units`` before it ends at the earliest; :func:`hw.bands.network_layer_cycles`
+counts these waits, which :func:`hw.bands.ring_depth`'s ring of two bands hardly ever makes.
 """
 
 from __future__ import annotations
@@ -380,6 +384,11 @@ class LayerEngine(wiring.Component):
         # assignments, below the FSMs).
         tile_issued = Signal(name="tile_issued") if self.network else None
         writer_done = Signal(name="writer_done") if self.network else None
+        # Network mode: the accumulator memory is a ring of ``acc_units`` units (band of a channel tile): a unit
+        # begins only while fewer than that are begun and not yet written back (``units_begun``, and the
+        # writer's ``units_written``), so that it overwrites no unit the writer has still to read.
+        units_begun = Signal(range(1 << self.reg_bits), name="units_begun") if self.network else None
+        units_written = Signal(range(1 << self.reg_bits), name="units_written") if self.network else None
 
         # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
         # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
@@ -410,7 +419,7 @@ class LayerEngine(wiring.Component):
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
                                  out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"])]
                     if self.network:
-                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"])]
+                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), units_begun.eq(1)]
                     self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
@@ -468,12 +477,15 @@ class LayerEngine(wiring.Component):
                         m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
                         m.next = "READ_WORD"
                 if self.network:
+                    with m.Elif(first_tile & (units_begun - units_written >= cfg["acc_units"])):
+                        pass        # the accumulator ring is full: the next unit waits for the writer
                     with m.Elif(overlap):
+                        m.d.sync += units_begun.eq(units_begun + first_tile)
                         begin_issue(weight_addr)
                 with m.Else():
                     m.d.sync += row_count.eq(0)
                     if self.network:
-                        m.d.sync += fetch.eq(weight_addr)
+                        m.d.sync += [fetch.eq(weight_addr), units_begun.eq(units_begun + first_tile)]
                     m.next = "LOAD_WEIGHTS"
             if self.network:
                 with m.State("WRITE_BACK"):
@@ -509,8 +521,8 @@ class LayerEngine(wiring.Component):
             ends = [(x == last["out_w"]), (y == band["end_y"]), (g == last["groups"]), (kx == last["kernel"]),
                     (ky == last["kernel"])]
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*ends).all())
-            feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, read_addr, read_pos,
-                                            read_slot, feed_col, band_cfg, pair)
+            feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, units_written,
+                                            read_addr, read_pos, read_slot, feed_col, band_cfg, pair)
         else:
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
@@ -697,8 +709,8 @@ class LayerEngine(wiring.Component):
                      self.code_written.data.eq(write.data)]
         return data, addr, back
 
-    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, read_addr, read_pos, read_slot, feed_col,
-                band_cfg, pair):
+    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, tiles_written, read_addr, read_pos,
+                read_slot, feed_col, band_cfg, pair):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
         A band's accumulators are final ``drain`` cycles after its last position is issued
@@ -709,12 +721,13 @@ class LayerEngine(wiring.Component):
         FLUSH waits ``STAGE_LATENCY`` cycles (plus ``FUSED_LATENCY`` with ``act_fuse``) for the last
         results to be written; ``writer_done`` marks its last cycle. In pairs (``pair``), READ_WORD reads
         the even position and READ_SECOND the odd one (the even one's accumulators are held meanwhile),
-        and FEED feeds both. Returns the FEED signal (accumulators enter the output stages) and the
-        READ_SECOND one (hold the even position's)."""
+        and FEED feeds both. ``tiles_written`` counts the bands written back (their last accumulators
+        read). Returns the FEED signal (accumulators enter the output stages) and the READ_SECOND one
+        (hold the even position's)."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
-        tiles_done, tiles_written = Signal(range(p.out_depth + 1)), Signal(range(p.out_depth + 1))
+        tiles_done = Signal.like(tiles_written, name="tiles_done")
         channel_tiles_written, band_pos = Signal(range(p.out_depth + 1)), Signal(range(p.pos_depth + 1))
         flush = Signal(range(self.STAGE_LATENCY + self.FUSED_LATENCY))
         m.d.sync += tiles_done.eq(tiles_done + ready)

@@ -55,9 +55,11 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 # ``tile_step``: activation words the reduction moves from one channel tile to the next (a grouped or
 # depthwise conv reads only its tile's row groups, :func:`group_span`). ``identity_levels`` (engines with
 # ``identity_tables``): the layer has no product table, its codes go to the PEs as their levels.
+# ``acc_units``: the bands the accumulator memory holds at once (``out_depth // band_positions``): a band of
+# a channel tile begins only while fewer than that are begun and not yet written back (a ring).
 NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
                                  "band_rows", "band_positions", "band_in_rows", "band_step", "act_fuse", "act_dst",
-                                 "act_slot", "tile_step", "identity_levels")
+                                 "act_slot", "tile_step", "identity_levels", "acc_units")
 # The registers of a layer's geometry (its sides, kernel, stride, padding, and its bands' rows): signed
 # ``dim_bits`` wide (:attr:`EngineParams.dim_bits`), as are the engine's counters of rows, columns and
 # kernel taps; every other register is ``reg_bits`` wide.
@@ -94,7 +96,8 @@ class EngineParams:
     - Buffer depths, in words: ``act_depth`` (``rows`` codes each), ``weight_depth``
       (``cols`` weight words each), ``table_depth`` (product-table entries of each row),
       ``stage_depth`` (output-stage constant slots of each column), ``pos_depth`` (output
-      positions of one layer), ``out_depth`` (``cols`` outputs each).
+      positions of one layer), ``out_depth`` (``cols`` outputs each; in network mode a ring of a power of
+      two words where a layer has more, :func:`hw.bands.ring_depth`).
     - ``threshold_width``: signed width of a stored threshold (0: ``acc_bits + 1``).
     - ``wide_depth``: 0, or the depth of a second weights buffer that holds the multiplying
       layers' weights (``weight_bits`` per column) so that the first holds only the LUT layers'

@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields, replace
 from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, plan_network
 
-from .bands import band_rows, network_layer_cycles
+from .bands import band_rows, network_layer_cycles, ring_depth
 from .engine_params import NETWORK_REGISTERS, SPRAM_DEPTH, WIDE_WEIGHTS, EngineParams
 from .memories import memory_bits
 from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
@@ -176,7 +176,7 @@ class NetworkParams:
             write_pairs = pairs_pay(model, engine)
         engine = replace(engine, write_pairs=write_pairs)
         plan = network_plan(model, engine)
-        engine = replace(engine, act_depth=plan.memories["codes"].depth,
+        engine = replace(engine, act_depth=plan.memories["codes"].depth, out_depth=ring_depth(engine, model.convs),
                          fused_adds=any(step.fused_add for step in plan.steps),
                          fused_activations=any(step.fused_activate for step in plan.steps))
         values = plan.memories["values"]

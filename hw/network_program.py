@@ -65,7 +65,7 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
         if isinstance(node, InputNode):
             continue
         if isinstance(node, ConvNode):
-            check_fits(params.engine, node)
+            check_fits(params.engine, node, ring=True)
             values = config_values(params.engine, node, bases[node.name])
             if step.fused_add and adds[step.fused_add].relu:
                 values["stage"] = STAGE_REQUANTIZE_RELU     # the fused addition's ReLU, after the addition

@@ -37,8 +37,10 @@ from .stage_words import requantize_words, threshold_bits, threshold_words
 Beat = tuple[int, int, int]
 
 
-def check_fits(params: EngineParams, node: ConvNode) -> None:
-    """Raise ValueError naming what of layer ``node`` does not fit the engine, and the fix."""
+def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None:
+    """Raise ValueError naming what of layer ``node`` does not fit the engine, and the fix. ``ring``: the
+    accumulators may hold fewer outputs than the layer has, as a ring of bands (a power of two words, a row
+    of outputs at least): in network mode, and for the layer's constants alone, which do not depend on them."""
     need = layer_needs(node, params.rows, params.cols, params.skip_groups, params.identity_tables)
     problems = []
     if node.mac == "multiply" and not params.multiply:
@@ -67,6 +69,8 @@ def check_fits(params: EngineParams, node: ConvNode) -> None:
         problems.append("it requantizes its output but the engine has no requantize units")
     elif isinstance(node.stage, Requantize) and node.stage.relu and not params.requantize.relu:
         problems.append("its requantize stage has a ReLU but the engine's has none")
+    if ring and params.out_depth & (params.out_depth - 1) == 0 and node.out_shape[2] <= params.out_depth:
+        need = {**need, "out": 0}
     for key, depth in (("act", "act_depth"), ("weight", "weight_depth"), ("table", "table_depth"),
                        ("stage", "stage_depth"), ("positions", "pos_depth"), ("out", "out_depth")):
         if need[key] > getattr(params, depth):
@@ -211,7 +215,7 @@ def config_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -
 
 def weight_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> list[Beat]:
     """The weights of layer ``node``, at ``bases``."""
-    check_fits(params, node)
+    check_fits(params, node, ring=True)
     target = WIDE_WEIGHTS if in_wide_buffer(params, node) else WEIGHTS
     return [(target, bases.weight + a, w) for a, w in enumerate(weight_words(params, node))]
 
@@ -219,7 +223,7 @@ def weight_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -
 def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases(), weights: bool = True) -> list[Beat]:
     """Weights (unless not ``weights``), product tables and output-stage constants of layer
     ``node``, at ``bases``."""
-    check_fits(params, node)
+    check_fits(params, node, ring=True)
     beats = weight_beats(params, node, bases) if weights else []
     beats += [(TABLE, bases.table + j, v) for j, v in enumerate(table_words(params, node))]
     if node.stage is not None:

@@ -3,6 +3,7 @@ probed in the data memories and compared with the integer reference, and every l
 cycles against the network-mode formula of ``hw/engine.py`` (each channel tile written back while
 the next one computes)."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -159,6 +160,27 @@ def test_write_back_overlaps_the_next_band(small_cnn):
     assert counts[0][0] < 1 + 603 + 2 * 704 + drain + flush
 
 
+@pytest.mark.parametrize("depth", [8, 16])
+def test_accumulator_ring_holds_back_a_band_until_it_is_written(small_cnn, depth):
+    """The model of the test above with accumulators of ``depth`` words a column: every layer holds one band
+    (conv0 in bands of 8 positions, weights loaded between tiles, with 8; conv1 and conv2 in bands of 16 whose
+    next weights are read while one issues, with 16), so each band waits for the one before to be written
+    back; every tensor exact, the cycles as the model states."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=(20, 4, 4)), (1, 8, 8))
+    params = NetworkParams.for_model(model, 2, 10)
+    assert params.engine.out_depth == 32                     # hw.bands.ring_depth: twice conv0's 16-position bands
+    params = dataclasses.replace(params, engine=dataclasses.replace(params.engine, out_depth=depth))
+    held = [params.engine.out_depth // (band_rows(params.engine, n) * n.out_shape[2]) for n in model.convs[:3]]
+    assert held == ([1, 1, 1] if depth == 8 else [2, 1, 1])
+    images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    (result,) = simulate_network(model, params, images)
+    check_against_reference(model, images, [result])
+    check_layer_cycles(model, params, result, overlapped=False)     # one band at a time: no overlap to gain
+
+
 def test_next_image_loads_while_the_core_runs(small_cnn):
     """The staging buffer: each next image's pixels are loaded while the core computes the image before
     (stalled, with the logits back-pressured), never while the staged image is being copied; every
@@ -219,7 +241,8 @@ def layer_cycles(params, node, overlapped=True):
     positions read the next tile's weights while a tile issues: ``T`` loses its ``R`` cycles, and
     the first tile's load (``R``) comes first. ``overlapped=False``: one band, the write-back of every
     channel tile after the computation of all, weights loaded between tiles (the engine before the
-    overlaps)."""
+    overlaps). Where the accumulators hold fewer bands than the layer has (``K = out_depth // positions``), a
+    unit issues no earlier than the cycle after the write-back of the unit ``K`` before it ends."""
     R, C = params.engine.rows, params.engine.cols
     (c_in, _, _), (c_out, ho, wo) = node.in_shape, node.out_shape
     rows = band_rows(params.engine, node) if overlapped else ho
@@ -232,26 +255,30 @@ def layer_cycles(params, node, overlapped=True):
     W = positions // 2 * (C + 2) if paired else positions * (C + 1)
     if not overlapped:
         return 1 + units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
-    end = 0
+    held = params.engine.out_depth // positions
+    ends, issue = [], R - load
     for u in range(units):
-        start = max(R - load + (u + 1) * k * T - gap + drain + 1, end + 1)
-        end = start + W - 1
-    closed = 1 + R - load + max(k * T + units * W, units * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
-    assert 1 + end + LayerEngine.STAGE_LATENCY == closed                 # 1: the registered start
-    assert closed == network_layer_cycles(params.engine, node, rows, LayerEngine.STAGE_LATENCY)
-    return closed
+        issue = max(issue + k * T if u else issue, ends[u - held] + 1 if u >= held else 0)
+        start = max(issue + k * T - gap + drain + 1, ends[-1] + 1 if ends else 0)
+        ends.append(start + W - 1)
+    cycles = 1 + ends[-1] + LayerEngine.STAGE_LATENCY                     # 1: the registered start
+    if held >= units:
+        closed = 1 + R - load + max(k * T + units * W, units * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
+        assert cycles == closed
+    assert cycles == network_layer_cycles(params.engine, node, rows, LayerEngine.STAGE_LATENCY)
+    return cycles
 
 
-def check_layer_cycles(model, params, result):
-    """Every layer's engine cycles are as :func:`layer_cycles` states, and fewer than without the
-    overlap where the layer has more than one channel tile. Returns per layer ``(cycles, serial)``."""
+def check_layer_cycles(model, params, result, overlapped=True):
+    """Every layer's engine cycles are as :func:`layer_cycles` states, and (``overlapped``) fewer than without
+    the overlap where the layer has more than one channel tile. Returns per layer ``(cycles, serial)``."""
     convs = list(model.convs)
     assert len(result["engine_cycles"]) == len(convs)
     counts = []
     for node, cycles in zip(convs, result["engine_cycles"]):
         serial = layer_cycles(params, node, overlapped=False)
         assert cycles == layer_cycles(params, node), f"{node.name}: {cycles} cycles"
-        if node.out_shape[0] > params.engine.cols:
+        if overlapped and node.out_shape[0] > params.engine.cols:
             assert cycles < serial, f"{node.name}: {cycles} cycles, the write-back is not overlapped ({serial})"
         counts.append((cycles, serial))
     return counts
