@@ -231,9 +231,10 @@ class RowTable(Variant):
     ``logic_multiply``: that product by :func:`shift_add` in logic cells, not a hardware multiplier
     (:func:`multiply_in_logic` says where).
 
-    Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr``
-    (a write port of its own: no multiplexer from the load's state into the read address, which
-    was the ResNet-20 core's worst path); ``table_base`` offsets the reads. With ``identity`` (and
+    Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr`` at the
+    second clock edge (registered in each row; a write port of its own: no multiplexer from the load's
+    state into the read address, which was the ResNet-20 core's worst path); ``table_base`` offsets the
+    reads. With ``identity`` (and
     ``multiply``), ``table_identity`` high makes the operand the code itself as a level to multiply, with
     the table's latency (a layer whose levels are its codes needs no table entries). The levels matter only
     to the host side: :meth:`sized` makes the hardware for any layer up to given widths.
@@ -294,8 +295,11 @@ class RowTable(Variant):
     def decode(self, m, decoder):
         m.submodules.table = table = Memory(shape=self.operand_bits, depth=self.depth, init=[])
         write, read = table.write_port(), table.read_port()
-        m.d.comb += [write.en.eq(decoder.table_load), write.addr.eq(decoder.table_addr),
-                     write.data.eq(decoder.table_data), read.addr.eq(decoder.table_base + decoder.a_code)]
+        # The load is registered in each row: the broadcast load port reaches no row's block RAM directly
+        # (the ResNet-20 core's worst path ran from it into the 8 rows' tables).
+        m.d.sync += [write.en.eq(decoder.table_load), write.addr.eq(decoder.table_addr),
+                     write.data.eq(decoder.table_data)]
+        m.d.comb += read.addr.eq(decoder.table_base + decoder.a_code)
         if not self.identity:
             m.d.comb += decoder.operand.eq(read.data)
             return

@@ -33,11 +33,13 @@ def test_every_memory_of_the_core_is_counted():
     assert bits == sum(params.memory_bits().values()) + accumulators     # two read ports: two copies
 
 
-def test_resnet20_fits_the_ulx3s_85f_at_8x8_and_no_array_of_the_45f():
+def test_resnet20_fits_the_ulx3s_85f_at_8x16_and_no_array_of_the_45f():
     """With the residual additions fused into the convs the residual stream is one 16 x 32 x 32 map of
-    values (573,440 bits, 32 block RAMs instead of 64): the 8 x 8 core fits the 85F's 208 block RAMs."""
+    values (573,440 bits, 32 block RAMs instead of 64), and the accumulators a ring of two bands (32 block
+    RAMs at 8 x 16 instead of 64): the 8 x 16 core fits the 85F's 208 block RAMs."""
     chosen = network_for_board(RESNET20, BOARDS["ulx3s-85f"])
-    assert (chosen.params.engine.rows, chosen.params.engine.cols) == (8, 8)
+    assert (chosen.params.engine.rows, chosen.params.engine.cols) == (8, 16)
+    assert chosen.params.engine.out_depth == 64
     assert chosen.estimate["EBR"] <= 208
     with pytest.raises(FitError) as refused:
         network_for_board(RESNET20, BOARDS["ulx3s-45f"])
