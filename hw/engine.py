@@ -794,11 +794,12 @@ class LayerEngine(wiring.Component):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
         accumulator was fed, as a value (``dst_values``; plus the value read at its address two cycles
         before, with ``dst_add`` (engines with ``fused_adds``); then ``max(0, value)`` where ``relu``) or as a
-        code into its lane; with ``act_fuse`` (engines with ``fused_activations``), the value's code (lent thresholds of slot ``act_slot + channel``) into its lane
-        ``FUSED_LATENCY`` cycles later. The padding channels of the last channel tile (``channel >= c_out``)
-        are not written. ``results``: the even position's stage (the only one without ``write_pairs``) and
-        the odd one's; in pairs both are written at once into the two halves of a word (the position
-        being fed is even, and so is every tensor's base), else the first into its position's half."""
+        code into its lane; with ``act_fuse`` (engines with ``fused_activations``), the value's code (lent
+        thresholds of slot ``act_slot + channel``) into its lane ``FUSED_LATENCY`` cycles later. The padding
+        channels of the last channel tile (``channel >= c_out``) are not written. ``results``: the even
+        position's stage (the only one without ``write_pairs``) and the odd one's; in pairs both are written
+        at once into the two halves of a word (the position being fed is even, and so is every tensor's
+        base), else the first into its position's half."""
         p = self.params
         halves, vb = p.halves, self.value_bits
         valid = delayed(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")

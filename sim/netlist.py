@@ -12,9 +12,10 @@ in the same testbench and with the same report as the RTL run.
   is the core, not the UART top: its ports are the RTL core's (the network core's ``probe`` port included, an
   output port that synthesis keeps), so the RTL testbenches drive it unchanged.
 - :func:`synthesize`: ``synth_ice40 -dsp -spram`` (the board build's ``synth_opts``) or ``synth_ecp5`` (the
-  board build's defaults), after the board build's :data:`hw.memories.UNDEFINED_COLLISIONS`, then ``stat -json`` and ``write_verilog -noattr``; cached in
-  ``build/netlist/<key>/`` under :func:`cache_key` (source text, script, Yosys version), written to a
-  temporary directory and moved in with ``os.replace`` (``net.v`` last), so a cache entry is complete or absent.
+  board build's defaults), after the board build's :data:`hw.memories.UNDEFINED_COLLISIONS`, then
+  ``stat -json`` and ``write_verilog -noattr``; cached in ``build/netlist/<key>/`` under :func:`cache_key`
+  (source text, script, Yosys version), written to a temporary directory and moved in with ``os.replace``
+  (``net.v`` last), so a cache entry is complete or absent.
   Yosys runs under :func:`sim.runner.run_guarded` with the current deadline (:func:`sim.runner.deadline`).
 - :func:`cell_models`: the simulation models for a netlist: ``share/ice40/cells_sim.v`` (with
   :data:`sim.runner.ICE40_DEFINES`), or for ECP5 Yosys's ``cells_sim.v`` with its includes inlined and its
