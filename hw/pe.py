@@ -234,10 +234,10 @@ class RowTable(Variant):
     Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr`` at the
     second clock edge (registered in each row; a write port of its own: no multiplexer from the load's
     state into the read address, which was the ResNet-20 core's worst path); ``table_base`` offsets the
-    reads. With ``identity`` (and
-    ``multiply``), ``table_identity`` high makes the operand the code itself as a level to multiply, with
-    the table's latency (a layer whose levels are its codes needs no table entries). The levels matter only
-    to the host side: :meth:`sized` makes the hardware for any layer up to given widths.
+    reads. With ``identity`` (and ``multiply``), ``table_identity`` high makes the operand the code itself
+    as a level to multiply, with the table's latency (a layer whose levels are its codes needs no table
+    entries). The levels matter only to the host side: :meth:`sized` makes the hardware for any layer up
+    to given widths.
     """
 
     name = "row_table"
