@@ -115,9 +115,11 @@ def network_memories(params: NetworkParams) -> list[tuple[str, int, int, int]]:
 
 
 def network_spram(params: NetworkParams) -> tuple[str, ...]:
-    """The memories the whole-network core keeps in SPRAM on a part that has it: the weights buffer, and
-    the value memory where one port serves it (:attr:`~hw.network_params.NetworkParams.values_single_port`)."""
-    return ("weights", "values") if params.values_single_port else ("weights",)
+    """The memories the whole-network core keeps in SPRAM on a part that has it: the weights buffer, the wide
+    weights buffer (:attr:`~hw.network_params.NetworkParams.wide_weights_in_spram`) and the value memory where
+    one port serves it (:attr:`~hw.network_params.NetworkParams.values_single_port`)."""
+    return (("weights",) + (("wide weights",) if params.wide_weights_in_spram else ())
+            + (("values",) if params.values_single_port else ()))
 
 
 def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:

@@ -214,7 +214,8 @@ class LayerEngine(wiring.Component):
     ``sim.engine_run.engine_build(..., spram=True)`` adds it); False: block RAM (an Amaranth
     memory); None (default): SPRAM on an iCE40 UltraPlus platform
     (:func:`hw.spram.platform_has_spram`) where the buffer fits its 16K words, as board builds do.
-    Either way the buffer's read data follows its address by one cycle.
+    Either way the buffer's read data follows its address by one cycle. ``wide_spram``: the wide
+    weights buffer (network mode) goes where the weights buffer does.
 
     ``value_depth`` / ``value_bits`` (network mode): the value memory's depth and width (default
     ``params.out_bits``).
@@ -229,7 +230,7 @@ class LayerEngine(wiring.Component):
     FUSED_LATENCY = 1 + ThresholdUnit.LATENCY
 
     def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None,
-                 value_bits: int | None = None):
+                 value_bits: int | None = None, wide_spram: bool = False):
         if not isinstance(params, EngineParams):
             raise TypeError(f"params must be an EngineParams, not {params!r}")
         if spram not in (None, True, False):
@@ -246,7 +247,7 @@ class LayerEngine(wiring.Component):
         if value_bits is not None and (not isinstance(value_bits, int) or not params.out_bits <= value_bits <= 64):
             raise ValueError(f"value_bits must be an integer in {params.out_bits}..64 (the output width up), "
                              f"got {value_bits!r}")
-        self.params, self.spram, self.value_depth = params, spram, value_depth
+        self.params, self.spram, self.value_depth, self.wide_spram = params, spram, value_depth, wide_spram
         self.value_bits = value_bits or params.out_bits
         # Cycles from a position's issue to row 0's code (network mode: the code buffer's read address and
         # read data registered).
@@ -337,7 +338,8 @@ class LayerEngine(wiring.Component):
         weight_data, weight_read_addr = buffer("weights", Cn * p.stored_weight_bits, p.weight_depth, loads(WEIGHTS),
                                                spram)
         if p.wide_depth:
-            weight_data = self._weights_of_layer(m, cfg, buffer, loads(WIDE_WEIGHTS), weight_data, weight_read_addr)
+            weight_data = self._weights_of_layer(m, cfg, buffer, loads(WIDE_WEIGHTS), weight_data, weight_read_addr,
+                                                 spram and self.wide_spram)
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x); those of rows, columns and
         # kernel taps (``geometry``) as wide as the geometry registers.
@@ -614,17 +616,35 @@ class LayerEngine(wiring.Component):
         layer mode then ReLU'd with ``relu``) or the raw value, as ``stage`` says."""
         p = self.params
         result = delayed(m, value, self.STAGE_LATENCY, f"raw{suffix}")
+        depth, shared = p.stage_depth << p.col_bits, p.shared_stage_memory
+        if shared:
+            # One memory for both units' words: a layer's channel slots hold either kind, never both.
+            bits = p.target_bits
+            m.submodules[f"stage_constants{suffix}"] = memory = Memory(
+                shape=max(bits[THRESHOLDS], bits[REQUANTIZE]), depth=depth, init=[])
+            write, read = memory.write_port(), memory.read_port()
+            m.d.comb += [write.en.eq(loads(THRESHOLDS) | loads(REQUANTIZE)), write.addr.eq(load.addr),
+                         write.data.eq(load.data), read.addr.eq(channel)]
+
+        def connect(unit, target):
+            m.d.comb += [unit.valid.eq(feeding), unit.acc.eq(value)]
+            if shared:
+                m.d.comb += unit.word.eq(read.data)
+            else:
+                m.d.comb += [unit.load_en.eq(loads(target)), unit.load_addr.eq(load.addr),
+                             unit.load_data.eq(load.data), unit.channel.eq(channel)]
+
         if p.code_bits:
-            m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(p.acc_bits, p.code_bits,
-                                                                       p.stage_depth << p.col_bits, p.threshold_bits)
+            m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(p.acc_bits, p.code_bits, depth,
+                                                                       p.threshold_bits, own_memory=not shared)
             code = delayed(m, unit.code, self.STAGE_LATENCY - unit.LATENCY, f"code{suffix}")
-            self._connect_stage(m, unit, load, loads(THRESHOLDS), feeding, value, channel)
+            connect(unit, THRESHOLDS)
             result = Mux(stage == STAGE_THRESHOLDS, code, result)
         if p.requantize:
             q = p.requantize
             m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
-                p.acc_bits, p.stage_depth << p.col_bits, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits)
-            self._connect_stage(m, unit, load, loads(REQUANTIZE), feeding, value, channel)
+                p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared)
+            connect(unit, REQUANTIZE)
             out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, f"requantized{suffix}")
             if q.relu and not self.network:
                 out = Mux(relu & (out < 0), 0, out)
@@ -653,12 +673,13 @@ class LayerEngine(wiring.Component):
             m.d.sync += pending.eq(1)
         return beat, beat_valid, pending
 
-    def _weights_of_layer(self, m, cfg, buffer, load_en, narrow, read_addr):
-        """With a wide weights buffer: the PE weight words of the layer, from the wide buffer where the
-        ``wide_weights`` register says so, else the narrow words (``wbits`` per column: sign on top of
-        ``k``) widened to ``weight_bits`` (sign on top, ``k`` zero-extended). Both read at ``read_addr``."""
+    def _weights_of_layer(self, m, cfg, buffer, load_en, narrow, read_addr, spram):
+        """With a wide weights buffer (in SPRAM where ``spram``): the PE weight words of the layer, from the
+        wide buffer where the ``wide_weights`` register says so, else the narrow words (``wbits`` per column:
+        sign on top of ``k``) widened to ``weight_bits`` (sign on top, ``k`` zero-extended). Both read at
+        ``read_addr``."""
         p = self.params
-        wide, wide_addr = buffer("wide_weights", p.cols * p.weight_bits, p.wide_depth, load_en)
+        wide, wide_addr = buffer("wide_weights", p.cols * p.weight_bits, p.wide_depth, load_en, spram)
         m.d.comb += wide_addr.eq(read_addr)
         fields = []
         for c in range(p.cols):
@@ -902,8 +923,3 @@ class LayerEngine(wiring.Component):
                                          plane_base.eq(tile_plane + cfg["tile_step"])]
                         with m.If(co_tile == last["co_tiles"]):
                             m.d.sync += finishing.eq(1)
-
-    @staticmethod
-    def _connect_stage(m, unit, load, load_en, valid, acc, channel):
-        m.d.comb += [unit.load_en.eq(load_en), unit.load_addr.eq(load.addr), unit.load_data.eq(load.data),
-                     unit.valid.eq(valid), unit.acc.eq(acc), unit.channel.eq(channel)]

@@ -28,6 +28,7 @@ MAX_ARRAY = 256
 
 # iCE40 UltraPlus SB_SPRAM256KA: 16K words of 16 bits; the weights buffer of an UP5K engine.
 SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
+SPRAM_BLOCKS = 4             # SB_SPRAM256KA blocks of an iCE40 UltraPlus part
 
 # Load targets (a load beat's ``target``), their count and width, and configuration registers
 # (``addr`` of a CONFIG beat).
@@ -237,6 +238,13 @@ class EngineParams:
         return max(1, (self.cols - 1).bit_length())
 
     @property
+    def shared_stage_memory(self) -> bool:
+        """Whether the threshold and requantize units read their words from one memory (both units, and
+        thresholds of one word a channel: ``2^code_bits - 1 <= 15``): the stage slots of a layer hold one
+        kind, so the two memories' depths would add up to the one's, and a block RAM is wider than deep."""
+        return bool(self.code_bits and self.requantize and 2 ** self.code_bits - 1 <= 15)
+
+    @property
     def addr_bits(self) -> int:
         depths = [len(NETWORK_REGISTERS), self.act_depth, self.weight_depth, self.table_depth,
                   self.stage_depth << self.col_bits]
@@ -266,14 +274,16 @@ class EngineParams:
                 *([("wide weights", self.cols * self.weight_bits, self.wide_depth, 1)] if self.wide_depth else []),
                 ("tables", bits[TABLE], self.table_depth, self.rows),
                 ("accumulators", self.acc_bits, self.out_depth, self.cols)]
-        if self.code_bits:
+        if self.shared_stage_memory:
+            mems.append(("stage constants", max(bits[THRESHOLDS], bits[REQUANTIZE]), stage_depth, self.halves))
+        elif self.code_bits:
             s = 2 ** self.code_bits - 1
             if s <= 15:
                 mems.append(("thresholds", bits[THRESHOLDS], stage_depth, self.halves))
             else:
                 mems += [("thresholds", self.threshold_bits, stage_depth, s * self.halves),
                          ("descending", 1, stage_depth, self.halves)]
-        if self.requantize:
+        if self.requantize and not self.shared_stage_memory:
             mems.append(("requantize", bits[REQUANTIZE], stage_depth, self.halves))
         return mems
 

@@ -112,8 +112,9 @@ class NetworkSignature(wiring.Signature):
 
 class NetworkCore(wiring.Component):
     """The accelerator for a whole model (see the module docstring). ``spram`` as :class:`hw.engine.LayerEngine`
-    (None: where the platform has it, :func:`hw.spram.platform_has_spram`): the engine's weights buffer, and the
-    value memory too where one port serves it (:attr:`~hw.network_params.NetworkParams.values_single_port`), in
+    (None: where the platform has it, :func:`hw.spram.platform_has_spram`): the engine's weights buffer, its wide
+    weights buffer where the blocks suffice (:attr:`~hw.network_params.NetworkParams.wide_weights_in_spram`), and
+    the value memory where one port serves it (:attr:`~hw.network_params.NetworkParams.values_single_port`), in
     iCE40 UltraPlus SPRAM."""
 
     def __init__(self, params: NetworkParams, *, spram: bool | None = None):
@@ -121,7 +122,7 @@ class NetworkCore(wiring.Component):
             raise TypeError(f"params must be a NetworkParams, not {params!r}")
         self.params, self.spram = params, spram
         self.engine = LayerEngine(params.engine, spram=spram, value_depth=params.value_depth,
-                                  value_bits=params.value_bits)
+                                  value_bits=params.value_bits, wide_spram=params.wide_weights_in_spram)
         self.vector = VectorUnit(params.vector)
         super().__init__(NetworkSignature(params))
 

@@ -45,14 +45,15 @@ class RequantizeUnit(wiring.Component):
     Parameters: ``acc_bits`` (signed input width), ``channels``, ``multiplier_bits``
     (unsigned ``M``), ``bias_bits`` (signed ``B``), ``max_shift`` (shifts 0..max_shift),
     ``out_bits`` (signed output; must hold the stage's bound, see :func:`out_bits`,
-    otherwise the output wraps).
+    otherwise the output wraps), ``own_memory`` (False: the words come in on ``word``, read outside).
 
     Ports:
 
     - load: ``load_en``, ``load_addr`` (channel), ``load_data`` (``word_bits``, a word of
       :meth:`words`: ``M | B << multiplier_bits | shift << (multiplier_bits + bias_bits)``);
-      written at the clock edge, between layers.
-    - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel``.
+      written at the clock edge, between layers. Without ``own_memory``: ``word`` instead, the
+      channel's word a cycle after the value.
+    - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel`` (with its own memory).
     - out: ``out_valid``, ``out`` (signed ``out_bits``), registered.
 
     Latency 6 (``LATENCY``): a value sampled at clock edge t appears after edge t + 5. Edge t reads
@@ -66,7 +67,7 @@ class RequantizeUnit(wiring.Component):
     LATENCY = 6
 
     def __init__(self, acc_bits: int, channels: int, multiplier_bits: int, bias_bits: int,
-                 max_shift: int, out_bits: int):
+                 max_shift: int, out_bits: int, own_memory: bool = True):
         for name, value, low in (("acc_bits", acc_bits, 2), ("channels", channels, 1),
                                  ("multiplier_bits", multiplier_bits, 1), ("bias_bits", bias_bits, 2),
                                  ("max_shift", max_shift, 0), ("out_bits", out_bits, 2)):
@@ -77,8 +78,9 @@ class RequantizeUnit(wiring.Component):
         self.max_shift, self.out_bits = int(max_shift), int(out_bits)
         self.shift_bits = shift_bits(self.max_shift)
         self.word_bits = requantize_word_bits(self.multiplier_bits, self.bias_bits, self.max_shift)
+        self.own_memory = own_memory
         super().__init__({
-            **stage_ports(self.channels, self.word_bits, self.acc_bits),
+            **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "out_valid": Out(1),
             "out": Out(signed(self.out_bits)),
         })
@@ -98,18 +100,21 @@ class RequantizeUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.constants = memory = Memory(shape=self.word_bits, depth=self.channels, init=[])
-        write, read = memory.write_port(), memory.read_port()
-        m.d.comb += [
-            write.en.eq(self.load_en),
-            write.addr.eq(self.load_addr),
-            write.data.eq(self.load_data),
-            read.addr.eq(self.channel),
-        ]
+        word = self.word if not self.own_memory else None
+        if self.own_memory:
+            m.submodules.constants = memory = Memory(shape=self.word_bits, depth=self.channels, init=[])
+            write, read = memory.write_port(), memory.read_port()
+            m.d.comb += [
+                write.en.eq(self.load_en),
+                write.addr.eq(self.load_addr),
+                write.data.eq(self.load_data),
+                read.addr.eq(self.channel),
+            ]
+            word = read.data
         # Edge t: the channel's constants are read; edge t + 1 registers them, the value follows.
         acc = delayed(m, self.acc, 2, "acc")
         valid = delayed(m, self.valid, 5, "valid")
-        constants = delayed(m, read.data, 1, "constants")
+        constants = delayed(m, word, 1, "constants")
         mult = constants[:self.multiplier_bits]
         bias = constants[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
         shift = delayed(m, constants[self.multiplier_bits + self.bias_bits:], 3, "shift")

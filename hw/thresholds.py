@@ -45,14 +45,16 @@ class ThresholdUnit(wiring.Component):
 
     Parameters: ``acc_bits`` (signed input width), ``code_bits`` (b; s = 2^b - 1
     thresholds per channel), ``channels``, ``threshold_bits`` (signed width of a stored
-    threshold; :func:`threshold_bits`, at most ``acc_bits + 1`` for compiler stages).
+    threshold; :func:`threshold_bits`, at most ``acc_bits + 1`` for compiler stages),
+    ``own_memory`` (False: the words come in on ``word``, read outside; s <= 15 only).
 
     Ports:
 
     - load: ``load_en``, ``load_addr`` (channel), ``load_data`` (``word_bits``, a word of
       :func:`threshold_words`); written at the clock edge. Load between layers: a value
-      of the channel being written in the same cycle reads the old word.
-    - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel``.
+      of the channel being written in the same cycle reads the old word. Without
+      ``own_memory``: ``word`` instead, the channel's word a cycle after the value.
+    - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel`` (with its own memory).
     - out: ``code_valid``, ``code`` (unsigned ``code_bits``), registered.
 
     Latency 3 (``LATENCY``): a value sampled at clock edge t appears after edge t + 2 (edge t
@@ -63,7 +65,7 @@ class ThresholdUnit(wiring.Component):
 
     LATENCY = 3
 
-    def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int):
+    def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
                                  ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
             if not isinstance(value, (int, np.integer)) or value < low:
@@ -72,8 +74,12 @@ class ThresholdUnit(wiring.Component):
         self.channels, self.threshold_bits = int(channels), int(threshold_bits)
         self.s = 2 ** self.code_bits - 1
         self.word_bits = threshold_word_bits(self.code_bits, self.threshold_bits)
+        if not own_memory and self.s > 15:
+            raise ValueError(f"{self.s} thresholds a channel are held in one memory per threshold: the unit "
+                             f"needs its own (own_memory=True)")
+        self.own_memory = own_memory
         super().__init__({
-            **stage_ports(self.channels, self.word_bits, self.acc_bits),
+            **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "code_valid": Out(1),
             "code": Out(self.code_bits),
         })
@@ -98,7 +104,9 @@ class ThresholdUnit(wiring.Component):
         # Amaranth's simulator cannot compile the write logic of a word thousands of bits
         # wide (s = 255).
         tb = self.threshold_bits
-        if self.s <= 15:
+        if not self.own_memory:
+            words = []
+        elif self.s <= 15:
             words = [("words", self.word_bits, self.load_data)]
         else:
             words = [(f"threshold_{i}", tb, self.load_data.word_select(i, tb)) for i in range(self.s)]
@@ -114,7 +122,7 @@ class ThresholdUnit(wiring.Component):
                 read.addr.eq(self.channel),
             ]
             parts.append(read.data)
-        word = Cat(*parts)
+        word = Cat(*parts) if self.own_memory else self.word
         data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
         # Edge t: the channel's word is read; the value and its negation wait for it.

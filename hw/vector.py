@@ -65,9 +65,9 @@ class VectorUnit(wiring.Component):
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
       ADD and ADD_RELU ``2N + 3`` (``N = channels * positions``), POOL
-      ``channels * (positions + 3 + 2 * pool_code_bits) + 1``, MAXPOOL
+      ``channels * (pool_pieces + positions + 3 + 2 * pool_code_bits) + 1``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``, AVGPOOL
-      ``channels * out_height * out_width * (kernel^2 + 3 + 2 * pool_code_bits) + 1``.
+      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 3 + 2 * pool_code_bits) + 1``.
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
       (``p.load_data_bits``): write one constant word at the clock edge; ignored while busy.
     - value read: ``val_read_addr`` (out, ``p.value_addr_bits``), ``val_read_data`` (in, signed
@@ -90,9 +90,9 @@ class VectorUnit(wiring.Component):
     The write ports are registers. Pipelines, counted from an element's read address: ACTIVATE
     presents the write 4 cycles later (the read, the threshold unit's 2, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
-    channel's ``positions`` values (one per cycle), waits 3 cycles for the sum, searches its
-    thresholds (2 cycles per code bit: read, compare) and presents the code's write in the next
-    channel's first cycle (the arithmetic form computes ``B' + code * S + p * S`` where the table
+    channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
+    cycle), waits 3 cycles for the sum, searches its thresholds (2 cycles per code bit: read, compare)
+    and presents the code's write in the next channel's first cycle (the arithmetic form computes ``B' + code * S + p * S`` where the table
     form reads the threshold: the same cycles); MAXPOOL reads a word per cycle and presents a
     window's write 2 cycles after its last read (the read, the write register).
     """
@@ -170,12 +170,14 @@ class VectorUnit(wiring.Component):
                      wr.eq(wr + issue_b)]
 
         # Pool state: the channel's sum, the code found so far, the search's probe bit (one-hot),
-        # which half of a search step (0: read the threshold, 1: compare), the drain counter.
+        # which half of a search step (0: read the threshold, 1: compare), the drain counter, the piece of
+        # the channel's constants being read.
         if pool_hw:
             b = p.pool_code_bits
             total = Signal(signed(p.pool_sum_bits))
             code, probe, compare = Signal(b), Signal(b), Signal()
             drain = Signal(range(POOL_DRAIN))
+            piece = Signal(range(max(2, p.pool_pieces)), name="piece")
             pool_write = Signal()
 
             def new_channel():
@@ -199,11 +201,11 @@ class VectorUnit(wiring.Component):
                     m.next = "RUN"
                     if pool_hw:
                         with m.If(self.op == POOL):
-                            m.next = "SUM"
+                            m.next = "CONSTANTS"
                     if avgpool:
                         with m.If(self.op == AVGPOOL):
                             avgpool.start()
-                            m.next = "SUM"
+                            m.next = "CONSTANTS"
                     if maxpool:
                         with m.If(self.op == MAXPOOL):
                             maxpool.start()
@@ -226,6 +228,12 @@ class VectorUnit(wiring.Component):
                     with m.If(maxpool.issue()):
                         m.next = "IDLE"
             if pool_hw:
+                with m.State("CONSTANTS"):
+                    # One piece of the channel's constants read a cycle (into their register a cycle later).
+                    m.d.sync += piece.eq(piece + 1)
+                    with m.If(piece == p.pool_pieces - 1):
+                        m.d.sync += piece.eq(0)
+                        m.next = "SUM"
                 with m.State("SUM"):
                     m.d.comb += issue_pool.eq(1)
                     m.d.sync += pos.eq(pos + 1)
@@ -250,10 +258,10 @@ class VectorUnit(wiring.Component):
                             if avgpool:
                                 with m.Elif(windowed):
                                     avgpool.next_window()
-                                    m.next = "SUM"
+                                    m.next = "CONSTANTS"
                             with m.Else():
                                 next_channel()
-                                m.next = "SUM"
+                                m.next = "CONSTANTS"
 
         # ACTIVATE: the value read goes through the threshold unit; its code, with the element's
         # code address and lane delayed alike, into the code write registers. While idle, the unit
@@ -296,7 +304,7 @@ class VectorUnit(wiring.Component):
 
         if pool_hw:
             self._pool(m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,
-                       fsm.ongoing("SEARCH"))
+                       fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece)
 
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
         word_write, word_lanes, word_data = (maxpool.write(pending) if maxpool
@@ -308,11 +316,13 @@ class VectorUnit(wiring.Component):
         return m
 
     def _pool(self, m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,
-              searching):
-        """The pool datapath: constants (and thresholds) memories, ``u`` and the sum, the search step."""
+              searching, reading, piece):
+        """The pool datapath: constants (and thresholds) memories, the channel's constants register (its
+        pieces read while ``reading``), ``u`` and the sum, the search step."""
         p = self.params
         b = p.pool_code_bits
-        m.submodules.pool_constants = constants = Memory(shape=p.pool_constant_bits, depth=p.pool_slots, init=[])
+        m.submodules.pool_constants = constants = Memory(shape=p.pool_piece_bits, depth=p.pool_constant_depth,
+                                                         init=[])
         memories = [(constants, POOL_CONSTANTS)]
         if not p.pool_arithmetic:
             m.submodules.pool_thresholds = thresholds = Memory(shape=signed(p.pool_threshold_bits),
@@ -322,10 +332,13 @@ class VectorUnit(wiring.Component):
             write = memory.write_port()
             m.d.comb += [write.en.eq(load & (self.load_target == target)), write.addr.eq(self.load_addr),
                          write.data.eq(self.load_data)]
-        # The channel's constants: read at its slot, stable while its values pass.
+        # The channel's constants: its pieces read at its slot into a register, stable while its values pass.
         const_read = constants.read_port()
-        m.d.comb += const_read.addr.eq(slot)
-        word = const_read.data
+        m.d.comb += const_read.addr.eq(Cat(piece[:p.pool_piece_index_bits], slot))
+        word = Signal(p.pool_pieces * p.pool_piece_bits, name="pool_constants_word")
+        read_piece = delays(m, piece, 1, "pool_piece")[1]
+        with m.If(delays(m, reading, 1, "pool_reading")[1]):
+            m.d.sync += word.word_select(read_piece, p.pool_piece_bits).eq(const_read.data)
         relu = word[POOL_RELU_BIT]
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()
         offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()

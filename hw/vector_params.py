@@ -61,6 +61,10 @@ TARGET_BITS = 2
 # A POOL_CONSTANTS word: bit 0 relu, bits 1-2 the sign (two's complement), offset from bit 3;
 # in the arithmetic form then B' (two's complement, ``pool_base_bits``) and S (``pool_step_bits``).
 POOL_RELU_BIT, POOL_SIGN_SHIFT, POOL_SIGN_BITS, POOL_OFFSET_SHIFT = 0, 1, 2, 3
+# The constants memory holds each channel's word as pieces of this many bits (the width of an iCE40
+# block RAM: a word of about 100 bits would take 7 blocks side by side, its pieces take 2), read one
+# per cycle into a register before the channel's values are summed.
+POOL_PIECE_BITS = 16
 
 # Forms of the pool thresholds (``pool_form``) and the largest shift ``k`` of the arithmetic form.
 POOL_FORMS = ("arithmetic", "table")
@@ -378,6 +382,27 @@ class VectorParams:
         return self.pool_step_shift + self.pool_step_bits if self.pool_slots else 0
 
     @property
+    def pool_pieces(self) -> int:
+        """Pieces of a POOL_CONSTANTS word (:data:`POOL_PIECE_BITS` each, the last maybe narrower); 0
+        without pool hardware. The unit reads them in as many cycles before each channel (or window)."""
+        return -(-self.pool_constant_bits // POOL_PIECE_BITS)
+
+    @property
+    def pool_piece_bits(self) -> int:
+        """Width of the constants memory: a piece, or the whole word where it is narrower."""
+        return min(POOL_PIECE_BITS, self.pool_constant_bits)
+
+    @property
+    def pool_piece_index_bits(self) -> int:
+        """Bits of the piece index below the slot in a POOL_CONSTANTS address (``slot << bits | piece``)."""
+        return _bits(self.pool_pieces - 1) if self.pool_pieces > 1 else 0
+
+    @property
+    def pool_constant_depth(self) -> int:
+        """Words of the constants memory: ``2^pool_piece_index_bits`` pieces per slot."""
+        return self.pool_slots << self.pool_piece_index_bits
+
+    @property
     def pool_threshold_depth(self) -> int:
         """Words of the pool-threshold memory: ``2^pool_code_bits`` per slot (the last unused); 0 in
         the arithmetic form (no table)."""
@@ -387,7 +412,7 @@ class VectorParams:
     def target_bits(self) -> tuple[int, int, int]:
         """Data bits of a load beat to each target (:data:`TARGETS` order); 0 for one the unit lacks
         (POOL_THRESHOLDS in the arithmetic form)."""
-        return self.act_word_bits, self.pool_constant_bits, self.pool_threshold_bits
+        return self.act_word_bits, self.pool_piece_bits, self.pool_threshold_bits
 
     @property
     def load_data_bits(self) -> int:
@@ -395,7 +420,7 @@ class VectorParams:
 
     @property
     def load_addr_bits(self) -> int:
-        return _bits(max(self.act_slots, self.pool_slots, self.pool_threshold_depth, 1) - 1)
+        return _bits(max(self.act_slots, self.pool_constant_depth, self.pool_threshold_depth, 1) - 1)
 
     @property
     def ops(self) -> tuple[int, ...]:
@@ -409,21 +434,23 @@ class VectorParams:
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented): ACTIVATE ``N + 4`` and ADD (ADD_RELU) ``2N + 3`` with
-        ``N = channels * positions``; POOL ``channels * (positions + 3 + 2 * pool_code_bits) + 1``;
-        MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
+        ``N = channels * positions``; POOL ``channels * (pool_pieces + positions + 3 + 2 * pool_code_bits)
+        + 1``; MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
         and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL
-        ``channels * positions * (window + 3 + 2 * pool_code_bits) + 1`` (each window as POOL's channel)."""
+        ``channels * positions * (pool_pieces + window + 3 + 2 * pool_code_bits) + 1`` (each window as
+        POOL's channel)."""
         n = channels * positions
         if op == ACTIVATE:
             return n + ACTIVATE_DEPTH
         if op in (ADD, ADD_RELU):
             return 2 * n + ADD_DEPTH
         if op == POOL:
-            return channels * (positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
+            return channels * (self.pool_pieces + positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
         if op == MAXPOOL:
             return -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
         if op == AVGPOOL:
-            return channels * positions * (window + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
+            return channels * positions * (self.pool_pieces + window + POOL_DRAIN
+                                           + SEARCH_STEP * self.pool_code_bits) + 1
         raise ValueError(f"op must be one of {', '.join(f'{i} ({name})' for i, name in enumerate(OPS))}, got {op!r}")
 
     def register_cycles(self, regs: dict[str, int]) -> int:
@@ -445,7 +472,7 @@ class VectorParams:
                 mems += [("act_thresholds", self.act_threshold_bits, self.act_slots, s),
                          ("act_descending", 1, self.act_slots, 1)]
         if self.pool_slots:
-            mems.append(("pool_constants", self.pool_constant_bits, self.pool_slots, 1))
+            mems.append(("pool_constants", self.pool_piece_bits, self.pool_constant_depth, 1))
             if not self.pool_arithmetic:
                 mems.append(("pool_thresholds", self.pool_threshold_bits, self.pool_threshold_depth, 1))
         return mems

@@ -12,7 +12,9 @@ Words:
 - ACT_THRESHOLDS, address ``slot``: the channel's :func:`hw.stage_words.threshold_words` word of
   ``act_threshold_bits`` thresholds; a node with narrower codes than ``act_code_bits`` is padded
   with thresholds that no value passes (``bound + 1``, ascending; ``-(bound + 1)``, descending).
-- POOL_CONSTANTS, address ``slot``: ``relu | sign << 1 | offset << 3`` (sign and offset two's
+- POOL_CONSTANTS, address ``slot << pool_piece_index_bits | piece``: piece ``piece`` (bits
+  ``16 * piece`` up, :data:`~hw.vector_params.POOL_PIECE_BITS`) of the channel's word
+  ``relu | sign << 1 | offset << 3`` (sign and offset two's
   complement, :data:`~hw.vector_params.POOL_SIGN_BITS` and ``pool_offset_bits`` wide); in the
   arithmetic form (``pool_form``) then ``B' = B - S`` (two's complement, ``pool_base_bits``, from
   bit ``pool_base_shift``) and ``S`` (``pool_step_bits``, from ``pool_step_shift``) of the
@@ -40,8 +42,8 @@ from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MA
                             pool_progressions, pool_sum_bound, progression_bits)
 
 __all__ = ["ACT_THRESHOLDS", "POOL_CONSTANTS", "POOL_THRESHOLDS", "TARGETS", "Beat", "constant_beats",
-           "op_registers", "slot_bases", "activate_words", "pool_constant_words", "pool_threshold_words",
-           "node_progressions"]
+           "op_registers", "slot_bases", "activate_words", "pool_constant_beats", "pool_constant_words",
+           "pool_threshold_words", "node_progressions"]
 
 Beat = tuple[int, int, int]
 FIX = "generate the unit for this model (VectorParams.for_model)"
@@ -102,6 +104,14 @@ def pool_constant_words(params: VectorParams, node: PoolNode, info: TensorInfo) 
     base_mask = (1 << params.pool_base_bits) - 1
     return [w | ((b - s) & base_mask) << params.pool_base_shift | s << params.pool_step_shift
             for w, (b, s) in zip(words, fits)]
+
+
+def pool_constant_beats(params: VectorParams, base: int, words: list[int]) -> list[Beat]:
+    """POOL_CONSTANTS beats of ``words`` (:func:`pool_constant_words`) at slots ``base`` on: each word's
+    pieces, lowest first."""
+    bits, shift = params.pool_piece_bits, params.pool_piece_index_bits
+    return [(POOL_CONSTANTS, (base + ch) << shift | k, word >> (k * bits) & ((1 << bits) - 1))
+            for ch, word in enumerate(words) for k in range(params.pool_pieces)]
 
 
 def pool_threshold_words(params: VectorParams, node: PoolNode, info: TensorInfo) -> list[list[int]]:
@@ -188,8 +198,7 @@ def constant_beats(params: VectorParams, model: CompiledModel) -> tuple[list[Bea
             words = activate_words(params, node, info[node.input].bound)
             beats += [(ACT_THRESHOLDS, base + ch, w) for ch, w in enumerate(words)]
             continue
-        words = pool_constant_words(params, node, info[node.input])
-        beats += [(POOL_CONSTANTS, base + ch, w) for ch, w in enumerate(words)]
+        beats += pool_constant_beats(params, base, pool_constant_words(params, node, info[node.input]))
         if params.pool_arithmetic:
             continue
         for ch, row in enumerate(pool_threshold_words(params, node, info[node.input])):

@@ -245,6 +245,8 @@ def test_bad_parameters_raise_naming_the_value():
         RequantizeUnit(8, 0, 24, 30, 40, 16)
     with pytest.raises(ValueError, match="max_shift.*-1"):
         RequantizeUnit(8, 2, 24, 30, -1, 16)
+    with pytest.raises(ValueError, match="255 thresholds a channel.*own_memory=True"):
+        ThresholdUnit(12, 8, 4, 13, own_memory=False)
     stage = Thresholds(np.array([[-300, 0, 300]]), np.array([True]), 2)
     with pytest.raises(ValueError, match="-300.*threshold_bits=9"):
         threshold_words(stage, 9)
@@ -266,3 +268,8 @@ def test_units_convert_to_verilog():
     assert "module thresholds" in text and "code_valid" in text and "load_data" in text
     text = verilog.convert(RequantizeUnit(12, 4, 25, 48, 40, 20), name="requantize")
     assert "module requantize" in text and "out_valid" in text and "load_data" in text
+    # Words read outside (the engine's memory that both units share): no load port, no memory.
+    for unit in (ThresholdUnit(12, 3, 4, 13, own_memory=False), RequantizeUnit(12, 4, 25, 48, 40, 20, own_memory=False)):
+        text = verilog.convert(unit, name="unit")
+        assert "input [" in text and " word" in text and "load_data" not in text and "reg [" in text
+        assert "memory" not in text.lower()

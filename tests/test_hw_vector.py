@@ -31,7 +31,8 @@ from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, 
                               THRESHOLD_LATENCY, VectorParams, fit_progression, maxpool_bits, pool_progressions,
                               pool_shift, pool_sum_bound, progression_bits)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
-                             constant_beats, op_registers, pool_constant_words, pool_threshold_words)
+                             constant_beats, op_registers, pool_constant_beats, pool_constant_words,
+                             pool_threshold_words)
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -527,7 +528,7 @@ def test_cycles_and_sequence():
     beats, slots = constant_beats(params, m)
     pool_slots = 2                                   # the pool runs on channels 0 and 1 only
     beats = [b for b in beats if b[0] == ACT_THRESHOLDS
-             or (b[0] == POOL_CONSTANTS and b[1] < pool_slots)
+             or (b[0] == POOL_CONSTANTS and b[1] >> params.pool_piece_index_bits < pool_slots)
              or (b[0] == POOL_THRESHOLDS and b[1] >> params.pool_code_bits < pool_slots)]
     rng = np.random.default_rng(5)
     values, codes = junk(params, rng)
@@ -597,12 +598,13 @@ def test_params_sizing():
     assert (p.pool_form, p.pool_shift, p.pool_threshold_bits, p.pool_threshold_depth) == ("arithmetic", 13, 0, 0)
     assert p.pool_constant_bits == POOL_OFFSET_SHIFT + p.pool_offset_bits + p.pool_base_bits + p.pool_step_bits
     assert [name for name, *_ in p.memories()] == ["act_thresholds", "pool_constants"]
-    assert ("pool_constants", p.pool_constant_bits, 64, 1) in p.memories()
+    assert p.pool_pieces == 9 and p.pool_piece_index_bits == 4          # 131 bits in 16-bit pieces
+    assert ("pool_constants", 16, 64 * 16, 1) in p.memories()
     assert max(depth for _, _, depth, _ in p.memories()) < 1 << 14        # no 16384-deep threshold table
     assert p.target_bits[2] == 0
     d = params_for(model(DIGITS), 1, 10, 10)
     assert (d.act_code_bits, d.act_slots, d.act_word_bits) == (0, 0, 0)
-    assert d.op_cycles(POOL, 64, 16) == 64 * (16 + 3 + 16) + 1
+    assert d.op_cycles(POOL, 64, 16) == 64 * (d.pool_pieces + 16 + 3 + 16) + 1
 
 
 def test_padding_never_passed():
@@ -816,7 +818,7 @@ def test_narrow_pool_node_padding():
     x = pool_inputs(rng, node, info.bound, info.shape)
     x[::5] = info.bound * np.sign(node.sign[::5])[:, None, None]      # the largest sums
     put_values(values, src, x)
-    beats = [(POOL_CONSTANTS, ch, word) for ch, word in enumerate(pool_constant_words(params, node, info))]
+    beats = pool_constant_beats(params, 0, pool_constant_words(params, node, info))
     regs = registers(params, node, info.shape, (src,), dst)
     check(params, beats, [(node, regs)], values, codes)
     got = expected(params, node, regs, values, [0] * len(codes))[1][dst:dst + c // 2]
@@ -826,6 +828,7 @@ def test_narrow_pool_node_padding():
 
 def test_network_memory_bits():
     """The whole-network core's memories: no pool threshold table for either model."""
-    for name, constants in ((DIGITS, 64 * (3 + 24 + 35 + 35)), (RESNET, 64 * (3 + 34 + 47 + 47))):
+    # 64 channels, their words (3 + 24 + 35 + 35 and 3 + 34 + 47 + 47 bits) in 16-bit pieces at 8 and 16 a slot
+    for name, constants in ((DIGITS, 64 * 8 * 16), (RESNET, 64 * 16 * 16)):
         bits = NetworkParams.for_model(model(name), 8, 8).memory_bits()
         assert "vector pool_thresholds" not in bits and bits["vector pool_constants"] == constants

@@ -102,14 +102,15 @@ def test_digits_cnn_on_the_network_core(sim, rows, cols, n_images, stall, backpr
 
 
 def test_digits_cnn_with_its_memories_in_spram(tmp_path):
-    """The UP5K's choice: the weights buffer and the value memory (the digits CNN adds nothing, so one port
-    serves it) in ``SB_SPRAM256KA`` blocks, simulated with Yosys's model, on a 1 x 2 core: exact."""
+    """The UP5K's choice: the weights buffer, the wide weights buffer and the value memory (the digits CNN adds
+    nothing, so one port serves it) in ``SB_SPRAM256KA`` blocks, simulated with Yosys's model, on a 1 x 2 core:
+    exact."""
     sim = first_available("verilator", "icarus")
     model = load(DIGITS)
     images = np.random.default_rng(12).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
     params, report = run_network(sim, DIGITS, model, 1, 2, images, tmp_path, spram=True, stall=0.2,
                                  backpressure=0.3, seed=12)
-    assert params.values_single_port
+    assert params.values_single_port and params.wide_weights_in_spram
     assert_exact(model, params, report, 1)
     assert (report.logits == reference.run(model, images)[model.logits].reshape(1, -1)).all()
 
