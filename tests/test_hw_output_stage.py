@@ -269,7 +269,8 @@ def test_units_convert_to_verilog():
     text = verilog.convert(RequantizeUnit(12, 4, 25, 48, 40, 20), name="requantize")
     assert "module requantize" in text and "out_valid" in text and "load_data" in text
     # Words read outside (the engine's memory that both units share): no load port, no memory.
-    for unit in (ThresholdUnit(12, 3, 4, 13, own_memory=False), RequantizeUnit(12, 4, 25, 48, 40, 20, own_memory=False)):
+    for unit in (ThresholdUnit(12, 3, 4, 13, own_memory=False),
+                 RequantizeUnit(12, 4, 25, 48, 40, 20, own_memory=False)):
         text = verilog.convert(unit, name="unit")
         assert "input [" in text and " word" in text and "load_data" not in text and "reg [" in text
         assert "memory" not in text.lower()
