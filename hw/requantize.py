@@ -100,7 +100,7 @@ class RequantizeUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        word = self.word if not self.own_memory else None
+        word = None if self.own_memory else self.word
         if self.own_memory:
             m.submodules.constants = memory = Memory(shape=self.word_bits, depth=self.channels, init=[])
             write, read = memory.write_port(), memory.read_port()
