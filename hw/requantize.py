@@ -59,9 +59,10 @@ class RequantizeUnit(wiring.Component):
     Latency 6 (``LATENCY``): a value sampled at clock edge t appears after edge t + 5. Edge t reads
     the channel's constants (block RAM); t + 1 registers them; t + 2 registers the partial products
     of ``acc`` and ``M``, each cut to fit one hardware multiplier (:data:`PART_BITS` unsigned bits
-    per low part); t + 3 registers two partial sums, t + 4 their sum plus ``B``; t + 5 the shifted
-    result. Each stage is one block RAM read, one multiplier or one two-input carry chain, so that
-    the unit runs at the FPGA's clock. Fully pipelined, gaps allowed, no back-pressure.
+    per low part, in the multiplier's own output register where it has one); t + 3 registers two
+    partial sums, the first with ``B``; t + 4 their sum; t + 5 the shifted result. Each stage is one
+    block RAM read, one multiplier or one carry chain, so that the unit runs at the FPGA's clock.
+    Fully pipelined, gaps allowed, no back-pressure.
     """
 
     LATENCY = 6
@@ -118,21 +119,24 @@ class RequantizeUnit(wiring.Component):
         mult = constants[:self.multiplier_bits]
         bias = constants[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
         shift = delayed(m, constants[self.multiplier_bits + self.bias_bits:], 3, "shift")
-        # Edge t + 2: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned).
+        # Edge t + 2: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
+        # register as wide as its product and without reset, so that Yosys puts it into the iCE40
+        # multiplier's output register.
         products = []
         for a_low, a_part in _parts(acc, self.acc_bits, signed_top=True):
             for m_low, m_part in _parts(mult, self.multiplier_bits, signed_top=False):
-                product = Signal(signed(len(a_part) + len(m_part) + 1), name=f"product_{a_low}_{m_low}")
+                product = Signal((a_part * m_part).shape(), name=f"product_{a_low}_{m_low}", reset_less=True)
                 m.d.sync += product.eq(a_part * m_part)
                 products.append((product, a_low + m_low))
-        # Edge t + 3: two partial sums (each product at its weight); t + 4: their sum plus B.
+        # Edge t + 3: two partial sums (each product at its weight), the first plus B; t + 4: their sum.
         width = max(self.acc_bits + self.multiplier_bits, self.bias_bits) + 2
         halves = [Signal(signed(width), name=f"partial_{n}") for n in range(2)]
+        bias_terms = [delayed(m, bias, 1, "bias")]
         for n, half in enumerate(halves):
-            terms = [product.as_signed() << low for product, low in products[n::2]]
+            terms = [product << low for product, low in products[n::2]] + (bias_terms if n == 0 else [])
             m.d.sync += half.eq(sum(terms[1:], terms[0]) if terms else 0)
         total = Signal(signed(width))
-        m.d.sync += total.eq(halves[0] + halves[1] + delayed(m, bias, 2, "bias"))
+        m.d.sync += total.eq(halves[0] + halves[1])
         # Edge t + 5: arithmetic shift right (floor), truncated to out_bits.
         m.d.sync += [self.out.eq(total >> shift), self.out_valid.eq(valid)]
         return m
