@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from math import ceil
 
 from compiler.graph import CompiledModel
-from hw.engine_params import SPRAM_DEPTH, SPRAM_WIDTH, EngineParams
+from hw.engine_params import SPRAM_BLOCKS, EngineParams, spram_blocks
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
 
@@ -66,12 +66,13 @@ def luts_per_pe(params: EngineParams, logic_multiply: bool) -> int:
 
 def memory_blocks(board: Board, memories, spram=("weights",)) -> list[tuple[str, int, str, int]]:
     """``(name, bits, kind, blocks)`` of each ``(name, width, depth, copies)`` memory on ``board``:
-    SPRAM for the memories named in ``spram`` where the part has it and the memory fits (as the engine
-    builds its weights buffer and the network core its value memory), block RAM ("EBR") otherwise."""
+    SPRAM for the memories named in ``spram`` where the part has it and the memory fits its blocks (as the
+    engine builds its weights buffer, :attr:`~hw.engine_params.EngineParams.weights_fit_spram`, and the network
+    core its value memory), block RAM ("EBR") otherwise."""
     out = []
     for name, width, depth, copies in memories:
-        if name in spram and "SPRAM" in board.resources and depth <= SPRAM_DEPTH:
-            out.append((name, width * depth * copies, "SPRAM", ceil(width / SPRAM_WIDTH)))
+        if name in spram and "SPRAM" in board.resources and spram_blocks(width, depth) <= SPRAM_BLOCKS:
+            out.append((name, width * depth * copies, "SPRAM", spram_blocks(width, depth)))
         else:
             out.append((name, width * depth * copies, "EBR", copies * ram_blocks(board.family, width, depth)))
     return out

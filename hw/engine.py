@@ -96,9 +96,9 @@ from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
 from .delay import delayed
-from .engine_params import (ACTS, CONFIG, GEOMETRY_REGISTERS, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_DEPTH,
-                            STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS,
-                            WEIGHTS, WIDE_WEIGHTS, EngineParams)
+from .engine_params import (ACTS, CONFIG, GEOMETRY_REGISTERS, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS,
+                            SPRAM_DEPTH, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS,
+                            THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
@@ -235,9 +235,9 @@ class LayerEngine(wiring.Component):
             raise TypeError(f"params must be an EngineParams, not {params!r}")
         if spram not in (None, True, False):
             raise TypeError(f"spram must be True, False or None, not {spram!r}")
-        if spram and params.weight_depth > SPRAM_DEPTH:
-            raise ValueError(f"a weights buffer of {params.weight_depth} words does not fit SPRAM "
-                             f"({SPRAM_DEPTH} words)")
+        if spram and not params.weights_fit_spram:
+            raise ValueError(f"a weights buffer of {params.weight_depth} words of {params.cols * params.stored_weight_bits}"
+                             f" bits does not fit SPRAM ({SPRAM_BLOCKS} blocks of {SPRAM_DEPTH} 16-bit words)")
         if value_depth is not None and (not isinstance(value_depth, int) or not 1 <= value_depth <= 1 << 24):
             raise ValueError(f"value_depth must be None (layer mode) or an integer in 1..{1 << 24}, "
                              f"got {value_depth!r}")
@@ -309,7 +309,7 @@ class LayerEngine(wiring.Component):
             to drive."""
             addr = Signal(range(depth), name=f"{name}_addr")
             if spram:
-                m.submodules[name] = memory = SpramBuffer(width)
+                m.submodules[name] = memory = SpramBuffer(width, depth)
                 m.d.comb += [memory.addr.eq(Mux(idle, load.addr, addr)), memory.write_en.eq(write_en),
                              memory.write_data.eq(load.data)]
                 if self.network:
@@ -334,7 +334,7 @@ class LayerEngine(wiring.Component):
             act_data, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
         spram = self.spram
         if spram is None:
-            spram = platform_has_spram(platform) and p.weight_depth <= SPRAM_DEPTH
+            spram = platform_has_spram(platform) and p.weights_fit_spram
         weight_data, weight_read_addr = buffer("weights", Cn * p.stored_weight_bits, p.weight_depth, loads(WEIGHTS),
                                                spram)
         if p.wide_depth:

@@ -30,6 +30,12 @@ MAX_ARRAY = 256
 SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
 SPRAM_BLOCKS = 4             # SB_SPRAM256KA blocks of an iCE40 UltraPlus part
 
+
+def spram_blocks(width: int, depth: int = SPRAM_DEPTH) -> int:
+    """``SB_SPRAM256KA`` blocks of a ``width``-bit, ``depth``-word buffer (:class:`hw.spram.SpramBuffer`): side
+    by side for the width, one such row per 16K words of depth."""
+    return -(-width // SPRAM_WIDTH) * -(-depth // SPRAM_DEPTH)
+
 # Load targets (a load beat's ``target``), their count and width, and configuration registers
 # (``addr`` of a CONFIG beat).
 TARGETS = 6
@@ -236,6 +242,12 @@ class EngineParams:
     def col_bits(self) -> int:
         """Bits of the column field in a THRESHOLDS / REQUANTIZE ``load_addr``."""
         return max(1, (self.cols - 1).bit_length())
+
+    @property
+    def weights_fit_spram(self) -> bool:
+        """Whether the weights buffer fits an iCE40 UltraPlus's SPRAM (:func:`spram_blocks` of it at most
+        :data:`SPRAM_BLOCKS`): where builds for the part put it."""
+        return spram_blocks(self.cols * self.stored_weight_bits, self.weight_depth) <= SPRAM_BLOCKS
 
     @property
     def shared_stage_memory(self) -> bool:

@@ -35,7 +35,7 @@ from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, plan_network
 
 from .bands import band_rows, network_layer_cycles, ring_depth
-from .engine_params import NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, SPRAM_WIDTH, WIDE_WEIGHTS, EngineParams
+from .engine_params import NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, WIDE_WEIGHTS, EngineParams, spram_blocks
 from .memories import memory_bits
 from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
@@ -149,14 +149,15 @@ class NetworkParams:
 
     @property
     def wide_weights_in_spram(self) -> bool:
-        """Whether the engine's wide weights buffer goes into SPRAM where its weights buffer does: where it
-        fits one block's depth and the part's :data:`~hw.engine_params.SPRAM_BLOCKS` hold it beside the
-        weights and the value memory (:attr:`values_single_port`). The UP5K's block RAMs are the scarcer."""
+        """Whether the engine's wide weights buffer goes into SPRAM where its weights buffer does: where the
+        part's :data:`~hw.engine_params.SPRAM_BLOCKS` hold it beside the weights and the value memory
+        (:attr:`values_single_port`). The UP5K's block RAMs are the scarcer."""
         e = self.engine
-        blocks = [-(-width // SPRAM_WIDTH) for width in (e.cols * e.stored_weight_bits, e.cols * e.weight_bits)]
+        blocks = [spram_blocks(e.cols * e.stored_weight_bits, e.weight_depth),
+                  spram_blocks(e.cols * e.weight_bits, e.wide_depth)]
         if self.values_single_port:
-            blocks.append(-(-self.value_bits // SPRAM_WIDTH))
-        return 0 < e.wide_depth <= SPRAM_DEPTH and e.weight_depth <= SPRAM_DEPTH and sum(blocks) <= SPRAM_BLOCKS
+            blocks.append(spram_blocks(self.value_bits))
+        return e.wide_depth > 0 and sum(blocks) <= SPRAM_BLOCKS
 
     def memory_bits(self) -> dict[str, int]:
         """Bits of each on-chip memory of :meth:`memories` (all copies together)."""

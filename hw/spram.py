@@ -25,7 +25,7 @@ from amaranth import ClockSignal, Instance, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .engine_params import SPRAM_DEPTH, SPRAM_WIDTH
+from .engine_params import SPRAM_DEPTH, SPRAM_WIDTH, spram_blocks
 
 # Clock edges from an address to its read data on DATAOUT.
 LATENCY = 1
@@ -33,18 +33,17 @@ ADDR_BITS = (SPRAM_DEPTH - 1).bit_length()   # 14
 PRIMITIVE = "SB_SPRAM256KA"
 
 
-def spram_blocks(width: int) -> int:
-    """``SB_SPRAM256KA`` blocks side by side in a ``width``-bit :class:`SpramBuffer`."""
-    return ceil(width / SPRAM_WIDTH)
+__all__ = ["ADDR_BITS", "LATENCY", "PRIMITIVE", "SpramBuffer", "platform_has_spram", "spram_blocks"]
 
 
 class SpramBuffer(wiring.Component):
-    """``width`` bits x :data:`~hw.engine_params.SPRAM_DEPTH` (16K) words: ``ceil(width / 16)``
-    ``SB_SPRAM256KA`` blocks side by side, sharing the address (bits 0-15 of a word in block 0).
+    """``width`` bits x ``depth`` words (default :data:`~hw.engine_params.SPRAM_DEPTH`, 16K): rows of
+    ``ceil(width / 16)`` ``SB_SPRAM256KA`` blocks side by side, sharing the address (bits 0-15 of a word
+    in a row's first block), one row per 16K words (address bits 14 up select the row).
 
     Ports (clock domain ``sync``):
 
-    - ``addr`` (14 bits): the one address of both reads and writes.
+    - ``addr`` (14 bits, more where ``depth`` is over 16K): the one address of both reads and writes.
     - ``write_en``, ``write_data`` (``width``): written at the clock edge where ``write_en``.
     - ``read_data`` (``width``): the word of the ``addr`` sampled at the previous clock edge
       where ``write_en`` was low (:data:`LATENCY` = 1); undefined after a write edge.
@@ -52,12 +51,14 @@ class SpramBuffer(wiring.Component):
     Only for iCE40 UltraPlus builds, or simulations that include the primitive's model.
     """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, depth: int = SPRAM_DEPTH):
         if not isinstance(width, int) or isinstance(width, bool) or width < 1:
             raise ValueError(f"SPRAM buffer width must be a positive integer, not {width!r}")
-        self._width = width
+        if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+            raise ValueError(f"SPRAM buffer depth must be a positive integer, not {depth!r}")
+        self._width, self._rows = width, ceil(depth / SPRAM_DEPTH)
         super().__init__({
-            "addr": In(ADDR_BITS),
+            "addr": In(ADDR_BITS + (self._rows - 1).bit_length()),
             "write_en": In(1),
             "write_data": In(width),
             "read_data": Out(width),
@@ -70,20 +71,27 @@ class SpramBuffer(wiring.Component):
     @property
     def blocks(self) -> int:
         """``SB_SPRAM256KA`` blocks used (:func:`spram_blocks`)."""
-        return spram_blocks(self._width)
+        return spram_blocks(self._width, self._rows * SPRAM_DEPTH)
 
     def elaborate(self, platform):
         m = Module()
-        for n in range(self.blocks):
-            low = n * SPRAM_WIDTH
-            bits = min(SPRAM_WIDTH, self._width - low)
-            data_in = Signal(SPRAM_WIDTH, name=f"data_in_{n}")
-            data_out = Signal(SPRAM_WIDTH, name=f"data_out_{n}")
-            m.d.comb += [data_in.eq(self.write_data[low:low + bits]),
-                         self.read_data[low:low + bits].eq(data_out[:bits])]
-            m.submodules[f"spram_{n}"] = Instance(
-                PRIMITIVE, i_ADDRESS=self.addr, i_DATAIN=data_in, i_MASKWREN=0b1111, i_WREN=self.write_en,
-                i_CHIPSELECT=1, i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1, o_DATAOUT=data_out)
+        # The row of the address, and of the one sampled at the last edge (whose word the blocks now give).
+        row, read_row = self.addr[ADDR_BITS:], Signal(range(self._rows), name="read_row")
+        m.d.sync += read_row.eq(row)
+        for r in range(self._rows):
+            for n in range(ceil(self._width / SPRAM_WIDTH)):
+                low = n * SPRAM_WIDTH
+                bits = min(SPRAM_WIDTH, self._width - low)
+                data_in = Signal(SPRAM_WIDTH, name=f"data_in_{r}_{n}")
+                data_out = Signal(SPRAM_WIDTH, name=f"data_out_{r}_{n}")
+                m.d.comb += data_in.eq(self.write_data[low:low + bits])
+                with m.If(read_row == r):
+                    m.d.comb += self.read_data[low:low + bits].eq(data_out[:bits])
+                write_en = self.write_en & (row == r) if self._rows > 1 else self.write_en
+                m.submodules[f"spram_{r}_{n}"] = Instance(
+                    PRIMITIVE, i_ADDRESS=self.addr[:ADDR_BITS], i_DATAIN=data_in, i_MASKWREN=0b1111, i_WREN=write_en,
+                    i_CHIPSELECT=1, i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0, i_POWEROFF=1,
+                    o_DATAOUT=data_out)
         return m
 
 

@@ -25,6 +25,7 @@ from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
 from hw.bands import band_rows, network_layer_cycles  # noqa: E402
 from hw.engine import LayerEngine  # noqa: E402
+from hw.engine_params import SPRAM_DEPTH  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
 from sim.network_run import network_build, simulate_network  # noqa: E402
 from sim.runner import unavailable_reason  # noqa: E402
@@ -101,16 +102,19 @@ def test_digits_cnn_on_the_network_core(sim, rows, cols, n_images, stall, backpr
     assert (report.logits == reference.run(model, images)[model.logits].reshape(n_images, -1)).all()
 
 
-def test_digits_cnn_with_its_memories_in_spram(tmp_path):
-    """The UP5K's choice: the weights buffer, the wide weights buffer and the value memory (the digits CNN adds
-    nothing, so one port serves it) in ``SB_SPRAM256KA`` blocks, simulated with Yosys's model, on a 1 x 2 core:
-    exact."""
+@pytest.mark.parametrize("cols", [2, 1])
+def test_digits_cnn_with_its_memories_in_spram(tmp_path, cols):
+    """The UP5K's choice: the weights buffer and the value memory (the digits CNN adds nothing, so one port
+    serves it) in ``SB_SPRAM256KA`` blocks, simulated with Yosys's model: on a 1 x 2 core the wide weights
+    buffer too (4 blocks); on a 1 x 1 core the weights two blocks deep (23,040 words), the wide weights in
+    block RAM. Exact."""
     sim = first_available("verilator", "icarus")
     model = load(DIGITS)
     images = np.random.default_rng(12).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
-    params, report = run_network(sim, DIGITS, model, 1, 2, images, tmp_path, spram=True, stall=0.2,
+    params, report = run_network(sim, DIGITS, model, 1, cols, images, tmp_path, spram=True, stall=0.2,
                                  backpressure=0.3, seed=12)
-    assert params.values_single_port and params.wide_weights_in_spram
+    assert params.values_single_port and params.wide_weights_in_spram == (cols == 2)
+    assert (params.engine.weight_depth > SPRAM_DEPTH) == (cols == 1)
     assert_exact(model, params, report, 1)
     assert (report.logits == reference.run(model, images)[model.logits].reshape(1, -1)).all()
 

@@ -41,6 +41,7 @@ from sim.engine_run import TOP, engine_build, simulate_model  # noqa: E402
 from sim.runner import ICE40_DEFINES, build, ice40_cells_sim, run_test, unavailable_reason, verilog_of  # noqa: E402
 
 DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
+RESNET = Path(__file__).resolve().parent / "data" / "cifar10-resnet20-lcq-w3a3.lcq"
 BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
 SIMULATORS = ("icarus", "verilator")
 
@@ -55,14 +56,20 @@ def require(sim: str) -> None:
 
 def test_spram_buffer_and_engine_check_their_arguments():
     assert [spram_blocks(w) for w in (1, 16, 17, 32, 40)] == [1, 1, 2, 2, 3]
-    params = EngineParams.for_model(load(DIGITS), 1, 1)
-    assert params.weight_depth > SPRAM_DEPTH
+    assert [spram_blocks(3, d) for d in (SPRAM_DEPTH, SPRAM_DEPTH + 1, 4 * SPRAM_DEPTH)] == [1, 2, 4]
+    digits = EngineParams.for_model(load(DIGITS), 1, 1)
+    assert digits.weight_depth > SPRAM_DEPTH and digits.weights_fit_spram      # two blocks deep
+    params = EngineParams.for_model(load(RESNET), 1, 1, resident="weights")      # 270,896 words of 8 bits
+    assert not params.weights_fit_spram
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusedElaboratable)
         for bad in (0, -16, 16.0, True, "16"):
             with pytest.raises(ValueError, match=f"SPRAM buffer width must be a positive integer, not {bad!r}"):
                 SpramBuffer(bad)
-        with pytest.raises(ValueError, match=f"a weights buffer of {params.weight_depth} words does not fit SPRAM"):
+            with pytest.raises(ValueError, match=f"SPRAM buffer depth must be a positive integer, not {bad!r}"):
+                SpramBuffer(16, bad)
+        with pytest.raises(ValueError, match=f"a weights buffer of {params.weight_depth} words of 8 bits does not "
+                                             f"fit SPRAM \\(4 blocks"):
             LayerEngine(params, spram=True)
         with pytest.raises(TypeError, match="spram must be True, False or None, not 'yes'"):
             LayerEngine(params, spram="yes")
@@ -71,14 +78,18 @@ def test_spram_buffer_and_engine_check_their_arguments():
 
 @pytest.mark.sim
 @pytest.mark.parametrize("sim", SIMULATORS)
-def test_spram_model_latency_and_writes(sim, tmp_path):
+@pytest.mark.parametrize("depth", [SPRAM_DEPTH, 2 * SPRAM_DEPTH])
+def test_spram_model_latency_and_writes(sim, depth, tmp_path):
+    """Two blocks side by side; with twice the depth, two rows of them (the row's words at both ends)."""
     require(sim)
     width = 24
     rng = random.Random(5)
-    addrs = [0, SPRAM_DEPTH - 1] + rng.sample(range(1, SPRAM_DEPTH - 1), 30)
+    ends = sorted({0, SPRAM_DEPTH - 1, SPRAM_DEPTH, depth - 1} & set(range(depth)))
+    addrs = ends + rng.sample(range(1, depth - 1), 30)
+    addrs = list(dict.fromkeys(addrs))
     words = rng.sample(range(1 << width), len(addrs))
-    build_dir = BUILD_ROOT / f"{sim}-spram-{width}"
-    source = verilog_of(SpramBuffer(width), "spram", build_dir)
+    build_dir = BUILD_ROOT / f"{sim}-spram-{width}-{depth}"
+    source = verilog_of(SpramBuffer(width, depth), "spram", build_dir)
     built = build(sim, [source, ice40_cells_sim()], "spram", build_dir, defines=ICE40_DEFINES)
     run_test(built, "sim.spram_cocotb", tmp_path, data={
         "width": width, "latency": LATENCY, "writes": [list(w) for w in zip(addrs, words)],
