@@ -236,8 +236,9 @@ class LayerEngine(wiring.Component):
         if spram not in (None, True, False):
             raise TypeError(f"spram must be True, False or None, not {spram!r}")
         if spram and not params.weights_fit_spram:
-            raise ValueError(f"a weights buffer of {params.weight_depth} words of {params.cols * params.stored_weight_bits}"
-                             f" bits does not fit SPRAM ({SPRAM_BLOCKS} blocks of {SPRAM_DEPTH} 16-bit words)")
+            width = params.cols * params.stored_weight_bits
+            raise ValueError(f"a weights buffer of {params.weight_depth} words of {width} bits does not fit SPRAM "
+                             f"({SPRAM_BLOCKS} blocks of {SPRAM_DEPTH} 16-bit words)")
         if value_depth is not None and (not isinstance(value_depth, int) or not 1 <= value_depth <= 1 << 24):
             raise ValueError(f"value_depth must be None (layer mode) or an integer in 1..{1 << 24}, "
                              f"got {value_depth!r}")
