@@ -97,7 +97,7 @@ from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
 from .delay import delayed
 from .engine_params import (ACTS, CONFIG, GEOMETRY_REGISTERS, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS,
-                            SPRAM_DEPTH, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS,
+                            SPRAM_DEPTH, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS,
                             THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
@@ -614,9 +614,10 @@ class LayerEngine(wiring.Component):
     def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix):
         """One output stage (the units named with ``suffix``): ``value`` of ``channel`` (entering while
         ``feeding``) -> its result ``STAGE_LATENCY`` cycles later: the code, the requantized value (in
-        layer mode then ReLU'd with ``relu``) or the raw value, as ``stage`` says."""
+        layer mode then ReLU'd with ``relu``) or the raw value, as ``stage`` says. With requantize units the raw
+        value goes through them (the program gives its layers identity constants, STAGE_REQUANTIZE), without
+        them through a delay line."""
         p = self.params
-        result = delayed(m, value, self.STAGE_LATENCY, f"raw{suffix}")
         depth, shared = p.stage_depth << p.col_bits, p.shared_stage_memory
         if shared:
             # One memory for both units' words: a layer's channel slots hold either kind, never both.
@@ -640,7 +641,6 @@ class LayerEngine(wiring.Component):
                                                                        p.threshold_bits, own_memory=not shared)
             code = delayed(m, unit.code, self.STAGE_LATENCY - unit.LATENCY, f"code{suffix}")
             connect(unit, THRESHOLDS)
-            result = Mux(stage == STAGE_THRESHOLDS, code, result)
         if p.requantize:
             q = p.requantize
             m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
@@ -649,8 +649,10 @@ class LayerEngine(wiring.Component):
             out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, f"requantized{suffix}")
             if q.relu and not self.network:
                 out = Mux(relu & (out < 0), 0, out)
-            result = Mux((stage == STAGE_REQUANTIZE) | relu, out, result)
-        return result
+            result = out
+        else:
+            result = delayed(m, value, self.STAGE_LATENCY, f"raw{suffix}")
+        return Mux(stage == STAGE_THRESHOLDS, code, result) if p.code_bits else result
 
     def _load_beat(self, m, idle):
         """The load beat as the registers and buffers take it: ``(payload, valid, start)``. Layer mode:

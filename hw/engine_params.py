@@ -73,7 +73,8 @@ NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", 
 GEOMETRY_REGISTERS = ("in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "band_rows", "band_in_rows")
 # Values of the ``stage`` register: what the output stage does. STAGE_REQUANTIZE_RELU (engines whose
 # ``requantize.relu`` is set): requantize, then ``max(0, y)``; in network mode after the fused addition,
-# if any (a post-activation block's ReLU).
+# if any (a post-activation block's ReLU). STAGE_NONE (the accumulators as they are) only in engines
+# without requantize units; the others requantize them by 1 (``hw.program``'s identity constants).
 STAGE_NONE, STAGE_THRESHOLDS, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU = range(4)
 
 
@@ -372,7 +373,9 @@ class EngineParams:
                 multiplier_bits=max(multiplier_bits(n.stage) for n in requant),
                 bias_bits=max(bias_bits(n.stage) for n in requant),
                 max_shift=max(max_shift(n.stage) for n in requant),
-                out_bits=max(out_bits(n.stage, n.acc_bound) for n in requant),
+                # A layer without a stage goes through the units too (identity constants).
+                out_bits=max([out_bits(n.stage, n.acc_bound) for n in requant]
+                             + [n.acc_bits for n in convs if n.stage is None]),
                 relu=any(n.stage.relu for n in requant) or any(isinstance(n, AddNode) and n.relu for n in model.nodes))
         lut = [n.wbits for n in convs if n.mac == "lut"]
         products = max((product_width(n.outer_wbits, n.outer_abits) for n in convs if n.mac == "lut"),

@@ -67,6 +67,9 @@ def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None
                             f"threshold_width 0 (acc_bits + 1)")
     if isinstance(node.stage, Requantize) and params.requantize is None:
         problems.append("it requantizes its output but the engine has no requantize units")
+    elif node.stage is None and params.requantize and node.acc_bits > params.requantize.out_bits:
+        problems.append(f"its {node.acc_bits}-bit accumulators, written through the requantize units, exceed "
+                        f"their out_bits={params.requantize.out_bits}")
     elif isinstance(node.stage, Requantize) and node.stage.relu and not params.requantize.relu:
         problems.append("its requantize stage has a ReLU but the engine's has none")
     if ring and params.out_depth & (params.out_depth - 1) == 0 and node.out_shape[2] <= params.out_depth:
@@ -80,12 +83,14 @@ def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None
                          f"Generate the engine for this model (EngineParams.for_model).")
 
 
-def _stage_kind(node: ConvNode) -> int:
+def _stage_kind(params: EngineParams, node: ConvNode) -> int:
+    """The ``stage`` register of layer ``node``: a layer that writes its accumulators goes through the
+    requantize units with identity constants where the engine has them (:func:`_stage_words`)."""
     if isinstance(node.stage, Thresholds):
         return STAGE_THRESHOLDS
     if isinstance(node.stage, Requantize):
         return STAGE_REQUANTIZE_RELU if node.stage.relu else STAGE_REQUANTIZE
-    return STAGE_NONE
+    return STAGE_REQUANTIZE if params.requantize else STAGE_NONE
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ def config_values(params: EngineParams, node: ConvNode, bases: Bases = Bases()) 
     c_in, h, w = node.in_shape
     c_out, ho, wo = node.out_shape
     groups = group_span(node, params.rows, params.cols)[1] if params.skip_groups else ceil(c_in / params.rows)
-    values = {"stage": _stage_kind(node), "in_h": h, "in_w": w, "out_h": ho, "out_w": wo,
+    values = {"stage": _stage_kind(params, node), "in_h": h, "in_w": w, "out_h": ho, "out_w": wo,
               "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
               "groups": groups, "co_tiles": ceil(c_out / params.cols), "positions": ho * wo,
               "plane": h * w, "row_step": node.stride * w, "top_offset": -node.padding * w,
@@ -186,10 +191,18 @@ def table_words(params: EngineParams, node: ConvNode) -> list[int]:
 
 def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:
     """Stage constants of every channel of every channel tile; the channels past ``C_out`` in
-    the last tile get constants too (outputs 0), so that no output comes from uninitialized memory."""
+    the last tile get constants too (outputs 0), so that no output comes from uninitialized memory.
+    A layer without a stage (its accumulators written as they are) gets the identity requantization
+    ``y = acc * 1 >> 0`` where the engine has requantize units, and no words otherwise."""
     c_out = node.out_shape[0]
     channels = ceil(c_out / params.cols) * params.cols
     pad = channels - c_out
+    if node.stage is None:
+        if params.requantize is None:
+            return []
+        ones, zeros = np.ones(channels, dtype=np.int64), np.zeros(channels, dtype=np.int64)
+        q = params.requantize
+        return requantize_words(Requantize(ones, zeros, zeros), q.multiplier_bits, q.bias_bits, q.max_shift)
     if isinstance(node.stage, Requantize):
         q = params.requantize
         m, b, sh = (np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1), np.zeros(pad, dtype=np.int64)])
@@ -226,8 +239,8 @@ def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases(),
     check_fits(params, node, ring=True)
     beats = weight_beats(params, node, bases) if weights else []
     beats += [(TABLE, bases.table + j, v) for j, v in enumerate(table_words(params, node))]
-    if node.stage is not None:
-        target = REQUANTIZE if isinstance(node.stage, Requantize) else THRESHOLDS
+    if node.stage is not None or params.requantize:
+        target = THRESHOLDS if isinstance(node.stage, Thresholds) else REQUANTIZE
         for ch, word in enumerate(_stage_words(params, node)):
             slot = bases.stage + ch // params.cols
             beats.append((target, slot << params.col_bits | ch % params.cols, word))
