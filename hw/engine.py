@@ -199,8 +199,10 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
     odd = {"value_odd": Out(signed(value_bits)), "code_odd": In(params.abits)} if halves == 2 else {}
     activation = wiring.Signature({"valid": Out(1), "value": Out(signed(value_bits)), "slot": Out(reg_bits),
                                    "code": In(params.abits), **odd})
+    # Load data: every target's word, the wide weights' (network mode only, not a link target) included.
+    wide = params.cols * params.weight_bits if params.wide_depth else 0
     load = data.StructLayout({"target": TARGET_BITS, "addr": params.addr_bits,
-                              "data": max(params.data_bits, reg_bits)})
+                              "data": max(params.data_bits, reg_bits, wide)})
     return wiring.Signature({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
                              "code_write": In(lanes), "val_write": Out(values), "val_read": Out(old_values),
                              "code_written": Out(written), "activation": Out(activation), "code_read": In(reader)})
@@ -620,13 +622,15 @@ class LayerEngine(wiring.Component):
         p = self.params
         depth, shared = p.stage_depth << p.col_bits, p.shared_stage_memory
         if shared:
-            # One memory for both units' words: a layer's channel slots hold either kind, never both.
-            bits = p.target_bits
-            m.submodules[f"stage_constants{suffix}"] = memory = Memory(
-                shape=max(bits[THRESHOLDS], bits[REQUANTIZE]), depth=depth, init=[])
-            write, read = memory.write_port(), memory.read_port()
-            m.d.comb += [write.en.eq(loads(THRESHOLDS) | loads(REQUANTIZE)), write.addr.eq(load.addr),
-                         write.data.eq(load.data), read.addr.eq(channel)]
+            # One memory for both units' words: a layer's channel slots hold either kind, never both. Loaded a
+            # piece a beat (EngineParams.stage_pieces), the piece's index below the channel in the address.
+            pieces, bits, index_bits = p.stage_pieces, p.stage_piece_bits, p.stage_piece_index_bits
+            m.submodules[f"stage_constants{suffix}"] = memory = Memory(shape=pieces * bits, depth=depth, init=[])
+            write, read = memory.write_port(granularity=bits), memory.read_port()
+            piece = load.addr[:index_bits]
+            m.d.comb += [write.en.eq(Mux(loads(THRESHOLDS) | loads(REQUANTIZE), C(1, pieces) << piece, 0)),
+                         write.addr.eq(load.addr[index_bits:]), write.data.eq(load.data[:bits].replicate(pieces)),
+                         read.addr.eq(channel)]
 
         def connect(unit, target):
             m.d.comb += [unit.valid.eq(feeding), unit.acc.eq(value)]

@@ -258,20 +258,48 @@ class EngineParams:
         return bool(self.code_bits and self.requantize and 2 ** self.code_bits - 1 <= 15)
 
     @property
+    def stage_word_bits(self) -> tuple[int, int]:
+        """Bits of a THRESHOLDS word and of a REQUANTIZE word (0 for a unit this engine lacks)."""
+        r = self.requantize
+        return (threshold_word_bits(self.code_bits, self.threshold_bits) if self.code_bits else 0,
+                requantize_word_bits(r.multiplier_bits, r.bias_bits, r.max_shift) if r else 0)
+
+    @property
+    def stage_pieces(self) -> int:
+        """Pieces a THRESHOLDS or REQUANTIZE word is loaded in (one load beat each, ``addr << stage_piece_index_bits
+        | piece``, lowest bits first), so that a load beat is no wider than the engine's other targets need: the
+        threshold words (134 bits at 3-bit codes) would otherwise widen every register the beats pass, link
+        bridge included. With the shared stage memory only (its write port takes a piece); else 1."""
+        if not self.shared_stage_memory:
+            return 1
+        others = max(self.reg_bits, self.cols * self.stored_weight_bits, self.table_bits, self.rows * self.abits)
+        return -(-max(self.stage_word_bits) // others)
+
+    @property
+    def stage_piece_bits(self) -> int:
+        """Bits of a piece of a stage word (the shared memory is ``stage_pieces`` of them wide)."""
+        return -(-max(self.stage_word_bits) // self.stage_pieces)
+
+    @property
+    def stage_piece_index_bits(self) -> int:
+        """Bits of the piece index below the channel in a THRESHOLDS / REQUANTIZE ``load_addr``."""
+        return (self.stage_pieces - 1).bit_length()
+
+    @property
     def addr_bits(self) -> int:
         depths = [len(NETWORK_REGISTERS), self.act_depth, self.weight_depth, self.table_depth,
-                  self.stage_depth << self.col_bits]
+                  self.stage_depth << self.col_bits << self.stage_piece_index_bits]
         return max(d - 1 for d in depths).bit_length()
 
     @property
     def target_bits(self) -> tuple[int, ...]:
         """Data bits of a load beat to each target, in target order (CONFIG .. ACTS); 0 for a
-        target this engine lacks (no thresholds or no requantize unit)."""
-        r = self.requantize
-        return (self.reg_bits, self.cols * self.stored_weight_bits, self.table_bits,
-                threshold_word_bits(self.code_bits, self.threshold_bits) if self.code_bits else 0,
-                requantize_word_bits(r.multiplier_bits, r.bias_bits, r.max_shift) if r else 0,
-                self.rows * self.abits)
+        target this engine lacks (no thresholds or no requantize unit); a piece for the stage words
+        where they are loaded in pieces (:attr:`stage_pieces`)."""
+        stage = self.stage_word_bits
+        if self.stage_pieces > 1:
+            stage = (self.stage_piece_bits,) * 2
+        return (self.reg_bits, self.cols * self.stored_weight_bits, self.table_bits, *stage, self.rows * self.abits)
 
     @property
     def data_bits(self) -> int:
@@ -287,17 +315,18 @@ class EngineParams:
                 *([("wide weights", self.cols * self.weight_bits, self.wide_depth, 1)] if self.wide_depth else []),
                 ("tables", bits[TABLE], self.table_depth, self.rows),
                 ("accumulators", self.acc_bits, self.out_depth, self.cols)]
+        thresholds, requantize = self.stage_word_bits
         if self.shared_stage_memory:
-            mems.append(("stage constants", max(bits[THRESHOLDS], bits[REQUANTIZE]), stage_depth, self.halves))
+            mems.append(("stage constants", self.stage_pieces * self.stage_piece_bits, stage_depth, self.halves))
         elif self.code_bits:
             s = 2 ** self.code_bits - 1
             if s <= 15:
-                mems.append(("thresholds", bits[THRESHOLDS], stage_depth, self.halves))
+                mems.append(("thresholds", thresholds, stage_depth, self.halves))
             else:
                 mems += [("thresholds", self.threshold_bits, stage_depth, s * self.halves),
                          ("descending", 1, stage_depth, self.halves)]
         if self.requantize and not self.shared_stage_memory:
-            mems.append(("requantize", bits[REQUANTIZE], stage_depth, self.halves))
+            mems.append(("requantize", requantize, stage_depth, self.halves))
         return mems
 
     def memory_bits(self) -> dict[str, int]:

@@ -243,7 +243,13 @@ def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases(),
         target = THRESHOLDS if isinstance(node.stage, Thresholds) else REQUANTIZE
         for ch, word in enumerate(_stage_words(params, node)):
             slot = bases.stage + ch // params.cols
-            beats.append((target, slot << params.col_bits | ch % params.cols, word))
+            addr = slot << params.col_bits | ch % params.cols
+            if params.stage_pieces == 1:
+                beats.append((target, addr, word))
+                continue
+            bits, shift = params.stage_piece_bits, params.stage_piece_index_bits
+            beats += [(target, addr << shift | k, word >> (k * bits) & ((1 << bits) - 1))
+                      for k in range(params.stage_pieces)]
     return beats
 
 
