@@ -537,7 +537,7 @@ class LayerEngine(wiring.Component):
         # The array: row r's code enters its table r cycles after row 0's (skew).
         variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth,
                                  logic_multiply=multiply_in_logic(platform), product_bits=p.product_bits,
-                                 identity=p.identity_tables)
+                                 identity=p.identity_tables, registered_load=R > 1)
         m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
         if self.network:
             # Every layer's weights are resident: a deep buffer read through registered banks (its word

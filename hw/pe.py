@@ -232,8 +232,10 @@ class RowTable(Variant):
     (:func:`multiply_in_logic` says where).
 
     Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr`` at the
-    second clock edge (registered in each row; a write port of its own: no multiplexer from the load's
-    state into the read address, which was the ResNet-20 core's worst path); ``table_base`` offsets the
+    second clock edge (registered in each row where ``registered_load``, as an array of several rows
+    needs: the broadcast reached the ResNet-20 core's 8 rows' block RAMs through its worst path; else at
+    the first; a write port of its own: no multiplexer from the load's state into the read address, which
+    was that core's worst path before); ``table_base`` offsets the
     reads. With ``identity`` (and ``multiply``), ``table_identity`` high makes the operand the code itself
     as a level to multiply, with the table's latency (a layer whose levels are its codes needs no table
     entries). The levels matter only to the host side: :meth:`sized` makes the hardware for any layer up
@@ -243,9 +245,11 @@ class RowTable(Variant):
     name = "row_table"
 
     def __init__(self, w_levels, a_levels, *, multiply: bool = False, depth: int | None = None,
-                 logic_multiply: bool = False, product_bits: int = PRODUCT_BITS, identity: bool = False):
+                 logic_multiply: bool = False, product_bits: int = PRODUCT_BITS, identity: bool = False,
+                 registered_load: bool = True):
         super().__init__(w_levels, a_levels, product_bits)
         self.multiply, self.logic_multiply = bool(multiply), bool(logic_multiply)
+        self.registered_load = bool(registered_load)
         if identity and not multiply:
             raise ValueError("codes pass as levels (identity) only to PEs that multiply")
         self.identity = bool(identity)
@@ -257,13 +261,15 @@ class RowTable(Variant):
 
     @classmethod
     def sized(cls, wbits: int, abits: int, *, multiply: bool = False, depth: int | None = None,
-              logic_multiply: bool = False, product_bits: int = PRODUCT_BITS, identity: bool = False) -> RowTable:
+              logic_multiply: bool = False, product_bits: int = PRODUCT_BITS, identity: bool = False,
+              registered_load: bool = True) -> RowTable:
         """The variant for layers of up to ``wbits``-bit weights and ``abits``-bit codes whose products
         fit ``product_bits``; its levels are placeholders (0, 1, ..., the activation ones capped so
         that their products fit): only the sizes matter to the hardware."""
         cap = ((1 << product_bits) - 1) // (2 ** (wbits - 1) - 1)
         return cls(range(2 ** (wbits - 1)), [min(j, cap) for j in range(2 ** abits)], multiply=multiply,
-                   depth=depth, logic_multiply=logic_multiply, product_bits=product_bits, identity=identity)
+                   depth=depth, logic_multiply=logic_multiply, product_bits=product_bits, identity=identity,
+                   registered_load=registered_load)
 
     @property
     def weight_bits(self) -> int:
@@ -295,10 +301,11 @@ class RowTable(Variant):
     def decode(self, m, decoder):
         m.submodules.table = table = Memory(shape=self.operand_bits, depth=self.depth, init=[])
         write, read = table.write_port(), table.read_port()
-        # The load is registered in each row: the broadcast load port reaches no row's block RAM directly
-        # (the ResNet-20 core's worst path ran from it into the 8 rows' tables).
-        m.d.sync += [write.en.eq(decoder.table_load), write.addr.eq(decoder.table_addr),
-                     write.data.eq(decoder.table_data)]
+        # Where registered, the broadcast load port reaches no row's block RAM directly (the ResNet-20 core's
+        # worst path ran from it into the 8 rows' tables).
+        domain = m.d.sync if self.registered_load else m.d.comb
+        domain += [write.en.eq(decoder.table_load), write.addr.eq(decoder.table_addr),
+                   write.data.eq(decoder.table_data)]
         m.d.comb += read.addr.eq(decoder.table_base + decoder.a_code)
         if not self.identity:
             m.d.comb += decoder.operand.eq(read.data)

@@ -192,10 +192,12 @@ def test_row_table_is_sized_by_widths_and_checks_its_depth():
         RowTable.sized(3, 2, depth=3)
 
 
-def test_identity_decoder_passes_codes_as_levels_or_reads_its_table():
+@pytest.mark.parametrize("registered_load", [True, False])
+def test_identity_decoder_passes_codes_as_levels_or_reads_its_table(registered_load):
     """With ``table_identity`` the operand is the code as a level to multiply, with the table's latency of
-    one cycle; without it, the table's entry at ``table_base + code``."""
-    variant = RowTable.sized(3, 8, multiply=True, depth=8, identity=True)
+    one cycle; without it, the table's entry at ``table_base + code`` (the table loaded through a register,
+    as an array of several rows has it, or directly, as one row)."""
+    variant = RowTable.sized(3, 8, multiply=True, depth=8, identity=True, registered_load=registered_load)
     flag = 1 << (variant.operand_bits - 1)
     dut = RowDecoder(variant)
     entries = [flag | (7 * j + 3) for j in range(8)]
