@@ -96,7 +96,7 @@ from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
 from .delay import delayed
-from .engine_params import (ACTS, CONFIG, GEOMETRY_REGISTERS, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS,
+from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS,
                             SPRAM_DEPTH, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS,
                             THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable, multiply_in_logic
@@ -109,7 +109,8 @@ from .thresholds import ThresholdUnit
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
 LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions")
 # Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``).
-DEST_COUNTERS = ("channel", "value_base", "code_base", "lane")
+# The write-back's destination counters, each with the count register it runs to (None: an address).
+DEST_COUNTERS = {"channel": "c_out", "value_base": None, "code_base": None, "lane": None}
 
 
 class EngineSignature(wiring.Signature):
@@ -280,7 +281,7 @@ class LayerEngine(wiring.Component):
         m = Module()
         p = self.params
         R, Cn = p.rows, p.cols
-        cfg = {name: Signal(signed(p.dim_bits if name in GEOMETRY_REGISTERS else self.reg_bits), name=f"cfg_{name}")
+        cfg = {name: Signal(signed(p.register_bits(name, self.reg_bits)), name=f"cfg_{name}")
                for name in self.registers}
         idle = Signal()
         load, beat_valid, start = self._load_beat(m, idle)
@@ -346,10 +347,13 @@ class LayerEngine(wiring.Component):
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x); those of rows, columns and
         # kernel taps (``geometry``) as wide as the geometry registers.
-        def counter(name, geometry=False):
-            return Signal(signed(p.dim_bits if geometry else self.reg_bits), name=name)
+        def counter(name, geometry=False, count=None):
+            """A counter as wide as the geometry registers, as the count it runs to, or as the addresses."""
+            width = p.dim_bits if geometry else p.register_bits(count, self.reg_bits) if count else self.reg_bits
+            return Signal(signed(width), name=name)
 
-        co_tile, ky, kx, g = counter("co_tile"), counter("ky", True), counter("kx", True), counter("g")
+        co_tile, ky, kx, g = (counter("co_tile", count="co_tiles"), counter("ky", True), counter("kx", True),
+                              counter("g", count="groups"))
         plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
         # Where the channel tile's first row group starts (network mode: ``tile_step`` on per channel tile).
         tile_plane = counter("tile_plane") if self.network else C(0)
@@ -373,8 +377,8 @@ class LayerEngine(wiring.Component):
             band_cfg = {"rows": cfg["out_h"], "positions": cfg["positions"], "in_rows": 0, "step": 0}
         # Network mode: the destination of the output being fed (channel, value-memory address of
         # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
-        dest = {name: counter(name) for name in DEST_COUNTERS}
-        dest.update({"tile_" + name: counter("tile_" + name) for name in DEST_COUNTERS})
+        dest = {prefix + name: counter(prefix + name, count=DEST_COUNTERS[name])
+                for prefix in ("", "tile_") for name in DEST_COUNTERS}
         first_tile = (ky == 0) & (kx == 0) & (g == 0)
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline.

@@ -71,6 +71,8 @@ NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", 
 # ``dim_bits`` wide (:attr:`EngineParams.dim_bits`), as are the engine's counters of rows, columns and
 # kernel taps; every other register is ``reg_bits`` wide.
 GEOMETRY_REGISTERS = ("in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "band_rows", "band_in_rows")
+# The registers of counts that the buffers bound (:meth:`EngineParams.register_bits`).
+COUNT_REGISTERS = ("positions", "band_positions", "acc_units", "co_tiles", "c_out", "groups")
 # Values of the ``stage`` register: what the output stage does. STAGE_REQUANTIZE_RELU (engines whose
 # ``requantize.relu`` is set): requantize, then ``max(0, y)``; in network mode after the fused addition,
 # if any (a post-activation block's ReLU). STAGE_NONE (the accumulators as they are) only in engines
@@ -238,6 +240,22 @@ class EngineParams:
         columns and kernel taps: they hold ``-max_side .. 4 * max_side`` (an input row or column index runs
         from ``-padding`` to past the last row by a stride); ``reg_bits`` where ``max_side`` is 0."""
         return (4 * self.max_side).bit_length() + 1 if self.max_side else self.reg_bits
+
+    def register_bits(self, name: str, reg_bits: int | None = None) -> int:
+        """Signed width of configuration register ``name``: :attr:`dim_bits` for the geometry registers, as
+        many bits as the largest value for the counts the buffers bound (``positions`` by ``pos_depth``;
+        ``band_positions`` and ``acc_units`` by ``out_depth``; ``co_tiles`` by ``stage_depth`` and ``c_out``
+        by its channels; ``groups`` by ``act_depth``, each group at least a word), and ``reg_bits`` (default
+        :attr:`reg_bits`; a network engine's also covers its value memory) for the rest, the addresses. The
+        engine's counters of those counts are as wide; a program value that does not fit is refused
+        (:func:`hw.program.check_registers`)."""
+        reg_bits = self.reg_bits if reg_bits is None else reg_bits
+        if name in GEOMETRY_REGISTERS:
+            return self.dim_bits
+        bounds = dict(zip(COUNT_REGISTERS, (self.pos_depth, self.out_depth, self.out_depth, self.stage_depth,
+                                            self.stage_depth << self.col_bits, self.act_depth)))
+        bound = bounds.get(name)
+        return reg_bits if bound is None else min(reg_bits, bound.bit_length() + 1)
 
     @property
     def col_bits(self) -> int:

@@ -20,7 +20,7 @@ from .engine_params import (CONFIG, NETWORK_REGISTERS, STAGE_REQUANTIZE_RELU, En
 from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM,
                              REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams,
                              network_plan, program_length)
-from .program import check_fits, config_values, in_wide_buffer, resident_bases, resident_beats
+from .program import check_fits, check_registers, config_values, in_wide_buffer, resident_bases, resident_beats
 from .vector_words import constant_beats as vector_constant_beats
 from .vector_params import OP_REGISTERS
 from .vector_words import op_registers, slot_bases
@@ -78,6 +78,7 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
                           tile_step=tile_step(params.engine, node),
                           identity_levels=int(params.engine.identity_tables and identity_levels(node)),
                           **band_registers(params.engine, node))
+            check_registers(params.engine, values)
             words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
             words.append(instruction(params, RUN_ENGINE))
         else:

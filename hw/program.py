@@ -27,9 +27,9 @@ import numpy as np
 from compiler import reference
 from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
-from .engine_params import (ACTS, CONFIG, REGISTERS, REQUANTIZE, STAGE_NONE, STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU,
-                            STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams, group_span,
-                            identity_levels, layer_needs, layer_side)
+from .engine_params import (ACTS, CONFIG, COUNT_REGISTERS, GEOMETRY_REGISTERS, REGISTERS, REQUANTIZE, STAGE_NONE,
+                            STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS,
+                            WIDE_WEIGHTS, EngineParams, group_span, identity_levels, layer_needs, layer_side)
 from .pe_words import A_MAX, W_MAX, row_vector, weight_word
 from .residency import check_residency
 from .stage_words import requantize_words, threshold_bits, threshold_words
@@ -219,11 +219,26 @@ def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:
     return threshold_words(stage, params.threshold_bits)
 
 
+def check_registers(params: EngineParams, values: dict[str, int]) -> None:
+    """Raise ValueError naming the first register of ``values`` whose value does not fit its width in the
+    engine (:meth:`~hw.engine_params.EngineParams.register_bits`: the counts and geometry sized by the
+    buffers; the addresses are checked by the program word's or beat's width)."""
+    for name, value in values.items():
+        if name not in GEOMETRY_REGISTERS + COUNT_REGISTERS:
+            continue
+        bits = params.register_bits(name)
+        if not -(1 << (bits - 1)) <= value < 1 << (bits - 1):
+            raise ValueError(f"register {name} = {value} does not fit its {bits} signed bits in this engine; "
+                             f"generate the engine for the model (EngineParams.for_model)")
+
+
 def config_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> list[Beat]:
     """The configuration registers of layer ``node`` (constants at ``bases``)."""
     check_fits(params, node)
+    values = config_values(params, node, bases)
+    check_registers(params, values)
     mask = (1 << params.reg_bits) - 1
-    return [(CONFIG, i, config_values(params, node, bases)[name] & mask) for i, name in enumerate(REGISTERS)]
+    return [(CONFIG, i, values[name] & mask) for i, name in enumerate(REGISTERS)]
 
 
 def weight_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases()) -> list[Beat]:

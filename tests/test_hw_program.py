@@ -8,10 +8,12 @@ import pytest
 
 from compiler.format import load
 from hw.engine_params import ACTS, WEIGHTS, EngineParams
-from hw.program import act_beats, decode_outputs, layer_beats, output_words, resident_bases, resident_beats, weight_words
+from hw.program import (act_beats, check_registers, decode_outputs, layer_beats, output_words, resident_bases,
+                        resident_beats, weight_words)
 
 DATA = Path(__file__).resolve().parent / "data"
 RESNET20 = load(DATA / "cifar10-resnet20-lcq-w3a3.lcq")
+DIGITS = DATA / "digits-cnn-lcq-w3a3.lcq"
 
 
 def fields(word: int, bits: int, count: int) -> list[int]:
@@ -121,3 +123,17 @@ def test_engine_params_round_trip_through_json():
         EngineParams.from_dict({**d, "requantize": {"multiplier_bits": 24}})
     with pytest.raises(ValueError, match="rows must be an integer in 1..256, got 0"):
         EngineParams.from_dict({**d, "rows": 0})
+
+
+def test_count_registers_are_as_wide_as_the_buffers_bound_them():
+    """The counts a layer's registers hold are bounded by the buffers (positions by ``pos_depth``, channel
+    tiles by ``stage_depth``, ...): the engine makes them as wide as that, narrower than its addresses, and a
+    program value past the width is refused, naming the register."""
+    params = EngineParams.for_model(load(DIGITS), 1, 2, resident="all")
+    assert params.register_bits("positions") == params.pos_depth.bit_length() + 1 < params.reg_bits
+    assert params.register_bits("c_out") == (params.stage_depth << params.col_bits).bit_length() + 1
+    assert params.register_bits("weight_base") == params.reg_bits
+    assert params.register_bits("in_h") == params.dim_bits
+    check_registers(params, {"positions": params.pos_depth, "weight_base": params.weight_depth - 1})
+    with pytest.raises(ValueError, match=r"register positions = 1000 does not fit its 8 signed bits"):
+        check_registers(params, {"positions": 1000})
