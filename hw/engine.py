@@ -109,8 +109,9 @@ from .thresholds import ThresholdUnit
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
 LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions")
 # Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``).
-# The write-back's destination counters, each with the count register it runs to (None: an address).
-DEST_COUNTERS = {"channel": "c_out", "value_base": None, "code_base": None, "lane": None}
+# The write-back's destination counters: the channel (as wide as ``c_out``), the value-memory and code-memory
+# addresses (:attr:`LayerEngine.data_addr_bits`), the lane.
+DEST_COUNTERS = ("channel", "value_base", "code_base", "lane")
 
 
 class EngineSignature(wiring.Signature):
@@ -274,6 +275,12 @@ class LayerEngine(wiring.Component):
         return max(self.params.reg_bits, (self.value_depth or 0).bit_length() + 2)
 
     @property
+    def data_addr_bits(self) -> int:
+        """Signed width of an address of the value or the code memory (network mode; the code buffer's
+        depth in layer mode): the write-back's destination counters, and the ``dst_base`` register."""
+        return max(self.value_depth or 0, self.params.act_depth).bit_length() + 1
+
+    @property
     def registers(self) -> tuple[str, ...]:
         return NETWORK_REGISTERS if self.network else REGISTERS
 
@@ -281,8 +288,8 @@ class LayerEngine(wiring.Component):
         m = Module()
         p = self.params
         R, Cn = p.rows, p.cols
-        cfg = {name: Signal(signed(p.register_bits(name, self.reg_bits)), name=f"cfg_{name}")
-               for name in self.registers}
+        cfg = {name: Signal(signed(self.data_addr_bits if name == "dst_base" else p.register_bits(name, self.reg_bits)),
+                            name=f"cfg_{name}") for name in self.registers}
         idle = Signal()
         load, beat_valid, start = self._load_beat(m, idle)
 
@@ -377,7 +384,9 @@ class LayerEngine(wiring.Component):
             band_cfg = {"rows": cfg["out_h"], "positions": cfg["positions"], "in_rows": 0, "step": 0}
         # Network mode: the destination of the output being fed (channel, value-memory address of
         # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
-        dest = {prefix + name: counter(prefix + name, count=DEST_COUNTERS[name])
+        dest_bits = {"channel": p.register_bits("c_out"), "value_base": self.data_addr_bits,
+                     "code_base": self.data_addr_bits, "lane": max(1, (R - 1).bit_length()) + 1}
+        dest = {prefix + name: Signal(signed(dest_bits[name]), name=prefix + name)
                 for prefix in ("", "tile_") for name in DEST_COUNTERS}
         first_tile = (ky == 0) & (kx == 0) & (g == 0)
 
