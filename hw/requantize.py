@@ -56,16 +56,16 @@ class RequantizeUnit(wiring.Component):
     - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel`` (with its own memory).
     - out: ``out_valid``, ``out`` (signed ``out_bits``), registered.
 
-    Latency 6 (``LATENCY``): a value sampled at clock edge t appears after edge t + 5. Edge t reads
-    the channel's constants (block RAM); t + 1 registers them; t + 2 registers the partial products
-    of ``acc`` and ``M``, each cut to fit one hardware multiplier (:data:`PART_BITS` unsigned bits
-    per low part, in the multiplier's own output register where it has one); t + 3 registers two
-    partial sums, the first with ``B``; t + 4 their sum; t + 5 the shifted result. Each stage is one
-    block RAM read, one multiplier or one carry chain, so that the unit runs at the FPGA's clock.
-    Fully pipelined, gaps allowed, no back-pressure.
+    Latency 5 (``LATENCY``): a value sampled at clock edge t appears after edge t + 4. Edge t reads
+    the channel's constants (block RAM); t + 1 registers the partial products of ``acc`` and ``M``
+    (straight from the block RAM), each cut to fit one hardware multiplier (:data:`PART_BITS`
+    unsigned bits per low part, in the multiplier's own output register where it has one), and
+    ``B`` and the shift; t + 2 registers two partial sums, the first with ``B``; t + 3 their sum;
+    t + 4 the shifted result. Each stage is one block RAM read into one multiplier, or one carry
+    chain. Fully pipelined, gaps allowed, no back-pressure.
     """
 
-    LATENCY = 6
+    LATENCY = 5
 
     def __init__(self, acc_bits: int, channels: int, multiplier_bits: int, bias_bits: int,
                  max_shift: int, out_bits: int, own_memory: bool = True):
@@ -112,14 +112,13 @@ class RequantizeUnit(wiring.Component):
                 read.addr.eq(self.channel),
             ]
             word = read.data
-        # Edge t: the channel's constants are read; edge t + 1 registers them, the value follows.
-        acc = delayed(m, self.acc, 2, "acc")
-        valid = delayed(m, self.valid, 5, "valid")
-        constants = delayed(m, word, 1, "constants")
-        mult = constants[:self.multiplier_bits]
-        bias = constants[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
-        shift = delayed(m, constants[self.multiplier_bits + self.bias_bits:], 3, "shift")
-        # Edge t + 2: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
+        # Edge t: the channel's constants are read, the value waits for them.
+        acc = delayed(m, self.acc, 1, "acc")
+        valid = delayed(m, self.valid, 4, "valid")
+        mult = word[:self.multiplier_bits]
+        bias = word[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
+        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3, "shift")
+        # Edge t + 1: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
         # register as wide as its product and without reset, so that Yosys puts it into the iCE40
         # multiplier's output register.
         products = []
@@ -128,7 +127,7 @@ class RequantizeUnit(wiring.Component):
                 product = Signal((a_part * m_part).shape(), name=f"product_{a_low}_{m_low}", reset_less=True)
                 m.d.sync += product.eq(a_part * m_part)
                 products.append((product, a_low + m_low))
-        # Edge t + 3: two partial sums (each product at its weight), the first plus B; t + 4: their sum.
+        # Edge t + 2: two partial sums (each product at its weight), the first plus B; t + 3: their sum.
         width = max(self.acc_bits + self.multiplier_bits, self.bias_bits) + 2
         halves = [Signal(signed(width), name=f"partial_{n}") for n in range(2)]
         bias_terms = [delayed(m, bias, 1, "bias")]
@@ -137,6 +136,6 @@ class RequantizeUnit(wiring.Component):
             m.d.sync += half.eq(sum(terms[1:], terms[0]) if terms else 0)
         total = Signal(signed(width))
         m.d.sync += total.eq(halves[0] + halves[1])
-        # Edge t + 5: arithmetic shift right (floor), truncated to out_bits.
+        # Edge t + 4: arithmetic shift right (floor), truncated to out_bits.
         m.d.sync += [self.out.eq(total >> shift), self.out_valid.eq(valid)]
         return m
