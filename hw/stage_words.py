@@ -29,33 +29,41 @@ def thresholds_array(stage: Thresholds) -> np.ndarray:
     return t.astype(np.int64)
 
 
+def stored_thresholds(stage: Thresholds) -> np.ndarray:
+    """The thresholds as the units store them: ``T`` for an ascending channel, ``T + 1`` for a
+    descending one (its code counts ``acc <= T``, i.e. the comparisons ``acc >= T + 1`` that fail)."""
+    t = thresholds_array(stage)
+    return t + np.asarray(stage.descending, dtype=bool)[:, None]
+
+
 def threshold_bits(stage: Thresholds) -> int:
-    """Signed width holding every threshold of ``stage`` and its negation.
+    """Signed width holding every stored threshold of ``stage`` (:func:`stored_thresholds`).
 
     The compiler clamps thresholds to ``[-bound - 1, bound + 1]`` with ``bound`` the
     largest ``|acc|``, so ``acc_bits + 1`` always suffices; this is often less.
     """
-    return signed_bits(int(np.abs(thresholds_array(stage)).max()))
+    return signed_bits(int(np.abs(stored_thresholds(stage)).max()))
 
 
 def threshold_words(stage: Thresholds, threshold_bits: int) -> list[int]:
     """The memory word of each channel, to write at address ``channel``.
 
-    Bits ``i * threshold_bits .. (i + 1) * threshold_bits - 1`` hold threshold ``i``
-    (two's complement; negated for a descending channel); the top bit
+    Bits ``i * threshold_bits .. (i + 1) * threshold_bits - 1`` hold threshold ``i`` as stored
+    (:func:`stored_thresholds`: plus one for a descending channel; two's complement); the top bit
     (``s * threshold_bits``) is the descending flag.
     """
-    t = thresholds_array(stage)
+    t, stored = thresholds_array(stage), stored_thresholds(stage)
     top = 2 ** (threshold_bits - 1) - 1
-    if np.abs(t).max() > top:
-        raise ValueError(f"threshold {int(t.flat[np.abs(t).argmax()])} (or its negation) does not fit "
-                         f"threshold_bits={threshold_bits}")
+    if np.abs(stored).max() > top:
+        at = np.unravel_index(np.abs(stored).argmax(), stored.shape)
+        raise ValueError(f"threshold {int(t[at])} of channel {int(at[0])} (stored as {int(stored[at])}) does not "
+                         f"fit threshold_bits={threshold_bits}")
     mask = (1 << threshold_bits) - 1
     words = []
-    for row, desc in zip(t.tolist(), np.asarray(stage.descending, dtype=bool).tolist()):
+    for row, desc in zip(stored.tolist(), np.asarray(stage.descending, dtype=bool).tolist()):
         word = int(desc) << (len(row) * threshold_bits)
         for i, v in enumerate(row):
-            word |= ((-v if desc else v) & mask) << (i * threshold_bits)
+            word |= (v & mask) << (i * threshold_bits)
         words.append(word)
     return words
 

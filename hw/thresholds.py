@@ -9,15 +9,16 @@ comparisons form a thermometer code and a priority encoder would give the same c
 the popcount is chosen because it is just as small to write and stays equal to
 ``apply`` even for unsorted thresholds (nothing in the hardware depends on the order).
 
-A descending channel is stored with negated thresholds ``-T`` and compares ``-acc``
-(``acc <= T  iff  -acc >= -T``), so every channel uses the same ``s`` ">=" comparators
-and one negation per unit, instead of two comparators per threshold.
+A descending channel is stored with thresholds ``T + 1`` and counts the comparisons that fail
+(``acc <= T  iff  not acc >= T + 1``: each comparison's bit XOR the channel's flag), so every
+channel uses the same ``s`` ">=" comparators, with no negation of the value and no second
+comparator per threshold.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from amaranth import Cat, Module, Mux, Signal
+from amaranth import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
@@ -125,13 +126,12 @@ class ThresholdUnit(wiring.Component):
         word = Cat(*parts) if self.own_memory else self.word
         data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
-        # Edge t: the channel's word is read; the value and its negation wait for it.
+        # Edge t: the channel's word is read; the value waits for it.
         acc = delayed(m, self.acc, 1, "acc")
-        negated = delayed(m, -self.acc, 1, "negated")
         valid = delayed(m, self.valid, 2, "valid")
-        # Edge t + 1: the comparisons with every (sign-adjusted) threshold; t + 2: their count.
-        key = Mux(descending, negated, acc)
+        # Edge t + 1: the comparisons with every stored threshold (a descending channel's failed ones count:
+        # acc <= T iff not acc >= T + 1); t + 2: their count.
         hits = Signal(self.s)
-        m.d.sync += [hits[i].eq(key >= t) for i, t in enumerate(thresholds)]
+        m.d.sync += [hits[i].eq((acc >= t) ^ descending) for i, t in enumerate(thresholds)]
         m.d.sync += [self.code.eq(popcount(hits)), self.code_valid.eq(valid)]
         return m

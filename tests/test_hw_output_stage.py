@@ -140,7 +140,7 @@ def test_threshold_words_layout():
     assert threshold_bits(stage) == 4
     words = threshold_words(stage, 4)
     assert words[0] == 0b0_0101_0000_1101
-    assert words[1] == 0b1_0001_1110_1100           # -4, -2, 1 and the descending flag
+    assert words[1] == 0b1_0000_0011_0101           # 4 + 1, 2 + 1, -1 + 1 and the descending flag
 
 
 # ---------------------------------------------------------------- requantize
@@ -248,7 +248,7 @@ def test_bad_parameters_raise_naming_the_value():
     with pytest.raises(ValueError, match="255 thresholds a channel.*own_memory=True"):
         ThresholdUnit(12, 8, 4, 13, own_memory=False)
     stage = Thresholds(np.array([[-300, 0, 300]]), np.array([True]), 2)
-    with pytest.raises(ValueError, match="-300.*threshold_bits=9"):
+    with pytest.raises(ValueError, match=r"threshold 300 of channel 0 \(stored as 301\) does not fit threshold_bits=9"):
         threshold_words(stage, 9)
     with pytest.raises(ValueError, match="2-bit codes need .* 3 thresholds per channel, got 2"):
         threshold_bits(Thresholds(np.zeros((1, 2), np.int64), np.array([False]), 2))
