@@ -45,6 +45,10 @@ LINK_BUFFER_BLOCKS = 1
 # LUT4s of the whole-network core beyond the engine: the vector unit (1,382 LUT4 and 329 carry cells
 # for ResNet-20's in a 16-lane ECP5 synthesis) and the sequencer.
 VECTOR_LUTS = 2000
+# The whole-network core's logic cells on an iCE40, as routed builds count them (packing included): a base
+# and a PE's, from the digits CNN's UP5K builds (1 x 1: 5,213 cells at afb53c9, routed; 1 x 2: 168 more at
+# ccc8cce), against all of the part's cells: the UP5K's last percent is the placer's to find.
+NETWORK_CELLS_ICE40 = (5045, 168)
 
 
 class FitError(ValueError):
@@ -129,15 +133,22 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     blocks = memory_blocks(board, network_memories(params), network_spram(params))
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
-    use["LUT4"] += VECTOR_LUTS
+    if board.family == "ice40":
+        base, per_pe = NETWORK_CELLS_ICE40
+        use["LUT4"] = base + per_pe * params.engine.rows * params.engine.cols
+    else:
+        use["LUT4"] += VECTOR_LUTS
     return use
 
 
-def check_network_fit(board: Board, params: NetworkParams, logic_share: float = 0.9) -> dict[str, int]:
+def check_network_fit(board: Board, params: NetworkParams, logic_share: float | None = None) -> dict[str, int]:
     """The estimate of :func:`network_estimate`; :class:`FitError` naming the resource that does not fit
-    and, for RAM, the largest buffers, their sizes and the part."""
+    and, for RAM, the largest buffers, their sizes and the part. ``logic_share``: of the part's LUT4s the
+    estimate may take (default 0.9; on the iCE40, whose estimate counts routed cells, all)."""
     use = network_estimate(board, params)
     limits = {name: board.resources.get(name, 0) for name in use}
+    if logic_share is None:
+        logic_share = 1.0 if board.family == "ice40" else 0.9
     limits["LUT4"] = int(logic_share * board.resources["LUT4"])
     engine = f"{params.engine.rows} x {params.engine.cols} whole-network core"
     for name, used in use.items():
