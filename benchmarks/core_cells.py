@@ -6,9 +6,10 @@ elaborated for the UP5K (weights, and values where one port serves them, in SPRA
 board build's ``hw.memories.UNDEFINED_COLLISIONS`` and ``synth_ice40 -dsp -noflatten`` (the build flattens;
 kept apart here to count each module). Prints per module LUT4s, flip-flops, carries, block RAMs and SPRAMs
 (each module alone, submodules not included) and the total; packing into logic cells comes later
-(``benchmarks/board_builds.py --force`` reports those). About a minute for the digits CNN at 1 x 2.
+(``benchmarks/board_builds.py`` reports those). About a minute for the digits CNN at 1 x 1, the array
+``lcq build`` picks for it on the iCEBreaker.
 
-Run:  python benchmarks/core_cells.py [--model FILE] [--rows 1 --cols 2]
+Run:  python benchmarks/core_cells.py [--model FILE] [--rows 1 --cols 1]
 Writes benchmarks/results/core_cells.json (or --json-out).
 """
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=str(DIGITS), help="compiled model (lcq compile)")
     parser.add_argument("--rows", type=int, default=1)
-    parser.add_argument("--cols", type=int, default=2)
+    parser.add_argument("--cols", type=int, default=1)
     parser.add_argument("--json-out", default=str(ROOT / "benchmarks" / "results" / "core_cells.json"))
     args = parser.parse_args(argv)
 
