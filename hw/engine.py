@@ -96,9 +96,9 @@ from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
 from .delay import delayed
-from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS,
-                            SPRAM_DEPTH, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS,
-                            THRESHOLDS, WEIGHTS, WIDE_WEIGHTS, EngineParams)
+from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS, SPRAM_DEPTH,
+                            STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
+                            WIDE_WEIGHTS, EngineParams)
 from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
@@ -108,9 +108,9 @@ from .thresholds import ThresholdUnit
 
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
 LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions")
-# Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``).
-# The write-back's destination counters: the channel (as wide as ``c_out``), the value-memory and code-memory
-# addresses (:attr:`LayerEngine.data_addr_bits`), the lane.
+# Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``): the
+# channel (as wide as ``c_out``), the value-memory and code-memory addresses (:attr:`LayerEngine.data_addr_bits`),
+# the lane.
 DEST_COUNTERS = ("channel", "value_base", "code_base", "lane")
 
 

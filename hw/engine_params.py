@@ -36,6 +36,7 @@ def spram_blocks(width: int, depth: int = SPRAM_DEPTH) -> int:
     by side for the width, one such row per 16K words of depth."""
     return -(-width // SPRAM_WIDTH) * -(-depth // SPRAM_DEPTH)
 
+
 # Load targets (a load beat's ``target``), their count and width, and configuration registers
 # (``addr`` of a CONFIG beat).
 TARGETS = 6
