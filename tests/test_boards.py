@@ -395,8 +395,10 @@ def test_accelerator_top_modes():
     assert layers.mode == "layers" and layers.network is None and layers.params == layers.engine.params
     with pytest.raises(ValueError, match=r"mode must be one of layers, network, not 'whole'"):
         accelerator_top(model, board, mode="whole")
+    small = accelerator_top(model, get_board("icebreaker"))       # the digits CNN's whole network fits at 1 x 1
+    assert small.mode == "network" and (small.params.engine.rows, small.params.engine.cols) == (1, 1)
     with pytest.raises(FitError, match=r"the whole network does not fit icebreaker"):
-        accelerator_top(model, get_board("icebreaker"))
+        accelerator_top(load(RESNET20), get_board("icebreaker"))
 
 
 def test_build_refuses_a_model_that_does_not_fit(capsys):
