@@ -5,7 +5,8 @@ inner layers at b'_w / b'_a in {8/8, 6/6, 4/4, 8/4, 4/8}, the 8-bit edge layers 
 that run's checkpoint from the ablation's ``--out`` directory, compiles it, and builds the layer
 engine (``--mode layers``, as its recorded builds were made) for each board of ``--builds`` with
 ``lcq build``'s own function (:func:`board_builds.run_build`). The engine's products are
-``product_bits`` = bits of ``(2^(b'_w - 1) - 1) * (2^b'_a - 1)`` wide (:func:`hw.pe_words.product_width`; 15 at 8/8), its product-table entries ``s_w`` products (plus a
+``product_bits`` = bits of ``(2^(b'_w - 1) - 1) * (2^b'_a - 1)`` wide
+(:func:`hw.pe_words.product_width`; 15 at 8/8), its product-table entries ``s_w`` products (plus a
 flag bit where the 8-bit edge layers multiply), so these widths are what the outer width changes in
 the generated hardware; the accumulators follow the layers' exact bounds.
 
