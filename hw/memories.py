@@ -1,7 +1,13 @@
 """On-chip memory lists: ``(name, width, depth, copies)`` as the parameter classes describe them; how
-synthesis may map the generated memories (:data:`UNDEFINED_COLLISIONS`)."""
+synthesis may map the generated memories (:data:`UNDEFINED_COLLISIONS`); words loaded in pieces."""
 
 from __future__ import annotations
+
+
+def word_pieces(word: int, bits: int, count: int) -> list[int]:
+    """``word`` as ``count`` pieces of ``bits`` bits, lowest first: a memory word loaded a piece a beat."""
+    return [word >> (k * bits) & ((1 << bits) - 1) for k in range(count)]
+
 
 # Yosys command for the design as read (RTLIL from Amaranth; Verilog after ``proc; memory_dff``): a read
 # of an address in the cycle it is written may return anything, on every synchronous read port of a memory

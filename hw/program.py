@@ -30,6 +30,7 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 from .engine_params import (ACTS, CONFIG, COUNT_REGISTERS, GEOMETRY_REGISTERS, REGISTERS, REQUANTIZE, STAGE_NONE,
                             STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS,
                             WIDE_WEIGHTS, EngineParams, group_span, identity_levels, layer_needs, layer_side)
+from .memories import word_pieces
 from .pe_words import A_MAX, W_MAX, row_vector, weight_word
 from .residency import check_residency
 from .stage_words import requantize_words, threshold_bits, threshold_words
@@ -262,9 +263,8 @@ def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases(),
             if params.stage_pieces == 1:
                 beats.append((target, addr, word))
                 continue
-            bits, shift = params.stage_piece_bits, params.stage_piece_index_bits
-            beats += [(target, addr << shift | k, word >> (k * bits) & ((1 << bits) - 1))
-                      for k in range(params.stage_pieces)]
+            pieces = word_pieces(word, params.stage_piece_bits, params.stage_pieces)
+            beats += [(target, addr << params.stage_piece_index_bits | k, piece) for k, piece in enumerate(pieces)]
     return beats
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, MaxPoolNode, PoolNode, TensorInfo,
                             Thresholds, signed_bits)
 
+from .memories import word_pieces
 from .stage_words import thresholds_array, threshold_words
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OPS,
                             OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
@@ -109,9 +110,9 @@ def pool_constant_words(params: VectorParams, node: PoolNode, info: TensorInfo) 
 def pool_constant_beats(params: VectorParams, base: int, words: list[int]) -> list[Beat]:
     """POOL_CONSTANTS beats of ``words`` (:func:`pool_constant_words`) at slots ``base`` on: each word's
     pieces, lowest first."""
-    bits, shift = params.pool_piece_bits, params.pool_piece_index_bits
-    return [(POOL_CONSTANTS, (base + ch) << shift | k, word >> (k * bits) & ((1 << bits) - 1))
-            for ch, word in enumerate(words) for k in range(params.pool_pieces)]
+    shift = params.pool_piece_index_bits
+    return [(POOL_CONSTANTS, (base + ch) << shift | k, piece) for ch, word in enumerate(words)
+            for k, piece in enumerate(word_pieces(word, params.pool_piece_bits, params.pool_pieces))]
 
 
 def pool_threshold_words(params: VectorParams, node: PoolNode, info: TensorInfo) -> list[list[int]]:
