@@ -264,10 +264,15 @@ class EngineParams:
         return max(1, (self.cols - 1).bit_length())
 
     @property
+    def weight_spram_blocks(self) -> int:
+        """SPRAM blocks the weights buffer takes there (:func:`spram_blocks`)."""
+        return spram_blocks(self.cols * self.stored_weight_bits, self.weight_depth)
+
+    @property
     def weights_fit_spram(self) -> bool:
-        """Whether the weights buffer fits an iCE40 UltraPlus's SPRAM (:func:`spram_blocks` of it at most
+        """Whether the weights buffer fits an iCE40 UltraPlus's SPRAM (:attr:`weight_spram_blocks` at most
         :data:`SPRAM_BLOCKS`): where builds for the part put it."""
-        return spram_blocks(self.cols * self.stored_weight_bits, self.weight_depth) <= SPRAM_BLOCKS
+        return self.weight_spram_blocks <= SPRAM_BLOCKS
 
     @property
     def shared_stage_memory(self) -> bool:

@@ -153,8 +153,7 @@ class NetworkParams:
         part's :data:`~hw.engine_params.SPRAM_BLOCKS` hold it beside the weights and the value memory
         (:attr:`values_single_port`). The UP5K's block RAMs are the scarcer."""
         e = self.engine
-        blocks = [spram_blocks(e.cols * e.stored_weight_bits, e.weight_depth),
-                  spram_blocks(e.cols * e.weight_bits, e.wide_depth)]
+        blocks = [e.weight_spram_blocks, spram_blocks(e.cols * e.weight_bits, e.wide_depth)]
         if self.values_single_port:
             blocks.append(spram_blocks(self.value_bits))
         return e.wide_depth > 0 and sum(blocks) <= SPRAM_BLOCKS
