@@ -4,25 +4,28 @@ A memory deeper than one block RAM is built by Yosys as many blocks and a multip
 their outputs; on the ULX3S-85F the whole-network core's weights buffer (51 DP16KD, a 17-way
 multiplexer) was the worst path from a block RAM's slow output. Here the buffer is banks of
 :func:`bank_depth` words, each read into a register, and the multiplexer selects among the
-registers. A bank is one block RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`)
+registers. Each bank keeps its own read address register, loaded only while the address is in that
+bank: the address register before it drives a few registers instead of every block RAM (the fetch
+address into 51 blocks was the ResNet-20 core's worst path on the ULX3S-85F), and Yosys does not merge
+them back into one (registers of equal inputs would be). A bank is one block RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`)
 that holds the most words of the width per block, the shallower on a tie (24-bit words: 2048 x 9,
 3-bit words: 16384 x 1), so that banking takes no more blocks than the best mapping of the whole.
 
 Contract: written at the clock edge (``write_en``, ``write_addr``, ``write_data``); the word at
-``read_addr`` of cycle t is on the returned data in cycle t + 2 (block RAM, then the bank
-registers with the multiplexer after them); a read of a word written in the same cycle gives
-the old word.
+``read_addr`` of cycle t is on the returned data in cycle t + 3 (the bank's address register, the
+block RAM, then the bank's data register with the multiplexer after them), as written up to cycle t
+(a write in cycle t + 1 is not seen).
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Module
+from amaranth import Cat, Module, Signal
 from amaranth.lib.memory import Memory
 
 from .delay import delayed
 
 BLOCK_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))   # ECP5 DP16KD (depth, width)
-LATENCY = 2
+LATENCY = 3
 
 
 def bank_depth(width: int) -> int:
@@ -42,11 +45,14 @@ def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_
         m.submodules[f"{name}_{b}" if banks > 1 else name] = memory = Memory(
             shape=width, depth=min(words, depth - b * words), init=[])
         write, read = memory.write_port(), memory.read_port()
-        selected = write_addr[low:] == b if banks > 1 else 1
-        m.d.comb += [write.en.eq(write_en & selected), write.addr.eq(write_addr[:low]), write.data.eq(write_data),
-                     read.addr.eq(read_addr[:low])]
+        written, read_here = (addr[low:] == b if banks > 1 else 1 for addr in (write_addr, read_addr))
+        m.d.comb += [write.en.eq(write_en & written), write.addr.eq(write_addr[:low]), write.data.eq(write_data)]
+        address = Signal(low, name=f"{name}_{b}_read_addr")
+        with m.If(read_here):
+            m.d.sync += address.eq(read_addr[:low])
+        m.d.comb += read.addr.eq(address)
         outputs.append(delayed(m, read.data, 1, f"{name}_{b}_data"))
     if banks == 1:
         return outputs[0]
-    bank = delayed(m, read_addr[low:], 2, f"{name}_bank")
+    bank = delayed(m, read_addr[low:], LATENCY, f"{name}_bank")
     return Cat(*outputs).word_select(bank, width)

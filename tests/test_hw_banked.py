@@ -1,4 +1,4 @@
-"""The banked buffer (hw/banked.py): banks one block RAM deep, read data two cycles after the address."""
+"""The banked buffer (hw/banked.py): banks one block RAM deep, read data three cycles after the address."""
 
 import random
 
@@ -31,7 +31,7 @@ def test_banks_are_one_block_deep_and_take_no_more_blocks_than_the_whole():
 
 
 @pytest.mark.parametrize("width, depth", [(64, 1300), (16, 700)])
-def test_every_word_reads_back_two_cycles_after_its_address(width, depth):
+def test_every_word_reads_back_latency_cycles_after_its_address(width, depth):
     """Words written at random addresses across three banks (or one) read back in a random order, each
     ``LATENCY`` cycles after its address, with the reads back to back."""
     rng = random.Random(depth)
