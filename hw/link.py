@@ -130,8 +130,13 @@ class LinkBridge(wiring.Component):
     optionally ``starting`` (out: the core has not yet taken the start; read in network mode),
     and any others (a probe) left unconnected; by default :class:`hw.engine.EngineSignature`
     (``addr_bits``, the widest target, ``out_bits``). Connect it to a ``LayerEngine`` or a
-    ``NetworkCore`` with ``wiring.connect``. A LOAD is acknowledged ``2 * LEN`` cycles plus one
+    ``NetworkCore`` with ``wiring.connect``. A LOAD is acknowledged ``2 * LEN + 1`` cycles plus one
     per word (plus cycles the engine is not ready) after its last byte.
+
+    Timing: the checksum is tested in the cycle after the last CRC byte (a register compare, not the
+    CRC update's result), and each reply byte is registered in the cycle before it is offered (the
+    payload multiplexers end in a register, not in the UART and the CRC): the paths that limited the
+    iCE40 clock.
     """
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
@@ -261,6 +266,8 @@ class LinkBridge(wiring.Component):
         crc = Signal(8 * CRC_BYTES)
         crc_in = Signal(8)
         crc_next = Signal(8 * CRC_BYTES)
+        tx_byte, tx_held = Signal(8), Signal()      # the reply byte to offer, and whether it is in tx_byte
+        m.d.comb += self.tx.payload.eq(tx_byte)
         m.d.comb += [crc_in.eq(byte), crc_next.eq(crc16_update(crc, crc_in))]
 
         load, start, busy, out = self.engine.load, self.engine.start, self.engine.busy, self.engine.out
@@ -385,8 +392,12 @@ class LinkBridge(wiring.Component):
             send(FrameType.NACK, NACK_BYTES)
 
         def on_crc_lo():
+            m.next = "CHECK"
+
+        def check():
+            """The frame's checksum, over TYPE through CRC lo, is 0 (``crc``, a cycle after CRC lo)."""
             run_fmt = run_arg[RUN_COUNT_BITS:]
-            with m.If(crc_next != 0):
+            with m.If(crc != 0):
                 fail(NackCode.CRC)
             with m.Elif(ftype == FrameType.PING):
                 send(FrameType.INFO, len(info))
@@ -424,6 +435,8 @@ class LinkBridge(wiring.Component):
             receiving("PAYLOAD", on_payload)
             receiving("CRC_HI", on_crc_hi)
             receiving("CRC_LO", on_crc_lo)
+            with m.State("CHECK"):
+                check()
             with m.State("DRAIN"):
                 with m.If(self.rx.valid):
                     m.d.sync += timer.eq(0)
@@ -498,15 +511,19 @@ class LinkBridge(wiring.Component):
                     m.d.sync += out_word.eq(0)      # the engine stopped early: pad
                     m.next = "TX_PAYLOAD"
 
-            # Reply: sync, type, length, `reply_len` payload bytes, CRC.
+            # Reply: sync, type, length, `reply_len` payload bytes, CRC. Each byte: into `tx_byte` in the
+            # state's first cycle, then offered.
             def transmit(name, value, next_state, update_crc=True):
                 with m.State(name):
-                    m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(value),
-                                 crc_in.eq(value)]
-                    with m.If(self.tx.ready):
-                        if update_crc:
-                            m.d.sync += crc.eq(crc_next)
-                        next_state()
+                    with m.If(~tx_held):
+                        m.d.sync += [tx_byte.eq(value), tx_held.eq(1)]
+                    with m.Else():
+                        m.d.comb += [self.tx.valid.eq(1), crc_in.eq(tx_byte)]
+                        with m.If(self.tx.ready):
+                            m.d.sync += tx_held.eq(0)
+                            if update_crc:
+                                m.d.sync += crc.eq(crc_next)
+                            next_state()
 
             def goto(state):
                 def next_state():
