@@ -65,9 +65,9 @@ class VectorUnit(wiring.Component):
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
       ADD and ADD_RELU ``2N + 3`` (``N = channels * positions``), POOL
-      ``channels * (pool_pieces + positions + 3 + 2 * pool_code_bits) + 1``, MAXPOOL
+      ``channels * (pool_pieces + positions + 4 + 2 * pool_code_bits) + 1``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``, AVGPOOL
-      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 3 + 2 * pool_code_bits) + 1``.
+      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 4 + 2 * pool_code_bits) + 1``.
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
       (``p.load_data_bits``): write one constant word at the clock edge; ignored while busy.
     - value read: ``val_read_addr`` (out, ``p.value_addr_bits``), ``val_read_data`` (in, signed
@@ -344,14 +344,16 @@ class VectorUnit(wiring.Component):
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()
         offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()
         # Stage 1: the value read, registered (the value memory's read multiplexer feeds no logic);
-        # stage 2: t = x * 2^frac - offset; stage 3: u = relu(sign * t), summed.
+        # stage 2: t = x * 2^frac - offset; stage 3: u = relu(sign * t); stage 4: u summed (the negation
+        # and the sum are two carry chains: one a cycle).
         value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2, "pool")[2]
-        t, t_valid = Signal(signed(p.value_bits + p.max_frac_bits + 1)), Signal()
+        t, t_valid = Signal(signed(p.value_bits + p.max_frac_bits + 1), name="t"), Signal(name="t_valid")
         m.d.sync += [t.eq((value << frac) - offset), t_valid.eq(pool2)]
         signed_t = Signal(signed(t.shape().width + 1))
         m.d.comb += signed_t.eq(Mux(sign == 0, 0, Mux(sign < 0, -t, t)))
-        u = Mux(relu & signed_t[-1], 0, signed_t)
-        with m.If(t_valid):
+        u, u_valid = Signal(signed_t.shape(), name="u"), Signal(name="u_valid")
+        m.d.sync += [u.eq(Mux(relu & signed_t[-1], 0, signed_t)), u_valid.eq(t_valid)]
+        with m.If(u_valid):
             m.d.sync += total.eq(total + u)
         # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): first half,
         # read its threshold (table) or compute ``B' + code * S + probe * S`` (arithmetic); second

@@ -79,7 +79,7 @@ MAX_POOL_BASE_BITS = 128
 THRESHOLD_LATENCY = 3
 ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 3
-POOL_DRAIN = 3
+POOL_DRAIN = 4
 SEARCH_STEP = 2
 MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the write register
 
@@ -434,10 +434,10 @@ class VectorParams:
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented): ACTIVATE ``N + 4`` and ADD (ADD_RELU) ``2N + 3`` with
-        ``N = channels * positions``; POOL ``channels * (pool_pieces + positions + 3 + 2 * pool_code_bits)
+        ``N = channels * positions``; POOL ``channels * (pool_pieces + positions + 4 + 2 * pool_code_bits)
         + 1``; MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
         and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL
-        ``channels * positions * (pool_pieces + window + 3 + 2 * pool_code_bits) + 1`` (each window as
+        ``channels * positions * (pool_pieces + window + 4 + 2 * pool_code_bits) + 1`` (each window as
         POOL's channel)."""
         n = channels * positions
         if op == ACTIVATE:
