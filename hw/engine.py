@@ -403,10 +403,13 @@ class LayerEngine(wiring.Component):
         tile_issued = Signal(name="tile_issued") if self.network else None
         writer_done = Signal(name="writer_done") if self.network else None
         # Network mode: the accumulator memory is a ring of ``acc_units`` units (band of a channel tile): a unit
-        # begins only while fewer than that are begun and not yet written back (``units_begun``, and the
-        # writer's ``units_written``), so that it overwrites no unit the writer has still to read.
-        units_begun = Signal(range(1 << self.reg_bits), name="units_begun") if self.network else None
-        units_written = Signal(range(1 << self.reg_bits), name="units_written") if self.network else None
+        # begins only while fewer than that are begun and not yet written back (``unwritten``: up with each
+        # ``unit_begins``, down with the writer's ``unit_written``), so that it overwrites no unit the writer
+        # has still to read. (A count of its own: the full test compares two registers, no subtraction.)
+        if self.network:
+            unwritten = Signal.like(cfg["acc_units"], name="unwritten")
+            unit_begins, unit_written = Signal(name="unit_begins"), Signal(name="unit_written")
+            m.d.sync += unwritten.eq(unwritten + unit_begins - unit_written)
 
         # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
         # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
@@ -437,7 +440,7 @@ class LayerEngine(wiring.Component):
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
                                  out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"])]
                     if self.network:
-                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), units_begun.eq(1)]
+                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), unwritten.eq(1)]
                     self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
@@ -495,15 +498,16 @@ class LayerEngine(wiring.Component):
                         m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
                         m.next = "READ_WORD"
                 if self.network:
-                    with m.Elif(first_tile & (units_begun - units_written >= cfg["acc_units"])):
+                    with m.Elif(first_tile & (unwritten >= cfg["acc_units"])):
                         pass        # the accumulator ring is full: the next unit waits for the writer
                     with m.Elif(overlap):
-                        m.d.sync += units_begun.eq(units_begun + first_tile)
+                        m.d.comb += unit_begins.eq(first_tile)
                         begin_issue(weight_addr)
                 with m.Else():
                     m.d.sync += row_count.eq(0)
                     if self.network:
-                        m.d.sync += [fetch.eq(weight_addr), units_begun.eq(units_begun + first_tile)]
+                        m.d.sync += fetch.eq(weight_addr)
+                        m.d.comb += unit_begins.eq(first_tile)
                     m.next = "LOAD_WEIGHTS"
             if self.network:
                 with m.State("WRITE_BACK"):
@@ -539,7 +543,7 @@ class LayerEngine(wiring.Component):
             ends = [(x == last["out_w"]), (y == band["end_y"]), (g == last["groups"]), (kx == last["kernel"]),
                     (ky == last["kernel"])]
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*ends).all())
-            feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, units_written,
+            feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, unit_written,
                                             read_addr, read_pos, read_slot, feed_col, band_cfg, pair)
         else:
             reading = Signal()
@@ -750,7 +754,7 @@ class LayerEngine(wiring.Component):
                      self.code_written.data.eq(write.data)]
         return data, addr, back
 
-    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, tiles_written, read_addr, read_pos,
+    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addr, read_pos,
                 read_slot, feed_col, band_cfg, pair):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
@@ -763,11 +767,12 @@ class LayerEngine(wiring.Component):
         results to be written; ``writer_done`` marks its last cycle. In pairs (``pair``), READ_WORD reads
         the even position and READ_SECOND the odd one (the even one's accumulators are held meanwhile),
         and FEED feeds both. ``tiles_written`` counts the bands written back (their last accumulators
-        read). Returns the FEED signal (accumulators enter the output stages) and the READ_SECOND one
+        read; ``unit_written`` pulses as it moves on). Returns the FEED signal (accumulators enter the output stages) and the READ_SECOND one
         (hold the even position's)."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
+        tiles_written = Signal(range(1 << self.reg_bits), name="tiles_written")
         tiles_done = Signal.like(tiles_written, name="tiles_done")
         channel_tiles_written, band_pos = Signal(range(p.out_depth + 1)), Signal(range(p.pos_depth + 1))
         flush = Signal(range(self.STAGE_LATENCY + self.FUSED_LATENCY))
@@ -808,6 +813,7 @@ class LayerEngine(wiring.Component):
                     with m.If(band_pos + pair == last["band_positions"]):
                         # The band's last word: the next band's, if it is done, or wait for it.
                         m.d.sync += [band_pos.eq(0), tiles_written.eq(tiles_written + 1)]
+                        m.d.comb += unit_written.eq(1)
                         with m.If(tiles_done != tiles_written + 1):
                             m.next = "READ_WORD"
                         with m.Else():

@@ -83,7 +83,14 @@ def test_host_runtime_recovers_from_corrupted_bytes_both_ways(tmp_path):
     frame and the host sends it again. A byte of an ACK corrupted on the way back: the host
     resyncs and sends that LOAD again. A byte of the first image's outputs corrupted: the
     host resyncs and runs that layer again. The logits still equal the reference."""
-    _, _, _, out = run_board("all", tmp_path, byte_cycles=1, corrupt=1_000, corrupt_replies=[41, 700])
+    from boards.traffic import image_traffic
+
+    model = load(DIGITS)
+    traffic = image_traffic(model, EngineParams.for_model(model, 2, 4, resident="all"), "all", max_payload=512)
+    # Reply byte 41: an ACK of the constants; then one in the middle of the first image's replies (past the
+    # INFO reply and every ACK of the constants), almost all of which are OUT frames.
+    in_image = traffic["loading"]["bytes_from_device"] + traffic["bytes_from_device"] // 2
+    _, _, _, out = run_board("all", tmp_path, byte_cycles=1, corrupt=1_000, corrupt_replies=[41, in_image])
     assert out["retried"] == 2 and out["repeated"] == 1
 
 
