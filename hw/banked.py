@@ -5,16 +5,17 @@ their outputs; on the ULX3S-85F the whole-network core's weights buffer (51 DP16
 multiplexer) was the worst path from a block RAM's slow output. Here the buffer is banks of
 :func:`bank_depth` words, each read into a register, and the multiplexer selects among the
 registers. Each bank keeps its own read address register, loaded only while the address is in that
-bank: the address register before it drives a few registers instead of every block RAM (the fetch
-address into 51 blocks was the ResNet-20 core's worst path on the ULX3S-85F), and Yosys does not merge
-them back into one (registers of equal inputs would be). A bank is one block RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`)
+bank, and its own write registers (enable, address, data), loaded only by writes to it: the address
+and data registers before them drive a few registers instead of every block RAM (the fetch address
+into 51 blocks, then the load address, were the ResNet-20 core's worst paths on the ULX3S-85F), and
+Yosys does not merge them back into one (registers of equal inputs would be). A bank is one block RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`)
 that holds the most words of the width per block, the shallower on a tie (24-bit words: 2048 x 9,
 3-bit words: 16384 x 1), so that banking takes no more blocks than the best mapping of the whole.
 
-Contract: written at the clock edge (``write_en``, ``write_addr``, ``write_data``); the word at
-``read_addr`` of cycle t is on the returned data in cycle t + 3 (the bank's address register, the
-block RAM, then the bank's data register with the multiplexer after them), as written up to cycle t
-(a write in cycle t + 1 is not seen).
+Contract: a write (``write_en``, ``write_addr``, ``write_data``) of cycle t reaches its block RAM
+at the end of cycle t + 1 (the bank's write registers); the word at ``read_addr`` of cycle t is on
+the returned data in cycle t + 3 (the bank's address register, the block RAM, then the bank's data
+register with the multiplexer after them), as written up to cycle t - 1.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_
             shape=width, depth=min(words, depth - b * words), init=[])
         write, read = memory.write_port(), memory.read_port()
         written, read_here = (addr[low:] == b if banks > 1 else 1 for addr in (write_addr, read_addr))
-        m.d.comb += [write.en.eq(write_en & written), write.addr.eq(write_addr[:low]), write.data.eq(write_data)]
+        m.d.sync += write.en.eq(write_en & written)
+        with m.If(write_en & written):
+            m.d.sync += [write.addr.eq(write_addr[:low]), write.data.eq(write_data)]
         address = Signal(low, name=f"{name}_{b}_read_addr")
         with m.If(read_here):
             m.d.sync += address.eq(read_addr[:low])

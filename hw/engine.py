@@ -405,11 +405,12 @@ class LayerEngine(wiring.Component):
         # Network mode: the accumulator memory is a ring of ``acc_units`` units (band of a channel tile): a unit
         # begins only while fewer than that are begun and not yet written back (``unwritten``: up with each
         # ``unit_begins``, down with the writer's ``unit_written``), so that it overwrites no unit the writer
-        # has still to read. (A count of its own: the full test compares two registers, no subtraction.)
+        # has still to read. (A count of its own: the full test compares two registers, no subtraction. A
+        # unit's begin counts a cycle late, out of the FSM's logic; the next test comes a tile later.)
         if self.network:
             unwritten = Signal.like(cfg["acc_units"], name="unwritten")
             unit_begins, unit_written = Signal(name="unit_begins"), Signal(name="unit_written")
-            m.d.sync += unwritten.eq(unwritten + unit_begins - unit_written)
+            m.d.sync += unwritten.eq(unwritten + delayed(m, unit_begins, 1, "unit_begun") - unit_written)
 
         # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
         # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
