@@ -250,6 +250,7 @@ class LinkBridge(wiring.Component):
 
         ftype = Signal(8)
         length = Signal(LENGTH_BITS)
+        last_count = Signal(range(self._max_payload))    # the payload's last byte: length - 1, set with LEN hi
         count = Signal(LENGTH_BITS)  # payload bytes received, then read back
         target = Signal(8)
         word_bytes = Signal(range(max(self._word_bytes) + 1))
@@ -356,7 +357,8 @@ class LinkBridge(wiring.Component):
 
         def on_len_hi():
             full = Cat(length[:8], byte)
-            m.d.sync += [length[8:].eq(byte), count.eq(0), pos.eq(0), in_words.eq(0), malformed.eq(0)]
+            m.d.sync += [length[8:].eq(byte), last_count.eq(full - 1), count.eq(0), pos.eq(0), in_words.eq(0),
+                         malformed.eq(0)]
             with m.If((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
                       ((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)) & (full != RUN_BYTES) |
                       (ftype == FrameType.PING) & (full != 0)):
@@ -376,7 +378,7 @@ class LinkBridge(wiring.Component):
             m.d.sync += pos.eq(Mux(last_of_part, 0, pos + 1))
             with m.If(last_of_part):
                 m.d.sync += in_words.eq(1)
-            with m.If(count == length - 1):
+            with m.If(count == last_count):
                 m.d.sync += malformed.eq(~last_of_part)
                 m.next = "CRC_HI"
 
