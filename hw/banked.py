@@ -8,9 +8,10 @@ registers. Each bank keeps its own read address register, loaded only while the 
 bank, and its own write registers (enable, address, data), loaded only by writes to it: the address
 and data registers before them drive a few registers instead of every block RAM (the fetch address
 into 51 blocks, then the load address, were the ResNet-20 core's worst paths on the ULX3S-85F), and
-Yosys does not merge them back into one (registers of equal inputs would be). A bank is one block RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`)
-that holds the most words of the width per block, the shallower on a tie (24-bit words: 2048 x 9,
-3-bit words: 16384 x 1), so that banking takes no more blocks than the best mapping of the whole.
+Yosys does not merge them back into one (registers of equal inputs would be). A bank is one block
+RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`) that holds the most words of the
+width per block, the shallower on a tie (24-bit words: 2048 x 9, 3-bit words: 16384 x 1), so that
+banking takes no more blocks than the best mapping of the whole.
 
 Contract: a write (``write_en``, ``write_addr``, ``write_data``) of cycle t reaches its block RAM
 at the end of cycle t + 1 (the bank's write registers); the word at ``read_addr`` of cycle t is on

@@ -768,8 +768,8 @@ class LayerEngine(wiring.Component):
         results to be written; ``writer_done`` marks its last cycle. In pairs (``pair``), READ_WORD reads
         the even position and READ_SECOND the odd one (the even one's accumulators are held meanwhile),
         and FEED feeds both. ``tiles_written`` counts the bands written back (their last accumulators
-        read; ``unit_written`` pulses as it moves on). Returns the FEED signal (accumulators enter the output stages) and the READ_SECOND one
-        (hold the even position's)."""
+        read; ``unit_written`` pulses as it moves on). Returns the FEED signal (accumulators enter the
+        output stages) and the READ_SECOND one (hold the even position's)."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")

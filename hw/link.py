@@ -130,7 +130,7 @@ class LinkBridge(wiring.Component):
     optionally ``starting`` (out: the core has not yet taken the start; read in network mode),
     and any others (a probe) left unconnected; by default :class:`hw.engine.EngineSignature`
     (``addr_bits``, the widest target, ``out_bits``). Connect it to a ``LayerEngine`` or a
-    ``NetworkCore`` with ``wiring.connect``. A LOAD is acknowledged ``2 * LEN + 1`` cycles plus one
+    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 2`` cycles plus one
     per word (plus cycles the engine is not ready) after its last byte.
 
     Timing: the checksum is tested in the cycle after the last CRC byte (a register compare, not the
