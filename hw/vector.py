@@ -148,13 +148,14 @@ class VectorUnit(wiring.Component):
 
         # Op registers, sampled at start.
         op = Signal(OP_BITS)
-        channels, positions = Signal(p.count_bits), Signal(p.count_bits)
-        frac, group_step = Signal(p.frac_field_bits), Signal(p.count_bits)
+        channels, positions = Signal(p.count_bits, name="op_channels"), Signal(p.count_bits, name="op_positions")
+        frac, group_step = Signal(p.frac_field_bits, name="op_frac"), Signal(p.count_bits, name="op_group_step")
         # Counters: next read addresses (operand a, operand b), next ADD write address, element
         # position and channel, lane, code word of the channel's lane group at position 0, slot.
-        rd_a, rd_b, wr = Signal(p.value_addr_bits), Signal(p.value_addr_bits), Signal(p.value_addr_bits)
-        pos, ch = Signal(p.count_bits), Signal(p.count_bits)
-        lane, group, slot = Signal(p.lane_index_bits), Signal(p.code_addr_bits), Signal(p.slot_bits)
+        rd_a, rd_b, wr = (Signal(p.value_addr_bits, name=name) for name in ("rd_a", "rd_b", "wr"))
+        pos, ch = Signal(p.count_bits, name="pos"), Signal(p.count_bits, name="ch")
+        lane = Signal(p.lane_index_bits, name="lane")
+        group, slot = Signal(p.code_addr_bits, name="group"), Signal(p.slot_bits, name="slot")
         phase = Signal()                        # ADD: 0 reads a, 1 reads b
         adding = ((op == ADD) | (op == ADD_RELU)) if p.adds else C(0, 1)
         last_pos, last_ch = pos == positions - 1, ch == channels - 1
@@ -166,7 +167,8 @@ class VectorUnit(wiring.Component):
             with m.Else():
                 m.d.sync += lane.eq(lane + 1)
 
-        issue_act, issue_a, issue_b, issue_pool = Signal(), Signal(), Signal(), Signal()
+        issue_act, issue_a, issue_b, issue_pool = (Signal(name=name) for name in ("issue_act", "issue_a", "issue_b",
+                                                                                  "issue_pool"))
         m.d.sync += [rd_a.eq(rd_a + (issue_act | issue_a | issue_pool)), rd_b.eq(rd_b + issue_b),
                      wr.eq(wr + issue_b)]
 
@@ -176,7 +178,7 @@ class VectorUnit(wiring.Component):
         if pool_hw:
             b = p.pool_code_bits
             total = Signal(signed(p.pool_sum_bits))
-            code, probe, compare = Signal(b), Signal(b), Signal()
+            code, probe, compare = Signal(b, name="code"), Signal(b, name="probe"), Signal(name="compare")
             drain = Signal(range(POOL_DRAIN))
             piece = Signal(range(max(2, p.pool_pieces)), name="piece")
             pool_write = Signal()
