@@ -134,9 +134,10 @@ class LinkBridge(wiring.Component):
     per word (plus cycles the engine is not ready) after its last byte.
 
     Timing: the checksum is tested in the cycle after the last CRC byte (a register compare, not the
-    CRC update's result), and each reply byte is registered in the cycle before it is offered (the
-    payload multiplexers end in a register, not in the UART and the CRC): the paths that limited the
-    iCE40 clock.
+    CRC update's result), the payload's last byte is found by comparing with a register set with the
+    length (not ``length - 1``), and each reply byte is registered in the cycle before it is offered
+    (the payload multiplexers end in a register, not in the UART and the CRC): the paths that limited
+    the iCE40 clock.
     """
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
