@@ -107,7 +107,7 @@ from .thresholds import ThresholdUnit
 
 
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
-LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions")
+LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions", "band_rows")
 # Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``): the
 # channel (as wide as ``c_out``), the value-memory and code-memory addresses (:attr:`LayerEngine.data_addr_bits`),
 # the lane.
@@ -365,7 +365,8 @@ class LayerEngine(wiring.Component):
         # Where the channel tile's first row group starts (network mode: ``tile_step`` on per channel tile).
         tile_plane = counter("tile_plane") if self.network else C(0)
         out_base, read_addr = counter("out_base"), counter("read_addr")
-        y, x, iy, ix = (counter(name, True) for name in ("y", "x", "iy", "ix"))
+        # The position's column and row within the band, counted down to 0 (``x_left``, ``y_left``).
+        x_left, y_left, iy, ix = (counter(name, True) for name in ("x_left", "y_left", "iy", "ix"))
         row_addr = counter("row_addr")
         pos, read_pos = Signal(range(p.pos_depth + 1)), Signal(range(p.pos_depth + 1))
         read_slot = Signal(range(p.stage_depth + 1))
@@ -373,22 +374,35 @@ class LayerEngine(wiring.Component):
         row_count = Signal(range(R + 1))
         wait, finishing = Signal(signed(p.reg_bits)), Signal()
         w_valid, w_row = Signal(), Signal(range(R))
-        # The band being computed: its first output row, first position, first input row (times
-        # stride) and first row address, its last output row (layer mode: one band, the layer), and
-        # the address of its channel tile's first weight word (each band reads the tile's weights).
-        band = {name: counter(f"band_{name}", name in ("y", "iy", "end_y"))
-                for name in ("y", "pos", "iy", "row", "end_y", "weight_addr")}
+        # The band being computed: its first position, first input row (times stride) and first row
+        # address, its last output row (layer mode: one band, the layer), and the address of its channel
+        # tile's first weight word (each band reads the tile's weights).
+        band = {name: counter(f"band_{name}", name in ("iy", "end_y"))
+                for name in ("pos", "iy", "row", "end_y", "weight_addr")}
         if self.network:
             band_cfg = {name: cfg[f"band_{name}"] for name in ("rows", "positions", "in_rows", "step")}
+            last_band_row = last["band_rows"]
         else:
             band_cfg = {"rows": cfg["out_h"], "positions": cfg["positions"], "in_rows": 0, "step": 0}
+            last_band_row = last["out_h"]
         # Network mode: the destination of the output being fed (channel, value-memory address of
         # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
         dest_bits = {"channel": p.register_bits("c_out"), "value_base": self.data_addr_bits,
                      "code_base": self.data_addr_bits, "lane": max(1, (R - 1).bit_length()) + 1}
         dest = {prefix + name: Signal(signed(dest_bits[name]), name=prefix + name)
                 for prefix in ("", "tile_") for name in DEST_COUNTERS}
-        first_tile = (ky == 0) & (kx == 0) & (g == 0)
+        # The loops' ends as registers, so that no compare comes before the FSM's decisions: ``x_end`` and
+        # ``y_end`` (the position is its row's last, the row its band's) set with their counters; the
+        # reduction tile's ends (``ends``: its group, kx and ky are their loops' last; its band the last
+        # band; its channel tile the last), compares of counters that change only as a tile ends,
+        # registered (the next test comes two cycles later at the earliest); ``first_tile`` (group, kx
+        # and ky are 0), set as a tile ends.
+        x_end, y_end, first_tile = Signal(name="x_end"), Signal(name="y_end"), Signal(name="first_tile")
+        ends = {name: Signal(name=f"{name}_end") for name in ("g", "kx", "ky", "band", "co_tile")}
+        m.d.sync += [ends["g"].eq(g == last["groups"]), ends["kx"].eq(kx == last["kernel"]),
+                     ends["ky"].eq(ky == last["kernel"]), ends["band"].eq(band["end_y"] == last["out_h"]),
+                     ends["co_tile"].eq(co_tile == last["co_tiles"])]
+        tile_ends = ends["g"] & ends["kx"] & ends["ky"]
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
         tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
@@ -416,21 +430,24 @@ class LayerEngine(wiring.Component):
         # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
         # weight rows are read during the last ``rows`` positions of a tile (``left`` counts the band's
         # positions still to issue), from the band's first tile's where the tile is the band's last and
-        # another band of the channel tile follows, else from the next ones (``sequential``, set as the tile
-        # begins); the next tile then issues without LOAD_WEIGHTS.
+        # another band of the channel tile follows (``band_wrap``), else from the next ones (``weight_addr``),
+        # set in the tile's first cycle (``issue_first``); the next tile then issues without LOAD_WEIGHTS.
         if self.network:
             overlap, left = Signal(name="overlap"), Signal(range(p.pos_depth + 1), name="left")
-            fetch = counter("fetch")
+            fetch, issue_first = counter("fetch"), Signal(name="issue_first")
             m.d.sync += overlap.eq(cfg["band_positions"] >= R + Cn + 3)
             m.d.comb += weight_read_addr.eq(fetch)
-            band_wrap = (g == last["groups"]) & (kx == last["kernel"]) & (ky == last["kernel"]) & (
-                band["end_y"] != last["out_h"])
+            band_wrap = tile_ends & ~ends["band"]
 
-        def begin_issue(sequential):
-            m.d.sync += [y.eq(band["y"]), x.eq(0), pos.eq(band["pos"]), iy.eq(band["iy"] + ky - cfg["padding"]),
-                         ix.eq(kx - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
+        def begin_row():
+            m.d.sync += [x_left.eq(last["out_w"]), x_end.eq(last["out_w"] == 0), ix.eq(kx - cfg["padding"])]
+
+        def begin_issue():
+            begin_row()
+            m.d.sync += [y_left.eq(last_band_row), y_end.eq(last_band_row == 0), pos.eq(band["pos"]),
+                         iy.eq(band["iy"] + ky - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
             if self.network:
-                m.d.sync += [left.eq(last["band_positions"]), fetch.eq(Mux(band_wrap, band["weight_addr"], sequential))]
+                m.d.sync += [left.eq(last["band_positions"]), issue_first.eq(1)]
             m.next = "ISSUE"
 
         m.d.sync += w_valid.eq(0)
@@ -439,7 +456,8 @@ class LayerEngine(wiring.Component):
                 with m.If(start):
                     m.d.sync += [co_tile.eq(0), ky.eq(0), kx.eq(0), g.eq(0), plane_base.eq(0),
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
-                                 out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"])]
+                                 out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"]),
+                                 first_tile.eq(1)]
                     if self.network:
                         m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), unwritten.eq(1)]
                     self._first_band(m, band, band_cfg)
@@ -454,7 +472,7 @@ class LayerEngine(wiring.Component):
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
                              w_valid.eq(1), w_row.eq(row_count)]
                 with m.If(row_count == R - 1):
-                    begin_issue(weight_addr + 1)
+                    begin_issue()
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
                 if self.network:
@@ -466,14 +484,18 @@ class LayerEngine(wiring.Component):
                              tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
                 if self.network:
-                    m.d.sync += left.eq(left - 1)
+                    m.d.sync += [left.eq(left - 1), issue_first.eq(0)]
+                    with m.If(issue_first):
+                        m.d.sync += fetch.eq(Mux(band_wrap, band["weight_addr"], weight_addr))
                     with m.If(overlap & (left < R)):
                         m.d.sync += [fetch.eq(fetch + 1), w_valid.eq(1), w_row.eq((R - 1 - left)[:len(w_row)])]
-                with m.If(x == last["out_w"]):
-                    m.d.sync += [x.eq(0), ix.eq(kx - cfg["padding"]), y.eq(y + 1), iy.eq(iy + cfg["stride"]),
+                with m.If(x_end):
+                    begin_row()
+                    m.d.sync += [y_left.eq(y_left - 1), y_end.eq(y_left == 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
-                    with m.If(y == band["end_y"]):
-                        self._next_tile(m, cfg, last, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base,
+                    with m.If(y_end):
+                        m.d.sync += first_tile.eq(tile_ends)
+                        self._next_tile(m, cfg, ends, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base,
                                         finishing, band, band_cfg, weight_addr)
                         if self.network:
                             with m.If(overlap):
@@ -485,7 +507,7 @@ class LayerEngine(wiring.Component):
                         m.d.sync += wait.eq(Cn + 2 - band_cfg["positions"])
                         m.next = "WAIT"
                 with m.Else():
-                    m.d.sync += [x.eq(x + 1), ix.eq(ix + cfg["stride"])]
+                    m.d.sync += [x_left.eq(x_left - 1), x_end.eq(x_left == 1), ix.eq(ix + cfg["stride"])]
             with m.State("WAIT"):
                 with m.If(finishing):
                     # This cycle, the decrements and the last: drain + 1 cycles, for 1 + gap.
@@ -503,7 +525,7 @@ class LayerEngine(wiring.Component):
                         pass        # the accumulator ring is full: the next unit waits for the writer
                     with m.Elif(overlap):
                         m.d.comb += unit_begins.eq(first_tile)
-                        begin_issue(weight_addr)
+                        begin_issue()
                 with m.Else():
                     m.d.sync += row_count.eq(0)
                     if self.network:
@@ -541,9 +563,7 @@ class LayerEngine(wiring.Component):
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         m.d.comb += idle.eq(fsm.ongoing("IDLE"))
         if self.network:
-            ends = [(x == last["out_w"]), (y == band["end_y"]), (g == last["groups"]), (kx == last["kernel"]),
-                    (ky == last["kernel"])]
-            m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & Cat(*ends).all())
+            m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & x_end & y_end & tile_ends)
             feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, unit_written,
                                             read_addr, read_pos, read_slot, feed_col, band_cfg, pair)
         else:
@@ -916,27 +936,27 @@ class LayerEngine(wiring.Component):
     @staticmethod
     def _first_band(m, band, band_cfg):
         """The band counters at the layer's first band."""
-        m.d.sync += [band["y"].eq(0), band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
+        m.d.sync += [band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
                      band["end_y"].eq(band_cfg["rows"] - 1)]
 
-    def _next_tile(self, m, cfg, last, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base, finishing,
+    def _next_tile(self, m, cfg, ends, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base, finishing,
                    band, band_cfg, weight_addr):
         """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile (network
-        mode: whose row groups start ``tile_step`` activation words on)."""
-        with m.If(g != last["groups"]):
+        mode: whose row groups start ``tile_step`` activation words on); ``ends``: the loops' end registers."""
+        with m.If(~ends["g"]):
             m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
         with m.Else():
             m.d.sync += [g.eq(0), plane_base.eq(tile_plane)]
-            with m.If(kx != last["kernel"]):
+            with m.If(~ends["kx"]):
                 m.d.sync += kx.eq(kx + 1)
             with m.Else():
                 m.d.sync += kx.eq(0)
-                with m.If(ky != last["kernel"]):
+                with m.If(~ends["ky"]):
                     m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
                 with m.Else():
                     m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"])]
-                    with m.If(band["end_y"] != last["out_h"]):
-                        m.d.sync += [weight_addr.eq(band["weight_addr"]), band["y"].eq(band["y"] + band_cfg["rows"]),
+                    with m.If(~ends["band"]):
+                        m.d.sync += [weight_addr.eq(band["weight_addr"]),
                                      band["pos"].eq(band["pos"] + band_cfg["positions"]),
                                      band["iy"].eq(band["iy"] + band_cfg["in_rows"]),
                                      band["row"].eq(band["row"] + band_cfg["step"]),
@@ -948,5 +968,5 @@ class LayerEngine(wiring.Component):
                         if self.network:
                             m.d.sync += [tile_plane.eq(tile_plane + cfg["tile_step"]),
                                          plane_base.eq(tile_plane + cfg["tile_step"])]
-                        with m.If(co_tile == last["co_tiles"]):
+                        with m.If(ends["co_tile"]):
                             m.d.sync += finishing.eq(1)
