@@ -45,7 +45,7 @@ from .delay import delays
 from .thresholds import ThresholdUnit
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
                             POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
-                            POOL_SIGN_SHIFT, POOL_THRESHOLDS, TARGET_BITS, VectorParams)
+                            POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, TARGET_BITS, VectorParams)
 
 
 class VectorUnit(wiring.Component):
@@ -65,9 +65,9 @@ class VectorUnit(wiring.Component):
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
       ADD and ADD_RELU ``2N + 3`` (``N = channels * positions``), POOL
-      ``channels * (pool_pieces + positions + 4 + 2 * pool_code_bits) + 1``, MAXPOOL
+      ``channels * (pool_pieces + positions + 4 + 3 * pool_code_bits) + 1``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``, AVGPOOL
-      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 4 + 2 * pool_code_bits) + 1``.
+      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 4 + 3 * pool_code_bits) + 1``.
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
       (``p.load_data_bits``): write one constant word at the clock edge; ignored while busy.
     - value read: ``val_read_addr`` (out, ``p.value_addr_bits``), ``val_read_data`` (in, signed
@@ -91,7 +91,8 @@ class VectorUnit(wiring.Component):
     presents the write 4 cycles later (the read, the threshold unit's 2, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
     channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
-    cycle), waits 3 cycles for the sum, searches its thresholds (2 cycles per code bit: read, compare)
+    cycle), waits 4 cycles for the sum, searches its thresholds (3 cycles per code bit: read, compare,
+    take)
     and presents the code's write in the next channel's first cycle (the arithmetic form computes
     ``B' + code * S + p * S`` where the table form reads the threshold: the same cycles); MAXPOOL reads
     a word per cycle and presents a window's write 2 cycles after its last read (the read, the write
@@ -173,18 +174,20 @@ class VectorUnit(wiring.Component):
                      wr.eq(wr + issue_b)]
 
         # Pool state: the channel's sum, the code found so far, the search's probe bit (one-hot),
-        # which half of a search step (0: read the threshold, 1: compare), the drain counter, the piece of
+        # which third of a search step (``step_phase`` 0: read the threshold, 1: compare into a register, 2:
+        # take the result; the wide compare feeds no enable), the drain counter, the piece of
         # the channel's constants being read.
         if pool_hw:
             b = p.pool_code_bits
             total = Signal(signed(p.pool_sum_bits))
-            code, probe, compare = Signal(b, name="code"), Signal(b, name="probe"), Signal(name="compare")
+            code, probe = Signal(b, name="code"), Signal(b, name="probe")
+            step_phase = Signal(range(SEARCH_STEP), name="step_phase")
             drain = Signal(range(POOL_DRAIN))
             piece = Signal(range(max(2, p.pool_pieces)), name="piece")
             pool_write = Signal()
 
             def new_channel():
-                m.d.sync += [total.eq(0), code.eq(0), probe.eq(1 << (b - 1)), compare.eq(0)]
+                m.d.sync += [total.eq(0), code.eq(0), probe.eq(1 << (b - 1)), step_phase.eq(0)]
 
         maxpool = _MaxPool(self, m) if p.maxpool_bits else None
         avgpool = _AvgPool(self, m, lane, group, ch, slot, channels, positions) if p.avgpool_bits else None
@@ -250,8 +253,9 @@ class VectorUnit(wiring.Component):
                     with m.If(drain == POOL_DRAIN - 1):
                         m.next = "SEARCH"
                 with m.State("SEARCH"):
-                    m.d.sync += compare.eq(~compare)
-                    with m.If(compare):
+                    m.d.sync += step_phase.eq(step_phase + 1)
+                    with m.If(step_phase == SEARCH_STEP - 1):
+                        m.d.sync += step_phase.eq(0)
                         m.d.sync += probe.eq(probe >> 1)
                         with m.If(probe[0]):
                             m.d.comb += pool_write.eq(1)
@@ -306,7 +310,7 @@ class VectorUnit(wiring.Component):
             pending += [b1, b2]
 
         if pool_hw:
-            self._pool(m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,
+            self._pool(m, load, slot, frac, issue_pool, total, code, probe, step_phase, pool_write, group, lane,
                        fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece)
 
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
@@ -318,7 +322,7 @@ class VectorUnit(wiring.Component):
         m.d.comb += self.busy.eq(busy)
         return m
 
-    def _pool(self, m, load, slot, frac, issue_pool, total, code, probe, compare, pool_write, group, lane,
+    def _pool(self, m, load, slot, frac, issue_pool, total, code, probe, step_phase, pool_write, group, lane,
               searching, reading, piece):
         """The pool datapath: constants (and thresholds) memories, the channel's constants register (its
         pieces read while ``reading``), ``u`` and the sum, the search step."""
@@ -357,32 +361,31 @@ class VectorUnit(wiring.Component):
         m.d.sync += [u.eq(Mux(relu & signed_t[-1], 0, signed_t)), u_valid.eq(t_valid)]
         with m.If(u_valid):
             m.d.sync += total.eq(total + u)
-        # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): first half,
-        # read its threshold (table) or compute ``B' + code * S + probe * S`` (arithmetic); second
-        # half, compare the sum (times ``2^k``) with it.
+        # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): phase 0, read its
+        # threshold (table) or compute ``B' + code * S + probe * S`` (arithmetic); phase 1, compare the sum
+        # (times ``2^k``) with it into ``passed``; phase 2 (``taking``), take the candidate if it passed.
         cand = code | probe
-        found = Signal(b)
+        found, passed, taking = Signal(b), Signal(name="passed"), step_phase == SEARCH_STEP - 1
         if p.pool_arithmetic:
             base = word[p.pool_base_shift:p.pool_base_shift + p.pool_base_bits].as_signed()
             step = word[p.pool_step_shift:p.pool_step_shift + p.pool_step_bits]
             acc = Signal(p.pool_step_bits + b)             # code * S
             probe_step = Signal(p.pool_step_bits + b - 1)  # probe * S
             bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1))
-            passed = (total << p.pool_shift) >= bound
-            m.d.sync += bound.eq(base + acc + probe_step)
+            m.d.sync += [bound.eq(base + acc + probe_step), passed.eq((total << p.pool_shift) >= bound)]
             # Before the search (the channel's constants are read by then): code 0, probe 2^(b-1).
             with m.If(~searching):
                 m.d.sync += [acc.eq(0), probe_step.eq(step << (b - 1))]
-            with m.Elif(compare):
+            with m.Elif(taking):
                 m.d.sync += probe_step.eq(probe_step >> 1)
                 with m.If(passed):
                     m.d.sync += acc.eq(acc + probe_step)
         else:
             thr_read = thresholds.read_port()
             m.d.comb += thr_read.addr.eq(Cat((cand - 1)[:b], slot))
-            passed = total >= thr_read.data
+            m.d.sync += passed.eq(total >= thr_read.data)
         m.d.comb += found.eq(Mux(passed, cand, code))
-        with m.If(compare & ~probe[0]):          # after the last step, the next channel starts at 0
+        with m.If(taking & ~probe[0]):          # after the last step, the next channel starts at 0
             m.d.sync += code.eq(found)
         with m.If(pool_write):
             m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(group),

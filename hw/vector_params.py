@@ -75,12 +75,12 @@ MAX_POOL_BASE_BITS = 128
 # read to its write (read, :class:`hw.thresholds.ThresholdUnit` of latency 3, the write
 # register); ADD from operand b's read to its write (read, the read data's register, the write
 # register); POOL: cycles from a channel's last read until its sum is complete, and per
-# step of the threshold search (read a threshold, compare).
+# step of the threshold search (read a threshold, compare it into a register, take the result).
 THRESHOLD_LATENCY = 3
 ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 3
 POOL_DRAIN = 4
-SEARCH_STEP = 2
+SEARCH_STEP = 3
 MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the write register
 
 
@@ -434,10 +434,10 @@ class VectorParams:
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented): ACTIVATE ``N + 4`` and ADD (ADD_RELU) ``2N + 3`` with
-        ``N = channels * positions``; POOL ``channels * (pool_pieces + positions + 4 + 2 * pool_code_bits)
+        ``N = channels * positions``; POOL ``channels * (pool_pieces + positions + 4 + 3 * pool_code_bits)
         + 1``; MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
         and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL
-        ``channels * positions * (pool_pieces + window + 4 + 2 * pool_code_bits) + 1`` (each window as
+        ``channels * positions * (pool_pieces + window + 4 + 3 * pool_code_bits) + 1`` (each window as
         POOL's channel)."""
         n = channels * positions
         if op == ACTIVATE:
