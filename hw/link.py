@@ -323,8 +323,21 @@ class LinkBridge(wiring.Component):
 
         word = Mux(fmt, codes, raw) if self._code_bits else raw
 
-        def send(ftype_, n):
-            m.d.sync += [reply_type.eq(ftype_), reply_len.eq(n)]
+        # The reply's payload length: by its type, a cycle after `reply_type` (TX_LEN_LO comes later); an OUT
+        # frame's is `out_len` as the frame is sent: a register that follows `remaining` a cycle behind (no
+        # multiplication or compare before the length's register).
+        out_len = Signal(LENGTH_BITS)
+        full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:16] * size, k * size)
+                        for k, size in zip(per_frame, (full_bytes, code_bytes)))
+        m.d.sync += out_len.eq(Mux(fmt, codes_, full))
+        with m.Switch(reply_type):
+            for ftype_, n in ((FrameType.INFO, len(info)), (FrameType.NACK, NACK_BYTES), (FrameType.DONE, DONE_BYTES),
+                              (FrameType.ACK, 0)):
+                with m.Case(ftype_):
+                    m.d.sync += reply_len.eq(n)
+
+        def send(ftype_):
+            m.d.sync += reply_type.eq(ftype_)
             m.next = "TX_SYNC"
 
         def fail(code):
@@ -340,7 +353,7 @@ class LinkBridge(wiring.Component):
                     on_byte()
                 with m.Elif(timer == timeout - 1):
                     m.d.sync += error.eq(NackCode.TIMEOUT)
-                    send(FrameType.NACK, NACK_BYTES)
+                    send(FrameType.NACK)
                 with m.Else():
                     m.d.sync += timer.eq(timer + 1)
 
@@ -392,7 +405,7 @@ class LinkBridge(wiring.Component):
 
         def refuse_busy():
             m.d.sync += error.eq(NackCode.BUSY)
-            send(FrameType.NACK, NACK_BYTES)
+            send(FrameType.NACK)
 
         def on_crc_lo():
             m.next = "CHECK"
@@ -403,7 +416,7 @@ class LinkBridge(wiring.Component):
             with m.If(crc != 0):
                 fail(NackCode.CRC)
             with m.Elif(ftype == FrameType.PING):
-                send(FrameType.INFO, len(info))
+                send(FrameType.INFO)
             with m.Elif((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)):
                 with m.If((run_fmt != OutputFormat.FULL) &
                           ((run_fmt != OutputFormat.CODES) | (self._code_bits == 0))):
@@ -412,11 +425,7 @@ class LinkBridge(wiring.Component):
                     refuse_busy()
                 with m.Else():
                     m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0)]
-                    with m.If(ftype == FrameType.RUN):
-                        m.next = "START"
-                    with m.Else():
-                        m.d.sync += running.eq(1)
-                        m.next = "RUN"
+                    m.next = "START"
             with m.Elif((target >= len(self._target_bits)) | (word_bytes == 0)):
                 fail(NackCode.TARGET)
             with m.Elif(malformed):
@@ -444,7 +453,7 @@ class LinkBridge(wiring.Component):
                 with m.If(self.rx.valid):
                     m.d.sync += timer.eq(0)
                 with m.Elif(timer == timeout - 1):
-                    send(FrameType.NACK, NACK_BYTES)
+                    send(FrameType.NACK)
                 with m.Else():
                     m.d.sync += timer.eq(timer + 1)
 
@@ -479,15 +488,16 @@ class LinkBridge(wiring.Component):
                 with m.If(load.ready):
                     m.d.sync += addr.eq(addr + 1)
                     with m.If(count == length):
-                        send(FrameType.ACK, 0)
+                        send(FrameType.ACK)
                     with m.Else():
                         m.next = "READ"
 
             # RUN: start the engine; RUN and RESULT: frame its next `expected` words, then DONE (the rule
             # of the mode: layers, once not busy, dropping further words; network, once the start is taken
-            # and the words are sent or the core stopped, leaving further words in the core).
+            # and the words are sent or the core stopped, leaving further words in the core). START also
+            # gives `out_len` a cycle to follow `remaining`.
             with m.State("START"):
-                m.d.comb += start.eq(1)
+                m.d.comb += start.eq(ftype == FrameType.RUN)
                 m.d.sync += running.eq(1)
                 m.next = "RUN"
             with m.State("RUN"):
@@ -498,13 +508,11 @@ class LinkBridge(wiring.Component):
                     m.d.sync += words.eq(words + 1)
                     with m.If(remaining != 0):      # open a frame with this word, word `words` of the RUN
                         m.d.sync += [out_word.eq(word), word_left.eq(out_bytes - 1), remaining.eq(remaining - 1),
-                                     first.eq(words)]
-                        full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:16] * size, k * size)
-                                        for k, size in zip(per_frame, (full_bytes, code_bytes)))
-                        send(FrameType.OUT, Mux(fmt, codes_, full))
+                                     first.eq(words), reply_len.eq(out_len)]
+                        send(FrameType.OUT)
                 with m.Elif(finished):
                     m.d.sync += running.eq(0)
-                    send(FrameType.DONE, DONE_BYTES)
+                    send(FrameType.DONE)
             with m.State("NEXT_WORD"):
                 m.d.comb += out.ready.eq(1)
                 with m.If(out.valid):
