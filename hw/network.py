@@ -228,7 +228,9 @@ class NetworkCore(wiring.Component):
 
         # The value memory: written by the engine (whole words) or the vector unit (one value), never both
         # at once; read by OUTPUT or the vector unit (one value: its half of the word) or the engine (while
-        # busy: fused additions; whole words).
+        # busy: fused additions; whole words). The read port follows ``engine_reads``, the engine's busy a
+        # cycle late (no logic from its state into the address of the memory's blocks): the engine reads no
+        # value in its first busy cycle, and nothing else reads until three cycles after it is done.
         out_addr, outputting = Signal(signed(p.reg_bits)), Signal()
         single_read = Mux(outputting, out_addr, vector.val_read_addr)
         if halves == 1:
@@ -239,13 +241,14 @@ class NetworkCore(wiring.Component):
             read_half = Signal(name="value_read_half")
             m.d.sync += read_half.eq(single_read[0])
         single_value = value_read.data.word_select(read_half, p.value_bits)
-        engine_writes = engine.val_write.en.any()
+        engine_writes, engine_reads = engine.val_write.en.any(), Signal(name="engine_reads")
+        m.d.sync += engine_reads.eq(engine.busy)
         m.d.comb += [
             value_write.en.eq(Mux(engine_writes, engine.val_write.en, Mux(vector.val_write_en, vector_en, 0))),
             value_write.addr.eq(Mux(engine_writes, engine.val_write.addr, vector_addr)),
             value_write.data.eq(Mux(engine_writes, engine.val_write.data,
                                     Cat(*[vector.val_write_data.as_unsigned()] * halves))),
-            value_read.addr.eq(Mux(engine.busy & ~outputting, engine.val_read.addr, read_word)),
+            value_read.addr.eq(Mux(engine_reads, engine.val_read.addr, read_word)),
             vector.val_read_data.eq(single_value), engine.val_read.data.eq(value_read.data),
         ]
         m.d.comb += [self.probe.code_en.eq(engine.code_written.en), self.probe.code_addr.eq(engine.code_written.addr),
