@@ -159,7 +159,9 @@ class VectorUnit(wiring.Component):
         group, slot = Signal(p.code_addr_bits, name="group"), Signal(p.slot_bits, name="slot")
         phase = Signal()                        # ADD: 0 reads a, 1 reads b
         adding = ((op == ADD) | (op == ADD_RELU)) if p.adds else C(0, 1)
-        last_pos, last_ch = pos == positions - 1, ch == channels - 1
+        # The last position and channel, registered at start: the loop ends compare registers, no subtraction.
+        last_position, last_channel = (Signal(p.count_bits, name=name) for name in ("last_position", "last_channel"))
+        last_pos, last_ch = pos == last_position, ch == last_channel
 
         def next_channel():
             m.d.sync += [ch.eq(ch + 1), slot.eq(slot + 1), pos.eq(0)]
@@ -198,6 +200,7 @@ class VectorUnit(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start & ~busy & supported):
                     m.d.sync += [op.eq(self.op), channels.eq(self.channels), positions.eq(self.positions),
+                                 last_channel.eq(self.channels - 1), last_position.eq(self.positions - 1),
                                  frac.eq(self.frac_bits), rd_a.eq(self.src_a), rd_b.eq(self.src_b),
                                  wr.eq(self.dst), group.eq(self.dst), slot.eq(self.slot_base),
                                  pos.eq(0), ch.eq(0), lane.eq(0), phase.eq(0),
