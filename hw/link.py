@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import struct
 
-from amaranth import C, Cat, Module, Mux, Shape, Signal, Value
+from amaranth import C, Cat, Module, Mux, Shape, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -259,6 +259,11 @@ class LinkBridge(wiring.Component):
             for t, n in enumerate(self._word_bytes):
                 with m.Case(t):
                     m.d.comb += word_bytes.eq(n)
+        # A cycle behind `target` (set with the payload's first byte, read from its third on): the word's last
+        # byte, and whether the target is unknown. `read_all`: the LOAD's read-back has read its last byte.
+        word_last, no_target = Signal(signed(len(word_bytes) + 1), name="word_last"), Signal(name="no_target")
+        m.d.sync += [word_last.eq(word_bytes - 1), no_target.eq((target >= len(self._target_bits)) | (word_bytes == 0))]
+        read_all = Signal(name="read_all")
         pos = Signal(range(max(header, max(self._word_bytes)) + 1))  # byte within header / word
         in_words = Signal()         # past the header
         malformed = Signal()
@@ -388,7 +393,7 @@ class LinkBridge(wiring.Component):
             with m.If(count == 0):
                 m.d.sync += target.eq(byte)
             # Where the payload would end a LOAD: after the header or a whole word.
-            last_of_part = Mux(in_words, pos == word_bytes - 1, pos == header - 1)
+            last_of_part = Mux(in_words, pos == word_last, pos == header - 1)
             m.d.sync += pos.eq(Mux(last_of_part, 0, pos + 1))
             with m.If(last_of_part):
                 m.d.sync += in_words.eq(1)
@@ -426,7 +431,7 @@ class LinkBridge(wiring.Component):
                 with m.Else():
                     m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0)]
                     m.next = "START"
-            with m.Elif((target >= len(self._target_bits)) | (word_bytes == 0)):
+            with m.Elif(no_target):
                 fail(NackCode.TARGET)
             with m.Elif(malformed):
                 fail(NackCode.LENGTH)
@@ -460,7 +465,7 @@ class LinkBridge(wiring.Component):
             # LOAD: read the checked payload back: the address, then each word into the engine.
             with m.State("READ"):
                 m.d.comb += read.addr.eq(count)
-                m.d.sync += count.eq(count + 1)
+                m.d.sync += [count.eq(count + 1), read_all.eq(count == last_count)]
                 m.next = "SHIFT"
             with m.State("SHIFT"):
                 m.next = "READ"
@@ -480,14 +485,14 @@ class LinkBridge(wiring.Component):
                             with m.Case(i):
                                 m.d.sync += data[8 * i:8 * i + 8].eq(read.data)
                     m.d.sync += pos.eq(pos + 1)
-                    with m.If(pos == word_bytes - 1):
+                    with m.If(pos == word_last):
                         m.d.sync += pos.eq(0)
                         m.next = "BEAT"
             with m.State("BEAT"):
                 m.d.comb += load.valid.eq(1)
                 with m.If(load.ready):
                     m.d.sync += addr.eq(addr + 1)
-                    with m.If(count == length):
+                    with m.If(read_all):
                         send(FrameType.ACK)
                     with m.Else():
                         m.next = "READ"
