@@ -334,7 +334,10 @@ class LinkBridge(wiring.Component):
         out_len = Signal(LENGTH_BITS)
         full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:16] * size, k * size)
                         for k, size in zip(per_frame, (full_bytes, code_bytes)))
-        m.d.sync += out_len.eq(Mux(fmt, codes_, full))
+        # `no_words`: `remaining` is 0, also a cycle behind it (RUN, which tests it, comes a cycle or more after it
+        # changes: after START, or after a frame's bytes).
+        no_words = Signal(name="no_words")
+        m.d.sync += [out_len.eq(Mux(fmt, codes_, full)), no_words.eq(remaining == 0)]
         with m.Switch(reply_type):
             for ftype_, n in ((FrameType.INFO, len(info)), (FrameType.NACK, NACK_BYTES), (FrameType.DONE, DONE_BYTES),
                               (FrameType.ACK, 0)):
@@ -500,18 +503,18 @@ class LinkBridge(wiring.Component):
             # RUN: start the engine; RUN and RESULT: frame its next `expected` words, then DONE (the rule
             # of the mode: layers, once not busy, dropping further words; network, once the start is taken
             # and the words are sent or the core stopped, leaving further words in the core). START also
-            # gives `out_len` a cycle to follow `remaining`.
+            # gives `out_len` and `no_words` a cycle to follow `remaining`.
             with m.State("START"):
                 m.d.comb += start.eq(ftype == FrameType.RUN)
                 m.d.sync += running.eq(1)
                 m.next = "RUN"
             with m.State("RUN"):
-                taking = (remaining != 0) if network else C(1, 1)
-                finished = ~starting & ((remaining == 0) | ~busy) if network else ~busy
+                taking = ~no_words if network else C(1, 1)
+                finished = ~starting & (no_words | ~busy) if network else ~busy
                 m.d.comb += out.ready.eq(taking)
                 with m.If(out.valid & taking):
                     m.d.sync += words.eq(words + 1)
-                    with m.If(remaining != 0):      # open a frame with this word, word `words` of the RUN
+                    with m.If(~no_words):           # open a frame with this word, word `words` of the RUN
                         m.d.sync += [out_word.eq(word), word_left.eq(out_bytes - 1), remaining.eq(remaining - 1),
                                      first.eq(words), reply_len.eq(out_len)]
                         send(FrameType.OUT)
