@@ -780,36 +780,41 @@ class LayerEngine(wiring.Component):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
         A band's accumulators are final ``drain`` cycles after its last position is issued
-        (``tile_issued``): it is then counted in ``tiles_done``. The writer, waiting while
-        ``tiles_written == tiles_done``, reads each of the band's positions (READ_WORD, one cycle)
+        (``tile_issued``): it is then counted in ``ahead`` (bands done, not yet written back). The writer,
+        waiting while ``ahead`` is 0, reads each of the band's positions (READ_WORD, one cycle)
         and feeds its ``cols`` accumulators to the output stage (FEED, one per cycle), and goes on
         with the next band at once if that one is done. After the last channel tile's last band,
         FLUSH waits ``STAGE_LATENCY`` cycles (plus ``FUSED_LATENCY`` with ``act_fuse``) for the last
         results to be written; ``writer_done`` marks its last cycle. In pairs (``pair``), READ_WORD reads
         the even position and READ_SECOND the odd one (the even one's accumulators are held meanwhile),
-        and FEED feeds both. ``tiles_written`` counts the bands written back (their last accumulators
-        read; ``unit_written`` pulses as it moves on). Returns the FEED signal (accumulators enter the
+        and FEED feeds both. A band is written back when its last accumulators are read (``unit_written``
+        pulses as the writer moves on, and ``ahead`` counts it down). Returns the FEED signal (accumulators enter the
         output stages) and the READ_SECOND one (hold the even position's)."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
-        tiles_written = Signal(range(1 << self.reg_bits), name="tiles_written")
-        tiles_done = Signal.like(tiles_written, name="tiles_done")
+        ahead = Signal(range(p.out_depth + 2), name="ahead")
         channel_tiles_written, band_pos = Signal(range(p.out_depth + 1)), Signal(range(p.pos_depth + 1))
         flush = Signal(range(self.STAGE_LATENCY + self.FUSED_LATENCY))
-        m.d.sync += tiles_done.eq(tiles_done + ready)
-        pending = tiles_done != tiles_written
+        m.d.sync += ahead.eq(ahead + ready - unit_written)
+        # The FEED's tests as registers, a cycle behind their counters (each changes as a word's last accumulator
+        # is fed, and is next tested as the next word's is, two cycles on at the earliest): the word is its band's
+        # last, its channel tile's last, the channel tile the layer's last.
+        band_end, tile_end, layer_end = (Signal(name=name) for name in ("band_end", "tile_end", "layer_end"))
+        m.d.sync += [band_end.eq(band_pos + pair == last["band_positions"]),
+                     tile_end.eq(read_pos + pair == last["positions"]),
+                     layer_end.eq(channel_tiles_written == last["co_tiles"])]
         with m.FSM(name="writer") as writer:
             with m.State("IDLE"):
                 with m.If(start):
-                    m.d.sync += [tiles_done.eq(0), tiles_written.eq(0), channel_tiles_written.eq(0), band_pos.eq(0),
+                    m.d.sync += [ahead.eq(0), channel_tiles_written.eq(0), band_pos.eq(0),
                                  read_addr.eq(0), read_pos.eq(0),
                                  read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
                                  dest["tile_lane"].eq(0), dest["tile_value_base"].eq(cfg["dst_base"]),
                                  dest["tile_code_base"].eq(Mux(cfg["act_fuse"][0], cfg["act_dst"], cfg["dst_base"]))]
                     m.next = "WAIT"
             with m.State("WAIT"):
-                with m.If(pending):
+                with m.If(ahead != 0):
                     m.next = "READ_WORD"
             with m.State("READ_WORD"):
                 # The column memories read word read_addr (data in the next cycle, held there).
@@ -831,20 +836,20 @@ class LayerEngine(wiring.Component):
                 with m.If(feed_col == Cn - 1):
                     m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1 + pair),
                                  band_pos.eq(band_pos + 1 + pair)]
-                    with m.If(band_pos + pair == last["band_positions"]):
+                    with m.If(band_end):
                         # The band's last word: the next band's, if it is done, or wait for it.
-                        m.d.sync += [band_pos.eq(0), tiles_written.eq(tiles_written + 1)]
+                        m.d.sync += band_pos.eq(0)
                         m.d.comb += unit_written.eq(1)
-                        with m.If(tiles_done != tiles_written + 1):
+                        with m.If(ahead != 1):          # the next band is done too
                             m.next = "READ_WORD"
                         with m.Else():
                             m.next = "WAIT"
-                        with m.If(read_pos + pair == last["positions"]):
+                        with m.If(tile_end):
                             # ... and the channel tile's: the next tile's destinations, or the end.
                             m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
                                          channel_tiles_written.eq(channel_tiles_written + 1)]
                             self._step_destination(m, cfg, dest, read_pos, tile=True)
-                            with m.If(channel_tiles_written == last["co_tiles"]):
+                            with m.If(layer_end):
                                 m.d.sync += flush.eq(Mux(cfg["act_fuse"][0], self.FUSED_LATENCY, 0)
                                                      + self.STAGE_LATENCY - 1)
                                 m.next = "FLUSH"
