@@ -372,7 +372,12 @@ class LayerEngine(wiring.Component):
         read_slot = Signal(range(p.stage_depth + 1))
         feed_col, collected = Signal(range(Cn + 1)), Signal(range(Cn + 2))
         row_count = Signal(range(R + 1))
-        wait, finishing = Signal(signed(p.reg_bits)), Signal()
+        # ``wait``: cycles left in WAIT; ``waiting``: it is above 0, a register set with it. ``all_tiles``: every
+        # channel tile is done, a cycle behind ``co_tile`` (WAIT tests it in its second cycle at the earliest: it
+        # changes as the last tile ends, which sets ``finishing``, and is below ``co_tiles`` before).
+        wait, waiting, finishing = Signal(signed(p.reg_bits)), Signal(name="waiting"), Signal()
+        all_tiles = Signal(name="all_tiles")
+        m.d.sync += all_tiles.eq(co_tile == cfg["co_tiles"])
         w_valid, w_row = Signal(), Signal(range(R))
         # The band being computed: its first position, first input row (times stride) and first row
         # address, its last output row (layer mode: one band, the layer), and the address of its channel
@@ -419,12 +424,14 @@ class LayerEngine(wiring.Component):
         # Network mode: the accumulator memory is a ring of ``acc_units`` units (band of a channel tile): a unit
         # begins only while fewer than that are begun and not yet written back (``unwritten``: up with each
         # ``unit_begins``, down with the writer's ``unit_written``), so that it overwrites no unit the writer
-        # has still to read. (A count of its own: the full test compares two registers, no subtraction. A
+        # has still to read. (A count of its own, and the full test, ``ring_full``, a register set with it. A
         # unit's begin counts a cycle late, out of the FSM's logic; the next test comes a tile later.)
         if self.network:
             unwritten = Signal.like(cfg["acc_units"], name="unwritten")
-            unit_begins, unit_written = Signal(name="unit_begins"), Signal(name="unit_written")
-            m.d.sync += unwritten.eq(unwritten + delayed(m, unit_begins, 1, "unit_begun") - unit_written)
+            unit_begins, unit_written, ring_full = (Signal(name=name) for name in ("unit_begins", "unit_written",
+                                                                                  "ring_full"))
+            unwritten_next = unwritten + delayed(m, unit_begins, 1, "unit_begun") - unit_written
+            m.d.sync += [unwritten.eq(unwritten_next), ring_full.eq(unwritten_next >= cfg["acc_units"])]
 
         # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
         # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
@@ -459,7 +466,8 @@ class LayerEngine(wiring.Component):
                                  out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"]),
                                  first_tile.eq(1)]
                     if self.network:
-                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), unwritten.eq(1)]
+                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), unwritten.eq(1),
+                                     ring_full.eq(cfg["acc_units"] <= 1)]
                     self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
@@ -504,24 +512,25 @@ class LayerEngine(wiring.Component):
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
                         # issue to the next tile's loads. The last tile waits for the pipeline.
-                        m.d.sync += wait.eq(Cn + 2 - band_cfg["positions"])
+                        m.d.sync += [wait.eq(Cn + 2 - band_cfg["positions"]),
+                                     waiting.eq(band_cfg["positions"] < Cn + 2)]
                         m.next = "WAIT"
                 with m.Else():
                     m.d.sync += [x_left.eq(x_left - 1), x_end.eq(x_left == 1), ix.eq(ix + cfg["stride"])]
             with m.State("WAIT"):
                 with m.If(finishing):
                     # This cycle, the decrements and the last: drain + 1 cycles, for 1 + gap.
-                    m.d.sync += [finishing.eq(0), wait.eq(self.drain - 1)]
-                with m.Elif(wait > 0):
-                    m.d.sync += wait.eq(wait - 1)
-                with m.Elif(co_tile == cfg["co_tiles"]):
+                    m.d.sync += [finishing.eq(0), wait.eq(self.drain - 1), waiting.eq(self.drain > 1)]
+                with m.Elif(waiting):
+                    m.d.sync += [wait.eq(wait - 1), waiting.eq(wait > 1)]
+                with m.Elif(all_tiles):
                     if self.network:
                         m.next = "WRITE_BACK"
                     else:
                         m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
                         m.next = "READ_WORD"
                 if self.network:
-                    with m.Elif(first_tile & (unwritten >= cfg["acc_units"])):
+                    with m.Elif(first_tile & ring_full):
                         pass        # the accumulator ring is full: the next unit waits for the writer
                     with m.Elif(overlap):
                         m.d.comb += unit_begins.eq(first_tile)
