@@ -136,8 +136,9 @@ class LinkBridge(wiring.Component):
     Timing: the checksum is tested in the cycle after the last CRC byte (a register compare, not the
     CRC update's result), the payload's last byte is found by comparing with a register set with the
     length (not ``length - 1``), and each reply byte is registered in the cycle before it is offered
-    (the payload multiplexers end in a register, not in the UART and the CRC): the paths that limited
-    the iCE40 clock.
+    (the payload multiplexers end in a register, not in the UART and the CRC); the length's checks, the
+    target's word size, the reply's length and the ends of the read-back and of RUN are registers set a
+    cycle or more before the FSM tests them: the paths that limited the iCE40 clock.
     """
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
@@ -352,9 +353,13 @@ class LinkBridge(wiring.Component):
             m.d.sync += [error.eq(code), timer.eq(0)]
             m.next = "DRAIN"
 
-        def receiving(name, on_byte):
+        def receiving(name, on_byte, length_checked=False):
+            """A state taking one byte of the frame; ``length_checked``: the first after LEN hi, which refuses
+            the length that LEN hi found bad."""
             with m.State(name):
-                with m.If(bad):
+                with m.If(bad_length if length_checked else C(0, 1)):
+                    fail(NackCode.LENGTH)
+                with m.Elif(bad):
                     fail(NackCode.FRAMING)
                 with m.Elif(got):
                     m.d.sync += [timer.eq(0), crc.eq(crc_next)]
@@ -377,15 +382,18 @@ class LinkBridge(wiring.Component):
             m.d.sync += length[:8].eq(byte)
             m.next = "LEN_HI"
 
+        # LEN hi's length checks, registered and acted on in the next state (PAYLOAD or CRC hi, whichever comes),
+        # so that the compares of the length feed no enable in LEN hi.
+        bad_length = Signal(name="bad_length")
+
         def on_len_hi():
             full = Cat(length[:8], byte)
             m.d.sync += [length[8:].eq(byte), last_count.eq(full - 1), count.eq(0), pos.eq(0), in_words.eq(0),
-                         malformed.eq(0)]
-            with m.If((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
-                      ((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)) & (full != RUN_BYTES) |
-                      (ftype == FrameType.PING) & (full != 0)):
-                fail(NackCode.LENGTH)
-            with m.Elif(full == 0):
+                         malformed.eq(0),
+                         bad_length.eq((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
+                                       ((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)) & (full != RUN_BYTES) |
+                                       (ftype == FrameType.PING) & (full != 0))]
+            with m.If(full == 0):
                 m.next = "CRC_HI"
             with m.Else():
                 m.next = "PAYLOAD"
@@ -452,8 +460,8 @@ class LinkBridge(wiring.Component):
             receiving("TYPE", on_type)
             receiving("LEN_LO", on_len_lo)
             receiving("LEN_HI", on_len_hi)
-            receiving("PAYLOAD", on_payload)
-            receiving("CRC_HI", on_crc_hi)
+            receiving("PAYLOAD", on_payload, length_checked=True)
+            receiving("CRC_HI", on_crc_hi, length_checked=True)
             receiving("CRC_LO", on_crc_lo)
             with m.State("CHECK"):
                 check()
