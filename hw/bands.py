@@ -45,13 +45,13 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     2 - P)``, ``load`` = 0 where the next tile's weights are read while a tile issues (:func:`overlaps`),
     else ``rows``, ``T = load + P + 1 + gap`` cycles per reduction tile and ``W`` cycles of write-back per
     unit (:func:`write_back_cycles`: ``P * (cols + 1)``, or ``P / 2 * (cols + 2)`` in pairs): unit ``u``
-    issues from ``i_u = rows - load + u * k * T`` on (the engine's registered ``start`` takes a cycle, and
+    issues from ``i_u = rows - load + u * k * T`` on (after the engine's twice registered ``start``, and
     with the overlap the first tile's weights ``rows``), its accumulators are final at ``i_u + k * T - gap +
     drain`` (``drain`` = :func:`network_drain`), its write-back runs ``W`` cycles from the cycle after that or
     after the previous unit's, whichever is later, and ``1 + stage_latency`` cycles follow the last one's. With
     ``K = out_depth // P`` < ``units`` the accumulators are a ring of ``K`` units: unit ``u`` issues no
     earlier than :data:`RING_RESUME` cycles after unit ``u - K``'s write-back ends. Without stalls this is
-    ``1 + rows - load + max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency``."""
+    ``2 + rows - load + max(k*T + units*W, units*k*T + W) - gap + drain + stage_latency``."""
     c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
     if rows_per_band < 1 or ho % rows_per_band:
         raise ValueError(f"a band of {rows_per_band} rows does not divide {node.name}'s {ho} output rows")
@@ -75,7 +75,7 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
             issue = max(issue, ends[u - held] + RING_RESUME)
         end = max(issue + k * T - gap + drain + 1, end + 1) + W - 1
         ends.append(end)
-    return 1 + end + stage_latency
+    return 2 + end + stage_latency
 
 
 def ring_depth(params: EngineParams, nodes) -> int:

@@ -296,11 +296,22 @@ class LayerEngine(wiring.Component):
         def loads(target):
             return beat_valid & (load.target == target)
 
-        with m.If(loads(CONFIG)):
-            with m.Switch(load.addr):
-                for i, name in enumerate(self.registers):
-                    with m.Case(i):
-                        m.d.sync += cfg[name].eq(load.data)
+        if self.network:
+            # A register word a cycle after its beat again: the register's enable decoded into a flip-flop of its
+            # own and the data registered (the decode fed enables spread over the core: the ResNet-20 core's
+            # worst path); ``start`` follows them (``_load_beat``).
+            cfg_write, cfg_data = Signal(len(self.registers), name="cfg_write"), Signal.like(load.data, name="cfg_data")
+            m.d.sync += [cfg_write.eq(Mux(loads(CONFIG), C(1, len(self.registers)) << load.addr, 0)),
+                         cfg_data.eq(load.data)]
+            for i, name in enumerate(self.registers):
+                with m.If(cfg_write[i]):
+                    m.d.sync += cfg[name].eq(cfg_data)
+        else:
+            with m.If(loads(CONFIG)):
+                with m.Switch(load.addr):
+                    for i, name in enumerate(self.registers):
+                        with m.Case(i):
+                            m.d.sync += cfg[name].eq(load.data)
         # Each count's last value. Network mode: registered a cycle after its register is written (the
         # layer's first compare comes rows + 1 cycles after start), so that the loop ends compare with a
         # register, no subtraction (the ResNet-20 core's worst path). Layer mode keeps the subtraction:
@@ -707,25 +718,26 @@ class LayerEngine(wiring.Component):
 
     def _load_beat(self, m, idle):
         """The load beat as the registers and buffers take it: ``(payload, valid, start)``. Layer mode:
-        the ``load`` stream's beat (taken while idle) and ``start`` as they come. Network mode: both a
+        the ``load`` stream's beat (taken while idle) and ``start`` as they come. Network mode: the beat a
         cycle later, from flip-flops, so that no write enable depends on the FSM's state (the ResNet-20
-        core's worst path ran from the state into a configuration register's enable); the registered
-        ``start`` keeps a layer started right after its last register word seeing that word. ``busy``
+        core's worst path ran from the state into a configuration register's enable), and ``start`` two
+        cycles later, so that a layer started right after its last register word sees that word (written a
+        cycle after its beat). ``busy``
         is high, and ``load`` not ready, from the cycle after ``start``."""
         if not self.network:
             m.d.comb += [self.load.ready.eq(idle), self.busy.eq(~idle)]
             return self.load.payload, self.load.valid & idle, self.start
-        pending = Signal(name="start_pending")
-        m.d.comb += [self.load.ready.eq(idle & ~pending), self.busy.eq(~idle | pending)]
+        pending, late = Signal(name="start_pending"), Signal(name="start_late")
+        m.d.comb += [self.load.ready.eq(idle & ~pending & ~late), self.busy.eq(~idle | pending | late)]
         beat, beat_valid = Signal(self.load.payload.shape(), name="beat"), Signal(name="beat_valid")
         # Ifs, not the conditions assigned: an X on ``start`` or ``valid`` (Icarus, before the sequencer's
         # FSM first changes state) then reads as false instead of latching an X.
-        m.d.sync += [beat.eq(self.load.payload), beat_valid.eq(0), pending.eq(0)]
+        m.d.sync += [beat.eq(self.load.payload), beat_valid.eq(0), pending.eq(0), late.eq(pending)]
         with m.If(self.load.valid & self.load.ready):
             m.d.sync += beat_valid.eq(1)
-        with m.If(self.start & idle & ~pending):
+        with m.If(self.start & idle & ~pending & ~late):
             m.d.sync += pending.eq(1)
-        return beat, beat_valid, pending
+        return beat, beat_valid, late
 
     def _weights_of_layer(self, m, cfg, buffer, load_en, narrow, read_addr, spram):
         """With a wide weights buffer (in SPRAM where ``spram``): the PE weight words of the layer, from the

@@ -142,7 +142,7 @@ def test_write_back_overlaps_the_next_band(small_cnn):
     """Network mode on a 2 x 10 array: conv0 (1 -> 20 channels, 8 x 8, two channel tiles) runs in bands
     of 2 rows (``hw.bands``: 8 units of 16 positions, computed in 9 * 17 = 153 cycles, each tile's weights
     read while the one before issues, and written back in 16 * 11 = 176 each), so the layer takes 2 (the
-    first tile's weights) + 153 + 8 * 176 plus drain, flush and the registered start's cycle: less than
+    first tile's weights) + 153 + 8 * 176 plus drain, flush and the start's two cycles: less than
     one channel tile's computation and write-back per tile overlapped (603 + 2 * 704) and far less than
     none overlapped (2 * (603 + 704)); every tensor exact."""
     from compiler.lower import compile_model
@@ -156,8 +156,8 @@ def test_write_back_overlaps_the_next_band(small_cnn):
     counts = check_layer_cycles(model, params, result)
     drain, flush = 2 + 10 + 8, LayerEngine.STAGE_LATENCY     # hw.bands.network_drain
     assert band_rows(params.engine, model.convs[0]) == 2
-    assert counts[0] == (1 + 2 + 153 + 8 * 176 + drain + flush, 1 + 2 * (603 + 704) + drain + flush)
-    assert counts[0][0] < 1 + 603 + 2 * 704 + drain + flush
+    assert counts[0] == (2 + 2 + 153 + 8 * 176 + drain + flush, 2 + 2 * (603 + 704) + drain + flush)
+    assert counts[0][0] < 2 + 603 + 2 * 704 + drain + flush
 
 
 @pytest.mark.parametrize("depth", [8, 16])
@@ -237,7 +237,7 @@ def layer_cycles(params, node, overlapped=True):
     is a unit; unit ``u``'s accumulators are final after ``c_u = (u + 1) * k * T - gap + drain``
     cycles; its write-back (``W = band positions * (cols + 1)`` cycles) starts in cycle ``c_u + 1`` or
     when the previous unit's ends, whichever is later; ``STAGE_LATENCY`` cycles follow the last, and
-    the cycle of the registered ``start`` precedes the first. Bands of at least ``R + C + 3``
+    the two cycles of the twice registered ``start`` precede the first. Bands of at least ``R + C + 3``
     positions read the next tile's weights while a tile issues: ``T`` loses its ``R`` cycles, and
     the first tile's load (``R``) comes first. ``overlapped=False``: one band, the write-back of every
     channel tile after the computation of all, weights loaded between tiles (the engine before the
@@ -254,16 +254,16 @@ def layer_cycles(params, node, overlapped=True):
     T, drain = load + positions + 1 + gap, R + C + 8     # 8: the code buffer's read address and data registered
     W = positions // 2 * (C + 2) if paired else positions * (C + 1)
     if not overlapped:
-        return 1 + units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
+        return 2 + units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
     held = params.engine.out_depth // positions
     ends, issue = [], R - load
     for u in range(units):
         issue = max(issue + k * T if u else issue, ends[u - held] + 1 if u >= held else 0)
         start = max(issue + k * T - gap + drain + 1, ends[-1] + 1 if ends else 0)
         ends.append(start + W - 1)
-    cycles = 1 + ends[-1] + LayerEngine.STAGE_LATENCY                     # 1: the registered start
+    cycles = 2 + ends[-1] + LayerEngine.STAGE_LATENCY                     # 2: the start registered twice
     if held >= units:
-        closed = 1 + R - load + max(k * T + units * W, units * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
+        closed = 2 + R - load + max(k * T + units * W, units * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
         assert cycles == closed
     assert cycles == network_layer_cycles(params.engine, node, rows, LayerEngine.STAGE_LATENCY)
     return cycles
@@ -301,7 +301,7 @@ def test_write_back_in_pairs(small_cnn):
     counts = check_layer_cycles(model, params, results[0])
     drain, flush = 2 + 10 + 8, LayerEngine.STAGE_LATENCY     # hw.bands.network_drain
     assert band_rows(params.engine, model.convs[0]) == 2
-    assert counts[0][0] == 1 + 2 + 8 * 153 + 96 + drain + flush
+    assert counts[0][0] == 2 + 2 + 8 * 153 + 96 + drain + flush
 
 
 def test_verilog_lines_stay_short_with_8_bit_threshold_words():
