@@ -92,8 +92,7 @@ class VectorUnit(wiring.Component):
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
     channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
     cycle), waits 4 cycles for the sum, searches its thresholds (3 cycles per code bit: read, compare,
-    take)
-    and presents the code's write in the next channel's first cycle (the arithmetic form computes
+    take) and presents the code's write in the next channel's first cycle (the arithmetic form computes
     ``B' + code * S + p * S`` where the table form reads the threshold: the same cycles); MAXPOOL reads
     a word per cycle and presents a window's write 2 cycles after its last read (the read, the write
     register).
