@@ -460,13 +460,8 @@ class LayerEngine(wiring.Component):
         def begin_row():
             m.d.sync += [x_left.eq(last["out_w"]), x_end.eq(last["out_w"] == 0), ix.eq(kx - cfg["padding"])]
 
-        # ``issuing``: the FSM is in ISSUE, as a register of its own (set as a tile begins, cleared as it ends), so
-        # that the updates at a tile's end test a few registers, not the FSM's state.
-        issuing = Signal(name="issuing")
-
         def begin_issue():
             begin_row()
-            m.d.sync += issuing.eq(1)
             m.d.sync += [y_left.eq(last_band_row), y_end.eq(last_band_row == 0), pos.eq(band["pos"]),
                          iy.eq(band["iy"] + ky - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
             if self.network:
@@ -518,7 +513,19 @@ class LayerEngine(wiring.Component):
                     m.d.sync += [y_left.eq(y_left - 1), y_end.eq(y_left == 1), iy.eq(iy + cfg["stride"]),
                                  row_addr.eq(row_addr + cfg["row_step"])]
                     with m.If(y_end):
-                        m.next = "WAIT"         # (the tile's end: below, by ``issuing``)
+                        m.d.sync += first_tile.eq(tile_ends)
+                        self._next_tile(m, cfg, ends, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base,
+                                        finishing, band, band_cfg, weight_addr)
+                        if self.network:
+                            with m.If(overlap):
+                                m.d.sync += weight_addr.eq(fetch + 1)       # past the next tile's last row
+                        # The next tile's shadow weights must not be written before this tile's
+                        # first element has passed the last column, nor a partial sum read
+                        # before it is written: at least cols + 2 cycles from a tile's first
+                        # issue to the next tile's loads. The last tile waits for the pipeline.
+                        m.d.sync += [wait.eq(Cn + 2 - band_cfg["positions"]),
+                                     waiting.eq(band_cfg["positions"] < Cn + 2)]
+                        m.next = "WAIT"
                 with m.Else():
                     m.d.sync += [x_left.eq(x_left - 1), x_end.eq(x_left == 1), ix.eq(ix + cfg["stride"])]
             with m.State("WAIT"):
@@ -573,23 +580,10 @@ class LayerEngine(wiring.Component):
                         with m.Else():
                             m.next = "READ_WORD"
 
-        # The tile's last position is issued: the next reduction tile, band or channel tile.
-        with m.If(issuing & x_end & y_end):
-            m.d.sync += [issuing.eq(0), first_tile.eq(tile_ends)]
-            self._next_tile(m, cfg, ends, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base, finishing,
-                            band, band_cfg, weight_addr)
-            if self.network:
-                with m.If(overlap):
-                    m.d.sync += weight_addr.eq(fetch + 1)       # past the next tile's last row
-            # The next tile's shadow weights must not be written before this tile's first element has passed the
-            # last column, nor a partial sum read before it is written: at least cols + 2 cycles from a tile's
-            # first issue to the next tile's loads. The last tile waits for the pipeline.
-            m.d.sync += [wait.eq(Cn + 2 - band_cfg["positions"]), waiting.eq(band_cfg["positions"] < Cn + 2)]
-
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         m.d.comb += idle.eq(fsm.ongoing("IDLE"))
         if self.network:
-            m.d.comb += tile_issued.eq(issuing & x_end & y_end & tile_ends)
+            m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & x_end & y_end & tile_ends)
             feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, unit_written,
                                             read_addr, read_pos, read_slot, feed_col, band_cfg, pair)
         else:
