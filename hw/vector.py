@@ -158,12 +158,21 @@ class VectorUnit(wiring.Component):
         group, slot = Signal(p.code_addr_bits, name="group"), Signal(p.slot_bits, name="slot")
         phase = Signal()                        # ADD: 0 reads a, 1 reads b
         adding = ((op == ADD) | (op == ADD_RELU)) if p.adds else C(0, 1)
-        # The last position and channel, registered at start: the loop ends compare registers, no subtraction.
-        last_position, last_channel = (Signal(p.count_bits, name=name) for name in ("last_position", "last_channel"))
-        last_pos, last_ch = pos == last_position, ch == last_channel
+        # The loop ends are registers set as `pos` and `ch` move (the FSM's enables test flip-flops, not
+        # compares): `last_pos` is pos == positions - 1, `last_ch` ch == channels - 1 (POOL, ACTIVATE, ADD;
+        # AVGPOOL and MAXPOOL count channels their own way). `before_position`/`before_channel` (the count
+        # less 2) and `one_position` (positions is 1) are set at start.
+        before_position, before_channel = (Signal(p.count_bits, name=name)
+                                           for name in ("before_position", "before_channel"))
+        one_position = Signal(name="one_position")
+        last_pos, last_ch = Signal(name="last_pos"), Signal(name="last_ch")
+
+        def next_position():
+            m.d.sync += [pos.eq(pos + 1), last_pos.eq(pos == before_position)]
 
         def next_channel():
-            m.d.sync += [ch.eq(ch + 1), slot.eq(slot + 1), pos.eq(0)]
+            m.d.sync += [ch.eq(ch + 1), slot.eq(slot + 1), pos.eq(0), last_pos.eq(one_position),
+                         last_ch.eq(ch == before_channel)]
             with m.If(lane == p.lanes - 1):
                 m.d.sync += [lane.eq(0), group.eq(group + group_step)]
             with m.Else():
@@ -199,7 +208,9 @@ class VectorUnit(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start & ~busy & supported):
                     m.d.sync += [op.eq(self.op), channels.eq(self.channels), positions.eq(self.positions),
-                                 last_channel.eq(self.channels - 1), last_position.eq(self.positions - 1),
+                                 before_channel.eq(self.channels - 2), before_position.eq(self.positions - 2),
+                                 one_position.eq(self.positions == 1), last_pos.eq(self.positions == 1),
+                                 last_ch.eq(self.channels == 1),
                                  frac.eq(self.frac_bits), rd_a.eq(self.src_a), rd_b.eq(self.src_b),
                                  wr.eq(self.dst), group.eq(self.dst), slot.eq(self.slot_base),
                                  pos.eq(0), ch.eq(0), lane.eq(0), phase.eq(0),
@@ -225,7 +236,8 @@ class VectorUnit(wiring.Component):
                     m.d.sync += phase.eq(1)
                 with m.Else():
                     m.d.comb += [issue_act.eq(op == ACTIVATE), issue_b.eq(adding)]
-                    m.d.sync += [phase.eq(0), pos.eq(pos + 1)]
+                    m.d.sync += phase.eq(0)
+                    next_position()
                     with m.If(last_pos):
                         with m.If(last_ch):
                             m.next = "IDLE"
@@ -244,7 +256,7 @@ class VectorUnit(wiring.Component):
                         m.next = "SUM"
                 with m.State("SUM"):
                     m.d.comb += issue_pool.eq(1)
-                    m.d.sync += pos.eq(pos + 1)
+                    next_position()
                     if avgpool:
                         avgpool.element()
                     with m.If(Mux(windowed, avgpool.last, last_pos) if avgpool else last_pos):
