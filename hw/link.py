@@ -130,13 +130,14 @@ class LinkBridge(wiring.Component):
     optionally ``starting`` (out: the core has not yet taken the start; read in network mode),
     and any others (a probe) left unconnected; by default :class:`hw.engine.EngineSignature`
     (``addr_bits``, the widest target, ``out_bits``). Connect it to a ``LayerEngine`` or a
-    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 2`` cycles plus one
+    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 3`` cycles plus one
     per word (plus cycles the engine is not ready) after its last byte.
 
     Timing: the checksum is tested in the cycle after the last CRC byte (a register compare, not the
     CRC update's result), the payload's last byte is found by comparing with a register set with the
-    length (not ``length - 1``), and each reply byte is registered in the cycle before it is offered
-    (the payload multiplexers end in a register, not in the UART and the CRC); the length's checks, the
+    length (not ``length - 1``), and each reply byte is registered in the cycle before it is offered, a
+    payload byte twice (the payload multiplexers end in a register, and that register feeds the reply's,
+    not the UART and the CRC; the CRC's input byte is chosen by a register); the length's checks, the
     target's word size, the reply's length and the ends of the read-back and of RUN are registers set a
     cycle or more before the FSM tests them: the paths that limited the iCE40 clock.
     """
@@ -274,9 +275,12 @@ class LinkBridge(wiring.Component):
         crc = Signal(8 * CRC_BYTES)
         crc_in = Signal(8)
         crc_next = Signal(8 * CRC_BYTES)
-        tx_byte, tx_held = Signal(8), Signal()      # the reply byte to offer, and whether it is in tx_byte
+        # The reply byte to offer, whether it is in tx_byte, and whether the state's byte has settled (a cycle
+        # into the state: the payload byte's register follows `sent`); `replying`: from a reply's start to its
+        # end, so that the checksum's input byte is chosen by a register, not the FSM's state.
+        tx_byte, tx_held, tx_settled, replying = Signal(8), Signal(), Signal(), Signal()
         m.d.comb += self.tx.payload.eq(tx_byte)
-        m.d.comb += [crc_in.eq(byte), crc_next.eq(crc16_update(crc, crc_in))]
+        m.d.comb += [crc_in.eq(Mux(replying, tx_byte, byte)), crc_next.eq(crc16_update(crc, crc_in))]
 
         load, start, busy, out = self.engine.load, self.engine.start, self.engine.busy, self.engine.out
         network = self._mode == LinkMode.NETWORK
@@ -315,7 +319,8 @@ class LinkBridge(wiring.Component):
             for i, b in enumerate(info):
                 with m.Case(i):
                     m.d.comb += info_byte.eq(b)
-        payload_byte = Signal(8)
+        payload_byte, payload_held = Signal(8), Signal(8, name="payload_held")
+        m.d.sync += payload_held.eq(payload_byte)
         with m.Switch(reply_type):
             with m.Case(FrameType.INFO):
                 m.d.comb += payload_byte.eq(info_byte)
@@ -346,7 +351,7 @@ class LinkBridge(wiring.Component):
                     m.d.sync += reply_len.eq(n)
 
         def send(ftype_):
-            m.d.sync += reply_type.eq(ftype_)
+            m.d.sync += [reply_type.eq(ftype_), replying.eq(1)]
             m.next = "TX_SYNC"
 
         def fail(code):
@@ -539,15 +544,17 @@ class LinkBridge(wiring.Component):
                     m.next = "TX_PAYLOAD"
 
             # Reply: sync, type, length, `reply_len` payload bytes, CRC. Each byte: into `tx_byte` in the
-            # state's first cycle, then offered.
+            # state's second cycle (the payload's from `payload_held`, set in the first), then offered.
             def transmit(name, value, next_state, update_crc=True):
                 with m.State(name):
-                    with m.If(~tx_held):
+                    with m.If(~tx_settled):
+                        m.d.sync += tx_settled.eq(1)
+                    with m.Elif(~tx_held):
                         m.d.sync += [tx_byte.eq(value), tx_held.eq(1)]
                     with m.Else():
-                        m.d.comb += [self.tx.valid.eq(1), crc_in.eq(tx_byte)]
+                        m.d.comb += self.tx.valid.eq(1)
                         with m.If(self.tx.ready):
-                            m.d.sync += tx_held.eq(0)
+                            m.d.sync += [tx_settled.eq(0), tx_held.eq(0)]
                             if update_crc:
                                 m.d.sync += crc.eq(crc_next)
                             next_state()
@@ -579,6 +586,7 @@ class LinkBridge(wiring.Component):
                     m.next = "NEXT_WORD"
 
             def after_crc():
+                m.d.sync += replying.eq(0)
                 m.next = "HUNT"
                 with m.If(running):
                     m.next = "RUN"
@@ -587,7 +595,7 @@ class LinkBridge(wiring.Component):
             transmit("TX_TYPE", reply_type, goto("TX_LEN_LO"))
             transmit("TX_LEN_LO", reply_len, goto("TX_LEN_HI"))
             transmit("TX_LEN_HI", reply_len[8:], after_len)
-            transmit("TX_PAYLOAD", payload_byte, after_payload)
+            transmit("TX_PAYLOAD", payload_held, after_payload)
             transmit("TX_CRC_HI", crc[8:], goto("TX_CRC_LO"), update_crc=False)
             transmit("TX_CRC_LO", crc[:8], after_crc, update_crc=False)
         return m
