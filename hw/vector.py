@@ -53,8 +53,8 @@ class VectorUnit(wiring.Component):
 
     Ports (widths from :class:`~hw.vector_params.VectorParams` ``p``; all unsigned unless signed):
 
-    - ``start`` (in): a one-cycle pulse, sampled only while idle (``busy`` low), with the op
-      registers: ``op`` (3 bits: ACTIVATE 0, ADD 1, POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5; an op the
+    - ``start`` (in): a one-cycle pulse, sampled only while idle (``busy`` low), and the op
+      registers, read in the cycle after it (they must hold then): ``op`` (3 bits: ACTIVATE 0, ADD 1, POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5; an op the
       unit has no hardware for is ignored), ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
       ``dst`` (``p.dst_bits``), ``channels``, ``positions`` (``p.count_bits``, both >= 1),
       ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's and AVGPOOL's
@@ -63,11 +63,13 @@ class VectorUnit(wiring.Component):
       ``H * W``; MAXPOOL's ``src_a`` is the word of the first window's top left corner
       (:func:`hw.vector_words.maxpool_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
-      last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 4``,
-      ADD and ADD_RELU ``2N + 3`` (``N = channels * positions``), POOL
-      ``channels * (pool_pieces + positions + 4 + 3 * pool_code_bits) + 1``, MAXPOOL
-      ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 2``, AVGPOOL
-      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 4 + 3 * pool_code_bits) + 1``.
+      last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 6``,
+      ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL
+      ``channels * (pool_pieces + positions + 4 + 3 * pool_code_bits) + 2``, MAXPOOL
+      ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL
+      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 4 + 3 * pool_code_bits) + 2``
+      (each with the cycle in which the start, taken into a register, starts the op: no logic from
+      ``start`` into the op registers' enables).
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
       (``p.load_data_bits``): write one constant word at the clock edge; ignored while busy.
     - value read: ``val_read_addr`` (out, ``p.value_addr_bits``), ``val_read_data`` (in, signed
@@ -88,7 +90,7 @@ class VectorUnit(wiring.Component):
       ``ThresholdUnit.LATENCY`` cycles after the value is presented. Nothing is written.
 
     The write ports are registers. Pipelines, counted from an element's read address: ACTIVATE
-    presents the write 4 cycles later (the read, the threshold unit's 2, the write register), ADD
+    presents the write 5 cycles later (the read, the threshold unit's 3, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
     channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
     cycle), waits 4 cycles for the sum, searches its thresholds (3 cycles per code bit: read, compare,
@@ -204,9 +206,11 @@ class VectorUnit(wiring.Component):
         windowed = op == AVGPOOL
         m.d.comb += self.val_read_addr.eq(Mux(issue_b, rd_b, Mux(windowed, avgpool.addr, rd_a) if avgpool else rd_a))
         supported = Cat(*(self.op == x for x in p.ops)).any()
+        go = Signal(name="go")      # a start taken: the op begins in the next cycle (START_CYCLES)
+        m.d.sync += go.eq(self.start & ~busy & supported)
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                with m.If(self.start & ~busy & supported):
+                with m.If(go):
                     m.d.sync += [op.eq(self.op), channels.eq(self.channels), positions.eq(self.positions),
                                  before_channel.eq(self.channels - 2), before_position.eq(self.positions - 2),
                                  one_position.eq(self.positions == 1), last_pos.eq(self.positions == 1),
@@ -332,7 +336,7 @@ class VectorUnit(wiring.Component):
                                              else (C(0, 1), C(0, p.lanes), C(0, p.lanes * p.lane_bits)))
         m.d.comb += [self.code_write_lanes.eq(Mux(word_write, word_lanes, C(1, p.lanes) << self.code_write_lane)),
                      self.code_write_word.eq(Mux(word_write, word_data, self.code_write_data.replicate(p.lanes)))]
-        m.d.comb += busy.eq(~fsm.ongoing("IDLE") | Cat(*pending).any() | self.val_write_en | self.code_write_en)
+        m.d.comb += busy.eq(~fsm.ongoing("IDLE") | go | Cat(*pending).any() | self.val_write_en | self.code_write_en)
         m.d.comb += self.busy.eq(busy)
         return m
 

@@ -77,6 +77,7 @@ MAX_POOL_BASE_BITS = 128
 # register); POOL: cycles from a channel's last read until its sum is complete, and per
 # step of the threshold search (read a threshold, compare it into a register, take the result).
 THRESHOLD_LATENCY = 3
+START_CYCLES = 1              # the start taken into a register: an op's first read comes a cycle later
 ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 3
 POOL_DRAIN = 4
@@ -433,24 +434,25 @@ class VectorParams:
 
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
-        in which the last write is presented): ACTIVATE ``N + 4`` and ADD (ADD_RELU) ``2N + 3`` with
-        ``N = channels * positions``; POOL ``channels * (pool_pieces + positions + 4 + 3 * pool_code_bits)
-        + 1``; MAXPOOL ``ceil(channels / lanes) * positions * window + 2`` with ``positions`` the output's
-        and ``window`` = kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL
-        ``channels * positions * (pool_pieces + window + 4 + 3 * pool_code_bits) + 1`` (each window as
-        POOL's channel)."""
+        in which the last write is presented), each with the start's cycle (``START_CYCLES``): ACTIVATE
+        ``N + 6`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
+        (pool_pieces + positions + 4 + 3 * pool_code_bits) + 2``; MAXPOOL ``ceil(channels / lanes) *
+        positions * window + 3`` with ``positions`` the output's and ``window`` = kernel^2: one read per
+        cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions * (pool_pieces + window + 4 + 3 *
+        pool_code_bits) + 2`` (each window as POOL's channel)."""
         n = channels * positions
         if op == ACTIVATE:
-            return n + ACTIVATE_DEPTH
+            return START_CYCLES + n + ACTIVATE_DEPTH
         if op in (ADD, ADD_RELU):
-            return 2 * n + ADD_DEPTH
+            return START_CYCLES + 2 * n + ADD_DEPTH
         if op == POOL:
-            return channels * (self.pool_pieces + positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
+            return START_CYCLES + channels * (self.pool_pieces + positions + POOL_DRAIN
+                                              + SEARCH_STEP * self.pool_code_bits) + 1
         if op == MAXPOOL:
-            return -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
+            return START_CYCLES + -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
         if op == AVGPOOL:
-            return channels * positions * (self.pool_pieces + window + POOL_DRAIN
-                                           + SEARCH_STEP * self.pool_code_bits) + 1
+            return START_CYCLES + channels * positions * (self.pool_pieces + window + POOL_DRAIN
+                                                          + SEARCH_STEP * self.pool_code_bits) + 1
         raise ValueError(f"op must be one of {', '.join(f'{i} ({name})' for i, name in enumerate(OPS))}, got {op!r}")
 
     def register_cycles(self, regs: dict[str, int]) -> int:
