@@ -270,7 +270,14 @@ class LinkBridge(wiring.Component):
         in_words = Signal()         # past the header
         malformed = Signal()
         run_arg = Signal(8 * RUN_BYTES)
-        timer = Signal(range(timeout))
+        # Cycles without a byte, and `timed_out`: it reached timeout - 1 (a register set as it counts).
+        timer, timed_out = Signal(range(timeout)), Signal(name="timed_out")
+
+        def restart_timer():
+            m.d.sync += [timer.eq(0), timed_out.eq(timeout == 1)]
+
+        def count_timer():
+            m.d.sync += [timer.eq(timer + 1), timed_out.eq(timer == timeout - 2)]
         error = Signal(8)
         crc = Signal(8 * CRC_BYTES)
         crc_in = Signal(8)
@@ -355,7 +362,8 @@ class LinkBridge(wiring.Component):
             m.next = "TX_SYNC"
 
         def fail(code):
-            m.d.sync += [error.eq(code), timer.eq(0)]
+            m.d.sync += error.eq(code)
+            restart_timer()
             m.next = "DRAIN"
 
         def receiving(name, on_byte, length_checked=False):
@@ -367,13 +375,14 @@ class LinkBridge(wiring.Component):
                 with m.Elif(bad):
                     fail(NackCode.FRAMING)
                 with m.Elif(got):
-                    m.d.sync += [timer.eq(0), crc.eq(crc_next)]
+                    m.d.sync += crc.eq(crc_next)
+                    restart_timer()
                     on_byte()
-                with m.Elif(timer == timeout - 1):
+                with m.Elif(timed_out):
                     m.d.sync += error.eq(NackCode.TIMEOUT)
                     send(FrameType.NACK)
                 with m.Else():
-                    m.d.sync += timer.eq(timer + 1)
+                    count_timer()
 
         def on_type():
             m.d.sync += ftype.eq(byte)
@@ -460,7 +469,8 @@ class LinkBridge(wiring.Component):
         with m.FSM():
             with m.State("HUNT"):
                 with m.If(got & (byte == SYNC)):
-                    m.d.sync += [crc.eq(CRC_INIT), timer.eq(0), ftype.eq(0)]
+                    m.d.sync += [crc.eq(CRC_INIT), ftype.eq(0)]
+                    restart_timer()
                     m.next = "TYPE"
             receiving("TYPE", on_type)
             receiving("LEN_LO", on_len_lo)
@@ -472,11 +482,11 @@ class LinkBridge(wiring.Component):
                 check()
             with m.State("DRAIN"):
                 with m.If(self.rx.valid):
-                    m.d.sync += timer.eq(0)
-                with m.Elif(timer == timeout - 1):
+                    restart_timer()
+                with m.Elif(timed_out):
                     send(FrameType.NACK)
                 with m.Else():
-                    m.d.sync += timer.eq(timer + 1)
+                    count_timer()
 
             # LOAD: read the checked payload back: the address, then each word into the engine.
             with m.State("READ"):
