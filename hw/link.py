@@ -130,11 +130,12 @@ class LinkBridge(wiring.Component):
     optionally ``starting`` (out: the core has not yet taken the start; read in network mode),
     and any others (a probe) left unconnected; by default :class:`hw.engine.EngineSignature`
     (``addr_bits``, the widest target, ``out_bits``). Connect it to a ``LayerEngine`` or a
-    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 3`` cycles plus one
+    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 4`` cycles plus one
     per word (plus cycles the engine is not ready) after its last byte.
 
-    Timing: the checksum is tested in the cycle after the last CRC byte (a register compare, not the
-    CRC update's result), the payload's last byte is found by comparing with a register set with the
+    Timing: the checksum's test is registered in the cycle after the last CRC byte (a compare of the CRC
+    register, not of the CRC update's result) and acted on in the next, with the frame's type as flags
+    set with TYPE; the payload's last byte is found by comparing with a register set with the
     length (not ``length - 1``), and each reply byte is registered in the cycle before it is offered, a
     payload byte twice (the payload multiplexers end in a register, and that register feeds the reply's,
     not the UART and the CRC; the CRC's input byte is chosen by a register); the length's checks, the
@@ -384,8 +385,12 @@ class LinkBridge(wiring.Component):
                 with m.Else():
                     count_timer()
 
+        # The frame's type as flags, set with TYPE (the verdict tests flip-flops, not compares of `ftype`).
+        is_ping, is_run, is_result = Signal(name="is_ping"), Signal(name="is_run"), Signal(name="is_result")
+
         def on_type():
-            m.d.sync += ftype.eq(byte)
+            m.d.sync += [ftype.eq(byte), is_ping.eq(byte == FrameType.PING), is_run.eq(byte == FrameType.RUN),
+                         is_result.eq(byte == FrameType.RESULT)]
             with m.If((byte == FrameType.PING) | (byte == FrameType.LOAD) |
                       (byte == FrameType.RUN) | (byte == FrameType.RESULT)):
                 m.next = "LEN_LO"
@@ -440,18 +445,26 @@ class LinkBridge(wiring.Component):
         def on_crc_lo():
             m.next = "CHECK"
 
+        # CHECK (a cycle after CRC lo) registers the frame's tests; VERDICT acts on them: the checksum over TYPE
+        # through CRC lo is 0, RUN's output format is known, the LOAD's target is not the image while busy.
+        run_fmt = run_arg[RUN_COUNT_BITS:]
+        crc_bad, fmt_bad, to_image = Signal(name="crc_bad"), Signal(name="fmt_bad"), Signal(name="to_image")
+
         def check():
-            """The frame's checksum, over TYPE through CRC lo, is 0 (``crc``, a cycle after CRC lo)."""
-            run_fmt = run_arg[RUN_COUNT_BITS:]
-            with m.If(crc != 0):
+            m.d.sync += [crc_bad.eq(crc != 0), to_image.eq(~not_image),
+                         fmt_bad.eq((run_fmt != OutputFormat.FULL) &
+                                    ((run_fmt != OutputFormat.CODES) | (self._code_bits == 0)))]
+            m.next = "VERDICT"
+
+        def verdict():
+            with m.If(crc_bad):
                 fail(NackCode.CRC)
-            with m.Elif(ftype == FrameType.PING):
+            with m.Elif(is_ping):
                 send(FrameType.INFO)
-            with m.Elif((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)):
-                with m.If((run_fmt != OutputFormat.FULL) &
-                          ((run_fmt != OutputFormat.CODES) | (self._code_bits == 0))):
+            with m.Elif(is_run | is_result):
+                with m.If(fmt_bad):
                     fail(NackCode.LENGTH)
-                with m.Elif((ftype == FrameType.RUN) & busy_refuses):
+                with m.Elif(is_run & busy_refuses):
                     refuse_busy()
                 with m.Else():
                     m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0)]
@@ -460,7 +473,7 @@ class LinkBridge(wiring.Component):
                 fail(NackCode.TARGET)
             with m.Elif(malformed):
                 fail(NackCode.LENGTH)
-            with m.Elif(busy_refuses & not_image):
+            with m.Elif(busy_refuses & ~to_image):
                 refuse_busy()
             with m.Else():
                 m.d.sync += [count.eq(0), pos.eq(0), in_words.eq(0)]
@@ -480,6 +493,8 @@ class LinkBridge(wiring.Component):
             receiving("CRC_LO", on_crc_lo)
             with m.State("CHECK"):
                 check()
+            with m.State("VERDICT"):
+                verdict()
             with m.State("DRAIN"):
                 with m.If(self.rx.valid):
                     restart_timer()
@@ -528,7 +543,7 @@ class LinkBridge(wiring.Component):
             # and the words are sent or the core stopped, leaving further words in the core). START also
             # gives `out_len` and `no_words` a cycle to follow `remaining`.
             with m.State("START"):
-                m.d.comb += start.eq(ftype == FrameType.RUN)
+                m.d.comb += start.eq(is_run)
                 m.d.sync += running.eq(1)
                 m.next = "RUN"
             with m.State("RUN"):
