@@ -449,6 +449,10 @@ class LinkBridge(wiring.Component):
         # through CRC lo is 0, RUN's output format is known, the LOAD's target is not the image while busy.
         run_fmt = run_arg[RUN_COUNT_BITS:]
         crc_bad, fmt_bad, to_image = Signal(name="crc_bad"), Signal(name="fmt_bad"), Signal(name="to_image")
+        # `start` in START (a RUN's), from a flip-flop set on the way there.
+        start_pulse = Signal(name="start_pulse")
+        m.d.sync += start_pulse.eq(0)
+        m.d.comb += start.eq(start_pulse)
 
         def check():
             m.d.sync += [crc_bad.eq(crc != 0), to_image.eq(~not_image),
@@ -467,7 +471,8 @@ class LinkBridge(wiring.Component):
                 with m.Elif(is_run & busy_refuses):
                     refuse_busy()
                 with m.Else():
-                    m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0)]
+                    m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0),
+                                 start_pulse.eq(is_run)]
                     m.next = "START"
             with m.Elif(no_target):
                 fail(NackCode.TARGET)
@@ -543,7 +548,6 @@ class LinkBridge(wiring.Component):
             # and the words are sent or the core stopped, leaving further words in the core). START also
             # gives `out_len` and `no_words` a cycle to follow `remaining`.
             with m.State("START"):
-                m.d.comb += start.eq(is_run)
                 m.d.sync += running.eq(1)
                 m.next = "RUN"
             with m.State("RUN"):
