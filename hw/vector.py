@@ -65,9 +65,9 @@ class VectorUnit(wiring.Component):
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 6``,
       ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL
-      ``channels * (pool_pieces + positions + 4 + 3 * pool_code_bits) + 2``, MAXPOOL
+      ``channels * (pool_pieces + positions + 6 + 3 * pool_code_bits) + 2``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL
-      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 4 + 3 * pool_code_bits) + 2``
+      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 6 + 3 * pool_code_bits) + 2``
       (each with the cycle in which the start, taken into a register, starts the op: no logic from
       ``start`` into the op registers' enables).
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
@@ -93,7 +93,7 @@ class VectorUnit(wiring.Component):
     presents the write 5 cycles later (the read, the threshold unit's 3, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
     channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
-    cycle), waits 4 cycles for the sum, searches its thresholds (3 cycles per code bit: read, compare,
+    cycle), waits 6 cycles for the sum, searches its thresholds (3 cycles per code bit: read, compare,
     take) and presents the code's write in the next channel's first cycle (the arithmetic form computes
     ``B' + code * S + p * S`` where the table form reads the threshold: the same cycles); MAXPOOL reads
     a word per cycle and presents a window's write 2 cycles after its last read (the read, the write
@@ -368,15 +368,18 @@ class VectorUnit(wiring.Component):
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()
         offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()
         # Stage 1: the value read, registered (the value memory's read multiplexer feeds no logic);
-        # stage 2: t = x * 2^frac - offset; stage 3: u = relu(sign * t); stage 4: u summed (the negation
-        # and the sum are two carry chains: one a cycle).
+        # stage 2: x * 2^frac; stage 3: t = x * 2^frac - offset; stage 4: sign * t; stage 5: u = relu(sign * t);
+        # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle, POOL_DRAIN).
         value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2, "pool")[2]
-        t, t_valid = Signal(signed(p.value_bits + p.max_frac_bits + 1), name="t"), Signal(name="t_valid")
-        m.d.sync += [t.eq((value << frac) - offset), t_valid.eq(pool2)]
-        signed_t = Signal(signed(t.shape().width + 1))
-        m.d.comb += signed_t.eq(Mux(sign == 0, 0, Mux(sign < 0, -t, t)))
+        width = p.value_bits + p.max_frac_bits + 1
+        shifted, shifted_valid = Signal(signed(width), name="shifted"), Signal(name="shifted_valid")
+        m.d.sync += [shifted.eq(value << frac), shifted_valid.eq(pool2)]
+        t, t_valid = Signal(signed(width), name="t"), Signal(name="t_valid")
+        m.d.sync += [t.eq(shifted - offset), t_valid.eq(shifted_valid)]
+        signed_t, signed_valid = Signal(signed(width + 1), name="signed_t"), Signal(name="signed_valid")
+        m.d.sync += [signed_t.eq(Mux(sign == 0, 0, Mux(sign < 0, -t, t))), signed_valid.eq(t_valid)]
         u, u_valid = Signal(signed_t.shape(), name="u"), Signal(name="u_valid")
-        m.d.sync += [u.eq(Mux(relu & signed_t[-1], 0, signed_t)), u_valid.eq(t_valid)]
+        m.d.sync += [u.eq(Mux(relu & signed_t[-1], 0, signed_t)), u_valid.eq(signed_valid)]
         with m.If(u_valid):
             m.d.sync += total.eq(total + u)
         # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): phase 0, read its

@@ -80,7 +80,7 @@ THRESHOLD_LATENCY = 3
 START_CYCLES = 1              # the start taken into a register: an op's first read comes a cycle later
 ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 3
-POOL_DRAIN = 4
+POOL_DRAIN = 6
 SEARCH_STEP = 3
 MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the write register
 
@@ -436,9 +436,9 @@ class VectorParams:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented), each with the start's cycle (``START_CYCLES``): ACTIVATE
         ``N + 6`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
-        (pool_pieces + positions + 4 + 3 * pool_code_bits) + 2``; MAXPOOL ``ceil(channels / lanes) *
+        (pool_pieces + positions + 6 + 3 * pool_code_bits) + 2``; MAXPOOL ``ceil(channels / lanes) *
         positions * window + 3`` with ``positions`` the output's and ``window`` = kernel^2: one read per
-        cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions * (pool_pieces + window + 4 + 3 *
+        cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions * (pool_pieces + window + 6 + 3 *
         pool_code_bits) + 2`` (each window as POOL's channel)."""
         n = channels * positions
         if op == ACTIVATE:
