@@ -139,8 +139,9 @@ class LinkBridge(wiring.Component):
     length (not ``length - 1``), and each reply byte is registered in the cycle before it is offered, a
     payload byte twice (the payload multiplexers end in a register, and that register feeds the reply's,
     not the UART and the CRC; the CRC's input byte is chosen by a register); the length's checks, the
-    target's word size, the reply's length and the ends of the read-back and of RUN are registers set a
-    cycle or more before the FSM tests them: the paths that limited the iCE40 clock.
+    target's word size, the reply's length, the ends of the read-back and of RUN, and the engine side's
+    ``busy`` and ``starting`` are registers set a cycle or more before the FSM tests them: the paths that
+    limited the iCE40 clock.
     """
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
@@ -290,9 +291,13 @@ class LinkBridge(wiring.Component):
         m.d.comb += self.tx.payload.eq(tx_byte)
         m.d.comb += [crc_in.eq(Mux(replying, tx_byte, byte)), crc_next.eq(crc16_update(crc, crc_in))]
 
-        load, start, busy, out = self.engine.load, self.engine.start, self.engine.busy, self.engine.out
+        load, start, out = self.engine.load, self.engine.start, self.engine.out
         network = self._mode == LinkMode.NETWORK
-        starting = self.engine.starting if "starting" in self.engine.signature.members else C(0, 1)
+        # The engine side's busy and starting, registered (their tests feed the FSM's enables, not the core's
+        # state decode); START takes two cycles, so that RUN sees the busy that followed its start pulse.
+        busy, starting = Signal(name="engine_busy"), Signal(name="engine_starting")
+        m.d.sync += [busy.eq(self.engine.busy),
+                     starting.eq(self.engine.starting if "starting" in self.engine.signature.members else 0)]
         addr = Signal(self._addr_bits)
         data = Signal(max(self._target_bits))
         m.d.comb += [load.payload.target.eq(target), load.payload.addr.eq(addr), load.payload.data.eq(data)]
@@ -546,9 +551,12 @@ class LinkBridge(wiring.Component):
             # RUN: start the engine; RUN and RESULT: frame its next `expected` words, then DONE (the rule
             # of the mode: layers, once not busy, dropping further words; network, once the start is taken
             # and the words are sent or the core stopped, leaving further words in the core). START also
-            # gives `out_len` and `no_words` a cycle to follow `remaining`.
+            # gives `out_len` and `no_words` a cycle to follow `remaining`, and STARTED `busy` one to follow the
+            # engine's.
             with m.State("START"):
                 m.d.sync += running.eq(1)
+                m.next = "STARTED"
+            with m.State("STARTED"):
                 m.next = "RUN"
             with m.State("RUN"):
                 taking = ~no_words if network else C(1, 1)
