@@ -140,8 +140,10 @@ class LinkBridge(wiring.Component):
     payload byte twice (the payload multiplexers end in a register, and that register feeds the reply's,
     not the UART and the CRC; the CRC's input byte is chosen by a register); the length's checks, the
     target's word size, the reply's length, the ends of the read-back and of RUN, and the engine side's
-    ``busy`` and ``starting`` are registers set a cycle or more before the FSM tests them: the paths that
-    limited the iCE40 clock.
+    ``busy`` and ``starting`` are registers set a cycle or more before the FSM tests them; the reply's type
+    is written whenever no reply is under way (an enable from a register), ``tx`` is valid from a register,
+    and INFO's bytes are indexed by the low bits of the byte count only: the paths that limited the iCE40
+    clock.
     """
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
@@ -288,7 +290,7 @@ class LinkBridge(wiring.Component):
         # into the state: the payload byte's register follows `sent`); `replying`: from a reply's start to its
         # end, so that the checksum's input byte is chosen by a register, not the FSM's state.
         tx_byte, tx_held, tx_settled, replying = Signal(8), Signal(), Signal(), Signal()
-        m.d.comb += self.tx.payload.eq(tx_byte)
+        m.d.comb += [self.tx.payload.eq(tx_byte), self.tx.valid.eq(tx_held)]     # held only in a transmit state
         m.d.comb += [crc_in.eq(Mux(replying, tx_byte, byte)), crc_next.eq(crc16_update(crc, crc_in))]
 
         load, start, out = self.engine.load, self.engine.start, self.engine.out
@@ -328,7 +330,7 @@ class LinkBridge(wiring.Component):
         # The byte of the reply payload at `sent`, by reply type.
         info = self.info_payload()
         info_byte = Signal(8)
-        with m.Switch(sent):
+        with m.Switch(sent[:(len(info) - 1).bit_length()]):    # the low bits of `sent` that index INFO's bytes
             for i, b in enumerate(info):
                 with m.Case(i):
                     m.d.comb += info_byte.eq(b)
@@ -363,8 +365,16 @@ class LinkBridge(wiring.Component):
                 with m.Case(ftype_):
                     m.d.sync += reply_len.eq(n)
 
+        # `reply_type` takes the type of the reply sent in this cycle (`next_type`; NACK when none is) while no
+        # reply is under way: its enable is a register (`replying`), not the conditions of every reply.
+        next_type = Signal(8, name="next_type")
+        m.d.comb += next_type.eq(FrameType.NACK)
+        with m.If(~replying):
+            m.d.sync += reply_type.eq(next_type)
+
         def send(ftype_):
-            m.d.sync += [reply_type.eq(ftype_), replying.eq(1)]
+            m.d.comb += next_type.eq(ftype_)
+            m.d.sync += replying.eq(1)
             m.next = "TX_SYNC"
 
         def fail(code):
@@ -588,13 +598,11 @@ class LinkBridge(wiring.Component):
                         m.d.sync += tx_settled.eq(1)
                     with m.Elif(~tx_held):
                         m.d.sync += [tx_byte.eq(value), tx_held.eq(1)]
-                    with m.Else():
-                        m.d.comb += self.tx.valid.eq(1)
-                        with m.If(self.tx.ready):
-                            m.d.sync += [tx_settled.eq(0), tx_held.eq(0)]
-                            if update_crc:
-                                m.d.sync += crc.eq(crc_next)
-                            next_state()
+                    with m.Elif(self.tx.ready):
+                        m.d.sync += [tx_settled.eq(0), tx_held.eq(0)]
+                        if update_crc:
+                            m.d.sync += crc.eq(crc_next)
+                        next_state()
 
             def goto(state):
                 def next_state():
