@@ -55,7 +55,8 @@ class VectorUnit(wiring.Component):
 
     - ``start`` (in): a one-cycle pulse, sampled only while idle (``busy`` low), and the op
       registers, read in the cycle after it (they must hold then): ``op`` (3 bits: ACTIVATE 0, ADD 1,
-      POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5; an op the unit has no hardware for is ignored), ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
+      POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5; an op the unit has no hardware for is ignored),
+      ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
       ``dst`` (``p.dst_bits``), ``channels``, ``positions`` (``p.count_bits``, both >= 1),
       ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's and AVGPOOL's
       window (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.window_bits``; ``row_step``
