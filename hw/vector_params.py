@@ -442,18 +442,20 @@ class VectorParams:
         pool_code_bits) + 2`` (each window as POOL's channel)."""
         n = channels * positions
         if op == ACTIVATE:
-            return START_CYCLES + n + ACTIVATE_DEPTH
-        if op in (ADD, ADD_RELU):
-            return START_CYCLES + 2 * n + ADD_DEPTH
-        if op == POOL:
-            return START_CYCLES + channels * (self.pool_pieces + positions + POOL_DRAIN
-                                              + SEARCH_STEP * self.pool_code_bits) + 1
-        if op == MAXPOOL:
-            return START_CYCLES + -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
-        if op == AVGPOOL:
-            return START_CYCLES + channels * positions * (self.pool_pieces + window + POOL_DRAIN
-                                                          + SEARCH_STEP * self.pool_code_bits) + 1
-        raise ValueError(f"op must be one of {', '.join(f'{i} ({name})' for i, name in enumerate(OPS))}, got {op!r}")
+            run = n + ACTIVATE_DEPTH
+        elif op in (ADD, ADD_RELU):
+            run = 2 * n + ADD_DEPTH
+        elif op == POOL:
+            run = channels * (self.pool_pieces + positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
+        elif op == MAXPOOL:
+            run = -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
+        elif op == AVGPOOL:
+            run = channels * positions * (self.pool_pieces + window + POOL_DRAIN
+                                          + SEARCH_STEP * self.pool_code_bits) + 1
+        else:
+            names = ", ".join(f"{i} ({name})" for i, name in enumerate(OPS))
+            raise ValueError(f"op must be one of {names}, got {op!r}")
+        return START_CYCLES + run
 
     def register_cycles(self, regs: dict[str, int]) -> int:
         """:meth:`op_cycles` of the op that the op registers ``regs`` start (``op_registers``'s dict)."""
