@@ -178,17 +178,18 @@ run_test(built, "hanging_cocotb", sys.argv[1] + "/run", timeout=600)
 
 
 def _live_simulators(marker: str) -> list[int]:
-    """Pids of live (not zombie) vvp processes whose command line names ``marker``."""
+    """Pids of live (not zombie) processes running the ``vvp`` program with ``marker`` in their arguments
+    (not ``iverilog``, whose ``-o .../sim.vvp`` argument also names vvp)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if "vvp" in cmdline and marker in cmdline and state not in ("Z", "X"):
+        if Path(argv[0]).name == "vvp" and any(marker in arg for arg in argv) and state not in ("Z", "X"):
             pids.append(int(entry.name))
     return pids
 
