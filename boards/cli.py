@@ -13,7 +13,7 @@ from hw.residency import RESIDENCY
 from lcq_train.arguments import nonnegative_int, positive_float, positive_int
 
 from .boards import BOARDS, get_board
-from .build import ROUTERS
+from .build import PLACERS, ROUTERS
 
 MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.protocol.LinkMode's labels)
 
@@ -40,6 +40,8 @@ def add_parsers(sub) -> dict:
                         "stage it stopped in (default: no limit)")
     p.add_argument("--seed", type=nonnegative_int, metavar="N",
                    help="nextpnr's placement seed, an integer >= 0 (default: nextpnr's own)")
+    p.add_argument("--placer", choices=PLACERS, help="nextpnr's placer (default: static on ECP5 boards, heap on "
+                                                     "iCE40)")
     p.add_argument("--router", choices=ROUTERS, help="nextpnr's router (default: router2 on ECP5 boards, router1 on "
                                                      "iCE40)")
     p.add_argument("--force", action="store_true",
@@ -78,7 +80,7 @@ def cmd_build(args) -> int:
     try:
         result = build_model(args.model, get_board(args.board), args.mhz, args.rows, args.cols,
                              Path(args.output or Path("build") / args.board), mode=args.mode, seed=args.seed,
-                             router=args.router, timeout=args.timeout, force=args.force)
+                             placer=args.placer, router=args.router, timeout=args.timeout, force=args.force)
     except BuildTimeout as e:
         print(f"lcq build: error: --timeout {args.timeout:g} s: {e}", file=sys.stderr)
         return 1
@@ -91,10 +93,11 @@ def cmd_build(args) -> int:
 
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
                 out: Path | None = None, mode: str = "layers", *, seed: int | None = None,
-                router: str | None = None, timeout: float | None = None, force: bool = False) -> dict:
+                placer: str | None = None, router: str | None = None, timeout: float | None = None,
+                force: bool = False) -> dict:
     """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
     (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
-    ``build/<board>``), with nextpnr's ``seed`` and ``router`` (:func:`boards.build.build`). Without
+    ``build/<board>``), with nextpnr's ``seed``, ``placer`` and ``router`` (:func:`boards.build.build`). Without
     ``mhz``, at the board's default clock and, where timing does not close there, once more at the
     Fmax reached. Returns the report (also in ``out/report.json``; ``mode``, and ``network`` or
     ``engine``: what ``lcq run`` needs to talk to the board); raises :class:`boards.build.BuildError`
@@ -122,7 +125,7 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     else:
         what = f"a {engine.params.rows} x {engine.params.cols} engine ({DESCRIPTION[engine.resident]})"
     print(f"building {what} for {board.name} ({board.device})...", file=sys.stderr, flush=True)
-    result = build(factory, board, mhz, out, seed=seed, router=router, deadline=deadline).to_dict()
+    result = build(factory, board, mhz, out, seed=seed, placer=placer, router=router, deadline=deadline).to_dict()
     attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]
     if mhz is None and result["fmax_mhz"] < result["pll_mhz"]:
         slower = closing_frequency(board, result["fmax_mhz"])
@@ -130,7 +133,8 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
         print(f"Fmax {result['fmax_mhz']} MHz < {result['pll_mhz']} MHz"
               + (f" (the path that misses it: {miss})" if miss else "") + f": building again at {slower} MHz",
               file=sys.stderr, flush=True)
-        result = build(factory, board, slower, out, seed=seed, router=router, deadline=deadline).to_dict()
+        result = build(factory, board, slower, out, seed=seed, placer=placer, router=router,
+                       deadline=deadline).to_dict()
         attempts.append({"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]})
     result.update(timing_met=result["fmax_mhz"] >= result["pll_mhz"], attempts=attempts, model=str(model_path),
                   mode=mode)

@@ -79,6 +79,10 @@ _NEXTPNR = [
      lambda m, p: f"placement (initial): iteration {m[1]}, wirelength {m[2]}"),
     (re.compile(r"at iteration #(\d+), type \w+: wirelen solved = \d+, spread = \d+, legal = (\d+)"),
      lambda m, p: f"placement (analytic): iteration {m[1]}, wirelength {m[2]}"),
+    (re.compile(r"Running Static placer"), lambda m, p: "placement (static)"),
+    (re.compile(r"^Info: iter=(\d+) steplen="), lambda m, p: p._static_iteration(int(m[1]))),
+    (re.compile(r"^Info: overlap: (.*\S)"), lambda m, p: f"placement (static): iteration {p.static_iteration}, "
+                                                       f"overlap {m[1]}"),
     (re.compile(r"Running simulated annealing placer"), lambda m, p: "placement (annealing)"),
     (re.compile(r"at iteration #(\d+): temp = [\d.]+, timing cost = \d+, wirelen = (\d+)"),
      lambda m, p: f"placement (annealing): iteration {m[1]}, wirelength {m[2]}"),
@@ -107,8 +111,13 @@ class Progress:
         self.step: str | None = None
         self.clocks: dict = {}
         self.total_arcs: int | None = None
+        self.static_iteration: int | None = None   # the static placer's last iteration
         self.routing = False        # a routing line seen
         self.clocks_routed = False  # the clocks are of an analysis after routing started
+
+    def _static_iteration(self, iteration: int) -> str:
+        self.static_iteration = iteration
+        return f"placement (static): iteration {iteration}"
 
     def _arcs(self, total: int) -> str:
         self.total_arcs = total

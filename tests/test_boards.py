@@ -25,7 +25,7 @@ from amaranth.lib import io, memory  # noqa: E402
 
 from boards import cli  # noqa: E402
 from boards.boards import BOARDS, get_board, uart_baud  # noqa: E402
-from boards.build import BuildError, build, default_router  # noqa: E402
+from boards.build import BuildError, build, default_placer, default_router  # noqa: E402
 from boards.clock import ecp5_pll, ice40_pll, pll_plan  # noqa: E402
 from boards.fit import FitError, check_fit, estimate, ram_blocks  # noqa: E402
 from boards.flash import FlashError, flash, flash_command  # noqa: E402
@@ -332,6 +332,7 @@ def test_build_board(tmp_path, name):
     assert res["EBR"]["used"] == 1 and res["DSP"]["used"] >= 1 and res["PLL"]["used"] == 1
     assert {r: res[r]["available"] for r in board.resources} == board.resources
     assert report["seed"] is None and report["router"] == default_router(board)
+    assert report["placer"] == default_placer(board)
     assert list(report["stage_seconds"]) == ["synthesis", "placement and routing", "packing"]
     worst = report["worst_paths"][0]   # the path that sets the Fmax, by the cells it starts and ends at
     assert abs(worst["fmax_mhz"] - report["fmax_mhz"]) <= 0.02 and worst["source"] and worst["sink"]

@@ -1,6 +1,6 @@
 """`lcq build` stage by stage: progress figures from Yosys' and nextpnr's logs, the stage runner with
 fake tools (a deadline kills a stage's process group; a failing tool names its stage), the worst paths
-of nextpnr's report, and the build options --timeout, --seed and --router. No real synthesis: the fake
+of nextpnr's report, and the build options --timeout, --seed, --placer and --router. No real synthesis: the fake
 tools are Python scripts put in place of the YoWASP tools through the variables ``toolchain_env`` sets.
 
 The nextpnr log lines are real ones (an iCEBreaker build of the digits CNN and an ULX3S-85F build of
@@ -89,6 +89,22 @@ def test_router2_and_ice40_progress():
     routed = placed + "Info: Max frequency for clock                      'clk': 23.52 MHz (PASS at 21.00 MHz)\n"
     assert feed("nextpnr-ice40", routed) == "routing complete; Fmax 23.52 MHz for clk (PASS at 21 MHz)"
     assert feed("nextpnr-ice40", "Info: Program finished normally.") is None
+
+
+def test_static_placer_progress():
+    """nextpnr's static placer (ECP5's default): its iteration and the overlap of each cell group, the SA
+    refinement after it (lines of a real nextpnr-ecp5 0.8 log)."""
+    log = ("Info: Running Static placer...\nInfo: \u2301 bel grid 127x96, placer grid 127x95...\n"
+           "Info: initial steplen=0.010000 next steplen = 1.235761\n"
+           "Info: iter=4 steplen=6.690707 a=3.294880 penalty=[0.02, 0.02, 0.02, 0.02]\n"
+           "Info:    update_chains distance 0.14\nInfo:    system potential: 22001.654297 hpwl: 5777.551758\n")
+    assert feed("nextpnr-ecp5", log) == "placement (static): iteration 4"
+    log += "Info: overlap: COMB=66.2%, FF=57.0%, RAM=0.0%, MUL=0.0%\n"
+    assert feed("nextpnr-ecp5", log) == ("placement (static): iteration 4, overlap COMB=66.2%, FF=57.0%, RAM=0.0%, "
+                                         "MUL=0.0%")
+    log += ("Info: Running simulated annealing placer for refinement.\n"
+            "Info:   at iteration #5: temp = 0.000000, timing cost = 25, wirelen = 5483\n")
+    assert feed("nextpnr-ecp5", log) == "placement (annealing): iteration 5, wirelength 5483"
 
 
 def test_yosys_progress_and_other_tools():
@@ -373,22 +389,24 @@ def _build_parser():
 
 def test_build_options_parse():
     from boards.boards import get_board
-    from boards.build import default_router
+    from boards.build import default_placer, default_router
 
     parser, _ = _build_parser()
     args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f", "--timeout", "90", "--seed", "7",
-                              "--router", "router1"])
-    assert (args.timeout, args.seed, args.router) == (90.0, 7, "router1")
+                              "--placer", "heap", "--router", "router1"])
+    assert (args.timeout, args.seed, args.placer, args.router) == (90.0, 7, "heap", "router1")
     args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f"])
-    assert (args.timeout, args.seed, args.router) == (None, None, None)        # the board's router
-    assert [default_router(get_board(b)) for b in ("ulx3s-85f", "orangecrab-25f", "icebreaker")] == [
-        "router2", "router2", "router1"]
+    assert (args.timeout, args.seed, args.placer, args.router) == (None, None, None, None)   # the board's own
+    boards = [get_board(b) for b in ("ulx3s-85f", "orangecrab-25f", "icebreaker")]
+    assert [default_router(b) for b in boards] == ["router2", "router2", "router1"]
+    assert [default_placer(b) for b in boards] == ["static", "static", "heap"]
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--timeout", "0"], "argument --timeout: must be a finite number > 0, not '0'"),
     (["--seed", "-1"], "argument --seed: must be an integer >= 0, not '-1'"),
     (["--router", "router3"], "argument --router: invalid choice: 'router3'"),
+    (["--placer", "annealing"], "argument --placer: invalid choice: 'annealing'"),
 ])
 def test_build_options_are_checked(argv, message, capsys):
     parser, _ = _build_parser()
@@ -409,9 +427,9 @@ def test_cmd_build_passes_the_options_and_reports_a_timeout(monkeypatch, capsys)
     monkeypatch.setattr(cli, "build_model", stopped)
     parser, handlers = _build_parser()
     args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f", "--timeout", "90", "--seed", "3",
-                              "--router", "router2", "--json"])
+                              "--placer", "sa", "--router", "router2", "--json"])
     assert handlers["build"](args) == 1
-    assert (seen["timeout"], seen["seed"], seen["router"]) == (90.0, 3, "router2")
+    assert (seen["timeout"], seen["seed"], seen["placer"], seen["router"]) == (90.0, 3, "sa", "router2")
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == ("lcq build: error: --timeout 90 s: ulx3s-85f build stopped at its time limit in placement "
@@ -420,7 +438,7 @@ def test_cmd_build_passes_the_options_and_reports_a_timeout(monkeypatch, capsys)
 
 # --- build() end to end with fake tools: options reach nextpnr, report.json records them ---------------
 
-def test_build_records_seed_router_stages_and_worst_paths(tmp_path, fake_tools, monkeypatch):
+def test_build_records_seed_placer_router_stages_and_worst_paths(tmp_path, fake_tools, monkeypatch):
     pytest.importorskip("amaranth")
     from amaranth.hdl import Module
 
@@ -432,16 +450,19 @@ def test_build_records_seed_router_stages_and_worst_paths(tmp_path, fake_tools, 
     monkeypatch.setenv("FAKE_REPORT", str(report))
     fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
     out = tmp_path / "out"
-    result = build(lambda platform, clk_hz: Module(), "icebreaker", None, out, seed=5, router="router2")
+    result = build(lambda platform, clk_hz: Module(), "icebreaker", None, out, seed=5, placer="static",
+                   router="router2")
     argv = eval((out / "nextpnr-ice40.argv").read_text())
-    assert argv[argv.index("--seed") + 1] == "5" and argv[argv.index("--router") + 1] == "router2"
+    assert [argv[argv.index(flag) + 1] for flag in ("--seed", "--placer", "--router")] == ["5", "static", "router2"]
     written = json.loads((out / "report.json").read_text())
     assert written == json.loads(json.dumps(result.to_dict()))
-    assert (written["seed"], written["router"]) == (5, "router2")
+    assert (written["seed"], written["placer"], written["router"]) == (5, "static", "router2")
     assert list(written["stage_seconds"]) == ["synthesis", "placement and routing", "packing"]
     assert written["worst_paths"][0]["sink"] == f"{FF}.I0"
     with pytest.raises(ValueError, match="router 'router3': nextpnr's routers are router1, router2"):
         build(lambda platform, clk_hz: Module(), "icebreaker", None, out, router="router3")
+    with pytest.raises(ValueError, match="placer 'annealing': nextpnr's placers are heap, static, sa"):
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, out, placer="annealing")
 
 
 def test_build_past_its_deadline_leaves_no_result(tmp_path, fake_tools, monkeypatch, capsys):
