@@ -99,6 +99,7 @@ from .delay import delayed
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS, SPRAM_DEPTH,
                             STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
                             WIDE_WEIGHTS, EngineParams)
+from .fsm_encoding import one_hot
 from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
@@ -579,6 +580,7 @@ class LayerEngine(wiring.Component):
                             m.next = "IDLE"
                         with m.Else():
                             m.next = "READ_WORD"
+        one_hot(fsm)
 
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         m.d.comb += idle.eq(fsm.ongoing("IDLE"))
@@ -881,6 +883,7 @@ class LayerEngine(wiring.Component):
                 m.d.sync += flush.eq(flush - 1)
                 with m.If(flush == 0):
                     m.next = "IDLE"
+        one_hot(writer)
         m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
         return writer.ongoing("FEED"), (writer.ongoing("READ_SECOND") if p.write_pairs else C(0, 1))
 

@@ -72,6 +72,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .engine import EngineSignature
+from .fsm_encoding import one_hot
 from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, LENGTH_BITS, MAX_TARGETS, OUT_FORMAT,
                        OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameType, LinkInfo, LinkMode, NackCode,
                        OutputFormat)
@@ -499,7 +500,7 @@ class LinkBridge(wiring.Component):
                 m.d.sync += [count.eq(0), pos.eq(0), in_words.eq(0)]
                 m.next = "READ"
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("HUNT"):
                 with m.If(got & (byte == SYNC)):
                     m.d.sync += [crc.eq(CRC_INIT), ftype.eq(0)]
@@ -643,5 +644,6 @@ class LinkBridge(wiring.Component):
             transmit("TX_PAYLOAD", payload_held, after_payload)
             transmit("TX_CRC_HI", crc[8:], goto("TX_CRC_LO"), update_crc=False)
             transmit("TX_CRC_LO", crc[:8], after_crc, update_crc=False)
+        one_hot(fsm)
         return m
 

@@ -47,6 +47,7 @@ from amaranth.lib.wiring import In, Out
 
 from .engine import LayerEngine
 from .engine_params import CONFIG
+from .fsm_encoding import one_hot
 from .network_params import (END, ENGINE_REG, ENGINE_TARGETS, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS,
                              OPERANDS, OUTPUT, PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE,
                              VECTOR_REG, NetworkParams)
@@ -328,6 +329,7 @@ class NetworkCore(wiring.Component):
                 with m.If(self.out.ready):
                     m.d.sync += [out_addr.eq(out_addr + 1), remaining.eq(remaining - 1)]
                     m.next = "OUTPUT_READ"
+        one_hot(fsm)
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         m.d.comb += [idle.eq(fsm.ongoing("IDLE")), copying.eq(fsm.ongoing("COPY")), self.busy.eq(~idle),
                      self.starting.eq(copying)]

@@ -11,6 +11,7 @@ from amaranth.lib.cdc import FFSynchronizer
 from amaranth.lib.wiring import In, Out
 
 from .baud import baud_divisor
+from .fsm_encoding import one_hot
 
 #: What the receiver delivers per byte: the data and whether its stop bit was low.
 RX_LAYOUT = data.StructLayout({"data": 8, "error": 1})
@@ -81,7 +82,7 @@ class UartRx(_Uart):
         m.d.sync += self.o.valid.eq(0)
         with m.If(timer != 0):
             m.d.sync += timer.eq(timer - 1)
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(~line):
                     m.d.sync += timer.eq(self._divisor // 2 - 1)
@@ -108,4 +109,5 @@ class UartRx(_Uart):
             with m.State("BREAK"):
                 with m.If(line):
                     m.next = "IDLE"
+        one_hot(fsm)
         return m

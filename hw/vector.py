@@ -42,6 +42,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .delay import delays
+from .fsm_encoding import one_hot
 from .thresholds import ThresholdUnit
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
                             POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
@@ -288,6 +289,7 @@ class VectorUnit(wiring.Component):
                             with m.Else():
                                 next_channel()
                                 m.next = "CONSTANTS"
+        one_hot(fsm)
 
         # ACTIVATE: the value read goes through the threshold unit; its code, with the element's
         # code address and lane delayed alike, into the code write registers. While idle, the unit
