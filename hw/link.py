@@ -259,7 +259,9 @@ class LinkBridge(wiring.Component):
         ftype = Signal(8)
         length = Signal(LENGTH_BITS)
         last_count = Signal(range(self._max_payload))    # the payload's last byte: length - 1, set with LEN hi
-        count = Signal(LENGTH_BITS)  # payload bytes received, then read back
+        # Byte counts within a payload and reply lengths: at most max_payload (a longer LEN is refused).
+        payload_bytes = range(self._max_payload + 1)
+        count = Signal(payload_bytes)  # payload bytes received, then read back
         target = Signal(8)
         word_bytes = Signal(range(max(self._word_bytes) + 1))
         with m.Switch(target):
@@ -310,8 +312,8 @@ class LinkBridge(wiring.Component):
         # of a word after this one. The reply's decisions read registers (`heading`, `last_byte`, a zero
         # test of `word_left`), set as `sent` moves on, not compares of `sent` (the bridge's worst path).
         reply_type = Signal(8)
-        reply_len = Signal(LENGTH_BITS)
-        sent = Signal(LENGTH_BITS)
+        reply_len = Signal(payload_bytes)
+        sent = Signal(payload_bytes)
         running = Signal()
         remaining = Signal(RUN_COUNT_BITS)      # words still to send of those RUN asked for
         fmt = Signal()
@@ -353,8 +355,8 @@ class LinkBridge(wiring.Component):
         # The reply's payload length: by its type, a cycle after `reply_type` (TX_LEN_LO comes later); an OUT
         # frame's is `out_len` as the frame is sent: a register that follows `remaining` a cycle behind (no
         # multiplication or compare before the length's register).
-        out_len = Signal(LENGTH_BITS)
-        full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:16] * size, k * size)
+        out_len = Signal(payload_bytes)
+        full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:k.bit_length()] * size, k * size)
                         for k, size in zip(per_frame, (full_bytes, code_bytes)))
         # `no_words`: `remaining` is 0, also a cycle behind it (RUN, which tests it, comes a cycle or more after it
         # changes: after START, or after a frame's bytes).
