@@ -353,15 +353,20 @@ class LinkBridge(wiring.Component):
         word = Mux(fmt, codes, raw) if self._code_bits else raw
 
         # The reply's payload length: by its type, a cycle after `reply_type` (TX_LEN_LO comes later); an OUT
-        # frame's is `out_len` as the frame is sent: a register that follows `remaining` a cycle behind (no
-        # multiplication or compare before the length's register).
+        # frame's is `out_len` as the frame is sent: a register two cycles behind `remaining` (RUN reads it two
+        # or more cycles after `remaining` changes: after START and STARTED, or after a frame's bytes), the
+        # compare and the product of each format registered in the first cycle, the choice in the second.
         out_len = Signal(payload_bytes)
-        full, codes_ = (OUT_HEAD_BYTES + Mux(remaining < k, remaining[:k.bit_length()] * size, k * size)
-                        for k, size in zip(per_frame, (full_bytes, code_bytes)))
+        lengths = []
+        for k, size in zip(per_frame, (full_bytes, code_bytes)):
+            short, part = Signal(name="out_short"), Signal(range(k * size + 1), name="out_part")
+            m.d.sync += [short.eq(remaining < k), part.eq(remaining[:k.bit_length()] * size)]
+            lengths.append(OUT_HEAD_BYTES + Mux(short, part, k * size))
         # `no_words`: `remaining` is 0, also a cycle behind it (RUN, which tests it, comes a cycle or more after it
         # changes: after START, or after a frame's bytes).
         no_words = Signal(name="no_words")
-        m.d.sync += [out_len.eq(Mux(fmt, codes_, full)), no_words.eq(remaining == 0)]
+        m.d.sync += [out_len.eq(Mux(fmt, lengths[OutputFormat.CODES], lengths[OutputFormat.FULL])),
+                     no_words.eq(remaining == 0)]
         with m.Switch(reply_type):
             for ftype_, n in ((FrameType.INFO, len(info)), (FrameType.NACK, NACK_BYTES), (FrameType.DONE, DONE_BYTES),
                               (FrameType.ACK, 0)):
@@ -563,9 +568,9 @@ class LinkBridge(wiring.Component):
 
             # RUN: start the engine; RUN and RESULT: frame its next `expected` words, then DONE (the rule
             # of the mode: layers, once not busy, dropping further words; network, once the start is taken
-            # and the words are sent or the core stopped, leaving further words in the core). START also
-            # gives `out_len` and `no_words` a cycle to follow `remaining`, and STARTED `busy` one to follow the
-            # engine's.
+            # and the words are sent or the core stopped, leaving further words in the core). START and STARTED
+            # give `out_len` two cycles and `no_words` one to follow `remaining`, and STARTED `busy` one to follow
+            # the engine's.
             with m.State("START"):
                 m.d.sync += running.eq(1)
                 m.next = "STARTED"
