@@ -412,14 +412,20 @@ class LayerEngine(wiring.Component):
         # ``y_end`` (the position is its row's last, the row its band's) set with their counters; the
         # reduction tile's ends (``ends``: its group, kx and ky are their loops' last; its band the last
         # band; its channel tile the last), compares of counters that change only as a tile ends,
-        # registered (the next test comes two cycles later at the earliest); ``first_tile`` (group, kx
-        # and ky are 0), set as a tile ends.
+        # registered (the next test comes two cycles later at the earliest), and ``through`` (the loops from
+        # the group out to the named one all at their last: the next loop out moves as the tile ends),
+        # registered alongside, so that each loop's enable is the tile's end and one flip-flop, not a chain of
+        # the ends; ``first_tile`` (group, kx and ky are 0), set as a tile ends.
         x_end, y_end, first_tile = Signal(name="x_end"), Signal(name="y_end"), Signal(name="first_tile")
-        ends = {name: Signal(name=f"{name}_end") for name in ("g", "kx", "ky", "band", "co_tile")}
-        m.d.sync += [ends["g"].eq(g == last["groups"]), ends["kx"].eq(kx == last["kernel"]),
-                     ends["ky"].eq(ky == last["kernel"]), ends["band"].eq(band["end_y"] == last["out_h"]),
-                     ends["co_tile"].eq(co_tile == last["co_tiles"])]
-        tile_ends = ends["g"] & ends["kx"] & ends["ky"]
+        loops = ("g", "kx", "ky", "band", "co_tile")
+        ends = {name: Signal(name=f"{name}_end") for name in loops}
+        through = {name: Signal(name=f"through_{name}") for name in loops[:-1]}
+        at_last = {"g": g == last["groups"], "kx": kx == last["kernel"], "ky": ky == last["kernel"],
+                   "band": band["end_y"] == last["out_h"], "co_tile": co_tile == last["co_tiles"]}
+        m.d.sync += [ends[name].eq(at_last[name]) for name in loops]
+        m.d.sync += [through[name].eq(Cat(at_last[inner] for inner in loops[:i + 1]).all())
+                     for i, name in enumerate(loops[:-1])]
+        tile_ends = through["ky"]
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
         tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
@@ -515,8 +521,8 @@ class LayerEngine(wiring.Component):
                                  row_addr.eq(row_addr + cfg["row_step"])]
                     with m.If(y_end):
                         m.d.sync += first_tile.eq(tile_ends)
-                        self._next_tile(m, cfg, ends, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base,
-                                        finishing, band, band_cfg, weight_addr)
+                        self._next_tile(m, cfg, ends, through, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset,
+                                        out_base, finishing, band, band_cfg, weight_addr)
                         if self.network:
                             with m.If(overlap):
                                 m.d.sync += weight_addr.eq(fetch + 1)       # past the next tile's last row
@@ -968,34 +974,34 @@ class LayerEngine(wiring.Component):
         m.d.sync += [band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
                      band["end_y"].eq(band_cfg["rows"] - 1)]
 
-    def _next_tile(self, m, cfg, ends, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base, finishing,
-                   band, band_cfg, weight_addr):
+    def _next_tile(self, m, cfg, ends, through, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base,
+                   finishing, band, band_cfg, weight_addr):
         """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile (network
-        mode: whose row groups start ``tile_step`` activation words on); ``ends``: the loops' end registers."""
+        mode: whose row groups start ``tile_step`` activation words on); ``ends``: the loops' end registers;
+        ``through``: registers, the loops from the group out to the named one all at their ends."""
         with m.If(~ends["g"]):
             m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
         with m.Else():
             m.d.sync += [g.eq(0), plane_base.eq(tile_plane)]
-            with m.If(~ends["kx"]):
-                m.d.sync += kx.eq(kx + 1)
+        with m.If(through["g"]):
+            m.d.sync += kx.eq(Mux(ends["kx"], 0, kx + 1))
+        with m.If(through["kx"]):
+            with m.If(~ends["ky"]):
+                m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
             with m.Else():
-                m.d.sync += kx.eq(0)
-                with m.If(~ends["ky"]):
-                    m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
-                with m.Else():
-                    m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"])]
-                    with m.If(~ends["band"]):
-                        m.d.sync += [weight_addr.eq(band["weight_addr"]),
-                                     band["pos"].eq(band["pos"] + band_cfg["positions"]),
-                                     band["iy"].eq(band["iy"] + band_cfg["in_rows"]),
-                                     band["row"].eq(band["row"] + band_cfg["step"]),
-                                     band["end_y"].eq(band["end_y"] + band_cfg["rows"])]
-                    with m.Else():
-                        LayerEngine._first_band(m, band, band_cfg)
-                        m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
-                                     band["weight_addr"].eq(weight_addr)]
-                        if self.network:
-                            m.d.sync += [tile_plane.eq(tile_plane + cfg["tile_step"]),
-                                         plane_base.eq(tile_plane + cfg["tile_step"])]
-                        with m.If(ends["co_tile"]):
-                            m.d.sync += finishing.eq(1)
+                m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"])]
+        with m.If(through["ky"] & ~ends["band"]):
+            m.d.sync += [weight_addr.eq(band["weight_addr"]),
+                         band["pos"].eq(band["pos"] + band_cfg["positions"]),
+                         band["iy"].eq(band["iy"] + band_cfg["in_rows"]),
+                         band["row"].eq(band["row"] + band_cfg["step"]),
+                         band["end_y"].eq(band["end_y"] + band_cfg["rows"])]
+        with m.If(through["band"]):
+            LayerEngine._first_band(m, band, band_cfg)
+            m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
+                         band["weight_addr"].eq(weight_addr)]
+            if self.network:
+                m.d.sync += [tile_plane.eq(tile_plane + cfg["tile_step"]),
+                             plane_base.eq(tile_plane + cfg["tile_step"])]
+            with m.If(ends["co_tile"]):
+                m.d.sync += finishing.eq(1)
