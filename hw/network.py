@@ -256,7 +256,9 @@ class NetworkCore(wiring.Component):
                      self.probe.code_data.eq(engine.code_written.data), self.probe.value_en.eq(value_write.en),
                      self.probe.value_addr.eq(value_write.addr), self.probe.value_data.eq(value_write.data)]
 
-        remaining = Signal(signed(p.reg_bits))
+        # OUTPUT's words still to offer, and `no_more` (it is 0), a register set with it (OUTPUT_READ branches on
+        # a flip-flop, not on a compare of the count).
+        remaining, no_more = Signal(signed(p.reg_bits)), Signal(name="no_more")
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -301,7 +303,8 @@ class NetworkCore(wiring.Component):
                         m.d.comb += vector.start.eq(1)
                         m.next = "WAIT_VECTOR"
                     with m.Case(OUTPUT):
-                        m.d.sync += [out_addr.eq(operands["src_a"]), remaining.eq(operands["channels"])]
+                        m.d.sync += [out_addr.eq(operands["src_a"]), remaining.eq(operands["channels"]),
+                                     no_more.eq(operands["channels"] == 0)]
                         m.next = "OUTPUT_READ"
                     with m.Case(END):
                         m.next = "IDLE"
@@ -319,7 +322,7 @@ class NetworkCore(wiring.Component):
                     m.next = "FETCH"
             with m.State("OUTPUT_READ"):
                 m.d.comb += outputting.eq(1)
-                with m.If(remaining == 0):
+                with m.If(no_more):
                     m.d.sync += pc.eq(pc + 1)
                     m.next = "FETCH"
                 with m.Else():
@@ -327,7 +330,7 @@ class NetworkCore(wiring.Component):
             with m.State("OUTPUT_OFFER"):
                 m.d.comb += [outputting.eq(1), self.out.valid.eq(1), self.out.payload.eq(single_value)]
                 with m.If(self.out.ready):
-                    m.d.sync += [out_addr.eq(out_addr + 1), remaining.eq(remaining - 1)]
+                    m.d.sync += [out_addr.eq(out_addr + 1), remaining.eq(remaining - 1), no_more.eq(remaining == 1)]
                     m.next = "OUTPUT_READ"
         one_hot(fsm)
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
