@@ -6,7 +6,8 @@ and every state test and next-state choice decodes all its bits. Yosys extracts 
 state register that carries the ``fsm_encoding`` attribute whatever its initial value, taking the
 reset state from the domain's reset (every FSM here is in ``sync``, which the board holds in reset
 until its PLL locks). One-hot, each state is one flip-flop: a state test reads one bit, and a
-next-state bit is an OR of the transitions into its state. Simulation runs the RTL, unchanged.
+next-state bit is an OR of the transitions into its state. The RTL is unchanged; the netlist
+simulations (``lcq sim --netlist``) run the re-encoded FSMs.
 """
 
 
