@@ -419,12 +419,12 @@ class LayerEngine(wiring.Component):
         x_end, y_end, first_tile = Signal(name="x_end"), Signal(name="y_end"), Signal(name="first_tile")
         loops = ("g", "kx", "ky", "band", "co_tile")
         ends = {name: Signal(name=f"{name}_end") for name in loops}
-        through = {name: Signal(name=f"through_{name}") for name in loops[:-1]}
+        through = {"g": ends["g"], **{name: Signal(name=f"through_{name}") for name in loops[1:-1]}}
         at_last = {"g": g == last["groups"], "kx": kx == last["kernel"], "ky": ky == last["kernel"],
                    "band": band["end_y"] == last["out_h"], "co_tile": co_tile == last["co_tiles"]}
         m.d.sync += [ends[name].eq(at_last[name]) for name in loops]
         m.d.sync += [through[name].eq(Cat(at_last[inner] for inner in loops[:i + 1]).all())
-                     for i, name in enumerate(loops[:-1])]
+                     for i, name in enumerate(loops) if 0 < i < len(loops) - 1]
         tile_ends = through["ky"]
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
