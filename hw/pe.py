@@ -128,6 +128,11 @@ class Variant:
         """``L[k][j]`` (``product_bits`` unsigned) from the weight's magnitude and the operand."""
         raise NotImplementedError
 
+    def product_terms(self, m: Module, pe: ProcessingElement, magnitude, operand) -> list:
+        """Unsigned values whose sum is ``L[k][j]``: :meth:`product` alone, unless a variant adds up
+        partial products (the PE sums them in its two pipeline stages)."""
+        return [self.product(m, pe, magnitude, operand)]
+
 
 class PeLut(Variant):
     """Each PE holds the row ``L[k][0..s_a]`` of its own weight in a RAM; ``j`` travels.
@@ -228,8 +233,8 @@ class RowTable(Variant):
     whose top bit is set holds the level ``A[j]`` instead, and the PE multiplies it by its
     weight level ``W[k]`` (weight words are then ``LEVEL_BITS`` wide: sign + ``k`` or ``W[k]``);
     the host side (:meth:`operand`, :meth:`load_beats`) then encodes these levels that way.
-    ``logic_multiply``: that product by :func:`shift_add` in logic cells, not a hardware multiplier
-    (:func:`multiply_in_logic` says where).
+    ``logic_multiply``: that product as shifted copies of the level, one per bit of ``W[k]``, in logic
+    cells, not a hardware multiplier (:func:`multiply_in_logic` says where), summed by the PE.
 
     Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr`` at the
     second clock edge (registered in each row where ``registered_load``, as an array of several rows
@@ -322,9 +327,18 @@ class RowTable(Variant):
         selected = products.word_select(magnitude, self.product_bits)
         if not self.multiply:
             return selected
-        level = operand[:LEVEL_BITS]
-        product = shift_add(magnitude, level) if self.logic_multiply else magnitude * level
-        return Mux(operand[-1], product, selected)
+        return Mux(operand[-1], magnitude * operand[:LEVEL_BITS], selected)
+
+    def product_terms(self, m, pe, magnitude, operand):
+        if not (self.multiply and self.logic_multiply):
+            return [self.product(m, pe, magnitude, operand)]
+        # A table entry's product rides in the first term, where the level times bit 0 of W[k] would.
+        products = Cat(C(0, self.product_bits), operand[:self.s_w * self.product_bits])
+        selected = products.word_select(magnitude, self.product_bits)
+        level, multiplies = operand[:LEVEL_BITS], operand[-1]
+        terms = [Mux(multiplies & magnitude[i], level << i, 0) for i in range(len(magnitude))]
+        terms[0] = Mux(multiplies, terms[0], selected)
+        return terms
 
 
 def multiply_in_logic(platform) -> bool:
@@ -333,13 +347,18 @@ def multiply_in_logic(platform) -> bool:
     return logic_multiplies(str(getattr(platform, "device", "")))
 
 
-def shift_add(multiplier, multiplicand):
-    """``multiplier * multiplicand`` (both unsigned) as a sum of shifted copies, one per multiplier bit,
-    in logic cells: no hardware multiplier."""
-    terms = [Mux(multiplier[i], multiplicand << i, 0) for i in range(len(multiplier))]
-    while len(terms) > 1:
-        terms = [a + b for a, b in zip(terms[0::2], terms[1::2])] + terms[len(terms) // 2 * 2:]
-    return terms[0]
+def add_with_carry(a, b, carry):
+    """``a + b + carry`` (``carry`` one bit) as one adder: ``carry`` enters below both operands' lowest
+    bits, whose sum carries it up (no second adder for it)."""
+    return (((a << 1) | carry) + ((b << 1) | carry)) >> 1
+
+
+def sum_with_carries(terms: list, carry, count: int) -> list:
+    """``terms`` added pairwise, level by level, until ``count`` (or fewer) are left, ``carry`` into each
+    adder (:func:`add_with_carry`): their sum is that of ``terms`` plus ``carry`` once per adder."""
+    while len(terms) > count:
+        terms = [add_with_carry(a, b, carry) for a, b in zip(terms[0::2], terms[1::2])] + terms[len(terms) // 2 * 2:]
+    return terms
 
 
 VARIANTS = {cls.name: cls for cls in (PeLut, RowVector, Rom, Multiply, RowTable)}
@@ -360,7 +379,10 @@ class ProcessingElement(wiring.Component):
       neighbour (latency 1).
     - ``psum_out = psum_in + sgn * L[k][j]`` if ``a_valid``, else ``psum_in`` (``acc_bits``
       signed, wrapping), the product registered first: the element sampled at edge e adds to
-      the ``psum_in`` sampled at edge e + 1 (one multiplier or select, then one adder, per cycle).
+      the ``psum_in`` sampled at edge e + 1. The product's terms (:meth:`Variant.product_terms`) are
+      each inverted where the weight is negative (``~t = -t - 1``) and summed with the sign as the carry
+      into every adder, two adder levels per cycle: n terms take n adders with ``psum_in``, so n carries
+      make the negation whole, and no adder of its own negates.
 
     ``double_buffered``: ``w_load`` writes a shadow weight instead, and ports ``a_swap`` ->
     ``a_swap_out`` travel with the operand: an element with ``a_valid`` and ``a_swap`` is the
@@ -404,16 +426,21 @@ class ProcessingElement(wiring.Component):
                 m.d.sync += weight.eq(Mux(self.w_load, self.w_code, stored))
             m.d.comb += self.swap.eq(self.a_valid & self.a_swap)
             m.d.sync += self.a_swap_out.eq(self.a_swap)
-        product = Mux(self.a_valid, self.variant.product(m, self, weight[:-1], self.a_in), 0)
-        sign = weight[-1]
-        # The signed product, registered: -p = ~p + 1, the 1 entering as the carry.
+        sign = weight[-1] & self.a_valid
         ones_if_negative = Mux(sign, -1, 0)
-        signed_product = Signal(signed(len(product) + 1))
+        terms = [Mux(self.a_valid, term, 0) ^ ones_if_negative
+                 for term in self.variant.product_terms(m, self, weight[:-1], self.a_in)]
+        # Up to two partial sums registered (the first stage), then added to psum_in, which comes last:
+        # it arrives latest (the top row's out of the accumulators' block RAM).
+        sums = sum_with_carries(terms, sign, 2)
+        parts = [Signal(value.shape(), name=f"product_{n}") for n, value in enumerate(sums)]
+        carry = Signal()
         m.d.sync += [
             self.a_valid_out.eq(self.a_valid),
             self.a_out.eq(self.a_in),
-            signed_product.eq((product ^ ones_if_negative) + sign),
-            self.psum_out.eq(self.psum_in + signed_product),
+            carry.eq(sign),
+            *(part.eq(value) for part, value in zip(parts, sums)),
+            self.psum_out.eq(add_with_carry(sum_with_carries(parts, carry, 1)[0], self.psum_in, carry)),
         ]
         return m
 

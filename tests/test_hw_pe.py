@@ -95,6 +95,33 @@ def test_pe(name, options, bits):
     simulate(dut, bench)
 
 
+@pytest.mark.parametrize("logic_multiply", [False, True])
+def test_multiplying_pe_selects_a_lut_layers_products(logic_multiply):
+    """A PE that multiplies also runs LUT layers: an entry without the multiply flag is a row vector, and
+    the weight word holds ``k``; the PE adds the selected ``L[k][j]`` (in logic, through its first term)."""
+    rng = random.Random(f"multiplying pe, lut layer {logic_multiply}")
+    lut = random_variant("row_table", 3, rng)
+    variant = RowTable(lut.w_levels, lut.a_levels, multiply=True, logic_multiply=logic_multiply)
+    dut = ProcessingElement(variant, ACC_BITS)
+
+    async def bench(ctx):
+        for sign, k in [(0, lut.s_w), (1, 1), (1, lut.s_w), (0, 0)]:
+            ctx.set(dut.a_valid, 0)
+            await load(ctx, dut, [{"w_code": variant.weight_word(sign, k)}])
+            product = 0
+            for _ in range(2 * (lut.s_a + 1)):
+                valid, j = rng.random() < 0.8, rng.randrange(lut.s_a + 1)
+                psum = rng.randrange(-(1 << ACC_BITS - 1), 1 << ACC_BITS - 1)
+                ctx.set(dut.a_valid, valid)
+                ctx.set(dut.a_in, lut.operand(j))
+                ctx.set(dut.psum_in, psum)
+                await ctx.tick()
+                assert ctx.get(dut.psum_out) == wrap(psum + product)
+                product = valid * (-1) ** sign * lut.lut(k, j)
+
+    simulate(dut, bench)
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("name, options", CASES, ids=CASE_IDS)
 def test_array_columns_sum_rows(name, options, bits):
