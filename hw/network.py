@@ -141,11 +141,22 @@ class NetworkCore(wiring.Component):
         # The value memory: words of ``halves`` values (two where the engine writes in pairs: values 2w, 2w + 1).
         halves = p.engine.halves
         spram = platform_has_spram(platform) if self.spram is None else self.spram
-        if spram and p.values_single_port:
-            value_write, value_read = single_port_values(m, p.value_bits)
+        single_port = spram and p.values_single_port
+        if single_port:
+            value_port, value_read = single_port_values(m, p.value_bits)
         else:
-            value_write, value_read = memory("values", halves * p.value_bits, -(-p.value_depth // halves),
-                                             p.value_bits)
+            value_port, value_read = memory("values", halves * p.value_bits, -(-p.value_depth // halves),
+                                            p.value_bits)
+        # The writes, from the engine or the vector unit. In block RAM they reach the memory a cycle later, from
+        # registers: no multiplexer between the engine's write test and the address of the memory's many blocks
+        # (the ResNet-20 core's worst path on the ULX3S-85F, 12 of its 17 ns routing to a block across the die).
+        # No step reads a value in the cycle after it is written. One SPRAM port reads too: its writes stay.
+        value_write = SimpleNamespace(en=Signal.like(value_port.en, name="value_write_en"),
+                                      addr=Signal.like(value_port.addr, name="value_write_addr"),
+                                      data=Signal.like(value_port.data, name="value_write_data"))
+        domain = m.d.comb if single_port else m.d.sync
+        domain += [value_port.en.eq(value_write.en), value_port.addr.eq(value_write.addr),
+                   value_port.data.eq(value_write.data)]
         program_write, program_read = memory("program", p.instruction_bits, p.program_depth)
         table_write, table_read = memory("input_table", p.input_bits, 256)
         stage_write, stage_read = memory("image", p.input_bits, p.image_depth)
