@@ -131,7 +131,7 @@ class LinkBridge(wiring.Component):
     optionally ``starting`` (out: the core has not yet taken the start; read in network mode),
     and any others (a probe) left unconnected; by default :class:`hw.engine.EngineSignature`
     (``addr_bits``, the widest target, ``out_bits``). Connect it to a ``LayerEngine`` or a
-    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 4`` cycles plus one
+    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 4`` cycles plus two
     per word (plus cycles the engine is not ready) after its last byte.
 
     Timing: the checksum's test is registered in the cycle after the last CRC byte (a compare of the CRC
@@ -557,14 +557,18 @@ class LinkBridge(wiring.Component):
                     with m.If(pos == word_last):
                         m.d.sync += pos.eq(0)
                         m.next = "BEAT"
+            # A beat taken, BEAT_TAKEN decides what follows (the core's ready, a decode of the beat's target, feeds
+            # two enables, not the reply's).
             with m.State("BEAT"):
                 m.d.comb += load.valid.eq(1)
                 with m.If(load.ready):
                     m.d.sync += addr.eq(addr + 1)
-                    with m.If(read_all):
-                        send(FrameType.ACK)
-                    with m.Else():
-                        m.next = "READ"
+                    m.next = "BEAT_TAKEN"
+            with m.State("BEAT_TAKEN"):
+                with m.If(read_all):
+                    send(FrameType.ACK)
+                with m.Else():
+                    m.next = "READ"
 
             # RUN: start the engine; RUN and RESULT: frame its next `expected` words, then DONE (the rule
             # of the mode: layers, once not busy, dropping further words; network, once the start is taken
