@@ -381,8 +381,8 @@ class ProcessingElement(wiring.Component):
       signed, wrapping), the product registered first: the element sampled at edge e adds to
       the ``psum_in`` sampled at edge e + 1. The product's terms (:meth:`Variant.product_terms`) are
       each inverted where the weight is negative (``~t = -t - 1``) and summed with the sign as the carry
-      into every adder, at most two adder levels a cycle (a logic multiplier's seven terms): n terms take n adders with ``psum_in``, so n carries
-      make the negation whole, and no adder of its own negates.
+      into every adder, at most two adder levels a cycle (a logic multiplier's seven terms): n terms take
+      n adders with ``psum_in``, so n carries make the negation whole, and no adder of its own negates.
 
     ``double_buffered``: ``w_load`` writes a shadow weight instead, and ports ``a_swap`` ->
     ``a_swap_out`` travel with the operand: an element with ``a_valid`` and ``a_swap`` is the

@@ -67,6 +67,23 @@ async def load_edges(ctx, dut, variant):
         ctx.set(getattr(dut, name), 0)
 
 
+async def stream(ctx, dut, levels, sign, k, rng):
+    """Random elements (operands of ``levels``, a variant, with gaps) and partial sums through a PE loaded with
+    weight ``(sign, k)``; each edge's ``psum_out`` is its ``psum_in`` plus the element sampled at the edge before."""
+    product = 0
+    for _ in range(2 * (levels.s_a + 1)):
+        valid, j = rng.random() < 0.8, rng.randrange(levels.s_a + 1)
+        psum = rng.randrange(-(1 << ACC_BITS - 1), 1 << ACC_BITS - 1)
+        ctx.set(dut.a_valid, valid)
+        ctx.set(dut.a_in, levels.operand(j))
+        ctx.set(dut.psum_in, psum)
+        await ctx.tick()
+        assert ctx.get(dut.psum_out) == wrap(psum + product)
+        assert ctx.get(dut.a_valid_out) == valid
+        assert ctx.get(dut.a_out) == levels.operand(j)
+        product = valid * (-1) ** sign * levels.lut(k, j)
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("name, options", CASES, ids=CASE_IDS)
 def test_pe(name, options, bits):
@@ -79,18 +96,7 @@ def test_pe(name, options, bits):
         for sign, k in weights:
             ctx.set(dut.a_valid, 0)     # no product while loading
             await load(ctx, dut, variant.load_beats(sign, k))
-            product = 0     # of the element sampled at the edge before: added to this edge's psum_in
-            for _ in range(2 * (variant.s_a + 1)):
-                valid, j = rng.random() < 0.8, rng.randrange(variant.s_a + 1)
-                psum = rng.randrange(-(1 << ACC_BITS - 1), 1 << ACC_BITS - 1)
-                ctx.set(dut.a_valid, valid)
-                ctx.set(dut.a_in, variant.operand(j))
-                ctx.set(dut.psum_in, psum)
-                await ctx.tick()
-                assert ctx.get(dut.psum_out) == wrap(psum + product)
-                assert ctx.get(dut.a_valid_out) == valid
-                assert ctx.get(dut.a_out) == variant.operand(j)
-                product = valid * (-1) ** sign * variant.lut(k, j)
+            await stream(ctx, dut, variant, sign, k, rng)
 
     simulate(dut, bench)
 
@@ -108,16 +114,7 @@ def test_multiplying_pe_selects_a_lut_layers_products(logic_multiply):
         for sign, k in [(0, lut.s_w), (1, 1), (1, lut.s_w), (0, 0)]:
             ctx.set(dut.a_valid, 0)
             await load(ctx, dut, [{"w_code": variant.weight_word(sign, k)}])
-            product = 0
-            for _ in range(2 * (lut.s_a + 1)):
-                valid, j = rng.random() < 0.8, rng.randrange(lut.s_a + 1)
-                psum = rng.randrange(-(1 << ACC_BITS - 1), 1 << ACC_BITS - 1)
-                ctx.set(dut.a_valid, valid)
-                ctx.set(dut.a_in, lut.operand(j))
-                ctx.set(dut.psum_in, psum)
-                await ctx.tick()
-                assert ctx.get(dut.psum_out) == wrap(psum + product)
-                product = valid * (-1) ** sign * lut.lut(k, j)
+            await stream(ctx, dut, lut, sign, k, rng)
 
     simulate(dut, bench)
 
