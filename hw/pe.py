@@ -320,11 +320,15 @@ class RowTable(Variant):
         level = Cat(code, C(0, self.operand_bits - 1 - self.abits), C(1, 1))
         m.d.comb += decoder.operand.eq(Mux(identity, level, read.data))
 
-    def product(self, m, pe, magnitude, operand):
+    def selected(self, magnitude, operand):
+        """The product ``P[k]`` of a row vector entry (``P[0] = 0``)."""
         # A shift, not an Array: Yosys writes an Array as an ``always @*`` case, which Icarus
         # leaves at X in a PE whose inputs never change after time 0.
         products = Cat(C(0, self.product_bits), operand[:self.s_w * self.product_bits])
-        selected = products.word_select(magnitude, self.product_bits)
+        return products.word_select(magnitude, self.product_bits)
+
+    def product(self, m, pe, magnitude, operand):
+        selected = self.selected(magnitude, operand)
         if not self.multiply:
             return selected
         return Mux(operand[-1], magnitude * operand[:LEVEL_BITS], selected)
@@ -333,8 +337,7 @@ class RowTable(Variant):
         if not (self.multiply and self.logic_multiply):
             return [self.product(m, pe, magnitude, operand)]
         # A table entry's product rides in the first term, where the level times bit 0 of W[k] would.
-        products = Cat(C(0, self.product_bits), operand[:self.s_w * self.product_bits])
-        selected = products.word_select(magnitude, self.product_bits)
+        selected = self.selected(magnitude, operand)
         level, multiplies = operand[:LEVEL_BITS], operand[-1]
         terms = [Mux(multiplies & magnitude[i], level << i, 0) for i in range(len(magnitude))]
         terms[0] = Mux(multiplies, terms[0], selected)
