@@ -390,7 +390,8 @@ class LayerEngine(wiring.Component):
         wait, waiting, finishing = Signal(signed(p.reg_bits)), Signal(name="waiting"), Signal()
         all_tiles = Signal(name="all_tiles")
         m.d.sync += all_tiles.eq(co_tile == cfg["co_tiles"])
-        w_valid, w_row = Signal(), Signal(range(R))
+        # The rows whose shadow weights take the weight word (one bit per row, row 0 lowest).
+        w_rows = Signal(R)
         # The band being computed: its first position, first input row (times stride) and first row
         # address, its last output row (layer mode: one band, the layer), and the address of its channel
         # tile's first weight word (each band reads the tile's weights).
@@ -475,7 +476,7 @@ class LayerEngine(wiring.Component):
                 m.d.sync += [left.eq(last["band_positions"]), issue_first.eq(1)]
             m.next = "ISSUE"
 
-        m.d.sync += w_valid.eq(0)
+        m.d.sync += w_rows.eq(0)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(start):
@@ -496,7 +497,7 @@ class LayerEngine(wiring.Component):
                 else:
                     m.d.comb += weight_read_addr.eq(weight_addr)
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
-                             w_valid.eq(1), w_row.eq(row_count)]
+                             w_rows.eq(Cat(row_count == r for r in range(R)))]
                 with m.If(row_count == R - 1):
                     begin_issue()
             with m.State("ISSUE"):
@@ -514,7 +515,7 @@ class LayerEngine(wiring.Component):
                     with m.If(issue_first):
                         m.d.sync += fetch.eq(Mux(band_wrap, band["weight_addr"], weight_addr))
                     with m.If(overlap & (left < R)):
-                        m.d.sync += [fetch.eq(fetch + 1), w_valid.eq(1), w_row.eq((R - 1 - left)[:len(w_row)])]
+                        m.d.sync += [fetch.eq(fetch + 1), w_rows.eq(Cat(left == R - 1 - r for r in range(R)))]
                 with m.If(x_end):
                     begin_row()
                     m.d.sync += [y_left.eq(y_left - 1), y_end.eq(y_left == 1), iy.eq(iy + cfg["stride"]),
@@ -608,14 +609,23 @@ class LayerEngine(wiring.Component):
         if self.network:
             # Every layer's weights are resident: a deep buffer read through registered banks (its word
             # comes BANKED_LATENCY cycles after the address) whose multiplexer, registered here, would
-            # otherwise feed every PE's shadow weight in the same cycle. The row's shadow weights take the
-            # word BANKED_LATENCY + 1 cycles after its address: before the tile's first position reaches the
-            # row, and two cycles after the previous tile's first position has passed the row's last column
-            # (with the overlap's rows + cols + 3 positions, or the wait before LOAD_WEIGHTS).
-            w_valid, w_row = (delayed(m, s, BANKED_LATENCY, f"{name}_registered") for s, name in
-                              ((w_valid, "w_valid"), (w_row, "w_row")))
-            weight_data = delayed(m, weight_data, 1, "weight_word_registered")
-        m.d.comb += [array.w_load.eq(w_valid), array.w_row.eq(w_row), array.w_code.eq(weight_data),
+            # otherwise feed every PE's shadow weight in the same cycle. Each row then keeps its own copy
+            # of the word, loaded when the row's turn comes, so that the PEs of a row, spread across the
+            # chip, are fed by registers of their own instead of one register fanned out to all rows (the
+            # ULX3S-85F's worst path). The row's shadow weights take the word BANKED_LATENCY + 2 cycles
+            # after its address: no later than the tile's first position reaches the row, and three cycles
+            # after the previous tile's first position has passed the row's last column (with the overlap's
+            # rows + cols + 3 positions, or the wait before LOAD_WEIGHTS).
+            w_rows = delayed(m, w_rows, BANKED_LATENCY, "w_rows_registered")
+            weight_word = delayed(m, weight_data, 1, "weight_word_registered")
+            row_words = [Signal.like(weight_word, name=f"weight_word_{r}") for r in range(R)]
+            for r, word in enumerate(row_words):
+                with m.If(w_rows[r]):
+                    m.d.sync += word.eq(weight_word)
+            w_rows = delayed(m, w_rows, 1, "w_rows_loading")
+        else:
+            row_words = [weight_data] * R
+        m.d.comb += [array.w_load.eq(w_rows), *(code.eq(word) for code, word in zip(array.w_code, row_words)),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
                      array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]
         if p.identity_tables:

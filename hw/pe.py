@@ -482,9 +482,10 @@ class PEArray(wiring.Component):
     L[k[r][c]][j[r]]`` after edge ``t + rows + c + p``.
 
     ``double_buffered``: double-buffered PEs (:class:`ProcessingElement`; variants without
-    load ports), loaded a row per beat: ``w_load`` with ``w_row = r`` writes row r's shadow
-    weights from ``w_code``, ``cols`` weight words, column 0 lowest; ``a_swap[r]`` goes with
-    row r's stream (sampled with ``a_valid[r]``).
+    load ports): ``w_load`` is a mask of rows (bit r: row r), and each row it names writes its
+    shadow weights from its ``w_code[r]``, ``cols`` weight words, column 0 lowest (a row's mask bit and
+    words straight from registers reach its PEs through no logic);
+    ``a_swap[r]`` goes with row r's stream (sampled with ``a_valid[r]``).
     """
 
     def __init__(self, variant: Variant, rows: int, cols: int, acc_bits: int = 24, *, double_buffered: bool = False):
@@ -493,13 +494,13 @@ class PEArray(wiring.Component):
         self.variant, self.rows, self.cols, self.acc_bits = variant, rows, cols, acc_bits
         self.double_buffered = double_buffered
         if double_buffered:
-            load = {"w_row": In(range(rows)), "w_code": In(cols * variant.weight_bits)}
+            load = {"w_load": In(rows), "w_code": In(cols * variant.weight_bits).array(rows)}
             swap = {"a_swap": In(1).array(rows)}
         else:
-            load = {"w_pe": In(range(rows * cols)), "w_code": In(variant.weight_bits), **variant.load_signature}
+            load = {"w_load": In(1), "w_pe": In(range(rows * cols)), "w_code": In(variant.weight_bits),
+                    **variant.load_signature}
             swap = {}
         super().__init__({
-            "w_load": In(1),
             **load,
             **variant.edge_signature,
             "a_valid": In(1).array(rows),
@@ -527,8 +528,8 @@ class PEArray(wiring.Component):
                 m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(self.variant, self.acc_bits,
                                                                      double_buffered=self.double_buffered)
                 if self.double_buffered:
-                    m.d.comb += [pe.w_load.eq(self.w_load & (self.w_row == r)),
-                                 pe.w_code.eq(self.w_code.word_select(c, self.variant.weight_bits)),
+                    m.d.comb += [pe.w_load.eq(self.w_load[r]),
+                                 pe.w_code.eq(self.w_code[r].word_select(c, self.variant.weight_bits)),
                                  pe.a_swap.eq(swap), pe.swap_next.eq(swap_next)]
                     swap, swap_next = pe.a_swap_out, pe.swap
                 else:

@@ -181,18 +181,16 @@ def test_double_buffered_array_loads_the_next_tile_while_streaming(multiply):
 
     async def bench(ctx):
         await load_edges(ctx, dut, variant)
-        ctx.set(dut.w_load, 1)
         for r in range(rows):
-            ctx.set(dut.w_row, r)
-            ctx.set(dut.w_code, row_word(0, r))
+            ctx.set(dut.w_load, 1 << r)
+            ctx.set(dut.w_code[r], row_word(0, r))
             await ctx.tick()
         ctx.set(dut.w_load, 0)
         for n in range(2 * length + rows + cols + ARRAY_PIPELINE):  # n: clock edges since loading
             loading = next_load <= n < next_load + rows
-            ctx.set(dut.w_load, loading)
+            ctx.set(dut.w_load, 1 << (n - next_load) if loading else 0)
             if loading:
-                ctx.set(dut.w_row, n - next_load)
-                ctx.set(dut.w_code, row_word(1, n - next_load))
+                ctx.set(dut.w_code[n - next_load], row_word(1, n - next_load))
             for r in range(rows):
                 t = n - r
                 ctx.set(dut.a_valid[r], 0 <= t < 2 * length)
