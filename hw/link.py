@@ -308,12 +308,13 @@ class LinkBridge(wiring.Component):
         m.d.comb += [load.payload.target.eq(target), load.payload.addr.eq(addr), load.payload.data.eq(data)]
 
         # Replies: INFO from constants, OUT from the first word's index then the word register, DONE
-        # from the word count, NACK from error and type; `sent` counts payload bytes, `word_left` the bytes
-        # of a word after this one. The reply's decisions read registers (`heading`, `last_byte`, a zero
-        # test of `word_left`), set as `sent` moves on, not compares of `sent` (the bridge's worst path).
+        # from the word count, NACK from error and type; `sent` counts payload bytes, `unsent` the payload
+        # bytes after this one, `word_left` the bytes of a word after this one. The reply's decisions read
+        # registers (`heading`, `last_byte`, a zero test of `word_left`), set as `sent` moves on, not compares
+        # of `sent` (the bridge's worst paths: `sent + 2 == reply_len` was one).
         reply_type = Signal(8)
         reply_len = Signal(payload_bytes)
-        sent = Signal(payload_bytes)
+        sent, unsent = Signal(payload_bytes), Signal(payload_bytes)
         running = Signal()
         remaining = Signal(RUN_COUNT_BITS)      # words still to send of those RUN asked for
         fmt = Signal()
@@ -328,7 +329,7 @@ class LinkBridge(wiring.Component):
         out_bytes = Mux(fmt, code_bytes, full_bytes)
         per_frame = [(self._max_payload - OUT_HEAD_BYTES) // size for size in (full_bytes, max(1, code_bytes))]
         heading = Signal()          # sending the OUT frame's index: reply_type == OUT and sent < OUT_HEAD_BYTES
-        last_byte = Signal()        # sent == reply_len - 1
+        last_byte = Signal()        # sent == reply_len - 1: unsent == 0
 
         # The byte of the reply payload at `sent`, by reply type.
         info = self.info_payload()
@@ -626,14 +627,15 @@ class LinkBridge(wiring.Component):
                 m.next = "TX_TYPE"
 
             def after_len():
-                m.d.sync += [sent.eq(0), heading.eq(reply_type == FrameType.OUT), last_byte.eq(reply_len == 1)]
+                m.d.sync += [sent.eq(0), unsent.eq(reply_len - 1), heading.eq(reply_type == FrameType.OUT),
+                             last_byte.eq(reply_len == 1)]
                 m.next = "TX_PAYLOAD"
                 with m.If(reply_len == 0):
                     m.next = "TX_CRC_HI"
 
             def after_payload():
-                m.d.sync += [sent.eq(sent + 1), heading.eq(heading & (sent != OUT_HEAD_BYTES - 1)),
-                             last_byte.eq(sent + 2 == reply_len)]
+                m.d.sync += [sent.eq(sent + 1), unsent.eq(unsent - 1), last_byte.eq(unsent == 1),
+                             heading.eq(heading & (sent != OUT_HEAD_BYTES - 1))]
                 with m.If(~heading):
                     m.d.sync += [out_word.eq(out_word[8:]),
                                  word_left.eq(Mux(word_left == 0, out_bytes - 1, word_left - 1))]
