@@ -302,7 +302,8 @@ class LayerEngine(wiring.Component):
             # own and the data registered (the decode fed enables spread over the core: the ResNet-20 core's
             # worst path); ``start`` follows them (``_load_beat``).
             cfg_write, cfg_data = Signal(len(self.registers), name="cfg_write"), Signal.like(load.data, name="cfg_data")
-            m.d.sync += [cfg_write.eq(Mux(loads(CONFIG), C(1, len(self.registers)) << load.addr, 0)),
+            # (A compare per register: a shift of a one by the address was a chain of six LUTs on the UP5K.)
+            m.d.sync += [cfg_write.eq(Cat(loads(CONFIG) & (load.addr == i) for i in range(len(self.registers)))),
                          cfg_data.eq(load.data)]
             for i, name in enumerate(self.registers):
                 with m.If(cfg_write[i]):
@@ -704,7 +705,8 @@ class LayerEngine(wiring.Component):
             m.submodules[f"stage_constants{suffix}"] = memory = Memory(shape=pieces * bits, depth=depth, init=[])
             write, read = memory.write_port(granularity=bits), memory.read_port()
             piece = load.addr[:index_bits]
-            m.d.comb += [write.en.eq(Mux(loads(THRESHOLDS) | loads(REQUANTIZE), C(1, pieces) << piece, 0)),
+            stage_load = loads(THRESHOLDS) | loads(REQUANTIZE)
+            m.d.comb += [write.en.eq(Cat(stage_load & (piece == i) for i in range(pieces))),
                          write.addr.eq(load.addr[index_bits:]), write.data.eq(load.data[:bits].replicate(pieces)),
                          read.addr.eq(channel)]
 
@@ -948,7 +950,7 @@ class LayerEngine(wiring.Component):
         def lanes_en(lane_, addr):
             """Enables of lane ``lane_`` in the halves a write at ``addr`` takes."""
             taken = halves_of(addr)
-            one = (C(1, p.rows) << lane_)[:p.rows]
+            one = Cat(lane_ == r for r in range(p.rows))
             return Cat(*(Mux(taken[h], one, C(0, p.rows)) for h in range(halves)))
 
         codes = [results[0][:p.abits]]

@@ -230,7 +230,7 @@ class NetworkCore(wiring.Component):
         # The code memory's ports (the engine's, while it is idle): written with copied image codes or the
         # vector unit's codes and words, read by the vector unit (max pooling).
         m.d.comb += [
-            engine.code_write.en.eq(Mux(copy_valid, C(1, lanes) << copy_lane,
+            engine.code_write.en.eq(Mux(copy_valid, Cat(copy_lane == n for n in range(lanes)),
                                         Mux(vector.code_write_en, vector.code_write_lanes, 0))),
             engine.code_write.addr.eq(Mux(copy_valid, copy_addr, vector.code_write_addr)),
             engine.code_write.data.eq(Mux(copy_valid, Cat(*[stage_read.data[:lane_bits]] * lanes),

@@ -337,7 +337,8 @@ class VectorUnit(wiring.Component):
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
         word_write, word_lanes, word_data = (maxpool.write(pending) if maxpool
                                              else (C(0, 1), C(0, p.lanes), C(0, p.lanes * p.lane_bits)))
-        m.d.comb += [self.code_write_lanes.eq(Mux(word_write, word_lanes, C(1, p.lanes) << self.code_write_lane)),
+        one_lane = Cat(self.code_write_lane == n for n in range(p.lanes))
+        m.d.comb += [self.code_write_lanes.eq(Mux(word_write, word_lanes, one_lane)),
                      self.code_write_word.eq(Mux(word_write, word_data, self.code_write_data.replicate(p.lanes)))]
         m.d.comb += busy.eq(~fsm.ongoing("IDLE") | go | Cat(*pending).any() | self.val_write_en | self.code_write_en)
         m.d.comb += self.busy.eq(busy)
