@@ -16,15 +16,15 @@ involvement between layers:
    next cycle. IMAGE beats are taken while the core runs too (not while it copies, below), so
    that the next image arrives while this one is computed.
 2. **Run**: a ``start`` pulse (taken while idle) copies the staged image into the input tensor's
-   place in the code memory (``COPY``: one code per cycle, ``image_depth`` cycles; ``starting`` is
-   high meanwhile, then the staging buffer is free for the next image; ``probe.step_done`` marks its
-   end, the input step's), then runs the program from its first word: each convolution runs on the
-   engine (with the residual addition that the compiler fused into it, if any: the engine reads the
-   other operand from the value memory as it writes; and with the activation fused into it, if any:
-   the engine's values go through the idle vector unit's activate thresholds, and the engine writes
-   their codes), each other node on the vector unit; ``OUTPUT`` sends the logits on ``out``, one
-   value per beat (waiting while ``out`` is not ready); ``END`` makes the core idle. ``busy`` is
-   high from the cycle after ``start`` until then.
+   place in the code memory (``COPY``: one code per cycle, ``image_depth`` cycles and two to write the
+   last; ``starting`` is high over the reads, then the staging buffer is free for the next image;
+   ``probe.step_done`` marks the end, the input step's), then runs the program from its first word:
+   each convolution runs on the engine (with the residual addition that the compiler fused into it, if
+   any: the engine reads the other operand from the value memory as it writes; and with the activation
+   fused into it, if any: the engine's values go through the idle vector unit's activate thresholds,
+   and the engine writes their codes), each other node on the vector unit; ``OUTPUT`` sends the logits
+   on ``out``, one value per beat (waiting while ``out`` is not ready); ``END`` makes the core idle.
+   ``busy`` is high from the cycle after ``start`` until then.
 
 A program word that starts a step takes three cycles to fetch (the program memory's read, then its
 read data registered: the block RAM's output feeds no logic directly) and decode, a register word
@@ -45,6 +45,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .delay import delayed
 from .engine import LayerEngine
 from .engine_params import CONFIG
 from .fsm_encoding import one_hot
@@ -219,13 +220,16 @@ class NetworkCore(wiring.Component):
         m.d.comb += [table_read.addr.eq(load.data[:PIXEL_BITS]), stage_write.data.eq(table_read.data)]
         m.d.sync += [stage_write.en.eq(self.load.valid & is_image & ~copying), stage_write.addr.eq(load.addr)]
 
-        # COPY: staged code `index` (channel * positions + position) is read, and written the next
-        # cycle into lane `lane` of code-memory word `word_base + position`.
+        # COPY: staged code `index` (channel * positions + position) is read, registered the next cycle (no
+        # path from one block RAM's output into another's input: the ULX3S-85F's worst), and written the cycle
+        # after into lane `lane` of code-memory word `word_base + position`.
         index, position = Signal(range(p.image_depth + 1)), Signal(range(p.image_positions))
         lane, word_base = Signal(range(lanes)), Signal(range(p.engine.act_depth + 1))
-        copy_valid, copy_lane, copy_addr = Signal(), Signal(range(lanes)), Signal(range(p.engine.act_depth))
+        copy_valid, copy_lane, copy_addr = (delayed(m, value, 2, name) for value, name in
+                                            ((copying, "copy_valid"), (lane, "copy_lane"),
+                                             (word_base + position, "copy_addr")))
+        copy_code = delayed(m, stage_read.data[:lane_bits], 1, "copy_code")
         m.d.comb += stage_read.addr.eq(index)
-        m.d.sync += [copy_valid.eq(copying), copy_lane.eq(lane), copy_addr.eq(word_base + position)]
 
         # The code memory's ports (the engine's, while it is idle): written with copied image codes or the
         # vector unit's codes and words, read by the vector unit (max pooling).
@@ -233,7 +237,7 @@ class NetworkCore(wiring.Component):
             engine.code_write.en.eq(Mux(copy_valid, Cat(copy_lane == n for n in range(lanes)),
                                         Mux(vector.code_write_en, vector.code_write_lanes, 0))),
             engine.code_write.addr.eq(Mux(copy_valid, copy_addr, vector.code_write_addr)),
-            engine.code_write.data.eq(Mux(copy_valid, Cat(*[stage_read.data[:lane_bits]] * lanes),
+            engine.code_write.data.eq(Mux(copy_valid, Cat(*[copy_code] * lanes),
                                           vector.code_write_word)),
             engine.code_read.addr.eq(vector.code_read_addr), vector.code_read_data.eq(engine.code_read.data),
         ]
@@ -282,7 +286,10 @@ class NetworkCore(wiring.Component):
                     with m.If(lane == lanes - 1):
                         m.d.sync += [lane.eq(0), word_base.eq(word_base + p.image_positions)]
                 with m.If(index == p.image_depth - 1):
-                    m.next = "COPY_END"
+                    m.next = "COPY_WRITE"
+            with m.State("COPY_WRITE"):
+                # The last code is registered.
+                m.next = "COPY_END"
             with m.State("COPY_END"):
                 # The last code is written; the input step is done.
                 m.d.comb += self.probe.step_done.eq(1)
