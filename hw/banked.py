@@ -3,8 +3,10 @@
 A memory deeper than one block RAM is built by Yosys as many blocks and a multiplexer over
 their outputs; on the ULX3S-85F the whole-network core's weights buffer (51 DP16KD, a 17-way
 multiplexer) was the worst path from a block RAM's slow output. Here the buffer is banks of
-:func:`bank_depth` words, each read into a register, and the multiplexer selects among the
-registers. Each bank keeps its own read address register, loaded only while the address is in that
+:func:`bank_depth` words, each read into a register that holds the word only in the cycle after
+its own bank was read (zero otherwise: a synchronous reset), and the buffer's word is the OR of
+the registers (no select signal fans out to every bit of every bank; a 17-way multiplexer's
+select was among the ResNet-20 core's worst paths after the block RAM's). Each bank keeps its own read address register, loaded only while the address is in that
 bank, and its own write registers (enable, address, data), loaded only by writes to it: the address
 and data registers before them drive a few registers instead of every block RAM (the fetch address
 into 51 blocks, then the load address, were the ResNet-20 core's worst paths on the ULX3S-85F), and
@@ -21,7 +23,10 @@ register with the multiplexer after them), as written up to cycle t - 1.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal
+import functools
+import operator
+
+from amaranth import Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
 from .delay import delayed
@@ -55,8 +60,9 @@ def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_
         with m.If(read_here):
             m.d.sync += address.eq(read_addr[:low])
         m.d.comb += read.addr.eq(address)
-        outputs.append(delayed(m, read.data, 1, f"{name}_{b}_data"))
-    if banks == 1:
-        return outputs[0]
-    bank = delayed(m, read_addr[low:], LATENCY, f"{name}_bank")
-    return Cat(*outputs).word_select(bank, width)
+        if banks == 1:
+            return delayed(m, read.data, 1, f"{name}_data")
+        data = Signal(width, name=f"{name}_{b}_data")
+        m.d.sync += data.eq(Mux(delayed(m, read_here, 2, f"{name}_{b}_read"), read.data, 0))
+        outputs.append(data)
+    return functools.reduce(operator.or_, outputs)
