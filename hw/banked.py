@@ -6,11 +6,12 @@ multiplexer) was the worst path from a block RAM's slow output. Here the buffer 
 :func:`bank_depth` words, each read into a register that holds the word only in the cycle after
 its own bank was read (zero otherwise: a synchronous reset), and the buffer's word is the OR of
 the registers (no select signal fans out to every bit of every bank; a 17-way multiplexer's
-select was among the ResNet-20 core's worst paths after the block RAM's). Each bank keeps its own read address register, loaded only while the address is in that
-bank, and its own write registers (enable, address, data), loaded only by writes to it: the address
-and data registers before them drive a few registers instead of every block RAM (the fetch address
-into 51 blocks, then the load address, were the ResNet-20 core's worst paths on the ULX3S-85F), and
-Yosys does not merge them back into one (registers of equal inputs would be). A bank is one block
+select was among the ResNet-20 core's worst paths after the block RAM's). Each bank keeps its own
+read address register, loaded only while the address is in that bank, and its own write registers
+(enable, address, data), loaded only by writes to it: the address and data registers before them
+drive a few registers instead of every block RAM (the fetch address into 51 blocks, then the load
+address, were the ResNet-20 core's worst paths on the ULX3S-85F), and Yosys does not merge them
+back into one (registers of equal inputs would be). A bank is one block
 RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`) that holds the most words of the
 width per block, the shallower on a tie (24-bit words: 2048 x 9, 3-bit words: 16384 x 1), so that
 banking takes no more blocks than the best mapping of the whole.

@@ -61,12 +61,15 @@ class ThresholdUnit(wiring.Component):
     Latency 3 (``LATENCY``): a value sampled at clock edge t appears after edge t + 2 (edge t
     reads the channel's word from block RAM, t + 1 registers the comparisons with every threshold,
     t + 2 their count; the word itself is not registered: on the UP5K its flip-flops would not
-    fit). Fully pipelined: one value per cycle, gaps allowed (``valid`` low), no back-pressure.
+    fit). With ``registered_word`` (:func:`registers_word`), latency 4 (``latency``): t + 1
+    registers the word, t + 2 the comparisons, t + 3 their count. Fully pipelined: one value per
+    cycle, gaps allowed (``valid`` low), no back-pressure.
     """
 
     LATENCY = 3
 
-    def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True):
+    def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True,
+                 registered_word: bool = False):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
                                  ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
             if not isinstance(value, (int, np.integer)) or value < low:
@@ -78,7 +81,8 @@ class ThresholdUnit(wiring.Component):
         if not own_memory and self.s > 15:
             raise ValueError(f"{self.s} thresholds a channel are held in one memory per threshold: the unit "
                              f"needs its own (own_memory=True)")
-        self.own_memory = own_memory
+        self.own_memory, self.registered_word = own_memory, registered_word
+        self.latency = self.LATENCY + registered_word
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "code_valid": Out(1),
@@ -124,14 +128,25 @@ class ThresholdUnit(wiring.Component):
             ]
             parts.append(read.data)
         word = Cat(*parts) if self.own_memory else self.word
+        if self.registered_word:
+            word = delayed(m, word, 1, "word")
         data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
-        # Edge t: the channel's word is read; the value waits for it.
-        acc = delayed(m, self.acc, 1, "acc")
-        valid = delayed(m, self.valid, 2, "valid")
-        # Edge t + 1: the comparisons with every stored threshold (a descending channel's failed ones count:
-        # acc <= T iff not acc >= T + 1); t + 2: their count.
+        # Edge t: the channel's word is read (and with ``registered_word`` registered at t + 1); the value
+        # waits for it.
+        acc = delayed(m, self.acc, 1 + self.registered_word, "acc")
+        valid = delayed(m, self.valid, self.latency - 1, "valid")
+        # Edge t + 1 (t + 2): the comparisons with every stored threshold (a descending channel's failed ones count:
+        # acc <= T iff not acc >= T + 1); t + 2 (t + 3): their count.
         hits = Signal(self.s)
         m.d.sync += [hits[i].eq((acc >= t) ^ descending) for i, t in enumerate(thresholds)]
         m.d.sync += [self.code.eq(popcount(hits)), self.code_valid.eq(valid)]
         return m
+
+
+def registers_word(platform) -> bool:
+    """Whether an engine's output stage for ``platform`` (None: simulation) registers its threshold word
+    (``registered_word``): on the ECP5, whose block RAM output takes 5.8 ns of a cycle (the word into the
+    comparisons was among the ULX3S-85F's worst paths) and whose flip-flops are plentiful; not on the
+    iCE40, whose UP5K has no cells to spare."""
+    return str(getattr(platform, "device", "")).startswith("LFE5")

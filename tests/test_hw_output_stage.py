@@ -32,9 +32,10 @@ def simulate(dut, bench):
 def run_unit(dut, phases, out, out_valid, gaps: bool, seed):
     """Per phase ``(words, items)``: load ``words`` (one per channel), then stream ``items``
     ``[(channel, acc), ...]``, one per cycle (``gaps``: random idle cycles with garbage inputs).
-    Checks the latency exactly (``out_valid`` follows ``valid`` by ``dut.LATENCY - 1`` edges)
-    and returns each phase's outputs in order."""
+    Checks the latency exactly (``out_valid`` follows ``valid`` by the unit's latency - 1 edges:
+    ``dut.latency`` where the unit has one, else ``dut.LATENCY``) and returns each phase's outputs in order."""
     rng = random.Random(seed)
+    latency = getattr(dut, "latency", dut.LATENCY)
     half = 1 << (dut.acc_bits - 1)
     results = []
 
@@ -52,7 +53,7 @@ def run_unit(dut, phases, out, out_valid, gaps: bool, seed):
                 while gaps and rng.random() < 0.3:
                     schedule.append(None)
                 schedule.append(i)
-            schedule += [None] * dut.LATENCY
+            schedule += [None] * latency
             got = []
             for t, i in enumerate(schedule):
                 if i is None:
@@ -64,7 +65,7 @@ def run_unit(dut, phases, out, out_valid, gaps: bool, seed):
                     ctx.set(dut.channel, items[i][0])
                     ctx.set(dut.acc, items[i][1])
                 await ctx.tick()
-                j = t - (dut.LATENCY - 1)
+                j = t - (latency - 1)
                 source = schedule[j] if j >= 0 else None
                 assert ctx.get(out_valid) == (source is not None), f"valid at cycle {t}"
                 if source is not None:
@@ -119,14 +120,16 @@ def threshold_items(rng: np.random.Generator, stage: Thresholds, acc_bits: int, 
     return items
 
 
-@pytest.mark.parametrize("bits, bound", [(1, 5), (2, 1000), (3, 2**15 - 1), (4, 37), (8, 3000)])
-def test_thresholds_random(bits, bound):
+@pytest.mark.parametrize("bits, bound, registered_word", [(1, 5, False), (2, 1000, True), (3, 2**15 - 1, False),
+                                                         (3, 2**15 - 1, True), (4, 37, False), (8, 3000, False)])
+def test_thresholds_random(bits, bound, registered_word):
     rng = np.random.default_rng(bits * 1000 + bound)
     channels, acc_bits = 7, signed_bits(bound)
     stages = [random_thresholds(rng, channels, bits, bound) for _ in range(2)]
     tb = max(threshold_bits(s) for s in stages)
     assert tb <= acc_bits + 1
-    dut = ThresholdUnit(acc_bits, bits, channels, tb)
+    dut = ThresholdUnit(acc_bits, bits, channels, tb, registered_word=registered_word)
+    assert dut.latency == ThresholdUnit.LATENCY + registered_word
     n = 60 if bits == 8 else 150
     phases = [(dut.words(s), threshold_items(rng, s, acc_bits, n)) for s in stages]
     got = run_unit(dut, phases, dut.code, dut.code_valid, gaps=bits % 2 == 0, seed=bits)
