@@ -102,7 +102,7 @@ from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTI
 from .fsm_encoding import one_hot
 from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
-from .requantize import RequantizeUnit
+from .requantize import RequantizeUnit, registers_constants
 from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit, registers_word
 
@@ -672,8 +672,8 @@ class LayerEngine(wiring.Component):
         relu = C(0, 1)      # STAGE_REQUANTIZE_RELU: in layer mode here, in network mode after the fused addition
         if p.requantize and p.requantize.relu:
             relu = stage == STAGE_REQUANTIZE_RELU
-        results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix,
-                                      registers_word(platform)) for value, suffix in zip(values, ("", "_odd"))]
+        results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix, platform)
+                   for value, suffix in zip(values, ("", "_odd"))]
         result = results[0]
         if self.network:
             self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair)
@@ -690,12 +690,13 @@ class LayerEngine(wiring.Component):
         m.d.comb += self.out.payload.eq(Cat(*fields))
         return m
 
-    def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, registered_word):
+    def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, platform):
         """One output stage (the units named with ``suffix``): ``value`` of ``channel`` (entering while
         ``feeding``) -> its result ``STAGE_LATENCY`` cycles later: the code, the requantized value (in
         layer mode then ReLU'd with ``relu``) or the raw value, as ``stage`` says. With requantize units the raw
         value goes through them (the program gives its layers identity constants, STAGE_REQUANTIZE), without
-        them through a delay line. ``registered_word``: the threshold unit registers its word (ThresholdUnit)."""
+        them through a delay line. On ``platform``'s ECP5 the units register their block RAM words
+        (:func:`hw.thresholds.registers_word`, :func:`hw.requantize.registers_constants`)."""
         p = self.params
         depth, shared = p.stage_depth << p.col_bits, p.shared_stage_memory
         if shared:
@@ -721,13 +722,14 @@ class LayerEngine(wiring.Component):
         if p.code_bits:
             m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(
                 p.acc_bits, p.code_bits, depth, p.threshold_bits, own_memory=not shared,
-                registered_word=registered_word)
+                registered_word=registers_word(platform))
             code = delayed(m, unit.code, self.STAGE_LATENCY - unit.latency, f"code{suffix}")
             connect(unit, THRESHOLDS)
         if p.requantize:
             q = p.requantize
             m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
-                p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared)
+                p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared,
+                registered_constants=registers_constants(platform))
             connect(unit, REQUANTIZE)
             out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, f"requantized{suffix}")
             if q.relu and not self.network:

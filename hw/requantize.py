@@ -62,13 +62,16 @@ class RequantizeUnit(wiring.Component):
     unsigned bits per low part, in the multiplier's own output register where it has one), and
     ``B`` and the shift; t + 2 registers two partial sums, the first with ``B``; t + 3 their sum;
     t + 4 the shifted result. Each stage is one block RAM read into one multiplier, or one carry
-    chain. Fully pipelined, gaps allowed, no back-pressure.
+    chain. With ``registered_constants`` (:func:`registers_constants`), the same latency: t + 1
+    registers the constants, t + 2 the partial products, t + 3 the partial sums, t + 4 their sum
+    shifted (a carry chain and a shifter in one cycle: on the ECP5 both are fast, and its block RAM's
+    slow output then feeds no multiplier). Fully pipelined, gaps allowed, no back-pressure.
     """
 
     LATENCY = 5
 
     def __init__(self, acc_bits: int, channels: int, multiplier_bits: int, bias_bits: int,
-                 max_shift: int, out_bits: int, own_memory: bool = True):
+                 max_shift: int, out_bits: int, own_memory: bool = True, registered_constants: bool = False):
         for name, value, low in (("acc_bits", acc_bits, 2), ("channels", channels, 1),
                                  ("multiplier_bits", multiplier_bits, 1), ("bias_bits", bias_bits, 2),
                                  ("max_shift", max_shift, 0), ("out_bits", out_bits, 2)):
@@ -79,7 +82,7 @@ class RequantizeUnit(wiring.Component):
         self.max_shift, self.out_bits = int(max_shift), int(out_bits)
         self.shift_bits = shift_bits(self.max_shift)
         self.word_bits = requantize_word_bits(self.multiplier_bits, self.bias_bits, self.max_shift)
-        self.own_memory = own_memory
+        self.own_memory, self.registered_constants = own_memory, registered_constants
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "out_valid": Out(1),
@@ -112,12 +115,16 @@ class RequantizeUnit(wiring.Component):
                 read.addr.eq(self.channel),
             ]
             word = read.data
-        # Edge t: the channel's constants are read, the value waits for them.
-        acc = delayed(m, self.acc, 1, "acc")
+        # Edge t: the channel's constants are read, the value waits for them (registered_constants: t + 1
+        # registers them, and every stage up to the sum comes a cycle later).
+        late = int(self.registered_constants)
+        if late:
+            word = delayed(m, word, 1, "constants")
+        acc = delayed(m, self.acc, 1 + late, "acc")
         valid = delayed(m, self.valid, 4, "valid")
         mult = word[:self.multiplier_bits]
         bias = word[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
-        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3, "shift")
+        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late, "shift")
         # Edge t + 1: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
         # register as wide as its product and without reset, so that Yosys puts it into the iCE40
         # multiplier's output register.
@@ -134,8 +141,19 @@ class RequantizeUnit(wiring.Component):
         for n, half in enumerate(halves):
             terms = [product << low for product, low in products[n::2]] + (bias_terms if n == 0 else [])
             m.d.sync += half.eq(sum(terms[1:], terms[0]) if terms else 0)
-        total = Signal(signed(width))
-        m.d.sync += total.eq(halves[0] + halves[1])
+        if late:
+            total = halves[0] + halves[1]
+        else:
+            total = Signal(signed(width))
+            m.d.sync += total.eq(halves[0] + halves[1])
         # Edge t + 4: arithmetic shift right (floor), truncated to out_bits.
         m.d.sync += [self.out.eq(total >> shift), self.out_valid.eq(valid)]
         return m
+
+
+def registers_constants(platform) -> bool:
+    """Whether an engine's output stage for ``platform`` (None: simulation) registers its requantize
+    constants (``registered_constants``): on the ECP5, whose block RAM output (5.8 ns) into a multiplier
+    was the ULX3S-85F's worst path; not on the iCE40, whose multipliers register their own output
+    and whose UP5K has no cells to spare (nor a fast 60-bit carry chain for the sum and shift in a cycle)."""
+    return str(getattr(platform, "device", "")).startswith("LFE5")
