@@ -196,6 +196,25 @@ def test_next_image_loads_while_the_core_runs(small_cnn):
     assert [r["left_to_load"] for r in results] == [0, 0, 0]
 
 
+def test_output_stage_registers_of_the_ecp5_keep_results_and_cycles(small_cnn, monkeypatch):
+    """The output stage as built for the ECP5 (the threshold word and the requantize constants registered
+    out of their block RAM, :func:`hw.thresholds.registers_word`, :func:`hw.requantize.registers_constants`;
+    simulation builds the other form): every tensor exact, the cycles as the model states."""
+    import hw.engine
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    monkeypatch.setattr(hw.engine, "registers_word", lambda platform: True)
+    monkeypatch.setattr(hw.engine, "registers_constants", lambda platform: True)
+    model = compile_model(small_cnn((2, 6, 6), QuantPlan("lcq", 3, 3), seed=5, widths=(6, 4, 4)), (2, 6, 6))
+    assert {type(n.stage).__name__ for n in model.convs} >= {"Thresholds", "Requantize"}
+    params = NetworkParams.for_model(model, 4, 4)
+    images = np.random.default_rng(5).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    (result,) = simulate_network(model, params, images)
+    check_against_reference(model, images, [result])
+    check_layer_cycles(model, params, result)
+
+
 def test_max_pooling_on_the_core():
     """Max pooling after the ReLU (2 x 2) and before it (3 x 3, stride 2, padded), then global average
     pooling, on a 3 x 2 array: each max pooling a vector-unit step that reads the code memory through the
