@@ -614,9 +614,10 @@ class LayerEngine(wiring.Component):
             # of the word, loaded when the row's turn comes, so that the PEs of a row, spread across the
             # chip, are fed by registers of their own instead of one register fanned out to all rows (the
             # ULX3S-85F's worst path). The row's shadow weights take the word BANKED_LATENCY + 2 cycles
-            # after its address: no later than the tile's first position reaches the row, and three cycles
-            # after the previous tile's first position has passed the row's last column (with the overlap's
-            # rows + cols + 3 positions, or the wait before LOAD_WEIGHTS).
+            # after its address (column c's c cycles later, as the positions reach it: PEArray): no later
+            # than the tile's first position reaches them, and three cycles after the previous tile's first
+            # position has passed them (with the overlap's rows + cols + 3 positions, or the wait before
+            # LOAD_WEIGHTS).
             w_rows = delayed(m, w_rows, BANKED_LATENCY, "w_rows_registered")
             weight_word = delayed(m, weight_data, 1, "weight_word_registered")
             row_words = [Signal.like(weight_word, name=f"weight_word_{r}") for r in range(R)]
