@@ -41,7 +41,6 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .compare import at_least
 from .delay import delays
 from .fsm_encoding import one_hot
 from .thresholds import ThresholdUnit
@@ -373,17 +372,16 @@ class VectorUnit(wiring.Component):
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()
         offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()
         # Stage 1: the value read, registered (the value memory's read multiplexer feeds no logic);
-        # stage 2: x * 2^frac; stage 3: t = x * 2^frac - offset and -t, side by side; stage 4: sign * t, a choice
-        # among them; stage 5: u = relu(sign * t); stage 6: u summed (the shift, each carry chain and the ReLU's
-        # zeroing: one a cycle, POOL_DRAIN).
+        # stage 2: x * 2^frac; stage 3: t = x * 2^frac - offset; stage 4: sign * t; stage 5: u = relu(sign * t);
+        # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle, POOL_DRAIN).
         value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2, "pool")[2]
         width = p.value_bits + p.max_frac_bits + 1
         shifted, shifted_valid = Signal(signed(width), name="shifted"), Signal(name="shifted_valid")
         m.d.sync += [shifted.eq(value << frac), shifted_valid.eq(pool2)]
-        t, minus_t, t_valid = Signal(signed(width), name="t"), Signal(signed(width + 1), name="minus_t"), Signal()
-        m.d.sync += [t.eq(shifted - offset), minus_t.eq(offset - shifted), t_valid.eq(shifted_valid)]
+        t, t_valid = Signal(signed(width), name="t"), Signal(name="t_valid")
+        m.d.sync += [t.eq(shifted - offset), t_valid.eq(shifted_valid)]
         signed_t, signed_valid = Signal(signed(width + 1), name="signed_t"), Signal(name="signed_valid")
-        m.d.sync += [signed_t.eq(Mux(sign == 0, 0, Mux(sign < 0, minus_t, t))), signed_valid.eq(t_valid)]
+        m.d.sync += [signed_t.eq(Mux(sign == 0, 0, Mux(sign < 0, -t, t))), signed_valid.eq(t_valid)]
         u, u_valid = Signal(signed_t.shape(), name="u"), Signal(name="u_valid")
         m.d.sync += [u.eq(Mux(relu & signed_t[-1], 0, signed_t)), u_valid.eq(signed_valid)]
         with m.If(u_valid):
@@ -396,22 +394,21 @@ class VectorUnit(wiring.Component):
         if p.pool_arithmetic:
             base = word[p.pool_base_shift:p.pool_base_shift + p.pool_base_bits].as_signed()
             step = word[p.pool_step_shift:p.pool_step_shift + p.pool_step_bits]
-            bound_bits = max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1
-            based = Signal(signed(bound_bits), name="based")   # B' + code * S
-            probe_step = Signal(p.pool_step_bits + b - 1)       # probe * S
-            bound = Signal(signed(bound_bits))
-            m.d.sync += [bound.eq(based + probe_step), passed.eq(at_least(total << p.pool_shift, bound))]
+            acc = Signal(p.pool_step_bits + b)             # code * S
+            probe_step = Signal(p.pool_step_bits + b - 1)  # probe * S
+            bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1))
+            m.d.sync += [bound.eq(base + acc + probe_step), passed.eq((total << p.pool_shift) >= bound)]
             # Before the search (the channel's constants are read by then): code 0, probe 2^(b-1).
             with m.If(~searching):
-                m.d.sync += [based.eq(base), probe_step.eq(step << (b - 1))]
+                m.d.sync += [acc.eq(0), probe_step.eq(step << (b - 1))]
             with m.Elif(taking):
                 m.d.sync += probe_step.eq(probe_step >> 1)
                 with m.If(passed):
-                    m.d.sync += based.eq(based + probe_step)
+                    m.d.sync += acc.eq(acc + probe_step)
         else:
             thr_read = thresholds.read_port()
             m.d.comb += thr_read.addr.eq(Cat((cand - 1)[:b], slot))
-            m.d.sync += passed.eq(at_least(total, thr_read.data))
+            m.d.sync += passed.eq(total >= thr_read.data)
         m.d.comb += found.eq(Mux(passed, cand, code))
         with m.If(taking & ~probe[0]):          # after the last step, the next channel starts at 0
             m.d.sync += code.eq(found)
