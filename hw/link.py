@@ -131,11 +131,12 @@ class LinkBridge(wiring.Component):
     optionally ``starting`` (out: the core has not yet taken the start; read in network mode),
     and any others (a probe) left unconnected; by default :class:`hw.engine.EngineSignature`
     (``addr_bits``, the widest target, ``out_bits``). Connect it to a ``LayerEngine`` or a
-    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 5`` cycles plus two
+    ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 6`` cycles plus two
     per word (plus cycles the engine is not ready) after its last byte.
 
     Timing: the checksum's test is registered in the cycle after the last CRC byte (a compare of the CRC
-    register, not of the CRC update's result) and acted on in the next, with the frame's type as flags
+    register, not of the CRC update's result), decided on in the next and acted on in the one after (the
+    decision into registers: its priorities feed no enable), with the frame's type as flags
     set with TYPE; the payload's last byte is found by comparing with a register set with the
     length (not ``length - 1``), and each reply byte is registered in the cycle before it is offered, a
     payload byte twice (the payload multiplexers end in a register, and that register feeds the reply's,
@@ -473,8 +474,8 @@ class LinkBridge(wiring.Component):
         def on_crc_lo():
             m.next = "CHECK"
 
-        # CHECK (a cycle after CRC lo) registers the frame's tests; VERDICT acts on them: the checksum over TYPE
-        # through CRC lo is 0, RUN's output format is known, the LOAD's target is not the image while busy.
+        # CHECK (a cycle after CRC lo) registers the frame's tests; VERDICT decides on them, ACT acts: the checksum
+        # over TYPE through CRC lo is 0, RUN's output format is known, the LOAD's target is not the image while busy.
         run_fmt = run_arg[RUN_COUNT_BITS:]
         crc_bad, fmt_bad, to_image = Signal(name="crc_bad"), Signal(name="fmt_bad"), Signal(name="to_image")
         # `start` in START (a RUN's), from a flip-flop set on the way there.
@@ -488,26 +489,44 @@ class LinkBridge(wiring.Component):
                                     ((run_fmt != OutputFormat.CODES) | (self._code_bits == 0)))]
             m.next = "VERDICT"
 
+        # VERDICT decides from those registers into registers of its own (the NACK code, if any, and what
+        # follows), which ACT carries out: the decision's priorities feed no enable (the error's was the UP5K's
+        # worst path). `refused`: a NACK BUSY.
+        nack, refused, answer_info, go = (Signal(name=name) for name in ("nack", "refused", "answer_info", "go"))
+        nack_code = Signal(8, name="nack_code")
+
         def verdict():
+            m.d.sync += [nack.eq(0), refused.eq(0), answer_info.eq(0), go.eq(0)]
             with m.If(crc_bad):
-                fail(NackCode.CRC)
+                m.d.sync += [nack.eq(1), nack_code.eq(NackCode.CRC)]
             with m.Elif(is_ping):
-                send(FrameType.INFO)
+                m.d.sync += answer_info.eq(1)
             with m.Elif(is_run | is_result):
                 with m.If(fmt_bad):
-                    fail(NackCode.LENGTH)
+                    m.d.sync += [nack.eq(1), nack_code.eq(NackCode.LENGTH)]
                 with m.Elif(is_run & busy_refuses):
-                    refuse_busy()
+                    m.d.sync += refused.eq(1)
                 with m.Else():
-                    m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0),
-                                 start_pulse.eq(is_run)]
-                    m.next = "START"
+                    m.d.sync += go.eq(1)
             with m.Elif(no_target):
-                fail(NackCode.TARGET)
+                m.d.sync += [nack.eq(1), nack_code.eq(NackCode.TARGET)]
             with m.Elif(malformed):
-                fail(NackCode.LENGTH)
+                m.d.sync += [nack.eq(1), nack_code.eq(NackCode.LENGTH)]
             with m.Elif(busy_refuses & ~to_image):
+                m.d.sync += refused.eq(1)
+            m.next = "ACT"
+
+        def act():
+            with m.If(nack):
+                fail(nack_code)
+            with m.Elif(answer_info):
+                send(FrameType.INFO)
+            with m.Elif(refused):
                 refuse_busy()
+            with m.Elif(go):
+                m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0),
+                             start_pulse.eq(is_run)]
+                m.next = "START"
             with m.Else():
                 m.d.sync += [count.eq(0), pos.eq(0), in_words.eq(0)]
                 m.next = "READ"
@@ -528,6 +547,8 @@ class LinkBridge(wiring.Component):
                 check()
             with m.State("VERDICT"):
                 verdict()
+            with m.State("ACT"):
+                act()
             with m.State("DRAIN"):
                 with m.If(rx_valid):
                     restart_timer()
