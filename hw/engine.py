@@ -100,11 +100,12 @@ from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTI
                             STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
                             WIDE_WEIGHTS, EngineParams)
 from .fsm_encoding import one_hot
+from .memories import slow_block_ram
 from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
-from .requantize import RequantizeUnit, registers_constants
+from .requantize import RequantizeUnit
 from .spram import SpramBuffer, platform_has_spram
-from .thresholds import ThresholdUnit, registers_word
+from .thresholds import ThresholdUnit
 
 
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
@@ -697,7 +698,7 @@ class LayerEngine(wiring.Component):
         layer mode then ReLU'd with ``relu``) or the raw value, as ``stage`` says. With requantize units the raw
         value goes through them (the program gives its layers identity constants, STAGE_REQUANTIZE), without
         them through a delay line. On ``platform``'s ECP5 the units register their block RAM words
-        (:func:`hw.thresholds.registers_word`, :func:`hw.requantize.registers_constants`)."""
+        (:func:`hw.memories.slow_block_ram`)."""
         p = self.params
         depth, shared = p.stage_depth << p.col_bits, p.shared_stage_memory
         if shared:
@@ -723,14 +724,14 @@ class LayerEngine(wiring.Component):
         if p.code_bits:
             m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(
                 p.acc_bits, p.code_bits, depth, p.threshold_bits, own_memory=not shared,
-                registered_word=registers_word(platform))
+                registered_word=slow_block_ram(platform))
             code = delayed(m, unit.code, self.STAGE_LATENCY - unit.latency, f"code{suffix}")
             connect(unit, THRESHOLDS)
         if p.requantize:
             q = p.requantize
             m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
                 p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared,
-                registered_constants=registers_constants(platform))
+                registered_constants=slow_block_ram(platform))
             connect(unit, REQUANTIZE)
             out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, f"requantized{suffix}")
             if q.relu and not self.network:

@@ -28,3 +28,11 @@ def memory_bits(memories) -> dict[str, int]:
     for name, width, depth, copies in memories:
         bits[name] = bits.get(name, 0) + width * depth * copies
     return bits
+
+
+def slow_block_ram(platform) -> bool:
+    """Whether ``platform`` (an Amaranth platform, or None in simulation) is an ECP5, whose block RAM output
+    takes 5.8 ns of a cycle and whose flip-flops are plentiful: where the output stage registers its block
+    RAM words before logic (``ThresholdUnit(registered_word=)``, ``RequantizeUnit(registered_constants=)``).
+    Not the iCE40: the UP5K has no cells to spare."""
+    return str(getattr(platform, "device", "")).startswith("LFE5")

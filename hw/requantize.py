@@ -62,7 +62,7 @@ class RequantizeUnit(wiring.Component):
     unsigned bits per low part, in the multiplier's own output register where it has one), and
     ``B`` and the shift; t + 2 registers two partial sums, the first with ``B``; t + 3 their sum;
     t + 4 the shifted result. Each stage is one block RAM read into one multiplier, or one carry
-    chain. With ``registered_constants`` (:func:`registers_constants`), the same latency: t + 1
+    chain. With ``registered_constants`` (:func:`hw.memories.slow_block_ram`), the same latency: t + 1
     registers the constants, t + 2 the partial products, t + 3 the partial sums, t + 4 their sum
     shifted (a carry chain and a shifter in one cycle: on the ECP5 both are fast, and its block RAM's
     slow output then feeds no multiplier). Fully pipelined, gaps allowed, no back-pressure.
@@ -149,11 +149,3 @@ class RequantizeUnit(wiring.Component):
         # Edge t + 4: arithmetic shift right (floor), truncated to out_bits.
         m.d.sync += [self.out.eq(total >> shift), self.out_valid.eq(valid)]
         return m
-
-
-def registers_constants(platform) -> bool:
-    """Whether an engine's output stage for ``platform`` (None: simulation) registers its requantize
-    constants (``registered_constants``): on the ECP5, whose block RAM output (5.8 ns) into a multiplier
-    was the ULX3S-85F's worst path; not on the iCE40, whose multipliers register their own output
-    and whose UP5K has no cells to spare (nor a fast 60-bit carry chain for the sum and shift in a cycle)."""
-    return str(getattr(platform, "device", "")).startswith("LFE5")

@@ -61,7 +61,7 @@ class ThresholdUnit(wiring.Component):
     Latency 3 (``LATENCY``): a value sampled at clock edge t appears after edge t + 2 (edge t
     reads the channel's word from block RAM, t + 1 registers the comparisons with every threshold,
     t + 2 their count; the word itself is not registered: on the UP5K its flip-flops would not
-    fit). With ``registered_word`` (:func:`registers_word`), latency 4 (``latency``): t + 1
+    fit). With ``registered_word`` (:func:`hw.memories.slow_block_ram`), latency 4 (``latency``): t + 1
     registers the word, t + 2 the comparisons, t + 3 their count. Fully pipelined: one value per
     cycle, gaps allowed (``valid`` low), no back-pressure.
     """
@@ -142,11 +142,3 @@ class ThresholdUnit(wiring.Component):
         m.d.sync += [hits[i].eq((acc >= t) ^ descending) for i, t in enumerate(thresholds)]
         m.d.sync += [self.code.eq(popcount(hits)), self.code_valid.eq(valid)]
         return m
-
-
-def registers_word(platform) -> bool:
-    """Whether an engine's output stage for ``platform`` (None: simulation) registers its threshold word
-    (``registered_word``): on the ECP5, whose block RAM output takes 5.8 ns of a cycle (the word into the
-    comparisons was among the ULX3S-85F's worst paths) and whose flip-flops are plentiful; not on the
-    iCE40, whose UP5K has no cells to spare."""
-    return str(getattr(platform, "device", "")).startswith("LFE5")

@@ -198,14 +198,13 @@ def test_next_image_loads_while_the_core_runs(small_cnn):
 
 def test_output_stage_registers_of_the_ecp5_keep_results_and_cycles(small_cnn, monkeypatch):
     """The output stage as built for the ECP5 (the threshold word and the requantize constants registered
-    out of their block RAM, :func:`hw.thresholds.registers_word`, :func:`hw.requantize.registers_constants`;
-    simulation builds the other form): every tensor exact, the cycles as the model states."""
+    out of their block RAM, :func:`hw.memories.slow_block_ram`; simulation builds the other form): every
+    tensor exact, the cycles as the model states."""
     import hw.engine
     from compiler.lower import compile_model
     from lcq_train.plan import QuantPlan
 
-    monkeypatch.setattr(hw.engine, "registers_word", lambda platform: True)
-    monkeypatch.setattr(hw.engine, "registers_constants", lambda platform: True)
+    monkeypatch.setattr(hw.engine, "slow_block_ram", lambda platform: True)
     model = compile_model(small_cnn((2, 6, 6), QuantPlan("lcq", 3, 3), seed=5, widths=(6, 4, 4)), (2, 6, 6))
     assert {type(n.stage).__name__ for n in model.convs} >= {"Thresholds", "Requantize"}
     params = NetworkParams.for_model(model, 4, 4)
