@@ -492,8 +492,8 @@ class LayerEngine(wiring.Component):
                     self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"
             with m.State("LOAD_WEIGHTS"):
-                # Read one row's weight word per cycle; the row's shadow weights take it in the next cycle
-                # (network mode: the one after).
+                # Read one row's weight word per cycle; the row's copy takes it in the next cycle (network
+                # mode: BANKED_LATENCY + 1 cycles on), its shadow weights a cycle after the copy.
                 if self.network:
                     m.d.sync += fetch.eq(fetch + 1)
                 else:
@@ -611,23 +611,21 @@ class LayerEngine(wiring.Component):
         if self.network:
             # Every layer's weights are resident: a deep buffer read through registered banks (its word
             # comes BANKED_LATENCY cycles after the address) whose multiplexer, registered here, would
-            # otherwise feed every PE's shadow weight in the same cycle. Each row then keeps its own copy
-            # of the word, loaded when the row's turn comes, so that the PEs of a row, spread across the
-            # chip, are fed by registers of their own instead of one register fanned out to all rows (the
-            # ULX3S-85F's worst path). The row's shadow weights take the word BANKED_LATENCY + 2 cycles
-            # after its address (column c's c cycles later, as the positions reach it: PEArray): no later
-            # than the tile's first position reaches them, and three cycles after the previous tile's first
-            # position has passed them (with the overlap's rows + cols + 3 positions, or the wait before
-            # LOAD_WEIGHTS).
+            # otherwise feed every PE's shadow weight in the same cycle.
             w_rows = delayed(m, w_rows, BANKED_LATENCY, "w_rows_registered")
-            weight_word = delayed(m, weight_data, 1, "weight_word_registered")
-            row_words = [Signal.like(weight_word, name=f"weight_word_{r}") for r in range(R)]
-            for r, word in enumerate(row_words):
-                with m.If(w_rows[r]):
-                    m.d.sync += word.eq(weight_word)
-            w_rows = delayed(m, w_rows, 1, "w_rows_loading")
-        else:
-            row_words = [weight_data] * R
+            weight_data = delayed(m, weight_data, 1, "weight_word_registered")
+        # Each row keeps its own copy of the word, loaded when the row's turn comes: the array takes it a
+        # column a cycle (PEArray), and the row's PEs, spread across the chip, are fed by registers of their
+        # own instead of one register fanned out to all rows (the ULX3S-85F's worst path). The row's shadow
+        # weights take the word two cycles after its read data (column c's c cycles later, as the positions
+        # reach it; network mode: BANKED_LATENCY + 2 after its address): no later than the tile's first
+        # position reaches them, and three cycles after the previous tile's first position has passed them
+        # (with the overlap's rows + cols + 3 positions, or the wait before LOAD_WEIGHTS).
+        row_words = [Signal.like(weight_data, name=f"weight_word_{r}") for r in range(R)]
+        for r, word in enumerate(row_words):
+            with m.If(w_rows[r]):
+                m.d.sync += word.eq(weight_data)
+        w_rows = delayed(m, w_rows, 1, "w_rows_loading")
         m.d.comb += [array.w_load.eq(w_rows), *(code.eq(word) for code, word in zip(array.w_code, row_words)),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
                      array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]

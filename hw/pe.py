@@ -485,9 +485,9 @@ class PEArray(wiring.Component):
     load ports): ``w_load`` is a mask of rows (bit r: row r), and each row it names writes its
     shadow weights from its ``w_code[r]``, ``cols`` weight words, column 0 lowest. The load travels
     along the row as the operands do, a column a cycle: PE (r, c) takes its word ``c`` cycles after
-    ``w_load[r]``, from registers beside it (a row spans the die: one register's enable fanned out to
-    a whole row was 16.7 ns on the ULX3S-85F); ``a_swap[r]`` goes with row r's stream (sampled with
-    ``a_valid[r]``), so a load keeps its distance to the swap in every column.
+    ``w_load[r]`` (a row spans the die: one register's enable fanned out to a whole row was 16.7 ns on
+    the ULX3S-85F), so ``w_code[r]`` must hold for ``cols`` cycles; ``a_swap[r]`` goes with row r's
+    stream (sampled with ``a_valid[r]``), so a load keeps its distance to the swap in every column.
     """
 
     def __init__(self, variant: Variant, rows: int, cols: int, acc_bits: int = 24, *, double_buffered: bool = False):
@@ -526,19 +526,17 @@ class PEArray(wiring.Component):
                 swap_ahead = delayed(m, self.a_swap[r], 1, f"swap_ahead_{r}")
                 swap_next = decoder.valid & swap_ahead
                 swap = delayed(m, swap_ahead, 1, f"swap_{r}")
-                # The row's load and the words of the columns from c on (column c lowest), as they reach column c.
-                load, words = self.w_load[r], self.w_code[r]
+                load = self.w_load[r]       # the row's load as it reaches column c
             for c in range(self.cols):
                 m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(self.variant, self.acc_bits,
                                                                      double_buffered=self.double_buffered)
                 if self.double_buffered:
-                    bits = self.variant.weight_bits
-                    m.d.comb += [pe.w_load.eq(load), pe.w_code.eq(words[:bits]),
+                    m.d.comb += [pe.w_load.eq(load),
+                                 pe.w_code.eq(self.w_code[r].word_select(c, self.variant.weight_bits)),
                                  pe.a_swap.eq(swap), pe.swap_next.eq(swap_next)]
                     swap, swap_next = pe.a_swap_out, pe.swap
                     if c < self.cols - 1:
-                        load, words = (delayed(m, value, 1, f"{name}_{r}_{c + 1}")
-                                       for value, name in ((load, "w_load"), (words[bits:], "w_code")))
+                        load = delayed(m, load, 1, f"w_load_{r}_{c + 1}")
                 else:
                     m.d.comb += [pe.w_load.eq(self.w_load & (self.w_pe == r * self.cols + c)),
                                  pe.w_code.eq(self.w_code),
