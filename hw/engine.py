@@ -110,6 +110,8 @@ from .thresholds import ThresholdUnit
 
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
 LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions", "band_rows")
+# The reduction tile's loops (group, kx, ky) and the configuration register each counts to.
+REDUCTION_LOOPS = {"g": "groups", "kx": "kernel", "ky": "kernel"}
 # Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``): the
 # channel (as wide as ``c_out``), the value-memory and code-memory addresses (:attr:`LayerEngine.data_addr_bits`),
 # the lane.
@@ -378,6 +380,11 @@ class LayerEngine(wiring.Component):
         plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
         # Where the channel tile's first row group starts (network mode: ``tile_step`` on per channel tile).
         tile_plane = counter("tile_plane") if self.network else C(0)
+        # The next channel tile's (a register: tile_plane moves only as a channel tile ends, two cycles or more
+        # before the next end, and no adder then comes before plane_base).
+        next_tile_plane = counter("next_tile_plane") if self.network else None
+        if self.network:
+            m.d.sync += next_tile_plane.eq(tile_plane + cfg["tile_step"])
         out_base, read_addr = counter("out_base"), counter("read_addr")
         # The position's column and row within the band, counted down to 0 (``x_left``, ``y_left``).
         x_left, y_left, iy, ix = (counter(name, True) for name in ("x_left", "y_left", "iy", "ix"))
@@ -413,21 +420,37 @@ class LayerEngine(wiring.Component):
                 for prefix in ("", "tile_") for name in DEST_COUNTERS}
         # The loops' ends as registers, so that no compare comes before the FSM's decisions: ``x_end`` and
         # ``y_end`` (the position is its row's last, the row its band's) set with their counters; the
-        # reduction tile's ends (``ends``: its group, kx and ky are their loops' last; its band the last
-        # band; its channel tile the last), compares of counters that change only as a tile ends,
-        # registered (the next test comes two cycles later at the earliest), and ``through`` (the loops from
-        # the group out to the named one all at their last: the next loop out moves as the tile ends),
-        # registered alongside, so that each loop's enable is the tile's end and one flip-flop, not a chain of
-        # the ends; ``first_tile`` (group, kx and ky are 0), set as a tile ends.
+        # reduction tile's ends (``ends``). Group, kx and ky (``REDUCTION_LOOPS``) set theirs as they move:
+        # at their last where they move from the value before it (``near``, a compare registered while they
+        # stand, with the count less two), or back to 0 in a loop that runs once (``once``). The band's and
+        # the channel tile's, compares of counters that change only as a tile ends, registered (the next
+        # test comes two cycles later at the earliest). ``through`` (the loops from the group out to the
+        # named one all at their last: the next loop out moves as the tile ends), registered from those, so
+        # that each loop's enable is the tile's end and one flip-flop, not a chain of the ends; ``first_tile``
+        # (group, kx and ky are 0), set as a tile ends.
         x_end, y_end, first_tile = Signal(name="x_end"), Signal(name="y_end"), Signal(name="first_tile")
         loops = ("g", "kx", "ky", "band", "co_tile")
         ends = {name: Signal(name=f"{name}_end") for name in loops}
         through = {"g": ends["g"], **{name: Signal(name=f"through_{name}") for name in loops[1:-1]}}
-        at_last = {"g": g == last["groups"], "kx": kx == last["kernel"], "ky": ky == last["kernel"],
-                   "band": band["end_y"] == last["out_h"], "co_tile": co_tile == last["co_tiles"]}
-        m.d.sync += [ends[name].eq(at_last[name]) for name in loops]
-        m.d.sync += [through[name].eq(Cat(at_last[inner] for inner in loops[:i + 1]).all())
-                     for i, name in enumerate(loops) if 0 < i < len(loops) - 1]
+        counters = {"g": g, "kx": kx, "ky": ky}
+        near = {name: Signal(name=f"{name}_near") for name in REDUCTION_LOOPS}
+        count_names = set(REDUCTION_LOOPS.values())
+        if self.network:
+            before_last = {name: Signal.like(cfg[name], name=f"before_last_{name}") for name in count_names}
+            once = {name: Signal(name=f"once_{name}") for name in count_names}
+            m.d.sync += [before_last[name].eq(cfg[name] - 2) for name in count_names]
+            m.d.sync += [once[name].eq(cfg[name] == 1) for name in count_names]
+        else:
+            before_last = {name: cfg[name] - 2 for name in count_names}
+            once = {name: cfg[name] == 1 for name in count_names}
+        m.d.sync += [near[name].eq(counters[name] == before_last[count]) for name, count in REDUCTION_LOOPS.items()]
+        at_last = {"band": band["end_y"] == last["out_h"], "co_tile": co_tile == last["co_tiles"]}
+        m.d.sync += [ends[name].eq(at_last[name]) for name in at_last]
+        reduction_ends = Cat(ends[name] for name in REDUCTION_LOOPS).all()
+        m.d.sync += [through["kx"].eq(ends["g"] & ends["kx"]), through["ky"].eq(reduction_ends),
+                     through["band"].eq(reduction_ends & at_last["band"])]
+        # Each reduction loop's end as the loop moves (back to 0 from its last, else one on).
+        moved_ends = {name: Mux(ends[name], once[count], near[name]) for name, count in REDUCTION_LOOPS.items()}
         tile_ends = through["ky"]
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline.
@@ -486,6 +509,7 @@ class LayerEngine(wiring.Component):
                                  ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
                                  out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"]),
                                  first_tile.eq(1)]
+                    m.d.sync += [ends[name].eq(once[count]) for name, count in REDUCTION_LOOPS.items()]
                     if self.network:
                         m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), unwritten.eq(1),
                                      ring_full.eq(cfg["acc_units"] <= 1)]
@@ -524,8 +548,9 @@ class LayerEngine(wiring.Component):
                                  row_addr.eq(row_addr + cfg["row_step"])]
                     with m.If(y_end):
                         m.d.sync += first_tile.eq(tile_ends)
-                        self._next_tile(m, cfg, ends, through, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset,
-                                        out_base, finishing, band, band_cfg, weight_addr)
+                        self._next_tile(m, cfg, ends, moved_ends, through, g, kx, ky, co_tile, plane_base,
+                                        tile_plane, next_tile_plane, ky_offset, out_base, finishing, band, band_cfg,
+                                        weight_addr)
                         if self.network:
                             with m.If(overlap):
                                 m.d.sync += weight_addr.eq(fetch + 1)       # past the next tile's last row
@@ -989,18 +1014,21 @@ class LayerEngine(wiring.Component):
         m.d.sync += [band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
                      band["end_y"].eq(band_cfg["rows"] - 1)]
 
-    def _next_tile(self, m, cfg, ends, through, g, kx, ky, co_tile, plane_base, tile_plane, ky_offset, out_base,
-                   finishing, band, band_cfg, weight_addr):
+    def _next_tile(self, m, cfg, ends, moved_ends, through, g, kx, ky, co_tile, plane_base, tile_plane,
+                   next_tile_plane, ky_offset, out_base, finishing, band, band_cfg, weight_addr):
         """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile (network
         mode: whose row groups start ``tile_step`` activation words on); ``ends``: the loops' end registers;
-        ``through``: registers, the loops from the group out to the named one all at their ends."""
+        ``moved_ends``: the reduction loops' ends as they move, set with them; ``through``: registers, the
+        loops from the group out to the named one all at their ends."""
         with m.If(~ends["g"]):
             m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
         with m.Else():
             m.d.sync += [g.eq(0), plane_base.eq(tile_plane)]
+        m.d.sync += ends["g"].eq(moved_ends["g"])
         with m.If(through["g"]):
-            m.d.sync += kx.eq(Mux(ends["kx"], 0, kx + 1))
+            m.d.sync += [kx.eq(Mux(ends["kx"], 0, kx + 1)), ends["kx"].eq(moved_ends["kx"])]
         with m.If(through["kx"]):
+            m.d.sync += ends["ky"].eq(moved_ends["ky"])
             with m.If(~ends["ky"]):
                 m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
             with m.Else():
@@ -1016,7 +1044,6 @@ class LayerEngine(wiring.Component):
             m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
                          band["weight_addr"].eq(weight_addr)]
             if self.network:
-                m.d.sync += [tile_plane.eq(tile_plane + cfg["tile_step"]),
-                             plane_base.eq(tile_plane + cfg["tile_step"])]
+                m.d.sync += [tile_plane.eq(next_tile_plane), plane_base.eq(next_tile_plane)]
             with m.If(ends["co_tile"]):
                 m.d.sync += finishing.eq(1)
