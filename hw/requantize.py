@@ -12,7 +12,7 @@ multipliers are positive (``round(ratio * 2^shift)`` with ``ratio > 0``).
 from __future__ import annotations
 
 import numpy as np
-from amaranth import Module, Signal, signed
+from amaranth import C, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
@@ -134,17 +134,20 @@ class RequantizeUnit(wiring.Component):
                 product = Signal((a_part * m_part).shape(), name=f"product_{a_low}_{m_low}", reset_less=True)
                 m.d.sync += product.eq(a_part * m_part)
                 products.append((product, a_low + m_low))
-        # Edge t + 2: two partial sums (each product at its weight), the first plus B; t + 3: their sum.
-        width = max(self.acc_bits + self.multiplier_bits, self.bias_bits) + 2
-        halves = [Signal(signed(width), name=f"partial_{n}") for n in range(2)]
+        # Edge t + 2: two partial sums (each product at its weight), the first plus B; t + 3: their sum. Each
+        # as wide as its exact value needs (Amaranth's widths for the sum), so that no carry chain runs
+        # through bits that only copy the sign.
         bias_terms = [delayed(m, bias, 1, "bias")]
-        for n, half in enumerate(halves):
+        halves = []
+        for n in range(2):
             terms = [product << low for product, low in products[n::2]] + (bias_terms if n == 0 else [])
-            m.d.sync += half.eq(sum(terms[1:], terms[0]) if terms else 0)
+            value = sum(terms[1:], terms[0]) if terms else C(0, 1)
+            halves.append(Signal(value.shape(), name=f"partial_{n}"))
+            m.d.sync += halves[-1].eq(value)
         if late:
             total = halves[0] + halves[1]
         else:
-            total = Signal(signed(width))
+            total = Signal((halves[0] + halves[1]).shape())
             m.d.sync += total.eq(halves[0] + halves[1])
         # Edge t + 4: arithmetic shift right (floor), truncated to out_bits.
         m.d.sync += [self.out.eq(total >> shift), self.out_valid.eq(valid)]

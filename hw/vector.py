@@ -187,7 +187,9 @@ class VectorUnit(wiring.Component):
         m.d.sync += [rd_a.eq(rd_a + (issue_act | issue_a | issue_pool)), rd_b.eq(rd_b + issue_b),
                      wr.eq(wr + issue_b)]
 
-        # Pool state: the channel's sum, the code found so far, the search's probe bit (one-hot),
+        # Pool state: the channel's sum, the code found so far (back to 0 as a search's last step hands its
+        # result to the write, so 0, its reset value, whenever no search runs: only a search step enables
+        # it), the search's probe bit (one-hot),
         # which third of a search step (``step_phase`` 0: read the threshold, 1: compare into a register, 2:
         # take the result; the wide compare feeds no enable), the drain counter, the piece of
         # the channel's constants being read.
@@ -201,7 +203,7 @@ class VectorUnit(wiring.Component):
             pool_write = Signal()
 
             def new_channel():
-                m.d.sync += [total.eq(0), code.eq(0), probe.eq(1 << (b - 1)), step_phase.eq(0)]
+                m.d.sync += [total.eq(0), probe.eq(1 << (b - 1)), step_phase.eq(0)]
 
         maxpool = _MaxPool(self, m) if p.maxpool_bits else None
         avgpool = _AvgPool(self, m, lane, group, ch, slot, channels, positions) if p.avgpool_bits else None
@@ -410,8 +412,8 @@ class VectorUnit(wiring.Component):
             m.d.comb += thr_read.addr.eq(Cat((cand - 1)[:b], slot))
             m.d.sync += passed.eq(total >= thr_read.data)
         m.d.comb += found.eq(Mux(passed, cand, code))
-        with m.If(taking & ~probe[0]):          # after the last step, the next channel starts at 0
-            m.d.sync += code.eq(found)
+        with m.If(taking):                      # after the last step, the next channel starts at 0
+            m.d.sync += code.eq(Mux(probe[0], 0, found))
         with m.If(pool_write):
             m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(group),
                          self.code_write_lane.eq(lane), self.code_write_data.eq(found)]
