@@ -531,6 +531,19 @@ class LinkBridge(wiring.Component):
                 m.d.sync += [count.eq(0), pos.eq(0), in_words.eq(0)]
                 m.next = "READ"
 
+        # The LOAD read-back's byte read, into the address's or word's byte whose lane is high (set in READ, high
+        # in SHIFT only): the enables of the wide word register are flip-flops, not a decode of ``pos`` (the
+        # ResNet-20 core's worst path). A word's first byte clears the rest of the word.
+        addr_lanes, word_lanes = Signal(addr_bytes, name="addr_lanes"), Signal(max(self._word_bytes), name="word_lanes")
+        m.d.sync += [addr_lanes.eq(0), word_lanes.eq(0)]
+        for i in range(addr_bytes):
+            with m.If(addr_lanes[i]):
+                m.d.sync += addr[8 * i:8 * i + 8].eq(read.data)
+        with m.If(word_lanes[0]):
+            m.d.sync += data.eq(read.data)
+        for i in range(1, max(self._word_bytes)):
+            with m.If(word_lanes[i]):
+                m.d.sync += data[8 * i:8 * i + 8].eq(read.data)
         with m.FSM() as fsm:
             with m.State("HUNT"):
                 with m.If(got & (byte == SYNC)):
@@ -557,29 +570,21 @@ class LinkBridge(wiring.Component):
                 with m.Else():
                     count_timer()
 
-            # LOAD: read the checked payload back: the address, then each word into the engine.
+            # LOAD: read the checked payload back: the address, then each word into the engine (READ reads a
+            # byte and sets its lane, SHIFT writes it).
             with m.State("READ"):
                 m.d.comb += read.addr.eq(count)
-                m.d.sync += [count.eq(count + 1), read_all.eq(count == last_count)]
+                m.d.sync += [count.eq(count + 1), read_all.eq(count == last_count),
+                             addr_lanes.eq(Cat(~in_words & (pos == i + 1) for i in range(addr_bytes))),
+                             word_lanes.eq(Cat(in_words & (pos == i) for i in range(max(self._word_bytes))))]
                 m.next = "SHIFT"
             with m.State("SHIFT"):
                 m.next = "READ"
+                m.d.sync += pos.eq(pos + 1)
                 with m.If(~in_words):
-                    with m.Switch(pos):
-                        for i in range(addr_bytes):
-                            with m.Case(i + 1):
-                                m.d.sync += addr[8 * i:8 * i + 8].eq(read.data)
-                    m.d.sync += pos.eq(pos + 1)
                     with m.If(pos == header - 1):
                         m.d.sync += [pos.eq(0), in_words.eq(1)]
                 with m.Else():
-                    with m.Switch(pos):
-                        with m.Case(0):
-                            m.d.sync += data.eq(read.data)
-                        for i in range(1, max(self._word_bytes)):
-                            with m.Case(i):
-                                m.d.sync += data[8 * i:8 * i + 8].eq(read.data)
-                    m.d.sync += pos.eq(pos + 1)
                     with m.If(pos == word_last):
                         m.d.sync += pos.eq(0)
                         m.next = "BEAT"

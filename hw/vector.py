@@ -195,7 +195,7 @@ class VectorUnit(wiring.Component):
         # the channel's constants being read.
         if pool_hw:
             b = p.pool_code_bits
-            total = Signal(signed(p.pool_sum_bits))
+            clear_total = Signal(name="clear_total")
             code, probe = Signal(b, name="code"), Signal(b, name="probe")
             step_phase = Signal(range(SEARCH_STEP), name="step_phase")
             drain = Signal(range(POOL_DRAIN))
@@ -203,7 +203,8 @@ class VectorUnit(wiring.Component):
             pool_write = Signal()
 
             def new_channel():
-                m.d.sync += [total.eq(0), probe.eq(1 << (b - 1)), step_phase.eq(0)]
+                m.d.comb += clear_total.eq(1)
+                m.d.sync += [probe.eq(1 << (b - 1)), step_phase.eq(0)]
 
         maxpool = _MaxPool(self, m) if p.maxpool_bits else None
         avgpool = _AvgPool(self, m, lane, group, ch, slot, channels, positions) if p.avgpool_bits else None
@@ -333,7 +334,7 @@ class VectorUnit(wiring.Component):
             pending += [b1, b2]
 
         if pool_hw:
-            self._pool(m, load, slot, frac, issue_pool, total, code, probe, step_phase, pool_write, group, lane,
+            self._pool(m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
                        fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece)
 
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
@@ -346,10 +347,10 @@ class VectorUnit(wiring.Component):
         m.d.comb += self.busy.eq(busy)
         return m
 
-    def _pool(self, m, load, slot, frac, issue_pool, total, code, probe, step_phase, pool_write, group, lane,
+    def _pool(self, m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
               searching, reading, piece):
         """The pool datapath: constants (and thresholds) memories, the channel's constants register (its
-        pieces read while ``reading``), ``u`` and the sum, the search step."""
+        pieces read while ``reading``), ``u`` and the sum (back to 0 where ``clear_total``), the search step."""
         p = self.params
         b = p.pool_code_bits
         m.submodules.pool_constants = constants = Memory(shape=p.pool_piece_bits, depth=p.pool_constant_depth,
@@ -375,7 +376,8 @@ class VectorUnit(wiring.Component):
         offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()
         # Stage 1: the value read, registered (the value memory's read multiplexer feeds no logic);
         # stage 2: x * 2^frac; stage 3: t = x * 2^frac - offset; stage 4: sign * t; stage 5: u = relu(sign * t);
-        # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle, POOL_DRAIN).
+        # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle, POOL_DRAIN), the
+        # sum's high half a cycle later (``_sum``), in time for the search's first compare.
         value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2, "pool")[2]
         width = p.value_bits + p.max_frac_bits + 1
         shifted, shifted_valid = Signal(signed(width), name="shifted"), Signal(name="shifted_valid")
@@ -384,10 +386,13 @@ class VectorUnit(wiring.Component):
         m.d.sync += [t.eq(shifted - offset), t_valid.eq(shifted_valid)]
         signed_t, signed_valid = Signal(signed(width + 1), name="signed_t"), Signal(name="signed_valid")
         m.d.sync += [signed_t.eq(Mux(sign == 0, 0, Mux(sign < 0, -t, t))), signed_valid.eq(t_valid)]
-        u, u_valid = Signal(signed_t.shape(), name="u"), Signal(name="u_valid")
-        m.d.sync += [u.eq(Mux(relu & signed_t[-1], 0, signed_t)), u_valid.eq(signed_valid)]
-        with m.If(u_valid):
-            m.d.sync += total.eq(total + u)
+        # u: 0 where no value comes (the sum adds it every cycle). (An If, not the condition in a Mux: an X on the
+        # valid, in Icarus before the FSM's first change, then reads as no value instead of entering the sum.)
+        u = Signal(signed(p.pool_sum_bits), name="u")
+        m.d.sync += u.eq(0)
+        with m.If(signed_valid & ~(relu & signed_t[-1])):
+            m.d.sync += u.eq(signed_t)
+        total = self._sum(m, u, clear_total)
         # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): phase 0, read its
         # threshold (table) or compute ``B' + code * S + probe * S`` (arithmetic); phase 1, compare the sum
         # (times ``2^k``) with it into ``passed``; phase 2 (``taking``), take the candidate if it passed.
@@ -417,6 +422,24 @@ class VectorUnit(wiring.Component):
         with m.If(pool_write):
             m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(group),
                          self.code_write_lane.eq(lane), self.code_write_data.eq(found)]
+
+    @staticmethod
+    def _sum(m, u, clear):
+        """The running sum of ``u`` (signed, the sum's width), 0 after a cycle with ``clear``: returned a cycle
+        later than one adder would give it (``u`` at clock edge t is in the sum from edge t + 2), in two
+        halves so that no carry chain is the whole width (the UP5K's worst path): the low half and its carry
+        out, registered, and the high half with that carry (the search's first compare comes two cycles
+        after the last value's, :data:`POOL_DRAIN`)."""
+        low_bits = len(u) // 2
+        low, high, carry = Signal(low_bits, name="sum_low"), Signal(len(u) - low_bits, name="sum_high"), Signal()
+        low_sum = low + u[:low_bits]
+        with m.If(clear):
+            m.d.sync += [low.eq(0), high.eq(0), carry.eq(0)]
+        with m.Else():
+            # (high + u's high part + carry, as one carry chain: carry, set as the lowest bit of both addends.)
+            m.d.sync += [low.eq(low_sum[:low_bits]), carry.eq(low_sum[low_bits]),
+                         high.eq((Cat(carry, high) + Cat(carry, u[low_bits:]))[1:])]
+        return Cat(low, high).as_signed()
 
 
 class _AvgPool:
