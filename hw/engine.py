@@ -483,8 +483,11 @@ class LayerEngine(wiring.Component):
         # positions still to issue), from the band's first tile's where the tile is the band's last and
         # another band of the channel tile follows (``band_wrap``), else from the next ones (``weight_addr``),
         # set in the tile's first cycle (``issue_first``); the next tile then issues without LOAD_WEIGHTS.
+        # (``last_rows``: fewer than ``rows`` left, a register set with ``left``.) WAIT points ``fetch`` at
+        # ``weight_addr`` (an overlapping tile sets it again in its first cycle).
         if self.network:
             overlap, left = Signal(name="overlap"), Signal(range(p.pos_depth + 1), name="left")
+            last_rows = Signal(name="last_rows")
             fetch, issue_first = counter("fetch"), Signal(name="issue_first")
             m.d.sync += overlap.eq(cfg["band_positions"] >= R + Cn + 3)
             m.d.comb += weight_read_addr.eq(fetch)
@@ -498,7 +501,8 @@ class LayerEngine(wiring.Component):
             m.d.sync += [y_left.eq(last_band_row), y_end.eq(last_band_row == 0), pos.eq(band["pos"]),
                          iy.eq(band["iy"] + ky - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
             if self.network:
-                m.d.sync += [left.eq(last["band_positions"]), issue_first.eq(1)]
+                m.d.sync += [left.eq(last["band_positions"]), last_rows.eq(last["band_positions"] < R),
+                             issue_first.eq(1)]
             m.next = "ISSUE"
 
         m.d.sync += w_rows.eq(0)
@@ -537,10 +541,10 @@ class LayerEngine(wiring.Component):
                              tags[0].out_addr.eq(out_base + pos)]
                 m.d.sync += pos.eq(pos + 1)
                 if self.network:
-                    m.d.sync += [left.eq(left - 1), issue_first.eq(0)]
+                    m.d.sync += [left.eq(left - 1), last_rows.eq(left <= R), issue_first.eq(0)]
                     with m.If(issue_first):
                         m.d.sync += fetch.eq(Mux(band_wrap, band["weight_addr"], weight_addr))
-                    with m.If(overlap & (left < R)):
+                    with m.If(overlap & last_rows):
                         m.d.sync += [fetch.eq(fetch + 1), w_rows.eq(Cat(left == R - 1 - r for r in range(R)))]
                 with m.If(x_end):
                     begin_row()
@@ -564,6 +568,10 @@ class LayerEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [x_left.eq(x_left - 1), x_end.eq(x_left == 1), ix.eq(ix + cfg["stride"])]
             with m.State("WAIT"):
+                # (For a LOAD_WEIGHTS that may follow: in every cycle, so that no enable decodes the decisions.)
+                m.d.sync += row_count.eq(0)
+                if self.network:
+                    m.d.sync += fetch.eq(weight_addr)
                 with m.If(finishing):
                     # This cycle, the decrements and the last: drain + 1 cycles, for 1 + gap.
                     m.d.sync += [finishing.eq(0), wait.eq(self.drain - 1), waiting.eq(self.drain > 1)]
@@ -582,9 +590,7 @@ class LayerEngine(wiring.Component):
                         m.d.comb += unit_begins.eq(first_tile)
                         begin_issue()
                 with m.Else():
-                    m.d.sync += row_count.eq(0)
                     if self.network:
-                        m.d.sync += fetch.eq(weight_addr)
                         m.d.comb += unit_begins.eq(first_tile)
                     m.next = "LOAD_WEIGHTS"
             if self.network:
