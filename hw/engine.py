@@ -466,16 +466,19 @@ class LayerEngine(wiring.Component):
         tile_issued = Signal(name="tile_issued") if self.network else None
         writer_done = Signal(name="writer_done") if self.network else None
         # Network mode: the accumulator memory is a ring of ``acc_units`` units (band of a channel tile): a unit
-        # begins only while fewer than that are begun and not yet written back (``unwritten``: up with each
-        # ``unit_begins``, down with the writer's ``unit_written``), so that it overwrites no unit the writer
-        # has still to read. (A count of its own, and the full test, ``ring_full``, a register set with it. A
-        # unit's begin counts a cycle late, out of the FSM's logic; the next test comes a tile later.)
+        # begins only while fewer than that are begun and not yet written back, so that it overwrites no unit the
+        # writer has still to read. (``spare``: ``acc_units - 1`` less the units begun and not written back,
+        # down with each ``unit_begins``, up with the writer's ``unit_written``; the full test, ``ring_full``,
+        # its sign as it moves, a register set with it. A unit's begin counts a cycle late, out of the FSM's
+        # logic; the next test comes a tile later.)
         if self.network:
-            unwritten = Signal.like(cfg["acc_units"], name="unwritten")
+            spare = Signal(signed(len(cfg["acc_units"]) + 1), name="spare")
             unit_begins, unit_written, ring_full = (Signal(name=name) for name in ("unit_begins", "unit_written",
                                                                                   "ring_full"))
-            unwritten_next = unwritten + delayed(m, unit_begins, 1, "unit_begun") - unit_written
-            m.d.sync += [unwritten.eq(unwritten_next), ring_full.eq(unwritten_next >= cfg["acc_units"])]
+            step = Signal(signed(2), name="spare_step")
+            m.d.comb += step.eq(unit_written - delayed(m, unit_begins, 1, "unit_begun"))
+            spare_next = spare + step
+            m.d.sync += [spare.eq(spare_next), ring_full.eq(spare_next[-1])]
 
         # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
         # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
@@ -515,7 +518,7 @@ class LayerEngine(wiring.Component):
                                  first_tile.eq(1)]
                     m.d.sync += [ends[name].eq(once[count]) for name, count in REDUCTION_LOOPS.items()]
                     if self.network:
-                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), unwritten.eq(1),
+                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), spare.eq(cfg["acc_units"] - 2),
                                      ring_full.eq(cfg["acc_units"] <= 1)]
                     self._first_band(m, band, band_cfg)
                     m.next = "LOAD_WEIGHTS"

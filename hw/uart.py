@@ -45,14 +45,16 @@ class UartTx(_Uart):
         m = Module()
         frame = Signal(10, init=0x3FF)  # bits still to send, least significant first
         bits_left = Signal(range(11))
+        # ``idle``: bits_left is 0, a register set with it (``ready`` feeds the user's logic from a flip-flop).
+        idle = Signal(init=1, name="idle")
         timer = Signal(range(self._divisor))
-        m.d.comb += [self.i.ready.eq(bits_left == 0), self.tx.eq(frame[0])]
-        with m.If(bits_left == 0):
+        m.d.comb += [self.i.ready.eq(idle), self.tx.eq(frame[0])]
+        with m.If(idle):
             with m.If(self.i.valid):
-                m.d.sync += [frame.eq(Cat(0, self.i.payload, 1)), bits_left.eq(10),
+                m.d.sync += [frame.eq(Cat(0, self.i.payload, 1)), bits_left.eq(10), idle.eq(0),
                              timer.eq(self._divisor - 1)]
         with m.Elif(timer == 0):
-            m.d.sync += [frame.eq(Cat(frame[1:], 1)), bits_left.eq(bits_left - 1),
+            m.d.sync += [frame.eq(Cat(frame[1:], 1)), bits_left.eq(bits_left - 1), idle.eq(bits_left == 1),
                          timer.eq(self._divisor - 1)]
         with m.Else():
             m.d.sync += timer.eq(timer - 1)
