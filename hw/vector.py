@@ -404,8 +404,7 @@ class VectorUnit(wiring.Component):
             acc = Signal(p.pool_step_bits + b)             # code * S
             probe_step = Signal(p.pool_step_bits + b - 1)  # probe * S
             bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1))
-            m.d.sync += bound.eq(base + acc + probe_step)
-            m.d.comb += passed.eq(self._at_least(m, total << p.pool_shift, bound))
+            m.d.sync += [bound.eq(base + acc + probe_step), passed.eq((total << p.pool_shift) >= bound)]
             # Before the search (the channel's constants are read by then): code 0, probe 2^(b-1).
             with m.If(~searching):
                 m.d.sync += [acc.eq(0), probe_step.eq(step << (b - 1))]
@@ -416,28 +415,13 @@ class VectorUnit(wiring.Component):
         else:
             thr_read = thresholds.read_port()
             m.d.comb += thr_read.addr.eq(Cat((cand - 1)[:b], slot))
-            m.d.comb += passed.eq(self._at_least(m, total, thr_read.data))
+            m.d.sync += passed.eq(total >= thr_read.data)
         m.d.comb += found.eq(Mux(passed, cand, code))
         with m.If(taking):                      # after the last step, the next channel starts at 0
             m.d.sync += code.eq(Mux(probe[0], 0, found))
         with m.If(pool_write):
             m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(group),
                          self.code_write_lane.eq(lane), self.code_write_data.eq(found)]
-
-    @staticmethod
-    def _at_least(m, a, b):
-        """``a >= b`` (signed values) a cycle later: three compares of halves registered, each a carry chain of
-        half the width (the whole width's was the UP5K's worst path), then one LUT: where the low halves borrow
-        (``a``'s below ``b``'s, unsigned), ``a``'s high half above ``b``'s, else at least it."""
-        width = max(len(a), len(b)) + 1
-        wide_a, wide_b = Signal(signed(width)), Signal(signed(width))
-        m.d.comb += [wide_a.eq(a), wide_b.eq(b)]
-        low = width // 2
-        high_a, high_b = wide_a[low:].as_signed(), wide_b[low:].as_signed()
-        borrow, high_above, high_at_least = Signal(name="borrow"), Signal(name="above"), Signal(name="at_least")
-        m.d.sync += [borrow.eq(wide_a[:low] < wide_b[:low]), high_above.eq(high_a > high_b),
-                     high_at_least.eq(high_a >= high_b)]
-        return Mux(borrow, high_above, high_at_least)
 
     @staticmethod
     def _sum(m, u, clear):
