@@ -499,14 +499,15 @@ class LayerEngine(wiring.Component):
         def begin_row():
             m.d.sync += [x_left.eq(last["out_w"]), x_end.eq(last["out_w"] == 0), ix.eq(kx - cfg["padding"])]
 
-        def begin_issue():
+        def first_position():
+            """The position counters at the tile's first position: set in every cycle of the states that may
+            go to ISSUE (WAIT, LOAD_WEIGHTS; only ISSUE reads them), so that their enables decode no decision."""
             begin_row()
             m.d.sync += [y_left.eq(last_band_row), y_end.eq(last_band_row == 0), pos.eq(band["pos"]),
                          iy.eq(band["iy"] + ky - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
             if self.network:
                 m.d.sync += [left.eq(last["band_positions"]), last_rows.eq(last["band_positions"] < R),
                              issue_first.eq(1)]
-            m.next = "ISSUE"
 
         m.d.sync += w_rows.eq(0)
         with m.FSM() as fsm:
@@ -531,8 +532,9 @@ class LayerEngine(wiring.Component):
                     m.d.comb += weight_read_addr.eq(weight_addr)
                 m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
                              w_rows.eq(Cat(row_count == r for r in range(R)))]
+                first_position()
                 with m.If(row_count == R - 1):
-                    begin_issue()
+                    m.next = "ISSUE"
             with m.State("ISSUE"):
                 inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
                 if self.network:
@@ -575,6 +577,7 @@ class LayerEngine(wiring.Component):
                 m.d.sync += row_count.eq(0)
                 if self.network:
                     m.d.sync += fetch.eq(weight_addr)
+                first_position()
                 with m.If(finishing):
                     # This cycle, the decrements and the last: drain + 1 cycles, for 1 + gap.
                     m.d.sync += [finishing.eq(0), wait.eq(self.drain - 1), waiting.eq(self.drain > 1)]
@@ -591,7 +594,7 @@ class LayerEngine(wiring.Component):
                         pass        # the accumulator ring is full: the next unit waits for the writer
                     with m.Elif(overlap):
                         m.d.comb += unit_begins.eq(first_tile)
-                        begin_issue()
+                        m.next = "ISSUE"
                 with m.Else():
                     if self.network:
                         m.d.comb += unit_begins.eq(first_tile)
