@@ -95,9 +95,10 @@ class VectorUnit(wiring.Component):
     presents the write 5 cycles later (the read, the threshold unit's 3, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
     channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
-    cycle), waits 6 cycles for the sum, searches its thresholds (3 cycles per code bit: read, compare,
-    take) and presents the code's write in the next channel's first cycle (the arithmetic form computes
-    ``B' + code * S + p * S`` where the table form reads the threshold: the same cycles); MAXPOOL reads
+    cycle), waits 6 cycles for the sum, searches its thresholds (4 cycles per code bit: read, compare
+    in two halves, take) and presents the code's write in the next channel's first cycle (the
+    arithmetic form computes ``B' + code * S + p * S`` where the table form reads the threshold: the
+    same cycles); MAXPOOL reads
     a word per cycle and presents a window's write 2 cycles after its last read (the read, the write
     register).
     """
@@ -190,9 +191,9 @@ class VectorUnit(wiring.Component):
         # Pool state: the channel's sum, the code found so far (back to 0 as a search's last step hands its
         # result to the write, so 0, its reset value, whenever no search runs: only a search step enables
         # it), the search's probe bit (one-hot),
-        # which third of a search step (``step_phase`` 0: read the threshold, 1: compare into a register, 2:
-        # take the result; the wide compare feeds no enable), the drain counter, the piece of
-        # the channel's constants being read.
+        # which quarter of a search step (``step_phase`` 0: read the threshold, 1 and 2: compare, half the width a
+        # cycle, into a register, 3: take the result; the wide compare feeds no enable), the drain counter, the
+        # piece of the channel's constants being read.
         if pool_hw:
             b = p.pool_code_bits
             clear_total = Signal(name="clear_total")
@@ -394,8 +395,8 @@ class VectorUnit(wiring.Component):
             m.d.sync += u.eq(signed_t)
         total = self._sum(m, u, clear_total)
         # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): phase 0, read its
-        # threshold (table) or compute ``B' + code * S + probe * S`` (arithmetic); phase 1, compare the sum
-        # (times ``2^k``) with it into ``passed``; phase 2 (``taking``), take the candidate if it passed.
+        # threshold (table) or compute ``B' + code * S + probe * S`` (arithmetic); phases 1 and 2, compare the sum
+        # (times ``2^k``) with it into ``passed``; phase 3 (``taking``), take the candidate if it passed.
         cand = code | probe
         found, passed, taking = Signal(b), Signal(name="passed"), step_phase == SEARCH_STEP - 1
         if p.pool_arithmetic:
@@ -404,7 +405,7 @@ class VectorUnit(wiring.Component):
             acc = Signal(p.pool_step_bits + b)             # code * S
             probe_step = Signal(p.pool_step_bits + b - 1)  # probe * S
             bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1))
-            m.d.sync += [bound.eq(base + acc + probe_step), passed.eq((total << p.pool_shift) >= bound)]
+            m.d.sync += [bound.eq(base + acc + probe_step), passed.eq(self._at_least(m, total << p.pool_shift, bound))]
             # Before the search (the channel's constants are read by then): code 0, probe 2^(b-1).
             with m.If(~searching):
                 m.d.sync += [acc.eq(0), probe_step.eq(step << (b - 1))]
@@ -415,13 +416,27 @@ class VectorUnit(wiring.Component):
         else:
             thr_read = thresholds.read_port()
             m.d.comb += thr_read.addr.eq(Cat((cand - 1)[:b], slot))
-            m.d.sync += passed.eq(total >= thr_read.data)
+            m.d.sync += passed.eq(self._at_least(m, total, thr_read.data))
         m.d.comb += found.eq(Mux(passed, cand, code))
         with m.If(taking):                      # after the last step, the next channel starts at 0
             m.d.sync += code.eq(Mux(probe[0], 0, found))
         with m.If(pool_write):
             m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(group),
                          self.code_write_lane.eq(lane), self.code_write_data.eq(found)]
+
+    @staticmethod
+    def _at_least(m, a, b):
+        """``a >= b`` for signed values held two cycles, a cycle after the second (for a register): two carry
+        chains of half the width a cycle apart (the whole width's was the UP5K's worst path), the low halves'
+        borrow (``a``'s below ``b``'s, unsigned) registered, then the high halves compared with it."""
+        width = max(len(a), len(b)) + 1
+        wide_a, wide_b = Signal(signed(width)), Signal(signed(width))
+        m.d.comb += [wide_a.eq(a), wide_b.eq(b)]
+        low = width // 2
+        borrow = Signal(name="borrow")
+        m.d.sync += borrow.eq(wide_a[:low] < wide_b[:low])
+        # (2 * a_high >= 2 * b_high + borrow: a_high >= b_high, or above it where the low halves borrow.)
+        return Cat(C(0, 1), wide_a[low:]).as_signed() >= Cat(borrow, wide_b[low:]).as_signed()
 
     @staticmethod
     def _sum(m, u, clear):
