@@ -43,6 +43,7 @@ from amaranth.lib.wiring import In, Out
 
 from .delay import delays
 from .fsm_encoding import one_hot
+from .pe import add_with_carry
 from .thresholds import ThresholdUnit
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
                             POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
@@ -451,9 +452,8 @@ class VectorUnit(wiring.Component):
         with m.If(clear):
             m.d.sync += [low.eq(0), high.eq(0), carry.eq(0)]
         with m.Else():
-            # (high + u's high part + carry, as one carry chain: carry, set as the lowest bit of both addends.)
             m.d.sync += [low.eq(low_sum[:low_bits]), carry.eq(low_sum[low_bits]),
-                         high.eq((Cat(carry, high) + Cat(carry, u[low_bits:]))[1:])]
+                         high.eq(add_with_carry(high, u[low_bits:], carry))]
         return Cat(low, high).as_signed()
 
 
