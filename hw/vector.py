@@ -403,17 +403,17 @@ class VectorUnit(wiring.Component):
         if p.pool_arithmetic:
             base = word[p.pool_base_shift:p.pool_base_shift + p.pool_base_bits].as_signed()
             step = word[p.pool_step_shift:p.pool_step_shift + p.pool_step_bits]
+            acc = Signal(p.pool_step_bits + b)             # code * S
             probe_step = Signal(p.pool_step_bits + b - 1)  # probe * S
             bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1))
-            base_acc = Signal.like(bound, name="base_acc")  # B' + code * S (one adder before bound, not two)
-            m.d.sync += [bound.eq(base_acc + probe_step), passed.eq(self._at_least(m, total << p.pool_shift, bound))]
+            m.d.sync += [bound.eq(base + acc + probe_step), passed.eq(self._at_least(m, total << p.pool_shift, bound))]
             # Before the search (the channel's constants are read by then): code 0, probe 2^(b-1).
             with m.If(~searching):
-                m.d.sync += [base_acc.eq(base), probe_step.eq(step << (b - 1))]
+                m.d.sync += [acc.eq(0), probe_step.eq(step << (b - 1))]
             with m.Elif(taking):
                 m.d.sync += probe_step.eq(probe_step >> 1)
                 with m.If(passed):
-                    m.d.sync += base_acc.eq(base_acc + probe_step)
+                    m.d.sync += acc.eq(acc + probe_step)
         else:
             thr_read = thresholds.read_port()
             m.d.comb += thr_read.addr.eq(Cat((cand - 1)[:b], slot))
