@@ -573,7 +573,8 @@ class LayerEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [x_left.eq(x_left - 1), x_end.eq(x_left == 1), ix.eq(ix + cfg["stride"])]
             with m.State("WAIT"):
-                # (For a LOAD_WEIGHTS that may follow: in every cycle, so that no enable decodes the decisions.)
+                # (What a LOAD_WEIGHTS or ISSUE that may follow starts from: in every cycle, so that no enable
+                # decodes WAIT's decisions.)
                 m.d.sync += row_count.eq(0)
                 if self.network:
                     m.d.sync += fetch.eq(weight_addr)
@@ -1029,7 +1030,8 @@ class LayerEngine(wiring.Component):
     def _next_tile(self, m, cfg, ends, moved_ends, through, g, kx, ky, co_tile, plane_base, tile_plane,
                    next_tile_plane, ky_offset, out_base, finishing, band, band_cfg, weight_addr):
         """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile (network
-        mode: whose row groups start ``tile_step`` activation words on); ``ends``: the loops' end registers;
+        mode: whose row groups start ``tile_step`` activation words on, at ``next_tile_plane``, a register);
+        ``ends``: the loops' end registers;
         ``moved_ends``: the reduction loops' ends as they move, set with them; ``through``: registers, the
         loops from the group out to the named one all at their ends."""
         with m.If(~ends["g"]):

@@ -99,9 +99,8 @@ class VectorUnit(wiring.Component):
     cycle), waits 6 cycles for the sum, searches its thresholds (4 cycles per code bit: read, compare
     in two halves, take) and presents the code's write in the next channel's first cycle (the
     arithmetic form computes ``B' + code * S + p * S`` where the table form reads the threshold: the
-    same cycles); MAXPOOL reads
-    a word per cycle and presents a window's write 2 cycles after its last read (the read, the write
-    register).
+    same cycles); MAXPOOL reads a word per cycle and presents a window's write 2 cycles after its last
+    read (the read, the write register).
     """
 
     def __init__(self, params: VectorParams):
