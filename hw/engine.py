@@ -1031,9 +1031,8 @@ class LayerEngine(wiring.Component):
                    next_tile_plane, ky_offset, out_base, finishing, band, band_cfg, weight_addr):
         """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile (network
         mode: whose row groups start ``tile_step`` activation words on, at ``next_tile_plane``, a register);
-        ``ends``: the loops' end registers;
-        ``moved_ends``: the reduction loops' ends as they move, set with them; ``through``: registers, the
-        loops from the group out to the named one all at their ends."""
+        ``ends``: the loops' end registers; ``moved_ends``: the reduction loops' ends as they move, set with
+        them; ``through``: registers, the loops from the group out to the named one all at their ends."""
         with m.If(~ends["g"]):
             m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
         with m.Else():
