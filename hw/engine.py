@@ -109,7 +109,7 @@ from .thresholds import ThresholdUnit
 
 
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
-LAST_COUNTS = ("out_w", "out_h", "groups", "kernel", "co_tiles", "positions", "band_positions", "band_rows")
+LAST_COUNTS = ("out_w", "out_h", "co_tiles", "positions", "band_positions", "band_rows")
 # The reduction tile's loops (group, kx, ky) and the configuration register each counts to.
 REDUCTION_LOOPS = {"g": "groups", "kx": "kernel", "ky": "kernel"}
 # Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``): the
