@@ -5,7 +5,8 @@ for the design (any Elaboratable, its logic in the ``sync`` domain, which :class
 drives at the PLL frequency nearest ``target_mhz``), runs the board's Amaranth toolchain
 stage by stage (:mod:`boards.stages`: progress on stderr, an optional deadline) with the YoWASP
 tools of this Python environment (Yosys told that the memories' same-cycle read-write collisions are
-undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
+undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`, and to keep the flip-flops of registers marked
+:data:`hw.delay.OWN_FLIP_FLOP`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
 ``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``resources`` (name -> used/available), ``board``,
 ``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed`` (nextpnr's ``--seed``;
 None: nextpnr's default), ``placer``, ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
@@ -21,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from hw.delay import KEEP_OWN_FLIP_FLOPS
 from hw.memories import UNDEFINED_COLLISIONS
 
 from .boards import Board, get_board
@@ -126,7 +128,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     top.submodules.design = top_factory(platform, plan.achieved_hz)
     nextpnr_opts = f"--report {NEXTPNR_REPORT} --timing-allow-fail --placer {placer} --router {router}"
     options = {"nextpnr_opts": nextpnr_opts + ("" if seed is None else f" --seed {int(seed)}"),
-               "script_after_read": UNDEFINED_COLLISIONS}
+               "script_after_read": f"{UNDEFINED_COLLISIONS}\n{KEEP_OWN_FLIP_FLOPS}"}
     if board.family == "ice40":
         options["synth_opts"] = "-dsp -spram"
     t0 = time.perf_counter()

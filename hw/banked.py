@@ -55,15 +55,18 @@ def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_
         write, read = memory.write_port(), memory.read_port()
         written, read_here = (addr[low:] == b if banks > 1 else 1 for addr in (write_addr, read_addr))
         m.d.sync += write.en.eq(write_en & written)
+        word_addr = Signal(low, name=f"{name}_{b}_write_addr", reset_less=True)
+        word = Signal(width, name=f"{name}_{b}_write_data", reset_less=True)
         with m.If(write_en & written):
-            m.d.sync += [write.addr.eq(write_addr[:low]), write.data.eq(write_data)]
-        address = Signal(low, name=f"{name}_{b}_read_addr")
+            m.d.sync += [word_addr.eq(write_addr[:low]), word.eq(write_data)]
+        m.d.comb += [write.addr.eq(word_addr), write.data.eq(word)]
+        address = Signal(low, name=f"{name}_{b}_read_addr", reset_less=True)
         with m.If(read_here):
             m.d.sync += address.eq(read_addr[:low])
         m.d.comb += read.addr.eq(address)
         if banks == 1:
-            return delayed(m, read.data, 1, f"{name}_data")
-        data = Signal(width, name=f"{name}_{b}_data")
+            return delayed(m, read.data, 1, f"{name}_data", reset_less=True)
+        data = Signal(width, name=f"{name}_{b}_data", reset_less=True)
         m.d.sync += data.eq(Mux(delayed(m, read_here, 2, f"{name}_{b}_read"), read.data, 0))
         outputs.append(data)
     return functools.reduce(operator.or_, outputs)

@@ -1,21 +1,42 @@
-"""Delay lines: a value through a chain of registers, the pipelining that every unit uses."""
+"""Delay lines: a value through a chain of registers, the pipelining that every unit uses; registers
+that keep their own flip-flops (:data:`OWN_FLIP_FLOP`)."""
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import Module, Signal, Value
+
+# Attribute of a register whose flip-flops stay its own. Yosys merges registers of equal inputs into one
+# (the PE array's valid bits, copies of the engine's tag line a column further on, became one flip-flop
+# per diagonal driving PEs across the ULX3S-85F's die: its worst path at fda0f40, 16.3 ns); a copy made to
+# be placed near its loads must not be merged back. :data:`KEEP_OWN_FLIP_FLOPS` carries it to synthesis.
+OWN_FLIP_FLOP = "own_flip_flop"
+# Yosys command for the design as read (Amaranth's RTLIL): the flip-flops of registers marked
+# OWN_FLIP_FLOP are kept (``keep`` on the cell, which opt_merge does not merge with another kept cell).
+KEEP_OWN_FLIP_FLOPS = f"setattr -set keep 1 a:{OWN_FLIP_FLOP} %ci1:+$dff[Q] c:* %i"
 
 
-def delays(m: Module, value, cycles: int, name: str) -> list:
+def own(register):
+    """``register`` (a Signal, or a View of one, assigned in ``sync``) marked to keep its own flip-flops."""
+    Value.cast(register).attrs[OWN_FLIP_FLOP] = 1
+    return register
+
+
+def delays(m: Module, value, cycles: int, name: str, *, own_flip_flops: bool = False,
+           reset_less: bool = False) -> list:
     """``value`` and its copies through 1..``cycles`` registers of module ``m`` (named ``{name}_1`` ...):
-    ``[value, value_1, ..., value_cycles]``."""
+    ``[value, value_1, ..., value_cycles]``; ``own_flip_flops``: the registers are marked
+    :data:`OWN_FLIP_FLOP`; ``reset_less``: they ignore the domain's reset (data whose value matters only
+    where a reset register says it is valid)."""
     stages = [value]
     for n in range(1, cycles + 1):
-        register = Signal(value.shape(), name=f"{name}_{n}")
+        register = Signal(value.shape(), name=f"{name}_{n}", reset_less=reset_less)
+        if own_flip_flops:
+            own(register)
         m.d.sync += register.eq(stages[-1])
         stages.append(register)
     return stages
 
 
-def delayed(m: Module, value, cycles: int, name: str):
+def delayed(m: Module, value, cycles: int, name: str, *, own_flip_flops: bool = False, reset_less: bool = False):
     """``value`` through ``cycles`` registers: the last of :func:`delays`."""
-    return delays(m, value, cycles, name)[-1]
+    return delays(m, value, cycles, name, own_flip_flops=own_flip_flops, reset_less=reset_less)[-1]

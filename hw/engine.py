@@ -95,7 +95,7 @@ from amaranth.lib.wiring import In, Out
 from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
-from .delay import delayed
+from .delay import delayed, delays, own
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS, SPRAM_DEPTH,
                             STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
                             WIDE_WEIGHTS, EngineParams)
@@ -231,11 +231,13 @@ class LayerEngine(wiring.Component):
     Ports: :class:`EngineSignature` for ``params`` (network mode: :func:`network_signature`).
     ``STAGE_LATENCY``: cycles through the output stage, the slower unit's; ``FUSED_LATENCY``: cycles
     from a value's write to its fused activation's code write (a register, then the lent threshold
-    unit); ``drain``: see the module docstring.
+    unit); ``drain``: see the module docstring. ``WORD_GROUP_COLUMNS``: columns of a row's weight word
+    loaded by one flip-flop's enable (network mode).
     """
 
     STAGE_LATENCY = max(ThresholdUnit.LATENCY, RequantizeUnit.LATENCY)
     FUSED_LATENCY = 1 + ThresholdUnit.LATENCY
+    WORD_GROUP_COLUMNS = 4
 
     def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None,
                  value_bits: int | None = None, wide_spram: bool = False):
@@ -453,11 +455,12 @@ class LayerEngine(wiring.Component):
         moved_ends = {name: Mux(ends[name], once[count], near[name]) for name, count in REDUCTION_LOOPS.items()}
         tile_ends = through["ky"]
 
-        # The tag of each issued position, delayed one cycle per stage of the pipeline.
+        # The tag of each issued position, delayed one cycle per stage of the pipeline: flip-flops of their own,
+        # not merged with the array's valid and swap bits, which equal theirs (hw.delay.OWN_FLIP_FLOP).
         tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
                                         "out_addr": range(p.out_depth + 1)})
         lag = self.lag
-        tags = [Signal(tag_layout, name=f"tag_{n}") for n in range(R + Cn + 1 + lag + ARRAY_PIPELINE)]
+        tags = [own(Signal(tag_layout, name=f"tag_{n}")) for n in range(R + Cn + 1 + lag + ARRAY_PIPELINE)]
         m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
 
         # Network mode: tile_issued pulses in the cycle a channel tile's last position is issued (for
@@ -646,12 +649,6 @@ class LayerEngine(wiring.Component):
                                  logic_multiply=multiply_in_logic(platform), product_bits=p.product_bits,
                                  identity=p.identity_tables, registered_load=R > 1)
         m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
-        if self.network:
-            # Every layer's weights are resident: a deep buffer read through registered banks (its word
-            # comes BANKED_LATENCY cycles after the address) whose multiplexer, registered here, would
-            # otherwise feed every PE's shadow weight in the same cycle.
-            w_rows = delayed(m, w_rows, BANKED_LATENCY, "w_rows_registered")
-            weight_data = delayed(m, weight_data, 1, "weight_word_registered")
         # Each row keeps its own copy of the word, loaded when the row's turn comes: the array takes it a
         # column a cycle (PEArray), and the row's PEs, spread across the chip, are fed by registers of their
         # own instead of one register fanned out to all rows (the ULX3S-85F's worst path). The row's shadow
@@ -659,10 +656,26 @@ class LayerEngine(wiring.Component):
         # reach it; network mode: BANKED_LATENCY + 2 after its address): no later than the tile's first
         # position reaches them, and three cycles after the previous tile's first position has passed them
         # (with the overlap's rows + cols + 3 positions, or the wait before LOAD_WEIGHTS).
-        row_words = [Signal.like(weight_data, name=f"weight_word_{r}") for r in range(R)]
-        for r, word in enumerate(row_words):
-            with m.If(w_rows[r]):
-                m.d.sync += word.eq(weight_data)
+        groups = -(-Cn // self.WORD_GROUP_COLUMNS)
+        enables = [[w_rows[r]] * groups for r in range(R)]
+        if self.network:
+            # Every layer's weights are resident: a deep buffer read through registered banks (its word
+            # comes BANKED_LATENCY cycles after the address) whose multiplexer, registered here, would
+            # otherwise feed every PE's shadow weight in the same cycle. The row's flag, in its last register,
+            # is a flip-flop of its own for each group of columns of the row's copy (one flag into a whole
+            # row's enables was the ULX3S-85F's worst path at fda0f40, 16.2 ns).
+            w_rows = delays(m, w_rows, BANKED_LATENCY, "w_rows_registered")
+            enables = [[delayed(m, w_rows[-2][r], 1, f"w_row_{r}_group_{g}", own_flip_flops=True)
+                        for g in range(groups)] for r in range(R)]
+            w_rows = w_rows[-1]
+            weight_data = delayed(m, weight_data, 1, "weight_word_registered", reset_less=True)
+        row_words = [Signal.like(weight_data, name=f"weight_word_{r}", reset_less=True) for r in range(R)]
+        group_bits = self.WORD_GROUP_COLUMNS * len(weight_data) // Cn
+        for word, row_enables in zip(row_words, enables):
+            for g, enable in enumerate(row_enables):
+                with m.If(enable):
+                    m.d.sync += word[g * group_bits:(g + 1) * group_bits].eq(
+                        weight_data[g * group_bits:(g + 1) * group_bits])
         w_rows = delayed(m, w_rows, 1, "w_rows_loading")
         m.d.comb += [array.w_load.eq(w_rows), *(code.eq(word) for code, word in zip(array.w_code, row_words)),
                      array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
@@ -670,9 +683,10 @@ class LayerEngine(wiring.Component):
         if p.identity_tables:
             m.d.comb += array.table_identity.eq(cfg["identity_levels"][0])
         if self.network:
-            act_data = delayed(m, act_data, 1, "code_word")
+            act_data = delayed(m, act_data, 1, "code_word", reset_less=True)
         for r in range(R):
-            code = delayed(m, Mux(tags[lag].inside, act_data.word_select(r, p.abits), 0), r, f"code_{r}")
+            code = delayed(m, Mux(tags[lag].inside, act_data.word_select(r, p.abits), 0), r, f"code_{r}",
+                           reset_less=True)
             m.d.comb += [array.a_valid[r].eq(tags[lag + r].valid), array.a_swap[r].eq(tags[lag + r].swap),
                          array.a_code[r].eq(code)]
 

@@ -24,7 +24,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .delay import delayed
+from .delay import delayed, own
 from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, logic_multiplies, row_vector, weight_word
 
 
@@ -120,7 +120,7 @@ class Variant:
         gives the operand of j = 0, itself 0 as ``A[0] = 0``), but ``abits`` flip-flops, not
         ``operand_bits`` (45 for the W3 row product vector), and the array's register after the
         decoder then takes the ROM's output in the ROM's own logic cells."""
-        code = Signal.like(decoder.a_code, name="code")
+        code = Signal.like(decoder.a_code, name="code", reset_less=True)
         m.d.sync += code.eq(decoder.a_code)
         m.d.comb += decoder.operand.eq(self.edge(m, code))
 
@@ -307,15 +307,18 @@ class RowTable(Variant):
         m.submodules.table = table = Memory(shape=self.operand_bits, depth=self.depth, init=[])
         write, read = table.write_port(), table.read_port()
         # Where registered, the broadcast load port reaches no row's block RAM directly (the ResNet-20 core's
-        # worst path ran from it into the 8 rows' tables).
-        domain = m.d.sync if self.registered_load else m.d.comb
-        domain += [write.en.eq(decoder.table_load), write.addr.eq(decoder.table_addr),
-                   write.data.eq(decoder.table_data)]
-        m.d.comb += read.addr.eq(decoder.table_base + decoder.a_code)
+        # worst path ran from it into the 8 rows' tables): each row's own flip-flops (hw.delay.OWN_FLIP_FLOP).
+        load = [decoder.table_load, decoder.table_addr, decoder.table_data]
+        if self.registered_load:
+            load = [delayed(m, load[0], 1, "table_load", own_flip_flops=True),
+                    *(delayed(m, port, 1, name, own_flip_flops=True, reset_less=True)
+                      for port, name in zip(load[1:], ("table_addr", "table_data")))]
+        m.d.comb += [write.en.eq(load[0]), write.addr.eq(load[1]), write.data.eq(load[2]),
+                     read.addr.eq(decoder.table_base + decoder.a_code)]
         if not self.identity:
             m.d.comb += decoder.operand.eq(read.data)
             return
-        identity, code = Signal(), Signal(self.abits)
+        identity, code = own(Signal(name="identity")), Signal(self.abits, name="code", reset_less=True)
         m.d.sync += [identity.eq(decoder.table_identity), code.eq(decoder.a_code)]
         level = Cat(code, C(0, self.operand_bits - 1 - self.abits), C(1, 1))
         m.d.comb += decoder.operand.eq(Mux(identity, level, read.data))
@@ -417,18 +420,22 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        stored = Signal(self.variant.weight_bits)
+        # Data registers ignore the domain's reset (it would reach every bit of every PE: the ULX3S-85F's
+        # PLL-lock reset was 15.8 ns into them); a product counts only where the valid bit, reset, says so.
+        stored = Signal(self.variant.weight_bits, reset_less=True)
         with m.If(self.w_load):
             m.d.sync += stored.eq(self.w_code)
         weight = stored
         if self.double_buffered:
             # weight(t) = stored(t) if a tile starts at t, else weight(t - 1): registered from swap_next
             # at t - 1, with stored(t) = the shadow as this cycle's load leaves it.
-            weight = Signal(self.variant.weight_bits)
+            weight = Signal(self.variant.weight_bits, reset_less=True)
             with m.If(self.swap_next):
                 m.d.sync += weight.eq(Mux(self.w_load, self.w_code, stored))
             m.d.comb += self.swap.eq(self.a_valid & self.a_swap)
-            m.d.sync += self.a_swap_out.eq(self.a_swap)
+            swap_out = own(Signal(name="swap_out"))
+            m.d.sync += swap_out.eq(self.a_swap)
+            m.d.comb += self.a_swap_out.eq(swap_out)
         sign = weight[-1] & self.a_valid
         ones_if_negative = Mux(sign, -1, 0)
         terms = [Mux(self.a_valid, term, 0) ^ ones_if_negative
@@ -436,15 +443,21 @@ class ProcessingElement(wiring.Component):
         # Up to two partial sums registered (the first stage), then added to psum_in, which comes last:
         # it arrives latest (the top row's out of the accumulators' block RAM).
         sums = sum_with_carries(terms, sign, 2)
-        parts = [Signal(value.shape(), name=f"product_{n}") for n, value in enumerate(sums)]
-        carry = Signal()
+        parts = [Signal(value.shape(), name=f"product_{n}", reset_less=True) for n, value in enumerate(sums)]
+        carry = Signal(reset_less=True)
+        # The valid bit is its own flip-flop: equal to the engine's tag line and to the PE's on the same
+        # diagonal a row down, it would otherwise be merged with them (hw.delay.OWN_FLIP_FLOP).
+        valid_out = own(Signal(name="valid_out"))
+        operand_out = Signal.like(self.a_out, name="operand_out", reset_less=True)
+        psum = Signal.like(self.psum_out, name="psum", reset_less=True)
         m.d.sync += [
-            self.a_valid_out.eq(self.a_valid),
-            self.a_out.eq(self.a_in),
+            valid_out.eq(self.a_valid),
+            operand_out.eq(self.a_in),
             carry.eq(sign),
             *(part.eq(value) for part, value in zip(parts, sums)),
-            self.psum_out.eq(add_with_carry(sum_with_carries(parts, carry, 1)[0], self.psum_in, carry)),
+            psum.eq(add_with_carry(sum_with_carries(parts, carry, 1)[0], self.psum_in, carry)),
         ]
+        m.d.comb += [self.a_valid_out.eq(valid_out), self.a_out.eq(operand_out), self.psum_out.eq(psum)]
         return m
 
 
@@ -464,7 +477,9 @@ class RowDecoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.d.sync += self.valid.eq(self.a_valid)
+        valid = own(Signal(name="valid_out"))   # equal to the engine's tag line's (hw.delay.OWN_FLIP_FLOP)
+        m.d.sync += valid.eq(self.a_valid)
+        m.d.comb += self.valid.eq(valid)
         self.variant.decode(m, self)
         return m
 
@@ -520,12 +535,13 @@ class PEArray(wiring.Component):
             m.d.comb += [decoder.a_valid.eq(self.a_valid[r]), decoder.a_code.eq(self.a_code[r]),
                          *(getattr(decoder, name).eq(getattr(self, name)) for name in self.variant.edge_signature)]
             # The decoder's outputs registered: a table's read data leaves its block RAM through them.
-            valid, operand = delayed(m, decoder.valid, 1, f"valid_{r}"), delayed(m, decoder.operand, 1, f"operand_{r}")
+            valid = delayed(m, decoder.valid, 1, f"valid_{r}", own_flip_flops=True)
+            operand = delayed(m, decoder.operand, 1, f"operand_{r}", reset_less=True)
             if self.double_buffered:
                 # With the decoder's operand, and one cycle ahead of it for the first PE's swap_next.
-                swap_ahead = delayed(m, self.a_swap[r], 1, f"swap_ahead_{r}")
+                swap_ahead = delayed(m, self.a_swap[r], 1, f"swap_ahead_{r}", own_flip_flops=True)
                 swap_next = decoder.valid & swap_ahead
-                swap = delayed(m, swap_ahead, 1, f"swap_{r}")
+                swap = delayed(m, swap_ahead, 1, f"swap_{r}", own_flip_flops=True)
                 load = self.w_load[r]       # the row's load as it reaches column c
             for c in range(self.cols):
                 m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(self.variant, self.acc_bits,

@@ -12,7 +12,8 @@ in the same testbench and with the same report as the RTL run.
   is the core, not the UART top: its ports are the RTL core's (the network core's ``probe`` port included, an
   output port that synthesis keeps), so the RTL testbenches drive it unchanged.
 - :func:`synthesize`: ``synth_ice40 -dsp -spram`` (the board build's ``synth_opts``) or ``synth_ecp5`` (the
-  board build's defaults), after the board build's :data:`hw.memories.UNDEFINED_COLLISIONS`, then
+  board build's defaults), after the board build's :data:`hw.memories.UNDEFINED_COLLISIONS` and
+  :data:`hw.delay.KEEP_OWN_FLIP_FLOPS`, then
   ``stat -json`` and ``write_verilog -noattr``; cached in ``build/netlist/<key>/`` under :func:`cache_key`
   (source text, script, Yosys version), written to a temporary directory and moved in with ``os.replace``
   (``net.v`` last), so a cache entry is complete or absent.
@@ -47,6 +48,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from hw.delay import KEEP_OWN_FLIP_FLOPS
 from hw.memories import UNDEFINED_COLLISIONS
 
 from .runner import ICE40_DEFINES, SimulationFailed, run_guarded
@@ -174,11 +176,12 @@ def yosys_version() -> str:
 
 def synth_script(family: str, top: str) -> str:
     """The Yosys script: read ``core.v``, the family's synthesis as the board build runs it (its memories'
-    same-cycle collisions undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`), statistics, the netlist
-    without attributes."""
+    same-cycle collisions undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`; registers marked
+    :data:`hw.delay.OWN_FLIP_FLOP` kept), statistics, the netlist without attributes."""
     if family not in FAMILIES:
         raise NetlistError(f"unknown netlist family {family!r}; known: {', '.join(FAMILIES)}")
-    return (f"read_verilog -sv {SOURCE}\nproc\nmemory_dff\n{UNDEFINED_COLLISIONS}\n{SYNTH[family]} -top {top}\n"
+    return (f"read_verilog -sv {SOURCE}\nproc\nmemory_dff\n{UNDEFINED_COLLISIONS}\n{KEEP_OWN_FLIP_FLOPS}\n"
+            f"{SYNTH[family]} -top {top}\n"
             f"tee -q -o {STATS} stat -json\nwrite_verilog -noattr {NETLIST}\n")
 
 

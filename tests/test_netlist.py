@@ -92,6 +92,42 @@ def test_memories_map_to_block_ram_without_read_first_emulation(tmp_path):
     assert not {name: n for name, n in cells.items() if name.startswith("SB_DFF")}
 
 
+@pytest.mark.parametrize("family", ["ice40", "ecp5"])
+def test_registers_marked_own_keep_their_flip_flops(family, tmp_path):
+    """Three registers of one input: Yosys merges them into one, except those marked
+    :data:`hw.delay.OWN_FLIP_FLOP`, which the script keeps (:data:`hw.delay.KEEP_OWN_FLIP_FLOPS`): two
+    marked 4-bit registers and an unmarked one (merged into a marked one) are 8 flip-flops, not 4."""
+    require(yosys=True)
+    from amaranth import Cat, Module, Signal
+    from amaranth.back import verilog
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    from hw.delay import own
+
+    class Copies(wiring.Component):
+        def __init__(self, marked: int):
+            self.marked = marked
+            super().__init__({"d": In(4), "q": Out(12)})
+
+        def elaborate(self, platform):
+            m = Module()
+            copies = [Signal(4, name=f"copy_{n}") for n in range(3)]
+            for copy in copies[:self.marked]:
+                own(copy)
+            m.d.sync += [copy.eq(self.d) for copy in copies]
+            m.d.comb += self.q.eq(Cat(*copies))
+            return m
+
+    flip_flops = {}
+    for marked in (0, 2):
+        source = tmp_path / f"copies_{marked}.v"
+        source.write_text(verilog.convert(Copies(marked), name="copies", emit_src=False))
+        cells = nl.synthesize(source, "copies", family, cache_root=tmp_path / "cache").cells
+        flip_flops[marked] = sum(n for name, n in cells.items() if name.startswith(("SB_DFF", "TRELLIS_FF")))
+    assert flip_flops == {0: 4, 2: 8}
+
+
 def test_synthesis_is_cached_and_written_atomically(tmp_path, monkeypatch):
     calls = []
 
