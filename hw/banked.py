@@ -7,11 +7,12 @@ multiplexer) was the worst path from a block RAM's slow output. Here the buffer 
 its own bank was read (zero otherwise: a synchronous reset), and the buffer's word is the OR of
 the registers (no select signal fans out to every bit of every bank; a 17-way multiplexer's
 select was among the ResNet-20 core's worst paths after the block RAM's). Each bank keeps its own
-read address register, loaded only while the address is in that bank, and its own write registers
-(enable, address, data), loaded only by writes to it: the address and data registers before them
-drive a few registers instead of every block RAM (the fetch address into 51 blocks, then the load
-address, were the ResNet-20 core's worst paths on the ULX3S-85F), and Yosys does not merge them
-back into one (registers of equal inputs would be). A bank is one block
+read address register and its own write registers (enable, address, data), the address and data
+registers flip-flops of their own (:data:`hw.delay.OWN_FLIP_FLOP`: Yosys would merge registers of
+equal inputs back into one), loaded in every cycle: the address and data registers before them drive
+a few registers instead of every block RAM (the fetch address into 51 blocks, then the load address,
+were the ResNet-20 core's worst paths on the ULX3S-85F), and no write decode drives their enables (the
+load beat's decode into the weight banks' data registers was 16.0 ns at 0e077f7). A bank is one block
 RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`) that holds the most words of the
 width per block, the shallower on a tie (24-bit words: 2048 x 9, 3-bit words: 16384 x 1), so that
 banking takes no more blocks than the best mapping of the whole.
@@ -42,9 +43,12 @@ def bank_depth(width: int) -> int:
     return min(BLOCK_SHAPES, key=lambda shape: (-(-width // shape[1]) / shape[0], shape[0]))[0]
 
 
-def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_addr, write_data, read_addr):
+def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_addr, write_data, read_addr,
+                  reset_less: bool = False):
     """A ``width`` x ``depth`` buffer in module ``m`` (submodules ``{name}`` or ``{name}_{b}``); returns the
-    read data, :data:`LATENCY` cycles after ``read_addr``."""
+    read data, :data:`LATENCY` cycles after ``read_addr``. ``reset_less``: the address, data and word registers
+    ignore the domain's reset (:func:`hw.delay.reset_less_data`; a bank's word register is then zeroed by its
+    read flag alone, not by the flag or the reset through a logic cell)."""
     words = bank_depth(width)
     banks = -(-depth // words)
     low = (min(depth, words) - 1).bit_length()
@@ -55,18 +59,15 @@ def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_
         write, read = memory.write_port(), memory.read_port()
         written, read_here = (addr[low:] == b if banks > 1 else 1 for addr in (write_addr, read_addr))
         m.d.sync += write.en.eq(write_en & written)
-        word_addr = Signal(low, name=f"{name}_{b}_write_addr", reset_less=True)
-        word = Signal(width, name=f"{name}_{b}_write_data", reset_less=True)
-        with m.If(write_en & written):
-            m.d.sync += [word_addr.eq(write_addr[:low]), word.eq(write_data)]
-        m.d.comb += [write.addr.eq(word_addr), write.data.eq(word)]
-        address = Signal(low, name=f"{name}_{b}_read_addr", reset_less=True)
-        with m.If(read_here):
-            m.d.sync += address.eq(read_addr[:low])
-        m.d.comb += read.addr.eq(address)
+        # The bank's own copies (hw.delay.OWN_FLIP_FLOP) of the addresses and the data, in every cycle: no enable.
+        copies = {part: delayed(m, value, 1, f"{name}_{b}_{part}", own_flip_flops=True, reset_less=reset_less)
+                  for part, value in (("write_addr", write_addr[:low]), ("write_data", write_data),
+                                      ("read_addr", read_addr[:low]))}
+        m.d.comb += [write.addr.eq(copies["write_addr"]), write.data.eq(copies["write_data"]),
+                     read.addr.eq(copies["read_addr"])]
         if banks == 1:
-            return delayed(m, read.data, 1, f"{name}_data", reset_less=True)
-        data = Signal(width, name=f"{name}_{b}_data", reset_less=True)
+            return delayed(m, read.data, 1, f"{name}_data", reset_less=reset_less)
+        data = Signal(width, name=f"{name}_{b}_data", reset_less=reset_less)
         m.d.sync += data.eq(Mux(delayed(m, read_here, 2, f"{name}_{b}_read"), read.data, 0))
         outputs.append(data)
     return functools.reduce(operator.or_, outputs)

@@ -95,7 +95,7 @@ from amaranth.lib.wiring import In, Out
 from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
-from .delay import delayed, delays, own
+from .delay import delayed, delays, own, reset_less_data
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS, SPRAM_DEPTH,
                             STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
                             WIDE_WEIGHTS, EngineParams)
@@ -294,6 +294,7 @@ class LayerEngine(wiring.Component):
         m = Module()
         p = self.params
         R, Cn = p.rows, p.cols
+        reset_less = reset_less_data(platform)     # of data registers (hw.delay)
         cfg = {name: Signal(signed(self.data_addr_bits if name == "dst_base" else p.register_bits(name, self.reg_bits)),
                             name=f"cfg_{name}") for name in self.registers}
         idle = Signal()
@@ -345,7 +346,7 @@ class LayerEngine(wiring.Component):
                     return delayed(m, memory.read_data, BANKED_LATENCY - 1, f"{name}_data"), addr
                 return memory.read_data, addr
             if self.network:
-                return banked_buffer(m, name, width, depth, write_en, load.addr, load.data, addr), addr
+                return banked_buffer(m, name, width, depth, write_en, load.addr, load.data, addr, reset_less), addr
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
             write, read = memory.write_port(), memory.read_port()
             m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),
@@ -668,8 +669,8 @@ class LayerEngine(wiring.Component):
             enables = [[delayed(m, w_rows[-2][r], 1, f"w_row_{r}_group_{g}", own_flip_flops=True)
                         for g in range(groups)] for r in range(R)]
             w_rows = w_rows[-1]
-            weight_data = delayed(m, weight_data, 1, "weight_word_registered", reset_less=True)
-        row_words = [Signal.like(weight_data, name=f"weight_word_{r}", reset_less=True) for r in range(R)]
+            weight_data = delayed(m, weight_data, 1, "weight_word_registered", reset_less=reset_less)
+        row_words = [Signal.like(weight_data, name=f"weight_word_{r}", reset_less=reset_less) for r in range(R)]
         group_bits = self.WORD_GROUP_COLUMNS * len(weight_data) // Cn
         for word, row_enables in zip(row_words, enables):
             for g, enable in enumerate(row_enables):
@@ -683,10 +684,10 @@ class LayerEngine(wiring.Component):
         if p.identity_tables:
             m.d.comb += array.table_identity.eq(cfg["identity_levels"][0])
         if self.network:
-            act_data = delayed(m, act_data, 1, "code_word", reset_less=True)
+            act_data = delayed(m, act_data, 1, "code_word", reset_less=reset_less)
         for r in range(R):
             code = delayed(m, Mux(tags[lag].inside, act_data.word_select(r, p.abits), 0), r, f"code_{r}",
-                           reset_less=True)
+                           reset_less=reset_less)
             m.d.comb += [array.a_valid[r].eq(tags[lag + r].valid), array.a_swap[r].eq(tags[lag + r].swap),
                          array.a_code[r].eq(code)]
 

@@ -24,7 +24,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .delay import delayed, own
+from .delay import delayed, own, reset_less_data
 from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, logic_multiplies, row_vector, weight_word
 
 
@@ -112,15 +112,16 @@ class Variant:
         """The operand of activation code ``code`` (combinational, at the row's left edge)."""
         return code
 
-    def decode(self, m: Module, decoder: RowDecoder):
-        """Drive ``decoder.operand``: the operand of ``decoder.a_code`` one cycle later.
+    def decode(self, m: Module, decoder: RowDecoder, reset_less: bool = False):
+        """Drive ``decoder.operand``: the operand of ``decoder.a_code`` one cycle later; ``reset_less``: its
+        data registers ignore the domain's reset (:func:`hw.delay.reset_less_data`).
 
         The code is registered and the edge (a constant ROM for some variants) reads it after the
         register: the same operand each cycle as registering the edge's output (the code's reset 0
         gives the operand of j = 0, itself 0 as ``A[0] = 0``), but ``abits`` flip-flops, not
         ``operand_bits`` (45 for the W3 row product vector), and the array's register after the
         decoder then takes the ROM's output in the ROM's own logic cells."""
-        code = Signal.like(decoder.a_code, name="code", reset_less=True)
+        code = Signal.like(decoder.a_code, name="code", reset_less=reset_less)
         m.d.sync += code.eq(decoder.a_code)
         m.d.comb += decoder.operand.eq(self.edge(m, code))
 
@@ -303,7 +304,7 @@ class RowTable(Variant):
     def edge_beats(self) -> list[dict]:
         return [{"table_load": 1, "table_addr": j, "table_data": self.operand(j)} for j in range(self.s_a + 1)]
 
-    def decode(self, m, decoder):
+    def decode(self, m, decoder, reset_less=False):
         m.submodules.table = table = Memory(shape=self.operand_bits, depth=self.depth, init=[])
         write, read = table.write_port(), table.read_port()
         # Where registered, the broadcast load port reaches no row's block RAM directly (the ResNet-20 core's
@@ -311,14 +312,14 @@ class RowTable(Variant):
         load = [decoder.table_load, decoder.table_addr, decoder.table_data]
         if self.registered_load:
             load = [delayed(m, load[0], 1, "table_load", own_flip_flops=True),
-                    *(delayed(m, port, 1, name, own_flip_flops=True, reset_less=True)
+                    *(delayed(m, port, 1, name, own_flip_flops=True, reset_less=reset_less)
                       for port, name in zip(load[1:], ("table_addr", "table_data")))]
         m.d.comb += [write.en.eq(load[0]), write.addr.eq(load[1]), write.data.eq(load[2]),
                      read.addr.eq(decoder.table_base + decoder.a_code)]
         if not self.identity:
             m.d.comb += decoder.operand.eq(read.data)
             return
-        identity, code = own(Signal(name="identity")), Signal(self.abits, name="code", reset_less=True)
+        identity, code = own(Signal(name="identity")), Signal(self.abits, name="code", reset_less=reset_less)
         m.d.sync += [identity.eq(decoder.table_identity), code.eq(decoder.a_code)]
         level = Cat(code, C(0, self.operand_bits - 1 - self.abits), C(1, 1))
         m.d.comb += decoder.operand.eq(Mux(identity, level, read.data))
@@ -420,16 +421,17 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # Data registers ignore the domain's reset (it would reach every bit of every PE: the ULX3S-85F's
-        # PLL-lock reset was 15.8 ns into them); a product counts only where the valid bit, reset, says so.
-        stored = Signal(self.variant.weight_bits, reset_less=True)
+        # Data registers ignore the domain's reset where hw.delay.reset_less_data says (it would reach every bit
+        # of every PE); a product counts only where the valid bit, reset, says so.
+        reset_less = reset_less_data(platform)
+        stored = Signal(self.variant.weight_bits, reset_less=reset_less)
         with m.If(self.w_load):
             m.d.sync += stored.eq(self.w_code)
         weight = stored
         if self.double_buffered:
             # weight(t) = stored(t) if a tile starts at t, else weight(t - 1): registered from swap_next
             # at t - 1, with stored(t) = the shadow as this cycle's load leaves it.
-            weight = Signal(self.variant.weight_bits, reset_less=True)
+            weight = Signal(self.variant.weight_bits, reset_less=reset_less)
             with m.If(self.swap_next):
                 m.d.sync += weight.eq(Mux(self.w_load, self.w_code, stored))
             m.d.comb += self.swap.eq(self.a_valid & self.a_swap)
@@ -443,13 +445,13 @@ class ProcessingElement(wiring.Component):
         # Up to two partial sums registered (the first stage), then added to psum_in, which comes last:
         # it arrives latest (the top row's out of the accumulators' block RAM).
         sums = sum_with_carries(terms, sign, 2)
-        parts = [Signal(value.shape(), name=f"product_{n}", reset_less=True) for n, value in enumerate(sums)]
-        carry = Signal(reset_less=True)
+        parts = [Signal(value.shape(), name=f"product_{n}", reset_less=reset_less) for n, value in enumerate(sums)]
+        carry = Signal(reset_less=reset_less)
         # The valid bit is its own flip-flop: equal to the engine's tag line and to the PE's on the same
         # diagonal a row down, it would otherwise be merged with them (hw.delay.OWN_FLIP_FLOP).
         valid_out = own(Signal(name="valid_out"))
-        operand_out = Signal.like(self.a_out, name="operand_out", reset_less=True)
-        psum = Signal.like(self.psum_out, name="psum", reset_less=True)
+        operand_out = Signal.like(self.a_out, name="operand_out", reset_less=reset_less)
+        psum = Signal.like(self.psum_out, name="psum", reset_less=reset_less)
         m.d.sync += [
             valid_out.eq(self.a_valid),
             operand_out.eq(self.a_in),
@@ -480,7 +482,7 @@ class RowDecoder(wiring.Component):
         valid = own(Signal(name="valid_out"))   # equal to the engine's tag line's (hw.delay.OWN_FLIP_FLOP)
         m.d.sync += valid.eq(self.a_valid)
         m.d.comb += self.valid.eq(valid)
-        self.variant.decode(m, self)
+        self.variant.decode(m, self, reset_less_data(platform))
         return m
 
 
@@ -536,7 +538,7 @@ class PEArray(wiring.Component):
                          *(getattr(decoder, name).eq(getattr(self, name)) for name in self.variant.edge_signature)]
             # The decoder's outputs registered: a table's read data leaves its block RAM through them.
             valid = delayed(m, decoder.valid, 1, f"valid_{r}", own_flip_flops=True)
-            operand = delayed(m, decoder.operand, 1, f"operand_{r}", reset_less=True)
+            operand = delayed(m, decoder.operand, 1, f"operand_{r}", reset_less=reset_less_data(platform))
             if self.double_buffered:
                 # With the decoder's operand, and one cycle ahead of it for the first PE's swap_next.
                 swap_ahead = delayed(m, self.a_swap[r], 1, f"swap_ahead_{r}", own_flip_flops=True)
