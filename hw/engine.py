@@ -713,19 +713,28 @@ class LayerEngine(wiring.Component):
         # Read-back: the word's accumulators enter the output stage one per cycle (column
         # feed_col); results come back STAGE_LATENCY cycles later into their field of the output word.
         # In pairs, the even position's accumulators (held) enter one stage and the odd one's a second.
-        fed = Cat(*column_reads).word_select(feed_col, p.acc_bits).as_signed()
+        # On the ECP5 (slow_block_ram) each column's read is registered and the value enters the stage a cycle
+        # after its channel (the units' late_value): the multiplexer over the columns' block RAMs, spread across
+        # the die, ran into the units' value registers (15.5 ns at 0e077f7).
+        late = slow_block_ram(platform)
+        select = feed_col
+        if late:
+            column_reads = [delayed(m, data, 1, f"column_read_{c}", reset_less=reset_less)
+                            for c, data in enumerate(column_reads)]
+            select = delayed(m, feed_col, 1, "feed_col_late")
+        fed = Cat(*column_reads).word_select(select, p.acc_bits).as_signed()
         values = [fed]
         if p.write_pairs:
             held = [Signal(signed(p.acc_bits), name=f"held_{c}") for c in range(Cn)]
-            with m.If(holding):
+            with m.If(delayed(m, holding, 1, "holding_late") if late else holding):
                 m.d.sync += [h.eq(r) for h, r in zip(held, column_reads)]
-            values = [Mux(pair, Cat(*held).word_select(feed_col, p.acc_bits).as_signed(), fed), fed]
+            values = [Mux(pair, Cat(*held).word_select(select, p.acc_bits).as_signed(), fed), fed]
         channel = Cat(feed_col[:p.col_bits], read_slot)
         stage = cfg["stage"][:2]
         relu = C(0, 1)      # STAGE_REQUANTIZE_RELU: in layer mode here, in network mode after the fused addition
         if p.requantize and p.requantize.relu:
             relu = stage == STAGE_REQUANTIZE_RELU
-        results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix, platform)
+        results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix, platform, late)
                    for value, suffix in zip(values, ("", "_odd"))]
         result = results[0]
         if self.network:
@@ -743,13 +752,13 @@ class LayerEngine(wiring.Component):
         m.d.comb += self.out.payload.eq(Cat(*fields))
         return m
 
-    def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, platform):
+    def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, platform, late):
         """One output stage (the units named with ``suffix``): ``value`` of ``channel`` (entering while
-        ``feeding``) -> its result ``STAGE_LATENCY`` cycles later: the code, the requantized value (in
-        layer mode then ReLU'd with ``relu``) or the raw value, as ``stage`` says. With requantize units the raw
-        value goes through them (the program gives its layers identity constants, STAGE_REQUANTIZE), without
-        them through a delay line. On ``platform``'s ECP5 the units register their block RAM words
-        (:func:`hw.memories.slow_block_ram`)."""
+        ``feeding``; with ``late`` the value a cycle after them) -> its result ``STAGE_LATENCY`` cycles after
+        ``feeding``: the code, the requantized value (in layer mode then ReLU'd with ``relu``) or the raw value,
+        as ``stage`` says. With requantize units the raw value goes through them (the program gives its layers
+        identity constants, STAGE_REQUANTIZE), without them through a delay line. On ``platform``'s ECP5 the
+        units register their block RAM words (:func:`hw.memories.slow_block_ram`), as ``late`` needs."""
         p = self.params
         depth, shared = p.stage_depth << p.col_bits, p.shared_stage_memory
         if shared:
@@ -775,21 +784,21 @@ class LayerEngine(wiring.Component):
         if p.code_bits:
             m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(
                 p.acc_bits, p.code_bits, depth, p.threshold_bits, own_memory=not shared,
-                registered_word=slow_block_ram(platform))
+                registered_word=slow_block_ram(platform), late_value=late)
             code = delayed(m, unit.code, self.STAGE_LATENCY - unit.latency, f"code{suffix}")
             connect(unit, THRESHOLDS)
         if p.requantize:
             q = p.requantize
             m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
                 p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared,
-                registered_constants=slow_block_ram(platform))
+                registered_constants=slow_block_ram(platform), late_value=late)
             connect(unit, REQUANTIZE)
             out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, f"requantized{suffix}")
             if q.relu and not self.network:
                 out = Mux(relu & (out < 0), 0, out)
             result = out
         else:
-            result = delayed(m, value, self.STAGE_LATENCY, f"raw{suffix}")
+            result = delayed(m, value, self.STAGE_LATENCY - late, f"raw{suffix}")
         return Mux(stage == STAGE_THRESHOLDS, code, result) if p.code_bits else result
 
     def _load_beat(self, m, idle):

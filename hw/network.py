@@ -33,7 +33,7 @@ as :mod:`hw.engine` states (network mode: its outputs are written one per cycle,
 cycles per word of ``cols`` channels, or with ``write_pairs`` two per cycle, ``cols + 2`` cycles per
 two positions, then ``STAGE_LATENCY`` cycles, plus ``FUSED_LATENCY`` with a fused activation), a
 vector op as
-:meth:`hw.vector_params.VectorParams.op_cycles` states, two cycles per logit (plus back-pressure).
+:meth:`hw.vector_params.VectorParams.op_cycles` states, three cycles per logit (plus back-pressure).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .delay import delayed
+from .delay import delayed, reset_less_data
 from .engine import LayerEngine
 from .engine_params import CONFIG
 from .fsm_encoding import one_hot
@@ -274,6 +274,10 @@ class NetworkCore(wiring.Component):
         # OUTPUT's words still to offer, and `no_more` (it is 0), a register set with it (OUTPUT_READ branches on
         # a flip-flop, not on a compare of the count).
         remaining, no_more = Signal(signed(p.reg_bits)), Signal(name="no_more")
+        # The value offered, from a register (OUTPUT_HOLD takes it from the value memory's read, whose multiplexer
+        # over the memory's blocks ran into the bridge's word register: the ULX3S-85F's worst path at 0e077f7).
+        out_value = Signal(signed(p.value_bits), name="out_value", reset_less=reset_less_data(platform))
+        m.d.sync += out_value.eq(single_value)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -344,9 +348,12 @@ class NetworkCore(wiring.Component):
                     m.d.sync += pc.eq(pc + 1)
                     m.next = "FETCH"
                 with m.Else():
-                    m.next = "OUTPUT_OFFER"
+                    m.next = "OUTPUT_HOLD"
+            with m.State("OUTPUT_HOLD"):
+                m.d.comb += outputting.eq(1)
+                m.next = "OUTPUT_OFFER"
             with m.State("OUTPUT_OFFER"):
-                m.d.comb += [outputting.eq(1), self.out.valid.eq(1), self.out.payload.eq(single_value)]
+                m.d.comb += [outputting.eq(1), self.out.valid.eq(1), self.out.payload.eq(out_value)]
                 with m.If(self.out.ready):
                     m.d.sync += [out_addr.eq(out_addr + 1), remaining.eq(remaining - 1), no_more.eq(remaining == 1)]
                     m.next = "OUTPUT_READ"

@@ -65,13 +65,18 @@ class RequantizeUnit(wiring.Component):
     chain. With ``registered_constants`` (:func:`hw.memories.slow_block_ram`), the same latency: t + 1
     registers the constants, t + 2 the partial products, t + 3 the partial sums, t + 4 their sum
     shifted (a carry chain and a shifter in one cycle: on the ECP5 both are fast, and its block RAM's
-    slow output then feeds no multiplier). Fully pipelined, gaps allowed, no back-pressure.
+    slow output then feeds no multiplier). ``late_value`` (with ``registered_constants`` only): ``acc`` comes a
+    cycle after its ``valid`` and ``channel`` (the unit then waits a cycle less for the constants; the same
+    latency from ``valid``). Fully pipelined, gaps allowed, no back-pressure.
     """
 
     LATENCY = 5
 
     def __init__(self, acc_bits: int, channels: int, multiplier_bits: int, bias_bits: int,
-                 max_shift: int, out_bits: int, own_memory: bool = True, registered_constants: bool = False):
+                 max_shift: int, out_bits: int, own_memory: bool = True, registered_constants: bool = False,
+                 late_value: bool = False):
+        if late_value and not registered_constants:
+            raise ValueError("a late value (late_value) waits for registered constants (registered_constants)")
         for name, value, low in (("acc_bits", acc_bits, 2), ("channels", channels, 1),
                                  ("multiplier_bits", multiplier_bits, 1), ("bias_bits", bias_bits, 2),
                                  ("max_shift", max_shift, 0), ("out_bits", out_bits, 2)):
@@ -82,7 +87,7 @@ class RequantizeUnit(wiring.Component):
         self.max_shift, self.out_bits = int(max_shift), int(out_bits)
         self.shift_bits = shift_bits(self.max_shift)
         self.word_bits = requantize_word_bits(self.multiplier_bits, self.bias_bits, self.max_shift)
-        self.own_memory, self.registered_constants = own_memory, registered_constants
+        self.own_memory, self.registered_constants, self.late_value = own_memory, registered_constants, late_value
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "out_valid": Out(1),
@@ -120,7 +125,7 @@ class RequantizeUnit(wiring.Component):
         late = int(self.registered_constants)
         if late:
             word = delayed(m, word, 1, "constants")
-        acc = delayed(m, self.acc, 1 + late, "acc")
+        acc = delayed(m, self.acc, 1 + late - self.late_value, "acc")
         valid = delayed(m, self.valid, 4, "valid")
         mult = word[:self.multiplier_bits]
         bias = word[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()

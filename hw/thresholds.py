@@ -62,14 +62,16 @@ class ThresholdUnit(wiring.Component):
     reads the channel's word from block RAM, t + 1 registers the comparisons with every threshold,
     t + 2 their count; the word itself is not registered: on the UP5K its flip-flops would not
     fit). With ``registered_word`` (:func:`hw.memories.slow_block_ram`), latency 4 (``latency``): t + 1
-    registers the word, t + 2 the comparisons, t + 3 their count. Fully pipelined: one value per
-    cycle, gaps allowed (``valid`` low), no back-pressure.
+    registers the word, t + 2 the comparisons, t + 3 their count; ``late_value`` (with ``registered_word``
+    only): ``acc`` comes a cycle after its ``valid`` and ``channel``, and waits a cycle less for the word (the
+    same latency from ``valid``). Fully pipelined: one value per cycle, gaps allowed (``valid`` low), no
+    back-pressure.
     """
 
     LATENCY = 3
 
     def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True,
-                 registered_word: bool = False):
+                 registered_word: bool = False, late_value: bool = False):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
                                  ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
             if not isinstance(value, (int, np.integer)) or value < low:
@@ -81,7 +83,9 @@ class ThresholdUnit(wiring.Component):
         if not own_memory and self.s > 15:
             raise ValueError(f"{self.s} thresholds a channel are held in one memory per threshold: the unit "
                              f"needs its own (own_memory=True)")
-        self.own_memory, self.registered_word = own_memory, registered_word
+        if late_value and not registered_word:
+            raise ValueError("a late value (late_value) waits for a registered word (registered_word)")
+        self.own_memory, self.registered_word, self.late_value = own_memory, registered_word, late_value
         self.latency = self.LATENCY + registered_word
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
@@ -134,7 +138,7 @@ class ThresholdUnit(wiring.Component):
         *thresholds, descending = data
         # Edge t: the channel's word is read (and with ``registered_word`` registered at t + 1); the value
         # waits for it.
-        acc = delayed(m, self.acc, 1 + self.registered_word, "acc")
+        acc = delayed(m, self.acc, 1 + self.registered_word - self.late_value, "acc")
         valid = delayed(m, self.valid, self.latency - 1, "valid")
         # Edge t + 1 (t + 2): the comparisons with every stored threshold (a descending channel's failed ones count:
         # acc <= T iff not acc >= T + 1); t + 2 (t + 3): their count.

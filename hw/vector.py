@@ -66,11 +66,11 @@ class VectorUnit(wiring.Component):
       ``H * W``; MAXPOOL's ``src_a`` is the word of the first window's top left corner
       (:func:`hw.vector_words.maxpool_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
-      last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 6``,
+      last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 7``,
       ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL
-      ``channels * (pool_pieces + positions + 6 + 3 * pool_code_bits) + 2``, MAXPOOL
+      ``channels * (pool_pieces + positions + 6 + 4 * pool_code_bits) + 2``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL
-      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 6 + 3 * pool_code_bits) + 2``
+      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 6 + 4 * pool_code_bits) + 2``
       (each with the cycle in which the start, taken into a register, starts the op: no logic from
       ``start`` into the op registers' enables).
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
@@ -93,7 +93,7 @@ class VectorUnit(wiring.Component):
       ``ThresholdUnit.LATENCY`` cycles after the value is presented. Nothing is written.
 
     The write ports are registers. Pipelines, counted from an element's read address: ACTIVATE
-    presents the write 5 cycles later (the read, the threshold unit's 3, the write register), ADD
+    presents the write 6 cycles later (the read, its register, the threshold unit's 3, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
     channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
     cycle), waits 6 cycles for the sum, searches its thresholds (4 cycles per code bit: read, compare
@@ -295,15 +295,17 @@ class VectorUnit(wiring.Component):
                                 m.next = "CONSTANTS"
         one_hot(fsm)
 
-        # ACTIVATE: the value read goes through the threshold unit; its code, with the element's
-        # code address and lane delayed alike, into the code write registers. While idle, the unit
-        # takes the lent value instead (the ``lent_*`` ports).
+        # ACTIVATE: the value read, registered (the value memory's read multiplexer over its blocks ran into the
+        # unit's value register: the ULX3S-85F's worst path at 0e077f7), goes through the threshold unit; its code,
+        # with the element's code address and lane delayed alike, into the code write registers. While idle, the
+        # unit takes the lent value instead (the ``lent_*`` ports).
         # ``pending``: writes still in a pipeline (busy until they are done).
         m.d.sync += [self.code_write_en.eq(0), self.val_write_en.eq(0)]
         pending = []
         if p.act_code_bits:
-            depth = 1 + ThresholdUnit.LATENCY
+            depth = 2 + ThresholdUnit.LATENCY
             act = delays(m, issue_act, depth, "act")
+            read_value = delays(m, self.val_read_data, 1, "act_value")[1]
             m.submodules.thresholds = unit = ThresholdUnit(p.value_bits, p.act_code_bits, p.act_slots,
                                                            p.act_threshold_bits)
             addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr")[-1]
@@ -311,13 +313,13 @@ class VectorUnit(wiring.Component):
             lent = self.lent_valid & ~busy
             m.d.comb += [unit.load_en.eq(load & (self.load_target == ACT_THRESHOLDS)),
                          unit.load_addr.eq(self.load_addr), unit.load_data.eq(self.load_data),
-                         unit.valid.eq(act[1] | lent), unit.acc.eq(Mux(lent, self.lent_value, self.val_read_data)),
-                         unit.channel.eq(Mux(lent, self.lent_slot, delays(m, slot, 1, "act_slot")[1])),
+                         unit.valid.eq(act[2] | lent), unit.acc.eq(Mux(lent, self.lent_value, read_value)),
+                         unit.channel.eq(Mux(lent, self.lent_slot, delays(m, slot, 2, "act_slot")[2])),
                          self.lent_code.eq(unit.code)]
             with m.If(act[-1]):
                 m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(addr),
                              self.code_write_lane.eq(act_lane), self.code_write_data.eq(unit.code)]
-            pending += act[1:]      # the element in the read, in the unit
+            pending += act[1:]      # the element in the read, its register, the unit
 
         # ADD (with ``adds``): the value read, registered (no adder after the value memory's read multiplexer);
         # operand a waits for b; the sum goes to the value write registers.

@@ -72,13 +72,13 @@ MAX_POOL_SHIFT = 32
 MAX_POOL_BASE_BITS = 128
 
 # Cycles of the pipelines (see :meth:`VectorParams.op_cycles`): ACTIVATE from an element's
-# read to its write (read, :class:`hw.thresholds.ThresholdUnit` of latency 3, the write
-# register); ADD from operand b's read to its write (read, the read data's register, the write
+# read to its write (read, the read data's register, :class:`hw.thresholds.ThresholdUnit` of latency 3,
+# the write register); ADD from operand b's read to its write (read, the read data's register, the write
 # register); POOL: cycles from a channel's last read until its sum is complete, and per
 # step of the threshold search (read a threshold, compare it into a register, take the result).
 THRESHOLD_LATENCY = 3
 START_CYCLES = 1              # the start taken into a register: an op's first read comes a cycle later
-ACTIVATE_DEPTH = 1 + THRESHOLD_LATENCY + 1
+ACTIVATE_DEPTH = 2 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 3
 POOL_DRAIN = 6
 SEARCH_STEP = 4
@@ -435,10 +435,10 @@ class VectorParams:
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented), each with the start's cycle (``START_CYCLES``): ACTIVATE
-        ``N + 6`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
-        (pool_pieces + positions + 6 + 3 * pool_code_bits) + 2``; MAXPOOL ``ceil(channels / lanes) *
+        ``N + 7`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
+        (pool_pieces + positions + 6 + 4 * pool_code_bits) + 2``; MAXPOOL ``ceil(channels / lanes) *
         positions * window + 3`` with ``positions`` the output's and ``window`` = kernel^2: one read per
-        cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions * (pool_pieces + window + 6 + 3 *
+        cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions * (pool_pieces + window + 6 + 4 *
         pool_code_bits) + 2`` (each window as POOL's channel)."""
         n = channels * positions
         if op == ACTIVATE:

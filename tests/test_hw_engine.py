@@ -80,8 +80,18 @@ def run_engine(params, node, beats, out_words):
     return words
 
 
+@pytest.mark.parametrize("ecp5", [False, True])
 @pytest.mark.parametrize("layer", [0, 3])          # conv0 (multiply, thresholds), fc (multiply, requantize)
-def test_engine_layer_in_amaranth_simulation(layer):
+def test_engine_layer_in_amaranth_simulation(layer, ecp5, monkeypatch):
+    """A layer's outputs exact; ``ecp5``: the engine as built for the ECP5 (the output stage's block RAM words
+    registered, each column's accumulator read registered and the value entering the units a cycle late, data
+    registers without reset; simulation builds the other form)."""
+    if ecp5:
+        import hw.engine
+        import hw.pe
+        monkeypatch.setattr(hw.engine, "slow_block_ram", lambda platform: True)
+        for module in (hw.engine, hw.pe):
+            monkeypatch.setattr(module, "reset_less_data", lambda platform: True)
     node = DIGITS.convs[layer]
     images = np.random.default_rng(layer).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
     t = reference.run(DIGITS, images)

@@ -198,13 +198,18 @@ def test_next_image_loads_while_the_core_runs(small_cnn):
 
 def test_output_stage_registers_of_the_ecp5_keep_results_and_cycles(small_cnn, monkeypatch):
     """The output stage as built for the ECP5 (the threshold word and the requantize constants registered
-    out of their block RAM, :func:`hw.memories.slow_block_ram`; simulation builds the other form): every
-    tensor exact, the cycles as the model states."""
+    out of their block RAM, :func:`hw.memories.slow_block_ram`; each column's accumulator read registered and
+    the value entering the units a cycle after its channel; simulation builds the other form), with the
+    ECP5's data registers without reset (:func:`hw.delay.reset_less_data`): every tensor exact, the cycles as
+    the model states."""
     import hw.engine
+    import hw.pe
     from compiler.lower import compile_model
     from lcq_train.plan import QuantPlan
 
     monkeypatch.setattr(hw.engine, "slow_block_ram", lambda platform: True)
+    for module in (hw.engine, hw.pe):
+        monkeypatch.setattr(module, "reset_less_data", lambda platform: True)
     model = compile_model(small_cnn((2, 6, 6), QuantPlan("lcq", 3, 3), seed=5, widths=(6, 4, 4)), (2, 6, 6))
     assert {type(n.stage).__name__ for n in model.convs} >= {"Thresholds", "Requantize"}
     params = NetworkParams.for_model(model, 4, 4)
