@@ -183,9 +183,10 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
       next channel tiles (so a layer's output must not share words with its input).
     - ``val_read`` (while busy): ``addr`` (out, ``reg_bits``), ``data`` (in, ``halves`` values, the
       word at the previous cycle's address): with ``dst_add``, the values each write adds to.
-    - ``code_written`` (out): the activation buffer's write port in every cycle, whoever writes, a
+    - ``code_written`` (out): the activation buffer's write in every cycle, whoever writes, a
       probe for simulations: ``en`` (one bit per lane of each half), ``addr``, ``data`` (``halves``
-      activation words: word ``addr * halves + h`` in half ``h``).
+      activation words: word ``addr * halves + h`` in half ``h``); on the ECP5 the buffer takes it a cycle
+      later, from registers.
     - ``code_read`` (used only while idle): ``addr`` (in), ``data`` (out, ``rows`` lanes of ``abits``:
       the activation-buffer word at the previous cycle's address): the buffer's read port, lent.
     - ``activation`` (with ``act_fuse``): ``valid``, ``value`` (signed ``value_bits``), ``slot``
@@ -359,7 +360,7 @@ class LayerEngine(wiring.Component):
         if p.write_pairs:
             m.d.sync += pair.eq(cfg["band_positions"][0] == 0)
         if self.network:
-            act_data, act_addr, code_out = self._code_buffer(m, idle)
+            act_data, act_addr, code_out = self._code_buffer(m, idle, slow_block_ram(platform), reset_less)
         else:
             act_data, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
         spram = self.spram
@@ -848,14 +849,18 @@ class LayerEngine(wiring.Component):
                      target["lane"].eq(Mux(last_lane, 0, dest["lane"] + 1)),
                      target["code_base"].eq(Mux(last_lane, dest["code_base"] + cfg["positions"], dest["code_base"]))]
 
-    def _code_buffer(self, m, idle):
+    def _code_buffer(self, m, idle, registered_writes, reset_less):
         """Network mode: the activation buffer with a write enable per lane, simple dual port (the
         write-back of one channel tile goes on while the next one's codes are read); with
         ``write_pairs``, words of two positions (activation words ``2w``, ``2w + 1``), so that the
         write-back writes a pair at once. Returns its read data (the activation word at the address of
         the cycle before), the compute read address to drive and the write-back port ``(en, addr, data)``
         of whole words (:func:`network_signature`'s ``code_written``) to drive while busy;
-        ``code_write`` and ``code_read`` (one activation word each) drive it while idle."""
+        ``code_write`` and ``code_read`` (one activation word each) drive it while idle.
+        ``registered_writes`` (the ECP5): a write reaches the buffer a cycle later, from registers (the
+        choice between the writers ran into the address of its blocks across the die, 16.6 ns at 506dd57;
+        no step reads a code in the cycle after it is written); ``reset_less``: its address and data
+        registers ignore the reset."""
         p = self.params
         halves, word_bits = p.halves, p.rows * p.abits
         depth = -(-p.act_depth // halves)
@@ -873,12 +878,15 @@ class LayerEngine(wiring.Component):
             idle_addr, read_word = idle_write.addr >> 1, read_addr >> 1
             read_half = delayed(m, read_addr[0], 1, "activations_half")
         data = read.data.word_select(read_half, word_bits)
-        m.d.comb += [write.en.eq(Mux(idle, idle_en, back["en"])),
-                     write.addr.eq(Mux(idle, idle_addr, back["addr"])),
-                     write.data.eq(Mux(idle, Cat(*[idle_write.data] * halves), back["data"])),
-                     read.addr.eq(read_word), self.code_read.data.eq(data),
-                     self.code_written.en.eq(write.en), self.code_written.addr.eq(write.addr),
-                     self.code_written.data.eq(write.data)]
+        written = self.code_written
+        m.d.comb += [written.en.eq(Mux(idle, idle_en, back["en"])), written.addr.eq(Mux(idle, idle_addr, back["addr"])),
+                     written.data.eq(Mux(idle, Cat(*[idle_write.data] * halves), back["data"])),
+                     read.addr.eq(read_word), self.code_read.data.eq(data)]
+        port = [written.en, written.addr, written.data]
+        if registered_writes:
+            port = [delayed(m, value, 1, f"activations_write_{name}", reset_less=reset_less and name != "en")
+                    for value, name in zip(port, ("en", "addr", "data"))]
+        m.d.comb += [write.en.eq(port[0]), write.addr.eq(port[1]), write.data.eq(port[2])]
         return data, addr, back
 
     def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addr, read_pos,
