@@ -163,21 +163,23 @@ class VectorUnit(wiring.Component):
         group, slot = Signal(p.code_addr_bits, name="group"), Signal(p.slot_bits, name="slot")
         phase = Signal()                        # ADD: 0 reads a, 1 reads b
         adding = ((op == ADD) | (op == ADD_RELU)) if p.adds else C(0, 1)
-        # The loop ends are registers set as `pos` and `ch` move (the FSM's enables test flip-flops, not
-        # compares): `last_pos` is pos == positions - 1, `last_ch` ch == channels - 1 (POOL, ACTIVATE, ADD;
-        # AVGPOOL and MAXPOOL count channels their own way). `before_position`/`before_channel` (the count
-        # less 2) and `one_position` (positions is 1) are set at start.
-        before_position, before_channel = (Signal(p.count_bits, name=name)
-                                           for name in ("before_position", "before_channel"))
+        # The loop ends are flip-flops, set as `pos` and `ch` move (the FSM's enables test flip-flops, not
+        # compares): `last_pos` is pos == positions - 1, a register; `last_ch` ch == channels - 1 (POOL, ACTIVATE,
+        # ADD; AVGPOOL and MAXPOOL count channels their own way), the sign of `channels_left`, channels - 2 at start
+        # and one less at each channel (no compare: ch == channels - 2 into last_ch's input, decoded with the FSM's
+        # state, was the UP5K's worst path at cf3a762, 25.7 ns). `before_position` (positions less 2) and
+        # `one_position` (positions is 1) are set at start.
+        before_position = Signal(p.count_bits, name="before_position")
         one_position = Signal(name="one_position")
-        last_pos, last_ch = Signal(name="last_pos"), Signal(name="last_ch")
+        channels_left = Signal(signed(p.count_bits + 1), name="channels_left")
+        last_pos, last_ch = Signal(name="last_pos"), channels_left[-1]
 
         def next_position():
             m.d.sync += [pos.eq(pos + 1), last_pos.eq(pos == before_position)]
 
         def next_channel():
             m.d.sync += [ch.eq(ch + 1), slot.eq(slot + 1), pos.eq(0), last_pos.eq(one_position),
-                         last_ch.eq(ch == before_channel)]
+                         channels_left.eq(channels_left - 1)]
             with m.If(lane == p.lanes - 1):
                 m.d.sync += [lane.eq(0), group.eq(group + group_step)]
             with m.Else():
@@ -218,9 +220,8 @@ class VectorUnit(wiring.Component):
             with m.State("IDLE"):
                 with m.If(go):
                     m.d.sync += [op.eq(self.op), channels.eq(self.channels), positions.eq(self.positions),
-                                 before_channel.eq(self.channels - 2), before_position.eq(self.positions - 2),
+                                 channels_left.eq(self.channels - 2), before_position.eq(self.positions - 2),
                                  one_position.eq(self.positions == 1), last_pos.eq(self.positions == 1),
-                                 last_ch.eq(self.channels == 1),
                                  frac.eq(self.frac_bits), rd_a.eq(self.src_a), rd_b.eq(self.src_b),
                                  wr.eq(self.dst), group.eq(self.dst), slot.eq(self.slot_base),
                                  pos.eq(0), ch.eq(0), lane.eq(0), phase.eq(0),
