@@ -382,14 +382,17 @@ class ProcessingElement(wiring.Component):
     """One weight-stationary PE of ``variant``; every output is registered.
 
     - ``w_load``: stores ``w_code`` and the variant's load ports (:meth:`Variant.load_beats`).
-    - ``a_valid``, ``a_in`` (the row's operand) -> ``a_valid_out``, ``a_out`` for the right
-      neighbour (latency 1).
+    - ``a_valid``, ``a_in`` (the row's operand; 0 where ``a_valid`` is low) -> ``a_valid_out``, ``a_out`` (0
+      where ``a_valid`` was low) for the right neighbour (latency 1).
     - ``psum_out = psum_in + sgn * L[k][j]`` if ``a_valid``, else ``psum_in`` (``acc_bits``
       signed, wrapping), the product registered first: the element sampled at edge e adds to
       the ``psum_in`` sampled at edge e + 1. The product's terms (:meth:`Variant.product_terms`) are
       each inverted where the weight is negative (``~t = -t - 1``) and summed with the sign as the carry
       into every adder, at most two adder levels a cycle (a logic multiplier's seven terms): n terms take
       n adders with ``psum_in``, so n carries make the negation whole, and no adder of its own negates.
+      Every variant's products of the operand 0 are 0 (``A[0] = 0``, ``P[0] = 0``), so the product logic
+      takes no valid bit (whose fan-out into every term of the next PE was the ULX3S-85F's worst path at
+      7959604, 15.3 ns): where no element is, the operand is 0 and so is its negation.
 
     ``double_buffered``: ``w_load`` writes a shadow weight instead, and ports ``a_swap`` ->
     ``a_swap_out`` travel with the operand: an element with ``a_valid`` and ``a_swap`` is the
@@ -438,10 +441,9 @@ class ProcessingElement(wiring.Component):
             swap_out = own(Signal(name="swap_out"))
             m.d.sync += swap_out.eq(self.a_swap)
             m.d.comb += self.a_swap_out.eq(swap_out)
-        sign = weight[-1] & self.a_valid
+        sign = weight[-1]
         ones_if_negative = Mux(sign, -1, 0)
-        terms = [Mux(self.a_valid, term, 0) ^ ones_if_negative
-                 for term in self.variant.product_terms(m, self, weight[:-1], self.a_in)]
+        terms = [term ^ ones_if_negative for term in self.variant.product_terms(m, self, weight[:-1], self.a_in)]
         # Up to two partial sums registered (the first stage), then added to psum_in, which comes last:
         # it arrives latest (the top row's out of the accumulators' block RAM).
         sums = sum_with_carries(terms, sign, 2)
@@ -454,7 +456,7 @@ class ProcessingElement(wiring.Component):
         psum = Signal.like(self.psum_out, name="psum", reset_less=reset_less)
         m.d.sync += [
             valid_out.eq(self.a_valid),
-            operand_out.eq(self.a_in),
+            operand_out.eq(Mux(self.a_valid, self.a_in, 0)),
             carry.eq(sign),
             *(part.eq(value) for part, value in zip(parts, sums)),
             psum.eq(add_with_carry(sum_with_carries(parts, carry, 1)[0], self.psum_in, carry)),
@@ -538,7 +540,9 @@ class PEArray(wiring.Component):
                          *(getattr(decoder, name).eq(getattr(self, name)) for name in self.variant.edge_signature)]
             # The decoder's outputs registered: a table's read data leaves its block RAM through them.
             valid = delayed(m, decoder.valid, 1, f"valid_{r}", own_flip_flops=True)
-            operand = delayed(m, decoder.operand, 1, f"operand_{r}", reset_less=reset_less_data(platform))
+            # The operand is 0 where no element is (ProcessingElement: its products are 0).
+            operand = delayed(m, Mux(decoder.valid, decoder.operand, 0), 1, f"operand_{r}",
+                              reset_less=reset_less_data(platform))
             if self.double_buffered:
                 # With the decoder's operand, and one cycle ahead of it for the first PE's swap_next.
                 swap_ahead = delayed(m, self.a_swap[r], 1, f"swap_ahead_{r}", own_flip_flops=True)

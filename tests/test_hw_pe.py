@@ -68,19 +68,21 @@ async def load_edges(ctx, dut, variant):
 
 
 async def stream(ctx, dut, levels, sign, k, rng):
-    """Random elements (operands of ``levels``, a variant, with gaps) and partial sums through a PE loaded with
-    weight ``(sign, k)``; each edge's ``psum_out`` is its ``psum_in`` plus the element sampled at the edge before."""
+    """Random elements (operands of ``levels``, a variant, with gaps: operand 0 where no element is, as the PE
+    asks) and partial sums through a PE loaded with weight ``(sign, k)``; each edge's ``psum_out`` is its
+    ``psum_in`` plus the element sampled at the edge before."""
     product = 0
     for _ in range(2 * (levels.s_a + 1)):
         valid, j = rng.random() < 0.8, rng.randrange(levels.s_a + 1)
+        operand = levels.operand(j) if valid else 0
         psum = rng.randrange(-(1 << ACC_BITS - 1), 1 << ACC_BITS - 1)
         ctx.set(dut.a_valid, valid)
-        ctx.set(dut.a_in, levels.operand(j))
+        ctx.set(dut.a_in, operand)
         ctx.set(dut.psum_in, psum)
         await ctx.tick()
         assert ctx.get(dut.psum_out) == wrap(psum + product)
         assert ctx.get(dut.a_valid_out) == valid
-        assert ctx.get(dut.a_out) == levels.operand(j)
+        assert ctx.get(dut.a_out) == operand
         product = valid * (-1) ** sign * levels.lut(k, j)
 
 
@@ -95,6 +97,7 @@ def test_pe(name, options, bits):
     async def bench(ctx):
         for sign, k in weights:
             ctx.set(dut.a_valid, 0)     # no product while loading
+            ctx.set(dut.a_in, 0)
             await load(ctx, dut, variant.load_beats(sign, k))
             await stream(ctx, dut, variant, sign, k, rng)
 
@@ -113,6 +116,7 @@ def test_multiplying_pe_selects_a_lut_layers_products(logic_multiply):
     async def bench(ctx):
         for sign, k in [(0, lut.s_w), (1, 1), (1, lut.s_w), (0, 0)]:
             ctx.set(dut.a_valid, 0)
+            ctx.set(dut.a_in, 0)
             await load(ctx, dut, [{"w_code": variant.weight_word(sign, k)}])
             await stream(ctx, dut, lut, sign, k, rng)
 
