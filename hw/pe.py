@@ -498,7 +498,8 @@ class PEArray(wiring.Component):
     each row decoder, each PE's product register): element t of row r's stream (``a_valid[r]``, ``a_code[r]``)
     is sampled at edge ``t + r`` (rows skewed by one), the matching ``psum_in[c]`` at edge
     ``t + c + 1 + p``, and ``psum_out[c]`` holds ``psum_in[c] + sum over r of sgn[r][c] *
-    L[k[r][c]][j[r]]`` after edge ``t + rows + c + p``.
+    L[k[r][c]][j[r]]`` after edge ``t + rows + c + p`` (the rows where ``a_valid[r]`` is high: a row's
+    register after its decoder passes the operand 0 on where it is low, whatever ``a_code[r]``).
 
     ``double_buffered``: double-buffered PEs (:class:`ProcessingElement`; variants without
     load ports): ``w_load`` is a mask of rows (bit r: row r), and each row it names writes its
