@@ -6,7 +6,7 @@ drives at the PLL frequency nearest ``target_mhz``), runs the board's Amaranth t
 stage by stage (:mod:`boards.stages`: progress on stderr, an optional deadline) with the YoWASP
 tools of this Python environment (Yosys told that the memories' same-cycle read-write collisions are
 undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`, and to keep the flip-flops of registers marked
-:data:`hw.delay.OWN_FLIP_FLOP`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
+:data:`hw.flip_flops.OWN_FLIP_FLOP`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
 ``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``resources`` (name -> used/available), ``board``,
 ``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed`` (nextpnr's ``--seed``;
 None: nextpnr's default), ``placer``, ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from hw.delay import KEEP_OWN_FLIP_FLOPS
+from hw.flip_flops import KEEP_OWN_FLIP_FLOPS
 from hw.memories import UNDEFINED_COLLISIONS
 
 from .boards import Board, get_board

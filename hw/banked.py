@@ -8,7 +8,7 @@ its own bank was read (zero otherwise: a synchronous reset), and the buffer's wo
 the registers (no select signal fans out to every bit of every bank; a 17-way multiplexer's
 select was among the ResNet-20 core's worst paths after the block RAM's). Each bank keeps its own
 read address register and its own write registers (enable, address, data), the address and data
-registers flip-flops of their own (:data:`hw.delay.OWN_FLIP_FLOP`: Yosys would merge registers of
+registers flip-flops of their own (:data:`hw.flip_flops.OWN_FLIP_FLOP`: Yosys would merge registers of
 equal inputs back into one), loaded in every cycle: the address and data registers before them drive
 a few registers instead of every block RAM (the fetch address into 51 blocks, then the load address,
 were the ResNet-20 core's worst paths on the ULX3S-85F), and no write decode drives their enables (the
@@ -59,7 +59,7 @@ def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_
         write, read = memory.write_port(), memory.read_port()
         written, read_here = (addr[low:] == b if banks > 1 else 1 for addr in (write_addr, read_addr))
         m.d.sync += write.en.eq(write_en & written)
-        # The bank's own copies (hw.delay.OWN_FLIP_FLOP) of the addresses and the data, in every cycle: no enable.
+        # The bank's own copies (hw.flip_flops.OWN_FLIP_FLOP) of the addresses and the data, in every cycle: no enable.
         copies = {part: delayed(m, value, 1, f"{name}_{b}_{part}", own_flip_flops=True, reset_less=reset_less)
                   for part, value in (("write_addr", write_addr[:low]), ("write_data", write_data),
                                       ("read_addr", read_addr[:low]))}

@@ -1,19 +1,12 @@
 """Delay lines: a value through a chain of registers, the pipelining that every unit uses; registers
-that keep their own flip-flops (:data:`OWN_FLIP_FLOP`); where data registers ignore the reset
+that keep their own flip-flops (:func:`own`, :mod:`hw.flip_flops`); where data registers ignore the reset
 (:func:`reset_less_data`)."""
 
 from __future__ import annotations
 
 from amaranth import Module, Signal, Value
 
-# Attribute of a register whose flip-flops stay its own. Yosys merges registers of equal inputs into one
-# (the PE array's valid bits, copies of the engine's tag line a column further on, became one flip-flop
-# per diagonal driving PEs across the ULX3S-85F's die: its worst path at fda0f40, 16.3 ns); a copy made to
-# be placed near its loads must not be merged back. :data:`KEEP_OWN_FLIP_FLOPS` carries it to synthesis.
-OWN_FLIP_FLOP = "own_flip_flop"
-# Yosys command for the design as read (Amaranth's RTLIL): the flip-flops of registers marked
-# OWN_FLIP_FLOP are kept (``keep`` on the cell, which opt_merge does not merge with another kept cell).
-KEEP_OWN_FLIP_FLOPS = f"setattr -set keep 1 a:{OWN_FLIP_FLOP} %ci1:+$dff[Q] c:* %i"
+from .flip_flops import OWN_FLIP_FLOP
 
 
 def reset_less_data(platform) -> bool:
@@ -27,7 +20,8 @@ def reset_less_data(platform) -> bool:
 
 
 def own(register):
-    """``register`` (a Signal, or a View of one, assigned in ``sync``) marked to keep its own flip-flops."""
+    """``register`` (a Signal, or a View of one, assigned in ``sync``) marked to keep its own flip-flops
+    (:data:`hw.flip_flops.OWN_FLIP_FLOP`)."""
     Value.cast(register).attrs[OWN_FLIP_FLOP] = 1
     return register
 
@@ -35,8 +29,8 @@ def own(register):
 def delays(m: Module, value, cycles: int, name: str, *, own_flip_flops: bool = False,
            reset_less: bool = False) -> list:
     """``value`` and its copies through 1..``cycles`` registers of module ``m`` (named ``{name}_1`` ...):
-    ``[value, value_1, ..., value_cycles]``; ``own_flip_flops``: the registers are marked
-    :data:`OWN_FLIP_FLOP`; ``reset_less``: they ignore the domain's reset (data whose value matters only
+    ``[value, value_1, ..., value_cycles]``; ``own_flip_flops``: the registers keep their own flip-flops
+    (:func:`own`); ``reset_less``: they ignore the domain's reset (data whose value matters only
     where a reset register says it is valid)."""
     stages = [value]
     for n in range(1, cycles + 1):

@@ -458,7 +458,7 @@ class LayerEngine(wiring.Component):
         tile_ends = through["ky"]
 
         # The tag of each issued position, delayed one cycle per stage of the pipeline: flip-flops of their own,
-        # not merged with the array's valid and swap bits, which equal theirs (hw.delay.OWN_FLIP_FLOP).
+        # not merged with the array's valid and swap bits, which equal theirs (hw.flip_flops.OWN_FLIP_FLOP).
         tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
                                         "out_addr": range(p.out_depth + 1)})
         lag = self.lag

@@ -308,7 +308,7 @@ class RowTable(Variant):
         m.submodules.table = table = Memory(shape=self.operand_bits, depth=self.depth, init=[])
         write, read = table.write_port(), table.read_port()
         # Where registered, the broadcast load port reaches no row's block RAM directly (the ResNet-20 core's
-        # worst path ran from it into the 8 rows' tables): each row's own flip-flops (hw.delay.OWN_FLIP_FLOP).
+        # worst path ran from it into the 8 rows' tables): each row's own flip-flops (hw.flip_flops.OWN_FLIP_FLOP).
         load = [decoder.table_load, decoder.table_addr, decoder.table_data]
         if self.registered_load:
             load = [delayed(m, load[0], 1, "table_load", own_flip_flops=True),
@@ -450,7 +450,7 @@ class ProcessingElement(wiring.Component):
         parts = [Signal(value.shape(), name=f"product_{n}", reset_less=reset_less) for n, value in enumerate(sums)]
         carry = Signal(reset_less=reset_less)
         # The valid bit is its own flip-flop: equal to the engine's tag line and to the PE's on the same
-        # diagonal a row down, it would otherwise be merged with them (hw.delay.OWN_FLIP_FLOP).
+        # diagonal a row down, it would otherwise be merged with them (hw.flip_flops.OWN_FLIP_FLOP).
         valid_out = own(Signal(name="valid_out"))
         operand_out = Signal.like(self.a_out, name="operand_out", reset_less=reset_less)
         psum = Signal.like(self.psum_out, name="psum", reset_less=reset_less)
@@ -481,7 +481,7 @@ class RowDecoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        valid = own(Signal(name="valid_out"))   # equal to the engine's tag line's (hw.delay.OWN_FLIP_FLOP)
+        valid = own(Signal(name="valid_out"))   # equal to the engine's tag line's (hw.flip_flops.OWN_FLIP_FLOP)
         m.d.sync += valid.eq(self.a_valid)
         m.d.comb += self.valid.eq(valid)
         self.variant.decode(m, self, reset_less_data(platform))

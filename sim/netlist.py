@@ -13,7 +13,7 @@ in the same testbench and with the same report as the RTL run.
   output port that synthesis keeps), so the RTL testbenches drive it unchanged.
 - :func:`synthesize`: ``synth_ice40 -dsp -spram`` (the board build's ``synth_opts``) or ``synth_ecp5`` (the
   board build's defaults), after the board build's :data:`hw.memories.UNDEFINED_COLLISIONS` and
-  :data:`hw.delay.KEEP_OWN_FLIP_FLOPS`, then
+  :data:`hw.flip_flops.KEEP_OWN_FLIP_FLOPS`, then
   ``stat -json`` and ``write_verilog -noattr``; cached in ``build/netlist/<key>/`` under :func:`cache_key`
   (source text, script, Yosys version), written to a temporary directory and moved in with ``os.replace``
   (``net.v`` last), so a cache entry is complete or absent.
@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from hw.delay import KEEP_OWN_FLIP_FLOPS
+from hw.flip_flops import KEEP_OWN_FLIP_FLOPS
 from hw.memories import UNDEFINED_COLLISIONS
 
 from .runner import ICE40_DEFINES, SimulationFailed, run_guarded
@@ -177,7 +177,7 @@ def yosys_version() -> str:
 def synth_script(family: str, top: str) -> str:
     """The Yosys script: read ``core.v``, the family's synthesis as the board build runs it (its memories'
     same-cycle collisions undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`; registers marked
-    :data:`hw.delay.OWN_FLIP_FLOP` kept), statistics, the netlist without attributes."""
+    :data:`hw.flip_flops.OWN_FLIP_FLOP` kept), statistics, the netlist without attributes."""
     if family not in FAMILIES:
         raise NetlistError(f"unknown netlist family {family!r}; known: {', '.join(FAMILIES)}")
     return (f"read_verilog -sv {SOURCE}\nproc\nmemory_dff\n{UNDEFINED_COLLISIONS}\n{KEEP_OWN_FLIP_FLOPS}\n"

@@ -95,7 +95,7 @@ def test_memories_map_to_block_ram_without_read_first_emulation(tmp_path):
 @pytest.mark.parametrize("family", ["ice40", "ecp5"])
 def test_registers_marked_own_keep_their_flip_flops(family, tmp_path):
     """Three registers of one input: Yosys merges them into one, except those marked
-    :data:`hw.delay.OWN_FLIP_FLOP`, which the script keeps (:data:`hw.delay.KEEP_OWN_FLIP_FLOPS`): two
+    :data:`hw.flip_flops.OWN_FLIP_FLOP`, which the script keeps (:data:`hw.flip_flops.KEEP_OWN_FLIP_FLOPS`): two
     marked 4-bit registers and an unmarked one (merged into a marked one) are 8 flip-flops, not 4."""
     require(yosys=True)
     from amaranth import Cat, Module, Signal
