@@ -31,7 +31,10 @@ class Board:
 
     - ``platform``: ``"module:Class"`` of its amaranth-boards platform (imported on use).
     - ``family``: ``"ice40"`` or ``"ecp5"``; ``device``: the part; ``resources``: name -> count.
-    - ``osc_hz``: the on-board oscillator feeding the PLL; ``default_mhz``: default target clock.
+    - ``osc_hz``: the on-board oscillator feeding the PLL; ``default_mhz``: default target clock, one that the
+      reference designs meet and whose baud divisor makes the fastest link; ``goal_mhz``: the clock nextpnr is
+      asked to meet where the PLL runs slower (:func:`boards.build.build`): its timing-driven placement and
+      routing weigh each path by its slack to the clock it is given, and so work for no more than that.
     - ``uart_bridge``: the USB-serial chip wired to the ``uart`` resource, or ``None`` where
       there is none; ``uart_max_baud``: the fastest rate that bridge (or the adapter named in
       ``uart_note``) allows; ``uart_pins``: (rx, tx) header pins to add as the ``uart``
@@ -46,6 +49,7 @@ class Board:
     resources: dict = field(hash=False)
     osc_hz: float
     default_mhz: float
+    goal_mhz: float
     uart_bridge: str | None
     uart_max_baud: int
     programmer: str
@@ -78,21 +82,23 @@ def _ecp5(name, platform, device, luts, ebr, dsp, plls, **kw):
     return Board(name, platform, "ecp5", device, res, **kw)
 
 
-# 45 MHz: the ECP5 PLL makes it from 25 MHz, and 15 cycles per bit give 3 Mbaud exactly.
-_ULX3S = dict(osc_hz=25e6, default_mhz=45.0, uart_bridge="FT231X", uart_max_baud=3_000_000,
+# 60 MHz: the ECP5 PLL makes it from 25 MHz, and 20 cycles per bit give 3 Mbaud exactly; 100 MHz: issue 13's aim
+# for the ResNet-20 core on the ULX3S-85F.
+_ULX3S = dict(osc_hz=25e6, default_mhz=60.0, goal_mhz=100.0, uart_bridge="FT231X", uart_max_baud=3_000_000,
               programmer="openFPGALoader", uart_note="FT231X USB-serial on the US1 port")
 
 BOARDS = {b.name: b for b in [
     Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "iCE40UP5K",
           {"LUT4": 5280, "FF": 5280, "EBR": 30, "SPRAM": 4, "DSP": 8, "PLL": 1},
-          osc_hz=12e6, default_mhz=24.0, uart_bridge="FT2232H", uart_max_baud=3_000_000, programmer="iceprog",
+          # 36 MHz: 12 cycles per bit at 3 Mbaud; 42 MHz: above issue 13's 40 for the digits core, and 3 Mbaud too.
+          osc_hz=12e6, default_mhz=36.0, goal_mhz=42.0, uart_bridge="FT2232H", uart_max_baud=3_000_000, programmer="iceprog",
           uart_note="FT2232H channel B (the FT2232H allows 12 Mbaud; 3 Mbaud keeps the FPGA-side divider >= 8)"),
     _ecp5("ulx3s-12f", "amaranth_boards.ulx3s:ULX3S_12F_Platform", "LFE5U-12F", 12_000, 32, 28, 2, **_ULX3S),
     _ecp5("ulx3s-25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform", "LFE5U-25F", 24_000, 56, 28, 2, **_ULX3S),
     _ecp5("ulx3s-45f", "amaranth_boards.ulx3s:ULX3S_45F_Platform", "LFE5U-45F", 44_000, 108, 72, 4, **_ULX3S),
     _ecp5("ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "LFE5U-85F", 84_000, 208, 156, 4, **_ULX3S),
     _ecp5("orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "LFE5U-25F",
-          24_000, 56, 28, 2, osc_hz=48e6, default_mhz=48.0, uart_bridge=None, uart_max_baud=1_000_000,
+          24_000, 56, 28, 2, osc_hz=48e6, default_mhz=48.0, goal_mhz=100.0, uart_bridge=None, uart_max_baud=1_000_000,
           programmer="dfu-util", uart_pins=("0", "1"),
           uart_note="no USB-serial bridge (its USB port goes straight to FPGA pins): the link is a 3.3 V "
                     "USB-serial adapter on the Feather header, its TX to pin 0 (FPGA RX), its RX to pin 1 (FPGA TX); "
