@@ -193,9 +193,9 @@ class VectorUnit(wiring.Component):
         # Pool state: the channel's sum, the code found so far (back to 0 as a search's last step hands its
         # result to the write, so 0, its reset value, whenever no search runs: only a search step enables
         # it), the search's probe bit (one-hot),
-        # which quarter of a search step (``step_phase`` 0: read the threshold, 1 and 2: compare, half the width a
-        # cycle, into a register, 3: take the result; the wide compare feeds no enable), the drain counter, the
-        # piece of the channel's constants being read.
+        # which phase of a search step (``step_phase`` 0: read the threshold, or add ``B' + code * S``; 1: add
+        # ``probe * S`` to that; 2 and 3: compare, half the width a cycle, into a register; 4: take the result; the
+        # wide compare feeds no enable), the drain counter, the piece of the channel's constants being read.
         if pool_hw:
             b = p.pool_code_bits
             clear_total = Signal(name="clear_total")
@@ -397,9 +397,10 @@ class VectorUnit(wiring.Component):
         with m.If(signed_valid & ~(relu & signed_t[-1])):
             m.d.sync += u.eq(signed_t)
         total = self._sum(m, u, clear_total)
-        # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): phase 0, read its
-        # threshold (table) or compute ``B' + code * S + probe * S`` (arithmetic); phases 1 and 2, compare the sum
-        # (times ``2^k``) with it into ``passed``; phase 3 (``taking``), take the candidate if it passed.
+        # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): phases 0 and 1, read its
+        # threshold (table) or compute ``B' + code * S``, then plus ``probe * S`` (arithmetic: a carry chain a
+        # cycle; the two in one cycle were the UP5K's worst path, 26.2 ns at 994bffa); phases 2 and 3, compare the
+        # sum (times ``2^k``) with it into ``passed``; phase 4 (``taking``), take the candidate if it passed.
         cand = code | probe
         found, passed, taking = Signal(b), Signal(name="passed"), step_phase == SEARCH_STEP - 1
         if p.pool_arithmetic:
@@ -407,8 +408,10 @@ class VectorUnit(wiring.Component):
             step = word[p.pool_step_shift:p.pool_step_shift + p.pool_step_bits]
             acc = Signal(p.pool_step_bits + b)             # code * S
             probe_step = Signal(p.pool_step_bits + b - 1)  # probe * S
+            base_acc = Signal((base + acc).shape(), name="base_acc")
             bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1))
-            m.d.sync += [bound.eq(base + acc + probe_step), passed.eq(self._at_least(m, total << p.pool_shift, bound))]
+            m.d.sync += [base_acc.eq(base + acc), bound.eq(base_acc + probe_step),
+                         passed.eq(self._at_least(m, total << p.pool_shift, bound))]
             # Before the search (the channel's constants are read by then): code 0, probe 2^(b-1).
             with m.If(~searching):
                 m.d.sync += [acc.eq(0), probe_step.eq(step << (b - 1))]

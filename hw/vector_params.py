@@ -81,7 +81,7 @@ START_CYCLES = 1              # the start taken into a register: an op's first r
 ACTIVATE_DEPTH = 2 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 3
 POOL_DRAIN = 6
-SEARCH_STEP = 4
+SEARCH_STEP = 5
 MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the write register
 
 

@@ -604,7 +604,7 @@ def test_params_sizing():
     assert p.target_bits[2] == 0
     d = params_for(model(DIGITS), 1, 10, 10)
     assert (d.act_code_bits, d.act_slots, d.act_word_bits) == (0, 0, 0)
-    assert d.op_cycles(POOL, 64, 16) == 64 * (d.pool_pieces + 16 + 6 + 4 * 8) + 2
+    assert d.op_cycles(POOL, 64, 16) == 64 * (d.pool_pieces + 16 + 6 + 5 * 8) + 2
 
 
 def test_padding_never_passed():
