@@ -91,15 +91,16 @@ BOARDS = {b.name: b for b in [
     Board("icebreaker", "amaranth_boards.icebreaker:ICEBreakerPlatform", "ice40", "iCE40UP5K",
           {"LUT4": 5280, "FF": 5280, "EBR": 30, "SPRAM": 4, "DSP": 8, "PLL": 1},
           # 36 MHz: 12 cycles per bit at 3 Mbaud; 42 MHz: above issue 13's 40 for the digits core, and 3 Mbaud too.
-          osc_hz=12e6, default_mhz=36.0, goal_mhz=42.0, uart_bridge="FT2232H", uart_max_baud=3_000_000, programmer="iceprog",
+          osc_hz=12e6, default_mhz=36.0, goal_mhz=42.0, uart_bridge="FT2232H", uart_max_baud=3_000_000,
+          programmer="iceprog",
           uart_note="FT2232H channel B (the FT2232H allows 12 Mbaud; 3 Mbaud keeps the FPGA-side divider >= 8)"),
     _ecp5("ulx3s-12f", "amaranth_boards.ulx3s:ULX3S_12F_Platform", "LFE5U-12F", 12_000, 32, 28, 2, **_ULX3S),
     _ecp5("ulx3s-25f", "amaranth_boards.ulx3s:ULX3S_25F_Platform", "LFE5U-25F", 24_000, 56, 28, 2, **_ULX3S),
     _ecp5("ulx3s-45f", "amaranth_boards.ulx3s:ULX3S_45F_Platform", "LFE5U-45F", 44_000, 108, 72, 4, **_ULX3S),
     _ecp5("ulx3s-85f", "amaranth_boards.ulx3s:ULX3S_85F_Platform", "LFE5U-85F", 84_000, 208, 156, 4, **_ULX3S),
     _ecp5("orangecrab-25f", "amaranth_boards.orangecrab_r0_2:OrangeCrabR0_2_25FPlatform", "LFE5U-25F",
-          24_000, 56, 28, 2, osc_hz=48e6, default_mhz=48.0, goal_mhz=100.0, uart_bridge=None, uart_max_baud=1_000_000,
-          programmer="dfu-util", uart_pins=("0", "1"),
+          24_000, 56, 28, 2, osc_hz=48e6, default_mhz=48.0, goal_mhz=100.0, uart_bridge=None,
+          uart_max_baud=1_000_000, programmer="dfu-util", uart_pins=("0", "1"),
           uart_note="no USB-serial bridge (its USB port goes straight to FPGA pins): the link is a 3.3 V "
                     "USB-serial adapter on the Feather header, its TX to pin 0 (FPGA RX), its RX to pin 1 (FPGA TX); "
                     "1 Mbaud suits CP2102, CH340 and FT232R adapters"),

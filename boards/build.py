@@ -163,7 +163,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     fmax_mhz, resources = parse_build(build_dir, name, board)
     result = BuildResult(board.name, board.device, str(bitstream), target_mhz, plan.achieved_hz / 1e6,
                          constraint_mhz, fmax_mhz, resources, round(time.perf_counter() - t0, 1),
-                         str(build_dir), stage_seconds, seed, placer, router, read_worst_paths(build_dir / NEXTPNR_REPORT))
+                         str(build_dir), stage_seconds, seed, placer, router,
+                         read_worst_paths(build_dir / NEXTPNR_REPORT))
     write_json(build_dir / "report.json", result.to_dict())
     return result
 

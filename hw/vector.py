@@ -399,7 +399,7 @@ class VectorUnit(wiring.Component):
         total = self._sum(m, u, clear_total)
         # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): phases 0 and 1, read its
         # threshold (table) or compute ``B' + code * S``, then plus ``probe * S`` (arithmetic: a carry chain a
-        # cycle; the two in one cycle were the UP5K's worst path, 26.2 ns at 994bffa); phases 2 and 3, compare the
+        # cycle; the two in one cycle were the UP5K's worst path at 0bd8617, 25.0 ns); phases 2 and 3, compare the
         # sum (times ``2^k``) with it into ``passed``; phase 4 (``taking``), take the candidate if it passed.
         cand = code | probe
         found, passed, taking = Signal(b), Signal(name="passed"), step_phase == SEARCH_STEP - 1
