@@ -382,8 +382,8 @@ class ProcessingElement(wiring.Component):
     """One weight-stationary PE of ``variant``; every output is registered.
 
     - ``w_load``: stores ``w_code`` and the variant's load ports (:meth:`Variant.load_beats`).
-    - ``a_valid``, ``a_in`` (the row's operand; 0 where ``a_valid`` is low) -> ``a_valid_out``, ``a_out`` (0
-      where ``a_valid`` was low) for the right neighbour (latency 1).
+    - ``a_valid``, ``a_in`` (the row's operand; 0 where ``a_valid`` is low) -> ``a_valid_out``, ``a_out`` for the
+      right neighbour (latency 1; 0 where ``a_valid`` was low, as ``a_in`` was: no logic cell before the register).
     - ``psum_out = psum_in + sgn * L[k][j]`` if ``a_valid``, else ``psum_in`` (``acc_bits``
       signed, wrapping), the product registered first: the element sampled at edge e adds to
       the ``psum_in`` sampled at edge e + 1. The product's terms (:meth:`Variant.product_terms`) are
@@ -456,7 +456,7 @@ class ProcessingElement(wiring.Component):
         psum = Signal.like(self.psum_out, name="psum", reset_less=reset_less)
         m.d.sync += [
             valid_out.eq(self.a_valid),
-            operand_out.eq(Mux(self.a_valid, self.a_in, 0)),
+            operand_out.eq(self.a_in),
             carry.eq(sign),
             *(part.eq(value) for part, value in zip(parts, sums)),
             psum.eq(add_with_carry(sum_with_carries(parts, carry, 1)[0], self.psum_in, carry)),
