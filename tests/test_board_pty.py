@@ -3,7 +3,7 @@ operating system sees as a serial device (a pseudo-terminal bridged bit by bit t
 board's own top in Verilator, at the board's baud rate).
 
 ``lcq board-sim`` runs in a subprocess as a user runs it (the digits CNN's whole network on the ULX3S-12F:
-a 2 x 2 array at 45 MHz, 3 Mbaud), waited for (with a deadline) until its device path exists, and is
+a 2 x 2 array at the board's 60 MHz, 3 Mbaud), waited for (with a deadline) until its device path exists, and is
 stopped with SIGTERM at the end. The quick test pings it through pyserial with a byte corrupted each way;
 the ``slow`` one (about 3 minutes with the Verilator build cached, 5 without) is the whole path: the
 unmodified ``lcq run`` classifying images with a byte corrupted each way, then, on the same board (its
@@ -137,7 +137,7 @@ def test_ping_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_pat
     with board_sim(tmp_path, "--corrupt-to-board", str(to_board),
                    "--corrupt-from-board", str(from_board)) as (port, build_dir):
         report = json.loads((build_dir / "report.json").read_text())
-        assert report["simulated"] and report["mode"] == "network" and report["pll_mhz"] == 45.0
+        assert report["simulated"] and report["mode"] == "network" and report["pll_mhz"] == 60.0
         with SerialPort(port, 3_000_000, timeout=3) as serial_port:
             host = LinkHost(serial_port)
             info = host.info
