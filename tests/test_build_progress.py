@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from boards.report import format_table, missed_target, worst_paths
-from boards.stages import (BuildError, BuildTimeout, LogFollower, Progress, Stage, duration, plan_stages,
+from boards.stages import (BuildError, BuildTimeout, LogFollower, Progress, RouterStall, Stage, duration, plan_stages,
                            run_stages)
 
 DATA = Path(__file__).parent / "data"
@@ -151,7 +151,8 @@ def test_plan_stages_reads_amaranths_commands(tmp_path):
 # One fake for every tool: writes the lines of $FAKE_LOG_<TOOL> (a file) to its own log (-l / --log),
 # its argv to <tool>.argv, the files it is asked for (--report: $FAKE_REPORT's content; --textcfg, --asc,
 # icepack's output, --bit), then, with $FAKE_SLEEP_<TOOL>, starts a `sleep` child (its pid in
-# <tool>.child) and sleeps; $FAKE_EXIT_<TOOL> is its exit status.
+# <tool>.child) and sleeps; $FAKE_EXIT_<TOOL> is its exit status. Run with `--seed N`, the variables
+# <VAR>_SEED_N take the place of <VAR> (unset: none).
 FAKE = textwrap.dedent("""\
     import os, subprocess, sys, time
     from pathlib import Path
@@ -161,10 +162,11 @@ FAKE = textwrap.dedent("""\
     Path(tool + ".argv").write_text(repr(args))
     def value(flag):
         return args[args.index(flag) + 1] if flag in args else None
+    seeded = "_SEED_" + value("--seed") if value("--seed") else ""
     log = value("-l") or value("--log")
-    if log and os.environ.get("FAKE_LOG_" + key):
+    if log and os.environ.get("FAKE_LOG_" + key + seeded):
         with open(log, "w") as f:
-            for line in Path(os.environ["FAKE_LOG_" + key]).read_text().splitlines():
+            for line in Path(os.environ["FAKE_LOG_" + key + seeded]).read_text().splitlines():
                 f.write(line + "\\n")
                 f.flush()
     if value("--report"):
@@ -175,10 +177,10 @@ FAKE = textwrap.dedent("""\
     if tool == "icepack":
         Path(args[-1]).write_bytes(bytes(20000))
     print(tool, "ran")
-    if os.environ.get("FAKE_SLEEP_" + key):
+    if os.environ.get("FAKE_SLEEP_" + key + seeded):
         child = subprocess.Popen(["sleep", "60"])
         Path(tool + ".child").write_text(str(child.pid))
-        time.sleep(float(os.environ["FAKE_SLEEP_" + key]))
+        time.sleep(float(os.environ["FAKE_SLEEP_" + key + seeded]))
     sys.exit(int(os.environ.get("FAKE_EXIT_" + key, "0")))
 """)
 TOOLS = {"YOSYS": "yosys", "NEXTPNR_ECP5": "nextpnr-ecp5", "NEXTPNR_ICE40": "nextpnr-ice40",
@@ -267,6 +269,67 @@ def test_a_stage_past_the_deadline_is_stopped_with_its_process_group(tmp_path, f
     assert gone_soon(int((tmp_path / "nextpnr-ecp5.child").read_text()))
     assert not (tmp_path / "ecppack.argv").exists()   # nothing ran after the stopped stage
     assert "ulx3s-85f build: placement and routing 1s (" in out.getvalue()
+
+
+# router1 at 4,047 arcs left from its 200th second to its 390th: stalled for 190 s of its own time.
+STALLED_ROUTER1_LOG = """\
+Info: Routing 17055 arcs.
+Info:            |   (re-)routed arcs  |   delta    | remaining|       time spent     |
+Info:    IterCnt |  w/ripup   wo/ripup |  w/r  wo/r |      arcs| batch(sec) total(sec)|
+Info:       1000 |      637        362 |  637   362 |      5000|      12.84     100.00|
+Info:       2000 |      637        362 |  637   362 |      4047|      12.84     200.00|
+Info:       3000 |      637        362 |  637   362 |      4047|      12.84     300.00|
+Info:       4000 |      637        362 |  637   362 |      4051|      12.84     390.00|
+"""
+
+
+def test_a_stalled_router1_is_stopped_with_its_process_group(tmp_path, fake_tools, monkeypatch):
+    fake_tools("nextpnr-ecp5", STALLED_ROUTER1_LOG)
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-ulx3s-85f.json"))
+    monkeypatch.setenv("FAKE_SLEEP_NEXTPNR_ECP5", "60")
+    t0 = time.monotonic()
+    with pytest.raises(RouterStall) as e:
+        run_stages(ecp5_stages(), tmp_path, dict(os.environ), what="ulx3s-85f build", every=0.5, out=io.StringIO(),
+                   stall_seconds=180)
+    assert time.monotonic() - t0 < 10
+    assert (e.value.arcs_left, e.value.stalled_seconds) == (4047, 190)
+    assert list(e.value.seconds) == ["synthesis", "placement and routing"]
+    assert str(e.value) == "ulx3s-85f build: nextpnr's router1 stalled, 4047 arcs or more left for 3m10s of its routing"
+    assert gone_soon(int((tmp_path / "nextpnr-ecp5.child").read_text()))
+    assert not (tmp_path / "ecppack.argv").exists()
+    # Not before the stall has lasted stall_seconds.
+    p = Progress("nextpnr-ecp5")
+    for line in STALLED_ROUTER1_LOG.splitlines()[:-1]:
+        p.feed(line)
+    assert p.stalled_seconds == 100
+
+
+def test_a_build_whose_router1_stalls_places_and_routes_again_with_the_next_seed(tmp_path, fake_tools, monkeypatch,
+                                                                                   capsys):
+    pytest.importorskip("amaranth")
+    from amaranth.hdl import Module
+
+    import boards.build
+    from boards.build import build
+
+    monkeypatch.setattr(boards.build, "ROUTER_STALL_SECONDS", 180)
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-icebreaker.json"))
+    fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
+    fake_tools("nextpnr-ice40", STALLED_ROUTER1_LOG)
+    monkeypatch.setenv("FAKE_SLEEP_NEXTPNR_ICE40", "60")        # stalls without a seed, routes with --seed 2
+    fake_tools("nextpnr-ice40_SEED_2", "Info: Routing complete.\n")
+    out = tmp_path / "out"
+    result = build(lambda platform, clk_hz: Module(), "icebreaker", None, out, progress_every=0.5)
+    assert result.seed == 2 and list(result.stage_seconds) == ["synthesis", "placement and routing", "packing"]
+    argv = eval((out / "nextpnr-ice40.argv").read_text())
+    assert argv.count("--seed") == 1 and argv[argv.index("--seed") + 1] == "2"
+    assert ("icebreaker build: nextpnr's router1 stalled, 4047 arcs or more left for 3m10s of its routing: placing "
+            "and routing again with --seed 2") in capsys.readouterr().err
+    # A seed asked for is the user's: no other is tried.
+    fake_tools("nextpnr-ice40_SEED_5", STALLED_ROUTER1_LOG)
+    monkeypatch.setenv("FAKE_SLEEP_NEXTPNR_ICE40_SEED_5", "60")
+    with pytest.raises(RouterStall):
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, out, seed=5, progress_every=0.5)
 
 
 def test_a_deadline_already_passed_stops_before_the_stage(tmp_path, fake_tools):
