@@ -126,9 +126,9 @@ class Progress:
         self.static_iteration: int | None = None   # the static placer's last iteration
         self.routing = False        # a routing line seen
         self.clocks_routed = False  # the clocks are of an analysis after routing started
-        self.fewest_arcs: int | None = None     # router1: the fewest arcs left so far, since its second ...
-        self.fewest_at = 0.0                    # ... of routing time (its own count)
-        self.router1_seconds = 0.0              # router1's time at its last line
+        self.fewest_arcs: int | None = None     # router1: the fewest arcs left so far,
+        self.fewest_at = 0.0                    # its own routing time (s) when it first had that few,
+        self.router1_seconds = 0.0              # and its time at its last line
 
     @property
     def stalled_seconds(self) -> float:
