@@ -64,6 +64,8 @@ by the core) while the core runs, then collects the running image's logits with 
 
 from __future__ import annotations
 
+import functools
+import operator
 import struct
 
 from amaranth import C, Cat, Module, Mux, Shape, Signal, Value, signed
@@ -139,7 +141,8 @@ class LinkBridge(wiring.Component):
     register, not of the CRC update's result), decided on in the next and acted on in the one after (the
     decision into registers: its priorities feed no enable), with the frame's type as flags
     set with TYPE; the payload's last byte is found by comparing with a register set with the
-    length (not ``length - 1``), and each reply byte is registered in the cycle before it is offered, a
+    length (not ``length - 1``), and whether a payload byte is the payload's last or ends the header or a word
+    is a register set with the byte before, and each reply byte is registered in the cycle before it is offered, a
     payload byte twice (the payload multiplexers end in a register, and that register feeds the reply's,
     not the UART and the CRC; the CRC's input byte is chosen by a register); the length's checks, the
     target's word size, the reply's length, the ends of the read-back and of RUN, and the engine side's
@@ -265,6 +268,8 @@ class LinkBridge(wiring.Component):
         ftype = Signal(8)
         length = Signal(LENGTH_BITS)
         last_count = Signal(range(self._max_payload))    # the payload's last byte: length - 1, set with LEN hi
+        before_last = Signal.like(last_count, name="before_last")  # length - 2 (wrapping), set with LEN hi
+        payload_end = Signal(name="payload_end")        # the byte at `count` is the payload's last
         # Byte counts within a payload and reply lengths: at most max_payload (a longer LEN is refused).
         payload_bytes = range(self._max_payload + 1)
         count = Signal(payload_bytes)  # payload bytes received, then read back
@@ -277,11 +282,13 @@ class LinkBridge(wiring.Component):
         # A cycle behind `target` (set with the payload's first byte, read from its third on): the word's last
         # byte, and whether the target is unknown. `read_all`: the LOAD's read-back has read its last byte.
         word_last, no_target = Signal(signed(len(word_bytes) + 1), name="word_last"), Signal(name="no_target")
-        m.d.sync += [word_last.eq(word_bytes - 1), no_target.eq((target >= len(self._target_bits)) | (word_bytes == 0))]
+        word_before_last = Signal.like(word_last, name="word_before_last")
+        m.d.sync += [word_last.eq(word_bytes - 1), word_before_last.eq(word_bytes - 2),
+                     no_target.eq((target >= len(self._target_bits)) | (word_bytes == 0))]
         read_all = Signal(name="read_all")
         pos = Signal(range(max(header, max(self._word_bytes)) + 1))  # byte within header / word
         in_words = Signal()         # past the header
-        part_end = Signal(name="part_end")      # LOAD read-back: the byte READ read ends the header or a word
+        part_end = Signal(name="part_end")      # the byte at `pos` ends the header or a word
         malformed = Signal()
         run_arg = Signal(8 * RUN_BYTES)
         # Cycles without a byte, and `timed_out`: it reached timeout - 1 (a register set as it counts).
@@ -347,16 +354,20 @@ class LinkBridge(wiring.Component):
                     m.d.comb += info_byte.eq(b)
         payload_byte, payload_held = Signal(8), Signal(8, name="payload_held")
         m.d.sync += payload_held.eq(payload_byte)
-        with m.Switch(reply_type):
-            with m.Case(FrameType.INFO):
-                m.d.comb += payload_byte.eq(info_byte)
-            with m.Case(FrameType.OUT):
-                m.d.comb += payload_byte.eq(Mux(heading, first.word_select(sent[:(OUT_HEAD_BYTES - 1).bit_length()], 8),
-                                                out_word[:8]))
-            with m.Case(FrameType.DONE):
-                m.d.comb += payload_byte.eq(words.word_select(sent[:(DONE_BYTES - 1).bit_length()], 8))
-            with m.Case(FrameType.NACK):
-                m.d.comb += payload_byte.eq(Mux(sent[0], ftype, error))
+        # Chosen by flags of the reply's type, registers a cycle behind `reply_type` (set before TX_SYNC, read in
+        # TX_PAYLOAD), not by compares of it (the byte's multiplexer after them was seven logic levels on the UP5K).
+        candidates = {
+            FrameType.INFO: info_byte,
+            FrameType.OUT: Mux(heading, first.word_select(sent[:(OUT_HEAD_BYTES - 1).bit_length()], 8), out_word[:8]),
+            FrameType.DONE: words.word_select(sent[:(DONE_BYTES - 1).bit_length()], 8),
+            FrameType.NACK: Mux(sent[0], ftype, error),
+        }
+        chosen = []
+        for reply, candidate in candidates.items():
+            is_reply = Signal(name=f"reply_is_{reply.name.lower()}")
+            m.d.sync += is_reply.eq(reply_type == reply)
+            chosen.append(Mux(is_reply, candidate, 0))
+        m.d.comb += payload_byte.eq(functools.reduce(operator.or_, chosen))    # one flag at most is set
 
         word = Mux(fmt, codes, raw) if self._code_bits else raw
 
@@ -438,8 +449,8 @@ class LinkBridge(wiring.Component):
 
         def on_len_hi():
             full = Cat(length[:8], byte)
-            m.d.sync += [length[8:].eq(byte), last_count.eq(full - 1), count.eq(0), pos.eq(0), in_words.eq(0),
-                         malformed.eq(0),
+            m.d.sync += [length[8:].eq(byte), last_count.eq(full - 1), before_last.eq(full - 2), count.eq(0),
+                         payload_end.eq(full == 1), pos.eq(0), in_words.eq(0), part_end.eq(0), malformed.eq(0),
                          bad_length.eq((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
                                        ((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)) & (full != RUN_BYTES) |
                                        (ftype == FrameType.PING) & (full != 0))]
@@ -453,13 +464,19 @@ class LinkBridge(wiring.Component):
             m.d.sync += [count.eq(count + 1), run_arg.eq(Cat(run_arg[8:], byte))]
             with m.If(count == 0):
                 m.d.sync += target.eq(byte)
-            # Where the payload would end a LOAD: after the header or a whole word.
-            last_of_part = Mux(in_words, pos == word_last, pos == header - 1)
-            m.d.sync += pos.eq(Mux(last_of_part, 0, pos + 1))
-            with m.If(last_of_part):
+            # Where the payload would end a LOAD: after the header or a whole word. Whether this byte is the
+            # payload's last (`payload_end`) and ends its part (`part_end`) was registered with the byte before
+            # (LEN hi for the first), so that no compare feeds `in_words`' enable or the next state (the UP5K's
+            # worst paths at 41798fd, 25.3 ns): the next byte's tests are set here. A word's last byte is byte
+            # `word_last`, a register a cycle behind `target` (which the payload's first byte sets): read from the
+            # third byte on, as the header has two bytes at least (`word_bytes` itself where a word starts).
+            m.d.sync += [pos.eq(Mux(part_end, 0, pos + 1)), payload_end.eq(count == before_last),
+                         part_end.eq(Mux(part_end, word_bytes == 1,
+                                         Mux(in_words, pos == word_before_last, pos == header - 2)))]
+            with m.If(part_end):
                 m.d.sync += in_words.eq(1)
-            with m.If(count == last_count):
-                m.d.sync += malformed.eq(~last_of_part)
+            with m.If(payload_end):
+                m.d.sync += malformed.eq(~part_end)
                 m.next = "CRC_HI"
 
         def on_crc_hi():

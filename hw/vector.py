@@ -379,17 +379,20 @@ class VectorUnit(wiring.Component):
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()
         offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()
         # Stage 1: the value read, registered (the value memory's read multiplexer feeds no logic);
-        # stage 2: x * 2^frac; stage 3: t = x * 2^frac - offset; stage 4: sign * t; stage 5: u = relu(sign * t);
+        # stage 2: x * 2^frac; stage 3: sign * t, t = x * 2^frac - offset (one carry chain: its operands swapped
+        # where the sign is negative, zeros where it is 0; a negation and a multiplexer after it were the UP5K's
+        # worst path at 41798fd); stage 4: registered again; stage 5: u = relu(sign * t);
         # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle, POOL_DRAIN), the
         # sum's high half a cycle later (``_sum``), in time for the search's first compare.
         value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2, "pool")[2]
         width = p.value_bits + p.max_frac_bits + 1
         shifted, shifted_valid = Signal(signed(width), name="shifted"), Signal(name="shifted_valid")
         m.d.sync += [shifted.eq(value << frac), shifted_valid.eq(pool2)]
-        t, t_valid = Signal(signed(width), name="t"), Signal(name="t_valid")
-        m.d.sync += [t.eq(shifted - offset), t_valid.eq(shifted_valid)]
+        t, t_valid = Signal(signed(width + 1), name="t"), Signal(name="t_valid")
+        minuend, subtrahend = Mux(sign < 0, offset, shifted), Mux(sign < 0, shifted, offset)
+        m.d.sync += [t.eq(Mux(sign == 0, 0, minuend) - Mux(sign == 0, 0, subtrahend)), t_valid.eq(shifted_valid)]
         signed_t, signed_valid = Signal(signed(width + 1), name="signed_t"), Signal(name="signed_valid")
-        m.d.sync += [signed_t.eq(Mux(sign == 0, 0, Mux(sign < 0, -t, t))), signed_valid.eq(t_valid)]
+        m.d.sync += [signed_t.eq(t), signed_valid.eq(t_valid)]
         # u: 0 where no value comes (the sum adds it every cycle). (An If, not the condition in a Mux: an X on the
         # valid, in Icarus before the FSM's first change, then reads as no value instead of entering the sum.)
         u = Signal(signed(p.pool_sum_bits), name="u")

@@ -462,12 +462,13 @@ def test_info_v5_layout():
         LinkInfo.decode(payload[:5])
 
 
-def test_bridge_load_and_run():
+@pytest.mark.parametrize("gap", [1, 2], ids=["back-to-back", "every-other-cycle"])
+def test_bridge_load_and_run(gap):
     """LOAD frames (one per run of consecutive addresses, split at max_payload) reach the
     engine in order through load.ready stalls and are ACKed; RUN returns the words in OUT
     frames, each the index of its first word and as many whole words as the rest of max_payload
-    holds, through tx stalls, then DONE."""
-    port = SimPort()
+    holds, through tx stalls, then DONE. Bytes come in a cycle apart or two."""
+    port = SimPort(gap=gap)
     payloads = encode_loads(BEATS, info_of(port))
     assert [len(p) for p in payloads] == [2 + 2 * 9, 4, 3, 2 + 3 * 5, 3, 4]
     for payload in payloads:
@@ -605,9 +606,11 @@ def frame_bytes(ftype, payload):
     pytest.param(frame_bytes(0x42, [0xA5, 0, 0]), NackCode.TYPE, id="unknown-type"),
     pytest.param(frame_bytes(FrameType.LOAD, [0] * 8)[:7], NackCode.TIMEOUT, id="truncated"),
 ])
-def test_bridge_error_then_recovery(frame, code):
-    """A bad frame is NACKed with its code, reaches nothing, and the next frame works."""
-    port = SimPort()
+@pytest.mark.parametrize("gap", [1, 2], ids=["back-to-back", "every-other-cycle"])
+def test_bridge_error_then_recovery(frame, code, gap):
+    """A bad frame is NACKed with its code, reaches nothing, and the next frame works, its bytes a cycle
+    apart or two."""
+    port = SimPort(gap=gap)
     port.write(b"\x00\x13")  # noise before a frame is skipped
     port.write(frame)
     got = read_frame(port.read)
