@@ -304,9 +304,13 @@ class LinkBridge(wiring.Component):
         crc_in = Signal(8)
         crc_next = Signal(8 * CRC_BYTES)
         # The reply byte to offer, whether it is in tx_byte, and whether the state's byte has settled (a cycle
-        # into the state: the payload byte's register follows `sent`); `replying`: from a reply's start to its
-        # end, so that the checksum's input byte is chosen by a register, not the FSM's state.
-        tx_byte, tx_held, tx_settled, replying = Signal(8), Signal(), Signal(), Signal()
+        # into the state: the payload byte's register follows `sent`); `replying`: from a reply's second cycle
+        # (TX_SYNC's first is `in_tx_sync`) to its end, so that the checksum's input byte is chosen by a register,
+        # not the FSM's state; set from TX_SYNC's flip-flop, not by the conditions of every reply (the UP5K's
+        # deepest logic at 78f5966, seven levels).
+        tx_byte, tx_held, tx_settled = Signal(8, name="tx_byte"), Signal(name="tx_held"), Signal(name="tx_settled")
+        replying, in_tx_sync = Signal(name="replying"), Signal(name="in_tx_sync")
+        m.d.sync += replying.eq(replying | in_tx_sync)
         m.d.comb += [self.tx.payload.eq(tx_byte), self.tx.valid.eq(tx_held)]     # held only in a transmit state
         m.d.comb += [crc_in.eq(Mux(replying, tx_byte, byte)), crc_next.eq(crc16_update(crc, crc_in))]
 
@@ -393,15 +397,14 @@ class LinkBridge(wiring.Component):
                     m.d.sync += reply_len.eq(n)
 
         # `reply_type` takes the type of the reply sent in this cycle (`next_type`; NACK when none is) while no
-        # reply is under way: its enable is a register (`replying`), not the conditions of every reply.
+        # reply is under way: its enable is registers (`replying`, `in_tx_sync`), not the conditions of every reply.
         next_type = Signal(8, name="next_type")
         m.d.comb += next_type.eq(FrameType.NACK)
-        with m.If(~replying):
+        with m.If(~replying & ~in_tx_sync):
             m.d.sync += reply_type.eq(next_type)
 
         def send(ftype_):
             m.d.comb += next_type.eq(ftype_)
-            m.d.sync += replying.eq(1)
             m.next = "TX_SYNC"
 
         def fail(code):
@@ -439,8 +442,12 @@ class LinkBridge(wiring.Component):
             with m.Else():
                 fail(NackCode.TYPE)
 
+        # LEN lo's byte is 0, or 1: flags that spare LEN hi's length tests (the length is 0: no payload; 1: the
+        # payload's first byte is its last) a compare of the low byte.
+        low_zero, low_one = Signal(name="length_low_zero"), Signal(name="length_low_one")
+
         def on_len_lo():
-            m.d.sync += length[:8].eq(byte)
+            m.d.sync += [length[:8].eq(byte), low_zero.eq(byte == 0), low_one.eq(byte == 1)]
             m.next = "LEN_HI"
 
         # LEN hi's length checks, registered and acted on in the next state (PAYLOAD or CRC hi, whichever comes),
@@ -450,11 +457,11 @@ class LinkBridge(wiring.Component):
         def on_len_hi():
             full = Cat(length[:8], byte)
             m.d.sync += [length[8:].eq(byte), last_count.eq(full - 1), before_last.eq(full - 2), count.eq(0),
-                         payload_end.eq(full == 1), pos.eq(0), in_words.eq(0), part_end.eq(0), malformed.eq(0),
+                         payload_end.eq(low_one & (byte == 0)), pos.eq(0), in_words.eq(0), part_end.eq(0), malformed.eq(0),
                          bad_length.eq((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
                                        ((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)) & (full != RUN_BYTES) |
                                        (ftype == FrameType.PING) & (full != 0))]
-            with m.If(full == 0):
+            with m.If(low_zero & (byte == 0)):
                 m.next = "CRC_HI"
             with m.Else():
                 m.next = "PAYLOAD"
@@ -716,5 +723,6 @@ class LinkBridge(wiring.Component):
             transmit("TX_CRC_HI", crc[8:], goto("TX_CRC_LO"), update_crc=False)
             transmit("TX_CRC_LO", crc[:8], after_crc, update_crc=False)
         one_hot(fsm)
+        m.d.comb += in_tx_sync.eq(fsm.ongoing("TX_SYNC"))
         return m
 
