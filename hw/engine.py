@@ -693,22 +693,30 @@ class LayerEngine(wiring.Component):
                          array.a_code[r].eq(code)]
 
         # Each column keeps the partial sums of every output (channel tile, position) in its
-        # own memory; column c runs c cycles behind column 0.
+        # own memory; column c runs c cycles behind column 0. On the ECP5 (slow_block_ram) the partial sum read
+        # for the array is registered before the top row's PE and read a cycle earlier: the block RAM's output
+        # ran into the PE's two adders (13.0 ns on the ULX3S-85F at 41798fd). A position's partial sum is read
+        # again a tile later, at least cols + 2 + rows cycles after it was read (the engine's wait), and written
+        # rows + 1 cycles after that read: one cycle earlier still reads it after the write.
+        late = slow_block_ram(platform)
+        ahead = 1 if late else 0
         column_reads = []
         for c in range(Cn):
             m.submodules[f"acc_{c}"] = accs = Memory(shape=signed(p.acc_bits), depth=p.out_depth, init=[])
             acc_read, acc_write = accs.read_port(), accs.write_port()
             done = tags[R + c + 1 + lag + ARRAY_PIPELINE]
-            m.d.comb += [array.psum_in[c].eq(Mux(tags[1 + lag + c + ARRAY_PIPELINE].first, 0, acc_read.data)),
+            psum = delayed(m, acc_read.data, 1, f"psum_read_{c}", reset_less=reset_less) if late else acc_read.data
+            m.d.comb += [array.psum_in[c].eq(Mux(tags[1 + lag + c + ARRAY_PIPELINE].first, 0, psum)),
                          acc_write.en.eq(done.valid), acc_write.addr.eq(done.out_addr),
                          acc_write.data.eq(array.psum_out[c])]
+            array_read = tags[lag + c + ARRAY_PIPELINE - ahead].out_addr
             if self.network:
                 # A second read port for the writer: the partial-sum reads of the next channel tile go on.
                 back_read = accs.read_port()
-                m.d.comb += [acc_read.addr.eq(tags[lag + c + ARRAY_PIPELINE].out_addr), back_read.addr.eq(read_addr)]
+                m.d.comb += [acc_read.addr.eq(array_read), back_read.addr.eq(read_addr)]
                 column_reads.append(back_read.data)
             else:
-                m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, tags[lag + c + ARRAY_PIPELINE].out_addr))
+                m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, array_read))
                 column_reads.append(acc_read.data)
 
         # Read-back: the word's accumulators enter the output stage one per cycle (column
@@ -717,7 +725,6 @@ class LayerEngine(wiring.Component):
         # On the ECP5 (slow_block_ram) each column's read is registered and the value enters the stage a cycle
         # after its channel (the units' late_value): the multiplexer over the columns' block RAMs, spread across
         # the die, ran into the units' value registers (15.5 ns at 0e077f7).
-        late = slow_block_ram(platform)
         select = feed_col
         if late:
             column_reads = [delayed(m, data, 1, f"column_read_{c}", reset_less=reset_less)
