@@ -457,7 +457,8 @@ class LinkBridge(wiring.Component):
         def on_len_hi():
             full = Cat(length[:8], byte)
             m.d.sync += [length[8:].eq(byte), last_count.eq(full - 1), before_last.eq(full - 2), count.eq(0),
-                         payload_end.eq(low_one & (byte == 0)), pos.eq(0), in_words.eq(0), part_end.eq(0), malformed.eq(0),
+                         payload_end.eq(low_one & (byte == 0)), pos.eq(0), in_words.eq(0), part_end.eq(0),
+                         malformed.eq(0),
                          bad_length.eq((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
                                        ((ftype == FrameType.RUN) | (ftype == FrameType.RESULT)) & (full != RUN_BYTES) |
                                        (ftype == FrameType.PING) & (full != 0))]
@@ -474,9 +475,9 @@ class LinkBridge(wiring.Component):
             # Where the payload would end a LOAD: after the header or a whole word. Whether this byte is the
             # payload's last (`payload_end`) and ends its part (`part_end`) was registered with the byte before
             # (LEN hi for the first), so that no compare feeds `in_words`' enable or the next state (the UP5K's
-            # worst paths at 41798fd, 25.3 ns): the next byte's tests are set here. A word's last byte is byte
-            # `word_last`, a register a cycle behind `target` (which the payload's first byte sets): read from the
-            # third byte on, as the header has two bytes at least (`word_bytes` itself where a word starts).
+            # worst paths at 41798fd, 25.3 ns): the next byte's tests are set here. `word_before_last` (a word's
+            # bytes less 2) is a register a cycle behind `target` (which the payload's first byte sets), read from
+            # the third byte on, as the header has two bytes at least; where a word starts, `word_bytes` itself.
             m.d.sync += [pos.eq(Mux(part_end, 0, pos + 1)), payload_end.eq(count == before_last),
                          part_end.eq(Mux(part_end, word_bytes == 1,
                                          Mux(in_words, pos == word_before_last, pos == header - 2)))]
