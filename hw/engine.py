@@ -416,11 +416,10 @@ class LayerEngine(wiring.Component):
         else:
             band_cfg = {"rows": cfg["out_h"], "positions": cfg["positions"], "in_rows": 0, "step": 0}
             last_band_row = last["out_h"]
-        # WAIT's count after a tile and whether it waits at all, from the band's positions (constant while a layer
-        # runs): registers, not a subtraction and a compare into `wait` and `waiting` as the tile ends (26.8 ns on
-        # the UP5K at c5e0a33).
-        tile_wait, short_band = Signal.like(wait, name="tile_wait"), Signal(name="short_band")
-        m.d.sync += [tile_wait.eq(Cn + 2 - band_cfg["positions"]), short_band.eq(band_cfg["positions"] < Cn + 2)]
+        # Whether WAIT waits after a tile, from the band's positions (constant while a layer runs): a register, not
+        # a compare into `waiting` as the tile ends (26.8 ns on the UP5K at c5e0a33).
+        short_band = Signal(name="short_band")
+        m.d.sync += short_band.eq(band_cfg["positions"] < Cn + 2)
         # Network mode: the destination of the output being fed (channel, value-memory address of
         # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
         dest_bits = {"channel": p.register_bits("c_out"), "value_base": self.data_addr_bits,
@@ -576,7 +575,7 @@ class LayerEngine(wiring.Component):
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
                         # issue to the next tile's loads. The last tile waits for the pipeline.
-                        m.d.sync += [wait.eq(tile_wait), waiting.eq(short_band)]
+                        m.d.sync += [wait.eq(Cn + 2 - band_cfg["positions"]), waiting.eq(short_band)]
                         m.next = "WAIT"
                 with m.Else():
                     m.d.sync += [x_left.eq(x_left - 1), x_end.eq(x_left == 1), ix.eq(ix + cfg["stride"])]
