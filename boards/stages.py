@@ -57,6 +57,20 @@ class RouterStall(BuildError):
         self.arcs_left, self.stalled_seconds, self.seconds = arcs_left, stalled_seconds, seconds
 
 
+class UnroutedPlacement(BuildError):
+    """nextpnr stopped with an arc it found no route for (its log's :data:`UNROUTED_ARC` line): a placement
+    the fabric cannot connect, as where the placer put the ECP5 reset's global buffer (a DCCA) at a site whose
+    input the fabric does not reach (the ULX3S-25F digits core at 77a7160); another placement may route.
+    ``seconds``: as :class:`RouterStall`'s."""
+
+    def __init__(self, message: str, seconds: dict):
+        super().__init__(message)
+        self.seconds = seconds
+
+
+UNROUTED_ARC = re.compile(r"^ERROR: Failed to route arc ", re.MULTILINE)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One tool run: ``name`` (synthesis, placement and routing, packing, or the tool's name),
@@ -234,7 +248,8 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
     ``env``'s tool variables name, or found on its PATH. Raises :class:`BuildTimeout` when the
     deadline passes (the stage's process group is killed, nothing more runs), :class:`RouterStall` when
     nextpnr's router1 has not lowered its arcs left for ``stall_seconds`` of its time (None: never; its
-    process group killed, nothing more runs), :class:`BuildError`
+    process group killed, nothing more runs), :class:`UnroutedPlacement` when nextpnr stops on an arc it
+    cannot route, :class:`BuildError`
     (message: ``what`` failed, the exit status, the stage, the end of the log) when a tool exits non-zero
     or cannot start, and :class:`BuildError` when this process gets SIGTERM while a stage runs on the main
     thread (its process group killed first; Ctrl-C kills it too and raises KeyboardInterrupt)."""
@@ -318,8 +333,11 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
             progress.feed(line)
         seconds[stage.name] = round(time.monotonic() - t0, 1)
         if proc.returncode != 0:
-            raise BuildError(f"{what} failed (exit status {proc.returncode}) in {stage.name} ({stage.tool}), "
-                             f"in {build_dir}; the end of {log_path}:\n{tail()}")
+            failed = (f"{what} failed (exit status {proc.returncode}) in {stage.name} ({stage.tool}), "
+                      f"in {build_dir}; the end of {log_path}:\n{tail()}")
+            if stage.tool.startswith("nextpnr") and UNROUTED_ARC.search(tail()):
+                raise UnroutedPlacement(failed, seconds)
+            raise BuildError(failed)
         figure = progress.figure
         say(f"{stage.name} done in {duration(seconds[stage.name])}" + (f": {figure}" if figure else ""))
     return seconds

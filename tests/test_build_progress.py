@@ -151,8 +151,8 @@ def test_plan_stages_reads_amaranths_commands(tmp_path):
 # One fake for every tool: writes the lines of $FAKE_LOG_<TOOL> (a file) to its own log (-l / --log),
 # its argv to <tool>.argv, the files it is asked for (--report: $FAKE_REPORT's content; --textcfg, --asc,
 # icepack's output, --bit), then, with $FAKE_SLEEP_<TOOL>, starts a `sleep` child (its pid in
-# <tool>.child) and sleeps; $FAKE_EXIT_<TOOL> is its exit status. Run with `--seed N`, the variables
-# <VAR>_SEED_N take the place of <VAR> (unset: none).
+# <tool>.child) and sleeps; $FAKE_ERROR_<TOOL> is a line it prints last, $FAKE_EXIT_<TOOL> its exit status. Run
+# with `--seed N`, the variables <VAR>_SEED_N take the place of <VAR> (unset: none).
 FAKE = textwrap.dedent("""\
     import os, subprocess, sys, time
     from pathlib import Path
@@ -181,7 +181,9 @@ FAKE = textwrap.dedent("""\
         child = subprocess.Popen(["sleep", "60"])
         Path(tool + ".child").write_text(str(child.pid))
         time.sleep(float(os.environ["FAKE_SLEEP_" + key + seeded]))
-    sys.exit(int(os.environ.get("FAKE_EXIT_" + key, "0")))
+    if os.environ.get("FAKE_ERROR_" + key + seeded):
+        print(os.environ["FAKE_ERROR_" + key + seeded])
+    sys.exit(int(os.environ.get("FAKE_EXIT_" + key + seeded, "0")))
 """)
 TOOLS = {"YOSYS": "yosys", "NEXTPNR_ECP5": "nextpnr-ecp5", "NEXTPNR_ICE40": "nextpnr-ice40",
          "ECPPACK": "ecppack", "ICEPACK": "icepack"}
@@ -330,6 +332,39 @@ def test_a_build_whose_router1_stalls_places_and_routes_again_with_the_next_seed
     monkeypatch.setenv("FAKE_SLEEP_NEXTPNR_ICE40_SEED_5", "60")
     with pytest.raises(RouterStall):
         build(lambda platform, clk_hz: Module(), "icebreaker", None, out, seed=5, progress_every=0.5)
+
+
+def test_a_build_with_an_unroutable_arc_places_and_routes_again_with_the_next_seed(tmp_path, fake_tools, monkeypatch,
+                                                                                     capsys):
+    """nextpnr stopping on an arc without a route (the ULX3S-25F's reset buffer input at 77a7160) is a placement's
+    failure: the build places and routes again with the next seed, and reports the arc; a seed asked for is
+    the user's."""
+    pytest.importorskip("amaranth")
+    from amaranth.hdl import Module
+
+    from boards.build import build
+    from boards.stages import UnroutedPlacement
+
+    arc = "Failed to route arc 0.0 of net 'clock.reset_buffer_CLKI', from X30/Y2/Q0_SLICE to X0/Y0/G_CLKI_TDCC0."
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-icebreaker.json"))
+    fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
+    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40", "ERROR: " + arc)
+    monkeypatch.setenv("FAKE_EXIT_NEXTPNR_ICE40", "1")
+    out = tmp_path / "out"
+    result = build(lambda platform, clk_hz: Module(), "icebreaker", None, out, progress_every=0.5)
+    assert result.seed == 2 and list(result.stage_seconds) == ["synthesis", "placement and routing", "packing"]
+    assert (f"icebreaker build: nextpnr found no route for an arc of its placement ({arc[:-1]}): placing and routing "
+            f"again with --seed 2") in capsys.readouterr().err
+    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40_SEED_5", "ERROR: " + arc)
+    monkeypatch.setenv("FAKE_EXIT_NEXTPNR_ICE40_SEED_5", "1")
+    with pytest.raises(UnroutedPlacement, match="Failed to route arc 0.0"):
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, out, seed=5, progress_every=0.5)
+    # Another failure of nextpnr is no placement's: the build stops at once.
+    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40", "ERROR: Unable to place cell 'x', no BELs remaining")
+    with pytest.raises(BuildError) as failed:
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, out, progress_every=0.5)
+    assert not isinstance(failed.value, UnroutedPlacement)
+    assert "Unable to place cell" in str(failed.value)
 
 
 def test_a_deadline_already_passed_stops_before_the_stage(tmp_path, fake_tools):
