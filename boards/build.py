@@ -29,7 +29,7 @@ from hw.memories import UNDEFINED_COLLISIONS
 
 from .boards import Board, get_board
 from .report import parse_build, read_worst_paths
-from .stages import (PROGRESS_SECONDS, UNROUTED_ARC, BuildError, RouterStall, UnroutedPlacement, plan_stages,
+from .stages import (PLACEMENT_FAILURE, PROGRESS_SECONDS, BuildError, FailedPlacement, RouterStall, plan_stages,
                      run_stages)
 
 # Amaranth's tool variables and the YoWASP executables installed beside this Python.
@@ -41,7 +41,7 @@ NEXTPNR_REPORT = "nextpnr-report.json"
 CLOCK_NET = {"ice40": "clk", "ecp5": "clock.clk"}
 # A router1 whose arcs left have not fallen for this long (its own seconds) is stopped, and placement and routing run
 # again with the next seed (nextpnr's default is 1), at most SEED_RETRIES times, where no seed was asked for; so do
-# they where nextpnr stops on an arc it cannot route (boards.stages.UnroutedPlacement).
+# they where nextpnr stops on a placement it cannot complete (boards.stages.FailedPlacement).
 ROUTER_STALL_SECONDS = 180.0
 SEED_RETRIES = 2
 PLACERS = ("heap", "static", "sa")   # nextpnr's --placer choices
@@ -114,9 +114,9 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     router`` (one of :data:`ROUTERS`; None: :func:`default_router`);
     progress lines go to stderr as each stage starts and ends and every ``progress_every`` seconds
     (None: none between). Without ``seed``, a router1 that stalls (:data:`ROUTER_STALL_SECONDS`) is stopped, or
-    nextpnr stops on an arc it cannot route, and placement and routing run again with seed 2, then 3
+    nextpnr stops on a placement it cannot complete, and placement and routing run again with seed 2, then 3
     (:data:`SEED_RETRIES`); the report's ``seed`` says which routed. Raises :class:`boards.stages.RouterStall`
-    or :class:`boards.stages.UnroutedPlacement` (BuildErrors) when the last attempt fails so too,
+    or :class:`boards.stages.FailedPlacement` (BuildErrors) when the last attempt fails so too,
     :class:`BuildError` when a tool fails, :class:`boards.stages.BuildTimeout` (a
     BuildError) when ``deadline`` (a ``time.monotonic()`` value) passes, and ``ValueError`` when
     the PLL cannot make ``target_mhz`` within ``tolerance`` or ``placer`` or ``router`` is unknown; after a
@@ -185,7 +185,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
 def _run_with_seed_retries(stages, build_dir, board: Board, seed: int | None, deadline: float | None,
                             progress_every: float | None) -> tuple[dict, int | None]:
     """:func:`boards.stages.run_stages` of ``stages``; where no ``seed`` was asked for and router1 stalls
-    (:class:`boards.stages.RouterStall`) or an arc has no route (:class:`boards.stages.UnroutedPlacement`),
+    (:class:`boards.stages.RouterStall`) or its placement fails (:class:`boards.stages.FailedPlacement`),
     placement and routing (and what follows) again with seeds 2, 3, ...
     Returns the seconds of each stage (summed over the attempts) and the seed that routed."""
     seconds: dict = {}
@@ -199,14 +199,14 @@ def _run_with_seed_retries(stages, build_dir, board: Board, seed: int | None, de
         try:
             done = run_stages(run, build_dir, toolchain_env(), what=f"{board.name} build", deadline=deadline,
                               every=progress_every, stall_seconds=ROUTER_STALL_SECONDS)
-        except (RouterStall, UnroutedPlacement) as e:
+        except (RouterStall, FailedPlacement) as e:
             count(e.seconds)
             if asked is not None or retries == SEED_RETRIES:
                 raise
             retries += 1
             seed = retries + 1
             why = str(e) if isinstance(e, RouterStall) else \
-                f"{board.name} build: nextpnr found no route for an arc of its placement ({_unrouted(e)})"
+                f"{board.name} build: nextpnr's placement failed ({_failure(e)})"
             print(f"{why}: placing and routing again with --seed {seed}", file=sys.stderr, flush=True)
             run = [replace(s, argv=(*s.argv, "--seed", str(seed))) if s.tool.startswith("nextpnr") else s
                    for s in stages if s.name != "synthesis"]
@@ -215,10 +215,10 @@ def _run_with_seed_retries(stages, build_dir, board: Board, seed: int | None, de
         return seconds, seed
 
 
-def _unrouted(error: UnroutedPlacement) -> str:
-    """nextpnr's line naming the arc without a route, from ``error``'s log tail."""
-    return next((line[len("ERROR: "):].rstrip(".") for line in str(error).splitlines() if UNROUTED_ARC.match(line)),
-                "")
+def _failure(error: FailedPlacement) -> str:
+    """nextpnr's error line, from ``error``'s log tail."""
+    return next((line[len("ERROR: "):].rstrip(".") for line in str(error).splitlines()
+                 if PLACEMENT_FAILURE.match(line)), "")
 
 
 def write_json(path: Path, obj) -> None:

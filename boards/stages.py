@@ -57,10 +57,11 @@ class RouterStall(BuildError):
         self.arcs_left, self.stalled_seconds, self.seconds = arcs_left, stalled_seconds, seconds
 
 
-class UnroutedPlacement(BuildError):
-    """nextpnr stopped with an arc it found no route for (its log's :data:`UNROUTED_ARC` line): a placement
-    the fabric cannot connect, as where the placer put the ECP5 reset's global buffer (a DCCA) at a site whose
-    input the fabric does not reach (the ULX3S-25F digits core at 77a7160); another placement may route.
+class FailedPlacement(BuildError):
+    """nextpnr stopped on a placement it could not complete (its log's :data:`PLACEMENT_FAILURE` line): no legal
+    place for every cell on a nearly full part (the UP5K digits core at c8585df, seed 2, 5,244 of 5,280 cells),
+    or an arc the fabric cannot connect, as where the placer put the ECP5 reset's global buffer (a DCCA) at a
+    site whose input the fabric does not reach (the ULX3S-25F digits core at 77a7160); another placement may do.
     ``seconds``: as :class:`RouterStall`'s."""
 
     def __init__(self, message: str, seconds: dict):
@@ -68,7 +69,7 @@ class UnroutedPlacement(BuildError):
         self.seconds = seconds
 
 
-UNROUTED_ARC = re.compile(r"^ERROR: Failed to route arc ", re.MULTILINE)
+PLACEMENT_FAILURE = re.compile(r"^ERROR: (Failed to route arc |Unable to find legal placement)", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -248,8 +249,8 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
     ``env``'s tool variables name, or found on its PATH. Raises :class:`BuildTimeout` when the
     deadline passes (the stage's process group is killed, nothing more runs), :class:`RouterStall` when
     nextpnr's router1 has not lowered its arcs left for ``stall_seconds`` of its time (None: never; its
-    process group killed, nothing more runs), :class:`UnroutedPlacement` when nextpnr stops on an arc it
-    cannot route, :class:`BuildError`
+    process group killed, nothing more runs), :class:`FailedPlacement` when nextpnr stops on a placement it
+    cannot complete, :class:`BuildError`
     (message: ``what`` failed, the exit status, the stage, the end of the log) when a tool exits non-zero
     or cannot start, and :class:`BuildError` when this process gets SIGTERM while a stage runs on the main
     thread (its process group killed first; Ctrl-C kills it too and raises KeyboardInterrupt)."""
@@ -335,8 +336,8 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
         if proc.returncode != 0:
             failed = (f"{what} failed (exit status {proc.returncode}) in {stage.name} ({stage.tool}), "
                       f"in {build_dir}; the end of {log_path}:\n{tail()}")
-            if stage.tool.startswith("nextpnr") and UNROUTED_ARC.search(tail()):
-                raise UnroutedPlacement(failed, seconds)
+            if stage.tool.startswith("nextpnr") and PLACEMENT_FAILURE.search(tail()):
+                raise FailedPlacement(failed, seconds)
             raise BuildError(failed)
         figure = progress.figure
         say(f"{stage.name} done in {duration(seconds[stage.name])}" + (f": {figure}" if figure else ""))

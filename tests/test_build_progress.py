@@ -334,37 +334,38 @@ def test_a_build_whose_router1_stalls_places_and_routes_again_with_the_next_seed
         build(lambda platform, clk_hz: Module(), "icebreaker", None, out, seed=5, progress_every=0.5)
 
 
-def test_a_build_with_an_unroutable_arc_places_and_routes_again_with_the_next_seed(tmp_path, fake_tools, monkeypatch,
-                                                                                     capsys):
-    """nextpnr stopping on an arc without a route (the ULX3S-25F's reset buffer input at 77a7160) is a placement's
-    failure: the build places and routes again with the next seed, and reports the arc; a seed asked for is
-    the user's."""
+@pytest.mark.parametrize("error", [
+    "Failed to route arc 0.0 of net 'clock.reset_buffer_CLKI', from X30/Y2/Q0_SLICE to X0/Y0/G_CLKI_TDCC0.",
+    "Unable to find legal placement for all cells, design is probably at utilisation limit.",
+], ids=["unroutable-arc", "no-legal-placement"])
+def test_a_failed_placement_places_and_routes_again_with_the_next_seed(error, tmp_path, fake_tools, monkeypatch,
+                                                                       capsys):
+    """nextpnr stopping on a placement it cannot complete (the ULX3S-25F's reset buffer input at 77a7160, the UP5K
+    digits core at c8585df with seed 2) is that placement's failure: the build places and routes again with the
+    next seed and names nextpnr's error; a seed asked for is the user's; nextpnr's other errors stop the build."""
     pytest.importorskip("amaranth")
     from amaranth.hdl import Module
 
     from boards.build import build
-    from boards.stages import UnroutedPlacement
+    from boards.stages import FailedPlacement
 
-    arc = "Failed to route arc 0.0 of net 'clock.reset_buffer_CLKI', from X30/Y2/Q0_SLICE to X0/Y0/G_CLKI_TDCC0."
     monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-icebreaker.json"))
     fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
-    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40", "ERROR: " + arc)
+    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40", "ERROR: " + error)
     monkeypatch.setenv("FAKE_EXIT_NEXTPNR_ICE40", "1")
     out = tmp_path / "out"
     result = build(lambda platform, clk_hz: Module(), "icebreaker", None, out, progress_every=0.5)
     assert result.seed == 2 and list(result.stage_seconds) == ["synthesis", "placement and routing", "packing"]
-    assert (f"icebreaker build: nextpnr found no route for an arc of its placement ({arc[:-1]}): placing and routing "
-            f"again with --seed 2") in capsys.readouterr().err
-    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40_SEED_5", "ERROR: " + arc)
+    assert (f"icebreaker build: nextpnr's placement failed ({error[:-1]}): placing and routing again with "
+            f"--seed 2") in capsys.readouterr().err
+    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40_SEED_5", "ERROR: " + error)
     monkeypatch.setenv("FAKE_EXIT_NEXTPNR_ICE40_SEED_5", "1")
-    with pytest.raises(UnroutedPlacement, match="Failed to route arc 0.0"):
+    with pytest.raises(FailedPlacement, match=error[:20]):
         build(lambda platform, clk_hz: Module(), "icebreaker", None, out, seed=5, progress_every=0.5)
-    # Another failure of nextpnr is no placement's: the build stops at once.
-    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40", "ERROR: Unable to place cell 'x', no BELs remaining")
+    monkeypatch.setenv("FAKE_ERROR_NEXTPNR_ICE40", "ERROR: Unable to place cell 'x', no BELs remaining to implement it")
     with pytest.raises(BuildError) as failed:
         build(lambda platform, clk_hz: Module(), "icebreaker", None, out, progress_every=0.5)
-    assert not isinstance(failed.value, UnroutedPlacement)
-    assert "Unable to place cell" in str(failed.value)
+    assert not isinstance(failed.value, FailedPlacement) and "Unable to place cell" in str(failed.value)
 
 
 def test_a_deadline_already_passed_stops_before_the_stage(tmp_path, fake_tools):
