@@ -416,10 +416,6 @@ class LayerEngine(wiring.Component):
         else:
             band_cfg = {"rows": cfg["out_h"], "positions": cfg["positions"], "in_rows": 0, "step": 0}
             last_band_row = last["out_h"]
-        # Whether WAIT waits after a tile, from the band's positions (constant while a layer runs): a register, not
-        # a compare into `waiting` as the tile ends (26.8 ns on the UP5K at c5e0a33).
-        short_band = Signal(name="short_band")
-        m.d.sync += short_band.eq(band_cfg["positions"] < Cn + 2)
         # Network mode: the destination of the output being fed (channel, value-memory address of
         # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
         dest_bits = {"channel": p.register_bits("c_out"), "value_base": self.data_addr_bits,
@@ -439,7 +435,7 @@ class LayerEngine(wiring.Component):
         x_end, y_end, first_tile = Signal(name="x_end"), Signal(name="y_end"), Signal(name="first_tile")
         loops = ("g", "kx", "ky", "band", "co_tile")
         ends = {name: Signal(name=f"{name}_end") for name in loops}
-        through = {"g": ends["g"], **{name: Signal(name=f"through_{name}") for name in ("kx", "ky")}}
+        through = {"g": ends["g"], **{name: Signal(name=f"through_{name}") for name in loops[1:-1]}}
         counters = {"g": g, "kx": kx, "ky": ky}
         near = {name: Signal(name=f"{name}_near") for name in REDUCTION_LOOPS}
         count_names = set(REDUCTION_LOOPS.values())
@@ -455,7 +451,8 @@ class LayerEngine(wiring.Component):
         at_last = {"band": band["end_y"] == last["out_h"], "co_tile": co_tile == last["co_tiles"]}
         m.d.sync += [ends[name].eq(at_last[name]) for name in at_last]
         reduction_ends = Cat(ends[name] for name in REDUCTION_LOOPS).all()
-        m.d.sync += [through["kx"].eq(ends["g"] & ends["kx"]), through["ky"].eq(reduction_ends)]
+        m.d.sync += [through["kx"].eq(ends["g"] & ends["kx"]), through["ky"].eq(reduction_ends),
+                     through["band"].eq(reduction_ends & at_last["band"])]
         # Each reduction loop's end as the loop moves (back to 0 from its last, else one on).
         moved_ends = {name: Mux(ends[name], once[count], near[name]) for name, count in REDUCTION_LOOPS.items()}
         tile_ends = through["ky"]
@@ -575,7 +572,8 @@ class LayerEngine(wiring.Component):
                         # first element has passed the last column, nor a partial sum read
                         # before it is written: at least cols + 2 cycles from a tile's first
                         # issue to the next tile's loads. The last tile waits for the pipeline.
-                        m.d.sync += [wait.eq(Cn + 2 - band_cfg["positions"]), waiting.eq(short_band)]
+                        m.d.sync += [wait.eq(Cn + 2 - band_cfg["positions"]),
+                                     waiting.eq(band_cfg["positions"] < Cn + 2)]
                         m.next = "WAIT"
                 with m.Else():
                     m.d.sync += [x_left.eq(x_left - 1), x_end.eq(x_left == 1), ix.eq(ix + cfg["stride"])]
@@ -1087,21 +1085,17 @@ class LayerEngine(wiring.Component):
                 m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
             with m.Else():
                 m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"])]
-        # The band moves on, or back to the first with the next channel tile: the band counters' enable is the
-        # tile's end and one flip-flop (the band's end, a choice of their inputs, fed it: the UP5K's worst path
-        # at c5e0a33, 26.9 ns).
-        with m.If(through["ky"]):
-            with m.If(~ends["band"]):
-                m.d.sync += [weight_addr.eq(band["weight_addr"]),
-                             band["pos"].eq(band["pos"] + band_cfg["positions"]),
-                             band["iy"].eq(band["iy"] + band_cfg["in_rows"]),
-                             band["row"].eq(band["row"] + band_cfg["step"]),
-                             band["end_y"].eq(band["end_y"] + band_cfg["rows"])]
-            with m.Else():
-                LayerEngine._first_band(m, band, band_cfg)
-                m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
-                             band["weight_addr"].eq(weight_addr)]
-                if self.network:
-                    m.d.sync += [tile_plane.eq(next_tile_plane), plane_base.eq(next_tile_plane)]
-                with m.If(ends["co_tile"]):
-                    m.d.sync += finishing.eq(1)
+        with m.If(through["ky"] & ~ends["band"]):
+            m.d.sync += [weight_addr.eq(band["weight_addr"]),
+                         band["pos"].eq(band["pos"] + band_cfg["positions"]),
+                         band["iy"].eq(band["iy"] + band_cfg["in_rows"]),
+                         band["row"].eq(band["row"] + band_cfg["step"]),
+                         band["end_y"].eq(band["end_y"] + band_cfg["rows"])]
+        with m.If(through["band"]):
+            LayerEngine._first_band(m, band, band_cfg)
+            m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
+                         band["weight_addr"].eq(weight_addr)]
+            if self.network:
+                m.d.sync += [tile_plane.eq(next_tile_plane), plane_base.eq(next_tile_plane)]
+            with m.If(ends["co_tile"]):
+                m.d.sync += finishing.eq(1)
