@@ -190,10 +190,12 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
     - ``code_read`` (used only while idle): ``addr`` (in), ``data`` (out, ``rows`` lanes of ``abits``:
       the activation-buffer word at the previous cycle's address): the buffer's read port, lent.
     - ``activation`` (with ``act_fuse``): ``valid``, ``value`` (signed ``value_bits``), ``slot``
-      (``reg_bits``: ``act_slot`` + the value's channel) out, the cycle after each value is written;
-      ``code`` (in, ``abits``): the value's code under the thresholds of ``slot``, expected
-      ``ThresholdUnit.LATENCY`` cycles later (:class:`hw.vector.VectorUnit`'s ``lent_*`` ports); with
-      ``write_pairs`` also ``value_odd`` and ``code_odd``: the odd position's of a pair.
+      (``reg_bits``: ``act_slot`` + the value's channel) out, the cycle after each value is written (on the
+      ECP5, :func:`hw.memories.slow_block_ram`, ``valid`` and ``slot`` a cycle before their ``value``: the lent
+      unit registers the thresholds' word it reads at the slot); ``code`` (in, ``abits``): the value's code
+      under the thresholds of ``slot``, expected ``ThresholdUnit.LATENCY`` cycles after the value
+      (:class:`hw.vector.VectorUnit`'s ``lent_*`` ports); with ``write_pairs`` also ``value_odd`` and
+      ``code_odd``: the odd position's of a pair.
     """
     halves = params.halves
     lanes = wiring.Signature({"en": Out(params.rows), "addr": Out(range(params.act_depth)),
@@ -746,7 +748,7 @@ class LayerEngine(wiring.Component):
                    for value, suffix in zip(values, ("", "_odd"))]
         result = results[0]
         if self.network:
-            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair)
+            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, late)
             return m
         back_valid = delayed(m, feeding, self.STAGE_LATENCY, "back_valid")
         back_col = delayed(m, feed_col, self.STAGE_LATENCY, "back_col")
@@ -985,7 +987,7 @@ class LayerEngine(wiring.Component):
         m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
         return writer.ongoing("FEED"), (writer.ongoing("READ_SECOND") if p.write_pairs else C(0, 1))
 
-    def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair):
+    def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, late):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
         accumulator was fed, as a value (``dst_values``; plus the value read at its address two cycles
         before, with ``dst_add`` (engines with ``fused_adds``); then ``max(0, value)`` where ``relu``) or as a
@@ -994,11 +996,13 @@ class LayerEngine(wiring.Component):
         channels of the last channel tile (``channel >= c_out``) are not written. ``results``: the even
         position's stage (the only one without ``write_pairs``) and the odd one's; in pairs both are written
         at once into the two halves of a word (the position being fed is even, and so is every tensor's
-        base), else the first into its position's half."""
+        base), else the first into its position's half. ``late`` (the ECP5): the fused activation's valid and
+        slot go to the lent thresholds a cycle ahead of its value (``activation``, :func:`network_signature`)."""
         p = self.params
         halves, vb = p.halves, self.value_bits
-        valid = delayed(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
-        channel = delayed(m, dest["channel"], self.STAGE_LATENCY, "back_channel")
+        valids = delays(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
+        channels = delays(m, dest["channel"], self.STAGE_LATENCY, "back_channel")
+        valid = valids[-1]
         # The old values are read a cycle early and registered (no logic between the value memory's read
         # multiplexer and the addition): the read of a position's value precedes its write by two cycles, and
         # no other position writes that word between them.
@@ -1038,10 +1042,12 @@ class LayerEngine(wiring.Component):
             codes.append(Mux(pair, results[1][:p.abits], codes[0]))
         code_en, write_addr = Mux(valid & ~values, lanes_en(lane, code_addr), 0), code_addr
         if p.fused_activations:
-            # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on.
+            # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on
+            # (``late``, on the ECP5: the valid and the slot a cycle ahead of the value).
             lend = valid & values & cfg["act_fuse"][0]
-            m.d.sync += [self.activation.valid.eq(lend), self.activation.value.eq(totals[0]),
-                         self.activation.slot.eq(cfg["act_slot"] + channel)]
+            lend_early = valids[-1 - int(late)] & values & cfg["act_fuse"][0]
+            m.d.sync += [self.activation.valid.eq(lend_early), self.activation.value.eq(totals[0]),
+                         self.activation.slot.eq(cfg["act_slot"] + channels[-1 - int(late)])]
             if halves == 2:
                 m.d.sync += self.activation.value_odd.eq(totals[1])
             coded = delayed(m, lend, self.FUSED_LATENCY, "fused_valid")

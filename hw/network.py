@@ -49,6 +49,7 @@ from .delay import delayed, reset_less_data
 from .engine import LayerEngine
 from .engine_params import CONFIG
 from .fsm_encoding import one_hot
+from .memories import slow_block_ram
 from .network_params import (END, ENGINE_REG, ENGINE_TARGETS, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS,
                              OPERANDS, OUTPUT, PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE,
                              VECTOR_REG, NetworkParams)
@@ -209,8 +210,10 @@ class NetworkCore(wiring.Component):
         if halves == 2 and p.vector.act_code_bits:
             # In pairs, the odd position's value goes through a copy of the activate thresholds, loaded alike.
             v = p.vector
+            late = slow_block_ram(platform)     # the word registered, the value a cycle late (as the vector unit's)
             m.submodules.odd_thresholds = odd = ThresholdUnit(v.value_bits, v.act_code_bits, v.act_slots,
-                                                             v.act_threshold_bits)
+                                                             v.act_threshold_bits, registered_word=late,
+                                                             late_value=late)
             m.d.comb += [odd.load_en.eq(host & (load.target == VECTOR_BASE + ACT_THRESHOLDS)),
                          odd.load_addr.eq(load.addr), odd.load_data.eq(load.data),
                          odd.valid.eq(engine.activation.valid), odd.acc.eq(engine.activation.value_odd),

@@ -43,6 +43,7 @@ from amaranth.lib.wiring import In, Out
 
 from .delay import delays
 from .fsm_encoding import one_hot
+from .memories import slow_block_ram
 from .pe import add_with_carry
 from .thresholds import ThresholdUnit
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
@@ -90,7 +91,9 @@ class VectorUnit(wiring.Component):
     - lent thresholds (while idle, for an activation fused into a layer's write-back): ``lent_valid``,
       ``lent_value`` (signed ``p.value_bits``), ``lent_slot`` (``p.slot_bits``) in; ``lent_code``
       (``p.lane_bits``) out, the code of the value under the activate thresholds of slot ``lent_slot``,
-      ``ThresholdUnit.LATENCY`` cycles after the value is presented. Nothing is written.
+      ``ThresholdUnit.LATENCY`` cycles after the value is presented. On the ECP5
+      (:func:`hw.memories.slow_block_ram`) the value comes a cycle after its ``lent_valid`` and ``lent_slot``:
+      the thresholds' word read at the slot is registered before the compares. Nothing is written.
 
     The write ports are registers. Pipelines, counted from an element's read address: ACTIVATE
     presents the write 6 cycles later (the read, its register, the threshold unit's 3, the write register), ADD
@@ -304,18 +307,22 @@ class VectorUnit(wiring.Component):
         m.d.sync += [self.code_write_en.eq(0), self.val_write_en.eq(0)]
         pending = []
         if p.act_code_bits:
+            # On the ECP5 the unit registers the thresholds' word (its block RAM's output ran into the compares:
+            # 13.7 ns on the ULX3S-85F) and takes the value a cycle after the element's valid and slot.
+            late = slow_block_ram(platform)
             depth = 2 + ThresholdUnit.LATENCY
             act = delays(m, issue_act, depth, "act")
             read_value = delays(m, self.val_read_data, 1, "act_value")[1]
             m.submodules.thresholds = unit = ThresholdUnit(p.value_bits, p.act_code_bits, p.act_slots,
-                                                           p.act_threshold_bits)
+                                                           p.act_threshold_bits, registered_word=late, late_value=late)
             addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr")[-1]
             act_lane = delays(m, lane, depth, "act_lane")[-1]
             lent = self.lent_valid & ~busy
+            value_lent = delays(m, lent, 1, "lent_late")[1] if late else lent
             m.d.comb += [unit.load_en.eq(load & (self.load_target == ACT_THRESHOLDS)),
                          unit.load_addr.eq(self.load_addr), unit.load_data.eq(self.load_data),
-                         unit.valid.eq(act[2] | lent), unit.acc.eq(Mux(lent, self.lent_value, read_value)),
-                         unit.channel.eq(Mux(lent, self.lent_slot, delays(m, slot, 2, "act_slot")[2])),
+                         unit.valid.eq(act[2 - late] | lent), unit.acc.eq(Mux(value_lent, self.lent_value, read_value)),
+                         unit.channel.eq(Mux(lent, self.lent_slot, delays(m, slot, 2, "act_slot")[2 - late])),
                          self.lent_code.eq(unit.code)]
             with m.If(act[-1]):
                 m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(addr),

@@ -28,6 +28,13 @@ def small_cnn():
     return small_cnn
 
 
+@pytest.fixture
+def ecp5_form(monkeypatch):
+    """:func:`helpers.build_as_for_the_ecp5`, for this test: the hardware it elaborates takes the ECP5's form."""
+    from helpers import build_as_for_the_ecp5
+    build_as_for_the_ecp5(monkeypatch)
+
+
 # ---- pytest-xdist (`pytest -n auto`) ----------------------------------------------------------------------
 # Tests of one file share what may not be made twice at once: a simulator build directory in build/sim (the
 # Verilator build of the digits CNN's 4 x 4 network core, the PE array's, `lcq board-sim`'s with its port and

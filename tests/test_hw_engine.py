@@ -87,11 +87,8 @@ def test_engine_layer_in_amaranth_simulation(layer, ecp5, monkeypatch):
     registered, each column's accumulator read registered and the value entering the units a cycle late, data
     registers without reset; simulation builds the other form)."""
     if ecp5:
-        import hw.engine
-        import hw.pe
-        monkeypatch.setattr(hw.engine, "slow_block_ram", lambda platform: True)
-        for module in (hw.engine, hw.pe):
-            monkeypatch.setattr(module, "reset_less_data", lambda platform: True)
+        from helpers import build_as_for_the_ecp5
+        build_as_for_the_ecp5(monkeypatch)
     node = DIGITS.convs[layer]
     images = np.random.default_rng(layer).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
     t = reference.run(DIGITS, images)

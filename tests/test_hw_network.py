@@ -87,7 +87,7 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
                 sent, value = ctx.get(core.out.valid), ctx.get(core.out.payload)
                 mirror.write(*(ctx.get(port) for port in probe_ports))
                 if ctx.get(core.probe.step_done):
-                    probes[steps[step].output] = mirror.tensor(plan.tensors[steps[step].output])
+                    probes.update({name: mirror.tensor(plan.tensors[name]) for name in steps[step].outputs})
                     step += 1
                 await ctx.tick()
                 if taken:
@@ -109,7 +109,9 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
     return results
 
 
-def check_against_reference(model, images, results):
+def check_against_reference(model, images, results, plan=None):
+    """Logits and every probed tensor as the integer reference's; the probes are every node's output, or with
+    ``plan`` (a network plan that fuses nodes into steps) every step's."""
     t = reference.run(model, images)
     for n, result in enumerate(results):
         assert (result["logits"] == t[model.logits][n].reshape(-1)).all(), f"image {n}: logits differ"
@@ -118,7 +120,9 @@ def check_against_reference(model, images, results):
             wrong = np.argwhere(tensor != expected)
             assert not wrong.size, f"image {n}: {name} differs at {wrong[0].tolist()}: {tensor[tuple(wrong[0])]} " \
                                    f"!= {expected[tuple(wrong[0])]}"
-        assert set(result["probes"]) == {node.output for node in model.nodes}
+        outputs = ({name for step in plan.steps for name in step.outputs} if plan
+                   else {node.output for node in model.nodes})
+        assert set(result["probes"]) == outputs
 
 
 # About a minute each in Amaranth's simulator: slow tests. By default the digits CNN runs through the
@@ -196,20 +200,15 @@ def test_next_image_loads_while_the_core_runs(small_cnn):
     assert [r["left_to_load"] for r in results] == [0, 0, 0]
 
 
-def test_output_stage_registers_of_the_ecp5_keep_results_and_cycles(small_cnn, monkeypatch):
+def test_output_stage_registers_of_the_ecp5_keep_results_and_cycles(small_cnn, ecp5_form):
     """The output stage as built for the ECP5 (the threshold word and the requantize constants registered
     out of their block RAM, :func:`hw.memories.slow_block_ram`; each column's accumulator read registered and
     the value entering the units a cycle after its channel; simulation builds the other form), with the
     ECP5's data registers without reset (:func:`hw.delay.reset_less_data`): every tensor exact, the cycles as
     the model states."""
-    import hw.engine
-    import hw.pe
     from compiler.lower import compile_model
     from lcq_train.plan import QuantPlan
 
-    monkeypatch.setattr(hw.engine, "slow_block_ram", lambda platform: True)
-    for module in (hw.engine, hw.pe):
-        monkeypatch.setattr(module, "reset_less_data", lambda platform: True)
     model = compile_model(small_cnn((2, 6, 6), QuantPlan("lcq", 3, 3), seed=5, widths=(6, 4, 4)), (2, 6, 6))
     assert {type(n.stage).__name__ for n in model.convs} >= {"Thresholds", "Requantize"}
     params = NetworkParams.for_model(model, 4, 4)
@@ -350,3 +349,43 @@ def test_verilog_lines_stay_short_with_8_bit_threshold_words():
     params = NetworkParams.for_model(model, 2, 2)
     assert params.engine.code_bits == 8 and params.engine.data_bits > 6000
     assert max(map(len, verilog.convert(NetworkCore(params), name="top").splitlines())) < 4000
+
+
+@pytest.mark.parametrize("write_pairs", [False, True])
+def test_fused_additions_and_activations_in_the_ecp5_form(write_pairs, ecp5_form):
+    """A random narrow pre-activation ResNet (4 and 6 channels: an identity and a strided 1x1 shortcut) on (3, 6, 6)
+    as built for the ECP5 (:func:`helpers.build_as_for_the_ecp5`):
+    its fused additions read the value memory, its fused activations go through the vector unit's lent thresholds
+    (and in pairs the odd positions' copy), whose words are registered and whose values come a cycle after their
+    slots; every tensor exact (the fused activations' codes too), the cycles as the model states."""
+    import torch
+    from torch import nn
+
+    from compiler.lower import compile_model
+    from helpers import randomize
+    from lcq_train.layers import QAct, QConv2d, QLinear
+    from lcq_train.models.resnet import PreActBlock, PreActResNet
+    from lcq_train.plan import QuantPlan, apply_plan
+
+    class Narrow(PreActResNet):
+        def __init__(self):
+            nn.Module.__init__(self)
+            self.act_in, self.conv1 = QAct(), QConv2d(3, 4, 3, padding=1)
+            self.blocks = nn.Sequential(PreActBlock(4, 4, 1), PreActBlock(4, 6, 2))
+            self.bn, self.act_fc, self.fc = nn.BatchNorm2d(6), QAct(), QLinear(6, 10)
+
+    torch.manual_seed(0)
+    model = compile_model(randomize(apply_plan(Narrow(), QuantPlan("lcq", 3, 3)), seed=5), (3, 6, 6))
+    params = NetworkParams.for_model(model, 4, 4, write_pairs=write_pairs)
+    assert params.engine.write_pairs == write_pairs
+    plan = network_plan(model, params)
+    assert any(s.fused_add for s in plan.steps) and any(s.fused_activate for s in plan.steps)
+    images = np.random.default_rng(5).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    (result,) = simulate_network(model, params, images, stall=0.2, backpressure=0.3, seed=5)
+    check_against_reference(model, images, [result], plan)
+    convs = [step for step in plan.steps if step.kind == "conv"]
+    assert len(result["engine_cycles"]) == len(convs)
+    for step, cycles in zip(convs, result["engine_cycles"]):
+        node = model.nodes[step.index]
+        latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if step.fused_activate else 0)
+        assert cycles == network_layer_cycles(params.engine, node, band_rows(params.engine, node), latency), step.name

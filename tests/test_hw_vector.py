@@ -345,6 +345,12 @@ def test_activate_resnet(node_name, lanes, positions):
     assert {(w >> (lane * LANE_BITS)) & 7 for w in words for lane in range(lanes)} == set(range(8))
 
 
+def test_activate_in_the_ecp5_form(ecp5_form):
+    """ACTIVATE as built for the ECP5 (:func:`helpers.build_as_for_the_ecp5`: the thresholds' word registered, the
+    value a cycle after its slot): the same codes, in the same cycles."""
+    check(*unary_case(model(RESNET), "blocks.4.act1", 3, (3, 3), seed=3))
+
+
 def test_activate_descending_and_padded():
     """Descending channels, and a unit with wider codes than the model's (never-passed thresholds)."""
     m = descending_resnet()
