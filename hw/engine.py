@@ -780,8 +780,15 @@ class LayerEngine(wiring.Component):
             write, read = memory.write_port(granularity=bits), memory.read_port()
             piece = load.addr[:index_bits]
             stage_load = loads(THRESHOLDS) | loads(REQUANTIZE)
-            m.d.comb += [write.en.eq(Cat(stage_load & (piece == i) for i in range(pieces))),
-                         write.addr.eq(load.addr[index_bits:]), write.data.eq(load.data[:bits].replicate(pieces)),
+            ports = [Cat(stage_load & (piece == i) for i in range(pieces)), load.addr[index_bits:],
+                     load.data[:bits].replicate(pieces)]
+            if slow_block_ram(platform):
+                # The write a cycle later (loads come while idle), from flip-flops of its own: the load beat's
+                # registers, shared with the row tables, reached these block RAMs across the die (12.5 ns on the
+                # ULX3S-85F at 072dec6).
+                ports = [delayed(m, port, 1, f"stage_{name}{suffix}", own_flip_flops=True)
+                         for port, name in zip(ports, ("write_en", "write_addr", "write_data"))]
+            m.d.comb += [write.en.eq(ports[0]), write.addr.eq(ports[1]), write.data.eq(ports[2]),
                          read.addr.eq(channel)]
 
         def connect(unit, target):

@@ -528,8 +528,8 @@ class PEArray(wiring.Component):
     variant's load ports are broadcast; the variant's edge ports go to every row decoder.
     Timing, counting clock edges, with ``p`` = :data:`hw.pe_words.ARRAY_PIPELINE` (the register after
     each row decoder, then :data:`~hw.pe_words.PRODUCT_STAGES` product stages: a PE's own, and where its
-    variant has fewer, as many registers before the row's decoder): element t of row r's stream (``a_valid[r]``, ``a_code[r]``)
-    is sampled at edge ``t + r`` (rows skewed by one), the matching ``psum_in[c]`` at edge
+    variant has fewer, as many registers before the row's decoder): element t of row r's stream
+    (``a_valid[r]``, ``a_code[r]``) is sampled at edge ``t + r`` (rows skewed by one), the matching ``psum_in[c]`` at edge
     ``t + c + 1 + p``, and ``psum_out[c]`` holds ``psum_in[c] + sum over r of sgn[r][c] *
     L[k[r][c]][j[r]]`` after edge ``t + rows + c + p`` (the rows where ``a_valid[r]`` is high: a row's
     register after its decoder passes the operand 0 on where it is low, whatever ``a_code[r]``).
