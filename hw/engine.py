@@ -31,7 +31,7 @@ layers, whose LUT would be too large).
 Cycles of one layer, the first being the one after the edge that samples ``start``:
 computing takes ``tiles * (rows + positions + 1 + gap) - gap + drain`` cycles with
 ``tiles = co_tiles * kernel^2 * groups``, ``gap = max(0, cols + 2 - positions)`` and
-``drain = rows + cols + 7`` (:attr:`LayerEngine.drain`; ``rows + cols + 4`` plus the array's
+``drain = rows + cols + 6`` (:attr:`LayerEngine.drain`; ``rows + cols + 4`` plus the array's
 :data:`~hw.pe_words.ARRAY_PIPELINE` registers): each tile loads its weight rows,
 issues its positions and waits ``1 + gap`` cycles; the last waits ``1 + drain`` instead, for
 the pipeline to empty. Each output word is then offered ``cols + STAGE_LATENCY + 3`` (``cols +

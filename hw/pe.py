@@ -25,8 +25,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .delay import delayed, own, reset_less_data
-from .pe_words import (A_MAX, LEVEL_BITS, PRODUCT_BITS, PRODUCT_STAGES, W_MAX, logic_multiplies, row_vector,
-                       weight_word)
+from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, logic_multiplies, row_vector, weight_word
 
 
 def rom(m: Module, name: str, table: list[int], width: int, addr):
@@ -130,14 +129,9 @@ class Variant:
         """``L[k][j]`` (``product_bits`` unsigned) from the weight's magnitude and the operand."""
         raise NotImplementedError
 
-    @property
-    def term_count(self) -> int:
-        """How many values :meth:`product_terms` gives."""
-        return 1
-
     def product_terms(self, m: Module, pe: ProcessingElement, magnitude, operand) -> list:
         """Unsigned values whose sum is ``L[k][j]``: :meth:`product` alone, unless a variant adds up
-        partial products (the PE sums them in its pipeline stages, an adder level each)."""
+        partial products (the PE sums them in its two pipeline stages)."""
         return [self.product(m, pe, magnitude, operand)]
 
 
@@ -331,23 +325,17 @@ class RowTable(Variant):
         m.d.comb += decoder.operand.eq(Mux(identity, level, read.data))
 
     def selected(self, magnitude, operand):
-        """The product ``P[k]`` of a row vector entry (``P[0] = 0``), ``k`` the low ``wbits - 1`` bits of
-        ``magnitude`` (a LUT layer's ``k`` is at most ``s_w``: the rest are 0 in its weight words)."""
+        """The product ``P[k]`` of a row vector entry (``P[0] = 0``)."""
         # A shift, not an Array: Yosys writes an Array as an ``always @*`` case, which Icarus
-        # leaves at X in a PE whose inputs never change after time 0. Indexed by the bits a LUT layer's k
-        # uses: a 4-way select at W3, not a shift by all seven bits of a multiplying PE's magnitude.
+        # leaves at X in a PE whose inputs never change after time 0.
         products = Cat(C(0, self.product_bits), operand[:self.s_w * self.product_bits])
-        return products.word_select(magnitude[:self.wbits - 1], self.product_bits)
+        return products.word_select(magnitude, self.product_bits)
 
     def product(self, m, pe, magnitude, operand):
         selected = self.selected(magnitude, operand)
         if not self.multiply:
             return selected
         return Mux(operand[-1], magnitude * operand[:LEVEL_BITS], selected)
-
-    @property
-    def term_count(self) -> int:
-        return LEVEL_BITS - 1 if self.multiply and self.logic_multiply else 1
 
     def product_terms(self, m, pe, magnitude, operand):
         if not (self.multiply and self.logic_multiply):
@@ -372,27 +360,12 @@ def add_with_carry(a, b, carry):
     return (((a << 1) | carry) + ((b << 1) | carry)) >> 1
 
 
-def add_pairs(terms: list, carry) -> list:
-    """One adder level: ``terms`` added in pairs (an odd one out passes), ``carry`` into each adder
-    (:func:`add_with_carry`): their sum is that of ``terms`` plus ``carry`` once per adder."""
-    return [add_with_carry(a, b, carry) for a, b in zip(terms[0::2], terms[1::2])] + terms[len(terms) // 2 * 2:]
-
-
-def reduction_stages(terms: int) -> int:
-    """Registered adder levels that take ``terms`` product terms down to at most two, at least one (the
-    product's own register): the stages of :class:`ProcessingElement` before its partial-sum adder."""
-    return max(1, (terms - 1).bit_length() - 1)
-
-
-def add_to_partial_sum(parts: list, psum, carry):
-    """``psum`` plus one or two ``parts`` plus ``carry`` once per part, through one adder: two parts and
-    ``psum`` first meet in a carry-save level (a logic cell a bit: ``a + b + c = (a ^ b ^ c) + 2 maj(a, b,
-    c)``), whose shifted majority takes one carry in its free lowest bit."""
-    if len(parts) == 1:
-        return add_with_carry(parts[0], psum, carry)
-    a, b = parts
-    majority = (a & b) | (a & psum) | (b & psum)
-    return add_with_carry(a ^ b ^ psum, (majority << 1) | carry, carry)
+def sum_with_carries(terms: list, carry, count: int) -> list:
+    """``terms`` added pairwise, level by level, until ``count`` (or fewer) are left, ``carry`` into each
+    adder (:func:`add_with_carry`): their sum is that of ``terms`` plus ``carry`` once per adder."""
+    while len(terms) > count:
+        terms = [add_with_carry(a, b, carry) for a, b in zip(terms[0::2], terms[1::2])] + terms[len(terms) // 2 * 2:]
+    return terms
 
 
 VARIANTS = {cls.name: cls for cls in (PeLut, RowVector, Rom, Multiply, RowTable)}
@@ -413,12 +386,10 @@ class ProcessingElement(wiring.Component):
       right neighbour (latency 1; 0 where ``a_valid`` was low, as ``a_in`` was: no logic cell before the register).
     - ``psum_out = psum_in + sgn * L[k][j]`` if ``a_valid``, else ``psum_in`` (``acc_bits``
       signed, wrapping), the product registered first: the element sampled at edge e adds to
-      the ``psum_in`` sampled at edge e + :attr:`stages` (:func:`reduction_stages` of the variant's terms:
-      1, or 2 for a logic multiplier's seven). The product's terms (:meth:`Variant.product_terms`) are
+      the ``psum_in`` sampled at edge e + 1. The product's terms (:meth:`Variant.product_terms`) are
       each inverted where the weight is negative (``~t = -t - 1``) and summed with the sign as the carry
-      into every adder, one adder level a cycle (7 terms, 4, 2), the last two with ``psum_in`` through a
-      carry-save level and one adder (:func:`add_to_partial_sum`): n terms take n carries, which make the
-      negation whole, and no adder of its own negates.
+      into every adder, at most two adder levels a cycle (a logic multiplier's seven terms): n terms take
+      n adders with ``psum_in``, so n carries make the negation whole, and no adder of its own negates.
       Every variant's products of the operand 0 are 0 (``A[0] = 0``, ``P[0] = 0``), so the product logic
       takes no valid bit (whose fan-out into every term of the next PE was the ULX3S-85F's worst path at
       7959604, 15.3 ns): where no element is, the operand is 0 and so is its negation.
@@ -437,7 +408,6 @@ class ProcessingElement(wiring.Component):
         if double_buffered:
             check_double_buffered(variant)
         self.variant, self.double_buffered = variant, double_buffered
-        self.stages = reduction_stages(variant.term_count)
         swap = {"a_swap": In(1), "a_swap_out": Out(1), "swap_next": In(1), "swap": Out(1)} if double_buffered else {}
         super().__init__({
             "w_load": In(1),
@@ -473,16 +443,12 @@ class ProcessingElement(wiring.Component):
             m.d.comb += self.a_swap_out.eq(swap_out)
         sign = weight[-1]
         ones_if_negative = Mux(sign, -1, 0)
-        parts = [term ^ ones_if_negative for term in self.variant.product_terms(m, self, weight[:-1], self.a_in)]
-        # An adder level a stage, the weight's sign carried along for the adders after it.
-        carry = sign
-        for stage in range(reduction_stages(len(parts))):
-            sums = add_pairs(parts, carry) if len(parts) > 2 else parts
-            parts = [Signal(value.shape(), name=f"product_{stage}_{n}", reset_less=reset_less)
-                     for n, value in enumerate(sums)]
-            carried = Signal(name=f"carry_{stage}", reset_less=reset_less)
-            m.d.sync += [*(part.eq(value) for part, value in zip(parts, sums)), carried.eq(carry)]
-            carry = carried
+        terms = [term ^ ones_if_negative for term in self.variant.product_terms(m, self, weight[:-1], self.a_in)]
+        # Up to two partial sums registered (the first stage), then added to psum_in, which comes last:
+        # it arrives latest (the top row's out of the accumulators' block RAM).
+        sums = sum_with_carries(terms, sign, 2)
+        parts = [Signal(value.shape(), name=f"product_{n}", reset_less=reset_less) for n, value in enumerate(sums)]
+        carry = Signal(reset_less=reset_less)
         # The valid bit is its own flip-flop: equal to the engine's tag line and to the PE's on the same
         # diagonal a row down, it would otherwise be merged with them (hw.flip_flops.OWN_FLIP_FLOP).
         valid_out = own(Signal(name="valid_out"))
@@ -491,7 +457,9 @@ class ProcessingElement(wiring.Component):
         m.d.sync += [
             valid_out.eq(self.a_valid),
             operand_out.eq(self.a_in),
-            psum.eq(add_to_partial_sum(parts, self.psum_in, carry)),
+            carry.eq(sign),
+            *(part.eq(value) for part, value in zip(parts, sums)),
+            psum.eq(add_with_carry(sum_with_carries(parts, carry, 1)[0], self.psum_in, carry)),
         ]
         m.d.comb += [self.a_valid_out.eq(valid_out), self.a_out.eq(operand_out), self.psum_out.eq(psum)]
         return m
@@ -527,9 +495,8 @@ class PEArray(wiring.Component):
     Loading: ``w_load`` with ``w_pe = r * cols + c`` selects PE (r, c); ``w_code`` and the
     variant's load ports are broadcast; the variant's edge ports go to every row decoder.
     Timing, counting clock edges, with ``p`` = :data:`hw.pe_words.ARRAY_PIPELINE` (the register after
-    each row decoder, then :data:`~hw.pe_words.PRODUCT_STAGES` product stages: a PE's own, and where its
-    variant has fewer, as many registers before the row's decoder): element t of row r's stream
-    (``a_valid[r]``, ``a_code[r]``) is sampled at edge ``t + r`` (rows skewed by one), the matching ``psum_in[c]`` at edge
+    each row decoder, each PE's product register): element t of row r's stream (``a_valid[r]``, ``a_code[r]``)
+    is sampled at edge ``t + r`` (rows skewed by one), the matching ``psum_in[c]`` at edge
     ``t + c + 1 + p``, and ``psum_out[c]`` holds ``psum_in[c] + sum over r of sgn[r][c] *
     L[k[r][c]][j[r]]`` after edge ``t + rows + c + p`` (the rows where ``a_valid[r]`` is high: a row's
     register after its decoder passes the operand 0 on where it is low, whatever ``a_code[r]``).
@@ -568,22 +535,18 @@ class PEArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         psums = list(self.psum_in)
-        # Rows of PEs with fewer product stages than PRODUCT_STAGES take their elements as many cycles later.
-        pad = PRODUCT_STAGES - reduction_stages(self.variant.term_count)
-        reset_less = reset_less_data(platform)
         for r in range(self.rows):
             m.submodules[f"decoder_{r}"] = decoder = RowDecoder(self.variant)
-            a_valid = delayed(m, self.a_valid[r], pad, f"a_valid_{r}", own_flip_flops=True)
-            a_code = delayed(m, self.a_code[r], pad, f"a_code_{r}", reset_less=reset_less)
-            m.d.comb += [decoder.a_valid.eq(a_valid), decoder.a_code.eq(a_code),
+            m.d.comb += [decoder.a_valid.eq(self.a_valid[r]), decoder.a_code.eq(self.a_code[r]),
                          *(getattr(decoder, name).eq(getattr(self, name)) for name in self.variant.edge_signature)]
             # The decoder's outputs registered: a table's read data leaves its block RAM through them.
             valid = delayed(m, decoder.valid, 1, f"valid_{r}", own_flip_flops=True)
             # The operand is 0 where no element is (ProcessingElement: its products are 0).
-            operand = delayed(m, Mux(decoder.valid, decoder.operand, 0), 1, f"operand_{r}", reset_less=reset_less)
+            operand = delayed(m, Mux(decoder.valid, decoder.operand, 0), 1, f"operand_{r}",
+                              reset_less=reset_less_data(platform))
             if self.double_buffered:
                 # With the decoder's operand, and one cycle ahead of it for the first PE's swap_next.
-                swap_ahead = delayed(m, self.a_swap[r], pad + 1, f"swap_ahead_{r}", own_flip_flops=True)
+                swap_ahead = delayed(m, self.a_swap[r], 1, f"swap_ahead_{r}", own_flip_flops=True)
                 swap_next = decoder.valid & swap_ahead
                 swap = delayed(m, swap_ahead, 1, f"swap_{r}", own_flip_flops=True)
                 load = self.w_load[r]       # the row's load as it reaches column c

@@ -16,12 +16,9 @@ W_MAX = 127  # s'_w for outer weight bits b' = 8
 A_MAX = 255  # s'_a for outer activation bits b' = 8
 LEVEL_BITS = 8  # sign + 7-bit weight level, or an 8-bit activation level
 PRODUCT_BITS = (W_MAX * A_MAX).bit_length()  # 15: the product width at outer widths b'_w = b'_a = 8
-# Registered adder levels of a PE before its partial-sum adder: a logic multiplier's seven terms down to
-# four, then two (:func:`hw.pe.reduction_stages`); PEs of one product term take theirs at the row's edge.
-PRODUCT_STAGES = 2
 # Registers of the PE array beyond one per PE: each row's table read data (out of block RAM) before
-# the row's PEs, and the product stages (:class:`hw.pe.PEArray`, the engine's timing).
-ARRAY_PIPELINE = 1 + PRODUCT_STAGES
+# the row's PEs, and each PE's product before its adder (:class:`hw.pe.PEArray`, the engine's timing).
+ARRAY_PIPELINE = 2
 
 
 def logic_multiplies(device: str) -> bool:

@@ -41,7 +41,7 @@ def run_engine(params, node, beats, out_words):
     cycles after computing ends or the previous word is accepted, busy until the last is
     accepted, then no busy and no word for as long as reading back a word takes, twice."""
     dut = LayerEngine(params)
-    assert dut.drain == params.rows + params.cols + 7
+    assert dut.drain == params.rows + params.cols + 6
     word_cycles = params.cols + LayerEngine.STAGE_LATENCY + 3
     words = []
 

@@ -158,7 +158,7 @@ def test_write_back_overlaps_the_next_band(small_cnn):
     (result,) = simulate_network(model, params, images)
     check_against_reference(model, images, [result])
     counts = check_layer_cycles(model, params, result)
-    drain, flush = 2 + 10 + 9, LayerEngine.STAGE_LATENCY     # hw.bands.network_drain
+    drain, flush = 2 + 10 + 8, LayerEngine.STAGE_LATENCY     # hw.bands.network_drain
     assert band_rows(params.engine, model.convs[0]) == 2
     assert counts[0] == (2 + 2 + 153 + 8 * 176 + drain + flush, 2 + 2 * (603 + 704) + drain + flush)
     assert counts[0][0] < 2 + 603 + 2 * 704 + drain + flush
@@ -273,7 +273,7 @@ def layer_cycles(params, node, overlapped=True):
     gap = max(0, C + 2 - positions)
     load = 0 if overlapped and positions >= R + C + 3 else R     # the next tile's weights read while one issues
     paired = params.engine.write_pairs and positions % 2 == 0    # two positions per C + 2 cycles
-    T, drain = load + positions + 1 + gap, R + C + 9     # 9: the code buffer's read address and data registered
+    T, drain = load + positions + 1 + gap, R + C + 8     # 8: the code buffer's read address and data registered
     W = positions // 2 * (C + 2) if paired else positions * (C + 1)
     if not overlapped:
         return 2 + units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
@@ -321,7 +321,7 @@ def test_write_back_in_pairs(small_cnn):
     results = simulate_network(model, params, images, stall=0.2, backpressure=0.3)
     check_against_reference(model, images, results)
     counts = check_layer_cycles(model, params, results[0])
-    drain, flush = 2 + 10 + 9, LayerEngine.STAGE_LATENCY     # hw.bands.network_drain
+    drain, flush = 2 + 10 + 8, LayerEngine.STAGE_LATENCY     # hw.bands.network_drain
     assert band_rows(params.engine, model.convs[0]) == 2
     assert counts[0][0] == 2 + 2 + 8 * 153 + 96 + drain + flush
 
