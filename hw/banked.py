@@ -32,7 +32,6 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
 from .delay import delayed
-from .memories import slow_block_ram
 
 BLOCK_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))   # ECP5 DP16KD (depth, width)
 LATENCY = 3
@@ -72,12 +71,3 @@ def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_
         m.d.sync += data.eq(Mux(delayed(m, read_here, 2, f"{name}_{b}_read"), read.data, 0))
         outputs.append(data)
     return functools.reduce(operator.or_, outputs)
-
-
-def value_read_latency(platform) -> int:
-    """Cycles from a read address of the network core's value memory to its data on ``platform`` (an Amaranth
-    platform, or None in simulation): 1, a memory's read; where block RAM is slow (the ECP5,
-    :func:`hw.memories.slow_block_ram`) :data:`LATENCY`, the memory a :func:`banked_buffer` (its read address,
-    from one multiplexer to the ResNet-20 core's 32 blocks across the die, and the multiplexer over their
-    outputs were the ULX3S-85F's worst paths at 072dec6, 14.6 and 13.1 ns)."""
-    return LATENCY if slow_block_ram(platform) else 1

@@ -33,9 +33,7 @@ as :mod:`hw.engine` states (network mode: its outputs are written one per cycle,
 cycles per word of ``cols`` channels, or with ``write_pairs`` two per cycle, ``cols + 2`` cycles per
 two positions, then ``STAGE_LATENCY`` cycles, plus ``FUSED_LATENCY`` with a fused activation), a
 vector op as
-:meth:`hw.vector_params.VectorParams.op_cycles` states, three cycles per logit (plus back-pressure). Where the
-value memory's reads take longer (:func:`hw.banked.value_read_latency`: on the ECP5, two cycles more), a vector op
-takes what ``op_cycles`` states with that latency and a logit two cycles more.
+:meth:`hw.vector_params.VectorParams.op_cycles` states, three cycles per logit (plus back-pressure).
 """
 
 from __future__ import annotations
@@ -47,7 +45,6 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .banked import banked_buffer, value_read_latency
 from .delay import delayed, reset_less_data
 from .engine import LayerEngine
 from .engine_params import CONFIG
@@ -143,35 +140,25 @@ class NetworkCore(wiring.Component):
             m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=[])
             return mem.write_port(granularity=granularity), mem.read_port()
 
-        # The value memory: words of ``halves`` values (two where the engine writes in pairs: values 2w, 2w + 1),
-        # read ``latency`` cycles after the address (hw.banked.value_read_latency).
-        halves, vb, latency = p.engine.halves, p.value_bits, value_read_latency(platform)
-        words = -(-p.value_depth // halves)
+        # The value memory: words of ``halves`` values (two where the engine writes in pairs: values 2w, 2w + 1).
+        halves = p.engine.halves
         spram = platform_has_spram(platform) if self.spram is None else self.spram
         single_port = spram and p.values_single_port
+        if single_port:
+            value_port, value_read = single_port_values(m, p.value_bits)
+        else:
+            value_port, value_read = memory("values", halves * p.value_bits, -(-p.value_depth // halves),
+                                            p.value_bits)
         # The writes, from the engine or the vector unit. In block RAM they reach the memory a cycle later, from
         # registers: no multiplexer between the engine's write test and the address of the memory's many blocks
-        # (the ResNet-20 core's worst path on the ULX3S-85F, 12 of its 17 ns routing to a block across the die);
-        # banked, from each bank's own registers. No step reads a value in the cycle after it is written. One
-        # SPRAM port reads too: its writes stay.
-        if latency > 1:
-            value_write = SimpleNamespace(en=Signal(halves, name="value_write_en"),
-                                          addr=Signal(range(words), name="value_write_addr"),
-                                          data=Signal(halves * vb, name="value_write_data"))
-            read_addr = Signal(range(words), name="value_read_addr")
-            value_read = SimpleNamespace(addr=read_addr, data=Cat(*(
-                banked_buffer(m, f"values_{h}" if halves > 1 else "values", vb, words, value_write.en[h],
-                              value_write.addr, value_write.data.word_select(h, vb), read_addr,
-                              reset_less_data(platform)) for h in range(halves))))
-        else:
-            value_port, value_read = (single_port_values(m, vb) if single_port
-                                      else memory("values", halves * vb, words, vb))
-            value_write = SimpleNamespace(en=Signal.like(value_port.en, name="value_write_en"),
-                                          addr=Signal.like(value_port.addr, name="value_write_addr"),
-                                          data=Signal.like(value_port.data, name="value_write_data"))
-            domain = m.d.comb if single_port else m.d.sync
-            domain += [value_port.en.eq(value_write.en), value_port.addr.eq(value_write.addr),
-                       value_port.data.eq(value_write.data)]
+        # (the ResNet-20 core's worst path on the ULX3S-85F, 12 of its 17 ns routing to a block across the die).
+        # No step reads a value in the cycle after it is written. One SPRAM port reads too: its writes stay.
+        value_write = SimpleNamespace(en=Signal.like(value_port.en, name="value_write_en"),
+                                      addr=Signal.like(value_port.addr, name="value_write_addr"),
+                                      data=Signal.like(value_port.data, name="value_write_data"))
+        domain = m.d.comb if single_port else m.d.sync
+        domain += [value_port.en.eq(value_write.en), value_port.addr.eq(value_write.addr),
+                   value_port.data.eq(value_write.data)]
         program_write, program_read = memory("program", p.instruction_bits, p.program_depth)
         table_write, table_read = memory("input_table", p.input_bits, 256)
         stage_write, stage_read = memory("image", p.input_bits, p.image_depth)
@@ -223,10 +210,10 @@ class NetworkCore(wiring.Component):
         if halves == 2 and p.vector.act_code_bits:
             # In pairs, the odd position's value goes through a copy of the activate thresholds, loaded alike.
             v = p.vector
-            late = slow_block_ram(platform)     # slot and word registered, the value two cycles late (as the vector's)
+            late = slow_block_ram(platform)     # the word registered, the value a cycle late (as the vector unit's)
             m.submodules.odd_thresholds = odd = ThresholdUnit(v.value_bits, v.act_code_bits, v.act_slots,
                                                              v.act_threshold_bits, registered_word=late,
-                                                             registered_channel=late, late_value=2 * late)
+                                                             late_value=late)
             m.d.comb += [odd.load_en.eq(host & (load.target == VECTOR_BASE + ACT_THRESHOLDS)),
                          odd.load_addr.eq(load.addr), odd.load_data.eq(load.data),
                          odd.valid.eq(engine.activation.valid), odd.acc.eq(engine.activation.value_odd),
@@ -270,8 +257,9 @@ class NetworkCore(wiring.Component):
         else:
             vector_en = Mux(vector.val_write_addr[0], C(0b10, 2), C(0b01, 2))
             vector_addr, read_word = vector.val_write_addr >> 1, single_read >> 1
-            read_half = delayed(m, single_read[0], latency, "value_read_half")
-        single_value = value_read.data.word_select(read_half, vb)
+            read_half = Signal(name="value_read_half")
+            m.d.sync += read_half.eq(single_read[0])
+        single_value = value_read.data.word_select(read_half, p.value_bits)
         engine_writes, engine_reads = engine.val_write.en.any(), Signal(name="engine_reads")
         m.d.sync += engine_reads.eq(engine.busy)
         m.d.comb += [
@@ -364,12 +352,9 @@ class NetworkCore(wiring.Component):
                     m.next = "FETCH"
                 with m.Else():
                     m.next = "OUTPUT_HOLD"
-            # The value read: ``latency`` cycles until its data, a cycle more into out_value.
-            holds = ["OUTPUT_HOLD"] + [f"OUTPUT_HOLD_{n}" for n in range(2, latency + 1)]
-            for hold, following in zip(holds, holds[1:] + ["OUTPUT_OFFER"]):
-                with m.State(hold):
-                    m.d.comb += outputting.eq(1)
-                    m.next = following
+            with m.State("OUTPUT_HOLD"):
+                m.d.comb += outputting.eq(1)
+                m.next = "OUTPUT_OFFER"
             with m.State("OUTPUT_OFFER"):
                 m.d.comb += [outputting.eq(1), self.out.valid.eq(1), self.out.payload.eq(out_value)]
                 with m.If(self.out.ready):

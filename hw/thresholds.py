@@ -62,18 +62,16 @@ class ThresholdUnit(wiring.Component):
     reads the channel's word from block RAM, t + 1 registers the comparisons with every threshold,
     t + 2 their count; the word itself is not registered: on the UP5K its flip-flops would not
     fit). With ``registered_word`` (:func:`hw.memories.slow_block_ram`), latency 4 (``latency``): t + 1
-    registers the word, t + 2 the comparisons, t + 3 their count; with ``registered_channel`` (its own memory
-    only) a cycle more: edge t registers the channel, t + 1 reads the word. ``late_value`` (at most the
-    registers before the word reaches the comparisons, ``registered_word + registered_channel``): ``acc`` comes
-    that many cycles after its ``valid`` and ``channel``, and waits as many cycles less for the word (the same
-    latency from ``valid``). Fully pipelined: one value per cycle, gaps allowed (``valid`` low), no
+    registers the word, t + 2 the comparisons, t + 3 their count; ``late_value`` (with ``registered_word``
+    only): ``acc`` comes a cycle after its ``valid`` and ``channel``, and waits a cycle less for the word (the
+    same latency from ``valid``). Fully pipelined: one value per cycle, gaps allowed (``valid`` low), no
     back-pressure.
     """
 
     LATENCY = 3
 
     def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True,
-                 registered_word: bool = False, registered_channel: bool = False, late_value: int = 0):
+                 registered_word: bool = False, late_value: bool = False):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
                                  ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
             if not isinstance(value, (int, np.integer)) or value < low:
@@ -85,14 +83,10 @@ class ThresholdUnit(wiring.Component):
         if not own_memory and self.s > 15:
             raise ValueError(f"{self.s} thresholds a channel are held in one memory per threshold: the unit "
                              f"needs its own (own_memory=True)")
-        if registered_channel and not own_memory:
-            raise ValueError("a registered channel (registered_channel) addresses the unit's own memory")
-        if not 0 <= late_value <= registered_word + registered_channel:
-            raise ValueError(f"a value {late_value} cycles late (late_value) waits for as many registers before the "
-                             f"comparisons (registered_word, registered_channel)")
-        self.own_memory, self.registered_word, self.late_value = own_memory, registered_word, int(late_value)
-        self.registered_channel = registered_channel
-        self.latency = self.LATENCY + registered_word + registered_channel
+        if late_value and not registered_word:
+            raise ValueError("a late value (late_value) waits for a registered word (registered_word)")
+        self.own_memory, self.registered_word, self.late_value = own_memory, registered_word, late_value
+        self.latency = self.LATENCY + registered_word
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "code_valid": Out(1),
@@ -127,8 +121,6 @@ class ThresholdUnit(wiring.Component):
             words = [(f"threshold_{i}", tb, self.load_data.word_select(i, tb)) for i in range(self.s)]
             words.append(("descending", 1, self.load_data[-1]))
         parts = []
-        if self.own_memory:
-            channel = delayed(m, self.channel, 1, "channel") if self.registered_channel else self.channel
         for name, width, load in words:
             m.submodules[name] = memory = Memory(shape=width, depth=self.channels, init=[])
             write, read = memory.write_port(), memory.read_port()
@@ -136,7 +128,7 @@ class ThresholdUnit(wiring.Component):
                 write.en.eq(self.load_en),
                 write.addr.eq(self.load_addr),
                 write.data.eq(load),
-                read.addr.eq(channel),
+                read.addr.eq(self.channel),
             ]
             parts.append(read.data)
         word = Cat(*parts) if self.own_memory else self.word
@@ -146,7 +138,7 @@ class ThresholdUnit(wiring.Component):
         *thresholds, descending = data
         # Edge t: the channel's word is read (and with ``registered_word`` registered at t + 1); the value
         # waits for it.
-        acc = delayed(m, self.acc, 1 + self.registered_word + self.registered_channel - self.late_value, "acc")
+        acc = delayed(m, self.acc, 1 + self.registered_word - self.late_value, "acc")
         valid = delayed(m, self.valid, self.latency - 1, "valid")
         # Edge t + 1 (t + 2): the comparisons with every stored threshold (a descending channel's failed ones count:
         # acc <= T iff not acc >= T + 1); t + 2 (t + 3): their count.
