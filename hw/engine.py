@@ -1052,7 +1052,7 @@ class LayerEngine(wiring.Component):
             # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on
             # (``late``, on the ECP5: the valid and the slot a cycle ahead of the value).
             lend = valid & values & cfg["act_fuse"][0]
-            lend_early = valids[-1 - int(late)] & values & cfg["act_fuse"][0]
+            lend_early = valids[-2] & values & cfg["act_fuse"][0] if late else lend
             m.d.sync += [self.activation.valid.eq(lend_early), self.activation.value.eq(totals[0]),
                          self.activation.slot.eq(cfg["act_slot"] + channels[-1 - int(late)])]
             if halves == 2:
