@@ -1052,6 +1052,7 @@ class LayerEngine(wiring.Component):
             # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on
             # (``late``, on the ECP5: the valid and the slot a cycle ahead of the value).
             lend = valid & values & cfg["act_fuse"][0]
+            # Not the same AND built twice where not late: that changes the UP5K's netlist, not its function.
             lend_early = valids[-2] & values & cfg["act_fuse"][0] if late else lend
             m.d.sync += [self.activation.valid.eq(lend_early), self.activation.value.eq(totals[0]),
                          self.activation.slot.eq(cfg["act_slot"] + channels[-1 - int(late)])]
