@@ -25,7 +25,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .delay import delayed, own, reset_less_data
-from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, logic_multiplies, row_vector, weight_word
+from .pe_words import (A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, digit_bits, level_entry, logic_multiplies, row_vector,
+                       weight_word)
 
 
 def rom(m: Module, name: str, table: list[int], width: int, addr):
@@ -234,8 +235,11 @@ class RowTable(Variant):
     whose top bit is set holds the level ``A[j]`` instead, and the PE multiplies it by its
     weight level ``W[k]`` (weight words are then ``LEVEL_BITS`` wide: sign + ``k`` or ``W[k]``);
     the host side (:meth:`operand`, :meth:`load_beats`) then encodes these levels that way.
-    ``logic_multiply``: that product as shifted copies of the level, one per bit of ``W[k]``, in logic
-    cells, not a hardware multiplier (:func:`multiply_in_logic` says where), summed by the PE.
+    ``logic_multiply``: that product in logic cells, not a hardware multiplier (:func:`multiply_in_logic`
+    says where), as one term per digit of ``W[k]`` (:func:`hw.pe_words.digit_bits`: the ``wbits - 1`` bits of
+    a LUT layer's ``k``, or 1), summed by the PE. A multiplying layer's entry holds the multiples ``d * A[j]``
+    of every digit (:func:`hw.pe_words.level_entry`, ``A[j]`` lowest), so a digit selects its term as ``k``
+    selects ``P[k]``, through the same multiplexer: 4 terms for W3's 7-bit levels, not 7 shifted copies.
 
     Edge ports, broadcast to every row: ``table_load`` writes ``table_data`` at ``table_addr`` at the
     second clock edge (registered in each row where ``registered_load``, as an array of several rows
@@ -292,8 +296,13 @@ class RowTable(Variant):
 
     def operand(self, j: int) -> int:
         if self.multiply:
-            return self.a_levels[j] | 1 << (self.operand_bits - 1)
+            return level_entry(self.a_levels[j], self.wbits, self.product_bits) | 1 << (self.operand_bits - 1)
         return row_vector(self.w_levels, self.a_levels[j], self.product_bits)
+
+    @property
+    def digit_bits(self) -> int:
+        """Bits of a weight level's digit where the PEs multiply in logic (:func:`hw.pe_words.digit_bits`)."""
+        return digit_bits(self.wbits, self.product_bits)
 
     @property
     def edge_signature(self) -> dict:
@@ -321,7 +330,10 @@ class RowTable(Variant):
             return
         identity, code = own(Signal(name="identity")), Signal(self.abits, name="code", reset_less=reset_less)
         m.d.sync += [identity.eq(decoder.table_identity), code.eq(decoder.a_code)]
-        level = Cat(code, C(0, self.operand_bits - 1 - self.abits), C(1, 1))
+        # The code as a level, as a table entry holds it: with its multiples where the PEs take digits.
+        digits = 2 ** self.digit_bits if self.logic_multiply else 2
+        multiples = Cat(*(Cat(code * d, C(0, self.product_bits))[:self.product_bits] for d in range(1, digits)))
+        level = Cat(multiples, C(0, self.operand_bits - 1 - len(multiples)), C(1, 1))
         m.d.comb += decoder.operand.eq(Mux(identity, level, read.data))
 
     def selected(self, magnitude, operand):
@@ -340,7 +352,16 @@ class RowTable(Variant):
     def product_terms(self, m, pe, magnitude, operand):
         if not (self.multiply and self.logic_multiply):
             return [self.product(m, pe, magnitude, operand)]
-        # A table entry's product rides in the first term, where the level times bit 0 of W[k] would.
+        width = self.digit_bits
+        if width > 1:
+            # Digit i of W[k] selects its multiple of A[j], shifted to its place; a LUT layer's k is digit 0 (the
+            # others are 0 in its weight words), and above digit 0 only a multiple's own bits are needed.
+            multiple_bits = ((2 ** width - 1) * A_MAX).bit_length()
+            return [self.selected(magnitude[low:low + width], operand)[:self.product_bits if low == 0 else
+                                                                      multiple_bits] << low
+                    for low in range(0, len(magnitude), width)]
+        # Binary digits (the multiples do not fit the entry): shifted copies of the level, one per bit of W[k];
+        # a LUT layer's product rides in the first term, where the level times bit 0 of W[k] would.
         selected = self.selected(magnitude, operand)
         level, multiplies = operand[:LEVEL_BITS], operand[-1]
         terms = [Mux(multiplies & magnitude[i], level << i, 0) for i in range(len(magnitude))]
@@ -388,7 +409,8 @@ class ProcessingElement(wiring.Component):
       signed, wrapping), the product registered first: the element sampled at edge e adds to
       the ``psum_in`` sampled at edge e + 1. The product's terms (:meth:`Variant.product_terms`) are
       each inverted where the weight is negative (``~t = -t - 1``) and summed with the sign as the carry
-      into every adder, at most two adder levels a cycle (a logic multiplier's seven terms): n terms take
+      into every adder, at most two adder levels a cycle (a logic multiplier's seven binary terms; W3's four
+      digit terms take one, W4's three): n terms take
       n adders with ``psum_in``, so n carries make the negation whole, and no adder of its own negates.
       Every variant's products of the operand 0 are 0 (``A[0] = 0``, ``P[0] = 0``), so the product logic
       takes no valid bit (whose fan-out into every term of the next PE was the ULX3S-85F's worst path at

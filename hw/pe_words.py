@@ -47,6 +47,22 @@ def product_width(outer_wbits: int, outer_abits: int) -> int:
     return ((2 ** (outer_wbits - 1) - 1) * (2 ** outer_abits - 1)).bit_length()
 
 
+def digit_bits(wbits: int, product_bits: int) -> int:
+    """Bits of one digit of a weight level ``W[k]`` (7 bits) in a PE that multiplies in logic cells: ``wbits - 1``,
+    the bits of a LUT layer's ``k``, where a multiplying layer's table entry (:func:`level_entry`) can hold the
+    multiples ``d * A[j]`` of every digit ``d`` in the places of ``L[1][j] .. L[s_w][j]``; else 1 (binary)."""
+    s_w = 2 ** (wbits - 1) - 1
+    return wbits - 1 if s_w * A_MAX < 1 << product_bits else 1
+
+
+def level_entry(a_level: int, wbits: int, product_bits: int) -> int:
+    """A multiplying layer's table entry for activation level ``A[j]`` (without its multiply flag): the
+    row vector of the levels ``0, 1, .., 2^d - 1`` (``d`` = :func:`digit_bits`), so ``A[j]`` itself is the
+    low ``product_bits`` (a multiplier's operand) and a digit ``d`` of ``W[k]`` selects ``d * A[j]`` as ``k``
+    selects ``L[k][j]``."""
+    return row_vector(range(2 ** digit_bits(wbits, product_bits)), a_level, product_bits)
+
+
 def row_vector(w_levels, a_level: int, bits: int = PRODUCT_BITS) -> int:
     """The row vector of an activation level ``A[j]``: ``W[k] * A[j]`` for ``k = 1 .. s_w``,
     each ``bits`` wide, ``k = 1`` lowest; ValueError where a product does not fit ``bits``."""

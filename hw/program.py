@@ -31,7 +31,7 @@ from .engine_params import (ACTS, CONFIG, COUNT_REGISTERS, GEOMETRY_REGISTERS, R
                             STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS,
                             WIDE_WEIGHTS, EngineParams, group_span, identity_levels, layer_needs, layer_side)
 from .memories import word_pieces
-from .pe_words import A_MAX, W_MAX, row_vector, weight_word
+from .pe_words import A_MAX, W_MAX, level_entry, row_vector, weight_word
 from .residency import check_residency
 from .stage_words import requantize_words, threshold_bits, threshold_words
 
@@ -180,13 +180,15 @@ def weight_words(params: EngineParams, node: ConvNode) -> list[int]:
 
 
 def table_words(params: EngineParams, node: ConvNode) -> list[int]:
-    """Product-table entries ``j = 0 .. 2^abits - 1`` of layer ``node``; none where the engine passes its
+    """Product-table entries ``j = 0 .. 2^abits - 1`` of layer ``node`` (a multiplying layer's: its levels with
+    their multiples, :func:`~hw.pe_words.level_entry`, and the multiply flag); none where the engine passes its
     codes as levels (``identity_tables``, :func:`~hw.engine_params.identity_levels`)."""
     if params.identity_tables and identity_levels(node):
         return []
     a = [int(v) for v in node.a_levels]
     if node.mac == "multiply":
-        return [a[j] | 1 << (params.table_bits - 1) for j in range(len(a))]
+        return [level_entry(a[j], params.wbits, params.product_bits) | 1 << (params.table_bits - 1)
+                for j in range(len(a))]
     return [row_vector(node.w_levels, level, params.product_bits) for level in a]
 
 

@@ -13,7 +13,7 @@ from amaranth.sim import Simulator  # noqa: E402
 
 from hw.pe import VARIANTS, PEArray, ProcessingElement, RowDecoder, RowTable  # noqa: E402
 from hw.pe_words import ARRAY_PIPELINE  # noqa: E402
-from hw.pe_words import A_MAX, W_MAX, product_width, row_vector  # noqa: E402
+from hw.pe_words import A_MAX, W_MAX, digit_bits, level_entry, product_width, row_vector  # noqa: E402
 
 BITS = (2, 3, 4)
 ACC_BITS = 24
@@ -123,6 +123,36 @@ def test_multiplying_pe_selects_a_lut_layers_products(logic_multiply):
     simulate(dut, bench)
 
 
+@pytest.mark.parametrize("wbits, product_bits, digit", [(2, 15, 1), (3, 15, 2), (4, 15, 3), (3, 10, 2), (3, 9, 1)])
+def test_logic_multiplier_takes_every_weight_level_by_digits(wbits, product_bits, digit):
+    """A PE that multiplies in logic cells takes ``W[k]`` in digits of ``wbits - 1`` bits where a multiplying
+    layer's entry holds their multiples in ``product_bits`` (else in binary digits); every level 0..127 of
+    either sign, times levels up to 255, is exact."""
+    assert digit_bits(wbits, product_bits) == digit
+    variant = RowTable.sized(wbits, 8, multiply=True, logic_multiply=True, product_bits=product_bits)
+    dut = ProcessingElement(variant, ACC_BITS)
+    rng = random.Random(f"logic multiplier {wbits} {product_bits}")
+    flag = 1 << (variant.operand_bits - 1)
+
+    async def bench(ctx):
+        for level in range(W_MAX + 1):
+            sign = rng.randrange(2)
+            await load(ctx, dut, [{"w_code": variant.weight_word(sign, level)}])
+            product = 0
+            for a in [A_MAX, rng.randrange(A_MAX), 0]:
+                psum = rng.randrange(-(1 << 20), 1 << 20)
+                ctx.set(dut.a_valid, 1)
+                ctx.set(dut.a_in, level_entry(a, wbits, product_bits) | flag)
+                ctx.set(dut.psum_in, psum)
+                await ctx.tick()
+                assert ctx.get(dut.psum_out) == wrap(psum + product), (sign, level, a)
+                product = (-1) ** sign * level * a
+            ctx.set(dut.a_valid, 0)
+            ctx.set(dut.a_in, 0)
+
+    simulate(dut, bench)
+
+
 @pytest.mark.parametrize("bits", BITS)
 @pytest.mark.parametrize("name, options", CASES, ids=CASE_IDS)
 def test_array_columns_sum_rows(name, options, bits):
@@ -213,17 +243,21 @@ def test_double_buffered_array_loads_the_next_tile_while_streaming(multiply):
 def test_row_table_is_sized_by_widths_and_checks_its_depth():
     variant = RowTable.sized(3, 2, multiply=True, depth=40)
     assert (variant.s_w, variant.abits, variant.weight_bits, variant.depth) == (3, 2, 8, 40)
-    assert variant.operand_bits == 3 * 15 + 1 and variant.operand(3) == 3 | 1 << 45
+    # A multiplying layer's entry: A[j] = 3 and its multiples for W3's two-bit digits, 2 A and 3 A, then the flag.
+    assert variant.operand_bits == 3 * 15 + 1 and variant.operand(3) == 3 | 6 << 15 | 9 << 30 | 1 << 45
     with pytest.raises(ValueError, match="Table depth must be an integer of at least 4 entries, not 3"):
         RowTable.sized(3, 2, depth=3)
 
 
+@pytest.mark.parametrize("logic_multiply", [False, True])
 @pytest.mark.parametrize("registered_load", [True, False])
-def test_identity_decoder_passes_codes_as_levels_or_reads_its_table(registered_load):
+def test_identity_decoder_passes_codes_as_levels_or_reads_its_table(registered_load, logic_multiply):
     """With ``table_identity`` the operand is the code as a level to multiply, with the table's latency of
-    one cycle; without it, the table's entry at ``table_base + code`` (the table loaded through a register,
-    as an array of several rows has it, or directly, as one row)."""
-    variant = RowTable.sized(3, 8, multiply=True, depth=8, identity=True, registered_load=registered_load)
+    one cycle, as a table entry holds it (with its multiples where the PEs multiply in logic); without it, the
+    table's entry at ``table_base + code`` (the table loaded through a register, as an array of several rows
+    has it, or directly, as one row)."""
+    variant = RowTable.sized(3, 8, multiply=True, depth=8, identity=True, registered_load=registered_load,
+                             logic_multiply=logic_multiply)
     flag = 1 << (variant.operand_bits - 1)
     dut = RowDecoder(variant)
     entries = [flag | (7 * j + 3) for j in range(8)]
@@ -249,7 +283,8 @@ def test_identity_decoder_passes_codes_as_levels_or_reads_its_table(registered_l
             got.append(ctx.get(dut.operand))
 
     simulate(dut, bench)
-    assert got == [code | flag if identity else entries[code] for identity, code in stream]
+    level = (lambda code: level_entry(code, 3, 15)) if logic_multiply else (lambda code: code)
+    assert got == [level(code) | flag if identity else entries[code] for identity, code in stream]
     with pytest.raises(ValueError, match="only to PEs that multiply"):
         RowTable.sized(3, 8, depth=8, identity=True)
 
