@@ -20,6 +20,7 @@ from amaranth.lib.wiring import Out
 from compiler.graph import Requantize
 
 from .delay import delayed
+from .dsp import registered_multipliers, registered_product
 from .stage_ports import stage_ports
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_arrays, requantize_word_bits,
                           requantize_words, shift_bits)
@@ -123,21 +124,31 @@ class RequantizeUnit(wiring.Component):
         # Edge t: the channel's constants are read, the value waits for them (registered_constants: t + 1
         # registers them, and every stage up to the sum comes a cycle later).
         late = int(self.registered_constants)
+        unregistered_word, early_acc = word, delayed(m, self.acc, late - self.late_value, "early_acc")
         if late:
             word = delayed(m, word, 1, "constants")
-        acc = delayed(m, self.acc, 1 + late - self.late_value, "acc")
+        acc = delayed(m, early_acc, 1, "acc")
         valid = delayed(m, self.valid, 4, "valid")
-        mult = word[:self.multiplier_bits]
         bias = word[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
         shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late, "shift")
         # Edge t + 1: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
         # register as wide as its product and without reset, so that Yosys puts it into the iCE40
-        # multiplier's output register.
+        # multiplier's output register. On the ECP5 (with registered constants) each is an instantiated
+        # multiplier with its own registers (hw.dsp): its input registers take acc's and M's, its output
+        # register the product's.
+        in_dsp = late and registered_multipliers(platform)
+        a_parts = _parts(early_acc if in_dsp else acc, self.acc_bits, signed_top=True)
+        m_parts = _parts((unregistered_word if in_dsp else word)[:self.multiplier_bits], self.multiplier_bits,
+                         signed_top=False)
         products = []
-        for a_low, a_part in _parts(acc, self.acc_bits, signed_top=True):
-            for m_low, m_part in _parts(mult, self.multiplier_bits, signed_top=False):
-                product = Signal((a_part * m_part).shape(), name=f"product_{a_low}_{m_low}", reset_less=True)
-                m.d.sync += product.eq(a_part * m_part)
+        for a_low, a_part in a_parts:
+            for m_low, m_part in m_parts:
+                name = f"product_{a_low}_{m_low}"
+                if in_dsp:
+                    product = registered_product(m, name, a_part, m_part)
+                else:
+                    product = Signal((a_part * m_part).shape(), name=name, reset_less=True)
+                    m.d.sync += product.eq(a_part * m_part)
                 products.append((product, a_low + m_low))
         # Edge t + 2: two partial sums (each product at its weight), the first plus B; t + 3: their sum. Each
         # as wide as its exact value needs (Amaranth's widths for the sum), so that no carry chain runs

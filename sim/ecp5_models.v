@@ -23,8 +23,11 @@
 // - Contents start at INITVAL_00..3F (row r holds bytes 32r .. 32r+31; each 320-bit row is 16
 //   slots of 20 bits, a slot two 9-bit bytes, low byte first, and 2 unused bits: Yosys's layout),
 //   outputs at 0; with `LCQ_X_INIT` defined, both start at X.
-// MULT18X18D: 18 x 18 -> 36 multiplier, combinational only (every REG_* "NONE", as Yosys's
-// dsp_map instantiates it): P = A * B, each operand signed when SIGNEDA/SIGNEDB.
+// MULT18X18D: 18 x 18 -> 36 multiplier: P = A * B, each operand signed when SIGNEDA/SIGNEDB;
+// combinational (every REG_* "NONE", as Yosys's dsp_map instantiates it), or with the input registers
+// (REG_INPUTA_CLK, REG_INPUTB_CLK) and/or the output register (REG_OUTPUT_CLK) on CLK0, enabled by CE0
+// and reset to 0 by RST0 at the clock edge (RESETMODE "SYNC"), as hw/dsp.py instantiates it; the registers
+// start at 0 (at X with `LCQ_X_INIT` defined).
 
 `timescale 1ps / 1ps
 
@@ -277,16 +280,39 @@ module MULT18X18D(
   parameter MULT_BYPASS = "DISABLED";
   parameter RESETMODE = "SYNC";
 
+  localparam IN_A = REG_INPUTA_CLK == "CLK0", IN_B = REG_INPUTB_CLK == "CLK0", OUT = REG_OUTPUT_CLK == "CLK0";
   initial
-    if (REG_INPUTA_CLK != "NONE" || REG_INPUTB_CLK != "NONE" || REG_PIPELINE_CLK != "NONE" ||
-        REG_OUTPUT_CLK != "NONE" || MULT_BYPASS != "DISABLED")
-      $fatal(1, "MULT18X18D %m: only the combinational multiplier (every REG_*_CLK \"NONE\") is modelled");
+    if (!(IN_A || REG_INPUTA_CLK == "NONE") || !(IN_B || REG_INPUTB_CLK == "NONE") ||
+        !(OUT || REG_OUTPUT_CLK == "NONE") || REG_PIPELINE_CLK != "NONE" || MULT_BYPASS != "DISABLED" ||
+        (IN_A && (REG_INPUTA_CE != "CE0" || REG_INPUTA_RST != "RST0")) ||
+        (IN_B && (REG_INPUTB_CE != "CE0" || REG_INPUTB_RST != "RST0")) ||
+        (OUT && (REG_OUTPUT_CE != "CE0" || REG_OUTPUT_RST != "RST0")) ||
+        ((IN_A || IN_B || OUT) && RESETMODE != "SYNC"))
+      $fatal(1, "MULT18X18D %m: only the combinational multiplier and its input and output registers on CLK0, CE0 and RST0 (RESETMODE \"SYNC\") are modelled");
 
-  wire [17:0] a = {A17, A16, A15, A14, A13, A12, A11, A10, A9, A8, A7, A6, A5, A4, A3, A2, A1, A0};
-  wire [17:0] b = {B17, B16, B15, B14, B13, B12, B11, B10, B9, B8, B7, B6, B5, B4, B3, B2, B1, B0};
+  wire [17:0] a_in = {A17, A16, A15, A14, A13, A12, A11, A10, A9, A8, A7, A6, A5, A4, A3, A2, A1, A0};
+  wire [17:0] b_in = {B17, B16, B15, B14, B13, B12, B11, B10, B9, B8, B7, B6, B5, B4, B3, B2, B1, B0};
+  reg [17:0] a_reg, b_reg;
+  reg [35:0] p_reg;
+  initial begin
+`ifdef LCQ_X_INIT
+    a_reg = 18'bx; b_reg = 18'bx; p_reg = 36'bx;
+`else
+    a_reg = 0; b_reg = 0; p_reg = 0;
+`endif
+  end
+  wire [17:0] a = IN_A ? a_reg : a_in;
+  wire [17:0] b = IN_B ? b_reg : b_in;
   wire [35:0] a_ext = {{18{SIGNEDA & a[17]}}, a};
   wire [35:0] b_ext = {{18{SIGNEDB & b[17]}}, b};
-  wire [35:0] p = a_ext * b_ext;
+  wire [35:0] product = a_ext * b_ext;
+  wire [35:0] p = OUT ? p_reg : product;
+  always @(posedge CLK0)
+    if (RST0) begin
+      a_reg <= 0; b_reg <= 0; p_reg <= 0;
+    end else if (CE0) begin
+      a_reg <= a_in; b_reg <= b_in; p_reg <= product;
+    end
   assign {P35, P34, P33, P32, P31, P30, P29, P28, P27, P26, P25, P24, P23, P22, P21, P20, P19, P18,
           P17, P16, P15, P14, P13, P12, P11, P10, P9, P8, P7, P6, P5, P4, P3, P2, P1, P0} = p;
   assign SIGNEDP = SIGNEDA | SIGNEDB;

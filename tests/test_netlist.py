@@ -311,6 +311,10 @@ def test_ecp5_models_documented_behaviour(tmp_path):
   reg [17:0] ma, mb; reg sa, sb; wire [35:0] p;
   MULT18X18D m (""" + pins("A", "ma", 18) + ", " + pins("B", "mb", 18) + ", " + pins("P", "p", 36) + """,
     .SIGNEDA(sa), .SIGNEDB(sb), .SOURCEA(1'b0), .SOURCEB(1'b0));
+  reg [17:0] ra = 0, rb = 0; reg rce = 1, rrst = 0; wire [35:0] rp;
+  MULT18X18D #(.REG_INPUTA_CLK("CLK0"), .REG_INPUTB_CLK("CLK0"), .REG_OUTPUT_CLK("CLK0"), .GSR("DISABLED"))
+    mr (""" + pins("A", "ra", 18) + ", " + pins("B", "rb", 18) + ", " + pins("P", "rp", 36) + """,
+    .SIGNEDA(1'b1), .SIGNEDB(1'b0), .SOURCEA(1'b0), .SOURCEB(1'b0), .CLK0(clk), .CE0(rce), .RST0(rrst));
   initial begin
     // x18: AD[13:4] the word, AD[1:0] the byte write enables; READBEFOREWRITE shows the old word
     t_ada = {10'd5, 4'b0011}; t_dia = 18'h31234; t_wea = 1; tick;
@@ -350,6 +354,12 @@ def test_ecp5_models_documented_behaviour(tmp_path):
     ma = -18'sd3; mb = 18'd5; sa = 1; sb = 1; #1 check("signed product", p, -36'sd15);
     ma = -18'sd3; mb = 18'd5; sa = 1; sb = 0; #1 check("signed x unsigned", p, -36'sd15);
     ma = 18'd1234; mb = 18'd4321; sa = 0; sb = 0; #1 check("small product", p, 1234 * 4321);
+    // With its input and output registers (hw/dsp.py's form): the product two edges after its operands
+    ra = -18'sd7; rb = 18'd9; tick; ra = 18'd2; rb = 18'd3; check("registered, before", rp, 0);
+    tick; check("registered, two edges after", rp, -36'sd63);
+    tick; check("registered, the next operands", rp, 6);
+    rce = 0; ra = 18'd5; tick; tick; check("registered, CE0 low holds", rp, 6);
+    rce = 1; rrst = 1; tick; check("registered, RST0", rp, 0);
     $display("DONE");
     $finish;
   end
