@@ -31,13 +31,12 @@ from math import ceil
 
 from compiler.graph import CompiledModel
 from hw.engine_params import SPRAM_BLOCKS, EngineParams, spram_blocks
+from hw.memories import BLOCK_RAM_SHAPES, column_blocks
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
 
 from .boards import Board
 
-RAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
-              "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
 BASE_LUTS = 4150
 LOGIC_MULTIPLY_LUTS = 376   # a PE's 7 x 8 shift-and-add multiplier and its registers (ResNet-20 8 x 8, ECP5)
@@ -57,7 +56,7 @@ class FitError(ValueError):
 
 def ram_blocks(family: str, width: int, depth: int) -> int:
     """Block RAMs of ``family`` holding one ``width`` x ``depth`` memory."""
-    return min(ceil(width / w) * ceil(depth / d) for d, w in RAM_SHAPES[family])
+    return min(ceil(width / w) * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])
 
 
 def luts_per_pe(params: EngineParams, logic_multiply: bool) -> int:
@@ -68,15 +67,18 @@ def luts_per_pe(params: EngineParams, logic_multiply: bool) -> int:
     return params.acc_bits + params.product_bits * params.s_w + multiplier
 
 
-def memory_blocks(board: Board, memories, spram=("weights",)) -> list[tuple[str, int, str, int]]:
+def memory_blocks(board: Board, memories, spram=("weights",), columns=None) -> list[tuple[str, int, str, int]]:
     """``(name, bits, kind, blocks)`` of each ``(name, width, depth, copies)`` memory on ``board``:
     SPRAM for the memories named in ``spram`` where the part has it and the memory fits its blocks (as the
     engine builds its weights buffer, :attr:`~hw.engine_params.EngineParams.weights_fit_spram`, and the network
-    core its value memory), block RAM ("EBR") otherwise."""
+    core its value memory), block RAM ("EBR") otherwise; on the ECP5, those named in ``columns`` (name: the
+    granularity of its writes) as the network core builds its value memory there (:mod:`hw.column_memory`)."""
     out = []
     for name, width, depth, copies in memories:
         if name in spram and "SPRAM" in board.resources and spram_blocks(width, depth) <= SPRAM_BLOCKS:
             out.append((name, width * depth * copies, "SPRAM", spram_blocks(width, depth)))
+        elif board.family == "ecp5" and name in (columns or {}):
+            out.append((name, width * depth * copies, "EBR", copies * column_blocks(width, depth, columns[name])))
         else:
             out.append((name, width * depth * copies, "EBR", copies * ram_blocks(board.family, width, depth)))
     return out
@@ -127,10 +129,16 @@ def network_spram(params: NetworkParams) -> tuple[str, ...]:
             + (("values",) if params.values_single_port else ()))
 
 
+def network_columns(params: NetworkParams) -> dict[str, int]:
+    """The memories the whole-network core builds as columns of block RAM on the ECP5 (:mod:`hw.column_memory`),
+    with the granularity of their writes: the value memory (a value a granule)."""
+    return {"values": params.value_bits}
+
+
 def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     """{resource: estimated use} of the whole-network core (with link and UART) on ``board``."""
     use = estimate(board, params.engine)
-    blocks = memory_blocks(board, network_memories(params), network_spram(params))
+    blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params))
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
     if board.family == "ice40":
@@ -155,7 +163,7 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float | 
         if used <= limits[name]:
             continue
         if name in ("EBR", "SPRAM"):
-            blocks = memory_blocks(board, network_memories(params), network_spram(params))
+            blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params))
             largest = sorted((b for b in blocks if b[2] == name), key=lambda b: -b[3])[:3]
             buffers = "; ".join(f"{n}: {bits:,} bits in {count} blocks" for n, bits, _, count in largest)
             raise FitError(f"{engine} on {board.name} ({board.device}): its buffers need {used} {name} blocks, "

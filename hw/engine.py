@@ -333,6 +333,18 @@ class LayerEngine(wiring.Component):
         else:
             last = {name: cfg[name] - 1 for name in LAST_COUNTS if name in self.registers}
 
+        def late_write(name, write_en):
+            """The write of a load beat into buffer ``name``: ``(enable, address, data)``. On the ECP5 in network
+            mode a cycle later, from the buffer's own flip-flops (every buffer is loaded while idle, long before a
+            layer reads it): the beat's registers, shared by every buffer and the row tables, reached their block
+            RAMs' write registers across the die (13.5 ns on the ULX3S-85F at 1badc10)."""
+            ports = (write_en, load.addr, load.data)
+            if not (self.network and slow_block_ram(platform)):
+                return ports
+            return (delayed(m, write_en, 1, f"{name}_load_en", own_flip_flops=True),
+                    *(delayed(m, port, 1, f"{name}_load_{part}", own_flip_flops=True, reset_less=reset_less)
+                      for port, part in zip(ports[1:], ("addr", "data"))))
+
         def buffer(name, width, depth, write_en, spram=False):
             """A buffer written by loads while idle and read while computing: in SPRAM blocks where
             ``spram`` (single-port: the load's address while idle, else the read address), else an
@@ -349,7 +361,7 @@ class LayerEngine(wiring.Component):
                     return delayed(m, memory.read_data, BANKED_LATENCY - 1, f"{name}_data"), addr
                 return memory.read_data, addr
             if self.network:
-                return banked_buffer(m, name, width, depth, write_en, load.addr, load.data, addr, reset_less), addr
+                return banked_buffer(m, name, width, depth, *late_write(name, write_en), addr, reset_less), addr
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
             write, read = memory.write_port(), memory.read_port()
             m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),
@@ -681,9 +693,10 @@ class LayerEngine(wiring.Component):
                     m.d.sync += word[g * group_bits:(g + 1) * group_bits].eq(
                         weight_data[g * group_bits:(g + 1) * group_bits])
         w_rows = delayed(m, w_rows, 1, "w_rows_loading")
+        table_load = late_write("tables", loads(TABLE))
         m.d.comb += [array.w_load.eq(w_rows), *(code.eq(word) for code, word in zip(array.w_code, row_words)),
-                     array.table_load.eq(loads(TABLE)), array.table_addr.eq(load.addr),
-                     array.table_data.eq(load.data), array.table_base.eq(cfg["table_base"])]
+                     array.table_load.eq(table_load[0]), array.table_addr.eq(table_load[1]),
+                     array.table_data.eq(table_load[2]), array.table_base.eq(cfg["table_base"])]
         if p.identity_tables:
             m.d.comb += array.table_identity.eq(cfg["identity_levels"][0])
         if self.network:

@@ -36,3 +36,24 @@ def slow_block_ram(platform) -> bool:
     RAM words before logic (``ThresholdUnit(registered_word=)``, ``RequantizeUnit(registered_constants=)``).
     Not the iCE40: the UP5K has no cells to spare."""
     return str(getattr(platform, "device", "")).startswith("LFE5")
+
+
+# The (depth, width) shapes one block RAM holds, per FPGA family: the iCE40's 4 Kbit and the ECP5's 18 Kbit blocks.
+BLOCK_RAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
+                    "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
+
+
+def column_bits(depth: int, family: str = "ecp5") -> int:
+    """The width of one block RAM of ``family`` at least ``depth`` deep (its widest such shape); ValueError
+    where no block is that deep."""
+    widths = [w for d, w in BLOCK_RAM_SHAPES[family] if d >= depth]
+    if not widths:
+        raise ValueError(f"no {family} block RAM is {depth} words deep (at most {BLOCK_RAM_SHAPES[family][-1][0]})")
+    return max(widths)
+
+
+def column_blocks(width: int, depth: int, granularity: int, family: str = "ecp5") -> int:
+    """Block RAMs of a ``width`` x ``depth`` memory built as columns (:mod:`hw.column_memory`): each
+    ``granularity``-bit granule of the word in columns of :func:`column_bits` bits, one block each."""
+    granules = -(-width // granularity)
+    return granules * -(-granularity // column_bits(depth, family))

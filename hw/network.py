@@ -45,6 +45,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .column_memory import column_memory
 from .delay import delayed, reset_less_data
 from .engine import LayerEngine
 from .engine_params import CONFIG
@@ -146,6 +147,11 @@ class NetworkCore(wiring.Component):
         single_port = spram and p.values_single_port
         if single_port:
             value_port, value_read = single_port_values(m, p.value_bits)
+        elif slow_block_ram(platform):
+            # As columns of block RAM as deep as the memory: no multiplexer over its blocks before its readers'
+            # registers (hw.column_memory).
+            value_port, value_read = column_memory(m, "values", halves * p.value_bits, -(-p.value_depth // halves),
+                                                   p.value_bits)
         else:
             value_port, value_read = memory("values", halves * p.value_bits, -(-p.value_depth // halves),
                                             p.value_bits)
