@@ -812,9 +812,10 @@ class LayerEngine(wiring.Component):
                              unit.load_data.eq(load.data), unit.channel.eq(channel)]
 
         if p.code_bits:
+            # On the ECP5 the value and the word pass one more register each, into the stage's last cycle.
             m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(
                 p.acc_bits, p.code_bits, depth, p.threshold_bits, own_memory=not shared,
-                registered_word=slow_block_ram(platform), late_value=late)
+                registered_word=slow_block_ram(platform), late_value=late, registered_inputs=slow_block_ram(platform))
             code = delayed(m, unit.code, self.STAGE_LATENCY - unit.latency, f"code{suffix}")
             connect(unit, THRESHOLDS)
         if p.requantize:

@@ -64,14 +64,17 @@ class ThresholdUnit(wiring.Component):
     fit). With ``registered_word`` (:func:`hw.memories.slow_block_ram`), latency 4 (``latency``): t + 1
     registers the word, t + 2 the comparisons, t + 3 their count; ``late_value`` (with ``registered_word``
     only): ``acc`` comes a cycle after its ``valid`` and ``channel``, and waits a cycle less for the word (the
-    same latency from ``valid``). Fully pipelined: one value per cycle, gaps allowed (``valid`` low), no
-    back-pressure.
+    same latency from ``valid``). ``registered_inputs``: one more register on the value and the word before the
+    comparisons (latency one more: 5 with ``registered_word``), so that the comparators need not lie near both
+    the value's source and the word's block RAM (the engine's unit on the ECP5, whose stage takes 5 cycles
+    anyway: 13.1 ns into the comparisons' registers on the ULX3S-85F at 1badc10). Fully pipelined: one value
+    per cycle, gaps allowed (``valid`` low), no back-pressure.
     """
 
     LATENCY = 3
 
     def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True,
-                 registered_word: bool = False, late_value: bool = False):
+                 registered_word: bool = False, late_value: bool = False, registered_inputs: bool = False):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
                                  ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
             if not isinstance(value, (int, np.integer)) or value < low:
@@ -86,7 +89,8 @@ class ThresholdUnit(wiring.Component):
         if late_value and not registered_word:
             raise ValueError("a late value (late_value) waits for a registered word (registered_word)")
         self.own_memory, self.registered_word, self.late_value = own_memory, registered_word, late_value
-        self.latency = self.LATENCY + registered_word
+        self.registered_inputs = registered_inputs
+        self.latency = self.LATENCY + registered_word + registered_inputs
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "code_valid": Out(1),
@@ -132,13 +136,13 @@ class ThresholdUnit(wiring.Component):
             ]
             parts.append(read.data)
         word = Cat(*parts) if self.own_memory else self.word
-        if self.registered_word:
-            word = delayed(m, word, 1, "word")
+        if self.registered_word or self.registered_inputs:
+            word = delayed(m, word, self.registered_word + self.registered_inputs, "word")
         data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
-        # Edge t: the channel's word is read (and with ``registered_word`` registered at t + 1); the value
-        # waits for it.
-        acc = delayed(m, self.acc, 1 + self.registered_word - self.late_value, "acc")
+        # Edge t: the channel's word is read (and with ``registered_word`` registered at t + 1; with
+        # ``registered_inputs`` once more, with the value); the value waits for it.
+        acc = delayed(m, self.acc, 1 + self.registered_word - self.late_value + self.registered_inputs, "acc")
         valid = delayed(m, self.valid, self.latency - 1, "valid")
         # Edge t + 1 (t + 2): the comparisons with every stored threshold (a descending channel's failed ones count:
         # acc <= T iff not acc >= T + 1); t + 2 (t + 3): their count.

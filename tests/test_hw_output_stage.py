@@ -120,16 +120,19 @@ def threshold_items(rng: np.random.Generator, stage: Thresholds, acc_bits: int, 
     return items
 
 
-@pytest.mark.parametrize("bits, bound, registered_word", [(1, 5, False), (2, 1000, True), (3, 2**15 - 1, False),
-                                                         (3, 2**15 - 1, True), (4, 37, False), (8, 3000, False)])
-def test_thresholds_random(bits, bound, registered_word):
+@pytest.mark.parametrize("bits, bound, registered_word, registered_inputs",
+                         [(1, 5, False, False), (2, 1000, True, False), (3, 2**15 - 1, False, False),
+                          (3, 2**15 - 1, True, False), (4, 37, False, False), (8, 3000, False, False),
+                          (3, 2**15 - 1, True, True), (2, 1000, False, True)])
+def test_thresholds_random(bits, bound, registered_word, registered_inputs):
     rng = np.random.default_rng(bits * 1000 + bound)
     channels, acc_bits = 7, signed_bits(bound)
     stages = [random_thresholds(rng, channels, bits, bound) for _ in range(2)]
     tb = max(threshold_bits(s) for s in stages)
     assert tb <= acc_bits + 1
-    dut = ThresholdUnit(acc_bits, bits, channels, tb, registered_word=registered_word)
-    assert dut.latency == ThresholdUnit.LATENCY + registered_word
+    dut = ThresholdUnit(acc_bits, bits, channels, tb, registered_word=registered_word,
+                        registered_inputs=registered_inputs)
+    assert dut.latency == ThresholdUnit.LATENCY + registered_word + registered_inputs
     n = 60 if bits == 8 else 150
     phases = [(dut.words(s), threshold_items(rng, s, acc_bits, n)) for s in stages]
     got = run_unit(dut, phases, dut.code, dut.code_valid, gaps=bits % 2 == 0, seed=bits)
