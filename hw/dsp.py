@@ -38,12 +38,12 @@ def registered_product(m: Module, name: str, a, b) -> Signal:
         ports.update({f"i_{port}{i}": extended[i] for i in range(WIDTH)})
         ports[f"i_SIGNED{port}"] = C(int(operand.shape().signed), 1)
     ports.update({f"i_C{i}": C(0, 1) for i in range(WIDTH)})
-    ports.update({f"i_{pin}{i}": C(0, 1) for pin in ("SRIA", "SRIB") for i in range(WIDTH)})
     ports.update({f"o_P{i}": p[i] for i in range(2 * WIDTH)})
+    # The shift inputs (SRIA, SRIB: a neighbouring multiplier's operands, not reachable from the fabric: a
+    # constant 0 there failed to route) and the other clocks, enables and resets stay unconnected, as Yosys's
+    # own mapping leaves them.
     ports.update({"i_SOURCEA": C(0, 1), "i_SOURCEB": C(0, 1), "i_CLK0": ClockSignal("sync"), "i_CE0": C(1, 1),
                   "i_RST0": C(0, 1)})
-    for unused in ("CLK", "CE", "RST"):
-        ports.update({f"i_{unused}{i}": C(0, 1) for i in (1, 2, 3)})
     registers = {f"p_REG_{reg}_{what}": value for reg in ("INPUTA", "INPUTB", "OUTPUT")
                  for what, value in (("CLK", "CLK0"), ("CE", "CE0"), ("RST", "RST0"))}
     m.submodules[name + "_mult"] = Instance(
