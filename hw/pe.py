@@ -332,7 +332,8 @@ class RowTable(Variant):
         m.d.sync += [identity.eq(decoder.table_identity), code.eq(decoder.a_code)]
         # The code as a level, as a table entry holds it: with its multiples where the PEs take digits.
         digits = 2 ** self.digit_bits if self.logic_multiply else 2
-        multiples = Cat(*(Cat(code * d, C(0, self.product_bits))[:self.product_bits] for d in range(1, digits)))
+        multiples = Cat(*(Cat(code * d if d > 1 else code, C(0, self.product_bits))[:self.product_bits]
+                          for d in range(1, digits)))
         level = Cat(multiples, C(0, self.operand_bits - 1 - len(multiples)), C(1, 1))
         m.d.comb += decoder.operand.eq(Mux(identity, level, read.data))
 
