@@ -106,7 +106,8 @@ class VectorUnit(wiring.Component):
     arithmetic form computes ``B' + code * S + p * S`` where the table form reads the threshold: the
     same cycles); MAXPOOL reads a word per cycle and presents a window's write 2 cycles after its last
     read (the read, the write register). A value read that takes more than a cycle
-    (:func:`hw.column_memory.value_read_latency`) delays ACTIVATE's and ADD's write and POOL's sum by as many cycles more.
+    (:func:`hw.column_memory.value_read_latency`) delays ACTIVATE's and ADD's write and POOL's sum by as many
+    cycles more.
     """
 
     def __init__(self, params: VectorParams):
