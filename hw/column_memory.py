@@ -6,11 +6,7 @@ outputs by the high address bits: on the ECP5, whose block RAM output already ta
 ResNet-20 core's value memory (8192 x 70 bits in 32 blocks of 1024 x 18) was 13.6 ns from the blocks through
 that multiplexer into its readers' registers on the ULX3S-85F at 1badc10. As columns of 8192 x 2-bit blocks it
 takes 36 blocks and no multiplexer. Same ports and behaviour as one Amaranth memory with a write port of
-``granularity`` and a synchronous, non-transparent read port; with ``registered_read`` the read address passes a
-register first (a copy for each group of :data:`GROUP_COLUMNS` columns), so that the readers' address
-multiplexer and the blocks across the die fall in different cycles: reads then take two cycles
-(:func:`value_read_latency` for the network core's value memory, whose read address was next, 16.1 ns into
-one of its blocks at 9801b7c).
+``granularity`` and a synchronous, non-transparent read port.
 """
 
 from __future__ import annotations
@@ -20,27 +16,15 @@ from types import SimpleNamespace
 from amaranth import Module, Signal
 from amaranth.lib.memory import Memory
 
-from .delay import delayed
-from .memories import column_bits, slow_block_ram
-
-GROUP_COLUMNS = 4   # columns that share a read address register (registered_read)
+from .memories import column_bits
 
 
-def value_read_latency(platform) -> int:
-    """Cycles from a read address of the network core's value memory to its data on ``platform`` (an Amaranth
-    platform, or None in simulation): 1, a memory's read; 2 where block RAM is slow (the ECP5,
-    :func:`hw.memories.slow_block_ram`), the memory a :func:`column_memory` read at registered addresses."""
-    return 2 if slow_block_ram(platform) else 1
-
-
-def column_memory(m: Module, name: str, width: int, depth: int, granularity: int, family: str = "ecp5",
-                  registered_read: bool = False):
+def column_memory(m: Module, name: str, width: int, depth: int, granularity: int, family: str = "ecp5"):
     """A ``width`` x ``depth`` memory in module ``m`` (submodules ``{name}_{n}``): each ``granularity``-bit
     granule of a word in columns of :func:`hw.memories.column_bits` bits (the widest block RAM of ``family`` as
     deep as the memory), a memory each. Returns ``(write, read)``: ``write.en`` (a bit per granule),
-    ``write.addr``, ``write.data`` and ``read.addr``, ``read.data`` (one cycle after its address, two with
-    ``registered_read``; a read of the address being written returns the old word), as an Amaranth memory's
-    ports."""
+    ``write.addr``, ``write.data`` and ``read.addr``, ``read.data`` (one cycle after its address; a read of the
+    address being written returns the old word), as an Amaranth memory's ports."""
     if width % granularity:
         raise ValueError(f"a {width}-bit word is not whole granules of {granularity} bits")
     bits = column_bits(depth, family)
@@ -54,10 +38,7 @@ def column_memory(m: Module, name: str, width: int, depth: int, granularity: int
     for n, (low, size) in enumerate(columns):
         m.submodules[f"{name}_{n}"] = memory = Memory(shape=size, depth=depth, init=[])
         column_write, column_read = memory.write_port(), memory.read_port()
-        if n % GROUP_COLUMNS == 0:
-            read_addr = (delayed(m, read.addr, 1, f"{name}_read_addr_{n // GROUP_COLUMNS}", own_flip_flops=True)
-                         if registered_read else read.addr)
         m.d.comb += [column_write.en.eq(write.en[low // granularity]), column_write.addr.eq(write.addr),
-                     column_write.data.eq(write.data[low:low + size]), column_read.addr.eq(read_addr),
+                     column_write.data.eq(write.data[low:low + size]), column_read.addr.eq(read.addr),
                      read.data[low:low + size].eq(column_read.data)]
     return write, read

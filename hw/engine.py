@@ -95,7 +95,6 @@ from amaranth.lib.wiring import In, Out
 from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
-from .column_memory import value_read_latency
 from .delay import delayed, delays, own, reset_less_data
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS, SPRAM_DEPTH,
                             STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
@@ -183,8 +182,7 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
       ``h``; ``halves`` = :attr:`~hw.engine_params.EngineParams.halves`), while the layer computes its
       next channel tiles (so a layer's output must not share words with its input).
     - ``val_read`` (while busy): ``addr`` (out, ``reg_bits``), ``data`` (in, ``halves`` values, the
-      word at the address of :func:`hw.column_memory.value_read_latency` cycles before): with ``dst_add``, the values
-      each write adds to.
+      word at the previous cycle's address): with ``dst_add``, the values each write adds to.
     - ``code_written`` (out): the activation buffer's write in every cycle, whoever writes, a
       probe for simulations: ``en`` (one bit per lane of each half), ``addr``, ``data`` (``halves``
       activation words: word ``addr * halves + h`` in half ``h``); on the ECP5 the buffer takes it a cycle
@@ -763,7 +761,7 @@ class LayerEngine(wiring.Component):
                    for value, suffix in zip(values, ("", "_odd"))]
         result = results[0]
         if self.network:
-            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, platform)
+            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, late)
             return m
         back_valid = delayed(m, feeding, self.STAGE_LATENCY, "back_valid")
         back_col = delayed(m, feed_col, self.STAGE_LATENCY, "back_col")
@@ -1010,30 +1008,27 @@ class LayerEngine(wiring.Component):
         m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
         return writer.ongoing("FEED"), (writer.ongoing("READ_SECOND") if p.write_pairs else C(0, 1))
 
-    def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, platform):
+    def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, late):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
-        accumulator was fed, as a value (``dst_values``; plus the value read at its address the value memory's
-        read latency and a cycle before, with ``dst_add`` (engines with ``fused_adds``); then ``max(0, value)``
-        where ``relu``) or as a code into its lane; with ``act_fuse`` (engines with ``fused_activations``), the
-        value's code (lent thresholds of slot ``act_slot + channel``) into its lane ``FUSED_LATENCY`` cycles
-        later. The padding
+        accumulator was fed, as a value (``dst_values``; plus the value read at its address two cycles
+        before, with ``dst_add`` (engines with ``fused_adds``); then ``max(0, value)`` where ``relu``) or as a
+        code into its lane; with ``act_fuse`` (engines with ``fused_activations``), the value's code (lent
+        thresholds of slot ``act_slot + channel``) into its lane ``FUSED_LATENCY`` cycles later. The padding
         channels of the last channel tile (``channel >= c_out``) are not written. ``results``: the even
         position's stage (the only one without ``write_pairs``) and the odd one's; in pairs both are written
         at once into the two halves of a word (the position being fed is even, and so is every tensor's
-        base), else the first into its position's half. On the ECP5 (``late``) the fused activation's valid and
+        base), else the first into its position's half. ``late`` (the ECP5): the fused activation's valid and
         slot go to the lent thresholds a cycle ahead of its value (``activation``, :func:`network_signature`)."""
         p = self.params
-        late = slow_block_ram(platform)
         halves, vb = p.halves, self.value_bits
         valids = delays(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
         channels = delays(m, dest["channel"], self.STAGE_LATENCY, "back_channel")
         valid = valids[-1]
-        # The old values are read early (the value memory's read latency) and registered (no logic between its
-        # read multiplexer and the addition): the read of a position's value precedes its write by the latency
-        # and a cycle, and no other position writes that word between them.
-        ahead = value_read_latency(platform) + 1
-        read_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY - ahead, "back_value_read_addr")
-        value_addr = delayed(m, read_addr, ahead, "back_value_addr")
+        # The old values are read a cycle early and registered (no logic between the value memory's read
+        # multiplexer and the addition): the read of a position's value precedes its write by two cycles, and
+        # no other position writes that word between them.
+        read_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY - 2, "back_value_read_addr")
+        value_addr = delayed(m, read_addr, 2, "back_value_addr")
         code_addr = delayed(m, dest["code_base"] + read_pos, self.STAGE_LATENCY, "back_code_addr")
         lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self.STAGE_LATENCY, "back_lane")
         values = cfg["dst_values"][0]
