@@ -411,8 +411,8 @@ class ProcessingElement(wiring.Component):
       the ``psum_in`` sampled at edge e + 1. The product's terms (:meth:`Variant.product_terms`) are
       each inverted where the weight is negative (``~t = -t - 1``) and summed with the sign as the carry
       into every adder, at most two adder levels a cycle (a logic multiplier's seven binary terms; W3's four
-      digit terms take one, W4's three): n terms take
-      n adders with ``psum_in``, so n carries make the negation whole, and no adder of its own negates.
+      digit terms and W4's three take one): n terms take n adders with ``psum_in``, so n carries make the
+      negation whole, and no adder of its own negates.
       Every variant's products of the operand 0 are 0 (``A[0] = 0``, ``P[0] = 0``), so the product logic
       takes no valid bit (whose fan-out into every term of the next PE was the ULX3S-85F's worst path at
       7959604, 15.3 ns): where no element is, the operand is 0 and so is its negation.
