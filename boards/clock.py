@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
+from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io
-from amaranth.lib.cdc import AsyncFFSynchronizer, ResetSynchronizer
+from amaranth.lib.cdc import ResetSynchronizer
 
 from .boards import Board
 
@@ -106,7 +106,7 @@ class PLLClock(Elaboratable):
 
     ``sync`` is held in reset until the PLL locks, then released synchronously. (On iCE40 the
     lock time, tens of microseconds, also covers the ~3 us after configuration during which
-    block RAMs read as zero. On the ECP5 the reset reaches the flip-flops through a global buffer.)
+    block RAMs read as zero.)
     """
 
     def __init__(self, board: Board, plan: PLLPlan):
@@ -133,12 +133,8 @@ class PLLClock(Elaboratable):
                 a_FREQUENCY_PIN_CLKOP=f"{self.plan.achieved_hz / 1e6:g}",
                 a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2")
         m.d.comb += ClockSignal("sync").eq(clk)
-        if self.plan.family == "ice40":
-            m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
-            return m
-        # On the ECP5 the reset reaches its flip-flops through a global buffer (nextpnr promotes only clocks): in
-        # general routing it was one net across the die, 790 flip-flops of the ResNet-20 core after 10.6 ns.
-        reset = Signal()
-        m.submodules.reset_sync = AsyncFFSynchronizer(~lock, reset, o_domain="sync")
-        m.submodules.reset_buffer = Instance("DCCA", i_CLKI=reset, i_CE=1, o_CLKO=ResetSignal("sync"))
+        # The reset in general routing on the ECP5 too: through a global buffer (a DCCA, 9835aab: 790 flip-flops of
+        # the ResNet-20 core after 10.6 ns in general routing) the placer often put its synchronizer where the
+        # buffer's input could not be reached, and the OrangeCrab's digits core failed at seeds 1, 2 and 3 (692908d).
+        m.submodules.reset_sync = ResetSynchronizer(~lock, domain="sync")
         return m

@@ -60,8 +60,9 @@ class RouterStall(BuildError):
 class FailedPlacement(BuildError):
     """nextpnr stopped on a placement it could not complete (its log's :data:`PLACEMENT_FAILURE` line): no legal
     place for every cell on a nearly full part (the UP5K digits core at c8585df, seed 2, 5,244 of 5,280 cells),
-    or an arc the fabric cannot connect, as where the placer put the ECP5 reset's global buffer (a DCCA) at a
-    site whose input the fabric does not reach (the ULX3S-25F digits core at 77a7160); another placement may do.
+    or an arc the fabric cannot connect, as where the placer put the synchronizer of the ECP5 reset's global buffer
+    (a DCCA, since removed) where the buffer's input could not be reached (the ULX3S-25F digits core at 77a7160);
+    another placement may do.
     ``seconds``: as :class:`RouterStall`'s."""
 
     def __init__(self, message: str, seconds: dict):
