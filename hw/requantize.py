@@ -124,22 +124,24 @@ class RequantizeUnit(wiring.Component):
         # Edge t: the channel's constants are read, the value waits for them (registered_constants: t + 1
         # registers them, and every stage up to the sum comes a cycle later).
         late = int(self.registered_constants)
-        unregistered_word, early_acc = word, delayed(m, self.acc, late - self.late_value, "early_acc")
+        # On the ECP5 (with registered constants) each partial product is an instantiated multiplier with its own
+        # registers (hw.dsp): its input registers take acc's and M's (their flip-flops here), its output register
+        # the product's.
+        in_dsp = late and registered_multipliers(platform)
+        acc = delayed(m, self.acc, late - self.late_value, "early_acc")
+        multiplier = word[:self.multiplier_bits]
         if late:
             word = delayed(m, word, 1, "constants")
-        acc = delayed(m, early_acc, 1, "acc")
+        if not in_dsp:
+            acc, multiplier = delayed(m, acc, 1, "acc"), word[:self.multiplier_bits]
         valid = delayed(m, self.valid, 4, "valid")
         bias = word[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
         shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late, "shift")
         # Edge t + 1: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
         # register as wide as its product and without reset, so that Yosys puts it into the iCE40
-        # multiplier's output register. On the ECP5 (with registered constants) each is an instantiated
-        # multiplier with its own registers (hw.dsp): its input registers take acc's and M's, its output
-        # register the product's.
-        in_dsp = late and registered_multipliers(platform)
-        a_parts = _parts(early_acc if in_dsp else acc, self.acc_bits, signed_top=True)
-        m_parts = _parts((unregistered_word if in_dsp else word)[:self.multiplier_bits], self.multiplier_bits,
-                         signed_top=False)
+        # multiplier's output register (on the ECP5, into the instantiated multiplier's).
+        a_parts = _parts(acc, self.acc_bits, signed_top=True)
+        m_parts = _parts(multiplier, self.multiplier_bits, signed_top=False)
         products = []
         for a_low, a_part in a_parts:
             for m_low, m_part in m_parts:
