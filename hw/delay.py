@@ -45,3 +45,12 @@ def delays(m: Module, value, cycles: int, name: str, *, own_flip_flops: bool = F
 def delayed(m: Module, value, cycles: int, name: str, *, own_flip_flops: bool = False, reset_less: bool = False):
     """``value`` through ``cycles`` registers: the last of :func:`delays`."""
     return delays(m, value, cycles, name, own_flip_flops=own_flip_flops, reset_less=reset_less)[-1]
+
+
+def late_write(m: Module, ports, name: str, parts, *, reset_less: bool = False) -> list:
+    """The ports of a memory write (its enable first, then its address and data...) each a cycle later, from a
+    register of its own (:func:`own`) named ``{name}_{part}_1``: flip-flops that can sit by the block RAM they
+    write, for writes that come while idle, long before anything reads what they wrote. ``reset_less``: the
+    registers after the enable ignore the domain's reset (:func:`reset_less_data`)."""
+    return [delayed(m, port, 1, f"{name}_{part}", own_flip_flops=True, reset_less=reset_less and n > 0)
+            for n, (port, part) in enumerate(zip(ports, parts, strict=True))]

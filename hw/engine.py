@@ -95,7 +95,7 @@ from amaranth.lib.wiring import In, Out
 from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
-from .delay import delayed, delays, own, reset_less_data
+from .delay import delayed, delays, late_write, own, reset_less_data
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS, SPRAM_DEPTH,
                             STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
                             WIDE_WEIGHTS, EngineParams)
@@ -333,17 +333,15 @@ class LayerEngine(wiring.Component):
         else:
             last = {name: cfg[name] - 1 for name in LAST_COUNTS if name in self.registers}
 
-        def late_write(name, write_en):
+        def buffer_write(name, write_en):
             """The write of a load beat into buffer ``name``: ``(enable, address, data)``. On the ECP5 in network
-            mode a cycle later, from the buffer's own flip-flops (every buffer is loaded while idle, long before a
-            layer reads it): the beat's registers, shared by every buffer and the row tables, reached their block
-            RAMs' write registers across the die (13.5 ns on the ULX3S-85F at 1badc10)."""
+            mode a cycle later, from the buffer's own flip-flops (:func:`hw.delay.late_write`): the beat's
+            registers, shared by every buffer and the row tables, reached their block RAMs' write registers across
+            the die (13.5 ns on the ULX3S-85F at 1badc10)."""
             ports = (write_en, load.addr, load.data)
             if not (self.network and slow_block_ram(platform)):
                 return ports
-            return (delayed(m, write_en, 1, f"{name}_load_en", own_flip_flops=True),
-                    *(delayed(m, port, 1, f"{name}_load_{part}", own_flip_flops=True, reset_less=reset_less)
-                      for port, part in zip(ports[1:], ("addr", "data"))))
+            return late_write(m, ports, f"{name}_load", ("en", "addr", "data"), reset_less=reset_less)
 
         def buffer(name, width, depth, write_en, spram=False):
             """A buffer written by loads while idle and read while computing: in SPRAM blocks where
@@ -361,7 +359,7 @@ class LayerEngine(wiring.Component):
                     return delayed(m, memory.read_data, BANKED_LATENCY - 1, f"{name}_data"), addr
                 return memory.read_data, addr
             if self.network:
-                return banked_buffer(m, name, width, depth, *late_write(name, write_en), addr, reset_less), addr
+                return banked_buffer(m, name, width, depth, *buffer_write(name, write_en), addr, reset_less), addr
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
             write, read = memory.write_port(), memory.read_port()
             m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),
@@ -693,7 +691,7 @@ class LayerEngine(wiring.Component):
                     m.d.sync += word[g * group_bits:(g + 1) * group_bits].eq(
                         weight_data[g * group_bits:(g + 1) * group_bits])
         w_rows = delayed(m, w_rows, 1, "w_rows_loading")
-        table_load = late_write("tables", loads(TABLE))
+        table_load = buffer_write("tables", loads(TABLE))
         m.d.comb += [array.w_load.eq(w_rows), *(code.eq(word) for code, word in zip(array.w_code, row_words)),
                      array.table_load.eq(table_load[0]), array.table_addr.eq(table_load[1]),
                      array.table_data.eq(table_load[2]), array.table_base.eq(cfg["table_base"])]
@@ -798,8 +796,7 @@ class LayerEngine(wiring.Component):
                 # The write a cycle later (loads come while idle), from flip-flops of its own: the load beat's
                 # registers, shared with the row tables, reached these block RAMs across the die (12.5 ns on the
                 # ULX3S-85F at 072dec6).
-                ports = [delayed(m, port, 1, f"stage_{name}{suffix}", own_flip_flops=True)
-                         for port, name in zip(ports, ("write_en", "write_addr", "write_data"))]
+                ports = late_write(m, ports, f"stage{suffix}", ("write_en", "write_addr", "write_data"))
             m.d.comb += [write.en.eq(ports[0]), write.addr.eq(ports[1]), write.data.eq(ports[2]),
                          read.addr.eq(channel)]
 

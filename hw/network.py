@@ -46,7 +46,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .column_memory import column_memory
-from .delay import delayed, reset_less_data
+from .delay import delayed, late_write, reset_less_data
 from .engine import LayerEngine
 from .engine_params import CONFIG
 from .fsm_encoding import one_hot
@@ -175,20 +175,20 @@ class NetworkCore(wiring.Component):
         host = self.load.valid & idle & ~is_image
         vector_target = load.target - VECTOR_BASE
 
-        def host_write(name, *ports):
-            """The ports of a host beat's write into the core's own memories (program, input table, the vector
-            unit's constants): on the ECP5 a cycle later, decoded, from flip-flops of their own (loads come while
-            idle, long before a run reads them; the decode into the input table's block RAM write enable was
-            12.1 ns on the ULX3S-85F at 1badc10)."""
+        def host_write(name, **ports):
+            """The ports (``en`` first) of a host beat's write into the core's own memories (program, input table,
+            the vector unit's constants), in order: on the ECP5 a cycle later, decoded, from flip-flops of their
+            own (:func:`hw.delay.late_write`; the decode into the input table's block RAM write enable was 12.1 ns
+            on the ULX3S-85F at 1badc10)."""
             if not slow_block_ram(platform):
-                return ports
-            return [delayed(m, port, 1, f"{name}_{n}", own_flip_flops=True) for n, port in enumerate(ports)]
+                return list(ports.values())
+            return late_write(m, ports.values(), name, ports)
 
-        program = host_write("program_write", host & (load.target == PROGRAM), load.addr, load.data)
-        table = host_write("table_write", host & (load.target == INPUT_TABLE), load.addr, load.data)
-        vector_load = host_write("vector_load", host & (load.target >= VECTOR_BASE) &
-                                 (load.target < VECTOR_BASE + len(VECTOR_TARGETS)), vector_target, load.addr,
-                                 load.data)
+        program = host_write("program_write", en=host & (load.target == PROGRAM), addr=load.addr, data=load.data)
+        table = host_write("table_write", en=host & (load.target == INPUT_TABLE), addr=load.addr, data=load.data)
+        vector_load = host_write("vector_load", en=host & (load.target >= VECTOR_BASE) &
+                                 (load.target < VECTOR_BASE + len(VECTOR_TARGETS)), target=vector_target,
+                                 addr=load.addr, data=load.data)
         m.d.comb += [
             self.load.ready.eq(Mux(is_image, ~copying, idle)),
             program_write.en.eq(program[0]), program_write.addr.eq(program[1]), program_write.data.eq(program[2]),
@@ -233,8 +233,8 @@ class NetworkCore(wiring.Component):
             m.submodules.odd_thresholds = odd = ThresholdUnit(v.value_bits, v.act_code_bits, v.act_slots,
                                                              v.act_threshold_bits, registered_word=late,
                                                              late_value=late)
-            odd_load = host_write("odd_load", host & (load.target == VECTOR_BASE + ACT_THRESHOLDS), load.addr,
-                                  load.data)
+            odd_load = host_write("odd_load", en=host & (load.target == VECTOR_BASE + ACT_THRESHOLDS), addr=load.addr,
+                                  data=load.data)
             m.d.comb += [odd.load_en.eq(odd_load[0]), odd.load_addr.eq(odd_load[1]), odd.load_data.eq(odd_load[2]),
                          odd.valid.eq(engine.activation.valid), odd.acc.eq(engine.activation.value_odd),
                          odd.channel.eq(engine.activation.slot), engine.activation.code_odd.eq(odd.code)]

@@ -333,7 +333,7 @@ class RowTable(Variant):
         # The code as a level, as a table entry holds it: with its multiples where the PEs take digits, each a sum
         # of shifted codes (a product by a constant would take a DSP block in Yosys's ECP5 flow).
         digits = 2 ** self.digit_bits if self.logic_multiply else 2
-        shifted = [[code << i for i in range(d.bit_length()) if d >> i & 1] for d in range(1, digits)]
+        shifted = [[code << i if i else code for i in range(d.bit_length()) if d >> i & 1] for d in range(1, digits)]
         multiples = Cat(*(Cat(sum(terms[1:], terms[0]), C(0, self.product_bits))[:self.product_bits]
                           for terms in shifted))
         level = Cat(multiples, C(0, self.operand_bits - 1 - len(multiples)), C(1, 1))
