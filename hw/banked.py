@@ -13,7 +13,7 @@ equal inputs back into one), loaded in every cycle: the address and data registe
 a few registers instead of every block RAM (the fetch address into 51 blocks, then the load address,
 were the ResNet-20 core's worst paths on the ULX3S-85F), and no write decode drives their enables (the
 load beat's decode into the weight banks' data registers was 16.0 ns at 0e077f7). A bank is one block
-RAM deep: as deep as the ECP5 block's shape (:data:`BLOCK_SHAPES`) that holds the most words of the
+RAM deep: as deep as the ECP5 block's shape (:data:`hw.memories.BLOCK_RAM_SHAPES`) that holds the most words of the
 width per block, the shallower on a tie (24-bit words: 2048 x 9, 3-bit words: 16384 x 1), so that
 banking takes no more blocks than the best mapping of the whole.
 
@@ -32,15 +32,15 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
 from .delay import delayed
+from .memories import BLOCK_RAM_SHAPES
 
-BLOCK_SHAPES = ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))   # ECP5 DP16KD (depth, width)
 LATENCY = 3
 
 
 def bank_depth(width: int) -> int:
     """Words of one bank of ``width``-bit words: the depth of the shape with the fewest blocks per word
     (``ceil(width / shape width) / shape depth``), the shallowest of those."""
-    return min(BLOCK_SHAPES, key=lambda shape: (-(-width // shape[1]) / shape[0], shape[0]))[0]
+    return min(BLOCK_RAM_SHAPES["ecp5"], key=lambda shape: (-(-width // shape[1]) / shape[0], shape[0]))[0]
 
 
 def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_addr, write_data, read_addr,

@@ -33,8 +33,8 @@ def column_memory(m: Module, name: str, width: int, depth: int, granularity: int
                             data=Signal(width, name=f"{name}_write_data"))
     read = SimpleNamespace(addr=Signal(range(depth), name=f"{name}_read_addr"),
                            data=Signal(width, name=f"{name}_read_data"))
-    columns = [(low, min(bits, granularity - low % granularity)) for low in range(0, width, 1)
-               if low % granularity % bits == 0]
+    columns = [(granule + low, min(bits, granularity - low)) for granule in range(0, width, granularity)
+               for low in range(0, granularity, bits)]
     for n, (low, size) in enumerate(columns):
         m.submodules[f"{name}_{n}"] = memory = Memory(shape=size, depth=depth, init=[])
         column_write, column_read = memory.write_port(), memory.read_port()

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 from amaranth import C, ClockSignal, Instance, Module, Signal
 
+from .memories import slow_block_ram
+
 PRIMITIVE = "MULT18X18D"
 WIDTH = 18  # the multiplier's operand width
 
 
 def registered_multipliers(platform) -> bool:
-    """Whether ``platform`` (an Amaranth platform, or None in simulation) is an ECP5, whose multipliers
-    :func:`registered_product` instantiates."""
-    return str(getattr(platform, "device", "")).startswith("LFE5")
+    """Whether ``platform`` (an Amaranth platform, or None in simulation) is an ECP5
+    (:func:`hw.memories.slow_block_ram`), whose multipliers :func:`registered_product` instantiates."""
+    return slow_block_ram(platform)
 
 
 def registered_product(m: Module, name: str, a, b) -> Signal:
