@@ -6,7 +6,12 @@ outputs by the high address bits: on the ECP5, whose block RAM output already ta
 ResNet-20 core's value memory (8192 x 70 bits in 32 blocks of 1024 x 18) was 13.6 ns from the blocks through
 that multiplexer into its readers' registers on the ULX3S-85F at 1badc10. As columns of 8192 x 2-bit blocks it
 takes 36 blocks and no multiplexer. Same ports and behaviour as one Amaranth memory with a write port of
-``granularity`` and a synchronous, non-transparent read port.
+``granularity`` and a synchronous, non-transparent read port; with ``registered`` both ports reach each group of
+:data:`GROUP_COLUMNS` columns through registers of its own, so that the ports' multiplexers and the blocks across
+the die fall in different cycles: reads then take two cycles (:func:`value_read_latency` for the network core's
+value memory, whose read address was next, 16.1 ns into one of its blocks at 9801b7c) and writes land a cycle
+later (its write address, one register for 36 blocks, 13.6 ns at 7bd78e4): a read still returns what a write
+given in the same cycle or before replaced, as without them, as long as it comes two cycles after the write.
 """
 
 from __future__ import annotations
@@ -16,15 +21,28 @@ from types import SimpleNamespace
 from amaranth import Module, Signal
 from amaranth.lib.memory import Memory
 
-from .memories import column_bits
+from .delay import delayed
+from .memories import column_bits, slow_block_ram
+
+GROUP_COLUMNS = 4   # columns that share address registers (registered)
 
 
-def column_memory(m: Module, name: str, width: int, depth: int, granularity: int, family: str = "ecp5"):
+def value_read_latency(platform) -> int:
+    """Cycles from a read address of the network core's value memory to its data on ``platform`` (an Amaranth
+    platform, or None in simulation): 1, a memory's read; 2 where block RAM is slow (the ECP5,
+    :func:`hw.memories.slow_block_ram`), the memory a :func:`column_memory` with registered ports."""
+    return 2 if slow_block_ram(platform) else 1
+
+
+def column_memory(m: Module, name: str, width: int, depth: int, granularity: int, family: str = "ecp5",
+                  registered: bool = False):
     """A ``width`` x ``depth`` memory in module ``m`` (submodules ``{name}_{n}``): each ``granularity``-bit
     granule of a word in columns of :func:`hw.memories.column_bits` bits (the widest block RAM of ``family`` as
     deep as the memory), a memory each. Returns ``(write, read)``: ``write.en`` (a bit per granule),
     ``write.addr``, ``write.data`` and ``read.addr``, ``read.data`` (one cycle after its address; a read of the
-    address being written returns the old word), as an Amaranth memory's ports."""
+    address being written returns the old word), as an Amaranth memory's ports. ``registered``: each port
+    through a register of its own for each group of :data:`GROUP_COLUMNS` columns (reads two cycles after their
+    address, writes a cycle after they are given)."""
     if width % granularity:
         raise ValueError(f"a {width}-bit word is not whole granules of {granularity} bits")
     bits = column_bits(depth, family)
@@ -38,7 +56,16 @@ def column_memory(m: Module, name: str, width: int, depth: int, granularity: int
     for n, (low, size) in enumerate(columns):
         m.submodules[f"{name}_{n}"] = memory = Memory(shape=size, depth=depth, init=[])
         column_write, column_read = memory.write_port(), memory.read_port()
-        m.d.comb += [column_write.en.eq(write.en[low // granularity]), column_write.addr.eq(write.addr),
-                     column_write.data.eq(write.data[low:low + size]), column_read.addr.eq(read.addr),
+        group = n // GROUP_COLUMNS
+        if n % GROUP_COLUMNS == 0:
+            read_addr, write_addr = (
+                [delayed(m, addr, 1, f"{name}_{port}_addr_{group}", own_flip_flops=True) if registered else addr
+                 for addr, port in ((read.addr, "read"), (write.addr, "write"))])
+        write_en, write_data = write.en[low // granularity], write.data[low:low + size]
+        if registered:
+            write_en, write_data = [delayed(m, port, 1, f"{name}_{n}_write_{part}", own_flip_flops=True)
+                                    for port, part in ((write_en, "en"), (write_data, "data"))]
+        m.d.comb += [column_write.en.eq(write_en), column_write.addr.eq(write_addr),
+                     column_write.data.eq(write_data), column_read.addr.eq(read_addr),
                      read.data[low:low + size].eq(column_read.data)]
     return write, read

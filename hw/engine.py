@@ -95,6 +95,7 @@ from amaranth.lib.wiring import In, Out
 from .bands import CODE_READ_REGISTERS
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
+from .column_memory import value_read_latency
 from .delay import delayed, delays, late_write, own, reset_less_data
 from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS, SPRAM_DEPTH,
                             STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, TARGET_BITS, THRESHOLDS, WEIGHTS,
@@ -182,7 +183,8 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
       ``h``; ``halves`` = :attr:`~hw.engine_params.EngineParams.halves`), while the layer computes its
       next channel tiles (so a layer's output must not share words with its input).
     - ``val_read`` (while busy): ``addr`` (out, ``reg_bits``), ``data`` (in, ``halves`` values, the
-      word at the previous cycle's address): with ``dst_add``, the values each write adds to.
+      word at the address of :func:`hw.column_memory.value_read_latency` cycles before): with ``dst_add``, the values
+      each write adds to.
     - ``code_written`` (out): the activation buffer's write in every cycle, whoever writes, a
       probe for simulations: ``en`` (one bit per lane of each half), ``addr``, ``data`` (``halves``
       activation words: word ``addr * halves + h`` in half ``h``); on the ECP5 the buffer takes it a cycle
@@ -232,7 +234,8 @@ class LayerEngine(wiring.Component):
     ``params.out_bits``).
 
     Ports: :class:`EngineSignature` for ``params`` (network mode: :func:`network_signature`).
-    ``STAGE_LATENCY``: cycles through the output stage, the slower unit's; ``FUSED_LATENCY``: cycles
+    ``STAGE_LATENCY``: cycles through the output stage, the slower unit's (on the ECP5 one more:
+    :meth:`stage_latency`, which the module docstring's ``STAGE_LATENCY`` means); ``FUSED_LATENCY``: cycles
     from a value's write to its fused activation's code write (a register, then the lent threshold
     unit); ``drain``: see the module docstring. ``WORD_GROUP_COLUMNS``: columns of a row's weight word
     loaded by one flip-flop's enable (network mode).
@@ -241,6 +244,13 @@ class LayerEngine(wiring.Component):
     STAGE_LATENCY = max(ThresholdUnit.LATENCY, RequantizeUnit.LATENCY)
     FUSED_LATENCY = 1 + ThresholdUnit.LATENCY
     WORD_GROUP_COLUMNS = 4
+
+    @classmethod
+    def stage_latency(cls, platform) -> int:
+        """Cycles through the output stage on ``platform`` (an Amaranth platform, or None in simulation):
+        ``STAGE_LATENCY``, one more where block RAM is slow (:func:`hw.memories.slow_block_ram`, the ECP5), whose
+        requantize units register their inputs before the multipliers (``RequantizeUnit(registered_inputs=)``)."""
+        return cls.STAGE_LATENCY + int(slow_block_ram(platform))
 
     def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None,
                  value_bits: int | None = None, wide_spram: bool = False):
@@ -298,6 +308,7 @@ class LayerEngine(wiring.Component):
         p = self.params
         R, Cn = p.rows, p.cols
         reset_less = reset_less_data(platform)     # of data registers (hw.delay)
+        self._stage_latency = self.stage_latency(platform)
         cfg = {name: Signal(signed(self.data_addr_bits if name == "dst_base" else p.register_bits(name, self.reg_bits)),
                             name=f"cfg_{name}") for name in self.registers}
         idle = Signal()
@@ -759,10 +770,10 @@ class LayerEngine(wiring.Component):
                    for value, suffix in zip(values, ("", "_odd"))]
         result = results[0]
         if self.network:
-            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, late)
+            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, platform)
             return m
-        back_valid = delayed(m, feeding, self.STAGE_LATENCY, "back_valid")
-        back_col = delayed(m, feed_col, self.STAGE_LATENCY, "back_col")
+        back_valid = delayed(m, feeding, self._stage_latency, "back_valid")
+        back_col = delayed(m, feed_col, self._stage_latency, "back_col")
         fields = [Signal(signed(p.out_bits), name=f"out_{c}") for c in range(Cn)]
         with m.If(back_valid):
             with m.Switch(back_col):
@@ -813,20 +824,21 @@ class LayerEngine(wiring.Component):
             m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(
                 p.acc_bits, p.code_bits, depth, p.threshold_bits, own_memory=not shared,
                 registered_word=slow_block_ram(platform), late_value=late, registered_inputs=slow_block_ram(platform))
-            code = delayed(m, unit.code, self.STAGE_LATENCY - unit.latency, f"code{suffix}")
+            code = delayed(m, unit.code, self._stage_latency - unit.latency, f"code{suffix}")
             connect(unit, THRESHOLDS)
         if p.requantize:
             q = p.requantize
             m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
                 p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared,
-                registered_constants=slow_block_ram(platform), late_value=late)
+                registered_constants=slow_block_ram(platform), late_value=late,
+                registered_inputs=slow_block_ram(platform))
             connect(unit, REQUANTIZE)
-            out = delayed(m, unit.out, self.STAGE_LATENCY - unit.LATENCY, f"requantized{suffix}")
+            out = delayed(m, unit.out, self._stage_latency - unit.latency, f"requantized{suffix}")
             if q.relu and not self.network:
                 out = Mux(relu & (out < 0), 0, out)
             result = out
         else:
-            result = delayed(m, value, self.STAGE_LATENCY - late, f"raw{suffix}")
+            result = delayed(m, value, self._stage_latency - late, f"raw{suffix}")
         return Mux(stage == STAGE_THRESHOLDS, code, result) if p.code_bits else result
 
     def _load_beat(self, m, idle):
@@ -936,7 +948,7 @@ class LayerEngine(wiring.Component):
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
         ahead = Signal(range(p.out_depth + 2), name="ahead")
         channel_tiles_written, band_pos = Signal(range(p.out_depth + 1)), Signal(range(p.pos_depth + 1))
-        flush = Signal(range(self.STAGE_LATENCY + self.FUSED_LATENCY))
+        flush = Signal(range(self._stage_latency + self.FUSED_LATENCY))
         m.d.sync += ahead.eq(ahead + ready - unit_written)
         # The FEED's tests as registers, a cycle behind their counters (each changes as a word's last accumulator
         # is fed, and is next tested as the next word's is, two cycles on at the earliest): the word is its band's
@@ -992,7 +1004,7 @@ class LayerEngine(wiring.Component):
                             self._step_destination(m, cfg, dest, read_pos, tile=True)
                             with m.If(layer_end):
                                 m.d.sync += flush.eq(Mux(cfg["act_fuse"][0], self.FUSED_LATENCY, 0)
-                                                     + self.STAGE_LATENCY - 1)
+                                                     + self._stage_latency - 1)
                                 m.next = "FLUSH"
                     with m.Else():
                         m.next = "READ_WORD"
@@ -1005,29 +1017,32 @@ class LayerEngine(wiring.Component):
         m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
         return writer.ongoing("FEED"), (writer.ongoing("READ_SECOND") if p.write_pairs else C(0, 1))
 
-    def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, late):
+    def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, platform):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
-        accumulator was fed, as a value (``dst_values``; plus the value read at its address two cycles
-        before, with ``dst_add`` (engines with ``fused_adds``); then ``max(0, value)`` where ``relu``) or as a
-        code into its lane; with ``act_fuse`` (engines with ``fused_activations``), the value's code (lent
-        thresholds of slot ``act_slot + channel``) into its lane ``FUSED_LATENCY`` cycles later. The padding
+        accumulator was fed, as a value (``dst_values``; plus the value read at its address the value memory's
+        read latency and a cycle before, with ``dst_add`` (engines with ``fused_adds``); then ``max(0, value)``
+        where ``relu``) or as a code into its lane; with ``act_fuse`` (engines with ``fused_activations``), the
+        value's code (lent thresholds of slot ``act_slot + channel``) into its lane ``FUSED_LATENCY`` cycles
+        later. The padding
         channels of the last channel tile (``channel >= c_out``) are not written. ``results``: the even
         position's stage (the only one without ``write_pairs``) and the odd one's; in pairs both are written
         at once into the two halves of a word (the position being fed is even, and so is every tensor's
-        base), else the first into its position's half. ``late`` (the ECP5): the fused activation's valid and
+        base), else the first into its position's half. On the ECP5 (``late``) the fused activation's valid and
         slot go to the lent thresholds a cycle ahead of its value (``activation``, :func:`network_signature`)."""
         p = self.params
+        late = slow_block_ram(platform)
         halves, vb = p.halves, self.value_bits
-        valids = delays(m, feeding & (dest["channel"] < cfg["c_out"]), self.STAGE_LATENCY, "back_valid")
-        channels = delays(m, dest["channel"], self.STAGE_LATENCY, "back_channel")
+        valids = delays(m, feeding & (dest["channel"] < cfg["c_out"]), self._stage_latency, "back_valid")
+        channels = delays(m, dest["channel"], self._stage_latency, "back_channel")
         valid = valids[-1]
-        # The old values are read a cycle early and registered (no logic between the value memory's read
-        # multiplexer and the addition): the read of a position's value precedes its write by two cycles, and
-        # no other position writes that word between them.
-        read_addr = delayed(m, dest["value_base"] + read_pos, self.STAGE_LATENCY - 2, "back_value_read_addr")
-        value_addr = delayed(m, read_addr, 2, "back_value_addr")
-        code_addr = delayed(m, dest["code_base"] + read_pos, self.STAGE_LATENCY, "back_code_addr")
-        lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self.STAGE_LATENCY, "back_lane")
+        # The old values are read early (the value memory's read latency) and registered (no logic between its
+        # read multiplexer and the addition): the read of a position's value precedes its write by the latency
+        # and a cycle, and no other position writes that word between them.
+        ahead = value_read_latency(platform) + 1
+        read_addr = delayed(m, dest["value_base"] + read_pos, self._stage_latency - ahead, "back_value_read_addr")
+        value_addr = delayed(m, read_addr, ahead, "back_value_addr")
+        code_addr = delayed(m, dest["code_base"] + read_pos, self._stage_latency, "back_code_addr")
+        lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self._stage_latency, "back_lane")
         values = cfg["dst_values"][0]
 
         def word(addr):

@@ -33,7 +33,9 @@ as :mod:`hw.engine` states (network mode: its outputs are written one per cycle,
 cycles per word of ``cols`` channels, or with ``write_pairs`` two per cycle, ``cols + 2`` cycles per
 two positions, then ``STAGE_LATENCY`` cycles, plus ``FUSED_LATENCY`` with a fused activation), a
 vector op as
-:meth:`hw.vector_params.VectorParams.op_cycles` states, three cycles per logit (plus back-pressure).
+:meth:`hw.vector_params.VectorParams.op_cycles` states, three cycles per logit (plus back-pressure). Where the
+value memory's reads take longer (:func:`hw.column_memory.value_read_latency`: on the ECP5, a cycle more), a vector op
+takes what ``op_cycles`` states with that latency and a logit a cycle more.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .column_memory import column_memory
+from .column_memory import column_memory, value_read_latency
 from .delay import delayed, late_write, reset_less_data
 from .engine import LayerEngine
 from .engine_params import CONFIG
@@ -141,24 +143,27 @@ class NetworkCore(wiring.Component):
             m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=[])
             return mem.write_port(granularity=granularity), mem.read_port()
 
-        # The value memory: words of ``halves`` values (two where the engine writes in pairs: values 2w, 2w + 1).
-        halves = p.engine.halves
+        # The value memory: words of ``halves`` values (two where the engine writes in pairs: values 2w, 2w + 1),
+        # read ``latency`` cycles after the address (hw.column_memory.value_read_latency).
+        halves, vb, latency = p.engine.halves, p.value_bits, value_read_latency(platform)
+        words = -(-p.value_depth // halves)
         spram = platform_has_spram(platform) if self.spram is None else self.spram
         single_port = spram and p.values_single_port
         if single_port:
-            value_port, value_read = single_port_values(m, p.value_bits)
-        elif slow_block_ram(platform):
-            # As columns of block RAM as deep as the memory: no multiplexer over its blocks before its readers'
-            # registers (hw.column_memory).
-            value_port, value_read = column_memory(m, "values", halves * p.value_bits, -(-p.value_depth // halves),
-                                                   p.value_bits)
+            value_port, value_read = single_port_values(m, vb)
+        elif latency > 1:
+            # As columns of block RAM as deep as the memory, each group of columns with port registers of its own:
+            # no multiplexer over its blocks before its readers' registers, none between its readers' addresses and
+            # its blocks, and no register for all of them (hw.column_memory).
+            value_port, value_read = column_memory(m, "values", halves * vb, words, vb, registered=True)
         else:
-            value_port, value_read = memory("values", halves * p.value_bits, -(-p.value_depth // halves),
-                                            p.value_bits)
+            value_port, value_read = memory("values", halves * vb, words, vb)
         # The writes, from the engine or the vector unit. In block RAM they reach the memory a cycle later, from
         # registers: no multiplexer between the engine's write test and the address of the memory's many blocks
         # (the ResNet-20 core's worst path on the ULX3S-85F, 12 of its 17 ns routing to a block across the die).
-        # No step reads a value in the cycle after it is written. One SPRAM port reads too: its writes stay.
+        # No step reads a value in the cycle after it is written (as columns, whose writes land a cycle later
+        # still, a cycle later than that: their reads come a cycle later too). One SPRAM port reads too: its
+        # writes stay.
         value_write = SimpleNamespace(en=Signal.like(value_port.en, name="value_write_en"),
                                       addr=Signal.like(value_port.addr, name="value_write_addr"),
                                       data=Signal.like(value_port.data, name="value_write_data"))
@@ -277,9 +282,8 @@ class NetworkCore(wiring.Component):
         else:
             vector_en = Mux(vector.val_write_addr[0], C(0b10, 2), C(0b01, 2))
             vector_addr, read_word = vector.val_write_addr >> 1, single_read >> 1
-            read_half = Signal(name="value_read_half")
-            m.d.sync += read_half.eq(single_read[0])
-        single_value = value_read.data.word_select(read_half, p.value_bits)
+            read_half = delayed(m, single_read[0], latency, "value_read_half")
+        single_value = value_read.data.word_select(read_half, vb)
         engine_writes, engine_reads = engine.val_write.en.any(), Signal(name="engine_reads")
         m.d.sync += engine_reads.eq(engine.busy)
         m.d.comb += [
@@ -372,9 +376,12 @@ class NetworkCore(wiring.Component):
                     m.next = "FETCH"
                 with m.Else():
                     m.next = "OUTPUT_HOLD"
-            with m.State("OUTPUT_HOLD"):
-                m.d.comb += outputting.eq(1)
-                m.next = "OUTPUT_OFFER"
+            # The value read: ``latency`` cycles until its data, a cycle more into out_value.
+            holds = ["OUTPUT_HOLD"] + [f"OUTPUT_HOLD_{n}" for n in range(2, latency + 1)]
+            for hold, following in zip(holds, holds[1:] + ["OUTPUT_OFFER"]):
+                with m.State(hold):
+                    m.d.comb += outputting.eq(1)
+                    m.next = following
             with m.State("OUTPUT_OFFER"):
                 m.d.comb += [outputting.eq(1), self.out.valid.eq(1), self.out.payload.eq(out_value)]
                 with m.If(self.out.ready):

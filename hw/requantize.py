@@ -68,16 +68,21 @@ class RequantizeUnit(wiring.Component):
     shifted (a carry chain and a shifter in one cycle: on the ECP5 both are fast, and its block RAM's
     slow output then feeds no multiplier). ``late_value`` (with ``registered_constants`` only): ``acc`` comes a
     cycle after its ``valid`` and ``channel`` (the unit then waits a cycle less for the constants; the same
-    latency from ``valid``). Fully pipelined, gaps allowed, no back-pressure.
+    latency from ``valid``). ``registered_inputs`` (with ``registered_constants`` only): one more register on the
+    value and the constants before the partial products (latency one more, 6: ``latency``), so that the
+    multipliers need not lie near the value's source (the engine's multiplexer over its columns' accumulator
+    reads, spread across the die: 13.9 ns into the ECP5 multipliers' input registers on the ULX3S-85F at 38d3741)
+    nor near the constants' block RAM. Fully pipelined, gaps allowed, no back-pressure.
     """
 
     LATENCY = 5
 
     def __init__(self, acc_bits: int, channels: int, multiplier_bits: int, bias_bits: int,
                  max_shift: int, out_bits: int, own_memory: bool = True, registered_constants: bool = False,
-                 late_value: bool = False):
-        if late_value and not registered_constants:
-            raise ValueError("a late value (late_value) waits for registered constants (registered_constants)")
+                 late_value: bool = False, registered_inputs: bool = False):
+        for name, flag in (("late_value", late_value), ("registered_inputs", registered_inputs)):
+            if flag and not registered_constants:
+                raise ValueError(f"{name} needs registered constants (registered_constants)")
         for name, value, low in (("acc_bits", acc_bits, 2), ("channels", channels, 1),
                                  ("multiplier_bits", multiplier_bits, 1), ("bias_bits", bias_bits, 2),
                                  ("max_shift", max_shift, 0), ("out_bits", out_bits, 2)):
@@ -89,6 +94,8 @@ class RequantizeUnit(wiring.Component):
         self.shift_bits = shift_bits(self.max_shift)
         self.word_bits = requantize_word_bits(self.multiplier_bits, self.bias_bits, self.max_shift)
         self.own_memory, self.registered_constants, self.late_value = own_memory, registered_constants, late_value
+        self.registered_inputs = registered_inputs
+        self.latency = self.LATENCY + registered_inputs
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "out_valid": Out(1),
@@ -127,16 +134,21 @@ class RequantizeUnit(wiring.Component):
         # On the ECP5 (with registered constants) each partial product is an instantiated multiplier with its own
         # registers (hw.dsp): its input registers take acc's and M's (their flip-flops here), its output register
         # the product's.
+        # With registered inputs the value and the registered constants wait a cycle more, and every stage from
+        # the partial products on comes a cycle later (``extra``).
         in_dsp = late and registered_multipliers(platform)
-        acc = delayed(m, self.acc, late - self.late_value, "early_acc")
+        extra = int(self.registered_inputs)
+        acc = delayed(m, self.acc, late - self.late_value + extra, "early_acc")
         multiplier = word[:self.multiplier_bits]
         if late:
             word = delayed(m, word, 1, "constants")
+        if extra:
+            multiplier = word[:self.multiplier_bits]
         if not in_dsp:
-            acc, multiplier = delayed(m, acc, 1, "acc"), word[:self.multiplier_bits]
-        valid = delayed(m, self.valid, 4, "valid")
+            acc, multiplier = delayed(m, acc, 1, "acc"), delayed(m, word[:self.multiplier_bits], extra, "multiplier")
+        valid = delayed(m, self.valid, 4 + extra, "valid")
         bias = word[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
-        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late, "shift")
+        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late + extra, "shift")
         # Edge t + 1: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
         # register as wide as its product and without reset, so that Yosys puts it into the iCE40
         # multiplier's output register (on the ECP5, into the instantiated multiplier's).
@@ -155,7 +167,7 @@ class RequantizeUnit(wiring.Component):
         # Edge t + 2: two partial sums (each product at its weight), the first plus B; t + 3: their sum. Each
         # as wide as its exact value needs (Amaranth's widths for the sum), so that no carry chain runs
         # through bits that only copy the sign.
-        bias_terms = [delayed(m, bias, 1, "bias")]
+        bias_terms = [delayed(m, bias, 1 + extra, "bias")]
         halves = []
         for n in range(2):
             terms = [product << low for product, low in products[n::2]] + (bias_terms if n == 0 else [])

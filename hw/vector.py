@@ -43,6 +43,7 @@ from amaranth.lib.wiring import In, Out
 
 from .delay import delays
 from .fsm_encoding import one_hot
+from .column_memory import value_read_latency
 from .memories import slow_block_ram
 from .pe import add_with_carry
 from .thresholds import ThresholdUnit
@@ -69,15 +70,16 @@ class VectorUnit(wiring.Component):
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 7``,
       ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL
-      ``channels * (pool_pieces + positions + 6 + 4 * pool_code_bits) + 2``, MAXPOOL
+      ``channels * (pool_pieces + positions + 6 + 5 * pool_code_bits) + 2``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL
-      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 6 + 4 * pool_code_bits) + 2``
+      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 6 + 5 * pool_code_bits) + 2``
       (each with the cycle in which the start, taken into a register, starts the op: no logic from
       ``start`` into the op registers' enables).
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
       (``p.load_data_bits``): write one constant word at the clock edge; ignored while busy.
     - value read: ``val_read_addr`` (out, ``p.value_addr_bits``), ``val_read_data`` (in, signed
-      ``p.value_bits``): the word at the address of the previous cycle.
+      ``p.value_bits``): the word at the address of :func:`hw.column_memory.value_read_latency` cycles before (1; on the
+      ECP5 2: every op that reads values then takes the cycles of ``op_cycles(..., value_latency=2)``).
     - value write: ``val_write_en``, ``val_write_addr``, ``val_write_data`` (out, signed
       ``p.value_bits``): written at the edge that ends the cycle they are presented in.
     - code write: ``code_write_en``, ``code_write_addr`` (``p.code_addr_bits``),
@@ -99,11 +101,13 @@ class VectorUnit(wiring.Component):
     presents the write 6 cycles later (the read, its register, the threshold unit's 3, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
     channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
-    cycle), waits 6 cycles for the sum, searches its thresholds (4 cycles per code bit: read, compare
+    cycle), waits 6 cycles for the sum, searches its thresholds (5 cycles per code bit: two adds or a read, compare
     in two halves, take) and presents the code's write in the next channel's first cycle (the
     arithmetic form computes ``B' + code * S + p * S`` where the table form reads the threshold: the
     same cycles); MAXPOOL reads a word per cycle and presents a window's write 2 cycles after its last
-    read (the read, the write register).
+    read (the read, the write register). A value read that takes more than a cycle
+    (:func:`hw.column_memory.value_read_latency`) delays ACTIVATE's and ADD's write and POOL's sum by as many
+    cycles more.
     """
 
     def __init__(self, params: VectorParams):
@@ -150,6 +154,7 @@ class VectorUnit(wiring.Component):
         m = Module()
         p = self.params
         pool_hw = bool(p.pool_slots)
+        extra = value_read_latency(platform) - 1       # the value memory's read cycles beyond one
         busy = Signal()
         load = Signal()
         m.d.comb += load.eq(self.load_en & ~busy)
@@ -204,7 +209,7 @@ class VectorUnit(wiring.Component):
             clear_total = Signal(name="clear_total")
             code, probe = Signal(b, name="code"), Signal(b, name="probe")
             step_phase = Signal(range(SEARCH_STEP), name="step_phase")
-            drain = Signal(range(POOL_DRAIN))
+            drain = Signal(range(POOL_DRAIN + extra))
             piece = Signal(range(max(2, p.pool_pieces)), name="piece")
             pool_write = Signal()
 
@@ -278,7 +283,7 @@ class VectorUnit(wiring.Component):
                         m.next = "DRAIN"
                 with m.State("DRAIN"):
                     m.d.sync += drain.eq(drain + 1)
-                    with m.If(drain == POOL_DRAIN - 1):
+                    with m.If(drain == POOL_DRAIN + extra - 1):
                         m.next = "SEARCH"
                 with m.State("SEARCH"):
                     m.d.sync += step_phase.eq(step_phase + 1)
@@ -309,20 +314,23 @@ class VectorUnit(wiring.Component):
         if p.act_code_bits:
             # On the ECP5 the unit registers the thresholds' word (its block RAM's output ran into the compares:
             # 13.7 ns on the ULX3S-85F) and takes the value a cycle after the element's valid and slot.
-            late = slow_block_ram(platform)
-            depth = 2 + ThresholdUnit.LATENCY
+            late = int(slow_block_ram(platform))
+            read = 2 + extra            # the value registered
+            depth = read + ThresholdUnit.LATENCY
             act = delays(m, issue_act, depth, "act")
             read_value = delays(m, self.val_read_data, 1, "act_value")[1]
             m.submodules.thresholds = unit = ThresholdUnit(p.value_bits, p.act_code_bits, p.act_slots,
-                                                           p.act_threshold_bits, registered_word=late, late_value=late)
+                                                           p.act_threshold_bits, registered_word=bool(late),
+                                                           late_value=bool(late))
             addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr")[-1]
             act_lane = delays(m, lane, depth, "act_lane")[-1]
             lent = self.lent_valid & ~busy
-            value_lent = delays(m, lent, 1, "lent_late")[1] if late else lent
+            value_lent = delays(m, lent, late, "lent_late")[-1]
             m.d.comb += [unit.load_en.eq(load & (self.load_target == ACT_THRESHOLDS)),
                          unit.load_addr.eq(self.load_addr), unit.load_data.eq(self.load_data),
-                         unit.valid.eq(act[2 - late] | lent), unit.acc.eq(Mux(value_lent, self.lent_value, read_value)),
-                         unit.channel.eq(Mux(lent, self.lent_slot, delays(m, slot, 2, "act_slot")[2 - late])),
+                         unit.valid.eq(act[read - late] | lent),
+                         unit.acc.eq(Mux(value_lent, self.lent_value, read_value)),
+                         unit.channel.eq(Mux(lent, self.lent_slot, delays(m, slot, read, "act_slot")[read - late])),
                          self.lent_code.eq(unit.code)]
             with m.If(act[-1]):
                 m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(addr),
@@ -332,8 +340,8 @@ class VectorUnit(wiring.Component):
         # ADD (with ``adds``): the value read, registered (no adder after the value memory's read multiplexer);
         # operand a waits for b; the sum goes to the value write registers.
         if p.adds:
-            a2, (_, b1, b2) = delays(m, issue_a, 2, "add_a")[2], delays(m, issue_b, 2, "add_b")
-            wr2 = delays(m, wr, 2, "add_wr")[2]
+            a2, (_, *b_stages) = delays(m, issue_a, 2 + extra, "add_a")[-1], delays(m, issue_b, 2 + extra, "add_b")
+            wr2, b2 = delays(m, wr, 2 + extra, "add_wr")[-1], b_stages[-1]
             read_value = delays(m, self.val_read_data, 1, "add_value")[1]
             a_value = Signal(signed(p.value_bits))
             with m.If(a2):
@@ -342,11 +350,11 @@ class VectorUnit(wiring.Component):
             with m.If(b2):
                 m.d.sync += [self.val_write_en.eq(1), self.val_write_addr.eq(wr2),
                              self.val_write_data.eq(Mux((op == ADD_RELU) & (add_sum < 0), 0, add_sum))]
-            pending += [b1, b2]
+            pending += b_stages
 
         if pool_hw:
             self._pool(m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-                       fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece)
+                       fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece, extra)
 
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
         word_write, word_lanes, word_data = (maxpool.write(pending) if maxpool
@@ -359,9 +367,10 @@ class VectorUnit(wiring.Component):
         return m
 
     def _pool(self, m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-              searching, reading, piece):
+              searching, reading, piece, extra):
         """The pool datapath: constants (and thresholds) memories, the channel's constants register (its
-        pieces read while ``reading``), ``u`` and the sum (back to 0 where ``clear_total``), the search step."""
+        pieces read while ``reading``), ``u`` and the sum (back to 0 where ``clear_total``), the search step;
+        ``extra``: the value memory's read cycles beyond one."""
         p = self.params
         b = p.pool_code_bits
         m.submodules.pool_constants = constants = Memory(shape=p.pool_piece_bits, depth=p.pool_constant_depth,
@@ -391,7 +400,7 @@ class VectorUnit(wiring.Component):
         # worst path at 41798fd); stage 4: registered again; stage 5: u = relu(sign * t);
         # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle, POOL_DRAIN), the
         # sum's high half a cycle later (``_sum``), in time for the search's first compare.
-        value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2, "pool")[2]
+        value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2 + extra, "pool")[-1]
         width = p.value_bits + p.max_frac_bits + 1
         shifted, shifted_valid = Signal(signed(width), name="shifted"), Signal(name="shifted_valid")
         m.d.sync += [shifted.eq(value << frac), shifted_valid.eq(pool2)]

@@ -432,37 +432,40 @@ class VectorParams:
                                             (ADD_RELU, self.adds),
                                             (AVGPOOL, self.avgpool_bits)) if present)
 
-    def op_cycles(self, op: int, channels: int, positions: int, window: int = 1) -> int:
+    def op_cycles(self, op: int, channels: int, positions: int, window: int = 1, value_latency: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented), each with the start's cycle (``START_CYCLES``): ACTIVATE
         ``N + 7`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
-        (pool_pieces + positions + 6 + 4 * pool_code_bits) + 2``; MAXPOOL ``ceil(channels / lanes) *
+        (pool_pieces + positions + 6 + 5 * pool_code_bits) + 2``; MAXPOOL ``ceil(channels / lanes) *
         positions * window + 3`` with ``positions`` the output's and ``window`` = kernel^2: one read per
-        cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions * (pool_pieces + window + 6 + 4 *
-        pool_code_bits) + 2`` (each window as POOL's channel)."""
-        n = channels * positions
+        cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions * (pool_pieces + window + 6 + 5 *
+        pool_code_bits) + 2`` (each window as POOL's channel). ``value_latency``: the value memory's read
+        cycles (:func:`hw.column_memory.value_read_latency`), each beyond the first one more for ACTIVATE and ADD and
+        one more per channel (window) for POOL (AVGPOOL)."""
+        n, extra = channels * positions, value_latency - 1
         if op == ACTIVATE:
-            run = n + ACTIVATE_DEPTH
+            run = n + ACTIVATE_DEPTH + extra
         elif op in (ADD, ADD_RELU):
-            run = 2 * n + ADD_DEPTH
+            run = 2 * n + ADD_DEPTH + extra
         elif op == POOL:
-            run = channels * (self.pool_pieces + positions + POOL_DRAIN + SEARCH_STEP * self.pool_code_bits) + 1
+            run = channels * (self.pool_pieces + positions + POOL_DRAIN + extra
+                              + SEARCH_STEP * self.pool_code_bits) + 1
         elif op == MAXPOOL:
             run = -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
         elif op == AVGPOOL:
-            run = channels * positions * (self.pool_pieces + window + POOL_DRAIN
+            run = channels * positions * (self.pool_pieces + window + POOL_DRAIN + extra
                                           + SEARCH_STEP * self.pool_code_bits) + 1
         else:
             names = ", ".join(f"{i} ({name})" for i, name in enumerate(OPS))
             raise ValueError(f"op must be one of {names}, got {op!r}")
         return START_CYCLES + run
 
-    def register_cycles(self, regs: dict[str, int]) -> int:
+    def register_cycles(self, regs: dict[str, int], value_latency: int = 1) -> int:
         """:meth:`op_cycles` of the op that the op registers ``regs`` start (``op_registers``'s dict)."""
         if regs["op"] in (MAXPOOL, AVGPOOL):
             return self.op_cycles(regs["op"], regs["channels"], regs["out_height"] * regs["out_width"],
-                                  regs["kernel"] ** 2)
-        return self.op_cycles(regs["op"], regs["channels"], regs["positions"])
+                                  regs["kernel"] ** 2, value_latency)
+        return self.op_cycles(regs["op"], regs["channels"], regs["positions"], value_latency=value_latency)
 
     def memories(self) -> list[tuple[str, int, int, int]]:
         """The unit's constant RAMs as ``(name, width, depth, copies)`` (as

@@ -67,7 +67,7 @@ def test_depthwise_convs_skip_the_other_groups_bit_exact_on_the_network_core(mob
         if s.kind != "conv":
             continue
         node = model.nodes[s.index]
-        latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if s.activated else 0)
+        latency = LayerEngine.stage_latency(None) + (LayerEngine.FUSED_LATENCY if s.activated else 0)
         cycles = s.cycles // len(report.images)
         overheads.add(cycles - network_layer_cycles(engine, node, band_rows(engine, node), latency))
         saved[node.name] = network_layer_cycles(dense, node, band_rows(dense, node), latency) - \

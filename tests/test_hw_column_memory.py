@@ -22,16 +22,21 @@ def test_columns_are_as_deep_as_the_memory():
         column_bits(20000)
 
 
-@pytest.mark.parametrize("width, depth, granularity", [(14, 4096, 7), (10, 1024, 10)])
-def test_column_memory_reads_as_one_memory(width, depth, granularity):
+@pytest.mark.parametrize("width, depth, granularity, registered", [(14, 4096, 7, False), (10, 1024, 10, False),
+                                                                   (14, 4096, 7, True), (70, 8192, 35, True)])
+def test_column_memory_reads_as_one_memory(width, depth, granularity, registered):
+    """The same words as one Amaranth memory; with ``registered`` ports, as one whose read address and write
+    ports are registered first (reads and writes a cycle later)."""
     m = Module()
-    write, read = column_memory(m, "columns", width, depth, granularity)
+    write, read = column_memory(m, "columns", width, depth, granularity, registered=registered)
     m.submodules.reference = reference = Memory(shape=width, depth=depth, init=[])
     ref_write, ref_read = reference.write_port(granularity=granularity), reference.read_port()
-    m.d.comb += [ref_write.en.eq(write.en), ref_write.addr.eq(write.addr), ref_write.data.eq(write.data),
-                 ref_read.addr.eq(read.addr)]
+    ports = [(ref_write.en, write.en), (ref_write.addr, write.addr), (ref_write.data, write.data),
+             (ref_read.addr, read.addr)]
+    domain = m.d.sync if registered else m.d.comb
+    domain += [ref.eq(port) for ref, port in ports]
     assert len(m._named_submodules) == column_blocks(width, depth, granularity) + 1
-    rng = random.Random(f"{width} {depth}")
+    rng = random.Random(f"{width} {depth} {registered}")
     addrs = [rng.randrange(depth) for _ in range(6)]
 
     async def bench(ctx):

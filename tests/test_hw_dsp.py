@@ -34,15 +34,16 @@ def test_only_the_ecp5_gets_registered_multipliers():
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("late_value", [False, True])
-def test_requantize_on_ecp5_multipliers_is_exact(tmp_path, late_value):
+@pytest.mark.parametrize("late_value, registered_inputs", [(False, False), (True, False), (True, True)])
+def test_requantize_on_ecp5_multipliers_is_exact(tmp_path, late_value, registered_inputs):
     if shutil.which("iverilog") is None:
         pytest.skip("needs Icarus Verilog (iverilog): apt-get install iverilog")
     rng = np.random.default_rng(5 + late_value)
     acc_bits, channels = 20, 6
     stage = random_requantize(rng, channels)
     dut = RequantizeUnit(acc_bits, channels, multiplier_bits(stage), bias_bits(stage), 40,
-                         out_bits(stage, 2 ** (acc_bits - 1)), registered_constants=True, late_value=late_value)
+                         out_bits(stage, 2 ** (acc_bits - 1)), registered_constants=True, late_value=late_value,
+                         registered_inputs=registered_inputs)
     text = verilog.convert(dut, name="requantize", platform=ECP5, emit_src=False)
     assert text.count("MULT18X18D") == 4 and '.REG_OUTPUT_CLK("CLK0")' in text
     items = requantize_items(rng, channels, acc_bits, 60)
@@ -86,9 +87,9 @@ def test_requantize_on_ecp5_multipliers_is_exact(tmp_path, late_value):
     assert compiled.returncode == 0, compiled.stderr
     ran = subprocess.run(["vvp", "-n", str(tmp_path / "tb.vvp")], capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    # Each output registered at the edge LATENCY - 1 after the one that samples its value's valid: seen at the
-    # clock edge after that, LATENCY edges later (both are printed as the edge finds them).
+    # Each output registered at the edge latency - 1 after the one that samples its value's valid: seen at the
+    # clock edge after that, latency edges later (both are printed as the edge finds them).
     ins = [int(line.split()[1]) for line in ran.stdout.splitlines() if line.startswith("IN ")]
     outs = [tuple(map(int, line.split()[1:])) for line in ran.stdout.splitlines() if line.startswith("OUT ")]
-    assert [cycle for cycle, _ in outs] == [cycle + dut.LATENCY for cycle in ins]
+    assert [cycle for cycle, _ in outs] == [cycle + dut.latency for cycle in ins]
     assert [value for _, value in outs] == expected(stage, items)

@@ -42,7 +42,7 @@ def run_engine(params, node, beats, out_words):
     accepted, then no busy and no word for as long as reading back a word takes, twice."""
     dut = LayerEngine(params)
     assert dut.drain == params.rows + params.cols + 6
-    word_cycles = params.cols + LayerEngine.STAGE_LATENCY + 3
+    word_cycles = params.cols + LayerEngine.stage_latency(None) + 3
     words = []
 
     async def testbench(ctx):

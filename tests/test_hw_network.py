@@ -158,7 +158,7 @@ def test_write_back_overlaps_the_next_band(small_cnn):
     (result,) = simulate_network(model, params, images)
     check_against_reference(model, images, [result])
     counts = check_layer_cycles(model, params, result)
-    drain, flush = 2 + 10 + 8, LayerEngine.STAGE_LATENCY     # hw.bands.network_drain
+    drain, flush = 2 + 10 + 8, LayerEngine.stage_latency(None)     # hw.bands.network_drain
     assert band_rows(params.engine, model.convs[0]) == 2
     assert counts[0] == (2 + 2 + 153 + 8 * 176 + drain + flush, 2 + 2 * (603 + 704) + drain + flush)
     assert counts[0][0] < 2 + 603 + 2 * 704 + drain + flush
@@ -276,18 +276,19 @@ def layer_cycles(params, node, overlapped=True):
     T, drain = load + positions + 1 + gap, R + C + 8     # 8: the code buffer's read address and data registered
     W = positions // 2 * (C + 2) if paired else positions * (C + 1)
     if not overlapped:
-        return 2 + units * k * T - gap + drain + units * W + LayerEngine.STAGE_LATENCY
+        return 2 + units * k * T - gap + drain + units * W + LayerEngine.stage_latency(None)
     held = params.engine.out_depth // positions
     ends, issue = [], R - load
     for u in range(units):
         issue = max(issue + k * T if u else issue, ends[u - held] + 1 if u >= held else 0)
         start = max(issue + k * T - gap + drain + 1, ends[-1] + 1 if ends else 0)
         ends.append(start + W - 1)
-    cycles = 2 + ends[-1] + LayerEngine.STAGE_LATENCY                     # 2: the start registered twice
+    cycles = 2 + ends[-1] + LayerEngine.stage_latency(None)                     # 2: the start registered twice
     if held >= units:
-        closed = 2 + R - load + max(k * T + units * W, units * k * T + W) - gap + drain + LayerEngine.STAGE_LATENCY
+        closed = (2 + R - load + max(k * T + units * W, units * k * T + W) - gap + drain
+                  + LayerEngine.stage_latency(None))
         assert cycles == closed
-    assert cycles == network_layer_cycles(params.engine, node, rows, LayerEngine.STAGE_LATENCY)
+    assert cycles == network_layer_cycles(params.engine, node, rows, LayerEngine.stage_latency(None))
     return cycles
 
 
@@ -321,7 +322,7 @@ def test_write_back_in_pairs(small_cnn):
     results = simulate_network(model, params, images, stall=0.2, backpressure=0.3)
     check_against_reference(model, images, results)
     counts = check_layer_cycles(model, params, results[0])
-    drain, flush = 2 + 10 + 8, LayerEngine.STAGE_LATENCY     # hw.bands.network_drain
+    drain, flush = 2 + 10 + 8, LayerEngine.stage_latency(None)     # hw.bands.network_drain
     assert band_rows(params.engine, model.convs[0]) == 2
     assert counts[0][0] == 2 + 2 + 8 * 153 + 96 + drain + flush
 
@@ -387,5 +388,5 @@ def test_fused_additions_and_activations_in_the_ecp5_form(write_pairs, ecp5_form
     assert len(result["engine_cycles"]) == len(convs)
     for step, cycles in zip(convs, result["engine_cycles"]):
         node = model.nodes[step.index]
-        latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if step.fused_activate else 0)
+        latency = LayerEngine.stage_latency(None) + (LayerEngine.FUSED_LATENCY if step.fused_activate else 0)
         assert cycles == network_layer_cycles(params.engine, node, band_rows(params.engine, node), latency), step.name

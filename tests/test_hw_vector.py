@@ -24,6 +24,8 @@ from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
 from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, MaxPoolNode, PoolNode, TensorInfo, Thresholds,  # noqa: E402
                             signed_bits)
+import hw.column_memory  # noqa: E402
+from hw.delay import delayed  # noqa: E402
 from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
@@ -77,7 +79,9 @@ class Harness(Elaboratable):
         m.submodules.dut, m.submodules.values, m.submodules.codes = dut, self.values, self.codes
         read, write = self.values.read_port(), self.values.write_port()
         code, code_read = self.codes.write_port(granularity=p.lane_bits), self.codes.read_port()
-        m.d.comb += [read.addr.eq(dut.val_read_addr), dut.val_read_data.eq(read.data),
+        # The value read as late as the network core's memory gives it (its address registered on the ECP5).
+        read_data = delayed(m, read.data, hw.column_memory.value_read_latency(platform) - 1, "value_read_late")
+        m.d.comb += [read.addr.eq(dut.val_read_addr), dut.val_read_data.eq(read_data),
                      write.en.eq(dut.val_write_en), write.addr.eq(dut.val_write_addr),
                      write.data.eq(dut.val_write_data),
                      code.en.eq(Mux(dut.code_write_en, dut.code_write_lanes, 0)),
@@ -216,7 +220,8 @@ def check(params, beats, ops, values, codes, interfere=False):
         values, codes = expected(params, node, regs, values, codes)
     assert got_values == values
     assert got_codes == codes
-    assert cycles == [params.register_cycles(r) for _, r in ops]
+    latency = hw.column_memory.value_read_latency(None)        # 1; 2 where a test builds the ECP5's form
+    assert cycles == [params.register_cycles(r, latency) for _, r in ops]
     return values, codes
 
 
@@ -345,10 +350,22 @@ def test_activate_resnet(node_name, lanes, positions):
     assert {(w >> (lane * LANE_BITS)) & 7 for w in words for lane in range(lanes)} == set(range(8))
 
 
-def test_activate_in_the_ecp5_form(ecp5_form):
-    """ACTIVATE as built for the ECP5 (:func:`helpers.build_as_for_the_ecp5`: the thresholds' word registered, the
-    value a cycle after its slot): the same codes, in the same cycles."""
-    check(*unary_case(model(RESNET), "blocks.4.act1", 3, (3, 3), seed=3))
+@pytest.mark.parametrize("op", ["activate", "add", "pool", "pool_table"])
+def test_value_ops_in_the_ecp5_form(op, ecp5_form):
+    """The ops that read values as built for the ECP5 (:func:`helpers.build_as_for_the_ecp5`: the values read
+    two cycles after their address, as the value memory gives them there; ACTIVATE's thresholds' word
+    registered and the value a cycle after its slot): the same results, in the cycles ``op_cycles`` states
+    for that latency."""
+    if op == "activate":
+        check(*unary_case(model(RESNET), "blocks.4.act1", 3, (3, 3), seed=3))
+    elif op == "add":
+        params, ops, values, codes = add_case(3, "blocks.3.add", "a", seed=4)
+        check(params, [], ops, values, codes)
+    else:
+        case = unary_case(copy.deepcopy(model(DIGITS)), "act_fc", 3, None, seed=3,
+                          hit="replace" if op == "pool_table" else "shift")
+        assert case[0].pool_form == ("table" if op == "pool_table" else "arithmetic")
+        check(*case)
 
 
 def test_activate_descending_and_padded():
@@ -456,11 +473,14 @@ def avgpool_model():
     return m, reference.run(m, images(3, (1, 8, 8), seed=5))
 
 
-@pytest.mark.parametrize("node_name, lanes, image", [("act_conv2", 1, 0), ("act_conv2", 4, 1), ("act_conv3", 3, 0),
-                                                     ("act_conv3", 1, 2)])
-def test_avgpool(avgpool_model, node_name, lanes, image):
+@pytest.mark.parametrize("node_name, lanes, image, ecp5", [("act_conv2", 1, 0, False), ("act_conv2", 4, 1, False),
+                                                           ("act_conv3", 3, 0, False), ("act_conv3", 1, 2, True)])
+def test_avgpool(avgpool_model, node_name, lanes, image, ecp5, request):
     """AVGPOOL (2 x 2 windows at stride 2; overlapping 3 x 3 ones at stride 1) of an image's values, on junk
-    memories, every word of both against the reference; busy lasts ``op_cycles``."""
+    memories, every word of both against the reference; busy lasts ``op_cycles``. ``ecp5``: the unit as built for
+    the ECP5 (:func:`helpers.build_as_for_the_ecp5`), its values read two cycles after their address."""
+    if ecp5:
+        request.getfixturevalue("ecp5_form")
     m, t = avgpool_model
     node = node_of(m, node_name)
     assert isinstance(node, AvgPoolNode)

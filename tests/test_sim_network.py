@@ -179,7 +179,7 @@ def test_random_resnet_with_shortcuts_and_pooling(write_pairs, tmp_path):
     for s in report.steps:
         if s.kind == "conv":
             node = model.nodes[s.index]
-            latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if s.activated else 0)
+            latency = LayerEngine.stage_latency(None) + (LayerEngine.FUSED_LATENCY if s.activated else 0)
             overheads.add(s.cycles - network_layer_cycles(params.engine, node, band_rows(params.engine, node),
                                                           latency))
     assert len(overheads) == 1, overheads
