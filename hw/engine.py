@@ -370,7 +370,8 @@ class LayerEngine(wiring.Component):
                     return delayed(m, memory.read_data, BANKED_LATENCY - 1, f"{name}_data"), addr
                 return memory.read_data, addr
             if self.network:
-                return banked_buffer(m, name, width, depth, *buffer_write(name, write_en), addr, reset_less), addr
+                return banked_buffer(m, name, width, depth, *buffer_write(name, write_en), addr, reset_less,
+                                     grouped_writes=slow_block_ram(platform)), addr
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
             write, read = memory.write_port(), memory.read_port()
             m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),

@@ -244,9 +244,16 @@ class NetworkCore(wiring.Component):
                          odd.valid.eq(engine.activation.valid), odd.acc.eq(engine.activation.value_odd),
                          odd.channel.eq(engine.activation.slot), engine.activation.code_odd.eq(odd.code)]
 
-        # IMAGE beats: pixel -> input table -> the staging buffer, written the next cycle.
-        m.d.comb += [table_read.addr.eq(load.data[:PIXEL_BITS]), stage_write.data.eq(table_read.data)]
-        m.d.sync += [stage_write.en.eq(self.load.valid & is_image & ~copying), stage_write.addr.eq(load.addr)]
+        # IMAGE beats: pixel -> input table -> the staging buffer, written the next cycle. On the ECP5 the code
+        # read from the table is registered first and written a cycle later still (the table's block RAM output
+        # ran into the staging buffer's data input: 12.7 ns on the ULX3S-85F at 7bd78e4); the host starts the
+        # network, whose COPY reads the staging buffer, beats after its last pixel.
+        stage_en, stage_addr, stage_data = self.load.valid & is_image & ~copying, load.addr, table_read.data
+        if slow_block_ram(platform):
+            stage_en, stage_addr = delayed(m, stage_en, 1, "stage_en"), delayed(m, stage_addr, 1, "stage_addr")
+            stage_data = delayed(m, stage_data, 1, "staged_code", reset_less=reset_less_data(platform))
+        m.d.comb += [table_read.addr.eq(load.data[:PIXEL_BITS]), stage_write.data.eq(stage_data)]
+        m.d.sync += [stage_write.en.eq(stage_en), stage_write.addr.eq(stage_addr)]
 
         # COPY: staged code `index` (channel * positions + position) is read, registered the next cycle (no
         # path from one block RAM's output into another's input: the ULX3S-85F's worst), and written the cycle

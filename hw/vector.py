@@ -354,7 +354,7 @@ class VectorUnit(wiring.Component):
 
         if pool_hw:
             self._pool(m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-                       fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece, extra)
+                       fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece, extra, slow_block_ram(platform))
 
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
         word_write, word_lanes, word_data = (maxpool.write(pending) if maxpool
@@ -367,10 +367,13 @@ class VectorUnit(wiring.Component):
         return m
 
     def _pool(self, m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-              searching, reading, piece, extra):
+              searching, reading, piece, extra, registered_read):
         """The pool datapath: constants (and thresholds) memories, the channel's constants register (its
         pieces read while ``reading``), ``u`` and the sum (back to 0 where ``clear_total``), the search step;
-        ``extra``: the value memory's read cycles beyond one."""
+        ``extra``: the value memory's read cycles beyond one; ``registered_read``: each piece read is registered
+        before it goes into its place in the constants register (a cycle later: the first value's use of them
+        comes cycles after the last piece's read, the stages before it; the ECP5, whose block RAM output ran
+        into the nine registers of each bit, 12.3 ns on the ULX3S-85F at 7bd78e4)."""
         p = self.params
         b = p.pool_code_bits
         m.submodules.pool_constants = constants = Memory(shape=p.pool_piece_bits, depth=p.pool_constant_depth,
@@ -388,9 +391,12 @@ class VectorUnit(wiring.Component):
         const_read = constants.read_port()
         m.d.comb += const_read.addr.eq(Cat(piece[:p.pool_piece_index_bits], slot))
         word = Signal(p.pool_pieces * p.pool_piece_bits, name="pool_constants_word")
-        read_piece = delays(m, piece, 1, "pool_piece")[1]
-        with m.If(delays(m, reading, 1, "pool_reading")[1]):
-            m.d.sync += word.word_select(read_piece, p.pool_piece_bits).eq(const_read.data)
+        late = 1 + int(registered_read)
+        read_piece, piece_data = delays(m, piece, late, "pool_piece")[late], const_read.data
+        if registered_read:
+            piece_data = delays(m, piece_data, 1, "pool_piece_data", reset_less=True)[1]
+        with m.If(delays(m, reading, late, "pool_reading")[late]):
+            m.d.sync += word.word_select(read_piece, p.pool_piece_bits).eq(piece_data)
         relu = word[POOL_RELU_BIT]
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()
         offset = word[POOL_OFFSET_SHIFT:POOL_OFFSET_SHIFT + p.pool_offset_bits].as_signed()

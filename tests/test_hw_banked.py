@@ -13,8 +13,8 @@ from hw.banked import LATENCY, bank_depth, banked_buffer  # noqa: E402
 
 
 class Buffer(Elaboratable):
-    def __init__(self, width, depth):
-        self.width, self.depth = width, depth
+    def __init__(self, width, depth, grouped_writes=False):
+        self.width, self.depth, self.grouped_writes = width, depth, grouped_writes
         self.write_en, self.write_addr = Signal(), Signal(range(depth))
         self.write_data, self.read_addr = Signal(width), Signal(range(depth))
         self.read_data = Signal(width)
@@ -22,7 +22,8 @@ class Buffer(Elaboratable):
     def elaborate(self, platform):
         m = Module()
         m.d.comb += self.read_data.eq(banked_buffer(m, "buffer", self.width, self.depth, self.write_en,
-                                                    self.write_addr, self.write_data, self.read_addr))
+                                                    self.write_addr, self.write_data, self.read_addr,
+                                                    grouped_writes=self.grouped_writes))
         return m
 
 
@@ -30,12 +31,14 @@ def test_banks_are_one_block_deep_and_take_no_more_blocks_than_the_whole():
     assert bank_depth(24) == 2048 and bank_depth(3) == 16384 and bank_depth(64) == 512 and bank_depth(8) == 2048
 
 
-@pytest.mark.parametrize("width, depth", [(64, 1300), (16, 700)])
-def test_every_word_reads_back_latency_cycles_after_its_address(width, depth):
-    """Words written at random addresses across three banks (or one) read back in a random order, each
-    ``LATENCY`` cycles after its address, with the reads back to back."""
+@pytest.mark.parametrize("width, depth, grouped_writes", [(64, 1300, False), (16, 700, False), (8, 11000, True)])
+def test_every_word_reads_back_latency_cycles_after_its_address(width, depth, grouped_writes):
+    """Words written at random addresses across three banks (or one; or six, their writes through registers of
+    each group of banks) read back in a random order, each ``LATENCY`` cycles after its address, with the reads
+    back to back: the first the last word written, read in the cycle after its write (two cycles after it with the
+    groups' registers)."""
     rng = random.Random(depth)
-    dut = Buffer(width, depth)
+    dut = Buffer(width, depth, grouped_writes)
     words = {a: rng.getrandbits(width) for a in rng.sample(range(depth), 200)}
 
     async def bench(ctx):
@@ -45,8 +48,11 @@ def test_every_word_reads_back_latency_cycles_after_its_address(width, depth):
             ctx.set(dut.write_data, w)
             await ctx.tick()
         ctx.set(dut.write_en, 0)
-        order = list(words)
+        if grouped_writes:
+            await ctx.tick()
+        order = list(words)[:-1]
         rng.shuffle(order)
+        order.insert(0, list(words)[-1])
         seen = []
         for n in range(len(order) + LATENCY):
             if n < len(order):
