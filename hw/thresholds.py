@@ -67,14 +67,19 @@ class ThresholdUnit(wiring.Component):
     same latency from ``valid``). ``registered_inputs``: one more register on the value and the word before the
     comparisons (latency one more: 5 with ``registered_word``), so that the comparators need not lie near both
     the value's source and the word's block RAM (the engine's unit on the ECP5, whose stage takes 5 cycles
-    anyway: 13.1 ns into the comparisons' registers on the ULX3S-85F at 1badc10). Fully pipelined: one value
-    per cycle, gaps allowed (``valid`` low), no back-pressure.
+    anyway: 13.1 ns into the comparisons' registers on the ULX3S-85F at 1badc10). ``registered_channel`` (with
+    its own memory): the channel passes a register before the memory's read address, and ``valid`` and
+    ``channel`` come a cycle earlier for the same value (latency one more from ``valid``, the same from the
+    value): no logic between the channel's sources and the memory (the vector unit's, whose channel is its own
+    slot or the lent one: 13.1 ns into the memory's address on the ULX3S-85F at 38d3741). Fully pipelined: one
+    value per cycle, gaps allowed (``valid`` low), no back-pressure.
     """
 
     LATENCY = 3
 
     def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True,
-                 registered_word: bool = False, late_value: bool = False, registered_inputs: bool = False):
+                 registered_word: bool = False, late_value: bool = False, registered_inputs: bool = False,
+                 registered_channel: bool = False):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
                                  ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
             if not isinstance(value, (int, np.integer)) or value < low:
@@ -89,8 +94,10 @@ class ThresholdUnit(wiring.Component):
         if late_value and not registered_word:
             raise ValueError("a late value (late_value) waits for a registered word (registered_word)")
         self.own_memory, self.registered_word, self.late_value = own_memory, registered_word, late_value
-        self.registered_inputs = registered_inputs
-        self.latency = self.LATENCY + registered_word + registered_inputs
+        if registered_channel and not own_memory:
+            raise ValueError("a registered channel (registered_channel) addresses the unit's own memory (own_memory)")
+        self.registered_inputs, self.registered_channel = registered_inputs, registered_channel
+        self.latency = self.LATENCY + registered_word + registered_inputs + registered_channel
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "code_valid": Out(1),
@@ -125,6 +132,8 @@ class ThresholdUnit(wiring.Component):
             words = [(f"threshold_{i}", tb, self.load_data.word_select(i, tb)) for i in range(self.s)]
             words.append(("descending", 1, self.load_data[-1]))
         parts = []
+        if self.own_memory:
+            channel = delayed(m, self.channel, 1, "channel") if self.registered_channel else self.channel
         for name, width, load in words:
             m.submodules[name] = memory = Memory(shape=width, depth=self.channels, init=[])
             write, read = memory.write_port(), memory.read_port()
@@ -132,7 +141,7 @@ class ThresholdUnit(wiring.Component):
                 write.en.eq(self.load_en),
                 write.addr.eq(self.load_addr),
                 write.data.eq(load),
-                read.addr.eq(self.channel),
+                read.addr.eq(channel),
             ]
             parts.append(read.data)
         word = Cat(*parts) if self.own_memory else self.word

@@ -33,9 +33,12 @@ def run_unit(dut, phases, out, out_valid, gaps: bool, seed):
     """Per phase ``(words, items)``: load ``words`` (one per channel), then stream ``items``
     ``[(channel, acc), ...]``, one per cycle (``gaps``: random idle cycles with garbage inputs).
     Checks the latency exactly (``out_valid`` follows ``valid`` by the unit's latency - 1 edges:
-    ``dut.latency`` where the unit has one, else ``dut.LATENCY``) and returns each phase's outputs in order."""
+    ``dut.latency`` where the unit has one, else ``dut.LATENCY``) and returns each phase's outputs in order.
+    Each acc comes as many cycles after its valid and channel as the unit's ``late_value`` and
+    ``registered_channel`` say."""
     rng = random.Random(seed)
     latency = getattr(dut, "latency", dut.LATENCY)
+    lag = int(getattr(dut, "late_value", False)) + int(getattr(dut, "registered_channel", False))
     half = 1 << (dut.acc_bits - 1)
     results = []
 
@@ -53,17 +56,17 @@ def run_unit(dut, phases, out, out_valid, gaps: bool, seed):
                 while gaps and rng.random() < 0.3:
                     schedule.append(None)
                 schedule.append(i)
-            schedule += [None] * latency
+            schedule += [None] * (latency + lag)
             got = []
             for t, i in enumerate(schedule):
                 if i is None:
                     ctx.set(dut.valid, 0)
                     ctx.set(dut.channel, rng.randrange(dut.channels))
-                    ctx.set(dut.acc, rng.randrange(-half, half))
                 else:
                     ctx.set(dut.valid, 1)
                     ctx.set(dut.channel, items[i][0])
-                    ctx.set(dut.acc, items[i][1])
+                late = schedule[t - lag] if t >= lag else None
+                ctx.set(dut.acc, rng.randrange(-half, half) if late is None else items[late][1])
                 await ctx.tick()
                 j = t - (latency - 1)
                 source = schedule[j] if j >= 0 else None
@@ -120,19 +123,23 @@ def threshold_items(rng: np.random.Generator, stage: Thresholds, acc_bits: int, 
     return items
 
 
-@pytest.mark.parametrize("bits, bound, registered_word, registered_inputs",
-                         [(1, 5, False, False), (2, 1000, True, False), (3, 2**15 - 1, False, False),
-                          (3, 2**15 - 1, True, False), (4, 37, False, False), (8, 3000, False, False),
-                          (3, 2**15 - 1, True, True), (2, 1000, False, True)])
-def test_thresholds_random(bits, bound, registered_word, registered_inputs):
+@pytest.mark.parametrize("bits, bound, registered_word, registered_inputs, late_value, registered_channel",
+                         [(1, 5, False, False, False, False), (2, 1000, True, False, False, False),
+                          (3, 2**15 - 1, False, False, False, False), (3, 2**15 - 1, True, False, False, False),
+                          (4, 37, False, False, False, False), (8, 3000, False, False, False, False),
+                          (3, 2**15 - 1, True, True, False, False), (2, 1000, False, True, False, False),
+                          (3, 2**15 - 1, True, False, True, False), (2, 1000, True, False, True, True),
+                          (3, 37, False, False, False, True)])
+def test_thresholds_random(bits, bound, registered_word, registered_inputs, late_value, registered_channel):
     rng = np.random.default_rng(bits * 1000 + bound)
     channels, acc_bits = 7, signed_bits(bound)
     stages = [random_thresholds(rng, channels, bits, bound) for _ in range(2)]
     tb = max(threshold_bits(s) for s in stages)
     assert tb <= acc_bits + 1
     dut = ThresholdUnit(acc_bits, bits, channels, tb, registered_word=registered_word,
-                        registered_inputs=registered_inputs)
-    assert dut.latency == ThresholdUnit.LATENCY + registered_word + registered_inputs
+                        registered_inputs=registered_inputs, late_value=late_value,
+                        registered_channel=registered_channel)
+    assert dut.latency == ThresholdUnit.LATENCY + registered_word + registered_inputs + registered_channel
     n = 60 if bits == 8 else 150
     phases = [(dut.words(s), threshold_items(rng, s, acc_bits, n)) for s in stages]
     got = run_unit(dut, phases, dut.code, dut.code_valid, gaps=bits % 2 == 0, seed=bits)
