@@ -691,8 +691,8 @@ class LayerEngine(wiring.Component):
             # is a flip-flop of its own for each group of columns of the row's copy (one flag into a whole
             # row's enables was the ULX3S-85F's worst path at fda0f40, 16.2 ns).
             w_rows = delays(m, w_rows, BANKED_LATENCY, "w_rows_registered")
-            enables = [[delayed(m, w_rows[-2][r], 1, f"w_row_{r}_group_{g}", own_flip_flops=True)
-                        for g in range(groups)] for r in range(R)]
+            enables = [[delayed(m, w_rows[-2][r], 1, f"w_row_{r}_group_{g}", own_flip_flops=True,
+                                reset_less=reset_less) for g in range(groups)] for r in range(R)]
             w_rows = w_rows[-1]
             weight_data = delayed(m, weight_data, 1, "weight_word_registered", reset_less=reset_less)
         row_words = [Signal.like(weight_data, name=f"weight_word_{r}", reset_less=reset_less) for r in range(R)]
@@ -758,7 +758,7 @@ class LayerEngine(wiring.Component):
         fed = Cat(*column_reads).word_select(select, p.acc_bits).as_signed()
         values = [fed]
         if p.write_pairs:
-            held = [Signal(signed(p.acc_bits), name=f"held_{c}") for c in range(Cn)]
+            held = [Signal(signed(p.acc_bits), name=f"held_{c}", reset_less=reset_less) for c in range(Cn)]
             with m.If(delayed(m, holding, 1, "holding_late") if late else holding):
                 m.d.sync += [h.eq(r) for h, r in zip(held, column_reads)]
             values = [Mux(pair, Cat(*held).word_select(select, p.acc_bits).as_signed(), fed), fed]
@@ -808,7 +808,8 @@ class LayerEngine(wiring.Component):
                 # The write a cycle later (loads come while idle), from flip-flops of its own: the load beat's
                 # registers, shared with the row tables, reached these block RAMs across the die (12.5 ns on the
                 # ULX3S-85F at 072dec6).
-                ports = late_write(m, ports, f"stage{suffix}", ("write_en", "write_addr", "write_data"))
+                ports = late_write(m, ports, f"stage{suffix}", ("write_en", "write_addr", "write_data"),
+                                   reset_less=reset_less_data(platform))
             m.d.comb += [write.en.eq(ports[0]), write.addr.eq(ports[1]), write.data.eq(ports[2]),
                          read.addr.eq(channel)]
 
@@ -1033,17 +1034,20 @@ class LayerEngine(wiring.Component):
         p = self.params
         late = slow_block_ram(platform)
         halves, vb = p.halves, self.value_bits
+        rl = reset_less_data(platform)     # of the data registers below (hw.delay)
         valids = delays(m, feeding & (dest["channel"] < cfg["c_out"]), self._stage_latency, "back_valid")
-        channels = delays(m, dest["channel"], self._stage_latency, "back_channel")
+        channels = delays(m, dest["channel"], self._stage_latency, "back_channel", reset_less=rl)
         valid = valids[-1]
         # The old values are read early (the value memory's read latency) and registered (no logic between its
         # read multiplexer and the addition): the read of a position's value precedes its write by the latency
         # and a cycle, and no other position writes that word between them.
         ahead = value_read_latency(platform) + 1
-        read_addr = delayed(m, dest["value_base"] + read_pos, self._stage_latency - ahead, "back_value_read_addr")
-        value_addr = delayed(m, read_addr, ahead, "back_value_addr")
-        code_addr = delayed(m, dest["code_base"] + read_pos, self._stage_latency, "back_code_addr")
-        lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self._stage_latency, "back_lane")
+        read_addr = delayed(m, dest["value_base"] + read_pos, self._stage_latency - ahead, "back_value_read_addr",
+                            reset_less=rl)
+        value_addr = delayed(m, read_addr, ahead, "back_value_addr", reset_less=rl)
+        code_addr = delayed(m, dest["code_base"] + read_pos, self._stage_latency, "back_code_addr", reset_less=rl)
+        lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], self._stage_latency, "back_lane",
+                       reset_less=rl)
         values = cfg["dst_values"][0]
 
         def word(addr):
@@ -1054,7 +1058,7 @@ class LayerEngine(wiring.Component):
             return Mux(pair, 0b11, Mux(addr[0], 0b10, 0b01)) if halves == 2 else C(1, 1)
 
         if p.fused_adds:
-            old_word = delayed(m, self.val_read.data, 1, "back_old_values")
+            old_word = delayed(m, self.val_read.data, 1, "back_old_values", reset_less=rl)
             old = [old_word.word_select(h, vb).as_signed() for h in range(halves)]
             if halves == 2:
                 old[0] = Mux(pair | ~value_addr[0], old[0], old[1])
@@ -1086,8 +1090,8 @@ class LayerEngine(wiring.Component):
             if halves == 2:
                 m.d.sync += self.activation.value_odd.eq(totals[1])
             coded = delayed(m, lend, self.FUSED_LATENCY, "fused_valid")
-            coded_addr = delayed(m, code_addr, self.FUSED_LATENCY, "fused_code_addr")
-            coded_lane = delayed(m, lane, self.FUSED_LATENCY, "fused_lane")
+            coded_addr = delayed(m, code_addr, self.FUSED_LATENCY, "fused_code_addr", reset_less=rl)
+            coded_lane = delayed(m, lane, self.FUSED_LATENCY, "fused_lane", reset_less=rl)
             codes[0] = Mux(values, self.activation.code, codes[0])
             if halves == 2:
                 codes[1] = Mux(pair, Mux(values, self.activation.code_odd, results[1][:p.abits]), codes[0])

@@ -73,7 +73,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .delay import delayed
+from .delay import delayed, reset_less_data
 from .engine import EngineSignature
 from .fsm_encoding import one_hot
 from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, LENGTH_BITS, MAX_TARGETS, OUT_FORMAT,
@@ -321,8 +321,10 @@ class LinkBridge(wiring.Component):
         busy, starting = Signal(name="engine_busy"), Signal(name="engine_starting")
         m.d.sync += [busy.eq(self.engine.busy),
                      starting.eq(self.engine.starting if "starting" in self.engine.signature.members else 0)]
-        addr = Signal(self._addr_bits)
-        data = Signal(max(self._target_bits))
+        # The word's address and data, and the reply's word (``out_word``), ignore the reset where data registers
+        # do (hw.delay.reset_less_data): a word counts only where the FSM's state says it is valid.
+        addr = Signal(self._addr_bits, reset_less=reset_less_data(platform))
+        data = Signal(max(self._target_bits), reset_less=reset_less_data(platform))
         m.d.comb += [load.payload.target.eq(target), load.payload.addr.eq(addr), load.payload.data.eq(data)]
 
         # Replies: INFO from constants, OUT from the first word's index then the word register, DONE
@@ -339,7 +341,7 @@ class LinkBridge(wiring.Component):
         words = Signal(DONE_COUNT_BITS)         # words the engine returned since RUN
         first = Signal(OUT_INDEX_BITS)          # the OUT frame's first word within the RUN
         word_left = Signal(range(max(self._out_bytes)))
-        out_word = Signal(8 * max(self._out_bytes))
+        out_word = Signal(8 * max(self._out_bytes), reset_less=reset_less_data(platform))
         field = self._out_bits // self._cols
         raw = Value.cast(out.payload)
         codes = Cat(raw[c * field:c * field + self._code_bits] for c in range(self._cols)) if self._code_bits else C(0, 1)

@@ -187,7 +187,7 @@ class NetworkCore(wiring.Component):
             on the ULX3S-85F at 1badc10)."""
             if not slow_block_ram(platform):
                 return list(ports.values())
-            return late_write(m, ports.values(), name, ports)
+            return late_write(m, ports.values(), name, ports, reset_less=reset_less_data(platform))
 
         program = host_write("program_write", en=host & (load.target == PROGRAM), addr=load.addr, data=load.data)
         table = host_write("table_write", en=host & (load.target == INPUT_TABLE), addr=load.addr, data=load.data)

@@ -320,7 +320,7 @@ class RowTable(Variant):
         # worst path ran from it into the 8 rows' tables): each row's own flip-flops (hw.flip_flops.OWN_FLIP_FLOP).
         load = [decoder.table_load, decoder.table_addr, decoder.table_data]
         if self.registered_load:
-            load = [delayed(m, load[0], 1, "table_load", own_flip_flops=True),
+            load = [delayed(m, load[0], 1, "table_load", own_flip_flops=True, reset_less=reset_less),
                     *(delayed(m, port, 1, name, own_flip_flops=True, reset_less=reset_less)
                       for port, name in zip(load[1:], ("table_addr", "table_data")))]
         m.d.comb += [write.en.eq(load[0]), write.addr.eq(load[1]), write.data.eq(load[2]),
@@ -328,7 +328,8 @@ class RowTable(Variant):
         if not self.identity:
             m.d.comb += decoder.operand.eq(read.data)
             return
-        identity, code = own(Signal(name="identity")), Signal(self.abits, name="code", reset_less=reset_less)
+        identity = own(Signal(name="identity", reset_less=reset_less))
+        code = Signal(self.abits, name="code", reset_less=reset_less)
         m.d.sync += [identity.eq(decoder.table_identity), code.eq(decoder.a_code)]
         # The code as a level, as a table entry holds it: with its multiples where the PEs take digits, each a sum
         # of shifted codes (a product by a constant would take a DSP block in Yosys's ECP5 flow).

@@ -19,7 +19,7 @@ from amaranth.lib.wiring import Out
 
 from compiler.graph import Requantize
 
-from .delay import delayed
+from .delay import delayed, reset_less_data
 from .dsp import registered_multipliers, registered_product
 from .stage_ports import stage_ports
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_arrays, requantize_word_bits,
@@ -138,17 +138,21 @@ class RequantizeUnit(wiring.Component):
         # the partial products on comes a cycle later (``extra``).
         in_dsp = late and registered_multipliers(platform)
         extra = int(self.registered_inputs)
-        acc = delayed(m, self.acc, late - self.late_value + extra, "early_acc")
+        # Data registers without the reset where the platform's data registers ignore it (hw.delay.reset_less_data):
+        # only ``valid``'s matter after a reset.
+        rl = reset_less_data(platform)
+        acc = delayed(m, self.acc, late - self.late_value + extra, "early_acc", reset_less=rl)
         multiplier = word[:self.multiplier_bits]
         if late:
-            word = delayed(m, word, 1, "constants")
+            word = delayed(m, word, 1, "constants", reset_less=rl)
         if extra:
             multiplier = word[:self.multiplier_bits]
         if not in_dsp:
-            acc, multiplier = delayed(m, acc, 1, "acc"), delayed(m, word[:self.multiplier_bits], extra, "multiplier")
+            acc = delayed(m, acc, 1, "acc", reset_less=rl)
+            multiplier = delayed(m, word[:self.multiplier_bits], extra, "multiplier", reset_less=rl)
         valid = delayed(m, self.valid, 4 + extra, "valid")
         bias = word[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
-        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late + extra, "shift")
+        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late + extra, "shift", reset_less=rl)
         # Edge t + 1: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
         # register as wide as its product and without reset, so that Yosys puts it into the iCE40
         # multiplier's output register (on the ECP5, into the instantiated multiplier's).
@@ -167,17 +171,17 @@ class RequantizeUnit(wiring.Component):
         # Edge t + 2: two partial sums (each product at its weight), the first plus B; t + 3: their sum. Each
         # as wide as its exact value needs (Amaranth's widths for the sum), so that no carry chain runs
         # through bits that only copy the sign.
-        bias_terms = [delayed(m, bias, 1 + extra, "bias")]
+        bias_terms = [delayed(m, bias, 1 + extra, "bias", reset_less=rl)]
         halves = []
         for n in range(2):
             terms = [product << low for product, low in products[n::2]] + (bias_terms if n == 0 else [])
             value = sum(terms[1:], terms[0]) if terms else C(0, 1)
-            halves.append(Signal(value.shape(), name=f"partial_{n}"))
+            halves.append(Signal(value.shape(), name=f"partial_{n}", reset_less=rl))
             m.d.sync += halves[-1].eq(value)
         if late:
             total = halves[0] + halves[1]
         else:
-            total = Signal((halves[0] + halves[1]).shape())
+            total = Signal((halves[0] + halves[1]).shape(), reset_less=rl)
             m.d.sync += total.eq(halves[0] + halves[1])
         # Edge t + 4: arithmetic shift right (floor), truncated to out_bits.
         m.d.sync += [self.out.eq(total >> shift), self.out_valid.eq(valid)]

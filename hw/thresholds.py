@@ -25,7 +25,7 @@ from amaranth.lib.wiring import Out
 
 from compiler.graph import Thresholds
 
-from .delay import delayed
+from .delay import delayed, reset_less_data
 from .stage_ports import stage_ports
 from .stage_words import threshold_bits, threshold_word_bits, threshold_words, thresholds_array
 
@@ -131,9 +131,14 @@ class ThresholdUnit(wiring.Component):
         else:
             words = [(f"threshold_{i}", tb, self.load_data.word_select(i, tb)) for i in range(self.s)]
             words.append(("descending", 1, self.load_data[-1]))
+        # Data registers without the reset where the platform's data registers ignore it (hw.delay.reset_less_data):
+        # only ``valid``'s matter after a reset.
+        reset_less = reset_less_data(platform)
         parts = []
-        if self.own_memory:
-            channel = delayed(m, self.channel, 1, "channel") if self.registered_channel else self.channel
+        if self.own_memory and self.registered_channel:
+            channel = delayed(m, self.channel, 1, "channel", reset_less=reset_less)
+        elif self.own_memory:
+            channel = self.channel
         for name, width, load in words:
             m.submodules[name] = memory = Memory(shape=width, depth=self.channels, init=[])
             write, read = memory.write_port(), memory.read_port()
@@ -146,16 +151,17 @@ class ThresholdUnit(wiring.Component):
             parts.append(read.data)
         word = Cat(*parts) if self.own_memory else self.word
         if self.registered_word or self.registered_inputs:
-            word = delayed(m, word, self.registered_word + self.registered_inputs, "word")
+            word = delayed(m, word, self.registered_word + self.registered_inputs, "word", reset_less=reset_less)
         data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
         *thresholds, descending = data
         # Edge t: the channel's word is read (and with ``registered_word`` registered at t + 1; with
         # ``registered_inputs`` once more, with the value); the value waits for it.
-        acc = delayed(m, self.acc, 1 + self.registered_word - self.late_value + self.registered_inputs, "acc")
+        acc = delayed(m, self.acc, 1 + self.registered_word - self.late_value + self.registered_inputs, "acc",
+                      reset_less=reset_less)
         valid = delayed(m, self.valid, self.latency - 1, "valid")
         # Edge t + 1 (t + 2): the comparisons with every stored threshold (a descending channel's failed ones count:
         # acc <= T iff not acc >= T + 1); t + 2 (t + 3): their count.
-        hits = Signal(self.s)
+        hits = Signal(self.s, reset_less=reset_less)
         m.d.sync += [hits[i].eq((acc >= t) ^ descending) for i, t in enumerate(thresholds)]
         m.d.sync += [self.code.eq(popcount(hits)), self.code_valid.eq(valid)]
         return m

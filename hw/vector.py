@@ -41,7 +41,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from .delay import delays
+from .delay import delays, reset_less_data
 from .fsm_encoding import one_hot
 from .column_memory import value_read_latency
 from .memories import slow_block_ram
@@ -156,6 +156,7 @@ class VectorUnit(wiring.Component):
         p = self.params
         pool_hw = bool(p.pool_slots)
         extra = value_read_latency(platform) - 1       # the value memory's read cycles beyond one
+        rl = reset_less_data(platform)                  # of data registers (hw.delay)
         busy = Signal()
         load = Signal()
         m.d.comb += load.eq(self.load_en & ~busy)
@@ -320,19 +321,20 @@ class VectorUnit(wiring.Component):
             read = 2 + extra            # the value registered
             depth = read + ThresholdUnit.LATENCY
             act = delays(m, issue_act, depth, "act")
-            read_value = delays(m, self.val_read_data, 1, "act_value")[1]
+            read_value = delays(m, self.val_read_data, 1, "act_value", reset_less=rl)[1]
             m.submodules.thresholds = unit = ThresholdUnit(p.value_bits, p.act_code_bits, p.act_slots,
                                                            p.act_threshold_bits, registered_word=bool(late),
                                                            late_value=bool(late), registered_channel=bool(late))
-            addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr")[-1]
-            act_lane = delays(m, lane, depth, "act_lane")[-1]
+            addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr", reset_less=rl)[-1]
+            act_lane = delays(m, lane, depth, "act_lane", reset_less=rl)[-1]
             lent = self.lent_valid & ~busy
             value_lent = delays(m, lent, late, "lent_late")[-1]
+            act_slot = delays(m, slot, read, "act_slot", reset_less=rl)[read - late]
             m.d.comb += [unit.load_en.eq(load & (self.load_target == ACT_THRESHOLDS)),
                          unit.load_addr.eq(self.load_addr), unit.load_data.eq(self.load_data),
                          unit.valid.eq(act[read - late] | lent),
                          unit.acc.eq(Mux(value_lent, self.lent_value, read_value)),
-                         unit.channel.eq(Mux(lent, self.lent_slot, delays(m, slot, read, "act_slot")[read - late])),
+                         unit.channel.eq(Mux(lent, self.lent_slot, act_slot)),
                          self.lent_code.eq(unit.code)]
             with m.If(act[-1]):
                 m.d.sync += [self.code_write_en.eq(1), self.code_write_addr.eq(addr),
@@ -344,7 +346,7 @@ class VectorUnit(wiring.Component):
         if p.adds:
             a2, (_, *b_stages) = delays(m, issue_a, 2 + extra, "add_a")[-1], delays(m, issue_b, 2 + extra, "add_b")
             wr2, b2 = delays(m, wr, 2 + extra, "add_wr")[-1], b_stages[-1]
-            read_value = delays(m, self.val_read_data, 1, "add_value")[1]
+            read_value = delays(m, self.val_read_data, 1, "add_value", reset_less=rl)[1]
             a_value = Signal(signed(p.value_bits))
             with m.If(a2):
                 m.d.sync += a_value.eq(read_value)
@@ -356,7 +358,7 @@ class VectorUnit(wiring.Component):
 
         if pool_hw:
             self._pool(m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-                       fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece, extra, slow_block_ram(platform))
+                       fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece, extra, slow_block_ram(platform), rl)
 
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
         word_write, word_lanes, word_data = (maxpool.write(pending) if maxpool
@@ -369,13 +371,14 @@ class VectorUnit(wiring.Component):
         return m
 
     def _pool(self, m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-              searching, reading, piece, extra, registered_read):
+              searching, reading, piece, extra, registered_read, reset_less):
         """The pool datapath: constants (and thresholds) memories, the channel's constants register (its
         pieces read while ``reading``), ``u`` and the sum (back to 0 where ``clear_total``), the search step;
         ``extra``: the value memory's read cycles beyond one; ``registered_read``: each piece read is registered
         before it goes into its place in the constants register (a cycle later: the first value's use of them
         comes cycles after the last piece's read, the stages before it; the ECP5, whose block RAM output ran
-        into the nine registers of each bit, 12.3 ns on the ULX3S-85F at 7bd78e4)."""
+        into the nine registers of each bit, 12.3 ns on the ULX3S-85F at 7bd78e4); ``reset_less``: the datapath's
+        registers ignore the domain's reset (:func:`hw.delay.reset_less_data`)."""
         p = self.params
         b = p.pool_code_bits
         m.submodules.pool_constants = constants = Memory(shape=p.pool_piece_bits, depth=p.pool_constant_depth,
@@ -392,11 +395,11 @@ class VectorUnit(wiring.Component):
         # The channel's constants: its pieces read at its slot into a register, stable while its values pass.
         const_read = constants.read_port()
         m.d.comb += const_read.addr.eq(Cat(piece[:p.pool_piece_index_bits], slot))
-        word = Signal(p.pool_pieces * p.pool_piece_bits, name="pool_constants_word")
+        word = Signal(p.pool_pieces * p.pool_piece_bits, name="pool_constants_word", reset_less=reset_less)
         late = 1 + int(registered_read)
         read_piece, piece_data = delays(m, piece, late, "pool_piece")[late], const_read.data
         if registered_read:
-            piece_data = delays(m, piece_data, 1, "pool_piece_data", reset_less=True)[1]
+            piece_data = delays(m, piece_data, 1, "pool_piece_data", reset_less=reset_less)[1]
         with m.If(delays(m, reading, late, "pool_reading")[late]):
             m.d.sync += word.word_select(read_piece, p.pool_piece_bits).eq(piece_data)
         relu = word[POOL_RELU_BIT]
@@ -408,14 +411,17 @@ class VectorUnit(wiring.Component):
         # worst path at 41798fd); stage 4: registered again; stage 5: u = relu(sign * t);
         # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle, POOL_DRAIN), the
         # sum's high half a cycle later (``_sum``), in time for the search's first compare.
-        value, pool2 = delays(m, self.val_read_data, 1, "pool_value")[1], delays(m, issue_pool, 2 + extra, "pool")[-1]
+        value = delays(m, self.val_read_data, 1, "pool_value", reset_less=reset_less)[1]
+        pool2 = delays(m, issue_pool, 2 + extra, "pool")[-1]
         width = p.value_bits + p.max_frac_bits + 1
-        shifted, shifted_valid = Signal(signed(width), name="shifted"), Signal(name="shifted_valid")
+        shifted = Signal(signed(width), name="shifted", reset_less=reset_less)
+        shifted_valid = Signal(name="shifted_valid")
         m.d.sync += [shifted.eq(value << frac), shifted_valid.eq(pool2)]
-        t, t_valid = Signal(signed(width + 1), name="t"), Signal(name="t_valid")
+        t, t_valid = Signal(signed(width + 1), name="t", reset_less=reset_less), Signal(name="t_valid")
         minuend, subtrahend = Mux(sign < 0, offset, shifted), Mux(sign < 0, shifted, offset)
         m.d.sync += [t.eq(Mux(sign == 0, 0, minuend) - Mux(sign == 0, 0, subtrahend)), t_valid.eq(shifted_valid)]
-        signed_t, signed_valid = Signal(signed(width + 1), name="signed_t"), Signal(name="signed_valid")
+        signed_t = Signal(signed(width + 1), name="signed_t", reset_less=reset_less)
+        signed_valid = Signal(name="signed_valid")
         m.d.sync += [signed_t.eq(t), signed_valid.eq(t_valid)]
         # u: 0 where no value comes (the sum adds it every cycle). (An If, not the condition in a Mux: an X on the
         # valid, in Icarus before the FSM's first change, then reads as no value instead of entering the sum.)
@@ -435,8 +441,8 @@ class VectorUnit(wiring.Component):
             step = word[p.pool_step_shift:p.pool_step_shift + p.pool_step_bits]
             acc = Signal(p.pool_step_bits + b)             # code * S
             probe_step = Signal(p.pool_step_bits + b - 1)  # probe * S
-            base_acc = Signal((base + acc).shape(), name="base_acc")
-            bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1))
+            base_acc = Signal((base + acc).shape(), name="base_acc", reset_less=reset_less)
+            bound = Signal(signed(max(p.pool_base_bits, p.pool_step_bits + b + 1) + 1), reset_less=reset_less)
             m.d.sync += [base_acc.eq(base + acc), bound.eq(base_acc + probe_step),
                          passed.eq(self._at_least(m, total << p.pool_shift, bound))]
             # Before the search (the channel's constants are read by then): code 0, probe 2^(b-1).

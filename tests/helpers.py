@@ -65,7 +65,7 @@ def build_as_for_the_ecp5(monkeypatch) -> None:
     Each ``hw`` module that imported any of them is patched."""
     import importlib
 
-    for name in ("column_memory", "engine", "network", "pe", "vector"):
+    for name in ("column_memory", "engine", "link", "network", "pe", "requantize", "thresholds", "vector"):
         module = importlib.import_module(f"hw.{name}")
         for function in ("slow_block_ram", "reset_less_data", "multiply_in_logic"):
             if hasattr(module, function):
