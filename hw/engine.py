@@ -414,6 +414,13 @@ class LayerEngine(wiring.Component):
         if self.network:
             m.d.sync += next_tile_plane.eq(tile_plane + cfg["tile_step"])
         out_base, read_addr = counter("out_base"), counter("read_addr")
+        # Network mode on the ECP5: the writer's read address as copies that count alike, one for each
+        # WORD_GROUP_COLUMNS columns' accumulator memories (one register into 16 columns' block RAMs was the
+        # ResNet-20 core's worst path on the ULX3S-85F at 5f087e3, 12.9 ns); elsewhere the address itself.
+        read_addrs = [read_addr]
+        if self.network and slow_block_ram(platform):
+            read_addrs = [own(Signal.like(read_addr, name=f"read_addr_{n}", reset_less=True))
+                          for n in range(-(-Cn // self.WORD_GROUP_COLUMNS))]
         # The position's column and row within the band, counted down to 0 (``x_left``, ``y_left``).
         x_left, y_left, iy, ix = (counter(name, True) for name in ("x_left", "y_left", "iy", "ix"))
         row_addr = counter("row_addr")
@@ -663,7 +670,7 @@ class LayerEngine(wiring.Component):
         if self.network:
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & x_end & y_end & tile_ends)
             feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, unit_written,
-                                            read_addr, read_pos, read_slot, feed_col, band_cfg, pair)
+                                            read_addrs, read_pos, read_slot, feed_col, band_cfg, pair)
         else:
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
@@ -738,7 +745,8 @@ class LayerEngine(wiring.Component):
             if self.network:
                 # A second read port for the writer: the partial-sum reads of the next channel tile go on.
                 back_read = accs.read_port()
-                m.d.comb += [acc_read.addr.eq(array_read), back_read.addr.eq(read_addr)]
+                m.d.comb += [acc_read.addr.eq(array_read),
+                             back_read.addr.eq(read_addrs[c // self.WORD_GROUP_COLUMNS % len(read_addrs)])]
                 column_reads.append(back_read.data)
             else:
                 m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, array_read))
@@ -930,7 +938,7 @@ class LayerEngine(wiring.Component):
         m.d.comb += [write.en.eq(port[0]), write.addr.eq(port[1]), write.data.eq(port[2])]
         return data, addr, back
 
-    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addr, read_pos,
+    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addrs, read_pos,
                 read_slot, feed_col, band_cfg, pair):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
@@ -944,7 +952,8 @@ class LayerEngine(wiring.Component):
         the even position and READ_SECOND the odd one (the even one's accumulators are held meanwhile),
         and FEED feeds both. A band is written back when its last accumulators are read (``unit_written``
         pulses as the writer moves on, and ``ahead`` counts it down). Returns the FEED signal (accumulators enter the
-        output stages) and the READ_SECOND one (hold the even position's)."""
+        output stages) and the READ_SECOND one (hold the even position's). ``read_addrs``: the accumulators'
+        read address, as copies that are all set alike."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
@@ -963,7 +972,7 @@ class LayerEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += [ahead.eq(0), channel_tiles_written.eq(0), band_pos.eq(0),
-                                 read_addr.eq(0), read_pos.eq(0),
+                                 *[read_addr.eq(0) for read_addr in read_addrs], read_pos.eq(0),
                                  read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
                                  dest["tile_lane"].eq(0), dest["tile_value_base"].eq(cfg["dst_base"]),
                                  dest["tile_code_base"].eq(Mux(cfg["act_fuse"][0], cfg["act_dst"], cfg["dst_base"]))]
@@ -976,7 +985,7 @@ class LayerEngine(wiring.Component):
                 m.d.sync += [feed_col.eq(0)] + [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
                 if p.write_pairs:
                     with m.If(pair):
-                        m.d.sync += read_addr.eq(read_addr + 1)
+                        m.d.sync += [read_addr.eq(read_addr + 1) for read_addr in read_addrs]
                         m.next = "READ_SECOND"
                     with m.Else():
                         m.next = "FEED"
@@ -989,7 +998,8 @@ class LayerEngine(wiring.Component):
                 m.d.sync += feed_col.eq(feed_col + 1)
                 self._step_destination(m, cfg, dest, read_pos)
                 with m.If(feed_col == Cn - 1):
-                    m.d.sync += [read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1 + pair),
+                    m.d.sync += [*[read_addr.eq(read_addr + 1) for read_addr in read_addrs],
+                                 read_pos.eq(read_pos + 1 + pair),
                                  band_pos.eq(band_pos + 1 + pair)]
                     with m.If(band_end):
                         # The band's last word: the next band's, if it is done, or wait for it.
