@@ -193,9 +193,9 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
       the activation-buffer word at the previous cycle's address): the buffer's read port, lent.
     - ``activation`` (with ``act_fuse``): ``valid``, ``value`` (signed ``value_bits``), ``slot``
       (``reg_bits``: ``act_slot`` + the value's channel) out, the cycle after each value is written (on the
-      ECP5, :func:`hw.memories.slow_block_ram`, ``valid`` and ``slot`` two cycles before their ``value``: the
-      lent unit registers the slot and the thresholds' word it reads there); ``code`` (in, ``abits``): the value's code
-      under the thresholds of ``slot``, expected ``ThresholdUnit.LATENCY`` cycles after the value
+      ECP5, :func:`hw.memories.slow_block_ram`, ``valid`` and ``slot`` three cycles before their ``value``: the
+      lent unit registers the slot and, twice, the thresholds' word it reads there); ``code`` (in, ``abits``):
+      the value's code under the thresholds of ``slot``, expected ``ThresholdUnit.LATENCY`` cycles after the value
       (:class:`hw.vector.VectorUnit`'s ``lent_*`` ports); with ``write_pairs`` also ``value_odd`` and
       ``code_odd``: the odd position's of a pair.
     """
@@ -1042,7 +1042,7 @@ class LayerEngine(wiring.Component):
         position's stage (the only one without ``write_pairs``) and the odd one's; in pairs both are written
         at once into the two halves of a word (the position being fed is even, and so is every tensor's
         base), else the first into its position's half. On the ECP5 (``late``) the fused activation's valid and
-        slot go to the lent thresholds two cycles ahead of its value (``activation``, :func:`network_signature`)."""
+        slot go to the lent thresholds three cycles ahead of its value (``activation``, :func:`network_signature`)."""
         p = self.params
         late = slow_block_ram(platform)
         halves, vb = p.halves, self.value_bits
@@ -1093,12 +1093,12 @@ class LayerEngine(wiring.Component):
         code_en, write_addr = Mux(valid & ~values, lanes_en(lane, code_addr), 0), code_addr
         if p.fused_activations:
             # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on
-            # (``late``, on the ECP5: the valid and the slot two cycles ahead of the value).
+            # (``late``, on the ECP5: the valid and the slot three cycles ahead of the value).
             lend = valid & values & cfg["act_fuse"][0]
             # Not the same AND built twice where not late: that changes the UP5K's netlist, not its function.
-            lend_early = valids[-3] & values & cfg["act_fuse"][0] if late else lend
+            lend_early = valids[-4] & values & cfg["act_fuse"][0] if late else lend
             m.d.sync += [self.activation.valid.eq(lend_early), self.activation.value.eq(totals[0]),
-                         self.activation.slot.eq(cfg["act_slot"] + channels[-1 - 2 * int(late)])]
+                         self.activation.slot.eq(cfg["act_slot"] + channels[-1 - 3 * int(late)])]
             if halves == 2:
                 m.d.sync += self.activation.value_odd.eq(totals[1])
             coded = delayed(m, lend, self.FUSED_LATENCY, "fused_valid")

@@ -234,11 +234,12 @@ class NetworkCore(wiring.Component):
         if halves == 2 and p.vector.act_code_bits:
             # In pairs, the odd position's value goes through a copy of the activate thresholds, loaded alike.
             v = p.vector
-            # The slot and the word registered, the value two cycles late (as the vector unit's).
+            # The slot and the word registered, the value three cycles late (as the vector unit's).
             late = slow_block_ram(platform)
             m.submodules.odd_thresholds = odd = ThresholdUnit(v.value_bits, v.act_code_bits, v.act_slots,
                                                              v.act_threshold_bits, registered_word=late,
-                                                             late_value=late, registered_channel=late)
+                                                             late_value=2 if late else 0, registered_channel=late,
+                                                             registered_inputs=late)
             odd_load = host_write("odd_load", en=host & (load.target == VECTOR_BASE + ACT_THRESHOLDS), addr=load.addr,
                                   data=load.data)
             m.d.comb += [odd.load_en.eq(odd_load[0]), odd.load_addr.eq(odd_load[1]), odd.load_data.eq(odd_load[2]),

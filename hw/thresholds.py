@@ -62,9 +62,10 @@ class ThresholdUnit(wiring.Component):
     reads the channel's word from block RAM, t + 1 registers the comparisons with every threshold,
     t + 2 their count; the word itself is not registered: on the UP5K its flip-flops would not
     fit). With ``registered_word`` (:func:`hw.memories.slow_block_ram`), latency 4 (``latency``): t + 1
-    registers the word, t + 2 the comparisons, t + 3 their count; ``late_value`` (with ``registered_word``
-    only): ``acc`` comes a cycle after its ``valid`` and ``channel``, and waits a cycle less for the word (the
-    same latency from ``valid``). ``registered_inputs``: one more register on the value and the word before the
+    registers the word, t + 2 the comparisons, t + 3 their count; ``late_value`` (cycles, with
+    ``registered_word`` only; at most 1, 2 with ``registered_inputs``): ``acc`` comes that many cycles after its
+    ``valid`` and ``channel``, and waits as many cycles less for the word (the same latency from ``valid``).
+    ``registered_inputs``: one more register on the value and the word before the
     comparisons (latency one more: 5 with ``registered_word``), so that the comparators need not lie near both
     the value's source and the word's block RAM (the engine's unit on the ECP5, whose stage takes 5 cycles
     anyway: 13.1 ns into the comparisons' registers on the ULX3S-85F at 1badc10). ``registered_channel`` (with
@@ -78,7 +79,7 @@ class ThresholdUnit(wiring.Component):
     LATENCY = 3
 
     def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True,
-                 registered_word: bool = False, late_value: bool = False, registered_inputs: bool = False,
+                 registered_word: bool = False, late_value: int = 0, registered_inputs: bool = False,
                  registered_channel: bool = False):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
                                  ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
@@ -93,6 +94,9 @@ class ThresholdUnit(wiring.Component):
                              f"needs its own (own_memory=True)")
         if late_value and not registered_word:
             raise ValueError("a late value (late_value) waits for a registered word (registered_word)")
+        if not 0 <= late_value <= 1 + registered_inputs:
+            raise ValueError(f"a value comes at most {1 + registered_inputs} cycles late (late_value), "
+                             f"not {late_value}")
         self.own_memory, self.registered_word, self.late_value = own_memory, registered_word, late_value
         if registered_channel and not own_memory:
             raise ValueError("a registered channel (registered_channel) addresses the unit's own memory (own_memory)")

@@ -129,7 +129,7 @@ def threshold_items(rng: np.random.Generator, stage: Thresholds, acc_bits: int, 
                           (4, 37, False, False, False, False), (8, 3000, False, False, False, False),
                           (3, 2**15 - 1, True, True, False, False), (2, 1000, False, True, False, False),
                           (3, 2**15 - 1, True, False, True, False), (2, 1000, True, False, True, True),
-                          (3, 37, False, False, False, True)])
+                          (3, 37, False, False, False, True), (3, 2**15 - 1, True, True, 2, True)])
 def test_thresholds_random(bits, bound, registered_word, registered_inputs, late_value, registered_channel):
     rng = np.random.default_rng(bits * 1000 + bound)
     channels, acc_bits = 7, signed_bits(bound)
