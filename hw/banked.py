@@ -49,16 +49,12 @@ def bank_depth(width: int) -> int:
 
 
 def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_addr, write_data, read_addr,
-                  reset_less: bool = False, grouped_writes: bool = False, registered_output: bool = False):
+                  reset_less: bool = False, grouped_writes: bool = False):
     """A ``width`` x ``depth`` buffer in module ``m`` (submodules ``{name}`` or ``{name}_{b}``); returns the
     read data, :data:`LATENCY` cycles after ``read_addr``. ``reset_less``: the address, data and word registers
     ignore the domain's reset (:func:`hw.delay.reset_less_data`; a bank's word register is then zeroed by its
     read flag alone, not by the flag or the reset through a logic cell). ``grouped_writes``: the write passes
-    registers of its own for each :data:`GROUP_BANKS` banks first (a cycle later). ``registered_output``: each
-    block RAM's read data passes a register of its own before the bank's word register (the data a cycle later,
-    ``LATENCY + 1`` cycles after the address): the block's slow output then reaches a flip-flop beside it, not
-    the word register by the banks' OR (the ECP5: 12.4 ns into the weights banks' word registers on the
-    ULX3S-85F at 5f087e3)."""
+    registers of its own for each :data:`GROUP_BANKS` banks first (a cycle later)."""
     words = bank_depth(width)
     banks = -(-depth // words)
     low = (min(depth, words) - 1).bit_length()
@@ -81,10 +77,8 @@ def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_
         m.d.comb += [write.addr.eq(copies["write_addr"]), write.data.eq(copies["write_data"]),
                      read.addr.eq(copies["read_addr"])]
         if banks == 1:
-            return delayed(m, read.data, 1 + registered_output, f"{name}_data", reset_less=reset_less)
-        read_data = delayed(m, read.data, int(registered_output), f"{name}_{b}_read_data", own_flip_flops=True,
-                            reset_less=reset_less)
+            return delayed(m, read.data, 1, f"{name}_data", reset_less=reset_less)
         data = Signal(width, name=f"{name}_{b}_data", reset_less=reset_less)
-        m.d.sync += data.eq(Mux(delayed(m, read_here, 2 + registered_output, f"{name}_{b}_read"), read_data, 0))
+        m.d.sync += data.eq(Mux(delayed(m, read_here, 2, f"{name}_{b}_read"), read.data, 0))
         outputs.append(data)
     return functools.reduce(operator.or_, outputs)

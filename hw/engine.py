@@ -371,8 +371,7 @@ class LayerEngine(wiring.Component):
                 return memory.read_data, addr
             if self.network:
                 return banked_buffer(m, name, width, depth, *buffer_write(name, write_en), addr, reset_less,
-                                     grouped_writes=slow_block_ram(platform),
-                                     registered_output=slow_block_ram(platform)), addr
+                                     grouped_writes=slow_block_ram(platform)), addr
             m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
             write, read = memory.write_port(), memory.read_port()
             m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),
@@ -687,8 +686,7 @@ class LayerEngine(wiring.Component):
         # column a cycle (PEArray), and the row's PEs, spread across the chip, are fed by registers of their
         # own instead of one register fanned out to all rows (the ULX3S-85F's worst path). The row's shadow
         # weights take the word two cycles after its read data (column c's c cycles later, as the positions
-        # reach it; network mode: BANKED_LATENCY + 2 after its address, a cycle more where the banks register
-        # their block RAMs' output, the ECP5): no later than the tile's first
+        # reach it; network mode: BANKED_LATENCY + 2 after its address): no later than the tile's first
         # position reaches them, and three cycles after the previous tile's first position has passed them
         # (with the overlap's rows + cols + 3 positions, or the wait before LOAD_WEIGHTS).
         groups = -(-Cn // self.WORD_GROUP_COLUMNS)
@@ -699,7 +697,7 @@ class LayerEngine(wiring.Component):
             # otherwise feed every PE's shadow weight in the same cycle. The row's flag, in its last register,
             # is a flip-flop of its own for each group of columns of the row's copy (one flag into a whole
             # row's enables was the ULX3S-85F's worst path at fda0f40, 16.2 ns).
-            w_rows = delays(m, w_rows, BANKED_LATENCY + int(slow_block_ram(platform)), "w_rows_registered")
+            w_rows = delays(m, w_rows, BANKED_LATENCY, "w_rows_registered")
             enables = [[delayed(m, w_rows[-2][r], 1, f"w_row_{r}_group_{g}", own_flip_flops=True,
                                 reset_less=reset_less) for g in range(groups)] for r in range(R)]
             w_rows = w_rows[-1]
