@@ -161,9 +161,9 @@ class NetworkCore(wiring.Component):
         # The writes, from the engine or the vector unit. In block RAM they reach the memory a cycle later, from
         # registers: no multiplexer between the engine's write test and the address of the memory's many blocks
         # (the ResNet-20 core's worst path on the ULX3S-85F, 12 of its 17 ns routing to a block across the die).
-        # No step reads a value in the cycle after it is written (as columns, whose writes land a cycle later
-        # still, a cycle later than that: their reads come a cycle later too). One SPRAM port reads too: its
-        # writes stay.
+        # No step reads a value in the cycle after it is written (as columns with registered ports, the writes
+        # land a cycle later still and the reads come a cycle later too: the same holds). One SPRAM port reads
+        # too: its writes stay.
         value_write = SimpleNamespace(en=Signal.like(value_port.en, name="value_write_en"),
                                       addr=Signal.like(value_port.addr, name="value_write_addr"),
                                       data=Signal.like(value_port.data, name="value_write_data"))

@@ -41,9 +41,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .column_memory import value_read_latency
 from .delay import delays, reset_less_data
 from .fsm_encoding import one_hot
-from .column_memory import value_read_latency
 from .memories import slow_block_ram
 from .pe import add_with_carry
 from .thresholds import ThresholdUnit
