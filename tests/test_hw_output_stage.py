@@ -263,6 +263,12 @@ def test_bad_parameters_raise_naming_the_value():
         RequantizeUnit(8, 2, 24, 30, -1, 16)
     with pytest.raises(ValueError, match="255 thresholds a channel.*own_memory=True"):
         ThresholdUnit(12, 8, 4, 13, own_memory=False)
+    with pytest.raises(ValueError, match="at most 1 cycles late .late_value., not 2"):
+        ThresholdUnit(8, 2, 4, 9, registered_word=True, late_value=2)
+    with pytest.raises(ValueError, match="registered channel .* own memory"):
+        ThresholdUnit(8, 2, 4, 9, own_memory=False, registered_channel=True)
+    with pytest.raises(ValueError, match="registered_inputs needs registered constants"):
+        RequantizeUnit(8, 2, 24, 30, 40, 16, registered_inputs=True)
     stage = Thresholds(np.array([[-300, 0, 300]]), np.array([True]), 2)
     with pytest.raises(ValueError, match=r"threshold 300 of channel 0 \(stored as 301\) does not fit threshold_bits=9"):
         threshold_words(stage, 9)
