@@ -42,7 +42,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .column_memory import value_read_latency
-from .delay import delays, reset_less_data
+from .delay import delays, late_write, reset_less_data
 from .fsm_encoding import one_hot
 from .memories import slow_block_ram
 from .pe import add_with_carry
@@ -332,8 +332,13 @@ class VectorUnit(wiring.Component):
             lent = self.lent_valid & ~busy
             value_lent = delays(m, lent, late, "lent_late")[-1]
             act_slot = delays(m, slot, read, "act_slot", reset_less=rl)[read - late]
-            m.d.comb += [unit.load_en.eq(load & (self.load_target == ACT_THRESHOLDS)),
-                         unit.load_addr.eq(self.load_addr), unit.load_data.eq(self.load_data),
+            # On the ECP5 the thresholds' load a cycle later, decoded, from flip-flops of their own
+            # (hw.delay.late_write: the load enable's decode ran into their 24 blocks' write enables, 12.2 ns at
+            # c4a8796); loads come while idle, long before an op or a lent value reads them.
+            act_load = [load & (self.load_target == ACT_THRESHOLDS), self.load_addr, self.load_data]
+            if late:
+                act_load = late_write(m, act_load, "act_thresholds_load", ("en", "addr", "data"), reset_less=rl)
+            m.d.comb += [unit.load_en.eq(act_load[0]), unit.load_addr.eq(act_load[1]), unit.load_data.eq(act_load[2]),
                          unit.valid.eq(act[read - late] | lent),
                          unit.acc.eq(Mux(value_lent, self.lent_value, read_value)),
                          unit.channel.eq(Mux(lent, self.lent_slot, act_slot)),
