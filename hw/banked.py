@@ -21,9 +21,10 @@ Contract: a write (``write_en``, ``write_addr``, ``write_data``) of cycle t reac
 at the end of cycle t + 1 (the bank's write registers), with ``grouped_writes`` at the end of t + 2 (before them,
 registers of their own for each :data:`GROUP_BANKS` banks: on the ECP5 the weights buffer's write data register
 reached its 17 banks' across the die, 13.1 ns on the ULX3S-85F at e42f8cd; they have no reset
-(:mod:`hw.flip_flops`: kept copies with one share a reset multiplexer), so a reset lets the write under way land); the word at ``read_addr`` of cycle t is on
-the returned data in cycle t + 3 (the bank's address register, the block RAM, then the bank's data
-register with the multiplexer after them), as written up to cycle t - 1.
+(:mod:`hw.flip_flops`: kept copies with one share a reset multiplexer), so a reset lets the write under way
+land); the word at ``read_addr`` of cycle t is on the returned data in cycle t + 3 (the bank's address
+register, the block RAM, then the bank's data register with the multiplexer after them), as written up to
+cycle t - 1.
 """
 
 from __future__ import annotations

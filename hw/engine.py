@@ -234,7 +234,7 @@ class LayerEngine(wiring.Component):
     ``params.out_bits``).
 
     Ports: :class:`EngineSignature` for ``params`` (network mode: :func:`network_signature`).
-    ``STAGE_LATENCY``: cycles through the output stage, the slower unit's (on the ECP5 one more:
+    ``STAGE_LATENCY``: cycles through the output stage, the slower unit's (on the ECP5 two more:
     :meth:`stage_latency`, which the module docstring's ``STAGE_LATENCY`` means); ``FUSED_LATENCY``: cycles
     from a value's write to its fused activation's code write (a register, then the lent threshold
     unit); ``drain``: see the module docstring. ``WORD_GROUP_COLUMNS``: columns of a row's weight word
@@ -248,9 +248,10 @@ class LayerEngine(wiring.Component):
     @classmethod
     def stage_latency(cls, platform) -> int:
         """Cycles through the output stage on ``platform`` (an Amaranth platform, or None in simulation):
-        ``STAGE_LATENCY``, one more where block RAM is slow (:func:`hw.memories.slow_block_ram`, the ECP5), whose
-        requantize units register their inputs before the multipliers (``RequantizeUnit(registered_inputs=)``)."""
-        return cls.STAGE_LATENCY + int(slow_block_ram(platform))
+        ``STAGE_LATENCY``, two more where block RAM is slow (:func:`hw.memories.slow_block_ram`, the ECP5), whose
+        requantize units register their inputs before the multipliers and their total before the shift
+        (``RequantizeUnit(registered_inputs=, registered_total=)``)."""
+        return cls.STAGE_LATENCY + 2 * int(slow_block_ram(platform))
 
     def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None,
                  value_bits: int | None = None, wide_spram: bool = False):
@@ -841,7 +842,7 @@ class LayerEngine(wiring.Component):
             m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
                 p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared,
                 registered_constants=slow_block_ram(platform), late_value=late,
-                registered_inputs=slow_block_ram(platform))
+                registered_inputs=slow_block_ram(platform), registered_total=slow_block_ram(platform))
             connect(unit, REQUANTIZE)
             out = delayed(m, unit.out, self._stage_latency - unit.latency, f"requantized{suffix}")
             if q.relu and not self.network:

@@ -72,15 +72,19 @@ class RequantizeUnit(wiring.Component):
     value and the constants before the partial products (latency one more, 6: ``latency``), so that the
     multipliers need not lie near the value's source (the engine's multiplexer over its columns' accumulator
     reads, spread across the die: 13.9 ns into the ECP5 multipliers' input registers on the ULX3S-85F at 38d3741)
-    nor near the constants' block RAM. Fully pipelined, gaps allowed, no back-pressure.
+    nor near the constants' block RAM. ``registered_total`` (with ``registered_constants`` only): the partial
+    sums' total registered before the shift, as without registered constants (latency one more: 7 with
+    registered inputs; the sum and the shift in one cycle were 11 to 12 ns on the ULX3S-85F at c4a8796). Fully
+    pipelined, gaps allowed, no back-pressure.
     """
 
     LATENCY = 5
 
     def __init__(self, acc_bits: int, channels: int, multiplier_bits: int, bias_bits: int,
                  max_shift: int, out_bits: int, own_memory: bool = True, registered_constants: bool = False,
-                 late_value: bool = False, registered_inputs: bool = False):
-        for name, flag in (("late_value", late_value), ("registered_inputs", registered_inputs)):
+                 late_value: bool = False, registered_inputs: bool = False, registered_total: bool = False):
+        for name, flag in (("late_value", late_value), ("registered_inputs", registered_inputs),
+                           ("registered_total", registered_total)):
             if flag and not registered_constants:
                 raise ValueError(f"{name} needs registered constants (registered_constants)")
         for name, value, low in (("acc_bits", acc_bits, 2), ("channels", channels, 1),
@@ -94,8 +98,8 @@ class RequantizeUnit(wiring.Component):
         self.shift_bits = shift_bits(self.max_shift)
         self.word_bits = requantize_word_bits(self.multiplier_bits, self.bias_bits, self.max_shift)
         self.own_memory, self.registered_constants, self.late_value = own_memory, registered_constants, late_value
-        self.registered_inputs = registered_inputs
-        self.latency = self.LATENCY + registered_inputs
+        self.registered_inputs, self.registered_total = registered_inputs, registered_total
+        self.latency = self.LATENCY + registered_inputs + registered_total
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "out_valid": Out(1),
@@ -150,9 +154,11 @@ class RequantizeUnit(wiring.Component):
         if not in_dsp:
             acc = delayed(m, acc, 1, "acc", reset_less=rl)
             multiplier = delayed(m, word[:self.multiplier_bits], extra, "multiplier", reset_less=rl)
-        valid = delayed(m, self.valid, 4 + extra, "valid")
+        total_late = int(self.registered_total)
+        valid = delayed(m, self.valid, 4 + extra + total_late, "valid")
         bias = word[self.multiplier_bits:self.multiplier_bits + self.bias_bits].as_signed()
-        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late + extra, "shift", reset_less=rl)
+        shift = delayed(m, word[self.multiplier_bits + self.bias_bits:], 3 - late + extra + total_late, "shift",
+                        reset_less=rl)
         # Edge t + 1: the partial products acc_i * M_j of acc's and M's parts (low parts unsigned), each
         # register as wide as its product and without reset, so that Yosys puts it into the iCE40
         # multiplier's output register (on the ECP5, into the instantiated multiplier's).
@@ -178,7 +184,7 @@ class RequantizeUnit(wiring.Component):
             value = sum(terms[1:], terms[0]) if terms else C(0, 1)
             halves.append(Signal(value.shape(), name=f"partial_{n}", reset_less=rl))
             m.d.sync += halves[-1].eq(value)
-        if late:
+        if late and not total_late:
             total = halves[0] + halves[1]
         else:
             total = Signal((halves[0] + halves[1]).shape(), reset_less=rl)

@@ -34,8 +34,9 @@ def test_only_the_ecp5_gets_registered_multipliers():
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("late_value, registered_inputs", [(False, False), (True, False), (True, True)])
-def test_requantize_on_ecp5_multipliers_is_exact(tmp_path, late_value, registered_inputs):
+@pytest.mark.parametrize("late_value, registered_inputs, registered_total",
+                         [(False, False, False), (True, False, False), (True, True, True)])
+def test_requantize_on_ecp5_multipliers_is_exact(tmp_path, late_value, registered_inputs, registered_total):
     if shutil.which("iverilog") is None:
         pytest.skip("needs Icarus Verilog (iverilog): apt-get install iverilog")
     rng = np.random.default_rng(5 + late_value)
@@ -43,7 +44,7 @@ def test_requantize_on_ecp5_multipliers_is_exact(tmp_path, late_value, registere
     stage = random_requantize(rng, channels)
     dut = RequantizeUnit(acc_bits, channels, multiplier_bits(stage), bias_bits(stage), 40,
                          out_bits(stage, 2 ** (acc_bits - 1)), registered_constants=True, late_value=late_value,
-                         registered_inputs=registered_inputs)
+                         registered_inputs=registered_inputs, registered_total=registered_total)
     text = verilog.convert(dut, name="requantize", platform=ECP5, emit_src=False)
     assert text.count("MULT18X18D") == 4 and '.REG_OUTPUT_CLK("CLK0")' in text
     items = requantize_items(rng, channels, acc_bits, 60)
