@@ -756,27 +756,42 @@ class LayerEngine(wiring.Component):
         # Read-back: the word's accumulators enter the output stage one per cycle (column
         # feed_col); results come back STAGE_LATENCY cycles later into their field of the output word.
         # In pairs, the even position's accumulators (held) enter one stage and the odd one's a second.
-        # On the ECP5 (slow_block_ram) each column's read is registered and the value enters the stage a cycle
-        # after its channel (the units' late_value): the multiplexer over the columns' block RAMs, spread across
-        # the die, ran into the units' value registers (15.5 ns at 0e077f7).
-        select = feed_col
+        # On the ECP5 (slow_block_ram) each column's read is registered, and the column's value is chosen in two
+        # levels with a register between (each group of WORD_GROUP_COLUMNS columns' first), so that the value
+        # enters the stage two cycles after its channel (``lag``, the units' late_value): the multiplexer over the
+        # columns' block RAMs, spread across the die, ran into the units' value registers (15.5 ns at 0e077f7),
+        # and after their registers from all 16 columns in one cycle (16.5 ns at 30190ea). The accumulators stay
+        # at the address read until the word's last column is taken into its group's register.
+        select, lag = feed_col, 2 * int(late)
         if late:
             column_reads = [delayed(m, data, 1, f"column_read_{c}", reset_less=reset_less)
                             for c, data in enumerate(column_reads)]
             select = delayed(m, feed_col, 1, "feed_col_late")
-        fed = Cat(*column_reads).word_select(select, p.acc_bits).as_signed()
+            group, group_bits = self.WORD_GROUP_COLUMNS, (self.WORD_GROUP_COLUMNS - 1).bit_length()
+            group_select = delayed(m, select[group_bits:], 1, "feed_group", reset_less=reset_less)
+
+        def chosen(words, name):
+            """The word of column ``select`` among ``words`` (signed ``acc_bits``): on the ECP5 each group's word
+            registered first, then the group's chosen (a cycle later)."""
+            if not late:
+                return Cat(*words).word_select(select, p.acc_bits).as_signed()
+            groups = [delayed(m, Cat(*words[g:g + group]).word_select(select[:group_bits], p.acc_bits), 1,
+                              f"{name}_group_{g // group}", reset_less=reset_less) for g in range(0, Cn, group)]
+            return Cat(*groups).word_select(group_select, p.acc_bits).as_signed()
+
+        fed = chosen(column_reads, "fed")
         values = [fed]
         if p.write_pairs:
             held = [Signal(signed(p.acc_bits), name=f"held_{c}", reset_less=reset_less) for c in range(Cn)]
             with m.If(delayed(m, holding, 1, "holding_late") if late else holding):
                 m.d.sync += [h.eq(r) for h, r in zip(held, column_reads)]
-            values = [Mux(pair, Cat(*held).word_select(select, p.acc_bits).as_signed(), fed), fed]
+            values = [Mux(pair, chosen(held, "held"), fed), fed]
         channel = Cat(feed_col[:p.col_bits], read_slot)
         stage = cfg["stage"][:2]
         relu = C(0, 1)      # STAGE_REQUANTIZE_RELU: in layer mode here, in network mode after the fused addition
         if p.requantize and p.requantize.relu:
             relu = stage == STAGE_REQUANTIZE_RELU
-        results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix, platform, late)
+        results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix, platform, lag)
                    for value, suffix in zip(values, ("", "_odd"))]
         result = results[0]
         if self.network:
@@ -794,13 +809,13 @@ class LayerEngine(wiring.Component):
         m.d.comb += self.out.payload.eq(Cat(*fields))
         return m
 
-    def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, platform, late):
+    def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, platform, lag):
         """One output stage (the units named with ``suffix``): ``value`` of ``channel`` (entering while
-        ``feeding``; with ``late`` the value a cycle after them) -> its result ``STAGE_LATENCY`` cycles after
+        ``feeding``; the value ``lag`` cycles after them) -> its result ``STAGE_LATENCY`` cycles after
         ``feeding``: the code, the requantized value (in layer mode then ReLU'd with ``relu``) or the raw value,
         as ``stage`` says. With requantize units the raw value goes through them (the program gives its layers
         identity constants, STAGE_REQUANTIZE), without them through a delay line. On ``platform``'s ECP5 the
-        units register their block RAM words (:func:`hw.memories.slow_block_ram`), as ``late`` needs."""
+        units register their block RAM words (:func:`hw.memories.slow_block_ram`), as a ``lag`` needs."""
         p = self.params
         depth, shared = p.stage_depth << p.col_bits, p.shared_stage_memory
         if shared:
@@ -834,14 +849,14 @@ class LayerEngine(wiring.Component):
             # On the ECP5 the value and the word pass one more register each, into the stage's last cycle.
             m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(
                 p.acc_bits, p.code_bits, depth, p.threshold_bits, own_memory=not shared,
-                registered_word=slow_block_ram(platform), late_value=late, registered_inputs=slow_block_ram(platform))
+                registered_word=slow_block_ram(platform), late_value=lag, registered_inputs=slow_block_ram(platform))
             code = delayed(m, unit.code, self._stage_latency - unit.latency, f"code{suffix}")
             connect(unit, THRESHOLDS)
         if p.requantize:
             q = p.requantize
             m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
                 p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared,
-                registered_constants=slow_block_ram(platform), late_value=late,
+                registered_constants=slow_block_ram(platform), late_value=lag,
                 registered_inputs=slow_block_ram(platform), registered_total=slow_block_ram(platform))
             connect(unit, REQUANTIZE)
             out = delayed(m, unit.out, self._stage_latency - unit.latency, f"requantized{suffix}")
@@ -849,7 +864,7 @@ class LayerEngine(wiring.Component):
                 out = Mux(relu & (out < 0), 0, out)
             result = out
         else:
-            result = delayed(m, value, self._stage_latency - late, f"raw{suffix}")
+            result = delayed(m, value, self._stage_latency - lag, f"raw{suffix}")
         return Mux(stage == STAGE_THRESHOLDS, code, result) if p.code_bits else result
 
     def _load_beat(self, m, idle):

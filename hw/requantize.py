@@ -57,32 +57,31 @@ class RequantizeUnit(wiring.Component):
     - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel`` (with its own memory).
     - out: ``out_valid``, ``out`` (signed ``out_bits``), registered.
 
-    Latency 5 (``LATENCY``): a value sampled at clock edge t appears after edge t + 4. Edge t reads
-    the channel's constants (block RAM); t + 1 registers the partial products of ``acc`` and ``M``
-    (straight from the block RAM), each cut to fit one hardware multiplier (:data:`PART_BITS`
-    unsigned bits per low part, in the multiplier's own output register where it has one), and
-    ``B`` and the shift; t + 2 registers two partial sums, the first with ``B``; t + 3 their sum;
-    t + 4 the shifted result. Each stage is one block RAM read into one multiplier, or one carry
-    chain. With ``registered_constants`` (:func:`hw.memories.slow_block_ram`), the same latency: t + 1
-    registers the constants, t + 2 the partial products, t + 3 the partial sums, t + 4 their sum
-    shifted (a carry chain and a shifter in one cycle: on the ECP5 both are fast, and its block RAM's
-    slow output then feeds no multiplier). ``late_value`` (with ``registered_constants`` only): ``acc`` comes a
-    cycle after its ``valid`` and ``channel`` (the unit then waits a cycle less for the constants; the same
+    Latency 5 (``LATENCY``): a value sampled at clock edge t appears after edge t + 4. Edge t reads the channel's
+    constants (block RAM); t + 1 registers the partial products of ``acc`` and ``M`` (straight from the block RAM),
+    each cut to fit one hardware multiplier (:data:`PART_BITS` unsigned bits per low part, in the multiplier's own
+    output register where it has one), and ``B`` and the shift; t + 2 registers two partial sums, the first with
+    ``B``; t + 3 their sum; t + 4 the shifted result. Each stage is one block RAM read into one multiplier, or one
+    carry chain. With ``registered_constants`` (:func:`hw.memories.slow_block_ram`), the same latency: t + 1
+    registers the constants, t + 2 the partial products, t + 3 the partial sums, t + 4 their sum shifted (a carry
+    chain and a shifter in one cycle, so that the block RAM's slow output feeds no multiplier). ``late_value``
+    (cycles, with ``registered_constants`` only; at most 1, 2 with ``registered_inputs``): ``acc`` comes that many
+    cycles after its ``valid`` and ``channel`` (the unit then waits as many cycles less for the constants; the same
     latency from ``valid``). ``registered_inputs`` (with ``registered_constants`` only): one more register on the
-    value and the constants before the partial products (latency one more, 6: ``latency``), so that the
-    multipliers need not lie near the value's source (the engine's multiplexer over its columns' accumulator
-    reads, spread across the die: 13.9 ns into the ECP5 multipliers' input registers on the ULX3S-85F at 38d3741)
-    nor near the constants' block RAM. ``registered_total`` (with ``registered_constants`` only): the partial
-    sums' total registered before the shift, as without registered constants (latency one more: 7 with
-    registered inputs; the sum and the shift in one cycle were 11 to 12 ns on the ULX3S-85F at c4a8796). Fully
-    pipelined, gaps allowed, no back-pressure.
+    value and the constants before the partial products (latency one more, 6: ``latency``), so that the multipliers
+    need not lie near the value's source (the engine's multiplexer over its columns' accumulator reads, spread
+    across the die: 13.9 ns into the ECP5 multipliers' input registers on the ULX3S-85F at 38d3741) nor near the
+    constants' block RAM. ``registered_total`` (with ``registered_constants`` only): the partial sums' total
+    registered before the shift, as without registered constants (latency one more: 7 with registered inputs; the
+    sum and the shift in one cycle were 11 to 12 ns on the ULX3S-85F at c4a8796). Fully pipelined, gaps allowed, no
+    back-pressure.
     """
 
     LATENCY = 5
 
     def __init__(self, acc_bits: int, channels: int, multiplier_bits: int, bias_bits: int,
                  max_shift: int, out_bits: int, own_memory: bool = True, registered_constants: bool = False,
-                 late_value: bool = False, registered_inputs: bool = False, registered_total: bool = False):
+                 late_value: int = 0, registered_inputs: bool = False, registered_total: bool = False):
         for name, flag in (("late_value", late_value), ("registered_inputs", registered_inputs),
                            ("registered_total", registered_total)):
             if flag and not registered_constants:
@@ -97,6 +96,9 @@ class RequantizeUnit(wiring.Component):
         self.max_shift, self.out_bits = int(max_shift), int(out_bits)
         self.shift_bits = shift_bits(self.max_shift)
         self.word_bits = requantize_word_bits(self.multiplier_bits, self.bias_bits, self.max_shift)
+        if not 0 <= late_value <= 1 + registered_inputs:
+            raise ValueError(f"a value comes at most {1 + registered_inputs} cycles late (late_value), "
+                             f"not {late_value}")
         self.own_memory, self.registered_constants, self.late_value = own_memory, registered_constants, late_value
         self.registered_inputs, self.registered_total = registered_inputs, registered_total
         self.latency = self.LATENCY + registered_inputs + registered_total

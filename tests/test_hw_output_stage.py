@@ -178,17 +178,18 @@ def requantize_items(rng: np.random.Generator, channels: int, acc_bits: int, n: 
     return [items[i] for i in rng.permutation(len(items))]
 
 
-@pytest.mark.parametrize("acc_bits, gaps, registered_constants, registered_inputs, registered_total",
-                         [(20, False, False, False, False), (9, True, False, False, False),
-                          (20, True, True, False, False), (20, True, True, True, False), (20, True, True, True, True)])
-def test_requantize_random(acc_bits, gaps, registered_constants, registered_inputs, registered_total):
+@pytest.mark.parametrize("acc_bits, gaps, registered_constants, registered_inputs, registered_total, late_value",
+                         [(20, False, False, False, False, 0), (9, True, False, False, False, 0),
+                          (20, True, True, False, False, 0), (20, True, True, True, False, 1),
+                          (20, True, True, True, True, 2)])
+def test_requantize_random(acc_bits, gaps, registered_constants, registered_inputs, registered_total, late_value):
     rng = np.random.default_rng(acc_bits)
     channels = 6
     stages = [random_requantize(rng, channels) for _ in range(2)]
     dut = RequantizeUnit(acc_bits, channels, max(map(multiplier_bits, stages)), max(map(bias_bits, stages)), 40,
                          max(out_bits(s, 2 ** (acc_bits - 1)) for s in stages),
                          registered_constants=registered_constants, registered_inputs=registered_inputs,
-                         registered_total=registered_total)
+                         registered_total=registered_total, late_value=late_value)
     assert dut.multiplier_bits == 25
     assert dut.latency == RequantizeUnit.LATENCY + registered_inputs + registered_total
     phases = [(dut.words(s), requantize_items(rng, channels, acc_bits, 150)) for s in stages]
