@@ -309,7 +309,9 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        seen, correct, loss_sum = 0, 0, 0.0
+        # sums stay on the device: reading them each step would make the host wait on the GPU each step
+        seen, correct, loss_sum = 0, torch.zeros((), dtype=torch.long, device=device), \
+            torch.zeros((), dtype=torch.float64, device=device)
         loader = batches(train_x, train_y, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 + epoch,
                          augment=augment, rank=rank, world_size=world)
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -322,9 +324,11 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
             optimizer.step()
             scheduler.step()
             seen += yb.numel()
-            loss_sum += loss.item() * yb.numel()
-            correct += (logits.argmax(1) == yb).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{100.0 * correct / seen:.1f}")
+            loss_sum += loss.detach().double() * yb.numel()
+            correct += (logits.argmax(1) == yb).sum()
+            if not bar.disable:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", top1=f"{100.0 * correct.item() / seen:.1f}")
+        loss_sum, correct = loss_sum.item(), correct.item()
         if rank == 0:
             test = evaluate(model, test_x, test_y)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
