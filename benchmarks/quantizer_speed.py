@@ -180,7 +180,8 @@ def bench_training(args, device: torch.device) -> list[dict]:
 def bench_precision(args, device: torch.device) -> list[dict]:
     """Relative errors of the float32 LCQ gradients and per-segment sums against float64 (max over entries of
     |error| / max |float64 value| for theta; per segment |error| / |float64 sum| for the sums)."""
-    from lcq_train.quant import _search, _segment_sums, _segments, _Tables   # the backward's own steps
+    from lcq_train.quant import _search, _segments, _Tables   # the backward's own steps
+    from lcq_train.quant_device import segment_sums
 
     rows = []
     for label, (signed, alpha0, sample) in KINDS.items():
@@ -214,7 +215,7 @@ def bench_precision(args, device: torch.device) -> list[dict]:
             terms = (grad, grad * v)
             exact = torch.stack([torch.zeros(bins, dtype=torch.float64, device=device).index_add_(0, index, t.double())
                                  for t in terms]).cpu()
-            chunked = torch.from_numpy(_segment_sums(seg, *terms, bins))
+            chunked = segment_sums(seg, *terms, bins).cpu()
             plain = torch.stack([torch.zeros(bins, device=device).index_add_(0, index, t) for t in terms])
             plain = plain.cpu().double()
             used = exact != 0

@@ -31,9 +31,12 @@ one table lookup, and the backward needs only the sums of ``sgn * grad`` and
 segments. Those tables are built once per call on the host in numpy (the same
 float operations as :func:`compander` and :func:`expand_levels`, so the same
 bits), where a call costs a fraction of a torch call; the per-segment sums are
-float32 partial sums over chunks of at most ``_CHUNK`` elements added in
-float64 (or numpy's float64 ``bincount``). CPU tensors below ``_HOST_MAX``
-elements are quantized in numpy altogether. NaN counts as beyond the clip
+float32 partial sums over chunks of at most 1024 elements added in float64
+(:func:`lcq_train.quant_device.segment_sums`, or numpy's float64 ``bincount``).
+CPU tensors below ``_HOST_MAX`` elements are quantized in numpy altogether.
+Tensors on any other device (a GPU) take :mod:`lcq_train.quant_device`'s
+path: the same tables, search and gradients in torch operations on that
+device, with no round trip to the host. NaN counts as beyond the clip
 range (``torch.bucketize`` puts it after every boundary).
 
 Signed quantizers (weights) use ``s = 2^(b-1) - 1`` levels per sign, unsigned
@@ -46,6 +49,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
+
+from .quant_device import LCQDeviceFunction, segment_sums
 
 __all__ = [
     "level_scale",
@@ -154,7 +159,6 @@ def _normalize(x: torch.Tensor, alpha: torch.Tensor, signed: bool):
 
 _HOST_MAX = 65536   # CPU tensors below this many elements are quantized in numpy
 _GRID_MIN = 4096    # elements from which the grid search beats a binary search per element
-_CHUNK = 1024       # elements per float32 partial sum of the backward (the partial sums are added in float64)
 _LOOP_MAX = 64      # segments up to which the theta gradient is a loop over them (else numpy over all at once)
 _NUMPY = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
 
@@ -400,29 +404,6 @@ def _segment_index(v: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
     return _grid_search(v.contiguous(), b, _Constants.get(1, 1, b.dtype)).long()
 
 
-def _segment_sums(seg: torch.Tensor, grad: torch.Tensor, weighted: torch.Tensor, bins: int) -> np.ndarray:
-    """Sums of ``grad`` and of ``weighted`` per segment: (2, bins) float64 on the host.
-
-    ``scatter_add`` into one row of partial sums per chunk of (at most)
-    ``_CHUNK`` elements, in the input dtype, then the rows added in float64, so
-    that no float32 sum runs over more than ``_CHUNK`` terms: one float32
-    accumulator per segment over all of its elements (a plain ``index_add``)
-    is ~1e-4 off at 2M elements.
-    """
-    n = seg.numel()
-    chunk = min(_CHUNK, n & -n)          # the largest power of two that divides n, up to _CHUNK ...
-    if chunk < 64:
-        chunk = min(_CHUNK, n)           # ... or, if that is small, a last row of the remainder
-    rows, rest = divmod(n, chunk)
-    main = rows * chunk
-    seg, parts = seg.reshape(-1).long(), grad.new_zeros(2, rows + (rest > 0), bins)
-    for out, w in zip(parts, (grad.reshape(-1), weighted.reshape(-1))):
-        if rest:
-            out[rows].scatter_add_(0, seg[main:], w[main:])
-        out[:rows].scatter_add_(1, seg[:main].view(rows, chunk), w[:main].view(rows, chunk))
-    return parts.sum(1, dtype=torch.float64).cpu().numpy()
-
-
 def _magnitude(x: torch.Tensor, alpha: torch.Tensor, signed: bool) -> torch.Tensor:
     """``v = |x| / alpha`` (signed) or ``x / alpha`` (unsigned) in the compute dtype."""
     dtype = _compute_dtype(x)
@@ -517,7 +498,7 @@ class _LCQFunction(torch.autograd.Function):
                 grad = grad.to(dtype)
             if ctx.needs_input_grad[0]:
                 grad_x = _device(inside, v.device).index_select(0, seg.view(-1)).view(seg.shape).mul_(grad)
-            G0, G1 = _segment_sums(seg, grad, grad * v, bins)
+            G0, G1 = segment_sums(seg, grad, grad * v, bins).cpu().numpy()
         if grad_x is not None and x_dtype != dtype:
             grad_x = grad_x.to(x_dtype)
         if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
@@ -551,7 +532,10 @@ def lcq_quantize(x, alpha, theta, bits: int, outer_bits: int | None = 8, signed:
     _check_args(x, alpha, outer_bits, signed)
     level_scale(bits, signed)
     _check_theta(theta)
-    return _LCQFunction.apply(x, alpha, theta, bits, outer_bits, signed)
+    if x.device.type == "cpu":
+        return _LCQFunction.apply(x, alpha, theta, bits, outer_bits, signed)
+    return LCQDeviceFunction.apply(x, alpha, theta, level_scale(bits, signed),
+                                   None if outer_bits is None else level_scale(outer_bits, signed), signed)
 
 
 def uniform_codes(x: torch.Tensor, alpha: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:
