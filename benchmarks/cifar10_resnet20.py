@@ -81,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help=f"CPU smoke test: FP, uniform and LCQ at W{TINY['bits'][0]}/A{TINY['bits'][0]}, "
                         f"{TINY['fp_epochs']} + {TINY['epochs']} epochs on {TINY['limit']} training and "
                         f"{TINY['test_limit']} test images, batch {TINY['batch_size']} (options given win)")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: tabulate the runs OUT holds, unfinished ones with their epochs so far")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/cifar10-resnet20-<schedule>, "
                    "runs/cifar10-resnet20-tiny with --tiny)")
     p.add_argument("--json-out", metavar="FILE",
@@ -119,7 +121,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
     cmd = ["python", "benchmarks/cifar10_resnet20.py", "--schedule", args.schedule, "--fp-epochs", str(args.fp_epochs),
            "--epochs", str(args.epochs), "--bits", *map(str, args.bits), "--methods", *args.methods,
            "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--device", args.device,
-           "--jobs", str(args.jobs), "--out", args.out]
+           "--jobs", str(args.jobs), "--out", args.out] + (["--report"] if args.report else [])
     for flag, value in (("--data-dir", args.data_dir), ("--limit", args.limit), ("--test-limit", args.test_limit)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -203,6 +205,12 @@ def run_specs(args: argparse.Namespace) -> list[dict]:
 
 def finished_metrics(spec: dict) -> dict | None:
     """The metrics of a finished run of the same settings in the spec's directory, else None."""
+    metrics = saved_metrics(spec)
+    return metrics if metrics is not None and len(metrics.get("epochs", [])) >= spec["epochs"] else None
+
+
+def saved_metrics(spec: dict) -> dict | None:
+    """The metrics of a run of the same settings in the spec's directory, finished or not, else None."""
     path = Path(spec["out"]) / "metrics.json"
     if not path.is_file():
         return None
@@ -212,7 +220,7 @@ def finished_metrics(spec: dict) -> dict | None:
     same = plan.get("method") == spec["method"] and all(cfg.get(k) == spec[k] for k in ("epochs", "seed", "batch_size")) \
         and os.path.abspath(cfg.get("data_dir") or "") == os.path.abspath(spec["data_dir"] or "") \
         and (spec["method"] == "fp" or (plan.get("wbits"), plan.get("abits")) == (spec["wbits"], spec["abits"]))
-    return metrics if same and len(metrics.get("epochs", [])) >= spec["epochs"] else None
+    return metrics if same and metrics.get("epochs") else None
 
 
 def start(spec: dict, args: argparse.Namespace) -> subprocess.Popen:
@@ -249,13 +257,27 @@ def finish(spec: dict, proc: subprocess.Popen) -> dict:
 
 def record(spec: dict, metrics: dict, status: str) -> dict:
     times = [r["time_s"] for r in metrics["epochs"]]
+    if len(times) < spec["epochs"]:
+        status = f"partial: {len(times)} of {spec['epochs']} epochs"
     spec.update({"status": status, "test_top1": metrics["test_top1"], "best_test_top1": metrics["best_test_top1"],
                  "train_top1": metrics["epochs"][-1]["train_top1"], "epochs_done": len(metrics["epochs"]),
-                 "epoch_s_median": round(statistics.median(times), 3), "epoch_s_sum": round(sum(times), 2)})
+                 "epoch_s_median": round(statistics.median(times), 3), "epoch_s_sum": round(sum(times), 2),
+                 "device": metrics["config"].get("device"), "environment": metrics.get("environment")})
     print(f"  {spec['run']}: test top-1 {spec['test_top1']:.2f}% (final epoch, eval mode; best "
           f"{spec['best_test_top1']:.2f}%), {status}" + (f" in {spec['wall_s']:.1f} s" if "wall_s" in spec else ""),
           flush=True)
     return spec
+
+
+def report_saved(specs: list[dict]) -> None:
+    """Every run as OUT holds it, finished or not (``--report``: no training)."""
+    for spec in specs:
+        metrics = saved_metrics(spec)
+        if metrics is None:
+            spec.update(status="missing", error=f"no run of these settings in {spec['out']}")
+            print(f"  {spec['run']}: missing", flush=True)
+        else:
+            record(spec, metrics, "done earlier, reported")
 
 
 def run_all(specs: list[dict], args: argparse.Namespace, t_start: float) -> None:
@@ -321,8 +343,9 @@ def paper_numbers(spec: dict) -> tuple[float | None, float | None]:
 
 def table(specs: list[dict], args: argparse.Namespace, total_s: float) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"      # noqa: E731
+    devices = "trained on " + ", ".join(sorted({str(s.get("device")) for s in specs})) if args.report else args.device
     lines = [f"Command: `{reproduce_command(args)}`", "",
-             f"CIFAR-10, pre-activation ResNet-20, schedule {schedule_text(args)}; {args.device}; "
+             f"CIFAR-10, pre-activation ResNet-20, schedule {schedule_text(args)}; {devices}; "
              f"{total_s:.0f} s wall in all"
              + (f" (the short schedule is sized for {BUDGET_S:.0f} s)" if sized_for_budget(args) else ""), "",
              "| run | W/A | epochs | top-1 final (eval) | best epoch | wall s | paper LCQ | paper APoT |",
@@ -330,7 +353,9 @@ def table(specs: list[dict], args: argparse.Namespace, total_s: float) -> str:
     for s in specs:
         wa = "32/32" if s["method"] == "fp" else f"{s['wbits']}/{s['abits']}"
         lcq, apot = paper_numbers(s)
-        top1 = fmt(s.get("test_top1")) if s.get("status") not in ("failed", "skipped") else s["status"]
+        top1 = fmt(s.get("test_top1")) if s.get("status") not in ("failed", "skipped", "missing") else s["status"]
+        if s.get("status", "").startswith("partial"):
+            top1 += f" ({s['status']})"
         lines.append(f"| {s['method']} | {wa} | {s['epochs']} | {top1} | {fmt(s.get('best_test_top1'))} | "
                      f"{fmt(s.get('wall_s'))} | {fmt(lcq) if s['method'] != 'uniform' else '-'} | {fmt(apot)} |")
     lines += ["", "Paper: Yamamoto, CVPR 2021, 300 epochs per quantized run (FP 93.4); first/last layers 8-bit; "
@@ -366,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = prepare_data(args)
         specs = run_specs(args)
-        run_all(specs, args, t_start)
+        report_saved(specs) if args.report else run_all(specs, args, t_start)
     except KeyboardInterrupt:
         print(f"cifar10_resnet20.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
         return 130
@@ -375,19 +400,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     total_s = time.perf_counter() - t_start
     print("\n" + table(specs, args, total_s))
-    ok = all(s["status"] not in ("failed", "skipped") for s in specs)
+    ok = all(s["status"] in ("trained", "done earlier, reused", "done earlier, reported") for s in specs)
     fp_top1 = specs[0].get("test_top1")
     rows = []
     for s in specs:
         lcq, apot = paper_numbers(s)
         row = {k: s.get(k) for k in ("run", "method", "wbits", "abits", "epochs", "seed", "status", "test_top1",
-                                     "best_test_top1", "train_top1", "wall_s", "epoch_s_median", "epoch_s_sum",
-                                     "out", "command", "error")}
+                                     "best_test_top1", "train_top1", "epochs_done", "wall_s", "epoch_s_median",
+                                     "epoch_s_sum", "out", "command", "error", "device", "environment")}
         row.update(gap_to_fp=None if s.get("test_top1") is None or fp_top1 is None or s is specs[0]
                    else round(s["test_top1"] - fp_top1, 2),
                    paper_lcq_top1=lcq if s["method"] != "uniform" else None, paper_apot_top1=apot)
         rows.append(row)
     save_json({"benchmark": "cifar10-resnet20", "complete": ok, "command": reproduce_command(args),
+               "mode": "report of the runs in OUT (nothing trained; machine: where the report ran)" if args.report
+               else "train",
                "argv": argv, "schedule": {"name": args.schedule, "fp_epochs": args.fp_epochs, "epochs": args.epochs,
                                           "bits": args.bits, "methods": args.methods, "batch_size": args.batch_size,
                                           "jobs_side_by_side": args.jobs, "fp_weight_lr": 0.1, "quant_weight_lr": 0.04,

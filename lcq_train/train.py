@@ -11,8 +11,10 @@ DistributedDataParallel, one process per GPU (gloo on CPU).
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import platform
 import random
 import sys
 import time
@@ -26,7 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .arguments import FloatRange, IntRange, device_problem, nonnegative_float, positive_float, positive_int
+from .arguments import (FloatRange, IntRange, device_problem, nonnegative_float, nonnegative_int, positive_float,
+                        positive_int)
+from .calibrate import CLIP_INITS, calibrate_clips, reestimate_bn
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, save_json
 from .data import DATASETS, load_dataset
 from .loader import batches
@@ -39,7 +43,10 @@ MOMENTUM = FloatRange(0.0, 1.0)
 # The settings a resumed run keeps: --resume refuses others. ``epochs`` may grow (extending the run);
 # data_dir, device, out, progress may change.
 RECIPE = ("model", "dataset", "plan", "batch_size", "lr", "q_lr", "weight_decay", "momentum", "warmup_epochs",
-          "augment", "seed", "init")
+          "augment", "seed", "init", "clip_init", "bn_batches")
+# Settings added since the first saved configs, with the value every run before them had.
+ADDED = {"clip_init": "fixed", "bn_batches": 0}
+CALIBRATION_BATCHES = 4      # training batches (unaugmented) that --clip-init mse looks at
 
 
 @dataclass
@@ -56,6 +63,8 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 0.0
     augment: bool | None = None      # default: crop+flip for 32x32 RGB data
+    clip_init: str = "fixed"         # initial clips: the plan's alpha_w/alpha_a, or "mse" (lcq_train.calibrate)
+    bn_batches: int = 0              # after the last epoch, BN statistics re-estimated on this many batches
     init: str | None = None          # checkpoint to start from (e.g. the FP one)
     seed: int = 0
     device: str | None = None        # default: cuda if available
@@ -79,6 +88,9 @@ class TrainConfig:
         MOMENTUM.check(self.momentum, "momentum")
         nonnegative_float.check(self.warmup_epochs, "warmup_epochs")
         SEED.check(self.seed, "seed")
+        if self.clip_init not in CLIP_INITS:
+            raise ValueError(f"clip_init must be one of {CLIP_INITS}, not {self.clip_init!r}")
+        nonnegative_int.check(self.bn_batches, "bn_batches")
         for name in ("augment", "resume", "progress"):
             value = getattr(self, name)
             if not isinstance(value, bool) and not (name == "augment" and value is None):
@@ -98,15 +110,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """The config of :meth:`to_dict`'s ``d``; ValueError names a key that does not belong or a bad value."""
+        """The config of :meth:`to_dict`'s ``d``; ValueError names a key that does not belong or a bad value.
+        Keys of :data:`ADDED` missing (a file written before them) take the value runs had then."""
         if not isinstance(d, dict):
             raise ValueError(f"a training config must be a JSON object, not {d!r}")
         known = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(d) - known), sorted(known - set(d))
+        unknown, missing = sorted(set(d) - known), sorted(known - set(d) - set(ADDED))
         if unknown or missing:
             raise ValueError(f"a training config has the keys {sorted(known)} (unknown here: {unknown}, "
                              f"missing: {missing})")
-        d = dict(d)
+        d = {**ADDED, **d}
         d["plan"] = QuantPlan.from_dict(d["plan"])
         return cls(**d)
 
@@ -253,7 +266,7 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
         return resume_state["metrics"]
     rank, world, local_rank = _distributed()
     device = torch.device(cfg.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
+    if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     if resume_state is not None and rank == 0:
         done = resume_state["epoch"]
@@ -275,6 +288,9 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     if cfg.init and resume_state is None:
         _load_init(model, cfg.init)
     model.to(device)
+    clips = {}
+    if resume_state is None and cfg.clip_init != "fixed":
+        clips = calibrate_clips(model, _inputs(train_x, train_y, cfg, CALIBRATION_BATCHES), cfg.clip_init)
     q_params = quantizer_parameters(model)
     q_ids = {id(p) for p in q_params}
     w_params = [p for p in model.parameters() if id(p) not in q_ids and p.requires_grad]
@@ -288,6 +304,8 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
 
     metrics = {"config": cfg.to_dict(), "layers": {k: list(v) for k, v in _bits(model, cfg.plan).items()},
                "params": sum(p.numel() for p in w_params), "epochs": []}
+    if clips:
+        metrics["calibrated_clips"] = clips
     start_epoch = 0
     if resume_state is not None:
         for what, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
@@ -303,6 +321,7 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
         restore_rng(resume_state["rng"])
         start_epoch = resume_state["epoch"]
         metrics = {**resume_state["metrics"], "config": cfg.to_dict()}
+    metrics["environment"] = _environment(device)        # of the latest start (a resumed run: of the resumption)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model
 
@@ -329,11 +348,18 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", top1=f"{100.0 * correct.item() / seen:.1f}")
         loss_sum, correct = loss_sum.item(), correct.item()
+        before_bn = None
+        if cfg.bn_batches and epoch + 1 == cfg.epochs:
+            before_bn = evaluate(model, test_x, test_y)["top1"] if rank == 0 else None
+            reestimate_bn(model, _inputs(train_x, train_y, cfg, cfg.bn_batches, augment=augment, rank=rank,
+                                         world=world))
         if rank == 0:
             test = evaluate(model, test_x, test_y)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
                    "test_loss": test["loss"], "test_top1": test["top1"], "lr": optimizer.param_groups[0]["lr"],
                    "time_s": time.perf_counter() - t0}
+            if before_bn is not None:
+                row["test_top1_before_bn"] = before_bn
             metrics["epochs"].append(row)
             metrics["test_top1"] = row["test_top1"]
             metrics["best_test_top1"] = max(r["test_top1"] for r in metrics["epochs"])
@@ -352,6 +378,24 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     if "test_top1" not in metrics and rank == 0:
         metrics["test_top1"] = evaluate(model, test_x, test_y)["top1"]
     return metrics
+
+
+def _inputs(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, count: int, *, augment: bool = False, rank: int = 0,
+            world: int = 1):
+    """The images of ``count`` shuffled training batches (an order of their own, not an epoch's)."""
+    loader = batches(x, y, cfg.batch_size, shuffle=True, seed=cfg.seed * 100003 - 1, augment=augment, rank=rank,
+                     world_size=world)
+    return (xb for xb, _ in itertools.islice(loader, count))
+
+
+def _environment(device: torch.device) -> dict:
+    """What a run's numbers depend on besides its config: versions, the device, the CPU threads."""
+    env = {"torch": torch.__version__, "cuda": torch.version.cuda, "numpy": np.__version__,
+           "python": platform.python_version(), "device": str(device), "torch_threads": torch.get_num_threads(),
+           "host": platform.node()}
+    if device.type == "cuda":
+        env["device_name"] = torch.cuda.get_device_name(device)
+    return env
 
 
 def _bits(model: nn.Module, plan: QuantPlan) -> dict:

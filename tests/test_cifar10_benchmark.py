@@ -43,3 +43,18 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--data-dir", str(DATA), "--out", str(out),
                            "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.count("done earlier, reused") == 3
+    assert rows["lcq-w3a3"]["environment"]["torch"] and rows["lcq-w3a3"]["device"] == "cpu"
+    # --report tabulates what OUT holds without training: an interrupted run with its epochs so far
+    metrics_path = out / "lcq-w3a3" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["epochs"] = metrics["epochs"][:1]
+    metrics_path.write_text(json.dumps(metrics))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--report", "--data-dir", str(DATA), "--out",
+                           str(out), "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]       # not complete
+    assert "(partial: 1 of 2 epochs)" in proc.stdout and "trained on cpu" in proc.stdout
+    report = json.loads(result.read_text())
+    assert report["complete"] is False and report["mode"].startswith("report")
+    rows = {r["run"]: r for r in report["rows"]}
+    assert rows["lcq-w3a3"]["status"] == "partial: 1 of 2 epochs" and rows["lcq-w3a3"]["epochs_done"] == 1
+    assert rows["fp"]["status"] == "done earlier, reported" and not (out / "lcq-w3a3.log").read_text().count("resum")
