@@ -1,14 +1,16 @@
-"""Accuracy table: full precision vs uniform vs LCQ at W2/A2, W3/A3 and W4/A4.
+"""Accuracy table: full precision vs uniform vs LCQ at W2/A2, W3/A3 and W4/A4, mean ± std over seeds.
 
-Trains the full-precision model once (``OUT/fp``), then for each bit-width b
-fine-tunes a uniform Wb/Ab and an LCQ Wb/Ab model from the FP checkpoint with
-the same recipe (epochs, learning rates, seed) in ``OUT/uniform-wbab`` and
-``OUT/lcq-wbab``, and reports test top-1 (final and best epoch) and the gap
-to FP. Resumable: re-running the same command skips finished runs and resumes
-interrupted ones from their checkpoints.
+Trains the full-precision model once (``OUT/fp``, the first seed), then for each bit-width b and each
+seed fine-tunes a uniform Wb/Ab and an LCQ Wb/Ab model from that FP checkpoint with the same recipe
+(epochs, learning rates, clip initialization, BN re-estimation) in ``OUT/clip-C-bn-N/seed-S/uniform-wbab``
+and ``.../lcq-wbab`` (one folder per recipe, sharing the FP run), and reports test top-1 after the final
+epoch in eval mode (mean ± sample std over the seeds, and each seed's), the best epoch's, and the gap to
+FP. ``--jobs`` runs that many trainings side by side (one CPU thread each). Resumable: re-running the
+same command skips finished runs and resumes interrupted ones from their checkpoints.
 
 Run:  python benchmarks/accuracy.py --dataset digits [--model cnn] [--fp-epochs 30] [--epochs 30] [--bits 2 3 4]
-Writes benchmarks/results/accuracy-<dataset>-<model>.json (or --json-out) and prints a markdown table.
+      [--seeds 0 1 2] [--clip-init fixed|mse] [--bn-batches N] [--jobs 2]
+Writes benchmarks/results/accuracy-<dataset>-<model>[-<recipe>].json (or --json-out) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import statistics
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
+from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.runs import saved_metrics, train_or_resume
 from lcq_train.data import DATASETS
@@ -44,19 +49,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, help="weight learning rate of every run (default: the trainer's, "
                    "0.1 fp / 0.04 quantized)")
     p.add_argument("--q-lr", type=float, help=f"quantizer learning rate (default: the trainer's, {TrainConfig.q_lr})")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+                   help="seeds of the quantized runs (the FP run uses the first)")
+    p.add_argument("--methods", nargs="+", choices=("uniform", "lcq"), default=["uniform", "lcq"])
+    p.add_argument("--clip-init", choices=CLIP_INITS, default="fixed",
+                   help="initial clips of the quantized runs (lcq train --clip-init)")
+    p.add_argument("--bn-batches", type=int, default=0, metavar="N",
+                   help="BN statistics re-estimated on N batches after the last epoch (lcq train --bn-batches)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="trainings side by side, one thread each")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/accuracy/<dataset>-<model>)")
     p.add_argument("--json-out", metavar="FILE",
                    help="results file (default: benchmarks/results/accuracy-<dataset>-<model>.json)")
     args = p.parse_args(argv)
-    if min(args.fp_epochs, args.epochs, args.batch_size) < 1:
-        p.error("--fp-epochs, --epochs and --batch-size must be >= 1")
-    if len(set(args.bits)) != len(args.bits):
-        p.error("--bits must not repeat a bit-width")
+    if min(args.fp_epochs, args.epochs, args.batch_size, args.jobs) < 1:
+        p.error("--fp-epochs, --epochs, --batch-size and --jobs must be >= 1")
+    if args.bn_batches < 0:
+        p.error("--bn-batches must be >= 0")
+    for name in ("bits", "seeds", "methods"):
+        if len(set(getattr(args, name))) != len(getattr(args, name)):
+            p.error(f"--{name} must not repeat a value")
+    tuned = args.clip_init != "fixed" or args.bn_batches
+    label = f"-clip{args.clip_init}-bn{args.bn_batches}" if tuned else ""
     args.out = args.out or f"runs/accuracy/{args.dataset}-{args.model}"
     args.json_out = args.json_out or str(
-        Path(__file__).resolve().parent / "results" / f"accuracy-{args.dataset}-{args.model}.json")
+        Path(__file__).resolve().parent / "results" / f"accuracy-{args.dataset}-{args.model}{label}.json")
     return args
 
 
@@ -64,7 +81,9 @@ def reproduce_command(args: argparse.Namespace) -> str:
     """The full command line (every option spelled out) that reproduces this table."""
     cmd = ["python", "benchmarks/accuracy.py", "--dataset", args.dataset, "--model", args.model,
            "--fp-epochs", str(args.fp_epochs), "--epochs", str(args.epochs), "--bits", *map(str, args.bits),
-           "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--out", args.out]
+           "--batch-size", str(args.batch_size), "--seeds", *map(str, args.seeds), "--methods", *args.methods,
+           "--clip-init", args.clip_init, "--bn-batches", str(args.bn_batches), "--jobs", str(args.jobs),
+           "--out", args.out]
     for flag, value in (("--data-dir", args.data_dir), ("--lr", args.lr), ("--q-lr", args.q_lr),
                         ("--device", args.device)):
         if value is not None:
@@ -73,54 +92,89 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 
 def run_configs(args: argparse.Namespace) -> list[tuple[str, TrainConfig]]:
-    """(label, config) of every run, FP first; quantized runs start from the FP checkpoint."""
+    """(label, config) of every run, FP first; quantized runs (label ``method-wbab/seed-S``) start from the
+    FP checkpoint."""
     out = Path(args.out)
     common = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir, "batch_size": args.batch_size,
-              "seed": args.seed, "device": args.device, "progress": False, "lr": args.lr}
+              "device": args.device, "progress": False, "lr": args.lr}
     if args.q_lr is not None:
         common["q_lr"] = args.q_lr
-    runs = [("fp", TrainConfig(plan=QuantPlan("fp"), epochs=args.fp_epochs, out=str(out / "fp"), **common))]
+    runs = [("fp", TrainConfig(plan=QuantPlan("fp"), epochs=args.fp_epochs, out=str(out / "fp"), seed=args.seeds[0],
+                               **common))]
+    recipe_dir = f"clip-{args.clip_init}-bn-{args.bn_batches}"       # the recipes share the FP run
     for b in args.bits:
-        for method in ("uniform", "lcq"):
-            name = f"{method}-w{b}a{b}"
-            runs.append((name, TrainConfig(plan=QuantPlan(method, b, b), epochs=args.epochs, out=str(out / name),
-                                           init=str(out / "fp" / "checkpoint.pt"), **common)))
+        for method in args.methods:
+            for seed in args.seeds:
+                name = f"{method}-w{b}a{b}"
+                runs.append((f"{name}/seed-{seed}", TrainConfig(
+                    plan=QuantPlan(method, b, b), epochs=args.epochs, out=str(out / recipe_dir / f"seed-{seed}" / name),
+                    init=str(out / "fp" / "checkpoint.pt"), seed=seed, clip_init=args.clip_init,
+                    bn_batches=args.bn_batches, **common)))
     return runs
 
 
-def make_row(label: str, cfg: TrainConfig, metrics: dict, fp_top1: float) -> dict:
-    plan = cfg.plan
-    return {"run": label, "method": plan.method,
-            "wbits": None if plan.method == "fp" else plan.wbits, "abits": None if plan.method == "fp" else plan.abits,
-            "test_top1": metrics["test_top1"], "best_test_top1": metrics["best_test_top1"],
-            "gap_to_fp": metrics["test_top1"] - fp_top1, "epochs": len(metrics["epochs"]),
-            "weight_lr": cfg.weight_lr(), "q_lr": cfg.q_lr, "out": cfg.out}
+def make_rows(runs: list[tuple[str, TrainConfig]], results: list[dict]) -> list[dict]:
+    """One row per method and bit-width: final and best top-1 as mean ± std over its seeds, and each seed's."""
+    groups: dict[str, list[tuple[TrainConfig, dict]]] = {}
+    for (label, cfg), metrics in zip(runs, results):
+        groups.setdefault(label.split("/")[0], []).append((cfg, metrics))
+    fp_top1 = results[0]["test_top1"]
+    rows = []
+    for name, members in groups.items():
+        cfg = members[0][0]
+        plan, finals = cfg.plan, [m["test_top1"] for _, m in members]
+        bests = [m["best_test_top1"] for _, m in members]
+        before = [m["epochs"][-1].get("test_top1_before_bn") for _, m in members]
+        rows.append({"run": name, "method": plan.method,
+                     "wbits": None if plan.method == "fp" else plan.wbits,
+                     "abits": None if plan.method == "fp" else plan.abits,
+                     "seeds": [c.seed for c, _ in members], "test_top1": finals, "best_test_top1": bests,
+                     "test_top1_mean": statistics.mean(finals),
+                     "test_top1_std": statistics.stdev(finals) if len(finals) > 1 else None,
+                     "best_test_top1_mean": statistics.mean(bests),
+                     "test_top1_before_bn": before if any(b is not None for b in before) else None,
+                     "gap_to_fp": statistics.mean(finals) - fp_top1, "epochs": len(members[0][1]["epochs"]),
+                     "weight_lr": cfg.weight_lr(), "q_lr": cfg.q_lr, "clip_init": cfg.clip_init,
+                     "bn_batches": cfg.bn_batches, "out": [c.out for c, _ in members]})
+    return rows
 
 
 def recipe(args: argparse.Namespace, runs: list[tuple[str, TrainConfig]]) -> dict:
     """The settings shared by the runs: trainer options, quantization plan (less method and bits), lrs."""
     fp, quant = runs[0][1], runs[1][1]
-    per_run = ("plan", "epochs", "lr", "out", "init", "resume", "progress")
+    per_run = ("plan", "epochs", "lr", "out", "init", "resume", "progress", "seed")
     plan = {k: v for k, v in quant.plan.to_dict().items() if k not in ("method", "wbits", "abits")}
     return {**{k: v for k, v in quant.to_dict().items() if k not in per_run},
-            "fp_epochs": fp.epochs, "epochs": quant.epochs, "bits": args.bits,
+            "fp_epochs": fp.epochs, "epochs": quant.epochs, "bits": args.bits, "seeds": args.seeds,
             "fp_weight_lr": fp.weight_lr(), "quant_weight_lr": quant.weight_lr(), "plan": plan}
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [f"Command: `{reproduce_command(args)}`", "",
-             f"{args.dataset}, {args.model}: test top-1 (%)", "",
-             "| method | W/A | top-1 (final) | best top-1 | gap to FP (final) | epochs |",
-             "|---|---|---|---|---|---|"]
+             f"{args.dataset}, {args.model}: test top-1 (%) after the final epoch, eval mode; quantized runs: mean ± "
+             f"std over seeds {', '.join(map(str, args.seeds))}; clip init {args.clip_init}, BN re-estimated on "
+             f"{args.bn_batches} batches", "",
+             "| method | W/A | top-1 final | per seed | best epoch (mean) | gap to FP | epochs |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         wa = "32/32" if r["method"] == "fp" else f"{r['wbits']}/{r['abits']}"
         gap = "-" if r["method"] == "fp" else f"{r['gap_to_fp']:+.2f}"
-        lines.append(f"| {r['method']} | {wa} | {r['test_top1']:.2f} | {r['best_test_top1']:.2f} | {gap} | "
+        std = "" if r["test_top1_std"] is None else f" ± {r['test_top1_std']:.2f}"
+        lines.append(f"| {r['method']} | {wa} | {r['test_top1_mean']:.2f}{std} | "
+                     f"{' '.join(f'{v:.2f}' for v in r['test_top1'])} | {r['best_test_top1_mean']:.2f} | {gap} | "
                      f"{r['epochs']} |")
-    lines += ["", "First/last layers 8-bit uniform, input 8-bit; quantized runs fine-tuned from the FP checkpoint."]
+    lines += ["", "First/last layers 8-bit uniform, input 8-bit; quantized runs fine-tuned from the FP checkpoint "
+              f"(seed {args.seeds[0]})."]
     if 2 in args.bits:
         lines.append("LCQ W2/A2: signed 2-bit (ternary) weights fall back to uniform; activations use LCQ.")
     return "\n".join(lines)
+
+
+def report(i: int, n: int, run: tuple[str, TrainConfig], metrics: dict, _seconds: float, note: str) -> dict:
+    label, cfg = run
+    print(f"[{i}/{n}] {label}: test top-1 {metrics['test_top1']:.2f}% (best {metrics['best_test_top1']:.2f}%), "
+          f"{len(metrics['epochs'])} epochs; {note} -> {cfg.out}", flush=True)
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for _, cfg in runs:  # refuse a mismatched --out before spending any training time
             saved_metrics(cfg)
-        results = []
-        for i, (label, cfg) in enumerate(runs, 1):
-            metrics, _, note = train_or_resume(cfg)
-            results.append(metrics)
-            print(f"[{i}/{len(runs)}] {label}: test top-1 {metrics['test_top1']:.2f}% "
-                  f"(best {metrics['best_test_top1']:.2f}%), {len(metrics['epochs'])} epochs; {note} -> {cfg.out}",
-                  flush=True)
+        results = [report(1, len(runs), runs[0], *train_or_resume(runs[0][1]))]     # FP first: the others need it
+        rest = list(enumerate(runs[1:], 2))
+        if args.jobs == 1:
+            results += [report(i, len(runs), run, *train_or_resume(run[1])) for i, run in rest]
+        else:
+            with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                futures = [pool.submit(train_or_resume, run[1]) for _, run in rest]
+                results += [report(i, len(runs), run, *f.result()) for (i, run), f in zip(rest, futures)]
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"accuracy.py: error: {e}", file=sys.stderr)
         return 2
@@ -143,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
         return 130
 
-    fp_top1 = results[0]["test_top1"]
-    rows = [make_row(label, cfg, metrics, fp_top1) for (label, cfg), metrics in zip(runs, results)]
+    rows = make_rows(runs, results)
     print("\n" + table(rows, args))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     save_json({"benchmark": "accuracy", "command": reproduce_command(args), "argv": sys.argv[1:],

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .arguments import nonnegative_float, positive_float, positive_int, torch_device
+from .arguments import nonnegative_float, nonnegative_int, positive_float, positive_int, torch_device
+from .calibrate import CLIP_INITS
 from .data import DATASETS
 from .factory import MODEL, is_factory
 from .models import MODELS
@@ -54,6 +55,13 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--q-lr", type=nonnegative_float, default=0.02, help="quantizer (alpha, theta) learning rate")
     p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
     p.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0)
+    p.add_argument("--clip-init", choices=CLIP_INITS, default="fixed",
+                   help="initial clip values: fixed = --alpha-w/--alpha-a (the paper's); mse = per quantizer, the "
+                        "clip whose uniform quantizer has the least squared error on what it quantizes in the "
+                        "full-precision model (4 training batches)")
+    p.add_argument("--bn-batches", type=nonnegative_int, default=0, metavar="N",
+                   help="after the last epoch, re-estimate the BN statistics on N training batches with the "
+                        "quantizers frozen (0: none, the paper's)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip (default: on for 32x32 RGB data)")
     p.add_argument("--seed", type=SEED, default=0)
@@ -165,7 +173,8 @@ def train_config(args: argparse.Namespace):
     asked = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir, "plan": plan,
              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "q_lr": args.q_lr,
              "weight_decay": args.weight_decay, "momentum": TrainConfig.momentum, "warmup_epochs": args.warmup_epochs,
-             "augment": args.augment, "init": args.init, "seed": args.seed, "device": args.device, "out": args.out,
+             "augment": args.augment, "clip_init": args.clip_init, "bn_batches": args.bn_batches,
+             "init": args.init, "seed": args.seed, "device": args.device, "out": args.out,
              "resume": args.resume, "progress": args.progress}
     given = getattr(args, "given", None)
     checkpoint = Path(args.out) / "checkpoint.pt"

@@ -15,7 +15,7 @@ from pathlib import Path
 from .checkpoint import load_checkpoint
 from .train import TrainConfig, train
 
-RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed")
+RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed", "clip_init", "bn_batches")
 
 
 def saved_metrics(cfg: TrainConfig) -> dict | None:

@@ -1,0 +1,129 @@
+"""Calibration on training batches: data-driven initial clip values, and BN statistics re-estimated.
+
+:func:`calibrate_clips` sets each learnable quantizer's alpha from the values it will quantize (the
+"mse" rule below) instead of the plan's fixed ``--alpha-w`` / ``--alpha-a``: the paper's fixed start
+``alpha_a = 8`` puts most activations of a model whose BN outputs are ~N(0, 1) into code 0 at 2 bits.
+:func:`reestimate_bn` recomputes every BatchNorm's running statistics with the quantizers in place and
+frozen: the statistics a quantized model was trained with are a moving average over weights and clips
+that kept changing, so eval mode (which uses them) can lag train mode by points.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from .quant import uniform_quantize
+from .quantizer import Quantizer
+
+CLIP_INITS = ("fixed", "mse")   # --clip-init: the plan's alpha_w/alpha_a (the paper's), or the MSE rule
+GRID = 100                      # candidate clip values: max|x| * i / GRID, i = 1..GRID
+SAMPLE = 1 << 18                # values per quantizer the rule looks at (a fixed random subset beyond that)
+
+
+def mse_clip(x: torch.Tensor, bits: int, outer_bits: int | None, signed: bool) -> float:
+    """The "mse" rule: the clip value alpha among ``max|x| * i / 100`` (i = 1..100) whose uniform
+    ``bits``-bit quantizer (LCQ's start: theta = 0 is the identity compander) has the least mean squared
+    error on ``x``; unsigned quantizers look at ``max(x, 0)``."""
+    x = x.detach().flatten().double()
+    if not signed:
+        x = x.clamp(min=0.0)
+    top = x.abs().max().item()
+    if not top > 0.0:
+        raise ValueError("cannot calibrate a clip value on values that are all zero (or negative, unsigned)")
+    best, best_err = top, float("inf")
+    for i in range(1, GRID + 1):
+        alpha = torch.tensor(top * i / GRID, dtype=x.dtype)
+        err = (uniform_quantize(x, alpha, bits, outer_bits, signed) - x).square().mean().item()
+        if err < best_err:
+            best, best_err = alpha.item(), err
+    return best
+
+
+@contextmanager
+def _pass_through(quantizers: list[Quantizer]):
+    """The quantizers as identities (the full-precision model) while inside."""
+    methods = [q.method for q in quantizers]
+    for q in quantizers:
+        q.method = "fp"
+    try:
+        yield
+    finally:
+        for q, m in zip(quantizers, methods):
+            q.method = m
+
+
+def calibrate_clips(model: nn.Module, inputs: Iterable[torch.Tensor], rule: str = "mse") -> dict[str, float]:
+    """Set the alpha of every quantizer with a learnable alpha from what it sees when the model runs
+    ``inputs`` in full precision (weights: LWN-normalized, as they are quantized). Returns {quantizer name:
+    alpha}; ``rule`` "fixed" changes nothing. The model's mode and BN statistics are left as they were."""
+    if rule not in CLIP_INITS:
+        raise ValueError(f"--clip-init must be one of {CLIP_INITS}, not {rule!r}")
+    named = {name: q for name, q in model.named_modules()
+             if isinstance(q, Quantizer) and q.method != "fp" and q.alpha.requires_grad}
+    if rule == "fixed" or not named:
+        return {}
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in named}
+    generator = torch.Generator().manual_seed(0)
+
+    def keep(name: str, q: Quantizer):
+        def hook(_module, args):
+            x = args[0].detach()
+            if q.weight_norm:
+                if seen[name]:
+                    return
+                mu, sigma = q.normalization(x)
+                x = (x - mu) / sigma
+            x = x.flatten()
+            if x.numel() > SAMPLE:
+                x = x[torch.randperm(x.numel(), generator=generator)[:SAMPLE].to(x.device)]
+            seen[name].append(x.cpu())
+        return hook
+
+    hooks = [q.register_forward_pre_hook(keep(name, q)) for name, q in named.items()]
+    bn_state = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+    was_training = model.training
+    model.eval()
+    try:
+        with _pass_through(list(named.values())), torch.no_grad():
+            for xb in inputs:
+                model(xb)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.load_state_dict(bn_state, strict=False)
+        model.train(was_training)
+    alphas = {}
+    for name, q in named.items():
+        alpha = mse_clip(torch.cat(seen[name]), q.spec.bits, q.spec.outer_bits, q.signed)
+        q.alpha.data.fill_(alpha)
+        alphas[name] = alpha
+    return alphas
+
+
+def reestimate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
+    """Recompute every BatchNorm's running mean and variance as the plain average over ``inputs``' batches,
+    in train mode with the quantizers as they are (nothing learns: no gradients). Returns the number of
+    batches; the model is left in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None                       # a cumulative average over the batches
+    model.train()
+    count = 0
+    try:
+        with torch.no_grad():
+            for xb in inputs:
+                model(xb)
+                count += 1
+    finally:
+        for bn, m in zip(bns, momenta):
+            bn.momentum = m
+        model.eval()
+    if count == 0 and bns:
+        raise ValueError("re-estimating BN statistics needs at least one batch")
+    return count
