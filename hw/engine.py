@@ -106,7 +106,7 @@ from .pe import PEArray, RowTable, multiply_in_logic
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
 from .spram import SpramBuffer, platform_has_spram
-from .thresholds import ThresholdUnit
+from .thresholds import ThresholdUnit, lent_value_lag
 
 
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
@@ -1055,10 +1055,10 @@ class LayerEngine(wiring.Component):
         channels of the last channel tile (``channel >= c_out``) are not written. ``results``: the even
         position's stage (the only one without ``write_pairs``) and the odd one's; in pairs both are written
         at once into the two halves of a word (the position being fed is even, and so is every tensor's
-        base), else the first into its position's half. On the ECP5 (``late``) the fused activation's valid and
-        slot go to the lent thresholds three cycles ahead of its value (``activation``, :func:`network_signature`)."""
+        base), else the first into its position's half. On the ECP5 the fused activation's valid and slot go to
+        the lent thresholds :func:`~hw.thresholds.lent_value_lag` cycles ahead of its value (``activation``,
+        :func:`network_signature`)."""
         p = self.params
-        late = slow_block_ram(platform)
         halves, vb = p.halves, self.value_bits
         rl = reset_less_data(platform)     # of the data registers below (hw.delay)
         valids = delays(m, feeding & (dest["channel"] < cfg["c_out"]), self._stage_latency, "back_valid")
@@ -1107,12 +1107,13 @@ class LayerEngine(wiring.Component):
         code_en, write_addr = Mux(valid & ~values, lanes_en(lane, code_addr), 0), code_addr
         if p.fused_activations:
             # The fused activation: the values to the lent thresholds, their codes written FUSED_LATENCY cycles on
-            # (``late``, on the ECP5: the valid and the slot three cycles ahead of the value).
+            # (on the ECP5 the valid and the slot lent_value_lag() cycles ahead of the value).
             lend = valid & values & cfg["act_fuse"][0]
-            # Not the same AND built twice where not late: that changes the UP5K's netlist, not its function.
-            lend_early = valids[-4] & values & cfg["act_fuse"][0] if late else lend
+            # Not the same AND built twice where no lag: that changes the UP5K's netlist, not its function.
+            lag = lent_value_lag(platform)
+            lend_early = valids[-1 - lag] & values & cfg["act_fuse"][0] if lag else lend
             m.d.sync += [self.activation.valid.eq(lend_early), self.activation.value.eq(totals[0]),
-                         self.activation.slot.eq(cfg["act_slot"] + channels[-1 - 3 * int(late)])]
+                         self.activation.slot.eq(cfg["act_slot"] + channels[-1 - lag])]
             if halves == 2:
                 m.d.sync += self.activation.value_odd.eq(totals[1])
             coded = delayed(m, lend, self.FUSED_LATENCY, "fused_valid")

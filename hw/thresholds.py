@@ -26,6 +26,7 @@ from amaranth.lib.wiring import Out
 from compiler.graph import Thresholds
 
 from .delay import delayed, reset_less_data
+from .memories import slow_block_ram
 from .stage_ports import stage_ports
 from .stage_words import threshold_bits, threshold_word_bits, threshold_words, thresholds_array
 
@@ -40,6 +41,14 @@ def popcount(bits):
         values = summed + values[len(summed) * 2:]
     return values[0]
 
+
+
+def lent_value_lag(platform) -> int:
+    """Cycles by which a lent element's value follows its valid and slot into the vector unit's
+    :class:`ThresholdUnit` on ``platform``: 3 on an ECP5 (the unit registers the slot,
+    ``registered_channel``, and takes the value ``late_value`` 2 cycles late), else 0. The engine sends
+    the valid and slot this many cycles ahead of the value."""
+    return 3 if slow_block_ram(platform) else 0
 
 class ThresholdUnit(wiring.Component):
     """Per-channel thresholds of ``channels`` channels, streaming one value per cycle.

@@ -46,7 +46,7 @@ from .delay import delays, late_write, reset_less_data
 from .fsm_encoding import one_hot
 from .memories import slow_block_ram
 from .pe import add_with_carry
-from .thresholds import ThresholdUnit
+from .thresholds import ThresholdUnit, lent_value_lag
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
                             POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
                             POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, TARGET_BITS, VectorParams)
@@ -94,7 +94,7 @@ class VectorUnit(wiring.Component):
       ``lent_value`` (signed ``p.value_bits``), ``lent_slot`` (``p.slot_bits``) in; ``lent_code``
       (``p.lane_bits``) out, the code of the value under the activate thresholds of slot ``lent_slot``,
       ``ThresholdUnit.LATENCY`` cycles after the value is presented. On the ECP5
-      (:func:`hw.memories.slow_block_ram`) the value comes three cycles after its ``lent_valid`` and ``lent_slot``:
+      (:func:`hw.thresholds.lent_value_lag`) the value comes three cycles after its ``lent_valid`` and ``lent_slot``:
       the slot is registered before the thresholds' memory, and the word read there twice before the compares.
       Nothing is written.
 
@@ -318,14 +318,14 @@ class VectorUnit(wiring.Component):
             # 13.7 ns on the ULX3S-85F), the slot (ThresholdUnit(registered_channel=)) and the word and value once
             # more before the compares (registered_inputs: 12.2 ns into them at 5f087e3), and takes the value three
             # cycles after the element's valid and slot (late_value 2, and the slot's register).
-            late = 3 * int(slow_block_ram(platform))
+            late = lent_value_lag(platform)
             read = 2 + extra            # the value registered
             depth = read + ThresholdUnit.LATENCY
             act = delays(m, issue_act, depth, "act")
             read_value = delays(m, self.val_read_data, 1, "act_value", reset_less=rl)[1]
             m.submodules.thresholds = unit = ThresholdUnit(p.value_bits, p.act_code_bits, p.act_slots,
                                                            p.act_threshold_bits, registered_word=bool(late),
-                                                           late_value=2 if late else 0, registered_channel=bool(late),
+                                                           late_value=late - 1 if late else 0, registered_channel=bool(late),
                                                            registered_inputs=bool(late))
             addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr", reset_less=rl)[-1]
             act_lane = delays(m, lane, depth, "act_lane", reset_less=rl)[-1]
