@@ -44,10 +44,9 @@ from lcq_train.atomic import save_json  # noqa: E402
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "cifar10-resnet20.json"
 
-# (FP epochs, quantized epochs). "short": FP ~2 s/epoch on an H200 with the data on the GPU, so 40 epochs
-# ~80 s; a quantized epoch costs ~1.3x (uniform) to ~2x (LCQ) an FP one, so the six 15-epoch runs need at
-# most 15 * (3 * 2.6 + 3 * 4) ~ 300 s even if running them side by side gained nothing over running them
-# one after another; with data loading and process start-up ~450 s of the 540 s budget.
+# (FP epochs, quantized epochs). "short", as measured on an H200 (benchmarks/README.md): FP 4.0 s/epoch, so
+# 40 epochs 174 s; uniform 16.6 s/epoch with six runs side by side, so 15 epochs ~260 s; LCQ on the device
+# path (lcq_train/quant_device.py) not yet timed there: at uniform's cost the whole ~450 s of the 540 s budget.
 SCHEDULES = {"short": (40, 15), "paper": (200, 300)}
 TINY = {"fp_epochs": 2, "epochs": 2, "limit": 200, "test_limit": 100, "batch_size": 100, "bits": [3], "device": "cpu"}
 BUDGET_S = 540.0          # the 9 minutes the short schedule is sized for
