@@ -16,7 +16,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from .quant import uniform_quantize
+from .layers import QAct
+from .quant import level_scale, uniform_quantize
 from .quantizer import Quantizer
 
 CLIP_INITS = ("fixed", "mse")   # --clip-init: the plan's alpha_w/alpha_a (the paper's), or the MSE rule
@@ -102,6 +103,33 @@ def calibrate_clips(model: nn.Module, inputs: Iterable[torch.Tensor], rule: str 
         q.alpha.data.fill_(alpha)
         alphas[name] = alpha
     return alphas
+
+
+@torch.no_grad()
+def activation_codes(model: nn.Module, inputs: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per activation quantizer with integer levels (forward order): counts of its codes 0..s over the
+    model's forward passes of ``inputs`` (float image batches). The model's mode is left as it was."""
+    counts, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, QAct) and module.method != "fp" and module.spec.outer_bits is not None:
+            s = level_scale(module.spec.bits, False)
+
+            def hook(mod, args, name=name, s=s):
+                codes = mod.codes(args[0]).flatten()
+                counts[name] = counts.get(name, 0) + torch.bincount(codes, minlength=s + 1).cpu()
+            hooks.append(module.register_forward_pre_hook(hook))
+    try:
+        for xb in inputs:
+            model(xb)
+    finally:
+        for h in hooks:
+            h.remove()
+    return counts
+
+
+def code_shares(counts: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+    """:func:`activation_codes`' counts as each code's share of its quantizer's elements (4 decimals)."""
+    return {name: [round(v, 4) for v in (c.double() / c.sum()).tolist()] for name, c in counts.items()}
 
 
 def reestimate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:

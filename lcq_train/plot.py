@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
+from .calibrate import activation_codes
 from .checkpoint import load_checkpoint
-from .layers import QAct
 from .plan import QuantPlan
 from .quant import compander, expand_levels, level_scale
 
@@ -215,27 +215,6 @@ def plot_curves(metrics: dict, out: Path, figure) -> Path | None:
     return path
 
 
-@torch.no_grad()
-def activation_codes(model, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per activation quantizer (forward order): counts of its codes 0..s on uint8 ``images``."""
-    counts, hooks = {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, QAct) and module.method != "fp" and module.spec.outer_bits is not None:
-            s = level_scale(module.spec.bits, False)
-
-            def hook(mod, inputs, name=name, s=s):
-                codes = mod.codes(inputs[0]).flatten()
-                counts[name] = counts.get(name, 0) + torch.bincount(codes, minlength=s + 1)
-            hooks.append(module.register_forward_pre_hook(hook))
-    try:
-        for start in range(0, images.shape[0], 256):
-            model(images[start:start + 256].float() / 255.0)
-    finally:
-        for h in hooks:
-            h.remove()
-    return counts
-
-
 def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int) -> Path | None:
     if not counts:
         return None
@@ -290,6 +269,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: st
         else:
             generator = torch.Generator().manual_seed(seed)
             pick = torch.randperm(data.train_x.shape[0], generator=generator)[:images]
-            path = plot_codes(activation_codes(model, data.train_x[pick]), out, figure, len(pick))
+            images = data.train_x[pick]
+            batches = (images[i:i + 256].float() / 255.0 for i in range(0, len(pick), 256))
+            path = plot_codes(activation_codes(model, batches), out, figure, len(pick))
             written += [path] if path else []
     return written

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .arguments import (FloatRange, IntRange, device_problem, nonnegative_float, nonnegative_int, positive_float,
                         positive_int)
-from .calibrate import CLIP_INITS, calibrate_clips, reestimate_bn
+from .calibrate import CLIP_INITS, activation_codes, calibrate_clips, code_shares, reestimate_bn
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, save_json
 from .data import DATASETS, load_dataset
 from .loader import batches
@@ -288,9 +288,12 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     if cfg.init and resume_state is None:
         _load_init(model, cfg.init)
     model.to(device)
-    clips = {}
+    clips, start_codes = {}, {}
     if resume_state is None and cfg.clip_init != "fixed":
         clips = calibrate_clips(model, _inputs(train_x, train_y, cfg, CALIBRATION_BATCHES), cfg.clip_init)
+    if resume_state is None and cfg.plan.method != "fp":      # where the activations start (eval mode)
+        model.eval()
+        start_codes = code_shares(activation_codes(model, _inputs(train_x, train_y, cfg, CALIBRATION_BATCHES)))
     q_params = quantizer_parameters(model)
     q_ids = {id(p) for p in q_params}
     w_params = [p for p in model.parameters() if id(p) not in q_ids and p.requires_grad]
@@ -306,6 +309,8 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
                "params": sum(p.numel() for p in w_params), "epochs": []}
     if clips:
         metrics["calibrated_clips"] = clips
+    if start_codes:
+        metrics["start_code_shares"] = start_codes        # per activation quantizer: each code's share
     start_epoch = 0
     if resume_state is not None:
         for what, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):

@@ -88,6 +88,10 @@ def test_training_with_clip_init_and_bn_batches(tmp_path):
     first, last = metrics["epochs"]
     assert "test_top1_before_bn" not in first and 0.0 <= last["test_top1_before_bn"] <= 100.0
     assert metrics["environment"]["torch"] == torch.__version__
+    shares = metrics["start_code_shares"]
+    assert len(shares["act1"]) == len(shares["act2"]) == 4 and len(shares["act_in"]) == 256     # 2-bit; 8-bit image
+    assert all(abs(sum(v) - 1) < 1e-3 for v in shares.values())
+    assert "start_code_shares" not in fp
     old = {k: v for k, v in cfg.to_dict().items() if k not in ADDED}
     assert TrainConfig.from_dict(old).clip_init == "fixed" and TrainConfig.from_dict(old).bn_batches == 0
     with pytest.raises(ValueError, match="clip_init"):

@@ -40,7 +40,8 @@ def test_plot_writes_companders_curves_and_codes(runs, tmp_path, capsys):
 
 def test_quantizer_curves_follow_the_quantizer(runs):
     from lcq_train.checkpoint import load_checkpoint
-    from lcq_train.plot import activation_codes, quantized_layers, quantizer_curves, rebuild_model
+    from lcq_train.calibrate import activation_codes
+    from lcq_train.plot import quantized_layers, quantizer_curves, rebuild_model
 
     _, lcq = runs
     model = rebuild_model(load_checkpoint(lcq / "checkpoint.pt"))
@@ -57,7 +58,7 @@ def test_quantizer_curves_follow_the_quantizer(runs):
     torch.testing.assert_close(torch.as_tensor(c["levels"]), aq.levels().double() * aq.step(), rtol=1e-6, atol=1e-9)
     w = quantizer_curves(wq)
     assert w["signed"] and len(w["levels"]) == 4 and w["x"][0] < 0
-    counts = activation_codes(model, torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8))
+    counts = activation_codes(model, [torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8).float() / 255.0])
     assert list(counts) == ["act_in", "act1", "act2", "act_fc"]
     assert len(counts["act1"]) == 8 and len(counts["act_in"]) == 256 and counts["act_in"].sum() == 16 * 64
 
