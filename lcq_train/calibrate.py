@@ -4,8 +4,10 @@
 "mse" rule below) instead of the plan's fixed ``--alpha-w`` / ``--alpha-a``: the paper's fixed start
 ``alpha_a = 8`` puts most activations of a model whose BN outputs are ~N(0, 1) into code 0 at 2 bits.
 :func:`reestimate_bn` recomputes every BatchNorm's running statistics with the quantizers in place and
-frozen: the statistics a quantized model was trained with are a moving average over weights and clips
-that kept changing, so eval mode (which uses them) can lag train mode by points.
+frozen, layer after layer, each from what it sees with the layers before it in eval mode: the statistics
+a quantized model was trained with were gathered under batch-normalized upstream layers (and weights and
+clips that kept changing), and behind coarse quantizers eval mode then sees other inputs; the small
+CNN's LCQ W2/A2 lost 20 points to that on MNIST.
 """
 
 from __future__ import annotations
@@ -132,26 +134,57 @@ def code_shares(counts: dict[str, torch.Tensor]) -> dict[str, list[float]]:
     return {name: [round(v, 4) for v in (c.double() / c.sum()).tolist()] for name, c in counts.items()}
 
 
-def reestimate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
-    """Recompute every BatchNorm's running mean and variance as the plain average over ``inputs``' batches,
-    in train mode with the quantizers as they are (nothing learns: no gradients). Returns the number of
-    batches; the model is left in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None                       # a cumulative average over the batches
-    model.train()
-    count = 0
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass early (nothing after the layer is needed)."""
+
+
+def _forward_order(model: nn.Module, bns: list[nn.Module], xb: torch.Tensor) -> list[nn.Module]:
+    """``bns`` in the order the model's forward pass of ``xb`` calls them (eval mode, nothing changes)."""
+    order, hooks = [], [bn.register_forward_pre_hook(lambda mod, args: order.append(mod)) for bn in bns]
     try:
-        with torch.no_grad():
-            for xb in inputs:
-                model(xb)
-                count += 1
+        model(xb)
     finally:
-        for bn, m in zip(bns, momenta):
-            bn.momentum = m
-        model.eval()
-    if count == 0 and bns:
+        for h in hooks:
+            h.remove()
+    return list(dict.fromkeys(order))
+
+
+def reestimate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
+    """Recompute every BatchNorm's running mean and variance, in forward order, each as the plain average
+    over ``inputs``' batches of what it sees with the BatchNorms before it already in eval mode on their new
+    statistics: the inputs eval mode will give it. (Re-estimating all of them at once in train mode gives
+    each the statistics of upstream layers normalized per batch; behind coarse quantizers that is not what
+    eval mode sees: the small CNN's LCQ W2/A2 on MNIST scored 75.7% in eval mode that way against 96.8%
+    with batch statistics, and 96.8% in eval mode this way.) The quantizers stay as they are and nothing
+    learns. Returns the number of batches; the model is left in eval mode."""
+    batches = list(inputs)
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return len(batches)
+    if not batches:
         raise ValueError("re-estimating BN statistics needs at least one batch")
-    return count
+    model.eval()
+    with torch.no_grad():
+        ordered = _forward_order(model, bns, batches[0])
+        ordered += [bn for bn in bns if bn not in ordered]          # (not called: re-estimated last, unused)
+        for bn in ordered:
+            momentum = bn.momentum
+            bn.reset_running_stats()
+            bn.momentum = None                   # a cumulative average over the batches
+            bn.train()
+
+            def stop(_module, _args, _output):
+                raise _Stop
+
+            hook = bn.register_forward_hook(stop)
+            try:
+                for xb in batches:
+                    try:
+                        model(xb)
+                    except _Stop:
+                        pass
+            finally:
+                hook.remove()
+                bn.momentum = momentum
+                bn.eval()
+    return len(batches)

@@ -54,7 +54,7 @@ def test_reestimate_bn_gives_the_plain_average_of_the_batches():
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     model[1].running_mean.fill_(5.0)
     batches = [torch.randn(8, 3, 6, 6) * (i + 1) for i in range(3)]
-    assert reestimate_bn(model, iter(batches)) == 3 and not model.training
+    assert reestimate_bn(model, iter(batches)) == 3 and not model.training and not model[1].training
     with torch.no_grad():
         outs = [model[0](b) for b in batches]
     mean = torch.stack([o.mean((0, 2, 3)) for o in outs]).mean(0)
@@ -65,6 +65,24 @@ def test_reestimate_bn_gives_the_plain_average_of_the_batches():
     assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="at least one batch"):
         reestimate_bn(model, iter([]))
+
+
+def test_reestimate_bn_estimates_each_layer_behind_the_ones_before_in_eval_mode():
+    """bn2's statistics are those of its inputs with bn1 on its own new (population) statistics, not on
+    each batch's: what eval mode feeds it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    batches = [torch.randn(8, 3, 6, 6) * (i + 1) + i for i in range(3)]
+    reestimate_bn(model, batches)
+    with torch.no_grad():
+        ins = [model[:4](b) for b in batches]                 # bn1 in eval mode, on its re-estimated statistics
+    torch.testing.assert_close(model[4].running_mean, torch.stack([o.mean((0, 2, 3)) for o in ins]).mean(0),
+                               rtol=1e-5, atol=1e-6)
+    model[1].train()
+    with torch.no_grad():
+        batch_normalized = [model[:4](b) for b in batches]    # bn1 on each batch's own statistics: different
+    assert not torch.allclose(torch.stack([o.mean((0, 2, 3)) for o in batch_normalized]).mean(0),
+                              model[4].running_mean, rtol=1e-3, atol=1e-3)
 
 
 def test_quantizer_parameters_unchanged_by_bn_reestimation():
