@@ -60,8 +60,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                         "clip whose uniform quantizer has the least squared error on what it quantizes in the "
                         "full-precision model (4 training batches)")
     p.add_argument("--bn-batches", type=nonnegative_int, default=0, metavar="N",
-                   help="after the last epoch, re-estimate the BN statistics on N training batches with the "
-                        "quantizers frozen (0: none, the paper's)")
+                   help="after the last epoch, re-estimate the BN statistics on N training batches (at most an "
+                        "epoch's), layer after layer, with the quantizers frozen (0: none, the paper's)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip (default: on for 32x32 RGB data)")
     p.add_argument("--seed", type=SEED, default=0)

@@ -17,7 +17,8 @@ def test_mse_clip_is_the_least_error_clip_of_the_grid():
     top = x.abs().max().item()
 
     def err(a):
-        return (uniform_quantize(x.double(), torch.tensor(a, dtype=torch.float64), 3, 8, True) - x.double()).square().mean()
+        y = uniform_quantize(x.double(), torch.tensor(a, dtype=torch.float64), 3, 8, True)
+        return (y - x.double()).square().mean()
 
     assert all(err(alpha) <= err(top * i / 100) for i in range(1, 101))
     assert 1.5 < alpha < 3.0             # a 3-bit signed quantizer of N(0, 1): about 2 sigma, far below the max
