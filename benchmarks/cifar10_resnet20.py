@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lcq_train.atomic import save_json  # noqa: E402
+from lcq_train.train import ADDED  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "cifar10-resnet20.json"
@@ -67,6 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4], metavar="B", help="W/A bit-widths")
     p.add_argument("--methods", nargs="+", choices=("uniform", "lcq"), default=["uniform", "lcq"])
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--clip-init", choices=("fixed", "mse"), default=ADDED["clip_init"],
+                   help="initial clips of the quantized runs (lcq train --clip-init; fixed: the paper's)")
+    p.add_argument("--bn-batches", type=int, default=ADDED["bn_batches"], metavar="N",
+                   help="BN statistics re-estimated after the last epoch (lcq train --bn-batches; 0: the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available); every run shares it")
     p.add_argument("--jobs", type=int, metavar="N",
@@ -95,6 +100,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fp_epochs, epochs = SCHEDULES[args.schedule]
     args.fp_epochs = fp_epochs if args.fp_epochs is None else args.fp_epochs
     args.epochs = epochs if args.epochs is None else args.epochs
+    if args.bn_batches < 0:
+        p.error("--bn-batches must be >= 0")
     for name in ("fp_epochs", "epochs", "batch_size", "jobs", "limit", "test_limit"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -119,7 +126,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def reproduce_command(args: argparse.Namespace) -> str:
     cmd = ["python", "benchmarks/cifar10_resnet20.py", "--schedule", args.schedule, "--fp-epochs", str(args.fp_epochs),
            "--epochs", str(args.epochs), "--bits", *map(str, args.bits), "--methods", *args.methods,
-           "--batch-size", str(args.batch_size), "--seed", str(args.seed), "--device", args.device,
+           "--batch-size", str(args.batch_size), "--clip-init", args.clip_init, "--bn-batches", str(args.bn_batches),
+           "--seed", str(args.seed), "--device", args.device,
            "--jobs", str(args.jobs), "--out", args.out] + (["--report"] if args.report else [])
     for flag, value in (("--data-dir", args.data_dir), ("--limit", args.limit), ("--test-limit", args.test_limit)):
         if value is not None:
@@ -189,16 +197,21 @@ def run_specs(args: argparse.Namespace) -> list[dict]:
     specs = [{"run": "fp", "method": "fp", "wbits": None, "abits": None, "epochs": args.fp_epochs,
               "out": str(out / "fp"), "argv": ["--method", "fp", "--epochs", str(args.fp_epochs)] + common}]
     fp_ckpt = str(out / "fp" / "checkpoint.pt")
+    recipe = {"clip_init": args.clip_init, "bn_batches": args.bn_batches}
+    tuned = f"-clip{args.clip_init}-bn{args.bn_batches}" if recipe != ADDED else ""     # (the paper's: no suffix)
     for b in args.bits:
         for method in args.methods:
-            name = f"{method}-w{b}a{b}"
+            name = f"{method}-w{b}a{b}{tuned}"
             specs.append({"run": name, "method": method, "wbits": b, "abits": b, "epochs": args.epochs,
-                          "out": str(out / name),
+                          "out": str(out / name), **recipe,
                           "argv": ["--method", method, "--wbits", str(b), "--abits", str(b), "--init", fp_ckpt,
-                                   "--epochs", str(args.epochs)] + common})
+                                   "--epochs", str(args.epochs), "--clip-init", args.clip_init,
+                                   "--bn-batches", str(args.bn_batches)] + common})
     for spec in specs:
         spec["argv"] += ["--out", spec["out"]]
         spec.update(seed=args.seed, batch_size=args.batch_size, data_dir=args.run_data_dir)
+        spec.setdefault("clip_init", ADDED["clip_init"])
+        spec.setdefault("bn_batches", ADDED["bn_batches"])
     return specs
 
 
@@ -216,7 +229,9 @@ def saved_metrics(spec: dict) -> dict | None:
     metrics = json.loads(path.read_text())
     cfg = metrics.get("config", {})
     plan = cfg.get("plan", {})
-    same = plan.get("method") == spec["method"] and all(cfg.get(k) == spec[k] for k in ("epochs", "seed", "batch_size")) \
+    cfg = {**ADDED, **cfg}                         # (a run from before these settings: the paper's values)
+    same = plan.get("method") == spec["method"] \
+        and all(cfg.get(k) == spec[k] for k in ("epochs", "seed", "batch_size", "clip_init", "bn_batches")) \
         and os.path.abspath(cfg.get("data_dir") or "") == os.path.abspath(spec["data_dir"] or "") \
         and (spec["method"] == "fp" or (plan.get("wbits"), plan.get("abits")) == (spec["wbits"], spec["abits"]))
     return metrics if same and metrics.get("epochs") else None
@@ -417,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
                "argv": argv, "schedule": {"name": args.schedule, "fp_epochs": args.fp_epochs, "epochs": args.epochs,
                                           "bits": args.bits, "methods": args.methods, "batch_size": args.batch_size,
                                           "jobs_side_by_side": args.jobs, "fp_weight_lr": 0.1, "quant_weight_lr": 0.04,
-                                          "q_lr": 0.02, "text": schedule_text(args)},
+                                          "q_lr": 0.02, "clip_init": args.clip_init,
+                                          "bn_batches": args.bn_batches, "text": schedule_text(args)},
                "seeds": {"seed": args.seed, "per_run": {s["run"]: args.seed for s in specs}},
                "machine": machine(args), "data": data, "wall_s_total": round(total_s, 2),
                "budget_s": BUDGET_S if sized_for_budget(args) else None,

@@ -58,3 +58,13 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     rows = {r["run"]: r for r in report["rows"]}
     assert rows["lcq-w3a3"]["status"] == "partial: 1 of 2 epochs" and rows["lcq-w3a3"]["epochs_done"] == 1
     assert rows["fp"]["status"] == "done earlier, reported" and not (out / "lcq-w3a3.log").read_text().count("resum")
+    # another recipe: its own runs beside the paper's, from the same FP run
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--methods", "lcq", "--clip-init", "mse",
+                           "--bn-batches", "2", "--data-dir", str(DATA), "--out", str(out), "--json-out", str(result)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("done earlier, reused") == 1                   # the FP run
+    rows = {r["run"]: r for r in json.loads(result.read_text())["rows"]}
+    assert list(rows) == ["fp", "lcq-w3a3-clipmse-bn2"] and rows["lcq-w3a3-clipmse-bn2"]["status"] == "trained"
+    metrics = json.loads((out / "lcq-w3a3-clipmse-bn2" / "metrics.json").read_text())
+    assert metrics["config"]["clip_init"] == "mse" and "test_top1_before_bn" in metrics["epochs"][-1]
