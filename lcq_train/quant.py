@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .quant_device import LCQDeviceFunction, segment_sums
+from .quant_device import LCQDeviceFunction, segment_sums, working_precision
 
 __all__ = [
     "level_scale",
@@ -435,9 +435,8 @@ class _LCQFunction(torch.autograd.Function):
     def forward(ctx, x, alpha, theta, bits, outer_bits, signed):
         s = level_scale(bits, signed)
         x_dtype = x.dtype
-        dtype = torch.float64 if x_dtype == torch.float64 else torch.float32
-        if x_dtype != dtype:
-            x = x.to(dtype)
+        x = working_precision(x)
+        dtype = x.dtype
         tables = _Tables(theta, s, dtype)
         # Per segment: alpha * q_b'(the level of its code), the same negated for x < 0.
         levels = tables.levels

@@ -40,6 +40,11 @@ def segment_sums(seg: torch.Tensor, grad: torch.Tensor, weighted: torch.Tensor, 
     return parts.sum(1, dtype=torch.float64)
 
 
+def working_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the precision LCQ computes in: float64 stays, any other float becomes float32."""
+    return x if x.dtype in (torch.float64, torch.float32) else x.to(torch.float32)
+
+
 class _Constants:
     """Tensors of one quantizer shape (K, s, dtype, device) that do not depend on theta; read only."""
 
@@ -127,9 +132,8 @@ class LCQDeviceFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, theta, s, s_outer, signed):
         x_dtype = x.dtype
-        dtype = torch.float64 if x_dtype == torch.float64 else torch.float32
-        if x_dtype != dtype:
-            x = x.to(dtype)
+        x = working_precision(x)
+        dtype = x.dtype
         tables = _Tables(theta, s, dtype)
         levels = tables.levels
         if s_outer is not None:
