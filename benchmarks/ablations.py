@@ -40,7 +40,7 @@ from lcq_train.runs import saved_metrics, train_or_resume
 from lcq_train.data import DATASETS, DatasetError, load_dataset
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
-from lcq_train.train import TrainConfig
+from lcq_train.train import PAPER_RECIPE, TrainConfig
 
 KS = (1, 2, 4, 8, 16)
 K_BITS = (2, 3)
@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                        if "outer" in args.tables else set())
     out = Path(args.out)
     common = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
-              "batch_size": args.batch_size, "device": args.device, "progress": False}
+              "batch_size": args.batch_size, "device": args.device, "progress": False,
+              **PAPER_RECIPE}         # the paper's ablations: its recipe (and the README's tables were run so)
     configs = []
     for seed in args.seeds:
         fp = TrainConfig(plan=QuantPlan("fp"), epochs=args.fp_epochs, seed=seed, out=str(out / f"seed{seed}" / "fp"),

@@ -31,7 +31,7 @@ from lcq_train.runs import saved_metrics, train_or_resume
 from lcq_train.data import DATASETS
 from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
-from lcq_train.train import TrainConfig
+from lcq_train.train import PAPER_RECIPE, TrainConfig
 
 # Settings a finished or interrupted run must share with the requested one to be reused.
 
@@ -52,9 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
                    help="seeds of the quantized runs (the FP run uses the first)")
     p.add_argument("--methods", nargs="+", choices=("uniform", "lcq"), default=["uniform", "lcq"])
-    p.add_argument("--clip-init", choices=CLIP_INITS, default="fixed",
+    p.add_argument("--clip-init", choices=CLIP_INITS, default=TrainConfig.clip_init,
                    help="initial clips of the quantized runs (lcq train --clip-init)")
-    p.add_argument("--bn-batches", type=int, default=0, metavar="N",
+    p.add_argument("--bn-batches", type=int, default=TrainConfig.bn_batches, metavar="N",
                    help="BN statistics re-estimated on N batches after the last epoch (lcq train --bn-batches)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="trainings side by side, one thread each")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("bits", "seeds", "methods"):
         if len(set(getattr(args, name))) != len(getattr(args, name)):
             p.error(f"--{name} must not repeat a value")
-    tuned = args.clip_init != "fixed" or args.bn_batches
-    label = f"-clip{args.clip_init}-bn{args.bn_batches}" if tuned else ""
+    paper = {"clip_init": args.clip_init, "bn_batches": args.bn_batches} == PAPER_RECIPE
+    label = "" if paper else f"-clip{args.clip_init}-bn{args.bn_batches}"     # (files named as the paper's first)
     args.out = args.out or f"runs/accuracy/{args.dataset}-{args.model}"
     args.json_out = args.json_out or str(
         Path(__file__).resolve().parent / "results" / f"accuracy-{args.dataset}-{args.model}{label}.json")

@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lcq_train.atomic import save_json  # noqa: E402
-from lcq_train.train import ADDED  # noqa: E402
+from lcq_train.train import PAPER_RECIPE, TrainConfig  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "cifar10-resnet20.json"
@@ -68,9 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4], metavar="B", help="W/A bit-widths")
     p.add_argument("--methods", nargs="+", choices=("uniform", "lcq"), default=["uniform", "lcq"])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--clip-init", choices=("fixed", "mse"), default=ADDED["clip_init"],
+    p.add_argument("--clip-init", choices=("fixed", "mse"), default=TrainConfig.clip_init,
                    help="initial clips of the quantized runs (lcq train --clip-init; fixed: the paper's)")
-    p.add_argument("--bn-batches", type=int, default=ADDED["bn_batches"], metavar="N",
+    p.add_argument("--bn-batches", type=int, default=TrainConfig.bn_batches, metavar="N",
                    help="BN statistics re-estimated after the last epoch (lcq train --bn-batches; 0: the paper's)")
     p.add_argument("--seed", type=int, default=0, help="seed of every run")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available); every run shares it")
@@ -198,7 +198,7 @@ def run_specs(args: argparse.Namespace) -> list[dict]:
               "out": str(out / "fp"), "argv": ["--method", "fp", "--epochs", str(args.fp_epochs)] + common}]
     fp_ckpt = str(out / "fp" / "checkpoint.pt")
     recipe = {"clip_init": args.clip_init, "bn_batches": args.bn_batches}
-    tuned = f"-clip{args.clip_init}-bn{args.bn_batches}" if recipe != ADDED else ""     # (the paper's: no suffix)
+    tuned = f"-clip{args.clip_init}-bn{args.bn_batches}" if recipe != PAPER_RECIPE else ""  # (the paper's: no suffix)
     for b in args.bits:
         for method in args.methods:
             name = f"{method}-w{b}a{b}{tuned}"
@@ -210,8 +210,8 @@ def run_specs(args: argparse.Namespace) -> list[dict]:
     for spec in specs:
         spec["argv"] += ["--out", spec["out"]]
         spec.update(seed=args.seed, batch_size=args.batch_size, data_dir=args.run_data_dir)
-        spec.setdefault("clip_init", ADDED["clip_init"])
-        spec.setdefault("bn_batches", ADDED["bn_batches"])
+        spec.setdefault("clip_init", PAPER_RECIPE["clip_init"])
+        spec.setdefault("bn_batches", PAPER_RECIPE["bn_batches"])
     return specs
 
 
@@ -229,7 +229,7 @@ def saved_metrics(spec: dict) -> dict | None:
     metrics = json.loads(path.read_text())
     cfg = metrics.get("config", {})
     plan = cfg.get("plan", {})
-    cfg = {**ADDED, **cfg}                         # (a run from before these settings: the paper's values)
+    cfg = {**PAPER_RECIPE, **cfg}                         # (a run from before these settings: the paper's values)
     same = plan.get("method") == spec["method"] \
         and all(cfg.get(k) == spec[k] for k in ("epochs", "seed", "batch_size", "clip_init", "bn_batches")) \
         and os.path.abspath(cfg.get("data_dir") or "") == os.path.abspath(spec["data_dir"] or "") \

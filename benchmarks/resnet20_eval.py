@@ -173,11 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         from compiler.agreement import compare
         from compiler.lower import compile_checkpoint, load_model
         from lcq_train.plan import QuantPlan
-        from lcq_train.train import TrainConfig
+        from lcq_train.train import PAPER_RECIPE, TrainConfig
 
         out = Path(args.out)
         common = {"model": "resnet20", "dataset": "cifar10", "data_dir": args.data_dir, "seed": args.seed,
-                  "device": args.device, "progress": False}
+                  "device": args.device, "progress": False, **PAPER_RECIPE}   # (as its results were run)
         fp_cfg = TrainConfig(plan=QuantPlan("fp"), epochs=args.fp_epochs, out=str(out / "r20-fp1"), **common)
         lcq_cfg = TrainConfig(plan=QuantPlan("lcq", 3, 3), epochs=args.epochs, out=str(out / "r20-w3a3-1"),
                               init=str(out / "r20-fp1" / "checkpoint.pt"), **common)

@@ -24,7 +24,7 @@ from .quantizer import Quantizer
 
 CLIP_INITS = ("fixed", "mse")   # --clip-init: the plan's alpha_w/alpha_a (the paper's), or the MSE rule
 GRID = 100                      # candidate clip values: max|x| * i / GRID, i = 1..GRID
-SAMPLE = 1 << 18                # values per quantizer the rule looks at (a fixed random subset beyond that)
+SAMPLE = 1 << 18                # values per quantizer and batch the rule looks at (a fixed random subset beyond)
 
 
 def mse_clip(x: torch.Tensor, bits: int, outer_bits: int | None, signed: bool) -> float:

@@ -55,11 +55,11 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--q-lr", type=nonnegative_float, default=0.02, help="quantizer (alpha, theta) learning rate")
     p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
     p.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0)
-    p.add_argument("--clip-init", choices=CLIP_INITS, default="fixed",
-                   help="initial clip values: fixed = --alpha-w/--alpha-a (the paper's); mse = per quantizer, the "
-                        "clip whose uniform quantizer has the least squared error on what it quantizes in the "
-                        "full-precision model (4 training batches)")
-    p.add_argument("--bn-batches", type=nonnegative_int, default=0, metavar="N",
+    p.add_argument("--clip-init", choices=CLIP_INITS, default="mse",
+                   help="initial clip values: mse = per quantizer, the clip whose uniform quantizer has the least "
+                        "squared error on what it quantizes in the --init model (4 training batches; without "
+                        "--init: fixed); fixed = --alpha-w/--alpha-a (the paper's)")
+    p.add_argument("--bn-batches", type=nonnegative_int, default=50, metavar="N",
                    help="after the last epoch, re-estimate the BN statistics on N training batches (at most an "
                         "epoch's), layer after layer, with the quantizers frozen (0: none, the paper's)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,

@@ -44,8 +44,9 @@ MOMENTUM = FloatRange(0.0, 1.0)
 # data_dir, device, out, progress may change.
 RECIPE = ("model", "dataset", "plan", "batch_size", "lr", "q_lr", "weight_decay", "momentum", "warmup_epochs",
           "augment", "seed", "init", "clip_init", "bn_batches")
-# Settings added since the first saved configs, with the value every run before them had.
-ADDED = {"clip_init": "fixed", "bn_batches": 0}
+# Settings added since the first saved configs, with the value every run before them had: the paper's
+# recipe (``--clip-init fixed --bn-batches 0``), which the defaults below improve on (README, Results).
+ADDED = PAPER_RECIPE = {"clip_init": "fixed", "bn_batches": 0}
 CALIBRATION_BATCHES = 4      # training batches (unaugmented) that --clip-init mse looks at
 
 
@@ -63,8 +64,10 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 0.0
     augment: bool | None = None      # default: crop+flip for 32x32 RGB data
-    clip_init: str = "fixed"         # initial clips: the plan's alpha_w/alpha_a, or "mse" (lcq_train.calibrate)
-    bn_batches: int = 0              # after the last epoch, BN statistics re-estimated on this many batches
+    # quantized runs only (an FP run records PAPER_RECIPE's values):
+    clip_init: str = "mse"           # initial clips: "mse" (lcq_train.calibrate; from the init checkpoint, so
+                                     # "fixed" without one), or "fixed": the plan's alpha_w/alpha_a
+    bn_batches: int = 50             # after the last epoch, BN statistics re-estimated on this many batches
     init: str | None = None          # checkpoint to start from (e.g. the FP one)
     seed: int = 0
     device: str | None = None        # default: cuda if available
@@ -91,6 +94,10 @@ class TrainConfig:
         if self.clip_init not in CLIP_INITS:
             raise ValueError(f"clip_init must be one of {CLIP_INITS}, not {self.clip_init!r}")
         nonnegative_int.check(self.bn_batches, "bn_batches")
+        if self.plan.method == "fp":      # neither applies without quantizers: an FP run records the paper's values
+            self.clip_init, self.bn_batches = PAPER_RECIPE["clip_init"], PAPER_RECIPE["bn_batches"]
+        if self.init is None:             # the clip rule reads a pretrained model: from scratch, the fixed clips
+            self.clip_init = PAPER_RECIPE["clip_init"]
         for name in ("augment", "resume", "progress"):
             value = getattr(self, name)
             if not isinstance(value, bool) and not (name == "augment" and value is None):

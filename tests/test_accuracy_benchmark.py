@@ -15,24 +15,24 @@ def run(*argv, timeout=600):
 
 
 def test_two_seeds_two_recipes_share_the_fp_run(tmp_path):
-    out, paper, tuned = tmp_path / "runs", tmp_path / "paper.json", tmp_path / "tuned.json"
+    out, tuned, paper = tmp_path / "runs", tmp_path / "tuned.json", tmp_path / "paper.json"
     common = ["--dataset", "digits", "--fp-epochs", "1", "--epochs", "1", "--bits", "3", "--seeds", "0", "1",
               "--out", str(out)]
-    proc = run(*common, "--jobs", "2", "--json-out", str(paper))
+    proc = run(*common, "--jobs", "2", "--json-out", str(tuned))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    data = json.loads(paper.read_text())
+    data = json.loads(tuned.read_text())
     rows = {r["run"]: r for r in data["rows"]}
     assert list(rows) == ["fp", "uniform-w3a3", "lcq-w3a3"]
     for name in ("uniform-w3a3", "lcq-w3a3"):
         r = rows[name]
-        assert r["seeds"] == [0, 1] and len(r["test_top1"]) == 2 and r["clip_init"] == "fixed"
+        assert r["seeds"] == [0, 1] and len(r["test_top1"]) == 2 and r["clip_init"] == "mse"     # the default
         assert abs(r["test_top1_mean"] - sum(r["test_top1"]) / 2) < 1e-9 and r["test_top1_std"] is not None
         for seed, top1 in zip(r["seeds"], r["test_top1"]):
-            m = json.loads((out / "clip-fixed-bn-0" / f"seed-{seed}" / name / "metrics.json").read_text())
+            m = json.loads((out / "clip-mse-bn-50" / f"seed-{seed}" / name / "metrics.json").read_text())
             assert m["test_top1"] == top1 and m["config"]["seed"] == seed
     assert "| lcq | 3/3 |" in proc.stdout and " ± " in proc.stdout and data["settings"]["seeds"] == [0, 1]
-    proc = run(*common, "--clip-init", "mse", "--bn-batches", "2", "--json-out", str(tuned))
+    proc = run(*common, "--clip-init", "fixed", "--bn-batches", "0", "--json-out", str(paper))      # the paper's
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.count("done earlier, skipped") == 1                 # the FP run, reused
-    rows = {r["run"]: r for r in json.loads(tuned.read_text())["rows"]}
-    assert rows["lcq-w3a3"]["clip_init"] == "mse" and len(rows["lcq-w3a3"]["test_top1_before_bn"]) == 2
+    rows = {r["run"]: r for r in json.loads(paper.read_text())["rows"]}
+    assert rows["lcq-w3a3"]["clip_init"] == "fixed" and rows["lcq-w3a3"]["test_top1_before_bn"] is None

@@ -10,12 +10,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "cifar10_resnet20.py"
 DATA = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
+PAPER = ("--clip-init", "fixed", "--bn-batches", "0")        # the paper's recipe: run names without a suffix
 
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
 def test_tiny_run_writes_the_table_and_json(tmp_path):
     out, result = tmp_path / "runs", tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--data-dir", str(DATA), "--out", str(out),
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
                            "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "| lcq | 3/3 | 2 |" in proc.stdout and "92.80" in proc.stdout     # beside the paper's number
@@ -40,7 +41,7 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     sliced = load_dataset("cifar10", out / "data-slice")        # the slice takes every class, equally
     assert sliced.train_y.bincount().tolist() == [20] * 10 and sliced.test_y.bincount().tolist() == [10] * 10
     # re-running reuses the finished runs
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--data-dir", str(DATA), "--out", str(out),
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
                            "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.count("done earlier, reused") == 3
     assert rows["lcq-w3a3"]["environment"]["torch"] and rows["lcq-w3a3"]["device"] == "cpu"
@@ -49,7 +50,7 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     metrics = json.loads(metrics_path.read_text())
     metrics["epochs"] = metrics["epochs"][:1]
     metrics_path.write_text(json.dumps(metrics))
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--report", "--data-dir", str(DATA), "--out",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--report", *PAPER, "--data-dir", str(DATA), "--out",
                            str(out), "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]       # not complete
     assert "(partial: 1 of 2 epochs)" in proc.stdout and "trained on cpu" in proc.stdout
