@@ -159,11 +159,11 @@ def reestimate_bn(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:
     learns. Returns the number of batches; the model is left in eval mode."""
     batches = list(inputs)
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    model.eval()
     if not bns:
         return len(batches)
     if not batches:
         raise ValueError("re-estimating BN statistics needs at least one batch")
-    model.eval()
     with torch.no_grad():
         ordered = _forward_order(model, bns, batches[0])
         ordered += [bn for bn in bns if bn not in ordered]          # (not called: re-estimated last, unused)

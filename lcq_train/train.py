@@ -46,7 +46,7 @@ RECIPE = ("model", "dataset", "plan", "batch_size", "lr", "q_lr", "weight_decay"
           "augment", "seed", "init", "clip_init", "bn_batches")
 # Settings added since the first saved configs, with the value every run before them had: the paper's
 # recipe (``--clip-init fixed --bn-batches 0``), which the defaults below improve on (README, Results).
-ADDED = PAPER_RECIPE = {"clip_init": "fixed", "bn_batches": 0}
+PAPER_RECIPE = {"clip_init": "fixed", "bn_batches": 0}
 CALIBRATION_BATCHES = 4      # training batches (unaugmented) that --clip-init mse looks at
 
 
@@ -118,15 +118,15 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """The config of :meth:`to_dict`'s ``d``; ValueError names a key that does not belong or a bad value.
-        Keys of :data:`ADDED` missing (a file written before them) take the value runs had then."""
+        Keys of :data:`PAPER_RECIPE` missing (a file written before them) take the value runs had then."""
         if not isinstance(d, dict):
             raise ValueError(f"a training config must be a JSON object, not {d!r}")
         known = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(d) - known), sorted(known - set(d) - set(ADDED))
+        unknown, missing = sorted(set(d) - known), sorted(known - set(d) - set(PAPER_RECIPE))
         if unknown or missing:
             raise ValueError(f"a training config has the keys {sorted(known)} (unknown here: {unknown}, "
                              f"missing: {missing})")
-        d = {**ADDED, **d}
+        d = {**PAPER_RECIPE, **d}
         d["plan"] = QuantPlan.from_dict(d["plan"])
         return cls(**d)
 
@@ -296,11 +296,12 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
         _load_init(model, cfg.init)
     model.to(device)
     clips, start_codes = {}, {}
-    if resume_state is None and cfg.clip_init != "fixed":
-        clips = calibrate_clips(model, _inputs(train_x, train_y, cfg, CALIBRATION_BATCHES), cfg.clip_init)
-    if resume_state is None and cfg.plan.method != "fp":      # where the activations start (eval mode)
-        model.eval()
-        start_codes = code_shares(activation_codes(model, _inputs(train_x, train_y, cfg, CALIBRATION_BATCHES)))
+    if resume_state is None and cfg.plan.method != "fp":
+        calibration = list(_inputs(train_x, train_y, cfg, CALIBRATION_BATCHES))
+        if cfg.clip_init != "fixed":
+            clips = calibrate_clips(model, calibration, cfg.clip_init)
+        model.eval()                                          # where the activations start (eval mode)
+        start_codes = code_shares(activation_codes(model, calibration))
     q_params = quantizer_parameters(model)
     q_ids = {id(p) for p in q_params}
     w_params = [p for p in model.parameters() if id(p) not in q_ids and p.requires_grad]

@@ -96,7 +96,7 @@ def test_quantizer_parameters_unchanged_by_bn_reestimation():
 def test_training_with_clip_init_and_bn_batches(tmp_path):
     """The trainer calibrates once at the start and re-estimates BN after the last epoch; a saved config of
     an lcq from before these settings reads with the paper's values."""
-    from lcq_train.train import ADDED, TrainConfig, train
+    from lcq_train.train import PAPER_RECIPE, TrainConfig, train
 
     fp = train(TrainConfig(dataset="digits", plan=QuantPlan("fp"), epochs=1, out=str(tmp_path / "fp"),
                            progress=False))
@@ -111,7 +111,7 @@ def test_training_with_clip_init_and_bn_batches(tmp_path):
     assert len(shares["act1"]) == len(shares["act2"]) == 4 and len(shares["act_in"]) == 256     # 2-bit; 8-bit image
     assert all(abs(sum(v) - 1) < 1e-3 for v in shares.values())
     assert "start_code_shares" not in fp
-    old = {k: v for k, v in cfg.to_dict().items() if k not in ADDED}
+    old = {k: v for k, v in cfg.to_dict().items() if k not in PAPER_RECIPE}
     assert TrainConfig.from_dict(old).clip_init == "fixed" and TrainConfig.from_dict(old).bn_batches == 0
     with pytest.raises(ValueError, match="clip_init"):
         TrainConfig(clip_init="max")
