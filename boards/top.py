@@ -30,6 +30,7 @@ from hw.network import NetworkCore
 from hw.network_params import IMAGE, NetworkParams
 from hw.protocol import LinkMode
 from hw.delay import delayed
+from hw.reset_tree import own_reset_submodule
 from hw.uart import UartRx, UartTx
 
 from .boards import LINK_PAYLOAD, Board, uart_baud
@@ -41,7 +42,8 @@ class _LinkedCore(wiring.Component):
     """An engine side (``self.engine``) and its link bridge (``self.bridge``); ``rx_valid``/``rx_data``/
     ``rx_error`` (bytes from the host, with a framing-error flag, no back-pressure) and ``tx_valid``/
     ``tx_ready``/``tx_data`` (bytes to the host) are the bridge's ``rx`` and ``tx`` streams, flat: a
-    stream without back-pressure cannot be a Verilog top's port."""
+    stream without back-pressure cannot be a Verilog top's port. Each side takes the reset from a copy of its own
+    on an ECP5 (:func:`hw.reset_tree.own_reset_submodule`)."""
 
     def __init__(self):
         super().__init__({"rx_valid": In(1), "rx_data": In(8), "rx_error": In(1),
@@ -49,7 +51,8 @@ class _LinkedCore(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.engine, m.submodules.bridge = self.engine, self.bridge
+        own_reset_submodule(m, "engine", self.engine, platform, "core_sync")
+        own_reset_submodule(m, "bridge", self.bridge, platform, "bridge_sync")
         wiring.connect(m, self.bridge.engine, self.engine)
         rx, tx = self.bridge.rx, self.bridge.tx
         m.d.comb += [rx.valid.eq(self.rx_valid), rx.payload.data.eq(self.rx_data), rx.payload.error.eq(self.rx_error),

@@ -49,6 +49,7 @@ from amaranth.lib.wiring import In, Out
 
 from .column_memory import column_memory, value_read_latency
 from .delay import delayed, late_write, reset_less_data
+from .reset_tree import own_reset_submodule
 from .engine import LayerEngine
 from .engine_params import CONFIG
 from .fsm_encoding import one_hot
@@ -136,8 +137,8 @@ class NetworkCore(wiring.Component):
         m = Module()
         p = self.params
         lanes, lane_bits = p.engine.rows, p.engine.abits
-        m.submodules.engine = engine = self.engine
-        m.submodules.vector = vector = self.vector
+        engine = own_reset_submodule(m, "engine", self.engine, platform, "layer_engine_sync")
+        vector = own_reset_submodule(m, "vector", self.vector, platform, "vector_sync")
 
         def memory(name, shape, depth, granularity=None):
             m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=[])

@@ -61,12 +61,14 @@ def build_as_for_the_ecp5(monkeypatch) -> None:
     """Make the hardware elaborated in simulation (no platform) take the ECP5's form: every block RAM word that
     :func:`hw.memories.slow_block_ram` registers, registered; data registers without reset
     (:func:`hw.delay.reset_less_data`); multiplying PEs that multiply in logic cells (:func:`hw.pe.multiply_in_logic`);
-    the value memory's reads two cycles and its writes a cycle later (:func:`hw.column_memory.value_read_latency`).
-    Each ``hw`` module that imported any of them is patched."""
+    the value memory's reads two cycles and its writes a cycle later (:func:`hw.column_memory.value_read_latency`);
+    blocks with reset copies of their own (:func:`hw.reset_tree.reset_tree`). Each ``hw`` module that imported
+    any of them is patched."""
     import importlib
 
-    for name in ("column_memory", "engine", "link", "network", "pe", "requantize", "thresholds", "vector"):
+    for name in ("column_memory", "engine", "link", "network", "pe", "requantize", "reset_tree", "thresholds",
+                 "vector"):
         module = importlib.import_module(f"hw.{name}")
-        for function in ("slow_block_ram", "reset_less_data", "multiply_in_logic"):
+        for function in ("slow_block_ram", "reset_less_data", "multiply_in_logic", "reset_tree"):
             if hasattr(module, function):
                 monkeypatch.setattr(module, function, lambda platform: True)
