@@ -39,8 +39,9 @@ NEXTPNR_REPORT = "nextpnr-report.json"
 # The PLL output's net as each flow's netlist names it (as nextpnr does where it derives the PLL's frequency): the
 # top's ``sync`` clock on iCE40, the clock module's (``PLLClock``, submodule ``clock``) on ECP5.
 CLOCK_NET = {"ice40": "clk", "ecp5": "clock.clk"}
-# A router1 whose arcs left have not fallen for this long (its own seconds) is stopped, and placement and routing run
-# again with the next seed (nextpnr's default is 1), at most SEED_RETRIES times, where no seed was asked for; so do
+# A router1 whose arcs left have not fallen for this long (its own seconds), or a router2 with many wires still
+# overused late (boards.stages.ROUTER2_CHECK_ITERATION), is stopped, and placement and routing run again with the next
+# seed (nextpnr's default is 1), at most SEED_RETRIES times, where no seed was asked for; so do
 # they where nextpnr stops on a placement it cannot complete (boards.stages.FailedPlacement).
 ROUTER_STALL_SECONDS = 180.0
 SEED_RETRIES = 2
@@ -113,7 +114,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     its default), ``--placer placer`` (one of :data:`PLACERS`; None: :func:`default_placer`) and ``--router
     router`` (one of :data:`ROUTERS`; None: :func:`default_router`);
     progress lines go to stderr as each stage starts and ends and every ``progress_every`` seconds
-    (None: none between). Without ``seed``, a router1 that stalls (:data:`ROUTER_STALL_SECONDS`) is stopped, or
+    (None: none between). Without ``seed``, a router that stalls (router1: :data:`ROUTER_STALL_SECONDS`; router2:
+    :attr:`boards.stages.Progress.router2_stalled`) is stopped, or
     nextpnr stops on a placement it cannot complete, and placement and routing run again with seed 2, then 3
     (:data:`SEED_RETRIES`); the report's ``seed`` says which routed. Raises :class:`boards.stages.RouterStall`
     or :class:`boards.stages.FailedPlacement` (BuildErrors) when the last attempt fails so too,
@@ -184,7 +186,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
 
 def _run_with_seed_retries(stages, build_dir, board: Board, seed: int | None, deadline: float | None,
                             progress_every: float | None) -> tuple[dict, int | None]:
-    """:func:`boards.stages.run_stages` of ``stages``; where no ``seed`` was asked for and router1 stalls
+    """:func:`boards.stages.run_stages` of ``stages``; where no ``seed`` was asked for and a router stalls
     (:class:`boards.stages.RouterStall`) or its placement fails (:class:`boards.stages.FailedPlacement`),
     placement and routing (and what follows) again with seeds 2, 3, ...
     Returns the seconds of each stage (summed over the attempts) and the seed that routed."""

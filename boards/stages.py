@@ -8,8 +8,8 @@ in ``env``; the tool's name where unset). Output goes to ``build.log``; the log 
 (Yosys ``-l``, nextpnr ``--log``) is followed while it runs and a line on stderr says every ``every``
 seconds which stage runs, for how long and the tool's own last progress figure (:class:`Progress`). A stage that passes
 the deadline is stopped (its process group killed) and :class:`BuildTimeout` raised; so is nextpnr's
-router1 where its count of arcs left has not fallen for ``stall_seconds`` of its own time (:class:`RouterStall`);
-one that fails raises :class:`BuildError`.
+router1 where its count of arcs left has not fallen for ``stall_seconds`` of its own time, and router2 where it
+still has many wires overused late (:class:`RouterStall`); one that fails raises :class:`BuildError`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ LOG_FLAGS = ("-l", "--log")      # the flag before the log file a tool writes it
 PROGRESS_SECONDS = 30.0          # default seconds between progress lines
 STOP_GRACE_SECONDS = 5.0         # SIGTERM, then SIGKILL after this long
 STALL_POLL_SECONDS = 5.0         # how often the log is read for a router stall between progress lines
+# router2 stalls where it has more than ROUTER2_MAX_OVERUSED wires overused at its iteration ROUTER2_CHECK_ITERATION.
+# Every ULX3S-85F ResNet-20 core that routed (13 builds, e42f8cd-665409a) had at most 14 there and routed
+# by iteration 76; the two that did not route within 20 minutes had 252 (cb70dc0: its count then rose to 955 by
+# iteration 117) and 129 at iteration 38 (665409a, seed 2).
+ROUTER2_CHECK_ITERATION, ROUTER2_MAX_OVERUSED = 40, 100
 
 
 class BuildError(RuntimeError):
@@ -47,14 +52,16 @@ class BuildTimeout(BuildError):
 
 
 class RouterStall(BuildError):
-    """nextpnr's router1 had ``arcs_left`` arcs or more left for ``stalled_seconds`` of its own time: on a nearly
-    full part it can rip up and reroute the same congestion for as long as it is let (the UP5K digits core: 4,047
-    arcs for 9 minutes, 3,364 for 5), where another placement routes. ``seconds``: {stage name: seconds} of the
+    """nextpnr's router1 had ``left`` arcs or more left for ``stalled_seconds`` of its own time, or router2 had
+    ``left`` wires overused at its iteration :data:`ROUTER2_CHECK_ITERATION` (``stalled_seconds`` None): on a
+    nearly full part a router can rip up and reroute the same congestion for as long as it is let (the UP5K
+    digits core: 4,047 arcs for 9 minutes, 3,364 for 5; the ULX3S-85F ResNet-20 core: router2's overused wires
+    rising again after 60 iterations), where another placement routes. ``seconds``: {stage name: seconds} of the
     stages run, the stopped one's included."""
 
-    def __init__(self, message: str, arcs_left: int, stalled_seconds: float, seconds: dict):
+    def __init__(self, message: str, left: int, stalled_seconds: float | None, seconds: dict):
         super().__init__(message)
-        self.arcs_left, self.stalled_seconds, self.seconds = arcs_left, stalled_seconds, seconds
+        self.left, self.stalled_seconds, self.seconds = left, stalled_seconds, seconds
 
 
 class FailedPlacement(BuildError):
@@ -120,7 +127,7 @@ _NEXTPNR = [
      lambda m, p: p._router1(int(m[1]), int(m[2]), float(m[3]))),
     (re.compile(r"Running router2"), lambda m, p: p._routing("routing (router2)")),
     (re.compile(r"iter=(\d+) wires=(\d+) overused=(\d+) overuse=(\d+)"),
-     lambda m, p: p._routing(f"routing (router2): iteration {m[1]}, {m[3]} of {m[2]} wires overused")),
+     lambda m, p: p._router2(int(m[1]), int(m[2]), int(m[3]))),
     (re.compile(r"^Info: Routing complete"), lambda m, p: p._routing("routing complete")),
     (re.compile(r"Max frequency for clock\s+'([^']*)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)"),
      lambda m, p: p._clock(m[1], float(m[2]), m[3], float(m[4]))),
@@ -145,6 +152,7 @@ class Progress:
         self.fewest_arcs: int | None = None     # router1: the fewest arcs left so far,
         self.fewest_at = 0.0                    # its own routing time (s) when it first had that few,
         self.router1_seconds = 0.0              # and its time at its last line
+        self.router2_overused: dict = {}        # router2: {iteration: wires overused}
 
     @property
     def stalled_seconds(self) -> float:
@@ -157,6 +165,17 @@ class Progress:
         self.router1_seconds = seconds
         return self._routing(f"routing (router1): iteration {iteration}, {left}{self._of_arcs()} arcs left after "
                              f"{seconds:.0f} s")
+
+    @property
+    def router2_stalled(self) -> int | None:
+        """router2's overused wires at its iteration :data:`ROUTER2_CHECK_ITERATION` where more than
+        :data:`ROUTER2_MAX_OVERUSED`, else None."""
+        overused = self.router2_overused.get(ROUTER2_CHECK_ITERATION)
+        return overused if overused is not None and overused > ROUTER2_MAX_OVERUSED else None
+
+    def _router2(self, iteration: int, wires: int, overused: int) -> str:
+        self.router2_overused[iteration] = overused
+        return self._routing(f"routing (router2): iteration {iteration}, {overused} of {wires} wires overused")
 
     def _static_iteration(self, iteration: int) -> str:
         self.static_iteration = iteration
@@ -249,8 +268,9 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
     environment script (``AMARANTH_ENV_TRELLIS``, ``AMARANTH_ENV_ICESTORM``): the tools are those that
     ``env``'s tool variables name, or found on its PATH. Raises :class:`BuildTimeout` when the
     deadline passes (the stage's process group is killed, nothing more runs), :class:`RouterStall` when
-    nextpnr's router1 has not lowered its arcs left for ``stall_seconds`` of its time (None: never; its
-    process group killed, nothing more runs), :class:`FailedPlacement` when nextpnr stops on a placement it
+    nextpnr's router1 has not lowered its arcs left for ``stall_seconds`` of its time or router2 stalls as
+    :attr:`Progress.router2_stalled` says (None: neither is checked; its process group killed, nothing more
+    runs), :class:`FailedPlacement` when nextpnr stops on a placement it
     cannot complete, :class:`BuildError`
     (message: ``what`` failed, the exit status, the stage, the end of the log) when a tool exits non-zero
     or cannot start, and :class:`BuildError` when this process gets SIGTERM while a stage runs on the main
@@ -321,6 +341,13 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
                     raise RouterStall(f"{what}: nextpnr's router1 stalled, {progress.fewest_arcs} arcs or more left "
                                       f"for {duration(progress.stalled_seconds)} of its routing",
                                       progress.fewest_arcs, progress.stalled_seconds, seconds)
+                if stall_seconds is not None and progress.router2_stalled is not None:
+                    stop_group(proc)
+                    seconds[stage.name] = round(now - t0, 1)
+                    overused = progress.router2_stalled
+                    raise RouterStall(f"{what}: nextpnr's router2 stalled, {overused} wires overused at its iteration "
+                                      f"{ROUTER2_CHECK_ITERATION}, more than the {ROUTER2_MAX_OVERUSED} of placements "
+                                      f"that route", overused, None, seconds)
                 if next_line is not None and now >= next_line:
                     figure = progress.figure
                     say(f"{stage.name} {duration(now - t0)} ({duration(now - started)} in all)"

@@ -294,7 +294,7 @@ def test_a_stalled_router1_is_stopped_with_its_process_group(tmp_path, fake_tool
         run_stages(ecp5_stages(), tmp_path, dict(os.environ), what="ulx3s-85f build", every=0.5, out=io.StringIO(),
                    stall_seconds=180)
     assert time.monotonic() - t0 < 10
-    assert (e.value.arcs_left, e.value.stalled_seconds) == (4047, 190)
+    assert (e.value.left, e.value.stalled_seconds) == (4047, 190)
     assert list(e.value.seconds) == ["synthesis", "placement and routing"]
     assert str(e.value) == "ulx3s-85f build: nextpnr's router1 stalled, 4047 arcs or more left for 3m10s of its routing"
     assert gone_soon(int((tmp_path / "nextpnr-ecp5.child").read_text()))
@@ -304,6 +304,39 @@ def test_a_stalled_router1_is_stopped_with_its_process_group(tmp_path, fake_tool
     for line in STALLED_ROUTER1_LOG.splitlines()[:-1]:
         p.feed(line)
     assert p.stalled_seconds == 100
+
+
+def router2_log(overused_at_40: int) -> str:
+    """router2's lines up to its iteration 40, at ``overused_at_40`` wires overused there."""
+    lines = ["Info: Running router2...", "Info: Running main router loop..."]
+    lines += [f"Info:     iter={i} wires=715000 overused={max(50000 // i, overused_at_40)} overuse=1 archfail=NA"
+              for i in range(1, 40)]
+    return "\n".join([*lines, f"Info:     iter=40 wires=715000 overused={overused_at_40} overuse=1 archfail=NA\n"])
+
+
+def test_a_router2_with_many_wires_overused_late_is_stopped(tmp_path, fake_tools, monkeypatch):
+    """The ULX3S-85F ResNet-20 core at cb70dc0: 252 wires overused at router2's iteration 40, 955 at its 117th;
+    every placement of that core that routed had at most 14 there."""
+    fake_tools("nextpnr-ecp5", router2_log(252))
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-ulx3s-85f.json"))
+    monkeypatch.setenv("FAKE_SLEEP_NEXTPNR_ECP5", "60")
+    t0 = time.monotonic()
+    with pytest.raises(RouterStall) as e:
+        run_stages(ecp5_stages(), tmp_path, dict(os.environ), what="ulx3s-85f build", every=0.5, out=io.StringIO(),
+                   stall_seconds=180)
+    assert time.monotonic() - t0 < 15
+    assert (e.value.left, e.value.stalled_seconds) == (252, None)
+    assert str(e.value) == ("ulx3s-85f build: nextpnr's router2 stalled, 252 wires overused at its iteration 40, "
+                            "more than the 100 of placements that route")
+    assert gone_soon(int((tmp_path / "nextpnr-ecp5.child").read_text()))
+    # At most 100 there, or before iteration 40, it routes on.
+    before_40 = router2_log(252).rsplit("\n", 2)[0]
+    for log, stalled in ((router2_log(100), None), (router2_log(101), 101), (before_40, None)):
+        p = Progress("nextpnr-ecp5")
+        for line in log.splitlines():
+            p.feed(line)
+        assert p.router2_stalled == stalled
+    assert p.figure == "routing (router2): iteration 39, 1282 of 715000 wires overused"
 
 
 def test_a_build_whose_router1_stalls_places_and_routes_again_with_the_next_seed(tmp_path, fake_tools, monkeypatch,
