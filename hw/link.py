@@ -376,6 +376,26 @@ class LinkBridge(wiring.Component):
         m.d.comb += payload_byte.eq(functools.reduce(operator.or_, chosen))    # one flag at most is set
 
         word = Mux(fmt, codes, raw) if self._code_bits else raw
+        # On the ECP5 the word taken from the engine reaches `out_word` a cycle later, from registers: the engine's
+        # payload registered in every cycle and a flag for the take (or the pad of an engine that stopped early).
+        # Taken directly, the engine's `out.valid` ran through the FSM's logic into the enable of `out_word`, which
+        # the placer puts by the engine's output (the ULX3S-85F ResNet-20's worst path at b3a8cd2, 11.25 ns).
+        # A frame's first word has TX_SYNC to TX_LEN_HI to land; a next word has NEXT_WORD_TAKEN.
+        late_word = reset_less_data(platform)
+        if late_word:
+            taken = Signal(len(out_word), name="taken_word", reset_less=True)
+            word_taken, word_padded = Signal(name="word_taken"), Signal(name="word_padded")
+            m.d.sync += [taken.eq(word), word_taken.eq(0), word_padded.eq(0)]
+            with m.If(word_taken):
+                m.d.sync += out_word.eq(taken)
+            with m.Elif(word_padded):
+                m.d.sync += out_word.eq(0)
+
+        def take_word():
+            m.d.sync += word_taken.eq(1) if late_word else out_word.eq(word)
+
+        def pad_word():
+            m.d.sync += word_padded.eq(1) if late_word else out_word.eq(0)
 
         # The reply's payload length: by its type, a cycle after `reply_type` (TX_LEN_LO comes later); an OUT
         # frame's is `out_len` as the frame is sent: a register two cycles behind `remaining` (RUN reads it two
@@ -656,8 +676,9 @@ class LinkBridge(wiring.Component):
                 with m.If(out.valid & taking):
                     m.d.sync += words.eq(words + 1)
                     with m.If(~no_words):           # open a frame with this word, word `words` of the RUN
-                        m.d.sync += [out_word.eq(word), word_left.eq(out_bytes - 1), remaining.eq(remaining - 1),
-                                     first.eq(words), reply_len.eq(out_len)]
+                        take_word()
+                        m.d.sync += [word_left.eq(out_bytes - 1), remaining.eq(remaining - 1), first.eq(words),
+                                     reply_len.eq(out_len)]
                         send(FrameType.OUT)
                 with m.Elif(finished):
                     m.d.sync += running.eq(0)
@@ -665,10 +686,14 @@ class LinkBridge(wiring.Component):
             with m.State("NEXT_WORD"):
                 m.d.comb += out.ready.eq(1)
                 with m.If(out.valid):
-                    m.d.sync += [words.eq(words + 1), remaining.eq(remaining - 1), out_word.eq(word)]
-                    m.next = "TX_PAYLOAD"
+                    take_word()
+                    m.d.sync += [words.eq(words + 1), remaining.eq(remaining - 1)]
+                    m.next = "NEXT_WORD_TAKEN" if late_word else "TX_PAYLOAD"
                 with m.Elif(~busy):
-                    m.d.sync += out_word.eq(0)      # the engine stopped early: pad
+                    pad_word()                      # the engine stopped early: pad
+                    m.next = "NEXT_WORD_TAKEN" if late_word else "TX_PAYLOAD"
+            if late_word:
+                with m.State("NEXT_WORD_TAKEN"):    # `out_word` takes the word
                     m.next = "TX_PAYLOAD"
 
             # Reply: sync, type, length, `reply_len` payload bytes, CRC. Each byte: into `tx_byte` in the

@@ -462,8 +462,17 @@ def test_info_v5_layout():
         LinkInfo.decode(payload[:5])
 
 
+@pytest.fixture(params=["as-is", "ecp5"])
+def bridge_form(request):
+    """The bridge as simulated (no platform), then as built for the ECP5 (:func:`helpers.build_as_for_the_ecp5`:
+    the engine's word taken into the reply register a cycle later, from registers)."""
+    if request.param == "ecp5":
+        request.getfixturevalue("ecp5_form")
+    return request.param
+
+
 @pytest.mark.parametrize("gap", [1, 2], ids=["back-to-back", "every-other-cycle"])
-def test_bridge_load_and_run(gap):
+def test_bridge_load_and_run(gap, bridge_form):
     """LOAD frames (one per run of consecutive addresses, split at max_payload) reach the
     engine in order through load.ready stalls and are ACKed; RUN returns the words in OUT
     frames, each the index of its first word and as many whole words as the rest of max_payload
@@ -482,7 +491,7 @@ def test_bridge_load_and_run(gap):
     assert words == model_words(BEATS)[:7] and frames == [(0, 7)] and done == len(BEATS)
 
 
-def test_bridge_codes_format():
+def test_bridge_codes_format(bridge_form):
     """CODES sends the low CODE_BITS of each column field, a byte per word here."""
     port = SimPort()
     for payload in encode_loads(BEATS, INFO):
@@ -493,7 +502,7 @@ def test_bridge_codes_format():
     assert words == expected and frames == [(0, len(BEATS))] and done == len(BEATS)
 
 
-def test_bridge_run_asks_for_other_counts():
+def test_bridge_run_asks_for_other_counts(bridge_form):
     """Words beyond those asked for are dropped; asked-for words the engine never returns are
     padded with zeros; DONE counts what the engine returned either way."""
     port = SimPort(stall=False)
@@ -532,7 +541,7 @@ def image_payload(pixels):
     return encode_loads([(NET_IMAGE, a, a + 1) for a in range(pixels)], NET_INFO)
 
 
-def test_bridge_overlaps_the_link_with_compute_in_network_mode():
+def test_bridge_overlaps_the_link_with_compute_in_network_mode(bridge_form):
     """Network mode, protocol v5: RUN of 0 words answers DONE 0 once the core has taken the staged image
     (``starting`` fell), not before, and while it still computes; while it runs, a LOAD to the image target
     is taken (the next image staged), a RUN or a LOAD to another target is refused with NACK BUSY and never
