@@ -761,21 +761,24 @@ class LayerEngine(wiring.Component):
         # enters the stage two cycles after its channel (``lag``, the units' late_value): the multiplexer over the
         # columns' block RAMs, spread across the die, ran into the units' value registers (15.5 ns at 0e077f7),
         # and after their registers from all 16 columns in one cycle (16.5 ns at 30190ea). The accumulators stay
-        # at the address read until the word's last column is taken into its group's register.
+        # at the address read until the word's last column is taken into its group's register. Each group takes the
+        # column within it from a register of its own (one register into every group's multiplexer was 10.7 ns of
+        # routing at 06f5696).
         select, lag = feed_col, 2 * int(late)
         if late:
             column_reads = [delayed(m, data, 1, f"column_read_{c}", reset_less=reset_less)
                             for c, data in enumerate(column_reads)]
-            select = delayed(m, feed_col, 1, "feed_col_late")
             group, group_bits = self.WORD_GROUP_COLUMNS, (self.WORD_GROUP_COLUMNS - 1).bit_length()
-            group_select = delayed(m, select[group_bits:], 1, "feed_group", reset_less=reset_less)
+            in_group = [delayed(m, feed_col[:group_bits], 1, f"feed_col_late_{g}", own_flip_flops=True,
+                                reset_less=reset_less) for g in range(-(-Cn // group))]
+            group_select = delayed(m, feed_col[group_bits:], 2, "feed_group", reset_less=reset_less)
 
         def chosen(words, name):
             """The word of column ``select`` among ``words`` (signed ``acc_bits``): on the ECP5 each group's word
             registered first, then the group's chosen (a cycle later)."""
             if not late:
                 return Cat(*words).word_select(select, p.acc_bits).as_signed()
-            groups = [delayed(m, Cat(*words[g:g + group]).word_select(select[:group_bits], p.acc_bits), 1,
+            groups = [delayed(m, Cat(*words[g:g + group]).word_select(in_group[g // group], p.acc_bits), 1,
                               f"{name}_group_{g // group}", reset_less=reset_less) for g in range(0, Cn, group)]
             return Cat(*groups).word_select(group_select, p.acc_bits).as_signed()
 
