@@ -671,7 +671,8 @@ class LayerEngine(wiring.Component):
         if self.network:
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & x_end & y_end & tile_ends)
             feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, unit_written,
-                                            read_addrs, read_pos, read_slot, feed_col, band_cfg, pair)
+                                            read_addrs, read_pos, read_slot, feed_col, band_cfg, pair,
+                                            registered_last_column=slow_block_ram(platform))
         else:
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
@@ -958,7 +959,7 @@ class LayerEngine(wiring.Component):
         return data, addr, back
 
     def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addrs, read_pos,
-                read_slot, feed_col, band_cfg, pair):
+                read_slot, feed_col, band_cfg, pair, registered_last_column=False):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
         A band's accumulators are final ``drain`` cycles after its last position is issued
@@ -972,7 +973,9 @@ class LayerEngine(wiring.Component):
         and FEED feeds both. A band is written back when its last accumulators are read (``unit_written``
         pulses as the writer moves on, and ``ahead`` counts it down). Returns the FEED signal (accumulators enter the
         output stages) and the READ_SECOND one (hold the even position's). ``read_addrs``: the accumulators'
-        read address, as copies that are all set alike."""
+        read address, as copies that are all set alike. ``registered_last_column``: FEED tests a register set as
+        ``feed_col`` moves on, not a compare of it (on the ECP5: that compare into the enables of the word's
+        counters was the ULX3S-85F ResNet-20's worst path at ef69201, 11.6 ns)."""
         p = self.params
         Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
@@ -987,6 +990,9 @@ class LayerEngine(wiring.Component):
         m.d.sync += [band_end.eq(band_pos + pair == last["band_positions"]),
                      tile_end.eq(read_pos + pair == last["positions"]),
                      layer_end.eq(channel_tiles_written == last["co_tiles"])]
+        last_column = feed_col == Cn - 1
+        if registered_last_column:
+            last_column = Signal(name="last_column")
         with m.FSM(name="writer") as writer:
             with m.State("IDLE"):
                 with m.If(start):
@@ -1002,6 +1008,8 @@ class LayerEngine(wiring.Component):
             with m.State("READ_WORD"):
                 # The column memories read word read_addr (data in the next cycle, held there).
                 m.d.sync += [feed_col.eq(0)] + [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
+                if registered_last_column:
+                    m.d.sync += last_column.eq(Cn == 1)
                 if p.write_pairs:
                     with m.If(pair):
                         m.d.sync += [read_addr.eq(read_addr + 1) for read_addr in read_addrs]
@@ -1015,8 +1023,10 @@ class LayerEngine(wiring.Component):
                     m.next = "FEED"
             with m.State("FEED"):
                 m.d.sync += feed_col.eq(feed_col + 1)
+                if registered_last_column:
+                    m.d.sync += last_column.eq(feed_col + 1 == Cn - 1)
                 self._step_destination(m, cfg, dest, read_pos)
-                with m.If(feed_col == Cn - 1):
+                with m.If(last_column):
                     m.d.sync += [*[read_addr.eq(read_addr + 1) for read_addr in read_addrs],
                                  read_pos.eq(read_pos + 1 + pair),
                                  band_pos.eq(band_pos + 1 + pair)]
