@@ -395,7 +395,7 @@ class LayerEngine(wiring.Component):
                                                spram)
         if p.wide_depth:
             weight_data = self._weights_of_layer(m, cfg, buffer, loads(WIDE_WEIGHTS), weight_data, weight_read_addr,
-                                                 spram and self.wide_spram)
+                                                 spram and self.wide_spram, slow_block_ram(platform))
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x); those of rows, columns and
         # kernel taps (``geometry``) as wide as the geometry registers.
@@ -894,11 +894,14 @@ class LayerEngine(wiring.Component):
             m.d.sync += pending.eq(1)
         return beat, beat_valid, late
 
-    def _weights_of_layer(self, m, cfg, buffer, load_en, narrow, read_addr, spram):
+    def _weights_of_layer(self, m, cfg, buffer, load_en, narrow, read_addr, spram, registered_choice=False):
         """With a wide weights buffer (in SPRAM where ``spram``): the PE weight words of the layer, from the
         wide buffer where the ``wide_weights`` register says so, else the narrow words (``wbits`` per column:
         sign on top of ``k``) widened to ``weight_bits`` (sign on top, ``k`` zero-extended). Both read at
-        ``read_addr``."""
+        ``read_addr``. ``registered_choice``: each group of WORD_GROUP_COLUMNS columns chooses by a copy of
+        ``wide_weights`` of its own, a cycle later (a layer's registers are set long before its first weights
+        are read; on the ECP5 the one register into every bit's choice was the ULX3S-85F ResNet-20's worst path at
+        8017110, 10.9 ns of routing)."""
         p = self.params
         wide, wide_addr = buffer("wide_weights", p.cols * p.weight_bits, p.wide_depth, load_en, spram)
         m.d.comb += wide_addr.eq(read_addr)
@@ -906,7 +909,15 @@ class LayerEngine(wiring.Component):
         for c in range(p.cols):
             field = narrow.word_select(c, p.wbits)
             fields.append(Cat(field[:p.wbits - 1], C(0, p.weight_bits - p.wbits), field[p.wbits - 1]))
-        return Mux(cfg["wide_weights"][0], wide, Cat(*fields))
+        group = self.WORD_GROUP_COLUMNS
+        words = []
+        for g in range(0, p.cols, group):
+            choice = cfg["wide_weights"][0]
+            if registered_choice:
+                choice = delayed(m, choice, 1, f"wide_weights_{g // group}", own_flip_flops=True, reset_less=True)
+            columns = slice(g * p.weight_bits, min(g + group, p.cols) * p.weight_bits)
+            words.append(Mux(choice, wide[columns], Cat(*fields[g:g + group])))
+        return Cat(*words)
 
     def _step_destination(self, m, cfg, dest, read_pos, tile=False):
         """Network mode: the destination counters move to the next channel (``tile``: the channel

@@ -218,6 +218,22 @@ def test_output_stage_registers_of_the_ecp5_keep_results_and_cycles(small_cnn, e
     check_layer_cycles(model, params, result)
 
 
+def test_ecp5_form_on_an_array_of_three_column_groups(small_cnn, ecp5_form):
+    """The ECP5's form on a 2 x 10 array, whose columns make three groups of four (each group's own copies of
+    the column select and of the wide-weights choice) and whose 8-bit edge layer's weights are in the wide
+    buffer: every tensor exact, the cycles as the model states."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=(20, 4, 4)), (1, 8, 8))
+    params = NetworkParams.for_model(model, 2, 10)
+    assert params.engine.wide_depth and params.engine.cols > 2 * LayerEngine.WORD_GROUP_COLUMNS
+    images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    (result,) = simulate_network(model, params, images)
+    check_against_reference(model, images, [result])
+    check_layer_cycles(model, params, result)
+
+
 def test_max_pooling_on_the_core():
     """Max pooling after the ReLU (2 x 2) and before it (3 x 3, stride 2, padded), then global average
     pooling, on a 3 x 2 array: each max pooling a vector-unit step that reads the code memory through the
