@@ -17,8 +17,8 @@ from .delay import own
 
 def reset_tree(platform) -> bool:
     """Whether the blocks of a design on ``platform`` (an Amaranth platform, or None in simulation) take the
-    reset from copies of their own (:func:`own_reset_submodule`): on an ECP5. Not on the iCE40, whose reset
-    reaches each logic block on a global net."""
+    reset from copies of their own (:func:`own_reset_submodule`): on an ECP5. Not on the iCE40 (untried there:
+    the UP5K's whole-network core nearly fills the part)."""
     return str(getattr(platform, "device", "")).startswith("LFE5")
 
 
