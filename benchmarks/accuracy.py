@@ -6,7 +6,10 @@ seed fine-tunes a uniform Wb/Ab and an LCQ Wb/Ab model from that FP checkpoint w
 and ``.../lcq-wbab`` (one folder per recipe, sharing the FP run), and reports test top-1 after the final
 epoch in eval mode (mean ± sample std over the seeds, and each seed's), the best epoch's, and the gap to
 FP. ``--jobs`` runs that many trainings side by side (one CPU thread each). Resumable: re-running the
-same command skips finished runs and resumes interrupted ones from their checkpoints.
+same command skips finished runs and resumes interrupted ones from their checkpoints. A table can be filled
+in over several invocations (``--bits 2``, later ``--bits 3``): the rows of other widths in the results file
+are kept where it holds the same recipe and the same FP result (a fresh FP run on the same seed, threads and
+torch gives the same), so the runs behind them need not be on disk.
 
 Run:  python benchmarks/accuracy.py --dataset digits [--model cnn] [--fp-epochs 30] [--epochs 30] [--bits 2 3 4]
       [--seeds 0 1 2] [--clip-init fixed|mse] [--bn-batches N] [--jobs 2]
@@ -16,6 +19,7 @@ Writes benchmarks/results/accuracy-<dataset>-<model>[-<recipe>].json (or --json-
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import statistics
@@ -170,6 +174,35 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def carried_rows(path: str, settings: dict, rows: list[dict]) -> tuple[list[dict], str]:
+    """Rows of ``path`` (an earlier results file) for widths and methods this run did not train, where that file
+    holds the same recipe (``settings`` but its ``bits``) and the same FP result: a table filled in over several
+    invocations. Returns those rows and a line saying what was kept or why nothing was."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        theirs, their_rows = dict(earlier["settings"]), earlier["rows"]
+        their_fp = next(r["test_top1"] for r in their_rows if r["method"] == "fp")
+    except FileNotFoundError:
+        return [], ""
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return [], f"replacing {path}: not a results file of this script"
+    ours = {k: v for k, v in settings.items() if k != "bits"}
+    differ = sorted(k for k in set(ours) | set(theirs) - {"bits"} if ours.get(k) != theirs.get(k))
+    if differ:
+        return [], f"replacing {path}: its recipe differs ({', '.join(differ)})"
+    if their_fp != rows[0]["test_top1"]:
+        return [], f"replacing {path}: its FP run scored {their_fp}, this one {rows[0]['test_top1']}"
+    done = {r["run"] for r in rows}
+    kept = [r for r in their_rows if r["run"] not in done]
+    return kept, f"kept {', '.join(r['run'] for r in kept)} from {path} (same recipe and FP run)" if kept else ""
+
+
+def merged(rows: list[dict], kept: list[dict]) -> list[dict]:
+    """``rows`` and ``kept`` in table order: FP, then by width, uniform before LCQ."""
+    order = {"fp": 0, "uniform": 1, "lcq": 2}
+    return sorted(rows + kept, key=lambda r: (r["method"] != "fp", r["wbits"] or 0, order[r["method"]]))
+
+
 def report(i: int, n: int, run: tuple[str, TrainConfig], metrics: dict, _seconds: float, note: str) -> dict:
     label, cfg = run
     print(f"[{i}/{n}] {label}: test top-1 {metrics['test_top1']:.2f}% (best {metrics['best_test_top1']:.2f}%), "
@@ -198,14 +231,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"accuracy.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
         return 130
 
-    rows = make_rows(runs, results)
+    rows, settings = make_rows(runs, results), recipe(args, runs)
+    kept, note = carried_rows(args.json_out, settings, rows)
+    if kept:   # the table and its command cover every width in the file
+        rows = merged(rows, kept)
+        args.bits = settings["bits"] = sorted({r["wbits"] for r in rows if r["method"] != "fp"})
     print("\n" + table(rows, args))
+    if note:
+        print(note)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     save_json({"benchmark": "accuracy", "command": reproduce_command(args), "argv": sys.argv[1:],
                "options": vars(args), "torch": torch.__version__, "device": device,
                "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-               "settings": recipe(args, runs),
-               "rows": rows}, args.json_out)
+               "settings": settings, "rows": rows}, args.json_out)
     print(f"\nwrote {args.json_out}")
     return 0
 

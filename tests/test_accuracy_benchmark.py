@@ -36,3 +36,25 @@ def test_two_seeds_two_recipes_share_the_fp_run(tmp_path):
     assert proc.stdout.count("done earlier, skipped") == 1                 # the FP run, reused
     rows = {r["run"]: r for r in json.loads(paper.read_text())["rows"]}
     assert rows["lcq-w3a3"]["clip_init"] == "fixed" and rows["lcq-w3a3"]["test_top1_before_bn"] is None
+
+
+def test_a_table_filled_in_width_by_width_keeps_the_earlier_rows(tmp_path):
+    out, table = tmp_path / "runs", tmp_path / "table.json"
+    common = ["--dataset", "digits", "--fp-epochs", "1", "--epochs", "1", "--seeds", "0", "--out", str(out),
+              "--json-out", str(table)]
+    assert run(*common, "--bits", "3").returncode == 0
+    first = {r["run"]: r for r in json.loads(table.read_text())["rows"]}
+    for name in ("uniform-w3a3", "lcq-w3a3"):          # the W3/A3 runs gone, as in a fresh checkout
+        (out / "clip-mse-bn-50" / "seed-0" / name / "metrics.json").unlink()
+        (out / "clip-mse-bn-50" / "seed-0" / name / "checkpoint.pt").unlink()
+    proc = run(*common, "--bits", "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"kept uniform-w3a3, lcq-w3a3 from {table}" in proc.stdout
+    data = json.loads(table.read_text())
+    rows = {r["run"]: r for r in data["rows"]}
+    assert list(rows) == ["fp", "uniform-w2a2", "lcq-w2a2", "uniform-w3a3", "lcq-w3a3"]
+    assert rows["lcq-w3a3"] == first["lcq-w3a3"] and data["settings"]["bits"] == [2, 3]
+    assert " --bits 2 3 " in data["command"] and "| lcq | 3/3 |" in proc.stdout
+    proc = run(*common, "--bits", "2", "--bn-batches", "0")          # another recipe: the file is replaced
+    assert proc.returncode == 0 and f"replacing {table}: its recipe differs (bn_batches)" in proc.stdout
+    assert [r["run"] for r in json.loads(table.read_text())["rows"]] == ["fp", "uniform-w2a2", "lcq-w2a2"]
