@@ -12,10 +12,15 @@ Three tables, each over ``--seeds`` (at least 3 for a result; mean ± sample std
    entries per LUT); each compiled model is also checked against PyTorch (top-1 agreement).
 
 Per seed, one full-precision run, then every quantized run fine-tuned from it with the same recipe
-(LCQ, K = 16, LWN, b' = 8 unless the table varies it); a run that two tables share (W3/A3 K = 16
-LWN 8/8) is trained once. Resumable: finished runs are skipped, interrupted ones resumed.
+(LCQ, K = 16, LWN, b' = 8 unless the table varies it; ``--clip-init`` and ``--bn-batches`` as ``lcq train``'s
+defaults, ``--clip-init fixed --bn-batches 0`` being the paper's); a run that two tables share (W3/A3 K = 16
+LWN 8/8) is trained once. ``--jobs N`` trains N runs side by side, one CPU thread each. Resumable: finished
+runs are skipped, interrupted ones resumed; and every finished run is recorded in the results file at once,
+which a later invocation with the same settings reads back, so the tables can be filled in over several
+sessions without the run directories (a seed's FP run is trained again only where runs of that seed remain,
+and must score as recorded: the same seed, threads and torch give the same).
 
-Run:  python benchmarks/ablations.py --dataset mnist --data-dir ../shared/datasets/mnist --schedule full
+Run:  python benchmarks/ablations.py --dataset mnist --data-dir ../shared/datasets/mnist --schedule full --jobs 2
       python benchmarks/ablations.py --dataset digits --schedule quick --seeds 0 --epochs 1 --fp-epochs 1
 Writes benchmarks/results/ablations-<dataset>.json (atomically; or --json-out) and prints markdown tables.
 """
@@ -23,6 +28,7 @@ Writes benchmarks/results/ablations-<dataset>.json (atomically; or --json-out) a
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -30,6 +36,7 @@ import shlex
 import statistics
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +47,8 @@ from lcq_train.runs import saved_metrics, train_or_resume
 from lcq_train.data import DATASETS, DatasetError, load_dataset
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
-from lcq_train.train import PAPER_RECIPE, TrainConfig
+from lcq_train.calibrate import CLIP_INITS
+from lcq_train.train import TrainConfig
 
 KS = (1, 2, 4, 8, 16)
 K_BITS = (2, 3)
@@ -70,7 +78,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="one run of every configuration per seed (3 or more for mean ± std)")
     p.add_argument("--tables", nargs="+", choices=("K", "norm", "outer"), default=["K", "norm", "outer"])
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
-                   help="torch CPU threads")
+                   help="torch CPU threads (with --jobs 1)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="trainings side by side, one thread each")
+    p.add_argument("--clip-init", choices=CLIP_INITS, default=TrainConfig.clip_init,
+                   help="initial clips of the quantized runs (lcq train --clip-init; fixed: the paper's)")
+    p.add_argument("--bn-batches", type=int, default=TrainConfig.bn_batches, metavar="N",
+                   help="BN statistics re-estimated on N batches after the last epoch (lcq train --bn-batches; "
+                        "0: the paper's)")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--eval-images", type=int, default=256, metavar="N",
                    help="test images on which each compiled outer-width model is compared with PyTorch")
@@ -82,8 +96,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fp_epochs, epochs = SCHEDULES[args.schedule][args.dataset]
     args.fp_epochs = args.fp_epochs if args.fp_epochs is not None else fp_epochs
     args.epochs = args.epochs if args.epochs is not None else epochs
-    if min(args.fp_epochs, args.epochs, args.batch_size, args.threads) < 1 or args.eval_images < 0:
-        p.error("--fp-epochs, --epochs, --batch-size and --threads must be >= 1, --eval-images >= 0")
+    if min(args.fp_epochs, args.epochs, args.batch_size, args.threads, args.jobs) < 1 or args.eval_images < 0:
+        p.error("--fp-epochs, --epochs, --batch-size, --threads and --jobs must be >= 1, --eval-images >= 0")
+    if args.bn_batches < 0:
+        p.error("--bn-batches must be >= 0")
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         p.error("--seeds must be distinct non-negative integers")
     args.out = args.out or f"runs/ablations/{args.dataset}-{args.model}-{args.schedule}"
@@ -95,6 +111,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
     cmd = ["python", "benchmarks/ablations.py", "--dataset", args.dataset, "--model", args.model,
            "--schedule", args.schedule, "--fp-epochs", str(args.fp_epochs), "--epochs", str(args.epochs),
            "--seeds", *map(str, args.seeds), "--tables", *args.tables, "--threads", str(args.threads),
+           "--jobs", str(args.jobs), "--clip-init", args.clip_init, "--bn-batches", str(args.bn_batches),
            "--batch-size", str(args.batch_size), "--eval-images", str(args.eval_images), "--out", args.out]
     for flag, value in (("--data-dir", args.data_dir), ("--device", args.device)):
         if value is not None:
@@ -194,7 +211,8 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
     lines, data = [f"Command: `{reproduce_command(args)}`", "",
                    f"{args.dataset}, {args.model}; final test top-1 (%), mean ± std over seeds {seeds}; "
                    f"FP {args.fp_epochs} epochs, every quantized run {args.epochs} epochs from the seed's FP run "
-                   f"(FP top-1 {mean_std(top1('fp'))}). First and last layers 8-bit uniform with LWN and b' = 8.",
+                   f"(FP top-1 {mean_std(top1('fp'))}); clip init {args.clip_init}, BN re-estimated on "
+                   f"{args.bn_batches} batches. First and last layers 8-bit uniform with LWN and b' = 8.",
                    ""], {}
     if "K" in args.tables:
         lines += ["Table 1: compander intervals K (LCQ, LWN, b' = 8; K = 1 is the uniform quantizer)", "",
@@ -250,6 +268,58 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
     return "\n".join(lines), data
 
 
+def settings(args: argparse.Namespace) -> dict:
+    """What every recorded result depends on besides its seed and plan (a results file with other settings is
+    replaced, not extended)."""
+    return {"dataset": args.dataset, "model": args.model, "fp_epochs": args.fp_epochs, "epochs": args.epochs,
+            "batch_size": args.batch_size, "eval_images": args.eval_images,
+            "recipe": {"clip_init": args.clip_init, "bn_batches": args.bn_batches},
+            "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "threads_per_run": 1 if args.jobs > 1 else args.threads, "torch": torch.__version__}
+
+
+def recorded_results(path: str, ours: dict, runs: dict[str, QuantPlan]) -> tuple[dict[int, dict], str]:
+    """``results[seed][label]`` of an earlier results file at ``path`` with the same :func:`settings` and, per
+    label, the same plan; and a line saying what was kept or why nothing was."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+        theirs, their_runs = earlier["settings"], earlier["runs"]
+        their_results = {int(seed): dict(rows) for seed, rows in earlier["results"].items()}
+    except FileNotFoundError:
+        return {}, ""
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}, f"replacing {path}: no settings of this script's to extend"
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        return {}, f"replacing {path}: its settings differ ({', '.join(differ)})"
+    same = {"fp"} | {label for label, plan in runs.items() if their_runs.get(label) == plan.to_dict()}
+    kept = {seed: {label: row for label, row in rows.items() if label in same} for seed, rows in their_results.items()}
+    count = sum(len(rows) for rows in kept.values())
+    return kept, f"read {count} recorded runs from {path}" if count else ""
+
+
+def run_all(items: list[tuple[int, str, TrainConfig]], jobs: int, done) -> None:
+    """Train (or resume, or skip) every ``(seed, label, config)`` of ``items``, a seed's FP run (where listed)
+    before its other runs, ``jobs`` side by side (one thread each; in this process where 1); ``done(item,
+    metrics, seconds, note)`` as each finishes."""
+    if jobs == 1:
+        for item in items:
+            done(item, *train_or_resume(item[2]))
+        return
+    fp_seeds = {seed for seed, label, _ in items if label == "fp"}
+    after_fp = {seed: [i for i in items if i[0] == seed and i[1] != "fp"] for seed in fp_seeds}
+    with ProcessPoolExecutor(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        pending = {pool.submit(train_or_resume, item[2]): item for item in items
+                   if item[1] == "fp" or item[0] not in fp_seeds}
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                item = pending.pop(future)
+                done(item, *future.result())
+                if item[1] == "fp":
+                    pending.update({pool.submit(train_or_resume, i[2]): i for i in after_fp[item[0]]})
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -268,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     common = {"model": args.model, "dataset": args.dataset, "data_dir": args.data_dir,
               "batch_size": args.batch_size, "device": args.device, "progress": False,
-              **PAPER_RECIPE}         # the paper's ablations: its recipe (and the README's tables were run so)
+              "clip_init": args.clip_init, "bn_batches": args.bn_batches}
     configs = []
     for seed in args.seeds:
         fp = TrainConfig(plan=QuantPlan("fp"), epochs=args.fp_epochs, seed=seed, out=str(out / f"seed{seed}" / "fp"),
@@ -278,49 +348,70 @@ def main(argv: list[str] | None = None) -> int:
             configs.append((seed, label, TrainConfig(plan=plan, epochs=args.epochs, seed=seed,
                                                      out=str(out / f"seed{seed}" / label),
                                                      init=str(Path(fp.out) / "checkpoint.pt"), **common)))
-    results: dict[int, dict[str, dict]] = {}
+    ours = settings(args)
+    recorded, note = recorded_results(args.json_out, ours, runs)
+    if note:
+        print(note, flush=True)
+    results = {seed: dict(recorded.get(seed, {})) for seed in args.seeds}
+    # Runs not recorded yet, and the FP run of each seed that has one (its checkpoint starts the others).
+    open_seeds = {seed for seed, label, _ in configs if label not in results[seed]}
+    to_do = [(seed, label, cfg) for seed, label, cfg in configs
+             if label not in results[seed] or label == "fp" and seed in open_seeds]
     timing = {"fp_seconds": 0.0, "fp_epochs": 0, "quant_seconds": 0.0, "quant_epochs": 0, "compile_seconds": 0.0}
     t_start = time.perf_counter()
+
+    def save() -> str:
+        text, table_data = tables(args, runs, results, edges)
+        save_json({"benchmark": "ablations", "command": reproduce_command(args), "argv": sys.argv[1:],
+                   "options": vars(args), "settings": ours,
+                   "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                "numpy": np.__version__, "lcq": _version("lcq-accel")},
+                   "device": ours["device"], "threads": ours["threads_per_run"], "cpu_count": os.cpu_count(),
+                   "seconds": time.perf_counter() - t_start, "timing": timing,
+                   "full_estimate": full_estimate(args, runs, timing),
+                   "runs": {label: plan.to_dict() for label, plan in runs.items()},
+                   "results": {str(s): r for s, r in results.items() if r}, "tables": table_data, "markdown": text},
+                  args.json_out)
+        return text
+
+    finished = []
+
+    def done(item, metrics: dict, seconds: float, note: str) -> None:
+        seed, label, cfg = item
+        if seconds:
+            kind = "fp" if label == "fp" else "quant"
+            timing[f"{kind}_seconds"] += seconds
+            timing[f"{kind}_epochs"] += cfg.epochs
+        row = {"test_top1": metrics["test_top1"], "best_test_top1": metrics["best_test_top1"],
+               "epochs": len(metrics["epochs"]), "out": cfg.out}
+        if label == "fp" and label in results[seed] and results[seed][label]["test_top1"] != row["test_top1"]:
+            raise ValueError(f"seed {seed}'s FP run scored {row['test_top1']}, {args.json_out} recorded "
+                             f"{results[seed][label]['test_top1']}: its runs of seed {seed} started from another FP "
+                             "model; give another --json-out (or delete that file) to start over")
+        if label in compiled_labels:
+            t0 = time.perf_counter()
+            row["sizes"] = compiled_sizes(Path(cfg.out) / "checkpoint.pt", args.eval_images, data)
+            timing["compile_seconds"] += time.perf_counter() - t0
+        results[seed][label] = row
+        save()
+        finished.append(item)
+        print(f"[{len(finished)}/{len(to_do)}] seed {seed} {label}: test top-1 {metrics['test_top1']:.2f}%; {note}",
+              flush=True)
+
     try:
-        for _, _, cfg in configs:     # refuse a mismatched --out before spending any training time
+        for _, _, cfg in to_do:     # refuse a mismatched --out before spending any training time
             saved_metrics(cfg)
-        for i, (seed, label, cfg) in enumerate(configs, 1):
-            metrics, seconds, note = train_or_resume(cfg)
-            if seconds:
-                kind = "fp" if label == "fp" else "quant"
-                timing[f"{kind}_seconds"] += seconds
-                timing[f"{kind}_epochs"] += cfg.epochs
-            row = {"test_top1": metrics["test_top1"], "best_test_top1": metrics["best_test_top1"],
-                   "epochs": len(metrics["epochs"]), "out": cfg.out}
-            if label in compiled_labels:
-                t0 = time.perf_counter()
-                row["sizes"] = compiled_sizes(Path(cfg.out) / "checkpoint.pt", args.eval_images, data)
-                timing["compile_seconds"] += time.perf_counter() - t0
-            results.setdefault(seed, {})[label] = row
-            print(f"[{i}/{len(configs)}] seed {seed} {label}: test top-1 {metrics['test_top1']:.2f}%; {note}",
-                  flush=True)
+        run_all(to_do, args.jobs, done)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"ablations.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ablations.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
         return 130
-    wall = time.perf_counter() - t_start
-    text, table_data = tables(args, runs, results, edges)
-    print("\n" + text)
+    print("\n" + save())
     estimate = full_estimate(args, runs, timing)
     if estimate:
         print(estimate["text"])
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    save_json({"benchmark": "ablations", "command": reproduce_command(args), "argv": sys.argv[1:],
-               "options": vars(args), "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                                                   "numpy": np.__version__,
-                                                   "lcq": _version("lcq-accel")},
-               "device": device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-               "seconds": wall, "timing": timing, "full_estimate": estimate,
-               "runs": {label: plan.to_dict() for label, plan in runs.items()},
-               "results": {str(s): r for s, r in results.items()}, "tables": table_data, "markdown": text},
-              args.json_out)
     print(f"\nwrote {args.json_out}")
     return 0
 
@@ -335,7 +426,8 @@ def _version(dist: str) -> str | None:
 
 
 def full_estimate(args: argparse.Namespace, runs: dict, timing: dict) -> dict | None:
-    """Hours of the full schedule on 3 seeds, from this run's measured seconds per epoch (None: nothing trained)."""
+    """Wall-clock hours of the full schedule on 3 seeds, from this run's measured seconds per epoch and its
+    ``--jobs`` (None: nothing trained)."""
     if not timing["fp_epochs"] and not timing["quant_epochs"]:
         return None
     fp_rate = timing["fp_seconds"] / max(timing["fp_epochs"], 1)
@@ -344,9 +436,10 @@ def full_estimate(args: argparse.Namespace, runs: dict, timing: dict) -> dict | 
     fp_epochs, epochs = SCHEDULES["full"][args.dataset]
     seeds = max(3, len(args.seeds))
     compile_rate = timing["compile_seconds"] / max(1, len(args.seeds))
-    seconds = seeds * (fp_epochs * fp_rate + len(runs) * epochs * q_rate + compile_rate)
+    seconds = seeds * (fp_epochs * fp_rate + len(runs) * epochs * q_rate + compile_rate) / args.jobs
+    how = f"{args.jobs} runs side by side" if args.jobs > 1 else f"{args.threads} threads"
     text = (f"estimated full schedule ({args.dataset}: FP {fp_epochs} + {len(runs)} runs x {epochs} epochs, "
-            f"{seeds} seeds, {args.threads} threads) from this run's {fp_rate:.1f} s/FP epoch and {q_rate:.1f} "
+            f"{seeds} seeds, {how}) from this run's {fp_rate:.1f} s/FP epoch and {q_rate:.1f} "
             f"s/quantized epoch: {seconds / 3600:.1f} h")
     return {"seconds": seconds, "hours": seconds / 3600, "seeds": seeds, "runs_per_seed": len(runs) + 1,
             "fp_seconds_per_epoch": fp_rate, "quant_seconds_per_epoch": q_rate,

@@ -265,3 +265,40 @@ def test_6_4_model_layers_in_verilator_bit_exact(tmp_path, capsys, small_cnn):
     assert [layer["index"] for layer in out["layers"]][:2] == [0, 1]       # layer 0 (8/8) and a 6/4 LUT layer
     assert all(layer["mismatches"] == 0 for layer in out["layers"])
     assert np.sum([layer["outputs"] for layer in out["layers"]]) > 0
+
+
+def test_ablation_tables_fill_in_over_sessions_from_the_recorded_runs(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ablations.py"
+    table, out = tmp_path / "ablations.json", tmp_path / "runs"
+
+    def ablations(*argv):
+        return subprocess.run([sys.executable, str(script), "--dataset", "digits", "--tables", "norm", "--fp-epochs",
+                               "1", "--epochs", "1", "--eval-images", "0", "--out", str(out), "--json-out", str(table),
+                               *argv], capture_output=True, text=True, timeout=600)
+
+    proc = ablations("--seeds", "0", "--jobs", "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "[7/7] seed 0" in proc.stdout                                # the FP run and 6 norm runs
+    first = json.loads(table.read_text())
+    assert sorted(first["results"]["0"]) == sorted(["fp", *first["runs"]]) and first["settings"]["threads_per_run"] == 1
+    shutil.rmtree(out)                                                   # a fresh checkout: only the results file
+    proc = ablations("--seeds", "0", "1", "--jobs", "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"read 7 recorded runs from {table}" in proc.stdout and "[7/7] seed 1" in proc.stdout
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("[") and " seed 0 " in line]
+    second = json.loads(table.read_text())
+    assert second["results"]["0"] == first["results"]["0"]
+    assert len(second["tables"]["norm"]["w3a3"]["lwn"]["values"]) == 2
+    del second["results"]["1"]["w4a4-standardize"]                       # one run left, and its seed's FP recorded
+    second["results"]["1"]["fp"]["test_top1"] += 1.0                     # ... as another FP model scored
+    table.write_text(json.dumps(second))
+    shutil.rmtree(out)
+    proc = ablations("--seeds", "0", "1", "--jobs", "2")
+    assert proc.returncode == 2 and "seed 1's FP run scored" in proc.stderr and "started from another FP" in proc.stderr
+    proc = ablations("--seeds", "0", "--jobs", "1")                       # other settings: threads per run
+    assert proc.returncode == 0 and f"replacing {table}: its settings differ (threads_per_run)" in proc.stdout
