@@ -301,10 +301,12 @@ def recorded_results(path: str, ours: dict, runs: dict[str, QuantPlan]) -> tuple
 def run_all(items: list[tuple[int, str, TrainConfig]], jobs: int, done) -> None:
     """Train (or resume, or skip) every ``(seed, label, config)`` of ``items``, a seed's FP run (where listed)
     before its other runs, ``jobs`` side by side (one thread each; in this process where 1); ``done(item,
-    metrics, seconds, note)`` as each finishes."""
+    metrics, seconds, note)`` as each finishes, False from it for an FP run: that seed's other runs are dropped."""
     if jobs == 1:
+        dropped = set()
         for item in items:
-            done(item, *train_or_resume(item[2]))
+            if item[0] not in dropped and done(item, *train_or_resume(item[2])) is False:
+                dropped.add(item[0])
         return
     fp_seeds = {seed for seed, label, _ in items if label == "fp"}
     after_fp = {seed: [i for i in items if i[0] == seed and i[1] != "fp"] for seed in fp_seeds}
@@ -315,8 +317,7 @@ def run_all(items: list[tuple[int, str, TrainConfig]], jobs: int, done) -> None:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 item = pending.pop(future)
-                done(item, *future.result())
-                if item[1] == "fp":
+                if done(item, *future.result()) is not False and item[1] == "fp":
                     pending.update({pool.submit(train_or_resume, i[2]): i for i in after_fp[item[0]]})
 
 
@@ -374,9 +375,9 @@ def main(argv: list[str] | None = None) -> int:
                   args.json_out)
         return text
 
-    finished = []
+    finished, errors = [], []
 
-    def done(item, metrics: dict, seconds: float, note: str) -> None:
+    def done(item, metrics: dict, seconds: float, note: str) -> bool:
         seed, label, cfg = item
         if seconds:
             kind = "fp" if label == "fp" else "quant"
@@ -385,9 +386,10 @@ def main(argv: list[str] | None = None) -> int:
         row = {"test_top1": metrics["test_top1"], "best_test_top1": metrics["best_test_top1"],
                "epochs": len(metrics["epochs"]), "out": cfg.out}
         if label == "fp" and label in results[seed] and results[seed][label]["test_top1"] != row["test_top1"]:
-            raise ValueError(f"seed {seed}'s FP run scored {row['test_top1']}, {args.json_out} recorded "
-                             f"{results[seed][label]['test_top1']}: its runs of seed {seed} started from another FP "
-                             "model; give another --json-out (or delete that file) to start over")
+            errors.append(f"seed {seed}'s FP run scored {row['test_top1']}, {args.json_out} recorded "
+                          f"{results[seed][label]['test_top1']}: its runs of seed {seed} started from another FP "
+                          "model; give another --json-out (or delete that file) to start over")
+            return False
         if label in compiled_labels:
             t0 = time.perf_counter()
             row["sizes"] = compiled_sizes(Path(cfg.out) / "checkpoint.pt", args.eval_images, data)
@@ -397,11 +399,14 @@ def main(argv: list[str] | None = None) -> int:
         finished.append(item)
         print(f"[{len(finished)}/{len(to_do)}] seed {seed} {label}: test top-1 {metrics['test_top1']:.2f}%; {note}",
               flush=True)
+        return True
 
     try:
         for _, _, cfg in to_do:     # refuse a mismatched --out before spending any training time
             saved_metrics(cfg)
         run_all(to_do, args.jobs, done)
+        if errors:
+            raise ValueError("; ".join(errors))
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"ablations.py: error: {e}", file=sys.stderr)
         return 2
