@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from amaranth import Module, Signal, Value
 
+from .fabric import is_ecp5
 from .flip_flops import OWN_FLIP_FLOP
 
 
@@ -16,7 +17,7 @@ def reset_less_data(platform) -> bool:
     2,743 endpoints after 10 ns at fda0f40, 15.8 ns the latest). Not on the iCE40, whose logic blocks' eight
     flip-flops share one reset net: registers without it pack apart, and the UP5K digits core, 99% full,
     found no legal placement at 0e077f7."""
-    return str(getattr(platform, "device", "")).startswith("LFE5")
+    return is_ecp5(platform)
 
 
 def own(register):

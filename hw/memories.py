@@ -3,6 +3,8 @@ synthesis may map the generated memories (:data:`UNDEFINED_COLLISIONS`); words l
 
 from __future__ import annotations
 
+from .fabric import is_ecp5
+
 
 def word_pieces(word: int, bits: int, count: int) -> list[int]:
     """``word`` as ``count`` pieces of ``bits`` bits, lowest first: a memory word loaded a piece a beat."""
@@ -35,7 +37,7 @@ def slow_block_ram(platform) -> bool:
     takes 5.8 ns of a cycle and whose flip-flops are plentiful: where the output stage registers its block
     RAM words before logic (``ThresholdUnit(registered_word=)``, ``RequantizeUnit(registered_constants=)``).
     Not the iCE40: the UP5K has no cells to spare."""
-    return str(getattr(platform, "device", "")).startswith("LFE5")
+    return is_ecp5(platform)
 
 
 # The (depth, width) shapes one block RAM holds, per FPGA family: the iCE40's 4 Kbit and the ECP5's 18 Kbit blocks.

@@ -12,6 +12,8 @@ One source for the PE variants (:mod:`hw.pe`), the engine's sizing
 
 from __future__ import annotations
 
+from .fabric import ecp5_part
+
 W_MAX = 127  # s'_w for outer weight bits b' = 8
 A_MAX = 255  # s'_a for outer activation bits b' = 8
 LEVEL_BITS = 8  # sign + 7-bit weight level, or an 8-bit activation level
@@ -26,7 +28,7 @@ def logic_multiplies(device: str) -> bool:
     simulation): on ECP5 parts (``LFE5U-...``), whose multiplier sites would spread a PE array over the
     die (the ResNet-20 whole-network core did not route in 35 minutes with 64 of them, and did with
     none); not on the iCE40 UltraPlus, whose few PEs fit its multipliers but not the logic."""
-    return device.startswith("LFE5U")
+    return ecp5_part(device)
 
 
 def weight_word(sign: int, magnitude: int, weight_bits: int) -> int:

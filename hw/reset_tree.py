@@ -13,13 +13,14 @@ from __future__ import annotations
 from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 
 from .delay import own
+from .fabric import is_ecp5
 
 
 def reset_tree(platform) -> bool:
     """Whether the blocks of a design on ``platform`` (an Amaranth platform, or None in simulation) take the
     reset from copies of their own (:func:`own_reset_submodule`): on an ECP5. Not on the iCE40 (untried there:
     the UP5K's whole-network core nearly fills the part)."""
-    return str(getattr(platform, "device", "")).startswith("LFE5")
+    return is_ecp5(platform)
 
 
 def own_reset_submodule(m: Module, name: str, elaboratable, platform, domain: str):
