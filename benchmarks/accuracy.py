@@ -118,7 +118,8 @@ def run_configs(args: argparse.Namespace) -> list[tuple[str, TrainConfig]]:
 
 
 def make_rows(runs: list[tuple[str, TrainConfig]], results: list[dict]) -> list[dict]:
-    """One row per method and bit-width: final and best top-1 as mean ± std over its seeds, and each seed's."""
+    """One row per method and bit-width: final and best top-1 as mean ± std over its seeds, and each seed's
+    (with the CPU threads it trained on: results depend on them)."""
     groups: dict[str, list[tuple[TrainConfig, dict]]] = {}
     for (label, cfg), metrics in zip(runs, results):
         groups.setdefault(label.split("/")[0], []).append((cfg, metrics))
@@ -139,7 +140,8 @@ def make_rows(runs: list[tuple[str, TrainConfig]], results: list[dict]) -> list[
                      "test_top1_before_bn": before if any(b is not None for b in before) else None,
                      "gap_to_fp": statistics.mean(finals) - fp_top1, "epochs": len(members[0][1]["epochs"]),
                      "weight_lr": cfg.weight_lr(), "q_lr": cfg.q_lr, "clip_init": cfg.clip_init,
-                     "bn_batches": cfg.bn_batches, "out": [c.out for c, _ in members]})
+                     "bn_batches": cfg.bn_batches, "out": [c.out for c, _ in members],
+                     "torch_threads": [m.get("environment", {}).get("torch_threads") for _, m in members]})
     return rows
 
 
@@ -182,6 +184,7 @@ def carried_rows(path: str, settings: dict, rows: list[dict]) -> tuple[list[dict
         earlier = json.loads(Path(path).read_text())
         theirs, their_rows = dict(earlier["settings"]), earlier["rows"]
         their_fp = next(r["test_top1"] for r in their_rows if r["method"] == "fp")
+        their_threads = earlier["cpu_threads"] if earlier["options"]["jobs"] == 1 else 1
     except FileNotFoundError:
         return [], ""
     except (ValueError, KeyError, TypeError, StopIteration):
@@ -194,6 +197,8 @@ def carried_rows(path: str, settings: dict, rows: list[dict]) -> tuple[list[dict
         return [], f"replacing {path}: its FP run scored {their_fp}, this one {rows[0]['test_top1']}"
     done = {r["run"] for r in rows}
     kept = [r for r in their_rows if r["run"] not in done]
+    for r in kept:      # (a file written before rows named their threads: one run at a time, the file's threads)
+        r.setdefault("torch_threads", [their_threads] * len(r["seeds"]))
     return kept, f"kept {', '.join(r['run'] for r in kept)} from {path} (same recipe and FP run)" if kept else ""
 
 

@@ -54,6 +54,8 @@ def test_a_table_filled_in_width_by_width_keeps_the_earlier_rows(tmp_path):
     rows = {r["run"]: r for r in data["rows"]}
     assert list(rows) == ["fp", "uniform-w2a2", "lcq-w2a2", "uniform-w3a3", "lcq-w3a3"]
     assert rows["lcq-w3a3"] == first["lcq-w3a3"] and data["settings"]["bits"] == [2, 3]
+    assert rows["lcq-w2a2"]["torch_threads"] == [json.loads((out / "clip-mse-bn-50" / "seed-0" / "lcq-w2a2" /
+                                                             "metrics.json").read_text())["environment"]["torch_threads"]]
     assert " --bits 2 3 " in data["command"] and "| lcq | 3/3 |" in proc.stdout
     proc = run(*common, "--bits", "2", "--bn-batches", "0")          # another recipe: the file is replaced
     assert proc.returncode == 0 and f"replacing {table}: its recipe differs (bn_batches)" in proc.stdout
