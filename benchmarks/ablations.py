@@ -42,12 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
-from lcq_train.runs import saved_metrics, train_or_resume
 from lcq_train.data import DATASETS, DatasetError, load_dataset
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
-from lcq_train.calibrate import CLIP_INITS
+from lcq_train.runs import saved_metrics, train_or_resume
 from lcq_train.train import TrainConfig
 
 KS = (1, 2, 4, 8, 16)
@@ -231,9 +231,10 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
                   "| W/A | LWN | standardize | LWN - standardize |", "|---|---|---|---|"]
         data["norm"] = {}
         for b in NORM_BITS:
-            lwn = top1(label_of(runs, QuantPlan("lcq", b, b, weight_norm="lwn")))
-            std = top1(label_of(runs, QuantPlan("lcq", b, b, weight_norm="standardize")))
-            diff = [x - y for x, y in zip(lwn, std)]
+            pair = [label_of(runs, QuantPlan("lcq", b, b, weight_norm=norm)) for norm in NORMS]
+            lwn, std = top1(pair[0]), top1(pair[1])
+            diff = [results[s][pair[0]]["test_top1"] - results[s][pair[1]]["test_top1"] for s in seeds
+                    if pair[0] in results[s] and pair[1] in results[s]]       # per seed, where both have run
             data["norm"][f"w{b}a{b}"] = {"lwn": summarize(lwn), "standardize": summarize(std),
                                          "difference": summarize(diff)}
             lines.append(f"| {b}/{b} | {mean_std(lwn)} | {mean_std(std)} | {mean_std(diff)} |")
