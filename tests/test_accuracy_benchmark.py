@@ -1,5 +1,6 @@
 """benchmarks/accuracy.py on the digits set: seeds side by side, mean ± std, one FP run shared by recipes."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -7,6 +8,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "accuracy.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("accuracy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run(*argv, timeout=600):
@@ -40,23 +48,26 @@ def test_two_seeds_two_recipes_share_the_fp_run(tmp_path):
 
 def test_a_table_filled_in_width_by_width_keeps_the_earlier_rows(tmp_path):
     out, table = tmp_path / "runs", tmp_path / "table.json"
-    common = ["--dataset", "digits", "--fp-epochs", "1", "--epochs", "1", "--seeds", "0", "--out", str(out),
-              "--json-out", str(table)]
+    common = ["--dataset", "digits", "--fp-epochs", "1", "--epochs", "1", "--seeds", "0", "--methods", "lcq",
+              "--out", str(out), "--json-out", str(table)]
     assert run(*common, "--bits", "3").returncode == 0
     first = {r["run"]: r for r in json.loads(table.read_text())["rows"]}
-    for name in ("uniform-w3a3", "lcq-w3a3"):          # the W3/A3 runs gone, as in a fresh checkout
-        (out / "clip-mse-bn-50" / "seed-0" / name / "metrics.json").unlink()
-        (out / "clip-mse-bn-50" / "seed-0" / name / "checkpoint.pt").unlink()
+    for name in ("metrics.json", "checkpoint.pt"):     # the W3/A3 run gone, as in a fresh checkout
+        (out / "clip-mse-bn-50" / "seed-0" / "lcq-w3a3" / name).unlink()
     proc = run(*common, "--bits", "2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"kept uniform-w3a3, lcq-w3a3 from {table}" in proc.stdout
+    assert f"kept lcq-w3a3 from {table}" in proc.stdout
     data = json.loads(table.read_text())
     rows = {r["run"]: r for r in data["rows"]}
-    assert list(rows) == ["fp", "uniform-w2a2", "lcq-w2a2", "uniform-w3a3", "lcq-w3a3"]
+    assert list(rows) == ["fp", "lcq-w2a2", "lcq-w3a3"]
     assert rows["lcq-w3a3"] == first["lcq-w3a3"] and data["settings"]["bits"] == [2, 3]
     assert rows["lcq-w2a2"]["torch_threads"] == [json.loads((out / "clip-mse-bn-50" / "seed-0" / "lcq-w2a2" /
                                                              "metrics.json").read_text())["environment"]["torch_threads"]]
     assert " --bits 2 3 " in data["command"] and "| lcq | 3/3 |" in proc.stdout
-    proc = run(*common, "--bits", "2", "--bn-batches", "0")          # another recipe: the file is replaced
-    assert proc.returncode == 0 and f"replacing {table}: its recipe differs (bn_batches)" in proc.stdout
-    assert [r["run"] for r in json.loads(table.read_text())["rows"]] == ["fp", "uniform-w2a2", "lcq-w2a2"]
+    accuracy = load_script()                                           # another recipe, another FP: replaced
+    rows, settings = data["rows"][:2], {**data["settings"], "bn_batches": 0}
+    assert accuracy.carried_rows(str(table), settings, rows) == ([], f"replacing {table}: its recipe differs "
+                                                                     "(bn_batches)")
+    fp = [{**rows[0], "test_top1": [v + 1 for v in rows[0]["test_top1"]]}]
+    kept, note = accuracy.carried_rows(str(table), data["settings"], fp)
+    assert kept == [] and note.startswith(f"replacing {table}: its FP run scored ")
