@@ -7,9 +7,11 @@ Yosys: the board build's ``hw.memories.UNDEFINED_COLLISIONS`` and ``synth_ice40 
 ``synth_ecp5 -noflatten`` (the build flattens; kept apart here to count each module). Prints per module
 LUT4s, flip-flops, carries (an ECP5 CCU2C is two LUT4s with their carry), wide multiplexers (ECP5 PFUMX and
 L6MUX21), block RAMs, SPRAMs and DSPs (each module alone, submodules not included; the copies of a module that
-differ only in their indices, such as the PEs ``pe_R_C``, summed in one row ``pe_N_N``) and the total; packing into
-logic cells comes later (``benchmarks/board_builds.py`` reports those). About a minute for the digits CNN at
-1 x 1 on the iCEBreaker, four for ResNet-20 at 8 x 16 on the ULX3S-85F.
+differ only in their indices, such as the PEs ``pe_R_C``, summed in one row ``pe_N_N``) and the total; packing
+into logic cells comes later (``benchmarks/board_builds.py`` reports those). Where the engine's PEs multiply
+(8-bit layers), also one of its PEs synthesized alone, and one of the same widths that only selects its
+product: what multiplying costs per PE. About a minute for the digits CNN at 1 x 1 on the iCEBreaker, five for
+ResNet-20 at 8 x 16 on the ULX3S-85F.
 
 Run:  python benchmarks/core_cells.py [--model FILE] [--board icebreaker] [--rows 1 --cols 1]
 Writes benchmarks/results/core_cells.json (or --json-out; another board: core_cells-<board>.json).
@@ -65,6 +67,28 @@ def grouped(modules: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     return out
 
 
+def pe_cells(yosys: str, params, board, work: Path) -> dict[str, dict[str, int]]:
+    """Cells of one PE of the engine of ``params`` (:func:`hw.engine.array_variant`, multiplying) and of one of
+    the same widths that only selects its product (``multiply=False``), each synthesized alone for ``board``."""
+    from amaranth.back import rtlil
+
+    from hw.engine import array_variant
+    from hw.pe import ProcessingElement, RowTable
+
+    platform = board.make_platform()
+    variants = {"as built (multiplying)": array_variant(params, platform),
+                "selecting only": RowTable.sized(params.wbits, params.abits, product_bits=params.product_bits)}
+    out = {}
+    for name, variant in variants.items():
+        pe = ProcessingElement(variant, params.acc_bits, double_buffered=True)
+        (work / "pe.il").write_text(rtlil.convert(pe, name="pe", platform=platform))
+        (work / "pe.ys").write_text(f"read_rtlil pe.il\n{SYNTH[board.family]} -top pe\n"
+                                   "tee -q -o pe.json stat -json\n")
+        subprocess.run([yosys, "-q", "-s", "pe.ys"], cwd=work, check=True, timeout=600, stdout=subprocess.DEVNULL)
+        out[name] = module_cells(json.loads((work / "pe.json").read_text()), board.family)["pe"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -110,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([yosys, "-q", "-s", "synth.ys"], cwd=work, check=True, timeout=1800,
                        stdout=subprocess.DEVNULL)
         modules = module_cells(json.loads((Path(work) / "stat.json").read_text()), board.family)
+        pes = pe_cells(yosys, params.engine, board, Path(work)) if params.engine.multiply else None
     seconds = round(time.perf_counter() - t0, 1)
     modules = grouped({name: cells for name, cells in modules.items() if any(cells.values())})
     total = {kind: sum(cells[kind] for cells in modules.values()) for kind in kinds}
@@ -119,9 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|" + "---|" * len(kinds))
     for name, cells in [*modules.items(), ("total", {"copies": "", **total})]:
         print(f"| {name} | {cells['copies']} | " + " | ".join(f"{cells[kind]:,}" for kind in kinds) + " |")
+    if pes:
+        for name, cells in pes.items():
+            print(f"one PE alone, {name}: " + ", ".join(f"{cells[kind]:,} {kind}" for kind in kinds if cells[kind]))
     save_json({"benchmark": "core_cells", "model": Path(args.model).name, "board": board.name,
                "device": board.device, "rows": args.rows, "cols": args.cols, "synthesis": SYNTH[board.family],
-               "modules": modules, "total": total, "seconds": seconds, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "modules": modules, "total": total, "one_pe": pes, "seconds": seconds,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "environment": environment()}, Path(args.json_out))
     print(f"wrote {args.json_out}")
     return 0

@@ -219,6 +219,15 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
                              "code_written": Out(written), "activation": Out(activation), "code_read": In(reader)})
 
 
+def array_variant(params: EngineParams, platform) -> RowTable:
+    """The PEs of the engine of ``params`` on ``platform`` (None: simulation): row tables sized for its layers,
+    multiplying (in logic where :func:`hw.pe.multiply_in_logic` says) where its layers need it."""
+    p = params
+    return RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth,
+                          logic_multiply=multiply_in_logic(platform), product_bits=p.product_bits,
+                          identity=p.identity_tables, registered_load=p.rows > 1)
+
+
 class LayerEngine(wiring.Component):
     """The accelerator core for ``params`` (see the module docstring for what it does).
 
@@ -680,9 +689,7 @@ class LayerEngine(wiring.Component):
             feeding = fsm.ongoing("FEED")
 
         # The array: row r's code enters its table r cycles after row 0's (skew).
-        variant = RowTable.sized(p.wbits, p.abits, multiply=p.multiply, depth=p.table_depth,
-                                 logic_multiply=multiply_in_logic(platform), product_bits=p.product_bits,
-                                 identity=p.identity_tables, registered_load=R > 1)
+        variant = array_variant(p, platform)
         m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
         # Each row keeps its own copy of the word, loaded when the row's turn comes: the array takes it a
         # column a cycle (PEArray), and the row's PEs, spread across the chip, are fed by registers of their
