@@ -208,10 +208,13 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
     def top1(label: str) -> list[float]:
         return [results[s][label]["test_top1"] for s in seeds if label in results[s]]
 
+    def cell(values: list[float]) -> str:      # mean ± std, and how many seeds where not all have run
+        return mean_std(values) + (f" (n={len(values)})" if 1 < len(values) < len(seeds) else "")
+
     lines, data = [f"Command: `{reproduce_command(args)}`", "",
                    f"{args.dataset}, {args.model}; final test top-1 (%), mean ± std over seeds {seeds}; "
                    f"FP {args.fp_epochs} epochs, every quantized run {args.epochs} epochs from the seed's FP run "
-                   f"(FP top-1 {mean_std(top1('fp'))}); clip init {args.clip_init}, BN re-estimated on "
+                   f"(FP top-1 {cell(top1('fp'))}); clip init {args.clip_init}, BN re-estimated on "
                    f"{args.bn_batches} batches. First and last layers 8-bit uniform with LWN and b' = 8.",
                    ""], {}
     if "K" in args.tables:
@@ -223,7 +226,7 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
             for b in K_BITS:
                 label = label_of(runs, QuantPlan("lcq", b, b, K=K))
                 data["K"][f"w{b}a{b}-K{K}"] = summarize(top1(label))
-                cells.append(mean_std(top1(label)))
+                cells.append(cell(top1(label)))
             lines.append(f"| {K} | " + " | ".join(cells) + " |")
         lines += ["", "Paper (CIFAR-10 ResNet-20, Fig. 6): a roughly steady gain with K up to 16.", ""]
     if "norm" in args.tables:
@@ -237,7 +240,7 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
                     if pair[0] in results[s] and pair[1] in results[s]]       # per seed, where both have run
             data["norm"][f"w{b}a{b}"] = {"lwn": summarize(lwn), "standardize": summarize(std),
                                          "difference": summarize(diff)}
-            lines.append(f"| {b}/{b} | {mean_std(lwn)} | {mean_std(std)} | {mean_std(diff)} |")
+            lines.append(f"| {b}/{b} | {cell(lwn)} | {cell(std)} | {cell(diff)} |")
         lines += ["", "Paper (Table 6, CIFAR-10 ResNet-20): a large gain of LWN at 2 bits, small at 3 and 4.", ""]
     if "outer" in args.tables:
         b = OUTER_BITS_AT
@@ -260,10 +263,10 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
                 needed = ", ".join(str(x["bits_needed"]) for x in sz["layers"])
                 agree = [x["agreement"]["agreement"] for x in sizes if x.get("agreement")]
                 agree_text = f"{100 * min(agree):.1f}% (min over seeds)" if agree else "-"
-                lines.append(f"| {ow}/{oa} | {mean_std(top1(plan_label))} | {per} | {sz['lut_bytes']} | "
+                lines.append(f"| {ow}/{oa} | {cell(top1(plan_label))} | {per} | {sz['lut_bytes']} | "
                              f"{sz['formula_bytes']:g} | {needed} | {agree_text} |")
             else:
-                lines.append(f"| {ow}/{oa} | {mean_std(top1(plan_label))} | - | - | - | - | - |")
+                lines.append(f"| {ow}/{oa} | {cell(top1(plan_label))} | - | - | - | - | - |")
         lines += ["", "Paper (Table 7, CIFAR-10): no loss from 8 down to 6 bits, a loss at 4; LUT memory "
                       "2^-3 (b'_w + b'_a) m bytes.", ""]
     return "\n".join(lines), data
