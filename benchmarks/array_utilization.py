@@ -126,12 +126,13 @@ def network_analytic(node, params, fused_activation: bool = False) -> dict:
     from hw.engine import LayerEngine
     from hw.pe_words import ARRAY_PIPELINE
 
-    rows, cols = params.rows, params.cols
-    a = analytic(node, rows, cols)
+    rows, cols, tile = params.rows, params.cols, params.layer_cols(node)
+    a = analytic(node, rows, tile)
     positions, co_tiles = a["positions"], a["co_tiles"]
     k = node.kernel ** 2 * a["groups"]
     gap = max(0, cols + 2 - positions)
-    T, drain, W = rows + positions + 1 + gap, rows + cols + 4 + ARRAY_PIPELINE, write_back_cycles(params, positions)
+    T, drain = rows + positions + 1 + gap, rows + cols + 4 + ARRAY_PIPELINE
+    W = write_back_cycles(params, positions, tile)
     latency = LayerEngine.STAGE_LATENCY + (LayerEngine.FUSED_LATENCY if fused_activation else 0)
     compute = co_tiles * k * T - gap + drain
     band = band_rows(params, node)

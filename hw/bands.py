@@ -40,11 +40,12 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     ``rows_per_band`` output rows (``stage_latency``: the engine's ``STAGE_LATENCY``).
 
     With ``k = kernel^2 * groups`` reduction tiles (``groups`` = ``ceil(C_in / rows)``, or
-    :func:`~hw.engine_params.group_span`'s with ``skip_groups``), ``units = ceil(C_out / cols) * bands``
-    (band of a channel tile), ``P = rows_per_band * W_out`` positions per band, ``gap = max(0, cols +
-    2 - P)``, ``load`` = 0 where the next tile's weights are read while a tile issues (:func:`overlaps`),
-    else ``rows``, ``T = load + P + 1 + gap`` cycles per reduction tile and ``W`` cycles of write-back per
-    unit (:func:`write_back_cycles`: ``P * (cols + 1)``, or ``P / 2 * (cols + 2)`` in pairs): unit ``u``
+    :func:`~hw.engine_params.group_span`'s with ``skip_groups``), ``units = ceil(C_out / C) * bands``
+    (band of a channel tile of ``C`` = :meth:`~hw.engine_params.EngineParams.layer_cols` channels), ``P =
+    rows_per_band * W_out`` positions per band, ``gap = max(0, cols + 2 - P)``, ``load`` = 0 where the next
+    tile's weights are read while a tile issues (:func:`overlaps`), else ``rows``, ``T = load + P + 1 + gap``
+    cycles per reduction tile and ``W`` cycles of write-back per unit (:func:`write_back_cycles`: ``P * (C +
+    1)``, or ``P / 2 * (C + 2)`` in pairs): unit ``u``
     issues from ``i_u = rows - load + u * k * T`` on (after the engine's twice registered ``start``, and
     with the overlap the first tile's weights ``rows``), its accumulators are final at ``i_u + k * T - gap +
     drain`` (``drain`` = :func:`network_drain`), its write-back runs ``W`` cycles from the cycle after that or
@@ -55,9 +56,10 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     c_in, c_out, (_, ho, wo) = node.in_shape[0], node.out_shape[0], node.out_shape
     if rows_per_band < 1 or ho % rows_per_band:
         raise ValueError(f"a band of {rows_per_band} rows does not divide {node.name}'s {ho} output rows")
-    k = node.kernel ** 2 * (group_span(node, params.rows, params.cols)[1] if params.skip_groups
+    tile = params.layer_cols(node)
+    k = node.kernel ** 2 * (group_span(node, params.rows, tile)[1] if params.skip_groups
                             else ceil(c_in / params.rows))
-    units = ceil(c_out / params.cols) * (ho // rows_per_band)
+    units = ceil(c_out / tile) * (ho // rows_per_band)
     positions = rows_per_band * wo
     held = params.out_depth // positions
     if held < 1:
@@ -65,7 +67,7 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
                          f"accumulators of a column")
     gap = max(0, params.cols + 2 - positions)
     load = 0 if overlaps(params, positions) else params.rows
-    T, W = load + positions + 1 + gap, write_back_cycles(params, positions)
+    T, W = load + positions + 1 + gap, write_back_cycles(params, positions, tile)
     drain = network_drain(params)
     issue, end, ends = params.rows - load, 0, []
     for u in range(units):
@@ -87,13 +89,13 @@ def ring_depth(params: EngineParams, nodes) -> int:
     return ring if ring < params.out_depth else params.out_depth
 
 
-def write_back_cycles(params: EngineParams, positions: int) -> int:
-    """Cycles the engine writes a band of ``positions`` back in: per position a read cycle and ``cols``
-    cycles through the output stage; with ``write_pairs`` and an even band, per pair of positions two
-    read cycles and ``cols`` through the two stages."""
+def write_back_cycles(params: EngineParams, positions: int, tile_cols: int) -> int:
+    """Cycles the engine writes a band of ``positions`` back in, for channel tiles of ``tile_cols`` columns: per
+    position a read cycle and ``tile_cols`` cycles through the output stage; with ``write_pairs`` and an even
+    band, per pair of positions two read cycles and ``tile_cols`` through the two stages."""
     if params.write_pairs and positions % 2 == 0:
-        return positions // 2 * (params.cols + 2)
-    return positions * (params.cols + 1)
+        return positions // 2 * (tile_cols + 2)
+    return positions * (tile_cols + 1)
 
 
 def overlaps(params: EngineParams, positions: int) -> bool:

@@ -62,14 +62,16 @@ cycle ``c_u = rows - load + (u + 1) * k * T - gap + drain`` (``drain`` cycles af
 is issued). ``load`` is ``rows`` (LOAD_WEIGHTS between tiles) or, with bands of at least ``rows +
 cols + 3`` positions, 0: the next tile's weight rows are then read during a tile's last ``rows``
 positions (its first position has passed the last column by then), and only the first tile loads.
-Its write-back takes ``W = P * (cols + 1)`` cycles (per position a read cycle, then ``cols`` cycles
-feeding the output stage, whose results are written ``STAGE_LATENCY`` cycles later) and starts in
+Its write-back takes ``W = P * (C + 1)`` cycles (per position a read cycle, then ``C`` cycles feeding
+the output stage, whose results are written ``STAGE_LATENCY`` cycles later; ``C`` = register
+``tile_cols``, the layer's channel tile: ``cols``, or for a multiplying layer on an engine whose PEs
+multiply in the first ``multiply_cols`` columns only, that many, the other columns' weights 0) and starts in
 cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is later. With
 ``write_pairs`` and an even ``P`` (the engine tests ``band_positions``, no register of its own; the
 program puts every tensor at an even word), the write-back takes the positions in pairs: two read
-cycles, then ``cols`` cycles feeding the even position's accumulators (held) to one output stage
+cycles, then ``C`` cycles feeding the even position's accumulators (held) to one output stage
 and the odd one's to a second, both results written at once into the two halves of a word of the
-code and value memories (two positions per word): ``W = P / 2 * (cols + 2)``. ``L`` =
+code and value memories (two positions per word): ``W = P / 2 * (C + 2)``. ``L`` =
 ``STAGE_LATENCY`` (plus ``FUSED_LATENCY`` with ``act_fuse``) cycles after the last unit's
 write-back, ``busy`` falls. Load beats and ``start`` pass a register first (no write enable
 depends on the state), so cycles count from the cycle after the one following ``start``, and
@@ -110,7 +112,7 @@ from .thresholds import ThresholdUnit, lent_value_lag
 
 
 # Configuration registers whose last value (register - 1) the loops compare with (network mode: kept in registers).
-LAST_COUNTS = ("out_w", "out_h", "co_tiles", "positions", "band_positions", "band_rows")
+LAST_COUNTS = ("out_w", "out_h", "co_tiles", "positions", "band_positions", "band_rows", "tile_cols")
 # The reduction tile's loops (group, kx, ky) and the configuration register each counts to.
 REDUCTION_LOOPS = {"g": "groups", "kx": "kernel", "ky": "kernel"}
 # Network mode: the destination counters of the output being fed (see ``LayerEngine._step_destination``): the
@@ -278,6 +280,9 @@ class LayerEngine(wiring.Component):
         if params.wide_depth and value_depth is None:
             raise ValueError("a wide weights buffer (wide_depth) needs network mode (value_depth), whose registers "
                              "select it per layer")
+        if params.multiply_cols and value_depth is None:
+            raise ValueError("multiplying in some columns only (multiply_cols) needs network mode (value_depth), whose "
+                             "register tile_cols narrows a multiplying layer's channel tiles")
         if value_bits is not None and (not isinstance(value_bits, int) or not params.out_bits <= value_bits <= 64):
             raise ValueError(f"value_bits must be an integer in {params.out_bits}..64 (the output width up), "
                              f"got {value_bits!r}")
@@ -690,7 +695,8 @@ class LayerEngine(wiring.Component):
 
         # The array: row r's code enters its table r cycles after row 0's (skew).
         variant = array_variant(p, platform)
-        m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True)
+        m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True,
+                                             multiply_cols=p.multiply_cols)
         # Each row keeps its own copy of the word, loaded when the row's turn comes: the array takes it a
         # column a cycle (PEArray), and the row's PEs, spread across the chip, are fed by registers of their
         # own instead of one register fanned out to all rows (the ULX3S-85F's worst path). The row's shadow
@@ -983,7 +989,7 @@ class LayerEngine(wiring.Component):
         A band's accumulators are final ``drain`` cycles after its last position is issued
         (``tile_issued``): it is then counted in ``ahead`` (bands done, not yet written back). The writer,
         waiting while ``ahead`` is 0, reads each of the band's positions (READ_WORD, one cycle)
-        and feeds its ``cols`` accumulators to the output stage (FEED, one per cycle), and goes on
+        and feeds its ``tile_cols`` accumulators to the output stage (FEED, one per cycle), and goes on
         with the next band at once if that one is done. After the last channel tile's last band,
         FLUSH waits ``STAGE_LATENCY`` cycles (plus ``FUSED_LATENCY`` with ``act_fuse``) for the last
         results to be written; ``writer_done`` marks its last cycle. In pairs (``pair``), READ_WORD reads
@@ -995,7 +1001,6 @@ class LayerEngine(wiring.Component):
         ``feed_col`` moves on, not a compare of it (on the ECP5: that compare into the enables of the word's
         counters was the ULX3S-85F ResNet-20's worst path at ef69201, 11.6 ns)."""
         p = self.params
-        Cn = p.cols
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
         ahead = Signal(range(p.out_depth + 2), name="ahead")
         channel_tiles_written, band_pos = Signal(range(p.out_depth + 1)), Signal(range(p.pos_depth + 1))
@@ -1008,7 +1013,7 @@ class LayerEngine(wiring.Component):
         m.d.sync += [band_end.eq(band_pos + pair == last["band_positions"]),
                      tile_end.eq(read_pos + pair == last["positions"]),
                      layer_end.eq(channel_tiles_written == last["co_tiles"])]
-        last_column = feed_col == Cn - 1
+        last_column = feed_col == last["tile_cols"]
         if registered_last_column:
             last_column = Signal(name="last_column")
         with m.FSM(name="writer") as writer:
@@ -1027,7 +1032,7 @@ class LayerEngine(wiring.Component):
                 # The column memories read word read_addr (data in the next cycle, held there).
                 m.d.sync += [feed_col.eq(0)] + [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
                 if registered_last_column:
-                    m.d.sync += last_column.eq(Cn == 1)
+                    m.d.sync += last_column.eq(last["tile_cols"] == 0)
                 if p.write_pairs:
                     with m.If(pair):
                         m.d.sync += [read_addr.eq(read_addr + 1) for read_addr in read_addrs]
@@ -1042,7 +1047,7 @@ class LayerEngine(wiring.Component):
             with m.State("FEED"):
                 m.d.sync += feed_col.eq(feed_col + 1)
                 if registered_last_column:
-                    m.d.sync += last_column.eq(feed_col + 1 == Cn - 1)
+                    m.d.sync += last_column.eq(feed_col + 1 == last["tile_cols"])
                 self._step_destination(m, cfg, dest, read_pos)
                 with m.If(last_column):
                     m.d.sync += [*[read_addr.eq(read_addr + 1) for read_addr in read_addrs],

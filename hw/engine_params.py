@@ -65,15 +65,17 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 # ``identity_tables``): the layer has no product table, its codes go to the PEs as their levels.
 # ``acc_units``: the bands the accumulator memory holds at once (``out_depth // band_positions``): a band of
 # a channel tile begins only while fewer than that are begun and not yet written back (a ring).
+# ``tile_cols``: the layer's channel tile, its columns written back (:meth:`EngineParams.layer_cols`: fewer than
+# ``cols`` for a multiplying layer on an engine whose PEs multiply in ``multiply_cols`` columns only).
 NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
                                  "band_rows", "band_positions", "band_in_rows", "band_step", "act_fuse", "act_dst",
-                                 "act_slot", "tile_step", "identity_levels", "acc_units")
+                                 "act_slot", "tile_step", "identity_levels", "acc_units", "tile_cols")
 # The registers of a layer's geometry (its sides, kernel, stride, padding, and its bands' rows): signed
 # ``dim_bits`` wide (:attr:`EngineParams.dim_bits`), as are the engine's counters of rows, columns and
 # kernel taps; every other register is ``reg_bits`` wide.
 GEOMETRY_REGISTERS = ("in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "band_rows", "band_in_rows")
 # The registers of counts that the buffers bound (:meth:`EngineParams.register_bits`).
-COUNT_REGISTERS = ("positions", "band_positions", "acc_units", "co_tiles", "c_out", "groups")
+COUNT_REGISTERS = ("positions", "band_positions", "acc_units", "co_tiles", "c_out", "groups", "tile_cols")
 # Values of the ``stage`` register: what the output stage does. STAGE_REQUANTIZE_RELU (engines whose
 # ``requantize.relu`` is set): requantize, then ``max(0, y)``; in network mode after the fused addition,
 # if any (a post-activation block's ReLU). STAGE_NONE (the accumulators as they are) only in engines
@@ -130,6 +132,11 @@ class EngineParams:
     - ``identity_tables`` (network engines): a multiplying layer whose activation levels are its codes
       (:func:`identity_levels`: the 8-bit edge layers) has no product table; the row decoders pass its
       codes to the PEs as levels (register ``identity_levels``).
+    - ``multiply_cols`` (network engines that multiply): 0, every PE multiplies; else only the PEs of the
+      first ``multiply_cols`` columns do, the others only select ``P[k]``, and a multiplying layer runs in
+      channel tiles of that many columns (:meth:`layer_cols`), the other columns' weights 0. A PE that
+      multiplies in logic cells is three of one that selects (hw/README: 141 LUT4 against 49 on the ECP5),
+      and the 8-bit edge layers are a small share of a network's work.
     """
 
     rows: int
@@ -155,6 +162,7 @@ class EngineParams:
     max_side: int = 0
     fused_adds: bool = True
     fused_activations: bool = True
+    multiply_cols: int = 0
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
@@ -178,6 +186,10 @@ class EngineParams:
         for name in ("skip_groups", "write_pairs", "identity_tables", "fused_adds", "fused_activations"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.multiply_cols, int) or isinstance(self.multiply_cols, bool) or \
+                not 0 <= self.multiply_cols <= self.cols or (self.multiply_cols and not self.multiply):
+            raise ValueError(f"multiply_cols must be 0 (every column), or 1..cols={self.cols} for an engine that "
+                             f"multiplies, got {self.multiply_cols!r}")
         if self.identity_tables and not self.multiply:
             raise ValueError("identity_tables is for an engine that multiplies (multiply: true)")
         if self.code_bits and self.code_bits > self.abits:
@@ -190,6 +202,11 @@ class EngineParams:
     def halves(self) -> int:
         """Positions per word of the network core's code and value memories: 2 with ``write_pairs``, else 1."""
         return 2 if self.write_pairs else 1
+
+    def layer_cols(self, node: ConvNode) -> int:
+        """Columns of layer ``node``'s channel tiles: ``multiply_cols`` for a multiplying layer where only those
+        columns multiply, else ``cols``."""
+        return self.multiply_cols if self.multiply_cols and node.mac == "multiply" else self.cols
 
     @property
     def s_w(self) -> int:
@@ -246,15 +263,16 @@ class EngineParams:
         """Signed width of configuration register ``name``: :attr:`dim_bits` for the geometry registers, as
         many bits as the largest value for the counts the buffers bound (``positions`` by ``pos_depth``;
         ``band_positions`` and ``acc_units`` by ``out_depth``; ``co_tiles`` by ``stage_depth`` and ``c_out``
-        by its channels; ``groups`` by ``act_depth``, each group at least a word), and ``reg_bits`` (default
-        :attr:`reg_bits`; a network engine's also covers its value memory) for the rest, the addresses. The
+        by its channels; ``groups`` by ``act_depth``, each group at least a word; ``tile_cols`` by ``cols``), and
+        ``reg_bits`` (default :attr:`reg_bits`; a network engine's also covers its value memory) for the rest, the
+        addresses. The
         engine's counters of those counts are as wide; a program value that does not fit is refused
         (:func:`hw.program.check_registers`)."""
         reg_bits = self.reg_bits if reg_bits is None else reg_bits
         if name in GEOMETRY_REGISTERS:
             return self.dim_bits
         bounds = dict(zip(COUNT_REGISTERS, (self.pos_depth, self.out_depth, self.out_depth, self.stage_depth,
-                                            self.stage_depth << self.col_bits, self.act_depth)))
+                                            self.stage_depth << self.col_bits, self.act_depth, self.cols)))
         bound = bounds.get(name)
         return reg_bits if bound is None else min(reg_bits, bound.bit_length() + 1)
 
@@ -369,7 +387,7 @@ class EngineParams:
         a ``d`` without ``product_bits`` (written before products were sized) means 15, a requantize
         shape without ``relu`` (written before the stage had one) and one without ``skip_groups``,
         ``write_pairs`` or ``identity_tables`` mean False, without ``max_side`` 0, without ``fused_adds`` or
-        ``fused_activations`` True: what those engines were built with."""
+        ``fused_activations`` True, without ``multiply_cols`` 0: what those engines were built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
@@ -381,6 +399,8 @@ class EngineParams:
         for flag in ("fused_adds", "fused_activations"):
             if isinstance(d, dict) and flag not in d:
                 d = {**d, flag: True}
+        if isinstance(d, dict) and "multiply_cols" not in d:
+            d = {**d, "multiply_cols": 0}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         shape = d["requantize"]
@@ -400,7 +420,7 @@ class EngineParams:
     @classmethod
     def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: str = "none",
                   split_weights: bool = False, skip_groups: bool = False,
-                  identity_tables: bool = False) -> EngineParams:
+                  identity_tables: bool = False, multiply_cols: int = 0) -> EngineParams:
         """The smallest engine that runs every convolution of ``model`` on a ``rows`` x ``cols`` array.
 
         ``resident`` (one of :data:`hw.residency.RESIDENCY`): what the buffers hold for every layer at once,
@@ -410,7 +430,8 @@ class EngineParams:
         ``split_weights`` (with every layer's weights resident, a model with both multiplying and LUT
         layers): the multiplying layers' weights in a buffer of their own (``wide_depth``), the LUT
         layers' at ``wbits`` per column (the whole-network core's engine). ``skip_groups``,
-        ``identity_tables``: see the class.
+        ``identity_tables``, ``multiply_cols``: see the class (``multiply_cols`` is 0 for a model without
+        multiplying layers).
         """
         check_residency(resident)
         convs = model.convs
@@ -439,14 +460,17 @@ class EngineParams:
         if any(s.bits < code_bits for s in thresholds):
             width = 0
         identity_tables = identity_tables and any(identity_levels(n) for n in convs)
-        need = [layer_needs(n, rows, cols, skip_groups, identity_tables) for n in convs]
+        multiplies = any(n.mac == "multiply" for n in convs)
+        multiply_cols = multiply_cols if multiplies else 0
+        need = [layer_needs(n, rows, multiply_cols if multiply_cols and n.mac == "multiply" else cols, skip_groups,
+                            identity_tables) for n in convs]
         weight_depth, wide_depth = weights_total(x["weight"] for x in need), 0
         if split_weights and resident != "none" and lut and len(lut) < len(convs):
             weight_depth = sum(x["weight"] for x, n in zip(need, convs) if n.mac == "lut")
             wide_depth = sum(x["weight"] for x, n in zip(need, convs) if n.mac == "multiply")
         return cls(
             rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
-            multiply=any(n.mac == "multiply" for n in convs), acc_bits=max(n.acc_bits for n in convs),
+            multiply=multiplies, multiply_cols=multiply_cols, acc_bits=max(n.acc_bits for n in convs),
             code_bits=code_bits, requantize=shape, threshold_width=width, wide_depth=wide_depth,
             product_bits=products, skip_groups=skip_groups, identity_tables=identity_tables,
             max_side=max(layer_side(n) for n in convs),

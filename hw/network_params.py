@@ -177,12 +177,13 @@ class NetworkParams:
                       "vector": VectorParams.from_dict(d["vector"])})
 
     @classmethod
-    def for_model(cls, model: CompiledModel, rows: int, cols: int, write_pairs: bool | None = None) -> NetworkParams:
+    def for_model(cls, model: CompiledModel, rows: int, cols: int, write_pairs: bool | None = None,
+                  multiply_cols: int = 0) -> NetworkParams:
         """The core that runs all of ``model`` on a ``rows`` x ``cols`` array, every constant resident;
         ``write_pairs`` (:class:`~hw.engine_params.EngineParams`): None (default) where they pay
-        (:func:`pairs_pay`)."""
+        (:func:`pairs_pay`); ``multiply_cols``: the PEs of the first that many columns only multiply (0: all)."""
         engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True, skip_groups=True,
-                                        identity_tables=True)
+                                        identity_tables=True, multiply_cols=multiply_cols)
         if write_pairs is None:
             write_pairs = pairs_pay(model, engine)
         engine = replace(engine, write_pairs=write_pairs)

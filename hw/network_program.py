@@ -45,7 +45,7 @@ def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
 def tile_step(params: EngineParams, node: ConvNode) -> int:
     """Register ``tile_step`` of layer ``node``: the activation words its reduction moves from one channel
     tile to the next, ``step * H_in * W_in`` (:func:`~hw.engine_params.group_span`; 0 without ``skip_groups``)."""
-    step = group_span(node, params.rows, params.cols)[0] if params.skip_groups else 0
+    step = group_span(node, params.rows, params.layer_cols(node))[0] if params.skip_groups else 0
     return step * node.in_shape[1] * node.in_shape[2]
 
 
@@ -77,6 +77,7 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
                           act_slot=slots[step.fused_activate] if step.fused_activate else 0,
                           tile_step=tile_step(params.engine, node),
                           identity_levels=int(params.engine.identity_tables and identity_levels(node)),
+                          tile_cols=params.engine.layer_cols(node),
                           **band_registers(params.engine, node))
             check_registers(params.engine, values)
             words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]

@@ -19,6 +19,8 @@ Weight words (``w_code``) are sign-magnitude: sign in the most significant bit.
 
 from __future__ import annotations
 
+from copy import copy
+
 from amaranth import Array, C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
@@ -89,6 +91,15 @@ class Variant:
 
     def weight_word(self, sign: int, magnitude: int) -> int:
         return weight_word(sign, magnitude, self.weight_bits)
+
+    @property
+    def stored_bits(self) -> int:
+        """Bits of the weight a PE keeps: :attr:`weight_bits`, unless the variant keeps less of its word."""
+        return self.weight_bits
+
+    def stored_weight(self, word):
+        """What a PE keeps of weight word ``word`` (hardware; sign on top): all of it, unless the variant says."""
+        return word
 
     def load_beats(self, sign: int, k: int) -> list[dict]:
         """Port values of the ``w_load`` beats that load weight code ``(sign, k)`` into a PE."""
@@ -263,6 +274,7 @@ class RowTable(Variant):
         if identity and not multiply:
             raise ValueError("codes pass as levels (identity) only to PEs that multiply")
         self.identity = bool(identity)
+        self.selects_only = False
         self.depth = self.s_a + 1 if depth is None else depth
         # With identity the widest codes may be those passed as levels: any table holds at least one entry.
         least = 1 if self.identity else self.s_a + 1
@@ -281,9 +293,24 @@ class RowTable(Variant):
                    depth=depth, logic_multiply=logic_multiply, product_bits=product_bits, identity=identity,
                    registered_load=registered_load)
 
+    def selecting(self) -> RowTable:
+        """This variant for PEs that only select ``P[k]`` (:class:`PEArray`'s columns past ``multiply_cols``): the
+        same ports (weight words and operands as wide), but a PE keeps only the sign and ``k`` of its weight word.
+        A multiplying layer gives such PEs the weight 0, whose product ``P[0] = 0`` whatever the entry holds."""
+        variant = copy(self)
+        variant.selects_only = True
+        return variant
+
     @property
     def weight_bits(self) -> int:
         return LEVEL_BITS if self.multiply else self.wbits
+
+    @property
+    def stored_bits(self) -> int:
+        return self.wbits if self.selects_only else self.weight_bits
+
+    def stored_weight(self, word):
+        return Cat(word[:self.wbits - 1], word[-1]) if self.selects_only else word
 
     @property
     def operand_bits(self) -> int:
@@ -354,6 +381,8 @@ class RowTable(Variant):
         return Mux(operand[-1], magnitude * operand[:LEVEL_BITS], selected)
 
     def product_terms(self, m, pe, magnitude, operand):
+        if self.selects_only:
+            return [self.selected(magnitude, operand)]
         if not (self.multiply and self.logic_multiply):
             return [self.product(m, pe, magnitude, operand)]
         width = self.digit_bits
@@ -453,16 +482,17 @@ class ProcessingElement(wiring.Component):
         # Data registers ignore the domain's reset where hw.delay.reset_less_data says (it would reach every bit
         # of every PE); a product counts only where the valid bit, reset, says so.
         reset_less = reset_less_data(platform)
-        stored = Signal(self.variant.weight_bits, reset_less=reset_less)
+        kept = self.variant.stored_weight(self.w_code)
+        stored = Signal(self.variant.stored_bits, reset_less=reset_less)
         with m.If(self.w_load):
-            m.d.sync += stored.eq(self.w_code)
+            m.d.sync += stored.eq(kept)
         weight = stored
         if self.double_buffered:
             # weight(t) = stored(t) if a tile starts at t, else weight(t - 1): registered from swap_next
             # at t - 1, with stored(t) = the shadow as this cycle's load leaves it.
-            weight = Signal(self.variant.weight_bits, reset_less=reset_less)
+            weight = Signal(self.variant.stored_bits, reset_less=reset_less)
             with m.If(self.swap_next):
-                m.d.sync += weight.eq(Mux(self.w_load, self.w_code, stored))
+                m.d.sync += weight.eq(Mux(self.w_load, kept, stored))
             m.d.comb += self.swap.eq(self.a_valid & self.a_swap)
             swap_out = own(Signal(name="swap_out"))
             m.d.sync += swap_out.eq(self.a_swap)
@@ -534,13 +564,20 @@ class PEArray(wiring.Component):
     ``w_load[r]`` (a row spans the die: one register's enable fanned out to a whole row was 16.7 ns on
     the ULX3S-85F), so ``w_code[r]`` must hold for ``cols`` cycles; ``a_swap[r]`` goes with row r's
     stream (sampled with ``a_valid[r]``), so a load keeps its distance to the swap in every column.
+
+    ``multiply_cols`` (a multiplying :class:`RowTable`): 0, every PE multiplies; else those of columns
+    ``multiply_cols ..`` only select (:meth:`RowTable.selecting`), and a multiplying layer's weights there must be 0.
     """
 
-    def __init__(self, variant: Variant, rows: int, cols: int, acc_bits: int = 24, *, double_buffered: bool = False):
+    def __init__(self, variant: Variant, rows: int, cols: int, acc_bits: int = 24, *, double_buffered: bool = False,
+                 multiply_cols: int = 0):
         if double_buffered:
             check_double_buffered(variant)
+        if multiply_cols and not (isinstance(variant, RowTable) and variant.multiply and 1 <= multiply_cols <= cols):
+            raise ValueError(f"multiply_cols={multiply_cols!r}: only the columns of a multiplying RowTable array "
+                             f"(1..cols={cols}) can be the only ones that multiply")
         self.variant, self.rows, self.cols, self.acc_bits = variant, rows, cols, acc_bits
-        self.double_buffered = double_buffered
+        self.double_buffered, self.multiply_cols = double_buffered, multiply_cols
         if double_buffered:
             load = {"w_load": In(rows), "w_code": In(cols * variant.weight_bits).array(rows)}
             swap = {"a_swap": In(1).array(rows)}
@@ -561,6 +598,7 @@ class PEArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         psums = list(self.psum_in)
+        selecting = self.variant.selecting() if self.multiply_cols else None
         for r in range(self.rows):
             m.submodules[f"decoder_{r}"] = decoder = RowDecoder(self.variant)
             m.d.comb += [decoder.a_valid.eq(self.a_valid[r]), decoder.a_code.eq(self.a_code[r]),
@@ -577,7 +615,8 @@ class PEArray(wiring.Component):
                 swap = delayed(m, swap_ahead, 1, f"swap_{r}", own_flip_flops=True)
                 load = self.w_load[r]       # the row's load as it reaches column c
             for c in range(self.cols):
-                m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(self.variant, self.acc_bits,
+                variant = selecting if self.multiply_cols and c >= self.multiply_cols else self.variant
+                m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(variant, self.acc_bits,
                                                                      double_buffered=self.double_buffered)
                 if self.double_buffered:
                     m.d.comb += [pe.w_load.eq(load),

@@ -42,7 +42,7 @@ def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None
     """Raise ValueError naming what of layer ``node`` does not fit the engine, and the fix. ``ring``: the
     accumulators may hold fewer outputs than the layer has, as a ring of bands (a power of two words, a row
     of outputs at least): in network mode, and for the layer's constants alone, which do not depend on them."""
-    need = layer_needs(node, params.rows, params.cols, params.skip_groups, params.identity_tables)
+    need = layer_needs(node, params.rows, params.layer_cols(node), params.skip_groups, params.identity_tables)
     problems = []
     if node.mac == "multiply" and not params.multiply:
         problems.append("it multiplies levels (an 8-bit edge layer) but the engine has no multipliers")
@@ -115,7 +115,7 @@ def resident_bases(model: CompiledModel, params: EngineParams, resident: str = "
         weights = "wide" if in_wide_buffer(params, node) else "weight"
         bases[node.name] = Bases(weight=next_base[weights] if every else 0,
                                  **{kind: next_base[kind] if kind in every else 0 for kind in ("table", "stage")})
-        need = layer_needs(node, params.rows, params.cols, params.skip_groups, params.identity_tables)
+        need = layer_needs(node, params.rows, params.layer_cols(node), params.skip_groups, params.identity_tables)
         for kind in every:
             next_base[weights if kind == "weight" else kind] += need[kind]
     if every:
@@ -134,10 +134,11 @@ def config_values(params: EngineParams, node: ConvNode, bases: Bases = Bases()) 
     groups each channel tile runs, :func:`~hw.engine_params.group_span`'s with ``skip_groups``)."""
     c_in, h, w = node.in_shape
     c_out, ho, wo = node.out_shape
-    groups = group_span(node, params.rows, params.cols)[1] if params.skip_groups else ceil(c_in / params.rows)
+    tile = params.layer_cols(node)
+    groups = group_span(node, params.rows, tile)[1] if params.skip_groups else ceil(c_in / params.rows)
     values = {"stage": _stage_kind(params, node), "in_h": h, "in_w": w, "out_h": ho, "out_w": wo,
               "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
-              "groups": groups, "co_tiles": ceil(c_out / params.cols), "positions": ho * wo,
+              "groups": groups, "co_tiles": ceil(c_out / tile), "positions": ho * wo,
               "plane": h * w, "row_step": node.stride * w, "top_offset": -node.padding * w,
               "weight_base": bases.weight, "table_base": bases.table, "stage_base": bases.stage}
     assert set(values) == set(REGISTERS)
@@ -160,9 +161,10 @@ def _weight_word(params: EngineParams, node: ConvNode, code: int) -> int:
 
 
 def weight_words(params: EngineParams, node: ConvNode) -> list[int]:
-    """Weight buffer words in the engine's order: channel tile, ky, kx, group, row; ``cols`` codes each
-    (with ``skip_groups``, channel tile ``t``'s groups from ``t * step`` on only, :func:`group_span`)."""
-    R, C = params.rows, params.cols
+    """Weight buffer words in the engine's order: channel tile, ky, kx, group, row; ``cols`` codes each, a
+    channel tile's in its first :meth:`~hw.engine_params.EngineParams.layer_cols` (0 in the others; with
+    ``skip_groups``, channel tile ``t``'s groups from ``t * step`` on only, :func:`group_span`)."""
+    R, C = params.rows, params.layer_cols(node)
     c_out, c_in = node.weight_codes.shape[:2]
     codes = np.zeros((ceil(c_out / C) * C, ceil(c_in / R) * R, node.kernel, node.kernel), dtype=np.int64)
     codes[:c_out, :c_in] = node.weight_codes
@@ -193,12 +195,14 @@ def table_words(params: EngineParams, node: ConvNode) -> list[int]:
 
 
 def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:
-    """Stage constants of every channel of every channel tile; the channels past ``C_out`` in
-    the last tile get constants too (outputs 0), so that no output comes from uninitialized memory.
+    """Stage constants of every channel of every channel tile (:meth:`~hw.engine_params.EngineParams.layer_cols`
+    channels each); the channels past ``C_out`` in the last tile get constants too (outputs 0), so that no
+    output comes from uninitialized memory.
     A layer without a stage (its accumulators written as they are) gets the identity requantization
     ``y = acc * 1 >> 0`` where the engine has requantize units, and no words otherwise."""
     c_out = node.out_shape[0]
-    channels = ceil(c_out / params.cols) * params.cols
+    tile = params.layer_cols(node)
+    channels = ceil(c_out / tile) * tile
     pad = channels - c_out
     if node.stage is None:
         if params.requantize is None:
@@ -259,9 +263,10 @@ def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases(),
     beats += [(TABLE, bases.table + j, v) for j, v in enumerate(table_words(params, node))]
     if node.stage is not None or params.requantize:
         target = THRESHOLDS if isinstance(node.stage, Thresholds) else REQUANTIZE
+        tile = params.layer_cols(node)
         for ch, word in enumerate(_stage_words(params, node)):
-            slot = bases.stage + ch // params.cols
-            addr = slot << params.col_bits | ch % params.cols
+            slot = bases.stage + ch // tile
+            addr = slot << params.col_bits | ch % tile
             if params.stage_pieces == 1:
                 beats.append((target, addr, word))
                 continue

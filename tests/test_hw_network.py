@@ -234,6 +234,26 @@ def test_ecp5_form_on_an_array_of_three_column_groups(small_cnn, ecp5_form):
     check_layer_cycles(model, params, result)
 
 
+@pytest.mark.parametrize("write_pairs", [False, True])
+def test_multiplying_in_the_first_columns_only(small_cnn, ecp5_form, write_pairs):
+    """The ECP5's form on a 2 x 10 array whose PEs multiply in the first 3 columns only (``multiply_cols``): the
+    8-bit edge layers run in channel tiles of 3 channels (conv0's 20 in 7), the 3-bit layers in tiles of 10, the
+    other columns' PEs keep only the sign and ``k`` of their weights; every tensor exact, the cycles as the model
+    states (a multiplying layer's write-back 4 cycles a position, or 5 a pair)."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=(20, 4, 4)), (1, 8, 8))
+    params = NetworkParams.for_model(model, 2, 10, write_pairs=write_pairs, multiply_cols=3)
+    multiplying = [n for n in model.convs if n.mac == "multiply"]
+    assert multiplying[0] is model.convs[0] and [params.engine.layer_cols(n) for n in model.convs] == \
+        [3 if n.mac == "multiply" else 10 for n in model.convs]
+    images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    (result,) = simulate_network(model, params, images)
+    check_against_reference(model, images, [result])
+    check_layer_cycles(model, params, result)
+
+
 def test_max_pooling_on_the_core():
     """Max pooling after the ReLU (2 x 2) and before it (3 x 3, stride 2, padded), then global average
     pooling, on a 3 x 2 array: each max pooling a vector-unit step that reads the code memory through the
@@ -272,8 +292,9 @@ def test_max_pooling_on_the_core():
 def layer_cycles(params, node, overlapped=True):
     """The cycles of layer ``node`` on the engine in network mode (``busy`` high), as ``hw/engine.py``
     states, with the bands the program gives it (``hw.bands.band_rows``): the band of a channel tile
-    is a unit; unit ``u``'s accumulators are final after ``c_u = (u + 1) * k * T - gap + drain``
-    cycles; its write-back (``W = band positions * (cols + 1)`` cycles) starts in cycle ``c_u + 1`` or
+    is a unit (a channel tile: ``cols`` channels, or ``multiply_cols`` for a multiplying layer on an engine that
+    multiplies in those columns only); unit ``u``'s accumulators are final after ``c_u = (u + 1) * k * T - gap +
+    drain`` cycles; its write-back (``W = band positions * (tile + 1)`` cycles) starts in cycle ``c_u + 1`` or
     when the previous unit's ends, whichever is later; ``STAGE_LATENCY`` cycles follow the last, and
     the two cycles of the twice registered ``start`` precede the first. Bands of at least ``R + C + 3``
     positions read the next tile's weights while a tile issues: ``T`` loses its ``R`` cycles, and
@@ -282,15 +303,16 @@ def layer_cycles(params, node, overlapped=True):
     overlaps). Where the accumulators hold fewer bands than the layer has (``K = out_depth // positions``), a
     unit issues no earlier than the cycle after the write-back of the unit ``K`` before it ends."""
     R, C = params.engine.rows, params.engine.cols
+    tile = params.engine.multiply_cols if params.engine.multiply_cols and node.mac == "multiply" else C
     (c_in, _, _), (c_out, ho, wo) = node.in_shape, node.out_shape
     rows = band_rows(params.engine, node) if overlapped else ho
-    positions, units = rows * wo, -(-c_out // C) * (ho // rows)
+    positions, units = rows * wo, -(-c_out // tile) * (ho // rows)
     k = node.kernel ** 2 * -(-c_in // R)
     gap = max(0, C + 2 - positions)
     load = 0 if overlapped and positions >= R + C + 3 else R     # the next tile's weights read while one issues
-    paired = params.engine.write_pairs and positions % 2 == 0    # two positions per C + 2 cycles
+    paired = params.engine.write_pairs and positions % 2 == 0    # two positions per tile + 2 cycles
     T, drain = load + positions + 1 + gap, R + C + 8     # 8: the code buffer's read address and data registered
-    W = positions // 2 * (C + 2) if paired else positions * (C + 1)
+    W = positions // 2 * (tile + 2) if paired else positions * (tile + 1)
     if not overlapped:
         return 2 + units * k * T - gap + drain + units * W + LayerEngine.stage_latency(None)
     held = params.engine.out_depth // positions
