@@ -24,7 +24,7 @@ nextpnr and Yosys here are the YoWASP (WebAssembly) builds, one thread each; the
 depends on the machine and its load, recorded with the tool versions and the git state.
 
 Run:  python benchmarks/board_builds.py [--builds icebreaker:digits ulx3s-85f:digits@2x2 ...] [--array RxC]
-          [--mode network|layers] [--seed N] [--placer heap|static|sa] [--router router1|router2]
+          [--mode network|layers] [--seed N] [--placer heap|static|sa] [--router router1|router2] [--multiply-cols M]
           [--time-limit SECONDS] [--build-root DIR] [--json-out FILE]
 Writes benchmarks/results/board_builds.json (or --json-out): a JSON list of records, and prints a table.
 """
@@ -67,7 +67,8 @@ from boards.cli import build_model
 a = json.loads(sys.argv[1])
 try:
     r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]), a["mode"],
-                    seed=a["seed"], placer=a["placer"], router=a["router"], force=a["force"])
+                    seed=a["seed"], placer=a["placer"], router=a["router"], force=a["force"],
+                    multiply_cols=a["multiply_cols"])
 except BuildError as e:
     print(f"BuildError: {e}", file=sys.stderr)
     sys.exit(1)
@@ -175,7 +176,7 @@ def environment() -> dict:
 
 def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str,
               seed: int | None = None, placer: str | None = None, router: str | None = None,
-              force: bool = False) -> dict:
+              force: bool = False, multiply_cols: int = 0) -> dict:
     from compiler import format as model_format
 
     from boards.clock import pll_plan
@@ -184,11 +185,11 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     board = get_board(job["board"])
     path = job["model_path"]
     arr = f"{job['rows']}x{job['cols']}" if job["rows"] else "auto"
-    out = build_root / f"{board.name}-{path.stem}-{arr}-{mode}"
+    out = build_root / (f"{board.name}-{path.stem}-{arr}-{mode}" + (f"-multiply{multiply_cols}" if multiply_cols else ""))
     command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                "--board", board.name, "--mode", mode]
     for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz), ("--seed", seed),
-                        ("--placer", placer), ("--router", router)):
+                        ("--placer", placer), ("--router", router), ("--multiply-cols", multiply_cols or None)):
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     command += ["--force"] if force else []
@@ -196,10 +197,10 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
               "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
               "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit,
               "seed": seed, "placer": placer or default_placer(board), "router": router or default_router(board),
-              "force": force}
+              "force": force, "multiply_cols": multiply_cols}
     try:
         if mode == "network":
-            chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"], force)
+            chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"], force, multiply_cols)
             rows, cols, resident = chosen.params.engine.rows, chosen.params.engine.cols, "whole network"
         else:
             chosen = engine_for_board(model_format.load(path), board, job["rows"], job["cols"])
@@ -216,7 +217,7 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
         (out / stale).unlink(missing_ok=True)
     args = {"model": str(path), "board": board.name, "mhz": mhz, "rows": job["rows"], "cols": job["cols"],
             "out": str(out), "mode": mode, "seed": seed, "placer": placer, "router": router,
-            "force": force}
+            "force": force, "multiply_cols": multiply_cols}
     log = out / "board_builds.log"
     print(f"{job['spec']}: {rows} x {cols} array ({mode} mode, {resident}) on {board.name}, limit {time_limit:g} s, "
           f"in {out}", flush=True)
@@ -271,6 +272,8 @@ def table(records: list[dict]) -> str:
             "all", "weights", "none") else "") if e else "-"
         if e:
             engine += " (asked)" if r.get("asked_rows") else " (chosen)"
+            if r.get("multiply_cols"):
+                engine += f", multiplying in {r['multiply_cols']} columns"
         if r["status"] == "ok":
             clock = f"{r['clock_mhz']:g} MHz ({r['fmax_mhz']})"
             status = "routed, timing " + ("met" if r.get("timing_met") else "NOT met")
@@ -313,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="network mode, every build with its array given (@RxC or --array): past the fit "
                              "estimate, as lcq build --force; a part too small is a failed record with nextpnr's "
                              "words")
+    parser.add_argument("--multiply-cols", type=int, default=0, metavar="M",
+                        help="network mode: only the PEs of the first M columns multiply, as lcq build "
+                             "--multiply-cols (0: every column)")
     parser.add_argument("--time-limit", type=float, default=3600, metavar="S",
                         help="seconds per build (both attempts of build_model); the build is stopped after it")
     parser.add_argument("--build-root", metavar="DIR", default=str(ROOT / "build" / "board-builds"),
@@ -326,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(e.args[0])
     if args.time_limit <= 0:
         parser.error("--time-limit must be positive")
+    if args.multiply_cols < 0 or (args.multiply_cols and args.mode != "network"):
+        parser.error("--multiply-cols must be an integer >= 0, and is for --mode network")
     if args.seed is not None and args.seed < 0:
         parser.error("--seed must be an integer >= 0")
     command = shlex.join(["python", "benchmarks/board_builds.py", *(sys.argv[1:] if argv is None else argv)])
@@ -333,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for job in jobs:
         record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode, args.seed, args.placer,
-                           args.router, args.force)
+                           args.router, args.force, args.multiply_cols)
         record.update(benchmark="board_builds", script_command=command,
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment={**env, "load_average_after":
                                                                               list(os.getloadavg())})

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from hw.cli import ARRAY_SIZE
+from hw.cli import ARRAY_SIZE, MULTIPLY_COLS
 from hw.residency import RESIDENCY
 from lcq_train.arguments import nonnegative_int, positive_float, positive_int
 
@@ -34,6 +34,10 @@ def add_parsers(sub) -> dict:
     p.add_argument("--mode", choices=MODES, default="network",
                    help="network: the whole network on the chip (image in, logits out); layers: the layer engine, "
                         "one convolution per request, the rest on the host")
+    p.add_argument("--multiply-cols", type=MULTIPLY_COLS, default=0, metavar="M",
+                   help="network mode: only the PEs of the first M columns multiply (the 8-bit edge layers run in "
+                        "channel tiles of M; the other PEs only select, a third of the logic where PEs multiply in "
+                        f"logic cells, as on the ECP5), {MULTIPLY_COLS.describe()}; 0: every column")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory (default: build/<board>)")
     p.add_argument("--timeout", type=positive_float, metavar="S",
                    help="stop the build (both attempts, elaboration included) after S seconds, > 0, naming the "
@@ -80,7 +84,8 @@ def cmd_build(args) -> int:
     try:
         result = build_model(args.model, get_board(args.board), args.mhz, args.rows, args.cols,
                              Path(args.output or Path("build") / args.board), mode=args.mode, seed=args.seed,
-                             placer=args.placer, router=args.router, timeout=args.timeout, force=args.force)
+                             placer=args.placer, router=args.router, timeout=args.timeout, force=args.force,
+                             multiply_cols=args.multiply_cols)
     except BuildTimeout as e:
         print(f"lcq build: error: --timeout {args.timeout:g} s: {e}", file=sys.stderr)
         return 1
@@ -94,7 +99,7 @@ def cmd_build(args) -> int:
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
                 out: Path | None = None, mode: str = "layers", *, seed: int | None = None,
                 placer: str | None = None, router: str | None = None, timeout: float | None = None,
-                force: bool = False) -> dict:
+                force: bool = False, multiply_cols: int = 0) -> dict:
     """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
     (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
     ``build/<board>``), with nextpnr's ``seed``, ``placer`` and ``router`` (:func:`boards.build.build`). Without
@@ -116,7 +121,7 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
 
     deadline = None if timeout is None else time.monotonic() + timeout
     model = model_format.load(model_path)
-    factory = accelerator_top(model, board, rows, cols, mode=mode, force=force)
+    factory = accelerator_top(model, board, rows, cols, mode=mode, force=force, multiply_cols=multiply_cols)
     engine = factory.engine
     out = Path(out or Path("build") / board.name)
     if mode == "network":
@@ -148,13 +153,13 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
 
 
 def network_report(model, network) -> dict:
-    """What a build report records of a whole-network core (a :class:`boards.fit.BoardNetwork`): ``rows`` and
-    ``cols`` (``lcq run`` recomputes the core with ``NetworkParams.for_model(model, rows, cols)``, which is
-    deterministic), and, to read, the fit estimate, its link parameters, the engine's and vector unit's
-    parameters and the bits of each memory."""
+    """What a build report records of a whole-network core (a :class:`boards.fit.BoardNetwork`): ``rows``,
+    ``cols`` and ``multiply_cols`` (``lcq run`` recomputes the core with ``NetworkParams.for_model(model, rows,
+    cols, multiply_cols=multiply_cols)``, which is deterministic), and, to read, the fit estimate, its link
+    parameters, the engine's and vector unit's parameters and the bits of each memory."""
     params = network.params
     return {"estimate": network.estimate, "rows": params.engine.rows, "cols": params.engine.cols,
-            "classes": model.num_classes,
+            "multiply_cols": params.engine.multiply_cols, "classes": model.num_classes,
             "addr_bits": params.addr_bits, "value_bits": params.value_bits, "target_bits": list(params.target_bits),
             "value_depth": params.value_depth, "program_depth": params.program_depth,
             "input_bits": params.input_bits, "engine": params.engine.describe(),
@@ -167,6 +172,7 @@ REPORT_FIELDS = {
     "mode": (MODES, "what the flashed design runs: the whole network or one layer at a time"),
     "network.rows": (ARRAY_SIZE, "the PE array rows of the flashed network core"),
     "network.cols": (ARRAY_SIZE, "the PE array columns of the flashed network core"),
+    "network.multiply_cols": (MULTIPLY_COLS, "the PE array columns that multiply in the flashed network core"),
     "engine.rows": (ARRAY_SIZE, "the PE array rows of the flashed engine"),
     "engine.cols": (ARRAY_SIZE, "the PE array columns of the flashed engine"),
     "engine.resident": (RESIDENCY, "what the flashed engine keeps loaded"),
@@ -230,6 +236,9 @@ def cmd_run(args) -> int:
     mode = read_report(report_path, ("mode",))["mode"] if "mode" in read_report(report_path, ()) else "layers"
     array = ("network.rows", "network.cols") if mode == "network" else ("engine.rows", "engine.cols",
                                                                         "engine.resident")
+    # A network report without multiply_cols is of a build before PEs multiplied in some columns only: in all.
+    if mode == "network" and "multiply_cols" in read_report(report_path, ("network.rows",))["network"]:
+        array += ("network.multiply_cols",)
     built = read_report(report_path, ("pll_mhz", *array))
     positive_int.check(args.images, "--images")
     positive_float.check(args.timeout, "--timeout")
@@ -237,7 +246,9 @@ def cmd_run(args) -> int:
     if mode == "network":
         from hw.network_params import NetworkParams
 
-        params = NetworkParams.for_model(model, built["network"]["rows"], built["network"]["cols"])
+        network = built["network"]
+        params = NetworkParams.for_model(model, network["rows"], network["cols"],
+                                         multiply_cols=network.get("multiply_cols", 0))
     else:
         engine = engine_for_board(model, board, built["engine"]["rows"], built["engine"]["cols"])
         if engine.resident != built["engine"]["resident"]:

@@ -5,11 +5,11 @@
   512 x 8, 1024 x 4, 2048 x 2; ECP5 DP16KD: 512 x 36 ... 16384 x 1). On the UP5K the
   weight buffer goes to SPRAM (16K x 16 blocks) as the engine builds it there. The link
   bridge's frame buffer takes one more block.
-- DSP: on iCE40, one per PE that multiplies levels (``multiply``; ECP5 engines multiply in logic
-  cells, :func:`hw.pe_words.logic_multiplies`), and the requantize unit's ``acc_bits x multiplier_bits``
-  product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces.
+- DSP: on iCE40, one per PE that multiplies levels (``multiply``, in the first ``multiply_cols`` columns; ECP5
+  engines multiply in logic cells, :func:`hw.pe_words.logic_multiplies`), and the requantize unit's
+  ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces.
 - LUT4: :data:`BASE_LUTS` for control, output stage, link and UART, plus
-  :func:`luts_per_pe` per PE, calibrated on the digits CNN's 2 x 2 iCEBreaker build
+  :func:`pe_luts` for the PEs, calibrated on the digits CNN's 2 x 2 iCEBreaker build
   (4,512 LUT4s) and, for PEs that multiply in logic, the ResNet-20 8 x 8 ULX3S-85F build
   (34,738); within ``logic_share`` of the part, leaving room for routing.
 
@@ -62,12 +62,19 @@ def ram_blocks(family: str, width: int, depth: int) -> int:
     return min(ceil(width / w) * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])
 
 
-def luts_per_pe(params: EngineParams, logic_multiply: bool) -> int:
-    """Rough LUT4s of one PE: partial-sum adder, the select of one of ``s_w`` ``product_bits``-bit products,
-    and where the engine multiplies the glue of a 7 x 8 multiplier in a DSP, or the whole
-    shift-and-add multiplier (``logic_multiply``)."""
-    multiplier = (LOGIC_MULTIPLY_LUTS if logic_multiply else 16) if params.multiply else 0
-    return params.acc_bits + params.product_bits * params.s_w + multiplier
+def multiplying_pes(params: EngineParams) -> int:
+    """PEs of ``params``'s array that multiply: those of its first ``multiply_cols`` columns (all where 0), none
+    where the engine does not multiply."""
+    return params.rows * (params.multiply_cols or params.cols) if params.multiply else 0
+
+
+def pe_luts(params: EngineParams, logic_multiply: bool) -> int:
+    """Rough LUT4s of the array's PEs: each a partial-sum adder and the select of one of ``s_w``
+    ``product_bits``-bit products, and each that multiplies (:func:`multiplying_pes`) the glue of a 7 x 8
+    multiplier in a DSP, or the whole shift-and-add multiplier (``logic_multiply``)."""
+    multiplier = LOGIC_MULTIPLY_LUTS if logic_multiply else 16
+    return (params.rows * params.cols * (params.acc_bits + params.product_bits * params.s_w)
+            + multiplying_pes(params) * multiplier)
 
 
 def memory_blocks(board: Board, memories, spram=("weights",), columns=None) -> list[tuple[str, int, str, int]]:
@@ -94,12 +101,11 @@ def estimate(board: Board, params: EngineParams) -> dict[str, int]:
     for _, _, kind, blocks in memory_blocks(board, params.memories()):
         use[kind] += blocks
     piece = DSP_WIDTH[family]
-    pes = params.rows * params.cols
     logic_multiply = logic_multiplies(board.device)
-    use["DSP"] = pes if params.multiply and not logic_multiply else 0
+    use["DSP"] = 0 if logic_multiply else multiplying_pes(params)
     if params.requantize:
         use["DSP"] += ceil(params.acc_bits / piece) * ceil(params.requantize.multiplier_bits / piece)
-    use["LUT4"] = BASE_LUTS + pes * luts_per_pe(params, logic_multiply)
+    use["LUT4"] = BASE_LUTS + pe_luts(params, logic_multiply)
     return use
 
 
@@ -221,22 +227,24 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
 
 
 def network_for_board(model: CompiledModel, board: Board, rows: int | None = None,
-                      cols: int | None = None, force: bool = False) -> BoardNetwork:
+                      cols: int | None = None, force: bool = False, multiply_cols: int = 0) -> BoardNetwork:
     """The whole-network core for ``model`` on ``board``: the largest ``rows`` x ``cols`` array (each
     defaulting to the sizes of :data:`ARRAYS`) that :func:`check_network_fit` accepts; :class:`FitError`
     naming the smallest one's largest buffers when none does. ``force`` (with both ``rows`` and ``cols``):
-    that array whatever the estimate says (the synthesis and placement tools decide)."""
+    that array whatever the estimate says (the synthesis and placement tools decide). ``multiply_cols``
+    (:class:`~hw.engine_params.EngineParams`): PEs multiply in that many columns only (at most the array's;
+    0: in all)."""
     if force:
         if not rows or not cols:
             raise ValueError("forcing a build past the fit estimate needs the array: give --rows and --cols")
-        params = NetworkParams.for_model(model, rows, cols)
+        params = NetworkParams.for_model(model, rows, cols, multiply_cols=min(multiply_cols, cols))
         return BoardNetwork(params, network_estimate(board, params))
     arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
     if rows and cols and (rows, cols) not in arrays:
         arrays = [(rows, cols)]
     error = None
     for r, c in arrays:
-        params = NetworkParams.for_model(model, r, c)
+        params = NetworkParams.for_model(model, r, c, multiply_cols=min(multiply_cols, c))
         try:
             return BoardNetwork(params, check_network_fit(board, params))
         except FitError as e:

@@ -126,10 +126,11 @@ class AcceleratorTop(Elaboratable):
 
 
 def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None, cols: int | None = None,
-                    mode: str = "network", force: bool = False):
+                    mode: str = "network", force: bool = False, multiply_cols: int = 0):
     """``(platform, clk_hz) -> AcceleratorTop`` for ``model`` on ``board`` in ``mode`` (``"network"``: the
     whole-network core; ``"layers"``: the layer engine); the fit is checked now, before any synthesis, unless
-    ``force`` (network mode, ``rows`` x ``cols`` given: :func:`boards.fit.network_for_board`).
+    ``force`` (network mode, ``rows`` x ``cols`` given: :func:`boards.fit.network_for_board`, as is
+    ``multiply_cols``).
     The factory carries ``mode``, ``params`` and ``network`` (network mode: the chosen
     :class:`boards.fit.BoardNetwork`) or ``engine`` (layers mode: the chosen :class:`boards.fit.BoardEngine`);
     the other is None."""
@@ -137,8 +138,11 @@ def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None,
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if force and mode != "network":
         raise ValueError("forcing a build past the fit estimate is for the whole-network core (--mode network)")
+    if multiply_cols and mode != "network":
+        raise ValueError("multiplying in some columns only (--multiply-cols) is for the whole-network core "
+                         "(--mode network)")
     if mode == "network":
-        network = network_for_board(model, board, rows, cols, force)
+        network = network_for_board(model, board, rows, cols, force, multiply_cols)
         params = network.params
 
         def factory(platform, clk_hz):

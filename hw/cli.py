@@ -20,6 +20,8 @@ from .residency import RESIDENCY
 DEFAULT_ROWS = DEFAULT_COLS = 8
 # The type of every --rows and --cols (lcq generate, sim, build) and of a build report's array.
 ARRAY_SIZE = IntRange(1, MAX_ARRAY)
+# The type of every --multiply-cols and of a build report's (0: every column multiplies).
+MULTIPLY_COLS = IntRange(0, MAX_ARRAY)
 
 
 def array_args(p: argparse.ArgumentParser) -> None:
@@ -29,6 +31,9 @@ def array_args(p: argparse.ArgumentParser) -> None:
                    help=f"PE array rows (reduction), {ARRAY_SIZE.describe()}")
     p.add_argument("--cols", type=ARRAY_SIZE, default=DEFAULT_COLS, metavar="C",
                    help=f"PE array columns (output channels), {ARRAY_SIZE.describe()}")
+    p.add_argument("--multiply-cols", type=MULTIPLY_COLS, default=0, metavar="M",
+                   help=f"network mode: only the PEs of the first M columns multiply (the 8-bit edge layers run in "
+                        f"channel tiles of M), {MULTIPLY_COLS.describe()}, at most --cols; 0: every column")
 
 
 def engine_params(args, model):
@@ -90,7 +95,7 @@ def _generate_network(args, model) -> int:
     from .network import NetworkCore
     from .network_params import NetworkParams
 
-    params = NetworkParams.for_model(model, args.rows, args.cols)
+    params = NetworkParams.for_model(model, args.rows, args.cols, multiply_cols=args.multiply_cols)
     core = NetworkCore(params)
     text = verilog.convert(core, name="lcq_network")
     out = Path(args.output)

@@ -169,7 +169,8 @@ def cmd_sim(args) -> int:
         if netlist is not None and netlists.unavailable_reason() is not None:
             raise NetlistError(f"cannot make a netlist: {netlists.unavailable_reason()}")
         try:
-            core = netlists.board_core(model, board, "network" if network else "layers", args.rows, args.cols)
+            core = netlists.board_core(model, board, "network" if network else "layers", args.rows, args.cols,
+                                       args.multiply_cols)
         except ValueError as e:     # boards.fit.FitError
             hint = "; or simulate the layer engine the layers-mode build has: --mode layers" if network else ""
             raise ValueError(f"{e}{hint}") from None
@@ -181,13 +182,15 @@ def cmd_sim(args) -> int:
         if network:
             from hw.network_params import NetworkParams
 
-            params = NetworkParams.for_model(model, args.rows, args.cols)
+            params = NetworkParams.for_model(model, args.rows, args.cols, multiply_cols=args.multiply_cols)
             rows, cols = params.engine.rows, params.engine.cols
         else:
             params = engine_params(args, model)
             rows, cols = params.rows, params.cols
     images = _images(args, model)
     kind = "-network" if network else ""
+    if network and params.engine.multiply_cols:
+        kind += f"-multiply{params.engine.multiply_cols}"
     where = "" if board is None else f"-{board.name}" + (f"-net-{netlist}" if netlist else "") + (
         "-xinit" if x_init else "")
     build_dir = Path(args.build_dir or
@@ -253,6 +256,8 @@ def format_network_table(result: dict) -> str:
     """Network mode: one row per step (cycles and MACs summed over the images), the logits, per image."""
     rc = result["rows"] * result["cols"]
     pairs = ", write-back in pairs" if result["write_pairs"] else ""
+    if result["multiply_cols"]:
+        pairs += f", multiplying in the first {result['multiply_cols']} columns"
     lines = [f"{result['simulator']}: {result['images']} image(s) on the network core, {result['rows']} x "
              f"{result['cols']} array{pairs}; {result['bytes_in_per_image']} bytes in, "
              f"{result['bytes_out_per_image']} bytes out per image",

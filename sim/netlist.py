@@ -106,14 +106,16 @@ def board_for(family: str | None, board_name: str | None):
     return board
 
 
-def board_core(model, board, mode: str, rows: int | None = None, cols: int | None = None) -> BoardCore:
+def board_core(model, board, mode: str, rows: int | None = None, cols: int | None = None,
+               multiply_cols: int = 0) -> BoardCore:
     """The core of ``model`` on ``board`` in ``mode`` (``"network"`` or ``"layers"``) as ``lcq build`` picks
     it (:func:`boards.fit.network_for_board` / :func:`boards.fit.engine_for_board`; ``FitError`` when none
     fits)."""
     from boards.fit import engine_for_board, network_for_board
 
     if mode == "network":
-        return BoardCore(board, mode, network_for_board(model, board, rows, cols).params, "none", "network")
+        network = network_for_board(model, board, rows, cols, multiply_cols=multiply_cols)
+        return BoardCore(board, mode, network.params, "none", "network")
     if mode != "layers":
         raise ValueError(f"mode must be 'network' or 'layers', not {mode!r}")
     engine = engine_for_board(model, board, rows, cols)

@@ -6,8 +6,8 @@ The DUT's ports are ``hw.network.NetworkSignature``'s as Amaranth writes them: `
 ``probe__step_done``.
 
 The data (written by :mod:`sim.network_run`) holds ``model`` (the compiled model's path),
-``rows``, ``cols`` and ``write_pairs`` (the core is ``NetworkParams.for_model(model, rows, cols,
-write_pairs)``, recomputed here: it is deterministic), ``load_fields`` (the bit offset of each field of
+``rows``, ``cols``, ``write_pairs`` and ``multiply_cols`` (the core is ``NetworkParams.for_model(model, rows, cols,
+write_pairs, multiply_cols)``, recomputed here: it is deterministic), ``load_fields`` (the bit offset of each field of
 ``load__payload``), ``images`` (uint8 nested lists), ``stall`` (probability that
 ``load__valid`` is low in a cycle), ``backpressure`` (probability that
 ``out__ready`` is low), ``seed``, ``max_cycles`` (per image), ``idle_cycles`` (the most cycles
@@ -139,7 +139,8 @@ async def network_runs(dut):
 
     d = load_data()
     model = load(d["model"])
-    params = NetworkParams.for_model(model, d["rows"], d["cols"], write_pairs=d["write_pairs"])
+    params = NetworkParams.for_model(model, d["rows"], d["cols"], write_pairs=d["write_pairs"],
+                                     multiply_cols=d["multiply_cols"])
     plan = network_plan(model, params)
     core = Core(dut, d)
     await core.reset()

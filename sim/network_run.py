@@ -9,7 +9,7 @@ tensor as the probe port showed it written to the data memories (read when the s
 not over the stream). It returns a :class:`NetworkReport`; its ``as_dict()`` is the
 ``lcq sim --json`` object of network mode::
 
-    {"mode": "network", "simulator", "images", "rows", "cols",
+    {"mode": "network", "simulator", "images", "rows", "cols", "write_pairs", "multiply_cols",
      "cycles_per_image": [...], "macs_per_image", "bytes_in_per_image", "bytes_out_per_image",
      "mismatches": total (logits and every step),
      "per_image": [{"image", "cycles", "macs_per_cycle", "utilization", "pixels", "out_beats",
@@ -116,7 +116,7 @@ class NetworkReport:
         return {
             "mode": "network", "simulator": self.simulator, "images": len(self.images),
             "rows": self.params.engine.rows, "cols": self.params.engine.cols,
-            "write_pairs": self.params.engine.write_pairs,
+            "write_pairs": self.params.engine.write_pairs, "multiply_cols": self.params.engine.multiply_cols,
             "cycles_per_image": [im.cycles for im in self.images], "macs_per_image": self.macs_per_image,
             "bytes_in_per_image": self.bytes_in_per_image, "bytes_out_per_image": self.bytes_out_per_image,
             "mismatches": self.mismatches, "per_image": per_image,
@@ -167,20 +167,21 @@ def simulate_network(built: Build, params: NetworkParams, model_path, model: Com
                      test_dir, *, stall: float = 0.0, backpressure: float = 0.0, seed: int = 0,
                      expected: dict[str, np.ndarray] | None = None) -> NetworkReport:
     """Run ``images`` (uint8 ``(N, C, H, W)``) through ``model`` (saved at ``model_path``) on the
-    core built for ``params`` (``NetworkParams.for_model(model, rows, cols, write_pairs)``); compare with
-    ``expected`` (default: ``compiler.reference.run(model, images)``)."""
+    core built for ``params`` (``NetworkParams.for_model(model, rows, cols, write_pairs, multiply_cols)``);
+    compare with ``expected`` (default: ``compiler.reference.run(model, images)``)."""
     reference.check_images(model, images)
-    pairs = params.engine.write_pairs
-    if params != NetworkParams.for_model(model, params.engine.rows, params.engine.cols, write_pairs=pairs):
-        raise ValueError("params must be NetworkParams.for_model(model, rows, cols, write_pairs): the testbench "
-                         "recomputes them")
+    pairs, multiply_cols = params.engine.write_pairs, params.engine.multiply_cols
+    if params != NetworkParams.for_model(model, params.engine.rows, params.engine.cols, write_pairs=pairs,
+                                         multiply_cols=multiply_cols):
+        raise ValueError("params must be NetworkParams.for_model(model, rows, cols, write_pairs, multiply_cols): "
+                         "the testbench recomputes them")
     test_dir = Path(test_dir)
     test_dir.mkdir(parents=True, exist_ok=True)
     results_file = test_dir / "network-results.json"
     results_file.unlink(missing_ok=True)
     max_cycles, idle_cycles = deadlines(model, params, stall, backpressure)
     data = {"model": str(Path(model_path).resolve()), "rows": params.engine.rows, "cols": params.engine.cols,
-            "write_pairs": pairs,
+            "write_pairs": pairs, "multiply_cols": multiply_cols,
             "load_fields": load_fields(params), "images": np.asarray(images).tolist(), "stall": stall,
             "backpressure": backpressure, "seed": seed, "max_cycles": max_cycles, "idle_cycles": idle_cycles,
             "results": str(results_file.resolve())}
