@@ -185,7 +185,8 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     board = get_board(job["board"])
     path = job["model_path"]
     arr = f"{job['rows']}x{job['cols']}" if job["rows"] else "auto"
-    out = build_root / (f"{board.name}-{path.stem}-{arr}-{mode}" + (f"-multiply{multiply_cols}" if multiply_cols else ""))
+    suffix = f"-multiply{multiply_cols}" if multiply_cols else ""
+    out = build_root / f"{board.name}-{path.stem}-{arr}-{mode}{suffix}"
     command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                "--board", board.name, "--mode", mode]
     for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz), ("--seed", seed),
