@@ -180,11 +180,14 @@ REPORT_FIELDS = {
 }
 
 
+REPORT_ADVICE = "pass the report.json that `lcq build` wrote for the flashed design (--report FILE), or build again"
+
+
 def read_report(path, fields) -> dict:
     """The build report at ``path`` with each of ``fields`` (keys of :data:`REPORT_FIELDS`) present and
     valid; a ValueError naming the file, the field and what to do otherwise."""
     path = Path(path)
-    advice = "pass the report.json that `lcq build` wrote for the flashed design (--report FILE), or build again"
+    advice = REPORT_ADVICE
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -247,6 +250,9 @@ def cmd_run(args) -> int:
         from hw.network_params import NetworkParams
 
         network = built["network"]
+        if network.get("multiply_cols", 0) > network["cols"]:
+            raise ValueError(f"{report_path}: field 'network.multiply_cols' ({network['multiply_cols']}) exceeds "
+                             f"'network.cols' ({network['cols']}); {REPORT_ADVICE}")
         params = NetworkParams.for_model(model, network["rows"], network["cols"],
                                          multiply_cols=network.get("multiply_cols", 0))
     else:

@@ -405,6 +405,11 @@ def test_accelerator_top_modes():
     assert layers.mode == "layers" and layers.network is None and layers.params == layers.engine.params
     with pytest.raises(ValueError, match=r"mode must be one of layers, network, not 'whole'"):
         accelerator_top(model, board, mode="whole")
+    narrow = accelerator_top(model, board, 2, 4, multiply_cols=1)
+    assert narrow.params == NetworkParams.for_model(model, 2, 4, multiply_cols=1)
+    assert narrow.network.estimate["LUT4"] < network.network.estimate["LUT4"]     # 2 PEs multiply, not 8
+    with pytest.raises(ValueError, match=r"--multiply-cols\) is for the whole-network core"):
+        accelerator_top(model, board, 2, 4, mode="layers", multiply_cols=1)
     small = accelerator_top(model, get_board("icebreaker"))       # the digits CNN's whole network fits at 1 x 1
     assert small.mode == "network" and (small.params.engine.rows, small.params.engine.cols) == (1, 1)
     with pytest.raises(FitError, match=r"the whole network does not fit icebreaker"):
@@ -478,9 +483,11 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
             "repeated); 5 of 5 predictions equal the integer reference") in capsys.readouterr().out
 
 
-def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, monkeypatch):
-    """A report of a network-mode build: `lcq run` recomputes the core from its rows and cols and runs the
-    network runner (stubbed here; it runs against the simulated board in test_board_runtime.py)."""
+@pytest.mark.parametrize("multiply_cols", [None, 3])
+def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, monkeypatch, multiply_cols):
+    """A report of a network-mode build: `lcq run` recomputes the core from its rows, cols and multiply_cols (0
+    where a report of an older build has none) and runs the network runner (stubbed here; it runs against the
+    simulated board in test_board_runtime.py)."""
     import boards.link_host
     import boards.runtime
     from compiler.reference import predict
@@ -499,6 +506,7 @@ def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, mo
     class Runner:
         def __init__(self, host, model, params):
             assert (params.engine.rows, params.engine.cols) == (2, 4) and params.target_bits[-1] == 8
+            assert params.engine.multiply_cols == (multiply_cols or 0)
             self.model, self.repeated = model, 1
 
         def classify(self, images, labels, progress):
@@ -511,7 +519,8 @@ def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, mo
     monkeypatch.setattr(boards.runtime, "NetworkRunner", Runner)
     monkeypatch.setattr(boards.runtime, "BoardRunner", layers)
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4}}))
+    network = {"rows": 2, "cols": 4, **({} if multiply_cols is None else {"multiply_cols": multiply_cols})}
+    report.write_text(json.dumps({"pll_mhz": 24.0, "mode": "network", "network": network}))
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
                  "--report", str(report), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -542,6 +551,8 @@ def test_retry_clock_prefers_the_fastest_link():
     (["build", "m.lcq", "--board", "icebreaker", "--rows", "-1"], "argument --rows: must be an integer in 1..256, not '-1'"),
     (["build", "m.lcq", "--board", "icebreaker", "--cols", "257"], "argument --cols: must be an integer in 1..256, not '257'"),
     (["build", "m.lcq", "--board", "icebreaker", "--cols", "2.5"], "argument --cols: must be an integer in 1..256, not '2.5'"),
+    (["build", "m.lcq", "--board", "icebreaker", "--multiply-cols", "-1"],
+     "argument --multiply-cols: must be an integer in 0..256, not '-1'"),
     (["build", "m.lcq", "--board", "icebreaker", "--mhz", "0"], "argument --mhz: must be a finite number > 0, not '0'"),
     (["build", "m.lcq", "--board", "icebreaker", "--mhz", "nan"], "argument --mhz: must be a finite number > 0, not 'nan'"),
     (["run", "m.lcq", "--board", "icebreaker", "--port", "p", "--images", "0"],
@@ -581,6 +592,10 @@ GOOD_ENGINE = {"rows": 2, "cols": 2, "resident": "weights"}
      r"field 'network.rows' \(the PE array rows of the flashed network core\) is missing"),
     (json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 300}}),
      r"field 'network.cols' .* must be an integer in 1\.\.256, not 300"),
+    (json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4, "multiply_cols": -1}}),
+     r"field 'network.multiply_cols' \(the PE array columns that multiply .*\) must be an integer in 0\.\.256, not -1"),
+    (json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4, "multiply_cols": 5}}),
+     r"field 'network.multiply_cols' \(5\) exceeds 'network.cols' \(4\)"),
 ])
 def test_run_names_the_report_and_its_bad_field(tmp_path, capsys, text, message):
     from lcq.cli import main

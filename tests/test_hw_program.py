@@ -123,6 +123,36 @@ def test_engine_params_round_trip_through_json():
         EngineParams.from_dict({**d, "requantize": {"multiplier_bits": 24}})
     with pytest.raises(ValueError, match="rows must be an integer in 1..256, got 0"):
         EngineParams.from_dict({**d, "rows": 0})
+    # An engine described before multiply_cols existed multiplied in every column.
+    assert EngineParams.from_dict({k: v for k, v in d.items() if k != "multiply_cols"}).multiply_cols == 0
+    with pytest.raises(ValueError, match=r"multiply_cols must be 0 \(every column\), or 1..cols=2 .* got 3"):
+        EngineParams.from_dict({**d, "multiply_cols": 3})
+    with pytest.raises(ValueError, match=r"or 1..cols=2 for an engine that multiplies, got 1"):
+        EngineParams.from_dict({**d, "multiply": False, "wide_depth": 0, "multiply_cols": 1})
+
+
+def test_multiplying_layers_run_in_channel_tiles_of_the_multiplying_columns():
+    """With ``multiply_cols``, ResNet-20's 8-bit edge layers (conv1 16 channels, the FC 10) take channel tiles of
+    that many columns, their weights in those columns of each word (0 in the others) and their stage constants
+    in as many slots; the 3-bit layers keep tiles of ``cols``."""
+    params = EngineParams.for_model(RESNET20, 4, 8, resident="all", multiply_cols=3)
+    first, second = RESNET20.convs[0], RESNET20.convs[1]
+    assert first.mac == "multiply" and second.mac == "lut"
+    assert (params.layer_cols(first), params.layer_cols(second)) == (3, 8)
+    words = weight_words(params, first)
+    assert len(words) == 6 * 9 * 1 * 4                           # ceil(16 / 3) tiles, 3 x 3 taps, 1 group of 4 rows
+    bits = params.weight_bits
+    for tile in range(6):
+        for word in words[tile * 36:(tile + 1) * 36]:
+            assert fields(word, bits, 8)[3:] == [0] * 5            # only the 3 multiplying columns hold weights
+    # tile 1, column 2 is output channel 5: its weight at ky = 0, kx = 1, input channel 2
+    code = int(first.weight_codes[5, 2, 0, 1])
+    field = fields(words[36 + 1 * 4 + 2], bits, 8)[2]
+    assert field & 0x7f == int(first.w_levels[abs(code)]) and field >> 7 == int(code < 0)
+    bases = resident_bases(RESNET20, params, "all")
+    assert bases[second.name].stage - bases[first.name].stage == 6       # conv1's stage slots: one per tile of 3
+    # conv1 in 6 tiles instead of 2, the FC in 4 instead of 2
+    assert params.stage_depth == EngineParams.for_model(RESNET20, 4, 8, resident="all").stage_depth + 4 + 2
 
 
 def test_count_registers_are_as_wide_as_the_buffers_bound_them():
