@@ -50,9 +50,11 @@ def first_available(*sims: str) -> str:
     require(sims[0])
 
 
-def run_network(sim, model_path, model, rows, cols, images, test_dir, write_pairs=None, spram=False, **options):
-    params = NetworkParams.for_model(model, rows, cols, write_pairs=write_pairs)
-    suffix = ("-pairs" if params.engine.write_pairs else "") + ("-spram" if spram else "")
+def run_network(sim, model_path, model, rows, cols, images, test_dir, write_pairs=None, spram=False, multiply_cols=0,
+                **options):
+    params = NetworkParams.for_model(model, rows, cols, write_pairs=write_pairs, multiply_cols=multiply_cols)
+    suffix = (("-pairs" if params.engine.write_pairs else "") + ("-spram" if spram else "")
+              + (f"-multiply{multiply_cols}" if multiply_cols else ""))
     built = network_build(sim, params, BUILD_ROOT / f"{sim}-network-{Path(model_path).stem}-{rows}x{cols}{suffix}",
                           spram=spram)
     return params, simulate_network(built, params, model_path, model, images, test_dir, **options)
@@ -140,11 +142,12 @@ def test_a_wrong_expectation_is_reported_as_a_mismatch(tmp_path):
     assert report.as_dict()["mismatches"] == 3
 
 
-@pytest.mark.parametrize("write_pairs", [False, True])
-def test_random_resnet_with_shortcuts_and_pooling(write_pairs, tmp_path):
+@pytest.mark.parametrize("write_pairs, multiply_cols", [(False, 0), (True, 0), (True, 1)])
+def test_random_resnet_with_shortcuts_and_pooling(write_pairs, multiply_cols, tmp_path):
     """Random pre-activation ResNet-8 on (3, 8, 8): an identity shortcut, two strided 1x1 shortcuts,
     residual additions and the global pool, every tensor exact; also with the write-back in pairs of
-    positions (every conv but the FC, with its fused additions and activations)."""
+    positions (every conv but the FC, with its fused additions and activations), and then with PEs that
+    multiply in the first column only (the 8-bit stem and FC in channel tiles of one channel)."""
     sim = first_available("verilator", "icarus")
     import torch
     from helpers import randomize
@@ -164,8 +167,8 @@ def test_random_resnet_with_shortcuts_and_pooling(write_pairs, tmp_path):
     save(model, path)
     images = np.random.default_rng(5).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
     params, report = run_network(sim, path, load(path), 4, 4, images, tmp_path / "run", write_pairs=write_pairs,
-                                 stall=0.2, backpressure=0.3, seed=5)
-    assert params.engine.write_pairs == write_pairs
+                                 multiply_cols=multiply_cols, stall=0.2, backpressure=0.3, seed=5)
+    assert params.engine.write_pairs == write_pairs and params.engine.multiply_cols == multiply_cols
     assert_exact(model, params, report, 1)
     # every addition fused into the conv before it (conv2, or the strided shortcut after conv2), and every
     # activation into the conv that writes its values (the stem, a block's last conv): no vector pass but pooling
