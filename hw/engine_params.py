@@ -135,8 +135,8 @@ class EngineParams:
     - ``multiply_cols`` (network engines that multiply): 0, every PE multiplies; else only the PEs of the
       first ``multiply_cols`` columns do, the others only select ``P[k]``, and a multiplying layer runs in
       channel tiles of that many columns (:meth:`layer_cols`), the other columns' weights 0. A PE that
-      multiplies in logic cells is three of one that selects (hw/README: 141 LUT4 against 49 on the ECP5),
-      and the 8-bit edge layers are a small share of a network's work.
+      multiplies in logic cells is three of one that selects (141 LUT4s against 49 on the ECP5,
+      ``benchmarks/core_cells.py``), and the 8-bit edge layers are a small share of a network's work.
     """
 
     rows: int
