@@ -176,7 +176,7 @@ def environment() -> dict:
 
 def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str,
               seed: int | None = None, placer: str | None = None, router: str | None = None,
-              force: bool = False, multiply_cols: int = 0) -> dict:
+              force: bool = False, multiply_cols: int | None = None) -> dict:
     from compiler import format as model_format
 
     from boards.clock import pll_plan
@@ -185,12 +185,12 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     board = get_board(job["board"])
     path = job["model_path"]
     arr = f"{job['rows']}x{job['cols']}" if job["rows"] else "auto"
-    suffix = f"-multiply{multiply_cols}" if multiply_cols else ""
+    suffix = "" if multiply_cols is None else f"-multiply{multiply_cols}"
     out = build_root / f"{board.name}-{path.stem}-{arr}-{mode}{suffix}"
     command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                "--board", board.name, "--mode", mode]
     for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz), ("--seed", seed),
-                        ("--placer", placer), ("--router", router), ("--multiply-cols", multiply_cols or None)):
+                        ("--placer", placer), ("--router", router), ("--multiply-cols", multiply_cols)):
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     command += ["--force"] if force else []
@@ -198,11 +198,12 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
               "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
               "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit,
               "seed": seed, "placer": placer or default_placer(board), "router": router or default_router(board),
-              "force": force, "multiply_cols": multiply_cols}
+              "force": force, "asked_multiply_cols": multiply_cols}
     try:
         if mode == "network":
             chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"], force, multiply_cols)
             rows, cols, resident = chosen.params.engine.rows, chosen.params.engine.cols, "whole network"
+            record["multiply_cols"] = chosen.params.engine.multiply_cols
         else:
             chosen = engine_for_board(model_format.load(path), board, job["rows"], job["cols"])
             rows, cols, resident = chosen.params.rows, chosen.params.cols, chosen.resident
@@ -317,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="network mode, every build with its array given (@RxC or --array): past the fit "
                              "estimate, as lcq build --force; a part too small is a failed record with nextpnr's "
                              "words")
-    parser.add_argument("--multiply-cols", type=int, default=0, metavar="M",
+    parser.add_argument("--multiply-cols", type=int, metavar="M",
                         help="network mode: only the PEs of the first M columns multiply, as lcq build "
-                             "--multiply-cols (0: every column)")
+                             "--multiply-cols (0: every column; default: the board's, as lcq build)")
     parser.add_argument("--time-limit", type=float, default=3600, metavar="S",
                         help="seconds per build (both attempts of build_model); the build is stopped after it")
     parser.add_argument("--build-root", metavar="DIR", default=str(ROOT / "build" / "board-builds"),
@@ -333,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(e.args[0])
     if args.time_limit <= 0:
         parser.error("--time-limit must be positive")
-    if args.multiply_cols < 0 or (args.multiply_cols and args.mode != "network"):
+    if args.multiply_cols is not None and (args.multiply_cols < 0 or args.mode != "network"):
         parser.error("--multiply-cols must be an integer >= 0, and is for --mode network")
     if args.seed is not None and args.seed < 0:
         parser.error("--seed must be an integer >= 0")

@@ -34,10 +34,11 @@ def add_parsers(sub) -> dict:
     p.add_argument("--mode", choices=MODES, default="network",
                    help="network: the whole network on the chip (image in, logits out); layers: the layer engine, "
                         "one convolution per request, the rest on the host")
-    p.add_argument("--multiply-cols", type=MULTIPLY_COLS, default=0, metavar="M",
+    p.add_argument("--multiply-cols", type=MULTIPLY_COLS, metavar="M",
                    help="network mode: only the PEs of the first M columns multiply (the 8-bit edge layers run in "
                         "channel tiles of M; the other PEs only select, a third of the logic where PEs multiply in "
-                        f"logic cells, as on the ECP5), {MULTIPLY_COLS.describe()}; 0: every column")
+                        f"logic cells), {MULTIPLY_COLS.describe()}; 0: every column (default: a quarter of the "
+                        "columns on ECP5 boards, whose PEs multiply in logic cells; every column on iCE40 boards)")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory (default: build/<board>)")
     p.add_argument("--timeout", type=positive_float, metavar="S",
                    help="stop the build (both attempts, elaboration included) after S seconds, > 0, naming the "
@@ -99,7 +100,7 @@ def cmd_build(args) -> int:
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
                 out: Path | None = None, mode: str = "layers", *, seed: int | None = None,
                 placer: str | None = None, router: str | None = None, timeout: float | None = None,
-                force: bool = False, multiply_cols: int = 0) -> dict:
+                force: bool = False, multiply_cols: int | None = None) -> dict:
     """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
     (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
     ``build/<board>``), with nextpnr's ``seed``, ``placer`` and ``router`` (:func:`boards.build.build`). Without

@@ -68,6 +68,14 @@ def multiplying_pes(params: EngineParams) -> int:
     return params.rows * (params.multiply_cols or params.cols) if params.multiply else 0
 
 
+def board_multiply_cols(board: Board, cols: int) -> int:
+    """The columns whose PEs multiply in a core for ``board`` with ``cols`` columns unless the user says: a quarter
+    of them (at least one) where PEs multiply in logic cells (:func:`hw.pe_words.logic_multiplies`: the ECP5, where
+    such a PE is three of one that only selects, and the 8-bit edge layers then take ResNet-20 6% more cycles on an
+    8 x 16 array), else all (0; the iCE40's multipliers are DSPs)."""
+    return max(1, cols // 4) if logic_multiplies(board.device) else 0
+
+
 def pe_luts(params: EngineParams, logic_multiply: bool) -> int:
     """Rough LUT4s of the array's PEs: each a partial-sum adder and the select of one of ``s_w``
     ``product_bits``-bit products, and each that multiplies (:func:`multiplying_pes`) the glue of a 7 x 8
@@ -227,24 +235,29 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
 
 
 def network_for_board(model: CompiledModel, board: Board, rows: int | None = None,
-                      cols: int | None = None, force: bool = False, multiply_cols: int = 0) -> BoardNetwork:
+                      cols: int | None = None, force: bool = False,
+                      multiply_cols: int | None = None) -> BoardNetwork:
     """The whole-network core for ``model`` on ``board``: the largest ``rows`` x ``cols`` array (each
     defaulting to the sizes of :data:`ARRAYS`) that :func:`check_network_fit` accepts; :class:`FitError`
     naming the smallest one's largest buffers when none does. ``force`` (with both ``rows`` and ``cols``):
     that array whatever the estimate says (the synthesis and placement tools decide). ``multiply_cols``
     (:class:`~hw.engine_params.EngineParams`): PEs multiply in that many columns only (at most the array's;
-    0: in all)."""
+    0: in all; None: :func:`board_multiply_cols`)."""
+
+    def narrowed(c: int) -> int:
+        return board_multiply_cols(board, c) if multiply_cols is None else min(multiply_cols, c)
+
     if force:
         if not rows or not cols:
             raise ValueError("forcing a build past the fit estimate needs the array: give --rows and --cols")
-        params = NetworkParams.for_model(model, rows, cols, multiply_cols=min(multiply_cols, cols))
+        params = NetworkParams.for_model(model, rows, cols, multiply_cols=narrowed(cols))
         return BoardNetwork(params, network_estimate(board, params))
     arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
     if rows and cols and (rows, cols) not in arrays:
         arrays = [(rows, cols)]
     error = None
     for r, c in arrays:
-        params = NetworkParams.for_model(model, r, c, multiply_cols=min(multiply_cols, c))
+        params = NetworkParams.for_model(model, r, c, multiply_cols=narrowed(c))
         try:
             return BoardNetwork(params, check_network_fit(board, params))
         except FitError as e:

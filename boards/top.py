@@ -126,7 +126,7 @@ class AcceleratorTop(Elaboratable):
 
 
 def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None, cols: int | None = None,
-                    mode: str = "network", force: bool = False, multiply_cols: int = 0):
+                    mode: str = "network", force: bool = False, multiply_cols: int | None = None):
     """``(platform, clk_hz) -> AcceleratorTop`` for ``model`` on ``board`` in ``mode`` (``"network"``: the
     whole-network core; ``"layers"``: the layer engine); the fit is checked now, before any synthesis, unless
     ``force`` (network mode, ``rows`` x ``cols`` given: :func:`boards.fit.network_for_board`, as is

@@ -87,11 +87,13 @@ def add_parsers(sub) -> dict:
                                    "alone on the layer engine.",
                        formatter_class=fmt)
     array_args(p)
-    p.set_defaults(rows=None, cols=None)
+    p.set_defaults(rows=None, cols=None, multiply_cols=None)
     for action in p._actions:
         if action.dest in ("rows", "cols"):
             action.help += (f" (default: {DEFAULT_ROWS if action.dest == 'rows' else DEFAULT_COLS}; with --board "
                             f"or --netlist, as `lcq build` picks for the board)")
+        elif action.dest == "multiply_cols":
+            action.help += " (default: 0; with --board or --netlist, as `lcq build` picks for the board)"
     p.add_argument("--layer", type=nonnegative_int, metavar="N",
                    help="debug path: only layer N, on the layer engine, fed by the reference (default: network "
                         "mode, the whole model on the network core); N >= 0, a row of `lcq report`")
@@ -182,7 +184,7 @@ def cmd_sim(args) -> int:
         if network:
             from hw.network_params import NetworkParams
 
-            params = NetworkParams.for_model(model, args.rows, args.cols, multiply_cols=args.multiply_cols)
+            params = NetworkParams.for_model(model, args.rows, args.cols, multiply_cols=args.multiply_cols or 0)
             rows, cols = params.engine.rows, params.engine.cols
         else:
             params = engine_params(args, model)

@@ -107,7 +107,7 @@ def board_for(family: str | None, board_name: str | None):
 
 
 def board_core(model, board, mode: str, rows: int | None = None, cols: int | None = None,
-               multiply_cols: int = 0) -> BoardCore:
+               multiply_cols: int | None = None) -> BoardCore:
     """The core of ``model`` on ``board`` in ``mode`` (``"network"`` or ``"layers"``) as ``lcq build`` picks
     it (:func:`boards.fit.network_for_board` / :func:`boards.fit.engine_for_board`; ``FitError`` when none
     fits)."""

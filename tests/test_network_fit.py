@@ -16,10 +16,14 @@ RESNET20 = load(DATA / "cifar10-resnet20-lcq-w3a3.lcq")
 
 
 def test_the_digits_network_fits_the_ulx3s_85f_with_the_largest_array_that_fits():
+    """16 x 16 with the PEs of 4 columns multiplying (the ECP5's default, :func:`boards.fit.board_multiply_cols`);
+    with every PE multiplying (``--multiply-cols 0``), 8 x 16: 16 x 16 would not fit the logic."""
     chosen = network_for_board(DIGITS, BOARDS["ulx3s-85f"])
-    assert (chosen.params.engine.rows, chosen.params.engine.cols) == (8, 16)
+    assert (chosen.params.engine.rows, chosen.params.engine.cols, chosen.params.engine.multiply_cols) == (16, 16, 4)
     assert chosen.estimate["EBR"] <= BOARDS["ulx3s-85f"].resources["EBR"]
-    with pytest.raises(FitError):           # the next larger array does not
+    every = network_for_board(DIGITS, BOARDS["ulx3s-85f"], multiply_cols=0)
+    assert (every.params.engine.rows, every.params.engine.cols, every.params.engine.multiply_cols) == (8, 16, 0)
+    with pytest.raises(FitError, match="LUT4"):
         check_network_fit(BOARDS["ulx3s-85f"], NetworkParams.for_model(DIGITS, 16, 16))
 
 
@@ -36,11 +40,15 @@ def test_every_memory_of_the_core_is_counted():
 def test_resnet20_fits_the_ulx3s_85f_at_8x16_and_no_array_of_the_45f():
     """With the residual additions fused into the convs the residual stream is one 16 x 32 x 32 map of
     values (573,440 bits, 32 block RAMs instead of 64), and the accumulators a ring of two bands (32 block
-    RAMs at 8 x 16 instead of 64): the 8 x 16 core fits the 85F's 208 block RAMs."""
+    RAMs at 8 x 16 instead of 64): the 8 x 16 core fits the 85F's 208 block RAMs, its PEs multiplying in 4
+    columns (the edge layers' bands then take a ring of 128 accumulators, as one block RAM holds); 16 x 16 needs
+    209."""
     chosen = network_for_board(RESNET20, BOARDS["ulx3s-85f"])
-    assert (chosen.params.engine.rows, chosen.params.engine.cols) == (8, 16)
-    assert chosen.params.engine.out_depth == 64
-    assert chosen.estimate["EBR"] <= 208
+    assert (chosen.params.engine.rows, chosen.params.engine.cols, chosen.params.engine.multiply_cols) == (8, 16, 4)
+    assert chosen.params.engine.out_depth == 128
+    assert chosen.estimate["EBR"] == 175
+    with pytest.raises(FitError, match="need 209 EBR blocks, the part has 208"):
+        check_network_fit(BOARDS["ulx3s-85f"], NetworkParams.for_model(RESNET20, 16, 16, multiply_cols=4))
     with pytest.raises(FitError) as refused:
         network_for_board(RESNET20, BOARDS["ulx3s-45f"])
     message = str(refused.value)
