@@ -1032,7 +1032,9 @@ class LayerEngine(wiring.Component):
         m.d.sync += [band_end.eq(band_pos + pair == last["band_positions"]),
                      tile_end.eq(read_pos + pair == last["positions"]),
                      layer_end.eq(channel_tiles_written == last["co_tiles"])]
-        last_column = feed_col == last["tile_cols"]
+        # The channel tile's last column: register tile_cols's where some layers' tiles are narrower, else cols - 1.
+        tile_last = last["tile_cols"] if p.multiply_cols else p.cols - 1
+        last_column = feed_col == tile_last
         if registered_last_column:
             last_column = Signal(name="last_column")
         with m.FSM(name="writer") as writer:
@@ -1054,7 +1056,7 @@ class LayerEngine(wiring.Component):
                 # The column memories read word read_addr (data in the next cycle, held there).
                 m.d.sync += [feed_col.eq(0)] + [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
                 if registered_last_column:
-                    m.d.sync += last_column.eq(last["tile_cols"] == 0)
+                    m.d.sync += last_column.eq(tile_last == 0)
                 if p.write_pairs:
                     with m.If(pair):
                         m.d.sync += [read_addr.eq(read_addr + 1) for read_addr in read_addrs]
@@ -1069,7 +1071,7 @@ class LayerEngine(wiring.Component):
             with m.State("FEED"):
                 m.d.sync += feed_col.eq(feed_col + 1)
                 if registered_last_column:
-                    m.d.sync += last_column.eq(feed_col + 1 == last["tile_cols"])
+                    m.d.sync += last_column.eq(feed_col + 1 == tile_last)
                 self._step_destination(m, cfg, dest, read_pos)
                 with m.If(last_column):
                     m.d.sync += [*[read_addr.eq(read_addr + 1) for read_addr in read_addrs],
