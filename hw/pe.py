@@ -27,6 +27,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .delay import delayed, own, reset_less_data
+from .reset_tree import own_reset_submodule, reset_tree
 from .pe_words import (A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, digit_bits, level_entry, logic_multiplies, row_vector,
                        weight_word)
 
@@ -599,37 +600,44 @@ class PEArray(wiring.Component):
         m = Module()
         psums = list(self.psum_in)
         selecting = self.variant.selecting() if self.multiply_cols else None
+        # Where hw.reset_tree says (the ECP5), each row is a block with a copy of the reset of its own, a cycle
+        # later: one copy for the whole engine reached every row's registers across the die (the ULX3S-85F
+        # ResNet-20's worst path at 73fa289, 13.2 ns from the engine's reset to a row's weight load register).
+        tree = reset_tree(platform)
         for r in range(self.rows):
-            m.submodules[f"decoder_{r}"] = decoder = RowDecoder(self.variant)
-            m.d.comb += [decoder.a_valid.eq(self.a_valid[r]), decoder.a_code.eq(self.a_code[r]),
-                         *(getattr(decoder, name).eq(getattr(self, name)) for name in self.variant.edge_signature)]
+            row = Module() if tree else m
+            row.submodules[f"decoder_{r}"] = decoder = RowDecoder(self.variant)
+            row.d.comb += [decoder.a_valid.eq(self.a_valid[r]), decoder.a_code.eq(self.a_code[r]),
+                           *(getattr(decoder, name).eq(getattr(self, name)) for name in self.variant.edge_signature)]
             # The decoder's outputs registered: a table's read data leaves its block RAM through them.
-            valid = delayed(m, decoder.valid, 1, f"valid_{r}", own_flip_flops=True)
+            valid = delayed(row, decoder.valid, 1, f"valid_{r}", own_flip_flops=True)
             # The operand is 0 where no element is (ProcessingElement: its products are 0).
-            operand = delayed(m, Mux(decoder.valid, decoder.operand, 0), 1, f"operand_{r}",
-                              reset_less=reset_less_data(platform))
+            operand = delayed(row, Mux(decoder.valid, decoder.operand, 0), 1, f"operand_{r}",
+                                reset_less=reset_less_data(platform))
             if self.double_buffered:
                 # With the decoder's operand, and one cycle ahead of it for the first PE's swap_next.
-                swap_ahead = delayed(m, self.a_swap[r], 1, f"swap_ahead_{r}", own_flip_flops=True)
+                swap_ahead = delayed(row, self.a_swap[r], 1, f"swap_ahead_{r}", own_flip_flops=True)
                 swap_next = decoder.valid & swap_ahead
-                swap = delayed(m, swap_ahead, 1, f"swap_{r}", own_flip_flops=True)
+                swap = delayed(row, swap_ahead, 1, f"swap_{r}", own_flip_flops=True)
                 load = self.w_load[r]       # the row's load as it reaches column c
             for c in range(self.cols):
                 variant = selecting if self.multiply_cols and c >= self.multiply_cols else self.variant
-                m.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(variant, self.acc_bits,
-                                                                     double_buffered=self.double_buffered)
+                row.submodules[f"pe_{r}_{c}"] = pe = ProcessingElement(variant, self.acc_bits,
+                                                                       double_buffered=self.double_buffered)
                 if self.double_buffered:
-                    m.d.comb += [pe.w_load.eq(load),
-                                 pe.w_code.eq(self.w_code[r].word_select(c, self.variant.weight_bits)),
-                                 pe.a_swap.eq(swap), pe.swap_next.eq(swap_next)]
+                    row.d.comb += [pe.w_load.eq(load),
+                                   pe.w_code.eq(self.w_code[r].word_select(c, self.variant.weight_bits)),
+                                   pe.a_swap.eq(swap), pe.swap_next.eq(swap_next)]
                     swap, swap_next = pe.a_swap_out, pe.swap
                     if c < self.cols - 1:
-                        load = delayed(m, load, 1, f"w_load_{r}_{c + 1}")
+                        load = delayed(row, load, 1, f"w_load_{r}_{c + 1}")
                 else:
-                    m.d.comb += [pe.w_load.eq(self.w_load & (self.w_pe == r * self.cols + c)),
-                                 pe.w_code.eq(self.w_code),
-                                 *(getattr(pe, name).eq(getattr(self, name)) for name in self.variant.load_signature)]
-                m.d.comb += [pe.a_valid.eq(valid), pe.a_in.eq(operand), pe.psum_in.eq(psums[c])]
+                    row.d.comb += [pe.w_load.eq(self.w_load & (self.w_pe == r * self.cols + c)),
+                                   pe.w_code.eq(self.w_code),
+                                   *(getattr(pe, name).eq(getattr(self, name)) for name in self.variant.load_signature)]
+                row.d.comb += [pe.a_valid.eq(valid), pe.a_in.eq(operand), pe.psum_in.eq(psums[c])]
                 valid, operand, psums[c] = pe.a_valid_out, pe.a_out, pe.psum_out
+            if tree:
+                own_reset_submodule(m, f"row_{r}", row, platform, f"array_row_{r}")
         m.d.comb += [out.eq(psum) for out, psum in zip(self.psum_out, psums)]
         return m
