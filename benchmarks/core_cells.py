@@ -1,7 +1,8 @@
 """Where the whole-network core's cells go: a synthesis per module, as the board build runs Yosys.
 
 The board core ``lcq build`` makes in network mode (``boards.top.NetworkAcceleratorCore``: the
-``hw.network.NetworkCore`` and its link bridge, no UART) for ``--model`` on a ``--rows`` x ``--cols`` array,
+``hw.network.NetworkCore`` and its link bridge, no UART) for ``--model`` on a ``--rows`` x ``--cols`` array
+whose PEs multiply in ``--multiply-cols`` columns (default: the board's, ``boards.fit.board_multiply_cols``),
 elaborated for ``--board``'s part (on the UP5K weights, and values where one port serves them, in SPRAM), then
 Yosys: the board build's ``hw.memories.UNDEFINED_COLLISIONS`` and ``synth_ice40 -dsp -noflatten`` or
 ``synth_ecp5 -noflatten`` (the build flattens; kept apart here to count each module). Prints per module
@@ -13,7 +14,7 @@ into logic cells comes later (``benchmarks/board_builds.py`` reports those). Whe
 product: what multiplying costs per PE. About a minute for the digits CNN at 1 x 1 on the iCEBreaker, five for
 ResNet-20 at 8 x 16 on the ULX3S-85F.
 
-Run:  python benchmarks/core_cells.py [--model FILE] [--board icebreaker] [--rows 1 --cols 1]
+Run:  python benchmarks/core_cells.py [--model FILE] [--board icebreaker] [--rows 1 --cols 1] [--multiply-cols M]
 Writes benchmarks/results/core_cells.json (or --json-out; another board: core_cells-<board>.json).
 """
 
@@ -96,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--board", default="icebreaker", help="the board whose part the core is elaborated for")
     parser.add_argument("--rows", type=int, default=1)
     parser.add_argument("--cols", type=int, default=1)
+    parser.add_argument("--multiply-cols", type=int, metavar="M",
+                        help="PEs multiply in the first M columns only (0: all; default: the board's, as lcq build)")
     parser.add_argument("--json-out", help="results file (default: benchmarks/results/core_cells.json on the "
                         "iCEBreaker, core_cells-<board>.json on another board)")
     args = parser.parse_args(argv)
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     from amaranth.back import rtlil
 
     from boards.boards import LINK_PAYLOAD, get_board
+    from boards.fit import board_multiply_cols
     from boards.top import NetworkAcceleratorCore
     from compiler import format as model_format
     from hw.memories import UNDEFINED_COLLISIONS
@@ -121,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"core_cells: {e}", file=sys.stderr)
         return 2
     model = model_format.load(args.model)
-    params = NetworkParams.for_model(model, args.rows, args.cols)
+    multiply_cols = board_multiply_cols(board, args.cols) if args.multiply_cols is None else args.multiply_cols
+    params = NetworkParams.for_model(model, args.rows, args.cols, multiply_cols=multiply_cols)
     core = NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=20_000,
                                   max_payload=LINK_PAYLOAD[board.family])
     kinds = KINDS[board.family]
@@ -138,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = round(time.perf_counter() - t0, 1)
     modules = grouped({name: cells for name, cells in modules.items() if any(cells.values())})
     total = {kind: sum(cells[kind] for cells in modules.values()) for kind in kinds}
-    print(f"{Path(args.model).name}, {args.rows} x {args.cols} whole-network core for {board.name} "
-          f"({board.device}), {SYNTH[board.family]} per module ({seconds} s)")
+    print(f"{Path(args.model).name}, {args.rows} x {args.cols} whole-network core (PEs multiplying in "
+          f"{params.engine.multiply_cols or args.cols} columns) for {board.name} ({board.device}), "
+          f"{SYNTH[board.family]} per module ({seconds} s)")
     print("| module | copies | " + " | ".join(kinds) + " |")
     print("|---|---|" + "---|" * len(kinds))
     for name, cells in [*modules.items(), ("total", {"copies": "", **total})]:
@@ -148,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, cells in pes.items():
             print(f"one PE alone, {name}: " + ", ".join(f"{cells[kind]:,} {kind}" for kind in kinds if cells[kind]))
     save_json({"benchmark": "core_cells", "model": Path(args.model).name, "board": board.name,
-               "device": board.device, "rows": args.rows, "cols": args.cols, "synthesis": SYNTH[board.family],
+               "device": board.device, "rows": args.rows, "cols": args.cols,
+               "multiply_cols": params.engine.multiply_cols, "synthesis": SYNTH[board.family],
                "modules": modules, "total": total, "one_pe": pes, "seconds": seconds,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "environment": environment()}, Path(args.json_out))
