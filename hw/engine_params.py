@@ -204,9 +204,8 @@ class EngineParams:
         return 2 if self.write_pairs else 1
 
     def layer_cols(self, node: ConvNode) -> int:
-        """Columns of layer ``node``'s channel tiles: ``multiply_cols`` for a multiplying layer where only those
-        columns multiply, else ``cols``."""
-        return self.multiply_cols if self.multiply_cols and node.mac == "multiply" else self.cols
+        """Columns of layer ``node``'s channel tiles on this engine (:func:`channel_tile`)."""
+        return channel_tile(node, self.cols, self.multiply_cols)
 
     @property
     def s_w(self) -> int:
@@ -462,8 +461,8 @@ class EngineParams:
         identity_tables = identity_tables and any(identity_levels(n) for n in convs)
         multiplies = any(n.mac == "multiply" for n in convs)
         multiply_cols = multiply_cols if multiplies else 0
-        need = [layer_needs(n, rows, multiply_cols if multiply_cols and n.mac == "multiply" else cols, skip_groups,
-                            identity_tables) for n in convs]
+        need = [layer_needs(n, rows, channel_tile(n, cols, multiply_cols), skip_groups, identity_tables)
+                for n in convs]
         weight_depth, wide_depth = weights_total(x["weight"] for x in need), 0
         if split_weights and resident != "none" and lut and len(lut) < len(convs):
             weight_depth = sum(x["weight"] for x, n in zip(need, convs) if n.mac == "lut")
@@ -477,6 +476,13 @@ class EngineParams:
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=max(1, total(x["table"] for x in need)), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
+
+
+def channel_tile(node: ConvNode, cols: int, multiply_cols: int) -> int:
+    """Columns of layer ``node``'s channel tiles on an array of ``cols`` columns whose PEs multiply in the first
+    ``multiply_cols`` only (0: in all): ``multiply_cols`` for a multiplying layer where they are fewer, else
+    ``cols``."""
+    return multiply_cols if multiply_cols and node.mac == "multiply" else cols
 
 
 def group_span(node: ConvNode, rows: int, cols: int) -> tuple[int, int]:
