@@ -41,7 +41,9 @@ DSP_WIDTH = {"ice40": 16, "ecp5": 18}
 BASE_LUTS = 4150
 # A PE's 7 x 8 multiplier in logic cells and its registers (ResNet-20 on the ECP5): 376 as seven shifted copies of
 # the level (8 x 8); 34 fewer as four two-bit weight digits, each selecting a multiple (hw.pe: 36,811 LUT4 against
-# 41,202 for the 8 x 16 core).
+# 41,202 for the 8 x 16 core). Above what one PE that multiplies costs now: benchmarks/core_cells.py counts about
+# 150 (141 LUT4s and 43 carry cells against 49 and 14 for a PE that only selects), and the routed 8 x 16 core with 4
+# multiplying columns took 22,786 LUT4s where this estimates 26,182; kept until a larger array it would pick is built.
 LOGIC_MULTIPLY_LUTS = 342
 LINK_BUFFER_BLOCKS = 1
 # LUT4s of the whole-network core beyond the engine: the vector unit (1,382 LUT4 and 329 carry cells
