@@ -477,6 +477,7 @@ def test_digits_network_on_the_ecp5_netlist(capsys):
     common = ["--rows", "2", "--cols", "2", "--simulator", "verilator"]
     rtl = lcq_sim_json(capsys, *common, "--board", "ulx3s-85f",
                        "--build-dir", str(BUILD_ROOT / "netlist-digits-network-ulx3s-85f-rtl"))
+    assert rtl["mismatches"] == 0, [s["first_mismatch"] for s in rtl["steps"] if s["first_mismatch"]]
     net = lcq_sim_json(capsys, *common, "--netlist", "ecp5",
                        "--build-dir", str(BUILD_ROOT / "netlist-digits-network-ulx3s-85f-ecp5"))
     assert net["mismatches"] == 0, [s["first_mismatch"] for s in net["steps"] if s["first_mismatch"]]
