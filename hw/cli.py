@@ -37,9 +37,13 @@ def array_args(p: argparse.ArgumentParser) -> None:
 
 
 def engine_params(args, model):
-    """The :class:`hw.engine_params.EngineParams` of ``args`` (rows, cols, resident) for ``model``."""
+    """The :class:`hw.engine_params.EngineParams` of ``args`` (rows, cols, resident) for ``model``: the layer
+    engine's, which multiplies in every column (``--multiply-cols`` is refused)."""
     from .engine_params import EngineParams
 
+    if getattr(args, "multiply_cols", None):
+        raise ValueError("--multiply-cols is for the whole-network core (network mode): the layer engine's PEs "
+                         "multiply in every column")
     return EngineParams.for_model(model, args.rows, args.cols, resident=getattr(args, "resident", "none"))
 
 

@@ -118,6 +118,9 @@ def board_core(model, board, mode: str, rows: int | None = None, cols: int | Non
         return BoardCore(board, mode, network.params, "none", "network")
     if mode != "layers":
         raise ValueError(f"mode must be 'network' or 'layers', not {mode!r}")
+    if multiply_cols:
+        raise ValueError("--multiply-cols is for the whole-network core (network mode): the layer engine's PEs "
+                         "multiply in every column")
     engine = engine_for_board(model, board, rows, cols)
     return BoardCore(board, mode, engine.params, engine.resident, "engine")
 

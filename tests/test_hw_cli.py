@@ -298,3 +298,15 @@ def test_verilator_runtime_objects_are_compiled_once(tmp_path, monkeypatch):
     monkeypatch.setenv(runner.OBJECT_CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setenv("OBJCACHE", "ccache")
     assert runner.verilator_object_cache() == {}
+
+
+def test_multiply_cols_is_refused_for_the_layer_engine(tmp_path, capsys):
+    """The layer engine's PEs multiply in every column: ``--multiply-cols`` with ``lcq generate --mode layer`` or
+    ``lcq sim --layer`` is an error naming the option, not an option silently ignored."""
+    from lcq.cli import main
+
+    assert main(["generate", str(DIGITS), "--mode", "layer", "--multiply-cols", "2", "-o", str(tmp_path / "e.v")]) == 2
+    assert "--multiply-cols is for the whole-network core" in capsys.readouterr().err
+    assert main(["sim", str(DIGITS), "--layer", "0", "--multiply-cols", "2"]) == 2
+    assert "--multiply-cols is for the whole-network core" in capsys.readouterr().err
+    assert not (tmp_path / "e.v").exists()
