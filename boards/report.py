@@ -127,7 +127,8 @@ def parse_build(build_dir, name: str, board: Board, nextpnr_report: str = "nextp
 
 def format_table(report: dict) -> str:
     """A build report as text: board, Fmax vs the PLL clock (where missed: by which path and how much,
-    :func:`missed_target`), bitstream and time per stage, the worst paths, then a resource table."""
+    :func:`missed_target`), bitstream and time per stage, the placements tried where more than one, the worst paths,
+    then a resource table."""
     fmax = report["fmax_mhz"]
     met = "no clocked logic" if fmax is None else ("met" if fmax >= report["pll_mhz"] else "NOT met")
     stages = ", ".join(f"{stage} {s:g} s" for stage, s in report.get("stage_seconds", {}).items())
@@ -137,6 +138,10 @@ def format_table(report: dict) -> str:
     if miss:
         lines.append(f"the path that misses it: {miss}")
     lines.append(f"bitstream {report['bitstream']} ({report['seconds']:g} s" + (f": {stages})" if stages else ")"))
+    if len(report.get("placements", [])) > 1:
+        tried = ", ".join(f"seed {p['seed']} " + (f"{p['fmax_mhz']} MHz" if p["outcome"] == "routed" else p["outcome"])
+                          for p in report["placements"])
+        lines.append(f"placements: {tried}; kept seed {report['seed']}")
     if report.get("worst_paths"):
         lines.append("worst paths (nextpnr):")
         for i, p in enumerate(report["worst_paths"], 1):

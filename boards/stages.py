@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ LOG_FLAGS = ("-l", "--log")      # the flag before the log file a tool writes it
 PROGRESS_SECONDS = 30.0          # default seconds between progress lines
 STOP_GRACE_SECONDS = 5.0         # SIGTERM, then SIGKILL after this long
 STALL_POLL_SECONDS = 5.0         # how often the log is read for a router stall between progress lines
+STOP_POLL_SECONDS = 1.0          # how often a stage run on another thread looks at its stop event
 # router2 stalls where it has more than ROUTER2_MAX_OVERUSED wires overused at its iteration ROUTER2_CHECK_ITERATION.
 # Every ULX3S-85F ResNet-20 core that routed (13 builds, e42f8cd-665409a) had at most 14 there and routed
 # by iteration 76; the two that did not route within 20 minutes had 252 (cb70dc0: its count then rose to 955 by
@@ -258,9 +260,25 @@ def _raise_on_signal(signum, frame):
     raise BuildError(f"stopped by signal {signal.Signals(signum).name}")
 
 
+@contextmanager
+def sigterm_raises():
+    """Within it, on the main thread, SIGTERM raises :class:`BuildError` ("stopped by signal SIGTERM"), so that
+    the ``finally`` blocks that stop the tools run (elsewhere: nothing changes, as Python lets only the main
+    thread set handlers); the handler before is put back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
 def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build", deadline: float | None = None,
                every: float | None = PROGRESS_SECONDS, log_name: str = "build.log", out=None,
-               stall_seconds: float | None = None) -> dict:
+               stall_seconds: float | None = None, stop: threading.Event | None = None,
+               append_log: bool = False) -> dict:
     """Run ``stages`` in ``build_dir`` with ``env``, their output to ``log_name`` there; returns
     {stage name: seconds}. ``deadline`` is a ``time.monotonic()`` value (None: no limit); progress
     lines go to ``out`` (default stderr): one as each stage starts and ends, one every ``every`` seconds
@@ -274,11 +292,14 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
     cannot complete, :class:`BuildError`
     (message: ``what`` failed, the exit status, the stage, the end of the log) when a tool exits non-zero
     or cannot start, and :class:`BuildError` when this process gets SIGTERM while a stage runs on the main
-    thread (its process group killed first; Ctrl-C kills it too and raises KeyboardInterrupt)."""
+    thread (:func:`sigterm_raises`) or ``stop`` (a ``threading.Event``, for stages run on other threads) is set,
+    within :data:`STOP_POLL_SECONDS` (its process group killed first; Ctrl-C kills it too and raises
+    KeyboardInterrupt). ``append_log``: add to ``log_name`` instead of starting it afresh."""
     out = sys.stderr if out is None else out
     build_dir = Path(build_dir)
     log_path = build_dir / log_name
-    log_path.write_text("")
+    if not append_log:
+        log_path.write_text("")
     started = time.monotonic()
     seconds: dict = {}
 
@@ -316,48 +337,48 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
             except OSError as e:
                 raise BuildError(f"{what} failed in {stage.name}: cannot run {argv[0]!r} ({e}); "
                                  f"set {tool_env_var(stage.tool)} to the tool's path") from None
-        main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _raise_on_signal) if main else None
-        try:
-            next_line = t0 + every if every else None
-            while True:
-                now = time.monotonic()
-                wakes = [t for t in (next_line, deadline, now + STALL_POLL_SECONDS if stall_seconds else None)
-                         if t is not None]
-                try:
-                    proc.wait(max(min(wakes) - now, 0.0) if wakes else None)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                for line in follow.lines() if follow else ():
-                    progress.feed(line)
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
+        with sigterm_raises():
+            try:
+                next_line = t0 + every if every else None
+                while True:
+                    now = time.monotonic()
+                    wakes = [t for t in (next_line, deadline, now + STALL_POLL_SECONDS if stall_seconds else None,
+                                         now + STOP_POLL_SECONDS if stop is not None else None) if t is not None]
+                    try:
+                        proc.wait(max(min(wakes) - now, 0.0) if wakes else None)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    for line in follow.lines() if follow else ():
+                        progress.feed(line)
+                    now = time.monotonic()
+                    if stop is not None and stop.is_set():
+                        stop_group(proc)
+                        raise BuildError(f"{what}: {stage.name} stopped")
+                    if deadline is not None and now >= deadline:
+                        stop_group(proc)
+                        raise timeout(now - t0)
+                    if stall_seconds is not None and progress.stalled_seconds >= stall_seconds:
+                        stop_group(proc)
+                        seconds[stage.name] = round(now - t0, 1)
+                        raise RouterStall(f"{what}: nextpnr's router1 stalled, {progress.fewest_arcs} arcs or more "
+                                          f"left for {duration(progress.stalled_seconds)} of its routing",
+                                          progress.fewest_arcs, progress.stalled_seconds, seconds)
+                    if stall_seconds is not None and progress.router2_stalled is not None:
+                        stop_group(proc)
+                        seconds[stage.name] = round(now - t0, 1)
+                        overused = progress.router2_stalled
+                        raise RouterStall(f"{what}: nextpnr's router2 stalled, {overused} wires overused at its "
+                                          f"iteration {ROUTER2_CHECK_ITERATION}, more than the "
+                                          f"{ROUTER2_MAX_OVERUSED} of placements that route", overused, None, seconds)
+                    if next_line is not None and now >= next_line:
+                        figure = progress.figure
+                        say(f"{stage.name} {duration(now - t0)} ({duration(now - started)} in all)"
+                            + (f": {figure}" if figure else ""))
+                        next_line += every
+            finally:
+                if proc.poll() is None:
                     stop_group(proc)
-                    raise timeout(now - t0)
-                if stall_seconds is not None and progress.stalled_seconds >= stall_seconds:
-                    stop_group(proc)
-                    seconds[stage.name] = round(now - t0, 1)
-                    raise RouterStall(f"{what}: nextpnr's router1 stalled, {progress.fewest_arcs} arcs or more left "
-                                      f"for {duration(progress.stalled_seconds)} of its routing",
-                                      progress.fewest_arcs, progress.stalled_seconds, seconds)
-                if stall_seconds is not None and progress.router2_stalled is not None:
-                    stop_group(proc)
-                    seconds[stage.name] = round(now - t0, 1)
-                    overused = progress.router2_stalled
-                    raise RouterStall(f"{what}: nextpnr's router2 stalled, {overused} wires overused at its iteration "
-                                      f"{ROUTER2_CHECK_ITERATION}, more than the {ROUTER2_MAX_OVERUSED} of placements "
-                                      f"that route", overused, None, seconds)
-                if next_line is not None and now >= next_line:
-                    figure = progress.figure
-                    say(f"{stage.name} {duration(now - t0)} ({duration(now - started)} in all)"
-                        + (f": {figure}" if figure else ""))
-                    next_line += every
-        finally:
-            if proc.poll() is None:
-                stop_group(proc)
-            if main:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
         for line in follow.lines() if follow else ():
             progress.feed(line)
         seconds[stage.name] = round(time.monotonic() - t0, 1)

@@ -35,6 +35,14 @@ def ecp5_form(monkeypatch):
     build_as_for_the_ecp5(monkeypatch)
 
 
+@pytest.fixture
+def fake_tools(tmp_path, monkeypatch):
+    """:func:`fake_toolchain.install`: the fake tools in tmp_path/bin, named by the tool variables; returns
+    ``set_log(tool, text)``, which sets the log lines a tool writes."""
+    from fake_toolchain import install
+    return install(tmp_path, monkeypatch)
+
+
 # ---- pytest-xdist (`pytest -n auto`) ----------------------------------------------------------------------
 # Tests of one file share what may not be made twice at once: a simulator build directory in build/sim (the
 # Verilator build of the digits CNN's 4 x 4 network core, the PE array's, `lcq board-sim`'s with its port and

@@ -1,7 +1,8 @@
 """`lcq build` stage by stage: progress figures from Yosys' and nextpnr's logs, the stage runner with
 fake tools (a deadline kills a stage's process group; a failing tool names its stage), the worst paths
 of nextpnr's report, and the build options --timeout, --seed, --placer and --router. No real synthesis: the fake
-tools are Python scripts put in place of the YoWASP tools through the variables ``toolchain_env`` sets.
+tools (:mod:`fake_toolchain`) are Python scripts put in place of the YoWASP tools through the variables
+``toolchain_env`` sets.
 
 The nextpnr log lines are real ones (an iCEBreaker build of the digits CNN and an ULX3S-85F build of
 ResNet-20); ``CLK_PATH`` is the worst ``clk`` path of that iCEBreaker build's ``nextpnr-report.json``
@@ -14,11 +15,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
+
+from fake_toolchain import gone_soon
 
 from boards.report import format_table, missed_target, worst_paths
 from boards.stages import (BuildError, BuildTimeout, LogFollower, Progress, RouterStall, Stage, duration, plan_stages,
@@ -148,89 +150,9 @@ def test_plan_stages_reads_amaranths_commands(tmp_path):
 
 # --- The stage runner with fake tools -----------------------------------------------------------------
 
-# One fake for every tool: writes the lines of $FAKE_LOG_<TOOL> (a file) to its own log (-l / --log),
-# its argv to <tool>.argv, the files it is asked for (--report: $FAKE_REPORT's content; --textcfg, --asc,
-# icepack's output, --bit), then, with $FAKE_SLEEP_<TOOL>, starts a `sleep` child (its pid in
-# <tool>.child) and sleeps; $FAKE_ERROR_<TOOL> is a line it prints last, $FAKE_EXIT_<TOOL> its exit status. Run
-# with `--seed N`, the variables <VAR>_SEED_N take the place of <VAR> (unset: none).
-FAKE = textwrap.dedent("""\
-    import os, subprocess, sys, time
-    from pathlib import Path
-    tool = Path(sys.argv[0]).name
-    key = tool.upper().replace("-", "_")
-    args = sys.argv[1:]
-    Path(tool + ".argv").write_text(repr(args))
-    def value(flag):
-        return args[args.index(flag) + 1] if flag in args else None
-    seeded = "_SEED_" + value("--seed") if value("--seed") else ""
-    log = value("-l") or value("--log")
-    if log and os.environ.get("FAKE_LOG_" + key + seeded):
-        with open(log, "w") as f:
-            for line in Path(os.environ["FAKE_LOG_" + key + seeded]).read_text().splitlines():
-                f.write(line + "\\n")
-                f.flush()
-    if value("--report"):
-        Path(value("--report")).write_text(Path(os.environ["FAKE_REPORT"]).read_text())
-    for out in (value("--textcfg"), value("--asc"), value("--bit")):
-        if out:
-            Path(out).write_text("fake")
-    if tool == "icepack":
-        Path(args[-1]).write_bytes(bytes(20000))
-    print(tool, "ran")
-    if os.environ.get("FAKE_SLEEP_" + key + seeded):
-        child = subprocess.Popen(["sleep", "60"])
-        Path(tool + ".child").write_text(str(child.pid))
-        time.sleep(float(os.environ["FAKE_SLEEP_" + key + seeded]))
-    if os.environ.get("FAKE_ERROR_" + key + seeded):
-        print(os.environ["FAKE_ERROR_" + key + seeded])
-    sys.exit(int(os.environ.get("FAKE_EXIT_" + key + seeded, "0")))
-""")
-TOOLS = {"YOSYS": "yosys", "NEXTPNR_ECP5": "nextpnr-ecp5", "NEXTPNR_ICE40": "nextpnr-ice40",
-         "ECPPACK": "ecppack", "ICEPACK": "icepack"}
-
-
-@pytest.fixture
-def fake_tools(tmp_path, monkeypatch):
-    """The fake tool installed under each tool's name in tmp_path/bin and named by the tool variables;
-    returns a function setting a tool's log text (and other FAKE_* variables)."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    for var, tool in TOOLS.items():
-        exe = bindir / tool
-        exe.write_text(f"#!{sys.executable}\n{FAKE}")
-        exe.chmod(0o755)
-        monkeypatch.setenv(var, str(exe))
-
-    def set_log(tool, text):
-        path = tmp_path / f"{tool}.log-lines"
-        path.write_text(text)
-        monkeypatch.setenv("FAKE_LOG_" + tool.upper().replace("-", "_"), str(path))
-    return set_log
-
-
 def ecp5_stages():
     return [Stage(n, argv[0], tuple(argv), log) for n, argv, log in zip(
         ("synthesis", "placement and routing", "packing"), ECP5_COMMANDS, ("top.rpt", "top.tim", None))]
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie (killed, not yet reaped by its parent) counts as gone
-    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-
-
-def gone_soon(pid: int, seconds: float = 5.0) -> bool:
-    """Whether ``pid`` is gone within ``seconds``: a killed process dies when the kernel next runs it, which on
-    a loaded machine can be a moment after the signal."""
-    deadline = time.monotonic() + seconds
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_stages_run_in_order_with_progress_lines(tmp_path, fake_tools, monkeypatch):
