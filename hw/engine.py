@@ -105,6 +105,7 @@ from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTI
 from .fsm_encoding import one_hot
 from .memories import slow_block_ram
 from .pe import PEArray, RowTable, multiply_in_logic
+from .reset_tree import settling
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
 from .spram import SpramBuffer, platform_has_spram
@@ -255,6 +256,7 @@ class LayerEngine(wiring.Component):
     STAGE_LATENCY = max(ThresholdUnit.LATENCY, RequantizeUnit.LATENCY)
     FUSED_LATENCY = 1 + ThresholdUnit.LATENCY
     WORD_GROUP_COLUMNS = 4
+    RESET_LEVELS = PEArray.RESET_LEVELS     # levels of reset copies below the engine (hw.reset_tree)
 
     @classmethod
     def stage_latency(cls, platform) -> int:
@@ -327,7 +329,7 @@ class LayerEngine(wiring.Component):
         cfg = {name: Signal(signed(self.data_addr_bits if name == "dst_base" else p.register_bits(name, self.reg_bits)),
                             name=f"cfg_{name}") for name in self.registers}
         idle = Signal()
-        load, beat_valid, start = self._load_beat(m, idle)
+        load, beat_valid, start = self._load_beat(m, idle, platform)
 
         def loads(target):
             return beat_valid & (load.target == target)
@@ -885,17 +887,20 @@ class LayerEngine(wiring.Component):
             result = delayed(m, value, self._stage_latency - lag, f"raw{suffix}")
         return Mux(stage == STAGE_THRESHOLDS, code, result) if p.code_bits else result
 
-    def _load_beat(self, m, idle):
+    def _load_beat(self, m, idle, platform):
         """The load beat as the registers and buffers take it: ``(payload, valid, start)``. Layer mode:
-        the ``load`` stream's beat (taken while idle) and ``start`` as they come. Network mode: the beat a
+        the ``load`` stream's beat (taken while idle) and ``start`` as they come, neither while the PE array's
+        rows may still be in reset after the engine's (:func:`hw.reset_tree.settling`; in network mode the
+        core holds its beats so). Network mode: the beat a
         cycle later, from flip-flops, so that no write enable depends on the FSM's state (the ResNet-20
         core's worst path ran from the state into a configuration register's enable), and ``start`` two
         cycles later, so that a layer started right after its last register word sees that word (written a
         cycle after its beat). ``busy``
         is high, and ``load`` not ready, from the cycle after ``start``."""
         if not self.network:
-            m.d.comb += [self.load.ready.eq(idle), self.busy.eq(~idle)]
-            return self.load.payload, self.load.valid & idle, self.start
+            held = settling(m, platform, self.RESET_LEVELS)
+            m.d.comb += [self.load.ready.eq(idle & ~held), self.busy.eq(~idle)]
+            return self.load.payload, self.load.valid & idle & ~held, self.start & ~held
         pending, late = Signal(name="start_pending"), Signal(name="start_late")
         m.d.comb += [self.load.ready.eq(idle & ~pending & ~late), self.busy.eq(~idle | pending | late)]
         beat, beat_valid = Signal(self.load.payload.shape(), name="beat"), Signal(name="beat_valid")

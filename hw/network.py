@@ -49,7 +49,6 @@ from amaranth.lib.wiring import In, Out
 
 from .column_memory import column_memory, value_read_latency
 from .delay import delayed, late_write, reset_less_data
-from .reset_tree import own_reset_submodule
 from .engine import LayerEngine
 from .engine_params import CONFIG
 from .fsm_encoding import one_hot
@@ -57,12 +56,17 @@ from .memories import slow_block_ram
 from .network_params import (END, ENGINE_REG, ENGINE_TARGETS, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS,
                              OPERANDS, OUTPUT, PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE,
                              VECTOR_REG, NetworkParams)
+from .reset_tree import own_reset_submodule, settling
 from .spram import ADDR_BITS as SPRAM_ADDR_BITS
 from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
 from .vector import VectorUnit
 from .vector_params import ACT_THRESHOLDS, OP_REGISTERS
 from .vector_params import TARGETS as VECTOR_TARGETS
+
+# Levels of reset copies below the core where hw.reset_tree holds: the engine's and the vector unit's, then those
+# below the engine (its PE rows').
+RESET_LEVELS = 1 + LayerEngine.RESET_LEVELS
 
 
 def single_port_values(m: Module, width: int):
@@ -176,9 +180,13 @@ class NetworkCore(wiring.Component):
         stage_write, stage_read = memory("image", p.input_bits, p.image_depth)
 
         idle, copying = Signal(), Signal()
+        # After a reset, no beat and no start until every block runs: the engine and the vector unit leave reset
+        # a cycle after the core, the engine's PE rows a cycle after it (hw.reset_tree.settling).
+        held = settling(m, platform, RESET_LEVELS)
+        offered = self.load.valid & ~held
         load = self.load.payload
         is_image = load.target == IMAGE
-        host = self.load.valid & idle & ~is_image
+        host = offered & idle & ~is_image
         vector_target = load.target - VECTOR_BASE
 
         def host_write(name, **ports):
@@ -196,7 +204,7 @@ class NetworkCore(wiring.Component):
                                  (load.target < VECTOR_BASE + len(VECTOR_TARGETS)), target=vector_target,
                                  addr=load.addr, data=load.data)
         m.d.comb += [
-            self.load.ready.eq(Mux(is_image, ~copying, idle)),
+            self.load.ready.eq(Mux(is_image, ~copying, idle) & ~held),
             program_write.en.eq(program[0]), program_write.addr.eq(program[1]), program_write.data.eq(program[2]),
             table_write.en.eq(table[0]), table_write.addr.eq(table[1]), table_write.data.eq(table[2]),
             vector.load_en.eq(vector_load[0]), vector.load_target.eq(vector_load[1]),
@@ -251,7 +259,7 @@ class NetworkCore(wiring.Component):
         # read from the table is registered first and written a cycle later still (the table's block RAM output
         # ran into the staging buffer's data input: 12.7 ns on the ULX3S-85F at 7bd78e4); the host starts the
         # network, whose COPY reads the staging buffer, beats after its last pixel.
-        stage_en, stage_addr, stage_data = self.load.valid & is_image & ~copying, load.addr, table_read.data
+        stage_en, stage_addr, stage_data = offered & is_image & ~copying, load.addr, table_read.data
         if slow_block_ram(platform):
             stage_en, stage_addr = delayed(m, stage_en, 1, "stage_en"), delayed(m, stage_addr, 1, "stage_addr")
             stage_data = delayed(m, stage_data, 1, "staged_code", reset_less=reset_less_data(platform))
@@ -317,7 +325,7 @@ class NetworkCore(wiring.Component):
         m.d.sync += out_value.eq(single_value)
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(self.start & ~held):
                     m.d.sync += [pc.eq(0), index.eq(0), position.eq(0), lane.eq(0), word_base.eq(p.image_base)]
                     m.next = "COPY"
             with m.State("COPY"):

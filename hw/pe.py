@@ -568,7 +568,12 @@ class PEArray(wiring.Component):
 
     ``multiply_cols`` (a multiplying :class:`RowTable`): 0, every PE multiplies; else those of columns
     ``multiply_cols ..`` only select (:meth:`RowTable.selecting`), and a multiplying layer's weights there must be 0.
+
+    ``RESET_LEVELS``: where :func:`hw.reset_tree.reset_tree` holds, each row takes the reset from a copy of its own,
+    a cycle after the array: nothing may reach a row in the cycle after a reset (:func:`hw.reset_tree.settling`).
     """
+
+    RESET_LEVELS = 1
 
     def __init__(self, variant: Variant, rows: int, cols: int, acc_bits: int = 24, *, double_buffered: bool = False,
                  multiply_cols: int = 0):

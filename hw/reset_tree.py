@@ -6,11 +6,14 @@ its worst path ran from that synchronizer into the link bridge's FSM, 11.2 of it
 block given its own copy of the reset (:func:`own_reset_submodule`) has a net of its own, driven from a
 flip-flop that the placer puts among the block's loads; the nets from the synchronizer to the copies have a
 cycle to themselves.
+
+Each level of copies leaves reset a cycle after the level above it, so a core whose blocks hold copies of
+their own takes nothing from outside while :func:`settling` says a block below it is still held.
 """
 
 from __future__ import annotations
 
-from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
+from amaranth import C, Cat, ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal, Value
 
 from .delay import own
 from .fabric import is_ecp5
@@ -39,3 +42,18 @@ def own_reset_submodule(m: Module, name: str, elaboratable, platform, domain: st
     m.d.comb += [cd.clk.eq(ClockSignal("sync")), cd.rst.eq(rst)]
     m.submodules[name] = DomainRenamer({"sync": domain})(elaboratable)
     return elaboratable
+
+
+def settling(m: Module, platform, levels: int) -> Value:
+    """1 while a block ``levels`` copies of the reset below ``m`` (:func:`own_reset_submodule` within ``levels``
+    of them) may still be held after ``sync``'s reset: from the cycle after the reset's first edge until the
+    ``levels`` cycles after its last have passed, where :func:`reset_tree` holds for ``platform`` (else a
+    constant 0). A core stops taking input while it is 1, so that nothing it passes on reaches a block still in
+    reset (at 7b02bc5 a PE row's table entry loaded in the cycle after a reset was lost). It comes from a
+    register of ``levels`` bits without reset, 0 from configuration: a core out of configuration takes input at
+    once."""
+    if not reset_tree(platform):
+        return C(0, 1)
+    held = Signal(levels, name="settling", reset_less=True)
+    m.d.sync += held.eq(Cat(ResetSignal("sync"), held[:-1]))
+    return held.any()

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("amaranth", reason="hw needs amaranth: pip install -e '.[hw]'")
 
-from amaranth import Module  # noqa: E402
+from amaranth import ClockDomain, Module, ResetSignal, Signal  # noqa: E402
 from amaranth.hdl import UnusedElaboratable  # noqa: E402
 from amaranth.lib import wiring  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
@@ -35,17 +35,32 @@ def compute_cycles(params, node, drain):
     return tiles * (params.rows + v["positions"] + 1 + gap) - gap + drain
 
 
-def run_engine(params, node, beats, out_words):
+def run_engine(params, node, beats, out_words, reset_first=False):
     """Load ``beats``, start, read ``out_words`` words (``out.ready`` every other cycle); check the
     documented timing: load ready while idle, each word offered ``cols + STAGE_LATENCY + 3``
     cycles after computing ends or the previous word is accepted, busy until the last is
-    accepted, then no busy and no word for as long as reading back a word takes, twice."""
+    accepted, then no busy and no word for as long as reading back a word takes, twice.
+    ``reset_first``: ``sync``'s reset held for two cycles first; returns the words and the cycles after it that
+    ``load`` was not ready (0 without)."""
     dut = LayerEngine(params)
+    top, rst = Module(), Signal()
+    top.domains.sync = ClockDomain()
+    top.submodules.engine = dut
+    top.d.comb += ResetSignal("sync").eq(rst)
+    held = 0
     assert dut.drain == params.rows + params.cols + 6
     word_cycles = params.cols + LayerEngine.stage_latency(None) + 3
     words = []
 
     async def testbench(ctx):
+        nonlocal held
+        if reset_first:
+            ctx.set(rst, 1)
+            await ctx.delay(2e-8)       # two clock periods (a tick in reset raises DomainReset)
+            ctx.set(rst, 0)
+            while not ctx.get(dut.load.ready):
+                held += 1
+                await ctx.tick()
         for target, addr, data in beats:
             ctx.set(dut.load.valid, 1)
             ctx.set(dut.load.payload, {"target": target, "addr": addr, "data": data})
@@ -73,11 +88,11 @@ def run_engine(params, node, beats, out_words):
             assert not ctx.get(dut.busy) and not ctx.get(dut.out.valid), f"{n} cycles after the last word"
             await ctx.tick()
 
-    sim = Simulator(dut)
+    sim = Simulator(top)
     sim.add_clock(1e-8)
     sim.add_testbench(testbench)
     sim.run()
-    return words
+    return words, held
 
 
 @pytest.mark.parametrize("ecp5", [False, True])
@@ -93,8 +108,25 @@ def test_engine_layer_in_amaranth_simulation(layer, ecp5, monkeypatch):
     images = np.random.default_rng(layer).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
     t = reference.run(DIGITS, images)
     params = EngineParams.for_model(DIGITS, 2, 3)
-    words = run_engine(params, node, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
-                       output_words(params, node))
+    words, _ = run_engine(params, node, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
+                          output_words(params, node))
+    assert (decode_outputs(params, node, words) == t[node.output][0]).all()
+
+
+@pytest.mark.parametrize("ecp5", [False, True])
+def test_after_a_reset_the_engine_takes_beats_once_its_rows_run(ecp5, monkeypatch):
+    """In the ECP5's form the PE array's rows leave a reset a cycle after the engine (:mod:`hw.reset_tree`):
+    ``load`` is not ready in that cycle (elsewhere it is at once), and the layer's outputs are exact."""
+    if ecp5:
+        from helpers import build_as_for_the_ecp5
+        build_as_for_the_ecp5(monkeypatch)
+    node = DIGITS.convs[0]
+    images = np.random.default_rng(0).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
+    t = reference.run(DIGITS, images)
+    params = EngineParams.for_model(DIGITS, 2, 3)
+    words, held = run_engine(params, node, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
+                             output_words(params, node), reset_first=True)
+    assert held == (LayerEngine.RESET_LEVELS if ecp5 else 0)
     assert (decode_outputs(params, node, words) == t[node.output][0]).all()
 
 
@@ -109,8 +141,8 @@ def test_engine_requantize_stage_with_relu():
     with pytest.raises(ValueError, match="its requantize stage has a ReLU but the engine's has none"):
         check_fits(plain, node)
     params = dataclasses.replace(plain, requantize=dataclasses.replace(plain.requantize, relu=True))
-    words = run_engine(params, node, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
-                       output_words(params, node))
+    words, _ = run_engine(params, node, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
+                          output_words(params, node))
     want = node.stage.apply(t[f"{fc.name}.acc"])[0]
     assert (t[fc.output][0] < 0).any() and (want == np.maximum(t[fc.output][0], 0)).all()
     assert (decode_outputs(params, node, words) == want).all()

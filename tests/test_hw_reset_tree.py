@@ -1,5 +1,6 @@
 """hw.reset_tree: a block with a reset copy of its own runs on ``sync``'s clock and takes ``sync``'s reset a
-cycle later; without the tree (not an ECP5) it is added as it is."""
+cycle later; without the tree (not an ECP5) it is added as it is; ``settling`` covers the cycles a block some
+levels of copies below is still held."""
 
 from types import SimpleNamespace
 
@@ -11,7 +12,7 @@ from amaranth import Elaboratable, Module, ResetSignal, Signal  # noqa: E402
 from amaranth.hdl import Fragment  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
-from hw.reset_tree import own_reset_submodule, reset_tree  # noqa: E402
+from hw.reset_tree import own_reset_submodule, reset_tree, settling  # noqa: E402
 
 ECP5, ICE40 = SimpleNamespace(device="LFE5U-85F"), SimpleNamespace(device="iCE40UP5K")
 
@@ -75,3 +76,40 @@ def test_without_the_tree_the_block_takes_sync_itself():
     assert [r[1] for r in rows] == [r[0] for r in rows] == [0, 1, 2, 3, 0, 1, 2, 3]
     fragment = Fragment.get(Top(ICE40), None)
     assert not any(name == "block_sync" for name in fragment.domains)
+
+
+class Nested(Elaboratable):
+    """A :class:`Counter` two levels of reset copies below the top, and the top's ``settling`` for two levels."""
+
+    def __init__(self, platform):
+        self.platform, self.rst, self.held, self.inner = platform, Signal(), Signal(), Counter()
+
+    def elaborate(self, platform):
+        m, middle = Module(), Module()
+        m.d.comb += [ResetSignal("sync").eq(self.rst), self.held.eq(settling(m, self.platform, 2))]
+        own_reset_submodule(middle, "inner", self.inner, self.platform, "inner_sync")
+        own_reset_submodule(m, "middle", middle, self.platform, "middle_sync")
+        return m
+
+
+@pytest.mark.parametrize("platform", [ECP5, ICE40], ids=["ecp5", "ice40"])
+def test_settling_lasts_until_a_block_two_levels_below_runs(platform):
+    top, rows = Nested(platform), []
+
+    async def bench(ctx):
+        for n in range(9):
+            ctx.set(top.rst, n in (3, 4))
+            rows.append((ctx.get(top.held), ctx.get(top.inner.count)))
+            await ctx.tick()
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    if platform is ICE40:
+        assert [r[0] for r in rows] == [0] * 9 and [r[1] for r in rows] == [0, 1, 2, 3, 0, 0, 1, 2, 3]
+        return
+    # sync's reset at the edges of cycles 3 and 4; the inner block's at those of 5 and 6: it counts again from the
+    # edge of cycle 7, the first at which the top takes input again.
+    assert [r[1] for r in rows] == [0, 1, 2, 3, 4, 5, 0, 0, 1]
+    assert [r[0] for r in rows] == [0, 0, 0, 0, 1, 1, 1, 0, 0]
