@@ -268,13 +268,18 @@ class NetworkCore(wiring.Component):
 
         # COPY: staged code `index` (channel * positions + position) is read, registered the next cycle (no
         # path from one block RAM's output into another's input: the ULX3S-85F's worst), and written the cycle
-        # after into lane `lane` of code-memory word `word_base + position`.
+        # after into lane `lane` of code-memory word `word_base + position`. On the ECP5 the read is registered
+        # twice, and written a cycle later still: the first register has the block's output alone for its input,
+        # so the placer can put it by the block (the block's 5.8 ns clock-to-output and 5.4 ns of routing to the
+        # one register were the ULX3S-85F ResNet-20's worst path at 8bcfa9e).
+        copy_lag = 2 + int(slow_block_ram(platform))
         index, position = Signal(range(p.image_depth + 1)), Signal(range(p.image_positions))
         lane, word_base = Signal(range(lanes)), Signal(range(p.engine.act_depth + 1))
-        copy_valid, copy_lane, copy_addr = (delayed(m, value, 2, name) for value, name in
+        copy_valid, copy_lane, copy_addr = (delayed(m, value, copy_lag, name) for value, name in
                                             ((copying, "copy_valid"), (lane, "copy_lane"),
                                              (word_base + position, "copy_addr")))
-        copy_code = delayed(m, stage_read.data[:lane_bits], 1, "copy_code")
+        copy_code = delayed(m, stage_read.data[:lane_bits], copy_lag - 1, "copy_code",
+                            reset_less=reset_less_data(platform))
         m.d.comb += stage_read.addr.eq(index)
 
         # The code memory's ports (the engine's, while it is idle): written with copied image codes or the
@@ -337,8 +342,11 @@ class NetworkCore(wiring.Component):
                 with m.If(index == p.image_depth - 1):
                     m.next = "COPY_WRITE"
             with m.State("COPY_WRITE"):
-                # The last code is registered.
-                m.next = "COPY_END"
+                # The last code is registered (on the ECP5: registered once, COPY_LATE twice).
+                m.next = "COPY_LATE" if copy_lag > 2 else "COPY_END"
+            if copy_lag > 2:
+                with m.State("COPY_LATE"):
+                    m.next = "COPY_END"
             with m.State("COPY_END"):
                 # The last code is written; the input step is done.
                 m.d.comb += self.probe.step_done.eq(1)
