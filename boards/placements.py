@@ -9,7 +9,10 @@ cores a second placement costs no wall-clock time.
 runs it on this thread with its own output names; a wider one runs one placement per seed, each on a thread of its
 own with its outputs (log, report, textual configuration or .asc) named ``<stem>.seed<N><suffix>`` and its tool
 output in ``build.seed<N>.log``, and keeps the placement of the highest Fmax, whose outputs then take the stage's
-own names (the others' logs and reports stay, for reading). Where no placement of a round routes because a router
+own names (the others' logs and reports stay, for reading). A placement still running :data:`PATIENCE` of the first
+routed one's time after that one routed is stopped (outcome "stopped"): a router that converges slowly would
+otherwise hold the build (the ULX3S-85F ResNet-20 core at 67755e1: seed 1 routed in 15 minutes, seed 2 still had
+771 wires overused after 22). Where no placement of a round routes because a router
 stalled or a placement could not be completed (:data:`RETRIED`), the next round tries the next seeds, at most
 :data:`ROUNDS` rounds in all, unless a seed was asked for.
 """
@@ -31,6 +34,7 @@ from .stages import (PLACEMENT_FAILURE, STOP_POLL_SECONDS, BuildError, BuildTime
                      Stage, run_stages, sigterm_raises)
 
 ROUNDS = 3                     # rounds of placements where each fails as RETRIED says, unless a seed was asked for
+PATIENCE = 0.25                # share of the first routed placement's time that the others get after it
 RETRIED = (RouterStall, FailedPlacement)
 OUTPUT_FLAGS = ("--log", "--report", "--textcfg", "--asc")   # nextpnr's flags before the files it writes
 BULKY_FLAGS = ("--textcfg", "--asc")                          # outputs of the placements not kept that are removed
@@ -40,7 +44,8 @@ OUTCOMES = {RouterStall: "router stall", FailedPlacement: "placement failed", Bu
 @dataclass
 class Placement:
     """One nextpnr run: its ``seed`` (None: nextpnr's own), ``outcome`` ("routed", "router stall", "placement
-    failed", "timeout" or "failed"), ``fmax_mhz`` (None unless routed), ``seconds`` and the ``error`` it raised."""
+    failed", "timeout", "stopped" (:data:`PATIENCE`) or "failed"), ``fmax_mhz`` (None unless routed), ``seconds``
+    and the ``error`` it raised."""
 
     seed: int | None
     outcome: str
@@ -139,7 +144,9 @@ def _place(stage: Stage, seed: int | None, build_dir: Path, env: dict, family: s
         run_stages([stage], build_dir, env, what=what, deadline=deadline, every=every, log_name=log_name,
                    stall_seconds=stall_seconds, stop=stop, append_log=log_name == "build.log")
     except BuildError as e:
-        return Placement(seed, OUTCOMES.get(type(e), "failed"), None, round(time.monotonic() - t0, 1), e)
+        stopped = stop is not None and stop.is_set() and type(e) is BuildError
+        return Placement(seed, "stopped" if stopped else OUTCOMES.get(type(e), "failed"), None,
+                         round(time.monotonic() - t0, 1), e)
     reports = outputs(stage, ("--report",))
     fmax = parse_nextpnr(json.loads((build_dir / reports[0]).read_text()), family)[0] if reports else None
     return Placement(seed, "routed", fmax, round(time.monotonic() - t0, 1))
@@ -147,9 +154,10 @@ def _place(stage: Stage, seed: int | None, build_dir: Path, env: dict, family: s
 
 def _side_by_side(stage: Stage, seeds: list[int], build_dir: Path, env: dict, family: str, what: str,
                   deadline: float | None, every: float | None, stall_seconds: float | None) -> list[Placement]:
-    """One placement per seed of ``seeds``, each on a thread of its own with its outputs :func:`renamed`; an
-    exception on this thread (SIGTERM, Ctrl-C) stops them all, their tools' process groups killed."""
-    stop = threading.Event()
+    """One placement per seed of ``seeds``, each on a thread of its own with its outputs :func:`renamed`; those
+    still running :data:`PATIENCE` of the first routed one's time after it are stopped; an exception on this
+    thread (SIGTERM, Ctrl-C) stops them all, their tools' process groups killed."""
+    stop, cutoff = threading.Event(), None
     with sigterm_raises(), ThreadPoolExecutor(len(seeds)) as pool:
         futures = [pool.submit(_place, seeded(stage, s, rename=True), s, build_dir, env, family,
                                f"{what} (seed {s})", deadline, every, stall_seconds, f"build.seed{s}.log", stop)
@@ -157,6 +165,14 @@ def _side_by_side(stage: Stage, seeds: list[int], build_dir: Path, env: dict, fa
         try:
             while not all(f.done() for f in futures):
                 wait_for(futures, timeout=STOP_POLL_SECONDS)
+                routed = [f.result() for f in futures if f.done() and f.result().outcome == "routed"]
+                if routed and cutoff is None:
+                    first = routed[0]
+                    cutoff = time.monotonic() + PATIENCE * first.seconds
+                    print(f"{what}: seed {first.seed} routed; the placements still running get {PATIENCE:.0%} of its "
+                          f"{first.seconds:.0f} s more", file=sys.stderr, flush=True)
+                if cutoff is not None and time.monotonic() >= cutoff and not stop.is_set():
+                    stop.set()
         except BaseException:
             stop.set()
             raise

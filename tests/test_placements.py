@@ -77,6 +77,26 @@ def test_two_placements_run_side_by_side_and_the_faster_is_kept(tmp_path, fake_t
             in capsys.readouterr().err)
 
 
+def test_a_placement_far_behind_the_first_routed_one_is_stopped(tmp_path, fake_tools, monkeypatch, capsys):
+    """Once a placement has routed, the others get PATIENCE of its time more: one still running then is stopped
+    (its tool's process group killed), and the build goes on with those that routed."""
+    import boards.placements
+
+    monkeypatch.setattr(boards.placements, "PATIENCE", 0.25)
+    monkeypatch.setenv("FAKE_REPORT", report_at(tmp_path, 90.0))
+    monkeypatch.setenv("FAKE_SLEEP_NEXTPNR_ECP5_SEED_1", "2")
+    monkeypatch.setenv("FAKE_SLEEP_NEXTPNR_ECP5_SEED_2", "60")
+    t0 = time.monotonic()
+    placed = place(tmp_path)
+    assert time.monotonic() - t0 < 10
+    assert placed.seed == 1 and [(p["seed"], p["outcome"]) for p in placed.placements] == [(1, "routed"),
+                                                                                           (2, "stopped")]
+    assert gone_soon(int((tmp_path / "nextpnr-ecp5.seed2.child").read_text()))
+    err = capsys.readouterr().err
+    assert "ulx3s-85f build: seed 1 routed; the placements still running get 25% of its 2 s more" in err
+    assert "kept the placement of seed 1, Fmax 90.0 MHz (of seed 1: 90.0 MHz, seed 2: stopped)" in err
+
+
 def test_where_no_placement_of_a_round_routes_the_next_seeds_are_tried(tmp_path, fake_tools, monkeypatch, capsys):
     monkeypatch.setenv("FAKE_REPORT", report_at(tmp_path, 90.0))
     for seed in (1, 2):
