@@ -689,7 +689,8 @@ class LayerEngine(wiring.Component):
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & x_end & y_end & tile_ends)
             feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, unit_written,
                                             read_addrs, read_pos, read_slot, feed_col, band_cfg, pair,
-                                            registered_last_column=slow_block_ram(platform))
+                                            registered_last_column=slow_block_ram(platform),
+                                            late_tile_step=slow_block_ram(platform))
         else:
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
@@ -1007,7 +1008,7 @@ class LayerEngine(wiring.Component):
         return data, addrs, back
 
     def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addrs, read_pos,
-                read_slot, feed_col, band_cfg, pair, registered_last_column=False):
+                read_slot, feed_col, band_cfg, pair, registered_last_column=False, late_tile_step=False):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
         A band's accumulators are final ``drain`` cycles after its last position is issued
@@ -1023,7 +1024,11 @@ class LayerEngine(wiring.Component):
         output stages) and the READ_SECOND one (hold the even position's). ``read_addrs``: the accumulators'
         read address, as copies that are all set alike. ``registered_last_column``: FEED tests a register set as
         ``feed_col`` moves on, not a compare of it (on the ECP5: that compare into the enables of the word's
-        counters was the ULX3S-85F ResNet-20's worst path at ef69201, 11.6 ns)."""
+        counters was the ULX3S-85F ResNet-20's worst path at ef69201, 11.6 ns). ``late_tile_step``: the output
+        stage's slot and the count of channel tiles written move on a cycle after a channel tile's last word, from
+        a register (READ_WORD comes between, and FEED reads the slot only after it; on the ECP5: the FEED's tests
+        into their enables were the ULX3S-85F ResNet-20's worst path at 8bcfa9e and at 67755e1, 11.9 and 11.7
+        ns)."""
         p = self.params
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
         ahead = Signal(range(p.out_depth + 2), name="ahead")
@@ -1034,6 +1039,13 @@ class LayerEngine(wiring.Component):
         # is fed, and is next tested as the next word's is, two cycles on at the earliest): the word is its band's
         # last, its channel tile's last, the channel tile the layer's last.
         band_end, tile_end, layer_end = (Signal(name=name) for name in ("band_end", "tile_end", "layer_end"))
+        # A channel tile's last word moves the slot and the tile count on: at once, or a cycle later from
+        # ``tile_step`` (late_tile_step).
+        if late_tile_step:
+            tile_step = Signal(name="tile_step")
+            m.d.sync += tile_step.eq(0)
+            with m.If(tile_step):
+                m.d.sync += [read_slot.eq(read_slot + 1), channel_tiles_written.eq(channel_tiles_written + 1)]
         m.d.sync += [band_end.eq(band_pos + pair == last["band_positions"]),
                      tile_end.eq(read_pos + pair == last["positions"]),
                      layer_end.eq(channel_tiles_written == last["co_tiles"])]
@@ -1092,8 +1104,12 @@ class LayerEngine(wiring.Component):
                             m.next = "WAIT"
                         with m.If(tile_end):
                             # ... and the channel tile's: the next tile's destinations, or the end.
-                            m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
-                                         channel_tiles_written.eq(channel_tiles_written + 1)]
+                            m.d.sync += read_pos.eq(0)
+                            if late_tile_step:
+                                m.d.sync += tile_step.eq(1)
+                            else:
+                                m.d.sync += [read_slot.eq(read_slot + 1),
+                                             channel_tiles_written.eq(channel_tiles_written + 1)]
                             self._step_destination(m, cfg, dest, read_pos, tile=True)
                             with m.If(layer_end):
                                 m.d.sync += flush.eq(Mux(cfg["act_fuse"][0], self.FUSED_LATENCY, 0)
