@@ -105,7 +105,7 @@ from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTI
 from .fsm_encoding import one_hot
 from .memories import slow_block_ram
 from .pe import PEArray, RowTable, multiply_in_logic
-from .reset_tree import settling
+from .reset_tree import when_settled
 from .pe_words import ARRAY_PIPELINE
 from .requantize import RequantizeUnit
 from .spram import SpramBuffer, platform_has_spram
@@ -899,9 +899,9 @@ class LayerEngine(wiring.Component):
         cycle after its beat). ``busy``
         is high, and ``load`` not ready, from the cycle after ``start``."""
         if not self.network:
-            held = settling(m, platform, self.RESET_LEVELS)
-            m.d.comb += [self.load.ready.eq(idle & ~held), self.busy.eq(~idle)]
-            return self.load.payload, self.load.valid & idle & ~held, self.start & ~held
+            settled = when_settled(m, platform, self.RESET_LEVELS)
+            m.d.comb += [self.load.ready.eq(settled(idle)), self.busy.eq(~idle)]
+            return self.load.payload, settled(self.load.valid & idle), settled(self.start)
         pending, late = Signal(name="start_pending"), Signal(name="start_late")
         m.d.comb += [self.load.ready.eq(idle & ~pending & ~late), self.busy.eq(~idle | pending | late)]
         beat, beat_valid = Signal(self.load.payload.shape(), name="beat"), Signal(name="beat_valid")
@@ -1104,11 +1104,10 @@ class LayerEngine(wiring.Component):
                             m.next = "WAIT"
                         with m.If(tile_end):
                             # ... and the channel tile's: the next tile's destinations, or the end.
-                            m.d.sync += read_pos.eq(0)
                             if late_tile_step:
-                                m.d.sync += tile_step.eq(1)
+                                m.d.sync += [read_pos.eq(0), tile_step.eq(1)]
                             else:
-                                m.d.sync += [read_slot.eq(read_slot + 1),
+                                m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
                                              channel_tiles_written.eq(channel_tiles_written + 1)]
                             self._step_destination(m, cfg, dest, read_pos, tile=True)
                             with m.If(layer_end):

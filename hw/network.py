@@ -56,7 +56,7 @@ from .memories import slow_block_ram
 from .network_params import (END, ENGINE_REG, ENGINE_TARGETS, IMAGE, INPUT_TABLE, NETWORK_TARGET_BITS, OP_BITS,
                              OPERANDS, OUTPUT, PIXEL_BITS, PROGRAM, REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE,
                              VECTOR_REG, NetworkParams)
-from .reset_tree import own_reset_submodule, settling
+from .reset_tree import own_reset_submodule, when_settled
 from .spram import ADDR_BITS as SPRAM_ADDR_BITS
 from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
@@ -182,8 +182,8 @@ class NetworkCore(wiring.Component):
         idle, copying = Signal(), Signal()
         # After a reset, no beat and no start until every block runs: the engine and the vector unit leave reset
         # a cycle after the core, the engine's PE rows a cycle after it (hw.reset_tree.settling).
-        held = settling(m, platform, RESET_LEVELS)
-        offered = self.load.valid & ~held
+        settled = when_settled(m, platform, RESET_LEVELS)
+        offered = settled(self.load.valid)
         load = self.load.payload
         is_image = load.target == IMAGE
         host = offered & idle & ~is_image
@@ -204,7 +204,7 @@ class NetworkCore(wiring.Component):
                                  (load.target < VECTOR_BASE + len(VECTOR_TARGETS)), target=vector_target,
                                  addr=load.addr, data=load.data)
         m.d.comb += [
-            self.load.ready.eq(Mux(is_image, ~copying, idle) & ~held),
+            self.load.ready.eq(settled(Mux(is_image, ~copying, idle))),
             program_write.en.eq(program[0]), program_write.addr.eq(program[1]), program_write.data.eq(program[2]),
             table_write.en.eq(table[0]), table_write.addr.eq(table[1]), table_write.data.eq(table[2]),
             vector.load_en.eq(vector_load[0]), vector.load_target.eq(vector_load[1]),
@@ -330,7 +330,7 @@ class NetworkCore(wiring.Component):
         m.d.sync += out_value.eq(single_value)
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                with m.If(self.start & ~held):
+                with m.If(settled(self.start)):
                     m.d.sync += [pc.eq(0), index.eq(0), position.eq(0), lane.eq(0), word_base.eq(p.image_base)]
                     m.next = "COPY"
             with m.State("COPY"):

@@ -57,3 +57,13 @@ def settling(m: Module, platform, levels: int) -> Value:
     held = Signal(levels, name="settling", reset_less=True)
     m.d.sync += held.eq(Cat(ResetSignal("sync"), held[:-1]))
     return held.any()
+
+
+def when_settled(m: Module, platform, levels: int):
+    """A function of a 1-bit value: the value ANDed with "no block ``levels`` below may still be held"
+    (:func:`settling`) where :func:`reset_tree` holds for ``platform``; elsewhere the value itself, with no
+    logic added (the UP5K's nearly full core then synthesizes as it did before the tree)."""
+    if not reset_tree(platform):
+        return lambda value: value
+    held = settling(m, platform, levels)
+    return lambda value: value & ~held
