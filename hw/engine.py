@@ -487,7 +487,7 @@ class LayerEngine(wiring.Component):
         through = {"g": ends["g"], **{name: Signal(name=f"through_{name}") for name in loops[1:-1]}}
         counters = {"g": g, "kx": kx, "ky": ky}
         near = {name: Signal(name=f"{name}_near") for name in REDUCTION_LOOPS}
-        count_names = set(REDUCTION_LOOPS.values())
+        count_names = tuple(dict.fromkeys(REDUCTION_LOOPS.values()))     # in order: no hash-seeded set order
         if self.network:
             before_last = {name: Signal.like(cfg[name], name=f"before_last_{name}") for name in count_names}
             once = {name: Signal(name=f"once_{name}") for name in count_names}
