@@ -176,21 +176,32 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def carried_rows(path: str, settings: dict, rows: list[dict]) -> tuple[list[dict], str]:
+def comparable(settings: dict, device: str) -> dict:
+    """``settings`` (less ``bits``) as two invocations of one recipe compare them: the data directory resolved
+    (``../shared/datasets/mnist`` and its absolute path are one directory) and the device the runs used (``device``:
+    ``--device`` or, without it, the default it resolved to)."""
+    ours = {k: v for k, v in settings.items() if k != "bits"}
+    if ours.get("data_dir"):
+        ours["data_dir"] = str(Path(ours["data_dir"]).resolve())
+    return {**ours, "device": device}
+
+
+def carried_rows(path: str, settings: dict, rows: list[dict], device: str) -> tuple[list[dict], str]:
     """Rows of ``path`` (an earlier results file) for widths and methods this run did not train, where that file
-    holds the same recipe (``settings`` but its ``bits``) and the same FP result: a table filled in over several
-    invocations. Returns those rows and a line saying what was kept or why nothing was."""
+    holds the same recipe (``settings`` but its ``bits``, :func:`comparable`; ``device``: the one these runs used)
+    and the same FP result: a table filled in over several invocations. Returns those rows and a line saying what
+    was kept or why nothing was."""
     try:
         earlier = json.loads(Path(path).read_text())
-        theirs, their_rows = dict(earlier["settings"]), earlier["rows"]
+        theirs, their_rows = comparable(earlier["settings"], earlier["device"]), earlier["rows"]
         their_fp = next(r["test_top1"] for r in their_rows if r["method"] == "fp")
         their_threads = earlier["cpu_threads"] if earlier["options"]["jobs"] == 1 else 1
     except FileNotFoundError:
         return [], ""
     except (ValueError, KeyError, TypeError, StopIteration):
         return [], f"replacing {path}: not a results file of this script"
-    ours = {k: v for k, v in settings.items() if k != "bits"}
-    differ = sorted(k for k in set(ours) | set(theirs) - {"bits"} if ours.get(k) != theirs.get(k))
+    ours = comparable(settings, device)
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         return [], f"replacing {path}: its recipe differs ({', '.join(differ)})"
     if their_fp != rows[0]["test_top1"]:
@@ -237,14 +248,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     rows, settings = make_rows(runs, results), recipe(args, runs)
-    kept, note = carried_rows(args.json_out, settings, rows)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kept, note = carried_rows(args.json_out, settings, rows, device)
     if kept:   # the table and its command cover every width in the file
         rows = merged(rows, kept)
         args.bits = settings["bits"] = sorted({r["wbits"] for r in rows if r["method"] != "fp"})
     print("\n" + table(rows, args))
     if note:
         print(note)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     save_json({"benchmark": "accuracy", "command": reproduce_command(args), "argv": sys.argv[1:],
                "options": vars(args), "torch": torch.__version__, "device": device,
                "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),

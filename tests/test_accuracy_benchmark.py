@@ -66,8 +66,25 @@ def test_a_table_filled_in_width_by_width_keeps_the_earlier_rows(tmp_path):
     assert " --bits 2 3 " in data["command"] and "| lcq | 3/3 |" in proc.stdout
     accuracy = load_script()                                           # another recipe, another FP: replaced
     rows, settings = data["rows"][:2], {**data["settings"], "bn_batches": 0}
-    assert accuracy.carried_rows(str(table), settings, rows) == ([], f"replacing {table}: its recipe differs "
-                                                                     "(bn_batches)")
+    assert accuracy.carried_rows(str(table), settings, rows, "cpu") == ([], f"replacing {table}: its recipe "
+                                                                            "differs (bn_batches)")
     fp = [{**rows[0], "test_top1": [v + 1 for v in rows[0]["test_top1"]]}]
-    kept, note = accuracy.carried_rows(str(table), data["settings"], fp)
+    kept, note = accuracy.carried_rows(str(table), data["settings"], fp, "cpu")
     assert kept == [] and note.startswith(f"replacing {table}: its FP run scored ")
+    assert accuracy.carried_rows(str(table), data["settings"], rows, "cuda")[1] == (f"replacing {table}: its "
+                                                                                    "recipe differs (device)")
+
+
+def test_one_recipe_spelled_two_ways_keeps_the_earlier_rows(tmp_path):
+    """A data directory given relative and then absolute, and the default device and then ``--device`` naming
+    what it resolved to, are the same recipe: the rows of the earlier file are kept."""
+    accuracy = load_script()
+    settings = {"dataset": "mnist", "data_dir": "data/mnist", "device": None, "clip_init": "mse", "bits": [2]}
+    rows = [{"run": "fp", "method": "fp", "wbits": None, "test_top1": [98.21]},
+            {"run": "lcq-w2a2", "method": "lcq", "wbits": 2, "seeds": [0], "test_top1": [97.9]}]
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"settings": settings, "rows": rows, "device": "cpu", "cpu_threads": 2,
+                                 "options": {"jobs": 2}}))
+    ours = {**settings, "data_dir": str(Path("data/mnist").resolve()), "device": "cpu", "bits": [3]}
+    kept, note = accuracy.carried_rows(str(table), ours, rows[:1], "cpu")
+    assert [r["run"] for r in kept] == ["lcq-w2a2"] and note == f"kept lcq-w2a2 from {table} (same recipe and FP run)"
