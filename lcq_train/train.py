@@ -349,15 +349,10 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not cfg.progress or rank != 0 or not sys.stderr.isatty(), leave=False, dynamic_ncols=True)
         for xb, yb in bar:
-            logits = net(xb)
-            loss = F.cross_entropy(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            loss, hits = train_step(net, optimizer, scheduler, xb, yb)
             seen += yb.numel()
-            loss_sum += loss.detach().double() * yb.numel()
-            correct += (logits.argmax(1) == yb).sum()
+            loss_sum += loss.double() * yb.numel()
+            correct += hits
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", top1=f"{100.0 * correct.item() / seen:.1f}")
         loss_sum, correct = loss_sum.item(), correct.item()
@@ -391,6 +386,20 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     if "test_top1" not in metrics and rank == 0:
         metrics["test_top1"] = evaluate(model, test_x, test_y)["top1"]
     return metrics
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler, xb: torch.Tensor,
+               yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on the batch ``(xb, yb)``, then one scheduler step: (mean loss, correct count), both
+    0-d tensors on the batch's device. Reads no value back to the host, so on a GPU the step only queues
+    work (tests/test_train_step_device.py runs it on the "meta" device, where any read would raise)."""
+    logits = net(xb)
+    loss = F.cross_entropy(logits, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach(), (logits.argmax(1) == yb).sum()
 
 
 def _inputs(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, count: int, *, augment: bool = False, rank: int = 0,
