@@ -357,7 +357,8 @@ def paper_numbers(spec: dict) -> tuple[float | None, float | None]:
 
 def table(specs: list[dict], args: argparse.Namespace, total_s: float) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"      # noqa: E731
-    devices = "trained on " + ", ".join(sorted({str(s.get("device")) for s in specs})) if args.report else args.device
+    devices = ("trained on " + (", ".join(sorted({str(s["device"]) for s in specs if s.get("device")})) or "nothing yet")
+               if args.report else args.device)
     lines = [f"Command: `{reproduce_command(args)}`", "",
              f"CIFAR-10, pre-activation ResNet-20, schedule {schedule_text(args)}; {devices}; "
              f"{total_s:.0f} s wall in all"
