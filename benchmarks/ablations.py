@@ -36,7 +36,7 @@ import shlex
 import statistics
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ from lcq_train.checkpoint import save_json
 from lcq_train.data import DATASETS, DatasetError, load_dataset
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
-from lcq_train.runs import saved_metrics, train_or_resume
+from lcq_train.runs import saved_metrics, train_or_resume, training_pool
 from lcq_train.train import TrainConfig
 
 KS = (1, 2, 4, 8, 16)
@@ -314,7 +314,7 @@ def run_all(items: list[tuple[int, str, TrainConfig]], jobs: int, done) -> None:
         return
     fp_seeds = {seed for seed, label, _ in items if label == "fp"}
     after_fp = {seed: [i for i in items if i[0] == seed and i[1] != "fp"] for seed in fp_seeds}
-    with ProcessPoolExecutor(jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with training_pool(jobs) as pool:
         pending = {pool.submit(train_or_resume, item[2]): item for item in items
                    if item[1] == "fp" or item[0] not in fp_seeds}
         while pending:

@@ -24,14 +24,13 @@ import os
 import shlex
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
-from lcq_train.runs import saved_metrics, train_or_resume
+from lcq_train.runs import saved_metrics, train_or_resume, training_pool
 from lcq_train.data import DATASETS
 from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs == 1:
             results += [report(i, len(runs), run, *train_or_resume(run[1])) for i, run in rest]
         else:
-            with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            with training_pool(args.jobs) as pool:
                 futures = [pool.submit(train_or_resume, run[1]) for _, run in rest]
                 results += [report(i, len(runs), run, *f.result()) for (i, run), f in zip(rest, futures)]
     except (ValueError, FileNotFoundError, FileExistsError) as e:

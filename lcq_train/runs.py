@@ -3,14 +3,18 @@
 :func:`train_or_resume` skips a run that is done, resumes one that was started with the same recipe
 (:data:`RECIPE_KEYS` of its :class:`~lcq_train.train.TrainConfig`) and trains one that was not;
 :func:`saved_metrics` refuses a directory that holds a run of another recipe, so that a script can
-check every directory before it spends any training time.
+check every directory before it spends any training time; :func:`training_pool` runs several side by side.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import torch
 
 from .checkpoint import load_checkpoint
 from .train import TrainConfig, train
@@ -49,3 +53,11 @@ def train_or_resume(cfg: TrainConfig) -> tuple[dict, float, str]:
     metrics = train(cfg)
     seconds = time.perf_counter() - t0
     return metrics, seconds, f"{note} in {seconds:.1f} s"
+
+
+def training_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` worker processes for :func:`train_or_resume`, one torch thread each. Started by spawning,
+    not forking: a forked child cannot use CUDA once its parent has (a run trained in the parent, or
+    ``torch.cuda.is_available()``), so that runs on a GPU can go side by side too."""
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=torch.set_num_threads, initargs=(1,))
