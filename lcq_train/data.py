@@ -318,13 +318,35 @@ def _load_cifar_python(root: Path) -> Arrays:
     return arrays
 
 
+# The globals a CIFAR batch pickle needs (numpy arrays, their dtypes and scalars, Python 2 strings as
+# bytes), under numpy 1's and numpy 2's module names. Nothing else is looked up: a pickle that names any
+# other callable (os.system, exec, a class of its own) is refused before it can run.
+_CIFAR_PICKLE_GLOBALS = frozenset({
+    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only :data:`_CIFAR_PICKLE_GLOBALS`."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds; "
+                                         "a pickle that does could run any code, so it is not loaded")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    """Load one CIFAR pickle (``encoding="bytes"``); any failure becomes a DatasetError naming the file."""
+    """Load one CIFAR pickle (``encoding="bytes"``) with :class:`_CifarUnpickler`, which runs no code the
+    file names; any failure becomes a DatasetError naming the file."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _CifarUnpickler(f, encoding="bytes").load()
     except Exception as e:  # unpickling garbage can raise almost any exception type
-        raise DatasetError(f"{path}: not a readable CIFAR pickle ({e!r})") from e
+        raise DatasetError(f"{path}: not a readable CIFAR pickle ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
     return obj
