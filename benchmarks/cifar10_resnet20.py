@@ -21,7 +21,6 @@ runs in OUT and resumes interrupted ones.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pickle
 import platform
@@ -40,6 +39,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lcq_train.atomic import save_json  # noqa: E402
+from lcq_train.metrics import read_metrics  # noqa: E402
 from lcq_train.train import PAPER_RECIPE, TrainConfig  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
@@ -226,8 +226,8 @@ def saved_metrics(spec: dict) -> dict | None:
     path = Path(spec["out"]) / "metrics.json"
     if not path.is_file():
         return None
-    metrics = json.loads(path.read_text())
-    cfg = metrics.get("config", {})
+    metrics = read_metrics(path)
+    cfg = metrics["config"]
     plan = cfg.get("plan", {})
     cfg = {**PAPER_RECIPE, **cfg}                         # (a run from before these settings: the paper's values)
     same = plan.get("method") == spec["method"] \

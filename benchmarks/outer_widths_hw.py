@@ -20,7 +20,6 @@ and prints a table.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
@@ -36,6 +35,7 @@ from board_builds import environment, fmt_res, parse_spec, run_build  # noqa: E4
 from boards.boards import BOARDS  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.data import load_dataset  # noqa: E402
+from lcq_train.metrics import read_metrics  # noqa: E402
 from lcq_train.plan import QuantPlan  # noqa: E402
 
 DEFAULT_BUILDS = ("icebreaker", "ulx3s-85f@2x2")
@@ -44,7 +44,7 @@ DEFAULT_BUILDS = ("icebreaker", "ulx3s-85f@2x2")
 def find_run(seed_dir: Path, plan: QuantPlan) -> Path:
     """The checkpoint of the run under ``seed_dir`` trained with ``plan``; FileNotFoundError naming the fix."""
     for metrics in sorted(seed_dir.glob("*/metrics.json")):
-        saved = json.loads(metrics.read_text())["config"]["plan"]
+        saved = read_metrics(metrics)["config"]["plan"]
         if QuantPlan.from_dict(saved) == plan and (metrics.parent / "checkpoint.pt").is_file():
             return metrics.parent / "checkpoint.pt"
     raise FileNotFoundError(f"no finished run with outer widths {plan.outer_bits} in {seed_dir}; train them first: "

@@ -46,6 +46,7 @@ import torch
 
 from .arguments import IntRange
 from .atomic import atomic_write, save_json
+from .metrics import metrics_problem
 
 __all__ = ["FORMAT", "VERSION", "MAGIC", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "upgrade_checkpoint", "capture_rng", "restore_rng", "save_json"]
@@ -330,13 +331,9 @@ def _check_state(state, where: str) -> None:
     problem = _rng_problem(state["rng"])
     if problem:
         bad("rng", problem)
-    metrics = state["metrics"]
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("epochs"), list) \
-            or len(metrics["epochs"]) != state["epoch"] or not all(isinstance(r, dict) for r in metrics["epochs"]):
-        bad("metrics", f"is not a history of {state['epoch']!r} epochs")
-    top1 = metrics.get("test_top1")
-    if isinstance(top1, bool) or not isinstance(top1, (int, float)):
-        bad("metrics", f"has test_top1 {top1!r}, not a number")
+    problem = metrics_problem(state["metrics"], state["epoch"])
+    if problem:
+        bad("metrics", problem)
 
 
 def capture_rng() -> dict:

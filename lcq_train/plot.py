@@ -17,7 +17,6 @@ Checkpoints are read with :func:`lcq_train.checkpoint.load_checkpoint` only (no 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 
 from .calibrate import activation_codes
 from .checkpoint import load_checkpoint
+from .metrics import read_metrics
 from .plan import QuantPlan
 from .quant import compander, expand_levels, level_scale
 
@@ -57,7 +57,7 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict]:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: pass the --out directory of an `lcq train` run")
     state = load_checkpoint(ckpt)
     metrics_path = ckpt.parent / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else state["metrics"]
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else state["metrics"]
     return state, metrics
 
 

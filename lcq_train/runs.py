@@ -8,7 +8,6 @@ check every directory before it spends any training time; :func:`training_pool` 
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
+from .metrics import read_metrics
 from .train import TrainConfig, train
 
 RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed", "clip_init", "bn_batches")
@@ -27,7 +27,7 @@ def saved_metrics(cfg: TrainConfig) -> dict | None:
     settings that differ if that run used another recipe."""
     out = Path(cfg.out)
     if (out / "metrics.json").is_file():
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = read_metrics(out / "metrics.json")
     elif (out / "checkpoint.pt").is_file():
         metrics = load_checkpoint(out / "checkpoint.pt")["metrics"]
     else:

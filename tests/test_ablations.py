@@ -235,7 +235,7 @@ def test_outer_width_builds_find_the_ablation_runs_or_say_how_to_train_them(tmp_
     run.mkdir(parents=True)
     (run / "checkpoint.pt").write_bytes(b"")
     plan = hw_sweep.outer_plan(6, 6, ("conv0", "fc"))
-    (run / "metrics.json").write_text(json.dumps({"config": {"plan": plan.to_dict()}}))
+    (run / "metrics.json").write_text(json.dumps({"config": {"plan": plan.to_dict()}, "epochs": []}))
     assert hw_sweep.find_run(tmp_path / "seed0", plan) == run / "checkpoint.pt"
     assert hw_sweep.main(["--runs", str(tmp_path)]) == 2          # the 8/8 run is missing
     err = capsys.readouterr().err

@@ -85,3 +85,15 @@ def test_plot_of_a_directory_without_a_run(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
     assert main(["plot", str(tmp_path)]) == 2
     assert "holds no checkpoint.pt" in capsys.readouterr().err
+
+
+def test_plot_of_a_run_whose_metrics_json_lcq_did_not_write(runs, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[1], run)
+    (run / "metrics.json").write_text('{"config": {}, "epochs": [{"epoch": 1, "train_top1": null}]}')
+    assert main(["plot", str(run), "--out", str(tmp_path / "png")]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'metrics.json'} " in err and "epoch 1's 'train_loss' is None, not a number" in err
+    assert not (tmp_path / "png").exists()
