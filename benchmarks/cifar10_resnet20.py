@@ -51,6 +51,7 @@ DEFAULT_JSON = REPO / "benchmarks" / "results" / "cifar10-resnet20.json"
 SCHEDULES = {"short": (40, 15), "paper": (200, 300)}
 TINY = {"fp_epochs": 2, "epochs": 2, "limit": 200, "test_limit": 100, "batch_size": 100, "bits": [3], "device": "cpu"}
 BUDGET_S = 540.0          # the 9 minutes the short schedule is sized for
+STOP_S = 30.0             # how long an interrupted run may take to stop after SIGTERM before it is killed
 
 # Yamamoto, CVPR 2021, Table 1 (CIFAR-10, pre-activation ResNet-20, top-1 %).
 PAPER_FP = 93.4
@@ -327,7 +328,11 @@ def run_all(specs: list[dict], args: argparse.Namespace, t_start: float) -> None
             for _, proc in running:       # interrupted: stop our own runs (they resume on the next call)
                 proc.terminate()
             for _, proc in running:
-                proc.wait()
+                try:
+                    proc.wait(timeout=STOP_S)
+                except subprocess.TimeoutExpired:      # deaf to SIGTERM: killed (it resumes from its last epoch)
+                    proc.kill()
+                    proc.wait()
                 proc.log.close()
 
 
