@@ -7,6 +7,8 @@
 #      and its run directory packed (checkpoints, metrics, logs)            -> $OUT/cifar10-resnet20-short-seedN.tar.gz
 #      (unpack that into runs/ and carry runs/cifar10-resnet20-short-seedN: the next call resumes it)
 #   3. benchmarks/quantizer_speed.py on the GPU in the time left            -> $OUT/quantizer_speed-cuda.json
+# Commit the seed's result as benchmarks/results/cifar10-resnet20-seedN.json; benchmarks/cifar10_seeds.py averages
+# the seeds.
 # Usage, from the repository root, with the data copied into the checkout (a git-ignored data/):
 #   OUT=DIR bash benchmarks/gpu_session.sh data/cifar10-jpeg-q75.tar.gz [SEED [BUDGET_S]]
 #   DEVICE=cpu OUT=DIR bash benchmarks/gpu_session.sh ...   rehearses it on the CPU (--tiny, few repetitions)
