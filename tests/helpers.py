@@ -1,4 +1,5 @@
-"""Plain helper functions shared by the tests: random small models and images, a model file's members.
+"""Plain helper functions shared by the tests: random small models and images, a model file's members, a
+live pickle payload.
 
 :mod:`conftest` exposes the model and image helpers as fixtures (a test or fixture asks for
 ``small_cnn``, say); code that cannot take fixtures (module-level caches, Hypothesis tests) imports
@@ -72,3 +73,13 @@ def build_as_for_the_ecp5(monkeypatch) -> None:
         for function in ("slow_block_ram", "reset_less_data", "multiply_in_logic", "reset_tree"):
             if hasattr(module, function):
                 monkeypatch.setattr(module, function, lambda platform: True)
+
+
+class RunsCodeWhenUnpickled:
+    """A pickle payload: unpickling it (anywhere code may run) writes ``code ran`` to ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('code ran')",)

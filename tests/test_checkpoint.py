@@ -16,6 +16,8 @@ from lcq_train.checkpoint import CheckpointError, load_checkpoint, restore_rng, 
 from lcq_train.plan import QuantPlan
 from lcq_train.train import TrainConfig, train
 
+from helpers import RunsCodeWhenUnpickled
+
 FRAME = struct.Struct("<8sIQ32s")
 
 
@@ -92,30 +94,20 @@ def test_loading_never_unpickles(run, monkeypatch):
     assert load_checkpoint(path)["epoch"] == 1
 
 
-class _Payload:
-    """Unpickling this runs code: it writes ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').write('code ran')",)
-
-
 def test_a_crafted_pickle_is_refused_everywhere_and_runs_nothing(run, tmp_path, capsys):
     path, model = run
     # The payload is live: unpickling it does write its marker.
     live = tmp_path / "live"
-    pickle.loads(pickle.dumps(_Payload(live)))
+    pickle.loads(pickle.dumps(RunsCodeWhenUnpickled(live)))
     assert live.read_text() == "code ran"
 
     marker = tmp_path / "marker"
     evil_dir = tmp_path / "evil"
     evil_dir.mkdir()
     evil = evil_dir / "checkpoint.pt"
-    torch.save({"format": "lcq-checkpoint", "version": 1, "model": _Payload(marker)}, evil)
+    torch.save({"format": "lcq-checkpoint", "version": 1, "model": RunsCodeWhenUnpickled(marker)}, evil)
     raw = tmp_path / "raw.pt"
-    raw.write_bytes(pickle.dumps({"model": _Payload(marker)}, protocol=2))
+    raw.write_bytes(pickle.dumps({"model": RunsCodeWhenUnpickled(marker)}, protocol=2))
     for file in (evil, raw):
         with pytest.raises(CheckpointError, match="pickle file.*can run any code.*upgrade"):
             load_checkpoint(file)
