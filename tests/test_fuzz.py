@@ -504,6 +504,7 @@ def tiny_checkpoint(path: Path) -> Path:
     """A checkpoint of the digits CNN (LCQ W3/A3) as ``train`` writes one after its first epoch, without
     the training (seconds instead of half a minute)."""
     import torch
+    from helpers import one_epoch_history
 
     from lcq_train.checkpoint import capture_rng, save_checkpoint
     from lcq_train.plan import QuantPlan
@@ -518,10 +519,7 @@ def tiny_checkpoint(path: Path) -> Path:
     optimizer.step()                     # a momentum buffer per parameter, as after training
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(10, 1))
     layers = {k: list(v) for k, v in _bits(model, cfg.plan).items()}
-    row = {"epoch": 1, "train_loss": 2.0, "train_top1": 10.0, "test_loss": 2.0, "test_top1": 10.0, "lr": 0.1,
-           "time_s": 0.1}
-    metrics = {"config": cfg.to_dict(), "layers": layers, "params": 1, "epochs": [row], "test_top1": 10.0,
-               "best_test_top1": 10.0}
+    metrics = one_epoch_history(cfg.to_dict(), layers)
     save_checkpoint({"config": cfg.to_dict(), "plan": cfg.plan.to_dict(), "input_shape": [1, 8, 8],
                      "num_classes": 10, "layers": layers, "model": model.state_dict(),
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": 1,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import randomize, small_cnn
+from helpers import one_epoch_history, randomize, small_cnn
 from lcq.cli import main
 from lcq_train.checkpoint import capture_rng, save_checkpoint
 from lcq_train.data import load_dataset
@@ -122,9 +122,7 @@ def _checkpoint(path: Path, model_ref: str, plan: QuantPlan) -> nn.Module:
     model = randomize(build_quantized_model(model_ref, (1, 8, 8), 10, plan, allow_factory=True), seed=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     layers = {k: list(v) for k, v in _bits(model, plan).items()}
-    row = {"epoch": 1, "train_loss": 2.0, "train_top1": 10.0, "test_loss": 2.0, "test_top1": 10.0, "lr": 0.1,
-           "time_s": 0.1}
-    metrics = {"config": cfg.to_dict(), "layers": layers, "epochs": [row], "test_top1": 10.0, "best_test_top1": 10.0}
+    metrics = one_epoch_history(cfg.to_dict(), layers)
     save_checkpoint({"config": cfg.to_dict(), "plan": plan.to_dict(), "input_shape": [1, 8, 8], "num_classes": 10,
                      "layers": layers, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": {}, "epoch": 1, "rng": capture_rng(), "metrics": metrics}, path)
