@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lcq_train.arguments import default_device
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.data import DATASETS, DatasetError, load_dataset
@@ -278,7 +279,7 @@ def settings(args: argparse.Namespace) -> dict:
     return {"dataset": args.dataset, "model": args.model, "fp_epochs": args.fp_epochs, "epochs": args.epochs,
             "batch_size": args.batch_size, "eval_images": args.eval_images,
             "recipe": {"clip_init": args.clip_init, "bn_batches": args.bn_batches},
-            "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "device": args.device or default_device(),
             "threads_per_run": 1 if args.jobs > 1 else args.threads, "torch": torch.__version__}
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from lcq_train.arguments import default_device
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     rows, settings = make_rows(runs, results), recipe(args, runs)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     kept, note = carried_rows(args.json_out, settings, rows, device)
     if kept:   # the table and its command cover every width in the file
         rows = merged(rows, kept)

@@ -109,8 +109,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if len(set(args.bits)) != len(args.bits) or not all(2 <= b <= 8 for b in args.bits):
         p.error("--bits must be distinct bit-widths in 2..8")
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    from lcq_train.arguments import device_problem
+    from lcq_train.arguments import default_device, device_problem
+
+    args.device = args.device or default_device()
 
     if device_problem(args.device):
         p.error(f"--device {args.device}: {device_problem(args.device)}")

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lcq_train.arguments import default_device
 from lcq_train.checkpoint import save_json
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale, lcq_quantize, uniform_quantize
@@ -295,7 +296,7 @@ def precision_table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default=default_device())
     parser.add_argument("--reps", type=int, default=20,
                         help="timed repetitions per quantizer measurement (ten times as many below 256K elements)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per model")

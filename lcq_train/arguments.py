@@ -12,7 +12,8 @@ saved run are held to one rule:
 ``IntRange(lo, hi)`` and ``FloatRange(lo, hi, lo_open=...)`` make new ones (floats are always
 finite); :data:`positive_int`, :data:`nonnegative_int`, :data:`positive_float`,
 :data:`nonnegative_float` and :data:`probability` are the common ones. :func:`torch_device` checks a
-``--device`` (it imports torch only when called).
+``--device`` (it imports torch only when called); :func:`default_device` is the device a run takes
+when none is given.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import argparse
 import math
 
 __all__ = ["IntRange", "FloatRange", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
-           "probability", "torch_device", "device_problem"]
+           "probability", "torch_device", "device_problem", "default_device"]
 
 
 class IntRange:
@@ -150,6 +151,16 @@ def device_problem(name: str) -> str | None:
     if callable(available) and available():
         return None
     return f"{name!r} is not available here; use --device cpu"
+
+
+def default_device(index: int | None = None) -> str:
+    """The device every stage trains or measures on when ``--device`` is not given: ``cuda`` (``cuda:index``
+    when an index is given) if torch sees a CUDA GPU, else ``cpu``. Imports torch."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    return "cuda" if index is None else f"cuda:{index}"
 
 
 def torch_device(text: str) -> str:

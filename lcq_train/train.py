@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .arguments import (FloatRange, IntRange, device_problem, nonnegative_float, nonnegative_int, positive_float,
-                        positive_int)
+from .arguments import (FloatRange, IntRange, default_device, device_problem, nonnegative_float, nonnegative_int,
+                        positive_float, positive_int)
 from .calibrate import CLIP_INITS, activation_codes, calibrate_clips, code_shares, reestimate_bn
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, save_json
 from .data import DATASETS, load_dataset
@@ -272,7 +272,7 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     if resume_state is not None and resume_state["epoch"] >= cfg.epochs:
         return resume_state["metrics"]
     rank, world, local_rank = _distributed()
-    device = torch.device(cfg.device or (f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(cfg.device or default_device(local_rank))
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
     if resume_state is not None and rank == 0:

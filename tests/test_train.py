@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import lcq_train.train as train_mod
+from lcq_train.arguments import default_device
 from lcq_train.checkpoint import load_checkpoint, save_checkpoint
 from lcq.cli import main
 from lcq_train.plan import QuantPlan
@@ -159,6 +160,14 @@ def test_cli_checks_devices_and_plans(tmp_path, capsys):
         _cfg(tmp_path, epochs=0)
     with pytest.raises(ValueError, match="--wbits must be an integer in 2..8, not 9"):
         QuantPlan("lcq", 9, 3)
+
+
+@pytest.mark.parametrize("gpu, index, expected", [
+    (False, None, "cpu"), (False, 1, "cpu"), (True, None, "cuda"), (True, 1, "cuda:1"),
+])
+def test_default_device_is_the_gpu_when_torch_sees_one(monkeypatch, gpu, index, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert default_device(index) == expected
 
 
 @pytest.mark.parametrize("values, message", [
