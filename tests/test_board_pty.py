@@ -14,7 +14,6 @@ themselves, which ``lcq run`` does not print.
 import contextlib
 
 import json
-import os
 import signal
 import struct
 import subprocess
@@ -30,13 +29,12 @@ pytest.importorskip("serial", reason="the serial path needs pyserial: pip instal
 
 from compiler.format import load  # noqa: E402
 from compiler.reference import predict  # noqa: E402
-from sim.runner import unavailable_reason  # noqa: E402
+from simulators import BUILD_ROOT, require_simulators  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq"
-BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", ROOT / "build" / "sim"))
 BOARD = "ulx3s-12f"
 BUILD_S = 900           # the first Verilator build of the board's top (about 2 minutes on 2 busy cores)
 RUN_S = 600             # the whole exchange; the board stops by itself after it
@@ -97,9 +95,7 @@ def status_when(build_dir: Path, ready, seconds: float = 10) -> dict:
 def board_sim(tmp_path, *extra: str):
     """``(port, build directory)`` of an ``lcq board-sim`` of the digits CNN on :data:`BOARD` with ``extra``
     arguments, running for the block (at most :data:`RUN_S` seconds)."""
-    reason = unavailable_reason("verilator")
-    if reason is not None:
-        pytest.skip(f"verilator simulation skipped: {reason}")
+    require_simulators("verilator")
     build_dir = BUILD_ROOT / f"board-sim-digits-{BOARD}-network"
     port_file, log = tmp_path / "port", tmp_path / "board-sim.log"
     with open(log, "w") as out:

@@ -8,7 +8,6 @@ code ``lcq run`` uses. The UART itself is tested bit by bit in ``tests/test_link
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,12 @@ pytest.importorskip("amaranth", reason="simulation tests need amaranth: pip inst
 from compiler.format import load  # noqa: E402
 from compiler.reference import predict  # noqa: E402
 from hw.engine_params import EngineParams  # noqa: E402
-from sim.runner import build, run_test, unavailable_reason, verilog_of  # noqa: E402
+from sim.runner import build, run_test, verilog_of  # noqa: E402
+from simulators import BUILD_ROOT, require_simulators  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
 DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
-BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
 
 
 def digits_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +36,7 @@ def digits_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
 def run_board(resident: str, tmp_path, *, byte_cycles: int, images: int = 3, **faults) -> tuple:
     """The digits CNN on a simulated 2 x 4 board core with ``resident`` constants, ``images`` test
     images: (model, params, images, the testbench's results)."""
-    reason = unavailable_reason("verilator")
-    if reason is not None:
-        pytest.skip(f"verilator simulation skipped: {reason}")
+    require_simulators("verilator")
     from boards.top import AcceleratorCore
 
     model = load(DIGITS)
@@ -97,9 +94,7 @@ def test_host_runtime_recovers_from_corrupted_bytes_both_ways(tmp_path):
 def run_network_board(tmp_path, *, byte_cycles: int, images: int = 3, **faults) -> tuple:
     """The digits CNN on a simulated 2 x 4 board in network mode (the whole network on the chip):
     (model, params, images, the testbench's results)."""
-    reason = unavailable_reason("verilator")
-    if reason is not None:
-        pytest.skip(f"verilator simulation skipped: {reason}")
+    require_simulators("verilator")
     from boards.top import NetworkAcceleratorCore
     from hw.network_params import NetworkParams
 

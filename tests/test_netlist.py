@@ -16,7 +16,6 @@
 """
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -26,17 +25,14 @@ pytest.importorskip("amaranth", reason="netlist tests need amaranth: pip install
 
 from sim import netlist as nl  # noqa: E402
 from sim.runner import unavailable_reason  # noqa: E402
+from simulators import BUILD_ROOT, require_simulators  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS = DATA / "digits-cnn-lcq-w3a3.lcq"
-BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
 
 
 def require(*sims: str, yosys: bool = True) -> None:
-    for sim in sims:
-        reason = unavailable_reason(sim)
-        if reason is not None:
-            pytest.skip(f"{sim} simulation skipped: {reason}")
+    require_simulators(*sims)
     if yosys and nl.unavailable_reason() is not None:
         pytest.skip(f"netlist simulation skipped: {nl.unavailable_reason()}")
 

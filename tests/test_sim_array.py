@@ -15,9 +15,7 @@ run with unchanged Verilog rebuilds in ~0.1 s.
 
 import dataclasses
 import functools
-import os
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +28,8 @@ from compiler.lower import compile_model  # noqa: E402
 from compiler.reference import accumulate, lut_accumulate  # noqa: E402
 from hw.pe import VARIANTS, PEArray  # noqa: E402
 from lcq_train.plan import QuantPlan  # noqa: E402
-from sim.runner import SimulationFailed, build, run_cocotb, run_test, unavailable_reason, verilog_of  # noqa: E402
+from sim.runner import SimulationFailed, build, run_cocotb, run_test, verilog_of  # noqa: E402
+from simulators import BUILD_ROOT, require_simulators  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
@@ -38,13 +37,6 @@ ROWS, COLS, ACC_BITS, LENGTH = 3, 4, 24, 120
 SHAPE = (1, 8, 8)
 TOP, TESTBENCH = "pe_array", "sim.array_cocotb"
 VARIANT_NAMES, BITS = ("rom", "row_vector", "row_table"), (2, 3, 4)
-BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
-
-
-def require(sim: str) -> None:
-    reason = unavailable_reason(sim)
-    if reason is not None:
-        pytest.skip(f"{sim} simulation skipped: {reason}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -137,7 +129,7 @@ def member(variant_name: str, bits: int) -> str:
 @pytest.fixture(scope="module")
 def verilator_build():
     """One Verilator build of every (variant, bits) array side by side."""
-    require("verilator")
+    require_simulators("verilator")
     from sim.bundle import Bundle
 
     arrays = {member(v, b): PEArray(case(v, b)[0], ROWS, COLS, ACC_BITS) for v in VARIANT_NAMES for b in BITS}
@@ -146,7 +138,7 @@ def verilator_build():
 
 
 def simulate(request, sim, variant_name, bits, tmp_path, corrupt=None):
-    require(sim)
+    require_simulators(sim)
     variant, data = case(variant_name, bits)
     if corrupt is not None:
         corrupt(data)

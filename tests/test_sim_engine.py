@@ -13,7 +13,6 @@ Builds live in ``build/sim`` (``LCQ_SIM_BUILD`` moves it); Verilator rebuilds on
 """
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,24 +30,17 @@ from hw.engine_params import EngineParams  # noqa: E402
 from hw.program import Job, act_beats, layer_beats, output_words  # noqa: E402
 from lcq_train.plan import QuantPlan  # noqa: E402
 from sim.engine_run import engine_build, simulate_jobs, simulate_model  # noqa: E402
-from sim.runner import unavailable_reason  # noqa: E402
+from simulators import BUILD_ROOT, require_simulators  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS, RESNET20 = DATA / "digits-cnn-lcq-w3a3.lcq", DATA / "cifar10-resnet20-lcq-w3a3.lcq"
-BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
 SIMULATORS = ("icarus", "verilator")
 # The whole-model runs take 15-27 s each on Icarus, 7-15 s on Verilator: by default on Verilator only
 # (Icarus runs every other test of this file), on both with -m slow.
 WHOLE_MODEL_SIMULATORS = (pytest.param("icarus", marks=pytest.mark.slow), "verilator")
 BITS = (2, 3, 4)
-
-
-def require(sim: str) -> None:
-    reason = unavailable_reason(sim)
-    if reason is not None:
-        pytest.skip(f"{sim} simulation skipped: {reason}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -71,7 +63,7 @@ def assert_exact(report):
 
 @pytest.mark.parametrize("sim", SIMULATORS)
 def test_random_layers_of_every_bit_width_with_stalls_and_edge_tiles(sim, tmp_path):
-    require(sim)
+    require_simulators(sim)
     union, cases = random_layers()
     params = EngineParams.for_model(union, rows=3, cols=5)
     jobs = [Job(i, node, layer_beats(params, node) + act_beats(params, node, x), output_words(params, node))
@@ -90,7 +82,7 @@ def simulate_digits(sim: str, rows: int, cols: int, n_images: int, seed: int, *,
                     stall: float = 0.0, backpressure: float = 0.0):
     """The trained digits CNN, every layer on a ``rows`` x ``cols`` engine, on random images: exact,
     every layer reported, no layer faster than the MACs / (R*C) bound."""
-    require(sim)
+    require_simulators(sim)
     model = load(DIGITS)
     params = EngineParams.for_model(model, rows, cols, resident=resident)
     images = np.random.default_rng(seed).integers(0, 256, (n_images, *model.input.shape), dtype=np.uint8)
@@ -124,7 +116,7 @@ RESNET20_LAYERS = ("blocks.3.shortcut", "blocks.6.shortcut", "fc")
 
 @pytest.mark.parametrize("sim", WHOLE_MODEL_SIMULATORS)
 def test_trained_resnet20_layers_on_an_8x8_engine(sim):
-    require(sim)
+    require_simulators(sim)
     model = load(RESNET20)
     params = EngineParams.for_model(model, rows=8, cols=8)
     images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
@@ -144,7 +136,7 @@ def test_trained_resnet20_layers_on_an_8x8_engine(sim):
 
 @pytest.mark.slow
 def test_trained_resnet20_whole_model_on_an_8x8_engine():
-    require("verilator")
+    require_simulators("verilator")
     model = load(RESNET20)
     params = EngineParams.for_model(model, rows=8, cols=8)
     images = np.random.default_rng(4).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)

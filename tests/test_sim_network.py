@@ -13,7 +13,6 @@ Builds live in ``build/sim`` (``LCQ_SIM_BUILD`` moves it); Verilator rebuilds on
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,25 +28,19 @@ from hw.engine_params import SPRAM_DEPTH  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
 from sim.network_run import network_build, simulate_network  # noqa: E402
 from sim.runner import unavailable_reason  # noqa: E402
+from simulators import BUILD_ROOT, require_simulators  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS, RESNET20 = DATA / "digits-cnn-lcq-w3a3.lcq", DATA / "cifar10-resnet20-lcq-w3a3.lcq"
-BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
-
-
-def require(sim: str) -> None:
-    reason = unavailable_reason(sim)
-    if reason is not None:
-        pytest.skip(f"{sim} simulation skipped: {reason}")
 
 
 def first_available(*sims: str) -> str:
     for sim in sims:
         if unavailable_reason(sim) is None:
             return sim
-    require(sims[0])
+    require_simulators(sims[0])
 
 
 def run_network(sim, model_path, model, rows, cols, images, test_dir, write_pairs=None, spram=False, multiply_cols=0,
@@ -95,7 +88,7 @@ def assert_exact(model, params, report, n_images):
 @pytest.mark.parametrize("sim, rows, cols, n_images, stall, backpressure",
                          [("icarus", 4, 4, 1, 0.3, 0.3), ("verilator", 4, 4, 2, 0.2, 0.5)])
 def test_digits_cnn_on_the_network_core(sim, rows, cols, n_images, stall, backpressure, tmp_path):
-    require(sim)
+    require_simulators(sim)
     model = load(DIGITS)
     images = np.random.default_rng(rows).integers(0, 256, (n_images, *model.input.shape), dtype=np.uint8)
     params, report = run_network(sim, DIGITS, model, rows, cols, images, tmp_path, stall=stall,
@@ -217,7 +210,7 @@ def test_sim_cli_network_json(capsys):
 
 @pytest.mark.slow
 def test_trained_resnet20_whole_network_on_an_8x8_array(tmp_path):
-    require("verilator")
+    require_simulators("verilator")
     model = load(RESNET20)
     images = np.random.default_rng(4).integers(0, 256, (2, *model.input.shape), dtype=np.uint8)
     params, report = run_network("verilator", RESNET20, model, 8, 8, images, tmp_path, stall=0.05,

