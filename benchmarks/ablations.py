@@ -1,4 +1,5 @@
-"""The paper's ablations (Sec. 4.5), on a small CNN: intervals K, LWN against standardization, outer widths.
+"""The paper's ablations (Sec. 4.5): intervals K, LWN against standardization, outer widths, on a small CNN
+(the CPU) or on CIFAR-10 ResNet-20 (``--model resnet20 --schedule short``, a GPU).
 
 Three tables, each over ``--seeds`` (at least 3 for a result; mean ± sample std of the final test top-1):
 
@@ -22,6 +23,8 @@ and must score as recorded: the same seed, threads and torch give the same).
 
 Run:  python benchmarks/ablations.py --dataset mnist --data-dir ../shared/datasets/mnist --schedule full --jobs 2
       python benchmarks/ablations.py --dataset digits --schedule quick --seeds 0 --epochs 1 --fp-epochs 1
+      python benchmarks/ablations.py --dataset cifar10 --model resnet20 --data-dir DIR --schedule short \
+          --device cuda --jobs 6          # on one GPU, over several calls: benchmarks/gpu_session.sh TASK=ablations
 Writes benchmarks/results/ablations-<dataset>.json (atomically; or --json-out) and prints markdown tables.
 """
 
@@ -57,9 +60,11 @@ NORM_BITS = (2, 3, 4)
 NORMS = ("lwn", "standardize")
 OUTERS = ((8, 8), (6, 6), (4, 4), (8, 4), (4, 8))
 OUTER_BITS_AT = 3
-# (fp epochs, quantized epochs) per schedule and dataset
+# (fp epochs, quantized epochs) per schedule and dataset; "short" is CIFAR-10's on a GPU, the schedule of
+# benchmarks/cifar10_resnet20.py (benchmarks/gpu_session.sh runs it with TASK=ablations)
 SCHEDULES = {
     "quick": {"digits": (3, 2), "mnist": (1, 1), "fashion-mnist": (1, 1), "cifar10": (1, 1)},
+    "short": {"cifar10": (40, 15)},
     "full": {"digits": (30, 30), "mnist": (15, 10), "fashion-mnist": (15, 10), "cifar10": (300, 300)},
 }
 
@@ -94,6 +99,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json-out", metavar="FILE", help="results file (default: "
                    "benchmarks/results/ablations-<dataset>.json)")
     args = p.parse_args(argv)
+    if args.dataset not in SCHEDULES[args.schedule]:
+        p.error(f"--schedule {args.schedule} is for {', '.join(SCHEDULES[args.schedule])} only; for "
+                f"{args.dataset} use --schedule quick or full")
     fp_epochs, epochs = SCHEDULES[args.schedule][args.dataset]
     args.fp_epochs = args.fp_epochs if args.fp_epochs is not None else fp_epochs
     args.epochs = args.epochs if args.epochs is not None else epochs
@@ -188,6 +196,15 @@ def compiled_sizes(checkpoint: Path, eval_images: int, data) -> dict:
     return out
 
 
+def per_layer(values: list[tuple[str, int]], names: bool = True) -> str:
+    """A table cell of one number per layer: ``conv1 42, conv2 42`` (``42, 42`` without names), or
+    ``42 in each of the 20 layers`` where they are all the same and there are more than three."""
+    numbers = {v for _, v in values}
+    if len(values) > 3 and len(numbers) == 1:
+        return f"{numbers.pop()} in each of the {len(values)} layers"
+    return ", ".join(f"{name} {v}" if names else str(v) for name, v in values)
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -260,8 +277,8 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
             data["outer"][f"{ow}/{oa}"] = entry
             if sizes:
                 sz = sizes[0]
-                per = ", ".join(f"{x['name']} {x['lut_bytes']}" for x in sz["layers"])
-                needed = ", ".join(str(x["bits_needed"]) for x in sz["layers"])
+                per = per_layer([(x["name"], x["lut_bytes"]) for x in sz["layers"]])
+                needed = per_layer([(x["name"], x["bits_needed"]) for x in sz["layers"]], names=False)
                 agree = [x["agreement"]["agreement"] for x in sizes if x.get("agreement")]
                 agree_text = f"{100 * min(agree):.1f}% (min over seeds)" if agree else "-"
                 lines.append(f"| {ow}/{oa} | {cell(top1(plan_label))} | {per} | {sz['lut_bytes']} | "

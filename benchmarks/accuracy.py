@@ -37,8 +37,6 @@ from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
 from lcq_train.train import PAPER_RECIPE, TrainConfig
 
-# Settings a finished or interrupted run must share with the requested one to be reused.
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],

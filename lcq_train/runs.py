@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,9 +57,22 @@ def train_or_resume(cfg: TrainConfig) -> tuple[dict, float, str]:
     return metrics, seconds, f"{note} in {seconds:.1f} s"
 
 
-def training_pool(jobs: int) -> ProcessPoolExecutor:
-    """``jobs`` worker processes for :func:`train_or_resume`, one torch thread each. Started by spawning,
-    not forking: a forked child cannot use CUDA once its parent has (a run trained in the parent, or
-    ``torch.cuda.is_available()``), so that runs on a GPU can go side by side too."""
-    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+@contextmanager
+def training_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """``with training_pool(jobs) as pool``: ``jobs`` worker processes for :func:`train_or_resume`, one torch
+    thread each. Started by spawning, not forking: a forked child cannot use CUDA once its parent has (a
+    run trained in the parent, or ``torch.cuda.is_available()``), so that runs on a GPU can go side by
+    side too. When the block ends in an exception (an interrupt, a refused run) the queued runs are
+    cancelled and the workers stopped at once, each run under way resuming later from its last epoch's
+    checkpoint (written atomically); a worker that caught the interrupt itself would otherwise go on
+    to the next queued run."""
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        yield pool
+    except BaseException:
+        for process in list((pool._processes or {}).values()):     # (Python 3.14: pool.terminate_workers())
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)

@@ -216,6 +216,11 @@ def test_ablation_benchmark_plans_each_run_once(tmp_path, capsys):
     assert ablations.label_of(runs, QuantPlan("lcq", 2, 2, weight_norm="lwn")) == "w2a2-K16"
     assert ablations.main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "none")]) == 2
     assert "fashion-mnist is absent" in capsys.readouterr().err
+    short = ablations.parse_args(["--dataset", "cifar10", "--model", "resnet20", "--schedule", "short"])
+    assert (short.fp_epochs, short.epochs) == (40, 15)          # the CIFAR-10 benchmark's GPU schedule
+    with pytest.raises(SystemExit):
+        ablations.parse_args(["--dataset", "mnist", "--schedule", "short"])
+    assert "--schedule short is for cifar10 only; for mnist use --schedule quick or full" in capsys.readouterr().err
 
 
 def test_outer_width_builds_find_the_ablation_runs_or_say_how_to_train_them(tmp_path, capsys):

@@ -1,5 +1,7 @@
-"""benchmarks/gpu_session.sh rehearsed on the CPU (DEVICE=cpu: the CIFAR-10 benchmark's --tiny run, the
-quantizer benchmark with few repetitions): every result it promises lands in OUT, within its budget."""
+"""benchmarks/gpu_session.sh rehearsed on the CPU (DEVICE=cpu): every result it promises lands in OUT, within its
+budget. TASK=cifar10: the CIFAR-10 benchmark's --tiny run and the quantizer benchmark with few repetitions;
+TASK=ablations: the ablations' outer-width table on ResNet-20, one seed, one epoch each, on a small random
+CIFAR-10 in python batches."""
 
 import json
 import os
@@ -9,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from test_data import make_cifar_python
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
@@ -33,3 +36,31 @@ def test_cpu_rehearsal_writes_every_result(tmp_path):
     assert "cifar10-resnet20-short-seed7/lcq-w3a3-clipmse-bn50/checkpoint.pt" in names
     speed = json.loads((out / "quantizer_speed-cpu.json").read_text())
     assert speed["device"] == "cpu" and speed["summary"]["precision"]["met"] is True
+
+
+@pytest.mark.slow
+def test_cpu_rehearsal_of_the_ablations_records_every_run_and_packs_what_the_next_call_needs(tmp_path):
+    data, out, runs = tmp_path / "cifar", tmp_path / "out", tmp_path / "runs"
+    make_cifar_python(data, n=20)                    # 100 training and 20 test images of random pixels
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "TASK": "ablations", "PYTHON": sys.executable,
+           "RUNS": str(runs)}
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(data), "0", "500"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=560)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ablations-cifar10-runs.tar.gz", "ablations-cifar10.json", "ablations.log", "gpu-tests.log", "machine.txt"]
+    result = json.loads((out / "ablations-cifar10.json").read_text())
+    outer = ["w3a3-o8-8", "w3a3-o6-6", "w3a3-o4-4", "w3a3-o8-4", "w3a3-o4-8"]
+    assert sorted(result["results"]["0"]) == sorted(["fp", *outer])
+    assert result["settings"]["model"] == "resnet20" and result["tables"]["outer"]["6/6"]["sizes"]["lut_bytes"] > 0
+    with tarfile.open(out / "ablations-cifar10-runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert "ablations-cifar10/seed0/fp/checkpoint.pt" in names       # every run starts from it
+    assert not [n for n in names if any(label in n for label in outer)]    # recorded: not needed again
+
+
+def test_an_unknown_task_is_refused(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path), "TASK": "cifar100"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh", "data"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and "TASK must be cifar10 or ablations, not cifar100" in proc.stderr
