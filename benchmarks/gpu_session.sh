@@ -19,6 +19,7 @@
 # Usage, from the repository root, with the data copied into the checkout (a git-ignored data/):
 #   OUT=DIR bash benchmarks/gpu_session.sh data/cifar10-jpeg-q75.tar.gz [SEED [BUDGET_S]]
 #   TASK=ablations OUT=DIR bash benchmarks/gpu_session.sh data/cifar10-jpeg-q75.tar.gz [SEED [BUDGET_S]]
+#                                                           (SEED unused there: every seed runs)
 #   DEVICE=cpu OUT=DIR bash benchmarks/gpu_session.sh ...   rehearses it on the CPU (TASK=cifar10: --tiny, few
 #   repetitions; TASK=ablations: --schedule quick, seed 0, the outer-width table, on the DATA given)
 #   RUNS=DIR moves the run directories (default runs/); PYTHON=... names the interpreter (default python3)
