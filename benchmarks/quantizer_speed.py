@@ -18,6 +18,13 @@ Three measurements, the timings each the median over repetitions after warm-up:
    put in different segments get no gradient), and the backward's per-segment
    sums of grad and grad * v against float64 sums of the same float32 terms,
    next to a plain float32 ``index_add`` per segment.
+4. Kernels: the operations each quantizer call (forward, backward; the same
+   tensors as 1.) and each ResNet-20 training step (W3/A3, after the first)
+   queue on an accelerator, counted on torch's "meta" device, which runs the
+   device code path (``lcq_train/quant_device.py``) without computing: every
+   dispatched operation but views and uninitialized allocations. On a GPU,
+   where ResNet-20's small tensors cost about one launch each, these counts
+   bound how close LCQ can come to uniform; they do not depend on the machine.
 
 Each timing has the wall-clock median (what the aims are about) and the
 median of the process's CPU time (``time.process_time``, CPU only), which a
@@ -38,13 +45,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lcq_train.arguments import default_device
 from lcq_train.checkpoint import save_json
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale, lcq_quantize, uniform_quantize
 from lcq_train.quantizer import Quantizer
-from lcq_train.train import build_quantized_model
+from lcq_train.train import _lr_lambda, build_quantized_model, train_step
 
 OUTER_BITS = 8
 K = 16
@@ -178,6 +186,59 @@ def bench_training(args, device: torch.device) -> list[dict]:
     return rows
 
 
+class KernelCount(TorchDispatchMode):
+    """Counts the operations dispatched inside its block that launch work on a device: all but views
+    (``detach``, ``slice``, ``view`` ...) and allocations left uninitialized."""
+
+    NOT_KERNELS = {"empty", "empty_like", "empty_strided", "new_empty", "promote_types", "result_type", "lift_fresh"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.overloadpacket.__name__ not in self.NOT_KERNELS:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def bench_kernels() -> dict:
+    """Kernels per quantizer call (forward, backward) on each ResNet-20 tensor and per ResNet-20 training step
+    (fp, uniform and LCQ at W3/A3), counted on the meta device (:class:`KernelCount`)."""
+    meta = torch.device("meta")
+    calls = []
+    for label, shape in resnet20_tensors():
+        signed = KINDS[label][0]
+        for bits in BITS:
+            row = {"tensor": label, "shape": list(shape), "bits": bits}
+            for method in ("uniform", "lcq"):
+                x = torch.empty(shape, device=meta, requires_grad=True)
+                alpha = torch.empty((), device=meta, requires_grad=True)
+                theta = torch.empty(K, device=meta, requires_grad=True)
+                for _ in range(2):      # the first call of a shape puts its constants on the device; the second counts
+                    with KernelCount() as forward:
+                        y = (lcq_quantize(x, alpha, theta, bits, OUTER_BITS, signed) if method == "lcq" else
+                             uniform_quantize(x, alpha, bits, OUTER_BITS, signed))
+                    with KernelCount() as backward:
+                        inputs = (x, alpha, theta) if method == "lcq" else (x, alpha)
+                        torch.autograd.grad(y, inputs, torch.empty_like(y))
+                row[method] = {"forward": forward.count, "backward": backward.count}
+            row["ratio"] = sum(row["lcq"].values()) / sum(row["uniform"].values())
+            calls.append(row)
+    steps = {}
+    for method, bits in (("fp", 32), ("uniform", 3), ("lcq", 3)):
+        net = build_quantized_model("resnet20", (3, 32, 32), 10, QuantPlan(method, bits, bits)).to(meta).train()
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(10, 2))
+        x, y = torch.empty(BATCH, 3, 32, 32, device=meta), torch.empty(BATCH, dtype=torch.long, device=meta)
+        train_step(net, optimizer, scheduler, x, y)           # the first puts the constant tables on the device
+        with KernelCount() as step:
+            train_step(net, optimizer, scheduler, x, y)
+        steps[f"{method}-w{bits}a{bits}" if method != "fp" else "fp"] = step.count
+    return {"calls": calls, "resnet20_step": steps,
+            "step_lcq_vs_uniform": steps["lcq-w3a3"] / steps["uniform-w3a3"]}
+
+
 def bench_precision(args, device: torch.device) -> list[dict]:
     """Relative errors of the float32 LCQ gradients and per-segment sums against float64 (max over entries of
     |error| / max |float64 value| for theta; per segment |error| / |float64 sum| for the sums)."""
@@ -251,6 +312,9 @@ def summary(results: dict) -> dict:
         out["training"] = {"aim": TRAINING_AIM, "model": "resnet20",
                            "lcq_vs_uniform": {f"W{r['wbits']}/A{r['abits']}": r["ratio_vs_uniform"] for r in lcq},
                            "met": all(r["ratio_vs_uniform"] <= TRAINING_AIM for r in lcq)}
+    if results["kernels"]:
+        out["kernels"] = {"max_call_ratio": max(r["ratio"] for r in results["kernels"]["calls"]),
+                          "step_lcq_vs_uniform": results["kernels"]["step_lcq_vs_uniform"]}
     if results["precision"]:
         keys = ("alpha_grad_rel_error", "theta_grad_rel_error", "segment_sums_rel_error")
         worst = {key: max(r[key] for r in results["precision"]) for key in keys}
@@ -293,6 +357,20 @@ def precision_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def kernel_table(kernels: dict) -> str:
+    lines = ["Kernels queued on an accelerator (counted on the meta device; forward + backward)", "",
+             "| tensor | shape | bits | uniform | LCQ | LCQ/uniform |", "|---|---|---|---|---|---|"]
+    for r in kernels["calls"]:
+        u, c = r["uniform"], r["lcq"]
+        lines.append(f"| {r['tensor']} | {'x'.join(map(str, r['shape']))} | {r['bits']} | "
+                     f"{u['forward']} + {u['backward']} | {c['forward']} + {c['backward']} | {r['ratio']:.2f}x |")
+    steps = kernels["resnet20_step"]
+    lines += ["", f"ResNet-20 training step (batch {BATCH}, forward + backward + SGD + scheduler): "
+              + ", ".join(f"{name} {n}" for name, n in steps.items())
+              + f"; LCQ/uniform {kernels['step_lcq_vs_uniform']:.2f}x"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -301,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed repetitions per quantizer measurement (ten times as many below 256K elements)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls / steps before timing")
-    parser.add_argument("--part", choices=("all", "quantizer", "training", "precision"), default="all")
+    parser.add_argument("--part", choices=("all", "quantizer", "training", "precision", "kernels"), default="all")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", metavar="FILE",
@@ -317,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"load average {load_start[0]:.2f}", flush=True)
-    results: dict = {"quantizer": [], "training": [], "precision": []}
+    results: dict = {"quantizer": [], "training": [], "precision": [], "kernels": None}
     if args.part in ("all", "precision"):
         results["precision"] = bench_precision(args, device)
         print("\n" + precision_table(results["precision"]), flush=True)
@@ -327,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("all", "training"):
         results["training"] = bench_training(args, device)
         print("\n" + training_table(results["training"]), flush=True)
+    if args.part in ("all", "kernels"):
+        results["kernels"] = bench_kernels()
+        print("\n" + kernel_table(results["kernels"]), flush=True)
     load_end = os.getloadavg()
     print(f"\nload average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end")
 

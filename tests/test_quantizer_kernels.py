@@ -1,0 +1,41 @@
+"""benchmarks/quantizer_speed.py --part kernels: the operations a quantizer call and a ResNet-20 step queue on
+an accelerator, counted on the meta device."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "quantizer_speed.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("quantizer_speed", PATH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_views_and_empty_allocations_are_not_kernels():
+    bench = load_benchmark()
+    x = torch.empty(4, 6, device="meta")
+    with bench.KernelCount() as views:
+        x.view(-1), x[1:], x.detach(), x.t(), torch.empty_like(x)
+    with bench.KernelCount() as kernels:
+        (x + 1).sum(), torch.zeros_like(x)
+    assert (views.count, kernels.count) == (0, 3)
+
+
+def test_kernel_counts_of_every_resnet20_tensor_and_step(tmp_path):
+    bench = load_benchmark()
+    out = tmp_path / "kernels.json"
+    assert bench.main(["--part", "kernels", "--json-out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    calls, steps = result["kernels"]["calls"], result["kernels"]["resnet20_step"]
+    assert {(r["tensor"], r["bits"]) for r in calls} == {(t, b) for t in ("weights", "activations") for b in (2, 3, 4)}
+    for r in calls:                   # the same work at every bit width; LCQ's tables cost more than uniform
+        assert 0 < r["uniform"]["forward"] < r["lcq"]["forward"] and 0 < r["uniform"]["backward"] < r["lcq"]["backward"]
+        assert r["ratio"] == sum(r["lcq"].values()) / sum(r["uniform"].values())
+    assert steps["fp"] < steps["uniform-w3a3"] < steps["lcq-w3a3"]
+    assert result["summary"]["kernels"]["step_lcq_vs_uniform"] == steps["lcq-w3a3"] / steps["uniform-w3a3"]
