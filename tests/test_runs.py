@@ -1,5 +1,6 @@
 """lcq_train.runs.training_pool: runs side by side in spawned workers, stopped at once by an interrupt."""
 
+import os
 import time
 
 import pytest
@@ -8,8 +9,6 @@ from lcq_train.runs import training_pool
 
 
 def test_the_pool_runs_its_jobs_in_other_processes():
-    import os
-
     with training_pool(2) as pool:
         pids = {pool.submit(os.getpid).result(timeout=120) for _ in range(4)}
     assert os.getpid() not in pids
@@ -20,7 +19,7 @@ def test_an_interrupt_cancels_the_queued_runs_and_stops_those_under_way():
     with pytest.raises(KeyboardInterrupt):
         with training_pool(2) as pool:
             futures = [pool.submit(time.sleep, 120) for _ in range(4)]
-            while not futures[0].running():           # a worker has it (spawning takes a few seconds)
+            while not futures[0].running():           # handed to the workers (spawning them takes seconds)
                 assert time.monotonic() - started < 120
                 time.sleep(0.1)
             raise KeyboardInterrupt
