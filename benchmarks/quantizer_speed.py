@@ -1,6 +1,6 @@
 """Speed of the LCQ quantizer against the uniform one, alone and inside a training step, and its gradient precision.
 
-Three measurements, the timings each the median over repetitions after warm-up:
+Four measurements, the timings each the median over repetitions after warm-up:
 
 1. Quantizer: forward + backward of ``lcq_quantize`` and ``uniform_quantize``
    on the same tensor (gradients to x, alpha and, for LCQ, theta, of
@@ -19,8 +19,8 @@ Three measurements, the timings each the median over repetitions after warm-up:
    sums of grad and grad * v against float64 sums of the same float32 terms,
    next to a plain float32 ``index_add`` per segment.
 4. Kernels: the operations each quantizer call (forward, backward; the same
-   tensors as 1.) and each ResNet-20 training step (W3/A3, after the first)
-   queue on an accelerator, counted on torch's "meta" device, which runs the
+   tensors as 1.) and each ResNet-20 training step (the step of 2. at W3/A3,
+   after the first) queue on an accelerator, counted on torch's "meta" device, which runs the
    device code path (``lcq_train/quant_device.py``) without computing: every
    dispatched operation but views and uninitialized allocations. On a GPU,
    where ResNet-20's small tensors cost about one launch each, these counts
@@ -52,7 +52,7 @@ from lcq_train.checkpoint import save_json
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale, lcq_quantize, uniform_quantize
 from lcq_train.quantizer import Quantizer
-from lcq_train.train import _lr_lambda, build_quantized_model, train_step
+from lcq_train.train import build_quantized_model
 
 OUTER_BITS = 8
 K = 16
@@ -226,15 +226,13 @@ def bench_kernels() -> dict:
             row["ratio"] = sum(row["lcq"].values()) / sum(row["uniform"].values())
             calls.append(row)
     steps = {}
+    x, y = torch.empty(BATCH, 3, 32, 32, device=meta), torch.empty(BATCH, dtype=torch.long, device=meta)
     for method, bits in (("fp", 32), ("uniform", 3), ("lcq", 3)):
-        net = build_quantized_model("resnet20", (3, 32, 32), 10, QuantPlan(method, bits, bits)).to(meta).train()
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(10, 2))
-        x, y = torch.empty(BATCH, 3, 32, 32, device=meta), torch.empty(BATCH, dtype=torch.long, device=meta)
-        train_step(net, optimizer, scheduler, x, y)           # the first puts the constant tables on the device
-        with KernelCount() as step:
-            train_step(net, optimizer, scheduler, x, y)
-        steps[f"{method}-w{bits}a{bits}" if method != "fp" else "fp"] = step.count
+        step = training_step("resnet20", (3, 32, 32), method, bits, x, y, 0, meta)
+        step()                                                  # the first puts the constant tables on the device
+        with KernelCount() as counted:
+            step()
+        steps[f"{method}-w{bits}a{bits}" if method != "fp" else "fp"] = counted.count
     return {"calls": calls, "resnet20_step": steps,
             "step_lcq_vs_uniform": steps["lcq-w3a3"] / steps["uniform-w3a3"]}
 
@@ -365,7 +363,7 @@ def kernel_table(kernels: dict) -> str:
         lines.append(f"| {r['tensor']} | {'x'.join(map(str, r['shape']))} | {r['bits']} | "
                      f"{u['forward']} + {u['backward']} | {c['forward']} + {c['backward']} | {r['ratio']:.2f}x |")
     steps = kernels["resnet20_step"]
-    lines += ["", f"ResNet-20 training step (batch {BATCH}, forward + backward + SGD + scheduler): "
+    lines += ["", f"ResNet-20 training step (batch {BATCH}, forward + backward + SGD): "
               + ", ".join(f"{name} {n}" for name, n in steps.items())
               + f"; LCQ/uniform {kernels['step_lcq_vs_uniform']:.2f}x"]
     return "\n".join(lines)
