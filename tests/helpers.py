@@ -1,5 +1,5 @@
 """Plain helper functions shared by the tests: random small models and images, a model file's members, a
-live pickle payload.
+live pickle payload, CIFAR-10 python batches of random images.
 
 :mod:`conftest` exposes the model and image helpers as fixtures (a test or fixture asks for
 ``small_cnn``, say); code that cannot take fixtures (module-level caches, Hypothesis tests) imports
@@ -7,6 +7,7 @@ them from here.
 """
 
 import json
+import pickle
 
 import numpy as np
 import torch
@@ -92,3 +93,26 @@ def one_epoch_history(config: dict, layers: dict) -> dict:
            "time_s": 0.1}
     return {"config": config, "layers": layers, "params": 1, "epochs": [row], "test_top1": 10.0,
             "best_test_top1": 10.0}
+
+
+CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+
+
+def write_pickle(path, obj):
+    path.write_bytes(pickle.dumps(obj))
+
+
+def make_cifar_python(root, n=2, label_names=None, seed=0):
+    """CIFAR-10 python batches (``n`` images each) in ``root``; returns expected (train_x, train_y, test_x, test_y)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    xs, ys = {}, {}
+    for batch in CIFAR_TRAIN_BATCHES + ["test_batch"]:
+        xs[batch] = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        ys[batch] = [int(v) for v in rng.integers(0, 10, n)]
+        write_pickle(root / batch, {b"batch_label": batch.encode(), b"data": xs[batch], b"labels": ys[batch]})
+    if label_names is not None:
+        write_pickle(root / "batches.meta", {b"label_names": label_names, b"num_vis": 3072})
+    train_x = np.concatenate([xs[b] for b in CIFAR_TRAIN_BATCHES]).reshape(-1, 3, 32, 32)
+    train_y = np.concatenate([ys[b] for b in CIFAR_TRAIN_BATCHES])
+    return train_x, train_y, xs["test_batch"].reshape(-1, 3, 32, 32), np.array(ys["test_batch"])

@@ -17,7 +17,7 @@ from PIL import Image
 import lcq_train.data as data_mod
 from lcq_train.data import DATASETS, Dataset, DatasetError, load_dataset
 
-from helpers import RunsCodeWhenUnpickled
+from helpers import RunsCodeWhenUnpickled, make_cifar_python, write_pickle
 
 IDX_NAMES = {
     "train_x": "train-images-idx3-ubyte",
@@ -25,7 +25,6 @@ IDX_NAMES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
-CIFAR_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = REPO_ROOT.parent / "shared" / "datasets" / "mnist"   # ../shared/datasets/mnist, beside the repository
 
@@ -57,26 +56,6 @@ def make_idx_dir(root, gz=False, n_train=5, n_test=3, seed=0):
     for key, base in IDX_NAMES.items():
         write_idx(root / base, arrays[key], gz=gz)
     return arrays
-
-
-def write_pickle(path, obj):
-    path.write_bytes(pickle.dumps(obj))
-
-
-def make_cifar_python(root, n=2, label_names=None, seed=0):
-    """CIFAR-10 python batches (``n`` images each) in ``root``; returns expected (train_x, train_y, test_x, test_y)."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    xs, ys = {}, {}
-    for batch in CIFAR_TRAIN_BATCHES + ["test_batch"]:
-        xs[batch] = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        ys[batch] = [int(v) for v in rng.integers(0, 10, n)]
-        write_pickle(root / batch, {b"batch_label": batch.encode(), b"data": xs[batch], b"labels": ys[batch]})
-    if label_names is not None:
-        write_pickle(root / "batches.meta", {b"label_names": label_names, b"num_vis": 3072})
-    train_x = np.concatenate([xs[b] for b in CIFAR_TRAIN_BATCHES]).reshape(-1, 3, 32, 32)
-    train_y = np.concatenate([ys[b] for b in CIFAR_TRAIN_BATCHES])
-    return train_x, train_y, xs["test_batch"].reshape(-1, 3, 32, 32), np.array(ys["test_batch"])
 
 
 def write_image(path, array, fmt="PNG"):
