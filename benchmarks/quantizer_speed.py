@@ -51,6 +51,7 @@ from lcq_train.arguments import default_device
 from lcq_train.checkpoint import save_json
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale, lcq_quantize, uniform_quantize
+from lcq_train.quant_device import apply_tables, build_tables
 from lcq_train.quantizer import Quantizer
 from lcq_train.train import build_quantized_model
 
@@ -202,29 +203,57 @@ class KernelCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def _count(forward, backward) -> dict:
+    """Kernels of ``forward()`` and of ``backward(its output)``, on the second of two runs (the first puts
+    a shape's constant tables on the device)."""
+    for _ in range(2):
+        with KernelCount() as f:
+            out = forward()
+        with KernelCount() as b:
+            backward(out)
+    return {"forward": f.count, "backward": b.count}
+
+
 def bench_kernels() -> dict:
-    """Kernels per quantizer call (forward, backward) on each ResNet-20 tensor and per ResNet-20 training step
-    (fp, uniform and LCQ at W3/A3), counted on the meta device (:class:`KernelCount`)."""
+    """Kernels per quantizer call (forward, backward) on each ResNet-20 tensor, alone and with its tables
+    built in a batch (the call's own part: the search, the lookup, the per-segment sums), of a batch of
+    tables of each kind of ResNet-20 (W3/A3), and per ResNet-20 training step (fp, uniform and LCQ at
+    W3/A3), counted on the meta device (:class:`KernelCount`)."""
     meta = torch.device("meta")
     calls = []
     for label, shape in resnet20_tensors():
         signed = KINDS[label][0]
         for bits in BITS:
-            row = {"tensor": label, "shape": list(shape), "bits": bits}
-            for method in ("uniform", "lcq"):
-                x = torch.empty(shape, device=meta, requires_grad=True)
-                alpha = torch.empty((), device=meta, requires_grad=True)
-                theta = torch.empty(K, device=meta, requires_grad=True)
-                for _ in range(2):      # the first call of a shape puts its constants on the device; the second counts
-                    with KernelCount() as forward:
-                        y = (lcq_quantize(x, alpha, theta, bits, OUTER_BITS, signed) if method == "lcq" else
-                             uniform_quantize(x, alpha, bits, OUTER_BITS, signed))
-                    with KernelCount() as backward:
-                        inputs = (x, alpha, theta) if method == "lcq" else (x, alpha)
-                        torch.autograd.grad(y, inputs, torch.empty_like(y))
-                row[method] = {"forward": forward.count, "backward": backward.count}
+            x = torch.empty(shape, device=meta, requires_grad=True)
+            alpha = torch.empty((), device=meta, requires_grad=True)
+            theta = torch.empty(K, device=meta, requires_grad=True)
+            s, s_outer = level_scale(bits, signed), level_scale(OUTER_BITS, signed)
+            tables = build_tables([alpha], [theta], s, s_outer, signed, torch.float32)[0]
+            row = {"tensor": label, "shape": list(shape), "bits": bits,
+                   "uniform": _count(lambda: uniform_quantize(x, alpha, bits, OUTER_BITS, signed),
+                                     lambda y: torch.autograd.grad(y, (x, alpha), torch.empty_like(y))),
+                   "lcq": _count(lambda: lcq_quantize(x, alpha, theta, bits, OUTER_BITS, signed),
+                                 lambda y: torch.autograd.grad(y, (x, alpha, theta), torch.empty_like(y))),
+                   "lcq_batched": _count(lambda: apply_tables(x, tables),
+                                         lambda y: torch.autograd.grad(y, (x, tables.handle), torch.empty_like(y)))}
             row["ratio"] = sum(row["lcq"].values()) / sum(row["uniform"].values())
+            row["batched_ratio"] = sum(row["lcq_batched"].values()) / sum(row["uniform"].values())
             calls.append(row)
+    model = build_quantized_model("resnet20", (3, 32, 32), 10, QuantPlan("lcq", 3, 3))
+    lcq = [m for m in model.modules() if isinstance(m, Quantizer) and m.method == "lcq"]
+    batches = []
+    for signed in (True, False):
+        n, bits = sum(q.signed == signed for q in lcq), 3
+        alphas = [torch.empty((), device=meta, requires_grad=True) for _ in range(n)]
+        thetas = [torch.empty(K, device=meta, requires_grad=True) for _ in range(n)]
+
+        def build():
+            return [t.handle for t in build_tables(alphas, thetas, level_scale(bits, signed),
+                                                   level_scale(OUTER_BITS, signed), signed, torch.float32)]
+
+        counts = _count(build, lambda handles: torch.autograd.grad(handles, alphas + thetas,
+                                                                   [torch.empty_like(h) for h in handles]))
+        batches.append({"tensor": "weights" if signed else "activations", "quantizers": n, "bits": bits, **counts})
     steps = {}
     x, y = torch.empty(BATCH, 3, 32, 32, device=meta), torch.empty(BATCH, dtype=torch.long, device=meta)
     for method, bits in (("fp", 32), ("uniform", 3), ("lcq", 3)):
@@ -233,7 +262,7 @@ def bench_kernels() -> dict:
         with KernelCount() as counted:
             step()
         steps[f"{method}-w{bits}a{bits}" if method != "fp" else "fp"] = counted.count
-    return {"calls": calls, "resnet20_step": steps,
+    return {"calls": calls, "resnet20_batches": batches, "resnet20_step": steps,
             "step_lcq_vs_uniform": steps["lcq-w3a3"] / steps["uniform-w3a3"]}
 
 
@@ -312,6 +341,7 @@ def summary(results: dict) -> dict:
                            "met": all(r["ratio_vs_uniform"] <= TRAINING_AIM for r in lcq)}
     if results["kernels"]:
         out["kernels"] = {"max_call_ratio": max(r["ratio"] for r in results["kernels"]["calls"]),
+                          "max_batched_call_ratio": max(r["batched_ratio"] for r in results["kernels"]["calls"]),
                           "step_lcq_vs_uniform": results["kernels"]["step_lcq_vs_uniform"]}
     if results["precision"]:
         keys = ("alpha_grad_rel_error", "theta_grad_rel_error", "segment_sums_rel_error")
@@ -357,11 +387,15 @@ def precision_table(rows: list[dict]) -> str:
 
 def kernel_table(kernels: dict) -> str:
     lines = ["Kernels queued on an accelerator (counted on the meta device; forward + backward)", "",
-             "| tensor | shape | bits | uniform | LCQ | LCQ/uniform |", "|---|---|---|---|---|---|"]
+             "| tensor | shape | bits | uniform | LCQ alone | LCQ/uniform | LCQ, tables in a batch | LCQ/uniform |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in kernels["calls"]:
-        u, c = r["uniform"], r["lcq"]
+        u, c, b = r["uniform"], r["lcq"], r["lcq_batched"]
         lines.append(f"| {r['tensor']} | {'x'.join(map(str, r['shape']))} | {r['bits']} | "
-                     f"{u['forward']} + {u['backward']} | {c['forward']} + {c['backward']} | {r['ratio']:.2f}x |")
+                     f"{u['forward']} + {u['backward']} | {c['forward']} + {c['backward']} | {r['ratio']:.2f}x | "
+                     f"{b['forward']} + {b['backward']} | {r['batched_ratio']:.2f}x |")
+    lines += ["", "ResNet-20's batches of tables (W3/A3): " + ", ".join(
+        f"{b['quantizers']} {b['tensor']} quantizers {b['forward']} + {b['backward']}" for b in kernels["resnet20_batches"])]
     steps = kernels["resnet20_step"]
     lines += ["", f"ResNet-20 training step (batch {BATCH}, forward + backward + SGD): "
               + ", ".join(f"{name} {n}" for name, n in steps.items())

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from torch import nn
 
 from .arguments import IntRange
+from .batched_tables import batch_tables
 from .layers import QAct
 from .quantizer import BITS, CLIP, INTERVALS, MAX_OUTER_BITS, METHODS, WEIGHT_NORMS, Quantizer, QuantSpec
 
@@ -331,8 +332,10 @@ def quantize_model(model: nn.Module, plan: QuantPlan | None = None, **fields) ->
 def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
     """Install the plan's quantizers in ``model`` (in place; returns it). ``fp`` leaves it unchanged.
 
-    :func:`quantize_model` with a plan; for a model without ``quant_layers()`` it returns a new module."""
-    return quantize_model(model, plan)
+    :func:`quantize_model` with a plan; for a model without ``quant_layers()`` it returns a new module.
+    Off the CPU, its LCQ quantizers' tables are built in batches (:func:`lcq_train.batched_tables.batch_tables`)."""
+    model = quantize_model(model, plan)
+    return batch_tables(model) if plan.method == "lcq" else model
 
 
 def _install(model: nn.Module, plan: QuantPlan) -> nn.Module:

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from .quant_device import LCQDeviceFunction, segment_sums, working_precision
+from .quant_device import lcq_device, segment_sums, working_precision
 
 __all__ = [
     "level_scale",
@@ -533,8 +533,8 @@ def lcq_quantize(x, alpha, theta, bits: int, outer_bits: int | None = 8, signed:
     _check_theta(theta)
     if x.device.type == "cpu":
         return _LCQFunction.apply(x, alpha, theta, bits, outer_bits, signed)
-    return LCQDeviceFunction.apply(x, alpha, theta, level_scale(bits, signed),
-                                   None if outer_bits is None else level_scale(outer_bits, signed), signed)
+    return lcq_device(x, alpha, theta, level_scale(bits, signed),
+                      None if outer_bits is None else level_scale(outer_bits, signed), signed)
 
 
 def uniform_codes(x: torch.Tensor, alpha: torch.Tensor, bits: int, signed: bool) -> torch.Tensor:

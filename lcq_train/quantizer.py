@@ -9,6 +9,7 @@ from torch import nn
 
 from .arguments import IntRange, positive_float
 from .quant import lcq_codes, lcq_quantize, level_scale, level_table, uniform_codes, uniform_quantize
+from .quant_device import QuantizerTables, apply_tables
 
 METHODS = ("fp", "uniform", "lcq")
 
@@ -62,7 +63,8 @@ class Quantizer(nn.Module):
       ``w~ = Q((w - mu_w) / sigma_w)``, no rescaling by sigma_w after the quantizer;
 
     with ``mu_w, sigma_w`` detached in both. ``weight_norm`` False or None: none (activations).
-    Parameters: ``alpha`` (scalar) unless method is "fp"; ``theta`` (K,) for LCQ.
+    Parameters: ``alpha`` (scalar) unless method is "fp"; ``theta`` (K,) for LCQ. ``tables``: LCQ tables
+    built for this quantizer ahead of its call (:mod:`lcq_train.batched_tables`), used while they fit.
     """
 
     def __init__(self, spec: QuantSpec, signed: bool, weight_norm: bool | str | None = False):
@@ -82,6 +84,7 @@ class Quantizer(nn.Module):
             self.alpha = nn.Parameter(torch.tensor(float(spec.alpha)), requires_grad=spec.learn_alpha)
         if self.method == "lcq":
             self.theta = nn.Parameter(torch.zeros(spec.K))
+        self.tables: QuantizerTables | None = None
 
     def normalization(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Detached (mu_w, sigma_w) of the weight normalization for weight tensor ``w``."""
@@ -91,6 +94,8 @@ class Quantizer(nn.Module):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Q(x) of this quantizer on an already normalized tensor."""
         if self.method == "lcq":
+            if self.tables is not None and self.tables.fits(x, self.alpha, self.theta):
+                return apply_tables(x, self.tables)
             return lcq_quantize(x, self.alpha, self.theta, self.spec.bits, self.spec.outer_bits, self.signed)
         return uniform_quantize(x, self.alpha, self.spec.bits, self.spec.outer_bits, self.signed)
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lcq_train.quant import _LCQFunction, lcq_quantize, level_scale
-from lcq_train.quant_device import LCQDeviceFunction
+from lcq_train import quant
+from lcq_train.quant_device import apply_tables, build_tables, lcq_device
 
 
 def _both(x, alpha0, theta, bits, outer_bits, signed):
@@ -19,8 +20,8 @@ def _both(x, alpha0, theta, bits, outer_bits, signed):
         if path == "host":
             y = _LCQFunction.apply(xr, a, th, bits, outer_bits, signed)
         else:
-            y = LCQDeviceFunction.apply(xr, a, th, level_scale(bits, signed),
-                                        None if outer_bits is None else level_scale(outer_bits, signed), signed)
+            y = lcq_device(xr, a, th, level_scale(bits, signed),
+                           None if outer_bits is None else level_scale(outer_bits, signed), signed)
         (y * w).sum().backward()
         out.append((y.detach(), a.grad, th.grad, xr.grad))
     return out
@@ -54,12 +55,60 @@ def test_device_path_ties_round_half_to_even_and_no_outer():
 
 
 def test_lcq_quantize_takes_the_device_path_off_the_cpu(monkeypatch):
-    """A tensor on another device (here "meta") goes to LCQDeviceFunction with the level counts s and s';
+    """A tensor on another device (here "meta") goes to lcq_device with the level counts s and s';
     a CPU tensor keeps the host path."""
     calls = []
-    monkeypatch.setattr(LCQDeviceFunction, "apply", staticmethod(lambda *a: calls.append(a) or a[0]))
+    monkeypatch.setattr(quant, "lcq_device", lambda *a: calls.append(a) or a[0])
     lcq_quantize(torch.randn(10), torch.tensor(1.0), torch.zeros(4), 3, 8, False)
     assert not calls
     x = torch.empty(10, device="meta")
     lcq_quantize(x, torch.tensor(1.0, device="meta"), torch.zeros(4, device="meta"), 3, 6, True)
     assert len(calls) == 1 and calls[0][0] is x and calls[0][3:] == (3, 31, True)
+
+
+@pytest.mark.parametrize("signed,bits,dtype", [(True, 3, torch.float32), (False, 2, torch.float64),
+                                               (False, 4, torch.float32)])
+def test_tables_built_together_equal_tables_built_alone(signed, bits, dtype):
+    """Three quantizers' tables from one build_tables call quantize as each one's own call does: the same
+    outputs, and alpha and theta gradients through the batched backward equal to float64 rounding (one
+    quantizer's output left unused gets no gradient)."""
+    g = torch.Generator().manual_seed(bits)
+    s, s_outer = level_scale(bits, signed), level_scale(6, signed)
+    xs = [torch.randn(n, generator=g, dtype=torch.float64).to(dtype) * 2.0 for n in (500, 4096, 70)]
+    ws = [torch.randn(x.shape, generator=g, dtype=dtype) for x in xs]
+    alpha0 = [1.5, 3.0, 2.2]
+    theta0 = [torch.randn(8, generator=g) * 0.7 for _ in xs]
+
+    def params():
+        return ([torch.tensor(a, requires_grad=True) for a in alpha0],
+                [t.clone().requires_grad_() for t in theta0])
+
+    alphas, thetas = params()
+    tables = build_tables(alphas, thetas, s, s_outer, signed, dtype)
+    together = [apply_tables(x, t) for x, t in zip(xs, tables)]
+    sum((y * w).sum() for y, w in zip(together[:2], ws)).backward()
+    for i, (x, w) in enumerate(zip(xs, ws)):
+        alpha, theta = params()
+        alone = lcq_device(x, alpha[i], theta[i], s, s_outer, signed)
+        torch.testing.assert_close(together[i].detach(), alone.detach(), atol=0, rtol=0)
+        if i == 2:
+            assert torch.all(alphas[i].grad == 0) and torch.all(thetas[i].grad == 0)
+            continue
+        (alone * w).sum().backward()
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(alphas[i].grad, alpha[i].grad, rtol=tol, atol=tol * alpha[i].grad.abs().item())
+        torch.testing.assert_close(thetas[i].grad, theta[i].grad, rtol=tol, atol=tol * theta[i].grad.abs().max().item())
+
+
+def test_tables_fit_only_while_their_parameters_are_unchanged():
+    alpha, theta = torch.tensor(2.0, requires_grad=True), torch.zeros(4, requires_grad=True)
+    x = torch.randn(10)
+    tables = build_tables([alpha], [theta], 7, 255, False, torch.float32)[0]
+    assert tables.fits(x, alpha, theta)
+    assert not tables.fits(x.double(), alpha, theta)            # another working precision
+    with torch.no_grad():
+        assert not tables.fits(x, alpha, theta)                 # built with gradients, used without
+        theta.add_(0.1)                                         # an optimizer step
+    assert not tables.fits(x, alpha, theta)
+    with pytest.raises(TypeError, match="tables built in torch.float64"):
+        apply_tables(x.double(), tables)

@@ -1,0 +1,60 @@
+"""A model's LCQ tables built together, once per forward, on an accelerator.
+
+Off the CPU each LCQ quantizer call builds its compander's tables in some twenty small torch operations
+and turns its per-segment sums into alpha and theta gradients in some thirty more; on a GPU each costs
+about one kernel launch, far more than the work in it. :func:`batch_tables` registers a forward pre-hook
+on a model that builds the tables of all its LCQ quantizers of one kind (K, levels, outer levels, sign,
+dtype) in one batch (:func:`lcq_train.quant_device.build_tables`), and a forward hook that drops them:
+within that forward each quantizer quantizes with its row, and the backward computes every quantizer's
+alpha and theta gradients of that kind together. The values are those of each quantizer's own call.
+CPU models are left to the host path (:mod:`lcq_train.quant`), the faster one there.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .quant import level_scale
+from .quant_device import build_tables, working_dtype
+from .quantizer import Quantizer
+
+
+def _on_device(q: Quantizer) -> bool:
+    """Whether ``q`` takes the device path (its parameters are off the CPU)."""
+    return q.theta.device.type != "cpu"
+
+
+def _lcq_quantizers(model: nn.Module) -> list[Quantizer]:
+    return [m for m in model.modules() if isinstance(m, Quantizer) and m.method == "lcq"]
+
+
+def _build(model: nn.Module, _args) -> None:
+    """Forward pre-hook: every off-CPU LCQ quantizer of ``model`` gets its row of its kind's tables."""
+    kinds: dict[tuple, list[Quantizer]] = {}
+    for q in _lcq_quantizers(model):
+        q.tables = None
+        if _on_device(q):
+            spec = q.spec
+            kind = (spec.K, spec.bits, spec.outer_bits, q.signed, q.theta.dtype, q.alpha.dtype, q.theta.device)
+            kinds.setdefault(kind, []).append(q)
+    for (_K, bits, outer_bits, signed, theta_dtype, _, _), qs in kinds.items():
+        s_outer = None if outer_bits is None else level_scale(outer_bits, signed)
+        tables = build_tables([q.alpha for q in qs], [q.theta for q in qs], level_scale(bits, signed), s_outer,
+                              signed, working_dtype(theta_dtype))
+        for q, t in zip(qs, tables):
+            q.tables = t
+
+
+def _drop(model: nn.Module, _args, _output) -> None:
+    """Forward hook: the tables of this forward are not used again."""
+    for q in _lcq_quantizers(model):
+        q.tables = None
+
+
+def batch_tables(model: nn.Module) -> nn.Module:
+    """Make each forward of ``model`` build its LCQ quantizers' tables in batches (once; returns it)."""
+    if not getattr(model, "_lcq_batched_tables", False):
+        model.register_forward_pre_hook(_build)
+        model.register_forward_hook(_drop)
+        model._lcq_batched_tables = True
+    return model

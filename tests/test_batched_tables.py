@@ -1,0 +1,64 @@
+"""A model's LCQ tables built in batches once per forward (lcq_train.batched_tables), here forced onto CPU
+tensors, against each quantizer's own host-path call: in float64, where both compute the gradients' sums
+exactly enough to compare to 1e-10 (tests/test_quant_device.py compares the float32 sums)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lcq_train import batched_tables, quant_device
+from lcq_train.plan import QuantPlan
+from lcq_train.quantizer import Quantizer
+from lcq_train.train import build_quantized_model
+
+
+def _step(model, x, y):
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    return model(x).detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("name,shape,plan", [
+    ("resnet20", (3, 32, 32), QuantPlan("lcq", 3, 3)),
+    ("cnn", (1, 28, 28), QuantPlan("lcq", 3, 4, K=4, outer_bits=(6, 8), edge_bits=6)),
+])
+def test_a_forward_builds_each_kind_of_tables_once_and_quantizes_as_each_call_alone(monkeypatch, name, shape, plan):
+    torch.manual_seed(0)
+    model = build_quantized_model(name, shape, 10, plan).double().train()
+    for q in model.modules():
+        if isinstance(q, Quantizer) and q.method == "lcq":
+            q.theta.data.normal_(0.0, 0.7)
+    x, y = torch.rand(4, *shape, dtype=torch.float64), torch.randint(0, 10, (4,))
+    host = _step(copy.deepcopy(model), x, y)
+
+    builds = []
+    monkeypatch.setattr(batched_tables, "_on_device", lambda q: True)
+    monkeypatch.setattr(batched_tables, "build_tables", lambda *a: builds.append(a[3:5]) or quant_device.build_tables(*a))
+    batched = _step(model, x, y)
+    kinds = {(q.spec.bits, q.signed) for q in model.modules() if isinstance(q, Quantizer) and q.method == "lcq"}
+    assert len(builds) == 2 * len(kinds)                       # one build per kind in each of the two forwards
+    assert all(q.tables is None for q in model.modules() if isinstance(q, Quantizer))   # dropped after the forward
+    torch.testing.assert_close(batched[0], host[0], atol=0, rtol=0)
+    for n, g in host[1].items():
+        quantizer_param = n.endswith(("alpha", "theta"))
+        tol = 1e-10 if quantizer_param else 0.0
+        torch.testing.assert_close(batched[1][n], g, rtol=tol, atol=tol * g.abs().max().item(), msg=n)
+
+
+def test_stale_tables_are_not_used(monkeypatch):
+    """A quantizer called on its own after its parameters changed builds its tables anew."""
+    model = build_quantized_model("cnn", (1, 28, 28), 10, QuantPlan("lcq", 3, 3))
+    monkeypatch.setattr(batched_tables, "_on_device", lambda q: True)
+    q = next(m for m in model.modules() if isinstance(m, Quantizer) and m.method == "lcq" and not m.signed)
+    batched_tables._build(model, ())
+    x = torch.rand(100) * 4
+    fresh = q(x)
+    with torch.no_grad():
+        q.theta.add_(torch.linspace(-1, 1, q.theta.numel()))
+    assert not q.tables.fits(x, q.alpha, q.theta)
+    changed = q(x)
+    q.tables = None
+    torch.testing.assert_close(changed, q(x), atol=0, rtol=0)
+    assert not torch.equal(fresh, changed)
