@@ -47,7 +47,8 @@ DEFAULT_JSON = REPO / "benchmarks" / "results" / "cifar10-resnet20.json"
 
 # (FP epochs, quantized epochs). "short", as measured on an H200 (benchmarks/README.md): FP 4.0 s/epoch, so
 # 40 epochs 174 s; uniform 16.6 s/epoch with six runs side by side, so 15 epochs ~260 s; LCQ on the device
-# path (lcq_train/quant_device.py) not yet timed there: at uniform's cost the whole ~450 s of the 540 s budget.
+# path (lcq_train/quant_device.py, tables built in batches: fewer kernels per step than uniform) not yet timed
+# there: at uniform's cost the whole ~450 s of the 540 s budget.
 SCHEDULES = {"short": (40, 15), "paper": (200, 300)}
 TINY = {"fp_epochs": 2, "epochs": 2, "limit": 200, "test_limit": 100, "batch_size": 100, "bits": [3], "device": "cpu"}
 BUDGET_S = 540.0          # the 9 minutes the short schedule is sized for

@@ -394,8 +394,9 @@ def kernel_table(kernels: dict) -> str:
         lines.append(f"| {r['tensor']} | {'x'.join(map(str, r['shape']))} | {r['bits']} | "
                      f"{u['forward']} + {u['backward']} | {c['forward']} + {c['backward']} | {r['ratio']:.2f}x | "
                      f"{b['forward']} + {b['backward']} | {r['batched_ratio']:.2f}x |")
+    batches = kernels["resnet20_batches"]
     lines += ["", "ResNet-20's batches of tables (W3/A3): " + ", ".join(
-        f"{b['quantizers']} {b['tensor']} quantizers {b['forward']} + {b['backward']}" for b in kernels["resnet20_batches"])]
+        f"{b['quantizers']} {b['tensor']} quantizers {b['forward']} + {b['backward']}" for b in batches)]
     steps = kernels["resnet20_step"]
     lines += ["", f"ResNet-20 training step (batch {BATCH}, forward + backward + SGD): "
               + ", ".join(f"{name} {n}" for name, n in steps.items())

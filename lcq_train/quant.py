@@ -36,8 +36,10 @@ float32 partial sums over chunks of at most 1024 elements added in float64
 CPU tensors below ``_HOST_MAX`` elements are quantized in numpy altogether.
 Tensors on any other device (a GPU) take :mod:`lcq_train.quant_device`'s
 path: the same tables, search and gradients in torch operations on that
-device, with no round trip to the host. NaN counts as beyond the clip
-range (``torch.bucketize`` puts it after every boundary).
+device, with no round trip to the host (and, inside a model's forward,
+built in batches with its other quantizers': :mod:`lcq_train.batched_tables`).
+NaN counts as beyond the clip range (``torch.bucketize`` puts it after every
+boundary).
 
 Signed quantizers (weights) use ``s = 2^(b-1) - 1`` levels per sign, unsigned
 ones (activations) ``s = 2^b - 1``; negative inputs of an unsigned quantizer

@@ -88,7 +88,8 @@ class _Constants:
         self.one = torch.ones(1, dtype=dtype, device=device)
         self.ones = self.one.expand(n, 1)
         self.k_over_K = (torch.arange(K, dtype=dtype) / K).to(device)
-        self.head = torch.cat([torch.zeros(1, dtype=dtype), torch.arange(1, K, dtype=dtype) / K]).expand(n, -1).to(device)
+        head = torch.cat([torch.zeros(1, dtype=dtype), torch.arange(1, K, dtype=dtype) / K])     # interval edges
+        self.head = head.expand(n, -1).to(device)
         # along the sorted bounds an interval edge raises the segment key k * (s + 1) + code by s + 1, a code
         # threshold by 1, the ends 0 and 1 not at all
         self.step = torch.cat([torch.zeros(1, dtype=torch.long), torch.full((K - 1,), s + 1),
@@ -151,7 +152,7 @@ class _BatchTables:
         return d_alpha, t * (d_t - (d_t * t).sum(1, keepdim=True))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class QuantizerTables:
     """One quantizer's tables, a row of :func:`build_tables`: its clip value ``alpha`` (0-d, ``dtype``),
     the sorted segment ``bounds`` of v, the output ``table`` per segment, ``inside`` (1 per segment inside
@@ -183,8 +184,8 @@ def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 class _BuildTables(torch.autograd.Function):
     """Tables of n quantizers from ``alphas`` (n,), ``thetas`` (n, K) and ``a``, the alphas in ``dtype``:
-    ``(bounds, tables, *handles)``. The backward takes the handles' gradients (per-segment sums, sign not yet applied) to the gradients
-    of ``alphas`` and ``thetas``."""
+    ``(bounds, tables, *handles)``. The backward takes the handles' gradients (per-segment sums, sign not
+    yet applied) to the gradients of ``alphas`` and ``thetas``."""
 
     @staticmethod
     def forward(ctx, alphas, thetas, a, s, s_outer, signed, dtype):

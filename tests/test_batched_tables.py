@@ -35,7 +35,8 @@ def test_a_forward_builds_each_kind_of_tables_once_and_quantizes_as_each_call_al
 
     builds = []
     monkeypatch.setattr(batched_tables, "_on_device", lambda q: True)
-    monkeypatch.setattr(batched_tables, "build_tables", lambda *a: builds.append(a[3:5]) or quant_device.build_tables(*a))
+    monkeypatch.setattr(batched_tables, "build_tables",
+                        lambda *a: builds.append(a[3:5]) or quant_device.build_tables(*a))
     batched = _step(model, x, y)
     kinds = {(q.spec.bits, q.signed) for q in model.modules() if isinstance(q, Quantizer) and q.method == "lcq"}
     assert len(builds) == 2 * len(kinds)                       # one build per kind in each of the two forwards
