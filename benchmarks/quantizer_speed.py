@@ -8,7 +8,11 @@ Four measurements, the timings each the median over repetitions after warm-up:
    on every tensor ResNet-20 quantizes with LCQ at batch 128: the signed
    weights (LWN-normalized, ~N(0, 1)) of every convolution between the first
    and the last layer and the unsigned activations (post-ReLU) feeding them.
-   The project's aim is LCQ/uniform <= 1.5 on each.
+   The project's aim is LCQ/uniform <= 1.5 on each. Off the CPU also per
+   call of n on the same tensor, with the n tables built in one batch as a
+   model's forward builds them there (``lcq_train/batched_tables.py``),
+   against n uniform calls; n is ResNet-20's count of LCQ quantizers of the
+   kind (20 weights, 18 activations).
 2. Training step: forward + backward + SGD step of resnet20 on random
    (3, 32, 32) data and of the small cnn on random (1, 28, 28) data, batch 128,
    full precision vs uniform vs LCQ at W3/A3 and W2/A2. The aim is an LCQ step
@@ -89,6 +93,13 @@ def resnet20_tensors() -> list[tuple[str, tuple[int, ...]]]:
     return sorted(seen, key=lambda item: (order[item[0]], item[1]))
 
 
+def resnet20_quantizer_counts() -> dict[str, int]:
+    """How many LCQ quantizers ResNet-20 (W3/A3) has of each kind: {"weights": n, "activations": n}."""
+    model = build_quantized_model("resnet20", (3, 32, 32), 10, QuantPlan("lcq", 3, 3))
+    lcq = [m for m in model.modules() if isinstance(m, Quantizer) and m.method == "lcq"]
+    return {"weights": sum(q.signed for q in lcq), "activations": sum(not q.signed for q in lcq)}
+
+
 def time_ms(fns: dict, warmup: int, reps: int, device: torch.device) -> tuple[dict, dict]:
     """Wall-clock and process CPU milliseconds of ``reps`` calls of each of ``fns`` after ``warmup`` untimed ones.
 
@@ -121,7 +132,11 @@ def where(device: torch.device) -> dict:
 
 
 def bench_quantizers(args, device: torch.device) -> list[dict]:
+    """Per tensor and width: one call of each quantizer alone; off the CPU also, per call, n calls with the
+    tables of the n built in one batch, as a model's forward quantizes there (lcq_train.batched_tables),
+    against n uniform calls (n: ResNet-20's quantizers of that kind, here all on the same tensor)."""
     rows = []
+    counts = resnet20_quantizer_counts()
     for label, shape in resnet20_tensors():
         signed, alpha0, sample = KINDS[label]
         x = sample(shape).to(device).requires_grad_()
@@ -138,15 +153,38 @@ def bench_quantizers(args, device: torch.device) -> list[dict]:
                 y = lcq_quantize(x, alpha, theta, bits, OUTER_BITS, signed)
                 torch.autograd.grad((y * g).sum(), (x, alpha, theta))
 
-            wall, cpu = time_ms({"uniform": uniform, "lcq": lcq}, args.warmup, reps, device)
-            u, c = (statistics.median(wall[m]) for m in ("uniform", "lcq"))
+            fns = {"uniform": uniform, "lcq": lcq}
+            n = counts[label]
+            if device.type != "cpu":
+                alphas = [alpha.detach().clone().requires_grad_() for _ in range(n)]
+                thetas = [theta.detach().clone().requires_grad_() for _ in range(n)]
+                s, s_outer = level_scale(bits, signed), level_scale(OUTER_BITS, signed)
+
+                def uniform_n():
+                    loss = sum((uniform_quantize(x, a, bits, OUTER_BITS, signed) * g).sum() for a in alphas)
+                    torch.autograd.grad(loss, (x, *alphas))
+
+                def lcq_batched():
+                    tables = build_tables(alphas, thetas, s, s_outer, signed, torch.float32)
+                    loss = sum((apply_tables(x, t) * g).sum() for t in tables)
+                    torch.autograd.grad(loss, (x, *alphas, *thetas))
+
+                fns.update(uniform_n=uniform_n, lcq_batched=lcq_batched)
+            wall, cpu = time_ms(fns, args.warmup, reps, device)
+            ms = {m: statistics.median(wall[m]) for m in fns}
+            u, c = ms["uniform"], ms["lcq"]
             uc, cc = (statistics.median(cpu[m]) for m in ("uniform", "lcq"))
-            rows.append({"tensor": label, "shape": list(shape), "signed": signed, "bits": bits, **where(device),
-                         "reps": reps, "uniform_ms": u, "lcq_ms": c, "ratio": c / u,
-                         "uniform_cpu_ms": uc, "lcq_cpu_ms": cc, "cpu_ratio": cc / uc,
-                         "uniform_samples_ms": wall["uniform"], "lcq_samples_ms": wall["lcq"]})
-            print(f"  {label} {'x'.join(map(str, shape))} {bits}-bit: uniform {u:.3f} ms, LCQ {c:.3f} ms "
-                  f"({c / u:.2f}x; CPU time {cc / uc:.2f}x)", flush=True)
+            row = {"tensor": label, "shape": list(shape), "signed": signed, "bits": bits, **where(device),
+                   "reps": reps, "uniform_ms": u, "lcq_ms": c, "ratio": c / u,
+                   "uniform_cpu_ms": uc, "lcq_cpu_ms": cc, "cpu_ratio": cc / uc,
+                   "uniform_samples_ms": wall["uniform"], "lcq_samples_ms": wall["lcq"]}
+            line = f"  {label} {'x'.join(map(str, shape))} {bits}-bit: uniform {u:.3f} ms, LCQ {c:.3f} ms ({c / u:.2f}x"
+            if "lcq_batched" in ms:
+                ub, cb = ms["uniform_n"] / n, ms["lcq_batched"] / n
+                row.update(batch=n, uniform_per_call_of_n_ms=ub, lcq_per_call_in_batch_ms=cb, batched_ratio=cb / ub)
+                line += f"; per call of {n}, tables in a batch: uniform {ub:.3f} ms, LCQ {cb:.3f} ms, {cb / ub:.2f}x"
+            rows.append(row)
+            print(line + f"; CPU time {cc / uc:.2f}x)", flush=True)
     return rows
 
 
@@ -239,11 +277,9 @@ def bench_kernels() -> dict:
             row["ratio"] = sum(row["lcq"].values()) / sum(row["uniform"].values())
             row["batched_ratio"] = sum(row["lcq_batched"].values()) / sum(row["uniform"].values())
             calls.append(row)
-    model = build_quantized_model("resnet20", (3, 32, 32), 10, QuantPlan("lcq", 3, 3))
-    lcq = [m for m in model.modules() if isinstance(m, Quantizer) and m.method == "lcq"]
     batches = []
-    for signed in (True, False):
-        n, bits = sum(q.signed == signed for q in lcq), 3
+    for label, n in resnet20_quantizer_counts().items():
+        signed, bits = KINDS[label][0], 3
         alphas = [torch.empty((), device=meta, requires_grad=True) for _ in range(n)]
         thetas = [torch.empty(K, device=meta, requires_grad=True) for _ in range(n)]
 
@@ -253,7 +289,7 @@ def bench_kernels() -> dict:
 
         counts = _count(build, lambda handles: torch.autograd.grad(handles, alphas + thetas,
                                                                    [torch.empty_like(h) for h in handles]))
-        batches.append({"tensor": "weights" if signed else "activations", "quantizers": n, "bits": bits, **counts})
+        batches.append({"tensor": label, "quantizers": n, "bits": bits, **counts})
     steps = {}
     x, y = torch.empty(BATCH, 3, 32, 32, device=meta), torch.empty(BATCH, dtype=torch.long, device=meta)
     for method, bits in (("fp", 32), ("uniform", 3), ("lcq", 3)):
@@ -334,6 +370,9 @@ def summary(results: dict) -> dict:
                             "worst": {k: worst[k] for k in ("tensor", "shape", "bits", "uniform_ms", "lcq_ms")},
                             "max_cpu_ratio": max(r["cpu_ratio"] for r in results["quantizer"]),
                             "met": worst["ratio"] <= QUANTIZER_AIM}
+        if all("batched_ratio" in r for r in results["quantizer"]):
+            batched = max(r["batched_ratio"] for r in results["quantizer"])
+            out["quantizer"].update(max_batched_ratio=batched, met_in_batches=batched <= QUANTIZER_AIM)
     if results["training"]:
         lcq = [r for r in results["training"] if r["model"] == "resnet20" and r["method"] == "lcq"]
         out["training"] = {"aim": TRAINING_AIM, "model": "resnet20",
@@ -353,12 +392,24 @@ def summary(results: dict) -> dict:
 def quantizer_table(rows: list[dict]) -> str:
     lines = [f"Quantizer forward+backward (outer_bits {OUTER_BITS}, K {K}; median ms)", "",
              "| tensor | shape | bits | uniform ms | LCQ ms | LCQ/uniform |", "|---|---|---|---|---|---|"]
+    batched = all("batched_ratio" in r for r in rows)
+    if batched:
+        lines[2] += " per call of n, tables in a batch: uniform ms | LCQ ms | LCQ/uniform |"
+        lines[3] += "---|---|---|"
     for r in rows:
         kind = f"{r['tensor']} ({'signed' if r['signed'] else 'unsigned'})"
         shape = "x".join(map(str, r["shape"]))
-        lines.append(f"| {kind} | {shape} | {r['bits']} | {r['uniform_ms']:.3f} | {r['lcq_ms']:.3f} | "
-                     f"{r['ratio']:.2f}x |")
+        line = (f"| {kind} | {shape} | {r['bits']} | {r['uniform_ms']:.3f} | {r['lcq_ms']:.3f} | "
+                f"{r['ratio']:.2f}x |")
+        if batched:
+            line += (f" {r['uniform_per_call_of_n_ms']:.3f} | {r['lcq_per_call_in_batch_ms']:.3f} | "
+                     f"{r['batched_ratio']:.2f}x |")
+        lines.append(line)
     lines += ["", "(The models never use signed 2-bit LCQ: ternary weights fall back to uniform.)"]
+    if batched:
+        n = {r["tensor"]: r["batch"] for r in rows}
+        lines += ["(n: ResNet-20's LCQ quantizers of the kind, " + ", ".join(f"{v} {k}" for k, v in n.items())
+                  + ", here all on the one tensor; off the CPU a model's forward builds their tables in one batch.)"]
     return "\n".join(lines)
 
 

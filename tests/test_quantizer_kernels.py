@@ -1,8 +1,9 @@
 """benchmarks/quantizer_speed.py --part kernels: the operations a quantizer call and a ResNet-20 step queue on
-an accelerator, counted on the meta device."""
+an accelerator, counted on the meta device; and its quantizer timing off the CPU (on the meta device)."""
 
 import importlib.util
 import json
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -44,3 +45,20 @@ def test_kernel_counts_of_every_resnet20_tensor_and_step(tmp_path):
     # it ~2.1x a uniform step, not under it
     assert steps["fp"] < steps["lcq-w3a3"] < steps["uniform-w3a3"]
     assert result["summary"]["kernels"]["step_lcq_vs_uniform"] == steps["lcq-w3a3"] / steps["uniform-w3a3"]
+
+
+def test_off_the_cpu_the_quantizer_timing_has_calls_with_their_tables_in_a_batch(monkeypatch):
+    """On the meta device (no values, no time worth the name) the rows and the table are complete; here on
+    one weight and one activation shape at 3 bits."""
+    bench = load_benchmark()
+    monkeypatch.setattr(bench, "BITS", (3,))
+    shapes = [("weights", (16, 16, 3, 3)), ("activations", (128, 64, 8, 8))]
+    monkeypatch.setattr(bench, "resnet20_tensors", lambda: shapes)
+    args = SimpleNamespace(reps=1, warmup=0)
+    rows = bench.bench_quantizers(args, torch.device("meta"))
+    assert {(r["tensor"], r["batch"]) for r in rows} == {("weights", 20), ("activations", 18)}
+    assert all(r["batched_ratio"] == r["lcq_per_call_in_batch_ms"] / r["uniform_per_call_of_n_ms"] for r in rows)
+    table = bench.quantizer_table(rows)
+    assert "per call of n, tables in a batch" in table and "20 weights, 18 activations" in table
+    assert bench.summary({"quantizer": rows, "training": [], "kernels": None, "precision": []})["quantizer"][
+        "max_batched_ratio"] == max(r["batched_ratio"] for r in rows)
