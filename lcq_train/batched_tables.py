@@ -34,13 +34,13 @@ def _build(model: nn.Module, _args) -> None:
     for q in _lcq_quantizers(model):
         q.tables = None
         if _on_device(q):
-            spec = q.spec
-            kind = (spec.K, spec.bits, spec.outer_bits, q.signed, q.theta.dtype, q.alpha.dtype, q.theta.device)
+            kind = (q.spec.K, q.spec.bits, q.spec.outer_bits, q.signed, q.theta.dtype, q.alpha.dtype, q.theta.device)
             kinds.setdefault(kind, []).append(q)
-    for (_K, bits, outer_bits, signed, theta_dtype, _, _), qs in kinds.items():
-        s_outer = None if outer_bits is None else level_scale(outer_bits, signed)
-        tables = build_tables([q.alpha for q in qs], [q.theta for q in qs], level_scale(bits, signed), s_outer,
-                              signed, working_dtype(theta_dtype))
+    for qs in kinds.values():
+        spec, signed = qs[0].spec, qs[0].signed
+        s_outer = None if spec.outer_bits is None else level_scale(spec.outer_bits, signed)
+        tables = build_tables([q.alpha for q in qs], [q.theta for q in qs], level_scale(spec.bits, signed), s_outer,
+                              signed, working_dtype(qs[0].theta.dtype))
         for q, t in zip(qs, tables):
             q.tables = t
 

@@ -313,7 +313,9 @@ def quantize_model(model: nn.Module, plan: QuantPlan | None = None, **fields) ->
     holding the model's own layers and parameters under their names, plus the quantizers), ready
     for ``lcq train`` or any training loop (its quantizer parameters: :func:`quantizer_parameters`).
     Method ``fp`` installs no quantizer (the traced model is then the FP network in quantizable form,
-    which a later ``--init`` carries over). Raises ValueError for what cannot be quantized."""
+    which a later ``--init`` carries over). Off the CPU, an LCQ model's forward builds its quantizers'
+    tables in batches (:func:`lcq_train.batched_tables.batch_tables`). Raises ValueError for what cannot
+    be quantized."""
     from .graph import prepare, quantizable
 
     if plan is None:
@@ -326,16 +328,15 @@ def quantize_model(model: nn.Module, plan: QuantPlan | None = None, **fields) ->
         model = prepare(model, check=lambda pairs: _outer_of(pairs, plan, _bits_of(pairs, plan), pairs[0][1]))
     if plan.method == "fp":
         return model
-    return _install(model, plan)
+    model = _install(model, plan)
+    return batch_tables(model) if plan.method == "lcq" else model
 
 
 def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
     """Install the plan's quantizers in ``model`` (in place; returns it). ``fp`` leaves it unchanged.
 
-    :func:`quantize_model` with a plan; for a model without ``quant_layers()`` it returns a new module.
-    Off the CPU, its LCQ quantizers' tables are built in batches (:func:`lcq_train.batched_tables.batch_tables`)."""
-    model = quantize_model(model, plan)
-    return batch_tables(model) if plan.method == "lcq" else model
+    :func:`quantize_model` with a plan; for a model without ``quant_layers()`` it returns a new module."""
+    return quantize_model(model, plan)
 
 
 def _install(model: nn.Module, plan: QuantPlan) -> nn.Module:

@@ -54,14 +54,15 @@ def segment_sums(seg: torch.Tensor, grad: torch.Tensor, weighted: torch.Tensor, 
     return parts.sum(1, dtype=torch.float64)
 
 
-def working_precision(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the precision LCQ computes in: float64 stays, any other float becomes float32."""
-    return x if x.dtype in (torch.float64, torch.float32) else x.to(torch.float32)
-
-
 def working_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype :func:`working_precision` gives a tensor of ``dtype``."""
+    """The precision LCQ computes a tensor of ``dtype`` in: float64 and float32 stay, any other float is
+    float32."""
     return dtype if dtype in (torch.float64, torch.float32) else torch.float32
+
+
+def working_precision(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in its working precision (:func:`working_dtype`)."""
+    return x.to(working_dtype(x.dtype))
 
 
 class _Constants:

@@ -7,9 +7,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lcq_train import batched_tables, quant_device
-from lcq_train.plan import QuantPlan
+from lcq_train.plan import QuantPlan, quantize_model
 from lcq_train.quantizer import Quantizer
 from lcq_train.train import build_quantized_model
 
@@ -20,13 +21,22 @@ def _step(model, x, y):
     return model(x).detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _own_cnn(shape, plan):
+    """A plain torch CNN, quantized as a user's own model is (traced by quantize_model)."""
+    layers = nn.Sequential(nn.Conv2d(shape[0], 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3),
+                           nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(),
+                           nn.Linear(8 * (shape[1] - 6) ** 2, 10))
+    return quantize_model(layers, plan)
+
+
 @pytest.mark.parametrize("name,shape,plan", [
     ("resnet20", (3, 32, 32), QuantPlan("lcq", 3, 3)),
     ("cnn", (1, 28, 28), QuantPlan("lcq", 3, 4, K=4, outer_bits=(6, 8), edge_bits=6)),
+    ("own", (1, 10, 10), QuantPlan("lcq", 4, 2)),
 ])
 def test_a_forward_builds_each_kind_of_tables_once_and_quantizes_as_each_call_alone(monkeypatch, name, shape, plan):
     torch.manual_seed(0)
-    model = build_quantized_model(name, shape, 10, plan).double().train()
+    model = (_own_cnn(shape, plan) if name == "own" else build_quantized_model(name, shape, 10, plan)).double().train()
     for q in model.modules():
         if isinstance(q, Quantizer) and q.method == "lcq":
             q.theta.data.normal_(0.0, 0.7)
@@ -39,7 +49,7 @@ def test_a_forward_builds_each_kind_of_tables_once_and_quantizes_as_each_call_al
                         lambda *a: builds.append(a[3:5]) or quant_device.build_tables(*a))
     batched = _step(model, x, y)
     kinds = {(q.spec.bits, q.signed) for q in model.modules() if isinstance(q, Quantizer) and q.method == "lcq"}
-    assert len(builds) == 2 * len(kinds)                       # one build per kind in each of the two forwards
+    assert kinds and len(builds) == 2 * len(kinds)             # one build per kind in each of the two forwards
     assert all(q.tables is None for q in model.modules() if isinstance(q, Quantizer))   # dropped after the forward
     torch.testing.assert_close(batched[0], host[0], atol=0, rtol=0)
     for n, g in host[1].items():
