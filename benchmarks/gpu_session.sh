@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU work of this project, sized for one call of a lent GPU machine (10 minutes a command, 15 minutes
 # of device time a session with the machine's start). TASK=cifar10 (the default), for one seed:
-#   1. the tests marked gpu (training steps under CUDA's sync debug mode)          -> $OUT/gpu-tests.log
+#   1. the tests marked gpu (training steps under CUDA's sync debug mode, the device path against the CPU)
+#                                                                            -> $OUT/gpu-tests.log
 #   2. benchmarks/cifar10_resnet20.py: FP, then uniform and LCQ at W2/A2, W3/A3, W4/A4, stopped after
 #      BUDGET_S - 100 s if unfinished, then tabulated with --report        -> $OUT/cifar10-resnet20-seedN.json
 #      and its run directory packed (checkpoints, metrics, logs)            -> $OUT/cifar10-resnet20-short-seedN.tar.gz
@@ -42,7 +43,8 @@ mkdir -p "$OUT"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" | tee "$OUT/machine.txt"
 
-timeout 90 $PY -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_train_step_device.py 2>&1 | tee "$OUT/gpu-tests.log"
+timeout 90 $PY -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_train_step_device.py tests/test_quant_device.py \
+    2>&1 | tee "$OUT/gpu-tests.log"
 
 if [ "$TASK" = ablations ]; then
     json=$OUT/ablations-cifar10.json

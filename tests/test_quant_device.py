@@ -112,3 +112,52 @@ def test_tables_fit_only_while_their_parameters_are_unchanged():
     assert not tables.fits(x, alpha, theta)
     with pytest.raises(TypeError, match="tables built in torch.float64"):
         apply_tables(x.double(), tables)
+
+
+def _quantize_on(device: str, xs, ws, alpha0, theta0, s, s_outer, signed):
+    """Outputs and gradients (x, alpha, theta) of quantizers with their tables in one batch on ``device``,
+    and the tables; all on the CPU."""
+    alphas = [torch.tensor(a, device=device, requires_grad=True) for a in alpha0]
+    thetas = [t.to(device).requires_grad_() for t in theta0]
+    x = [x.to(device).requires_grad_() for x in xs]
+    tables = build_tables(alphas, thetas, s, s_outer, signed, torch.float32)
+    ys = [apply_tables(xi, t) for xi, t in zip(x, tables)]
+    sum((y * w.to(device)).sum() for y, w in zip(ys, ws)).backward()
+    cpu = lambda ts: [t.detach().cpu() for t in ts]                    # noqa: E731
+    return (cpu(ys), cpu(xi.grad for xi in x), cpu(a.grad for a in alphas), cpu(t.grad for t in thetas),
+            cpu(t.bounds for t in tables), cpu(t.table for t in tables))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("signed,bits", [(True, 3), (True, 4), (False, 2), (False, 4)])
+def test_on_a_gpu_the_device_path_quantizes_as_on_the_cpu(signed, bits):
+    """Three quantizers with their tables in one batch, on CUDA and on the CPU. The segment bounds may
+    differ by an ulp or two (the GPU's exp); the output tables (levels after the 8-bit outer rounding) are
+    the same; elements between a bound's two values are left out, and on all others the outputs and x
+    gradients are the same bit for bit and the alpha and theta gradients agree to 1e-5 (float32 sums in
+    another order)."""
+    g = torch.Generator().manual_seed(bits)
+    s, s_outer = level_scale(bits, signed), level_scale(8, signed)
+    xs = [torch.randn(n, generator=g) * 2.0 for n in (1000, 100_000, 2_000_000)]
+    alpha0 = [1.5, 3.0, 2.2]
+    theta0 = [torch.randn(16, generator=g) * 0.7 for _ in xs]
+    ws = [torch.randn(x.shape, generator=g) for x in xs]
+    cpu = _quantize_on("cpu", xs, ws, alpha0, theta0, s, s_outer, signed)
+    between = []
+    for x, a, b_cpu, b_gpu in zip(xs, alpha0, cpu[4], _quantize_on("cuda", xs, ws, alpha0, theta0, s, s_outer,
+                                                                    signed)[4]):
+        torch.testing.assert_close(b_gpu, b_cpu, rtol=4e-7, atol=1e-7)
+        v = (x.abs() if signed else x) / torch.tensor(a)
+        lo, hi = torch.minimum(b_cpu, b_gpu), torch.maximum(b_cpu, b_gpu)
+        between.append(((v[:, None] >= lo) & (v[:, None] <= hi)).any(1))
+    ws = [w * ~m for w, m in zip(ws, between)]                        # those elements get no gradient
+    cpu = _quantize_on("cpu", xs, ws, alpha0, theta0, s, s_outer, signed)
+    gpu = _quantize_on("cuda", xs, ws, alpha0, theta0, s, s_outer, signed)
+    for i, m in enumerate(between):
+        assert m.float().mean() < 1e-3
+        torch.testing.assert_close(gpu[5][i], cpu[5][i], atol=0, rtol=0)                    # the output tables
+        torch.testing.assert_close(gpu[0][i][~m], cpu[0][i][~m], atol=0, rtol=0)            # outputs
+        torch.testing.assert_close(gpu[1][i], cpu[1][i], atol=0, rtol=0)                    # x gradients
+        torch.testing.assert_close(gpu[2][i], cpu[2][i], rtol=1e-5, atol=1e-5 * cpu[2][i].abs().item())
+        torch.testing.assert_close(gpu[3][i], cpu[3][i], rtol=1e-5, atol=1e-5 * cpu[3][i].abs().max().item())
