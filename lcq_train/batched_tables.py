@@ -4,8 +4,9 @@ Off the CPU each LCQ quantizer call builds its compander's tables in some twenty
 and turns its per-segment sums into alpha and theta gradients in some thirty more; on a GPU each costs
 about one kernel launch, far more than the work in it. :func:`batch_tables` registers a forward pre-hook
 on a model that builds the tables of all its LCQ quantizers of one kind (K, levels, outer levels, sign,
-dtype) in one batch (:func:`lcq_train.quant_device.build_tables`), and a forward hook that drops them:
-within that forward each quantizer quantizes with its row, and the backward computes every quantizer's
+dtype) in one batch (:func:`lcq_train.quant_device.build_tables`), and a forward hook that drops them,
+also when the forward raises (so no tables, nor the autograd graph they belong to, outlive it): within
+that forward each quantizer quantizes with its row, and the backward computes every quantizer's
 alpha and theta gradients of that kind together. The values are those of each quantizer's own call.
 CPU models are left to the host path (:mod:`lcq_train.quant`), the faster one there.
 """
@@ -46,7 +47,7 @@ def _build(model: nn.Module, _args) -> None:
 
 
 def _drop(model: nn.Module, _args, _output) -> None:
-    """Forward hook: the tables of this forward are not used again."""
+    """Forward hook (also when the forward raised): the tables of this forward are not used again."""
     for q in _lcq_quantizers(model):
         q.tables = None
 
@@ -55,6 +56,6 @@ def batch_tables(model: nn.Module) -> nn.Module:
     """Make each forward of ``model`` build its LCQ quantizers' tables in batches (once; returns it)."""
     if not getattr(model, "_lcq_batched_tables", False):
         model.register_forward_pre_hook(_build)
-        model.register_forward_hook(_drop)
+        model.register_forward_hook(_drop, always_call=True)
         model._lcq_batched_tables = True
     return model

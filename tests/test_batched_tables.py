@@ -73,3 +73,21 @@ def test_stale_tables_are_not_used(monkeypatch):
     q.tables = None
     torch.testing.assert_close(changed, q(x), atol=0, rtol=0)
     assert not torch.equal(fresh, changed)
+
+
+def test_a_forward_that_raises_leaves_no_tables(monkeypatch):
+    """(calibrate.reestimate_bn ends forwards early by raising from a hook.)"""
+    model = build_quantized_model("cnn", (1, 28, 28), 10, QuantPlan("lcq", 3, 3))
+    monkeypatch.setattr(batched_tables, "_on_device", lambda q: True)
+    lcq = [m for m in model.modules() if isinstance(m, Quantizer) and m.method == "lcq"]
+    seen = []
+
+    def stop(module, args):
+        seen.append(module.tables is not None)
+        raise RuntimeError("stop")
+
+    lcq[-1].register_forward_pre_hook(stop)
+    with pytest.raises(RuntimeError, match="stop"):
+        model(torch.rand(2, 1, 28, 28))
+    assert seen == [True] and all(q.tables is None for q in lcq)
+    copy.deepcopy(model)                                         # nothing of that forward's graph is held
