@@ -7,8 +7,11 @@ on a model that builds the tables of all its LCQ quantizers of one kind (K, leve
 dtype) in one batch (:func:`lcq_train.quant_device.build_tables`), and a forward hook that drops them,
 also when the forward raises (so no tables, nor the autograd graph they belong to, outlive it): within
 that forward each quantizer quantizes with its row, and the backward computes every quantizer's
-alpha and theta gradients of that kind together. The values are those of each quantizer's own call.
-CPU models are left to the host path (:mod:`lcq_train.quant`), the faster one there.
+alpha and theta gradients of that kind together. The operations are those of each quantizer's own call,
+row by row (on the CPU the same bits, tests/test_batched_tables.py; a GPU's kernel for a batch may round a
+cumulative sum differently in the last bit than its kernel for one row). A quantizer of a batch whose
+output goes unused gets zero alpha and theta gradients rather than none. CPU models are left to the host
+path (:mod:`lcq_train.quant`), the faster one there.
 """
 
 from __future__ import annotations

@@ -158,9 +158,10 @@ class QuantizerTables:
     """One quantizer's tables, a row of :func:`build_tables`: its clip value ``alpha`` (0-d, ``dtype``),
     the sorted segment ``bounds`` of v, the output ``table`` per segment, ``inside`` (1 per segment inside
     the clip range, else 0), and ``handle`` (2, segments; float64), whose gradient :func:`apply_tables`
-    sets to the per-segment sums. ``versions``: alpha's and theta's ``_version`` when built (the
-    parameters' in-place updates change them, so tables with other versions are stale); ``grad``: whether
-    gradients were enabled (tables built without them pass none to alpha and theta)."""
+    sets to the per-segment sums. ``sources``: the alpha and theta tensors they were built from, and
+    ``versions`` their in-place update counts then (:func:`_versions`), so that tables of replaced or
+    updated parameters are stale (not seen: in-place changes through ``.data``, which count nothing);
+    ``grad``: whether gradients were enabled (tables built without them pass none to alpha and theta)."""
 
     alpha: torch.Tensor
     bounds: torch.Tensor
@@ -169,13 +170,20 @@ class QuantizerTables:
     handle: torch.Tensor
     signed: bool
     dtype: torch.dtype
-    versions: tuple[int, int]
+    sources: tuple[torch.Tensor, torch.Tensor]
+    versions: tuple[int | None, int | None]
     grad: bool
 
     def fits(self, x: torch.Tensor, alpha: torch.Tensor, theta: torch.Tensor) -> bool:
         """Whether these tables are current for quantizing ``x`` with ``alpha`` and ``theta``."""
-        return (self.versions == (alpha._version, theta._version) and x.device == self.table.device
+        return (alpha is self.sources[0] and theta is self.sources[1] and self.versions == _versions(alpha, theta)
+                and x.device == self.table.device
                 and working_dtype(x.dtype) == self.dtype and self.grad == torch.is_grad_enabled())
+
+
+def _versions(alpha: torch.Tensor, theta: torch.Tensor) -> tuple[int | None, int | None]:
+    """alpha's and theta's in-place update counts (None for an inference tensor, which keeps none)."""
+    return tuple(None if t.is_inference() else t._version for t in (alpha, theta))
 
 
 def _rows(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -198,7 +206,8 @@ class _BuildTables(torch.autograd.Function):
         handles = tables.new_zeros((), dtype=torch.float64).expand(alphas.numel(), 2, tables.shape[1]).unbind(0)
         ctx.mark_non_differentiable(batch.bounds, tables)
         ctx.set_materialize_grads(False)
-        ctx.batch, ctx.a, ctx.signed = batch, a, signed
+        ctx.save_for_backward(a)              # (for one quantizer a view of its alpha: changed in place, refused)
+        ctx.batch, ctx.signed = batch, signed
         ctx.dtypes = alphas.dtype, thetas.dtype
         return (batch.bounds, tables, *handles)
 
@@ -212,7 +221,8 @@ class _BuildTables(torch.autograd.Function):
         if ctx.signed:                                                  # sgn: the x < 0 copies count negatively
             half = G.shape[2] // 2
             G = G[:, :, :half] - G[:, :, half:]
-        d_alpha, d_theta = ctx.batch.gradients(G[:, 0], G[:, 1], ctx.a.double())
+        a, = ctx.saved_tensors
+        d_alpha, d_theta = ctx.batch.gradients(G[:, 0], G[:, 1], a.double())
         alpha_dtype, theta_dtype = ctx.dtypes
         return (d_alpha.to(alpha_dtype) if ctx.needs_input_grad[0] else None,
                 d_theta.to(theta_dtype) if ctx.needs_input_grad[1] else None) + (None,) * 5
@@ -225,14 +235,13 @@ def build_tables(alphas: list[torch.Tensor], thetas: list[torch.Tensor], s: int,
     re-quantization (None: none), ``signed``, computed in ``dtype`` (float32 or float64). One
     :class:`QuantizerTables` per quantizer, in order; their handles' gradients reach ``alphas`` and
     ``thetas`` through one batched backward."""
-    versions = [(a._version, t._version) for a, t in zip(alphas, thetas)]
     alpha_rows = _rows([a.reshape(()) for a in alphas])
     a = alpha_rows.detach().to(dtype)
     bounds, tables, *handles = _BuildTables.apply(alpha_rows, _rows(thetas), a, s, s_outer, signed, dtype)
     inside = _Constants.get(len(alphas), thetas[0].numel(), s, dtype, tables.device).inside[signed]
     grad = torch.is_grad_enabled()
-    return [QuantizerTables(a[i], bounds[i], tables[i], inside, handles[i], signed, dtype, versions[i], grad)
-            for i in range(len(alphas))]
+    return [QuantizerTables(a[i], bounds[i], tables[i], inside, handles[i], signed, dtype, (alphas[i], thetas[i]),
+                            _versions(alphas[i], thetas[i]), grad) for i in range(len(alphas))]
 
 
 class _ApplyTables(torch.autograd.Function):

@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lcq_train import batched_tables, quant_device
+from lcq_train import batched_tables, quant_device, quantizer
 from lcq_train.plan import QuantPlan, quantize_model
+from lcq_train.quant import lcq_quantize
 from lcq_train.quantizer import Quantizer
 from lcq_train.train import build_quantized_model
 
@@ -43,13 +44,18 @@ def test_a_forward_builds_each_kind_of_tables_once_and_quantizes_as_each_call_al
     x, y = torch.rand(4, *shape, dtype=torch.float64), torch.randint(0, 10, (4,))
     host = _step(copy.deepcopy(model), x, y)
 
-    builds = []
+    builds, applied, calls = [], [], []
     monkeypatch.setattr(batched_tables, "_on_device", lambda q: True)
     monkeypatch.setattr(batched_tables, "build_tables",
                         lambda *a: builds.append(a[3:5]) or quant_device.build_tables(*a))
+    monkeypatch.setattr(quantizer, "apply_tables", lambda x, t: applied.append(t) or quant_device.apply_tables(x, t))
+    lcq = [q for q in model.modules() if isinstance(q, Quantizer) and q.method == "lcq"]
+    for q in lcq:
+        q.register_forward_pre_hook(lambda module, args: calls.append(module))
     batched = _step(model, x, y)
-    kinds = {(q.spec.bits, q.signed) for q in model.modules() if isinstance(q, Quantizer) and q.method == "lcq"}
+    kinds = {(q.spec.bits, q.signed) for q in lcq}
     assert kinds and len(builds) == 2 * len(kinds)             # one build per kind in each of the two forwards
+    assert len(applied) == len(calls) == 2 * len(lcq)          # every call with its row of the batch
     assert all(q.tables is None for q in model.modules() if isinstance(q, Quantizer))   # dropped after the forward
     torch.testing.assert_close(batched[0], host[0], atol=0, rtol=0)
     for n, g in host[1].items():
@@ -63,16 +69,24 @@ def test_stale_tables_are_not_used(monkeypatch):
     model = build_quantized_model("cnn", (1, 28, 28), 10, QuantPlan("lcq", 3, 3))
     monkeypatch.setattr(batched_tables, "_on_device", lambda q: True)
     q = next(m for m in model.modules() if isinstance(m, Quantizer) and m.method == "lcq" and not m.signed)
+    applied = []
+    monkeypatch.setattr(quantizer, "apply_tables", lambda x, t: applied.append(t) or quant_device.apply_tables(x, t))
     batched_tables._build(model, ())
     x = torch.rand(100) * 4
     fresh = q(x)
+    assert len(applied) == 1
     with torch.no_grad():
         q.theta.add_(torch.linspace(-1, 1, q.theta.numel()))
     assert not q.tables.fits(x, q.alpha, q.theta)
     changed = q(x)
-    q.tables = None
-    torch.testing.assert_close(changed, q(x), atol=0, rtol=0)
+    assert len(applied) == 1                                    # the stale tables were not used
+    torch.testing.assert_close(changed, lcq_quantize(x, q.alpha, q.theta, 3, 8, False), atol=0, rtol=0)
     assert not torch.equal(fresh, changed)
+    q.theta = torch.nn.Parameter(q.theta.detach().clone())     # replaced: the tables were built from another
+    batched_tables._build(model, ())
+    q.theta = torch.nn.Parameter(q.theta.detach().clone())
+    q(x)
+    assert len(applied) == 1
 
 
 def test_a_forward_that_raises_leaves_no_tables(monkeypatch):

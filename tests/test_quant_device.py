@@ -71,7 +71,7 @@ def test_lcq_quantize_takes_the_device_path_off_the_cpu(monkeypatch):
 def test_tables_built_together_equal_tables_built_alone(signed, bits, dtype):
     """Three quantizers' tables from one build_tables call quantize as each one's own call does: the same
     outputs, and alpha and theta gradients through the batched backward equal to float64 rounding (one
-    quantizer's output left unused gets no gradient)."""
+    quantizer's output left unused gets zero gradients)."""
     g = torch.Generator().manual_seed(bits)
     s, s_outer = level_scale(bits, signed), level_scale(6, signed)
     xs = [torch.randn(n, generator=g, dtype=torch.float64).to(dtype) * 2.0 for n in (500, 4096, 70)]
@@ -118,8 +118,8 @@ def _quantize_on(device: str, xs, ws, alpha0, theta0, s, s_outer, signed):
     """Outputs and gradients (x, alpha, theta) of quantizers with their tables in one batch on ``device``,
     and the tables; all on the CPU."""
     alphas = [torch.tensor(a, device=device, requires_grad=True) for a in alpha0]
-    thetas = [t.to(device).requires_grad_() for t in theta0]
-    x = [x.to(device).requires_grad_() for x in xs]
+    thetas = [t.detach().clone().to(device).requires_grad_() for t in theta0]     # fresh leaves: the callers'
+    x = [x.detach().clone().to(device).requires_grad_() for x in xs]              # tensors stay untouched
     tables = build_tables(alphas, thetas, s, s_outer, signed, torch.float32)
     ys = [apply_tables(xi, t) for xi, t in zip(x, tables)]
     sum((y * w.to(device)).sum() for y, w in zip(ys, ws)).backward()
@@ -161,3 +161,23 @@ def test_on_a_gpu_the_device_path_quantizes_as_on_the_cpu(signed, bits):
         torch.testing.assert_close(gpu[1][i], cpu[1][i], atol=0, rtol=0)                    # x gradients
         torch.testing.assert_close(gpu[2][i], cpu[2][i], rtol=1e-5, atol=1e-5 * cpu[2][i].abs().item())
         torch.testing.assert_close(gpu[3][i], cpu[3][i], rtol=1e-5, atol=1e-5 * cpu[3][i].abs().max().item())
+
+
+def test_alpha_changed_in_place_between_forward_and_backward_is_refused():
+    """As autograd refuses it elsewhere: a lone call's tables would otherwise see the new alpha."""
+    alpha, theta = torch.tensor(2.0, requires_grad=True), (0.5 * torch.randn(8)).requires_grad_()
+    y = lcq_device(torch.randn(100), alpha, theta, 7, 255, False)
+    with torch.no_grad():
+        alpha.mul_(1.5)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+def test_parameters_made_in_inference_mode_quantize():
+    """Inference tensors keep no update count; their tables fit while the tensors are the same ones."""
+    with torch.inference_mode():
+        alpha, theta, x = torch.tensor(2.0), 0.5 * torch.randn(8), torch.rand(100) * 3
+        y = lcq_device(x, alpha, theta, 7, 255, False)
+        tables = build_tables([alpha], [theta], 7, 255, False, torch.float32)[0]
+        assert tables.fits(x, alpha, theta) and not tables.fits(x, alpha, theta.clone())
+    torch.testing.assert_close(y, _LCQFunction.apply(x, alpha, theta, 3, 8, False), atol=0, rtol=0)
