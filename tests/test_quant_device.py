@@ -133,10 +133,10 @@ def _quantize_on(device: str, xs, ws, alpha0, theta0, s, s_outer, signed):
 @pytest.mark.parametrize("signed,bits", [(True, 3), (True, 4), (False, 2), (False, 4)])
 def test_on_a_gpu_the_device_path_quantizes_as_on_the_cpu(signed, bits):
     """Three quantizers with their tables in one batch, on CUDA and on the CPU. The segment bounds may
-    differ by an ulp or two (the GPU's exp); the output tables (levels after the 8-bit outer rounding) are
-    the same; elements between a bound's two values are left out, and on all others the outputs and x
-    gradients are the same bit for bit and the alpha and theta gradients agree to 1e-5 (float32 sums in
-    another order)."""
+    differ by a few ulps (the GPU's exp, then u - beta_j cancels); the output tables (levels after the
+    8-bit outer rounding) are the same; elements between a bound's two values are left out, and on all
+    others the outputs and x gradients are the same bit for bit and the alpha and theta gradients agree
+    to 1e-5 (float32 sums in another order)."""
     g = torch.Generator().manual_seed(bits)
     s, s_outer = level_scale(bits, signed), level_scale(8, signed)
     xs = [torch.randn(n, generator=g) * 2.0 for n in (1000, 100_000, 2_000_000)]
@@ -147,7 +147,7 @@ def test_on_a_gpu_the_device_path_quantizes_as_on_the_cpu(signed, bits):
     between = []
     for x, a, b_cpu, b_gpu in zip(xs, alpha0, cpu[4], _quantize_on("cuda", xs, ws, alpha0, theta0, s, s_outer,
                                                                     signed)[4]):
-        torch.testing.assert_close(b_gpu, b_cpu, rtol=4e-7, atol=1e-7)
+        torch.testing.assert_close(b_gpu, b_cpu, rtol=1e-6, atol=1e-6)      # (u - beta: cancellation)
         v = (x.abs() if signed else x) / torch.tensor(a)
         lo, hi = torch.minimum(b_cpu, b_gpu), torch.maximum(b_cpu, b_gpu)
         between.append(((v[:, None] >= lo) & (v[:, None] <= hi)).any(1))
