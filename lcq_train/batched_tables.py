@@ -4,14 +4,14 @@ Off the CPU each LCQ quantizer call builds its compander's tables in some twenty
 and turns its per-segment sums into alpha and theta gradients in some thirty more; on a GPU each costs
 about one kernel launch, far more than the work in it. :func:`batch_tables` registers a forward pre-hook
 on a model that builds the tables of all its LCQ quantizers of one kind (K, levels, outer levels, sign,
-dtype) in one batch (:func:`lcq_train.quant_device.build_tables`), and a forward hook that drops them,
-also when the forward raises (so no tables, nor the autograd graph they belong to, outlive it): within
-that forward each quantizer quantizes with its row, and the backward computes every quantizer's
-alpha and theta gradients of that kind together. The operations are those of each quantizer's own call,
-row by row (on the CPU the same bits, tests/test_batched_tables.py; a GPU's kernel for a batch may round a
-cumulative sum differently in the last bit than its kernel for one row). A quantizer of a batch whose
-output goes unused gets zero alpha and theta gradients rather than none. CPU models are left to the host
-path (:mod:`lcq_train.quant`), the faster one there.
+dtypes, which parameters learn) in one batch (:func:`lcq_train.quant_device.build_tables`), and a
+forward hook that drops them, also when the forward raises (so no tables, nor the autograd graph they
+belong to, outlive it): within that forward each quantizer quantizes with its row, and the backward
+computes every quantizer's alpha and theta gradients of that kind together. The operations are those
+of each quantizer's own call, row by row (on the CPU the same bits, tests/test_batched_tables.py; a GPU's
+kernel for a batch may round a cumulative sum differently in the last bit than its kernel for one row).
+A quantizer of a batch whose output goes unused gets zero alpha and theta gradients rather than none.
+CPU models are left to the host path (:mod:`lcq_train.quant`), the faster one there.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def _build(model: nn.Module, _args) -> None:
     for q in _lcq_quantizers(model):
         q.tables = None
         if _on_device(q):
-            kind = (q.spec.K, q.spec.bits, q.spec.outer_bits, q.signed, q.theta.dtype, q.alpha.dtype, q.theta.device)
+            kind = (q.spec.K, q.spec.bits, q.spec.outer_bits, q.signed, q.theta.dtype, q.alpha.dtype, q.theta.device,
+                    q.alpha.requires_grad, q.theta.requires_grad)      # (frozen ones: no gradient work at all)
             kinds.setdefault(kind, []).append(q)
     for qs in kinds.values():
         spec, signed = qs[0].spec, qs[0].signed

@@ -12,6 +12,7 @@ from torch import nn
 from lcq_train import batched_tables, quant_device, quantizer
 from lcq_train.plan import QuantPlan, quantize_model
 from lcq_train.quant import lcq_quantize
+from lcq_train.quant_device import segment_sums
 from lcq_train.quantizer import Quantizer
 from lcq_train.train import build_quantized_model
 
@@ -105,3 +106,18 @@ def test_a_forward_that_raises_leaves_no_tables(monkeypatch):
         model(torch.rand(2, 1, 28, 28))
     assert seen == [True] and all(q.tables is None for q in lcq)
     copy.deepcopy(model)                                         # nothing of that forward's graph is held
+
+
+def test_frozen_quantizers_are_batched_apart_and_do_no_gradient_work(monkeypatch):
+    model = build_quantized_model("cnn", (1, 28, 28), 10, QuantPlan("lcq", 3, 3))
+    lcq = [m for m in model.modules() if isinstance(m, Quantizer) and m.method == "lcq"]
+    frozen = [q for q in lcq if not q.signed][:1]               # one of a kind whose others learn
+    for q in frozen:
+        q.alpha.requires_grad_(False)
+        q.theta.requires_grad_(False)
+    monkeypatch.setattr(batched_tables, "_on_device", lambda q: True)
+    sums = []
+    monkeypatch.setattr(quant_device, "segment_sums", lambda *a: sums.append(a[0].numel()) or segment_sums(*a))
+    F.cross_entropy(model(torch.rand(4, 1, 28, 28)), torch.randint(0, 10, (4,))).backward()
+    assert frozen and len(sums) == len(lcq) - len(frozen)       # the per-segment sums of the learning ones only
+    assert all(q.theta.grad is None for q in frozen) and all(q.theta.grad is not None for q in lcq if q.signed)
