@@ -84,8 +84,9 @@ class _Constants:
         u = torch.cat([(code.to(dtype) - 0.5) / s, torch.arange(s + 1, dtype=dtype) / s])
         self.u = u.expand(n, -1).contiguous().to(device)
         self.odd = torch.cat([code % 2 == 1, torch.zeros(s + 1, dtype=torch.bool)]).to(device)
-        self.fix = torch.tensor([s, 2 * s], device=device)                    # levels[0] = 0, levels[s] = 1
-        self.fix_value = torch.tensor([0.0, 1.0], dtype=dtype, device=device)
+        row = torch.arange(2 * s + 1)
+        self.fixed = ((row == s) | (row == 2 * s)).to(device)          # levels[0] = 0 and levels[s] = 1, exactly
+        self.fixed_value = (row == 2 * s).to(dtype).to(device)
         self.one = torch.ones(1, dtype=dtype, device=device)
         self.ones = self.one.expand(n, 1)
         self.k_over_K = (torch.arange(K, dtype=dtype) / K).to(device)
@@ -119,7 +120,7 @@ class _BatchTables:
         j = torch.searchsorted(beta[:, 1:].contiguous(), c.u, right=True)      # eq. (6)
         inverse = (c.u - beta.gather(1, j)) / gamma.gather(1, j) + c.k_over_K[j]
         inverse = torch.where(c.odd, torch.nextafter(inverse, c.one), inverse)  # odd thresholds: one ulp up
-        inverse[:, c.fix] = c.fix_value
+        inverse = torch.where(c.fixed, c.fixed_value, inverse)
         self.levels, self.j = inverse[:, s:], j[:, s:]
         self.bounds, order = torch.sort(torch.cat((c.head, inverse[:, :s], c.ones), 1), dim=1, stable=True)
         self.key = c.step[order].cumsum(1)
