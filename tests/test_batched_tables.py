@@ -14,7 +14,7 @@ from lcq_train.plan import QuantPlan, quantize_model
 from lcq_train.quant import lcq_quantize
 from lcq_train.quant_device import segment_sums
 from lcq_train.quantizer import Quantizer
-from lcq_train.train import build_quantized_model
+from lcq_train.train import TrainConfig, build_quantized_model, train
 
 
 def _step(model, x, y):
@@ -121,3 +121,23 @@ def test_frozen_quantizers_are_batched_apart_and_do_no_gradient_work(monkeypatch
     F.cross_entropy(model(torch.rand(4, 1, 28, 28)), torch.randint(0, 10, (4,))).backward()
     assert frozen and len(sums) == len(lcq) - len(frozen)       # the per-segment sums of the learning ones only
     assert all(q.theta.grad is None for q in frozen) and all(q.theta.grad is not None for q in lcq if q.signed)
+
+
+def test_training_on_the_batched_path_follows_the_host_path(monkeypatch, tmp_path):
+    """The trainer end to end (steps, BN re-estimation, evaluation): two epochs of the digits CNN at LCQ
+    W2/A2 give the same losses and accuracies with the batched tables as on the host path, up to float32
+    summation order."""
+    def run(out):
+        return train(TrainConfig(model="cnn", dataset="digits", plan=QuantPlan("lcq", 2, 2), epochs=2, batch_size=64,
+                                 device="cpu", out=str(out), progress=False))
+
+    host = run(tmp_path / "host")
+    applied = []
+    monkeypatch.setattr(batched_tables, "_on_device", lambda q: True)
+    monkeypatch.setattr(quantizer, "apply_tables", lambda x, t: applied.append(t) or quant_device.apply_tables(x, t))
+    batched = run(tmp_path / "batched")
+    assert applied
+    for h, b in zip(host["epochs"], batched["epochs"], strict=True):
+        assert b["test_top1"] == h["test_top1"]
+        assert b["train_loss"] == pytest.approx(h["train_loss"], rel=1e-5)
+    assert batched["test_top1"] == host["test_top1"]
