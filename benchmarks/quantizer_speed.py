@@ -30,6 +30,10 @@ Four measurements, the timings each the median over repetitions after warm-up:
    where ResNet-20's small tensors cost about one launch each, these counts
    bound how close LCQ can come to uniform; they do not depend on the machine.
 
+They run in the order 2, 1, 3, 4. An interrupt (SIGINT, as ``timeout -s INT``
+sends) ends the part it hits: the JSON still holds the parts before it and
+names that part (``interrupted_in``), and the exit status is 130.
+
 Each timing has the wall-clock median (what the aims are about) and the
 median of the process's CPU time (``time.process_time``, CPU only), which a
 busy machine disturbs less. Every row names the device and the thread count.
@@ -480,18 +484,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"load average {load_start[0]:.2f}", flush=True)
     results: dict = {"quantizer": [], "training": [], "precision": [], "kernels": None}
-    if args.part in ("all", "precision"):
-        results["precision"] = bench_precision(args, device)
-        print("\n" + precision_table(results["precision"]), flush=True)
-    if args.part in ("all", "quantizer"):
-        results["quantizer"] = bench_quantizers(args, device)
-        print("\n" + quantizer_table(results["quantizer"]), flush=True)
-    if args.part in ("all", "training"):
-        results["training"] = bench_training(args, device)
-        print("\n" + training_table(results["training"]), flush=True)
-    if args.part in ("all", "kernels"):
-        results["kernels"] = bench_kernels()
-        print("\n" + kernel_table(results["kernels"]), flush=True)
+    # the training steps first (the aim that matters most, and quick); an interrupt (SIGINT, e.g. from
+    # `timeout -s INT`) ends the part it hits, and what finished before it is still written
+    parts = {"training": (lambda: bench_training(args, device), training_table),
+             "quantizer": (lambda: bench_quantizers(args, device), quantizer_table),
+             "precision": (lambda: bench_precision(args, device), precision_table),
+             "kernels": (bench_kernels, kernel_table)}
+    interrupted = None
+    for name, (bench, table) in parts.items():
+        if args.part not in ("all", name):
+            continue
+        try:
+            results[name] = bench()
+        except KeyboardInterrupt:
+            interrupted = name
+            print(f"\ninterrupted in the {name} part: writing the parts before it", flush=True)
+            break
+        print("\n" + table(results[name]), flush=True)
     load_end = os.getloadavg()
     print(f"\nload average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end")
 
@@ -505,9 +514,10 @@ def main(argv: list[str] | None = None) -> int:
                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                "loadavg_1m": {"start": load_start[0], "end": load_end[0]},
                "loadavg_5m": {"start": load_start[1], "end": load_end[1]},
-               "gpu": gpu, "outer_bits": OUTER_BITS, "K": K, "summary": summary(results), **results}, args.json_out)
+               "gpu": gpu, "outer_bits": OUTER_BITS, "K": K, "interrupted_in": interrupted, "summary": summary(results),
+               **results}, args.json_out)
     print(f"wrote {args.json_out}")
-    return 0
+    return 130 if interrupted else 0
 
 
 if __name__ == "__main__":

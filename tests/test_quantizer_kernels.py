@@ -62,3 +62,22 @@ def test_off_the_cpu_the_quantizer_timing_has_calls_with_their_tables_in_a_batch
     assert "per call of n, tables in a batch" in table and "20 weights, 18 activations" in table
     assert bench.summary({"quantizer": rows, "training": [], "kernels": None, "precision": []})["quantizer"][
         "max_batched_ratio"] == max(r["batched_ratio"] for r in rows)
+
+
+def test_an_interrupt_keeps_the_parts_before_it(tmp_path, monkeypatch):
+    """gpu_session.sh gives the benchmark what time is left and then sends SIGINT."""
+    bench = load_benchmark()
+    monkeypatch.setattr(bench, "bench_training", lambda args, device: [])
+    ran = []
+
+    def interrupted(args, device):
+        ran.append("quantizer")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "bench_quantizers", interrupted)
+    monkeypatch.setattr(bench, "bench_precision", lambda args, device: ran.append("precision") or [])
+    out = tmp_path / "speed.json"
+    assert bench.main(["--device", "cpu", "--json-out", str(out)]) == 130
+    result = json.loads(out.read_text())
+    assert ran == ["quantizer"] and result["interrupted_in"] == "quantizer"
+    assert result["training"] == [] and result["precision"] == [] and result["kernels"] is None
