@@ -61,6 +61,7 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+MAX_ELEMENTS = 2**40      # a tensor's elements, its zero sizes counted as 1 (torch cannot make larger shapes)
 _TAGS = ("__tensor__", "__tuple__", "__items__")
 _UPGRADE = "python -m lcq_train.checkpoint upgrade OLD.pt NEW.pt"
 
@@ -234,8 +235,9 @@ def _read_tensors(index: dict, data: memoryview, path: Path) -> dict[str, torch.
         dtype, shape, offsets = _DTYPES.get(entry["dtype"]), entry["shape"], entry["data_offsets"]
         if dtype is None:
             bad(f"has dtype {entry['dtype']!r}, not one of {sorted(_DTYPES)}")
-        if not isinstance(shape, list) or not all(IntRange(0).accepts(n) for n in shape):
-            bad(f"has shape {shape!r}, not a list of sizes")
+        if not isinstance(shape, list) or not all(IntRange(0).accepts(n) for n in shape) \
+                or math.prod(max(n, 1) for n in shape) > MAX_ELEMENTS:
+            bad(f"has shape {shape!r}, not a list of sizes of at most {MAX_ELEMENTS} elements (even when empty)")
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(IntRange(0).accepts(n) for n in offsets):
             bad(f"has data_offsets {offsets!r}, not [BEGIN, END]")
         begin, stop = offsets
@@ -415,8 +417,9 @@ def upgrade_checkpoint(old, new) -> str:
             state = torch.load(old, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any refusal of the restricted unpickler
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-        reason = next((line for line in lines if not line.startswith(boilerplate)), lines[0])
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+        reason = next((line for line in lines if "Unsupported global" in line), None) \
+            or next((line for line in lines if not line.startswith(boilerplate)), lines[0])
         raise CheckpointError(f"{old} cannot be converted: torch.load(weights_only=True) refused it ({reason}); "
                               "it holds more than tensors and numbers (perhaps code), or is not a checkpoint") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != 1:
@@ -431,7 +434,10 @@ def upgrade_checkpoint(old, new) -> str:
                         "python": {"version": version, "state": list(words), "gauss_next": gauss_next}}
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{old}: its random generator states are not those of an lcq checkpoint ({e})") from None
-    return save_checkpoint({k: state.get(k) for k in KEYS}, new)
+    try:
+        return save_checkpoint({k: state.get(k) for k in KEYS}, new)
+    except TypeError as e:                  # a value the format cannot hold: no lcq checkpoint held one
+        raise CheckpointError(f"{old} is not an lcq checkpoint of format version 1: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

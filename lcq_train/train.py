@@ -37,6 +37,7 @@ from .loader import batches
 from .factory import build_user_model, is_factory, normalize_model
 from .models import build_model
 from .plan import QuantPlan, apply_plan, layer_bits, quantizer_parameters
+from .training_state import optimizer_state_problem, scheduler_state_problem
 
 SEED = IntRange(0, 2**32 - 1)        # what numpy's generator accepts
 MOMENTUM = FloatRange(0.0, 1.0)
@@ -90,6 +91,9 @@ class TrainConfig:
         nonnegative_float.check(self.weight_decay, "weight_decay")
         MOMENTUM.check(self.momentum, "momentum")
         nonnegative_float.check(self.warmup_epochs, "warmup_epochs")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"warmup_epochs {self.warmup_epochs} is longer than the run's {self.epochs} epochs: "
+                             f"warm up for at most {self.epochs} (--warmup-epochs)")
         SEED.check(self.seed, "seed")
         if self.clip_init not in CLIP_INITS:
             raise ValueError(f"clip_init must be one of {CLIP_INITS}, not {self.clip_init!r}")
@@ -321,19 +325,30 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
         metrics["start_code_shares"] = start_codes        # per activation quantizer: each code's share
     start_epoch = 0
     if resume_state is not None:
+        problems = {"optimizer": optimizer_state_problem(resume_state["optimizer"], optimizer),
+                    "scheduler": scheduler_state_problem(resume_state["scheduler"], scheduler,
+                                                         cfg.epochs * steps_per_epoch),
+                    "layers": None if resume_state["layers"] == metrics["layers"] else
+                    f"are {resume_state['layers']}, where this run's model and plan give {metrics['layers']}"}
+        for what, problem in problems.items():
+            if problem:
+                raise CheckpointError(f"{ckpt_path}: its {what} {problem}; it is not a checkpoint this lcq wrote "
+                                      "for these settings")
         for what, target in (("model", model), ("optimizer", optimizer), ("scheduler", scheduler)):
             try:
                 target.load_state_dict(resume_state[what])
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
                 raise CheckpointError(f"{ckpt_path}: its {what} state does not fit this run ({e}); it is not a "
                                       "checkpoint this lcq wrote for these settings") from None
-        if cfg.epochs != saved.epochs:     # extended: the learning rates of the stretched schedule
-            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                group["lr"] = base * factor(scheduler.last_epoch)
-            scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+        # the learning rates at the saved step of this run's schedule (the same values where it is the saved
+        # run's; an extended run's schedule is stretched)
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
         restore_rng(resume_state["rng"])
         start_epoch = resume_state["epoch"]
-        metrics = {**resume_state["metrics"], "config": cfg.to_dict()}
+        metrics = {**resume_state["metrics"], "config": cfg.to_dict(), "layers": metrics["layers"],
+                   "params": metrics["params"]}
     metrics["environment"] = _environment(device)        # of the latest start (a resumed run: of the resumption)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else model

@@ -188,20 +188,28 @@ def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):
     refused(lambda h: h["state"]["model"].update({"w": {"__pickle__": "x"}}), "unknown tag")
     refused(lambda h: next(iter(h["tensors"].values())).update(dtype="OBJECT"), "has dtype 'OBJECT'")
     refused(lambda h: next(iter(h["tensors"].values())).update(shape=[10**9]), "needs \\[0, ")
+    end = len(data)
+    refused(lambda h: h["tensors"].update(extra={"dtype": "F32", "shape": [0, 2**63 - 1, 2**63 - 1],
+                                                 "data_offsets": [end, end]}), "not a list of sizes of at most")
     refused(lambda h: h.update(format="other"), "not 'lcq-checkpoint'")
+
+
+def _version_1(path) -> dict:
+    """The checkpoint at ``path`` as the previous lcq pickled it (torch.save of the dict, numpy and Python
+    RNG states as tuples)."""
+    state = load_checkpoint(path)
+    state.pop("sha256")
+    n, p = state["rng"]["numpy"], state["rng"]["python"]
+    state["rng"] = {"torch": state["rng"]["torch"],
+                    "numpy": ("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]),
+                    "python": (p["version"], tuple(p["state"]), p["gauss_next"])}
+    return {"format": "lcq-checkpoint", "version": 1, **state}
 
 
 def test_a_version_1_checkpoint_is_refused_and_can_be_upgraded(run, tmp_path):
     path, _ = run
-    state = load_checkpoint(path)
-    state.pop("sha256")
-    n, p = state["rng"]["numpy"], state["rng"]["python"]
-    # What the previous lcq wrote: torch.save of the dict, numpy and Python RNG states as tuples.
-    state["rng"] = {"torch": state["rng"]["torch"],
-                    "numpy": ("MT19937", np.array(n["key"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"]),
-                    "python": (p["version"], tuple(p["state"]), p["gauss_next"])}
     old = tmp_path / "old.pt"
-    torch.save({"format": "lcq-checkpoint", "version": 1, **state}, old)
+    torch.save(_version_1(path), old)
     with pytest.raises(CheckpointError, match="older lcq's checkpoints \\(version 1\\).*lcq_train.checkpoint upgrade"):
         load_checkpoint(old)
     assert ckpt.main(["upgrade", str(old), str(tmp_path / "new.pt")]) == 0
@@ -215,3 +223,19 @@ def test_a_version_1_checkpoint_is_refused_and_can_be_upgraded(run, tmp_path):
         upgrade_checkpoint(old, tmp_path / "new.pt")
     with pytest.raises(CheckpointError, match="already in checkpoint format version 2"):
         upgrade_checkpoint(tmp_path / "new.pt", tmp_path / "newer.pt")
+
+
+def test_an_upgrade_of_what_no_lcq_wrote_is_refused_by_name(run, tmp_path, capsys):
+    """A version-1 file holding a value this format cannot store (a uint32 array outside the RNG state),
+    and one naming a Python global: clear errors, no traceback."""
+    path, _ = run
+    state = _version_1(path)
+    state["metrics"]["note"] = np.zeros(3, dtype=np.uint32)
+    old = tmp_path / "odd.pt"
+    torch.save(state, old)
+    assert ckpt.main(["upgrade", str(old), str(tmp_path / "new.pt")]) == 2
+    assert "is not an lcq checkpoint of format version 1: a checkpoint holds tensors" in capsys.readouterr().err
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"format": "lcq-checkpoint", "version": 1, "x": print}, protocol=2))
+    with pytest.raises(CheckpointError, match="Unsupported global"):
+        upgrade_checkpoint(evil, tmp_path / "evil-new.pt")

@@ -242,3 +242,8 @@ def test_distributed_data_parallel_on_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert len(metrics["epochs"]) == 1
+
+
+def test_a_warmup_longer_than_the_run_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="warmup_epochs 1e\\+308 is longer than the run's 2 epochs"):
+        _cfg(tmp_path, warmup_epochs=1e308)
