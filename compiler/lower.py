@@ -520,10 +520,14 @@ class _Lowering:
         c = self.shapes[x.tensor][0]
         if bn.running_var is None or bn.num_features != c:
             self.refuse(node, f"has no running statistics or not {c} channels")
+        var, mean = bn.running_var.double().numpy(), bn.running_mean.double().numpy()
+        if not (np.all(var >= 0) and np.all(np.isfinite(var)) and np.all(np.isfinite(mean))):
+            self.refuse(node, "has running statistics no training writes (a variance below 0, or one not finite, or "
+                        "a mean not finite): retrain the model, or restore its checkpoint from a copy")
         weight = bn.weight.double().numpy() if bn.weight is not None else np.ones(c)
         beta = bn.bias.double().numpy() if bn.bias is not None else np.zeros(c)
-        inv = weight / np.sqrt(bn.running_var.double().numpy() + bn.eps)
-        return self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - bn.running_mean.double().numpy()) + beta,
+        inv = weight / np.sqrt(var + bn.eps)
+        return self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta,
                           folded=True)
 
     def _relu(self, node: fx.Node, op: Op) -> _Value:
