@@ -212,6 +212,9 @@ def _load_idx_dataset(name: str, root: Path) -> Arrays:
         labels = _read_idx(labels_path, _IDX_LABELS_MAGIC)
         if images.shape[1:] != (28, 28):
             raise DatasetError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
+        if not len(images):
+            raise DatasetError(f"{images_path}: holds no images; the {split} split needs at least one "
+                               "(replace it with the complete file)")
         if len(images) != len(labels):
             raise DatasetError(
                 f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
@@ -304,7 +307,7 @@ def _load_cifar_python(root: Path) -> Arrays:
             raise DatasetError(f"{path}: expected a dict with b'data' and b'labels' ({e!r})") from e
         if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
             raise DatasetError(f"{path}: b'data' must hold integer pixel values 0..255")
-        if labels.dtype.kind not in "iu":
+        if labels.dtype.kind not in "iu" and labels.size:  # an empty list reads as float64
             raise DatasetError(f"{path}: b'labels' must be integers, not {labels.dtype}")
         data, labels = data.astype(np.uint8), labels.astype(np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
@@ -312,6 +315,10 @@ def _load_cifar_python(root: Path) -> Arrays:
         if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
             raise DatasetError(f"{path}: labels out of range 0..{len(classes) - 1}")
         parts["test" if batch == "test_batch" else "train"].append((data.reshape(-1, 3, 32, 32), labels))
+    for split, files in (("train", "data_batch_1..5 hold"), ("test", "test_batch holds")):
+        if not sum(len(y) for _, y in parts[split]):
+            raise DatasetError(f"cifar10: {files} no images in {root}; the {split} split needs at least one "
+                               "(restore the complete CIFAR-10 batches)")
     arrays = {f"{split}_x": np.concatenate([x for x, _ in p]) for split, p in parts.items()}
     arrays.update({f"{split}_y": np.concatenate([y for _, y in p]) for split, p in parts.items()})
     arrays["classes"] = np.array(classes)

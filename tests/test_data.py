@@ -266,6 +266,14 @@ def test_idx_corrupt_gzip(tmp_path):
         load_dataset("mnist", tmp_path)
 
 
+@pytest.mark.parametrize("split, base", [("train", "train-images-idx3-ubyte"), ("test", "t10k-images-idx3-ubyte")])
+def test_idx_split_without_images(tmp_path, split, base):
+    """A split of 0 images (and 0 labels) is refused at load, not by a division by zero in training."""
+    make_idx_dir(tmp_path, **{f"n_{split}": 0})
+    with pytest.raises(DatasetError, match=re.escape(f"{base}: holds no images; the {split} split needs at least one")):
+        load_dataset("mnist", tmp_path)
+
+
 @pytest.mark.skipif(not REAL_MNIST.is_dir(), reason=f"real MNIST not found at {REAL_MNIST}")
 def test_real_mnist():
     ds = load_strict("mnist", REAL_MNIST)
@@ -363,6 +371,22 @@ def test_cifar_python_data_values_out_of_range(tmp_path, data, labels):
     make_cifar_python(tmp_path)
     write_pickle(tmp_path / "test_batch", {b"data": data, b"labels": labels})
     with pytest.raises(DatasetError, match="test_batch"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_cifar_python_split_without_images(tmp_path):
+    """A split whose batches hold no images is refused; one empty batch among several is not."""
+    empty = {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}
+    make_cifar_python(tmp_path)
+    write_pickle(tmp_path / "data_batch_5", empty)
+    assert load_dataset("cifar10", tmp_path).train_x.shape == (8, 3, 32, 32)
+    write_pickle(tmp_path / "test_batch", empty)
+    with pytest.raises(DatasetError, match=r"test_batch holds no images in .*; the test split needs at least one"):
+        load_dataset("cifar10", tmp_path)
+    make_cifar_python(tmp_path)
+    for i in range(1, 6):
+        write_pickle(tmp_path / f"data_batch_{i}", empty)
+    with pytest.raises(DatasetError, match=r"data_batch_1\.\.5 hold no images in .*; the train split needs"):
         load_dataset("cifar10", tmp_path)
 
 
