@@ -19,6 +19,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import multiprocessing
 import os
 import pickle
@@ -242,7 +243,7 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     if found != magic:
         raise DatasetError(f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    size = int(np.prod(dims, dtype=np.int64))
+    size = math.prod(dims)  # Python ints: a numpy int64 product of huge dims wraps (2^21 * 2^21 * 2^22 -> 0)
     if len(raw) - header != size:
         raise DatasetError(
             f"{path}: {len(raw) - header} data bytes, header {dims} needs {size} (truncated or corrupt file)"

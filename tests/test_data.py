@@ -258,6 +258,15 @@ def test_idx_malformed(tmp_path, corrupt, pattern):
         load_dataset("mnist", tmp_path)
 
 
+def test_idx_huge_header_dims(tmp_path):
+    """Header dims whose product overflows int64 (2^21 * 2^21 * 2^22 = 2^64) do not match a file of 0 data bytes."""
+    make_idx_dir(tmp_path)
+    (tmp_path / IDX_NAMES["train_x"]).write_bytes(struct.pack(">4I", 0x803, 2**21, 2**21, 2**22))
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte: 0 data bytes, header \(2097152, 2097152, "
+                                           r"4194304\) needs 18446744073709551616 \(truncated or corrupt file\)"):
+        load_dataset("mnist", tmp_path)
+
+
 def test_idx_corrupt_gzip(tmp_path):
     make_idx_dir(tmp_path, gz=True)
     path = tmp_path / "train-images-idx3-ubyte.gz"
