@@ -29,6 +29,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
@@ -64,6 +65,7 @@ _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TAR_SUFFIXES = (".tar.gz", ".tgz")
 _SPLITS = ("train", "test")
+_MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
 
 _CACHE_VERSION = 1
 _CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "classes")
@@ -287,11 +289,17 @@ def _load_cifar_python(root: Path) -> Arrays:
     classes = _CIFAR10_CLASSES
     meta_path = root / "batches.meta"
     if meta_path.is_file():
-        meta = _unpickle(meta_path)
+        names = _unpickle(meta_path).get(b"label_names")
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, (bytes, str)) for n in names):
+            raise DatasetError(f"{meta_path}: no b'label_names' list of strings (got {type(names).__name__})")
         try:
-            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"])
-        except (KeyError, TypeError, AttributeError) as e:
-            raise DatasetError(f"{meta_path}: no b'label_names' list ({e!r})") from e
+            classes = tuple(n.decode() if isinstance(n, bytes) else n for n in names)
+        except UnicodeDecodeError as e:
+            raise DatasetError(f"{meta_path}: a b'label_names' entry is not UTF-8 ({e})") from e
+        problem = _class_names_problem(classes)
+        if problem:
+            raise DatasetError(f"{meta_path}: b'label_names' gives {problem}; restore CIFAR-10's batches.meta "
+                               "(its 10 class names), or delete it to use those names")
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "test": []}
     layout_root = root.parent if root.name == "cifar-10-batches-py" else root
     for batch in _CIFAR_BATCHES:
@@ -324,6 +332,19 @@ def _load_cifar_python(root: Path) -> Arrays:
     arrays.update({f"{split}_y": np.concatenate([y for _, y in p]) for split, p in parts.items()})
     arrays["classes"] = np.array(classes)
     return arrays
+
+
+def _class_names_problem(names: Iterable[str]) -> str | None:
+    """What makes ``names`` other than a classifier's class names (2.._MAX_CLASSES distinct); None when nothing."""
+    names = list(names)
+    if len(names) < 2:
+        return f"{len(names)} class(es), but a classifier needs at least 2"
+    if len(names) > _MAX_CLASSES:
+        return f"{len(names)} classes, more than the {_MAX_CLASSES} a compiled model holds"
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+    if repeated:
+        return f"the class names {repeated[:5]} more than once"
+    return None
 
 
 # The globals a CIFAR batch pickle needs (numpy arrays, their dtypes and scalars, Python 2 strings as
@@ -429,6 +450,9 @@ def _decode_images(items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:
             + _expected_layout("cifar10", "DIR")
             + "\n(The python-version archive cifar-10-python.tar.gz must be extracted first.)"
         )
+    problem = _class_names_problem(classes["train"])
+    if problem:
+        raise DatasetError(f"cifar10: the train/<class>/ folders give {problem}; each class is a folder of images")
     if not set(classes["test"]) <= set(classes["train"]):
         raise DatasetError(
             f"cifar10: test classes {sorted(set(classes['test']) - set(classes['train']))} have no train folder"

@@ -374,6 +374,30 @@ def test_cifar_python_labels_checked_against_meta_names(tmp_path):
         load_dataset("cifar10", tmp_path)
 
 
+@pytest.mark.parametrize("names, pattern", [
+    ([b"only"], r"b'label_names' gives 1 class\(es\), but a classifier needs at least 2; restore CIFAR-10's"),
+    ([], r"gives 0 class\(es\), but a classifier needs at least 2"),
+    ([b"a", b"b", b"a", *(b"c%d" % i for i in range(7))], r"gives the class names \['a'\] more than once"),
+    ([b"c%d" % i for i in range((1 << 16) + 1)], r"gives 65537 classes, more than the 65536 a compiled model holds"),
+    ([b"\xff", *(b"c%d" % i for i in range(9))], r"a b'label_names' entry is not UTF-8"),
+    (b"0123456789", r"no b'label_names' list of strings \(got bytes\)"),
+    ([*(b"c%d" % i for i in range(9)), 9], r"no b'label_names' list of strings"),
+], ids=["one", "none", "repeated", "too-many", "not-utf8", "bytes-not-list", "not-strings"])
+def test_cifar_python_meta_label_names_checked(tmp_path, names, pattern):
+    """batches.meta's names are checked at load (at least 2, distinct, strings), not by a checkpoint an epoch later."""
+    make_cifar_python(tmp_path, label_names=names)
+    for batch in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"):
+        write_pickle(tmp_path / batch, {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 0]})  # class 0 only
+    with pytest.raises(DatasetError, match=re.escape(str(tmp_path / "batches.meta")) + ": .*" + pattern):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_class_limit_is_the_compilers():
+    from compiler.graph import MAX_CLASSES
+
+    assert data_mod._MAX_CLASSES == MAX_CLASSES
+
+
 @pytest.mark.parametrize("data, labels", [([[300] * 3072], [0]), (np.full((1, 3072), -1), [0]),
                                           (np.zeros((1, 3072), np.uint8), [0.5])])
 def test_cifar_python_data_values_out_of_range(tmp_path, data, labels):
@@ -476,6 +500,16 @@ def test_image_folders_empty(tmp_path):
     (tmp_path / "train" / "cat").mkdir(parents=True)
     (tmp_path / "test").mkdir()
     with pytest.raises(DatasetError, match=r"(?s)no images found under train/<class>/ .*train classes \[\]"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_image_folders_of_one_class(tmp_path):
+    make_image_tree(tmp_path)
+    for split in ("train", "test"):
+        for path in (tmp_path / split / "airplane").iterdir():
+            path.unlink()
+        (tmp_path / split / "airplane").rmdir()
+    with pytest.raises(DatasetError, match=r"folders give 1 class\(es\), but a classifier needs at least 2"):
         load_dataset("cifar10", tmp_path)
 
 
