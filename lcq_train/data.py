@@ -474,17 +474,24 @@ def _decode_pool() -> multiprocessing.pool.Pool:
 
 
 def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
-    """Decode encoded 32x32 images to RGB uint8 ``(n, 32, 32, 3)``; errors name the offending file."""
+    """Decode encoded 32x32 images to RGB uint8 ``(n, 32, 32, 3)``; errors name the offending file.
+
+    An image's size is read from its header and any other size refused before its pixels are decoded."""
     out = np.empty((len(chunk), 32, 32, 3), dtype=np.uint8)
-    for i, (name, blob) in enumerate(chunk):
-        try:
-            with Image.open(io.BytesIO(blob)) as image:
-                rgb = image.convert("RGB")
-        except (OSError, ValueError) as e:
-            raise DatasetError(f"{name}: cannot decode image ({e})") from e
-        if rgb.size != (32, 32):
-            raise DatasetError(f"{name}: image is {rgb.size[0]}x{rgb.size[1]}, expected 32x32")
-        out[i] = np.asarray(rgb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's warning for a huge header
+        for i, (name, blob) in enumerate(chunk):
+            try:
+                with Image.open(io.BytesIO(blob)) as image:
+                    size = image.size
+                    rgb = image.convert("RGB") if size == (32, 32) else None
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise DatasetError(f"{name}: image too large to decode ({e}); CIFAR-10 images are 32x32") from e
+            except (OSError, ValueError) as e:
+                raise DatasetError(f"{name}: cannot decode image ({e})") from e
+            if rgb is None:
+                raise DatasetError(f"{name}: image is {size[0]}x{size[1]}, expected 32x32")
+            out[i] = np.asarray(rgb)
     return out
 
 

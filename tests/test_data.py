@@ -7,6 +7,7 @@ import re
 import struct
 import tarfile
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -486,6 +487,30 @@ def test_image_wrong_size(tmp_path):
     write_image(tmp_path / "test" / "cat" / "x.png", np.zeros((16, 16, 3)))
     with pytest.raises(DatasetError, match=r"x\.png: image is 16x16, expected 32x32"):
         load_dataset("cifar10", tmp_path)
+
+
+def png_header(width, height):
+    """A PNG whose header says ``width`` x ``height`` (8-bit grey) and whose pixel data is a few bytes only."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side, pattern", [
+    (20000, r"image too large to decode \(.*decompression bomb.*\); CIFAR-10 images are 32x32"),  # PIL's error
+    (10000, r"image too large to decode \(.*decompression bomb.*\); CIFAR-10 images are 32x32"),  # PIL's warning
+    (5000, r"image is 5000x5000, expected 32x32"),      # refused from the header, not decoded (the data is cut)
+], ids=["pil-error", "pil-warning", "not-32x32"])
+@pytest.mark.parametrize("layout", ["folders", "tar"])
+def test_image_huge_header_refused_before_decoding(tmp_path, side, pattern, layout):
+    make_image_tree(tmp_path / "tree")
+    (tmp_path / "tree" / "train" / "cat" / "a.png").write_bytes(png_header(side, side))
+    source = tmp_path / "tree" if layout == "folders" else make_tar(tmp_path / "c.tar.gz", tmp_path / "tree")
+    name = str(source / "train" / "cat" / "a.png") if layout == "folders" else f"{source}:train/cat/a.png"
+    with pytest.raises(DatasetError, match=re.escape(name) + ": " + pattern):
+        load_dataset("cifar10", source)
 
 
 def test_image_corrupt_bytes_names_file(tmp_path):
