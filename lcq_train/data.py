@@ -507,18 +507,40 @@ def _cached(source: Path, fingerprint: str, build: Callable[[], Arrays]) -> Arra
     """Arrays for ``source`` from the ``.npz`` cache, else ``build()`` them and cache them atomically.
 
     The cache file is keyed by the source's absolute path and ``fingerprint``
-    (size/mtime); a file that cannot be read back is ignored and rebuilt.
+    (size/mtime); a file that cannot be read back, or holds arrays that
+    :func:`_decode_images` does not write (:func:`_is_decoded_dataset`), is ignored and rebuilt.
     """
     key = hashlib.sha256(f"{_CACHE_VERSION}|{source.resolve()}|{fingerprint}".encode()).hexdigest()[:24]
     path = _cache_dir() / f"cifar10-{key}.npz"
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in _CACHE_KEYS}
+            arrays = {k: npz[k] for k in _CACHE_KEYS}
+        if _is_decoded_dataset(arrays):
+            return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass
     arrays = build()
     _write_npz_atomic(path, arrays)
     return arrays
+
+
+def _is_decoded_dataset(arrays: Arrays) -> bool:
+    """Whether ``arrays`` are what :func:`_decode_images` writes: sorted class names that pass
+    :func:`_class_names_problem`, and per split uint8 ``(N, 3, 32, 32)`` images, N > 0, with int64 ``(N,)``
+    labels indexing the classes."""
+    classes = arrays["classes"]
+    if classes.dtype.kind != "U" or classes.ndim != 1:
+        return False
+    names = classes.tolist()
+    if _class_names_problem(names) or names != sorted(names):
+        return False
+    for split in _SPLITS:
+        x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if x.dtype != np.uint8 or x.shape[1:] != (3, 32, 32) or not len(x):
+            return False
+        if y.dtype != np.int64 or y.shape != x.shape[:1] or y.min() < 0 or y.max() >= len(names):
+            return False
+    return True
 
 
 def _write_npz_atomic(path: Path, arrays: Arrays) -> None:

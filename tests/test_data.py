@@ -482,6 +482,39 @@ def test_image_cache_reused_and_invalidated(tmp_path, monkeypatch):
     assert np.load(cache)["train_x"].shape == (3, 3, 32, 32)
 
 
+def _relabel(arrays, key, labels):
+    arrays[key] = np.array(labels, dtype=np.int64)
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda a: _relabel(a, "train_y", [0, 1, 2]),                     # label 2 of 2 classes
+    lambda a: _relabel(a, "test_y", [-1, 1]),
+    lambda a: a.update(train_y=a["train_y"].astype(np.int32)),
+    lambda a: a.update(test_x=a["test_x"].astype(np.float32)),
+    lambda a: a.update(train_x=a["train_x"].transpose(0, 2, 3, 1)),  # (N, H, W, C)
+    lambda a: a.update(train_y=a["train_y"][:2]),
+    lambda a: a.update(test_x=a["test_x"][:0], test_y=a["test_y"][:0]),
+    lambda a: a.update(classes=np.array(["airplane"]), train_y=np.zeros(3, np.int64), test_y=np.zeros(2, np.int64)),
+    lambda a: a.update(classes=np.array(["cat", "airplane"])),
+    lambda a: a.update(classes=np.array([[b"airplane"], [b"cat"]])),
+], ids=["label-high", "label-negative", "labels-int32", "images-float", "images-hwc", "label-count", "empty-test",
+        "one-class", "classes-unsorted", "classes-bytes-2d"])
+def test_invalid_image_cache_is_rebuilt(tmp_path, corrupt):
+    """A cache holding what the decoder never writes is a miss: rebuilt from the images and rewritten."""
+    make_image_tree(tmp_path / "data")
+    first = load_dataset("cifar10", tmp_path / "data")
+    (cache,) = (tmp_path / "cache").glob("cifar10-*.npz")
+    with np.load(cache) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    corrupt(arrays)
+    with open(cache, "wb") as f:
+        np.savez(f, **arrays)
+    assert_same(load_strict("cifar10", tmp_path / "data"), first)
+    with np.load(cache) as npz:
+        assert np.array_equal(npz["train_y"], first.train_y.numpy()) and npz["test_x"].dtype == np.uint8
+        assert npz["classes"].tolist() == ["airplane", "cat"]
+
+
 def test_image_wrong_size(tmp_path):
     make_image_tree(tmp_path)
     write_image(tmp_path / "test" / "cat" / "x.png", np.zeros((16, 16, 3)))
