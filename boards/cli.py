@@ -11,6 +11,7 @@ from pathlib import Path
 from hw.cli import ARRAY_SIZE, MULTIPLY_COLS
 from hw.residency import RESIDENCY
 from lcq_train.arguments import nonnegative_int, positive_float, positive_int
+from lcq_train.json_text import parse_json
 
 from .boards import BOARDS, get_board
 from .build import PLACERS, ROUTERS
@@ -205,9 +206,9 @@ def read_report(path, fields) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot read the build report {path} ({e}): {advice}") from None
     try:
-        report = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not a build report: it is not JSON ({e}); {advice}") from None
+        report = parse_json(text)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a build report: {e}; {advice}") from None
     if not isinstance(report, dict):
         raise ValueError(f"{path} is not a build report: it holds a JSON {type(report).__name__}, not an "
                          f"object; {advice}")

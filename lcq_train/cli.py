@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from .arguments import nonnegative_float, nonnegative_int, positive_float, positive_int, torch_device
 from .calibrate import CLIP_INITS
 from .data import DATASETS
 from .factory import MODEL, is_factory
+from .json_text import parse_json
 from .models import MODELS
 from .plan import OUTER_BITS_OPTION, QuantPlan, parse_layer_bits
 from .quantizer import BITS, CLIP, INTERVALS, METHODS, WEIGHT_NORMS
@@ -104,8 +104,8 @@ def _given_on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> 
 def _config_values(parser: argparse.ArgumentParser, path: str) -> dict:
     """The option values of ``--config`` file ``path``, each checked by its option's rule."""
     try:
-        values = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        values = parse_json(Path(path).read_text())
+    except (OSError, ValueError) as e:
         parser.error(f"cannot read --config {path}: {e}")
     if not isinstance(values, dict):
         parser.error(f"--config {path} must hold a JSON object of option values, not a {type(values).__name__}")

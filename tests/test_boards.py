@@ -583,6 +583,7 @@ GOOD_ENGINE = {"rows": 2, "cols": 2, "resident": "weights"}
     (json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2}}), r"field 'engine.resident' .* is missing"),
     (json.dumps({"pll_mhz": 0, "engine": GOOD_ENGINE}), r"field 'pll_mhz' .* must be a finite number > 0, not 0"),
     (json.dumps({"pll_mhz": "24", "engine": GOOD_ENGINE}), r"field 'pll_mhz' .* must be a finite number > 0, not '24'"),
+    ("[" * 100_000 + "]" * 100_000, r"is not a build report: its arrays and objects nest too deeply to read"),
     (json.dumps({"pll_mhz": 24.0, "engine": {**GOOD_ENGINE, "rows": 0}}),
      r"field 'engine.rows' .* must be an integer in 1\.\.256, not 0"),
     (json.dumps({"pll_mhz": 24.0, "engine": {**GOOD_ENGINE, "resident": "some"}}),
