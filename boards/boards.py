@@ -21,6 +21,11 @@ RAM_BLOCK_BITS = {"ice40": {"EBR": 4096, "SPRAM": 262144}, "ecp5": {"EBR": 18432
 # The link bridge's frame buffer in bytes: one block RAM in its byte-wide shape.
 LINK_PAYLOAD = {"ice40": 512, "ecp5": 2048}
 
+# The outputs (MHz) the PLL of each family may be asked for (icepll's and ecppll's ranges) and how far from the
+# request the clock it makes may be (boards.clock.pll_plan): every build report's pll_mhz is within both.
+PLL_OUTPUT_MHZ = {"ice40": (16, 275), "ecp5": (10, 400)}
+PLL_TOLERANCE = 0.01
+
 # Baud rates the host link may use, fastest first; `uart_baud` picks one per board and clock.
 BAUD_RATES = (3_000_000, 2_000_000, 1_500_000, 1_000_000, 921_600, 500_000, 460_800, 230_400, 115_200)
 

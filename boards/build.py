@@ -28,7 +28,7 @@ from pathlib import Path
 from hw.flip_flops import KEEP_OWN_FLIP_FLOPS
 from hw.memories import UNDEFINED_COLLISIONS
 
-from .boards import Board, get_board
+from .boards import PLL_TOLERANCE, Board, get_board
 from .placements import Placed, place_and_route
 from .report import parse_build, read_worst_paths
 from .stages import PROGRESS_SECONDS, BuildError, plan_stages, run_stages
@@ -118,7 +118,7 @@ def toolchain_env(environ=None) -> dict:
 
 
 def build(top_factory, board: Board | str, target_mhz: float | None = None, build_dir=None,
-          *, name: str = "top", tolerance: float = 0.01, seed: int | None = None, placer: str | None = None,
+          *, name: str = "top", tolerance: float = PLL_TOLERANCE, seed: int | None = None, placer: str | None = None,
           router: str | None = None, placements: int | None = None, deadline: float | None = None,
           progress_every: float | None = PROGRESS_SECONDS) -> BuildResult:
     """Build ``top_factory(platform, clk_hz)`` for ``board`` at ``target_mhz`` (default: the

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from hw.cli import ARRAY_SIZE, MULTIPLY_COLS
 from hw.residency import RESIDENCY
-from lcq_train.arguments import nonnegative_int, positive_float, positive_int
+from lcq_train.arguments import FloatRange, nonnegative_int, positive_float, positive_int
 from lcq_train.json_text import parse_json
 
-from .boards import BOARDS, get_board
+from .boards import BOARDS, PLL_OUTPUT_MHZ, PLL_TOLERANCE, get_board
 from .build import PLACERS, ROUTERS
 
 MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.protocol.LinkMode's labels)
@@ -177,9 +177,13 @@ def network_report(model, network) -> dict:
             "vector": params.vector.describe(), "memory_bits": params.memory_bits()}
 
 
+# The clocks (MHz) `lcq build` writes as pll_mhz: what a PLL of the boards' families makes.
+PLL_MHZ = FloatRange(min(lo for lo, _ in PLL_OUTPUT_MHZ.values()) * (1 - PLL_TOLERANCE),
+                     max(hi for _, hi in PLL_OUTPUT_MHZ.values()) * (1 + PLL_TOLERANCE))
+
 # What `lcq run` and `lcq flash` read of a build's report.json: (dotted field, rule of its value, what it is).
 REPORT_FIELDS = {
-    "pll_mhz": (positive_float, "the clock of the flashed design, which sets the baud rate"),
+    "pll_mhz": (PLL_MHZ, "the clock of the flashed design, which sets the baud rate"),
     "mode": (MODES, "what the flashed design runs: the whole network or one layer at a time"),
     "network.rows": (ARRAY_SIZE, "the PE array rows of the flashed network core"),
     "network.cols": (ARRAY_SIZE, "the PE array columns of the flashed network core"),

@@ -15,7 +15,7 @@ from amaranth.hdl import ClockSignal, Elaboratable, Instance, Module, Signal
 from amaranth.lib import io
 from amaranth.lib.cdc import ResetSynchronizer
 
-from .boards import Board
+from .boards import PLL_OUTPUT_MHZ, PLL_TOLERANCE, Board
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,9 @@ def ice40_pll(input_mhz: float, output_mhz: float) -> PLLPlan:
     """
     if not 10 <= input_mhz <= 133:
         raise ValueError(f"iCE40 PLL input {input_mhz} MHz is outside 10..133 MHz")
-    if not 16 <= output_mhz <= 275:
-        raise ValueError(f"iCE40 PLL output {output_mhz} MHz is outside 16..275 MHz; ask for a clock in that range")
+    lo, hi = PLL_OUTPUT_MHZ["ice40"]
+    if not lo <= output_mhz <= hi:
+        raise ValueError(f"iCE40 PLL output {output_mhz} MHz is outside {lo}..{hi} MHz; ask for a clock in that range")
     best = None
     for divr in range(16):
         f_pfd = input_mhz / (divr + 1)
@@ -69,8 +70,9 @@ def ecp5_pll(input_mhz: float, output_mhz: float) -> PLLPlan:
     """
     if not 8 <= input_mhz <= 400:
         raise ValueError(f"ECP5 PLL input {input_mhz} MHz is outside 8..400 MHz")
-    if not 10 <= output_mhz <= 400:
-        raise ValueError(f"ECP5 PLL output {output_mhz} MHz is outside 10..400 MHz; ask for a clock in that range")
+    lo, hi = PLL_OUTPUT_MHZ["ecp5"]
+    if not lo <= output_mhz <= hi:
+        raise ValueError(f"ECP5 PLL output {output_mhz} MHz is outside {lo}..{hi} MHz; ask for a clock in that range")
     f32 = np.float32
     ref, fb, out = np.meshgrid(np.arange(1, 129, dtype=f32), np.arange(1, 81, dtype=f32),
                                np.arange(1, 129, dtype=f32), indexing="ij")
@@ -88,7 +90,7 @@ def ecp5_pll(input_mhz: float, output_mhz: float) -> PLLPlan:
     return PLLPlan("ecp5", input_mhz * 1e6, output_mhz * 1e6, float(fout) * 1e6, params)
 
 
-def pll_plan(board: Board, target_mhz: float, tolerance: float = 0.01) -> PLLPlan:
+def pll_plan(board: Board, target_mhz: float, tolerance: float = PLL_TOLERANCE) -> PLLPlan:
     """The PLL settings for ``board`` at ``target_mhz``; ``ValueError`` when the nearest reachable
     frequency is more than ``tolerance`` (relative) away."""
     make = ice40_pll if board.family == "ice40" else ecp5_pll

@@ -7,6 +7,8 @@ tolerates about 4% between the two ends, and the host's USB-serial bridge has an
 of its own.
 """
 
+import math
+
 MIN_DIVISOR = 4  # the receiver samples mid-bit, two synchronizer cycles behind the line
 BAUD_TOLERANCE = 0.01
 
@@ -19,8 +21,8 @@ def baud_divisor(clk_freq, baud) -> int:
     :data:`MIN_DIVISOR` cycles per bit.
     """
     for name, value in (("Clock frequency", clk_freq), ("Baud rate", baud)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive number, not {value!r}")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+            raise ValueError(f"{name} must be a finite number > 0, not {value!r}")
     divisor = round(clk_freq / baud)
     if divisor < MIN_DIVISOR:
         raise ValueError(f"Baud rate {baud!r} needs at least {MIN_DIVISOR} clock cycles per "

@@ -581,8 +581,11 @@ GOOD_ENGINE = {"rows": 2, "cols": 2, "resident": "weights"}
            r"the baud rate\) is missing"),
     (json.dumps({"pll_mhz": 24.0}), r"field 'engine.rows' \(the PE array rows of the flashed engine\) is missing"),
     (json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2}}), r"field 'engine.resident' .* is missing"),
-    (json.dumps({"pll_mhz": 0, "engine": GOOD_ENGINE}), r"field 'pll_mhz' .* must be a finite number > 0, not 0"),
-    (json.dumps({"pll_mhz": "24", "engine": GOOD_ENGINE}), r"field 'pll_mhz' .* must be a finite number > 0, not '24'"),
+    (json.dumps({"pll_mhz": 0, "engine": GOOD_ENGINE}), r"field 'pll_mhz' .* must be a number in \[9\.9, 404\], not 0"),
+    (json.dumps({"pll_mhz": "24", "engine": GOOD_ENGINE}),
+     r"field 'pll_mhz' .* must be a number in \[9\.9, 404\], not '24'"),
+    (json.dumps({"pll_mhz": 1e308, "engine": GOOD_ENGINE}),        # not an OverflowError of the baud divisor
+     r"field 'pll_mhz' .* must be a number in \[9\.9, 404\], not 1e\+308"),
     ("[" * 100_000 + "]" * 100_000, r"is not a build report: its arrays and objects nest too deeply to read"),
     (json.dumps({"pll_mhz": 24.0, "engine": {**GOOD_ENGINE, "rows": 0}}),
      r"field 'engine.rows' .* must be an integer in 1\.\.256, not 0"),

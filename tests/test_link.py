@@ -79,8 +79,11 @@ def test_baud_divisor():
         baud_divisor(50e6, 3e6)                 # the rate the ULX3S at 50 MHz must not use (test_uart_baud)
     with pytest.raises(ValueError, match=r"needs at least 4 clock cycles per bit"):
         baud_divisor(8e6, 3e6)
-    with pytest.raises(ValueError, match=r"Baud rate must be a positive number, not 0"):
+    with pytest.raises(ValueError, match=r"Baud rate must be a finite number > 0, not 0"):
         baud_divisor(12e6, 0)
+    for clock in (float("inf"), float("nan")):          # not an OverflowError from round(), nor a divisor
+        with pytest.raises(ValueError, match=rf"Clock frequency must be a finite number > 0, not {clock}"):
+            baud_divisor(clock, 3e6)
 
 
 def receiver(rx, received):
