@@ -70,7 +70,8 @@ def add_parsers(sub) -> dict:
     p.add_argument("--board", required=True, metavar="NAME", choices=BOARDS, help=f"one of: {boards}")
     p.add_argument("--port", required=True, metavar="PORT", help="serial port of the board, e.g. /dev/ttyUSB1")
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR", help="dataset directory (not for digits)")
-    p.add_argument("--inputs", metavar="NPZ", help="images (uint8, N x C x H x W) and labels from this .npz instead "
+    p.add_argument("--inputs", metavar="NPZ", help="images (uint8, N x C x H x W) and labels (N integer classes) "
+                                                  "from this .npz (numpy.savez(NPZ, images=..., labels=...)) instead "
                                                   "of the model's test set; needs numpy only, not the trainer's torch")
     p.add_argument("--images", type=positive_int, default=100, metavar="N", help="first N test images, N >= 1")
     p.add_argument("--report", metavar="FILE", help="the build's report.json (default: build/<board>/report.json): "
@@ -314,17 +315,9 @@ def _test_images(args, model) -> tuple:
 
         data = load_dataset(model.source.get("dataset", "digits"), args.data_dir)
         return data.test_x[:args.images].numpy(), data.test_y[:args.images].numpy()
-    import numpy as np
+    from .inputs import read_inputs
 
-    with np.load(args.inputs, allow_pickle=False) as f:
-        if "images" not in f or "labels" not in f:
-            raise ValueError(f"{args.inputs} must hold arrays 'images' and 'labels', not {sorted(f.files)}")
-        images, labels = f["images"][:args.images], f["labels"][:args.images]
-    shape = tuple(model.input.shape)
-    if images.dtype != np.uint8 or images.shape[1:] != shape or labels.shape != images.shape[:1]:
-        raise ValueError(f"{args.inputs}: images must be uint8 of shape (N, {', '.join(map(str, shape))}) with one "
-                         f"label each, not {images.dtype} {images.shape} and labels {labels.shape}")
-    return images, labels.astype(np.int64)
+    return read_inputs(args.inputs, args.images, model.input.shape, model.num_classes)
 
 
 def closing_frequency(board, fmax_mhz: float) -> float:

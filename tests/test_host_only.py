@@ -3,6 +3,7 @@ machine with only numpy and pyserial. Checked in a fresh interpreter where impor
 third-party packages of the other stages (and, for the host modules, the trainer) fails."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ sys.meta_path.insert(0, Block())
 
 RUN = BLOCKER + """
 import json
+import re
 import boards.link_host, boards.runtime, boards.traffic, hw.protocol
 from compiler.reference import predict
 from lcq.cli import main
@@ -107,3 +109,61 @@ def test_lcq_run_inputs_are_checked(tmp_path, capsys):
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/null", "--inputs", str(bad),
                  "--report", str(report)]) == 2
     assert "images must be uint8 of shape (N, 1, 8, 8)" in capsys.readouterr().err
+
+
+IMAGES = np.zeros((2, 1, 8, 8), dtype=np.uint8)
+
+
+def _npz(**arrays):
+    return lambda path: np.savez(path, **arrays)
+
+
+def _bytes(data: bytes):
+    return lambda path: path.write_bytes(data)
+
+
+def _npy(path):
+    with path.open("wb") as f:            # (np.save would add .npy to the name)
+        np.save(f, IMAGES)
+
+
+def _truncated_npz(path):
+    np.savez(path, images=IMAGES, labels=np.arange(2))
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize("write, message", [
+    (_npy, r"is a \.npy file \(one array\), not an \.npz"),
+    (_bytes(bytes(range(256)) * 4), r"is not an \.npz file \(it does not start as a zip file does\)"),
+    (_bytes(b""), r"is not an \.npz file"),
+    (_truncated_npz, r"is not an \.npz of plain arrays 'images' and 'labels' \(.+\)"),
+    (_npz(images=IMAGES), r"is not an \.npz of plain arrays 'images' and 'labels' \(it holds arrays \['images'\]\)"),
+    (_npz(images=IMAGES, labels=np.array([1, None], dtype=object)), r"is not an \.npz of plain arrays"),
+    (_npz(images=IMAGES, labels=np.array([0.0, 1.0])), r"labels must be 2 integers, one per image, not float64 \(2,\)"),
+    (_npz(images=IMAGES, labels=np.array([0.5, 9.7])), r"labels must be 2 integers, one per image, not float64"),
+    (_npz(images=IMAGES, labels=np.array([1 + 0j, 2])), r"labels must be 2 integers, one per image, not complex128"),
+    (_npz(images=IMAGES, labels=np.array(["1", "2"])), r"labels must be 2 integers, one per image, not <U1"),
+    (_npz(images=IMAGES, labels=np.array([True, False])), r"labels must be 2 integers, one per image, not bool"),
+    (_npz(images=IMAGES, labels=np.arange(3)), r"labels must be 2 integers, one per image, not int64 \(3,\)"),
+    (_npz(images=IMAGES, labels=np.array([3, 10])), r"label 10 of image 1 is not a class of the model \(0\.\.9\)"),
+    (_npz(images=IMAGES, labels=np.array([-1, 0])), r"label -1 of image 0 is not a class of the model \(0\.\.9\)"),
+    (_npz(images=IMAGES, labels=np.array([2**40, 0])), r"label 1099511627776 of image 0 is not a class"),
+    (_npz(images=np.zeros((0, 1, 8, 8), np.uint8), labels=np.arange(0)),
+     r"images must be uint8 of shape \(N, 1, 8, 8\), N >= 1, not uint8 \(0, 1, 8, 8\)"),
+    (_npz(images=np.uint8(3), labels=np.arange(1)),
+     r"images must be uint8 of shape \(N, 1, 8, 8\), N >= 1, not uint8 \(\)"),
+])
+def test_lcq_run_takes_only_the_inputs_its_help_describes(tmp_path, capsys, write, message):
+    """--inputs: an .npz of uint8 images and one integer class of the model per image, nothing else, named."""
+    from lcq.cli import main
+
+    inputs = tmp_path / "inputs.npz"
+    write(inputs)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(REPORTS["layers"]))
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/null", "--inputs", str(inputs),
+                 "--report", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lcq run: error: {inputs}") and re.search(message, err), err
+    assert "--inputs takes an .npz file of arrays 'images' (uint8, N x 1 x 8 x 8) and 'labels' (N integers in 0..9)" \
+        in err
