@@ -231,6 +231,9 @@ def cmd_plot(args) -> int:
             raise
         print(f"lcq plot: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:                # a run that cannot be read, a PNG that cannot be written
+        print(f"lcq plot: error: {e}", file=sys.stderr)
+        return 2
     for path in written:
         print(path)
     return 0

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .calibrate import activation_codes
 from .checkpoint import load_checkpoint
+from .factory import model_from_checkpoint
 from .metrics import read_metrics
-from .plan import QuantPlan
 from .quant import compander, expand_levels, level_scale
 
 EXTRA_HINT = "pip install -e '.[plot]' (or pip install 'matplotlib>=3.7')"
@@ -48,6 +49,15 @@ def _figure_class():
     return figure
 
 
+def _save_png(fig, path: Path) -> Path:
+    """``fig`` as a PNG at ``path``, written atomically: a failed write leaves the previous file as it was."""
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    except OSError as e:
+        raise OSError(f"cannot write {path} ({e}); any previous {path.name} is left as it was") from None
+    return path
+
+
 def load_run(run_dir: str | Path) -> tuple[dict, dict]:
     """The checkpoint state and the metrics (``metrics.json``, else the checkpoint's) of a run directory
     (or of a checkpoint file)."""
@@ -59,16 +69,6 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict]:
     metrics_path = ckpt.parent / "metrics.json"
     metrics = read_metrics(metrics_path) if metrics_path.is_file() else state["metrics"]
     return state, metrics
-
-
-def rebuild_model(state: dict) -> torch.nn.Module:
-    """The run's model with its quantizers and trained state, in eval mode."""
-    from .train import build_quantized_model
-
-    model = build_quantized_model(state["config"]["model"], state["input_shape"], state["num_classes"],
-                                  QuantPlan.from_dict(state["plan"]))
-    model.load_state_dict(state["model"])
-    return model.eval()
 
 
 def quantizer_curves(q, points: int = 2001) -> dict:
@@ -169,9 +169,7 @@ def plot_quantizers(model, out: Path, figure) -> list[Path]:
                 all_curves.append((f"{tensor}", what, c))
         seen_acts.add(act_name)
         fig.suptitle(f"layer {name}")
-        path = out / f"quantizer-{_filename(name)}.png"
-        fig.savefig(path, dpi=100)
-        written.append(path)
+        written.append(_save_png(fig, out / f"quantizer-{_filename(name)}.png"))
     if all_curves:
         fig = figure(figsize=(11, 5), layout="constrained")
         axes = fig.subplots(1, 2)
@@ -182,9 +180,7 @@ def plot_quantizers(model, out: Path, figure) -> list[Path]:
             ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
             ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="v", ylabel="f(v)", title=f"companders of the {what}")
             ax.legend(fontsize=6, ncol=2, loc="lower right")
-        path = out / "companders.png"
-        fig.savefig(path, dpi=100)
-        written.append(path)
+        written.append(_save_png(fig, out / "companders.png"))
     return written
 
 
@@ -210,9 +206,7 @@ def plot_curves(metrics: dict, out: Path, figure) -> Path | None:
     plan = cfg.get("plan", {})
     bits = "" if plan.get("method") == "fp" else f" W{plan.get('wbits')}/A{plan.get('abits')}"
     fig.suptitle(f"{cfg.get('model')} on {cfg.get('dataset')}, {plan.get('method')}{bits}")
-    path = out / "curves.png"
-    fig.savefig(path, dpi=100)
-    return path
+    return _save_png(fig, out / "curves.png")
 
 
 def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int) -> Path | None:
@@ -232,9 +226,7 @@ def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int) 
     for ax in axes[n:]:
         ax.set_axis_off()
     fig.suptitle(f"activation codes on {images} training images (share of elements per code)")
-    path = out / "activation-codes.png"
-    fig.savefig(path, dpi=100)
-    return path
+    return _save_png(fig, out / "activation-codes.png")
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: str | None = None,
@@ -256,7 +248,10 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: st
     if state["plan"]["method"] == "fp":
         log(f"{run_dir} is a full-precision run: no quantizers to draw, training curves only")
         return written
-    model = rebuild_model(state)
+    try:
+        model = model_from_checkpoint(state)
+    except ValueError as e:                 # weights that do not fit the model, a user model's factory
+        raise ValueError(f"{run_dir}: {e}") from None
     written += plot_quantizers(model, out, figure)
     if images > 0:
         from .data import DatasetError, load_dataset

@@ -1,6 +1,7 @@
 """``lcq plot``: PNGs of a tiny run (the small CNN, one epoch on the digits); matplotlib is the ``plot`` extra."""
 
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,10 +42,11 @@ def test_plot_writes_companders_curves_and_codes(runs, tmp_path, capsys):
 def test_quantizer_curves_follow_the_quantizer(runs):
     from lcq_train.checkpoint import load_checkpoint
     from lcq_train.calibrate import activation_codes
-    from lcq_train.plot import quantized_layers, quantizer_curves, rebuild_model
+    from lcq_train.factory import model_from_checkpoint
+    from lcq_train.plot import quantized_layers, quantizer_curves
 
     _, lcq = runs
-    model = rebuild_model(load_checkpoint(lcq / "checkpoint.pt"))
+    model = model_from_checkpoint(load_checkpoint(lcq / "checkpoint.pt"))
     _, wq, _, aq = [row for row in quantized_layers(model) if row[0] == "conv1"][0]
     with torch.no_grad():
         aq.theta.copy_(torch.linspace(-1.0, 1.0, aq.theta.numel()))      # a compander far from the identity
@@ -97,3 +99,43 @@ def test_plot_of_a_run_whose_metrics_json_lcq_did_not_write(runs, tmp_path, caps
     err = capsys.readouterr().err
     assert f"{run / 'metrics.json'} " in err and "epoch 1's 'train_loss' is None, not a number" in err
     assert not (tmp_path / "png").exists()
+
+
+def test_plot_of_a_checkpoint_whose_weights_do_not_fit_its_model(runs, tmp_path, capsys):
+    import shutil
+
+    from lcq_train.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[1], run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    del state["sha256"]
+    state["model"]["conv1.weight"] = torch.zeros(3)
+    save_checkpoint(state, run / "checkpoint.pt")
+    assert main(["plot", str(run), "--out", str(tmp_path / "png"), "--images", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lcq plot: error: {run}: the model 'cnn' no longer fits the weights saved in the checkpoint "
+                          "(size mismatch for conv1.weight") and "Traceback" not in err, err
+
+
+def test_a_png_that_cannot_be_written_leaves_the_previous_one(runs, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    from matplotlib.figure import Figure
+
+    fp, _ = runs
+    assert main(["plot", str(fp), "--out", str(tmp_path)]) == 0
+    before = (tmp_path / "curves.png").read_bytes()
+    capsys.readouterr()
+
+    def disk_full(self, fname, *args, **kwargs):       # the first bytes of a PNG, then the disk is full
+        if hasattr(fname, "write"):
+            fname.write(PNG)
+        else:
+            Path(fname).write_bytes(PNG)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    assert main(["plot", str(fp), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"lcq plot: error: cannot write {tmp_path / 'curves.png'} ([Errno 28] No space left on device)" in err
+    assert (tmp_path / "curves.png").read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
