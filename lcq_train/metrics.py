@@ -11,9 +11,10 @@ the highest. Other keys (``layers``, ``environment``, ...) are kept as they are:
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
+
+from .json_text import parse_json
 
 ROW_NUMBERS = {"train_loss": "a number", "test_loss": "a number", "train_top1": "a percentage",
                "test_top1": "a percentage", "lr": "a finite number >= 0", "time_s": "a finite number >= 0"}
@@ -70,10 +71,11 @@ def read_metrics(path: str | Path) -> dict:
     """The history in the metrics.json at ``path``; MetricsError if it is not one ``lcq train`` wrote."""
     path = Path(path)
     try:
-        metrics = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MetricsError(f"{path} is not JSON ({e}); it is not a metrics.json that lcq train wrote: restore it "
-                           "or delete it (the run's checkpoint.pt holds the same history)") from None
+        metrics = parse_json(path.read_text())
+    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
+        why = f"it is not JSON ({e})" if isinstance(e, UnicodeDecodeError) else e
+        raise MetricsError(f"{path}: {why}; it is not a metrics.json that lcq train wrote: restore it or delete it "
+                           "(the run's checkpoint.pt holds the same history)") from None
     problem = metrics_problem(metrics)
     if problem:
         raise MetricsError(f"{path} {problem}; it is not a metrics.json that lcq train wrote: restore it or delete "

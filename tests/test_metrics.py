@@ -64,8 +64,14 @@ def test_read_metrics_names_the_file_and_the_fix(tmp_path):
                                            r"metrics.json that lcq train wrote: restore it or delete it"):
         read_metrics(path)
     path.write_bytes(b'{"epochs": [')
-    with pytest.raises(MetricsError, match="metrics.json is not JSON"):
+    with pytest.raises(MetricsError, match="metrics.json: it is not JSON"):
         read_metrics(path)
     path.write_bytes(b"\xff\xfe")
-    with pytest.raises(MetricsError, match="metrics.json is not JSON"):
+    with pytest.raises(MetricsError, match="metrics.json: it is not JSON"):
+        read_metrics(path)
+    path.write_text('{"epochs": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(MetricsError, match="metrics.json: its arrays and objects nest too deeply"):
+        read_metrics(path)
+    path.write_text('{"config": {}, "epochs": [], "x": ' + "9" * 5000 + "}")
+    with pytest.raises(MetricsError, match="metrics.json: it holds an integer of more than"):
         read_metrics(path)
