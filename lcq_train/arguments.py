@@ -22,7 +22,8 @@ import argparse
 import math
 
 __all__ = ["IntRange", "FloatRange", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
-           "probability", "torch_device", "device_problem", "default_device"]
+           "probability", "learning_rate", "quantizer_rate", "decay_rate", "torch_device", "device_problem",
+           "default_device"]
 
 
 class IntRange:
@@ -121,6 +122,10 @@ nonnegative_int = IntRange(0)
 positive_float = FloatRange(0.0, lo_open=True)
 nonnegative_float = FloatRange(0.0)
 probability = FloatRange(0.0, 1.0)
+# the trainer's rates (its float32 parameters overflow long before 1e38; no SGD setting needs more)
+learning_rate = FloatRange(0.0, 1000.0, lo_open=True)       # --lr
+quantizer_rate = FloatRange(0.0, 1000.0)                    # --q-lr (0: quantizers frozen)
+decay_rate = probability                                    # --weight-decay
 
 
 def device_problem(name: str) -> str | None:

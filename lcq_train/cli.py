@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import nonnegative_float, nonnegative_int, positive_float, positive_int, torch_device
+from .arguments import (decay_rate, learning_rate, nonnegative_float, nonnegative_int, positive_int, quantizer_rate,
+                        torch_device)
 from .calibrate import CLIP_INITS
 from .data import DATASETS
 from .factory import MODEL, is_factory
@@ -51,9 +52,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=positive_int, default=10,
                    help="epochs of the run (with --resume: omit to finish the saved run, more to extend it)")
     p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--lr", type=positive_float, default=None, help="weight learning rate (default 0.1 fp, 0.04 quantized)")
-    p.add_argument("--q-lr", type=nonnegative_float, default=0.02, help="quantizer (alpha, theta) learning rate")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=1e-4)
+    p.add_argument("--lr", type=learning_rate, default=None, help="weight learning rate (default 0.1 fp, 0.04 quantized)")
+    p.add_argument("--q-lr", type=quantizer_rate, default=0.02, help="quantizer (alpha, theta) learning rate")
+    p.add_argument("--weight-decay", type=decay_rate, default=1e-4)
     p.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0)
     p.add_argument("--clip-init", choices=CLIP_INITS, default="mse",
                    help="initial clip values: mse = per quantizer, the clip whose uniform quantizer has the least "
@@ -174,7 +175,8 @@ def train_config(args: argparse.Namespace):
              "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "q_lr": args.q_lr,
              "weight_decay": args.weight_decay, "momentum": TrainConfig.momentum, "warmup_epochs": args.warmup_epochs,
              "augment": args.augment, "clip_init": args.clip_init, "bn_batches": args.bn_batches,
-             "init": args.init, "seed": args.seed, "device": args.device, "out": args.out,
+             "init": str(Path(args.init).absolute()) if args.init else None,      # (a resume from elsewhere: the same)
+             "seed": args.seed, "device": args.device, "out": args.out,
              "resume": args.resume, "progress": args.progress}
     given = getattr(args, "given", None)
     checkpoint = Path(args.out) / "checkpoint.pt"
@@ -187,7 +189,7 @@ def train_config(args: argparse.Namespace):
         raise ValueError(f"{checkpoint} holds a run of the user model {saved['model']!r}; continuing it imports and "
                          f"runs that code, which a checkpoint alone never does: pass --model {saved['model']} to "
                          "confirm")
-    check_continues(checkpoint, saved, asked, given)
+    check_continues(checkpoint, saved, TrainConfig.from_dict(asked).to_dict(), given)   # (both by one rule)
     merged = {name: asked[name] if name in given or name in ("out", "resume", "progress") else saved[name]
               for name in asked if name != "plan"}
     merged["plan"] = {name: plan[name] if name in given else saved["plan"][name] for name in plan}
@@ -195,10 +197,10 @@ def train_config(args: argparse.Namespace):
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .train import process_rank, train
 
     metrics = train(train_config(args), finished_ok=False)
-    if "test_top1" in metrics:
+    if "test_top1" in metrics and process_rank() == 0:          # (other processes evaluate nothing)
         print(f"test top-1: {metrics['test_top1']:.2f}%  ({args.out}/checkpoint.pt, {args.out}/metrics.json)")
     return 0
 

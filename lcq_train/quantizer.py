@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arguments import IntRange, positive_float
+from .arguments import FloatRange, IntRange
 from .quant import lcq_codes, lcq_quantize, level_scale, level_table, uniform_codes, uniform_quantize
 from .quant_device import QuantizerTables, apply_tables
 
@@ -20,7 +20,7 @@ MAX_K = 1024                         # compander intervals K
 BITS = IntRange(MIN_BITS, MAX_BITS)                     # --wbits, --abits, --edge-bits, per-layer bits
 OUTER_BITS = IntRange(MIN_BITS, MAX_OUTER_BITS, also=(0,))   # --outer-bits (0: no outer re-quantization)
 INTERVALS = IntRange(1, MAX_K)                          # --K
-CLIP = positive_float                                   # --alpha-w, --alpha-a (initial clip values)
+CLIP = FloatRange(0.0, 1e6, lo_open=True)               # --alpha-w, --alpha-a (initial clip values)
 WEIGHT_NORMS = ("lwn", "standardize")                   # --weight-norm
 
 

@@ -11,6 +11,7 @@ DistributedDataParallel, one process per GPU (gloo on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -28,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .arguments import (FloatRange, IntRange, default_device, device_problem, nonnegative_float, nonnegative_int,
-                        positive_float, positive_int)
+from .arguments import (FloatRange, IntRange, decay_rate, default_device, device_problem, learning_rate,
+                        nonnegative_float, nonnegative_int, positive_int, quantizer_rate)
 from .calibrate import CLIP_INITS, activation_codes, calibrate_clips, code_shares, reestimate_bn
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, save_json
 from .data import DATASETS, load_dataset
@@ -37,6 +38,7 @@ from .loader import batches
 from .factory import build_user_model, is_factory, normalize_model
 from .models import build_model
 from .plan import QuantPlan, apply_plan, layer_bits, quantizer_parameters
+from .run_lock import LOCK_NAME, run_lock
 from .training_state import optimizer_state_problem, scheduler_state_problem
 
 SEED = IntRange(0, 2**32 - 1)        # what numpy's generator accepts
@@ -86,9 +88,9 @@ class TrainConfig:
         positive_int.check(self.epochs, "epochs")
         positive_int.check(self.batch_size, "batch_size")
         if self.lr is not None:
-            positive_float.check(self.lr, "lr")
-        nonnegative_float.check(self.q_lr, "q_lr")
-        nonnegative_float.check(self.weight_decay, "weight_decay")
+            learning_rate.check(self.lr, "lr")
+        quantizer_rate.check(self.q_lr, "q_lr")
+        decay_rate.check(self.weight_decay, "weight_decay")
         MOMENTUM.check(self.momentum, "momentum")
         nonnegative_float.check(self.warmup_epochs, "warmup_epochs")
         if self.warmup_epochs > self.epochs:
@@ -182,8 +184,6 @@ def _load_init(model: nn.Module, path: str) -> None:
 def _check_out_dir(out: Path, resume: bool) -> None:
     """``--out`` holds the run to resume (``resume``), or is new or empty: nothing there is overwritten."""
     ckpt_path = out / "checkpoint.pt"
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} is a file; pass a directory")
     if resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: {out} holds no checkpoint.pt to continue; drop --resume to start "
@@ -191,13 +191,17 @@ def _check_out_dir(out: Path, resume: bool) -> None:
         return
     if ckpt_path.exists():
         raise FileExistsError(f"{ckpt_path} exists; pass --resume to continue that run or choose another --out")
-    temporary = (".checkpoint.pt.", ".metrics.json.")        # left by a crash inside atomic_write
-    others = sorted(p.name for p in out.iterdir() if not (p.name.startswith(temporary) and p.name.endswith(".tmp"))) \
+    others = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME and p not in _temporaries(out)) \
         if out.is_dir() else []
     if others:
         raise FileExistsError(f"--out {out} is not empty and holds no run of lcq train (no checkpoint.pt; it holds "
                               f"{others[:5]}{' ...' if len(others) > 5 else ''}); choose a new or empty directory, "
                               "so that nothing there is overwritten")
+
+
+def _temporaries(out: Path) -> list[Path]:
+    """The temporary files a run killed inside :func:`~lcq_train.atomic.atomic_write` left in ``out``."""
+    return [p for stem in ("checkpoint.pt", "metrics.json") for p in out.glob(f".{stem}.*.tmp")]
 
 
 def _option(name: str) -> str:
@@ -227,8 +231,12 @@ def check_continues(ckpt_path: Path, saved: dict, asked: dict, given=None) -> No
 
 
 def _resume_state(ckpt_path: Path, cfg: TrainConfig, finished_ok: bool) -> tuple[dict, TrainConfig]:
-    """The checkpoint to resume and the saved run's config, after checking that ``cfg`` continues it."""
+    """The checkpoint to resume and the saved run's config, after checking that ``cfg`` continues it. The
+    run's metrics.json is rewritten from the checkpoint's history (a run killed between writing the two
+    left it an epoch behind)."""
     state = load_checkpoint(ckpt_path)
+    if process_rank() == 0:
+        save_json(state["metrics"], ckpt_path.parent / "metrics.json")
     saved = TrainConfig.from_dict(state["config"])
     check_continues(ckpt_path, saved.to_dict(), cfg.to_dict())
     done = state["epoch"]
@@ -240,6 +248,11 @@ def _resume_state(ckpt_path: Path, cfg: TrainConfig, finished_ok: bool) -> tuple
                          f"{state['metrics']['test_top1']:.2f}%): nothing to train. Pass --epochs N with N > {done} "
                          "to extend it, or choose another --out for a new run")
     return state, saved
+
+
+def process_rank() -> int:
+    """This process's rank, from the launcher's environment (0 without one), before any process group."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -265,13 +278,24 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     RECIPE settings must equal ``cfg``'s (ValueError lists the differences), and ``cfg.epochs``
     larger than the saved run's extends it (said on stdout). A resumed run that has already
     finished its epochs returns its saved metrics, or with ``finished_ok=False`` (``lcq train``)
-    raises ValueError: nothing to train is an error there.
+    raises ValueError: nothing to train is an error there. The writing process holds OUT's lock
+    (:mod:`lcq_train.run_lock`) throughout: a second training there is refused at once.
     """
     if cfg.device is not None and device_problem(cfg.device):
         raise ValueError(f"--device {cfg.device}: {device_problem(cfg.device)}")
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass a directory")
+    with run_lock(out) if process_rank() == 0 else contextlib.nullcontext():
+        return _train(cfg, out, finished_ok)
+
+
+def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
     ckpt_path = out / "checkpoint.pt"
     _check_out_dir(out, cfg.resume)
+    if process_rank() == 0:
+        for path in _temporaries(out):          # no other lcq train writes here (the lock): left by a killed one
+            path.unlink()
     resume_state, saved = _resume_state(ckpt_path, cfg, finished_ok) if cfg.resume else (None, None)
     if resume_state is not None and resume_state["epoch"] >= cfg.epochs:
         return resume_state["metrics"]
@@ -327,7 +351,7 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     if resume_state is not None:
         problems = {"optimizer": optimizer_state_problem(resume_state["optimizer"], optimizer),
                     "scheduler": scheduler_state_problem(resume_state["scheduler"], scheduler,
-                                                         cfg.epochs * steps_per_epoch),
+                                                         resume_state["epoch"] * steps_per_epoch),
                     "layers": None if resume_state["layers"] == metrics["layers"] else
                     f"are {resume_state['layers']}, where this run's model and plan give {metrics['layers']}"}
         for what, problem in problems.items():

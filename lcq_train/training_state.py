@@ -4,8 +4,8 @@ the ones the resumed run builds from its (already checked) config before torch l
 torch's ``load_state_dict`` takes what it is given (a scheduler copies every key onto itself), so a state
 this lcq did not write would crash the run inside torch, an epoch later, or quietly train with other
 settings. The rule is the writer's: the same keys as the fresh state, every hyperparameter equal to the
-fresh one (the config sets them all), a momentum buffer of its parameter's shape and dtype, and a
-schedule position within the schedule (the learning rates themselves the trainer recomputes from it).
+fresh one (the config sets them all), a momentum buffer of its parameter's shape and dtype, and the
+schedule at the step the checkpoint's epochs end on (the learning rates the trainer recomputes from it).
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ def optimizer_state_problem(saved, optimizer: torch.optim.Optimizer) -> str | No
     return None
 
 
-def scheduler_state_problem(saved, scheduler: torch.optim.lr_scheduler.LRScheduler, total_steps: int) -> str | None:
-    """What makes ``saved`` other than a state dict of ``scheduler`` (as built for this run, ``total_steps``
-    steps long) that training wrote; None when nothing does."""
+def scheduler_state_problem(saved, scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> str | None:
+    """What makes ``saved`` other than a state dict of ``scheduler`` (as built for this run) that training
+    wrote after ``steps`` steps (the checkpoint's epochs times this run's steps per epoch); None when
+    nothing does."""
     fresh = scheduler.state_dict()
     if not isinstance(saved, dict) or set(saved) != set(fresh):
         return f"is not a state dict with exactly the keys {sorted(fresh)}"
@@ -67,8 +68,9 @@ def scheduler_state_problem(saved, scheduler: torch.optim.lr_scheduler.LRSchedul
         if key not in _CHANGING_SCHEDULER_KEYS and (saved[key] != want or type(saved[key]) is not type(want)):
             return f"has {key} {saved[key]!r}, where this run's settings give {want!r}"
     step = saved["last_epoch"]
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= total_steps:
-        return f"has last_epoch {step!r}, not a step 0..{total_steps} of this run's schedule"
+    if isinstance(step, bool) or not isinstance(step, int) or step != steps:
+        return (f"has last_epoch {step!r}, not the {steps} steps its epochs take here (the training images, "
+                "the batch size and the number of processes set the steps per epoch: resume with the run's)")
     if saved["_step_count"] != step + 1 or isinstance(saved["_step_count"], bool):
         return f"has _step_count {saved['_step_count']!r}, not last_epoch + 1 = {step + 1}"
     lrs = saved["_last_lr"]

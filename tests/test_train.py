@@ -127,17 +127,21 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     ("--epochs", "0", "argument --epochs: must be an integer >= 1, not '0'"),
     ("--epochs", "-1", "argument --epochs: must be an integer >= 1, not '-1'"),
     ("--batch-size", "0", "argument --batch-size: must be an integer >= 1"),
-    ("--lr", "0", "argument --lr: must be a finite number > 0"),
-    ("--lr", "nan", "argument --lr: must be a finite number > 0"),
-    ("--q-lr", "-0.1", "argument --q-lr: must be a finite number >= 0"),
-    ("--weight-decay", "inf", "argument --weight-decay: must be a finite number >= 0"),
+    ("--lr", "0", "argument --lr: must be a number > 0 and <= 1000"),
+    ("--lr", "nan", "argument --lr: must be a number > 0 and <= 1000, not 'nan'"),
+    ("--q-lr", "-0.1", "argument --q-lr: must be a number in [0, 1000]"),
+    ("--weight-decay", "inf", "argument --weight-decay: must be a number in [0, 1]"),
     ("--warmup-epochs", "-1", "argument --warmup-epochs: must be a finite number >= 0"),
     ("--K", "0", "argument --K: must be an integer in 1..1024"),
     ("--wbits", "9", "argument --wbits: must be an integer in 2..8, not '9'"),
     ("--abits", "1", "argument --abits: must be an integer in 2..8"),
     ("--edge-bits", "three", "argument --edge-bits: must be an integer in 2..8, not 'three'"),
     ("--outer-bits", "17", "argument --outer-bits: must be 0 or an integer in 2..16"),
-    ("--alpha-w", "-3", "argument --alpha-w: must be a finite number > 0"),
+    ("--alpha-w", "-3", "argument --alpha-w: must be a number > 0 and <= 1e+06"),
+    ("--alpha-a", "1e39", "argument --alpha-a: must be a number > 0 and <= 1e+06"),
+    ("--lr", "1e39", "argument --lr: must be a number > 0 and <= 1000"),
+    ("--q-lr", "1e39", "argument --q-lr: must be a number in [0, 1000]"),
+    ("--weight-decay", "1e39", "argument --weight-decay: must be a number in [0, 1]"),
     ("--seed", "-1", "argument --seed: must be an integer in 0..4294967295"),
     ("--device", "warp9", "argument --device: 'warp9' is not a device torch knows"),
 ])
@@ -247,3 +251,43 @@ def test_distributed_data_parallel_on_cpu(tmp_path):
 def test_a_warmup_longer_than_the_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="warmup_epochs 1e\\+308 is longer than the run's 2 epochs"):
         _cfg(tmp_path, warmup_epochs=1e308)
+
+
+def test_a_second_training_in_the_same_out_is_refused_while_the_first_runs(tmp_path):
+    from lcq_train.run_lock import run_lock
+
+    with run_lock(tmp_path / "run"):                     # (as another lcq train holds it)
+        with pytest.raises(FileExistsError, match="is in use by another lcq train"):
+            train(_cfg(tmp_path / "run", epochs=1))
+    train(_cfg(tmp_path / "run", epochs=1))              # released: the run starts
+
+
+def test_resume_repairs_a_history_left_behind_and_clears_temporaries(tmp_path):
+    """A run killed between its last checkpoint and its metrics.json, and inside an atomic write."""
+    out = tmp_path / "run"
+    train(_cfg(out, epochs=2))
+    saved = json.loads((out / "metrics.json").read_text())
+    behind = {**saved, "epochs": saved["epochs"][:1], "test_top1": saved["epochs"][0]["test_top1"],
+              "best_test_top1": saved["epochs"][0]["test_top1"]}
+    (out / "metrics.json").write_text(json.dumps(behind))
+    (out / ".checkpoint.pt.x1y2.tmp").write_bytes(b"partial")
+    with pytest.raises(ValueError, match="already finished its 2 epochs"):
+        train(_cfg(out, epochs=2, resume=True), finished_ok=False)
+    assert json.loads((out / "metrics.json").read_text()) == load_checkpoint(out / "checkpoint.pt")["metrics"]
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_resume_takes_the_command_that_started_the_run(tmp_path, monkeypatch):
+    """The same options again (one the config rewrites: --clip-init mse without --init means fixed), and an
+    --init given relative to one directory and absolute from another, name the run's settings."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "1", "--out", "fp", "--no-progress"]) == 0
+    start = ["train", "--method", "lcq", "--clip-init", "mse", "--init", "fp/checkpoint.pt", "--no-progress"]
+    assert main([*start, "--epochs", "1", "--out", "a"]) == 0
+    assert main(["train", "--method", "lcq", "--clip-init", "mse", "--epochs", "1", "--out", "b", "--no-progress"]) == 0
+    assert main(["train", "--method", "lcq", "--clip-init", "mse", "--epochs", "2", "--out", "b", "--resume",
+                 "--no-progress"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", "--method", "lcq", "--init", str(tmp_path / "fp" / "checkpoint.pt"), "--epochs", "2",
+                 "--out", str(tmp_path / "a"), "--resume", "--no-progress"]) == 0
