@@ -25,7 +25,6 @@ import os
 import pickle
 import struct
 import tarfile
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -37,6 +36,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 from PIL import Image
+
+from .atomic import atomic_write
 
 __all__ = ["DATASETS", "DatasetError", "Dataset", "load_dataset"]
 
@@ -544,19 +545,9 @@ def _is_decoded_dataset(arrays: Arrays) -> bool:
 
 
 def _write_npz_atomic(path: Path, arrays: Arrays) -> None:
-    """Write ``arrays`` to ``path`` via a temp file in the same directory and ``os.replace``; warn on failure."""
+    """Write ``arrays`` to ``path`` atomically (:func:`lcq_train.atomic.atomic_write`); a failure only warns
+    (the cache saves time, nothing more)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError as e:
         warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError as e:
-        warnings.warn(f"could not write dataset cache {path}: {e}", stacklevel=3)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
