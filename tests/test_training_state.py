@@ -73,22 +73,16 @@ SCHEDULER_CHANGES = {
 }
 
 
-@pytest.mark.parametrize("label", OPTIMIZER_CHANGES)
-def test_optimizer_states_a_run_never_writes_are_refused(label):
-    change, message = OPTIMIZER_CHANGES[label]
-    opt, _ = _trained()
-    _set(change)(opt)
-    _, _, optimizer, _ = _built()
-    assert message in optimizer_state_problem(opt, optimizer)
-
-
-@pytest.mark.parametrize("label", SCHEDULER_CHANGES)
-def test_scheduler_states_a_run_never_writes_are_refused(label):
-    change, message = SCHEDULER_CHANGES[label]
-    _, sched = _trained()
-    _set(change)(sched)
-    _, _, _, scheduler = _built()
-    assert message in scheduler_state_problem(sched, scheduler, 3)
+@pytest.mark.parametrize("part,label", [("optimizer", k) for k in OPTIMIZER_CHANGES]
+                         + [("scheduler", k) for k in SCHEDULER_CHANGES])
+def test_states_a_run_never_writes_are_refused(part, label):
+    change, message = (OPTIMIZER_CHANGES if part == "optimizer" else SCHEDULER_CHANGES)[label]
+    states = dict(zip(("optimizer", "scheduler"), _trained()))
+    _set(change)(states[part])
+    _, _, optimizer, scheduler = _built()
+    problem = (optimizer_state_problem(states[part], optimizer) if part == "optimizer" else
+               scheduler_state_problem(states[part], scheduler, 3))
+    assert message in problem
 
 
 def test_resume_refuses_a_changed_state_before_training(tmp_path):
