@@ -286,13 +286,14 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; pass a directory")
+    _check_out_dir(out, cfg.resume)            # (also before the lock, so a refused directory gets no lock file)
     with run_lock(out) if process_rank() == 0 else contextlib.nullcontext():
         return _train(cfg, out, finished_ok)
 
 
 def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
     ckpt_path = out / "checkpoint.pt"
-    _check_out_dir(out, cfg.resume)
+    _check_out_dir(out, cfg.resume)            # (again under the lock: nothing came in meanwhile)
     if process_rank() == 0:
         for path in _temporaries(out):          # no other lcq train writes here (the lock): left by a killed one
             path.unlink()

@@ -207,6 +207,7 @@ def test_out_must_be_new_empty_or_a_run_to_resume(tmp_path, capsys):
     assert main(["train", "--resume", "--epochs", "1", "--out", str(other), "--no-progress"]) == 2
     assert "holds no checkpoint.pt to continue; drop --resume" in capsys.readouterr().err
     assert json.loads((other / "metrics.json").read_text()) == {}
+    assert sorted(p.name for p in other.iterdir()) == ["metrics.json"]      # (refused before any lock file)
 
 
 def test_resume_checks_settings_and_extends_runs(fp_checkpoint, tmp_path, capsys):
