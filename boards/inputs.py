@@ -8,6 +8,7 @@ range) is a ValueError naming the file and what it must hold: nothing is convert
 
 from __future__ import annotations
 
+import os
 import zipfile
 import zlib
 
@@ -23,6 +24,8 @@ def read_inputs(path, count: int, shape: tuple, classes: int) -> tuple[np.ndarra
     shape = tuple(shape)
     how = (f"--inputs takes an .npz file of arrays 'images' (uint8, N x {' x '.join(map(str, shape))}) and 'labels' "
            f"(N integers in 0..{classes - 1}), as numpy.savez(FILE, images=..., labels=...) writes")
+    if os.path.exists(path) and not os.path.isfile(path):       # (a FIFO or a device would block the read)
+        raise ValueError(f"{path} is not a regular file; {how}")
     try:
         with open(path, "rb") as f:
             start = f.read(len(NPY_START))

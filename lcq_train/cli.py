@@ -104,6 +104,8 @@ def _given_on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> 
 
 def _config_values(parser: argparse.ArgumentParser, path: str) -> dict:
     """The option values of ``--config`` file ``path``, each checked by its option's rule."""
+    if Path(path).exists() and not Path(path).is_file():       # (a FIFO or a device would block the read)
+        parser.error(f"cannot read --config {path}: it is not a regular file")
     try:
         values = parse_json(Path(path).read_text())
     except (OSError, ValueError) as e:

@@ -72,6 +72,7 @@ _CACHE_VERSION = 1
 _CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "classes")
 _DECODE_CHUNK = 2000  # images per worker task
 _DECODE_WORKERS = max(1, min(8, os.cpu_count() or 1))
+_DECODE_DEADLINE_S = 120  # per chunk, counted from when the one before is done (it takes well under a second)
 
 Arrays = dict[str, np.ndarray]
 
@@ -428,7 +429,9 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
 def _decode_images(items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:
     """Decode (split, class, name, bytes) images into arrays; classes sorted by name -> label index.
 
-    Chunks are decoded in a process pool while ``items`` is still being read.
+    Chunks are decoded in a process pool while ``items`` is still being read; a chunk not decoded
+    ``_DECODE_DEADLINE_S`` after the one before it (a worker killed: the pool never answers for it) is a
+    DatasetError, and leaving the pool terminates its workers.
     Output order is (class, name) within each split, whatever the input order.
     """
     keys: list[tuple[str, str, str]] = []
@@ -442,7 +445,12 @@ def _decode_images(items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:
                 chunk = []
         if chunk:
             pending.append(pool.apply_async(_decode_chunk, (chunk,)))
-        decoded = [task.get() for task in pending]
+        try:
+            decoded = [task.get(timeout=_DECODE_DEADLINE_S) for task in pending]
+        except multiprocessing.TimeoutError:
+            raise DatasetError(f"cifar10: a chunk of {_DECODE_CHUNK} images took over {_DECODE_DEADLINE_S} s to decode "
+                               "(a decoding process died, perhaps out of memory, or hung on an image); free memory "
+                               "and retry, or check the images") from None
     classes = {split: sorted({label for s, label, _ in keys if s == split}) for split in _SPLITS}
     if not classes["train"] or not classes["test"]:
         raise DatasetError(

@@ -1,9 +1,12 @@
 """Offline dataset loaders (lcq_train/data.py) on tiny synthetic fixtures written to tmp_path."""
 
 import gzip
+import io
+import multiprocessing
 import os
 import pickle
 import re
+import signal
 import struct
 import tarfile
 import warnings
@@ -603,3 +606,28 @@ def test_cifar_no_recognised_layout(tmp_path):
     pattern = r"(?s)cifar10: no recognised layout in .*cifar-10-batches-py.*train/<class>/\*\.jpg.*\.tar\.gz.*--data-dir"
     with pytest.raises(DatasetError, match=pattern):
         load_dataset("cifar10", tmp_path)
+
+
+def _png() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+_decode_chunk = data_mod._decode_chunk
+
+
+def _dying_decode(chunk):
+    """A decoding worker killed mid-chunk (the out-of-memory killer, a crash in a codec)."""
+    if any(name == "boom.png" for name, _ in chunk):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _decode_chunk(chunk)
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (the patched decoder)")
+def test_a_decoding_worker_that_dies_is_an_error_within_the_deadline(monkeypatch):
+    monkeypatch.setattr(data_mod, "_decode_chunk", _dying_decode)
+    monkeypatch.setattr(data_mod, "_DECODE_DEADLINE_S", 2)
+    items = [("train", "a", "a0.png", _png()), ("train", "b", "boom.png", _png()), ("test", "a", "t.png", _png())]
+    with pytest.raises(DatasetError, match="took over 2 s to decode \\(a decoding process died"):
+        data_mod._decode_images(items)

@@ -3,6 +3,7 @@ machine with only numpy and pyserial. Checked in a fresh interpreter where impor
 third-party packages of the other stages (and, for the host modules, the trainer) fails."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -133,6 +134,7 @@ def _truncated_npz(path):
 
 
 @pytest.mark.parametrize("write, message", [
+    (os.mkfifo, r"is not a regular file"),                      # (reading it would wait for a writer forever)
     (_npy, r"is a \.npy file \(one array\), not an \.npz"),
     (_bytes(bytes(range(256)) * 4), r"is not an \.npz file \(it does not start as a zip file does\)"),
     (_bytes(b""), r"is not an \.npz file"),

@@ -1,6 +1,7 @@
 """The trainer and `lcq train`: outputs, checkpoints, resume, errors."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -292,3 +293,11 @@ def test_resume_takes_the_command_that_started_the_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["train", "--method", "lcq", "--init", str(tmp_path / "fp" / "checkpoint.pt"), "--epochs", "2",
                  "--out", str(tmp_path / "a"), "--resume", "--no-progress"]) == 0
+
+
+def test_a_config_that_is_no_regular_file_is_refused(tmp_path, capsys):
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)                                             # (reading it would wait for a writer forever)
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(fifo), "--out", str(tmp_path / "o")])
+    assert f"cannot read --config {fifo}: it is not a regular file" in capsys.readouterr().err
