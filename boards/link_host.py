@@ -6,7 +6,7 @@ read ends; an optional ``reset_input_buffer()`` discards bytes already received)
 :class:`SerialPort` opens a real serial port with pyserial.
 
 Nothing waits forever, whatever the device sends. Every read ends within the port's own
-timeout (:class:`SerialPort` refuses to open without one), and the number of reads is bounded:
+timeout (:class:`SerialPort` refuses to open without one, and its writes end too), and the number of reads is bounded:
 a reply frame takes at most four (a frame may not announce more payload than any reply of the
 request can hold), a RUN or RESULT at most one OUT frame per word asked for (an empty OUT frame,
 and one that does not start at the next word, is an error) and DONE, draining the line at most
@@ -26,12 +26,13 @@ the next image's LOAD frames travel while it runs.
 from __future__ import annotations
 
 import math
+import os
 import struct
 import time
 
-from hw.protocol import (DONE_FORMAT, FRAME_BYTES, MAX_INFO_BYTES, OUT_HEAD_BYTES, FrameError, FrameType, LinkError,
-                         LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_out, encode_frame,
-                         encode_loads, encode_run, read_frame)
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, LENGTH_BITS, MAX_INFO_BYTES, OUT_HEAD_BYTES, FrameError, FrameType,
+                         LinkError, LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_out,
+                         encode_frame, encode_loads, encode_run, read_frame)
 
 NACK_BYTES = 2
 INFO_BYTES = MAX_INFO_BYTES     # the longest INFO reply (255 load targets)
@@ -44,6 +45,8 @@ DRAIN_CHUNK = 4096
 # Reads of a drain that return some bytes but fewer than asked (the port timed out while bytes still
 # came): the tail of a reply gives one; more mean a device that trickles bytes and never goes quiet.
 DRAIN_SHORT_READS = 8
+MAX_FRAME_PAYLOAD = (1 << LENGTH_BITS) - 1   # the longest payload a frame's length field can say
+WRITE_BITS_PER_BYTE = 10        # on the line: a start bit, 8 data bits and a stop bit
 
 
 def _check_words(out_words, request: str) -> None:
@@ -317,9 +320,11 @@ class LinkHost:
 
 
 class SerialPort:
-    """A serial port opened with pyserial (imported here, so that the rest of the host
-    side needs no pyserial): ``write``, ``read`` with a ``timeout`` (required: it ends every wait), ``reset_input_buffer``,
-    ``close``; a context manager."""
+    """A serial port opened with pyserial (imported here, so that the rest of the host side needs no pyserial):
+    ``write``, ``read`` with a ``timeout`` (required: it ends every wait), ``reset_input_buffer``, ``close``; a
+    context manager. A write ends within ``timeout`` plus the time the longest frame takes at ``baud``; one that
+    does not (a device that stopped reading), and a port that fails (a board unplugged), raise
+    :class:`hw.protocol.LinkError` naming the port."""
 
     def __init__(self, path: str, baud: int, *, timeout: float = 1.0):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
@@ -329,21 +334,45 @@ class SerialPort:
             import serial
         except ImportError:
             raise LinkError("talking to a board needs pyserial: pip install pyserial") from None
+        self.path, self._write_timed_out = path, serial.SerialTimeoutException
+        self._errors = (serial.SerialException, OSError)
+        if os.name == "posix":      # pyserial's POSIX port flushes with termios, whose errors are not OSErrors
+            import termios
+            self._errors += (termios.error,)
+        write_timeout = timeout + (FRAME_BYTES + MAX_FRAME_PAYLOAD) * WRITE_BITS_PER_BYTE / baud
         try:
-            self._serial = serial.Serial(path, baud, timeout=timeout)
+            self._serial = serial.Serial(path, baud, timeout=timeout, write_timeout=write_timeout)
         except (serial.SerialException, OSError) as error:
             raise LinkError(f"cannot open serial port {path!r} at {baud} baud ({error}): check "
                             f"that the board is plugged in and the port name (e.g. "
                             f"/dev/ttyUSB1 on Linux, COM3 on Windows)") from None
 
+    def _failed(self, doing: str, error: Exception) -> LinkError:
+        """The :class:`LinkError` for pyserial's ``error`` while ``doing`` something on the port."""
+        if isinstance(error, self._write_timed_out):
+            return LinkError(f"writing to serial port {self.path!r} took more than "
+                             f"{self._serial.write_timeout:.1f} s: the device stopped reading (a hung board or "
+                             f"bridge, or a stopped `lcq board-sim`); reset the board and run again")
+        return LinkError(f"serial port {self.path!r} failed while {doing} ({error}): was the board unplugged or "
+                         f"reset? Plug it in, check the port name, and run again")
+
     def write(self, data: bytes) -> None:
-        self._serial.write(data)
+        try:
+            self._serial.write(data)
+        except self._errors as error:
+            raise self._failed("writing", error) from None
 
     def read(self, n: int) -> bytes:
-        return self._serial.read(n)
+        try:
+            return self._serial.read(n)
+        except self._errors as error:
+            raise self._failed("reading", error) from None
 
     def reset_input_buffer(self) -> None:
-        self._serial.reset_input_buffer()
+        try:
+            self._serial.reset_input_buffer()
+        except self._errors as error:
+            raise self._failed("clearing its input", error) from None
 
     def close(self) -> None:
         self._serial.close()

@@ -2,9 +2,12 @@
 
 import binascii
 import gc
+import os
 import random
+import re
 import struct
 import sys
+import threading
 import warnings
 
 import pytest
@@ -751,6 +754,50 @@ def test_host_timeout_and_serial_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "serial", None)
     with pytest.raises(LinkError, match=r"pip install pyserial"):
         SerialPort("/dev/ttyUSB9", 3_000_000)
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_serial_write_the_device_does_not_read_ends():
+    """A device that stopped reading (a pty whose other end nobody reads): the write ends after the port's
+    timeout plus the time the longest frame takes at the baud rate, in a LinkError naming the port."""
+    pytest.importorskip("serial")
+    master, slave = os.openpty()
+    path, failed = os.ttyname(slave), []
+    try:
+        with SerialPort(path, 3_000_000, timeout=0.2) as port:
+            def write():
+                try:
+                    port.write(bytes(1 << 20))
+                except LinkError as e:
+                    failed.append(e)
+            writer = threading.Thread(target=write, daemon=True)
+            writer.start()
+            writer.join(10)
+            assert failed and re.fullmatch(rf"writing to serial port '{path}' took more than 0\.4 s: the device "
+                                           r"stopped reading .*reset the board and run again", str(failed[0]))
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_serial_port_that_fails_is_a_link_error():
+    """The device end gone (a board unplugged: here the pty's other end closed): reads, writes and flushes fail
+    with a LinkError naming the port."""
+    pytest.importorskip("serial")
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    port = SerialPort(path, 3_000_000, timeout=0.2)
+    os.close(master)
+    try:
+        for doing, call in [("reading", lambda: port.read(4)), ("writing", lambda: port.write(b"x")),
+                            ("clearing its input", port.reset_input_buffer)]:
+            with pytest.raises(LinkError, match=rf"serial port '{path}' failed while {doing} \(.*\): was the board "
+                                                r"unplugged or reset\?"):
+                call()
+    finally:
+        port.close()
+        os.close(slave)
 
 
 # Host and simulated device, end to end
