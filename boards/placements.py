@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from .report import parse_nextpnr
 from .stages import (PLACEMENT_FAILURE, STOP_POLL_SECONDS, BuildError, BuildTimeout, FailedPlacement, RouterStall,
-                     Stage, run_stages, sigterm_raises)
+                     Stage, run_stages, stop_signals_raise)
 
 ROUNDS = 3                     # rounds of placements where each fails as RETRIED says, unless a seed was asked for
 PATIENCE = 0.25                # share of the first routed placement's time that the others get after it
@@ -156,9 +156,9 @@ def _side_by_side(stage: Stage, seeds: list[int], build_dir: Path, env: dict, fa
                   deadline: float | None, every: float | None, stall_seconds: float | None) -> list[Placement]:
     """One placement per seed of ``seeds``, each on a thread of its own with its outputs :func:`renamed`; those
     still running :data:`PATIENCE` of the first routed one's time after it are stopped; an exception on this
-    thread (SIGTERM, Ctrl-C) stops them all, their tools' process groups killed."""
+    thread (SIGTERM, SIGHUP, Ctrl-C) stops them all, their tools' process groups killed."""
     stop, cutoff = threading.Event(), None
-    with sigterm_raises(), ThreadPoolExecutor(len(seeds)) as pool:
+    with stop_signals_raise(), ThreadPoolExecutor(len(seeds)) as pool:
         futures = [pool.submit(_place, seeded(stage, s, rename=True), s, build_dir, env, family,
                                f"{what} (seed {s})", deadline, every, stall_seconds, f"build.seed{s}.log", stop)
                    for s in seeds]

@@ -15,7 +15,6 @@ still has many wires overused late (:class:`RouterStall`); one that fails raises
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -26,13 +25,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .process_group import group_stopped, stop_group
+
 STAGE_NAMES = {"yosys": "synthesis", "nextpnr-ice40": "placement and routing",
                "nextpnr-ecp5": "placement and routing", "icepack": "packing", "ecppack": "packing"}
 LOG_FLAGS = ("-l", "--log")      # the flag before the log file a tool writes itself (Yosys, nextpnr)
 PROGRESS_SECONDS = 30.0          # default seconds between progress lines
-STOP_GRACE_SECONDS = 5.0         # SIGTERM, then SIGKILL after this long
 STALL_POLL_SECONDS = 5.0         # how often the log is read for a router stall between progress lines
 STOP_POLL_SECONDS = 1.0          # how often a stage run on another thread looks at its stop event
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)   # what stops a build like Ctrl-C: a kill, a dropped terminal
 # router2 stalls where it has more than ROUTER2_MAX_OVERUSED wires overused at its iteration ROUTER2_CHECK_ITERATION.
 # Every ULX3S-85F ResNet-20 core that routed (13 builds, e42f8cd-665409a) had at most 14 there and routed
 # by iteration 76; the two that did not route within 20 minutes had 252 (cb70dc0: its count then rose to 955 by
@@ -242,37 +243,24 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s % 60:02d}s" if h else f"{m}m{s % 60:02d}s" if m else f"{s}s"
 
 
-def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
-    """SIGTERM to the process group that ``proc`` leads, then SIGKILL to what is left of it; after each,
-    waits up to ``grace`` seconds for ``proc`` to end (then ``proc.returncode`` is set)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
-
-
 def _raise_on_signal(signum, frame):
     raise BuildError(f"stopped by signal {signal.Signals(signum).name}")
 
 
 @contextmanager
-def sigterm_raises():
-    """Within it, on the main thread, SIGTERM raises :class:`BuildError` ("stopped by signal SIGTERM"), so that
-    the ``finally`` blocks that stop the tools run (elsewhere: nothing changes, as Python lets only the main
-    thread set handlers); the handler before is put back after."""
+def stop_signals_raise():
+    """Within it, on the main thread, each of :data:`STOP_SIGNALS` raises :class:`BuildError` ("stopped by
+    signal SIGTERM"), so that the ``finally`` blocks that stop the tools run (elsewhere: nothing changes, as
+    Python lets only the main thread set handlers); the handlers before are put back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_on_signal)
+    previous = {sig: signal.signal(sig, _raise_on_signal) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build", deadline: float | None = None,
@@ -291,10 +279,12 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
     runs), :class:`FailedPlacement` when nextpnr stops on a placement it
     cannot complete, :class:`BuildError`
     (message: ``what`` failed, the exit status, the stage, the end of the log) when a tool exits non-zero
-    or cannot start, and :class:`BuildError` when this process gets SIGTERM while a stage runs on the main
-    thread (:func:`sigterm_raises`) or ``stop`` (a ``threading.Event``, for stages run on other threads) is set,
-    within :data:`STOP_POLL_SECONDS` (its process group killed first; Ctrl-C kills it too and raises
-    KeyboardInterrupt). ``append_log``: add to ``log_name`` instead of starting it afresh."""
+    or cannot start, and :class:`BuildError` when this process gets SIGTERM or SIGHUP while a stage runs on the
+    main thread (:func:`stop_signals_raise`) or ``stop`` (a ``threading.Event``, for stages run on other threads)
+    is set, within :data:`STOP_POLL_SECONDS` (its process group killed first; Ctrl-C kills it too and raises
+    KeyboardInterrupt; should this process die first, SIGKILL included, a reaper kills it:
+    :func:`boards.process_group.group_stopped`). ``append_log``: add to ``log_name`` instead of starting it
+    afresh."""
     out = sys.stderr if out is None else out
     build_dir = Path(build_dir)
     log_path = build_dir / log_name
@@ -337,48 +327,44 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
             except OSError as e:
                 raise BuildError(f"{what} failed in {stage.name}: cannot run {argv[0]!r} ({e}); "
                                  f"set {tool_env_var(stage.tool)} to the tool's path") from None
-        with sigterm_raises():
-            try:
-                next_line = t0 + every if every else None
-                while True:
-                    now = time.monotonic()
-                    wakes = [t for t in (next_line, deadline, now + STALL_POLL_SECONDS if stall_seconds else None,
-                                         now + STOP_POLL_SECONDS if stop is not None else None) if t is not None]
-                    try:
-                        proc.wait(max(min(wakes) - now, 0.0) if wakes else None)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    for line in follow.lines() if follow else ():
-                        progress.feed(line)
-                    now = time.monotonic()
-                    if stop is not None and stop.is_set():
-                        stop_group(proc)
-                        raise BuildError(f"{what}: {stage.name} stopped")
-                    if deadline is not None and now >= deadline:
-                        stop_group(proc)
-                        raise timeout(now - t0)
-                    if stall_seconds is not None and progress.stalled_seconds >= stall_seconds:
-                        stop_group(proc)
-                        seconds[stage.name] = round(now - t0, 1)
-                        raise RouterStall(f"{what}: nextpnr's router1 stalled, {progress.fewest_arcs} arcs or more "
-                                          f"left for {duration(progress.stalled_seconds)} of its routing",
-                                          progress.fewest_arcs, progress.stalled_seconds, seconds)
-                    if stall_seconds is not None and progress.router2_stalled is not None:
-                        stop_group(proc)
-                        seconds[stage.name] = round(now - t0, 1)
-                        overused = progress.router2_stalled
-                        raise RouterStall(f"{what}: nextpnr's router2 stalled, {overused} wires overused at its "
-                                          f"iteration {ROUTER2_CHECK_ITERATION}, more than the "
-                                          f"{ROUTER2_MAX_OVERUSED} of placements that route", overused, None, seconds)
-                    if next_line is not None and now >= next_line:
-                        figure = progress.figure
-                        say(f"{stage.name} {duration(now - t0)} ({duration(now - started)} in all)"
-                            + (f": {figure}" if figure else ""))
-                        next_line += every
-            finally:
-                if proc.poll() is None:
+        with stop_signals_raise(), group_stopped(proc):
+            next_line = t0 + every if every else None
+            while True:
+                now = time.monotonic()
+                wakes = [t for t in (next_line, deadline, now + STALL_POLL_SECONDS if stall_seconds else None,
+                                     now + STOP_POLL_SECONDS if stop is not None else None) if t is not None]
+                try:
+                    proc.wait(max(min(wakes) - now, 0.0) if wakes else None)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                for line in follow.lines() if follow else ():
+                    progress.feed(line)
+                now = time.monotonic()
+                if stop is not None and stop.is_set():
                     stop_group(proc)
+                    raise BuildError(f"{what}: {stage.name} stopped")
+                if deadline is not None and now >= deadline:
+                    stop_group(proc)
+                    raise timeout(now - t0)
+                if stall_seconds is not None and progress.stalled_seconds >= stall_seconds:
+                    stop_group(proc)
+                    seconds[stage.name] = round(now - t0, 1)
+                    raise RouterStall(f"{what}: nextpnr's router1 stalled, {progress.fewest_arcs} arcs or more "
+                                      f"left for {duration(progress.stalled_seconds)} of its routing",
+                                      progress.fewest_arcs, progress.stalled_seconds, seconds)
+                if stall_seconds is not None and progress.router2_stalled is not None:
+                    stop_group(proc)
+                    seconds[stage.name] = round(now - t0, 1)
+                    overused = progress.router2_stalled
+                    raise RouterStall(f"{what}: nextpnr's router2 stalled, {overused} wires overused at its "
+                                      f"iteration {ROUTER2_CHECK_ITERATION}, more than the "
+                                      f"{ROUTER2_MAX_OVERUSED} of placements that route", overused, None, seconds)
+                if next_line is not None and now >= next_line:
+                    figure = progress.figure
+                    say(f"{stage.name} {duration(now - t0)} ({duration(now - started)} in all)"
+                        + (f": {figure}" if figure else ""))
+                    next_line += every
         for line in follow.lines() if follow else ():
             progress.feed(line)
         seconds[stage.name] = round(time.monotonic() - t0, 1)

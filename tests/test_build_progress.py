@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_toolchain import gone_soon
+from fake_toolchain import alive, gone_soon
 
 from boards.report import format_table, missed_target, worst_paths
 from boards.stages import (BuildError, BuildTimeout, LogFollower, Progress, RouterStall, Stage, duration, plan_stages,
@@ -338,9 +338,9 @@ def test_a_failing_tool_names_its_stage_and_shows_the_log(tmp_path, fake_tools, 
         run_stages(ecp5_stages(), tmp_path, env, out=io.StringIO())
 
 
-def test_sigterm_stops_the_stage_and_its_process_group(tmp_path, fake_tools, monkeypatch):
-    """What benchmarks/board_builds.py does to a build past its time: SIGTERM to the builder's group."""
-    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
+def _stage_running(tmp_path) -> tuple[subprocess.Popen, Path]:
+    """A Python process running a synthesis stage whose (fake) Yosys hangs, and the file with the pid of the
+    tool's child, once written."""
     script = ("import os, sys\nfrom boards.stages import BuildError, Stage, run_stages\n"
               "try:\n    run_stages([Stage('synthesis', 'yosys', ('yosys', '-l', 'top.rpt', 'top.ys'), 'top.rpt')], "
               f"{str(tmp_path)!r}, dict(os.environ))\nexcept BuildError as e:\n    print(e)\n    sys.exit(5)\n")
@@ -351,10 +351,33 @@ def test_sigterm_stops_the_stage_and_its_process_group(tmp_path, fake_tools, mon
         if child.exists() and child.read_text():
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    return proc, child
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda sig: sig.name)
+def test_sigterm_or_sighup_stops_the_stage_and_its_process_group(tmp_path, fake_tools, monkeypatch, sig):
+    """What benchmarks/board_builds.py does to a build past its time (SIGTERM to the builder's group), and
+    what a dropped SSH session does (SIGHUP)."""
+    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
+    proc, child = _stage_running(tmp_path)
+    proc.send_signal(sig)
     stdout, _ = proc.communicate(timeout=20)
-    assert proc.returncode == 5 and "stopped by signal SIGTERM" in stdout
+    assert proc.returncode == 5 and f"stopped by signal {sig.name}" in stdout
     assert gone_soon(int(child.read_text()))
+
+
+def test_a_builder_killed_with_sigkill_leaves_no_tool(tmp_path, fake_tools, monkeypatch):
+    """SIGKILL runs no cleanup in the builder: the reaper beside the tool kills its process group."""
+    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
+    proc, child = _stage_running(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=20)
+    pid = int(child.read_text())
+    try:
+        assert gone_soon(pid)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 # --- Worst paths of nextpnr's report ------------------------------------------------------------------
