@@ -17,6 +17,9 @@ from .boards import BOARDS, PLL_OUTPUT_MHZ, PLL_TOLERANCE, get_board
 from .build import PLACERS, ROUTERS
 
 MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.protocol.LinkMode's labels)
+# `lcq build --timeout`'s default: ten times the slowest build measured here (ULX3S-85F ResNet-20 core, ~700 s),
+# so that a hung tool ends the build in hours, not never.
+BUILD_TIMEOUT_S = 7200.0
 
 
 def add_parsers(sub) -> dict:
@@ -41,9 +44,9 @@ def add_parsers(sub) -> dict:
                         f"logic cells), {MULTIPLY_COLS.describe()}; 0: every column (default: a quarter of the "
                         "columns on ECP5 boards, whose PEs multiply in logic cells; every column on iCE40 boards)")
     p.add_argument("-o", "--output", metavar="DIR", help="build directory (default: build/<board>)")
-    p.add_argument("--timeout", type=positive_float, metavar="S",
+    p.add_argument("--timeout", type=positive_float, default=BUILD_TIMEOUT_S, metavar="S",
                    help="stop the build (both attempts, elaboration included) after S seconds, > 0, naming the "
-                        "stage it stopped in (default: no limit)")
+                        "stage it stopped in (default: %(default)g, 2 hours, ten times the slowest build measured)")
     p.add_argument("--seed", type=nonnegative_int, metavar="N",
                    help="nextpnr's placement seed, an integer >= 0, placed alone (default: --placements)")
     p.add_argument("--placements", type=positive_int, metavar="N",
@@ -97,11 +100,15 @@ def cmd_build(args) -> int:
                              placer=args.placer, router=args.router, placements=args.placements, timeout=args.timeout,
                              force=args.force, multiply_cols=args.multiply_cols)
     except BuildTimeout as e:
-        print(f"lcq build: error: --timeout {args.timeout:g} s: {e}", file=sys.stderr)
+        print(f"lcq build: error: --timeout {args.timeout:g} s: {e}; give a longer --timeout if the tool was only "
+              f"slow", file=sys.stderr)
         return 1
     except BuildError as e:
         print(f"lcq build: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("lcq build: interrupted (Ctrl-C): the tools were stopped, no bitstream was made", file=sys.stderr)
+        return 130
     print(json.dumps(result) if args.json else format_table(result))
     return 0
 
@@ -109,7 +116,7 @@ def cmd_build(args) -> int:
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,
                 out: Path | None = None, mode: str = "layers", *, seed: int | None = None,
                 placer: str | None = None, router: str | None = None, placements: int | None = None,
-                timeout: float | None = None,
+                timeout: float | None = BUILD_TIMEOUT_S,
                 force: bool = False, multiply_cols: int | None = None) -> dict:
     """Bitstream of the accelerator for the compiled model at ``model_path`` on ``board`` in ``mode``
     (``"network"``: the whole-network core; ``"layers"``: the layer engine), in ``out`` (default
@@ -119,8 +126,8 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     Fmax reached. Returns the report (also in ``out/report.json``; ``mode``, and ``network`` or
     ``engine``: what ``lcq run`` needs to talk to the board); raises :class:`boards.build.BuildError`
     when a tool fails and :class:`boards.stages.BuildTimeout` when the whole call (elaboration and both
-    attempts) outlasts ``timeout`` seconds (None: no limit); ``force``: past the fit estimate
-    (:func:`boards.top.accelerator_top`). ``mode`` defaults to ``"layers"``, what the callers
+    attempts) outlasts ``timeout`` seconds (default :data:`BUILD_TIMEOUT_S`; None: no limit); ``force``: past
+    the fit estimate (:func:`boards.top.accelerator_top`). ``mode`` defaults to ``"layers"``, what the callers
     of this function (``lcq demo``, ``benchmarks/board_builds.py``) built before network mode existed;
     ``lcq build`` passes its ``--mode`` (default ``network``)."""
     from compiler import format as model_format

@@ -22,6 +22,7 @@ import pytest
 
 from fake_toolchain import alive, gone_soon
 
+from boards.cli import BUILD_TIMEOUT_S
 from boards.report import format_table, missed_target, worst_paths
 from boards.stages import (BuildError, BuildTimeout, LogFollower, Progress, RouterStall, Stage, duration, plan_stages,
                            run_stages)
@@ -472,7 +473,8 @@ def test_build_options_parse():
                               "--placer", "heap", "--router", "router1"])
     assert (args.timeout, args.seed, args.placer, args.router) == (90.0, 7, "heap", "router1")
     args = parser.parse_args(["build", "m.lcq", "--board", "ulx3s-85f"])
-    assert (args.timeout, args.seed, args.placer, args.router) == (None, None, None, None)   # the board's own
+    assert (args.seed, args.placer, args.router) == (None, None, None)   # the board's own
+    assert args.timeout == BUILD_TIMEOUT_S == 2 * 3600
     boards = [get_board(b) for b in ("ulx3s-85f", "orangecrab-25f", "icebreaker")]
     assert [default_router(b) for b in boards] == ["router2", "router2", "router1"]
     assert [default_placer(b) for b in boards] == ["static", "static", "heap"]
@@ -509,7 +511,41 @@ def test_cmd_build_passes_the_options_and_reports_a_timeout(monkeypatch, capsys)
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err == ("lcq build: error: --timeout 90 s: ulx3s-85f build stopped at its time limit in placement "
-                            "and routing (nextpnr-ecp5) after 1m00s of it\n")
+                            "and routing (nextpnr-ecp5) after 1m00s of it; give a longer --timeout if the tool was "
+                            "only slow\n")
+
+
+def test_ctrl_c_during_lcq_build_is_one_line(monkeypatch, capsys):
+    from boards import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "build_model", interrupted)
+    parser, handlers = _build_parser()
+    try:
+        assert handlers["build"](parser.parse_args(["build", "m.lcq", "--board", "icebreaker"])) == 130
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped lcq build")
+    assert capsys.readouterr().err == ("lcq build: interrupted (Ctrl-C): the tools were stopped, no bitstream was "
+                                       "made\n")
+
+
+def test_build_model_has_a_deadline_by_default(monkeypatch, tmp_path):
+    """``build_model`` without ``timeout`` (``lcq demo``) gets :data:`boards.cli.BUILD_TIMEOUT_S`."""
+    pytest.importorskip("amaranth")
+    import boards.build
+    from boards.boards import get_board
+    from boards.cli import build_model
+
+    seen = []
+
+    def build(*args, deadline, **kwargs):
+        seen.append(deadline - time.monotonic())
+        raise BuildError("stop here")
+    monkeypatch.setattr(boards.build, "build", build)
+    with pytest.raises(BuildError, match="stop here"):
+        build_model(DATA / "digits-cnn-lcq-w3a3.lcq", get_board("icebreaker"), rows=2, cols=2, out=tmp_path)
+    assert BUILD_TIMEOUT_S - 60 < seen[0] <= BUILD_TIMEOUT_S
 
 
 # --- build() end to end with fake tools: options reach nextpnr, report.json records them ---------------
