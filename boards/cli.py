@@ -15,6 +15,7 @@ from lcq_train.json_text import parse_json
 
 from .boards import BOARDS, PLL_OUTPUT_MHZ, PLL_TOLERANCE, get_board
 from .build import PLACERS, ROUTERS
+from .flash import FLASH_TIMEOUT_S
 
 MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.protocol.LinkMode's labels)
 # `lcq build --timeout`'s default: ten times the slowest build measured here (ULX3S-85F ResNet-20 core, ~700 s),
@@ -67,6 +68,8 @@ def add_parsers(sub) -> dict:
                    help="bitstream to program (default: the one in build/<board>/report.json)")
     p.add_argument("--sram", action="store_true",
                    help="configure the FPGA only (lost at power-off) instead of writing its flash")
+    p.add_argument("--timeout", type=positive_float, default=FLASH_TIMEOUT_S, metavar="S",
+                   help="stop the programmer after S seconds, > 0")
 
     p = sub.add_parser("run", help="classify test images on a flashed board over its serial link", formatter_class=fmt)
     p.add_argument("model", metavar="MODEL", help="compiled model file the board was built for")
@@ -366,9 +369,12 @@ def cmd_flash(args) -> int:
                                     f"or pass --bitstream PATH")
         bitstream = read_report(report, ("bitstream",))["bitstream"]
     try:
-        print(flash(board, bitstream, args.sram))
+        print(flash(board, bitstream, args.sram, args.timeout))
     except FlashError as e:
         print(f"lcq flash: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("lcq flash: interrupted (Ctrl-C): the programmer was stopped; flash again", file=sys.stderr)
+        return 130
     print(f"programmed {board.name} with {bitstream}", file=sys.stderr)
     return 0

@@ -1,7 +1,9 @@
 """Program a board with its tool: iceprog (iCEBreaker), openFPGALoader (ULX3S), dfu-util (OrangeCrab).
 
 Each tool is taken from its environment variable (the same ones amaranth-boards reads:
-``ICEPROG``, ``OPENFPGALOADER``, ``DFU_UTIL``) or from ``PATH``.
+``ICEPROG``, ``OPENFPGALOADER``, ``DFU_UTIL``) or from ``PATH``, and runs in a process group of its own,
+stopped with everything it started on a timeout, an exception (Ctrl-C) or this process's death
+(:func:`boards.process_group.group_stopped`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import subprocess
 from pathlib import Path
 
 from .boards import Board
+from .process_group import group_stopped
+
+FLASH_TIMEOUT_S = 300.0     # `lcq flash --timeout`'s default
 
 # programmer -> (environment variable, how to install it, what to check when it finds no board)
 TOOLS = {
@@ -52,17 +57,25 @@ def flash_command(board: Board, bitstream, tool: str, sram: bool = False) -> lis
     return [tool, "-a", "0", "-D", bitstream]
 
 
-def flash(board: Board, bitstream, sram: bool = False, timeout: float = 300) -> str:
+def flash(board: Board, bitstream, sram: bool = False, timeout: float = FLASH_TIMEOUT_S) -> str:
     """Program ``bitstream`` into ``board``; returns the tool's output. :class:`FlashError` when the
-    bitstream or tool is missing or the tool fails (no board found, ...), with its exit status and output."""
+    bitstream or tool is missing, the tool fails (no board found, ...), with its exit status and output,
+    or it runs past ``timeout`` seconds (then it is stopped with its process group)."""
     if not Path(bitstream).is_file():
         raise FlashError(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board {board.name}`")
     command = flash_command(board, bitstream, find_tool(board), sram)
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
     try:
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        with group_stopped(proc):
+            stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise FlashError(f"{' '.join(command)} did not finish in {timeout:g} s; {TOOLS[board.programmer][2]}") from None
-    output = (proc.stdout + proc.stderr).strip()
+        raise FlashError(f"{' '.join(command)} did not finish in {timeout:g} s and was stopped; "
+                         f"{TOOLS[board.programmer][2]} (a slow programmer: a longer --timeout)") from None
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+    output = (stdout + stderr).strip()
     if proc.returncode != 0:
         tail = "\n".join(output.splitlines()[-15:])
         raise FlashError(f"{' '.join(command)} failed (exit status {proc.returncode}); "

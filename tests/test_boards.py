@@ -10,10 +10,13 @@ is the same trim of an ``lcq build`` of the digits CNN (see the fit estimate's t
 
 import argparse
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,7 @@ from boards.report import format_table, parse_build, parse_nextpnr, yosys_ff_cou
 from boards.stages import Progress  # noqa: E402
 from boards.fit import engine_for_board  # noqa: E402
 from compiler.format import load  # noqa: E402
+from fake_toolchain import gone_soon  # noqa: E402
 from hw.engine_params import EngineParams  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -276,6 +280,50 @@ def test_flash_no_board(tmp_path, name, tool):
     assert ("unable to open ftdi device" in str(e.value)) or ("No DFU capable USB device" in str(e.value))
 
 
+def _hanging_programmer(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """ICEPROG set to a wrapper script that starts a child and waits for it; the bitstream, and the file that
+    gets the child's pid."""
+    script, child, bit = tmp_path / "iceprog", tmp_path / "programmer.child", tmp_path / "top.bin"
+    script.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {child}\nwait\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("ICEPROG", str(script))
+    bit.write_bytes(b"\0")
+    return bit, child
+
+
+def _gone(child: Path) -> bool:
+    """Whether the process whose pid ``child`` holds is gone soon (killed here if not)."""
+    pid = int(child.read_text())
+    if gone_soon(pid):
+        return True
+    os.kill(pid, signal.SIGKILL)
+    return False
+
+
+def test_flash_timeout_stops_the_programmer_and_its_children(tmp_path, monkeypatch):
+    bit, child = _hanging_programmer(tmp_path, monkeypatch)
+    with pytest.raises(FlashError, match=r"top.bin did not finish in 1 s and was stopped; is the iCEBreaker plugged "
+                                         r"in.*\(a slow programmer: a longer --timeout\)"):
+        flash(get_board("icebreaker"), bit, timeout=1)
+    assert _gone(child)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=lambda sig: sig.name)
+def test_an_interrupted_or_killed_flash_leaves_no_programmer(tmp_path, monkeypatch, sig):
+    """Ctrl-C stops the programmer's process group; SIGKILL, which runs no cleanup, leaves it to the reaper."""
+    bit, child = _hanging_programmer(tmp_path, monkeypatch)
+    script = ("from boards.boards import get_board\nfrom boards.flash import flash\n"
+              f"flash(get_board('icebreaker'), {str(bit)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
+    for _ in range(200):
+        if child.exists() and child.read_text():
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.communicate(timeout=20)
+    assert _gone(child)
+
+
 # CLI.
 
 def _parser():
@@ -304,6 +352,25 @@ def test_cli_flash_needs_a_build(tmp_path, monkeypatch):
     parser, handlers = _parser()
     with pytest.raises(FileNotFoundError, match=r"no build/icebreaker/report.json: build first"):
         handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
+
+
+def test_cli_flash_timeout_and_ctrl_c(tmp_path, monkeypatch, capsys):
+    import boards.flash
+
+    seen = []
+
+    def interrupted(board, bitstream, sram, timeout):
+        seen.append(timeout)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(boards.flash, "flash", interrupted)
+    parser, handlers = _parser()
+    assert parser.parse_args(["flash", "--board", "icebreaker"]).timeout == 300
+    args = parser.parse_args(["flash", "--board", "icebreaker", "--bitstream", "top.bin", "--timeout", "20"])
+    try:
+        assert handlers["flash"](args) == 130 and seen == [20]
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped lcq flash")
+    assert capsys.readouterr().err == "lcq flash: interrupted (Ctrl-C): the programmer was stopped; flash again\n"
 
 
 def test_cli_flash_error(tmp_path, monkeypatch, capsys):
