@@ -6,7 +6,7 @@ the link bridge and the UART, the same array and, on the UP5K, the same SPRAM pr
 PLL frequency, and runs it with its UART pins bridged to a pseudo-terminal bit by bit at the board's baud
 rate (:mod:`sim.board_pty_cocotb`). It prints the device path (``/dev/pts/N``) and the ``lcq run`` command
 that classifies images through it, writes a build report for ``lcq run --report`` (the fields
-``lcq run`` reads, ``"simulated": true``, no bitstream) and runs until killed (Ctrl-C, SIGTERM) or
+``lcq run`` reads, ``"simulated": true``, no bitstream) and runs until stopped (Ctrl-C, SIGTERM, SIGHUP) or
 ``--seconds`` have passed. The unmodified host side then talks to it through pyserial: its timeouts,
 its resends and its resynchronization.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
 import time
@@ -41,6 +40,7 @@ from types import SimpleNamespace
 
 from hw import dsp
 from hw.spram import PRIMITIVE
+from lcq_train.stop_signals import stop_signals
 
 from .netlist import MODELS_V
 from .runner import ICE40_DEFINES, SimulationFailed, build, ice40_cells_sim, run_test, unavailable_reason
@@ -283,18 +283,13 @@ def cmd_board_sim(args) -> int:
               f"(the simulation runs hundreds of times slower than the board, hence the longer port timeout; "
               f"stop it with Ctrl-C, or it stops by itself after {args.seconds:g} s)", file=sys.stderr, flush=True)
 
-    def stop(signum, frame):    # SIGTERM: end like Ctrl-C, so that the simulator's process group is killed
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        sim.run(args.seconds, on_port)
+        with stop_signals():    # SIGTERM, SIGHUP: end like Ctrl-C, so that the simulator's process group is killed
+            sim.run(args.seconds, on_port)
     except SimulationFailed as e:
         print(f"lcq board-sim: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lcq board-sim: stopped", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0

@@ -28,7 +28,8 @@ with the integer reference.
 
 Each simulator command (a build step, the run) gets ``--timeout`` seconds and is killed with its
 process group past them (:mod:`sim.runner`); ``--stall`` and ``--backpressure`` are below 1,
-where the core would never finish. The exit status is 1 on any mismatch.
+where the core would never finish. The exit status is 1 on any mismatch; SIGTERM or SIGHUP stops the
+simulation (its simulator killed) with the shell's status for the signal (143, 129).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import numpy as np
 from compiler import format as model_format
 from hw.cli import DEFAULT_COLS, DEFAULT_ROWS, array_args, engine_params
 from lcq_train.arguments import FloatRange, IntRange, nonnegative_int, positive_float, positive_int
+from lcq_train.stop_signals import Stopped, stop_signals
 
 from .board_pty import add_parsers as board_sim_parsers
 from .engine_run import engine_build, simulate_model
@@ -202,7 +204,7 @@ def cmd_sim(args) -> int:
     synthesized = None
     t0 = t1 = time.perf_counter()
     try:
-        with deadline(getattr(args, "timeout", DEFAULT_TIMEOUT_S)):
+        with stop_signals(), deadline(getattr(args, "timeout", DEFAULT_TIMEOUT_S)):
             if core is not None:
                 from . import netlist as netlists
 
@@ -227,6 +229,9 @@ def cmd_sim(args) -> int:
     except SimulationFailed as e:
         print(f"lcq sim: error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:     # SIGTERM, SIGHUP: the simulator's process group was killed on the way out
+        print(f"lcq sim: {e}; its simulator was stopped", file=sys.stderr)
+        return e.exit_status
     result = report.as_dict()
     result.setdefault("mode", "layer")
     result.update(build_seconds=round(t1 - t0, 2), run_seconds=round(time.perf_counter() - t1, 2))

@@ -45,8 +45,9 @@ Verilator binary) runs in its own process group with a deadline (``timeout`` of
 seconds, else :data:`DEFAULT_TIMEOUT_S`; :func:`deadline` sets it for a block). Past the
 deadline the whole group is killed and :class:`SimulationTimeout` says which command, after
 how long, and what to do; an exception in this process (Ctrl-C included) kills the group
-too, and a small reaper process kills it when this process dies without cleaning up (killed
-with SIGKILL, say), so no simulator outlives the run that started it.
+too, and a reaper process (:mod:`sim.reaper`, in a session of its own) kills it when this process dies
+without cleaning up (SIGKILL, say, or a SIGTERM or hangup sent to this process's group, which the
+simulator's group does not get), so no simulator outlives the run that started it.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ import time
 import types
 from pathlib import Path
 from xml.etree import ElementTree
+
+from .reaper import Reaper
 
 SIMULATORS = ("icarus", "verilator")
 DATA_ENV = "LCQ_SIM_DATA"
@@ -130,19 +133,6 @@ def deadline(seconds: float):
         _deadline.reset(token)
 
 
-# Started beside each simulator command: reads until its stdin closes. The parent writes "done"
-# before closing it once it has dealt with the command; a bare EOF means the parent died, and
-# the reaper kills the command's process group. It ignores Ctrl-C (the parent handles that).
-_REAPER = ("import os, signal, sys\n"
-           "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
-           "data = sys.stdin.buffer.read()\n"
-           "if not data.endswith(b'done'):\n"
-           "    try:\n"
-           "        os.killpg(int(data.split()[0]), signal.SIGKILL)\n"
-           "    except (IndexError, ValueError, ProcessLookupError, PermissionError):\n"
-           "        pass\n")
-
-
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL ``proc``'s process group (it leads one: ``start_new_session``), then reap ``proc``."""
     try:
@@ -165,13 +155,12 @@ def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None =
         except subprocess.TimeoutExpired:
             raise SimulationTimeout(f"{Path(str(cmd[0])).name} did not finish within {timeout:g} s and was "
                                     f"killed") from None
-    reaper = subprocess.Popen([sys.executable, "-I", "-c", _REAPER], stdin=subprocess.PIPE)
+    reaper = Reaper()
     start = time.monotonic()
     proc = None
     try:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        reaper.stdin.write(f"{proc.pid}\n".encode())
-        reaper.stdin.flush()
+        reaper.watch(proc.pid)
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -187,10 +176,7 @@ def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None =
             _kill_group(proc)
         raise
     finally:
-        with contextlib.suppress(OSError, ValueError):
-            reaper.stdin.write(b"done")
-            reaper.stdin.close()
-        reaper.wait()
+        reaper.release()
 
 
 def _guard(runner, timeout: float | None, env: dict[str, str] | None = None):

@@ -243,6 +243,86 @@ def test_a_simulator_dies_with_its_parent(hanging_design):
     assert _live_simulators(str(hanging_design)) == []
 
 
+SLEEPER = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+PARENT_OF_SLEEPER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from sim.runner import run_guarded
+run_guarded([sys.executable, "-c", sys.argv[2], sys.argv[3]], timeout=600)
+"""
+
+
+def _running(pid: int, marker: str) -> bool:
+    """Whether ``pid`` is a live (not zombie) process with ``marker`` in its arguments."""
+    try:
+        argv = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return marker in argv and state not in ("Z", "X")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_command_dies_with_its_parents_process_group(tmp_path, sig):
+    """SIGTERM or SIGHUP to the whole process group of a Python process running a command under run_guarded
+    (`timeout`, systemd, a terminal's hangup) ends it, and the reaper, in a session of its own, kills the
+    command's group: no command is left with PPID 1."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    pid_file = str(tmp_path / "command.pid")
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_OF_SLEEPER, str(ROOT), SLEEPER, pid_file],
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = None
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(pid_file).exists() or not Path(pid_file).read_text():
+            assert parent.poll() is None and time.monotonic() < deadline, "the command did not start"
+            time.sleep(0.05)
+        command = int(Path(pid_file).read_text())
+        time.sleep(0.5)                          # the reaper has been told its group
+        os.killpg(parent.pid, sig)
+        assert parent.wait(timeout=30) == -sig
+        deadline = time.monotonic() + 10
+        while _running(command, pid_file) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(command, pid_file), f"the command outlived its parent's {sig.name}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if command is not None and _running(command, pid_file):
+            os.kill(command, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sim_cli_turns_a_stop_signal_into_an_error_line(monkeypatch, capsys, tmp_path, sig):
+    """SIGTERM or SIGHUP to `lcq sim` while it simulates: the exception path (which kills the simulator's group)
+    runs, one line says so, the exit status is the shell's for the signal, the handlers before are back."""
+    import sim.cli
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    monkeypatch.setattr(sim.cli, "network_build", lambda *args: None)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        time.sleep(30)                              # (the handler raises before this ends)
+        raise AssertionError("no exception from the signal")
+
+    def before(signum, frame):
+        raise AssertionError(f"{signal.Signals(signum).name} reached the handler from before lcq sim")
+
+    monkeypatch.setattr(sim.cli, "simulate_network", signalled)
+    previous = signal.signal(sig, before)
+    try:
+        assert main(["sim", str(DIGITS), "--simulator", "icarus", "--random", "--build-dir", str(tmp_path)]) \
+            == 128 + sig
+        assert signal.getsignal(sig) is before
+    finally:
+        signal.signal(sig, previous)
+    err = capsys.readouterr().err
+    assert f"lcq sim: stopped by {sig.name}; its simulator was stopped" in err and "Traceback" not in err
+
+
 FAKE_CXX = """import sys
 from pathlib import Path
 args = sys.argv[1:]

@@ -1,0 +1,44 @@
+"""SIGTERM and SIGHUP raised as an exception, so that a command stopped by them cleans up as after Ctrl-C.
+
+Their default action ends the process at once, without its ``finally`` blocks: the child processes it
+would have stopped (training workers, a simulator in its own process group) go on running with PPID 1.
+Within ``with stop_signals():`` (on the main thread; elsewhere nothing changes, as Python lets only the
+main thread set handlers) either signal raises :class:`Stopped`, a ``KeyboardInterrupt``, so that the
+code that handles Ctrl-C handles them too; the handlers before are put back after.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal arrived; ``signum`` is its number, ``exit_status`` the shell's for it (128 + signum)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+        self.exit_status = 128 + signum
+
+
+def _raise(signum, frame):
+    raise Stopped(signum)
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """Within it, SIGTERM and SIGHUP raise :class:`Stopped` (on the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _raise) for sig in SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
