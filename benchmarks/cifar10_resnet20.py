@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:
 
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.metrics import read_metrics  # noqa: E402
+from lcq_train.stop_signals import stop_signals  # noqa: E402
 from lcq_train.train import PAPER_RECIPE, TrainConfig  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
@@ -298,7 +299,10 @@ def report_saved(specs: list[dict]) -> None:
 
 
 def run_all(specs: list[dict], args: argparse.Namespace, t_start: float) -> None:
-    """FP alone, then the quantized runs, at most ``args.jobs`` at a time."""
+    """FP alone, then the quantized runs, at most ``args.jobs`` at a time. An interrupt, SIGTERM or SIGHUP
+    (:func:`~lcq_train.stop_signals.stop_signals`) stops the runs under way (SIGTERM, SIGKILL after
+    :data:`STOP_S`); the wait for them has no deadline of its own: their epochs bound it, and a caller that
+    wants less stops this script (``gpu_session.sh`` runs it under ``timeout``)."""
     Path(args.out).mkdir(parents=True, exist_ok=True)
     phases = [specs[:1], specs[1:]]
     for phase_no, phase in enumerate(phases):
@@ -318,14 +322,15 @@ def run_all(specs: list[dict], args: argparse.Namespace, t_start: float) -> None
                   f"{', '.join(s['run'] for s in queue)}" + (f" ({min(args.jobs, len(queue))} side by side)"
                                                              if phase_no else ""), flush=True)
         try:
-            while queue or running:
-                while queue and len(running) < (1 if phase_no == 0 else args.jobs):
-                    spec = queue.pop(0)
-                    running.append((spec, start(spec, args)))
-                time.sleep(0.2)
-                for item in [r for r in running if r[1].poll() is not None]:
-                    running.remove(item)
-                    finish(*item)
+            with stop_signals():
+                while queue or running:
+                    while queue and len(running) < (1 if phase_no == 0 else args.jobs):
+                        spec = queue.pop(0)
+                        running.append((spec, start(spec, args)))
+                    time.sleep(0.2)
+                    for item in [r for r in running if r[1].poll() is not None]:
+                        running.remove(item)
+                        finish(*item)
         finally:
             for _, proc in running:       # interrupted: stop our own runs (they resume on the next call)
                 proc.terminate()

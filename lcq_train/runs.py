@@ -19,6 +19,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .metrics import read_metrics
+from .stop_signals import stop_signals
 from .train import TrainConfig, train
 
 RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed", "clip_init", "bn_batches")
@@ -65,11 +66,15 @@ def training_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     side too. When the block ends in an exception (an interrupt, a refused run) the queued runs are
     cancelled and the workers stopped at once, each run under way resuming later from its last epoch's
     checkpoint (written atomically); a worker that caught the interrupt itself would otherwise go on
-    to the next queued run."""
+    to the next queued run. SIGTERM and SIGHUP raise :class:`~lcq_train.stop_signals.Stopped` (a
+    ``KeyboardInterrupt``) within the block, so that they stop the workers too instead of leaving them
+    running with PPID 1. Waiting on a run needs no deadline of its own: its epochs bound it, and one who
+    wants less sends SIGTERM (``timeout``)."""
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=torch.set_num_threads, initargs=(1,))
     try:
-        yield pool
+        with stop_signals():
+            yield pool
     except BaseException:
         for process in list((pool._processes or {}).values()):     # (Python 3.14: pool.terminate_workers())
             process.terminate()

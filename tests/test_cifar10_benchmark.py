@@ -70,3 +70,57 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     assert list(rows) == ["fp", "lcq-w3a3-clipmse-bn2"] and rows["lcq-w3a3-clipmse-bn2"]["status"] == "trained"
     metrics = json.loads((out / "lcq-w3a3-clipmse-bn2" / "metrics.json").read_text())
     assert metrics["config"]["clip_init"] == "mse" and "test_top1_before_bn" in metrics["epochs"][-1]
+
+
+DRIVER = """
+import argparse, importlib.util, os, subprocess, sys, time
+spec = importlib.util.spec_from_file_location("cifar10_resnet20", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+def start(spec, args):                  # a run that trains for ever
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    proc.log = open(os.devnull, "w")
+    print("run", proc.pid, flush=True)
+    return proc
+
+bench.start = start
+bench.run_all([{"run": "fp", "out": os.path.join(sys.argv[2], "fp"), "epochs": 1}],
+              argparse.Namespace(out=sys.argv[2], jobs=1), time.perf_counter())
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_stops_the_runs_under_way(tmp_path, sig):
+    """SIGTERM or SIGHUP to the benchmark alone: its `lcq train` children are stopped with it (with the signals'
+    default action they went on running with PPID 1)."""
+    import os
+    import signal
+    import time
+
+    sig = getattr(signal, sig)
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(SCRIPT), str(tmp_path)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    run = None
+    try:
+        run = int(next(line for line in driver.stdout if line.startswith("run ")).split()[1])
+        driver.send_signal(sig)
+        driver.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while running(run) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(run), f"a run outlived the benchmark's {sig.name}"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+        if run is not None and running(run):
+            os.kill(run, signal.SIGKILL)
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is no zombie)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

@@ -1,11 +1,18 @@
-"""lcq_train.runs.training_pool: runs side by side in spawned workers, stopped at once by an interrupt."""
+"""lcq_train.runs.training_pool: runs side by side in spawned workers, stopped at once by an interrupt or a stop
+signal."""
 
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from lcq_train.runs import training_pool
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_pool_runs_its_jobs_in_other_processes():
@@ -25,3 +32,54 @@ def test_an_interrupt_cancels_the_queued_runs_and_stops_those_under_way():
             raise KeyboardInterrupt
     assert time.monotonic() - started < 60            # not the 240 s of sleeping the workers were given
     assert futures[3].cancelled()                      # queued: never started
+
+
+PARENT = """
+import os, sys, time
+from lcq_train.runs import training_pool
+with training_pool(2) as pool:
+    pool.submit(os.getpid).result(timeout=120)
+    running = pool.submit(time.sleep, 600)
+    print(*pool._processes, flush=True)
+    running.result()
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (not a zombie); on a system without /proc, whether it exists."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_stop_signal_to_the_parent_stops_the_workers(sig):
+    """SIGTERM or SIGHUP to the process using the pool (alone, not its group): the workers are stopped with it
+    (with the signals' default action they went on running with PPID 1)."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+                                  str(REPO), os.environ.get("PYTHONPATH")]))})
+    workers = []
+    try:
+        workers = [int(pid) for pid in parent.stdout.readline().split()]
+        assert workers, "the pool did not start"
+        time.sleep(1)                                          # a worker sleeps in its run
+        parent.send_signal(sig)
+        parent.wait(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, workers)), f"workers outlived their parent's {sig.name}"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
