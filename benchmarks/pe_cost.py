@@ -35,7 +35,7 @@ Level tables: random increasing levels (W[0] = A[0] = 0, W[s_w] = 127, A[s_a] = 
 fixed seed, written to the JSON (the constant-ROM variants' cost depends on them).
 
 Run:  python benchmarks/pe_cost.py [--sizes 4x4] [--bits 2 3 4] [--seeds 1] [--jobs 2] [--pnr-timeout 300]
-(defaults shown; the old full run, one PE alone as well and 3 seeds per design:
+[--synth-timeout 600] (defaults shown; the old full run, one PE alone as well and 3 seeds per design:
 --sizes pe 4x4 --seeds 3 --pnr-timeout 600). Writes benchmarks/results/pe_cost.json (or
 --json-out; with the run's seconds, argv, options, tool versions, the machine's load
 average and the tools' CPU seconds), build files under build/pe_cost/, and prints markdown
@@ -69,7 +69,11 @@ from hw.pe import VARIANTS, PEArray, ProcessingElement
 from hw.pe_words import A_MAX, W_MAX
 from lcq_train.atomic import save_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tool_run import run_tool, stop_tools  # noqa: E402
+
 ACC_BITS = 24
+SYNTH_TIMEOUT_S = 600       # default seconds per Yosys run (a 4x4 array's synthesis: under 30 s)
 TARGET_MHZ = {"ice40": 100, "ecp5": 250}
 # (label, variant, map multipliers to DSPs, variant options)
 CONFIGS = (("pe_lut", "pe_lut", False, {}), ("row_vector", "row_vector", False, {}), ("rom", "rom", False, {}),
@@ -176,9 +180,11 @@ class Job:
         (self.workdir / "top.il").write_text(rtlil.convert(harness, ports=harness.pins))
 
 
-def run(cmd: list[str], cwd: Path, log: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, log: str, timeout: float) -> int:
+    """``cmd``'s exit status, its output in ``cwd / log``; past ``timeout`` seconds its process group is killed
+    and ``subprocess.TimeoutExpired`` raised (:func:`tool_run.run_tool`)."""
     with open(cwd / log, "w") as out:
-        return subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+        return run_tool(cmd, cwd=cwd, stdout=out, timeout=timeout)
 
 
 def last_error(path: Path) -> str:
@@ -190,14 +196,15 @@ def _match(cell_type: str, pattern: str) -> bool:
     return cell_type.startswith(pattern[:-1]) if pattern.endswith("*") else cell_type == pattern
 
 
-def synthesize(job: Job) -> dict:
-    """Both synthesis flows in one Yosys run; cell counts of the design (module ``top.dut``)."""
+def synthesize(job: Job, timeout: float) -> dict:
+    """Both synthesis flows in one Yosys run of at most ``timeout`` seconds (else ``subprocess.TimeoutExpired``);
+    cell counts of the design (module ``top.dut``)."""
     script = ["read_rtlil top.il", "setattr -mod -set keep_hierarchy 1 top.dut",
               "hierarchy -top top", "design -save rtl"]
     for arch, synth in SYNTH.items():
         script += ["design -load rtl", synth(job.dsp), f"write_json {arch}.json"]
     (job.workdir / "synth.ys").write_text("\n".join(script) + "\n")
-    if run([YOSYS, "-q", "-l", "yosys.log", "synth.ys"], job.workdir, "yosys.out").returncode:
+    if run([YOSYS, "-q", "-l", "yosys.log", "synth.ys"], job.workdir, "yosys.out", timeout):
         raise RuntimeError(f"{job.label} {job.size} W{job.bits}: yosys: {last_error(job.workdir / 'yosys.log')}")
     result = {}
     for arch, columns in CELLS.items():
@@ -235,7 +242,7 @@ def place_and_route(job: Job, arch: str, seed: int, timeout: float) -> dict:
     cmd = NEXTPNR[arch] + ["--json", f"{arch}.json", "--freq", str(TARGET_MHZ[arch]), "--seed", str(seed),
                            "--timing-allow-fail", "--report", report, "-q", "-l", f"{arch}-seed{seed}.log"]
     try:
-        failed = run(cmd, job.workdir, f"{arch}-seed{seed}.out", timeout).returncode
+        failed = run(cmd, job.workdir, f"{arch}-seed{seed}.out", timeout)
     except subprocess.TimeoutExpired:
         return {"seed": seed, "error": f"timeout: no placement in {timeout:.0f} s", "seconds": round(timeout, 1)}
     seconds = round(time.perf_counter() - start, 1)
@@ -247,13 +254,23 @@ def place_and_route(job: Job, arch: str, seed: int, timeout: float) -> dict:
             "utilization": {cell: u["used"] for cell, u in data["utilization"].items() if u["used"]}}
 
 
-def measure(job: Job, seeds: int, timeout: float) -> dict:
+def measure(job: Job, seeds: int, timeout: float, synth_timeout: float) -> dict:
+    """Synthesis, then place and route per family; a synthesis past ``synth_timeout`` seconds is recorded (as
+    ``synth_error``, and each family's place and route skipped), as a place and route past ``timeout`` is."""
     start = time.perf_counter()
     result = {"label": job.label, "variant": job.variant, "dsp": job.dsp, "options": job.options, "wbits": job.bits,
               "abits": job.bits, "size": job.size, "build_dir": str(job.workdir)}
-    synth = synthesize(job)
+    try:
+        synth = synthesize(job, synth_timeout)
+    except subprocess.TimeoutExpired:
+        result["synth_error"] = f"timeout: no synthesis in {synth_timeout:.0f} s (raise --synth-timeout)"
+        synth = None
     result["synth_seconds"] = round(time.perf_counter() - start, 1)
     for arch in SYNTH:
+        if synth is None:
+            result[arch] = {"cells": None, "fmax_mhz_median": None, "pnr_logic": None,
+                            "pnr": [{"skipped": result["synth_error"]}]}
+            continue
         too_big = cannot_fit(arch, synth[arch])
         runs = ([{"skipped": f"does not fit (synthesis: {too_big})"}] if too_big else
                 [place_and_route(job, arch, seed, timeout) for seed in range(1, seeds + 1)])
@@ -290,7 +307,8 @@ def table(results: list[dict], arch: str) -> str:
             placed = sum("fmax_mhz" in run for run in a["pnr"])
             fmax = f"{a['fmax_mhz_median']:.1f}" + (f" ({placed}/{len(a['pnr'])} seeds placed)"
                                                    if placed < len(a["pnr"]) else "")
-        row = [r["size"], f"{r['wbits']}/{r['abits']}", r["label"], *(str(a["cells"][c]) for c in columns),
+        row = [r["size"], f"{r['wbits']}/{r['abits']}", r["label"],
+               *(str(a["cells"][c]) if a["cells"] else "-" for c in columns),
                str(a["pnr_logic"] if a["pnr_logic"] is not None else "-"), fmax]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -307,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="designs built in parallel")
     parser.add_argument("--pnr-timeout", type=float, default=300,
                         help="seconds per nextpnr run (near the part's capacity the placer can search for long)")
+    parser.add_argument("--synth-timeout", type=float, default=SYNTH_TIMEOUT_S,
+                        help="seconds per Yosys run (a design's synthesis for both families)")
     parser.add_argument("--build-dir", default="build/pe_cost")
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "pe_cost.json"))
@@ -315,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         parse_size(size)
     if args.seeds < 1 or args.jobs < 1:
         parser.error("--seeds and --jobs must be >= 1")
+    if not args.pnr_timeout > 0 or not args.synth_timeout > 0:
+        parser.error("--pnr-timeout and --synth-timeout must be > 0")
 
     start = time.perf_counter()
     load_before = os.getloadavg()
@@ -329,7 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     slow = ("multiply", "row_table_multiply", "pe_lut")
     order = sorted(range(len(jobs)), key=lambda i: (-jobs[i].bits, jobs[i].label not in slow, i))
     with ThreadPoolExecutor(args.jobs) as pool:
-        measured = dict(zip(order, pool.map(lambda i: measure(jobs[i], args.seeds, args.pnr_timeout), order)))
+        try:
+            measured = dict(zip(order, pool.map(lambda i: measure(jobs[i], args.seeds, args.pnr_timeout,
+                                                                  args.synth_timeout), order)))
+        except BaseException:       # Ctrl-C, a failed synthesis: nothing more starts, the tools running are killed
+            pool.shutdown(wait=False, cancel_futures=True)
+            stop_tools()
+            raise
     results = [measured[i] for i in range(len(jobs))]
     seconds = round(time.perf_counter() - start, 1)
     load_after = os.getloadavg()

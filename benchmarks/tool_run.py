@@ -1,0 +1,65 @@
+"""An FPGA tool (Yosys, nextpnr) run by a benchmark: a deadline, and nothing of it left behind.
+
+:func:`run_tool` runs a command in a process group of its own and returns its exit status; past its
+``timeout`` the group is killed and ``subprocess.TimeoutExpired`` raised, and an exception in the calling
+thread (Ctrl-C) kills it too. A reaper (:class:`sim.reaper.Reaper`) kills the group should the benchmark
+die first. Benchmarks run tools from worker threads, which an interrupt does not reach: their main thread
+calls :func:`stop_tools` when it stops, which kills every tool still running; after it, :func:`run_tool`
+starts none (:class:`ToolsStopped`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+from sim.reaper import Reaper
+
+_running: set[subprocess.Popen] = set()
+_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+class ToolsStopped(RuntimeError):
+    """:func:`stop_tools` was called: the benchmark is stopping, no tool starts."""
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_tool(cmd: list[str], *, cwd, stdout, timeout: float) -> int:
+    """Run ``cmd`` in ``cwd``, its output (stderr too) to ``stdout``; its exit status (negative: killed)."""
+    reaper = Reaper()
+    proc = None
+    try:
+        with _lock:
+            if _stopping.is_set():
+                raise ToolsStopped(f"not started, the benchmark is stopping: {cmd[0]}")
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+            _running.add(proc)
+        reaper.watch(proc.pid)
+        return proc.wait(timeout)
+    except BaseException:
+        if proc is not None:
+            _kill_group(proc)
+            proc.wait()
+        raise
+    finally:
+        with _lock:
+            _running.discard(proc)
+        reaper.release()
+
+
+def stop_tools() -> None:
+    """Kill the process group of every tool :func:`run_tool` is running (in any thread); start no more."""
+    with _lock:
+        _stopping.set()
+        running = list(_running)
+    for proc in running:
+        _kill_group(proc)
