@@ -15,6 +15,7 @@ product: what multiplying costs per PE. About a minute for the digits CNN at 1 x
 ResNet-20 at 8 x 16 on the ULX3S-85F.
 
 Run:  python benchmarks/core_cells.py [--model FILE] [--board icebreaker] [--rows 1 --cols 1] [--multiply-cols M]
+      [--synth-timeout 1800]  (seconds per Yosys run; past them it is killed and the error says so)
 Writes benchmarks/results/core_cells.json (or --json-out; another board: core_cells-<board>.json).
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from board_builds import environment  # noqa: E402
+from tool_run import run_tool  # noqa: E402
 
 from lcq_train.atomic import save_json  # noqa: E402
 
@@ -43,6 +45,26 @@ KINDS = {"ice40": {"LUT4": ("SB_LUT4",), "FF": ("SB_DFF",), "CARRY": ("SB_CARRY"
          "ecp5": {"LUT4": ("LUT4",), "FF": ("TRELLIS_FF",), "CARRY": ("CCU2C",), "MUX": ("PFUMX", "L6MUX21"),
                   "EBR": ("DP16KD", "PDPW16KD"), "SPRAM": (), "DSP": ("MULT18X18D",)}}
 SYNTH = {"ice40": "synth_ice40 -dsp -noflatten", "ecp5": "synth_ecp5 -noflatten"}
+SYNTH_TIMEOUT_S = 1800      # default seconds per Yosys run (ResNet-20 at 8 x 16 on the ULX3S-85F: about five minutes)
+
+
+class SynthesisError(RuntimeError):
+    """A Yosys run failed or ran past its deadline (then it was killed with its process group)."""
+
+
+def run_yosys(yosys: str, script: str, work: Path, what: str, timeout: float) -> None:
+    """Run Yosys on ``work / script`` (its output in ``work / <script>.log``) for at most ``timeout`` seconds;
+    :class:`SynthesisError` naming ``what`` was synthesized when it fails or times out."""
+    log = work / f"{script}.log"
+    try:
+        with open(log, "w") as out:
+            code = run_tool([yosys, "-q", "-s", script], cwd=work, stdout=out, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SynthesisError(f"Yosys's synthesis of {what} did not finish within {timeout:g} s and was killed; "
+                             f"a larger core takes longer: raise --synth-timeout") from None
+    if code:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-5:])
+        raise SynthesisError(f"Yosys's synthesis of {what} failed (exit {code}):\n{tail}")
 
 
 def module_cells(stats: dict, family: str = "ice40") -> dict[str, dict[str, int]]:
@@ -68,9 +90,10 @@ def grouped(modules: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     return out
 
 
-def pe_cells(yosys: str, params, board, work: Path) -> dict[str, dict[str, int]]:
+def pe_cells(yosys: str, params, board, work: Path, timeout: float) -> dict[str, dict[str, int]]:
     """Cells of one PE of the engine of ``params`` (:func:`hw.engine.array_variant`, multiplying) and of one of
-    the same widths that only selects its product (``multiply=False``), each synthesized alone for ``board``."""
+    the same widths that only selects its product (``multiply=False``), each synthesized alone for ``board``
+    (within ``timeout`` seconds)."""
     from amaranth.back import rtlil
 
     from hw.engine import array_variant
@@ -85,7 +108,7 @@ def pe_cells(yosys: str, params, board, work: Path) -> dict[str, dict[str, int]]
         (work / "pe.il").write_text(rtlil.convert(pe, name="pe", platform=platform))
         (work / "pe.ys").write_text(f"read_rtlil pe.il\n{SYNTH[board.family]} -top pe\n"
                                    "tee -q -o pe.json stat -json\n")
-        subprocess.run([yosys, "-q", "-s", "pe.ys"], cwd=work, check=True, timeout=600, stdout=subprocess.DEVNULL)
+        run_yosys(yosys, "pe.ys", work, f"one PE ({name})", timeout)
         out[name] = module_cells(json.loads((work / "pe.json").read_text()), board.family)["pe"]
     return out
 
@@ -101,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="PEs multiply in the first M columns only (0: all; default: the board's, as lcq build)")
     parser.add_argument("--json-out", help="results file (default: benchmarks/results/core_cells.json on the "
                         "iCEBreaker, core_cells-<board>.json on another board)")
+    parser.add_argument("--synth-timeout", type=float, default=SYNTH_TIMEOUT_S, metavar="S",
+                        help="seconds each Yosys run (the core's, each PE's) may take before it is killed")
     args = parser.parse_args(argv)
+    if not args.synth_timeout > 0:
+        parser.error("--synth-timeout must be > 0")
     args.json_out = args.json_out or str(ROOT / "benchmarks" / "results" / (
         "core_cells.json" if args.board == "icebreaker" else f"core_cells-{args.board}.json"))
 
@@ -136,10 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         script = f"read_rtlil core.il\n{UNDEFINED_COLLISIONS}\n{SYNTH[board.family]} -top core\n" \
                  f"tee -q -o stat.json stat -json\n"
         (Path(work) / "synth.ys").write_text(script)
-        subprocess.run([yosys, "-q", "-s", "synth.ys"], cwd=work, check=True, timeout=1800,
-                       stdout=subprocess.DEVNULL)
-        modules = module_cells(json.loads((Path(work) / "stat.json").read_text()), board.family)
-        pes = pe_cells(yosys, params.engine, board, Path(work)) if params.engine.multiply else None
+        try:
+            run_yosys(yosys, "synth.ys", Path(work), f"the {args.rows} x {args.cols} core", args.synth_timeout)
+            modules = module_cells(json.loads((Path(work) / "stat.json").read_text()), board.family)
+            pes = pe_cells(yosys, params.engine, board, Path(work), args.synth_timeout) \
+                if params.engine.multiply else None
+        except SynthesisError as e:
+            print(f"core_cells: error: {e}", file=sys.stderr)
+            return 1
     seconds = round(time.perf_counter() - t0, 1)
     modules = grouped({name: cells for name, cells in modules.items() if any(cells.values())})
     total = {kind: sum(cells[kind] for cells in modules.values()) for kind in kinds}

@@ -1,7 +1,12 @@
 """benchmarks/core_cells.py's count of Yosys's ``stat -json``: pure function, no synthesis."""
 
 import importlib.util
+import os
+import signal
+import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,3 +42,43 @@ def test_ecp5_cells_and_the_copies_of_a_module_summed():
                                           "SPRAM": 0, "DSP": 0}
     assert cells["core.array"] == {"copies": 1, "LUT4": 0, "FF": 0, "CARRY": 0, "MUX": 0, "EBR": 2, "SPRAM": 0,
                                    "DSP": 1}
+
+
+HANGING_YOSYS = """#!/bin/sh
+sleep 600 &
+echo $! > {child}
+wait
+"""
+
+
+def test_a_synthesis_past_its_deadline_is_an_error_line(tmp_path, monkeypatch, capsys):
+    """Yosys past --synth-timeout: killed with its process group (its child too), and one line says what timed out
+    and what to do, not a TimeoutExpired traceback."""
+    pytest.importorskip("amaranth", reason="the core needs amaranth: pip install -e '.[hw]'")
+    import sim.netlist
+
+    child, yosys = tmp_path / "child.pid", tmp_path / "yosys"
+    yosys.write_text(HANGING_YOSYS.format(child=child))
+    yosys.chmod(0o755)
+    monkeypatch.setattr(sim.netlist, "yosys_executable", lambda: str(yosys))
+    try:
+        assert load_script().main(["--synth-timeout", "2", "--json-out", str(tmp_path / "cells.json")]) == 1
+        deadline = time.monotonic() + 5
+        while running(int(child.read_text())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not running(int(child.read_text())), "Yosys's own child outlived it"
+    finally:
+        if child.exists() and running(int(child.read_text())):
+            os.kill(int(child.read_text()), signal.SIGKILL)
+    err = capsys.readouterr().err
+    assert "core_cells: error: Yosys's synthesis of the 1 x 1 core did not finish within 2 s and was killed; a " \
+           "larger core takes longer: raise --synth-timeout" in err
+    assert not (tmp_path / "cells.json").exists()
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is no zombie)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
