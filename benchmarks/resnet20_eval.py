@@ -27,7 +27,6 @@ import hashlib
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from importlib.metadata import version
@@ -41,19 +40,14 @@ from compiler.reference import predict
 from compiler.report import report
 from lcq_train.atomic import save_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"
 # Settings a saved run must share with the requested one to be reused.
 _RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "weight_decay", "momentum",
                 "warmup_epochs", "augment", "init", "seed")
-
-
-def git_state() -> dict:
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True).stdout
-
-    return {"commit": git("rev-parse", "HEAD").strip(),
-            "modified": [line[3:] for line in git("status", "--porcelain", "--", "lcq_train", "compiler").splitlines()]}
 
 
 def model_differences(a, b, path: str = "") -> list[str]:
@@ -147,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "python": platform.python_version()},
         "versions": {pkg: version(pkg) for pkg in ("torch", "numpy", "pillow")},
-        "git": git_state(), "images": n,
+        "git": git_state("lcq_train", "compiler"), "images": n,
         "committed": {"model": str(committed_path)},
     }
     c = result["committed"]
