@@ -40,7 +40,7 @@ start=$(date +%s)
 until_end() { local s=$((BUDGET_S - ($(date +%s) - start) - $1)); echo $((s > 1 ? s : 1)); }   # s, less $1
 
 mkdir -p "$OUT"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+timeout 60 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" | tee "$OUT/machine.txt"
 
 timeout 90 $PY -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_train_step_device.py tests/test_quant_device.py \
@@ -80,7 +80,7 @@ else
         timeout 60 $PY benchmarks/cifar10_resnet20.py "${options[@]}" --report --json-out "$json" 2>&1 \
             | tee -a "$OUT/cifar10.log"
     fi
-    tar czf "$OUT/$run.tar.gz" -C "$RUNS" "$run"
+    timeout 60 tar czf "$OUT/$run.tar.gz" -C "$RUNS" "$run"
 
     reps=(--reps 20 --steps 10)
     [ "$DEVICE" = cpu ] && reps=(--reps 2 --steps 2 --warmup 1)

@@ -5,6 +5,7 @@ CIFAR-10 in python batches."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -64,3 +65,13 @@ def test_an_unknown_task_is_refused(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_session.sh", "data"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2 and "TASK must be cifar10 or ablations, not cifar100" in proc.stderr
+
+
+def test_every_python_and_tar_step_has_a_deadline():
+    """As the script's header says, every step has its deadline: each line that runs Python or tar (outside the
+    comments and the packing script it feeds Python) runs under `timeout`."""
+    lines = (REPO / "benchmarks" / "gpu_session.sh").read_text().split("<<'PACK'")
+    script = lines[0] + "".join(part.split("\nPACK\n", 1)[1] for part in lines[1:])
+    steps = [line.strip() for line in script.splitlines()
+             if not line.lstrip().startswith("#") and re.search(r"(^|\s)(\$PY|tar)\s", line)]
+    assert len(steps) == 8 and all(step.startswith("timeout ") for step in steps), steps
