@@ -2,8 +2,8 @@
 
 :func:`run_tool` runs a command in a process group of its own and returns its exit status; past its
 ``timeout`` the group is killed and ``subprocess.TimeoutExpired`` raised, and an exception in the calling
-thread (Ctrl-C) kills it too. A reaper (:class:`sim.reaper.Reaper`) kills the group should the benchmark
-die first. Benchmarks run tools from worker threads, which an interrupt does not reach: their main thread
+thread (Ctrl-C) kills it too. A reaper (:class:`boards.process_group.Reaper`) kills the group should the
+benchmark die first. Benchmarks run tools from worker threads, which an interrupt does not reach: their main thread
 calls :func:`stop_tools` when it stops, which kills every tool still running; after it, :func:`run_tool`
 starts none (:class:`ToolsStopped`).
 """
@@ -15,7 +15,7 @@ import signal
 import subprocess
 import threading
 
-from sim.reaper import Reaper
+from boards.process_group import Reaper
 
 _running: set[subprocess.Popen] = set()
 _lock = threading.Lock()

@@ -1,12 +1,12 @@
 """A tool run in a process group of its own (``start_new_session``), stopped however the run ends.
 
-:func:`stop_group` stops the group (SIGTERM, then SIGKILL). :func:`group_stopped` is the block a tool runs
-in: leaving it in any way (the tool done, an exception, Ctrl-C, a deadline) stops what is left of the group,
-and a small reaper process started beside the tool SIGKILLs the group should this process die first
-(SIGKILL, or a signal it does not handle), so that no tool outlives the command that started it. The reaper
-reads its stdin until it closes: ``done`` first means this process stopped the group; a bare close means
-it died. It runs in a session of its own, so that no signal to this process's group or terminal (Ctrl-C,
-a dropped SSH session) ends it before it has done its work. (sim/runner.py has a reaper of its own.)
+:func:`stop_group` stops the group (SIGTERM, then SIGKILL). :class:`Reaper` is a small process that kills a
+group should this process die before it is done with it: it runs in a session of its own, where no signal
+to this process's group or terminal (Ctrl-C, a dropped SSH session, ``timeout``) reaches it, and reads its
+stdin until it closes: ``done`` means this process dealt with the group; a bare close means it died, and
+the reaper SIGKILLs the group. :func:`group_stopped` is the block a tool runs in: leaving it in any way
+(the tool done, an exception, Ctrl-C, a deadline) stops what is left of the group, and a reaper watches it
+meanwhile. (The simulators of :mod:`sim.runner` and the benchmarks' tools use the same reaper.)
 """
 
 from __future__ import annotations
@@ -20,11 +20,36 @@ import sys
 STOP_GRACE_SECONDS = 5.0         # SIGTERM, then SIGKILL after this long
 
 _REAPER = ("import os, signal, sys\n"
-           "if sys.stdin.buffer.read() != b'done':\n"
+           "data = sys.stdin.buffer.read()\n"
+           "if not data.endswith(b'done'):\n"
            "    try:\n"
-           "        os.killpg(int(sys.argv[1]), signal.SIGKILL)\n"
-           "    except (ProcessLookupError, PermissionError):\n"
+           "        os.killpg(int(data.split()[0]), signal.SIGKILL)\n"
+           "    except (IndexError, ValueError, ProcessLookupError, PermissionError):\n"
            "        pass\n")
+
+
+class Reaper:
+    """The reaper process of one command (start it before the command, so that no moment is unguarded)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-I", "-c", _REAPER], stdin=subprocess.PIPE,
+                                     start_new_session=True)
+
+    def watch(self, pgid: int) -> None:
+        """Kill process group ``pgid`` should this process die before :meth:`release`."""
+        self.proc.stdin.write(f"{pgid}\n".encode())
+        self.proc.stdin.flush()
+
+    def release(self) -> None:
+        """This process has dealt with the command: the reaper ends without killing anything."""
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.write(b"done")
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
@@ -43,11 +68,11 @@ def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> Non
 
 @contextlib.contextmanager
 def group_stopped(proc: subprocess.Popen):
-    """Within it, a reaper watches the process group ``proc`` leads; on leaving it, the group is stopped
-    (:func:`stop_group`) and the reaper told so (not told, it kills the group itself)."""
+    """Within it, a :class:`Reaper` watches the process group ``proc`` leads; on leaving it, the group is
+    stopped (:func:`stop_group`) and the reaper released (not released, it kills the group itself)."""
     try:
-        reaper = subprocess.Popen([sys.executable, "-I", "-c", _REAPER, str(proc.pid)], stdin=subprocess.PIPE,
-                                  start_new_session=True)
+        reaper = Reaper()
+        reaper.watch(proc.pid)
     except BaseException:
         stop_group(proc)
         raise
@@ -56,13 +81,5 @@ def group_stopped(proc: subprocess.Popen):
     finally:
         try:
             stop_group(proc)
-            with contextlib.suppress(OSError):
-                reaper.stdin.write(b"done")
         finally:
-            with contextlib.suppress(OSError):
-                reaper.stdin.close()
-            try:
-                reaper.wait(STOP_GRACE_SECONDS)
-            except subprocess.TimeoutExpired:
-                reaper.kill()
-                reaper.wait()
+            reaper.release()

@@ -45,8 +45,8 @@ Verilator binary) runs in its own process group with a deadline (``timeout`` of
 seconds, else :data:`DEFAULT_TIMEOUT_S`; :func:`deadline` sets it for a block). Past the
 deadline the whole group is killed and :class:`SimulationTimeout` says which command, after
 how long, and what to do; an exception in this process (Ctrl-C included) kills the group
-too, and a reaper process (:mod:`sim.reaper`, in a session of its own) kills it when this process dies
-without cleaning up (SIGKILL, say, or a SIGTERM or hangup sent to this process's group, which the
+too, and a reaper process (:class:`boards.process_group.Reaper`, in a session of its own) kills
+it when this process dies without cleaning up (SIGKILL, say, or a SIGTERM or hangup sent to this process's group, which the
 simulator's group does not get), so no simulator outlives the run that started it.
 """
 
@@ -66,7 +66,7 @@ import types
 from pathlib import Path
 from xml.etree import ElementTree
 
-from .reaper import Reaper
+from boards.process_group import Reaper
 
 SIMULATORS = ("icarus", "verilator")
 DATA_ENV = "LCQ_SIM_DATA"
