@@ -72,7 +72,7 @@ a = json.loads(sys.argv[1])
 try:
     r = build_model(a["model"], get_board(a["board"]), a["mhz"], a["rows"], a["cols"], Path(a["out"]), a["mode"],
                     seed=a["seed"], placer=a["placer"], router=a["router"], placements=a["placements"],
-                    force=a["force"], multiply_cols=a["multiply_cols"])
+                    force=a["force"], multiply_cols=a["multiply_cols"], timeout=None)   # (the parent's time limit)
 except BuildError as e:
     print(f"BuildError: {e}", file=sys.stderr)
     sys.exit(1)
