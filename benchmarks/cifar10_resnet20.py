@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
 
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.metrics import read_metrics  # noqa: E402
-from lcq_train.stop_signals import stop_signals  # noqa: E402
+from lcq_train.stop_signals import signals_held, stop_signals  # noqa: E402
 from lcq_train.train import PAPER_RECIPE, TrainConfig  # noqa: E402
 
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
@@ -326,7 +326,8 @@ def run_all(specs: list[dict], args: argparse.Namespace, t_start: float) -> None
                 while queue or running:
                     while queue and len(running) < (1 if phase_no == 0 else args.jobs):
                         spec = queue.pop(0)
-                        running.append((spec, start(spec, args)))
+                        with signals_held():           # (a signal between the start and the record would orphan it)
+                            running.append((spec, start(spec, args)))
                     time.sleep(0.2)
                     for item in [r for r in running if r[1].poll() is not None]:
                         running.remove(item)

@@ -4,7 +4,9 @@ Their default action ends the process at once, without its ``finally`` blocks: t
 would have stopped (training workers, a simulator in its own process group) go on running with PPID 1.
 Within ``with stop_signals():`` (on the main thread; elsewhere nothing changes, as Python lets only the
 main thread set handlers) either signal raises :class:`Stopped`, a ``KeyboardInterrupt``, so that the
-code that handles Ctrl-C handles them too; the handlers before are put back after.
+code that handles Ctrl-C handles them too; the handlers before are put back after. ``with signals_held():``
+holds them back over a few statements that must not be cut in two (a child started and recorded), and they
+arrive after it.
 """
 
 from __future__ import annotations
@@ -42,3 +44,13 @@ def stop_signals() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Within it, SIGTERM and SIGHUP wait (blocked for this thread); on leaving it, any that came arrive."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
