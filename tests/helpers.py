@@ -1,13 +1,16 @@
 """Plain helper functions shared by the tests: random small models and images, a model file's members, a
-live pickle payload, CIFAR-10 python batches of random images.
+live pickle payload, CIFAR-10 python batches of random images, a benchmark script as a module, whether a
+process runs.
 
 :mod:`conftest` exposes the model and image helpers as fixtures (a test or fixture asks for
 ``small_cnn``, say); code that cannot take fixtures (module-level caches, Hypothesis tests) imports
 them from here.
 """
 
+import importlib.util
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -116,3 +119,20 @@ def make_cifar_python(root, n=2, label_names=None, seed=0):
     train_x = np.concatenate([xs[b] for b in CIFAR_TRAIN_BATCHES]).reshape(-1, 3, 32, 32)
     train_y = np.concatenate([ys[b] for b in CIFAR_TRAIN_BATCHES])
     return train_x, train_y, xs["test_batch"].reshape(-1, 3, 32, 32), np.array(ys["test_batch"])
+
+
+def load_benchmark(name: str, as_name: str | None = None):
+    """A fresh copy of ``benchmarks/NAME.py`` as a module named ``as_name`` (default NAME)."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(as_name or name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` runs (exists and is no zombie; Linux's /proc)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

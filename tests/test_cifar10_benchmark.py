@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import running
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "cifar10_resnet20.py"
@@ -117,10 +118,3 @@ def test_a_stop_signal_stops_the_runs_under_way(tmp_path, sig):
         if run is not None and running(run):
             os.kill(run, signal.SIGKILL)
 
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` runs (exists and is no zombie)."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False

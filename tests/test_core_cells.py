@@ -1,25 +1,15 @@
 """benchmarks/core_cells.py's count of Yosys's ``stat -json``: pure function, no synthesis."""
 
-import importlib.util
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("core_cells", REPO / "benchmarks" / "core_cells.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark, running
 
 
 def test_module_cells_counts_each_modules_own_cells_by_kind():
-    module = load_script()
+    module = load_benchmark("core_cells")
     stats = {"modules": {"\\core": {"num_cells_by_type": {}},
                          "\\core.bridge": {"num_cells_by_type": {"SB_LUT4": 10, "SB_DFF": 3, "SB_DFFESR": 4,
                                                                  "SB_CARRY": 2, "SB_RAM40_4K": 1}},
@@ -31,7 +21,7 @@ def test_module_cells_counts_each_modules_own_cells_by_kind():
 
 
 def test_ecp5_cells_and_the_copies_of_a_module_summed():
-    module = load_script()
+    module = load_benchmark("core_cells")
     pe = {"num_cells_by_type": {"LUT4": 5, "CCU2C": 2, "PFUMX": 1, "L6MUX21": 1, "TRELLIS_FF": 4}}
     stats = {"modules": {"\\core.array": {"num_cells_by_type": {"DP16KD": 2, "MULT18X18D": 1}},
                          "\\core.array.pe_0_0": pe, "\\core.array.pe_0_1": pe, "\\core.array.pe_10_3": pe,
@@ -62,7 +52,8 @@ def test_a_synthesis_past_its_deadline_is_an_error_line(tmp_path, monkeypatch, c
     yosys.chmod(0o755)
     monkeypatch.setattr(sim.netlist, "yosys_executable", lambda: str(yosys))
     try:
-        assert load_script().main(["--synth-timeout", "2", "--json-out", str(tmp_path / "cells.json")]) == 1
+        cells = tmp_path / "cells.json"
+        assert load_benchmark("core_cells").main(["--synth-timeout", "2", "--json-out", str(cells)]) == 1
         deadline = time.monotonic() + 5
         while running(int(child.read_text())) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -75,10 +66,3 @@ def test_a_synthesis_past_its_deadline_is_an_error_line(tmp_path, monkeypatch, c
            "larger core takes longer: raise --synth-timeout" in err
     assert not (tmp_path / "cells.json").exists()
 
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` runs (exists and is no zombie)."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False

@@ -1,12 +1,12 @@
 """benchmarks/git_state.py: the git state the benchmarks record, asked with a deadline, and theirs one copy of it."""
 
-import importlib.util
 import os
 import re
 import time
 from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,8 +41,6 @@ def test_a_git_that_hangs_is_killed_and_the_state_unknown(git_state, tmp_path, m
                                            ("resnet20_eval", ["git_state"]), ("residual_width", ["git_commit"])])
 def test_the_benchmarks_record_their_git_state_through_it(git_state, script, names):
     pytest.importorskip("amaranth" if script in ("board_builds", "array_utilization") else "torch")
-    spec = importlib.util.spec_from_file_location(script, REPO / "benchmarks" / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark(script)
     for name in names:
         assert getattr(module, name) is getattr(git_state, name)

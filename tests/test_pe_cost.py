@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import running
 
 pytest.importorskip("amaranth", reason="the PE designs need amaranth: pip install -e '.[hw]'")
 
@@ -45,10 +46,3 @@ def test_a_synthesis_past_its_deadline_is_killed_and_recorded(tmp_path):
         if child.exists() and running(int(child.read_text())):
             os.kill(int(child.read_text()), signal.SIGKILL)
 
-
-def running(pid: int) -> bool:
-    """Whether process ``pid`` runs (exists and is no zombie)."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except OSError:
-        return False

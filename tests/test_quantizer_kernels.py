@@ -1,25 +1,15 @@
 """benchmarks/quantizer_speed.py --part kernels: the operations a quantizer call and a ResNet-20 step queue on
 an accelerator, counted on the meta device; and its quantizer timing off the CPU (on the meta device)."""
 
-import importlib.util
 import json
 from types import SimpleNamespace
-from pathlib import Path
 
 import torch
-
-PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "quantizer_speed.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("quantizer_speed", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_views_and_empty_allocations_are_not_kernels():
-    bench = load_benchmark()
+    bench = load_benchmark("quantizer_speed")
     x = torch.empty(4, 6, device="meta")
     with bench.KernelCount() as views:
         x.view(-1), x[1:], x.detach(), x.t(), torch.empty_like(x)
@@ -29,7 +19,7 @@ def test_views_and_empty_allocations_are_not_kernels():
 
 
 def test_kernel_counts_of_every_resnet20_tensor_and_step(tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("quantizer_speed")
     out = tmp_path / "kernels.json"
     assert bench.main(["--part", "kernels", "--json-out", str(out)]) == 0
     result = json.loads(out.read_text())
@@ -50,7 +40,7 @@ def test_kernel_counts_of_every_resnet20_tensor_and_step(tmp_path):
 def test_off_the_cpu_the_quantizer_timing_has_calls_with_their_tables_in_a_batch(monkeypatch):
     """On the meta device (no values, no time worth the name) the rows and the table are complete; here on
     one weight and one activation shape at 3 bits."""
-    bench = load_benchmark()
+    bench = load_benchmark("quantizer_speed")
     monkeypatch.setattr(bench, "BITS", (3,))
     shapes = [("weights", (16, 16, 3, 3)), ("activations", (128, 64, 8, 8))]
     monkeypatch.setattr(bench, "resnet20_tensors", lambda: shapes)
@@ -66,7 +56,7 @@ def test_off_the_cpu_the_quantizer_timing_has_calls_with_their_tables_in_a_batch
 
 def test_an_interrupt_keeps_the_parts_before_it(tmp_path, monkeypatch):
     """gpu_session.sh gives the benchmark what time is left and then sends SIGINT."""
-    bench = load_benchmark()
+    bench = load_benchmark("quantizer_speed")
     monkeypatch.setattr(bench, "bench_training", lambda args, device: [])
     ran = []
 

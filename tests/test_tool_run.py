@@ -1,27 +1,16 @@
 """benchmarks/tool_run.py: the FPGA tools a benchmark runs from worker threads stop when its main thread stops."""
 
-import importlib.util
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_tool_run():
-    """A fresh copy of the module (stop_tools stops it for good)."""
-    spec = importlib.util.spec_from_file_location("tool_run_under_test", REPO / "benchmarks" / "tool_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_stop_tools_kills_the_tools_of_other_threads_and_starts_no_more(tmp_path):
-    tool_run = load_tool_run()
+    tool_run = load_benchmark("tool_run", "tool_run_under_test")   # (a fresh copy: stop_tools stops one for good)
     forever = [sys.executable, "-c", "import time; time.sleep(600)"]
     codes = []
     worker = threading.Thread(target=lambda: codes.append(
