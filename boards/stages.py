@@ -21,9 +21,10 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from lcq_train.stop_signals import stop_signals
 
 from .process_group import group_stopped, stop_group
 
@@ -33,7 +34,6 @@ LOG_FLAGS = ("-l", "--log")      # the flag before the log file a tool writes it
 PROGRESS_SECONDS = 30.0          # default seconds between progress lines
 STALL_POLL_SECONDS = 5.0         # how often the log is read for a router stall between progress lines
 STOP_POLL_SECONDS = 1.0          # how often a stage run on another thread looks at its stop event
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)   # what stops a build like Ctrl-C: a kill, a dropped terminal
 # router2 stalls where it has more than ROUTER2_MAX_OVERUSED wires overused at its iteration ROUTER2_CHECK_ITERATION.
 # Every ULX3S-85F ResNet-20 core that routed (13 builds, e42f8cd-665409a) had at most 14 there and routed
 # by iteration 76; the two that did not route within 20 minutes had 252 (cb70dc0: its count then rose to 955 by
@@ -243,24 +243,15 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s % 60:02d}s" if h else f"{m}m{s % 60:02d}s" if m else f"{s}s"
 
 
-def _raise_on_signal(signum, frame):
-    raise BuildError(f"stopped by signal {signal.Signals(signum).name}")
+def _build_stopped(signum: int) -> BuildError:
+    return BuildError(f"stopped by signal {signal.Signals(signum).name}")
 
 
-@contextmanager
 def stop_signals_raise():
-    """Within it, on the main thread, each of :data:`STOP_SIGNALS` raises :class:`BuildError` ("stopped by
-    signal SIGTERM"), so that the ``finally`` blocks that stop the tools run (elsewhere: nothing changes, as
-    Python lets only the main thread set handlers); the handlers before are put back after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, _raise_on_signal) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    """Within it, on the main thread, SIGTERM and SIGHUP (a kill, a dropped terminal) raise :class:`BuildError`
+    ("stopped by signal SIGTERM"), so that the ``finally`` blocks that stop the tools run
+    (:func:`lcq_train.stop_signals.stop_signals`)."""
+    return stop_signals(_build_stopped)
 
 
 def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build", deadline: float | None = None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -28,17 +28,17 @@ class Stopped(KeyboardInterrupt):
         self.exit_status = 128 + signum
 
 
-def _raise(signum, frame):
-    raise Stopped(signum)
-
-
 @contextmanager
-def stop_signals() -> Iterator[None]:
-    """Within it, SIGTERM and SIGHUP raise :class:`Stopped` (on the main thread)."""
+def stop_signals(raising: Callable[[int], BaseException] = Stopped) -> Iterator[None]:
+    """Within it, SIGTERM and SIGHUP raise ``raising(signum)`` (default :class:`Stopped`; on the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.signal(sig, _raise) for sig in SIGNALS}
+
+    def handler(signum, frame):
+        raise raising(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in SIGNALS}
     try:
         yield
     finally:
