@@ -10,12 +10,10 @@ starts none (:class:`ToolsStopped`).
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import threading
 
-from boards.process_group import Reaper
+from boards.process_group import Reaper, kill_group
 
 _running: set[subprocess.Popen] = set()
 _lock = threading.Lock()
@@ -24,13 +22,6 @@ _stopping = threading.Event()
 
 class ToolsStopped(RuntimeError):
     """:func:`stop_tools` was called: the benchmark is stopping, no tool starts."""
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run_tool(cmd: list[str], *, cwd, stdout, timeout: float) -> int:
@@ -47,7 +38,7 @@ def run_tool(cmd: list[str], *, cwd, stdout, timeout: float) -> int:
         return proc.wait(timeout)
     except BaseException:
         if proc is not None:
-            _kill_group(proc)
+            kill_group(proc)
             proc.wait()
         raise
     finally:
@@ -62,4 +53,4 @@ def stop_tools() -> None:
         _stopping.set()
         running = list(_running)
     for proc in running:
-        _kill_group(proc)
+        kill_group(proc)

@@ -52,6 +52,14 @@ class Reaper:
             self.proc.wait()
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group that ``proc`` leads (``start_new_session``), if it is still there."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM to the process group that ``proc`` leads, then SIGKILL to what is left of it; after each,
     waits up to ``grace`` seconds for ``proc`` to end (then ``proc.returncode`` is set)."""

@@ -58,7 +58,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -66,7 +65,7 @@ import types
 from pathlib import Path
 from xml.etree import ElementTree
 
-from boards.process_group import Reaper
+from boards.process_group import Reaper, kill_group
 
 SIMULATORS = ("icarus", "verilator")
 DATA_ENV = "LCQ_SIM_DATA"
@@ -135,10 +134,7 @@ def deadline(seconds: float):
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL ``proc``'s process group (it leads one: ``start_new_session``), then reap ``proc``."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    kill_group(proc)
     proc.wait()
 
 
