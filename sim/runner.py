@@ -46,8 +46,9 @@ seconds, else :data:`DEFAULT_TIMEOUT_S`; :func:`deadline` sets it for a block). 
 deadline the whole group is killed and :class:`SimulationTimeout` says which command, after
 how long, and what to do; an exception in this process (Ctrl-C included) kills the group
 too, and a reaper process (:class:`boards.process_group.Reaper`, in a session of its own) kills
-it when this process dies without cleaning up (SIGKILL, say, or a SIGTERM or hangup sent to this process's group, which the
-simulator's group does not get), so no simulator outlives the run that started it.
+it when this process dies without cleaning up (SIGKILL, say, or a SIGTERM or hangup sent to this
+process's group, which the simulator's group does not get), so no simulator outlives the run that
+started it.
 """
 
 from __future__ import annotations
