@@ -32,6 +32,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
         raise
 
 
+def leftovers(path: str | os.PathLike) -> list[Path]:
+    """The temporary files beside ``path`` that writes of it killed midway left (a crash runs no cleanup)."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp"))
+
+
 def _fsync_directory(directory: Path) -> None:
     """fsync ``directory``'s entries where the system allows it (some file systems refuse a directory)."""
     try:

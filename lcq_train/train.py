@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .arguments import (FloatRange, IntRange, decay_rate, default_device, device_problem, learning_rate,
                         nonnegative_float, nonnegative_int, positive_int, quantizer_rate)
+from .atomic import leftovers
 from .calibrate import CLIP_INITS, activation_codes, calibrate_clips, code_shares, reestimate_bn
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, save_json
 from .data import DATASETS, load_dataset
@@ -200,8 +201,9 @@ def _check_out_dir(out: Path, resume: bool) -> None:
 
 
 def _temporaries(out: Path) -> list[Path]:
-    """The temporary files a run killed inside :func:`~lcq_train.atomic.atomic_write` left in ``out``."""
-    return [p for stem in ("checkpoint.pt", "metrics.json") for p in out.glob(f".{stem}.*.tmp")]
+    """The temporary files a run killed inside :func:`~lcq_train.atomic.atomic_write` left in ``out``
+    (:func:`~lcq_train.atomic.leftovers` of its checkpoint and history)."""
+    return [p for name in ("checkpoint.pt", "metrics.json") for p in leftovers(out / name)]
 
 
 def _option(name: str) -> str:
