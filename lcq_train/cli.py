@@ -207,6 +207,11 @@ def cmd_train(args) -> int:
     return 0
 
 
+_FACTORY_HELP = ("for a checkpoint of your own network: the factory reference it records (its --model of lcq "
+                 "train), which confirms that its code may be imported and RUN to rebuild the network (a "
+                 "checkpoint alone never imports code)")
+
+
 def _plot_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="PNGs of a run: learned companders and quantizer levels, training curves, "
                        "activation-code histograms (needs the plot extra: matplotlib)",
@@ -218,6 +223,7 @@ def _plot_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=512, metavar="N",
                    help="training images for the activation-code histograms (0: none)")
     p.add_argument("--seed", type=SEED, default=0, help="which training images")
+    p.add_argument("--model", dest="factory", metavar="MODULE:FACTORY", type=MODEL, help=_FACTORY_HELP)
     return p
 
 
@@ -229,7 +235,8 @@ def cmd_plot(args) -> int:
     if args.images < 0:
         raise ValueError(f"--images must be >= 0, not {args.images}")
     try:
-        written = plot_run(args.run_dir, args.out, data_dir=args.data_dir, images=args.images, seed=args.seed)
+        written = plot_run(args.run_dir, args.out, data_dir=args.data_dir, images=args.images, seed=args.seed,
+                           factory=args.factory)
     except ModuleNotFoundError as e:
         if e.name != "matplotlib":
             raise
@@ -249,10 +256,7 @@ def _export_onnx_parser(sub) -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt of `lcq train`")
     p.add_argument("-o", "--output", metavar="FILE", required=True, help="ONNX file to write (e.g. model.onnx)")
-    p.add_argument("--model", dest="factory", metavar="MODULE:FACTORY", type=MODEL,
-                   help="for a checkpoint of your own network: the factory reference it records (its --model of "
-                        "lcq train), which confirms that its code may be imported and RUN to rebuild the network "
-                        "(a checkpoint alone never imports code)")
+    p.add_argument("--model", dest="factory", metavar="MODULE:FACTORY", type=MODEL, help=_FACTORY_HELP)
     return p
 
 

@@ -230,12 +230,14 @@ def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int) 
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: str | None = None,
-             images: int = 512, seed: int = 0, log=print) -> list[Path]:
+             images: int = 512, seed: int = 0, factory: str | None = None, log=print) -> list[Path]:
     """Write the run's PNGs to ``out`` (default RUN_DIR/plots); returns their paths.
 
     ``images``: training images for the activation-code histograms (0: none), drawn at random with
     ``seed``; the data set is the run's, from ``data_dir`` if given, else the run's own ``--data-dir``.
-    Raises ModuleNotFoundError (naming the ``plot`` extra) without matplotlib.
+    ``factory``: for a run of your own network, the reference it records, which confirms that its
+    code may run (:func:`~lcq_train.factory.model_from_checkpoint`). Raises ModuleNotFoundError
+    (naming the ``plot`` extra) without matplotlib.
     """
     figure = _figure_class()
     state, metrics = load_run(run_dir)
@@ -249,7 +251,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: st
         log(f"{run_dir} is a full-precision run: no quantizers to draw, training curves only")
         return written
     try:
-        model = model_from_checkpoint(state)
+        model = model_from_checkpoint(state, factory, option="--model")
     except ValueError as e:                 # weights that do not fit the model, a user model's factory
         raise ValueError(f"{run_dir}: {e}") from None
     written += plot_quantizers(model, out, figure)

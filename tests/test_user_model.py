@@ -279,6 +279,16 @@ def test_cli_compiles_a_user_model_with_an_identity_shortcut(user_run, tmp_path,
     assert result["agreement"] == 1.0 and all(c["mismatched"] == 0 for c in result["code_mismatches"].values())
 
 
+def test_cli_plots_a_user_model_once_the_factory_is_confirmed(user_run, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    ref, out, _ = user_run
+    plots = tmp_path / "plots"
+    assert main(["plot", str(out), "--out", str(plots), "--images", "0"]) == 2
+    assert f"pass --model {ref} " in capsys.readouterr().err and not list(plots.glob("*quantizer*"))
+    assert main(["plot", str(out), "--out", str(plots), "--images", "0", "--model", ref]) == 0
+    assert any("quantizer" in p.name for p in plots.iterdir()), sorted(p.name for p in plots.iterdir())
+
+
 def test_cli_resume_of_a_user_model(user_run, tmp_path, capsys):
     ref, out, args = user_run
     run = tmp_path / "run"
