@@ -20,6 +20,7 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -257,10 +258,16 @@ def process_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+PEER_TIMEOUT = timedelta(minutes=30)
+"""The longest one training process waits for the others (at an epoch's end, rank 0 evaluates and
+writes the checkpoint while the rest wait at a barrier); then its collective raises."""
+
+
 def _distributed() -> tuple[int, int, int]:
+    """(rank, world size, local rank), joining the launcher's process group (torchrun) when there is one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=PEER_TIMEOUT)
     return (dist.get_rank() if world > 1 else 0), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
