@@ -62,7 +62,20 @@ def add_parsers(sub) -> dict:
     return {"generate": cmd_generate}
 
 
+def _check_output(output: str) -> Path:
+    """The Verilog file ``-o`` names, checked before the core is elaborated: not a directory, and not a ``.json``
+    file (the parameters go beside it with that suffix and would replace it)."""
+    out = Path(output)
+    if out.is_dir():
+        raise ValueError(f"-o {output} is a directory: name the Verilog file to write, e.g. -o {out / 'core.v'}")
+    if out.suffix == ".json":
+        raise ValueError(f"-o {output}: the parameters are written beside the Verilog with its .json suffix and "
+                         f"would replace it; name a Verilog file, e.g. -o {out.with_suffix('.v')}")
+    return out
+
+
 def cmd_generate(args) -> int:
+    _check_output(args.output)
     model = model_format.load(args.model)
     if args.mode == "network":
         return _generate_network(args, model)

@@ -405,3 +405,16 @@ def test_generated_verilog_does_not_depend_on_the_string_hash_seed(tmp_path):
                         "--cols", "1"], cwd=ROOT, env=env, check=True, timeout=300, stdout=subprocess.DEVNULL)
         texts.append(out.read_text())
     assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("name", ["core.json", "dir"])
+def test_generate_refuses_an_output_it_cannot_write_before_elaborating(tmp_path, capsys, name):
+    """``-o`` naming a directory, or a ``.json`` file (which the parameters file beside it, ``.json`` too, would
+    replace), is an error naming the option, before the core is elaborated; nothing is written."""
+    out = tmp_path / name
+    if name == "dir":
+        out.mkdir()
+    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "1", "--cols", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {out}" in err and ("is a directory" in err if name == "dir" else "its .json" in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([name] if name == "dir" else [])
