@@ -176,7 +176,8 @@ class EngineParams:
                 raise ValueError(f"{name} must be an integer in {low}..{high}, got {value!r}")
         if not isinstance(self.max_side, int) or isinstance(self.max_side, bool) or not 0 <= self.max_side <= 1 << 24:
             raise ValueError(f"max_side must be an integer in 0..{1 << 24}, got {self.max_side!r}")
-        if not isinstance(self.threshold_width, int) or not 0 <= self.threshold_width <= self.acc_bits + 1:
+        if not isinstance(self.threshold_width, int) or isinstance(self.threshold_width, bool) or \
+                self.threshold_width not in (0, *range(2, self.acc_bits + 2)):
             raise ValueError(f"threshold_width must be 0 (acc_bits + 1) or 2..{self.acc_bits + 1}, "
                              f"got {self.threshold_width!r}")
         if not isinstance(self.wide_depth, int) or isinstance(self.wide_depth, bool) or \

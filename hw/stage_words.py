@@ -37,12 +37,13 @@ def stored_thresholds(stage: Thresholds) -> np.ndarray:
 
 
 def threshold_bits(stage: Thresholds) -> int:
-    """Signed width holding every stored threshold of ``stage`` (:func:`stored_thresholds`).
+    """Signed width holding every stored threshold of ``stage`` (:func:`stored_thresholds`), at least 2 (the
+    narrowest that :class:`hw.thresholds.ThresholdUnit` stores: all-zero thresholds would need 1).
 
     The compiler clamps thresholds to ``[-bound - 1, bound + 1]`` with ``bound`` the
     largest ``|acc|``, so ``acc_bits + 1`` always suffices; this is often less.
     """
-    return signed_bits(int(np.abs(stored_thresholds(stage)).max()))
+    return max(2, signed_bits(int(np.abs(stored_thresholds(stage)).max())))
 
 
 def threshold_words(stage: Thresholds, threshold_bits: int) -> list[int]:

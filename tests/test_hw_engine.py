@@ -194,6 +194,28 @@ def test_engine_params_errors_name_the_value():
         check_fits(dataclasses.replace(params, multiply=False), DIGITS.convs[0])
 
 
+def test_all_zero_thresholds_get_the_two_bit_width_the_units_take():
+    """A model whose every threshold is 0 (valid: one sign bit would hold them) gets an engine whose threshold
+    units are built (stored thresholds at least 2 bits, as :class:`hw.thresholds.ThresholdUnit` takes them), its
+    outputs exact; ``threshold_width`` 1 is refused by the rule its message states."""
+    model = load(Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq")
+    for node in model.convs:
+        if node.stage is not None and node.stage.kind == "thresholds":
+            node.stage.thresholds = np.zeros_like(node.stage.thresholds)
+    model.validate()
+    node = model.convs[0]
+    params = EngineParams.for_model(model, 2, 3)
+    assert params.threshold_bits == 2
+    images = np.random.default_rng(0).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    t = reference.run(model, images)
+    words, _ = run_engine(params, node, layer_beats(params, node) + act_beats(params, node, t[node.input][0]),
+                          output_words(params, node))
+    assert (decode_outputs(params, node, words) == t[node.output][0]).all()
+    for width in (1, True):
+        with pytest.raises(ValueError, match=rf"threshold_width must be 0 .acc_bits \+ 1. or 2\.\.\d+, got {width}"):
+            dataclasses.replace(params, threshold_width=width)
+
+
 def test_first_mismatch_names_layer_channel_position_and_cycle():
     params = EngineParams.for_model(DIGITS, 2, 4)
     node = DIGITS.convs[3]                                       # fc: 10 channels in 3 words of 4
