@@ -96,8 +96,9 @@ def multiplier_bits(stage: Requantize) -> int:
 
 
 def bias_bits(stage: Requantize) -> int:
-    """Signed width of the largest ``|bias|``."""
-    return signed_bits(int(np.abs(requantize_arrays(stage)[1]).max()))
+    """Signed width of the largest ``|bias|``, at least 2 (the narrowest that :class:`hw.requantize.RequantizeUnit`
+    stores: biases all 0, with shifts all 0, would need 1)."""
+    return max(2, signed_bits(int(np.abs(requantize_arrays(stage)[1]).max())))
 
 
 def max_shift(stage: Requantize) -> int:

@@ -200,6 +200,19 @@ def test_requantize_random(acc_bits, gaps, registered_constants, registered_inpu
         assert min(want) < 0 < max(want)
 
 
+def test_requantize_without_bias_gets_the_two_bit_width_the_unit_takes():
+    """Shift 0 and bias 0 in every channel (valid: multipliers of 2^23 and up need no rounding constant): the
+    unit :meth:`RequantizeUnit.for_stage` sizes is built (a bias field of 2 bits, the narrowest it takes; one
+    sign bit would hold 0) and is exact."""
+    stage = Requantize(np.array([2**23, 2**24 - 3]), np.zeros(2, np.int64), np.zeros(2, np.int64))
+    stage.check_arrays("test", 2, 2**9)
+    assert bias_bits(stage) == 2
+    dut = RequantizeUnit.for_stage(stage, 10)
+    items = [(c, a) for c in range(2) for a in (-512, -1, 0, 1, 511)]
+    (got,) = run_unit(dut, [(dut.words(stage), items)], dut.out, dut.out_valid, gaps=False, seed=0)
+    assert got == expected(stage, items)
+
+
 # ---------------------------------------------------------------- a compiled model
 
 @pytest.fixture(scope="module")
