@@ -199,6 +199,11 @@ def cmd_sim(args) -> int:
         "-xinit" if x_init else "")
     build_dir = Path(args.build_dir or
                      f"build/sim/{Path(args.model).stem}{kind}-{rows}x{cols}{where}-{args.simulator}")
+    try:
+        build_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot make the simulation build directory {build_dir} ({e.strerror}): give a "
+                         f"directory that can be made or written with --build-dir DIR") from None
     STALL.check(args.stall, "--stall")
     STALL.check(args.backpressure, "--backpressure")
     synthesized = None

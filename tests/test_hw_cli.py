@@ -418,3 +418,18 @@ def test_generate_refuses_an_output_it_cannot_write_before_elaborating(tmp_path,
     err = capsys.readouterr().err
     assert f"-o {out}" in err and ("is a directory" in err if name == "dir" else "its .json" in err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ([name] if name == "dir" else [])
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_sim_refuses_a_build_dir_it_cannot_make(tmp_path, capsys, monkeypatch, under):
+    """``--build-dir`` naming a file, or a path under one, is an error naming the option, not a traceback
+    (NotADirectoryError) once the core is elaborated; no simulator is needed to get it."""
+    import sim.cli
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    build_dir = blocker / "sim" if under else blocker
+    assert main(["sim", str(DIGITS), "--random", "--rows", "1", "--cols", "1", "--build-dir", str(build_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot make the simulation build directory {build_dir}" in err and "--build-dir DIR" in err
