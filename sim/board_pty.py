@@ -157,12 +157,18 @@ class BoardSim:
 
     def build(self, timeout: float = BUILD_TIMEOUT_S) -> None:
         """Verilog of the board's top, its Verilator build and ``report.json`` (ValueError without
-        Verilator, :class:`sim.runner.SimulationFailed` when the build fails or passes ``timeout`` seconds)."""
+        Verilator or a build directory, :class:`sim.runner.SimulationFailed` when the build fails or passes
+        ``timeout`` seconds)."""
         from boards.build import write_json
 
         reason = unavailable_reason("verilator")
         if reason is not None:
             raise ValueError(f"lcq board-sim needs Verilator: {reason}")
+        try:
+            self.build_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot make the board's build directory {self.build_dir} ({e.strerror}): give a "
+                             f"directory that can be made or written with --build-dir DIR") from None
         source = board_verilog(self.factory, self.board, self.clk_hz, self.build_dir)
         sources, defines, text = [source], {}, source.read_text()
         if dsp.PRIMITIVE in text:               # the ECP5's registered multipliers (hw.dsp), as its build has them

@@ -433,3 +433,17 @@ def test_sim_refuses_a_build_dir_it_cannot_make(tmp_path, capsys, monkeypatch, u
     assert main(["sim", str(DIGITS), "--random", "--rows", "1", "--cols", "1", "--build-dir", str(build_dir)]) == 2
     err = capsys.readouterr().err
     assert f"cannot make the simulation build directory {build_dir}" in err and "--build-dir DIR" in err
+
+
+def test_board_sim_refuses_a_build_dir_it_cannot_make(tmp_path, capsys, monkeypatch):
+    """``lcq board-sim --build-dir`` under a file is an error naming the option, not a traceback
+    (NotADirectoryError); no Verilator is needed to get it."""
+    import sim.board_pty
+
+    monkeypatch.setattr(sim.board_pty, "unavailable_reason", lambda simulator: None)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    build_dir = blocker / "board"
+    assert main(["board-sim", str(DIGITS), "--board", "icebreaker", "--build-dir", str(build_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot make the board's build directory {build_dir}" in err and "--build-dir DIR" in err
