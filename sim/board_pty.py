@@ -6,8 +6,8 @@ the link bridge and the UART, the same array and, on the UP5K, the same SPRAM pr
 PLL frequency, and runs it with its UART pins bridged to a pseudo-terminal bit by bit at the board's baud
 rate (:mod:`sim.board_pty_cocotb`). It prints the device path (``/dev/pts/N``) and the ``lcq run`` command
 that classifies images through it, writes a build report for ``lcq run --report`` (the fields
-``lcq run`` reads, ``"simulated": true``, no bitstream) and runs until stopped (Ctrl-C, SIGTERM, SIGHUP) or
-``--seconds`` have passed. The unmodified host side then talks to it through pyserial: its timeouts,
+``lcq run`` reads, ``"simulated": true``, no bitstream) and runs until stopped (Ctrl-C, SIGTERM, SIGHUP: exit
+status 130, 143, 129) or ``--seconds`` have passed (0). The unmodified host side then talks to it through pyserial: its timeouts,
 its resends and its resynchronization.
 
 Speed: the -O2 Verilator model runs some 60k to 80k cycles per second (the digits CNN's network core on
@@ -295,7 +295,7 @@ def cmd_board_sim(args) -> int:
     except SimulationFailed as e:
         print(f"lcq board-sim: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("lcq board-sim: stopped", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:          # Ctrl-C: 130; SIGTERM, SIGHUP (Stopped): the shell's status for them
+        print(f"lcq board-sim: {e or 'stopped'}", file=sys.stderr)
+        return getattr(e, "exit_status", 130)
     return 0

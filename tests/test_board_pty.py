@@ -111,14 +111,16 @@ def board_sim(tmp_path, *extra: str):
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM (lcq board-sim then kills its simulator's process group), SIGKILL after 30 s."""
+    """SIGTERM (lcq board-sim then kills its simulator's process group and exits with the shell's status for
+    SIGTERM, 143), SIGKILL after 30 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            assert proc.wait(timeout=30) == 128 + signal.SIGTERM
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+            raise
 
 
 def test_ping_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_path):
