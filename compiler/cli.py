@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from lcq_train.arguments import IntRange, positive_int
+from lcq_train.arguments import IntRange, output_file, positive_int
 from lcq_train.factory import MODEL
 
 from . import format as model_format
@@ -24,7 +24,7 @@ def add_parsers(sub) -> dict:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("compile", help="compile a trained checkpoint to an integer model file", formatter_class=fmt)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt of `lcq train` (uniform or lcq)")
-    p.add_argument("-o", "--output", metavar="MODEL", required=True, help="compiled model file to write")
+    p.add_argument("-o", "--output", metavar="MODEL", required=True, type=output_file, help="compiled model file to write")
     p.add_argument("--residual-frac-bits", type=int, default=8, metavar="F",
                    help="fraction bits of the residual stream below its finest accumulator scale")
     p.add_argument("--pool-frac-bits", type=int, default=8, metavar="F", help="fraction bits of BN+ReLU before pooling")
@@ -121,6 +121,9 @@ def cmd_eval(args) -> int:
     data = load_dataset(source["dataset"], args.data_dir)
     images, labels = data.test_x.numpy(), data.test_y.numpy()
     if args.images is not None:
+        if args.images > len(images):
+            raise ValueError(f"--images {args.images}: the {source['dataset']} test set has {len(images)} images; "
+                             "pass at most that many, or leave --images out for all of them")
         images, labels = images[:args.images], labels[:args.images]
     t0 = time.perf_counter()
     show = None if args.json else (lambda r: print(f"\r{r.images}/{len(images)} images", end="", file=sys.stderr))

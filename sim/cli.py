@@ -138,7 +138,11 @@ def _images(args, model) -> np.ndarray:
         return rng.integers(0, 256, size=(args.images, *model.input.shape), dtype=np.uint8)
     from lcq_train.data import load_dataset
 
-    data = load_dataset(model.source.get("dataset", "digits"), args.data_dir)
+    dataset = model.source.get("dataset", "digits")
+    data = load_dataset(dataset, args.data_dir)
+    if args.images > len(data.test_x):
+        raise ValueError(f"--images {args.images}: the {dataset} test set has {len(data.test_x)} images; pass at "
+                         f"most that many, or --random for random images")
     return np.ascontiguousarray(data.test_x[:args.images].numpy())
 
 

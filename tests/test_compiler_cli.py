@@ -65,6 +65,8 @@ def test_eval_table_and_image_limit(compiled, capsys):
     out = capsys.readouterr().out
     assert "50 digits test images: integer top-1" in out and "top-1 agreement 100.000%" in out
     assert "| act2 | 25,600 | 0 |" in out
+    assert main(["eval", str(model), "--images", "361"]) == 2
+    assert "--images 361: the digits test set has 360 images" in capsys.readouterr().err
 
 
 def test_compile_refuses_a_full_precision_checkpoint(tmp_path, capsys):

@@ -407,17 +407,28 @@ def test_generated_verilog_does_not_depend_on_the_string_hash_seed(tmp_path):
     assert texts[0] == texts[1]
 
 
-@pytest.mark.parametrize("name", ["core.json", "dir"])
-def test_generate_refuses_an_output_it_cannot_write_before_elaborating(tmp_path, capsys, name):
-    """``-o`` naming a directory, or a ``.json`` file (which the parameters file beside it, ``.json`` too, would
-    replace), is an error naming the option, before the core is elaborated; nothing is written."""
-    out = tmp_path / name
-    if name == "dir":
-        out.mkdir()
+def test_generate_refuses_a_json_output_before_elaborating(tmp_path, capsys):
+    """``-o`` naming a ``.json`` file (which the parameters file beside it, ``.json`` too, would replace) is an
+    error naming the option, before the core is elaborated; nothing is written."""
+    out = tmp_path / "core.json"
     assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "1", "--cols", "1"]) == 2
     err = capsys.readouterr().err
-    assert f"-o {out}" in err and ("is a directory" in err if name == "dir" else "its .json" in err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ([name] if name == "dir" else [])
+    assert f"-o {out}" in err and "its .json" in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["generate", str(DIGITS)], ["compile", "checkpoint.pt"],
+                                     ["export-onnx", "checkpoint.pt"]])
+@pytest.mark.parametrize("slash", [False, True])
+def test_file_outputs_refuse_a_directory(tmp_path, capsys, command, slash):
+    """``-o`` of every command that writes one file refuses an existing directory, and a path ending in a
+    separator (once written as a file beside it under the directory's name), before anything runs."""
+    out = f"{tmp_path / 'new'}/" if slash else str(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "-o", out])
+    assert exit_.value.code == 2
+    assert f"argument -o/--output: must name a file to write, not a directory: {out!r}" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("under", [False, True])
@@ -447,3 +458,15 @@ def test_board_sim_refuses_a_build_dir_it_cannot_make(tmp_path, capsys, monkeypa
     assert main(["board-sim", str(DIGITS), "--board", "icebreaker", "--build-dir", str(build_dir)]) == 2
     err = capsys.readouterr().err
     assert f"cannot make the board's build directory {build_dir}" in err and "--build-dir DIR" in err
+
+
+def test_sim_refuses_more_images_than_the_test_set_has(tmp_path, capsys, monkeypatch):
+    """``--images`` beyond the model's test set is an error naming the set's size, not a shorter run that says
+    nothing (before anything is built; no simulator is needed to get it)."""
+    import sim.cli
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    build_dir = tmp_path / "build"
+    assert main(["sim", str(DIGITS), "--images", "361", "--build-dir", str(build_dir)]) == 2
+    assert "--images 361: the digits test set has 360 images" in capsys.readouterr().err
+    assert not build_dir.exists()
