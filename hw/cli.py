@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from compiler import format as model_format
-from lcq_train.arguments import IntRange
+from lcq_train.arguments import IntRange, output_file
 
 from .engine_params import MAX_ARRAY
 from .residency import RESIDENCY
@@ -53,7 +53,7 @@ def add_parsers(sub) -> dict:
 
     p = sub.add_parser("generate", help="write the accelerator's Verilog for a compiled model", formatter_class=fmt)
     array_args(p)
-    p.add_argument("-o", "--output", metavar="FILE", default="build/core.v", help="Verilog file to write")
+    p.add_argument("-o", "--output", metavar="FILE", type=output_file, default="build/core.v", help="Verilog file to write")
     p.add_argument("--mode", choices=("network", "layer"), default="network",
                    help="the whole network on the chip (image in, logits out), or the layer engine (one layer "
                         "per start, the host between layers)")
@@ -63,11 +63,9 @@ def add_parsers(sub) -> dict:
 
 
 def _check_output(output: str) -> Path:
-    """The Verilog file ``-o`` names, checked before the core is elaborated: not a directory, and not a ``.json``
-    file (the parameters go beside it with that suffix and would replace it)."""
+    """The Verilog file ``-o`` names (a file: :func:`lcq_train.arguments.output_file`), checked before the core is
+    elaborated: not a ``.json`` file (the parameters go beside it with that suffix and would replace it)."""
     out = Path(output)
-    if out.is_dir():
-        raise ValueError(f"-o {output} is a directory: name the Verilog file to write, e.g. -o {out / 'core.v'}")
     if out.suffix == ".json":
         raise ValueError(f"-o {output}: the parameters are written beside the Verilog with its .json suffix and "
                          f"would replace it; name a Verilog file, e.g. -o {out.with_suffix('.v')}")

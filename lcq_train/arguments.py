@@ -13,17 +13,18 @@ saved run are held to one rule:
 finite); :data:`positive_int`, :data:`nonnegative_int`, :data:`positive_float`,
 :data:`nonnegative_float` and :data:`probability` are the common ones. :func:`torch_device` checks a
 ``--device`` (it imports torch only when called); :func:`default_device` is the device a run takes
-when none is given.
+when none is given; :func:`output_file` is a file to write (``-o``), not a directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 
 __all__ = ["IntRange", "FloatRange", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
            "probability", "learning_rate", "quantizer_rate", "decay_rate", "torch_device", "device_problem",
-           "default_device"]
+           "default_device", "output_file"]
 
 
 class IntRange:
@@ -126,6 +127,14 @@ probability = FloatRange(0.0, 1.0)
 learning_rate = FloatRange(0.0, 1000.0, lo_open=True)       # --lr
 quantizer_rate = FloatRange(0.0, 1000.0)                    # --q-lr (0: quantizers frozen)
 decay_rate = probability                                    # --weight-decay
+
+
+def output_file(text: str) -> str:
+    """A file to write (argparse type): not an existing directory and not a path ending in a separator
+    (which the file would otherwise silently be written beside, under the directory's name)."""
+    if text.endswith(("/", os.sep)) or os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"must name a file to write, not a directory: {text!r}")
+    return text
 
 
 def device_problem(name: str) -> str | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import (decay_rate, learning_rate, nonnegative_float, nonnegative_int, positive_int, quantizer_rate,
-                        torch_device)
+from .arguments import (decay_rate, learning_rate, nonnegative_float, nonnegative_int, output_file, positive_int,
+                        quantizer_rate, torch_device)
 from .calibrate import CLIP_INITS
 from .data import DATASETS
 from .factory import MODEL, is_factory
@@ -255,7 +255,7 @@ def _export_onnx_parser(sub) -> argparse.ArgumentParser:
                        "operators; each activation quantizer as its thresholds and level table; needs onnx)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt of `lcq train`")
-    p.add_argument("-o", "--output", metavar="FILE", required=True, help="ONNX file to write (e.g. model.onnx)")
+    p.add_argument("-o", "--output", metavar="FILE", type=output_file, required=True, help="ONNX file to write (e.g. model.onnx)")
     p.add_argument("--model", dest="factory", metavar="MODULE:FACTORY", type=MODEL, help=_FACTORY_HELP)
     return p
 
