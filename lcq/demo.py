@@ -2,8 +2,8 @@
 
 FP pretraining, LCQ fine-tuning, compiling to the integer model, checking the integer
 reference against the PyTorch model, running test images through the generated Verilog
-in cocotb, and building a bitstream for ``--board``. The board name is checked before
-anything runs.
+in cocotb, and building a bitstream for ``--board``. Every option (the board name, the
+bit-widths, epochs, seed and image count) is checked before anything runs.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from compiler.agreement import compare
 from compiler.lower import compile_checkpoint, load_model
 from compiler.report import report
 from hw.engine_params import EngineParams
+from lcq_train.arguments import nonnegative_int, positive_int
 from lcq_train.data import load_dataset
 from lcq_train.plan import QuantPlan
-from lcq_train.train import TrainConfig, train
+from lcq_train.quantizer import BITS
+from lcq_train.train import SEED, TrainConfig, train
 from sim.engine_run import engine_build, simulate_model
 from sim.runner import available_simulators
 
@@ -33,14 +35,15 @@ def add_parsers(sub) -> dict:
     demo = sub.add_parser("demo", help="the main job on the embedded default (8x8 digits)",
                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     demo.add_argument("--out", metavar="DIR", default="runs/demo")
-    demo.add_argument("--wbits", type=int, default=3, metavar="B")
-    demo.add_argument("--abits", type=int, default=3, metavar="B")
-    demo.add_argument("--fp-epochs", type=int, default=30, metavar="N")
-    demo.add_argument("--epochs", type=int, default=30, metavar="N", help="LCQ fine-tuning epochs")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--wbits", type=BITS, default=3, metavar="B", help=f"weight bits ({BITS.describe()})")
+    demo.add_argument("--abits", type=BITS, default=3, metavar="B", help=f"activation bits ({BITS.describe()})")
+    demo.add_argument("--fp-epochs", type=positive_int, default=30, metavar="N",
+                      help="full-precision pretraining epochs, N >= 1")
+    demo.add_argument("--epochs", type=positive_int, default=30, metavar="N", help="LCQ fine-tuning epochs, N >= 1")
+    demo.add_argument("--seed", type=SEED, default=0, help=f"random seed of both trainings, {SEED.describe()}")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    demo.add_argument("--sim-images", type=int, default=10, metavar="N",
-                      help="test images to run through the generated Verilog in cocotb (0: skip)")
+    demo.add_argument("--sim-images", type=nonnegative_int, default=10, metavar="N",
+                      help="test images to run through the generated Verilog in cocotb, N >= 0 (0: skip)")
     demo.add_argument("--board", default="icebreaker", choices=[*BOARDS, "none"], metavar="NAME",
                       help=f"board to build a bitstream for: {', '.join(BOARDS)}, or 'none' to skip")
     return {"demo": cmd_demo}

@@ -30,6 +30,23 @@ def test_demo_refuses_an_unknown_board_before_training(tmp_path, capsys):
     assert not any(tmp_path.iterdir()), "nothing may run before the board name is checked"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "argument --epochs: must be an integer >= 1, not '0'"),
+    (["--fp-epochs", "-1"], "argument --fp-epochs: must be an integer >= 1, not '-1'"),
+    (["--sim-images", "-3"], "argument --sim-images: must be an integer >= 0, not '-3'"),
+    (["--wbits", "9"], "argument --wbits: must be an integer in 2..8, not '9'"),
+    (["--abits", "1"], "argument --abits: must be an integer in 2..8, not '1'"),
+    (["--seed", "-1"], "argument --seed: must be an integer in 0..4294967295, not '-1'"),
+])
+def test_demo_checks_its_options_before_training(tmp_path, capsys, argv, message):
+    """A bad value stops the demo at once, naming the option (not after the full-precision pretraining)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--out", str(tmp_path), *argv])
+    assert exit_.value.code == 2
+    assert f"lcq demo: error: {message}" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir()), "nothing may run before the options are checked"
+
+
 def test_training_without_a_terminal_prints_one_line_per_epoch(tmp_path):
     """Piped to a file, `lcq train` prints each epoch's line and no progress-bar redraws."""
     import subprocess
