@@ -1,11 +1,12 @@
 """An FPGA tool (Yosys, nextpnr) run by a benchmark: a deadline, and nothing of it left behind.
 
 :func:`run_tool` runs a command in a process group of its own and returns its exit status; past its
-``timeout`` the group is killed and ``subprocess.TimeoutExpired`` raised, and an exception in the calling
-thread (Ctrl-C) kills it too. A reaper (:class:`boards.process_group.Reaper`) kills the group should the
+``timeout`` the group is stopped as a build's tool is (:func:`boards.process_group.stop_group`: SIGTERM, then
+SIGKILL to what is left after a grace period) and ``subprocess.TimeoutExpired`` raised, and an exception in the
+calling thread (Ctrl-C) stops it too. A reaper (:class:`boards.process_group.Reaper`) kills the group should the
 benchmark die first. Benchmarks run tools from worker threads, which an interrupt does not reach: their main thread
-calls :func:`stop_tools` when it stops, which kills every tool still running; after it, :func:`run_tool`
-starts none (:class:`ToolsStopped`).
+calls :func:`stop_tools` when it stops, which stops every tool still running the same way; after it,
+:func:`run_tool` starts none (:class:`ToolsStopped`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import threading
 
-from boards.process_group import Reaper, kill_group
+from boards.process_group import Reaper, stop_group
 
 _running: set[subprocess.Popen] = set()
 _lock = threading.Lock()
@@ -38,7 +39,7 @@ def run_tool(cmd: list[str], *, cwd, stdout, timeout: float) -> int:
         return proc.wait(timeout)
     except BaseException:
         if proc is not None:
-            kill_group(proc)
+            stop_group(proc)
             proc.wait()
         raise
     finally:
@@ -48,9 +49,10 @@ def run_tool(cmd: list[str], *, cwd, stdout, timeout: float) -> int:
 
 
 def stop_tools() -> None:
-    """Kill the process group of every tool :func:`run_tool` is running (in any thread); start no more."""
+    """Stop the process group of every tool :func:`run_tool` is running (in any thread), as
+    :func:`boards.process_group.stop_group` does; start no more."""
     with _lock:
         _stopping.set()
         running = list(_running)
     for proc in running:
-        kill_group(proc)
+        stop_group(proc)
