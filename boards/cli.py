@@ -299,6 +299,9 @@ def cmd_run(args) -> int:
     except LinkError as e:
         print(f"\nlcq run: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nlcq run: interrupted (Ctrl-C): the port was closed; no results", file=sys.stderr)
+        return 130
     reference = predict(model, images).argmax(axis=1)
     repeated = "images_repeated" if mode == "network" else "layers_repeated"
     out = {"board": board.name, "port": args.port, "mode": mode, "baud": baud, "images": len(images),

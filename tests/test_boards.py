@@ -551,6 +551,46 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
             "repeated); 5 of 5 predictions equal the integer reference") in capsys.readouterr().out
 
 
+def test_ctrl_c_during_lcq_run_is_one_line_and_closes_the_port(tmp_path, capsys, monkeypatch):
+    """As `lcq build` and `lcq flash`: Ctrl-C while images run ends with one line and exit status 130, not a
+    traceback."""
+    import boards.link_host
+    import boards.runtime
+    from lcq.cli import main
+
+    closed = []
+
+    class Port:
+        def __init__(self, path, baud, timeout):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            closed.append(True)
+
+    class Runner:
+        def __init__(self, host, model, params, resident):
+            pass
+
+        def classify(self, images, labels, progress):
+            progress(1, len(images))
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(boards.link_host, "SerialPort", Port)
+    monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
+    try:
+        assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
+                     "--report", str(report)]) == 130
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped lcq run")
+    assert closed == [True]
+    assert capsys.readouterr().err.endswith("\nlcq run: interrupted (Ctrl-C): the port was closed; no results\n")
+
+
 @pytest.mark.parametrize("multiply_cols", [None, 3])
 def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, monkeypatch, multiply_cols):
     """A report of a network-mode build: `lcq run` recomputes the core from its rows, cols and multiply_cols (0
