@@ -27,6 +27,7 @@ from pathlib import Path
 
 from hw.flip_flops import KEEP_OWN_FLIP_FLOPS
 from hw.memories import UNDEFINED_COLLISIONS
+from lcq_train.atomic import atomic_write
 
 from .boards import PLL_TOLERANCE, Board, get_board
 from .placements import Placed, place_and_route
@@ -217,7 +218,5 @@ def _run(stages, build_dir, board: Board, seed: int | None, placements: int, dea
 
 
 def write_json(path: Path, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temporary file, then ``os.replace``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON to ``path`` atomically and durably (:func:`lcq_train.atomic.atomic_write`)."""
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))

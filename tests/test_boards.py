@@ -177,6 +177,24 @@ def test_parse_build_uses_board_counts(tmp_path):
     assert "| LUT4 | 82 | 5,280 | 1.6 |" in table
 
 
+def test_a_build_report_is_synced_and_a_failed_write_leaves_the_last_one_alone(tmp_path, monkeypatch):
+    """report.json (which `lcq flash` and `lcq run` read) is written as every other output is
+    (lcq_train.atomic): synced before its rename, and no temporary file is left where the write fails."""
+    from boards.build import write_json
+
+    path, synced, real_fsync = tmp_path / "report.json", [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    write_json(path, {"pll_mhz": 24.0})
+    assert json.loads(path.read_text()) == {"pll_mhz": 24.0} and synced
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match="No space left"):
+        write_json(path, {"pll_mhz": 36.0})
+    assert json.loads(path.read_text()) == {"pll_mhz": 24.0} and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_yosys_ff_count_needs_statistics():
     with pytest.raises(ValueError, match="no 'Printing statistics' block"):
         yosys_ff_count("nothing here")
