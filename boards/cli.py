@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -10,7 +9,8 @@ from pathlib import Path
 
 from hw.cli import ARRAY_SIZE, MULTIPLY_COLS
 from hw.residency import RESIDENCY
-from lcq_train.arguments import FloatRange, nonnegative_int, positive_float, positive_int
+from lcq_train.arguments import (DefaultsHelpFormatter, FloatRange, nonnegative_int, positive_float,
+                                 positive_int)
 from lcq_train.json_text import parse_json
 
 from .boards import BOARDS, PLL_OUTPUT_MHZ, PLL_TOLERANCE, get_board
@@ -25,7 +25,7 @@ BUILD_TIMEOUT_S = 7200.0
 
 def add_parsers(sub) -> dict:
     """Register the board verbs on ``sub`` (argparse subparsers); returns {verb: handler}."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelpFormatter
     boards = ", ".join(BOARDS)
     p = sub.add_parser("build", help="build the accelerator for a compiled model into a bitstream, with a "
                                      "timing and resource report", formatter_class=fmt)

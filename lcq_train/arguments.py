@@ -11,9 +11,10 @@ saved run are held to one rule:
 
 ``IntRange(lo, hi)`` and ``FloatRange(lo, hi, lo_open=...)`` make new ones (floats are always
 finite); :data:`positive_int`, :data:`nonnegative_int`, :data:`positive_float`,
-:data:`nonnegative_float` and :data:`probability` are the common ones. :func:`torch_device` checks a
-``--device`` (it imports torch only when called); :func:`default_device` is the device a run takes
-when none is given; :func:`output_file` is a file to write (``-o``), not a directory.
+:data:`nonnegative_float` and :data:`probability` are the common ones. :class:`DefaultsHelpFormatter` shows
+each option's default in the help, but not None (an option whose default is decided later says how itself).
+:func:`torch_device` checks a ``--device`` (it imports torch only when called); :func:`default_device` is the
+device a run takes when none is given; :func:`output_file` is a file to write (``-o``), not a directory.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import argparse
 import math
 import os
 
-__all__ = ["IntRange", "FloatRange", "positive_int", "nonnegative_int", "positive_float", "nonnegative_float",
-           "probability", "learning_rate", "quantizer_rate", "decay_rate", "torch_device", "device_problem",
-           "default_device", "output_file"]
+__all__ = ["IntRange", "FloatRange", "DefaultsHelpFormatter", "positive_int", "nonnegative_int", "positive_float",
+           "nonnegative_float", "probability", "learning_rate", "quantizer_rate", "decay_rate", "torch_device",
+           "device_problem", "default_device", "output_file"]
 
 
 class IntRange:
@@ -116,6 +117,13 @@ class FloatRange:
 
     def __repr__(self) -> str:
         return f"FloatRange({self.lo}, {self.hi}, lo_open={self.lo_open})"
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except None (an option whose default is decided later: its help says how)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 positive_int = IntRange(1)

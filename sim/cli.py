@@ -34,7 +34,6 @@ simulation (its simulator killed) with the shell's status for the signal (143, 1
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -44,7 +43,8 @@ import numpy as np
 
 from compiler import format as model_format
 from hw.cli import DEFAULT_COLS, DEFAULT_ROWS, array_args, engine_params
-from lcq_train.arguments import FloatRange, IntRange, nonnegative_int, positive_float, positive_int
+from lcq_train.arguments import (DefaultsHelpFormatter, FloatRange, IntRange, nonnegative_int, positive_float,
+                                 positive_int)
 from lcq_train.stop_signals import Stopped, stop_signals
 
 from .board_pty import add_parsers as board_sim_parsers
@@ -72,16 +72,9 @@ STALL = StallProbability()
 SEED = IntRange(0, 2**32 - 1)       # numpy's generator and cocotb's seed
 
 
-class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Defaults in the help, except None (an option whose default is decided later)."""
-
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def add_parsers(sub) -> dict:
     """Register the simulation verbs on ``sub`` (argparse subparsers); returns {verb: handler}."""
-    fmt = _Defaults
+    fmt = DefaultsHelpFormatter
     p = sub.add_parser("sim", help="run the generated Verilog in cocotb against the integer reference",
                        description="Run the generated Verilog in cocotb against the integer reference. By default "
                                    "the whole network runs on the network core (image in, logits out; every "

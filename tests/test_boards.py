@@ -350,6 +350,19 @@ def _parser():
     return parser, handlers
 
 
+@pytest.mark.parametrize("verb", ["build", "flash", "run"])
+def test_cli_help_states_each_default_once(verb, capsys):
+    """An option whose default is decided later (None: the board's clock, build/<board>) says so in its own words;
+    the help adds no "(default: None)" beside them. Defaults that are values are still shown."""
+    parser, _ = _parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args([verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+    shown = {"build": "(default: network)", "flash": "(default: 300.0)", "run": "(default: 100)"}[verb]
+    assert shown in text
+
+
 def test_cli_parsers():
     parser, handlers = _parser()
     assert set(handlers) == {"build", "flash", "run"}
