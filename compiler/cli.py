@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-from lcq_train.arguments import IntRange, output_file, positive_int
+from lcq_train.arguments import DefaultsHelpFormatter, IntRange, output_file, positive_int
 from lcq_train.factory import MODEL
 
 from . import format as model_format
@@ -21,10 +20,11 @@ LANES = IntRange(1, MAX_LANES)
 
 def add_parsers(sub) -> dict:
     """Register the compiler verbs on ``sub`` (argparse subparsers); returns {verb: handler}."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelpFormatter
     p = sub.add_parser("compile", help="compile a trained checkpoint to an integer model file", formatter_class=fmt)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt of `lcq train` (uniform or lcq)")
-    p.add_argument("-o", "--output", metavar="MODEL", required=True, type=output_file, help="compiled model file to write")
+    p.add_argument("-o", "--output", metavar="MODEL", required=True, type=output_file,
+                   help="compiled model file to write")
     p.add_argument("--residual-frac-bits", type=int, default=8, metavar="F",
                    help="fraction bits of the residual stream below its finest accumulator scale")
     p.add_argument("--pool-frac-bits", type=int, default=8, metavar="F", help="fraction bits of BN+ReLU before pooling")
@@ -42,7 +42,7 @@ def add_parsers(sub) -> dict:
                    help="where the checkpoint the model was compiled from is now (default: the absolute path the "
                         "model records); it must be that checkpoint (same digest)")
     p.add_argument("--images", type=positive_int, metavar="N", help="evaluate the first N test images (default: all)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per batch of both models")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     _model_option(p)
 

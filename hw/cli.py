@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from compiler import format as model_format
-from lcq_train.arguments import IntRange, output_file
+from lcq_train.arguments import DefaultsHelpFormatter, IntRange, output_file
 
 from .engine_params import MAX_ARRAY
 from .residency import RESIDENCY
@@ -49,11 +49,12 @@ def engine_params(args, model):
 
 def add_parsers(sub) -> dict:
     """Register the hardware verbs on ``sub`` (argparse subparsers); returns {verb: handler}."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelpFormatter
 
     p = sub.add_parser("generate", help="write the accelerator's Verilog for a compiled model", formatter_class=fmt)
     array_args(p)
-    p.add_argument("-o", "--output", metavar="FILE", type=output_file, default="build/core.v", help="Verilog file to write")
+    p.add_argument("-o", "--output", metavar="FILE", type=output_file, default="build/core.v",
+                   help="Verilog file to write")
     p.add_argument("--mode", choices=("network", "layer"), default="network",
                    help="the whole network on the chip (image in, logits out), or the layer engine (one layer "
                         "per start, the host between layers)")

@@ -21,7 +21,7 @@ from compiler.agreement import compare
 from compiler.lower import compile_checkpoint, load_model
 from compiler.report import report
 from hw.engine_params import EngineParams
-from lcq_train.arguments import nonnegative_int, positive_int
+from lcq_train.arguments import DefaultsHelpFormatter, nonnegative_int, positive_int
 from lcq_train.data import load_dataset
 from lcq_train.plan import QuantPlan
 from lcq_train.quantizer import BITS
@@ -33,15 +33,16 @@ from sim.runner import available_simulators
 def add_parsers(sub) -> dict:
     """Register ``demo`` on ``sub`` (argparse subparsers); returns {verb: handler}."""
     demo = sub.add_parser("demo", help="the main job on the embedded default (8x8 digits)",
-                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    demo.add_argument("--out", metavar="DIR", default="runs/demo")
+                          formatter_class=DefaultsHelpFormatter)
+    demo.add_argument("--out", metavar="DIR", default="runs/demo", help="where the runs, the model and the builds go")
     demo.add_argument("--wbits", type=BITS, default=3, metavar="B", help=f"weight bits ({BITS.describe()})")
     demo.add_argument("--abits", type=BITS, default=3, metavar="B", help=f"activation bits ({BITS.describe()})")
     demo.add_argument("--fp-epochs", type=positive_int, default=30, metavar="N",
                       help="full-precision pretraining epochs, N >= 1")
     demo.add_argument("--epochs", type=positive_int, default=30, metavar="N", help="LCQ fine-tuning epochs, N >= 1")
     demo.add_argument("--seed", type=SEED, default=0, help=f"random seed of both trainings, {SEED.describe()}")
-    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                      help="progress bars and per-epoch lines")
     demo.add_argument("--sim-images", type=nonnegative_int, default=10, metavar="N",
                       help="test images to run through the generated Verilog in cocotb, N >= 0 (0: skip)")
     demo.add_argument("--board", default="icebreaker", choices=[*BOARDS, "none"], metavar="NAME",

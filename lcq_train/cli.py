@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import (decay_rate, learning_rate, nonnegative_float, nonnegative_int, output_file, positive_int,
-                        quantizer_rate, torch_device)
+from .arguments import (DefaultsHelpFormatter, decay_rate, learning_rate, nonnegative_float, nonnegative_int,
+                        output_file, positive_int, quantizer_rate, torch_device)
 from .calibrate import CLIP_INITS
 from .data import DATASETS
 from .factory import MODEL, is_factory
@@ -19,7 +19,7 @@ from .train import SEED
 
 def _train_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model: full precision, uniform baseline or LCQ",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("--config", metavar="FILE", help="JSON file of option values (keys as the long options, "
                    "with _ for -; command-line options win), e.g. {\"wbits\": 3, \"layer_bits\": {\"conv1\": [4, 4]}}")
     p.add_argument("--model", type=MODEL, default="cnn", metavar="{" + ",".join(MODELS) + "} or MODULE:FACTORY",
@@ -28,9 +28,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                         "and returns a full-precision torch.nn.Module, quantized per the plan. IMPORTING IT RUNS "
                         "THAT CODE. The checkpoint records the reference; --resume of such a run needs the same "
                         "--model again (a checkpoint alone never imports code)")
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
+    p.add_argument("--dataset", choices=DATASETS, default="digits",
+                   help="digits is built in (8x8 images); the others load from --data-dir")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory (not needed for digits)")
-    p.add_argument("--method", choices=METHODS, default="lcq")
+    p.add_argument("--method", choices=METHODS, default="lcq",
+                   help="fp = full precision; uniform = the uniform quantizer (the baseline); lcq = learnable "
+                        "companding quantization")
     p.add_argument("--wbits", type=BITS, default=3, metavar="B", help=f"weight bits of inner layers ({BITS.describe()})")
     p.add_argument("--abits", type=BITS, default=3, metavar="B", help="activation bits of inner layers")
     p.add_argument("--layer-bits", action="append", default=[], metavar="NAME=W/A[:BW/BA]",
@@ -51,11 +54,12 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint (e.g. the FP pretrained one)")
     p.add_argument("--epochs", type=positive_int, default=10,
                    help="epochs of the run (with --resume: omit to finish the saved run, more to extend it)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128, help="training images per step")
     p.add_argument("--lr", type=learning_rate, default=None, help="weight learning rate (default 0.1 fp, 0.04 quantized)")
     p.add_argument("--q-lr", type=quantizer_rate, default=0.02, help="quantizer (alpha, theta) learning rate")
-    p.add_argument("--weight-decay", type=decay_rate, default=1e-4)
-    p.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0)
+    p.add_argument("--weight-decay", type=decay_rate, default=1e-4, help="SGD weight decay, in [0, 1]")
+    p.add_argument("--warmup-epochs", type=nonnegative_float, default=0.0,
+                   help="epochs of linear learning-rate warm-up before the cosine decay, at most --epochs")
     p.add_argument("--clip-init", choices=CLIP_INITS, default="mse",
                    help="initial clip values: mse = per quantizer, the clip whose uniform quantizer has the least "
                         "squared error on what it quantizes in the --init model (4 training batches; without "
@@ -65,7 +69,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                         "epoch's), layer after layer, with the quantizers frozen (0: none, the paper's)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip (default: on for 32x32 RGB data)")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0, help=f"random seed: initialization, data order, augmentation "
+                   f"({SEED.describe()})")
     p.add_argument("--device", type=torch_device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--out", metavar="DIR", default="runs/train",
                    help="a new or empty directory: writes DIR/checkpoint.pt and DIR/metrics.json")
@@ -215,7 +220,7 @@ _FACTORY_HELP = ("for a checkpoint of your own network: the factory reference it
 def _plot_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="PNGs of a run: learned companders and quantizer levels, training curves, "
                        "activation-code histograms (needs the plot extra: matplotlib)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR", help="the --out directory of an lcq train run (or its checkpoint)")
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: RUN_DIR/plots)")
     p.add_argument("--data-dir", metavar="DIR", help="the run's data set, for the activation codes (default: the "
@@ -253,9 +258,10 @@ def cmd_plot(args) -> int:
 def _export_onnx_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("export-onnx", help="the fake-quantized model of a checkpoint as an ONNX file (standard "
                        "operators; each activation quantizer as its thresholds and level table; needs onnx)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=DefaultsHelpFormatter)
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt of `lcq train`")
-    p.add_argument("-o", "--output", metavar="FILE", type=output_file, required=True, help="ONNX file to write (e.g. model.onnx)")
+    p.add_argument("-o", "--output", metavar="FILE", type=output_file, required=True,
+                   help="ONNX file to write (e.g. model.onnx)")
     p.add_argument("--model", dest="factory", metavar="MODULE:FACTORY", type=MODEL, help=_FACTORY_HELP)
     return p
 

@@ -7,8 +7,8 @@ PLL frequency, and runs it with its UART pins bridged to a pseudo-terminal bit b
 rate (:mod:`sim.board_pty_cocotb`). It prints the device path (``/dev/pts/N``) and the ``lcq run`` command
 that classifies images through it, writes a build report for ``lcq run --report`` (the fields
 ``lcq run`` reads, ``"simulated": true``, no bitstream) and runs until stopped (Ctrl-C, SIGTERM, SIGHUP: exit
-status 130, 143, 129) or ``--seconds`` have passed (0). The unmodified host side then talks to it through pyserial: its timeouts,
-its resends and its resynchronization.
+status 130, 143, 129) or ``--seconds`` have passed (0). The unmodified host side then talks to it through
+pyserial: its timeouts, its resends and its resynchronization.
 
 Speed: the -O2 Verilator model runs some 60k to 80k cycles per second (the digits CNN's network core on
 the ULX3S-12F), hundreds of times slower than the board, while the line keeps the board's rate in
@@ -30,7 +30,6 @@ Waits: the build and the run are :mod:`sim.runner` commands with deadlines (the 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -231,9 +230,9 @@ def add_parsers(sub) -> dict:
     from boards.boards import BOARDS
     from boards.cli import MODES
     from hw.cli import ARRAY_SIZE
-    from lcq_train.arguments import nonnegative_int, positive_float
+    from lcq_train.arguments import DefaultsHelpFormatter, nonnegative_int, positive_float
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelpFormatter
     boards = ", ".join(BOARDS)
     p = sub.add_parser("board-sim", formatter_class=fmt,
                        help="simulate a board's design (Verilator) behind a pseudo-terminal serial port for `lcq run`",

@@ -107,7 +107,8 @@ def add_parsers(sub) -> dict:
     p.add_argument("--x-init", action="store_true",
                    help="with --netlist and --simulator icarus: the cell models' flip-flops and RAMs start at X "
                         "(a design that depends on power-up values then fails)")
-    p.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
+    p.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
+                   help="verilator compiles the design (fast runs); icarus interprets it (quick to start)")
     p.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run, N >= 1")
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR",
                    help="dataset directory (not needed for digits or --random)")
