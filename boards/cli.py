@@ -194,6 +194,7 @@ PLL_MHZ = FloatRange(min(lo for lo, _ in PLL_OUTPUT_MHZ.values()) * (1 - PLL_TOL
 
 # What `lcq run` and `lcq flash` read of a build's report.json: (dotted field, rule of its value, what it is).
 REPORT_FIELDS = {
+    "board": (tuple(BOARDS), "the board the design was built for"),
     "pll_mhz": (PLL_MHZ, "the clock of the flashed design, which sets the baud rate"),
     "mode": (MODES, "what the flashed design runs: the whole network or one layer at a time"),
     "network.rows": (ARRAY_SIZE, "the PE array rows of the flashed network core"),
@@ -268,7 +269,15 @@ def cmd_run(args) -> int:
     # A network report without multiply_cols is of a build before PEs multiplied in some columns only: in all.
     if mode == "network" and "multiply_cols" in read_report(report_path, ("network.rows",))["network"]:
         array += ("network.multiply_cols",)
-    built = read_report(report_path, ("pll_mhz", *array))
+    built = read_report(report_path, ("pll_mhz", *array, "board"))
+    if built["board"] != board.name:
+        raise ValueError(f"{report_path} is the report of a build for the {built['board']}, not for --board "
+                         f"{board.name}: pass --board {built['board']}, or the report of the {board.name}'s build "
+                         "with --report FILE")
+    lo, hi = PLL_OUTPUT_MHZ[board.family]
+    if not lo * (1 - PLL_TOLERANCE) <= built["pll_mhz"] <= hi * (1 + PLL_TOLERANCE):
+        raise ValueError(f"{report_path}: field 'pll_mhz' ({built['pll_mhz']}) is outside the {lo}..{hi} MHz that "
+                         f"the {board.name}'s PLL makes; {REPORT_ADVICE}")
     positive_int.check(args.images, "--images")
     positive_float.check(args.timeout, "--timeout")
     model = model_format.load(args.model)

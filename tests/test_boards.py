@@ -533,7 +533,8 @@ def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
                  "--report", str(tmp_path / "none.json")]) == 2
     assert "no build report" in capsys.readouterr().err
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
+                                  "board": "icebreaker"}))
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent", "--images", "2",
                  "--report", str(report)]) == 1
     assert "cannot open serial port '/dev/nonexistent' at 3000000 baud" in capsys.readouterr().err
@@ -568,7 +569,8 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(boards.link_host, "SerialPort", Port)
     monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
+                                  "board": "icebreaker"}))
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
                  "--report", str(report), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -612,7 +614,8 @@ def test_ctrl_c_during_lcq_run_is_one_line_and_closes_the_port(tmp_path, capsys,
     monkeypatch.setattr(boards.link_host, "SerialPort", Port)
     monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
+                                  "board": "icebreaker"}))
     try:
         assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
                      "--report", str(report)]) == 130
@@ -659,7 +662,7 @@ def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, mo
     monkeypatch.setattr(boards.runtime, "BoardRunner", layers)
     report = tmp_path / "report.json"
     network = {"rows": 2, "cols": 4, **({} if multiply_cols is None else {"multiply_cols": multiply_cols})}
-    report.write_text(json.dumps({"pll_mhz": 24.0, "mode": "network", "network": network}))
+    report.write_text(json.dumps({"pll_mhz": 24.0, "mode": "network", "network": network, "board": "icebreaker"}))
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
                  "--report", str(report), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -737,8 +740,15 @@ GOOD_ENGINE = {"rows": 2, "cols": 2, "resident": "weights"}
      r"field 'network.cols' .* must be an integer in 1\.\.256, not 300"),
     (json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4, "multiply_cols": -1}}),
      r"field 'network.multiply_cols' \(the PE array columns that multiply .*\) must be an integer in 0\.\.256, not -1"),
-    (json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4, "multiply_cols": 5}}),
+    (json.dumps({"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4, "multiply_cols": 5},
+                 "board": "icebreaker"}),
      r"field 'network.multiply_cols' \(5\) exceeds 'network.cols' \(4\)"),
+    (json.dumps({"pll_mhz": 24.0, "engine": GOOD_ENGINE}),
+     r"field 'board' \(the board the design was built for\) is missing"),
+    (json.dumps({"pll_mhz": 24.0, "engine": GOOD_ENGINE, "board": "ulx3s"}),
+     r"field 'board' .* must be one of 'icebreaker', .*, not 'ulx3s'"),
+    (json.dumps({"pll_mhz": 300.0, "engine": GOOD_ENGINE, "board": "icebreaker"}),
+     r"field 'pll_mhz' \(300.0\) is outside the 16..275 MHz that the icebreaker's PLL makes"),
 ])
 def test_run_names_the_report_and_its_bad_field(tmp_path, capsys, text, message):
     from lcq.cli import main
@@ -751,6 +761,18 @@ def test_run_names_the_report_and_its_bad_field(tmp_path, capsys, text, message)
     assert err.startswith(f"lcq run: error: {report}") and "Traceback" not in err
     assert re.search(message, err), err
     assert "pass the report.json that `lcq build` wrote for the flashed design (--report FILE), or build again" in err
+
+
+def test_run_refuses_the_report_of_another_board(tmp_path, capsys):
+    """The report's clock sets the baud rate on the named board: a report of another board's build is refused."""
+    from lcq.cli import main
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 48.0, "engine": GOOD_ENGINE, "board": "ulx3s-85f"}))
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent", "--report",
+                 str(report)]) == 2
+    assert (f"{report} is the report of a build for the ulx3s-85f, not for --board icebreaker: pass --board "
+            "ulx3s-85f") in capsys.readouterr().err
 
 
 def test_flash_names_a_report_without_a_bitstream(tmp_path, monkeypatch, capsys):

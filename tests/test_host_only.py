@@ -76,8 +76,9 @@ def test_gateware_really_is_blocked():
     assert result.returncode != 0 and "blocked by the test" in result.stderr
 
 
-REPORTS = {"layers": {"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}},
-           "network": {"pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4}}}
+REPORTS = {"layers": {"board": "icebreaker", "pll_mhz": 24.0,
+                      "engine": {"rows": 2, "cols": 2, "resident": "weights"}},
+           "network": {"board": "icebreaker", "pll_mhz": 24.0, "mode": "network", "network": {"rows": 2, "cols": 4}}}
 
 
 @pytest.mark.parametrize("mode", REPORTS)
@@ -106,7 +107,8 @@ def test_lcq_run_inputs_are_checked(tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((2, 3, 8, 8), dtype=np.uint8), labels=np.zeros(2))
     report = tmp_path / "report.json"
-    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
+    report.write_text(json.dumps({"board": "icebreaker", "pll_mhz": 24.0,
+                                  "engine": {"rows": 2, "cols": 2, "resident": "weights"}}))
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/null", "--inputs", str(bad),
                  "--report", str(report)]) == 2
     assert "images must be uint8 of shape (N, 1, 8, 8)" in capsys.readouterr().err
