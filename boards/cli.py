@@ -97,9 +97,15 @@ def cmd_build(args) -> int:
         print(f"lcq build: error: --seed {args.seed} places once and --placements {args.placements} tries seeds 1 to "
               f"{args.placements}: give one of them", file=sys.stderr)
         return 2
+    board, out = get_board(args.board), Path(args.output or Path("build") / args.board)
+    lo, hi = PLL_OUTPUT_MHZ[board.family]
+    if args.mhz is not None and not lo <= args.mhz <= hi:
+        raise ValueError(f"--mhz {args.mhz:g}: the {board.name}'s PLL makes {lo}..{hi} MHz; ask for a clock in that "
+                         "range")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"-o {out} is a file: name the build directory (default: build/{board.name})")
     try:
-        result = build_model(args.model, get_board(args.board), args.mhz, args.rows, args.cols,
-                             Path(args.output or Path("build") / args.board), mode=args.mode, seed=args.seed,
+        result = build_model(args.model, board, args.mhz, args.rows, args.cols, out, mode=args.mode, seed=args.seed,
                              placer=args.placer, router=args.router, placements=args.placements, timeout=args.timeout,
                              force=args.force, multiply_cols=args.multiply_cols)
     except BuildTimeout as e:

@@ -526,6 +526,24 @@ def test_build_refuses_a_model_that_does_not_fit(capsys):
     assert "lcq build: error: the model does not fit icebreaker (iCE40UP5K)" in err
 
 
+@pytest.mark.parametrize("board, mhz", [("icebreaker", "300"), ("icebreaker", "12"), ("ulx3s-85f", "401")])
+def test_build_refuses_a_clock_the_boards_pll_cannot_make_before_anything_runs(tmp_path, capsys, board, mhz):
+    from lcq.cli import main
+
+    assert main(["build", str(tmp_path / "absent.lcq"), "--board", board, "--mhz", mhz]) == 2
+    lo, hi = (16, 275) if board == "icebreaker" else (10, 400)
+    assert f"lcq build: error: --mhz {mhz}: the {board}'s PLL makes {lo}..{hi} MHz" in capsys.readouterr().err
+
+
+def test_build_refuses_an_output_that_is_a_file_before_anything_runs(tmp_path, capsys):
+    from lcq.cli import main
+
+    out = tmp_path / "file"
+    out.write_text("")
+    assert main(["build", str(tmp_path / "absent.lcq"), "--board", "icebreaker", "-o", str(out)]) == 2
+    assert f"lcq build: error: -o {out} is a file: name the build directory" in capsys.readouterr().err
+
+
 def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
     from lcq.cli import main
 
