@@ -8,7 +8,8 @@ stage by stage (:mod:`boards.stages`: progress on stderr, an optional deadline) 
 tools of this Python environment (Yosys told that the memories' same-cycle read-write collisions are
 undefined, :data:`hw.memories.UNDEFINED_COLLISIONS`, and to keep the flip-flops of registers marked
 :data:`hw.flip_flops.OWN_FLIP_FLOP`), and writes ``report.json`` in ``build_dir``: ``bitstream``,
-``fmax_mhz``, ``target_mhz``, ``pll_mhz``, ``constraint_mhz`` (the clock nextpnr was asked for), ``resources``
+``bitstream_sha256`` (its digest, which ``lcq flash`` checks), ``fmax_mhz``, ``target_mhz``, ``pll_mhz``,
+``constraint_mhz`` (the clock nextpnr was asked for), ``resources``
 (name -> used/available), ``board``, ``device``, ``seconds``, ``stage_seconds`` ({stage: seconds}), ``seed``
 (nextpnr's ``--seed`` of the placement kept; None: nextpnr's default: :func:`build`), ``placements`` (every
 placement tried: seed, outcome, Fmax, seconds; :mod:`boards.placements`), ``placer``, ``router`` and
@@ -17,6 +18,7 @@ placement tried: seed, outcome, Fmax, seconds; :mod:`boards.placements`), ``plac
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -86,6 +88,7 @@ class BuildResult:
     board: str
     device: str
     bitstream: str
+    bitstream_sha256: str
     target_mhz: float
     pll_mhz: float
     constraint_mhz: float
@@ -193,8 +196,9 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
             partial.unlink(missing_ok=True)
         raise
     fmax_mhz, resources = parse_build(build_dir, name, board)
-    result = BuildResult(board.name, board.device, str(bitstream), target_mhz, plan.achieved_hz / 1e6,
-                         constraint_mhz, fmax_mhz, resources, round(time.perf_counter() - t0, 1),
+    result = BuildResult(board.name, board.device, str(bitstream), file_sha256(bitstream), target_mhz,
+                         plan.achieved_hz / 1e6, constraint_mhz, fmax_mhz, resources,
+                         round(time.perf_counter() - t0, 1),
                          str(build_dir), stage_seconds, placed.seed, placer, router,
                          read_worst_paths(build_dir / NEXTPNR_REPORT), placed.placements)
     write_json(build_dir / "report.json", result.to_dict())
@@ -215,6 +219,11 @@ def _run(stages, build_dir, board: Board, seed: int | None, placements: int, dea
     seconds |= run_stages(stages[k + 1:], build_dir, env, what=what, deadline=deadline, every=progress_every,
                           append_log=True)
     return seconds, placed
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of the file at ``path`` (a bitstream: a few MB at most), in hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_json(path: Path, obj) -> None:

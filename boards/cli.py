@@ -14,7 +14,7 @@ from lcq_train.arguments import (DefaultsHelpFormatter, FloatRange, nonnegative_
 from lcq_train.json_text import parse_json
 
 from .boards import BOARDS, PLL_OUTPUT_MHZ, PLL_TOLERANCE, get_board
-from .build import PLACERS, ROUTERS
+from .build import PLACERS, ROUTERS, file_sha256
 from .flash import FLASH_TIMEOUT_S
 
 MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.protocol.LinkMode's labels)
@@ -210,6 +210,7 @@ REPORT_FIELDS = {
     "engine.cols": (ARRAY_SIZE, "the PE array columns of the flashed engine"),
     "engine.resident": (RESIDENCY, "what the flashed engine keeps loaded"),
     "bitstream": (str, "the bitstream file"),
+    "bitstream_sha256": (str, "the SHA-256 of the bitstream file as the build wrote it"),
 }
 
 
@@ -385,7 +386,11 @@ def cmd_flash(args) -> int:
         if not report.is_file():
             raise FileNotFoundError(f"no {report}: build first with `lcq build MODEL --board {board.name}` "
                                     f"or pass --bitstream PATH")
-        bitstream = read_report(report, ("bitstream",))["bitstream"]
+        built = read_report(report, ("bitstream", "bitstream_sha256"))
+        bitstream = built["bitstream"]
+        if Path(bitstream).is_file() and file_sha256(bitstream) != built["bitstream_sha256"]:
+            raise ValueError(f"{bitstream} is not the bitstream {report} records (its SHA-256 differs): a build was "
+                             f"stopped while writing it, or it changed since. Build again, or pass --bitstream PATH")
     try:
         print(flash(board, bitstream, args.sram, args.timeout))
     except FlashError as e:

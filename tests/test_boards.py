@@ -9,6 +9,7 @@ is the same trim of an ``lcq build`` of the digits CNN (see the fit estimate's t
 """
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -423,6 +424,7 @@ def test_build_board(tmp_path, name):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report == json.loads(json.dumps(result.to_dict()))
     assert Path(report["bitstream"]).stat().st_size > 10_000
+    assert report["bitstream_sha256"] == hashlib.sha256(Path(report["bitstream"]).read_bytes()).hexdigest()
     assert report["board"] == name and report["device"] == board.device
     assert report["target_mhz"] == report["pll_mhz"] == board.default_mhz
     assert report["fmax_mhz"] > report["pll_mhz"]
@@ -791,6 +793,31 @@ def test_run_refuses_the_report_of_another_board(tmp_path, capsys):
                  str(report)]) == 2
     assert (f"{report} is the report of a build for the ulx3s-85f, not for --board icebreaker: pass --board "
             "ulx3s-85f") in capsys.readouterr().err
+
+
+def test_flash_checks_the_bitstream_against_the_digest_its_report_records(tmp_path, monkeypatch, capsys):
+    """A bitstream that is not the one the build wrote (a build killed while packing leaves a half-written one
+    beside the previous report) is not programmed; the one the report records is."""
+    import boards.flash
+    from boards.build import file_sha256
+
+    monkeypatch.chdir(tmp_path)
+    build = tmp_path / "build" / "icebreaker"
+    build.mkdir(parents=True)
+    bitstream = build / "top.bin"
+    bitstream.write_bytes(b"\xff" * 1000)
+    report = {"board": "icebreaker", "bitstream": str(bitstream), "bitstream_sha256": file_sha256(bitstream)}
+    (build / "report.json").write_text(json.dumps(report))
+    programmed = []
+    monkeypatch.setattr(boards.flash, "flash", lambda board, path, sram, timeout: programmed.append(path) or "ok")
+    parser, handlers = _parser()
+    assert handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"])) == 0
+    assert programmed == [str(bitstream)]
+    bitstream.write_bytes(b"\xff" * 500)
+    with pytest.raises(ValueError, match=r"top.bin is not the bitstream build/icebreaker/report.json records \(its "
+                                         r"SHA-256 differs\)"):
+        handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
+    assert programmed == [str(bitstream)]
 
 
 def test_flash_names_a_report_without_a_bitstream(tmp_path, monkeypatch, capsys):

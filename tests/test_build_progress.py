@@ -9,6 +9,7 @@ ResNet-20); ``CLK_PATH`` is the worst ``clk`` path of that iCEBreaker build's ``
 with 66 of its 71 segments folded into one of their summed delay (the cell names and the total are real).
 """
 
+import hashlib
 import io
 import json
 import os
@@ -570,6 +571,7 @@ def test_build_records_seed_placer_router_stages_and_worst_paths(tmp_path, fake_
     assert written == json.loads(json.dumps(result.to_dict()))
     assert (written["seed"], written["placer"], written["router"]) == (5, "static", "router2")
     assert list(written["stage_seconds"]) == ["synthesis", "placement and routing", "packing"]
+    assert written["bitstream_sha256"] == hashlib.sha256(Path(written["bitstream"]).read_bytes()).hexdigest()
     assert written["worst_paths"][0]["sink"] == f"{FF}.I0"
     with pytest.raises(ValueError, match="router 'router3': nextpnr's routers are router1, router2"):
         build(lambda platform, clk_hz: Module(), "icebreaker", None, out, router="router3")
