@@ -11,8 +11,14 @@ from typing import BinaryIO, Callable
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it to ``path``, then fsync the
-    directory (so that the rename, too, outlives a power loss)."""
+    directory (so that the rename, too, outlives a power loss). FileExistsError (which ``lcq`` prints as
+    its error) where a directory is at ``path`` or a file stands where a directory above it must be."""
     path = Path(path)
+    if path.is_dir():
+        raise FileExistsError(f"{path} is a directory; name a file to write")
+    above = next(p for p in path.parents if p.exists())
+    if not above.is_dir():
+        raise FileExistsError(f"cannot write {path}: {above} is a file, not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
