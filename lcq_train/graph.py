@@ -12,8 +12,8 @@ same form, following the paper's rules:
   (a residual block's conv and its projection shortcut read the same codes); it is called
   ``act_<first layer it feeds, dots as _>``;
 - that quantizer is unsigned when the tensor cannot be negative: it comes from a ReLU (ReLU6,
-  sigmoid) or the input image, through pooling, flattening, reshaping, dropout, concatenation or
-  sums of such tensors; otherwise it is signed;
+  hardtanh with min_val >= 0, sigmoid) or the input image, through pooling, flattening, reshaping,
+  dropout, concatenation or sums of such tensors; otherwise it is signed;
 - the quantizer that sees the input image itself (through such shape-only and pooling operations
   alone) is the image quantizer: 8 bits, clip 1, frozen, so a pixel in [0, 1] maps to its uint8
   code.
@@ -99,13 +99,16 @@ def _kind(node: fx.Node, modules: dict) -> str:
     """How ``node`` treats the sign of its inputs: "nonnegative", "shape", "combine" or "other"."""
     if node.op == "call_module":
         m = modules[node.target]
-        if isinstance(m, _NONNEGATIVE_MODULES):
+        if isinstance(m, _NONNEGATIVE_MODULES) or (isinstance(m, nn.Hardtanh) and m.min_val >= 0):
             return "nonnegative"
         return "shape" if isinstance(m, _SHAPE_MODULES) else "other"
     tables = {"call_function": (_NONNEGATIVE_FUNCTIONS, _SHAPE_FUNCTIONS, _COMBINING_FUNCTIONS),
               "call_method": (_NONNEGATIVE_METHODS, _SHAPE_METHODS, _COMBINING_METHODS)}.get(node.op)
     if tables is None:
         return "other"
+    if node.target is F.hardtanh:       # hardtanh(x, min_val, max_val): >= 0 where min_val is
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        return "nonnegative" if isinstance(low, (int, float)) and low >= 0 else "other"
     for kind, targets in zip(("nonnegative", "shape", "combine"), tables):
         if node.target in targets:
             return kind

@@ -180,6 +180,33 @@ def test_a_non_square_kernel_whose_geometry_differs_from_a_square_one_is_refused
         compile_model(model, (1, 8, 8))
 
 
+class _Hardtanh(nn.Module):
+    """Conv + BN, then ``hardtanh(0, max)`` (module, function, keyword arguments) before each next layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2, self.bn2 = nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv3, self.conv4 = nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.Conv2d(8, 8, 4)
+        self.clip = nn.Hardtanh(0.0, 0.5)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.clip(self.bn1(self.conv1(x)))
+        x = torch.nn.functional.hardtanh(self.bn2(self.conv2(x)), 0.0, 1.0)
+        x = torch.nn.functional.hardtanh(self.conv3(x), min_val=0.0, max_val=2.0)
+        return self.fc(torch.relu(self.conv4(x)).flatten(1))
+
+
+def test_hardtanh_from_zero_gives_unsigned_quantizers_and_folds_exactly():
+    torch.manual_seed(5)
+    net = randomize(quantize_model(_Hardtanh(), method="lcq", wbits=3, abits=3), 8, act_alpha=1.0)
+    assert not any(net.get_submodule(act).signed for _, act in net.quant_layers())
+    compiled = compile_model(net, (1, 8, 8))
+    assert [c.stage.kind for c in compiled.convs] == ["thresholds"] * 4 + ["requantize"]
+    assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=6)) == 0
+
+
 @pytest.mark.parametrize("net,pattern", [
     (cm.PaddedAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
                        r"F\.avg_pool2d.*padding 1.*average pooling needs .* no padding"),
