@@ -44,13 +44,16 @@ def compare(compiled: CompiledModel, model: nn.Module, images: np.ndarray, label
             batch_size: int = 128, progress=None) -> Agreement:
     """Run both paths on uint8 ``images`` (N, C, H, W) with int ``labels`` (N,) and count differences.
 
+    Codes are compared for each activation quantizer of ``compiled`` (one the logits do not depend
+    on, in a head the forward computes but does not return, is not compiled and not compared).
     ``model`` is converted to float64 in place. ``progress(result)`` is called after each batch.
     """
     check_images(compiled, images)
     model = model.double().eval()
     captured: dict[str, np.ndarray] = {}
+    compiled_tensors = {node.output for node in compiled.nodes}
     hooks = [m.register_forward_hook(lambda m, inp, out, name=name: captured.__setitem__(name, m.codes(inp[0]).numpy()))
-             for name, m in model.named_modules() if isinstance(m, QAct)]
+             for name, m in model.named_modules() if isinstance(m, QAct) and name in compiled_tensors]
     result = Agreement()
     try:
         for start in range(0, len(images), batch_size):

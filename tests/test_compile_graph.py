@@ -207,6 +207,31 @@ def test_hardtanh_from_zero_gives_unsigned_quantizers_and_folds_exactly():
     assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=6)) == 0
 
 
+class _UnusedHead(nn.Module):
+    """A head the forward computes but does not return (a training-only auxiliary classifier)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.aux, self.fc = nn.Linear(8, 10), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        self.aux(x.mean((2, 3)))
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def test_quantizers_the_logits_do_not_depend_on_are_left_out_of_the_agreement():
+    torch.manual_seed(6)
+    net = randomize(quantize_model(_UnusedHead(), method="lcq", wbits=3, abits=3), 9)
+    compiled = compile_model(net, (1, 8, 8))
+    assert "aux" not in {n.name for n in compiled.convs}
+    x = images(20, (1, 8, 8), seed=7)
+    result = compare(compiled, net, x, np.zeros(len(x), dtype=np.int64))
+    assert "act_aux" not in result.codes and "act_fc" in result.codes
+    assert result.disagreements == 0 and not any(m for _, m in result.codes.values())
+
+
 @pytest.mark.parametrize("net,pattern", [
     (cm.PaddedAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
                        r"F\.avg_pool2d.*padding 1.*average pooling needs .* no padding"),
