@@ -59,7 +59,7 @@ def compare(compiled: CompiledModel, model: nn.Module, images: np.ndarray, label
         for start in range(0, len(images), batch_size):
             x, y = images[start:start + batch_size], labels[start:start + batch_size]
             captured.clear()
-            torch_pred = model(torch.from_numpy(x).double() / 255.0).argmax(1).numpy()
+            torch_pred = model(torch.from_numpy(x).double() / 255.0).reshape(len(x), -1).argmax(1).numpy()
             tensors = run(compiled, x)
             int_pred = tensors[compiled.logits].reshape(len(x), -1).argmax(1)
             result.images += len(x)

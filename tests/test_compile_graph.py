@@ -232,6 +232,30 @@ def test_quantizers_the_logits_do_not_depend_on_are_left_out_of_the_agreement():
     assert result.disagreements == 0 and not any(m for _, m in result.codes.values())
 
 
+class _ConvHead(nn.Module):
+    """Logits from a 1x1 conv on the pooled map: the PyTorch output is (N, 10, 1, 1)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 10, 1)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean((2, 3), keepdim=True))
+
+
+def test_agreement_counts_images_when_the_logits_are_a_conv_output():
+    torch.manual_seed(5)
+    net = randomize(quantize_model(_ConvHead(), method="lcq", wbits=3, abits=3), 10)
+    compiled = compile_model(net, (1, 8, 8))
+    x = images(30, (1, 8, 8), seed=8)
+    pred = run(compiled, x)["logits"].reshape(len(x), -1).argmax(1)
+    labels = (pred + np.arange(len(x)) % 2) % 10              # every other image labelled right
+    assert len(set(pred.tolist())) == 2                        # two classes predicted
+    result = compare(compiled, net, x, labels)
+    assert (result.images, result.correct, result.disagreements) == (30, 15, 0)
+    assert result.torch_correct == 15
+
+
 @pytest.mark.parametrize("net,pattern", [
     (cm.PaddedAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
                        r"F\.avg_pool2d.*padding 1.*average pooling needs .* no padding"),
