@@ -110,6 +110,17 @@ def test_compile_to_a_directory_or_below_a_file_says_so(compiled, tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def test_compile_refuses_to_write_over_its_checkpoint(compiled, tmp_path, capsys):
+    checkpoint, _ = compiled
+    copy = tmp_path / "checkpoint.pt"
+    shutil.copy(checkpoint, copy)
+    (tmp_path / "link.pt").symlink_to(copy)
+    for output in (copy, tmp_path / "link.pt", tmp_path / "." / "checkpoint.pt"):
+        assert main(["compile", str(copy), "-o", str(output)]) == 2
+        assert f"-o {output} is the checkpoint {copy}" in capsys.readouterr().err
+    assert copy.read_bytes() == checkpoint.read_bytes()
+
+
 def test_the_model_records_its_checkpoint_and_eval_works_from_anywhere(compiled, tmp_path, monkeypatch, capsys):
     checkpoint, _ = compiled
     monkeypatch.chdir(checkpoint.parent)
