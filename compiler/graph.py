@@ -510,6 +510,9 @@ class AddNode:
             raise ModelRuleError(where, "inputs", f"must be two tensor names, not {show(self.inputs)}")
         rule_name(where, "inputs[0]", self.inputs[0])
         rule_name(where, "inputs[1]", self.inputs[1])
+        if self.inputs[0] == self.inputs[1]:
+            raise ModelRuleError(where, "inputs", f"add the tensor {show(self.inputs[0])} to itself; the compiler "
+                                                  "adds two different tensors")
         rule_name(where, "output", self.output)
         if not isinstance(self.relu, bool):
             raise ModelRuleError(where, "relu", f"must be true or false, not {show(self.relu)}")
@@ -837,6 +840,9 @@ class CompiledModel:
         if not re.fullmatch(r"[0-9a-f]{64}", self.source["sha256"]):
             raise ModelRuleError("model", "source.sha256", f"must be 64 hex digits, not {show(self.source['sha256'])}")
         options = self.source["options"]
+        extra = set(options) - set(OPTION_FIELDS)
+        if extra:
+            raise ModelRuleError("model", "source.options", f"has unknown entries {sorted(map(show, extra))}")
         for key in OPTION_FIELDS:
             if key == "max_lut_entries":
                 rule_int("model", f"source.options.{key}", options.get(key), 1, INT64_LIMIT)

@@ -209,6 +209,8 @@ CASES = {
     "out_scale unlike the scales": (setfield(5, out_scale=1.0), [r"node 5 .*'out_scale' = 1\.0 differs"]),
     "odd tensor name": (setfield(3, output="x\x1b[2J"), [r"'output' must be a name"]),
     "source without its options": (lambda m, a: m["source"].pop("options"), [r"'source\.options' must be dict"]),
+    "source options unknown": (lambda m, a: m["source"]["options"].update(speed=1),
+                               [r"'source\.options' has unknown entries \[\"'speed'\"\]"]),
 }
 
 
@@ -251,6 +253,9 @@ def test_residual_graph_rules(tmp_path):
     rejected(edited(tmp_path, setitem(f"nodes/{act}/stage/thresholds", (0, 0), -2**61), RESNET),
              rf"node {act} \(activate 'blocks\.0\.act1'\).*'stage\.thresholds' \[0, 0\].*out of range")
     rejected(edited(tmp_path, setfield(act, stage=None), RESNET), r"'stage' must be thresholds, not None")
+    same = manifest["nodes"][add]["inputs"][0]
+    rejected(edited(tmp_path, setfield(add, inputs=[same, same]), RESNET),
+             rf"node {add} \(add 'blocks\.0\.add'\).*'inputs' add the tensor '{re.escape(same)}' to itself")
 
 
 # --------------------------------------------------------------------------- the zip and the .npy members
