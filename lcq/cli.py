@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 # Verb modules in the order of the data flow (also the order of ``lcq --help``).
@@ -42,8 +44,18 @@ def main(argv: list[str] | None = None) -> int:
 
         args = apply_config_file(sub.choices["train"], argv[argv.index("train") + 1:])
     try:
-        return commands[name](args)
+        status = commands[name](args)
+        sys.stdout.flush()      # here, not at exit: a reader that left (`lcq report M | head`) is caught below
+        return status
     except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"lcq {name}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:     # whoever read our output stopped reading: nothing left to say, as other commands
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # (no flush error at exit)
+        return 128 + signal.SIGPIPE
+    except OSError as e:        # a file that cannot be read or written (permissions, a full disk): said, no traceback
+        if e.filename is None:
+            raise
         print(f"lcq {name}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,69 @@
+"""The ``lcq`` entry point: every option of every verb says what it does in ``--help`` (a default decided
+later, None, in the option's own words, not as "(default: None)"); errors of files and of a closed output pipe
+end in one line or none, not a traceback."""
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lcq.cli import main
+
+
+def _verbs() -> dict[str, argparse.ArgumentParser]:
+    parsers = {}
+    original = argparse._SubParsersAction.add_parser
+
+    def record(self, name, **kwargs):
+        parsers[name] = original(self, name, **kwargs)
+        return parsers[name]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(argparse._SubParsersAction, "add_parser", record)
+        with pytest.raises(SystemExit):
+            main(["--help"])
+    return parsers
+
+
+VERBS = _verbs()
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_every_option_has_help_and_no_none_default(verb, capsys):
+    parser = VERBS[verb]
+    silent = [a.option_strings[-1] for a in parser._actions if a.option_strings and not a.help]
+    assert not silent, f"lcq {verb}: options without help: {silent}"
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text
+
+
+def test_a_file_error_is_one_line_and_other_os_errors_still_show_their_traceback(monkeypatch, capsys):
+    import compiler.cli
+
+    def denied(args):
+        raise PermissionError(13, "Permission denied", "/models/m.lcq")
+
+    monkeypatch.setattr(compiler.cli, "cmd_report", denied)
+    assert main(["report", "m.lcq"]) == 2
+    assert capsys.readouterr().err == "lcq report: error: [Errno 13] Permission denied: '/models/m.lcq'\n"
+
+    def unnamed(args):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(compiler.cli, "cmd_report", unnamed)
+    with pytest.raises(OSError, match="Input/output error"):
+        main(["report", "m.lcq"])
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_sigpipes_status():
+    """``lcq report M | head -1``: the reader leaves before the table is written; no traceback, status 141."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "lcq.cli", "report", "tests/data/cifar10-resnet20-lcq-w3a3.lcq"],
+                            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                 # long before the interpreter has started and written anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
