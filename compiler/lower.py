@@ -63,7 +63,7 @@ from lcq_train.quant import level_scale
 from . import stages
 from .capture import Op, Unsupported, capture, describe, location, operation
 from .graph import (FRAC_BITS, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode, MaxPoolNode,
-                    PoolNode, mac_kind)
+                    ModelRuleError, PoolNode, mac_kind)
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,13 @@ class _Lowering:
         output = next(n for n in graph.nodes if n.op == "output")
         for node in _post_order(output):
             op = operation(node, self.modules, self.model)
-            self.values[node] = getattr(self, "_" + op.kind)(node, op)
+            try:
+                self.values[node] = getattr(self, "_" + op.kind)(node, op)
+            except ModelRuleError as e:      # a constant out of range: the fixed-point widths chosen for it
+                o = self.options
+                raise ValueError(f"{self.model}: {node.name!r}: {e} (compiled with --residual-frac-bits "
+                                 f"{o.residual_frac_bits}, which widens every value after a residual addition, "
+                                 f"--pool-frac-bits {o.pool_frac_bits}, --logit-frac-bits {o.logit_frac_bits})") from None
 
     # ------------------------------------------------------------------ helpers
 

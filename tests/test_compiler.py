@@ -128,6 +128,17 @@ def test_coarse_residual_stream_shows_its_rounding():
     assert sum(v for k, v in code_mismatches(coarse, model, x).items() if k != "top1") > 0
 
 
+def test_fixed_point_widths_too_wide_name_the_layer_and_the_options():
+    """Residual and pooling fraction bits so wide that the pooled sums would overflow int64: the error names the
+    graph node and the options that set the widths, not only the stage kind."""
+    torch.manual_seed(0)
+    model = randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 3)), seed=5)
+    with pytest.raises(ValueError, match=r"PreActResNet: 'act_fc': pooling: field 'frac_bits' = 24: .* overflow 64 "
+                                         r"bits; .*\(compiled with --residual-frac-bits 24, .* --pool-frac-bits 24, "
+                                         r"--logit-frac-bits 8\)"):
+        compile_model(model, (3, 32, 32), CompileOptions(residual_frac_bits=24, pool_frac_bits=24))
+
+
 def test_lut_accumulation_equals_level_products():
     model = small_cnn((2, 6, 6), QuantPlan("lcq", 4, 3), seed=7)
     compiled = compile_model(model, (2, 6, 6))
