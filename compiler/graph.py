@@ -510,9 +510,6 @@ class AddNode:
             raise ModelRuleError(where, "inputs", f"must be two tensor names, not {show(self.inputs)}")
         rule_name(where, "inputs[0]", self.inputs[0])
         rule_name(where, "inputs[1]", self.inputs[1])
-        if self.inputs[0] == self.inputs[1]:
-            raise ModelRuleError(where, "inputs", f"add the tensor {show(self.inputs[0])} to itself; the compiler "
-                                                  "adds two different tensors")
         rule_name(where, "output", self.output)
         if not isinstance(self.relu, bool):
             raise ModelRuleError(where, "relu", f"must be true or false, not {show(self.relu)}")
