@@ -106,7 +106,7 @@ def test_a_stop_signal_stops_the_runs_under_way(tmp_path, sig):
     try:
         run = int(next(line for line in driver.stdout if line.startswith("run ")).split()[1])
         driver.send_signal(sig)
-        driver.wait(timeout=60)
+        driver.wait(timeout=20)         # the run stopped by SIGTERM, not killed after STOP_S (30 s)
         deadline = time.monotonic() + 10
         while running(run) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -118,3 +118,26 @@ def test_a_stop_signal_stops_the_runs_under_way(tmp_path, sig):
         if run is not None and running(run):
             os.kill(run, signal.SIGKILL)
 
+
+def test_a_run_started_while_stop_signals_are_held_still_stops_on_sigterm(tmp_path):
+    """run_all starts each `lcq train` within signals_held(): the run must not inherit the signals held (as a
+    blocked mask, it did), or the SIGTERM that stops it waits for the SIGKILL 30 s later."""
+    import signal
+    import time
+
+    from lcq_train.stop_signals import signals_held, stop_signals
+
+    with stop_signals(), signals_held():
+        proc = subprocess.Popen([sys.executable, str(SCRIPT), "--lcq-train", "--dataset", "digits", "--method", "fp",
+                                 "--epochs", "1000", "--no-progress", "--out", str(tmp_path / "run")], cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "metrics.json").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before its first epoch"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) in (-signal.SIGTERM, 128 + signal.SIGTERM)
+    finally:
+        proc.kill()
+        proc.wait()
