@@ -75,7 +75,8 @@ def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None
         problems.append("its requantize stage has a ReLU but the engine's has none")
     if ring and params.out_depth & (params.out_depth - 1) == 0 and node.out_shape[2] <= params.out_depth:
         need = {**need, "out": 0}
-    for key, depth in (("act", "act_depth"), ("weight", "weight_depth"), ("table", "table_depth"),
+    weights = "wide_depth" if in_wide_buffer(params, node) else "weight_depth"
+    for key, depth in (("act", "act_depth"), ("weight", weights), ("table", "table_depth"),
                        ("stage", "stage_depth"), ("positions", "pos_depth"), ("out", "out_depth")):
         if need[key] > getattr(params, depth):
             problems.append(f"it needs {need[key]} words of {depth} (has {getattr(params, depth)})")

@@ -167,3 +167,20 @@ def test_count_registers_are_as_wide_as_the_buffers_bound_them():
     check_registers(params, {"positions": params.pos_depth, "weight_base": params.weight_depth - 1})
     with pytest.raises(ValueError, match=r"register positions = 1000 does not fit its 8 signed bits"):
         check_registers(params, {"positions": 1000})
+
+
+def test_multiplying_layers_with_more_weights_than_the_lut_layers(small_cnn):
+    """Split weights (the whole-network core): a multiplying layer's weights go to the wide weights buffer and are
+    checked against its depth, not the LUT layers' weights buffer; here the 8-bit first layer (64 -> 64 channels)
+    holds more words than every LUT layer together, and the resident constants load at their bases."""
+    from compiler.lower import compile_model
+    from hw.engine_params import WIDE_WEIGHTS
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((64, 4, 4), QuantPlan("lcq", 3, 3), seed=3, widths=(64, 2, 2)), (64, 4, 4))
+    params = EngineParams.for_model(model, 2, 2, resident="all", split_weights=True)
+    assert params.wide_depth > params.weight_depth
+    beats = resident_beats(model, params)
+    wide = [addr for target, addr, _ in beats if target == WIDE_WEIGHTS]
+    assert sorted(wide) == list(range(params.wide_depth))
+    assert max(addr for target, addr, _ in beats if target == WEIGHTS) == params.weight_depth - 1
