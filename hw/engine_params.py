@@ -329,7 +329,7 @@ class EngineParams:
 
     @property
     def addr_bits(self) -> int:
-        depths = [len(NETWORK_REGISTERS), self.act_depth, self.weight_depth, self.table_depth,
+        depths = [len(NETWORK_REGISTERS), self.act_depth, self.weight_depth, self.wide_depth, self.table_depth,
                   self.stage_depth << self.col_bits << self.stage_piece_index_bits]
         return max(d - 1 for d in depths).bit_length()
 

@@ -184,3 +184,19 @@ def test_multiplying_layers_with_more_weights_than_the_lut_layers(small_cnn):
     wide = [addr for target, addr, _ in beats if target == WIDE_WEIGHTS]
     assert sorted(wide) == list(range(params.wide_depth))
     assert max(addr for target, addr, _ in beats if target == WEIGHTS) == params.weight_depth - 1
+
+
+def test_load_addresses_cover_the_wide_weights_buffer(small_cnn):
+    """A load beat's address reaches every word of the wide weights buffer: where it is the deepest buffer, the
+    engine's and the whole-network core's ``addr_bits`` are its, and the core's constants encode as LOAD frames."""
+    from boards.traffic import network_info
+    from compiler.lower import compile_model
+    from hw.network_params import NetworkParams
+    from hw.network_program import load_beats
+    from hw.protocol import encode_loads
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((64, 4, 4), QuantPlan("lcq", 3, 3), seed=3, widths=(64, 2, 2)), (64, 4, 4))
+    params = NetworkParams.for_model(model, 2, 2)
+    assert params.engine.addr_bits == params.addr_bits == (params.engine.wide_depth - 1).bit_length()
+    assert encode_loads(load_beats(model, params), network_info(model, params, 512))
