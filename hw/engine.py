@@ -411,8 +411,13 @@ class LayerEngine(wiring.Component):
         weight_data, weight_read_addr = buffer("weights", Cn * p.stored_weight_bits, p.weight_depth, loads(WEIGHTS),
                                                spram)
         if p.wide_depth:
-            weight_data = self._weights_of_layer(m, cfg, buffer, loads(WIDE_WEIGHTS), weight_data, weight_read_addr,
+            # One read address for both weights buffers, as deep as the deeper: the multiplying layers' weights
+            # may outnumber the LUT layers'.
+            read_addr = Signal(range(max(p.weight_depth, p.wide_depth)), name="weights_read_addr")
+            m.d.comb += weight_read_addr.eq(read_addr)
+            weight_data = self._weights_of_layer(m, cfg, buffer, loads(WIDE_WEIGHTS), weight_data, read_addr,
                                                  spram and self.wide_spram, slow_block_ram(platform))
+            weight_read_addr = read_addr
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x); those of rows, columns and
         # kernel taps (``geometry``) as wide as the geometry registers.

@@ -210,6 +210,19 @@ def test_next_image_loads_while_the_core_runs(small_cnn):
     assert [r["left_to_load"] for r in results] == [0, 0, 0]
 
 
+def test_multiplying_layers_with_more_weights_than_the_lut_layers(small_cnn):
+    """The wide weights buffer deeper than the LUT layers' (the 8-bit first layer, 16 -> 16 channels on a 2 x 2
+    array: 1,152 words against 162): its weights are read at their own addresses, and the core is exact."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((16, 4, 4), QuantPlan("lcq", 3, 3), seed=3, widths=(16, 2, 2)), (16, 4, 4))
+    params = NetworkParams.for_model(model, 2, 2)
+    assert params.engine.wide_depth > 4 * params.engine.weight_depth
+    images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    check_against_reference(model, images, simulate_network(model, params, images))
+
+
 def test_output_stage_registers_of_the_ecp5_keep_results_and_cycles(small_cnn, ecp5_form):
     """The output stage as built for the ECP5 (the threshold word and the requantize constants registered
     out of their block RAM, :func:`hw.memories.slow_block_ram`; each column's accumulator read registered and
