@@ -205,6 +205,20 @@ class BoardNetwork:
 ARRAYS = ((16, 16), (8, 16), (8, 8), (4, 8), (4, 4), (2, 4), (2, 2), (1, 2), (1, 1))
 
 
+def arrays_to_try(rows: int | None, cols: int | None) -> list[tuple[int, int]]:
+    """The arrays to try, largest first: ``rows`` x ``cols`` where both are given, else those of :data:`ARRAYS`
+    with the side given (any where none is); a ValueError naming the fix where no array of them has it."""
+    if rows and cols:
+        return [(rows, cols)]
+    arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
+    if not arrays:
+        side = f"{rows} rows" if rows else f"{cols} columns"
+        tried = ", ".join(f"{r} x {c}" for r, c in ARRAYS)
+        raise ValueError(f"no array tried ({tried}) has {side}: give both --rows and --cols (that array alone is "
+                         f"tried), or a side one of them has")
+    return arrays
+
+
 @dataclass(frozen=True)
 class BoardEngine:
     """The engine chosen for a model on a board; ``resident``: what it keeps of every layer
@@ -221,9 +235,7 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
     :data:`ARRAYS`), largest array first, then every layer's constants resident before only its
     weights before one layer's at a time, the first that :func:`boards.fit.check_fit` accepts;
     :class:`FitError` when none does."""
-    arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
-    if rows and cols and (rows, cols) not in arrays:
-        arrays = [(rows, cols)]
+    arrays = arrays_to_try(rows, cols)
     errors = []
     for r, c in arrays:
         for resident in ("all", "weights", "none"):
@@ -254,9 +266,7 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
             raise ValueError("forcing a build past the fit estimate needs the array: give --rows and --cols")
         params = NetworkParams.for_model(model, rows, cols, multiply_cols=narrowed(cols))
         return BoardNetwork(params, network_estimate(board, params))
-    arrays = [(r, c) for r, c in ARRAYS if rows in (None, r) and cols in (None, c)]
-    if rows and cols and (rows, cols) not in arrays:
-        arrays = [(rows, cols)]
+    arrays = arrays_to_try(rows, cols)
     error = None
     for r, c in arrays:
         params = NetworkParams.for_model(model, r, c, multiply_cols=narrowed(c))

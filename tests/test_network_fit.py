@@ -80,3 +80,15 @@ def test_force_takes_the_array_asked_for_past_the_estimate():
         check_network_fit(BOARDS["icebreaker"], forced.params)
     with pytest.raises(ValueError, match="give --rows and --cols"):
         network_for_board(DIGITS, BOARDS["icebreaker"], 1, None, force=True)
+
+
+def test_a_side_no_array_tried_has_is_refused_naming_the_fix():
+    """``--rows 3`` alone (or ``--cols 3``): no array tried has that side; both the network core's and the layer
+    engine's choice say so and to give the other side too (not 'the smallest: None', or an IndexError)."""
+    from boards.fit import engine_for_board
+
+    for choose in (network_for_board, engine_for_board):
+        for rows, cols, side in ((3, None, r"3 rows"), (None, 3, r"3 columns")):
+            with pytest.raises(ValueError, match=rf"no array tried \(16 x 16, .*, 1 x 1\) has {side}: give both "
+                                                 rf"--rows and --cols"):
+                choose(DIGITS, BOARDS["icebreaker"], rows, cols)
