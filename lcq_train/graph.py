@@ -13,7 +13,8 @@ same form, following the paper's rules:
   ``act_<first layer it feeds, dots as _>``;
 - that quantizer is unsigned when the tensor cannot be negative: it comes from a ReLU (ReLU6,
   hardtanh with min_val >= 0, sigmoid) or the input image, through pooling, flattening, reshaping,
-  dropout, concatenation or sums of such tensors; otherwise it is signed;
+  dropout, concatenation or sums and products of such tensors (a parameter or a negative number in
+  one makes it signed); otherwise it is signed;
 - the quantizer that sees the input image itself (through such shape-only and pooling operations
   alone) is the image quantizer: 8 bits, clip 1, frozen, so a pixel in [0, 1] maps to its uint8
   code.
@@ -89,6 +90,8 @@ _SHAPE_METHODS = {"flatten", "view", "reshape", "permute", "transpose", "contigu
 _COMBINING_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, torch.mul, torch.cat, torch.maximum,
                         torch.minimum, torch.sum, torch.mean}
 _COMBINING_METHODS = {"add", "add_", "mul", "mul_", "sum"}
+# Of those, the ones whose number arguments are values (a negative one makes the output signed), not dimensions.
+_ARITHMETIC = {operator.add, operator.iadd, torch.add, operator.mul, torch.mul, "add", "add_", "mul", "mul_"}
 
 
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
@@ -126,8 +129,11 @@ def _nonnegative(node: fx.Node, modules: dict, memo: dict) -> bool:
             memo[node] = True
         elif kind == "shape":
             memo[node] = bool(inputs) and _nonnegative(inputs[0], modules, memo)
-        elif kind == "combine":
-            memo[node] = bool(inputs) and all(_nonnegative(n, modules, memo) for n in inputs)
+        elif kind == "combine":             # (a parameter or buffer input, a get_attr node, may be negative)
+            negative = node.target in _ARITHMETIC and any(
+                isinstance(a, (int, float)) and a < 0 for a in (*node.args, *node.kwargs.values()))
+            memo[node] = bool(inputs) and not negative and all(
+                _nonnegative(n, modules, memo) for n in node.all_input_nodes)
     return memo[node]
 
 

@@ -169,6 +169,28 @@ def test_signed_inputs_get_signed_quantizers():
     model(torch.rand(2, 1, 8, 8)).sum().backward()
 
 
+class _ShiftedRelu(nn.Module):
+    """relu(conv(x)) combined with a parameter or a negative constant: values below zero reach the fc."""
+
+    def __init__(self, combine):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 64, 10)
+        self.shift = nn.Parameter(torch.full((1, 4, 1, 1), -1.0))
+        self.combine = combine
+
+    def forward(self, x):
+        return self.fc(self.combine(self, torch.relu(self.conv(x))).flatten(1))
+
+
+@pytest.mark.parametrize("combine", [lambda m, x: x + m.shift, lambda m, x: x * m.shift, lambda m, x: x * -1.0,
+                                     lambda m, x: torch.add(x, x, alpha=-2), lambda m, x: x.add(-0.5)])
+def test_relu_combined_with_a_parameter_or_negative_constant_is_signed(combine):
+    model = quantize_model(_ShiftedRelu(combine), method="uniform", wbits=4, abits=4)
+    assert model.act_fc.signed
+    x = torch.rand(2, 1, 8, 8)
+    assert (model.act_fc(combine(model, torch.relu(model.conv(x)))) < 0).any()
+
+
 def test_fp_plan_gives_the_quantizable_fp_network():
     torch.manual_seed(0)
     fp = um.vgg_res(10, 1).eval()
