@@ -182,8 +182,8 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
 
     ``model``'s Conv2d and Linear modules change class in place (their parameters stay); the
     returned module holds them under the same names. ValueError says what cannot be quantized;
-    it is raised before anything is changed, as is any error of ``check(pairs)`` (called, when
-    given, with what ``quant_layers()`` will return)."""
+    it is raised before anything is changed, as is any error of ``check(pairs, image)`` (called, when
+    given, with what ``quant_layers()`` and ``image_input()`` will return)."""
     if not isinstance(model, nn.Module):
         raise ValueError(f"a model to quantize must be a torch.nn.Module, not {type(model).__name__}")
     name = type(model).__name__
@@ -248,7 +248,7 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                 user.replace_input_with(x, q)
         pairs.append((node.target, acts[x]))
     if check is not None:
-        check(pairs)
+        check(pairs, image)
     for node in layers:          # now nothing can fail: make the layers quantizable
         m = gm.get_submodule(node.target)
         if type(m) in (nn.Conv2d, nn.Linear):

@@ -229,10 +229,16 @@ def parse_layer_bits(items: list[str]) -> dict[str, tuple[int, ...]]:
 
 def layer_bits(model: nn.Module, plan: QuantPlan) -> dict[str, tuple[int, int]]:
     """(wbits, abits) of every quantized layer under ``plan``, in forward order."""
-    return _bits_of(model.quant_layers(), plan)
+    pairs = model.quant_layers()
+    return _bits_of(pairs, plan, _image(model, pairs))
 
 
-def _bits_of(pairs: list[tuple[str, str]], plan: QuantPlan) -> dict[str, tuple[int, int]]:
+def _image(model: nn.Module, pairs: list[tuple[str, str]]) -> str | None:
+    """The activation quantizer of the input image (a built-in model's: its first layer's)."""
+    return model.image_input() if callable(getattr(model, "image_input", None)) else pairs[0][1]
+
+
+def _bits_of(pairs: list[tuple[str, str]], plan: QuantPlan, image: str | None) -> dict[str, tuple[int, int]]:
     names = [layer for layer, _ in pairs]
     unknown = sorted(set(plan.layer_bits) - set(names))
     if unknown:
@@ -245,7 +251,7 @@ def _bits_of(pairs: list[tuple[str, str]], plan: QuantPlan) -> dict[str, tuple[i
     if plan.method != "fp":
         shared: dict[str, tuple[str, int]] = {}
         for name, act_name in pairs:
-            abits = bits[name][1]
+            abits = INPUT_BITS if act_name == image else bits[name][1]     # the image is 8 bits, whatever abits
             first, other = shared.setdefault(act_name, (name, abits))
             if other != abits:
                 raise ValueError(f"layers sharing input {act_name!r} need the same activation bits, "
@@ -256,8 +262,8 @@ def _bits_of(pairs: list[tuple[str, str]], plan: QuantPlan) -> dict[str, tuple[i
 def outer_widths(model: nn.Module, plan: QuantPlan) -> dict[str, tuple[int | None, int | None]]:
     """(b'_w, b'_a) of every quantized layer under ``plan``, in forward order (see the module's docstring)."""
     pairs = model.quant_layers()
-    image = model.image_input() if callable(getattr(model, "image_input", None)) else pairs[0][1]
-    return _outer_of(pairs, plan, _bits_of(pairs, plan), image)
+    image = _image(model, pairs)
+    return _outer_of(pairs, plan, _bits_of(pairs, plan, image), image)
 
 
 def _outer_of(pairs: list[tuple[str, str]], plan: QuantPlan, bits: dict[str, tuple[int, int]],
@@ -325,7 +331,7 @@ def quantize_model(model: nn.Module, plan: QuantPlan | None = None, **fields) ->
     if not isinstance(model, nn.Module):
         raise ValueError(f"a model to quantize must be a torch.nn.Module, not {type(model).__name__}")
     if not quantizable(model):
-        model = prepare(model, check=lambda pairs: _outer_of(pairs, plan, _bits_of(pairs, plan), pairs[0][1]))
+        model = prepare(model, check=lambda pairs, image: _outer_of(pairs, plan, _bits_of(pairs, plan, image), image))
     if plan.method == "fp":
         return model
     model = _install(model, plan)
@@ -340,9 +346,9 @@ def apply_plan(model: nn.Module, plan: QuantPlan) -> nn.Module:
 
 
 def _install(model: nn.Module, plan: QuantPlan) -> nn.Module:
-    bits = layer_bits(model, plan)
     pairs = model.quant_layers()
-    image = model.image_input() if callable(getattr(model, "image_input", None)) else pairs[0][1]
+    image = _image(model, pairs)
+    bits = _bits_of(pairs, plan, image)
     outer = _outer_of(pairs, plan, bits, image)
     modules = dict(model.named_modules())
     done: set[str] = set()

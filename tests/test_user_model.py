@@ -191,6 +191,28 @@ def test_relu_combined_with_a_parameter_or_negative_constant_is_signed(combine):
     assert (model.act_fc(combine(model, torch.relu(model.conv(x)))) < 0).any()
 
 
+class _TwoStems(nn.Module):
+    """Two convolutions read the image (an inception-like stem): the second is an inner layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(8 * 64, 10)
+
+    def forward(self, x):
+        return self.fc(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1).flatten(1))
+
+
+def test_layers_sharing_the_image_quantizer_need_no_equal_abits():
+    model = quantize_model(_TwoStems(), method="lcq", wbits=3, abits=3)       # the image is 8 bits for both
+    assert model.quant_layers() == [("a", "act_a"), ("b", "act_a"), ("fc", "act_fc")]
+    assert model.act_a.spec.bits == INPUT_BITS and model.b.wq.spec.bits == 3
+    # Without an image quantizer (a normalized image) the first layer's input is no 8-bit image.
+    model = quantize_model(um.Normalized(), method="uniform", wbits=4, abits=4, edge_bits=4, outer_bits=4,
+                           layer_bits={"fc2": (4, 4, 4, 4)})
+    assert model.image_input() is None and model.act_conv.spec.bits == 4
+
+
 def test_fp_plan_gives_the_quantizable_fp_network():
     torch.manual_seed(0)
     fp = um.vgg_res(10, 1).eval()
