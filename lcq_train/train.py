@@ -40,6 +40,7 @@ from .loader import batches
 from .factory import build_user_model, is_factory, normalize_model
 from .models import build_model
 from .plan import QuantPlan, apply_plan, layer_bits, quantizer_parameters
+from .quantizer import Quantizer
 from .run_lock import LOCK_NAME, run_lock
 from .training_state import optimizer_state_problem, scheduler_state_problem
 
@@ -181,6 +182,21 @@ def _load_init(model: nn.Module, path: str) -> None:
     if bad_missing or unexpected:
         raise ValueError(f"--init {path} does not fit this model: missing {bad_missing[:5]}, unexpected {unexpected[:5]}; "
                          f"{fix}")
+
+
+def _check_weight_spread(model: nn.Module, where: str) -> None:
+    """ValueError naming a quantized layer whose weights (from ``where``) are all equal (a zero-initialized
+    one): its weight quantizer divides them by their standard deviation, 0, and every loss would be NaN."""
+    for name, module in model.named_modules():
+        wq = getattr(module, "wq", None)
+        if isinstance(wq, Quantizer) and wq.method != "fp" and wq.weight_norm:
+            sigma = wq.normalization(module.weight)[1]
+            if not (torch.isfinite(sigma) and sigma > 0):
+                raise ValueError(f"layer {name!r} of {where} has weights of standard deviation {sigma.item():g} (all "
+                                 "equal, e.g. zero-initialized, or not finite); its weight quantizer divides them "
+                                 "by it (either --weight-norm), so training would give NaN: initialize them randomly "
+                                 "(torch.nn's default), or pretrain with --method fp and pass that checkpoint as "
+                                 "--init")
 
 
 def _check_out_dir(out: Path, resume: bool) -> None:
@@ -332,6 +348,8 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
     model = build_quantized_model(cfg.model, data.input_shape, data.num_classes, cfg.plan, allow_factory=True)
     if cfg.init and resume_state is None:
         _load_init(model, cfg.init)
+    if resume_state is None:
+        _check_weight_spread(model, f"--init {cfg.init}" if cfg.init else f"--model {cfg.model}")
     model.to(device)
     clips, start_codes = {}, {}
     if resume_state is None and cfg.plan.method != "fp":

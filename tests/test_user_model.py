@@ -270,6 +270,23 @@ def test_factory_reference_errors(tmp_path):
         main(["train", "--model", "resnet21", "--out", str(tmp_path / "x")])
 
 
+def test_a_zero_initialized_layer_is_refused_before_training(tmp_path, capsys):
+    nets = tmp_path / "zero.py"
+    nets.write_text("from torch import nn\n\n"
+                    "def net(num_classes, in_channels):\n"
+                    "    m = nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),\n"
+                    "                      nn.Linear(4 * 64, 16), nn.ReLU(), nn.Linear(16, num_classes))\n"
+                    "    nn.init.zeros_(m[3].weight)\n"
+                    "    return m\n")
+    out = tmp_path / "run"
+    args = ["train", "--model", f"{nets}:net", "--method", "lcq", "--epochs", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "layer '3'" in err and "standard deviation 0" in err and "NaN" in err and "--init" in err
+    assert not (out / "checkpoint.pt").exists()
+    assert main([*args[:4], "fp", *args[5:]]) == 0          # full precision has no weight quantizer
+
+
 @pytest.fixture(scope="module")
 def user_run(tmp_path_factory):
     """One LCQ epoch of the VGG/residual net from a copy of tests/data/user_models.py, by `lcq train`."""
