@@ -141,6 +141,8 @@ def _exportable(model: nn.Module) -> tuple[nn.Module, dict, dict]:
     """A float32 CPU copy of ``model`` in eval mode with fake-quantized weights and level-table activation
     quantizers, and the records of its activation and weight quantizers."""
     model = copy.deepcopy(model).cpu().float().eval()
+    forward = model.forward             # called with the image alone: torch's exporter would pass forward's
+    model.forward = lambda image: forward(image)        # defaulted flags (return_features=False) as inputs
     activations, weights = {}, {}
     with torch.no_grad():
         for name, module in list(model.named_modules()):

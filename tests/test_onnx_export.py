@@ -17,7 +17,7 @@ from lcq_train.data import load_dataset
 from lcq_train.factory import model_from_checkpoint
 from lcq_train.layers import QAct
 from lcq_train.onnx_export import decision_thresholds, export_onnx
-from lcq_train.plan import QuantPlan
+from lcq_train.plan import QuantPlan, quantize_model
 from lcq_train.quant import level_scale
 from lcq_train.quantizer import QuantSpec
 from lcq_train.train import TrainConfig, _bits, build_quantized_model
@@ -113,6 +113,27 @@ def test_level_table_is_the_quantizers_staircase_bit_for_bit(method, bits, outer
         expected = q(x).numpy()
     assert np.array_equal(_run(path, x), expected)
     assert len(table) == len(thresholds) + 1 == level_scale(bits, signed) + 1
+
+
+class _WithFlag(nn.Module):
+    """A network whose forward has a defaulted flag (quantize_model traces it at its default)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 64, 10)
+
+    def forward(self, x, return_features=False):
+        features = torch.relu(self.conv(x)).flatten(1)
+        return features if return_features else self.fc(features)
+
+
+def test_a_forward_with_a_defaulted_flag_exports(digits, tmp_path):
+    torch.manual_seed(0)
+    model = quantize_model(_WithFlag(), method="lcq", wbits=3, abits=3).eval()
+    path = tmp_path / "flag.onnx"
+    export_onnx(model, path, (1, 8, 8))
+    assert [i.name for i in onnx.load(str(path)).graph.input] == ["image"]
+    _assert_same_logits(path, model, digits)
 
 
 def _checkpoint(path: Path, model_ref: str, plan: QuantPlan) -> nn.Module:
