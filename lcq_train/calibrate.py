@@ -109,16 +109,18 @@ def calibrate_clips(model: nn.Module, inputs: Iterable[torch.Tensor], rule: str 
 
 @torch.no_grad()
 def activation_codes(model: nn.Module, inputs: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Per activation quantizer with integer levels (forward order): counts of its codes 0..s over the
-    model's forward passes of ``inputs`` (float image batches). The model's mode is left as it was."""
+    """Per activation quantizer with integer levels (forward order): counts of its codes 0..s (a signed
+    one's: -s..s, 2s + 1 counts) over the model's forward passes of ``inputs`` (float image batches). The
+    model's mode is left as it was."""
     counts, hooks = {}, []
     for name, module in model.named_modules():
         if isinstance(module, QAct) and module.method != "fp" and module.spec.outer_bits is not None:
-            s = level_scale(module.spec.bits, False)
+            s = level_scale(module.spec.bits, module.signed)
+            low = -s if module.signed else 0
 
-            def hook(mod, args, name=name, s=s):
-                codes = mod.codes(args[0]).flatten()
-                counts[name] = counts.get(name, 0) + torch.bincount(codes, minlength=s + 1).cpu()
+            def hook(mod, args, name=name, s=s, low=low):
+                codes = mod.codes(args[0]).flatten() - low
+                counts[name] = counts.get(name, 0) + torch.bincount(codes, minlength=s - low + 1).cpu()
             hooks.append(module.register_forward_pre_hook(hook))
     try:
         for xb in inputs:

@@ -219,8 +219,9 @@ def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int) 
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for ax, (name, c) in zip(axes, counts.items()):
         share = (c.double() / c.sum()).numpy()
-        ax.bar(range(len(share)), share, width=1.0 if len(share) > 32 else 0.8)
-        ax.set_title(f"{name} ({int(math.log2(len(share)))}-bit)", fontsize=8)
+        first = -(len(share) // 2) if len(share) % 2 else 0      # a signed quantizer's 2s + 1 codes -s..s
+        ax.bar(range(first, first + len(share)), share, width=1.0 if len(share) > 32 else 0.8)
+        ax.set_title(f"{name} ({math.ceil(math.log2(len(share)))}-bit)", fontsize=8)
         ax.set_xlabel("code", fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in axes[n:]:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from lcq_train.calibrate import calibrate_clips, mse_clip, reestimate_bn
+from lcq_train.calibrate import activation_codes, calibrate_clips, mse_clip, reestimate_bn
 from lcq_train.plan import QuantPlan, quantize_model, quantizer_parameters
 from lcq_train.quant import uniform_quantize
 from lcq_train.models import build_model
@@ -91,6 +91,22 @@ def test_quantizer_parameters_unchanged_by_bn_reestimation():
     before = [p.clone() for p in quantizer_parameters(model)]
     reestimate_bn(model, [torch.rand(16, 1, 28, 28)])
     assert all(torch.equal(a, b) for a, b in zip(before, quantizer_parameters(model)))
+
+
+def test_activation_codes_of_a_signed_quantizer_count_negative_codes_too():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 10))
+    model = quantize_model(net, method="uniform", wbits=3, abits=3)       # fc "2" reads fc "1" without a ReLU
+    name = model.quant_layers()[1][1]
+    q = model.get_submodule(name)
+    assert q.signed and q.spec.bits == 3
+    q.alpha.data.fill_(0.3)
+    seen = []
+    q.register_forward_pre_hook(lambda _module, args: seen.append(args[0]))
+    counts = activation_codes(model, [torch.rand(32, 1, 8, 8)])
+    codes = q.codes(seen[0])
+    assert (codes < 0).any() and len(counts[name]) == 7                                 # codes -3..3
+    assert counts[name].tolist() == [(codes == c).sum().item() for c in range(-3, 4)]
 
 
 def test_training_with_clip_init_and_bn_batches(tmp_path):

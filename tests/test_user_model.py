@@ -169,6 +169,14 @@ def test_signed_inputs_get_signed_quantizers():
     model(torch.rand(2, 1, 8, 8)).sum().backward()
 
 
+def test_cli_trains_a_model_with_signed_activation_quantizers(tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--model", f"{DATA}/user_models.py:Normalized", "--method", "lcq", "--epochs", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    shares = json.loads((out / "metrics.json").read_text())["start_code_shares"]
+    assert len(shares["act_conv"]) == len(shares["act_fc2"]) == 255 and len(shares["act_fc1"]) == 8   # -127..127
+
+
 class _ShiftedRelu(nn.Module):
     """relu(conv(x)) combined with a parameter or a negative constant: values below zero reach the fc."""
 
