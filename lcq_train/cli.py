@@ -100,9 +100,15 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
 
 
 def _given_on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The options set on the command line; stops naming a layer that ``--layer-bits`` gives twice there (a
+    ``--config`` file's entry for a layer is overridden by the command line's, silently: that is the rule)."""
     probe = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
     probe.layer_bits = []
     parser.parse_args(argv, namespace=probe)
+    names = [item.partition("=")[0].strip() for item in probe.layer_bits]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        parser.error(f"--layer-bits gives {', '.join(twice)} more than once; give each layer once")
     given = {dest for dest, value in vars(probe).items() if value is not _UNSET and dest != "layer_bits"}
     return given | ({"layer_bits"} if probe.layer_bits else set())
 

@@ -1,5 +1,6 @@
 """The trainer and `lcq train`: outputs, checkpoints, resume, errors."""
 
+import argparse
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import torch
 import lcq_train.train as train_mod
 from lcq_train.arguments import default_device
 from lcq_train.checkpoint import load_checkpoint, save_checkpoint
+from lcq_train.cli import add_parsers, apply_config_file, train_config
 from lcq.cli import main
 from lcq_train.plan import QuantPlan
 from lcq_train.train import TrainConfig, build_quantized_model, train
@@ -122,6 +124,20 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     rc = main(["train", "--layer-bits", "nope=3/3", "--epochs", "1", "--out", str(tmp_path / "p"), "--no-progress"])
     assert rc == 2
     assert "unknown layer(s) ['nope']" in capsys.readouterr().err
+
+
+def test_a_layer_given_twice_on_the_command_line_is_refused_but_the_command_line_overrides_the_config(
+        tmp_path, capsys):
+    argv = ["train", "--layer-bits", "conv1=4/4", "--layer-bits", "conv1 =3/3", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and "--layer-bits gives conv1 more than once" in capsys.readouterr().err
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"layer_bits": {"conv1": [4, 4]}}))
+    sub = argparse.ArgumentParser(prog="lcq").add_subparsers()
+    add_parsers(sub)
+    args = apply_config_file(sub.choices["train"], ["--config", str(config), "--layer-bits", "conv1=3/3"])
+    assert train_config(args).plan.layer_bits == {"conv1": (3, 3)}
 
 
 @pytest.mark.parametrize("option, value, message", [
