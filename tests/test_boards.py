@@ -560,6 +560,21 @@ def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
     assert "cannot open serial port '/dev/nonexistent' at 3000000 baud" in capsys.readouterr().err
 
 
+class FakePort:
+    """``lcq run``'s serial port, stubbed: opens nothing, counts its closings."""
+
+    closed = 0
+
+    def __init__(self, path, baud, timeout):
+        FakePort.closed = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        FakePort.closed += 1
+
+
 def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
     """`lcq run` end to end on the host side, with the port and the board's runner stubbed
     (the runner itself runs against the simulated board in test_board_runtime.py)."""
@@ -567,16 +582,6 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
     import boards.runtime
     from compiler.reference import predict
     from lcq.cli import main
-
-    class Port:
-        def __init__(self, path, baud, timeout):
-            self.opened = (path, baud)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
 
     class Runner:
         def __init__(self, host, model, params, resident):
@@ -586,7 +591,7 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
         def classify(self, images, labels, progress):
             return boards.runtime.RunResult(predict(self.model, images), 0.5, labels, load_seconds=0.25)
 
-    monkeypatch.setattr(boards.link_host, "SerialPort", Port)
+    monkeypatch.setattr(boards.link_host, "SerialPort", FakePort)
     monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
@@ -611,18 +616,6 @@ def test_ctrl_c_during_lcq_run_is_one_line_and_closes_the_port(tmp_path, capsys,
     import boards.runtime
     from lcq.cli import main
 
-    closed = []
-
-    class Port:
-        def __init__(self, path, baud, timeout):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            closed.append(True)
-
     class Runner:
         def __init__(self, host, model, params, resident):
             pass
@@ -631,7 +624,7 @@ def test_ctrl_c_during_lcq_run_is_one_line_and_closes_the_port(tmp_path, capsys,
             progress(1, len(images))
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(boards.link_host, "SerialPort", Port)
+    monkeypatch.setattr(boards.link_host, "SerialPort", FakePort)
     monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
@@ -641,7 +634,7 @@ def test_ctrl_c_during_lcq_run_is_one_line_and_closes_the_port(tmp_path, capsys,
                      "--report", str(report)]) == 130
     except KeyboardInterrupt:
         pytest.fail("KeyboardInterrupt escaped lcq run")
-    assert closed == [True]
+    assert FakePort.closed == 1
     assert capsys.readouterr().err.endswith("\nlcq run: interrupted (Ctrl-C): the port was closed; no results\n")
 
 
@@ -655,16 +648,6 @@ def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, mo
     from compiler.reference import predict
     from lcq.cli import main
 
-    class Port:
-        def __init__(self, path, baud, timeout):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
     class Runner:
         def __init__(self, host, model, params):
             assert (params.engine.rows, params.engine.cols) == (2, 4) and params.target_bits[-1] == 8
@@ -677,7 +660,7 @@ def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, mo
     def layers(*args):
         raise AssertionError("a network-mode report ran the layers runner")
 
-    monkeypatch.setattr(boards.link_host, "SerialPort", Port)
+    monkeypatch.setattr(boards.link_host, "SerialPort", FakePort)
     monkeypatch.setattr(boards.runtime, "NetworkRunner", Runner)
     monkeypatch.setattr(boards.runtime, "BoardRunner", layers)
     report = tmp_path / "report.json"
