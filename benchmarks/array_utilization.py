@@ -43,8 +43,8 @@ compute + write-back + 3 (the engine before the overlap); ``overhead`` = step cy
 Run:  python benchmarks/array_utilization.py [--arrays 8x8,16x16] [--images 1] [--simulator verilator]
                                              [--mode layer|network|both]
 Writes benchmarks/results/array_utilization.json (or --json-out; ``--mode network`` replaces only
-its ``"network"`` key), builds under build/bench/, prints markdown tables; exits 1 if any output
-differs from the reference.
+its ``"network"`` key, ``--mode layer`` all but that key), builds under build/bench/, prints markdown
+tables; exits 1 if any output differs from the reference.
 """
 
 from __future__ import annotations
@@ -335,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             if x["first_mismatch"]:
                 print(x["first_mismatch"])
     mismatches = sum(r["total"]["mismatches"] for r in results)
+    if not network:  # --mode layer: the file's network results stay
+        out = Path(args.json_out)
+        network_entry = json.loads(out.read_text()).get("network") if out.exists() else None
     options = dict(vars(args), arrays=[f"{rows}x{cols}" for rows, cols in args.arrays])
     save_json({
         "benchmark": "array_utilization", "argv": sys.argv[1:], "options": options, "seconds": seconds,
@@ -350,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     "git": git_state("hw", "sim"),
         "mismatches": mismatches + network_mismatches,
         "results": results,
-        **({"network": network_entry} if network else {}),
+        **({"network": network_entry} if network_entry else {}),
     }, args.json_out)
     print(f"\n{len(results)} arrays in {seconds} s; {mismatches} outputs differ from the integer reference; "
           f"wrote {args.json_out}")
