@@ -300,24 +300,27 @@ def settings(args: argparse.Namespace) -> dict:
             "threads_per_run": 1 if args.jobs > 1 else args.threads, "torch": torch.__version__}
 
 
-def recorded_results(path: str, ours: dict, runs: dict[str, QuantPlan]) -> tuple[dict[int, dict], str]:
-    """``results[seed][label]`` of an earlier results file at ``path`` with the same :func:`settings` and, per
-    label, the same plan; and a line saying what was kept or why nothing was."""
+def recorded_results(path: str, ours: dict, runs: dict[str, QuantPlan]) -> tuple[dict[int, dict], dict, str]:
+    """``results[seed][label]`` of an earlier results file at ``path`` with the same :func:`settings`, of every
+    seed it holds, for the labels with the same plan as in ``runs`` and those ``runs`` does not have (other
+    tables': kept in the file, not retrained); the recorded plans of the latter (label -> plan dict); and a line
+    saying what was kept or why nothing was."""
     try:
         earlier = json.loads(Path(path).read_text())
-        theirs, their_runs = earlier["settings"], earlier["runs"]
+        theirs, their_runs = earlier["settings"], dict(earlier["runs"])
         their_results = {int(seed): dict(rows) for seed, rows in earlier["results"].items()}
     except FileNotFoundError:
-        return {}, ""
+        return {}, {}, ""
     except (ValueError, KeyError, TypeError, AttributeError):
-        return {}, f"replacing {path}: no settings of this script's to extend"
+        return {}, {}, f"replacing {path}: no settings of this script's to extend"
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
-        return {}, f"replacing {path}: its settings differ ({', '.join(differ)})"
-    same = {"fp"} | {label for label, plan in runs.items() if their_runs.get(label) == plan.to_dict()}
+        return {}, {}, f"replacing {path}: its settings differ ({', '.join(differ)})"
+    others = {label: plan for label, plan in their_runs.items() if label not in runs}
+    same = {"fp"} | set(others) | {label for label, plan in runs.items() if their_runs.get(label) == plan.to_dict()}
     kept = {seed: {label: row for label, row in rows.items() if label in same} for seed, rows in their_results.items()}
     count = sum(len(rows) for rows in kept.values())
-    return kept, f"read {count} recorded runs from {path}" if count else ""
+    return kept, others, f"read {count} recorded runs from {path}" if count else ""
 
 
 def run_all(items: list[tuple[int, str, TrainConfig]], jobs: int, done) -> None:
@@ -372,10 +375,11 @@ def main(argv: list[str] | None = None) -> int:
                                                      out=str(out / f"seed{seed}" / label),
                                                      init=str(Path(fp.out) / "checkpoint.pt"), **common)))
     ours = settings(args)
-    recorded, note = recorded_results(args.json_out, ours, runs)
+    recorded, other_runs, note = recorded_results(args.json_out, ours, runs)
     if note:
         print(note, flush=True)
-    results = {seed: dict(recorded.get(seed, {})) for seed in args.seeds}
+    # (the recorded runs of other seeds and tables stay in the file; the tables are of args.seeds and runs)
+    results = {seed: dict(recorded.get(seed, {})) for seed in sorted(set(args.seeds) | set(recorded))}
     # Runs not recorded yet, and the FP run of each seed that has one (its checkpoint starts the others).
     open_seeds = {seed for seed, label, _ in configs if label not in results[seed]}
     to_do = [(seed, label, cfg) for seed, label, cfg in configs
@@ -392,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                    "device": ours["device"], "threads": ours["threads_per_run"], "cpu_count": os.cpu_count(),
                    "seconds": time.perf_counter() - t_start, "timing": timing,
                    "full_estimate": full_estimate(args, runs, timing),
-                   "runs": {label: plan.to_dict() for label, plan in runs.items()},
+                   "runs": {**other_runs, **{label: plan.to_dict() for label, plan in runs.items()}},
                    "results": {str(s): r for s, r in results.items() if r}, "tables": table_data, "markdown": text},
                   args.json_out)
         return text

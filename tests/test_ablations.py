@@ -310,4 +310,33 @@ def test_ablation_tables_fill_in_over_sessions_from_the_recorded_runs(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.recorded_results(str(table), {**second["settings"], "threads_per_run": 2}, {}) == (
-        {}, f"replacing {table}: its settings differ (threads_per_run)")
+        {}, {}, f"replacing {table}: its settings differ (threads_per_run)")
+
+
+def test_ablations_keep_the_recorded_runs_of_other_seeds_and_tables(tmp_path):
+    """A later invocation of ablations.py with fewer --seeds or other --tables than its results file holds kept
+    only its own: the runs of the other seeds and tables were dropped from the file without a word."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ablations.py"
+    spec = importlib.util.spec_from_file_location("ablations", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    table = tmp_path / "ablations.json"
+    argv = ["--dataset", "digits", "--tables", "norm", "--fp-epochs", "1", "--epochs", "1", "--eval-images", "0",
+            "--out", str(tmp_path / "runs"), "--json-out", str(table)]
+    args = module.parse_args([*argv, "--seeds", "0", "1"])
+    runs = module.plans(args, ("conv0", "fc"))
+    other = module.QuantPlan("lcq", 2, 2, K=1)                   # a run of table 1, recorded by an earlier call
+    row = {"test_top1": 50.0, "best_test_top1": 50.0, "epochs": 1, "out": "somewhere"}
+    results = {str(seed): {label: dict(row) for label in ["fp", *runs]} for seed in (0, 1)}
+    results["0"]["w2a2-K1"] = dict(row)
+    table.write_text(json.dumps({"settings": module.settings(args), "results": results,
+                                 "runs": {"w2a2-K1": other.to_dict(),
+                                          **{label: plan.to_dict() for label, plan in runs.items()}}}))
+    assert module.main([*argv, "--seeds", "0"]) == 0            # every run of seed 0 recorded: nothing trains
+    saved = json.loads(table.read_text())
+    assert saved["results"]["1"] == results["1"]
+    assert saved["results"]["0"] == results["0"] and saved["runs"]["w2a2-K1"] == other.to_dict()
+    assert saved["tables"]["norm"]["w3a3"]["lwn"]["n"] == 1      # the table is of the seeds asked for
