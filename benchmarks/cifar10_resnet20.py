@@ -94,8 +94,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "runs/cifar10-resnet20-tiny with --tiny)")
     p.add_argument("--json-out", metavar="FILE",
                    help=f"results file (default: {DEFAULT_JSON.relative_to(REPO)}; with --tiny OUT/result.json)")
-    args = p.parse_args(argv)
-    given = {a.dest for a in p._actions if a.dest != "help" and getattr(args, a.dest) != a.default}
+    unset = object()        # each option's value before parsing: still it after, where the command line left it out
+    args = p.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in p._actions if a.dest != "help"}))
+    given = {dest for dest, value in vars(args).items() if value is not unset}
+    for a in p._actions:
+        if getattr(args, a.dest, None) is unset:
+            setattr(args, a.dest, a.default)
     if args.tiny:
         for key, value in TINY.items():
             if key not in given:

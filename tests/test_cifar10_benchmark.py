@@ -141,3 +141,18 @@ def test_a_run_started_while_stop_signals_are_held_still_stops_on_sigterm(tmp_pa
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_tiny_keeps_the_options_given_even_at_their_defaults(tmp_path):
+    """--tiny sets its own bits, batch size, ... "(options given win)": an option given at its default value
+    (--bits 2 3 4, --batch-size 128) was taken for one not given and silently replaced by --tiny's."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cifar10_resnet20", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args(["--tiny", "--bits", "2", "3", "4", "--batch-size", "128", "--out", str(tmp_path)])
+    assert args.bits == [2, 3, 4] and args.batch_size == 128
+    assert (args.fp_epochs, args.epochs, args.limit, args.device) == (2, 2, 200, "cpu")     # the rest: --tiny's
+    args = bench.parse_args(["--bits", "3", "--out", str(tmp_path)])
+    assert args.bits == [3] and args.batch_size == 128 and args.limit is None and args.schedule == "short"
