@@ -346,7 +346,12 @@ def main(argv: list[str] | None = None) -> int:
                         default=str(Path(__file__).resolve().parent / "results" / "pe_cost.json"))
     args = parser.parse_args(argv)
     for size in args.sizes:
-        parse_size(size)
+        try:
+            parse_size(size)
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"--sizes: {e}")
+    if any(len(set(values)) != len(values) for values in (args.sizes, args.bits, args.variants)):
+        parser.error("--sizes, --bits and --variants must not repeat a value (a design built twice, in one directory)")
     if args.seeds < 1 or args.jobs < 1:
         parser.error("--seeds and --jobs must be >= 1")
     if not args.pnr_timeout > 0 or not args.synth_timeout > 0:

@@ -67,3 +67,19 @@ def test_a_failed_synthesis_stops_with_a_message_not_a_traceback(tmp_path, yosys
             f"pe_cost: error: rom pe W2: cannot run {exe} (")
     assert said in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--sizes", "4by4"], "size must be 'pe' or RxC (e.g. 4x4), not '4by4'"),
+    (["--sizes", "0x4"], "size must be 'pe' or RxC (e.g. 4x4), not '0x4'"),
+    (["--sizes", "4x4", "4x4"], "--sizes, --bits and --variants must not repeat a value"),
+    (["--bits", "2", "2"], "--sizes, --bits and --variants must not repeat a value"),
+])
+def test_bad_sizes_are_refused_with_a_message_not_a_traceback(tmp_path, argv, said):
+    """A --sizes that is not 'pe' or RxC crashed with argparse.ArgumentTypeError's traceback; a size (width,
+    variant) given twice built the same design twice, into one directory, side by side."""
+    proc = subprocess.run([sys.executable, "benchmarks/pe_cost.py", *argv, "--build-dir", str(tmp_path / "build"),
+                           "--json-out", str(tmp_path / "pe_cost.json")], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "YOSYS": str(tmp_path / "no-yosys")}, timeout=120)   # (none runs)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and said in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "build").exists()
