@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lcq_train.arguments import default_device
+from lcq_train.arguments import default_device, device_problem
 from lcq_train.checkpoint import save_json
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale, lcq_quantize, uniform_quantize
@@ -475,9 +475,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.reps, args.steps) < 1 or args.warmup < 0:
         parser.error("--reps and --steps must be >= 1 and --warmup >= 0")
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be >= 1")
+    if device_problem(args.device):
+        parser.error(f"--device {args.device}: {device_problem(args.device)}")
 
     device = torch.device(args.device)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     load_start = os.getloadavg()

@@ -71,3 +71,19 @@ def test_an_interrupt_keeps_the_parts_before_it(tmp_path, monkeypatch):
     result = json.loads(out.read_text())
     assert ran == ["quantizer"] and result["interrupted_in"] == "quantizer"
     assert result["training"] == [] and result["precision"] == [] and result["kernels"] is None
+
+
+def test_bad_device_and_threads_are_refused_with_a_message(tmp_path, capsys):
+    """--device bogus, --device cuda on a machine without CUDA and --threads -2 crashed with torch's traceback
+    (RuntimeError, AssertionError) instead of an error naming the option; --threads 0 was ignored."""
+    import pytest
+
+    bench = load_benchmark("quantizer_speed")
+    out = tmp_path / "speed.json"
+    cuda = [] if torch.cuda.is_available() else [(["--device", "cuda"], "--device cuda: 'cuda' is not available")]
+    for argv, said in [(["--device", "bogus"], "--device bogus: 'bogus' is not a device torch knows"), *cuda,
+                       (["--threads", "-2"], "--threads must be >= 1"), (["--threads", "0"], "--threads must be >= 1")]:
+        with pytest.raises(SystemExit) as e:
+            bench.main([*argv, "--part", "kernels", "--json-out", str(out)])
+        assert e.value.code == 2 and said in capsys.readouterr().err
+    assert not out.exists()
