@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--images", type=int, metavar="N", help="first N test images (default: all)")
     p.add_argument("--json-out", metavar="FILE")
     args = p.parse_args(argv)
+    if args.images is not None and args.images < 1:
+        p.error("--images must be >= 1 (leave it out for all test images)")
     runs_dir = Path(args.runs)
     json_out = args.json_out or str(Path(__file__).resolve().parent / "results"
                                     / f"integer-agreement-{runs_dir.name}.json")
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         if data is None:
             data = load_dataset(compiled.source["dataset"], args.data_dir)
         x, y = data.test_x.numpy(), data.test_y.numpy()
-        if args.images:
+        if args.images is not None:
             x, y = x[:args.images], y[:args.images]
         t0 = time.perf_counter()
         result = compare(compiled, load_model(checkpoint)[0], x, y).to_dict()
