@@ -54,6 +54,9 @@ from lcq_train.plan import QuantPlan
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
 from lcq_train.train import TrainConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 KS = (1, 2, 4, 8, 16)
 K_BITS = (2, 3)
 NORM_BITS = (2, 3, 4)
@@ -386,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
              if label not in results[seed] or label == "fp" and seed in open_seeds]
     timing = {"fp_seconds": 0.0, "fp_epochs": 0, "quant_seconds": 0.0, "quant_epochs": 0, "compile_seconds": 0.0}
     t_start = time.perf_counter()
+    git = git_state("lcq_train", "compiler")       # (and each run recorded now: the commit it was trained at)
 
     def save() -> str:
         text, table_data = tables(args, runs, results, edges)
@@ -394,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                    "versions": {"python": platform.python_version(), "torch": torch.__version__,
                                 "numpy": np.__version__, "lcq": _version("lcq-accel")},
                    "device": ours["device"], "threads": ours["threads_per_run"], "cpu_count": os.cpu_count(),
+                   "git": git,
                    "seconds": time.perf_counter() - t_start, "timing": timing,
                    "full_estimate": full_estimate(args, runs, timing),
                    "runs": {**other_runs, **{label: plan.to_dict() for label, plan in runs.items()}},
@@ -410,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             timing[f"{kind}_seconds"] += seconds
             timing[f"{kind}_epochs"] += cfg.epochs
         row = {"test_top1": metrics["test_top1"], "best_test_top1": metrics["best_test_top1"],
-               "epochs": len(metrics["epochs"]), "out": cfg.out}
+               "epochs": len(metrics["epochs"]), "out": cfg.out, "git_commit": git["commit"]}
         if label == "fp" and label in results[seed] and results[seed][label]["test_top1"] != row["test_top1"]:
             errors.append(f"seed {seed}'s FP run scored {row['test_top1']}, {args.json_out} recorded "
                           f"{results[seed][label]['test_top1']}: its runs of seed {seed} started from another FP "

@@ -37,6 +37,9 @@ from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
 from lcq_train.train import PAPER_RECIPE, TrainConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -256,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     save_json({"benchmark": "accuracy", "command": reproduce_command(args), "argv": sys.argv[1:],
                "options": vars(args), "torch": torch.__version__, "device": device,
-               "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+               "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "git": git_state("lcq_train"),
                "settings": settings, "rows": rows}, args.json_out)
     print(f"\nwrote {args.json_out}")
     return 0

@@ -43,6 +43,9 @@ from lcq_train.metrics import read_metrics  # noqa: E402
 from lcq_train.stop_signals import signals_held, stop_signals  # noqa: E402
 from lcq_train.train import PAPER_RECIPE, TrainConfig  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 DEFAULT_DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "cifar10-resnet20.json"
 
@@ -453,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "q_lr": 0.02, "clip_init": args.clip_init,
                                           "bn_batches": args.bn_batches, "text": schedule_text(args)},
                "seeds": {"seed": args.seed, "per_run": {s["run"]: args.seed for s in specs}},
-               "machine": machine(args), "data": data, "wall_s_total": round(total_s, 2),
+               "machine": machine(args), "git": git_state("lcq_train"), "data": data,
+               "wall_s_total": round(total_s, 2),
                "budget_s": BUDGET_S if sized_for_budget(args) else None,
                "top1_note": "test top-1 (%) after the final epoch, model in eval mode (BN running statistics)",
                "paper": {"fp": PAPER_FP, "lcq": PAPER_LCQ, "apot": PAPER_APOT}, "rows": rows}, args.json_out)

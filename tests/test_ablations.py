@@ -340,3 +340,24 @@ def test_ablations_keep_the_recorded_runs_of_other_seeds_and_tables(tmp_path):
     assert saved["results"]["1"] == results["1"]
     assert saved["results"]["0"] == results["0"] and saved["runs"]["w2a2-K1"] == other.to_dict()
     assert saved["tables"]["norm"]["w3a3"]["lwn"]["n"] == 1      # the table is of the seeds asked for
+
+
+def test_ablation_results_record_the_git_state(tmp_path, monkeypatch):
+    """The results file named the versions, device and threads but not the commit; a run recorded in one session
+    and kept by later ones (at other commits) now carries the commit it was trained at."""
+    import subprocess
+    from pathlib import Path
+
+    from helpers import load_benchmark
+
+    ablations = load_benchmark("ablations")
+    metrics = {"test_top1": 50.0, "best_test_top1": 50.0, "epochs": [{}]}
+    monkeypatch.setattr(ablations, "train_or_resume", lambda cfg: (metrics, 0.0, "faked"))
+    table = tmp_path / "ablations.json"
+    assert ablations.main(["--dataset", "digits", "--tables", "norm", "--seeds", "0", "--fp-epochs", "1", "--epochs",
+                           "1", "--out", str(tmp_path / "runs"), "--json-out", str(table)]) == 0
+    saved = json.loads(table.read_text())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True).stdout.strip()
+    assert saved["git"]["commit"] == head and isinstance(saved["git"]["modified"], list)
+    assert {row["git_commit"] for row in saved["results"]["0"].values()} == {head}

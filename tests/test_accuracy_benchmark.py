@@ -88,3 +88,17 @@ def test_one_recipe_spelled_two_ways_keeps_the_earlier_rows(tmp_path):
     ours = {**settings, "data_dir": str(Path("data/mnist").resolve()), "device": "cpu", "bits": [3]}
     kept, note = accuracy.carried_rows(str(table), ours, rows[:1], "cpu")
     assert [r["run"] for r in kept] == ["lcq-w2a2"] and note == f"kept lcq-w2a2 from {table} (same recipe and FP run)"
+
+
+def test_the_results_file_records_the_git_state(tmp_path, monkeypatch):
+    """The accuracy table depends on the trainer's code: its results file named the torch version, threads and
+    device, but not the commit nor the files modified under lcq_train/."""
+    accuracy = load_script()
+    metrics = {"test_top1": 90.0, "best_test_top1": 91.0, "epochs": [{"test_top1": 90.0}]}
+    monkeypatch.setattr(accuracy, "train_or_resume", lambda cfg: (metrics, 0.0, "faked"))
+    table = tmp_path / "accuracy.json"
+    assert accuracy.main(["--fp-epochs", "1", "--epochs", "1", "--bits", "2", "--seeds", "0", "--out",
+                          str(tmp_path / "runs"), "--json-out", str(table)]) == 0
+    git = json.loads(table.read_text())["git"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    assert git["commit"] == head and isinstance(git["modified"], list)

@@ -156,3 +156,24 @@ def test_tiny_keeps_the_options_given_even_at_their_defaults(tmp_path):
     assert (args.fp_epochs, args.epochs, args.limit, args.device) == (2, 2, 200, "cpu")     # the rest: --tiny's
     args = bench.parse_args(["--bits", "3", "--out", str(tmp_path)])
     assert args.bits == [3] and args.batch_size == 128 and args.limit is None and args.schedule == "short"
+
+
+def test_the_result_records_the_git_state(tmp_path, monkeypatch):
+    """A seed's result file (cifar10_seeds.py averages them, one per GPU session) named the machine and versions
+    but not the commit nor the files modified under lcq_train/."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cifar10_resnet20", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def no_data(args):
+        args.run_data_dir = None
+        return {"source": None, "train_images": 50000, "test_images": 10000}
+
+    monkeypatch.setattr(bench, "prepare_data", no_data)
+    result = tmp_path / "result.json"
+    assert bench.main(["--report", "--device", "cpu", "--out", str(tmp_path / "runs"), "--json-out", str(result)]) == 1
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    git = json.loads(result.read_text())["git"]
+    assert git["commit"] == head and isinstance(git["modified"], list)
