@@ -179,7 +179,9 @@ def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None =
 def _guard(runner, timeout: float | None, env: dict[str, str] | None = None):
     """Make ``runner`` (a ``cocotb_tools.runner`` object) run its commands with :func:`run_guarded`:
     one deadline of ``timeout`` seconds (default :func:`default_timeout`) for all the commands of
-    one ``build()`` or ``test()``, with ``env`` added to their environment."""
+    one ``build()`` or ``test()``, with ``env`` added to their environment. A command that fails raises
+    ``subprocess.CalledProcessError``, which cocotb's ``test()`` turns into its exit status (cocotb's own
+    ``_execute_cmds`` raises a ``RuntimeError`` that ``test()`` lets through, hiding the simulator's log)."""
     seconds = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
     end = time.monotonic() + seconds
 
@@ -192,8 +194,8 @@ def _guard(runner, timeout: float | None, env: dict[str, str] | None = None):
                                         f"{TIMEOUT_ENV}) if the run is merely long")
             self.log.info("Running command %s in directory %s", " ".join(map(str, cmd)), cwd)
             code = run_guarded(cmd, cwd=cwd, env={**self.env, **(env or {})}, stdout=stdout, timeout=left)
-            if code != 0:
-                raise RuntimeError(f"Command failed with return code: {code}")
+            if code != 0:   # what cocotb's test() catches, to report results or exit with the status
+                raise subprocess.CalledProcessError(code, Path(str(cmd[0])).name)
 
     runner._execute_cmds = types.MethodType(execute_cmds, runner)
 
@@ -363,7 +365,7 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
         runner.build(sources=[Path(f).resolve() for f in verilog_files], hdl_toplevel=toplevel,
                      build_dir=build_dir, always=True, timescale=TIMESCALE, parameters=parameters or {},
                      defines=defines or {}, build_args=build_args, log_file=log)
-    except (RuntimeError, SystemExit) as e:
+    except (RuntimeError, subprocess.CalledProcessError, SystemExit) as e:
         raise SimulationFailed(f"{sim} build of {toplevel} failed ({e}); {log}:\n{_tail(log)}") from None
     return Build(sim, runner, toplevel, build_dir)
 

@@ -220,6 +220,34 @@ def test_a_simulator_past_its_deadline_is_killed(hanging_design):
     assert _live_simulators(str(hanging_design)) == []
 
 
+CRASHING_TESTBENCH = """
+import os
+
+import cocotb
+from cocotb.triggers import Timer
+
+
+@cocotb.test()
+async def crash(dut):
+    await Timer(1, unit="ns")
+    dut._log.info("the testbench ends the simulator")
+    os._exit(3)
+"""
+
+
+@pytest.mark.sim
+def test_a_simulator_that_dies_is_a_failure_with_its_log(hanging_design):
+    """A simulator that exits non-zero without results: SimulationFailed naming the exit status, with the log's
+    tail (not the bare RuntimeError 'Command failed with return code: 3' of the guarded commands)."""
+    from sim.runner import SimulationFailed, build, run_test
+
+    (hanging_design / "crashing_cocotb.py").write_text(CRASHING_TESTBENCH)
+    built = build("icarus", [hanging_design / "top.v"], "top", hanging_design / "build")
+    with pytest.raises(SimulationFailed, match=r"(?s)icarus run of crashing_cocotb ended without results \(exit 3\)"
+                                               r".*test\.log.*the testbench ends the simulator"):
+        run_test(built, "crashing_cocotb", hanging_design / "run", timeout=60)
+
+
 @pytest.mark.sim
 def test_a_simulator_dies_with_its_parent(hanging_design):
     """The parent (a Python process running a simulation) is killed with SIGKILL: its vvp is gone
