@@ -22,7 +22,8 @@ the first cycle an output word is offered: computing, without read-back), ``word
 output words) and ``word_cycles`` (the cycle, counted the same way, each word was
 accepted at).
 Comparison with the integer reference happens outside the simulator. A run that does
-not finish within ``max_cycles`` fails with the layer, the words received and the state.
+not finish within ``max_cycles`` fails with the layer, the words received and the state; a
+load beat not taken within :data:`LOAD_WAIT_CYCLES` cycles of offering it fails naming the beat.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from cocotb.triggers import FallingEdge
 from sim.runner import load_data
 
 PERIOD_NS = 10
+LOAD_WAIT_CYCLES = 10_000   # cycles a beat may be offered (load__valid high) without being taken: a hung core
 
 
 class Engine:
@@ -61,11 +63,19 @@ class Engine:
 
     async def load(self, beats, each_cycle=None):
         """Each beat offered until taken (``load__valid`` low with probability ``stall``);
-        ``each_cycle()`` called in every cycle before its clock edge."""
+        ``each_cycle()`` called in every cycle before its clock edge. A beat not taken in
+        :data:`LOAD_WAIT_CYCLES` cycles of offering it fails the run, naming the beat."""
         dut = self.dut
-        for beat in beats:
+        for i, beat in enumerate(beats):
+            offered = 0
             while True:
+                if offered == LOAD_WAIT_CYCLES:
+                    target, addr, data = beat
+                    raise AssertionError(f"load beat {i} of {len(beats)} (target {target}, addr {addr}, data {data}) "
+                                         f"offered for {offered} cycles without load__ready "
+                                         f"(load__ready={dut.load__ready.value}, busy={dut.busy.value})")
                 valid = self.rng.random() >= self.stall
+                offered += valid
                 dut.load__valid.value = int(valid)
                 dut.load__payload.value = sum(value << self.fields[name]
                                               for name, value in zip(("target", "addr", "data"), beat))

@@ -145,3 +145,30 @@ def test_trained_resnet20_whole_model_on_an_8x8_engine():
                             build_dir / "model", stall=0.05, backpressure=0.05, seed=4)
     assert_exact(report)
     assert len(report.layers) == len(model.convs) == 21
+
+
+STUCK_ENGINE = """
+module engine(input clk, input rst, input load__valid, output load__ready, input [15:0] load__payload,
+              input start, output busy, output out__valid, input out__ready, output [15:0] out__payload);
+  assign load__ready = 1'b0;
+  assign busy = 1'b0;
+  assign out__valid = 1'b0;
+  assign out__payload = 16'b0;
+endmodule
+"""
+
+
+def test_a_beat_the_engine_never_takes_fails_in_simulated_time(tmp_path):
+    """An engine that never raises load__ready: the testbench fails within cycles, naming the beat, not at the
+    simulator's wall-clock deadline (an hour by default) with no word of where it hung."""
+    require_simulators("icarus")
+    from sim.runner import SimulationFailed, SimulationTimeout, build, run_test
+
+    (tmp_path / "engine.v").write_text(STUCK_ENGINE)
+    built = build("icarus", [tmp_path / "engine.v"], "engine", tmp_path / "build")
+    data = {"params": {"rows": 1, "cols": 1}, "load_fields": {"target": 0, "addr": 2, "data": 8},
+            "jobs": [{"index": 3, "beats": [[1, 0, 7], [1, 1, 9]], "out_words": 1}], "stall": 0.5, "seed": 0}
+    with pytest.raises(SimulationFailed) as failure:
+        run_test(built, "sim.engine_cocotb", tmp_path / "run", data=data, timeout=60)
+    assert not isinstance(failure.value, SimulationTimeout)
+    assert "load beat 0 of 2 (target 1, addr 0, data 7) offered for" in str(failure.value)
