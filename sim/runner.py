@@ -420,7 +420,9 @@ def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data:
                                f"{log}:\n{_tail(log)}")
     ran, failures = read_results(results)
     if failures or ran == 0 or exit_code:
-        summary = "\n".join(f"  {name}: {message}" for name, message in failures) or "  (no testcase ran)"
+        summary = ("\n".join(f"  {name}: {message}" for name, message in failures) or
+                   (f"  (every testcase passed; then the simulator exited with status {exit_code})" if ran
+                    else "  (no testcase ran)"))
         raise SimulationFailed(f"{sim}: {len(failures)} of {ran} cocotb testcases failed (exit {exit_code}):\n"
                                f"{summary}\n{log} (tail):\n{_tail(log, 25)}", failures)
     return results

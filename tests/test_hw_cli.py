@@ -234,6 +234,16 @@ async def crash(dut):
     os._exit(3)
 """
 
+PASSING_TESTBENCH = """
+import cocotb
+from cocotb.triggers import Timer
+
+
+@cocotb.test()
+async def passes(dut):
+    await Timer(1, unit="ns")
+"""
+
 
 @pytest.mark.sim
 def test_a_simulator_that_dies_is_a_failure_with_its_log(hanging_design):
@@ -246,6 +256,22 @@ def test_a_simulator_that_dies_is_a_failure_with_its_log(hanging_design):
     with pytest.raises(SimulationFailed, match=r"(?s)icarus run of crashing_cocotb ended without results \(exit 3\)"
                                                r".*test\.log.*the testbench ends the simulator"):
         run_test(built, "crashing_cocotb", hanging_design / "run", timeout=60)
+
+
+@pytest.mark.sim
+def test_a_simulator_failing_after_passing_testcases_says_so(hanging_design):
+    """Every testcase passed, then the simulator exited non-zero (a $fatal in a final block): the error says
+    so, not '(no testcase ran)'."""
+    from sim.runner import SimulationFailed, build, run_test
+
+    (hanging_design / "late.v").write_text('module top(input clk);\nfinal $fatal(1, "late failure");\nendmodule\n')
+    (hanging_design / "passing_cocotb.py").write_text(PASSING_TESTBENCH)
+    built = build("icarus", [hanging_design / "late.v"], "top", hanging_design / "late")
+    with pytest.raises(SimulationFailed, match=r"(?s)icarus: 0 of 1 cocotb testcases failed \(exit 1\):\n  \(every "
+                                               r"testcase passed; then the simulator exited with status 1\).*"
+                                               r"late failure") as failure:
+        run_test(built, "passing_cocotb", hanging_design / "run", timeout=60)
+    assert "no testcase ran" not in str(failure.value)
 
 
 @pytest.mark.sim
