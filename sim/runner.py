@@ -377,21 +377,24 @@ def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data:
     (default: the build directory).
 
     ``data`` is written to ``<test_dir>/data.json`` and handed to the testbench through
-    ``LCQ_SIM_DATA``; ``env`` adds environment variables (``os.environ`` wins on a clash,
-    as in cocotb's runner). The simulator's log is ``<test_dir>/test.log``. Returns the
-    JUnit results file; raises :class:`SimulationFailed` unless every testcase passed, and
-    :class:`SimulationTimeout` (the simulator killed) when the run takes more than ``timeout``
-    seconds (default :func:`default_timeout`).
+    ``LCQ_SIM_DATA`` (this path, whatever ``os.environ`` holds); ``env`` adds environment variables
+    (``os.environ`` wins on a clash, as in cocotb's runner). The simulator's log is
+    ``<test_dir>/test.log``. Returns the JUnit results file; raises :class:`SimulationFailed` unless
+    every testcase passed, and :class:`SimulationTimeout` (the simulator killed) when the run takes
+    more than ``timeout`` seconds (default :func:`default_timeout`).
     """
     test_dir = Path(test_dir).resolve() if test_dir is not None else built.build_dir
     test_dir.mkdir(parents=True, exist_ok=True)
     modules = [test_module] if isinstance(test_module, str) else list(test_module)
     env = dict(env or {})
     env.setdefault("COCOTB_REWRITE_ASSERTION_FILES", " ".join(m.rsplit(".", 1)[-1] + ".py" for m in modules))
+    # Given to the commands after os.environ (which wins in cocotb's environment): an LCQ_SIM_DATA left
+    # there cannot make the testbench read another run's data.
+    own = {}
     if data is not None:
         data_file = test_dir / "data.json"
         data_file.write_text(json.dumps(data))
-        env[DATA_ENV] = str(data_file)
+        own[DATA_ENV] = str(data_file)
     log, results = test_dir / "test.log", test_dir / "results.xml"
 
     # The simulator's Python gets this process's sys.path as PYTHONPATH: make sure the
@@ -400,7 +403,7 @@ def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data:
     if added:
         sys.path.append(str(PACKAGE_ROOT))
     exit_code = 0
-    _guard(built.runner, timeout)
+    _guard(built.runner, timeout, own)
     try:
         built.runner.test(test_module=modules, hdl_toplevel=built.toplevel, build_dir=built.build_dir,
                           test_dir=test_dir, results_xml=str(results), extra_env=env, testcase=testcase,

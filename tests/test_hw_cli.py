@@ -274,6 +274,32 @@ def test_a_simulator_failing_after_passing_testcases_says_so(hanging_design):
     assert "no testcase ran" not in str(failure.value)
 
 
+DATA_TESTBENCH = """
+import cocotb
+
+from sim.runner import load_data
+
+
+@cocotb.test()
+async def reads_its_data(dut):
+    assert load_data() == {"run": "this one"}, load_data()
+"""
+
+
+@pytest.mark.sim
+def test_the_testbench_reads_its_own_data_whatever_the_environment_says(hanging_design, monkeypatch):
+    """LCQ_SIM_DATA left in the environment (from debugging a testbench by hand) does not make a run read
+    that file instead of its own data (cocotb's runner lets os.environ win over the variables it is given)."""
+    from sim.runner import DATA_ENV, build, run_test
+
+    stale = hanging_design / "stale.json"
+    stale.write_text('{"run": "an earlier one"}')
+    monkeypatch.setenv(DATA_ENV, str(stale))
+    (hanging_design / "data_cocotb.py").write_text(DATA_TESTBENCH)
+    built = build("icarus", [hanging_design / "top.v"], "top", hanging_design / "build")
+    run_test(built, "data_cocotb", hanging_design / "run", data={"run": "this one"}, timeout=60)
+
+
 @pytest.mark.sim
 def test_a_simulator_dies_with_its_parent(hanging_design):
     """The parent (a Python process running a simulation) is killed with SIGKILL: its vvp is gone
