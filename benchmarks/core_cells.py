@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from board_builds import environment  # noqa: E402
 from tool_run import run_tool  # noqa: E402
 
+from hw.cli import ARRAY_SIZE  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=str(DIGITS), help="compiled model (lcq compile)")
     parser.add_argument("--board", default="icebreaker", help="the board whose part the core is elaborated for")
-    parser.add_argument("--rows", type=int, default=1)
-    parser.add_argument("--cols", type=int, default=1)
+    parser.add_argument("--rows", type=ARRAY_SIZE, default=1, help="PE array rows")
+    parser.add_argument("--cols", type=ARRAY_SIZE, default=1, help="PE array columns")
     parser.add_argument("--multiply-cols", type=int, metavar="M",
                         help="PEs multiply in the first M columns only (0: all; default: the board's, as lcq build)")
     parser.add_argument("--json-out", help="results file (default: benchmarks/results/core_cells.json on the "
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-timeout", type=float, default=SYNTH_TIMEOUT_S, metavar="S",
                         help="seconds each Yosys run (the core's, each PE's) may take before it is killed")
     args = parser.parse_args(argv)
+    if not Path(args.model).is_file():
+        parser.error(f"no compiled model at --model {args.model}: pass a file that lcq compile wrote")
     if not args.synth_timeout > 0:
         parser.error("--synth-timeout must be > 0")
     args.json_out = args.json_out or str(ROOT / "benchmarks" / "results" / (

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from boards.boards import get_board, uart_baud
 from compiler import format as model_format
+from hw.cli import ARRAY_SIZE
 from lcq_train.atomic import save_json
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,12 +39,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="boards, comma-separated")
     parser.add_argument("--modes", default="network,layers", help="network and/or layers, comma-separated")
     parser.add_argument("--model", nargs="+", default=[str(m) for m in MODELS], help="compiled models (lcq compile)")
-    parser.add_argument("--rows", type=int, help="array rows (with --cols: network mode counted even where it does "
-                        "not fit)")
-    parser.add_argument("--cols", type=int, help="array columns")
+    parser.add_argument("--rows", type=ARRAY_SIZE, help="array rows (with --cols: network mode counted even where it "
+                        "does not fit)")
+    parser.add_argument("--cols", type=ARRAY_SIZE, help="array columns")
     parser.add_argument("--json-out", metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "link_traffic.json"))
     args = parser.parse_args(argv)
+    missing = [m for m in args.model if not Path(m).is_file()]
+    if missing:
+        parser.error(f"no compiled model at {', '.join(missing)}: pass files that lcq compile wrote")
     try:
         boards = [get_board(b.strip()).name for b in args.boards.split(",") if b.strip()]
     except KeyError as e:

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compiler.graph import signed_bits
+from compiler.graph import FRAC_BITS, signed_bits
 from compiler.lower import CompileOptions, compile_checkpoint, load_model
 from compiler.network import plan_network
 from compiler.reference import run
+from lcq_train.arguments import IntRange, positive_int
 from lcq_train.atomic import save_json
 from lcq_train.layers import QAct
 
@@ -60,15 +61,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", default="runs/r20-w3a3-1/checkpoint.pt", help="an lcq train checkpoint (ResNet)")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory or archive (default: $LCQ_DATA_DIR/...)")
-    p.add_argument("--images", type=int, default=500, metavar="N", help="first N test images")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--frac-bits", type=int, nargs="+", default=list(range(9)), metavar="F",
+    p.add_argument("--images", type=positive_int, default=500, metavar="N", help="first N test images")
+    p.add_argument("--batch-size", type=positive_int, default=50, help="images per batch")
+    p.add_argument("--frac-bits", type=IntRange(*FRAC_BITS), nargs="+", default=list(range(9)), metavar="F",
                    help="residual fraction bits to compile with")
-    p.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads (default: torch's)")
     p.add_argument("--json-out", metavar="FILE", default=str(ROOT / "benchmarks" / "results" / "residual-width.json"))
     args = p.parse_args(argv)
-    if args.images < 1 or args.batch_size < 1:
-        p.error("--images and --batch-size must be >= 1")
+    if not Path(args.checkpoint).is_file():
+        p.error(f"no checkpoint at --checkpoint {args.checkpoint}: pass the checkpoint.pt of an lcq train run")
     if args.threads:
         torch.set_num_threads(args.threads)
     from lcq_train.data import load_dataset

@@ -38,6 +38,7 @@ import torch
 from compiler import format as model_format
 from compiler.reference import predict
 from compiler.report import report
+from lcq_train.arguments import positive_int
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp-epochs", type=int, default=1, metavar="N", help="full-precision training epochs")
     p.add_argument("--epochs", type=int, default=1, metavar="N", help="LCQ W3/A3 fine-tuning epochs")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, metavar="T", help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads (default: torch's)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--out", metavar="DIR", default="runs", help="runs go to OUT/r20-fp1 and OUT/r20-w3a3-1")
     p.add_argument("--committed", metavar="MODEL", default=str(COMMITTED.relative_to(ROOT)),
