@@ -151,8 +151,9 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 def prepare_data(args: argparse.Namespace) -> dict:
     """Load CIFAR-10 once (this fills lcq_train's decoded-image cache, so that every run loads the .npz);
-    with --limit/--test-limit write the slice as CIFAR-10 python batches in OUT/data-slice, the data
-    directory the runs then read. Returns what the JSON records about the data."""
+    with --limit/--test-limit write the slice as CIFAR-10 python batches in OUT/data-slice-L-T, the data
+    directory the runs then read (a directory per slice: a run records it, and a finished run is reused only
+    for the same one). Returns what the JSON records about the data."""
     from lcq_train.data import load_dataset
 
     t0 = time.perf_counter()
@@ -164,7 +165,7 @@ def prepare_data(args: argparse.Namespace) -> dict:
         return info
     train_x, train_y = _stratified(data.train_x.numpy(), data.train_y.numpy(), args.limit)
     test_x, test_y = _stratified(data.test_x.numpy(), data.test_y.numpy(), args.test_limit)
-    root = Path(args.out) / "data-slice"
+    root = Path(args.out) / f"data-slice-{args.limit or 'all'}-{args.test_limit or 'all'}"
     root.mkdir(parents=True, exist_ok=True)
     parts = np.array_split(np.arange(len(train_y)), 5)
     for i, idx in enumerate(parts, 1):

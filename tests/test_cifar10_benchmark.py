@@ -39,7 +39,7 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     assert rows["lcq-w3a3"]["paper_lcq_top1"] == 92.8 and rows["uniform-w3a3"]["paper_lcq_top1"] is None
     from lcq_train.data import load_dataset
 
-    sliced = load_dataset("cifar10", out / "data-slice")        # the slice takes every class, equally
+    sliced = load_dataset("cifar10", out / "data-slice-200-100")   # the slice takes every class, equally
     assert sliced.train_y.bincount().tolist() == [20] * 10 and sliced.test_y.bincount().tolist() == [10] * 10
     # re-running reuses the finished runs
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
