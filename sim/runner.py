@@ -164,10 +164,8 @@ def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None =
             _kill_group(proc)
             raise SimulationTimeout(
                 f"{Path(str(cmd[0])).name} did not finish within its {timeout:.1f} s deadline and was "
-                f"killed with its process group after {time.monotonic() - start:.1f} s: a stalled "
-                f"design or testbench (lcq sim: --stall or --backpressure near 1?) or a larger run than "
-                f"the deadline allows; raise it (lcq sim --timeout, or {TIMEOUT_ENV}) if the run is "
-                f"merely long") from None
+                f"killed with its process group after {time.monotonic() - start:.1f} s; raise the "
+                f"deadline (lcq sim --timeout, or {TIMEOUT_ENV}) if the run is merely long") from None
     except BaseException:
         if proc is not None and proc.returncode is None:
             _kill_group(proc)
@@ -411,7 +409,8 @@ def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data:
     except SystemExit as e:   # under pytest, test() exits on failures; we report them below
         exit_code = e.code if isinstance(e.code, int) else 1
     except SimulationTimeout as e:
-        raise SimulationTimeout(f"{built.sim} run of {', '.join(modules)}: {e}; {log} (tail):\n"
+        raise SimulationTimeout(f"{built.sim} run of {', '.join(modules)}: {e}; or the design or testbench "
+                                f"stalled (lcq sim: --stall or --backpressure near 1?); {log} (tail):\n"
                                 f"{_tail(log, 25)}") from None
     finally:
         if added:

@@ -550,3 +550,37 @@ def test_sim_refuses_more_images_than_the_test_set_has(tmp_path, capsys, monkeyp
     assert main(["sim", str(DIGITS), "--images", "361", "--build-dir", str(build_dir)]) == 2
     assert "--images 361: the digits test set has 360 images" in capsys.readouterr().err
     assert not build_dir.exists()
+
+
+
+class _FakeRunner:
+    """A stand-in for a ``cocotb_tools.runner`` runner: its build and its test each run one shell command
+    (through the runner's ``_execute_cmds``, which :func:`sim.runner._guard` replaces) into their log."""
+
+    env: dict = {}
+
+    def __init__(self, build_script: str, test_script: str = "true"):
+        import logging
+
+        self.log = logging.getLogger("fake-runner")
+        self.build_script, self.test_script = build_script, test_script
+
+    def _run(self, script, cwd, log_file):
+        with open(log_file, "w") as log:
+            self._execute_cmds([["sh", "-c", script]], cwd, stdout=log)
+
+    def build(self, *, build_dir, log_file, **kwargs):
+        self._run(self.build_script, build_dir, log_file)
+
+    def test(self, *, test_dir, log_file, **kwargs):
+        self._run(self.test_script, test_dir, log_file)
+
+
+def test_a_test_run_past_its_deadline_suggests_a_stalled_design(tmp_path):
+    """A simulation killed at its deadline may have stalled: the message says what makes it stall."""
+    from sim.runner import Build, SimulationTimeout, run_test
+
+    built = Build("icarus", _FakeRunner("true", "echo simulating; sleep 30"), "top", tmp_path)
+    with pytest.raises(SimulationTimeout, match=r"(?s)icarus run of tb: sh did not finish within its 0\.5 s "
+                                                r"deadline.*--stall or --backpressure near 1.*simulating"):
+        run_test(built, "tb", tmp_path / "run", timeout=0.5)
