@@ -345,7 +345,7 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
     directory, Verilator's runtime library comes from :func:`verilator_object_cache` (~10 s less).
     ``build_args`` replace the defaults (:data:`VERILATOR_ARGS` for Verilator); ``defines``
     are Verilog macros (``{name: value}``). The build's commands get ``timeout`` seconds in
-    all (default :func:`default_timeout`; then :class:`SimulationTimeout`).
+    all (default :func:`default_timeout`; then :class:`SimulationTimeout`, with the build log's tail).
     """
     reason = unavailable_reason(sim)
     if reason is not None:
@@ -363,6 +363,8 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
         runner.build(sources=[Path(f).resolve() for f in verilog_files], hdl_toplevel=toplevel,
                      build_dir=build_dir, always=True, timescale=TIMESCALE, parameters=parameters or {},
                      defines=defines or {}, build_args=build_args, log_file=log)
+    except SimulationTimeout as e:
+        raise SimulationTimeout(f"{sim} build of {toplevel}: {e}; {log} (tail):\n{_tail(log, 25)}") from None
     except (RuntimeError, subprocess.CalledProcessError, SystemExit) as e:
         raise SimulationFailed(f"{sim} build of {toplevel} failed ({e}); {log}:\n{_tail(log)}") from None
     return Build(sim, runner, toplevel, build_dir)

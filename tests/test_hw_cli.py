@@ -584,3 +584,17 @@ def test_a_test_run_past_its_deadline_suggests_a_stalled_design(tmp_path):
     with pytest.raises(SimulationTimeout, match=r"(?s)icarus run of tb: sh did not finish within its 0\.5 s "
                                                 r"deadline.*--stall or --backpressure near 1.*simulating"):
         run_test(built, "tb", tmp_path / "run", timeout=0.5)
+
+
+def test_a_build_past_its_deadline_shows_the_build_log(tmp_path, monkeypatch):
+    """A simulator build killed at its deadline says so with the build log's tail, as a failed build does."""
+    import cocotb_tools.runner
+
+    import sim.runner
+    from sim.runner import SimulationTimeout, build
+
+    monkeypatch.setattr(sim.runner, "unavailable_reason", lambda simulator: None)
+    monkeypatch.setattr(cocotb_tools.runner, "get_runner", lambda simulator: _FakeRunner("echo compiling; sleep 30"))
+    with pytest.raises(SimulationTimeout, match=r"(?s)icarus build of top: sh did not finish within its 0\.5 s "
+                                                r"deadline.*build\.log.*compiling"):
+        build("icarus", [tmp_path / "top.v"], "top", tmp_path / "build", timeout=0.5)
