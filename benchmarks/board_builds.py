@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--time-limit must be positive")
     if args.multiply_cols is not None and (args.multiply_cols < 0 or args.mode != "network"):
         parser.error("--multiply-cols must be an integer >= 0, and is for --mode network")
+    if args.force and args.mode != "network":
+        parser.error("--force is for --mode network (as lcq build --force: past the whole-network fit estimate)")
     if args.seed is not None and args.seed < 0:
         parser.error("--seed must be an integer >= 0")
     if args.placements is not None and (args.placements < 1 or args.placements > 1 and args.seed is not None):

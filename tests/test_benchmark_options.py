@@ -21,3 +21,14 @@ def test_bad_options_and_missing_inputs_are_one_line(name, argv, message, capsys
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_board_builds_refuses_force_in_layers_mode(tmp_path, capsys):
+    """--force goes past the whole-network fit estimate (lcq build --force): in --mode layers every build failed."""
+    argv = ["--mode", "layers", "--force", "--build-root", str(tmp_path), "--json-out", str(tmp_path / "out.json")]
+    with pytest.raises(SystemExit) as exit_:
+        load_benchmark("board_builds").main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--force is for --mode network" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
