@@ -42,13 +42,17 @@ DEFAULT_BUILDS = ("icebreaker", "ulx3s-85f@2x2")
 
 
 def find_run(seed_dir: Path, plan: QuantPlan) -> Path:
-    """The checkpoint of the run under ``seed_dir`` trained with ``plan``; FileNotFoundError naming the fix."""
-    for metrics in sorted(seed_dir.glob("*/metrics.json")):
-        saved = read_metrics(metrics)["config"]["plan"]
-        if QuantPlan.from_dict(saved) == plan and (metrics.parent / "checkpoint.pt").is_file():
-            return metrics.parent / "checkpoint.pt"
-    raise FileNotFoundError(f"no finished run with outer widths {plan.outer_bits} in {seed_dir}; train them first: "
-                            f"python benchmarks/ablations.py --dataset digits --tables outer --out {seed_dir.parent}")
+    """The checkpoint of the finished run (as many epoch rows as its config's epochs) under ``seed_dir`` trained
+    with ``plan``; FileNotFoundError naming the fix."""
+    for path in sorted(seed_dir.glob("*/metrics.json")):
+        metrics = read_metrics(path)
+        finished = len(metrics["epochs"]) == metrics["config"].get("epochs")
+        if finished and QuantPlan.from_dict(metrics["config"]["plan"]) == plan and \
+                (path.parent / "checkpoint.pt").is_file():
+            return path.parent / "checkpoint.pt"
+    raise FileNotFoundError(f"no finished run with outer widths {plan.outer_bits} in {seed_dir} (all its epochs "
+                            f"trained; the command resumes an unfinished one); train them first: python "
+                            f"benchmarks/ablations.py --dataset digits --tables outer --out {seed_dir.parent}")
 
 
 def table(records: list[dict]) -> str:

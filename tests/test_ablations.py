@@ -240,7 +240,13 @@ def test_outer_width_builds_find_the_ablation_runs_or_say_how_to_train_them(tmp_
     run.mkdir(parents=True)
     (run / "checkpoint.pt").write_bytes(b"")
     plan = hw_sweep.outer_plan(6, 6, ("conv0", "fc"))
-    (run / "metrics.json").write_text(json.dumps({"config": {"plan": plan.to_dict()}, "epochs": []}))
+    (run / "metrics.json").write_text(json.dumps({"config": {"plan": plan.to_dict(), "epochs": 1}, "epochs": []}))
+    with pytest.raises(FileNotFoundError, match="no finished run with outer widths"):    # stopped before its epoch
+        hw_sweep.find_run(tmp_path / "seed0", plan)
+    row = {"epoch": 1, "train_loss": 1.0, "test_loss": 1.0, "train_top1": 50.0, "test_top1": 50.0, "lr": 0.1,
+           "time_s": 1.0}
+    (run / "metrics.json").write_text(json.dumps({"config": {"plan": plan.to_dict(), "epochs": 1}, "epochs": [row],
+                                                  "test_top1": 50.0, "best_test_top1": 50.0}))
     assert hw_sweep.find_run(tmp_path / "seed0", plan) == run / "checkpoint.pt"
     assert hw_sweep.main(["--runs", str(tmp_path)]) == 2          # the 8/8 run is missing
     err = capsys.readouterr().err
