@@ -42,6 +42,9 @@ import test_fuzz as fz  # noqa: E402
 from lcq_train.arguments import IntRange, positive_int  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from git_state import git_state  # noqa: E402
+
 CLASSES = ("frame", "info", "session", "model file", "checkpoint", "dup+drop")
 BAD = ("crash", "hang", "silent wrong answer")
 SEED = IntRange(0, 2**63 - 1)
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     save_json({"benchmark": "fuzz", "argv": sys.argv[1:] if argv is None else argv, "options": vars(args),
                "seed": args.seed, "inputs_per_class": args.inputs,
                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "versions": versions(),
+               "git": git_state("boards", "hw", "compiler", "lcq_train", "tests/test_fuzz.py"),
                "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
                "outcomes": list(fz.OUTCOMES), "classes": results, "failing_classes": failing}, args.json_out)

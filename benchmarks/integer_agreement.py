@@ -28,6 +28,9 @@ from compiler.report import report
 from lcq_train.checkpoint import load_checkpoint, save_json
 from lcq_train.data import load_dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{r['total_bytes']:,} |")
     print("\n" + "\n".join(lines))
     save_json({"benchmark": "integer_agreement", "command": command, "torch": torch.__version__,
-               "cpu_count": os.cpu_count(), "rows": rows}, json_out)
+               "cpu_count": os.cpu_count(), "git": git_state("lcq_train", "compiler"), "rows": rows}, json_out)
     print(f"\nwrote {json_out}")
     return 0
 

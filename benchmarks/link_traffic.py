@@ -27,6 +27,9 @@ from compiler import format as model_format
 from hw.cli import ARRAY_SIZE
 from lcq_train.atomic import save_json
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = [ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq",
           ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"]
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{rate:.2f}"]) + " |")
     print("\n".join(lines))
     save_json({"benchmark": "link_traffic", "argv": sys.argv[1:], "options": vars(args),
-               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "results": results}, args.json_out)
+               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "git": git_state("boards", "hw", "compiler", "tests/data"), "results": results}, args.json_out)
     print(f"\nwrote {args.json_out}")
     return 0
 

@@ -71,6 +71,7 @@ from hw.pe_words import A_MAX, W_MAX
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
 from tool_run import run_tool, stop_tools  # noqa: E402
 
 ACC_BITS = 24
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{DEVICE[arch]}: cells of the design (Yosys), logic of design + harness (nextpnr), "
               f"Fmax median of {args.seeds} seeds\n\n{table(results, arch)}")
     save_json({
-        "benchmark": "pe_cost", "argv": sys.argv[1:], "options": vars(args), "seconds": seconds,
+        "benchmark": "pe_cost", "argv": sys.argv[1:], "options": vars(args), "seconds": seconds, "git": git_state("hw"),
         "machine": {"cpus": os.cpu_count(), "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
                     "loadavg_1_5_15_after": [round(x, 2) for x in load_after],
                     # CPU time of Yosys and nextpnr (this run's children), whatever else shared the cores.

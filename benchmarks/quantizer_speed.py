@@ -63,6 +63,9 @@ from lcq_train.quant_device import apply_tables, build_tables
 from lcq_train.quantizer import Quantizer
 from lcq_train.train import build_quantized_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from git_state import git_state  # noqa: E402
+
 OUTER_BITS = 8
 K = 16
 BITS = (2, 3, 4)
@@ -515,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
                "torch": torch.__version__, "device": str(device),
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "git": git_state("lcq_train"),
                "loadavg_1m": {"start": load_start[0], "end": load_end[0]},
                "loadavg_5m": {"start": load_start[1], "end": load_end[1]},
                "gpu": gpu, "outer_bits": OUTER_BITS, "K": K, "interrupted_in": interrupted, "summary": summary(results),

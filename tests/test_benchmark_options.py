@@ -32,3 +32,16 @@ def test_board_builds_refuses_force_in_layers_mode(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--force is for --mode network" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_link_traffic_records_the_git_state(tmp_path):
+    """A result file says which code made it: the commit and the files modified (git_state.py), as the others do."""
+    import json
+    from pathlib import Path
+
+    digits = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
+    out = tmp_path / "traffic.json"
+    assert load_benchmark("link_traffic").main(["--boards", "icebreaker", "--modes", "layers", "--model", str(digits),
+                                                "--json-out", str(out)]) == 0
+    git = json.loads(out.read_text())["git"]
+    assert set(git) == {"commit", "modified"} and (git["commit"] is None or len(git["commit"]) == 40)
