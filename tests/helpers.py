@@ -10,6 +10,7 @@ them from here.
 import importlib.util
 import json
 import pickle
+import sys
 import time
 from pathlib import Path
 
@@ -127,6 +128,7 @@ def load_benchmark(name: str, as_name: str | None = None):
     path = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(as_name or name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module         # (a dataclass of the module looks its module up there)
     spec.loader.exec_module(module)
     return module
 
