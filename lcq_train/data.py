@@ -312,10 +312,16 @@ def _load_cifar_python(root: Path) -> Arrays:
                 "Pass the right directory with --data-dir DIR."
             )
         entry = _unpickle(path)
-        try:
-            data, labels = np.asarray(entry[b"data"]), np.asarray(entry[b"labels"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise DatasetError(f"{path}: expected a dict with b'data' and b'labels' ({e!r})") from e
+        if b"data" not in entry or b"labels" not in entry:
+            raise DatasetError(f"{path}: expected a dict with b'data' and b'labels' (has keys {list(entry)[:5]!r})")
+        data, labels = entry[b"data"], entry[b"labels"]
+        # Checked before np.asarray: pickle stores a list that is referenced many times once, so nested lists
+        # of a few KB can stand for 10^9 numbers; CIFAR-10 writes an array and a flat list of integers.
+        if not isinstance(data, np.ndarray) or not isinstance(labels, (list, np.ndarray)) or (
+                isinstance(labels, list) and not all(isinstance(v, (int, np.integer)) for v in labels)):
+            raise DatasetError(f"{path}: b'data' must be a numpy array and b'labels' a list of integers (what "
+                               f"CIFAR-10's batches hold), not {type(data).__name__} and {type(labels).__name__}")
+        labels = np.asarray(labels)
         if data.dtype.kind not in "iu" or (data.size and (data.min() < 0 or data.max() > 255)):
             raise DatasetError(f"{path}: b'data' must hold integer pixel values 0..255")
         if labels.dtype.kind not in "iu" and labels.size:  # an empty list reads as float64

@@ -359,6 +359,20 @@ def test_a_cifar_pickle_that_names_code_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("field", [b"data", b"labels"])
+def test_a_small_cifar_pickle_of_shared_nested_lists_is_refused_before_numpy_expands_it(tmp_path, field):
+    """Pickle stores a list referenced 1000 times once: this 20 KB batch is 10^9 labels (8 GB) to np.asarray."""
+    make_cifar_python(tmp_path)
+    inner = [0] * 1000
+    bomb = [[inner] * 1000] * 1000
+    entry = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], field: bomb}
+    write_pickle(tmp_path / "test_batch", entry)
+    assert (tmp_path / "test_batch").stat().st_size < 50_000
+    with pytest.raises(DatasetError, match=r"test_batch: b'data' must be a numpy array and b'labels' a list of "
+                                           r"integers"):
+        load_dataset("cifar10", tmp_path)
+
+
 @pytest.mark.parametrize("protocol, numpy_names", [(2, "numpy._core"), (2, "numpy.core"), (4, None), (5, None)])
 def test_cifar_python_pickles_of_every_protocol_and_numpy_load(tmp_path, protocol, numpy_names):
     """The original batches are Python 2 pickles (protocol 2) that name numpy 1's modules (numpy.core)."""
