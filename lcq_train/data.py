@@ -366,13 +366,25 @@ _CIFAR_PICKLE_GLOBALS = frozenset({
 })
 
 
+def _latin1_encode(text, encoding):
+    """``_codecs.encode`` as a protocol 2 pickle of bytes calls it: ``(text, "latin1")``. Any other codec is
+    refused: ``"hex"`` doubles its input, so a few hundred bytes of nested calls would make terabytes."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"it calls _codecs.encode with {encoding!r} on {type(text).__name__}, "
+                                     "where a pickle of bytes uses 'latin1' on str")
+    return text.encode("latin1")
+
+
 class _CifarUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that resolves only :data:`_CIFAR_PICKLE_GLOBALS`."""
+    """pickle.Unpickler that resolves only :data:`_CIFAR_PICKLE_GLOBALS` (``_codecs.encode`` as
+    :func:`_latin1_encode`)."""
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _CIFAR_PICKLE_GLOBALS:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds; "
                                          "a pickle that does could run any code, so it is not loaded")
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         return super().find_class(module, name)
 
 

@@ -373,6 +373,19 @@ def test_a_small_cifar_pickle_of_shared_nested_lists_is_refused_before_numpy_exp
         load_dataset("cifar10", tmp_path)
 
 
+def test_a_cifar_pickle_that_calls_codecs_other_than_latin1_is_refused(tmp_path):
+    """Protocol 2 pickles bytes as _codecs.encode(text, "latin1"); that global with "hex" doubles its input, so
+    40 nested calls in a 600-byte file would make 2^40 bytes while unpickling."""
+    make_cifar_python(tmp_path)
+    expr = b"C\x01A"                                     # SHORT_BINBYTES b"A"
+    for _ in range(40):                                  # encode(expr, "hex"): GET 0, MARK, expr, "hex", TUPLE, REDUCE
+        expr = b"g0\n(" + expr + b"X\x03\x00\x00\x00hext" + b"R"
+    (tmp_path / "test_batch").write_bytes(b"\x80\x03c_codecs\nencode\np0\n0}(C\x0bbatch_label" + expr + b"u.")
+    with pytest.raises(DatasetError, match=r"test_batch: not a readable CIFAR pickle \(UnpicklingError: it calls "
+                                           r"_codecs\.encode with 'hex'"):
+        load_dataset("cifar10", tmp_path)
+
+
 @pytest.mark.parametrize("protocol, numpy_names", [(2, "numpy._core"), (2, "numpy.core"), (4, None), (5, None)])
 def test_cifar_python_pickles_of_every_protocol_and_numpy_load(tmp_path, protocol, numpy_names):
     """The original batches are Python 2 pickles (protocol 2) that name numpy 1's modules (numpy.core)."""
