@@ -375,17 +375,66 @@ def _latin1_encode(text, encoding):
     return text.encode("latin1")
 
 
-class _CifarUnpickler(pickle.Unpickler):
-    """pickle.Unpickler that resolves only :data:`_CIFAR_PICKLE_GLOBALS` (``_codecs.encode`` as
-    :func:`_latin1_encode`)."""
+_NDARRAY = object()   # what the name numpy.ndarray resolves to: an argument of _reconstruct, never a callable
+
+
+def _plain_dtype(code, align=False, copy=True):
+    """``numpy.dtype`` as a pickle of an integer or bool dtype calls it, always a copy (the pickle's BUILD sets
+    its byte order); object, structured and other dtypes are refused."""
+    dtype = np.dtype(code.decode("ascii") if isinstance(code, bytes) else code, False, True)
+    if dtype.kind not in "biu" or dtype.fields or dtype.subdtype:
+        raise pickle.UnpicklingError(f"it holds dtype {dtype}, where a CIFAR batch holds integers")
+    return dtype
+
+
+def _empty_array(subtype, shape, code):
+    """numpy's ``_reconstruct`` as ``ndarray.__reduce__`` calls it: ``(ndarray, (0,), b"b")``, an empty array
+    that the pickle's BUILD fills; another shape would allocate that many bytes, uninitialised."""
+    if subtype is not _NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError(f"it calls numpy's _reconstruct with shape {shape!r}, not (0,)")
+    return np.empty(0, np.uint8)
+
+
+def _build_problem(inst, state) -> str | None:
+    """Why BUILD must not set ``state`` on ``inst``; None when it is what numpy writes for an integer dtype
+    (``(3, ENDIAN, None, None, None, -1, -1, 0)``) or array (``(1, SHAPE, DTYPE, FORTRAN, BYTES)``). numpy's
+    __setstate__ trusts its flags and object lists: they can mark uint8 as holding objects, or leave an object
+    array's pointers unset, and crash the process."""
+    if isinstance(inst, np.dtype):
+        ok = (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[2:] == (None,) * 3 + (-1, -1, 0)
+              and state[1] in ("<", ">", "|", "=", b"<", b">", b"|", b"="))
+    elif isinstance(inst, np.ndarray):
+        ok = (isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and isinstance(state[2], np.dtype)
+              and state[2].kind in "biu" and not state[2].hasobject and isinstance(state[4], bytes))
+    else:
+        return f"it sets the state of a {type(inst).__name__}"
+    kind = "dtype" if isinstance(inst, np.dtype) else "array"
+    return None if ok else f"it sets a numpy {kind} state numpy never writes ({state!r:.80})"
+
+
+class _CifarUnpickler(pickle._Unpickler):
+    """Python's pickle.Unpickler (the pure-Python one, whose BUILD can be checked) that resolves only
+    :data:`_CIFAR_PICKLE_GLOBALS`, with ``_codecs.encode`` as :func:`_latin1_encode`, ``numpy.dtype`` as
+    :func:`_plain_dtype`, ``_reconstruct`` as :func:`_empty_array`, and each BUILD checked by
+    :func:`_build_problem`."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str):
         if (module, name) not in _CIFAR_PICKLE_GLOBALS:
             raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds; "
                                          "a pickle that does could run any code, so it is not loaded")
-        if (module, name) == ("_codecs", "encode"):
-            return _latin1_encode
-        return super().find_class(module, name)
+        stand_in = {"encode": _latin1_encode, "dtype": _plain_dtype, "_reconstruct": _empty_array,
+                    "ndarray": _NDARRAY}.get(name)
+        return stand_in if stand_in is not None else super().find_class(module, name)
+
+    def load_build(self):
+        problem = _build_problem(self.stack[-2], self.stack[-1])
+        if problem:
+            raise pickle.UnpicklingError(problem)
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def _unpickle(path: Path) -> dict:

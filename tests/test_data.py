@@ -386,6 +386,36 @@ def test_a_cifar_pickle_that_calls_codecs_other_than_latin1_is_refused(tmp_path)
         load_dataset("cifar10", tmp_path)
 
 
+def _numpy_dtype_pickle(code: bytes, flags: int) -> bytes:
+    """Opcodes of numpy.dtype(CODE, False, True) with BUILD state (3, "|", None, None, None, -1, -1, FLAGS)."""
+    return (b"cnumpy\ndtype\n(X" + struct.pack("<I", len(code)) + code + b"\x89\x88tR(K\x03X\x01\x00\x00\x00|NNN"
+            b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK" + bytes([flags]) + b"tb")
+
+
+_RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n"
+CRAFTED_NUMPY = {   # b"data" of a test_batch: numpy objects that numpy's own unpickling builds unchecked
+    # an object array of shape (10,) from a 1-item list: numpy leaves 9 pointers unset (segmentation fault)
+    "object-array": (_RECONSTRUCT + b"K\x00\x85C\x01btR(K\x01K\x0a\x85" + _numpy_dtype_pickle(b"O8", 0x3f)
+                     + b"\x89]K\x01atb", r"it holds dtype object, where a CIFAR batch holds integers"),
+    # uint8 whose BUILD sets flag 'holds objects': its arrays' bytes read as pointers
+    "flags": (_numpy_dtype_pickle(b"u1", 0x1f), r"it sets a numpy dtype state numpy never writes"),
+    # _reconstruct(ndarray, (10^5, 3072), b"B"): 300 MB, uninitialised, from a 150-byte file
+    "reconstruct-shape": (_RECONSTRUCT + b"J\xa0\x86\x01\x00M\x00\x0c\x86C\x01BtR",
+                          r"it calls numpy's _reconstruct with shape \(100000, 3072\), not \(0,\)"),
+    # numpy.ndarray((10^5, 3072), "u1"): the same, called directly
+    "ndarray-call": (b"cnumpy\nndarray\n(J\xa0\x86\x01\x00M\x00\x0c\x86X\x02\x00\x00\x00u1tR", r"not callable"),
+}
+
+
+@pytest.mark.parametrize("name", CRAFTED_NUMPY)
+def test_a_cifar_pickle_whose_numpy_objects_numpy_never_writes_is_refused(tmp_path, name):
+    make_cifar_python(tmp_path)
+    data, pattern = CRAFTED_NUMPY[name]
+    (tmp_path / "test_batch").write_bytes(b"\x80\x03}(C\x04data" + data + b"C\x06labels]u.")
+    with pytest.raises(DatasetError, match=r"test_batch: not a readable CIFAR pickle \(.*" + pattern):
+        load_dataset("cifar10", tmp_path)
+
+
 @pytest.mark.parametrize("protocol, numpy_names", [(2, "numpy._core"), (2, "numpy.core"), (4, None), (5, None)])
 def test_cifar_python_pickles_of_every_protocol_and_numpy_load(tmp_path, protocol, numpy_names):
     """The original batches are Python 2 pickles (protocol 2) that name numpy 1's modules (numpy.core)."""
