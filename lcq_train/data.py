@@ -67,6 +67,7 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TAR_SUFFIXES = (".tar.gz", ".tgz")
 _SPLITS = ("train", "test")
 _MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
+_MAX_IMAGE_BYTES = 1 << 20  # an encoded 32x32 image takes a few KB; a larger file is refused before it is read
 
 _CACHE_VERSION = 1
 _CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "classes")
@@ -464,7 +465,16 @@ def _list_image_folders(root: Path) -> list[tuple[str, str, Path]]:
 def _read_image_folders(files: list[tuple[str, str, Path]]) -> Iterator[tuple[str, str, str, bytes]]:
     """(split, class, name, encoded bytes) for each listed image file."""
     for split, label, path in files:
+        _check_image_size(str(path), path.stat().st_size)
         yield split, label, str(path), path.read_bytes()
+
+
+def _check_image_size(name: str, size: int) -> None:
+    """Refuse an image file of ``size`` bytes over :data:`_MAX_IMAGE_BYTES` before it is read into memory
+    (a .tar.gz member of zeros compresses 1000:1)."""
+    if size > _MAX_IMAGE_BYTES:
+        raise DatasetError(f"{name}: {size} bytes, more than the {_MAX_IMAGE_BYTES} a 32x32 image file takes; "
+                           "remove it or replace it with the CIFAR-10 image")
 
 
 def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
@@ -488,6 +498,7 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
                         f"{archive}: images under more than one top-level folder "
                         f"({'/'.join(prefix) or '.'} and {'/'.join(parts[:-3])})"
                     )
+                _check_image_size(f"{archive}:{member.name}", member.size)
                 yield parts[-3], parts[-2], f"{archive}:{member.name}", tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"{archive}: cannot read archive ({e})") from e

@@ -386,6 +386,23 @@ def test_a_cifar_pickle_that_calls_codecs_other_than_latin1_is_refused(tmp_path)
         load_dataset("cifar10", tmp_path)
 
 
+def test_an_archive_member_too_large_for_a_cifar_image_is_refused_before_it_is_read(tmp_path):
+    """A .tar.gz member of zeros is read whole into memory: 2 MB here (2 KB compressed), 10 GB in 10 MB."""
+    make_image_tree(tmp_path / "tree")
+    archive = make_tar(tmp_path / "in" / "cifar.tar.gz", tmp_path / "tree")
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, blob in members:
+            tar.addfile(member, io.BytesIO(blob))
+        bomb = tarfile.TarInfo("train/cat/bomb.png")
+        bomb.size = 2 << 20
+        tar.addfile(bomb, io.BytesIO(bytes(bomb.size)))
+    with pytest.raises(DatasetError, match=r"cifar.tar.gz:train/cat/bomb.png: 2097152 bytes, more than the 1048576 "
+                                           r"a 32x32 image file takes"):
+        load_dataset("cifar10", archive)
+
+
 def _numpy_dtype_pickle(code: bytes, flags: int) -> bytes:
     """Opcodes of numpy.dtype(CODE, False, True) with BUILD state (3, "|", None, None, None, -1, -1, FLAGS)."""
     return (b"cnumpy\ndtype\n(X" + struct.pack("<I", len(code)) + code + b"\x89\x88tR(K\x03X\x01\x00\x00\x00|NNN"
