@@ -67,6 +67,7 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TAR_SUFFIXES = (".tar.gz", ".tgz")
 _SPLITS = ("train", "test")
 _MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
+_MAX_IDX_BYTES = 1 << 28  # MNIST's training images take 47 MB; an IDX file declaring more is refused
 _MAX_IMAGE_BYTES = 1 << 20  # an encoded 32x32 image takes a few KB; a larger file is refused before it is read
 
 _CACHE_VERSION = 1
@@ -235,25 +236,42 @@ def _load_idx_dataset(name: str, root: Path) -> Arrays:
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
-    """Parse an IDX file (big-endian header: magic, then one uint32 per dimension) of unsigned bytes."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, zlib.error) as e:
-        raise DatasetError(f"{path}: cannot read ({e})") from e
+    """Parse an IDX file (big-endian header: magic, then one uint32 per dimension) of unsigned bytes, read (and
+    a .gz decompressed) as a stream: never more than the header declares, nor more than :data:`_MAX_IDX_BYTES`
+    (a small .gz of zeros would otherwise fill the memory before any check)."""
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header ({len(raw)} bytes)")
-    (found,) = struct.unpack(">I", raw[:4])
-    if found != magic:
-        raise DatasetError(f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    size = math.prod(dims)  # Python ints: a numpy int64 product of huge dims wraps (2^21 * 2^21 * 2^22 -> 0)
-    if len(raw) - header != size:
-        raise DatasetError(
-            f"{path}: {len(raw) - header} data bytes, header {dims} needs {size} (truncated or corrupt file)"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims).copy()  # writable, for torch
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+            head = _read_at_most(f, header)
+            if len(head) < header:
+                raise DatasetError(f"{path}: truncated IDX header ({len(head)} bytes)")
+            (found,) = struct.unpack(">I", head[:4])
+            if found != magic:
+                raise DatasetError(f"{path}: bad IDX magic number 0x{found:08x}, expected 0x{magic:08x}")
+            dims = struct.unpack(f">{ndim}I", head[4:header])
+            size = math.prod(dims)  # Python ints: a numpy int64 product of huge dims wraps (2^21 * 2^21 * 2^22 -> 0)
+            if size > _MAX_IDX_BYTES:
+                raise DatasetError(f"{path}: its header {dims} declares {size} data bytes, more than the "
+                                   f"{_MAX_IDX_BYTES} read from an IDX file (MNIST's largest holds 47 MB)")
+            raw = _read_at_most(f, size + 1)        # (+1: a byte beyond the declared data)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DatasetError(f"{path}: cannot read ({e})") from e
+    if len(raw) != size:
+        raise DatasetError(f"{path}: {len(raw)} data bytes, header {dims} needs {size} (truncated or corrupt file)")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dims).copy()  # writable, for torch
+
+
+def _read_at_most(f, n: int, chunk: int = 1 << 20) -> bytes:
+    """Up to ``n`` bytes of stream ``f``, read a chunk at a time (a read of ``n`` at once allocates ``n``)."""
+    parts, left = [], n
+    while left > 0:
+        part = f.read(min(chunk, left))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------- CIFAR-10
