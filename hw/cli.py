@@ -63,14 +63,13 @@ def add_parsers(sub) -> dict:
     return {"generate": cmd_generate}
 
 
-def _check_output(output: str) -> Path:
+def _check_output(output: str) -> None:
     """The Verilog file ``-o`` names (a file: :func:`lcq_train.arguments.output_file`), checked before the core is
     elaborated: not a ``.json`` file (the parameters go beside it with that suffix and would replace it)."""
     out = Path(output)
     if out.suffix == ".json":
         raise ValueError(f"-o {output}: the parameters are written beside the Verilog with its .json suffix and "
                          f"would replace it; name a Verilog file, e.g. -o {out.with_suffix('.v')}")
-    return out
 
 
 def cmd_generate(args) -> int:
