@@ -6,9 +6,12 @@ from __future__ import annotations
 from .fabric import is_ecp5
 
 
-def word_pieces(word: int, bits: int, count: int) -> list[int]:
-    """``word`` as ``count`` pieces of ``bits`` bits, lowest first: a memory word loaded a piece a beat."""
-    return [word >> (k * bits) & ((1 << bits) - 1) for k in range(count)]
+def word_pieces(word: int, bits: int, count: int, slots: int | None = None) -> list[int]:
+    """``word`` as ``count`` pieces of ``bits`` bits, lowest first: a memory word loaded a piece a beat; then zero
+    pieces up to ``slots`` (the addresses a word's pieces take, a power of two), which the hardware never uses,
+    so that consecutive words' pieces form one run of addresses: one LOAD frame, not one per word."""
+    pieces = [word >> (k * bits) & ((1 << bits) - 1) for k in range(count)]
+    return pieces + [0] * ((count if slots is None else slots) - count)
 
 
 # Yosys command for the design as read (RTLIL from Amaranth; Verilog after ``proc; memory_dff``): a read

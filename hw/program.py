@@ -271,10 +271,8 @@ def constant_beats(params: EngineParams, node: ConvNode, bases: Bases = Bases(),
             if params.stage_pieces == 1:
                 beats.append((target, addr, word))
                 continue
-            # padded with zero pieces to a power of two (the engine writes no lane for those indices), so that
-            # the channels' addresses run on: one LOAD frame for them all, not one per channel
-            pieces = word_pieces(word, params.stage_piece_bits, params.stage_pieces)
-            pieces += [0] * ((1 << params.stage_piece_index_bits) - len(pieces))
+            # (the engine writes no lane for the padding pieces' indices)
+            pieces = word_pieces(word, params.stage_piece_bits, params.stage_pieces, 1 << params.stage_piece_index_bits)
             beats += [(target, addr << params.stage_piece_index_bits | k, piece) for k, piece in enumerate(pieces)]
     return beats
 

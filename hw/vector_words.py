@@ -109,12 +109,11 @@ def pool_constant_words(params: VectorParams, node: PoolNode, info: TensorInfo) 
 
 def pool_constant_beats(params: VectorParams, base: int, words: list[int]) -> list[Beat]:
     """POOL_CONSTANTS beats of ``words`` (:func:`pool_constant_words`) at slots ``base`` on: each word's
-    pieces, lowest first, then zero pieces up to ``2^pool_piece_index_bits`` (words of the slot that are never
-    read), so that the slots' addresses run on: one LOAD frame for them all, not one per channel."""
+    pieces, lowest first, padded to ``2^pool_piece_index_bits`` (words of the slot that are never read:
+    :func:`hw.memories.word_pieces`)."""
     shift = params.pool_piece_index_bits
-    padding = [0] * ((1 << shift) - params.pool_pieces)
     return [(POOL_CONSTANTS, (base + ch) << shift | k, piece) for ch, word in enumerate(words)
-            for k, piece in enumerate(word_pieces(word, params.pool_piece_bits, params.pool_pieces) + padding)]
+            for k, piece in enumerate(word_pieces(word, params.pool_piece_bits, params.pool_pieces, 1 << shift))]
 
 
 def pool_threshold_words(params: VectorParams, node: PoolNode, info: TensorInfo) -> list[list[int]]:
