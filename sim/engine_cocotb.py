@@ -34,7 +34,7 @@ import random
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge
+from cocotb.triggers import FallingEdge, ReadOnly
 
 from sim.runner import load_data
 
@@ -79,6 +79,7 @@ class Engine:
                 dut.load__valid.value = int(valid)
                 dut.load__payload.value = sum(value << self.fields[name]
                                               for name, value in zip(("target", "addr", "data"), beat))
+                await ReadOnly()            # ready may depend on the beat (the network core's image beats)
                 ready = int(dut.load__ready.value)
                 if each_cycle is not None:
                     each_cycle()
