@@ -111,12 +111,22 @@ def image_beats(model: CompiledModel, params: NetworkParams, image: np.ndarray) 
 
 
 def decode_logits(params: NetworkParams, words: list[int], classes: int) -> np.ndarray:
-    """The out stream's ``classes`` words (``value_bits`` two's complement) -> int64 logits."""
+    """The out stream's ``classes`` words -> int64 logits. Each word is a ``value_bits`` two's complement
+    value, sign-extended to the width it came in (the link: whole bytes; a simulator: ``value_bits`` bits,
+    or a signed integer); a word whose bits above ``value_bits`` do not repeat its sign is refused."""
     if len(words) != classes:
         raise ValueError(f"expected {classes} logits, got {len(words)} words")
     bits = params.value_bits
-    raw = np.array([int(w) & ((1 << bits) - 1) for w in words], dtype=object)
-    return np.array([v - (1 << bits) if v >> (bits - 1) else v for v in raw], dtype=np.int64)
+    out = []
+    for i, word in enumerate(int(w) for w in words):
+        top = word >> (bits - 1)        # the sign bit and those above it: -1 or 2^k - 1 where they repeat the sign
+        if top & (top + 1):
+            raise ValueError(f"logit word {i} ({word:#x}) is not a {bits}-bit two's complement value sign-extended: "
+                             f"the core that sent it was built for another model (build and flash it for this "
+                             f"one), or the words were damaged")
+        v = word & ((1 << bits) - 1)
+        out.append(v - (1 << bits) if v >> (bits - 1) else v)
+    return np.array(out, dtype=np.int64)
 
 
 def read_tensor(params: NetworkParams, tensor, code_word, value_word) -> np.ndarray:

@@ -9,6 +9,7 @@ import struct
 import sys
 import threading
 import warnings
+from types import SimpleNamespace
 
 import pytest
 
@@ -218,13 +219,13 @@ NET_IMAGE = 11        # the image target: the one load target the core takes whi
 
 
 class NetworkDoubleSignature(wiring.Signature):
-    """:class:`hw.network.NetworkSignature`'s shape: load, start, busy, signed out, and a probe the bridge leaves
-    unconnected; ``starting`` too if asked for."""
+    """:class:`hw.network.NetworkSignature`'s shape: load, start, busy, signed out (``out_bits``), and a probe the
+    bridge leaves unconnected; ``starting`` too if asked for."""
 
-    def __init__(self, starting=False):
+    def __init__(self, starting=False, out_bits=NET_OUT_BITS):
         load = data.StructLayout({"target": 4, "addr": ADDR_BITS, "data": max(NET_TARGETS)})
         super().__init__({"load": In(stream.Signature(load)), "start": In(1), "busy": Out(1),
-                          "out": Out(stream.Signature(signed(NET_OUT_BITS))),
+                          "out": Out(stream.Signature(signed(out_bits))),
                           "probe": Out(wiring.Signature({"write": Out(1), "addr": Out(3)})),
                           **({"starting": Out(1)} if starting else {})})
 
@@ -290,16 +291,17 @@ class LinkTop(wiring.Component):
     """LinkBridge and RecordingEngine, the bridge's byte ports outside (``divisor`` None) or
     behind a UartRx/UartTx pair on the ``rx``/``tx`` lines."""
 
-    def __init__(self, divisor, stall, network=False, staging=False, **bridge_args):
+    def __init__(self, divisor, stall, network=False, staging=False, out_bits=NET_OUT_BITS, **bridge_args):
         if staging:     # network mode, a core that stages images and runs on after the start (StagingCore)
             self.bridge = LinkBridge(ADDR_BITS, NET_TARGETS, NET_OUT_BITS, rows=2, cols=COLS, mode=LinkMode.NETWORK,
                                      classes=NET_CLASSES, image_target=NET_IMAGE,
                                      signature=NetworkDoubleSignature(starting=True), **bridge_args)
             self.engine = StagingCore()
         elif network:   # more targets, a wider target field, one signed value per word, a probe port
-            self.bridge = LinkBridge(ADDR_BITS, NET_TARGETS, NET_OUT_BITS, rows=2, cols=COLS, mode=LinkMode.NETWORK,
-                                     classes=NET_CLASSES, signature=NetworkDoubleSignature(), **bridge_args)
-            self.engine = RecordingEngine(stall=stall, signature=NetworkDoubleSignature())
+            signature = NetworkDoubleSignature(out_bits=out_bits)
+            self.bridge = LinkBridge(ADDR_BITS, NET_TARGETS, out_bits, rows=2, cols=COLS, mode=LinkMode.NETWORK,
+                                     classes=NET_CLASSES, signature=signature, **bridge_args)
+            self.engine = RecordingEngine(stall=stall, signature=signature)
         else:
             self.bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS,
                                      **bridge_args)
@@ -326,11 +328,12 @@ class SimPort:
     passed. Bytes go in either at the bit level on the UART line (``divisor``) or as
     ``rx`` stream beats, one every ``gap`` cycles; ``tx`` is read with random stalls.
     ``beats`` records the load beats the engine accepted. ``network``: a network-mode bridge in front of
-    a :class:`RecordingEngine`; ``staging``: in front of a :class:`StagingCore`."""
+    a :class:`RecordingEngine` (its words ``out_bits`` signed); ``staging``: in front of a :class:`StagingCore`."""
 
     def __init__(self, *, divisor=None, stall=True, gap=2, timeout=20_000, max_payload=32,
-                 timeout_cycles=64, network=False, staging=False):
-        self.top = LinkTop(divisor, stall, network, staging, max_payload=max_payload, timeout_cycles=timeout_cycles)
+                 timeout_cycles=64, network=False, staging=False, out_bits=NET_OUT_BITS):
+        self.top = LinkTop(divisor, stall, network, staging, out_bits, max_payload=max_payload,
+                           timeout_cycles=timeout_cycles)
         self.divisor, self.gap, self.timeout = divisor, gap, timeout
         self.to_device, self.from_device, self.beats = [], bytearray(), []
         self.cycles = 0
@@ -454,6 +457,42 @@ def test_bridge_in_network_mode_with_more_targets():
     assert frame.type == FrameType.DONE and words == net_words(beats)[:NET_CLASSES]
     with pytest.raises(ValueError, match="target 12 is not a target of this engine"):
         encode_loads([(12, 0, 0)], info)
+
+
+def test_bridge_sends_a_logit_narrower_than_its_bytes_sign_extended():
+    """A 12-bit logit goes in two bytes, its sign repeated in the top four bits (the core's out stream is signed):
+    what :func:`hw.network_program.decode_logits` checks of each word."""
+    from hw.network_program import decode_logits
+
+    port = SimPort(network=True, out_bits=12)
+    info = info_of(port)
+    assert (info.out_bits, info.out_bytes()) == (12, 2)
+    beats = [(11, 5 + i, 200 + i) for i in range(4)] + [(6, 0, 0xFFFF)]
+    for payload in encode_loads(beats, info):
+        assert exchange(port, FrameType.LOAD, payload).type == FrameType.ACK
+    port.write(encode_frame(FrameType.RUN, encode_run(NET_CLASSES)))
+    words = []
+    while (frame := read_frame(port.read)).type == FrameType.OUT:
+        words += decode_out(frame.payload, info)[1]
+    values = [w & 0xFFF for w in net_words(beats)]
+    signed_values = [v - (1 << 12) if v >> 11 else v for v in values]
+    assert any(v < 0 for v in signed_values) and any(v >= 0 for v in signed_values)
+    assert words == [v & 0xFFFF for v in signed_values]
+    params = SimpleNamespace(value_bits=12)
+    assert decode_logits(params, words, NET_CLASSES).tolist() == signed_values
+
+
+def test_decode_logits_refuses_a_word_whose_top_bits_are_not_its_sign():
+    """A logit word may come sign-extended to any width (the link: whole bytes; a simulator: ``value_bits`` bits
+    or a signed integer); bits above ``value_bits`` that do not repeat the sign are refused, naming the word."""
+    from hw.network_program import decode_logits
+
+    params = SimpleNamespace(value_bits=30)
+    words = [5, -3, (1 << 30) - 3, (1 << 32) - 3, -(1 << 29), (1 << 29) - 1]
+    assert decode_logits(params, words, 6).tolist() == [5, -3, -3, -3, -(1 << 29), (1 << 29) - 1]
+    for bad in (1 << 30 | 5, 1 << 31 | 5, (1 << 32) - 3 - (1 << 30), -(1 << 29) - 1):
+        with pytest.raises(ValueError, match=r"logit word 1 .* not a 30-bit two's complement value"):
+            decode_logits(params, [0, bad], 2)
 
 
 def test_info_v5_layout():
@@ -1199,7 +1238,8 @@ class NetworkBoard:
     """A scripted network-mode board, v5: INFO; LOAD -> ACK (the image target's payloads staged by address;
     any other target while the core runs: NACK BUSY); RUN -> NACK BUSY while the core runs, otherwise it
     starts the core on the staged image: RUN of 0 words -> DONE 0, of ``classes`` -> the reference logits
-    (one OUT frame) and DONE; RESULT -> the running image's logits and DONE, or DONE 0 when not running.
+    (sign-extended to whole bytes, as the bridge sends them; one OUT frame) and DONE; RESULT -> the running
+    image's logits and DONE, or DONE 0 when not running.
     ``damaged``: (RUN or RESULT, n) of the requests (the nth of its type, from 0) whose reply's first frame has
     a corrupted checksum."""
 
@@ -1212,7 +1252,7 @@ class NetworkBoard:
         self.info, self.image_target = network_info(model, params, max_payload), IMAGE
         self.logits = {tuple(encode_loads(image_beats(model, params, image), self.info)): logits
                        for image, logits in zip(images, predict(model, images))}
-        self.mask, self.classes = (1 << params.value_bits) - 1, model.num_classes
+        self.mask, self.classes = (1 << 8 * self.info.out_bytes()) - 1, model.num_classes
         self.staged, self.running, self.damaged = {}, None, set(damaged)
         self.count = {FrameType.RUN: 0, FrameType.RESULT: 0}
         self.port = ScriptPort(self.reply)
