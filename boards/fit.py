@@ -34,6 +34,7 @@ from hw.engine_params import SPRAM_BLOCKS, EngineParams, spram_blocks
 from hw.memories import BLOCK_RAM_SHAPES, column_blocks
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
+from hw.residency import DESCRIPTION
 
 from .boards import Board
 
@@ -234,16 +235,25 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
     """The engine for ``model`` on ``board``: ``rows`` x ``cols`` (each defaulting to the sizes of
     :data:`ARRAYS`), largest array first, then every layer's constants resident before only its
     weights before one layer's at a time, the first that :func:`boards.fit.check_fit` accepts;
-    :class:`FitError` when none does."""
+    :class:`FitError` when none does, naming the last one's reason. One that cannot hold the model at all
+    (:meth:`EngineParams.for_model`'s ValueError: a buffer deeper than an engine addresses) is skipped; where
+    every one tried is, the first's ValueError is raised as it is."""
     arrays = arrays_to_try(rows, cols)
-    errors = []
+    errors, unsized = [], []
     for r, c in arrays:
         for resident in ("all", "weights", "none"):
-            params = EngineParams.for_model(model, r, c, resident=resident)
+            try:
+                params = EngineParams.for_model(model, r, c, resident=resident)
+            except ValueError as e:
+                unsized.append(e)
+                errors.append(f"{r} x {c} engine ({DESCRIPTION[resident]}) cannot hold the model: {e}")
+                continue
             try:
                 return BoardEngine(params, resident, check_fit(board, params))
             except FitError as e:
                 errors.append(str(e))
+    if len(unsized) == len(errors):
+        raise unsized[0]
     raise FitError(f"the model does not fit {board.name} ({board.device}) with any array tried; "
                    f"the smallest: {errors[-1]}")
 
@@ -253,7 +263,8 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
                       multiply_cols: int | None = None) -> BoardNetwork:
     """The whole-network core for ``model`` on ``board``: the largest ``rows`` x ``cols`` array (each
     defaulting to the sizes of :data:`ARRAYS`) that :func:`check_network_fit` accepts; :class:`FitError`
-    naming the smallest one's largest buffers when none does. ``force`` (with both ``rows`` and ``cols``):
+    naming the smallest one's largest buffers when none does (or its ValueError: an array that cannot hold the
+    model at all, skipped as :func:`engine_for_board` skips it). ``force`` (with both ``rows`` and ``cols``):
     that array whatever the estimate says (the synthesis and placement tools decide). ``multiply_cols``
     (:class:`~hw.engine_params.EngineParams`): PEs multiply in that many columns only (at most the array's;
     0: in all; None: :func:`board_multiply_cols`)."""
@@ -267,12 +278,19 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
         params = NetworkParams.for_model(model, rows, cols, multiply_cols=narrowed(cols))
         return BoardNetwork(params, network_estimate(board, params))
     arrays = arrays_to_try(rows, cols)
-    error = None
+    error, unsized = None, []
     for r, c in arrays:
-        params = NetworkParams.for_model(model, r, c, multiply_cols=narrowed(c))
+        try:
+            params = NetworkParams.for_model(model, r, c, multiply_cols=narrowed(c))
+        except ValueError as e:
+            unsized.append(e)
+            error = f"{r} x {c} whole-network core cannot hold the model: {e}"
+            continue
         try:
             return BoardNetwork(params, check_network_fit(board, params))
         except FitError as e:
             error = e
+    if len(unsized) == len(arrays):
+        raise unsized[0]
     raise FitError(f"the whole network does not fit {board.name} ({board.device}) with any array tried; the "
                    f"smallest: {error}")

@@ -92,3 +92,36 @@ def test_a_side_no_array_tried_has_is_refused_naming_the_fix():
             with pytest.raises(ValueError, match=rf"no array tried \(16 x 16, .*, 1 x 1\) has {side}: give both "
                                                  rf"--rows and --cols"):
                 choose(DIGITS, BOARDS["icebreaker"], rows, cols)
+
+
+@pytest.fixture(scope="module")
+def deep_model(small_cnn):
+    """A CNN whose second layer reads 256 channels of 257 x 257: 16,908,544 activation words on an array of one
+    row, more than an engine's buffers address (2^24); two rows halve them."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    return compile_model(small_cnn((1, 257, 257), QuantPlan("lcq", 3, 3), seed=1, widths=(256, 4, 4)), (1, 257, 257))
+
+
+def test_an_array_too_small_to_address_a_layer_is_skipped_and_named(deep_model):
+    """The arrays of one row cannot hold the deep model's activations: the search goes on past them, and a
+    model that fits no array is refused naming the smallest one's reason, not with that array's ValueError."""
+    from boards.fit import engine_for_board
+
+    with pytest.raises(ValueError, match="act_depth must be an integer in 1..16777216, got 16908544"):
+        NetworkParams.for_model(deep_model, 1, 2)
+    for choose, what in ((network_for_board, "whole-network core"), (engine_for_board, "engine")):
+        with pytest.raises(FitError, match=rf"does not fit icebreaker .* the smallest: 1 x 1 {what}.* cannot hold "
+                                           rf"the model: act_depth must be an integer in 1..16777216, got 16908544"):
+            choose(deep_model, BOARDS["icebreaker"])
+
+
+def test_a_reason_every_array_tried_has_is_not_hidden_by_the_search(deep_model):
+    """Where every array tried raises a ValueError (here the two of one row), that error is raised as it is."""
+    from boards.fit import engine_for_board
+
+    for choose in (network_for_board, engine_for_board):
+        with pytest.raises(ValueError, match="act_depth must be an integer in 1..16777216, got 16908544") as refused:
+            choose(deep_model, BOARDS["icebreaker"], rows=1)
+        assert not isinstance(refused.value, FitError)
