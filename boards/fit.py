@@ -34,9 +34,10 @@ from hw.engine_params import SPRAM_BLOCKS, EngineParams, spram_blocks
 from hw.memories import BLOCK_RAM_SHAPES, column_blocks
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
+from hw.protocol import payload_bytes
 from hw.residency import DESCRIPTION
 
-from .boards import Board
+from .boards import LINK_PAYLOAD, Board
 
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
 BASE_LUTS = 4150
@@ -120,8 +121,25 @@ def estimate(board: Board, params: EngineParams) -> dict[str, int]:
     return use
 
 
+def check_link_payload(board: Board, what: str, addr_bits: int, target_bits, out_bits: int,
+                       code_out_bits: int = 0) -> None:
+    """:class:`FitError` where a payload of the link to ``what`` (:func:`hw.protocol.payload_bytes` of its widths,
+    the rule :class:`hw.link.LinkBridge` builds by) is more than the board's frame buffer holds
+    (:data:`boards.boards.LINK_PAYLOAD`): a bridge for it cannot be built."""
+    holds = LINK_PAYLOAD[board.family]
+    for payload, size in payload_bytes(addr_bits, target_bits, out_bits, code_out_bits).items():
+        if size > holds:
+            raise FitError(f"{what} on {board.name} ({board.device}): {payload} takes {size} bytes, the link's "
+                           f"frame buffer holds {holds} bytes; use a model with fewer activation bits (a threshold "
+                           f"word holds 2^bits - 1 thresholds) or a smaller array, or a part with a larger frame "
+                           f"buffer ({', '.join(f'{family}: {n} bytes' for family, n in LINK_PAYLOAD.items())})")
+
+
 def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> dict[str, int]:
-    """The estimate of :func:`estimate`; :class:`FitError` naming the first resource that does not fit."""
+    """The estimate of :func:`estimate`; :class:`FitError` naming the first resource that does not fit, or a link
+    payload the board's frame buffer cannot hold (:func:`check_link_payload`)."""
+    check_link_payload(board, f"{params.rows} x {params.cols} engine", params.addr_bits, params.target_bits,
+                       params.cols * params.out_bits, params.cols * params.code_bits)
     use = estimate(board, params)
     limits = {name: board.resources.get(name, 0) for name in use}
     limits["LUT4"] = int(logic_share * board.resources["LUT4"])
@@ -169,10 +187,18 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     return use
 
 
+def check_network_link(board: Board, params: NetworkParams) -> None:
+    """:func:`check_link_payload` of the whole-network core's link (one ``value_bits`` logit a word)."""
+    check_link_payload(board, f"{params.engine.rows} x {params.engine.cols} whole-network core", params.addr_bits,
+                       params.target_bits, params.value_bits)
+
+
 def check_network_fit(board: Board, params: NetworkParams, logic_share: float | None = None) -> dict[str, int]:
     """The estimate of :func:`network_estimate`; :class:`FitError` naming the resource that does not fit
     and, for RAM, the largest buffers, their sizes and the part. ``logic_share``: of the part's LUT4s the
-    estimate may take (default 0.9; on the iCE40, whose estimate counts routed cells, all)."""
+    estimate may take (default 0.9; on the iCE40, whose estimate counts routed cells, all). First the link's
+    payloads, as :func:`check_fit`."""
+    check_network_link(board, params)
     use = network_estimate(board, params)
     limits = {name: board.resources.get(name, 0) for name in use}
     if logic_share is None:
@@ -265,7 +291,8 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
     defaulting to the sizes of :data:`ARRAYS`) that :func:`check_network_fit` accepts; :class:`FitError`
     naming the smallest one's largest buffers when none does (or its ValueError: an array that cannot hold the
     model at all, skipped as :func:`engine_for_board` skips it). ``force`` (with both ``rows`` and ``cols``):
-    that array whatever the estimate says (the synthesis and placement tools decide). ``multiply_cols``
+    that array whatever the estimate says (the synthesis and placement tools decide), but not past a link payload
+    the board's frame buffer cannot hold (:func:`check_network_link`: no bridge could be built). ``multiply_cols``
     (:class:`~hw.engine_params.EngineParams`): PEs multiply in that many columns only (at most the array's;
     0: in all; None: :func:`board_multiply_cols`)."""
 
@@ -276,6 +303,7 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
         if not rows or not cols:
             raise ValueError("forcing a build past the fit estimate needs the array: give --rows and --cols")
         params = NetworkParams.for_model(model, rows, cols, multiply_cols=narrowed(cols))
+        check_network_link(board, params)
         return BoardNetwork(params, network_estimate(board, params))
     arrays = arrays_to_try(rows, cols)
     error, unsized = None, []

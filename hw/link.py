@@ -78,7 +78,7 @@ from .engine import EngineSignature
 from .fsm_encoding import one_hot
 from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, LENGTH_BITS, MAX_TARGETS, OUT_FORMAT,
                        OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameType, LinkInfo, LinkMode, NackCode,
-                       OutputFormat)
+                       OutputFormat, payload_bytes)
 from .uart import RX_LAYOUT
 
 
@@ -197,7 +197,7 @@ class LinkBridge(wiring.Component):
         self._addr_bytes = _bytes(addr_bits)
         self._word_bytes = [_bytes(bits) for bits in target_bits]
         self._out_bytes = (_bytes(out_bits), _bytes(cols * code_bits))
-        largest = max(1 + self._addr_bytes + max(self._word_bytes), RUN_BYTES, OUT_HEAD_BYTES + max(self._out_bytes))
+        largest = max(payload_bytes(addr_bits, target_bits, out_bits, cols * code_bits).values())
         _u16("Maximum payload", max_payload, largest)
         if not isinstance(timeout_cycles, int) or timeout_cycles < 1:
             raise ValueError(f"Timeout must be a positive number of cycles, not "

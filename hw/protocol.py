@@ -74,6 +74,18 @@ def info_bytes(targets: int) -> int:
 MAX_INFO_BYTES = info_bytes(MAX_TARGETS)
 
 
+def payload_bytes(addr_bits: int, target_bits, out_bits: int, code_out_bits: int = 0) -> dict[str, int]:
+    """The largest payload of each kind a link of these widths carries, in bytes, by what it is: a LOAD of one word
+    to the widest target (target byte, address, word), a RUN request, an OUT frame of one output word (``out_bits``,
+    or ``code_out_bits`` in the CODES format). A link bridge's frame buffer (``max_payload``) holds the largest."""
+    widest = max(range(len(target_bits)), key=lambda t: target_bits[t])
+    word = max(out_bits, code_out_bits)
+    return {f"a LOAD of one {target_bits[widest]}-bit word (target {widest})":
+            1 + (addr_bits + 7) // 8 + (target_bits[widest] + 7) // 8,
+            "a RUN request": struct.calcsize(RUN_FORMAT),
+            f"an OUT frame of one {word}-bit output word": OUT_HEAD_BYTES + (word + 7) // 8}
+
+
 class LinkMode(enum.IntEnum):
     """What a bitstream runs: ``LAYERS`` the layer engine (one layer per RUN; ``lcq build --mode layers``),
     ``NETWORK`` the whole-network core (image in, logits out; ``lcq build --mode network``)."""
@@ -349,9 +361,8 @@ class LinkInfo:
                     out.append(f"code_bits {self.code_bits} wider than a {self.out_bits // self.cols}-bit "
                                f"column field")
         if 1 <= len(self.target_bits) <= MAX_TARGETS and any(self.target_bits) and self.out_bits >= 1:
-            largest = max(1 + self.addr_bytes + max(map(self.word_bytes, range(len(self.target_bits)))),
-                          struct.calcsize(RUN_FORMAT), OUT_HEAD_BYTES + self.out_bytes(),
-                          OUT_HEAD_BYTES + self.out_bytes(OutputFormat.CODES))
+            largest = max(payload_bytes(self.addr_bits, self.target_bits, self.out_bits,
+                                        self.cols * self.code_bits).values())
             if self.max_payload < largest:
                 out.append(f"max_payload {self.max_payload} smaller than the {largest} bytes the largest "
                            f"payload needs (a LOAD header and word, a RUN request or an OUT frame of one word)")

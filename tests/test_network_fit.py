@@ -125,3 +125,29 @@ def test_a_reason_every_array_tried_has_is_not_hidden_by_the_search(deep_model):
         with pytest.raises(ValueError, match="act_depth must be an integer in 1..16777216, got 16908544") as refused:
             choose(deep_model, BOARDS["icebreaker"], rows=1)
         assert not isinstance(refused.value, FitError)
+
+
+def test_a_load_word_wider_than_the_link_buffer_is_refused_by_the_fit_check(small_cnn):
+    """8-bit activation codes make a threshold word of 255 thresholds (5,611 bits): its LOAD payload takes 705 bytes,
+    more than the iCE40 link bridge's 512-byte frame buffer. The fit check refuses it (forced too), naming the word,
+    the buffer and the fix, before any build, by the rule the bridge itself checks
+    (:func:`hw.protocol.payload_bytes`); the ECP5's 2048 bytes hold it."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    from boards.fit import check_fit
+    from hw.engine_params import EngineParams
+    from hw.protocol import payload_bytes
+
+    model = compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 8), seed=1), (1, 8, 8))
+    network, engine = NetworkParams.for_model(model, 1, 1), EngineParams.for_model(model, 1, 1, resident="all")
+    assert max(payload_bytes(network.addr_bits, network.target_bits, network.value_bits).values()) == 705
+    says = (r"on icebreaker \(iCE40UP5K\): a LOAD of one 5611-bit word \(target 3\) takes 70\d bytes, the link's "
+            r"frame buffer holds 512 bytes; .*fewer activation bits")
+    with pytest.raises(FitError, match=rf"1 x 1 whole-network core {says}"):
+        network_for_board(model, BOARDS["icebreaker"], 1, 1, force=True)
+    with pytest.raises(FitError, match=rf"1 x 1 whole-network core {says}"):
+        check_network_fit(BOARDS["icebreaker"], network)
+    with pytest.raises(FitError, match=rf"1 x 1 engine {says}"):
+        check_fit(BOARDS["icebreaker"], engine)
+    assert network_for_board(model, BOARDS["ulx3s-85f"], 1, 1, force=True).params.target_bits == network.target_bits
