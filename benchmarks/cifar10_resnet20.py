@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from lcq_train.arguments import given_options  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.metrics import read_metrics  # noqa: E402
 from lcq_train.stop_signals import signals_held, stop_signals  # noqa: E402
@@ -97,12 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "runs/cifar10-resnet20-tiny with --tiny)")
     p.add_argument("--json-out", metavar="FILE",
                    help=f"results file (default: {DEFAULT_JSON.relative_to(REPO)}; with --tiny OUT/result.json)")
-    unset = object()        # each option's value before parsing: still it after, where the command line left it out
-    args = p.parse_args(argv, argparse.Namespace(**{a.dest: unset for a in p._actions if a.dest != "help"}))
-    given = {dest for dest, value in vars(args).items() if value is not unset}
-    for a in p._actions:
-        if getattr(args, a.dest, None) is unset:
-            setattr(args, a.dest, a.default)
+    args = p.parse_args(argv)
+    given = given_options(p, argv)
     if args.tiny:
         for key, value in TINY.items():
             if key not in given:

@@ -15,6 +15,7 @@ finite); :data:`positive_int`, :data:`nonnegative_int`, :data:`positive_float`,
 each option's default in the help, but not None (an option whose default is decided later says how itself).
 :func:`torch_device` checks a ``--device`` (it imports torch only when called); :func:`default_device` is the
 device a run takes when none is given; :func:`output_file` is a file to write (``-o``), not a directory.
+:func:`given_options` tells the options a command line gives from those it leaves at their defaults.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 
 __all__ = ["IntRange", "FloatRange", "DefaultsHelpFormatter", "positive_int", "nonnegative_int", "positive_float",
            "nonnegative_float", "probability", "learning_rate", "quantizer_rate", "decay_rate", "torch_device",
-           "device_problem", "default_device", "output_file"]
+           "device_problem", "default_device", "output_file", "given_options"]
 
 
 class IntRange:
@@ -143,6 +144,22 @@ def output_file(text: str) -> str:
     if text.endswith(("/", os.sep)) or os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"must name a file to write, not a directory: {text!r}")
     return text
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, object]:
+    """The options that command line ``argv`` gives, as ``parser`` (one without subcommands) reads it: each one's
+    ``dest`` -> the value the command line alone sets, whatever the option's default. An option given at its
+    default value is given; an abbreviated long option counts as the option (where the parser allows
+    abbreviations); an ``append`` option's value is the command line's items alone, without the default's.
+    Stops with ``parser.error`` where ``parse_args`` would."""
+    unset = object()
+    # append/extend/append_const and count build on the value before them: they start from a fresh list or None
+    # (a list is copied before it grows, so the command line's is another object), every other from ``unset``
+    start = {a.dest: [] if isinstance(a, (argparse._AppendAction, argparse._AppendConstAction)) else
+             None if isinstance(a, argparse._CountAction) else unset
+             for a in parser._actions if a.dest != argparse.SUPPRESS}
+    probe = parser.parse_args(argv, argparse.Namespace(**start))
+    return {dest: value for dest, value in vars(probe).items() if dest in start and value is not start[dest]}
 
 
 def device_problem(name: str) -> str | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .arguments import (DefaultsHelpFormatter, decay_rate, learning_rate, nonnegative_float, nonnegative_int,
-                        output_file, positive_int, quantizer_rate, torch_device)
+from .arguments import (DefaultsHelpFormatter, decay_rate, given_options, learning_rate, nonnegative_float,
+                        nonnegative_int, output_file, positive_int, quantizer_rate, torch_device)
 from .calibrate import CLIP_INITS
 from .data import DATASETS
 from .factory import MODEL, is_factory
@@ -81,9 +81,6 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-_UNSET = object()
-
-
 def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """``argv`` parsed by the ``train`` parser with the values of its ``--config`` file as defaults.
 
@@ -100,17 +97,15 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argpa
 
 
 def _given_on_command_line(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """The options set on the command line; stops naming a layer that ``--layer-bits`` gives twice there (a
-    ``--config`` file's entry for a layer is overridden by the command line's, silently: that is the rule)."""
-    probe = argparse.Namespace(**{a.dest: _UNSET for a in parser._actions if a.dest != "help"})
-    probe.layer_bits = []
-    parser.parse_args(argv, namespace=probe)
-    names = [item.partition("=")[0].strip() for item in probe.layer_bits]
+    """The options set on the command line (:func:`~lcq_train.arguments.given_options`); stops naming a layer
+    that ``--layer-bits`` gives twice there (a ``--config`` file's entry for a layer is overridden by the
+    command line's, silently: that is the rule)."""
+    given = given_options(parser, argv)
+    names = [item.partition("=")[0].strip() for item in given.get("layer_bits", [])]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:
         parser.error(f"--layer-bits gives {', '.join(twice)} more than once; give each layer once")
-    given = {dest for dest, value in vars(probe).items() if value is not _UNSET and dest != "layer_bits"}
-    return given | ({"layer_bits"} if probe.layer_bits else set())
+    return set(given)
 
 
 def _config_values(parser: argparse.ArgumentParser, path: str) -> dict:
