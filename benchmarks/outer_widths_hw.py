@@ -10,16 +10,22 @@ engine (``--mode layers``, as its recorded builds were made) for each board of `
 flag bit where the 8-bit edge layers multiply), so these widths are what the outer width changes in
 the generated hardware; the accumulators follow the layers' exact bounds.
 
+Resumable: the results file is written after every build, and a later invocation reuses each record of it
+that routed (``status`` "ok") from the same model file (``model_sha256``) for the same width, board and array;
+the other builds are run anew (a build cannot pick up where it was stopped), and the records of widths and
+boards not asked for now stay in the file. The runs themselves are ``ablations.py``'s to train or resume.
+
 Run:  python benchmarks/ablations.py --dataset digits --schedule full --threads 1 --tables outer --out RUNS
       python benchmarks/outer_widths_hw.py --runs RUNS [--seed 0] [--builds icebreaker ulx3s-85f@2x2]
 Writes benchmarks/results/outer_widths_hw.json (atomically; or --json-out): a record per width and board
-(the build record of ``board_builds.py`` plus ``outer``, ``product_bits``, ``table_bits``, ``lut_bytes``),
-and prints a table.
+(the build record of ``board_builds.py`` plus ``outer``, ``product_bits``, ``table_bits``, ``lut_bytes``,
+``model_sha256``), and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
@@ -33,6 +39,7 @@ from ablations import OUTERS, edge_layers, outer_plan  # noqa: E402
 from board_builds import environment, fmt_res, parse_spec, run_build  # noqa: E402
 
 from boards.boards import BOARDS  # noqa: E402
+from boards.build import file_sha256  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.data import load_dataset  # noqa: E402
 from lcq_train.metrics import read_metrics  # noqa: E402
@@ -53,6 +60,25 @@ def find_run(seed_dir: Path, plan: QuantPlan) -> Path:
     raise FileNotFoundError(f"no finished run with outer widths {plan.outer_bits} in {seed_dir} (all its epochs "
                             f"trained; the command resumes an unfinished one); train them first: python "
                             f"benchmarks/ablations.py --dataset digits --tables outer --out {seed_dir.parent}")
+
+
+def piece(record: dict) -> tuple:
+    """What a record is the build of: its outer widths, board and asked array (a later build of it replaces it)."""
+    return record.get("outer"), record.get("board"), record.get("asked_rows"), record.get("asked_cols")
+
+
+def recorded_builds(path: str) -> tuple[dict[tuple, dict], str]:
+    """The records of an earlier results file at ``path`` by :func:`piece`, and a line saying what was read or
+    why nothing was (a file that is not this script's list of records is replaced)."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}, ""
+    except ValueError as e:
+        return {}, f"replacing {path}: not JSON ({e})"
+    if not isinstance(earlier, list) or not all(isinstance(r, dict) and "outer" in r for r in earlier):
+        return {}, f"replacing {path}: not a list of this script's records"
+    return {piece(r): r for r in earlier}, f"read {len(earlier)} recorded builds from {path}" if earlier else ""
 
 
 def table(records: list[dict]) -> str:
@@ -101,23 +127,37 @@ def main(argv: list[str] | None = None) -> int:
     models = Path(args.build_root) / "models"
     models.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "benchmarks/outer_widths_hw.py", *(sys.argv[1:] if argv is None else argv)])
+    saved, note = recorded_builds(args.json_out)     # (all of them stay in the file; ours: this invocation's)
+    if note:
+        print(note, flush=True)
     env, records = environment(), []
-    for (ow, oa), checkpoint in checkpoints.items():
-        compiled = compile_checkpoint(checkpoint)
-        path = models / f"digits-w3a3-o{ow}-{oa}.lcq"
-        model_format.save(compiled, path)
-        engine = EngineParams.for_model(compiled, 2, 2)
-        for build in args.builds:
-            board, _, array = build.partition("@")
-            job = parse_spec(f"{board}:{path}" + (f"@{array}" if array else ""), None)
-            record = run_build(job, None, args.time_limit, Path(args.build_root), "layers")
-            record.update(benchmark="outer_widths_hw", script_command=command, outer=f"{ow}/{oa}",
-                          checkpoint=str(checkpoint), product_bits=engine.product_bits, table_bits=engine.table_bits,
-                          lut_bytes=report(compiled)["lut_bytes"], time=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                          environment=env)
-            records.append(record)
-            print(table([record]).splitlines()[-1], flush=True)
-            save_json(records, args.json_out)
+    try:
+        for (ow, oa), checkpoint in checkpoints.items():
+            compiled = compile_checkpoint(checkpoint)
+            path = models / f"digits-w3a3-o{ow}-{oa}.lcq"
+            model_format.save(compiled, path)
+            sha = file_sha256(path)
+            engine = EngineParams.for_model(compiled, 2, 2)
+            for build in args.builds:
+                board, _, array = build.partition("@")
+                job = parse_spec(f"{board}:{path}" + (f"@{array}" if array else ""), None)
+                earlier = saved.get((f"{ow}/{oa}", board, job["rows"], job["cols"]))
+                if earlier is not None and earlier.get("status") == "ok" and earlier.get("model_sha256") == sha:
+                    records.append(earlier)
+                    print(table([earlier]).splitlines()[-1] + " done earlier, reused", flush=True)
+                    continue
+                record = run_build(job, None, args.time_limit, Path(args.build_root), "layers")
+                record.update(benchmark="outer_widths_hw", script_command=command, outer=f"{ow}/{oa}",
+                              checkpoint=str(checkpoint), model_sha256=sha, product_bits=engine.product_bits,
+                              table_bits=engine.table_bits, lut_bytes=report(compiled)["lut_bytes"],
+                              time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment=env)
+                records.append(record)
+                saved[piece(record)] = record
+                print(table([record]).splitlines()[-1], flush=True)
+                save_json(list(saved.values()), args.json_out)     # after every build: a later call reuses it
+    except KeyboardInterrupt:
+        print(f"outer_widths_hw.py: interrupted; re-run `{command}` to resume", file=sys.stderr)
+        return 130
     print("\n" + table(records))
     print(f"\nwrote {args.json_out}")
     return 0

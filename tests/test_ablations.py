@@ -253,6 +253,52 @@ def test_outer_width_builds_find_the_ablation_runs_or_say_how_to_train_them(tmp_
     assert "no finished run with outer widths 8 in " in err and "train them first: python benchmarks" in err
 
 
+def test_outer_width_builds_resume_an_interrupted_sweep(tmp_path, monkeypatch, capsys):
+    """outer_widths_hw.py run again built every width anew (two boards: ~45 min): now a build recorded in its
+    results file (written after each) is reused where it routed from the same model file, and the others built."""
+    from helpers import load_benchmark
+
+    from lcq_train.train import train
+
+    hw_sweep = load_benchmark("outer_widths_hw")
+    runs, table = tmp_path / "runs", tmp_path / "outer_widths_hw.json"
+    for ow, oa in hw_sweep.OUTERS:         # finished runs as ablations.py leaves them (its tiniest: one epoch)
+        train(TrainConfig(model="cnn", dataset="digits", plan=hw_sweep.outer_plan(ow, oa, ("conv0", "fc")), epochs=1,
+                          batch_size=256, bn_batches=0, clip_init="fixed", out=str(runs / "seed0" / f"o{ow}-{oa}"),
+                          progress=False))
+    built, stop_at, status = [], [None], {}
+
+    def build(job, mhz, time_limit, build_root, mode):          # run_build's record, at once
+        built.append((job["model_path"].stem, job["board"]))
+        if len(built) == stop_at[0]:
+            raise KeyboardInterrupt
+        return {"board": job["board"], "asked_rows": job["rows"], "asked_cols": job["cols"], "mode": mode,
+                "engine": {"rows": 2, "cols": 2}, "resources": {}, "fmax_mhz": 20.0, "build_seconds": 1.0,
+                "status": status.get(built[-1], "ok")}
+
+    monkeypatch.setattr(hw_sweep, "run_build", build)
+    argv = ["--runs", str(runs), "--build-root", str(tmp_path / "build"), "--json-out", str(table)]
+    stop_at[0], status[("digits-w3a3-o6-6", "icebreaker")] = 4, "timeout"
+    assert hw_sweep.main(argv) == 130 and "interrupted; re-run" in capsys.readouterr().err
+    assert [(r["outer"], r["board"], r["status"]) for r in json.loads(table.read_text())] == [
+        ("8/8", "icebreaker", "ok"), ("8/8", "ulx3s-85f", "ok"), ("6/6", "icebreaker", "timeout")]
+    built.clear()
+    stop_at[0] = None
+    status.clear()
+    assert hw_sweep.main(argv) == 0                 # the two routed builds reused; the timed-out one and the rest
+    assert built == [(f"digits-w3a3-o{ow}-{oa}", board) for ow, oa in hw_sweep.OUTERS
+                     for board in ("icebreaker", "ulx3s-85f")][2:]
+    assert "read 3 recorded builds" in capsys.readouterr().out
+    records = json.loads(table.read_text())
+    assert len(records) == 10 and all(r["status"] == "ok" for r in records)
+    records[3]["model_sha256"] = "0" * 64           # 6/6 on the ULX3S built from another model file: built anew
+    records.append({**records[0], "board": "orangecrab-25f"})     # a board not asked for now: kept
+    table.write_text(json.dumps(records))
+    built.clear()
+    assert hw_sweep.main(argv) == 0 and built == [("digits-w3a3-o6-6", "ulx3s-85f")]
+    assert [r["board"] for r in json.loads(table.read_text())][-1] == "orangecrab-25f"
+
+
 @pytest.mark.sim
 def test_6_4_model_layers_in_verilator_bit_exact(tmp_path, capsys, small_cnn):
     from sim.runner import unavailable_reason
