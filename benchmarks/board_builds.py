@@ -6,7 +6,8 @@ with its own choice, 8 x 16) it runs ``boards.cli.build_model`` (what ``lcq buil
 BOARD [--rows R --cols C] --mode MODE`` runs, ``--mode`` network (the whole network on the chip,
 ``lcq build``'s default) or layers (the layer engine): the board's default clock and, where
 timing does not close there, once more at the Fmax reached; it writes ``report.json``) in a child
-process in ``BUILD_ROOT/<board>-<model>-<array>-<mode>``, stopped after ``--time-limit`` seconds.
+process in ``BUILD_ROOT/<board>-<model>-<array>-<mode>``, stopped after ``--time-limit`` seconds (and with
+this script: Ctrl-C, SIGTERM and SIGHUP stop the build under way before the script ends).
 A record per build: everything of ``report.json`` plus ``board``, ``model`` (file name), ``mode``, ``clock_mhz`` (the
 PLL clock of the final attempt), ``fmax_mhz``, ``build_seconds`` (wall clock of the whole
 ``build_model`` call, every attempt and the elaboration included), ``resources``, ``routed``.
@@ -48,6 +49,7 @@ from boards.boards import BOARDS, get_board
 from boards.build import PLACERS, ROUTERS, default_placer, default_router
 from boards.stages import stop_group
 from lcq_train.atomic import save_json
+from lcq_train.stop_signals import signals_held, stop_signals
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
@@ -227,15 +229,21 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
     print(f"{job['spec']}: {rows} x {cols} array ({mode} mode, {resident}) on {board.name}, limit {time_limit:g} s, "
           f"in {out}", flush=True)
     t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=f, text=True, start_new_session=True)
+    with open(log, "w") as f, stop_signals():
+        proc = None
         try:
+            with signals_held():    # (a signal between the start and the assignment would orphan the build)
+                proc = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT,
+                                        stdout=subprocess.PIPE, stderr=f, text=True, start_new_session=True)
             stdout, _ = proc.communicate(timeout=time_limit)
             timed_out = False
         except subprocess.TimeoutExpired:
             stop_group(proc, grace=15)     # the builder stops its own stage's group first
             stdout, timed_out = proc.communicate()[0], True
+        except BaseException:   # Ctrl-C, SIGTERM, SIGHUP: the build (in its own session, out of their reach) too
+            if proc is not None:
+                stop_group(proc, grace=15)
+            raise
     seconds = round(time.perf_counter() - t0, 1)
     record["build_seconds"] = seconds
     if not timed_out and proc.returncode == 0:

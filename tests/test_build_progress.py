@@ -368,6 +368,32 @@ def test_sigterm_or_sighup_stops_the_stage_and_its_process_group(tmp_path, fake_
     assert gone_soon(int(child.read_text()))
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=lambda sig: sig.name)
+def test_a_stopped_board_builds_run_stops_its_build(tmp_path, fake_tools, monkeypatch, sig):
+    """benchmarks/board_builds.py's run_build (outer_widths_hw.py's too) starts each build in its own session, out
+    of reach of Ctrl-C; stopped by Ctrl-C or SIGTERM, it left the build running on with PPID 1, into the build
+    directory that a run resumed next starts the same build in. Now it stops the build's group first."""
+    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
+    build_root = tmp_path / "build"
+    script = ("import sys; sys.path.insert(0, 'benchmarks')\nfrom pathlib import Path\n"
+              "from board_builds import parse_spec, run_build\n"
+              f"run_build(parse_spec('icebreaker:digits', None), None, 600, Path({str(build_root)!r}), 'layers')\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    try:
+        child = build_root / "icebreaker-digits-cnn-lcq-w3a3-auto-layers" / "yosys.child"
+        deadline = time.monotonic() + 120           # (the layer engine is elaborated first)
+        while not (child.exists() and child.read_text()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert child.exists() and child.read_text(), proc.stderr.read() if proc.poll() is not None else "no yosys"
+        proc.send_signal(sig)
+        proc.communicate(timeout=60)
+        assert gone_soon(int(child.read_text()))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_builder_killed_with_sigkill_leaves_no_tool(tmp_path, fake_tools, monkeypatch):
     """SIGKILL runs no cleanup in the builder: the reaper beside the tool kills its process group."""
     monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
