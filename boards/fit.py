@@ -173,8 +173,26 @@ def network_columns(params: NetworkParams) -> dict[str, int]:
     return {"values": params.value_bits}
 
 
+def check_network_columns(board: Board, params: NetworkParams) -> None:
+    """:class:`FitError` where a memory the whole-network core builds as columns of block RAM on ``board``
+    (:func:`network_columns`) is deeper than the part's deepest block RAM: no column holds it
+    (:func:`hw.memories.column_bits`)."""
+    if board.family != "ecp5":
+        return
+    deepest, bits = max(BLOCK_RAM_SHAPES[board.family])
+    for name, width, depth, _ in network_memories(params):
+        if name in network_columns(params) and depth > deepest:
+            raise FitError(f"{params.engine.rows} x {params.engine.cols} whole-network core on {board.name} "
+                           f"({board.device}): its {name} memory is {depth:,} words deep ({width} bits a word), built "
+                           f"as columns of block RAM as deep as itself, and the deepest {board.family} block RAM is "
+                           f"{deepest} x {bits}; use a smaller input or fewer channels (the value memory holds the "
+                           f"network's live values, one a word: `lcq report MODEL --lanes R` lists them)")
+
+
 def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
-    """{resource: estimated use} of the whole-network core (with link and UART) on ``board``."""
+    """{resource: estimated use} of the whole-network core (with link and UART) on ``board``; :class:`FitError`
+    where a memory cannot be built at all (:func:`check_network_columns`)."""
+    check_network_columns(board, params)
     use = estimate(board, params.engine)
     blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params))
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
@@ -292,7 +310,8 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
     naming the smallest one's largest buffers when none does (or its ValueError: an array that cannot hold the
     model at all, skipped as :func:`engine_for_board` skips it). ``force`` (with both ``rows`` and ``cols``):
     that array whatever the estimate says (the synthesis and placement tools decide), but not past a link payload
-    the board's frame buffer cannot hold (:func:`check_network_link`: no bridge could be built). ``multiply_cols``
+    the board's frame buffer cannot hold (:func:`check_network_link`: no bridge could be built) or a memory no block
+    RAM is deep enough for (:func:`check_network_columns`). ``multiply_cols``
     (:class:`~hw.engine_params.EngineParams`): PEs multiply in that many columns only (at most the array's;
     0: in all; None: :func:`board_multiply_cols`)."""
 

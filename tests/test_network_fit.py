@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from boards.boards import BOARDS
-from boards.fit import FitError, check_network_fit, network_for_board, network_memories
+from boards.fit import FitError, check_network_fit, network_estimate, network_for_board, network_memories
 from compiler.format import load
 from hw.network_params import NetworkParams
 
@@ -151,3 +151,24 @@ def test_a_load_word_wider_than_the_link_buffer_is_refused_by_the_fit_check(smal
     with pytest.raises(FitError, match=rf"1 x 1 engine {says}"):
         check_fit(BOARDS["icebreaker"], engine)
     assert network_for_board(model, BOARDS["ulx3s-85f"], 1, 1, force=True).params.target_bits == network.target_bits
+
+
+def test_a_value_memory_deeper_than_any_ecp5_block_ram_is_refused_by_the_fit_check(deep_model):
+    """On the ECP5 the value memory is built as columns of block RAM as deep as itself (:mod:`hw.column_memory`):
+    the deep model's 16,900 values (4 x 65 x 65) are deeper than the DP16KD's deepest arrangement (16384 x 1). The
+    fit check refuses it (forced too: no column holds it) naming the memory, its depth, that arrangement and the
+    fix, as a FitError the search goes on past; not column_bits' ValueError. The iCE40 builds it as one memory."""
+    board = BOARDS["ulx3s-85f"]
+    params = NetworkParams.for_model(deep_model, 16, 16)
+    assert ("values", 27, 16900, 1) in params.memories()
+    says = (r"16 x 16 whole-network core on ulx3s-85f \(LFE5U-85F\): its values memory is 16,900 words deep .*the "
+            r"deepest ecp5 block RAM is 16384 x 1.*; use a smaller input or fewer channels")
+    with pytest.raises(FitError, match=says):
+        check_network_fit(board, params)
+    with pytest.raises(FitError, match=says):
+        network_for_board(deep_model, board, 16, 16, force=True)
+    with pytest.raises(FitError, match=rf"does not fit ulx3s-85f .* with any array tried; the smallest: {says}"):
+        network_for_board(deep_model, board, 16, 16)
+    with pytest.raises(FitError, match="does not fit ulx3s-85f .* with any array tried"):
+        network_for_board(deep_model, board)
+    assert network_estimate(BOARDS["icebreaker"], params)["EBR"] > BOARDS["icebreaker"].resources["EBR"]
