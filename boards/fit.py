@@ -315,6 +315,11 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
     (:class:`~hw.engine_params.EngineParams`): PEs multiply in that many columns only (at most the array's;
     0: in all; None: :func:`board_multiply_cols`)."""
 
+    if multiply_cols is not None and (not isinstance(multiply_cols, int) or isinstance(multiply_cols, bool)
+                                      or multiply_cols < 0):
+        raise ValueError(f"multiply_cols must be None (the board's default), 0 (every column) or a number of "
+                         f"columns (an array's at most), got {multiply_cols!r}")
+
     def narrowed(c: int) -> int:
         return board_multiply_cols(board, c) if multiply_cols is None else min(multiply_cols, c)
 

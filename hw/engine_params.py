@@ -187,10 +187,7 @@ class EngineParams:
         for name in ("skip_groups", "write_pairs", "identity_tables", "fused_adds", "fused_activations"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.multiply_cols, int) or isinstance(self.multiply_cols, bool) or \
-                not 0 <= self.multiply_cols <= self.cols or (self.multiply_cols and not self.multiply):
-            raise ValueError(f"multiply_cols must be 0 (every column), or 1..cols={self.cols} for an engine that "
-                             f"multiplies, got {self.multiply_cols!r}")
+        check_multiply_cols(self.multiply_cols, self.cols, self.multiply)
         if self.identity_tables and not self.multiply:
             raise ValueError("identity_tables is for an engine that multiplies (multiply: true)")
         if self.code_bits and self.code_bits > self.abits:
@@ -434,6 +431,7 @@ class EngineParams:
         multiplying layers).
         """
         check_residency(resident)
+        check_multiply_cols(multiply_cols, cols)
         convs = model.convs
         if not convs:
             raise ValueError("the model has no convolution or linear layer to run")
@@ -477,6 +475,15 @@ class EngineParams:
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=max(1, total(x["table"] for x in need)), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
+
+
+def check_multiply_cols(multiply_cols, cols: int, multiply: bool = True) -> None:
+    """ValueError naming ``multiply_cols`` unless it is 0 (every column) or, for an engine that multiplies
+    (``multiply``), 1..``cols``."""
+    if not isinstance(multiply_cols, int) or isinstance(multiply_cols, bool) or \
+            not 0 <= multiply_cols <= cols or (multiply_cols and not multiply):
+        raise ValueError(f"multiply_cols must be 0 (every column), or 1..cols={cols} for an engine that "
+                         f"multiplies, got {multiply_cols!r}")
 
 
 def channel_tile(node: ConvNode, cols: int, multiply_cols: int) -> int:

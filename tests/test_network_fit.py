@@ -172,3 +172,22 @@ def test_a_value_memory_deeper_than_any_ecp5_block_ram_is_refused_by_the_fit_che
     with pytest.raises(FitError, match="does not fit ulx3s-85f .* with any array tried"):
         network_for_board(deep_model, board)
     assert network_estimate(BOARDS["icebreaker"], params)["EBR"] > BOARDS["icebreaker"].resources["EBR"]
+
+
+def test_a_bad_multiply_cols_is_refused_naming_it():
+    """``multiply_cols`` from a direct call (the CLI checks its own): a negative count reached the sizing as a
+    negative channel tile and came back as another field's error ('stage_depth must be an integer in 1..16777216,
+    got -20'); a count above the array's, or not an integer, likewise. Each is refused naming ``multiply_cols``,
+    before any array is sized; network_for_board takes a count above an array's as all of its columns."""
+    from hw.engine_params import EngineParams
+
+    for bad in (-1, 2.5, "2", True):
+        for force in (False, True):
+            with pytest.raises(ValueError, match=rf"multiply_cols must be None .* got {bad!r}"):
+                network_for_board(DIGITS, BOARDS["icebreaker"], 1, 1, force=force, multiply_cols=bad)
+    for bad in (-1, 9, 2.5):
+        with pytest.raises(ValueError, match=rf"multiply_cols must be 0 \(every column\), or 1..cols=8 .* got {bad}"):
+            NetworkParams.for_model(DIGITS, 8, 8, multiply_cols=bad)
+        with pytest.raises(ValueError, match=rf"multiply_cols must be 0 \(every column\), or 1..cols=8 .* got {bad}"):
+            EngineParams.for_model(RESNET20, 8, 8, resident="all", split_weights=True, multiply_cols=bad)
+    assert network_for_board(DIGITS, BOARDS["ulx3s-85f"], 8, 8, multiply_cols=99).params.engine.multiply_cols == 8
