@@ -136,10 +136,9 @@ def check_link_payload(board: Board, what: str, addr_bits: int, target_bits, out
 
 
 def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> dict[str, int]:
-    """The estimate of :func:`estimate`; :class:`FitError` naming the first resource that does not fit, or a link
-    payload the board's frame buffer cannot hold (:func:`check_link_payload`)."""
-    check_link_payload(board, f"{params.rows} x {params.cols} engine", params.addr_bits, params.target_bits,
-                       params.cols * params.out_bits, params.cols * params.code_bits)
+    """The estimate of :func:`estimate`; :class:`FitError` naming the first resource that does not fit, then a link
+    payload the board's frame buffer cannot hold (:func:`check_link_payload`; after the resources, whose error
+    names the fix that works where both fail)."""
     use = estimate(board, params)
     limits = {name: board.resources.get(name, 0) for name in use}
     limits["LUT4"] = int(logic_share * board.resources["LUT4"])
@@ -149,6 +148,8 @@ def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> d
             raise FitError(f"{params.rows} x {params.cols} engine on {board.name} ({board.device}): needs about "
                            f"{used} {name} of {limits[name]} (memories: {memories}); use a smaller array or "
                            f"model, or a larger part")
+    check_link_payload(board, f"{params.rows} x {params.cols} engine", params.addr_bits, params.target_bits,
+                       params.cols * params.out_bits, params.cols * params.code_bits)
     return use
 
 
@@ -214,9 +215,8 @@ def check_network_link(board: Board, params: NetworkParams) -> None:
 def check_network_fit(board: Board, params: NetworkParams, logic_share: float | None = None) -> dict[str, int]:
     """The estimate of :func:`network_estimate`; :class:`FitError` naming the resource that does not fit
     and, for RAM, the largest buffers, their sizes and the part. ``logic_share``: of the part's LUT4s the
-    estimate may take (default 0.9; on the iCE40, whose estimate counts routed cells, all). First the link's
+    estimate may take (default 0.9; on the iCE40, whose estimate counts routed cells, all). Then the link's
     payloads, as :func:`check_fit`."""
-    check_network_link(board, params)
     use = network_estimate(board, params)
     limits = {name: board.resources.get(name, 0) for name in use}
     if logic_share is None:
@@ -235,6 +235,7 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float | 
                            f"(`lcq report MODEL --lanes R` lists the network's buffers), or a larger part")
         raise FitError(f"{engine} on {board.name} ({board.device}): needs about {used} {name} of {limits[name]}; "
                        f"use a smaller array or model, or a larger part")
+    check_network_link(board, params)
     return use
 
 

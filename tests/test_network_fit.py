@@ -129,13 +129,14 @@ def test_a_reason_every_array_tried_has_is_not_hidden_by_the_search(deep_model):
 
 def test_a_load_word_wider_than_the_link_buffer_is_refused_by_the_fit_check(small_cnn):
     """8-bit activation codes make a threshold word of 255 thresholds (5,611 bits): its LOAD payload takes 705 bytes,
-    more than the iCE40 link bridge's 512-byte frame buffer. The fit check refuses it (forced too), naming the word,
-    the buffer and the fix, before any build, by the rule the bridge itself checks
-    (:func:`hw.protocol.payload_bytes`); the ECP5's 2048 bytes hold it."""
+    more than the iCE40 link bridge's 512-byte frame buffer. A forced build is refused before it starts, naming the
+    word, the buffer and the fix, by the rule the bridge itself checks (:func:`hw.protocol.payload_bytes`); the
+    ECP5's 2048 bytes hold it. Unforced, the block RAM the 255 threshold memories need is named first: that is the
+    limit no part lifts (fewer activation bits is the fix of both)."""
     from compiler.lower import compile_model
     from lcq_train.plan import QuantPlan
 
-    from boards.fit import check_fit
+    from boards.fit import check_fit, check_link_payload
     from hw.engine_params import EngineParams
     from hw.protocol import payload_bytes
 
@@ -146,9 +147,12 @@ def test_a_load_word_wider_than_the_link_buffer_is_refused_by_the_fit_check(smal
             r"frame buffer holds 512 bytes; .*fewer activation bits")
     with pytest.raises(FitError, match=rf"1 x 1 whole-network core {says}"):
         network_for_board(model, BOARDS["icebreaker"], 1, 1, force=True)
-    with pytest.raises(FitError, match=rf"1 x 1 whole-network core {says}"):
-        check_network_fit(BOARDS["icebreaker"], network)
     with pytest.raises(FitError, match=rf"1 x 1 engine {says}"):
+        check_link_payload(BOARDS["icebreaker"], "1 x 1 engine", engine.addr_bits, engine.target_bits,
+                           engine.cols * engine.out_bits, engine.cols * engine.code_bits)
+    with pytest.raises(FitError, match=r"1 x 1 whole-network core on icebreaker .*its buffers need \d+ EBR blocks.* thresholds"):
+        check_network_fit(BOARDS["icebreaker"], network)
+    with pytest.raises(FitError, match=r"1 x 1 engine on icebreaker .*needs about \d+ EBR"):
         check_fit(BOARDS["icebreaker"], engine)
     assert network_for_board(model, BOARDS["ulx3s-85f"], 1, 1, force=True).params.target_bits == network.target_bits
 
