@@ -27,7 +27,7 @@ from lcq_train.plan import QuantPlan
 from lcq_train.quantizer import BITS
 from lcq_train.train import SEED, TrainConfig, train
 from sim.engine_run import engine_build, simulate_model
-from sim.runner import available_simulators
+from sim.runner import SIMULATORS, available_simulators, unavailable_reason
 
 
 def add_parsers(sub) -> dict:
@@ -104,7 +104,8 @@ def _demo_simulation(compiled, compiled_path: Path, data, n: int, out: Path, res
     accuracy to ``results``; return a line on the comparison with the integer reference."""
     simulators = available_simulators()
     if not simulators:
-        return "cocotb simulation skipped: no simulator (pip install -e '.[hw]'; apt-get install iverilog)"
+        return ("cocotb simulation skipped: no simulator ("
+                + "; ".join(f"{sim}: {unavailable_reason(sim)}" for sim in SIMULATORS) + ")")
     sim = simulators[-1]
     params = EngineParams.for_model(compiled, 4, 4)
     images, labels = data.test_x[:n].numpy(), data.test_y[:n].numpy()

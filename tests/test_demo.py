@@ -57,3 +57,21 @@ def test_training_without_a_terminal_prints_one_line_per_epoch(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "\r" not in result.stdout + result.stderr
     assert [line.split()[1] for line in result.stdout.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+
+
+def test_demo_without_a_simulator_says_what_each_one_lacks(monkeypatch):
+    """With the hw extra installed but no C++ compiler (Verilator) and no Icarus, the skipped simulation names both
+    missing pieces, not only the extra and Icarus."""
+    import shutil
+
+    from lcq import demo
+    from sim import runner
+
+    hidden = {"g++", "iverilog", "vvp"}
+    which = shutil.which
+    monkeypatch.setattr(runner.shutil, "which", lambda tool, *a, **k: None if tool in hidden else which(tool, *a, **k))
+    if runner.unavailable_reason("verilator") != "Verilator needs g++ on PATH":
+        pytest.skip(f"Verilator lacks more than g++ here: {runner.unavailable_reason('verilator')}")
+    line = demo._demo_simulation(None, None, None, 2, None, [])
+    assert line.startswith("cocotb simulation skipped: no simulator")
+    assert "Verilator needs g++ on PATH" in line and "apt-get install iverilog" in line
