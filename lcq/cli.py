@@ -1,9 +1,9 @@
 """The ``lcq`` command: every stage's verbs under one entry point.
 
 Each stage contributes its own verbs from its own ``cli`` module (``add_parsers(sub)`` ->
-``{verb: handler}``): ``train`` (:mod:`lcq_train.cli`), ``compile``, ``eval``, ``report``
-(:mod:`compiler.cli`), ``generate`` (:mod:`hw.cli`), ``sim`` (:mod:`sim.cli`), ``build``,
-``flash``, ``run`` (:mod:`boards.cli`); ``demo`` (:mod:`lcq.demo`) chains them. A stage
+``{verb: handler}``): ``train``, ``plot``, ``export-onnx`` (:mod:`lcq_train.cli`), ``compile``, ``eval``,
+``report`` (:mod:`compiler.cli`), ``generate`` (:mod:`hw.cli`), ``sim``, ``board-sim`` (:mod:`sim.cli`),
+``build``, ``flash``, ``run`` (:mod:`boards.cli`); ``demo`` (:mod:`lcq.demo`) chains them. A stage
 whose third-party packages are not installed (torch for the trainer, say, on a host that
 only talks to a board) leaves its verbs out, and ``lcq --help`` says which and why.
 """
