@@ -2,7 +2,7 @@
 
 ``lcq generate MODEL -o core.v [--rows R --cols C]`` writes the Verilog of the whole-network core
 (:class:`hw.network.NetworkCore`, top module ``lcq_network``) sized for MODEL, and a JSON file beside
-it (the parameters, load targets, port widths and memory sizes). ``--mode layer [--resident
+it (the parameters, load targets, port widths and memory sizes). ``--mode layers [--resident
 none|weights|all]`` writes the layer engine instead (top module ``lcq_engine``).
 """
 
@@ -55,7 +55,7 @@ def add_parsers(sub) -> dict:
     array_args(p)
     p.add_argument("-o", "--output", metavar="FILE", type=output_file, default="build/core.v",
                    help="Verilog file to write")
-    p.add_argument("--mode", choices=("network", "layer"), default="network",
+    p.add_argument("--mode", choices=("network", "layers"), default="network",
                    help="the whole network on the chip (image in, logits out), or the layer engine (one layer "
                         "per start, the host between layers)")
     p.add_argument("--resident", choices=RESIDENCY, default="none",

@@ -17,7 +17,7 @@ DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
 
 def test_generate_writes_verilog_and_its_parameters(tmp_path, capsys):
     out = tmp_path / "engine.v"
-    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "2", "--cols", "3", "--mode", "layer",
+    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "2", "--cols", "3", "--mode", "layers",
                  "--resident", "weights"]) == 0
     verilog = out.read_text()
     assert "module lcq_engine(" in verilog
@@ -461,11 +461,11 @@ def test_verilator_runtime_objects_are_compiled_once(tmp_path, monkeypatch):
 
 
 def test_multiply_cols_is_refused_for_the_layer_engine(tmp_path, capsys):
-    """The layer engine's PEs multiply in every column: ``--multiply-cols`` with ``lcq generate --mode layer`` or
+    """The layer engine's PEs multiply in every column: ``--multiply-cols`` with ``lcq generate --mode layers`` or
     ``lcq sim --layer`` is an error naming the option, not an option silently ignored."""
     from lcq.cli import main
 
-    assert main(["generate", str(DIGITS), "--mode", "layer", "--multiply-cols", "2", "-o", str(tmp_path / "e.v")]) == 2
+    assert main(["generate", str(DIGITS), "--mode", "layers", "--multiply-cols", "2", "-o", str(tmp_path / "e.v")]) == 2
     assert "--multiply-cols is for the whole-network core" in capsys.readouterr().err
     assert main(["sim", str(DIGITS), "--layer", "0", "--multiply-cols", "2"]) == 2
     assert "--multiply-cols is for the whole-network core" in capsys.readouterr().err
