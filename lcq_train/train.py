@@ -244,7 +244,7 @@ def check_continues(ckpt_path: Path, saved: dict, asked: dict, given=None) -> No
         elif (given is None or name in given) and not (_same_path(old, new) if name == "init" else old == new):
             lines.append(f"{_option(name)} {old!r} there, {new!r} asked")
     if lines:
-        raise ValueError(f"{ckpt_path} holds a run with other settings, and --resume continues a run only as it "
+        raise ValueError(f"{ckpt_path} holds a run with other settings, and resuming continues a run only as it "
                          f"was started: {'; '.join(lines)}. Drop those options (or give the saved values) to "
                          "continue it, or choose another --out for a new run")
 
