@@ -39,6 +39,7 @@ import random
 import struct
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -204,10 +205,10 @@ def _check_frame(data: bytes, path: Path) -> tuple[str, int]:
 
 
 def _unique_keys(pairs):
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"duplicate keys {sorted({k for k in keys if keys.count(k) > 1})}")
-    return dict(pairs)
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError(f"duplicate keys {sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)}")
+    return out
 
 
 def _parse_header(raw: bytes, path: Path) -> dict:
