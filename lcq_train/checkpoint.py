@@ -233,7 +233,8 @@ def _read_tensors(index: dict, data: memoryview, path: Path) -> dict[str, torch.
             raise CheckpointError(f"{path}: tensor {name!r} {what}")
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             bad("needs exactly dtype, shape, data_offsets")
-        dtype, shape, offsets = _DTYPES.get(entry["dtype"]), entry["shape"], entry["data_offsets"]
+        dtype = _DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        shape, offsets = entry["shape"], entry["data_offsets"]
         if dtype is None:
             bad(f"has dtype {entry['dtype']!r}, not one of {sorted(_DTYPES)}")
         if not isinstance(shape, list) or not all(IntRange(0).accepts(n) for n in shape) \

@@ -188,6 +188,7 @@ def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):
     refused(lambda h: h["state"]["model"].update({"w": {"__tensor__": "nowhere"}}), "refers to no tensor")
     refused(lambda h: h["state"]["model"].update({"w": {"__pickle__": "x"}}), "unknown tag")
     refused(lambda h: next(iter(h["tensors"].values())).update(dtype="OBJECT"), "has dtype 'OBJECT'")
+    refused(lambda h: next(iter(h["tensors"].values())).update(dtype=["F32"]), "has dtype \\['F32'\\], not one of")
     refused(lambda h: next(iter(h["tensors"].values())).update(shape=[10**9]), "needs \\[0, ")
     end = len(data)
     refused(lambda h: h["tensors"].update(extra={"dtype": "F32", "shape": [0, 2**63 - 1, 2**63 - 1],
