@@ -287,6 +287,7 @@ def _decode(obj, tensors: dict, used: set):
 
 def _check_state(state, where: str) -> None:
     """Check checkpoint dict ``state`` field by field; CheckpointError names ``where`` and the field."""
+    from .data import MAX_CLASSES
     from .plan import QuantPlan
     from .quantizer import BITS
     from .train import TrainConfig
@@ -313,8 +314,9 @@ def _check_state(state, where: str) -> None:
     shape = state["input_shape"]
     if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(IntRange(1).accepts(n) for n in shape):
         bad("input_shape", f"is {shape!r}, not [channels, height, width]")
-    if not IntRange(2).accepts(state["num_classes"]):
-        bad("num_classes", f"is {state['num_classes']!r}, not an integer >= 2")
+    classes = IntRange(2, MAX_CLASSES)       # the rule of the datasets' class lists
+    if not classes.accepts(state["num_classes"]):
+        bad("num_classes", f"is {state['num_classes']!r}, not {classes.describe()}")
     layers = state["layers"]
     if not isinstance(layers, dict) or not all(
             isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) == 2 and all(BITS.accepts(b) for b in v)

@@ -39,7 +39,7 @@ from PIL import Image
 
 from .atomic import atomic_write
 
-__all__ = ["DATASETS", "DatasetError", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 
@@ -66,7 +66,7 @@ _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _TAR_SUFFIXES = (".tar.gz", ".tgz")
 _SPLITS = ("train", "test")
-_MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
+MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
 _MAX_IDX_BYTES = 1 << 28  # MNIST's training images take 47 MB; an IDX file declaring more is refused
 _MAX_IMAGE_BYTES = 1 << 20  # an encoded 32x32 image takes a few KB; a larger file is refused before it is read
 
@@ -362,12 +362,12 @@ def _load_cifar_python(root: Path) -> Arrays:
 
 
 def _class_names_problem(names: Iterable[str]) -> str | None:
-    """What makes ``names`` other than a classifier's class names (2.._MAX_CLASSES distinct); None when nothing."""
+    """What makes ``names`` other than a classifier's class names (2..MAX_CLASSES distinct); None when nothing."""
     names = list(names)
     if len(names) < 2:
         return f"{len(names)} class(es), but a classifier needs at least 2"
-    if len(names) > _MAX_CLASSES:
-        return f"{len(names)} classes, more than the {_MAX_CLASSES} a compiled model holds"
+    if len(names) > MAX_CLASSES:
+        return f"{len(names)} classes, more than the {MAX_CLASSES} a compiled model holds"
     repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
         return f"the class names {repeated[:5]} more than once"

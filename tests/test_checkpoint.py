@@ -183,6 +183,7 @@ def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):
     refused(lambda h: h["state"]["config"].update(epochs=0), "config is invalid: epochs must be an integer >= 1")
     refused(lambda h: h["state"]["config"]["plan"].update(wbits=9), "config is invalid: --wbits must be an integer in 2..8")
     refused(lambda h: h["state"].update(epoch=5), "epoch is 5, not an integer in 1..1")
+    refused(lambda h: h["state"].update(num_classes=10**30), "num_classes is 10{30}, not an integer in 2..65536")
     refused(lambda h: h["state"].update(extra=1), "unknown \\['extra'\\]")
     refused(lambda h: h["state"]["rng"]["numpy"].update(pos=10**6), "rng numpy is not an MT19937 state")
     refused(lambda h: h["state"]["model"].update({"w": {"__tensor__": "nowhere"}}), "refers to no tensor")

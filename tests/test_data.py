@@ -488,7 +488,7 @@ def test_cifar_python_meta_label_names_checked(tmp_path, names, pattern):
 def test_class_limit_is_the_compilers():
     from compiler.graph import MAX_CLASSES
 
-    assert data_mod._MAX_CLASSES == MAX_CLASSES
+    assert data_mod.MAX_CLASSES == MAX_CLASSES
 
 
 @pytest.mark.parametrize("data, labels", [([[300] * 3072], [0]), (np.full((1, 3072), -1), [0]),
