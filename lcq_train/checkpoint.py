@@ -380,12 +380,14 @@ def _rng_problem(rng) -> str | None:
     return None
 
 
-def restore_rng(rng: dict) -> None:
-    """Set every generator to the state :func:`capture_rng` returned (checked by :func:`load_checkpoint`)."""
+def restore_rng(rng: dict, where: str = "the checkpoint") -> None:
+    """Set every generator to the state :func:`capture_rng` returned (checked by :func:`load_checkpoint`);
+    CheckpointError names ``where`` (the file) if torch refuses its state."""
     try:
         torch.set_rng_state(rng["torch"])
     except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's torch generator state does not fit this torch: {e}") from None
+        raise CheckpointError(f"{where}: its torch generator state does not fit this torch ({e}); resume the run "
+                              "with the torch that wrote it, or retrain") from None
     n = rng["numpy"]
     np.random.set_state({"bit_generator": n["bit_generator"],
                          "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},

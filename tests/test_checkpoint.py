@@ -167,6 +167,19 @@ def test_a_damaged_run_does_not_resume(run, tmp_path, capsys):
     assert "top-1" not in captured.out
 
 
+
+def test_a_generator_state_torch_refuses_is_named_with_its_file(run, tmp_path, capsys):
+    """A torch RNG state of the right form that torch's generator rejects (an all-zero Mersenne Twister):
+    --resume stops with an error naming the checkpoint."""
+    path, _ = run
+    state = load_checkpoint(path)
+    state["rng"]["torch"] = torch.zeros_like(state["rng"]["torch"])
+    out = tmp_path / "run"
+    save_checkpoint(state, out / "checkpoint.pt")
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'checkpoint.pt'}: its torch generator state does not fit this torch" in err, err
+
 def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):
     path, _ = run
     header, data = _split(path)
