@@ -27,15 +27,21 @@ RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr",
 
 def saved_metrics(cfg: TrainConfig) -> dict | None:
     """Metrics of the run saved in ``cfg.out`` (None: none was started there); ValueError naming the
-    settings that differ if that run used another recipe."""
+    settings that differ if that run used another recipe, or the file if its config is not one."""
     out = Path(cfg.out)
     if (out / "metrics.json").is_file():
-        metrics = read_metrics(out / "metrics.json")
+        source = out / "metrics.json"
+        metrics = read_metrics(source)
     elif (out / "checkpoint.pt").is_file():
-        metrics = load_checkpoint(out / "checkpoint.pt")["metrics"]
+        source = out / "checkpoint.pt"
+        metrics = load_checkpoint(source)["metrics"]
     else:
         return None
-    saved = TrainConfig.from_dict(metrics["config"]).to_dict()     # checked, and in today's form
+    try:
+        saved = TrainConfig.from_dict(metrics["config"]).to_dict()     # checked, and in today's form
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{source}: its config is invalid ({e}); it is not a run lcq train wrote: restore it, or "
+                         "delete it or choose another --out") from None
     wanted = cfg.to_dict()
     differ = [k for k in RECIPE_KEYS if saved.get(k) != wanted[k]]
     if differ:

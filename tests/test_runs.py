@@ -83,3 +83,15 @@ def test_a_stop_signal_to_the_parent_stops_the_workers(sig):
             parent.wait()
         for pid in filter(_alive, workers):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_saved_run_whose_config_is_not_one_is_refused_naming_its_file(tmp_path):
+    import json
+
+    from lcq_train.runs import saved_metrics
+    from lcq_train.train import TrainConfig
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": {"model": "cnn", "epochs": 0}, "epochs": []}))
+    with pytest.raises(ValueError, match=rf"^{tmp_path / 'metrics.json'}: its config is invalid \(a training config "
+                                         r"has the keys .*\); it is not a run lcq train wrote"):
+        saved_metrics(TrainConfig(out=str(tmp_path)))
