@@ -440,8 +440,10 @@ def upgrade_checkpoint(old, new) -> str:
                         "python": {"version": version, "state": list(words), "gauss_next": gauss_next}}
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{old}: its random generator states are not those of an lcq checkpoint ({e})") from None
+    state = {k: state.get(k) for k in KEYS}
+    _check_state(state, str(old))          # (save_checkpoint checks again, naming the new file)
     try:
-        return save_checkpoint({k: state.get(k) for k in KEYS}, new)
+        return save_checkpoint(state, new)
     except TypeError as e:                  # a value the format cannot hold: no lcq checkpoint held one
         raise CheckpointError(f"{old} is not an lcq checkpoint of format version 1: {e}") from None
 

@@ -241,6 +241,17 @@ def test_a_version_1_checkpoint_is_refused_and_can_be_upgraded(run, tmp_path):
         upgrade_checkpoint(tmp_path / "new.pt", tmp_path / "newer.pt")
 
 
+
+def test_an_upgrade_refused_by_a_field_names_the_old_file(run, tmp_path):
+    path, _ = run
+    state = _version_1(path)
+    state["epoch"] = 7
+    old, new = tmp_path / "old.pt", tmp_path / "new.pt"
+    torch.save(state, old)
+    with pytest.raises(CheckpointError, match=rf"^{old}: epoch is 7, not an integer in 1..1"):
+        upgrade_checkpoint(old, new)
+    assert not new.exists()
+
 def test_an_upgrade_of_what_no_lcq_wrote_is_refused_by_name(run, tmp_path, capsys):
     """A version-1 file holding a value this format cannot store (a uint32 array outside the RNG state),
     and one naming a Python global: clear errors, no traceback."""
