@@ -35,11 +35,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import random
 import struct
 import sys
-import warnings
-from collections import Counter
+import zipfile
+from collections import Counter, OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,7 @@ import torch
 from .arguments import IntRange
 from .atomic import atomic_write, save_json
 from .metrics import metrics_problem
+from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
 
 __all__ = ["FORMAT", "VERSION", "MAGIC", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "upgrade_checkpoint", "capture_rng", "restore_rng", "save_json"]
@@ -178,8 +180,8 @@ def _check_frame(data: bytes, path: Path) -> tuple[str, int]:
         raise CheckpointError(
             f"{path} is a pickle file (torch.save), the format of an older lcq's checkpoints (version 1); this lcq "
             "does not load pickle files, since loading one can run any code it holds. If it is an old checkpoint, "
-            f"retrain it, or, if you trust where it came from, convert it with `{_UPGRADE}` (reads it with "
-            "torch.load(weights_only=True), which refuses code)")
+            f"retrain it, or, if you trust where it came from, convert it with `{_UPGRADE}` (reads it "
+            "without running any code it names)")
     if not data:
         raise CheckpointError(f"{path} is empty (0 bytes): it was truncated; retrain or restore it from a copy")
     if len(data) < len(MAGIC) or data[:len(MAGIC)] != MAGIC:
@@ -399,35 +401,122 @@ def restore_rng(rng: dict, where: str = "the checkpoint") -> None:
 
 # ---------------------------------------------------------------------------------------------- version 1
 
+_STORAGES = {"DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+             "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+             "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
+             "BoolStorage": torch.bool}
+
+
+class _StorageType:
+    """What a name ``torch.XStorage`` resolves to: the dtype of the storages the pickle says are X."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+def _rebuild_tensor(storage, offset, size, stride, requires_grad, hooks, metadata=None):
+    """``torch._utils._rebuild_tensor_v2`` as ``torch.save`` calls it for a plain tensor: a copy of the
+    elements it views, each within its storage, and no more elements than the storage holds (a zero
+    stride would make any number from one)."""
+    sizes = isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) \
+        and all(IntRange(0).accepts(n) for n in (offset, *size, *stride))
+    if not isinstance(storage, torch.Tensor) or not sizes or not isinstance(requires_grad, bool) \
+            or not isinstance(hooks, OrderedDict) or hooks or metadata not in (None, {}):
+        raise pickle.UnpicklingError("it rebuilds a tensor with arguments torch.save never writes")
+    count = math.prod(size)
+    if count and (count > storage.numel() - offset
+                  or offset + sum((n - 1) * step for n, step in zip(size, stride)) >= storage.numel()):
+        raise pickle.UnpicklingError(f"it views a tensor of shape {size} beyond its storage of {storage.numel()}")
+    return storage.as_strided(size, stride, offset).clone() if count else torch.empty(size, dtype=storage.dtype)
+
+
+class _Version1Unpickler(NumpyUnpickler):
+    """The unpickler of a version-1 checkpoint's ``data.pkl`` (:class:`~lcq_train.safe_pickle.NumpyUnpickler`):
+    tensors, their storages (read from ``zip``'s members under ``prefix``), state dicts, and the numpy array
+    of numpy's generator state; nothing else is looked up."""
+
+    GLOBALS = NUMPY_GLOBALS | {("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict"),
+                               *(("torch", name) for name in _STORAGES)}
+    STAND_INS = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor, ("collections", "OrderedDict"): OrderedDict,
+                 **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGES.items()}}
+    HOLDS = "an lcq checkpoint"
+
+    def __init__(self, file, zip: zipfile.ZipFile, prefix: str):
+        super().__init__(file)
+        self.zip, self.prefix, self.storages = zip, prefix, {}
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
+                and isinstance(pid[2], str) and isinstance(pid[3], str) and IntRange(0).accepts(pid[4])):
+            raise pickle.UnpicklingError(f"it refers to {pid!r:.80}, not to a storage of the file")
+        _, kind, key, _, count = pid
+        if key not in self.storages:
+            info = _stored_member(self.zip, f"{self.prefix}data/{key}")
+            size = count * torch.empty((), dtype=kind.dtype).element_size()
+            if info.file_size != size:
+                raise pickle.UnpicklingError(f"its storage {key} holds {info.file_size} bytes, not the {size} of "
+                                             f"{count} elements")
+            data = bytearray(self.zip.read(info))
+            self.storages[key] = torch.frombuffer(data, dtype=kind.dtype) if data else torch.empty(0, dtype=kind.dtype)
+        if self.storages[key].dtype != kind.dtype:
+            raise pickle.UnpicklingError(f"it reads storage {key} as two dtypes")
+        return self.storages[key]
+
+    def build_problem(self, inst, state) -> str | None:
+        if isinstance(inst, OrderedDict):        # a state dict's _metadata
+            return None if isinstance(state, dict) and set(state) <= {"_metadata"} else "it sets an OrderedDict's state"
+        return super().build_problem(inst, state)
+
+
+def _stored_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
+    """The member ``name`` of ``archive``, stored uncompressed as torch.save stores each (so that the bytes it
+    declares are bytes of the file, not of a decompression)."""
+    try:
+        info = archive.getinfo(name)
+    except KeyError:
+        raise pickle.UnpicklingError(f"it has no member {name}") from None
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise pickle.UnpicklingError(f"its member {name} is compressed; torch.save stores them as they are")
+    return info
+
+
+def _read_version_1(path: Path):
+    """The object a version-1 checkpoint (a ``torch.save`` zip archive) holds, read by :class:`_Version1Unpickler`."""
+    if not zipfile.is_zipfile(path):
+        raise pickle.UnpicklingError("it is not a zip archive, the format torch.save writes")
+    with zipfile.ZipFile(path) as archive:
+        pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise pickle.UnpicklingError(f"it holds {len(pickles)} data.pkl members, not the one torch.save writes")
+        prefix = pickles[0][:-len("data.pkl")]
+        if f"{prefix}byteorder" in archive.namelist() \
+                and archive.read(_stored_member(archive, f"{prefix}byteorder")) != b"little":
+            raise pickle.UnpicklingError("its tensors are big-endian")
+        with archive.open(_stored_member(archive, pickles[0])) as f:
+            return _Version1Unpickler(f, archive, prefix).load()
+
+
 def upgrade_checkpoint(old, new) -> str:
-    """Convert an older lcq's checkpoint (format version 1, a ``torch.save`` pickle) at ``old`` to
+    """Convert an older lcq's checkpoint (format version 1, a ``torch.save`` zip archive) at ``old`` to
     this format at ``new``; returns the new digest.
 
-    The old file is read with ``torch.load(weights_only=True)``, torch's restricted unpickler, which
-    builds tensors, containers, numbers and (allowed here) numpy arrays only and refuses anything
-    else, code included; then every field is checked as :func:`load_checkpoint` checks it."""
+    The old file's pickle is read by :class:`_Version1Unpickler`, which runs no code it names and builds
+    tensors (each within its stored bytes), containers, numbers and numpy's integer arrays only, as
+    torch.save and numpy write them; then every field is checked as :func:`load_checkpoint` checks it."""
     old, new = Path(old), Path(new)
     if not old.is_file():
         raise FileNotFoundError(f"no checkpoint at {old}")
     if new.exists():
         raise FileExistsError(f"{new} exists; choose another name for the converted checkpoint")
-    if old.read_bytes()[:len(MAGIC)] == MAGIC:
-        raise CheckpointError(f"{old} is already in checkpoint format version {VERSION}; nothing to convert")
-    core = getattr(np, "_core", None) or np.core
-    allowed = [core.multiarray._reconstruct, np.ndarray, np.dtype]
-    if hasattr(np, "dtypes"):
-        allowed.append(type(np.dtype(np.uint32)))
+    with open(old, "rb") as f:
+        if f.read(len(MAGIC)) == MAGIC:
+            raise CheckpointError(f"{old} is already in checkpoint format version {VERSION}; nothing to convert")
     try:
-        with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            state = torch.load(old, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any refusal of the restricted unpickler
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
-        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
-        reason = next((line for line in lines if "Unsupported global" in line), None) \
-            or next((line for line in lines if not line.startswith(boilerplate)), lines[0])
-        raise CheckpointError(f"{old} cannot be converted: torch.load(weights_only=True) refused it ({reason}); "
-                              "it holds more than tensors and numbers (perhaps code), or is not a checkpoint") from None
+        state = _read_version_1(old)
+    except Exception as e:  # noqa: BLE001 -- unpickling garbage can raise almost any exception type
+        reason = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"{old} cannot be converted: {reason}; it is not an lcq checkpoint as torch.save "
+                              "wrote it") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != 1:
         raise CheckpointError(f"{old} is not an lcq checkpoint of format version 1")
     try:

@@ -22,7 +22,6 @@ import io
 import math
 import multiprocessing
 import os
-import pickle
 import struct
 import tarfile
 import warnings
@@ -38,6 +37,7 @@ import torch
 from PIL import Image
 
 from .atomic import atomic_write
+from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
 
 __all__ = ["DATASETS", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset"]
 
@@ -374,86 +374,14 @@ def _class_names_problem(names: Iterable[str]) -> str | None:
     return None
 
 
-# The globals a CIFAR batch pickle needs (numpy arrays, their dtypes and scalars, Python 2 strings as
-# bytes), under numpy 1's and numpy 2's module names. Nothing else is looked up: a pickle that names any
-# other callable (os.system, exec, a class of its own) is refused before it can run.
-_CIFAR_PICKLE_GLOBALS = frozenset({
-    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-      for name in ("_reconstruct", "scalar")),
-    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-})
+class _CifarUnpickler(NumpyUnpickler):
+    """The unpickler of a CIFAR batch (:class:`~lcq_train.safe_pickle.NumpyUnpickler`): numpy arrays, their
+    dtypes and scalars, Python 2 strings as bytes. A pickle that names any other callable (os.system, exec,
+    a class of its own) is refused before it can run."""
 
-
-def _latin1_encode(text, encoding):
-    """``_codecs.encode`` as a protocol 2 pickle of bytes calls it: ``(text, "latin1")``. Any other codec is
-    refused: ``"hex"`` doubles its input, so a few hundred bytes of nested calls would make terabytes."""
-    if not isinstance(text, str) or encoding != "latin1":
-        raise pickle.UnpicklingError(f"it calls _codecs.encode with {encoding!r} on {type(text).__name__}, "
-                                     "where a pickle of bytes uses 'latin1' on str")
-    return text.encode("latin1")
-
-
-_NDARRAY = object()   # what the name numpy.ndarray resolves to: an argument of _reconstruct, never a callable
-
-
-def _plain_dtype(code, align=False, copy=True):
-    """``numpy.dtype`` as a pickle of an integer or bool dtype calls it, always a copy (the pickle's BUILD sets
-    its byte order); object, structured and other dtypes are refused."""
-    dtype = np.dtype(code.decode("ascii") if isinstance(code, bytes) else code, False, True)
-    if dtype.kind not in "biu" or dtype.fields or dtype.subdtype:
-        raise pickle.UnpicklingError(f"it holds dtype {dtype}, where a CIFAR batch holds integers")
-    return dtype
-
-
-def _empty_array(subtype, shape, code):
-    """numpy's ``_reconstruct`` as ``ndarray.__reduce__`` calls it: ``(ndarray, (0,), b"b")``, an empty array
-    that the pickle's BUILD fills; another shape would allocate that many bytes, uninitialised."""
-    if subtype is not _NDARRAY or shape != (0,):
-        raise pickle.UnpicklingError(f"it calls numpy's _reconstruct with shape {shape!r}, not (0,)")
-    return np.empty(0, np.uint8)
-
-
-def _build_problem(inst, state) -> str | None:
-    """Why BUILD must not set ``state`` on ``inst``; None when it is what numpy writes for an integer dtype
-    (``(3, ENDIAN, None, None, None, -1, -1, 0)``) or array (``(1, SHAPE, DTYPE, FORTRAN, BYTES)``). numpy's
-    __setstate__ trusts its flags and object lists: they can mark uint8 as holding objects, or leave an object
-    array's pointers unset, and crash the process."""
-    if isinstance(inst, np.dtype):
-        ok = (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[2:] == (None,) * 3 + (-1, -1, 0)
-              and state[1] in ("<", ">", "|", "=", b"<", b">", b"|", b"="))
-    elif isinstance(inst, np.ndarray):
-        ok = (isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and isinstance(state[2], np.dtype)
-              and state[2].kind in "biu" and not state[2].hasobject and isinstance(state[4], bytes))
-    else:
-        return f"it sets the state of a {type(inst).__name__}"
-    kind = "dtype" if isinstance(inst, np.dtype) else "array"
-    return None if ok else f"it sets a numpy {kind} state numpy never writes ({state!r:.80})"
-
-
-class _CifarUnpickler(pickle._Unpickler):
-    """Python's pickle.Unpickler (the pure-Python one, whose BUILD can be checked) that resolves only
-    :data:`_CIFAR_PICKLE_GLOBALS`, with ``_codecs.encode`` as :func:`_latin1_encode`, ``numpy.dtype`` as
-    :func:`_plain_dtype`, ``_reconstruct`` as :func:`_empty_array`, and each BUILD checked by
-    :func:`_build_problem`."""
-
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in _CIFAR_PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR batch never holds; "
-                                         "a pickle that does could run any code, so it is not loaded")
-        stand_in = {"encode": _latin1_encode, "dtype": _plain_dtype, "_reconstruct": _empty_array,
-                    "ndarray": _NDARRAY}.get(name)
-        return stand_in if stand_in is not None else super().find_class(module, name)
-
-    def load_build(self):
-        problem = _build_problem(self.stack[-2], self.stack[-1])
-        if problem:
-            raise pickle.UnpicklingError(problem)
-        super().load_build()
-
-    dispatch[pickle.BUILD[0]] = load_build
+    GLOBALS = NUMPY_GLOBALS | {("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+    HOLDS = "a CIFAR batch"
 
 
 def _unpickle(path: Path) -> dict:

@@ -6,6 +6,7 @@ import pickle
 import random
 import struct
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -109,10 +110,11 @@ def test_a_crafted_pickle_is_refused_everywhere_and_runs_nothing(run, tmp_path, 
     torch.save({"format": "lcq-checkpoint", "version": 1, "model": RunsCodeWhenUnpickled(marker)}, evil)
     raw = tmp_path / "raw.pt"
     raw.write_bytes(pickle.dumps({"model": RunsCodeWhenUnpickled(marker)}, protocol=2))
-    for file in (evil, raw):
+    for file, refusal in ((evil, "it names __builtin__.exec, which an lcq checkpoint never holds"),
+                          (raw, "it is not a zip archive, the format torch.save writes")):
         with pytest.raises(CheckpointError, match="pickle file.*can run any code.*upgrade"):
             load_checkpoint(file)
-        with pytest.raises(CheckpointError, match="weights_only=True\\) refused it"):
+        with pytest.raises(CheckpointError, match=f"{file} cannot be converted: {refusal}"):
             upgrade_checkpoint(file, tmp_path / "converted.pt")
         assert not (tmp_path / "converted.pt").exists()
     capsys.readouterr()
@@ -263,8 +265,8 @@ def test_an_upgrade_of_what_no_lcq_wrote_is_refused_by_name(run, tmp_path, capsy
     assert ckpt.main(["upgrade", str(old), str(tmp_path / "new.pt")]) == 2
     assert "is not an lcq checkpoint of format version 1: a checkpoint holds tensors" in capsys.readouterr().err
     evil = tmp_path / "evil.pt"
-    evil.write_bytes(pickle.dumps({"format": "lcq-checkpoint", "version": 1, "x": print}, protocol=2))
-    with pytest.raises(CheckpointError, match="Unsupported global"):
+    torch.save({"format": "lcq-checkpoint", "version": 1, "x": print}, evil)
+    with pytest.raises(CheckpointError, match="it names __builtin__.print, which an lcq checkpoint never holds"):
         upgrade_checkpoint(evil, tmp_path / "evil-new.pt")
 
 
@@ -278,3 +280,70 @@ def test_a_header_with_a_duplicate_key_among_many_is_refused_at_once(tmp_path):
     with pytest.raises(CheckpointError, match=r"dup.pt has an unreadable header \(duplicate keys \['k7'\]\)"):
         load_checkpoint(path)
     assert time.perf_counter() - t0 < 3.0
+
+
+def _unicode(text: str) -> bytes:
+    return b"X" + struct.pack("<I", len(text.encode())) + text.encode()
+
+
+def _encode(inner: bytes, codec: str) -> bytes:
+    """Opcodes of _codecs.encode(INNER, CODEC), as protocol 2 pickles bytes (with "latin1")."""
+    return b"c_codecs\nencode\n(" + inner + _unicode(codec) + b"tR"
+
+
+_RECONSTRUCT = f"c{np.ndarray.__reduce__(np.zeros(1))[0].__module__}\n_reconstruct\n(cnumpy\nndarray\n".encode()
+CRAFTED_VERSION_1 = {   # a value of a version-1 checkpoint that torch.load(weights_only=True) builds unchecked
+    # _codecs.encode nested with "hex": each call doubles its input (64 MB here from 1 KB; 30 calls make 64 GB)
+    "hex": (_encode(_encode(_unicode("x" * 64), "latin1"), "hex"), 20,
+            r"it calls _codecs\.encode with 'hex' on bytes, where a pickle of bytes uses 'latin1' on str"),
+    # the key of numpy's generator state from _reconstruct(ndarray, (10^6,), b"B"): an array of any size,
+    # uninitialised, which the conversion then copies into a list element by element
+    "reconstruct-shape": (b"(" + _unicode("MT19937") + _RECONSTRUCT + b"J@B\x0f\x00\x85" + _encode(_unicode("B"), "latin1")
+                          + b"tRK\x00K\x00G" + bytes(8) + b"t", 1, r"it calls numpy's _reconstruct with shape \(1000000,\)"),
+    # uint32 (allowed for that key) whose BUILD sets the flag 'holds objects': numpy then reads bytes as pointers
+    "dtype-flags": (b"cnumpy\ndtype\n(" + _unicode("u4") + b"\x89\x88tR(K\x03" + _unicode("|")
+                    + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x3ftb", 1, r"it sets a numpy dtype state numpy never writes"),
+}
+
+
+def _version_1_zip(path, value: bytes, storages: dict[str, bytes] | None = None) -> None:
+    """A torch.save archive of {"format": "lcq-checkpoint", "version": 1, "rng": {"numpy": VALUE}} (opcodes)."""
+    pkl = (b"\x80\x02}(" + _unicode("format") + _unicode("lcq-checkpoint") + _unicode("version") + b"K\x01"
+           + _unicode("rng") + b"}(" + _unicode("numpy") + value + b"u" + b"u.")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+        for key, data in (storages or {}).items():
+            z.writestr(f"archive/data/{key}", data)
+
+
+@pytest.mark.parametrize("name", CRAFTED_VERSION_1)
+def test_an_upgrade_builds_numpy_objects_only_as_numpy_writes_them(tmp_path, name):
+    opcodes, nesting, refusal = CRAFTED_VERSION_1[name]
+    for _ in range(nesting - 1):
+        opcodes = _encode(opcodes, "hex")
+    old = tmp_path / "old.pt"
+    _version_1_zip(old, opcodes)
+    with pytest.raises(CheckpointError, match=rf"{old} cannot be converted: {refusal}"):
+        upgrade_checkpoint(old, tmp_path / "new.pt")
+    assert not (tmp_path / "new.pt").exists()
+
+
+def test_an_upgrade_builds_tensors_only_within_their_stored_bytes(tmp_path):
+    rebuild = b"ctorch._utils\n_rebuild_tensor_v2\n(("
+    storage = _unicode("storage") + b"ctorch\nFloatStorage\n" + _unicode("0") + _unicode("cpu")
+    hooks = b"ccollections\nOrderedDict\n)R"
+    cases = {   # (the tensor's opcodes, the bytes stored, the refusal)
+        "zero stride": (rebuild + storage + b"K\x01tQK\x00J\x00\xca\x9a;\x85K\x00\x85\x89" + hooks + b"tR", bytes(4),
+                        r"it views a tensor of shape \(1000000000,\) beyond its storage of 1"),
+        "beyond": (rebuild + storage + b"K\x04tQK\x02K\x03\x85K\x01\x85\x89" + hooks + b"tR", bytes(16),
+                   r"it views a tensor of shape \(3,\) beyond its storage of 4"),
+        "size": (rebuild + storage + b"K\x05tQK\x00K\x05\x85K\x01\x85\x89" + hooks + b"tR", bytes(16),
+                 r"its storage 0 holds 16 bytes, not the 20 of 5 elements"),
+    }
+    for name, (opcodes, data, refusal) in cases.items():
+        old = tmp_path / f"{name}.pt"
+        _version_1_zip(old, opcodes, {"0": data})
+        with pytest.raises(CheckpointError, match=rf"cannot be converted: {refusal}"):
+            upgrade_checkpoint(old, tmp_path / "new.pt")

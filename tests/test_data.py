@@ -428,7 +428,7 @@ _RECONSTRUCT = b"cnumpy.core.multiarray\n_reconstruct\n(cnumpy\nndarray\n"
 CRAFTED_NUMPY = {   # b"data" of a test_batch: numpy objects that numpy's own unpickling builds unchecked
     # an object array of shape (10,) from a 1-item list: numpy leaves 9 pointers unset (segmentation fault)
     "object-array": (_RECONSTRUCT + b"K\x00\x85C\x01btR(K\x01K\x0a\x85" + _numpy_dtype_pickle(b"O8", 0x3f)
-                     + b"\x89]K\x01atb", r"it holds dtype object, where a CIFAR batch holds integers"),
+                     + b"\x89]K\x01atb", r"it holds dtype object, where only integer arrays are read"),
     # uint8 whose BUILD sets flag 'holds objects': its arrays' bytes read as pointers
     "flags": (_numpy_dtype_pickle(b"u1", 0x1f), r"it sets a numpy dtype state numpy never writes"),
     # _reconstruct(ndarray, (10^5, 3072), b"B"): 300 MB, uninitialised, from a 150-byte file

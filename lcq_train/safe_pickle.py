@@ -1,0 +1,105 @@
+"""Unpickling of files that hold numpy integer arrays (no torch), running no code the file names.
+
+Loading a pickle calls whatever globals it names; even numpy's own names, which a pickle of an array needs,
+trust their arguments: ``_codecs.encode`` with ``"hex"`` doubles its input (a few hundred bytes of nested
+calls make terabytes), ``_reconstruct`` and ``numpy.ndarray`` allocate any shape uninitialised, and numpy's
+``__setstate__`` trusts its flags and object lists (they can mark uint8 as holding objects, or leave an
+object array's pointers unset, and crash the process). :class:`NumpyUnpickler` resolves only the globals
+its subclass lists, binds numpy's to stand-ins that build integer dtypes and arrays only as numpy writes
+them, and checks each BUILD first; any refusal is a :class:`pickle.UnpicklingError` saying what the file
+holds.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+
+# The globals a pickle of numpy integer arrays needs (the arrays, their dtypes, protocol 2's bytes), under
+# numpy 1's and numpy 2's module names.
+NUMPY_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+def _latin1_encode(text, encoding):
+    """``_codecs.encode`` as a protocol 2 pickle of bytes calls it: ``(text, "latin1")``. Any other codec is
+    refused: ``"hex"`` doubles its input, so a few hundred bytes of nested calls would make terabytes."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"it calls _codecs.encode with {encoding!r} on {type(text).__name__}, "
+                                     "where a pickle of bytes uses 'latin1' on str")
+    return text.encode("latin1")
+
+
+_NDARRAY = object()   # what the name numpy.ndarray resolves to: an argument of _reconstruct, never a callable
+
+
+def _plain_dtype(code, align=False, copy=True):
+    """``numpy.dtype`` as a pickle of an integer or bool dtype calls it, always a copy (the pickle's BUILD sets
+    its byte order); object, structured and other dtypes are refused."""
+    dtype = np.dtype(code.decode("ascii") if isinstance(code, bytes) else code, False, True)
+    if dtype.kind not in "biu" or dtype.fields or dtype.subdtype:
+        raise pickle.UnpicklingError(f"it holds dtype {dtype}, where only integer arrays are read")
+    return dtype
+
+
+def _empty_array(subtype, shape, code):
+    """numpy's ``_reconstruct`` as ``ndarray.__reduce__`` calls it: ``(ndarray, (0,), b"b")``, an empty array
+    that the pickle's BUILD fills; another shape would allocate that many bytes, uninitialised."""
+    if subtype is not _NDARRAY or shape != (0,):
+        raise pickle.UnpicklingError(f"it calls numpy's _reconstruct with shape {shape!r}, not (0,)")
+    return np.empty(0, np.uint8)
+
+
+_STAND_INS = {"encode": _latin1_encode, "dtype": _plain_dtype, "_reconstruct": _empty_array, "ndarray": _NDARRAY}
+
+
+def numpy_build_problem(inst, state) -> str | None:
+    """Why BUILD must not set ``state`` on ``inst``; None when it is what numpy writes for an integer dtype
+    (``(3, ENDIAN, None, None, None, -1, -1, 0)``) or array (``(1, SHAPE, DTYPE, FORTRAN, BYTES)``)."""
+    if isinstance(inst, np.dtype):
+        ok = (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[2:] == (None,) * 3 + (-1, -1, 0)
+              and state[1] in ("<", ">", "|", "=", b"<", b">", b"|", b"="))
+    elif isinstance(inst, np.ndarray):
+        ok = (isinstance(state, tuple) and len(state) == 5 and state[0] == 1 and isinstance(state[2], np.dtype)
+              and state[2].kind in "biu" and not state[2].hasobject and isinstance(state[4], bytes))
+    else:
+        return f"it sets the state of a {type(inst).__name__}"
+    kind = "dtype" if isinstance(inst, np.dtype) else "array"
+    return None if ok else f"it sets a numpy {kind} state numpy never writes ({state!r:.80})"
+
+
+class NumpyUnpickler(pickle._Unpickler):
+    """Python's pickle.Unpickler (the pure-Python one, whose BUILD can be checked) that resolves only the
+    globals of :attr:`GLOBALS` (:data:`NUMPY_GLOBALS` among them), numpy's as the stand-ins above, and checks
+    each BUILD with :meth:`build_problem`. Subclasses set :attr:`GLOBALS` and :attr:`HOLDS` (what the file
+    is, for the refusal) and may bind more stand-ins (:attr:`STAND_INS`) or allow more BUILDs."""
+
+    GLOBALS: frozenset = NUMPY_GLOBALS
+    STAND_INS: dict = {}
+    HOLDS = "this file"
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.GLOBALS:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which {self.HOLDS} never holds; "
+                                         "a pickle that does could run any code, so it is not loaded")
+        if (module, name) in self.STAND_INS:
+            return self.STAND_INS[module, name]
+        if (module, name) in NUMPY_GLOBALS:
+            return _STAND_INS[name]
+        return super().find_class(module, name)
+
+    def build_problem(self, inst, state) -> str | None:
+        """Why BUILD must not set ``state`` on ``inst`` (None: it may)."""
+        return numpy_build_problem(inst, state)
+
+    def load_build(self):
+        problem = self.build_problem(self.stack[-2], self.stack[-1])
+        if problem:
+            raise pickle.UnpicklingError(problem)
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
