@@ -493,7 +493,27 @@ def _read_version_1(path: Path):
                 and archive.read(_stored_member(archive, f"{prefix}byteorder")) != b"little":
             raise pickle.UnpicklingError("its tensors are big-endian")
         with archive.open(_stored_member(archive, pickles[0])) as f:
-            return _Version1Unpickler(f, archive, prefix).load()
+            state = _Version1Unpickler(f, archive, prefix).load()
+    _check_values(state, path.stat().st_size)
+    return state
+
+
+def _check_values(obj, limit: int) -> None:
+    """UnpicklingError if ``obj``, counted as a tree, has more than ``limit`` values (keys, items, leaves).
+    A pickle stores a value once however often it is referred to: nested lists holding the next one twice
+    stand for 2^N values in a few bytes each, which converting would write out one by one. A file holds
+    each of its values in a byte at least (an lcq checkpoint of 220 KB has about 1,100)."""
+    stack, count = [obj], 0
+    while stack:
+        value = stack.pop()
+        count += 1
+        if count > limit:
+            raise pickle.UnpicklingError(f"it refers to more values than its {limit} bytes can hold (one value "
+                                         "referred to many times)")
+        if isinstance(value, dict):
+            stack += [*value.keys(), *value.values()]
+        elif isinstance(value, (list, tuple)):
+            stack += value
 
 
 def upgrade_checkpoint(old, new) -> str:

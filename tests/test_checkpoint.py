@@ -282,6 +282,24 @@ def test_a_header_with_a_duplicate_key_among_many_is_refused_at_once(tmp_path):
     assert time.perf_counter() - t0 < 3.0
 
 
+
+def test_an_upgrade_refuses_values_a_pickle_refers_to_many_times(run, tmp_path):
+    """Nested lists each holding the next twice: pickle stores each once, 20 of them stand for 2^20 values
+    (the converted header grew 5x per 64 bytes of the file; 40 would be 2^40)."""
+    path, _ = run
+    state = _version_1(path)
+    nested = []
+    for _ in range(20):
+        nested = [nested, nested]
+    state["scheduler"]["nested"] = nested
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf"{old} cannot be converted: it refers to more values than its "
+                                              r"\d+ bytes can hold"):
+        upgrade_checkpoint(old, tmp_path / "new.pt")
+    assert time.perf_counter() - t0 < 5.0
+
 def _unicode(text: str) -> bytes:
     return b"X" + struct.pack("<I", len(text.encode())) + text.encode()
 
