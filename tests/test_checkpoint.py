@@ -365,3 +365,21 @@ def test_an_upgrade_builds_tensors_only_within_their_stored_bytes(tmp_path):
         _version_1_zip(old, opcodes, {"0": data})
         with pytest.raises(CheckpointError, match=rf"cannot be converted: {refusal}"):
             upgrade_checkpoint(old, tmp_path / "new.pt")
+
+
+def test_a_large_file_of_another_kind_is_refused_by_its_first_bytes(tmp_path):
+    """A file passed by mistake (an archive, a dataset), or of a newer format version, is refused without
+    reading it whole."""
+    import tracemalloc
+
+    cases = {"other.tar": (bytes(64 << 20), "is not an lcq checkpoint"),
+             "newer.pt": (FRAME.pack(b"LCQCKPT\n", 3, 2, bytes(32)) + bytes(64 << 20), "has checkpoint format version 3")}
+    for name, (blob, refusal) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(blob)
+        tracemalloc.start()
+        with pytest.raises(CheckpointError, match=f"{path} {refusal}"):
+            load_checkpoint(path)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 1 << 20, (name, peak)
