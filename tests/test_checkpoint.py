@@ -316,11 +316,13 @@ CRAFTED_VERSION_1 = {   # a value of a version-1 checkpoint that torch.load(weig
             r"it calls _codecs\.encode with 'hex' on bytes, where a pickle of bytes uses 'latin1' on str"),
     # the key of numpy's generator state from _reconstruct(ndarray, (10^6,), b"B"): an array of any size,
     # uninitialised, which the conversion then copies into a list element by element
-    "reconstruct-shape": (b"(" + _unicode("MT19937") + _RECONSTRUCT + b"J@B\x0f\x00\x85" + _encode(_unicode("B"), "latin1")
-                          + b"tRK\x00K\x00G" + bytes(8) + b"t", 1, r"it calls numpy's _reconstruct with shape \(1000000,\)"),
+    "reconstruct-shape": (b"(" + _unicode("MT19937") + _RECONSTRUCT + b"J@B\x0f\x00\x85"
+                          + _encode(_unicode("B"), "latin1") + b"tRK\x00K\x00G" + bytes(8) + b"t", 1,
+                          r"it calls numpy's _reconstruct with shape \(1000000,\)"),
     # uint32 (allowed for that key) whose BUILD sets the flag 'holds objects': numpy then reads bytes as pointers
     "dtype-flags": (b"cnumpy\ndtype\n(" + _unicode("u4") + b"\x89\x88tR(K\x03" + _unicode("|")
-                    + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x3ftb", 1, r"it sets a numpy dtype state numpy never writes"),
+                    + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x3ftb", 1,
+                    r"it sets a numpy dtype state numpy never writes"),
 }
 
 
@@ -373,7 +375,8 @@ def test_a_large_file_of_another_kind_is_refused_by_its_first_bytes(tmp_path):
     import tracemalloc
 
     cases = {"other.tar": (bytes(64 << 20), "is not an lcq checkpoint"),
-             "newer.pt": (FRAME.pack(b"LCQCKPT\n", 3, 2, bytes(32)) + bytes(64 << 20), "has checkpoint format version 3")}
+             "newer.pt": (FRAME.pack(b"LCQCKPT\n", 3, 2, bytes(32)) + bytes(64 << 20),
+                          "has checkpoint format version 3")}
     for name, (blob, refusal) in cases.items():
         path = tmp_path / name
         path.write_bytes(blob)
