@@ -69,10 +69,10 @@ class VectorUnit(wiring.Component):
       (:func:`hw.vector_words.maxpool_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 7``,
-      ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL
-      ``channels * (pool_pieces + positions + 6 + 5 * pool_code_bits) + 2``, MAXPOOL
-      ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL
-      ``channels * out_height * out_width * (pool_pieces + kernel^2 + 6 + 5 * pool_code_bits) + 2``
+      ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL ``channels *
+      (max(pool_lead_pieces + positions + 6, pool_pieces + 2) + 5 * pool_code_bits) + 2``, MAXPOOL
+      ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL ``channels * out_height *
+      out_width * (max(pool_lead_pieces + kernel^2 + 6, pool_pieces + 2) + 5 * pool_code_bits) + 2``
       (each with the cycle in which the start, taken into a register, starts the op: no logic from
       ``start`` into the op registers' enables).
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
@@ -100,11 +100,13 @@ class VectorUnit(wiring.Component):
 
     The write ports are registers. Pipelines, counted from an element's read address: ACTIVATE
     presents the write 6 cycles later (the read, its register, the threshold unit's 3, the write register), ADD
-    reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a
-    channel's constants (``pool_pieces`` cycles, a piece each), then its ``positions`` values (one per
-    cycle), waits 6 cycles for the sum, searches its thresholds (5 cycles per code bit: two adds or a read, compare
-    in two halves, take) and presents the code's write in the next channel's first cycle (the
-    arithmetic form computes ``B' + code * S + p * S`` where the table form reads the threshold: the
+    reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a channel's constants
+    a piece a cycle (``pool_lead_pieces`` of them before its first value, the others beside its values:
+    :data:`~hw.vector_params.POOL_PIECE_SLACK`), its ``positions`` values (one per cycle), waits 6 cycles for the
+    sum (and for the last piece, ``pool_pieces + 2`` cycles from the channel's first, where the values end sooner),
+    searches its thresholds (5 cycles per code bit: two adds or a read, compare in two halves, take) and presents
+    the code's write in the next channel's first cycle (the arithmetic form computes ``B' + code * S + p * S``
+    where the table form reads the threshold: the
     same cycles); MAXPOOL reads a word per cycle and presents a window's write 2 cycles after its last
     read (the read, the write register). A value read that takes more than a cycle
     (:func:`hw.column_memory.value_read_latency`) delays ACTIVATE's and ADD's write and POOL's sum by as many
@@ -205,7 +207,10 @@ class VectorUnit(wiring.Component):
         # it), the search's probe bit (one-hot),
         # which phase of a search step (``step_phase`` 0: read the threshold, or add ``B' + code * S``; 1: add
         # ``probe * S`` to that; 2 and 3: compare, half the width a cycle, into a register; 4: take the result; the
-        # wide compare feeds no enable), the drain counter, the piece of the channel's constants being read.
+        # wide compare feeds no enable), the drain counter, the piece of the channel's constants being read, one a
+        # cycle while ``fetching``: from the channel's first cycle, the first value's read after the
+        # ``pool_lead_pieces`` (CONSTANTS), the rest beside the values (:data:`~hw.vector_params.POOL_PIECE_SLACK`);
+        # ``pieces_pending`` while a piece is still on its way into the constants register (the search waits for it).
         if pool_hw:
             b = p.pool_code_bits
             clear_total = Signal(name="clear_total")
@@ -213,11 +218,21 @@ class VectorUnit(wiring.Component):
             step_phase = Signal(range(SEARCH_STEP), name="step_phase")
             drain = Signal(range(POOL_DRAIN + extra))
             piece = Signal(range(max(2, p.pool_pieces)), name="piece")
+            fetching, pieces_pending = Signal(name="fetching"), Signal(name="pieces_pending")
             pool_write = Signal()
+            with m.If(fetching):
+                m.d.sync += piece.eq(piece + 1)
+                with m.If(piece == p.pool_pieces - 1):
+                    m.d.sync += [piece.eq(0), fetching.eq(0)]
 
             def new_channel():
                 m.d.comb += clear_total.eq(1)
                 m.d.sync += [probe.eq(1 << (b - 1)), step_phase.eq(0)]
+
+            def constants():
+                """The next cycle a channel's (window's) first: its constants read from then on."""
+                m.d.sync += fetching.eq(1)
+                m.next = "CONSTANTS" if p.pool_lead_pieces else "SUM"
 
         maxpool = _MaxPool(self, m) if p.maxpool_bits else None
         avgpool = _AvgPool(self, m, lane, group, ch, slot, channels, positions) if p.avgpool_bits else None
@@ -241,11 +256,11 @@ class VectorUnit(wiring.Component):
                     m.next = "RUN"
                     if pool_hw:
                         with m.If(self.op == POOL):
-                            m.next = "CONSTANTS"
+                            constants()
                     if avgpool:
                         with m.If(self.op == AVGPOOL):
                             avgpool.start()
-                            m.next = "CONSTANTS"
+                            constants()
                     if maxpool:
                         with m.If(self.op == MAXPOOL):
                             maxpool.start()
@@ -269,12 +284,11 @@ class VectorUnit(wiring.Component):
                     with m.If(maxpool.issue()):
                         m.next = "IDLE"
             if pool_hw:
-                with m.State("CONSTANTS"):
-                    # One piece of the channel's constants read a cycle (into their register a cycle later).
-                    m.d.sync += piece.eq(piece + 1)
-                    with m.If(piece == p.pool_pieces - 1):
-                        m.d.sync += piece.eq(0)
-                        m.next = "SUM"
+                if p.pool_lead_pieces:
+                    with m.State("CONSTANTS"):
+                        # The pieces of the channel's constants read before its first value.
+                        with m.If(piece == p.pool_lead_pieces - 1):
+                            m.next = "SUM"
                 with m.State("SUM"):
                     m.d.comb += issue_pool.eq(1)
                     next_position()
@@ -284,8 +298,9 @@ class VectorUnit(wiring.Component):
                         m.d.sync += drain.eq(0)
                         m.next = "DRAIN"
                 with m.State("DRAIN"):
-                    m.d.sync += drain.eq(drain + 1)
-                    with m.If(drain == POOL_DRAIN + extra - 1):
+                    with m.If(drain != POOL_DRAIN + extra - 1):
+                        m.d.sync += drain.eq(drain + 1)
+                    with m.Elif(~pieces_pending):
                         m.next = "SEARCH"
                 with m.State("SEARCH"):
                     m.d.sync += step_phase.eq(step_phase + 1)
@@ -300,10 +315,10 @@ class VectorUnit(wiring.Component):
                             if avgpool:
                                 with m.Elif(windowed):
                                     avgpool.next_window()
-                                    m.next = "CONSTANTS"
+                                    constants()
                             with m.Else():
                                 next_channel()
-                                m.next = "CONSTANTS"
+                                constants()
         one_hot(fsm)
 
         # ACTIVATE: the value read, registered (the value memory's read multiplexer over its blocks ran into the
@@ -365,7 +380,7 @@ class VectorUnit(wiring.Component):
 
         if pool_hw:
             self._pool(m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-                       fsm.ongoing("SEARCH"), fsm.ongoing("CONSTANTS"), piece, extra, slow_block_ram(platform), rl)
+                       fsm.ongoing("SEARCH"), fetching, pieces_pending, piece, extra, slow_block_ram(platform), rl)
 
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
         word_write, word_lanes, word_data = (maxpool.write(pending) if maxpool
@@ -378,14 +393,14 @@ class VectorUnit(wiring.Component):
         return m
 
     def _pool(self, m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-              searching, reading, piece, extra, registered_read, reset_less):
+              searching, reading, pending, piece, extra, registered_read, reset_less):
         """The pool datapath: constants (and thresholds) memories, the channel's constants register (its
-        pieces read while ``reading``), ``u`` and the sum (back to 0 where ``clear_total``), the search step;
-        ``extra``: the value memory's read cycles beyond one; ``registered_read``: each piece read is registered
-        before it goes into its place in the constants register (a cycle later: the first value's use of them
-        comes cycles after the last piece's read, the stages before it; the ECP5, whose block RAM output ran
-        into the nine registers of each bit, 12.3 ns on the ULX3S-85F at 7bd78e4); ``reset_less``: the datapath's
-        registers ignore the domain's reset (:func:`hw.delay.reset_less_data`)."""
+        pieces read while ``reading``; ``pending`` set while one is still on its way into it), ``u`` and the sum
+        (back to 0 where ``clear_total``), the search step; ``extra``: the value memory's read cycles beyond one;
+        ``registered_read``: each piece read is registered before it goes into its place in the constants register
+        (a cycle later, as the values come a cycle later: the ECP5, whose block RAM output ran into the nine
+        registers of each bit, 12.3 ns on the ULX3S-85F at 7bd78e4); ``reset_less``: the datapath's registers ignore
+        the domain's reset (:func:`hw.delay.reset_less_data`)."""
         p = self.params
         b = p.pool_code_bits
         m.submodules.pool_constants = constants = Memory(shape=p.pool_piece_bits, depth=p.pool_constant_depth,
@@ -407,7 +422,9 @@ class VectorUnit(wiring.Component):
         read_piece, piece_data = delays(m, piece, late, "pool_piece")[late], const_read.data
         if registered_read:
             piece_data = delays(m, piece_data, 1, "pool_piece_data", reset_less=reset_less)[1]
-        with m.If(delays(m, reading, late, "pool_reading")[late]):
+        landing = delays(m, reading, late, "pool_reading")
+        m.d.comb += pending.eq(Cat(*landing).any())
+        with m.If(landing[late]):
             m.d.sync += word.word_select(read_piece, p.pool_piece_bits).eq(piece_data)
         relu = word[POOL_RELU_BIT]
         sign = word[POOL_SIGN_SHIFT:POOL_SIGN_SHIFT + POOL_SIGN_BITS].as_signed()

@@ -63,8 +63,13 @@ TARGET_BITS = 2
 POOL_RELU_BIT, POOL_SIGN_SHIFT, POOL_SIGN_BITS, POOL_OFFSET_SHIFT = 0, 1, 2, 3
 # The constants memory holds each channel's word as pieces of this many bits (the width of an iCE40
 # block RAM: a word of about 100 bits would take 7 blocks side by side, its pieces take 2), read one
-# per cycle into a register before the channel's values are summed.
+# per cycle into a register from the channel's first cycle on, each there POOL_PIECE_LATENCY cycles after
+# its read (one more on the ECP5, whose value reads take one more too). The sum first uses relu, sign and
+# offset 3 cycles after a value's read: a channel's first value is read with the last POOL_PIECE_SLACK of
+# the pieces that hold them, the pieces of B' and S (the search's) while its values are.
 POOL_PIECE_BITS = 16
+POOL_PIECE_LATENCY = 2
+POOL_PIECE_SLACK = 2
 
 # Forms of the pool thresholds (``pool_form``) and the largest shift ``k`` of the arithmetic form.
 POOL_FORMS = ("arithmetic", "table")
@@ -385,8 +390,16 @@ class VectorParams:
     @property
     def pool_pieces(self) -> int:
         """Pieces of a POOL_CONSTANTS word (:data:`POOL_PIECE_BITS` each, the last maybe narrower); 0
-        without pool hardware. The unit reads them in as many cycles before each channel (or window)."""
+        without pool hardware. The unit reads one a cycle from each channel's (window's) first cycle on."""
         return -(-self.pool_constant_bits // POOL_PIECE_BITS)
+
+    @property
+    def pool_lead_pieces(self) -> int:
+        """Pieces of a POOL_CONSTANTS word read before the channel's (window's) first value: those that hold
+        relu, sign and offset, the sum's constants, less :data:`POOL_PIECE_SLACK`; the others are read while
+        the values are. 0 without pool hardware."""
+        sum_pieces = -(-self.pool_base_shift // POOL_PIECE_BITS) if self.pool_slots else 0
+        return max(0, sum_pieces - POOL_PIECE_SLACK)
 
     @property
     def pool_piece_bits(self) -> int:
@@ -436,10 +449,11 @@ class VectorParams:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented), each with the start's cycle (``START_CYCLES``): ACTIVATE
         ``N + 7`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
-        (pool_pieces + positions + 6 + 5 * pool_code_bits) + 2``; MAXPOOL ``ceil(channels / lanes) *
-        positions * window + 3`` with ``positions`` the output's and ``window`` = kernel^2: one read per
-        cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions * (pool_pieces + window + 6 + 5 *
-        pool_code_bits) + 2`` (each window as POOL's channel). ``value_latency``: the value memory's read
+        (max(pool_lead_pieces + positions + 6, pool_pieces + 2) + 5 * pool_code_bits) + 2``; MAXPOOL
+        ``ceil(channels / lanes) * positions * window + 3`` with ``positions`` the output's and ``window`` =
+        kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions *
+        (max(pool_lead_pieces + window + 6, pool_pieces + 2) + 5 * pool_code_bits) + 2`` (each window as POOL's
+        channel). ``value_latency``: the value memory's read
         cycles (:func:`hw.column_memory.value_read_latency`), each beyond the first one more for ACTIVATE and ADD and
         one more per channel (window) for POOL (AVGPOOL)."""
         n, extra = channels * positions, value_latency - 1
@@ -448,17 +462,21 @@ class VectorParams:
         elif op in (ADD, ADD_RELU):
             run = 2 * n + ADD_DEPTH + extra
         elif op == POOL:
-            run = channels * (self.pool_pieces + positions + POOL_DRAIN + extra
-                              + SEARCH_STEP * self.pool_code_bits) + 1
+            run = channels * self._pooled(positions, extra) + 1
         elif op == MAXPOOL:
             run = -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
         elif op == AVGPOOL:
-            run = channels * positions * (self.pool_pieces + window + POOL_DRAIN + extra
-                                          + SEARCH_STEP * self.pool_code_bits) + 1
+            run = channels * positions * self._pooled(window, extra) + 1
         else:
             names = ", ".join(f"{i} ({name})" for i, name in enumerate(OPS))
             raise ValueError(f"op must be one of {names}, got {op!r}")
         return START_CYCLES + run
+
+    def _pooled(self, values: int, extra: int) -> int:
+        """Cycles of a pooled channel (window) of ``values`` values: the constants' lead pieces, the values, the
+        drain (and the last piece in the constants register), the search; ``extra``: value read cycles beyond one."""
+        return (max(self.pool_lead_pieces + values + POOL_DRAIN, self.pool_pieces + POOL_PIECE_LATENCY) + extra
+                + SEARCH_STEP * self.pool_code_bits)
 
     def register_cycles(self, regs: dict[str, int], value_latency: int = 1) -> int:
         """:meth:`op_cycles` of the op that the op registers ``regs`` start (``op_registers``'s dict)."""

@@ -29,9 +29,10 @@ from hw.delay import delayed  # noqa: E402
 from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
-from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, MAXPOOL, POOL, POOL_OFFSET_SHIFT,  # noqa: E402
-                              THRESHOLD_LATENCY, VectorParams, fit_progression, maxpool_bits, pool_progressions,
-                              pool_shift, pool_sum_bound, progression_bits)
+from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, MAXPOOL, POOL,  # noqa: E402
+                              POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_PIECE_LATENCY, THRESHOLD_LATENCY, VectorParams,
+                              fit_progression, maxpool_bits, pool_progressions, pool_shift, pool_sum_bound,
+                              progression_bits)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
                              constant_beats, op_registers, pool_constant_beats, pool_constant_words,
                              pool_threshold_words)
@@ -421,6 +422,20 @@ def test_pool_resnet(hit):
     assert len({(w >> (lane * LANE_BITS)) & 255 for w in pooled[dst:dst + 22] for lane in range(3)}) > 20
 
 
+@pytest.mark.parametrize("shape, hit, ecp5", [((1, 1), None, False), ((1, 3), "shift", False), ((1, 2), None, True)])
+def test_pool_constants_outlast_the_values(shape, hit, ecp5, request):
+    """ResNet-20's global pooling over ``shape``'s few positions: its channels' constants (9 pieces, the
+    first value read after the first) are still being read after the last value, and the search waits for
+    them; the results exact, in the cycles ``op_cycles`` states. ``ecp5``: the unit as built for the ECP5."""
+    if ecp5:
+        request.getfixturevalue("ecp5_form")
+    m = copy.deepcopy(model(RESNET)) if hit else model(RESNET)
+    params, beats, ops, values, codes = unary_case(m, "act_fc", 3, shape, seed=5, hit=hit)
+    assert (params.pool_pieces, params.pool_lead_pieces) == (9, 1)
+    assert params.pool_lead_pieces + shape[0] * shape[1] + POOL_DRAIN < params.pool_pieces + POOL_PIECE_LATENCY
+    check(params, beats, ops, values, codes)
+
+
 def exact_pool_digits():
     """The digits CNN with every pool channel's thresholds an exact progression of integers (the
     arithmetic form at shift 0: ``B + c * S`` is the threshold itself, so ``s * 2^k == B + c * S``
@@ -630,7 +645,11 @@ def test_params_sizing():
     assert p.target_bits[2] == 0
     d = params_for(model(DIGITS), 1, 10, 10)
     assert (d.act_code_bits, d.act_slots, d.act_word_bits) == (0, 0, 0)
-    assert d.op_cycles(POOL, 64, 16) == 64 * (d.pool_pieces + 16 + 6 + 5 * 8) + 2
+    # A channel: the constants' lead pieces, the values (the other pieces read beside them), the drain, the search.
+    assert (p.pool_lead_pieces, d.pool_pieces, d.pool_lead_pieces) == (1, 7, 0)
+    assert p.op_cycles(POOL, 64, 64) == 64 * (1 + 64 + 6 + 5 * 8) + 2 == 7106
+    assert d.op_cycles(POOL, 64, 16) == 64 * (16 + 6 + 5 * 8) + 2
+    assert p.op_cycles(POOL, 64, 1) == 64 * (9 + 2 + 5 * 8) + 2          # the last piece after the drain
 
 
 def test_padding_never_passed():
