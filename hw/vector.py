@@ -70,9 +70,9 @@ class VectorUnit(wiring.Component):
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 7``,
       ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL ``channels *
-      (max(pool_lead_pieces + positions + 6, pool_pieces + 2) + 5 * pool_code_bits) + 2``, MAXPOOL
+      (max(pool_lead_pieces + positions + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL ``channels * out_height *
-      out_width * (max(pool_lead_pieces + kernel^2 + 6, pool_pieces + 2) + 5 * pool_code_bits) + 2``
+      out_width * (max(pool_lead_pieces + kernel^2 + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``
       (each with the cycle in which the start, taken into a register, starts the op: no logic from
       ``start`` into the op registers' enables).
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
@@ -102,13 +102,13 @@ class VectorUnit(wiring.Component):
     presents the write 6 cycles later (the read, its register, the threshold unit's 3, the write register), ADD
     reads ``a``, then ``b`` and presents the write 2 cycles after ``b``'s address; POOL reads a channel's constants
     a piece a cycle (``pool_lead_pieces`` of them before its first value, the others beside its values:
-    :data:`~hw.vector_params.POOL_PIECE_SLACK`), its ``positions`` values (one per cycle), waits 6 cycles for the
-    sum (and for the last piece, ``pool_pieces + 2`` cycles from the channel's first, where the values end sooner),
-    searches its thresholds (5 cycles per code bit: two adds or a read, compare in two halves, take) and presents
-    the code's write in the next channel's first cycle (the arithmetic form computes ``B' + code * S + p * S``
-    where the table form reads the threshold: the
-    same cycles); MAXPOOL reads a word per cycle and presents a window's write 2 cycles after its last
-    read (the read, the write register). A value read that takes more than a cycle
+    :data:`~hw.vector_params.POOL_PIECE_SLACK`), its ``positions`` values (one per cycle), waits 5 cycles (the sum
+    is complete two cycles later, when the first search step compares it; and for the last piece, ``pool_pieces +
+    2`` cycles from the channel's first, where the values end sooner), searches its thresholds (5 cycles per code
+    bit: two adds or a read, compare in two halves, take) and presents the code's write in the next channel's
+    first cycle (the arithmetic form computes ``B' + code * S + p * S`` where the table form reads the threshold:
+    the same cycles); MAXPOOL reads a word per cycle and presents a window's write 2 cycles after its last read
+    (the read, the write register). A value read that takes more than a cycle
     (:func:`hw.column_memory.value_read_latency`) delays ACTIVATE's and ADD's write and POOL's sum by as many
     cycles more.
     """
@@ -433,8 +433,8 @@ class VectorUnit(wiring.Component):
         # stage 2: x * 2^frac; stage 3: sign * t, t = x * 2^frac - offset (one carry chain: its operands swapped
         # where the sign is negative, zeros where it is 0; a negation and a multiplexer after it were the UP5K's
         # worst path at 41798fd); stage 4: registered again; stage 5: u = relu(sign * t);
-        # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle, POOL_DRAIN), the
-        # sum's high half a cycle later (``_sum``), in time for the search's first compare.
+        # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle), the sum's high half a
+        # cycle later (``_sum``), in the cycle of the search's first compare (POOL_DRAIN: two cycles into SEARCH).
         value = delays(m, self.val_read_data, 1, "pool_value", reset_less=reset_less)[1]
         pool2 = delays(m, issue_pool, 2 + extra, "pool")[-1]
         width = p.value_bits + p.max_frac_bits + 1
@@ -506,8 +506,8 @@ class VectorUnit(wiring.Component):
         """The running sum of ``u`` (signed, the sum's width), 0 after a cycle with ``clear``: returned a cycle
         later than one adder would give it (``u`` at clock edge t is in the sum from edge t + 2), in two
         halves so that no carry chain is the whole width (the UP5K's worst path): the low half and its carry
-        out, registered, and the high half with that carry (the search's first compare comes two cycles
-        after the last value's, :data:`POOL_DRAIN`)."""
+        out, registered, and the high half with that carry (the search's first compare, the low halves', reads
+        it as the last value's carry enters the high half: :data:`POOL_DRAIN`)."""
         low_bits = len(u) // 2
         low, high, carry = Signal(low_bits, name="sum_low"), Signal(len(u) - low_bits, name="sum_high"), Signal()
         low_sum = low + u[:low_bits]

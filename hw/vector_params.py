@@ -79,13 +79,14 @@ MAX_POOL_BASE_BITS = 128
 # Cycles of the pipelines (see :meth:`VectorParams.op_cycles`): ACTIVATE from an element's
 # read to its write (read, the read data's register, :class:`hw.thresholds.ThresholdUnit` of latency 3,
 # the write register); ADD from operand b's read to its write (read, the read data's register, the write
-# register); POOL: cycles from a channel's last read until its sum is complete, and per
-# step of the threshold search (read a threshold, compare it into a register, take the result).
+# register); POOL: cycles from a channel's last read until its search starts (the sum is complete two cycles
+# later, as the first step's compare reads it: the step's first two phases need only the constants), and per
+# step of the threshold search (two adds or a read, compare in two halves into a register, take the result).
 THRESHOLD_LATENCY = 3
 START_CYCLES = 1              # the start taken into a register: an op's first read comes a cycle later
 ACTIVATE_DEPTH = 2 + THRESHOLD_LATENCY + 1
 ADD_DEPTH = 3
-POOL_DRAIN = 6
+POOL_DRAIN = 5
 SEARCH_STEP = 5
 MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the write register
 
@@ -449,10 +450,10 @@ class VectorParams:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented), each with the start's cycle (``START_CYCLES``): ACTIVATE
         ``N + 7`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
-        (max(pool_lead_pieces + positions + 6, pool_pieces + 2) + 5 * pool_code_bits) + 2``; MAXPOOL
+        (max(pool_lead_pieces + positions + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``; MAXPOOL
         ``ceil(channels / lanes) * positions * window + 3`` with ``positions`` the output's and ``window`` =
         kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions *
-        (max(pool_lead_pieces + window + 6, pool_pieces + 2) + 5 * pool_code_bits) + 2`` (each window as POOL's
+        (max(pool_lead_pieces + window + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2`` (each window as POOL's
         channel). ``value_latency``: the value memory's read
         cycles (:func:`hw.column_memory.value_read_latency`), each beyond the first one more for ACTIVATE and ADD and
         one more per channel (window) for POOL (AVGPOOL)."""

@@ -284,8 +284,8 @@ def hit_thresholds(m, node: PoolNode, x: np.ndarray, bound: int, how: str = "rep
     return hits
 
 
-def unary_case(m, node_name, lanes, positions_shape, seed, params=None, hit=None):
-    """An activate or pool node of ``m`` on random inputs: ``(params, beats, ops, values, codes)``;
+def unary_case(m, node_name, lanes, positions_shape, seed, params=None, hit=None, inputs=None):
+    """An activate or pool node of ``m`` on random inputs (or ``inputs``): ``(params, beats, ops, values, codes)``;
     ``hit``: :func:`hit_thresholds` first (pool), "replace" or "shift"."""
     node = node_of(m, node_name)
     info = m.validate()
@@ -297,7 +297,7 @@ def unary_case(m, node_name, lanes, positions_shape, seed, params=None, hit=None
     rng = np.random.default_rng(seed)
     bound = info[node.input].bound
     make = activate_inputs if isinstance(node, ActivateNode) else pool_inputs
-    x = make(rng, node if isinstance(node, PoolNode) else node.stage, bound, (c, h, w))
+    x = make(rng, node if isinstance(node, PoolNode) else node.stage, bound, (c, h, w)) if inputs is None else inputs
     if hit:
         assert hit_thresholds(m, node, x, bound, hit) > c // 2
     params = params or params_for(m, lanes, src + c * h * w + 7, dst + out_words + 4)
@@ -434,6 +434,59 @@ def test_pool_constants_outlast_the_values(shape, hit, ecp5, request):
     assert (params.pool_pieces, params.pool_lead_pieces) == (9, 1)
     assert params.pool_lead_pieces + shape[0] * shape[1] + POOL_DRAIN < params.pool_pieces + POOL_PIECE_LATENCY
     check(params, beats, ops, values, codes)
+
+
+def carry_at_the_first_compare(m, seed: int) -> np.ndarray:
+    """Inputs of the digits CNN's act_fc (in ``m``, changed), and in each channel the threshold of the search's
+    first candidate (index ``2^(b-1) - 1``) set to its sum (not a progression: the table form), where the sum
+    reaches it only with the carry that its last value's low half sends into the sum's high half
+    (:meth:`hw.vector.VectorUnit._sum`: the last of the sum to arrive) and that carry reaches the first compare's
+    low halves: a search that compared a cycle too early would not take the candidate."""
+    node = node_of(m, "act_fc")
+    info = m.validate()
+    c, h, w = info[node.input].shape
+    n, bound, t = h * w, info[node.input].bound, node.stage.thresholds
+    low_bits = params_for(m, 1, 10, 10).pool_sum_bits // 2
+    mid, half = t.shape[1] // 2, 1 << low_bits
+    rng = np.random.default_rng(seed)
+    x = np.zeros((c, n), dtype=np.int64)
+    for ch in range(c):
+        sign, offset = int(node.sign[ch]), int(node.offset[ch])
+        for _ in range(100):
+            aim = int(rng.integers(t[ch, mid - 1], t[ch, mid + 1]))         # a sum between the neighbours
+            center = (aim // n * sign + offset) >> node.frac_bits
+            x[ch] = np.clip(center + rng.integers(-64, 65, n), -bound, bound)
+            last = np.clip(center + np.arange(-256, 257), -bound, bound)
+            u = sign * ((last << node.frac_bits) - offset)
+            u = np.maximum(0, u) if node.relu[ch] else u
+            head = int(node.terms(x[None, :, :, None])[0, ch, :-1].sum())
+            total = head + u
+            hits = ((t[ch, mid - 1] < total) & (total < t[ch, mid + 1]) & ((total >> low_bits) & 1 == 1)
+                    & (head % half + u % half >= half))
+            if hits.any():
+                k = int(np.argmax(hits))
+                x[ch, -1], t[ch, mid] = last[k], total[k]
+                break
+        else:
+            raise AssertionError(f"channel {ch}: no inputs found")
+    m.validate()
+    x = x.reshape(c, h, w)
+    assert (node.sums(x[None])[0, :, 0, 0] == t[:, mid]).all()
+    return x
+
+
+def test_pool_sum_complete_at_the_first_compare():
+    """The search's first compare reads the complete sum (:data:`~hw.vector_params.POOL_DRAIN`): every channel's
+    sum equals its first candidate's threshold only with its last value's carry (:func:`carry_at_the_first_compare`),
+    so that each code's top bit is 1."""
+    m = copy.deepcopy(model(DIGITS))
+    x = carry_at_the_first_compare(m, seed=7)
+    case = unary_case(m, "act_fc", 4, None, seed=7, inputs=x)
+    params = case[0]
+    assert params.pool_form == "table" and params.pool_code_bits == 8
+    width = max(params.pool_sum_bits, params.pool_threshold_bits) + 1      # VectorUnit._at_least's
+    assert width // 2 > params.pool_sum_bits // 2         # the first compare's low halves hold the carried bit
+    check(*case)
 
 
 def exact_pool_digits():
@@ -647,8 +700,8 @@ def test_params_sizing():
     assert (d.act_code_bits, d.act_slots, d.act_word_bits) == (0, 0, 0)
     # A channel: the constants' lead pieces, the values (the other pieces read beside them), the drain, the search.
     assert (p.pool_lead_pieces, d.pool_pieces, d.pool_lead_pieces) == (1, 7, 0)
-    assert p.op_cycles(POOL, 64, 64) == 64 * (1 + 64 + 6 + 5 * 8) + 2 == 7106
-    assert d.op_cycles(POOL, 64, 16) == 64 * (16 + 6 + 5 * 8) + 2
+    assert p.op_cycles(POOL, 64, 64) == 64 * (1 + 64 + 5 + 5 * 8) + 2 == 7042
+    assert d.op_cycles(POOL, 64, 16) == 64 * (16 + 5 + 5 * 8) + 2
     assert p.op_cycles(POOL, 64, 1) == 64 * (9 + 2 + 5 * 8) + 2          # the last piece after the drain
 
 
