@@ -386,9 +386,10 @@ def _rng_problem(rng) -> str | None:
     return None
 
 
-def restore_rng(rng: dict, where: str = "the checkpoint") -> None:
+def restore_rng(rng: dict, where: str = "the checkpoint") -> str | None:
     """Set every generator to the state :func:`capture_rng` returned (checked by :func:`load_checkpoint`);
-    CheckpointError names ``where`` (the file) if torch refuses its state."""
+    CheckpointError names ``where`` (the file) if torch refuses a state. The CUDA states of GPUs this machine
+    lacks (a GPU run resumed on fewer or none) are skipped: returns a one-line notice saying so, else None."""
     try:
         torch.set_rng_state(rng["torch"])
     except RuntimeError as e:
@@ -399,8 +400,21 @@ def restore_rng(rng: dict, where: str = "the checkpoint") -> None:
                          "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},
                          "has_gauss": n["has_gauss"], "gauss": n["gauss"]})
     random.setstate((rng["python"]["version"], tuple(rng["python"]["state"]), rng["python"]["gauss_next"]))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    saved = rng.get("cuda", [])
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and saved:
+        torch.cuda.init()               # (so that torch sets the states now, not when CUDA starts later)
+    for i, state in enumerate(saved[:gpus]):
+        try:
+            torch.cuda.set_rng_state(state, i)
+        except RuntimeError as e:
+            raise CheckpointError(f"{where}: its CUDA generator state of GPU {i} does not fit this torch ({e}); "
+                                  "resume the run with the torch that wrote it, or retrain") from None
+    if len(saved) <= gpus:
+        return None
+    skipped = f"that of GPU {gpus} is" if len(saved) - gpus == 1 else f"those of GPUs {gpus}..{len(saved) - 1} are"
+    return (f"{where} holds the CUDA generator states of {len(saved)} GPUs and this machine has {gpus or 'none'}: "
+            f"{skipped} not restored (random numbers drawn there differ from the saved run's)")
 
 
 # ---------------------------------------------------------------------------------------------- version 1

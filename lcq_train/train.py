@@ -397,7 +397,9 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        restore_rng(resume_state["rng"], str(ckpt_path))
+        notice = restore_rng(resume_state["rng"], str(ckpt_path))
+        if notice and rank == 0:
+            print(notice, flush=True)
         start_epoch = resume_state["epoch"]
         metrics = {**resume_state["metrics"], "config": cfg.to_dict(), "layers": metrics["layers"],
                    "params": metrics["params"]}

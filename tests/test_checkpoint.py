@@ -182,6 +182,70 @@ def test_a_generator_state_torch_refuses_is_named_with_its_file(run, tmp_path, c
     err = capsys.readouterr().err
     assert f"{out / 'checkpoint.pt'}: its torch generator state does not fit this torch" in err, err
 
+class _CudaGenerator:
+    """A CUDA device's default generator as torch.cuda.set_rng_state reaches it (this machine has no GPU)."""
+
+    def __init__(self):
+        self.state = None
+
+    def set_state(self, state):
+        if state.numel() != 16:
+            raise RuntimeError("RNG state is wrong size")          # (torch's CUDAGeneratorImpl::set_state)
+        self.state = state
+
+
+def _gpus(monkeypatch, count: int) -> list[_CudaGenerator]:
+    """Make torch see ``count`` initialized GPUs; their generators."""
+    generators = [_CudaGenerator() for _ in range(count)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda.random, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "default_generators", tuple(generators))
+    return generators
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2, 3])
+def test_a_run_of_two_gpus_resumes_on_fewer_or_more(run, monkeypatch, gpus):
+    """The CUDA generator states of a 2-GPU machine's run: restored on the GPUs this machine has, the
+    others skipped with a notice naming the file, never a traceback (torch indexes devices by position)."""
+    path, _ = run
+    rng = load_checkpoint(path)["rng"]
+    rng["cuda"] = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
+    generators = _gpus(monkeypatch, gpus)
+    notice = restore_rng(rng, "saved.pt")
+    assert [g.state for g in generators][2:] == [None] * (gpus - 2)
+    assert [g.state.tolist() for g in generators[:2]] == [[1] * 16, [2] * 16][:gpus]
+    assert notice == {0: "saved.pt holds the CUDA generator states of 2 GPUs and this machine has none: those of "
+                         "GPUs 0..1 are not restored (random numbers drawn there differ from the saved run's)",
+                      1: "saved.pt holds the CUDA generator states of 2 GPUs and this machine has 1: that of GPU 1 "
+                         "is not restored (random numbers drawn there differ from the saved run's)"}.get(gpus)
+    torch.testing.assert_close(torch.get_rng_state(), rng["torch"], atol=0, rtol=0)
+
+
+def test_a_gpu_run_resumes_on_this_machine_without_gpus(run, tmp_path, capsys):
+    """``lcq train --resume`` of a 2-GPU run's checkpoint here: it trains on, saying what it skipped."""
+    path, _ = run
+    state = load_checkpoint(path)
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.ones(16, dtype=torch.uint8)]
+    out = tmp_path / "run"
+    save_checkpoint(state, out / "checkpoint.pt")
+    assert main(["train", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert f"{out / 'checkpoint.pt'} holds the CUDA generator states of 2 GPUs and this machine has none: those " \
+           "of GPUs 0..1 are not restored" in capsys.readouterr().out
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
+def test_a_cuda_generator_state_torch_refuses_is_named_with_its_file(run, monkeypatch):
+    path, _ = run
+    rng = load_checkpoint(path)["rng"]
+    rng["cuda"] = [torch.zeros(5, dtype=torch.uint8)]
+    _gpus(monkeypatch, 1)
+    with pytest.raises(CheckpointError, match="saved.pt: its CUDA generator state of GPU 0 does not fit this torch"):
+        restore_rng(rng, "saved.pt")
+
+
 def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):
     path, _ = run
     header, data = _split(path)
