@@ -130,13 +130,21 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
     classes = tuple(str(c) for c in arrays["classes"])
     return Dataset(
         name=name,
-        train_x=torch.from_numpy(np.ascontiguousarray(arrays["train_x"])),
-        train_y=torch.from_numpy(np.ascontiguousarray(arrays["train_y"])),
-        test_x=torch.from_numpy(np.ascontiguousarray(arrays["test_x"])),
-        test_y=torch.from_numpy(np.ascontiguousarray(arrays["test_y"])),
+        train_x=_row_major(arrays["train_x"]),
+        train_y=_row_major(arrays["train_y"]),
+        test_x=_row_major(arrays["test_x"]),
+        test_y=_row_major(arrays["test_y"]),
         num_classes=len(classes),
         classes=classes,
     )
+
+
+def _row_major(a: np.ndarray) -> torch.Tensor:
+    """``a`` as a tensor with row-major strides. numpy may leave any stride on a size-1 axis (digits' one
+    channel: 1), which torch reads as a memory format: the first convolution ran channels_last and gave its
+    weight a gradient of another layout than the weight's, which DistributedDataParallel copies every step."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.view(-1).view(t.shape)            # (no copy: contiguous up to the size-1 axes' strides)
 
 
 # --------------------------------------------------------------------------- locating

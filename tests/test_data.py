@@ -171,6 +171,17 @@ def test_digits_shapes_dtypes_labels(digits):
     assert torch.bincount(digits.test_y).min() >= 35  # ~36 per class in the 360 test images
 
 
+def test_digits_images_are_row_major(digits):
+    """numpy leaves a stride of 1 on the (N, 1, 8, 8) images' channel axis, which torch read as channels_last:
+    the first convolution ran channels_last and gave its weight a gradient of another layout than the weight's
+    (DistributedDataParallel then copies it into its bucket every step, and warns)."""
+    for x in (digits.train_x, digits.test_x):
+        assert x.stride() == (64, 64, 8, 1)
+    conv = torch.nn.Conv2d(1, 4, 3)
+    conv(digits.train_x[:8].float()).sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride()
+
+
 def test_digits_split_is_deterministic_and_ignores_data_dir(digits, tmp_path):
     again = load_dataset("digits", tmp_path / "does-not-exist")
     assert_same(digits, again)
