@@ -293,7 +293,7 @@ def _decode(obj, tensors: dict, used: set):
 
 def _check_state(state, where: str) -> None:
     """Check checkpoint dict ``state`` field by field; CheckpointError names ``where`` and the field."""
-    from .data import MAX_CLASSES
+    from .data import IMAGE_SHAPES, MAX_CLASSES
     from .plan import QuantPlan
     from .quantizer import BITS
     from .train import TrainConfig
@@ -317,9 +317,9 @@ def _check_state(state, where: str) -> None:
         bad("plan", f"is invalid: {e}")
     if plan != config.plan:
         bad("plan", "differs from the plan in its config")
-    shape = state["input_shape"]
-    if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(IntRange(1).accepts(n) for n in shape):
-        bad("input_shape", f"is {shape!r}, not [channels, height, width]")
+    shape, image = state["input_shape"], list(IMAGE_SHAPES[config.dataset])     # (the only shape training writes)
+    if not isinstance(shape, (list, tuple)) or not all(IntRange(1).accepts(n) for n in shape) or list(shape) != image:
+        bad("input_shape", f"is {shape!r}, not {image}, the image shape of its dataset {config.dataset}")
     classes = IntRange(2, MAX_CLASSES)       # the rule of the datasets' class lists
     if not classes.accepts(state["num_classes"]):
         bad("num_classes", f"is {state['num_classes']!r}, not {classes.describe()}")

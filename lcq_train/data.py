@@ -39,9 +39,11 @@ from PIL import Image
 from .atomic import atomic_write
 from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
 
-__all__ = ["DATASETS", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "IMAGE_SHAPES", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+# each dataset's image shape (C, H, W): its reader refuses images of any other
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 
 _DEFAULT_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
@@ -225,7 +227,7 @@ def _load_idx_dataset(name: str, root: Path) -> Arrays:
         images_path, labels_path = paths[f"{prefix}-images-idx3-ubyte"], paths[f"{prefix}-labels-idx1-ubyte"]
         images = _read_idx(images_path, _IDX_IMAGES_MAGIC)
         labels = _read_idx(labels_path, _IDX_LABELS_MAGIC)
-        if images.shape[1:] != (28, 28):
+        if images.shape[1:] != IMAGE_SHAPES[name][1:]:
             raise DatasetError(f"{images_path}: images are {images.shape[1:]}, expected 28x28")
         if not len(images):
             raise DatasetError(f"{images_path}: holds no images; the {split} split needs at least one "
@@ -354,11 +356,11 @@ def _load_cifar_python(root: Path) -> Arrays:
         if labels.dtype.kind not in "iu" and labels.size:  # an empty list reads as float64
             raise DatasetError(f"{path}: b'labels' must be integers, not {labels.dtype}")
         data, labels = data.astype(np.uint8), labels.astype(np.int64)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
+        if data.ndim != 2 or data.shape[1] != math.prod(IMAGE_SHAPES["cifar10"]) or labels.shape != data.shape[:1]:
             raise DatasetError(f"{path}: b'data' {data.shape} and b'labels' {labels.shape} are not (N, 3072) and (N,)")
         if labels.size and (labels.min() < 0 or labels.max() >= len(classes)):
             raise DatasetError(f"{path}: labels out of range 0..{len(classes) - 1}")
-        parts["test" if batch == "test_batch" else "train"].append((data.reshape(-1, 3, 32, 32), labels))
+        parts["test" if batch == "test_batch" else "train"].append((data.reshape(-1, *IMAGE_SHAPES["cifar10"]), labels))
     for split, files in (("train", "data_batch_1..5 hold"), ("test", "test_batch holds")):
         if not sum(len(y) for _, y in parts[split]):
             raise DatasetError(f"cifar10: {files} no images in {root}; the {split} split needs at least one "
@@ -518,14 +520,15 @@ def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
     """Decode encoded 32x32 images to RGB uint8 ``(n, 32, 32, 3)``; errors name the offending file.
 
     An image's size is read from its header and any other size refused before its pixels are decoded."""
-    out = np.empty((len(chunk), 32, 32, 3), dtype=np.uint8)
+    channels, height, width = IMAGE_SHAPES["cifar10"]
+    out = np.empty((len(chunk), height, width, channels), dtype=np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's warning for a huge header
         for i, (name, blob) in enumerate(chunk):
             try:
                 with Image.open(io.BytesIO(blob)) as image:
                     size = image.size
-                    rgb = image.convert("RGB") if size == (32, 32) else None
+                    rgb = image.convert("RGB") if size == (width, height) else None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise DatasetError(f"{name}: image too large to decode ({e}); CIFAR-10 images are 32x32") from e
             except (OSError, ValueError) as e:
@@ -577,7 +580,7 @@ def _is_decoded_dataset(arrays: Arrays) -> bool:
         return False
     for split in _SPLITS:
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if x.dtype != np.uint8 or x.shape[1:] != (3, 32, 32) or not len(x):
+        if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPES["cifar10"] or not len(x):
             return False
         if y.dtype != np.int64 or y.shape != x.shape[:1] or y.min() < 0 or y.max() >= len(names):
             return False

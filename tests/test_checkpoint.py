@@ -276,6 +276,22 @@ def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):
     refused(lambda h: h.update(format="other"), "not 'lcq-checkpoint'")
 
 
+@pytest.mark.parametrize("shape", [[10**9, 8, 8], [1, 28, 28], [3, 8, 8], [True, 8, 8]])
+def test_an_input_shape_other_than_its_datasets_is_refused_before_compiling(run, tmp_path, capsys, shape):
+    """The trainer writes its dataset's image shape (digits: 1x8x8); another (10^9 channels: lcq compile built a
+    576 GB first convolution, torch's allocation error) is refused by name, with the file and the fix."""
+    path, _ = run
+    header, data = _split(path)
+    header["state"]["input_shape"] = shape
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(_frame(header, data))
+    assert main(["compile", str(bad), "-o", str(tmp_path / "model.lcq")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: input_shape is {shape!r}, not [1, 8, 8], the image shape of its dataset digits; it is not a " \
+           "checkpoint this lcq wrote (retrain, or restore it from a copy)" in err, err
+    assert not (tmp_path / "model.lcq").exists()
+
+
 def _version_1(path) -> dict:
     """The checkpoint at ``path`` as the previous lcq pickled it (torch.save of the dict, numpy and Python
     RNG states as tuples)."""
