@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 import operator
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lcq_train.graph import trace
+from lcq_train.graph import describe, location, trace
+from lcq_train.in_place import InPlaceRead
 from lcq_train.layers import QAct, QConv2d, QLinear
 
 SUPPORTED = (
@@ -52,8 +52,6 @@ SUPPORTED = (
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
-_TORCH_DIR = re.escape(str(torch.__file__).rsplit("/", 1)[0])
-_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
 
 @dataclass(frozen=True)
@@ -84,39 +82,12 @@ def capture(model: nn.Module, name: str) -> fx.Graph:
         return model.graph
     try:
         return trace(model)
+    except InPlaceRead as e:
+        raise ValueError(f"cannot compile a {name}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot compile a {name}: torch.fx cannot trace its forward "
                          f"({type(e).__name__}: {reason}); its forward must not branch on tensor values") from None
-
-
-def describe(node: fx.Node) -> str:
-    """The operation of ``node`` as the user wrote it: a module and its class, a function or a method."""
-    if node.op == "call_module":
-        module = node.graph.owning_module.get_submodule(node.target) if node.graph.owning_module else None
-        return f"layer {node.target!r} ({type(module).__name__ if module is not None else 'module'})"
-    if node.op == "call_function":
-        module = (getattr(node.target, "__module__", None) or "").replace("_operator", "operator") \
-            .replace("torch._C._nn", "torch.nn.functional")          # builtins that F exports (avg_pool2d)
-        name = getattr(node.target, "__name__", node.name)
-        return f"function {module + '.' if module else ''}{name}"
-    if node.op == "call_method":
-        return f"method .{node.target}()"
-    return f"{node.op} {node.target}"
-
-
-def location(node: fx.Node) -> str:
-    """`` at FILE:LINE (code)``: the innermost frame outside torch of ``node``'s recorded stack trace
-    (empty when none was recorded, as for the quantizers that tracing inserted)."""
-    trace_text = node.meta.get("stack_trace") or ""
-    lines = trace_text.splitlines()
-    found = ""
-    for i, line in enumerate(lines):
-        m = _FRAME.search(line)
-        if m and not re.match(_TORCH_DIR, m.group(1)):
-            code = lines[i + 1].strip() if i + 1 < len(lines) and not _FRAME.search(lines[i + 1]) else ""
-            found = f" at {m.group(1)}:{m.group(2)}" + (f" ({code})" if code else "")
-    return found
 
 
 def _arg(node: fx.Node, i: int, name: str, default=None):

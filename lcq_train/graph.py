@@ -24,23 +24,26 @@ submodules (same names, so ``state_dict`` keys do not change but for the quantiz
 and ``theta``) and has ``quant_layers()``. What cannot be quantized is a ValueError that says
 why: a forward that ``torch.fx`` cannot trace (data-dependent control flow: give the model a
 ``quant_layers()`` method and QConv2d/QLinear/QAct layers instead), no conv or linear layer, a
-layer called twice, a convolution the accelerator does not run (1-d, 3-d, transposed), or a
-convolution or linear map called as a function (``F.conv2d``) rather than a module.
+layer called twice, a convolution the accelerator does not run (1-d, 3-d, transposed), a
+convolution or linear map called as a function (``F.conv2d``) rather than a module, or a view of a
+tensor read after an in-place change of it (:mod:`lcq_train.in_place`).
 """
 
 from __future__ import annotations
 
 import inspect
 import operator
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from .in_place import InPlaceRead, Proxy, read_in_place
 from .layers import QAct, QConv2d, QLinear
 from .quantizer import Quantizer, QuantSpec
 
-__all__ = ["QuantGraphModule", "prepare", "quantizable", "trace"]
+__all__ = ["QuantGraphModule", "describe", "location", "prepare", "quantizable", "trace"]
 
 _PAIRS, _IMAGE = "lcq_quant_layers", "lcq_image_input"     # keys of QuantGraphModule.meta
 
@@ -64,6 +67,9 @@ def quantizable(model: nn.Module) -> bool:
 
 
 class _Tracer(fx.Tracer):
+    def proxy(self, node: fx.Node) -> Proxy:
+        return Proxy(node, self)
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (Quantizer, QConv2d, QLinear)) or super().is_leaf_module(m, qualname)
 
@@ -162,11 +168,51 @@ def _defaults(model: nn.Module) -> dict | None:
 
 def trace(model: nn.Module) -> fx.Graph:
     """``model``'s forward as a ``torch.fx`` graph (quantizers, QConv2d and QLinear are leaves; forward's
-    defaulted flags at their defaults). Each node's ``meta`` holds ``stack_trace`` (where the user's
-    code called it) and ``nn_module_stack`` (the modules it was called in). Tracing errors propagate."""
+    defaulted flags at their defaults), reading as eager PyTorch runs it: ``x += y`` in place, and a tensor
+    read after an in-place change read as the change's result (:mod:`lcq_train.in_place`; a view of it read
+    then is an :class:`~lcq_train.in_place.InPlaceRead`). Each node's ``meta`` holds ``stack_trace`` (where the
+    user's code called it) and ``nn_module_stack`` (the modules it was called in). Tracing errors propagate."""
     tracer = _Tracer()
     tracer.record_stack_traces = True
-    return tracer.trace(model, concrete_args=_defaults(model))
+    graph = tracer.trace(model, concrete_args=_defaults(model))
+    modules = dict(model.named_modules())
+    read_in_place(graph, modules, lambda node: describe(node, modules) + location(node))
+    return graph
+
+
+_TORCH_DIR = re.escape(str(torch.__file__).rsplit("/", 1)[0])
+_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
+
+
+def describe(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> str:
+    """The operation of ``node`` as the user wrote it: a module and its class (from ``modules`` or the graph's
+    module), a function or a method."""
+    if node.op == "call_module":
+        module = modules.get(node.target) if modules is not None else \
+            node.graph.owning_module.get_submodule(node.target) if node.graph.owning_module else None
+        return f"layer {node.target!r} ({type(module).__name__ if module is not None else 'module'})"
+    if node.op == "call_function":
+        module = (getattr(node.target, "__module__", None) or "").replace("_operator", "operator") \
+            .replace("torch._C._nn", "torch.nn.functional")          # builtins that F exports (avg_pool2d)
+        name = getattr(node.target, "__name__", node.name)
+        return f"function {module + '.' if module else ''}{name}"
+    if node.op == "call_method":
+        return f"method .{node.target}()"
+    return f"{node.op} {node.target}"
+
+
+def location(node: fx.Node) -> str:
+    """`` at FILE:LINE (code)``: the innermost frame outside torch of ``node``'s recorded stack trace
+    (empty when none was recorded, as for the quantizers that tracing inserted)."""
+    trace_text = node.meta.get("stack_trace") or ""
+    lines = trace_text.splitlines()
+    found = ""
+    for i, line in enumerate(lines):
+        m = _FRAME.search(line)
+        if m and not re.match(_TORCH_DIR, m.group(1)):
+            code = lines[i + 1].strip() if i + 1 < len(lines) and not _FRAME.search(lines[i + 1]) else ""
+            found = f" at {m.group(1)}:{m.group(2)}" + (f" ({code})" if code else "")
+    return found
 
 
 def _layer_input(node: fx.Node) -> fx.Node:
@@ -189,6 +235,8 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     name = type(model).__name__
     try:
         graph = trace(model)
+    except InPlaceRead as e:
+        raise ValueError(f"cannot quantize {name}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot quantize {name}: torch.fx cannot trace its forward ({type(e).__name__}: {reason}). "

@@ -389,3 +389,13 @@ def test_batch_norm_statistics_no_training_writes_are_refused(value):
         bn.running_var[1] = value
     with pytest.raises(Unsupported, match="has running statistics no training writes"):
         compile_model(model, (1, 8, 8))
+
+
+@pytest.mark.parametrize("kind", ["iadd", "add_", "module", "function", "method"])
+def test_a_tensor_read_after_an_in_place_change_compiles_with_the_new_values(kind):
+    from test_user_model import _ReadAfterInPlace
+
+    torch.manual_seed(7)
+    net = randomize(quantize_model(_ReadAfterInPlace(kind), method="lcq", wbits=3, abits=3), 11)
+    compiled = compile_model(net, (1, 8, 8))
+    assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=9)) == 0

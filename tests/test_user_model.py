@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from compiler.format import load
 from lcq.cli import main
@@ -391,3 +392,64 @@ def test_module_reference_fp_then_lcq_init(tmp_path, monkeypatch):
     lcq = train(TrainConfig(model=ref, plan=QuantPlan("lcq", 3, 3), epochs=1, batch_size=64, init=str(tmp_path / "fp"
                             / "checkpoint.pt"), out=str(tmp_path / "lcq"), progress=False))
     assert lcq["layers"]["fc"] == [8, 8]
+
+
+class _ReadAfterInPlace(nn.Module):
+    """A tensor changed in place and read again afterwards: by ``s += b`` (``kind`` "iadd"), ``.add_``, an
+    ``nn.ReLU(inplace=True)``, ``F.relu(inplace=True)`` or ``.relu_()``; eager PyTorch's later reads see the
+    new values."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.stem, self.a, self.b, self.c = (nn.Conv2d(1 if i == 0 else 4, 4, 3, padding=1) for i in range(4))
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        s, b = self.a(x), self.b(x)
+        if self.kind == "iadd":
+            t = s
+            t += b                              # s changes too
+            y = torch.relu(t)
+        elif self.kind == "add_":
+            y = torch.relu(s.add_(b))
+        elif self.kind == "module":
+            y = self.relu(s)
+        elif self.kind == "function":
+            y = F.relu(s, inplace=True)
+        else:
+            y = s.relu_()
+        return self.fc(torch.relu(self.c(y) + s).mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind", ["iadd", "add_", "module", "function", "method"])
+def test_a_tensor_read_after_an_in_place_change_reads_the_new_values(kind):
+    torch.manual_seed(0)
+    fp = _ReadAfterInPlace(kind).eval()
+    x = torch.rand(4, 1, 8, 8)
+    expected = fp(x)
+    model = quantize_model(fp, method="fp")
+    torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
+
+
+class _InPlaceThroughAlias(nn.Module):
+    """``nn.Identity`` returns its input: ReLU(inplace=True) on ``x`` changes ``shortcut`` too."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.shortcut, self.relu, self.fc = nn.Identity(), nn.ReLU(inplace=True), nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        shortcut = self.shortcut(x)
+        return self.fc(torch.relu(self.conv(self.relu(x)) + shortcut).mean((2, 3)))
+
+
+def test_an_in_place_change_read_through_an_alias_is_refused():
+    with pytest.raises(ValueError, match=r"cannot quantize _InPlaceThroughAlias: layer 'relu' \(ReLU\) at "
+                                         r".*test_user_model\.py:\d+ .* changes 'stem' in place, which 'add' "
+                                         r"reads afterwards through 'shortcut'.*inplace=False"):
+        quantize_model(_InPlaceThroughAlias())
