@@ -198,6 +198,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return _avg_pool(node, model, *(_arg(node, i, name, default)
                                             for i, (name, default) in enumerate(names, start=1)))
         if f is F.dropout:
+            if _arg(node, 2, "training", True):
+                raise Unsupported(model, node, "drops out in eval mode too (training=True); use torch.nn.Dropout, or "
+                                  "F.dropout(x, p, self.training)")
             return Op("identity")
         if f in _ADD_FUNCTIONS and _arg(node, 2, "alpha", 1) == 1:
             return Op("add")

@@ -25,7 +25,8 @@ and ``theta``) and has ``quant_layers()``. What cannot be quantized is a ValueEr
 why: a forward that ``torch.fx`` cannot trace (data-dependent control flow: give the model a
 ``quant_layers()`` method and QConv2d/QLinear/QAct layers instead), no conv or linear layer, a
 layer called twice, a convolution the accelerator does not run (1-d, 3-d, transposed), a
-convolution or linear map called as a function (``F.conv2d``) rather than a module, or a view of a
+convolution or linear map called as a function (``F.conv2d``) rather than a module, dropout called as a
+function (``F.dropout(x, p, self.training)``: traced, ``self.training`` is a constant), or a view of a
 tensor read after an in-place change of it (:mod:`lcq_train.in_place`).
 """
 
@@ -76,6 +77,8 @@ class _Tracer(fx.Tracer):
 
 _LAYERS = (nn.Conv2d, nn.Linear)
 _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
+# Dropout as a function: its ``training`` argument is the bool it was when traced (``self.training`` included).
+_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 _FUNCTIONAL = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
                F.bilinear, torch.conv1d, torch.conv2d, torch.conv3d}
 # Operations whose output is >= 0 whatever their input.
@@ -261,6 +264,13 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                     problems.append(f"layer {node.target!r} is called more than once in forward; a quantized layer "
                                     "must be called once (use one module per call)")
                 layers.append(node)
+        elif node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
+            training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else None)
+            problems.append(f"forward calls {node.target.__name__} as a function{location(node)} (training="
+                            f"{training}); torch.fx fixes its training argument at the mode the "
+                            "model is traced in, so the quantized model would "
+                            f"{'drop out in evaluation too' if training else 'not drop out in training'}; use a "
+                            "torch.nn.Dropout module, which follows train() and eval()")
         elif node.op == "call_function" and node.target in _FUNCTIONAL:
             problems.append(f"forward calls {getattr(node.target, '__name__', node.target)} directly (node "
                             f"{node.name!r}); use a torch.nn.Conv2d / Linear module so that it can be quantized")

@@ -19,6 +19,7 @@ from compiler.lower import CompileOptions, compile_model
 from compiler.reference import run
 from lcq.cli import main
 from lcq_train.data import load_dataset
+from lcq_train.layers import QAct, QConv2d, QLinear
 from lcq_train.models.resnet import PreActResNet
 from lcq_train.plan import QuantPlan, apply_plan, quantize_model
 import lcq_train.train as train_mod
@@ -399,3 +400,31 @@ def test_a_tensor_read_after_an_in_place_change_compiles_with_the_new_values(kin
     net = randomize(quantize_model(_ReadAfterInPlace(kind), method="lcq", wbits=3, abits=3), 11)
     compiled = compile_model(net, (1, 8, 8))
     assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=9)) == 0
+
+
+class _AlwaysDropping(nn.Module):
+    """Written with lcq_train.layers; ``F.dropout``'s ``training`` defaults to True: it drops out in eval mode too
+    (``self.training`` instead: False when the compiler traces it)."""
+
+    def __init__(self, always):
+        super().__init__()
+        self.always = always
+        self.act_in, self.conv, self.act_fc, self.fc = QAct(), QConv2d(1, 8, 3, padding=1), QAct(), QLinear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(self.act_in(x))).mean((2, 3))
+        x = torch.nn.functional.dropout(x, 0.5) if self.always else torch.nn.functional.dropout(x, 0.5, self.training)
+        return self.fc(self.act_fc(x))
+
+    def quant_layers(self):
+        return [("conv", "act_in"), ("fc", "act_fc")]
+
+
+def test_a_functional_dropout_that_drops_out_in_eval_mode_is_refused():
+    torch.manual_seed(8)
+    net = randomize(apply_plan(_AlwaysDropping(False).train(), QuantPlan("lcq", 3, 3)), 12)
+    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=10)) == 0
+    net.always = True
+    with pytest.raises(Unsupported, match=r"function torch\.nn\.functional\.dropout at .*test_compile_graph\.py:\d+ .*"
+                                          r"drops out in eval mode too \(training=True\); use torch\.nn\.Dropout"):
+        compile_model(net, (1, 8, 8))

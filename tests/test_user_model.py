@@ -453,3 +453,22 @@ def test_an_in_place_change_read_through_an_alias_is_refused():
                                          r".*test_user_model\.py:\d+ .* changes 'stem' in place, which 'add' "
                                          r"reads afterwards through 'shortcut'.*inplace=False"):
         quantize_model(_InPlaceThroughAlias())
+
+
+class _FunctionalDropout(nn.Module):
+    """``F.dropout(x, p, self.training)``: torch.fx records ``self.training`` as the bool it is when traced."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 10)
+
+    def forward(self, x):
+        return self.fc(F.dropout(torch.relu(self.conv(x)).mean((2, 3)), 0.5, self.training))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_functional_dropout_is_refused_in_either_mode(training):
+    with pytest.raises(ValueError, match=r"cannot quantize _FunctionalDropout: forward calls dropout as a function "
+                                         r"at .*test_user_model\.py:\d+ \(.*\) "
+                                         rf"\(training={training}\); torch\.fx fixes .* use a torch\.nn\.Dropout"):
+        quantize_model(_FunctionalDropout().train(training))
