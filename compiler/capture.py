@@ -43,7 +43,8 @@ SUPPORTED = (
     "ceil_mode False) of a conv's, BN's or addition's output where only ReLU, ReLU6 / hardtanh(0, max), identity, "
     "dropout, flatten and more max pooling stand between it and the activation quantizer of the next layer "
     "(it pools that quantizer's codes: the quantizer is non-decreasing, so it commutes with the maximum)",
-    "flatten of a C x 1 x 1 tensor (nn.Flatten, torch.flatten(x, 1), .flatten(1))",
+    "flatten of a C x 1 x 1 tensor (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape "
+    "to (x.size(0), -1) or (-1, C))",
     "identity and dropout (inference)",
     "activation quantizer (QAct, unsigned) on a tensor",
     "a linear or conv layer as the network's output (the logits)",
@@ -57,7 +58,7 @@ _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 @dataclass(frozen=True)
 class Op:
     """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, avgpool, maxpool,
-    flatten, identity, add, output), its ``module`` (None for a function), ``cap`` (the clip maximum) and
+    flatten, reshape, size, identity, add, output), its ``module`` (None for a function), ``cap`` (the clip maximum) and
     ``window`` (an average or max pooling's kernel, stride and padding)."""
 
     kind: str
@@ -139,6 +140,14 @@ def _avg_pool(node: fx.Node, model: str, kernel, stride, padding, ceil_mode, cou
     return Op("avgpool", window=(k, s, 0))
 
 
+def _size(node) -> bool:
+    """Whether ``node`` is a tensor's size or a dimension of it (``x.size()``, ``x.size(0)``, ``x.shape[0]``)."""
+    return isinstance(node, fx.Node) and (
+        (node.op == "call_method" and node.target == "size")
+        or (node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",))
+        or (node.op == "call_function" and node.target is operator.getitem and _size(node.args[0])))
+
+
 def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
     """The kind of ``node``; :class:`Unsupported` for anything the compiler does not lower."""
     if node.op == "placeholder":
@@ -175,8 +184,12 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("identity")
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             raise Unsupported(model, node, "is not quantized (quantize the model with lcq_train.quantize_model)")
+    elif _size(node):
+        return Op("size")
     elif node.op == "call_function":
         f = node.target
+        if f is torch.reshape:
+            return Op("reshape")
         if f in _RELU_FUNCTIONS:
             return Op("relu")
         if f is F.relu6:
@@ -211,6 +224,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("flatten")
         if node.target == "mean" and _spatial_dims(_arg(node, 1, "dim")):
             return Op("pool")
+        if node.target in ("view", "reshape"):
+            return Op("reshape")
         if node.target == "contiguous":
             return Op("identity")
         if node.target in ("add", "add_") and _arg(node, 2, "alpha", 1) == 1:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import operator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -167,7 +168,8 @@ class _Value:
     max pooled (``maxpools``: the graph node and its (kernel, stride, padding) of each, in order).
     ``folded``: a BN is in ``gain``/``offset``;
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
-    ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`)."""
+    ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`). Kind "size": a tensor's size
+    (``x.size()``, ``x.shape``), or its dimension ``dim`` of it (``x.size(0)``, ``x.shape[0]``), for a reshape."""
 
     kind: str
     tensor: str | None = None
@@ -180,6 +182,7 @@ class _Value:
     sole: bool = False
     maxpools: tuple = ()
     rectified: bool = False
+    dim: int | None = None
 
     @property
     def plain(self) -> bool:
@@ -270,6 +273,8 @@ class _Lowering:
         x = node.args[i] if len(node.args) > i else None
         if not isinstance(x, fx.Node):
             self.refuse(node, f"is applied to {x!r}, not to a tensor of the network")
+        if self.values[x].kind == "size":
+            self.refuse(node, "is applied to a tensor's size, not to a tensor")
         return self.values[x]
 
     def chain(self, node: fx.Node, x: _Value, **changes) -> _Value:
@@ -590,6 +595,30 @@ class _Lowering:
         if x.kind == "image" or self.shape(x)[1:] != (1, 1):
             shape = "the image" if x.kind == "image" else "a {}x{}x{} map".format(*self.shape(x))
             self.refuse(node, f"flattens {shape}; only a C x 1 x 1 tensor flattens (pool globally first)")
+        return self.chain(node, x)
+
+    def _size(self, node: fx.Node, op: Op) -> _Value:
+        if node.target is operator.getitem:          # x.size()[i], x.shape[i]
+            whole, i = self.values[node.args[0]], node.args[1]
+            return _Value("size", dim=i if whole.dim is None and isinstance(i, int) else -1)
+        dim = None if node.target is getattr else node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return _Value("size", dim=dim if isinstance(dim, int) or dim is None else -1)
+
+    def _reshape(self, node: fx.Node, op: Op) -> _Value:
+        """``x.view(x.size(0), -1)`` and the like: a flatten of a C x 1 x 1 tensor to (batch, C), else refused."""
+        x = self.arg(node)
+        dims = list(node.args[1:]) or list(node.kwargs.get("shape", node.kwargs.get("size", ())))
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = list(dims[0])
+        c = self.shape(x)[0] if x.kind != "image" else self.input_shape[0]
+        batch = [isinstance(d, fx.Node) and self.values[d].dim == 0 for d in dims]
+        if len(dims) != 2 or not ((batch[0] and dims[1] in (-1, c)) or (dims[0] == -1 and dims[1] == c)):
+            shown = ", ".join("size" if isinstance(d, fx.Node) else repr(d) for d in dims)
+            self.refuse(node, f"reshapes to [{shown}]; a reshape flattens to (batch, C): x.view(x.size(0), -1) or "
+                        f"x.view(-1, C)")
+        if x.kind == "image" or self.shape(x)[1:] != (1, 1):
+            shape = "the image" if x.kind == "image" else "a {}x{}x{} map".format(*self.shape(x))
+            self.refuse(node, f"reshapes {shape}; only a C x 1 x 1 tensor flattens (pool globally first)")
         return self.chain(node, x)
 
     def _identity(self, node: fx.Node, op: Op) -> _Value:

@@ -428,3 +428,50 @@ def test_a_functional_dropout_that_drops_out_in_eval_mode_is_refused():
     with pytest.raises(Unsupported, match=r"function torch\.nn\.functional\.dropout at .*test_compile_graph\.py:\d+ .*"
                                           r"drops out in eval mode too \(training=True\); use torch\.nn\.Dropout"):
         compile_model(net, (1, 8, 8))
+
+
+class _ViewHead(nn.Module):
+    """kuangliu/pytorch-cifar's head: average pooling over the whole map, then ``out.view(out.size(0), -1)``
+    (or another way of writing the flatten, ``how``)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        out = torch.nn.functional.avg_pool2d(y, 8)
+        if self.how == "size":
+            out = out.view(out.size(0), -1)
+        elif self.how == "size()[0]":
+            out = out.reshape(out.size()[0], 8)
+        elif self.how == "shape":
+            out = torch.reshape(out, (out.shape[0], -1))
+        elif self.how == "-1":
+            out = out.view(-1, 8)
+        elif self.how == "map":             # not pooled to 1 x 1: refused
+            out = y.view(x.size(0), -1)
+        else:                               # the batch dimension is not the size's first: refused
+            out = out.view(out.size(1), -1)
+        return self.fc(out)
+
+
+@pytest.mark.parametrize("how", ["size", "size()[0]", "shape", "-1"])
+def test_view_and_reshape_to_a_vector_flatten(how):
+    torch.manual_seed(9)
+    net = randomize(quantize_model(_ViewHead(how), method="lcq", wbits=3, abits=3), 13)
+    compiled = compile_model(net, (1, 8, 8))
+    assert [n.op for n in compiled.nodes] == ["input", "conv", "avgpool", "conv"]
+    assert _mismatches(compiled, net, images(20, (1, 8, 8), seed=11)) == 0
+
+
+@pytest.mark.parametrize("how,pattern", [
+    ("map", r"method \.view\(\) at .*test_compile_graph\.py:\d+ .* reshapes a 8x8x8 map; only a C x 1 x 1 tensor "
+            r"flattens"),
+    ("size(1)", r"method \.view\(\) at .*test_compile_graph\.py:\d+ .* reshapes to \[size, -1\]; a reshape flattens "
+                r"to \(batch, C\)")])
+def test_a_view_that_is_no_flatten_is_refused(how, pattern):
+    model = quantize_model(_ViewHead(how), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=pattern):
+        compile_model(model, (1, 8, 8))
