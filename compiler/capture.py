@@ -36,7 +36,8 @@ SUPPORTED = (
     "a conv or linear layer [+ BN] or an addition that nothing else reads (post-activation blocks)",
     "ReLU6 / hardtanh(0, max) before an activation quantizer",
     "residual addition of two tensors (+, torch.add, .add())",
-    "global average pooling after a ReLU (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)))",
+    "global average pooling after a ReLU (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), "
+    "torch.mean(x, (2, 3)))",
     "average pooling after a ReLU, before an activation quantizer (AvgPool2d, F.avg_pool2d: square kernel and "
     "stride, no padding, ceil_mode False, no divisor_override)",
     "max pooling (MaxPool2d, F.max_pool2d: square kernel k, stride and padding up to k // 2, no dilation, "
@@ -196,7 +197,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("clip", cap=6.0)
         if f is F.hardtanh and _arg(node, 1, "min_val", -1.0) == 0 and _arg(node, 2, "max_val", 1.0) > 0:
             return Op("clip", cap=float(_arg(node, 2, "max_val", 1.0)))
-        if f is F.adaptive_avg_pool2d and _is_one(_arg(node, 1, "output_size")):
+        if (f is F.adaptive_avg_pool2d and _is_one(_arg(node, 1, "output_size"))) or \
+                (f is torch.mean and _spatial_dims(_arg(node, 1, "dim"))):
             return Op("pool")
         if f is torch.flatten and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
             return Op("flatten")

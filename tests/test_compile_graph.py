@@ -475,3 +475,22 @@ def test_a_view_that_is_no_flatten_is_refused(how, pattern):
     model = quantize_model(_ViewHead(how), method="lcq", wbits=3, abits=3)
     with pytest.raises(Unsupported, match=pattern):
         compile_model(model, (1, 8, 8))
+
+
+class _TorchMean(nn.Module):
+    """Global average pooling as the function ``torch.mean(x, (2, 3))`` (the method ``x.mean((2, 3))`` compiles)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.mean(torch.relu(self.conv(x)), dim=(-2, -1)))
+
+
+def test_torch_mean_over_the_spatial_dimensions_is_global_average_pooling():
+    torch.manual_seed(10)
+    net = randomize(quantize_model(_TorchMean(), method="lcq", wbits=3, abits=3), 14)
+    compiled = compile_model(net, (1, 8, 8))
+    assert [n.op for n in compiled.nodes] == ["input", "conv", "pool", "conv"]
+    assert _mismatches(compiled, net, images(20, (1, 8, 8), seed=12)) == 0
