@@ -38,9 +38,11 @@ NACK_BYTES = 2
 INFO_BYTES = MAX_INFO_BYTES     # the longest INFO reply (255 load targets)
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
 RUN_WORDS_MAX = (1 << 8 * struct.calcsize(DONE_FORMAT)) - 1
-# NACK codes of a frame damaged on the way in: sending it again may succeed (LENGTH and TARGET would fail again;
-# BUSY means a request out of order: a RESULT must come first).
-RESENDABLE = (NackCode.CRC, NackCode.TIMEOUT, NackCode.FRAMING)
+# NACK codes of a frame damaged on the way in: sending it again may succeed. The bridge tests a frame's type and
+# length as they arrive, before its checksum, so a type or length byte damaged on the line comes back as TYPE or
+# LENGTH (the host's own frames have known types and lengths right for the INFO it checked); TARGET is tested
+# after the checksum (it would fail again), and BUSY means a request out of order (a RESULT must come first).
+RESENDABLE = (NackCode.CRC, NackCode.TIMEOUT, NackCode.FRAMING, NackCode.TYPE, NackCode.LENGTH)
 DRAIN_CHUNK = 4096
 # Reads of a drain that return some bytes but fewer than asked (the port timed out while bytes still
 # came): the tail of a reply gives one; more mean a device that trickles bytes and never goes quiet.
@@ -64,9 +66,9 @@ def recoverable(error: BaseException) -> bool:
 
 class LinkHost:
     """Requests to the device on ``port``. A LOAD frame NACKed for its checksum, a
-    timeout or a framing error is sent again up to ``retries`` times before
-    :class:`NackError` is raised; one NACKed for its length or target (it would fail again) or a busy core
-    (a RESULT must come first) is not.
+    timeout, a framing error, its type or its length (line damage to its header) is sent again up to
+    ``retries`` times before :class:`NackError` is raised; one NACKed for its target (it would fail again) or
+    a busy core (a RESULT must come first) is not.
     A LOAD whose reply is corrupted or missing is sent again after :meth:`resync` (loading
     the same words twice is harmless). ``retried`` counts the frames sent again, ``resyncs``
     the resynchronizations and ``repeated`` the layer runs repeated by :meth:`load_and_run`.

@@ -889,6 +889,43 @@ def test_host_retries_nacked_load():
     assert port.beats == []
 
 
+class HeaderDamagingPort(SimPort):
+    """Damages the first ``bad`` requests of type ``ftype`` on their way to the bridge with ``damage``
+    (frame bytes -> the bytes that arrive)."""
+
+    def __init__(self, ftype, damage, bad=1, **kwargs):
+        super().__init__(**kwargs)
+        self.ftype, self.damage, self.bad = ftype, damage, bad
+
+    def write(self, data):
+        if data[1] == self.ftype and self.bad:
+            self.bad -= 1
+            data = self.damage(data)
+        super().write(data)
+
+
+@pytest.mark.parametrize("damage, code", [
+    pytest.param(lambda f: f[:2] + f[3:], NackCode.LENGTH, id="length-byte-lost"),
+    pytest.param(lambda f: f[:3] + bytes([f[3] ^ 0x80]) + f[4:], NackCode.LENGTH, id="length-bit-flipped"),
+    pytest.param(lambda f: bytes([f[0] ^ 0x04]) + f[1:], NackCode.TYPE, id="sync-lost-type-from-payload"),
+    pytest.param(lambda f: b"\xa5" + f, NackCode.TYPE, id="noise-byte-equal-to-sync"),
+])
+def test_host_resends_a_frame_whose_header_was_damaged_on_the_line(damage, code):
+    """The bridge tests a frame's type and length before its checksum, so line noise in a request's header
+    comes back as NACK TYPE or LENGTH, not CRC: a LOAD so refused is sent again, and a RUN so refused is run
+    again by load_and_run (the host's own frames always have known types and lengths right for INFO)."""
+    beats = [(1, 10, 0x0A5), (1, 11, 7), (1, 12, 0xFFF)]     # a sync byte in the payload, then type 0x00
+    port = HeaderDamagingPort(FrameType.LOAD, damage, bad=2, stall=False, timeout=2_000)
+    port.write(encode_frame(FrameType.LOAD, encode_loads(beats, INFO)[0]))
+    got = read_frame(port.read)
+    assert got.type == FrameType.NACK and got.payload[0] == code and port.beats == []
+    host = LinkHost(port, retries=1)
+    host.load(beats)
+    assert port.beats == beats and host.retried == 1
+    port.ftype, port.bad = FrameType.RUN, 1
+    assert host.load_and_run([], 3) == model_words(beats) and host.repeated == 1
+
+
 def split_frames(data: bytes) -> list[bytes]:
     """The frames ``data`` holds back to back (the last one cut short where ``data`` ends)."""
     frames = []
