@@ -30,7 +30,7 @@ from hw.engine_params import EngineParams
 from hw.network_params import NetworkParams
 from hw.network_program import decode_logits, image_beats, load_beats
 from hw.program import model_jobs, resident_beats
-from hw.protocol import LinkError, LinkInfo, LinkMode, OutputFormat
+from hw.protocol import LinkError, LinkInfo, LinkMode, NackCode, NackError, OutputFormat
 
 from .link_host import LinkHost, recoverable
 
@@ -114,7 +114,8 @@ class NetworkRunner(_Runner):
     :meth:`classify` overlaps the link with compute: the core stages one image's pixels while it runs
     another, so per image ``i`` the host sends LOAD (its pixels, staged while image ``i - 1`` runs),
     RESULT (image ``i - 1``'s logits; the core is then idle), RUN of 0 words (start image ``i``, which
-    returns once the core has taken the staged pixels), and after the last image its RESULT."""
+    returns once the core has taken the staged pixels), and after the last image its RESULT. A core that an
+    earlier session left running (it ended mid-image) is stopped first (:meth:`_idle`)."""
 
     def __init__(self, host: LinkHost, model: CompiledModel, params: NetworkParams, *, retries: int = 2):
         info = host.info
@@ -133,8 +134,20 @@ class NetworkRunner(_Runner):
     def load_constants(self) -> None:
         """Send every constant and the program (once)."""
         if not self.loaded:
-            self.host.load(load_beats(self.model, self.params))
+            self._idle(lambda: self.host.load(load_beats(self.model, self.params)))
         self.loaded = True
+
+    def _idle(self, request):
+        """``request()``, which needs the core idle. A core still running an image of a session that ended
+        mid-image (Ctrl-C or an error after its start) refuses it with NACK BUSY: its logits are collected and
+        dropped (:meth:`LinkHost.settle`) and ``request`` is sent once more."""
+        try:
+            return request()
+        except NackError as error:
+            if error.code != NackCode.BUSY:
+                raise
+            self.host.settle(self.model.num_classes)
+            return request()
 
     def logits(self, image: np.ndarray) -> np.ndarray:
         """Integer logits ``(classes,)`` of one uint8 image ``(C, H, W)``, not overlapped: its pixels, then a RUN
@@ -143,7 +156,8 @@ class NetworkRunner(_Runner):
         self.load_constants()
         before = self.host.repeated
         try:
-            words = self.host.load_and_run(beats, self.model.num_classes, OutputFormat.FULL, repeats=self.retries)
+            words = self._idle(lambda: self.host.load_and_run(beats, self.model.num_classes, OutputFormat.FULL,
+                                                              repeats=self.retries))
         finally:
             self.repeated += self.host.repeated - before
         return decode_logits(self.params, words, self.model.num_classes)
@@ -171,7 +185,7 @@ class NetworkRunner(_Runner):
                     collect(running, host.result(classes))
                     running = None
                 if staged is not None:
-                    host.start()
+                    self._idle(host.start)
                     running, staged = staged, None
             except LinkError as error:
                 if not recoverable(error):

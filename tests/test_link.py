@@ -1419,6 +1419,33 @@ def test_network_runner_recovers_a_lost_reply(damaged, lost):
     assert kinds[first + 5:first + 7] == ([] if lost == len(images) - 1 else [FrameType.LOAD, (START, 0)])
 
 
+def test_a_core_left_running_by_a_session_that_ended_mid_image_is_settled():
+    """A session that ended while the core ran an image (Ctrl-C or an error after its start: lcq run closes the
+    port) leaves the core busy with its logits unread; the next session's constants, and the next classify's
+    start and blocking run, are refused BUSY until those logits are collected: the runner collects and drops
+    them (RESULT) and sends the request again, and the logits equal the reference."""
+    from boards.runtime import NetworkRunner
+    from compiler.reference import predict
+    from hw.network_program import image_beats
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images)
+    expected = predict(model, images)
+
+    def abandoned_session(host):
+        host.load(image_beats(model, params, images[2]))
+        host.start()
+
+    abandoned_session(LinkHost(board.port))
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    assert (runner.classify(images).logits == expected).all()
+    abandoned_session(runner.host)
+    assert (runner.classify(images[:2]).logits == expected[:2]).all()
+    abandoned_session(runner.host)
+    assert (runner.logits(images[1]) == expected[1]).all()
+    assert runner.repeated == 0 and request_kinds(board.port.writes).count((RESULT, model.num_classes)) == 3 + 2 + 3   # 3 settles
+
+
 def test_network_runner_gives_up_after_its_retries():
     """The same image's reply lost more often than ``retries``: the error is raised."""
     from boards.runtime import NetworkRunner
