@@ -147,3 +147,20 @@ def test_network_mode_board_recovers_from_corrupted_bytes_both_ways(tmp_path):
     replies = [info + 10 * ack + 2, info + loading + nack + info + ack + ack + done + ack + 8]
     _, _, _, out = run_network_board(tmp_path, byte_cycles=1, images=2, corrupt=1_000, corrupt_replies=replies)
     assert out["retried"] == 2 and out["repeated"] == 1
+
+
+def test_network_mode_board_resends_a_load_whose_length_was_damaged(tmp_path):
+    """A bit of the second constants LOAD's length byte flipped on the way in: the bridge refuses the frame
+    with NACK LENGTH (it tests the length before the checksum), and the host sends it again, as for a
+    checksum (before, the host took LENGTH as final and the run ended)."""
+    from boards.traffic import network_info
+    from hw.network_params import NetworkParams
+    from hw.network_program import load_beats
+    from hw.protocol import FRAME_BYTES, encode_loads
+
+    model = load(DIGITS)
+    params = NetworkParams.for_model(model, 2, 4)
+    first = encode_loads(load_beats(model, params), network_info(model, params, 512))[0]
+    len_hi = FRAME_BYTES + FRAME_BYTES + len(first) + 3     # after the PING and the first LOAD: sync, type, LEN lo
+    _, _, _, out = run_network_board(tmp_path, byte_cycles=1, images=2, corrupt=len_hi)
+    assert out["retried"] == 1 and out["repeated"] == 0
