@@ -50,10 +50,9 @@ from hypothesis import strategies as st
 
 from boards.link_host import LinkHost
 from hw.engine_params import TARGETS
-from hw.protocol import (INFO_HEAD_BYTES, INFO_HEAD_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameError, FrameType,
-                         LinkError, LinkInfo,
-                         LinkNoise, LinkTimeout, NackCode, OutputFormat, decode_frame, decode_words, encode_frame,
-                         encode_loads, encode_out, encode_run)
+from hw.protocol import (CRC_BYTES, INFO_HEAD_BYTES, INFO_HEAD_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameError,
+                         FrameType, LinkError, LinkInfo, LinkNoise, NackCode, OutputFormat, crc16,
+                         decode_frame, decode_words, encode_frame, encode_loads, encode_out, encode_run)
 
 OUTCOMES = ("correct", "recovered", "clean error", "crash", "hang", "silent wrong answer")
 GOOD = ("correct", "recovered", "clean error")
@@ -194,10 +193,11 @@ class FakeEngine:
 
 
 class FakeDevice:
-    """The link bridge of :mod:`hw.link` at the frame level: ``receive(bytes of one request)`` ->
-    the frames of its reply (PING -> INFO; LOAD -> ACK; RUN -> OUT frames, each the index of its
-    first word and as many words as the rest of max_payload holds, then DONE; NACKs as the bridge
-    gives them)."""
+    """The link bridge of :mod:`hw.link` in layers mode: ``receive(bytes of one request, arriving back to back)`` ->
+    the frames of its reply (PING -> INFO; LOAD -> ACK; RUN -> OUT frames, each the index of its first word and as
+    many words as the rest of max_payload holds, then DONE; RESULT -> DONE 0, the engine being idle; NACKs as and
+    when the bridge's receive FSM gives them: ``test_fake_device_answers_damaged_requests_as_the_bridge_does``
+    compares the two on damaged byte streams)."""
 
     def __init__(self, info: LinkInfo = INFO, info_payload: bytes | None = None):
         self.info, self.engine = info, FakeEngine(info)
@@ -208,32 +208,44 @@ class FakeDevice:
         return encode_frame(FrameType.NACK, bytes([code, ftype & 0xFF]))
 
     def receive(self, data: bytes) -> list[bytes]:
+        """The bridge's receive FSM over ``data``: bytes before a sync byte are skipped; the type byte is refused
+        (TYPE) as it arrives and the length (LENGTH) once its high byte has, both before the checksum; a frame
+        cut short is refused TIMEOUT (its type byte, or 0 if none came); after any refusal but TIMEOUT the bridge
+        drains the line, and after a whole frame it is busy answering, so the rest of ``data`` is dropped."""
         start = data.find(bytes([SYNC]))
         if start < 0:
             return []                   # no frame started: the bridge waits
-        data = data[start:]
-        try:
-            frame = decode_frame(data)
-        except LinkTimeout:
-            return [self.nack(NackCode.TIMEOUT, data[1] if len(data) > 1 else 0)]
-        except FrameError:
-            return [self.nack(NackCode.CRC, data[1] if len(data) > 1 else 0)]
-        if frame.type == FrameType.PING:
-            return [self.nack(NackCode.LENGTH, frame.type) if frame.payload else
-                    encode_frame(FrameType.INFO, self.info_payload)]
-        if frame.type == FrameType.LOAD:
-            code = self.load(frame.payload)
-            return [encode_frame(FrameType.ACK) if code is None else self.nack(code, frame.type)]
-        if frame.type == FrameType.RUN:
-            return self.run(frame.payload)
-        return [self.nack(NackCode.TYPE, frame.type)]
+        frame = data[start + 1:]
+        if not frame:
+            return [self.nack(NackCode.TIMEOUT, 0)]
+        ftype = frame[0]
+        if ftype not in (FrameType.PING, FrameType.LOAD, FrameType.RUN, FrameType.RESULT):
+            return [self.nack(NackCode.TYPE, ftype)]
+        if len(frame) < 3:
+            return [self.nack(NackCode.TIMEOUT, ftype)]
+        length = int.from_bytes(frame[1:3], "little")
+        header = 1 + self.info.addr_bytes
+        if (ftype == FrameType.LOAD and not header < length <= self.info.max_payload
+                or ftype in (FrameType.RUN, FrameType.RESULT) and length != struct.calcsize(RUN_FORMAT)
+                or ftype == FrameType.PING and length):
+            return [self.nack(NackCode.LENGTH, ftype)]
+        end = 3 + length + CRC_BYTES
+        if len(frame) < end:
+            return [self.nack(NackCode.TIMEOUT, ftype)]
+        if crc16(frame[:end]):
+            return [self.nack(NackCode.CRC, ftype)]
+        payload = frame[3:3 + length]
+        if ftype == FrameType.PING:
+            return [encode_frame(FrameType.INFO, self.info_payload)]
+        if ftype == FrameType.LOAD:
+            code = self.load(payload)
+            return [encode_frame(FrameType.ACK) if code is None else self.nack(code, ftype)]
+        return self.run(payload, ftype)
 
     def load(self, payload: bytes) -> int | None:
         info, header = self.info, 1 + self.info.addr_bytes
-        if not header < len(payload) <= info.max_payload:
-            return NackCode.LENGTH
         target = payload[0]
-        if target >= TARGETS or not info.target_bits[target]:
+        if target >= info.targets or not info.target_bits[target]:
             return NackCode.TARGET
         size, body = info.word_bytes(target), payload[header:]
         if len(body) % size:
@@ -243,14 +255,15 @@ class FakeDevice:
                           for i in range(len(body) // size))
         return None
 
-    def run(self, payload: bytes) -> list[bytes]:
+    def run(self, payload: bytes, ftype: int = FrameType.RUN) -> list[bytes]:
+        """The reply to a RUN (or a RESULT: the engine, idle between requests, has no words) of ``payload``
+        (its length checked)."""
         info = self.info
-        if len(payload) != struct.calcsize(RUN_FORMAT) or payload[-1] not in (0, 1) \
-                or (payload[-1] == OutputFormat.CODES and not info.code_bits):
-            return [self.nack(NackCode.LENGTH, FrameType.RUN)]
+        if payload[-1] not in (0, 1) or (payload[-1] == OutputFormat.CODES and not info.code_bits):
+            return [self.nack(NackCode.LENGTH, ftype)]
         asked, fmt = struct.unpack(RUN_FORMAT, payload)
         fmt = OutputFormat(fmt)
-        words = self.engine.output()
+        words = self.engine.output() if ftype == FrameType.RUN else []
         step = info.out_bytes(fmt)
         per = info.out_frame_words(fmt)
         frames = []
@@ -657,6 +670,63 @@ def test_long_fuzz_campaign(case, examples, request):
              "checkpoint": lambda rnd: request.getfixturevalue("checkpoints").case(rnd)}
     counts = fuzz(cases[case], examples, derandomize=False)
     assert sum(counts.values()) >= examples
+
+
+# ------------------------------------------------------------------------------- the fake against the bridge
+
+def damaged_request(rnd: random.Random) -> bytes:
+    """A request as the host sends one (PING, a LOAD of 1 to 3 words, a RUN or RESULT of 0 to 3 words), or now and
+    then one of another type or length, mutated one way (:data:`FRAME_MUTATIONS`, a burst over the whole frame as
+    :class:`FaultyPort` damages requests, or none) and sometimes after noise."""
+    kind = rnd.choice(["PING", "LOAD", "LOAD", "RUN", "RESULT", "other"])
+    if kind == "PING":
+        frame = encode_frame(FrameType.PING)
+    elif kind == "LOAD":
+        target = rnd.choice([t for t in range(INFO.targets) if INFO.target_bits[t]])
+        start = rnd.randrange(60)
+        beats = [(target, start + i, rnd.getrandbits(INFO.target_bits[target])) for i in range(rnd.randint(1, 3))]
+        frame = encode_frame(FrameType.LOAD, encode_loads(beats, INFO)[0])
+    elif kind in ("RUN", "RESULT"):
+        frame = encode_frame(FrameType[kind], encode_run(rnd.randint(0, 3), rnd.choice(list(OutputFormat))))
+    else:
+        frame = encode_frame(rnd.choice([*FrameType, rnd.getrandbits(8)]), noise(rnd, 8) if rnd.random() < 0.8 else b"")
+    how = rnd.choice([*FRAME_MUTATIONS, "line burst", "none"])
+    data = burst(frame, rnd) if how == "line burst" else frame if how == "none" else mutate_frame(frame, how, rnd)
+    return (noise(rnd, 4) if rnd.random() < 0.2 else b"") + data
+
+
+def test_fake_device_answers_damaged_requests_as_the_bridge_does():
+    """:class:`FakeDevice` and the bridge of :mod:`hw.link` in Amaranth's simulator (``tests/test_link.py``'s
+    SimPort, the bridge of :data:`INFO`), each given the same 300 seeded damaged requests, their bytes back to back:
+    the same reply frames (OUT frames left out and DONE's count, which differ with the engine: the recording
+    engine's words are its load beats) and the same load beats reach the engine. So the early TYPE and LENGTH
+    NACKs, TIMEOUT's type byte, and the bytes dropped after a refusal are the bridge's own."""
+    pytest.importorskip("amaranth")
+    from test_link import SimPort, split_frames
+
+    def summary(data: bytes) -> list:
+        return [(f[1], None if f[1] == FrameType.DONE else f[4:-CRC_BYTES])
+                for f in split_frames(data) if f[1] != FrameType.OUT]
+
+    def reply(port) -> bytes:
+        """What the bridge sends until it has been quiet for 200 cycles (its drain waits 64)."""
+        got = b""
+        while more := port.read(1 << 16):
+            got += more
+        return got
+
+    port = None
+    for seed in range(300):
+        if port is None or len(port.beats) > 40:    # the recording engine keeps 64 beats
+            port = SimPort(gap=1, stall=False, timeout=200)
+        data = damaged_request(random.Random(seed))
+        fake, beats = FakeDevice(), []
+        fake.engine.apply = lambda got: beats.extend(got)
+        expected = summary(b"".join(fake.receive(data)))
+        before = len(port.beats)
+        port.write(data)
+        got = summary(reply(port))
+        assert (got, port.beats[before:]) == (expected, beats), f"seed {seed}: {data.hex()}"
 
 
 # ------------------------------------------------------------------------------- each fault alone
