@@ -4,8 +4,9 @@ Runs the case functions of ``tests/test_fuzz.py`` (its scripted link device and 
 model-file and checkpoint mutations) on ``--inputs`` seeded random inputs per class and counts how
 each ended: *correct*, *recovered* (the correct result after a detected fault and a retry), *clean
 error* (the project's own error: LinkError, ModelFormatError or CheckpointError naming the file),
-*crash* (any other exception), *hang* (past the time bound of one input) or *silent wrong answer*
-(a result or a loaded file that differs from the expected one without an error).
+*crash* (any other exception), *hang* (past the time bound of one input), *silent wrong answer*
+(a result or a loaded file that differs from the expected one without an error) or *gave up early* (a
+session that ended in a NACK before its repeated layer runs were spent).
 
 Classes: ``frame`` (one frame, mutated), ``info`` (INFO replies of random parameters), ``session``
 (PING, LOADs and RUNs of two layer jobs with a device whose frames are damaged each way at a rate of
@@ -15,7 +16,7 @@ session whose first RUN of two or more OUT frames loses one of them and gets ano
 the word count still matches: the index of its first word that each OUT frame carries gives it away).
 
 Input ``i`` of class ``c`` draws from ``random.Random(f"{seed}:{c}:{i}")``, so that any input can be
-replayed alone. Exits 1 when any class has a crash, hang or silent wrong answer.
+replayed alone. Exits 1 when any class has a crash, hang, silent wrong answer or early give-up.
 
 Run:  python benchmarks/fuzz.py [--inputs 5000] [--seed 0] [--classes session,frame]
 Writes benchmarks/results/fuzz.json (or --json-out).
@@ -46,7 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from git_state import git_state  # noqa: E402
 
 CLASSES = ("frame", "info", "session", "model file", "checkpoint", "dup+drop")
-BAD = ("crash", "hang", "silent wrong answer")
+BAD = ("crash", "hang", "silent wrong answer", "gave up early")
 SEED = IntRange(0, 2**63 - 1)
 
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                "outcomes": list(fz.OUTCOMES), "classes": results, "failing_classes": failing}, args.json_out)
     print(f"\nwrote {args.json_out}")
     if failing:
-        print(f"crashes, hangs or silent wrong answers in: {', '.join(failing)}", file=sys.stderr)
+        print(f"crashes, hangs, silent wrong answers or early give-ups in: {', '.join(failing)}", file=sys.stderr)
     return 1 if failing else 0
 
 

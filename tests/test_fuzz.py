@@ -4,7 +4,9 @@ Every input must end, within a time bound, in one of three outcomes: the correct
 detected-and-recovered retry (the correct result after a resend, resync or repeated layer run), or
 the project's own error (:class:`hw.protocol.LinkError`, :class:`compiler.format.ModelFormatError`,
 :class:`lcq_train.checkpoint.CheckpointError`, naming the file where there is one). Never a hang,
-another exception (a crash) or a silently wrong result: results are compared with the expected
+another exception (a crash), a silently wrong result, or a link session that gave up on a refusal
+(NACK) before its repeated layer runs were spent (the host's requests are well formed, so the device refuses only
+frames the line damaged, and sending again may succeed): results are compared with the expected
 words, logits-free but bit for bit, and loaded files with the original.
 
 Classes of input (hypothesis draws each from a ``random.Random`` it controls, so that the same
@@ -16,7 +18,8 @@ case functions serve ``benchmarks/fuzz.py``'s seeded campaigns):
 - ``session``: whole sessions (PING, LOADs, RUNs of two layer jobs, FULL and CODES words) with a
   scripted device (:class:`FakeDevice`) that answers correctly, behind a port
   (:class:`FaultyPort`) that damages frames each way at a random rate: on the way in bursts,
-  drops and truncations (the device NACKs or stays silent); on the way back bursts, drops,
+  drops and truncations (the device NACKs as the bridge does, its type and length before the checksum, or
+  stays silent); on the way back bursts, drops,
   truncations (the rest of the reply lost), noise before a frame, duplicated frames and empty
   frames of types that are never empty, any number of them in one reply.
 - ``dup+drop``: sessions whose first RUN of two or more OUT frames loses one of them and gets
@@ -51,10 +54,10 @@ from hypothesis import strategies as st
 from boards.link_host import LinkHost
 from hw.engine_params import TARGETS
 from hw.protocol import (CRC_BYTES, INFO_HEAD_BYTES, INFO_HEAD_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameError,
-                         FrameType, LinkError, LinkInfo, LinkNoise, NackCode, OutputFormat, crc16,
+                         FrameType, LinkError, LinkInfo, LinkNoise, NackCode, NackError, OutputFormat, crc16,
                          decode_frame, decode_words, encode_frame, encode_loads, encode_out, encode_run)
 
-OUTCOMES = ("correct", "recovered", "clean error", "crash", "hang", "silent wrong answer")
+OUTCOMES = ("correct", "recovered", "clean error", "crash", "hang", "silent wrong answer", "gave up early")
 GOOD = ("correct", "recovered", "clean error")
 BOUND_S = 10.0          # one input, whatever it is (a session takes milliseconds)
 MAX_PORT_OPS = 200_000  # reads and writes of one session: far beyond the host's bounded retries
@@ -377,14 +380,18 @@ def session_case(rnd: random.Random, rate: float | None = None, *, dup_drop: boo
     rate = rnd.choice(RATES) if rate is None else rate
     jobs = random_jobs(rnd, info)
     port = FaultyPort(FakeDevice(info), random.Random(rnd.getrandbits(64)), rate, dup_drop=dup_drop)
-    host = LinkHost(port, retries=3, deadline=5.0)
-    results = []
+    host, repeats = LinkHost(port, retries=3, deadline=5.0), 3
+    results, before = [], 0
     try:
         with time_bound():
             for beats, words, fmt in jobs:
-                results.append(host.load_and_run(beats, words, fmt, repeats=3))
+                before = host.repeated
+                results.append(host.load_and_run(beats, words, fmt, repeats=repeats))
     except Hang as e:
         return "hang", f"rate {rate}, faults {dict(port.faults)}: {e}"
+    except NackError as e:      # a frame the line damaged: final only once the job's repeats are spent
+        outcome = "clean error" if host.repeated - before == repeats else "gave up early"
+        return outcome, f"rate {rate}, faults {dict(port.faults)}, {host.repeated - before} repeats: {e}"
     except LinkError as e:
         return "clean error", f"{type(e).__name__}: {e}"
     except Exception as e:      # noqa: BLE001
