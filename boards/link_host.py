@@ -29,6 +29,7 @@ import math
 import os
 import struct
 import time
+from collections import Counter
 
 from hw.protocol import (DONE_FORMAT, FRAME_BYTES, LENGTH_BITS, MAX_INFO_BYTES, OUT_HEAD_BYTES, FrameError, FrameType,
                          LinkError, LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_out,
@@ -62,6 +63,23 @@ def recoverable(error: BaseException) -> bool:
     if isinstance(error, NackError):
         return error.code in RESENDABLE
     return isinstance(error, (FrameError, LinkTimeout))
+
+
+class Refusals(Counter):
+    """The device's refusals over the tries of one job (a layer run, an image), by frame type and NACK code: a
+    :class:`NackError` counts its own request's attempts only, and :meth:`final` restates the one that ends the
+    job with every refusal of its frame for its reason."""
+
+    def add(self, error: BaseException) -> None:
+        if isinstance(error, NackError):
+            self[error.refused_type, error.code] += error.attempts
+
+    def final(self, error: LinkError) -> LinkError:
+        """``error``, the job's last (added), with the refusals of all its tries."""
+        if not isinstance(error, NackError):
+            return error
+        total = self[error.refused_type, error.code]
+        return error if total <= error.attempts else NackError(error.code, error.refused_type, total)
 
 
 class LinkHost:
@@ -308,14 +326,17 @@ class LinkHost:
         """:meth:`load` then :meth:`run`, the whole again after :meth:`resync` when a reply comes
         back damaged or not at all (the device's bytes to the host have no retry of their own),
         up to ``repeats`` times: a job that brings everything the engine does not keep is
-        idempotent. ``repeated`` counts the repetitions."""
+        idempotent (a NACK that ends it counts the refusals of all the tries). ``repeated`` counts the
+        repetitions."""
+        refused = Refusals()
         for attempt in range(repeats + 1):
             try:
                 self.load(beats)
                 return self.run(out_words, fmt)
             except LinkError as e:
+                refused.add(e)
                 if attempt == repeats or not recoverable(e):
-                    raise
+                    raise refused.final(e)
                 self.repeated += 1
                 self.resync()
         raise AssertionError("unreachable")

@@ -32,7 +32,7 @@ from hw.network_program import decode_logits, image_beats, load_beats
 from hw.program import model_jobs, resident_beats
 from hw.protocol import LinkError, LinkInfo, LinkMode, NackCode, NackError, OutputFormat
 
-from .link_host import LinkHost, recoverable
+from .link_host import LinkHost, Refusals, recoverable
 
 MODES = tuple(mode.label for mode in LinkMode)     # "layers", "network": what `lcq build --mode` takes
 
@@ -203,12 +203,14 @@ class NetworkRunner(_Runner):
                  attempts: list[int]) -> list[int]:
         """After ``error`` (a reply that went wrong): resync, stop the core (collect and drop what it holds),
         run image ``lost`` again the blocking way (LOAD, RUN of ``classes`` words) and stage image ``staged``
-        again (its pixels were overwritten); up to ``retries`` times per image, each counted in ``repeated``.
-        Returns ``lost``'s logit words."""
+        again (its pixels were overwritten); up to ``retries`` times per image, each counted in ``repeated`` (a NACK
+        that ends it counts the refusals of all the image's tries). Returns ``lost``'s logit words."""
         classes, host = self.model.num_classes, self.host
+        refused = Refusals()
+        refused.add(error)
         while True:
             if attempts[lost] == self.retries:
-                raise error
+                raise refused.final(error)
             attempts[lost] += 1
             self.repeated += 1
             try:
@@ -220,8 +222,9 @@ class NetworkRunner(_Runner):
                     host.load(self._beats(images, staged))
                 return words
             except LinkError as e:
+                refused.add(e)
                 if not recoverable(e):
-                    raise
+                    raise refused.final(e)
                 error = e
 
     def _beats(self, images: np.ndarray, index: int) -> list[tuple[int, int, int]]:

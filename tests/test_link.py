@@ -1459,6 +1459,27 @@ def test_network_runner_gives_up_after_its_retries():
     assert runner.repeated == 2
 
 
+def test_an_image_refused_on_every_try_counts_every_refusal():
+    """A board that refuses every RESULT, then every RUN, for its checksum: the runner gives up on the image after its
+    2 reruns, and load_and_run (``logits``) after its 2 repeats, each with the refusals of all the tries (the
+    pipeline's RESULT and each rerun's settle; each repeat's RUN), not only the last try's 1."""
+    from boards.runtime import NetworkRunner
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images[:1])
+    run, refused = board.run, {FrameType.RESULT}
+    board.run = lambda frame: (encode_frame(FrameType.NACK, bytes([NackCode.CRC, frame.type]))
+                               if frame.type in refused else run(frame))
+    runner = NetworkRunner(LinkHost(board.port), model, params, retries=2)
+    with pytest.raises(NackError, match=r"refused RESULT frame 3 time\(s\): its checksum did not match"):
+        runner.classify(images[:1])
+    assert runner.repeated == 2
+    board.running, refused = None, {FrameType.RUN}
+    with pytest.raises(NackError, match=r"refused RUN frame 3 time\(s\): its checksum did not match"):
+        runner.logits(images[0])
+    assert runner.repeated == 4
+
+
 def test_host_start_and_result_check_their_replies():
     """start: any word or a DONE count other than 0 is an error; result: a core that returned fewer words."""
     done = encode_frame(FrameType.DONE, struct.pack("<I", 2))
