@@ -31,7 +31,8 @@ case functions serve ``benchmarks/fuzz.py``'s seeded campaigns):
 - ``checkpoint``: byte edits, truncations and appended bytes of a checkpoint (the helpers of
   ``tests/test_checkpoint.py``).
 
-The default run is bounded (about 10-20 s); ``pytest -m fuzz`` runs the long campaigns.
+The default run is bounded (about 20-30 s, most of it the fake device against the bridge in the simulator);
+``pytest -m fuzz`` runs the long campaigns.
 """
 
 from __future__ import annotations
