@@ -150,7 +150,8 @@ def test_a_load_word_wider_than_the_link_buffer_is_refused_by_the_fit_check(smal
     with pytest.raises(FitError, match=rf"1 x 1 engine {says}"):
         check_link_payload(BOARDS["icebreaker"], "1 x 1 engine", engine.addr_bits, engine.target_bits,
                            engine.cols * engine.out_bits, engine.cols * engine.code_bits)
-    with pytest.raises(FitError, match=r"1 x 1 whole-network core on icebreaker .*its buffers need \d+ EBR blocks.* thresholds"):
+    needs_ebr = r"1 x 1 whole-network core on icebreaker .*its buffers need \d+ EBR blocks.* thresholds"
+    with pytest.raises(FitError, match=needs_ebr):
         check_network_fit(BOARDS["icebreaker"], network)
     with pytest.raises(FitError, match=r"1 x 1 engine on icebreaker .*needs about \d+ EBR"):
         check_fit(BOARDS["icebreaker"], engine)
