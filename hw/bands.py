@@ -5,20 +5,22 @@ channel tile band by band (``band_rows`` output rows each, a divisor of the outp
 reduction tiles of a band before the next band, and writes each band back while the array
 computes the next one. Smaller bands shorten the write-back left over after the last band; each
 band costs a weight load (``rows`` cycles) per reduction tile, and bands of fewer than
-``cols + 2`` positions wait for the pipeline. The accumulators hold two of the largest bands
-(:func:`ring_depth`), not the layer: a band waits while the ring is full. :func:`network_layer_cycles` is
-the engine's cycle model (``hw/engine.py``), :func:`band_rows` picks the band that it says is fastest and
-:func:`band_registers` writes it into the engine's band registers
+``cols + 2`` positions wait for the pipeline. The accumulators hold two of the largest bands, or more
+where a layer would wait for them (:func:`ring_depth`), not the layer: a band waits while the ring is full.
+:func:`network_layer_cycles` is the engine's cycle model (``hw/engine.py``), :func:`band_rows` picks the band
+that it says is fastest and :func:`band_registers` writes it into the engine's band registers
 (:data:`hw.engine_params.NETWORK_REGISTERS`). No Amaranth here.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from math import ceil
 
 from compiler.graph import ConvNode
 
 from .engine_params import EngineParams, group_span
+from .memories import BLOCK_RAM_SHAPES
 from .pe_words import ARRAY_PIPELINE
 
 # Network mode: registers on the code buffer's read path, its read address and its read data.
@@ -26,6 +28,9 @@ CODE_READ_REGISTERS = 2
 # Network mode, a full accumulator ring: cycles from the write-back of the unit ``acc_units`` before to the
 # first issue of the next unit (counted as :func:`network_layer_cycles` counts issues).
 RING_RESUME = 1
+# The depth of the shallowest block RAM of either family (the iCE40's 256 x 16, the ECP5's 512 x 36): a ring of
+# accumulators no deeper takes no more blocks than a shallower one.
+RING_FREE_DEPTH = min(shapes[0][0] for shapes in BLOCK_RAM_SHAPES.values())
 
 
 def network_drain(params: EngineParams) -> int:
@@ -81,11 +86,22 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
 
 
 def ring_depth(params: EngineParams, nodes) -> int:
-    """Accumulator words per column for the layers ``nodes`` in network mode: a ring of twice the largest band
-    (:func:`band_rows`'s with the layer's whole output held), a power of two (its addresses wrap by dropping
-    their high bits), where that is less than the largest layer's outputs (``out_depth``)."""
+    """Accumulator words per column for the layers ``nodes`` in network mode: a ring (a power of two words, its
+    addresses wrap by dropping their high bits) of at least twice the largest band (:func:`band_rows`'s with the
+    layer's whole output held), doubled up to :data:`RING_FREE_DEPTH` (no block RAM more) while a layer takes
+    more cycles in it (:func:`network_layer_cycles` with the :func:`band_rows` it picks there) than with its
+    whole output held (its bands wait for the ring: 16 x 16 ResNet-20's 16-channel layers, whose write-back of a
+    64-position band outlasts the next band's computation by more than the drain, 224 cycles a layer in a ring
+    of two), where that is less than the largest layer's outputs (``out_depth``)."""
     largest = max(band_rows(params, node) * node.out_shape[2] for node in nodes)
     ring = 1 << (2 * largest - 1).bit_length()
+
+    def fastest(engine: EngineParams, node: ConvNode) -> int:
+        return network_layer_cycles(engine, node, band_rows(engine, node), 0)
+
+    while ring < min(params.out_depth, RING_FREE_DEPTH) and any(
+            fastest(replace(params, out_depth=ring), node) > fastest(params, node) for node in nodes):
+        ring *= 2
     return ring if ring < params.out_depth else params.out_depth
 
 

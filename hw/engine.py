@@ -84,7 +84,7 @@ the other. The accumulator memories hold ``out_depth`` outputs a column, a power
 fewer than the layer's (``co_tiles * out_h * out_w``): their addresses wrap (a ring), and a unit begins
 only while fewer than ``acc_units`` (``out_depth // P``) are begun and not written back, the cycle after
 the write-back of the unit ``acc_units`` before it ends at the earliest; :func:`hw.bands.network_layer_cycles`
-counts these waits, which :func:`hw.bands.ring_depth`'s ring of two bands hardly ever makes.
+counts these waits, which :func:`hw.bands.ring_depth` makes the ring deep enough to avoid.
 """
 
 from __future__ import annotations

@@ -195,6 +195,60 @@ def test_accumulator_ring_holds_back_a_band_until_it_is_written(small_cnn, depth
     check_layer_cycles(model, params, result, overlapped=False)     # one band at a time: no overlap to gain
 
 
+def test_accumulator_ring_deep_enough_that_no_band_waits(small_cnn):
+    """hw.bands.ring_depth on a 4 x 8 array: conv0 (2 -> 16 channels, 8 x 8: two channel tiles of four bands
+    of 16 positions) writes a band back in 16 * 9 = 144 cycles, longer than the next band's computation leaves
+    after the drain, so in a ring of two bands (32 words) a band waits for the write-back of the one two before
+    it; the ring is 64 words, where conv0 takes the cycles it takes with its whole output held. In both rings
+    every tensor is exact and every layer's cycles are the model's."""
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    model = compile_model(small_cnn((2, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=(16, 4, 4)), (2, 8, 8))
+    params = NetworkParams.for_model(model, 4, 8)
+    conv0, engine = model.convs[0], params.engine
+    assert band_rows(engine, conv0) * conv0.out_shape[2] == 16 and engine.out_depth == 64
+    whole = dataclasses.replace(engine, out_depth=1024)
+    cycles = {depth: network_layer_cycles(dataclasses.replace(engine, out_depth=depth), conv0, 2, 0)
+              for depth in (32, 64)}
+    assert cycles[64] == network_layer_cycles(whole, conv0, band_rows(whole, conv0), 0) < cycles[32]
+    images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    simulated = {}
+    for depth in (32, 64):
+        ringed = dataclasses.replace(params, engine=dataclasses.replace(engine, out_depth=depth))
+        (result,) = simulate_network(model, ringed, images)
+        check_against_reference(model, images, [result])
+        check_layer_cycles(model, ringed, result)
+        simulated[depth] = result["engine_cycles"][0]
+    assert simulated[32] - simulated[64] == cycles[32] - cycles[64]
+
+
+def test_resnet20_on_16x16_in_a_ring_where_no_band_waits(monkeypatch):
+    """ResNet-20 on 16 x 16: a 16-channel 32 x 32 layer's 64-position band is computed in 9 * 65 = 585 cycles
+    and written back in 32 * 18 = 576, which with the drain outlast the next band's computation: in a ring of
+    two bands (128 words) every second band waited 32 cycles, 224 a layer (96 in blocks.3.conv1's bands of 4
+    rows of 16), 1,664 an image. The ring is 256 words, where every layer takes the cycles it takes with its
+    whole output held; it grows no deeper than hw.bands.RING_FREE_DEPTH."""
+    import hw.bands
+
+    model = load(DATA / "cifar10-resnet20-lcq-w3a3.lcq")
+    engine = NetworkParams.for_model(model, 16, 16).engine
+    assert engine.out_depth == 256
+    with monkeypatch.context() as patch:
+        patch.setattr(hw.bands, "RING_FREE_DEPTH", 128)
+        assert NetworkParams.for_model(model, 16, 16).engine.out_depth == 128
+
+    def fastest(depth):
+        ringed = dataclasses.replace(engine, out_depth=depth)
+        return {node.name: network_layer_cycles(ringed, node, band_rows(ringed, node), 0) for node in model.convs}
+
+    whole, ring, two_bands = fastest(1 << 16), fastest(256), fastest(128)
+    assert ring == whole
+    slower = {name: two_bands[name] - ring[name] for name in ring if two_bands[name] != ring[name]}
+    assert slower == {"conv1": 224, **{f"blocks.{b}.conv{c}": 224 for b in range(3) for c in (1, 2)},
+                      "blocks.3.conv1": 96}
+
+
 def test_next_image_loads_while_the_core_runs(small_cnn):
     """The staging buffer: each next image's pixels are loaded while the core computes the image before
     (stalled, with the logits back-pressured), never while the staged image is being copied; every
