@@ -6,8 +6,8 @@ fresh trace (:func:`lcq_train.graph.trace`) of a model written with
 :mod:`lcq_train.layers` (the built-in ones). :func:`operation` names what one
 graph node does as one of the kinds the compiler lowers (:data:`SUPPORTED`);
 any other operation raises :class:`Unsupported`, a ValueError naming the
-operation, where the user's code calls it (``file:line``) and the list of
-what is supported.
+operation, where the user's code calls it (``file:line``), what to write
+instead where :data:`HINTS` knows a fix, and the list of what is supported.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from torch import fx, nn
 from lcq_train.graph import describe, location, trace
 from lcq_train.in_place import InPlaceRead
 from lcq_train.layers import QAct, QConv2d, QLinear
+
+from .graph import MAX_KERNEL
 
 SUPPORTED = (
     "the input image into its activation quantizer (QAct, uint8 codes)",
@@ -50,6 +52,28 @@ SUPPORTED = (
     "activation quantizer (QAct, unsigned) on a tensor",
     "a linear or conv layer as the network's output (the logits)",
 )
+
+# The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
+HINTS = (
+    ((nn.LeakyReLU, F.leaky_relu), "use nn.ReLU (the accelerator's activation codes are unsigned)"),
+    ((nn.Hardtanh, F.hardtanh), "only a clip from 0 compiles: use hardtanh(0, max) (nn.Hardtanh(0.0, 1.0)), ReLU6 "
+                                "or ReLU"),
+    ((nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid"), "use nn.ReLU or a clip (nn.Hardtanh(0.0, 1.0)) between "
+                                                        "layers, and leave it off the logits (it keeps the top class)"),
+    ((torch.cat, torch.concat), "the accelerator has no concatenation: make convs of one input one Conv2d with all "
+                                "their output channels, or join branches by addition (x + y, equal shapes)"),
+    ((nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d), "only output size 1 compiles: use AdaptiveAvgPool2d(1), or "
+                                                    "AvgPool2d(k), k = the map's known side / the output size, before "
+                                                    "a conv (only a C x 1 x 1 map flattens)"),
+    ((nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d, torch.amax, "amax"),
+     f"use MaxPool2d(k), k = the map's known side / the output size (the side for a global maximum; "
+     f"k <= {MAX_KERNEL}), or global average pooling (AdaptiveAvgPool2d(1))"),
+    ((torch.sum, "sum"), "over the map use .mean((2, 3)) (global average pooling): the sum is H*W times it, a factor "
+                         "that training absorbs in the next layer"),
+    ((nn.BatchNorm1d,), "use BatchNorm2d: on the map before its ReLU and pooling, or after a 1x1 Conv2d on the "
+                        "pooled map (x.mean((2, 3), keepdim=True)) in place of a Linear"),
+)
+_HINT = {op: hint for ops, hint in HINTS for op in ops}
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
@@ -232,4 +256,5 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("identity")
         if node.target in ("add", "add_") and _arg(node, 2, "alpha", 1) == 1:
             return Op("add")
-    raise Unsupported(model, node, "is not supported")
+    hint = _HINT.get(type(modules[node.target]) if node.op == "call_module" else node.target)
+    raise Unsupported(model, node, "is not supported" + (f": {hint}" if hint else ""))

@@ -494,3 +494,100 @@ def test_torch_mean_over_the_spatial_dimensions_is_global_average_pooling():
     compiled = compile_model(net, (1, 8, 8))
     assert [n.op for n in compiled.nodes] == ["input", "conv", "pool", "conv"]
     assert _mismatches(compiled, net, images(20, (1, 8, 8), seed=12)) == 0
+
+
+class _Refusable(nn.Module):
+    """Conv + BN, an activation, a second conv stage and a head, each spelled as ``kind`` says: an operation
+    the compiler refuses, or the fix its refusal suggests."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.half1, self.half2 = (nn.Conv2d(8, n, 3, padding=1) for n in (8, 4, 4))
+        self.other = nn.Conv2d(8, 8, 3, padding=1)
+        self.window, self.point, self.bn2 = nn.Conv2d(8, 8, 2), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.modules_ = nn.ModuleDict({
+            "LeakyReLU": nn.LeakyReLU(0.1), "Hardtanh": nn.Hardtanh(), "Hardtanh01": nn.Hardtanh(0.0, 1.0),
+            "Sigmoid": nn.Sigmoid(), "AdaptiveAvgPool2d2": nn.AdaptiveAvgPool2d(2), "AvgPool2d4": nn.AvgPool2d(4),
+            "AdaptiveAvgPool2d1": nn.AdaptiveAvgPool2d(1), "AdaptiveMaxPool2d1": nn.AdaptiveMaxPool2d(1),
+            "MaxPool2d8": nn.MaxPool2d(8), "BatchNorm1d": nn.BatchNorm1d(8)})
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        k, m = self.kind, self.modules_
+        y = self.bn1(self.conv1(x))
+        if k in ("LeakyReLU", "Hardtanh", "Hardtanh01", "Sigmoid"):
+            y = m[k](y)
+        elif k == "F.leaky_relu":
+            y = torch.nn.functional.leaky_relu(y, 0.1)
+        elif k == "F.hardtanh(-1, 1)":
+            y = torch.nn.functional.hardtanh(y, -1.0, 1.0)
+        elif k == "torch.sigmoid":
+            y = torch.sigmoid(y)
+        else:
+            y = torch.relu(y)
+        if k == "torch.cat":
+            z = torch.relu(torch.cat([self.half1(y), self.half2(y)], 1))
+        elif k == "x + y":
+            z = torch.relu(self.conv2(y) + self.other(y))
+        else:
+            z = torch.relu(self.conv2(y))
+        if k in ("AdaptiveAvgPool2d2", "AvgPool2d4"):
+            z = torch.relu(self.window(m[k](z))).flatten(1)
+        elif k == "F.adaptive_avg_pool2d(x, 2)":
+            z = torch.relu(self.window(torch.nn.functional.adaptive_avg_pool2d(z, 2))).flatten(1)
+        elif k in ("AdaptiveAvgPool2d1", "AdaptiveMaxPool2d1", "MaxPool2d8"):
+            z = m[k](z).flatten(1)
+        elif k == ".amax((2, 3))":
+            z = z.amax((2, 3))
+        elif k == ".sum((2, 3))":
+            z = z.sum((2, 3))
+        elif k == "torch.sum":
+            z = torch.sum(z, (2, 3))
+        elif k == "BatchNorm1d":
+            z = m[k](z.mean((2, 3)))
+        elif k == "1x1 conv + BatchNorm2d":
+            z = torch.relu(self.bn2(self.point(z.mean((2, 3), keepdim=True)))).flatten(1)
+        else:
+            z = z.mean((2, 3))
+        return self.fc(z)
+
+
+@pytest.mark.parametrize("kind,what,hint,fixes", [
+    ("LeakyReLU", r"layer 'modules_\.LeakyReLU' \(LeakyReLU\)", r"use nn\.ReLU", ["relu"]),
+    ("F.leaky_relu", r"function torch\.nn\.functional\.leaky_relu", r"use nn\.ReLU", ["relu"]),
+    ("Hardtanh", r"layer 'modules_\.Hardtanh' \(Hardtanh\)",
+     r"only a clip from 0 compiles: use hardtanh\(0, max\)", ["Hardtanh01", "relu"]),
+    ("F.hardtanh(-1, 1)", r"function torch\.nn\.functional\.hardtanh", r"only a clip from 0 compiles",
+     ["Hardtanh01"]),
+    ("Sigmoid", r"layer 'modules_\.Sigmoid' \(Sigmoid\)", r"use nn\.ReLU or a clip \(nn\.Hardtanh\(0\.0, 1\.0\)\)",
+     ["relu", "Hardtanh01"]),
+    ("torch.sigmoid", r"function torch\.sigmoid", r"use nn\.ReLU or a clip", ["relu"]),
+    ("torch.cat", r"function torch\.cat", r"the accelerator has no concatenation: make convs of one input one "
+                                         r"Conv2d with all their output channels, or join branches by addition",
+     ["relu", "x + y"]),
+    ("AdaptiveAvgPool2d2", r"layer 'modules_\.AdaptiveAvgPool2d2' \(AdaptiveAvgPool2d\)",
+     r"only output size 1 compiles: use AdaptiveAvgPool2d\(1\), or AvgPool2d\(k\), k = the map's known side / the "
+     r"output size, before a conv", ["AdaptiveAvgPool2d1", "AvgPool2d4"]),
+    ("F.adaptive_avg_pool2d(x, 2)", r"function torch\.nn\.functional\.adaptive_avg_pool2d",
+     r"only output size 1 compiles: use AdaptiveAvgPool2d\(1\), or AvgPool2d\(k\)", ["AvgPool2d4"]),
+    ("AdaptiveMaxPool2d1", r"layer 'modules_\.AdaptiveMaxPool2d1' \(AdaptiveMaxPool2d\)",
+     r"use MaxPool2d\(k\), k = the map's known side / the output size \(the side for a global maximum; k <= 32\), "
+     r"or global average pooling", ["MaxPool2d8", "AdaptiveAvgPool2d1"]),
+    (".amax((2, 3))", r"method \.amax\(\)", r"use MaxPool2d\(k\)", ["MaxPool2d8"]),
+    (".sum((2, 3))", r"method \.sum\(\)", r"over the map use \.mean\(\(2, 3\)\) \(global average pooling\)", ["mean"]),
+    ("torch.sum", r"function torch\.sum", r"over the map use \.mean\(\(2, 3\)\)", ["mean"]),
+    ("BatchNorm1d", r"layer 'modules_\.BatchNorm1d' \(BatchNorm1d\)",
+     r"use BatchNorm2d: on the map before its ReLU and pooling, or after a 1x1 Conv2d on the pooled map",
+     ["mean", "1x1 conv + BatchNorm2d"]),
+])
+def test_refusals_say_what_compiles_instead_and_the_fix_compiles_exactly(kind, what, hint, fixes):
+    model = quantize_model(_Refusable(kind), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=rf"^cannot compile a _Refusable: {what} at .*test_compile_graph\.py:\d+ "
+                                          rf"\(.*\) is not supported: {hint}.*; the compiler lowers: "):
+        compile_model(model, (1, 8, 8))
+    for i, fix in enumerate(fixes):
+        torch.manual_seed(11 + i)
+        net = randomize(quantize_model(_Refusable(fix), method="lcq", wbits=3, abits=3), 15 + i, act_alpha=1.0)
+        assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=13 + i)) == 0, fix
