@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lcq_train.graph import describe, location, trace
+from lcq_train.graph import ShapeBranch, describe, location, trace
 from lcq_train.in_place import InPlaceRead
 from lcq_train.layers import QAct, QConv2d, QLinear
 
@@ -108,7 +108,7 @@ def capture(model: nn.Module, name: str) -> fx.Graph:
         return model.graph
     try:
         return trace(model)
-    except InPlaceRead as e:
+    except (InPlaceRead, ShapeBranch) as e:
         raise ValueError(f"cannot compile a {name}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -23,7 +23,8 @@ The result is a :class:`QuantGraphModule`: a ``torch.fx.GraphModule`` that holds
 submodules (same names, so ``state_dict`` keys do not change but for the quantizers' ``alpha``
 and ``theta``) and has ``quant_layers()``. What cannot be quantized is a ValueError that says
 why: a forward that ``torch.fx`` cannot trace (data-dependent control flow: give the model a
-``quant_layers()`` method and QConv2d/QLinear/QAct layers instead), no conv or linear layer, a
+``quant_layers()`` method and QConv2d/QLinear/QAct layers instead; a branch on a tensor's shape,
+:class:`ShapeBranch`: compute the size from the known input size), no conv or linear layer, a
 layer called twice, a convolution the accelerator does not run (1-d, 3-d, transposed), a
 convolution or linear map called as a function (``F.conv2d``) rather than a module, dropout called as a
 function (``F.dropout(x, p, self.training)``: traced, ``self.training`` is a constant), or a view of a
@@ -35,16 +36,18 @@ from __future__ import annotations
 import inspect
 import operator
 import re
+import traceback
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.proxy import TraceError
 
 from .in_place import InPlaceRead, Proxy, read_in_place
 from .layers import QAct, QConv2d, QLinear
 from .quantizer import Quantizer, QuantSpec
 
-__all__ = ["QuantGraphModule", "describe", "location", "prepare", "quantizable", "trace"]
+__all__ = ["QuantGraphModule", "ShapeBranch", "describe", "location", "prepare", "quantizable", "trace"]
 
 _PAIRS, _IMAGE = "lcq_quant_layers", "lcq_image_input"     # keys of QuantGraphModule.meta
 
@@ -67,9 +70,44 @@ def quantizable(model: nn.Module) -> bool:
     return callable(getattr(model, "quant_layers", None))
 
 
+class ShapeBranch(TraceError):
+    """A forward branches on a tensor's shape, which ``torch.fx`` cannot trace: where, and what to write instead."""
+
+
+_SIZE_METHODS = {"size", "dim", "numel"}
+_SIZE_ATTRIBUTES = {"shape", "ndim"}
+
+
+def _from_sizes(node: fx.Node) -> bool:
+    """Whether ``node`` is computed from tensors' sizes (``x.shape``, ``x.size()``, ``x.dim()``) and constants alone."""
+    todo, seen, sized = [node], set(), False
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if (n.op == "call_method" and n.target in _SIZE_METHODS) or \
+                (n.op == "call_function" and n.target is getattr and n.args[1] in _SIZE_ATTRIBUTES):
+            sized = True
+        elif n.op in ("placeholder", "get_attr", "call_module"):
+            return False
+        else:
+            todo.extend(n.all_input_nodes)
+    return sized
+
+
 class _Tracer(fx.Tracer):
     def proxy(self, node: fx.Node) -> Proxy:
         return Proxy(node, self)
+
+    def to_bool(self, obj: Proxy) -> bool:
+        """A branch on tensor sizes alone is a :class:`ShapeBranch` naming the line; any other fails as in fx."""
+        if _from_sizes(obj.node):
+            where = _user_frame("".join(traceback.format_stack(inspect.currentframe().f_back)))
+            raise ShapeBranch(f"its forward branches on a tensor's shape{where}, which torch.fx cannot trace: compute "
+                              "the size from the module's known input size (in __init__), or use an operation that "
+                              "needs no branch (torch.flatten(x, 1), AdaptiveAvgPool2d(1), ...)")
+        return super().to_bool(obj)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (Quantizer, QConv2d, QLinear)) or super().is_leaf_module(m, qualname)
@@ -207,7 +245,11 @@ def describe(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> str:
 def location(node: fx.Node) -> str:
     """`` at FILE:LINE (code)``: the innermost frame outside torch of ``node``'s recorded stack trace
     (empty when none was recorded, as for the quantizers that tracing inserted)."""
-    trace_text = node.meta.get("stack_trace") or ""
+    return _user_frame(node.meta.get("stack_trace") or "")
+
+
+def _user_frame(trace_text: str) -> str:
+    """`` at FILE:LINE (code)`` of the innermost frame outside torch in a formatted stack trace ('' if none)."""
     lines = trace_text.splitlines()
     found = ""
     for i, line in enumerate(lines):
@@ -238,7 +280,7 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     name = type(model).__name__
     try:
         graph = trace(model)
-    except InPlaceRead as e:
+    except (InPlaceRead, ShapeBranch) as e:
         raise ValueError(f"cannot quantize {name}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

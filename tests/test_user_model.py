@@ -6,12 +6,16 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from compiler.agreement import compare
+from compiler.capture import capture
 from compiler.format import load
+from compiler.lower import compile_model
 from lcq.cli import main
 from lcq_train import QuantPlan, apply_plan, model_from_checkpoint, quantize_model, quantizer_parameters
 from lcq_train.checkpoint import load_checkpoint
@@ -22,6 +26,8 @@ from lcq_train.plan import INPUT_BITS, layer_bits
 from lcq_train.quantizer import Quantizer, QuantSpec
 import lcq_train.train as train_mod
 from lcq_train.train import TrainConfig, build_quantized_model, evaluate, train
+
+from helpers import images, randomize
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
@@ -230,6 +236,39 @@ def test_fp_plan_gives_the_quantizable_fp_network():
     model = quantize_model(fp, method="fp")
     assert not quantizer_parameters(model) and isinstance(model.fc, QLinear)
     torch.testing.assert_close(model(x), expected, atol=0, rtol=0)
+
+
+class _ShapeBranch(nn.Module):
+    """A forward that branches on the size of its feature map (``side`` None), or on the side it is built for."""
+
+    def __init__(self, side=None):
+        super().__init__()
+        self.side = side
+        self.conv1, self.conv2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        if (x.shape[-1] if self.side is None else self.side) > 4:
+            x = F.max_pool2d(x, 2)
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
+def test_a_branch_on_a_shape_says_where_and_to_compute_the_size_from_the_input_size():
+    shape = (r"its forward branches on a tensor's shape at .*test_user_model\.py:\d+ \(if \(x\.shape\[-1\] .*\), "
+             r"which torch\.fx cannot trace: compute the size from the module's known input size \(in __init__\)")
+    with pytest.raises(ValueError, match=rf"^cannot quantize _ShapeBranch: {shape}"):
+        quantize_model(_ShapeBranch())
+    with pytest.raises(ValueError, match=rf"^cannot compile a _ShapeBranch: {shape}"):
+        capture(_ShapeBranch(), "_ShapeBranch")
+    with pytest.raises(ValueError, match=r"cannot quantize Branchy: torch\.fx cannot trace its forward \(TraceError: "
+                                         r".*\)\. Its forward must not branch on tensor values"):
+        quantize_model(um.Branchy())                    # a branch on values: no shape advice
+    net = randomize(quantize_model(_ShapeBranch(side=8), method="lcq", wbits=3, abits=3), 1)
+    compiled = compile_model(net, (1, 8, 8))
+    assert [n.op for n in compiled.nodes] == ["input", "conv", "maxpool", "conv", "pool", "conv"]
+    x = images(20, (1, 8, 8), seed=2)
+    result = compare(compiled, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0 and not any(m for _, m in result.codes.values())
 
 
 def test_what_cannot_be_quantized_is_a_clear_error():
