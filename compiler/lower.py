@@ -590,11 +590,12 @@ class _Lowering:
             self.refuse(node, f"has a {k}x{k} window, larger than its padded {h + 2 * p}x{w + 2 * p} input")
         return self.chain(node, x, maxpools=x.maxpools + ((node, k, s, p),))
 
-    def _flatten(self, node: fx.Node, op: Op) -> _Value:
+    def _flatten(self, node: fx.Node, op: Op, does: str = "flattens") -> _Value:
+        """A flatten of a C x 1 x 1 tensor (``does``: the verb of the refusal), else refused."""
         x = self.arg(node)
         if x.kind == "image" or self.shape(x)[1:] != (1, 1):
             shape = "the image" if x.kind == "image" else "a {}x{}x{} map".format(*self.shape(x))
-            self.refuse(node, f"flattens {shape}; only a C x 1 x 1 tensor flattens (pool globally first)")
+            self.refuse(node, f"{does} {shape}; only a C x 1 x 1 tensor flattens (pool globally first)")
         return self.chain(node, x)
 
     def _size(self, node: fx.Node, op: Op) -> _Value:
@@ -616,10 +617,7 @@ class _Lowering:
             shown = ", ".join("size" if isinstance(d, fx.Node) else repr(d) for d in dims)
             self.refuse(node, f"reshapes to [{shown}]; a reshape flattens to (batch, C): x.view(x.size(0), -1) or "
                         f"x.view(-1, C)")
-        if x.kind == "image" or self.shape(x)[1:] != (1, 1):
-            shape = "the image" if x.kind == "image" else "a {}x{}x{} map".format(*self.shape(x))
-            self.refuse(node, f"reshapes {shape}; only a C x 1 x 1 tensor flattens (pool globally first)")
-        return self.chain(node, x)
+        return self._flatten(node, op, "reshapes")
 
     def _identity(self, node: fx.Node, op: Op) -> _Value:
         return self.chain(node, self.arg(node))
