@@ -453,10 +453,9 @@ class _Version1Unpickler(NumpyUnpickler):
     tensors, their storages (read from ``zip``'s members under ``prefix``), state dicts, and the numpy array
     of numpy's generator state; nothing else is looked up."""
 
-    GLOBALS = NUMPY_GLOBALS | {("torch._utils", "_rebuild_tensor_v2"), ("collections", "OrderedDict"),
-                               *(("torch", name) for name in _STORAGES)}
     STAND_INS = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor, ("collections", "OrderedDict"): OrderedDict,
                  **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGES.items()}}
+    GLOBALS = NUMPY_GLOBALS.union(STAND_INS)
     HOLDS = "an lcq checkpoint"
 
     def __init__(self, file, zip: zipfile.ZipFile, prefix: str):
