@@ -181,8 +181,9 @@ def check_network_columns(board: Board, params: NetworkParams) -> None:
     if board.family != "ecp5":
         return
     deepest, bits = max(BLOCK_RAM_SHAPES[board.family])
+    columns = network_columns(params)
     for name, width, depth, _ in network_memories(params):
-        if name in network_columns(params) and depth > deepest:
+        if name in columns and depth > deepest:
             raise FitError(f"{params.engine.rows} x {params.engine.cols} whole-network core on {board.name} "
                            f"({board.device}): its {name} memory is {depth:,} words deep ({width} bits a word), built "
                            f"as columns of block RAM as deep as itself, and the deepest {board.family} block RAM is "

@@ -30,7 +30,7 @@ CODE_READ_REGISTERS = 2
 RING_RESUME = 1
 # The depth of the shallowest block RAM of either family (the iCE40's 256 x 16, the ECP5's 512 x 36): a ring of
 # accumulators no deeper takes no more blocks than a shallower one.
-RING_FREE_DEPTH = min(shapes[0][0] for shapes in BLOCK_RAM_SHAPES.values())
+RING_FREE_DEPTH = min(depth for shapes in BLOCK_RAM_SHAPES.values() for depth, _ in shapes)
 
 
 def network_drain(params: EngineParams) -> int:
