@@ -475,10 +475,14 @@ def carry_at_the_first_compare(m, seed: int) -> np.ndarray:
     return x
 
 
-def test_pool_sum_complete_at_the_first_compare():
+@pytest.mark.parametrize("ecp5", [False, True])
+def test_pool_sum_complete_at_the_first_compare(ecp5, request):
     """The search's first compare reads the complete sum (:data:`~hw.vector_params.POOL_DRAIN`): every channel's
     sum equals its first candidate's threshold only with its last value's carry (:func:`carry_at_the_first_compare`),
-    so that each code's top bit is 1."""
+    so that each code's top bit is 1. ``ecp5``: the unit as built for the ECP5 (its values, and so its sum, a cycle
+    later; its drain a cycle longer)."""
+    if ecp5:
+        request.getfixturevalue("ecp5_form")
     m = copy.deepcopy(model(DIGITS))
     x = carry_at_the_first_compare(m, seed=7)
     case = unary_case(m, "act_fc", 4, None, seed=7, inputs=x)
