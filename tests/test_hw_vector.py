@@ -545,12 +545,15 @@ def avgpool_model():
     return m, reference.run(m, images(3, (1, 8, 8), seed=5))
 
 
-@pytest.mark.parametrize("node_name, lanes, image, ecp5", [("act_conv2", 1, 0, False), ("act_conv2", 4, 1, False),
-                                                           ("act_conv3", 3, 0, False), ("act_conv3", 1, 2, True)])
-def test_avgpool(avgpool_model, node_name, lanes, image, ecp5, request):
+@pytest.mark.parametrize("node_name, lanes, image, ecp5, wide", [
+    ("act_conv2", 1, 0, False, False), ("act_conv2", 4, 1, False, False), ("act_conv3", 3, 0, False, False),
+    ("act_conv3", 1, 2, True, False), ("act_conv3", 3, 0, False, True), ("act_conv2", 4, 1, True, True)])
+def test_avgpool(avgpool_model, node_name, lanes, image, ecp5, wide, request):
     """AVGPOOL (2 x 2 windows at stride 2; overlapping 3 x 3 ones at stride 1) of an image's values, on junk
     memories, every word of both against the reference; busy lasts ``op_cycles``. ``ecp5``: the unit as built for
-    the ECP5 (:func:`helpers.build_as_for_the_ecp5`), its values read two cycles after their address."""
+    the ECP5 (:func:`helpers.build_as_for_the_ecp5`), its values read two cycles after their address. ``wide``:
+    the offsets as wide as they may be, so that a window's first value waits for a piece of its constants
+    (``pool_lead_pieces`` 1, the CONSTANTS state) and reads the last two that the sum uses beside its first two."""
     if ecp5:
         request.getfixturevalue("ecp5_form")
     m, t = avgpool_model
@@ -561,7 +564,9 @@ def test_avgpool(avgpool_model, node_name, lanes, image, ecp5, request):
     _, ho, wo = node.out_shape(x.shape)
     src, dst = 7, 3
     params = params_for(m, lanes, src + c * h * w + 5, dst + -(-c // lanes) * ho * wo + 4)
-    assert AVGPOOL in params.ops
+    if wide:
+        params = replace(params, pool_offset_bits=params.value_bits + params.max_frac_bits)
+    assert AVGPOOL in params.ops and params.pool_lead_pieces == int(wide)
     values, codes = junk(params, np.random.default_rng(lanes))
     put_values(values, src, x)
     beats, slots = constant_beats(params, m)
