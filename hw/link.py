@@ -78,7 +78,7 @@ from .engine import EngineSignature
 from .fsm_encoding import one_hot
 from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, LENGTH_BITS, MAX_TARGETS, OUT_FORMAT,
                        OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameType, LinkInfo, LinkMode, NackCode,
-                       OutputFormat, payload_bytes)
+                       OutputFormat, payload_bytes, whole_bytes)
 from .uart import RX_LAYOUT
 
 
@@ -111,10 +111,6 @@ def _u16(name, value, minimum):
 def _width(shape) -> int:
     """Bits of a member's shape (a plain width, a ``signed(n)`` shape or a data layout)."""
     return Shape.cast(shape).width
-
-
-def _bytes(bits: int) -> int:
-    return (bits + 7) // 8
 
 
 class LinkBridge(wiring.Component):
@@ -194,9 +190,9 @@ class LinkBridge(wiring.Component):
         self._mode, self._classes, self._image_target = mode, classes, image_target
         self._addr_bits, self._target_bits = addr_bits, tuple(target_bits)
         self._out_bits, self._rows, self._cols, self._code_bits = out_bits, rows, cols, code_bits
-        self._addr_bytes = _bytes(addr_bits)
-        self._word_bytes = [_bytes(bits) for bits in target_bits]
-        self._out_bytes = (_bytes(out_bits), _bytes(cols * code_bits))
+        self._addr_bytes = whole_bytes(addr_bits)
+        self._word_bytes = [whole_bytes(bits) for bits in target_bits]
+        self._out_bytes = (whole_bytes(out_bits), whole_bytes(cols * code_bits))
         largest = max(payload_bytes(addr_bits, target_bits, out_bits, cols * code_bits).values())
         _u16("Maximum payload", max_payload, largest)
         if not isinstance(timeout_cycles, int) or timeout_cycles < 1:

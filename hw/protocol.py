@@ -74,6 +74,11 @@ def info_bytes(targets: int) -> int:
 MAX_INFO_BYTES = info_bytes(MAX_TARGETS)
 
 
+def whole_bytes(bits: int) -> int:
+    """Bytes that carry a ``bits``-bit field on the link (whole bytes, the field in the low bits)."""
+    return (bits + 7) // 8
+
+
 def payload_bytes(addr_bits: int, target_bits, out_bits: int, code_out_bits: int = 0) -> dict[str, int]:
     """The largest payload of each kind a link of these widths carries, in bytes, by what it is: a LOAD of one word
     to the widest target (target byte, address, word), a RUN request, an OUT frame of one output word (``out_bits``,
@@ -81,9 +86,9 @@ def payload_bytes(addr_bits: int, target_bits, out_bits: int, code_out_bits: int
     widest = max(range(len(target_bits)), key=lambda t: target_bits[t])
     word = max(out_bits, code_out_bits)
     return {f"a LOAD of one {target_bits[widest]}-bit word (target {widest})":
-            1 + (addr_bits + 7) // 8 + (target_bits[widest] + 7) // 8,
+            1 + whole_bytes(addr_bits) + whole_bytes(target_bits[widest]),
             "a RUN request": struct.calcsize(RUN_FORMAT),
-            f"an OUT frame of one {word}-bit output word": OUT_HEAD_BYTES + (word + 7) // 8}
+            f"an OUT frame of one {word}-bit output word": OUT_HEAD_BYTES + whole_bytes(word)}
 
 
 class LinkMode(enum.IntEnum):
@@ -380,16 +385,15 @@ class LinkInfo:
 
     @property
     def addr_bytes(self) -> int:
-        return (self.addr_bits + 7) // 8
+        return whole_bytes(self.addr_bits)
 
     def word_bytes(self, target: int) -> int:
         """Bytes of one LOAD word to ``target``."""
-        return (self.target_bits[target] + 7) // 8
+        return whole_bytes(self.target_bits[target])
 
     def out_bytes(self, fmt: OutputFormat = OutputFormat.FULL) -> int:
         """Bytes of one RUN output word in format ``fmt``."""
-        bits = self.cols * self.code_bits if fmt == OutputFormat.CODES else self.out_bits
-        return (bits + 7) // 8
+        return whole_bytes(self.cols * self.code_bits if fmt == OutputFormat.CODES else self.out_bits)
 
     def out_frame_words(self, fmt: OutputFormat = OutputFormat.FULL) -> int:
         """Words of a full OUT frame in format ``fmt``: as many as ``max_payload`` holds after the head."""
