@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             path = models / f"digits-w3a3-o{ow}-{oa}.lcq"
             model_format.save(compiled, path)
             sha = file_sha256(path)
-            engine = EngineParams.for_model(compiled, 2, 2)
+            engine, lut_bytes = EngineParams.for_model(compiled, 2, 2), report(compiled)["lut_bytes"]
             for build in args.builds:
                 board, _, array = build.partition("@")
                 job = parse_spec(f"{board}:{path}" + (f"@{array}" if array else ""), None)
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 record = run_build(job, None, args.time_limit, Path(args.build_root), "layers")
                 record.update(benchmark="outer_widths_hw", script_command=command, outer=f"{ow}/{oa}",
                               checkpoint=str(checkpoint), model_sha256=sha, product_bits=engine.product_bits,
-                              table_bits=engine.table_bits, lut_bytes=report(compiled)["lut_bytes"],
+                              table_bits=engine.table_bits, lut_bytes=lut_bytes,
                               time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), environment=env)
                 records.append(record)
                 saved[piece(record)] = record

@@ -159,8 +159,7 @@ def load_checkpoint(path) -> dict:
     with open(path, "rb") as f:
         data = f.read(_PREFIX.size)
         if data[:len(MAGIC)] == MAGIC and len(data) == _PREFIX.size and _PREFIX.unpack(data)[1] == VERSION:
-            f.seek(0)
-            data = f.read()          # (a file of another kind or version is refused by its frame, not read whole)
+            data += f.read()         # (a file of another kind or version is refused by its frame, not read whole)
     digest, header_len = _check_frame(data, path)
     header = _parse_header(data[_PREFIX.size:_PREFIX.size + header_len], path)
     tensors = _read_tensors(header["tensors"], memoryview(data)[_PREFIX.size + header_len:], path)
