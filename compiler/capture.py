@@ -20,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lcq_train.graph import ShapeBranch, describe, location, trace
-from lcq_train.in_place import InPlaceRead
+from lcq_train.graph import describe, location, trace_or_explain
 from lcq_train.layers import QAct, QConv2d, QLinear
 
 from .graph import MAX_KERNEL
@@ -106,14 +105,7 @@ def capture(model: nn.Module, name: str) -> fx.Graph:
     ValueError, naming the model ``name``, when ``torch.fx`` cannot trace the forward."""
     if isinstance(model, fx.GraphModule):
         return model.graph
-    try:
-        return trace(model)
-    except (InPlaceRead, ShapeBranch) as e:
-        raise ValueError(f"cannot compile a {name}: {e}") from None
-    except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot compile a {name}: torch.fx cannot trace its forward "
-                         f"({type(e).__name__}: {reason}); its forward must not branch on tensor values") from None
+    return trace_or_explain(model, f"cannot compile a {name}", "its forward must not branch on tensor values")
 
 
 def _arg(node: fx.Node, i: int, name: str, default=None):

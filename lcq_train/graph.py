@@ -221,6 +221,19 @@ def trace(model: nn.Module) -> fx.Graph:
     return graph
 
 
+def trace_or_explain(model: nn.Module, failing: str, advice: str) -> fx.Graph:
+    """:func:`trace` of ``model``, or ValueError ``"{failing}: why"``: an in-place read's or shape branch's own
+    message, else torch.fx's error in one line and ``advice`` (what the forward must or may do instead)."""
+    try:
+        return trace(model)
+    except (InPlaceRead, ShapeBranch) as e:
+        raise ValueError(f"{failing}: {e}") from None
+    except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{failing}: torch.fx cannot trace its forward ({type(e).__name__}: {reason}); {advice}") \
+            from None
+
+
 _TORCH_DIR = re.escape(str(torch.__file__).rsplit("/", 1)[0])
 _FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 
@@ -278,16 +291,10 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     if not isinstance(model, nn.Module):
         raise ValueError(f"a model to quantize must be a torch.nn.Module, not {type(model).__name__}")
     name = type(model).__name__
-    try:
-        graph = trace(model)
-    except (InPlaceRead, ShapeBranch) as e:
-        raise ValueError(f"cannot quantize {name}: {e}") from None
-    except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot quantize {name}: torch.fx cannot trace its forward ({type(e).__name__}: {reason}). "
-                         "Its forward must not branch on tensor values; or write the model with lcq_train.layers "
-                         "(QConv2d, QLinear, QAct) and give it a quant_layers() method listing (layer, activation "
-                         "quantizer) pairs, as the models of lcq_train.models do") from None
+    graph = trace_or_explain(model, f"cannot quantize {name}",
+                             "its forward must not branch on tensor values; or write the model with lcq_train.layers "
+                             "(QConv2d, QLinear, QAct) and give it a quant_layers() method listing (layer, activation "
+                             "quantizer) pairs, as the models of lcq_train.models do")
     modules = dict(model.named_modules())
     layers: list[fx.Node] = []
     problems = []
