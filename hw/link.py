@@ -266,7 +266,7 @@ class LinkBridge(wiring.Component):
         last_count = Signal(range(self._max_payload))    # the payload's last byte: length - 1, set with LEN hi
         before_last = Signal.like(last_count, name="before_last")  # length - 2 (wrapping), set with LEN hi
         payload_end = Signal(name="payload_end")        # the byte at `count` is the payload's last
-        # Byte counts within a payload and reply lengths: at most max_payload (a longer LEN is refused).
+        # Byte counts within a received payload: at most max_payload (a longer LEN is refused).
         payload_bytes = range(self._max_payload + 1)
         count = Signal(payload_bytes)  # payload bytes received, then read back
         target = Signal(8)
@@ -327,10 +327,13 @@ class LinkBridge(wiring.Component):
         # from the word count, NACK from error and type; `sent` counts payload bytes, `unsent` the payload
         # bytes after this one, `word_left` the bytes of a word after this one. The reply's decisions read
         # registers (`heading`, `last_byte`, a zero test of `word_left`), set as `sent` moves on, not compares
-        # of `sent` (the bridge's worst paths: `sent + 2 == reply_len` was one).
+        # of `sent` (the bridge's worst paths: `sent + 2 == reply_len` was one). A reply's length: at most
+        # max_payload, or INFO's, which max_payload does not bound (it is the largest payload the bridge takes).
+        info = self.info_payload()
+        reply_bytes = range(max(self._max_payload, len(info)) + 1)
         reply_type = Signal(8)
-        reply_len = Signal(payload_bytes)
-        sent, unsent = Signal(payload_bytes), Signal(payload_bytes)
+        reply_len = Signal(reply_bytes)
+        sent, unsent = Signal(reply_bytes), Signal(reply_bytes)
         running = Signal()
         remaining = Signal(RUN_COUNT_BITS)      # words still to send of those RUN asked for
         fmt = Signal()
@@ -348,7 +351,6 @@ class LinkBridge(wiring.Component):
         last_byte = Signal()        # sent == reply_len - 1: unsent == 0
 
         # The byte of the reply payload at `sent`, by reply type.
-        info = self.info_payload()
         info_byte = Signal(8)
         with m.Switch(sent[:(len(info) - 1).bit_length()]):    # the low bits of `sent` that index INFO's bytes
             for i, b in enumerate(info):

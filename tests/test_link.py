@@ -435,6 +435,13 @@ def test_bridge_ping():
     assert info_of(SimPort()) == INFO
 
 
+@pytest.mark.parametrize("max_payload", [7, 8])
+def test_bridge_sends_an_info_longer_than_its_largest_payload(max_payload):
+    """INFO is a reply, not bounded by max_payload (the largest payload the bridge takes): a bridge whose frame
+    buffer is smaller than its 29-byte INFO sends all of it."""
+    assert info_of(SimPort(max_payload=max_payload)) == dataclasses.replace(INFO, max_payload=max_payload)
+
+
 def test_bridge_in_network_mode_with_more_targets():
     """The bridge in front of a network-core double: INFO v5 states the mode, the class count and all 12 targets;
     LOADs to targets past the layer engine's 6 (a 4-bit target field) reach the core, one to a target it lacks is
