@@ -52,9 +52,9 @@ an unknown format; PING with a payload), 3 TYPE (unknown type), 4 TIMEOUT (no by
 ``timeout_cycles`` cycles in mid-frame), 5 FRAMING (a byte without its stop bit in
 mid-frame), 6 TARGET (a LOAD to a target the engine lacks), 7 BUSY (network mode: a RUN, or a
 LOAD to any target but ``image_target``, while the core is ``busy``; nothing reaches the core).
-After a damaged frame (codes 1 to 5) the bridge drops incoming bytes until the line has been
+Before every NACK but BUSY (codes 1 to 6) the bridge drops incoming bytes until the line has been
 quiet for ``timeout_cycles`` cycles (so the rest of a bad frame is not taken for a new one),
-sends the NACK and looks for the next sync byte.
+then sends the NACK and looks for the next sync byte.
 
 The host sends one request and waits for its reply: bytes arriving while the bridge
 replays a LOAD, runs the engine or sends a reply are dropped. In network mode the core
