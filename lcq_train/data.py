@@ -433,11 +433,29 @@ def _check_image_size(name: str, size: int) -> None:
                            "remove it or replace it with the CIFAR-10 image")
 
 
+class _WholeTarInfo(tarfile.TarInfo):
+    """A member header of a tar read with ``tarinfo=_WholeTarInfo``: a missing, cut or corrupt header is a
+    ReadError, where tarfile would end the archive there without a word (and load only the members before)."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as e:
+            raise tarfile.ReadError(f"{e} at byte {tar.offset} of the tar: the archive is truncated or corrupt "
+                                    "(copy it again)") from None
+
+
 def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
-    """(split, class, name, encoded bytes) for each ``[top/]{train,test}/<class>/<image>`` member, streamed."""
+    """(split, class, name, encoded bytes) for each ``[top/]{train,test}/<class>/<image>`` member, streamed.
+
+    The archive is read to its end, so a cut or corrupt one is a DatasetError: every member header up to the
+    end-of-archive marker (:class:`_WholeTarInfo`), then the rest of the gzip stream, whose length and CRC
+    its trailer checks."""
     prefix = None
     try:
-        with tarfile.open(archive, "r|*") as tar:
+        with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, \
+                tarfile.open(fileobj=gz, mode="r|", tarinfo=_WholeTarInfo) as tar:
             for member in tar:
                 parts = [p for p in PurePosixPath(member.name).parts if p != "."]
                 if (
@@ -456,8 +474,11 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
                     )
                 _check_image_size(f"{archive}:{member.name}", member.size)
                 yield parts[-3], parts[-2], f"{archive}:{member.name}", tar.extractfile(member).read()
+            while gz.read(1 << 20):
+                pass
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DatasetError(f"{archive}: cannot read archive ({e})") from e
+        raise DatasetError(f"{archive}: cannot read archive ({e}); it must be a whole gzip-compressed tar "
+                           "(tar czf)") from e
 
 
 def _decode_images(items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:

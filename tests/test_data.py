@@ -700,6 +700,53 @@ def test_archive_errors(tmp_path):
         load_dataset("cifar10", mixed)
 
 
+def raw_tar(tree_root):
+    """The uncompressed tar of ``tree_root``'s images (end marker included) and each member's header offset."""
+    out, offsets = io.BytesIO(), []
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for path in sorted((tree_root).rglob("*.png")):
+            offsets.append(out.tell())
+            tar.add(path, arcname=path.relative_to(tree_root).as_posix())
+    return out.getvalue(), offsets
+
+
+def gzip_cut_in_header(raw, offsets, member):
+    """A gzip of ``raw`` cut where its output ends 100 bytes into ``member``'s header, as a download cut there
+    (the compressor is flushed there so that the cut falls on a whole compressed block)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    cut = offsets[member] + 100
+    head = compressor.compress(raw[:cut]) + compressor.flush(zlib.Z_FULL_FLUSH)
+    assert zlib.decompressobj(31).decompress(head) == raw[:cut]
+    return head
+
+
+def _wrong_crc(raw):
+    blob = bytearray(gzip.compress(raw))
+    blob[-8] ^= 0xFF                                     # the CRC-32 of the gzip trailer
+    return bytes(blob)
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    (lambda raw, offsets: gzip_cut_in_header(raw, offsets, 4), r"Compressed file ended|truncated or corrupt"),
+    (lambda raw, offsets: gzip.compress(raw[:offsets[4] + 100]), r"truncated or corrupt"),
+    (lambda raw, offsets: gzip.compress(raw[:offsets[4]]), r"truncated or corrupt"),
+    (lambda raw, offsets: _wrong_crc(raw), r"CRC check failed"),
+    (lambda raw, offsets: raw, r"Not a gzipped file.*; it must be a whole gzip-compressed tar"),
+], ids=["gzip-cut-in-a-header", "tar-cut-in-a-header", "tar-cut-between-members", "gzip-crc", "not-gzip"])
+def test_a_truncated_or_corrupt_archive_is_an_error_not_a_smaller_dataset(tmp_path, damage, pattern):
+    """tarfile ends an archive quietly at a missing or cut header and never reads the gzip trailer: these
+    archives loaded 4 of their 5 images, or all 5 unchecked, with no error."""
+    make_image_tree(tmp_path / "tree")
+    raw, offsets = raw_tar(tmp_path / "tree")
+    archive = tmp_path / "cifar.tar.gz"
+    archive.write_bytes(gzip.compress(raw))
+    assert load_dataset("cifar10", archive).train_x.shape[0] + 2 == 5          # the whole archive loads
+    archive.write_bytes(damage(raw, offsets))
+    os.utime(archive, ns=(0, 0))                                                # (another cache key)
+    with pytest.raises(DatasetError, match=re.escape(f"{archive}: cannot read archive (") + f".*({pattern})"):
+        load_dataset("cifar10", archive)
+
+
 def test_cifar_no_recognised_layout(tmp_path):
     (tmp_path / "train").mkdir()  # train/ without test/ is not the folder layout
     (tmp_path / "readme.txt").write_text("hello")
