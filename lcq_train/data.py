@@ -71,6 +71,9 @@ _SPLITS = ("train", "test")
 MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
 _MAX_IDX_BYTES = 1 << 28  # MNIST's training images take 47 MB; an IDX file declaring more is refused
 _MAX_IMAGE_BYTES = 1 << 20  # an encoded 32x32 image takes a few KB; a larger file is refused before it is read
+_MAX_TAR_HEADER_BYTES = 1 << 20  # a long name or pax header of a .tar.gz member, read whole; larger ones are refused
+_TAR_EXTRA_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                      tarfile.SOLARIS_XHDTYPE)
 
 _CACHE_VERSION = 1
 _CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "classes")
@@ -433,9 +436,11 @@ def _check_image_size(name: str, size: int) -> None:
                            "remove it or replace it with the CIFAR-10 image")
 
 
-class _WholeTarInfo(tarfile.TarInfo):
-    """A member header of a tar read with ``tarinfo=_WholeTarInfo``: a missing, cut or corrupt header is a
-    ReadError, where tarfile would end the archive there without a word (and load only the members before)."""
+class _CheckedTarInfo(tarfile.TarInfo):
+    """A member header of a tar read with ``tarinfo=_CheckedTarInfo``. A ReadError where tarfile would end the
+    archive without a word at a missing, cut or corrupt header (and load only the members before), and before
+    tarfile reads into memory a long-name or pax header over :data:`_MAX_TAR_HEADER_BYTES` (read whole) or a
+    sparse member's map (read entry by entry, as long as the archive goes on): no image is a sparse file."""
 
     @classmethod
     def fromtarfile(cls, tar):
@@ -445,17 +450,33 @@ class _WholeTarInfo(tarfile.TarInfo):
             raise tarfile.ReadError(f"{e} at byte {tar.offset} of the tar: the archive is truncated or corrupt "
                                     "(copy it again)") from None
 
+    def _proc_member(self, tar):
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise self._sparse(self.name)
+        if self.type in _TAR_EXTRA_HEADERS and self.size > _MAX_TAR_HEADER_BYTES:
+            raise tarfile.ReadError(f"member {self.name}: a header of {self.size} bytes, more than the "
+                                    f"{_MAX_TAR_HEADER_BYTES} read from one (a path takes a few hundred)")
+        return super()._proc_member(tar)
+
+    def _proc_gnusparse_10(self, next, pax_headers, tar):
+        raise self._sparse(next.name)
+
+    @staticmethod
+    def _sparse(name: str) -> tarfile.ReadError:
+        return tarfile.ReadError(f"member {name}: a sparse file, which no image is; create the archive without "
+                                 "--sparse")
+
 
 def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
     """(split, class, name, encoded bytes) for each ``[top/]{train,test}/<class>/<image>`` member, streamed.
 
     The archive is read to its end, so a cut or corrupt one is a DatasetError: every member header up to the
-    end-of-archive marker (:class:`_WholeTarInfo`), then the rest of the gzip stream, whose length and CRC
+    end-of-archive marker (:class:`_CheckedTarInfo`), then the rest of the gzip stream, whose length and CRC
     its trailer checks."""
     prefix = None
     try:
         with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, \
-                tarfile.open(fileobj=gz, mode="r|", tarinfo=_WholeTarInfo) as tar:
+                tarfile.open(fileobj=gz, mode="r|", tarinfo=_CheckedTarInfo) as tar:
             for member in tar:
                 parts = [p for p in PurePosixPath(member.name).parts if p != "."]
                 if (

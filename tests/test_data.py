@@ -747,6 +747,51 @@ def test_a_truncated_or_corrupt_archive_is_an_error_not_a_smaller_dataset(tmp_pa
         load_dataset("cifar10", archive)
 
 
+def _extra_header(kind, size):
+    """A member of type ``kind`` (a GNU long name, a pax header) whose ``size`` bytes are zeros."""
+    member = tarfile.TarInfo("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "pax")
+    member.type, member.size = kind, size
+    return member, bytes(size)
+
+
+def _gnu_sparse():
+    member = tarfile.TarInfo("train/cat/s.png")
+    member.type = tarfile.GNUTYPE_SPARSE
+    return member, b""
+
+
+def _pax_sparse():
+    """A GNU sparse 1.0 member: its pax header points tarfile to a map in its data ('999999' entries: cut)."""
+    member = tarfile.TarInfo("train/cat/s.png")
+    member.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.realsize": "10"}
+    member.size = 10
+    return member, b"999999\n1\n0"
+
+
+@pytest.mark.parametrize("make, pattern", [
+    (lambda: _extra_header(tarfile.GNUTYPE_LONGNAME, 2 << 20), r"a header of 2097152 bytes, more than the 1048576"),
+    (lambda: _extra_header(tarfile.XHDTYPE, 2 << 20), r"a header of 2097152 bytes, more than the 1048576"),
+    (_gnu_sparse, r"train/cat/s\.png: a sparse file"),
+    (_pax_sparse, r"train/cat/s\.png: a sparse file"),
+], ids=["gnu-long-name", "pax-header", "gnu-sparse", "pax-sparse"])
+def test_an_archive_header_that_tarfile_reads_whole_is_refused_first(tmp_path, make, pattern):
+    """tarfile reads a long-name or pax header whole, and a sparse member's map entry by entry, before its
+    caller sees the member: zeros that compress 1000:1 filled the memory (a 1 MB archive took 400 MB here,
+    an 800 KB one of GNU sparse map blocks 770 MB), and a cut sparse map raised a bare ValueError."""
+    make_image_tree(tmp_path / "tree")
+    archive = make_tar(tmp_path / "cifar.tar.gz", tmp_path / "tree")
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    tar_format = tarfile.PAX_FORMAT if make is _pax_sparse else tarfile.GNU_FORMAT
+    with tarfile.open(archive, "w:gz", format=tar_format) as tar:
+        member, blob = make()
+        tar.addfile(member, io.BytesIO(blob))
+        for member, blob in members:
+            tar.addfile(member, io.BytesIO(blob))
+    with pytest.raises(DatasetError, match=re.escape(f"{archive}: cannot read archive (") + ".*" + pattern):
+        load_dataset("cifar10", archive)
+
+
 def test_cifar_no_recognised_layout(tmp_path):
     (tmp_path / "train").mkdir()  # train/ without test/ is not the folder layout
     (tmp_path / "readme.txt").write_text("hello")
