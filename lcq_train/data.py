@@ -480,12 +480,16 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
             for member in tar:
                 parts = [p for p in PurePosixPath(member.name).parts if p != "."]
                 if (
-                    not member.isfile()
+                    member.isdir()
                     or len(parts) not in (3, 4)
                     or parts[-3] not in _SPLITS
                     or PurePosixPath(parts[-1]).suffix.lower() not in _IMAGE_SUFFIXES
                 ):
                     continue
+                if not member.isfile():             # (a link is never followed: it may point outside the archive)
+                    what = f"a link to {member.linkname}" if member.islnk() or member.issym() else "a special file"
+                    raise DatasetError(f"{archive}:{member.name}: {what}, not a file; create the archive of the image "
+                                       "files themselves (GNU tar: --dereference --hard-dereference)")
                 if prefix is None:
                     prefix = parts[:-3]
                 elif parts[:-3] != prefix:

@@ -792,6 +792,27 @@ def test_an_archive_header_that_tarfile_reads_whole_is_refused_first(tmp_path, m
         load_dataset("cifar10", archive)
 
 
+@pytest.mark.parametrize("kind, target", [(tarfile.LNKTYPE, "train/cat/a.png"), (tarfile.SYMTYPE, "/etc/passwd"),
+                                          (tarfile.FIFOTYPE, None)], ids=["hard-link", "symbolic-link", "fifo"])
+def test_a_link_at_an_image_path_of_an_archive_is_an_error_not_skipped(tmp_path, kind, target):
+    """A link member is never followed (nothing outside the archive is read), but it was skipped without a
+    word: tar stores a file's second hard link as a link, so an archive of deduplicated images lost some."""
+    make_image_tree(tmp_path / "tree")
+    archive = make_tar(tmp_path / "cifar.tar.gz", tmp_path / "tree")
+    with tarfile.open(archive, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(archive, "w:gz") as tar:
+        for member, blob in members:
+            tar.addfile(member, io.BytesIO(blob))
+        link = tarfile.TarInfo("train/cat/c.png")
+        link.type, link.linkname = kind, target or ""
+        tar.addfile(link)
+    what = f"a link to {target}" if target else "a special file"
+    with pytest.raises(DatasetError, match=re.escape(f"{archive}:train/cat/c.png: {what}, not a file; ")
+                       + r"create the archive .*--hard-dereference"):
+        load_dataset("cifar10", archive)
+
+
 def test_cifar_no_recognised_layout(tmp_path):
     (tmp_path / "train").mkdir()  # train/ without test/ is not the folder layout
     (tmp_path / "readme.txt").write_text("hello")
