@@ -66,6 +66,7 @@ _CIFAR10_CLASSES = (
 )
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_IMAGE_FORMATS = ("PNG", "JPEG")  # the PIL formats decoded, whatever a file's suffix
 _TAR_SUFFIXES = (".tar.gz", ".tgz")
 _SPLITS = ("train", "test")
 MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
@@ -565,18 +566,22 @@ def _decode_pool() -> multiprocessing.pool.Pool:
 def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
     """Decode encoded 32x32 images to RGB uint8 ``(n, 32, 32, 3)``; errors name the offending file.
 
-    An image's size is read from its header and any other size refused before its pixels are decoded."""
+    Only PNG and JPEG are decoded, whatever PIL could open (an EPS would run Ghostscript on its program). An
+    image's size is read from its header and any other size refused before its pixels are decoded."""
     channels, height, width = IMAGE_SHAPES["cifar10"]
     out = np.empty((len(chunk), height, width, channels), dtype=np.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's warning for a huge header
         for i, (name, blob) in enumerate(chunk):
             try:
-                with Image.open(io.BytesIO(blob)) as image:
+                with Image.open(io.BytesIO(blob), formats=_IMAGE_FORMATS) as image:
                     size = image.size
                     rgb = image.convert("RGB") if size == (width, height) else None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise DatasetError(f"{name}: image too large to decode ({e}); CIFAR-10 images are 32x32") from e
+            except Image.UnidentifiedImageError as e:
+                raise DatasetError(f"{name}: cannot decode image: not a PNG or JPEG file (the formats read), or a "
+                                   "damaged one; convert it to PNG or replace it") from e
             except (OSError, ValueError) as e:
                 raise DatasetError(f"{name}: cannot decode image ({e})") from e
             if rgb is None:

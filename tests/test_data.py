@@ -657,6 +657,30 @@ def test_image_corrupt_bytes_names_file(tmp_path):
         load_dataset("cifar10", tmp_path)
 
 
+def _encoded(fmt):
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("blob", [
+    lambda: _encoded("TIFF"),
+    lambda: _encoded("BMP"),
+    lambda: b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n(hi) print quit\n",
+], ids=["tiff", "bmp", "eps"])
+@pytest.mark.parametrize("layout", ["folders", "tar"])
+def test_an_image_file_of_another_format_than_png_or_jpeg_is_refused(tmp_path, blob, layout):
+    """PIL opens a file as whatever format its bytes say, whatever its name: a .png holding an EPS was handed to
+    Ghostscript (a PostScript interpreter: the file's program would run) and any other of PIL's decoders to the
+    rest; only PNG and JPEG are read."""
+    make_image_tree(tmp_path / "tree")
+    (tmp_path / "tree" / "train" / "cat" / "a.png").write_bytes(blob())
+    source = tmp_path / "tree" if layout == "folders" else make_tar(tmp_path / "c.tar.gz", tmp_path / "tree")
+    name = str(source / "train" / "cat" / "a.png") if layout == "folders" else f"{source}:train/cat/a.png"
+    with pytest.raises(DatasetError, match=re.escape(name) + r": cannot decode image: not a PNG or JPEG file"):
+        load_dataset("cifar10", source)
+
+
 def test_image_folders_empty(tmp_path):
     (tmp_path / "train" / "cat").mkdir(parents=True)
     (tmp_path / "test").mkdir()
