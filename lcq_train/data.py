@@ -67,6 +67,7 @@ _CIFAR10_CLASSES = (
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _IMAGE_FORMATS = ("PNG", "JPEG")  # the PIL formats decoded, whatever a file's suffix
+_IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK")  # 8 bits a channel or fewer: PIL converts to RGB
 _TAR_SUFFIXES = (".tar.gz", ".tgz")
 _SPLITS = ("train", "test")
 MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
@@ -566,8 +567,9 @@ def _decode_pool() -> multiprocessing.pool.Pool:
 def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
     """Decode encoded 32x32 images to RGB uint8 ``(n, 32, 32, 3)``; errors name the offending file.
 
-    Only PNG and JPEG are decoded, whatever PIL could open (an EPS would run Ghostscript on its program). An
-    image's size is read from its header and any other size refused before its pixels are decoded."""
+    Only PNG and JPEG are decoded, whatever PIL could open (an EPS would run Ghostscript on its program), and
+    only 8-bit modes (PIL clips a 16-bit grey image to RGB). An image's size and mode are read from its header
+    and any other refused before its pixels are decoded."""
     channels, height, width = IMAGE_SHAPES["cifar10"]
     out = np.empty((len(chunk), height, width, channels), dtype=np.uint8)
     with warnings.catch_warnings():
@@ -575,8 +577,8 @@ def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
         for i, (name, blob) in enumerate(chunk):
             try:
                 with Image.open(io.BytesIO(blob), formats=_IMAGE_FORMATS) as image:
-                    size = image.size
-                    rgb = image.convert("RGB") if size == (width, height) else None
+                    size, mode = image.size, image.mode
+                    rgb = image.convert("RGB") if size == (width, height) and mode in _IMAGE_MODES else None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise DatasetError(f"{name}: image too large to decode ({e}); CIFAR-10 images are 32x32") from e
             except Image.UnidentifiedImageError as e:
@@ -584,8 +586,11 @@ def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
                                    "damaged one; convert it to PNG or replace it") from e
             except (OSError, ValueError) as e:
                 raise DatasetError(f"{name}: cannot decode image ({e})") from e
-            if rgb is None:
+            if size != (width, height):
                 raise DatasetError(f"{name}: image is {size[0]}x{size[1]}, expected 32x32")
+            if rgb is None:
+                raise DatasetError(f"{name}: an image of PIL mode {mode} (16 bits or more a pixel); save it as an "
+                                   "8-bit PNG or JPEG")
             out[i] = np.asarray(rgb)
     return out
 

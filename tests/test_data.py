@@ -681,6 +681,17 @@ def test_an_image_file_of_another_format_than_png_or_jpeg_is_refused(tmp_path, b
         load_dataset("cifar10", source)
 
 
+def test_a_16_bit_grey_image_is_refused_not_clipped(tmp_path):
+    """PIL converts a 16-bit grey PNG to RGB by clipping each value to 255, not scaling it: pixel 64 of 65535
+    (0 in 8 bits) loaded as 64, and everything from 255 up as white."""
+    make_image_tree(tmp_path)
+    path = tmp_path / "train" / "cat" / "a.png"
+    Image.fromarray(np.arange(1024, dtype=np.uint16).reshape(32, 32) * 64).save(path)
+    with pytest.raises(DatasetError, match=re.escape(str(path)) + r": an image of PIL mode I;16 \(16 bits or more a "
+                                          r"pixel\); save it as an 8-bit PNG or JPEG"):
+        load_dataset("cifar10", tmp_path)
+
+
 def test_image_folders_empty(tmp_path):
     (tmp_path / "train" / "cat").mkdir(parents=True)
     (tmp_path / "test").mkdir()
