@@ -413,14 +413,17 @@ def _unpickle(path: Path) -> dict:
 
 
 def _list_image_folders(root: Path) -> list[tuple[str, str, Path]]:
-    """(split, class, path) of every image under ``root/{train,test}/<class>/``, sorted."""
-    return [
-        (split, class_dir.name, path)
-        for split in _SPLITS
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir())
-        for path in sorted(class_dir.iterdir())
-        if path.suffix.lower() in _IMAGE_SUFFIXES and path.is_file()
-    ]
+    """(split, class, path) of every image under ``root/{train,test}/<class>/``, sorted; a class folder
+    without one is a DatasetError (its class would be left out)."""
+    files = []
+    for split in _SPLITS:
+        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            paths = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()]
+            if not paths:
+                raise DatasetError(f"cifar10: {class_dir} holds no image ({'/'.join(_IMAGE_SUFFIXES)}); add its "
+                                   "images or remove the folder")
+            files += [(split, class_dir.name, path) for path in paths]
+    return files
 
 
 def _read_image_folders(files: list[tuple[str, str, Path]]) -> Iterator[tuple[str, str, str, bytes]]:

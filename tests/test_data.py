@@ -693,9 +693,21 @@ def test_a_16_bit_grey_image_is_refused_not_clipped(tmp_path):
 
 
 def test_image_folders_empty(tmp_path):
-    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "train").mkdir()
     (tmp_path / "test").mkdir()
     with pytest.raises(DatasetError, match=r"(?s)no images found under train/<class>/ .*train classes \[\]"):
+        load_dataset("cifar10", tmp_path)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_a_class_folder_without_images_is_an_error(tmp_path, split):
+    """An empty class folder (or one of .bmp files, say) was dropped without a word: the dataset had a class
+    fewer than its folders, or a test class 'without a train folder' that was there."""
+    make_image_tree(tmp_path)
+    (tmp_path / split / "dog").mkdir()
+    (tmp_path / split / "dog" / "d.bmp").write_bytes(b"BM")
+    with pytest.raises(DatasetError, match=re.escape(f"cifar10: {tmp_path / split / 'dog'} holds no image "
+                                                     "(.jpg/.jpeg/.png); add its images or remove the folder")):
         load_dataset("cifar10", tmp_path)
 
 
