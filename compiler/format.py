@@ -350,8 +350,9 @@ class _Reader:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise self.error(f"not an {FORMAT} file")
         version = manifest.get("version")
-        if version != VERSION or isinstance(version, bool):
-            old = " (written before model files carried a SHA-256 digest)" if version == 1 else ""
+        if type(version) is not int or version != VERSION:      # not 2.0 or True: the writer writes the int
+            old = " (written before model files carried a SHA-256 digest)" if type(version) is int and version == 1 \
+                else ""
             raise ModelFormatError(f"{self.path} has format version {show(version)}{old}; this lcq reads version "
                                    f"{VERSION}: recompile it with `lcq compile CHECKPOINT -o {self.path}`")
         self.fields(manifest, "manifest", TOP_FIELDS)

@@ -112,6 +112,12 @@ def test_version_1_files_are_refused_with_advice_to_recompile(tmp_path):
              "reads version 2", "lcq compile")
 
 
+def test_version_is_the_integer_the_writer_writes(tmp_path):
+    for version, shown in ((2.0, "2.0"), ("2", "'2'"), (True, "True"), (3, "3")):
+        rejected(edited(tmp_path, lambda m, a: m.update(version=version)), f"format version {shown};",
+                 "reads version 2")
+
+
 # --------------------------------------------------------------------------- edited fields and arrays: one per rule
 
 CASES = {
