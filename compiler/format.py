@@ -273,6 +273,13 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):      # 1e400: the writer writes no inf, and the digest could not encode it
+        raise ValueError(f"the number {text[:40]} is beyond a float")
+    return value
+
+
 class _Reader:
     """One file being loaded: the zip, its members, and the array references met in the manifest."""
 
@@ -344,7 +351,7 @@ class _Reader:
         blob, _ = self.member(MANIFEST, MANIFEST, "|u1", None)
         try:
             manifest = json.loads(blob.tobytes().decode("utf-8"), object_pairs_hook=_unique_keys,
-                                  parse_constant=_no_constant)
+                                  parse_constant=_no_constant, parse_float=_finite_float)
         except (ValueError, RecursionError) as e:
             raise self.error(f"{MANIFEST} is not valid JSON ({str(e)[:200]})") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

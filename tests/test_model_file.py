@@ -341,6 +341,7 @@ def test_manifest_json_must_be_strict(tmp_path):
     for bad, pattern in ((text.replace('"format": ', '"logits": "x", "format": ', 1), r"'logits' appears twice"),
                          (text.replace('"scale": 2', '"scale": NaN, "x": 2', 1), r"NaN is not a JSON number"),
                          (text.replace('"epoch": 30', '"epoch": ' + "9" * 5000, 1), r"not valid JSON"),
+                         (re.sub(r'"test_top1": [0-9.]+', '"test_top1": 1e400', text), r"1e400 is beyond a float"),
                          ("[" * 100000 + "]" * 100000, r"not valid JSON|not an lcq")):
         entries = [(n, fmt._npy(np.frombuffer(bad.encode(), np.uint8)) if n == "manifest.json.npy" else d)
                    for n, d in raw_members(DIGITS)]
