@@ -95,29 +95,34 @@ class ModelFormatError(ValueError):
 
 
 def pack_fields(values: np.ndarray, bits: int) -> np.ndarray:
-    """Pack unsigned ``values`` < 2^bits into a little-endian bit stream (uint8)."""
-    values = np.asarray(values, dtype=np.uint64).reshape(-1)
-    stream = (values[:, None] >> np.arange(bits, dtype=np.uint64)) & 1
-    return np.packbits(stream.astype(np.uint8).reshape(-1), bitorder="little")
+    """Pack unsigned ``values`` < 2^bits (bits <= 8) into a little-endian bit stream (uint8).
+
+    Works in uint8 throughout: ``bits`` + 1 bytes per value at most.
+    """
+    values = np.asarray(values, dtype=np.uint8).reshape(-1, 1)
+    return np.packbits(np.unpackbits(values, axis=1, count=bits, bitorder="little"), bitorder="little")
 
 
 def unpack_fields(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """Inverse of :func:`pack_fields`: ``count`` unsigned fields (int64)."""
+    """Inverse of :func:`pack_fields`: ``count`` unsigned fields (uint8), ``bits`` + 1 bytes per field at most."""
     stream = np.unpackbits(packed, count=count * bits, bitorder="little").reshape(count, bits)
-    return (stream.astype(np.int64) << np.arange(bits)).sum(axis=1)
+    return np.packbits(stream, axis=1, bitorder="little").reshape(count)
 
 
 def encode_weights(codes: np.ndarray, bits: int) -> np.ndarray:
     """Signed codes ``sgn * k`` -> packed sign-magnitude fields."""
-    codes = codes.astype(np.int64).reshape(-1)
-    return pack_fields(((codes < 0).astype(np.int64) << (bits - 1)) | np.abs(codes), bits)
+    codes = np.asarray(codes).reshape(-1)
+    fields = np.abs(codes).astype(np.uint8)
+    fields[codes < 0] |= np.uint8(1 << (bits - 1))
+    return pack_fields(fields, bits)
 
 
 def decode_weights(packed: np.ndarray, bits: int, shape: tuple[int, ...]) -> np.ndarray:
     """Packed sign-magnitude fields -> signed codes (int8) of ``shape``."""
-    fields = unpack_fields(packed, bits, int(np.prod(shape)))
-    magnitude, negative = fields & ((1 << (bits - 1)) - 1), fields >> (bits - 1)
-    return np.where(negative == 1, -magnitude, magnitude).astype(np.int8).reshape(shape)
+    fields = unpack_fields(packed, bits, math.prod(shape))
+    codes = (fields & np.uint8((1 << (bits - 1)) - 1)).astype(np.int8)
+    np.negative(codes, out=codes, where=fields >> (bits - 1) == 1)
+    return codes.reshape(shape)
 
 
 def _lut_dtype(lut: np.ndarray) -> str:

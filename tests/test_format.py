@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from compiler import format as fmt
+from compiler.graph import weight_scale
 from compiler.lower import compile_model
 from compiler.reference import run
 from lcq_train.models.resnet import PreActResNet
@@ -89,6 +91,21 @@ def test_weight_packing_round_trips(bits, data):
 def test_packing_is_little_endian_sign_magnitude():
     packed = fmt.encode_weights(np.array([1, -1, 3, 0]), 3)   # fields 001, 101, 011, 000 LSB first
     assert list(packed) == [0b11101001, 0b0000]
+
+
+def test_weight_packing_needs_little_memory():
+    """Unpacking a layer's weights takes a small multiple of their packed bytes (it once took ~150 times)."""
+    for bits in (2, 3, 8):
+        codes = np.random.default_rng(bits).integers(-weight_scale(bits), weight_scale(bits) + 1, 1 << 20,
+                                                     dtype=np.int8)
+        tracemalloc.start()
+        packed = fmt.encode_weights(codes, bits)
+        assert tracemalloc.get_traced_memory()[1] < 12 * codes.size
+        tracemalloc.reset_peak()
+        decoded = fmt.decode_weights(packed, bits, codes.shape)
+        assert tracemalloc.get_traced_memory()[1] < 12 * codes.size
+        tracemalloc.stop()
+        np.testing.assert_array_equal(decoded, codes)
 
 
 def test_loader_needs_no_torch(saved):
