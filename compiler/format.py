@@ -34,7 +34,8 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
 before it writes. :func:`load` accepts only what :func:`save` can write: each
 member named once and none unexpected, every field and array exactly as
 specified (each ``.npy`` header is checked against the manifest, and member
-sizes against their compressed size, before any data is read), the digest
+sizes against their compressed size, before any data is read; both refuse
+a model whose arrays take more than :data:`MAX_MODEL_BYTES`), the digest
 (so any damage to the contents is detected), and then the same rules of
 :mod:`compiler.graph`. Every failure is a :class:`ModelFormatError` naming the
 file and, where one is to blame, the node, the field and what is allowed.
@@ -60,8 +61,8 @@ from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, AvgPoolNo
 
 MANIFEST = "manifest.json"
 DIGEST_FIELD = "sha256"
-MAX_MANIFEST_BYTES = 64 << 20
-MAX_ARRAY_BYTES = 1 << 30
+MAX_MANIFEST_BYTES = 16 << 20  # the ResNet-20's is 35 KB; parsed JSON takes up to ~24 times its bytes
+MAX_MODEL_BYTES = 32 << 20     # all arrays of a file as stored (ResNet-20: 285 KB); load peaks at ~10-25 times this
 DEFLATE_MAX_RATIO = 1032      # deflate expands at most ~1032:1, so a member's stated size is bounded by its stored size
 NPY_MAGIC = b"\x93NUMPY\x01\x00"
 NPY_MAX_HEADER = 65535
@@ -236,7 +237,17 @@ def save(model: CompiledModel, path: str | Path) -> None:
     manifest = {"format": FORMAT, "version": VERSION, "num_classes": int(model.num_classes), "logits": model.logits,
                 "source": model.source, "scales": {k: float(v) for k, v in model.scales.items()},
                 "nodes": [writer.node(i, node) for i, node in enumerate(model.nodes)]}
+    problem = _too_large(sum(a.nbytes for a in writer.arrays.values()))
+    if problem:
+        raise ModelFormatError(f"{path}: {problem}; compile a smaller model (fewer channels or layers)")
     write_members(path, manifest, writer.arrays)
+
+
+def _too_large(array_bytes: int) -> str | None:
+    """Why a model whose arrays take ``array_bytes`` (as stored) is not written or read; None if it fits."""
+    if array_bytes > MAX_MODEL_BYTES:
+        return f"the model's arrays take {array_bytes} bytes, more than the {MAX_MODEL_BYTES} bytes a model file holds"
+    return None
 
 
 def write_members(path: str | Path, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -319,8 +330,9 @@ class _Reader:
             raise self.error(f"{where}: member {name!r} is encrypted or not deflate-compressed")
         size = np.dtype(dtype).itemsize
         most = MAX_MANIFEST_BYTES if shape is None else math.prod(shape) * size
-        if most > MAX_ARRAY_BYTES:
-            raise self.error(f"{where}: array {key!r} of shape {list(shape)} is larger than {MAX_ARRAY_BYTES} bytes")
+        if shape is None and info.file_size > most + 10 + NPY_MAX_HEADER:
+            raise self.error(f"member {name!r} holds {info.file_size} bytes, more than the {most} bytes a manifest "
+                             "may hold")
         if not 10 < info.file_size <= most + 10 + NPY_MAX_HEADER or (shape is not None and info.file_size <= most + 10):
             raise self.error(f"{where}: member {name!r} holds {info.file_size} bytes, not an .npy of {dtype} "
                              f"{'bytes' if shape is None else list(shape)}")
@@ -480,6 +492,10 @@ class _Reader:
         """Check the references against ``want`` and the members against both, then read every array."""
         if set(want) != set(self.refs):   # a conv whose mac is "lut" and its "lut" field agree by construction
             raise self.error(f"array references {sorted(set(want) ^ set(self.refs))} do not match the fields")
+        problem = _too_large(sum(math.prod(shape) * np.dtype(dtypes if isinstance(dtypes, str) else dtypes[0]).itemsize
+                                 for dtypes, shape in want.values()))
+        if problem:
+            raise self.error(problem)
         for name in self.infos:
             if name != f"{MANIFEST}.npy" and (not name.endswith(".npy") or name[:-4] not in want):
                 raise self.error(f"unexpected zip member {show(name)}")

@@ -298,6 +298,38 @@ def test_manifest_declaring_a_huge_array_fails_fast(tmp_path):
     tracemalloc.stop()
 
 
+def test_a_model_declaring_more_array_bytes_than_a_file_holds_fails_before_reading(tmp_path):
+    """Fields that chain into a model of 64 MiB of weights (each array under the old 1 GiB limit per array)."""
+    def wide(m, a):
+        m["nodes"][3]["out_shape"][0] = 1024                  # conv2 -> pool act_fc -> fc: 1024 channels
+        m["nodes"][5]["in_shape"][0] = 1024
+        m["nodes"][5]["out_shape"][0] = m["num_classes"] = 65536
+    tracemalloc.start()
+    rejected(edited(tmp_path, wide), r"the model's arrays take 70900660 bytes, more than the 33554432 bytes a model "
+                                     r"file holds")
+    assert tracemalloc.get_traced_memory()[1] < 32 << 20
+    tracemalloc.stop()
+
+
+def test_save_refuses_the_model_load_would_refuse_for_its_size(tmp_path, monkeypatch):
+    model = fmt.load(DIGITS)
+    monkeypatch.setattr(fmt, "MAX_MODEL_BYTES", 100_000)        # the digits model's arrays take 147,172 bytes
+    with pytest.raises(fmt.ModelFormatError, match=r"the model's arrays take 147172 bytes, more than the 100000"):
+        fmt.save(model, tmp_path / "big.lcq")
+    assert not (tmp_path / "big.lcq").exists()
+    rejected(DIGITS, r"the model's arrays take 147172 bytes, more than the 100000 bytes a model file holds")
+
+
+def test_a_huge_manifest_fails_before_it_is_parsed(tmp_path):
+    """16 MiB of JSON would take ~24 times that as Python objects: refused from its size (the ResNet-20's: 35 KB)."""
+    blob = fmt._npy(np.frombuffer(b"[" + b"{}," * (6 << 20) + b"{}]", np.uint8))
+    path = write_raw(tmp_path / "m.lcq", [(n, blob if n == "manifest.json.npy" else d) for n, d in raw_members(DIGITS)])
+    tracemalloc.start()
+    rejected(path, r"manifest\.json\.npy' holds 18874\d{3} bytes, more than the 16777216 bytes a manifest may hold")
+    assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    tracemalloc.stop()
+
+
 def _patch_central_sizes(path, name, file_size=None, compress_size=None):
     """Change the sizes a zip's central directory states for member ``name``."""
     data = bytearray(path.read_bytes())
