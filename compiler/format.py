@@ -377,8 +377,9 @@ class _Reader:
         if type(version) is not int or version != VERSION:      # not 2.0 or True: the writer writes the int
             old = " (written before model files carried a SHA-256 digest)" if type(version) is int and version == 1 \
                 else ""
+            newer = "update lcq (pip install -U), or " if type(version) is int and version > VERSION else ""
             raise ModelFormatError(f"{self.path} has format version {show(version)}{old}; this lcq reads version "
-                                   f"{VERSION}: recompile it with `lcq compile CHECKPOINT -o {self.path}`")
+                                   f"{VERSION}: {newer}recompile it with `lcq compile CHECKPOINT -o {self.path}`")
         self.fields(manifest, "manifest", TOP_FIELDS)
         if not isinstance(manifest[DIGEST_FIELD], str) or not re.fullmatch(r"[0-9a-f]{64}", manifest[DIGEST_FIELD]):
             raise self.error(f"manifest: field {DIGEST_FIELD!r} must be 64 hex digits, not "

@@ -118,6 +118,11 @@ def test_version_is_the_integer_the_writer_writes(tmp_path):
                  "reads version 2")
 
 
+def test_a_newer_version_asks_for_a_newer_lcq(tmp_path):
+    rejected(edited(tmp_path, lambda m, a: m.update(version=3)), "format version 3;",
+             r"reads version 2: update lcq \(pip install -U\), or recompile it")
+
+
 # --------------------------------------------------------------------------- edited fields and arrays: one per rule
 
 CASES = {
