@@ -109,6 +109,17 @@ def make_tar(archive, tree_root, top=None):
     return archive
 
 
+def make_tar_with(archive, tree_root, member, blob=b"", first=False, tar_format=tarfile.DEFAULT_FORMAT):
+    """:func:`make_tar` of ``tree_root`` with ``member`` (its data ``blob``) added before or after the images."""
+    with tarfile.open(make_tar(archive, tree_root), "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    extra = [(member, blob)]
+    with tarfile.open(archive, "w:gz", format=tar_format) as tar:
+        for m, b in extra + members if first else members + extra:
+            tar.addfile(m, io.BytesIO(b))
+    return archive
+
+
 def load_strict(name, data_dir=None):
     """load_dataset with every warning an error (e.g. torch's non-writable numpy array warning)."""
     with warnings.catch_warnings():
@@ -415,15 +426,9 @@ def test_a_cifar_pickle_that_calls_codecs_other_than_latin1_is_refused(tmp_path)
 def test_an_archive_member_too_large_for_a_cifar_image_is_refused_before_it_is_read(tmp_path):
     """A .tar.gz member of zeros is read whole into memory: 2 MB here (2 KB compressed), 10 GB in 10 MB."""
     make_image_tree(tmp_path / "tree")
-    archive = make_tar(tmp_path / "in" / "cifar.tar.gz", tmp_path / "tree")
-    with tarfile.open(archive, "r:gz") as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(archive, "w:gz") as tar:
-        for member, blob in members:
-            tar.addfile(member, io.BytesIO(blob))
-        bomb = tarfile.TarInfo("train/cat/bomb.png")
-        bomb.size = 2 << 20
-        tar.addfile(bomb, io.BytesIO(bytes(bomb.size)))
+    bomb = tarfile.TarInfo("train/cat/bomb.png")
+    bomb.size = 2 << 20
+    archive = make_tar_with(tmp_path / "in" / "cifar.tar.gz", tmp_path / "tree", bomb, bytes(bomb.size))
     with pytest.raises(DatasetError, match=r"cifar.tar.gz:train/cat/bomb.png: 2097152 bytes, more than the 1048576 "
                                            r"a 32x32 image file takes"):
         load_dataset("cifar10", archive)
@@ -826,15 +831,8 @@ def test_an_archive_header_that_tarfile_reads_whole_is_refused_first(tmp_path, m
     caller sees the member: zeros that compress 1000:1 filled the memory (a 1 MB archive took 400 MB here,
     an 800 KB one of GNU sparse map blocks 770 MB), and a cut sparse map raised a bare ValueError."""
     make_image_tree(tmp_path / "tree")
-    archive = make_tar(tmp_path / "cifar.tar.gz", tmp_path / "tree")
-    with tarfile.open(archive, "r:gz") as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
     tar_format = tarfile.PAX_FORMAT if make is _pax_sparse else tarfile.GNU_FORMAT
-    with tarfile.open(archive, "w:gz", format=tar_format) as tar:
-        member, blob = make()
-        tar.addfile(member, io.BytesIO(blob))
-        for member, blob in members:
-            tar.addfile(member, io.BytesIO(blob))
+    archive = make_tar_with(tmp_path / "cifar.tar.gz", tmp_path / "tree", *make(), first=True, tar_format=tar_format)
     with pytest.raises(DatasetError, match=re.escape(f"{archive}: cannot read archive (") + ".*" + pattern):
         load_dataset("cifar10", archive)
 
@@ -845,15 +843,9 @@ def test_a_link_at_an_image_path_of_an_archive_is_an_error_not_skipped(tmp_path,
     """A link member is never followed (nothing outside the archive is read), but it was skipped without a
     word: tar stores a file's second hard link as a link, so an archive of deduplicated images lost some."""
     make_image_tree(tmp_path / "tree")
-    archive = make_tar(tmp_path / "cifar.tar.gz", tmp_path / "tree")
-    with tarfile.open(archive, "r:gz") as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(archive, "w:gz") as tar:
-        for member, blob in members:
-            tar.addfile(member, io.BytesIO(blob))
-        link = tarfile.TarInfo("train/cat/c.png")
-        link.type, link.linkname = kind, target or ""
-        tar.addfile(link)
+    link = tarfile.TarInfo("train/cat/c.png")
+    link.type, link.linkname = kind, target or ""
+    archive = make_tar_with(tmp_path / "cifar.tar.gz", tmp_path / "tree", link)
     what = f"a link to {target}" if target else "a special file"
     with pytest.raises(DatasetError, match=re.escape(f"{archive}:train/cat/c.png: {what}, not a file; ")
                        + r"create the archive .*--hard-dereference"):
