@@ -64,8 +64,9 @@ def flash(board: Board, bitstream, sram: bool = False, timeout: float = FLASH_TI
     if not Path(bitstream).is_file():
         raise FlashError(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board {board.name}`")
     command = flash_command(board, bitstream, find_tool(board), sram)
+    # errors="replace": a byte that is not UTF-8 in the tool's output must not hide its exit status
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True, errors="replace", start_new_session=True)
     try:
         with group_stopped(proc):
             stdout, stderr = proc.communicate(timeout=timeout)

@@ -299,6 +299,18 @@ def test_flash_no_board(tmp_path, name, tool):
     assert ("unable to open ftdi device" in str(e.value)) or ("No DFU capable USB device" in str(e.value))
 
 
+def test_flash_error_keeps_a_programmer_output_that_is_not_utf8(tmp_path, monkeypatch):
+    """Bytes that are not UTF-8 (a programmer's progress bar, a locale's message) do not hide its exit status."""
+    script, bit = tmp_path / "iceprog", tmp_path / "top.bin"
+    script.write_text("#!/bin/sh\nprintf 'flash ID: \\377\\376\\n'\nprintf 'no device \\200\\n' >&2\nexit 3\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("ICEPROG", str(script))
+    bit.write_bytes(b"\0")
+    with pytest.raises(FlashError, match=r"failed \(exit status 3\); is the iCEBreaker plugged in.*\nflash ID: .*"
+                                         r"\nno device"):
+        flash(get_board("icebreaker"), bit, timeout=30)
+
+
 def _hanging_programmer(tmp_path, monkeypatch) -> tuple[Path, Path]:
     """ICEPROG set to a wrapper script that starts a child and waits for it; the bitstream, and the file that
     gets the child's pid."""
