@@ -65,17 +65,15 @@ def flash(board: Board, bitstream, sram: bool = False, timeout: float = FLASH_TI
         raise FlashError(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board {board.name}`")
     command = flash_command(board, bitstream, find_tool(board), sram)
     # errors="replace": a byte that is not UTF-8 in the tool's output must not hide its exit status
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, errors="replace", start_new_session=True)
-    try:
-        with group_stopped(proc):
+    with group_stopped(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
+        try:
             stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise FlashError(f"{' '.join(command)} did not finish in {timeout:g} s and was stopped; "
-                         f"{TOOLS[board.programmer][2]} (a slow programmer: a longer --timeout)") from None
-    finally:
-        proc.stdout.close()
-        proc.stderr.close()
+        except subprocess.TimeoutExpired:
+            raise FlashError(f"{' '.join(command)} did not finish in {timeout:g} s and was stopped; "
+                             f"{TOOLS[board.programmer][2]} (a slow programmer: a longer --timeout)") from None
+        finally:
+            proc.stdout.close()
+            proc.stderr.close()
     output = (stdout + stderr).strip()
     if proc.returncode != 0:
         tail = "\n".join(output.splitlines()[-15:])

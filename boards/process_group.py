@@ -4,9 +4,10 @@
 group should this process die before it is done with it: it runs in a session of its own, where no signal
 to this process's group or terminal (Ctrl-C, a dropped SSH session, ``timeout``) reaches it, and reads its
 stdin until it closes: ``done`` means this process dealt with the group; a bare close means it died, and
-the reaper SIGKILLs the group. :func:`group_stopped` is the block a tool runs in: leaving it in any way
-(the tool done, an exception, Ctrl-C, a deadline) stops what is left of the group, and a reaper watches it
-meanwhile. (The simulators of :mod:`sim.runner` and the benchmarks' tools use the same reaper.)
+the reaper SIGKILLs the group. :func:`group_stopped` is the block a tool runs in: a reaper watches its group
+before the tool runs and while it does, and leaving the block in any way (the tool done, an exception, Ctrl-C,
+a deadline) stops what is left of the group. (The simulators of :mod:`sim.runner` and the benchmarks' tools use
+the same reaper.)
 """
 
 from __future__ import annotations
@@ -74,18 +75,34 @@ def stop_group(proc: subprocess.Popen, grace: float = STOP_GRACE_SECONDS) -> Non
             pass
 
 
+# The shell a tool starts in: it waits for a line on its stdin (sent once the reaper watches its group), then
+# becomes the tool, its stdin /dev/null; at end of file (this process died first) the tool never runs.
+_GATE = 'read -r _ || exit 125; exec "$@" </dev/null'
+
+
 @contextlib.contextmanager
-def group_stopped(proc: subprocess.Popen):
-    """Within it, a :class:`Reaper` watches the process group ``proc`` leads; on leaving it, the group is
-    stopped (:func:`stop_group`) and the reaper released (not released, it kills the group itself)."""
+def group_stopped(argv: list[str], **popen):
+    """Runs ``argv`` (``subprocess.Popen`` with ``popen``'s arguments; its stdin is /dev/null) in a process group of
+    its own and yields its Popen. A :class:`Reaper` starts first, and the tool only once the reaper watches its
+    group, so that no moment of it is unwatched, should this process die as it starts. ``argv[0]`` must be an
+    executable's path or a name on ``PATH`` (a missing tool exits with status 127). On leaving the block, the group
+    is stopped (:func:`stop_group`) and the reaper released (not released, it kills the group itself)."""
+    reaper = Reaper()
     try:
-        reaper = Reaper()
-        reaper.watch(proc.pid)
+        proc = subprocess.Popen(["/bin/sh", "-c", _GATE, "gate", *argv], stdin=subprocess.PIPE,
+                                start_new_session=True, **popen)
     except BaseException:
-        stop_group(proc)
+        reaper.release()
         raise
     try:
-        yield
+        try:
+            reaper.watch(proc.pid)
+            with contextlib.suppress(BrokenPipeError):      # the shell killed before it read: no tool to start
+                os.write(proc.stdin.fileno(), b"go\n")
+        finally:
+            proc.stdin.close()
+            proc.stdin = None       # (so that communicate() writes nothing)
+        yield proc
     finally:
         try:
             stop_group(proc)

@@ -15,7 +15,9 @@ still has many wires overused late (:class:`RouterStall`); one that fails raises
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -311,14 +313,11 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
             (build_dir / stage.log).unlink(missing_ok=True)
         argv = [env.get(tool_env_var(stage.tool), stage.tool), *stage.argv[1:]]
         say(f"{stage.name} ({stage.tool}) started")
-        with open(log_path, "a") as logf:
-            try:
-                proc = subprocess.Popen(argv, cwd=build_dir, env=env, stdin=subprocess.DEVNULL, stdout=logf,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-            except OSError as e:
-                raise BuildError(f"{what} failed in {stage.name}: cannot run {argv[0]!r} ({e}); "
-                                 f"set {tool_env_var(stage.tool)} to the tool's path") from None
-        with stop_signals_raise(), group_stopped(proc):
+        if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
+            raise BuildError(f"{what} failed in {stage.name}: cannot run {argv[0]!r} (not found, or not executable); "
+                             f"set {tool_env_var(stage.tool)} to the tool's path")
+        with open(log_path, "a") as logf, stop_signals_raise(), \
+                group_stopped(argv, cwd=build_dir, env=env, stdout=logf, stderr=subprocess.STDOUT) as proc:
             next_line = t0 + every if every else None
             while True:
                 now = time.monotonic()

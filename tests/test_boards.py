@@ -355,6 +355,26 @@ def test_an_interrupted_or_killed_flash_leaves_no_programmer(tmp_path, monkeypat
     assert _gone(child)
 
 
+def test_a_flash_killed_as_the_programmer_starts_leaves_no_programmer(tmp_path, monkeypatch):
+    """The programmer runs only once a reaper watches its group: killed on a loaded machine (here, a reaper that
+    takes a second to start and one to be told the group) as soon as the programmer runs, lcq flash leaves no
+    programmer behind."""
+    bit, child = _hanging_programmer(tmp_path, monkeypatch)
+    script = ("import time\nimport boards.process_group as pg\nstart = pg.Reaper.__init__\n"
+              "pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]\n"
+              "watch = pg.Reaper.watch\npg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]\n"
+              "from boards.boards import get_board\nfrom boards.flash import flash\n"
+              f"flash(get_board('icebreaker'), {str(bit)!r})")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
+    for _ in range(1000):
+        if child.exists() and child.read_text():
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate(timeout=20)
+    assert _gone(child)
+
+
 # CLI.
 
 def _parser():

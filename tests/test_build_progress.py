@@ -394,6 +394,32 @@ def test_a_stopped_board_builds_run_stops_its_build(tmp_path, fake_tools, monkey
         proc.wait()
 
 
+def test_a_builder_killed_as_the_tool_starts_leaves_no_tool(tmp_path, fake_tools, monkeypatch):
+    """The tool runs only once a reaper watches its group: a builder killed on a loaded machine (here, a reaper that
+    takes a second to start and one to be told the group) as soon as the tool runs leaves no tool behind."""
+    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
+    script = ("import os, time\nimport boards.process_group as pg\nstart = pg.Reaper.__init__\n"
+              "pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]\n"
+              "watch = pg.Reaper.watch\npg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]\n"
+              "from boards.stages import Stage, run_stages\n"
+              "run_stages([Stage('synthesis', 'yosys', ('yosys', '-l', 'top.rpt', 'top.ys'), 'top.rpt')], "
+              f"{str(tmp_path)!r}, dict(os.environ))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+    child = tmp_path / "yosys.child"
+    for _ in range(1000):
+        if child.exists() and child.read_text():
+            break
+        time.sleep(0.01)
+    proc.kill()
+    proc.communicate(timeout=20)
+    pid = int(child.read_text())
+    try:
+        assert gone_soon(pid)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_builder_killed_with_sigkill_leaves_no_tool(tmp_path, fake_tools, monkeypatch):
     """SIGKILL runs no cleanup in the builder: the reaper beside the tool kills its process group."""
     monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
