@@ -59,10 +59,13 @@ def flash_command(board: Board, bitstream, tool: str, sram: bool = False) -> lis
 
 def flash(board: Board, bitstream, sram: bool = False, timeout: float = FLASH_TIMEOUT_S) -> str:
     """Program ``bitstream`` into ``board``; returns the tool's output. :class:`FlashError` when the
-    bitstream or tool is missing, the tool fails (no board found, ...), with its exit status and output,
-    or it runs past ``timeout`` seconds (then it is stopped with its process group)."""
+    bitstream is missing or empty, the tool is missing, the tool fails (no board found, ...), with its exit status
+    and output, or it runs past ``timeout`` seconds (then it is stopped with its process group)."""
     if not Path(bitstream).is_file():
         raise FlashError(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board {board.name}`")
+    if Path(bitstream).stat().st_size == 0:
+        raise FlashError(f"bitstream {bitstream} is empty (0 bytes): a build stopped as it began writing it; "
+                         f"build it again with `lcq build MODEL --board {board.name}`")
     command = flash_command(board, bitstream, find_tool(board), sram)
     # errors="replace": a byte that is not UTF-8 in the tool's output must not hide its exit status
     with group_stopped(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace") as proc:

@@ -287,6 +287,19 @@ def test_flash_bitstream_missing(tmp_path):
         flash(get_board("ulx3s-85f"), tmp_path / "top.bit")
 
 
+def test_flash_refuses_an_empty_bitstream_before_the_programmer_runs(tmp_path, monkeypatch):
+    """A 0-byte file (a packer killed as it began writing) is refused, not written to the board's flash."""
+    script, ran, bit = tmp_path / "iceprog", tmp_path / "ran", tmp_path / "top.bin"
+    script.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("ICEPROG", str(script))
+    bit.write_bytes(b"")
+    with pytest.raises(FlashError, match=r"top.bin is empty \(0 bytes\): .*build it again with `lcq build MODEL "
+                                         r"--board icebreaker`"):
+        flash(get_board("icebreaker"), bit)
+    assert not ran.exists()
+
+
 @pytest.mark.parametrize("name,tool", [("ulx3s-85f", "openFPGALoader"), ("orangecrab-25f", "dfu-util")])
 def test_flash_no_board(tmp_path, name, tool):
     """The real programmer, with no board attached: an error with its status, its output and a hint."""
