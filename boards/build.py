@@ -140,7 +140,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     BuildError) when ``deadline`` (a ``time.monotonic()`` value) passes, and ``ValueError`` when
     the PLL cannot make ``target_mhz`` within ``tolerance``, ``placer`` or ``router`` is unknown or ``placements``
     is below 1 or above 1 with a ``seed``; after a
-    BuildError no bitstream or nextpnr report is left in ``build_dir`` and no ``report.json`` written.
+    BuildError (a packer that leaves no bitstream or an empty one included) no bitstream or nextpnr report is left
+    in ``build_dir`` and no ``report.json`` written.
     Timing failures do not fail the build: compare ``fmax_mhz`` with ``pll_mhz`` (nextpnr's own verdict is on
     ``constraint_mhz``, which may be faster)."""
     if placer is not None and placer not in PLACERS:
@@ -189,8 +190,10 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     try:
         stage_seconds, placed = _run(plan_stages(build_dir, name), build_dir, board, seed, placements, deadline,
                                      progress_every)
-        if not bitstream.exists():
-            raise BuildError(f"{board.name} build failed (exit status 0) in {build_dir}: the tools made no {bitstream}")
+        if not bitstream.exists() or bitstream.stat().st_size == 0:
+            made = "an empty" if bitstream.exists() else "no"
+            raise BuildError(f"{board.name} build failed (exit status 0) in {build_dir}: the tools made {made} "
+                             f"{bitstream}")
     except BaseException:
         for partial in outputs:   # a killed packer or nextpnr may leave them half-written
             partial.unlink(missing_ok=True)

@@ -645,3 +645,23 @@ def test_build_past_its_deadline_leaves_no_result(tmp_path, fake_tools, monkeypa
     assert not (out / "top.bin").exists() and not (out / "nextpnr-report.json").exists()
     assert not (out / "report.json").exists()
     assert "icebreaker build: packing (icepack) started" in capsys.readouterr().err
+
+
+def test_a_packer_that_writes_an_empty_bitstream_fails_the_build(tmp_path, fake_tools, monkeypatch):
+    """A packer that exits 0 having written 0 bytes makes no bitstream that lcq flash would program."""
+    pytest.importorskip("amaranth")
+    from amaranth.hdl import Module
+
+    from boards.build import build
+
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-icebreaker.json"))
+    fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
+    packer = tmp_path / "empty-icepack"
+    packer.write_text('#!/bin/sh\nfor a; do out=$a; done\n: > "$out"\n')
+    packer.chmod(0o755)
+    monkeypatch.setenv("ICEPACK", str(packer))
+    out = tmp_path / "out"
+    with pytest.raises(BuildError, match=r"icebreaker build failed \(exit status 0\) .*: the tools made an empty "
+                                         r".*top.bin"):
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, out, progress_every=None)
+    assert not (out / "top.bin").exists() and not (out / "report.json").exists()
