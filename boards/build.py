@@ -194,16 +194,17 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
             made = "an empty" if bitstream.exists() else "no"
             raise BuildError(f"{board.name} build failed (exit status 0) in {build_dir}: the tools made {made} "
                              f"{bitstream}")
+        fmax_mhz, resources = parse_build(build_dir, name, board)
+        worst = read_worst_paths(build_dir / NEXTPNR_REPORT)
     except BaseException:
         for partial in outputs:   # a killed packer or nextpnr may leave them half-written
             partial.unlink(missing_ok=True)
         raise
-    fmax_mhz, resources = parse_build(build_dir, name, board)
     result = BuildResult(board.name, board.device, str(bitstream), file_sha256(bitstream), target_mhz,
                          plan.achieved_hz / 1e6, constraint_mhz, fmax_mhz, resources,
                          round(time.perf_counter() - t0, 1),
                          str(build_dir), stage_seconds, placed.seed, placer, router,
-                         read_worst_paths(build_dir / NEXTPNR_REPORT), placed.placements)
+                         worst, placed.placements)
     write_json(build_dir / "report.json", result.to_dict())
     return result
 

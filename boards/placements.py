@@ -19,7 +19,6 @@ stalled or a placement could not be completed (:data:`RETRIED`), the next round 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -29,7 +28,7 @@ from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from .report import parse_nextpnr
+from .report import parse_nextpnr, read_nextpnr
 from .stages import (PLACEMENT_FAILURE, STOP_POLL_SECONDS, BuildError, BuildTimeout, FailedPlacement, RouterStall,
                      Stage, run_stages, stop_signals_raise)
 
@@ -148,7 +147,7 @@ def _place(stage: Stage, seed: int | None, build_dir: Path, env: dict, family: s
         return Placement(seed, "stopped" if stopped else OUTCOMES.get(type(e), "failed"), None,
                          round(time.monotonic() - t0, 1), e)
     reports = outputs(stage, ("--report",))
-    fmax = parse_nextpnr(json.loads((build_dir / reports[0]).read_text()), family)[0] if reports else None
+    fmax = parse_nextpnr(read_nextpnr(build_dir / reports[0]), family)[0] if reports else None
     return Placement(seed, "routed", fmax, round(time.monotonic() - t0, 1))
 
 

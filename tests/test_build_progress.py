@@ -665,3 +665,59 @@ def test_a_packer_that_writes_an_empty_bitstream_fails_the_build(tmp_path, fake_
                                          r".*top.bin"):
         build(lambda platform, clk_hz: Module(), "icebreaker", None, out, progress_every=None)
     assert not (out / "top.bin").exists() and not (out / "report.json").exists()
+
+
+GOOD = json.loads((DATA / "nextpnr-report-icebreaker.json").read_text())
+SEGMENT = {"delay": 1.0, "from": {"cell": "a", "port": "O"}, "to": {"cell": "b", "port": "I"}}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", r"is not JSON"),
+    (json.dumps(GOOD)[:200], r"is not JSON"),
+    ("[]", r"must be an object, not \[\]"),
+    (json.dumps({"fmax": GOOD["fmax"]}), r"field 'utilization' is missing"),
+    (json.dumps({**GOOD, "utilization": {"ICESTORM_LC": {"available": 5280}}}),
+     r"field 'utilization.ICESTORM_LC.used' is missing"),
+    (json.dumps({**GOOD, "utilization": {"ICESTORM_LC": {"used": "12", "available": 5280}}}),
+     r"field 'utilization.ICESTORM_LC.used' must be an integer >= 0, not '12'"),
+    (json.dumps({**GOOD, "fmax": []}), r"field 'fmax' must be an object, not \[\]"),
+    (json.dumps({**GOOD, "fmax": {"clk": {"achieved": "fast"}}}),
+     r"field 'fmax.clk.achieved' must be a number > 0, not 'fast'"),
+    (json.dumps({**GOOD, "critical_paths": [{"from": "posedge clk", "to": "posedge clk",
+                                             "path": [{k: v for k, v in SEGMENT.items() if k != "delay"}]}]}),
+     r"field 'critical_paths\[0\].path\[0\].delay' is missing"),
+    (json.dumps({**GOOD, "critical_paths": [{"path": [SEGMENT]}]}), r"field 'critical_paths\[0\].from' is missing"),
+    (json.dumps({**GOOD, "critical_paths": [{"from": "<async>", "to": "posedge clk", "path": [{**SEGMENT, "to": 3}]}]}),
+     r"field 'critical_paths\[0\].path\[0\].to' must be an object, not 3"),
+], ids=["empty", "half", "list", "no-utilization", "no-used", "used-text", "fmax-list", "achieved-text",
+        "no-delay", "no-from", "to-number"])
+def test_a_nextpnr_report_without_a_field_the_build_reads_is_named(tmp_path, fake_tools, monkeypatch, text, message):
+    """A report nextpnr left half-written, or one of another version, fails the build with a BuildError naming the
+    file, the field and what to do, not a KeyError or TypeError; no bitstream is left."""
+    pytest.importorskip("amaranth")
+    from amaranth.hdl import Module
+
+    from boards.build import build
+
+    (tmp_path / "report.json").write_text(text)
+    monkeypatch.setenv("FAKE_REPORT", str(tmp_path / "report.json"))
+    fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
+    out = tmp_path / "out"
+    with pytest.raises(BuildError, match=r"nextpnr report .*nextpnr-report.json.*" + message + r".*build again"):
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, out, progress_every=None)
+    assert not (out / "top.bin").exists() and not (out / "report.json").exists()
+
+
+def test_a_nextpnr_that_writes_no_report_is_named(tmp_path, fake_tools, monkeypatch):
+    pytest.importorskip("amaranth")
+    from amaranth.hdl import Module
+
+    from boards.build import build
+
+    fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
+    nextpnr = tmp_path / "silent-nextpnr"
+    nextpnr.write_text("#!/bin/sh\necho placed\n")
+    nextpnr.chmod(0o755)
+    monkeypatch.setenv("NEXTPNR_ICE40", str(nextpnr))
+    with pytest.raises(BuildError, match=r"nextpnr report .*nextpnr-report.json was not written: .*build again"):
+        build(lambda platform, clk_hz: Module(), "icebreaker", None, tmp_path / "out", progress_every=None)
