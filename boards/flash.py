@@ -9,6 +9,7 @@ stopped with everything it started on a timeout, an exception (Ctrl-C) or this p
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,6 +30,15 @@ TOOLS = {
 }
 
 
+# The preamble each family's bitstream starts its commands with (after a comment block), as icepack and ecppack
+# write it, and the IDCODE of each ECP5 part, which ecppack writes after the preamble in a VERIFY_ID command
+# (0xE2, three zero bytes, the IDCODE): the part checks it before it takes the rest.
+PREAMBLES = {"ice40": b"\x7e\xaa\x99\x7e", "ecp5": b"\xff\xff\xbd\xb3"}
+FAMILY_NAMES = {"ice40": "iCE40", "ecp5": "ECP5"}
+ECP5_IDCODES = {"LFE5U-12F": 0x21111043, "LFE5U-25F": 0x41111043, "LFE5U-45F": 0x41112043, "LFE5U-85F": 0x41113043}
+_VERIFY_ID = re.compile(rb"\xe2\x00\x00\x00(.{4})", re.DOTALL)
+
+
 class FlashError(RuntimeError):
     """The programmer is missing or failed; the message says which and what to do."""
 
@@ -42,6 +52,30 @@ def find_tool(board: Board) -> str:
         raise FlashError(f"{board.programmer} ({tool!r}) not found, needed to flash {board.name}: "
                          f"`{install}`, or set {var}=/path/to/{board.programmer}")
     return path
+
+
+def check_bitstream(board: Board, bitstream) -> None:
+    """:class:`FlashError` unless the file ``bitstream`` holds a bitstream for ``board``'s part: not empty, with the
+    preamble of the board's family first, and, on ECP5, the part's IDCODE where the bitstream names one."""
+    data = Path(bitstream).read_bytes()
+    build = f"`lcq build MODEL --board {board.name}`"
+    if not data:
+        raise FlashError(f"bitstream {bitstream} is empty (0 bytes): a build stopped as it began writing it; "
+                         f"build it again with {build}")
+    found = sorted((data.find(preamble), family) for family, preamble in PREAMBLES.items() if preamble in data)
+    if not found:
+        raise FlashError(f"{bitstream} is not an iCE40 or ECP5 bitstream (it has neither preamble): pass the "
+                         f"{board.bitstream_suffix} file that {build} writes")
+    at, family = found[0]
+    if family != board.family:
+        raise FlashError(f"{bitstream} is a bitstream for an {FAMILY_NAMES[family]} part, not for the {board.name}'s "
+                         f"{board.device}: pass the --board it was built for, or build for this board with {build}")
+    verify = _VERIFY_ID.search(data, at, at + 64) if family == "ecp5" else None
+    if verify is not None and int.from_bytes(verify[1], "big") != ECP5_IDCODES[board.device]:
+        idcode = int.from_bytes(verify[1], "big")
+        part = next((p for p, code in ECP5_IDCODES.items() if code == idcode), f"part of IDCODE 0x{idcode:08x}")
+        raise FlashError(f"{bitstream} is a bitstream for the {part}, not for the {board.name}'s {board.device}: "
+                         f"pass the --board it was built for, or build for this board with {build}")
 
 
 def flash_command(board: Board, bitstream, tool: str, sram: bool = False) -> list[str]:
@@ -59,13 +93,12 @@ def flash_command(board: Board, bitstream, tool: str, sram: bool = False) -> lis
 
 def flash(board: Board, bitstream, sram: bool = False, timeout: float = FLASH_TIMEOUT_S) -> str:
     """Program ``bitstream`` into ``board``; returns the tool's output. :class:`FlashError` when the
-    bitstream is missing or empty, the tool is missing, the tool fails (no board found, ...), with its exit status
-    and output, or it runs past ``timeout`` seconds (then it is stopped with its process group)."""
+    bitstream is missing or not one for the board's part (:func:`check_bitstream`), the tool is missing, the tool
+    fails (no board found, ...), with its exit status and output, or it runs past ``timeout`` seconds (then it is
+    stopped with its process group)."""
     if not Path(bitstream).is_file():
         raise FlashError(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board {board.name}`")
-    if Path(bitstream).stat().st_size == 0:
-        raise FlashError(f"bitstream {bitstream} is empty (0 bytes): a build stopped as it began writing it; "
-                         f"build it again with `lcq build MODEL --board {board.name}`")
+    check_bitstream(board, bitstream)
     command = flash_command(board, bitstream, find_tool(board), sram)
     # errors="replace": a byte that is not UTF-8 in the tool's output must not hide its exit status
     with group_stopped(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace") as proc:

@@ -263,6 +263,39 @@ def test_engine_for_board_prefers_large_arrays_then_resident_constants():
 
 # Flashing.
 
+def _bitstream(device: str) -> bytes:
+    """The start of a bitstream for ``device`` as icepack or ecppack writes it (seen in their output: the iCE40
+    preamble; the ECP5 preamble, then the IDCODE ecppack gives the part), zeros after."""
+    if device.startswith("iCE40"):
+        return bytes.fromhex("ff0000ff7eaa997e") + bytes(64)
+    idcode = {"LFE5U-12F": "21111043", "LFE5U-25F": "41111043", "LFE5U-45F": "41112043", "LFE5U-85F": "41113043"}
+    return bytes.fromhex("ff00ffffffbdb3ffffffff3b000000e2000000" + idcode[device]) + bytes(64)
+
+
+@pytest.mark.parametrize("name, device, message", [
+    ("icebreaker", "LFE5U-85F", r"is a bitstream for an ECP5 part, not for the icebreaker's iCE40UP5K"),
+    ("ulx3s-85f", "iCE40UP5K", r"is a bitstream for an iCE40 part, not for the ulx3s-85f's LFE5U-85F"),
+    ("ulx3s-85f", "LFE5U-25F", r"is a bitstream for the LFE5U-25F, not for the ulx3s-85f's LFE5U-85F"),
+    ("orangecrab-25f", "LFE5U-12F", r"is a bitstream for the LFE5U-12F, not for the orangecrab-25f's LFE5U-25F"),
+    ("icebreaker", None, r"is not an iCE40 or ECP5 bitstream"),
+])
+def test_flash_refuses_a_bitstream_for_another_part_before_the_programmer_runs(tmp_path, monkeypatch, name, device,
+                                                                               message):
+    board = get_board(name)
+    var = {"iceprog": "ICEPROG", "openFPGALoader": "OPENFPGALOADER", "dfu-util": "DFU_UTIL"}[board.programmer]
+    script, ran, bit = tmp_path / "programmer", tmp_path / "ran", tmp_path / "top.bit"
+    script.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv(var, str(script))
+    bit.write_bytes(_bitstream(device) if device else b"<html>not found</html>")
+    with pytest.raises(FlashError, match=message + r".*`lcq build MODEL --board " + name):
+        flash(board, bit)
+    assert not ran.exists()
+    bit.write_bytes(_bitstream(board.device))     # the board's own
+    flash(board, bit)
+    assert ran.exists()
+
+
 def test_flash_commands():
     bit = "top.bin"
     assert flash_command(get_board("icebreaker"), bit, "iceprog") == ["iceprog", "top.bin"]
@@ -275,7 +308,7 @@ def test_flash_commands():
 
 def test_flash_tool_missing(tmp_path, monkeypatch):
     bit = tmp_path / "top.bin"
-    bit.write_bytes(b"\0")
+    bit.write_bytes(_bitstream("iCE40UP5K"))
     monkeypatch.setenv("ICEPROG", "iceprog-not-installed")
     with pytest.raises(FlashError, match=r"iceprog \('iceprog-not-installed'\) not found.*apt install fpga-icestorm"
                                          r".*ICEPROG="):
@@ -306,7 +339,7 @@ def test_flash_no_board(tmp_path, name, tool):
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} not installed")
     bit = tmp_path / "top.bit"
-    bit.write_bytes(b"\xff" * 64)
+    bit.write_bytes(_bitstream(get_board(name).device))
     with pytest.raises(FlashError, match=r"failed \(exit status \d+\); is the") as e:
         flash(get_board(name), bit, timeout=60)
     assert ("unable to open ftdi device" in str(e.value)) or ("No DFU capable USB device" in str(e.value))
@@ -318,7 +351,7 @@ def test_flash_error_keeps_a_programmer_output_that_is_not_utf8(tmp_path, monkey
     script.write_text("#!/bin/sh\nprintf 'flash ID: \\377\\376\\n'\nprintf 'no device \\200\\n' >&2\nexit 3\n")
     script.chmod(0o755)
     monkeypatch.setenv("ICEPROG", str(script))
-    bit.write_bytes(b"\0")
+    bit.write_bytes(_bitstream("iCE40UP5K"))
     with pytest.raises(FlashError, match=r"failed \(exit status 3\); is the iCEBreaker plugged in.*\nflash ID: .*"
                                          r"\nno device"):
         flash(get_board("icebreaker"), bit, timeout=30)
@@ -331,7 +364,7 @@ def _hanging_programmer(tmp_path, monkeypatch) -> tuple[Path, Path]:
     script.write_text(f"#!/bin/sh\nsleep 60 &\necho $! > {child}\nwait\n")
     script.chmod(0o755)
     monkeypatch.setenv("ICEPROG", str(script))
-    bit.write_bytes(b"\0")
+    bit.write_bytes(_bitstream("iCE40UP5K"))
     return bit, child
 
 
@@ -453,7 +486,7 @@ def test_cli_flash_timeout_and_ctrl_c(tmp_path, monkeypatch, capsys):
 def test_cli_flash_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("ICEPROG", "iceprog-not-installed")
     bit = tmp_path / "top.bin"
-    bit.write_bytes(b"\0")
+    bit.write_bytes(_bitstream("iCE40UP5K"))
     parser, handlers = _parser()
     assert handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker", "--bitstream", str(bit)])) == 1
     assert "lcq flash: error: iceprog ('iceprog-not-installed') not found" in capsys.readouterr().err
