@@ -386,7 +386,11 @@ def cmd_flash(args) -> int:
         if not report.is_file():
             raise FileNotFoundError(f"no {report}: build first with `lcq build MODEL --board {board.name}` "
                                     f"or pass --bitstream PATH")
-        built = read_report(report, ("bitstream", "bitstream_sha256"))
+        built = read_report(report, ("bitstream", "bitstream_sha256", "board"))
+        if built["board"] != board.name:
+            raise ValueError(f"{report} is the report of a build for the {built['board']}, not for --board "
+                             f"{board.name}: build for the {board.name} with `lcq build MODEL --board {board.name}`, "
+                             f"or pass --bitstream PATH")
         bitstream = built["bitstream"]
         if Path(bitstream).is_file() and file_sha256(bitstream) != built["bitstream_sha256"]:
             raise ValueError(f"{bitstream} is not the bitstream {report} records (its SHA-256 differs): a build was "

@@ -881,6 +881,29 @@ def test_flash_checks_the_bitstream_against_the_digest_its_report_records(tmp_pa
     assert programmed == [str(bitstream)]
 
 
+def test_flash_refuses_the_report_of_another_boards_build(tmp_path, monkeypatch):
+    """The OrangeCrab's and the ULX3S-25F's parts are the same (LFE5U-25F, which check_bitstream cannot tell apart):
+    a report of an OrangeCrab build in build/ulx3s-25f (`lcq build -o build/ulx3s-25f --board orangecrab-25f`) is
+    not flashed to the ULX3S."""
+    import boards.flash
+    from boards.build import file_sha256
+
+    monkeypatch.chdir(tmp_path)
+    build = tmp_path / "build" / "ulx3s-25f"
+    build.mkdir(parents=True)
+    (build / "top.bit").write_bytes(_bitstream("LFE5U-25F"))
+    report = {"board": "orangecrab-25f", "bitstream": "build/ulx3s-25f/top.bit",
+              "bitstream_sha256": file_sha256(build / "top.bit")}
+    (build / "report.json").write_text(json.dumps(report))
+    programmed = []
+    monkeypatch.setattr(boards.flash, "flash", lambda board, path, sram, timeout: programmed.append(path) or "ok")
+    parser, handlers = _parser()
+    with pytest.raises(ValueError, match=r"build/ulx3s-25f/report.json is the report of a build for the "
+                                         r"orangecrab-25f, not for --board ulx3s-25f"):
+        handlers["flash"](parser.parse_args(["flash", "--board", "ulx3s-25f"]))
+    assert programmed == []
+
+
 def test_flash_names_a_report_without_a_bitstream(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "build" / "icebreaker").mkdir(parents=True)
