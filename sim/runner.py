@@ -45,10 +45,10 @@ Verilator binary) runs in its own process group with a deadline (``timeout`` of
 seconds, else :data:`DEFAULT_TIMEOUT_S`; :func:`deadline` sets it for a block). Past the
 deadline the whole group is killed and :class:`SimulationTimeout` says which command, after
 how long, and what to do; an exception in this process (Ctrl-C included) kills the group
-too, and a reaper process (:class:`boards.process_group.Reaper`, in a session of its own) kills
-it when this process dies without cleaning up (SIGKILL, say, or a SIGTERM or hangup sent to this
-process's group, which the simulator's group does not get), so no simulator outlives the run that
-started it.
+too, and a reaper process (:class:`boards.process_group.Reaper`, in a session of its own, watching
+the group before the command runs: :func:`boards.process_group.group_stopped`) kills it when this
+process dies without cleaning up (SIGKILL, say, or a SIGTERM or hangup sent to this process's
+group, which the simulator's group does not get), so no simulator outlives the run that started it.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ import types
 from pathlib import Path
 from xml.etree import ElementTree
 
-from boards.process_group import Reaper, kill_group
+from boards.process_group import group_stopped, kill_group
 
 SIMULATORS = ("icarus", "verilator")
 DATA_ENV = "LCQ_SIM_DATA"
@@ -140,10 +140,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None = None) -> int:
-    """Run ``cmd`` (argv list) in a new process group and return its exit status; its output goes to
-    ``stdout`` (a file; stderr with it) or is inherited. After ``timeout`` seconds (default
-    :func:`default_timeout`) the group is killed and :class:`SimulationTimeout` raised; any
-    exception here kills it too, and a reaper process kills it should this process die first."""
+    """Run ``cmd`` (argv list; its stdin /dev/null) in a new process group and return its exit status (127: no
+    such command); its output goes to ``stdout`` (a file; stderr with it) or is inherited. After ``timeout``
+    seconds (default :func:`default_timeout`) the group is killed and :class:`SimulationTimeout` raised; any
+    exception here kills it too, and a reaper process, watching the group before the command runs
+    (:func:`boards.process_group.group_stopped`), kills it should this process die first."""
     timeout = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
     stderr = None if stdout is None else subprocess.STDOUT
     if os.name != "posix":      # no process groups to kill: the deadline alone
@@ -152,12 +153,8 @@ def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None =
         except subprocess.TimeoutExpired:
             raise SimulationTimeout(f"{Path(str(cmd[0])).name} did not finish within {timeout:g} s and was "
                                     f"killed") from None
-    reaper = Reaper()
     start = time.monotonic()
-    proc = None
-    try:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr, start_new_session=True)
-        reaper.watch(proc.pid)
+    with group_stopped(cmd, cwd=cwd, env=env, stdout=stdout, stderr=stderr) as proc:
         try:
             return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -166,12 +163,9 @@ def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None =
                 f"{Path(str(cmd[0])).name} did not finish within its {timeout:.1f} s deadline and was "
                 f"killed with its process group after {time.monotonic() - start:.1f} s; raise the "
                 f"deadline (lcq sim --timeout, or {TIMEOUT_ENV}) if the run is merely long") from None
-    except BaseException:
-        if proc is not None and proc.returncode is None:
+        except BaseException:
             _kill_group(proc)
-        raise
-    finally:
-        reaper.release()
+            raise
 
 
 def _guard(runner, timeout: float | None, env: dict[str, str] | None = None):

@@ -374,6 +374,49 @@ def test_a_command_dies_with_its_parents_process_group(tmp_path, sig):
             os.kill(command, signal.SIGKILL)
 
 
+# The same parent with a reaper slowed as on a loaded machine: a second to start, and one to be told the group.
+PARENT_OF_SLEEPER_SLOW_REAPER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+import boards.process_group as pg
+start = pg.Reaper.__init__
+pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]
+watch = pg.Reaper.watch
+pg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]
+from sim.runner import run_guarded
+run_guarded([sys.executable, "-c", sys.argv[2], sys.argv[3]], timeout=600)
+"""
+
+
+def test_a_parent_killed_as_the_command_starts_leaves_no_command(tmp_path):
+    """The command runs only once a reaper watches its group: its parent killed (SIGKILL) as soon as the command
+    runs, before a slow reaper was told the group, leaves no command behind."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("needs /proc")
+    pid_file = tmp_path / "command.pid"
+    parent = subprocess.Popen([sys.executable, "-c", PARENT_OF_SLEEPER_SLOW_REAPER, str(ROOT), SLEEPER,
+                               str(pid_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert parent.poll() is None and time.monotonic() < deadline, "the command did not start"
+            time.sleep(0.01)
+        command = int(pid_file.read_text())
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _running(command, str(pid_file)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(command, str(pid_file)), "the command outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if command is not None and _running(command, str(pid_file)):
+            os.kill(command, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
 def test_sim_cli_turns_a_stop_signal_into_an_error_line(monkeypatch, capsys, tmp_path, sig):
     """SIGTERM or SIGHUP to `lcq sim` while it simulates: the exception path (which kills the simulator's group)
