@@ -3,18 +3,23 @@
 :func:`run_tool` runs a command in a process group of its own and returns its exit status; past its
 ``timeout`` the group is stopped as a build's tool is (:func:`boards.process_group.stop_group`: SIGTERM, then
 SIGKILL to what is left after a grace period) and ``subprocess.TimeoutExpired`` raised, and an exception in the
-calling thread (Ctrl-C) stops it too. A reaper (:class:`boards.process_group.Reaper`) kills the group should the
-benchmark die first. Benchmarks run tools from worker threads, which an interrupt does not reach: their main thread
-calls :func:`stop_tools` when it stops, which stops every tool still running the same way; after it,
-:func:`run_tool` starts none (:class:`ToolsStopped`).
+calling thread (Ctrl-C) stops it too. A reaper (:class:`boards.process_group.Reaper`), watching the group before the
+tool runs (:func:`boards.process_group.group_stopped`), kills it should the benchmark die first. Benchmarks run
+tools from worker threads, which an interrupt does not reach: their main thread calls :func:`stop_tools` when it
+stops, which stops every tool still running the same way; after it, :func:`run_tool` starts none
+(:class:`ToolsStopped`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import shutil
 import subprocess
 import threading
 
-from boards.process_group import Reaper, stop_group
+from boards.process_group import group_stopped, stop_group
 
 _running: set[subprocess.Popen] = set()
 _lock = threading.Lock()
@@ -26,26 +31,22 @@ class ToolsStopped(RuntimeError):
 
 
 def run_tool(cmd: list[str], *, cwd, stdout, timeout: float) -> int:
-    """Run ``cmd`` in ``cwd``, its output (stderr too) to ``stdout``; its exit status (negative: killed)."""
-    reaper = Reaper()
-    proc = None
-    try:
-        with _lock:
+    """Run ``cmd`` in ``cwd``, its output (stderr too) to ``stdout``; its exit status (negative: killed).
+    ``OSError`` when ``cmd[0]`` is not an executable."""
+    # (a relative path with a slash runs from cwd, as subprocess.Popen finds it)
+    if shutil.which(os.path.join(cwd, cmd[0]) if os.sep in cmd[0] else cmd[0]) is None:
+        raise FileNotFoundError(errno.ENOENT, "not found, or not executable", cmd[0])
+    with contextlib.ExitStack() as stack:
+        with _lock:         # (started under the lock: stop_tools sees it, or it starts none)
             if _stopping.is_set():
                 raise ToolsStopped(f"not started, the benchmark is stopping: {cmd[0]}")
-            proc = subprocess.Popen(cmd, cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = stack.enter_context(group_stopped(cmd, cwd=cwd, stdout=stdout, stderr=subprocess.STDOUT))
             _running.add(proc)
-        reaper.watch(proc.pid)
-        return proc.wait(timeout)
-    except BaseException:
-        if proc is not None:
-            stop_group(proc)
-            proc.wait()
-        raise
-    finally:
-        with _lock:
-            _running.discard(proc)
-        reaper.release()
+        try:
+            return proc.wait(timeout)
+        finally:
+            with _lock:
+                _running.discard(proc)
 
 
 def stop_tools() -> None:

@@ -1,12 +1,15 @@
 """benchmarks/tool_run.py: the FPGA tools a benchmark runs from worker threads stop when its main thread stops."""
 
+import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from helpers import load_benchmark
+from helpers import ends_within, load_benchmark, running
 
 
 def test_stop_tools_kills_the_tools_of_other_threads_and_starts_no_more(tmp_path):
@@ -47,3 +50,50 @@ def test_a_tool_past_its_timeout_is_sent_sigterm_first(tmp_path):
         tool_run.run_tool([sys.executable, "-c", GRACEFUL, str(marker)], cwd=tmp_path, stdout=subprocess.DEVNULL,
                           timeout=3)
     assert marker.read_text() == "stopped"
+
+
+# A benchmark (its tools run by run_tool) whose reaper is slowed as on a loaded machine: a second to start, and one
+# to be told the group; its tool writes its pid to argv[1] and sleeps.
+SLOW_REAPER_BENCHMARK = """
+import sys, time
+sys.path.insert(0, "benchmarks")
+import boards.process_group as pg
+start = pg.Reaper.__init__
+pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]
+watch = pg.Reaper.watch
+pg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]
+from tool_run import run_tool
+tool = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
+run_tool([sys.executable, "-c", tool, sys.argv[1]], cwd=".", stdout=None, timeout=600)
+"""
+
+
+def test_a_benchmark_killed_as_its_tool_starts_leaves_no_tool(tmp_path):
+    """The tool runs only once a reaper watches its group: a benchmark killed (SIGKILL) as soon as its tool runs,
+    before a slow reaper was told the group, leaves no tool behind."""
+    pid_file = tmp_path / "tool.pid"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_REAPER_BENCHMARK, str(pid_file)],
+                            cwd=Path(__file__).resolve().parent.parent)
+    pid = None
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() or not pid_file.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, "the tool did not start"
+            time.sleep(0.01)
+        pid = int(pid_file.read_text())
+        proc.kill()
+        proc.wait(timeout=30)
+        assert ends_within(pid, 10), "the tool outlived the benchmark"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if pid is not None and running(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_missing_tool_raises_an_os_error(tmp_path):
+    """As subprocess.Popen did: the benchmarks turn it into "cannot run ..." (pe_cost's ToolFailed)."""
+    tool_run = load_benchmark("tool_run", "tool_run_under_test")
+    with pytest.raises(OSError, match="no-such-tool"):
+        tool_run.run_tool([str(tmp_path / "no-such-tool")], cwd=tmp_path, stdout=subprocess.DEVNULL, timeout=60)
