@@ -16,7 +16,9 @@ in the same testbench and with the same report as the RTL run.
   :data:`hw.flip_flops.KEEP_OWN_FLIP_FLOPS`, then
   ``stat -json`` and ``write_verilog -noattr``; cached in ``build/netlist/<key>/`` under :func:`cache_key`
   (source text, script, Yosys version), written to a temporary directory and moved in with ``os.replace``
-  (``net.v`` last), so a cache entry is complete or absent.
+  (``net.v`` last), so a cache entry is complete or absent. Yosys's output is checked before it is cached: a
+  ``net.v`` that defines the top module and ends with ``endmodule``, a ``stat.json`` that counts the top
+  module's cells, at least one.
   Yosys runs under :func:`sim.runner.run_guarded` with the current deadline (:func:`sim.runner.deadline`).
 - :func:`cell_models`: the simulation models for a netlist: ``share/ice40/cells_sim.v`` (with
   :data:`sim.runner.ICE40_DEFINES`), or for ECP5 Yosys's ``cells_sim.v`` with its includes inlined and its
@@ -214,19 +216,62 @@ class Netlist:
     cached: bool
 
 
-def cell_counts(stats: dict) -> dict[str, int]:
-    """{cell type: count} of the top module of Yosys's ``stat -json`` (Yosys's internal ``$scopeinfo``
-    markers left out)."""
-    modules = stats.get("modules", {})
-    design = next(iter(modules.values()), stats) if modules else stats
-    counts = design.get("num_cells_by_type", {})
-    return {name: int(n) for name, n in sorted(counts.items()) if not name.startswith("$scopeinfo")}
+def cell_counts(stats, top: str) -> dict[str, int]:
+    """{cell type: count} of module ``top`` in Yosys's ``stat -json`` (Yosys's internal ``$scopeinfo``
+    markers left out); ``ValueError`` saying what is wrong when ``top`` is not there, a count is not a whole
+    number >= 0, or there are no cells (an empty netlist would simulate nothing of the design)."""
+    modules = stats.get("modules") if isinstance(stats, dict) else None
+    design = modules.get(f"\\{top}", modules.get(top)) if isinstance(modules, dict) else None
+    counts = design.get("num_cells_by_type") if isinstance(design, dict) else None
+    if not isinstance(counts, dict):
+        raise ValueError(f"no module {top} with num_cells_by_type")
+    return checked_cells({name: n for name, n in counts.items() if not name.startswith("$scopeinfo")}, top)
+
+
+def checked_cells(cells, top: str) -> dict[str, int]:
+    """``cells`` ({cell type: count}) sorted by type; ``ValueError`` unless every count is a whole number >= 0
+    and one is above 0."""
+    if not isinstance(cells, dict):
+        raise ValueError(f"cell counts of {top} are not a mapping: {cells!r:.80}")
+    for name, n in cells.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"the count of {name} cells is not a count: {n!r:.40}")
+    if not any(cells.values()):
+        raise ValueError(f"no cells in module {top}: the netlist is empty")
+    return dict(sorted(cells.items()))
+
+
+def netlist_complete(path: Path, top: str) -> bool:
+    """Whether ``path`` reads as a whole ``write_verilog`` netlist: it defines module ``top`` and ends with
+    ``endmodule`` (a file cut short, by a full disk say, does not)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    return re.search(rf"^module {re.escape(top)}\(", text, re.M) is not None and text.rstrip().endswith("endmodule")
+
+
+def _output_cells(work: Path, top: str) -> dict[str, int]:
+    """The cell counts of the Yosys run in ``work``; ``ValueError`` naming what it left missing or incomplete."""
+    if not netlist_complete(work / NETLIST, top):
+        raise ValueError(f"{NETLIST} is missing or incomplete (no module {top}, or cut short)")
+    try:
+        stats = json.loads((work / STATS).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"no {STATS}") from None
+    except ValueError as e:     # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{STATS} is not JSON ({e})") from None
+    try:
+        return cell_counts(stats, top)
+    except ValueError as e:
+        raise ValueError(f"{STATS}: {e}") from None
 
 
 def synthesize(source: Path, top: str, family: str, cache_root="build/netlist") -> Netlist:
     """The netlist of ``source`` (top module ``top``) for ``family``, from the cache when its key is there,
     else made by Yosys (under the current deadline; :class:`sim.runner.SimulationTimeout` past it,
-    :class:`sim.runner.SimulationFailed` with the log's tail when Yosys fails)."""
+    :class:`sim.runner.SimulationFailed` with the log's tail when Yosys fails or exits 0 without a whole
+    netlist and its cell counts)."""
     exe = yosys_executable()
     if exe is None:
         raise NetlistError(unavailable_reason())
@@ -246,10 +291,15 @@ def synthesize(source: Path, top: str, family: str, cache_root="build/netlist") 
         with open(work / LOG, "w") as log:
             code = run_guarded([exe, "-q", "-s", "synth.ys"], cwd=work, stdout=log)
         seconds = round(time.perf_counter() - t0, 2)
-        if code != 0 or not (work / NETLIST).is_file():
+        problem = f"exit {code}" if code != 0 else None
+        if problem is None:
+            try:
+                cells = _output_cells(work, top)
+            except ValueError as e:
+                problem = f"exit 0, but {e}"
+        if problem is not None:
             tail = "\n".join((work / LOG).read_text(errors="replace").splitlines()[-30:])
-            raise SimulationFailed(f"Yosys ({SYNTH[family]}) failed on {source} (exit {code}):\n{tail}")
-        cells = cell_counts(json.loads((work / STATS).read_text()))
+            raise SimulationFailed(f"Yosys ({SYNTH[family]}) failed on {source} ({problem}):\n{tail}")
         (work / META).write_text(json.dumps({"family": family, "top": top, "seconds": seconds, "cells": cells,
                                              "yosys": yosys_version()}, indent=1) + "\n")
         final.mkdir(exist_ok=True)

