@@ -18,7 +18,8 @@ in the same testbench and with the same report as the RTL run.
   (source text, script, Yosys version), written to a temporary directory and moved in with ``os.replace``
   (``net.v`` last), so a cache entry is complete or absent. Yosys's output is checked before it is cached: a
   ``net.v`` that defines the top module and ends with ``endmodule``, a ``stat.json`` that counts the top
-  module's cells, at least one.
+  module's cells, at least one; a cache entry that fails these checks (or whose ``meta.json`` does) is made
+  again.
   Yosys runs under :func:`sim.runner.run_guarded` with the current deadline (:func:`sim.runner.deadline`).
 - :func:`cell_models`: the simulation models for a netlist: ``share/ice40/cells_sim.v`` (with
   :data:`sim.runner.ICE40_DEFINES`), or for ECP5 Yosys's ``cells_sim.v`` with its includes inlined and its
@@ -267,6 +268,21 @@ def _output_cells(work: Path, top: str) -> dict[str, int]:
         raise ValueError(f"{STATS}: {e}") from None
 
 
+def _cached(entry: Path, top: str, family: str) -> Netlist | None:
+    """The netlist in cache entry ``entry``, or None when it is absent or damaged (``meta.json`` unreadable or
+    without its fields, ``net.v`` cut short): then it is made again."""
+    if not netlist_complete(entry / NETLIST, top):
+        return None
+    try:
+        meta = json.loads((entry / META).read_text())
+        cells, seconds = checked_cells(meta["cells"], top), meta["seconds"]
+    except (OSError, ValueError, KeyError, TypeError):     # TypeError: meta.json is not an object
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        return None
+    return Netlist(entry / NETLIST, top, family, cells, seconds, True)
+
+
 def synthesize(source: Path, top: str, family: str, cache_root="build/netlist") -> Netlist:
     """The netlist of ``source`` (top module ``top``) for ``family``, from the cache when its key is there,
     else made by Yosys (under the current deadline; :class:`sim.runner.SimulationTimeout` past it,
@@ -279,9 +295,9 @@ def synthesize(source: Path, top: str, family: str, cache_root="build/netlist") 
     script = synth_script(family, top)
     key = cache_key(text, script, yosys_version())
     final = Path(cache_root).resolve() / key
-    if (final / NETLIST).is_file() and (final / META).is_file():
-        meta = json.loads((final / META).read_text())
-        return Netlist(final / NETLIST, top, family, meta["cells"], meta["seconds"], True)
+    cached = _cached(final, top, family)
+    if cached is not None:
+        return cached
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=final.parent))
     try:

@@ -200,6 +200,27 @@ def test_a_whole_fake_yosys_output_is_taken(tmp_path, monkeypatch):
     assert made.cells == {"SB_LUT4": 1} and not made.cached
 
 
+@pytest.mark.parametrize("meta", ['{"cells": {"SB_LUT4": 1}}', '{"seconds": 1', '[]',
+                                  '{"cells": "x", "seconds": 1}', '{"cells": {}, "seconds": 1}', None],
+                         ids=["no-seconds", "half-json", "list", "bad-cells", "no-cells", "half-netlist"])
+def test_a_damaged_cache_entry_is_made_again(tmp_path, monkeypatch, meta):
+    """A cache entry whose meta.json is unreadable or lacks a field, or whose net.v is cut short: synthesized
+    again (and replaced), not taken as it is."""
+    body = f"printf '{NET_V}' > net.v; echo '{STAT_JSON}' > stat.json"
+    monkeypatch.setattr(nl, "yosys_executable", lambda: fake_yosys(tmp_path, "yosys", body))
+    monkeypatch.setattr(nl, "yosys_version", lambda: "Yosys test")
+    source = tmp_path / "core.v"
+    source.write_text("module engine(input a); endmodule\n")
+    entry = nl.synthesize(source, "engine", "ice40", tmp_path / "cache").path.parent
+    if meta is None:
+        (entry / "net.v").write_text("module engine(a);\n  SB_LUT4 #(.LUT_")
+    else:
+        (entry / "meta.json").write_text(meta)
+    again = nl.synthesize(source, "engine", "ice40", tmp_path / "cache")
+    assert not again.cached and again.cells == {"SB_LUT4": 1} and again.path.parent == entry
+    assert nl.synthesize(source, "engine", "ice40", tmp_path / "cache").cached
+
+
 def test_synthesis_runs_under_the_deadline(tmp_path, monkeypatch):
     from sim.runner import SimulationTimeout, deadline
 
