@@ -152,9 +152,6 @@ def cmd_sim(args) -> int:
             raise ValueError("--layer N runs one layer on the layer engine: it needs --mode layers (or no --mode)")
         upto = next(i for i, n in enumerate(model.nodes) if n is convs[args.layer])
         on_engine = {upto}
-    reason = unavailable_reason(args.simulator)
-    if reason is not None:
-        raise ValueError(f"cannot simulate with {args.simulator}: {reason}")
     network = args.layer is None and args.mode != "layers"
     netlist, x_init = getattr(args, "netlist", None), getattr(args, "x_init", False)
     if x_init and netlist is None:
@@ -189,6 +186,9 @@ def cmd_sim(args) -> int:
         else:
             params = engine_params(args, model)
             rows, cols = params.rows, params.cols
+    reason = unavailable_reason(args.simulator)      # after the checks of the arguments, which need no tool
+    if reason is not None:
+        raise ValueError(f"cannot simulate with {args.simulator}: {reason}")
     images = _images(args, model)
     kind = "-network" if network else ""
     if network and params.engine.multiply_cols:

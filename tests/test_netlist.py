@@ -24,7 +24,6 @@ import pytest
 pytest.importorskip("amaranth", reason="netlist tests need amaranth: pip install -e '.[hw]'")
 
 from sim import netlist as nl  # noqa: E402
-from sim.runner import unavailable_reason  # noqa: E402
 from simulators import BUILD_ROOT, require_simulators  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -280,17 +279,20 @@ def test_board_of_the_other_family_is_refused_naming_both():
         nl.board_for("ecp5", "icebreaker")
 
 
-def test_cli_refuses_bad_combinations(capsys):
+def test_cli_refuses_bad_combinations(capsys, monkeypatch):
+    """Refused as usage errors whatever is installed: the checks come before the simulator's (none here)."""
     from lcq.cli import main
+    from sim import cli
 
+    monkeypatch.setattr(cli, "unavailable_reason", lambda sim: f"{sim} is not installed here")
     assert main(["sim", str(DIGITS), "--netlist", "ice40", "--board", "ulx3s-85f", "--layer", "0"]) == 2
     assert "ulx3s-85f is an ecp5 board" in capsys.readouterr().err
-    if unavailable_reason("icarus") is None:
-        assert main(["sim", str(DIGITS), "--x-init", "--layer", "0", "--simulator", "icarus"]) == 2
-        assert "needs --netlist" in capsys.readouterr().err
-    if unavailable_reason("verilator") is None:
-        assert main(["sim", str(DIGITS), "--netlist", "ice40", "--x-init", "--layer", "0"]) == 2
-        assert "--x-init needs --simulator icarus" in capsys.readouterr().err
+    assert main(["sim", str(DIGITS), "--x-init", "--layer", "0", "--simulator", "icarus"]) == 2
+    assert "needs --netlist" in capsys.readouterr().err
+    assert main(["sim", str(DIGITS), "--netlist", "ice40", "--x-init", "--layer", "0"]) == 2
+    assert "--x-init needs --simulator icarus" in capsys.readouterr().err
+    assert main(["sim", str(DIGITS), "--layer", "0", "--simulator", "icarus"]) == 2
+    assert "cannot simulate with icarus: icarus is not installed here" in capsys.readouterr().err
 
 
 ICE40_SAMPLE = """`timescale 1ps / 1ps
