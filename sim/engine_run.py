@@ -27,7 +27,7 @@ from hw.engine import EngineSignature, LayerEngine
 from hw.engine_params import EngineParams
 from hw.program import Job, decode_outputs
 
-from .runner import Build, build_core, run_test, verilog_of
+from .runner import Build, SimulationFailed, build_core, run_test, verilog_of
 
 TOP, TESTBENCH = "engine", "sim.engine_cocotb"
 
@@ -119,6 +119,10 @@ def simulate_jobs(built: Build, params: EngineParams, jobs: list[Job], expected:
     work = {"jobs": [{"index": j.index, "beats": j.beats, "out_words": j.out_words, "macs": j.node.macs}
                      for j in jobs]}
     results = _run(built, test_dir, params, work, stall, backpressure, seed)[0]
+    if [result["index"] for result in results] != [job.index for job in jobs] or len(expected) != len(jobs):
+        raise SimulationFailed(f"the testbench returned results for layers {[r['index'] for r in results]}, not "
+                               f"{[job.index for job in jobs]} ({len(expected)} expected outputs): they were not "
+                               "all compared")
     report = SimReport(built.sim, params, 1)
     for job, result, want in zip(jobs, results, expected):
         layer = LayerResult(job.index, job.node.name, result["cycles"], result["compute_cycles"], job.node.macs,
@@ -140,6 +144,14 @@ def simulate_model(built: Build, params: EngineParams, model_path, model: Compil
                       "on_engine": None if on_engine is None else sorted(on_engine), "upto": upto,
                       "resident": resident}}
     results = _run(built, test_dir, params, work, stall, backpressure, seed)
+    runs = [i for i, n in enumerate(model.nodes[:None if upto is None else upto + 1])
+            if isinstance(n, ConvNode) and (on_engine is None or i in on_engine)]
+    got = [[result["index"] for result in per_image] for per_image in results]
+    wrong = next((image for image, layers in enumerate(got) if layers != runs), None)
+    if not runs or len(got) != len(images) or wrong is not None:
+        raise SimulationFailed(f"the testbench returned results for {len(got)} of {len(images)} images"
+                               + ("" if wrong is None else f", for layers {got[wrong]} of image {wrong}")
+                               + f", not for layers {runs} of each: it skipped some, and they were not compared")
     expected = reference.run(model, images)
     report = SimReport(built.sim, params, len(images))
     layers: dict[int, LayerResult] = {}

@@ -3,6 +3,7 @@ and the first-mismatch report of the cocotb comparison."""
 
 import dataclasses
 import gc
+import types
 import warnings
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from compiler.format import load  # noqa: E402
 from hw.engine import EngineSignature, LayerEngine  # noqa: E402
 from hw.engine_params import TARGET_BITS, TARGETS, EngineParams  # noqa: E402
 from hw.link import LinkBridge  # noqa: E402
-from hw.program import act_beats, check_fits, config_values, decode_outputs, layer_beats, output_words  # noqa: E402
+from hw.program import Job, act_beats, check_fits, config_values, decode_outputs, layer_beats, output_words  # noqa: E402
 from sim.engine_run import compare  # noqa: E402
 
 DIGITS = load(Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq")
@@ -230,3 +231,54 @@ def test_first_mismatch_names_layer_channel_position_and_cycle():
                        "engine 60, reference 6 (output word 1, read at cycle 52 after start)")
     assert compare(params, node, 3, {"words": words, "word_cycles": [0, 0, 0]},
                    decode_outputs(params, node, words), 0) == (0, None)
+
+
+def layer_words(params, node, out):
+    """The engine's output words of ``node`` holding ``out`` ``(C_out, Ho, Wo)``: :func:`decode_outputs` inverted."""
+    (c_out, ho, wo), cols, bits = node.out_shape, params.cols, params.out_bits
+    padded = np.zeros((-(-c_out // cols) * cols, ho, wo), dtype=np.int64)
+    padded[:c_out] = out
+    fields = padded.reshape(-1, cols, ho * wo).transpose(0, 2, 1).reshape(-1, cols)
+    return [sum((int(v) & ((1 << bits) - 1)) << (c * bits) for c, v in enumerate(row)) for row in fields]
+
+
+@pytest.mark.parametrize("drop", ["an image", "a layer", "every layer"])
+def test_results_missing_an_image_or_a_layer_fail_instead_of_comparing_nothing(monkeypatch, tmp_path, drop):
+    """Results the testbench left out were never compared: a missing image or layer counted 0 mismatches."""
+    import sim.engine_run as engine_run
+    from sim.runner import SimulationFailed
+
+    params = EngineParams.for_model(DIGITS, 2, 4)
+    images = np.random.default_rng(0).integers(0, 256, (2, *DIGITS.input.shape), dtype=np.uint8)
+    convs = [i for i, n in enumerate(DIGITS.nodes) if n in DIGITS.convs]
+    t = reference.run(DIGITS, images)
+    per_image = [[{"index": i, "cycles": 1, "compute_cycles": 1, "word_cycles": [],
+                   "words": layer_words(params, DIGITS.nodes[i], t[DIGITS.nodes[i].output][k])} for i in convs]
+                 for k in range(2)]
+    results = {"an image": per_image[:1], "a layer": [per_image[0], per_image[1][1:]],
+               "every layer": [[], []]}[drop]
+    monkeypatch.setattr(engine_run, "_run", lambda *a: results)
+    built = types.SimpleNamespace(sim="verilator")                  # (what the report reads of a build)
+    with pytest.raises(SimulationFailed, match=r"the testbench returned results for"):
+        engine_run.simulate_model(built, params, "digits.lcq", DIGITS, images, tmp_path)
+    monkeypatch.setattr(engine_run, "_run", lambda *a: per_image)
+    assert engine_run.simulate_model(built, params, "digits.lcq", DIGITS, images, tmp_path).mismatches == 0
+
+
+def test_job_results_missing_a_layer_fail_instead_of_comparing_fewer(monkeypatch, tmp_path):
+    import sim.engine_run as engine_run
+    from sim.runner import SimulationFailed
+
+    params = EngineParams.for_model(DIGITS, 2, 4)
+    image = np.random.default_rng(1).integers(0, 256, (1, *DIGITS.input.shape), dtype=np.uint8)
+    t = reference.run(DIGITS, image)
+    jobs = [Job(i, n, [], output_words(params, n)) for i, n in enumerate(DIGITS.nodes) if n in DIGITS.convs]
+    expected = [t[job.node.output][0] for job in jobs]
+    results = [{"index": job.index, "cycles": 1, "compute_cycles": 1, "word_cycles": [],
+                "words": layer_words(params, job.node, want)} for job, want in zip(jobs, expected)]
+    built = types.SimpleNamespace(sim="verilator")
+    monkeypatch.setattr(engine_run, "_run", lambda *a: [results[:-1]])
+    with pytest.raises(SimulationFailed, match=r"the testbench returned results for layers"):
+        engine_run.simulate_jobs(built, params, jobs, expected, tmp_path)
+    monkeypatch.setattr(engine_run, "_run", lambda *a: [results])
+    assert engine_run.simulate_jobs(built, params, jobs, expected, tmp_path).mismatches == 0
