@@ -39,7 +39,7 @@ from hw.network import NetworkCore, NetworkSignature
 from hw.network_params import PIXEL_BITS, NetworkParams, network_plan
 from hw.network_program import decode_logits
 
-from .runner import Build, build_core, run_test, verilog_of
+from .runner import Build, SimulationFailed, build_core, run_test, verilog_of
 
 TOP, TESTBENCH = "network", "sim.network_cocotb"
 
@@ -200,6 +200,10 @@ def compare(params: NetworkParams, model: CompiledModel, images: np.ndarray, res
                            int(np.prod(model.input.shape)) * PIXEL_BITS // 8,
                            classes * -(-params.value_bits // 8))
     report.steps = [StepResult(s.index, s.name, s.kind, s.output, s.activated) for s in plan.steps]
+    timed = [len(result["step_cycles"]) for result in results]
+    if timed != [len(report.steps)] * len(images):
+        raise SimulationFailed(f"the testbench returned results for {len(results)} of {len(images)} images, with the "
+                               f"cycles of {timed} of the {len(report.steps)} steps: the rest were not compared")
     for n, result in enumerate(results):
         logits = decode_logits(params, result["logits"], classes)
         want = np.asarray(expected[model.logits][n]).reshape(-1)

@@ -217,3 +217,20 @@ def test_trained_resnet20_whole_network_on_an_8x8_array(tmp_path):
                                  backpressure=0.05, seed=4)
     assert_exact(model, params, report, 2)
     assert len(model.convs) == 22      # 19 3x3 convolutions, 2 strided 1x1 shortcuts, the FC layer
+
+
+@pytest.mark.parametrize("drop", ["an image", "a step"])
+def test_results_missing_an_image_or_a_step_fail_instead_of_comparing_fewer(drop):
+    """The testbench's results for fewer images, or an image's cycles for fewer steps, were compared as far as
+    they went (``enumerate`` and ``zip``) and reported no mismatch for the rest."""
+    from sim.network_run import compare
+    from sim.runner import SimulationFailed
+
+    model = load(DIGITS)
+    params = NetworkParams.for_model(model, 2, 2)
+    images = np.zeros((2, *model.input.shape), dtype=np.uint8)
+    steps = len(network_plan(model, params).steps)
+    results = {"an image": [{"step_cycles": list(range(steps))}],
+               "a step": [{"step_cycles": list(range(steps))}, {"step_cycles": list(range(steps - 1))}]}[drop]
+    with pytest.raises(SimulationFailed, match=r"the testbench returned"):
+        compare(params, model, images, results, "verilator", reference.run(model, images))
