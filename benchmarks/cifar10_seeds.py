@@ -43,13 +43,31 @@ def read(path: Path) -> dict:
             or not isinstance(data.get("schedule"), dict) or not isinstance(data.get("data"), dict):
         raise ValueError(f"{path}: a cifar10_resnet20.py result needs 'seeds.seed', 'schedule', 'data' and 'rows'")
     for row in rows:
-        top1 = row.get("test_top1") if isinstance(row, dict) else None
-        if not isinstance(row, dict) or not isinstance(row.get("run"), str) or not isinstance(row.get("status"), str) \
-                or (top1 is not None and (isinstance(top1, bool) or not isinstance(top1, (int, float))
-                                          or not 0.0 <= top1 <= 100.0)):
-            raise ValueError(f"{path}: a row is not a run of cifar10_resnet20.py (run, status, test_top1 0..100): "
+        if not _is_row(row):
+            raise ValueError(f"{path}: a row is not a run of cifar10_resnet20.py (run, status, method fp/uniform/lcq, "
+                             f"wbits and abits integers (None for fp), test_top1 and paper numbers 0..100 or None): "
                              f"{row!r}")
+    names = [row["run"] for row in rows]
+    twice = next((name for name in names if names.count(name) > 1), None)
+    if twice is not None:
+        raise ValueError(f"{path}: run {twice!r} is in it twice: each run of a seed counts once (restore the file "
+                         "cifar10_resnet20.py wrote)")
     return data
+
+
+def _is_row(row) -> bool:
+    """Whether ``row`` has the fields of a run that :func:`combine` and :func:`table` read, of their types."""
+    def percentage(v) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 100.0)
+
+    def width(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return isinstance(row, dict) and isinstance(row.get("run"), str) and isinstance(row.get("status"), str) \
+        and row.get("method") in ("fp", "uniform", "lcq") \
+        and (row["method"] == "fp" and row.get("wbits") is None and row.get("abits") is None
+             or row["method"] != "fp" and width(row.get("wbits")) and width(row.get("abits"))) \
+        and all(percentage(row.get(k)) for k in ("test_top1", "paper_lcq_top1", "paper_apot_top1"))
 
 
 def combine(paths: list[Path]) -> dict:
@@ -71,8 +89,15 @@ def combine(paths: list[Path]) -> dict:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seed {next(s for s in seeds if seeds.count(s) > 1)} is given twice: each seed counts once")
     runs: dict[str, dict] = {}
+    where: dict[str, Path] = {}
     for data, path in zip(results, paths):
         for row in data["rows"]:
+            entry = runs.get(row["run"])
+            if entry is not None and (row["method"], row["wbits"], row["abits"]) != \
+                    (entry["method"], entry["wbits"], entry["abits"]):
+                raise ValueError(f"{path}: its run {row['run']!r} is {_what(row)}, {where[row['run']]}'s "
+                                 f"{_what(entry)}: one run name is one method and width")
+            where.setdefault(row["run"], path)
             entry = runs.setdefault(row["run"], {k: row.get(k) for k in ("run", "method", "wbits", "abits")}
                                     | {"paper_lcq_top1": row.get("paper_lcq_top1"),
                                        "paper_apot_top1": row.get("paper_apot_top1"), "seeds": [], "top1": [],
@@ -91,6 +116,10 @@ def combine(paths: list[Path]) -> dict:
             "runs": list(runs.values()),
             "files": [{"path": str(p), "seed": d["seeds"]["seed"], "machine": d.get("machine"),
                        "complete": d.get("complete")} for p, d in zip(paths, results)]}
+
+
+def _what(row: dict) -> str:
+    return row["method"] + ("" if row["method"] == "fp" else f" W{row['wbits']}/A{row['abits']}")
 
 
 def table(combined: dict) -> str:

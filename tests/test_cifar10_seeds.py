@@ -64,3 +64,33 @@ def test_files_that_do_not_average_are_named(seeds, tmp_path, capsys, second, me
     err = capsys.readouterr().err
     assert err.startswith("cifar10_seeds.py: error: ") and re.search(message, err)
     assert not (tmp_path / "c.json").exists()
+
+
+def _edit_rows(path, edit):
+    data = json.loads(path.read_text())
+    edit(data["rows"])
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda rows: rows.append(dict(rows[2])), "run 'lcq-w3a3-clipmse-bn50' is in it twice"),
+    (lambda rows: rows[2].update(paper_lcq_top1="92.8"), "a row is not a run of cifar10_resnet20.py"),
+    (lambda rows: rows[2].pop("method"), "a row is not a run of cifar10_resnet20.py"),
+    (lambda rows: rows[2].update(wbits="3"), "a row is not a run of cifar10_resnet20.py"),
+])
+def test_a_hand_edited_row_is_named_not_averaged(seeds, tmp_path, capsys, edit, message):
+    """A run listed twice in one file entered the mean twice (one seed counted as two, std 0 from one run); a row
+    whose paper number or method was edited stopped the table with a traceback or printed 'None'."""
+    files = [result(tmp_path, 0, (90.0, 88.0, 89.0)), _edit_rows(result(tmp_path, 1, (91.0, 88.5, 89.5)), edit)]
+    assert seeds.main([*map(str, files), "--json-out", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cifar10_seeds.py: error: {files[1]}: ") and message in err
+
+
+def test_a_run_of_other_widths_under_the_same_name_is_refused(seeds, tmp_path, capsys):
+    files = [result(tmp_path, 0, (90.0, 88.0, 89.0)),
+             _edit_rows(result(tmp_path, 1, (91.0, 88.5, 89.5)), lambda rows: rows[2].update(wbits=4, abits=4))]
+    assert seeds.main([*map(str, files), "--json-out", str(tmp_path / "c.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{files[1]}: its run 'lcq-w3a3-clipmse-bn50' is lcq W4/A4, {files[0]}'s lcq W3/A3" in err
