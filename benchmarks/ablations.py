@@ -31,7 +31,6 @@ Writes benchmarks/results/ablations-<dataset>.json (atomically; or --json-out) a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -49,6 +48,7 @@ from lcq_train.arguments import default_device
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.data import DATASETS, DatasetError, load_dataset
+from lcq_train.json_text import parse_json
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
@@ -307,23 +307,87 @@ def recorded_results(path: str, ours: dict, runs: dict[str, QuantPlan]) -> tuple
     """``results[seed][label]`` of an earlier results file at ``path`` with the same :func:`settings`, of every
     seed it holds, for the labels with the same plan as in ``runs`` and those ``runs`` does not have (other
     tables': kept in the file, not retrained); the recorded plans of the latter (label -> plan dict); and a line
-    saying what was kept or why nothing was."""
+    saying what was kept or why nothing was (a file of other settings is replaced). ValueError naming the file
+    and the fix where it is not one this script wrote (cut short, or a field edited): replacing it would drop
+    its recorded runs."""
+    fix = "restore it, or give another --json-out (or delete it) to start over"
     try:
-        earlier = json.loads(Path(path).read_text())
-        theirs, their_runs = earlier["settings"], dict(earlier["runs"])
-        their_results = {int(seed): dict(rows) for seed, rows in earlier["results"].items()}
+        earlier = parse_json(Path(path).read_text())
     except FileNotFoundError:
         return {}, {}, ""
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return {}, {}, f"replacing {path}: no settings of this script's to extend"
+    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
+        raise ValueError(f"{path}: {e}; it is not a results file of ablations.py: {fix}") from None
+    if isinstance(earlier, dict) and earlier.get("benchmark") == "ablations" and "settings" not in earlier:
+        return {}, {}, f"replacing {path}: written by an older ablations.py, with no settings to extend"
+    problem = results_problem(earlier)
+    if problem:
+        raise ValueError(f"{path}: {problem}; it is not a results file of ablations.py: {fix}")
+    theirs, their_runs = earlier["settings"], earlier["runs"]
+    their_results = {int(seed): rows for seed, rows in earlier["results"].items()}
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         return {}, {}, f"replacing {path}: its settings differ ({', '.join(differ)})"
+    for seed, rows in their_results.items():
+        for label, row in rows.items():
+            want = ours["fp_epochs"] if label == "fp" else ours["epochs"]
+            if row["epochs"] != want:
+                raise ValueError(f"{path}: seed {seed}'s run {label!r} has {row['epochs']} epochs, not {want} as its "
+                                 f"settings say: {fix}")
     others = {label: plan for label, plan in their_runs.items() if label not in runs}
     same = {"fp"} | set(others) | {label for label, plan in runs.items() if their_runs.get(label) == plan.to_dict()}
     kept = {seed: {label: row for label, row in rows.items() if label in same} for seed, rows in their_results.items()}
     count = sum(len(rows) for rows in kept.values())
     return kept, others, f"read {count} recorded runs from {path}" if count else ""
+
+
+def results_problem(data) -> str | None:
+    """What makes ``data`` other than a results file of this script, in the fields a later invocation reads back
+    (settings, plans, and per seed and run its top-1s, epochs and compiled sizes); None when nothing does."""
+    if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+        return "it has no 'settings' object"
+    if not isinstance(data.get("runs"), dict) or not all(isinstance(p, dict) for p in data["runs"].values()):
+        return "its 'runs' is not an object of plans"
+    if not isinstance(data.get("results"), dict):
+        return "its 'results' is not an object of seeds"
+    for seed, rows in data["results"].items():
+        if not (seed.isdigit() and str(int(seed)) == seed):
+            return f"seed {seed!r} is not a seed (0, 1, ...)"
+        if not isinstance(rows, dict):
+            return f"seed {seed}'s runs are not an object"
+        for label, row in rows.items():
+            what = f"seed {seed}'s run {label!r}"
+            if not isinstance(row, dict):
+                return f"{what} is not an object"
+            for key in ("test_top1", "best_test_top1"):
+                if not _percentage(row.get(key)):
+                    return f"{what} has {key} {row.get(key)!r}, not a percentage"
+            if not _count(row.get("epochs")):
+                return f"{what} has epochs {row.get('epochs')!r}, not a count"
+            if "sizes" in row and not _sizes(row["sizes"]):
+                return f"{what} has 'sizes' that are not a compiled model's (layers, lut_bytes, formula_bytes)"
+    return None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _percentage(v) -> bool:
+    return _number(v) and 0.0 <= v <= 100.0
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _sizes(sizes) -> bool:
+    """Whether ``sizes`` holds what :func:`tables` reads of a :func:`compiled_sizes` record."""
+    return isinstance(sizes, dict) and _count(sizes.get("lut_bytes")) and _number(sizes.get("formula_bytes")) \
+        and isinstance(sizes.get("layers"), list) \
+        and all(isinstance(x, dict) and isinstance(x.get("name"), str) and _count(x.get("lut_bytes"))
+                and _count(x.get("bits_needed")) for x in sizes["layers"]) \
+        and (sizes.get("agreement") is None or isinstance(sizes["agreement"], dict)
+             and _number(sizes["agreement"].get("agreement")) and 0.0 <= sizes["agreement"]["agreement"] <= 1.0)
 
 
 def run_all(items: list[tuple[int, str, TrainConfig]], jobs: int, done) -> None:
@@ -378,7 +442,11 @@ def main(argv: list[str] | None = None) -> int:
                                                      out=str(out / f"seed{seed}" / label),
                                                      init=str(Path(fp.out) / "checkpoint.pt"), **common)))
     ours = settings(args)
-    recorded, other_runs, note = recorded_results(args.json_out, ours, runs)
+    try:
+        recorded, other_runs, note = recorded_results(args.json_out, ours, runs)
+    except ValueError as e:
+        print(f"ablations.py: error: {e}", file=sys.stderr)
+        return 2
     if note:
         print(note, flush=True)
     # (the recorded runs of other seeds and tables stay in the file; the tables are of args.seeds and runs)

@@ -413,3 +413,47 @@ def test_ablation_results_record_the_git_state(tmp_path, monkeypatch):
                           capture_output=True, text=True).stdout.strip()
     assert saved["git"]["commit"] == head and isinstance(saved["git"]["modified"], list)
     assert {row["git_commit"] for row in saved["results"]["0"].values()} == {head}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda text: text[:200], "not JSON"),
+    (lambda text: json.dumps({**json.loads(text), "results": []}), "'results' is not an object of seeds"),
+    (lambda text: text.replace('"1": {', '"01": {'), "seed '01' is not a seed"),
+    (lambda text: text.replace('"test_top1": 50.0', '"test_top1": "50"', 1), "seed 0's run 'fp' has test_top1 '50'"),
+    (lambda text: text.replace('"test_top1": 50.0, ', '', 1), "seed 0's run 'fp' has test_top1 None"),
+    (lambda text: text.replace('"epochs": 1, "out"', '"epochs": 7, "out"', 1), "seed 0's run 'fp' has 7 epochs, not 1"),
+    (lambda text: text.replace('"best_test_top1": 50.0', '"best_test_top1": 500.0', 1), "best_test_top1 500.0"),
+])
+def test_a_damaged_results_file_is_named_not_replaced(tmp_path, monkeypatch, capsys, edit, message):
+    """A results file cut short or edited by hand was replaced (its recorded runs, maybe hours of a GPU, dropped and
+    trained again) or stopped the tables with a traceback; now it is an error naming the file and the fix."""
+    from helpers import load_benchmark
+
+    ablations = load_benchmark("ablations")
+    table = tmp_path / "ablations.json"
+    argv = ["--dataset", "digits", "--tables", "norm", "--fp-epochs", "1", "--epochs", "1", "--eval-images", "0",
+            "--seeds", "0", "1", "--out", str(tmp_path / "runs"), "--json-out", str(table)]
+    args = ablations.parse_args(argv)
+    runs = ablations.plans(args, ("conv0", "fc"))
+    row = {"test_top1": 50.0, "best_test_top1": 50.0, "epochs": 1, "out": "somewhere"}
+    text = json.dumps({"settings": ablations.settings(args), "runs": {k: p.to_dict() for k, p in runs.items()},
+                       "results": {str(s): {label: dict(row) for label in ["fp", *runs]} for s in (0, 1)}})
+    table.write_text(edit(text))
+    trained = []
+    monkeypatch.setattr(ablations, "train_or_resume", lambda cfg: trained.append(cfg) or (
+        {"test_top1": 50.0, "best_test_top1": 50.0, "epochs": [{}]}, 0.0, "faked"))
+    assert ablations.main(argv) == 2 and trained == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"ablations.py: error: {table}: ") and message in err and "--json-out" in err
+    assert table.read_text() == edit(text)
+
+
+def test_a_results_file_of_an_older_version_is_replaced(tmp_path):
+    """The committed ablations-digits.json predates the settings a later invocation compares: replaced, as before."""
+    from helpers import load_benchmark
+
+    ablations = load_benchmark("ablations")
+    table = tmp_path / "ablations.json"
+    table.write_text(json.dumps({"benchmark": "ablations", "results": {"0": {}}, "runs": {}}))
+    assert ablations.recorded_results(str(table), {}, {}) == (
+        {}, {}, f"replacing {table}: written by an older ablations.py, with no settings to extend")
