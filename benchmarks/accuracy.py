@@ -19,7 +19,7 @@ Writes benchmarks/results/accuracy-<dataset>-<model>[-<recipe>].json (or --json-
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import shlex
 import statistics
@@ -33,6 +33,7 @@ from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
 from lcq_train.data import DATASETS
+from lcq_train.json_text import parse_json
 from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
 from lcq_train.train import PAPER_RECIPE, TrainConfig
@@ -191,16 +192,14 @@ def carried_rows(path: str, settings: dict, rows: list[dict], device: str) -> tu
     """Rows of ``path`` (an earlier results file) for widths and methods this run did not train, where that file
     holds the same recipe (``settings`` but its ``bits``, :func:`comparable`; ``device``: the one these runs used)
     and the same FP result: a table filled in over several invocations. Returns those rows and a line saying what
-    was kept or why nothing was."""
-    try:
-        earlier = json.loads(Path(path).read_text())
-        theirs, their_rows = comparable(earlier["settings"], earlier["device"]), earlier["rows"]
-        their_fp = next(r["test_top1"] for r in their_rows if r["method"] == "fp")
-        their_threads = earlier["cpu_threads"] if earlier["options"]["jobs"] == 1 else 1
-    except FileNotFoundError:
+    was kept or why nothing was; ValueError (:func:`earlier_results`) where the file is not one this script
+    wrote."""
+    earlier = earlier_results(path)
+    if earlier is None:
         return [], ""
-    except (ValueError, KeyError, TypeError, StopIteration):
-        return [], f"replacing {path}: not a results file of this script"
+    theirs, their_rows = comparable(earlier["settings"], earlier["device"]), earlier["rows"]
+    their_fp = next(r["test_top1"] for r in their_rows if r["method"] == "fp")
+    their_threads = earlier["cpu_threads"] if earlier["options"]["jobs"] == 1 else 1
     ours = comparable(settings, device)
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
@@ -212,6 +211,97 @@ def carried_rows(path: str, settings: dict, rows: list[dict], device: str) -> tu
     for r in kept:      # (a file written before rows named their threads: one run at a time, the file's threads)
         r.setdefault("torch_threads", [their_threads] * len(r["seeds"]))
     return kept, f"kept {', '.join(r['run'] for r in kept)} from {path} (same recipe and FP run)" if kept else ""
+
+
+def earlier_results(path: str) -> dict | None:
+    """The results file an earlier invocation wrote at ``path`` (None: there is none), checked in every field
+    :func:`carried_rows` reads or keeps; ValueError naming the file, the field and the fix where it is not one
+    this script wrote (cut short, or edited by hand): replacing it would drop its rows."""
+    fix = "restore it, or give another --json-out (or delete it) to start a new table"
+    try:
+        data = parse_json(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
+        raise ValueError(f"{path}: {e}; it is not a results file of accuracy.py: {fix}") from None
+    problem = results_problem(data)
+    if problem:
+        raise ValueError(f"{path}: {problem}; it is not a results file of accuracy.py: {fix}")
+    return data
+
+
+def results_problem(data) -> str | None:
+    """What makes ``data`` other than a results file of this script in the fields a later invocation reads (its
+    settings, device, threads, and every row's values, which must be of the settings' seeds and epochs and whose
+    means, std and gap must follow from the per-seed values); None when nothing does."""
+    if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+        return "it has no 'settings' object"
+    settings = data["settings"]
+    seeds = settings.get("seeds")
+    if not isinstance(seeds, list) or not seeds or not all(_count(s) for s in seeds) \
+            or not _count(settings.get("fp_epochs")) or not _count(settings.get("epochs")):
+        return "its settings have no 'seeds', 'fp_epochs' and 'epochs'"
+    if not isinstance(data.get("device"), str) or not _count(data.get("cpu_threads")) \
+            or not isinstance(data.get("options"), dict) or not _count(data["options"].get("jobs")):
+        return "it has no 'device', 'cpu_threads' and 'options.jobs'"
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("run"), str) for r in rows):
+        return "its 'rows' is not a list of rows"
+    names = [r["run"] for r in rows]
+    if len(set(names)) != len(names):
+        return "a row's run is in it twice"
+    fp = [r for r in rows if r.get("method") == "fp"]
+    if len(fp) != 1:
+        return f"it has {len(fp)} FP rows, not 1"
+    for row in fp + [r for r in rows if r is not fp[0]]:     # (the FP row first: the others' gap is to it)
+        problem = _row_problem(row, settings, fp[0])
+        if problem:
+            return f"row {row['run']!r} {problem}"
+    return None
+
+
+def _row_problem(row: dict, settings: dict, fp: dict) -> str | None:
+    method = row.get("method")
+    if method not in ("fp", "uniform", "lcq"):
+        return f"has method {method!r}, not fp, uniform or lcq"
+    widths = (row.get("wbits"), row.get("abits"))
+    if not (widths == (None, None) if method == "fp" else all(_count(b) for b in widths)):
+        return f"has wbits/abits {widths}, not {'None' if method == 'fp' else 'integers'}"
+    seeds = settings["seeds"][:1] if method == "fp" else settings["seeds"]
+    if row.get("seeds") != seeds:
+        return f"is of seeds {row.get('seeds')!r}, not {seeds} as its settings say"
+    epochs = settings["fp_epochs" if method == "fp" else "epochs"]
+    if row.get("epochs") != epochs:
+        return f"has {row.get('epochs')!r} epochs, not {epochs} as its settings say"
+    for key in ("test_top1", "best_test_top1"):
+        values = row.get(key)
+        if not isinstance(values, list) or len(values) != len(seeds) or not all(_percentage(v) for v in values):
+            return f"has {key} {values!r}, not a percentage per seed"
+    finals, threads = row["test_top1"], row.get("torch_threads")
+    derived = {"test_top1_mean": statistics.mean(finals),
+               "test_top1_std": statistics.stdev(finals) if len(finals) > 1 else None,
+               "best_test_top1_mean": statistics.mean(row["best_test_top1"]),
+               "gap_to_fp": statistics.mean(finals) - statistics.mean(fp["test_top1"])}
+    for key, value in derived.items():
+        if not (row.get(key) is None if value is None else _number(row.get(key)) and math.isclose(
+                row[key], value, rel_tol=1e-9, abs_tol=1e-9)):
+            return f"has {key} {row.get(key)!r}, not the {key.removeprefix('test_top1_')} of its per-seed values"
+    if threads is not None and (not isinstance(threads, list) or len(threads) != len(seeds)
+                                or not all(t is None or _count(t) for t in threads)):
+        return f"has torch_threads {threads!r}, not a thread count per seed"
+    return None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _percentage(v) -> bool:
+    return _number(v) and 0.0 <= v <= 100.0
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def merged(rows: list[dict], kept: list[dict]) -> list[dict]:
@@ -231,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     runs = run_configs(args)
     try:
-        for _, cfg in runs:  # refuse a mismatched --out before spending any training time
+        earlier_results(args.json_out)  # refuse a damaged results file and a mismatched --out before any training
+        for _, cfg in runs:
             saved_metrics(cfg)
         results = [report(1, len(runs), runs[0], *train_or_resume(runs[0][1]))]     # FP first: the others need it
         rest = list(enumerate(runs[1:], 2))
@@ -241,16 +332,15 @@ def main(argv: list[str] | None = None) -> int:
             with training_pool(args.jobs) as pool:
                 futures = [pool.submit(train_or_resume, run[1]) for _, run in rest]
                 results += [report(i, len(runs), run, *f.result()) for (i, run), f in zip(rest, futures)]
+        rows, settings = make_rows(runs, results), recipe(args, runs)
+        device = args.device or default_device()
+        kept, note = carried_rows(args.json_out, settings, rows, device)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"accuracy.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"accuracy.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
         return 130
-
-    rows, settings = make_rows(runs, results), recipe(args, runs)
-    device = args.device or default_device()
-    kept, note = carried_rows(args.json_out, settings, rows, device)
     if kept:   # the table and its command cover every width in the file
         rows = merged(rows, kept)
         args.bits = settings["bits"] = sorted({r["wbits"] for r in rows if r["method"] != "fp"})

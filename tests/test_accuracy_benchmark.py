@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "accuracy.py"
 
@@ -79,9 +81,14 @@ def test_one_recipe_spelled_two_ways_keeps_the_earlier_rows(tmp_path):
     """A data directory given relative and then absolute, and the default device and then ``--device`` naming
     what it resolved to, are the same recipe: the rows of the earlier file are kept."""
     accuracy = load_script()
-    settings = {"dataset": "mnist", "data_dir": "data/mnist", "device": None, "clip_init": "mse", "bits": [2]}
-    rows = [{"run": "fp", "method": "fp", "wbits": None, "test_top1": [98.21]},
-            {"run": "lcq-w2a2", "method": "lcq", "wbits": 2, "seeds": [0], "test_top1": [97.9]}]
+    settings = {"dataset": "mnist", "data_dir": "data/mnist", "device": None, "clip_init": "mse", "bits": [2],
+                "seeds": [0], "fp_epochs": 1, "epochs": 1}
+    rows = [{"run": "fp", "method": "fp", "wbits": None, "abits": None, "seeds": [0], "epochs": 1,
+             "test_top1": [98.21], "best_test_top1": [98.21], "test_top1_mean": 98.21, "test_top1_std": None,
+             "best_test_top1_mean": 98.21, "gap_to_fp": 0.0},
+            {"run": "lcq-w2a2", "method": "lcq", "wbits": 2, "abits": 2, "seeds": [0], "epochs": 1,
+             "test_top1": [97.9], "best_test_top1": [97.9], "test_top1_mean": 97.9, "test_top1_std": None,
+             "best_test_top1_mean": 97.9, "gap_to_fp": 97.9 - 98.21}]
     table = tmp_path / "table.json"
     table.write_text(json.dumps({"settings": settings, "rows": rows, "device": "cpu", "cpu_threads": 2,
                                  "options": {"jobs": 2}}))
@@ -102,3 +109,52 @@ def test_the_results_file_records_the_git_state(tmp_path, monkeypatch):
     git = json.loads(table.read_text())["git"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert git["commit"] == head and isinstance(git["modified"], list)
+
+
+def _fill_in(accuracy, tmp_path, monkeypatch):
+    """A results file of --bits 2 and the arguments of a later --bits 3 call, trainings faked."""
+    metrics = {"test_top1": 90.0, "best_test_top1": 91.0, "epochs": [{"test_top1": 90.0}]}
+    trained = []
+    monkeypatch.setattr(accuracy, "train_or_resume", lambda cfg: trained.append(cfg) or (metrics, 0.0, "faked"))
+    table = tmp_path / "accuracy.json"
+    argv = ["--fp-epochs", "1", "--epochs", "1", "--seeds", "0", "1", "--out", str(tmp_path / "runs"),
+            "--json-out", str(table)]
+    assert accuracy.main([*argv, "--bits", "2"]) == 0
+    trained.clear()
+    return table, [*argv, "--bits", "3"], trained
+
+
+def _edit_row(run, **fields):
+    def edit(data):
+        row = next(r for r in data["rows"] if r["run"] == run)
+        row.update(fields)
+        for key in [k for k, v in fields.items() if v is None]:
+            del row[key]
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda data: "{" + json.dumps(data)[:100], "it is not JSON"),
+    (lambda data: data.pop("rows"), "its 'rows' is not a list of rows"),
+    (_edit_row("lcq-w2a2", test_top1_mean=None), "row 'lcq-w2a2' has test_top1_mean None, not the mean of"),
+    (_edit_row("lcq-w2a2", test_top1_mean=12.0), "row 'lcq-w2a2' has test_top1_mean 12.0, not the mean of"),
+    (_edit_row("lcq-w2a2", method="foo"), "row 'lcq-w2a2' has method 'foo'"),
+    (_edit_row("lcq-w2a2", test_top1=["90"] * 2), "row 'lcq-w2a2' has test_top1 ['90', '90'], not a percentage"),
+    (_edit_row("lcq-w2a2", seeds=[5, 6]), "row 'lcq-w2a2' is of seeds [5, 6], not [0, 1]"),
+    (_edit_row("lcq-w2a2", epochs=7), "row 'lcq-w2a2' has 7 epochs, not 1"),
+])
+def test_a_damaged_results_file_is_named_before_training(tmp_path, monkeypatch, capsys, edit, message):
+    """The rows of an earlier results file were kept unchecked: a row of other seeds or epochs, or whose mean was
+    edited, entered the table as it stood, one missing a field stopped it with a KeyError after training, and a
+    file cut short was replaced (its rows of other widths dropped); now each is an error naming the file and the
+    fix, before any training."""
+    accuracy = load_script()
+    table, argv, trained = _fill_in(accuracy, tmp_path, monkeypatch)
+    data = json.loads(table.read_text())
+    edited = edit(data)
+    text = edited if isinstance(edited, str) else json.dumps(data)
+    table.write_text(text)
+    assert accuracy.main(argv) == 2 and trained == []
+    err = capsys.readouterr().err
+    assert err.startswith(f"accuracy.py: error: {table}: ") and message in err and "--json-out" in err
+    assert table.read_text() == text
