@@ -25,7 +25,6 @@ Writes benchmarks/results/outer_widths_hw.json (atomically; or --json-out): a re
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shlex
 import sys
@@ -42,6 +41,7 @@ from boards.boards import BOARDS  # noqa: E402
 from boards.build import file_sha256  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.data import load_dataset  # noqa: E402
+from lcq_train.json_text import parse_json  # noqa: E402
 from lcq_train.metrics import read_metrics  # noqa: E402
 from lcq_train.plan import QuantPlan  # noqa: E402
 
@@ -68,17 +68,31 @@ def piece(record: dict) -> tuple:
 
 
 def recorded_builds(path: str) -> tuple[dict[tuple, dict], str]:
-    """The records of an earlier results file at ``path`` by :func:`piece`, and a line saying what was read or
-    why nothing was (a file that is not this script's list of records is replaced)."""
+    """The records of an earlier results file at ``path`` by :func:`piece`, and a line saying what was read;
+    ValueError naming the file and the fix where it is not this script's list of records (cut short, or edited):
+    replacing it would drop its routed builds."""
+    fix = "restore it, or give another --json-out (or delete it) to build every width anew"
     try:
-        earlier = json.loads(Path(path).read_text())
+        earlier = parse_json(Path(path).read_text())
     except FileNotFoundError:
         return {}, ""
-    except ValueError as e:
-        return {}, f"replacing {path}: not JSON ({e})"
+    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
+        raise ValueError(f"{path}: {e}; {fix}") from None
     if not isinstance(earlier, list) or not all(isinstance(r, dict) and "outer" in r for r in earlier):
-        return {}, f"replacing {path}: not a list of this script's records"
+        raise ValueError(f"{path}: not a list of this script's records; {fix}")
     return {piece(r): r for r in earlier}, f"read {len(earlier)} recorded builds from {path}" if earlier else ""
+
+
+def reusable(record: dict, now: dict) -> bool:
+    """Whether a recorded build can stand for this one: it routed, from the same model file to the same engine
+    widths (``now``: ``model_sha256``, ``product_bits``, ``table_bits``, ``lut_bytes``), with every field
+    :func:`table` reads."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    return record.get("status") == "ok" and all(record.get(k) == v for k, v in now.items()) \
+        and number(record.get("fmax_mhz")) and number(record.get("build_seconds")) \
+        and isinstance(record.get("resources"), dict) and isinstance(record.get("engine") or {}, dict)
 
 
 def table(records: list[dict]) -> str:
@@ -127,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     models = Path(args.build_root) / "models"
     models.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", "benchmarks/outer_widths_hw.py", *(sys.argv[1:] if argv is None else argv)])
-    saved, note = recorded_builds(args.json_out)     # (all of them stay in the file; ours: this invocation's)
+    try:
+        saved, note = recorded_builds(args.json_out)     # (all of them stay in the file; ours: this invocation's)
+    except ValueError as e:
+        print(f"outer_widths_hw.py: error: {e}", file=sys.stderr)
+        return 2
     if note:
         print(note, flush=True)
     env, records = environment(), []
@@ -142,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                 board, _, array = build.partition("@")
                 job = parse_spec(f"{board}:{path}" + (f"@{array}" if array else ""), None)
                 earlier = saved.get((f"{ow}/{oa}", board, job["rows"], job["cols"]))
-                if earlier is not None and earlier.get("status") == "ok" and earlier.get("model_sha256") == sha:
+                now = {"model_sha256": sha, "product_bits": engine.product_bits, "table_bits": engine.table_bits,
+                       "lut_bytes": lut_bytes}
+                if earlier is not None and reusable(earlier, now):
                     records.append(earlier)
                     print(table([earlier]).splitlines()[-1] + " done earlier, reused", flush=True)
                     continue

@@ -457,3 +457,35 @@ def test_a_results_file_of_an_older_version_is_replaced(tmp_path):
     table.write_text(json.dumps({"benchmark": "ablations", "results": {"0": {}}, "runs": {}}))
     assert ablations.recorded_results(str(table), {}, {}) == (
         {}, {}, f"replacing {table}: written by an older ablations.py, with no settings to extend")
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[{"outer": "8/8", "board": "icebreaker", "status": "ok"', "it is not JSON"),
+    ('{"outer": "8/8"}', "not a list of this script's records"),
+])
+def test_outer_width_builds_refuse_a_damaged_results_file(tmp_path, text, message):
+    """A results file of outer_widths_hw.py cut short or edited was replaced at the first build: its routed builds
+    (~45 min on 2 cores) dropped; now it is an error naming the file and the fix."""
+    from helpers import load_benchmark
+
+    hw_sweep = load_benchmark("outer_widths_hw")
+    table = tmp_path / "outer_widths_hw.json"
+    table.write_text(text)
+    with pytest.raises(ValueError, match=f"^{table}: {message}.*--json-out"):
+        hw_sweep.recorded_builds(str(table))
+
+
+def test_outer_width_builds_reuse_only_a_complete_record_of_this_model():
+    """A recorded build was reused on its status and model hash alone: one missing its Fmax or build time stopped
+    the sweep with a KeyError, and one of other product or table widths (another engine) entered the table."""
+    from helpers import load_benchmark
+
+    hw_sweep = load_benchmark("outer_widths_hw")
+    record = {"outer": "6/6", "board": "icebreaker", "status": "ok", "model_sha256": "ab", "product_bits": 13,
+              "table_bits": 40, "lut_bytes": 100, "fmax_mhz": 20.5, "build_seconds": 60.0, "resources": {},
+              "engine": {"rows": 2, "cols": 2}}
+    now = {"model_sha256": "ab", "product_bits": 13, "table_bits": 40, "lut_bytes": 100}
+    assert hw_sweep.reusable(record, now)
+    for change in ({"status": "timeout"}, {"model_sha256": "cd"}, {"product_bits": 15}, {"fmax_mhz": None},
+                   {"build_seconds": "60"}, {"resources": []}, {"engine": 5}):
+        assert not hw_sweep.reusable({**record, **change}, now), change
