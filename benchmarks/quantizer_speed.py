@@ -39,7 +39,8 @@ median of the process's CPU time (``time.process_time``, CPU only), which a
 busy machine disturbs less. Every row names the device and the thread count.
 
 Run:  python benchmarks/quantizer_speed.py [--device cpu] [--threads 1] [--reps 20] [--steps 10]
-Writes benchmarks/results/quantizer_speed.json (or --json-out) and prints markdown tables.
+Writes benchmarks/results/quantizer_speed.json (one ``--part`` alone: quantizer_<part>.json; or --json-out) and
+prints markdown tables.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ KINDS = {
 MODELS = (("resnet20", (3, 32, 32)), ("cnn", (1, 28, 28)))
 PLANS = (("fp", 32), ("uniform", 3), ("lcq", 3), ("uniform", 2), ("lcq", 2))
 PRECISION_ELEMENTS = 1 << 21
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def resnet20_tensors() -> list[tuple[str, tuple[int, ...]]]:
@@ -473,8 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("all", "quantizer", "training", "precision", "kernels"), default="all")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json-out", metavar="FILE",
-                        default=str(Path(__file__).resolve().parent / "results" / "quantizer_speed.json"))
+    parser.add_argument("--json-out", metavar="FILE", help="results file (default: benchmarks/results/"
+                        "quantizer_speed.json; one part alone: quantizer_<part>.json, not to replace the others)")
     args = parser.parse_args(argv)
     if min(args.reps, args.steps) < 1 or args.warmup < 0:
         parser.error("--reps and --steps must be >= 1 and --warmup >= 0")
@@ -482,6 +484,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads must be >= 1")
     if device_problem(args.device):
         parser.error(f"--device {args.device}: {device_problem(args.device)}")
+    args.json_out = args.json_out or str(RESULTS / ("quantizer_speed.json" if args.part == "all"
+                                                    else f"quantizer_{args.part}.json"))
 
     device = torch.device(args.device)
     if args.threads is not None:

@@ -87,3 +87,16 @@ def test_bad_device_and_threads_are_refused_with_a_message(tmp_path, capsys):
             bench.main([*argv, "--part", "kernels", "--json-out", str(out)])
         assert e.value.code == 2 and said in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_one_part_goes_to_its_own_results_file_by_default(tmp_path, monkeypatch):
+    """`quantizer_speed.py --part kernels` (as benchmarks/README.md names it) wrote quantizer_speed.json by default,
+    replacing the committed timings with empty lists; one part alone now defaults to quantizer_<part>.json."""
+    bench = load_benchmark("quantizer_speed")
+    calls = [{"ratio": 1.0, "batched_ratio": 1.0}]
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    monkeypatch.setattr(bench, "bench_kernels", lambda: {"calls": calls, "step_lcq_vs_uniform": 0.8})
+    monkeypatch.setattr(bench, "kernel_table", lambda kernels: "")
+    assert bench.main(["--part", "kernels", "--device", "cpu"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["quantizer_kernels.json"]
+    assert json.loads((tmp_path / "quantizer_kernels.json").read_text())["kernels"]["calls"] == calls
