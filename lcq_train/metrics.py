@@ -43,6 +43,8 @@ def metrics_problem(metrics, epochs: int | None = None) -> str | None:
         return f"is {type(metrics).__name__}, not a JSON object"
     if not isinstance(metrics.get("config"), dict):
         return "has no 'config' object"
+    if not isinstance(metrics["config"].get("plan", {}), dict):
+        return f"has a 'config.plan' that is {type(metrics['config']['plan']).__name__}, not an object"
     rows = metrics.get("epochs")
     if not isinstance(rows, list):
         return "has no 'epochs' list"

@@ -36,6 +36,7 @@ def test_what_the_trainer_writes_is_a_history():
     ([], "is list, not a JSON object"),
     ({"epochs": []}, "has no 'config' object"),
     ({"config": {}, "epochs": {"1": {}}}, "has no 'epochs' list"),
+    ({"config": {"plan": "lcq"}, "epochs": []}, "has a 'config.plan' that is str, not an object"),
     (history(**{"epochs.1": [1]}), "epoch row 2 is list, not an object"),
     (history(**{"epochs.1.epoch": 3}), "epoch row 2 has epoch 3, not 2"),
     (history(**{"epochs.0.epoch": True}), "epoch row 1 has epoch True, not 1"),
