@@ -535,6 +535,10 @@ class _Lowering:
         if not (np.all(var >= 0) and np.all(np.isfinite(var)) and np.all(np.isfinite(mean))):
             self.refuse(node, "has running statistics no training writes (a variance below 0, or one not finite, or "
                         "a mean not finite): retrain the model, or restore its checkpoint from a copy")
+        zero = np.flatnonzero(var + bn.eps <= 0)
+        if zero.size:
+            self.refuse(node, f"divides by zero: channel {zero[0]} has running variance {var[zero[0]]:g} and eps "
+                        f"{bn.eps:g}; construct it with eps > 0 (the default 1e-5)")
         weight = bn.weight.double().numpy() if bn.weight is not None else np.ones(c)
         beta = bn.bias.double().numpy() if bn.bias is not None else np.zeros(c)
         inv = weight / np.sqrt(var + bn.eps)

@@ -392,6 +392,20 @@ def test_batch_norm_statistics_no_training_writes_are_refused(value):
         compile_model(model, (1, 8, 8))
 
 
+def test_a_batch_norm_that_divides_by_zero_is_refused():
+    """eps 0 and a channel of running variance 0 (a dead channel's, once its running variance underflows): PyTorch
+    divides by zero there, giving inf or NaN; no compiled stage computes that."""
+    model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=0)
+    name, bn = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d))
+    bn.eps = 0.0
+    assert compile_model(model, (1, 8, 8))              # a positive variance does not divide by zero
+    with torch.no_grad():
+        bn.running_var[1] = 0.0
+    with pytest.raises(Unsupported, match=rf"layer '{name}' .*divides by zero: channel 1 has running "
+                                          r"variance 0 and eps 0; construct it with eps > 0 \(the default 1e-5\)"):
+        compile_model(model, (1, 8, 8))
+
+
 @pytest.mark.parametrize("kind", ["iadd", "add_", "module", "function", "method"])
 def test_a_tensor_read_after_an_in_place_change_compiles_with_the_new_values(kind):
     from test_user_model import _ReadAfterInPlace
