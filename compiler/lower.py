@@ -529,8 +529,12 @@ class _Lowering:
         if x.kind != "values" or x.relu or x.pooled:
             self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there folds")
         c = self.shapes[x.tensor][0]
-        if bn.running_var is None or bn.num_features != c:
-            self.refuse(node, f"has no running statistics or not {c} channels")
+        if bn.running_var is None or bn.running_mean is None:
+            self.refuse(node, "tracks no running statistics (track_running_stats=False): PyTorch normalizes each "
+                        "batch by its own statistics, in eval mode too, which no fixed stage computes; construct it "
+                        "with track_running_stats=True (the default) and retrain")
+        if bn.num_features != c:
+            self.refuse(node, f"has {bn.num_features} channels, its input {c}")
         var, mean = bn.running_var.double().numpy(), bn.running_mean.double().numpy()
         if not (np.all(var >= 0) and np.all(np.isfinite(var)) and np.all(np.isfinite(mean))):
             self.refuse(node, "has running statistics no training writes (a variance below 0, or one not finite, or "

@@ -406,6 +406,30 @@ def test_a_batch_norm_that_divides_by_zero_is_refused():
         compile_model(model, (1, 8, 8))
 
 
+class _Options(nn.Module):
+    """The image through a conv and a ReLU, then ``conv`` -> ``norm`` -> ``act`` (the layer options under test),
+    global average pooling and a linear classifier."""
+
+    def __init__(self, conv=None, norm=None, act=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv, self.norm, self.act = conv or nn.Conv2d(6, 6, 3, padding=1), norm or nn.Identity(), act or nn.ReLU()
+        self.fc = nn.Linear(self.conv.out_channels, 10)
+
+    def forward(self, x):
+        return self.fc(self.act(self.norm(self.conv(torch.relu(self.conv1(x))))).mean((2, 3)))
+
+
+def test_a_batch_norm_without_running_statistics_is_refused():
+    """track_running_stats=False: in eval mode too, PyTorch normalizes each batch by its own statistics."""
+    net = _Options(norm=nn.BatchNorm2d(6, track_running_stats=False))
+    model = quantize_model(net, method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=r"layer 'norm' \(BatchNorm2d\) at .* tracks no running statistics "
+                                          r"\(track_running_stats=False\).*; construct it with "
+                                          r"track_running_stats=True \(the default\) and retrain"):
+        compile_model(model, (1, 8, 8))
+
+
 @pytest.mark.parametrize("kind", ["iadd", "add_", "module", "function", "method"])
 def test_a_tensor_read_after_an_in_place_change_compiles_with_the_new_values(kind):
     from test_user_model import _ReadAfterInPlace
