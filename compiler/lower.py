@@ -453,24 +453,36 @@ class _Lowering:
         zeros around it, where the output geometry is the same (odd sides padded by side // 2, as "same"
         convs are, or any sides that differ by an even number with padding to match)."""
         (kh, kw), (sh, sw), padding = layer.kernel_size, layer.stride, layer.padding
+        if layer.dilation != (1, 1):
+            self.refuse(node, f"has dilation {layer.dilation}; the accelerator runs convs without dilation: use "
+                        "dilation=1")
         if padding == "valid":
             padding = (0, 0)
-        elif padding == "same" and kh % 2 and kw % 2:
+        elif padding == "same":
+            if not (kh % 2 and kw % 2):
+                self.refuse(node, f"has padding 'same' with a {kh}x{kw} kernel, whose even side PyTorch pads by one "
+                            "more on one side; the accelerator pads both sides alike: use odd kernel sides")
             padding = (kh // 2, kw // 2)
-        if isinstance(padding, str) or layer.dilation != (1, 1) or layer.padding_mode != "zeros":
-            self.refuse(node, f"has padding {layer.padding!r}, dilation {layer.dilation} or padding mode "
-                        f"{layer.padding_mode!r}; the accelerator runs numeric zero padding without dilation "
-                        "('same' only with odd kernel sides)")
+        if layer.padding_mode != "zeros" and padding != (0, 0):
+            self.refuse(node, f"pads in mode {layer.padding_mode!r}; the accelerator pads with zeros: use "
+                        "padding_mode='zeros' (the default)")
+        if sh != sw:
+            self.refuse(node, f"has stride {layer.stride}; the accelerator runs one stride for both sides: use "
+                        "stride=s (or (s, s))")
         (ph, pw), k = padding, max(kh, kw)
+        if kh == kw and ph != pw:
+            self.refuse(node, f"has padding {padding}; the accelerator pads both sides of a square kernel alike: use "
+                        "padding=p (or (p, p))")
         top, left = (k - kh) // 2, (k - kw) // 2
-        if sh != sw or (k - kh) % 2 or (k - kw) % 2 or ph + top != pw + left:
+        if (k - kh) % 2 or (k - kw) % 2 or ph + top != pw + left:
             self.refuse(node, f"has a {kh}x{kw} kernel, stride {layer.stride} and padding {padding}; the accelerator "
                         "runs square convs, and a non-square kernel as the square one with zeros around it, which "
                         "needs a square stride and the same output geometry (odd sides padded by side // 2, as "
                         "'same' convs are)")
         pad = ph + top
         if pad > k // 2:
-            self.refuse(node, f"pads by {pad}, more than kernel // 2 = {k // 2}")
+            self.refuse(node, f"pads by {pad}, more than kernel // 2 = {k // 2}; the accelerator pads each side "
+                        "by at most the kernel's side // 2")
         return k, sh, pad, (top, left)
 
     def layer(self, node: fx.Node, layer: nn.Module, kind: str) -> _Value:

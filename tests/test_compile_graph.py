@@ -430,6 +430,39 @@ def test_a_batch_norm_without_running_statistics_is_refused():
         compile_model(model, (1, 8, 8))
 
 
+@pytest.mark.parametrize("conv,pattern", [
+    (nn.Conv2d(6, 6, 3, padding=2, dilation=2), r"has dilation \(2, 2\); the accelerator runs convs without dilation: "
+                                                r"use dilation=1"),
+    (nn.Conv2d(6, 6, 3, padding=1, padding_mode="reflect"), r"pads in mode 'reflect'; the accelerator pads with zeros: "
+                                                            r"use padding_mode='zeros' \(the default\)"),
+    (nn.Conv2d(6, 6, 3, padding=1, padding_mode="replicate"), r"pads in mode 'replicate'; .* use padding_mode='zeros'"),
+    (nn.Conv2d(6, 6, 3, padding=1, padding_mode="circular"), r"pads in mode 'circular'; .* use padding_mode='zeros'"),
+    (nn.Conv2d(6, 6, 2, padding="same"), r"has padding 'same' with a 2x2 kernel, .*; the accelerator pads both sides "
+                                         r"alike: use odd kernel sides"),
+    (nn.Conv2d(6, 6, 3, stride=(1, 2), padding=1), r"has stride \(1, 2\); the accelerator runs one stride for both "
+                                                   r"sides: use stride=s \(or \(s, s\)\)"),
+    (nn.Conv2d(6, 6, 3, padding=(1, 0)), r"has padding \(1, 0\); the accelerator pads both sides of a square kernel "
+                                         r"alike: use padding=p \(or \(p, p\)\)"),
+    (nn.Conv2d(6, 6, 1, padding=1), r"pads by 1, more than kernel // 2 = 0; the accelerator pads each side by "
+                                    r"at most the kernel's side // 2"),
+], ids=["dilation", "reflect", "replicate", "circular", "same-even", "stride", "padding", "pad-over-half"])
+def test_conv_options_the_accelerator_does_not_run_are_refused_by_name(conv, pattern):
+    model = quantize_model(_Options(conv=conv), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=r"^cannot compile a _Options: layer 'conv' \(QConv2d\) at "
+                                          rf".*test_compile_graph\.py:\d+ \(.*\) {pattern}"):
+        compile_model(model, (1, 8, 8))
+
+
+def test_a_padding_mode_without_padding_compiles_exactly():
+    """padding_mode pads nothing where padding is 0: the conv is the zero-padded one."""
+    torch.manual_seed(12)
+    conv = nn.Conv2d(6, 6, 3, padding_mode="reflect")
+    net = randomize(quantize_model(_Options(conv=conv), method="lcq", wbits=3, abits=3), 16)
+    compiled = compile_model(net, (1, 8, 8))
+    assert [(c.kernel, c.padding, c.out_shape) for c in compiled.convs[1:2]] == [(3, 0, (6, 6, 6))]
+    assert _mismatches(compiled, net, images(20, (1, 8, 8), seed=14)) == 0
+
+
 @pytest.mark.parametrize("kind", ["iadd", "add_", "module", "function", "method"])
 def test_a_tensor_read_after_an_in_place_change_compiles_with_the_new_values(kind):
     from test_user_model import _ReadAfterInPlace
