@@ -496,6 +496,9 @@ class _Lowering:
         border = (0, 0)
         if kind == "conv":
             k, stride, pad, border = self.square_window(node, layer)
+            if min(h, w) + 2 * pad < k:
+                self.refuse(node, "has a {}x{} kernel, larger than its {}x{} input padded by {}; use a kernel that "
+                            "fits the padded map".format(*layer.kernel_size, h, w, layer.padding))
             out_shape = (layer.out_channels, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
             weight = layer.weight
         else:

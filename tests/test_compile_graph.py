@@ -445,7 +445,8 @@ def test_a_batch_norm_without_running_statistics_is_refused():
                                          r"alike: use padding=p \(or \(p, p\)\)"),
     (nn.Conv2d(6, 6, 1, padding=1), r"pads by 1, more than kernel // 2 = 0; the accelerator pads each side by "
                                     r"at most the kernel's side // 2"),
-], ids=["dilation", "reflect", "replicate", "circular", "same-even", "stride", "padding", "pad-over-half"])
+    (nn.Conv2d(6, 6, 9), r"has a 9x9 kernel, larger than its 8x8 input padded by \(0, 0\); use a kernel that fits"),
+], ids=["dilation", "reflect", "replicate", "circular", "same-even", "stride", "padding", "pad-over-half", "kernel"])
 def test_conv_options_the_accelerator_does_not_run_are_refused_by_name(conv, pattern):
     model = quantize_model(_Options(conv=conv), method="lcq", wbits=3, abits=3)
     with pytest.raises(Unsupported, match=r"^cannot compile a _Options: layer 'conv' \(QConv2d\) at "
