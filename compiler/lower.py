@@ -542,7 +542,9 @@ class _Lowering:
         x, bn = self.arg(node), op.module
         self.after_max_pooling(node, x, "a BN")
         if x.kind != "values" or x.relu or x.pooled:
-            self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there folds")
+            self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there folds: "
+                        "put it right after the conv, linear layer or addition whose output it normalizes "
+                        "(conv -> BN -> ReLU)")
         c = self.shapes[x.tensor][0]
         if bn.running_var is None or bn.running_mean is None:
             self.refuse(node, "tracks no running statistics (track_running_stats=False): PyTorch normalizes each "

@@ -454,6 +454,19 @@ def test_conv_options_the_accelerator_does_not_run_are_refused_by_name(conv, pat
         compile_model(model, (1, 8, 8))
 
 
+def test_a_batch_norm_after_an_activation_is_refused_with_where_it_folds():
+    act = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(6), nn.ReLU())
+    model = quantize_model(_Options(act=act), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=r"layer 'act\.1' \(BatchNorm2d\) at .* does not follow a conv or linear "
+                                          r"layer or an addition directly; only a BN there folds: put it right after "
+                                          r"the conv, linear layer or addition whose output it normalizes "
+                                          r"\(conv -> BN -> ReLU\)"):
+        compile_model(model, (1, 8, 8))
+    torch.manual_seed(13)
+    net = randomize(quantize_model(_Options(norm=nn.BatchNorm2d(6)), method="lcq", wbits=3, abits=3), 17)
+    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=15)) == 0
+
+
 def test_a_padding_mode_without_padding_compiles_exactly():
     """padding_mode pads nothing where padding is 0: the conv is the zero-padded one."""
     torch.manual_seed(12)
