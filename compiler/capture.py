@@ -69,6 +69,8 @@ HINTS = (
      f"k <= {MAX_KERNEL}), or global average pooling (AdaptiveAvgPool2d(1))"),
     ((torch.sum, "sum"), "over the map use .mean((2, 3)) (global average pooling): the sum is H*W times it, a factor "
                          "that training absorbs in the next layer"),
+    ((nn.Flatten, torch.flatten, "flatten"), "only a flatten from dimension 1 to the last compiles: nn.Flatten(), "
+                                             "torch.flatten(x, 1) or x.flatten(1), of a C x 1 x 1 tensor"),
     ((nn.BatchNorm1d,), "use BatchNorm2d: on the map before its ReLU and pooling, or after a 1x1 Conv2d on the "
                         "pooled map (x.mean((2, 3), keepdim=True)) in place of a Linear"),
 )

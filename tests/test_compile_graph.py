@@ -581,6 +581,40 @@ def test_torch_mean_over_the_spatial_dimensions_is_global_average_pooling():
     assert _mismatches(compiled, net, images(20, (1, 8, 8), seed=12)) == 0
 
 
+class _FlattenHead(nn.Module):
+    """Global average pooling, then a flatten spelled as ``how`` says, then the classifier."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Linear(8, 10)
+        self.flatten = nn.Flatten(start_dim=2) if how == "nn.Flatten(start_dim=2)" else nn.Flatten()
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))
+        if self.how == "torch.flatten(x)":
+            x = torch.flatten(x)
+        elif self.how == "x.flatten(2)":
+            x = x.flatten(2)
+        else:
+            x = self.flatten(x)
+        return self.fc(x)
+
+
+@pytest.mark.parametrize("how,what", [
+    ("nn.Flatten(start_dim=2)", r"layer 'flatten' \(Flatten\)"), ("torch.flatten(x)", r"function torch\.flatten"),
+    ("x.flatten(2)", r"method \.flatten\(\)")])
+def test_a_flatten_of_other_dimensions_is_refused_with_the_one_that_compiles(how, what):
+    model = quantize_model(_FlattenHead(how), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=rf"{what} at .*test_compile_graph\.py:\d+ \(.*\) is not supported: only a "
+                                          r"flatten from dimension 1 to the last compiles: nn\.Flatten\(\), "
+                                          r"torch\.flatten\(x, 1\) or x\.flatten\(1\), of a C x 1 x 1 tensor"):
+        compile_model(model, (1, 8, 8))
+    torch.manual_seed(14)
+    net = randomize(quantize_model(_FlattenHead("nn.Flatten()"), method="lcq", wbits=3, abits=3), 18)
+    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=16)) == 0
+
+
 class _Refusable(nn.Module):
     """Conv + BN, an activation, a second conv stage and a head, each spelled as ``kind`` says: an operation
     the compiler refuses, or the fix its refusal suggests."""
