@@ -1,19 +1,19 @@
-"""ResNet-20 on CIFAR-10 through the integer reference: the README's brief CPU run, trained, compiled, evaluated.
+"""ResNet-20 on CIFAR-10 through the integer reference: the committed model's recipe, trained, compiled, evaluated.
 
-Trains the README's two short runs with the trainer's defaults (``lcq train``): full precision
-for ``--fp-epochs`` (``OUT/r20-fp1``), then LCQ W3/A3 for ``--epochs`` from it
-(``OUT/r20-w3a3-1``); a finished run with the same recipe is reused, an interrupted one
-resumed. Compiles the LCQ checkpoint (``lcq compile`` -> ``OUT/r20-w3a3-1/model.lcq``) and, on
-the first ``--images`` CIFAR-10 test images, runs what ``lcq eval`` runs: integer-reference
-top-1, the PyTorch fake-quantized model's top-1 (float64), top-1 agreement and the activation
-codes that differ; ``lcq report`` gives the bytes of weights and LUTs and the MACs per image.
+Trains two runs with the trainer's defaults (``lcq train``): full precision for ``--fp-epochs``
+(``OUT/r20-fpN``), then LCQ W3/A3 for ``--epochs`` from it (``OUT/r20-w3a3-M``); a finished run
+with the same recipe is reused, an interrupted one resumed. Compiles the LCQ checkpoint (``lcq
+compile`` -> ``OUT/r20-w3a3-M/model.lcq``) and, on the first ``--images`` CIFAR-10 test images,
+runs what ``lcq eval`` runs: integer-reference top-1, the PyTorch fake-quantized model's top-1
+(float64), top-1 agreement and the activation codes that differ; ``lcq report`` gives the bytes of
+weights and LUTs and the MACs per image.
 
-The committed model ``tests/data/cifar10-resnet20-lcq-w3a3.lcq`` was compiled from the original
-run of these commands, whose checkpoint is not in the repository. This script also runs the
-integer reference of that committed file on the same images (needs only the file and the
-dataset) and says whether the retrained compiled model equals it field for field (CPU training
-is reproducible only with the same torch build and thread count). ``--no-train`` does that part
-alone.
+The committed model ``tests/data/cifar10-resnet20-lcq-w3a3.lcq`` is this script's compiled model
+at its default epochs (CPU, 2 threads; its ``source`` records the checkpoint's digest, the
+checkpoint is not in the repository). The script also runs the integer reference of that committed
+file on the same images (needs only the file and the dataset) and says whether the retrained
+compiled model equals it field for field (CPU training is reproducible only with the same torch
+build and thread count). ``--no-train`` does that part alone.
 
 Run:  python benchmarks/resnet20_eval.py --data-dir ../shared/datasets/cifar10-jpeg [--images 1000] [--threads 2]
 Writes benchmarks/results/resnet20-eval.json (or --json-out) and prints a markdown table.
@@ -83,6 +83,14 @@ def model_differences(a, b, path: str = "") -> list[str]:
     return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
 
 
+def _setting(key: str, value):
+    """A recipe setting as it bears on training: an FP plan's bit-widths do not (``lcq train --method fp``
+    records its --wbits/--abits defaults, ``QuantPlan("fp")`` 32)."""
+    if key == "plan" and isinstance(value, dict) and value.get("method") == "fp":
+        return {k: v for k, v in value.items() if k not in ("wbits", "abits")}
+    return value
+
+
 def train_run(cfg) -> tuple[dict, str]:
     """Train, resume or reuse the run of ``cfg``; returns its metrics and what was done."""
     from lcq_train.checkpoint import load_checkpoint
@@ -93,7 +101,7 @@ def train_run(cfg) -> tuple[dict, str]:
     if (out / "checkpoint.pt").is_file():
         metrics = load_checkpoint(out / "checkpoint.pt")["metrics"]
         saved, wanted = metrics["config"], cfg.to_dict()
-        differ = [k for k in _RECIPE_KEYS if saved.get(k) != wanted[k]]
+        differ = [k for k in _RECIPE_KEYS if _setting(k, saved.get(k)) != _setting(k, wanted[k])]
         if differ:
             raise SystemExit(f"resnet20_eval.py: error: {out} holds a run with other settings ({', '.join(differ)}: "
                              f"{[saved.get(k) for k in differ]} there, {[wanted[k] for k in differ]} asked); "
@@ -110,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 directory or .tar.gz (default: $LCQ_DATA_DIR/cifar10)")
     p.add_argument("--images", type=int, default=1000, metavar="N", help="first N test images (0: all)")
-    p.add_argument("--fp-epochs", type=int, default=1, metavar="N", help="full-precision training epochs")
-    p.add_argument("--epochs", type=int, default=1, metavar="N", help="LCQ W3/A3 fine-tuning epochs")
+    p.add_argument("--fp-epochs", type=int, default=12, metavar="N", help="full-precision training epochs")
+    p.add_argument("--epochs", type=int, default=3, metavar="N", help="LCQ W3/A3 fine-tuning epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads (default: torch's)")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--out", metavar="DIR", default="runs", help="runs go to OUT/r20-fp1 and OUT/r20-w3a3-1")
+    p.add_argument("--out", metavar="DIR", default="runs",
+                   help="runs go to OUT/r20-fpN and OUT/r20-w3a3-M (N, M: the epochs)")
     p.add_argument("--committed", metavar="MODEL", default=str(COMMITTED.relative_to(ROOT)),
                    help="committed compiled model to evaluate and compare with")
     p.add_argument("--no-train", action="store_true",
@@ -168,14 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         from compiler.agreement import compare
         from compiler.lower import compile_checkpoint, load_model
         from lcq_train.plan import QuantPlan
-        from lcq_train.train import PAPER_RECIPE, TrainConfig
+        from lcq_train.train import TrainConfig
 
         out = Path(args.out)
         common = {"model": "resnet20", "dataset": "cifar10", "data_dir": args.data_dir, "seed": args.seed,
-                  "device": args.device, "progress": False, **PAPER_RECIPE}   # (as its results were run)
-        fp_cfg = TrainConfig(plan=QuantPlan("fp"), epochs=args.fp_epochs, out=str(out / "r20-fp1"), **common)
-        lcq_cfg = TrainConfig(plan=QuantPlan("lcq", 3, 3), epochs=args.epochs, out=str(out / "r20-w3a3-1"),
-                              init=str(out / "r20-fp1" / "checkpoint.pt"), **common)
+                  "device": args.device, "progress": False}
+        fp_out = out / f"r20-fp{args.fp_epochs}"
+        fp_cfg = TrainConfig(plan=QuantPlan("fp"), epochs=args.fp_epochs, out=str(fp_out), **common)
+        lcq_cfg = TrainConfig(plan=QuantPlan("lcq", 3, 3), epochs=args.epochs,
+                              out=str(out / f"r20-w3a3-{args.epochs}"), init=str(fp_out / "checkpoint.pt"), **common)
         runs = {}
         for name, cfg in (("fp", fp_cfg), ("lcq_w3a3", lcq_cfg)):
             t0 = time.perf_counter()
@@ -203,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                      differences_count=len(differences),
                      predictions_equal_to_retrained=int((retrained_pred == committed_pred).sum()))
 
-    head = ["model", "FP 1-epoch top-1", "LCQ W3/A3 top-1 (training)", "integer top-1", "PyTorch top-1 (float64)",
+    head = ["model", "FP top-1", "LCQ W3/A3 top-1 (training)", "integer top-1", "PyTorch top-1 (float64)",
             "top-1 agreement", "codes differ / compared", "eval s", "bytes (weights + LUTs)", "MACs per image"]
     lines = [f"Command: `{command}`; first {n} CIFAR-10 test images", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
