@@ -10,7 +10,7 @@ that differ. The PyTorch model does not depend on F, so it runs once per batch a
 integer reference is compared with that one run. Also records the largest ``|value|`` the residual
 stream actually reached on these images (its bits), next to the static bound that sets the width.
 
-Run:  nice python benchmarks/residual_width.py --checkpoint runs/r20-w3a3-1/checkpoint.pt \\
+Run:  nice python benchmarks/residual_width.py --checkpoint runs/r20-w3a3-3/checkpoint.pt \\
           --data-dir /work/shared/datasets/cifar10-jpeg [--images 500] [--frac-bits 0 1 2 ... 8] [--threads 2]
 Writes benchmarks/results/residual-width.json (or --json-out) and prints a markdown table.
 """
@@ -59,7 +59,7 @@ def width_row(compiled) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", default="runs/r20-w3a3-1/checkpoint.pt", help="an lcq train checkpoint (ResNet)")
+    p.add_argument("--checkpoint", default="runs/r20-w3a3-3/checkpoint.pt", help="an lcq train checkpoint (ResNet)")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory or archive (default: $LCQ_DATA_DIR/...)")
     p.add_argument("--images", type=positive_int, default=500, metavar="N", help="first N test images")
     p.add_argument("--batch-size", type=positive_int, default=50, help="images per batch")

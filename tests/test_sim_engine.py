@@ -6,7 +6,7 @@
   leave partial tiles at the array's edges, with random load stalls and output back-pressure.
 - A trained digits CNN (W3/A3), the whole model image by image, the engine's outputs
   feeding the next layers.
-- Layers of a CIFAR-10 ResNet-20 (W3/A3, trained one FP and one LCQ epoch on the CPU)
+- Layers of a CIFAR-10 ResNet-20 (W3/A3, trained 12 FP and 3 LCQ epochs on the CPU)
   on an 8 x 8 engine; the whole model is a ``slow`` test.
 
 Builds live in ``build/sim`` (``LCQ_SIM_BUILD`` moves it); Verilator rebuilds only what changed.
