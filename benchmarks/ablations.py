@@ -56,6 +56,7 @@ from lcq_train.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
+from result_fields import is_count, is_number, is_percentage  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 K_BITS = (2, 3)
@@ -359,35 +360,23 @@ def results_problem(data) -> str | None:
             if not isinstance(row, dict):
                 return f"{what} is not an object"
             for key in ("test_top1", "best_test_top1"):
-                if not _percentage(row.get(key)):
+                if not is_percentage(row.get(key)):
                     return f"{what} has {key} {row.get(key)!r}, not a percentage"
-            if not _count(row.get("epochs")):
+            if not is_count(row.get("epochs")):
                 return f"{what} has epochs {row.get('epochs')!r}, not a count"
             if "sizes" in row and not _sizes(row["sizes"]):
                 return f"{what} has 'sizes' that are not a compiled model's (layers, lut_bytes, formula_bytes)"
     return None
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _percentage(v) -> bool:
-    return _number(v) and 0.0 <= v <= 100.0
-
-
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
 def _sizes(sizes) -> bool:
     """Whether ``sizes`` holds what :func:`tables` reads of a :func:`compiled_sizes` record."""
-    return isinstance(sizes, dict) and _count(sizes.get("lut_bytes")) and _number(sizes.get("formula_bytes")) \
+    return isinstance(sizes, dict) and is_count(sizes.get("lut_bytes")) and is_number(sizes.get("formula_bytes")) \
         and isinstance(sizes.get("layers"), list) \
-        and all(isinstance(x, dict) and isinstance(x.get("name"), str) and _count(x.get("lut_bytes"))
-                and _count(x.get("bits_needed")) for x in sizes["layers"]) \
+        and all(isinstance(x, dict) and isinstance(x.get("name"), str) and is_count(x.get("lut_bytes"))
+                and is_count(x.get("bits_needed")) for x in sizes["layers"]) \
         and (sizes.get("agreement") is None or isinstance(sizes["agreement"], dict)
-             and _number(sizes["agreement"].get("agreement")) and 0.0 <= sizes["agreement"]["agreement"] <= 1.0)
+             and is_number(sizes["agreement"].get("agreement")) and 0.0 <= sizes["agreement"]["agreement"] <= 1.0)
 
 
 def run_all(items: list[tuple[int, str, TrainConfig]], jobs: int, done) -> None:

@@ -40,6 +40,7 @@ from lcq_train.train import PAPER_RECIPE, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
+from result_fields import is_count, is_number, is_percentage  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -238,11 +239,11 @@ def results_problem(data) -> str | None:
         return "it has no 'settings' object"
     settings = data["settings"]
     seeds = settings.get("seeds")
-    if not isinstance(seeds, list) or not seeds or not all(_count(s) for s in seeds) \
-            or not _count(settings.get("fp_epochs")) or not _count(settings.get("epochs")):
+    if not isinstance(seeds, list) or not seeds or not all(is_count(s) for s in seeds) \
+            or not is_count(settings.get("fp_epochs")) or not is_count(settings.get("epochs")):
         return "its settings have no 'seeds', 'fp_epochs' and 'epochs'"
-    if not isinstance(data.get("device"), str) or not _count(data.get("cpu_threads")) \
-            or not isinstance(data.get("options"), dict) or not _count(data["options"].get("jobs")):
+    if not isinstance(data.get("device"), str) or not is_count(data.get("cpu_threads")) \
+            or not isinstance(data.get("options"), dict) or not is_count(data["options"].get("jobs")):
         return "it has no 'device', 'cpu_threads' and 'options.jobs'"
     rows = data.get("rows")
     if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("run"), str) for r in rows):
@@ -265,7 +266,7 @@ def _row_problem(row: dict, settings: dict, fp: dict) -> str | None:
     if method not in ("fp", "uniform", "lcq"):
         return f"has method {method!r}, not fp, uniform or lcq"
     widths = (row.get("wbits"), row.get("abits"))
-    if not (widths == (None, None) if method == "fp" else all(_count(b) for b in widths)):
+    if not (widths == (None, None) if method == "fp" else all(is_count(b) for b in widths)):
         return f"has wbits/abits {widths}, not {'None' if method == 'fp' else 'integers'}"
     seeds = settings["seeds"][:1] if method == "fp" else settings["seeds"]
     if row.get("seeds") != seeds:
@@ -275,7 +276,7 @@ def _row_problem(row: dict, settings: dict, fp: dict) -> str | None:
         return f"has {row.get('epochs')!r} epochs, not {epochs} as its settings say"
     for key in ("test_top1", "best_test_top1"):
         values = row.get(key)
-        if not isinstance(values, list) or len(values) != len(seeds) or not all(_percentage(v) for v in values):
+        if not isinstance(values, list) or len(values) != len(seeds) or not all(is_percentage(v) for v in values):
             return f"has {key} {values!r}, not a percentage per seed"
     finals, threads = row["test_top1"], row.get("torch_threads")
     derived = {"test_top1_mean": statistics.mean(finals),
@@ -283,25 +284,13 @@ def _row_problem(row: dict, settings: dict, fp: dict) -> str | None:
                "best_test_top1_mean": statistics.mean(row["best_test_top1"]),
                "gap_to_fp": statistics.mean(finals) - statistics.mean(fp["test_top1"])}
     for key, value in derived.items():
-        if not (row.get(key) is None if value is None else _number(row.get(key)) and math.isclose(
+        if not (row.get(key) is None if value is None else is_number(row.get(key)) and math.isclose(
                 row[key], value, rel_tol=1e-9, abs_tol=1e-9)):
             return f"has {key} {row.get(key)!r}, not the {key.removeprefix('test_top1_')} of its per-seed values"
     if threads is not None and (not isinstance(threads, list) or len(threads) != len(seeds)
-                                or not all(t is None or _count(t) for t in threads)):
+                                or not all(t is None or is_count(t) for t in threads)):
         return f"has torch_threads {threads!r}, not a thread count per seed"
     return None
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _percentage(v) -> bool:
-    return _number(v) and 0.0 <= v <= 100.0
-
-
-def _count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def merged(rows: list[dict], kept: list[dict]) -> list[dict]:
