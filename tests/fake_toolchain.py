@@ -91,3 +91,14 @@ def gone_soon(pid: int, seconds: float = 5.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+# Python source that slows boards.process_group's reaper as on a loaded machine: a second to start, and one to be
+# told the group; for scripts killed as soon as their tool runs (the tool must not run until the reaper watches it).
+SLOW_REAPER = """import time
+import boards.process_group as pg
+start = pg.Reaper.__init__
+pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]
+watch = pg.Reaper.watch
+pg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]
+"""

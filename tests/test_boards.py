@@ -37,7 +37,7 @@ from boards.report import format_table, parse_build, parse_nextpnr, yosys_ff_cou
 from boards.stages import Progress  # noqa: E402
 from boards.fit import engine_for_board  # noqa: E402
 from compiler.format import load  # noqa: E402
-from fake_toolchain import gone_soon  # noqa: E402
+from fake_toolchain import SLOW_REAPER, gone_soon  # noqa: E402
 from hw.engine_params import EngineParams  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -406,10 +406,8 @@ def test_a_flash_killed_as_the_programmer_starts_leaves_no_programmer(tmp_path, 
     takes a second to start and one to be told the group) as soon as the programmer runs, lcq flash leaves no
     programmer behind."""
     bit, child = _hanging_programmer(tmp_path, monkeypatch)
-    script = ("import time\nimport boards.process_group as pg\nstart = pg.Reaper.__init__\n"
-              "pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]\n"
-              "watch = pg.Reaper.watch\npg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]\n"
-              "from boards.boards import get_board\nfrom boards.flash import flash\n"
+    script = (SLOW_REAPER
+              + "from boards.boards import get_board\nfrom boards.flash import flash\n"
               f"flash(get_board('icebreaker'), {str(bit)!r})")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
     for _ in range(1000):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_toolchain import alive, gone_soon
+from fake_toolchain import SLOW_REAPER, alive, gone_soon
 
 from boards.cli import BUILD_TIMEOUT_S
 from boards.report import format_table, missed_target, worst_paths
@@ -398,10 +398,8 @@ def test_a_builder_killed_as_the_tool_starts_leaves_no_tool(tmp_path, fake_tools
     """The tool runs only once a reaper watches its group: a builder killed on a loaded machine (here, a reaper that
     takes a second to start and one to be told the group) as soon as the tool runs leaves no tool behind."""
     monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
-    script = ("import os, time\nimport boards.process_group as pg\nstart = pg.Reaper.__init__\n"
-              "pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]\n"
-              "watch = pg.Reaper.watch\npg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]\n"
-              "from boards.stages import Stage, run_stages\n"
+    script = ("import os\n" + SLOW_REAPER
+              + "from boards.stages import Stage, run_stages\n"
               "run_stages([Stage('synthesis', 'yosys', ('yosys', '-l', 'top.rpt', 'top.ys'), 'top.rpt')], "
               f"{str(tmp_path)!r}, dict(os.environ))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)

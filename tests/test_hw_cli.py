@@ -75,6 +75,8 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+from fake_toolchain import SLOW_REAPER  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -375,14 +377,7 @@ def test_a_command_dies_with_its_parents_process_group(tmp_path, sig):
 
 
 # The same parent with a reaper slowed as on a loaded machine: a second to start, and one to be told the group.
-PARENT_OF_SLEEPER_SLOW_REAPER = """
-import sys, time
-sys.path.insert(0, sys.argv[1])
-import boards.process_group as pg
-start = pg.Reaper.__init__
-pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]
-watch = pg.Reaper.watch
-pg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]
+PARENT_OF_SLEEPER_SLOW_REAPER = "import sys\nsys.path.insert(0, sys.argv[1])\n" + SLOW_REAPER + """
 from sim.runner import run_guarded
 run_guarded([sys.executable, "-c", sys.argv[2], sys.argv[3]], timeout=600)
 """

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_toolchain import SLOW_REAPER
 from helpers import ends_within, load_benchmark, running
 
 
@@ -54,14 +55,7 @@ def test_a_tool_past_its_timeout_is_sent_sigterm_first(tmp_path):
 
 # A benchmark (its tools run by run_tool) whose reaper is slowed as on a loaded machine: a second to start, and one
 # to be told the group; its tool writes its pid to argv[1] and sleeps.
-SLOW_REAPER_BENCHMARK = """
-import sys, time
-sys.path.insert(0, "benchmarks")
-import boards.process_group as pg
-start = pg.Reaper.__init__
-pg.Reaper.__init__ = lambda self: (time.sleep(1), start(self))[1]
-watch = pg.Reaper.watch
-pg.Reaper.watch = lambda self, pgid: (time.sleep(1), watch(self, pgid))[1]
+SLOW_REAPER_BENCHMARK = "import sys\nsys.path.insert(0, \"benchmarks\")\n" + SLOW_REAPER + """
 from tool_run import run_tool
 tool = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(600)"
 run_tool([sys.executable, "-c", tool, sys.argv[1]], cwd=".", stdout=None, timeout=600)
