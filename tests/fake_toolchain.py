@@ -93,6 +93,13 @@ def gone_soon(pid: int, seconds: float = 5.0) -> bool:
     return True
 
 
+def wait_written(path: Path, seconds: float = 10.0, poll: float = 0.01) -> None:
+    """Wait until ``path`` exists and holds text (a tool's pid file), or ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    while not (path.exists() and path.read_text()) and time.monotonic() < deadline:
+        time.sleep(poll)
+
+
 # Python source that slows boards.process_group's reaper as on a loaded machine: a second to start, and one to be
 # told the group; for scripts killed as soon as their tool runs (the tool must not run until the reaper watches it).
 SLOW_REAPER = """import time

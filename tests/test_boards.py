@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,7 @@ from boards.report import format_table, parse_build, parse_nextpnr, yosys_ff_cou
 from boards.stages import Progress  # noqa: E402
 from boards.fit import engine_for_board  # noqa: E402
 from compiler.format import load  # noqa: E402
-from fake_toolchain import SLOW_REAPER, gone_soon  # noqa: E402
+from fake_toolchain import SLOW_REAPER, gone_soon, wait_written  # noqa: E402
 from hw.engine_params import EngineParams  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -392,10 +391,7 @@ def test_an_interrupted_or_killed_flash_leaves_no_programmer(tmp_path, monkeypat
     script = ("from boards.boards import get_board\nfrom boards.flash import flash\n"
               f"flash(get_board('icebreaker'), {str(bit)!r})")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
-    for _ in range(200):
-        if child.exists() and child.read_text():
-            break
-        time.sleep(0.05)
+    wait_written(child, 10, 0.05)
     proc.send_signal(sig)
     proc.communicate(timeout=20)
     assert _gone(child)
@@ -410,10 +406,7 @@ def test_a_flash_killed_as_the_programmer_starts_leaves_no_programmer(tmp_path, 
               + "from boards.boards import get_board\nfrom boards.flash import flash\n"
               f"flash(get_board('icebreaker'), {str(bit)!r})")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
-    for _ in range(1000):
-        if child.exists() and child.read_text():
-            break
-        time.sleep(0.01)
+    wait_written(child)
     proc.kill()
     proc.communicate(timeout=20)
     assert _gone(child)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_toolchain import SLOW_REAPER, alive, gone_soon
+from fake_toolchain import SLOW_REAPER, alive, gone_soon, wait_written
 
 from boards.cli import BUILD_TIMEOUT_S
 from boards.report import format_table, missed_target, worst_paths
@@ -349,10 +349,7 @@ def _stage_running(tmp_path) -> tuple[subprocess.Popen, Path]:
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parent.parent)
     child = tmp_path / "yosys.child"
-    for _ in range(200):
-        if child.exists() and child.read_text():
-            break
-        time.sleep(0.05)
+    wait_written(child, 10, 0.05)
     return proc, child
 
 
@@ -404,10 +401,7 @@ def test_a_builder_killed_as_the_tool_starts_leaves_no_tool(tmp_path, fake_tools
               f"{str(tmp_path)!r}, dict(os.environ))\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
     child = tmp_path / "yosys.child"
-    for _ in range(1000):
-        if child.exists() and child.read_text():
-            break
-        time.sleep(0.01)
+    wait_written(child)
     proc.kill()
     proc.communicate(timeout=20)
     pid = int(child.read_text())
