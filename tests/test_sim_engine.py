@@ -144,7 +144,7 @@ def test_trained_resnet20_whole_model_on_an_8x8_engine():
     report = simulate_model(engine_build("verilator", params, build_dir), params, RESNET20, model, images,
                             build_dir / "model", stall=0.05, backpressure=0.05, seed=4)
     assert_exact(report)
-    assert len(report.layers) == len(model.convs) == 21
+    assert len(report.layers) == len(model.convs) == 22          # conv1, 18 in the blocks, 2 shortcuts, fc
 
 
 STUCK_ENGINE = """
