@@ -340,16 +340,16 @@ def test_a_failing_tool_names_its_stage_and_shows_the_log(tmp_path, fake_tools, 
         run_stages(ecp5_stages(), tmp_path, env, out=io.StringIO())
 
 
-def _stage_running(tmp_path) -> tuple[subprocess.Popen, Path]:
-    """A Python process running a synthesis stage whose (fake) Yosys hangs, and the file with the pid of the
-    tool's child, once written."""
-    script = ("import os, sys\nfrom boards.stages import BuildError, Stage, run_stages\n"
+def _stage_running(tmp_path, preamble: str = "") -> tuple[subprocess.Popen, Path]:
+    """A Python process running a synthesis stage whose (fake) Yosys hangs, after the Python source ``preamble``,
+    and the file with the pid of the tool's child, once written."""
+    script = (preamble + "import os, sys\nfrom boards.stages import BuildError, Stage, run_stages\n"
               "try:\n    run_stages([Stage('synthesis', 'yosys', ('yosys', '-l', 'top.rpt', 'top.ys'), 'top.rpt')], "
               f"{str(tmp_path)!r}, dict(os.environ))\nexcept BuildError as e:\n    print(e)\n    sys.exit(5)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).parent.parent)
     child = tmp_path / "yosys.child"
-    wait_written(child, 10, 0.05)
+    wait_written(child)
     return proc, child
 
 
@@ -391,31 +391,13 @@ def test_a_stopped_board_builds_run_stops_its_build(tmp_path, fake_tools, monkey
         proc.wait()
 
 
-def test_a_builder_killed_as_the_tool_starts_leaves_no_tool(tmp_path, fake_tools, monkeypatch):
-    """The tool runs only once a reaper watches its group: a builder killed on a loaded machine (here, a reaper that
-    takes a second to start and one to be told the group) as soon as the tool runs leaves no tool behind."""
+@pytest.mark.parametrize("preamble", ["", SLOW_REAPER], ids=["reaper", "slow-reaper"])
+def test_a_builder_killed_with_sigkill_leaves_no_tool(tmp_path, fake_tools, monkeypatch, preamble):
+    """SIGKILL runs no cleanup in the builder: the reaper beside the tool kills its process group. The tool runs
+    only once the reaper watches its group, so a builder killed as soon as the tool runs on a loaded machine (here,
+    ``slow-reaper``: a reaper that takes a second to start and one to be told the group) leaves no tool either."""
     monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
-    script = ("import os\n" + SLOW_REAPER
-              + "from boards.stages import Stage, run_stages\n"
-              "run_stages([Stage('synthesis', 'yosys', ('yosys', '-l', 'top.rpt', 'top.ys'), 'top.rpt')], "
-              f"{str(tmp_path)!r}, dict(os.environ))\n")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parent.parent)
-    child = tmp_path / "yosys.child"
-    wait_written(child)
-    proc.kill()
-    proc.communicate(timeout=20)
-    pid = int(child.read_text())
-    try:
-        assert gone_soon(pid)
-    finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
-def test_a_builder_killed_with_sigkill_leaves_no_tool(tmp_path, fake_tools, monkeypatch):
-    """SIGKILL runs no cleanup in the builder: the reaper beside the tool kills its process group."""
-    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
-    proc, child = _stage_running(tmp_path)
+    proc, child = _stage_running(tmp_path, preamble)
     proc.kill()
     proc.communicate(timeout=20)
     pid = int(child.read_text())
