@@ -376,6 +376,27 @@ def closing_frequency(board, fmax_mhz: float) -> float:
     return best[1]
 
 
+def check_recorded_bitstream(report: Path, board, bitstream: str | None = None) -> str:
+    """The bitstream the build report ``report`` records (``bitstream``: that one only, when the report records
+    it), checked: a ValueError when the report is of a build for another board, or when the file on disk is not
+    the one the build wrote (its SHA-256 differs: a build stopped while writing it). ``bitstream`` when the report
+    records another file."""
+    built = read_report(report, ("bitstream", "bitstream_sha256", "board"))
+    recorded = built["bitstream"]
+    if bitstream is not None and Path(recorded).name != Path(bitstream).name:
+        return bitstream
+    bitstream = recorded if bitstream is None else bitstream
+    if built["board"] != board.name:
+        raise ValueError(f"{report} is the report of a build for the {built['board']}, not for --board "
+                         f"{board.name}: build for the {board.name} with `lcq build MODEL --board {board.name}`, "
+                         f"or pass the --board it was built for")
+    if Path(bitstream).is_file() and file_sha256(bitstream) != built["bitstream_sha256"]:
+        raise ValueError(f"{bitstream} is not the bitstream {report} records (its SHA-256 differs): a build was "
+                         f"stopped while writing it, or it changed since. Build again with `lcq build MODEL "
+                         f"--board {board.name}`")
+    return bitstream
+
+
 def cmd_flash(args) -> int:
     from .flash import FlashError, flash
 
@@ -386,15 +407,9 @@ def cmd_flash(args) -> int:
         if not report.is_file():
             raise FileNotFoundError(f"no {report}: build first with `lcq build MODEL --board {board.name}` "
                                     f"or pass --bitstream PATH")
-        built = read_report(report, ("bitstream", "bitstream_sha256", "board"))
-        if built["board"] != board.name:
-            raise ValueError(f"{report} is the report of a build for the {built['board']}, not for --board "
-                             f"{board.name}: build for the {board.name} with `lcq build MODEL --board {board.name}`, "
-                             f"or pass --bitstream PATH")
-        bitstream = built["bitstream"]
-        if Path(bitstream).is_file() and file_sha256(bitstream) != built["bitstream_sha256"]:
-            raise ValueError(f"{bitstream} is not the bitstream {report} records (its SHA-256 differs): a build was "
-                             f"stopped while writing it, or it changed since. Build again, or pass --bitstream PATH")
+        bitstream = check_recorded_bitstream(report, board)
+    elif (Path(bitstream).parent / "report.json").is_file():
+        bitstream = check_recorded_bitstream(Path(bitstream).parent / "report.json", board, bitstream)
     try:
         print(flash(board, bitstream, args.sram, args.timeout))
     except FlashError as e:

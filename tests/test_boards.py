@@ -872,6 +872,41 @@ def test_flash_checks_the_bitstream_against_the_digest_its_report_records(tmp_pa
     assert programmed == [str(bitstream)]
 
 
+def test_flash_checks_a_bitstream_given_by_path_against_the_report_beside_it(tmp_path, monkeypatch):
+    """`lcq flash --bitstream build/x/top.bin` checks the digest (and board) that build/x/report.json records for
+    that file, as the default path does: a half-written bitstream is not programmed; one without a report beside
+    it, or beside a report of another file, is checked by its preamble alone."""
+    import boards.flash
+    from boards.build import file_sha256
+
+    monkeypatch.chdir(tmp_path)
+    build = tmp_path / "elsewhere"
+    build.mkdir()
+    bitstream = build / "top.bin"
+    bitstream.write_bytes(b"\xff" * 1000)
+    report = {"board": "icebreaker", "bitstream": str(bitstream), "bitstream_sha256": file_sha256(bitstream)}
+    (build / "report.json").write_text(json.dumps(report))
+    programmed = []
+    monkeypatch.setattr(boards.flash, "flash", lambda board, path, sram, timeout: programmed.append(path) or "ok")
+    parser, handlers = _parser()
+    args = ["flash", "--board", "icebreaker", "--bitstream", "elsewhere/top.bin"]
+    assert handlers["flash"](parser.parse_args(args)) == 0
+    bitstream.write_bytes(b"\xff" * 500)
+    with pytest.raises(ValueError, match=r"elsewhere/top.bin is not the bitstream elsewhere/report.json records "
+                                         r"\(its SHA-256 differs\)"):
+        handlers["flash"](parser.parse_args(args))
+    report["board"] = "ulx3s-25f"
+    report["bitstream_sha256"] = file_sha256(bitstream)
+    (build / "report.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match=r"elsewhere/report.json is the report of a build for the ulx3s-25f, not "
+                                         r"for --board icebreaker"):
+        handlers["flash"](parser.parse_args(args))
+    other = build / "other.bin"
+    other.write_bytes(b"\xff" * 700)
+    assert handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker", "--bitstream", str(other)])) == 0
+    assert programmed == ["elsewhere/top.bin", str(other)]
+
+
 def test_flash_refuses_the_report_of_another_boards_build(tmp_path, monkeypatch):
     """The OrangeCrab's and the ULX3S-25F's parts are the same (LFE5U-25F, which check_bitstream cannot tell apart):
     a report of an OrangeCrab build in build/ulx3s-25f (`lcq build -o build/ulx3s-25f --board orangecrab-25f`) is
