@@ -61,3 +61,17 @@ def _fsync_directory(directory: Path) -> None:
 def save_json(obj, path: str | os.PathLike) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """Write ``text`` to ``path`` atomically unless the file already holds exactly it (so that its modification
+    time, which make and the simulators' builds compare, changes only with the text, and a reader never sees half
+    of it); whether it wrote."""
+    path = Path(path)
+    try:
+        if path.read_text() == text:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    atomic_write(path, lambda f: f.write(text.encode()))
+    return True

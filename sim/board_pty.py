@@ -39,6 +39,7 @@ from types import SimpleNamespace
 
 from hw import dsp
 from hw.spram import PRIMITIVE
+from lcq_train.atomic import write_text_if_changed
 from lcq_train.stop_signals import stop_signals
 
 from .netlist import MODELS_V
@@ -103,8 +104,7 @@ def board_verilog(factory, board, clk_hz: float, build_dir) -> Path:
     text = verilog.convert(pins, name=TOP, platform=platform, emit_src=False)
     path = Path(build_dir) / f"{TOP}.v"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    write_text_if_changed(path, text)
     return path
 
 

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from hw.flip_flops import KEEP_OWN_FLIP_FLOPS
 from hw.memories import UNDEFINED_COLLISIONS
+from lcq_train.atomic import write_text_if_changed
 
 from .runner import ICE40_DEFINES, SimulationFailed, run_guarded
 
@@ -136,8 +137,7 @@ def core_verilog(core: BoardCore, build_dir) -> Path:
     text = verilog.convert(core.component(), name=core.top, platform=core.board.make_platform(), emit_src=False)
     path = Path(build_dir) / SOURCE
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    write_text_if_changed(path, text)
     return path
 
 
@@ -424,8 +424,7 @@ def cell_models(family: str, build_dir, *, x_init: bool = False) -> tuple[list[P
         text = x_init_models(family, text)
     path = Path(build_dir) / f"{family}_cells{'_x' if x_init else ''}.v"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    write_text_if_changed(path, text)
     defines = dict(ICE40_DEFINES) if family == "ice40" else {}
     files = [path]
     if family == "ecp5":

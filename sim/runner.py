@@ -67,6 +67,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from boards.process_group import group_stopped, kill_group
+from lcq_train.atomic import write_text_if_changed
 
 SIMULATORS = ("icarus", "verilator")
 DATA_ENV = "LCQ_SIM_DATA"
@@ -222,8 +223,7 @@ def verilog_of(component, name: str, build_dir) -> Path:
     path = Path(build_dir) / f"{name}.v"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = verilog.convert(component, name=name)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+    write_text_if_changed(path, text)
     return path
 
 

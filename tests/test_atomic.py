@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from lcq_train.atomic import atomic_write, save_json
+from lcq_train.atomic import atomic_write, save_json, write_text_if_changed
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
@@ -41,3 +41,19 @@ def test_a_directory_at_the_path_or_a_file_above_it_is_named(tmp_path, target, s
     with pytest.raises(FileExistsError, match=says):      # what the lcq command prints as its error
         save_json({"a": 1}, tmp_path / target)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "f"] and not any((tmp_path / "d").iterdir())
+
+
+def test_text_is_written_only_when_it_changes_and_then_whole(tmp_path, monkeypatch):
+    """write_text_if_changed (the generated Verilog of the simulations): the same text leaves the file and its
+    modification time alone; other text replaces it through a temporary file, never in place."""
+    path = tmp_path / "core.v"
+    assert write_text_if_changed(path, "module a;\nendmodule\n")
+    os.utime(path, (1, 1))
+    assert not write_text_if_changed(path, "module a;\nendmodule\n") and path.stat().st_mtime == 1
+    before = os.stat(path).st_ino
+    assert write_text_if_changed(path, "module b;\nendmodule\n")
+    assert path.read_text() == "module b;\nendmodule\n" and os.stat(path).st_ino != before
+    path.write_bytes(b"\xff\xfe half")          # not UTF-8: replaced, not an error
+    assert write_text_if_changed(path, "module c;\nendmodule\n") and path.read_text() == "module c;\nendmodule\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["core.v"]
+
