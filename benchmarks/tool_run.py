@@ -13,9 +13,6 @@ stops, which stops every tool still running the same way; after it, :func:`run_t
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
-import shutil
 import subprocess
 import threading
 
@@ -33,9 +30,6 @@ class ToolsStopped(RuntimeError):
 def run_tool(cmd: list[str], *, cwd, stdout, timeout: float) -> int:
     """Run ``cmd`` in ``cwd``, its output (stderr too) to ``stdout``; its exit status (negative: killed).
     ``OSError`` when ``cmd[0]`` is not an executable."""
-    # (a relative path with a slash runs from cwd, as subprocess.Popen finds it)
-    if shutil.which(os.path.join(cwd, cmd[0]) if os.sep in cmd[0] else cmd[0]) is None:
-        raise FileNotFoundError(errno.ENOENT, "not found, or not executable", cmd[0])
     with contextlib.ExitStack() as stack:
         with _lock:         # (started under the lock: stop_tools sees it, or it starts none)
             if _stopping.is_set():

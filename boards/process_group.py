@@ -13,7 +13,9 @@ the same reaper.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,8 +87,13 @@ def group_stopped(argv: list[str], **popen):
     """Runs ``argv`` (``subprocess.Popen`` with ``popen``'s arguments; its stdin is /dev/null) in a process group of
     its own and yields its Popen. A :class:`Reaper` starts first, and the tool only once the reaper watches its
     group, so that no moment of it is unwatched, should this process die as it starts. ``argv[0]`` must be an
-    executable's path or a name on ``PATH`` (a missing tool exits with status 127). On leaving the block, the group
-    is stopped (:func:`stop_group`) and the reaper released (not released, it kills the group itself)."""
+    executable's path (a relative one from ``cwd``) or a name on ``PATH`` (the ``env``'s): else FileNotFoundError,
+    as ``subprocess.Popen`` raises, and nothing starts. On leaving the block, the group is stopped
+    (:func:`stop_group`) and the reaper released (not released, it kills the group itself)."""
+    tool = str(argv[0])
+    where = os.path.join(popen.get("cwd") or "", tool) if os.sep in tool else tool
+    if shutil.which(where, path=(popen.get("env") or os.environ).get("PATH", os.defpath)) is None:
+        raise FileNotFoundError(errno.ENOENT, "not found, or not executable", tool)
     reaper = Reaper()
     try:
         proc = subprocess.Popen(["/bin/sh", "-c", _GATE, "gate", *argv], stdin=subprocess.PIPE,

@@ -141,11 +141,12 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None = None) -> int:
-    """Run ``cmd`` (argv list; its stdin /dev/null) in a new process group and return its exit status (127: no
-    such command); its output goes to ``stdout`` (a file; stderr with it) or is inherited. After ``timeout``
-    seconds (default :func:`default_timeout`) the group is killed and :class:`SimulationTimeout` raised; any
-    exception here kills it too, and a reaper process, watching the group before the command runs
-    (:func:`boards.process_group.group_stopped`), kills it should this process die first."""
+    """Run ``cmd`` (argv list; its stdin /dev/null) in a new process group and return its exit status
+    (FileNotFoundError: no such command, nothing run); its output goes to ``stdout`` (a file; stderr with it)
+    or is inherited. After ``timeout`` seconds (default :func:`default_timeout`) the group is killed and
+    :class:`SimulationTimeout` raised; any exception here kills it too, and a reaper process, watching the
+    group before the command runs (:func:`boards.process_group.group_stopped`), kills it should this process
+    die first."""
     timeout = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
     stderr = None if stdout is None else subprocess.STDOUT
     if os.name != "posix":      # no process groups to kill: the deadline alone
