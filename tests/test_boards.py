@@ -847,9 +847,12 @@ def test_run_refuses_the_report_of_another_board(tmp_path, capsys):
             "ulx3s-85f") in capsys.readouterr().err
 
 
-def test_flash_checks_the_bitstream_against_the_digest_its_report_records(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("given", [[], ["--bitstream", "build/icebreaker/top.bin"]], ids=["report", "path"])
+def test_flash_checks_the_bitstream_against_the_digest_its_report_records(tmp_path, monkeypatch, given):
     """A bitstream that is not the one the build wrote (a build killed while packing leaves a half-written one
-    beside the previous report) is not programmed; the one the report records is."""
+    beside the previous report) is not programmed, whether the report names it or ``--bitstream`` does (the report
+    beside it checks it); the one the report records is. Another file beside the report is checked by its
+    preamble alone."""
     import boards.flash
     from boards.build import file_sha256
 
@@ -863,54 +866,23 @@ def test_flash_checks_the_bitstream_against_the_digest_its_report_records(tmp_pa
     programmed = []
     monkeypatch.setattr(boards.flash, "flash", lambda board, path, sram, timeout: programmed.append(path) or "ok")
     parser, handlers = _parser()
-    assert handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"])) == 0
-    assert programmed == [str(bitstream)]
+    args = parser.parse_args(["flash", "--board", "icebreaker", *given])
+    assert handlers["flash"](args) == 0
     bitstream.write_bytes(b"\xff" * 500)
     with pytest.raises(ValueError, match=r"top.bin is not the bitstream build/icebreaker/report.json records \(its "
                                          r"SHA-256 differs\)"):
-        handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
-    assert programmed == [str(bitstream)]
+        handlers["flash"](args)
+    (build / "other.bin").write_bytes(b"\xff" * 700)
+    assert handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker", "--bitstream",
+                                                "build/icebreaker/other.bin"])) == 0
+    assert programmed == [args.bitstream or str(bitstream), "build/icebreaker/other.bin"]
 
 
-def test_flash_checks_a_bitstream_given_by_path_against_the_report_beside_it(tmp_path, monkeypatch):
-    """`lcq flash --bitstream build/x/top.bin` checks the digest (and board) that build/x/report.json records for
-    that file, as the default path does: a half-written bitstream is not programmed; one without a report beside
-    it, or beside a report of another file, is checked by its preamble alone."""
-    import boards.flash
-    from boards.build import file_sha256
-
-    monkeypatch.chdir(tmp_path)
-    build = tmp_path / "elsewhere"
-    build.mkdir()
-    bitstream = build / "top.bin"
-    bitstream.write_bytes(b"\xff" * 1000)
-    report = {"board": "icebreaker", "bitstream": str(bitstream), "bitstream_sha256": file_sha256(bitstream)}
-    (build / "report.json").write_text(json.dumps(report))
-    programmed = []
-    monkeypatch.setattr(boards.flash, "flash", lambda board, path, sram, timeout: programmed.append(path) or "ok")
-    parser, handlers = _parser()
-    args = ["flash", "--board", "icebreaker", "--bitstream", "elsewhere/top.bin"]
-    assert handlers["flash"](parser.parse_args(args)) == 0
-    bitstream.write_bytes(b"\xff" * 500)
-    with pytest.raises(ValueError, match=r"elsewhere/top.bin is not the bitstream elsewhere/report.json records "
-                                         r"\(its SHA-256 differs\)"):
-        handlers["flash"](parser.parse_args(args))
-    report["board"] = "ulx3s-25f"
-    report["bitstream_sha256"] = file_sha256(bitstream)
-    (build / "report.json").write_text(json.dumps(report))
-    with pytest.raises(ValueError, match=r"elsewhere/report.json is the report of a build for the ulx3s-25f, not "
-                                         r"for --board icebreaker"):
-        handlers["flash"](parser.parse_args(args))
-    other = build / "other.bin"
-    other.write_bytes(b"\xff" * 700)
-    assert handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker", "--bitstream", str(other)])) == 0
-    assert programmed == ["elsewhere/top.bin", str(other)]
-
-
-def test_flash_refuses_the_report_of_another_boards_build(tmp_path, monkeypatch):
+@pytest.mark.parametrize("given", [[], ["--bitstream", "build/ulx3s-25f/top.bit"]], ids=["report", "path"])
+def test_flash_refuses_the_report_of_another_boards_build(tmp_path, monkeypatch, given):
     """The OrangeCrab's and the ULX3S-25F's parts are the same (LFE5U-25F, which check_bitstream cannot tell apart):
     a report of an OrangeCrab build in build/ulx3s-25f (`lcq build -o build/ulx3s-25f --board orangecrab-25f`) is
-    not flashed to the ULX3S."""
+    not flashed to the ULX3S, whether the report names the bitstream or ``--bitstream`` does."""
     import boards.flash
     from boards.build import file_sha256
 
@@ -926,7 +898,7 @@ def test_flash_refuses_the_report_of_another_boards_build(tmp_path, monkeypatch)
     parser, handlers = _parser()
     with pytest.raises(ValueError, match=r"build/ulx3s-25f/report.json is the report of a build for the "
                                          r"orangecrab-25f, not for --board ulx3s-25f"):
-        handlers["flash"](parser.parse_args(["flash", "--board", "ulx3s-25f"]))
+        handlers["flash"](parser.parse_args(["flash", "--board", "ulx3s-25f", *given]))
     assert programmed == []
 
 
