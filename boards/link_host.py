@@ -25,6 +25,7 @@ the next image's LOAD frames travel while it runs.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import struct
@@ -347,7 +348,8 @@ class SerialPort:
     ``write``, ``read`` with a ``timeout`` (required: it ends every wait), ``reset_input_buffer``, ``close``; a
     context manager. A write ends within ``timeout`` plus the time the longest frame takes at ``baud``; one that
     does not (a device that stopped reading), and a port that fails (a board unplugged), raise
-    :class:`hw.protocol.LinkError` naming the port."""
+    :class:`hw.protocol.LinkError` naming the port. The port is opened exclusively: a second session on it, which
+    would take the first's replies for its own, is refused (a LinkError)."""
 
     def __init__(self, path: str, baud: int, *, timeout: float = 1.0):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
@@ -364,8 +366,11 @@ class SerialPort:
             self._errors += (termios.error,)
         write_timeout = timeout + (FRAME_BYTES + MAX_FRAME_PAYLOAD) * WRITE_BITS_PER_BYTE / baud
         try:
-            self._serial = serial.Serial(path, baud, timeout=timeout, write_timeout=write_timeout)
+            self._serial = serial.Serial(path, baud, timeout=timeout, write_timeout=write_timeout, exclusive=True)
         except (serial.SerialException, OSError) as error:
+            if getattr(error, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK):     # its exclusive lock
+                raise LinkError(f"serial port {path!r} is in use by another program ({error}): close it (another "
+                                f"`lcq run`, a terminal) and run again") from None
             raise LinkError(f"cannot open serial port {path!r} at {baud} baud ({error}): check "
                             f"that the board is plugged in and the port name (e.g. "
                             f"/dev/ttyUSB1 on Linux, COM3 on Windows)") from None

@@ -846,6 +846,24 @@ def test_a_serial_port_that_fails_is_a_link_error():
         os.close(slave)
 
 
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_serial_port_another_session_holds_is_refused():
+    """Two sessions on one port would each take the other's replies for their own: the second open is a
+    LinkError naming the port and the fix; the port opens again once the first session closed it."""
+    pytest.importorskip("serial")
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    try:
+        with SerialPort(path, 3_000_000, timeout=0.2):
+            with pytest.raises(LinkError, match=rf"serial port '{path}' is in use by another program \(.*\): close "
+                                                r"it \(another `lcq run`, a terminal\) and run again"):
+                SerialPort(path, 3_000_000, timeout=0.2)
+        SerialPort(path, 3_000_000, timeout=0.2).close()
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
 # Host and simulated device, end to end
 
 def test_host_end_to_end_bytes():
