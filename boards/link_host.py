@@ -371,9 +371,12 @@ class SerialPort:
             if getattr(error, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK):     # its exclusive lock
                 raise LinkError(f"serial port {path!r} is in use by another program ({error}): close it (another "
                                 f"`lcq run`, a terminal) and run again") from None
-            raise LinkError(f"cannot open serial port {path!r} at {baud} baud ({error}): check "
-                            f"that the board is plugged in and the port name (e.g. "
-                            f"/dev/ttyUSB1 on Linux, COM3 on Windows)") from None
+            fix = ("this user may not use it; add the user to the group that owns it (`ls -l "
+                   f"{path}`; dialout on Debian and Ubuntu), log in again and run again"
+                   if getattr(error, "errno", None) in (errno.EACCES, errno.EPERM) else
+                   "check that the board is plugged in and the port name (e.g. /dev/ttyUSB1 on Linux, COM3 on "
+                   "Windows)")
+            raise LinkError(f"cannot open serial port {path!r} at {baud} baud ({error}): {fix}") from None
 
     def _failed(self, doing: str, error: Exception) -> LinkError:
         """The :class:`LinkError` for pyserial's ``error`` while ``doing`` something on the port."""

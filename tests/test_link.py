@@ -1,6 +1,7 @@
 """Host link: UART, LinkBridge and the host side, in Amaranth's simulator."""
 
 import binascii
+import errno
 import gc
 import os
 import random
@@ -862,6 +863,22 @@ def test_a_serial_port_another_session_holds_is_refused():
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_serial_port_the_user_may_not_open_says_how_to_get_access(monkeypatch):
+    """pyserial's error for a device the user lacks permission on (not in its group): the LinkError says so and
+    how to get access, not to check the cable and port name."""
+    serial = pytest.importorskip("serial")
+
+    def denied(path, *args, **kwargs):
+        raise serial.SerialException(errno.EACCES, f"could not open port {path}: [Errno 13] Permission denied: "
+                                                   f"{path!r}")
+
+    monkeypatch.setattr(serial, "Serial", denied)
+    with pytest.raises(LinkError, match=r"cannot open serial port '/dev/ttyUSB1' at 3000000 baud \(.*Permission "
+                                        r"denied.*\): this user may not use it; add the user to the group that owns "
+                                        r"it \(`ls -l /dev/ttyUSB1`; dialout on Debian and Ubuntu\), log in again"):
+        SerialPort("/dev/ttyUSB1", 3_000_000)
 
 
 # Host and simulated device, end to end
