@@ -300,7 +300,14 @@ def cmd_run(args) -> int:
     else:
         engine = engine_for_board(model, board, built["engine"]["rows"], built["engine"]["cols"])
         if engine.resident != built["engine"]["resident"]:
-            raise ValueError(f"{report_path} was built with other buffers for this model; build again")
+            from hw.residency import DESCRIPTION
+
+            source = f" ({built['model']})" if isinstance(built.get("model"), str) else ""
+            raise ValueError(f"{report_path} is of a {engine.params.rows} x {engine.params.cols} engine with "
+                             f"{DESCRIPTION[built['engine']['resident']]}, but {args.model} on it needs "
+                             f"{DESCRIPTION[engine.resident]}: pass the model the board was built for{source}, or "
+                             f"build and flash for this one (`lcq build {args.model} --board {board.name} --mode "
+                             f"layers`, `lcq flash --board {board.name}`)")
     images, labels = _test_images(args, model)
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
     try:

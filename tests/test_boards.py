@@ -835,6 +835,23 @@ def test_run_names_the_report_and_its_bad_field(tmp_path, capsys, text, message)
     assert "pass the report.json that `lcq build` wrote for the flashed design (--report FILE), or build again" in err
 
 
+def test_run_names_the_model_of_a_layers_build_that_keeps_other_buffers(tmp_path, capsys):
+    """A layers-mode report whose engine keeps other buffers than MODEL needs on that array: MODEL is not the one the
+    board was built for (or the build is of another version); the error names both and the report's model."""
+    from lcq.cli import main
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {**GOOD_ENGINE, "resident": "all"}, "board": "icebreaker",
+                                  "model": "other.lcq"}))
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent", "--report",
+                 str(report)]) == 2
+    err = capsys.readouterr().err
+    assert (f"lcq run: error: {report} is of a 2 x 2 engine with every layer's constants resident, but {DIGITS} on "
+            f"it needs every layer's weights resident: pass the model the board was built for (other.lcq), or build "
+            f"and flash for this one (`lcq build {DIGITS} --board icebreaker --mode layers`, `lcq flash --board "
+            f"icebreaker`)") in err
+
+
 def test_run_refuses_the_report_of_another_board(tmp_path, capsys):
     """The report's clock sets the baud rate on the named board: a report of another board's build is refused."""
     from lcq.cli import main
