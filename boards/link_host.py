@@ -31,6 +31,7 @@ import os
 import struct
 import time
 from collections import Counter
+from dataclasses import fields
 
 from hw.protocol import (DONE_FORMAT, FRAME_BYTES, LENGTH_BITS, MAX_INFO_BYTES, OUT_HEAD_BYTES, FrameError, FrameType,
                          LinkError, LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_out,
@@ -178,12 +179,20 @@ class LinkHost:
     # Requests.
 
     def ping(self) -> LinkInfo:
-        """Ask the device for its parameters (once; :meth:`resync` retries)."""
+        """Ask the device for its parameters (once; :meth:`resync` retries). Parameters other than the session's
+        first INFO stated are a :class:`LinkError`, not retried: the host encodes its frames, and the runners
+        checked the board, by the first."""
         frame = self._request(FrameType.PING, expecting="the INFO reply to PING", max_length=INFO_BYTES)
         if frame.type != FrameType.INFO:
             raise self._unexpected(frame, "PING")
-        self._info = LinkInfo.decode(frame.payload)
-        return self._info
+        info = LinkInfo.decode(frame.payload)
+        if self._info is not None and info != self._info:
+            pairs = ((f.name, getattr(self._info, f.name), getattr(info, f.name)) for f in fields(info))
+            changed = ", ".join(f"{name} {was} -> {now}" for name, was, now in pairs if was != now)
+            raise LinkError(f"the device's parameters changed since this session's first PING ({changed}): another "
+                            f"bitstream was flashed, or another board answers on the port; run again")
+        self._info = info
+        return info
 
     def _drain(self) -> None:
         """Read until the port times out with nothing (the device then waits for a frame): at most

@@ -1280,6 +1280,21 @@ def test_a_silent_device_is_reported_at_once_and_a_damaged_first_reply_is_recove
     assert host.info == INFO and host.resyncs == 1
 
 
+def test_a_device_whose_parameters_changed_mid_session_is_refused_at_its_next_ping():
+    """A resync whose INFO states other parameters than the session's first (another bitstream flashed, another board
+    on the port): the frames the host encodes and the runner's checks were for the first, so it is an error, not a
+    recovery; the same INFO again is one."""
+    port = ScriptPort(answers())
+    host = LinkHost(port)
+    assert host.info == INFO and host.resync() == INFO
+    port.reply = answers(dataclasses.replace(INFO, max_payload=64).encode())
+    with pytest.raises(LinkError, match=r"the device's parameters changed since this session's first PING "
+                                        r"\(max_payload 32 -> 64\): another bitstream was flashed, or another board "
+                                        r"answers on the port; run again"):
+        host.resync()
+    assert host.info == INFO
+
+
 def test_stale_bytes_are_discarded_before_each_request():
     class Buffered(ScriptPort):
         def reset_input_buffer(self):
