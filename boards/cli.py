@@ -320,7 +320,9 @@ def cmd_run(args) -> int:
             show = None if args.json else (lambda i, n: print(f"\r{i}/{n} images", end="", file=sys.stderr))
             result = runner.classify(images, labels, show)
     except LinkError as e:
-        print(f"\nlcq run: error: {e}", file=sys.stderr)
+        print(f"\nlcq run: error: {e}\nlcq run: the link was --port {args.port} at {baud:,} baud (the {board.name}'s "
+              f"UART at the {built['pll_mhz']:g} MHz clock of {report_path}), --timeout {args.timeout:g} s",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nlcq run: interrupted (Ctrl-C): the port was closed; no results", file=sys.stderr)

@@ -629,6 +629,38 @@ def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
     assert "cannot open serial port '/dev/nonexistent' at 3000000 baud" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_run_on_a_port_where_no_board_answers_names_the_port_and_baud_rate(tmp_path, capsys):
+    """A wrong --port (here a pseudo-terminal nothing answers on), or a baud rate the board does not speak: the link
+    error is followed by the port, the baud rate and where the rate came from, which the user has to check."""
+    pytest.importorskip("serial")
+    from lcq.cli import main
+
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": GOOD_ENGINE, "board": "icebreaker"}))
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    try:
+        assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", path, "--images", "1", "--inputs",
+                     str(one_image_npz(tmp_path)), "--report", str(report), "--timeout", "0.2"]) == 1
+    finally:
+        os.close(master)
+        os.close(slave)
+    err = capsys.readouterr().err
+    assert "lcq run: error: timed out waiting for the INFO reply to PING: got 0 of the 1 bytes" in err
+    assert err.endswith(f"lcq run: the link was --port {path} at 3,000,000 baud (the icebreaker's UART at the 24 MHz "
+                        f"clock of {report}), --timeout 0.2 s\n")
+
+
+def one_image_npz(tmp_path):
+    """An .npz of one blank digits image (``lcq run --inputs``), which needs no dataset."""
+    import numpy as np
+
+    path = tmp_path / "inputs.npz"
+    np.savez(path, images=np.zeros((1, 1, 8, 8), dtype=np.uint8), labels=np.zeros(1, dtype=np.int64))
+    return path
+
+
 class FakePort:
     """``lcq run``'s serial port, stubbed: opens nothing, counts its closings."""
 
