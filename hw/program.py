@@ -33,7 +33,8 @@ from .engine_params import (ACTS, CONFIG, COUNT_REGISTERS, GEOMETRY_REGISTERS, R
 from .memories import word_pieces
 from .pe_words import A_MAX, W_MAX, level_entry, row_vector, weight_word
 from .residency import check_residency
-from .stage_words import requantize_words, threshold_bits, threshold_words
+from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_words, threshold_bits,
+                          threshold_words)
 
 Beat = tuple[int, int, int]
 
@@ -71,8 +72,15 @@ def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None
     elif node.stage is None and params.requantize and node.acc_bits > params.requantize.out_bits:
         problems.append(f"its {node.acc_bits}-bit accumulators, written through the requantize units, exceed "
                         f"their out_bits={params.requantize.out_bits}")
-    elif isinstance(node.stage, Requantize) and node.stage.relu and not params.requantize.relu:
-        problems.append("its requantize stage has a ReLU but the engine's has none")
+    elif isinstance(node.stage, Requantize):
+        if node.stage.relu and not params.requantize.relu:
+            problems.append("its requantize stage has a ReLU but the engine's has none")
+        widths = {"multiplier_bits": multiplier_bits(node.stage), "bias_bits": bias_bits(node.stage),
+                  "max_shift": max_shift(node.stage), "out_bits": out_bits(node.stage, node.acc_bound)}
+        for name, value in widths.items():
+            if value > getattr(params.requantize, name):
+                problems.append(f"its requantize stage needs {name}={value} (the engine's units have "
+                                f"{getattr(params.requantize, name)}; a wider output would wrap)")
     if ring and params.out_depth & (params.out_depth - 1) == 0 and node.out_shape[2] <= params.out_depth:
         need = {**need, "out": 0}
     weights = "wide_depth" if in_wide_buffer(params, node) else "weight_depth"

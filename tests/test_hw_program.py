@@ -8,8 +8,9 @@ import pytest
 
 from compiler.format import load
 from hw.engine_params import ACTS, WEIGHTS, EngineParams
-from hw.program import (act_beats, check_registers, decode_outputs, layer_beats, output_words, resident_bases,
-                        resident_beats, weight_words)
+from hw.program import (act_beats, check_fits, check_registers, decode_outputs, layer_beats, output_words,
+                        resident_bases, resident_beats, weight_words)
+from hw.stage_words import bias_bits, max_shift, multiplier_bits, out_bits
 
 DATA = Path(__file__).resolve().parent / "data"
 RESNET20 = load(DATA / "cifar10-resnet20-lcq-w3a3.lcq")
@@ -200,3 +201,20 @@ def test_load_addresses_cover_the_wide_weights_buffer(small_cnn):
     params = NetworkParams.for_model(model, 2, 2)
     assert params.engine.addr_bits == params.addr_bits == (params.engine.wide_depth - 1).bit_length()
     assert encode_loads(load_beats(model, params), network_info(model, params, 512))
+
+
+def test_requantize_stages_wider_than_the_units_are_refused():
+    """A layer whose requantize constants or output need more bits than the engine's units have is refused,
+    naming the layer, the width, the value and the limit: a narrower output unit wraps (the fc layer's
+    -8548678 came back as 8228538 from an engine with one bit too few)."""
+    params = EngineParams.for_model(RESNET20, 8, 8)
+    fc = RESNET20.convs[-1]
+    check_fits(params, fc)
+    q = params.requantize
+    need = {"multiplier_bits": multiplier_bits(fc.stage), "bias_bits": bias_bits(fc.stage),
+            "max_shift": max_shift(fc.stage), "out_bits": out_bits(fc.stage, fc.acc_bound)}
+    for name, value in need.items():
+        narrow = replace(params, requantize=replace(q, **{name: value - 1}))
+        with pytest.raises(ValueError, match=rf"layer 'fc' does not fit the engine: its requantize stage needs "
+                                             rf"{name}={value} \(the engine's units have {value - 1};"):
+            layer_beats(narrow, fc)
