@@ -313,6 +313,13 @@ def act_beats(params: EngineParams, node: ConvNode, codes: np.ndarray) -> list[B
     """The input codes ``(C_in, H, W)`` of one image as activation-buffer beats."""
     if tuple(codes.shape) != tuple(node.in_shape):
         raise ValueError(f"layer {node.name!r} takes codes of shape {node.in_shape}, got {tuple(codes.shape)}")
+    if not np.issubdtype(codes.dtype, np.integer):
+        raise ValueError(f"layer {node.name!r} takes integer codes, got an array of {codes.dtype}")
+    top = 2 ** node.abits - 1
+    if codes.min() < 0 or codes.max() > top:
+        at = np.unravel_index(np.argmax((codes < 0) | (codes > top)), codes.shape)
+        raise ValueError(f"layer {node.name!r} takes {node.abits}-bit codes 0..{top}, got {int(codes[at])} at "
+                         f"(channel, y, x) = {tuple(int(i) for i in at)}")
     R, (c_in, h, w) = params.rows, node.in_shape
     groups = ceil(c_in / R)
     padded = np.zeros((groups * R, h, w), dtype=object)     # Python integers: words can exceed 64 bits

@@ -218,3 +218,21 @@ def test_requantize_stages_wider_than_the_units_are_refused():
         with pytest.raises(ValueError, match=rf"layer 'fc' does not fit the engine: its requantize stage needs "
                                              rf"{name}={value} \(the engine's units have {value - 1};"):
             layer_beats(narrow, fc)
+
+
+def test_activation_codes_outside_the_layers_width_are_refused():
+    """A code past the layer's ``abits`` would spill into the next lane of its word (or read a table entry the
+    layer does not load); a negative or fractional one is no code either: each is refused, naming the layer, the
+    value, where it is and the range."""
+    params = EngineParams.for_model(RESNET20, 4, 4)
+    node = RESNET20.convs[1]                                    # 3-bit codes in an engine of 8-bit lanes
+    codes = np.zeros(node.in_shape, dtype=np.int64)
+    act_beats(params, node, codes + 7)
+    for value in (8, 256, -1):
+        bad = codes.copy()
+        bad[0, 1, 2] = value
+        with pytest.raises(ValueError, match=rf"layer 'blocks.0.conv1' takes 3-bit codes 0..7, got {value} at "
+                                             rf"\(channel, y, x\) = \(0, 1, 2\)"):
+            act_beats(params, node, bad)
+    with pytest.raises(ValueError, match="layer 'blocks.0.conv1' takes integer codes, got an array of float64"):
+        act_beats(params, node, codes + 2.5)
