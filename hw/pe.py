@@ -28,8 +28,8 @@ from amaranth.lib.wiring import In, Out
 
 from .delay import delayed, own, reset_less_data
 from .reset_tree import own_reset_submodule, reset_tree
-from .pe_words import (A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, digit_bits, level_entry, logic_multiplies, row_vector,
-                       weight_word)
+from .pe_words import (A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, digit_bits, level_entry, logic_multiplies,
+                       multiple_field_bits, row_vector, weight_word)
 
 
 def rom(m: Module, name: str, table: list[int], width: int, addr):
@@ -363,8 +363,8 @@ class RowTable(Variant):
         # of shifted codes (a product by a constant would take a DSP block in Yosys's ECP5 flow).
         digits = 2 ** self.digit_bits if self.logic_multiply else 2
         shifted = [[code << i if i else code for i in range(d.bit_length()) if d >> i & 1] for d in range(1, digits)]
-        multiples = Cat(*(Cat(sum(terms[1:], terms[0]), C(0, self.product_bits))[:self.product_bits]
-                          for terms in shifted))
+        width = multiple_field_bits(self.product_bits)
+        multiples = Cat(*(Cat(sum(terms[1:], terms[0]), C(0, width))[:width] for terms in shifted))
         level = Cat(multiples, C(0, self.operand_bits - 1 - len(multiples)), C(1, 1))
         m.d.comb += decoder.operand.eq(Mux(identity, level, read.data))
 

@@ -57,12 +57,19 @@ def digit_bits(wbits: int, product_bits: int) -> int:
     return wbits - 1 if s_w * A_MAX < 1 << product_bits else 1
 
 
+def multiple_field_bits(product_bits: int) -> int:
+    """Width of each multiple ``d * A[j]`` in a multiplying layer's table entry (:func:`level_entry`):
+    ``product_bits``, but at least :data:`LEVEL_BITS`, so that ``A[j]`` up to 255 fits where the LUT layers'
+    products are narrower (outer widths 4/4: 7 bits; the entry is then ``A[j]`` alone, binary digits)."""
+    return max(product_bits, LEVEL_BITS)
+
+
 def level_entry(a_level: int, wbits: int, product_bits: int) -> int:
     """A multiplying layer's table entry for activation level ``A[j]`` (without its multiply flag): the
-    row vector of the levels ``0, 1, .., 2^d - 1`` (``d`` = :func:`digit_bits`), so ``A[j]`` itself is the
-    low ``product_bits`` (a multiplier's operand) and a digit ``d`` of ``W[k]`` selects ``d * A[j]`` as ``k``
-    selects ``L[k][j]``."""
-    return row_vector(range(2 ** digit_bits(wbits, product_bits)), a_level, product_bits)
+    row vector of the levels ``0, 1, .., 2^d - 1`` (``d`` = :func:`digit_bits`) in fields of
+    :func:`multiple_field_bits`, so ``A[j]`` itself is the low bits (a multiplier's 8-bit operand) and a digit
+    ``d`` of ``W[k]`` selects ``d * A[j]`` as ``k`` selects ``L[k][j]``."""
+    return row_vector(range(2 ** digit_bits(wbits, product_bits)), a_level, multiple_field_bits(product_bits))
 
 
 def row_vector(w_levels, a_level: int, bits: int = PRODUCT_BITS) -> int:

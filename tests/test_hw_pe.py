@@ -123,11 +123,13 @@ def test_multiplying_pe_selects_a_lut_layers_products(logic_multiply):
     simulate(dut, bench)
 
 
-@pytest.mark.parametrize("wbits, product_bits, digit", [(2, 15, 1), (3, 15, 2), (4, 15, 3), (3, 10, 2), (3, 9, 1)])
+@pytest.mark.parametrize("wbits, product_bits, digit",
+                         [(2, 15, 1), (3, 15, 2), (4, 15, 3), (3, 10, 2), (3, 9, 1), (3, 7, 1)])
 def test_logic_multiplier_takes_every_weight_level_by_digits(wbits, product_bits, digit):
     """A PE that multiplies in logic cells takes ``W[k]`` in digits of ``wbits - 1`` bits where a multiplying
     layer's entry holds their multiples in ``product_bits`` (else in binary digits); every level 0..127 of
-    either sign, times levels up to 255, is exact."""
+    either sign, times levels up to 255, is exact, also where the LUT layers' products are narrower than a level
+    (outer widths 4/4: 7 bits)."""
     assert digit_bits(wbits, product_bits) == digit
     variant = RowTable.sized(wbits, 8, multiply=True, logic_multiply=True, product_bits=product_bits)
     dut = ProcessingElement(variant, ACC_BITS)
@@ -249,15 +251,17 @@ def test_row_table_is_sized_by_widths_and_checks_its_depth():
         RowTable.sized(3, 2, depth=3)
 
 
+@pytest.mark.parametrize("product_bits", [15, 7])
 @pytest.mark.parametrize("logic_multiply", [False, True])
 @pytest.mark.parametrize("registered_load", [True, False])
-def test_identity_decoder_passes_codes_as_levels_or_reads_its_table(registered_load, logic_multiply):
+def test_identity_decoder_passes_codes_as_levels_or_reads_its_table(registered_load, logic_multiply, product_bits):
     """With ``table_identity`` the operand is the code as a level to multiply, with the table's latency of
     one cycle, as a table entry holds it (with its multiples where the PEs multiply in logic); without it, the
     table's entry at ``table_base + code`` (the table loaded through a register, as an array of several rows
-    has it, or directly, as one row)."""
+    has it, or directly, as one row). An 8-bit code stays whole where the LUT layers' products are narrower
+    (``product_bits`` 7)."""
     variant = RowTable.sized(3, 8, multiply=True, depth=8, identity=True, registered_load=registered_load,
-                             logic_multiply=logic_multiply)
+                             logic_multiply=logic_multiply, product_bits=product_bits)
     flag = 1 << (variant.operand_bits - 1)
     dut = RowDecoder(variant)
     entries = [flag | (7 * j + 3) for j in range(8)]
@@ -283,7 +287,7 @@ def test_identity_decoder_passes_codes_as_levels_or_reads_its_table(registered_l
             got.append(ctx.get(dut.operand))
 
     simulate(dut, bench)
-    level = (lambda code: level_entry(code, 3, 15)) if logic_multiply else (lambda code: code)
+    level = (lambda code: level_entry(code, 3, product_bits)) if logic_multiply else (lambda code: code)
     assert got == [level(code) | flag if identity else entries[code] for identity, code in stream]
     with pytest.raises(ValueError, match="only to PEs that multiply"):
         RowTable.sized(3, 8, depth=8, identity=True)

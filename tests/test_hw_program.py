@@ -9,7 +9,7 @@ import pytest
 from compiler.format import load
 from hw.engine_params import ACTS, WEIGHTS, EngineParams
 from hw.program import (act_beats, check_fits, check_registers, decode_outputs, layer_beats, output_words,
-                        resident_bases, resident_beats, weight_words)
+                        resident_bases, resident_beats, table_words, weight_words)
 from hw.stage_words import bias_bits, max_shift, multiplier_bits, out_bits
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -236,3 +236,14 @@ def test_activation_codes_outside_the_layers_width_are_refused():
             act_beats(params, node, bad)
     with pytest.raises(ValueError, match="layer 'blocks.0.conv1' takes integer codes, got an array of float64"):
         act_beats(params, node, codes + 2.5)
+
+
+def test_multiplying_layers_tables_hold_8_bit_levels_beside_narrow_products():
+    """Outer widths 4/4 give the LUT layers 7-bit products (``product_bits`` 7), while the 8-bit edge layers
+    multiply levels up to 255: their table entries hold each level whole in its low 8 bits, under the flag."""
+    params = replace(EngineParams.for_model(load(DIGITS), 2, 2), product_bits=7)
+    node = load(DIGITS).convs[0]
+    assert node.mac == "multiply" and int(max(node.a_levels)) == 255
+    words = table_words(params, node)
+    flag = 1 << (params.table_bits - 1)
+    assert [w & 0xFF for w in words] == [int(a) for a in node.a_levels] and all(w & flag for w in words)
