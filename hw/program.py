@@ -54,6 +54,9 @@ def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None
     if int(max(node.w_levels)) > W_MAX or int(max(node.a_levels)) > A_MAX:
         problems.append(f"levels up to {int(max(node.w_levels))} (weights) and {int(max(node.a_levels))} "
                         f"(activations) exceed the PEs' {W_MAX} and {A_MAX} (outer widths of 8 bits)")
+    products = (int(max(node.w_levels)) * int(max(node.a_levels))).bit_length()
+    if node.mac == "lut" and products > params.product_bits:
+        problems.append(f"its products W[k] * A[j] need {products} bits (product_bits={params.product_bits})")
     if params.max_side and layer_side(node) > params.max_side:
         problems.append(f"its sides, kernel, stride or padding (up to {layer_side(node)}) exceed "
                         f"max_side={params.max_side}")

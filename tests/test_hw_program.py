@@ -247,3 +247,14 @@ def test_multiplying_layers_tables_hold_8_bit_levels_beside_narrow_products():
     words = table_words(params, node)
     flag = 1 << (params.table_bits - 1)
     assert [w & 0xFF for w in words] == [int(a) for a in node.a_levels] and all(w & flag for w in words)
+
+
+def test_lut_layers_with_products_wider_than_the_tables_are_refused():
+    """An engine generated for narrower outer widths (7-bit products at 4/4) refuses a layer of 8/8 levels, naming
+    the layer, the width and the limit (the table words would not hold its products)."""
+    params = EngineParams.for_model(RESNET20, 4, 4)
+    node = RESNET20.convs[1]
+    assert node.mac == "lut" and params.product_bits == 15
+    with pytest.raises(ValueError, match=r"layer 'blocks.0.conv1' does not fit the engine: its products W\[k\] \* "
+                                         r"A\[j\] need 15 bits \(product_bits=7\)"):
+        layer_beats(replace(params, product_bits=7), node)
