@@ -348,7 +348,9 @@ def _check_state(state, where: str) -> None:
 
 
 def capture_rng() -> dict:
-    """The state of every random generator the trainer uses, in the form checkpoints store."""
+    """The state of every random generator the trainer uses, in the form checkpoints store. CUDA's only where
+    this process has started CUDA: a run that has not drew nothing from its generators (``torch.manual_seed``
+    seeds them again on resuming), and reading them would start it (a GPU busy in exclusive mode refuses)."""
     numpy = np.random.get_state(legacy=False)
     version, words, gauss_next = random.getstate()
     state = {"torch": torch.get_rng_state(),
@@ -356,7 +358,7 @@ def capture_rng() -> dict:
                        "pos": int(numpy["state"]["pos"]), "has_gauss": int(numpy["has_gauss"]),
                        "gauss": float(numpy["gauss"])},
              "python": {"version": version, "state": list(words), "gauss_next": gauss_next}}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 

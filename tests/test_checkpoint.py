@@ -246,6 +246,23 @@ def test_a_cuda_generator_state_torch_refuses_is_named_with_its_file(run, monkey
         restore_rng(rng, "saved.pt")
 
 
+def test_a_cpu_run_leaves_the_gpus_of_its_machine_alone(tmp_path, monkeypatch):
+    """A run on the CPU of a machine with a GPU saves no CUDA generator states: it drew nothing from them
+    (``torch.manual_seed`` seeds them again on resuming), and reading them starts CUDA, which a GPU busy in
+    exclusive mode or a broken driver refuses: the run failed at its first checkpoint, an epoch lost."""
+    def busy(*args):
+        raise RuntimeError("CUDA error: all CUDA-capable devices are busy or unavailable")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "init", busy)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", busy)
+    out = tmp_path / "run"
+    train(TrainConfig(model="cnn", dataset="digits", plan=QuantPlan("fp"), epochs=1, batch_size=64, device="cpu",
+                      out=str(out), progress=False))
+    assert "cuda" not in load_checkpoint(out / "checkpoint.pt")["rng"]
+
+
 def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):
     path, _ = run
     header, data = _split(path)
