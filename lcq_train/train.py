@@ -45,7 +45,7 @@ from .run_lock import LOCK_NAME, run_lock
 from .training_state import optimizer_state_problem, scheduler_state_problem
 
 SEED = IntRange(0, 2**32 - 1)        # what numpy's generator accepts
-MOMENTUM = FloatRange(0.0, 1.0)
+MOMENTUM = FloatRange(0.0, 1.0, lo_open=True)     # Nesterov momentum: torch refuses 0
 # The settings a resumed run keeps: --resume refuses others. ``epochs`` may grow (extending the run);
 # data_dir, device, out, progress may change.
 RECIPE = ("model", "dataset", "plan", "batch_size", "lr", "q_lr", "weight_decay", "momentum", "warmup_epochs",

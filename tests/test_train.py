@@ -274,6 +274,13 @@ def test_a_warmup_longer_than_the_run_is_refused(tmp_path):
         _cfg(tmp_path, warmup_epochs=1e308)
 
 
+def test_a_momentum_that_nesterov_refuses_is_refused_by_the_config(tmp_path):
+    """The trainer's SGD is Nesterov's, which torch builds only with a momentum > 0: a config (or a saved run's)
+    with 0 passed, then failed after loading the data with torch's message naming no setting."""
+    with pytest.raises(ValueError, match="momentum must be a number > 0 and <= 1, not 0.0"):
+        _cfg(tmp_path, momentum=0.0)
+
+
 def test_a_second_training_in_the_same_out_is_refused_while_the_first_runs(tmp_path):
     from lcq_train.run_lock import run_lock
 
