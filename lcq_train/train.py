@@ -279,12 +279,13 @@ PEER_TIMEOUT = timedelta(minutes=30)
 writes the checkpoint while the rest wait at a barrier); then its collective raises."""
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world size, local rank), joining the launcher's process group (torchrun) when there is one."""
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size), joining the launcher's process group (torchrun) when there is one: NCCL's for a run on
+    ``device`` CUDA, else gloo's (NCCL has no collectives for CPU tensors)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=PEER_TIMEOUT)
-    return (dist.get_rank() if world > 1 else 0), world, int(os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PEER_TIMEOUT)
+    return (dist.get_rank() if world > 1 else 0), world
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -325,10 +326,10 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
     resume_state, saved = _resume_state(ckpt_path, cfg, finished_ok) if cfg.resume else (None, None)
     if resume_state is not None and resume_state["epoch"] >= cfg.epochs:
         return resume_state["metrics"]
-    rank, world, local_rank = _distributed()
-    device = torch.device(cfg.device or default_device(local_rank))
+    device = torch.device(cfg.device or default_device(int(os.environ.get("LOCAL_RANK", "0"))))
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
+    rank, world = _distributed(device)
     if resume_state is not None and rank == 0:
         done = resume_state["epoch"]
         if cfg.epochs > saved.epochs:

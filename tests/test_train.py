@@ -269,6 +269,30 @@ def test_distributed_data_parallel_on_cpu(tmp_path, method):
     assert len(metrics["epochs"]) == 1
 
 
+def test_a_distributed_run_on_the_cpu_of_a_gpu_machine_joins_a_gloo_group(tmp_path, monkeypatch):
+    """Under torchrun with --device cpu on a machine with GPUs, the process group is gloo's: it was NCCL's
+    whenever torch saw a GPU, and NCCL has no collectives for the CPU tensors of the run."""
+    import torch.distributed as dist
+
+    class Joined(Exception):
+        pass
+
+    backends = []
+
+    def init_process_group(backend, **kwargs):
+        backends.append(backend)
+        raise Joined
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    with pytest.raises(Joined):
+        train(_cfg(tmp_path / "run", epochs=1, device="cpu"))
+    assert backends == ["gloo"]
+
+
 def test_a_warmup_longer_than_the_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="warmup_epochs 1e\\+308 is longer than the run's 2 epochs"):
         _cfg(tmp_path, warmup_epochs=1e308)
