@@ -20,7 +20,11 @@ indices) ``{"__items__": [[KEY, VALUE], ...]}``. The dict holds what the compile
 (the run's :class:`~lcq_train.train.TrainConfig`), ``plan`` (its quantization plan), ``input_shape``,
 ``num_classes``, ``layers`` (per-layer bit-widths), ``model`` (state dict: weights, BN, alpha,
 theta); and what ``--resume`` needs: ``optimizer``, ``scheduler``, ``epoch`` (completed), ``rng``
-(:func:`capture_rng`) and ``metrics`` (the history that metrics.json shows).
+(:func:`capture_rng` of the process of rank 0, the only one of a single-process run) and ``metrics``
+(the history that metrics.json shows). A run of N > 1 processes (torchrun) adds ``rank_rng``: the
+states of ranks 1..N-1, in rank order, which :func:`restore_rank_rng` gives back to each rank. (A
+field added with a meaning for the files before it, as here "a single process", needs no new
+format version: the version is the frame's and the encoding's.)
 
 :func:`load_checkpoint` checks the magic (an older lcq's pickle checkpoint, format version 1, is
 refused with the way to convert it: :func:`upgrade_checkpoint`), the version, the length, the
@@ -52,7 +56,7 @@ from .metrics import metrics_problem
 from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
 
 __all__ = ["FORMAT", "VERSION", "MAGIC", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "upgrade_checkpoint", "capture_rng", "restore_rng", "save_json"]
+           "upgrade_checkpoint", "capture_rng", "restore_rng", "restore_rank_rng", "save_json"]
 
 FORMAT = "lcq-checkpoint"
 VERSION = 2
@@ -60,6 +64,7 @@ MAGIC = b"LCQCKPT\n"
 _PREFIX = struct.Struct("<8sIQ32s")      # magic, version, header length, SHA-256 of the rest: 52 bytes
 KEYS = ("config", "plan", "input_shape", "num_classes", "layers", "model", "optimizer", "scheduler", "epoch",
         "rng", "metrics")
+OPTIONAL_KEYS = ("rank_rng",)      # a multi-process run's only
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
@@ -79,8 +84,8 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------- writing
 
 def save_checkpoint(state: dict, path) -> str:
-    """Write checkpoint dict ``state`` (the keys of :data:`KEYS`) to ``path`` atomically (a crash
-    leaves the previous file intact); returns its SHA-256 digest in hex. The dict is checked
+    """Write checkpoint dict ``state`` (the keys of :data:`KEYS`, and any of :data:`OPTIONAL_KEYS`) to ``path``
+    atomically (a crash leaves the previous file intact); returns its SHA-256 digest in hex. The dict is checked
     against the rules :func:`load_checkpoint` applies, so that every checkpoint written can be read."""
     if sys.byteorder != "little":
         raise CheckpointError("lcq checkpoints are little-endian; this machine is big-endian")
@@ -303,7 +308,7 @@ def _check_state(state, where: str) -> None:
 
     if not isinstance(state, dict):
         raise CheckpointError(f"{where}: the checkpoint is a {type(state).__name__}, not a dict")
-    missing, unknown = sorted(set(KEYS) - set(state)), sorted(set(state) - set(KEYS))
+    missing, unknown = sorted(set(KEYS) - set(state)), sorted(set(state) - set(KEYS) - set(OPTIONAL_KEYS))
     if missing or unknown:
         bad("the fields", f"are wrong (missing {missing}, unknown {unknown})")
     try:
@@ -342,6 +347,14 @@ def _check_state(state, where: str) -> None:
     problem = _rng_problem(state["rng"])
     if problem:
         bad("rng", problem)
+    if "rank_rng" in state:
+        ranks = state["rank_rng"]
+        if not isinstance(ranks, list) or not ranks:
+            bad("rank_rng", "is not a list of the generator states of ranks 1..N-1 (N > 1 processes)")
+        for rank, rng in enumerate(ranks, 1):
+            problem = _rng_problem(rng)
+            if problem:
+                bad("rank_rng", f"of rank {rank} {problem}")
     problem = metrics_problem(state["metrics"], state["epoch"])
     if problem:
         bad("metrics", problem)
@@ -416,6 +429,23 @@ def restore_rng(rng: dict, where: str = "the checkpoint") -> str | None:
     skipped = f"that of GPU {gpus} is" if len(saved) - gpus == 1 else f"those of GPUs {gpus}..{len(saved) - 1} are"
     return (f"{where} holds the CUDA generator states of {len(saved)} GPUs and this machine has {gpus or 'none'}: "
             f"{skipped} not restored (random numbers drawn there differ from the saved run's)")
+
+
+def restore_rank_rng(state: dict, rank: int, world: int, where: str = "the checkpoint") -> list[str]:
+    """Set the generators of this process, rank ``rank`` of ``world``, to the states its rank saved in checkpoint
+    dict ``state`` (``rng`` rank 0's, ``rank_rng`` the others') with :func:`restore_rng`. Returns one-line
+    notices: restore_rng's, and, where the saved run had another number of processes, which ranks' states are
+    not restored (a rank without one keeps its generators as they are)."""
+    saved = [state["rng"], *state.get("rank_rng", [])]
+    notice = restore_rng(saved[rank], where) if rank < len(saved) else None
+    notices = [notice] if notice else []
+    if len(saved) != world:
+        lo, hi = min(len(saved), world), max(len(saved), world) - 1
+        ranks = f"rank {lo}" if lo == hi else f"ranks {lo}..{hi}"
+        notices.append(f"{where} holds the random generator states of {len(saved)} processes and this run has "
+                       f"{world}: those of {ranks} are not restored (random numbers drawn there differ from the "
+                       "saved run's)")
+    return notices
 
 
 # ---------------------------------------------------------------------------------------------- version 1

@@ -34,7 +34,7 @@ from .arguments import (FloatRange, IntRange, decay_rate, default_device, device
                         nonnegative_float, nonnegative_int, positive_int, quantizer_rate)
 from .atomic import leftovers
 from .calibrate import CLIP_INITS, activation_codes, calibrate_clips, code_shares, reestimate_bn
-from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint, save_json
+from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rank_rng, save_checkpoint, save_json
 from .data import DATASETS, load_dataset
 from .loader import batches
 from .factory import build_user_model, is_factory, normalize_model
@@ -275,8 +275,9 @@ def process_rank() -> int:
 
 
 PEER_TIMEOUT = timedelta(minutes=30)
-"""The longest one training process waits for the others (at an epoch's end, rank 0 evaluates and
-writes the checkpoint while the rest wait at a barrier); then its collective raises."""
+"""The longest one training process waits for the others (at an epoch's end, rank 0 evaluates while the rest
+wait to send it their generator states, then writes the checkpoint while they wait at a barrier); then its
+collective raises."""
 
 
 def _distributed(device: torch.device) -> tuple[int, int]:
@@ -286,6 +287,16 @@ def _distributed(device: torch.device) -> tuple[int, int]:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=PEER_TIMEOUT)
     return (dist.get_rank() if world > 1 else 0), world
+
+
+def _gather_rng(world: int) -> list[dict] | None:
+    """Every process's :func:`~lcq_train.checkpoint.capture_rng`, by rank, on rank 0 (None on the others). Under
+    torchrun (``world`` > 1) a collective: every rank calls it at the same point."""
+    if world == 1:
+        return [capture_rng()]
+    states = [None] * world if dist.get_rank() == 0 else None
+    dist.gather_object(capture_rng(), states, dst=0)
+    return states
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -398,9 +409,9 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
             group["lr"] = base * factor(scheduler.last_epoch)
         scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-        notice = restore_rng(resume_state["rng"], str(ckpt_path))
-        if notice and rank == 0:
-            print(notice, flush=True)
+        for notice in restore_rank_rng(resume_state, rank, world, str(ckpt_path)):
+            if rank == 0:
+                print(notice, flush=True)
         start_epoch = resume_state["epoch"]
         metrics = {**resume_state["metrics"], "config": cfg.to_dict(), "layers": metrics["layers"],
                    "params": metrics["params"]}
@@ -431,8 +442,9 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
             before_bn = evaluate(model, test_x, test_y)["top1"] if rank == 0 else None
             reestimate_bn(model, _inputs(train_x, train_y, cfg, cfg.bn_batches, augment=augment, rank=rank,
                                          world=world))
+        test = evaluate(model, test_x, test_y) if rank == 0 else None
+        rngs = _gather_rng(world)                  # (after rank 0's evaluation, which may draw)
         if rank == 0:
-            test = evaluate(model, test_x, test_y)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen,
                    "test_loss": test["loss"], "test_top1": test["top1"], "lr": optimizer.param_groups[0]["lr"],
                    "time_s": time.perf_counter() - t0}
@@ -445,7 +457,8 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
                              "input_shape": list(data.input_shape), "num_classes": data.num_classes,
                              "layers": metrics["layers"], "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "epoch": epoch + 1, "rng": capture_rng(), "metrics": metrics}, ckpt_path)
+                             "epoch": epoch + 1, "rng": rngs[0], **({"rank_rng": rngs[1:]} if world > 1 else {}),
+                             "metrics": metrics}, ckpt_path)
             save_json(metrics, out / "metrics.json")
             if cfg.progress:
                 print(f"epoch {epoch + 1}/{cfg.epochs}  train loss {row['train_loss']:.4f}  "

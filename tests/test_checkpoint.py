@@ -14,7 +14,8 @@ import torch
 
 import lcq_train.checkpoint as ckpt
 from lcq.cli import main
-from lcq_train.checkpoint import CheckpointError, load_checkpoint, restore_rng, save_checkpoint, upgrade_checkpoint
+from lcq_train.checkpoint import (CheckpointError, capture_rng, load_checkpoint, restore_rank_rng, restore_rng,
+                                  save_checkpoint, upgrade_checkpoint)
 from lcq_train.plan import QuantPlan
 from lcq_train.train import TrainConfig, train
 
@@ -261,6 +262,55 @@ def test_a_cpu_run_leaves_the_gpus_of_its_machine_alone(tmp_path, monkeypatch):
     train(TrainConfig(model="cnn", dataset="digits", plan=QuantPlan("fp"), epochs=1, batch_size=64, device="cpu",
                       out=str(out), progress=False))
     assert "cuda" not in load_checkpoint(out / "checkpoint.pt")["rng"]
+
+
+def _rank_rngs(ranks: int) -> list[dict]:
+    """Generator states of ``ranks`` processes, each its own (torch's seeded by its rank)."""
+    states = []
+    for rank in range(ranks):
+        torch.manual_seed(rank)
+        states.append(capture_rng())
+    return states
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_each_rank_of_a_distributed_run_resumes_its_own_generators(run, tmp_path, world):
+    """A checkpoint of 2 processes holds rank 1's states in rank_rng, checked on loading; resumed by 1, 2 or 3
+    processes, each rank that has saved states gets its own, and a notice names the ranks whose are not restored."""
+    path, _ = run
+    state = load_checkpoint(path)
+    state["rng"], rank1 = _rank_rngs(2)
+    state["rank_rng"] = [rank1]
+    save_checkpoint(state, tmp_path / "two.pt")
+    saved = load_checkpoint(tmp_path / "two.pt")
+    notices = {}
+    for rank in range(world):
+        notices[rank] = restore_rank_rng(saved, rank, world, "two.pt")
+        if rank < 2:
+            torch.testing.assert_close(torch.get_rng_state(), [state["rng"], rank1][rank]["torch"], atol=0, rtol=0)
+    notice = {1: ["two.pt holds the random generator states of 2 processes and this run has 1: those of rank 1 "
+                  "are not restored (random numbers drawn there differ from the saved run's)"],
+              3: ["two.pt holds the random generator states of 2 processes and this run has 3: those of rank 2 "
+                  "are not restored (random numbers drawn there differ from the saved run's)"]}.get(world, [])
+    assert notices == {rank: notice for rank in range(world)}
+
+
+def test_the_generator_states_of_other_ranks_are_checked(run, tmp_path):
+    path, _ = run
+    state = load_checkpoint(path)
+    for value, match in (([], "rank_rng is not a list of the generator states of ranks 1..N-1"),
+                         ({"torch": 1}, "rank_rng is not a list"),
+                         ([state["rng"], {"torch": 1}], "rank_rng of rank 2 needs the generator states torch")):
+        state["rank_rng"] = value
+        with pytest.raises(CheckpointError, match=match):
+            save_checkpoint(state, tmp_path / "bad.pt")
+    state["rank_rng"] = [state["rng"]]
+    save_checkpoint(state, tmp_path / "two.pt")
+    header, data = _split(tmp_path / "two.pt")
+    header["state"]["rank_rng"][0]["python"] = None
+    (tmp_path / "bad.pt").write_bytes(_frame(header, data))
+    with pytest.raises(CheckpointError, match="rank_rng of rank 1 python is not a version-3 random state"):
+        load_checkpoint(tmp_path / "bad.pt")
 
 
 def test_fields_are_checked_even_with_a_good_digest(run, tmp_path):

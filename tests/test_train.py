@@ -269,6 +269,45 @@ def test_distributed_data_parallel_on_cpu(tmp_path, method):
     assert len(metrics["epochs"]) == 1
 
 
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (
+        __import__("pathlib").Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
+def test_a_distributed_run_resumes_each_ranks_random_generators(tmp_path):
+    """Two gloo processes whose dropout masks differ by rank: a run stopped after its first epoch and resumed ends
+    with the weights of the run not stopped. Every rank resumed with rank 0's generator states (the only ones
+    saved), so rank 1 drew rank 0's masks after resuming."""
+    torchrun = str(__import__("pathlib").Path(sys.executable).parent / "torchrun")
+    stop = tmp_path / "stop_before_epoch_2.py"              # every rank stops as epoch 2 starts, as on Ctrl-C
+    stop.write_text("import sys\n"
+                    "import lcq_train.train as train_mod\n"
+                    "from lcq.cli import main\n"
+                    "real = train_mod.tqdm\n\n"
+                    "def tqdm(*args, desc='', **kwargs):\n"
+                    "    if desc.startswith('epoch 2/'):\n"
+                    "        raise KeyboardInterrupt\n"
+                    "    return real(*args, desc=desc, **kwargs)\n\n"
+                    "train_mod.tqdm = tqdm\n"
+                    "sys.exit(main(sys.argv[1:]))\n")
+    model = f"{__import__('pathlib').Path(__file__).parent / 'data' / 'user_models.py'}:per_rank_dropout"
+
+    def run(script, out, *extra):
+        cmd = [torchrun, "--standalone", "--nproc_per_node", "2", *script, "train", "--dataset", "digits",
+               "--model", model, "--method", "fp", "--epochs", "2", "--batch-size", "128", "--out", str(out),
+               "--no-progress", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+
+    straight = run(["-m", "lcq.cli"], tmp_path / "a")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    assert run([str(stop)], tmp_path / "b").returncode != 0
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 1
+    resumed = run(["-m", "lcq.cli"], tmp_path / "b", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "not restored" not in resumed.stdout
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0)
+
+
 def test_a_distributed_run_on_the_cpu_of_a_gpu_machine_joins_a_gloo_group(tmp_path, monkeypatch):
     """Under torchrun with --device cpu on a machine with GPUs, the process group is gloo's: it was NCCL's
     whenever torch saw a GPU, and NCCL has no collectives for the CPU tensors of the run."""

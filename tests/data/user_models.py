@@ -4,6 +4,8 @@ Each factory takes what ``lcq train --model FILE.py:FACTORY`` passes: num_classe
 (and input_shape when it asks for it).
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,6 +169,14 @@ class Functional(nn.Module):
 
     def forward(self, x):
         return F.linear(x.flatten(1), self.weight)
+
+
+def per_rank_dropout(num_classes, in_channels):
+    """A small CNN with dropout, built after seeding torch's generator by the process's rank (torchrun's
+    RANK), as distributed runs do so that each process drops other units: its random draws differ by rank."""
+    torch.manual_seed(int(os.environ.get("RANK", "0")))
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+                         nn.Linear(8 * 64, num_classes))
 
 
 def not_a_model(num_classes, in_channels):
