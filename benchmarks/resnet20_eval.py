@@ -13,7 +13,8 @@ at its default epochs (CPU, 2 threads; its ``source`` records the checkpoint's d
 checkpoint is not in the repository). The script also runs the integer reference of that committed
 file on the same images (needs only the file and the dataset) and says whether the retrained
 compiled model equals it field for field (CPU training is reproducible only with the same torch
-build and thread count). ``--no-train`` does that part alone.
+build, thread count and CPU vector instructions, ``machine.cpu_capability``: on another machine
+the first epoch already differs). ``--no-train`` does that part alone.
 
 Run:  python benchmarks/resnet20_eval.py --data-dir ../shared/datasets/cifar10-jpeg [--images 1000] [--threads 2]
 Writes benchmarks/results/resnet20-eval.json (or --json-out) and prints a markdown table.
@@ -149,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "resnet20_eval", "command": command, "options": vars(args),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "platform": platform.platform(), "python": platform.python_version()},
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(), "platform": platform.platform(),
+                    "python": platform.python_version()},
         "versions": {pkg: version(pkg) for pkg in ("torch", "numpy", "pillow")},
         "git": git_state("lcq_train", "compiler"), "images": n,
         "committed": {"model": str(committed_path)},

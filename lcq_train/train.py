@@ -494,10 +494,12 @@ def _inputs(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, count: int, *, a
 
 
 def _environment(device: torch.device) -> dict:
-    """What a run's numbers depend on besides its config: versions, the device, the CPU threads."""
+    """What a run's numbers depend on besides its config: versions, the device, the CPU threads and the CPU's
+    vector instructions that torch's kernels use (``cpu_capability``: AVX2 and AVX512 kernels sum in other orders,
+    so a CPU run repeats bit for bit only on the same)."""
     env = {"torch": torch.__version__, "cuda": torch.version.cuda, "numpy": np.__version__,
            "python": platform.python_version(), "device": str(device), "torch_threads": torch.get_num_threads(),
-           "host": platform.node()}
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "host": platform.node()}
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
     return env

@@ -123,6 +123,7 @@ def test_training_with_clip_init_and_bn_batches(tmp_path):
     first, last = metrics["epochs"]
     assert "test_top1_before_bn" not in first and 0.0 <= last["test_top1_before_bn"] <= 100.0
     assert metrics["environment"]["torch"] == torch.__version__
+    assert metrics["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()   # AVX2, AVX512...
     shares = metrics["start_code_shares"]
     assert len(shares["act1"]) == len(shares["act2"]) == 4 and len(shares["act_in"]) == 256     # 2-bit; 8-bit image
     assert all(abs(sum(v) - 1) < 1e-3 for v in shares.values())
