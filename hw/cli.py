@@ -63,17 +63,22 @@ def add_parsers(sub) -> dict:
     return {"generate": cmd_generate}
 
 
-def _check_output(output: str) -> None:
+def _check_output(output: str, model: str) -> None:
     """The Verilog file ``-o`` names (a file: :func:`lcq_train.arguments.output_file`), checked before the core is
-    elaborated: not a ``.json`` file (the parameters go beside it with that suffix and would replace it)."""
+    elaborated: not a ``.json`` file (the parameters go beside it with that suffix and would replace it), and
+    neither it nor its ``.json`` the model file."""
     out = Path(output)
     if out.suffix == ".json":
         raise ValueError(f"-o {output}: the parameters are written beside the Verilog with its .json suffix and "
                          f"would replace it; name a Verilog file, e.g. -o {out.with_suffix('.v')}")
+    for path in (out, out.with_suffix(".json")):
+        if path.exists() and Path(model).exists() and path.samefile(model):
+            raise FileExistsError(f"-o {output}: writing {path} would replace the model {model}; name another "
+                                  "Verilog file")
 
 
 def cmd_generate(args) -> int:
-    _check_output(args.output)
+    _check_output(args.output, args.model)
     model = model_format.load(args.model)
     if args.mode == "network":
         return _generate_network(args, model)

@@ -535,6 +535,18 @@ def test_generate_refuses_a_json_output_before_elaborating(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("name, output", [("m.lcq", "m.lcq"), ("core.json", "core.v")])
+def test_generate_refuses_to_write_over_its_model(tmp_path, capsys, name, output):
+    """``-o`` naming the model file, or a Verilog file whose ``.json`` parameters would land on it, is an error
+    naming the option before the core is elaborated: the model is left as it was (it was replaced by Verilog)."""
+    model = tmp_path / name
+    model.write_bytes(DIGITS.read_bytes())
+    assert main(["generate", str(model), "-o", str(tmp_path / output), "--rows", "1", "--cols", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lcq generate: error: ") and f"would replace the model {model}" in err
+    assert model.read_bytes() == DIGITS.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 @pytest.mark.parametrize("command", [["generate", str(DIGITS)], ["compile", "checkpoint.pt"],
                                      ["export-onnx", "checkpoint.pt"]])
 @pytest.mark.parametrize("slash", [False, True])
