@@ -107,7 +107,7 @@ def cmd_eval(args) -> int:
                          f"`lcq compile CHECKPOINT -o {args.model}`")
     recorded = source["checkpoint"]
     checkpoint = Path(args.checkpoint) if args.checkpoint else _recorded_path(recorded, args.model)
-    if not checkpoint.is_file():
+    if not checkpoint.exists():
         if args.checkpoint:
             raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
         raise FileNotFoundError(f"the checkpoint {recorded} that {args.model} was compiled from is not there; "

@@ -582,6 +582,9 @@ def load(path: str | Path) -> CompiledModel:
     Raises FileNotFoundError when there is no file, otherwise :class:`ModelFormatError` for any problem.
     """
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory, not a compiled model: pass the model file that `lcq "
+                                "compile` wrote")
     if not path.is_file():
         raise FileNotFoundError(f"no compiled model at {path}; make one with `lcq compile CHECKPOINT -o {path}`")
     try:

@@ -158,6 +158,11 @@ def load_checkpoint(path) -> dict:
     file is not an intact checkpoint of this format: an older lcq's pickle, another file, a
     truncated or damaged one, or one whose fields break the rules that wrote them."""
     path = Path(path)
+    if path.is_dir():
+        inside = path / "checkpoint.pt"
+        raise FileNotFoundError(f"{path} is a directory, not a checkpoint: " + (
+            f"pass its checkpoint, {inside}" if inside.is_file() else
+            "pass the checkpoint.pt that `lcq train --out DIR` writes"))
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one with `lcq train ... --out DIR` "
                                 "(writes DIR/checkpoint.pt)")

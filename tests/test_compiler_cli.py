@@ -156,3 +156,24 @@ def test_eval_refuses_a_checkpoint_the_model_was_not_compiled_from(compiled, tmp
     finally:
         shutil.copy(stash, checkpoint)
     assert main(["eval", str(model), "--images", "10", "--json"]) == 0
+
+
+def test_a_directory_where_a_file_is_expected_says_so(compiled, tmp_path, capsys):
+    """A run directory given for its checkpoint, or any directory for a model file, is named as a directory, with
+    the file to pass (the run's checkpoint.pt where there is one); not 'no checkpoint at DIR' or a fix that
+    writes a model to the directory's path."""
+    checkpoint, model = compiled
+    run = checkpoint.parent
+    for argv in (["compile", str(run), "-o", str(tmp_path / "m.lcq")], ["eval", str(model), "--checkpoint", str(run)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{run} is a directory, not a checkpoint: pass its checkpoint, {checkpoint}" in err, err
+    assert main(["compile", str(tmp_path), "-o", str(tmp_path / "m.lcq")]) == 2
+    assert (f"{tmp_path} is a directory, not a checkpoint: pass the checkpoint.pt that `lcq train --out DIR` "
+            "writes") in capsys.readouterr().err
+    for verb in ("report", "eval"):
+        assert main([verb, str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"{run} is a directory, not a compiled model: pass the model file that `lcq compile` wrote" in err
+        assert "-o " not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
