@@ -60,6 +60,7 @@ from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, AvgPoolNo
                     weight_scale)
 
 MANIFEST = "manifest.json"
+CHECKPOINT_MAGIC = b"LCQCKPT\n"   # lcq_train.checkpoint.MAGIC (not imported: that module needs torch, this one not)
 DIGEST_FIELD = "sha256"
 MAX_MANIFEST_BYTES = 16 << 20  # the ResNet-20's is 35 KB; parsed JSON takes up to ~24 times its bytes
 MAX_MODEL_BYTES = 32 << 20     # all arrays of a file as stored (ResNet-20: 285 KB); load peaks at ~10-25 times this
@@ -587,6 +588,10 @@ def load(path: str | Path) -> CompiledModel:
                                 "compile` wrote")
     if not path.is_file():
         raise FileNotFoundError(f"no compiled model at {path}; make one with `lcq compile CHECKPOINT -o {path}`")
+    with open(path, "rb") as f:
+        if f.read(len(CHECKPOINT_MAGIC)) == CHECKPOINT_MAGIC:
+            raise ModelFormatError(f"{path} is a checkpoint (`lcq train` writes it), not a compiled model: compile "
+                                   f"it with `lcq compile {path} -o MODEL.lcq`")
     try:
         with zipfile.ZipFile(path) as zf:
             return _load(_Reader(path, zf))

@@ -186,9 +186,21 @@ def load_checkpoint(path) -> dict:
     return state
 
 
+def _is_compiled_model(path: Path) -> bool:
+    """Whether the zip archive at ``path`` is a compiled model (:mod:`compiler.format`: its manifest member)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "manifest.json.npy" in archive.namelist()     # (compiler.format.MANIFEST; not imported upward)
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _check_frame(data: bytes, path: Path) -> tuple[str, int]:
     """The digest (hex) and header length of checkpoint bytes ``data``, after checking magic,
     version, length and digest."""
+    if data[:4] == b"PK\x03\x04" and _is_compiled_model(path):
+        raise CheckpointError(f"{path} is a compiled model (`lcq compile` writes it), not a checkpoint: pass the "
+                              "checkpoint.pt it was compiled from (`lcq train --out DIR` writes DIR/checkpoint.pt)")
     if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
         raise CheckpointError(
             f"{path} is a pickle file (torch.save), the format of an older lcq's checkpoints (version 1); this lcq "

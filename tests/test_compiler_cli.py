@@ -2,11 +2,13 @@
 
 import json
 import shutil
+import zipfile
 
 import pytest
 
 from compiler import format as model_format
 from lcq.cli import main
+from lcq_train import checkpoint as checkpoint_format
 from lcq_train.checkpoint import load_checkpoint, save_checkpoint
 from lcq_train.plan import QuantPlan
 from lcq_train.train import TrainConfig, train
@@ -177,3 +179,25 @@ def test_a_directory_where_a_file_is_expected_says_so(compiled, tmp_path, capsys
         assert f"{run} is a directory, not a compiled model: pass the model file that `lcq compile` wrote" in err
         assert "-o " not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_model_and_a_checkpoint_given_for_each_other_are_named(compiled, tmp_path, capsys):
+    """A compiled model where a checkpoint is expected is named as one (not as an older lcq's pickle to upgrade),
+    and a checkpoint where a model is expected too (not as a damaged model to recompile over itself)."""
+    checkpoint, model = compiled
+    for argv in (["compile", str(model), "-o", str(tmp_path / "m.lcq")],
+                 ["eval", str(model), "--checkpoint", str(model)],
+                 ["export-onnx", str(model), "-o", str(tmp_path / "m.onnx")], ["plot", str(model)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{model} is a compiled model (`lcq compile` writes it), not a checkpoint" in err, (argv, err)
+        assert "pickle" not in err
+    for verb in ("report", "eval"):           # (and every verb that reads a model: compiler.format.load)
+        assert main([verb, str(checkpoint)]) == 2, verb
+        err = capsys.readouterr().err
+        assert (f"{checkpoint} is a checkpoint (`lcq train` writes it), not a compiled model: compile it with "
+                f"`lcq compile {checkpoint} -o MODEL.lcq`") in err, (verb, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    # The two modules tell each other's files by marks they cannot import (the import rule, the host-only loader).
+    assert model_format.CHECKPOINT_MAGIC == checkpoint_format.MAGIC
+    assert f"{model_format.MANIFEST}.npy" in zipfile.ZipFile(model).namelist()
