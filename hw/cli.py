@@ -79,6 +79,9 @@ def _check_output(output: str, model: str) -> None:
 
 def cmd_generate(args) -> int:
     _check_output(args.output, args.model)
+    if args.mode == "network" and args.resident != "none":
+        raise ValueError("--resident is for the layer engine (--mode layers): the whole-network core keeps every "
+                         "layer's weights and constants on the chip")
     model = model_format.load(args.model)
     if args.mode == "network":
         return _generate_network(args, model)

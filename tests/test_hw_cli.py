@@ -510,6 +510,16 @@ def test_multiply_cols_is_refused_for_the_layer_engine(tmp_path, capsys):
     assert not (tmp_path / "e.v").exists()
 
 
+@pytest.mark.parametrize("resident", ["weights", "all"])
+def test_resident_is_refused_for_the_network_core(tmp_path, capsys, resident):
+    """The whole-network core keeps every layer's constants on the chip: ``--resident`` (the layer engine's buffer
+    sizes) with network mode is an error naming the option and --mode layers, not an option silently ignored."""
+    assert main(["generate", str(DIGITS), "--resident", resident, "-o", str(tmp_path / "core.v")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lcq generate: error: --resident is for the layer engine") and "--mode layers" in err
+    assert not list(tmp_path.iterdir())
+
+
 def test_generated_verilog_does_not_depend_on_the_string_hash_seed(tmp_path):
     """The same model gives the same Verilog in every Python process: nothing in the generator iterates a set of
     strings (whose order follows PYTHONHASHSEED). The engine's loop-count registers were made in a set's order
