@@ -244,7 +244,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: st
     state, metrics = load_run(run_dir)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else (run_dir.parent if run_dir.is_file() else run_dir) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:                    # a file there or above it, no permission
+        raise ValueError(f"cannot make the plot directory {out} ({e.strerror}): give a directory that can be made "
+                         "or written with --out DIR") from None
     written = []
     curves = plot_curves(metrics, out, figure)
     written += [curves] if curves else []

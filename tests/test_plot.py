@@ -89,6 +89,19 @@ def test_plot_of_a_directory_without_a_run(tmp_path, capsys):
     assert "holds no checkpoint.pt" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_plot_out_naming_a_file_says_so(runs, tmp_path, capsys, under):
+    """``--out`` naming a file, or a path under one, is an error naming the option and the fix, not an errno."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "plots" if under else blocker
+    assert main(["plot", str(runs[0]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lcq plot: error: cannot make the plot directory {out} (") and "--out DIR" in err, err
+    assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_plot_of_a_run_whose_metrics_json_lcq_did_not_write(runs, tmp_path, capsys):
     import shutil
 
