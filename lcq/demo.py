@@ -53,6 +53,11 @@ def add_parsers(sub) -> dict:
 def cmd_demo(args) -> int:
     """Run the demo of the module docstring; 0, or 1 when the board build fails."""
     out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:                    # a file there or above it, no permission: said before anything runs
+        raise ValueError(f"cannot make the demo directory {out} ({e.strerror}): give a directory that can be made "
+                         "or written with --out DIR") from None
     runs = [("full precision", QuantPlan("fp"), None, args.fp_epochs),
             (f"LCQ W{args.wbits}/A{args.abits}", QuantPlan("lcq", args.wbits, args.abits), out / "fp" / "checkpoint.pt",
              args.epochs)]

@@ -47,6 +47,20 @@ def test_demo_checks_its_options_before_training(tmp_path, capsys, argv, message
     assert not any(tmp_path.iterdir()), "nothing may run before the options are checked"
 
 
+@pytest.mark.parametrize("under", [False, True])
+def test_demo_refuses_an_out_it_cannot_make_before_training(tmp_path, capsys, under):
+    """``--out`` naming a file, or a path under one, stops the demo at once with the option named (it stopped
+    with a bare '[Errno 20] Not a directory' once the first training began)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "demo" if under else blocker
+    assert main(["demo", "--out", str(out), "--board", "none", "--sim-images", "0", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"lcq demo: error: cannot make the demo directory {out} (") and "--out DIR" in \
+        captured.err, captured.err
+    assert "== train" not in captured.out and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
 def test_training_without_a_terminal_prints_one_line_per_epoch(tmp_path):
     """Piped to a file, `lcq train` prints each epoch's line and no progress-bar redraws."""
     import subprocess
