@@ -12,7 +12,8 @@ from typing import BinaryIO, Callable
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(f)`` on a temporary file beside ``path``, fsync it, rename it to ``path``, then fsync the
     directory (so that the rename, too, outlives a power loss). FileExistsError (which ``lcq`` prints as
-    its error) where a directory is at ``path`` or a file stands where a directory above it must be."""
+    its error) where a directory is at ``path`` or a file stands where a directory above it must be; an OSError
+    of the system (a directory that cannot be written, a full disk) names ``path``, not the temporary file."""
     path = Path(path)
     if path.is_dir():
         raise FileExistsError(f"{path} is a directory; name a file to write")
@@ -20,7 +21,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     if not above.is_dir():
         raise FileExistsError(f"cannot write {path}: {above} is a file, not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:            # a directory that cannot be written: said of the file asked for
+        raise _of(e, path) from None
     try:
         if hasattr(os, "fchmod"):           # mkstemp's 0600 -> what open() would give (0666 less the umask)
             umask = os.umask(0)
@@ -32,10 +36,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_directory(path.parent)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):   # (a full disk)
+            raise _of(e, path) from e
         raise
+
+
+def _of(e: OSError, path: Path) -> OSError:
+    """``e`` (its errno and reason) said of ``path``: the file ``lcq`` names in its error line."""
+    return type(e)(e.errno, e.strerror, str(path))
 
 
 def leftovers(path: str | os.PathLike) -> list[Path]:

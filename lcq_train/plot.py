@@ -54,7 +54,7 @@ def _save_png(fig, path: Path) -> Path:
     try:
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     except OSError as e:
-        raise OSError(f"cannot write {path} ({e}); any previous {path.name} is left as it was") from None
+        raise OSError(f"cannot write {path} ({e.strerror or e}); any previous {path.name} is left as it was") from None
     return path
 
 

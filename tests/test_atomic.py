@@ -20,6 +20,33 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     assert path.read_text() == '{\n  "a": 1\n}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
 
 
+def test_a_write_the_system_refuses_names_the_file_asked_for(tmp_path, monkeypatch):
+    """A directory that cannot be written (permissions, a read-only file system), or a disk that fills (an OSError
+    without a file name, which ``lcq`` would show as a traceback), is an OSError naming ``path``, not the
+    temporary file beside it; the previous file is left as it was."""
+    import errno
+    import tempfile
+
+    path = tmp_path / "out.json"
+    save_json({"a": 1}, path)
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as failed:
+        atomic_write(path, full)
+    assert (failed.value.errno, failed.value.filename) == (errno.ENOSPC, str(path))
+
+    def refused(dir, prefix, suffix):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, prefix + "abc" + suffix))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as failed:
+        atomic_write(path, lambda f: f.write(b"new"))
+    assert failed.value.filename == str(path) and str(failed.value) == f"[Errno 13] Permission denied: '{path}'"
+    assert path.read_text() == '{\n  "a": 1\n}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
+
+
 def test_the_file_and_then_its_directory_are_synced(tmp_path, monkeypatch):
     synced, real_fsync = [], os.fsync
 

@@ -510,6 +510,21 @@ def test_multiply_cols_is_refused_for_the_layer_engine(tmp_path, capsys):
     assert not (tmp_path / "e.v").exists()
 
 
+def test_generate_on_a_full_disk_is_an_error_line(tmp_path, capsys, monkeypatch):
+    """A write the system refuses without naming a file (a full disk) is one error line naming the output, not a
+    traceback; nothing is left."""
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "core.v"
+    assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "1", "--cols", "1"]) == 2
+    assert capsys.readouterr().err == f"lcq generate: error: [Errno 28] No space left on device: '{out}'\n"
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("resident", ["weights", "all"])
 def test_resident_is_refused_for_the_network_core(tmp_path, capsys, resident):
     """The whole-network core keeps every layer's constants on the chip: ``--resident`` (the layer engine's buffer
