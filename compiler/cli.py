@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from lcq_train.arguments import DefaultsHelpFormatter, IntRange, output_file, positive_int
+from lcq_train.arguments import DefaultsHelpFormatter, IntRange, output_file, positive_int, refuse_overwriting
 from lcq_train.factory import MODEL
 
 from . import format as model_format
@@ -66,10 +66,7 @@ def cmd_compile(args) -> int:
     from .lower import CompileOptions, compile_checkpoint
 
     options = CompileOptions(args.residual_frac_bits, args.pool_frac_bits, args.logit_frac_bits, args.max_lut_entries)
-    output, checkpoint = Path(args.output), Path(args.checkpoint)
-    if output.exists() and checkpoint.exists() and output.samefile(checkpoint):
-        raise FileExistsError(f"-o {output} is the checkpoint {checkpoint}; writing the model there would replace it: "
-                              "name another file")
+    refuse_overwriting(args.output, args.checkpoint, "checkpoint", args.output)
     compiled = compile_checkpoint(args.checkpoint, options, args.factory)
     model_format.save(compiled, args.output)
     rep = report(compiled)

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from compiler import format as model_format
-from lcq_train.arguments import DefaultsHelpFormatter, IntRange, output_file
+from lcq_train.arguments import DefaultsHelpFormatter, IntRange, output_file, refuse_overwriting
 
 from .engine_params import MAX_ARRAY
 from .residency import RESIDENCY
@@ -72,9 +72,7 @@ def _check_output(output: str, model: str) -> None:
         raise ValueError(f"-o {output}: the parameters are written beside the Verilog with its .json suffix and "
                          f"would replace it; name a Verilog file, e.g. -o {out.with_suffix('.v')}")
     for path in (out, out.with_suffix(".json")):
-        if path.exists() and Path(model).exists() and path.samefile(model):
-            raise FileExistsError(f"-o {output}: writing {path} would replace the model {model}; name another "
-                                  "Verilog file")
+        refuse_overwriting(path, model, "model", output)
 
 
 def cmd_generate(args) -> int:

@@ -14,7 +14,8 @@ finite); :data:`positive_int`, :data:`nonnegative_int`, :data:`positive_float`,
 :data:`nonnegative_float` and :data:`probability` are the common ones. :class:`DefaultsHelpFormatter` shows
 each option's default in the help, but not None (an option whose default is decided later says how itself).
 :func:`torch_device` checks a ``--device`` (it imports torch only when called); :func:`default_device` is the
-device a run takes when none is given; :func:`output_file` is a file to write (``-o``), not a directory.
+device a run takes when none is given; :func:`output_file` is a file to write (``-o``), not a directory, and
+:func:`refuse_overwriting` stops one that is the command's input.
 :func:`given_options` tells the options a command line gives from those it leaves at their defaults.
 """
 
@@ -26,7 +27,7 @@ import os
 
 __all__ = ["IntRange", "FloatRange", "DefaultsHelpFormatter", "positive_int", "nonnegative_int", "positive_float",
            "nonnegative_float", "probability", "learning_rate", "quantizer_rate", "decay_rate", "torch_device",
-           "device_problem", "default_device", "output_file", "given_options"]
+           "device_problem", "default_device", "output_file", "refuse_overwriting", "given_options"]
 
 
 class IntRange:
@@ -144,6 +145,13 @@ def output_file(text: str) -> str:
     if text.endswith(("/", os.sep)) or os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"must name a file to write, not a directory: {text!r}")
     return text
+
+
+def refuse_overwriting(written: str | os.PathLike, given: str | os.PathLike, what: str, output: str) -> None:
+    """FileExistsError where the file a command writes (``written``, for its ``-o output``) is the input file
+    ``given`` (by any path: a link, ``./``), which writing it would replace."""
+    if os.path.exists(written) and os.path.exists(given) and os.path.samefile(written, given):
+        raise FileExistsError(f"-o {output}: writing {written} would replace the {what} {given}; name another file")
 
 
 def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, object]:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from .arguments import (DefaultsHelpFormatter, decay_rate, given_options, learning_rate, nonnegative_float,
-                        nonnegative_int, output_file, positive_int, quantizer_rate, torch_device)
+                        nonnegative_int, output_file, positive_int, quantizer_rate, refuse_overwriting, torch_device)
 from .calibrate import CLIP_INITS
 from .data import DATASETS
 from .factory import MODEL, is_factory
@@ -274,6 +274,7 @@ def cmd_export_onnx(args) -> int:
     from .factory import model_from_checkpoint
     from .onnx_export import export_onnx
 
+    refuse_overwriting(args.output, args.checkpoint, "checkpoint", args.output)
     state = load_checkpoint(args.checkpoint)
     try:
         model = model_from_checkpoint(state, args.factory, option="--model")

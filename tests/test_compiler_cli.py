@@ -118,7 +118,7 @@ def test_compile_refuses_to_write_over_its_checkpoint(compiled, tmp_path, capsys
     (tmp_path / "link.pt").symlink_to(copy)
     for output in (copy, tmp_path / "link.pt", tmp_path / "." / "checkpoint.pt"):
         assert main(["compile", str(copy), "-o", str(output)]) == 2
-        assert f"-o {output} is the checkpoint {copy}" in capsys.readouterr().err
+        assert f"-o {output}: writing {output} would replace the checkpoint {copy}" in capsys.readouterr().err
     assert copy.read_bytes() == checkpoint.read_bytes()
 
 

@@ -187,3 +187,16 @@ def test_export_onnx_errors_name_the_problem_and_the_fix(user_checkpoint, tmp_pa
     assert main(["export-onnx", str(checkpoint), "-o", str(out), "--model", POST_ACT]) == 2
     assert "pip install onnx" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_export_onnx_refuses_to_write_over_its_checkpoint(user_checkpoint, tmp_path, capsys):
+    """``-o`` naming the checkpoint (by any path) is refused before anything is read: it replaced the trained run
+    with the ONNX file."""
+    checkpoint, _ = user_checkpoint
+    copy = tmp_path / "checkpoint.pt"
+    copy.write_bytes(Path(checkpoint).read_bytes())
+    (tmp_path / "link.pt").symlink_to(copy)
+    for output in (copy, tmp_path / "link.pt"):
+        assert main(["export-onnx", str(copy), "-o", str(output), "--model", POST_ACT]) == 2
+        assert f"-o {output}: writing {output} would replace the checkpoint {copy}" in capsys.readouterr().err
+    assert copy.read_bytes() == Path(checkpoint).read_bytes()
