@@ -140,8 +140,11 @@ decay_rate = probability                                    # --weight-decay
 
 
 def output_file(text: str) -> str:
-    """A file to write (argparse type): not an existing directory and not a path ending in a separator
-    (which the file would otherwise silently be written beside, under the directory's name)."""
+    """A file to write (argparse type): not empty (the working directory), not an existing directory and not a
+    path ending in a separator (which the file would otherwise silently be written beside, under the directory's
+    name)."""
+    if not text:
+        raise argparse.ArgumentTypeError("must name a file to write, not ''")
     if text.endswith(("/", os.sep)) or os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"must name a file to write, not a directory: {text!r}")
     return text

@@ -586,6 +586,19 @@ def test_file_outputs_refuse_a_directory(tmp_path, capsys, command, slash):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("command", [["generate", str(DIGITS)], ["compile", "checkpoint.pt"],
+                                     ["export-onnx", "checkpoint.pt"]])
+def test_file_outputs_refuse_an_empty_name(tmp_path, capsys, monkeypatch, command):
+    """``-o ''`` (an unset shell variable) is refused with the option before anything runs: it was the working
+    directory ('. is a directory', after loading the checkpoint) or a bare "PosixPath('.') has an empty name"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "-o", ""])
+    assert exit_.value.code == 2
+    assert "argument -o/--output: must name a file to write, not ''" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("under", [False, True])
 def test_sim_refuses_a_build_dir_it_cannot_make(tmp_path, capsys, monkeypatch, under):
     """``--build-dir`` naming a file, or a path under one, is an error naming the option, not a traceback
