@@ -65,12 +65,15 @@ def add_parsers(sub) -> dict:
 
 def _check_output(output: str, model: str) -> None:
     """The Verilog file ``-o`` names (a file: :func:`lcq_train.arguments.output_file`), checked before the core is
-    elaborated: not a ``.json`` file (the parameters go beside it with that suffix and would replace it), and
-    neither it nor its ``.json`` the model file."""
+    elaborated: not a ``.json`` file (the parameters go beside it with that suffix and would replace it), its
+    ``.json`` not a directory, and neither of them the model file."""
     out = Path(output)
     if out.suffix == ".json":
         raise ValueError(f"-o {output}: the parameters are written beside the Verilog with its .json suffix and "
                          f"would replace it; name a Verilog file, e.g. -o {out.with_suffix('.v')}")
+    if out.with_suffix(".json").is_dir():
+        raise ValueError(f"-o {output}: the parameters go beside it in {out.with_suffix('.json')}, which is a "
+                         "directory; name another Verilog file")
     for path in (out, out.with_suffix(".json")):
         refuse_overwriting(path, model, "model", output)
 

@@ -560,6 +560,17 @@ def test_generate_refuses_a_json_output_before_elaborating(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
+def test_generate_refuses_a_directory_where_its_parameters_go(tmp_path, capsys):
+    """A directory at the ``.json`` path beside ``-o`` is named with -o before the core is elaborated; it was found
+    only after the Verilog was written (left behind), in an error naming a file the user never gave."""
+    (tmp_path / "core.json").mkdir()
+    assert main(["generate", str(DIGITS), "-o", str(tmp_path / "core.v"), "--rows", "1", "--cols", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lcq generate: error: -o {tmp_path / 'core.v'}: the parameters go beside it in "
+                          f"{tmp_path / 'core.json'}, which is a directory"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["core.json"]
+
+
 @pytest.mark.parametrize("name, output", [("m.lcq", "m.lcq"), ("core.json", "core.v")])
 def test_generate_refuses_to_write_over_its_model(tmp_path, capsys, name, output):
     """``-o`` naming the model file, or a Verilog file whose ``.json`` parameters would land on it, is an error
