@@ -589,9 +589,13 @@ def load(path: str | Path) -> CompiledModel:
     if not path.is_file():
         raise FileNotFoundError(f"no compiled model at {path}; make one with `lcq compile CHECKPOINT -o {path}`")
     with open(path, "rb") as f:
-        if f.read(len(CHECKPOINT_MAGIC)) == CHECKPOINT_MAGIC:
-            raise ModelFormatError(f"{path} is a checkpoint (`lcq train` writes it), not a compiled model: compile "
-                                   f"it with `lcq compile {path} -o MODEL.lcq`")
+        head = f.read(len(CHECKPOINT_MAGIC))
+    if head == CHECKPOINT_MAGIC:
+        raise ModelFormatError(f"{path} is a checkpoint (`lcq train` writes it), not a compiled model: compile it "
+                               f"with `lcq compile {path} -o MODEL.lcq`")
+    if head and not head.startswith(b"PK\x03\x04"):       # another tool's file: not to be compiled over
+        raise ModelFormatError(f"{path} is not a readable compiled model: it is not a zip archive, the format "
+                               "`lcq compile` writes; pass the model file that `lcq compile` wrote")
     try:
         with zipfile.ZipFile(path) as zf:
             return _load(_Reader(path, zf))

@@ -201,3 +201,20 @@ def test_a_model_and_a_checkpoint_given_for_each_other_are_named(compiled, tmp_p
     # The two modules tell each other's files by marks they cannot import (the import rule, the host-only loader).
     assert model_format.CHECKPOINT_MAGIC == checkpoint_format.MAGIC
     assert f"{model_format.MANIFEST}.npy" in zipfile.ZipFile(model).namelist()
+
+
+def test_a_file_of_another_tool_given_as_a_model_is_not_to_be_recompiled_over(compiled, tmp_path, capsys):
+    """A file that is not a zip archive at all (an ONNX file, a JSON file) given as a model is named as not one
+    `lcq compile` wrote, without the advice for a damaged model, to compile over it (over the user's file)."""
+    _, model = compiled
+    for name, data in (("m.onnx", b"\x08\x08\x12\x07pytorch"), ("core.json", b'{"top": "lcq_network"}')):
+        other = tmp_path / name
+        other.write_bytes(data)
+        assert main(["report", str(other)]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"lcq report: error: {other} is not a readable compiled model: it is not a zip archive, the "
+                       "format `lcq compile` writes; pass the model file that `lcq compile` wrote\n"), err
+    truncated = tmp_path / "truncated.lcq"
+    truncated.write_bytes(model.read_bytes()[:5000])          # a damaged model: the advice to recompile stays
+    assert main(["report", str(truncated)]) == 2
+    assert f"recompile it with `lcq compile CHECKPOINT -o {truncated}`" in capsys.readouterr().err
