@@ -70,6 +70,7 @@ class StallProbability(FloatRange):
 
 STALL = StallProbability()
 SEED = IntRange(0, 2**32 - 1)       # numpy's generator and cocotb's seed
+MAX_RANDOM_IMAGES = 10_000          # --random --images: the largest test set's size (CIFAR-10)
 
 
 def add_parsers(sub) -> dict:
@@ -109,7 +110,8 @@ def add_parsers(sub) -> dict:
                         "(a design that depends on power-up values then fails)")
     p.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                    help="verilator compiles the design (fast runs); icarus interprets it (quick to start)")
-    p.add_argument("--images", type=positive_int, default=1, metavar="N", help="test images to run, N >= 1")
+    p.add_argument("--images", type=positive_int, default=1, metavar="N",
+                   help=f"test images to run, N >= 1 (at most the test set's; with --random, {MAX_RANDOM_IMAGES})")
     p.add_argument("--data", "--data-dir", dest="data_dir", metavar="DIR",
                    help="dataset directory (not needed for digits or --random)")
     p.add_argument("--random", action="store_true", help="random uint8 images instead of the test set")
@@ -128,6 +130,9 @@ def add_parsers(sub) -> dict:
 def _images(args, model) -> np.ndarray:
     positive_int.check(args.images, "--images")
     if args.random:
+        if args.images > MAX_RANDOM_IMAGES:
+            raise ValueError(f"--images {args.images} with --random: at most {MAX_RANDOM_IMAGES} random images a run "
+                             "(the largest test set's size)")
         rng = np.random.default_rng(args.seed)
         return rng.integers(0, 256, size=(args.images, *model.input.shape), dtype=np.uint8)
     from lcq_train.data import load_dataset

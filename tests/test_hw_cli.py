@@ -651,6 +651,19 @@ def test_sim_refuses_more_images_than_the_test_set_has(tmp_path, capsys, monkeyp
     assert not build_dir.exists()
 
 
+def test_sim_refuses_more_random_images_than_it_allows(tmp_path, capsys, monkeypatch):
+    """``--random --images N`` past the largest test set's size is an error naming the limit, before anything is
+    built: a huge N ended in a traceback (numpy's MemoryError, 5.82 TiB for 10^11 images)."""
+    import sim.cli
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    build_dir = tmp_path / "build"
+    assert main(["sim", str(DIGITS), "--random", "--images", "100000000000", "--build-dir", str(build_dir)]) == 2
+    assert capsys.readouterr().err == ("lcq sim: error: --images 100000000000 with --random: at most 10000 random "
+                                       "images a run (the largest test set's size)\n")
+    assert not build_dir.exists()
+
+
 
 class _FakeRunner:
     """A stand-in for a ``cocotb_tools.runner`` runner: its build and its test each run one shell command
