@@ -94,8 +94,10 @@ def _recorded_path(recorded: str, model: str) -> Path:
 def cmd_eval(args) -> int:
     from lcq_train.data import load_dataset
 
+    from lcq_train.checkpoint import load_checkpoint
+
     from .agreement import compare
-    from .lower import load_model
+    from .lower import quantized_model
 
     compiled = model_format.load(args.model)
     source = compiled.source
@@ -109,7 +111,7 @@ def cmd_eval(args) -> int:
             raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file")
         raise FileNotFoundError(f"the checkpoint {recorded} that {args.model} was compiled from is not there; "
                                 "pass where it is now with --checkpoint CHECKPOINT")
-    model, state = load_model(checkpoint, args.factory)   # checks the checkpoint's own digest and fields
+    state = load_checkpoint(checkpoint)        # its own digest and fields; the model is built once it is the one
     if state["sha256"] != source["sha256"]:
         digests = f"its SHA-256 is {state['sha256'][:16]}..., the model records {source['sha256'][:16]}..."
         if args.checkpoint:
@@ -119,6 +121,7 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{checkpoint} is not the checkpoint {args.model} was compiled from: it changed since "
                          f"({digests}). Recompile: `lcq compile {checkpoint} -o {args.model}`, or pass the "
                          "original with --checkpoint")
+    model = quantized_model(state, checkpoint, args.factory)
     data = load_dataset(source["dataset"], args.data_dir)
     images, labels = data.test_x.numpy(), data.test_y.numpy()
     if args.images is not None:

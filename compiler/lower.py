@@ -95,6 +95,12 @@ def load_model(path: str | Path, factory: str | None = None) -> tuple[nn.Module,
     equal to the reference it records (:func:`lcq_train.factory.model_from_checkpoint`): building
     it imports and runs that code."""
     state = load_checkpoint(path)
+    return quantized_model(state, path, factory), state
+
+
+def quantized_model(state: dict, path: str | Path, factory: str | None = None) -> nn.Module:
+    """The quantized model (eval mode, CPU) of checkpoint dict ``state``, read from ``path`` (named in
+    errors); ``factory``: see :func:`load_model`."""
     plan = QuantPlan.from_dict(state["plan"])
     if plan.method == "fp":
         raise ValueError(f"{path} is a full-precision checkpoint; compile a quantized one "
@@ -103,7 +109,7 @@ def load_model(path: str | Path, factory: str | None = None) -> tuple[nn.Module,
         raise ValueError(f"{path} was trained without outer re-quantization (--outer-bits 0); "
                          "integer LUTs need b' (retrain with --outer-bits 8)")
     try:
-        return model_from_checkpoint(state, factory, option="--model"), state
+        return model_from_checkpoint(state, factory, option="--model")
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
 

@@ -78,6 +78,16 @@ def test_compile_refuses_a_full_precision_checkpoint(tmp_path, capsys):
     assert not (tmp_path / "m.lcq").exists()
 
 
+def test_eval_of_another_kind_of_checkpoint_says_it_is_not_the_models(compiled, tmp_path, capsys):
+    """``--checkpoint`` of a full-precision run is named as not the checkpoint the model was compiled from (it was
+    told to train a quantized one instead), before any model is built from it."""
+    _, model = compiled
+    fp = _train(tmp_path / "fp", QuantPlan("fp"), epochs=1)
+    assert main(["eval", str(model), "--checkpoint", str(fp)]) == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint {fp} is not the checkpoint {model} was compiled from" in err and "lcq train" not in err
+
+
 def test_eval_errors_name_the_fix(compiled, tmp_path, capsys):
     checkpoint, model = compiled
     assert main(["eval", str(tmp_path / "absent.lcq")]) == 2
