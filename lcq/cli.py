@@ -11,6 +11,7 @@ only talks to a board) leaves its verbs out, and ``lcq --help`` says which and w
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -55,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except OSError as e:        # a file that cannot be read or written (permissions, a full disk): said, no traceback
         if e.filename is None:
-            raise
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # the output on a full disk (`lcq report M > report.md`): said, and not flushed again at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"lcq {name}: error: {e}", file=sys.stderr)
         return 2
 

@@ -59,6 +59,19 @@ def test_a_file_error_is_one_line_and_other_os_errors_still_show_their_traceback
         main(["report", "m.lcq"])
 
 
+def test_output_onto_a_full_disk_is_one_line():
+    """``lcq report M > report.md`` on a full disk (stdout's write fails with ENOSPC and no file name): one error
+    line, not a traceback."""
+    root = Path(__file__).resolve().parent.parent
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "lcq.cli", "report", "tests/data/digits-cnn-lcq-w3a3.lcq"],
+                              cwd=root, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr == "lcq report: error: [Errno 28] No space left on device\n", \
+        proc.stderr
+
+
 def test_output_into_a_closed_pipe_ends_quietly_with_sigpipes_status():
     """``lcq report M | head -1``: the reader leaves before the table is written; no traceback, status 141."""
     root = Path(__file__).resolve().parent.parent
