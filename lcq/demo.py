@@ -51,7 +51,8 @@ def add_parsers(sub) -> dict:
 
 
 def cmd_demo(args) -> int:
-    """Run the demo of the module docstring; 0, or 1 when the board build fails."""
+    """Run the demo of the module docstring; 0, or 1 when the board build fails (after the table of the stages
+    that ran)."""
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -85,18 +86,21 @@ def cmd_demo(args) -> int:
              f"({agreement['disagreements']} of {agreement['images']} images differ), {mismatched} activation codes differ"]
     if args.sim_images > 0:
         notes.append(_demo_simulation(compiled, compiled_path, data, args.sim_images, out, results))
-    board_report = None
+    board_report = failed = None
     if args.board != "none":
         print(f"== bitstream for {args.board}", flush=True)
         try:
             board_report = build_model(compiled_path, get_board(args.board), out=out / args.board)
-        except BuildError as e:
-            print(f"lcq demo: error: {e}", file=sys.stderr)
-            return 1
+        except BuildError as e:         # said after the results of the stages that ran
+            failed = e
     print("\n| stage | test top-1 |\n|---|---|")
     for label, top1 in results:
         print(f"| {label} | {top1:.2f}% |")
     print("\n" + "\n".join(notes))
+    if failed is not None:
+        sys.stdout.flush()
+        print(f"lcq demo: error: {failed}", file=sys.stderr)
+        return 1
     if board_report is not None:
         print("\n" + format_table(board_report))
         print(f"\nbitstream: {board_report['bitstream']} (flash: lcq flash --board {args.board} "

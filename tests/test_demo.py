@@ -1,5 +1,7 @@
 """The README's first command, `lcq demo`, shortened: train, compile, integer check, cocotb simulation."""
 
+from pathlib import Path
+
 import pytest
 
 pytest.importorskip("amaranth", reason="the demo's simulation needs amaranth: pip install -e '.[hw]'")
@@ -89,3 +91,30 @@ def test_demo_without_a_simulator_says_what_each_one_lacks(monkeypatch):
     line = demo._demo_simulation(None, None, None, 2, None, [])
     assert line.startswith("cocotb simulation skipped: no simulator")
     assert "Verilator needs g++ on PATH" in line and "apt-get install iverilog" in line
+
+
+def test_a_failed_board_build_still_prints_the_results(tmp_path, monkeypatch, capsys):
+    """A board build that fails (timing, a tool) after the trainings still prints the table of what ran, then the
+    error (status 1); the table was lost. The stages before it are stand-ins here (no training)."""
+    from types import SimpleNamespace
+
+    from boards.build import BuildError
+    from compiler import format as model_format
+    from lcq import demo
+
+    digits = model_format.load(Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq")
+    agreement = {"agreement": 1.0, "disagreements": 0, "images": 360, "top1": 91.5,
+                 "code_mismatches": {"act1": {"mismatched": 0}}}
+    monkeypatch.setattr(demo, "train", lambda cfg: {"test_top1": 90.0})
+    monkeypatch.setattr(demo, "compile_checkpoint", lambda path: digits)
+    monkeypatch.setattr(demo, "load_model", lambda path: (None, None))
+    monkeypatch.setattr(demo, "compare", lambda *a: SimpleNamespace(to_dict=lambda: agreement))
+
+    def fails(*args, **kwargs):
+        raise BuildError("nextpnr failed in route: the design does not fit")
+
+    monkeypatch.setattr(demo, "build_model", fails)
+    assert main(["demo", "--out", str(tmp_path), "--sim-images", "0", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "| full precision | 90.00% |" in captured.out and "integer reference" in captured.out
+    assert captured.err == "lcq demo: error: nextpnr failed in route: the design does not fit\n"
