@@ -269,6 +269,7 @@ def test_distributed_data_parallel_on_cpu(tmp_path, method):
     assert len(metrics["epochs"]) == 1
 
 
+@pytest.mark.slow           # (three torchrun launches, 36 s on 2 cores; test_checkpoint checks each rank's restore)
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (
         __import__("pathlib").Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
 def test_a_distributed_run_resumes_each_ranks_random_generators(tmp_path):
