@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"lcq {name}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM/SIGHUP as lcq_train.stop_signals.Stopped
+        resume = ("; the run's last finished epoch is in its checkpoint: run the same command with --resume"
+                  if name == "train" else "")
+        print(f"lcq {name}: {str(e) or 'interrupted (Ctrl-C)'}; files are written whole or not at all{resume}",
+              file=sys.stderr)
+        return getattr(e, "exit_status", 130)
     except BrokenPipeError:     # whoever read our output stopped reading: nothing left to say, as other commands
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # (no flush error at exit)
         return 128 + signal.SIGPIPE

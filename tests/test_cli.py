@@ -59,6 +59,33 @@ def test_a_file_error_is_one_line_and_other_os_errors_still_show_their_traceback
         main(["report", "m.lcq"])
 
 
+def test_an_interrupted_verb_ends_in_one_line_with_the_shells_status(monkeypatch, capsys):
+    """Ctrl-C (KeyboardInterrupt) in a verb that does not handle it itself: one line, status 130; SIGTERM or
+    SIGHUP raised as lcq_train.stop_signals.Stopped: the shell's status for it; lcq train names --resume."""
+    import signal
+
+    import compiler.cli
+    import lcq_train.cli
+    from lcq_train.stop_signals import Stopped
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compiler.cli, "cmd_report", interrupted)
+    assert main(["report", "m.lcq"]) == 130
+    assert capsys.readouterr().err == "lcq report: interrupted (Ctrl-C); files are written whole or not at all\n"
+
+    def stopped(args):
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(lcq_train.cli, "cmd_train", stopped)
+    assert main(["train", "--out", "runs/x"]) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert err.startswith("lcq train: stopped by SIGTERM; files are written whole or not at all; the run's last "
+                          "finished epoch is in its checkpoint: run the same command with --resume") and \
+        err.count("\n") == 1, err
+
+
 def test_output_onto_a_full_disk_is_one_line():
     """``lcq report M > report.md`` on a full disk (stdout's write fails with ENOSPC and no file name): one error
     line, not a traceback."""
