@@ -92,9 +92,8 @@ def _recorded_path(recorded: str, model: str) -> Path:
 
 
 def cmd_eval(args) -> int:
-    from lcq_train.data import load_dataset
-
     from lcq_train.checkpoint import load_checkpoint
+    from lcq_train.data import load_dataset
 
     from .agreement import compare
     from .lower import quantized_model
