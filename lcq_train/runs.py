@@ -22,7 +22,9 @@ from .metrics import read_metrics
 from .stop_signals import stop_signals
 from .train import TrainConfig, train
 
-RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "seed", "clip_init", "bn_batches")
+# train.RECIPE, and the epochs, but for ``init`` (the FP run's path, which moves with a benchmark's --out)
+RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr", "weight_decay", "momentum",
+               "warmup_epochs", "augment", "seed", "clip_init", "bn_batches")
 
 
 def saved_metrics(cfg: TrainConfig) -> dict | None:

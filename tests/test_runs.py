@@ -95,3 +95,21 @@ def test_a_saved_run_whose_config_is_not_one_is_refused_naming_its_file(tmp_path
     with pytest.raises(ValueError, match=rf"^{tmp_path / 'metrics.json'}: its config is invalid \(a training config "
                                          r"has the keys .*\); it is not a run lcq train wrote"):
         saved_metrics(TrainConfig(out=str(tmp_path)))
+
+
+@pytest.mark.parametrize("setting", [{"weight_decay": 1e-3}, {"momentum": 0.5}, {"warmup_epochs": 2},
+                                     {"augment": False}])
+def test_a_saved_run_of_another_optimizer_setting_is_not_taken_for_this_one(tmp_path, setting):
+    """A benchmark must not reuse (skip or resume) a run trained with another weight decay, momentum, warm-up or
+    augmentation, which lcq train --resume itself refuses (train.RECIPE)."""
+    import json
+
+    from lcq_train.runs import saved_metrics
+    from lcq_train.train import TrainConfig
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": TrainConfig(out=str(tmp_path)).to_dict(),
+                                                       "epochs": []}))
+    assert saved_metrics(TrainConfig(out=str(tmp_path))) is not None
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=rf"holds a run with other settings \({name}: "):
+        saved_metrics(TrainConfig(out=str(tmp_path), **setting))
