@@ -84,9 +84,16 @@ class _Runner:
     model: CompiledModel
 
     def classify(self, images: np.ndarray, labels: np.ndarray | None = None, progress=None) -> RunResult:
-        """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``); images of another shape or type
-        are refused (ValueError) before anything is sent."""
+        """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``), with ``labels`` (N integer classes) for the
+        accuracy; images or labels of another shape or type are refused (ValueError) before anything is sent."""
         check_images(self.model, np.asarray(images))
+        if labels is not None:
+            labels = np.asarray(labels)
+            classes = self.model.num_classes
+            if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer) or len(labels) and (
+                    labels.min() < 0 or labels.max() >= classes):
+                raise ValueError(f"labels must be {len(images)} integer classes 0..{classes - 1}, one per image; got "
+                                 f"{labels.dtype} of shape {labels.shape}")
         t0 = time.perf_counter()
         self.load_constants()
         t1 = time.perf_counter()

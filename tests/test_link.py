@@ -1589,4 +1589,10 @@ def test_network_runner_refuses_images_of_the_wrong_shape_before_sending_anythin
             runner.classify(bad)
     with pytest.raises(ValueError, match=r"images must be uint8 \(N, 1, 8, 8\)"):
         runner.logits(images[0, :, :7])
+    import numpy as np
+
+    n = len(images)
+    for labels in (np.zeros(1, dtype=np.int64), np.zeros(n + 1, dtype=np.int64), np.zeros(n), np.full(n, 10)):
+        with pytest.raises(ValueError, match=rf"labels must be {n} integer classes 0\.\.9, one per image"):
+            runner.classify(images, labels)
     assert len(port.writes) == sent
