@@ -248,8 +248,8 @@ def cmd_plot(args) -> int:
             raise
         print(f"lcq plot: error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:                # a run that cannot be read, a PNG that cannot be written
-        print(f"lcq plot: error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # a run that cannot be read or drawn, a PNG that cannot be written
+        print(f"lcq plot: error: {e}; no PNG written, any previous ones are left as they were", file=sys.stderr)
         return 2
     for path in written:
         print(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write
+from .atomic import AtomicFiles
 from .calibrate import activation_codes
 from .checkpoint import load_checkpoint
 from .factory import model_from_checkpoint
@@ -49,12 +49,13 @@ def _figure_class():
     return figure
 
 
-def _save_png(fig, path: Path) -> Path:
-    """``fig`` as a PNG at ``path``, written atomically: a failed write leaves the previous file as it was."""
+def _save_png(fig, path: Path, files: AtomicFiles) -> Path:
+    """``fig`` as a PNG to be at ``path`` once ``files`` commits (a temporary until then, so that a failure of a
+    later PNG leaves the previous set as it was)."""
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        files.write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     except OSError as e:
-        raise OSError(f"cannot write {path} ({e.strerror or e}); any previous {path.name} is left as it was") from None
+        raise OSError(f"cannot write {path} ({e.strerror or e})") from None
     return path
 
 
@@ -142,8 +143,8 @@ def _transfer_panel(ax, c: dict, title: str, xlabel: str, samples=None) -> None:
     ax.legend(loc="upper left", fontsize=7)
 
 
-def plot_quantizers(model, out: Path, figure) -> list[Path]:
-    """``quantizer-<layer>.png`` per quantized layer and ``companders.png``; returns the files written."""
+def plot_quantizers(model, out: Path, figure, files: AtomicFiles) -> list[Path]:
+    """``quantizer-<layer>.png`` per quantized layer and ``companders.png``, written to ``files``; their paths."""
     written, all_curves = [], []
     seen_acts = set()
     for name, wq, act_name, aq in quantized_layers(model):
@@ -169,7 +170,7 @@ def plot_quantizers(model, out: Path, figure) -> list[Path]:
                 all_curves.append((f"{tensor}", what, c))
         seen_acts.add(act_name)
         fig.suptitle(f"layer {name}")
-        written.append(_save_png(fig, out / f"quantizer-{_filename(name)}.png"))
+        written.append(_save_png(fig, out / f"quantizer-{_filename(name)}.png", files))
     if all_curves:
         fig = figure(figsize=(11, 5), layout="constrained")
         axes = fig.subplots(1, 2)
@@ -180,12 +181,12 @@ def plot_quantizers(model, out: Path, figure) -> list[Path]:
             ax.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls="--")
             ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="v", ylabel="f(v)", title=f"companders of the {what}")
             ax.legend(fontsize=6, ncol=2, loc="lower right")
-        written.append(_save_png(fig, out / "companders.png"))
+        written.append(_save_png(fig, out / "companders.png", files))
     return written
 
 
-def plot_curves(metrics: dict, out: Path, figure) -> Path | None:
-    """``curves.png`` from the per-epoch rows of ``metrics``; None when it has none."""
+def plot_curves(metrics: dict, out: Path, figure, files: AtomicFiles) -> Path | None:
+    """``curves.png`` from the per-epoch rows of ``metrics``, written to ``files``; None when it has none."""
     rows = metrics.get("epochs") or []
     if not rows:
         return None
@@ -206,10 +207,12 @@ def plot_curves(metrics: dict, out: Path, figure) -> Path | None:
     plan = cfg.get("plan", {})
     bits = "" if plan.get("method") == "fp" else f" W{plan.get('wbits')}/A{plan.get('abits')}"
     fig.suptitle(f"{cfg.get('model')} on {cfg.get('dataset')}, {plan.get('method')}{bits}")
-    return _save_png(fig, out / "curves.png")
+    return _save_png(fig, out / "curves.png", files)
 
 
-def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int) -> Path | None:
+def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int, files: AtomicFiles) -> Path | None:
+    """``activation-codes.png`` from the code counts of each activation quantizer, written to ``files``; None when
+    there are none."""
     if not counts:
         return None
     n = len(counts)
@@ -227,12 +230,13 @@ def plot_codes(counts: dict[str, torch.Tensor], out: Path, figure, images: int) 
     for ax in axes[n:]:
         ax.set_axis_off()
     fig.suptitle(f"activation codes on {images} training images (share of elements per code)")
-    return _save_png(fig, out / "activation-codes.png")
+    return _save_png(fig, out / "activation-codes.png", files)
 
 
 def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: str | None = None,
              images: int = 512, seed: int = 0, factory: str | None = None, log=print) -> list[Path]:
-    """Write the run's PNGs to ``out`` (default RUN_DIR/plots); returns their paths.
+    """Write the run's PNGs to ``out`` (default RUN_DIR/plots), all or none: a failure midway writes none of them
+    (any previous ones are left as they were, and an ``out`` made for them is removed); returns their paths.
 
     ``images``: training images for the activation-code histograms (0: none), drawn at random with
     ``seed``; the data set is the run's, from ``data_dir`` if given, else the run's own ``--data-dir``.
@@ -244,22 +248,38 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: st
     state, metrics = load_run(run_dir)
     run_dir = Path(run_dir)
     out = Path(out) if out is not None else (run_dir.parent if run_dir.is_file() else run_dir) / "plots"
+    made = [p for p in (out, *out.parents) if not p.exists()]      # (innermost first)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:                    # a file there or above it, no permission
         raise ValueError(f"cannot make the plot directory {out} ({e.strerror}): give a directory that can be made "
                          "or written with --out DIR") from None
-    written = []
-    curves = plot_curves(metrics, out, figure)
-    written += [curves] if curves else []
+    try:
+        with AtomicFiles() as files:
+            _draw(state, metrics, run_dir, out, figure, files, data_dir=data_dir, images=images, seed=seed,
+                  factory=factory, log=log)
+            return files.commit()
+    except BaseException:
+        for directory in made:                  # the directories made for this plot, once empty
+            try:
+                directory.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _draw(state: dict, metrics: dict, run_dir: Path, out: Path, figure, files: AtomicFiles, *, data_dir, images,
+          seed, factory, log) -> None:
+    """The PNGs of :func:`plot_run`, written to ``files``."""
+    plot_curves(metrics, out, figure, files)
     if state["plan"]["method"] == "fp":
         log(f"{run_dir} is a full-precision run: no quantizers to draw, training curves only")
-        return written
+        return
     try:
         model = model_from_checkpoint(state, factory, option="--model")
     except ValueError as e:                 # weights that do not fit the model, a user model's factory
         raise ValueError(f"{run_dir}: {e}") from None
-    written += plot_quantizers(model, out, figure)
+    plot_quantizers(model, out, figure, files)
     if images > 0:
         from .data import DatasetError, load_dataset
 
@@ -273,6 +293,4 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, *, data_dir: st
             pick = torch.randperm(data.train_x.shape[0], generator=generator)[:images]
             images = data.train_x[pick]
             batches = (images[i:i + 256].float() / 255.0 for i in range(0, len(pick), 256))
-            path = plot_codes(activation_codes(model, batches), out, figure, len(pick))
-            written += [path] if path else []
-    return written
+            plot_codes(activation_codes(model, batches), out, figure, len(pick), files)

@@ -84,3 +84,28 @@ def test_text_is_written_only_when_it_changes_and_then_whole(tmp_path, monkeypat
     assert write_text_if_changed(path, "module c;\nendmodule\n") and path.read_text() == "module c;\nendmodule\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["core.v"]
 
+
+
+def test_files_written_together_are_all_or_none(tmp_path):
+    """AtomicFiles: nothing is in place before the commit; an error midway removes every temporary and leaves the
+    previous files as they were; the commit puts them all in place."""
+    from lcq_train.atomic import AtomicFiles
+
+    a, b = tmp_path / "a.v", tmp_path / "a.json"
+    a.write_text("old a")
+
+    def disk_full(f):
+        f.write(b"{")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        with AtomicFiles() as files:
+            files.write(a, lambda f: f.write(b"new a"))
+            assert a.read_text() == "old a" and not b.exists()
+            files.write(b, disk_full)
+    assert a.read_text() == "old a" and not b.exists() and sorted(tmp_path.iterdir()) == [a]
+    with AtomicFiles() as files:
+        files.write(a, lambda f: f.write(b"new a"))
+        files.write(b, lambda f: f.write(b"{}"))
+        assert files.commit() == [a, b]
+    assert a.read_text() == "new a" and b.read_text() == "{}" and sorted(tmp_path.iterdir()) == [b, a]

@@ -150,5 +150,46 @@ def test_a_png_that_cannot_be_written_leaves_the_previous_one(runs, tmp_path, mo
     monkeypatch.setattr(Figure, "savefig", disk_full)
     assert main(["plot", str(fp), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert f"lcq plot: error: cannot write {tmp_path / 'curves.png'} (No space left on device); any previous" in err
+    assert f"lcq plot: error: cannot write {tmp_path / 'curves.png'} (No space left on device); no PNG written, " \
+        "any previous ones are left as they were" in err
     assert (tmp_path / "curves.png").read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+def test_a_plot_that_fails_midway_writes_none_of_its_pngs(runs, tmp_path, monkeypatch, capsys):
+    """A failure after some PNGs are drawn (a checkpoint whose weights do not fit its model, a PNG that cannot be
+    written) leaves no PNG of this plot: the directory holds the previous set, as it was, or nothing new."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    import shutil
+
+    from matplotlib.figure import Figure
+
+    from lcq_train.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(runs[1], run)
+    state = load_checkpoint(run / "checkpoint.pt")
+    del state["sha256"]
+    state["model"]["conv1.weight"] = torch.zeros(3)
+    save_checkpoint(state, run / "checkpoint.pt")
+    assert main(["plot", str(run), "--out", str(tmp_path / "png"), "--images", "0"]) == 2     # (after curves.png)
+    assert not (tmp_path / "png").exists()
+    assert "no PNG written" in capsys.readouterr().err
+
+    out = tmp_path / "plots"
+    assert main(["plot", str(runs[1]), "--out", str(out), "--images", "0"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    calls = []
+    real = Figure.savefig
+
+    def third_fails(self, fname, *args, **kwargs):
+        calls.append(fname)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", third_fails)
+    assert main(["plot", str(runs[1]), "--out", str(out), "--images", "0", "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "no PNG written" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
