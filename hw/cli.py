@@ -9,6 +9,7 @@ none|weights|all]`` writes the layer engine instead (top module ``lcq_engine``).
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from compiler import format as model_format
@@ -78,6 +79,17 @@ def _check_output(output: str, model: str) -> None:
         refuse_overwriting(path, model, "model", output)
 
 
+def _write_pair(out: Path, verilog: str, info: dict) -> None:
+    """The Verilog at ``out`` and its parameters (indented JSON) beside it with the ``.json`` suffix, both or
+    neither (:class:`lcq_train.atomic.AtomicFiles`): a failed write leaves any previous pair as it was."""
+    from lcq_train.atomic import AtomicFiles
+
+    with AtomicFiles() as files:
+        files.write(out, lambda f: f.write(verilog.encode()))
+        files.write(out.with_suffix(".json"), lambda f: f.write((json.dumps(info, indent=2) + "\n").encode()))
+        files.commit()
+
+
 def cmd_generate(args) -> int:
     _check_output(args.output, args.model)
     if args.mode == "network" and args.resident != "none":
@@ -88,22 +100,19 @@ def cmd_generate(args) -> int:
         return _generate_network(args, model)
     from amaranth.back import verilog
 
-    from lcq_train.atomic import atomic_write, save_json
-
     from .engine import LayerEngine
 
     params = engine_params(args, model)
     engine = LayerEngine(params)
     text = verilog.convert(engine, name="lcq_engine")
     out = Path(args.output)
-    atomic_write(out, lambda f: f.write(text.encode()))
     signature = engine.signature
     info = {"model": str(args.model), "top": "lcq_engine", "resident": args.resident, "params": params.describe(),
             "target_bits": list(params.target_bits),
             "ports": {"load__payload": {name: field.width for name, field in signature.load_layout},
                       "out__payload": signature.out_bits, "out_bits_per_column": params.out_bits},
             "memory_bits": params.memory_bits()}
-    save_json(info, out.with_suffix(".json"))
+    _write_pair(out, text, info)
     print(f"wrote {out} ({len(text):,} bytes, top module lcq_engine) and {out.with_suffix('.json')}")
     print(f"{params.rows} x {params.cols} PEs, {params.wbits}-bit LUT weights, {params.abits}-bit codes, "
           f"{'with' if params.multiply else 'no'} multipliers, {params.acc_bits}-bit accumulators; "
@@ -114,8 +123,6 @@ def cmd_generate(args) -> int:
 def _generate_network(args, model) -> int:
     from amaranth.back import verilog
 
-    from lcq_train.atomic import atomic_write, save_json
-
     from .network import NetworkCore
     from .network_params import NetworkParams
 
@@ -123,14 +130,13 @@ def _generate_network(args, model) -> int:
     core = NetworkCore(params)
     text = verilog.convert(core, name="lcq_network")
     out = Path(args.output)
-    atomic_write(out, lambda f: f.write(text.encode()))
     load = core.signature.members["load"].signature.members["payload"].shape
     info = {"model": str(args.model), "top": "lcq_network", "mode": "network", "params": params.describe(),
             "target_bits": list(params.target_bits),
             "ports": {"load__payload": {name: field.width for name, field in load},
                       "out__payload": params.value_bits},
             "memory_bits": params.memory_bits()}
-    save_json(info, out.with_suffix(".json"))
+    _write_pair(out, text, info)
     bits = params.memory_bits()
     print(f"wrote {out} ({len(text):,} bytes, top module lcq_network) and {out.with_suffix('.json')}")
     print(f"whole network on a {args.rows} x {args.cols} array: code memory {params.engine.act_depth:,} words, value "

@@ -525,6 +525,35 @@ def test_generate_on_a_full_disk_is_an_error_line(tmp_path, capsys, monkeypatch)
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("mode", ["network", "layers"])
+def test_generate_writes_the_verilog_and_its_parameters_both_or_neither(tmp_path, capsys, monkeypatch, mode):
+    """The parameters file failing to be written (a disk that fills just then) leaves no new Verilog without them:
+    the previous pair is left as it was, or there is none."""
+    import errno
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to tell which file is synced")
+    real = os.fsync
+
+    def full_for_the_json(fd):
+        if ".core.json." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    out = tmp_path / "core.v"
+    argv = ["generate", str(DIGITS), "-o", str(out), "--rows", "1", "--cols", "1", "--mode", mode]
+    monkeypatch.setattr(os, "fsync", full_for_the_json)
+    assert main(argv) == 2
+    json_path = out.with_suffix(".json")
+    assert capsys.readouterr().err == f"lcq generate: error: [Errno 28] No space left on device: '{json_path}'\n"
+    assert not list(tmp_path.iterdir())
+    out.write_text("old verilog")
+    out.with_suffix(".json").write_text("old parameters")
+    assert main(argv) == 2
+    assert out.read_text() == "old verilog" and out.with_suffix(".json").read_text() == "old parameters"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["core.json", "core.v"]
+
+
 @pytest.mark.parametrize("resident", ["weights", "all"])
 def test_resident_is_refused_for_the_network_core(tmp_path, capsys, resident):
     """The whole-network core keeps every layer's constants on the chip: ``--resident`` (the layer engine's buffer
