@@ -11,11 +11,15 @@ from lcq_train.arguments import DefaultsHelpFormatter, IntRange, output_file, po
 from lcq_train.factory import MODEL
 
 from . import format as model_format
+from .graph import FRAC_BITS, INT64_LIMIT
 from .network import MAX_LANES
 from .report import format_table, report
 
 # The type of `lcq report --lanes` (code lanes per word of the network plan's code memory).
 LANES = IntRange(1, MAX_LANES)
+# The types of `lcq compile`'s options: the ranges the model file's loader applies to them (compiler.graph).
+FRAC = IntRange(*FRAC_BITS)
+LUT_ENTRIES = IntRange(1, INT64_LIMIT)
 
 
 def add_parsers(sub) -> dict:
@@ -25,12 +29,15 @@ def add_parsers(sub) -> dict:
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.pt of `lcq train` (uniform or lcq)")
     p.add_argument("-o", "--output", metavar="MODEL", required=True, type=output_file,
                    help="compiled model file to write")
-    p.add_argument("--residual-frac-bits", type=int, default=8, metavar="F",
-                   help="fraction bits of the residual stream below its finest accumulator scale")
-    p.add_argument("--pool-frac-bits", type=int, default=8, metavar="F", help="fraction bits of BN+ReLU before pooling")
-    p.add_argument("--logit-frac-bits", type=int, default=8, metavar="F", help="fraction bits of the logits")
-    p.add_argument("--max-lut-entries", type=int, default=1024, metavar="N",
-                   help="layers with larger LUTs (8-bit edge layers) multiply levels instead")
+    p.add_argument("--residual-frac-bits", type=FRAC, default=8, metavar="F",
+                   help=f"fraction bits of the residual stream below its finest accumulator scale, {FRAC.describe()}")
+    p.add_argument("--pool-frac-bits", type=FRAC, default=8, metavar="F",
+                   help=f"fraction bits of BN+ReLU before pooling, {FRAC.describe()}")
+    p.add_argument("--logit-frac-bits", type=FRAC, default=8, metavar="F",
+                   help=f"fraction bits of the logits, {FRAC.describe()}")
+    p.add_argument("--max-lut-entries", type=LUT_ENTRIES, default=1024, metavar="N",
+                   help="layers with larger LUTs (8-bit edge layers) multiply levels instead, "
+                        f"{LUT_ENTRIES.describe()}")
     _model_option(p)
 
     p = sub.add_parser("eval", help="top-1 of the integer reference and its agreement with the PyTorch model",

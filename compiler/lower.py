@@ -63,8 +63,8 @@ from lcq_train.quant import level_scale
 
 from . import stages
 from .capture import Op, Unsupported, capture, describe, location, operation
-from .graph import (FRAC_BITS, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode, MaxPoolNode,
-                    ModelRuleError, PoolNode, mac_kind)
+from .graph import (FRAC_BITS, INT64_LIMIT, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode,
+                    MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,8 @@ class CompileOptions:
             if not FRAC_BITS[0] <= getattr(self, name) <= FRAC_BITS[1]:   # the rule the loader applies too
                 raise ValueError(f"{name.replace('_', '-')} must be in {FRAC_BITS[0]}..{FRAC_BITS[1]}, "
                                  f"not {getattr(self, name)}")
-        if self.max_lut_entries < 1:
-            raise ValueError(f"max-lut-entries must be positive, not {self.max_lut_entries}")
+        if not 1 <= self.max_lut_entries <= INT64_LIMIT:                      # (the loader's rule too)
+            raise ValueError(f"max-lut-entries must be in 1..{INT64_LIMIT}, not {self.max_lut_entries}")
 
 
 def load_model(path: str | Path, factory: str | None = None) -> tuple[nn.Module, dict]:

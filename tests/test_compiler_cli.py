@@ -228,3 +228,21 @@ def test_a_file_of_another_tool_given_as_a_model_is_not_to_be_recompiled_over(co
     truncated.write_bytes(model.read_bytes()[:5000])          # a damaged model: the advice to recompile stays
     assert main(["report", str(truncated)]) == 2
     assert f"recompile it with `lcq compile CHECKPOINT -o {truncated}`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, valid", [
+    ("--residual-frac-bits", "25", "an integer in 0..24"), ("--pool-frac-bits", "-1", "an integer in 0..24"),
+    ("--logit-frac-bits", "eight", "an integer in 0..24"), ("--max-lut-entries", "0", f"an integer in 1..{2**63}"),
+    ("--max-lut-entries", str(2**63 + 1), f"an integer in 1..{2**63}"),
+])
+def test_compile_options_are_range_checked_as_they_are_parsed(compiled, tmp_path, capsys, option, value, valid):
+    """A compile option out of its range is a usage error naming the option and the range, before the checkpoint is
+    read or lowered (a --max-lut-entries too large for the model file was taken, and refused only on writing)."""
+    checkpoint, _ = compiled
+    out = tmp_path / "m.lcq"
+    with pytest.raises(SystemExit) as e:
+        main(["compile", str(checkpoint), "-o", str(out), option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"lcq compile: error: argument {option}: must be {valid}, not '{value}'" in err, err
+    assert not out.exists()
