@@ -19,7 +19,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from .arguments import (FloatRange, IntRange, decay_rate, default_device, device
 from .atomic import leftovers
 from .calibrate import CLIP_INITS, activation_codes, calibrate_clips, code_shares, reestimate_bn
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rank_rng, save_checkpoint, save_json
-from .data import DATASETS, load_dataset
+from .data import DATASETS, IMAGE_SHAPES, load_dataset
 from .loader import batches
 from .factory import build_user_model, is_factory, normalize_model
 from .models import build_model
@@ -50,6 +50,9 @@ MOMENTUM = FloatRange(0.0, 1.0, lo_open=True)     # Nesterov momentum: torch ref
 # data_dir, device, out, progress may change.
 RECIPE = ("model", "dataset", "plan", "batch_size", "lr", "q_lr", "weight_decay", "momentum", "warmup_epochs",
           "augment", "seed", "init", "clip_init", "bn_batches")
+# RECIPE settings whose None means a default (of the plan, of the data set): left None, a resumed run keeps the
+# saved run's; given, they are compared with the value the saved run had.
+UNSET_IS_SAVED = ("lr", "augment")
 # Settings added since the first saved configs, with the value every run before them had: the paper's
 # recipe (``--clip-init fixed --bn-batches 0``), which the defaults below improve on (README, Results).
 PAPER_RECIPE = {"clip_init": "fixed", "bn_batches": 0}
@@ -232,15 +235,31 @@ def _same_path(a: str | None, b: str | None) -> bool:
     return a == b or (a is not None and b is not None and os.path.abspath(a) == os.path.abspath(b))
 
 
+def _ran_with(name: str, config: dict):
+    """The value a run of ``config`` (``to_dict`` form) had for ``lr`` or ``augment``, which None leaves to a
+    default of its plan or data set; other settings as they are."""
+    value = config[name]
+    if value is None and name == "lr":
+        return 0.1 if config["plan"]["method"] == "fp" else 0.04          # (TrainConfig.weight_lr)
+    if value is None and name == "augment":
+        return IMAGE_SHAPES.get(config["dataset"]) == (3, 32, 32)       # (as _train decides it)
+    return value
+
+
 def check_continues(ckpt_path: Path, saved: dict, asked: dict, given=None) -> None:
     """Raise ValueError listing the RECIPE settings in which config dict ``asked`` (``to_dict`` form;
-    only the names in ``given`` when not None) differs from the ``saved`` run's."""
+    only the names in ``given`` when not None) differs from the ``saved`` run's. ``lr`` and ``augment`` are
+    compared as the run had them (None: the default); left None in ``asked``, they are the saved run's."""
     lines = []
     for name in RECIPE:
         old, new = saved[name], asked[name]
         if name == "plan":
             lines += [f"{_option(key)} {old[key]!r} there, {new[key]!r} asked" for key in (f.name for f in fields(QuantPlan))
                       if (given is None or key in given) and old[key] != new[key]]
+        elif name in UNSET_IS_SAVED:
+            if (given is None or name in given) and new is not None and _ran_with(name, saved) != new:
+                default = " (the default)" if old is None else ""
+                lines.append(f"{_option(name)} {_ran_with(name, saved)!r}{default} there, {new!r} asked")
         elif (given is None or name in given) and not (_same_path(old, new) if name == "init" else old == new):
             lines.append(f"{_option(name)} {old!r} there, {new!r} asked")
     if lines:
@@ -312,7 +331,8 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
     """Run training per ``cfg``; returns the metrics dict also written to OUT/metrics.json.
 
     ``cfg.out`` must be new or empty, or, with ``cfg.resume``, hold the run to continue: its
-    RECIPE settings must equal ``cfg``'s (ValueError lists the differences), and ``cfg.epochs``
+    RECIPE settings must equal ``cfg``'s (ValueError lists the differences; ``lr`` and ``augment`` left None
+    are the saved run's), and ``cfg.epochs``
     larger than the saved run's extends it (said on stdout). A resumed run that has already
     finished its epochs returns its saved metrics, or with ``finished_ok=False`` (``lcq train``)
     raises ValueError: nothing to train is an error there. The writing process holds OUT's lock
@@ -335,6 +355,8 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
         for path in _temporaries(out):          # no other lcq train writes here (the lock): left by a killed one
             path.unlink()
     resume_state, saved = _resume_state(ckpt_path, cfg, finished_ok) if cfg.resume else (None, None)
+    if saved is not None:                      # settings left None: the saved run's (recorded so in the checkpoint)
+        cfg = replace(cfg, **{name: getattr(saved, name) for name in UNSET_IS_SAVED if getattr(cfg, name) is None})
     if resume_state is not None and resume_state["epoch"] >= cfg.epochs:
         return resume_state["metrics"]
     device = torch.device(cfg.device or default_device(int(os.environ.get("LOCAL_RANK", "0"))))

@@ -253,6 +253,46 @@ def test_resume_checks_settings_and_extends_runs(fp_checkpoint, tmp_path, capsys
     assert state["epoch"] == 5 and state["config"]["epochs"] == 5
 
 
+def test_resume_compares_the_learning_rate_and_augmentation_the_run_had(fp_checkpoint, tmp_path, capsys):
+    """--lr and --augment left out when a run started (None: the default, 0.1 and off here) are the values it ran
+    with: giving those to continue it continues it (it was refused as "--lr None there, 0.1 asked"), another value
+    is refused, naming the default the run had."""
+    run = tmp_path / "run"
+    shutil.copytree(fp_checkpoint.parent, run)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "5", "--lr", "0.05", "--augment"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr 0.1 (the default) there, 0.05 asked" in err and "--augment False (the default) there, True asked" \
+        in err, err
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "5", "--lr", "0.1", "--no-augment",
+                 "--no-progress"]) == 0
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 5
+
+
+def test_resume_in_python_takes_the_runs_learning_rate_and_augmentation(tmp_path, monkeypatch):
+    """``TrainConfig(resume=True)`` with lr and augment left None continues the run with its own (it was refused:
+    "--lr 0.05 there, None asked"), as the run not stopped would have gone on; values given are compared."""
+    straight = train(_cfg(tmp_path / "a", epochs=2, lr=0.05, augment=False))
+    calls, real_evaluate = [], train_mod.evaluate
+
+    def interrupted(*args, **kwargs):           # (stopped in its second epoch, as test_resume_continues_bit_for_bit)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(tmp_path / "b", epochs=2, lr=0.05, augment=False))
+    monkeypatch.setattr(train_mod, "evaluate", real_evaluate)
+    with pytest.raises(ValueError, match=r"--lr 0.05 there, 0.1 asked"):
+        train(_cfg(tmp_path / "b", epochs=2, lr=0.1, resume=True))
+    resumed = train(_cfg(tmp_path / "b", epochs=2, resume=True))
+    assert [r["test_top1"] for r in resumed["epochs"]] == [r["test_top1"] for r in straight["epochs"]]
+    config = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["config"]
+    assert config["lr"] == 0.05 and config["augment"] is False
+
+
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (
         __import__("pathlib").Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
 @pytest.mark.parametrize("method", ["fp", "lcq"])
