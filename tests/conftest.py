@@ -4,7 +4,17 @@
 ``def test_x(small_cnn, images): model = small_cnn((1, 8, 8), plan, seed=0); x = images(4, (1, 8, 8), seed=0)``.
 """
 
+import os
+
 import pytest
+
+# ---- CPU threads ---------------------------------------------------------------------------------------------
+# Under pytest-xdist (`-n auto`: one worker per core) each worker, and each `lcq`/benchmark subprocess a test starts,
+# would run torch with one OpenMP thread per core: 2 workers on 2 cores kept 4 threads spinning on small tensors, and
+# a 1-epoch digits run took 16 s instead of 4 s. So a worker and what it starts use one thread each, unless
+# OMP_NUM_THREADS says otherwise (set here, before any test imports torch, so that torch reads it too).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
