@@ -21,6 +21,11 @@ its INFO reply (:class:`hw.protocol.VersionError`, not retried).
 In network mode the core computes between requests (protocol version 5): :meth:`LinkHost.start`
 starts it on the staged image and returns, :meth:`LinkHost.result` collects its logits later, so that
 the next image's LOAD frames travel while it runs.
+
+A board reset since the model was loaded is caught (protocol version 6): :meth:`LinkHost.begin_session` sets the
+device's session register to a random non-zero value (the runners do so before they load the model), and every
+DONE and INFO after it must state that value; one that does not (0: the board was reset) is a
+:class:`hw.protocol.BoardReset`, not retried, and the words of that request are not returned.
 """
 
 from __future__ import annotations
@@ -28,19 +33,21 @@ from __future__ import annotations
 import errno
 import math
 import os
+import random
 import struct
 import time
 from collections import Counter
 from dataclasses import fields
 
-from hw.protocol import (DONE_FORMAT, FRAME_BYTES, LENGTH_BITS, MAX_INFO_BYTES, OUT_HEAD_BYTES, FrameError, FrameType,
-                         LinkError, LinkInfo, LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, decode_out,
-                         encode_frame, encode_loads, encode_run, read_frame)
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, LENGTH_BITS, MAX_INFO_BYTES, OUT_HEAD_BYTES, SESSION_BITS,
+                         BoardReset, FrameError, FrameType, LinkError, LinkInfo, LinkNoise, LinkTimeout, NackCode,
+                         NackError, OutputFormat, decode_done, decode_out, encode_frame, encode_loads, encode_run,
+                         encode_session, read_frame)
 
 NACK_BYTES = 2
 INFO_BYTES = MAX_INFO_BYTES     # the longest INFO reply (255 load targets)
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
-RUN_WORDS_MAX = (1 << 8 * struct.calcsize(DONE_FORMAT)) - 1
+RUN_WORDS_MAX = (1 << 8 * struct.calcsize(DONE_FORMAT[:2])) - 1     # DONE's count: its first field
 # NACK codes of a frame damaged on the way in: sending it again may succeed. The bridge tests a frame's type and
 # length as they arrive, before its checksum, so a type or length byte damaged on the line comes back as TYPE or
 # LENGTH (the host's own frames have known types and lengths right for the INFO it checked); TARGET is tested
@@ -97,6 +104,9 @@ class LinkHost:
     never stops sending (at least twice the longest reply of the last RUN); ``deadline`` (None:
     none): wall-clock seconds one reply frame, and one drain, may take on top of the bounds in
     port timeouts (for ports whose time is real time, not a simulation's).
+
+    ``session``: the session :meth:`begin_session` set on the device (None: none, or it was lost); while set,
+    each DONE and INFO must state it, or :class:`hw.protocol.BoardReset` is raised (and ``session`` is None).
     """
 
     def __init__(self, port, *, retries: int = 3, deadline: float | None = None, drain_bytes: int = 1 << 20):
@@ -112,6 +122,7 @@ class LinkHost:
         self.retried = self.resyncs = self.repeated = 0
         self._info: LinkInfo | None = None
         self._reply_bytes = 0       # the longest reply the last request could bring
+        self.session: int | None = None
 
     @property
     def info(self) -> LinkInfo:
@@ -187,12 +198,30 @@ class LinkHost:
             raise self._unexpected(frame, "PING")
         info = LinkInfo.decode(frame.payload)
         if self._info is not None and info != self._info:
-            pairs = ((f.name, getattr(self._info, f.name), getattr(info, f.name)) for f in fields(info))
+            pairs = ((f.name, getattr(self._info, f.name), getattr(info, f.name)) for f in fields(info) if f.compare)
             changed = ", ".join(f"{name} {was} -> {now}" for name, was, now in pairs if was != now)
             raise LinkError(f"the device's parameters changed since this session's first PING ({changed}): another "
                             f"bitstream was flashed, or another board answers on the port; run again")
         self._info = info
+        self._check_session("the INFO reply to PING", info.session)
         return info
+
+    def _check_session(self, reply: str, session: int) -> None:
+        """A :class:`BoardReset` (and no session set any more) when ``reply`` states another ``session`` than the
+        one :meth:`begin_session` set."""
+        if self.session is not None and session != self.session:
+            expected, self.session = self.session, None
+            raise BoardReset(reply, expected, session)
+
+    def begin_session(self) -> int:
+        """Set the device's session register to a new random non-zero value (a SESSION frame, sent again as a
+        LOAD is), which each DONE and INFO from now on must state: call it before loading what the device must
+        keep. Returns the value (also ``session``)."""
+        self.session = None         # the session the device held is given up, whether or not the new one is taken
+        session = random.SystemRandom().randrange(1, 1 << SESSION_BITS)
+        self._acknowledged(FrameType.SESSION, encode_session(session), "SESSION")
+        self.session = session
+        return session
 
     def _drain(self) -> None:
         """Read until the port times out with nothing (the device then waits for a frame): at most
@@ -233,24 +262,31 @@ class LinkHost:
         """Send ``(target, addr, data)`` beats in order, in LOAD frames of at most
         ``max_payload`` bytes (:func:`encode_loads`), each acknowledged before the next."""
         for number, payload in enumerate(encode_loads(beats, self.info)):
-            expecting = f"the reply to LOAD frame {number} ({len(payload)} bytes)"
-            for attempt in range(1, self.retries + 2):
-                try:
-                    frame = self._request(FrameType.LOAD, payload, expecting)
-                    if frame.type == FrameType.ACK and not frame.payload:
-                        break
-                    if frame.type != FrameType.NACK or len(frame.payload) != 2:
-                        raise self._unexpected(frame, f"LOAD frame {number}")
-                except (FrameError, LinkTimeout):    # the reply went wrong: resync, send again
-                    if attempt > self.retries:
-                        raise
-                    self.retried += 1
-                    self.resync()
-                    continue
-                code, refused = frame.payload
-                if code not in RESENDABLE or attempt > self.retries:
-                    raise NackError(code, refused, attempt)
+            self._acknowledged(FrameType.LOAD, payload, f"LOAD frame {number}")
+
+    def _acknowledged(self, request: FrameType, payload: bytes, what: str) -> None:
+        """Send ``request`` (LOAD or SESSION, which are harmless twice) until it is ACKed: a frame NACKed with a
+        :data:`RESENDABLE` code is sent again, one whose reply went wrong is sent again after :meth:`resync`, up to
+        ``retries`` times."""
+        self.info       # pinged first: a resync must not be the session's first PING
+        expecting = f"the reply to {what} ({len(payload)} bytes)"
+        for attempt in range(1, self.retries + 2):
+            try:
+                frame = self._request(request, payload, expecting)
+                if frame.type == FrameType.ACK and not frame.payload:
+                    return
+                if frame.type != FrameType.NACK or len(frame.payload) != 2:
+                    raise self._unexpected(frame, what)
+            except (FrameError, LinkTimeout):    # the reply went wrong: resync, send again
+                if attempt > self.retries:
+                    raise
                 self.retried += 1
+                self.resync()
+                continue
+            code, refused = frame.payload
+            if code not in RESENDABLE or attempt > self.retries:
+                raise NackError(code, refused, attempt)
+            self.retried += 1
 
     def run(self, out_words: int, fmt: OutputFormat = OutputFormat.FULL) -> list[int]:
         """Start the engine and collect exactly ``out_words`` output words, sent in format
@@ -327,7 +363,9 @@ class LinkHost:
                                      f"{out_words} asked for: host and gateware speak different "
                                      f"protocols (rebuild the bitstream) or the device is faulty")
             elif frame.type == FrameType.DONE and len(frame.payload) == DONE_BYTES:
-                return words, struct.unpack(DONE_FORMAT, frame.payload)[0]
+                count, session = decode_done(frame.payload)
+                self._check_session(f"the DONE reply to {request.name}", session)
+                return words, count
             else:
                 raise self._unexpected(frame, request.name)
 

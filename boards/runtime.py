@@ -15,6 +15,10 @@ output words back; codes only for thresholded layers), every host-side node (inp
 residual additions, activations, pooling) in the integer reference, exactly as
 :func:`hw.program.model_jobs` lays out. Results are the integer logits, so they can be
 compared image for image with ``compiler.reference.predict``.
+
+Each runner sets a new session on the board before it loads the model (:meth:`LinkHost.begin_session`), so that a
+board reset or reconfigured since (the model gone) ends the run in a :class:`hw.protocol.BoardReset` at the next
+DONE, never in logits computed without the model; the next ``classify`` or ``logits`` loads the model again.
 """
 
 from __future__ import annotations
@@ -136,12 +140,15 @@ class NetworkRunner(_Runner):
                             f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
         self.host, self.model, self.params = host, model, params
         self.retries, self.repeated = retries, 0
-        self.loaded = False
+        self.loaded, self._session = False, None
 
     def load_constants(self) -> None:
-        """Send every constant and the program (once)."""
-        if not self.loaded:
+        """A new session (:meth:`LinkHost.begin_session`), then every constant and the program: once, and again
+        after the host lost the session they were loaded in (a :class:`hw.protocol.BoardReset`)."""
+        if not self.loaded or self.host.session != self._session:
+            self.host.begin_session()
             self._idle(lambda: self.host.load(load_beats(self.model, self.params)))
+            self._session = self.host.session
         self.loaded = True
 
     def _idle(self, request):
@@ -260,12 +267,17 @@ class BoardRunner(_Runner):
                             f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
         self.host, self.model, self.params, self.resident = host, model, params, resident
         self.retries, self.repeated = retries, 0
-        self.loaded = False
+        self.loaded, self._session = False, None
 
     def load_constants(self) -> None:
-        """Send what the engine keeps of every layer (once; nothing for ``"none"``)."""
-        if self.resident != "none" and not self.loaded:
-            self.host.load(resident_beats(self.model, self.params, self.resident))
+        """A new session (:meth:`LinkHost.begin_session`; also for ``"none"``: a layer's constants are lost in a
+        reset between its LOADs and its RUN), then what the engine keeps of every layer (nothing for ``"none"``):
+        once, and again after the host lost the session they were loaded in (a :class:`hw.protocol.BoardReset`)."""
+        if not self.loaded or self.host.session != self._session:
+            self.host.begin_session()
+            if self.resident != "none":
+                self.host.load(resident_beats(self.model, self.params, self.resident))
+            self._session = self.host.session
         self.loaded = True
 
     def logits(self, image: np.ndarray) -> np.ndarray:

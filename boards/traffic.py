@@ -4,7 +4,7 @@ Network mode (:func:`network_image_traffic`): per image the LOAD frames of its p
 (:func:`hw.network_program.image_beats`) with an ACK each, a RESULT with the OUT frames of the
 ``num_classes`` logits (each with the index of its first word) and DONE, and a RUN of 0 words with
 its DONE (:class:`boards.runtime.NetworkRunner` overlaps the link with compute); the constants and
-program once (:func:`hw.network_program.load_beats`).
+program once (:func:`hw.network_program.load_beats`), after a SESSION frame.
 
 Layers mode (:func:`image_traffic`): every request of one image is encoded exactly as
 :class:`boards.runtime.BoardRunner` sends it (the :func:`hw.program.model_jobs` layout,
@@ -24,8 +24,8 @@ from hw.engine_params import EngineParams
 from hw.network_params import NetworkParams
 from hw.network_program import image_beats, load_beats
 from hw.program import act_beats, output_words, resident_bases, resident_beats, setup_beats
-from hw.protocol import (DONE_FORMAT, FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, LinkInfo, LinkMode,
-                         OutputFormat, encode_loads)
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SESSION_FORMAT,
+                         LinkInfo, LinkMode, OutputFormat, encode_loads)
 
 from .runtime import output_format
 
@@ -33,7 +33,7 @@ from .runtime import output_format
 def image_traffic(model: CompiledModel, params: EngineParams, resident: str, max_payload: int) -> dict:
     """``{"bytes_to_device", "bytes_from_device", "requests"}`` of one image on the engine of
     ``params`` (residency ``resident``, frame buffer ``max_payload`` bytes), and the same
-    under ``"loading"`` for loading the resident constants once (PING left out)."""
+    under ``"loading"`` for loading the resident constants once (:func:`_loading`)."""
     info = LinkInfo(PROTOCOL_VERSION, params.addr_bits, params.cols * params.out_bits, params.rows, params.cols,
                     max_payload, params.code_bits, params.target_bits)
 
@@ -49,9 +49,16 @@ def image_traffic(model: CompiledModel, params: EngineParams, resident: str, max
         from_device += (acks + words * size + (FRAME_BYTES + OUT_HEAD_BYTES) * out_frames + FRAME_BYTES
                         + struct.calcsize(DONE_FORMAT))
         requests += frames + 1
-    sent, acks, frames = _loads(resident_beats(model, params, resident), info)
     return {"bytes_to_device": to_device, "bytes_from_device": from_device, "requests": requests,
-            "loading": {"bytes_to_device": sent, "bytes_from_device": acks, "requests": frames}}
+            "loading": _loading(resident_beats(model, params, resident), info)}
+
+
+def _loading(beats, info: LinkInfo) -> dict:
+    """The traffic of loading ``beats`` once: the SESSION frame the runners send first and its ACK, then the LOAD
+    frames of ``beats`` and their ACKs (the PING before left out)."""
+    sent, acks, frames = _loads(beats, info)
+    return {"bytes_to_device": FRAME_BYTES + struct.calcsize(SESSION_FORMAT) + sent,
+            "bytes_from_device": FRAME_BYTES + acks, "requests": 1 + frames}
 
 
 def _loads(beats, info: LinkInfo) -> tuple[int, int, int]:
@@ -78,13 +85,11 @@ def network_image_traffic(model: CompiledModel, params: NetworkParams, max_paylo
     """``{"bytes_to_device", "bytes_from_device", "requests"}`` of one image on the whole-network core of
     ``params`` (frame buffer ``max_payload`` bytes): its pixels' LOAD frames and their ACKs, the RESULT
     with the logits' OUT frames and DONE, the RUN of 0 words that starts it with its DONE; the same under
-    ``"loading"`` for the constants and program, loaded once (PING left out). Pixel values change no
+    ``"loading"`` for the constants and program, loaded once (:func:`_loading`). Pixel values change no
     size, so a zero image stands in for any."""
     info = network_info(model, params, max_payload)
     sent, acks, frames = _loads(image_beats(model, params, np.zeros(model.input.shape, dtype=np.uint8)), info)
     result, replies = _run(info, model.num_classes, OutputFormat.FULL)
     start, done = _run(info, 0, OutputFormat.FULL)
-    load_sent, load_acks, load_frames = _loads(load_beats(model, params), info)
     return {"bytes_to_device": sent + result + start, "bytes_from_device": acks + replies + done,
-            "requests": frames + 2,
-            "loading": {"bytes_to_device": load_sent, "bytes_from_device": load_acks, "requests": load_frames}}
+            "requests": frames + 2, "loading": _loading(load_beats(model, params), info)}

@@ -36,13 +36,22 @@ starting anything. While the core runs, a RUN, or a LOAD to any target but the i
 with :attr:`NackCode.BUSY` (it would disturb the running image): collect the logits with RESULT first.
 Order per image (:class:`boards.runtime.NetworkRunner`): LOAD its pixels, RESULT of the image before,
 RUN(0). A RUN asking for the logits still runs one image the blocking way (LOAD, RUN(classes)).
+
+Version 6: a board reset (its button, or configuration from flash) since the host loaded the model is detected.
+The bridge holds a ``session`` register (:data:`SESSION_FORMAT`), 0 after a reset, which the new request
+``SESSION`` (:attr:`FrameType.SESSION`) sets (ACK; taken while the core runs: it disturbs nothing); DONE
+(:data:`DONE_FORMAT`: the word count, then the session) and INFO (:data:`INFO_HEAD_FORMAT`: the session
+after ``classes``) state it. The runners set a random non-zero session before they load the model; a DONE or
+INFO of another session (0: the board was reset; another value: another host loaded it) is a
+:class:`BoardReset`, so that no output computed without the loaded model is taken. A bitstream of version
+5 (whose DONE and INFO carry no session) is refused by its INFO's version.
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 SYNC = 0xA5
@@ -53,17 +62,20 @@ CRC_FORMAT = ">H"  # the checksum, after the payload
 LENGTH_BITS = 8 * struct.calcsize(LENGTH_FORMAT)
 CRC_BYTES = struct.calcsize(CRC_FORMAT)
 FRAME_BYTES = 1 + 1 + struct.calcsize(LENGTH_FORMAT) + CRC_BYTES  # sync, type, length, checksum
-PROTOCOL_VERSION = 5
-# version, mode; addr_bits, out_bits, rows, cols, max_payload, code_bits, classes; number of targets (the data
-# bits of each target follow, TARGET_FORMAT each)
-INFO_HEAD_FORMAT = "<BB7HB"
+PROTOCOL_VERSION = 6
+SESSION_FORMAT = "<H"  # the session: 0 after a reset, set by SESSION; stated by DONE and INFO
+SESSION_BITS = 8 * struct.calcsize(SESSION_FORMAT)
+# version, mode; addr_bits, out_bits, rows, cols, max_payload, code_bits, classes; the session; number of targets
+# (the data bits of each target follow, TARGET_FORMAT each)
+INFO_HEAD_FORMAT = "<BB7H" + SESSION_FORMAT[1:] + "B"
 INFO_HEAD_BYTES = struct.calcsize(INFO_HEAD_FORMAT)
+INFO_SESSION_OFFSET = struct.calcsize("<BB7H")  # where the session's bytes start in INFO
 TARGET_FORMAT = "<H"
 MAX_TARGETS = 255  # a LOAD names its target in one byte; INFO counts them in one
 RUN_FORMAT = "<IB"  # words expected, output format (FULL or CODES); a RESULT's payload too
 OUT_FORMAT = "<I"  # an OUT payload's head: the index of its first word within the RUN (the words follow)
 OUT_HEAD_BYTES = struct.calcsize(OUT_FORMAT)
-DONE_FORMAT = "<I"  # words the engine returned since RUN
+DONE_FORMAT = "<I" + SESSION_FORMAT[1:]  # words the engine returned since RUN, the session
 
 
 def info_bytes(targets: int) -> int:
@@ -110,6 +122,7 @@ class FrameType(enum.IntEnum):
     LOAD = 0x02
     RUN = 0x03
     RESULT = 0x04
+    SESSION = 0x05
     INFO = 0x81
     ACK = 0x82
     OUT = 0x83
@@ -135,7 +148,7 @@ class NackCode(enum.IntEnum):
             NackCode.LENGTH: "its length was wrong for its type (a LOAD payload is the "
                              "target, the address and whole words of that target, at most "
                              "max_payload bytes; a RUN or RESULT payload is the word count and a "
-                             "known output format; PING carries none)",
+                             "known output format; a SESSION payload is the session; PING carries none)",
             NackCode.TYPE: "its type byte is not a request the device knows",
             NackCode.TIMEOUT: "it stopped arriving mid-way (the device dropped it)",
             NackCode.FRAMING: "a byte had no stop bit (baud rate mismatch or line noise)",
@@ -169,6 +182,21 @@ class FrameError(LinkError):
 
 class VersionError(LinkError):
     """The device speaks another protocol version than the host (asking again would not help)."""
+
+
+class BoardReset(LinkError):
+    """The device states another session than the one this host set before it loaded the model (a DONE or
+    INFO reply): the board was reset or reconfigured (session 0), or another host loaded it, since; what the
+    host loaded is gone, so its outputs are not taken (loading the model again would help)."""
+
+    def __init__(self, reply: str, expected: int, got: int):
+        self.expected, self.got = expected, got
+        what = ("the board was reset or reconfigured (its button, power, or configuration from flash)" if got == 0
+                else "another host session set it (another program on the port, or another runner)")
+        super().__init__(f"{reply} states session 0x{got:04x}, not the 0x{expected:04x} this host set before it "
+                         f"loaded the model: {what} since then, so the model it held is gone and its outputs are "
+                         f"garbage (none taken); run again (the runner loads the model again), and keep the board "
+                         f"from being reset during a run")
 
 
 class NackError(LinkError):
@@ -286,7 +314,9 @@ class LinkInfo:
     word bits (LAYERS: ``cols`` fields; NETWORK: one logit), array size, the largest payload it
     takes, the width of an activation code (0: no CODES format), the data bits of each load
     target (0: none; as many targets as the core has), the mode (:class:`LinkMode`) and, in
-    NETWORK mode, the number of logits a RUN returns (``classes``; 0 in LAYERS mode)."""
+    NETWORK mode, the number of logits a RUN returns (``classes``; 0 in LAYERS mode). ``session``: the device's
+    session register when it replied (0: nothing set since its last reset); state, not a parameter, so two
+    INFOs of other sessions are equal."""
 
     version: int
     addr_bits: int
@@ -298,6 +328,7 @@ class LinkInfo:
     target_bits: tuple[int, ...]
     mode: int = LinkMode.LAYERS
     classes: int = 0
+    session: int = field(default=0, compare=False)
 
     @classmethod
     def decode(cls, payload: bytes) -> "LinkInfo":
@@ -318,10 +349,11 @@ class LinkInfo:
             raise FrameError(f"INFO reply has {len(payload)} payload bytes, expected {expected}: it was "
                              f"damaged on the line or does not come from a link bridge of this project; ping "
                              f"again, and rebuild and flash the bitstream if it persists")
-        version, mode, addr_bits, out_bits, rows, cols, max_payload, code_bits, classes, _ = \
+        version, mode, addr_bits, out_bits, rows, cols, max_payload, code_bits, classes, session, _ = \
             struct.unpack_from(INFO_HEAD_FORMAT, payload)
         widths = struct.unpack_from(f"<{targets}H", payload, INFO_HEAD_BYTES)
-        info = cls(version, addr_bits, out_bits, rows, cols, max_payload, code_bits, tuple(widths), mode, classes)
+        info = cls(version, addr_bits, out_bits, rows, cols, max_payload, code_bits, tuple(widths), mode, classes,
+                   session)
         problems = info.problems()
         if problems:
             raise FrameError(f"INFO reply states impossible parameters ({'; '.join(problems)}): it "
@@ -375,7 +407,8 @@ class LinkInfo:
 
     def encode(self) -> bytes:
         return (struct.pack(INFO_HEAD_FORMAT, self.version, self.mode, self.addr_bits, self.out_bits, self.rows,
-                            self.cols, self.max_payload, self.code_bits, self.classes, len(self.target_bits))
+                            self.cols, self.max_payload, self.code_bits, self.classes, self.session,
+                            len(self.target_bits))
                 + struct.pack(f"<{len(self.target_bits)}H", *self.target_bits))
 
     @property
@@ -436,6 +469,20 @@ def encode_loads(beats: Iterable[tuple[int, int, int]], info: LinkInfo) -> list[
 def encode_run(words: int, fmt: OutputFormat = OutputFormat.FULL) -> bytes:
     """The RUN payload asking for ``words`` output words in format ``fmt``."""
     return struct.pack(RUN_FORMAT, words, fmt)
+
+
+def encode_session(session: int) -> bytes:
+    """The SESSION payload setting the device's session register to ``session`` (1 .. 2**SESSION_BITS - 1: 0 is
+    the value of a reset)."""
+    if isinstance(session, bool) or not isinstance(session, int) or not 0 < session < 1 << SESSION_BITS:
+        raise ValueError(f"A session must be an integer in 1..{(1 << SESSION_BITS) - 1} (0 is a reset board's), "
+                         f"not {session!r}")
+    return struct.pack(SESSION_FORMAT, session)
+
+
+def decode_done(payload: bytes) -> tuple[int, int]:
+    """A DONE payload's word count and session (its length checked by the caller: ``DONE_FORMAT``)."""
+    return struct.unpack(DONE_FORMAT, payload)
 
 
 def encode_out(first: int, words: bytes) -> bytes:

@@ -12,7 +12,10 @@ nth byte sent, to exercise a NACK and the host's retry; -1 for none), ``corrupt_
 (flip a bit of each of these byte indices the device sends, to exercise the host's
 recovery), ``byte_cycles``
 (clock cycles per byte each way while classifying, as a UART at the board's rate takes; 1
-by default; loading the resident constants goes a byte per cycle) and ``results`` (where
+by default; loading the resident constants goes a byte per cycle), ``reset_after`` (pulse the DUT's
+reset, as a board's button, once this many images' logits have arrived, before the host's next
+request; the host's :class:`hw.protocol.LinkError` that ends the run goes to ``error``, its type and
+message, and ``logits`` is empty) and ``results`` (where
 the logits and the link traffic go: cycles, bytes each way and requests, for loading the
 resident constants and for the images; ``done_cycles``: the cycle count when each image's logits
 had arrived).
@@ -46,6 +49,7 @@ class SimPort:
                  read_timeout: int = READ_TIMEOUT_CYCLES):
         self.dut, self.corrupt, self.byte_cycles, self.read_timeout = dut, corrupt, byte_cycles, read_timeout
         self.corrupt_replies = set(corrupt_replies)
+        self.reset_pending = False      # set by the host's thread: pulse the reset before the next byte goes
         self.to_device: list[int] = []
         self.from_device = bytearray()
         self.sent = self.received = self.requests = self.cycles = 0
@@ -75,6 +79,12 @@ class SimPort:
         ``tx_ready``, taking the ``tx`` byte if one is offered."""
         dut = self.dut
         while True:
+            if self.reset_pending:
+                self.reset_pending = False
+                dut.rst.value = 1
+                for _ in range(3):
+                    await FallingEdge(dut.clk)
+                dut.rst.value = 0
             if self.to_device:
                 byte = self.to_device.pop(0)
                 if self.sent == self.corrupt:
@@ -99,6 +109,7 @@ def classify(d: dict, port: SimPort) -> dict:
     from boards.runtime import BoardRunner
     from compiler.format import load
     from hw.engine_params import EngineParams
+    from hw.protocol import LinkError
 
     host = LinkHost(port)
     model = load(d["model"])
@@ -113,11 +124,22 @@ def classify(d: dict, port: SimPort) -> dict:
     runner.load_constants()
     loading, port.byte_cycles = port.traffic(), paced
     done_cycles = []        # the port's cycle count as each image's logits arrive
-    result = runner.classify(np.asarray(d["images"], dtype=np.uint8),
-                             progress=lambda done, total: done_cycles.append(port.cycles))
+
+    def progress(done, total):
+        done_cycles.append(port.cycles)
+        if done == d.get("reset_after"):
+            port.reset_pending = True
+
+    try:
+        result = runner.classify(np.asarray(d["images"], dtype=np.uint8), progress=progress)
+        logits, error = result.logits.tolist(), None
+    except LinkError as e:
+        if "reset_after" not in d:
+            raise
+        logits, error = [], {"type": type(e).__name__, "message": str(e)}
     images = {name: value - loading[name] for name, value in port.traffic().items()}
-    return {"logits": result.logits.tolist(), "loading": loading, "images": images, "retried": host.retried,
-            "repeated": runner.repeated, "done_cycles": done_cycles}
+    return {"logits": logits, "loading": loading, "images": images, "retried": host.retried,
+            "repeated": runner.repeated, "done_cycles": done_cycles, **({"error": error} if error else {})}
 
 
 @cocotb.test()

@@ -8,6 +8,7 @@ code ``lcq run`` uses. The UART itself is tested bit by bit in ``tests/test_link
 """
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ def digits_test_images(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run_board(resident: str, tmp_path, *, byte_cycles: int, images: int = 3, **faults) -> tuple:
     """The digits CNN on a simulated 2 x 4 board core with ``resident`` constants, ``images`` test
-    images: (model, params, images, the testbench's results)."""
+    images: (model, params, images, the testbench's results); the logits equal the reference unless the run
+    ended in an error (``reset_after`` set)."""
     require_simulators("verilator")
     from boards.top import AcceleratorCore
 
@@ -50,7 +52,8 @@ def run_board(resident: str, tmp_path, *, byte_cycles: int, images: int = 3, **f
         "model": str(DIGITS), "params": params.describe(), "resident": resident, "images": test_images.tolist(),
         "byte_cycles": byte_cycles, "results": str(results), **faults})
     out = json.loads(results.read_text())
-    assert len(out["logits"]) == images and (np.array(out["logits"]) == predict(model, test_images)).all()
+    if "reset_after" not in faults:
+        assert len(out["logits"]) == images and (np.array(out["logits"]) == predict(model, test_images)).all()
     return model, params, test_images, out
 
 
@@ -93,7 +96,7 @@ def test_host_runtime_recovers_from_corrupted_bytes_both_ways(tmp_path):
 
 def run_network_board(tmp_path, *, byte_cycles: int, images: int = 3, **faults) -> tuple:
     """The digits CNN on a simulated 2 x 4 board in network mode (the whole network on the chip):
-    (model, params, images, the testbench's results)."""
+    (model, params, images, the testbench's results), checked as :func:`run_board`'s."""
     require_simulators("verilator")
     from boards.top import NetworkAcceleratorCore
     from hw.network_params import NetworkParams
@@ -109,7 +112,8 @@ def run_network_board(tmp_path, *, byte_cycles: int, images: int = 3, **faults) 
         "model": str(DIGITS), "mode": "network", "rows": 2, "cols": 4, "images": test_images.tolist(),
         "byte_cycles": byte_cycles, "results": str(results), **faults})
     out = json.loads(results.read_text())
-    assert len(out["logits"]) == images and (np.array(out["logits"]) == predict(model, test_images)).all()
+    if "reset_after" not in faults:
+        assert len(out["logits"]) == images and (np.array(out["logits"]) == predict(model, test_images)).all()
     return model, params, test_images, out
 
 
@@ -134,13 +138,17 @@ def test_network_mode_board_recovers_from_corrupted_bytes_both_ways(tmp_path):
     """A byte of the constants corrupted on the way in (the frame is NACKed and sent again) and a byte of
     the first image's RESULT reply corrupted on the way back (the host resyncs, settles the core and runs that
     image again, the blocking way)."""
-    from boards.traffic import network_image_traffic
+    from boards.traffic import network_image_traffic, network_info
+    from hw.protocol import DONE_FORMAT, FRAME_BYTES
 
     model = load(DIGITS)
     from hw.network_params import NetworkParams
 
-    loading = network_image_traffic(model, NetworkParams.for_model(model, 2, 4), 512)["loading"]["bytes_from_device"]
-    info, ack, nack, done = 6 + 41, 6, 8, 6 + 4     # reply frames' bytes: INFO (12 targets), ACK, NACK, DONE
+    params = NetworkParams.for_model(model, 2, 4)
+    loading = network_image_traffic(model, params, 512)["loading"]["bytes_from_device"]     # the SESSION's ACK first
+    # Reply frames' bytes: INFO (12 targets), ACK, NACK, DONE.
+    info, ack, nack = FRAME_BYTES + len(network_info(model, params, 512).encode()), FRAME_BYTES, FRAME_BYTES + 2
+    done = FRAME_BYTES + struct.calcsize(DONE_FORMAT)
     # An ACK of the constants; then the first logit byte of the first image's OUT frame (its RESULT's), after
     # the INFO, the constants' ACKs, the NACK, the resync's INFO, the LOAD sent again, the image's ACK, its
     # start's DONE and the second image's ACK.
@@ -156,11 +164,28 @@ def test_network_mode_board_resends_a_load_whose_length_was_damaged(tmp_path):
     from boards.traffic import network_info
     from hw.network_params import NetworkParams
     from hw.network_program import load_beats
-    from hw.protocol import FRAME_BYTES, encode_loads
+    from hw.protocol import FRAME_BYTES, SESSION_FORMAT, encode_loads
 
     model = load(DIGITS)
     params = NetworkParams.for_model(model, 2, 4)
     first = encode_loads(load_beats(model, params), network_info(model, params, 512))[0]
-    len_hi = FRAME_BYTES + FRAME_BYTES + len(first) + 3     # after the PING and the first LOAD: sync, type, LEN lo
+    # After the PING, the SESSION and the first LOAD: sync, type, LEN lo.
+    len_hi = FRAME_BYTES + FRAME_BYTES + struct.calcsize(SESSION_FORMAT) + FRAME_BYTES + len(first) + 3
     _, _, _, out = run_network_board(tmp_path, byte_cycles=1, images=2, corrupt=len_hi)
     assert out["retried"] == 1 and out["repeated"] == 0
+
+
+@pytest.mark.parametrize("mode", ["network", "layers"])
+def test_a_board_reset_mid_run_ends_the_run_in_board_reset(mode, tmp_path):
+    """The board's reset pulsed after the first image's logits arrived (the DUT's ``rst``, as its button: the core's
+    state and the bridge's session cleared, INFO unchanged): the host's next DONE (network mode: the second image's
+    start; layers mode: its first layer's RUN) states session 0, and the run ends in a BoardReset naming the reset
+    and the fix, not in logits computed without the model."""
+    if mode == "network":
+        _, _, _, out = run_network_board(tmp_path, byte_cycles=1, images=2, reset_after=1)
+    else:
+        _, _, _, out = run_board("weights", tmp_path, byte_cycles=1, images=2, reset_after=1)
+    assert out["logits"] == [] and out["error"]["type"] == "BoardReset", out
+    assert "states session 0x0000" in out["error"]["message"]
+    assert "the board was reset or reconfigured" in out["error"]["message"]
+    assert out["done_cycles"] and len(out["done_cycles"]) == 1     # the first image's logits came, then the reset

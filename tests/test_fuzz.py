@@ -15,7 +15,7 @@ case functions serve ``benchmarks/fuzz.py``'s seeded campaigns):
 - ``frame``: one frame with a burst of flipped bits (CRC-16 detects every burst of up to 16
   bits), truncated, extended, with a byte inserted or deleted, or a damaged sync byte.
 - ``info``: an INFO reply of random (mostly impossible) parameters: refused, or usable.
-- ``session``: whole sessions (PING, LOADs, RUNs of two layer jobs, FULL and CODES words) with a
+- ``session``: whole sessions (PING, SESSION, LOADs, RUNs of two layer jobs, FULL and CODES words) with a
   scripted device (:class:`FakeDevice`) that answers correctly, behind a port
   (:class:`FaultyPort`) that damages frames each way at a random rate: on the way in bursts,
   drops and truncations (the device NACKs as the bridge does, its type and length before the checksum, or
@@ -46,6 +46,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -54,9 +55,10 @@ from hypothesis import strategies as st
 
 from boards.link_host import LinkHost
 from hw.engine_params import TARGETS
-from hw.protocol import (CRC_BYTES, INFO_HEAD_BYTES, INFO_HEAD_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, SYNC, FrameError,
-                         FrameType, LinkError, LinkInfo, LinkNoise, NackCode, NackError, OutputFormat, crc16,
-                         decode_frame, decode_words, encode_frame, encode_loads, encode_out, encode_run)
+from hw.protocol import (CRC_BYTES, DONE_FORMAT, INFO_HEAD_BYTES, INFO_HEAD_FORMAT, PROTOCOL_VERSION, RUN_FORMAT,
+                         SESSION_FORMAT, SYNC, BoardReset, FrameError, FrameType, LinkError, LinkInfo, LinkNoise,
+                         NackCode, NackError, OutputFormat, crc16, decode_frame, decode_words, encode_frame,
+                         encode_loads, encode_out, encode_run, encode_session)
 
 OUTCOMES = ("correct", "recovered", "clean error", "crash", "hang", "silent wrong answer", "gave up early")
 GOOD = ("correct", "recovered", "clean error")
@@ -199,13 +201,18 @@ class FakeEngine:
 class FakeDevice:
     """The link bridge of :mod:`hw.link` in layers mode: ``receive(bytes of one request, arriving back to back)`` ->
     the frames of its reply (PING -> INFO; LOAD -> ACK; RUN -> OUT frames, each the index of its first word and as
-    many words as the rest of max_payload holds, then DONE; RESULT -> DONE 0, the engine being idle; NACKs as and
-    when the bridge's receive FSM gives them: ``test_fake_device_answers_damaged_requests_as_the_bridge_does``
-    compares the two on damaged byte streams)."""
+    many words as the rest of max_payload holds, then DONE; RESULT -> DONE 0, the engine being idle; SESSION ->
+    ACK, the session INFO (unless ``info_payload`` is given) and DONE state; NACKs as and when the bridge's receive
+    FSM gives them: ``test_fake_device_answers_damaged_requests_as_the_bridge_does`` compares the two on damaged
+    byte streams). :meth:`reset` clears the engine and the session, as a board's reset."""
 
     def __init__(self, info: LinkInfo = INFO, info_payload: bytes | None = None):
-        self.info, self.engine = info, FakeEngine(info)
-        self.info_payload = info.encode() if info_payload is None else info_payload
+        self.info, self.engine, self.session = info, FakeEngine(info), 0
+        self.info_payload = info_payload
+
+    def reset(self) -> None:
+        self.engine.memory.clear()
+        self.session = 0
 
     @staticmethod
     def nack(code: int, ftype: int) -> bytes:
@@ -223,7 +230,7 @@ class FakeDevice:
         if not frame:
             return [self.nack(NackCode.TIMEOUT, 0)]
         ftype = frame[0]
-        if ftype not in (FrameType.PING, FrameType.LOAD, FrameType.RUN, FrameType.RESULT):
+        if ftype not in (FrameType.PING, FrameType.LOAD, FrameType.RUN, FrameType.RESULT, FrameType.SESSION):
             return [self.nack(NackCode.TYPE, ftype)]
         if len(frame) < 3:
             return [self.nack(NackCode.TIMEOUT, ftype)]
@@ -231,6 +238,7 @@ class FakeDevice:
         header = 1 + self.info.addr_bytes
         if (ftype == FrameType.LOAD and not header < length <= self.info.max_payload
                 or ftype in (FrameType.RUN, FrameType.RESULT) and length != struct.calcsize(RUN_FORMAT)
+                or ftype == FrameType.SESSION and length != struct.calcsize(SESSION_FORMAT)
                 or ftype == FrameType.PING and length):
             return [self.nack(NackCode.LENGTH, ftype)]
         end = 3 + length + CRC_BYTES
@@ -240,7 +248,11 @@ class FakeDevice:
             return [self.nack(NackCode.CRC, ftype)]
         payload = frame[3:3 + length]
         if ftype == FrameType.PING:
-            return [encode_frame(FrameType.INFO, self.info_payload)]
+            own = replace(self.info, session=self.session).encode()
+            return [encode_frame(FrameType.INFO, own if self.info_payload is None else self.info_payload)]
+        if ftype == FrameType.SESSION:
+            (self.session,) = struct.unpack(SESSION_FORMAT, payload)
+            return [encode_frame(FrameType.ACK)]
         if ftype == FrameType.LOAD:
             code = self.load(payload)
             return [encode_frame(FrameType.ACK) if code is None else self.nack(code, ftype)]
@@ -283,7 +295,7 @@ class FakeDevice:
                     word = sum(((word >> c * field) & mask) << c * info.code_bits for c in range(info.cols))
                 body += word.to_bytes(step, "little")
             frames.append(encode_frame(FrameType.OUT, encode_out(i, body)))
-        return frames + [encode_frame(FrameType.DONE, struct.pack("<I", len(words)))]
+        return frames + [encode_frame(FrameType.DONE, struct.pack(DONE_FORMAT, len(words), self.session))]
 
 
 class FaultyPort:
@@ -375,23 +387,26 @@ RATES = (0.0, 0.02, 0.05, 0.1, 0.2, 0.4)
 
 def session_case(rnd: random.Random, rate: float | None = None, *, dup_drop: bool = False,
                  info: LinkInfo = INFO, faults: Counter | None = None) -> tuple[str, str]:
-    """Two layer jobs through :meth:`LinkHost.load_and_run` over a :class:`FaultyPort` (rate drawn
+    """A session set (:meth:`LinkHost.begin_session`, whose refusal after its retries is final: nothing repeats it),
+    then two layer jobs through :meth:`LinkHost.load_and_run` over a :class:`FaultyPort` (rate drawn
     from :data:`RATES` unless given): the outcome and what happened (``faults`` adds up the
     faults injected)."""
     rate = rnd.choice(RATES) if rate is None else rate
     jobs = random_jobs(rnd, info)
     port = FaultyPort(FakeDevice(info), random.Random(rnd.getrandbits(64)), rate, dup_drop=dup_drop)
     host, repeats = LinkHost(port, retries=3, deadline=5.0), 3
-    results, before = [], 0
+    results, before, started = [], 0, False
     try:
         with time_bound():
+            host.begin_session()        # as the runners do: each DONE must state it
+            started = True
             for beats, words, fmt in jobs:
                 before = host.repeated
                 results.append(host.load_and_run(beats, words, fmt, repeats=repeats))
     except Hang as e:
         return "hang", f"rate {rate}, faults {dict(port.faults)}: {e}"
     except NackError as e:      # a frame the line damaged: final only once the job's repeats are spent
-        outcome = "clean error" if host.repeated - before == repeats else "gave up early"
+        outcome = "clean error" if not started or host.repeated - before == repeats else "gave up early"
         return outcome, f"rate {rate}, faults {dict(port.faults)}, {host.repeated - before} repeats: {e}"
     except LinkError as e:
         return "clean error", f"{type(e).__name__}: {e}"
@@ -683,10 +698,10 @@ def test_long_fuzz_campaign(case, examples, request):
 # ------------------------------------------------------------------------------- the fake against the bridge
 
 def damaged_request(rnd: random.Random) -> bytes:
-    """A request as the host sends one (PING, a LOAD of 1 to 3 words, a RUN or RESULT of 0 to 3 words), or now and
-    then one of another type or length, mutated one way (:data:`FRAME_MUTATIONS`, a burst over the whole frame as
-    :class:`FaultyPort` damages requests, or none) and sometimes after noise."""
-    kind = rnd.choice(["PING", "LOAD", "LOAD", "RUN", "RESULT", "other"])
+    """A request as the host sends one (PING, a LOAD of 1 to 3 words, a RUN or RESULT of 0 to 3 words, a SESSION), or
+    now and then one of another type or length, mutated one way (:data:`FRAME_MUTATIONS`, a burst over the whole
+    frame as :class:`FaultyPort` damages requests, or none) and sometimes after noise."""
+    kind = rnd.choice(["PING", "LOAD", "LOAD", "RUN", "RESULT", "SESSION", "other"])
     if kind == "PING":
         frame = encode_frame(FrameType.PING)
     elif kind == "LOAD":
@@ -694,6 +709,8 @@ def damaged_request(rnd: random.Random) -> bytes:
         start = rnd.randrange(60)
         beats = [(target, start + i, rnd.getrandbits(INFO.target_bits[target])) for i in range(rnd.randint(1, 3))]
         frame = encode_frame(FrameType.LOAD, encode_loads(beats, INFO)[0])
+    elif kind == "SESSION":
+        frame = encode_frame(FrameType.SESSION, encode_session(rnd.randrange(1, 1 << 16)))
     elif kind in ("RUN", "RESULT"):
         frame = encode_frame(FrameType[kind], encode_run(rnd.randint(0, 3), rnd.choice(list(OutputFormat))))
     else:
@@ -723,18 +740,20 @@ def test_fake_device_answers_damaged_requests_as_the_bridge_does():
             got += more
         return got
 
-    port = None
+    port, session = None, 0
     for seed in range(300):
         if port is None or len(port.beats) > 40:    # the recording engine keeps 64 beats
-            port = SimPort(gap=1, stall=False, timeout=200)
+            port, session = SimPort(gap=1, stall=False, timeout=200), 0
         data = damaged_request(random.Random(seed))
         fake, beats = FakeDevice(), []
+        fake.session = session          # the bridge keeps its session from request to request
         fake.engine.apply = lambda got: beats.extend(got)
         expected = summary(b"".join(fake.receive(data)))
         before = len(port.beats)
         port.write(data)
         got = summary(reply(port))
         assert (got, port.beats[before:]) == (expected, beats), f"seed {seed}: {data.hex()}"
+        session = fake.session
 
 
 # ------------------------------------------------------------------------------- each fault alone
@@ -811,6 +830,46 @@ def test_a_lost_and_a_duplicated_out_frame_are_refused_and_the_layer_run_again()
         with time_bound(10):
             assert host.load_and_run(beats, words, fmt) == _expected(beats, words, fmt)
         assert host.repeated == 1
+
+
+class ResettingPort(FaultyPort):
+    """A fault-free port whose device is reset (:meth:`FakeDevice.reset`) just before request ``at`` (from 0)."""
+
+    def __init__(self, at: int):
+        super().__init__(FakeDevice(), random.Random(0), 0.0)
+        self.at, self.requests = at, 0
+
+    def write(self, data: bytes) -> None:
+        if self.requests == self.at:
+            self.device.reset()
+        self.requests += 1
+        super().write(data)
+
+
+def test_a_device_reset_at_any_request_of_a_session_is_caught_or_harmless():
+    """Layers mode, as :class:`boards.runtime.BoardRunner` runs (a session, then layer jobs): the device reset just
+    before each request in turn. Before the SESSION (the PING the host sends first) it is harmless; from the
+    SESSION on, the engine has lost what was loaded, and the next DONE (every reset here comes before the last
+    one) ends the session in a BoardReset: never words of an engine that lost its loads."""
+    jobs = random_jobs(random.Random(5), count=3)
+    clean = ResettingPort(-1)
+    host = LinkHost(clean)
+    host.begin_session()
+    expected = [host.load_and_run(beats, words, fmt) for beats, words, fmt in jobs]
+    outcomes = []
+    for at in range(clean.requests):
+        host = LinkHost(ResettingPort(at), retries=1)
+        try:
+            with time_bound(10):
+                host.begin_session()
+                got = [host.load_and_run(beats, words, fmt) for beats, words, fmt in jobs]
+        except BoardReset as e:
+            assert "states session 0x0000" in str(e) and "the board was reset" in str(e)
+            outcomes.append("reset")
+        else:
+            assert got == expected, f"reset before request {at}: wrong words"
+            outcomes.append("correct")
+    assert outcomes == ["correct"] * 2 + ["reset"] * (clean.requests - 2)
 
 
 def test_a_device_that_never_stops_sending_is_refused_within_the_bound():

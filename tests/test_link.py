@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("amaranth")
 
-from amaranth import Cat, Module, Shape, Signal, signed  # noqa: E402
+from amaranth import Cat, Module, ResetInserter, Shape, Signal, signed  # noqa: E402
 from amaranth.hdl import UnusedElaboratable  # noqa: E402
 from amaranth.lib import data, stream, wiring  # noqa: E402
 from amaranth.lib.memory import Memory  # noqa: E402
@@ -24,10 +24,11 @@ from amaranth.lib.wiring import In, Out  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from boards.link_host import LinkHost, SerialPort  # noqa: E402
-from hw.protocol import (FRAME_BYTES, INFO_HEAD_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, Frame,  # noqa: E402
-                         FrameError, FrameType, LinkError, LinkInfo, LinkMode, LinkNoise, LinkTimeout, NackCode, NackError,
-                         OutputFormat, VersionError, crc16, decode_frame, decode_out, decode_words,
-                         encode_frame, encode_loads, encode_out, encode_run, read_frame)
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, INFO_HEAD_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION,  # noqa: E402
+                         BoardReset, Frame, FrameError, FrameType, LinkError, LinkInfo, LinkMode, LinkNoise,
+                         LinkTimeout, NackCode, NackError, OutputFormat, VersionError, crc16, decode_done, decode_frame,
+                         decode_out, decode_words, encode_frame, encode_loads, encode_out, encode_run, encode_session,
+                         read_frame)
 from hw.engine import EngineSignature  # noqa: E402
 from hw.engine_params import TARGET_BITS  # noqa: E402
 from hw.link import LinkBridge  # noqa: E402
@@ -290,7 +291,7 @@ def model_words(beats):
 
 class LinkTop(wiring.Component):
     """LinkBridge and RecordingEngine, the bridge's byte ports outside (``divisor`` None) or
-    behind a UartRx/UartTx pair on the ``rx``/``tx`` lines."""
+    behind a UartRx/UartTx pair on the ``rx``/``tx`` lines. ``reset``: the ``sync`` reset of both, as a board's."""
 
     def __init__(self, divisor, stall, network=False, staging=False, out_bits=NET_OUT_BITS, **bridge_args):
         if staging:     # network mode, a core that stages images and runs on after the start (StagingCore)
@@ -307,7 +308,7 @@ class LinkTop(wiring.Component):
             self.bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS,
                                      **bridge_args)
             self.engine = RecordingEngine(stall=stall)
-        self.divisor = divisor
+        self.divisor, self.reset = divisor, Signal(name="board_reset")
         super().__init__({"rx": In(1, init=1), "tx": Out(1)} if divisor else {})
 
     def elaborate(self, platform):
@@ -320,7 +321,7 @@ class LinkTop(wiring.Component):
             wiring.connect(m, uart_rx.o, self.bridge.rx)
             wiring.connect(m, self.bridge.tx, uart_tx.i)
             m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
-        return m
+        return ResetInserter(self.reset)(m)
 
 
 class SimPort:
@@ -337,7 +338,7 @@ class SimPort:
                            timeout_cycles=timeout_cycles)
         self.divisor, self.gap, self.timeout = divisor, gap, timeout
         self.to_device, self.from_device, self.beats = [], bytearray(), []
-        self.cycles = 0
+        self.cycles, self.resetting = 0, 0
         self.sim = Simulator(self.top)
         self.sim.add_clock(PERIOD)
         self.sim.add_testbench(self._bytes if divisor is None else self._line, background=True)
@@ -345,6 +346,8 @@ class SimPort:
     async def _bytes(self, ctx):
         bridge, rng, wait = self.top.bridge, random.Random(0), 0
         while True:
+            ctx.set(self.top.reset, self.resetting > 0)
+            self.resetting = max(self.resetting - 1, 0)
             send = bool(self.to_device) and wait == 0
             ctx.set(bridge.rx.valid, send)
             if send:
@@ -377,6 +380,12 @@ class SimPort:
         valid, ready, *fields = beat
         if valid and ready:
             self.beats.append(tuple(fields))
+
+    def reset(self, cycles=3):
+        """Hold the bridge and the engine in reset for ``cycles`` cycles, as a board's reset button (``rx`` beats
+        only)."""
+        self.resetting = cycles
+        self.advance(cycles + 2)
 
     def advance(self, cycles):
         self.cycles += cycles
@@ -429,7 +438,7 @@ def run_words(port, count, fmt=OutputFormat.FULL):
         words += got
         frames.append((first, len(got)))
     assert frame.type == FrameType.DONE
-    return words, frames, struct.unpack("<I", frame.payload)[0]
+    return words, frames, decode_done(frame.payload)[0]
 
 
 def test_bridge_ping():
@@ -444,13 +453,13 @@ def test_bridge_sends_an_info_longer_than_its_largest_payload(max_payload):
 
 
 def test_bridge_in_network_mode_with_more_targets():
-    """The bridge in front of a network-core double: INFO v5 states the mode, the class count and all 12 targets;
+    """The bridge in front of a network-core double: INFO v6 states the mode, the class count and all 12 targets;
     LOADs to targets past the layer engine's 6 (a 4-bit target field) reach the core, one to a target it lacks is
     refused; RUN returns one 16-bit value per word, as many as asked for."""
     port = SimPort(network=True)
     info = info_of(port)
     assert info == NET_INFO and info.mode == LinkMode.NETWORK and info.targets == 12
-    assert exchange(port, FrameType.PING).payload[:2] == bytes([5, LinkMode.NETWORK])
+    assert exchange(port, FrameType.PING).payload[:2] == bytes([6, LinkMode.NETWORK])
     beats = [(11, 5 + i, 200 + i) for i in range(4)] + [(6, 0, 0xFFFF), (9, 63, 5), (0, 1, 0x7F)]
     for payload in encode_loads(beats, info):
         assert exchange(port, FrameType.LOAD, payload).type == FrameType.ACK
@@ -503,15 +512,18 @@ def test_decode_logits_refuses_a_word_whose_top_bits_are_not_its_sign():
             decode_logits(params, [0, bad], 2)
 
 
-def test_info_v5_layout():
-    """Head (version, mode, 7 16-bit fields, target count), then 16 bits per target; decoded as encoded."""
-    payload = NET_INFO.encode()
-    assert len(payload) == INFO_HEAD_BYTES + 2 * 12 == 17 + 24
-    assert struct.unpack_from("<BB7HB", payload) == (5, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES, 12)
+def test_info_v6_layout():
+    """Head (version, mode, 7 16-bit fields, the 16-bit session, target count), then 16 bits per target; decoded as
+    encoded; the session is state, not a parameter: INFOs of two sessions are equal."""
+    payload = dataclasses.replace(NET_INFO, session=0xBEEF).encode()
+    assert len(payload) == INFO_HEAD_BYTES + 2 * 12 == 19 + 24
+    assert struct.unpack_from("<BB7HHB", payload) == (6, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES,
+                                                      0xBEEF, 12)
     assert LinkInfo.decode(payload) == NET_INFO and LinkInfo.decode(INFO.encode()) == INFO
-    with pytest.raises(FrameError, match=r"INFO reply has 40 payload bytes, expected 41 for the 12 load targets"):
+    assert LinkInfo.decode(payload).session == 0xBEEF and LinkInfo.decode(payload).encode() == payload
+    with pytest.raises(FrameError, match=r"INFO reply has 42 payload bytes, expected 43 for the 12 load targets"):
         LinkInfo.decode(payload[:-1])
-    with pytest.raises(FrameError, match=r"INFO reply has 5 payload bytes, expected 17 bytes and 2 per load target"):
+    with pytest.raises(FrameError, match=r"INFO reply has 5 payload bytes, expected 19 bytes and 2 per load target"):
         LinkInfo.decode(payload[:5])
 
 
@@ -582,7 +594,7 @@ def net_request(port, ftype, count):
         frames.append((first, len(got)))
     if frame.type != FrameType.DONE:
         return frame.type, frame.payload
-    return words, frames, struct.unpack("<I", frame.payload)[0]
+    return words, frames, decode_done(frame.payload)[0]
 
 
 def staged_words(pixels, run):
@@ -649,6 +661,66 @@ def test_host_starts_and_collects_on_the_bridge():
                                         r"the core was not running \(start it before RESULT\)"):
         host.result(NET_CLASSES)
     assert host.run(NET_CLASSES) == staged_words(0, 2)
+
+
+def request_done(port, ftype, count):
+    """RUN or RESULT asking for ``count`` words: its DONE's (count, session), its OUT frames dropped."""
+    port.write(encode_frame(ftype, encode_run(count)))
+    while (frame := read_frame(port.read)).type == FrameType.OUT:
+        pass
+    assert frame.type == FrameType.DONE
+    return decode_done(frame.payload)
+
+
+def test_bridge_session_is_set_by_session_stated_by_done_and_info_and_cleared_by_a_reset(bridge_form):
+    """Protocol v6, layers mode: the session is 0 out of reset; SESSION sets it (ACK; nothing reaches the engine),
+    INFO and every DONE state it; a SESSION payload of another length is refused (LENGTH) and changes nothing; a
+    reset of the board clears it (the data registers without reset of the ECP5's form included), and the DONE and
+    INFO after it state 0. The host (LinkHost.begin_session) then refuses that DONE: a BoardReset."""
+    port = SimPort(stall=False)
+    assert info_of(port).session == 0
+    for payload in encode_loads(BEATS[:5], INFO):
+        exchange(port, FrameType.LOAD, payload)
+    assert request_done(port, FrameType.RUN, 3) == (5, 0)
+    got = exchange(port, FrameType.SESSION, encode_session(0xBEEF))
+    assert (got.type, got.payload) == (FrameType.ACK, b"") and len(port.beats) == 5
+    assert info_of(port).session == 0xBEEF and info_of(port) == INFO
+    assert request_done(port, FrameType.RUN, 3) == (5, 0xBEEF)
+    for bad in (b"\x01", b"\x01\x02\x03"):
+        got = exchange(port, FrameType.SESSION, bad)
+        assert (got.type, got.payload) == nack(NackCode.LENGTH, FrameType.SESSION)
+    assert request_done(port, FrameType.RUN, 3) == (5, 0xBEEF)
+    port.reset()
+    assert info_of(port).session == 0
+    assert request_done(port, FrameType.RUN, 3) == (0, 0)     # the engine's record is cleared too
+    host = LinkHost(port)
+    session = host.begin_session()
+    host.load(BEATS[:5])
+    assert host.run(5) == model_words(BEATS[:5]) and info_of(port).session == session
+    port.reset()
+    with pytest.raises(BoardReset, match=rf"^the DONE reply to RUN states session 0x0000, not the 0x{session:04x} "
+                                         r"this host set before it loaded the model: the board was reset"):
+        host.run(5)
+    assert host.session is None
+
+
+def test_bridge_takes_a_session_while_the_core_runs_and_a_reset_mid_image_is_caught():
+    """Network mode: SESSION is taken while the core runs (ACK, not BUSY) and disturbs nothing: the running image's
+    RESULT brings its words and DONE the new session. A reset while an image runs: the RESULT's DONE states
+    session 0 and no words; the host raises BoardReset rather than report a core that was not running."""
+    port = SimPort(staging=True)
+    host = LinkHost(port)
+    host.begin_session()
+    host.load([(NET_IMAGE, a, 9) for a in range(4)])
+    host.start()
+    second = host.begin_session()
+    assert host.result(NET_CLASSES) == staged_words(4, 0) and info_of(port).session == second
+    host.load([(NET_IMAGE, a, 9) for a in range(3)])
+    host.start()
+    port.reset()
+    assert request_done(port, FrameType.RESULT, NET_CLASSES) == (0, 0)
+    with pytest.raises(BoardReset, match=rf"^the DONE reply to RESULT states session 0x0000, not the 0x{second:04x}"):
+        host.result(NET_CLASSES)
 
 
 def frame_bytes(ftype, payload):
@@ -989,7 +1061,8 @@ class TamperingPort(SimPort):
         if data[1] != FrameType.RUN or self.tamper is None:
             return
         start, frames = self.cycles, []
-        while not frames or len(frames[-1]) != FRAME_BYTES + 4 or frames[-1][1] != FrameType.DONE:
+        done = FRAME_BYTES + struct.calcsize(DONE_FORMAT)
+        while not frames or len(frames[-1]) != done or frames[-1][1] != FrameType.DONE:
             assert self.cycles - start < self.timeout, f"no DONE within {self.timeout} cycles: {frames}"
             self.advance(50)
             frames = split_frames(bytes(self.from_device))
@@ -1050,6 +1123,11 @@ class ScriptPort:
         return got
 
 
+def done_frame(count, session=0):
+    """A DONE frame of ``count`` words and ``session``."""
+    return encode_frame(FrameType.DONE, struct.pack(DONE_FORMAT, count, session))
+
+
 def answers(info_payload=INFO.encode(), run=b""):
     """PING -> INFO of ``info_payload``, LOAD -> ACK, RUN -> ``run``."""
     return lambda request: {FrameType.PING: encode_frame(FrameType.INFO, info_payload),
@@ -1085,14 +1163,16 @@ def test_impossible_info_is_refused(fields, problem):
 
 
 def test_another_protocol_version_is_refused_at_once():
-    """A version 4 bitstream (INFO of the same layout, no RESULT): the host says so and to rebuild it, after
-    one PING (pinging again would not help); a version 3 one (no mode, always 6 load targets) too; a newer
-    one: update the host."""
-    assert PROTOCOL_VERSION == 5
+    """A version 5 bitstream (an INFO without the session, DONE too: it could not tell a reset), a version 4 one
+    (no RESULT): the host says so and to rebuild it, after one PING (pinging again would not help); a version 3
+    one (no mode, always 6 load targets) too; a newer one: update the host."""
+    assert PROTOCOL_VERSION == 6
     v3 = struct.pack(f"<B6H{len(TARGET_WIDTHS)}H", 3, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, *TARGET_WIDTHS)
-    v4 = dataclasses.replace(NET_INFO, version=4).encode()
-    for old, version in ((v4, 4), (v3, 3)):
-        rebuild = (rf"the board's bitstream speaks link protocol version {version}, this host version 5: rebuild the "
+    v5 = (struct.pack("<BB7HB", 5, LinkMode.NETWORK, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES,
+                      len(NET_TARGETS)) + struct.pack(f"<{len(NET_TARGETS)}H", *NET_TARGETS))
+    v4 = bytes([4]) + v5[1:]
+    for old, version in ((v5, 5), (v4, 4), (v3, 3)):
+        rebuild = (rf"the board's bitstream speaks link protocol version {version}, this host version 6: rebuild the "
                    r"bitstream with this version of the project \(`lcq build MODEL --board NAME`\) and flash it")
         with pytest.raises(VersionError, match=rebuild):
             LinkInfo.decode(old)
@@ -1100,9 +1180,9 @@ def test_another_protocol_version_is_refused_at_once():
         with pytest.raises(VersionError, match=rebuild):
             LinkHost(port, retries=2).info
         assert len(port.writes) == 1
-    with pytest.raises(VersionError, match=r"speaks link protocol version 6, this host version 5: update the host"):
-        LinkInfo.decode(dataclasses.replace(INFO, version=6).encode())
-    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 5: rebuild"):
+    with pytest.raises(VersionError, match=r"speaks link protocol version 7, this host version 6: update the host"):
+        LinkInfo.decode(dataclasses.replace(INFO, version=7).encode())
+    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 6: rebuild"):
         LinkInfo.decode(bytes([1, 0, 0]))           # whatever a version's INFO holds, its first byte is the version
 
 
@@ -1206,7 +1286,7 @@ def test_a_reply_that_comes_too_slowly_misses_its_deadline():
             time.sleep(0.05)
             return super().read(n)
 
-    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(33 "
+    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(35 "
                                           r"bytes of it came, too slowly\)"):
         LinkHost(Slow(answers()), deadline=0.12).ping()
 
@@ -1329,11 +1409,13 @@ def test_link_host_parameters_and_run_requests_are_checked():
 # The runners' mode checks and a network-mode run against a scripted device
 
 class NetworkBoard:
-    """A scripted network-mode board, v5: INFO; LOAD -> ACK (the image target's payloads staged by address;
-    any other target while the core runs: NACK BUSY); RUN -> NACK BUSY while the core runs, otherwise it
-    starts the core on the staged image: RUN of 0 words -> DONE 0, of ``classes`` -> the reference logits
-    (sign-extended to whole bytes, as the bridge sends them; one OUT frame) and DONE; RESULT -> the running
-    image's logits and DONE, or DONE 0 when not running.
+    """A scripted network-mode board, v6: INFO; LOAD -> ACK (the image target's payloads staged by address;
+    any other target while the core runs: NACK BUSY; the others' payloads kept, the model); RUN -> NACK BUSY
+    while the core runs, otherwise it starts the core on the staged image: RUN of 0 words -> DONE 0, of
+    ``classes`` -> the reference logits (sign-extended to whole bytes, as the bridge sends them; one OUT frame)
+    and DONE; RESULT -> the running image's logits and DONE, or DONE 0 when not running; SESSION -> ACK, the
+    session that DONE and INFO state. :meth:`reset` clears it all, as a board's reset does; a core started without
+    the model's payloads (all the LOADs to other targets since the reset) computes garbage logits.
     ``damaged``: (RUN or RESULT, n) of the requests (the nth of its type, from 0) whose reply's first frame has
     a corrupted checksum."""
 
@@ -1341,30 +1423,43 @@ class NetworkBoard:
         from boards.traffic import network_info
         from compiler.reference import predict
         from hw.network_params import IMAGE
-        from hw.network_program import image_beats
+        from hw.network_program import image_beats, load_beats
 
         self.info, self.image_target = network_info(model, params, max_payload), IMAGE
         self.logits = {tuple(encode_loads(image_beats(model, params, image), self.info)): logits
                        for image, logits in zip(images, predict(model, images))}
         self.mask, self.classes = (1 << 8 * self.info.out_bytes()) - 1, model.num_classes
-        self.staged, self.running, self.damaged = {}, None, set(damaged)
+        self.model_loads = len(encode_loads(load_beats(model, params), self.info))
+        self.damaged = set(damaged)
         self.count = {FrameType.RUN: 0, FrameType.RESULT: 0}
+        self.reset()
         self.port = ScriptPort(self.reply)
+
+    def reset(self):
+        """What a board's reset (or configuration) clears: the model, the staged image, the running one, the
+        session."""
+        self.staged, self.running, self.constants, self.session = {}, None, set(), 0
 
     def out(self, logits):
         words = b"".join((int(v) & self.mask).to_bytes(self.info.out_bytes(), "little") for v in logits)
-        return (encode_frame(FrameType.OUT, encode_out(0, words))
-                + encode_frame(FrameType.DONE, struct.pack("<I", len(logits))))
+        return encode_frame(FrameType.OUT, encode_out(0, words)) + self.done(len(logits))
+
+    def done(self, count):
+        return done_frame(count, self.session)
 
     def reply(self, request):
         frame = decode_frame(request)
         busy = encode_frame(FrameType.NACK, bytes([NackCode.BUSY, frame.type]))
         if frame.type == FrameType.PING:
-            return encode_frame(FrameType.INFO, self.info.encode())
+            return encode_frame(FrameType.INFO, dataclasses.replace(self.info, session=self.session).encode())
+        if frame.type == FrameType.SESSION:
+            (self.session,) = struct.unpack("<H", frame.payload)
+            return encode_frame(FrameType.ACK)
         if frame.type == FrameType.LOAD:
             if frame.payload[0] != self.image_target:
                 if self.running is not None:
                     return busy
+                self.constants.add(frame.payload)
             else:
                 self.staged[frame.payload[1:1 + self.info.addr_bytes]] = frame.payload
             return encode_frame(FrameType.ACK)
@@ -1379,12 +1474,14 @@ class NetworkBoard:
         words, _ = struct.unpack("<IB", frame.payload)
         if frame.type == FrameType.RESULT:
             logits, self.running = self.running, None
-            return encode_frame(FrameType.DONE, bytes(4)) if logits is None else self.out(logits)
+            return self.done(0) if logits is None else self.out(logits)
         if self.running is not None:
             return encode_frame(FrameType.NACK, bytes([NackCode.BUSY, frame.type]))
-        self.running = self.logits[tuple(self.staged[key] for key in sorted(self.staged))]
+        image = tuple(self.staged[key] for key in sorted(self.staged))
+        self.running = (self.logits[image] if len(self.constants) == self.model_loads else
+                        [(13 * i + len(self.constants)) % 7 - 3 for i in range(self.classes)])     # no model: garbage
         if words == 0:
-            return encode_frame(FrameType.DONE, bytes(4))
+            return self.done(0)
         assert words == self.classes
         logits, self.running = self.running, None
         return self.out(logits)
@@ -1437,8 +1534,8 @@ def test_network_runner_against_a_scripted_board():
     pixels = [FrameType.LOAD] * len(encode_loads(image_beats(model, params, images[0]), info))
     assert pixels == [FrameType.LOAD]
     start, collect = (FrameType.RUN, 0), (FrameType.RESULT, classes)
-    assert request_kinds(board.port.writes) == ([FrameType.PING] + [FrameType.LOAD] * loads + pixels + [start]
-                                                + 2 * (pixels + [collect, start]) + [collect])
+    assert request_kinds(board.port.writes) == ([FrameType.PING, FrameType.SESSION] + [FrameType.LOAD] * loads + pixels
+                                                + [start] + 2 * (pixels + [collect, start]) + [collect])
     sent = len(board.port.writes)
     assert (runner.logits(images[1]) == predict(model, images[1:2])[0]).all()
     assert request_kinds(board.port.writes[sent:]) == pixels + [(FrameType.RUN, classes)]
@@ -1504,6 +1601,130 @@ def test_a_core_left_running_by_a_session_that_ended_mid_image_is_settled():
     assert runner.repeated == 0 and results == 3 + 2 + 3   # 3 settles
 
 
+RESET = (r"BoardReset: the DONE reply to {} states session 0x0000, not the 0x[0-9a-f]{{4}} this host set before it "
+         r"loaded the model: the board was reset or reconfigured \(its button, power, or configuration from flash\) "
+         r"since then, so the model it held is gone and its outputs are garbage \(none taken\); run again \(the "
+         r"runner loads the model again\), and keep the board from being reset during a run")
+
+
+def reset_message(error) -> str:
+    return f"{type(error.value).__name__}: {error.value}"
+
+
+@pytest.mark.parametrize("when, caught_by, logits", [
+    pytest.param("image 0's logits in", "RUN", 1, id="before-a-start"),     # image 1 staged, not started
+    pytest.param("image 2 staged", "RESULT", 1, id="while-an-image-runs"),   # image 1 running
+])
+def test_a_board_reset_mid_run_ends_it_instead_of_returning_garbage_logits(when, caught_by, logits):
+    """The board is reset (button, or configured from flash) mid-run, ``when``: the model it held is gone and the
+    logits it would compute are garbage, though INFO is unchanged. The next DONE (``caught_by``'s) states session
+    0, not the runner's: the run ends in a BoardReset naming what happened and the fix, after ``logits`` images'
+    logits, and returns none. The next classify sets a new session and loads the model again, equal to the
+    reference."""
+    from boards.runtime import NetworkRunner
+    from compiler.reference import predict
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images)
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    done, reply, pixels = [], board.reply, [0]
+
+    def progress(i, n):
+        done.append(i)
+        if when == "image 0's logits in" and i == 1:
+            board.reset()
+
+    def reset_as_image_2_is_staged(request):
+        if request[1] == FrameType.LOAD and request[4] == board.image_target:
+            pixels[0] += 1
+            if pixels[0] == 3 and when == "image 2 staged":
+                board.reset()
+        return reply(request)
+
+    board.port.reply = reset_as_image_2_is_staged
+    with pytest.raises(BoardReset) as error:
+        runner.classify(images, progress=progress)
+    assert re.fullmatch(RESET.format(caught_by), reset_message(error)) and done == list(range(1, logits + 1))
+    assert runner.host.session is None and runner.repeated == 0
+    sent = len(board.port.writes)
+    assert (runner.classify(images).logits == predict(model, images)).all()
+    assert request_kinds(board.port.writes[sent:sent + 1]) == [FrameType.SESSION]   # then the model (a settle first
+    assert len(board.constants) == board.model_loads                                # if the core ran on)
+    assert board.session == runner.host.session != 0
+
+
+def test_a_board_reset_while_the_model_loads_or_between_images_is_caught():
+    """A reset between two constants LOADs (the first half of the model lost; the session set before the model, so
+    it is lost too), and one between two single-image runs (``logits``: the blocking RUN's DONE); one in mid-reply
+    (the RESULT's reply never comes: the host resyncs, and the INFO states session 0). Each a BoardReset, never
+    logits."""
+    from boards.runtime import NetworkRunner
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images)
+    reply, loads = board.reply, [0]
+
+    def reset_in_the_model(request):
+        if request[1] == FrameType.LOAD:
+            loads[0] += 1
+            if loads[0] == 3:
+                board.reset()
+        return reply(request)
+
+    board.port.reply = reset_in_the_model
+    with pytest.raises(BoardReset) as error:
+        NetworkRunner(LinkHost(board.port), model, params).classify(images)
+    assert re.fullmatch(RESET.format("RUN"), reset_message(error))      # the first start
+
+    board = NetworkBoard(model, params, images)
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    runner.logits(images[0])
+    board.reset()
+    with pytest.raises(BoardReset) as error:
+        runner.logits(images[1])
+    assert re.fullmatch(RESET.format("RUN"), reset_message(error))
+
+    board = NetworkBoard(model, params, images)
+    reply = board.reply
+
+    def reset_in_a_reply(request):
+        if request[1] == FrameType.RESULT:
+            board.reset()
+            return b""
+        return reply(request)
+
+    board.port.reply = reset_in_a_reply
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    with pytest.raises(BoardReset, match=r"^the INFO reply to PING states session 0x0000, not the 0x[0-9a-f]{4} this "
+                                         r"host set before it loaded the model: the board was reset"):
+        runner.classify(images)
+    assert runner.host.resyncs == 1
+
+
+def test_another_session_on_the_board_and_a_host_without_one():
+    """Another host's session (another program loaded the board since): a BoardReset saying so. A host that set no
+    session (a raw LinkHost, or a runner told the model is loaded) checks none. A session is 1..65535."""
+    from boards.runtime import NetworkRunner
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images)
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    runner.load_constants()
+    other = LinkHost(board.port)
+    other.begin_session()
+    assert other.session != runner.host.session
+    with pytest.raises(BoardReset, match=r"another host session set it \(another program on the port, or another "
+                                         r"runner\) since then"):
+        runner.logits(images[0])
+    adopted = NetworkRunner(LinkHost(board.port), model, params)
+    adopted.loaded = True
+    adopted.logits(images[0])
+    assert adopted.host.session is None and LinkHost(board.port).info.session == other.session
+    for bad in (0, 1 << 16, -1, True, 1.0):
+        with pytest.raises(ValueError, match=r"A session must be an integer in 1\.\.65535 \(0 is a reset board's\)"):
+            encode_session(bad)
+
+
 def test_network_runner_gives_up_after_its_retries():
     """The same image's reply lost more often than ``retries``: the error is raised."""
     from boards.runtime import NetworkRunner
@@ -1540,7 +1761,7 @@ def test_an_image_refused_on_every_try_counts_every_refusal():
 
 def test_host_start_and_result_check_their_replies():
     """start: any word or a DONE count other than 0 is an error; result: a core that returned fewer words."""
-    done = encode_frame(FrameType.DONE, struct.pack("<I", 2))
+    done = done_frame(2)
     for reply, error, message in (
             (encode_frame(FrameType.OUT, encode_out(0, bytes(3))) + done, FrameError,
              r"the device sent 1 output words, more than the 0 asked for"),
