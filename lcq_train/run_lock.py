@@ -1,4 +1,5 @@
-"""One writer per run directory: ``lcq train`` holds an exclusive lock on ``OUT/.lock`` while it works there.
+"""One writer per run directory: ``lcq train`` holds an exclusive lock on ``OUT/.lock`` while it works there
+(``lcq sim`` and ``lcq board-sim`` on their build directories too).
 
 Two trainings started on one ``--out`` (or a ``--resume`` beside a running one) would each check that
 the directory is theirs, then overwrite each other's checkpoints. The lock is ``fcntl.flock`` on a file
@@ -18,8 +19,9 @@ LOCK_NAME = ".lock"
 
 
 @contextmanager
-def run_lock(out: Path) -> Iterator[None]:
-    """Hold ``out``'s lock (creating ``out``) inside the block; FileExistsError if another process holds it."""
+def run_lock(out: Path, *, user: str = "lcq train", option: str = "--out") -> Iterator[None]:
+    """Hold ``out``'s lock (creating ``out``) inside the block; FileExistsError if another process holds it,
+    naming the directory as the ``option`` of the ``user`` command that takes it."""
     out.mkdir(parents=True, exist_ok=True)
     fd = os.open(out / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -27,8 +29,8 @@ def run_lock(out: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
-            raise FileExistsError(f"--out {out} is in use by another lcq train (pid {holder}); wait for it to "
-                                  "finish, or choose another --out") from None
+            raise FileExistsError(f"{option} {out} is in use by another {user} (pid {holder}); wait for it to "
+                                  f"finish, or choose another {option}") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         yield

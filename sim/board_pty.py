@@ -24,6 +24,9 @@ Verilator build, ``report.json`` (for ``lcq run --report``), ``port`` (the devic
 Faults: ``--corrupt-to-board N`` / ``--corrupt-from-board N`` (each repeatable) flip a bit of the N-th byte
 (from 0) that crosses the line in that direction, to exercise the bridge's NACK and the host's recovery.
 
+One ``lcq board-sim`` at a time works in a build directory (:func:`lcq_train.run_lock.run_lock`): a second one
+there is refused at once.
+
 Waits: the build and the run are :mod:`sim.runner` commands with deadlines (the run: ``--seconds`` plus
 :data:`RUN_MARGIN_S`); waiting for the device path ends when the simulator has ended.
 """
@@ -40,6 +43,7 @@ from types import SimpleNamespace
 from hw import dsp
 from hw.spram import PRIMITIVE
 from lcq_train.atomic import write_text_if_changed
+from lcq_train.run_lock import run_lock
 from lcq_train.stop_signals import stop_signals
 
 from .netlist import MODELS_V
@@ -163,11 +167,7 @@ class BoardSim:
         reason = unavailable_reason("verilator")
         if reason is not None:
             raise ValueError(f"lcq board-sim needs Verilator: {reason}")
-        try:
-            self.build_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"cannot make the board's build directory {self.build_dir} ({e.strerror}): give a "
-                             f"directory that can be made or written with --build-dir DIR") from None
+        self.make_build_dir()
         source = board_verilog(self.factory, self.board, self.clk_hz, self.build_dir)
         sources, defines, text = [source], {}, source.read_text()
         if dsp.PRIMITIVE in text:               # the ECP5's registered multipliers (hw.dsp), as its build has them
@@ -182,6 +182,14 @@ class BoardSim:
                            defines=defines, timeout=timeout)
         self.report = sim_report(self.model_path, self.model, self.board, self.clk_hz, self.factory)
         write_json(self.build_dir / "report.json", self.report)
+
+    def make_build_dir(self) -> None:
+        """Make the build directory (ValueError naming it and ``--build-dir`` when it cannot be made)."""
+        try:
+            self.build_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot make the board's build directory {self.build_dir} ({e.strerror}): give a "
+                             f"directory that can be made or written with --build-dir DIR") from None
 
     @property
     def status_file(self) -> Path:
@@ -270,6 +278,13 @@ def cmd_board_sim(args) -> int:
     sim = BoardSim(args.model, board, mode=args.mode, rows=args.rows, cols=args.cols, mhz=args.mhz,
                    build_dir=args.build_dir, port_file=args.port_file, corrupt_to_board=args.corrupt_to_board,
                    corrupt_from_board=args.corrupt_from_board)
+    sim.make_build_dir()
+    # One board at a time in a build directory: another's build, port file and status would be taken as ours.
+    with run_lock(sim.build_dir, user="lcq board-sim", option="--build-dir"):
+        return _build_and_run(sim, board, args)
+
+
+def _build_and_run(sim: BoardSim, board, args) -> int:
     t0 = time.perf_counter()
     print(f"building the {board.name} design ({args.mode} mode) in Verilator...", file=sys.stderr, flush=True)
     try:

@@ -26,7 +26,8 @@ with the integer reference.
   report then adds ``board``, ``netlist`` (the family or null), ``netlist_cells`` ({cell type: count}),
   ``synth_seconds`` (Yosys's run, when the netlist was made), ``netlist_cached`` and ``x_init``.
 
-Each simulator command (a build step, the run) gets ``--timeout`` seconds and is killed with its
+One ``lcq sim`` at a time works in a build directory (:func:`lcq_train.run_lock.run_lock`): a second one there
+is refused at once. Each simulator command (a build step, the run) gets ``--timeout`` seconds and is killed with its
 process group past them (:mod:`sim.runner`); ``--stall`` and ``--backpressure`` are below 1,
 where the core would never finish. The exit status is 1 on any mismatch; SIGTERM or SIGHUP stops the
 simulation (its simulator killed) with the shell's status for the signal (143, 129).
@@ -45,6 +46,7 @@ from compiler import format as model_format
 from hw.cli import DEFAULT_COLS, DEFAULT_ROWS, array_args, engine_params
 from lcq_train.arguments import (DefaultsHelpFormatter, FloatRange, IntRange, nonnegative_int, positive_float,
                                  positive_int)
+from lcq_train.run_lock import run_lock
 from lcq_train.stop_signals import Stopped, stop_signals
 
 from .board_pty import add_parsers as board_sim_parsers
@@ -212,7 +214,9 @@ def cmd_sim(args) -> int:
     synthesized = None
     t0 = t1 = time.perf_counter()
     try:
-        with stop_signals(), deadline(getattr(args, "timeout", DEFAULT_TIMEOUT_S)):
+        # One run at a time in a build directory: another's build, data or results file would be taken as ours.
+        with run_lock(build_dir, user="lcq sim", option="--build-dir"), stop_signals(), \
+                deadline(getattr(args, "timeout", DEFAULT_TIMEOUT_S)):
             if core is not None:
                 from . import netlist as netlists
 

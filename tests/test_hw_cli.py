@@ -739,3 +739,41 @@ def test_a_build_past_its_deadline_shows_the_build_log(tmp_path, monkeypatch):
     with pytest.raises(SimulationTimeout, match=r"(?s)icarus build of top: sh did not finish within its 0\.5 s "
                                                 r"deadline.*build\.log.*compiling"):
         build("icarus", [tmp_path / "top.v"], "top", tmp_path / "build", timeout=0.5)
+
+
+def test_sim_refuses_a_build_dir_another_sim_is_using(tmp_path, capsys, monkeypatch):
+    """Two ``lcq sim`` runs in one build directory (the default one of the same model, say) overwrote each other's
+    build, data and results files: a run could compare the other's results with its own reference. The second is
+    refused at once, naming the directory and the fix, before anything is built; once the first ends it runs."""
+    import sim.cli
+    from lcq_train.run_lock import run_lock
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    built = []
+    monkeypatch.setattr(sim.cli, "network_build", lambda *args: built.append(args))
+    monkeypatch.setattr(sim.cli, "simulate_network", lambda *args, **kwargs: (_ for _ in ()).throw(
+        sim.cli.SimulationFailed("ran")))
+    build_dir = tmp_path / "build"
+    argv = ["sim", str(DIGITS), "--random", "--rows", "1", "--cols", "1", "--build-dir", str(build_dir)]
+    with run_lock(build_dir, user="lcq sim", option="--build-dir"):     # (as another lcq sim holds it)
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--build-dir {build_dir} is in use by another lcq sim (pid {os.getpid()})" in err
+        assert "choose another --build-dir" in err and not built
+    assert main(argv) == 1 and len(built) == 1                          # released: the run goes on
+    assert "lcq sim: error: ran" in capsys.readouterr().err
+
+
+def test_board_sim_refuses_a_build_dir_another_board_sim_is_using(tmp_path, capsys, monkeypatch):
+    """Two ``lcq board-sim`` runs in one build directory overwrote each other's Verilator build, port file and
+    status: the second is refused at once, before it builds."""
+    import sim.board_pty
+    from lcq_train.run_lock import run_lock
+
+    monkeypatch.setattr(sim.board_pty, "unavailable_reason", lambda simulator: None)
+    monkeypatch.setattr(sim.board_pty, "build", lambda *args, **kwargs: pytest.fail("built in a directory in use"))
+    build_dir = tmp_path / "board"
+    with run_lock(build_dir, user="lcq board-sim", option="--build-dir"):
+        assert main(["board-sim", str(DIGITS), "--board", "icebreaker", "--build-dir", str(build_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"--build-dir {build_dir} is in use by another lcq board-sim (pid {os.getpid()})" in err
