@@ -86,6 +86,9 @@ TIMEOUT_ENV = "LCQ_SIM_TIMEOUT"
 # The Verilator runtime objects' cache: this directory, else $LCQ_CACHE_DIR/verilator-objects (the dataset
 # cache's root, default ~/.cache/lcq); "off" (or "0", "none") compiles them in every build.
 OBJECT_CACHE_ENV = "LCQ_VERILATOR_CACHE"
+# In a build directory: held by the build there (sim.runner.build), and present while one runs or after one that
+# did not finish (then the next build removes what it may have left half-written).
+BUILD_LOCK, UNFINISHED = ".lcq-build.lock", ".lcq-build-unfinished"
 DEFAULT_TIMEOUT_S = 3600.0      # one simulator command (a build step or a test run), unless told otherwise
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("lcq_sim_timeout", default=None)
 
@@ -341,6 +344,12 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
     ``build_args`` replace the defaults (:data:`VERILATOR_ARGS` for Verilator); ``defines``
     are Verilog macros (``{name: value}``). The build's commands get ``timeout`` seconds in
     all (default :func:`default_timeout`; then :class:`SimulationTimeout`, with the build log's tail).
+
+    One build at a time in a build directory (:data:`BUILD_LOCK`; another process's build there is waited for,
+    up to ``timeout`` seconds). A build that did not finish (killed at its deadline or by Ctrl-C: its process
+    group gets SIGKILL, so make cannot delete the object it was writing; or failed) leaves :data:`UNFINISHED`
+    behind, and the next build first removes what it may have left half-written (:func:`remove_build_outputs`),
+    which make would otherwise take as up to date.
     """
     reason = unavailable_reason(sim)
     if reason is not None:
@@ -351,18 +360,70 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
     build_dir.mkdir(parents=True, exist_ok=True)
     if build_args is None:
         build_args = list(VERILATOR_ARGS) if sim == "verilator" else []
-    runner = get_runner(sim)
-    log = build_dir / "build.log"
-    _guard(runner, timeout, verilator_object_cache() if sim == "verilator" else None)
-    try:
-        runner.build(sources=[Path(f).resolve() for f in verilog_files], hdl_toplevel=toplevel,
-                     build_dir=build_dir, always=True, timescale=TIMESCALE, parameters=parameters or {},
-                     defines=defines or {}, build_args=build_args, log_file=log)
-    except SimulationTimeout as e:
-        raise SimulationTimeout(f"{sim} build of {toplevel}: {e}; {log} (tail):\n{_tail(log, 25)}") from None
-    except (RuntimeError, subprocess.CalledProcessError, SystemExit) as e:
-        raise SimulationFailed(f"{sim} build of {toplevel} failed ({e}); {log}:\n{_tail(log)}") from None
+    sources = [Path(f).resolve() for f in verilog_files]
+    seconds = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
+    with _build_lock(build_dir, seconds):
+        unfinished = build_dir / UNFINISHED
+        if unfinished.exists():
+            remove_build_outputs(build_dir, toplevel, keep=sources)
+        unfinished.write_text(f"a {sim} build of {toplevel} under way, or one that did not finish (pid "
+                              f"{os.getpid()})\n")
+        runner = get_runner(sim)
+        log = build_dir / "build.log"
+        _guard(runner, seconds, verilator_object_cache() if sim == "verilator" else None)
+        try:
+            runner.build(sources=sources, hdl_toplevel=toplevel,
+                         build_dir=build_dir, always=True, timescale=TIMESCALE, parameters=parameters or {},
+                         defines=defines or {}, build_args=build_args, log_file=log)
+        except SimulationTimeout as e:
+            raise SimulationTimeout(f"{sim} build of {toplevel}: {e}; {log} (tail):\n{_tail(log, 25)}") from None
+        except (RuntimeError, subprocess.CalledProcessError, SystemExit) as e:
+            raise SimulationFailed(f"{sim} build of {toplevel} failed ({e}); {log}:\n{_tail(log)}") from None
+        unfinished.unlink()
     return Build(sim, runner, toplevel, build_dir)
+
+
+def remove_build_outputs(build_dir: Path, toplevel: str, keep=()) -> None:
+    """Remove from ``build_dir`` the files a simulator build writes there: Verilator's generated C++ and make
+    files (``Vtop*``), objects, archives and dependency files (``*.o``, ``*.a``, ``*.d``), the simulation binary
+    (``toplevel``) and Icarus's ``sim.vvp``. Other files (the sources, listed in ``keep``, the logs) and
+    directories (a test run's) stay."""
+    keep = {Path(k).resolve() for k in keep}
+    for path in Path(build_dir).iterdir():
+        name = path.name
+        made = name.startswith("Vtop") or name.endswith((".o", ".a", ".d")) or name in (toplevel, "sim.vvp")
+        if made and path.resolve() not in keep and (path.is_symlink() or path.is_file()):
+            path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path, seconds: float):
+    """Hold ``build_dir``'s :data:`BUILD_LOCK` inside the block; another process's build there is waited for,
+    :class:`SimulationTimeout` naming it after ``seconds``. (No lock where ``fcntl`` is missing.)"""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(build_dir / BUILD_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        end = time.monotonic() + seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= end:
+                    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+                    raise SimulationTimeout(f"the build directory {build_dir} was still in use by another build "
+                                            f"(pid {holder}) after {seconds:g} s; wait for it to finish, or build "
+                                            f"in another directory") from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data: dict | None = None,

@@ -777,3 +777,65 @@ def test_board_sim_refuses_a_build_dir_another_board_sim_is_using(tmp_path, caps
         assert main(["board-sim", str(DIGITS), "--board", "icebreaker", "--build-dir", str(build_dir)]) == 2
     err = capsys.readouterr().err
     assert f"--build-dir {build_dir} is in use by another lcq board-sim (pid {os.getpid()})" in err
+
+
+# A make-like build: an object that exists is up to date (its time is newer than its source), so it is kept; the
+# link checks that it is whole. A build killed while writing an object (Ctrl-C, its deadline: the group gets
+# SIGKILL, so make cannot delete the half-written target) leaves it newer than its source.
+MAKE_LIKE = "[ -e Vtop__ALL.o ] || echo whole > Vtop__ALL.o; grep -qx whole Vtop__ALL.o"
+
+
+def test_a_build_interrupted_midway_is_not_reused(tmp_path, monkeypatch):
+    """A Verilator build killed halfway left its half-written objects in the build directory, newer than their
+    sources: every later build linked them (make saw them up to date) and failed, until the directory was
+    removed by hand. A build that did not finish now has the next one start from a clean directory (its
+    sources, its run directory and the objects of a finished build are kept)."""
+    import cocotb_tools.runner
+
+    import sim.runner
+    from sim.runner import SimulationTimeout, build
+
+    monkeypatch.setattr(sim.runner, "unavailable_reason", lambda simulator: None)
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    source = build_dir / "top.v"
+    source.write_text("module top; endmodule\n")
+    (build_dir / "run").mkdir()
+    (build_dir / "run" / "test.log").write_text("an earlier run\n")
+    runners = iter([_FakeRunner("echo half > Vtop__ALL.o; echo half > verilated.o; sleep 30"),
+                    _FakeRunner(MAKE_LIKE), _FakeRunner("grep -qx whole Vtop__ALL.o")])
+    monkeypatch.setattr(cocotb_tools.runner, "get_runner", lambda simulator: next(runners))
+    with pytest.raises(SimulationTimeout):
+        build("verilator", [source], "top", build_dir, timeout=0.5)
+    assert (build_dir / "Vtop__ALL.o").read_text() == "half\n"          # as the killed compiler left it
+    build("verilator", [source], "top", build_dir, timeout=30)          # starts clean: compiles, links
+    assert not (build_dir / "verilated.o").exists() and (build_dir / "Vtop__ALL.o").read_text() == "whole\n"
+    build("verilator", [source], "top", build_dir, timeout=30)          # a finished build is reused as it is
+    assert source.read_text() == "module top; endmodule\n"
+    assert (build_dir / "run" / "test.log").read_text() == "an earlier run\n"
+
+
+def test_a_build_waits_for_another_in_its_directory_up_to_its_deadline(tmp_path, monkeypatch):
+    """Two builds in one directory at once (two processes) raced make on the same objects, and the second would
+    take the first's unfinished-build marker for an interrupted build: a build waits for the other, and past its
+    deadline says which process holds the directory."""
+    import fcntl
+
+    import cocotb_tools.runner
+
+    import sim.runner
+    from sim.runner import BUILD_LOCK, SimulationTimeout, build
+
+    monkeypatch.setattr(sim.runner, "unavailable_reason", lambda simulator: None)
+    monkeypatch.setattr(cocotb_tools.runner, "get_runner", lambda simulator: pytest.fail("built while locked"))
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    fd = os.open(build_dir / BUILD_LOCK, os.O_RDWR | os.O_CREAT)       # (as another process's build holds it)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242")
+        with pytest.raises(SimulationTimeout, match=rf"the build directory {build_dir} was still in use by another "
+                                                    rf"build \(pid 4242\) after 0\.3 s"):
+            build("icarus", [tmp_path / "top.v"], "top", build_dir, timeout=0.3)
+    finally:
+        os.close(fd)
