@@ -30,7 +30,9 @@ def entry_of(cache: str, include: str, cmd: list[str], src: str) -> str:
 
 
 def store(entry: str, files: list[tuple[str, str]]) -> None:
-    """Copy ``(name, path)`` files into ``entry``, each written whole, in order; errors are ignored."""
+    """Copy ``(name, path)`` files into ``entry``, each written whole, in order; errors are ignored (the
+    temporary file of a copy that failed is removed)."""
+    tmp = None
     try:
         os.makedirs(entry, exist_ok=True)
         for name, path in files:
@@ -39,8 +41,13 @@ def store(entry: str, files: list[tuple[str, str]]) -> None:
                 os.close(fd)
                 shutil.copyfile(path, tmp)
                 os.replace(tmp, os.path.join(entry, name))
+                tmp = None
     except OSError:
-        pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def main(argv: list[str]) -> int:

@@ -901,3 +901,22 @@ def test_board_sim_refuses_a_port_file_it_cannot_write_before_building(tmp_path,
                  "--build-dir", str(tmp_path / "board")]) == 2
     err = capsys.readouterr().err
     assert f"lcq board-sim: error: cannot write --port-file {port_file}" in err and "Traceback" not in err
+
+
+def test_an_object_cache_entry_that_cannot_be_written_leaves_no_temporary(tmp_path, monkeypatch):
+    """sim.objcache.store copies into a temporary file, then renames it: a copy that failed (a full disk) left the
+    half-written temporary in the cache entry for good; it is now removed, and the entry holds nothing."""
+    import shutil
+
+    from sim import objcache
+
+    obj = tmp_path / "x.o"
+    obj.write_bytes(b"object")
+
+    def full_disk(src, dst):
+        Path(dst).write_bytes(b"obj")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    objcache.store(str(tmp_path / "entry"), [("obj", str(obj))])
+    assert list((tmp_path / "entry").iterdir()) == []
