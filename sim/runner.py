@@ -530,7 +530,11 @@ def run_test(built: Build, test_module: str | list[str], test_dir=None, *, data:
     if not results.is_file():
         raise SimulationFailed(f"{sim} run of {', '.join(modules)} ended without results (exit {exit_code}); "
                                f"{log}:\n{_tail(log)}")
-    ran, failures = read_results(results)
+    try:
+        ran, failures = read_results(results)
+    except ElementTree.ParseError as e:     # cut short: the simulator died writing it (memory, a full disk)
+        raise SimulationFailed(f"{sim} run of {', '.join(modules)} ended with unreadable results (exit {exit_code}): "
+                               f"{results}: {e}; {log} (tail):\n{_tail(log, 25)}") from None
     if failures or ran == 0 or exit_code:
         summary = ("\n".join(f"  {name}: {message}" for name, message in failures) or
                    (f"  (every testcase passed; then the simulator exited with status {exit_code})" if ran

@@ -920,3 +920,25 @@ def test_an_object_cache_entry_that_cannot_be_written_leaves_no_temporary(tmp_pa
     monkeypatch.setattr(shutil, "copyfile", full_disk)
     objcache.store(str(tmp_path / "entry"), [("obj", str(obj))])
     assert list((tmp_path / "entry").iterdir()) == []
+
+
+def test_a_results_file_cut_short_is_a_failure_with_the_log(tmp_path):
+    """A simulator that died while writing its JUnit results (killed for memory, a full disk) left a file cut
+    short: run_test raised XML's ParseError, a traceback in lcq sim without the simulator's log. It is now a
+    SimulationFailed naming the file, the exit status and the log's tail."""
+    from sim.runner import Build, SimulationFailed, run_test
+
+    import subprocess
+
+    class CocotbLike(_FakeRunner):
+        def test(self, **kwargs):       # as cocotb's: a simulator's failure exits with its status
+            try:
+                super().test(**kwargs)
+            except subprocess.CalledProcessError as e:
+                sys.exit(e.returncode)
+
+    script = "echo simulating; printf '<testsuites><testsuite><testcase name=\"runs\"' > results.xml; exit 137"
+    built = Build("icarus", CocotbLike("true", script), "top", tmp_path)
+    with pytest.raises(SimulationFailed, match=r"(?s)icarus run of tb ended with unreadable results \(exit 137\): "
+                                               r".*results\.xml.*simulating"):
+        run_test(built, "tb", tmp_path / "run", timeout=30)
