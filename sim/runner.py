@@ -37,8 +37,9 @@ pytest (then it calls ``sys.exit``), and elsewhere returns the results file even
 testcases failed. :func:`run_test` therefore catches ``SystemExit``, reads the JUnit
 XML itself and raises :class:`SimulationFailed` (an ``AssertionError``, so pytest
 reports a failure with the testbench's own message) when a testcase failed or
-errored, when no testcase ran, or when the simulator died without results; a failed
-build raises it too, with the tail of the build log.
+errored or was skipped (it did not run), when no testcase ran, or when the simulator died
+without results (or with results cut short); a failed build raises it too, with the tail of
+the build log.
 
 Process contract: every command the runner starts (the compiler, make, ``vvp``, the
 Verilator binary) runs in its own process group with a deadline (``timeout`` of
@@ -367,13 +368,17 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 def read_results(results: Path) -> tuple[int, list[tuple[str, str]]]:
-    """``(testcases run, [(testcase, message) for each failed or errored one])`` of a JUnit XML file."""
+    """``(testcases run, [(testcase, message) for each failed, errored or skipped one])`` of a JUnit XML file: a
+    skipped testcase (cocotb's record of one that raised pytest's skip) did not run, so it is no pass."""
     ran, failures = 0, []
     for case in ElementTree.parse(results).getroot().iter("testcase"):
         ran += 1
         for bad in list(case.findall("failure")) + list(case.findall("error")):
             message = bad.get("message") or (bad.text or "").strip() or bad.tag
             failures.append((case.get("name", "?"), message))
+        for skipped in case.findall("skipped"):
+            reason = skipped.get("message") or (skipped.text or "").strip()
+            failures.append((case.get("name", "?"), "skipped, not run" + (f" ({reason})" if reason else "")))
     return ran, failures
 
 

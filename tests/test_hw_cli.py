@@ -942,3 +942,18 @@ def test_a_results_file_cut_short_is_a_failure_with_the_log(tmp_path):
     with pytest.raises(SimulationFailed, match=r"(?s)icarus run of tb ended with unreadable results \(exit 137\): "
                                                r".*results\.xml.*simulating"):
         run_test(built, "tb", tmp_path / "run", timeout=30)
+
+
+def test_a_skipped_testcase_is_not_a_pass(tmp_path):
+    """cocotb records a testcase that raised pytest's skip (an importorskip in a testbench whose simulator Python
+    lacks a package) as skipped, and run_test counted it as passed: a testbench that compares inside the simulator
+    (the PE array's, the SPRAM's) then passed without having compared anything. A skipped testcase now fails the
+    run, with its reason."""
+    from sim.runner import Build, SimulationFailed, run_test
+
+    xml = ('<testsuites><testsuite name="tb"><testcase name="array_matches_reference" classname="tb">'
+           '<skipped message="could not import numpy" /></testcase></testsuite></testsuites>')
+    built = Build("icarus", _FakeRunner("true", f"printf '%s' '{xml}' > results.xml"), "top", tmp_path)
+    with pytest.raises(SimulationFailed, match=r"1 of 1 cocotb testcases failed .*\n  array_matches_reference: "
+                                               r"skipped, not run \(could not import numpy\)"):
+        run_test(built, "tb", tmp_path / "run", timeout=30)
