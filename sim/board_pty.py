@@ -18,8 +18,8 @@ or two. A simulation faster than real time waits for the wall clock instead (nev
 
 Files (in ``--build-dir``, default ``build/board-sim/<model>-<board>-<mode>-<R>x<C>``): ``board.v`` and the
 Verilator build, ``report.json`` (for ``lcq run --report``), ``port`` (the device path, also at
-``--port-file``), ``status.json`` (bytes each way, the bytes corrupted so far, framing errors;
-:mod:`sim.board_pty_cocotb`), ``run/test.log`` (the simulator's log).
+``--port-file``; both removed when the board stops), ``status.json`` (bytes each way, the bytes corrupted so
+far, framing errors; :mod:`sim.board_pty_cocotb`), ``run/test.log`` (the simulator's log).
 
 Faults: ``--corrupt-to-board N`` / ``--corrupt-from-board N`` (each repeatable) flip a bit of the N-th byte
 (from 0) that crosses the line in that direction, to exercise the bridge's NACK and the host's recovery.
@@ -250,6 +250,23 @@ class BoardSim:
         finally:
             ended.set()
             watcher.join(timeout=5)
+            self._withdraw_port()
+
+    def _withdraw_port(self) -> None:
+        """Remove ``port`` and the ``--port-file`` once the board has stopped: its pseudo-terminal is gone, and
+        the system gives its name to the next program that opens one. A port file naming another port (another
+        board's since) stays."""
+        try:
+            port = self.own_port_file.read_text().strip()
+        except OSError:
+            return
+        self.own_port_file.unlink(missing_ok=True)
+        if self.port_file is not None:
+            try:
+                if self.port_file.read_text().strip() == port:
+                    self.port_file.unlink()
+            except OSError:
+                pass
 
 
 def add_parsers(sub) -> dict:

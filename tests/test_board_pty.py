@@ -186,3 +186,43 @@ def test_lcq_run_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_
             result = runner.classify(images)
         assert (result.logits == predict(model, images)).all()
         assert np.array_equal(result.predictions, predict(model, images).argmax(axis=1))
+
+
+def test_the_port_files_go_when_the_board_stops(tmp_path, monkeypatch):
+    """A stopped board (Ctrl-C, SIGTERM, --seconds passed) left ``port`` and ``--port-file`` naming its
+    pseudo-terminal, which the system then gives to the next program that opens one (a terminal): a script
+    waiting for the port file, or an ``lcq run --port $(cat port)``, would take it for a live board. Both are
+    removed when the board stops; a port file that another board has since rewritten is left alone."""
+    import sim.board_pty
+    from boards.boards import get_board
+
+    port_file = tmp_path / "announce" / "port"
+    board = sim.board_pty.BoardSim(DIGITS, get_board("icebreaker"), build_dir=tmp_path / "board",
+                                   port_file=port_file)
+    board.make_build_dir()
+    board.check_port_file()
+    announced = []
+
+    def running(built, testbench, test_dir, *, data, timeout):     # the testbench: the pty, then Ctrl-C
+        Path(data["port_file"]).write_text("/dev/pts/77\n")
+        end = time.monotonic() + 10
+        while not announced and time.monotonic() < end:
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sim.board_pty, "run_test", running)
+    with pytest.raises(KeyboardInterrupt):
+        board.run(5, announced.append)
+    assert announced == ["/dev/pts/77"]
+    assert not port_file.exists() and not board.own_port_file.exists()
+
+    def overwritten(built, testbench, test_dir, *, data, timeout):
+        Path(data["port_file"]).write_text("/dev/pts/77\n")
+        end = time.monotonic() + 10
+        while not port_file.exists() and time.monotonic() < end:
+            time.sleep(0.01)
+        port_file.write_text("/dev/pts/78\n")                         # (another board's, on the same file)
+
+    monkeypatch.setattr(sim.board_pty, "run_test", overwritten)
+    board.run(5)
+    assert port_file.read_text() == "/dev/pts/78\n" and not board.own_port_file.exists()
