@@ -24,8 +24,10 @@ the next image's LOAD frames travel while it runs.
 
 A board reset since the model was loaded is caught (protocol version 6): :meth:`LinkHost.begin_session` sets the
 device's session register to a random non-zero value (the runners do so before they load the model), and every
-DONE and INFO after it must state that value; one that does not (0: the board was reset) is a
-:class:`hw.protocol.BoardReset`, not retried, and the words of that request are not returned.
+DONE after it must state that value; one that does not (0: the board was reset) is a
+:class:`hw.protocol.BoardReset`, not retried, and the words of that request are not returned. INFO states no session
+(its bytes are constants in the gateware): a reset is caught by the next DONE, which ends every job and image, one
+sent again after a resync too.
 """
 
 from __future__ import annotations
@@ -39,15 +41,15 @@ import time
 from collections import Counter
 from dataclasses import fields
 
-from hw.protocol import (DONE_FORMAT, FRAME_BYTES, LENGTH_BITS, MAX_INFO_BYTES, OUT_HEAD_BYTES, SESSION_BITS,
-                         BoardReset, FrameError, FrameType, LinkError, LinkInfo, LinkNoise, LinkTimeout, NackCode,
-                         NackError, OutputFormat, decode_done, decode_out, encode_frame, encode_loads, encode_run,
-                         encode_session, read_frame)
+from hw.protocol import (DONE_COUNT_BITS, DONE_FORMAT, FRAME_BYTES, LENGTH_BITS, MAX_INFO_BYTES, OUT_HEAD_BYTES,
+                         SESSION_BITS, BoardReset, FrameError, FrameType, LinkError, LinkInfo, LinkNoise, LinkTimeout,
+                         NackCode, NackError, OutputFormat, decode_done, decode_out, encode_frame, encode_loads,
+                         encode_run, encode_session, read_frame)
 
 NACK_BYTES = 2
 INFO_BYTES = MAX_INFO_BYTES     # the longest INFO reply (255 load targets)
 DONE_BYTES = struct.calcsize(DONE_FORMAT)
-RUN_WORDS_MAX = (1 << 8 * struct.calcsize(DONE_FORMAT[:2])) - 1     # DONE's count: its first field
+RUN_WORDS_MAX = (1 << DONE_COUNT_BITS) - 1     # the most DONE's count can state
 # NACK codes of a frame damaged on the way in: sending it again may succeed. The bridge tests a frame's type and
 # length as they arrive, before its checksum, so a type or length byte damaged on the line comes back as TYPE or
 # LENGTH (the host's own frames have known types and lengths right for the INFO it checked); TARGET is tested
@@ -62,9 +64,13 @@ WRITE_BITS_PER_BYTE = 10        # on the line: a start bit, 8 data bits and a st
 
 
 def _check_words(out_words, request: str) -> None:
+    """A ValueError, before anything is sent, for a word count a RUN or RESULT cannot ask for: 1 to
+    :data:`RUN_WORDS_MAX`, the most DONE's ``DONE_COUNT_BITS``-bit count can state."""
     if isinstance(out_words, bool) or not isinstance(out_words, int) or not 1 <= out_words <= RUN_WORDS_MAX:
-        raise ValueError(f"A {request} must ask for 1..{RUN_WORDS_MAX} output words, not {out_words!r}"
-                         + (" (start() sends a RUN of 0 words)" if request == "RUN" and out_words == 0 else ""))
+        why = (" (start() sends a RUN of 0 words)" if request == "RUN" and out_words == 0 else
+               f" (more than DONE's {DONE_COUNT_BITS}-bit word count can state, protocol version 6)"
+               if isinstance(out_words, int) and not isinstance(out_words, bool) and out_words > RUN_WORDS_MAX else "")
+        raise ValueError(f"A {request} must ask for 1..{RUN_WORDS_MAX} output words, not {out_words!r}{why}")
 
 
 def recoverable(error: BaseException) -> bool:
@@ -106,7 +112,7 @@ class LinkHost:
     port timeouts (for ports whose time is real time, not a simulation's).
 
     ``session``: the session :meth:`begin_session` set on the device (None: none, or it was lost); while set,
-    each DONE and INFO must state it, or :class:`hw.protocol.BoardReset` is raised (and ``session`` is None).
+    each DONE must state it, or :class:`hw.protocol.BoardReset` is raised (and ``session`` is None).
     """
 
     def __init__(self, port, *, retries: int = 3, deadline: float | None = None, drain_bytes: int = 1 << 20):
@@ -198,12 +204,11 @@ class LinkHost:
             raise self._unexpected(frame, "PING")
         info = LinkInfo.decode(frame.payload)
         if self._info is not None and info != self._info:
-            pairs = ((f.name, getattr(self._info, f.name), getattr(info, f.name)) for f in fields(info) if f.compare)
+            pairs = ((f.name, getattr(self._info, f.name), getattr(info, f.name)) for f in fields(info))
             changed = ", ".join(f"{name} {was} -> {now}" for name, was, now in pairs if was != now)
             raise LinkError(f"the device's parameters changed since this session's first PING ({changed}): another "
                             f"bitstream was flashed, or another board answers on the port; run again")
         self._info = info
-        self._check_session("the INFO reply to PING", info.session)
         return info
 
     def _check_session(self, reply: str, session: int) -> None:
@@ -215,8 +220,8 @@ class LinkHost:
 
     def begin_session(self) -> int:
         """Set the device's session register to a new random non-zero value (a SESSION frame, sent again as a
-        LOAD is), which each DONE and INFO from now on must state: call it before loading what the device must
-        keep. Returns the value (also ``session``)."""
+        LOAD is), which each DONE from now on must state: call it before loading what the device must keep.
+        Returns the value (also ``session``)."""
         self.session = None         # the session the device held is given up, whether or not the new one is taken
         session = random.SystemRandom().randrange(1, 1 << SESSION_BITS)
         self._acknowledged(FrameType.SESSION, encode_session(session), "SESSION")

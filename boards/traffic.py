@@ -24,7 +24,7 @@ from hw.engine_params import EngineParams
 from hw.network_params import NetworkParams
 from hw.network_program import image_beats, load_beats
 from hw.program import act_beats, output_words, resident_bases, resident_beats, setup_beats
-from hw.protocol import (DONE_FORMAT, FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SESSION_FORMAT,
+from hw.protocol import (DONE_FORMAT, FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SESSION_BYTES,
                          LinkInfo, LinkMode, OutputFormat, encode_loads)
 
 from .runtime import output_format
@@ -57,7 +57,7 @@ def _loading(beats, info: LinkInfo) -> dict:
     """The traffic of loading ``beats`` once: the SESSION frame the runners send first and its ACK, then the LOAD
     frames of ``beats`` and their ACKs (the PING before left out)."""
     sent, acks, frames = _loads(beats, info)
-    return {"bytes_to_device": FRAME_BYTES + struct.calcsize(SESSION_FORMAT) + sent,
+    return {"bytes_to_device": FRAME_BYTES + SESSION_BYTES + sent,
             "bytes_from_device": FRAME_BYTES + acks, "requests": 1 + frames}
 
 

@@ -15,33 +15,33 @@ Host -> device requests:
   (1 byte: 0 layers, the layer engine; 1 network, the whole-network core), then 16-bit
   little-endian addr_bits, out_bits (one output word: ``cols`` signed fields in layers mode,
   one signed logit in network mode), rows, cols, max_payload, code_bits (0: no CODES
-  format), classes (network mode: the logits a RUN returns; 0 in layers mode), the session
-  (16 bits, see SESSION), then the number of load targets (1 byte) and the 16-bit data bits of
-  each (0: the core has no such target): :data:`hw.protocol.INFO_HEAD_FORMAT`.
+  format), classes (network mode: the logits a RUN returns; 0 in layers mode), then the
+  number of load targets (1 byte) and the 16-bit data bits of each (0: the core has no such
+  target): :data:`hw.protocol.INFO_HEAD_FORMAT`. All constants of the bitstream.
 - ``LOAD 0x02``: the target byte, the address of the first word little-endian in
   ceil(addr_bits/8) bytes, then one or more words, each little-endian in
   ceil(target_bits/8) bytes, for consecutive addresses; at most ``max_payload`` bytes.
   The bridge keeps the payload until its checksum is checked, then hands the words to
   the engine as load beats in order (waiting while it is not ready) and answers ``ACK
   0x82`` (no payload). A corrupted frame never reaches the engine.
-- ``RUN 0x03``: the number of words expected (32-bit little-endian) and the output
-  format (1 byte: 0 FULL, every out_bits; 1 CODES, the low code_bits of each field,
-  packed). The bridge pulses ``start`` and sends the engine's first ``expected`` words
-  in ``OUT 0x83`` frames: the index of the frame's first word within the RUN (32-bit
-  little-endian, 0 for the first frame), then as many words as the rest of
+- ``RUN 0x03``: the number of words expected (32-bit little-endian; a host asks for fewer than
+  2**24, as DONE's count has 24 bits) and the output format (1 byte: 0 FULL, every out_bits;
+  1 CODES, the low code_bits of each field, packed). The bridge pulses ``start`` and sends the
+  engine's first ``expected`` words in ``OUT 0x83`` frames: the index of the frame's first word
+  within the RUN (32-bit little-endian, 0 for the first frame), then as many words as the rest of
   ``max_payload`` holds (each little-endian in its format's whole bytes). It drops any
-  further words and, once ``busy`` falls, sends ``DONE 0x84`` with the number of words
-  the engine returned (32-bit little-endian) and the session (16-bit little-endian). Should the engine
-  stop within a frame, the
-  frame is completed with zero words; DONE's count tells the host. The index lets the
-  host refuse an OUT frame that arrives twice or after a lost one.
+  further words and, once ``busy`` falls, sends ``DONE 0x84``: one 32-bit little-endian word,
+  the number of words the engine returned in its low 24 bits (:data:`hw.protocol.DONE_COUNT_BITS`;
+  counted modulo 2**24) and the session in its top 8 (:data:`hw.protocol.SESSION_BITS`). Should
+  the engine stop within a frame, the frame is completed with zero words; DONE's count tells the
+  host. The index lets the host refuse an OUT frame that arrives twice or after a lost one.
 - ``RESULT 0x04``: RUN's payload; the same without the ``start`` pulse: the engine's next
   ``expected`` words in OUT frames (indices from 0), then DONE.
-- ``SESSION 0x05``: the session (16-bit little-endian) into the ``session`` register, answered
-  ``ACK``; nothing reaches the engine, so it is taken while the core runs. The register is 0 after a
-  reset (the bridge's ``sync`` reset, which resets the engine side too): a host sets a non-zero session
-  before it loads the model, and a DONE or INFO stating another one tells it that the board was
-  reset (or another host loaded it) since, and that the engine no longer holds what it loaded.
+- ``SESSION 0x05``: the session (1 byte) into the 8-bit ``session`` register, answered ``ACK``;
+  nothing reaches the engine, so it is taken while the core runs. The register is 0 after a reset
+  (the bridge's ``sync`` reset, which resets the engine side too): a host sets a non-zero session
+  before it loads the model, and a DONE stating another one tells it that the board was reset (or
+  another host loaded it) since, and that the engine no longer holds what it loaded.
 
 In network mode the core runs on after RUN's reply, and DONE ends a RUN or RESULT once the core
 has taken the start (``starting`` low: it copied the staged image; an engine side without a
@@ -54,7 +54,7 @@ mode DONE waits for ``busy`` to fall, and words beyond those asked for are dropp
 Errors are answered ``NACK 0x85`` with two payload bytes: the code and the type byte of
 the refused frame. Codes: 1 CRC (checksum mismatch), 2 LENGTH (a LOAD payload without a
 whole number of words or over max_payload; a RUN or RESULT payload other than 5 bytes or of
-an unknown format; a SESSION payload other than 2 bytes; PING with a payload), 3 TYPE (unknown
+an unknown format; a SESSION payload other than 1 byte; PING with a payload), 3 TYPE (unknown
 type), 4 TIMEOUT (no byte for ``timeout_cycles`` cycles in mid-frame), 5 FRAMING (a byte without its stop bit in
 mid-frame), 6 TARGET (a LOAD to a target the engine lacks), 7 BUSY (network mode: a RUN, or a
 LOAD to any target but ``image_target``, while the core is ``busy``; nothing reaches the core).
@@ -82,8 +82,8 @@ from amaranth.lib.wiring import In, Out
 from .delay import delayed, reset_less_data
 from .engine import EngineSignature
 from .fsm_encoding import one_hot
-from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_FORMAT, INFO_SESSION_OFFSET, LENGTH_BITS, MAX_TARGETS,
-                       OUT_FORMAT, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SESSION_BITS, SESSION_FORMAT, SYNC,
+from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_COUNT_BITS, DONE_FORMAT, LENGTH_BITS, MAX_TARGETS,
+                       OUT_FORMAT, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SESSION_BITS, SESSION_BYTES, SYNC,
                        FrameType, LinkInfo, LinkMode, NackCode, OutputFormat, payload_bytes, whole_bytes)
 from .uart import RX_LAYOUT
 
@@ -95,9 +95,7 @@ def _field_bits(fmt: str) -> list[int]:
 
 RUN_BYTES = struct.calcsize(RUN_FORMAT)
 RUN_COUNT_BITS = _field_bits(RUN_FORMAT)[0]     # words expected; the output format follows
-DONE_BYTES = struct.calcsize(DONE_FORMAT)
-DONE_COUNT_BITS, _ = _field_bits(DONE_FORMAT)   # words the engine returned; the session follows
-SESSION_BYTES = struct.calcsize(SESSION_FORMAT)
+DONE_BYTES = struct.calcsize(DONE_FORMAT)      # the word count (DONE_COUNT_BITS), then the session (SESSION_BITS)
 (OUT_INDEX_BITS,) = _field_bits(OUT_FORMAT)     # an OUT frame's first word within the RUN
 NACK_BYTES = 2
 
@@ -330,9 +328,9 @@ class LinkBridge(wiring.Component):
         data = Signal(max(self._target_bits), reset_less=reset_less_data(platform))
         m.d.comb += [load.payload.target.eq(target), load.payload.addr.eq(addr), load.payload.data.eq(data)]
 
-        # Replies: INFO from constants and the session, OUT from the first word's index then the word register,
-        # DONE from the word count and the session, NACK from error and type; `sent` counts payload bytes, `unsent`
-        # the payload bytes after this one, `word_left` the bytes of a word after this one. The reply's decisions read
+        # Replies: INFO from constants, OUT from the first word's index then the word register, DONE from the
+        # word count and the session, NACK from error and type; `sent` counts payload bytes, `unsent` the payload
+        # bytes after this one, `word_left` the bytes of a word after this one. The reply's decisions read
         # registers (`heading`, `last_byte`, a zero test of `word_left`), set as `sent` moves on, not compares
         # of `sent` (the bridge's worst paths: `sent + 2 == reply_len` was one). A reply's length: at most
         # max_payload, or INFO's, which max_payload does not bound (it is the largest payload the bridge takes).
@@ -342,12 +340,14 @@ class LinkBridge(wiring.Component):
         reply_len = Signal(reply_bytes)
         sent, unsent = Signal(reply_bytes), Signal(reply_bytes)
         running = Signal()
-        # The session: 0 after a reset (never reset_less), set by SESSION, stated by DONE and INFO.
+        # The session: 0 after a reset (never reset_less), set by SESSION, stated by DONE above its count.
         session = Signal(SESSION_BITS, name="session")
         remaining = Signal(RUN_COUNT_BITS)      # words still to send of those RUN asked for
         fmt = Signal()
-        words = Signal(DONE_COUNT_BITS)         # words the engine returned since RUN
-        first = Signal(OUT_INDEX_BITS)          # the OUT frame's first word within the RUN
+        # Words the engine returned since RUN, modulo 2**DONE_COUNT_BITS (the host asks for fewer), and the OUT
+        # frame's first word within the RUN, one of them: the OUT index's bits above are 0.
+        words = Signal(DONE_COUNT_BITS)
+        first = Signal(DONE_COUNT_BITS)
         word_left = Signal(range(max(self._out_bytes)))
         out_word = Signal(8 * max(self._out_bytes), reset_less=reset_less_data(platform))
         field = self._out_bits // self._cols
@@ -359,21 +359,20 @@ class LinkBridge(wiring.Component):
         heading = Signal()          # sending the OUT frame's index: reply_type == OUT and sent < OUT_HEAD_BYTES
         last_byte = Signal()        # sent == reply_len - 1: unsent == 0
 
-        # The byte of the reply payload at `sent`, by reply type: INFO's are constants but the session's.
+        # The byte of the reply payload at `sent`, by reply type.
         info_byte = Signal(8)
-        session_bytes = range(INFO_SESSION_OFFSET, INFO_SESSION_OFFSET + SESSION_BITS // 8)
         with m.Switch(sent[:(len(info) - 1).bit_length()]):    # the low bits of `sent` that index INFO's bytes
             for i, b in enumerate(info):
                 with m.Case(i):
-                    m.d.comb += info_byte.eq(session.word_select(i - INFO_SESSION_OFFSET, 8) if i in session_bytes
-                                             else b)
+                    m.d.comb += info_byte.eq(b)
         payload_byte, payload_held = Signal(8), Signal(8, name="payload_held")
         m.d.sync += payload_held.eq(payload_byte)
         # Chosen by flags of the reply's type, registers a cycle behind `reply_type` (set before TX_SYNC, read in
         # TX_PAYLOAD), not by compares of it (the byte's multiplexer after them was seven logic levels on the UP5K).
         candidates = {
             FrameType.INFO: info_byte,
-            FrameType.OUT: Mux(heading, first.word_select(sent[:(OUT_HEAD_BYTES - 1).bit_length()], 8), out_word[:8]),
+            FrameType.OUT: Mux(heading, Cat(first, C(0, OUT_INDEX_BITS - DONE_COUNT_BITS)).word_select(
+                sent[:(OUT_HEAD_BYTES - 1).bit_length()], 8), out_word[:8]),
             FrameType.DONE: Cat(words, session).word_select(sent[:(DONE_BYTES - 1).bit_length()], 8),
             FrameType.NACK: Mux(sent[0], ftype, error),
         }
@@ -587,7 +586,7 @@ class LinkBridge(wiring.Component):
             with m.Elif(refused):
                 refuse_busy()
             with m.Elif(claim):     # SESSION: its payload's bytes are the last of `run_arg`'s
-                m.d.sync += session.eq(run_arg[-SESSION_BITS:])
+                m.d.sync += session.eq(run_arg[-8 * SESSION_BYTES:])
                 send(FrameType.ACK)
             with m.Elif(go):
                 m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0),

@@ -38,20 +38,24 @@ Order per image (:class:`boards.runtime.NetworkRunner`): LOAD its pixels, RESULT
 RUN(0). A RUN asking for the logits still runs one image the blocking way (LOAD, RUN(classes)).
 
 Version 6: a board reset (its button, or configuration from flash) since the host loaded the model is detected.
-The bridge holds a ``session`` register (:data:`SESSION_FORMAT`), 0 after a reset, which the new request
-``SESSION`` (:attr:`FrameType.SESSION`) sets (ACK; taken while the core runs: it disturbs nothing); DONE
-(:data:`DONE_FORMAT`: the word count, then the session) and INFO (:data:`INFO_HEAD_FORMAT`: the session
-after ``classes``) state it. The runners set a random non-zero session before they load the model; a DONE or
-INFO of another session (0: the board was reset; another value: another host loaded it) is a
-:class:`BoardReset`, so that no output computed without the loaded model is taken. A bitstream of version
-5 (whose DONE and INFO carry no session) is refused by its INFO's version.
+The bridge holds a ``session`` register of :data:`SESSION_BITS` bits, 0 after a reset, which the new request
+``SESSION`` (:attr:`FrameType.SESSION`, a 1-byte payload) sets (ACK; taken while the core runs: it disturbs
+nothing). Every DONE states it: DONE's 32-bit little-endian word (:data:`DONE_FORMAT`, 4 bytes as before) holds
+the word count in its low :data:`DONE_COUNT_BITS` bits and the session in its top :data:`SESSION_BITS`
+(:func:`encode_done`, :func:`decode_done`), so a RUN or RESULT asks for at most ``2**DONE_COUNT_BITS - 1`` words.
+INFO keeps version 5's layout (no session: its bytes stay constants in the gateware). The runners set a random
+non-zero session before they load the model; a DONE of another session (0: the board was reset; another value:
+another host loaded it) is a :class:`BoardReset`, so that no output computed without the loaded model is taken
+(every job and image ends in a DONE, also after a resync). A bitstream of version 5 (whose DONE carries no
+session) is refused by its INFO's version. (A first form of version 6 held a 16-bit session, stated by INFO
+too, in a 6-byte DONE: 47 more logic cells, and the digits network core no longer fitted the iCEBreaker's UP5K.)
 """
 
 from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 SYNC = 0xA5
@@ -63,19 +67,21 @@ LENGTH_BITS = 8 * struct.calcsize(LENGTH_FORMAT)
 CRC_BYTES = struct.calcsize(CRC_FORMAT)
 FRAME_BYTES = 1 + 1 + struct.calcsize(LENGTH_FORMAT) + CRC_BYTES  # sync, type, length, checksum
 PROTOCOL_VERSION = 6
-SESSION_FORMAT = "<H"  # the session: 0 after a reset, set by SESSION; stated by DONE and INFO
-SESSION_BITS = 8 * struct.calcsize(SESSION_FORMAT)
-# version, mode; addr_bits, out_bits, rows, cols, max_payload, code_bits, classes; the session; number of targets
-# (the data bits of each target follow, TARGET_FORMAT each)
-INFO_HEAD_FORMAT = "<BB7H" + SESSION_FORMAT[1:] + "B"
+# version, mode; addr_bits, out_bits, rows, cols, max_payload, code_bits, classes; number of targets (the data
+# bits of each target follow, TARGET_FORMAT each)
+INFO_HEAD_FORMAT = "<BB7HB"
 INFO_HEAD_BYTES = struct.calcsize(INFO_HEAD_FORMAT)
-INFO_SESSION_OFFSET = struct.calcsize("<BB7H")  # where the session's bytes start in INFO
 TARGET_FORMAT = "<H"
 MAX_TARGETS = 255  # a LOAD names its target in one byte; INFO counts them in one
 RUN_FORMAT = "<IB"  # words expected, output format (FULL or CODES); a RESULT's payload too
 OUT_FORMAT = "<I"  # an OUT payload's head: the index of its first word within the RUN (the words follow)
 OUT_HEAD_BYTES = struct.calcsize(OUT_FORMAT)
-DONE_FORMAT = "<I" + SESSION_FORMAT[1:]  # words the engine returned since RUN, the session
+SESSION_BITS = 8  # the session: 0 after a reset, set by SESSION (its payload, whole bytes), stated by DONE
+SESSION_BYTES = (SESSION_BITS + 7) // 8
+DONE_COUNT_BITS = 24  # DONE's word count: the words the engine returned since RUN (a RUN asks for fewer)
+DONE_FORMAT = "<I"  # DONE's one word: the count in its low DONE_COUNT_BITS bits, the session in the bits above
+if 8 * struct.calcsize(DONE_FORMAT) != DONE_COUNT_BITS + SESSION_BITS:
+    raise AssertionError("DONE_FORMAT must hold exactly DONE_COUNT_BITS + SESSION_BITS bits")
 
 
 def info_bytes(targets: int) -> int:
@@ -148,7 +154,7 @@ class NackCode(enum.IntEnum):
             NackCode.LENGTH: "its length was wrong for its type (a LOAD payload is the "
                              "target, the address and whole words of that target, at most "
                              "max_payload bytes; a RUN or RESULT payload is the word count and a "
-                             "known output format; a SESSION payload is the session; PING carries none)",
+                             "known output format; a SESSION payload is the session's byte; PING carries none)",
             NackCode.TYPE: "its type byte is not a request the device knows",
             NackCode.TIMEOUT: "it stopped arriving mid-way (the device dropped it)",
             NackCode.FRAMING: "a byte had no stop bit (baud rate mismatch or line noise)",
@@ -185,18 +191,19 @@ class VersionError(LinkError):
 
 
 class BoardReset(LinkError):
-    """The device states another session than the one this host set before it loaded the model (a DONE or
-    INFO reply): the board was reset or reconfigured (session 0), or another host loaded it, since; what the
+    """The device states another session than the one this host set before it loaded the model (a DONE
+    reply): the board was reset or reconfigured (session 0), or another host loaded it, since; what the
     host loaded is gone, so its outputs are not taken (loading the model again would help)."""
 
     def __init__(self, reply: str, expected: int, got: int):
         self.expected, self.got = expected, got
         what = ("the board was reset or reconfigured (its button, power, or configuration from flash)" if got == 0
                 else "another host session set it (another program on the port, or another runner)")
-        super().__init__(f"{reply} states session 0x{got:04x}, not the 0x{expected:04x} this host set before it "
-                         f"loaded the model: {what} since then, so the model it held is gone and its outputs are "
-                         f"garbage (none taken); run again (the runner loads the model again), and keep the board "
-                         f"from being reset during a run")
+        digits = (SESSION_BITS + 3) // 4
+        super().__init__(f"{reply} states session 0x{got:0{digits}x}, not the 0x{expected:0{digits}x} this host set "
+                         f"before it loaded the model: {what} since then, so the model it held is gone and its "
+                         f"outputs are garbage (none taken); run again (the runner loads the model again), and keep "
+                         f"the board from being reset during a run")
 
 
 class NackError(LinkError):
@@ -314,9 +321,7 @@ class LinkInfo:
     word bits (LAYERS: ``cols`` fields; NETWORK: one logit), array size, the largest payload it
     takes, the width of an activation code (0: no CODES format), the data bits of each load
     target (0: none; as many targets as the core has), the mode (:class:`LinkMode`) and, in
-    NETWORK mode, the number of logits a RUN returns (``classes``; 0 in LAYERS mode). ``session``: the device's
-    session register when it replied (0: nothing set since its last reset); state, not a parameter, so two
-    INFOs of other sessions are equal."""
+    NETWORK mode, the number of logits a RUN returns (``classes``; 0 in LAYERS mode)."""
 
     version: int
     addr_bits: int
@@ -328,7 +333,6 @@ class LinkInfo:
     target_bits: tuple[int, ...]
     mode: int = LinkMode.LAYERS
     classes: int = 0
-    session: int = field(default=0, compare=False)
 
     @classmethod
     def decode(cls, payload: bytes) -> "LinkInfo":
@@ -349,11 +353,10 @@ class LinkInfo:
             raise FrameError(f"INFO reply has {len(payload)} payload bytes, expected {expected}: it was "
                              f"damaged on the line or does not come from a link bridge of this project; ping "
                              f"again, and rebuild and flash the bitstream if it persists")
-        version, mode, addr_bits, out_bits, rows, cols, max_payload, code_bits, classes, session, _ = \
+        version, mode, addr_bits, out_bits, rows, cols, max_payload, code_bits, classes, _ = \
             struct.unpack_from(INFO_HEAD_FORMAT, payload)
         widths = struct.unpack_from(f"<{targets}H", payload, INFO_HEAD_BYTES)
-        info = cls(version, addr_bits, out_bits, rows, cols, max_payload, code_bits, tuple(widths), mode, classes,
-                   session)
+        info = cls(version, addr_bits, out_bits, rows, cols, max_payload, code_bits, tuple(widths), mode, classes)
         problems = info.problems()
         if problems:
             raise FrameError(f"INFO reply states impossible parameters ({'; '.join(problems)}): it "
@@ -407,8 +410,7 @@ class LinkInfo:
 
     def encode(self) -> bytes:
         return (struct.pack(INFO_HEAD_FORMAT, self.version, self.mode, self.addr_bits, self.out_bits, self.rows,
-                            self.cols, self.max_payload, self.code_bits, self.classes, self.session,
-                            len(self.target_bits))
+                            self.cols, self.max_payload, self.code_bits, self.classes, len(self.target_bits))
                 + struct.pack(f"<{len(self.target_bits)}H", *self.target_bits))
 
     @property
@@ -473,16 +475,26 @@ def encode_run(words: int, fmt: OutputFormat = OutputFormat.FULL) -> bytes:
 
 def encode_session(session: int) -> bytes:
     """The SESSION payload setting the device's session register to ``session`` (1 .. 2**SESSION_BITS - 1: 0 is
-    the value of a reset)."""
+    the value of a reset), little-endian in :data:`SESSION_BYTES` bytes."""
     if isinstance(session, bool) or not isinstance(session, int) or not 0 < session < 1 << SESSION_BITS:
         raise ValueError(f"A session must be an integer in 1..{(1 << SESSION_BITS) - 1} (0 is a reset board's), "
                          f"not {session!r}")
-    return struct.pack(SESSION_FORMAT, session)
+    return session.to_bytes(SESSION_BYTES, "little")
+
+
+def encode_done(count: int, session: int) -> bytes:
+    """The DONE payload stating ``count`` words (0 .. 2**DONE_COUNT_BITS - 1) and ``session`` (0 ..
+    2**SESSION_BITS - 1): one :data:`DONE_FORMAT` word, the count in its low :data:`DONE_COUNT_BITS` bits."""
+    for name, value, bits in (("count", count, DONE_COUNT_BITS), ("session", session, SESSION_BITS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << bits:
+            raise ValueError(f"A DONE {name} must be an integer in 0..{(1 << bits) - 1}, not {value!r}")
+    return struct.pack(DONE_FORMAT, count | session << DONE_COUNT_BITS)
 
 
 def decode_done(payload: bytes) -> tuple[int, int]:
     """A DONE payload's word count and session (its length checked by the caller: ``DONE_FORMAT``)."""
-    return struct.unpack(DONE_FORMAT, payload)
+    (word,) = struct.unpack(DONE_FORMAT, payload)
+    return word & (1 << DONE_COUNT_BITS) - 1, word >> DONE_COUNT_BITS
 
 
 def encode_out(first: int, words: bytes) -> bytes:

@@ -164,13 +164,13 @@ def test_network_mode_board_resends_a_load_whose_length_was_damaged(tmp_path):
     from boards.traffic import network_info
     from hw.network_params import NetworkParams
     from hw.network_program import load_beats
-    from hw.protocol import FRAME_BYTES, SESSION_FORMAT, encode_loads
+    from hw.protocol import FRAME_BYTES, SESSION_BYTES, encode_loads
 
     model = load(DIGITS)
     params = NetworkParams.for_model(model, 2, 4)
     first = encode_loads(load_beats(model, params), network_info(model, params, 512))[0]
     # After the PING, the SESSION and the first LOAD: sync, type, LEN lo.
-    len_hi = FRAME_BYTES + FRAME_BYTES + struct.calcsize(SESSION_FORMAT) + FRAME_BYTES + len(first) + 3
+    len_hi = FRAME_BYTES + FRAME_BYTES + SESSION_BYTES + FRAME_BYTES + len(first) + 3
     _, _, _, out = run_network_board(tmp_path, byte_cycles=1, images=2, corrupt=len_hi)
     assert out["retried"] == 1 and out["repeated"] == 0
 
@@ -186,6 +186,6 @@ def test_a_board_reset_mid_run_ends_the_run_in_board_reset(mode, tmp_path):
     else:
         _, _, _, out = run_board("weights", tmp_path, byte_cycles=1, images=2, reset_after=1)
     assert out["logits"] == [] and out["error"]["type"] == "BoardReset", out
-    assert "states session 0x0000" in out["error"]["message"]
+    assert "states session 0x00," in out["error"]["message"]
     assert "the board was reset or reconfigured" in out["error"]["message"]
     assert out["done_cycles"] and len(out["done_cycles"]) == 1     # the first image's logits came, then the reset

@@ -46,7 +46,6 @@ import threading
 import time
 import traceback
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,10 +54,10 @@ from hypothesis import strategies as st
 
 from boards.link_host import LinkHost
 from hw.engine_params import TARGETS
-from hw.protocol import (CRC_BYTES, DONE_FORMAT, INFO_HEAD_BYTES, INFO_HEAD_FORMAT, PROTOCOL_VERSION, RUN_FORMAT,
-                         SESSION_FORMAT, SYNC, BoardReset, FrameError, FrameType, LinkError, LinkInfo, LinkNoise,
-                         NackCode, NackError, OutputFormat, crc16, decode_frame, decode_words, encode_frame,
-                         encode_loads, encode_out, encode_run, encode_session)
+from hw.protocol import (CRC_BYTES, INFO_HEAD_BYTES, INFO_HEAD_FORMAT, PROTOCOL_VERSION, RUN_FORMAT, SESSION_BITS,
+                         SESSION_BYTES, SYNC, BoardReset, FrameError, FrameType, LinkError, LinkInfo, LinkNoise,
+                         NackCode, NackError, OutputFormat, crc16, decode_done, decode_frame, decode_words, encode_done,
+                         encode_frame, encode_loads, encode_out, encode_run, encode_session)
 
 OUTCOMES = ("correct", "recovered", "clean error", "crash", "hang", "silent wrong answer", "gave up early")
 GOOD = ("correct", "recovered", "clean error")
@@ -202,9 +201,9 @@ class FakeDevice:
     """The link bridge of :mod:`hw.link` in layers mode: ``receive(bytes of one request, arriving back to back)`` ->
     the frames of its reply (PING -> INFO; LOAD -> ACK; RUN -> OUT frames, each the index of its first word and as
     many words as the rest of max_payload holds, then DONE; RESULT -> DONE 0, the engine being idle; SESSION ->
-    ACK, the session INFO (unless ``info_payload`` is given) and DONE state; NACKs as and when the bridge's receive
-    FSM gives them: ``test_fake_device_answers_damaged_requests_as_the_bridge_does`` compares the two on damaged
-    byte streams). :meth:`reset` clears the engine and the session, as a board's reset."""
+    ACK, the session that DONE states; INFO is ``info_payload`` if given, else ``info``'s constant bytes; NACKs as and
+    when the bridge's receive FSM gives them: ``test_fake_device_answers_damaged_requests_as_the_bridge_does``
+    compares the two on damaged byte streams). :meth:`reset` clears the engine and the session, as a board's reset."""
 
     def __init__(self, info: LinkInfo = INFO, info_payload: bytes | None = None):
         self.info, self.engine, self.session = info, FakeEngine(info), 0
@@ -238,7 +237,7 @@ class FakeDevice:
         header = 1 + self.info.addr_bytes
         if (ftype == FrameType.LOAD and not header < length <= self.info.max_payload
                 or ftype in (FrameType.RUN, FrameType.RESULT) and length != struct.calcsize(RUN_FORMAT)
-                or ftype == FrameType.SESSION and length != struct.calcsize(SESSION_FORMAT)
+                or ftype == FrameType.SESSION and length != SESSION_BYTES
                 or ftype == FrameType.PING and length):
             return [self.nack(NackCode.LENGTH, ftype)]
         end = 3 + length + CRC_BYTES
@@ -248,10 +247,10 @@ class FakeDevice:
             return [self.nack(NackCode.CRC, ftype)]
         payload = frame[3:3 + length]
         if ftype == FrameType.PING:
-            own = replace(self.info, session=self.session).encode()
+            own = self.info.encode()
             return [encode_frame(FrameType.INFO, own if self.info_payload is None else self.info_payload)]
         if ftype == FrameType.SESSION:
-            (self.session,) = struct.unpack(SESSION_FORMAT, payload)
+            self.session = int.from_bytes(payload, "little")
             return [encode_frame(FrameType.ACK)]
         if ftype == FrameType.LOAD:
             code = self.load(payload)
@@ -295,7 +294,7 @@ class FakeDevice:
                     word = sum(((word >> c * field) & mask) << c * info.code_bits for c in range(info.cols))
                 body += word.to_bytes(step, "little")
             frames.append(encode_frame(FrameType.OUT, encode_out(i, body)))
-        return frames + [encode_frame(FrameType.DONE, struct.pack(DONE_FORMAT, len(words), self.session))]
+        return frames + [encode_frame(FrameType.DONE, encode_done(len(words), self.session))]
 
 
 class FaultyPort:
@@ -710,7 +709,7 @@ def damaged_request(rnd: random.Random) -> bytes:
         beats = [(target, start + i, rnd.getrandbits(INFO.target_bits[target])) for i in range(rnd.randint(1, 3))]
         frame = encode_frame(FrameType.LOAD, encode_loads(beats, INFO)[0])
     elif kind == "SESSION":
-        frame = encode_frame(FrameType.SESSION, encode_session(rnd.randrange(1, 1 << 16)))
+        frame = encode_frame(FrameType.SESSION, encode_session(rnd.randrange(1, 1 << SESSION_BITS)))
     elif kind in ("RUN", "RESULT"):
         frame = encode_frame(FrameType[kind], encode_run(rnd.randint(0, 3), rnd.choice(list(OutputFormat))))
     else:
@@ -724,13 +723,13 @@ def test_fake_device_answers_damaged_requests_as_the_bridge_does():
     """:class:`FakeDevice` and the bridge of :mod:`hw.link` in Amaranth's simulator (``tests/test_link.py``'s
     SimPort, the bridge of :data:`INFO`), each given the same 300 seeded damaged requests, their bytes back to back:
     the same reply frames (OUT frames left out and DONE's count, which differ with the engine: the recording
-    engine's words are its load beats) and the same load beats reach the engine. So the early TYPE and LENGTH
-    NACKs, TIMEOUT's type byte, and the bytes dropped after a refusal are the bridge's own."""
+    engine's words are its load beats; DONE's session compared) and the same load beats reach the engine. So the
+    early TYPE and LENGTH NACKs, TIMEOUT's type byte, and the bytes dropped after a refusal are the bridge's own."""
     pytest.importorskip("amaranth")
     from test_link import SimPort, split_frames
 
     def summary(data: bytes) -> list:
-        return [(f[1], None if f[1] == FrameType.DONE else f[4:-CRC_BYTES])
+        return [(f[1], decode_done(f[4:-CRC_BYTES])[1] if f[1] == FrameType.DONE else f[4:-CRC_BYTES])
                 for f in split_frames(data) if f[1] != FrameType.OUT]
 
     def reply(port) -> bytes:
@@ -864,7 +863,7 @@ def test_a_device_reset_at_any_request_of_a_session_is_caught_or_harmless():
                 host.begin_session()
                 got = [host.load_and_run(beats, words, fmt) for beats, words, fmt in jobs]
         except BoardReset as e:
-            assert "states session 0x0000" in str(e) and "the board was reset" in str(e)
+            assert "states session 0x00," in str(e) and "the board was reset" in str(e)
             outcomes.append("reset")
         else:
             assert got == expected, f"reset before request {at}: wrong words"

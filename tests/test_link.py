@@ -24,11 +24,11 @@ from amaranth.lib.wiring import In, Out  # noqa: E402
 from amaranth.sim import Simulator  # noqa: E402
 
 from boards.link_host import LinkHost, SerialPort  # noqa: E402
-from hw.protocol import (DONE_FORMAT, FRAME_BYTES, INFO_HEAD_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION,  # noqa: E402
-                         BoardReset, Frame, FrameError, FrameType, LinkError, LinkInfo, LinkMode, LinkNoise,
-                         LinkTimeout, NackCode, NackError, OutputFormat, VersionError, crc16, decode_done, decode_frame,
-                         decode_out, decode_words, encode_frame, encode_loads, encode_out, encode_run, encode_session,
-                         read_frame)
+from hw.protocol import (DONE_COUNT_BITS, DONE_FORMAT, FRAME_BYTES, INFO_HEAD_BYTES, OUT_HEAD_BYTES,  # noqa: E402
+                         PROTOCOL_VERSION, SESSION_BITS, BoardReset, Frame, FrameError, FrameType, LinkError, LinkInfo,
+                         LinkMode, LinkNoise, LinkTimeout, NackCode, NackError, OutputFormat, VersionError, crc16,
+                         decode_done, decode_frame, decode_out, decode_words, encode_done, encode_frame, encode_loads,
+                         encode_out, encode_run, encode_session, read_frame)
 from hw.engine import EngineSignature  # noqa: E402
 from hw.engine_params import TARGET_BITS  # noqa: E402
 from hw.link import LinkBridge  # noqa: E402
@@ -512,19 +512,32 @@ def test_decode_logits_refuses_a_word_whose_top_bits_are_not_its_sign():
             decode_logits(params, [0, bad], 2)
 
 
-def test_info_v6_layout():
-    """Head (version, mode, 7 16-bit fields, the 16-bit session, target count), then 16 bits per target; decoded as
-    encoded; the session is state, not a parameter: INFOs of two sessions are equal."""
-    payload = dataclasses.replace(NET_INFO, session=0xBEEF).encode()
-    assert len(payload) == INFO_HEAD_BYTES + 2 * 12 == 19 + 24
-    assert struct.unpack_from("<BB7HHB", payload) == (6, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES,
-                                                      0xBEEF, 12)
+def test_info_v6_keeps_the_v5_layout():
+    """Head (version, mode, 7 16-bit fields, target count), then 16 bits per target, as in version 5: no session
+    (INFO's bytes are the bitstream's constants); decoded as encoded."""
+    payload = NET_INFO.encode()
+    assert len(payload) == INFO_HEAD_BYTES + 2 * 12 == 17 + 24
+    assert struct.unpack_from("<BB7HB", payload) == (6, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES, 12)
     assert LinkInfo.decode(payload) == NET_INFO and LinkInfo.decode(INFO.encode()) == INFO
-    assert LinkInfo.decode(payload).session == 0xBEEF and LinkInfo.decode(payload).encode() == payload
-    with pytest.raises(FrameError, match=r"INFO reply has 42 payload bytes, expected 43 for the 12 load targets"):
+    assert "session" not in {f.name for f in dataclasses.fields(LinkInfo)}
+    with pytest.raises(FrameError, match=r"INFO reply has 40 payload bytes, expected 41 for the 12 load targets"):
         LinkInfo.decode(payload[:-1])
-    with pytest.raises(FrameError, match=r"INFO reply has 5 payload bytes, expected 19 bytes and 2 per load target"):
+    with pytest.raises(FrameError, match=r"INFO reply has 5 payload bytes, expected 17 bytes and 2 per load target"):
         LinkInfo.decode(payload[:5])
+
+
+def test_done_states_its_count_and_the_session_in_one_32_bit_word():
+    """DONE is 4 bytes, as before version 6: one little-endian word, the word count in its low 24 bits, the 8-bit
+    session in its top 8; values that do not fit are refused. SESSION's payload is the session's one byte."""
+    assert (DONE_COUNT_BITS, SESSION_BITS, struct.calcsize(DONE_FORMAT)) == (24, 8, 4)
+    assert encode_done(5, 0xA7) == bytes([5, 0, 0, 0xA7]) and encode_done((1 << 24) - 1, 0) == bytes([255] * 3 + [0])
+    for count, session in ((5, 0xA7), ((1 << 24) - 1, 0xFF), (0, 0), (0x123456, 1)):
+        assert decode_done(encode_done(count, session)) == (count, session)
+    for count, session, name, top in ((1 << 24, 1, "count", 16777215), (-1, 1, "count", 16777215),
+                                      (0, 256, "session", 255), (0, -1, "session", 255)):
+        with pytest.raises(ValueError, match=rf"A DONE {name} must be an integer in 0\.\.{top}, not -?\d+"):
+            encode_done(count, session)
+    assert encode_session(0xA7) == b"\xa7" and encode_session(1) == b"\x01"
 
 
 @pytest.fixture(params=["as-is", "ecp5"])
@@ -672,33 +685,39 @@ def request_done(port, ftype, count):
     return decode_done(frame.payload)
 
 
-def test_bridge_session_is_set_by_session_stated_by_done_and_info_and_cleared_by_a_reset(bridge_form):
+def test_bridge_session_is_set_by_session_stated_by_done_and_cleared_by_a_reset(bridge_form):
     """Protocol v6, layers mode: the session is 0 out of reset; SESSION sets it (ACK; nothing reaches the engine),
-    INFO and every DONE state it; a SESSION payload of another length is refused (LENGTH) and changes nothing; a
-    reset of the board clears it (the data registers without reset of the ECP5's form included), and the DONE and
-    INFO after it state 0. The host (LinkHost.begin_session) then refuses that DONE: a BoardReset."""
+    every DONE states it in its word's top byte (the count in the low 24 bits: DONE stays 4 bytes) and INFO's bytes
+    do not change (constants); a SESSION payload of another length is refused (LENGTH) and changes nothing; a reset
+    of the board clears it (the data registers without reset of the ECP5's form included), and the DONE after it
+    states 0. The host (LinkHost.begin_session) then refuses that DONE: a BoardReset."""
     port = SimPort(stall=False)
-    assert info_of(port).session == 0
+    info = exchange(port, FrameType.PING).payload
+    assert info == INFO.encode()
     for payload in encode_loads(BEATS[:5], INFO):
         exchange(port, FrameType.LOAD, payload)
     assert request_done(port, FrameType.RUN, 3) == (5, 0)
-    got = exchange(port, FrameType.SESSION, encode_session(0xBEEF))
+    got = exchange(port, FrameType.SESSION, encode_session(0xA7))
     assert (got.type, got.payload) == (FrameType.ACK, b"") and len(port.beats) == 5
-    assert info_of(port).session == 0xBEEF and info_of(port) == INFO
-    assert request_done(port, FrameType.RUN, 3) == (5, 0xBEEF)
-    for bad in (b"\x01", b"\x01\x02\x03"):
+    assert exchange(port, FrameType.PING).payload == info
+    port.write(encode_frame(FrameType.RUN, encode_run(3)))
+    while (frame := read_frame(port.read)).type == FrameType.OUT:
+        pass
+    assert (frame.type, frame.payload) == (FrameType.DONE, bytes([5, 0, 0, 0xA7]))
+    for bad in (b"", b"\x01\x02"):
         got = exchange(port, FrameType.SESSION, bad)
         assert (got.type, got.payload) == nack(NackCode.LENGTH, FrameType.SESSION)
-    assert request_done(port, FrameType.RUN, 3) == (5, 0xBEEF)
+    assert request_done(port, FrameType.RUN, 3) == (5, 0xA7)
     port.reset()
-    assert info_of(port).session == 0
+    assert exchange(port, FrameType.PING).payload == info
     assert request_done(port, FrameType.RUN, 3) == (0, 0)     # the engine's record is cleared too
     host = LinkHost(port)
     session = host.begin_session()
+    assert 1 <= session <= 255
     host.load(BEATS[:5])
-    assert host.run(5) == model_words(BEATS[:5]) and info_of(port).session == session
+    assert host.run(5) == model_words(BEATS[:5]) and request_done(port, FrameType.RESULT, 1) == (0, session)
     port.reset()
-    with pytest.raises(BoardReset, match=rf"^the DONE reply to RUN states session 0x0000, not the 0x{session:04x} "
+    with pytest.raises(BoardReset, match=rf"^the DONE reply to RUN states session 0x00, not the 0x{session:02x} "
                                          r"this host set before it loaded the model: the board was reset"):
         host.run(5)
     assert host.session is None
@@ -714,12 +733,12 @@ def test_bridge_takes_a_session_while_the_core_runs_and_a_reset_mid_image_is_cau
     host.load([(NET_IMAGE, a, 9) for a in range(4)])
     host.start()
     second = host.begin_session()
-    assert host.result(NET_CLASSES) == staged_words(4, 0) and info_of(port).session == second
+    assert host.result(NET_CLASSES) == staged_words(4, 0) and request_done(port, FrameType.RESULT, 1) == (0, second)
     host.load([(NET_IMAGE, a, 9) for a in range(3)])
     host.start()
     port.reset()
     assert request_done(port, FrameType.RESULT, NET_CLASSES) == (0, 0)
-    with pytest.raises(BoardReset, match=rf"^the DONE reply to RESULT states session 0x0000, not the 0x{second:04x}"):
+    with pytest.raises(BoardReset, match=rf"^the DONE reply to RESULT states session 0x00, not the 0x{second:02x}"):
         host.result(NET_CLASSES)
 
 
@@ -1125,7 +1144,7 @@ class ScriptPort:
 
 def done_frame(count, session=0):
     """A DONE frame of ``count`` words and ``session``."""
-    return encode_frame(FrameType.DONE, struct.pack(DONE_FORMAT, count, session))
+    return encode_frame(FrameType.DONE, encode_done(count, session))
 
 
 def answers(info_payload=INFO.encode(), run=b""):
@@ -1163,9 +1182,9 @@ def test_impossible_info_is_refused(fields, problem):
 
 
 def test_another_protocol_version_is_refused_at_once():
-    """A version 5 bitstream (an INFO without the session, DONE too: it could not tell a reset), a version 4 one
-    (no RESULT): the host says so and to rebuild it, after one PING (pinging again would not help); a version 3
-    one (no mode, always 6 load targets) too; a newer one: update the host."""
+    """A version 5 bitstream (the same INFO layout, but a DONE without the session: it could not tell a reset), a
+    version 4 one (no RESULT): the host says so and to rebuild it, after one PING (pinging again would not help); a
+    version 3 one (no mode, always 6 load targets) too; a newer one: update the host."""
     assert PROTOCOL_VERSION == 6
     v3 = struct.pack(f"<B6H{len(TARGET_WIDTHS)}H", 3, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, *TARGET_WIDTHS)
     v5 = (struct.pack("<BB7HB", 5, LinkMode.NETWORK, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES,
@@ -1286,7 +1305,7 @@ def test_a_reply_that_comes_too_slowly_misses_its_deadline():
             time.sleep(0.05)
             return super().read(n)
 
-    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(35 "
+    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(33 "
                                           r"bytes of it came, too slowly\)"):
         LinkHost(Slow(answers()), deadline=0.12).ping()
 
@@ -1400,6 +1419,13 @@ def test_link_host_parameters_and_run_requests_are_checked():
             LinkHost(ScriptPort(answers())).result(words)
     with pytest.raises(ValueError, match=r"not 0 \(start\(\) sends a RUN of 0 words\)"):
         LinkHost(ScriptPort(answers())).run(0)
+    assert RUN_WORDS_MAX == (1 << 24) - 1
+    for request in ("run", "result", "settle"):     # refused before anything is sent
+        port = ScriptPort(answers())
+        with pytest.raises(ValueError, match=r"A R(UN|ESULT) must ask for 1\.\.16777215 output words, not 16777216 "
+                                             r"\(more than DONE's 24-bit word count can state, protocol version 6\)"):
+            getattr(LinkHost(port), request)(1 << 24)
+        assert port.writes == []
     for timeout in (0, None, float("nan")):
         with pytest.raises(ValueError, match=r"The serial read timeout must be a finite number of seconds > 0 \(reads "
                                              r"must end\)"):
@@ -1414,7 +1440,7 @@ class NetworkBoard:
     while the core runs, otherwise it starts the core on the staged image: RUN of 0 words -> DONE 0, of
     ``classes`` -> the reference logits (sign-extended to whole bytes, as the bridge sends them; one OUT frame)
     and DONE; RESULT -> the running image's logits and DONE, or DONE 0 when not running; SESSION -> ACK, the
-    session that DONE and INFO state. :meth:`reset` clears it all, as a board's reset does; a core started without
+    session that DONE states. :meth:`reset` clears it all, as a board's reset does; a core started without
     the model's payloads (all the LOADs to other targets since the reset) computes garbage logits.
     ``damaged``: (RUN or RESULT, n) of the requests (the nth of its type, from 0) whose reply's first frame has
     a corrupted checksum."""
@@ -1451,9 +1477,9 @@ class NetworkBoard:
         frame = decode_frame(request)
         busy = encode_frame(FrameType.NACK, bytes([NackCode.BUSY, frame.type]))
         if frame.type == FrameType.PING:
-            return encode_frame(FrameType.INFO, dataclasses.replace(self.info, session=self.session).encode())
+            return encode_frame(FrameType.INFO, self.info.encode())
         if frame.type == FrameType.SESSION:
-            (self.session,) = struct.unpack("<H", frame.payload)
+            (self.session,) = frame.payload
             return encode_frame(FrameType.ACK)
         if frame.type == FrameType.LOAD:
             if frame.payload[0] != self.image_target:
@@ -1601,7 +1627,7 @@ def test_a_core_left_running_by_a_session_that_ended_mid_image_is_settled():
     assert runner.repeated == 0 and results == 3 + 2 + 3   # 3 settles
 
 
-RESET = (r"BoardReset: the DONE reply to {} states session 0x0000, not the 0x[0-9a-f]{{4}} this host set before it "
+RESET = (r"BoardReset: the DONE reply to {} states session 0x00, not the 0x[0-9a-f]{{2}} this host set before it "
          r"loaded the model: the board was reset or reconfigured \(its button, power, or configuration from flash\) "
          r"since then, so the model it held is gone and its outputs are garbage \(none taken\); run again \(the "
          r"runner loads the model again\), and keep the board from being reset during a run")
@@ -1656,8 +1682,8 @@ def test_a_board_reset_mid_run_ends_it_instead_of_returning_garbage_logits(when,
 def test_a_board_reset_while_the_model_loads_or_between_images_is_caught():
     """A reset between two constants LOADs (the first half of the model lost; the session set before the model, so
     it is lost too), and one between two single-image runs (``logits``: the blocking RUN's DONE); one in mid-reply
-    (the RESULT's reply never comes: the host resyncs, and the INFO states session 0). Each a BoardReset, never
-    logits."""
+    (the first RESULT's reply never comes: the host resyncs, its INFO unchanged, and the DONE of the RESULT that
+    settles the core states session 0). Each a BoardReset, never logits."""
     from boards.runtime import NetworkRunner
 
     model, params, images = _digits()
@@ -1685,25 +1711,28 @@ def test_a_board_reset_while_the_model_loads_or_between_images_is_caught():
     assert re.fullmatch(RESET.format("RUN"), reset_message(error))
 
     board = NetworkBoard(model, params, images)
-    reply = board.reply
+    reply, results = board.reply, [0]
 
     def reset_in_a_reply(request):
         if request[1] == FrameType.RESULT:
-            board.reset()
-            return b""
+            results[0] += 1
+            if results[0] == 1:
+                board.reset()
+                return b""
         return reply(request)
 
     board.port.reply = reset_in_a_reply
     runner = NetworkRunner(LinkHost(board.port), model, params)
-    with pytest.raises(BoardReset, match=r"^the INFO reply to PING states session 0x0000, not the 0x[0-9a-f]{4} this "
-                                         r"host set before it loaded the model: the board was reset"):
+    with pytest.raises(BoardReset) as error:
         runner.classify(images)
-    assert runner.host.resyncs == 1
+    assert re.fullmatch(RESET.format("RESULT"), reset_message(error))
+    assert runner.host.resyncs == 1 and results == [2] and request_kinds(board.port.writes[-2:]) == [
+        FrameType.PING, (FrameType.RESULT, board.classes)]
 
 
 def test_another_session_on_the_board_and_a_host_without_one():
     """Another host's session (another program loaded the board since): a BoardReset saying so. A host that set no
-    session (a raw LinkHost, or a runner told the model is loaded) checks none. A session is 1..65535."""
+    session (a raw LinkHost, or a runner told the model is loaded) checks none. A session is 1..255 (8 bits)."""
     from boards.runtime import NetworkRunner
 
     model, params, images = _digits()
@@ -1719,9 +1748,9 @@ def test_another_session_on_the_board_and_a_host_without_one():
     adopted = NetworkRunner(LinkHost(board.port), model, params)
     adopted.loaded = True
     adopted.logits(images[0])
-    assert adopted.host.session is None and LinkHost(board.port).info.session == other.session
-    for bad in (0, 1 << 16, -1, True, 1.0):
-        with pytest.raises(ValueError, match=r"A session must be an integer in 1\.\.65535 \(0 is a reset board's\)"):
+    assert adopted.host.session is None and board.session == other.session
+    for bad in (0, 1 << 8, -1, True, 1.0):
+        with pytest.raises(ValueError, match=r"A session must be an integer in 1\.\.255 \(0 is a reset board's\)"):
             encode_session(bad)
 
 
