@@ -218,12 +218,13 @@ class LinkHost:
             expected, self.session = self.session, None
             raise BoardReset(reply, expected, session)
 
-    def begin_session(self) -> int:
-        """Set the device's session register to a new random non-zero value (a SESSION frame, sent again as a
-        LOAD is), which each DONE from now on must state: call it before loading what the device must keep.
-        Returns the value (also ``session``)."""
+    def begin_session(self, rnd: random.Random | None = None) -> int:
+        """Set the device's session register to a new random non-zero value (drawn from ``rnd``, default the
+        system's: a seeded one makes a fuzz campaign repeat itself; a SESSION frame, sent again as a LOAD is),
+        which each DONE from now on must state: call it before loading what the device must keep. Returns the
+        value (also ``session``)."""
         self.session = None         # the session the device held is given up, whether or not the new one is taken
-        session = random.SystemRandom().randrange(1, 1 << SESSION_BITS)
+        session = (rnd or random.SystemRandom()).randrange(1, 1 << SESSION_BITS)
         self._acknowledged(FrameType.SESSION, encode_session(session), "SESSION")
         self.session = session
         return session
