@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lcq_train.arguments import default_device
+from lcq_train.arguments import default_device, output_file
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.data import DATASETS, DatasetError, load_dataset
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="test images on which each compiled outer-width model is compared with PyTorch")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/ablations/<dataset>-<model>-<schedule>)")
-    p.add_argument("--json-out", metavar="FILE", help="results file (default: "
+    p.add_argument("--json-out", type=output_file, metavar="FILE", help="results file (default: "
                    "benchmarks/results/ablations-<dataset>.json)")
     args = p.parse_args(argv)
     if args.dataset not in SCHEDULES[args.schedule]:

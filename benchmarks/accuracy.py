@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from lcq_train.arguments import default_device
+from lcq_train.arguments import default_device, output_file
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="trainings side by side, one thread each")
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/accuracy/<dataset>-<model>)")
-    p.add_argument("--json-out", metavar="FILE",
+    p.add_argument("--json-out", type=output_file, metavar="FILE",
                    help="results file (default: benchmarks/results/accuracy-<dataset>-<model>.json)")
     args = p.parse_args(argv)
     if min(args.fp_epochs, args.epochs, args.batch_size, args.jobs) < 1:

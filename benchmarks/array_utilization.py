@@ -64,6 +64,7 @@ import numpy as np
 
 from compiler import format as model_format
 from hw.engine_params import EngineParams
+from lcq_train.arguments import output_file
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -285,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-dir", default="build/bench", help="simulation builds go under this directory")
     parser.add_argument("--mode", choices=("layer", "network", "both"), default="both",
                         help="layer: per-layer engine runs; network: the whole network on the core")
-    parser.add_argument("--json-out", metavar="FILE",
+    parser.add_argument("--json-out", type=output_file, metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "array_utilization.json"))
     args = parser.parse_args(argv)
     if args.images < 1:

@@ -48,6 +48,7 @@ from pathlib import Path
 from boards.boards import BOARDS, get_board
 from boards.build import PLACERS, ROUTERS, default_placer, default_router
 from boards.stages import stop_group
+from lcq_train.arguments import output_file
 from lcq_train.atomic import save_json
 from lcq_train.stop_signals import signals_held, stop_signals
 
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds per build (both attempts of build_model); the build is stopped after it")
     parser.add_argument("--build-root", metavar="DIR", default=str(ROOT / "build" / "board-builds"),
                         help="each build goes to DIR/<board>-<model>-<array>")
-    parser.add_argument("--json-out", metavar="FILE",
+    parser.add_argument("--json-out", type=output_file, metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "board_builds.json"))
     args = parser.parse_args(argv)
     try:

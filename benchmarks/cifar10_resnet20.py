@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from lcq_train.arguments import given_options  # noqa: E402
+from lcq_train.arguments import given_options, output_file  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.metrics import read_metrics  # noqa: E402
 from lcq_train.stop_signals import signals_held, stop_signals  # noqa: E402
@@ -96,7 +96,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="train nothing: tabulate the runs OUT holds, unfinished ones with their epochs so far")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/cifar10-resnet20-<schedule>, "
                    "runs/cifar10-resnet20-tiny with --tiny)")
-    p.add_argument("--json-out", metavar="FILE",
+    p.add_argument("--json-out", type=output_file, metavar="FILE",
                    help=f"results file (default: {DEFAULT_JSON.relative_to(REPO)}; with --tiny OUT/result.json)")
     args = p.parse_args(argv)
     given = given_options(p, argv)

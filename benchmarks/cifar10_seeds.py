@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from lcq_train.arguments import output_file  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "cifar10-resnet20-seeds.json"
@@ -145,7 +146,7 @@ def table(combined: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="result files of cifar10_resnet20.py")
-    p.add_argument("--json-out", type=Path, default=DEFAULT_JSON, metavar="FILE")
+    p.add_argument("--json-out", type=output_file, default=DEFAULT_JSON, metavar="FILE")
     args = p.parse_args(argv)
     try:
         combined = combine(args.files)

@@ -36,6 +36,7 @@ from board_builds import environment  # noqa: E402
 from tool_run import run_tool  # noqa: E402
 
 from hw.cli import ARRAY_SIZE  # noqa: E402
+from lcq_train.arguments import output_file  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cols", type=ARRAY_SIZE, default=1, help="PE array columns")
     parser.add_argument("--multiply-cols", type=int, metavar="M",
                         help="PEs multiply in the first M columns only (0: all; default: the board's, as lcq build)")
-    parser.add_argument("--json-out", help="results file (default: benchmarks/results/core_cells.json on the "
-                        "iCEBreaker, core_cells-<board>.json on another board)")
+    parser.add_argument("--json-out", type=output_file,
+                        help="results file (default: benchmarks/results/core_cells.json on the iCEBreaker, "
+                        "core_cells-<board>.json on another board)")
     parser.add_argument("--synth-timeout", type=float, default=SYNTH_TIMEOUT_S, metavar="S",
                         help="seconds each Yosys run (the core's, each PE's) may take before it is killed")
     args = parser.parse_args(argv)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "tests"))          # the suite's fuzzing machinery
 
 import test_fuzz as fz  # noqa: E402
 
-from lcq_train.arguments import IntRange, positive_int  # noqa: E402
+from lcq_train.arguments import IntRange, output_file, positive_int  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", type=positive_int, default=5000, metavar="N", help="inputs per class, N >= 1")
     parser.add_argument("--seed", type=SEED, default=0, help=f"campaign seed, {SEED.describe()}")
     parser.add_argument("--classes", default=",".join(CLASSES), help=f"comma-separated, of: {', '.join(CLASSES)}")
-    parser.add_argument("--json-out", metavar="FILE", default=str(ROOT / "benchmarks" / "results" / "fuzz.json"))
+    parser.add_argument("--json-out", type=output_file, metavar="FILE",
+                        default=str(ROOT / "benchmarks" / "results" / "fuzz.json"))
     args = parser.parse_args(argv)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
     unknown = [c for c in classes if c not in CLASSES]

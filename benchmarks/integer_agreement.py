@@ -25,6 +25,7 @@ from compiler import format as model_format
 from compiler.agreement import compare
 from compiler.lower import compile_checkpoint, load_model
 from compiler.report import report
+from lcq_train.arguments import output_file
 from lcq_train.checkpoint import load_checkpoint, save_json
 from lcq_train.data import load_dataset
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", required=True, metavar="DIR", help="directory of runs (one sub-directory per run)")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory (not needed for digits)")
     p.add_argument("--images", type=int, metavar="N", help="first N test images (default: all)")
-    p.add_argument("--json-out", metavar="FILE")
+    p.add_argument("--json-out", type=output_file, metavar="FILE")
     args = p.parse_args(argv)
     if args.images is not None and args.images < 1:
         p.error("--images must be >= 1 (leave it out for all test images)")

@@ -56,6 +56,7 @@ import numpy as np
 from boards.boards import get_board, uart_baud
 from compiler import format as model_format
 from compiler.reference import predict
+from lcq_train.arguments import output_file
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-trip-ms", type=float, default=1.0,
                         help="host latency per request, for the last column")
     parser.add_argument("--build-dir", default="build/bench", help="simulation builds go under this directory")
-    parser.add_argument("--json-out", metavar="FILE",
+    parser.add_argument("--json-out", type=output_file, metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "link_throughput.json"))
     args = parser.parse_args(argv)
     try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from boards.boards import get_board, uart_baud
 from compiler import format as model_format
 from hw.cli import ARRAY_SIZE
+from lcq_train.arguments import output_file
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=ARRAY_SIZE, help="array rows (with --cols: network mode counted even where it "
                         "does not fit)")
     parser.add_argument("--cols", type=ARRAY_SIZE, help="array columns")
-    parser.add_argument("--json-out", metavar="FILE",
+    parser.add_argument("--json-out", type=output_file, metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "link_traffic.json"))
     args = parser.parse_args(argv)
     missing = [m for m in args.model if not Path(m).is_file()]

@@ -68,6 +68,7 @@ from amaranth.lib import wiring
 
 from hw.pe import VARIANTS, PEArray, ProcessingElement
 from hw.pe_words import A_MAX, W_MAX
+from lcq_train.arguments import output_file
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synth-timeout", type=float, default=SYNTH_TIMEOUT_S,
                         help="seconds per Yosys run (a design's synthesis for both families)")
     parser.add_argument("--build-dir", default="build/pe_cost")
-    parser.add_argument("--json-out", metavar="FILE",
+    parser.add_argument("--json-out", type=output_file, metavar="FILE",
                         default=str(Path(__file__).resolve().parent / "results" / "pe_cost.json"))
     args = parser.parse_args(argv)
     for size in args.sizes:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from lcq_train.arguments import default_device, device_problem
+from lcq_train.arguments import default_device, device_problem, output_file
 from lcq_train.checkpoint import save_json
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale, lcq_quantize, uniform_quantize
@@ -475,8 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--part", choices=("all", "quantizer", "training", "precision", "kernels"), default="all")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json-out", metavar="FILE", help="results file (default: benchmarks/results/"
-                        "quantizer_speed.json; one part alone: quantizer_<part>.json, not to replace the others)")
+    parser.add_argument("--json-out", type=output_file, metavar="FILE",
+                        help="results file (default: benchmarks/results/quantizer_speed.json; one part alone: "
+                             "quantizer_<part>.json, not to replace the others)")
     args = parser.parse_args(argv)
     if min(args.reps, args.steps) < 1 or args.warmup < 0:
         parser.error("--reps and --steps must be >= 1 and --warmup >= 0")

@@ -33,7 +33,7 @@ from compiler.graph import FRAC_BITS, signed_bits
 from compiler.lower import CompileOptions, compile_checkpoint, load_model
 from compiler.network import plan_network
 from compiler.reference import run
-from lcq_train.arguments import IntRange, positive_int
+from lcq_train.arguments import IntRange, output_file, positive_int
 from lcq_train.atomic import save_json
 from lcq_train.layers import QAct
 
@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frac-bits", type=IntRange(*FRAC_BITS), nargs="+", default=list(range(9)), metavar="F",
                    help="residual fraction bits to compile with")
     p.add_argument("--threads", type=positive_int, metavar="T", help="torch CPU threads (default: torch's)")
-    p.add_argument("--json-out", metavar="FILE", default=str(ROOT / "benchmarks" / "results" / "residual-width.json"))
+    p.add_argument("--json-out", type=output_file, metavar="FILE",
+                   default=str(ROOT / "benchmarks" / "results" / "residual-width.json"))
     args = p.parse_args(argv)
     if not Path(args.checkpoint).is_file():
         p.error(f"no checkpoint at --checkpoint {args.checkpoint}: pass the checkpoint.pt of an lcq train run")

@@ -39,7 +39,7 @@ import torch
 from compiler import format as model_format
 from compiler.reference import predict
 from compiler.report import report
-from lcq_train.arguments import positive_int
+from lcq_train.arguments import output_file, positive_int
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="committed compiled model to evaluate and compare with")
     p.add_argument("--no-train", action="store_true",
                    help="only the committed model: integer top-1, bytes and MACs (no training, no checkpoint)")
-    p.add_argument("--json-out", metavar="FILE", default=str(ROOT / "benchmarks" / "results" / "resnet20-eval.json"))
+    p.add_argument("--json-out", type=output_file, metavar="FILE",
+                   default=str(ROOT / "benchmarks" / "results" / "resnet20-eval.json"))
     args = p.parse_args(argv)
     if args.images < 0 or min(args.fp_epochs, args.epochs) < 1:
         p.error("--images must be >= 0, --fp-epochs and --epochs >= 1")

@@ -45,3 +45,26 @@ def test_link_traffic_records_the_git_state(tmp_path):
                                                 "--json-out", str(out)]) == 0
     git = json.loads(out.read_text())["git"]
     assert set(git) == {"commit", "modified"} and (git["commit"] is None or len(git["commit"]) == 40)
+
+
+# every benchmark with a results file, and what else its command line needs to parse
+JSON_OUT_BENCHMARKS = [
+    ("ablations", []), ("accuracy", []), ("array_utilization", []), ("board_builds", []), ("cifar10_resnet20", []),
+    ("cifar10_seeds", ["seed0.json"]), ("core_cells", []), ("fuzz", []), ("integer_agreement", ["--runs", "runs"]),
+    ("link_throughput", []), ("link_traffic", []), ("outer_widths_hw", []), ("pe_cost", []), ("quantizer_speed", []),
+    ("residual_width", []), ("resnet20_eval", []),
+]
+
+
+@pytest.mark.parametrize("name, argv", JSON_OUT_BENCHMARKS, ids=[n for n, _ in JSON_OUT_BENCHMARKS])
+@pytest.mark.parametrize("where", ["directory", "trailing separator"])
+def test_json_out_naming_a_directory_is_refused_when_parsed(name, argv, where, tmp_path, capsys):
+    """--json-out naming a directory was taken, and the results file failed to be written only at the end, after
+    the whole run (minutes to hours), with a traceback: refused when parsed, as lcq's -o is."""
+    json_out = str(tmp_path) if where == "directory" else str(tmp_path / "new") + "/"
+    with pytest.raises(SystemExit) as exit_:
+        load_benchmark(name).main([*argv, "--json-out", json_out])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --json-out: must name a file to write, not a directory" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
