@@ -45,10 +45,10 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from boards.boards import BOARDS, get_board
+from boards.boards import BOARDS, PLL_OUTPUT_MHZ, get_board
 from boards.build import PLACERS, ROUTERS, default_placer, default_router
 from boards.stages import stop_group
-from lcq_train.arguments import output_file
+from lcq_train.arguments import output_file, positive_float
 from lcq_train.atomic import save_json
 from lcq_train.stop_signals import signals_held, stop_signals
 
@@ -318,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("network", "layers"), default="network",
                         help="what every build puts on the chip, as lcq build --mode: the whole network or the "
                              "layer engine")
-    parser.add_argument("--mhz", type=float, metavar="F", help="target clock of every build (default: the board's, "
-                                                               "then the Fmax reached, as lcq build does)")
+    parser.add_argument("--mhz", type=positive_float, metavar="F",
+                        help="target clock of every build, within each board's PLL range (default: the board's, then "
+                             "the Fmax reached, as lcq build does)")
     parser.add_argument("--seed", type=int, metavar="N", help="nextpnr's placement seed of every build, as lcq "
                                                               "build --seed (default: nextpnr's own)")
     parser.add_argument("--placements", type=int, metavar="N",
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--multiply-cols", type=int, metavar="M",
                         help="network mode: only the PEs of the first M columns multiply, as lcq build "
                              "--multiply-cols (0: every column; default: the board's, as lcq build)")
-    parser.add_argument("--time-limit", type=float, default=3600, metavar="S",
+    parser.add_argument("--time-limit", type=positive_float, default=3600, metavar="S",
                         help="seconds per build (both attempts of build_model); the build is stopped after it")
     parser.add_argument("--build-root", metavar="DIR", default=str(ROOT / "build" / "board-builds"),
                         help="each build goes to DIR/<board>-<model>-<array>")
@@ -347,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [parse_spec(s, args.array) for s in args.builds]
     except (KeyError, ValueError) as e:
         parser.error(e.args[0])
-    if args.time_limit <= 0:
-        parser.error("--time-limit must be positive")
+    for job in jobs:            # (a clock the PLL cannot make fails each build, then stopped this in pll_plan)
+        board = get_board(job["board"])
+        lo, hi = PLL_OUTPUT_MHZ[board.family]
+        if args.mhz is not None and not lo <= args.mhz <= hi:
+            parser.error(f"--mhz {args.mhz:g}: the {board.name}'s PLL makes {lo}..{hi} MHz; ask for a clock in that "
+                         f"range (build {job['spec']})")
     if args.multiply_cols is not None and (args.multiply_cols < 0 or args.mode != "network"):
         parser.error("--multiply-cols must be an integer >= 0, and is for --mode network")
     if args.force and args.mode != "network":

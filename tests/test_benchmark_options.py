@@ -68,3 +68,32 @@ def test_json_out_naming_a_directory_is_refused_when_parsed(name, argv, where, t
     err = capsys.readouterr().err
     assert "argument --json-out: must name a file to write, not a directory" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--builds", "icebreaker:digits", "--mhz", "500"],
+     "--mhz 500: the icebreaker's PLL makes 16..275 MHz"),
+    (["--builds", "ulx3s-85f:digits", "icebreaker:digits", "--mhz", "300"],
+     "--mhz 300: the icebreaker's PLL makes 16..275 MHz"),
+    (["--mhz", "nan"], "argument --mhz: must be a finite number > 0, not 'nan'"),
+    (["--mhz", "0"], "argument --mhz: must be a finite number > 0, not '0'"),
+    (["--time-limit", "nan"], "argument --time-limit: must be a finite number > 0, not 'nan'"),
+    (["--time-limit", "0"], "argument --time-limit: must be a finite number > 0, not '0'"),
+])
+def test_board_builds_refuses_a_clock_or_time_limit_it_cannot_build_with(argv, message, tmp_path, monkeypatch,
+                                                                         capsys):
+    """A --mhz outside a board's PLL range went to every build: each child failed, and the benchmark then stopped
+    with pll_plan's ValueError traceback while recording the first; --time-limit nan was taken as a limit. Both are
+    refused before any build."""
+    bench = load_benchmark("board_builds")
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a build was started")
+
+    monkeypatch.setattr(bench, "run_build", no_build)
+    with pytest.raises(SystemExit) as exit_:
+        bench.main([*argv, "--build-root", str(tmp_path), "--json-out", str(tmp_path / "out.json")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
