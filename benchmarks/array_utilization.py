@@ -64,7 +64,7 @@ import numpy as np
 
 from compiler import format as model_format
 from hw.engine_params import EngineParams
-from lcq_train.arguments import output_file
+from lcq_train.arguments import nonnegative_int, output_file
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--arrays", type=parse_arrays, default="8x8,16x16", help="PE arrays RxC, comma-separated")
     parser.add_argument("--images", type=int, default=1, help="random images (uint8, fixed seed) to run")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random images")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random images")
     parser.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator")
     parser.add_argument("--build-dir", default="build/bench", help="simulation builds go under this directory")
     parser.add_argument("--mode", choices=("layer", "network", "both"), default="both",

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from board_builds import environment  # noqa: E402
 from tool_run import run_tool  # noqa: E402
 
-from hw.cli import ARRAY_SIZE  # noqa: E402
+from hw.cli import ARRAY_SIZE, MULTIPLY_COLS  # noqa: E402
 from lcq_train.arguments import output_file  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--board", default="icebreaker", help="the board whose part the core is elaborated for")
     parser.add_argument("--rows", type=ARRAY_SIZE, default=1, help="PE array rows")
     parser.add_argument("--cols", type=ARRAY_SIZE, default=1, help="PE array columns")
-    parser.add_argument("--multiply-cols", type=int, metavar="M",
+    parser.add_argument("--multiply-cols", type=MULTIPLY_COLS, metavar="M",
                         help="PEs multiply in the first M columns only (0: all; default: the board's, as lcq build)")
     parser.add_argument("--json-out", type=output_file,
                         help="results file (default: benchmarks/results/core_cells.json on the iCEBreaker, "

@@ -56,7 +56,7 @@ import numpy as np
 from boards.boards import get_board, uart_baud
 from compiler import format as model_format
 from compiler.reference import predict
-from lcq_train.arguments import output_file
+from lcq_train.arguments import nonnegative_float, output_file
 from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, help="array rows (with --cols: simulated even where it does not fit)")
     parser.add_argument("--cols", type=int, help="array columns")
     parser.add_argument("--data-dir", default=str(DATA_DIR), help="CIFAR-10 for models taking 3x32x32 images")
-    parser.add_argument("--round-trip-ms", type=float, default=1.0,
+    parser.add_argument("--round-trip-ms", type=nonnegative_float, default=1.0,
                         help="host latency per request, for the last column")
     parser.add_argument("--build-dir", default="build/bench", help="simulation builds go under this directory")
     parser.add_argument("--json-out", type=output_file, metavar="FILE",

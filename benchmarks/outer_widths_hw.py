@@ -39,7 +39,7 @@ from board_builds import environment, fmt_res, parse_spec, run_build  # noqa: E4
 
 from boards.boards import BOARDS  # noqa: E402
 from boards.build import file_sha256  # noqa: E402
-from lcq_train.arguments import output_file  # noqa: E402
+from lcq_train.arguments import output_file, positive_float  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.data import load_dataset  # noqa: E402
 from lcq_train.json_text import parse_json  # noqa: E402
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="which seed's runs to build")
     p.add_argument("--builds", nargs="+", default=list(DEFAULT_BUILDS), metavar="BOARD[@RxC]",
                    help="boards (and PE arrays; default: the one lcq build chooses) to build each width for")
-    p.add_argument("--time-limit", type=float, default=1800, metavar="S", help="seconds per build")
+    p.add_argument("--time-limit", type=positive_float, default=1800, metavar="S", help="seconds per build")
     p.add_argument("--build-root", default=str(ROOT / "build" / "outer-widths"), metavar="DIR")
     p.add_argument("--json-out", type=output_file, metavar="FILE",
                    default=str(ROOT / "benchmarks" / "results" / "outer_widths_hw.json"))

@@ -97,3 +97,25 @@ def test_board_builds_refuses_a_clock_or_time_limit_it_cannot_build_with(argv, m
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("link_throughput", ["--round-trip-ms", "-1"], "argument --round-trip-ms: must be a finite number >= 0, not '-1'"),
+    ("link_throughput", ["--round-trip-ms", "nan"],
+     "argument --round-trip-ms: must be a finite number >= 0, not 'nan'"),
+    ("outer_widths_hw", ["--runs", "runs", "--time-limit", "0"],
+     "argument --time-limit: must be a finite number > 0, not '0'"),
+    ("outer_widths_hw", ["--runs", "runs", "--time-limit", "nan"],
+     "argument --time-limit: must be a finite number > 0, not 'nan'"),
+    ("array_utilization", ["--seed", "-1"], "argument --seed: must be an integer >= 0, not '-1'"),
+    ("core_cells", ["--multiply-cols", "-1"], "argument --multiply-cols: must be an integer in 0..256, not '-1'"),
+])
+def test_unchecked_numbers_are_refused_when_parsed(name, argv, message, capsys):
+    """link_throughput.py's --round-trip-ms -1 or nan gave a column of negative or nan images/s after the whole
+    simulation; outer_widths_hw.py's --time-limit 0 recorded every build as timed out; array_utilization.py's
+    --seed -1 and core_cells.py's --multiply-cols -1 stopped with numpy's or NetworkParams' traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        load_benchmark(name).main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
