@@ -52,7 +52,7 @@ from lcq_train.json_text import parse_json
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
-from lcq_train.train import TrainConfig
+from lcq_train.train import SEED, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
@@ -84,7 +84,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                                        for k, v in SCHEDULES.items()) + " (fp + quantized)")
     p.add_argument("--fp-epochs", type=int, metavar="N", help="override the schedule's full-precision epochs")
     p.add_argument("--epochs", type=int, metavar="N", help="override the schedule's quantized epochs")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2], metavar="S",
                    help="one run of every configuration per seed (3 or more for mean ± std)")
     p.add_argument("--tables", nargs="+", choices=("K", "norm", "outer"), default=["K", "norm", "outer"])
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from lcq_train.arguments import default_device, output_file
+from lcq_train.arguments import default_device, learning_rate, output_file, quantizer_rate
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
@@ -36,7 +36,8 @@ from lcq_train.data import DATASETS
 from lcq_train.json_text import parse_json
 from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
-from lcq_train.train import PAPER_RECIPE, TrainConfig
+from lcq_train.quantizer import BITS
+from lcq_train.train import PAPER_RECIPE, SEED, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
@@ -51,12 +52,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", choices=MODELS, default="cnn")
     p.add_argument("--fp-epochs", type=int, default=30, metavar="N", help="full-precision training epochs")
     p.add_argument("--epochs", type=int, default=30, metavar="N", help="quantized fine-tuning epochs")
-    p.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4], metavar="B", help="W/A bit-widths")
+    p.add_argument("--bits", type=BITS, nargs="+", default=[2, 3, 4], metavar="B", help="W/A bit-widths")
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, help="weight learning rate of every run (default: the trainer's, "
+    p.add_argument("--lr", type=learning_rate, help="weight learning rate of every run (default: the trainer's, "
                    "0.1 fp / 0.04 quantized)")
-    p.add_argument("--q-lr", type=float, help=f"quantizer learning rate (default: the trainer's, {TrainConfig.q_lr})")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], metavar="S",
+    p.add_argument("--q-lr", type=quantizer_rate,
+                   help=f"quantizer learning rate (default: the trainer's, {TrainConfig.q_lr})")
+    p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2], metavar="S",
                    help="seeds of the quantized runs (the FP run uses the first)")
     p.add_argument("--methods", nargs="+", choices=("uniform", "lcq"), default=["uniform", "lcq"])
     p.add_argument("--clip-init", choices=CLIP_INITS, default=TrainConfig.clip_init,

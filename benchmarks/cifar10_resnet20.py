@@ -42,7 +42,7 @@ from lcq_train.arguments import given_options, output_file  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.metrics import read_metrics  # noqa: E402
 from lcq_train.stop_signals import signals_held, stop_signals  # noqa: E402
-from lcq_train.train import PAPER_RECIPE, TrainConfig  # noqa: E402
+from lcq_train.train import PAPER_RECIPE, SEED, TrainConfig  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="initial clips of the quantized runs (lcq train --clip-init; fixed: the paper's)")
     p.add_argument("--bn-batches", type=int, default=TrainConfig.bn_batches, metavar="N",
                    help="BN statistics re-estimated after the last epoch (lcq train --bn-batches; 0: the paper's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every run")
+    p.add_argument("--seed", type=SEED, default=0, help="seed of every run")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available); every run shares it")
     p.add_argument("--jobs", type=int, metavar="N",
                    help="quantized runs side by side (default: all of them on a GPU, 2 on the CPU)")

@@ -119,3 +119,24 @@ def test_unchecked_numbers_are_refused_when_parsed(name, argv, message, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, argv, message", [
+    ("accuracy", ["--lr", "nan"], "argument --lr: must be a number > 0 and <= 1000, not 'nan'"),
+    ("accuracy", ["--lr", "-1"], "argument --lr: must be a number > 0 and <= 1000, not '-1'"),
+    ("accuracy", ["--q-lr", "-1"], "argument --q-lr: must be a number in [0, 1000], not '-1'"),
+    ("accuracy", ["--seeds", "0", "-1"], "argument --seeds: must be an integer in 0..4294967295, not '-1'"),
+    ("accuracy", ["--bits", "9"], "argument --bits: must be an integer in 2..8, not '9'"),
+    ("ablations", ["--seeds", "4294967296"], "argument --seeds: must be an integer in 0..4294967295, not '4294967296'"),
+    ("cifar10_resnet20", ["--seed", "-1"], "argument --seed: must be an integer in 0..4294967295, not '-1'"),
+])
+def test_training_options_are_checked_as_lcq_train_checks_them(name, argv, message, tmp_path, capsys):
+    """accuracy.py --lr nan, --q-lr -1, --seeds -1 or --bits 9 (ablations.py --seeds 2**32) stopped with the
+    trainer's ValueError traceback; cifar10_resnet20.py --seed -1 started every run into lcq train's refusal.
+    Each is refused when parsed, with lcq train's own range."""
+    with pytest.raises(SystemExit) as exit_:
+        load_benchmark(name).main([*argv, "--out", str(tmp_path / "runs"), "--json-out", str(tmp_path / "r.json")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
