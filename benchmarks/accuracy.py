@@ -332,9 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"accuracy.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
         return 130
-    if kept:   # the table and its command cover every width in the file
+    if kept:   # the table and its command cover every width and method in the file
         rows = merged(rows, kept)
         args.bits = settings["bits"] = sorted({r["wbits"] for r in rows if r["method"] != "fp"})
+        args.methods = [m for m in ("uniform", "lcq") if any(r["method"] == m for r in rows)]
     print("\n" + table(rows, args))
     if note:
         print(note)

@@ -158,3 +158,21 @@ def test_a_damaged_results_file_is_named_before_training(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert err.startswith(f"accuracy.py: error: {table}: ") and message in err and "--json-out" in err
     assert table.read_text() == text
+
+
+def test_a_table_filled_in_method_by_method_records_a_command_giving_every_row(tmp_path, monkeypatch, capsys):
+    """A --methods lcq call that kept the uniform rows of an earlier --methods uniform one recorded and printed the
+    command `... --methods lcq ...`, which reproduces only part of its table: the command now names every method of
+    the table, as it names every width."""
+    accuracy = load_script()
+    metrics = {"test_top1": 90.0, "best_test_top1": 91.0, "epochs": [{"test_top1": 90.0}]}
+    monkeypatch.setattr(accuracy, "train_or_resume", lambda cfg: (metrics, 0.0, "faked"))
+    table = tmp_path / "accuracy.json"
+    argv = ["--fp-epochs", "1", "--epochs", "1", "--bits", "2", "--seeds", "0", "--out", str(tmp_path / "runs"),
+            "--json-out", str(table)]
+    assert accuracy.main([*argv, "--methods", "uniform"]) == 0
+    assert accuracy.main([*argv, "--methods", "lcq"]) == 0
+    data = json.loads(table.read_text())
+    assert [r["run"] for r in data["rows"]] == ["fp", "uniform-w2a2", "lcq-w2a2"]
+    assert " --methods uniform lcq " in data["command"] and data["options"]["methods"] == ["uniform", "lcq"]
+    assert " --methods uniform lcq " in capsys.readouterr().out.split("Command:")[-1]
