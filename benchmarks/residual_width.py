@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", type=output_file, metavar="FILE",
                    default=str(ROOT / "benchmarks" / "results" / "residual-width.json"))
     args = p.parse_args(argv)
+    twice = next((f for f in args.frac_bits if args.frac_bits.count(f) > 1), None)
+    if twice is not None:       # (compiled once, but a row each in the table and the file)
+        p.error(f"argument --frac-bits: {twice} is given twice; name each fraction once")
     if not Path(args.checkpoint).is_file():
         p.error(f"no checkpoint at --checkpoint {args.checkpoint}: pass the checkpoint.pt of an lcq train run")
     if args.threads:

@@ -9,6 +9,8 @@ from helpers import load_benchmark
     ("residual_width", ["--threads", "-1"], "argument --threads: must be an integer >= 1, not '-1'"),
     ("residual_width", ["--frac-bits", "30"], "argument --frac-bits: must be an integer in 0..24, not '30'"),
     ("residual_width", ["--checkpoint", "/nonexistent.pt"], "no checkpoint at --checkpoint /nonexistent.pt"),
+    # (a fraction given twice was compiled once but tabulated and recorded as two rows)
+    ("residual_width", ["--frac-bits", "3", "3"], "argument --frac-bits: 3 is given twice"),
     ("resnet20_eval", ["--no-train", "--threads", "0"], "argument --threads: must be an integer >= 1, not '0'"),
     ("link_traffic", ["--model", "/nonexistent.lcq"], "no compiled model at /nonexistent.lcq"),
     ("link_traffic", ["--rows", "0", "--cols", "2"], "argument --rows: must be an integer in 1..256, not '0'"),
