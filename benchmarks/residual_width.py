@@ -38,7 +38,7 @@ from lcq_train.atomic import save_json
 from lcq_train.layers import QAct
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from git_state import git_commit  # noqa: E402
+from git_state import git_state  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
                "options": {k: v for k, v in vars(args).items()},
                "machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                            "platform": platform.platform(), "python": platform.python_version()},
-               "versions": {pkg: version(pkg) for pkg in ("torch", "numpy", "pillow")}, "git_commit": git_commit(),
+               "versions": {pkg: version(pkg) for pkg in ("torch", "numpy", "pillow")},
+               "git": git_state("compiler", "lcq_train"),
                "seconds": {"compile": compile_s, "torch": torch_s, "total": time.perf_counter() - t0},
                "fewest_agreeing_frac_bits": fewest, "rows": rows}, args.json_out)
     print(f"\nwrote {args.json_out}")

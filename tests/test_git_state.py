@@ -38,7 +38,7 @@ def test_a_git_that_hangs_is_killed_and_the_state_unknown(git_state, tmp_path, m
 
 
 @pytest.mark.parametrize("script, names", [("board_builds", ["git_state"]), ("array_utilization", ["git_state"]),
-                                           ("resnet20_eval", ["git_state"]), ("residual_width", ["git_commit"])])
+                                           ("resnet20_eval", ["git_state"]), ("residual_width", ["git_state"])])
 def test_the_benchmarks_record_their_git_state_through_it(git_state, script, names):
     pytest.importorskip("amaranth" if script in ("board_builds", "array_utilization") else "torch")
     module = load_benchmark(script)
