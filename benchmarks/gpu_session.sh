@@ -40,10 +40,10 @@ start=$(date +%s)
 until_end() { local s=$((BUDGET_S - ($(date +%s) - start) - $1)); echo $((s > 1 ? s : 1)); }   # s, less $1
 
 mkdir -p "$OUT"
-timeout 60 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+timeout 60 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
       torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA device')" | tee "$OUT/machine.txt"
 
-timeout 90 $PY -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_train_step_device.py tests/test_quant_device.py \
+timeout 90 "$PY" -m pytest -q -p no:cacheprovider -m gpu -rs tests/test_train_step_device.py tests/test_quant_device.py \
     2>&1 | tee "$OUT/gpu-tests.log"
 
 if [ "$TASK" = ablations ]; then
@@ -56,10 +56,10 @@ if [ "$TASK" = ablations ]; then
     else
         options+=(--schedule short --jobs 6)
     fi
-    timeout -s INT -k 30 $(until_end 60) $PY benchmarks/ablations.py "${options[@]}" 2>&1 | tee "$OUT/ablations.log"
+    timeout -s INT -k 30 $(until_end 60) "$PY" benchmarks/ablations.py "${options[@]}" 2>&1 | tee "$OUT/ablations.log"
     status=$?
     # what the next call needs: each seed's FP run and the runs not yet recorded in the results file
-    timeout 30 $PY - "$json" "$RUNS" ablations-cifar10 "$OUT/ablations-cifar10-runs.tar.gz" <<'PACK'
+    timeout 30 "$PY" - "$json" "$RUNS" ablations-cifar10 "$OUT/ablations-cifar10-runs.tar.gz" <<'PACK'
 import json, sys, tarfile
 from pathlib import Path
 results, runs, name, archive = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
@@ -73,18 +73,18 @@ else
     json=$OUT/cifar10-resnet20-seed$SEED.json
     options=(--device "$DEVICE" --data-dir "$DATA" --seed "$SEED" --out "$RUNS/$run")
     [ "$DEVICE" = cpu ] && options+=(--tiny)
-    timeout -s INT -k 20 $(until_end 100) $PY benchmarks/cifar10_resnet20.py "${options[@]}" --json-out "$json" \
+    timeout -s INT -k 20 $(until_end 100) "$PY" benchmarks/cifar10_resnet20.py "${options[@]}" --json-out "$json" \
         2>&1 | tee "$OUT/cifar10.log"
     status=$?
     if [ $status -ne 0 ]; then           # stopped or failed: tabulate what the runs reached
-        timeout 60 $PY benchmarks/cifar10_resnet20.py "${options[@]}" --report --json-out "$json" 2>&1 \
+        timeout 60 "$PY" benchmarks/cifar10_resnet20.py "${options[@]}" --report --json-out "$json" 2>&1 \
             | tee -a "$OUT/cifar10.log"
     fi
     timeout 60 tar czf "$OUT/$run.tar.gz" -C "$RUNS" "$run"
 
     reps=(--reps 20 --steps 10)
     [ "$DEVICE" = cpu ] && reps=(--reps 2 --steps 2 --warmup 1)
-    timeout -s INT -k 10 $(until_end 10) $PY benchmarks/quantizer_speed.py --device "$DEVICE" "${reps[@]}" \
+    timeout -s INT -k 10 $(until_end 10) "$PY" benchmarks/quantizer_speed.py --device "$DEVICE" "${reps[@]}" \
         --json-out "$OUT/quantizer_speed-$DEVICE.json" 2>&1 | tee "$OUT/quantizer_speed.log"
 fi
 echo "gpu_session.sh: $(($(date +%s) - start)) s; $TASK run status $status"

@@ -73,5 +73,29 @@ def test_every_python_and_tar_step_has_a_deadline():
     lines = (REPO / "benchmarks" / "gpu_session.sh").read_text().split("<<'PACK'")
     script = lines[0] + "".join(part.split("\nPACK\n", 1)[1] for part in lines[1:])
     steps = [line.strip() for line in script.splitlines()
-             if not line.lstrip().startswith("#") and re.search(r"(^|\s)(\$PY|tar)\s", line)]
+             if not line.lstrip().startswith("#") and re.search(r"(^|\s)(\$PY|\"\$PY\"|tar)\s", line)]
     assert len(steps) == 8 and all(step.startswith("timeout ") for step in steps), steps
+
+
+@pytest.mark.parametrize("task, scripts", [
+    ("cifar10", ["-m pytest", "benchmarks/cifar10_resnet20.py", "benchmarks/quantizer_speed.py"]),
+    ("ablations", ["-m pytest", "benchmarks/ablations.py", "- "]),
+])
+def test_an_interpreter_whose_path_has_a_space_runs_every_step(tmp_path, task, scripts):
+    """PYTHON (a virtual environment's python under a folder named with a space) was split at the space by the
+    unquoted $PY: every step failed with 'No such file or directory' and nothing ran. A stand-in interpreter
+    records each call."""
+    folder = tmp_path / "my venv" / "bin"
+    folder.mkdir(parents=True)
+    calls = tmp_path / "calls.txt"
+    fake = folder / "python"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> '{calls}'\ncat > /dev/null\nexit 0\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "TASK": task, "PYTHON": str(fake),
+           "RUNS": str(tmp_path / "runs")}
+    (tmp_path / "runs" / "cifar10-resnet20-short-seed0").mkdir(parents=True)     # (for tar to pack)
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "data"), "0", "60"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert "No such file or directory" not in proc.stderr, proc.stderr
+    called = calls.read_text().splitlines() if calls.exists() else []
+    assert all(any(line.startswith(s) for line in called) for s in ["-c import torch", *scripts]), called
