@@ -32,7 +32,8 @@ Four measurements, the timings each the median over repetitions after warm-up:
 
 They run in the order 2, 1, 3, 4. An interrupt (SIGINT, as ``timeout -s INT``
 sends) ends the part it hits: the JSON still holds the parts before it and
-names that part (``interrupted_in``), and the exit status is 130.
+names that part (``interrupted_in``), and the exit status is 130; an interrupt in the
+first part leaves the JSON file as it was (nothing measured to write).
 
 Each timing has the wall-clock median (what the aims are about) and the
 median of the process's CPU time (``time.process_time``, CPU only), which a
@@ -515,6 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + table(results[name]), flush=True)
     load_end = os.getloadavg()
     print(f"\nload average {load_start[0]:.2f} at the start, {load_end[0]:.2f} at the end")
+    if interrupted is not None and interrupted == next(n for n in parts if args.part in ("all", n)):
+        print(f"nothing measured: {args.json_out} left as it was")     # (not replaced by an empty file)
+        return 130
 
     gpu = ({"status": "measured", "device_name": torch.cuda.get_device_name(device)} if device.type == "cuda" else
            {"status": "pending", "reason": "measured on the CPU" + ("" if torch.cuda.is_available() else

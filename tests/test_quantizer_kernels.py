@@ -73,6 +73,22 @@ def test_an_interrupt_keeps_the_parts_before_it(tmp_path, monkeypatch):
     assert result["training"] == [] and result["precision"] == [] and result["kernels"] is None
 
 
+def test_an_interrupt_before_any_part_finished_leaves_the_results_file_as_it_was(tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the first part (the training steps) replaced the results file (by default the committed
+    benchmarks/results/quantizer_speed.json) with one that measured nothing; the file is now left as it was."""
+    bench = load_benchmark("quantizer_speed")
+
+    def interrupted(args, device):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "bench_training", interrupted)
+    out = tmp_path / "speed.json"
+    out.write_text('{"earlier": "results"}\n')
+    assert bench.main(["--device", "cpu", "--json-out", str(out)]) == 130
+    assert out.read_text() == '{"earlier": "results"}\n' and [p.name for p in tmp_path.iterdir()] == ["speed.json"]
+    assert f"nothing measured: {out} left as it was" in capsys.readouterr().out
+
+
 def test_bad_device_and_threads_are_refused_with_a_message(tmp_path, capsys):
     """--device bogus, --device cuda on a machine without CUDA and --threads -2 crashed with torch's traceback
     (RuntimeError, AssertionError) instead of an error naming the option; --threads 0 was ignored."""
