@@ -50,7 +50,6 @@ tables; exits 1 if any output differs from the reference.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -66,6 +65,7 @@ from compiler import format as model_format
 from hw.engine_params import EngineParams
 from lcq_train.arguments import nonnegative_int, output_file
 from lcq_train.atomic import save_json
+from lcq_train.json_text import parse_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
@@ -276,6 +276,25 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def earlier_results(path: str) -> dict | None:
+    """The results file an earlier invocation wrote at ``path`` (None: there is none), whose layer or network half
+    this one keeps; ValueError naming the file where it is not one of this script's (cut short, another
+    benchmark's): rewriting it would drop or mix what it holds."""
+    fix = "restore it, or give another --json-out (or delete it)"
+    try:
+        data = parse_json(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
+        raise ValueError(f"{path}: {e}; {fix}") from None
+    if not isinstance(data, dict) or data.get("benchmark") != "array_utilization":
+        raise ValueError(f"{path} is not a results file of array_utilization.py (no \"benchmark\": "
+                         f"\"array_utilization\"): {fix}")
+    if not isinstance(data.get("network", {}), dict):
+        raise ValueError(f"{path}: its \"network\" is not an object: {fix}")
+    return data
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -291,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error(f"--images must be at least 1, not {args.images}")
+    try:
+        earlier = earlier_results(args.json_out)      # (read before simulating: the half this run keeps)
+    except ValueError as e:
+        print(f"array_utilization.py: error: {e}", file=sys.stderr)
+        return 2
     from sim.runner import unavailable_reason
 
     reason = unavailable_reason(args.simulator)
@@ -321,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                      "cycle_formula": CYCLE_FORMULA,
                      "mismatches": network_mismatches, "results": network}
     if not layer_mode:
-        out = Path(args.json_out)
-        document = json.loads(out.read_text()) if out.exists() else {"benchmark": "array_utilization"}
+        document = earlier or {"benchmark": "array_utilization"}
         document["network"] = network_entry
         save_json(document, args.json_out)
         print(f"\n{len(network)} arrays in {seconds} s (network mode); {network_mismatches} values differ "
@@ -337,8 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(x["first_mismatch"])
     mismatches = sum(r["total"]["mismatches"] for r in results)
     if not network:  # --mode layer: the file's network results stay
-        out = Path(args.json_out)
-        network_entry = json.loads(out.read_text()).get("network") if out.exists() else None
+        network_entry = earlier.get("network") if earlier else None
     options = dict(vars(args), arrays=[f"{rows}x{cols}" for rows, cols in args.arrays])
     save_json({
         "benchmark": "array_utilization", "argv": sys.argv[1:], "options": options, "seconds": seconds,
