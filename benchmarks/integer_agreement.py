@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     json_out = args.json_out or str(Path(__file__).resolve().parent / "results"
                                     / f"integer-agreement-{runs_dir.name}.json")
     runs = sorted(d for d in runs_dir.iterdir() if (d / "checkpoint.pt").is_file()) if runs_dir.is_dir() else []
-    runs = [d for d in runs if load_checkpoint(d / "checkpoint.pt")["plan"]["method"] != "fp"]
+    try:        # (a checkpoint cut short or a stray file: CheckpointError names it and the fix)
+        runs = [d for d in runs if load_checkpoint(d / "checkpoint.pt")["plan"]["method"] != "fp"]
+    except (ValueError, OSError) as e:
+        print(f"integer_agreement.py: error: {e}", file=sys.stderr)
+        return 2
     if not runs:
         print(f"integer_agreement.py: error: no quantized runs with checkpoint.pt under {runs_dir}; "
               "run benchmarks/accuracy.py first", file=sys.stderr)

@@ -11,3 +11,15 @@ def test_images_below_one_are_refused(tmp_path, capsys, images):
     with pytest.raises(SystemExit) as e:
         load_benchmark("integer_agreement").main(["--runs", str(tmp_path), "--images", images])
     assert e.value.code == 2 and "--images must be >= 1" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_under_runs_is_one_line(tmp_path, capsys):
+    """A checkpoint.pt under --runs that is not an intact checkpoint (a run's file cut short, a stray file)
+    stopped the benchmark with CheckpointError's traceback; it is now one line naming the file, exit 2."""
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pt").write_bytes(b"x\n")
+    assert load_benchmark("integer_agreement").main(["--runs", str(tmp_path), "--json-out",
+                                                     str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"integer_agreement.py: error: {tmp_path / 'bad' / 'checkpoint.pt'} is not an lcq checkpoint" in err
+    assert "Traceback" not in err and not (tmp_path / "out.json").exists()
