@@ -63,6 +63,9 @@ if [ "$TASK" = ablations ]; then
 import json, sys, tarfile
 from pathlib import Path
 results, runs, name, archive = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+if not (runs / name).is_dir():
+    sys.exit(f"gpu_session.sh: nothing to pack: {runs / name} was not made (ablations.py stopped before its first "
+             "run: see ablations.log)")
 recorded = json.loads(results.read_text())["results"] if results.exists() else {}
 done = {Path(r["out"]).resolve() for seed in recorded.values() for label, r in seed.items() if label != "fp"}
 with tarfile.open(archive, "w:gz") as tar:       # (a directory left out is left out whole)

@@ -99,3 +99,20 @@ def test_an_interpreter_whose_path_has_a_space_runs_every_step(tmp_path, task, s
     assert "No such file or directory" not in proc.stderr, proc.stderr
     called = calls.read_text().splitlines() if calls.exists() else []
     assert all(any(line.startswith(s) for line in called) for s in ["-c import torch", *scripts]), called
+
+
+def test_ablations_that_made_no_runs_pack_nothing_and_say_so(tmp_path):
+    """ablations.py stopped before its first run (data missing): the packing step ended in FileNotFoundError's
+    traceback and left an empty archive in OUT, for the next call to unpack. A stand-in interpreter fails every
+    step but the packing script, which the real one runs."""
+    fake = tmp_path / "python"
+    fake.write_text(f"#!/bin/sh\nif [ \"$1\" = - ]; then exec '{sys.executable}' \"$@\"; fi\nexit 1\n")
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "DEVICE": "cpu", "TASK": "ablations", "PYTHON": str(fake),
+           "RUNS": str(tmp_path / "runs")}
+    proc = subprocess.run(["bash", "benchmarks/gpu_session.sh", str(tmp_path / "data"), "0", "60"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert f"nothing to pack: {tmp_path / 'runs' / 'ablations-cifar10'} was not made" in proc.stderr
+    assert not list(out.glob("*.tar.gz")) and proc.returncode != 0
