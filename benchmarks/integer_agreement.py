@@ -7,7 +7,8 @@ reports top-1 of both, top-1 agreement, activation-code mismatches, model size
 and the reference's speed.
 
 Run:  python benchmarks/integer_agreement.py --runs runs/accuracy/mnist-cnn [--data-dir DIR] [--images N]
-Writes benchmarks/results/integer-agreement-<runs dir name>.json (or --json-out) and prints a markdown table.
+Writes benchmarks/results/integer-agreement-<runs dir name>.json (-first<N>.json with --images N; or --json-out)
+and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
 
 
+def default_json_out(runs_dir: Path, images: int | None) -> str:
+    """``benchmarks/results/integer-agreement-<runs dir name>.json`` for whole test sets; ``...-first<N>.json``
+    for ``--images N``, so that a quick check does not replace the whole test set's results."""
+    part = "" if images is None else f"-first{images}"
+    return str(Path(__file__).resolve().parent / "results" / f"integer-agreement-{runs_dir.name}{part}.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", required=True, metavar="DIR", help="directory of runs (one sub-directory per run)")
@@ -43,8 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.images is not None and args.images < 1:
         p.error("--images must be >= 1 (leave it out for all test images)")
     runs_dir = Path(args.runs)
-    json_out = args.json_out or str(Path(__file__).resolve().parent / "results"
-                                    / f"integer-agreement-{runs_dir.name}.json")
+    json_out = args.json_out or default_json_out(runs_dir, args.images)
     runs = sorted(d for d in runs_dir.iterdir() if (d / "checkpoint.pt").is_file()) if runs_dir.is_dir() else []
     try:        # (a checkpoint cut short or a stray file: CheckpointError names it and the fix)
         runs = [d for d in runs if load_checkpoint(d / "checkpoint.pt")["plan"]["method"] != "fp"]

@@ -23,3 +23,13 @@ def test_a_damaged_checkpoint_under_runs_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"integer_agreement.py: error: {tmp_path / 'bad' / 'checkpoint.pt'} is not an lcq checkpoint" in err
     assert "Traceback" not in err and not (tmp_path / "out.json").exists()
+
+
+def test_a_check_on_the_first_images_does_not_replace_the_whole_test_sets_results(tmp_path):
+    """--images 100 wrote the default results file of the whole test set (integer-agreement-<runs>.json, the
+    README's numbers): a quick check silently replaced them. It is now ...-first100.json."""
+    bench = load_benchmark("integer_agreement")
+    whole, first = bench.default_json_out(tmp_path / "digits-cnn", None), bench.default_json_out(
+        tmp_path / "digits-cnn", 100)
+    assert whole.endswith("results/integer-agreement-digits-cnn.json")
+    assert first.endswith("results/integer-agreement-digits-cnn-first100.json")
