@@ -120,7 +120,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a path or name (a string), not {value!r}")
 
     def weight_lr(self) -> float:
-        return self.lr if self.lr is not None else (0.1 if self.plan.method == "fp" else 0.04)
+        return self.lr if self.lr is not None else default_lr(self.plan.method)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -235,14 +235,24 @@ def _same_path(a: str | None, b: str | None) -> bool:
     return a == b or (a is not None and b is not None and os.path.abspath(a) == os.path.abspath(b))
 
 
+def default_lr(method: str) -> float:
+    """The weights' learning rate when none is given: 0.1 for FP training, 0.04 for fine-tuning a quantized one."""
+    return 0.1 if method == "fp" else 0.04
+
+
+def default_augment(input_shape) -> bool:
+    """Augmentation when none is asked: on (crop and flip) for 32 x 32 colour images, off otherwise."""
+    return tuple(input_shape) == (3, 32, 32)
+
+
 def _ran_with(name: str, config: dict):
     """The value a run of ``config`` (``to_dict`` form) had for ``lr`` or ``augment``, which None leaves to a
     default of its plan or data set; other settings as they are."""
     value = config[name]
     if value is None and name == "lr":
-        return 0.1 if config["plan"]["method"] == "fp" else 0.04          # (TrainConfig.weight_lr)
+        return default_lr(config["plan"]["method"])
     if value is None and name == "augment":
-        return IMAGE_SHAPES.get(config["dataset"]) == (3, 32, 32)       # (as _train decides it)
+        return default_augment(IMAGE_SHAPES.get(config["dataset"], ()))
     return value
 
 
@@ -377,7 +387,7 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
     data = load_dataset(cfg.dataset, cfg.data_dir)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    augment = cfg.augment if cfg.augment is not None else data.input_shape == (3, 32, 32)
+    augment = cfg.augment if cfg.augment is not None else default_augment(data.input_shape)
 
     model = build_quantized_model(cfg.model, data.input_shape, data.num_classes, cfg.plan, allow_factory=True)
     if cfg.init and resume_state is None:
