@@ -62,10 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"integer_agreement.py: error: no quantized runs with checkpoint.pt under {runs_dir}; "
               "run benchmarks/accuracy.py first", file=sys.stderr)
         return 2
-    rows, data = [], None
-    for run_dir in runs:
+    compiled_runs = []
+    for run_dir in runs:        # (all compiled before anything is written: a run the compiler refuses stops us here)
         checkpoint = run_dir / "checkpoint.pt"
-        compiled = compile_checkpoint(checkpoint)
+        try:
+            compiled_runs.append((run_dir, checkpoint, compile_checkpoint(checkpoint)))
+        except (ValueError, OSError) as e:
+            message = str(e) if str(checkpoint) in str(e) else f"{checkpoint}: {e}"
+            print(f"integer_agreement.py: error: {message} (run {run_dir.name} does not compile: retrain it with "
+                  "benchmarks/accuracy.py, or move it out of --runs)", file=sys.stderr)
+            return 2
+    rows, data = [], None
+    for run_dir, checkpoint, compiled in compiled_runs:
         model_path = run_dir / "model.lcq"
         model_format.save(compiled, model_path)
         if data is None:

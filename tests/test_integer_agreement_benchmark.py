@@ -33,3 +33,27 @@ def test_a_check_on_the_first_images_does_not_replace_the_whole_test_sets_result
         tmp_path / "digits-cnn", 100)
     assert whole.endswith("results/integer-agreement-digits-cnn.json")
     assert first.endswith("results/integer-agreement-digits-cnn-first100.json")
+
+
+def test_a_checkpoint_the_compiler_refuses_is_one_line_before_anything_is_written(tmp_path, capsys):
+    """A run whose checkpoint loads but does not compile (here a weight of the wrong shape) stopped the benchmark
+    with a traceback, after the runs before it had written their model.lcq; it is now one line naming the
+    checkpoint and the fix, exit 2, before any file is written."""
+    import torch
+    from test_fuzz import tiny_checkpoint
+
+    from lcq_train.checkpoint import load_checkpoint, save_checkpoint
+
+    (tmp_path / "a-good").mkdir()
+    (tmp_path / "b-bad").mkdir()
+    good = tiny_checkpoint(tmp_path / "a-good" / "checkpoint.pt")
+    state = load_checkpoint(good)
+    state["model"]["conv0.weight"] = torch.zeros(3, 3)
+    bad = tmp_path / "b-bad" / "checkpoint.pt"
+    save_checkpoint(state, bad)
+    assert load_benchmark("integer_agreement").main(["--runs", str(tmp_path), "--json-out",
+                                                     str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"integer_agreement.py: error: {bad}: ") and "size mismatch for conv0.weight" in err
+    assert "move it out of --runs" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out.json").exists() and not (tmp_path / "a-good" / "model.lcq").exists()
