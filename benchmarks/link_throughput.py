@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         boards = [get_board(b.strip()).name for b in args.boards.split(",") if b.strip()]
     except KeyError as e:
         parser.error(e.args[0])
+    twice = next((b for b in boards if boards.count(b) > 1), None)
+    if twice is not None:       # (measured twice: a duplicate row in the table and the file)
+        parser.error(f"argument --boards: {twice} is given twice; name each board once")
     if args.images < 1:
         parser.error(f"--images must be at least 1, not {args.images}")
     for name in ("rows", "cols"):

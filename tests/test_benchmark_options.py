@@ -13,6 +13,12 @@ from helpers import load_benchmark
     ("residual_width", ["--frac-bits", "3", "3"], "argument --frac-bits: 3 is given twice"),
     ("resnet20_eval", ["--no-train", "--threads", "0"], "argument --threads: must be an integer >= 1, not '0'"),
     ("link_traffic", ["--model", "/nonexistent.lcq"], "no compiled model at /nonexistent.lcq"),
+    # (a board or mode given twice was measured, or simulated, twice: duplicate rows in the table and the file)
+    ("link_traffic", ["--boards", "icebreaker, ulx3s-85f,icebreaker"],
+     "argument --boards: icebreaker is given twice; name each board once"),
+    ("link_traffic", ["--modes", "layers,layers"], "argument --modes: layers is given twice; name each mode once"),
+    ("link_throughput", ["--boards", "icebreaker,icebreaker"],
+     "argument --boards: icebreaker is given twice; name each board once"),
     ("link_traffic", ["--rows", "0", "--cols", "2"], "argument --rows: must be an integer in 1..256, not '0'"),
     ("core_cells", ["--model", "/nonexistent.lcq"], "no compiled model at --model /nonexistent.lcq"),
     ("core_cells", ["--cols", "300"], "argument --cols: must be an integer in 1..256, not '300'"),
