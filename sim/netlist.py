@@ -15,7 +15,8 @@ in the same testbench and with the same report as the RTL run.
   board build's defaults), after the board build's :data:`hw.memories.UNDEFINED_COLLISIONS` and
   :data:`hw.flip_flops.KEEP_OWN_FLIP_FLOPS`, then
   ``stat -json`` and ``write_verilog -noattr``; cached in ``build/netlist/<key>/`` under :func:`cache_key`
-  (source text, script, Yosys version), written to a temporary directory and moved in with ``os.replace``
+  (source text, script, Yosys version), written to a temporary directory (``<key>.tmp-<pid>-*``,
+  removed by a later run once its process is gone) and moved in with ``os.replace``
   (``net.v`` last), so a cache entry is complete or absent. Yosys's output is checked before it is cached: a
   ``net.v`` that defines the top module and ends with ``endmodule``, a ``stat.json`` that counts the top
   module's cells, at least one; a cache entry that fails these checks (or whose ``meta.json`` does) is made
@@ -290,11 +291,42 @@ def _cached(entry: Path, top: str, family: str) -> Netlist | None:
     return Netlist(entry / NETLIST, top, family, cells, seconds, True)
 
 
+_TEMPORARY = re.compile(r"[0-9a-f]+\.tmp-(\d+)-[^/]*")     # <key>.tmp-<pid of the synthesizing process>-<random>
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one of another user counts); True where that cannot be
+    told (not POSIX: there ``os.kill`` ends the process)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):    # another user's process; a pid too large to ask about
+        pass
+    return True
+
+
+def remove_stale_temporaries(cache: Path) -> None:
+    """Remove the synthesis temporaries in ``cache`` (``<key>.tmp-<pid>-*``) whose process is gone: a run
+    killed (SIGKILL, a power cut) before its ``finally`` leaves its temporary behind. Those of a process that
+    runs, and anything else in ``cache``, are kept."""
+    try:
+        entries = list(Path(cache).iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMPORARY.fullmatch(entry.name)
+        if match and not _process_runs(int(match[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 def synthesize(source: Path, top: str, family: str, cache_root="build/netlist") -> Netlist:
     """The netlist of ``source`` (top module ``top``) for ``family``, from the cache when its key is there,
     else made by Yosys (under the current deadline; :class:`sim.runner.SimulationTimeout` past it,
     :class:`sim.runner.SimulationFailed` with the log's tail when Yosys fails or exits 0 without a whole
-    netlist and its cell counts)."""
+    netlist and its cell counts). Temporaries that killed runs left in the cache are removed first."""
     exe = yosys_executable()
     if exe is None:
         raise NetlistError(unavailable_reason())
@@ -302,11 +334,12 @@ def synthesize(source: Path, top: str, family: str, cache_root="build/netlist") 
     script = synth_script(family, top)
     key = cache_key(text, script, yosys_version())
     final = Path(cache_root).resolve() / key
+    remove_stale_temporaries(final.parent)
     cached = _cached(final, top, family)
     if cached is not None:
         return cached
     final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-", dir=final.parent))
+    work = Path(tempfile.mkdtemp(prefix=f"{key}.tmp-{os.getpid()}-", dir=final.parent))
     try:
         (work / SOURCE).write_text(text)
         (work / "synth.ys").write_text(script)

@@ -199,6 +199,36 @@ def test_a_whole_fake_yosys_output_is_taken(tmp_path, monkeypatch):
     assert made.cells == {"SB_LUT4": 1} and not made.cached
 
 
+
+def test_a_killed_runs_temporary_is_removed_by_a_later_run_and_a_live_ones_kept(tmp_path, monkeypatch):
+    """A run SIGKILLed during synthesis left build/netlist/<key>.tmp-* behind, and no later run removed it; a
+    later run now removes the temporaries whose process is gone, and keeps those of a process that runs."""
+    import os
+    import sys
+
+    cache = tmp_path / "cache"
+    source = tmp_path / "core.v"
+    source.write_text("module engine(input a); endmodule\n")
+    killer = fake_yosys(tmp_path, "killer", 'kill -9 "$VICTIM"')    # the synthesizing process dies, SIGKILLed
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; from sim import netlist as nl; os.environ['VICTIM'] = str(os.getpid()); "
+         f"nl.yosys_executable = lambda: {killer!r}; nl.yosys_version = lambda: 'Yosys test'; "
+         f"nl.synthesize({str(source)!r}, 'engine', 'ice40', {str(cache)!r})"],
+        cwd=Path(nl.__file__).resolve().parent.parent, timeout=60)
+    assert child.returncode == -9
+    stale = [p.name for p in cache.iterdir()]
+    assert len(stale) == 1 and ".tmp-" in stale[0]          # what the killed run left
+    live = cache / f"{'0' * 64}.tmp-{os.getpid()}-abc"     # a synthesis that runs now, in this process
+    live.mkdir()
+    other = cache / "notes"                                 # not a temporary of ours
+    other.mkdir()
+    body = f"printf '{NET_V}' > net.v; echo '{STAT_JSON}' > stat.json"
+    monkeypatch.setattr(nl, "yosys_executable", lambda: fake_yosys(tmp_path, "yosys", body))
+    monkeypatch.setattr(nl, "yosys_version", lambda: "Yosys test")
+    made = nl.synthesize(source, "engine", "ice40", cache)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([made.path.parent.name, live.name, "notes"])
+
+
 @pytest.mark.parametrize("meta", ['{"cells": {"SB_LUT4": 1}}', '{"seconds": 1', '[]',
                                   '{"cells": "x", "seconds": 1}', '{"cells": {}, "seconds": 1}', None],
                          ids=["no-seconds", "half-json", "list", "bad-cells", "no-cells", "half-netlist"])
