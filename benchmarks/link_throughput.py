@@ -61,6 +61,7 @@ from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
+from repeats import refuse_repeats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = [ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq",
@@ -261,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         boards = [get_board(b.strip()).name for b in args.boards.split(",") if b.strip()]
     except KeyError as e:
         parser.error(e.args[0])
-    twice = next((b for b in boards if boards.count(b) > 1), None)
-    if twice is not None:       # (measured twice: a duplicate row in the table and the file)
-        parser.error(f"argument --boards: {twice} is given twice; name each board once")
+    refuse_repeats(parser, "--boards", boards, "board")
+    if args.models is not None:
+        refuse_repeats(parser, "--models", args.models, "model", key=lambda path: Path(path).resolve())
     if args.images < 1:
         parser.error(f"--images must be at least 1, not {args.images}")
     for name in ("rows", "cols"):

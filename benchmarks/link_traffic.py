@@ -30,6 +30,7 @@ from lcq_train.atomic import save_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
+from repeats import refuse_repeats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = [ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq",
@@ -56,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         boards = [get_board(b.strip()).name for b in args.boards.split(",") if b.strip()]
     except KeyError as e:
         parser.error(e.args[0])
-    twice = next((b for b in boards if boards.count(b) > 1), None)
-    if twice is not None:       # (measured twice: a duplicate row in the table and the file)
-        parser.error(f"argument --boards: {twice} is given twice; name each board once")
+    refuse_repeats(parser, "--boards", boards, "board")
+    refuse_repeats(parser, "--model", args.model, "model", key=lambda path: Path(path).resolve())
     from boards.boards import LINK_PAYLOAD
     from boards.fit import FitError, engine_for_board, network_for_board
     from hw.network_params import NetworkParams
@@ -67,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or set(modes) - {"network", "layers"}:
         parser.error(f"--modes must name network and/or layers, not {args.modes!r}")
-    twice = next((m for m in modes if modes.count(m) > 1), None)
-    if twice is not None:
-        parser.error(f"argument --modes: {twice} is given twice; name each mode once")
+    refuse_repeats(parser, "--modes", modes, "mode")
     head = ["model", "board", "mode", "core", "baud", "loading constants", "bytes to / from device per image",
             "requests per image", "line-bound images/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

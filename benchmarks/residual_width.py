@@ -39,6 +39,7 @@ from lcq_train.layers import QAct
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
+from repeats import refuse_repeats  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", type=output_file, metavar="FILE",
                    default=str(ROOT / "benchmarks" / "results" / "residual-width.json"))
     args = p.parse_args(argv)
-    twice = next((f for f in args.frac_bits if args.frac_bits.count(f) > 1), None)
-    if twice is not None:       # (compiled once, but a row each in the table and the file)
-        p.error(f"argument --frac-bits: {twice} is given twice; name each fraction once")
+    refuse_repeats(p, "--frac-bits", args.frac_bits, "fraction")     # (compiled once, but a row each)
     if not Path(args.checkpoint).is_file():
         p.error(f"no checkpoint at --checkpoint {args.checkpoint}: pass the checkpoint.pt of an lcq train run")
     if args.threads:

@@ -1,8 +1,12 @@
 """Benchmarks refuse a bad option or a missing input file with one line naming it, before any work (no
 traceback from torch or the loader halfway through)."""
 
+from pathlib import Path
+
 import pytest
 from helpers import load_benchmark
+
+DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
 
 
 @pytest.mark.parametrize("name, argv, message", [
@@ -19,6 +23,11 @@ from helpers import load_benchmark
     ("link_traffic", ["--modes", "layers,layers"], "argument --modes: layers is given twice; name each mode once"),
     ("link_throughput", ["--boards", "icebreaker,icebreaker"],
      "argument --boards: icebreaker is given twice; name each board once"),
+    # (a model given twice, by any path to its file, likewise)
+    ("link_traffic", ["--boards", "icebreaker", "--model", str(DIGITS), f"{DIGITS.parent}/../data/{DIGITS.name}"],
+     f"argument --model: {DIGITS.parent}/../data/{DIGITS.name} is given twice; name each model once"),
+    ("link_throughput", ["--models", str(DIGITS), str(DIGITS)],
+     f"argument --models: {DIGITS} is given twice; name each model once"),
     ("link_traffic", ["--rows", "0", "--cols", "2"], "argument --rows: must be an integer in 1..256, not '0'"),
     ("core_cells", ["--model", "/nonexistent.lcq"], "no compiled model at --model /nonexistent.lcq"),
     ("core_cells", ["--cols", "300"], "argument --cols: must be an integer in 1..256, not '300'"),
