@@ -203,6 +203,10 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("identity")
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             raise Unsupported(model, node, "is not quantized (quantize the model with lcq_train.quantize_model)")
+    elif node.op == "get_attr":
+        raise Unsupported(model, node, "is read outside a layer; the accelerator holds parameters only in its conv "
+                          "and linear layers (weights, bias) and their BN: fold it into the bias of the conv or linear "
+                          "layer before it (or into that layer's BatchNorm2d)")
     elif _size(node):
         return Op("size")
     elif node.op == "call_function":

@@ -252,6 +252,8 @@ def describe(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> str:
         return f"function {module + '.' if module else ''}{name}"
     if node.op == "call_method":
         return f"method .{node.target}()"
+    if node.op == "get_attr":
+        return f"parameter or buffer {node.target!r}"
     return f"{node.op} {node.target}"
 
 

@@ -515,6 +515,26 @@ def test_a_functional_dropout_that_drops_out_in_eval_mode_is_refused():
         compile_model(net, (1, 8, 8))
 
 
+
+class _ParameterAdded(nn.Module):
+    """Adds a parameter of its own (named ``sum``, as a method the compiler has a hint for) to a conv's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+        self.sum = nn.Parameter(torch.zeros(1, 8, 1, 1))
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x) + self.sum).mean((2, 3)))
+
+
+def test_a_parameter_read_outside_a_layer_is_refused_as_such_with_no_hint_of_an_operation_of_that_name():
+    net = quantize_model(_ParameterAdded(), QuantPlan("lcq", 3, 3))
+    with pytest.raises(Unsupported, match=r"parameter or buffer 'sum' .* is read outside a layer; .*fold it into the "
+                                          r"bias of the conv or linear layer before it") as e:
+        compile_model(net, (1, 8, 8))
+    assert "over the map" not in str(e.value)      # the hint of torch.sum / .sum()
+
 class _ViewHead(nn.Module):
     """kuangliu/pytorch-cifar's head: average pooling over the whole map, then ``out.view(out.size(0), -1)``
     (or another way of writing the flatten, ``how``)."""
