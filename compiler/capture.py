@@ -73,6 +73,8 @@ HINTS = (
                                              "torch.flatten(x, 1) or x.flatten(1), of a C x 1 x 1 tensor"),
     ((nn.BatchNorm1d,), "use BatchNorm2d: on the map before its ReLU and pooling, or after a 1x1 Conv2d on the "
                         "pooled map (x.mean((2, 3), keepdim=True)) in place of a Linear"),
+    ((operator.getitem,), "a layer's output is used whole: give the layer before only the channels kept (its "
+                          "out_channels), and shrink the map with its stride and padding or a pooling layer"),
 )
 _HINT = {op: hint for ops, hint in HINTS for op in ops}
 

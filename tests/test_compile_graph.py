@@ -670,6 +670,8 @@ class _Refusable(nn.Module):
             z = torch.relu(torch.cat([self.half1(y), self.half2(y)], 1))
         elif k == "x + y":
             z = torch.relu(self.conv2(y) + self.other(y))
+        elif k == "[:, :8]":
+            z = torch.relu(self.conv2(y))[:, :8]
         else:
             z = torch.relu(self.conv2(y))
         if k in ("AdaptiveAvgPool2d2", "AvgPool2d4"):
@@ -717,6 +719,8 @@ class _Refusable(nn.Module):
     (".amax((2, 3))", r"method \.amax\(\)", r"use MaxPool2d\(k\)", ["MaxPool2d8"]),
     (".sum((2, 3))", r"method \.sum\(\)", r"over the map use \.mean\(\(2, 3\)\) \(global average pooling\)", ["mean"]),
     ("torch.sum", r"function torch\.sum", r"over the map use \.mean\(\(2, 3\)\)", ["mean"]),
+    ("[:, :8]", r"function operator\.getitem", r"a layer's output is used whole: give the layer before only the "
+                                               r"channels kept \(its out_channels\)", ["relu"]),
     ("BatchNorm1d", r"layer 'modules_\.BatchNorm1d' \(BatchNorm1d\)",
      r"use BatchNorm2d: on the map before its ReLU and pooling, or after a 1x1 Conv2d on the pooled map",
      ["mean", "1x1 conv + BatchNorm2d"]),
