@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from hw.cli import ARRAY_SIZE, MULTIPLY_COLS
 from hw.residency import RESIDENCY
@@ -194,6 +195,35 @@ def network_report(model, network) -> dict:
             "vector": params.vector.describe(), "memory_bits": params.memory_bits()}
 
 
+# What a network report records of the core, compared by `lcq run` with the core recomputed for its model.
+NETWORK_FIELDS = ("classes", "value_depth", "program_depth", "input_bits", "value_bits", "addr_bits", "target_bits",
+                  "engine", "vector")
+
+
+def check_network_report(report_path, built: dict, model_path, model, board, params) -> None:
+    """ValueError where the core that ``built`` (a network-mode report) records is not ``params``, the core that
+    ``lcq run`` recomputes for ``model``: the board was built for another model (or by another version), whose
+    buffers this model's constants and program would overrun or leave short while the link's widths, which the
+    board's INFO states, agree. The error names the first field that differs, the report's model and the fix.
+    Fields a report of an older build lacks are not compared."""
+    recorded = built["network"]
+    expected = json.loads(json.dumps(network_report(model, SimpleNamespace(params=params, estimate=None))))
+    for field in NETWORK_FIELDS:
+        if field not in recorded:
+            continue
+        pairs = [(field, recorded[field], expected[field])]
+        if isinstance(recorded[field], dict):
+            pairs = [(f"{field}.{key}", recorded[field][key], expected[field][key])
+                     for key in expected[field] if key in recorded[field]]
+        for name, have, need in pairs:
+            if have != need:
+                source = f" ({built['model']})" if isinstance(built.get("model"), str) else ""
+                raise ValueError(f"{report_path} is of a {params.engine.rows} x {params.engine.cols} whole-network "
+                                 f"core for another model: its {name} is {have!r}, {model_path} needs {need!r}: pass "
+                                 f"the model the board was built for{source}, or build and flash for this one (`lcq "
+                                 f"build {model_path} --board {board.name}`, `lcq flash --board {board.name}`)")
+
+
 # The clocks (MHz) `lcq build` writes as pll_mhz: what a PLL of the boards' families makes.
 PLL_MHZ = FloatRange(min(lo for lo, _ in PLL_OUTPUT_MHZ.values()) * (1 - PLL_TOLERANCE),
                      max(hi for _, hi in PLL_OUTPUT_MHZ.values()) * (1 + PLL_TOLERANCE))
@@ -297,6 +327,7 @@ def cmd_run(args) -> int:
                              f"'network.cols' ({network['cols']}); {REPORT_ADVICE}")
         params = NetworkParams.for_model(model, network["rows"], network["cols"],
                                          multiply_cols=network.get("multiply_cols", 0))
+        check_network_report(report_path, built, args.model, model, board, params)
     else:
         engine = engine_for_board(model, board, built["engine"]["rows"], built["engine"]["cols"])
         if engine.resident != built["engine"]["resident"]:

@@ -777,6 +777,52 @@ def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, mo
     assert "1 image runs repeated); 5 of 5 predictions equal the integer reference" in capsys.readouterr().out
 
 
+def test_run_in_network_mode_refuses_a_model_other_than_the_one_the_core_was_built_for(tmp_path, capsys, monkeypatch,
+                                                                                         small_cnn):
+    """Two models whose cores have the same link widths (what the board's INFO states) but not the same memories:
+    widths (4, 6, 9) need 378 weight words and 144 values where the core of (4, 6, 8) has 324 and 128. Loaded into
+    it, the first model's constants would run past its buffers: `lcq run` compares the core it recomputes with the
+    one the report records, refuses naming the report's model and the fix, and runs the model it was built for."""
+    import boards.link_host
+    import boards.runtime
+    from boards.cli import network_report
+    from boards.fit import BoardNetwork
+    from compiler.format import save
+    from compiler.lower import compile_model
+    from compiler.reference import predict
+    from hw.network_params import NetworkParams
+    from lcq.cli import main
+    from lcq_train.plan import QuantPlan
+
+    class Runner:
+        def __init__(self, host, model, params):
+            self.model, self.repeated = model, 0
+
+        def classify(self, images, labels, progress):
+            return boards.runtime.RunResult(predict(self.model, images), 0.25, labels, load_seconds=0.5)
+
+    monkeypatch.setattr(boards.link_host, "SerialPort", FakePort)
+    monkeypatch.setattr(boards.runtime, "NetworkRunner", Runner)
+    built, other = (compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=w), (1, 8, 8))
+                    for w in ((4, 6, 8), (4, 6, 9)))
+    built_params, other_params = NetworkParams.for_model(built, 2, 2), NetworkParams.for_model(other, 2, 2)
+    assert (built_params.addr_bits, built_params.target_bits, built_params.value_bits) == \
+        (other_params.addr_bits, other_params.target_bits, other_params.value_bits)
+    save(built, tmp_path / "built.lcq")
+    save(other, tmp_path / "other.lcq")
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "mode": "network", "board": "icebreaker", "model": "built.lcq",
+                                  "network": network_report(built, BoardNetwork(built_params, {}))}))
+    argv = ["--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "3", "--report", str(report), "--json"]
+    assert main(["run", str(tmp_path / "other.lcq"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert (f"lcq run: error: {report} is of a 2 x 2 whole-network core for another model: its value_depth is 128, "
+            f"{tmp_path / 'other.lcq'} needs 144") in err
+    assert "pass the model the board was built for (built.lcq), or build and flash for this one" in err
+    assert main(["run", str(tmp_path / "built.lcq"), *argv]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+
+
 def test_retry_clock_prefers_the_fastest_link():
     """Below a missed Fmax, the clock that keeps the board's fastest baud rate wins over a
     slightly faster one that would drop the link to a slower rate."""
