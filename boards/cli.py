@@ -200,28 +200,29 @@ NETWORK_FIELDS = ("classes", "value_depth", "program_depth", "input_bits", "valu
                   "engine", "vector")
 
 
-def check_network_report(report_path, built: dict, model_path, model, board, params) -> None:
-    """ValueError where the core that ``built`` (a network-mode report) records is not ``params``, the core that
-    ``lcq run`` recomputes for ``model``: the board was built for another model (or by another version), whose
-    buffers this model's constants and program would overrun or leave short while the link's widths, which the
-    board's INFO states, agree. The error names the first field that differs, the report's model and the fix.
-    Fields a report of an older build lacks are not compared."""
-    recorded = built["network"]
-    expected = json.loads(json.dumps(network_report(model, SimpleNamespace(params=params, estimate=None))))
-    for field in NETWORK_FIELDS:
+def check_report_core(report_path, built: dict, what: str, recorded: dict, expected: dict, model_path, board,
+                      build_args: str = "") -> None:
+    """ValueError where the core that the report ``built`` records (``recorded``: fields, some of them dicts of
+    parameters) is not ``expected``, the one ``lcq run`` recomputes for the model at ``model_path``: the board was
+    built for another model (or by another version), whose buffers this model's constants and program would overrun
+    or leave short while the link's widths, which the board's INFO states, agree. The error names ``what`` (the
+    core), the first field that differs, the report's model and the fix. Fields that a report of an older build
+    lacks are not compared."""
+    expected = json.loads(json.dumps(expected))
+    for field, need in expected.items():
         if field not in recorded:
             continue
-        pairs = [(field, recorded[field], expected[field])]
-        if isinstance(recorded[field], dict):
-            pairs = [(f"{field}.{key}", recorded[field][key], expected[field][key])
-                     for key in expected[field] if key in recorded[field]]
-        for name, have, need in pairs:
-            if have != need:
+        pairs = [(field, recorded[field], need)]
+        if isinstance(need, dict) and isinstance(recorded[field], dict):
+            pairs = [(f"{field}.{key}", recorded[field][key], value) for key, value in need.items()
+                     if key in recorded[field]]
+        for name, have, value in pairs:
+            if have != value:
                 source = f" ({built['model']})" if isinstance(built.get("model"), str) else ""
-                raise ValueError(f"{report_path} is of a {params.engine.rows} x {params.engine.cols} whole-network "
-                                 f"core for another model: its {name} is {have!r}, {model_path} needs {need!r}: pass "
-                                 f"the model the board was built for{source}, or build and flash for this one (`lcq "
-                                 f"build {model_path} --board {board.name}`, `lcq flash --board {board.name}`)")
+                raise ValueError(f"{report_path} is of a {what} for another model: its {name} is {have!r}, "
+                                 f"{model_path} needs {value!r}: pass the model the board was built for{source}, or "
+                                 f"build and flash for this one (`lcq build {model_path} --board {board.name}"
+                                 f"{build_args}`, `lcq flash --board {board.name}`)")
 
 
 # The clocks (MHz) `lcq build` writes as pll_mhz: what a PLL of the boards' families makes.
@@ -327,7 +328,9 @@ def cmd_run(args) -> int:
                              f"'network.cols' ({network['cols']}); {REPORT_ADVICE}")
         params = NetworkParams.for_model(model, network["rows"], network["cols"],
                                          multiply_cols=network.get("multiply_cols", 0))
-        check_network_report(report_path, built, args.model, model, board, params)
+        report = network_report(model, SimpleNamespace(params=params, estimate=None))
+        check_report_core(report_path, built, f"{params.engine.rows} x {params.engine.cols} whole-network core",
+                          network, {field: report[field] for field in NETWORK_FIELDS}, args.model, board)
     else:
         engine = engine_for_board(model, board, built["engine"]["rows"], built["engine"]["cols"])
         if engine.resident != built["engine"]["resident"]:
@@ -339,6 +342,8 @@ def cmd_run(args) -> int:
                              f"{DESCRIPTION[engine.resident]}: pass the model the board was built for{source}, or "
                              f"build and flash for this one (`lcq build {args.model} --board {board.name} --mode "
                              f"layers`, `lcq flash --board {board.name}`)")
+        check_report_core(report_path, built, f"{engine.params.rows} x {engine.params.cols} engine", built["engine"],
+                          {"params": engine.params.describe()}, args.model, board, " --mode layers")
     images, labels = _test_images(args, model)
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
     try:

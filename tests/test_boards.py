@@ -930,6 +930,40 @@ def test_run_names_the_model_of_a_layers_build_that_keeps_other_buffers(tmp_path
             f"icebreaker`)") in err
 
 
+def test_run_in_layers_mode_refuses_a_model_other_than_the_one_the_engine_was_built_for(tmp_path, capsys, small_cnn):
+    """As in network mode: on a 2 x 2 engine keeping every layer's weights, widths (4, 6, 9) need 464 weight words
+    where the engine built for (4, 6, 8) has 400 (and their requantize words another layout), and the link's widths
+    agree; the report's engine parameters tell."""
+    from compiler.format import save
+    from compiler.lower import compile_model
+    from lcq.cli import main
+    from lcq_train.plan import QuantPlan
+
+    built, other = (compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=w), (1, 8, 8))
+                    for w in ((4, 6, 8), (4, 6, 9)))
+    engine = engine_for_board(built, get_board("icebreaker"), 2, 2)
+    save(other, tmp_path / "other.lcq")
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "board": "icebreaker", "model": "built.lcq", "engine": {
+        "rows": 2, "cols": 2, "resident": engine.resident, "params": engine.params.describe()}}))
+    assert main(["run", str(tmp_path / "other.lcq"), "--board", "icebreaker", "--port", "/dev/nonexistent",
+                 "--report", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lcq run: error: {report} is of a 2 x 2 engine for another model: its params.")
+    assert (f"{tmp_path / 'other.lcq'} needs {{'multiplier_bits': 24, 'bias_bits': 38, 'max_shift': 15, 'out_bits': "
+            f"28, 'relu': False}}: pass the model the board was built for (built.lcq), or build and flash for this one "
+            f"(`lcq build {tmp_path / 'other.lcq'} --board icebreaker --mode layers`, `lcq flash") in err
+    # the weights buffer alone one too short
+    params = {**engine_for_board(other, get_board("icebreaker"), 2, 2).params.describe(), "weight_depth": 463}
+    report.write_text(json.dumps({"pll_mhz": 24.0, "board": "icebreaker", "engine": {
+        "rows": 2, "cols": 2, "resident": engine.resident, "params": params}}))
+    assert main(["run", str(tmp_path / "other.lcq"), "--board", "icebreaker", "--port", "/dev/nonexistent",
+                 "--report", str(report)]) == 2
+    assert (f"{report} is of a 2 x 2 engine for another model: its params.weight_depth is 463, "
+            f"{tmp_path / 'other.lcq'} needs 464: pass the model the board was built for, or build") \
+        in capsys.readouterr().err
+
+
 def test_run_refuses_the_report_of_another_board(tmp_path, capsys):
     """The report's clock sets the baud rate on the named board: a report of another board's build is refused."""
     from lcq.cli import main
