@@ -26,6 +26,7 @@ from .vector_params import OP_REGISTERS
 from .vector_words import op_registers, slot_bases
 
 Beat = tuple[int, int, int]
+FIX = "generate the core for this model (NetworkParams.for_model)"
 
 
 def instruction(params: NetworkParams, op: int, reg: int = 0, value: int = 0) -> int:
@@ -55,6 +56,9 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
     sum's place: ``dst_add``, and the stage STAGE_REQUANTIZE_RELU where the addition has a ReLU; with a
     fused activation it also writes their codes: ``act_fuse``), output, end."""
     plan = network_plan(model, params)
+    if program_length(plan) != params.program_depth:
+        raise ValueError(f"the program of this model takes {program_length(plan)} words, the core's program memory "
+                         f"holds {params.program_depth}; {FIX}")
     bases = resident_bases(model, params.engine, "all")
     slots = slot_bases(model)
     base = {name: t.base for name, t in plan.tensors.items()}
@@ -88,7 +92,7 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
             words.append(instruction(params, RUN_VECTOR))
     words += _operands(params, {"src_a": base[model.logits], "channels": model.num_classes})
     words += [instruction(params, OUTPUT), instruction(params, END)]
-    assert len(words) == program_length(plan) == params.program_depth
+    assert len(words) == params.program_depth
     return words
 
 
@@ -107,6 +111,10 @@ def image_beats(model: CompiledModel, params: NetworkParams, image: np.ndarray) 
     ``ch * H * W + y * W + x`` (``start`` copies the staged codes to the input tensor's place). Loading
     them again rewrites the same codes."""
     reference.check_images(model, np.asarray(image)[None])
+    c, h, w = model.input.shape
+    if (c, h * w) != (params.image_channels, params.image_positions):
+        raise ValueError(f"an image of {c} x {h * w} pixels (channels x positions) does not match the core's staging "
+                         f"buffer of {params.image_channels} x {params.image_positions}; {FIX}")
     return [(IMAGE, addr, int(v)) for addr, v in enumerate(np.asarray(image).reshape(-1))]
 
 

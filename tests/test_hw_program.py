@@ -258,3 +258,21 @@ def test_lut_layers_with_products_wider_than_the_tables_are_refused():
     with pytest.raises(ValueError, match=r"layer 'blocks.0.conv1' does not fit the engine: its products W\[k\] \* "
                                          r"A\[j\] need 15 bits \(product_bits=7\)"):
         layer_beats(replace(params, product_bits=7), node)
+
+
+def test_the_whole_network_core_of_another_model_is_refused():
+    """The program and the image of a model are refused on a core generated for another (the ResNet-20's, whose
+    engine holds every digits layer): a program longer than the core's program memory, pixels past its staging
+    buffer would be lost; the error names both sizes and the fix."""
+    from hw.network_params import NetworkParams
+    from hw.network_program import image_beats, load_beats
+
+    digits = load(DIGITS)
+    params = NetworkParams.for_model(RESNET20, 8, 8)
+    fix = r"generate the core for this model \(NetworkParams.for_model\)"
+    with pytest.raises(ValueError, match=rf"the program of this model takes 159 words, the core's program memory "
+                                         rf"holds {params.program_depth}; {fix}"):
+        load_beats(digits, params)
+    with pytest.raises(ValueError, match=rf"an image of 1 x 64 pixels \(channels x positions\) does not match the "
+                                         rf"core's staging buffer of 3 x 1024; {fix}"):
+        image_beats(digits, params, np.zeros(digits.input.shape, np.uint8))
