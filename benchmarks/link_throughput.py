@@ -153,7 +153,7 @@ def measure(board_name: str, mode: str, model_path: Path, model, images: np.ndar
     if mode == "network":
         name = f"link-network-{model_path.stem}-{board.name}-{rows_}x{cols_}"
         core = NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=20 * byte_cycles, max_payload=payload)
-        data.update(mode="network", rows=rows_, cols=cols_)
+        data.update(mode="network", rows=rows_, cols=cols_, params=params.describe())     # (multiply_cols too)
         traffic = network_image_traffic(model, params, payload)
     else:
         resident = chosen["resident"]

@@ -3,10 +3,11 @@
 The DUT is :class:`boards.top.AcceleratorCore` (layer engine + link bridge, the bridge's
 byte streams as ports ``rx_*``, ``tx_*``) or, with ``mode`` ``"network"`` in the data file,
 :class:`boards.top.NetworkAcceleratorCore` (the whole-network core + link bridge, the same ports;
-its ``NetworkParams`` recomputed from ``rows`` and ``cols``). The unmodified host side,
+its ``NetworkParams`` from ``params`` when given, as generated, else recomputed from ``rows`` and ``cols``). The
+unmodified host side,
 :class:`boards.link_host.LinkHost` and :class:`boards.runtime.BoardRunner` (or ``NetworkRunner``), runs in a thread (cocotb's ``bridge``) and talks to it
 through :class:`SimPort`, whose ``read`` advances the simulation (cocotb's ``resume``). The
-data file (``sim.runner``) holds ``model`` (path), ``params`` (``EngineParams``
+data file (``sim.runner``) holds ``model`` (path), ``params`` (the ``EngineParams`` or ``NetworkParams``
 description), ``resident``, ``images`` (uint8 nested lists), ``corrupt`` (flip a bit of the
 nth byte sent, to exercise a NACK and the host's retry; -1 for none), ``corrupt_replies``
 (flip a bit of each of these byte indices the device sends, to exercise the host's
@@ -117,7 +118,10 @@ def classify(d: dict, port: SimPort) -> dict:
         from boards.runtime import NetworkRunner
         from hw.network_params import NetworkParams
 
-        runner = NetworkRunner(host, model, NetworkParams.for_model(model, d["rows"], d["cols"]))
+        # the core as generated (``params``: its multiplying columns too), else the default one of its array
+        params = (NetworkParams.from_dict(d["params"]) if "params" in d
+                  else NetworkParams.for_model(model, d["rows"], d["cols"]))
+        runner = NetworkRunner(host, model, params)
     else:
         runner = BoardRunner(host, model, EngineParams.from_dict(d["params"]), d["resident"])
     paced, port.byte_cycles = port.byte_cycles, 1
