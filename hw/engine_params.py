@@ -430,6 +430,9 @@ class EngineParams:
         ``identity_tables``, ``multiply_cols``: see the class (``multiply_cols`` is 0 for a model without
         multiplying layers).
         """
+        for name, value in (("rows", rows), ("cols", cols)):     # (before they divide the layers' sizes)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ARRAY:
+                raise ValueError(f"{name} must be an integer in 1..{MAX_ARRAY}, got {value!r}")
         check_residency(resident)
         check_multiply_cols(multiply_cols, cols)
         convs = model.convs

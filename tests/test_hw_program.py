@@ -276,3 +276,17 @@ def test_the_whole_network_core_of_another_model_is_refused():
     with pytest.raises(ValueError, match=rf"an image of 1 x 64 pixels \(channels x positions\) does not match the "
                                          rf"core's staging buffer of 3 x 1024; {fix}"):
         image_beats(digits, params, np.zeros(digits.input.shape, np.uint8))
+
+
+@pytest.mark.parametrize("rows, cols", [(0, 2), (2, 0), (-1, 2), (2, 2.0), (True, 2), (257, 2)])
+def test_an_array_of_no_rows_or_columns_is_refused_by_name(rows, cols):
+    """EngineParams.for_model (and NetworkParams.for_model through it) with 0 rows or columns, from Python (the CLI
+    refuses them), ended in a ZeroDivisionError while sizing the layers."""
+    from hw.network_params import NetworkParams
+
+    model = load(DIGITS)
+    name, value = ("rows", rows) if not (isinstance(rows, int) and 1 <= rows <= 256) or isinstance(rows, bool) \
+        else ("cols", cols)
+    for make in (EngineParams.for_model, NetworkParams.for_model):
+        with pytest.raises(ValueError, match=rf"^{name} must be an integer in 1\.\.256, got {value!r}$"):
+            make(model, rows, cols)
