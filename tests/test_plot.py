@@ -114,17 +114,23 @@ def test_plot_of_a_run_whose_metrics_json_lcq_did_not_write(runs, tmp_path, caps
     assert not (tmp_path / "png").exists()
 
 
-def test_plot_of_a_checkpoint_whose_weights_do_not_fit_its_model(runs, tmp_path, capsys):
+def _run_whose_weights_do_not_fit(source, run):
+    """A copy of run ``source`` at ``run`` whose checkpoint's conv1.weight no longer fits its model (the checkpoint
+    resaved with a new digest, so that it loads); ``run``."""
     import shutil
 
     from lcq_train.checkpoint import load_checkpoint, save_checkpoint
 
-    run = tmp_path / "run"
-    shutil.copytree(runs[1], run)
+    shutil.copytree(source, run)
     state = load_checkpoint(run / "checkpoint.pt")
     del state["sha256"]
     state["model"]["conv1.weight"] = torch.zeros(3)
     save_checkpoint(state, run / "checkpoint.pt")
+    return run
+
+
+def test_plot_of_a_checkpoint_whose_weights_do_not_fit_its_model(runs, tmp_path, capsys):
+    run = _run_whose_weights_do_not_fit(runs[1], tmp_path / "run")
     assert main(["plot", str(run), "--out", str(tmp_path / "png"), "--images", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"lcq plot: error: {run}: the model 'cnn' no longer fits the weights saved in the checkpoint "
@@ -159,18 +165,9 @@ def test_a_plot_that_fails_midway_writes_none_of_its_pngs(runs, tmp_path, monkey
     """A failure after some PNGs are drawn (a checkpoint whose weights do not fit its model, a PNG that cannot be
     written) leaves no PNG of this plot: the directory holds the previous set, as it was, or nothing new."""
     pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
-    import shutil
-
     from matplotlib.figure import Figure
 
-    from lcq_train.checkpoint import load_checkpoint, save_checkpoint
-
-    run = tmp_path / "run"
-    shutil.copytree(runs[1], run)
-    state = load_checkpoint(run / "checkpoint.pt")
-    del state["sha256"]
-    state["model"]["conv1.weight"] = torch.zeros(3)
-    save_checkpoint(state, run / "checkpoint.pt")
+    run = _run_whose_weights_do_not_fit(runs[1], tmp_path / "run")
     assert main(["plot", str(run), "--out", str(tmp_path / "png"), "--images", "0"]) == 2     # (after curves.png)
     assert not (tmp_path / "png").exists()
     assert "no PNG written" in capsys.readouterr().err
