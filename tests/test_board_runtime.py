@@ -94,17 +94,23 @@ def test_host_runtime_recovers_from_corrupted_bytes_both_ways(tmp_path):
     assert out["retried"] == 2 and out["repeated"] == 1
 
 
-def run_network_board(tmp_path, *, byte_cycles: int, images: int = 3, **faults) -> tuple:
-    """The digits CNN on a simulated 2 x 4 board in network mode (the whole network on the chip), only its first
-    column multiplying (as ECP5 builds have a quarter of the columns; the testbench takes the core's parameters
-    as generated, not recomputed from rows and cols): (model, params, images, the testbench's results), checked
-    as :func:`run_board`'s."""
-    require_simulators("verilator")
-    from boards.top import NetworkAcceleratorCore
+def network_board_params(model):
+    """The network core of :func:`run_network_board`: a 2 x 4 array, only its first column multiplying (as ECP5
+    builds have a quarter of the columns)."""
     from hw.network_params import NetworkParams
 
+    return NetworkParams.for_model(model, 2, 4, multiply_cols=1)
+
+
+def run_network_board(tmp_path, *, byte_cycles: int, images: int = 3, **faults) -> tuple:
+    """The digits CNN on a simulated board of :func:`network_board_params` in network mode (the whole network on
+    the chip; the testbench takes the core's parameters as generated, not recomputed from rows and cols):
+    (model, params, images, the testbench's results), checked as :func:`run_board`'s."""
+    require_simulators("verilator")
+    from boards.top import NetworkAcceleratorCore
+
     model = load(DIGITS)
-    params = NetworkParams.for_model(model, 2, 4, multiply_cols=1)
+    params = network_board_params(model)
     test_images, _ = digits_test_images(images)
     build_dir = BUILD_ROOT / "verilator-board-network-digits-2x4-m1"
     source = verilog_of(NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=2_000), "board", build_dir)
@@ -144,9 +150,7 @@ def test_network_mode_board_recovers_from_corrupted_bytes_both_ways(tmp_path):
     from hw.protocol import DONE_FORMAT, FRAME_BYTES
 
     model = load(DIGITS)
-    from hw.network_params import NetworkParams
-
-    params = NetworkParams.for_model(model, 2, 4)
+    params = network_board_params(model)
     loading = network_image_traffic(model, params, 512)["loading"]["bytes_from_device"]     # the SESSION's ACK first
     # Reply frames' bytes: INFO (12 targets), ACK, NACK, DONE.
     info, ack, nack = FRAME_BYTES + len(network_info(model, params, 512).encode()), FRAME_BYTES, FRAME_BYTES + 2
@@ -164,12 +168,11 @@ def test_network_mode_board_resends_a_load_whose_length_was_damaged(tmp_path):
     with NACK LENGTH (it tests the length before the checksum), and the host sends it again, as for a
     checksum (before, the host took LENGTH as final and the run ended)."""
     from boards.traffic import network_info
-    from hw.network_params import NetworkParams
     from hw.network_program import load_beats
     from hw.protocol import FRAME_BYTES, SESSION_BYTES, encode_loads
 
     model = load(DIGITS)
-    params = NetworkParams.for_model(model, 2, 4)
+    params = network_board_params(model)
     first = encode_loads(load_beats(model, params), network_info(model, params, 512))[0]
     # After the PING, the SESSION and the first LOAD: sync, type, LEN lo.
     len_hi = FRAME_BYTES + FRAME_BYTES + SESSION_BYTES + FRAME_BYTES + len(first) + 3
