@@ -61,6 +61,7 @@ import functools
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -287,8 +288,6 @@ def setup_verilator() -> Path | None:
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:
     """``(major, minor)`` of a version such as ``11.0`` or ``5.48.0`` (None when it does not start so)."""
-    import re
-
     m = re.match(r"\s*(\d+)\.(\d+)", text)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
@@ -297,8 +296,6 @@ def _version_tuple(text: str) -> tuple[int, ...] | None:
 def _icarus_version(iverilog: str, stamp: tuple) -> str | None:
     """The version ``iverilog -V`` prints (``11.0``), or None when it says none (``stamp``: the file's size and
     time, so that a reinstall is looked at again)."""
-    import re
-
     try:
         out = subprocess.run([iverilog, "-V"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                              errors="replace", timeout=30).stdout
