@@ -14,10 +14,6 @@ from dataclasses import dataclass, field
 
 from hw.baud import BAUD_TOLERANCE, MIN_DIVISOR, baud_divisor
 
-# Bits of one RAM block: iCE40 EBR 4 Kbit (256 x 16), UP5K SPRAM 256 Kbit (16K x 16),
-# ECP5 DP16KD 18 Kbit (1K x 18; 16 Kbit at widths without the 9th bits).
-RAM_BLOCK_BITS = {"ice40": {"EBR": 4096, "SPRAM": 262144}, "ecp5": {"EBR": 18432}}
-
 # The link bridge's frame buffer in bytes: one block RAM in its byte-wide shape.
 LINK_PAYLOAD = {"ice40": 512, "ecp5": 2048}
 
