@@ -145,9 +145,6 @@ class TensorPlan:
     def overlaps_in_time(self, other: TensorPlan) -> bool:
         return self.first <= other.last and other.first <= self.last
 
-    def overlaps_in_space(self, other: TensorPlan) -> bool:
-        return self.base < other.end and other.base < self.end
-
     def to_dict(self) -> dict:
         return {"kind": self.kind, "role": self.role, "shape": list(self.shape), "bits": self.bits,
                 "bound": self.bound, "words": self.words, "base": self.base, "first": self.first, "last": self.last,
