@@ -220,11 +220,6 @@ class NetworkPlan:
                 "tensors": {name: t.to_dict() for name, t in self.tensors.items()}}
 
 
-def network_memory_bits(plan: NetworkPlan) -> int:
-    """Total on-chip bits of ``plan``'s data memories (to add to the engine's constant memories)."""
-    return plan.total_bits
-
-
 def code_words(shape: tuple[int, int, int], lanes: int) -> int:
     """Words of the code memory a codes tensor ``(C, H, W)`` takes: ``ceil(C / lanes) * H * W``."""
     c, h, w = shape
