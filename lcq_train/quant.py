@@ -400,12 +400,6 @@ def _segments(theta: torch.Tensor, s: int, dtype: torch.dtype):
     return tuple(_device(a, theta.device) for a in (tables.bounds, key // (s + 1), key % (s + 1)))
 
 
-def _segment_index(v: torch.Tensor, bounds: torch.Tensor) -> torch.Tensor:
-    """``torch.bucketize(v, bounds, right=True)`` for sorted ``bounds`` from 0 to 1, by the grid search."""
-    b = bounds.cpu().numpy()
-    return _grid_search(v.contiguous(), b, _Constants.get(1, 1, b.dtype)).long()
-
-
 def _magnitude(x: torch.Tensor, alpha: torch.Tensor, signed: bool) -> torch.Tensor:
     """``v = |x| / alpha`` (signed) or ``x / alpha`` (unsigned) in the compute dtype."""
     dtype = _compute_dtype(x)
