@@ -697,7 +697,7 @@ class LayerEngine(wiring.Component):
         if self.network:
             m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & x_end & y_end & tile_ends)
             feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, unit_written,
-                                            read_addrs, read_pos, read_slot, feed_col, band_cfg, pair,
+                                            read_addrs, read_pos, read_slot, feed_col, pair,
                                             registered_last_column=slow_block_ram(platform),
                                             late_tile_step=slow_block_ram(platform))
         else:
@@ -948,7 +948,7 @@ class LayerEngine(wiring.Component):
             words.append(Mux(choice, wide[columns], Cat(*fields[g:g + group])))
         return Cat(*words)
 
-    def _step_destination(self, m, cfg, dest, read_pos, tile=False):
+    def _step_destination(self, m, cfg, dest, tile=False):
         """Network mode: the destination counters move to the next channel (``tile``: the channel
         tile's first counters move to the channel after the word being fed, the next tile's first)."""
         target = {name: dest["tile_" + name] if tile else dest[name] for name in DEST_COUNTERS}
@@ -1017,7 +1017,7 @@ class LayerEngine(wiring.Component):
         return data, addrs, back
 
     def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addrs, read_pos,
-                read_slot, feed_col, band_cfg, pair, registered_last_column=False, late_tile_step=False):
+                read_slot, feed_col, pair, registered_last_column=False, late_tile_step=False):
         """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
 
         A band's accumulators are final ``drain`` cycles after its last position is issued
@@ -1098,7 +1098,7 @@ class LayerEngine(wiring.Component):
                 m.d.sync += feed_col.eq(feed_col + 1)
                 if registered_last_column:
                     m.d.sync += last_column.eq(feed_col + 1 == tile_last)
-                self._step_destination(m, cfg, dest, read_pos)
+                self._step_destination(m, cfg, dest)
                 with m.If(last_column):
                     m.d.sync += [*[read_addr.eq(read_addr + 1) for read_addr in read_addrs],
                                  read_pos.eq(read_pos + 1 + pair),
@@ -1118,7 +1118,7 @@ class LayerEngine(wiring.Component):
                             else:
                                 m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
                                              channel_tiles_written.eq(channel_tiles_written + 1)]
-                            self._step_destination(m, cfg, dest, read_pos, tile=True)
+                            self._step_destination(m, cfg, dest, tile=True)
                             with m.If(layer_end):
                                 m.d.sync += flush.eq(Mux(cfg["act_fuse"][0], self.FUSED_LATENCY, 0)
                                                      + self._stage_latency - 1)
