@@ -738,7 +738,7 @@ class CompiledModel:
             names.add(name)
             if node.output in tensors:
                 raise ModelRuleError(where, "output", f"tensor {node.output!r} is already defined by an earlier node")
-            tensors[node.output] = self._check_node(i, node, where, tensors, arrays, options)
+            tensors[node.output] = self._check_node(node, where, tensors, arrays, options)
             if tensors[node.output].bound is not None and tensors[node.output].bound >= VALUE_LIMIT:
                 raise ModelRuleError(where, "output", f"values up to {show(tensors[node.output].bound)} reach "
                                                       f"2^62; int64 sums could overflow")
@@ -761,7 +761,7 @@ class CompiledModel:
     def _scale(self, where: str, tensor: str) -> float:
         return rule_positive(where, f"scales[{tensor!r}]", self.scales.get(tensor))
 
-    def _check_node(self, i: int, node, where: str, tensors: dict, arrays: bool, options: dict | None) -> TensorInfo:
+    def _check_node(self, node, where: str, tensors: dict, arrays: bool, options: dict | None) -> TensorInfo:
         def need(name: str, codes: bool, field_name: str = "input") -> TensorInfo:
             t = tensors.get(name)
             if t is None:
