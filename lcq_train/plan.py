@@ -273,7 +273,7 @@ def _outer_of(pairs: list[tuple[str, str]], plan: QuantPlan, bits: dict[str, tup
         return {name: (plan.outer_w, plan.outer_a) for name, _ in pairs}
     out: dict[str, tuple[int | None, int | None]] = {}
     shared: dict[str, tuple[str, int | None]] = {}
-    for i, (name, act_name) in enumerate(pairs):
+    for name, act_name in pairs:
         w, a = bits[name]
         a_in = INPUT_BITS if act_name == image else a          # the image is quantized to 8 bits, whatever abits
         own = plan.layer_bits.get(name, ())
