@@ -48,7 +48,6 @@ from lcq_train.arguments import default_device, output_file
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.data import DATASETS, DatasetError, load_dataset
-from lcq_train.json_text import parse_json
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
@@ -56,7 +55,7 @@ from lcq_train.train import SEED, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
-from result_fields import is_count, is_number, is_percentage  # noqa: E402
+from result_fields import is_count, is_number, is_percentage, read_results  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 K_BITS = (2, 3)
@@ -312,12 +311,9 @@ def recorded_results(path: str, ours: dict, runs: dict[str, QuantPlan]) -> tuple
     and the fix where it is not one this script wrote (cut short, or a field edited): replacing it would drop
     its recorded runs."""
     fix = "restore it, or give another --json-out (or delete it) to start over"
-    try:
-        earlier = parse_json(Path(path).read_text())
-    except FileNotFoundError:
+    earlier = read_results(path, f"it is not a results file of ablations.py: {fix}")
+    if earlier is None:
         return {}, {}, ""
-    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
-        raise ValueError(f"{path}: {e}; it is not a results file of ablations.py: {fix}") from None
     if isinstance(earlier, dict) and earlier.get("benchmark") == "ablations" and "settings" not in earlier:
         return {}, {}, f"replacing {path}: written by an older ablations.py, with no settings to extend"
     problem = results_problem(earlier)

@@ -33,7 +33,6 @@ from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
 from lcq_train.runs import saved_metrics, train_or_resume, training_pool
 from lcq_train.data import DATASETS
-from lcq_train.json_text import parse_json
 from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
 from lcq_train.quantizer import BITS
@@ -41,7 +40,7 @@ from lcq_train.train import PAPER_RECIPE, SEED, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
-from result_fields import is_count, is_number, is_percentage  # noqa: E402
+from result_fields import is_count, is_number, is_percentage, read_results  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -221,12 +220,9 @@ def earlier_results(path: str) -> dict | None:
     :func:`carried_rows` reads or keeps; ValueError naming the file, the field and the fix where it is not one
     this script wrote (cut short, or edited by hand): replacing it would drop its rows."""
     fix = "restore it, or give another --json-out (or delete it) to start a new table"
-    try:
-        data = parse_json(Path(path).read_text())
-    except FileNotFoundError:
+    data = read_results(path, f"it is not a results file of accuracy.py: {fix}")
+    if data is None:
         return None
-    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
-        raise ValueError(f"{path}: {e}; it is not a results file of accuracy.py: {fix}") from None
     problem = results_problem(data)
     if problem:
         raise ValueError(f"{path}: {problem}; it is not a results file of accuracy.py: {fix}")

@@ -65,10 +65,10 @@ from compiler import format as model_format
 from hw.engine_params import EngineParams
 from lcq_train.arguments import nonnegative_int, output_file
 from lcq_train.atomic import save_json
-from lcq_train.json_text import parse_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
+from result_fields import read_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq"
@@ -281,12 +281,9 @@ def earlier_results(path: str) -> dict | None:
     this one keeps; ValueError naming the file where it is not one of this script's (cut short, another
     benchmark's): rewriting it would drop or mix what it holds."""
     fix = "restore it, or give another --json-out (or delete it)"
-    try:
-        data = parse_json(Path(path).read_text())
-    except FileNotFoundError:
+    data = read_results(path, fix)
+    if data is None:
         return None
-    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
-        raise ValueError(f"{path}: {e}; {fix}") from None
     if not isinstance(data, dict) or data.get("benchmark") != "array_utilization":
         raise ValueError(f"{path} is not a results file of array_utilization.py (no \"benchmark\": "
                          f"\"array_utilization\"): {fix}")

@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ablations import OUTERS, edge_layers, outer_plan  # noqa: E402
 from board_builds import environment, fmt_res, parse_spec, run_build  # noqa: E402
+from result_fields import read_results  # noqa: E402
 
 from boards.boards import BOARDS  # noqa: E402
 from boards.build import file_sha256  # noqa: E402
 from lcq_train.arguments import output_file, positive_float  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
 from lcq_train.data import load_dataset  # noqa: E402
-from lcq_train.json_text import parse_json  # noqa: E402
 from lcq_train.metrics import read_metrics  # noqa: E402
 from lcq_train.plan import QuantPlan  # noqa: E402
 
@@ -73,12 +73,9 @@ def recorded_builds(path: str) -> tuple[dict[tuple, dict], str]:
     ValueError naming the file and the fix where it is not this script's list of records (cut short, or edited):
     replacing it would drop its routed builds."""
     fix = "restore it, or give another --json-out (or delete it) to build every width anew"
-    try:
-        earlier = parse_json(Path(path).read_text())
-    except FileNotFoundError:
+    earlier = read_results(path, fix)
+    if earlier is None:
         return {}, ""
-    except ValueError as e:                                          # (a UnicodeDecodeError is one too)
-        raise ValueError(f"{path}: {e}; {fix}") from None
     if not isinstance(earlier, list) or not all(isinstance(r, dict) and "outer" in r for r in earlier):
         raise ValueError(f"{path}: not a list of this script's records; {fix}")
     return {piece(r): r for r in earlier}, f"read {len(earlier)} recorded builds from {path}" if earlier else ""

@@ -462,6 +462,7 @@ def test_a_results_file_of_an_older_version_is_replaced(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('[{"outer": "8/8", "board": "icebreaker", "status": "ok"', "it is not JSON"),
     ('{"outer": "8/8"}', "not a list of this script's records"),
+    ("null", "it holds null"),
 ])
 def test_outer_width_builds_refuse_a_damaged_results_file(tmp_path, text, message):
     """A results file of outer_widths_hw.py cut short or edited was replaced at the first build: its routed builds
