@@ -180,14 +180,15 @@ def run_guarded(cmd, *, cwd=None, env=None, stdout=None, timeout: float | None =
             raise
 
 
-def _guard(runner, timeout: float | None, env: dict[str, str] | None = None):
+def _guard(runner, timeout: float | None, env: dict[str, str] | None = None, *, start: float | None = None):
     """Make ``runner`` (a ``cocotb_tools.runner`` object) run its commands with :func:`run_guarded`:
-    one deadline of ``timeout`` seconds (default :func:`default_timeout`) for all the commands of
-    one ``build()`` or ``test()``, with ``env`` added to their environment. A command that fails raises
-    ``subprocess.CalledProcessError``, which cocotb's ``test()`` turns into its exit status (cocotb's own
-    ``_execute_cmds`` raises a ``RuntimeError`` that ``test()`` lets through, hiding the simulator's log)."""
+    one deadline of ``timeout`` seconds (default :func:`default_timeout`) from ``start`` (a ``time.monotonic()``;
+    default now) for all the commands of one ``build()`` or ``test()``, with ``env`` added to their environment.
+    A command that fails raises ``subprocess.CalledProcessError``, which cocotb's ``test()`` turns into its exit
+    status (cocotb's own ``_execute_cmds`` raises a ``RuntimeError`` that ``test()`` lets through, hiding the
+    simulator's log)."""
     seconds = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
-    end = time.monotonic() + seconds
+    end = (time.monotonic() if start is None else start) + seconds
 
     def execute_cmds(self, cmds, cwd, stdout=None):
         for cmd in cmds:
@@ -399,8 +400,9 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
     are Verilog macros (``{name: value}``). The build's commands get ``timeout`` seconds in
     all (default :func:`default_timeout`; then :class:`SimulationTimeout`, with the build log's tail).
 
-    One build at a time in a build directory (:data:`BUILD_LOCK`; another process's build there is waited for,
-    up to ``timeout`` seconds). A build that did not finish (killed at its deadline or by Ctrl-C: its process
+    One build at a time in a build directory (:data:`BUILD_LOCK`; another process's build there is waited for).
+    ``timeout`` is one deadline from the call for the wait and the build together, never a wait and then a whole
+    ``timeout`` more. A build that did not finish (killed at its deadline or by Ctrl-C: its process
     group gets SIGKILL, so make cannot delete the object it was writing; or failed) leaves :data:`UNFINISHED`
     behind, and the next build first removes what it may have left half-written (:func:`remove_build_outputs`),
     which make would otherwise take as up to date.
@@ -416,7 +418,8 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
         build_args = list(VERILATOR_ARGS) if sim == "verilator" else []
     sources = [Path(f).resolve() for f in verilog_files]
     seconds = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
-    with _build_lock(build_dir, seconds):
+    start = time.monotonic()
+    with _build_lock(build_dir, seconds, start):
         unfinished = build_dir / UNFINISHED
         if unfinished.exists():
             remove_build_outputs(build_dir, toplevel, keep=sources)
@@ -424,7 +427,7 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
                               f"{os.getpid()})\n")
         runner = get_runner(sim)
         log = build_dir / "build.log"
-        _guard(runner, seconds, verilator_object_cache() if sim == "verilator" else None)
+        _guard(runner, seconds, verilator_object_cache() if sim == "verilator" else None, start=start)
         try:
             runner.build(sources=sources, hdl_toplevel=toplevel,
                          build_dir=build_dir, always=True, timescale=TIMESCALE, parameters=parameters or {},
@@ -451,9 +454,10 @@ def remove_build_outputs(build_dir: Path, toplevel: str, keep=()) -> None:
 
 
 @contextlib.contextmanager
-def _build_lock(build_dir: Path, seconds: float):
+def _build_lock(build_dir: Path, seconds: float, start: float):
     """Hold ``build_dir``'s :data:`BUILD_LOCK` inside the block; another process's build there is waited for,
-    :class:`SimulationTimeout` naming it after ``seconds``. (No lock where ``fcntl`` is missing.)"""
+    :class:`SimulationTimeout` naming it ``seconds`` after ``start`` (a ``time.monotonic()``). (No lock where
+    ``fcntl`` is missing.)"""
     try:
         import fcntl
     except ImportError:
@@ -461,7 +465,7 @@ def _build_lock(build_dir: Path, seconds: float):
         return
     fd = os.open(build_dir / BUILD_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        end = time.monotonic() + seconds
+        end = start + seconds
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -841,6 +841,40 @@ def test_a_build_waits_for_another_in_its_directory_up_to_its_deadline(tmp_path,
         os.close(fd)
 
 
+def test_a_build_that_waited_for_the_directory_gets_what_is_left_of_its_deadline(tmp_path, monkeypatch):
+    """A build that waited for another's lock then got its whole deadline again to build: up to twice its
+    ``timeout`` in all. The deadline counts from the call: here the lock is freed 2 s (of a fake clock) into a 3 s
+    deadline, and the build's command gets the 1 s left (real seconds: it is then killed)."""
+    import fcntl
+    import types
+
+    import cocotb_tools.runner
+
+    import sim.runner
+    from sim.runner import BUILD_LOCK, SimulationTimeout, build
+
+    monkeypatch.setattr(sim.runner, "unavailable_reason", lambda simulator: None)
+    monkeypatch.setattr(cocotb_tools.runner, "get_runner", lambda simulator: _FakeRunner("sleep 30"))
+    build_dir = tmp_path / "build"
+    build_dir.mkdir()
+    ticks = [0]     # tenths of a second on the fake clock
+
+    def sleep(seconds):
+        ticks[0] += round(seconds * 10)
+        if ticks[0] >= 20:
+            fcntl.flock(fd, fcntl.LOCK_UN)     # the other build ends
+
+    monkeypatch.setattr(sim.runner, "time", types.SimpleNamespace(monotonic=lambda: ticks[0] / 10, sleep=sleep))
+    fd = os.open(build_dir / BUILD_LOCK, os.O_RDWR | os.O_CREAT)       # (as another process's build holds it)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(SimulationTimeout, match=r"sh did not finish within its 1\.0 s deadline"):
+            build("icarus", [tmp_path / "top.v"], "top", build_dir, timeout=3)
+    finally:
+        os.close(fd)
+    assert ticks[0] == 20
+
+
 def _fake_tools(tmp_path, monkeypatch, **scripts):
     """``tmp_path/bin`` first on PATH with executable shell scripts ``{name: body}``."""
     bin_dir = tmp_path / "bin"
