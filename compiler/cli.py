@@ -99,6 +99,8 @@ def _recorded_path(recorded: str, model: str) -> Path:
 
 
 def cmd_eval(args) -> int:
+    """The model's integer top-1 and its agreement with the checkpoint it was compiled from (same digest), on the
+    test set of the dataset that checkpoint was trained on (a model file naming another is refused)."""
     from lcq_train.checkpoint import load_checkpoint
     from lcq_train.data import load_dataset
 
@@ -127,12 +129,17 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{checkpoint} is not the checkpoint {args.model} was compiled from: it changed since "
                          f"({digests}). Recompile: `lcq compile {checkpoint} -o {args.model}`, or pass the "
                          "original with --checkpoint")
+    dataset = state["config"]["dataset"]   # the checkpoint's (digest-checked), not what the model file says
+    if source["dataset"] != dataset:
+        raise ValueError(f"{args.model} names the dataset {source['dataset']!r} (source.dataset), but the checkpoint "
+                         f"{checkpoint} it was compiled from was trained on {dataset!r}: the model file was edited "
+                         f"since `lcq compile`. Recompile it: `lcq compile {checkpoint} -o {args.model}`")
     model = quantized_model(state, checkpoint, args.factory)
-    data = load_dataset(source["dataset"], args.data_dir)
+    data = load_dataset(dataset, args.data_dir)
     images, labels = data.test_x.numpy(), data.test_y.numpy()
     if args.images is not None:
         if args.images > len(images):
-            raise ValueError(f"--images {args.images}: the {source['dataset']} test set has {len(images)} images; "
+            raise ValueError(f"--images {args.images}: the {dataset} test set has {len(images)} images; "
                              "pass at most that many, or leave --images out for all of them")
         images, labels = images[:args.images], labels[:args.images]
     t0 = time.perf_counter()
@@ -143,7 +150,7 @@ def cmd_eval(args) -> int:
         print(json.dumps(result))
         return 0
     print(file=sys.stderr)
-    print(f"{result['images']} {source['dataset']} test images: integer top-1 {result['top1']:.2f}%, "
+    print(f"{result['images']} {dataset} test images: integer top-1 {result['top1']:.2f}%, "
           f"PyTorch fake-quant (float64) top-1 {result['torch_top1']:.2f}%")
     print(f"top-1 agreement {100 * result['agreement']:.3f}% ({result['disagreements']} images differ)")
     print("\n| activation codes | compared | mismatched |\n|---|---|---|")

@@ -170,6 +170,24 @@ def test_eval_refuses_a_checkpoint_the_model_was_not_compiled_from(compiled, tmp
     assert main(["eval", str(model), "--images", "10", "--json"]) == 0
 
 
+def test_eval_refuses_a_model_naming_another_dataset_than_its_checkpoint(compiled, tmp_path, capsys):
+    """The test set eval compares on is the one the checkpoint was trained on (its config, digest-checked): a model
+    file edited to name another dataset (its own digest rewritten) was evaluated on that one. The mismatch is named,
+    with the fix, before any data is read."""
+    from helpers import members
+
+    checkpoint, model = compiled
+    manifest, arrays = members(model)
+    manifest["source"]["dataset"] = "mnist"
+    edited = tmp_path / "edited.lcq"
+    model_format.write_members(edited, manifest, arrays)
+    capsys.readouterr()
+    assert main(["eval", str(edited), "--images", "10", "--data-dir", str(tmp_path / "no-data")]) == 2
+    err = capsys.readouterr().err
+    assert (f"{edited} names the dataset 'mnist' (source.dataset), but the checkpoint {checkpoint} it was compiled "
+            f"from was trained on 'digits'" in err and f"lcq compile {checkpoint} -o {edited}" in err)
+
+
 def test_a_directory_where_a_file_is_expected_says_so(compiled, tmp_path, capsys):
     """A run directory given for its checkpoint, or any directory for a model file, is named as a directory, with
     the file to pass (the run's checkpoint.pt where there is one); not 'no checkpoint at DIR' or a fix that
