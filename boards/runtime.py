@@ -83,9 +83,26 @@ def check_mode(info: LinkInfo, expected: LinkMode) -> None:
 
 
 class _Runner:
-    """What both runners share: ``classify`` over ``logits`` after ``load_constants``."""
+    """What both runners share: ``classify`` over ``logits`` after ``load_constants``, and whether the model is
+    loaded: only ever in a session this runner set, so that a board reset since is always caught."""
 
     model: CompiledModel
+    host: LinkHost
+    _session: int | None = None     # the host's session the model was loaded (or assumed loaded) in
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model is on the board in the host's current session (:meth:`load_constants` or
+        :meth:`assume_loaded` set it); False once that session is lost (a board reset, another host's session)."""
+        return self._session is not None and self.host.session == self._session
+
+    def assume_loaded(self) -> None:
+        """Take the model as already on the board without sending it (an earlier program loaded it, and the board
+        was not reset since: the caller's word): a new session is set (:meth:`LinkHost.begin_session`; it keeps
+        the board's constants), so that a board reset from now on ends a run in a
+        :class:`hw.protocol.BoardReset`, as after :meth:`load_constants`."""
+        self.host.begin_session()
+        self._session = self.host.session
 
     def classify(self, images: np.ndarray, labels: np.ndarray | None = None, progress=None) -> RunResult:
         """Logits of every image of ``images`` (uint8 ``(N, C, H, W)``), with ``labels`` (N integer classes) for the
@@ -140,16 +157,14 @@ class NetworkRunner(_Runner):
                             f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
         self.host, self.model, self.params = host, model, params
         self.retries, self.repeated = retries, 0
-        self.loaded, self._session = False, None
 
     def load_constants(self) -> None:
         """A new session (:meth:`LinkHost.begin_session`), then every constant and the program: once, and again
         after the host lost the session they were loaded in (a :class:`hw.protocol.BoardReset`)."""
-        if not self.loaded or self.host.session != self._session:
+        if not self.loaded:
             self.host.begin_session()
             self._idle(lambda: self.host.load(load_beats(self.model, self.params)))
             self._session = self.host.session
-        self.loaded = True
 
     def _idle(self, request):
         """``request()``, which needs the core idle. A core still running an image of a session that ended
@@ -267,18 +282,16 @@ class BoardRunner(_Runner):
                             f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
         self.host, self.model, self.params, self.resident = host, model, params, resident
         self.retries, self.repeated = retries, 0
-        self.loaded, self._session = False, None
 
     def load_constants(self) -> None:
         """A new session (:meth:`LinkHost.begin_session`; also for ``"none"``: a layer's constants are lost in a
         reset between its LOADs and its RUN), then what the engine keeps of every layer (nothing for ``"none"``):
         once, and again after the host lost the session they were loaded in (a :class:`hw.protocol.BoardReset`)."""
-        if not self.loaded or self.host.session != self._session:
+        if not self.loaded:
             self.host.begin_session()
             if self.resident != "none":
                 self.host.load(resident_beats(self.model, self.params, self.resident))
             self._session = self.host.session
-        self.loaded = True
 
     def logits(self, image: np.ndarray) -> np.ndarray:
         """Integer logits ``(classes,)`` of one uint8 image ``(C, H, W)``."""

@@ -175,14 +175,15 @@ def test_lcq_run_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_
         assert status["corrupted_from_board"] == [corrupt_from_board]
         assert status["framing_errors"] == 0
 
-        # The same board, its constants still loaded: the logits themselves, through pyserial.
+        # The same board, its constants still loaded (assumed so: a new session, no model sent): the logits
+        # themselves, through pyserial.
         data = load_dataset("digits")
         images = data.test_x[2:5].numpy()
         report = json.loads((build_dir / "report.json").read_text())
         params = NetworkParams.for_model(model, report["network"]["rows"], report["network"]["cols"])
         with SerialPort(port, out["baud"], timeout=PORT_TIMEOUT_S) as serial_port:
             runner = NetworkRunner(LinkHost(serial_port), model, params)
-            runner.loaded = True
+            runner.assume_loaded()
             result = runner.classify(images)
         assert (result.logits == predict(model, images)).all()
         assert np.array_equal(result.predictions, predict(model, images).argmax(axis=1))

@@ -1731,9 +1731,12 @@ def test_a_board_reset_while_the_model_loads_or_between_images_is_caught():
 
 
 def test_another_session_on_the_board_and_a_host_without_one():
-    """Another host's session (another program loaded the board since): a BoardReset saying so. A host that set no
-    session (a raw LinkHost, or a runner told the model is loaded) checks none. A session is 1..255 (8 bits)."""
+    """Another host's session (another program loaded the board since): a BoardReset saying so. A raw LinkHost that
+    set no session checks none; a runner's model is loaded only in a session: one told that the model is already on
+    the board (:meth:`assume_loaded`, no model sent) sets a session too, and a reset after it is caught; ``loaded``
+    cannot be set from outside. A session is 1..255 (8 bits)."""
     from boards.runtime import NetworkRunner
+    from compiler.reference import predict
 
     model, params, images = _digits()
     board = NetworkBoard(model, params, images)
@@ -1745,10 +1748,21 @@ def test_another_session_on_the_board_and_a_host_without_one():
     with pytest.raises(BoardReset, match=r"another host session set it \(another program on the port, or another "
                                          r"runner\) since then"):
         runner.logits(images[0])
+    raw = LinkHost(board.port)
+    assert raw.run(model.num_classes) and raw.session is None and board.session == other.session
     adopted = NetworkRunner(LinkHost(board.port), model, params)
-    adopted.loaded = True
-    adopted.logits(images[0])
-    assert adopted.host.session is None and board.session == other.session
+    with pytest.raises(AttributeError):
+        adopted.loaded = True
+    assert not adopted.loaded
+    sent = len(board.port.writes)
+    adopted.assume_loaded()
+    assert adopted.loaded and request_kinds(board.port.writes[sent:]) == [FrameType.SESSION]
+    assert (adopted.logits(images[0]) == predict(model, images[:1])[0]).all()
+    assert board.session == adopted.host.session != other.session
+    board.reset()
+    with pytest.raises(BoardReset) as error:
+        adopted.logits(images[1])
+    assert re.fullmatch(RESET.format("RUN"), reset_message(error)) and not adopted.loaded
     for bad in (0, 1 << 8, -1, True, 1.0):
         with pytest.raises(ValueError, match=r"A session must be an integer in 1\.\.255 \(0 is a reset board's\)"):
             encode_session(bad)
