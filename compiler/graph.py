@@ -834,6 +834,9 @@ class CompiledModel:
         extra = set(self.source) - set(SOURCE_FIELDS)
         if extra:
             raise ModelRuleError("model", "source", f"has unknown entries {sorted(map(show, extra))}")
+        if not self.source["checkpoint"]:       # Path("") is ".": a directory, never the checkpoint
+            raise ModelRuleError("model", "source.checkpoint", "must be the path of the checkpoint the model was "
+                                                               "compiled from, not ''")
         if not re.fullmatch(r"[0-9a-f]{64}", self.source["sha256"]):
             raise ModelRuleError("model", "source.sha256", f"must be 64 hex digits, not {show(self.source['sha256'])}")
         options = self.source["options"]

@@ -222,6 +222,9 @@ CASES = {
     "source without its options": (lambda m, a: m["source"].pop("options"), [r"'source\.options' must be dict"]),
     "source options unknown": (lambda m, a: m["source"]["options"].update(speed=1),
                                [r"'source\.options' has unknown entries \[\"'speed'\"\]"]),
+    "source checkpoint empty": (lambda m, a: m["source"].update(checkpoint=""),     # Path("") is ".", a directory
+                                [r"'source\.checkpoint' must be the path of the checkpoint the model was compiled "
+                                 r"from, not ''"]),
 }
 
 
