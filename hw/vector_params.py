@@ -548,8 +548,11 @@ class VectorParams:
                              f"nodes need {max(values)} bits; give the value memory {max(values)}-bit words")
         codes = [need["code_bits"] for need in acts + pools]
         if max(codes, default=0) > lane_bits:
-            raise ValueError(f"lane_bits={lane_bits} cannot hold the model's {max(codes)}-bit activate or pool "
-                             f"codes; give the code memory lanes of {max(codes)} bits")
+            coders = [n for n in model.nodes if isinstance(n, (ActivateNode, PoolNode))]
+            widest = max(coders, key=lambda n: n.stage.bits)
+            raise ValueError(f"lane_bits={lane_bits} cannot hold the {max(codes)}-bit codes of {widest.op} node "
+                             f"{widest.name!r} (the model's widest activate or pool codes): pass lane_bits="
+                             f"{max(codes)} or more, the width of a code in the code memory")
 
         def shape(needs: list[dict]) -> dict[str, int]:
             """Code bits, threshold bits (never-passed padding included) and slots of some nodes."""

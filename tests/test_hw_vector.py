@@ -758,7 +758,8 @@ def test_sizing_and_beat_errors():
     m, digits = model(RESNET), model(DIGITS)
     with pytest.raises(ValueError, match="value_bits=20 cannot hold .* need 35 bits"):
         VectorParams.for_model(m, 3, LANE_BITS, 20, 10, 10)
-    with pytest.raises(ValueError, match="lane_bits=3 cannot hold the model's 8-bit"):
+    with pytest.raises(ValueError, match=r"lane_bits=3 cannot hold the 8-bit codes of pool node 'act_fc' \(the "
+                                         r"model's widest activate or pool codes\): pass lane_bits=8 or more"):
         VectorParams.for_model(m, 3, 3, 35, 10, 10)
     with pytest.raises(ValueError, match="keys"):
         VectorParams.from_dict({"lanes": 1})
