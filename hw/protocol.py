@@ -77,7 +77,6 @@ RUN_FORMAT = "<IB"  # words expected, output format (FULL or CODES); a RESULT's 
 OUT_FORMAT = "<I"  # an OUT payload's head: the index of its first word within the RUN (the words follow)
 OUT_HEAD_BYTES = struct.calcsize(OUT_FORMAT)
 SESSION_BITS = 8  # the session: 0 after a reset, set by SESSION (its payload, whole bytes), stated by DONE
-SESSION_BYTES = (SESSION_BITS + 7) // 8
 DONE_COUNT_BITS = 24  # DONE's word count: the words the engine returned since RUN (a RUN asks for fewer)
 DONE_FORMAT = "<I"  # DONE's one word: the count in its low DONE_COUNT_BITS bits, the session in the bits above
 if 8 * struct.calcsize(DONE_FORMAT) != DONE_COUNT_BITS + SESSION_BITS:
@@ -95,6 +94,9 @@ MAX_INFO_BYTES = info_bytes(MAX_TARGETS)
 def whole_bytes(bits: int) -> int:
     """Bytes that carry a ``bits``-bit field on the link (whole bytes, the field in the low bits)."""
     return (bits + 7) // 8
+
+
+SESSION_BYTES = whole_bytes(SESSION_BITS)  # a SESSION payload: the session in whole bytes
 
 
 def payload_bytes(addr_bits: int, target_bits, out_bits: int, code_out_bits: int = 0) -> dict[str, int]:
