@@ -82,6 +82,11 @@ TIMESCALE = ("1ns", "1ps")
 # -CFLAGS -O0 (after Verilator's -Os on the compiler's command line): test benches are short,
 # C++ compilation is the cost (a six-array design: 49 s at -Os, 24 s at -O0).
 VERILATOR_ARGS = ("-Wno-fatal", "--output-split", "0", "-CFLAGS", "-O0")
+# -g2005 (after cocotb's -g2012): Yosys writes Amaranth's Verilog as Verilog-2005, where each `always @*` is
+# run at time 0 by a change of a trigger register declared `= 0`; as SystemVerilog, Icarus sets declared values
+# before any process starts, so no change comes, and a block whose inputs are all constant until then (a comb
+# signal of an FSM state only: the vector unit's max-pooling issue) stayed X and hung the core.
+ICARUS_ARGS = ("-g2005",)
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where ``sim`` is importable from
 # Icarus 11 rejects the default port values of cells_sim.v (``input X = 1'b0``); this macro
 # leaves them out (every port of an instance is connected anyway). Verilator takes it too.
@@ -396,7 +401,7 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
     its inputs are unchanged, and make recompiles only what changed, so a build directory
     kept between runs makes a Verilator rebuild take ~0.1 s instead of ~20 s; in a new build
     directory, Verilator's runtime library comes from :func:`verilator_object_cache` (~10 s less).
-    ``build_args`` replace the defaults (:data:`VERILATOR_ARGS` for Verilator); ``defines``
+    ``build_args`` replace the defaults (:data:`VERILATOR_ARGS`, :data:`ICARUS_ARGS`); ``defines``
     are Verilog macros (``{name: value}``). The build's commands get ``timeout`` seconds in
     all (default :func:`default_timeout`; then :class:`SimulationTimeout`, with the build log's tail).
 
@@ -415,7 +420,7 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
     build_dir = Path(build_dir).resolve()
     build_dir.mkdir(parents=True, exist_ok=True)
     if build_args is None:
-        build_args = list(VERILATOR_ARGS) if sim == "verilator" else []
+        build_args = list(VERILATOR_ARGS if sim == "verilator" else ICARUS_ARGS)
     sources = [Path(f).resolve() for f in verilog_files]
     seconds = default_timeout() if timeout is None else _check_timeout(timeout, "The simulation timeout")
     start = time.monotonic()

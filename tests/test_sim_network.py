@@ -4,6 +4,7 @@ integer reference.
 
 - The trained digits CNN (W3/A3) on both simulators, with load/image stalls and output
   back-pressure; a corrupted expectation is reported as a mismatch.
+- A VGG with max pooling (random parameters) on both simulators.
 - A small pre-activation ResNet with random parameters (identity and strided shortcuts,
   residual additions, pooling) on an (3, 8, 8) input.
 - ``lcq sim MODEL --json`` (network mode is the default) has the network keys.
@@ -13,6 +14,7 @@ Builds live in ``build/sim`` (``LCQ_SIM_BUILD`` moves it); Verilator rebuilds on
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,34 @@ def test_a_wrong_expectation_is_reported_as_a_mismatch(tmp_path):
     assert last.mismatches == 1
     assert report.mismatches == 3 and report.images[0].mismatches == 3
     assert report.as_dict()["mismatches"] == 3
+
+
+
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_max_pooling_vgg_on_both_simulators(sim, tmp_path):
+    """The VGG with max pooling (after and before ReLUs, overlapping padded windows) on a 2 x 2 core, every
+    tensor exact, in each simulator: the vector unit's comb logic that depends only on its state (the
+    max-pooling issue) must settle at time 0 in Icarus too (`lcq sim --simulator icarus` of such a model
+    hung in its first max pooling with the vector unit's `busy` at X)."""
+    require_simulators(sim)
+    import torch
+    from helpers import images, randomize
+
+    from compiler.format import save
+    from compiler.lower import compile_model
+    from lcq_train.plan import quantize_model
+
+    sys.path.insert(0, str(DATA))
+    import compile_models as cm
+
+    torch.manual_seed(0)
+    net = randomize(quantize_model(cm.maxpool_vgg(10, 1), method="lcq", wbits=3, abits=3), seed=4)
+    model = compile_model(net, (1, 8, 8))
+    assert [n.op for n in model.nodes].count("maxpool") == 3
+    path = tmp_path / "maxpool-vgg.lcq"
+    save(model, path)
+    params, report = run_network(sim, path, load(path), 2, 2, images(1, model.input.shape, seed=4), tmp_path / "run")
+    assert_exact(model, params, report, 1)
 
 
 @pytest.mark.parametrize("write_pairs, multiply_cols", [(False, 0), (True, 0), (True, 1)])
