@@ -123,9 +123,10 @@ def cmd_eval(args) -> int:
     if state["sha256"] != source["sha256"]:
         digests = f"its SHA-256 is {state['sha256'][:16]}..., the model records {source['sha256'][:16]}..."
         if args.checkpoint:
+            recompile = (f", or recompile the model from this one: `lcq compile {checkpoint} -o {args.model}`"
+                         if state["plan"]["method"] != "fp" else " (this one is full-precision: it compiles to no model)")
             raise ValueError(f"--checkpoint {checkpoint} is not the checkpoint {args.model} was compiled from "
-                             f"({recorded}; {digests}), so the two cannot be compared. Pass that one, or recompile "
-                             f"the model from this one: `lcq compile {checkpoint} -o {args.model}`")
+                             f"({recorded}; {digests}), so the two cannot be compared. Pass that one{recompile}")
         raise ValueError(f"{checkpoint} is not the checkpoint {args.model} was compiled from: it changed since "
                          f"({digests}). Recompile: `lcq compile {checkpoint} -o {args.model}`, or pass the "
                          "original with --checkpoint")

@@ -80,12 +80,14 @@ def test_compile_refuses_a_full_precision_checkpoint(tmp_path, capsys):
 
 def test_eval_of_another_kind_of_checkpoint_says_it_is_not_the_models(compiled, tmp_path, capsys):
     """``--checkpoint`` of a full-precision run is named as not the checkpoint the model was compiled from (it was
-    told to train a quantized one instead), before any model is built from it."""
+    told to train a quantized one instead), before any model is built from it, and no recompiling of it is advised
+    (a full-precision checkpoint compiles to no model)."""
     _, model = compiled
     fp = _train(tmp_path / "fp", QuantPlan("fp"), epochs=1)
     assert main(["eval", str(model), "--checkpoint", str(fp)]) == 2
     err = capsys.readouterr().err
     assert f"--checkpoint {fp} is not the checkpoint {model} was compiled from" in err and "lcq train" not in err
+    assert "lcq compile" not in err and "full-precision" in err
 
 
 def test_eval_errors_name_the_fix(compiled, tmp_path, capsys):
