@@ -124,7 +124,7 @@ def toolchain_env(environ=None) -> dict:
 def build(top_factory, board: Board | str, target_mhz: float | None = None, build_dir=None,
           *, name: str = "top", tolerance: float = PLL_TOLERANCE, seed: int | None = None, placer: str | None = None,
           router: str | None = None, placements: int | None = None, deadline: float | None = None,
-          progress_every: float | None = PROGRESS_SECONDS) -> BuildResult:
+          progress_every: float | None = PROGRESS_SECONDS, write_report: bool = True) -> BuildResult:
     """Build ``top_factory(platform, clk_hz)`` for ``board`` at ``target_mhz`` (default: the
     board's) into ``build_dir`` (default ``build/<board>``) with nextpnr's ``--placer placer`` (one of
     :data:`PLACERS`; None: :func:`default_placer`) and ``--router router`` (one of :data:`ROUTERS`; None:
@@ -143,7 +143,9 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     BuildError (a packer that leaves no bitstream or an empty one included) no bitstream or nextpnr report is left
     in ``build_dir`` and no ``report.json`` written.
     Timing failures do not fail the build: compare ``fmax_mhz`` with ``pll_mhz`` (nextpnr's own verdict is on
-    ``constraint_mhz``, which may be faster)."""
+    ``constraint_mhz``, which may be faster). ``write_report`` False: no ``report.json``, for a caller that writes
+    its own once its last build is done (:func:`boards.cli.build_model`), so that none describes a bitstream
+    that a later build of the same call removed."""
     if placer is not None and placer not in PLACERS:
         raise ValueError(f"placer {placer!r}: nextpnr's placers are {', '.join(PLACERS)}")
     if router is not None and router not in ROUTERS:
@@ -205,7 +207,8 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
                          round(time.perf_counter() - t0, 1),
                          str(build_dir), stage_seconds, placed.seed, placer, router,
                          worst, placed.placements)
-    write_json(build_dir / "report.json", result.to_dict())
+    if write_report:
+        write_json(build_dir / "report.json", result.to_dict())
     return result
 
 

@@ -159,7 +159,10 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     else:
         what = f"a {engine.params.rows} x {engine.params.cols} engine ({DESCRIPTION[engine.resident]})"
     print(f"building {what} for {board.name} ({board.device})...", file=sys.stderr, flush=True)
-    options = dict(seed=seed, placer=placer, router=router, placements=placements, deadline=deadline)
+    # report.json is written once, of the last attempt, complete: the first attempt's bitstream is gone once the
+    # second starts, and a report of it left by a second attempt that fails would describe a missing file.
+    options = dict(seed=seed, placer=placer, router=router, placements=placements, deadline=deadline,
+                   write_report=False)
     result = build(factory, board, mhz, out, **options).to_dict()
     attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]
     if mhz is None and result["fmax_mhz"] < result["pll_mhz"]:

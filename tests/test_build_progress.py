@@ -712,3 +712,50 @@ def test_a_missing_tool_is_named_with_its_install_command(tmp_path, fake_tools, 
     assert f"cannot run {tool!r}" in str(raised.value) and f"`{install}`" in str(raised.value)
     assert f"set {var}" in str(raised.value)
     assert f"{tool}) started" not in out.getvalue()
+
+
+def test_a_second_build_attempt_that_fails_leaves_no_report_of_the_first(tmp_path, fake_tools, monkeypatch):
+    """``build_model`` builds again at a slower clock where the first attempt missed timing; where that second
+    attempt fails (here its packer), no report.json is left that describes the first attempt's bitstream, which
+    the second removed; where it succeeds, report.json is the whole report of the second."""
+    pytest.importorskip("amaranth")
+    from amaranth.hdl import Module
+
+    import boards.build
+    import boards.top
+    from boards.boards import get_board
+    from boards.cli import build_model
+
+    accelerator_top, build = boards.top.accelerator_top, boards.build.build
+
+    def empty_top(*args, **kwargs):     # the fit of the real core, an empty design to build
+        real = accelerator_top(*args, **kwargs)
+        factory = lambda platform, clk_hz: Module()     # noqa: E731
+        factory.engine, factory.network, factory.params = real.engine, real.network, real.params
+        return factory
+    calls = []
+
+    def second_packer_fails(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2 and fail:
+            monkeypatch.setenv("FAKE_EXIT_ICEPACK", "1")
+        return build(*args, **kwargs)
+    monkeypatch.setattr(boards.top, "accelerator_top", empty_top)
+    monkeypatch.setattr(boards.build, "build", second_packer_fails)
+    slow = json.loads((DATA / "nextpnr-report-icebreaker.json").read_text())
+    for clock in slow["fmax"].values():
+        clock["achieved"] = 20.0
+    (tmp_path / "slow.json").write_text(json.dumps(slow))
+    monkeypatch.setenv("FAKE_REPORT", str(tmp_path / "slow.json"))
+    fake_tools("yosys", (DATA / "yosys-stats-icebreaker.txt").read_text())
+    out, model = tmp_path / "out", DATA / "digits-cnn-lcq-w3a3.lcq"
+    fail = True
+    with pytest.raises(BuildError, match=r"exit status 1\) in packing"):
+        build_model(model, get_board("icebreaker"), rows=2, cols=2, out=out)
+    assert len(calls) == 2
+    assert not (out / "top.bin").exists() and not (out / "report.json").exists()
+    fail, calls[:] = False, []
+    monkeypatch.delenv("FAKE_EXIT_ICEPACK")
+    result = build_model(model, get_board("icebreaker"), rows=2, cols=2, out=out)
+    assert len(calls) == 2 and json.loads((out / "report.json").read_text()) == json.loads(json.dumps(result))
+    assert result["mode"] == "layers" and len(result["attempts"]) == 2 and result["pll_mhz"] < 20
