@@ -251,11 +251,11 @@ REPORT_FIELDS = {
 REPORT_ADVICE = "pass the report.json that `lcq build` wrote for the flashed design (--report FILE), or build again"
 
 
-def read_report(path, fields) -> dict:
+def read_report(path, fields, advice: str = REPORT_ADVICE) -> dict:
     """The build report at ``path`` with each of ``fields`` (keys of :data:`REPORT_FIELDS`) present and
-    valid; a ValueError naming the file, the field and what to do otherwise."""
+    valid; a ValueError naming the file, the field and what to do (``advice``: ``lcq run``'s by default)
+    otherwise."""
     path = Path(path)
-    advice = REPORT_ADVICE
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -429,7 +429,8 @@ def check_recorded_bitstream(report: Path, board, bitstream: str | None = None) 
     it), checked: a ValueError when the report is of a build for another board, or when the file on disk is not
     the one the build wrote (its SHA-256 differs: a build stopped while writing it). ``bitstream`` when the report
     records another file."""
-    built = read_report(report, ("bitstream", "bitstream_sha256", "board"))
+    built = read_report(report, ("bitstream", "bitstream_sha256", "board"),
+                        f"build again with `lcq build MODEL --board {board.name}`, which writes it anew")
     recorded = built["bitstream"]
     if bitstream is not None and Path(recorded).name != Path(bitstream).name:
         return bitstream

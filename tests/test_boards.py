@@ -1039,3 +1039,18 @@ def test_flash_names_a_report_without_a_bitstream(tmp_path, monkeypatch, capsys)
     with pytest.raises(ValueError, match=r"build/icebreaker/report.json is not a build report of `lcq build`: field "
                                          r"'bitstream' \(the bitstream file\) is missing"):
         handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
+
+
+@pytest.mark.parametrize("text", ['{"board": "icebreaker", "bitstr', "[]", json.dumps({"board": "icebreaker"})],
+                         ids=["truncated", "list", "no-bitstream"])
+def test_flash_says_what_to_do_about_a_report_that_does_not_read(tmp_path, monkeypatch, text):
+    """A report.json that is cut short or edited by hand is named with what ``lcq flash`` can do about it (build
+    again), not ``lcq run``'s ``--report FILE``, which ``lcq flash`` has not."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "build" / "icebreaker").mkdir(parents=True)
+    (tmp_path / "build" / "icebreaker" / "report.json").write_text(text)
+    parser, handlers = _parser()
+    with pytest.raises(ValueError) as raised:
+        handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
+    assert "build/icebreaker/report.json" in str(raised.value) and "--report" not in str(raised.value)
+    assert str(raised.value).endswith("build again with `lcq build MODEL --board icebreaker`, which writes it anew")
