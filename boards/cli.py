@@ -232,6 +232,18 @@ def check_report_core(report_path, built: dict, what: str, recorded: dict, expec
 PLL_MHZ = FloatRange(min(lo for lo, _ in PLL_OUTPUT_MHZ.values()) * (1 - PLL_TOLERANCE),
                      max(hi for _, hi in PLL_OUTPUT_MHZ.values()) * (1 + PLL_TOLERANCE))
 
+class Sha256:
+    """The rule of a SHA-256 digest as :func:`boards.build.file_sha256` writes it: 64 hexadecimal digits."""
+
+    @staticmethod
+    def accepts(value) -> bool:
+        return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower())
+
+    @staticmethod
+    def describe() -> str:
+        return "64 hexadecimal digits (a SHA-256)"
+
+
 # What `lcq run` and `lcq flash` read of a build's report.json: (dotted field, rule of its value, what it is).
 REPORT_FIELDS = {
     "board": (tuple(BOARDS), "the board the design was built for"),
@@ -244,7 +256,7 @@ REPORT_FIELDS = {
     "engine.cols": (ARRAY_SIZE, "the PE array columns of the flashed engine"),
     "engine.resident": (RESIDENCY, "what the flashed engine keeps loaded"),
     "bitstream": (str, "the bitstream file"),
-    "bitstream_sha256": (str, "the SHA-256 of the bitstream file as the build wrote it"),
+    "bitstream_sha256": (Sha256, "the SHA-256 of the bitstream file as the build wrote it"),
 }
 
 
@@ -439,7 +451,7 @@ def check_recorded_bitstream(report: Path, board, bitstream: str | None = None) 
         raise ValueError(f"{report} is the report of a build for the {built['board']}, not for --board "
                          f"{board.name}: build for the {board.name} with `lcq build MODEL --board {board.name}`, "
                          f"or pass the --board it was built for")
-    if Path(bitstream).is_file() and file_sha256(bitstream) != built["bitstream_sha256"]:
+    if Path(bitstream).is_file() and file_sha256(bitstream) != built["bitstream_sha256"].lower():
         raise ValueError(f"{bitstream} is not the bitstream {report} records (its SHA-256 differs): a build was "
                          f"stopped while writing it, or it changed since. Build again with `lcq build MODEL "
                          f"--board {board.name}`")

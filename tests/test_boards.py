@@ -1054,3 +1054,19 @@ def test_flash_says_what_to_do_about_a_report_that_does_not_read(tmp_path, monke
         handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
     assert "build/icebreaker/report.json" in str(raised.value) and "--report" not in str(raised.value)
     assert str(raised.value).endswith("build again with `lcq build MODEL --board icebreaker`, which writes it anew")
+
+
+@pytest.mark.parametrize("digest", ["x", "", "0" * 63, "g" * 64, 7])
+def test_flash_names_a_report_whose_digest_is_not_a_sha256(tmp_path, monkeypatch, digest):
+    """A report.json whose ``bitstream_sha256`` was edited into something that is no SHA-256 is named as such, not
+    taken for a bitstream that changed since the build."""
+    monkeypatch.chdir(tmp_path)
+    build = tmp_path / "build" / "icebreaker"
+    build.mkdir(parents=True)
+    (build / "top.bin").write_bytes(b"\x7e\xaa\x99\x7e" + bytes(100))
+    (build / "report.json").write_text(json.dumps({"board": "icebreaker", "bitstream": "build/icebreaker/top.bin",
+                                                   "bitstream_sha256": digest}))
+    parser, handlers = _parser()
+    with pytest.raises(ValueError, match=r"build/icebreaker/report.json: field 'bitstream_sha256' \(.*\) must be 64 "
+                                         r"hexadecimal digits \(a SHA-256\), not "):
+        handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
