@@ -137,12 +137,14 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     ``engine``: what ``lcq run`` needs to talk to the board); raises :class:`boards.build.BuildError`
     when a tool fails and :class:`boards.stages.BuildTimeout` when the whole call (elaboration and both
     attempts) outlasts ``timeout`` seconds (default :data:`BUILD_TIMEOUT_S`; None: no limit); ``force``: past
-    the fit estimate (:func:`boards.top.accelerator_top`). ``mode`` defaults to ``"layers"``, what the callers
+    the fit estimate (:func:`boards.top.accelerator_top`); FileExistsError where another build holds ``out``
+    (:func:`lcq_train.run_lock.run_lock`). ``mode`` defaults to ``"layers"``, what the callers
     of this function (``lcq demo``, ``benchmarks/board_builds.py``) built before network mode existed;
     ``lcq build`` passes its ``--mode`` (default ``network``)."""
     from compiler import format as model_format
 
     from hw.residency import DESCRIPTION
+    from lcq_train.run_lock import run_lock
 
     from .build import build, write_json
     from .report import missed_target
@@ -158,29 +160,31 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
         what = f"the whole-network core on a {params.engine.rows} x {params.engine.cols} array"
     else:
         what = f"a {engine.params.rows} x {engine.params.cols} engine ({DESCRIPTION[engine.resident]})"
-    print(f"building {what} for {board.name} ({board.device})...", file=sys.stderr, flush=True)
-    # report.json is written once, of the last attempt, complete: the first attempt's bitstream is gone once the
-    # second starts, and a report of it left by a second attempt that fails would describe a missing file.
-    options = dict(seed=seed, placer=placer, router=router, placements=placements, deadline=deadline,
-                   write_report=False)
-    result = build(factory, board, mhz, out, **options).to_dict()
-    attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]
-    if mhz is None and result["fmax_mhz"] < result["pll_mhz"]:
-        slower = closing_frequency(board, result["fmax_mhz"])
-        miss = missed_target(result)
-        print(f"Fmax {result['fmax_mhz']} MHz < {result['pll_mhz']} MHz"
-              + (f" (the path that misses it: {miss})" if miss else "") + f": building again at {slower} MHz",
-              file=sys.stderr, flush=True)
-        result = build(factory, board, slower, out, **options).to_dict()
-        attempts.append({"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]})
-    result.update(timing_met=result["fmax_mhz"] >= result["pll_mhz"], attempts=attempts, model=str(model_path),
-                  mode=mode)
-    if mode == "network":
-        result["network"] = network_report(model, factory.network)
-    else:
-        result["engine"] = {"rows": engine.params.rows, "cols": engine.params.cols, "resident": engine.resident,
-                            "estimate": engine.estimate, "params": engine.params.describe()}
-    write_json(out / "report.json", result)
+    # One build at a time in a directory: another would remove and rewrite this one's bitstream under it.
+    with run_lock(out, user="lcq build", option="-o"):
+        print(f"building {what} for {board.name} ({board.device})...", file=sys.stderr, flush=True)
+        # report.json is written once, of the last attempt, complete: the first attempt's bitstream is gone once the
+        # second starts, and a report of it left by a second attempt that fails would describe a missing file.
+        options = dict(seed=seed, placer=placer, router=router, placements=placements, deadline=deadline,
+                       write_report=False)
+        result = build(factory, board, mhz, out, **options).to_dict()
+        attempts = [{"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]}]
+        if mhz is None and result["fmax_mhz"] < result["pll_mhz"]:
+            slower = closing_frequency(board, result["fmax_mhz"])
+            miss = missed_target(result)
+            print(f"Fmax {result['fmax_mhz']} MHz < {result['pll_mhz']} MHz"
+                  + (f" (the path that misses it: {miss})" if miss else "") + f": building again at {slower} MHz",
+                  file=sys.stderr, flush=True)
+            result = build(factory, board, slower, out, **options).to_dict()
+            attempts.append({"pll_mhz": result["pll_mhz"], "fmax_mhz": result["fmax_mhz"]})
+        result.update(timing_met=result["fmax_mhz"] >= result["pll_mhz"], attempts=attempts, model=str(model_path),
+                      mode=mode)
+        if mode == "network":
+            result["network"] = network_report(model, factory.network)
+        else:
+            result["engine"] = {"rows": engine.params.rows, "cols": engine.params.cols, "resident": engine.resident,
+                                "estimate": engine.estimate, "params": engine.params.describe()}
+        write_json(out / "report.json", result)
     return result
 
 

@@ -1,5 +1,5 @@
 """One writer per run directory: ``lcq train`` holds an exclusive lock on ``OUT/.lock`` while it works there
-(``lcq sim`` and ``lcq board-sim`` on their build directories too).
+(``lcq sim`` and ``lcq board-sim`` on their build directories too, ``lcq build`` on its ``-o``).
 
 Two trainings started on one ``--out`` (or a ``--resume`` beside a running one) would each check that
 the directory is theirs, then overwrite each other's checkpoints. The lock is ``fcntl.flock`` on a file

@@ -786,3 +786,27 @@ def test_a_build_killed_while_its_packer_writes_leaves_no_bitstream(tmp_path, fa
             os.kill(pid, signal.SIGKILL)
     assert not (out / "top.bin").exists() and not (out / "report.json").exists()
     assert eval((out / "icepack.argv").read_text())[0] == "top.asc"
+
+
+def test_two_builds_into_one_directory_are_refused(monkeypatch, tmp_path):
+    """A second ``lcq build`` into a build directory in use would remove and rewrite the first's bitstream under it,
+    and one build's report.json could then record the other's bitstream; it is refused at once, naming the
+    directory and the builder that holds it. The lock goes with its process, so a killed build leaves none."""
+    pytest.importorskip("amaranth")
+    import boards.build
+    from boards.boards import get_board
+    from boards.cli import build_model
+    from lcq_train.run_lock import run_lock
+
+    built = []
+    monkeypatch.setattr(boards.build, "build", lambda *args, **kwargs: built.append(args) or (_ for _ in ()).throw(
+        BuildError("stop here")))
+    model, board = DATA / "digits-cnn-lcq-w3a3.lcq", get_board("icebreaker")
+    with run_lock(tmp_path):        # another build's, as a flock of another open file is
+        with pytest.raises(FileExistsError, match=rf"-o {tmp_path} is in use by another lcq build \(pid "
+                                                  rf"{os.getpid()}\); wait for it to finish, or choose another -o"):
+            build_model(model, board, rows=2, cols=2, out=tmp_path)
+    assert built == []
+    with pytest.raises(BuildError, match="stop here"):      # released: the next build runs
+        build_model(model, board, rows=2, cols=2, out=tmp_path)
+    assert len(built) == 1
