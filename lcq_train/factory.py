@@ -175,7 +175,52 @@ def build_user_model(ref: str, input_shape, num_classes: int, where: str = ""):
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(f"the model factory {ref!r} returned a {type(model).__name__}, not a torch.nn.Module")
+    _check_logits(model, ref, tuple(int(n) for n in input_shape), int(num_classes))
     return model
+
+
+def _check_logits(model, ref: str, input_shape: tuple, num_classes: int, n: int = 2) -> None:
+    """ValueError, naming ``ref`` and the fix, unless ``model`` maps ``n`` images of ``input_shape`` to one
+    tensor of shape (n, num_classes) in training and in eval mode (what the trainer's loss and the compiler's
+    agreement read). Leaves the model as it was: its buffers (BN statistics), mode and torch's generators."""
+    import torch
+    from torch import nn
+
+    params = [*model.parameters(), *model.buffers()]
+    device = params[0].device if params else torch.device("cpu")
+    saved = [(b, b.detach().clone()) for b in model.buffers() if not nn.parameter.is_lazy(b)]
+    was_training = model.training
+    what = f"the network that {ref!r} builds"
+    kinds: dict[str, list[str]] = {}
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+            for training in (True, False):
+                mode = "training mode" if training else "eval mode"
+                x = torch.rand(n, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+                try:
+                    out = model.train(training)(x)
+                except Exception as e:  # noqa: BLE001 -- the user's forward may raise anything
+                    first = (str(e).strip().splitlines() or [""])[0]
+                    raise ValueError(f"{what} fails on {n} images of shape {input_shape} (the dataset's), in {mode}: "
+                                     f"{type(e).__name__}: {first}; its layers must fit in_channels={input_shape[0]} "
+                                     f"and {input_shape[1]}x{input_shape[2]} float32 images") from None
+                if not isinstance(out, torch.Tensor):
+                    kinds.setdefault(type(out).__name__, []).append(mode)
+                elif tuple(out.shape) != (n, num_classes):
+                    fix = "flatten them (torch.flatten(x, 1))" if out.dim() > 2 and out.shape[:2] == (n, num_classes) \
+                        and out[0].numel() == num_classes else "a last layer of num_classes outputs"
+                    raise ValueError(f"{what} gives logits of shape {tuple(out.shape)} for {n} images; the dataset "
+                                     f"has {num_classes} classes: its output must be of shape (N, {num_classes}) "
+                                     f"({fix})")
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+        model.train(was_training)
+    if kinds:
+        kind, modes = next(iter(kinds.items()))
+        raise ValueError(f"{what} returns a {kind} in {' and in '.join(modes)}, not a tensor of logits: its forward "
+                         f"must return the logits alone, of shape (N, {num_classes})")
 
 
 def _call(ref: str, kwargs: dict) -> str:

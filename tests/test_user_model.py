@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from lcq.cli import main
 from lcq_train import QuantPlan, apply_plan, model_from_checkpoint, quantize_model, quantizer_parameters
 from lcq_train.checkpoint import load_checkpoint
 from lcq_train.data import load_dataset
+from lcq_train.factory import build_user_model
 from lcq_train.layers import QAct, QConv2d, QLinear
 from lcq_train.models import build_model
 from lcq_train.plan import INPUT_BITS, layer_bits
@@ -302,7 +304,7 @@ def test_factory_reference_errors(tmp_path):
         build(f"{tmp_path}/gone.py:vgg_res")
     with pytest.raises(ValueError, match="there is no module 'no_such_module_xyz'"):
         build("no_such_module_xyz.nets:vgg")
-    with pytest.raises(ValueError, match=r"has no 'nope' \(its callables: .*'vgg_res'"):
+    with pytest.raises(ValueError, match=r"has no 'nope' \(its callables: .*'PlainCNN'"):
         build(f"{DATA}/user_models.py:nope")
     with pytest.raises(ValueError, match="returned a str, not a torch.nn.Module"):
         build(f"{DATA}/user_models.py:not_a_model")
@@ -316,6 +318,52 @@ def test_factory_reference_errors(tmp_path):
         TrainConfig(model="resnet21")
     with pytest.raises(SystemExit):
         main(["train", "--model", "resnet21", "--out", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("factory,says", [
+    ("with_features", r"returns a tuple in training mode and in eval mode, not a tensor of logits: its forward must "
+                      r"return the logits alone, of shape \(N, 10\)"),
+    ("aux_in_training", r"returns a tuple in training mode, not a tensor of logits: its forward must return the "
+                        r"logits alone, of shape \(N, 10\)"),
+    ("five_classes", r"gives logits of shape \(2, 5\) for 2 images; the dataset has 10 classes: its output must be "
+                     r"of shape \(N, 10\) \(a last layer of num_classes outputs\)"),
+    ("conv_logits", r"gives logits of shape \(2, 10, 1, 1\) for 2 images; .* \(N, 10\) .*flatten them "
+                    r"\(torch\.flatten\(x, 1\)\)"),
+    ("rgb_only", r"fails on 2 images of shape \(1, 8, 8\) \(the dataset's\), in training mode: RuntimeError: Given "
+                 r"groups=1, weight of size \[8, 3, 3, 3\].*; its layers must fit in_channels=1 and 8x8 float32 "
+                 r"images"),
+])
+def test_a_network_that_does_not_give_the_datasets_logits_is_refused_before_training(factory, says, tmp_path, capsys):
+    """What lcq train's loss needs: a tensor of shape (N, num_classes) for N images of the dataset's shape, in
+    training and eval mode. Otherwise the error names the factory and the fix, before any epoch (not a traceback
+    from the loss)."""
+    ref = f"{DATA}/user_models.py:{factory}"
+    out = tmp_path / "run"
+    assert main(["train", "--model", ref, "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"the network that {re.escape(repr(ref))} builds {says}", err), err
+    assert not (out / "checkpoint.pt").exists()
+    with pytest.raises(ValueError, match=says):
+        build_quantized_model(ref, (1, 8, 8), 10, QuantPlan("fp"), allow_factory=True)
+
+
+def test_the_logits_check_leaves_the_network_and_the_generator_as_they_were(tmp_path):
+    """The check runs the network in training mode too: its BN statistics and torch's generator (a dropout's
+    draws) are as they were after it."""
+    nets = tmp_path / "dropout.py"
+    nets.write_text("from torch import nn\n\n"
+                    "def net(num_classes, in_channels):\n"
+                    "    return nn.Sequential(nn.Conv2d(in_channels, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),\n"
+                    "                         nn.Dropout(0.5), nn.Linear(4 * 64, num_classes))\n")
+    torch.manual_seed(0)
+    nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 64, 10)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    build_user_model(f"{nets}:net", (1, 8, 8), 10)
+    assert torch.equal(torch.rand(3), expected)                    # no random draws (its dropout's) consumed
+    net = build_user_model(f"{DATA}/user_models.py:vgg_res", (1, 8, 8), 10)
+    assert all(not m.running_mean.any() and int(m.num_batches_tracked) == 0
+               for m in net.modules() if isinstance(m, nn.BatchNorm2d))
 
 
 def test_a_zero_initialized_layer_is_refused_before_training(tmp_path, capsys):

@@ -179,6 +179,47 @@ def per_rank_dropout(num_classes, in_channels):
                          nn.Linear(8 * 64, num_classes))
 
 
+class WithFeatures(nn.Module):
+    """Returns (logits, features), or, with ``aux_in_training``, only in training mode (as Inception's auxiliary
+    head does): the trainer's loss needs the logits alone."""
+
+    def __init__(self, num_classes=10, in_channels=1, aux_in_training=False):
+        super().__init__()
+        self.aux_in_training = aux_in_training
+        self.conv, self.fc = nn.Conv2d(in_channels, 8, 3, padding=1), nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        features = F.relu(self.conv(x)).mean((2, 3))
+        logits = self.fc(features)
+        return (logits, features) if self.training or not self.aux_in_training else logits
+
+
+def with_features(num_classes, in_channels):
+    return WithFeatures(num_classes, in_channels)
+
+
+def aux_in_training(num_classes, in_channels):
+    return WithFeatures(num_classes, in_channels, aux_in_training=True)
+
+
+def five_classes(num_classes, in_channels):
+    """Ignores num_classes: 5 logits."""
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, 5))
+
+
+def conv_logits(num_classes, in_channels):
+    """Logits from a 1x1 conv, left (N, num_classes, 1, 1): not flattened."""
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Conv2d(8, num_classes, 1))
+
+
+def rgb_only(num_classes, in_channels):
+    """Ignores in_channels: built for 3-channel images."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+
+
 def not_a_model(num_classes, in_channels):
     return "a string"
 
