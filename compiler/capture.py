@@ -54,11 +54,29 @@ SUPPORTED = (
 
 # The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
 HINTS = (
-    ((nn.LeakyReLU, F.leaky_relu), "use nn.ReLU (the accelerator's activation codes are unsigned)"),
+    ((nn.LeakyReLU, F.leaky_relu, nn.GELU, F.gelu, nn.SiLU, F.silu, nn.PReLU, F.prelu, nn.ELU, F.elu, nn.SELU,
+      F.selu, nn.CELU, F.celu, nn.Hardswish, F.hardswish, nn.Mish, F.mish, nn.Softplus, F.softplus),
+     "use nn.ReLU (the accelerator's activation codes are unsigned)"),
     ((nn.Hardtanh, F.hardtanh), "only a clip from 0 compiles: use hardtanh(0, max) (nn.Hardtanh(0.0, 1.0)), ReLU6 "
                                 "or ReLU"),
-    ((nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid"), "use nn.ReLU or a clip (nn.Hardtanh(0.0, 1.0)) between "
-                                                        "layers, and leave it off the logits (it keeps the top class)"),
+    ((nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", nn.Tanh, torch.tanh, F.tanh, "tanh"),
+     "use nn.ReLU or a clip (nn.Hardtanh(0.0, 1.0)) between layers, and leave it off the logits (it keeps the top "
+     "class)"),
+    ((torch.clamp, torch.clip, torch.clamp_min, "clamp", "clamp_", "clip", "clip_", "clamp_min"),
+     "use torch.relu for clamp(min=0) and F.hardtanh(x, 0.0, max) (or nn.ReLU6) for clamp(0, max)"),
+    ((nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax",
+      "log_softmax"), "leave it off: the network's output must be the logits (the top class is the same, and "
+                      "lcq train's loss applies log-softmax itself)"),
+    ((F.pad, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d),
+     "pad in the conv: Conv2d(..., padding=p) pads with zeros, up to kernel // 2 on each side"),
+    ((operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_", operator.neg, torch.neg, "neg"),
+     "the accelerator joins branches by addition alone: write x + y (the layers before learn the sign)"),
+    ((operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, operator.itruediv, torch.div,
+      torch.true_divide, "div", "div_"),
+     "the accelerator multiplies only in its conv and linear layers: fold a constant factor into the layer or BN "
+     "before it (or leave it out: training absorbs it); it has no product of two tensors"),
+    ((torch.squeeze, "squeeze", "squeeze_"), "use torch.flatten(x, 1) (or nn.Flatten()) on the C x 1 x 1 tensor"),
+    ((torch.mean, "mean"), "average over the map in one call: .mean((2, 3)) (global average pooling)"),
     ((torch.cat, torch.concat), "the accelerator has no concatenation: make convs of one input one Conv2d with all "
                                 "their output channels, or join branches by addition (x + y, equal shapes)"),
     ((nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d), "only output size 1 compiles: use AdaptiveAvgPool2d(1), or "

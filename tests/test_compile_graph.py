@@ -734,3 +734,93 @@ def test_refusals_say_what_compiles_instead_and_the_fix_compiles_exactly(kind, w
         torch.manual_seed(11 + i)
         net = randomize(quantize_model(_Refusable(fix), method="lcq", wbits=3, abits=3), 15 + i, act_alpha=1.0)
         assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=13 + i)) == 0, fix
+
+
+class _Unhinted(nn.Module):
+    """Conv + BN, an activation, a second conv, a join, a head and an output, each spelled as ``kind`` says: an
+    operation the compiler refuses (written as user networks write it), or the fix its refusal suggests."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.other, self.valid = (nn.Conv2d(8, 8, 3, padding=p) for p in (1, 1, 0))
+        self.layer = {"GELU": nn.GELU(), "SiLU": nn.SiLU(), "PReLU": nn.PReLU(), "Tanh": nn.Tanh(),
+                      "ZeroPad2d": nn.ZeroPad2d(1), "Softmax": nn.Softmax(1)}.get(kind, nn.Identity())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        k = self.kind
+        y = self.bn1(self.conv1(x))
+        if k in ("GELU", "SiLU", "PReLU", "Tanh"):
+            y = self.layer(y)
+        elif k == "torch.clamp(min=0)":
+            y = torch.clamp(y, min=0)
+        elif k == ".clamp(0, 6)":
+            y = y.clamp(0, 6)
+        elif k == "F.hardtanh(0, 6)":
+            y = torch.nn.functional.hardtanh(y, 0.0, 6.0)
+        else:
+            y = torch.relu(y)
+        if k == "ZeroPad2d":
+            z = self.valid(self.layer(y))
+        elif k == "F.pad":
+            z = self.valid(torch.nn.functional.pad(y, (1, 1, 1, 1)))
+        elif k == "x - y":
+            z = self.conv2(y) - self.other(y)
+        elif k == "x + y":
+            z = self.conv2(y) + self.other(y)
+        elif k == "x * 2":
+            z = self.conv2(y) * 2
+        elif k == "x / 2":
+            z = self.conv2(y) / 2
+        else:
+            z = self.conv2(y)
+        z = torch.relu(z)
+        if k == ".squeeze()":
+            z = torch.nn.functional.adaptive_avg_pool2d(z, 1).squeeze()
+        elif k == ".mean(3).mean(2)":
+            z = z.mean(3).mean(2)
+        else:
+            z = z.mean((2, 3))
+        out = self.fc(z)
+        if k == "F.softmax":
+            out = torch.nn.functional.softmax(out, 1)
+        elif k == "Softmax":
+            out = self.layer(out)
+        return out
+
+
+@pytest.mark.parametrize("kind,what,hint,fixes", [
+    ("GELU", r"layer 'layer' \(GELU\)", r"use nn\.ReLU", ["relu"]),
+    ("SiLU", r"layer 'layer' \(SiLU\)", r"use nn\.ReLU", ["relu"]),
+    ("PReLU", r"layer 'layer' \(PReLU\)", r"use nn\.ReLU", ["relu"]),
+    ("Tanh", r"layer 'layer' \(Tanh\)", r"use nn\.ReLU or a clip \(nn\.Hardtanh\(0\.0, 1\.0\)\)", ["relu"]),
+    ("torch.clamp(min=0)", r"function torch\.clamp", r"use torch\.relu for clamp\(min=0\) and F\.hardtanh\(x, 0\.0, "
+                                                     r"max\) \(or nn\.ReLU6\) for clamp\(0, max\)", ["relu"]),
+    (".clamp(0, 6)", r"method \.clamp\(\)", r"use torch\.relu for clamp\(min=0\)", ["F.hardtanh(0, 6)"]),
+    ("ZeroPad2d", r"layer 'layer' \(ZeroPad2d\)", r"pad in the conv: Conv2d\(\.\.\., padding=p\) pads with zeros",
+     ["relu"]),
+    ("F.pad", r"function torch\.nn\.functional\.pad", r"pad in the conv: Conv2d\(\.\.\., padding=p\)", ["relu"]),
+    ("x - y", r"function operator\.sub", r"the accelerator joins branches by addition alone: write x \+ y",
+     ["x + y"]),
+    ("x * 2", r"function operator\.mul", r"the accelerator multiplies only in its conv and linear layers: fold a "
+                                         r"constant factor into the layer or BN before it", ["relu"]),
+    ("x / 2", r"function operator\.truediv", r"the accelerator multiplies only in its conv and linear layers",
+     ["relu"]),
+    (".squeeze()", r"method \.squeeze\(\)", r"use torch\.flatten\(x, 1\) \(or nn\.Flatten\(\)\) on the C x 1 x 1 "
+                                            r"tensor", ["relu"]),
+    (".mean(3).mean(2)", r"method \.mean\(\)", r"average over the map in one call: \.mean\(\(2, 3\)\)", ["relu"]),
+    ("F.softmax", r"function torch\.nn\.functional\.softmax", r"leave it off: the network's output must be the "
+                                                              r"logits", ["relu"]),
+    ("Softmax", r"layer 'layer' \(Softmax\)", r"leave it off: the network's output must be the logits", ["relu"]),
+])
+def test_refusals_of_common_operations_say_what_compiles_instead(kind, what, hint, fixes):
+    model = quantize_model(_Unhinted(kind), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=rf"^cannot compile a _Unhinted: {what} at .*test_compile_graph\.py:\d+ "
+                                          rf"\(.*\) is not supported: {hint}.*; the compiler lowers: "):
+        compile_model(model, (1, 8, 8))
+    for i, fix in enumerate(fixes):
+        torch.manual_seed(21 + i)
+        net = randomize(quantize_model(_Unhinted(fix), method="lcq", wbits=3, abits=3), 25 + i, act_alpha=1.0)
+        assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=23 + i)) == 0, fix
