@@ -594,9 +594,17 @@ class _Lowering:
         of a conv, BN or addition, else refused."""
         x = self.arg(node)
         self.after_max_pooling(node, x, what)
-        if x.kind != "values" or x.pooled or not x.relu or x.cap < math.inf:
-            self.refuse(node, "does not pool a ReLU's output (unclipped) of a conv, BN or addition; the pooling unit "
-                        "averages [BN +] ReLU outputs")
+        unit = "the pooling unit averages [BN +] ReLU outputs"
+        if x.kind == "image":
+            self.refuse(node, f"pools the input image; {unit} of a conv or addition: give the network smaller images, "
+                        "or pool after the first conv's ReLU")
+        if x.kind == "values" and not x.pooled and x.relu and x.cap < math.inf:
+            self.refuse(node, f"pools a clipped ReLU's output (ReLU6 or hardtanh(0, max), at {x.cap:g}); the pooling "
+                        "unit averages unclipped [BN +] ReLU outputs: use nn.ReLU before the pooling (a clip folds "
+                        "only into an activation quantizer)")
+        if x.kind != "values" or x.pooled or not x.relu:
+            self.refuse(node, f"does not pool a ReLU's output of a conv, BN or addition; {unit}: put a ReLU right "
+                        "before it (conv -> [BN ->] ReLU -> pooling)")
         return x
 
     def _pool(self, node: fx.Node, op: Op) -> _Value:

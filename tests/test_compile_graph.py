@@ -824,3 +824,31 @@ def test_refusals_of_common_operations_say_what_compiles_instead(kind, what, hin
         torch.manual_seed(21 + i)
         net = randomize(quantize_model(_Unhinted(fix), method="lcq", wbits=3, abits=3), 25 + i, act_alpha=1.0)
         assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=23 + i)) == 0, fix
+
+
+class _PooledImage(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pool, self.conv, self.fc = nn.AvgPool2d(2), nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(self.pool(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("net,what,says", [
+    (lambda: _Options(act=nn.ReLU6()), r"method \.mean\(\)", r"pools a clipped ReLU's output \(ReLU6 or hardtanh\(0, "
+     r"max\), at 6\); the pooling unit averages unclipped \[BN \+\] ReLU outputs: use nn\.ReLU before the pooling "
+     r"\(a clip folds only into an activation quantizer\)"),
+    (lambda: _Options(act=nn.Hardtanh(0.0, 1.0)), r"method \.mean\(\)",
+     r"pools a clipped ReLU's output .* at 1\); .*use nn\.ReLU before the pooling \(a clip folds only into an "
+     r"activation quantizer\)"),
+    (lambda: _Options(act=nn.Identity()), r"method \.mean\(\)", r"does not pool a ReLU's output of a conv, BN or "
+     r"addition; the pooling unit averages \[BN \+\] ReLU outputs: put a ReLU right before it \(conv -> \[BN ->\] "
+     r"ReLU -> pooling\)"),
+    (_PooledImage, r"layer 'pool' \(AvgPool2d\)", r"pools the input image; the pooling unit averages \[BN \+\] ReLU "
+     r"outputs of a conv or addition: give the network smaller images, or pool after the first conv's ReLU"),
+], ids=["ReLU6", "hardtanh", "no ReLU", "image"])
+def test_an_average_pooling_of_what_the_pooling_unit_does_not_average_says_what_to_pool(net, what, says):
+    model = quantize_model(net(), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=rf"{what} at .*test_compile_graph\.py:\d+ \(.*\) {says}; the compiler "):
+        compile_model(model, (1, 8, 8))
