@@ -155,8 +155,19 @@ def _window(kernel, stride, padding) -> tuple[int | None, int | None, int | None
         _square(padding)
 
 
+def _fixed_window(node: fx.Node, model: str, *window) -> None:
+    """:class:`Unsupported` where a pooling's window (kernel, stride, padding) is computed in forward (from a
+    tensor's size, ``F.avg_pool2d(x, x.size(3))``): the trace records a variable, not the number."""
+    if any(isinstance(v, fx.Node) or (isinstance(v, (tuple, list)) and any(isinstance(a, fx.Node) for a in v))
+           for v in window):
+        raise Unsupported(model, node, "takes its window from a tensor's size, which the compiler's trace leaves "
+                          "unknown: write the number (the map's side, known from the input size), or pool globally "
+                          "with AdaptiveAvgPool2d(1)")
+
+
 def _max_pool(node: fx.Node, model: str, kernel, stride, padding, dilation, ceil_mode, return_indices) -> Op:
     """The maxpool Op of a max pooling's arguments; :class:`Unsupported` for those the compiler does not lower."""
+    _fixed_window(node, model, kernel, stride, padding)
     k, s, p = _window(kernel, stride, padding)
     if None in (k, s, p) or _square(dilation) != 1 or ceil_mode or return_indices:
         raise Unsupported(model, node, f"(kernel {kernel}, stride {stride}, padding {padding}, dilation {dilation}, "
@@ -171,6 +182,7 @@ def _avg_pool(node: fx.Node, model: str, kernel, stride, padding, ceil_mode, cou
               divisor_override) -> Op:
     """The avgpool Op of an average pooling's arguments; :class:`Unsupported` for those the compiler does not
     lower (padding, ceil_mode or a divisor override: a window's divisor must be kernel^2)."""
+    _fixed_window(node, model, kernel, stride, padding)
     k, s, p = _window(kernel, stride, padding)
     if None in (k, s) or p != 0 or ceil_mode or divisor_override is not None:
         raise Unsupported(model, node, f"(kernel {kernel}, stride {stride}, padding {padding}, ceil_mode {ceil_mode}, "

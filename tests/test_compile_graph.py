@@ -852,3 +852,41 @@ def test_an_average_pooling_of_what_the_pooling_unit_does_not_average_says_what_
     model = quantize_model(net(), method="lcq", wbits=3, abits=3)
     with pytest.raises(Unsupported, match=rf"{what} at .*test_compile_graph\.py:\d+ \(.*\) {says}; the compiler "):
         compile_model(model, (1, 8, 8))
+
+
+class _SizedWindow(nn.Module):
+    """Average or max pooling over the whole map with the window taken from the tensor's size (``how``), or the
+    number (the fix)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        if self.how == "avg size(3)":
+            y = torch.nn.functional.avg_pool2d(y, y.size(3))
+        elif self.how == "avg size()[2:]":
+            y = torch.nn.functional.avg_pool2d(y, y.size()[2:])
+        elif self.how == "max shape[-1]":
+            y = torch.nn.functional.max_pool2d(y, y.shape[-1])
+        else:
+            y = torch.nn.functional.avg_pool2d(y, 8)
+        return self.fc(y.flatten(1))
+
+
+@pytest.mark.parametrize("how,what", [
+    ("avg size(3)", r"function torch\.nn\.functional\.avg_pool2d"),
+    ("avg size()[2:]", r"function torch\.nn\.functional\.avg_pool2d"),
+    ("max shape[-1]", r"function torch\.nn\.functional\.max_pool2d")])
+def test_a_pooling_window_taken_from_a_tensors_size_is_refused_with_the_number_to_write(how, what):
+    model = quantize_model(_SizedWindow(how), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=rf"{what} at .*test_compile_graph\.py:\d+ \(.*\) takes its window from a "
+                                          r"tensor's size, which the compiler's trace leaves unknown: write the number "
+                                          r"\(the map's side, known from the input size\), or pool globally with "
+                                          r"AdaptiveAvgPool2d\(1\); the compiler lowers: "):
+        compile_model(model, (1, 8, 8))
+    torch.manual_seed(15)
+    net = randomize(quantize_model(_SizedWindow("8"), method="lcq", wbits=3, abits=3), 19)
+    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=17)) == 0
