@@ -47,7 +47,7 @@ SUPPORTED = (
     "(it pools that quantizer's codes: the quantizer is non-decreasing, so it commutes with the maximum)",
     "flatten of a C x 1 x 1 tensor (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape "
     "to (x.size(0), -1) or (-1, C))",
-    "identity and dropout (inference)",
+    "identity, dropout (inference) and memory layouts (.contiguous(), .to(memory_format=...))",
     "activation quantizer (QAct, unsigned) on a tensor",
     "a linear or conv layer as the network's output (the logits)",
 )
@@ -282,8 +282,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("pool")
         if node.target in ("view", "reshape"):
             return Op("reshape")
-        if node.target == "contiguous":
-            return Op("identity")
+        if node.target == "contiguous" or (node.target == "to" and len(node.args) == 1
+                                           and set(node.kwargs) == {"memory_format"}):
+            return Op("identity")           # a memory layout: the same values
         if node.target in ("add", "add_") and _arg(node, 2, "alpha", 1) == 1:
             return Op("add")
     hint = _HINT.get(type(modules[node.target]) if node.op == "call_module" else node.target)

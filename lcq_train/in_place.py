@@ -30,7 +30,7 @@ AUGMENTED = {"__iadd__": operator.iadd, "__isub__": operator.isub, "__imul__": o
 # Operations whose result is (a view of) their first input: a change in place of one changes the other.
 _ALIAS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 _ALIAS_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, operator.getitem}
-_ALIAS_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "contiguous", "squeeze", "unsqueeze",
+_ALIAS_METHODS = {"view", "view_as", "reshape", "flatten", "unflatten", "contiguous", "to", "squeeze", "unsqueeze",
                   "permute", "transpose", "t", "expand", "expand_as", "detach", "narrow", "select", "unfold",
                   "as_strided", "diagonal", "movedim", "split", "chunk", "unbind"}
 

@@ -890,3 +890,31 @@ def test_a_pooling_window_taken_from_a_tensors_size_is_refused_with_the_number_t
     torch.manual_seed(15)
     net = randomize(quantize_model(_SizedWindow("8"), method="lcq", wbits=3, abits=3), 19)
     assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=17)) == 0
+
+
+class _ChannelsLast(nn.Module):
+    """The image and a feature map put in channels_last memory format (``how``: by ``.to`` or ``.contiguous``):
+    the same values, another layout."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv1, self.conv2, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def layout(self, x):
+        if self.how == "to":
+            return x.to(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def forward(self, x):
+        y = self.layout(torch.relu(self.conv1(self.layout(x))))
+        return self.fc(torch.relu(self.conv2(y)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how", ["to", "contiguous"])
+def test_a_memory_format_change_compiles_as_the_identity(how):
+    torch.manual_seed(16)
+    net = randomize(quantize_model(_ChannelsLast(how), method="lcq", wbits=3, abits=3), 20)
+    compiled = compile_model(net, (1, 8, 8))
+    assert [n.op for n in compiled.nodes] == ["input", "conv", "conv", "pool", "conv"]
+    assert _mismatches(compiled, net, images(20, (1, 8, 8), seed=18)) == 0

@@ -522,24 +522,27 @@ def test_a_tensor_read_after_an_in_place_change_reads_the_new_values(kind):
 
 
 class _InPlaceThroughAlias(nn.Module):
-    """``nn.Identity`` returns its input: ReLU(inplace=True) on ``x`` changes ``shortcut`` too."""
+    """``nn.Identity`` returns its input: ReLU(inplace=True) on ``x`` changes ``shortcut`` too. So may
+    ``x.to(memory_format=...)`` (``how`` "to"): it returns ``x`` itself where ``x`` has that layout already."""
 
-    def __init__(self):
+    def __init__(self, how="Identity"):
         super().__init__()
+        self.how = how
         self.stem, self.conv = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
         self.shortcut, self.relu, self.fc = nn.Identity(), nn.ReLU(inplace=True), nn.Linear(4, 10)
 
     def forward(self, x):
         x = self.stem(x)
-        shortcut = self.shortcut(x)
+        shortcut = self.shortcut(x) if self.how == "Identity" else x.to(memory_format=torch.channels_last)
         return self.fc(torch.relu(self.conv(self.relu(x)) + shortcut).mean((2, 3)))
 
 
-def test_an_in_place_change_read_through_an_alias_is_refused():
+@pytest.mark.parametrize("how,alias", [("Identity", "shortcut"), ("to", "to")])
+def test_an_in_place_change_read_through_an_alias_is_refused(how, alias):
     with pytest.raises(ValueError, match=r"cannot quantize _InPlaceThroughAlias: layer 'relu' \(ReLU\) at "
                                          r".*test_user_model\.py:\d+ .* changes 'stem' in place, which 'add' "
-                                         r"reads afterwards through 'shortcut'.*inplace=False"):
-        quantize_model(_InPlaceThroughAlias())
+                                         rf"reads afterwards through '{alias}'.*inplace=False"):
+        quantize_model(_InPlaceThroughAlias(how))
 
 
 class _FunctionalDropout(nn.Module):
