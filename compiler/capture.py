@@ -96,6 +96,13 @@ HINTS = (
 )
 _HINT = {op: hint for ops, hint in HINTS for op in ops}
 
+# Arithmetic that normalizes an image, ``(x - mean) / std``: refused on the image with its own reason.
+_ARITHMETIC = {operator.sub, operator.isub, torch.sub, operator.mul, operator.imul, torch.mul, operator.truediv,
+               operator.itruediv, torch.div, operator.add, operator.iadd, torch.add, operator.neg, torch.neg, "sub",
+               "sub_", "mul", "mul_", "div", "div_", "add", "add_", "neg"}
+_IMAGE_ARITHMETIC = ("normalizes the input image; the accelerator takes the image as its uint8 codes: leave the "
+                     "normalization out of forward (the first layer learns its scale and offset)")
+
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
@@ -199,6 +206,13 @@ def _size(node) -> bool:
         or (node.op == "call_function" and node.target is operator.getitem and _size(node.args[0])))
 
 
+def _on_image(node: fx.Node) -> bool:
+    """Whether ``node`` is arithmetic (``x - mean``, ``x / std``, ``x * 2``) on the input image, or on such
+    arithmetic."""
+    return node.op in ("call_function", "call_method") and node.target in _ARITHMETIC and any(
+        a.op == "placeholder" or _on_image(a) for a in node.all_input_nodes)
+
+
 def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
     """The kind of ``node``; :class:`Unsupported` for anything the compiler does not lower."""
     if node.op == "placeholder":
@@ -236,6 +250,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             raise Unsupported(model, node, "is not quantized (quantize the model with lcq_train.quantize_model)")
     elif node.op == "get_attr":
+        normalizing = next((user for user in node.users if _on_image(user)), None)
+        if normalizing is not None:
+            raise Unsupported(model, normalizing, _IMAGE_ARITHMETIC)
         raise Unsupported(model, node, "is read outside a layer; the accelerator holds parameters only in its conv "
                           "and linear layers (weights, bias) and their BN: fold it into the bias of the conv or linear "
                           "layer before it (or into that layer's BatchNorm2d)")
@@ -287,5 +304,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("identity")           # a memory layout: the same values
         if node.target in ("add", "add_") and _arg(node, 2, "alpha", 1) == 1:
             return Op("add")
+    if _on_image(node):
+        raise Unsupported(model, node, _IMAGE_ARITHMETIC)
     hint = _HINT.get(type(modules[node.target]) if node.op == "call_module" else node.target)
     raise Unsupported(model, node, "is not supported" + (f": {hint}" if hint else ""))

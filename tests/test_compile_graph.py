@@ -918,3 +918,38 @@ def test_a_memory_format_change_compiles_as_the_identity(how):
     compiled = compile_model(net, (1, 8, 8))
     assert [n.op for n in compiled.nodes] == ["input", "conv", "conv", "pool", "conv"]
     assert _mismatches(compiled, net, images(20, (1, 8, 8), seed=18)) == 0
+
+
+class _NormalizedImage(nn.Module):
+    """The image normalized in forward (``how``), as torchvision's transforms would, or not (the fix)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+        self.register_buffer("mean", torch.tensor([0.5]).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor([0.25]).view(1, 1, 1, 1))
+
+    def forward(self, x):
+        if self.how == "(x - 0.5) / 0.25":
+            x = (x - 0.5) / 0.25
+        elif self.how == "x * 2 - 1":
+            x = x * 2 - 1
+        elif self.how == "buffers":
+            x = (x - self.mean) / self.std
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("how,what", [
+    ("(x - 0.5) / 0.25", r"function operator\.sub"), ("x * 2 - 1", r"function operator\.mul"),
+    ("buffers", r"function operator\.sub")])
+def test_a_normalization_of_the_image_in_forward_is_refused_as_such(how, what):
+    model = quantize_model(_NormalizedImage(how), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=rf"^cannot compile a _NormalizedImage: {what} at .*test_compile_graph\.py:"
+                                          r"\d+ \(.*\) normalizes the input image; the accelerator takes the image as "
+                                          r"its uint8 codes: leave the normalization out of forward \(the first layer "
+                                          r"learns its scale and offset\); the compiler lowers: "):
+        compile_model(model, (1, 8, 8))
+    torch.manual_seed(17)
+    net = randomize(quantize_model(_NormalizedImage("none"), method="lcq", wbits=3, abits=3), 21)
+    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=19)) == 0
