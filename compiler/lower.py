@@ -678,7 +678,11 @@ class _Lowering:
                             "only an accumulator the addition alone reads folds a BN")
         fixed = [self.scales[x.tensor] for x, f in zip((a, b), free) if not f]
         if len(fixed) == 2 and fixed[0] != fixed[1]:
-            self.refuse(node, f"adds {a.tensor!r} and {b.tensor!r}, whose scales differ")
+            self.refuse(node, f"adds {a.tensor!r} and {b.tensor!r}, whose scales differ: each is fixed (read elsewhere "
+                        "too, a ReLU's output or a sum), and an addition brings only a conv's or linear layer's output "
+                        "[+ BN] that it alone reads to the other's scale: make one operand such an output (add a "
+                        "shortcut first: (x + bn1(conv1(x))) + bn2(conv2(x)); no ReLU on that operand before the "
+                        "addition)")
         out_scale = fixed[0] if fixed else stages.fraction_scale([_finest(a.gain), _finest(b.gain)],
                                                                  self.options.residual_frac_bits)
         for x, f in zip((a, b), free):

@@ -953,3 +953,43 @@ def test_a_normalization_of_the_image_in_forward_is_refused_as_such(how, what):
     torch.manual_seed(17)
     net = randomize(quantize_model(_NormalizedImage("none"), method="lcq", wbits=3, abits=3), 21)
     assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=19)) == 0
+
+
+class _Sums(nn.Module):
+    """A stem's ReLU output ``y`` and two conv + BN branches of it, summed as ``kind`` says."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.stem, self.bn0 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.bna, self.bnb = nn.BatchNorm2d(8), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.bn0(self.stem(x)))
+        if self.kind == "a + b + y":
+            y = torch.relu(self.bna(self.a(y)) + self.bnb(self.b(y)) + y)
+        elif self.kind == "y + a + b":
+            y = torch.relu(y + self.bna(self.a(y)) + self.bnb(self.b(y)))
+        elif self.kind == "relu(a) + relu(b)":
+            y = torch.relu(torch.relu(self.bna(self.a(y))) + torch.relu(self.bnb(self.b(y))))
+        else:
+            y = torch.relu(torch.relu(self.bna(self.a(y))) + self.bnb(self.b(y)))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("kind,operands,fix", [
+    ("a + b + y", r"'out' and 'stem'", "y + a + b"), ("relu(a) + relu(b)", r"'a' and 'b'", "relu(a) + b")])
+def test_an_addition_of_two_fixed_scales_says_how_to_order_it(kind, operands, fix):
+    model = quantize_model(_Sums(kind), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=rf"function operator\.add at .* adds {operands}, whose scales differ: each "
+                                          r"is fixed \(read elsewhere too, a ReLU's output or a sum\), and an addition "
+                                          r"brings only a conv's or linear layer's output \[\+ BN\] that it alone "
+                                          r"reads to the other's scale: make one operand such an output \(add a "
+                                          r"shortcut first: \(x \+ bn1\(conv1\(x\)\)\) \+ bn2\(conv2\(x\)\); no ReLU "
+                                          r"on that operand before the addition\); the compiler lowers: "):
+        compile_model(model, (1, 8, 8))
+    torch.manual_seed(18)
+    net = randomize(quantize_model(_Sums(fix), method="lcq", wbits=3, abits=3), 22)
+    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=20)) == 0
