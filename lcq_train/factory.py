@@ -172,7 +172,11 @@ def build_user_model(ref: str, input_shape, num_classes: int, where: str = ""):
             raise ValueError(f"the model factory {ref!r} cannot be called as {_call(ref, kwargs)} ({e}); a factory "
                              "takes the keyword arguments num_classes and in_channels (and input_shape=(C, H, W) "
                              "if it has that parameter)") from None
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # noqa: BLE001 -- the user's factory failed: say which, where, and its error
+        raise ValueError(f"the model factory {ref!r} raised {type(e).__name__}: {e}{_user_line(e)}, called as "
+                         f"{_call(ref, kwargs)}") from e
     if not isinstance(model, nn.Module):
         raise ValueError(f"the model factory {ref!r} returned a {type(model).__name__}, not a torch.nn.Module")
     _check_logits(model, ref, tuple(int(n) for n in input_shape), int(num_classes))
@@ -221,6 +225,18 @@ def _check_logits(model, ref: str, input_shape: tuple, num_classes: int, n: int 
         kind, modes = next(iter(kinds.items()))
         raise ValueError(f"{what} returns a {kind} in {' and in '.join(modes)}, not a tensor of logits: its forward "
                          f"must return the logits alone, of shape (N, {num_classes})")
+
+
+def _user_line(e: BaseException) -> str:
+    """`` at FILE:LINE``: the innermost frame of ``e``'s traceback outside torch and this module ('' if none)."""
+    import traceback
+
+    import torch
+
+    skip = (os.path.dirname(torch.__file__) + os.sep, os.path.abspath(__file__))
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if not (f.filename.startswith(skip[0]) or os.path.abspath(f.filename) == skip[1])]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
 def _call(ref: str, kwargs: dict) -> str:

@@ -366,6 +366,27 @@ def test_the_logits_check_leaves_the_network_and_the_generator_as_they_were(tmp_
                for m in net.modules() if isinstance(m, nn.BatchNorm2d))
 
 
+def test_a_factory_that_raises_is_an_error_naming_it_and_the_line(tmp_path, capsys):
+    """The factory's own assertion, or torch refusing a layer it builds (padding='same' with a stride): lcq train
+    says which factory raised what, and where in its file, not a traceback (nor torch's message alone)."""
+    nets = tmp_path / "raising.py"
+    nets.write_text("from torch import nn\n\n"
+                    "def rgb(num_classes, in_channels):\n"
+                    "    assert in_channels == 3, 'needs RGB images'\n\n"
+                    "def strided_same(num_classes, in_channels):\n"
+                    "    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, stride=2, padding='same'))\n")
+    for factory, line, raised in (("rgb", 4, "AssertionError: needs RGB images"),
+                                  ("strided_same", 7, "ValueError: padding='same' is not supported for strided "
+                                                      "convolutions")):
+        ref = f"{nets}:{factory}"
+        out = tmp_path / factory
+        assert main(["train", "--model", ref, "--epochs", "1", "--out", str(out), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"the model factory {ref!r} raised {raised} at {nets}:{line}, called as {factory}(num_classes=10, " \
+               "in_channels=1)" in err, err
+        assert not (out / "checkpoint.pt").exists()
+
+
 def test_a_zero_initialized_layer_is_refused_before_training(tmp_path, capsys):
     nets = tmp_path / "zero.py"
     nets.write_text("from torch import nn\n\n"
