@@ -230,6 +230,9 @@ def trace_or_explain(model: nn.Module, failing: str, advice: str) -> fx.Graph:
         raise ValueError(f"{failing}: {e}") from None
     except Exception as e:  # noqa: BLE001 -- fx raises many kinds (TraceError, TypeError, ...)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, NameError) and "not installed as a submodule" in reason:
+            advice = ("its forward calls a module it creates there: create it in __init__ (self.relu = nn.ReLU()) "
+                      "and call that, or call the function (torch.relu)")
         raise ValueError(f"{failing}: torch.fx cannot trace its forward ({type(e).__name__}: {reason}); {advice}") \
             from None
 

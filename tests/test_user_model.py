@@ -566,6 +566,25 @@ def test_an_in_place_change_read_through_an_alias_is_refused(how, alias):
         quantize_model(_InPlaceThroughAlias(how))
 
 
+class _MadeInForward(nn.Module):
+    """Builds an ``nn.ReLU`` in forward, where torch.fx finds no name for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(nn.ReLU()(self.conv(x)).mean((2, 3)))
+
+
+def test_a_module_made_in_forward_is_refused_with_where_to_make_it():
+    with pytest.raises(ValueError, match=r"^cannot quantize _MadeInForward: torch\.fx cannot trace its forward "
+                                         r"\(NameError: module is not installed as a submodule\); its forward calls a "
+                                         r"module it creates there: create it in __init__ \(self\.relu = "
+                                         r"nn\.ReLU\(\)\) and call that, or call the function \(torch\.relu\)$"):
+        quantize_model(_MadeInForward())
+
+
 class _FunctionalDropout(nn.Module):
     """``F.dropout(x, p, self.training)``: torch.fx records ``self.training`` as the bool it is when traced."""
 
