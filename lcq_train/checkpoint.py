@@ -496,12 +496,21 @@ def _rebuild_tensor(storage, offset, size, stride, requires_grad, hooks, metadat
     return storage.as_strided(size, stride, offset).clone() if count else torch.empty(size, dtype=storage.dtype)
 
 
+def _ordered_dict(*args):
+    """``collections.OrderedDict`` as ``torch.save`` calls it: with no arguments (the pickle then sets its items,
+    whose keys :class:`~lcq_train.safe_pickle.NumpyUnpickler` checks; items passed here would not be)."""
+    if args:
+        raise pickle.UnpicklingError("it calls OrderedDict with arguments, where torch.save writes an empty one and "
+                                     "sets its items")
+    return OrderedDict()
+
+
 class _Version1Unpickler(NumpyUnpickler):
     """The unpickler of a version-1 checkpoint's ``data.pkl`` (:class:`~lcq_train.safe_pickle.NumpyUnpickler`):
     tensors, their storages (read from ``zip``'s members under ``prefix``), state dicts, and the numpy array
     of numpy's generator state; nothing else is looked up."""
 
-    STAND_INS = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor, ("collections", "OrderedDict"): OrderedDict,
+    STAND_INS = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor, ("collections", "OrderedDict"): _ordered_dict,
                  **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGES.items()}}
     GLOBALS = NUMPY_GLOBALS.union(STAND_INS)
     HOLDS = "an lcq checkpoint"

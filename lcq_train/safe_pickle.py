@@ -6,8 +6,10 @@ calls make terabytes), ``_reconstruct`` and ``numpy.ndarray`` allocate any shape
 ``__setstate__`` trusts its flags and object lists (they can mark uint8 as holding objects, or leave an
 object array's pointers unset, and crash the process). :class:`NumpyUnpickler` resolves only the globals
 its subclass lists, binds numpy's to stand-ins that build integer dtypes and arrays only as numpy writes
-them, and checks each BUILD first; any refusal is a :class:`pickle.UnpicklingError` saying what the file
-holds.
+them, and checks each BUILD first. Python hashes a tuple by hashing its items, with no depth limit, so a
+key of 10^6 nested tuples (1 MB of opcodes) overflows the C stack where it is stored: a dict's keys and a set's
+members must be strings, bytes or numbers. Any refusal is a :class:`pickle.UnpicklingError` saying what the
+file holds.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def _latin1_encode(text, encoding):
                                      "where a pickle of bytes uses 'latin1' on str")
     return text.encode("latin1")
 
+
+# the types of a dict's keys and a set's members (a tuple's hash recurses into its items, without a depth limit)
+_KEY_TYPES = (str, bytes, int, float, bool)
 
 _NDARRAY = object()   # what the name numpy.ndarray resolves to: an argument of _reconstruct, never a callable
 
@@ -102,4 +107,36 @@ class NumpyUnpickler(pickle._Unpickler):
             raise pickle.UnpicklingError(problem)
         super().load_build()
 
+    def _check_keys(self, keys) -> None:
+        """Refuse a dict key or set member other than a string, bytes or a number before it is hashed."""
+        for key in keys:
+            if type(key) not in _KEY_TYPES:
+                raise pickle.UnpicklingError(f"it keys a dict or set by a {type(key).__name__}, which {self.HOLDS} "
+                                             "never does (its keys are strings and numbers)")
+
+    def load_setitem(self):
+        self._check_keys(self.stack[-2:-1])
+        super().load_setitem()
+
+    def load_setitems(self):            # (the items since the MARK: the stack, until pop_mark)
+        self._check_keys(self.stack[::2])
+        super().load_setitems()
+
+    def load_dict(self):
+        self._check_keys(self.stack[::2])
+        super().load_dict()
+
+    def load_additems(self):
+        self._check_keys(self.stack)
+        super().load_additems()
+
+    def load_frozenset(self):
+        self._check_keys(self.stack)
+        super().load_frozenset()
+
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+    dispatch[pickle.FROZENSET[0]] = load_frozenset

@@ -5,6 +5,8 @@ import json
 import pickle
 import random
 import struct
+import subprocess
+import sys
 import time
 import zipfile
 
@@ -495,6 +497,25 @@ def test_an_upgrade_builds_numpy_objects_only_as_numpy_writes_them(tmp_path, nam
     with pytest.raises(CheckpointError, match=rf"{old} cannot be converted: {refusal}"):
         upgrade_checkpoint(old, tmp_path / "new.pt")
     assert not (tmp_path / "new.pt").exists()
+
+
+_DEEP_TUPLE = b")" + b"\x85" * 1_000_000          # EMPTY_TUPLE, then TUPLE1 around it 10^6 times
+
+
+@pytest.mark.parametrize("opcodes, refusal", [
+    (b"}" + _DEEP_TUPLE + b"K\x01s", "it keys a dict or set by a tuple, which an lcq checkpoint never does"),
+    (b"ccollections\nOrderedDict\n]" + _DEEP_TUPLE + b"K\x01\x86a\x85R",
+     "it calls OrderedDict with arguments, where torch.save writes an empty one and sets its items"),
+], ids=["setitem", "OrderedDict"])
+def test_an_upgrade_of_a_pickle_keyed_by_a_deeply_nested_tuple_is_refused_not_a_crash(tmp_path, opcodes, refusal):
+    """Python hashes a tuple by hashing its items, with no depth limit: a dict key of 10^6 nested tuples (1 MB)
+    overflowed the C stack where the unpickler stored it, and the upgrade died of SIGSEGV without a word."""
+    old = tmp_path / "old.pt"
+    _version_1_zip(old, opcodes)
+    result = subprocess.run([sys.executable, "-m", "lcq_train.checkpoint", "upgrade", str(old),
+                             str(tmp_path / "new.pt")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"{old} cannot be converted: {refusal}" in result.stderr, result.stderr[-2000:]
 
 
 def test_an_upgrade_builds_tensors_only_within_their_stored_bytes(tmp_path):

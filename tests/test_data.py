@@ -8,6 +8,8 @@ import pickle
 import re
 import signal
 import struct
+import subprocess
+import sys
 import tarfile
 import warnings
 import zlib
@@ -408,6 +410,30 @@ def test_a_small_cifar_pickle_of_shared_nested_lists_is_refused_before_numpy_exp
     with pytest.raises(DatasetError, match=r"test_batch: b'data' must be a numpy array and b'labels' a list of "
                                            r"integers"):
         load_dataset("cifar10", tmp_path)
+
+
+def _load_in_a_process(name, data_dir) -> subprocess.CompletedProcess:
+    """load_dataset(name, data_dir) in a Python process of its own (a crash ends that one, not the tests); it
+    prints the DatasetError's message."""
+    code = ("import sys\nfrom lcq_train.data import DatasetError, load_dataset\n"
+            "try:\n    load_dataset(sys.argv[1], sys.argv[2])\nexcept DatasetError as e:\n    print(e)")
+    return subprocess.run([sys.executable, "-c", code, name, str(data_dir)], capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("container", ["dict", "set"])
+def test_a_cifar_pickle_keyed_by_a_deeply_nested_tuple_is_refused_not_a_crash(tmp_path, container):
+    """Python hashes a tuple by hashing its items, with no depth limit: a key of 10^6 nested tuples (a 1 MB
+    batch) overflowed the C stack where the unpickler stored it in a dict or set, and the process died of
+    SIGSEGV without a word."""
+    make_cifar_python(tmp_path)
+    deep = b")" + b"\x85" * 1_000_000                     # EMPTY_TUPLE, then TUPLE1 around it 10^6 times
+    (tmp_path / "test_batch").write_bytes(b"\x80\x04}" + deep + b"K\x01s." if container == "dict" else
+                                          b"\x80\x04\x8f(" + deep + b"\x90.")   # EMPTY_SET, MARK, ADDITEMS
+    result = _load_in_a_process("cifar10", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"test_batch: not a readable CIFAR pickle \(UnpicklingError: it keys a dict or set by a "
+                     r"tuple, which a CIFAR batch never does", result.stdout), result.stdout
 
 
 def test_a_cifar_pickle_that_calls_codecs_other_than_latin1_is_refused(tmp_path):
