@@ -8,13 +8,15 @@ object array's pointers unset, and crash the process). :class:`NumpyUnpickler` r
 its subclass lists, binds numpy's to stand-ins that build integer dtypes and arrays only as numpy writes
 them, and checks each BUILD first. Python hashes a tuple by hashing its items, with no depth limit, so a
 key of 10^6 nested tuples (1 MB of opcodes) overflows the C stack where it is stored: a dict's keys and a set's
-members must be strings, bytes or numbers. Any refusal is a :class:`pickle.UnpicklingError` saying what the
-file holds.
+members must be strings, bytes or numbers. A length the file declares is read a chunk at a time, and refused
+where the file ends first, before memory of that length is taken (protocol 5's bytearray was zeroed whole:
+14 bytes made 16 GB). Any refusal is a :class:`pickle.UnpicklingError` saying what the file holds.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 
 import numpy as np
 
@@ -76,6 +78,29 @@ def numpy_build_problem(inst, state) -> str | None:
     return None if ok else f"it sets a numpy {kind} state numpy never writes ({state!r:.80})"
 
 
+_CHUNK = 1 << 20     # bytes read at once: a read of a declared length takes no more memory than the file holds
+
+
+class _ChunkedReader:
+    """The file an unpickler reads, whose ``read(n)`` reads ``n`` bytes a chunk at a time (a buffered file's
+    ``read(n)`` allocates ``n`` bytes first, whatever the file holds)."""
+
+    def __init__(self, file):
+        self.file, self.readline = file, file.readline
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0:
+            return self.file.read()
+        parts, left = [], n
+        while left > 0:
+            part = self.file.read(min(_CHUNK, left))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
+
 class NumpyUnpickler(pickle._Unpickler):
     """Python's pickle.Unpickler (the pure-Python one, whose BUILD can be checked) that resolves only the
     globals of :attr:`GLOBALS` (:data:`NUMPY_GLOBALS` among them), numpy's as the stand-ins above, and checks
@@ -86,6 +111,9 @@ class NumpyUnpickler(pickle._Unpickler):
     STAND_INS: dict = {}
     HOLDS = "this file"
     dispatch = dict(pickle._Unpickler.dispatch)
+
+    def __init__(self, file, **kwargs):
+        super().__init__(_ChunkedReader(file), **kwargs)
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.GLOBALS:
@@ -106,6 +134,24 @@ class NumpyUnpickler(pickle._Unpickler):
         if problem:
             raise pickle.UnpicklingError(problem)
         super().load_build()
+
+    def _read_declared(self) -> bytes:
+        """The bytes of an item whose 8-byte length comes first; refused where the file (or frame) ends first."""
+        (size,) = struct.unpack("<Q", self.read(8))
+        data = self.read(size)
+        if len(data) != size:
+            raise pickle.UnpicklingError(f"it declares {size} bytes where the file ends after {len(data)} (a "
+                                         "truncated or crafted file)")
+        return data
+
+    def load_binbytes8(self):
+        self.append(self._read_declared())
+
+    def load_binunicode8(self):
+        self.append(str(self._read_declared(), "utf-8", "surrogatepass"))
+
+    def load_bytearray8(self):
+        self.append(bytearray(self._read_declared()))
 
     def _check_keys(self, keys) -> None:
         """Refuse a dict key or set member other than a string, bytes or a number before it is hashed."""
@@ -135,6 +181,9 @@ class NumpyUnpickler(pickle._Unpickler):
         super().load_frozenset()
 
     dispatch[pickle.BUILD[0]] = load_build
+    dispatch[pickle.BINBYTES8[0]] = load_binbytes8
+    dispatch[pickle.BINUNICODE8[0]] = load_binunicode8
+    dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
     dispatch[pickle.SETITEM[0]] = load_setitem
     dispatch[pickle.SETITEMS[0]] = load_setitems
     dispatch[pickle.DICT[0]] = load_dict

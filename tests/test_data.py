@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import tracemalloc
 import warnings
 import zlib
 from pathlib import Path
@@ -434,6 +435,22 @@ def test_a_cifar_pickle_keyed_by_a_deeply_nested_tuple_is_refused_not_a_crash(tm
     assert result.returncode == 0, result.stderr[-2000:]
     assert re.search(r"test_batch: not a readable CIFAR pickle \(UnpicklingError: it keys a dict or set by a "
                      r"tuple, which a CIFAR batch never does", result.stdout), result.stdout
+
+
+def test_a_cifar_pickle_declaring_a_bytearray_larger_than_itself_is_refused_before_allocating_it(tmp_path):
+    """Protocol 5's BYTEARRAY8 declares its length: this 14-byte batch made the unpickler zero 256 MB before it
+    read a byte (2^34 would be 16 GB), where the file holds 3 bytes after it."""
+    make_cifar_python(tmp_path)
+    (tmp_path / "test_batch").write_bytes(b"\x80\x05\x96" + struct.pack("<Q", 1 << 28) + b"xx.")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=r"test_batch: not a readable CIFAR pickle \(UnpicklingError: it "
+                                               r"declares 268435456 bytes where the file ends after 3"):
+            data_mod._unpickle(tmp_path / "test_batch")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{peak} bytes allocated"
 
 
 def test_a_cifar_pickle_that_calls_codecs_other_than_latin1_is_refused(tmp_path):
