@@ -491,6 +491,10 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
                     or PurePosixPath(parts[-1]).suffix.lower() not in _IMAGE_SUFFIXES
                 ):
                     continue
+                if ".." in parts or parts[0] == "/":
+                    raise DatasetError(f"{archive}:{member.name}: a path with '..' or from the root, which extracting "
+                                       "puts outside the archive's folder; create the archive of train/ and test/ "
+                                       "with relative paths (tar czf cifar10.tar.gz train test)")
                 if not member.isfile():             # (a link is never followed: it may point outside the archive)
                     what = f"a link to {member.linkname}" if member.islnk() or member.issym() else "a special file"
                     raise DatasetError(f"{archive}:{member.name}: {what}, not a file; create the archive of the image "

@@ -895,6 +895,22 @@ def test_a_link_at_an_image_path_of_an_archive_is_an_error_not_skipped(tmp_path,
         load_dataset("cifar10", archive)
 
 
+@pytest.mark.parametrize("name", ["train/../x.png", "../train/cat/x.png", "/train/cat/x.png"])
+def test_an_archive_image_path_outside_the_archive_folder_is_refused_by_name(tmp_path, name):
+    """A member path with '..' or from the root is no image of the train/ test/ layout (extracted, it lands
+    outside it): train/../x.png became an image of a class named '..', and the others were refused as images
+    'under more than one top-level folder'."""
+    make_image_tree(tmp_path / "tree")
+    blob = (tmp_path / "tree" / "train" / "cat" / "a.png").read_bytes()
+    member = tarfile.TarInfo(name)
+    member.size = len(blob)
+    archive = make_tar_with(tmp_path / "cifar.tar.gz", tmp_path / "tree", member, blob)
+    with pytest.raises(DatasetError, match=re.escape(f"{archive}:{name}: a path with '..' or from the root, ")
+                       + r"which extracting puts outside the archive's folder; create the archive of train/ and "
+                       r"test/ with relative paths"):
+        load_dataset("cifar10", archive)
+
+
 def test_cifar_no_recognised_layout(tmp_path):
     (tmp_path / "train").mkdir()  # train/ without test/ is not the folder layout
     (tmp_path / "readme.txt").write_text("hello")
