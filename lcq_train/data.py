@@ -477,8 +477,8 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
 
     The archive is read to its end, so a cut or corrupt one is a DatasetError: every member header up to the
     end-of-archive marker (:class:`_CheckedTarInfo`), then the rest of the gzip stream, whose length and CRC
-    its trailer checks."""
-    prefix = None
+    its trailer checks. An image stored twice (``tar -r``) is a DatasetError, not two images."""
+    prefix, seen = None, set()
     try:
         with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, \
                 tarfile.open(fileobj=gz, mode="r|", tarinfo=_CheckedTarInfo) as tar:
@@ -506,6 +506,10 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
                         f"{archive}: images under more than one top-level folder "
                         f"({'/'.join(prefix) or '.'} and {'/'.join(parts[:-3])})"
                     )
+                if tuple(parts) in seen:
+                    raise DatasetError(f"{archive}:{member.name}: the image {'/'.join(parts)} a second time "
+                                       "(extracting keeps the last copy); create the archive anew, each image once")
+                seen.add(tuple(parts))
                 _check_image_size(f"{archive}:{member.name}", member.size)
                 yield parts[-3], parts[-2], f"{archive}:{member.name}", tar.extractfile(member).read()
             while gz.read(1 << 20):

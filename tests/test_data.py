@@ -911,6 +911,20 @@ def test_an_archive_image_path_outside_the_archive_folder_is_refused_by_name(tmp
         load_dataset("cifar10", archive)
 
 
+@pytest.mark.parametrize("name", ["train/cat/a.png", "./train/cat/a.png"])
+def test_an_archive_image_stored_twice_is_refused_not_loaded_twice(tmp_path, name):
+    """tar -r appends a file again under its name (extracting keeps the last copy): both were loaded, as two
+    training images."""
+    make_image_tree(tmp_path / "tree")
+    blob = (tmp_path / "tree" / "train" / "airplane" / "z.png").read_bytes()
+    member = tarfile.TarInfo(name)
+    member.size = len(blob)
+    archive = make_tar_with(tmp_path / "cifar.tar.gz", tmp_path / "tree", member, blob)
+    with pytest.raises(DatasetError, match=re.escape(f"{archive}:{name}: the image train/cat/a.png a second time ")
+                       + r"\(extracting keeps the last copy\); create the archive anew, each image once"):
+        load_dataset("cifar10", archive)
+
+
 def test_cifar_no_recognised_layout(tmp_path):
     (tmp_path / "train").mkdir()  # train/ without test/ is not the folder layout
     (tmp_path / "readme.txt").write_text("hello")
