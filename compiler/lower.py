@@ -108,6 +108,12 @@ def quantized_model(state: dict, path: str | Path, factory: str | None = None) -
     if plan.outer_bits is None:
         raise ValueError(f"{path} was trained without outer re-quantization (--outer-bits 0); "
                          "integer LUTs need b' (retrain with --outer-bits 8)")
+    for name, tensor in state["model"].items():     # (a diverged run writes NaN; compiling them fails somewhere deep)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{path}: its model tensor {name} holds {bad} values that are NaN or infinite: the run "
+                             "diverged (its metrics show a NaN loss), so there is no model to compile; retrain it "
+                             "with a lower --lr")
     try:
         return model_from_checkpoint(state, factory, option="--model")
     except ValueError as e:

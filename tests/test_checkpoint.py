@@ -361,6 +361,25 @@ def test_an_input_shape_other_than_its_datasets_is_refused_before_compiling(run,
     assert not (tmp_path / "model.lcq").exists()
 
 
+@pytest.mark.parametrize("tensor", ["conv0.weight", "act1.theta", "act_in.alpha"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_checkpoint_of_a_diverged_run_is_refused_by_lcq_compile_naming_the_tensor(run, tmp_path, capsys, tensor,
+                                                                                      value):
+    """A run that diverged writes NaN weights (and its loss NaN): lcq compile refused them with a message of
+    the stage that met them first ("sigma_w must be positive"; "field 'a_levels' must be non-decreasing, but
+    [0] = 0 > [1] = -9223372036854775808"), which says nothing of the checkpoint or of the fix."""
+    path, _ = run
+    state = load_checkpoint(path)
+    state["model"][tensor].view(-1)[0] = value
+    bad = tmp_path / "diverged.pt"
+    save_checkpoint(state, bad)
+    assert main(["compile", str(bad), "-o", str(tmp_path / "model.lcq")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: its model tensor {tensor} holds 1 values that are NaN or infinite: the run diverged" in err, err
+    assert "retrain it with a lower --lr" in err, err
+    assert not (tmp_path / "model.lcq").exists()
+
+
 def _version_1(path) -> dict:
     """The checkpoint at ``path`` as the previous lcq pickled it (torch.save of the dict, numpy and Python
     RNG states as tuples)."""
