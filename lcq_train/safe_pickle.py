@@ -15,6 +15,7 @@ where the file ends first, before memory of that length is taken (protocol 5's b
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
 
@@ -129,6 +130,26 @@ class NumpyUnpickler(pickle._Unpickler):
         """Why BUILD must not set ``state`` on ``inst`` (None: it may)."""
         return numpy_build_problem(inst, state)
 
+    def load(self):
+        """The object the file holds; a byte no opcode has is refused as such (the opcode table's KeyError)."""
+        try:
+            return super().load()
+        except KeyError as e:
+            if not (isinstance(e.args[0], int) and e.args[0] not in self.dispatch):
+                raise
+            raise pickle.UnpicklingError(f"it holds byte {e.args[0]:#04x} where an opcode belongs (a damaged file, "
+                                         "or not a pickle)") from None
+
+    def load_frame(self):
+        """A frame's bytes, refused where the file ends first (read whole, they would be taken as opcodes)."""
+        (size,) = struct.unpack("<Q", self.read(8))
+        self._unframer.load_frame(0)            # (checks that the frame before it was read to its end)
+        data = self._unframer.file_read(size)
+        if len(data) != size:
+            raise pickle.UnpicklingError(f"it declares a frame of {size} bytes where the file ends after "
+                                         f"{len(data)} (a truncated or crafted file)")
+        self._unframer.current_frame = io.BytesIO(data)
+
     def load_build(self):
         problem = self.build_problem(self.stack[-2], self.stack[-1])
         if problem:
@@ -180,6 +201,7 @@ class NumpyUnpickler(pickle._Unpickler):
         self._check_keys(self.stack)
         super().load_frozenset()
 
+    dispatch[pickle.FRAME[0]] = load_frame
     dispatch[pickle.BUILD[0]] = load_build
     dispatch[pickle.BINBYTES8[0]] = load_binbytes8
     dispatch[pickle.BINUNICODE8[0]] = load_binunicode8

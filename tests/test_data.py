@@ -453,6 +453,20 @@ def test_a_cifar_pickle_declaring_a_bytearray_larger_than_itself_is_refused_befo
     assert peak < 16 << 20, f"{peak} bytes allocated"
 
 
+@pytest.mark.parametrize("content, what", [
+    (b"\x80\x04\x95" + struct.pack("<Q", 1 << 36) + b"xx.", "a frame of 68719476736 bytes where the file ends after 3"),
+    (b"\x80\x04\xff.", "byte 0xff where an opcode belongs"),
+])
+def test_a_cifar_pickle_with_an_unknown_opcode_or_a_frame_past_its_end_says_so(tmp_path, content, what):
+    """A FRAME declaring more bytes than the file holds, or a byte no pickle opcode has, was refused as
+    '(KeyError: 120)': the unpickler's opcode table missing the byte it read."""
+    make_cifar_python(tmp_path)
+    (tmp_path / "test_batch").write_bytes(content)
+    with pytest.raises(DatasetError, match=r"test_batch: not a readable CIFAR pickle \(UnpicklingError: it "
+                                           rf"(declares|holds) {what}"):
+        data_mod._unpickle(tmp_path / "test_batch")
+
+
 def test_a_cifar_pickle_that_calls_codecs_other_than_latin1_is_refused(tmp_path):
     """Protocol 2 pickles bytes as _codecs.encode(text, "latin1"); that global with "hex" doubles its input, so
     40 nested calls in a 600-byte file would make 2^40 bytes while unpickling."""
