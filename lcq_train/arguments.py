@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import stat
 
 __all__ = ["IntRange", "FloatRange", "DefaultsHelpFormatter", "positive_int", "nonnegative_int", "positive_float",
            "nonnegative_float", "probability", "learning_rate", "quantizer_rate", "decay_rate", "torch_device",
@@ -142,11 +143,21 @@ decay_rate = probability                                    # --weight-decay
 def output_file(text: str) -> str:
     """A file to write (argparse type): not empty (the working directory), not an existing directory and not a
     path ending in a separator (which the file would otherwise silently be written beside, under the directory's
-    name)."""
+    name), and not an existing named pipe, socket or device (``/dev/stdout``): files are written whole and renamed
+    over the path, which would replace the pipe or device, and a benchmark that first reads its earlier results
+    there would wait for a writer forever."""
     if not text:
         raise argparse.ArgumentTypeError("must name a file to write, not ''")
     if text.endswith(("/", os.sep)) or os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"must name a file to write, not a directory: {text!r}")
+    try:
+        mode = os.stat(text).st_mode
+    except (OSError, ValueError):         # none yet (or a name the system refuses: said when it is written)
+        return text
+    kind = ("a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else None)
+    if kind is not None:
+        raise argparse.ArgumentTypeError(f"must name a file to write, not {kind}: {text!r}")
     return text
 
 

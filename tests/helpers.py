@@ -1,16 +1,19 @@
 """Plain helper functions shared by the tests: random small models and images, a model file's members, a
 live pickle payload, CIFAR-10 python batches of random images, a benchmark script as a module, whether a
-process runs.
+process runs, a deadline for a block that could wait forever (:func:`within`).
 
 :mod:`conftest` exposes the model and image helpers as fixtures (a test or fixture asks for
 ``small_cnn``, say); code that cannot take fixtures (module-level caches, Hypothesis tests) imports
 them from here.
 """
 
+import contextlib
 import importlib.util
 import json
 import pickle
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -147,3 +150,29 @@ def ends_within(pid: int, seconds: float) -> bool:
     while running(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not running(pid)
+
+
+class Hang(BaseException):
+    """A block ran past the deadline of :func:`within` (a BaseException: no ``except Exception`` hides it)."""
+
+
+@contextlib.contextmanager
+def within(seconds: float, what: str):
+    """Raise :class:`Hang` naming ``what`` in the block after ``seconds``: SIGALRM interrupts a blocking open or
+    read (of a named pipe, say), so that a test of a wait fails instead of hanging the suite. Main thread of a
+    POSIX process only (elsewhere the test is skipped: it would have no deadline)."""
+    import pytest
+
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        pytest.skip("a deadline needs SIGALRM in the main thread")
+
+    def expire(signum, frame):
+        raise Hang(f"{what} did not end within {seconds:g} s: it waits forever")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -49,3 +49,23 @@ def test_the_train_parser_and_the_cifar10_benchmark_tell_given_options_apart():
     bench = load_benchmark("cifar10_resnet20")
     args = bench.parse_args(["--tiny", "--batch", "128", "--out", "o"])     # --batch-size, at its default
     assert args.batch_size == 128 and args.limit == 200                     # given wins over --tiny's 100
+
+
+def test_output_file_refuses_a_pipe_or_a_device(tmp_path):
+    """-o and --json-out name a file that is written whole and renamed over the path: a named pipe or a device
+    (/dev/null, /dev/stdout under a terminal) would be replaced by the file (as root) or the write refused at the
+    end, and a benchmark reading its earlier results there waited forever; refused when parsed. A regular file,
+    or a path with nothing there yet, is taken."""
+    import os
+
+    from lcq_train.arguments import output_file
+
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    with pytest.raises(argparse.ArgumentTypeError, match=f"must name a file to write, not a named pipe: '{fifo}'"):
+        output_file(str(fifo))
+    with pytest.raises(argparse.ArgumentTypeError, match="must name a file to write, not a device: '/dev/null'"):
+        output_file("/dev/null")
+    (tmp_path / "old.json").write_text("{}")
+    assert output_file(str(tmp_path / "old.json")) == str(tmp_path / "old.json")
+    assert output_file(str(tmp_path / "new" / "x.json")) == str(tmp_path / "new" / "x.json")

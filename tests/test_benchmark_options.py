@@ -1,10 +1,11 @@
 """Benchmarks refuse a bad option or a missing input file with one line naming it, before any work (no
 traceback from torch or the loader halfway through)."""
 
+import os
 from pathlib import Path
 
 import pytest
-from helpers import load_benchmark
+from helpers import load_benchmark, within
 
 DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
 
@@ -85,6 +86,25 @@ def test_json_out_naming_a_directory_is_refused_when_parsed(name, argv, where, t
     err = capsys.readouterr().err
     assert "argument --json-out: must name a file to write, not a directory" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+# the benchmarks that read their --json-out before any work (the results an earlier invocation wrote there)
+READING_BENCHMARKS = ["ablations", "accuracy", "array_utilization", "outer_widths_hw"]
+
+
+@pytest.mark.parametrize("name", READING_BENCHMARKS)
+def test_json_out_naming_a_pipe_is_refused_when_parsed(name, tmp_path, capsys):
+    """--json-out naming a named pipe (or /dev/stdout, to see the results: a pipe under `| tee`, a terminal) was
+    opened to read the earlier results, which waited for a writer forever, before any work and without a word;
+    refused when parsed, as a directory is (the results file is written anew and renamed over it)."""
+    fifo = tmp_path / "results.json"
+    os.mkfifo(fifo)
+    with within(20, f"{name}.py --json-out FIFO"), pytest.raises(SystemExit) as exit_:
+        load_benchmark(name).main(["--json-out", str(fifo)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --json-out: must name a file to write, not a named pipe: {str(fifo)!r}" in err
+    assert "Traceback" not in err and sorted(tmp_path.iterdir()) == [fifo]
 
 
 @pytest.mark.parametrize("argv, message", [
