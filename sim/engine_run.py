@@ -27,7 +27,7 @@ from hw.engine import EngineSignature, LayerEngine
 from hw.engine_params import EngineParams
 from hw.program import Job, decode_outputs
 
-from .runner import Build, SimulationFailed, build_core, run_test, verilog_of
+from .runner import Build, SimulationFailed, build_core, check_stalls, run_test, verilog_of
 
 TOP, TESTBENCH = "engine", "sim.engine_cocotb"
 
@@ -102,6 +102,7 @@ def compare(params: EngineParams, node: ConvNode, index: int, result: dict, expe
 
 def _run(built: Build, test_dir, params: EngineParams, work: dict, stall: float, backpressure: float,
          seed: int) -> list:
+    check_stalls(stall, backpressure)
     test_dir = Path(test_dir)
     test_dir.mkdir(parents=True, exist_ok=True)
     results = test_dir / "engine-results.json"

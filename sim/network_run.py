@@ -39,7 +39,7 @@ from hw.network import NetworkCore, NetworkSignature
 from hw.network_params import PIXEL_BITS, NetworkParams, network_plan
 from hw.network_program import decode_logits
 
-from .runner import Build, SimulationFailed, build_core, run_test, verilog_of
+from .runner import Build, SimulationFailed, build_core, check_stalls, run_test, verilog_of
 
 TOP, TESTBENCH = "network", "sim.network_cocotb"
 
@@ -170,6 +170,7 @@ def simulate_network(built: Build, params: NetworkParams, model_path, model: Com
     core built for ``params`` (``NetworkParams.for_model(model, rows, cols, write_pairs, multiply_cols)``);
     compare with ``expected`` (default: ``compiler.reference.run(model, images)``)."""
     reference.check_images(model, images)
+    check_stalls(stall, backpressure)
     pairs, multiply_cols = params.engine.write_pairs, params.engine.multiply_cols
     if params != NetworkParams.for_model(model, params.engine.rows, params.engine.cols, write_pairs=pairs,
                                          multiply_cols=multiply_cols):

@@ -117,6 +117,15 @@ class SimulationTimeout(SimulationFailed):
     """A simulator command ran past its deadline; its process group was killed."""
 
 
+def check_stalls(stall: float, backpressure: float) -> None:
+    """Refuse a stall or back-pressure probability outside [0, 1): at 1 no beat would ever pass, and the
+    testbench's cycle budgets, which count beats, would never run out (only the wall-clock deadline would)."""
+    for name, value in (("stall", stall), ("backpressure", backpressure)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}={value!r}: a per-cycle probability in [0, 1) is needed; at 1 the stream "
+                             "never moves and the simulation would run until its deadline")
+
+
 def _check_timeout(value, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise ValueError(f"{name} must be a finite number of seconds > 0, not {value!r}")

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("amaranth", reason="the hardware verbs need amaranth: pip install -e '.[hw]'")
@@ -117,6 +118,25 @@ def test_command_line_values_are_range_checked(argv, message, capsys):
         main(argv)
     assert e.value.code == 2
     assert f"lcq {argv[0]}: error: {message}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["stall", "backpressure"])
+def test_the_simulation_functions_refuse_a_stall_that_never_ends(tmp_path, option):
+    """``lcq sim`` refuses --stall 1 when parsed; the functions it calls took it, and at 1 no beat passed, so the
+    cycle budgets (which count beats) never ran out and only the hour's wall-clock deadline ended the run."""
+    from hw.engine_params import EngineParams
+    from sim.engine_run import simulate_jobs
+    from sim.network_run import simulate_network
+
+    model = load_model(DIGITS)
+    images = np.zeros((1, *model.input.shape), np.uint8)
+    message = rf"{option}=1\.0: a per-cycle probability in \[0, 1\) is needed"
+    with pytest.raises(ValueError, match=message):
+        simulate_jobs(None, EngineParams.for_model(model, 2, 2), [], [], tmp_path, **{option: 1.0})
+    with pytest.raises(ValueError, match=message):
+        simulate_network(None, NetworkParams.for_model(model, 2, 2), DIGITS, model, images, tmp_path,
+                         **{option: 1.0})
+    assert not any(tmp_path.iterdir())
 
 
 def test_simulation_deadline_setting(monkeypatch):
