@@ -55,8 +55,9 @@ rules, besides exact types, dtypes and shapes of every field and array:
   compiler does) below :data:`VALUE_LIMIT`, so no sum overflows int64;
 - graph: the input node first and once, every input defined earlier with the
   right kind (codes or values), every tensor and node name defined once
-  (names match :data:`NAME`), the logits the last node's ``(num_classes, 1, 1)``
-  value tensor, ``scales`` exactly the value tensors (positive, finite, equal
+  (names match :data:`NAME`), every tensor but the logits read by a later node
+  (the compiler keeps only what the logits depend on), the logits the last
+  node's ``(num_classes, 1, 1)`` value tensor, ``scales`` exactly the value tensors (positive, finite, equal
   across an addition), ``source`` empty or the compiler's record, whose
   options agree with the nodes (``mac``, pool ``frac_bits``).
 """
@@ -749,6 +750,12 @@ class CompiledModel:
         if tensors[self.logits].shape != (num_classes, 1, 1):
             raise ModelRuleError("model", "logits", f"tensor has shape {list(tensors[self.logits].shape)}, "
                                                     f"must be [{num_classes}, 1, 1] (num_classes)")
+        read = {name for node in self.nodes[1:]
+                for name in (node.inputs if isinstance(node, AddNode) else (node.input,))}
+        for i, node in enumerate(self.nodes[:-1]):
+            if node.output not in read:
+                raise ModelRuleError(node_where(i, node), "output", f"tensor {node.output!r} is read by no later node; "
+                                     "a compiled model holds only the nodes its logits depend on")
         values = {name for name, t in tensors.items() if t.bits is None}
         for name in self.scales:
             if name not in values:

@@ -171,6 +171,20 @@ MUTATIONS = {
                                             [a.pop(k) for k in list(a) if not k.startswith("nodes/0/")]),
                       [r"'nodes' must be a list of 2\.\.4096 nodes"]),
     "logits not the last node's": (DIGITS, top(logits="act_fc"), [r"'logits' = 'act_fc'; must be the value tensor"]),
+    # a node whose output nothing reads (the compiler keeps only what the logits depend on)
+    "unused pool": (DIGITS, insert_copy(4, 5, name="act_fc2", output="act_fc2"),
+                    [r"node 5 \(pool 'act_fc2'\)", r"'output' tensor 'act_fc2' is read by no later node"]),
+    "unused conv accumulator": (DIGITS, insert_copy(3, 4, name="conv2b", output="conv2b"),
+                                [r"node 4 \(conv 'conv2b'\).*'output' tensor 'conv2b' is read by no later node"]),
+    "unused conv codes": (DIGITS, insert_copy(2, 3, name="conv1b", output="act2b"),
+                          [r"node 3 \(conv 'conv1b'\).*'output' tensor 'act2b' is read by no later node"]),
+    "unused activate": (RESNET, insert_copy(2, 3, name="blocks.0.act1b", output="blocks.0.act1b"),
+                        [r"node 3 \(activate 'blocks\.0\.act1b'\).*'output' tensor 'blocks\.0\.act1b' is read by no"]),
+    "unused addition": (RESNET, insert_copy(5, 6, name="blocks.0.addb", output="blocks.0.outb"),
+                        [r"node 6 \(add 'blocks\.0\.addb'\).*'output' tensor 'blocks\.0\.outb' is read by no"]),
+    "addition of a tensor to itself": (RESNET, setf(5, inputs=["conv1", "conv1"]),
+                                       [r"node 4 \(conv 'blocks\.0\.conv2'\).*'output' tensor 'blocks\.0\.conv2' is "
+                                        r"read by no later node"]),
     # consistent renames and descriptive fields: the same model
     "code tensor renamed": (DIGITS, rename("act2", "act2b"), HARMLESS),
     "value tensor renamed": (DIGITS, rename("conv2", "conv2b"), HARMLESS),
@@ -182,7 +196,7 @@ MUTATIONS = {
     "source.test_top1 negative": (DIGITS, src(test_top1=-5.0), HARMLESS),
     "source empty": (DIGITS, top(source={}), HARMLESS),
     # shapes off by one
-    "in_shape side + 1": (DIGITS, setf(2, in_shape=[16, 9, 8]), [r"node 2 .*'out_shape' = \[32, 4, 4\] does not follow"]),
+    "in_shape side + 1": (DIGITS, setf(2, in_shape=[16, 9, 8]), [r"node 2 .*'out_shape' = \[32, 4, 4\] does not"]),
     "out_shape channels + 1": (DIGITS, setf(2, out_shape=[33, 4, 4]),
                                [r"node 3 .*'in_shape' = \[32, 4, 4\] does not match its input tensor 'act2'"]),
     "out_shape side - 1": (DIGITS, setf(2, out_shape=[32, 4, 3]), [r"node 2 .*'out_shape' = \[32, 4, 3\]"]),
@@ -214,7 +228,7 @@ MUTATIONS = {
     "a_levels flat": (DIGITS, seti("nodes/2/a_levels", 1, 0), [r"node 2 .*'lut': LUT contents differ"]),
     "a_levels decreasing, LUT to match": (DIGITS, both(seti("nodes/2/a_levels", 1, 250), _lut_of(2)),
                                           [r"node 2 .*'a_levels' must be non-decreasing"]),
-    "LUT entry + 1": (DIGITS, seti("nodes/2/lut", (1, 2), 1), [r"node 2 .*'lut': LUT contents differ from the product"]),
+    "LUT entry + 1": (DIGITS, seti("nodes/2/lut", (1, 2), 1), [r"node 2 .*'lut': LUT contents differ"]),
     "LUT as uint32": (DIGITS, resized("nodes/2/lut", np.zeros((3, 7), np.uint32)), [r"node 2 .*'lut'"]),
     "thresholds reversed": (DIGITS, lambda m, a: a.update({"nodes/2/stage/thresholds":
                                                            a["nodes/2/stage/thresholds"][:, ::-1].copy()}),
