@@ -505,7 +505,8 @@ class _Reader:
         for key, (dtypes, shape) in want.items():
             where, name, ref = self.refs[key]
             names = {np.dtype(d).name: d for d in ((dtypes,) if isinstance(dtypes, str) else dtypes)}
-            if ref["dtype"] not in names or ref["shape"] != list(shape):
+            if ref["dtype"] not in names or ref["shape"] != list(shape) \
+                    or any(type(v) is not int for v in ref["shape"]):       # not [4.0]: the writer writes ints
                 raise self.error(f"{where}: field {name!r} is declared {show(ref['dtype'])} {show(ref['shape'])}, "
                                  f"the layer needs {' or '.join(names)} {list(shape)}")
             arrays[key], members[key] = self.member(key, where, names[ref["dtype"]], shape)
@@ -561,7 +562,7 @@ class _Reader:
             if not isinstance(node, ConvNode):
                 continue
             where = node_where(i, node)
-            if d["acc_bits"] != node.acc_bits or isinstance(d["acc_bits"], bool):
+            if type(d["acc_bits"]) is not int or d["acc_bits"] != node.acc_bits:     # not 24.0 or True: an int
                 raise self.error(f"{where}: field 'acc_bits' = {show(d['acc_bits'])}; the levels and the reduction "
                                  f"give {node.acc_bits}")
             if node.mac != "lut":
@@ -573,7 +574,7 @@ class _Reader:
                 raise self.error(f"{where}: field 'lut' is {lut.dtype}, the compiler writes "
                                  f"{np.dtype(_lut_dtype(want))}")
             bits = int(want.max()).bit_length() if want.size else 0
-            if d["lut_bits"] != bits or isinstance(d["lut_bits"], bool):
+            if type(d["lut_bits"]) is not int or d["lut_bits"] != bits:
                 raise self.error(f"{where}: field 'lut_bits' = {show(d['lut_bits'])}; the LUT needs {bits}")
 
 

@@ -257,6 +257,12 @@ MUTATIONS = {
     "dtype spelled '<i4'": (DIGITS, setref(2, "w_levels", dtype="<i4"), [r"'w_levels' is declared '<i4' \[4\]"]),
     "shape a string": (DIGITS, setref(2, "w_levels", shape="[4]"), [r"'w_levels' must be a reference"]),
     "reference with an extra key": (DIGITS, setref(2, "w_levels", extra=1), [r"'w_levels' must be a reference"]),
+    # integers written as floats: equal in value, but not what the writer writes
+    "acc_bits 24.0": (DIGITS, setf(2, acc_bits=24.0), [r"node 2 .*'acc_bits' = 24\.0; the levels and the reduction "
+                                                       r"give 24"]),
+    "lut_bits 15.0": (DIGITS, setf(2, lut_bits=15.0), [r"node 2 .*'lut_bits' = 15\.0; the LUT needs 15"]),
+    "array shape [4.0]": (DIGITS, setref(2, "w_levels", shape=[4.0]),
+                          [r"node 2 .*'w_levels' is declared 'int32' \[4\.0\], the layer needs int32 \[4\]"]),
     # extra, missing and odd fields; versions
     "unknown top-level field": (DIGITS, top(extra=1), [r"manifest: unknown field 'extra'"]),
     "unknown stage field": (DIGITS, setf(2, in_stage=True, extra=1), [r"node 2 .* stage: unknown field 'extra'"]),
