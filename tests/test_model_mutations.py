@@ -14,6 +14,7 @@ import copy
 import json
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -461,3 +462,58 @@ def test_random_mutations_of_the_digits_model(tmp_path):
 def test_random_mutations_of_both_models_at_length(tmp_path):
     campaign(DIGITS, range(150, 2000), tmp_path)
     campaign(RESNET, range(300), tmp_path)
+
+
+# --------------------------------------------------------------------------- the manifest's text
+
+
+def _with_manifest_text(path, text: bytes, tmp_path):
+    """``path`` with its manifest replaced by ``text`` (bytes as they are), the zip written as the writer does."""
+    manifest, arrays = members(path)
+    out = tmp_path / "text.lcq"
+    fmt.write_members(out, manifest, arrays)
+    with zipfile.ZipFile(out) as z:
+        entries = [(i.filename, z.read(i)) for i in z.infolist()]
+    blob = fmt._npy(np.frombuffer(text, np.uint8))
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries:
+            z.writestr(name, blob if name == "manifest.json.npy" else data)
+    return out
+
+
+def _text(path) -> str:
+    manifest, _ = members(path)
+    return json.dumps(manifest, indent=1)
+
+
+TEXT_CASES = {
+    "a byte that is not UTF-8": (lambda t: t.encode().replace(b'"conv1"', b'"conv\xff"', 1),
+                                 r"manifest\.json is not valid JSON \(.*utf-8"),
+    "a UTF-8 byte order mark": (lambda t: b"\xef\xbb\xbf" + t.encode(), r"manifest\.json is not valid JSON"),
+    "UTF-16": (lambda t: t.encode("utf-16"), r"manifest\.json is not valid JSON"),
+    "NaN scale": (lambda t: re.sub(r'"conv2": [0-9.e-]+', '"conv2": NaN', t, count=1).encode(),
+                  r"NaN is not a JSON number"),
+    "Infinity scale": (lambda t: re.sub(r'"conv2": [0-9.e-]+', '"conv2": Infinity', t, count=1).encode(),
+                       r"Infinity is not a JSON number"),
+    "scale 1e999": (lambda t: re.sub(r'"conv2": [0-9.e-]+', '"conv2": 1e999', t, count=1).encode(),
+                    r"1e999 is beyond a float"),
+    "plan nested 100000 deep": (lambda t: t.replace('"plan": {', '"plan": {"x": ' + "[" * 100000 + "]" * 100000
+                                                    + ", ", 1).encode(), r"manifest\.json is not valid JSON"),
+    "an integer of 5000 digits": (lambda t: t.replace('"epoch": 30', '"epoch": ' + "9" * 5000, 1).encode(),
+                                  r"manifest\.json is not valid JSON"),
+    "a key twice": (lambda t: t.replace('"nodes": [', '"logits": "x", "nodes": [', 1).encode(),
+                    r"key 'logits' appears twice"),
+    "the manifest a list": (lambda t: b"[" + t.encode() + b"]", r"not an lcq-compiled-model file"),
+}
+
+
+@pytest.mark.parametrize("name", TEXT_CASES)
+def test_manifest_text(name, tmp_path):
+    """The manifest as text, edited where the writer could not write it (the digest is not what stops these)."""
+    edit, pattern = TEXT_CASES[name]
+    path = _with_manifest_text(DIGITS, edit(_text(DIGITS)), tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(fmt.ModelFormatError) as info:
+        fmt.load(path)
+    assert time.perf_counter() - t0 < 2.0
+    assert str(path) in str(info.value) and re.search(pattern, str(info.value)), str(info.value)
