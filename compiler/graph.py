@@ -55,7 +55,8 @@ rules, besides exact types, dtypes and shapes of every field and array:
   compiler does) below :data:`VALUE_LIMIT`, so no sum overflows int64;
 - graph: the input node first and once, every input defined earlier with the
   right kind (codes or values), every tensor and node name defined once
-  (names match :data:`NAME`), every tensor but the logits read by a later node
+  (names match :data:`NAME`), no tensor named ``<layer>.acc`` after a conv node
+  (the reference's accumulators), every tensor but the logits read by a later node
   (the compiler keeps only what the logits depend on), the logits the last
   node's ``(num_classes, 1, 1)`` value tensor, ``scales`` exactly the value tensors (positive, finite, equal
   across an addition), ``source`` empty or the compiler's record, whose
@@ -750,6 +751,13 @@ class CompiledModel:
         if tensors[self.logits].shape != (num_classes, 1, 1):
             raise ModelRuleError("model", "logits", f"tensor has shape {list(tensors[self.logits].shape)}, "
                                                     f"must be [{num_classes}, 1, 1] (num_classes)")
+        accumulators = {f"{node.name}.acc": node_where(i, node) for i, node in enumerate(self.nodes)
+                        if isinstance(node, ConvNode)}
+        for i, node in enumerate(self.nodes):
+            if node.output in accumulators:
+                raise ModelRuleError(node_where(i, node), "output", f"tensor {node.output!r} is named as the "
+                                     f"accumulator of {accumulators[node.output]} ('<layer>.acc', which the integer "
+                                     "reference keeps beside the tensors)")
         read = {name for node in self.nodes[1:]
                 for name in (node.inputs if isinstance(node, AddNode) else (node.input,))}
         for i, node in enumerate(self.nodes[:-1]):

@@ -186,6 +186,14 @@ MUTATIONS = {
     "addition of a tensor to itself": (RESNET, setf(5, inputs=["conv1", "conv1"]),
                                        [r"node 4 \(conv 'blocks\.0\.conv2'\).*'output' tensor 'blocks\.0\.conv2' is "
                                         r"read by no later node"]),
+    # a tensor named as a layer's accumulator, "<layer>.acc", which the integer reference writes beside it
+    "a residual stream named as a later layer's accumulator": (
+        RESNET, rename("conv1", "blocks.0.conv1.acc"),
+        [r"node 1 \(conv 'conv1'\)", r"'output' tensor 'blocks\.0\.conv1\.acc' is named as the accumulator of "
+         r"node 3 \(conv 'blocks\.0\.conv1'\)"]),
+    "codes named as an earlier layer's accumulator": (
+        DIGITS, rename("act2", "conv0.acc"),
+        [r"node 2 \(conv 'conv1'\).*'output' tensor 'conv0\.acc' is named as the accumulator of node 1"]),
     # consistent renames and descriptive fields: the same model
     "code tensor renamed": (DIGITS, rename("act2", "act2b"), HARMLESS),
     "value tensor renamed": (DIGITS, rename("conv2", "conv2b"), HARMLESS),
