@@ -18,7 +18,7 @@ from torch import nn
 
 from lcq_train.layers import QAct
 
-from .graph import CompiledModel
+from .graph import CompiledModel, MaxPoolNode
 from .reference import check_images, run
 
 
@@ -37,6 +37,16 @@ class Agreement:
         return {"images": self.images, "top1": 100.0 * self.correct / n, "torch_top1": 100.0 * self.torch_correct / n,
                 "agreement": (self.images - self.disagreements) / n, "disagreements": self.disagreements,
                 "code_mismatches": {k: {"compared": c, "mismatched": m} for k, (c, m) in self.codes.items()}}
+
+
+def unmatched_codes(compiled: CompiledModel, model: nn.Module) -> list[str]:
+    """Codes tensors of ``compiled`` that no activation quantizer of ``model`` is named as (the compiler names
+    each after the quantizer that produces it; codes a max pooling reads, before the quantizer's pooled codes,
+    are not compared and not counted). :func:`compare` compares no codes of these."""
+    quantizers = {name for name, m in model.named_modules() if isinstance(m, QAct)}
+    pooled = {node.input for node in compiled.nodes if isinstance(node, MaxPoolNode)}
+    return [name for name, t in compiled.validate(arrays=False).items()
+            if t.bits is not None and name not in pooled and name not in quantizers]
 
 
 @torch.no_grad()

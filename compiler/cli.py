@@ -104,7 +104,7 @@ def cmd_eval(args) -> int:
     from lcq_train.checkpoint import load_checkpoint
     from lcq_train.data import load_dataset
 
-    from .agreement import compare
+    from .agreement import compare, unmatched_codes
     from .lower import quantized_model
 
     compiled = model_format.load(args.model)
@@ -136,6 +136,11 @@ def cmd_eval(args) -> int:
                          f"{checkpoint} it was compiled from was trained on {dataset!r}: the model file was edited "
                          f"since `lcq compile`. Recompile it: `lcq compile {checkpoint} -o {args.model}`")
     model = quantized_model(state, checkpoint, args.factory)
+    unmatched = unmatched_codes(compiled, model)
+    if unmatched:
+        raise ValueError(f"{args.model} names the codes tensor {unmatched[0]!r}, which is no activation quantizer of "
+                         f"the network of {checkpoint}, so its codes could not be compared: the model file was edited "
+                         f"since `lcq compile`. Recompile it: `lcq compile {checkpoint} -o {args.model}`")
     data = load_dataset(dataset, args.data_dir)
     images, labels = data.test_x.numpy(), data.test_y.numpy()
     if args.images is not None:

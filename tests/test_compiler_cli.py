@@ -266,3 +266,23 @@ def test_compile_options_are_range_checked_as_they_are_parsed(compiled, tmp_path
     err = capsys.readouterr().err
     assert f"lcq compile: error: argument {option}: must be {valid}, not '{value}'" in err, err
     assert not out.exists()
+
+
+def test_eval_refuses_a_model_whose_codes_are_named_after_no_quantizer(compiled, tmp_path, capsys):
+    """Codes are compared per activation quantizer, found by the tensor's name: a model file whose tensor act2 was
+    renamed (the same model otherwise, its digest rewritten) was evaluated with that quantizer silently left out of
+    the comparison. The name is refused, with the fix."""
+    from helpers import members
+
+    checkpoint, model = compiled
+    manifest, arrays = members(model)
+    for node in manifest["nodes"]:
+        node.update({k: "act2b" for k in ("input", "output") if node.get(k) == "act2"})
+    edited = tmp_path / "edited.lcq"
+    model_format.write_members(edited, manifest, arrays)
+    model_format.load(edited)                                    # a valid model file
+    capsys.readouterr()
+    assert main(["eval", str(edited), "--images", "10"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{edited} names the codes tensor 'act2b', which is no activation quantizer of the network of {checkpoint}"
+            in err and f"lcq compile {checkpoint} -o {edited}" in err), err
