@@ -60,7 +60,8 @@ rules, besides exact types, dtypes and shapes of every field and array:
   (the compiler keeps only what the logits depend on), the logits the last
   node's ``(num_classes, 1, 1)`` value tensor, ``scales`` exactly the value tensors (positive, finite, equal
   across an addition), ``source`` empty or the compiler's record, whose
-  options agree with the nodes (``mac``, pool ``frac_bits``).
+  options agree with the nodes (``mac``, pool ``frac_bits``) and whose dataset is one the trainer reads, of
+  the input's image shape.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from lcq_train.dataset_shapes import DATASETS, IMAGE_SHAPES
 
 FORMAT = "lcq-compiled-model"
 VERSION = 2
@@ -764,6 +767,10 @@ class CompiledModel:
             if node.output not in read:
                 raise ModelRuleError(node_where(i, node), "output", f"tensor {node.output!r} is read by no later node; "
                                      "a compiled model holds only the nodes its logits depend on")
+        if options is not None and tuple(self.input.shape) != IMAGE_SHAPES[self.source["dataset"]]:
+            raise ModelRuleError("model", "source.dataset", f"= {self.source['dataset']!r}, whose images are "
+                                 f"{list(IMAGE_SHAPES[self.source['dataset']])}, but the input node takes "
+                                 f"{list(self.input.shape)}")
         values = {name for name, t in tensors.items() if t.bits is None}
         for name in self.scales:
             if name not in values:
@@ -852,6 +859,9 @@ class CompiledModel:
         if not self.source["checkpoint"]:       # Path("") is ".": a directory, never the checkpoint
             raise ModelRuleError("model", "source.checkpoint", "must be the path of the checkpoint the model was "
                                                                "compiled from, not ''")
+        if self.source["dataset"] not in DATASETS:
+            raise ModelRuleError("model", "source.dataset", "must name the dataset the checkpoint was trained on, "
+                                 f"one of {', '.join(DATASETS)}; not {show(self.source['dataset'])}")
         if not re.fullmatch(r"[0-9a-f]{64}", self.source["sha256"]):
             raise ModelRuleError("model", "source.sha256", f"must be 64 hex digits, not {show(self.source['sha256'])}")
         options = self.source["options"]

@@ -172,12 +172,16 @@ def test_eval_refuses_a_checkpoint_the_model_was_not_compiled_from(compiled, tmp
     assert main(["eval", str(model), "--images", "10", "--json"]) == 0
 
 
-def test_eval_refuses_a_model_naming_another_dataset_than_its_checkpoint(compiled, tmp_path, capsys):
+def test_eval_refuses_a_model_naming_another_dataset_than_its_checkpoint(compiled, tmp_path, capsys, monkeypatch):
     """The test set eval compares on is the one the checkpoint was trained on (its config, digest-checked): a model
     file edited to name another dataset (its own digest rewritten) was evaluated on that one. The mismatch is named,
-    with the fix, before any data is read."""
+    with the fix, before any data is read. (Reading the file refuses a dataset of another image shape; MNIST and
+    Fashion-MNIST share theirs, so here MNIST's images take the digits' shape.)"""
     from helpers import members
 
+    from lcq_train.dataset_shapes import IMAGE_SHAPES
+
+    monkeypatch.setitem(IMAGE_SHAPES, "mnist", IMAGE_SHAPES["digits"])
     checkpoint, model = compiled
     manifest, arrays = members(model)
     manifest["source"]["dataset"] = "mnist"

@@ -297,6 +297,12 @@ MUTATIONS = {
     "pool_frac_bits 8.0": (DIGITS, lambda m, a: m["source"]["options"].update(pool_frac_bits=8.0),
                            [r"'source\.options\.pool_frac_bits' must be an integer"]),
     "source.sha256 upper case": (DIGITS, src(sha256="A" * 64), [r"'source\.sha256' must be 64 hex digits"]),
+    "source.dataset unknown": (DIGITS, src(dataset="imagenet"),
+                               [r"'source\.dataset' must name the dataset the checkpoint was trained on, one of "
+                                r"digits, mnist, fashion-mnist, cifar10; not 'imagenet'"]),
+    "source.dataset of another image shape": (RESNET, src(dataset="mnist"),
+                                              [r"'source\.dataset' = 'mnist', whose images are \[1, 28, 28\], but "
+                                               r"the input node takes \[3, 32, 32\]"]),
     "version 3": (DIGITS, top(version=3), [r"format version 3; this lcq reads version 2: update lcq"]),
     "version 2.5": (DIGITS, top(version=2.5), [r"format version 2\.5; this lcq reads version 2"]),
     "version true": (DIGITS, top(version=True), [r"format version True"]),
