@@ -236,6 +236,7 @@ def check_report_core(report_path, built: dict, what: str, recorded: dict, expec
 PLL_MHZ = FloatRange(min(lo for lo, _ in PLL_OUTPUT_MHZ.values()) * (1 - PLL_TOLERANCE),
                      max(hi for _, hi in PLL_OUTPUT_MHZ.values()) * (1 + PLL_TOLERANCE))
 
+
 class Sha256:
     """The rule of a SHA-256 digest as :func:`boards.build.file_sha256` writes it: 64 hexadecimal digits."""
 
