@@ -347,6 +347,6 @@ def _build_and_run(sim: BoardSim, board, args) -> int:
         print(f"lcq board-sim: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:          # Ctrl-C: 130; SIGTERM, SIGHUP (Stopped): the shell's status for them
-        print(f"lcq board-sim: {e or 'stopped'}", file=sys.stderr)
+        print(f"lcq board-sim: {str(e) or 'stopped (Ctrl-C)'}", file=sys.stderr)
         return getattr(e, "exit_status", 130)
     return 0

@@ -227,3 +227,26 @@ def test_the_port_files_go_when_the_board_stops(tmp_path, monkeypatch):
     monkeypatch.setattr(sim.board_pty, "run_test", overwritten)
     board.run(5)
     assert port_file.read_text() == "/dev/pts/78\n" and not board.own_port_file.exists()
+
+
+def test_ctrl_c_of_board_sim_says_that_it_stopped(tmp_path, capsys):
+    """Ctrl-C of a running ``lcq board-sim`` raises a KeyboardInterrupt with no text; it printed
+    ``lcq board-sim: `` and nothing after it. It now says that the board stopped, as SIGTERM's ``stopped by
+    SIGTERM`` does, with the shell's status 130."""
+    from types import SimpleNamespace
+
+    import sim.board_pty
+    from boards.boards import get_board
+    from lcq_train.stop_signals import Stopped
+
+    def running(seconds, on_port):
+        on_port("/dev/pts/77")
+        raise stop
+
+    fake = SimpleNamespace(build=lambda: None, report={"network": {"rows": 1, "cols": 1}}, clk_hz=36e6,
+                           baud=3_000_000, build_dir=tmp_path, run=running)
+    args = SimpleNamespace(mode="network", model=str(DIGITS), seconds=5.0)
+    for stop, status, said in ((KeyboardInterrupt(), 130, "lcq board-sim: stopped (Ctrl-C)"),
+                               (Stopped(signal.SIGTERM), 143, "lcq board-sim: stopped by SIGTERM")):
+        assert sim.board_pty._build_and_run(fake, get_board("ulx3s-12f"), args) == status
+        assert capsys.readouterr().err.splitlines()[-1] == said
