@@ -396,6 +396,15 @@ class LinkHost:
         raise AssertionError("unreachable")
 
 
+def _pseudo_terminal_hint(path: str) -> str:
+    """The fix to add where ``path`` is a pseudo-terminal (Linux's /dev/pts/N), the port of an `lcq board-sim`
+    that has not started yet or has stopped; empty for any other port."""
+    if not str(path).startswith("/dev/pts/"):
+        return ""
+    return ("; it is a pseudo-terminal: is `lcq board-sim` running? Start it and pass the port it prints (a new one "
+            "at every start)")
+
+
 class SerialPort:
     """A serial port opened with pyserial (imported here, so that the rest of the host side needs no pyserial):
     ``write``, ``read`` with a ``timeout`` (required: it ends every wait), ``reset_input_buffer``, ``close``; a
@@ -429,7 +438,8 @@ class SerialPort:
                    if getattr(error, "errno", None) in (errno.EACCES, errno.EPERM) else
                    "check that the board is plugged in and the port name (e.g. /dev/ttyUSB1 on Linux, COM3 on "
                    "Windows)")
-            raise LinkError(f"cannot open serial port {path!r} at {baud} baud ({error}): {fix}") from None
+            raise LinkError(f"cannot open serial port {path!r} at {baud} baud ({error}): {fix}"
+                            f"{_pseudo_terminal_hint(path)}") from None
 
     def _failed(self, doing: str, error: Exception) -> LinkError:
         """The :class:`LinkError` for pyserial's ``error`` while ``doing`` something on the port."""
@@ -438,7 +448,7 @@ class SerialPort:
                              f"{self._serial.write_timeout:.1f} s: the device stopped reading (a hung board or "
                              f"bridge, or a stopped `lcq board-sim`); reset the board and run again")
         return LinkError(f"serial port {self.path!r} failed while {doing} ({error}): was the board unplugged or "
-                         f"reset? Plug it in, check the port name, and run again")
+                         f"reset? Plug it in, check the port name, and run again{_pseudo_terminal_hint(self.path)}")
 
     def write(self, data: bytes) -> None:
         try:

@@ -938,6 +938,28 @@ def test_a_serial_port_that_fails_is_a_link_error():
         os.close(slave)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux names pseudo-terminals /dev/pts/N")
+def test_a_pseudo_terminal_port_that_is_gone_names_lcq_board_sim():
+    """`lcq board-sim`'s port (/dev/pts/N) before the board runs, or after it stopped: the error said only to
+    plug the board in; it now says that the port is a pseudo-terminal and to start `lcq board-sim`, which prints
+    the port. The same once the port fails while in use (the board stopped mid-run)."""
+    pytest.importorskip("serial")
+    gone = "/dev/pts/987654"
+    with pytest.raises(LinkError, match=r"cannot open serial port '/dev/pts/987654' .*a pseudo-terminal: is "
+                                        r"`lcq board-sim` running\? Start it and pass the port it prints"):
+        SerialPort(gone, 3_000_000, timeout=0.2)
+    master, slave = os.openpty()
+    port = SerialPort(os.ttyname(slave), 3_000_000, timeout=0.2)
+    os.close(master)
+    try:
+        with pytest.raises(LinkError, match=r"failed while reading .*a pseudo-terminal: is `lcq board-sim` "
+                                            r"running\? Start it and pass the port it prints"):
+            port.read(4)
+    finally:
+        port.close()
+        os.close(slave)
+
+
 @pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
 def test_a_serial_port_another_session_holds_is_refused():
     """Two sessions on one port would each take the other's replies for their own: the second open is a
