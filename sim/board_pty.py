@@ -1,6 +1,7 @@
 """``lcq board-sim``: a simulated board that the operating system sees as a serial port.
 
-``lcq board-sim MODEL --board NAME [--mode network|layers] [--rows R] [--cols C] [--mhz F]`` builds, in
+``lcq board-sim MODEL --board NAME [--mode network|layers] [--rows R] [--cols C] [--multiply-cols M] [--mhz F]``
+builds, in
 Verilator, the very top that ``lcq build`` puts on the board (:func:`boards.top.accelerator_top`: the core,
 the link bridge and the UART, the same array and, on the UP5K, the same SPRAM primitives) at the board's
 PLL frequency, and runs it with its UART pins bridged to a pseudo-terminal bit by bit at the board's baud
@@ -139,7 +140,7 @@ class BoardSim:
     the process is interrupted; the simulator is killed with its process group either way)."""
 
     def __init__(self, model_path, board, *, mode: str = "network", rows=None, cols=None, mhz=None,
-                 build_dir=None, port_file=None, corrupt_to_board=(), corrupt_from_board=()):
+                 build_dir=None, port_file=None, corrupt_to_board=(), corrupt_from_board=(), multiply_cols=None):
         from boards.boards import uart_baud
         from boards.clock import pll_plan
         from boards.top import accelerator_top
@@ -150,7 +151,7 @@ class BoardSim:
         self.clk_hz = pll_plan(board, board.default_mhz if mhz is None else mhz).achieved_hz
         self.baud = uart_baud(board, self.clk_hz)
         # The design lcq build would build; the fit is checked here (boards.fit.FitError, a ValueError).
-        self.factory = accelerator_top(self.model, board, rows, cols, mode=mode)
+        self.factory = accelerator_top(self.model, board, rows, cols, mode=mode, multiply_cols=multiply_cols)
         array = self.factory.params.engine if mode == "network" else self.factory.params
         self.build_dir = Path(build_dir if build_dir else Path("build") / "board-sim" / (
             f"{self.model_path.stem}-{board.name}-{mode}-{array.rows}x{array.cols}")).resolve()
@@ -273,7 +274,7 @@ def add_parsers(sub) -> dict:
     """Register ``board-sim`` on ``sub`` (argparse subparsers); returns {verb: handler}."""
     from boards.boards import BOARDS
     from boards.cli import MODES
-    from hw.cli import ARRAY_SIZE
+    from hw.cli import ARRAY_SIZE, MULTIPLY_COLS
     from lcq_train.arguments import DefaultsHelpFormatter, nonnegative_int, positive_float
 
     fmt = DefaultsHelpFormatter
@@ -293,6 +294,9 @@ def add_parsers(sub) -> dict:
                    help=f"PE array rows, {ARRAY_SIZE.describe()} (default: chosen for the board)")
     p.add_argument("--cols", type=ARRAY_SIZE, metavar="C",
                    help=f"PE array columns, {ARRAY_SIZE.describe()} (default: chosen for the board)")
+    p.add_argument("--multiply-cols", type=MULTIPLY_COLS, metavar="M",
+                   help="network mode: only the PEs of the first M columns multiply, as `lcq build --multiply-cols "
+                        "M`; 0: every column (default: as `lcq build` without it, the board's)")
     p.add_argument("--mode", choices=MODES, default="network",
                    help="network: the whole network on the chip; layers: the layer engine (as `lcq build`)")
     p.add_argument("--seconds", type=positive_float, default=DEFAULT_SECONDS, metavar="S",
@@ -313,7 +317,7 @@ def cmd_board_sim(args) -> int:
     board = get_board(args.board)
     sim = BoardSim(args.model, board, mode=args.mode, rows=args.rows, cols=args.cols, mhz=args.mhz,
                    build_dir=args.build_dir, port_file=args.port_file, corrupt_to_board=args.corrupt_to_board,
-                   corrupt_from_board=args.corrupt_from_board)
+                   corrupt_from_board=args.corrupt_from_board, multiply_cols=args.multiply_cols)
     sim.check_port_file()
     sim.make_build_dir()
     # One board at a time in a build directory: another's build, port file and status would be taken as ours.

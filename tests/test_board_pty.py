@@ -250,3 +250,23 @@ def test_ctrl_c_of_board_sim_says_that_it_stopped(tmp_path, capsys):
                                (Stopped(signal.SIGTERM), 143, "lcq board-sim: stopped by SIGTERM")):
         assert sim.board_pty._build_and_run(fake, get_board("ulx3s-12f"), args) == status
         assert capsys.readouterr().err.splitlines()[-1] == said
+
+
+def test_board_sim_takes_the_multiply_cols_of_lcq_build(tmp_path):
+    """`lcq build --multiply-cols M` builds a core that multiplies in M columns; `lcq board-sim`, which says it
+    simulates the design `lcq build` builds, had no --multiply-cols, so such a build could not be simulated (its
+    report, passed to `lcq run`, was refused against the simulated board's core). It now takes it, 0 (every
+    column) included, and leaves the board's default without it."""
+    import argparse
+
+    import sim.board_pty
+    from boards.boards import get_board
+
+    board, parser = get_board("ulx3s-85f"), argparse.ArgumentParser()
+    sim.board_pty.add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["board-sim", str(DIGITS), "--board", board.name, "--rows", "2", "--cols", "4",
+                              "--multiply-cols", "0"])
+    assert args.multiply_cols == 0
+    for given, expected in ((None, 1), (0, 0), (2, 2)):
+        made = sim.board_pty.BoardSim(DIGITS, board, rows=2, cols=4, multiply_cols=given, build_dir=tmp_path)
+        assert made.factory.network.params.engine.multiply_cols == expected
