@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
     p.add_argument("--out", metavar="DIR", help="run directory (default: runs/accuracy/<dataset>-<model>)")
     p.add_argument("--json-out", type=output_file, metavar="FILE",
-                   help="results file (default: benchmarks/results/accuracy-<dataset>-<model>.json)")
+                   help="results file (default: benchmarks/results/accuracy-<dataset>-<model>[-clip<C>-bn<N>].json; "
+                        "no suffix for the paper's recipe, --clip-init fixed --bn-batches 0)")
     args = p.parse_args(argv)
     if min(args.fp_epochs, args.epochs, args.batch_size, args.jobs) < 1:
         p.error("--fp-epochs, --epochs, --batch-size and --jobs must be >= 1")

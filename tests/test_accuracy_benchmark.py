@@ -176,3 +176,16 @@ def test_a_table_filled_in_method_by_method_records_a_command_giving_every_row(t
     assert [r["run"] for r in data["rows"]] == ["fp", "uniform-w2a2", "lcq-w2a2"]
     assert " --methods uniform lcq " in data["command"] and data["options"]["methods"] == ["uniform", "lcq"]
     assert " --methods uniform lcq " in capsys.readouterr().out.split("Command:")[-1]
+
+
+def test_the_help_names_the_results_file_each_recipe_writes(capsys):
+    """`--help` gave the results file's default as accuracy-<dataset>-<model>.json, the paper recipe's; the
+    default recipe writes accuracy-<dataset>-<model>-clipmse-bn50.json. The help now names the suffix, and the
+    defaults are the files it names."""
+    accuracy = load_script()
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--help"])
+    assert "accuracy-<dataset>-<model>[-clip<C>-bn<N>].json" in "".join(capsys.readouterr().out.split())
+    assert accuracy.parse_args(["--dataset", "digits"]).json_out.endswith("/accuracy-digits-cnn-clipmse-bn50.json")
+    paper = accuracy.parse_args(["--dataset", "digits", "--clip-init", "fixed", "--bn-batches", "0"])
+    assert paper.json_out.endswith("/accuracy-digits-cnn.json")
