@@ -1,10 +1,9 @@
 """Integer reference vs PyTorch fake-quant on whole test sets, for every quantized run of an accuracy grid.
 
-For each ``RUNS/<run>/checkpoint.pt`` of a quantized run (as written by
-``benchmarks/accuracy.py``), compiles it (``lcq compile``), evaluates the integer
-reference and the float64 PyTorch model on the test set (``lcq eval``), and
-reports top-1 of both, top-1 agreement, activation-code mismatches, model size
-and the reference's speed.
+For each ``checkpoint.pt`` of a quantized run anywhere under ``RUNS`` (``benchmarks/accuracy.py`` writes
+``RUNS/clip-C-bn-N/seed-S/<run>/``; a row is named by that path below ``RUNS``), compiles it (``lcq compile``),
+evaluates the integer reference and the float64 PyTorch model on the test set (``lcq eval``), and reports top-1 of
+both, top-1 agreement, activation-code mismatches, model size and the reference's speed.
 
 Run:  python benchmarks/integer_agreement.py --runs runs/accuracy/mnist-cnn [--data-dir DIR] [--images N]
 Writes benchmarks/results/integer-agreement-<runs dir name>.json (-first<N>.json with --images N; or --json-out)
@@ -43,7 +42,8 @@ def default_json_out(runs_dir: Path, images: int | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", required=True, metavar="DIR", help="directory of runs (one sub-directory per run)")
+    p.add_argument("--runs", required=True, metavar="DIR",
+                   help="directory of runs: every checkpoint.pt below it, at any depth (accuracy.py's --out)")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory (not needed for digits)")
     p.add_argument("--images", type=int, metavar="N", help="first N test images (default: all)")
     p.add_argument("--json-out", type=output_file, metavar="FILE")
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--images must be >= 1 (leave it out for all test images)")
     runs_dir = Path(args.runs)
     json_out = args.json_out or default_json_out(runs_dir, args.images)
-    runs = sorted(d for d in runs_dir.iterdir() if (d / "checkpoint.pt").is_file()) if runs_dir.is_dir() else []
+    runs = sorted(p.parent for p in runs_dir.rglob("checkpoint.pt") if p.is_file()) if runs_dir.is_dir() else []
     try:        # (a checkpoint cut short or a stray file: CheckpointError names it and the fix)
         runs = [d for d in runs if load_checkpoint(d / "checkpoint.pt")["plan"]["method"] != "fp"]
     except (ValueError, OSError) as e:
@@ -63,13 +63,17 @@ def main(argv: list[str] | None = None) -> int:
               "run benchmarks/accuracy.py first", file=sys.stderr)
         return 2
     compiled_runs = []
+
+    def name(run_dir: Path) -> str:
+        return run_dir.relative_to(runs_dir).as_posix()
+
     for run_dir in runs:        # (all compiled before anything is written: a run the compiler refuses stops us here)
         checkpoint = run_dir / "checkpoint.pt"
         try:
             compiled_runs.append((run_dir, checkpoint, compile_checkpoint(checkpoint)))
         except (ValueError, OSError) as e:
             message = str(e) if str(checkpoint) in str(e) else f"{checkpoint}: {e}"
-            print(f"integer_agreement.py: error: {message} (run {run_dir.name} does not compile: retrain it with "
+            print(f"integer_agreement.py: error: {message} (run {name(run_dir)} does not compile: retrain it with "
                   "benchmarks/accuracy.py, or move it out of --runs)", file=sys.stderr)
             return 2
     rows, data = [], None
@@ -87,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         rep = report(compiled)
         plan = compiled.source["plan"]
         first = compiled.convs[0].input
-        rows.append({"run": run_dir.name, "method": plan["method"], "wbits": plan["wbits"], "abits": plan["abits"],
+        rows.append({"run": name(run_dir), "method": plan["method"], "wbits": plan["wbits"], "abits": plan["abits"],
                      "trained_top1": compiled.source["test_top1"], **result, "seconds_both_paths": seconds,
                      "first_layer_codes_equal": result["code_mismatches"][first]["mismatched"] == 0,
                      "total_bytes": rep["total_bytes"], "total_bytes_without_luts": rep["total_bytes_without_luts"],
                      "model_file": str(model_path)})
         r = rows[-1]
-        print(f"{run_dir.name}: integer top-1 {r['top1']:.2f}%, agreement {100 * r['agreement']:.3f}% "
+        print(f"{name(run_dir)}: integer top-1 {r['top1']:.2f}%, agreement {100 * r['agreement']:.3f}% "
               f"({r['disagreements']} differ), {seconds:.1f} s", flush=True)
 
     command = shlex.join(["python", "benchmarks/integer_agreement.py", *sys.argv[1:]]) if argv is None else ""

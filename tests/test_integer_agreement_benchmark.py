@@ -57,3 +57,24 @@ def test_a_checkpoint_the_compiler_refuses_is_one_line_before_anything_is_writte
     assert err.startswith(f"integer_agreement.py: error: {bad}: ") and "size mismatch for conv0.weight" in err
     assert "move it out of --runs" in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out.json").exists() and not (tmp_path / "a-good" / "model.lcq").exists()
+
+
+def test_the_runs_of_an_accuracy_grid_are_found_where_accuracy_py_writes_them(tmp_path, capsys):
+    """benchmarks/accuracy.py writes its quantized runs to OUT/clip-C-bn-N/seed-S/<run>, but
+    `integer_agreement.py --runs OUT` (the README's command) looked one level down only and said 'no quantized
+    runs with checkpoint.pt under OUT; run benchmarks/accuracy.py first' right after that had run. Every
+    checkpoint under --runs is found now, each row named by its path below --runs."""
+    from test_fuzz import tiny_checkpoint
+
+    grid = tmp_path / "digits-cnn"
+    run = grid / "clip-mse-bn-50" / "seed-0" / "lcq-w3a3"
+    run.mkdir(parents=True)
+    tiny_checkpoint(run / "checkpoint.pt")
+    out = tmp_path / "out.json"
+    assert load_benchmark("integer_agreement").main(["--runs", str(grid), "--images", "20",
+                                                     "--json-out", str(out)]) == 0
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["run"] for r in rows] == ["clip-mse-bn-50/seed-0/lcq-w3a3"] and rows[0]["images"] == 20
+    assert "| clip-mse-bn-50/seed-0/lcq-w3a3 | 3/3 |" in capsys.readouterr().out
