@@ -135,6 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.images < 0 or min(args.fp_epochs, args.epochs) < 1:
         p.error("--images must be >= 0, --fp-epochs and --epochs >= 1")
+    committed_path = Path(args.committed)
+    try:
+        committed, committed_error = model_format.load(committed_path), None
+    except (OSError, ValueError) as e:   # not there, or of another format version
+        committed, committed_error = None, e
+        if args.no_train:
+            p.error(f"--no-train evaluates the committed model only, and it cannot be loaded: {e} (the default "
+                    f"path is relative: run from the repository root, or pass --committed MODEL)")
     if args.threads:
         torch.set_num_threads(args.threads)
     from lcq_train.data import load_dataset
@@ -146,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
         images, labels = images[:args.images], labels[:args.images]
     n = len(images)
 
-    committed_path = Path(args.committed)
     result = {
         "benchmark": "resnet20_eval", "command": command, "options": vars(args),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -158,12 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         "committed": {"model": str(committed_path)},
     }
     c = result["committed"]
-    try:
-        committed = model_format.load(committed_path)
-    except (OSError, ValueError) as e:   # not there, or of another format version
-        committed = None
-        c["error"] = str(e)
-        print(f"{committed_path}: not evaluated: {e}", flush=True)
+    if committed is None:
+        c["error"] = str(committed_error)
+        print(f"{committed_path}: not evaluated: {committed_error}", flush=True)
     if committed is not None:
         t0 = time.perf_counter()
         committed_pred = predict(committed, images).argmax(axis=1)

@@ -17,6 +17,11 @@ DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
     # (a fraction given twice was compiled once but tabulated and recorded as two rows)
     ("residual_width", ["--frac-bits", "3", "3"], "argument --frac-bits: 3 is given twice"),
     ("resnet20_eval", ["--no-train", "--threads", "0"], "argument --threads: must be an integer >= 1, not '0'"),
+    # (--no-train with no committed model, e.g. the default path run outside the repository root, evaluated
+    # nothing, printed an empty table and exited 0 with a results file holding only the error)
+    ("resnet20_eval", ["--no-train", "--committed", "/nonexistent.lcq"],
+     "--no-train evaluates the committed model only, and it cannot be loaded: no compiled model at "
+     "/nonexistent.lcq"),
     ("link_traffic", ["--model", "/nonexistent.lcq"], "no compiled model at /nonexistent.lcq"),
     # (a board or mode given twice was measured, or simulated, twice: duplicate rows in the table and the file)
     ("link_traffic", ["--boards", "icebreaker, ulx3s-85f,icebreaker"],
