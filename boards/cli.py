@@ -22,6 +22,11 @@ MODES = ("network", "layers")   # `lcq build --mode`, the default first (hw.prot
 # `lcq build --timeout`'s default: ten times the slowest build measured here (ULX3S-85F ResNet-20 core, ~700 s),
 # so that a hung tool ends the build in hours, not never.
 BUILD_TIMEOUT_S = 7200.0
+# `lcq run --timeout`'s default (a board answers within milliseconds), and with the report of an `lcq board-sim`
+# ("simulated": true): the ACK of a 2 KB LOAD frame (ECP5) comes about 7 s after the frame is written at the ~60k
+# cycles per second of the simulator's -O2 model on a busy machine (400k cycles at 60 MHz, 3 Mbaud).
+READ_TIMEOUT_S = 2.0
+SIMULATED_READ_TIMEOUT_S = 15.0
 
 
 def add_parsers(sub) -> dict:
@@ -83,8 +88,10 @@ def add_parsers(sub) -> dict:
     p.add_argument("--images", type=positive_int, default=100, metavar="N", help="first N test images, N >= 1")
     p.add_argument("--report", metavar="FILE", help="the build's report.json (default: build/<board>/report.json): "
                                                      "clock, array and residency of the flashed design")
-    p.add_argument("--timeout", type=positive_float, default=2.0, metavar="S",
-                   help="serial read timeout in seconds, > 0")
+    p.add_argument("--timeout", type=positive_float, metavar="S",
+                   help=f"serial read timeout in seconds, > 0 (default: {READ_TIMEOUT_S:g}; "
+                        f"{SIMULATED_READ_TIMEOUT_S:g} with the report of an `lcq board-sim`, hundreds of times "
+                        "slower than the board)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return {"build": cmd_build, "flash": cmd_flash, "run": cmd_run}
 
@@ -337,6 +344,8 @@ def cmd_run(args) -> int:
         raise ValueError(f"{report_path}: field 'pll_mhz' ({built['pll_mhz']}) is outside the {lo}..{hi} MHz that "
                          f"the {board.name}'s PLL makes; {REPORT_ADVICE}")
     positive_int.check(args.images, "--images")
+    if args.timeout is None:
+        args.timeout = SIMULATED_READ_TIMEOUT_S if built.get("simulated") is True else READ_TIMEOUT_S
     positive_float.check(args.timeout, "--timeout")
     model = model_format.load(args.model)
     if mode == "network":

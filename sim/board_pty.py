@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from boards.cli import SIMULATED_READ_TIMEOUT_S
 from hw import dsp
 from hw.spram import PRIMITIVE
 from lcq_train.atomic import write_text_if_changed
@@ -54,9 +55,8 @@ TOP, TESTBENCH = "board", "sim.board_pty_cocotb"
 DEFAULT_SECONDS = 3600.0
 RUN_MARGIN_S = 120.0            # beyond --seconds, for the simulator to start and end
 BUILD_TIMEOUT_S = 1800.0
-# `lcq run --timeout` to suggest: the ACK of a 2 KB LOAD frame (ECP5) comes about 7 s after the frame is
-# written at the ~60k cycles per second of the -O2 model on a busy machine (400k cycles at 60 MHz, 3 Mbaud).
-RUN_TIMEOUT_HINT_S = 15
+# `lcq run --timeout` to suggest (lcq run's default with this board's report, which says "simulated": true).
+RUN_TIMEOUT_HINT_S = round(SIMULATED_READ_TIMEOUT_S)
 # sim.runner.VERILATOR_ARGS but compiled at -O2: a board runs for minutes, not the seconds of a test bench, and
 # the -O2 model runs about 6x faster than the -O0 one (the digits CNN's network core on the ULX3S-12F: 80k
 # against 13k cycles per second; the C++ build 85 s against 41 s).

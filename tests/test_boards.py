@@ -1070,3 +1070,29 @@ def test_flash_names_a_report_whose_digest_is_not_a_sha256(tmp_path, monkeypatch
     with pytest.raises(ValueError, match=r"build/icebreaker/report.json: field 'bitstream_sha256' \(.*\) must be 64 "
                                          r"hexadecimal digits \(a SHA-256\), not "):
         handlers["flash"](parser.parse_args(["flash", "--board", "icebreaker"]))
+
+
+def test_lcq_run_waits_as_long_as_a_simulated_board_needs(tmp_path, capsys, monkeypatch):
+    """Against `lcq board-sim`, hundreds of times slower than the board, `lcq run` without --timeout (2 s)
+    loaded the constants and then failed on the first image's RUN ('timed out waiting for RUN output'). With the
+    report of a simulated board (``"simulated": true``, as board-sim writes) the read timeout is now
+    board-sim's own advice, 15 s; a real board's stays 2 s, and --timeout still wins."""
+    import boards.link_host
+    from hw.protocol import LinkError
+    from lcq.cli import main
+
+    seen = []
+
+    class Port:
+        def __init__(self, path, baud, *, timeout):
+            seen.append(timeout)
+            raise LinkError("no board here")
+
+    monkeypatch.setattr(boards.link_host, "SerialPort", Port)
+    report = {"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"}, "board": "icebreaker"}
+    for simulated, given, expected in ((True, [], 15.0), (False, [], 2.0), (True, ["--timeout", "3"], 3.0)):
+        path = tmp_path / f"report-{simulated}.json"
+        path.write_text(json.dumps({**report, "simulated": simulated}))
+        assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/pts/5", "--images", "1",
+                     "--report", str(path), *given]) == 1
+        assert seen.pop() == expected and f"--timeout {expected:g} s" in capsys.readouterr().err
