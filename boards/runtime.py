@@ -71,6 +71,13 @@ class RunResult:
         return float((self.predictions == self.labels).mean() * 100)
 
 
+# The fix where a board's INFO states a core other than the one the host computed from the model and the build
+# report (lcq run checks the report against the model before): the report is not of the build on the port.
+OTHER_BUILD = ("the board on the port runs another build than the report describes; pass the report.json of the "
+               "build on that port (--report FILE), or build and flash this model's (`lcq build MODEL --board NAME`, "
+               "`lcq flash --board NAME`)")
+
+
 def check_mode(info: LinkInfo, expected: LinkMode) -> None:
     """A :class:`LinkError` naming both modes and the fix when the board's bitstream runs in another
     mode than the host expects (from the build report)."""
@@ -153,8 +160,7 @@ class NetworkRunner(_Runner):
         got = (info.addr_bits, info.target_bits, info.out_bits, info.rows, info.cols, info.classes)
         if got != expected:
             raise LinkError(f"the board's network core (address bits, target bits, logit bits, rows, cols, classes "
-                            f"= {got}) is not the one built for this model ({expected}): build and flash it "
-                            f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
+                            f"= {got}) is not the one built for this model ({expected}): {OTHER_BUILD}")
         self.host, self.model, self.params = host, model, params
         self.retries, self.repeated = retries, 0
 
@@ -278,8 +284,7 @@ class BoardRunner(_Runner):
         got = (info.addr_bits, info.target_bits, info.out_bits, info.code_bits, info.rows, info.cols)
         if got != expected:
             raise LinkError(f"the board's engine (address bits, target bits, output bits, code bits, rows, cols "
-                            f"= {got}) is not the one built for this model ({expected}): build and flash it "
-                            f"with `lcq build MODEL --board NAME` and `lcq flash --board NAME`")
+                            f"= {got}) is not the one built for this model ({expected}): {OTHER_BUILD}")
         self.host, self.model, self.params, self.resident = host, model, params, resident
         self.retries, self.repeated = retries, 0
 

@@ -1858,9 +1858,20 @@ def test_each_runner_refuses_a_board_of_the_other_mode():
     with pytest.raises(LinkError, match=r"runs in layers mode, but the host was asked to run it in network mode "
                                         r".*--mode network"):
         NetworkRunner(LinkHost(ScriptPort(answers(layers.encode()))), model, params)
+    # (a core other than the report's: the port is another board, or holds another build's bitstream; the error
+    # said only to build and flash, not that the report may be the one to change)
     other = dataclasses.replace(_network_device(model, params, images)[0], classes=11)
-    with pytest.raises(LinkError, match=r"the board's network core .* is not the one built for this model"):
+    with pytest.raises(LinkError, match=r"the board's network core .* is not the one built for this model .*: "
+                                        r"the board on the port runs another build than the report describes; pass "
+                                        r"the report.json of the build on that port \(--report FILE\), or build "
+                                        r"and flash"):
         NetworkRunner(LinkHost(ScriptPort(answers(other.encode()))), model, params)
+    other = dataclasses.replace(layers, rows=3)
+    with pytest.raises(LinkError, match=r"the board's engine .* is not the one built for this model .*: the board on "
+                                        r"the port runs another build than the report describes; pass the "
+                                        r"report.json of the build on that port \(--report FILE\)"):
+        BoardRunner(LinkHost(ScriptPort(answers(other.encode()))), model,
+                    EngineParams.for_model(model, 2, 4, resident="all"), "all")
 
 
 def test_network_runner_refuses_images_of_the_wrong_shape_before_sending_anything():
