@@ -31,6 +31,10 @@ FINISHED = ("trained", "done earlier, reused", "done earlier, reported")
 
 def read(path: Path) -> dict:
     """One seed's result file, checked for what the table reads; ValueError naming the file otherwise."""
+    if not path.exists() and any(c in str(path) for c in "*?["):     # a shell pattern that matched nothing
+        raise ValueError(f"{path}: no file matches this pattern (no seed's result file yet? each comes from one GPU "
+                         "session, `bash benchmarks/gpu_session.sh`, committed as "
+                         "benchmarks/results/cifar10-resnet20-seedN.json)")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

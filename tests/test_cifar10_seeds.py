@@ -94,3 +94,14 @@ def test_a_run_of_other_widths_under_the_same_name_is_refused(seeds, tmp_path, c
     assert seeds.main([*map(str, files), "--json-out", str(tmp_path / "c.json")]) == 2
     err = capsys.readouterr().err
     assert f"{files[1]}: its run 'lcq-w3a3-clipmse-bn50' is lcq W4/A4, {files[0]}'s lcq W3/A3" in err
+
+
+def test_a_pattern_that_matched_no_file_says_so(seeds, tmp_path, capsys):
+    """`cifar10_seeds.py benchmarks/results/cifar10-resnet20-seed*.json` (the README's command) before any GPU
+    session's result is committed: the shell passes the pattern as it is, and the error was '[Errno 2] No such
+    file or directory' on a name with a '*'. It now says that no file matches and where the files come from."""
+    pattern = tmp_path / "cifar10-resnet20-seed*.json"
+    assert seeds.main([str(pattern), "--json-out", str(tmp_path / "out.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"{pattern}: no file matches this pattern" in err and "gpu_session.sh" in err
+    assert not (tmp_path / "out.json").exists()
