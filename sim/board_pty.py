@@ -353,4 +353,6 @@ def _build_and_run(sim: BoardSim, board, args) -> int:
     except KeyboardInterrupt as e:          # Ctrl-C: 130; SIGTERM, SIGHUP (Stopped): the shell's status for them
         print(f"lcq board-sim: {str(e) or 'stopped (Ctrl-C)'}", file=sys.stderr)
         return getattr(e, "exit_status", 130)
+    print(f"lcq board-sim: stopped: --seconds {args.seconds:g} passed (start it again for more, with a larger "
+          f"--seconds)", file=sys.stderr)
     return 0

@@ -270,3 +270,20 @@ def test_board_sim_takes_the_multiply_cols_of_lcq_build(tmp_path):
     for given, expected in ((None, 1), (0, 0), (2, 2)):
         made = sim.board_pty.BoardSim(DIGITS, board, rows=2, cols=4, multiply_cols=given, build_dir=tmp_path)
         assert made.factory.network.params.engine.multiply_cols == expected
+
+
+def test_board_sim_says_when_its_seconds_have_passed(tmp_path, capsys):
+    """A board that stopped by itself after --seconds exited 0 without a word, its port gone: an `lcq run` on it
+    then failed with nothing on board-sim's side to say why. It now says that --seconds passed and the board
+    stopped."""
+    from types import SimpleNamespace
+
+    import sim.board_pty
+    from boards.boards import get_board
+
+    fake = SimpleNamespace(build=lambda: None, report={"network": {"rows": 1, "cols": 1}}, clk_hz=36e6,
+                           baud=3_000_000, build_dir=tmp_path, run=lambda seconds, on_port: on_port("/dev/pts/77"))
+    args = SimpleNamespace(mode="network", model=str(DIGITS), seconds=15.0)
+    assert sim.board_pty._build_and_run(fake, get_board("icebreaker"), args) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == ("lcq board-sim: stopped: --seconds 15 passed (start it "
+                                                        "again for more, with a larger --seconds)")
