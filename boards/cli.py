@@ -375,6 +375,10 @@ def cmd_run(args) -> int:
                           {"params": engine.params.describe()}, args.model, board, " --mode layers")
     images, labels = _test_images(args, model)
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
+    # Progress on a terminal only (as the trainer's): in a log, carriage returns join its lines into one.
+    show_progress = None if args.json or not sys.stderr.isatty() else (
+        lambda i, n: print(f"\r{i}/{n} images", end="", file=sys.stderr, flush=True))
+    end_progress = "\n" if show_progress else ""
     try:
         with SerialPort(args.port, baud, timeout=args.timeout) as port:
             host = LinkHost(port)
@@ -382,15 +386,14 @@ def cmd_run(args) -> int:
                 runner = NetworkRunner(host, model, params)
             else:
                 runner = BoardRunner(host, model, engine.params, engine.resident)
-            show = None if args.json else (lambda i, n: print(f"\r{i}/{n} images", end="", file=sys.stderr))
-            result = runner.classify(images, labels, show)
+            result = runner.classify(images, labels, show_progress)
     except LinkError as e:
-        print(f"\nlcq run: error: {e}\nlcq run: the link was --port {args.port} at {baud:,} baud (the {board.name}'s "
-              f"UART at the {built['pll_mhz']:g} MHz clock of {report_path}), --timeout {args.timeout:g} s",
-              file=sys.stderr)
+        print(f"{end_progress}lcq run: error: {e}\nlcq run: the link was --port {args.port} at {baud:,} baud (the "
+              f"{board.name}'s UART at the {built['pll_mhz']:g} MHz clock of {report_path}), --timeout "
+              f"{args.timeout:g} s", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\nlcq run: interrupted (Ctrl-C): the port was closed; no results", file=sys.stderr)
+        print(f"{end_progress}lcq run: interrupted (Ctrl-C): the port was closed; no results", file=sys.stderr)
         return 130
     reference = predict(model, images).argmax(axis=1)
     repeated = "images_repeated" if mode == "network" else "layers_repeated"
@@ -402,7 +405,7 @@ def cmd_run(args) -> int:
     if args.json:
         print(json.dumps(out))
     else:
-        print(file=sys.stderr)
+        print(end_progress, end="", file=sys.stderr)
         print(f"{board.name}: {out['images']} images, top-1 {out['accuracy']:.2f}%, "
               f"{out['images_per_second']:.2f} images/s at {baud:,} baud (constants loaded in "
               f"{out['load_seconds']:.2f} s, {host.retried} frames resent, {runner.repeated} "

@@ -725,6 +725,9 @@ def test_ctrl_c_during_lcq_run_is_one_line_and_closes_the_port(tmp_path, capsys,
             progress(1, len(images))
             raise KeyboardInterrupt
 
+    import sys
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)      # (progress is shown on a terminal only)
     monkeypatch.setattr(boards.link_host, "SerialPort", FakePort)
     monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
     report = tmp_path / "report.json"
@@ -1096,3 +1099,37 @@ def test_lcq_run_waits_as_long_as_a_simulated_board_needs(tmp_path, capsys, monk
         assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/pts/5", "--images", "1",
                      "--report", str(path), *given]) == 1
         assert seen.pop() == expected and f"--timeout {expected:g} s" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_lcq_run_shows_its_progress_on_a_terminal_only(tmp_path, capsys, monkeypatch, terminal):
+    """`lcq run 2> run.log` wrote its progress line by line joined by carriage returns ('1/5 images2/5 images...'
+    in the log) and a blank line before its summary and errors; the trainer shows progress on a terminal only, and
+    so does `lcq run` now."""
+    import sys
+
+    import boards.link_host
+    import boards.runtime
+    from compiler.reference import predict
+    from lcq.cli import main
+
+    class Runner:
+        def __init__(self, host, model, params, resident):
+            self.model, self.repeated = model, 0
+
+        def classify(self, images, labels, progress):
+            for i in range(1, len(images) + 1):
+                if progress is not None:
+                    progress(i, len(images))
+            return boards.runtime.RunResult(predict(self.model, images), 0.5, labels, load_seconds=0.25)
+
+    monkeypatch.setattr(boards.link_host, "SerialPort", FakePort)
+    monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
+                                  "board": "icebreaker"}))
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
+                 "--report", str(report)]) == 0
+    err = capsys.readouterr().err
+    assert err == ("\r1/5 images\r2/5 images\r3/5 images\r4/5 images\r5/5 images\n" if terminal else "")
