@@ -326,7 +326,9 @@ def cmd_run(args) -> int:
     report_path = Path(args.report or Path("build") / board.name / "report.json")
     if not report_path.is_file():
         raise FileNotFoundError(f"no build report {report_path}: build and flash first (`lcq build MODEL --board "
-                                f"{board.name}`, `lcq flash --board {board.name}`) or pass --report FILE")
+                                f"{board.name}`, `lcq flash --board {board.name}`) or pass --report FILE (for a "
+                                f"simulated board, `lcq board-sim` writes one in its build directory and prints it "
+                                f"in its `lcq run` command)")
     # A report without a mode is of a build before network mode existed: layers mode.
     mode = read_report(report_path, ("mode",))["mode"] if "mode" in read_report(report_path, ()) else "layers"
     array = ("network.rows", "network.cols") if mode == "network" else ("engine.rows", "engine.cols",
