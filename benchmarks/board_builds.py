@@ -28,7 +28,8 @@ Run:  python benchmarks/board_builds.py [--builds icebreaker:digits ulx3s-85f:di
           [--mode network|layers] [--seed N | --placements N] [--placer heap|static|sa] [--router router1|router2]
           [--multiply-cols M]
           [--time-limit SECONDS] [--build-root DIR] [--json-out FILE]
-Writes benchmarks/results/board_builds.json (or --json-out): a JSON list of records, and prints a table.
+Writes benchmarks/results/board_builds.json (or --json-out): a JSON list of records, this run's after the ones the
+file already holds, and prints a table of this run's.
 """
 
 from __future__ import annotations
@@ -308,6 +309,22 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def earlier_records(path: Path) -> list[dict]:
+    """The build records already in the results file ``path`` (none if it does not exist), which this run's
+    records follow: the README's rows come from builds of many runs, at many commits. ValueError, naming the file,
+    for one that is not a JSON list of records (the file is then left as it is)."""
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path}: not a list of build records ({e}); give another --json-out, or move the file "
+                         "away") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{path}: not a list of build records; give another --json-out, or move the file away")
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -362,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seed must be an integer >= 0")
     if args.placements is not None and (args.placements < 1 or args.placements > 1 and args.seed is not None):
         parser.error("--placements must be an integer >= 1, and 1 with --seed")
+    try:
+        earlier = earlier_records(Path(args.json_out))
+    except ValueError as e:
+        parser.error(str(e))
     command = shlex.join(["python", "benchmarks/board_builds.py", *(sys.argv[1:] if argv is None else argv)])
     env = environment()
     records = []
@@ -373,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                               list(os.getloadavg())})
         records.append(record)
         print(table([record]).splitlines()[-1], flush=True)
-        save_json(records, args.json_out)   # after every build: a later stop keeps the ones done
+        save_json(earlier + records, args.json_out)   # after every build: a later stop keeps the ones done
     print("\n" + table(records))
     print(f"\nwrote {args.json_out}")
     return 0

@@ -182,3 +182,26 @@ def test_training_options_are_checked_as_lcq_train_checks_them(name, argv, messa
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_board_builds_keeps_the_earlier_records_of_its_results_file(tmp_path, monkeypatch, capsys):
+    """board_builds.py rewrote its results file with this run's builds alone: one build run with the default
+    --json-out (as the README's ResNet-20 row was) dropped the 178 earlier records behind the README's other rows.
+    This run's records now follow the file's earlier ones; a file that is not a list of records is refused,
+    untouched."""
+    import json
+    bench = load_benchmark("board_builds")
+    monkeypatch.setattr(bench, "run_build", lambda job, *args: {"spec": job["spec"], "board": job["board"],
+                                                                "model": "m.lcq", "status": "does not fit",
+                                                                "build_seconds": 0.0})
+    monkeypatch.setattr(bench, "environment", lambda: {})
+    out = tmp_path / "out.json"
+    out.write_text(json.dumps([{"spec": "earlier:one", "status": "ok"}]))
+    assert bench.main(["--builds", "icebreaker:digits", "--build-root", str(tmp_path), "--json-out", str(out)]) == 0
+    assert [r["spec"] for r in json.loads(out.read_text())] == ["earlier:one", "icebreaker:digits"]
+    out.write_text('{"not": "a list"}')
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(["--builds", "icebreaker:digits", "--build-root", str(tmp_path), "--json-out", str(out)])
+    assert exit_.value.code == 2
+    assert f"{out}: not a list of build records" in capsys.readouterr().err
+    assert out.read_text() == '{"not": "a list"}'
