@@ -288,7 +288,8 @@ def test_a_simulator_failing_after_passing_testcases_says_so(hanging_design):
 
     (hanging_design / "late.v").write_text('module top(input clk);\nfinal $fatal(1, "late failure");\nendmodule\n')
     (hanging_design / "passing_cocotb.py").write_text(PASSING_TESTBENCH)
-    built = build("icarus", [hanging_design / "late.v"], "top", hanging_design / "late")
+    # a final block is SystemVerilog: built without sim.runner.ICARUS_ARGS' -g2005 (for Yosys's Verilog-2005)
+    built = build("icarus", [hanging_design / "late.v"], "top", hanging_design / "late", build_args=[])
     with pytest.raises(SimulationFailed, match=r"(?s)icarus: 0 of 1 cocotb testcases failed \(exit 1\):\n  \(every "
                                                r"testcase passed; then the simulator exited with status 1\).*"
                                                r"late failure") as failure:
