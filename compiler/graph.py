@@ -73,8 +73,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from lcq_train.dataset_shapes import DATASETS, IMAGE_SHAPES
-
 FORMAT = "lcq-compiled-model"
 VERSION = 2
 
@@ -93,6 +91,9 @@ INT64_LIMIT = 1 << 63
 MAX_NODES = 4096
 MAX_CLASSES = 1 << 16
 NAME = re.compile(r"[A-Za-z0-9_.]{1,256}")
+# What ``source.dataset`` may name: the trainer's datasets (lcq_train.data.IMAGE_SHAPES, which a test holds equal;
+# not imported, so that the host side reads model files without the trainer) and their images' (C, H, W).
+DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 SOURCE_FIELDS = {"checkpoint": str, "sha256": str, "model": str, "dataset": str, "plan": dict, "epoch": int,
                  "test_top1": (float, int, type(None)), "options": dict}
 OPTION_FIELDS = ("residual_frac_bits", "pool_frac_bits", "logit_frac_bits", "max_lut_entries")
@@ -767,9 +768,9 @@ class CompiledModel:
             if node.output not in read:
                 raise ModelRuleError(node_where(i, node), "output", f"tensor {node.output!r} is read by no later node; "
                                      "a compiled model holds only the nodes its logits depend on")
-        if options is not None and tuple(self.input.shape) != IMAGE_SHAPES[self.source["dataset"]]:
+        if options is not None and tuple(self.input.shape) != DATASET_SHAPES[self.source["dataset"]]:
             raise ModelRuleError("model", "source.dataset", f"= {self.source['dataset']!r}, whose images are "
-                                 f"{list(IMAGE_SHAPES[self.source['dataset']])}, but the input node takes "
+                                 f"{list(DATASET_SHAPES[self.source['dataset']])}, but the input node takes "
                                  f"{list(self.input.shape)}")
         values = {name for name, t in tensors.items() if t.bits is None}
         for name in self.scales:
@@ -859,9 +860,9 @@ class CompiledModel:
         if not self.source["checkpoint"]:       # Path("") is ".": a directory, never the checkpoint
             raise ModelRuleError("model", "source.checkpoint", "must be the path of the checkpoint the model was "
                                                                "compiled from, not ''")
-        if self.source["dataset"] not in DATASETS:
+        if self.source["dataset"] not in DATASET_SHAPES:
             raise ModelRuleError("model", "source.dataset", "must name the dataset the checkpoint was trained on, "
-                                 f"one of {', '.join(DATASETS)}; not {show(self.source['dataset'])}")
+                                 f"one of {', '.join(DATASET_SHAPES)}; not {show(self.source['dataset'])}")
         if not re.fullmatch(r"[0-9a-f]{64}", self.source["sha256"]):
             raise ModelRuleError("model", "source.sha256", f"must be 64 hex digits, not {show(self.source['sha256'])}")
         options = self.source["options"]

@@ -368,6 +368,15 @@ def named(message: str) -> bool:
                           message))
 
 
+def test_the_datasets_a_model_file_may_name_are_the_trainers():
+    """``source.dataset`` is checked against the compiler's own table (the host reads model files without the
+    trainer); it must be the trainer's datasets and image shapes, the rule that wrote the field."""
+    from compiler.graph import DATASET_SHAPES
+    from lcq_train.data import DATASETS, IMAGE_SHAPES
+
+    assert DATASET_SHAPES == IMAGE_SHAPES and tuple(DATASET_SHAPES) == DATASETS
+
+
 @pytest.mark.parametrize("name", MUTATIONS)
 def test_mutation(name, tmp_path):
     path, edit, expect = MUTATIONS[name]
