@@ -216,6 +216,7 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
 
 
 GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
+_DEFAULT_FRAC = CompileOptions.residual_frac_bits   # the fraction bits that cover a trained model's scales
 
 
 def _finest(gain: np.ndarray) -> float:
@@ -692,6 +693,11 @@ class _Lowering:
         out_scale = fixed[0] if fixed else stages.fraction_scale([_finest(a.gain), _finest(b.gain)],
                                                                  self.options.residual_frac_bits)
         for x, f in zip((a, b), free):
+            # its accumulator's steps would merge in the sum, by a gap no plain choice of fraction bits made
+            ratio = _finest(x.gain) / out_scale
+            if f and ratio < min(1.0, 2.0**(self.options.residual_frac_bits - _DEFAULT_FRAC)):
+                self.coarse_stream(node, x, (b if x is a else a).tensor, ratio)
+        for x, f in zip((a, b), free):
             if f:
                 self.requantize(self.raw[x.tensor], x.gain, x.offset, out_scale)
         name, out = self.scoped(node, "add", "out")
@@ -701,6 +707,22 @@ class _Lowering:
         self.shapes[out], self.scales[out] = self.shapes[a.tensor], out_scale
         self.bounds[out] = self.bounds[a.tensor] + self.bounds[b.tensor]
         return _Value("values", out, np.full(c, out_scale), np.zeros(c), sole=len(node.users) == 1)
+
+    def coarse_stream(self, node: fx.Node, x: _Value, other: str, ratio: float) -> None:
+        """Refuse addition ``node``: operand ``x`` (a free accumulator) would join the stream of ``other``,
+        whose scale is ``1 / ratio`` times its own (BN-folded) step, so distinct accumulators would round alike;
+        the two operands' own steps lie more than ``2^residual_frac_bits`` (default) apart, which no trained
+        model's do (a coarse stream the options chose rounds as documented)."""
+        frac = self.options.residual_frac_bits
+        need = frac + math.ceil(math.log2(1 / ratio))
+        fix = (f"compile with --residual-frac-bits {need} (or more) for a finer stream" if need <= FRAC_BITS[1] else
+               f"no --residual-frac-bits up to {FRAC_BITS[1]} is fine enough; check the weights and BN of both "
+               "layers (a scale that far off is no trained model's)")
+        raise ValueError(f"cannot compile a {self.model}: {describe(node)}{location(node)} adds {x.tensor!r} to "
+                         f"{other!r}, whose scale (fixed where it is made, "
+                         f"--residual-frac-bits {frac} below its step) is {1 / ratio:.3g} times coarser than "
+                         f"{x.tensor!r}'s accumulator step (times its BN scale): {x.tensor!r}'s values would round "
+                         f"together and the codes after the sum differ from the PyTorch model's; {fix}")
 
     def _output(self, node: fx.Node, op: Op) -> _Value:
         source = node.args[0]

@@ -1,0 +1,39 @@
+"""Numeric edge cases of a checkpoint's parameters: the compiled integer model agrees with the float64
+PyTorch model code for code, or the compiler refuses, naming the layer, the parameter and the fix."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from compiler.agreement import compare
+from compiler.lower import CompileOptions, compile_model
+from lcq_train.models.resnet import PreActResNet
+from lcq_train.plan import QuantPlan, apply_plan
+
+from helpers import images, randomize
+
+
+def mismatches(compiled, model, x) -> dict:
+    """Per activation quantizer the codes that differ, and ``top1``: the images whose predictions differ."""
+    result = compare(compiled, model, x, np.zeros(len(x), dtype=np.int64), batch_size=64)
+    return {name: m for name, (_, m) in result.codes.items()} | {"top1": result.disagreements}
+
+
+def resnet8(seed: int = 5) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 3)), seed=seed)
+
+
+def test_residual_stream_coarser_than_an_operand_is_refused_with_the_frac_bits_that_fit():
+    """The first conv's output (read by a BN too) fixes the residual stream's scale; 2^20 times coarser
+    than the block's conv2 step, conv2's accumulator would round away (codes differed silently)."""
+    model = resnet8()
+    with torch.no_grad():
+        model.conv1.weight.mul_(2.0**20)
+    with pytest.raises(ValueError, match=r"blocks\.0\.conv2.*conv1.*--residual-frac-bits 2[0-4]") as e:
+        compile_model(model, (3, 32, 32))
+    frac = int(re.search(r"with --residual-frac-bits (\d+) ", str(e.value)).group(1))
+    compiled = compile_model(model, (3, 32, 32), CompileOptions(residual_frac_bits=frac))
+    assert not any(mismatches(compiled, model, images(8, (3, 32, 32), seed=5)).values())
