@@ -331,7 +331,14 @@ class _Lowering:
         flip, dead = (gain < 0)[:, None, None, None], (gain == 0)[:, None, None, None]
         conv.weight_codes = np.where(dead, 0, np.where(flip, -conv.weight_codes, conv.weight_codes)).astype(np.int8)
         ratio = np.where(gain == 0, _finest(gain), np.abs(gain)) / out_scale
-        conv.stage = stages.requantize(ratio, offset / out_scale, self.bounds[out], relu)
+        try:
+            conv.stage = stages.requantize(ratio, offset / out_scale, self.bounds[out], relu)
+        except stages.BiasRange:
+            raise ValueError(f"cannot compile a {self.model}: layer {conv.name!r}: its bias (with its BN, up to "
+                             f"{np.abs(offset).max():.3g}) is too large for the int64 requantize stage at output "
+                             f"scale {out_scale:.3g} (its accumulator step {conv.scale:.3g}, "
+                             f"{self.describe_step(conv)}): that step is far below a trained layer's; check those "
+                             "parameters (retrain, or restore the checkpoint from a copy)") from None
         conv.out_scale = out_scale
         self.bounds[out] = conv.stage.bound(self.bounds[out])
         self.scales[out] = out_scale
@@ -734,7 +741,23 @@ class _Lowering:
             self.refuse(source, "gives the network's output; the output must be a linear layer's (or a conv's "
                         "C x 1 x 1) accumulator that nothing else reads (the logits)")
         conv = self.raw[x.tensor]
+        out_scale = conv.scale / 2.0**self.options.logit_frac_bits
+        largest = float(np.abs(x.offset).max(initial=0.0))
+        if 0 < largest < out_scale / 2:
+            raise ValueError(f"cannot compile a {self.model}: layer {conv.name!r}: its bias (up to {largest:.3g}) "
+                             f"rounds to 0 in the logits, whose unit is {out_scale:.3g} (--logit-frac-bits "
+                             f"{self.options.logit_frac_bits} below its accumulator step {conv.scale:.3g}, "
+                             f"{self.describe_step(conv)}), so the integer logits would drop what the bias decides; "
+                             "that step is far off a trained layer's: check those parameters (retrain, or restore "
+                             "the checkpoint from a copy)")
         self.rename(x.tensor, "logits")
         conv.output = "logits"
-        self.requantize(conv, x.gain, x.offset, conv.scale / 2.0**self.options.logit_frac_bits)
+        self.requantize(conv, x.gain, x.offset, out_scale)
         return x
+
+    def describe_step(self, conv: ConvNode) -> str:
+        """The parameters behind ``conv``'s accumulator step, for an error message."""
+        wq, act = self.modules[conv.name].wq, self.modules.get(conv.input)
+        alpha = getattr(act, "alpha", None)
+        return (f"from {conv.name}.wq.alpha = {wq.alpha.item():.3g}, its weights' sigma_w and "
+                + (f"{conv.input}.alpha = {alpha.item():.3g}" if alpha is not None else "its input's alpha"))

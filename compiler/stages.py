@@ -60,6 +60,10 @@ def thresholds(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, bound: int, 
     return Thresholds(exact, (gain[:, 0] < 0), bits)
 
 
+class BiasRange(ValueError):
+    """A requantize stage's bias, in its output units, does not fit int64."""
+
+
 def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, relu: bool = False) -> Requantize:
     """``y = round_half_up(x * ratio + bias)`` in fixed point: ``(x * M + B) >> shift`` (then
     ``max(0, y)`` where ``relu``).
@@ -77,7 +81,7 @@ def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, relu: bool = 
     half = np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
     b = np.round(bias * 2.0**shift)
     if not np.all(np.abs(b) < BIAS_LIMIT):
-        raise ValueError("requantize bias too large for int64")
+        raise BiasRange("requantize bias too large for int64")
     stage = Requantize(multiplier, b.astype(np.int64) + half, shift, relu)
     stage.check_arrays("requantize", len(ratio), in_bound, prefix="")
     return stage

@@ -12,7 +12,7 @@ from compiler.lower import CompileOptions, compile_model
 from lcq_train.models.resnet import PreActResNet
 from lcq_train.plan import QuantPlan, apply_plan
 
-from helpers import images, randomize
+from helpers import images, randomize, small_cnn
 
 
 def mismatches(compiled, model, x) -> dict:
@@ -37,3 +37,22 @@ def test_residual_stream_coarser_than_an_operand_is_refused_with_the_frac_bits_t
     frac = int(re.search(r"with --residual-frac-bits (\d+) ", str(e.value)).group(1))
     compiled = compile_model(model, (3, 32, 32), CompileOptions(residual_frac_bits=frac))
     assert not any(mismatches(compiled, model, images(8, (3, 32, 32), seed=5)).values())
+
+
+def test_logits_whose_bias_the_fixed_point_rounds_away_are_refused():
+    """A huge weight clip quantizes every fc weight to 0, so the bias alone decides the class; at the
+    accumulator's scale the bias rounded to 0 and every prediction differed silently."""
+    model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=7)
+    with torch.no_grad():
+        model.fc.wq.alpha.fill_(1e30)
+    with pytest.raises(ValueError, match=r"'fc'.*bias.*rounds? to 0.*wq\.alpha"):
+        compile_model(model, (1, 8, 8))
+
+
+@pytest.mark.parametrize("edit", ["weight", "act_fc.alpha"])
+def test_logit_bias_too_large_for_int64_names_the_layer(edit):
+    model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=7)
+    with torch.no_grad():
+        model.fc.weight.mul_(1e-30) if edit == "weight" else model.act_fc.alpha.fill_(1e-30)
+    with pytest.raises(ValueError, match=r"'fc'.*bias.*int64"):
+        compile_model(model, (1, 8, 8))
