@@ -441,6 +441,7 @@ class _Lowering:
         if x.pooled:
             _, h, w = self.shapes[x.tensor]
             frac, window = self.options.pool_frac_bits, x.pooled != GLOBAL
+            self.check_pool_unit(node, x, t, frac)
             summed = x.pooled[0] ** 2 if window else h * w
             sign, relu, off, stage = stages.pool_constants(x.gain, x.offset, t, summed, frac, self.bounds[x.tensor],
                                                            bits)
@@ -460,6 +461,23 @@ class _Lowering:
             self.max_pools(x.maxpools, codes, name)
         self.shapes[name] = shape
         return _Value("codes", name)
+
+    def check_pool_unit(self, node: fx.Node, x: _Value, t: np.ndarray, frac: int) -> None:
+        """Refuse pooling ``x`` into quantizer ``node`` where a unit of the pooled sum (``2^-frac`` of the
+        accumulator step times the BN scale, ``|gain|``) is coarser than the quantizer's first code threshold
+        ``t[0]``: the BN offset, rounded to that unit, would decide codes."""
+        gain = np.abs(x.gain[x.gain != 0])
+        if not gain.size or t[0] * 2.0**frac / gain.max() >= 1:
+            return
+        need = frac + math.ceil(math.log2(gain.max() / t[0]))
+        fix = (f"compile with --pool-frac-bits {need} (or more)" if need <= FRAC_BITS[1] else
+               f"no --pool-frac-bits up to {FRAC_BITS[1]} is fine enough; check {node.target}.alpha, the clip alpha "
+               f"of the quantizer that feeds {x.tensor!r}, and {x.tensor!r}'s weights and BN (scales that far off "
+               "are no trained model's)")
+        raise ValueError(f"cannot compile a {self.model}: {describe(node)}{location(node)}: the average pooling of "
+                         f"{x.tensor!r} (with its BN) sums in units of {gain.max() / 2.0**frac:.3g} (--pool-frac-bits "
+                         f"{frac} below its accumulator step times the BN scale), coarser than {node.target!r}'s first "
+                         f"code threshold {t[0]:.3g}: the rounding would decide its codes; {fix}")
 
     def _conv(self, node: fx.Node, op: Op) -> _Value:
         return self.layer(node, op.module, "conv")

@@ -49,10 +49,31 @@ def test_logits_whose_bias_the_fixed_point_rounds_away_are_refused():
         compile_model(model, (1, 8, 8))
 
 
-@pytest.mark.parametrize("edit", ["weight", "act_fc.alpha"])
+@pytest.mark.parametrize("edit", ["weight", "fc.wq.alpha"])
 def test_logit_bias_too_large_for_int64_names_the_layer(edit):
     model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=7)
     with torch.no_grad():
-        model.fc.weight.mul_(1e-30) if edit == "weight" else model.act_fc.alpha.fill_(1e-30)
+        model.fc.weight.mul_(1e-30) if edit == "weight" else model.fc.wq.alpha.fill_(1e-30)
     with pytest.raises(ValueError, match=r"'fc'.*bias.*int64"):
+        compile_model(model, (1, 8, 8))
+
+
+def test_pooling_whose_fixed_point_is_coarser_than_the_next_codes_is_refused():
+    """With act2's clip at 1e6 conv2's accumulator step (times BN) is far above act_fc's first code
+    threshold: the pooled sum's unit rounded the BN offset away and act_fc's codes differed silently."""
+    model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=7)
+    with torch.no_grad():
+        model.act2.alpha.fill_(1e6)
+    with pytest.raises(ValueError, match=r"conv2.*act_fc.*--pool-frac-bits (1[6-9]|2[0-4])") as e:
+        compile_model(model, (1, 8, 8))
+    frac = int(re.search(r"with --pool-frac-bits (\d+) ", str(e.value)).group(1))
+    compiled = compile_model(model, (1, 8, 8), CompileOptions(pool_frac_bits=frac))
+    assert not any(mismatches(compiled, model, images(40, (1, 8, 8), seed=1)).values())
+
+
+def test_pooling_into_a_quantizer_of_tiny_clip_is_refused_naming_it():
+    model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=7)
+    with torch.no_grad():
+        model.act_fc.alpha.fill_(1e-30)
+    with pytest.raises(ValueError, match=r"act_fc\.alpha"):
         compile_model(model, (1, 8, 8))
