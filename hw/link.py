@@ -97,6 +97,8 @@ RUN_BYTES = struct.calcsize(RUN_FORMAT)
 RUN_COUNT_BITS = _field_bits(RUN_FORMAT)[0]     # words expected; the output format follows
 DONE_BYTES = struct.calcsize(DONE_FORMAT)      # the word count (DONE_COUNT_BITS), then the session (SESSION_BITS)
 (OUT_INDEX_BITS,) = _field_bits(OUT_FORMAT)     # an OUT frame's first word within the RUN
+# An OUT frame's index is sent from DONE's word, its session bits 0 (LinkBridge's `counted`).
+assert OUT_HEAD_BYTES == DONE_BYTES and OUT_INDEX_BITS == DONE_COUNT_BITS + SESSION_BITS
 NACK_BYTES = 2
 
 
@@ -344,10 +346,10 @@ class LinkBridge(wiring.Component):
         session = Signal(SESSION_BITS, name="session")
         remaining = Signal(RUN_COUNT_BITS)      # words still to send of those RUN asked for
         fmt = Signal()
-        # Words the engine returned since RUN, modulo 2**DONE_COUNT_BITS (the host asks for fewer), and the OUT
-        # frame's first word within the RUN, one of them: the OUT index's bits above are 0.
+        # Words the engine returned since RUN, modulo 2**DONE_COUNT_BITS (the host asks for fewer). An OUT frame's
+        # first word is counted once the frame's index is sent, so that `words` is that index while it is sent (no
+        # register of its own): the OUT index's bits above DONE_COUNT_BITS are 0.
         words = Signal(DONE_COUNT_BITS)
-        first = Signal(DONE_COUNT_BITS)
         word_left = Signal(range(max(self._out_bytes)))
         out_word = Signal(8 * max(self._out_bytes), reset_less=reset_less_data(platform))
         field = self._out_bits // self._cols
@@ -369,18 +371,20 @@ class LinkBridge(wiring.Component):
         m.d.sync += payload_held.eq(payload_byte)
         # Chosen by flags of the reply's type, registers a cycle behind `reply_type` (set before TX_SYNC, read in
         # TX_PAYLOAD), not by compares of it (the byte's multiplexer after them was seven logic levels on the UP5K).
+        is_reply = {reply: Signal(name=f"reply_is_{reply.name.lower()}")
+                    for reply in (FrameType.INFO, FrameType.OUT, FrameType.DONE, FrameType.NACK)}
+        for reply, flag in is_reply.items():
+            m.d.sync += flag.eq(reply_type == reply)
+        # An OUT frame's index and DONE's word: `words`, with the session above it in DONE (one multiplexer).
+        counted = Cat(words, Mux(is_reply[FrameType.DONE], session, 0)).word_select(
+            sent[:(DONE_BYTES - 1).bit_length()], 8)
         candidates = {
             FrameType.INFO: info_byte,
-            FrameType.OUT: Mux(heading, Cat(first, C(0, OUT_INDEX_BITS - DONE_COUNT_BITS)).word_select(
-                sent[:(OUT_HEAD_BYTES - 1).bit_length()], 8), out_word[:8]),
-            FrameType.DONE: Cat(words, session).word_select(sent[:(DONE_BYTES - 1).bit_length()], 8),
+            FrameType.OUT: Mux(heading, counted, out_word[:8]),
+            FrameType.DONE: counted,
             FrameType.NACK: Mux(sent[0], ftype, error),
         }
-        chosen = []
-        for reply, candidate in candidates.items():
-            is_reply = Signal(name=f"reply_is_{reply.name.lower()}")
-            m.d.sync += is_reply.eq(reply_type == reply)
-            chosen.append(Mux(is_reply, candidate, 0))
+        chosen = [Mux(is_reply[reply], candidate, 0) for reply, candidate in candidates.items()]
         m.d.comb += payload_byte.eq(functools.reduce(operator.or_, chosen))    # one flag at most is set
 
         word = Mux(fmt, codes, raw) if self._code_bits else raw
@@ -690,12 +694,12 @@ class LinkBridge(wiring.Component):
                 finished = ~starting & (no_words | ~busy) if network else ~busy
                 m.d.comb += out.ready.eq(taking)
                 with m.If(out.valid & taking):
-                    m.d.sync += words.eq(words + 1)
                     with m.If(~no_words):           # open a frame with this word, word `words` of the RUN
                         take_word()
-                        m.d.sync += [word_left.eq(out_bytes - 1), remaining.eq(remaining - 1), first.eq(words),
-                                     reply_len.eq(out_len)]
+                        m.d.sync += [word_left.eq(out_bytes - 1), remaining.eq(remaining - 1), reply_len.eq(out_len)]
                         send(FrameType.OUT)
+                    with m.Else():                  # a word dropped (layers mode), counted
+                        m.d.sync += words.eq(words + 1)
                 with m.Elif(finished):
                     m.d.sync += running.eq(0)
                     send(FrameType.DONE)
@@ -745,6 +749,8 @@ class LinkBridge(wiring.Component):
             def after_payload():
                 m.d.sync += [sent.eq(sent + 1), unsent.eq(unsent - 1), last_byte.eq(unsent == 1),
                              heading.eq(heading & (sent != OUT_HEAD_BYTES - 1))]
+                with m.If(heading & (sent == OUT_HEAD_BYTES - 1)):     # the index sent: its word counts
+                    m.d.sync += words.eq(words + 1)
                 with m.If(~heading):
                     m.d.sync += [out_word.eq(out_word[8:]),
                                  word_left.eq(Mux(word_left == 0, out_bytes - 1, word_left - 1))]
