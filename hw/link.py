@@ -293,7 +293,13 @@ class LinkBridge(wiring.Component):
         in_words = Signal()         # past the header
         part_end = Signal(name="part_end")      # the byte at `pos` ends the header or a word
         malformed = Signal()
-        run_arg = Signal(8 * RUN_BYTES)
+        # The payload's last bytes, shifted in as they come: RUN's and RESULT's words expected, into `remaining` (the
+        # words still to send, which counts them down as they are sent: no register of its own), then the output
+        # format (or SESSION's byte) in `run_tail`. A payload of another frame leaves them changed: only RUN and
+        # RESULT read `remaining`, after their own payload.
+        remaining = Signal(RUN_COUNT_BITS)
+        run_tail = Signal(8 * RUN_BYTES - RUN_COUNT_BITS, name="run_tail")
+        run_arg = Cat(remaining, run_tail)
         # Cycles without a byte, and `timed_out`: it reached timeout - 1 (a register set as it counts).
         timer, timed_out = Signal(range(timeout)), Signal(name="timed_out")
 
@@ -344,7 +350,6 @@ class LinkBridge(wiring.Component):
         running = Signal()
         # The session: 0 after a reset (never reset_less), set by SESSION, stated by DONE above its count.
         session = Signal(SESSION_BITS, name="session")
-        remaining = Signal(RUN_COUNT_BITS)      # words still to send of those RUN asked for
         fmt = Signal()
         # Words the engine returned since RUN, modulo 2**DONE_COUNT_BITS (the host asks for fewer). An OUT frame's
         # first word is counted once the frame's index is sent, so that `words` is that index while it is sent (no
@@ -593,7 +598,7 @@ class LinkBridge(wiring.Component):
                 m.d.sync += session.eq(run_arg[-8 * SESSION_BYTES:])
                 send(FrameType.ACK)
             with m.Elif(go):
-                m.d.sync += [remaining.eq(run_arg[:RUN_COUNT_BITS]), fmt.eq(run_fmt[0]), words.eq(0),
+                m.d.sync += [fmt.eq(run_fmt[0]), words.eq(0),
                              start_pulse.eq(is_run)]
                 m.next = "START"
             with m.Else():
