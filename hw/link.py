@@ -270,8 +270,7 @@ class LinkBridge(wiring.Component):
 
         ftype = Signal(8)
         length = Signal(LENGTH_BITS)
-        last_count = Signal(range(self._max_payload))    # the payload's last byte: length - 1, set with LEN hi
-        before_last = Signal.like(last_count, name="before_last")  # length - 2 (wrapping), set with LEN hi
+        before_last = Signal(range(self._max_payload), name="before_last")  # length - 2 (wrapping), set with LEN hi
         payload_end = Signal(name="payload_end")        # the byte at `count` is the payload's last
         # Byte counts within a received payload: at most max_payload (a longer LEN is refused).
         payload_bytes = range(self._max_payload + 1)
@@ -283,7 +282,8 @@ class LinkBridge(wiring.Component):
                 with m.Case(t):
                     m.d.comb += word_bytes.eq(n)
         # A cycle behind `target` (set with the payload's first byte, read from its third on): the word's last
-        # byte, and whether the target is unknown. `read_all`: the LOAD's read-back has read its last byte.
+        # byte, and whether the target is unknown. `read_all`: the LOAD's read-back has read its last byte (the read
+        # before it found `payload_end`, the next byte the last).
         word_last, no_target = Signal(signed(len(word_bytes) + 1), name="word_last"), Signal(name="no_target")
         word_before_last = Signal.like(word_last, name="word_before_last")
         m.d.sync += [word_last.eq(word_bytes - 1), word_before_last.eq(word_bytes - 2),
@@ -496,7 +496,7 @@ class LinkBridge(wiring.Component):
 
         def on_len_hi():
             full = Cat(length[:8], byte)
-            m.d.sync += [length[8:].eq(byte), last_count.eq(full - 1), before_last.eq(full - 2), count.eq(0),
+            m.d.sync += [length[8:].eq(byte), before_last.eq(full - 2), count.eq(0),
                          payload_end.eq(low_one & (byte == 0)), pos.eq(0), in_words.eq(0), part_end.eq(0),
                          malformed.eq(0),
                          bad_length.eq((ftype == FrameType.LOAD) & ((full > self._max_payload) | (full <= header)) |
@@ -602,7 +602,7 @@ class LinkBridge(wiring.Component):
                              start_pulse.eq(is_run)]
                 m.next = "START"
             with m.Else():
-                m.d.sync += [count.eq(0), pos.eq(0), in_words.eq(0)]
+                m.d.sync += [count.eq(0), pos.eq(0), in_words.eq(0), payload_end.eq(0)]
                 m.next = "READ"
 
         # The LOAD read-back's byte read, into the address's or word's byte whose lane is high (set in READ, high
@@ -655,7 +655,7 @@ class LinkBridge(wiring.Component):
             # at 41798fd, 25.3 ns).
             with m.State("READ"):
                 m.d.comb += read.addr.eq(count)
-                m.d.sync += [count.eq(count + 1), read_all.eq(count == last_count),
+                m.d.sync += [count.eq(count + 1), payload_end.eq(count == before_last), read_all.eq(payload_end),
                              addr_lanes.eq(Cat(~in_words & (pos == i + 1) for i in range(addr_bytes))),
                              word_lanes.eq(Cat(in_words & (pos == i) for i in range(max(self._word_bytes)))),
                              part_end.eq(Mux(in_words, pos == word_last, pos == header - 1))]
