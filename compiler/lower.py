@@ -552,10 +552,16 @@ class _Lowering:
         if wq.method == "fp":
             raise ValueError(f"cannot compile a {self.model}: layer {name!r} has full-precision weights; compile a "
                              "quantized model")
-        if not wq.alpha.item() > 0 or not wq.normalization(weight)[1].item() > 0:
-            raise ValueError(f"cannot compile a {self.model}: layer {name!r}: weight clip alpha and the weight "
-                             "normalization's sigma_w (LWN or standardization) must "
-                             "be positive")
+        if not wq.alpha.item() > 0:
+            raise ValueError(f"cannot compile a {self.model}: layer {name!r}: its weight clip {name}.wq.alpha = "
+                             f"{wq.alpha.item():.3g} must be positive (a trained quantizer's is): retrain, or restore "
+                             "the checkpoint from a copy")
+        sigma = wq.normalization(weight)[1].item()
+        if not sigma > 0:
+            why = "its weights are all equal, so" if sigma == 0 else "its weights are not all finite, so"
+            raise ValueError(f"cannot compile a {self.model}: layer {name!r}: {why} the weight normalization's "
+                             f"sigma_w (LWN or standardization) is {sigma:.3g}, where it must be positive: retrain, "
+                             "or restore the checkpoint from a copy")
         conv = ConvNode(
             name=name, input=x.tensor, output=name, kind=kind, in_shape=(c, h, w), out_shape=out_shape,
             kernel=k, stride=stride, padding=pad, wbits=wq.spec.bits, abits=act.spec.bits,

@@ -77,3 +77,19 @@ def test_pooling_into_a_quantizer_of_tiny_clip_is_refused_naming_it():
         model.act_fc.alpha.fill_(1e-30)
     with pytest.raises(ValueError, match=r"act_fc\.alpha"):
         compile_model(model, (1, 8, 8))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.conv1.weight.data.fill_(0.3), r"layer 'conv1': its weights are all equal, so the weight "
+                                               r"normalization's sigma_w \(LWN or standardization\) is 0"),
+    (lambda m: m.conv1.wq.alpha.data.fill_(0.0), r"layer 'conv1': its weight clip conv1\.wq\.alpha = 0 must be "
+                                                 r"positive"),
+])
+def test_a_layer_without_a_weight_scale_names_which_part_is_missing(edit, message):
+    """A layer whose weights are all equal (sigma_w = 0) and one whose weight clip is 0 were refused alike: 'weight
+    clip alpha and the weight normalization's sigma_w must be positive', not saying which, or why."""
+    model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=7)
+    with torch.no_grad():
+        edit(model)
+    with pytest.raises(ValueError, match=message):
+        compile_model(model, (1, 8, 8))
