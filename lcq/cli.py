@@ -38,8 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.epilog = "Not available here: " + "; ".join(missing) + " (pip install -e '.[hw]' installs everything)."
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
     name = args.command
+    if unknown:     # said by the verb that has none such, with its usage (argparse would say it as `lcq`'s)
+        owner = sub.choices[name] if unknown[0] in argv[argv.index(name) + 1:] else parser
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     if name == "train":
         from lcq_train.cli import apply_config_file
 

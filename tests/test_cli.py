@@ -107,3 +107,23 @@ def test_output_into_a_closed_pipe_ends_quietly_with_sigpipes_status():
     proc.stdout.close()                 # long before the interpreter has started and written anything
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == "", err
+
+
+@pytest.mark.parametrize("argv", [["report", "m.lcq", "--bogus"], ["demo", "--bogus", "x"], ["flash", "--board",
+                                                                                            "icebreaker", "--bogus"]])
+def test_an_unknown_option_of_a_verb_is_refused_by_that_verb(argv, capsys):
+    """An option the verb does not have: the verb's usage and ``lcq VERB: error: unrecognized arguments``, status 2
+    (as a missing argument of the verb is said), not the usage of ``lcq`` itself."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.startswith(f"usage: lcq {argv[0]} ") and err.splitlines()[-1] == \
+        f"lcq {argv[0]}: error: unrecognized arguments: {' '.join(argv[argv.index('--bogus'):])}", err
+
+
+def test_an_unknown_option_before_the_verb_is_refused_by_lcq(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--bogus", "report", "m.lcq"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "lcq: error: unrecognized arguments: --bogus"
