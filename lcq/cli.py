@@ -19,11 +19,24 @@ import sys
 
 # Verb modules in the order of the data flow (also the order of ``lcq --help``).
 VERB_MODULES = ("lcq_train.cli", "compiler.cli", "hw.cli", "sim.cli", "boards.cli", "lcq.demo")
+DISTRIBUTION = "lcq-accel"     # pyproject.toml's project name, whose version `lcq --version` prints
 PROJECT_PACKAGES = {"lcq", "lcq_train", "compiler", "hw", "sim", "boards"}
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's), or what to do where it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:
+        return f"(unknown: the {DISTRIBUTION} distribution is not installed; pip install -e . records it)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lcq", description="LCQ: train low-bit CNNs and map them to FPGA LUT-MAC arrays")
+    parser = argparse.ArgumentParser(prog="lcq",
+                                     description="LCQ: train low-bit CNNs and map them to FPGA LUT-MAC arrays")
+    parser.add_argument("--version", action="version", version=f"lcq {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands, missing = {}, []
     for name in VERB_MODULES:

@@ -127,3 +127,14 @@ def test_an_unknown_option_before_the_verb_is_refused_by_lcq(capsys):
         main(["--bogus", "report", "m.lcq"])
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == "lcq: error: unrecognized arguments: --bogus"
+
+
+def test_version_prints_the_packages_version(capsys):
+    """``lcq --version``: the installed distribution's version on stdout, status 0 (not 'COMMAND is required')."""
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"lcq {version('lcq-accel')}\n"
+
