@@ -478,7 +478,7 @@ def check_recorded_bitstream(report: Path, board, bitstream: str | None = None) 
 
 
 def cmd_flash(args) -> int:
-    from .flash import FlashError, flash
+    from .flash import BitstreamRefused, FlashError, flash
 
     board = get_board(args.board)
     bitstream = args.bitstream
@@ -492,6 +492,8 @@ def cmd_flash(args) -> int:
         bitstream = check_recorded_bitstream(Path(bitstream).parent / "report.json", board, bitstream)
     try:
         print(flash(board, bitstream, args.sram, args.timeout))
+    except BitstreamRefused:        # refused input (status 2, said by lcq.cli), not a failed programmer
+        raise
     except FlashError as e:
         print(f"lcq flash: error: {e}", file=sys.stderr)
         return 1

@@ -43,6 +43,11 @@ class FlashError(RuntimeError):
     """The programmer is missing or failed; the message says which and what to do."""
 
 
+class BitstreamRefused(FlashError, ValueError):
+    """The bitstream given is missing or is no bitstream for the board's part: refused before the programmer runs
+    (a ValueError, as any file a verb refuses: ``lcq flash`` exits 2, where a failed programmer exits 1)."""
+
+
 def find_tool(board: Board) -> str:
     """Path of ``board``'s programmer; :class:`FlashError` naming how to install it when missing."""
     var, install, _ = TOOLS[board.programmer]
@@ -55,27 +60,29 @@ def find_tool(board: Board) -> str:
 
 
 def check_bitstream(board: Board, bitstream) -> None:
-    """:class:`FlashError` unless the file ``bitstream`` holds a bitstream for ``board``'s part: not empty, with the
-    preamble of the board's family first, and, on ECP5, the part's IDCODE where the bitstream names one."""
+    """:class:`BitstreamRefused` unless the file ``bitstream`` holds a bitstream for ``board``'s part: not empty,
+    with the preamble of the board's family first, and, on ECP5, the part's IDCODE where the bitstream names one."""
     data = Path(bitstream).read_bytes()
     build = f"`lcq build MODEL --board {board.name}`"
     if not data:
-        raise FlashError(f"bitstream {bitstream} is empty (0 bytes): a build stopped as it began writing it; "
-                         f"build it again with {build}")
+        raise BitstreamRefused(f"bitstream {bitstream} is empty (0 bytes): a build stopped as it began writing it; "
+                               f"build it again with {build}")
     found = sorted((data.find(preamble), family) for family, preamble in PREAMBLES.items() if preamble in data)
     if not found:
-        raise FlashError(f"{bitstream} is not an iCE40 or ECP5 bitstream (it has neither preamble): pass the "
-                         f"{board.bitstream_suffix} file that {build} writes")
+        raise BitstreamRefused(f"{bitstream} is not an iCE40 or ECP5 bitstream (it has neither preamble): pass the "
+                               f"{board.bitstream_suffix} file that {build} writes")
     at, family = found[0]
     if family != board.family:
-        raise FlashError(f"{bitstream} is a bitstream for an {FAMILY_NAMES[family]} part, not for the {board.name}'s "
-                         f"{board.device}: pass the --board it was built for, or build for this board with {build}")
+        raise BitstreamRefused(f"{bitstream} is a bitstream for an {FAMILY_NAMES[family]} part, not for the "
+                               f"{board.name}'s {board.device}: pass the --board it was built for, or build for "
+                               f"this board with {build}")
     verify = _VERIFY_ID.search(data, at, at + 64) if family == "ecp5" else None
     if verify is not None and int.from_bytes(verify[1], "big") != ECP5_IDCODES[board.device]:
         idcode = int.from_bytes(verify[1], "big")
         part = next((p for p, code in ECP5_IDCODES.items() if code == idcode), f"part of IDCODE 0x{idcode:08x}")
-        raise FlashError(f"{bitstream} is a bitstream for the {part}, not for the {board.name}'s {board.device}: "
-                         f"pass the --board it was built for, or build for this board with {build}")
+        raise BitstreamRefused(f"{bitstream} is a bitstream for the {part}, not for the {board.name}'s "
+                               f"{board.device}: pass the --board it was built for, or build for this board with "
+                               f"{build}")
 
 
 def flash_command(board: Board, bitstream, tool: str, sram: bool = False) -> list[str]:
@@ -92,12 +99,16 @@ def flash_command(board: Board, bitstream, tool: str, sram: bool = False) -> lis
 
 
 def flash(board: Board, bitstream, sram: bool = False, timeout: float = FLASH_TIMEOUT_S) -> str:
-    """Program ``bitstream`` into ``board``; returns the tool's output. :class:`FlashError` when the
-    bitstream is missing or not one for the board's part (:func:`check_bitstream`), the tool is missing, the tool
-    fails (no board found, ...), with its exit status and output, or it runs past ``timeout`` seconds (then it is
-    stopped with its process group)."""
+    """Program ``bitstream`` into ``board``; returns the tool's output. :class:`BitstreamRefused` when the
+    bitstream is missing or not one for the board's part (:func:`check_bitstream`); :class:`FlashError` when the
+    tool is missing, the tool fails (no board found, ...), with its exit status and output, or it runs past
+    ``timeout`` seconds (then it is stopped with its process group)."""
+    if Path(bitstream).is_dir():
+        raise BitstreamRefused(f"bitstream {bitstream} is a directory, not a bitstream file: pass the "
+                               f"{board.bitstream_suffix} file that `lcq build MODEL --board {board.name}` writes")
     if not Path(bitstream).is_file():
-        raise FlashError(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board {board.name}`")
+        raise BitstreamRefused(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board "
+                               f"{board.name}`")
     check_bitstream(board, bitstream)
     command = flash_command(board, bitstream, find_tool(board), sram)
     # errors="replace": a byte that is not UTF-8 in the tool's output must not hide its exit status

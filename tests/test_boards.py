@@ -483,6 +483,32 @@ def test_cli_flash_error(tmp_path, monkeypatch, capsys):
     assert "lcq flash: error: iceprog ('iceprog-not-installed') not found" in capsys.readouterr().err
 
 
+
+@pytest.mark.parametrize("given,said", [("missing", r"bitstream \S*top.bin not found; build it"),
+                                        ("directory", r"bitstream \S*top.bin is a directory, not a bitstream file"),
+                                        ("empty", r"bitstream \S*top.bin is empty \(0 bytes\)"),
+                                        ("text", r"\S*top.bin is not an iCE40 or ECP5 bitstream"),
+                                        ("ecp5", r"\S*top.bin is a bitstream for an ECP5 part")])
+def test_cli_flash_refuses_what_is_no_bitstream_for_the_board_as_any_verb_refuses_a_file(tmp_path, monkeypatch,
+                                                                                        capsys, given, said):
+    """A --bitstream that is missing, a directory, empty, or no bitstream for the board's part is refused input:
+    one line and status 2, as compile or build refuse a file that is not what they take, before the programmer runs
+    (whose failures are 1)."""
+    from lcq.cli import main
+
+    script, ran, bit = tmp_path / "iceprog", tmp_path / "ran", tmp_path / "top.bin"
+    script.write_text(f"#!/bin/sh\ntouch {ran}\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("ICEPROG", str(script))
+    if given == "directory":
+        bit.mkdir()
+    elif given != "missing":
+        bit.write_bytes({"empty": b"", "text": b"hello\n", "ecp5": _bitstream("LFE5U-85F")}[given])
+    assert main(["flash", "--board", "icebreaker", "--bitstream", str(bit)]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(rf"lcq flash: error: {said}.*\n", err), err
+    assert not ran.exists()
+
 # Real bitstreams (tens of seconds each; the first run of the YoWASP tools compiles them, ~1 min).
 
 @pytest.mark.slow
