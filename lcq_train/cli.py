@@ -226,8 +226,8 @@ def _plot_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where the PNGs go (default: RUN_DIR/plots)")
     p.add_argument("--data-dir", metavar="DIR", help="the run's data set, for the activation codes (default: the "
                    "run's own --data-dir)")
-    p.add_argument("--images", type=int, default=512, metavar="N",
-                   help="training images for the activation-code histograms (0: none)")
+    p.add_argument("--images", type=nonnegative_int, default=512, metavar="N",
+                   help="training images for the activation-code histograms, N >= 0 (0: none)")
     p.add_argument("--seed", type=SEED, default=0, help="which training images")
     p.add_argument("--model", dest="factory", metavar="MODULE:FACTORY", type=MODEL, help=_FACTORY_HELP)
     return p
@@ -238,8 +238,6 @@ def cmd_plot(args) -> int:
 
     from .plot import plot_run
 
-    if args.images < 0:
-        raise ValueError(f"--images must be >= 0, not {args.images}")
     try:
         written = plot_run(args.run_dir, args.out, data_dir=args.data_dir, images=args.images, seed=args.seed,
                            factory=args.factory)

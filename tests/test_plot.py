@@ -190,3 +190,13 @@ def test_a_plot_that_fails_midway_writes_none_of_its_pngs(runs, tmp_path, monkey
     err = capsys.readouterr().err
     assert "No space left on device" in err and "no PNG written" in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_negative_image_count_is_refused_by_argparse_as_every_count_of_every_verb(tmp_path, capsys):
+    """``--images -1``: the verb's usage and 'argument --images: ...', as `lcq sim --images 0` says it, before
+    the run is read."""
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(tmp_path / "no-run"), "--images", "-1"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: lcq plot ")
+    assert err.splitlines()[-1] == "lcq plot: error: argument --images: must be an integer >= 0, not '-1'", err
