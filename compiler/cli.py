@@ -149,13 +149,16 @@ def cmd_eval(args) -> int:
                              "pass at most that many, or leave --images out for all of them")
         images, labels = images[:args.images], labels[:args.images]
     t0 = time.perf_counter()
-    show = None if args.json else (lambda r: print(f"\r{r.images}/{len(images)} images", end="", file=sys.stderr))
+    # Progress on a terminal only (as lcq run's): in a log, carriage returns join its lines into one.
+    show = None if args.json or not sys.stderr.isatty() else (
+        lambda r: print(f"\r{r.images}/{len(images)} images", end="", file=sys.stderr, flush=True))
     result = compare(compiled, model, images, labels, args.batch_size, show).to_dict()
     result["seconds"] = time.perf_counter() - t0
     if args.json:
         print(json.dumps(result))
         return 0
-    print(file=sys.stderr)
+    if show is not None:
+        print(file=sys.stderr)
     print(f"{result['images']} {dataset} test images: integer top-1 {result['top1']:.2f}%, "
           f"PyTorch fake-quant (float64) top-1 {result['torch_top1']:.2f}%")
     print(f"top-1 agreement {100 * result['agreement']:.3f}% ({result['disagreements']} images differ)")

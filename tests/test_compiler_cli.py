@@ -71,6 +71,19 @@ def test_eval_table_and_image_limit(compiled, capsys):
     assert "--images 361: the digits test set has 360 images" in capsys.readouterr().err
 
 
+def test_eval_shows_its_progress_on_a_terminal_only(compiled, capsys, monkeypatch):
+    """The images done, carriage return after carriage return, on a terminal; not into a log (`2> eval.log`), where
+    the returns would join the counts into one line (as `lcq run` does)."""
+    import sys
+
+    _, model = compiled
+    capsys.readouterr()
+    assert main(["eval", str(model), "--images", "20"]) == 0
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["eval", str(model), "--images", "20"]) == 0
+    assert capsys.readouterr().err == "\r20/20 images\n"
+
 def test_compile_refuses_a_full_precision_checkpoint(tmp_path, capsys):
     checkpoint = _train(tmp_path / "fp", QuantPlan("fp"), epochs=1)
     assert main(["compile", str(checkpoint), "-o", str(tmp_path / "m.lcq")]) == 2
