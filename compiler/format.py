@@ -587,6 +587,9 @@ def load(path: str | Path) -> CompiledModel:
     if path.is_dir():
         raise FileNotFoundError(f"{path} is a directory, not a compiled model: pass the model file that `lcq "
                                 "compile` wrote")
+    if path.exists() and not path.is_file():        # (reading a named pipe would wait for a writer)
+        raise FileNotFoundError(f"{path} is not a regular file (a named pipe or a device): pass the model file that "
+                                "`lcq compile` wrote")
     if not path.is_file():
         raise FileNotFoundError(f"no compiled model at {path}; make one with `lcq compile CHECKPOINT -o {path}`")
     with open(path, "rb") as f:

@@ -163,6 +163,9 @@ def load_checkpoint(path) -> dict:
         raise FileNotFoundError(f"{path} is a directory, not a checkpoint: " + (
             f"pass its checkpoint, {inside}" if inside.is_file() else
             "pass the checkpoint.pt that `lcq train --out DIR` writes"))
+    if path.exists() and not path.is_file():        # (reading a named pipe would wait for a writer)
+        raise FileNotFoundError(f"{path} is not a regular file (a named pipe or a device): pass the checkpoint.pt "
+                                "that `lcq train --out DIR` writes")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; train one with `lcq train ... --out DIR` "
                                 "(writes DIR/checkpoint.pt)")

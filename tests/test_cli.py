@@ -138,3 +138,23 @@ def test_version_prints_the_packages_version(capsys):
     assert e.value.code == 0
     assert capsys.readouterr().out == f"lcq {version('lcq-accel')}\n"
 
+
+
+MODEL_FILE = "the model file that `lcq compile` wrote"
+CHECKPOINT_FILE = "the checkpoint.pt that `lcq train --out DIR` writes"
+
+
+@pytest.mark.parametrize("argv,what", [(["report"], MODEL_FILE), (["generate", "-o", "core.v"], MODEL_FILE),
+                                       (["compile", "-o", "m.lcq"], CHECKPOINT_FILE)])
+def test_a_fifo_or_a_device_given_as_a_file_is_named_as_such_not_as_missing(tmp_path, monkeypatch, capsys, argv,
+                                                                              what):
+    """A named pipe or /dev/null where a model or checkpoint goes: refused without reading it, as not a regular
+    file (it was said to be missing: 'no compiled model at /dev/null')."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("pipe")
+    for path in ("pipe", "/dev/null"):
+        assert main([*argv, path]) == 2
+        assert capsys.readouterr().err == f"lcq {argv[0]}: error: {path} is not a regular file (a named pipe or a " \
+            f"device): pass {what}\n"
