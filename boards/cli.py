@@ -324,6 +324,12 @@ def cmd_run(args) -> int:
 
     board = get_board(args.board)
     report_path = Path(args.report or Path("build") / board.name / "report.json")
+    if report_path.is_dir():        # (the build directory, say: its report.json is what to pass)
+        inside = report_path / "report.json"
+        given = "--report " if args.report else ""
+        raise FileNotFoundError(f"{given}{report_path} is a directory, not a build report; " + (
+            f"pass its report.json: --report {inside}" if inside.is_file() else
+            "pass the report.json that `lcq build` wrote for the flashed design"))
     if not report_path.is_file():
         raise FileNotFoundError(f"no build report {report_path}: build and flash first (`lcq build MODEL --board "
                                 f"{board.name}`, `lcq flash --board {board.name}`) or pass --report FILE (for a "

@@ -641,6 +641,21 @@ def test_build_refuses_an_output_that_is_a_file_before_anything_runs(tmp_path, c
     assert f"lcq build: error: -o {out} is a file: name the build directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("holds_report", [True, False])
+def test_run_names_a_report_that_is_a_directory_as_one(tmp_path, capsys, holds_report):
+    """``--report build/icebreaker`` (the build directory, not its report.json): said to be a directory, with the
+    report in it where there is one; it was said to be missing ('no build report ...: build and flash first')."""
+    from lcq.cli import main
+
+    if holds_report:
+        (tmp_path / "report.json").write_text("{}")
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/nonexistent",
+                 "--report", str(tmp_path)]) == 2
+    advice = f"pass its report.json: --report {tmp_path / 'report.json'}" if holds_report else \
+        "pass the report.json that `lcq build` wrote for the flashed design"
+    assert capsys.readouterr().err == f"lcq run: error: --report {tmp_path} is a directory, not a build report; " \
+        f"{advice}\n"
+
 def test_run_needs_a_build_report_and_names_the_port(tmp_path, capsys):
     from lcq.cli import main
 
