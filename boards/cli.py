@@ -330,6 +330,9 @@ def cmd_run(args) -> int:
         raise FileNotFoundError(f"{given}{report_path} is a directory, not a build report; " + (
             f"pass its report.json: --report {inside}" if inside.is_file() else
             "pass the report.json that `lcq build` wrote for the flashed design"))
+    if report_path.exists() and not report_path.is_file():     # (reading a named pipe waits for a writer)
+        raise FileNotFoundError(f"{report_path} is not a regular file (a named pipe or a device), not a build report: "
+                                "pass the report.json that `lcq build` wrote for the flashed design")
     if not report_path.is_file():
         raise FileNotFoundError(f"no build report {report_path}: build and flash first (`lcq build MODEL --board "
                                 f"{board.name}`, `lcq flash --board {board.name}`) or pass --report FILE (for a "

@@ -106,6 +106,9 @@ def flash(board: Board, bitstream, sram: bool = False, timeout: float = FLASH_TI
     if Path(bitstream).is_dir():
         raise BitstreamRefused(f"bitstream {bitstream} is a directory, not a bitstream file: pass the "
                                f"{board.bitstream_suffix} file that `lcq build MODEL --board {board.name}` writes")
+    if Path(bitstream).exists() and not Path(bitstream).is_file():   # (reading a named pipe waits for a writer)
+        raise BitstreamRefused(f"bitstream {bitstream} is not a regular file (a named pipe or a device): pass the "
+                               f"{board.bitstream_suffix} file that `lcq build MODEL --board {board.name}` writes")
     if not Path(bitstream).is_file():
         raise BitstreamRefused(f"bitstream {bitstream} not found; build it with `lcq build MODEL --board "
                                f"{board.name}`")

@@ -158,3 +158,18 @@ def test_a_fifo_or_a_device_given_as_a_file_is_named_as_such_not_as_missing(tmp_
         assert main([*argv, path]) == 2
         assert capsys.readouterr().err == f"lcq {argv[0]}: error: {path} is not a regular file (a named pipe or a " \
             f"device): pass {what}\n"
+
+
+@pytest.mark.parametrize("argv", [["flash", "--board", "icebreaker", "--bitstream"],
+                                  ["run", str(Path(__file__).parent / "data" / "digits-cnn-lcq-w3a3.lcq"), "--board",
+                                   "icebreaker", "--port", "/dev/nonexistent-port", "--report"]])
+def test_a_fifo_or_a_device_given_as_a_bitstream_or_a_report_is_named_as_such(tmp_path, monkeypatch, capsys, argv):
+    """`lcq flash --bitstream` and `lcq run --report` said a named pipe or /dev/null was missing ('bitstream pipe
+    not found', 'no build report pipe'); each is refused, unread, as not a regular file."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    os.mkfifo("pipe")
+    for path in ("pipe", "/dev/null"):
+        assert main([*argv, path]) == 2
+        assert f"{path} is not a regular file (a named pipe or a device)" in capsys.readouterr().err
