@@ -126,10 +126,14 @@ class EngineSignature(wiring.Signature):
     """The layer engine's host interface, as the engine sees it; the host side uses it flipped.
 
     - ``load``: stream in of :attr:`load_layout` beats ``(target, addr, data)``, ``addr_bits``
-      and ``data_bits`` wide; the engine is ready only while idle.
+      and ``data_bits`` wide; a beat is taken at a clock edge with ``valid & ready``. ``ready`` is ``~busy``
+      whatever ``valid`` (in layer mode, where :func:`hw.reset_tree.reset_tree` holds, also low while the PE
+      rows may still be in reset: :func:`hw.reset_tree.settling`).
     - ``start`` (in): a one-cycle pulse begins a layer (ignored while busy); ``busy`` (out):
       high from the next cycle until the last output word has been accepted.
-    - ``out``: stream out of ``out_bits``-bit output words (``cols`` signed fields, column 0 lowest).
+    - ``out``: stream out of ``out_bits``-bit output words (``cols`` signed fields, column 0 lowest);
+      ``valid`` stays high, and the word unchanged, until the edge that takes it (``ready``, which
+      may stay low for any number of cycles: back-pressure stalls the read-back).
     """
 
     def __init__(self, addr_bits: int, data_bits: int, out_bits: int):
@@ -146,6 +150,7 @@ class EngineSignature(wiring.Signature):
 
     @classmethod
     def for_params(cls, params: EngineParams) -> EngineSignature:
+        """The signature of a layer-mode engine for ``params``: output words of ``cols`` fields of ``out_bits``."""
         return cls(params.addr_bits, params.data_bits, params.cols * params.out_bits)
 
     @property
@@ -318,6 +323,7 @@ class LayerEngine(wiring.Component):
 
     @property
     def registers(self) -> tuple[str, ...]:
+        """The configuration registers, in the order of their ``CONFIG`` load addresses."""
         return NETWORK_REGISTERS if self.network else REGISTERS
 
     def elaborate(self, platform):
