@@ -140,6 +140,16 @@ class LinkBridge(wiring.Component):
     ``NetworkCore`` with ``wiring.connect``. A LOAD's ACK is offered ``2 * LEN + 6`` cycles plus two
     per word (plus cycles the engine is not ready) after its last byte.
 
+    Handshakes: ``rx`` has no ``ready``: a byte is taken in every cycle its ``valid`` is high (and dropped
+    where no byte is expected). ``tx``: ``valid`` comes from a register and, once high, stays high with the
+    byte unchanged until the edge where ``ready`` is high; then low for at least two cycles before the next byte.
+    ``engine.load``: ``valid`` stays high, and the beat unchanged, until ``ready`` (the bridge waits as long
+    as it takes). ``engine.start``: a one-cycle pulse from a register. ``engine.out``: a word is taken at an
+    edge with ``valid & ready``; ``ready`` is high only while a RUN or RESULT awaits its next word (network
+    mode: while words asked for remain) or, in layers mode, drops the words past those asked for; low while
+    a frame's bytes go out (back-pressure). ``engine.busy`` and ``engine.starting`` are read through a
+    register each.
+
     Timing: the checksum's test is registered in the cycle after the last CRC byte (a compare of the CRC
     register, not of the CRC update's result), decided on in the next and acted on in the one after (the
     decision into registers: its priorities feed no enable), with the frame's type as flags
@@ -238,14 +248,17 @@ class LinkBridge(wiring.Component):
 
     @property
     def mode(self) -> LinkMode:
+        """Which engine side the bridge serves (stated in INFO)."""
         return self._mode
 
     @property
     def max_payload(self) -> int:
+        """The largest payload, in bytes, of a frame the bridge takes or sends (but INFO)."""
         return self._max_payload
 
     @property
     def timeout_cycles(self) -> int:
+        """Cycles without a byte in mid-frame after which the frame is refused (TIMEOUT)."""
         return self._timeout_cycles
 
     def info_payload(self) -> bytes:
