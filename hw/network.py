@@ -87,12 +87,17 @@ class NetworkSignature(wiring.Signature):
     """The core's host interface, as the core sees it.
 
     - ``load``: stream in of ``(target, addr, data)`` beats (:data:`NETWORK_TARGET_BITS`,
-      ``addr_bits``, ``data_bits``): constants and program ready only while idle, image pixels
-      (``IMAGE``) at any time except while ``starting``;
+      ``addr_bits``, ``data_bits``), each taken at an edge with ``valid & ready``: constants and program
+      ready only while idle, image pixels (``IMAGE``) at any time except while ``starting`` (``ready``
+      follows the offered beat's ``target`` combinationally, whatever ``valid``; where
+      :func:`hw.reset_tree.reset_tree` holds, it is also low while a block may still be in reset);
     - ``start`` (in): a one-cycle pulse copies the staged image and runs the program (ignored while
       busy); ``busy`` (out): from the next cycle until the program ends; ``starting`` (out): from the
       next cycle until the staged image has been copied (the staging buffer may then take the next);
-    - ``out``: stream out of signed ``value_bits`` values (the logits);
+    - ``out``: stream out of signed ``value_bits`` values (the logits: an ``OUTPUT`` op's ``channels``
+      values from ``src_a`` on); ``valid`` stays high, and the value unchanged, until the edge that takes
+      it (``ready``; the program waits as long as it takes), then falls for at least two cycles (the next
+      value's read);
     - ``probe`` (out): every write to the data memories, in the cycle it happens, as whole words of
       ``halves`` positions (:attr:`~hw.engine_params.EngineParams.halves`: 2 where the engine writes in
       pairs): ``code_en`` (one bit per lane of each half), ``code_addr``, ``code_data`` (code-memory
