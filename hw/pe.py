@@ -78,6 +78,7 @@ class Variant:
 
     @property
     def weight_bits(self) -> int:
+        """Width of a weight word ``w_code``: sign on top of ``k``."""
         return self.wbits
 
     @property
@@ -91,6 +92,7 @@ class Variant:
         return {}
 
     def weight_word(self, sign: int, magnitude: int) -> int:
+        """The ``weight_bits``-bit word of ``(sign, magnitude)`` (:func:`hw.pe_words.weight_word`)."""
         return weight_word(sign, magnitude, self.weight_bits)
 
     @property

@@ -66,6 +66,7 @@ class SpramBuffer(wiring.Component):
 
     @property
     def width(self) -> int:
+        """Bits of a word (``width``)."""
         return self._width
 
     @property
