@@ -326,6 +326,8 @@ class EngineParams:
 
     @property
     def addr_bits(self) -> int:
+        """Address width of a load beat: the deepest target's (registers, buffers, tables, stage words in
+        pieces)."""
         depths = [len(NETWORK_REGISTERS), self.act_depth, self.weight_depth, self.wide_depth, self.table_depth,
                   self.stage_depth << self.col_bits << self.stage_piece_index_bits]
         return max(d - 1 for d in depths).bit_length()
@@ -342,6 +344,7 @@ class EngineParams:
 
     @property
     def data_bits(self) -> int:
+        """Data width of a load beat: the widest target's (:attr:`target_bits`)."""
         return max(self.target_bits)
 
     def memories(self) -> list[tuple[str, int, int, int]]:

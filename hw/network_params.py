@@ -102,6 +102,7 @@ class NetworkParams:
 
     @property
     def instruction_bits(self) -> int:
+        """Bits of a program word: ``op``, ``reg``, then the signed ``reg_bits`` value."""
         return OP_BITS + REG_FIELD_BITS + self.reg_bits
 
     @property
@@ -124,6 +125,7 @@ class NetworkParams:
 
     @property
     def data_bits(self) -> int:
+        """Data width of a load beat: the widest target's (:attr:`target_bits`)."""
         return max(self.target_bits)
 
     def memories(self) -> list[tuple[str, int, int, int]]:
