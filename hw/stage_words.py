@@ -102,6 +102,7 @@ def bias_bits(stage: Requantize) -> int:
 
 
 def max_shift(stage: Requantize) -> int:
+    """The largest shift of ``stage``: the shifts a :class:`hw.requantize.RequantizeUnit` must hold."""
     return int(requantize_arrays(stage)[2].max())
 
 

@@ -431,10 +431,12 @@ class VectorParams:
 
     @property
     def load_data_bits(self) -> int:
+        """Width of ``load_data``: the widest target's (:attr:`target_bits`), at least 1."""
         return max(1, *self.target_bits)
 
     @property
     def load_addr_bits(self) -> int:
+        """Width of ``load_addr``: an activate slot, a pool constant or a pool threshold word."""
         return _bits(max(self.act_slots, self.pool_constant_depth, self.pool_threshold_depth, 1) - 1)
 
     @property
