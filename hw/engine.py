@@ -35,8 +35,8 @@ computing takes ``tiles * (rows + positions + 1 + gap) - gap + drain`` cycles wi
 :data:`~hw.pe_words.ARRAY_PIPELINE` registers): each tile loads its weight rows,
 issues its positions and waits ``1 + gap`` cycles; the last waits ``1 + drain`` instead, for
 the pipeline to empty. Each output word is then offered ``cols + STAGE_LATENCY + 3`` (``cols +
-9``) cycles after computing ends or the previous word is accepted; ``busy`` falls the cycle
-after the last word is accepted.
+8``; ``cols + 10`` on the ECP5, :meth:`LayerEngine.stage_latency`) cycles after computing ends or
+the previous word is accepted; ``busy`` falls the cycle after the last word is accepted.
 
 Network mode (``value_depth``; :func:`network_signature`): outputs are not offered on a stream but
 written into the code memory (one lane per cycle) or the value memory. Each channel tile is computed
@@ -58,26 +58,28 @@ neither disturbs the computation; the one output stage is shared as in layer mod
 kernel^2 * groups`` reduction tiles, ``units = co_tiles * bands`` (a band of a channel tile), ``P =
 band_rows * out_w`` positions per band, ``gap = max(0, cols + 2 - P)`` and ``T = load + P + 1 +
 gap`` cycles per reduction tile, unit ``u``'s accumulators (``u = 0 .. units - 1``) are final after
-cycle ``c_u = rows - load + (u + 1) * k * T - gap + drain`` (``drain`` cycles after its last position
-is issued). ``load`` is ``rows`` (LOAD_WEIGHTS between tiles) or, with bands of at least ``rows +
-cols + 3`` positions, 0: the next tile's weight rows are then read during a tile's last ``rows``
-positions (its first position has passed the last column by then), and only the first tile loads.
-Its write-back takes ``W = P * (C + 1)`` cycles (per position a read cycle, then ``C`` cycles feeding
-the output stage, whose results are written ``STAGE_LATENCY`` cycles later; ``C`` = register
-``tile_cols``, the layer's channel tile: ``cols``, or for a multiplying layer on an engine whose PEs
-multiply in the first ``multiply_cols`` columns only, that many, the other columns' weights 0) and starts in
-cycle ``c_u + 1`` or the cycle after the previous unit's ends, whichever is later. With
-``write_pairs`` and an even ``P`` (the engine tests ``band_positions``, no register of its own; the
-program puts every tensor at an even word), the write-back takes the positions in pairs: two read
-cycles, then ``C`` cycles feeding the even position's accumulators (held) to one output stage
-and the odd one's to a second, both results written at once into the two halves of a word of the
-code and value memories (two positions per word): ``W = P / 2 * (C + 2)``. ``L`` =
-``STAGE_LATENCY`` (plus ``FUSED_LATENCY`` with ``act_fuse``) cycles after the last unit's
-write-back, ``busy`` falls. Load beats and ``start`` pass a register first (no write enable
-depends on the state), so cycles count from the cycle after the one following ``start``, and
-``busy`` is high for (:func:`hw.bands.network_layer_cycles`)
+cycle ``c_u = rows - load + (u + 1) * k * T - gap + drain`` (``drain`` cycles after its last
+position is issued; in network mode ``drain`` is ``rows + cols + 8``, the code buffer's read address
+and data registered: :func:`hw.bands.network_drain`). ``load`` is ``rows`` (LOAD_WEIGHTS between
+tiles) or, with bands of at least ``rows + cols + 3`` positions, 0: the next tile's weight rows are
+then read during a tile's last ``rows`` positions (its first position has passed the last column by
+then), and only the first tile loads. Its write-back takes ``W = P * (C + 1)`` cycles (per position
+a read cycle, then ``C`` cycles feeding the output stage, whose results are written
+``STAGE_LATENCY`` cycles later; ``C`` = register ``tile_cols``, the layer's channel tile: ``cols``,
+or for a multiplying layer on an engine whose PEs multiply in the first ``multiply_cols`` columns
+only, that many, the other columns' weights 0) and starts in cycle ``c_u + 1`` or the cycle after
+the previous unit's ends, whichever is later. With ``write_pairs`` and an even ``P`` (the engine
+tests ``band_positions``, no register of its own; the program puts every tensor at an even word),
+the write-back takes the positions in pairs: two read cycles, then ``C`` cycles feeding the even
+position's accumulators (held) to one output stage and the odd one's to a second, both results
+written at once into the two halves of a word of the code and value memories (two positions per
+word): ``W = P / 2 * (C + 2)``. ``L`` = ``STAGE_LATENCY`` (plus ``FUSED_LATENCY`` with ``act_fuse``)
+cycles after the last unit's write-back, ``busy`` falls. Load beats pass a register first and
+``start`` two (no write enable depends on the state, and a layer started right after its last
+register word sees that word), so cycles count from the second cycle after the one following
+``start``, and ``busy`` is high for (:func:`hw.bands.network_layer_cycles`)
 
-    1 + rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + L
+    2 + rows - load + max(k * T + units * W, units * k * T + W) - gap + drain + L
 
 cycles: the larger of computation and write-back per unit, times ``units``, plus one unit of
 the other. The accumulator memories hold ``out_depth`` outputs a column, a power of two that may be
