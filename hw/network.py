@@ -17,8 +17,9 @@ involvement between layers:
    that the next image arrives while this one is computed.
 2. **Run**: a ``start`` pulse (taken while idle) copies the staged image into the input tensor's
    place in the code memory (``COPY``: one code per cycle, ``image_depth`` cycles and two to write the
-   last; ``starting`` is high over the reads, then the staging buffer is free for the next image;
-   ``probe.step_done`` marks the end, the input step's), then runs the program from its first word:
+   last, three where block RAM is slow, :func:`hw.memories.slow_block_ram`; ``starting`` is high over
+   the reads, then the staging buffer is free for the next image; ``probe.step_done`` marks the end,
+   the input step's), then runs the program from its first word:
    each convolution runs on the engine (with the residual addition that the compiler fused into it, if
    any: the engine reads the other operand from the value memory as it writes; and with the activation
    fused into it, if any: the engine's values go through the idle vector unit's activate thresholds,
