@@ -909,16 +909,21 @@ def test_a_link_at_an_image_path_of_an_archive_is_an_error_not_skipped(tmp_path,
         load_dataset("cifar10", archive)
 
 
+def _archive_with_member(tmp_path, name: str, image: str):
+    """The image tree's .tar.gz with one more member, ``name``, holding the bytes of the tree's ``image``."""
+    make_image_tree(tmp_path / "tree")
+    blob = (tmp_path / "tree" / image).read_bytes()
+    member = tarfile.TarInfo(name)
+    member.size = len(blob)
+    return make_tar_with(tmp_path / "cifar.tar.gz", tmp_path / "tree", member, blob)
+
+
 @pytest.mark.parametrize("name", ["train/../x.png", "../train/cat/x.png", "/train/cat/x.png"])
 def test_an_archive_image_path_outside_the_archive_folder_is_refused_by_name(tmp_path, name):
     """A member path with '..' or from the root is no image of the train/ test/ layout (extracted, it lands
     outside it): train/../x.png became an image of a class named '..', and the others were refused as images
     'under more than one top-level folder'."""
-    make_image_tree(tmp_path / "tree")
-    blob = (tmp_path / "tree" / "train" / "cat" / "a.png").read_bytes()
-    member = tarfile.TarInfo(name)
-    member.size = len(blob)
-    archive = make_tar_with(tmp_path / "cifar.tar.gz", tmp_path / "tree", member, blob)
+    archive = _archive_with_member(tmp_path, name, "train/cat/a.png")
     with pytest.raises(DatasetError, match=re.escape(f"{archive}:{name}: a path with '..' or from the root, ")
                        + r"which extracting puts outside the archive's folder; create the archive of train/ and "
                        r"test/ with relative paths"):
@@ -929,11 +934,7 @@ def test_an_archive_image_path_outside_the_archive_folder_is_refused_by_name(tmp
 def test_an_archive_image_stored_twice_is_refused_not_loaded_twice(tmp_path, name):
     """tar -r appends a file again under its name (extracting keeps the last copy): both were loaded, as two
     training images."""
-    make_image_tree(tmp_path / "tree")
-    blob = (tmp_path / "tree" / "train" / "airplane" / "z.png").read_bytes()
-    member = tarfile.TarInfo(name)
-    member.size = len(blob)
-    archive = make_tar_with(tmp_path / "cifar.tar.gz", tmp_path / "tree", member, blob)
+    archive = _archive_with_member(tmp_path, name, "train/airplane/z.png")
     with pytest.raises(DatasetError, match=re.escape(f"{archive}:{name}: the image train/cat/a.png a second time ")
                        + r"\(extracting keeps the last copy\); create the archive anew, each image once"):
         load_dataset("cifar10", archive)

@@ -21,6 +21,16 @@ def mismatches(compiled, model, x) -> dict:
     return {name: m for name, (_, m) in result.codes.items()} | {"top1": result.disagreements}
 
 
+def refused_then_exact_with_the_bits_named(model, shape, option: str, match: str, n: int, seed: int) -> None:
+    """Compiling ``model`` is refused (``match``) naming ``--option B``; compiled with B, its codes and top-1 equal
+    the PyTorch model's on ``n`` random images."""
+    with pytest.raises(ValueError, match=match) as e:
+        compile_model(model, shape)
+    bits = int(re.search(rf"with --{option} (\d+) ", str(e.value)).group(1))
+    compiled = compile_model(model, shape, CompileOptions(**{option.replace("-", "_"): bits}))
+    assert not any(mismatches(compiled, model, images(n, shape, seed=seed)).values())
+
+
 def resnet8(seed: int = 5) -> torch.nn.Module:
     torch.manual_seed(0)
     return randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 3)), seed=seed)
@@ -32,11 +42,8 @@ def test_residual_stream_coarser_than_an_operand_is_refused_with_the_frac_bits_t
     model = resnet8()
     with torch.no_grad():
         model.conv1.weight.mul_(2.0**20)
-    with pytest.raises(ValueError, match=r"blocks\.0\.conv2.*conv1.*--residual-frac-bits 2[0-4]") as e:
-        compile_model(model, (3, 32, 32))
-    frac = int(re.search(r"with --residual-frac-bits (\d+) ", str(e.value)).group(1))
-    compiled = compile_model(model, (3, 32, 32), CompileOptions(residual_frac_bits=frac))
-    assert not any(mismatches(compiled, model, images(8, (3, 32, 32), seed=5)).values())
+    refused_then_exact_with_the_bits_named(model, (3, 32, 32), "residual-frac-bits",
+                                           r"blocks\.0\.conv2.*conv1.*--residual-frac-bits 2[0-4]", 8, seed=5)
 
 
 def test_logits_whose_bias_the_fixed_point_rounds_away_are_refused():
@@ -64,11 +71,8 @@ def test_pooling_whose_fixed_point_is_coarser_than_the_next_codes_is_refused():
     model = small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3), seed=7)
     with torch.no_grad():
         model.act2.alpha.fill_(1e6)
-    with pytest.raises(ValueError, match=r"conv2.*act_fc.*--pool-frac-bits (1[6-9]|2[0-4])") as e:
-        compile_model(model, (1, 8, 8))
-    frac = int(re.search(r"with --pool-frac-bits (\d+) ", str(e.value)).group(1))
-    compiled = compile_model(model, (1, 8, 8), CompileOptions(pool_frac_bits=frac))
-    assert not any(mismatches(compiled, model, images(40, (1, 8, 8), seed=1)).values())
+    refused_then_exact_with_the_bits_named(model, (1, 8, 8), "pool-frac-bits",
+                                           r"conv2.*act_fc.*--pool-frac-bits (1[6-9]|2[0-4])", 40, seed=1)
 
 
 def test_pooling_into_a_quantizer_of_tiny_clip_is_refused_naming_it():
