@@ -391,13 +391,9 @@ def test_a_stopped_board_builds_run_stops_its_build(tmp_path, fake_tools, monkey
         proc.wait()
 
 
-@pytest.mark.parametrize("preamble", ["", SLOW_REAPER], ids=["reaper", "slow-reaper"])
-def test_a_builder_killed_with_sigkill_leaves_no_tool(tmp_path, fake_tools, monkeypatch, preamble):
-    """SIGKILL runs no cleanup in the builder: the reaper beside the tool kills its process group. The tool runs
-    only once the reaper watches its group, so a builder killed as soon as the tool runs on a loaded machine (here,
-    ``slow-reaper``: a reaper that takes a second to start and one to be told the group) leaves no tool either."""
-    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
-    proc, child = _stage_running(tmp_path, preamble)
+def _kill_builder_and_check_its_tool_is_gone(proc: subprocess.Popen, child: Path) -> None:
+    """SIGKILL ``proc`` (a builder: no cleanup runs in it) and check that the tool whose pid ``child`` holds is
+    soon gone (killed by the reaper beside it); a tool left running is killed here, after the check fails."""
     proc.kill()
     proc.communicate(timeout=20)
     pid = int(child.read_text())
@@ -406,6 +402,16 @@ def test_a_builder_killed_with_sigkill_leaves_no_tool(tmp_path, fake_tools, monk
     finally:
         if alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("preamble", ["", SLOW_REAPER], ids=["reaper", "slow-reaper"])
+def test_a_builder_killed_with_sigkill_leaves_no_tool(tmp_path, fake_tools, monkeypatch, preamble):
+    """SIGKILL runs no cleanup in the builder: the reaper beside the tool kills its process group. The tool runs
+    only once the reaper watches its group, so a builder killed as soon as the tool runs on a loaded machine (here,
+    ``slow-reaper``: a reaper that takes a second to start and one to be told the group) leaves no tool either."""
+    monkeypatch.setenv("FAKE_SLEEP_YOSYS", "60")
+    proc, child = _stage_running(tmp_path, preamble)
+    _kill_builder_and_check_its_tool_is_gone(proc, child)
 
 
 # --- Worst paths of nextpnr's report ------------------------------------------------------------------
@@ -776,14 +782,7 @@ def test_a_build_killed_while_its_packer_writes_leaves_no_bitstream(tmp_path, fa
     child = out / "icepack.child"
     wait_written(child, seconds=60)
     assert child.exists(), proc.stderr.read() if proc.poll() is not None else "the packer did not start in 60 s"
-    proc.kill()
-    proc.communicate(timeout=20)
-    pid = int(child.read_text())
-    try:
-        assert gone_soon(pid)
-    finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    _kill_builder_and_check_its_tool_is_gone(proc, child)
     assert not (out / "top.bin").exists() and not (out / "report.json").exists()
     assert eval((out / "icepack.argv").read_text())[0] == "top.asc"
 
