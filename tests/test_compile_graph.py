@@ -85,6 +85,15 @@ def _mismatches(compiled, model, x):
     return result.disagreements + sum(m for _, m in result.codes.values())
 
 
+def _fix_mismatches(make, seed, **randomize_options) -> int:
+    """:func:`_mismatches` of the network ``make()`` builds (LCQ W3/A3 from torch seed ``seed``, its parameters
+    randomized from ``seed + 4``) compiled, on 20 random images (``seed + 2``): 0 where the fix a refusal names
+    compiles exactly."""
+    torch.manual_seed(seed)
+    net = randomize(quantize_model(make(), method="lcq", wbits=3, abits=3), seed + 4, **randomize_options)
+    return _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=seed + 2))
+
+
 def _positive_bn(model):
     with torch.no_grad():
         for m in model.modules():
@@ -462,9 +471,7 @@ def test_a_batch_norm_after_an_activation_is_refused_with_where_it_folds():
                                           r"the conv, linear layer or addition whose output it normalizes "
                                           r"\(conv -> BN -> ReLU\)"):
         compile_model(model, (1, 8, 8))
-    torch.manual_seed(13)
-    net = randomize(quantize_model(_Options(norm=nn.BatchNorm2d(6)), method="lcq", wbits=3, abits=3), 17)
-    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=15)) == 0
+    assert _fix_mismatches(lambda: _Options(norm=nn.BatchNorm2d(6)), 13) == 0
 
 
 def test_a_padding_mode_without_padding_compiles_exactly():
@@ -630,9 +637,7 @@ def test_a_flatten_of_other_dimensions_is_refused_with_the_one_that_compiles(how
                                           r"flatten from dimension 1 to the last compiles: nn\.Flatten\(\), "
                                           r"torch\.flatten\(x, 1\) or x\.flatten\(1\), of a C x 1 x 1 tensor"):
         compile_model(model, (1, 8, 8))
-    torch.manual_seed(14)
-    net = randomize(quantize_model(_FlattenHead("nn.Flatten()"), method="lcq", wbits=3, abits=3), 18)
-    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=16)) == 0
+    assert _fix_mismatches(lambda: _FlattenHead("nn.Flatten()"), 14) == 0
 
 
 class _Refusable(nn.Module):
@@ -731,9 +736,7 @@ def test_refusals_say_what_compiles_instead_and_the_fix_compiles_exactly(kind, w
                                           rf"\(.*\) is not supported: {hint}.*; the compiler lowers: "):
         compile_model(model, (1, 8, 8))
     for i, fix in enumerate(fixes):
-        torch.manual_seed(11 + i)
-        net = randomize(quantize_model(_Refusable(fix), method="lcq", wbits=3, abits=3), 15 + i, act_alpha=1.0)
-        assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=13 + i)) == 0, fix
+        assert _fix_mismatches(lambda: _Refusable(fix), 11 + i, act_alpha=1.0) == 0, fix
 
 
 class _Unhinted(nn.Module):
@@ -821,9 +824,7 @@ def test_refusals_of_common_operations_say_what_compiles_instead(kind, what, hin
                                           rf"\(.*\) is not supported: {hint}.*; the compiler lowers: "):
         compile_model(model, (1, 8, 8))
     for i, fix in enumerate(fixes):
-        torch.manual_seed(21 + i)
-        net = randomize(quantize_model(_Unhinted(fix), method="lcq", wbits=3, abits=3), 25 + i, act_alpha=1.0)
-        assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=23 + i)) == 0, fix
+        assert _fix_mismatches(lambda: _Unhinted(fix), 21 + i, act_alpha=1.0) == 0, fix
 
 
 class _PooledImage(nn.Module):
@@ -887,9 +888,7 @@ def test_a_pooling_window_taken_from_a_tensors_size_is_refused_with_the_number_t
                                           r"\(the map's side, known from the input size\), or pool globally with "
                                           r"AdaptiveAvgPool2d\(1\); the compiler lowers: "):
         compile_model(model, (1, 8, 8))
-    torch.manual_seed(15)
-    net = randomize(quantize_model(_SizedWindow("8"), method="lcq", wbits=3, abits=3), 19)
-    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=17)) == 0
+    assert _fix_mismatches(lambda: _SizedWindow("8"), 15) == 0
 
 
 class _ChannelsLast(nn.Module):
@@ -950,9 +949,7 @@ def test_a_normalization_of_the_image_in_forward_is_refused_as_such(how, what):
                                           r"its uint8 codes: leave the normalization out of forward \(the first layer "
                                           r"learns its scale and offset\); the compiler lowers: "):
         compile_model(model, (1, 8, 8))
-    torch.manual_seed(17)
-    net = randomize(quantize_model(_NormalizedImage("none"), method="lcq", wbits=3, abits=3), 21)
-    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=19)) == 0
+    assert _fix_mismatches(lambda: _NormalizedImage("none"), 17) == 0
 
 
 class _Sums(nn.Module):
@@ -990,6 +987,4 @@ def test_an_addition_of_two_fixed_scales_says_how_to_order_it(kind, operands, fi
                                           r"shortcut first: \(x \+ bn1\(conv1\(x\)\)\) \+ bn2\(conv2\(x\)\); no ReLU "
                                           r"on that operand before the addition\); the compiler lowers: "):
         compile_model(model, (1, 8, 8))
-    torch.manual_seed(18)
-    net = randomize(quantize_model(_Sums(fix), method="lcq", wbits=3, abits=3), 22)
-    assert _mismatches(compile_model(net, (1, 8, 8)), net, images(20, (1, 8, 8), seed=20)) == 0
+    assert _fix_mismatches(lambda: _Sums(fix), 18) == 0
