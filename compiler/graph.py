@@ -244,12 +244,12 @@ class Thresholds:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Codes (uint8) of values ``x`` (N, C, ...)."""
         shape = (1, -1) + (1,) * (x.ndim - 2)
-        codes = np.zeros(x.shape, dtype=np.int64)
-        desc = self.descending.reshape(shape)
+        sign = np.where(self.descending, -1, 1).reshape(shape)
+        x = x * sign                                # a descending channel counts -x >= -T
+        codes = np.zeros(x.shape, dtype=np.uint8)
         for c in range(self.thresholds.shape[1]):
-            t = self.thresholds[:, c].reshape(shape)
-            codes += np.where(desc, x <= t, x >= t)
-        return codes.astype(np.uint8)
+            codes += x >= self.thresholds[:, c].reshape(shape) * sign
+        return codes
 
     @staticmethod
     def limit(bound: int) -> int:

@@ -30,13 +30,31 @@ def patches(codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.nda
     return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n, ho, wo, c * kernel * kernel)
 
 
+EXACT_FLOAT = 2 ** 53
+"""Every integer of magnitude up to this is a float64, and so is every sum that stays below it."""
+
+
 def accumulate(node: ConvNode, codes: np.ndarray) -> np.ndarray:
-    """Accumulators ``(N, C_out, Ho, Wo)`` int64 of ``node`` on input codes ``(N, C_in, H, W)``."""
-    cols = node.a_levels[patches(codes, node.kernel, node.stride, node.padding)]
-    k = np.abs(node.weight_codes.astype(np.int64))
-    weights = (np.sign(node.weight_codes) * node.w_levels[k]).reshape(node.out_shape[0], -1)
-    acc = cols @ weights.T
-    return np.ascontiguousarray(acc.transpose(0, 3, 1, 2))
+    """Accumulators ``(N, C_out, Ho, Wo)`` int64 of ``node`` on input codes ``(N, C_in, H, W)``.
+
+    One matrix product per kernel offset. They run in float64 (BLAS) when no partial sum can
+    reach 2^53, which makes every product and sum exact; otherwise in int64.
+    """
+    k, stride = node.kernel, node.stride
+    signed = np.sign(node.weight_codes) * node.w_levels[np.abs(node.weight_codes.astype(np.int64))]
+    bound = int(np.abs(node.a_levels).max(initial=0)) * int(np.abs(signed).reshape(len(signed), -1).sum(1).max())
+    dtype = np.float64 if bound < EXACT_FLOAT else np.int64
+    levels = node.a_levels.astype(dtype)
+    p = node.padding
+    x = np.pad(codes, ((0, 0), (0, 0), (p, p), (p, p))) if p else codes
+    x = levels[x.transpose(0, 2, 3, 1)]                                   # (N, H + 2p, W + 2p, C_in)
+    ho, wo = node.out_shape[1:]
+    acc = np.zeros((len(codes), ho, wo, len(signed)), dtype=dtype)
+    for dy in range(k):
+        for dx in range(k):
+            window = x[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
+            acc += window @ signed[:, :, dy, dx].T.astype(dtype)
+    return np.ascontiguousarray(acc.transpose(0, 3, 1, 2)).astype(np.int64, copy=False)
 
 
 def lut_accumulate(node: ConvNode, codes: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from compiler import stages
+from compiler import reference, stages
 from compiler.agreement import compare
 from compiler.lower import CompileOptions, compile_checkpoint, compile_model
 from compiler.reference import accumulate, lut_accumulate, predict, run
@@ -147,6 +147,20 @@ def test_lut_accumulation_equals_level_products():
         np.testing.assert_array_equal(lut_accumulate(conv, tensors[conv.input]), tensors[f"{conv.name}.acc"])
         np.testing.assert_array_equal(accumulate(conv, tensors[conv.input]), tensors[f"{conv.name}.acc"])
         assert np.abs(tensors[f"{conv.name}.acc"]).max() <= conv.acc_bound
+
+
+def test_accumulation_is_exact_in_float64_and_in_int64(monkeypatch):
+    """The float64 products (no partial sum reaches 2^53) equal the int64 ones and the LUT sums, on a ResNet's
+    padded, strided and 1x1 shortcut convolutions."""
+    model = randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 3)), seed=3)
+    compiled = compile_model(model, (3, 16, 16))
+    tensors = run(compiled, images(3, (3, 16, 16), seed=3))
+    assert {(c.kernel, c.stride, c.padding) for c in compiled.convs} >= {(3, 1, 1), (3, 2, 1), (1, 2, 0)}
+    for conv in compiled.convs:
+        np.testing.assert_array_equal(lut_accumulate(conv, tensors[conv.input]), tensors[f"{conv.name}.acc"])
+    monkeypatch.setattr(reference, "EXACT_FLOAT", 0)
+    for conv in compiled.convs:
+        np.testing.assert_array_equal(accumulate(conv, tensors[conv.input]), tensors[f"{conv.name}.acc"])
 
 
 def test_level_tables_and_lut_follow_the_contract():
