@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 from hw.cli import ARRAY_SIZE, MULTIPLY_COLS
 from hw.residency import RESIDENCY
-from lcq_train.arguments import (DefaultsHelpFormatter, FloatRange, nonnegative_int, positive_float,
+from lcq_train.arguments import (DefaultsHelpFormatter, FloatRange, counted, nonnegative_int, positive_float,
                                  positive_int)
 from lcq_train.json_text import parse_json
 
@@ -417,11 +417,13 @@ def cmd_run(args) -> int:
         print(json.dumps(out))
     else:
         print(end_progress, end="", file=sys.stderr)
-        print(f"{board.name}: {out['images']} images, top-1 {out['accuracy']:.2f}%, "
+        n = out["images"]
+        print(f"{board.name}: {counted(n, 'image')}, top-1 {out['accuracy']:.2f}%, "
               f"{out['images_per_second']:.2f} images/s at {baud:,} baud (constants loaded in "
-              f"{out['load_seconds']:.2f} s, {host.retried} frames resent, {runner.repeated} "
-              f"{'image' if mode == 'network' else 'layer'} runs repeated); "
-              f"{out['equal_to_reference']} of {out['images']} predictions equal the integer reference")
+              f"{out['load_seconds']:.2f} s, {counted(host.retried, 'frame')} resent, "
+              f"{counted(runner.repeated, 'image run' if mode == 'network' else 'layer run')} repeated); "
+              f"{out['equal_to_reference']} of {counted(n, 'prediction equals', 'predictions equal')} the integer "
+              "reference")
     return 0 if out["equal_to_reference"] == out["images"] else 1
 
 

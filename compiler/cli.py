@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from lcq_train.arguments import DefaultsHelpFormatter, IntRange, output_file, positive_int, refuse_overwriting
+from lcq_train.arguments import (DefaultsHelpFormatter, IntRange, counted, output_file, positive_int,
+                                refuse_overwriting)
 from lcq_train.factory import MODEL
 
 from . import format as model_format
@@ -159,9 +160,10 @@ def cmd_eval(args) -> int:
         return 0
     if show is not None:
         print(file=sys.stderr)
-    print(f"{result['images']} {dataset} test images: integer top-1 {result['top1']:.2f}%, "
+    print(f"{counted(result['images'], dataset + ' test image')}: integer top-1 {result['top1']:.2f}%, "
           f"PyTorch fake-quant (float64) top-1 {result['torch_top1']:.2f}%")
-    print(f"top-1 agreement {100 * result['agreement']:.3f}% ({result['disagreements']} images differ)")
+    print(f"top-1 agreement {100 * result['agreement']:.3f}% "
+          f"({counted(result['disagreements'], 'image differs', 'images differ')})")
     print("\n| activation codes | compared | mismatched |\n|---|---|---|")
     for name, c in result["code_mismatches"].items():
         print(f"| {name} | {c['compared']:,} | {c['mismatched']:,} |")

@@ -17,6 +17,7 @@ each option's default in the help, but not None (an option whose default is deci
 device a run takes when none is given; :func:`output_file` is a file to write (``-o``), not a directory, and
 :func:`refuse_overwriting` stops one that is the command's input.
 :func:`given_options` tells the options a command line gives from those it leaves at their defaults.
+:func:`counted` is a count with its noun for a command's output (``1 image``, ``2 images``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import stat
 
 __all__ = ["IntRange", "FloatRange", "DefaultsHelpFormatter", "positive_int", "nonnegative_int", "positive_float",
            "nonnegative_float", "probability", "learning_rate", "quantizer_rate", "decay_rate", "torch_device",
-           "device_problem", "default_device", "output_file", "refuse_overwriting", "given_options"]
+           "device_problem", "default_device", "output_file", "refuse_overwriting", "given_options", "counted"]
 
 
 class IntRange:
@@ -166,6 +167,11 @@ def refuse_overwriting(written: str | os.PathLike, given: str | os.PathLike, wha
     ``given`` (by any path: a link, ``./``), which writing it would replace."""
     if os.path.exists(written) and os.path.exists(given) and os.path.samefile(written, given):
         raise FileExistsError(f"-o {output}: writing {written} would replace the {what} {given}; name another file")
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, in the plural (``plural`` or ``noun + "s"``) unless ``n`` is 1; thousands separated."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def given_options(parser: argparse.ArgumentParser, argv: list[str] | None) -> dict[str, object]:

@@ -44,8 +44,8 @@ import numpy as np
 
 from compiler import format as model_format
 from hw.cli import DEFAULT_COLS, DEFAULT_ROWS, array_args, engine_params
-from lcq_train.arguments import (DefaultsHelpFormatter, FloatRange, IntRange, nonnegative_int, positive_float,
-                                 positive_int)
+from lcq_train.arguments import (DefaultsHelpFormatter, FloatRange, IntRange, counted, nonnegative_int,
+                                 positive_float, positive_int)
 from lcq_train.run_lock import run_lock
 from lcq_train.stop_signals import Stopped, stop_signals
 
@@ -276,8 +276,9 @@ def format_network_table(result: dict) -> str:
     rc = result["rows"] * result["cols"]
     pairs = ", write-back in pairs" if result["write_pairs"] else ""
     if result["multiply_cols"]:
-        pairs += f", multiplying in the first {result['multiply_cols']} columns"
-    lines = [f"{result['simulator']}: {result['images']} image(s) on the network core, {result['rows']} x "
+        n = result["multiply_cols"]
+        pairs += f", multiplying in the first {'column' if n == 1 else f'{n} columns'}"
+    lines = [f"{result['simulator']}: {counted(result['images'], 'image')} on the network core, {result['rows']} x "
              f"{result['cols']} array{pairs}; {result['bytes_in_per_image']} bytes in, "
              f"{result['bytes_out_per_image']} bytes out per image",
              "", "| step | kind | name | cycles | MACs | MACs/cycle | of R*C | outputs | mismatches |",
@@ -293,8 +294,8 @@ def format_network_table(result: dict) -> str:
     for im in result["per_image"]:
         lines.append(f"image {im['image']}: {im['cycles']:,} cycles, {result['macs_per_image']:,} MACs, "
                      f"{im['macs_per_cycle']:.2f} MACs/cycle ({100 * im['utilization']:.1f}% of {rc}), "
-                     f"{im['mismatches']} mismatches ({im['logit_mismatches']} in the logits)")
-    lines.append(f"\n{result['mismatches']} values differ from the integer reference")
+                     f"{counted(im['mismatches'], 'mismatch', 'mismatches')} ({im['logit_mismatches']} in the logits)")
+    lines.append(f"\n{counted(result['mismatches'], 'value differs', 'values differ')} from the integer reference")
     if logits["first_mismatch"]:
         lines.append(logits["first_mismatch"])
     lines += [s["first_mismatch"] for s in result["steps"] if s["first_mismatch"]]
@@ -303,7 +304,8 @@ def format_network_table(result: dict) -> str:
 
 def format_table(result: dict) -> str:
     rc = result["rows"] * result["cols"]
-    lines = [f"{result['simulator']}: {result['images']} image(s) on a {result['rows']} x {result['cols']} engine",
+    lines = [f"{result['simulator']}: {counted(result['images'], 'image')} on a {result['rows']} x {result['cols']} "
+             "engine",
              "", "| layer | name | cycles | computing | MACs | MACs/cycle | of R*C | lower bound | mismatches |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in result["layers"]:
@@ -311,6 +313,6 @@ def format_table(result: dict) -> str:
         lines.append(f"| {r['index']} | {r['name']} | {r['cycles']:,} | {r['compute_cycles']:,} | {r['macs']:,} | "
                      f"{r['macs_per_cycle']:.2f} | "
                      f"{100 * r['utilization']:.1f}% | {bound:,} | {r['mismatches']} |")
-    lines.append(f"\n{result['mismatches']} outputs differ from the integer reference")
+    lines.append(f"\n{counted(result['mismatches'], 'output differs', 'outputs differ')} from the integer reference")
     lines += [r["first_mismatch"] for r in result["layers"] if r["first_mismatch"]]
     return "\n".join(lines)

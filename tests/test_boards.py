@@ -753,6 +753,34 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
             "repeated); 5 of 5 predictions equal the integer reference") in capsys.readouterr().out
 
 
+def test_run_summary_counts_read_right_for_one(tmp_path, capsys, monkeypatch):
+    """One image, one frame resent and one layer run repeated read in the singular, not "1 frames resent"."""
+    import boards.link_host
+    import boards.runtime
+    from compiler.reference import predict
+    from lcq.cli import main
+
+    class Runner:
+        def __init__(self, host, model, params, resident):
+            host.retried = 1
+            self.model, self.repeated = model, 1
+
+        def classify(self, images, labels, progress):
+            return boards.runtime.RunResult(predict(self.model, images), 0.5, labels, load_seconds=0.25)
+
+    monkeypatch.setattr(boards.link_host, "SerialPort", FakePort)
+    monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
+                                  "board": "icebreaker"}))
+    assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "1",
+                 "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("icebreaker: 1 image, top-1 ")
+    assert ("(constants loaded in 0.25 s, 1 frame resent, 1 layer run repeated); 1 of 1 prediction equals the "
+            "integer reference") in out
+
+
 def test_ctrl_c_during_lcq_run_is_one_line_and_closes_the_port(tmp_path, capsys, monkeypatch):
     """As `lcq build` and `lcq flash`: Ctrl-C while images run ends with one line and exit status 130, not a
     traceback."""
@@ -820,7 +848,7 @@ def test_run_in_network_mode_reads_the_mode_from_the_report(tmp_path, capsys, mo
     assert out["images_per_second"] == 20.0 and out["images_repeated"] == 1 and "layers_repeated" not in out
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
                  "--report", str(report)]) == 0
-    assert "1 image runs repeated); 5 of 5 predictions equal the integer reference" in capsys.readouterr().out
+    assert "1 image run repeated); 5 of 5 predictions equal the integer reference" in capsys.readouterr().out
 
 
 def test_run_in_network_mode_refuses_a_model_other_than_the_one_the_core_was_built_for(tmp_path, capsys, monkeypatch,

@@ -67,6 +67,8 @@ def test_eval_table_and_image_limit(compiled, capsys):
     out = capsys.readouterr().out
     assert "50 digits test images: integer top-1" in out and "top-1 agreement 100.000%" in out
     assert "| act2 | 25,600 | 0 |" in out
+    assert main(["eval", str(model), "--images", "1"]) == 0
+    assert "1 digits test image: integer top-1" in capsys.readouterr().out
     assert main(["eval", str(model), "--images", "361"]) == 2
     assert "--images 361: the digits test set has 360 images" in capsys.readouterr().err
 

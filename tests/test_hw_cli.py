@@ -1012,3 +1012,28 @@ def test_a_skipped_testcase_is_not_a_pass(tmp_path):
     with pytest.raises(SimulationFailed, match=r"1 of 1 cocotb testcases failed .*\n  array_matches_reference: "
                                                r"skipped, not run \(could not import numpy\)"):
         run_test(built, "tb", tmp_path / "run", timeout=30)
+
+
+def test_sim_tables_read_right_for_one():
+    """`lcq sim`'s tables of one image with one mismatch: "1 image", "1 mismatch", "1 output differs", not "1 outputs
+    differ" (the counts of any other number keep their plural)."""
+    from sim.cli import format_network_table, format_table
+
+    layer = {"index": 0, "name": "conv1", "cycles": 10, "compute_cycles": 8, "macs": 16, "macs_per_cycle": 1.6,
+             "utilization": 0.4, "mismatches": 1, "first_mismatch": None}
+    engine = {"simulator": "icarus", "images": 1, "rows": 2, "cols": 2, "layers": [layer], "mismatches": 1}
+    table = format_table(engine)
+    assert table.startswith("icarus: 1 image on a 2 x 2 engine\n")
+    assert table.endswith("\n1 output differs from the integer reference")
+    two = format_table({**engine, "images": 2, "mismatches": 2})
+    assert two.startswith("icarus: 2 images on") and two.endswith("\n2 outputs differ from the integer reference")
+    step = {"index": 0, "kind": "conv", "name": "conv1", "cycles": 10, "macs": 16, "macs_per_cycle": 1.6,
+            "utilization": 0.4, "outputs": 4, "mismatches": 1, "first_mismatch": None}
+    network = {"simulator": "verilator", "images": 1, "rows": 2, "cols": 2, "write_pairs": False, "multiply_cols": 1,
+               "bytes_in_per_image": 64, "bytes_out_per_image": 40, "steps": [step], "macs_per_image": 16,
+               "logits": {"values": [[1] * 10], "mismatches": 1, "first_mismatch": None}, "mismatches": 1,
+               "per_image": [{"image": 0, "cycles": 10, "macs_per_cycle": 1.6, "utilization": 0.4, "mismatches": 1,
+                              "logit_mismatches": 1}]}
+    table = format_network_table(network)
+    assert table.startswith("verilator: 1 image on the network core, 2 x 2 array, multiplying in the first column; ")
+    assert "1 mismatch (1 in the logits)" in table and table.endswith("\n1 value differs from the integer reference")
