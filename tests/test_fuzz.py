@@ -37,12 +37,9 @@ The default run is bounded (about 20-30 s, most of it the fake device against th
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import random
-import signal
 import struct
-import threading
 import time
 import traceback
 from collections import Counter
@@ -51,6 +48,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from helpers import Hang, within
 
 from boards.link_host import LinkHost
 from hw.engine_params import TARGETS
@@ -63,29 +62,6 @@ OUTCOMES = ("correct", "recovered", "clean error", "crash", "hang", "silent wron
 GOOD = ("correct", "recovered", "clean error")
 BOUND_S = 10.0          # one input, whatever it is (a session takes milliseconds)
 MAX_PORT_OPS = 200_000  # reads and writes of one session: far beyond the host's bounded retries
-
-
-class Hang(BaseException):
-    """An input ran past its time bound (a BaseException, so that no ``except Exception`` hides it)."""
-
-
-@contextlib.contextmanager
-def time_bound(seconds: float = BOUND_S):
-    """Raise :class:`Hang` in the block after ``seconds`` (SIGALRM; in the main thread of a POSIX process)."""
-    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum, frame):
-        raise Hang(f"no end within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def crash(error: BaseException) -> tuple[str, str]:
@@ -151,7 +127,7 @@ def frame_case(rnd: random.Random) -> tuple[str, str]:
     kind = rnd.choice(FRAME_MUTATIONS)
     damaged = mutate_frame(original, kind, rnd)
     try:
-        with time_bound():
+        with within(BOUND_S, f"decoding a frame ({kind})"):
             frame = decode_frame(damaged)
     except Hang as e:
         return "hang", f"{kind}: {e}"
@@ -396,7 +372,7 @@ def session_case(rnd: random.Random, rate: float | None = None, *, dup_drop: boo
     host, repeats = LinkHost(port, retries=3, deadline=5.0), 3
     results, before, started = [], 0, False
     try:
-        with time_bound():
+        with within(BOUND_S, "a link session over a faulty port"):
             host.begin_session(rnd)     # as the runners do (seeded here): each DONE must state it
             started = True
             for beats, words, fmt in jobs:
@@ -453,7 +429,7 @@ def info_case(rnd: random.Random) -> tuple[str, str]:
     payload = random_info_payload(rnd)
     host = LinkHost(FaultyPort(FakeDevice(INFO, payload), random.Random(0), 0.0), retries=1, deadline=5.0)
     try:
-        with time_bound():
+        with within(BOUND_S, "reading a random INFO"):
             info = host.info
             assert info.encode() == payload, "the host took another INFO than the device sent"
             decode_words(bytes(info.out_bytes()), info)
@@ -516,7 +492,7 @@ class ModelFiles:
             self.write_raw(self.path, [*self.entries[:i], (name, new), *self.entries[i + 1:]])
             kind = f"member edit ({how} of {name})"
         try:
-            with time_bound():
+            with within(BOUND_S, f"loading a model file ({kind})"):
                 loaded = self.fmt.load(self.path)
         except Hang as e:
             return "hang", f"{kind}: {e}"
@@ -602,7 +578,7 @@ class Checkpoints:
             damaged = self.blob + noise(rnd, 64)
         self.path.write_bytes(damaged)
         try:
-            with time_bound():
+            with within(BOUND_S, f"loading a checkpoint ({kind})"):
                 state = self.load(self.path)
         except Hang as e:
             return "hang", f"{kind}: {e}"
@@ -800,7 +776,7 @@ def test_each_reply_fault_is_recovered(name, damage):
     out = next(f for f in device.run(encode_run(words, fmt)) if f[1] == FrameType.OUT)
     port = ScriptedPort(damage(out))
     host = LinkHost(port, retries=2, deadline=5.0)
-    with time_bound(10):
+    with within(10, "the link host"):
         assert host.load_and_run(beats, words, fmt) == _expected(beats, words, fmt)
     assert host.retried + host.repeated + host.resyncs >= 1
 
@@ -823,10 +799,10 @@ def test_a_lost_and_a_duplicated_out_frame_are_refused_and_the_layer_run_again()
                              r"it were lost on the line")):
         host = LinkHost(ScriptedPort(damage), retries=2, deadline=5.0)
         host.load(beats)
-        with time_bound(10), pytest.raises(FrameError, match=message):
+        with within(10, "the link host"), pytest.raises(FrameError, match=message):
             host.run(words, fmt)
         host = LinkHost(ScriptedPort(damage), retries=2, deadline=5.0)
-        with time_bound(10):
+        with within(10, "the link host"):
             assert host.load_and_run(beats, words, fmt) == _expected(beats, words, fmt)
         assert host.repeated == 1
 
@@ -867,7 +843,7 @@ def test_a_device_reset_at_any_request_of_a_session_is_caught_or_harmless():
     for at in range(clean.requests):
         host = LinkHost(ResettingPort(at), retries=1)
         try:
-            with time_bound(10):
+            with within(10, "the link host"):
                 host.begin_session()
                 got = [host.load_and_run(beats, words, fmt) for beats, words, fmt in jobs]
         except BoardReset as e:
@@ -890,8 +866,9 @@ def test_a_device_that_never_stops_sending_is_refused_within_the_bound():
         def read(self, n):
             return bytes(random.getrandbits(8) for _ in range(min(n, 64)))
 
-    with time_bound(10), pytest.raises(LinkNoise, match=r"the line did not go quiet while resynchronizing: .* "
-                                                        r"the device keeps sending: check the baud rate"):
+    with within(10, "the link host"), pytest.raises(LinkNoise, match=r"the line did not go quiet while "
+                                                    r"resynchronizing: .* the device keeps sending: check the baud "
+                                                    r"rate"):
         LinkHost(Babbler(), drain_bytes=10_000).resync()
 
     class EmptyOuts(FaultyPort):
@@ -900,12 +877,12 @@ def test_a_device_that_never_stops_sending_is_refused_within_the_bound():
 
     host = LinkHost(EmptyOuts(FakeDevice(), random.Random(0), 0.0), retries=2)
     beats, words, fmt = _one_job()
-    with time_bound(10), pytest.raises(FrameError, match=r"empty OUT frame in RUN output \(word 0 of"):
+    with within(10, "the link host"), pytest.raises(FrameError, match=r"empty OUT frame in RUN output \(word 0 of"):
         host.load_and_run(beats, words, fmt)
     assert host.repeated == 2
 
     zero = LinkInfo(PROTOCOL_VERSION, 6, 0, 3, 4, 32, 0, INFO.target_bits).encode()
     host = LinkHost(FaultyPort(FakeDevice(INFO, zero), random.Random(0), 0.0), retries=1)
-    with time_bound(10), pytest.raises(FrameError, match=r"impossible parameters \(out_bits 0: output words of 0 "
-                                                         r"bytes"):
+    with within(10, "the link host"), pytest.raises(FrameError, match=r"impossible parameters \(out_bits 0: output "
+                                                     r"words of 0 bytes"):
         host.info
