@@ -94,6 +94,17 @@ NAME = re.compile(r"[A-Za-z0-9_.]{1,256}")
 # What ``source.dataset`` may name: the trainer's datasets (lcq_train.data.IMAGE_SHAPES, which a test holds equal;
 # not imported, so that the host side reads model files without the trainer) and their images' (C, H, W).
 DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+# What ``source.plan`` may hold: what lcq_train.plan.QuantPlan.to_dict writes of a plan the compiler compiles (a
+# method other than "fp", outer widths), by QuantPlan's rules (a test holds them equal; not imported, as above).
+PLAN_FIELDS = ("method", "wbits", "abits", "outer_bits", "K", "alpha_w", "alpha_a", "edge_bits", "layer_bits",
+               "weight_norm")
+PLAN_ADDED = {"weight_norm": "lwn"}     # keys added since files were written: a plan without one has this value
+PLAN_METHODS = ("uniform", "lcq")
+PLAN_WEIGHT_NORMS = ("lwn", "standardize")
+PLAN_BITS = (2, 8)                      # wbits, abits, edge_bits and per-layer bits
+PLAN_K = (1, 1024)                      # compander intervals
+PLAN_CLIP = 1e6                         # alpha_w and alpha_a are in (0, PLAN_CLIP]
+PLAN_INPUT_BITS = 8                     # the input image's codes, which the inner outer widths must hold
 SOURCE_FIELDS = {"checkpoint": str, "sha256": str, "model": str, "dataset": str, "plan": dict, "epoch": int,
                  "test_top1": (float, int, type(None)), "options": dict}
 OPTION_FIELDS = ("residual_frac_bits", "pool_frac_bits", "logit_frac_bits", "max_lut_entries")
@@ -163,6 +174,65 @@ def rule_positive(where: str, name: str, value) -> float:
             or not math.isfinite(value) or not value > 0:
         raise ModelRuleError(where, name, f"must be a finite number > 0, not {show(value)}")
     return float(value)
+
+
+def check_plan(plan: dict) -> None:
+    """``source.plan`` must be what :meth:`lcq_train.plan.QuantPlan.to_dict` writes of a plan the compiler
+    compiles: its keys (those of :data:`PLAN_ADDED` may be missing), method, bit-widths, outer widths at least
+    the bits they re-quantize, compander intervals and clip values, by QuantPlan's rules."""
+    where = "model"
+    missing = [key for key in PLAN_FIELDS if key not in plan and key not in PLAN_ADDED]
+    if missing:
+        raise ModelRuleError(where, f"source.plan.{missing[0]}", f"is missing; a compiled model's plan has "
+                             f"{', '.join(PLAN_FIELDS)}")
+    extra = set(plan) - set(PLAN_FIELDS)
+    if extra:
+        raise ModelRuleError(where, "source.plan", f"has unknown entries {sorted(map(show, extra))}; its keys are "
+                                                   f"{', '.join(PLAN_FIELDS)}")
+    rule_choice(where, "source.plan.method", plan["method"], PLAN_METHODS)
+    rule_choice(where, "source.plan.weight_norm", plan.get("weight_norm", PLAN_ADDED["weight_norm"]),
+                PLAN_WEIGHT_NORMS)
+    wbits, abits, edge = (rule_int(where, f"source.plan.{key}", plan[key], *PLAN_BITS)
+                          for key in ("wbits", "abits", "edge_bits"))
+    rule_int(where, "source.plan.K", plan["K"], *PLAN_K)
+    for key in ("alpha_w", "alpha_a"):
+        value = plan[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= PLAN_CLIP:
+            raise ModelRuleError(where, f"source.plan.{key}", f"must be a number > 0 and <= {PLAN_CLIP:g}, "
+                                                              f"not {show(value)}")
+    outer = plan["outer_bits"]
+    if isinstance(outer, list) and len(outer) == 2:
+        outer_w, outer_a = (rule_int(where, f"source.plan.outer_bits[{i}]", b, *OUTER_BITS)
+                            for i, b in enumerate(outer))
+    elif _is_int(outer) and OUTER_BITS[0] <= outer <= OUTER_BITS[1]:
+        outer_w = outer_a = int(outer)
+    else:
+        raise ModelRuleError(where, "source.plan.outer_bits", f"must be an integer in {OUTER_BITS[0]}..{OUTER_BITS[1]}"
+                             f" or a pair [b'_w, b'_a] of them (a compiled model has outer widths), not {show(outer)}")
+    layers = plan["layer_bits"]
+    if not isinstance(layers, dict):
+        raise ModelRuleError(where, "source.plan.layer_bits", f"must map layer names to bits, not {show(layers)}")
+    for name, bits in layers.items():
+        field_name = f"source.plan.layer_bits[{name!r}]"
+        if not isinstance(bits, list) or len(bits) not in (2, 4) \
+                or not all(_is_int(b) and PLAN_BITS[0] <= b <= PLAN_BITS[1] for b in bits[:2]) \
+                or not all(_is_int(b) and OUTER_BITS[0] <= b <= OUTER_BITS[1] for b in bits[2:]):
+            raise ModelRuleError(where, field_name, f"must be [wbits, abits] in {PLAN_BITS[0]}..{PLAN_BITS[1]}, or "
+                                 f"[wbits, abits, b'_w, b'_a] with b' in {OUTER_BITS[0]}..{OUTER_BITS[1]}, not "
+                                 f"{show(bits)}")
+        if len(bits) == 4 and (bits[2] < bits[0] or bits[3] < bits[1]):
+            raise ModelRuleError(where, field_name, f"= {show(bits)}: its outer widths are narrower than its bits")
+    for symbol, width, need in (("b'_w", outer_w, wbits), ("b'_a", outer_a, abits)):
+        if width < need:
+            raise ModelRuleError(where, "source.plan.outer_bits", f"= {show(outer)}: {symbol} {width} is narrower "
+                                 f"than the {need} bits it re-quantizes")
+    if not any(len(bits) == 4 for bits in layers.values()):
+        need_w = max(edge, wbits, *(bits[0] for bits in layers.values()))
+        need_a = max(PLAN_INPUT_BITS, edge, abits, *(bits[1] for bits in layers.values()))
+        if outer_w < need_w or outer_a < need_a:
+            raise ModelRuleError(where, "source.plan.outer_bits", f"= {show(outer)} is narrower than the widest "
+                                 f"quantizer ({need_w}-bit weights, {need_a}-bit activations, the input image's "
+                                 "included)")
 
 
 def rule_name(where: str, name: str, value) -> str:
@@ -865,6 +935,7 @@ class CompiledModel:
                                  f"one of {', '.join(DATASET_SHAPES)}; not {show(self.source['dataset'])}")
         if not re.fullmatch(r"[0-9a-f]{64}", self.source["sha256"]):
             raise ModelRuleError("model", "source.sha256", f"must be 64 hex digits, not {show(self.source['sha256'])}")
+        check_plan(self.source["plan"])
         options = self.source["options"]
         extra = set(options) - set(OPTION_FIELDS)
         if extra:

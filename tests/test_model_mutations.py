@@ -303,6 +303,28 @@ MUTATIONS = {
     "source.dataset of another image shape": (RESNET, src(dataset="mnist"),
                                               [r"'source\.dataset' = 'mnist', whose images are \[1, 28, 28\], but "
                                                r"the input node takes \[3, 32, 32\]"]),
+    "source.plan unknown method": (DIGITS, lambda m, a: m["source"]["plan"].update(method="apot"),
+                                   [r"'source\.plan\.method' must be one of 'uniform', 'lcq', not 'apot'"]),
+    "source.plan fp": (DIGITS, lambda m, a: m["source"]["plan"].update(method="fp"),
+                       [r"'source\.plan\.method' must be one of 'uniform', 'lcq', not 'fp'"]),
+    "source.plan wbits 9": (DIGITS, lambda m, a: m["source"]["plan"].update(wbits=9),
+                            [r"'source\.plan\.wbits' = 9 is out of range; allowed 2\.\.8"]),
+    "source.plan without abits": (DIGITS, lambda m, a: m["source"]["plan"].pop("abits"),
+                                  [r"'source\.plan\.abits' is missing"]),
+    "source.plan extra key": (DIGITS, lambda m, a: m["source"]["plan"].update(extra=1),
+                              [r"'source\.plan' has unknown entries \[\"'extra'\"\]; its keys "
+                                                               r"are method, wbits"]),
+    "source.plan outer bits below wbits": (DIGITS, lambda m, a: m["source"]["plan"].update(outer_bits=[2, 8]),
+                                           [r"'source\.plan\.outer_bits' = \[2, 8\]: b'_w 2 is narrower than"]),
+    "source.plan without outer bits": (DIGITS, lambda m, a: m["source"]["plan"].update(outer_bits=None),
+                                       [r"'source\.plan\.outer_bits' must be"]),
+    "source.plan alpha_w 0": (DIGITS, lambda m, a: m["source"]["plan"].update(alpha_w=0.0),
+                              [r"'source\.plan\.alpha_w' must be a number > 0 and <= 1e\+06, not 0\.0"]),
+    "source.plan layer bits of three": (DIGITS, lambda m, a: m["source"]["plan"].update(
+                                            layer_bits={"conv1": [3, 3, 8]}),
+                                        [r"\"source\.plan\.layer_bits\['conv1'\]\" must be \[wbits, abits\]"]),
+    "source.plan weight_norm unknown": (DIGITS, lambda m, a: m["source"]["plan"].update(weight_norm="l2"),
+                                        [r"'source\.plan\.weight_norm' must be one of 'lwn', 'standardize'"]),
     "version 3": (DIGITS, top(version=3), [r"format version 3; this lcq reads version 2: update lcq"]),
     "version 2.5": (DIGITS, top(version=2.5), [r"format version 2\.5; this lcq reads version 2"]),
     "version true": (DIGITS, top(version=True), [r"format version True"]),
@@ -375,6 +397,62 @@ def test_the_datasets_a_model_file_may_name_are_the_trainers():
     from lcq_train.data import DATASETS, IMAGE_SHAPES
 
     assert DATASET_SHAPES == IMAGE_SHAPES and tuple(DATASET_SHAPES) == DATASETS
+
+
+def test_the_plans_a_model_file_may_hold_are_the_trainers():
+    """``source.plan`` is checked by the compiler's own rule (the host reads model files without the trainer): it
+    must accept what :meth:`QuantPlan.to_dict` writes of a plan the compiler compiles (a method other than "fp",
+    outer widths) and nothing else. The rule's constants are QuantPlan's, and on 3000 plans (the committed ones,
+    then one to three fields each set to a value off by a little or of another type) the two agree."""
+    import dataclasses
+    import random
+
+    from compiler.graph import (OUTER_BITS, PLAN_ADDED, PLAN_BITS, PLAN_CLIP, PLAN_FIELDS, PLAN_K, PLAN_METHODS,
+                                PLAN_WEIGHT_NORMS, ModelRuleError, check_plan)
+    from lcq_train.plan import QuantPlan
+    from lcq_train.quantizer import BITS, CLIP, INTERVALS, MAX_OUTER_BITS, METHODS, WEIGHT_NORMS
+
+    assert PLAN_FIELDS == tuple(f.name for f in dataclasses.fields(QuantPlan))
+    assert PLAN_ADDED == {"weight_norm": QuantPlan().weight_norm}
+    assert PLAN_METHODS == tuple(m for m in METHODS if m != "fp") and PLAN_WEIGHT_NORMS == WEIGHT_NORMS
+    assert PLAN_BITS == (BITS.lo, BITS.hi) and OUTER_BITS == (BITS.lo, MAX_OUTER_BITS)
+    assert PLAN_K == (INTERVALS.lo, INTERVALS.hi) and (0.0, PLAN_CLIP) == (CLIP.lo, CLIP.hi) and CLIP.lo_open
+
+    def trainer(d) -> bool:
+        if any(k not in d for k in PLAN_FIELDS if k not in PLAN_ADDED):
+            return False
+        try:
+            plan = QuantPlan.from_dict(copy.deepcopy(d))
+        except (ValueError, TypeError):
+            return False
+        return plan.method != "fp" and plan.outer_bits is not None
+
+    def compiler(d) -> bool:
+        try:
+            check_plan(copy.deepcopy(d))
+        except ModelRuleError:
+            return False
+        return True
+
+    bases = [members(path)[0]["source"]["plan"] for path in (DIGITS, RESNET)]
+    bases.append(QuantPlan("uniform", 4, 2, (6, 4), layer_bits={"conv0": (8, 8, 8, 8), "fc": [5, 4]}).to_dict())
+    values = [None, True, 0, 1, 2, 3, 4, 7, 8, 9, 16, 17, -1, 2.0, 1e6, 1e7, 0.5, float("nan"), "lcq", "uniform",
+              "fp", "lwn", "standardize", "x", [], [8], [8, 8], [2, 8], [8, 2], [4, 6], [3, 3, 8], [8, 8, 8, 8],
+              [3, 3, 2, 8], {}, {"conv1": [3, 3]}, {"conv1": [9, 3]}, {"conv1": [3, 3, 6, 4]}, {"conv1": [4, 4, 3, 3]},
+              {"conv1": (3,)}, {"conv1": "3/3"}]
+    rng = random.Random(0)
+    seen = set()
+    for i in range(3000):
+        d = copy.deepcopy(bases[i % len(bases)])
+        for _ in range(0 if i < len(bases) else rng.randint(1, 3)):
+            key = rng.choice([*PLAN_FIELDS, "extra"])
+            if rng.random() < 0.1:
+                d.pop(key, None)
+            else:
+                d[key] = copy.deepcopy(rng.choice(values))
+        assert compiler(d) == trainer(d), d
+        seen.add(trainer(d))
+    assert seen == {True, False}
 
 
 @pytest.mark.parametrize("name", MUTATIONS)
