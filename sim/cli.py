@@ -73,6 +73,7 @@ class StallProbability(FloatRange):
 STALL = StallProbability()
 SEED = IntRange(0, 2**32 - 1)       # numpy's generator and cocotb's seed
 MAX_RANDOM_IMAGES = 10_000          # --random --images: the largest test set's size (CIFAR-10)
+MAX_RANDOM_PIXELS = MAX_RANDOM_IMAGES * 3 * 32 * 32     # and its pixels: a bound for a model of larger images
 
 
 def add_parsers(sub) -> dict:
@@ -135,6 +136,12 @@ def _images(args, model) -> np.ndarray:
         if args.images > MAX_RANDOM_IMAGES:
             raise ValueError(f"--images {args.images} with --random: at most {MAX_RANDOM_IMAGES} random images a run "
                              "(the largest test set's size)")
+        pixels = int(np.prod(model.input.shape))
+        if args.images * pixels > MAX_RANDOM_PIXELS:
+            most = MAX_RANDOM_PIXELS // pixels
+            raise ValueError(f"--images {args.images} with --random: at most {most or 'no'} random "
+                             f"images of this model's {' x '.join(map(str, model.input.shape))} input a run (at "
+                             f"most {MAX_RANDOM_PIXELS:,} random pixels, the largest test set's)")
         rng = np.random.default_rng(args.seed)
         return rng.integers(0, 256, size=(args.images, *model.input.shape), dtype=np.uint8)
     from lcq_train.data import load_dataset

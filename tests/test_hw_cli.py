@@ -1037,3 +1037,60 @@ def test_sim_tables_read_right_for_one():
     table = format_network_table(network)
     assert table.startswith("verilator: 1 image on the network core, 2 x 2 array, multiplying in the first column; ")
     assert "1 mismatch (1 in the logits)" in table and table.endswith("\n1 value differs from the integer reference")
+
+
+def _digits_scaled(tmp_path, factor: int, source: dict | None = None) -> Path:
+    """The digits model with its images' sides (and every tensor's) ``factor`` times larger, ``source`` {} (a
+    model of the Python API, which any input shape may have) or as given, digest rewritten."""
+    from compiler import format as fmt
+    from helpers import members
+
+    manifest, arrays = members(DIGITS)
+    manifest["source"] = {} if source is None else source
+    for node in manifest["nodes"]:
+        for key in ("shape", "in_shape", "out_shape"):
+            if key in node and node.get("kind") != "linear":
+                c, h, w = node[key]
+                node[key] = [c, h * factor, w * factor]
+    out = tmp_path / f"digits-x{factor}.lcq"
+    fmt.write_members(out, manifest, arrays)
+    return out
+
+
+def test_sim_random_bounds_its_images_by_the_pixels_they_hold(monkeypatch, capsys, tmp_path):
+    """`lcq sim --random` draws ``--images`` images of the model's input shape: a model file of large images (here
+    1 x 1024 x 1024, which a source-less model may have and the core holds) took --images 10000 as 9.8 GiB of random
+    pixels before anything else ran. It now draws at most the pixels of the largest test set (10,000 CIFAR-10 images,
+    30,720,000) and says how many images of this input that is."""
+    import sim.cli
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+
+    def built(*args):
+        raise AssertionError("reached the simulator build")
+
+    monkeypatch.setattr(sim.cli, "network_build", built)
+    model = _digits_scaled(tmp_path, 128)
+    assert main(["sim", str(model), "--random", "--images", "30", "--build-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert ("--images 30 with --random: at most 29 random images of this model's 1 x 1024 x 1024 input a run (at "
+            "most 30,720,000 random pixels, the largest test set's)") in err and "Traceback" not in err
+    with pytest.raises(AssertionError, match="reached the simulator build"):
+        main(["sim", str(model), "--random", "--images", "29", "--build-dir", str(tmp_path / "b")])
+    with pytest.raises(AssertionError, match="reached the simulator build"):
+        main(["sim", str(DIGITS), "--random", "--images", "10000", "--build-dir", str(tmp_path / "b")])
+
+
+def test_a_model_file_of_huge_images_is_refused_when_read(tmp_path):
+    """A model file whose input (and every tensor after it) is 60000 x 60000: refused when read, naming the field
+    and its range; and with a source (what `lcq compile` writes), its input must be the dataset's image shape."""
+    from compiler import format as fmt
+    from helpers import members
+
+    with pytest.raises(fmt.ModelFormatError, match=r"node 0 \(input 'act_in'\): field 'shape\[1\]' = 60000 is out "
+                                                   r"of range; allowed 1\.\.16384"):
+        fmt.load(_digits_scaled(tmp_path, 7500))
+    source = members(DIGITS)[0]["source"]
+    with pytest.raises(fmt.ModelFormatError, match=r"'source\.dataset' = 'digits', whose images are \[1, 8, 8\], "
+                                                   r"but the input node takes \[1, 16384, 16384\]"):
+        fmt.load(_digits_scaled(tmp_path, 2048, source))
