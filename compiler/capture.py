@@ -141,6 +141,17 @@ def _arg(node: fx.Node, i: int, name: str, default=None):
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
 
 
+def _add(node: fx.Node, model: str) -> Op:
+    """A residual addition; Unsupported where ``alpha`` scales the second operand (an addition adds two tensors
+    of one scale as they are)."""
+    alpha = _arg(node, 2, "alpha", 1)
+    if alpha != 1:
+        raise Unsupported(model, node, f"adds alpha={alpha!r} times its second operand, which the integer "
+                          "additions do not scale: write x + y (a conv or BN before the addition learns any scale "
+                          "the branch needs)")
+    return Op("add")
+
+
 def _is_one(size) -> bool:
     return size == 1 or (isinstance(size, (tuple, list)) and all(s == 1 for s in size))
 
@@ -288,8 +299,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
                 raise Unsupported(model, node, "drops out in eval mode too (training=True); use torch.nn.Dropout, or "
                                   "F.dropout(x, p, self.training)")
             return Op("identity")
-        if f in _ADD_FUNCTIONS and _arg(node, 2, "alpha", 1) == 1:
-            return Op("add")
+        if f in _ADD_FUNCTIONS:
+            return _add(node, model)
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")
@@ -302,8 +313,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
         if node.target == "contiguous" or (node.target == "to" and len(node.args) == 1
                                            and set(node.kwargs) == {"memory_format"}):
             return Op("identity")           # a memory layout: the same values
-        if node.target in ("add", "add_") and _arg(node, 2, "alpha", 1) == 1:
-            return Op("add")
+        if node.target in ("add", "add_"):
+            return _add(node, model)
     if _on_image(node):
         raise Unsupported(model, node, _IMAGE_ARITHMETIC)
     hint = _HINT.get(type(modules[node.target]) if node.op == "call_module" else node.target)

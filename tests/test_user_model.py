@@ -602,3 +602,36 @@ def test_functional_dropout_is_refused_in_either_mode(training):
                                          r"at .*test_user_model\.py:\d+ \(.*\) "
                                          rf"\(training={training}\); torch\.fx fixes .* use a torch\.nn\.Dropout"):
         quantize_model(_FunctionalDropout().train(training))
+
+
+class _ScaledResidual(nn.Module):
+    """A residual added with ``alpha``: ``torch.add(y, x, alpha=2)`` or ``y.add(x, alpha=2)`` is ``y + 2 * x``."""
+
+    def __init__(self, method: bool, alpha=2):
+        super().__init__()
+        self.method, self.alpha = method, alpha
+        self.conv0, self.bn0 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn0(self.conv0(x)))
+        y = self.bn1(self.conv1(x))
+        y = y.add(x, alpha=self.alpha) if self.method else torch.add(y, x, alpha=self.alpha)
+        return self.fc(F.relu(y).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", [False, True])
+def test_a_residual_added_with_alpha_is_refused_saying_what_to_write(method):
+    """The integer additions add two tensors of one scale: ``alpha`` other than 1 cannot be lowered exactly, so
+    the compiler refuses it naming alpha and what to write instead (it said only "is not supported"); alpha 1
+    is the plain sum, which compiles exactly."""
+    model = randomize(quantize_model(_ScaledResidual(method), QuantPlan("lcq", 3, 3)), 0)
+    call = r"method \.add\(\)" if method else r"function torch\.add"
+    with pytest.raises(ValueError, match=rf"{call} at .*test_user_model\.py:\d+ \(.*\) adds alpha=2 times its "
+                                         r"second operand, which the integer additions do not scale: write x \+ y"):
+        compile_model(model, (1, 8, 8))
+    plain = randomize(quantize_model(_ScaledResidual(method, alpha=1), QuantPlan("lcq", 3, 3)), 0)
+    x = images(20, (1, 8, 8), seed=1)
+    result = compare(compile_model(plain, (1, 8, 8)), plain, x, np.zeros(20, dtype=np.int64))
+    assert result.disagreements == 0
