@@ -760,6 +760,12 @@ class _Lowering:
         if not isinstance(source, fx.Node):
             self.refuse(node, "returns more than one tensor; a compiled network returns its logits")
         x = self.values[source]
+        if x.kind == "values" and x.tensor in self.raw and x.folded:
+            bn = self._normalizing(source)
+            self.refuse(bn or source, f"normalizes the logits of the last layer {self.raw[x.tensor].name!r} (a "
+                        "BatchNorm after it, which the compiler folds only before a ReLU, pooling, a quantizer or "
+                        "an addition): drop it and retrain (the layer's bias learns the shift), or put it before the "
+                        "last layer")
         if x.kind != "values" or x.tensor not in self.raw or not x.plain or not x.sole \
                 or self.shapes[x.tensor][1:] != (1, 1):
             self.refuse(source, "gives the network's output; the output must be a linear layer's (or a conv's "
@@ -778,6 +784,15 @@ class _Lowering:
         conv.output = "logits"
         self.requantize(conv, x.gain, x.offset, out_scale)
         return x
+
+    def _normalizing(self, node: fx.Node) -> fx.Node | None:
+        """The BatchNorm module call that ``node`` is, or reads through its first arguments (None: none)."""
+        while isinstance(node, fx.Node) and node.op != "placeholder":
+            if node.op == "call_module" and isinstance(self.modules.get(node.target),
+                                                       nn.modules.batchnorm._BatchNorm):
+                return node
+            node = node.args[0] if node.args else None
+        return None
 
     def describe_step(self, conv: ConvNode) -> str:
         """The parameters behind ``conv``'s accumulator step, for an error message."""

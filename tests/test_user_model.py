@@ -635,3 +635,31 @@ def test_a_residual_added_with_alpha_is_refused_saying_what_to_write(method):
     x = images(20, (1, 8, 8), seed=1)
     result = compare(compile_model(plain, (1, 8, 8)), plain, x, np.zeros(20, dtype=np.int64))
     assert result.disagreements == 0
+
+
+class _ConvHeadWithBN(nn.Module):
+    """Logits from a 1x1 conv to the classes, then BatchNorm2d, then flatten (``bn=False``: no BN)."""
+
+    def __init__(self, bn: bool = True):
+        super().__init__()
+        self.conv0, self.bn0 = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 10, 1)
+        self.bn_head = nn.BatchNorm2d(10) if bn else nn.Identity()
+        self.flat = nn.Flatten()
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.bn0(self.conv0(x))))
+        return self.flat(self.bn_head(self.head(x)))
+
+
+def test_a_bn_on_the_logits_is_named_with_the_fix():
+    """A conv head, BN, flatten: the refusal named the Flatten as the network's output that is not a layer's; it
+    now names the BN after the last layer and what to do. Without the BN the same network compiles exactly."""
+    model = randomize(quantize_model(_ConvHeadWithBN(), QuantPlan("lcq", 3, 3)), 0)
+    with pytest.raises(ValueError, match=r"layer 'bn_head' \(BatchNorm2d\) at .*test_user_model\.py:\d+ \(.*\) "
+                                         r"normalizes the logits of the last layer 'head'.*: drop it and retrain "
+                                         r"\(the layer's bias"):
+        compile_model(model, (1, 8, 8))
+    plain = randomize(quantize_model(_ConvHeadWithBN(bn=False), QuantPlan("lcq", 3, 3)), 0)
+    result = compare(compile_model(plain, (1, 8, 8)), plain, images(20, (1, 8, 8), seed=1), np.zeros(20, np.int64))
+    assert result.disagreements == 0
