@@ -193,6 +193,9 @@ def _check_logits(model, ref: str, input_shape: tuple, num_classes: int, n: int 
     params = [*model.parameters(), *model.buffers()]
     device = params[0].device if params else torch.device("cpu")
     saved = [(b, b.detach().clone()) for b in model.buffers() if not nn.parameter.is_lazy(b)]
+    # A lazy BN's statistics have no value to restore: the forward sizes them, and they start again as a fresh BN's.
+    lazy_norms = [m for m in model.modules() if any(nn.parameter.is_lazy(b) for b in m.buffers(recurse=False))
+                  and callable(getattr(m, "reset_running_stats", None))]
     was_training = model.training
     what = f"the network that {ref!r} builds"
     kinds: dict[str, list[str]] = {}
@@ -220,6 +223,9 @@ def _check_logits(model, ref: str, input_shape: tuple, num_classes: int, n: int 
         with torch.no_grad():
             for b, value in saved:
                 b.copy_(value)
+            for m in lazy_norms:
+                if not any(nn.parameter.is_lazy(b) for b in m.buffers(recurse=False)):
+                    m.reset_running_stats()
         model.train(was_training)
     if kinds:
         kind, modes = next(iter(kinds.items()))

@@ -310,7 +310,12 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                 problems.append(f"{node.target!r} is a {type(m).__name__}, which the accelerator does not run "
                                 "(it runs Conv2d and Linear)")
             elif isinstance(m, _LAYERS):
-                if type(m) not in (nn.Conv2d, nn.Linear, QConv2d, QLinear):
+                if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
+                    base, size = ("Conv2d", "in_channels") if isinstance(m, nn.Conv2d) else ("Linear", "in_features")
+                    problems.append(f"{node.target!r} is a {type(m).__name__}, whose weights do not exist before its "
+                                    f"first forward: give its {size} (torch.nn.{base}({size}, ...)), or run the "
+                                    "network on an image first")
+                elif type(m) not in (nn.Conv2d, nn.Linear, QConv2d, QLinear):
                     base = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
                     problems.append(f"{node.target!r} is a {type(m).__name__} (a subclass of {base} with its own "
                                     f"behaviour); use torch.nn.{base}")

@@ -663,3 +663,35 @@ def test_a_bn_on_the_logits_is_named_with_the_fix():
     plain = randomize(quantize_model(_ConvHeadWithBN(bn=False), QuantPlan("lcq", 3, 3)), 0)
     result = compare(compile_model(plain, (1, 8, 8)), plain, images(20, (1, 8, 8), seed=1), np.zeros(20, np.int64))
     assert result.disagreements == 0
+
+
+def test_lazy_modules_of_a_factory_are_built_as_the_eager_ones_would_be():
+    """The factory's network is run once (the logits check), which gives lazy modules their sizes: a
+    LazyBatchNorm2d came out of it with the running statistics of those two random images (an eager BatchNorm2d's
+    are restored); it now starts from a fresh BN's, as the eager network does."""
+    model = build_user_model(f"{DATA / 'user_models.py'}:lazy", (1, 8, 8), 10)
+    assert [type(m).__name__ for m in model][:2] == ["Conv2d", "BatchNorm2d"] and type(model[-1]) is nn.Linear
+    for bn in (model[1], model[4]):
+        assert torch.equal(bn.running_mean, torch.zeros(bn.num_features))
+        assert torch.equal(bn.running_var, torch.ones(bn.num_features)) and int(bn.num_batches_tracked) == 0
+
+
+def test_lazy_modules_unsized_are_refused_naming_the_size_to_give():
+    """quantize_model on a network whose lazy layers have not run yet: refused naming each and the size to give."""
+    with pytest.raises(ValueError, match=r"'0' is a LazyConv2d, whose weights do not exist before its first forward: "
+                                         r"give its in_channels \(torch\.nn\.Conv2d\(in_channels, \.\.\.\)\), or run "
+                                         r"the network on an image first; .*'8' is a LazyLinear, .*give its "
+                                         r"in_features \(torch\.nn\.Linear\(in_features, \.\.\.\)\)"):
+        quantize_model(um.lazy(10, 1), QuantPlan("lcq", 3, 3))
+
+
+def test_cli_trains_compiles_and_evaluates_a_user_model_of_lazy_modules(tmp_path, capsys):
+    """`lcq train --model FILE:lazy`, `lcq compile` and `lcq eval`: the integer model agrees with the trained one."""
+    ref, out, model = f"{DATA / 'user_models.py'}:lazy", tmp_path / "run", tmp_path / "m.lcq"
+    assert main(["train", "--model", ref, "--method", "lcq", "--wbits", "3", "--abits", "3", "--epochs", "1",
+                 "--batch-size", "64", "--out", str(out), "--no-progress"]) == 0
+    assert main(["compile", str(out / "checkpoint.pt"), "-o", str(model), "--model", ref]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(model), "--model", ref, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["agreement"] == 1.0 and all(c["mismatched"] == 0 for c in result["code_mismatches"].values())

@@ -226,3 +226,10 @@ def not_a_model(num_classes, in_channels):
 
 def wrong_signature(classes):
     return NoLayers()
+
+
+def lazy(num_classes, in_channels):
+    """Lazy modules (LazyConv2d, LazyBatchNorm2d, LazyLinear): their sizes come from the first forward."""
+    return nn.Sequential(nn.LazyConv2d(8, 3, padding=1, bias=False), nn.LazyBatchNorm2d(), nn.ReLU(),
+                         nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(num_classes))
