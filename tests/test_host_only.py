@@ -135,6 +135,46 @@ def _truncated_npz(path):
     path.write_bytes(path.read_bytes()[:200])
 
 
+def test_lcq_run_inputs_decompress_only_the_images_they_run(tmp_path):
+    """A compressed --inputs file declaring 2^30 bytes of blank images (a 1 MB zip bomb) gives its first
+    --images images after decompressing only those, not 8 GiB first; a Fortran-ordered or short array is named."""
+    import tracemalloc
+    import zipfile
+
+    from boards.inputs import read_inputs
+
+    bomb = tmp_path / "bomb.npz"
+    n = 2 ** 24                                      # 2^24 images of 1 x 8 x 8 bytes
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, dtype, shape, size in (("images", "|u1", (n, 1, 8, 8), 64 * n), ("labels", "<i8", (n,), 8 * n)):
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array_header_1_0(f, {"descr": dtype, "fortran_order": False, "shape": shape})
+                for _ in range(size // 2 ** 24):
+                    f.write(bytes(2 ** 24))
+    assert bomb.stat().st_size < 2 ** 24
+    tracemalloc.start()
+    images, labels = read_inputs(bomb, 3, (1, 8, 8), 10)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert images.shape == (3, 1, 8, 8) and not images.any() and labels.tolist() == [0, 0, 0]
+    assert peak < 2 ** 24, peak
+
+    fortran = tmp_path / "fortran.npz"
+    np.savez(fortran, images=np.asfortranarray(np.zeros((2, 1, 8, 8), np.uint8)), labels=np.arange(2))
+    with pytest.raises(ValueError, match=r"'images' is saved in Fortran order; save np.ascontiguousarray\(images\)"):
+        read_inputs(fortran, 2, (1, 8, 8), 10)
+    short = tmp_path / "short.npz"
+    with zipfile.ZipFile(short, "w") as zf:
+        with zf.open("images.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (2, 1, 8, 8)})
+            f.write(bytes(100))
+        with zf.open("labels.npy", "w") as f:
+            np.save(f, np.arange(2))
+    with pytest.raises(ValueError, match=r"'images' is cut short: 100 bytes of data where its header declares at "
+                                         r"least 128"):
+        read_inputs(short, 2, (1, 8, 8), 10)
+
+
 @pytest.mark.parametrize("write, message", [
     (os.mkfifo, r"is not a regular file"),                      # (reading it would wait for a writer forever)
     (_npy, r"is a \.npy file \(one array\), not an \.npz"),
