@@ -50,7 +50,7 @@ from lcq_train.checkpoint import save_json
 from lcq_train.data import DATASETS, DatasetError, load_dataset
 from lcq_train.models import MODELS, build_model
 from lcq_train.plan import QuantPlan
-from lcq_train.runs import saved_metrics, train_or_resume, training_pool
+from lcq_train.runs import WorkerDied, saved_metrics, train_or_resume, training_pool
 from lcq_train.train import SEED, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         run_all(to_do, args.jobs, done)
         if errors:
             raise ValueError("; ".join(errors))
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, WorkerDied) as e:     # (WorkerDied: killed, e.g. OOM)
         print(f"ablations.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

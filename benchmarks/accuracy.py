@@ -31,7 +31,7 @@ import torch
 from lcq_train.arguments import default_device, learning_rate, output_file, quantizer_rate
 from lcq_train.calibrate import CLIP_INITS
 from lcq_train.checkpoint import save_json
-from lcq_train.runs import saved_metrics, train_or_resume, training_pool
+from lcq_train.runs import WorkerDied, saved_metrics, train_or_resume, training_pool
 from lcq_train.data import DATASETS
 from lcq_train.models import MODELS
 from lcq_train.plan import QuantPlan
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, settings = make_rows(runs, results), recipe(args, runs)
         device = args.device or default_device()
         kept, note = carried_rows(args.json_out, settings, rows, device)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, WorkerDied) as e:     # (WorkerDied: killed, e.g. OOM)
         print(f"accuracy.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

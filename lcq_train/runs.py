@@ -12,6 +12,7 @@ import multiprocessing
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -66,6 +67,10 @@ def train_or_resume(cfg: TrainConfig) -> tuple[dict, float, str]:
     return metrics, seconds, f"{note} in {seconds:.1f} s"
 
 
+class WorkerDied(RuntimeError):
+    """A worker of :func:`training_pool` ended abruptly (killed) during a run; the message says how to resume."""
+
+
 @contextmanager
 def training_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     """``with training_pool(jobs) as pool``: ``jobs`` worker processes for :func:`train_or_resume`, one torch
@@ -77,15 +82,22 @@ def training_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     to the next queued run. SIGTERM and SIGHUP raise :class:`~lcq_train.stop_signals.Stopped` (a
     ``KeyboardInterrupt``) within the block, so that they stop the workers too instead of leaving them
     running with PPID 1. Waiting on a run needs no deadline of its own: its epochs bound it, and one who
-    wants less sends SIGTERM (``timeout``)."""
+    wants less sends SIGTERM (``timeout``). A worker that ends abruptly (SIGKILL, the system's out-of-memory
+    killer) stops the others as well, and raises :class:`WorkerDied` (concurrent.futures says only that its
+    pool is broken)."""
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
                                initializer=torch.set_num_threads, initargs=(1,))
     try:
         with stop_signals():
             yield pool
-    except BaseException:
+    except BaseException as e:
         for process in list((pool._processes or {}).values()):     # (Python 3.14: pool.terminate_workers())
             process.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(e, BrokenProcessPool):
+            raise WorkerDied("a training worker process ended abruptly (killed: by a signal, or by the system when "
+                             "memory ran out), and the other runs were stopped with it; each run keeps its last "
+                             "finished epoch in its checkpoint: re-run the same command to resume (with fewer --jobs "
+                             "if memory ran out)") from None
         raise
     pool.shutdown(wait=True)

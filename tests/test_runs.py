@@ -113,3 +113,46 @@ def test_a_saved_run_of_another_optimizer_setting_is_not_taken_for_this_one(tmp_
     name = next(iter(setting))
     with pytest.raises(ValueError, match=rf"holds a run with other settings \({name}: "):
         saved_metrics(TrainConfig(out=str(tmp_path), **setting))
+
+
+def test_a_worker_killed_under_a_run_is_said_with_the_way_to_resume():
+    """A worker ended by SIGKILL (the system's out-of-memory killer) broke the pool: the benchmarks ended in
+    concurrent.futures' BrokenProcessPool traceback. It is now WorkerDied, naming what happened and the fix."""
+    from lcq_train.runs import WorkerDied
+
+    with pytest.raises(WorkerDied, match=r"a training worker process ended abruptly .* re-run the same command to "
+                                         r"resume"):
+        with training_pool(2) as pool:
+            pid = pool.submit(os.getpid).result(timeout=120)
+            pool.submit(os.kill, pid, signal.SIGKILL).result(timeout=120)
+
+
+@pytest.mark.parametrize("name", ["accuracy", "ablations"])
+def test_a_benchmark_whose_worker_died_says_so_without_a_traceback(tmp_path, monkeypatch, capsys, name):
+    """benchmarks/accuracy.py and ablations.py --jobs 2 with a worker killed: the error line and exit 2, no
+    traceback (its runs resume on the next call)."""
+    from contextlib import contextmanager
+
+    from helpers import load_benchmark
+
+    from lcq_train.runs import WorkerDied
+
+    bench = load_benchmark(name)
+    metrics = {"test_top1": 90.0, "best_test_top1": 90.0, "epochs": [{"test_top1": 90.0}]}
+    monkeypatch.setattr(bench, "train_or_resume", lambda cfg: (metrics, 0.0, "faked"))
+
+    class Pool:                 # as training_pool's runs end when a worker is killed
+        def submit(self, *args):
+            raise WorkerDied("a training worker process ended abruptly (killed)")
+
+    @contextmanager
+    def killed(jobs):
+        yield Pool()
+
+    monkeypatch.setattr(bench, "training_pool", killed)
+    argv = ["--fp-epochs", "1", "--epochs", "1", "--seeds", "0", "--jobs", "2", "--out", str(tmp_path / "runs"),
+            "--json-out", str(tmp_path / "table.json")]
+    if name == "accuracy":
+        argv += ["--bits", "2"]
+    assert bench.main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"{name}.py: error: a training worker process ended abruptly")
