@@ -55,16 +55,21 @@ def saved_metrics(cfg: TrainConfig) -> dict | None:
 
 
 def train_or_resume(cfg: TrainConfig) -> tuple[dict, float, str]:
-    """Train, resume or skip the run of ``cfg``: (its metrics, seconds spent now, a note on what was done)."""
+    """Train, resume or skip the run of ``cfg``: (its metrics, seconds spent now, a note on what was done).
+    A finished run whose metrics.json is missing or behind its checkpoint (killed between writing the two) is
+    resumed, which rewrites it from the checkpoint and trains nothing."""
     metrics = saved_metrics(cfg)
-    if metrics is not None and len(metrics["epochs"]) >= cfg.epochs:
+    out = Path(cfg.out)
+    if metrics is not None and len(metrics["epochs"]) >= cfg.epochs and (out / "metrics.json").is_file():
         return metrics, 0.0, "done earlier, skipped"
-    cfg.resume = (Path(cfg.out) / "checkpoint.pt").is_file()
-    note = f"resumed after epoch {len(metrics['epochs'])}" if cfg.resume else "trained"
+    cfg.resume = (out / "checkpoint.pt").is_file()
+    done = load_checkpoint(out / "checkpoint.pt")["epoch"] if cfg.resume else 0
     t0 = time.perf_counter()
     metrics = train(cfg)
     seconds = time.perf_counter() - t0
-    return metrics, seconds, f"{note} in {seconds:.1f} s"
+    if done >= cfg.epochs:          # (0 s: no epoch's time, which ablations.py's estimate counts)
+        return metrics, 0.0, "done earlier, skipped (its metrics.json rewritten from its checkpoint)"
+    return metrics, seconds, f"{f'resumed after epoch {done}' if done else 'trained'} in {seconds:.1f} s"
 
 
 class WorkerDied(RuntimeError):

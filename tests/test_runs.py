@@ -156,3 +156,30 @@ def test_a_benchmark_whose_worker_died_says_so_without_a_traceback(tmp_path, mon
         argv += ["--bits", "2"]
     assert bench.main(argv) == 2
     assert capsys.readouterr().err.startswith(f"{name}.py: error: a training worker process ended abruptly")
+
+
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_a_finished_run_killed_before_its_metrics_json_gets_it_and_is_not_said_resumed(tmp_path, epochs):
+    """A run killed between its last checkpoint and its metrics.json: train_or_resume skipped a 1-epoch one, taking
+    the checkpoint's history, and never wrote its metrics.json (outer_widths_hw.py, which reads them, found no run);
+    a longer one, whose metrics.json was an epoch behind, was said "resumed after epoch 1" with nothing trained.
+    Now the metrics.json is rewritten from the checkpoint (lcq train --resume's repair) and the run said done."""
+    import json
+
+    from lcq_train.checkpoint import load_checkpoint
+    from lcq_train.runs import train_or_resume
+    from lcq_train.train import TrainConfig, train
+
+    cfg = dict(model="cnn", dataset="digits", epochs=epochs, batch_size=256, bn_batches=0, progress=False,
+               out=str(tmp_path / "run"))
+    train(TrainConfig(**cfg))
+    history = tmp_path / "run" / "metrics.json"
+    saved = json.loads(history.read_text())
+    if epochs == 1:
+        history.unlink()
+    else:
+        history.write_text(json.dumps({**saved, "epochs": saved["epochs"][:1], "test_top1": saved["epochs"][0][
+            "test_top1"], "best_test_top1": saved["epochs"][0]["test_top1"]}))
+    metrics, seconds, note = train_or_resume(TrainConfig(**cfg))
+    assert note.startswith("done earlier") and seconds == 0.0 and metrics["epochs"] == saved["epochs"]
+    assert json.loads(history.read_text()) == load_checkpoint(tmp_path / "run" / "checkpoint.pt")["metrics"]
