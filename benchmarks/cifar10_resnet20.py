@@ -476,6 +476,9 @@ def lcq_train(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"lcq train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM/SIGHUP (lcq_train.stop_signals.Stopped): as lcq says it
+        print(f"lcq train: {str(e) or 'interrupted (Ctrl-C)'}; files are written whole or not at all", file=sys.stderr)
+        return getattr(e, "exit_status", 130)
 
 
 if __name__ == "__main__":

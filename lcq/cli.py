@@ -16,6 +16,7 @@ import importlib
 import os
 import signal
 import sys
+from pathlib import Path
 
 # Verb modules in the order of the data flow (also the order of ``lcq --help``).
 VERB_MODULES = ("lcq_train.cli", "compiler.cli", "hw.cli", "sim.cli", "boards.cli", "lcq.demo")
@@ -68,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lcq {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM/SIGHUP as lcq_train.stop_signals.Stopped
-        resume = ("; the run's last finished epoch is in its checkpoint: run the same command with --resume"
-                  if name == "train" else "")
+        resume = "" if name != "train" else \
+            "; the run's last finished epoch is in its checkpoint: run the same command with --resume" \
+            if (Path(args.out) / "checkpoint.pt").is_file() else \
+            "; no epoch had finished: run the same command again, without --resume"
         print(f"lcq {name}: {str(e) or 'interrupted (Ctrl-C)'}; files are written whole or not at all{resume}",
               file=sys.stderr)
         return getattr(e, "exit_status", 130)

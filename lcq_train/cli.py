@@ -205,9 +205,12 @@ def train_config(args: argparse.Namespace):
 
 
 def cmd_train(args) -> int:
+    """``lcq train``; SIGTERM and SIGHUP end it as Ctrl-C does (:mod:`lcq_train.stop_signals`), with its way on."""
+    from .stop_signals import stop_signals
     from .train import process_rank, train
 
-    metrics = train(train_config(args), finished_ok=False)
+    with stop_signals():
+        metrics = train(train_config(args), finished_ok=False)
     if "test_top1" in metrics and process_rank() == 0:          # (other processes evaluate nothing)
         print(f"test top-1: {metrics['test_top1']:.2f}%  ({args.out}/checkpoint.pt, {args.out}/metrics.json)")
     return 0

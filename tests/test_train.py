@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -431,3 +432,35 @@ def test_a_config_that_is_no_regular_file_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--config", str(fifo), "--out", str(tmp_path / "o")])
     assert f"cannot read --config {fifo}: it is not a regular file" in capsys.readouterr().err
+
+
+STOPPED_AT_STEP = """
+import signal, sys
+import lcq_train.train as train_mod
+from lcq.cli import main
+step, calls = train_mod.train_step, []
+def stopping(*args):
+    calls.append(1)
+    if len(calls) == int(sys.argv[1]):
+        signal.raise_signal(signal.SIGTERM)
+    return step(*args)
+train_mod.train_step = stopping
+sys.exit(main(["train", "--method", "fp", "--epochs", "2", "--batch-size", "256", "--no-progress",
+               "--out", sys.argv[2]]))
+"""
+
+
+@pytest.mark.parametrize("step, hint", [(3, "no epoch had finished: run the same command again, without --resume"),
+                                        (9, "the run's last finished epoch is in its checkpoint: run the same "
+                                            "command with --resume")])
+def test_a_stop_signal_ends_lcq_train_as_ctrl_c_does_with_the_way_on(tmp_path, step, hint):
+    """SIGTERM to lcq train (a job scheduler's, timeout's) killed it with no word (the signal's default action),
+    and Ctrl-C before its first epoch ended told it to resume a run that had no checkpoint (--resume then refused):
+    now SIGTERM ends it as Ctrl-C does (status 143, one line), and the line says how to go on from what is there."""
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", STOPPED_AT_STEP, str(step), str(out)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+                              str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))})
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr == f"lcq train: stopped by SIGTERM; files are written whole or not at all; {hint}\n"
+    assert (out / "checkpoint.pt").is_file() == (step > 6)           # (digits: 6 steps of 256 per epoch)
