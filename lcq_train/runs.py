@@ -8,7 +8,11 @@ check every directory before it spends any training time; :func:`training_pool` 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -72,6 +76,21 @@ def train_or_resume(cfg: TrainConfig) -> tuple[dict, float, str]:
     return metrics, seconds, f"{f'resumed after epoch {done}' if done else 'trained'} in {seconds:.1f} s"
 
 
+PR_SET_PDEATHSIG = 1      # Linux prctl: the signal a process gets when the thread that started it ends
+
+
+def _start_worker(parent: int) -> None:
+    """A :func:`training_pool` worker's start: one torch thread, and, on Linux, SIGTERM when its parent ``parent``
+    ends, however it ends: killed outright, it stops no worker, and they would train the runs queued to them,
+    then wait forever with PPID 1. (The signal comes when the parent's thread that started the worker ends: the
+    pool is used from one thread, the main one of the benchmarks.)"""
+    torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:              # it ended before that: no signal will come
+            os._exit(128 + signal.SIGTERM)
+
+
 class WorkerDied(RuntimeError):
     """A worker of :func:`training_pool` ended abruptly (killed) during a run; the message says how to resume."""
 
@@ -87,11 +106,12 @@ def training_pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
     to the next queued run. SIGTERM and SIGHUP raise :class:`~lcq_train.stop_signals.Stopped` (a
     ``KeyboardInterrupt``) within the block, so that they stop the workers too instead of leaving them
     running with PPID 1. Waiting on a run needs no deadline of its own: its epochs bound it, and one who
-    wants less sends SIGTERM (``timeout``). A worker that ends abruptly (SIGKILL, the system's out-of-memory
+    wants less sends SIGTERM (``timeout``). A parent killed outright (SIGKILL), which runs no cleanup, takes the
+    workers with it on Linux (:func:`_start_worker`). A worker that ends abruptly (SIGKILL, the system's out-of-memory
     killer) stops the others as well, and raises :class:`WorkerDied` (concurrent.futures says only that its
     pool is broken)."""
     pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=torch.set_num_threads, initargs=(1,))
+                               initializer=_start_worker, initargs=(os.getpid(),))
     try:
         with stop_signals():
             yield pool

@@ -59,10 +59,11 @@ def _alive(pid: int) -> bool:
         return True
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
 def test_a_stop_signal_to_the_parent_stops_the_workers(sig):
     """SIGTERM or SIGHUP to the process using the pool (alone, not its group): the workers are stopped with it
-    (with the signals' default action they went on running with PPID 1)."""
+    (with the signals' default action they went on running with PPID 1). SIGKILL (kill -9, the out-of-memory
+    killer), which no handler sees: they trained the runs queued to them, then waited forever with PPID 1."""
     parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=REPO, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
                                   str(REPO), os.environ.get("PYTHONPATH")]))})
