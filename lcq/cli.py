@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lcq {name}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:      # Ctrl-C, or SIGTERM/SIGHUP as lcq_train.stop_signals.Stopped
-        resume = "" if name != "train" else \
-            "; the run's last finished epoch is in its checkpoint: run the same command with --resume" \
-            if (Path(args.out) / "checkpoint.pt").is_file() else \
-            "; no epoch had finished: run the same command again, without --resume"
+        resume = f"; {_run_again(name, args)}" if name == "train" else ""
         print(f"lcq {name}: {str(e) or 'interrupted (Ctrl-C)'}; files are written whole or not at all{resume}",
               file=sys.stderr)
         return getattr(e, "exit_status", 130)
@@ -80,13 +77,24 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())     # (no flush error at exit)
         return 128 + signal.SIGPIPE
     except OSError as e:        # a file that cannot be read or written (permissions, a full disk): said, no traceback
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT)
         if e.filename is None:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if not full:
                 raise
             # the output on a full disk (`lcq report M > report.md`): said, and not flushed again at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print(f"lcq {name}: error: {e}", file=sys.stderr)
+        advice = f"; free space on its disk; {_run_again(name, args)}" if full else ""
+        print(f"lcq {name}: error: {e}{advice}", file=sys.stderr)
         return 2
+
+
+def _run_again(name: str, args) -> str:
+    """How to go on after ``lcq name`` stopped part-way: a training run resumes from its last checkpoint."""
+    if name != "train":
+        return "then run the same command again"
+    if (Path(args.out) / "checkpoint.pt").is_file():
+        return "the run's last finished epoch is in its checkpoint: run the same command with --resume"
+    return "no epoch had finished: run the same command again, without --resume"
 
 
 if __name__ == "__main__":

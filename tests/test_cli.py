@@ -95,7 +95,8 @@ def test_output_onto_a_full_disk_is_one_line():
     with open("/dev/full", "w") as full:
         proc = subprocess.run([sys.executable, "-m", "lcq.cli", "report", "tests/data/digits-cnn-lcq-w3a3.lcq"],
                               cwd=root, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr == "lcq report: error: [Errno 28] No space left on device\n", \
+    assert proc.returncode == 2 and proc.stderr == "lcq report: error: [Errno 28] No space left on device; " \
+                                                   "free space on its disk; then run the same command again\n", \
         proc.stderr
 
 

@@ -542,7 +542,8 @@ def test_generate_on_a_full_disk_is_an_error_line(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(os, "fsync", full)
     out = tmp_path / "core.v"
     assert main(["generate", str(DIGITS), "-o", str(out), "--rows", "1", "--cols", "1"]) == 2
-    assert capsys.readouterr().err == f"lcq generate: error: [Errno 28] No space left on device: '{out}'\n"
+    assert capsys.readouterr().err == f"lcq generate: error: [Errno 28] No space left on device: '{out}'; " \
+                                      "free space on its disk; then run the same command again\n"
     assert not list(tmp_path.iterdir())
 
 
@@ -566,7 +567,8 @@ def test_generate_writes_the_verilog_and_its_parameters_both_or_neither(tmp_path
     monkeypatch.setattr(os, "fsync", full_for_the_json)
     assert main(argv) == 2
     json_path = out.with_suffix(".json")
-    assert capsys.readouterr().err == f"lcq generate: error: [Errno 28] No space left on device: '{json_path}'\n"
+    assert capsys.readouterr().err == f"lcq generate: error: [Errno 28] No space left on device: '{json_path}'; " \
+                                      "free space on its disk; then run the same command again\n"
     assert not list(tmp_path.iterdir())
     out.write_text("old verilog")
     out.with_suffix(".json").write_text("old parameters")

@@ -434,6 +434,31 @@ def test_a_config_that_is_no_regular_file_is_refused(tmp_path, capsys):
     assert f"cannot read --config {fifo}: it is not a regular file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("full_at, hint", [(1, "no epoch had finished: run the same command again, without --resume"),
+                                           (2, "the run's last finished epoch is in its checkpoint: run the same "
+                                               "command with --resume")])
+def test_a_full_disk_says_how_to_go_on(tmp_path, capsys, monkeypatch, full_at, hint):
+    """A checkpoint write the disk refuses (ENOSPC): one error line naming the file, what to free and how to go on
+    from what is there; the previous checkpoint is intact."""
+    import errno
+
+    out, saves = tmp_path / "run", []
+
+    def save(state, path):
+        saves.append(path)
+        if len(saves) == full_at:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return save_checkpoint(state, path)
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", save)
+    argv = ["train", "--method", "fp", "--epochs", "2", "--batch-size", "256", "--no-progress", "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"lcq train: error: [Errno 28] No space left on device: '{saves[-1]}'; " \
+                                      f"free space on its disk; {hint}\n"
+    if full_at == 2:
+        assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+
+
 STOPPED_AT_STEP = """
 import signal, sys
 import lcq_train.train as train_mod
