@@ -18,6 +18,11 @@ reply frame and each drain. Each way of failing ends in a :class:`hw.protocol.Li
 names what did not arrive and what to do; a device of another protocol version is refused at
 its INFO reply (:class:`hw.protocol.VersionError`, not retried).
 
+A reply that did not come in full is never taken for the next request's: the bridge drops a request that arrives
+while it still works on the one before, whose late reply would then answer it (an ACK of another image's pixels,
+taken for this image's). So a request after one whose reply did not end in its last frame (a Ctrl-C while the host
+waited, an error the caller caught) first resynchronizes (:meth:`LinkHost.resync`: the line drained, a PING).
+
 In network mode the core computes between requests (protocol version 5): :meth:`LinkHost.start`
 starts it on the staged image and returns, :meth:`LinkHost.result` collects its logits later, so that
 the next image's LOAD frames travel while it runs.
@@ -129,6 +134,8 @@ class LinkHost:
         self._info: LinkInfo | None = None
         self._reply_bytes = 0       # the longest reply the last request could bring
         self.session: int | None = None
+        self._answered = True       # whether the last request's reply came in full (False: some may still come)
+        self._resyncing = False
 
     @property
     def info(self) -> LinkInfo:
@@ -153,7 +160,12 @@ class LinkHost:
             reset()
 
     def _send(self, ftype: FrameType, payload: bytes = b"") -> None:
+        """Send a request; first :meth:`resync` when the last one's reply did not come in full (a Ctrl-C while the
+        host waited, an error the caller caught): a late reply to it must not be taken for this one's."""
+        if not self._answered and not self._resyncing:
+            self.resync()
         self._discard_stale()
+        self._answered = False
         self.port.write(encode_frame(ftype, payload))
 
     def _frame(self, expecting: str, max_length: int):
@@ -203,6 +215,7 @@ class LinkHost:
         if frame.type != FrameType.INFO:
             raise self._unexpected(frame, "PING")
         info = LinkInfo.decode(frame.payload)
+        self._answered = True
         if self._info is not None and info != self._info:
             pairs = ((f.name, getattr(self._info, f.name), getattr(info, f.name)) for f in fields(info))
             changed = ", ".join(f"{name} {was} -> {now}" for name, was, now in pairs if was != now)
@@ -252,14 +265,18 @@ class LinkHost:
         out; the device then waits for a frame) and ping it, up to ``retries + 1`` times."""
         self.resyncs += 1
         last: LinkError | None = None
-        for _ in range(self.retries + 1):
-            self._drain()
-            try:
-                return self.ping()
-            except LinkError as e:
-                if not recoverable(e):
-                    raise
-                last = e
+        self._resyncing = True
+        try:
+            for _ in range(self.retries + 1):
+                self._drain()
+                try:
+                    return self.ping()
+                except LinkError as e:
+                    if not recoverable(e):
+                        raise
+                    last = e
+        finally:
+            self._resyncing = False
         kind = LinkTimeout if isinstance(last, LinkTimeout) else FrameError
         raise kind(f"no valid INFO reply to {self.retries + 1} PING(s) while resynchronizing "
                    f"(the last: {last}); reset the board, check the cable and baud rate, and try again") from last
@@ -280,9 +297,11 @@ class LinkHost:
             try:
                 frame = self._request(request, payload, expecting)
                 if frame.type == FrameType.ACK and not frame.payload:
+                    self._answered = True
                     return
-                if frame.type != FrameType.NACK or len(frame.payload) != 2:
+                if frame.type != FrameType.NACK or len(frame.payload) != NACK_BYTES:
                     raise self._unexpected(frame, what)
+                self._answered = True
             except (FrameError, LinkTimeout):    # the reply went wrong: resync, send again
                 if attempt > self.retries:
                     raise
@@ -369,10 +388,12 @@ class LinkHost:
                                      f"{out_words} asked for: host and gateware speak different "
                                      f"protocols (rebuild the bitstream) or the device is faulty")
             elif frame.type == FrameType.DONE and len(frame.payload) == DONE_BYTES:
+                self._answered = True
                 count, session = decode_done(frame.payload)
                 self._check_session(f"the DONE reply to {request.name}", session)
                 return words, count
             else:
+                self._answered = frame.type == FrameType.NACK and len(frame.payload) == NACK_BYTES   # its whole reply
                 raise self._unexpected(frame, request.name)
 
     def load_and_run(self, beats: list[tuple[int, int, int]], out_words: int,

@@ -1790,6 +1790,74 @@ def test_another_session_on_the_board_and_a_host_without_one():
             encode_session(bad)
 
 
+class BridgePort(ScriptPort):
+    """A :class:`ScriptPort` with the bridge's timing: ``late(request type)`` (None: on time) makes the reply to the
+    next request of that type come ``late`` reads after it (each read before returns nothing, as a port that timed
+    out; ``interrupt``: the first of them raises KeyboardInterrupt, a Ctrl-C while the host waits), and a request
+    written while a reply is still to come is dropped, as the bridge drops the bytes that arrive while it works on a
+    request. ``reset_input_buffer`` drops the bytes that came."""
+
+    def __init__(self, reply):
+        super().__init__(reply)
+        self.held, self.dropped, self.lateness, self.interrupt = None, [], {}, False
+
+    def late(self, ftype, reads, interrupt=False):
+        self.lateness[ftype], self.interrupt = reads, interrupt
+
+    def write(self, data):
+        if self.held is not None:
+            self.dropped.append(bytes(data))
+            return
+        self.writes.append(bytes(data))
+        reply = self.reply(bytes(data))
+        reads = self.lateness.pop(data[1], 0)
+        if reads:
+            self.held = [reads, reply]
+        else:
+            self.queue += reply
+
+    def read(self, n):
+        if self.held is not None:
+            if self.held[0]:
+                self.held[0] -= 1
+                if self.interrupt:
+                    self.interrupt = False
+                    raise KeyboardInterrupt
+                return b""
+            self.queue += self.held[1]
+            self.held = None
+        return super().read(n)
+
+    def reset_input_buffer(self):
+        self.queue.clear()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "timeout-caught"])
+def test_a_late_ack_of_the_last_image_is_never_taken_for_the_next_ones(how):
+    """An image's LOAD whose ACK comes late, after the host stopped waiting: Ctrl-C (KeyboardInterrupt), or a
+    timeout on its last try that the caller caught (retries 0). The next image's LOAD arrives while the bridge still
+    works on the old one and is dropped; the old ACK then came as its reply, and its RUN returned the logits of the
+    image before (silently wrong). A request after one whose reply did not come in full resyncs first (drain, PING):
+    the next image's logits are its own."""
+    from boards.runtime import NetworkRunner
+    from compiler.reference import predict
+
+    model, params, images = _digits()
+    expected = predict(model, images)
+    board = NetworkBoard(model, params, images)
+    board.port = port = BridgePort(board.reply)
+    retries = 0 if how == "timeout-caught" else 2
+    runner = NetworkRunner(LinkHost(port, retries=retries), model, params, retries=retries)
+    runner.load_constants()
+    port.late(FrameType.LOAD, 1, interrupt=how == "ctrl-c")
+    with pytest.raises(KeyboardInterrupt if how == "ctrl-c" else LinkTimeout):
+        runner.logits(images[0])
+    assert (expected[0] != expected[1]).any()
+    assert (runner.logits(images[1]) == expected[1]).all()
+    assert (runner.logits(images[2]) == expected[2]).all()
+    assert (runner.classify(images).logits == expected).all()
+
+
 def test_network_runner_gives_up_after_its_retries():
     """The same image's reply lost more often than ``retries``: the error is raised."""
     from boards.runtime import NetworkRunner
