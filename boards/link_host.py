@@ -432,7 +432,8 @@ class SerialPort:
     context manager. A write ends within ``timeout`` plus the time the longest frame takes at ``baud``; one that
     does not (a device that stopped reading), and a port that fails (a board unplugged), raise
     :class:`hw.protocol.LinkError` naming the port. The port is opened exclusively: a second session on it, which
-    would take the first's replies for its own, is refused (a LinkError)."""
+    would take the first's replies for its own, is refused (a LinkError). Closed by this program (:meth:`close`, also
+    from another thread while the host waits), every read, write and flush is a LinkError saying so."""
 
     def __init__(self, path: str, baud: int, *, timeout: float = 1.0):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
@@ -442,7 +443,7 @@ class SerialPort:
             import serial
         except ImportError:
             raise LinkError("talking to a board needs pyserial: pip install pyserial") from None
-        self.path, self._write_timed_out = path, serial.SerialTimeoutException
+        self.path, self._write_timed_out, self._closed = path, serial.SerialTimeoutException, False
         self._errors = (serial.SerialException, OSError)
         if os.name == "posix":      # pyserial's POSIX port flushes with termios, whose errors are not OSErrors
             import termios
@@ -471,25 +472,38 @@ class SerialPort:
         return LinkError(f"serial port {self.path!r} failed while {doing} ({error}): was the board unplugged or "
                          f"reset? Plug it in, check the port name, and run again{_pseudo_terminal_hint(self.path)}")
 
-    def write(self, data: bytes) -> None:
+    def _call(self, doing: str, call):
+        """``call()``; pyserial's errors as LinkErrors, and any error or result once :meth:`close` ran (pyserial's
+        read, its port closed by another thread mid-wait, fails in a TypeError or returns early) as the LinkError
+        saying that this program closed the port."""
         try:
-            self._serial.write(data)
-        except self._errors as error:
-            raise self._failed("writing", error) from None
+            result = call()
+        except Exception as error:
+            if self._closed:
+                raise self._closed_error(doing) from None
+            if isinstance(error, self._errors):
+                raise self._failed(doing, error) from None
+            raise
+        if self._closed:
+            raise self._closed_error(doing)
+        return result
+
+    def _closed_error(self, doing: str) -> LinkError:
+        return LinkError(f"serial port {self.path!r} was closed by this program while {doing}: open it again (a new "
+                         f"SerialPort) and run again; close it only once no request waits (another thread, or a "
+                         f"`with` block that ended, closed it)")
+
+    def write(self, data: bytes) -> None:
+        self._call("writing", lambda: self._serial.write(data))
 
     def read(self, n: int) -> bytes:
-        try:
-            return self._serial.read(n)
-        except self._errors as error:
-            raise self._failed("reading", error) from None
+        return self._call("reading", lambda: self._serial.read(n))
 
     def reset_input_buffer(self) -> None:
-        try:
-            self._serial.reset_input_buffer()
-        except self._errors as error:
-            raise self._failed("clearing its input", error) from None
+        self._call("clearing its input", self._serial.reset_input_buffer)
 
     def close(self) -> None:
+        self._closed = True
         self._serial.close()
 
     def __enter__(self):

@@ -938,6 +938,42 @@ def test_a_serial_port_that_fails_is_a_link_error():
         os.close(slave)
 
 
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_serial_port_closed_while_the_host_waits_says_so():
+    """The program closes the port (another thread, a `with` block that ended) while the host waits for a reply:
+    pyserial's read failed in a TypeError ('NoneType' object cannot be interpreted as an integer), or said to plug the
+    board in. Now a LinkError says that this program closed the port, within the wait, and the same for each later
+    read, write and flush."""
+    pytest.importorskip("serial")
+    master, slave = os.openpty()
+    path = os.ttyname(slave)
+    port = SerialPort(path, 3_000_000, timeout=10.0)
+    reading, real = threading.Event(), port._serial.read
+
+    def read(n):
+        reading.set()
+        return real(n)
+
+    port._serial.read = read
+    closer = threading.Thread(target=lambda: reading.wait(10) and port.close(), daemon=True)
+    closed = rf"serial port '{path}' was closed by this program while {{}}: open it again \(a new SerialPort\)"
+    try:
+        closer.start()
+        start = time.monotonic()
+        with pytest.raises(LinkError, match=closed.format("reading")):
+            LinkHost(port).ping()
+        assert time.monotonic() - start < 5
+        closer.join(10)
+        for doing, call in [("reading", lambda: port.read(4)), ("writing", lambda: port.write(b"x")),
+                            ("clearing its input", port.reset_input_buffer)]:
+            with pytest.raises(LinkError, match=closed.format(doing)):
+                call()
+    finally:
+        port.close()
+        os.close(master)
+        os.close(slave)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux names pseudo-terminals /dev/pts/N")
 def test_a_pseudo_terminal_port_that_is_gone_names_lcq_board_sim():
     """`lcq board-sim`'s port (/dev/pts/N) before the board runs, or after it stopped: the error said only to
