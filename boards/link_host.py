@@ -118,6 +118,8 @@ class LinkHost:
 
     ``session``: the session :meth:`begin_session` set on the device (None: none, or it was lost); while set,
     each DONE must state it, or :class:`hw.protocol.BoardReset` is raised (and ``session`` is None).
+    ``stated_session``: the session the last DONE stated (None: no DONE yet; 0: the board was reset or configured
+    since a host last set one).
     """
 
     def __init__(self, port, *, retries: int = 3, deadline: float | None = None, drain_bytes: int = 1 << 20):
@@ -134,6 +136,7 @@ class LinkHost:
         self._info: LinkInfo | None = None
         self._reply_bytes = 0       # the longest reply the last request could bring
         self.session: int | None = None
+        self.stated_session: int | None = None
         self._answered = True       # whether the last request's reply came in full (False: some may still come)
         self._resyncing = False
 
@@ -390,6 +393,7 @@ class LinkHost:
             elif frame.type == FrameType.DONE and len(frame.payload) == DONE_BYTES:
                 self._answered = True
                 count, session = decode_done(frame.payload)
+                self.stated_session = session
                 self._check_session(f"the DONE reply to {request.name}", session)
                 return words, count
             else:

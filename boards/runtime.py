@@ -96,6 +96,7 @@ class _Runner:
     model: CompiledModel
     host: LinkHost
     _session: int | None = None     # the host's session the model was loaded (or assumed loaded) in
+    _settle_words = 1               # the words a RESULT that stops the core asks for (layers mode: beyond are dropped)
 
     @property
     def loaded(self) -> bool:
@@ -107,7 +108,14 @@ class _Runner:
         """Take the model as already on the board without sending it (an earlier program loaded it, and the board
         was not reset since: the caller's word): a new session is set (:meth:`LinkHost.begin_session`; it keeps
         the board's constants), so that a board reset from now on ends a run in a
-        :class:`hw.protocol.BoardReset`, as after :meth:`load_constants`."""
+        :class:`hw.protocol.BoardReset`, as after :meth:`load_constants`. A board reset or configured since a host
+        last set a session (the session its DONE states is 0: the model is certainly gone) is refused, a
+        :class:`LinkError` saying to load the model; the RESULT that reads it also stops a core left running."""
+        self.host.settle(self._settle_words)
+        if self.host.stated_session == 0:
+            raise LinkError("the board states session 0x00: it was reset or configured since a host last set one, so "
+                            "the model is not on it (assume_loaded takes it as loaded); load it (classify, or "
+                            "load_constants) and run again")
         self.host.begin_session()
         self._session = self.host.session
 
@@ -163,6 +171,7 @@ class NetworkRunner(_Runner):
                             f"= {got}) is not the one built for this model ({expected}): {OTHER_BUILD}")
         self.host, self.model, self.params = host, model, params
         self.retries, self.repeated = retries, 0
+        self._settle_words = model.num_classes      # a running image's logits stay in the core past those asked for
 
     def load_constants(self) -> None:
         """A new session (:meth:`LinkHost.begin_session`), then every constant and the program: once, and again

@@ -1814,7 +1814,8 @@ def test_another_session_on_the_board_and_a_host_without_one():
     assert not adopted.loaded
     sent = len(board.port.writes)
     adopted.assume_loaded()
-    assert adopted.loaded and request_kinds(board.port.writes[sent:]) == [FrameType.SESSION]
+    assert adopted.loaded
+    assert request_kinds(board.port.writes[sent:]) == [(RESULT, model.num_classes), FrameType.SESSION]
     assert (adopted.logits(images[0]) == predict(model, images[:1])[0]).all()
     assert board.session == adopted.host.session != other.session
     board.reset()
@@ -1892,6 +1893,29 @@ def test_a_late_ack_of_the_last_image_is_never_taken_for_the_next_ones(how):
     assert (runner.logits(images[1]) == expected[1]).all()
     assert (runner.logits(images[2]) == expected[2]).all()
     assert (runner.classify(images).logits == expected).all()
+
+
+def test_a_runner_told_that_a_reset_board_holds_the_model_refuses_to_run():
+    """Run before load: ``assume_loaded`` on a board reset or configured since any host loaded it (its session 0, the
+    model gone) set a session over the 0 and the next image's logits were the garbage of a core without its model.
+    It now reads the board's session first (a RESULT, which also stops a core left running) and refuses a board of
+    session 0 with a LinkError saying to load the model; a board another host loaded is taken, as before."""
+    from boards.runtime import NetworkRunner
+    from compiler.reference import predict
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images)
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    with pytest.raises(LinkError, match=r"the board states session 0x00: it was reset or configured since a host "
+                                        r"last set one, so the model is not on it \(assume_loaded takes it as "
+                                        r"loaded\); load it \(classify, or load_constants\) and run again"):
+        runner.assume_loaded()
+    assert not runner.loaded and board.session == 0
+    NetworkRunner(LinkHost(board.port), model, params).load_constants()
+    sent = len(board.port.writes)
+    runner.assume_loaded()
+    assert request_kinds(board.port.writes[sent:]) == [(RESULT, model.num_classes), FrameType.SESSION]
+    assert runner.loaded and (runner.logits(images[0]) == predict(model, images[:1])[0]).all()
 
 
 def test_network_runner_gives_up_after_its_retries():
