@@ -1895,6 +1895,26 @@ def test_a_late_ack_of_the_last_image_is_never_taken_for_the_next_ones(how):
     assert (runner.classify(images).logits == expected).all()
 
 
+def test_a_ctrl_c_while_the_model_loads_then_a_new_run_loads_it_again():
+    """A Ctrl-C while the host waited for the ACK of a constants LOAD: the next run's SESSION reached a bridge still
+    busy with that LOAD and was dropped, its late ACK was taken for the SESSION's, and the run ended in a BoardReset
+    that blamed another host (the board kept the old session). The next run resyncs first: a new session, the model
+    again, the reference logits."""
+    from boards.runtime import NetworkRunner
+    from compiler.reference import predict
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images)
+    board.port = port = BridgePort(board.reply)
+    runner = NetworkRunner(LinkHost(port), model, params)
+    port.late(FrameType.LOAD, 1, interrupt=True)
+    with pytest.raises(KeyboardInterrupt):
+        runner.classify(images)
+    assert not runner.loaded and port.held is not None
+    assert (runner.classify(images).logits == predict(model, images)).all()
+    assert board.session == runner.host.session and len(board.constants) == board.model_loads
+
+
 def test_a_runner_told_that_a_reset_board_holds_the_model_refuses_to_run():
     """Run before load: ``assume_loaded`` on a board reset or configured since any host loaded it (its session 0, the
     model gone) set a session over the 0 and the next image's logits were the garbage of a core without its model.
