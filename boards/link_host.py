@@ -32,7 +32,8 @@ device's session register to a random non-zero value (the runners do so before t
 DONE after it must state that value; one that does not (0: the board was reset) is a
 :class:`hw.protocol.BoardReset`, not retried, and the words of that request are not returned. INFO states no session
 (its bytes are constants in the gateware): a reset is caught by the next DONE, which ends every job and image, one
-sent again after a resync too.
+sent again after a resync too. A board reset may have been reconfigured with another bitstream, so the next
+:meth:`LinkHost.begin_session` after a BoardReset pings first: parameters other than the first INFO's are a LinkError.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class LinkHost:
         self._reply_bytes = 0       # the longest reply the last request could bring
         self.session: int | None = None
         self.stated_session: int | None = None
+        self._ping_first = False    # a BoardReset since the last session began: the board may run another bitstream
         self._answered = True       # whether the last request's reply came in full (False: some may still come)
         self._resyncing = False
 
@@ -231,15 +233,19 @@ class LinkHost:
         """A :class:`BoardReset` (and no session set any more) when ``reply`` states another ``session`` than the
         one :meth:`begin_session` set."""
         if self.session is not None and session != self.session:
-            expected, self.session = self.session, None
+            expected, self.session, self._ping_first = self.session, None, True
             raise BoardReset(reply, expected, session)
 
     def begin_session(self, rnd: random.Random | None = None) -> int:
         """Set the device's session register to a new random non-zero value (drawn from ``rnd``, default the
         system's: a seeded one makes a fuzz campaign repeat itself; a SESSION frame, sent again as a LOAD is),
         which each DONE from now on must state: call it before loading what the device must keep. Returns the
-        value (also ``session``)."""
+        value (also ``session``). After a :class:`hw.protocol.BoardReset` it pings first (:meth:`ping`): a board
+        configured since with another bitstream is a LinkError, not loaded with frames encoded for the first."""
         self.session = None         # the session the device held is given up, whether or not the new one is taken
+        if self._ping_first:
+            self.ping()
+            self._ping_first = False
         session = (rnd or random.SystemRandom()).randrange(1, 1 << SESSION_BITS)
         self._acknowledged(FrameType.SESSION, encode_session(session), "SESSION")
         self.session = session

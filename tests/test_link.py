@@ -1732,8 +1732,10 @@ def test_a_board_reset_mid_run_ends_it_instead_of_returning_garbage_logits(when,
     assert runner.host.session is None and runner.repeated == 0
     sent = len(board.port.writes)
     assert (runner.classify(images).logits == predict(model, images)).all()
-    assert request_kinds(board.port.writes[sent:sent + 1]) == [FrameType.SESSION]   # then the model (a settle first
-    assert len(board.constants) == board.model_loads                                # if the core ran on)
+    # A PING (the board's parameters unchanged since the reset), a new session, then the model (a settle first if the
+    # core ran on)
+    assert request_kinds(board.port.writes[sent:sent + 2]) == [FrameType.PING, FrameType.SESSION]
+    assert len(board.constants) == board.model_loads
     assert board.session == runner.host.session != 0
 
 
@@ -1913,6 +1915,33 @@ def test_a_ctrl_c_while_the_model_loads_then_a_new_run_loads_it_again():
     assert not runner.loaded and port.held is not None
     assert (runner.classify(images).logits == predict(model, images)).all()
     assert board.session == runner.host.session and len(board.constants) == board.model_loads
+
+
+def test_a_board_flashed_with_another_build_mid_session_is_refused_when_the_model_loads_again():
+    """Another bitstream flashed on the board a runner uses (a 4 x 4 core instead of the 2 x 4 it was built for, whose
+    load targets have other widths): the next DONE states session 0 (a BoardReset), and the run after it loaded the
+    model again in frames encoded for the INFO of the session's first PING, never asked again, onto a core that reads
+    them otherwise. A session is now begun after a BoardReset only once a PING states the same parameters: a
+    LinkError naming what changed."""
+    from boards.runtime import NetworkRunner
+    from boards.traffic import network_info
+    from compiler.reference import predict
+    from hw.network_params import NetworkParams
+
+    model, params, images = _digits()
+    board = NetworkBoard(model, params, images)
+    runner = NetworkRunner(LinkHost(board.port), model, params)
+    assert (runner.classify(images).logits == predict(model, images)).all()
+    board.info = network_info(model, NetworkParams.for_model(model, 4, 4), 512)
+    board.reset()
+    with pytest.raises(BoardReset):
+        runner.classify(images)
+    sent = len(board.port.writes)
+    with pytest.raises(LinkError, match=r"the device's parameters changed since this session's first PING \(rows 2 "
+                                        r"-> 4, target_bits \(15, 12, 46, 45, 45, 16, .*\) -> \(15, 12, 46, 45, 45, "
+                                        r"32, .*\)\): another bitstream was flashed"):
+        runner.classify(images)
+    assert request_kinds(board.port.writes[sent:]) == [FrameType.PING]
 
 
 def test_a_runner_told_that_a_reset_board_holds_the_model_refuses_to_run():
