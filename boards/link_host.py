@@ -32,8 +32,9 @@ device's session register to a random non-zero value (the runners do so before t
 DONE after it must state that value; one that does not (0: the board was reset) is a
 :class:`hw.protocol.BoardReset`, not retried, and the words of that request are not returned. INFO states no session
 (its bytes are constants in the gateware): a reset is caught by the next DONE, which ends every job and image, one
-sent again after a resync too. A board reset may have been reconfigured with another bitstream, so the next
-:meth:`LinkHost.begin_session` after a BoardReset pings first: parameters other than the first INFO's are a LinkError.
+sent again after a resync too. A board may have been configured with another bitstream since the last PING (no DONE
+states a reset that the next SESSION overwrites), so :meth:`LinkHost.begin_session` pings first unless the last request
+was a PING: parameters other than the first INFO's are a LinkError, not frames encoded for the old ones.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class LinkHost:
         self._reply_bytes = 0       # the longest reply the last request could bring
         self.session: int | None = None
         self.stated_session: int | None = None
-        self._ping_first = False    # a BoardReset since the last session began: the board may run another bitstream
+        self._pinged = False        # whether the last request was a PING, answered (its INFO as the first's)
         self._answered = True       # whether the last request's reply came in full (False: some may still come)
         self._resyncing = False
 
@@ -170,7 +171,7 @@ class LinkHost:
         if not self._answered and not self._resyncing:
             self.resync()
         self._discard_stale()
-        self._answered = False
+        self._answered = self._pinged = False
         self.port.write(encode_frame(ftype, payload))
 
     def _frame(self, expecting: str, max_length: int):
@@ -226,26 +227,25 @@ class LinkHost:
             changed = ", ".join(f"{name} {was} -> {now}" for name, was, now in pairs if was != now)
             raise LinkError(f"the device's parameters changed since this session's first PING ({changed}): another "
                             f"bitstream was flashed, or another board answers on the port; run again")
-        self._info = info
+        self._info, self._pinged = info, True
         return info
 
     def _check_session(self, reply: str, session: int) -> None:
         """A :class:`BoardReset` (and no session set any more) when ``reply`` states another ``session`` than the
         one :meth:`begin_session` set."""
         if self.session is not None and session != self.session:
-            expected, self.session, self._ping_first = self.session, None, True
+            expected, self.session = self.session, None
             raise BoardReset(reply, expected, session)
 
     def begin_session(self, rnd: random.Random | None = None) -> int:
         """Set the device's session register to a new random non-zero value (drawn from ``rnd``, default the
         system's: a seeded one makes a fuzz campaign repeat itself; a SESSION frame, sent again as a LOAD is),
         which each DONE from now on must state: call it before loading what the device must keep. Returns the
-        value (also ``session``). After a :class:`hw.protocol.BoardReset` it pings first (:meth:`ping`): a board
+        value (also ``session``). It pings first (:meth:`ping`) unless the last request was a PING: a board
         configured since with another bitstream is a LinkError, not loaded with frames encoded for the first."""
         self.session = None         # the session the device held is given up, whether or not the new one is taken
-        if self._ping_first:
+        if not self._pinged:
             self.ping()
-            self._ping_first = False
         session = (rnd or random.SystemRandom()).randrange(1, 1 << SESSION_BITS)
         self._acknowledged(FrameType.SESSION, encode_session(session), "SESSION")
         self.session = session

@@ -1817,7 +1817,7 @@ def test_another_session_on_the_board_and_a_host_without_one():
     sent = len(board.port.writes)
     adopted.assume_loaded()
     assert adopted.loaded
-    assert request_kinds(board.port.writes[sent:]) == [(RESULT, model.num_classes), FrameType.SESSION]
+    assert request_kinds(board.port.writes[sent:]) == [(RESULT, model.num_classes), FrameType.PING, FrameType.SESSION]
     assert (adopted.logits(images[0]) == predict(model, images[:1])[0]).all()
     assert board.session == adopted.host.session != other.session
     board.reset()
@@ -1921,8 +1921,9 @@ def test_a_board_flashed_with_another_build_mid_session_is_refused_when_the_mode
     """Another bitstream flashed on the board a runner uses (a 4 x 4 core instead of the 2 x 4 it was built for, whose
     load targets have other widths): the next DONE states session 0 (a BoardReset), and the run after it loaded the
     model again in frames encoded for the INFO of the session's first PING, never asked again, onto a core that reads
-    them otherwise. A session is now begun after a BoardReset only once a PING states the same parameters: a
-    LinkError naming what changed."""
+    them otherwise; so did a new runner on the same host, whose SESSION overwrote the 0 unseen. A session is now begun
+    only after a PING (the last request, or one sent first) states the same parameters: a LinkError naming what
+    changed."""
     from boards.runtime import NetworkRunner
     from boards.traffic import network_info
     from compiler.reference import predict
@@ -1942,6 +1943,16 @@ def test_a_board_flashed_with_another_build_mid_session_is_refused_when_the_mode
                                         r"32, .*\)\): another bitstream was flashed"):
         runner.classify(images)
     assert request_kinds(board.port.writes[sent:]) == [FrameType.PING]
+    # Flashed with no run between (no DONE to state session 0), then a new runner on the same host: its first session
+    # (SESSION would hide the reset) pings first too.
+    board = NetworkBoard(model, params, images)
+    host = LinkHost(board.port)
+    assert (NetworkRunner(host, model, params).classify(images).logits == predict(model, images)).all()
+    board.info = network_info(model, NetworkParams.for_model(model, 4, 4), 512)
+    board.reset()
+    with pytest.raises(LinkError, match=r"the device's parameters changed since this session's first PING \(rows 2 "):
+        NetworkRunner(host, model, params).classify(images)
+    assert board.session == 0 and not board.constants
 
 
 def test_a_runner_told_that_a_reset_board_holds_the_model_refuses_to_run():
@@ -1963,7 +1974,7 @@ def test_a_runner_told_that_a_reset_board_holds_the_model_refuses_to_run():
     NetworkRunner(LinkHost(board.port), model, params).load_constants()
     sent = len(board.port.writes)
     runner.assume_loaded()
-    assert request_kinds(board.port.writes[sent:]) == [(RESULT, model.num_classes), FrameType.SESSION]
+    assert request_kinds(board.port.writes[sent:]) == [(RESULT, model.num_classes), FrameType.PING, FrameType.SESSION]
     assert runner.loaded and (runner.logits(images[0]) == predict(model, images[:1])[0]).all()
 
 
