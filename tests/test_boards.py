@@ -719,18 +719,19 @@ class FakePort:
         FakePort.closed += 1
 
 
-def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
-    """`lcq run` end to end on the host side, with the port and the board's runner stubbed
-    (the runner itself runs against the simulated board in test_board_runtime.py)."""
+def _stubbed_board(tmp_path, monkeypatch, resent: int = 0, repeated: int = 0):
+    """The port and the board's runner of `lcq run` stubbed: a 2 x 2 iCEBreaker build whose runner answers with
+    the integer reference at 0.5 s per run, having resent ``resent`` frames and repeated ``repeated`` layer runs.
+    Returns its report's path."""
     import boards.link_host
     import boards.runtime
     from compiler.reference import predict
-    from lcq.cli import main
 
     class Runner:
         def __init__(self, host, model, params, resident):
             assert resident == "weights" and (params.rows, params.cols) == (2, 2)
-            self.model, self.repeated = model, 0
+            host.retried = resent
+            self.model, self.repeated = model, repeated
 
         def classify(self, images, labels, progress):
             return boards.runtime.RunResult(predict(self.model, images), 0.5, labels, load_seconds=0.25)
@@ -740,6 +741,15 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
                                   "board": "icebreaker"}))
+    return report
+
+
+def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
+    """`lcq run` end to end on the host side, with the port and the board's runner stubbed
+    (the runner itself runs against the simulated board in test_board_runtime.py)."""
+    from lcq.cli import main
+
+    report = _stubbed_board(tmp_path, monkeypatch)
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "5",
                  "--report", str(report), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -755,24 +765,9 @@ def test_run_reports_accuracy_pace_and_agreement(tmp_path, capsys, monkeypatch):
 
 def test_run_summary_counts_read_right_for_one(tmp_path, capsys, monkeypatch):
     """One image, one frame resent and one layer run repeated read in the singular, not "1 frames resent"."""
-    import boards.link_host
-    import boards.runtime
-    from compiler.reference import predict
     from lcq.cli import main
 
-    class Runner:
-        def __init__(self, host, model, params, resident):
-            host.retried = 1
-            self.model, self.repeated = model, 1
-
-        def classify(self, images, labels, progress):
-            return boards.runtime.RunResult(predict(self.model, images), 0.5, labels, load_seconds=0.25)
-
-    monkeypatch.setattr(boards.link_host, "SerialPort", FakePort)
-    monkeypatch.setattr(boards.runtime, "BoardRunner", Runner)
-    report = tmp_path / "report.json"
-    report.write_text(json.dumps({"pll_mhz": 24.0, "engine": {"rows": 2, "cols": 2, "resident": "weights"},
-                                  "board": "icebreaker"}))
+    report = _stubbed_board(tmp_path, monkeypatch, resent=1, repeated=1)
     assert main(["run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--images", "1",
                  "--report", str(report)]) == 0
     out = capsys.readouterr().out
