@@ -19,7 +19,8 @@ LWN 8/8) is trained once. ``--jobs N`` trains N runs side by side, one CPU threa
 runs are skipped, interrupted ones resumed; and every finished run is recorded in the results file at once,
 which a later invocation with the same settings reads back, so the tables can be filled in over several
 sessions without the run directories (a seed's FP run is trained again only where runs of that seed remain,
-and must score as recorded: the same seed, threads and torch give the same).
+and must score as recorded: the same seed, threads and torch give the same), or by invocations side by side
+(other seeds or tables, one --json-out): each write re-reads the file under its lock and keeps the others' runs.
 
 Run:  python benchmarks/ablations.py --dataset mnist --data-dir ../shared/datasets/mnist --schedule full --jobs 2
       python benchmarks/ablations.py --dataset digits --schedule quick --seeds 0 --epochs 1 --fp-epochs 1
@@ -55,7 +56,7 @@ from lcq_train.train import SEED, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
-from result_fields import is_count, is_number, is_percentage, read_results  # noqa: E402
+from result_fields import is_count, is_number, is_percentage, read_results, results_lock  # noqa: E402
 
 KS = (1, 2, 4, 8, 16)
 K_BITS = (2, 3)
@@ -443,9 +444,21 @@ def main(argv: list[str] | None = None) -> int:
     timing = {"fp_seconds": 0.0, "fp_epochs": 0, "quant_seconds": 0.0, "quant_epochs": 0, "compile_seconds": 0.0}
     t_start = time.perf_counter()
     git = git_state("lcq_train", "compiler")       # (and each run recorded now: the commit it was trained at)
+    produced: set[tuple[int, str]] = set()         # (seed, label) of the runs this invocation recorded
 
     def save() -> str:
-        text, table_data = tables(args, runs, results, edges)
+        """Write the results file, under its lock: the runs recorded there since this invocation read it (by
+        another filling the same file side by side: other seeds or tables) merged with the ones it produced."""
+        nonlocal other_runs
+        with results_lock(args.json_out):
+            recorded, other_runs, _ = recorded_results(args.json_out, ours, runs)
+            for seed, rows in recorded.items():
+                for label, row in rows.items():
+                    if (seed, label) not in produced:
+                        results.setdefault(seed, {})[label] = row
+            return write(*tables(args, runs, results, edges))
+
+    def write(text: str, table_data: dict) -> str:
         save_json({"benchmark": "ablations", "command": reproduce_command(args), "argv": sys.argv[1:],
                    "options": vars(args), "settings": ours,
                    "versions": {"python": platform.python_version(), "torch": torch.__version__,
@@ -479,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             row["sizes"] = compiled_sizes(Path(cfg.out) / "checkpoint.pt", args.eval_images, data)
             timing["compile_seconds"] += time.perf_counter() - t0
         results[seed][label] = row
+        produced.add((seed, label))
         save()
         finished.append(item)
         print(f"[{len(finished)}/{len(to_do)}] seed {seed} {label}: test top-1 {metrics['test_top1']:.2f}%; {note}",
@@ -491,13 +505,14 @@ def main(argv: list[str] | None = None) -> int:
         run_all(to_do, args.jobs, done)
         if errors:
             raise ValueError("; ".join(errors))
-    except (ValueError, FileNotFoundError, FileExistsError, WorkerDied) as e:     # (WorkerDied: killed, e.g. OOM)
+        text = save()
+    except (ValueError, FileNotFoundError, FileExistsError, TimeoutError, WorkerDied) as e:  # (WorkerDied: killed)
         print(f"ablations.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ablations.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
         return 130
-    print("\n" + save())
+    print("\n" + text)
     estimate = full_estimate(args, runs, timing)
     if estimate:
         print(estimate["text"])

@@ -9,7 +9,8 @@ FP. ``--jobs`` runs that many trainings side by side (one CPU thread each). Resu
 same command skips finished runs and resumes interrupted ones from their checkpoints. A table can be filled
 in over several invocations (``--bits 2``, later ``--bits 3``): the rows of other widths in the results file
 are kept where it holds the same recipe and the same FP result (a fresh FP run on the same seed, threads and
-torch gives the same), so the runs behind them need not be on disk.
+torch gives the same), so the runs behind them need not be on disk; invocations side by side on one results
+file read, merge and write it in turn, under its lock.
 
 Run:  python benchmarks/accuracy.py --dataset digits [--model cnn] [--fp-epochs 30] [--epochs 30] [--bits 2 3 4]
       [--seeds 0 1 2] [--clip-init fixed|mse] [--bn-batches N] [--jobs 2]
@@ -40,7 +41,7 @@ from lcq_train.train import PAPER_RECIPE, SEED, TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from git_state import git_state  # noqa: E402
-from result_fields import is_count, is_number, is_percentage, read_results  # noqa: E402
+from result_fields import is_count, is_number, is_percentage, read_results, results_lock  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -321,14 +322,22 @@ def main(argv: list[str] | None = None) -> int:
                 futures = [pool.submit(train_or_resume, run[1]) for _, run in rest]
                 results += [report(i, len(runs), run, *f.result()) for (i, run), f in zip(rest, futures)]
         rows, settings = make_rows(runs, results), recipe(args, runs)
-        device = args.device or default_device()
-        kept, note = carried_rows(args.json_out, settings, rows, device)
-    except (ValueError, FileNotFoundError, FileExistsError, WorkerDied) as e:     # (WorkerDied: killed, e.g. OOM)
+        with results_lock(args.json_out):          # (one filling the file side by side waits: both keep their rows)
+            write_results(args, rows, settings, args.device or default_device())
+    except (ValueError, FileNotFoundError, FileExistsError, TimeoutError, WorkerDied) as e:  # (WorkerDied: killed)
         print(f"accuracy.py: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"accuracy.py: interrupted; re-run `{reproduce_command(args)}` to resume", file=sys.stderr)
         return 130
+    print(f"\nwrote {args.json_out}")
+    return 0
+
+
+def write_results(args: argparse.Namespace, rows: list[dict], settings: dict, device: str) -> None:
+    """Print the table of ``rows`` and of the rows :func:`carried_rows` keeps of the results file, and write them
+    all there (under its lock: :func:`main`)."""
+    kept, note = carried_rows(args.json_out, settings, rows, device)
     if kept:   # the table and its command cover every width and method in the file
         rows = merged(rows, kept)
         args.bits = settings["bits"] = sorted({r["wbits"] for r in rows if r["method"] != "fp"})
@@ -340,8 +349,6 @@ def main(argv: list[str] | None = None) -> int:
                "options": vars(args), "torch": torch.__version__, "device": device,
                "cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "git": git_state("lcq_train"),
                "settings": settings, "rows": rows}, args.json_out)
-    print(f"\nwrote {args.json_out}")
-    return 0
 
 
 if __name__ == "__main__":

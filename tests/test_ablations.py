@@ -490,3 +490,30 @@ def test_outer_width_builds_reuse_only_a_complete_record_of_this_model():
     for change in ({"status": "timeout"}, {"model_sha256": "cd"}, {"product_bits": 15}, {"fmax_mhz": None},
                    {"build_seconds": "60"}, {"resources": []}, {"engine": 5}):
         assert not hw_sweep.reusable({**record, **change}, now), change
+
+
+def test_two_invocations_filling_one_results_file_side_by_side_keep_each_others_runs(tmp_path, monkeypatch):
+    """``--seeds 0`` and ``--seeds 1`` started side by side on one --json-out: each read the file once at its start
+    and rewrote it from what it held after every run, so the one that wrote last dropped the other's runs. Every
+    save now re-reads the file under its lock and keeps the runs that this process did not train."""
+    from helpers import load_benchmark
+
+    ablations = load_benchmark("ablations")
+    table = tmp_path / "ablations.json"
+    argv = ["--dataset", "digits", "--tables", "norm", "--fp-epochs", "1", "--epochs", "1", "--eval-images", "0",
+            "--out", str(tmp_path / "runs"), "--json-out", str(table)]
+    other = []
+
+    def faked(cfg):
+        if not other:          # the first run of --seeds 0, read the file already: --seeds 1 runs whole meanwhile
+            other.append("started")
+            other.append(ablations.main([*argv, "--seeds", "1"]))
+        return {"test_top1": 50.0 + cfg.seed, "best_test_top1": 50.0 + cfg.seed, "epochs": [{}]}, 0.0, "faked"
+
+    monkeypatch.setattr(ablations, "train_or_resume", faked)
+    assert ablations.main([*argv, "--seeds", "0"]) == 0 and other == ["started", 0]
+    saved = json.loads(table.read_text())
+    labels = sorted(["fp", *saved["runs"]])
+    assert sorted(saved["results"]) == ["0", "1"]
+    assert sorted(saved["results"]["0"]) == labels and sorted(saved["results"]["1"]) == labels
+    assert {row["test_top1"] for row in saved["results"]["1"].values()} == {51.0}

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,59 @@ def test_the_help_names_the_results_file_each_recipe_writes(capsys):
     assert accuracy.parse_args(["--dataset", "digits"]).json_out.endswith("/accuracy-digits-cnn-clipmse-bn50.json")
     paper = accuracy.parse_args(["--dataset", "digits", "--clip-init", "fixed", "--bn-batches", "0"])
     assert paper.json_out.endswith("/accuracy-digits-cnn.json")
+
+
+def test_two_invocations_filling_one_results_file_side_by_side_keep_each_others_rows(tmp_path, monkeypatch):
+    """``--bits 2`` and ``--bits 3`` on one --json-out at once: each read the file after its trainings and wrote it
+    a moment later, so one that wrote between the other's read and write had its rows dropped. The read, merge and
+    write are now one step under the file's lock: the second waits for the first and keeps its rows."""
+    import threading
+
+    accuracy = load_script()
+    fields = sys.modules["result_fields"]
+    monkeypatch.setattr(accuracy, "train_or_resume", lambda cfg: (
+        {"test_top1": 60.0 if cfg.plan.method == "fp" else 40.0 + cfg.plan.wbits, "best_test_top1": 70.0,
+         "epochs": [{}]}, 0.0, "faked"))
+    table = tmp_path / "accuracy.json"
+    argv = ["--fp-epochs", "1", "--epochs", "1", "--seeds", "0", "--methods", "lcq", "--out", str(tmp_path / "runs"),
+            "--json-out", str(table)]
+    other, waiting = [], threading.Event()
+    monkeypatch.setattr(fields, "waiting_for", lambda *_: waiting.set(), raising=False)
+    read = accuracy.carried_rows
+
+    def read_then_other(*a, **k):
+        kept = read(*a, **k)
+        if not other:          # --bits 2 read the file: --bits 3 runs whole now, or waits for its lock
+            thread = threading.Thread(target=lambda: other.append(accuracy.main([*argv, "--bits", "3"])))
+            other.append(thread)
+            thread.start()
+            for _ in range(600):
+                if waiting.wait(0.1) or not thread.is_alive():
+                    break
+            else:
+                raise AssertionError("--bits 3 neither finished nor waited for the lock in 60 s")
+        return kept
+
+    monkeypatch.setattr(accuracy, "carried_rows", read_then_other)
+    assert accuracy.main([*argv, "--bits", "2"]) == 0
+    other[0].join(60)
+    assert not other[0].is_alive() and other[1:] == [0]
+    assert [r["run"] for r in json.loads(table.read_text())["rows"]] == ["fp", "lcq-w2a2", "lcq-w3a3"]
+
+
+def test_a_results_file_held_past_the_deadline_is_an_error_naming_its_holder(tmp_path, monkeypatch, capsys):
+    """The wait for another invocation's write of the results file has a deadline: past it, an error naming the
+    file and the pid that holds it, the file left as it was."""
+    accuracy = load_script()
+    fields = sys.modules["result_fields"]
+    monkeypatch.setattr(fields, "RESULTS_WAIT_S", 0.3)
+    monkeypatch.setattr(accuracy, "train_or_resume", lambda cfg: (
+        {"test_top1": 60.0, "best_test_top1": 70.0, "epochs": [{}]}, 0.0, "faked"))
+    table = tmp_path / "accuracy.json"
+    with fields.results_lock(str(table)):           # (as another invocation holds it: a flock of another open file)
+        assert accuracy.main(["--fp-epochs", "1", "--epochs", "1", "--seeds", "0", "--bits", "2", "--out",
+                              str(tmp_path / "runs"), "--json-out", str(table)]) == 2
+    err = capsys.readouterr().err
+    assert f"waiting for pid {os.getpid()} to finish writing {table}" in err
+    assert f"accuracy.py: error: results file {table} is held by pid {os.getpid()} for over 0.3 s" in err
+    assert not table.exists() and (tmp_path / ".accuracy.json.lock").is_file()
