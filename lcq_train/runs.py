@@ -4,6 +4,8 @@
 (:data:`RECIPE_KEYS` of its :class:`~lcq_train.train.TrainConfig`) and trains one that was not;
 :func:`saved_metrics` refuses a directory that holds a run of another recipe, so that a script can
 check every directory before it spends any training time; :func:`training_pool` runs several side by side.
+A run's metrics.json is taken as ``lcq train --resume`` takes it (:func:`saved_history`): missing, damaged or
+behind its checkpoint, it is rebuilt from the checkpoint, and refused only where there is none.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .metrics import read_metrics
+from .metrics import MetricsError, read_metrics
 from .stop_signals import stop_signals
 from .train import TrainConfig, train
 
@@ -32,18 +34,47 @@ RECIPE_KEYS = ("model", "dataset", "plan", "epochs", "batch_size", "lr", "q_lr",
                "warmup_epochs", "augment", "seed", "clip_init", "bn_batches")
 
 
+def saved_history(out: str | Path, epochs: int) -> tuple[dict | None, str | None]:
+    """The history of the run saved in ``out`` (None: none was started there), as ``lcq train --resume`` takes it,
+    and why its metrics.json must be rebuilt from its checkpoint.pt (None: it need not): its metrics.json's, or its
+    checkpoint's where that file is missing, damaged (cut short, edited) or behind it short of ``epochs`` epochs (a
+    run killed between writing the two). MetricsError (a ValueError naming the file and the fix) for a damaged
+    metrics.json with no checkpoint to rebuild it from; the checkpoint's CheckpointError where that is damaged."""
+    out = Path(out)
+    path, ckpt = out / "metrics.json", out / "checkpoint.pt"
+    metrics, why = None, "missing"
+    if path.is_file():
+        try:
+            metrics = read_metrics(path)
+        except MetricsError:
+            if not ckpt.is_file():
+                raise
+            why = "damaged"
+        else:
+            if len(metrics["epochs"]) >= epochs or not ckpt.is_file():
+                return metrics, None
+            why = "behind its checkpoint"
+    elif not ckpt.is_file():
+        return None, None
+    saved = load_checkpoint(ckpt)["metrics"]
+    if metrics is not None and len(saved["epochs"]) <= len(metrics["epochs"]):
+        return metrics, None                    # (a run under way, as far as its checkpoint)
+    return saved, why
+
+
 def saved_metrics(cfg: TrainConfig) -> dict | None:
-    """Metrics of the run saved in ``cfg.out`` (None: none was started there); ValueError naming the
-    settings that differ if that run used another recipe, or the file if its config is not one."""
+    """Metrics of the run saved in ``cfg.out`` (None: none was started there; :func:`saved_history`); ValueError
+    naming the settings that differ if that run used another recipe, or the file if its config is not one."""
+    return _saved(cfg)[0]
+
+
+def _saved(cfg: TrainConfig) -> tuple[dict | None, str | None]:
+    """:func:`saved_metrics`, and why its metrics.json must be rebuilt (:func:`saved_history`)."""
     out = Path(cfg.out)
-    if (out / "metrics.json").is_file():
-        source = out / "metrics.json"
-        metrics = read_metrics(source)
-    elif (out / "checkpoint.pt").is_file():
-        source = out / "checkpoint.pt"
-        metrics = load_checkpoint(source)["metrics"]
-    else:
-        return None
+    metrics, why = saved_history(out, cfg.epochs)
+    if metrics is None:
+        return None, None
+    source = out / ("checkpoint.pt" if why else "metrics.json")
     try:
         saved = TrainConfig.from_dict(metrics["config"]).to_dict()     # checked, and in today's form
     except (ValueError, TypeError) as e:
@@ -55,25 +86,26 @@ def saved_metrics(cfg: TrainConfig) -> dict | None:
         raise ValueError(f"{out} holds a run with other settings ({', '.join(differ)}: "
                          f"{[saved.get(k) for k in differ]} there, {[wanted[k] for k in differ]} asked); "
                          "choose another --out or delete it")
-    return metrics
+    return metrics, why
 
 
 def train_or_resume(cfg: TrainConfig) -> tuple[dict, float, str]:
     """Train, resume or skip the run of ``cfg``: (its metrics, seconds spent now, a note on what was done).
-    A finished run whose metrics.json is missing or behind its checkpoint (killed between writing the two) is
-    resumed, which rewrites it from the checkpoint and trains nothing."""
-    metrics = saved_metrics(cfg)
+    A finished run whose metrics.json is missing, damaged or behind its checkpoint (killed between writing the
+    two) is resumed, which rewrites it from the checkpoint and trains nothing; the note says so."""
+    metrics, why = _saved(cfg)
     out = Path(cfg.out)
-    if metrics is not None and len(metrics["epochs"]) >= cfg.epochs and (out / "metrics.json").is_file():
+    if metrics is not None and len(metrics["epochs"]) >= cfg.epochs and why is None:
         return metrics, 0.0, "done earlier, skipped"
+    rebuilt = f"; its metrics.json was {why}: rebuilt from its checkpoint" if why else ""
     cfg.resume = (out / "checkpoint.pt").is_file()
     done = load_checkpoint(out / "checkpoint.pt")["epoch"] if cfg.resume else 0
     t0 = time.perf_counter()
     metrics = train(cfg)
     seconds = time.perf_counter() - t0
     if done >= cfg.epochs:          # (0 s: no epoch's time, which ablations.py's estimate counts)
-        return metrics, 0.0, "done earlier, skipped (its metrics.json rewritten from its checkpoint)"
-    return metrics, seconds, f"{f'resumed after epoch {done}' if done else 'trained'} in {seconds:.1f} s"
+        return metrics, 0.0, "done earlier, skipped" + rebuilt
+    return metrics, seconds, f"{f'resumed after epoch {done}' if done else 'trained'} in {seconds:.1f} s{rebuilt}"
 
 
 PR_SET_PDEATHSIG = 1      # Linux prctl: the signal a process gets when the thread that started it ends

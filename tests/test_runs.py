@@ -184,3 +184,29 @@ def test_a_finished_run_killed_before_its_metrics_json_gets_it_and_is_not_said_r
     metrics, seconds, note = train_or_resume(TrainConfig(**cfg))
     assert note.startswith("done earlier") and seconds == 0.0 and metrics["epochs"] == saved["epochs"]
     assert json.loads(history.read_text()) == load_checkpoint(tmp_path / "run" / "checkpoint.pt")["metrics"]
+
+
+def test_a_damaged_metrics_json_is_rebuilt_from_the_checkpoint_as_lcq_train_resume_does(tmp_path):
+    """A run's metrics.json cut short (empty) stopped a benchmark ("restore it or delete it") while lcq train
+    --resume rebuilds it from the checkpoint; the benchmarks now do as lcq train --resume does, saying so in their
+    line of the run, and refuse the file only where there is no checkpoint to rebuild it from."""
+    import json
+
+    from lcq_train.checkpoint import load_checkpoint
+    from lcq_train.runs import saved_metrics, train_or_resume
+    from lcq_train.train import TrainConfig, train
+
+    cfg = dict(model="cnn", dataset="digits", epochs=1, batch_size=256, bn_batches=0, progress=False,
+               out=str(tmp_path / "run"))
+    train(TrainConfig(**cfg))
+    history, checkpoint = tmp_path / "run" / "metrics.json", tmp_path / "run" / "checkpoint.pt"
+    history.write_text("")
+    assert saved_metrics(TrainConfig(**cfg)) == load_checkpoint(checkpoint)["metrics"]
+    metrics, seconds, note = train_or_resume(TrainConfig(**cfg))
+    assert note == "done earlier, skipped; its metrics.json was damaged: rebuilt from its checkpoint" and seconds == 0
+    assert json.loads(history.read_text()) == load_checkpoint(checkpoint)["metrics"] == metrics
+    assert train_or_resume(TrainConfig(**cfg))[2] == "done earlier, skipped"
+    history.write_text("")
+    checkpoint.unlink()                                 # nothing to rebuild it from: refused, naming the file
+    with pytest.raises(ValueError, match=rf"^{history}: .*restore it or delete it"):
+        saved_metrics(TrainConfig(**cfg))
