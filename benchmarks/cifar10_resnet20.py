@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:
 
 from lcq_train.arguments import given_options, output_file  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
-from lcq_train.metrics import read_metrics  # noqa: E402
+from lcq_train.runs import rebuild_metrics, saved_history  # noqa: E402
 from lcq_train.stop_signals import signals_held, stop_signals  # noqa: E402
 from lcq_train.train import PAPER_RECIPE, SEED, TrainConfig  # noqa: E402
 
@@ -225,17 +225,29 @@ def run_specs(args: argparse.Namespace) -> list[dict]:
 
 
 def finished_metrics(spec: dict) -> dict | None:
-    """The metrics of a finished run of the same settings in the spec's directory, else None."""
-    metrics = saved_metrics(spec)
-    return metrics if metrics is not None and len(metrics.get("epochs", [])) >= spec["epochs"] else None
+    """The metrics of a finished run of the same settings in the spec's directory, else None. A finished run whose
+    metrics.json is missing, damaged or behind its checkpoint (killed between writing the two) is one: the file is
+    rebuilt from the checkpoint, as lcq train --resume would (which then refuses to train it, exit 2), and said."""
+    metrics, why = _saved(spec)
+    if metrics is None or len(metrics.get("epochs", [])) < spec["epochs"]:
+        return None
+    if why:
+        metrics = rebuild_metrics(spec["out"])
+        print(f"  {spec['run']}: its metrics.json was {why}: rebuilt from its checkpoint", flush=True)
+    return metrics
 
 
 def saved_metrics(spec: dict) -> dict | None:
-    """The metrics of a run of the same settings in the spec's directory, finished or not, else None."""
-    path = Path(spec["out"]) / "metrics.json"
-    if not path.is_file():
-        return None
-    metrics = read_metrics(path)
+    """The metrics of a run of the same settings in the spec's directory, finished or not, else None (a
+    metrics.json missing, damaged or behind: the checkpoint's, :func:`lcq_train.runs.saved_history`)."""
+    return _saved(spec)[0]
+
+
+def _saved(spec: dict) -> tuple[dict | None, str | None]:
+    """:func:`saved_metrics`, and why its metrics.json must be rebuilt from its checkpoint (None: it need not)."""
+    metrics, why = saved_history(spec["out"], spec["epochs"])
+    if metrics is None:
+        return None, None
     cfg = metrics["config"]
     plan = cfg.get("plan", {})
     cfg = {**PAPER_RECIPE, **cfg}                         # (a run from before these settings: the paper's values)
@@ -243,7 +255,7 @@ def saved_metrics(spec: dict) -> dict | None:
         and all(cfg.get(k) == spec[k] for k in ("epochs", "seed", "batch_size", "clip_init", "bn_batches")) \
         and os.path.abspath(cfg.get("data_dir") or "") == os.path.abspath(spec["data_dir"] or "") \
         and (spec["method"] == "fp" or (plan.get("wbits"), plan.get("abits")) == (spec["wbits"], spec["abits"]))
-    return metrics if same and metrics.get("epochs") else None
+    return (metrics, why) if same and metrics.get("epochs") else (None, None)
 
 
 def start(spec: dict, args: argparse.Namespace) -> subprocess.Popen:

@@ -25,7 +25,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
+from .atomic import save_json
 from .metrics import MetricsError, read_metrics
+from .run_lock import run_lock
 from .stop_signals import stop_signals
 from .train import TrainConfig, train
 
@@ -60,6 +62,16 @@ def saved_history(out: str | Path, epochs: int) -> tuple[dict | None, str | None
     if metrics is not None and len(saved["epochs"]) <= len(metrics["epochs"]):
         return metrics, None                    # (a run under way, as far as its checkpoint)
     return saved, why
+
+
+def rebuild_metrics(out: str | Path) -> dict:
+    """Rewrite the metrics.json of the run in ``out`` from its checkpoint, as ``lcq train --resume`` does, holding
+    the run's lock (FileExistsError where a training holds it); the history written."""
+    out = Path(out)
+    with run_lock(out):
+        metrics = load_checkpoint(out / "checkpoint.pt")["metrics"]
+        save_json(metrics, out / "metrics.json")
+    return metrics
 
 
 def saved_metrics(cfg: TrainConfig) -> dict | None:

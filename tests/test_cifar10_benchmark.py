@@ -1,6 +1,7 @@
 """benchmarks/cifar10_resnet20.py --tiny: the GPU benchmark's whole pipeline on CPU, on a slice of CIFAR-10."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from helpers import running
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "cifar10_resnet20.py"
-DATA = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
+# (LCQ_TEST_CIFAR10: another copy, as a worktree outside the checkout beside shared/ needs)
+DATA = Path(os.environ.get("LCQ_TEST_CIFAR10") or REPO.parent / "shared" / "datasets" / "cifar10-jpeg")
 PAPER = ("--clip-init", "fixed", "--bn-batches", "0")        # the paper's recipe: run names without a suffix
 
 
@@ -52,6 +54,7 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     metrics["epochs"] = metrics["epochs"][:1]                            # as the trainer writes it after epoch 1
     metrics["test_top1"] = metrics["best_test_top1"] = metrics["epochs"][0]["test_top1"]
     metrics_path.write_text(json.dumps(metrics))
+    (out / "lcq-w3a3" / "checkpoint.pt").unlink()     # (its 2-epoch one would be taken: metrics.json behind it)
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--report", *PAPER, "--data-dir", str(DATA), "--out",
                            str(out), "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]       # not complete
@@ -72,6 +75,31 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
     metrics = json.loads((out / "lcq-w3a3-clipmse-bn2" / "metrics.json").read_text())
     assert metrics["config"]["clip_init"] == "mse" and "test_top1_before_bn" in metrics["epochs"][-1]
 
+
+
+@pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
+def test_a_finished_run_killed_before_its_metrics_json_is_reused_not_failed(tmp_path):
+    """A run killed after its last checkpoint but before its metrics.json was started again with lcq train --resume,
+    which rebuilt the file, then said "already finished ... nothing to train" (exit 2): the run was recorded FAILED
+    and the result incomplete. A finished checkpoint is now taken as the run done: its metrics.json (missing, or
+    damaged) rebuilt from it, said in one line, and the run reused without starting lcq train."""
+    out, result = tmp_path / "runs", tmp_path / "result.json"
+    argv = [sys.executable, str(SCRIPT), "--tiny", "--methods", "lcq", *PAPER, "--data-dir", str(DATA), "--out",
+            str(out), "--json-out", str(result)]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    trained = {name: json.loads((out / name / "metrics.json").read_text()) for name in ("fp", "lcq-w3a3")}
+    (out / "lcq-w3a3" / "metrics.json").unlink()               # killed between its last checkpoint and metrics.json
+    (out / "fp" / "metrics.json").write_text("")              # cut short
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "  fp: its metrics.json was damaged: rebuilt from its checkpoint" in proc.stdout
+    assert "  lcq-w3a3: its metrics.json was missing: rebuilt from its checkpoint" in proc.stdout
+    assert proc.stdout.count("done earlier, reused") == 2 and "FAILED" not in proc.stdout
+    assert json.loads(result.read_text())["complete"] is True
+    for name, metrics in trained.items():
+        assert json.loads((out / name / "metrics.json").read_text()) == metrics
+        assert "--resume" not in (out / f"{name}.log").read_text()          # no lcq train started again
 
 DRIVER = """
 import argparse, importlib.util, os, subprocess, sys, time
@@ -95,7 +123,6 @@ bench.run_all([{"run": "fp", "out": os.path.join(sys.argv[2], "fp"), "epochs": 1
 def test_a_stop_signal_stops_the_runs_under_way(tmp_path, sig):
     """SIGTERM or SIGHUP to the benchmark alone: its `lcq train` children are stopped with it (with the signals'
     default action they went on running with PPID 1)."""
-    import os
     import signal
     import time
 
