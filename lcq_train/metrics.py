@@ -76,10 +76,17 @@ def read_metrics(path: str | Path) -> dict:
         metrics = parse_json(path.read_text())
     except ValueError as e:                                          # (a UnicodeDecodeError is one too)
         why = f"it is not JSON ({e})" if isinstance(e, UnicodeDecodeError) else e
-        raise MetricsError(f"{path}: {why}; it is not a metrics.json that lcq train wrote: restore it or delete it "
-                           "(the run's checkpoint.pt holds the same history)") from None
+        raise MetricsError(f"{path}: {why}; {_not_written(path)}") from None
     problem = metrics_problem(metrics)
     if problem:
-        raise MetricsError(f"{path} {problem}; it is not a metrics.json that lcq train wrote: restore it or delete "
-                           "it (the run's checkpoint.pt holds the same history)")
+        raise MetricsError(f"{path} {problem}; {_not_written(path)}")
     return metrics
+
+
+def _not_written(path: Path) -> str:
+    """What to do with a metrics.json that lcq train did not write, where its run's checkpoint is or is not."""
+    if (path.parent / "checkpoint.pt").is_file():
+        return ("it is not a metrics.json that lcq train wrote: restore it or delete it (the run's checkpoint.pt "
+                "holds the same history)")
+    return ("it is not a metrics.json that lcq train wrote, and no checkpoint.pt beside it holds the history: "
+            "restore it, or delete the run and train it again")

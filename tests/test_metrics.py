@@ -62,7 +62,12 @@ def test_read_metrics_names_the_file_and_the_fix(tmp_path):
     assert read_metrics(path) == history()
     path.write_text(json.dumps(history(**{"epochs.0.test_top1": -1})))
     with pytest.raises(MetricsError, match=r"metrics.json epoch 1's 'test_top1' is -1, not a percentage; it is not a "
-                                           r"metrics.json that lcq train wrote: restore it or delete it"):
+                                           r"metrics.json that lcq train wrote, and no checkpoint.pt beside it holds "
+                                           r"the history: restore it, or delete the run and train it again$"):
+        read_metrics(path)
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(MetricsError, match=r"metrics.json that lcq train wrote: restore it or delete it \(the run's "
+                                           r"checkpoint.pt holds the same history\)$"):
         read_metrics(path)
     path.write_bytes(b'{"epochs": [')
     with pytest.raises(MetricsError, match="metrics.json: it is not JSON"):

@@ -208,5 +208,6 @@ def test_a_damaged_metrics_json_is_rebuilt_from_the_checkpoint_as_lcq_train_resu
     assert train_or_resume(TrainConfig(**cfg))[2] == "done earlier, skipped"
     history.write_text("")
     checkpoint.unlink()                                 # nothing to rebuild it from: refused, naming the file
-    with pytest.raises(ValueError, match=rf"^{history}: .*restore it or delete it"):
+    with pytest.raises(ValueError, match=rf"^{history}: .*no checkpoint.pt beside it holds the history: restore it, "
+                                         "or delete the run and train it again"):
         saved_metrics(TrainConfig(**cfg))
