@@ -186,7 +186,8 @@ def plot_quantizers(model, out: Path, figure, files: AtomicFiles) -> list[Path]:
 
 
 def plot_curves(metrics: dict, out: Path, figure, files: AtomicFiles) -> Path | None:
-    """``curves.png`` from the per-epoch rows of ``metrics``, written to ``files``; None when it has none."""
+    """``curves.png`` from the per-epoch rows of ``metrics``, written to ``files``; None when it has none. The
+    top-1 is the last row's: "final" once the run's ``config.epochs`` are done, else "after epoch N of M"."""
     rows = metrics.get("epochs") or []
     if not rows:
         return None
@@ -198,12 +199,16 @@ def plot_curves(metrics: dict, out: Path, figure, files: AtomicFiles) -> Path | 
         ax_top1.plot(epochs, [r[f"{split}_top1"] for r in rows], style, marker=".", label=split)
     ax_lr.plot(epochs, [r["lr"] for r in rows], marker=".")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_top1.set(xlabel="epoch", ylabel="top-1 (%)",
-                title=f"top-1 (final test {rows[-1]['test_top1']:.2f}%, eval mode)")
+    cfg = metrics.get("config", {})
+    planned, last = cfg.get("epochs"), rows[-1]
+    if isinstance(planned, int) and not isinstance(planned, bool) and last["epoch"] < planned:    # still training
+        top1 = f"test {last['test_top1']:.2f}% after epoch {last['epoch']} of {planned}"
+    else:
+        top1 = f"final test {last['test_top1']:.2f}%"
+    ax_top1.set(xlabel="epoch", ylabel="top-1 (%)", title=f"top-1 ({top1}, eval mode)")
     ax_lr.set(xlabel="epoch", ylabel="weight learning rate", title="learning rate (end of epoch)")
     ax_loss.legend()
     ax_top1.legend()
-    cfg = metrics.get("config", {})
     plan = cfg.get("plan", {})
     bits = "" if plan.get("method") == "fp" else f" W{plan.get('wbits')}/A{plan.get('abits')}"
     fig.suptitle(f"{cfg.get('model')} on {cfg.get('dataset')}, {plan.get('method')}{bits}")

@@ -200,3 +200,39 @@ def test_a_negative_image_count_is_refused_by_argparse_as_every_count_of_every_v
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith("usage: lcq plot ")
     assert err.splitlines()[-1] == "lcq plot: error: argument --images: must be an integer >= 0, not '-1'", err
+
+
+def _figures(monkeypatch):
+    """{PNG name: its matplotlib Figure} of the next plots (the figures as drawn, to read their labels)."""
+    import lcq_train.plot as plot
+
+    figures, real = {}, plot._save_png
+
+    def spy(fig, path, files):
+        figures[Path(path).name] = fig
+        return real(fig, path, files)
+    monkeypatch.setattr(plot, "_save_png", spy)
+    return figures
+
+
+def test_the_curves_of_a_run_still_training_do_not_call_its_last_epoch_final(runs, tmp_path, monkeypatch):
+    """A run read between epochs (epoch 1 of 5 written): the top-1 title names the epoch it has reached, not a
+    'final' top-1; a finished run's says final."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    import json
+    import shutil
+
+    figures = _figures(monkeypatch)
+    assert main(["plot", str(runs[0]), "--out", str(tmp_path / "done")]) == 0
+    top1 = figures["curves.png"].axes[1].get_title()
+    last = json.loads((runs[0] / "metrics.json").read_text())["test_top1"]
+    assert top1 == f"top-1 (final test {last:.2f}%, eval mode)", top1
+
+    run = tmp_path / "live"
+    shutil.copytree(runs[0], run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["config"]["epochs"] = 5                                   # as metrics.json reads after epoch 1 of 5
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["plot", str(run), "--out", str(tmp_path / "live-png")]) == 0
+    top1 = figures["curves.png"].axes[1].get_title()
+    assert top1 == f"top-1 (test {last:.2f}% after epoch 1 of 5, eval mode)", top1
