@@ -28,6 +28,7 @@ from .calibrate import activation_codes
 from .checkpoint import load_checkpoint
 from .factory import model_from_checkpoint
 from .metrics import read_metrics
+from .plan import _image
 from .quant import compander, expand_levels, level_scale
 
 EXTRA_HINT = "pip install -e '.[plot]' (or pip install 'matplotlib>=3.7')"
@@ -143,10 +144,18 @@ def _transfer_panel(ax, c: dict, title: str, xlabel: str, samples=None) -> None:
     ax.legend(loc="upper left", fontsize=7)
 
 
+def _activation_xlabel(q, is_image: bool) -> str:
+    """What an activation quantizer reads: the image, a signed value (no ReLU before it), or a BN + ReLU output."""
+    if is_image:
+        return "x (the input image, pixel / 255)"
+    return "x (signed: no ReLU before it)" if q.signed else "x (after BN + ReLU)"
+
+
 def plot_quantizers(model, out: Path, figure, files: AtomicFiles) -> list[Path]:
     """``quantizer-<layer>.png`` per quantized layer and ``companders.png``, written to ``files``; their paths."""
     written, all_curves = [], []
     seen_acts = set()
+    image = _image(model, model.quant_layers())
     for name, wq, act_name, aq in quantized_layers(model):
         weight = dict(model.named_modules())[name].weight.detach()
         normalized = ((weight - weight.mean()) / weight.std()).flatten().numpy()
@@ -161,7 +170,7 @@ def plot_quantizers(model, out: Path, figure, files: AtomicFiles) -> list[Path]:
             c = quantizer_curves(q)
             desc = f"{what} ({tensor}): {c['method']} {c['bits']}-bit, alpha = {c['alpha']:.3g}"
             _compander_panel(axes[row][0], c, f"compander f, {desc}")
-            xlabel = "x / sigma_w (after LWN)" if what == "weights" else "x (after BN + ReLU)"
+            xlabel = "x / sigma_w (after LWN)" if what == "weights" else _activation_xlabel(q, act_name == image)
             s = len(c["levels"]) - 1
             _transfer_panel(axes[row][1], c, f"quantizer Q: {2 * s + 1 if c['signed'] else s + 1} output levels",
                             xlabel,

@@ -236,3 +236,30 @@ def test_the_curves_of_a_run_still_training_do_not_call_its_last_epoch_final(run
     assert main(["plot", str(run), "--out", str(tmp_path / "live-png")]) == 0
     top1 = figures["curves.png"].axes[1].get_title()
     assert top1 == f"top-1 (test {last:.2f}% after epoch 1 of 5, eval mode)", top1
+
+
+def test_the_x_axis_of_an_activation_quantizer_says_what_it_reads(runs, tmp_path, monkeypatch):
+    """'after BN + ReLU' only where that is so: the first layer's quantizer reads the image (pixel / 255), and a
+    signed activation quantizer (quantize_model: an input that can be negative) reads values without a ReLU."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    from torch import nn
+
+    from lcq_train.atomic import AtomicFiles
+    from lcq_train.plan import quantize_model
+    from lcq_train.plot import _figure_class, plot_quantizers
+
+    figures = _figures(monkeypatch)
+    assert main(["plot", str(runs[1]), "--out", str(tmp_path / "cnn"), "--images", "0"]) == 0
+    xlabels = {name: figures[f"quantizer-{name}.png"].axes[3].get_xlabel() for name in ("conv0", "conv1", "fc")}
+    assert xlabels == {"conv0": "x (the input image, pixel / 255)", "conv1": "x (after BN + ReLU)",
+                       "fc": "x (after BN + ReLU)"}, xlabels
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                        nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4),           # no ReLU: a signed input next
+                        nn.Conv2d(4, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 64, 10))
+    model = quantize_model(net, method="lcq", wbits=3, abits=3).eval()
+    assert model.act_5.signed and not model.act_3.signed
+    with AtomicFiles() as files:
+        plot_quantizers(model, tmp_path, _figure_class(), files)
+    assert figures["quantizer-5.png"].axes[3].get_xlabel() == "x (signed: no ReLU before it)"
+    assert figures["quantizer-3.png"].axes[3].get_xlabel() == "x (after BN + ReLU)"
