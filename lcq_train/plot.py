@@ -6,7 +6,7 @@ Writes PNGs to ``--out`` (default ``RUN_DIR/plots``):
   activation quantizer, from the checkpoint's alpha and theta through the quantizer code of
   :mod:`lcq_train.quant`: the learned compander ``f`` on [0, 1] with the b-bit grid it maps back
   (``f^-1(i / s)``), and the quantizer's transfer function ``Q(x)`` with its output levels (weights in
-  units of sigma_w, LWN, over a histogram of the layer's normalized weights);
+  units of sigma_w, LWN or standardization, over a histogram of the layer's normalized weights);
 - ``companders.png``: every layer's ``f`` for weights and for activations on one picture;
 - ``curves.png``: the training curves of ``metrics.json`` (loss, top-1, learning rate per epoch);
 - ``activation-codes.png``: per activation quantizer, the histogram of its integer codes on a few
@@ -144,6 +144,11 @@ def _transfer_panel(ax, c: dict, title: str, xlabel: str, samples=None) -> None:
     ax.legend(loc="upper left", fontsize=7)
 
 
+def _weight_xlabel(q) -> str:
+    """What a weight quantizer reads: the weights normalized by LWN (rescaled by sigma_w after Q) or standardized."""
+    return "x / sigma_w (after LWN)" if q.weight_norm == "lwn" else "x / sigma_w (standardized, no LWN)"
+
+
 def _activation_xlabel(q, is_image: bool) -> str:
     """What an activation quantizer reads: the image, a signed value (no ReLU before it), or a BN + ReLU output."""
     if is_image:
@@ -170,7 +175,7 @@ def plot_quantizers(model, out: Path, figure, files: AtomicFiles) -> list[Path]:
             c = quantizer_curves(q)
             desc = f"{what} ({tensor}): {c['method']} {c['bits']}-bit, alpha = {c['alpha']:.3g}"
             _compander_panel(axes[row][0], c, f"compander f, {desc}")
-            xlabel = "x / sigma_w (after LWN)" if what == "weights" else _activation_xlabel(q, act_name == image)
+            xlabel = _weight_xlabel(q) if what == "weights" else _activation_xlabel(q, act_name == image)
             s = len(c["levels"]) - 1
             _transfer_panel(axes[row][1], c, f"quantizer Q: {2 * s + 1 if c['signed'] else s + 1} output levels",
                             xlabel,

@@ -263,3 +263,26 @@ def test_the_x_axis_of_an_activation_quantizer_says_what_it_reads(runs, tmp_path
         plot_quantizers(model, tmp_path, _figure_class(), files)
     assert figures["quantizer-5.png"].axes[3].get_xlabel() == "x (signed: no ReLU before it)"
     assert figures["quantizer-3.png"].axes[3].get_xlabel() == "x (after BN + ReLU)"
+
+
+@pytest.mark.parametrize("weight_norm, xlabel", [("lwn", "x / sigma_w (after LWN)"),
+                                                 ("standardize", "x / sigma_w (standardized, no LWN)")])
+def test_the_x_axis_of_a_weight_quantizer_names_its_weight_normalization(tmp_path, monkeypatch, weight_norm, xlabel):
+    """A run with --weight-norm standardize (APoT's, not rescaled by sigma_w; inner layers only) is not labelled
+    LWN."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    from torch import nn
+
+    from lcq_train.atomic import AtomicFiles
+    from lcq_train.plan import quantize_model
+    from lcq_train.plot import _figure_class, plot_quantizers
+
+    figures = _figures(monkeypatch)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 64, 10))
+    model = quantize_model(net, method="lcq", wbits=3, abits=3, weight_norm=weight_norm).eval()
+    with AtomicFiles() as files:
+        plot_quantizers(model, tmp_path, _figure_class(), files)
+    xlabels = {n: figures[f"quantizer-{n}.png"].axes[1].get_xlabel() for n in ("0", "2", "5")}
+    lwn = "x / sigma_w (after LWN)"                                    # (the 8-bit edge layers keep LWN)
+    assert xlabels == {"0": lwn, "2": xlabel, "5": lwn}, xlabels
