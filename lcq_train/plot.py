@@ -177,8 +177,10 @@ def plot_quantizers(model, out: Path, figure, files: AtomicFiles) -> list[Path]:
             _compander_panel(axes[row][0], c, f"compander f, {desc}")
             xlabel = _weight_xlabel(q) if what == "weights" else _activation_xlabel(q, act_name == image)
             s = len(c["levels"]) - 1
-            _transfer_panel(axes[row][1], c, f"quantizer Q: {2 * s + 1 if c['signed'] else s + 1} output levels",
-                            xlabel,
+            codes = 2 * s + 1 if c["signed"] else s + 1
+            levels = len(set(c["levels"].tolist()) | ({-v for v in c["levels"].tolist()} if c["signed"] else set()))
+            shared = f" ({codes} codes)" if levels < codes else ""      # codes that the outer rounding merged
+            _transfer_panel(axes[row][1], c, f"quantizer Q: {levels} output levels{shared}", xlabel,
                             normalized if what == "weights" else None)
             if what == "weights" or act_name not in seen_acts:
                 all_curves.append((f"{tensor}", what, c))

@@ -286,3 +286,31 @@ def test_the_x_axis_of_a_weight_quantizer_names_its_weight_normalization(tmp_pat
     xlabels = {n: figures[f"quantizer-{n}.png"].axes[1].get_xlabel() for n in ("0", "2", "5")}
     lwn = "x / sigma_w (after LWN)"                                    # (the 8-bit edge layers keep LWN)
     assert xlabels == {"0": lwn, "2": xlabel, "5": lwn}, xlabels
+
+
+def test_the_count_of_output_levels_is_of_distinct_levels(tmp_path, monkeypatch):
+    """A steep compander at a narrow outer width rounds several codes to one level (A = [0, 14, 14, 14, 15, ...] at
+    3 bits, b'_a = 4): the title counts the levels Q takes, as drawn, and says how many codes share them."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    from torch import nn
+
+    from lcq_train.atomic import AtomicFiles
+    from lcq_train.plan import quantize_model
+    from lcq_train.plot import _figure_class, plot_quantizers
+
+    figures = _figures(monkeypatch)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(4 * 64, 10))
+    model = quantize_model(net, method="lcq", wbits=3, abits=3, outer_bits=(6, 4),
+                           layer_bits={"0": (8, 8, 8, 8), "5": (8, 8, 8, 8)}).eval()
+    with torch.no_grad():
+        model.act_2.theta[-1] = 12.0                                   # f rises almost wholly in its last interval
+    levels = model.act_2.levels().tolist()
+    assert levels == [0, 14, 14, 14, 15, 15, 15, 15]
+    with AtomicFiles() as files:
+        plot_quantizers(model, tmp_path, _figure_class(), files)
+    axes = figures["quantizer-2.png"].axes
+    assert axes[1].get_title() == "quantizer Q: 7 output levels"         # the weights': 2 s + 1, all distinct
+    assert axes[3].get_title() == "quantizer Q: 3 output levels (8 codes)"
+    drawn = {round(line.get_ydata()[0], 9) for line in axes[3].get_lines()[2:]}
+    assert len(drawn) == 3 and len(set(axes[3].get_lines()[1].get_ydata().tolist())) == 3
