@@ -10,7 +10,8 @@ Writes PNGs to ``--out`` (default ``RUN_DIR/plots``):
 - ``companders.png``: every layer's ``f`` for weights and for activations on one picture;
 - ``curves.png``: the training curves of ``metrics.json`` (loss, top-1, learning rate per epoch);
 - ``activation-codes.png``: per activation quantizer, the histogram of its integer codes on a few
-  batches of training images (``--batches``; needs the run's data set, ``--data-dir``).
+  batches of training images (``--images``; needs the run's data set, ``--data-dir``; none for a run
+  without integer codes, ``--outer-bits 0``, which the log says).
 
 Checkpoints are read with :func:`lcq_train.checkpoint.load_checkpoint` only (no pickle).
 """
@@ -314,4 +315,9 @@ def _draw(state: dict, metrics: dict, run_dir: Path, out: Path, figure, files: A
             pick = torch.randperm(data.train_x.shape[0], generator=generator)[:images]
             images = data.train_x[pick]
             batches = (images[i:i + 256].float() / 255.0 for i in range(0, len(pick), 256))
-            plot_codes(activation_codes(model, batches), out, figure, len(pick), files)
+            counts = activation_codes(model, batches)
+            if counts:
+                plot_codes(counts, out, figure, len(pick), files)
+            else:
+                log("no activation-code histograms: no activation quantizer of the run has integer codes (it was "
+                    "trained with --outer-bits 0)")

@@ -314,3 +314,15 @@ def test_the_count_of_output_levels_is_of_distinct_levels(tmp_path, monkeypatch)
     assert axes[3].get_title() == "quantizer Q: 3 output levels (8 codes)"
     drawn = {round(line.get_ydata()[0], 9) for line in axes[3].get_lines()[2:]}
     assert len(drawn) == 3 and len(set(axes[3].get_lines()[1].get_ydata().tolist())) == 3
+
+
+def test_a_run_without_outer_widths_says_why_it_has_no_code_histograms(runs, tmp_path, capsys):
+    """--outer-bits 0: no quantizer has integer codes, so no activation-codes.png, and the run says so."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    run = _train(tmp_path / "run", QuantPlan("lcq", 3, 3, outer_bits=None), init=str(runs[0] / "checkpoint.pt"))
+    capsys.readouterr()
+    assert main(["plot", str(run), "--out", str(tmp_path / "png"), "--images", "16"]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "png" / "activation-codes.png").exists()
+    assert "no activation-code histograms: no activation quantizer of the run has integer codes (it was trained " \
+        "with --outer-bits 0)" in out, out
