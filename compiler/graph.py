@@ -479,7 +479,8 @@ class ConvNode:
 
     @property
     def macs(self) -> int:
-        """Multiply-accumulates per image."""
+        """Multiply-accumulates per image of this dense, square layer: a grouped or depthwise conv, compiled as
+        the dense conv with zero blocks, counts ``groups`` times its own MACs, and a kh x kw kernel the square's."""
         c, h, w = self.out_shape
         return c * h * w * self.reduction
 

@@ -1,6 +1,8 @@
 """Per-layer size report of a compiled model (the paper's Tables S1 and 7).
 
-Weight bytes are the packed codes (``ceil(C_out * C_in * k * k * wbits / 8)``);
+Weight bytes are the packed codes (``ceil(C_out * C_in * k * k * wbits / 8)``) and MACs those
+of the layer as compiled (:attr:`ConvNode.macs`: a grouped or depthwise conv is the dense conv
+with zero blocks, a kh x kw kernel the square one, as the file stores them);
 a LUT layer stores ``m = s_w * s_a`` entries of ``b'_w + b'_a`` bits each (an
 entry is the product of an outer weight level, ``b'_w`` bits with its sign,
 and an outer activation level, ``b'_a`` bits), ``ceil(m * (b'_w + b'_a) / 8)``
