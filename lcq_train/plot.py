@@ -131,7 +131,11 @@ def _transfer_panel(ax, c: dict, title: str, xlabel: str, samples=None) -> None:
     if samples is not None:
         twin = ax.twinx()
         lo, hi = c["x"][0], c["x"][-1]
-        twin.hist(samples.clip(lo, hi), bins=120, range=(lo, hi), color="0.85")
+        twin.hist(samples, bins=120, range=(lo, hi), color="0.85")      # (samples beyond the axis: not drawn)
+        beyond = float(((samples < lo) | (samples > hi)).mean()) if len(samples) else 0.0
+        if beyond:
+            ax.text(0.98, 0.02, f"{100 * beyond:.1f}% of x beyond the axis", transform=ax.transAxes, ha="right",
+                    fontsize=7, color="0.4")
         twin.set_yticks([])
         ax.set_zorder(twin.get_zorder() + 1)
         ax.patch.set_visible(False)

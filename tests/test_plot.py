@@ -326,3 +326,36 @@ def test_a_run_without_outer_widths_says_why_it_has_no_code_histograms(runs, tmp
     assert not (tmp_path / "png" / "activation-codes.png").exists()
     assert "no activation-code histograms: no activation quantizer of the run has integer codes (it was trained " \
         "with --outer-bits 0)" in out, out
+
+
+def test_weights_beyond_the_axis_are_counted_not_piled_at_its_edges(tmp_path, monkeypatch):
+    """The weight histogram behind Q spans the axis (about +-1.25 alpha): weights beyond it were clipped onto its
+    edge bins, spikes that read as mass there; they are left out and their share is written on the panel."""
+    pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
+    from torch import nn
+
+    from lcq_train.atomic import AtomicFiles
+    from lcq_train.plan import quantize_model
+    from lcq_train.plot import _figure_class, plot_quantizers
+
+    figures = _figures(monkeypatch)
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(8 * 64, 10))
+    model = quantize_model(net, method="lcq", wbits=3, abits=3).eval()
+    from lcq_train.plot import quantized_layers, quantizer_curves
+
+    wq = {name: wq for name, wq, _, _ in quantized_layers(model)}["2"]
+    with torch.no_grad():
+        wq.alpha.fill_(0.4)                                              # most weights beyond +-1.25 alpha
+    weight = dict(model.named_modules())["2"].weight.detach()
+    normalized = ((weight - weight.mean()) / weight.std()).flatten()
+    with AtomicFiles() as files:
+        plot_quantizers(model, tmp_path, _figure_class(), files)
+    panel, histogram = figures["quantizer-2.png"].axes[1], figures["quantizer-2.png"].axes[-1]
+    x = quantizer_curves(wq)["x"]
+    lo, hi = x[0], x[-1]
+    heights = [bar.get_height() for bar in histogram.patches]
+    inside = int(((normalized >= lo) & (normalized <= hi)).sum())
+    assert sum(heights) == inside < len(normalized) and max(heights[0], heights[-1]) < max(heights)
+    share = 100 * (len(normalized) - inside) / len(normalized)
+    assert [t.get_text() for t in panel.texts] == [f"{share:.1f}% of x beyond the axis"]
