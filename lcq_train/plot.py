@@ -66,6 +66,8 @@ def load_run(run_dir: str | Path) -> tuple[dict, dict]:
     (or of a checkpoint file)."""
     run_dir = Path(run_dir)
     ckpt = run_dir if run_dir.is_file() else run_dir / "checkpoint.pt"
+    if not run_dir.exists():
+        raise FileNotFoundError(f"no run {run_dir}: pass the --out directory of an `lcq train` run")
     if not ckpt.is_file():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: pass the --out directory of an `lcq train` run")
     state = load_checkpoint(ckpt)

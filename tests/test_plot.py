@@ -87,6 +87,9 @@ def test_plot_of_a_directory_without_a_run(tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="matplotlib (the plot extra: pip install -e '.[plot]') is not installed")
     assert main(["plot", str(tmp_path)]) == 2
     assert "holds no checkpoint.pt" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path / "nosuch")]) == 2              # a mistyped name: not "holds no checkpoint"
+    assert capsys.readouterr().err == f"lcq plot: error: no run {tmp_path / 'nosuch'}: pass the --out directory of " \
+                                      "an `lcq train` run; no PNG written, any previous ones are left as they were\n"
 
 
 @pytest.mark.parametrize("under", [False, True])
