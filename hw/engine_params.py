@@ -18,7 +18,7 @@ import numpy as np
 from compiler.graph import AddNode, CompiledModel, ConvNode, Requantize, Thresholds
 
 from .memories import memory_bits
-from .pe_words import LEVEL_BITS, PRODUCT_BITS, product_width
+from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, product_width
 from .residency import check_residency
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_word_bits, threshold_bits,
                           threshold_word_bits)
@@ -441,6 +441,8 @@ class EngineParams:
         convs = model.convs
         if not convs:
             raise ValueError("the model has no convolution or linear layer to run")
+        for node in convs:
+            check_outer_widths(node)
         weights_total = sum if resident != "none" else max
         total = sum if resident == "all" else max
         thresholds = [n.stage for n in convs if isinstance(n.stage, Thresholds)]
@@ -481,6 +483,18 @@ class EngineParams:
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=max(1, total(x["table"] for x in need)), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
+
+
+def check_outer_widths(node: ConvNode) -> None:
+    """ValueError naming layer ``node`` and the fix where its outer widths b'_w / b'_a exceed the PEs' 8 bits
+    (levels up to :data:`~hw.pe_words.W_MAX` and :data:`~hw.pe_words.A_MAX`), a multiplying layer's as a LUT
+    layer's: the PEs take its levels (or their products) as they are."""
+    ow, oa = node.outer_wbits, node.outer_abits
+    if max(ow, oa) > LEVEL_BITS:
+        raise ValueError(f"layer {node.name!r} has outer widths b'_w/b'_a = {ow}/{oa}: the PEs take outer widths of "
+                         f"2..{LEVEL_BITS} bits (levels up to {W_MAX} and {A_MAX}); train it with outer widths of "
+                         f"{LEVEL_BITS} or narrower (--layer-bits {node.name}={node.wbits}/{node.abits}:"
+                         f"{min(ow, LEVEL_BITS)}/{min(oa, LEVEL_BITS)}, or --outer-bits {LEVEL_BITS} for every layer)")
 
 
 def check_multiply_cols(multiply_cols, cols: int, multiply: bool = True) -> None:

@@ -1096,3 +1096,34 @@ def test_a_model_file_of_huge_images_is_refused_when_read(tmp_path):
     with pytest.raises(fmt.ModelFormatError, match=r"'source\.dataset' = 'digits', whose images are \[1, 8, 8\], "
                                                    r"but the input node takes \[1, 16384, 16384\]"):
         fmt.load(_digits_scaled(tmp_path, 2048, source))
+
+
+@pytest.mark.parametrize("layer_bits, layer, widths", [
+    ({"conv0": (8, 8, 10, 10)}, "conv0", "10/10"),            # a multiplying (8-bit edge) layer
+    ({"fc": (8, 8, 9, 8)}, "fc", "9/8"),
+    ({"conv1": (3, 3, 8, 12)}, "conv1", "8/12"),              # a LUT layer
+])
+def test_outer_widths_past_the_pes_are_refused_naming_the_layer(tmp_path, capsys, monkeypatch, small_cnn,
+                                                                layer_bits, layer, widths):
+    """A layer trained with outer widths above 8 bits (``--layer-bits NAME=8/8:10/10``) has levels the PEs (127,
+    255) cannot take. An 8-bit edge layer's was written out as a core by ``lcq generate``, and ``lcq sim`` built
+    it and failed in the testbench with a traceback that said to generate the engine for the model; a LUT layer's
+    was refused without the layer's name, saying to train with --outer-bits 8 (the run had). Each verb now
+    refuses it before building, naming the layer, its widths and the option that fixes it."""
+    import sim.cli
+    from compiler.format import save
+    from compiler.lower import compile_model
+    from lcq_train.plan import QuantPlan
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    path = tmp_path / "wide.lcq"
+    save(compile_model(small_cnn((1, 8, 8), QuantPlan("lcq", 3, 3, layer_bits=layer_bits), seed=1), (1, 8, 8)), path)
+    for argv in (["generate", str(path), "-o", str(tmp_path / "core.v")],
+                 ["generate", str(path), "--mode", "layers", "-o", str(tmp_path / "engine.v")],
+                 ["sim", str(path), "--random", "--build-dir", str(tmp_path / "build")],
+                 ["sim", str(path), "--mode", "layers", "--random", "--build-dir", str(tmp_path / "build")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"layer {layer!r} has outer widths b'_w/b'_a = {widths}" in err, err
+        assert "2..8 bits" in err and f"--layer-bits {layer}=" in err and ":8/8" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wide.lcq"]
