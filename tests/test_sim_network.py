@@ -6,7 +6,8 @@ integer reference.
   back-pressure; a corrupted expectation is reported as a mismatch.
 - A VGG with max pooling (random parameters) on both simulators.
 - A small pre-activation ResNet with random parameters (identity and strided shortcuts,
-  residual additions, pooling) on an (3, 8, 8) input.
+  residual additions, pooling) on an (3, 8, 8) input; the same with mixed per-layer bits and
+  outer widths (``--layer-bits``).
 - ``lcq sim MODEL --json`` (network mode is the default) has the network keys.
 - The trained CIFAR-10 ResNet-20 (W3/A3), two images on an 8 x 8 array: a ``slow`` test.
 
@@ -209,6 +210,40 @@ def test_random_resnet_with_shortcuts_and_pooling(write_pairs, multiply_cols, tm
             overheads.add(s.cycles - network_layer_cycles(params.engine, node, band_rows(params.engine, node),
                                                           latency))
     assert len(overheads) == 1, overheads
+
+
+def test_mixed_precision_resnet_on_the_network_core(tmp_path):
+    """Per-layer bits and outer widths (``--layer-bits NAME=W/A:BW/BA``) on a random pre-activation ResNet-8: the
+    8-bit edge layers at 8/8, the inner layers at 3/3 with outer widths 6/6, 2-bit (ternary) weights reading 8-bit
+    activations after the 8-bit stem, a 4/4 block whose strided shortcut (2/4, outer 2/8) and second conv (3/3,
+    outer 3/3) add tensors of other scales, a 2/2 layer at outer widths 2/2. Every tensor and the logits exact on
+    Verilator, as for the uniform models."""
+    require_simulators("verilator")
+    import torch
+    from helpers import randomize
+
+    from compiler.format import save
+    from compiler.lower import compile_model
+    from lcq_train.models.resnet import PreActResNet
+    from lcq_train.plan import QuantPlan, apply_plan
+
+    edge = (8, 8, 8, 8)
+    bits = {"conv1": edge, "fc": edge, "blocks.0.conv1": (2, 8, 2, 8), "blocks.1.conv1": (4, 4, 8, 8),
+            "blocks.1.shortcut": (2, 4, 2, 8), "blocks.1.conv2": (3, 3, 3, 3), "blocks.2.conv2": (2, 2, 2, 2)}
+    torch.manual_seed(0)
+    net = randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 3, outer_bits=(6, 6), layer_bits=bits)),
+                    seed=6)
+    model = compile_model(net, (3, 8, 8))
+    got = {c.name: (c.wbits, c.abits, c.outer_wbits, c.outer_abits) for c in model.convs}
+    assert got == {**{c.name: (3, 3, 6, 6) for c in model.convs}, **bits}
+    path = tmp_path / "resnet8-mixed.lcq"
+    save(model, path)
+    x = np.random.default_rng(6).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    params, report = run_network("verilator", path, load(path), 3, 4, x, tmp_path / "run", stall=0.1,
+                                 backpressure=0.3, seed=6)
+    assert params.vector.act_code_bits == 8 and params.engine.wbits == 4    # sized for the widest layer
+    assert_exact(model, params, report, len(x))
+    assert (report.logits == reference.run(model, x)[model.logits].reshape(len(x), -1)).all()
 
 
 def test_sim_cli_network_json(capsys):
