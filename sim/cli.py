@@ -53,7 +53,7 @@ from .board_pty import add_parsers as board_sim_parsers
 from .engine_run import engine_build, simulate_model
 from .network_run import network_build, simulate_network
 from .netlist import FAMILIES, NetlistError
-from .runner import DEFAULT_TIMEOUT_S, SimulationFailed, deadline, unavailable_reason
+from .runner import DEFAULT_TIMEOUT_S, SimulationFailed, check_build_dir, deadline, unavailable_reason
 
 
 class StallProbability(FloatRange):
@@ -211,6 +211,7 @@ def cmd_sim(args) -> int:
         "-xinit" if x_init else "")
     build_dir = Path(args.build_dir or
                      f"build/sim/{Path(args.model).stem}{kind}-{rows}x{cols}{where}-{args.simulator}")
+    check_build_dir(args.simulator, build_dir)
     try:
         build_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -402,6 +402,14 @@ class Build:
         self.sim, self.runner, self.toplevel, self.build_dir = sim, runner, toplevel, build_dir
 
 
+def check_build_dir(sim: str, build_dir) -> None:
+    """ValueError naming ``build_dir`` where ``sim`` cannot build in it: Verilator's make takes a ':' in a path for
+    a rule's separator ("multiple target patterns")."""
+    if sim == "verilator" and ":" in str(Path(build_dir).resolve()):
+        raise ValueError(f"make cannot build in {build_dir}: its path has a ':' (a rule's separator to make), so a "
+                         f"Verilator build there fails; give a build directory without one (--build-dir DIR)")
+
+
 def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict | None = None,
           build_args: list[str] | None = None, defines: dict | None = None, timeout: float | None = None) -> Build:
     """Compile ``verilog_files`` (top module ``toplevel``) for ``sim`` in ``build_dir`` (log: ``build.log``).
@@ -421,6 +429,7 @@ def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict
     behind, and the next build first removes what it may have left half-written (:func:`remove_build_outputs`),
     which make would otherwise take as up to date.
     """
+    check_build_dir(sim, build_dir)
     reason = unavailable_reason(sim)
     if reason is not None:
         raise RuntimeError(f"{sim} unavailable: {reason}")

@@ -677,6 +677,22 @@ def test_sim_refuses_a_build_dir_it_cannot_make(tmp_path, capsys, monkeypatch, u
     assert f"cannot make the simulation build directory {build_dir}" in err and "--build-dir DIR" in err
 
 
+def test_a_verilator_build_dir_with_a_colon_is_refused_naming_it(tmp_path, capsys, monkeypatch):
+    """make cannot build in a directory whose path has a ':' (a model file ``w3:a3.lcq`` gives the default build
+    directory one): Verilator's build failed with make's "multiple target patterns" in the log's tail. It is now an
+    error naming the directory and --build-dir, before anything is built; Icarus (no make) builds there."""
+    import sim.cli
+    from sim import runner
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    build_dir = tmp_path / "w3:a3"
+    assert main(["sim", str(DIGITS), "--random", "--rows", "1", "--cols", "1", "--build-dir", str(build_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"make cannot build in {build_dir}" in err and "':'" in err and "--build-dir" in err, err
+    assert not build_dir.exists()
+    runner.check_build_dir("icarus", build_dir)
+
+
 def test_board_sim_refuses_a_build_dir_it_cannot_make(tmp_path, capsys, monkeypatch):
     """``lcq board-sim --build-dir`` under a file is an error naming the option, not a traceback
     (NotADirectoryError); no Verilator is needed to get it."""
