@@ -1049,7 +1049,10 @@ class LayerEngine(wiring.Component):
         p = self.params
         ready = delayed(m, tile_issued, self.drain, "tile_ready")
         ahead = Signal(range(p.out_depth + 2), name="ahead")
-        channel_tiles_written, band_pos = Signal(range(p.out_depth + 1)), Signal(range(p.pos_depth + 1))
+        # (The channel tiles a layer has are bounded by its stage slots, not by the accumulators: a ring may hold
+        # fewer words than the layer has channel tiles.)
+        channel_tiles_written = Signal(range(max(p.out_depth, p.stage_depth) + 1))
+        band_pos = Signal(range(p.pos_depth + 1))
         flush = Signal(range(self._stage_latency + self.FUSED_LATENCY))
         m.d.sync += ahead.eq(ahead + ready - unit_written)
         # The FEED's tests as registers, a cycle behind their counters (each changes as a word's last accumulator

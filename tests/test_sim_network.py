@@ -166,6 +166,36 @@ def test_max_pooling_vgg_on_both_simulators(sim, tmp_path):
     assert_exact(model, params, report, 1)
 
 
+def compiled_net(net, shape, path, seed):
+    """``net`` (a plain PyTorch module) quantized LCQ W3/A3, randomized (:func:`helpers.randomize`), compiled for
+    ``shape`` and saved at ``path``; returns the loaded model."""
+    import torch
+    from helpers import randomize
+
+    from compiler.format import save
+    from compiler.lower import compile_model
+    from lcq_train.plan import quantize_model
+
+    torch.manual_seed(seed)
+    save(compile_model(randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=seed), shape), path)
+    return load(path)
+
+
+def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):
+    """Every map one position (a 3 x 3 image under a 3 x 3 conv): the accumulator ring is two words deep, but on
+    a 4 x 4 core the 17-channel conv has 5 channel tiles and the 100-class linear layer 25. The writer counted
+    the channel tiles written in a counter as wide as the ring's depth, which wrapped before the last tile:
+    the core hung in the conv (no logit came out)."""
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(3, 17, 3, bias=False), nn.BatchNorm2d(17), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(17, 100))
+    model = compiled_net(net, (3, 3, 3), tmp_path / "tiles.lcq", seed=7)
+    assert [c.out_shape for c in model.convs] == [(17, 1, 1), (100, 1, 1)]
+    params, _ = run_exact(model, tmp_path / "tiles.lcq", 4, 4, tmp_path / "run", seed=7)
+    assert params.engine.out_depth == 2
+
+
 @pytest.mark.parametrize("write_pairs, multiply_cols", [(False, 0), (True, 0), (True, 1)])
 def test_random_resnet_with_shortcuts_and_pooling(write_pairs, multiply_cols, tmp_path):
     """Random pre-activation ResNet-8 on (3, 8, 8): an identity shortcut, two strided 1x1 shortcuts,
