@@ -35,6 +35,7 @@ import json
 
 import cocotb
 from cocotb.triggers import FallingEdge
+from cocotb.types import Logic
 
 from sim.engine_cocotb import Engine
 from sim.runner import load_data
@@ -43,7 +44,8 @@ from sim.runner import load_data
 def _int(value, what: str) -> int:
     if not value.is_resolvable:
         raise AssertionError(f"{what} holds X or Z: {value}")
-    return int(value.to_unsigned())
+    # (a one-bit port's value is a Logic, which has no to_unsigned: the probe's address into a memory of two words)
+    return int(value) if isinstance(value, Logic) else int(value.to_unsigned())
 
 
 class Core(Engine):

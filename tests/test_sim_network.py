@@ -196,6 +196,18 @@ def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):
     assert params.engine.out_depth == 2
 
 
+def test_a_one_pixel_image_and_one_class(tmp_path):
+    """A 1 x 1 image, a 1x1 conv, one class: the code memory is so small that the probe port's address is one bit,
+    which cocotb hands over as a ``Logic``, not a ``LogicArray``; the testbench failed on it (``'Logic' object has
+    no attribute 'to_unsigned'``) instead of comparing."""
+    from torch import nn
+
+    net = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3, 1))
+    model = compiled_net(net, (1, 1, 1), tmp_path / "pixel.lcq", seed=8)
+    assert model.num_classes == 1
+    run_exact(model, tmp_path / "pixel.lcq", 4, 4, tmp_path / "run", seed=8)
+
+
 @pytest.mark.parametrize("write_pairs, multiply_cols", [(False, 0), (True, 0), (True, 1)])
 def test_random_resnet_with_shortcuts_and_pooling(write_pairs, multiply_cols, tmp_path):
     """Random pre-activation ResNet-8 on (3, 8, 8): an identity shortcut, two strided 1x1 shortcuts,
