@@ -8,6 +8,10 @@ integer reference.
 - A small pre-activation ResNet with random parameters (identity and strided shortcuts,
   residual additions, pooling) on an (3, 8, 8) input; the same with mixed per-layer bits and
   outer widths (``--layer-bits``).
+- Geometry edges (random parameters): maps of one position with more channel tiles than the accumulator
+  ring has words (17 channels, 100 classes), a 1 x 1 image with one class, and a network of odd geometries
+  (non-square odd image, 7x7 stem, depthwise conv, strided shortcut to a 1 x 1 map, single-conv residual
+  branch) on the network core and, conv by conv, on the layer engine.
 - ``lcq sim MODEL --json`` (network mode is the default) has the network keys.
 - The trained CIFAR-10 ResNet-20 (W3/A3), two images on an 8 x 8 array: a ``slow`` test.
 
@@ -206,6 +210,65 @@ def test_a_one_pixel_image_and_one_class(tmp_path):
     model = compiled_net(net, (1, 1, 1), tmp_path / "pixel.lcq", seed=8)
     assert model.num_classes == 1
     run_exact(model, tmp_path / "pixel.lcq", 4, 4, tmp_path / "run", seed=8)
+
+
+def odd_geometry_net():
+    """A network at the geometry edges the compiler accepts: a non-square odd image (3 x 7 x 5), a 7x7 stride-2
+    stem, a depthwise conv at 5 channels, a padded overlapping max pooling to 2 x 2, a residual addition with a
+    strided 1x1 shortcut down to a 1 x 1 map of 17 channels, a residual whose branch is a single 5x5 conv (padded
+    past the map on every side), global pooling of a 1 x 1 map, 100 classes."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    class OddGeometry(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.bn = nn.Conv2d(3, 5, 7, 2, 3, bias=False), nn.BatchNorm2d(5)
+            self.dw, self.bdw = nn.Conv2d(5, 5, 3, 1, 1, groups=5, bias=False), nn.BatchNorm2d(5)
+            self.a, self.ba = nn.Conv2d(5, 17, 3, 2, 1, bias=False), nn.BatchNorm2d(17)
+            self.sc, self.bs = nn.Conv2d(5, 17, 1, 2, bias=False), nn.BatchNorm2d(17)
+            self.b, self.bb = nn.Conv2d(17, 17, 5, 1, 2, bias=False), nn.BatchNorm2d(17)
+            self.fc = nn.Linear(17, 100)
+
+        def forward(self, x):                                               # 3 x 7 x 5
+            x = F.relu(self.bn(self.stem(x)))                               # 5 x 4 x 3
+            x = F.max_pool2d(F.relu(self.bdw(self.dw(x))), 3, 2, 1)         # 5 x 2 x 2
+            x = F.relu(self.ba(self.a(x)) + self.bs(self.sc(x)))            # 17 x 1 x 1
+            x = F.relu(self.bb(self.b(x)) + x)
+            return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+    return OddGeometry()
+
+
+def test_odd_geometries_on_the_engine_and_the_network_core(tmp_path):
+    """:func:`odd_geometry_net`, randomized: every conv alone on a 3 x 5 layer engine (channel tiles and
+    reductions cut at the array's edges) and the whole network on a 4 x 4 core, both exact, with stalls."""
+    from helpers import images
+
+    from compiler.graph import CompiledModel
+    from hw.engine_params import EngineParams
+    from hw.program import Job, act_beats, layer_beats, output_words
+    from sim.engine_run import engine_build, simulate_jobs
+
+    model = compiled_net(odd_geometry_net(), (3, 7, 5), tmp_path / "odd.lcq", seed=9)
+    assert [(c.kernel, c.stride, c.padding, c.out_shape) for c in model.convs] == [
+        (7, 2, 3, (5, 4, 3)), (3, 1, 1, (5, 4, 3)), (3, 2, 1, (17, 1, 1)), (1, 2, 0, (17, 1, 1)),
+        (5, 1, 2, (17, 1, 1)), (1, 1, 0, (100, 1, 1))]
+    assert [n.op for n in model.nodes].count("maxpool") == 1 and [n.op for n in model.nodes].count("add") == 2
+    run_exact(model, tmp_path / "odd.lcq", 4, 4, tmp_path / "network", seed=9)
+
+    sim = first_available("verilator", "icarus")
+    x = images(2, model.input.shape, seed=9)
+    t = reference.run(model, x)
+    cases = [(node, t[node.input][i], t[node.output][i]) for node in model.convs for i in range(len(x))]
+    params = EngineParams.for_model(CompiledModel([node for node, _, _ in cases], "", 100), rows=3, cols=5)
+    jobs = [Job(i, node, layer_beats(params, node) + act_beats(params, node, codes), output_words(params, node))
+            for i, (node, codes, _) in enumerate(cases)]
+    built = engine_build(sim, params, BUILD_ROOT / f"{sim}-engine-odd-geometry-3x5")
+    report = simulate_jobs(built, params, jobs, [want for _, _, want in cases], tmp_path / "engine", stall=0.2,
+                           backpressure=0.3, seed=9)
+    assert report.mismatches == 0, [r.first_mismatch for r in report.layers if r.first_mismatch]
+    assert len(report.layers) == 12
 
 
 @pytest.mark.parametrize("write_pairs, multiply_cols", [(False, 0), (True, 0), (True, 1)])
