@@ -59,4 +59,4 @@ def results_lock(path: str) -> Iterator[None]:
 
 def waiting_for(path: str, holder: str) -> None:
     """Say that this process waits for ``holder``'s write of the results file ``path``."""
-    print(f"waiting for pid {holder} to finish writing {path}", file=sys.stderr, flush=True)
+    print(f"waiting for {holder} to finish writing {path}", file=sys.stderr, flush=True)

@@ -30,8 +30,7 @@ def run_lock(out: Path, *, user: str = "lcq train", option: str = "--out") -> It
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
-            raise FileExistsError(f"{option} {out} is in use by another {user} (pid {holder}); wait for it to "
+            raise FileExistsError(f"{option} {out} is in use by another {user} ({_holder(fd)}); wait for it to "
                                   f"finish, or choose another {option}") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -45,8 +44,8 @@ def file_lock(path: Path, *, wait_s: float, what: str,
               waiting: Callable[[str], object] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created, and left in place: its name is the lock) inside the
     block, waiting up to ``wait_s`` seconds for another process (or another open of it) to release it;
-    ``waiting(holder)`` is called once when it must wait. TimeoutError naming ``what`` and the holder's pid when
-    the deadline passes."""
+    ``waiting(holder)`` is called once when it must wait (``holder``: "pid N", or "another process" before the
+    holder has written its pid). TimeoutError naming ``what`` and the holder when the deadline passes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -56,9 +55,9 @@ def file_lock(path: Path, *, wait_s: float, what: str,
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+                holder = _holder(fd)
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{what} is held by pid {holder} for over {wait_s:g} s (its lock {path}); "
+                    raise TimeoutError(f"{what} is held by {holder} for over {wait_s:g} s (its lock {path}); "
                                        "if that process hangs, stop it and run this again") from None
                 if waiting is not None:
                     waiting(holder)
@@ -69,3 +68,9 @@ def file_lock(path: Path, *, wait_s: float, what: str,
         yield
     finally:
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock file ``fd``: "pid N" as it wrote, or "another process" (one that has not written it yet)."""
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return f"pid {pid}" if pid else "another process"

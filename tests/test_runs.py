@@ -211,3 +211,25 @@ def test_a_damaged_metrics_json_is_rebuilt_from_the_checkpoint_as_lcq_train_resu
     with pytest.raises(ValueError, match=rf"^{history}: .*no checkpoint.pt beside it holds the history: restore it, "
                                          "or delete the run and train it again"):
         saved_metrics(TrainConfig(**cfg))
+
+
+def test_a_lock_whose_holder_has_not_written_its_pid_names_another_process(tmp_path):
+    """A lock taken by a process that has not yet written its pid was said to be held by 'pid another process'."""
+    import fcntl
+
+    from lcq_train.run_lock import file_lock, run_lock
+
+    (tmp_path / "run").mkdir()
+    fd = os.open(tmp_path / "run" / ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(FileExistsError, match=r"is in use by another lcq train \(another process\); wait"):
+            with run_lock(tmp_path / "run"):
+                pass
+        waited = []
+        with pytest.raises(TimeoutError, match=r"^the run is held by another process for over 0.1 s"):
+            with file_lock(tmp_path / "run" / ".lock", wait_s=0.1, what="the run", waiting=waited.append):
+                pass
+        assert waited == ["another process"]
+    finally:
+        os.close(fd)
