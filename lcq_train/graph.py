@@ -27,7 +27,8 @@ why: a forward that ``torch.fx`` cannot trace (data-dependent control flow: give
 :class:`ShapeBranch`: compute the size from the known input size), no conv or linear layer, a
 layer called twice, a convolution the accelerator does not run (1-d, 3-d, transposed), a
 convolution or linear map called as a function (``F.conv2d``) rather than a module, dropout called as a
-function (``F.dropout(x, p, self.training)``: traced, ``self.training`` is a constant), or a view of a
+function (``F.dropout(x, p, self.training)``: traced, ``self.training`` is a constant), a sum scaled by
+``alpha`` (``torch.add(x, y, alpha=2)``: the integer additions do not scale), or a view of a
 tensor read after an in-place change of it (:mod:`lcq_train.in_place`).
 """
 
@@ -260,6 +261,13 @@ def describe(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> str:
     return f"{node.op} {node.target}"
 
 
+def _scaled_add(node: fx.Node) -> bool:
+    """Whether ``node`` is ``torch.add(x, y, alpha=a)`` or ``x.add(y, alpha=a)`` (``x + a * y``) with ``a`` not 1."""
+    add = (node.op == "call_function" and node.target is torch.add) or \
+        (node.op == "call_method" and node.target in ("add", "add_"))
+    return add and node.kwargs.get("alpha", 1) != 1
+
+
 def location(node: fx.Node) -> str:
     """`` at FILE:LINE (code)``: the innermost frame outside torch of ``node``'s recorded stack trace
     (empty when none was recorded, as for the quantizers that tracing inserted)."""
@@ -330,6 +338,9 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                             "model is traced in, so the quantized model would "
                             f"{'drop out in evaluation too' if training else 'not drop out in training'}; use a "
                             "torch.nn.Dropout module, which follows train() and eval()")
+        elif _scaled_add(node):
+            problems.append(f"forward adds alpha={node.kwargs['alpha']!r} times its second operand{location(node)}; "
+                            "the accelerator's integer additions add two tensors unscaled: write x + y")
         elif node.op == "call_function" and node.target in _FUNCTIONAL:
             problems.append(f"forward calls {getattr(node.target, '__name__', node.target)} directly (node "
                             f"{node.name!r}); use a torch.nn.Conv2d / Linear module so that it can be quantized")

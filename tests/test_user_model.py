@@ -1,5 +1,6 @@
 """Bring your own network: quantize_model on plain PyTorch models, `lcq train --model FILE.py:FACTORY`."""
 
+import copy
 import dataclasses
 import json
 import re
@@ -200,7 +201,7 @@ class _ShiftedRelu(nn.Module):
 
 
 @pytest.mark.parametrize("combine", [lambda m, x: x + m.shift, lambda m, x: x * m.shift, lambda m, x: x * -1.0,
-                                     lambda m, x: torch.add(x, x, alpha=-2), lambda m, x: x.add(-0.5)])
+                                     lambda m, x: torch.sub(x, 2 * x), lambda m, x: x.add(-0.5)])
 def test_relu_combined_with_a_parameter_or_negative_constant_is_signed(combine):
     model = quantize_model(_ShiftedRelu(combine), method="uniform", wbits=4, abits=4)
     assert model.act_fc.signed
@@ -623,15 +624,24 @@ class _ScaledResidual(nn.Module):
 
 @pytest.mark.parametrize("method", [False, True])
 def test_a_residual_added_with_alpha_is_refused_saying_what_to_write(method):
-    """The integer additions add two tensors of one scale: ``alpha`` other than 1 cannot be lowered exactly, so
-    the compiler refuses it naming alpha and what to write instead (it said only "is not supported"); alpha 1
-    is the plain sum, which compiles exactly."""
-    model = randomize(quantize_model(_ScaledResidual(method), QuantPlan("lcq", 3, 3)), 0)
+    """The integer additions add two tensors of one scale: ``alpha`` other than 1 cannot be lowered exactly. The
+    trainer refuses it before training (it trained, and the compiler refused it after), naming alpha and what to
+    write instead, and so does the compiler for a traced graph that holds one; alpha 1 is the plain sum, which
+    compiles exactly."""
+    with pytest.raises(ValueError, match=r"cannot quantize _ScaledResidual: forward adds alpha=2 times its second "
+                                         r"operand at .*test_user_model\.py:\d+ \(.*\); the accelerator's integer "
+                                         r"additions add two tensors unscaled: write x \+ y"):
+        quantize_model(_ScaledResidual(method), QuantPlan("lcq", 3, 3))
+    plain = randomize(quantize_model(_ScaledResidual(method, alpha=1), QuantPlan("lcq", 3, 3)), 0)
+    scaled = copy.deepcopy(plain)
+    for node in scaled.graph.nodes:                     # (the traced sum, given alpha 2 after the trainer's check)
+        if node.target in (torch.add, "add"):
+            node.kwargs = {**node.kwargs, "alpha": 2}
+    scaled.recompile()
     call = r"method \.add\(\)" if method else r"function torch\.add"
     with pytest.raises(ValueError, match=rf"{call} at .*test_user_model\.py:\d+ \(.*\) adds alpha=2 times its "
                                          r"second operand, which the integer additions do not scale: write x \+ y"):
-        compile_model(model, (1, 8, 8))
-    plain = randomize(quantize_model(_ScaledResidual(method, alpha=1), QuantPlan("lcq", 3, 3)), 0)
+        compile_model(scaled, (1, 8, 8))
     x = images(20, (1, 8, 8), seed=1)
     result = compare(compile_model(plain, (1, 8, 8)), plain, x, np.zeros(20, dtype=np.int64))
     assert result.disagreements == 0
