@@ -314,7 +314,11 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     for node in graph.nodes:
         if node.op == "call_module":
             m = modules[node.target]
-            if isinstance(m, _UNSUPPORTED):
+            if not isinstance(m, _LAYERS) and isinstance(m, nn.modules.lazy.LazyModuleMixin) \
+                    and m.has_uninitialized_params():
+                problems.append(f"{node.target!r} is a {type(m).__name__}, whose parameters do not exist before its "
+                                "first forward: give its sizes, or run the network on an image first")
+            elif isinstance(m, _UNSUPPORTED):
                 problems.append(f"{node.target!r} is a {type(m).__name__}, which the accelerator does not run "
                                 "(it runs Conv2d and Linear)")
             elif isinstance(m, _LAYERS):

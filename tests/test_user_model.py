@@ -687,10 +687,13 @@ def test_lazy_modules_of_a_factory_are_built_as_the_eager_ones_would_be():
 
 
 def test_lazy_modules_unsized_are_refused_naming_the_size_to_give():
-    """quantize_model on a network whose lazy layers have not run yet: refused naming each and the size to give."""
+    """quantize_model on a network whose lazy layers have not run yet: refused naming each and the size to give
+    (a LazyBatchNorm2d too: it was taken, and compile_model folded its uninitialized statistics)."""
     with pytest.raises(ValueError, match=r"'0' is a LazyConv2d, whose weights do not exist before its first forward: "
                                          r"give its in_channels \(torch\.nn\.Conv2d\(in_channels, \.\.\.\)\), or run "
-                                         r"the network on an image first; .*'8' is a LazyLinear, .*give its "
+                                         r"the network on an image first; '1' is a LazyBatchNorm2d, whose parameters "
+                                         r"do not exist before its first forward: give its sizes, or run the network "
+                                         r"on an image first; .*'8' is a LazyLinear, .*give its "
                                          r"in_features \(torch\.nn\.Linear\(in_features, \.\.\.\)\)"):
         quantize_model(um.lazy(10, 1), QuantPlan("lcq", 3, 3))
 
