@@ -261,6 +261,16 @@ def describe(node: fx.Node, modules: dict[str, nn.Module] | None = None) -> str:
     return f"{node.op} {node.target}"
 
 
+def _unsized(name: str, m: nn.Module) -> str:
+    """Why lazy module ``m`` (called ``name``), not run yet, cannot be quantized, and the size to give it."""
+    if not isinstance(m, _LAYERS):
+        return (f"{name!r} is a {type(m).__name__}, whose parameters do not exist before its first forward: give "
+                "its sizes, or run the network on an image first")
+    base, size = ("Conv2d", "in_channels") if isinstance(m, nn.Conv2d) else ("Linear", "in_features")
+    return (f"{name!r} is a {type(m).__name__}, whose weights do not exist before its first forward: give its {size} "
+            f"(torch.nn.{base}({size}, ...)), or run the network on an image first")
+
+
 def _scaled_add(node: fx.Node) -> bool:
     """Whether ``node`` is ``torch.add(x, y, alpha=a)`` or ``x.add(y, alpha=a)`` (``x + a * y``) with ``a`` not 1."""
     add = (node.op == "call_function" and node.target is torch.add) or \
@@ -314,20 +324,13 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     for node in graph.nodes:
         if node.op == "call_module":
             m = modules[node.target]
-            if not isinstance(m, _LAYERS) and isinstance(m, nn.modules.lazy.LazyModuleMixin) \
-                    and m.has_uninitialized_params():
-                problems.append(f"{node.target!r} is a {type(m).__name__}, whose parameters do not exist before its "
-                                "first forward: give its sizes, or run the network on an image first")
+            if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
+                problems.append(_unsized(node.target, m))
             elif isinstance(m, _UNSUPPORTED):
                 problems.append(f"{node.target!r} is a {type(m).__name__}, which the accelerator does not run "
                                 "(it runs Conv2d and Linear)")
             elif isinstance(m, _LAYERS):
-                if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
-                    base, size = ("Conv2d", "in_channels") if isinstance(m, nn.Conv2d) else ("Linear", "in_features")
-                    problems.append(f"{node.target!r} is a {type(m).__name__}, whose weights do not exist before its "
-                                    f"first forward: give its {size} (torch.nn.{base}({size}, ...)), or run the "
-                                    "network on an image first")
-                elif type(m) not in (nn.Conv2d, nn.Linear, QConv2d, QLinear):
+                if type(m) not in (nn.Conv2d, nn.Linear, QConv2d, QLinear):
                     base = "Conv2d" if isinstance(m, nn.Conv2d) else "Linear"
                     problems.append(f"{node.target!r} is a {type(m).__name__} (a subclass of {base} with its own "
                                     f"behaviour); use torch.nn.{base}")
