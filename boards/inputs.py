@@ -48,7 +48,7 @@ def read_inputs(path, count: int, shape: tuple, classes: int) -> tuple[np.ndarra
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise ValueError(f"{path} is not an .npz of plain arrays 'images' and 'labels' ({e}); {how}") from None
     (images, images_shape), (labels, labels_shape) = images, labels
-    if images.dtype != np.uint8 or images_shape[1:] != shape or not images_shape[:1] or not images_shape[0]:
+    if images.dtype != np.uint8 or images_shape[1:] != shape or not images_shape[0]:     # (a 0-d one fails the shape)
         raise ValueError(f"{path}: images must be uint8 of shape (N, {', '.join(map(str, shape))}), N >= 1, not "
                          f"{images.dtype} {images_shape}; {how}")
     if labels_shape != images_shape[:1] or not np.issubdtype(labels.dtype, np.integer):

@@ -54,7 +54,7 @@ def accumulate(node: ConvNode, codes: np.ndarray) -> np.ndarray:
         for dx in range(k):
             window = x[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride]
             acc += window @ signed[:, :, dy, dx].T.astype(dtype)
-    return np.ascontiguousarray(acc.transpose(0, 3, 1, 2)).astype(np.int64, copy=False)
+    return np.ascontiguousarray(acc.transpose(0, 3, 1, 2), dtype=np.int64)
 
 
 def lut_accumulate(node: ConvNode, codes: np.ndarray) -> np.ndarray:
