@@ -35,6 +35,7 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly
+from cocotb.types import Logic
 
 from sim.runner import load_data
 
@@ -110,13 +111,19 @@ class Engine:
                 if not value.is_resolvable:
                     raise AssertionError(f"layer {index}: output word {len(words)} (cycle {cycle}) holds X or Z: "
                                          f"{value} (column 0 is the lowest field)")
-                words.append(int(value.to_unsigned()))
+                words.append(unsigned(value))
                 word_cycles.append(cycle)
             await FallingEdge(self.clk)
             cycle += 1
         dut.out__ready.value = 0
         return {"index": index, "cycles": word_cycles[-1] if word_cycles else cycle, "words": words,
                 "word_cycles": word_cycles, "compute_cycles": first_valid or cycle}
+
+
+def unsigned(value) -> int:
+    """The unsigned integer of a resolvable port value of any width >= 1 (a one-bit port's value is a ``Logic``,
+    which has no ``to_unsigned``)."""
+    return int(value) if isinstance(value, Logic) else int(value.to_unsigned())
 
 
 def max_cycles(beats_out: int, params: dict, backpressure: float, macs: int | None = None) -> int:

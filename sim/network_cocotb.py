@@ -35,17 +35,15 @@ import json
 
 import cocotb
 from cocotb.triggers import FallingEdge
-from cocotb.types import Logic
 
-from sim.engine_cocotb import Engine
+from sim.engine_cocotb import Engine, unsigned
 from sim.runner import load_data
 
 
 def _int(value, what: str) -> int:
     if not value.is_resolvable:
         raise AssertionError(f"{what} holds X or Z: {value}")
-    # (a one-bit port's value is a Logic, which has no to_unsigned: the probe's address into a memory of two words)
-    return int(value) if isinstance(value, Logic) else int(value.to_unsigned())
+    return unsigned(value)        # (a one-bit port: the probe's address into a memory of two words)
 
 
 class Core(Engine):

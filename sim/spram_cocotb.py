@@ -23,6 +23,7 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
 
+from sim.engine_cocotb import unsigned
 from sim.runner import load_data
 
 PERIOD_NS = 10
@@ -41,7 +42,7 @@ class Buffer:
     def data(self, what: str) -> int:
         value = self.dut.read_data.value
         assert value.is_resolvable, f"{what}: read_data holds X or Z: {value}"
-        return int(value.to_unsigned())
+        return unsigned(value)
 
     async def write(self, addr: int, word: int):
         dut = self.dut

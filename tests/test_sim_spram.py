@@ -74,6 +74,28 @@ def test_spram_buffer_and_engine_check_their_arguments():
         gc.collect()                                     # the half-built objects, while ignored
 
 
+def test_testbenches_read_ports_of_every_width():
+    """A one-bit port's value is a ``Logic``, which has no ``to_unsigned``: the SPRAM and engine testbenches read
+    their ports with ``LogicArray.to_unsigned`` and would fail on a one-bit port (``AttributeError``) instead of
+    reading it; ``sim.engine_cocotb.unsigned`` reads every width >= 1."""
+    from types import SimpleNamespace
+
+    from cocotb.types import Logic, LogicArray
+
+    from sim.engine_cocotb import unsigned
+    from sim.spram_cocotb import Buffer
+
+    cases = [(Logic("0"), 0), (Logic("1"), 1), (LogicArray("0"), 0), (LogicArray("1"), 1), (LogicArray("10"), 2),
+             (LogicArray("10110001"), 177)]
+    for value, expected in cases:
+        assert unsigned(value) == expected
+        dut = SimpleNamespace(clk=None, read_data=SimpleNamespace(value=value))
+        assert Buffer(dut, {}).data("word") == expected
+    dut = SimpleNamespace(clk=None, read_data=SimpleNamespace(value=Logic("X")))
+    with pytest.raises(AssertionError, match="word: read_data holds X or Z"):
+        Buffer(dut, {}).data("word")
+
+
 @pytest.mark.sim
 @pytest.mark.parametrize("sim", SIMULATORS)
 @pytest.mark.parametrize("depth", [SPRAM_DEPTH, 2 * SPRAM_DEPTH])
