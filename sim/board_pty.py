@@ -49,7 +49,8 @@ from lcq_train.run_lock import run_lock
 from lcq_train.stop_signals import stop_signals
 
 from .netlist import MODELS_V
-from .runner import ICE40_DEFINES, SimulationFailed, build, ice40_cells_sim, run_test, unavailable_reason
+from .runner import (ICE40_DEFINES, SimulationFailed, build, check_build_dir, ice40_cells_sim, run_test,
+                     unavailable_reason)
 
 TOP, TESTBENCH = "board", "sim.board_pty_cocotb"
 DEFAULT_SECONDS = 3600.0
@@ -185,7 +186,9 @@ class BoardSim:
         write_json(self.build_dir / "report.json", self.report)
 
     def make_build_dir(self) -> None:
-        """Make the build directory (ValueError naming it and ``--build-dir`` when it cannot be made)."""
+        """Make the build directory (ValueError naming it and ``--build-dir`` when it cannot be made or Verilator
+        cannot build in it)."""
+        check_build_dir("verilator", self.build_dir)
         try:
             self.build_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

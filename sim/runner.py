@@ -404,10 +404,18 @@ class Build:
 
 def check_build_dir(sim: str, build_dir) -> None:
     """ValueError naming ``build_dir`` where ``sim`` cannot build in it: Verilator's make takes a ':' in a path for
-    a rule's separator ("multiple target patterns")."""
-    if sim == "verilator" and ":" in str(Path(build_dir).resolve()):
+    a rule's separator ("multiple target patterns"), and its makefile refuses a path with a space (make splits
+    words at white space)."""
+    if sim != "verilator":
+        return
+    path = str(Path(build_dir).resolve())
+    if ":" in path:
         raise ValueError(f"make cannot build in {build_dir}: its path has a ':' (a rule's separator to make), so a "
                          f"Verilator build there fails; give a build directory without one (--build-dir DIR)")
+    if any(c.isspace() for c in path):
+        raise ValueError(f"make cannot build in {build_dir}: its path has a space (make splits words at white "
+                         f"space), so a Verilator build there fails; give a build directory without one "
+                         f"(--build-dir DIR)")
 
 
 def build(sim: str, verilog_files, toplevel: str, build_dir, *, parameters: dict | None = None,

@@ -693,6 +693,31 @@ def test_a_verilator_build_dir_with_a_colon_is_refused_naming_it(tmp_path, capsy
     runner.check_build_dir("icarus", build_dir)
 
 
+@pytest.mark.parametrize("verb", ["sim", "board-sim"])
+def test_a_verilator_build_dir_with_a_space_is_refused_naming_it(verb, tmp_path, capsys, monkeypatch):
+    """Verilator's makefile refuses a directory whose path has a space (a model file ``my model.lcq`` gives the
+    default build directory one): the build failed after the Verilog was written, with make's "cannot build in
+    directories containing spaces" deep in the log. It is now an error naming the directory and --build-dir, before
+    anything is built; Icarus (no make) builds there."""
+    import sim.board_pty
+    import sim.cli
+    from sim import runner
+
+    monkeypatch.setattr(sim.cli, "unavailable_reason", lambda simulator: None)
+    monkeypatch.setattr(sim.board_pty, "unavailable_reason", lambda simulator: None)
+    build_dir = tmp_path / "my runs" / "x"
+    args = (["sim", str(DIGITS), "--random", "--rows", "1", "--cols", "1", "--simulator", "verilator"]
+            if verb == "sim" else ["board-sim", str(DIGITS), "--board", "icebreaker"])
+    assert main([*args, "--build-dir", str(build_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"make cannot build in {build_dir}" in err and "a space" in err and "--build-dir" in err, err
+    assert not build_dir.exists()
+    runner.check_build_dir("icarus", build_dir)
+    for name in ("tab\there", "line\nbreak"):
+        with pytest.raises(ValueError, match="make cannot build in"):
+            runner.check_build_dir("verilator", tmp_path / name)
+
+
 def test_board_sim_refuses_a_build_dir_it_cannot_make(tmp_path, capsys, monkeypatch):
     """``lcq board-sim --build-dir`` under a file is an error naming the option, not a traceback
     (NotADirectoryError); no Verilator is needed to get it."""
