@@ -127,7 +127,8 @@ def decode_weights(packed: np.ndarray, bits: int, shape: tuple[int, ...]) -> np.
     return codes.reshape(shape)
 
 
-def _lut_dtype(lut: np.ndarray) -> str:
+def lut_dtype(lut: np.ndarray) -> str:
+    """The dtype the file stores a LUT in: uint16, or uint32 where an entry needs it."""
     return ARRAY_DTYPES["lut"][0] if lut.size == 0 or lut.max() < 2**16 else ARRAY_DTYPES["lut"][1]
 
 
@@ -204,7 +205,7 @@ class _Writer:
                  "stage": self.stage(f"{p}/stage", node.stage)}
             if node.mac == "lut":
                 lut = node.lut()
-                d["lut"] = self.ref(f"{p}/lut", "lut", lut, _lut_dtype(lut))
+                d["lut"] = self.ref(f"{p}/lut", "lut", lut, lut_dtype(lut))
                 d["lut_bits"] = int(lut.max()).bit_length() if lut.size else 0
             return d
         if isinstance(node, ActivateNode):
@@ -570,9 +571,9 @@ class _Reader:
             lut, want = arrays[f"nodes/{i}/lut"], node.lut()
             if not np.array_equal(lut.astype(np.int64), want):
                 raise self.error(f"{where}: field 'lut': LUT contents differ from the product of the level tables")
-            if lut.dtype != np.dtype(_lut_dtype(want)):
+            if lut.dtype != np.dtype(lut_dtype(want)):
                 raise self.error(f"{where}: field 'lut' is {lut.dtype}, the compiler writes "
-                                 f"{np.dtype(_lut_dtype(want))}")
+                                 f"{np.dtype(lut_dtype(want))}")
             bits = int(want.max()).bit_length() if want.size else 0
             if type(d["lut_bits"]) is not int or d["lut_bits"] != bits:
                 raise self.error(f"{where}: field 'lut_bits' = {show(d['lut_bits'])}; the LUT needs {bits}")

@@ -9,10 +9,13 @@ and an outer activation level, ``b'_a`` bits), ``ceil(m * (b'_w + b'_a) / 8)``
 bytes: the paper's ``2^-3 (b'_w + b'_a) m`` (Table 7) rounded up to whole
 bytes per layer (21 entries, 42 bytes at W3/A3 with 8-bit outer widths, 27
 at 6/4); ``lut_bits_needed`` is the width its largest entry needs without the
-sign (the compiled file's ``lut_bits``). A "multiply" layer (8-bit edge layers)
-has no LUT. ``total_bytes`` is weights plus LUTs; output-stage constants are listed
-apart (``stage_bytes``: thresholds and requantize constants at their stated
-widths, rounded up to whole bytes per layer).
+sign (the compiled file's ``lut_bits``). The model file holds each entry as a
+uint16 (uint32 where one needs it): ``lut_file_bytes``, more than the paper's
+bytes where ``b'_w + b'_a < 16`` (42, not 27, at 6/4). A "multiply" layer
+(8-bit edge layers) has no LUT. ``total_bytes`` is weights plus LUTs by the
+paper's formula; output-stage constants are listed apart (``stage_bytes``:
+thresholds and requantize constants at their stated widths, rounded up to
+whole bytes per layer).
 
 With ``lanes``, the report also holds the network plan of
 :mod:`compiler.network` (``"network"``: :meth:`NetworkPlan.describe`): the
@@ -23,6 +26,9 @@ decimal (1 KB = 1000 bytes = 8000 bits).
 
 from __future__ import annotations
 
+import numpy as np
+
+from .format import lut_dtype
 from .graph import CompiledModel, ConvNode, Requantize, Thresholds, signed_bits
 from .network import plan_network
 
@@ -61,6 +67,7 @@ def layer_rows(model: CompiledModel) -> list[dict]:
                      "macs": node.macs, "weights": int(node.weight_codes.size),
                      "weight_bytes": (node.weight_codes.size * node.wbits + 7) // 8,
                      "lut_entries": entries, "lut_entry_bits": bits, "lut_bytes": lut_bytes(entries, bits),
+                     "lut_file_bytes": entries * np.dtype(lut_dtype(lut)).itemsize if entries else 0,
                      "lut_bits_needed": int(lut.max()).bit_length() if entries else 0,
                      "acc_bits": node.acc_bits, "stage": node.stage.kind if node.stage else "accumulator",
                      "stage_bytes": _stage_bytes(node)})
@@ -68,12 +75,14 @@ def layer_rows(model: CompiledModel) -> list[dict]:
 
 
 def report(model: CompiledModel, lanes: int | None = None) -> dict:
-    """``{"layers": [...], "total_bytes", "total_bytes_without_luts", "stage_bytes", "macs"}``, and with
-    ``lanes`` (code lanes per word, :func:`compiler.network.plan_network`) ``"network"``: the network plan."""
+    """``{"layers": [...], "total_bytes", "total_bytes_without_luts", "lut_bytes", "lut_file_bytes", "stage_bytes",
+    "macs"}``, and with ``lanes`` (code lanes per word, :func:`compiler.network.plan_network`) ``"network"``: the
+    network plan."""
     rows = layer_rows(model)
     weights = sum(r["weight_bytes"] for r in rows)
     luts = sum(r["lut_bytes"] for r in rows)
     rep = {"layers": rows, "total_bytes": weights + luts, "total_bytes_without_luts": weights, "lut_bytes": luts,
+           "lut_file_bytes": sum(r["lut_file_bytes"] for r in rows),
            "stage_bytes": sum(r["stage_bytes"] for r in rows), "macs": sum(r["macs"] for r in rows)}
     if lanes is not None:
         rep["network"] = plan_network(model, lanes).describe()
@@ -107,16 +116,17 @@ def format_network(net: dict) -> str:
 
 def format_table(rep: dict) -> str:
     """The report as a markdown table with a totals line."""
-    lines = ["| layer | kind | W/A | b'_w/b'_a | MAC | MACs | weight bytes | LUT entries | LUT bytes | acc bits "
-             "| stage | stage bytes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| layer | kind | W/A | b'_w/b'_a | MAC | MACs | weight bytes | LUT entries | LUT bytes (paper: m (b'_w + "
+             "b'_a) / 8) | LUT bytes in the file | acc bits | stage | stage bytes |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["layers"]:
         lines.append(f"| {r['name']} | {r['kind']} | {r['wbits']}/{r['abits']} | {r['outer_wbits']}/{r['outer_abits']} "
                      f"| {r['mac']} | {r['macs']:,} | "
-                     f"{r['weight_bytes']:,} | {r['lut_entries']} | {r['lut_bytes']} | {r['acc_bits']} | "
-                     f"{r['stage']} | {r['stage_bytes']:,} |")
-    lines += ["", f"total: {rep['total_bytes']:,} bytes with LUTs, {rep['total_bytes_without_luts']:,} without; "
-                  f"output-stage constants {rep['stage_bytes']:,} bytes; {rep['macs']:,} MACs per image"]
+                     f"{r['weight_bytes']:,} | {r['lut_entries']} | {r['lut_bytes']} | {r['lut_file_bytes']} | "
+                     f"{r['acc_bits']} | {r['stage']} | {r['stage_bytes']:,} |")
+    lines += ["", f"total: {rep['total_bytes']:,} bytes with LUTs, {rep['total_bytes_without_luts']:,} without "
+                  f"(LUTs {rep['lut_bytes']:,} bytes by the paper's formula, {rep['lut_file_bytes']:,} in the model "
+                  f"file); output-stage constants {rep['stage_bytes']:,} bytes; {rep['macs']:,} MACs per image"]
     if "network" in rep:
         lines += ["", format_network(rep["network"])]
     return "\n".join(lines)

@@ -89,17 +89,25 @@ def test_outer_widths_6_4_compile_report_and_agree(digits):
         r = rows[name]
         assert (r["lut_entries"], r["lut_entry_bits"]) == (21, 10)
         assert r["lut_bytes"] == math.ceil(2**-3 * (6 + 4) * 21) == 27
+        assert r["lut_file_bytes"] == 21 * 2                 # the model file holds each entry as a uint16
         assert r["lut_bits_needed"] <= 9
     assert rows["conv0"]["lut_bytes"] == rows["fc"]["lut_bytes"] == 0            # 8-bit edges multiply
+    assert rows["conv0"]["lut_file_bytes"] == rows["fc"]["lut_file_bytes"] == 0
     assert rep["lut_bytes"] == 54 and rep["total_bytes"] == rep["total_bytes_without_luts"] + 54
-    assert "| conv1 | conv | 3/3 | 6/4 | lut |" in format_table(rep)
+    assert rep["lut_file_bytes"] == 84
+    table = format_table(rep)
+    assert "| conv1 | conv | 3/3 | 6/4 | lut |" in table
+    # the LUT bytes column says it is the paper's formula, and the bytes the file holds stand beside it
+    assert "| LUT entries | LUT bytes (paper: m (b'_w + b'_a) / 8) | LUT bytes in the file |" in table
+    assert "| 21 | 27 | 42 |" in table and "LUTs 54 bytes by the paper's formula, 84 in the model file" in table
     engine = EngineParams.for_model(compiled, 2, 2)          # 31 x 15 products: 9 bits, not 15
     assert engine.product_bits == 9 and engine.table_bits == 3 * 9 + 1          # + the multiply flag bit
 
 
 def test_outer_widths_8_8_report_unchanged(digits):
     rep = report(compile_model(_trained_step(QuantPlan("lcq", 3, 3), digits, steps=1), SHAPE))
-    assert [(r["lut_entries"], r["lut_bytes"]) for r in rep["layers"] if r["mac"] == "lut"] == [(21, 42)] * 2
+    assert [(r["lut_entries"], r["lut_bytes"], r["lut_file_bytes"]) for r in rep["layers"]
+            if r["mac"] == "lut"] == [(21, 42, 42)] * 2
 
 
 @pytest.mark.parametrize("text, value", [("8", 8), ("0", None), ("6/4", (6, 4)), ("6/6", 6), (" 4/8 ", (4, 8))])
