@@ -15,7 +15,8 @@ images (its test).
 Run:  python benchmarks/cifar10_resnet20.py --device cuda [--schedule short|paper] [--data-dir DIR]
 Writes benchmarks/results/cifar10-resnet20.json (or --json-out; with --tiny, OUT/result.json) and
 prints a table beside the paper's LCQ and APoT numbers. Re-running the same command reuses finished
-runs in OUT and resumes interrupted ones.
+runs in OUT and resumes interrupted ones. A run that fails (its ``lcq train`` exits non-zero, or its checkpoint
+is damaged) is recorded FAILED with the reason, and the others go on.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ if str(REPO) not in sys.path:
 
 from lcq_train.arguments import given_options, output_file  # noqa: E402
 from lcq_train.atomic import save_json  # noqa: E402
+from lcq_train.checkpoint import CheckpointError  # noqa: E402
 from lcq_train.runs import rebuild_metrics, saved_history  # noqa: E402
 from lcq_train.stop_signals import signals_held, stop_signals  # noqa: E402
 from lcq_train.train import PAPER_RECIPE, SEED, TrainConfig  # noqa: E402
@@ -258,6 +260,13 @@ def _saved(spec: dict) -> tuple[dict | None, str | None]:
     return (metrics, why) if same and metrics.get("epochs") else (None, None)
 
 
+def damaged(spec: dict, e: CheckpointError) -> None:
+    """Record the run whose checkpoint is damaged as failed, naming the file and the fix (it is not started:
+    ``lcq train --resume`` would refuse it)."""
+    spec.update(status="failed", error=f"{e} (or delete {spec['out']} to train the run again)")
+    print(f"  {spec['run']}: FAILED: {spec['error']}", flush=True)
+
+
 def start(spec: dict, args: argparse.Namespace) -> subprocess.Popen:
     argv = list(spec["argv"])
     if (Path(spec["out"]) / "checkpoint.pt").is_file():
@@ -307,7 +316,11 @@ def record(spec: dict, metrics: dict, status: str) -> dict:
 def report_saved(specs: list[dict]) -> None:
     """Every run as OUT holds it, finished or not (``--report``: no training)."""
     for spec in specs:
-        metrics = saved_metrics(spec)
+        try:
+            metrics = saved_metrics(spec)
+        except CheckpointError as e:
+            damaged(spec, e)
+            continue
         if metrics is None:
             spec.update(status="missing", error=f"no run of these settings in {spec['out']}")
             print(f"  {spec['run']}: missing", flush=True)
@@ -329,7 +342,11 @@ def run_all(specs: list[dict], args: argparse.Namespace, t_start: float) -> None
             return
         queue, running = [], []
         for spec in phase:
-            metrics = finished_metrics(spec)
+            try:
+                metrics = finished_metrics(spec)
+            except CheckpointError as e:
+                damaged(spec, e)
+                continue
             if metrics is not None:
                 record(spec, metrics, "done earlier, reused")
             else:

@@ -101,6 +101,41 @@ def test_a_finished_run_killed_before_its_metrics_json_is_reused_not_failed(tmp_
         assert json.loads((out / name / "metrics.json").read_text()) == metrics
         assert "--resume" not in (out / f"{name}.log").read_text()          # no lcq train started again
 
+@pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
+def test_a_damaged_checkpoint_fails_its_run_and_the_others_go_on(tmp_path):
+    """A run whose checkpoint is damaged (here cut short, its metrics.json gone) stopped the whole benchmark with
+    an error naming the file, found only once the FP run had trained, with no results written; a run that fails
+    otherwise is recorded FAILED and the others go on. The damaged run is now FAILED (not started), its reason
+    naming the file and the fix, the other runs trained, and the results written (incomplete, exit 1); --report
+    records it the same way."""
+    out, result = tmp_path / "runs", tmp_path / "result.json"
+    argv = [sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
+            "--json-out", str(result)]
+    proc = subprocess.run([*argv, "--methods", "lcq"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    checkpoint = out / "lcq-w3a3" / "checkpoint.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])                  # cut short
+    (out / "lcq-w3a3" / "metrics.json").unlink()                           # (so that the checkpoint is read)
+    log = (out / "lcq-w3a3.log").read_text()
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]          # not complete
+    assert f"  lcq-w3a3: FAILED: {checkpoint} is truncated" in proc.stdout, proc.stdout
+    data = json.loads(result.read_text())
+    rows = {r["run"]: r for r in data["rows"]}
+    assert data["complete"] is False and list(rows) == ["fp", "uniform-w3a3", "lcq-w3a3"]
+    assert rows["fp"]["status"] == "done earlier, reused" and rows["uniform-w3a3"]["status"] == "trained"
+    error = rows["lcq-w3a3"]["error"]
+    assert rows["lcq-w3a3"]["status"] == "failed" and str(checkpoint) in error, error
+    assert "restore it from a copy" in error and f"delete {out / 'lcq-w3a3'}" in error, error
+    assert (out / "lcq-w3a3.log").read_text() == log                      # no lcq train started on it
+    proc = subprocess.run([*argv, "--report"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"  lcq-w3a3: FAILED: {checkpoint} is truncated" in proc.stdout, proc.stdout
+    rows = {r["run"]: r for r in json.loads(result.read_text())["rows"]}
+    assert rows["lcq-w3a3"]["status"] == "failed" and rows["lcq-w3a3"]["error"] == error
+    assert rows["uniform-w3a3"]["status"] == "done earlier, reported"
+
+
 DRIVER = """
 import argparse, importlib.util, os, subprocess, sys, time
 spec = importlib.util.spec_from_file_location("cifar10_resnet20", sys.argv[1])
