@@ -94,7 +94,7 @@ def reusable(record: dict, now: dict) -> bool:
 
 
 def table(records: list[dict]) -> str:
-    head = ["b'_w/b'_a", "board", "engine", "product bits", "table entry bits", "LUT bytes (model)", "LUT4 / LC",
+    head = ["b'_w/b'_a", "board", "engine", "product bits", "table entry bits", "LUT bytes (paper)", "LUT4 / LC",
             "FF", "EBR", "DSP", "Fmax (MHz)", "build"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
