@@ -35,6 +35,10 @@ DONE after it must state that value; one that does not (0: the board was reset) 
 sent again after a resync too. A board may have been configured with another bitstream since the last PING (no DONE
 states a reset that the next SESSION overwrites), so :meth:`LinkHost.begin_session` pings first unless the last request
 was a PING: parameters other than the first INFO's are a LinkError, not frames encoded for the old ones.
+
+A board built from other parameters than the host's, of the same widths (a memory of another depth), is told by
+INFO's ``build`` (protocol version 7), the digest of the parameters its bitstream was generated from: the runners
+(:mod:`boards.runtime`) compare it with the digest of the parameters they use.
 """
 
 from __future__ import annotations
@@ -224,7 +228,9 @@ class LinkHost:
         self._answered = True
         if self._info is not None and info != self._info:
             pairs = ((f.name, getattr(self._info, f.name), getattr(info, f.name)) for f in fields(info))
-            changed = ", ".join(f"{name} {was} -> {now}" for name, was, now in pairs if was != now)
+            shown = {"build": lambda digest: f"0x{digest:08x}"}
+            changed = ", ".join(f"{name} {shown.get(name, str)(was)} -> {shown.get(name, str)(now)}"
+                                for name, was, now in pairs if was != now)
             raise LinkError(f"the device's parameters changed since this session's first PING ({changed}): another "
                             f"bitstream was flashed, or another board answers on the port; run again")
         self._info, self._pinged = info, True

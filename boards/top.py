@@ -27,7 +27,7 @@ from hw.engine import LayerEngine
 from hw.engine_params import EngineParams
 from hw.link import LinkBridge
 from hw.network import NetworkCore
-from hw.network_params import IMAGE, NetworkParams
+from hw.network_params import IMAGE, NetworkParams, build_digest
 from hw.protocol import LinkMode
 from hw.delay import delayed
 from hw.reset_tree import own_reset_submodule
@@ -62,20 +62,22 @@ class _LinkedCore(wiring.Component):
 
 class AcceleratorCore(_LinkedCore):
     """Layer engine and link bridge (layers mode). ``timeout_cycles``: how long a frame may stall before
-    the bridge drops it (a few byte times); ``max_payload``: the bridge's frame buffer in bytes."""
+    the bridge drops it (a few byte times); ``max_payload``: the bridge's frame buffer in bytes. INFO states
+    the build digest of ``params`` (:func:`hw.network_params.build_digest`)."""
 
     def __init__(self, params: EngineParams, timeout_cycles: int, max_payload: int = 512):
         self.params = params
         self.engine = LayerEngine(params)
         self.bridge = LinkBridge(params.addr_bits, params.target_bits, params.cols * params.out_bits, params.rows,
                                  params.cols, code_bits=params.code_bits, max_payload=max_payload,
-                                 timeout_cycles=timeout_cycles)
+                                 timeout_cycles=timeout_cycles, build=build_digest(params))
         super().__init__()
 
 
 class NetworkAcceleratorCore(_LinkedCore):
     """Whole-network core and link bridge (network mode): the bridge's ``engine`` port is the core's own
-    signature, flipped (its ``probe`` left unconnected); INFO states ``classes``, the logits of a RUN; LOADs to
+    signature, flipped (its ``probe`` left unconnected); INFO states ``classes``, the logits of a RUN, and the
+    build digest of ``params`` (:func:`hw.network_params.build_digest`); LOADs to
     the ``IMAGE`` target are taken while the core runs (the next image is staged).
     ``timeout_cycles`` and ``max_payload`` as :class:`AcceleratorCore`."""
 
@@ -85,7 +87,7 @@ class NetworkAcceleratorCore(_LinkedCore):
         self.bridge = LinkBridge(params.addr_bits, params.target_bits, params.value_bits, params.engine.rows,
                                  params.engine.cols, max_payload=max_payload, timeout_cycles=timeout_cycles,
                                  mode=LinkMode.NETWORK, classes=classes, image_target=IMAGE,
-                                 signature=self.engine.signature)
+                                 build=build_digest(params), signature=self.engine.signature)
         super().__init__()
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from compiler.graph import CompiledModel
 from hw.engine_params import EngineParams
-from hw.network_params import NetworkParams
+from hw.network_params import NetworkParams, build_digest
 from hw.network_program import image_beats, load_beats
 from hw.program import act_beats, output_words, resident_bases, resident_beats, setup_beats
 from hw.protocol import (DONE_FORMAT, FRAME_BYTES, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SESSION_BYTES,
@@ -35,7 +35,7 @@ def image_traffic(model: CompiledModel, params: EngineParams, resident: str, max
     ``params`` (residency ``resident``, frame buffer ``max_payload`` bytes), and the same
     under ``"loading"`` for loading the resident constants once (:func:`_loading`)."""
     info = LinkInfo(PROTOCOL_VERSION, params.addr_bits, params.cols * params.out_bits, params.rows, params.cols,
-                    max_payload, params.code_bits, params.target_bits)
+                    max_payload, params.code_bits, params.target_bits, build=build_digest(params))
 
     bases = resident_bases(model, params, resident)
     to_device = from_device = requests = 0
@@ -78,7 +78,7 @@ def _run(info: LinkInfo, words: int, fmt: OutputFormat) -> tuple[int, int]:
 def network_info(model: CompiledModel, params: NetworkParams, max_payload: int) -> LinkInfo:
     """The INFO a network-mode bitstream of ``params`` for ``model`` states (frame buffer ``max_payload`` bytes)."""
     return LinkInfo(PROTOCOL_VERSION, params.addr_bits, params.value_bits, params.engine.rows, params.engine.cols,
-                    max_payload, 0, params.target_bits, LinkMode.NETWORK, model.num_classes)
+                    max_payload, 0, params.target_bits, LinkMode.NETWORK, model.num_classes, build_digest(params))
 
 
 def network_image_traffic(model: CompiledModel, params: NetworkParams, max_payload: int) -> dict:

@@ -11,13 +11,15 @@ only marks a frame start where one is expected.
 
 Host -> device requests:
 
-- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 6), mode
+- ``PING 0x01`` (no payload): the device answers ``INFO 0x81``: version (1 byte, 7), mode
   (1 byte: 0 layers, the layer engine; 1 network, the whole-network core), then 16-bit
   little-endian addr_bits, out_bits (one output word: ``cols`` signed fields in layers mode,
   one signed logit in network mode), rows, cols, max_payload, code_bits (0: no CODES
-  format), classes (network mode: the logits a RUN returns; 0 in layers mode), then the
-  number of load targets (1 byte) and the 16-bit data bits of each (0: the core has no such
-  target): :data:`hw.protocol.INFO_HEAD_FORMAT`. All constants of the bitstream.
+  format), classes (network mode: the logits a RUN returns; 0 in layers mode), then the 32-bit
+  little-endian build (the digest of the hardware parameters the bitstream was generated from,
+  :func:`hw.network_params.build_digest`), the number of load targets (1 byte) and the 16-bit
+  data bits of each (0: the core has no such target): :data:`hw.protocol.INFO_HEAD_FORMAT`. All
+  constants of the bitstream.
 - ``LOAD 0x02``: the target byte, the address of the first word little-endian in
   ceil(addr_bits/8) bytes, then one or more words, each little-endian in
   ceil(target_bits/8) bytes, for consecutive addresses; at most ``max_payload`` bytes.
@@ -82,9 +84,10 @@ from amaranth.lib.wiring import In, Out
 from .delay import delayed, reset_less_data
 from .engine import EngineSignature
 from .fsm_encoding import one_hot
-from .protocol import (CRC_BYTES, CRC_INIT, CRC_POLY, DONE_COUNT_BITS, DONE_FORMAT, LENGTH_BITS, MAX_TARGETS,
-                       OUT_FORMAT, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SESSION_BITS, SESSION_BYTES, SYNC,
-                       FrameType, LinkInfo, LinkMode, NackCode, OutputFormat, payload_bytes, whole_bytes)
+from .protocol import (BUILD_BITS, CRC_BYTES, CRC_INIT, CRC_POLY, DONE_COUNT_BITS, DONE_FORMAT, LENGTH_BITS,
+                       MAX_TARGETS, OUT_FORMAT, OUT_HEAD_BYTES, PROTOCOL_VERSION, RUN_FORMAT, SESSION_BITS,
+                       SESSION_BYTES, SYNC, FrameType, LinkInfo, LinkMode, NackCode, OutputFormat, payload_bytes,
+                       whole_bytes)
 from .uart import RX_LAYOUT
 
 
@@ -129,7 +132,8 @@ class LinkBridge(wiring.Component):
     activation-code width of the CODES format (0: FULL only; always 0 in network mode);
     ``classes``: the logits a RUN returns (network mode only, stated in INFO); ``image_target``: the
     load target the core takes while it runs (network mode; None: none; must be None in layers mode,
-    boards pass :data:`hw.network_params.IMAGE`). ``rx`` takes a byte
+    boards pass :data:`hw.network_params.IMAGE`); ``build``: the digest INFO states (0 .. 2**32 - 1; boards pass
+    :func:`hw.network_params.build_digest` of the core's parameters). ``rx`` takes a byte
     per ``valid`` cycle (``error`` set: framing error); ``tx`` offers reply bytes with
     ``valid``/``ready``. ``engine`` is the flipped ``signature``: the engine side's own signature
     (as the engine sees it) with members ``load`` (a stream in of ``target``, ``addr``, ``data``
@@ -167,7 +171,7 @@ class LinkBridge(wiring.Component):
 
     def __init__(self, addr_bits, target_bits, out_bits, rows, cols, *, code_bits=0,
                  max_payload=256, timeout_cycles=100_000, mode=LinkMode.LAYERS, classes=0, image_target=None,
-                 signature=None):
+                 build=0, signature=None):
         _u16("Address width", addr_bits, 1)
         if not isinstance(target_bits, (tuple, list)) or not 1 <= len(target_bits) <= MAX_TARGETS:
             raise ValueError(f"Target widths must be 1..{MAX_TARGETS} numbers, not {target_bits!r}")
@@ -201,6 +205,9 @@ class LinkBridge(wiring.Component):
                 raise ValueError(f"Output word width {out_bits} must be whole fields of {cols} columns")
             if not isinstance(code_bits, int) or not 0 <= code_bits <= out_bits // cols:
                 raise ValueError(f"Code width must be an integer in 0..{out_bits // cols}, not {code_bits!r}")
+        if not isinstance(build, int) or isinstance(build, bool) or not 0 <= build < 1 << BUILD_BITS:
+            raise ValueError(f"Build digest must be an integer in 0..{(1 << BUILD_BITS) - 1}, not {build!r}")
+        self._build = build
         if signature is None:
             signature = EngineSignature(addr_bits, max(target_bits), out_bits)
         self._check_signature(signature, addr_bits, target_bits, out_bits)
@@ -264,7 +271,8 @@ class LinkBridge(wiring.Component):
     def info_payload(self) -> bytes:
         """The bytes of the INFO reply."""
         return LinkInfo(PROTOCOL_VERSION, self._addr_bits, self._out_bits, self._rows, self._cols,
-                        self._max_payload, self._code_bits, self._target_bits, self._mode, self._classes).encode()
+                        self._max_payload, self._code_bits, self._target_bits, self._mode, self._classes,
+                        self._build).encode()
 
     def elaborate(self, platform):
         m = Module()

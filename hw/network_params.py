@@ -29,6 +29,8 @@ engine register, a vector step :data:`~hw.vector_params.OP_REGISTERS` (a max-poo
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, fields, replace
 
 from compiler.graph import CompiledModel
@@ -37,6 +39,7 @@ from compiler.network import NetworkPlan, plan_network
 from .bands import band_rows, network_layer_cycles, ring_depth
 from .engine_params import NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, WIDE_WEIGHTS, EngineParams, spram_blocks
 from .memories import memory_bits
+from .protocol import BUILD_BITS, LinkMode, whole_bytes
 from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
 
@@ -202,6 +205,24 @@ class NetworkParams:
                    program_depth=program_length(plan), input_bits=model.input.bits,
                    image_channels=image.shape[0], image_positions=image.shape[1] * image.shape[2],
                    image_base=image.base)
+
+
+def build_digest(params: EngineParams | NetworkParams) -> int:
+    """The digest of the hardware parameters a bitstream is generated from (INFO's ``build``, link protocol
+    version 7): the first :data:`~hw.protocol.BUILD_BITS` bits of the SHA-256 of the canonical JSON (sorted keys,
+    no spaces) of the mode (``"layers"`` for an :class:`~hw.engine_params.EngineParams`, ``"network"`` for a
+    :class:`NetworkParams`) and every parameter (``describe()``: widths, flags and every memory's depth), as a
+    big-endian number (so that ``f"{digest:08x}"`` is the hash's first hex digits). The one function both sides
+    call: the gateware generator (:class:`boards.top.AcceleratorCore`, :class:`boards.top.NetworkAcceleratorCore`)
+    bakes it into INFO, the runners (:mod:`boards.runtime`) compare it with the parameters they use."""
+    if isinstance(params, NetworkParams):
+        mode = LinkMode.NETWORK
+    elif isinstance(params, EngineParams):
+        mode = LinkMode.LAYERS
+    else:
+        raise TypeError(f"params must be an EngineParams or a NetworkParams, not {params!r}")
+    text = json.dumps({"mode": mode.label, "params": params.describe()}, sort_keys=True, separators=(",", ":"))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:whole_bytes(BUILD_BITS)], "big")
 
 
 def program_length(plan: NetworkPlan) -> int:

@@ -49,6 +49,21 @@ another host loaded it) is a :class:`BoardReset`, so that no output computed wit
 (every job and image ends in a DONE, also after a resync). A bitstream of version 5 (whose DONE carries no
 session) is refused by its INFO's version. (A first form of version 6 held a 16-bit session, stated by INFO
 too, in a 6-byte DONE: 47 more logic cells, and the digits network core no longer fitted the iCEBreaker's UP5K.)
+
+Version 7: INFO states which build the bitstream is. Two builds of the same widths (INFO's other fields equal) may
+differ in what the host relies on but INFO cannot state, a memory's depth above all: a host given another build's
+report (or a board flashed with another build) then wrote past a memory (its addresses wrap) and took wrong logits
+without an error. INFO's head gains a 32-bit ``build`` before the target count (:data:`INFO_HEAD_FORMAT`)::
+
+    version B | mode B | addr_bits H | out_bits H | rows H | cols H | max_payload H | code_bits H |
+    classes H | build I | targets B | data bits of each target H ...
+
+``build`` is the digest of the hardware parameters the bitstream was generated from (the mode and every
+parameter of the engine, or of the whole-network core, memory depths included:
+:func:`hw.network_params.build_digest`, the one function that both the gateware generator, which bakes it into
+INFO's constant bytes, and the host call). The runners compute it of the parameters they are about to use and
+refuse a board that states another (:class:`boards.runtime.NetworkRunner`, :class:`boards.runtime.BoardRunner`).
+A bitstream of version 6 (whose INFO has no build) is refused by its INFO's version.
 """
 
 from __future__ import annotations
@@ -66,10 +81,11 @@ CRC_FORMAT = ">H"  # the checksum, after the payload
 LENGTH_BITS = 8 * struct.calcsize(LENGTH_FORMAT)
 CRC_BYTES = struct.calcsize(CRC_FORMAT)
 FRAME_BYTES = 1 + 1 + struct.calcsize(LENGTH_FORMAT) + CRC_BYTES  # sync, type, length, checksum
-PROTOCOL_VERSION = 6
-# version, mode; addr_bits, out_bits, rows, cols, max_payload, code_bits, classes; number of targets (the data
-# bits of each target follow, TARGET_FORMAT each)
-INFO_HEAD_FORMAT = "<BB7HB"
+PROTOCOL_VERSION = 7
+# version, mode; addr_bits, out_bits, rows, cols, max_payload, code_bits, classes; build (the digest of the
+# hardware parameters, BUILD_BITS); number of targets (the data bits of each target follow, TARGET_FORMAT each)
+INFO_HEAD_FORMAT = "<BB7HIB"
+BUILD_BITS = 32
 INFO_HEAD_BYTES = struct.calcsize(INFO_HEAD_FORMAT)
 TARGET_FORMAT = "<H"
 MAX_TARGETS = 255  # a LOAD names its target in one byte; INFO counts them in one
@@ -81,6 +97,8 @@ DONE_COUNT_BITS = 24  # DONE's word count: the words the engine returned since R
 DONE_FORMAT = "<I"  # DONE's one word: the count in its low DONE_COUNT_BITS bits, the session in the bits above
 if 8 * struct.calcsize(DONE_FORMAT) != DONE_COUNT_BITS + SESSION_BITS:
     raise AssertionError("DONE_FORMAT must hold exactly DONE_COUNT_BITS + SESSION_BITS bits")
+if 8 * struct.calcsize(INFO_HEAD_FORMAT[0] + INFO_HEAD_FORMAT[-2]) != BUILD_BITS:
+    raise AssertionError("INFO_HEAD_FORMAT's build field must hold exactly BUILD_BITS bits")
 
 
 def info_bytes(targets: int) -> int:
@@ -322,8 +340,9 @@ class LinkInfo:
     """The device's parameters, from its INFO reply to PING: the engine's address bits, output
     word bits (LAYERS: ``cols`` fields; NETWORK: one logit), array size, the largest payload it
     takes, the width of an activation code (0: no CODES format), the data bits of each load
-    target (0: none; as many targets as the core has), the mode (:class:`LinkMode`) and, in
-    NETWORK mode, the number of logits a RUN returns (``classes``; 0 in LAYERS mode)."""
+    target (0: none; as many targets as the core has), the mode (:class:`LinkMode`), in
+    NETWORK mode the number of logits a RUN returns (``classes``; 0 in LAYERS mode), and ``build``: the digest
+    of the hardware parameters the bitstream was generated from (:func:`hw.network_params.build_digest`)."""
 
     version: int
     addr_bits: int
@@ -335,6 +354,7 @@ class LinkInfo:
     target_bits: tuple[int, ...]
     mode: int = LinkMode.LAYERS
     classes: int = 0
+    build: int = 0
 
     @classmethod
     def decode(cls, payload: bytes) -> "LinkInfo":
@@ -355,10 +375,11 @@ class LinkInfo:
             raise FrameError(f"INFO reply has {len(payload)} payload bytes, expected {expected}: it was "
                              f"damaged on the line or does not come from a link bridge of this project; ping "
                              f"again, and rebuild and flash the bitstream if it persists")
-        version, mode, addr_bits, out_bits, rows, cols, max_payload, code_bits, classes, _ = \
+        version, mode, addr_bits, out_bits, rows, cols, max_payload, code_bits, classes, build, _ = \
             struct.unpack_from(INFO_HEAD_FORMAT, payload)
         widths = struct.unpack_from(f"<{targets}H", payload, INFO_HEAD_BYTES)
-        info = cls(version, addr_bits, out_bits, rows, cols, max_payload, code_bits, tuple(widths), mode, classes)
+        info = cls(version, addr_bits, out_bits, rows, cols, max_payload, code_bits, tuple(widths), mode, classes,
+                   build)
         problems = info.problems()
         if problems:
             raise FrameError(f"INFO reply states impossible parameters ({'; '.join(problems)}): it "
@@ -412,7 +433,8 @@ class LinkInfo:
 
     def encode(self) -> bytes:
         return (struct.pack(INFO_HEAD_FORMAT, self.version, self.mode, self.addr_bits, self.out_bits, self.rows,
-                            self.cols, self.max_payload, self.code_bits, self.classes, len(self.target_bits))
+                            self.cols, self.max_payload, self.code_bits, self.classes, self.build,
+                            len(self.target_bits))
                 + struct.pack(f"<{len(self.target_bits)}H", *self.target_bits))
 
     @property

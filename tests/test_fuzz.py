@@ -142,7 +142,7 @@ def frame_case(rnd: random.Random) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------- a scripted device
 
-INFO = LinkInfo(PROTOCOL_VERSION, 6, 24, 3, 4, 32, 2, (8, 12, 0, 20, 5, 9))   # as tests/test_link.py's bridge
+INFO = LinkInfo(PROTOCOL_VERSION, 6, 24, 3, 4, 32, 2, (8, 12, 0, 20, 5, 9), build=0x5EEDC0DE)   # test_link's bridge
 NEVER_EMPTY = (FrameType.OUT, FrameType.DONE, FrameType.INFO, FrameType.NACK)  # an empty ACK is a valid ACK
 REPLY_FAULTS = ("corrupt", "drop", "truncate", "noise", "duplicate", "empty")
 REQUEST_FAULTS = ("corrupt", "drop", "truncate")
@@ -403,17 +403,18 @@ def session_case(rnd: random.Random, rate: float | None = None, *, dup_drop: boo
 
 def random_info_payload(rnd: random.Random) -> bytes:
     """INFO payloads of random parameters, each field often at an edge (0, 1, the most) or valid: the head
-    (version, mode, the 16-bit fields, the target count) and each target's width; the widths mostly as many
-    as the count states, sometimes not. Each payload changes its fields at a rate of 0, 10% or 40%, so that
-    usable INFOs are as common as refused ones."""
+    (version, mode, the 16-bit fields, the 32-bit build, the target count) and each target's width; the widths
+    mostly as many as the count states, sometimes not. Each payload changes its fields at a rate of 0, 10% or 40%,
+    so that usable INFOs are as common as refused ones."""
     valid = INFO.encode()
     head = list(struct.unpack_from(INFO_HEAD_FORMAT, valid))
     widths = list(struct.unpack_from(f"<{head[-1]}H", valid, INFO_HEAD_BYTES))
     bytes_fields = (0, 1, len(head) - 1)        # version, mode, target count: one byte each
+    build_field = len(head) - 2                 # the build digest: 32 bits
     rate = rnd.choice([0.0, 0.1, 0.4])
     for i in range(len(head)):
         if rnd.random() < rate:
-            top = 255 if i in bytes_fields else 65535
+            top = 255 if i in bytes_fields else (1 << 32) - 1 if i == build_field else 65535
             head[i] = rnd.choice([0, 1, 2, 3, 7, 8, 9, top, rnd.randint(0, top)])
     for i in range(len(widths)):
         if rnd.random() < rate:

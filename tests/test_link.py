@@ -40,7 +40,9 @@ ADDR_BITS, OUT_BITS, COLS, CODE_BITS = 6, 24, 4, 2  # 3-byte words, 1-byte CODES
 TARGET_WIDTHS = (8, 12, 0, 20, 5, 9)                 # words of 1, 2, -, 3, 1, 2 bytes
 DATA_BITS = max(TARGET_WIDTHS)
 REC_BITS = TARGET_BITS + ADDR_BITS + DATA_BITS
-INFO = LinkInfo(PROTOCOL_VERSION, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, TARGET_WIDTHS)   # 9 FULL words per OUT
+BUILD, NET_BUILD = 0x5EEDC0DE, 0xA1B2C3D4          # the build digests the test bridges state (4 distinct bytes)
+INFO = LinkInfo(PROTOCOL_VERSION, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, TARGET_WIDTHS,   # 9 FULL words per OUT
+                build=BUILD)
 
 
 def uart_bits(byte: int, stop: int = 1) -> list[int]:
@@ -214,7 +216,7 @@ class RecordingEngine(wiring.Component):
 NET_TARGETS = (8, 12, 0, 20, 5, 9, 16, 7, 0, 3, 11, 8)
 NET_OUT_BITS, NET_CLASSES = 16, 5
 NET_INFO = LinkInfo(PROTOCOL_VERSION, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_TARGETS, LinkMode.NETWORK,
-                    NET_CLASSES)
+                    NET_CLASSES, NET_BUILD)
 
 
 NET_IMAGE = 11        # the image target: the one load target the core takes while it runs
@@ -296,17 +298,17 @@ class LinkTop(wiring.Component):
     def __init__(self, divisor, stall, network=False, staging=False, out_bits=NET_OUT_BITS, **bridge_args):
         if staging:     # network mode, a core that stages images and runs on after the start (StagingCore)
             self.bridge = LinkBridge(ADDR_BITS, NET_TARGETS, NET_OUT_BITS, rows=2, cols=COLS, mode=LinkMode.NETWORK,
-                                     classes=NET_CLASSES, image_target=NET_IMAGE,
+                                     classes=NET_CLASSES, image_target=NET_IMAGE, build=NET_BUILD,
                                      signature=NetworkDoubleSignature(starting=True), **bridge_args)
             self.engine = StagingCore()
         elif network:   # more targets, a wider target field, one signed value per word, a probe port
             signature = NetworkDoubleSignature(out_bits=out_bits)
             self.bridge = LinkBridge(ADDR_BITS, NET_TARGETS, out_bits, rows=2, cols=COLS, mode=LinkMode.NETWORK,
-                                     classes=NET_CLASSES, signature=signature, **bridge_args)
+                                     classes=NET_CLASSES, build=NET_BUILD, signature=signature, **bridge_args)
             self.engine = RecordingEngine(stall=stall, signature=signature)
         else:
             self.bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS,
-                                     **bridge_args)
+                                     build=BUILD, **bridge_args)
             self.engine = RecordingEngine(stall=stall)
         self.divisor, self.reset = divisor, Signal(name="board_reset")
         super().__init__({"rx": In(1, init=1), "tx": Out(1)} if divisor else {})
@@ -448,18 +450,18 @@ def test_bridge_ping():
 @pytest.mark.parametrize("max_payload", [7, 8])
 def test_bridge_sends_an_info_longer_than_its_largest_payload(max_payload):
     """INFO is a reply, not bounded by max_payload (the largest payload the bridge takes): a bridge whose frame
-    buffer is smaller than its 29-byte INFO sends all of it."""
+    buffer is smaller than its 33-byte INFO sends all of it."""
     assert info_of(SimPort(max_payload=max_payload)) == dataclasses.replace(INFO, max_payload=max_payload)
 
 
 def test_bridge_in_network_mode_with_more_targets():
-    """The bridge in front of a network-core double: INFO v6 states the mode, the class count and all 12 targets;
-    LOADs to targets past the layer engine's 6 (a 4-bit target field) reach the core, one to a target it lacks is
-    refused; RUN returns one 16-bit value per word, as many as asked for."""
+    """The bridge in front of a network-core double: INFO v7 states the mode, the class count, the build and all 12
+    targets; LOADs to targets past the layer engine's 6 (a 4-bit target field) reach the core, one to a target it
+    lacks is refused; RUN returns one 16-bit value per word, as many as asked for."""
     port = SimPort(network=True)
     info = info_of(port)
     assert info == NET_INFO and info.mode == LinkMode.NETWORK and info.targets == 12
-    assert exchange(port, FrameType.PING).payload[:2] == bytes([6, LinkMode.NETWORK])
+    assert exchange(port, FrameType.PING).payload[:2] == bytes([7, LinkMode.NETWORK])
     beats = [(11, 5 + i, 200 + i) for i in range(4)] + [(6, 0, 0xFFFF), (9, 63, 5), (0, 1, 0x7F)]
     for payload in encode_loads(beats, info):
         assert exchange(port, FrameType.LOAD, payload).type == FrameType.ACK
@@ -512,17 +514,21 @@ def test_decode_logits_refuses_a_word_whose_top_bits_are_not_its_sign():
             decode_logits(params, [0, bad], 2)
 
 
-def test_info_v6_keeps_the_v5_layout():
-    """Head (version, mode, 7 16-bit fields, target count), then 16 bits per target, as in version 5: no session
-    (INFO's bytes are the bitstream's constants); decoded as encoded."""
+def test_info_v7_states_the_build_before_the_targets():
+    """Head (version, mode, 7 16-bit fields, the 32-bit build, target count), then 16 bits per target: version 6's
+    layout with the build digest inserted before the target count; no session (INFO's bytes are the bitstream's
+    constants); decoded as encoded, the build included."""
     payload = NET_INFO.encode()
-    assert len(payload) == INFO_HEAD_BYTES + 2 * 12 == 17 + 24
-    assert struct.unpack_from("<BB7HB", payload) == (6, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES, 12)
+    assert len(payload) == INFO_HEAD_BYTES + 2 * 12 == 21 + 24
+    assert struct.unpack_from("<BB7HIB", payload) == (7, 1, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES,
+                                                      NET_BUILD, 12)
+    assert payload[16:20] == NET_BUILD.to_bytes(4, "little")
     assert LinkInfo.decode(payload) == NET_INFO and LinkInfo.decode(INFO.encode()) == INFO
+    assert (LinkInfo.decode(payload).build, LinkInfo.decode(INFO.encode()).build) == (NET_BUILD, BUILD)
     assert "session" not in {f.name for f in dataclasses.fields(LinkInfo)}
-    with pytest.raises(FrameError, match=r"INFO reply has 40 payload bytes, expected 41 for the 12 load targets"):
+    with pytest.raises(FrameError, match=r"INFO reply has 44 payload bytes, expected 45 for the 12 load targets"):
         LinkInfo.decode(payload[:-1])
-    with pytest.raises(FrameError, match=r"INFO reply has 5 payload bytes, expected 17 bytes and 2 per load target"):
+    with pytest.raises(FrameError, match=r"INFO reply has 5 payload bytes, expected 21 bytes and 2 per load target"):
         LinkInfo.decode(payload[:5])
 
 
@@ -814,6 +820,9 @@ WIDTHS = (8, 16, 0, 0, 0, 8)
      r"Maximum payload must be an integer in 5\.\.65535, not 3"),
     ((8, WIDTHS, 8, 1, 1), {"timeout_cycles": 0},
      r"Timeout must be a positive number of cycles, not 0"),
+    ((8, WIDTHS, 8, 1, 1), {"build": 1 << 32}, r"Build digest must be an integer in 0\.\.4294967295, not 4294967296"),
+    ((8, WIDTHS, 8, 1, 1), {"build": -1}, r"Build digest must be an integer in 0\.\.4294967295, not -1"),
+    ((8, WIDTHS, 8, 1, 1), {"build": True}, r"Build digest must be an integer in 0\.\.4294967295, not True"),
 ])
 def test_bridge_parameter_errors(args, kwargs, message):
     with warnings.catch_warnings():
@@ -1240,16 +1249,17 @@ def test_impossible_info_is_refused(fields, problem):
 
 
 def test_another_protocol_version_is_refused_at_once():
-    """A version 5 bitstream (the same INFO layout, but a DONE without the session: it could not tell a reset), a
-    version 4 one (no RESULT): the host says so and to rebuild it, after one PING (pinging again would not help); a
-    version 3 one (no mode, always 6 load targets) too; a newer one: update the host."""
-    assert PROTOCOL_VERSION == 6
+    """A version 6 bitstream (INFO without the build: it could not tell two builds of the same widths apart), a
+    version 5 one (the same INFO layout as 6, but a DONE without the session: it could not tell a reset), a version 4
+    one (no RESULT): the host says so and to rebuild it, after one PING (pinging again would not help); a version 3
+    one (no mode, always 6 load targets) too; a newer one: update the host."""
+    assert PROTOCOL_VERSION == 7
     v3 = struct.pack(f"<B6H{len(TARGET_WIDTHS)}H", 3, ADDR_BITS, OUT_BITS, 3, COLS, 32, CODE_BITS, *TARGET_WIDTHS)
-    v5 = (struct.pack("<BB7HB", 5, LinkMode.NETWORK, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES,
+    v6 = (struct.pack("<BB7HB", 6, LinkMode.NETWORK, ADDR_BITS, NET_OUT_BITS, 2, COLS, 32, 0, NET_CLASSES,
                       len(NET_TARGETS)) + struct.pack(f"<{len(NET_TARGETS)}H", *NET_TARGETS))
-    v4 = bytes([4]) + v5[1:]
-    for old, version in ((v5, 5), (v4, 4), (v3, 3)):
-        rebuild = (rf"the board's bitstream speaks link protocol version {version}, this host version 6: rebuild the "
+    v5, v4 = bytes([5]) + v6[1:], bytes([4]) + v6[1:]
+    for old, version in ((v6, 6), (v5, 5), (v4, 4), (v3, 3)):
+        rebuild = (rf"the board's bitstream speaks link protocol version {version}, this host version 7: rebuild the "
                    r"bitstream with this version of the project \(`lcq build MODEL --board NAME`\) and flash it")
         with pytest.raises(VersionError, match=rebuild):
             LinkInfo.decode(old)
@@ -1257,9 +1267,9 @@ def test_another_protocol_version_is_refused_at_once():
         with pytest.raises(VersionError, match=rebuild):
             LinkHost(port, retries=2).info
         assert len(port.writes) == 1
-    with pytest.raises(VersionError, match=r"speaks link protocol version 7, this host version 6: update the host"):
-        LinkInfo.decode(dataclasses.replace(INFO, version=7).encode())
-    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 6: rebuild"):
+    with pytest.raises(VersionError, match=r"speaks link protocol version 8, this host version 7: update the host"):
+        LinkInfo.decode(dataclasses.replace(INFO, version=8).encode())
+    with pytest.raises(VersionError, match=r"speaks link protocol version 1, this host version 7: rebuild"):
         LinkInfo.decode(bytes([1, 0, 0]))           # whatever a version's INFO holds, its first byte is the version
 
 
@@ -1285,15 +1295,49 @@ def test_host_refuses_every_info_the_bridge_refuses_and_takes_the_rest(args, kwa
 
 
 def test_host_takes_the_info_of_every_bridge():
-    """The bridge of these tests and a minimal one: INFO the host takes as sent."""
+    """The bridge of these tests and a minimal one: INFO the host takes as sent, its build too (0 by default, the
+    largest 32-bit digest)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusedElaboratable)
-        bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS, max_payload=32)
+        bridge = LinkBridge(ADDR_BITS, TARGET_WIDTHS, OUT_BITS, rows=3, cols=COLS, code_bits=CODE_BITS, max_payload=32,
+                            build=BUILD)
         assert LinkInfo.decode(bridge.info_payload()) == INFO
         minimal = LinkBridge(1, (1, 0, 0, 0, 0, 0), 1, 1, 1, max_payload=5)
         assert LinkInfo.decode(minimal.info_payload()).problems() == []
+        assert LinkInfo.decode(minimal.info_payload()).build == 0
+        largest = LinkBridge(1, (1, 0, 0, 0, 0, 0), 1, 1, 1, max_payload=5, build=0xFFFFFFFF)
+        assert LinkInfo.decode(largest.info_payload()).build == 0xFFFFFFFF
+        del largest
         del bridge, minimal
         gc.collect()
+
+
+def test_the_board_cores_state_the_build_digest_of_their_parameters():
+    """The gateware's INFO bytes (the bridge's constants, as :mod:`boards.top` builds each mode's core) are those the
+    host expects of the parameters it uses: the network core's are :func:`boards.traffic.network_info`'s, and each
+    states :func:`hw.network_params.build_digest` of its parameters, which a round trip through the report's
+    ``describe`` keeps; a runner given those parameters takes the INFO."""
+    from boards.runtime import BoardRunner, NetworkRunner
+    from boards.top import AcceleratorCore, NetworkAcceleratorCore
+    from boards.traffic import network_info
+    from hw.engine_params import EngineParams
+    from hw.network_params import NetworkParams, build_digest
+
+    model, params, _ = _digits()
+    engine = EngineParams.for_model(model, 2, 4, resident="all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        network_payload = NetworkAcceleratorCore(params, model.num_classes, 100, max_payload=512).bridge.info_payload()
+        layers_payload = AcceleratorCore(engine, 100, max_payload=512).bridge.info_payload()
+        gc.collect()
+    assert network_payload == network_info(model, params, 512).encode()
+    assert LinkInfo.decode(network_payload).build == build_digest(params) == \
+        build_digest(NetworkParams.from_dict(params.describe()))
+    assert LinkInfo.decode(layers_payload).build == build_digest(engine) == \
+        build_digest(EngineParams.from_dict(engine.describe()))
+    assert build_digest(params) != build_digest(engine)
+    NetworkRunner(LinkHost(ScriptPort(answers(network_payload))), model, params)
+    BoardRunner(LinkHost(ScriptPort(answers(layers_payload))), model, engine, "all")
 
 
 def test_zero_byte_words_are_an_error_not_a_division_by_zero():
@@ -1363,7 +1407,7 @@ def test_a_reply_that_comes_too_slowly_misses_its_deadline():
             time.sleep(0.05)
             return super().read(n)
 
-    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(33 "
+    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(37 "
                                           r"bytes of it came, too slowly\)"):
         LinkHost(Slow(answers()), deadline=0.12).ping()
 
@@ -1940,7 +1984,8 @@ def test_a_board_flashed_with_another_build_mid_session_is_refused_when_the_mode
     sent = len(board.port.writes)
     with pytest.raises(LinkError, match=r"the device's parameters changed since this session's first PING \(rows 2 "
                                         r"-> 4, target_bits \(15, 12, 46, 45, 45, 16, .*\) -> \(15, 12, 46, 45, 45, "
-                                        r"32, .*\)\): another bitstream was flashed"):
+                                        r"32, .*\), build 0x[0-9a-f]{8} -> 0x[0-9a-f]{8}\): another bitstream was "
+                                        r"flashed"):
         runner.classify(images)
     assert request_kinds(board.port.writes[sent:]) == [FrameType.PING]
     # Flashed with no run between (no DONE to state session 0), then a new runner on the same host: its first session
