@@ -1,7 +1,9 @@
 """Host runtime: a compiled model on a board (or a simulated one) over the link.
 
 A bitstream runs in one of two modes (:data:`MODES`, stated in its INFO reply,
-:class:`hw.protocol.LinkMode`); each runner refuses a board of the other mode.
+:class:`hw.protocol.LinkMode`); each runner refuses a board of the other mode, and one whose INFO states
+other widths or another build digest (:func:`hw.network_params.build_digest`) than the parameters it uses
+(:func:`check_build`: a build whose memories have other depths).
 
 :class:`NetworkRunner` (network mode, the whole-network core): loads the model's constants and
 program once (:func:`hw.network_program.load_beats`), then per image its pixels
@@ -31,7 +33,7 @@ import numpy as np
 from compiler.graph import CompiledModel, ConvNode, Thresholds
 from compiler.reference import check_images
 from hw.engine_params import EngineParams
-from hw.network_params import NetworkParams
+from hw.network_params import NetworkParams, build_digest
 from hw.network_program import decode_logits, image_beats, load_beats
 from hw.program import model_jobs, resident_beats
 from hw.protocol import LinkError, LinkInfo, LinkMode, NackCode, NackError, OutputFormat
@@ -76,6 +78,18 @@ class RunResult:
 OTHER_BUILD = ("the board on the port runs another build than the report describes; pass the report.json of the "
                "build on that port (--report FILE), or build and flash this model's (`lcq build MODEL --board NAME`, "
                "`lcq flash --board NAME`)")
+
+
+def check_build(info: LinkInfo, params: EngineParams | NetworkParams, core: str) -> None:
+    """A :class:`LinkError` naming both digests and the fix when the board's bitstream states another build digest
+    (INFO's ``build``) than :func:`hw.network_params.build_digest` of ``params``, the parameters the host is about
+    to use (``core``: what the board runs, as the error names it): a build of the same widths whose other
+    parameters (a memory's depth, say) differ, which the host would drive past its memories."""
+    expected = build_digest(params)
+    if info.build != expected:
+        raise LinkError(f"the board's {core} states build 0x{info.build:08x}, not the 0x{expected:08x} of the "
+                        f"{core} built for this model (the digest of its parameters, memory depths included; "
+                        f"which of them differ cannot be told from INFO, whose other fields agree): {OTHER_BUILD}")
 
 
 def check_mode(info: LinkInfo, expected: LinkMode) -> None:
@@ -149,8 +163,9 @@ class _Runner:
 
 class NetworkRunner(_Runner):
     """Runs ``model`` on the whole-network core of ``params`` behind ``host`` (a :class:`LinkHost`):
-    image in, logits out. The device's INFO must state network mode and match ``params`` and the
-    model's class count; otherwise a :class:`LinkError` says what to build and flash. ``repeated``
+    image in, logits out. The device's INFO must state network mode and match ``params`` (its widths, and its
+    build digest: :func:`check_build`) and the model's class count; otherwise a :class:`LinkError` says what to
+    build and flash. ``repeated``
     counts image runs repeated after a lost or corrupted reply (up to ``retries`` per image; an
     image's beats are idempotent, so its LOADs and RUN are sent again whole).
 
@@ -169,6 +184,7 @@ class NetworkRunner(_Runner):
         if got != expected:
             raise LinkError(f"the board's network core (address bits, target bits, logit bits, rows, cols, classes "
                             f"= {got}) is not the one built for this model ({expected}): {OTHER_BUILD}")
+        check_build(info, params, "network core")
         self.host, self.model, self.params = host, model, params
         self.retries, self.repeated = retries, 0
         self._settle_words = model.num_classes      # a running image's logits stay in the core past those asked for
@@ -280,8 +296,8 @@ class BoardRunner(_Runner):
 
     ``resident`` (``"none"``, ``"weights"``, ``"all"``) is the residency ``params`` were sized
     for; ``repeated`` counts layer runs repeated after a lost or corrupted reply. The
-    device's INFO must match ``params`` (widths, rows, cols): otherwise the board runs
-    another build, and a :class:`LinkError` says to build and flash this one.
+    device's INFO must match ``params`` (widths, rows, cols, and the build digest: :func:`check_build`): otherwise
+    the board runs another build, and a :class:`LinkError` says to build and flash this one.
     """
 
     def __init__(self, host: LinkHost, model: CompiledModel, params: EngineParams, resident: str, *,
@@ -294,6 +310,7 @@ class BoardRunner(_Runner):
         if got != expected:
             raise LinkError(f"the board's engine (address bits, target bits, output bits, code bits, rows, cols "
                             f"= {got}) is not the one built for this model ({expected}): {OTHER_BUILD}")
+        check_build(info, params, "engine")
         self.host, self.model, self.params, self.resident = host, model, params, resident
         self.retries, self.repeated = retries, 0
 

@@ -2107,6 +2107,54 @@ def test_each_runner_refuses_a_board_of_the_other_mode():
                     EngineParams.for_model(model, 2, 4, resident="all"), "all")
 
 
+def test_each_runner_refuses_a_board_of_another_build_whose_info_widths_agree():
+    """A board built from parameters that differ from the host's only in a memory's depth (the report of another
+    build, or a board flashed with another build of the same widths) states the same INFO but for its build digest:
+    before, the runners took it and wrote past the memory (its addresses wrap), giving wrong logits silently. Each
+    runner now refuses it before sending anything but the PING, naming both digests, that what differs cannot be
+    told from INFO, and the fix; a runner given the board's own parameters takes it."""
+    from boards.runtime import BoardRunner, NetworkRunner
+    from boards.top import AcceleratorCore
+    from boards.traffic import network_info
+    from compiler.reference import predict
+    from hw.engine_params import EngineParams
+    from hw.network_params import build_digest
+
+    model, params, images = _digits()
+    deeper = dataclasses.replace(params, value_depth=params.value_depth + 1)
+    board = NetworkBoard(model, deeper, images)
+    assert dataclasses.replace(board.info, build=0) == dataclasses.replace(network_info(model, params, 512), build=0)
+    ours, theirs = build_digest(params), build_digest(deeper)
+    assert ours != theirs and board.info.build == theirs
+    with pytest.raises(LinkError, match=rf"the board's network core states build 0x{theirs:08x}, not the "
+                                        rf"0x{ours:08x} of the network core built for this model \(the digest of its "
+                                        r"parameters, memory depths included; which of them differ cannot be told "
+                                        r"from INFO, whose other fields agree\): the board on the port runs another "
+                                        r"build than the report describes; pass the report.json of the build on that "
+                                        r"port \(--report FILE\), or build and flash this model's"):
+        NetworkRunner(LinkHost(board.port), model, params)
+    assert request_kinds(board.port.writes) == [FrameType.PING]
+    assert (NetworkRunner(LinkHost(board.port), model, deeper).classify(images).logits == predict(model, images)).all()
+
+    engine = EngineParams.for_model(model, 2, 4, resident="all")
+    other = dataclasses.replace(engine, out_depth=engine.out_depth + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        payload = AcceleratorCore(other, 100, max_payload=512).bridge.info_payload()     # the other build's INFO
+        own = AcceleratorCore(engine, 100, max_payload=512).bridge.info_payload()
+        gc.collect()
+    assert dataclasses.replace(LinkInfo.decode(payload), build=0) == dataclasses.replace(LinkInfo.decode(own), build=0)
+    port = ScriptPort(answers(payload))
+    with pytest.raises(LinkError, match=rf"the board's engine states build 0x{build_digest(other):08x}, not the "
+                                        rf"0x{build_digest(engine):08x} of the engine built for this model .*which of "
+                                        r"them differ cannot be told from INFO.*: the board on the port runs another "
+                                        r"build than the report describes; pass the report.json of the build on that "
+                                        r"port \(--report FILE\)"):
+        BoardRunner(LinkHost(port), model, engine, "all")
+    assert request_kinds(port.writes) == [FrameType.PING]
+    BoardRunner(LinkHost(ScriptPort(answers(payload))), model, other, "all")
+
+
 def test_network_runner_refuses_images_of_the_wrong_shape_before_sending_anything():
     from boards.runtime import NetworkRunner
 
