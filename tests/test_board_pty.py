@@ -126,8 +126,13 @@ def stop(proc: subprocess.Popen) -> None:
 def test_ping_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_path):
     """Through pyserial on the pseudo-terminal: the first PING is corrupted on its way in (the bridge NACKs
     it), the INFO answering the second on its way out (its checksum fails); the host resynchronizes once and
-    the third PING's INFO states the network core that ``lcq board-sim``'s report describes."""
+    the third PING's INFO states the network core that ``lcq board-sim``'s report describes: every byte the host
+    expects of that core (:func:`boards.traffic.network_info`), its build digest included."""
+    from boards.boards import get_board
+    from boards.fit import network_for_board
     from boards.link_host import LinkHost, SerialPort
+    from boards.traffic import network_info
+    from hw.network_params import build_digest
     from hw.protocol import FRAME_BYTES, LinkMode
 
     # The first PING's checksum (bytes 4, 5), and a payload byte of the INFO after the NACK (8 bytes).
@@ -143,6 +148,9 @@ def test_ping_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_pat
     assert host.resyncs == 1
     assert (info.mode, info.rows, info.cols, info.classes, info.max_payload) == (
         LinkMode.NETWORK, report["network"]["rows"], report["network"]["cols"], 10, 2048)
+    model = load(DIGITS)
+    params = network_for_board(model, get_board(BOARD)).params     # what lcq board-sim builds by default
+    assert info == network_info(model, params, 2048) and info.build == build_digest(params) != 0
     assert status["corrupted_to_board"] == [to_board] and status["corrupted_from_board"] == [from_board]
     assert status["framing_errors"] == 0
 
