@@ -63,7 +63,9 @@ parameter of the engine, or of the whole-network core, memory depths included:
 :func:`hw.network_params.build_digest`, the one function that both the gateware generator, which bakes it into
 INFO's constant bytes, and the host call). The runners compute it of the parameters they are about to use and
 refuse a board that states another (:class:`boards.runtime.NetworkRunner`, :class:`boards.runtime.BoardRunner`).
-A bitstream of version 6 (whose INFO has no build) is refused by its INFO's version.
+A bitstream of version 6 (whose INFO has no build) is refused by its INFO's version. (The digest's 4 bytes sit
+beside INFO's other constant bytes, no register of their own: the digits network core on the iCEBreaker's UP5K
+took 15 more logic cells, 5,128 of 5,280, and met its 36 MHz clock at 39.09 MHz.)
 """
 
 from __future__ import annotations

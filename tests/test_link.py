@@ -1537,15 +1537,14 @@ def test_link_host_parameters_and_run_requests_are_checked():
 # The runners' mode checks and a network-mode run against a scripted device
 
 class NetworkBoard:
-    """A scripted network-mode board, v6: INFO; LOAD -> ACK (the image target's payloads staged by address;
-    any other target while the core runs: NACK BUSY; the others' payloads kept, the model); RUN -> NACK BUSY
-    while the core runs, otherwise it starts the core on the staged image: RUN of 0 words -> DONE 0, of
-    ``classes`` -> the reference logits (sign-extended to whole bytes, as the bridge sends them; one OUT frame)
-    and DONE; RESULT -> the running image's logits and DONE, or DONE 0 when not running; SESSION -> ACK, the
-    session that DONE states. :meth:`reset` clears it all, as a board's reset does; a core started without
-    the model's payloads (all the LOADs to other targets since the reset) computes garbage logits.
-    ``damaged``: (RUN or RESULT, n) of the requests (the nth of its type, from 0) whose reply's first frame has
-    a corrupted checksum."""
+    """A scripted network-mode board, v7: INFO (its build digest that of ``params``); LOAD -> ACK (the image target's
+    payloads staged by address; any other target while the core runs: NACK BUSY; the others' payloads kept, the
+    model); RUN -> NACK BUSY while the core runs, otherwise it starts the core on the staged image: RUN of 0 words ->
+    DONE 0, of ``classes`` -> the reference logits (sign-extended to whole bytes, as the bridge sends them; one OUT
+    frame) and DONE; RESULT -> the running image's logits and DONE, or DONE 0 when not running; SESSION -> ACK, the
+    session that DONE states. :meth:`reset` clears it all, as a board's reset does; a core started without the
+    model's payloads (all the LOADs to other targets since the reset) computes garbage logits. ``damaged``: (RUN or
+    RESULT, n) of the requests (the nth of its type, from 0) whose reply's first frame has a corrupted checksum."""
 
     def __init__(self, model, params, images, max_payload=512, damaged=()):
         from boards.traffic import network_info
