@@ -1407,8 +1407,9 @@ def test_a_reply_that_comes_too_slowly_misses_its_deadline():
             time.sleep(0.05)
             return super().read(n)
 
-    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(37 "
-                                          r"bytes of it came, too slowly\)"):
+    # how many bytes come before the deadline depends on how late the machine wakes from each sleep
+    with pytest.raises(LinkTimeout, match=r"the INFO reply to PING did not arrive within the 0\.12 s deadline \(\d+ "
+                                          r"bytes? of it came, too slowly\)"):
         LinkHost(Slow(answers()), deadline=0.12).ping()
 
 
