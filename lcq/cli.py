@@ -34,7 +34,8 @@ def _version() -> str:
         return f"(unknown: the {DISTRIBUTION} distribution is not installed; pip install -e . records it)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction, dict]:
+    """The ``lcq`` parser, its verbs' subparsers (``sub.choices``) and ``{verb: handler}``; parsing runs nothing."""
     parser = argparse.ArgumentParser(prog="lcq",
                                      description="LCQ: train low-bit CNNs and map them to FPGA LUT-MAC arrays")
     parser.add_argument("--version", action="version", version=f"lcq {_version()}")
@@ -51,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         commands.update(module.add_parsers(sub))
     if missing:
         parser.epilog = "Not available here: " + "; ".join(missing) + " (pip install -e '.[hw]' installs everything)."
+    return parser, sub, commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, sub, commands = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     args, unknown = parser.parse_known_args(argv)
     name = args.command
