@@ -259,6 +259,8 @@ def crc16(data: bytes, crc: int = CRC_INIT) -> int:
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame as read from the link: its type byte and payload (the checksum already checked)."""
+
     type: int
     payload: bytes = b""
 

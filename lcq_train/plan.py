@@ -109,6 +109,13 @@ def show_outer(value) -> str:
 
 @dataclass(frozen=True)
 class QuantPlan:
+    """How a model is quantized: ``method`` (fp, uniform, lcq) at ``wbits``/``abits`` with outer widths
+    ``outer_bits`` (one b' for both operands, a pair (b'_w, b'_a), or None for none), ``K`` compander intervals,
+    initial clips ``alpha_w``/``alpha_a``, the first and last layers at ``edge_bits``, per-layer overrides
+    ``layer_bits`` (name -> (W, A) or (W, A, b'_w, b'_a)) and ``weight_norm`` (lwn, standardize). Checked when made
+    (ValueError naming the option), so a plan read from a checkpoint or a model file obeys the rules of
+    ``lcq train``'s options."""
+
     method: str = "fp"
     wbits: int = 32
     abits: int = 32

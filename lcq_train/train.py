@@ -61,6 +61,10 @@ CALIBRATION_BATCHES = 4      # training batches (unaugmented) that --clip-init m
 
 @dataclass
 class TrainConfig:
+    """One ``lcq train`` run: the model, data, quantization ``plan``, schedule and where it writes (``out``).
+    Checked when made (ValueError naming the setting); saved in every checkpoint, so ``--resume`` and the benchmarks
+    read back the run's own settings."""
+
     model: str = "cnn"               # a built-in model, or a factory reference MODULE:NAME / FILE.py:NAME
     dataset: str = "digits"
     data_dir: str | None = None
@@ -120,6 +124,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a path or name (a string), not {value!r}")
 
     def weight_lr(self) -> float:
+        """The weights' learning rate: ``lr``, or the method's default where it is unset."""
         return self.lr if self.lr is not None else default_lr(self.plan.method)
 
     def to_dict(self) -> dict:

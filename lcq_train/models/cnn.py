@@ -16,6 +16,11 @@ from ..layers import QAct, QConv2d, QLinear
 
 
 class SmallCNN(nn.Module):
+    """The small CNN of the MNIST-sized benchmarks: three 3x3 convs of ``widths`` channels (strides 1, 2, 2; the last
+    1 on inputs of 8 pixels or fewer), each but the first after BN + ReLU, global average pooling, one linear layer.
+    Input ``(N, *input_shape)``, at least 4x4 pixels; output ``(N, num_classes)`` logits. Every conv and the linear
+    layer reads its own activation quantizer (``act_in`` the image, ``act1``, ``act2``, ``act_fc``)."""
+
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, widths=(16, 32, 64)):
         super().__init__()
         channels, height, width = input_shape

@@ -19,6 +19,10 @@ from ..layers import QAct, QConv2d, QLinear
 
 
 class PreActBlock(nn.Module):
+    """A pre-activation basic block: BN + ReLU, 3x3 conv (``stride``), BN + ReLU, 3x3 conv, plus the input, or a 1x1
+    conv of the first BN + ReLU's output where the block changes the stride or the channels. ``(N, in_ch, H, W)`` in,
+    ``(N, out_ch, H / stride, W / stride)`` out."""
+
     def __init__(self, in_ch: int, out_ch: int, stride: int):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(in_ch)
@@ -37,6 +41,8 @@ class PreActBlock(nn.Module):
         return y + skip
 
     def quant_layers(self, prefix: str) -> list[tuple[str, str]]:
+        """(layer, its input quantizer) of each conv of the block, names under ``prefix`` (the shortcut shares
+        ``act1`` with ``conv1``)."""
         pairs = [(f"{prefix}conv1", f"{prefix}act1")]
         if self.shortcut is not None:
             pairs.append((f"{prefix}shortcut", f"{prefix}act1"))
