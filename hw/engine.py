@@ -457,7 +457,9 @@ class LayerEngine(wiring.Component):
         row_addr = counter("row_addr")
         pos, read_pos = Signal(range(p.pos_depth + 1)), Signal(range(p.pos_depth + 1))
         read_slot = Signal(range(p.stage_depth + 1))
-        feed_col, collected = Signal(range(Cn + 1)), Signal(range(Cn + 2))
+        # (``$signal``: the name these registers had in the Verilog, kept; a tuple's last one named by the tracer
+        # or not as CPython compiles the assignment.)
+        feed_col, collected = Signal(range(Cn + 1)), Signal(range(Cn + 2), name="$signal")
         row_count = Signal(range(R + 1))
         # ``wait``: cycles left in WAIT; ``waiting``: it is above 0, a register set with it. ``all_tiles``: every
         # channel tile is done, a cycle behind ``co_tile`` (WAIT tests it in its second cycle at the earliest: it
@@ -708,12 +710,35 @@ class LayerEngine(wiring.Component):
                                             read_addrs, read_pos, read_slot, feed_col, pair,
                                             registered_last_column=slow_block_ram(platform),
                                             late_tile_step=slow_block_ram(platform))
+            reading = None
         else:
+            holding = None
             reading = Signal()
             m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
                                                                                "OFFER"))).any())
             feeding = fsm.ongoing("FEED")
 
+        array = self._pe_array(m, platform, cfg, loads, buffer_write, w_rows, weight_data, act_data, tags)
+        column_reads = self._accumulators(m, platform, array, tags, read_addrs, reading)
+        values = self._column_select(m, platform, column_reads, feed_col, holding, pair)
+        results, relu = self._output_stages(m, platform, cfg, load, loads, feeding, values, feed_col, read_slot)
+        if self.network:
+            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, platform)
+        else:
+            self._output_word(m, feeding, feed_col, results[0], collected, fsm)
+        return m
+
+    def _pe_array(self, m, platform, cfg, loads, buffer_write, w_rows, weight_data, act_data, tags):
+        """The PE array (submodule ``array``, :func:`array_variant`) and what feeds it: each row's weight word from
+        ``weight_data`` into its shadow weights where ``w_rows`` (a bit per row, the cycle of the row's read address)
+        says, two cycles after the read data (network mode: ``BANKED_LATENCY + 2`` after the address); the product
+        tables from TABLE load beats (``buffer_write``); row ``r``'s code from ``act_data``, ``r`` cycles after row
+        0's (skew), 0 outside the image, with its valid and swap bits from the position's tags (``tags[lag + r]``).
+        Returns the array (its partial sums: :meth:`_accumulators`)."""
+        p = self.params
+        R, Cn = p.rows, p.cols
+        reset_less = reset_less_data(platform)     # of data registers (hw.delay)
+        lag = self.lag
         # The array: row r's code enters its table r cycles after row 0's (skew).
         variant = array_variant(p, platform)
         m.submodules.array = array = PEArray(variant, R, Cn, p.acc_bits, double_buffered=True,
@@ -759,7 +784,20 @@ class LayerEngine(wiring.Component):
                            reset_less=reset_less)
             m.d.comb += [array.a_valid[r].eq(tags[lag + r].valid), array.a_swap[r].eq(tags[lag + r].swap),
                          array.a_code[r].eq(code)]
+        return array
 
+    def _accumulators(self, m, platform, array, tags, read_addrs, reading):
+        """The column memories (submodules ``acc_{c}``): each column's partial sum of a position is read as the
+        position reaches the column's top PE (0 in the tile's first reduction tile), and the array's sum written
+        back ``rows + 1`` cycles later, at the position's ``out_addr`` (its tag). The read-back reads at
+        ``read_addrs`` (network mode: a second read port each, column ``c`` at copy ``c // WORD_GROUP_COLUMNS``;
+        layer mode: the one port, while ``reading``). Returns each column's read-back data, a cycle after its
+        address."""
+        p = self.params
+        R, Cn = p.rows, p.cols
+        reset_less = reset_less_data(platform)     # of data registers (hw.delay)
+        lag = self.lag
+        read_addr = read_addrs[0]
         # Each column keeps the partial sums of every output (channel tile, position) in its
         # own memory; column c runs c cycles behind column 0. On the ECP5 (slow_block_ram) the partial sum read
         # for the array is registered before the top row's PE and read a cycle earlier: the block RAM's output
@@ -787,7 +825,17 @@ class LayerEngine(wiring.Component):
             else:
                 m.d.comb += acc_read.addr.eq(Mux(reading, read_addr, array_read))
                 column_reads.append(acc_read.data)
+        return column_reads
 
+    def _column_select(self, m, platform, column_reads, feed_col, holding, pair):
+        """The read-back's column choice: the accumulator of column ``feed_col`` among ``column_reads``, the value
+        that enters the output stage (``2`` cycles after ``feed_col`` on the ECP5, else in the same cycle: the
+        stage's ``lag``). Returns the values of the stages: the position's; in pairs (``write_pairs``) the even
+        position's (held while ``holding``, READ_SECOND) and the odd one's."""
+        p = self.params
+        Cn = p.cols
+        reset_less = reset_less_data(platform)     # of data registers (hw.delay)
+        late = slow_block_ram(platform)
         # Read-back: the word's accumulators enter the output stage one per cycle (column
         # feed_col); results come back STAGE_LATENCY cycles later into their field of the output word.
         # In pairs, the even position's accumulators (held) enter one stage and the odd one's a second.
@@ -799,7 +847,7 @@ class LayerEngine(wiring.Component):
         # at the address read until the word's last column is taken into its group's register. Each group takes the
         # column within it from a register of its own (one register into every group's multiplexer was 10.7 ns of
         # routing at 06f5696).
-        select, lag = feed_col, 2 * int(late)
+        select = feed_col
         if late:
             column_reads = [delayed(m, data, 1, f"column_read_{c}", reset_less=reset_less)
                             for c, data in enumerate(column_reads)]
@@ -824,6 +872,15 @@ class LayerEngine(wiring.Component):
             with m.If(delayed(m, holding, 1, "holding_late") if late else holding):
                 m.d.sync += [h.eq(r) for h, r in zip(held, column_reads)]
             values = [Mux(pair, chosen(held, "held"), fed), fed]
+        return values
+
+    def _output_stages(self, m, platform, cfg, load, loads, feeding, values, feed_col, read_slot):
+        """One output stage per value of ``values`` (:meth:`_output_stage`; the odd position's named ``_odd``), fed
+        while ``feeding`` with column ``feed_col`` of stage slot ``read_slot``, as register ``stage`` says. Returns
+        their results (``STAGE_LATENCY`` cycles after ``feeding``) and ``relu`` (the stage is
+        STAGE_REQUANTIZE_RELU)."""
+        p = self.params
+        lag = 2 * int(slow_block_ram(platform))
         channel = Cat(feed_col[:p.col_bits], read_slot)
         stage = cfg["stage"][:2]
         relu = C(0, 1)      # STAGE_REQUANTIZE_RELU: in layer mode here, in network mode after the fused addition
@@ -831,10 +888,13 @@ class LayerEngine(wiring.Component):
             relu = stage == STAGE_REQUANTIZE_RELU
         results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix, platform, lag)
                    for value, suffix in zip(values, ("", "_odd"))]
-        result = results[0]
-        if self.network:
-            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, platform)
-            return m
+        return results, relu
+
+    def _output_word(self, m, feeding, feed_col, result, collected, fsm):
+        """Layer mode: each result (``STAGE_LATENCY`` cycles after ``feeding``) into its column's field of the
+        ``out`` word; ``collected`` counts the word's results (back to 0 in READ_WORD)."""
+        p = self.params
+        Cn = p.cols
         back_valid = delayed(m, feeding, self._stage_latency, "back_valid")
         back_col = delayed(m, feed_col, self._stage_latency, "back_col")
         fields = [Signal(signed(p.out_bits), name=f"out_{c}") for c in range(Cn)]
@@ -845,7 +905,6 @@ class LayerEngine(wiring.Component):
                         m.d.sync += fields[c].eq(result)
         m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
         m.d.comb += self.out.payload.eq(Cat(*fields))
-        return m
 
     def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, platform, lag):
         """One output stage (the units named with ``suffix``): ``value`` of ``channel`` (entering while
