@@ -332,100 +332,10 @@ class LayerEngine(wiring.Component):
         m = Module()
         p = self.params
         R, Cn = p.rows, p.cols
-        reset_less = reset_less_data(platform)     # of data registers (hw.delay)
         self._stage_latency = self.stage_latency(platform)
-        cfg = {name: Signal(signed(self.data_addr_bits if name == "dst_base" else p.register_bits(name, self.reg_bits)),
-                            name=f"cfg_{name}") for name in self.registers}
-        idle = Signal()
-        load, beat_valid, start = self._load_beat(m, idle, platform)
-
-        def loads(target):
-            return beat_valid & (load.target == target)
-
-        if self.network:
-            # A register word a cycle after its beat again: the register's enable decoded into a flip-flop of its
-            # own and the data registered (the decode fed enables spread over the core: the ResNet-20 core's
-            # worst path); ``start`` follows them (``_load_beat``).
-            cfg_write, cfg_data = Signal(len(self.registers), name="cfg_write"), Signal.like(load.data, name="cfg_data")
-            # (A compare per register: a shift of a one by the address was a chain of six LUTs on the UP5K.)
-            m.d.sync += [cfg_write.eq(Cat(loads(CONFIG) & (load.addr == i) for i in range(len(self.registers)))),
-                         cfg_data.eq(load.data)]
-            for i, name in enumerate(self.registers):
-                with m.If(cfg_write[i]):
-                    m.d.sync += cfg[name].eq(cfg_data)
-        else:
-            with m.If(loads(CONFIG)):
-                with m.Switch(load.addr):
-                    for i, name in enumerate(self.registers):
-                        with m.Case(i):
-                            m.d.sync += cfg[name].eq(load.data)
-        # Each count's last value. Network mode: registered a cycle after its register is written (the
-        # layer's first compare comes rows + 1 cycles after start), so that the loop ends compare with a
-        # register, no subtraction (the ResNet-20 core's worst path). Layer mode keeps the subtraction:
-        # its engine fills the UP5K, where these registers would not fit.
-        if self.network:
-            last = {name: Signal(signed(len(cfg[name])), name=f"last_{name}") for name in LAST_COUNTS}
-            m.d.sync += [last[name].eq(cfg[name] - 1) for name in last]
-        else:
-            last = {name: cfg[name] - 1 for name in LAST_COUNTS if name in self.registers}
-
-        def buffer_write(name, write_en):
-            """The write of a load beat into buffer ``name``: ``(enable, address, data)``. On the ECP5 in network
-            mode a cycle later, from the buffer's own flip-flops (:func:`hw.delay.late_write`): the beat's
-            registers, shared by every buffer and the row tables, reached their block RAMs' write registers across
-            the die (13.5 ns on the ULX3S-85F at 1badc10)."""
-            ports = (write_en, load.addr, load.data)
-            if not (self.network and slow_block_ram(platform)):
-                return ports
-            return late_write(m, ports, f"{name}_load", ("en", "addr", "data"), reset_less=reset_less)
-
-        def buffer(name, width, depth, write_en, spram=False):
-            """A buffer written by loads while idle and read while computing: in SPRAM blocks where
-            ``spram`` (single-port: the load's address while idle, else the read address), else an
-            Amaranth memory with a write port of its own (no multiplexer from the state into the
-            read address). Returns the read data (one cycle after the address; network mode: two, the
-            data registered, in banks where the buffer is deep, :mod:`hw.banked`) and the read address
-            to drive."""
-            addr = Signal(range(depth), name=f"{name}_addr")
-            if spram:
-                m.submodules[name] = memory = SpramBuffer(width, depth)
-                m.d.comb += [memory.addr.eq(Mux(idle, load.addr, addr)), memory.write_en.eq(write_en),
-                             memory.write_data.eq(load.data)]
-                if self.network:
-                    return delayed(m, memory.read_data, BANKED_LATENCY - 1, f"{name}_data"), addr
-                return memory.read_data, addr
-            if self.network:
-                return banked_buffer(m, name, width, depth, *buffer_write(name, write_en), addr, reset_less,
-                                     grouped_writes=slow_block_ram(platform)), addr
-            m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
-            write, read = memory.write_port(), memory.read_port()
-            m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),
-                         read.addr.eq(addr)]
-            return read.data, addr
-
-        # Network mode with write_pairs: this layer writes back in pairs (its bands have an even number of
-        # positions; the program puts every tensor at an even word).
-        pair = Signal(name="pair") if p.write_pairs else C(0, 1)
-        if p.write_pairs:
-            m.d.sync += pair.eq(cfg["band_positions"][0] == 0)
-        if self.network:
-            act_data, act_addrs, code_out = self._code_buffer(m, idle, slow_block_ram(platform), reset_less)
-        else:
-            act_data, act_addr = buffer("activations", R * p.abits, p.act_depth, loads(ACTS))
-            act_addrs = [act_addr]
-        spram = self.spram
-        if spram is None:
-            spram = platform_has_spram(platform) and p.weights_fit_spram
-        weight_data, weight_read_addr = buffer("weights", Cn * p.stored_weight_bits, p.weight_depth, loads(WEIGHTS),
-                                               spram)
-        if p.wide_depth:
-            # One read address for both weights buffers, as deep as the deeper: the multiplying layers' weights
-            # may outnumber the LUT layers'.
-            read_addr = Signal(range(max(p.weight_depth, p.wide_depth)), name="weights_read_addr")
-            m.d.comb += weight_read_addr.eq(read_addr)
-            weight_data = self._weights_of_layer(m, cfg, buffer, loads(WIDE_WEIGHTS), weight_data, read_addr,
-                                                 spram and self.wide_spram, slow_block_ram(platform))
-            weight_read_addr = read_addr
+        cfg, last, idle, load, loads, start, pair = self._configuration(m, platform)
+        act_data, act_addrs, code_out = self._activation_buffer(m, idle, load, loads, platform)
+        weight_data, weight_read_addr = self._weights_buffer(m, cfg, idle, load, loads, platform)
 
         # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x); those of rows, columns and
         # kernel taps (``geometry``) as wide as the geometry registers.
@@ -718,7 +628,7 @@ class LayerEngine(wiring.Component):
                                                                                "OFFER"))).any())
             feeding = fsm.ongoing("FEED")
 
-        array = self._pe_array(m, platform, cfg, loads, buffer_write, w_rows, weight_data, act_data, tags)
+        array = self._pe_array(m, platform, cfg, load, loads, w_rows, weight_data, act_data, tags)
         column_reads = self._accumulators(m, platform, array, tags, read_addrs, reading)
         values = self._column_select(m, platform, column_reads, feed_col, holding, pair)
         results, relu = self._output_stages(m, platform, cfg, load, loads, feeding, values, feed_col, read_slot)
@@ -728,11 +638,135 @@ class LayerEngine(wiring.Component):
             self._output_word(m, feeding, feed_col, results[0], collected, fsm)
         return m
 
-    def _pe_array(self, m, platform, cfg, loads, buffer_write, w_rows, weight_data, act_data, tags):
+    def _configuration(self, m, platform):
+        """The configuration registers and the load beats that write them. Returns ``(cfg, last, idle, load, loads,
+        start, pair)``: ``cfg``, the registers by name (signals ``cfg_*``), written by CONFIG beats (network mode: a
+        cycle after the beat, from a flip-flop of the decoded enable and a register of the data); ``last``, each
+        count of LAST_COUNTS less one (network mode: registers, a cycle after their register); ``idle`` (to drive:
+        the sequencer is idle); ``load`` and ``loads(target)``, the beat and its write enable for ``target``, and
+        ``start``, as :meth:`_load_beat` gives them; ``pair``, the layer writes back in pairs (a register with
+        ``write_pairs``, else 0)."""
+        p = self.params
+        cfg = {name: Signal(signed(self.data_addr_bits if name == "dst_base" else p.register_bits(name, self.reg_bits)),
+                            name=f"cfg_{name}") for name in self.registers}
+        idle = Signal()
+        load, beat_valid, start = self._load_beat(m, idle, platform)
+
+        def loads(target):
+            return beat_valid & (load.target == target)
+
+        if self.network:
+            # A register word a cycle after its beat again: the register's enable decoded into a flip-flop of its
+            # own and the data registered (the decode fed enables spread over the core: the ResNet-20 core's
+            # worst path); ``start`` follows them (``_load_beat``).
+            cfg_write, cfg_data = Signal(len(self.registers), name="cfg_write"), Signal.like(load.data, name="cfg_data")
+            # (A compare per register: a shift of a one by the address was a chain of six LUTs on the UP5K.)
+            m.d.sync += [cfg_write.eq(Cat(loads(CONFIG) & (load.addr == i) for i in range(len(self.registers)))),
+                         cfg_data.eq(load.data)]
+            for i, name in enumerate(self.registers):
+                with m.If(cfg_write[i]):
+                    m.d.sync += cfg[name].eq(cfg_data)
+        else:
+            with m.If(loads(CONFIG)):
+                with m.Switch(load.addr):
+                    for i, name in enumerate(self.registers):
+                        with m.Case(i):
+                            m.d.sync += cfg[name].eq(load.data)
+        # Each count's last value. Network mode: registered a cycle after its register is written (the
+        # layer's first compare comes rows + 1 cycles after start), so that the loop ends compare with a
+        # register, no subtraction (the ResNet-20 core's worst path). Layer mode keeps the subtraction:
+        # its engine fills the UP5K, where these registers would not fit.
+        if self.network:
+            last = {name: Signal(signed(len(cfg[name])), name=f"last_{name}") for name in LAST_COUNTS}
+            m.d.sync += [last[name].eq(cfg[name] - 1) for name in last]
+        else:
+            last = {name: cfg[name] - 1 for name in LAST_COUNTS if name in self.registers}
+
+        # Network mode with write_pairs: this layer writes back in pairs (its bands have an even number of
+        # positions; the program puts every tensor at an even word).
+        pair = Signal(name="pair") if p.write_pairs else C(0, 1)
+        if p.write_pairs:
+            m.d.sync += pair.eq(cfg["band_positions"][0] == 0)
+        return cfg, last, idle, load, loads, start, pair
+
+    def _buffer_write(self, m, load, name, write_en, platform):
+        """The write of a load beat into buffer ``name``: ``(enable, address, data)``. On the ECP5 in network
+        mode a cycle later, from the buffer's own flip-flops (:func:`hw.delay.late_write`): the beat's
+        registers, shared by every buffer and the row tables, reached their block RAMs' write registers across
+        the die (13.5 ns on the ULX3S-85F at 1badc10)."""
+        ports = (write_en, load.addr, load.data)
+        if not (self.network and slow_block_ram(platform)):
+            return ports
+        return late_write(m, ports, f"{name}_load", ("en", "addr", "data"), reset_less=reset_less_data(platform))
+
+    def _buffer(self, m, idle, load, platform, name, width, depth, write_en, spram=False):
+        """A buffer written by loads while idle and read while computing: in SPRAM blocks where
+        ``spram`` (single-port: the load's address while idle, else the read address), else an
+        Amaranth memory with a write port of its own (no multiplexer from the state into the
+        read address). Returns the read data (one cycle after the address; network mode: two, the
+        data registered, in banks where the buffer is deep, :mod:`hw.banked`) and the read address
+        to drive."""
+        reset_less = reset_less_data(platform)     # of data registers (hw.delay)
+        addr = Signal(range(depth), name=f"{name}_addr")
+        if spram:
+            m.submodules[name] = memory = SpramBuffer(width, depth)
+            m.d.comb += [memory.addr.eq(Mux(idle, load.addr, addr)), memory.write_en.eq(write_en),
+                         memory.write_data.eq(load.data)]
+            if self.network:
+                return delayed(m, memory.read_data, BANKED_LATENCY - 1, f"{name}_data"), addr
+            return memory.read_data, addr
+        if self.network:
+            return banked_buffer(m, name, width, depth, *self._buffer_write(m, load, name, write_en, platform), addr,
+                                 reset_less, grouped_writes=slow_block_ram(platform)), addr
+        m.submodules[name] = memory = Memory(shape=width, depth=depth, init=[])
+        write, read = memory.write_port(), memory.read_port()
+        m.d.comb += [write.en.eq(write_en), write.addr.eq(load.addr), write.data.eq(load.data),
+                     read.addr.eq(addr)]
+        return read.data, addr
+
+    def _activation_buffer(self, m, idle, load, loads, platform):
+        """The activations the array reads: layer mode, a buffer of ``rows`` codes a word written by ACTS beats
+        (:meth:`_buffer`); network mode, the code buffer (:meth:`_code_buffer`). Returns ``(act_data, act_addrs,
+        code_out)``: the read data (a cycle after the address), the read addresses to drive (copies, all set
+        alike) and the network mode's write-back port (None in layer mode)."""
+        p = self.params
+        R = p.rows
+        if self.network:
+            act_data, act_addrs, code_out = self._code_buffer(m, idle, slow_block_ram(platform),
+                                                                reset_less_data(platform))
+        else:
+            act_data, act_addr = self._buffer(m, idle, load, platform, "activations", R * p.abits,
+                                              p.act_depth, loads(ACTS))
+            act_addrs, code_out = [act_addr], None
+        return act_data, act_addrs, code_out
+
+    def _weights_buffer(self, m, cfg, idle, load, loads, platform):
+        """The weights buffer (WEIGHTS beats; in SPRAM as ``spram`` says), and with ``wide_depth`` the wide
+        weights buffer (WIDE_WEIGHTS beats, :meth:`_weights_of_layer`) beside it. Returns ``(weight_data,
+        weight_read_addr)``: the layer's weight word of ``cols`` PE weights and the read address to drive (one for
+        both buffers), the word a cycle after the address (network mode: ``BANKED_LATENCY``)."""
+        p = self.params
+        Cn = p.cols
+        spram = self.spram
+        if spram is None:
+            spram = platform_has_spram(platform) and p.weights_fit_spram
+        weight_data, weight_read_addr = self._buffer(m, idle, load, platform, "weights", Cn * p.stored_weight_bits,
+                                                     p.weight_depth, loads(WEIGHTS), spram)
+        if p.wide_depth:
+            # One read address for both weights buffers, as deep as the deeper: the multiplying layers' weights
+            # may outnumber the LUT layers'.
+            read_addr = Signal(range(max(p.weight_depth, p.wide_depth)), name="weights_read_addr")
+            m.d.comb += weight_read_addr.eq(read_addr)
+            weight_data = self._weights_of_layer(m, cfg, idle, load, platform, loads(WIDE_WEIGHTS), weight_data,
+                                                 read_addr, spram and self.wide_spram, slow_block_ram(platform))
+            weight_read_addr = read_addr
+        return weight_data, weight_read_addr
+
+    def _pe_array(self, m, platform, cfg, load, loads, w_rows, weight_data, act_data, tags):
         """The PE array (submodule ``array``, :func:`array_variant`) and what feeds it: each row's weight word from
         ``weight_data`` into its shadow weights where ``w_rows`` (a bit per row, the cycle of the row's read address)
         says, two cycles after the read data (network mode: ``BANKED_LATENCY + 2`` after the address); the product
-        tables from TABLE load beats (``buffer_write``); row ``r``'s code from ``act_data``, ``r`` cycles after row
+        tables from TABLE load beats (:meth:`_buffer_write`); row ``r``'s code from ``act_data``, ``r`` cycles after row
         0's (skew), 0 outside the image, with its valid and swap bits from the position's tags (``tags[lag + r]``).
         Returns the array (its partial sums: :meth:`_accumulators`)."""
         p = self.params
@@ -771,7 +805,7 @@ class LayerEngine(wiring.Component):
                     m.d.sync += word[g * group_bits:(g + 1) * group_bits].eq(
                         weight_data[g * group_bits:(g + 1) * group_bits])
         w_rows = delayed(m, w_rows, 1, "w_rows_loading")
-        table_load = buffer_write("tables", loads(TABLE))
+        table_load = self._buffer_write(m, load, "tables", loads(TABLE), platform)
         m.d.comb += [array.w_load.eq(w_rows), *(code.eq(word) for code, word in zip(array.w_code, row_words)),
                      array.table_load.eq(table_load[0]), array.table_addr.eq(table_load[1]),
                      array.table_data.eq(table_load[2]), array.table_base.eq(cfg["table_base"])]
@@ -990,7 +1024,8 @@ class LayerEngine(wiring.Component):
             m.d.sync += pending.eq(1)
         return beat, beat_valid, late
 
-    def _weights_of_layer(self, m, cfg, buffer, load_en, narrow, read_addr, spram, registered_choice=False):
+    def _weights_of_layer(self, m, cfg, idle, load, platform, load_en, narrow, read_addr, spram,
+                          registered_choice=False):
         """With a wide weights buffer (in SPRAM where ``spram``): the PE weight words of the layer, from the
         wide buffer where the ``wide_weights`` register says so, else the narrow words (``wbits`` per column:
         sign on top of ``k``) widened to ``weight_bits`` (sign on top, ``k`` zero-extended). Both read at
@@ -999,7 +1034,8 @@ class LayerEngine(wiring.Component):
         are read; on the ECP5 the one register into every bit's choice was the ULX3S-85F ResNet-20's worst path at
         8017110, 10.9 ns of routing)."""
         p = self.params
-        wide, wide_addr = buffer("wide_weights", p.cols * p.weight_bits, p.wide_depth, load_en, spram)
+        wide, wide_addr = self._buffer(m, idle, load, platform, "wide_weights", p.cols * p.weight_bits,
+                                       p.wide_depth, load_en, spram)
         m.d.comb += wide_addr.eq(read_addr)
         fields = []
         for c in range(p.cols):
