@@ -91,6 +91,8 @@ counts these waits, which :func:`hw.bands.ring_depth` makes the ring deep enough
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -122,6 +124,10 @@ REDUCTION_LOOPS = {"g": "groups", "kx": "kernel", "ky": "kernel"}
 # channel (as wide as ``c_out``), the value-memory and code-memory addresses (:attr:`LayerEngine.data_addr_bits`),
 # the lane.
 DEST_COUNTERS = ("channel", "value_base", "code_base", "lane")
+# The name Amaranth gives a Signal whose name its tracer cannot find: given explicitly to the registers that had it
+# (the tracer names a tuple assignment's last Signal or not, as CPython compiles it), so that the Verilog keeps its
+# names.
+UNNAMED = "$signal"
 
 
 class EngineSignature(wiring.Signature):
@@ -329,313 +335,38 @@ class LayerEngine(wiring.Component):
         return NETWORK_REGISTERS if self.network else REGISTERS
 
     def elaborate(self, platform):
+        """The engine, part by part: configuration registers and loads, activation and weights buffers; the
+        sequencer (loop counters and their ends, the positions' pipeline tags, network mode's handshake with the
+        writer and weight fetch, the FSM) and the read-back's control; the PE array and its feed, the column
+        memories, the column choice, the output stage(s) and the results' way out (network mode: the write-back
+        into the memories; layer mode: the ``out`` word)."""
         m = Module()
-        p = self.params
-        R, Cn = p.rows, p.cols
         self._stage_latency = self.stage_latency(platform)
         cfg, last, idle, load, loads, start, pair = self._configuration(m, platform)
         act_data, act_addrs, code_out = self._activation_buffer(m, idle, load, loads, platform)
         weight_data, weight_read_addr = self._weights_buffer(m, cfg, idle, load, loads, platform)
 
-        # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x); those of rows, columns and
-        # kernel taps (``geometry``) as wide as the geometry registers.
-        def counter(name, geometry=False, count=None):
-            """A counter as wide as the geometry registers, as the count it runs to, or as the addresses."""
-            width = p.dim_bits if geometry else p.register_bits(count, self.reg_bits) if count else self.reg_bits
-            return Signal(signed(width), name=name)
-
-        co_tile, ky, kx, g = (counter("co_tile", count="co_tiles"), counter("ky", True), counter("kx", True),
-                              counter("g", count="groups"))
-        plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
-        # Where the channel tile's first row group starts (network mode: ``tile_step`` on per channel tile).
-        tile_plane = counter("tile_plane") if self.network else C(0)
-        # The next channel tile's (a register: tile_plane moves only as a channel tile ends, two cycles or more
-        # before the next end, and no adder then comes before plane_base).
-        next_tile_plane = counter("next_tile_plane") if self.network else None
+        seq = self._loop_counters(m, cfg, last)
+        back = self._read_back_counters(platform)
+        self._loop_ends(m, cfg, last, seq, platform)
+        seq.tags = self._position_tags(m)
         if self.network:
-            m.d.sync += next_tile_plane.eq(tile_plane + cfg["tile_step"])
-        out_base, read_addr = counter("out_base"), counter("read_addr")
-        # Network mode on the ECP5: the writer's read address as copies that count alike, one for each
-        # WORD_GROUP_COLUMNS columns' accumulator memories (one register into 16 columns' block RAMs was the
-        # ResNet-20 core's worst path on the ULX3S-85F at 5f087e3, 12.9 ns); elsewhere the address itself.
-        read_addrs = [read_addr]
-        if self.network and slow_block_ram(platform):
-            read_addrs = [own(Signal.like(read_addr, name=f"read_addr_{n}", reset_less=True))
-                          for n in range(-(-Cn // self.WORD_GROUP_COLUMNS))]
-        # The position's column and row within the band, counted down to 0 (``x_left``, ``y_left``).
-        x_left, y_left, iy, ix = (counter(name, True) for name in ("x_left", "y_left", "iy", "ix"))
-        row_addr = counter("row_addr")
-        pos, read_pos = Signal(range(p.pos_depth + 1)), Signal(range(p.pos_depth + 1))
-        read_slot = Signal(range(p.stage_depth + 1))
-        # (``$signal``: the name these registers had in the Verilog, kept; a tuple's last one named by the tracer
-        # or not as CPython compiles the assignment.)
-        feed_col, collected = Signal(range(Cn + 1)), Signal(range(Cn + 2), name="$signal")
-        row_count = Signal(range(R + 1))
-        # ``wait``: cycles left in WAIT; ``waiting``: it is above 0, a register set with it. ``all_tiles``: every
-        # channel tile is done, a cycle behind ``co_tile`` (WAIT tests it in its second cycle at the earliest: it
-        # changes as the last tile ends, which sets ``finishing``, and is below ``co_tiles`` before).
-        wait, waiting, finishing = Signal(signed(p.reg_bits)), Signal(name="waiting"), Signal()
-        all_tiles = Signal(name="all_tiles")
-        m.d.sync += all_tiles.eq(co_tile == cfg["co_tiles"])
-        # The rows whose shadow weights take the weight word (one bit per row, row 0 lowest).
-        w_rows = Signal(R)
-        # The band being computed: its first position, first input row (times stride) and first row
-        # address, its last output row (layer mode: one band, the layer), and the address of its channel
-        # tile's first weight word (each band reads the tile's weights).
-        band = {name: counter(f"band_{name}", name in ("iy", "end_y"))
-                for name in ("pos", "iy", "row", "end_y", "weight_addr")}
-        if self.network:
-            band_cfg = {name: cfg[f"band_{name}"] for name in ("rows", "positions", "in_rows", "step")}
-            last_band_row = last["band_rows"]
-        else:
-            band_cfg = {"rows": cfg["out_h"], "positions": cfg["positions"], "in_rows": 0, "step": 0}
-            last_band_row = last["out_h"]
-        # Network mode: the destination of the output being fed (channel, value-memory address of
-        # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
-        dest_bits = {"channel": p.register_bits("c_out"), "value_base": self.data_addr_bits,
-                     "code_base": self.data_addr_bits, "lane": max(1, (R - 1).bit_length()) + 1}
-        dest = {prefix + name: Signal(signed(dest_bits[name]), name=prefix + name)
-                for prefix in ("", "tile_") for name in DEST_COUNTERS}
-        # The loops' ends as registers, so that no compare comes before the FSM's decisions: ``x_end`` and
-        # ``y_end`` (the position is its row's last, the row its band's) set with their counters; the
-        # reduction tile's ends (``ends``). Group, kx and ky (``REDUCTION_LOOPS``) set theirs as they move:
-        # at their last where they move from the value before it (``near``, a compare registered while they
-        # stand, with the count less two), or back to 0 in a loop that runs once (``once``). The band's and
-        # the channel tile's, compares of counters that change only as a tile ends, registered (the next
-        # test comes two cycles later at the earliest). ``through`` (the loops from the group out to the
-        # named one all at their last: the next loop out moves as the tile ends), registered from those, so
-        # that each loop's enable is the tile's end and one flip-flop, not a chain of the ends; ``first_tile``
-        # (group, kx and ky are 0), set as a tile ends.
-        x_end, y_end, first_tile = Signal(name="x_end"), Signal(name="y_end"), Signal(name="first_tile")
-        loops = ("g", "kx", "ky", "band", "co_tile")
-        ends = {name: Signal(name=f"{name}_end") for name in loops}
-        through = {"g": ends["g"], **{name: Signal(name=f"through_{name}") for name in loops[1:-1]}}
-        counters = {"g": g, "kx": kx, "ky": ky}
-        near = {name: Signal(name=f"{name}_near") for name in REDUCTION_LOOPS}
-        # The loop counts' registers in a fixed order (a set's followed PYTHONHASHSEED: the Verilog changed from one
-        # run to the next). Which order is free, and it moves nextpnr's placement of the nearly full parts, whose
-        # default builds each order was measured with: kernel's first on the ECP5 (the ULX3S-85F ResNet-20 core,
-        # 100.62 MHz against 85.51), groups' first elsewhere (the UP5K digits core, 41.97 MHz against 37.78).
-        count_names = ("kernel", "groups") if slow_block_ram(platform) else ("groups", "kernel")
-        if self.network:
-            before_last = {name: Signal.like(cfg[name], name=f"before_last_{name}") for name in count_names}
-            once = {name: Signal(name=f"once_{name}") for name in count_names}
-            m.d.sync += [before_last[name].eq(cfg[name] - 2) for name in count_names]
-            m.d.sync += [once[name].eq(cfg[name] == 1) for name in count_names]
-        else:
-            before_last = {name: cfg[name] - 2 for name in count_names}
-            once = {name: cfg[name] == 1 for name in count_names}
-        m.d.sync += [near[name].eq(counters[name] == before_last[count]) for name, count in REDUCTION_LOOPS.items()]
-        at_last = {"band": band["end_y"] == last["out_h"], "co_tile": co_tile == last["co_tiles"]}
-        m.d.sync += [ends[name].eq(at_last[name]) for name in at_last]
-        reduction_ends = Cat(ends[name] for name in REDUCTION_LOOPS).all()
-        m.d.sync += [through["kx"].eq(ends["g"] & ends["kx"]), through["ky"].eq(reduction_ends),
-                     through["band"].eq(reduction_ends & at_last["band"])]
-        # Each reduction loop's end as the loop moves (back to 0 from its last, else one on).
-        moved_ends = {name: Mux(ends[name], once[count], near[name]) for name, count in REDUCTION_LOOPS.items()}
-        tile_ends = through["ky"]
-
-        # The tag of each issued position, delayed one cycle per stage of the pipeline: flip-flops of their own,
-        # not merged with the array's valid and swap bits, which equal theirs (hw.flip_flops.OWN_FLIP_FLOP).
-        tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
-                                        "out_addr": range(p.out_depth + 1)})
-        lag = self.lag
-        tags = [own(Signal(tag_layout, name=f"tag_{n}")) for n in range(R + Cn + 1 + lag + ARRAY_PIPELINE)]
-        m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
-
-        # Network mode: tile_issued pulses in the cycle a channel tile's last position is issued (for
-        # the writer, below); writer_done, in the last cycle of the layer's write-back (both continuous
-        # assignments, below the FSMs).
-        tile_issued = Signal(name="tile_issued") if self.network else None
-        writer_done = Signal(name="writer_done") if self.network else None
-        # Network mode: the accumulator memory is a ring of ``acc_units`` units (band of a channel tile): a unit
-        # begins only while fewer than that are begun and not yet written back, so that it overwrites no unit the
-        # writer has still to read. (``spare``: ``acc_units - 1`` less the units begun and not written back,
-        # down with each ``unit_begins``, up with the writer's ``unit_written``; the full test, ``ring_full``,
-        # its sign as it moves, a register set with it. A unit's begin counts a cycle late, out of the FSM's
-        # logic; the next test comes a tile later.)
-        if self.network:
-            spare = Signal(signed(len(cfg["acc_units"]) + 1), name="spare")
-            unit_begins, unit_written, ring_full = (Signal(name=name) for name in ("unit_begins", "unit_written",
-                                                                                  "ring_full"))
-            step = Signal(signed(2), name="spare_step")
-            m.d.comb += step.eq(unit_written - delayed(m, unit_begins, 1, "unit_begun"))
-            spare_next = spare + step
-            m.d.sync += [spare.eq(spare_next), ring_full.eq(spare_next[-1])]
-
-        # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
-        # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
-        # weight rows are read during the last ``rows`` positions of a tile (``left`` counts the band's
-        # positions still to issue), from the band's first tile's where the tile is the band's last and
-        # another band of the channel tile follows (``band_wrap``), else from the next ones (``weight_addr``),
-        # set in the tile's first cycle (``issue_first``); the next tile then issues without LOAD_WEIGHTS.
-        # (``last_rows``: fewer than ``rows`` left, a register set with ``left``.) WAIT points ``fetch`` at
-        # ``weight_addr`` (an overlapping tile sets it again in its first cycle).
-        if self.network:
-            overlap, left = Signal(name="overlap"), Signal(range(p.pos_depth + 1), name="left")
-            last_rows = Signal(name="last_rows")
-            fetch, issue_first = counter("fetch"), Signal(name="issue_first")
-            m.d.sync += overlap.eq(cfg["band_positions"] >= R + Cn + 3)
-            m.d.comb += weight_read_addr.eq(fetch)
-            band_wrap = tile_ends & ~ends["band"]
-
-        def begin_row():
-            m.d.sync += [x_left.eq(last["out_w"]), x_end.eq(last["out_w"] == 0), ix.eq(kx - cfg["padding"])]
-
-        def first_position():
-            """The position counters at the tile's first position: set in every cycle of the states that may
-            go to ISSUE (WAIT, LOAD_WEIGHTS; only ISSUE reads them), so that their enables decode no decision."""
-            begin_row()
-            m.d.sync += [y_left.eq(last_band_row), y_end.eq(last_band_row == 0), pos.eq(band["pos"]),
-                         iy.eq(band["iy"] + ky - cfg["padding"]), row_addr.eq(plane_base + ky_offset + band["row"])]
-            if self.network:
-                m.d.sync += [left.eq(last["band_positions"]), last_rows.eq(last["band_positions"] < R),
-                             issue_first.eq(1)]
-
-        m.d.sync += w_rows.eq(0)
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                with m.If(start):
-                    m.d.sync += [co_tile.eq(0), ky.eq(0), kx.eq(0), g.eq(0), plane_base.eq(0),
-                                 ky_offset.eq(cfg["top_offset"]), weight_addr.eq(cfg["weight_base"]),
-                                 out_base.eq(0), row_count.eq(0), band["weight_addr"].eq(cfg["weight_base"]),
-                                 first_tile.eq(1)]
-                    m.d.sync += [ends[name].eq(once[count]) for name, count in REDUCTION_LOOPS.items()]
-                    if self.network:
-                        m.d.sync += [tile_plane.eq(0), fetch.eq(cfg["weight_base"]), spare.eq(cfg["acc_units"] - 2),
-                                     ring_full.eq(cfg["acc_units"] <= 1)]
-                    self._first_band(m, band, band_cfg)
-                    m.next = "LOAD_WEIGHTS"
-            with m.State("LOAD_WEIGHTS"):
-                # Read one row's weight word per cycle; the row's copy takes it in the next cycle (network
-                # mode: BANKED_LATENCY + 1 cycles on), its shadow weights a cycle after the copy.
-                if self.network:
-                    m.d.sync += fetch.eq(fetch + 1)
-                else:
-                    m.d.comb += weight_read_addr.eq(weight_addr)
-                m.d.sync += [weight_addr.eq(weight_addr + 1), row_count.eq(row_count + 1),
-                             w_rows.eq(Cat(row_count == r for r in range(R)))]
-                first_position()
-                with m.If(row_count == R - 1):
-                    m.next = "ISSUE"
-            with m.State("ISSUE"):
-                inside = (iy >= 0) & (iy < cfg["in_h"]) & (ix >= 0) & (ix < cfg["in_w"])
-                if self.network:
-                    m.d.sync += [act_addr.eq(cfg["act_base"] + row_addr + ix) for act_addr in act_addrs]
-                else:
-                    m.d.comb += act_addrs[0].eq(row_addr + ix)
-                m.d.comb += [tags[0].valid.eq(1), tags[0].inside.eq(inside),
-                             tags[0].swap.eq(pos == band["pos"]), tags[0].first.eq(first_tile),
-                             tags[0].out_addr.eq(out_base + pos)]
-                m.d.sync += pos.eq(pos + 1)
-                if self.network:
-                    m.d.sync += [left.eq(left - 1), last_rows.eq(left <= R), issue_first.eq(0)]
-                    with m.If(issue_first):
-                        m.d.sync += fetch.eq(Mux(band_wrap, band["weight_addr"], weight_addr))
-                    with m.If(overlap & last_rows):
-                        m.d.sync += [fetch.eq(fetch + 1), w_rows.eq(Cat(left == R - 1 - r for r in range(R)))]
-                with m.If(x_end):
-                    begin_row()
-                    m.d.sync += [y_left.eq(y_left - 1), y_end.eq(y_left == 1), iy.eq(iy + cfg["stride"]),
-                                 row_addr.eq(row_addr + cfg["row_step"])]
-                    with m.If(y_end):
-                        m.d.sync += first_tile.eq(tile_ends)
-                        self._next_tile(m, cfg, ends, moved_ends, through, g, kx, ky, co_tile, plane_base,
-                                        tile_plane, next_tile_plane, ky_offset, out_base, finishing, band, band_cfg,
-                                        weight_addr)
-                        if self.network:
-                            with m.If(overlap):
-                                m.d.sync += weight_addr.eq(fetch + 1)       # past the next tile's last row
-                        # The next tile's shadow weights must not be written before this tile's
-                        # first element has passed the last column, nor a partial sum read
-                        # before it is written: at least cols + 2 cycles from a tile's first
-                        # issue to the next tile's loads. The last tile waits for the pipeline.
-                        m.d.sync += [wait.eq(Cn + 2 - band_cfg["positions"]),
-                                     waiting.eq(band_cfg["positions"] < Cn + 2)]
-                        m.next = "WAIT"
-                with m.Else():
-                    m.d.sync += [x_left.eq(x_left - 1), x_end.eq(x_left == 1), ix.eq(ix + cfg["stride"])]
-            with m.State("WAIT"):
-                # (What a LOAD_WEIGHTS or ISSUE that may follow starts from: in every cycle, so that no enable
-                # decodes WAIT's decisions.)
-                m.d.sync += row_count.eq(0)
-                if self.network:
-                    m.d.sync += fetch.eq(weight_addr)
-                first_position()
-                with m.If(finishing):
-                    # This cycle, the decrements and the last: drain + 1 cycles, for 1 + gap.
-                    m.d.sync += [finishing.eq(0), wait.eq(self.drain - 1), waiting.eq(self.drain > 1)]
-                with m.Elif(waiting):
-                    m.d.sync += [wait.eq(wait - 1), waiting.eq(wait > 1)]
-                with m.Elif(all_tiles):
-                    if self.network:
-                        m.next = "WRITE_BACK"
-                    else:
-                        m.d.sync += [read_addr.eq(0), read_pos.eq(0), read_slot.eq(cfg["stage_base"])]
-                        m.next = "READ_WORD"
-                if self.network:
-                    with m.Elif(first_tile & ring_full):
-                        pass        # the accumulator ring is full: the next unit waits for the writer
-                    with m.Elif(overlap):
-                        m.d.comb += unit_begins.eq(first_tile)
-                        m.next = "ISSUE"
-                with m.Else():
-                    if self.network:
-                        m.d.comb += unit_begins.eq(first_tile)
-                    m.next = "LOAD_WEIGHTS"
-            if self.network:
-                with m.State("WRITE_BACK"):
-                    # The writer (below) writes back the last channel tile.
-                    with m.If(writer_done):
-                        m.next = "IDLE"
-            else:
-                with m.State("READ_WORD"):
-                    # The column memories read word read_addr (data in the next cycle, held there).
-                    m.d.sync += feed_col.eq(0)
-                    m.next = "FEED"
-                with m.State("FEED"):
-                    m.d.sync += feed_col.eq(feed_col + 1)
-                    with m.If(feed_col == Cn - 1):
-                        m.next = "COLLECT"
-                with m.State("COLLECT"):
-                    with m.If(collected == Cn):
-                        m.d.sync += self.out.valid.eq(1)
-                        m.next = "OFFER"
-                with m.State("OFFER"):
-                    with m.If(self.out.ready):
-                        m.d.sync += [self.out.valid.eq(0), read_addr.eq(read_addr + 1), read_pos.eq(read_pos + 1)]
-                        with m.If(read_pos == last["positions"]):
-                            m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1)]
-                        with m.If(read_addr == out_base - 1):
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.next = "READ_WORD"
-        one_hot(fsm)
-
+            self._writer_handshake(m, cfg, seq)
+            self._weight_fetch(m, cfg, seq, weight_read_addr)
+        fsm = self._sequencer(m, cfg, last, seq, back, start, act_addrs, weight_read_addr)
         # A continuous assignment (an FSM-state block would start as X in Icarus until the state changes).
         m.d.comb += idle.eq(fsm.ongoing("IDLE"))
-        if self.network:
-            m.d.comb += tile_issued.eq(fsm.ongoing("ISSUE") & x_end & y_end & tile_ends)
-            feeding, holding = self._writer(m, cfg, last, dest, start, tile_issued, writer_done, unit_written,
-                                            read_addrs, read_pos, read_slot, feed_col, pair,
-                                            registered_last_column=slow_block_ram(platform),
-                                            late_tile_step=slow_block_ram(platform))
-            reading = None
-        else:
-            holding = None
-            reading = Signal()
-            m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
-                                                                               "OFFER"))).any())
-            feeding = fsm.ongoing("FEED")
+        feeding, holding, reading = self._read_back_control(m, cfg, last, seq, back, start, pair, fsm, platform)
 
-        array = self._pe_array(m, platform, cfg, load, loads, w_rows, weight_data, act_data, tags)
-        column_reads = self._accumulators(m, platform, array, tags, read_addrs, reading)
-        values = self._column_select(m, platform, column_reads, feed_col, holding, pair)
-        results, relu = self._output_stages(m, platform, cfg, load, loads, feeding, values, feed_col, read_slot)
+        array = self._pe_array(m, platform, cfg, load, loads, seq.w_rows, weight_data, act_data, seq.tags)
+        column_reads = self._accumulators(m, platform, array, seq.tags, back.read_addrs, reading)
+        values = self._column_select(m, platform, column_reads, back.feed_col, holding, pair)
+        results, relu = self._output_stages(m, platform, cfg, load, loads, feeding, values, back.feed_col,
+                                            back.read_slot)
         if self.network:
-            self._write_back(m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, platform)
+            self._write_back(m, cfg, back.dest, feeding, back.read_pos, results, code_out, relu, pair, platform)
         else:
-            self._output_word(m, feeding, feed_col, results[0], collected, fsm)
+            self._output_word(m, feeding, back.feed_col, results[0], back.collected, fsm)
         return m
 
     def _configuration(self, m, platform):
@@ -689,6 +420,32 @@ class LayerEngine(wiring.Component):
             m.d.sync += pair.eq(cfg["band_positions"][0] == 0)
         return cfg, last, idle, load, loads, start, pair
 
+    def _load_beat(self, m, idle, platform):
+        """The load beat as the registers and buffers take it: ``(payload, valid, start)``. Layer mode:
+        the ``load`` stream's beat (taken while idle) and ``start`` as they come, neither while the PE array's
+        rows may still be in reset after the engine's (:func:`hw.reset_tree.settling`; in network mode the
+        core holds its beats so). Network mode: the beat a
+        cycle later, from flip-flops, so that no write enable depends on the FSM's state (the ResNet-20
+        core's worst path ran from the state into a configuration register's enable), and ``start`` two
+        cycles later, so that a layer started right after its last register word sees that word (written a
+        cycle after its beat). ``busy``
+        is high, and ``load`` not ready, from the cycle after ``start``."""
+        if not self.network:
+            settled = when_settled(m, platform, self.RESET_LEVELS)
+            m.d.comb += [self.load.ready.eq(settled(idle)), self.busy.eq(~idle)]
+            return self.load.payload, settled(self.load.valid & idle), settled(self.start)
+        pending, late = Signal(name="start_pending"), Signal(name="start_late")
+        m.d.comb += [self.load.ready.eq(idle & ~pending & ~late), self.busy.eq(~idle | pending | late)]
+        beat, beat_valid = Signal(self.load.payload.shape(), name="beat"), Signal(name="beat_valid")
+        # Ifs, not the conditions assigned: an X on ``start`` or ``valid`` (Icarus, before the sequencer's
+        # FSM first changes state) then reads as false instead of latching an X.
+        m.d.sync += [beat.eq(self.load.payload), beat_valid.eq(0), pending.eq(0), late.eq(pending)]
+        with m.If(self.load.valid & self.load.ready):
+            m.d.sync += beat_valid.eq(1)
+        with m.If(self.start & idle & ~pending & ~late):
+            m.d.sync += pending.eq(1)
+        return beat, beat_valid, late
+
     def _buffer_write(self, m, load, name, write_en, platform):
         """The write of a load beat into buffer ``name``: ``(enable, address, data)``. On the ECP5 in network
         mode a cycle later, from the buffer's own flip-flops (:func:`hw.delay.late_write`): the beat's
@@ -740,6 +497,64 @@ class LayerEngine(wiring.Component):
             act_addrs, code_out = [act_addr], None
         return act_data, act_addrs, code_out
 
+    def _code_buffer(self, m, idle, registered_writes, reset_less):
+        """Network mode: the activation buffer with a write enable per lane, simple dual port (the
+        write-back of one channel tile goes on while the next one's codes are read); with
+        ``write_pairs``, words of two positions (activation words ``2w``, ``2w + 1``), so that the
+        write-back writes a pair at once. Returns its read data (the activation word at the address of
+        the cycle before), the compute read addresses to drive (copies, all set alike) and the write-back
+        port ``(en, addr, data)`` of whole words (:func:`network_signature`'s ``code_written``) to drive while
+        busy; ``code_write`` and ``code_read`` (one activation word each) drive it while idle.
+        ``registered_writes`` (the ECP5): a write reaches the buffer a cycle later, from registers (the
+        choice between the writers ran into the address of its blocks across the die, 16.6 ns at 506dd57;
+        no step reads a code in the cycle after it is written), and each lane is a memory of its own with its
+        own copies of the read address, the write registers and the choice between the compute and the lent
+        read address (one address register into all 16 blocks of ResNet-20's buffer, placed by the rows they
+        feed, was the ULX3S-85F's worst path at d2b037a, 11.9 ns); ``reset_less``: its address and data
+        registers ignore the reset."""
+        p = self.params
+        halves, word_bits = p.halves, p.rows * p.abits
+        depth = -(-p.act_depth // halves)
+        back = {"en": Signal(halves * p.rows, name="code_back_en"), "addr": Signal(range(depth), name="code_back_addr"),
+                "data": Signal(halves * word_bits, name="code_back_data")}
+        idle_write = self.code_write
+        if halves == 1:
+            idle_en, idle_addr = idle_write.en, idle_write.addr
+        else:
+            idle_en = Mux(idle_write.addr[0], Cat(C(0, p.rows), idle_write.en), Cat(idle_write.en, C(0, p.rows)))
+            idle_addr = idle_write.addr >> 1
+        written = self.code_written
+        m.d.comb += [written.en.eq(Mux(idle, idle_en, back["en"])), written.addr.eq(Mux(idle, idle_addr, back["addr"])),
+                     written.data.eq(Mux(idle, Cat(*[idle_write.data] * halves), back["data"]))]
+        # (memory name, lanes it holds): one memory of every lane, or on the ECP5 one per lane.
+        parts = [(f"activations_{r}", [r]) for r in range(p.rows)] if registered_writes else [
+            ("activations", list(range(p.rows)))]
+        addrs, lanes_data = [], []
+        for name, lanes in parts:
+            width = len(lanes) * p.abits
+            m.submodules[name] = memory = Memory(shape=halves * width, depth=depth, init=[])
+            write, read = memory.write_port(granularity=p.abits), memory.read_port()
+            addr = Signal(range(p.act_depth), name=f"{name}_addr", reset_less=registered_writes and reset_less)
+            if registered_writes:
+                own(addr)
+            addrs.append(addr)
+            read_addr = Mux(idle, self.code_read.addr, addr)
+            read_word, read_half = read_addr, C(0, 1)
+            if halves == 2:
+                read_word, read_half = read_addr >> 1, delayed(m, read_addr[0], 1, f"{name}_half")
+            m.d.comb += read.addr.eq(read_word)
+            lanes_data.append(read.data.word_select(read_half, width))
+            # The lanes' bits of each half of the write port.
+            port = [Cat(*(written.en[h * p.rows + r] for h in range(halves) for r in lanes)), written.addr,
+                    Cat(*(written.data.word_select(h * p.rows + r, p.abits) for h in range(halves) for r in lanes))]
+            if registered_writes:
+                port = [delayed(m, value, 1, f"{name}_write_{kind}", reset_less=reset_less and kind != "en",
+                                own_flip_flops=True) for value, kind in zip(port, ("en", "addr", "data"))]
+            m.d.comb += [write.en.eq(port[0]), write.addr.eq(port[1]), write.data.eq(port[2])]
+        data = Cat(*lanes_data)
+        m.d.comb += self.code_read.data.eq(data)
+        return data, addrs, back
+
     def _weights_buffer(self, m, cfg, idle, load, loads, platform):
         """The weights buffer (WEIGHTS beats; in SPRAM as ``spram`` says), and with ``wide_depth`` the wide
         weights buffer (WIDE_WEIGHTS beats, :meth:`_weights_of_layer`) beside it. Returns ``(weight_data,
@@ -761,6 +576,601 @@ class LayerEngine(wiring.Component):
                                                  read_addr, spram and self.wide_spram, slow_block_ram(platform))
             weight_read_addr = read_addr
         return weight_data, weight_read_addr
+
+    def _weights_of_layer(self, m, cfg, idle, load, platform, load_en, narrow, read_addr, spram,
+                          registered_choice=False):
+        """With a wide weights buffer (in SPRAM where ``spram``): the PE weight words of the layer, from the
+        wide buffer where the ``wide_weights`` register says so, else the narrow words (``wbits`` per column:
+        sign on top of ``k``) widened to ``weight_bits`` (sign on top, ``k`` zero-extended). Both read at
+        ``read_addr``. ``registered_choice``: each group of WORD_GROUP_COLUMNS columns chooses by a copy of
+        ``wide_weights`` of its own, a cycle later (a layer's registers are set long before its first weights
+        are read; on the ECP5 the one register into every bit's choice was the ULX3S-85F ResNet-20's worst path at
+        8017110, 10.9 ns of routing)."""
+        p = self.params
+        wide, wide_addr = self._buffer(m, idle, load, platform, "wide_weights", p.cols * p.weight_bits,
+                                       p.wide_depth, load_en, spram)
+        m.d.comb += wide_addr.eq(read_addr)
+        fields = []
+        for c in range(p.cols):
+            field = narrow.word_select(c, p.wbits)
+            fields.append(Cat(field[:p.wbits - 1], C(0, p.weight_bits - p.wbits), field[p.wbits - 1]))
+        group = self.WORD_GROUP_COLUMNS
+        words = []
+        for g in range(0, p.cols, group):
+            choice = cfg["wide_weights"][0]
+            if registered_choice:
+                choice = delayed(m, choice, 1, f"wide_weights_{g // group}", own_flip_flops=True, reset_less=True)
+            columns = slice(g * p.weight_bits, min(g + group, p.cols) * p.weight_bits)
+            words.append(Mux(choice, wide[columns], Cat(*fields[g:g + group])))
+        return Cat(*words)
+
+    def _counter(self, name, geometry=False, count=None):
+        """A signed counter named ``name``: as wide as the geometry registers (``geometry``: rows, columns, kernel
+        taps), as the register ``count`` it runs to, or as the addresses."""
+        p = self.params
+        width = p.dim_bits if geometry else p.register_bits(count, self.reg_bits) if count else self.reg_bits
+        return Signal(signed(width), name=name)
+
+    def _loop_counters(self, m, cfg, last):
+        """The sequencer's loop counters, as a namespace (``seq``): channel tile (``co_tile``), reduction tile
+        (``ky``, ``kx``, group ``g``), band (``band``, its configuration ``band_cfg``) and position (``x_left``,
+        ``y_left`` down to 0; ``iy``, ``ix``, the input position of row 0's tap; ``pos``), and the addresses they
+        make (``plane_base``, ``ky_offset``, ``row_addr``: activations; ``weight_addr``; ``out_base``:
+        accumulators), ``row_count`` (LOAD_WEIGHTS), ``wait``/``waiting``/``finishing``/``all_tiles`` (WAIT) and
+        ``w_rows`` (the rows whose shadow weights take the weight word)."""
+        p = self.params
+        R = p.rows
+        counter = self._counter
+        # Loop counters: channel tile, reduction tile (ky, kx, g), position (y, x); those of rows, columns and
+        # kernel taps (``geometry``) as wide as the geometry registers.
+        co_tile, ky, kx, g = (counter("co_tile", count="co_tiles"), counter("ky", True), counter("kx", True),
+                              counter("g", count="groups"))
+        plane_base, ky_offset, weight_addr = counter("plane_base"), counter("ky_offset"), counter("weight_addr")
+        # Where the channel tile's first row group starts (network mode: ``tile_step`` on per channel tile).
+        tile_plane = counter("tile_plane") if self.network else C(0)
+        # The next channel tile's (a register: tile_plane moves only as a channel tile ends, two cycles or more
+        # before the next end, and no adder then comes before plane_base).
+        next_tile_plane = counter("next_tile_plane") if self.network else None
+        if self.network:
+            m.d.sync += next_tile_plane.eq(tile_plane + cfg["tile_step"])
+        out_base = counter("out_base")
+        # The position's column and row within the band, counted down to 0 (``x_left``, ``y_left``).
+        x_left, y_left, iy, ix = (counter(name, True) for name in ("x_left", "y_left", "iy", "ix"))
+        row_addr = counter("row_addr")
+        pos = Signal(range(p.pos_depth + 1), name=UNNAMED)
+        row_count = Signal(range(R + 1))
+        # ``wait``: cycles left in WAIT; ``waiting``: it is above 0, a register set with it. ``all_tiles``: every
+        # channel tile is done, a cycle behind ``co_tile`` (WAIT tests it in its second cycle at the earliest: it
+        # changes as the last tile ends, which sets ``finishing``, and is below ``co_tiles`` before).
+        wait, waiting, finishing = Signal(signed(p.reg_bits)), Signal(name="waiting"), Signal()
+        all_tiles = Signal(name="all_tiles")
+        m.d.sync += all_tiles.eq(co_tile == cfg["co_tiles"])
+        # The rows whose shadow weights take the weight word (one bit per row, row 0 lowest).
+        w_rows = Signal(R)
+        # The band being computed: its first position, first input row (times stride) and first row
+        # address, its last output row (layer mode: one band, the layer), and the address of its channel
+        # tile's first weight word (each band reads the tile's weights).
+        band = {name: counter(f"band_{name}", name in ("iy", "end_y"))
+                for name in ("pos", "iy", "row", "end_y", "weight_addr")}
+        if self.network:
+            band_cfg = {name: cfg[f"band_{name}"] for name in ("rows", "positions", "in_rows", "step")}
+            last_band_row = last["band_rows"]
+        else:
+            band_cfg = {"rows": cfg["out_h"], "positions": cfg["positions"], "in_rows": 0, "step": 0}
+            last_band_row = last["out_h"]
+        return SimpleNamespace(
+            co_tile=co_tile, ky=ky, kx=kx, g=g, plane_base=plane_base, ky_offset=ky_offset, weight_addr=weight_addr,
+            tile_plane=tile_plane, next_tile_plane=next_tile_plane, out_base=out_base, x_left=x_left, y_left=y_left,
+            iy=iy, ix=ix, row_addr=row_addr, pos=pos, row_count=row_count, wait=wait, waiting=waiting,
+            finishing=finishing, all_tiles=all_tiles, w_rows=w_rows, band=band, band_cfg=band_cfg,
+            last_band_row=last_band_row)
+
+    def _read_back_counters(self, platform):
+        """The read-back's counters, as a namespace (``back``): the accumulators' read address ``read_addr``
+        (``read_addrs``: its copies, network mode on the ECP5), the position read (``read_pos``) and its stage slot
+        (``read_slot``), the column fed to the output stage (``feed_col``), the results collected into the output
+        word (``collected``, layer mode) and network mode's destination counters (``dest``)."""
+        p = self.params
+        R, Cn = p.rows, p.cols
+        read_addr = self._counter("read_addr")
+        # Network mode on the ECP5: the writer's read address as copies that count alike, one for each
+        # WORD_GROUP_COLUMNS columns' accumulator memories (one register into 16 columns' block RAMs was the
+        # ResNet-20 core's worst path on the ULX3S-85F at 5f087e3, 12.9 ns); elsewhere the address itself.
+        read_addrs = [read_addr]
+        if self.network and slow_block_ram(platform):
+            read_addrs = [own(Signal.like(read_addr, name=f"read_addr_{n}", reset_less=True))
+                          for n in range(-(-Cn // self.WORD_GROUP_COLUMNS))]
+        read_pos = Signal(range(p.pos_depth + 1), name=UNNAMED)
+        read_slot = Signal(range(p.stage_depth + 1))
+        feed_col, collected = Signal(range(Cn + 1), name=UNNAMED), Signal(range(Cn + 2), name=UNNAMED)
+        # Network mode: the destination of the output being fed (channel, value-memory address of
+        # its position 0, activation-buffer word of its lane group, lane), and of the channel tile's first.
+        dest_bits = {"channel": p.register_bits("c_out"), "value_base": self.data_addr_bits,
+                     "code_base": self.data_addr_bits, "lane": max(1, (R - 1).bit_length()) + 1}
+        dest = {prefix + name: Signal(signed(dest_bits[name]), name=prefix + name)
+                for prefix in ("", "tile_") for name in DEST_COUNTERS}
+        return SimpleNamespace(read_addr=read_addr, read_addrs=read_addrs, read_pos=read_pos, read_slot=read_slot,
+                               feed_col=feed_col, collected=collected, dest=dest)
+
+    def _loop_ends(self, m, cfg, last, seq, platform):
+        """The loops' ends, registers, into ``seq``: ``x_end``, ``y_end`` (set with their counters), ``first_tile``,
+        ``ends`` (by loop), ``through`` (the loops from the group out to the named one all at their ends),
+        ``once`` (a reduction loop runs once), ``moved_ends`` (a reduction loop's end as the loop moves) and
+        ``tile_ends`` (``through["ky"]``: the tile is its band's last reduction tile)."""
+        g, kx, ky, co_tile, band = seq.g, seq.kx, seq.ky, seq.co_tile, seq.band
+        # The loops' ends as registers, so that no compare comes before the FSM's decisions: ``x_end`` and
+        # ``y_end`` (the position is its row's last, the row its band's) set with their counters; the
+        # reduction tile's ends (``ends``). Group, kx and ky (``REDUCTION_LOOPS``) set theirs as they move:
+        # at their last where they move from the value before it (``near``, a compare registered while they
+        # stand, with the count less two), or back to 0 in a loop that runs once (``once``). The band's and
+        # the channel tile's, compares of counters that change only as a tile ends, registered (the next
+        # test comes two cycles later at the earliest). ``through`` (the loops from the group out to the
+        # named one all at their last: the next loop out moves as the tile ends), registered from those, so
+        # that each loop's enable is the tile's end and one flip-flop, not a chain of the ends; ``first_tile``
+        # (group, kx and ky are 0), set as a tile ends.
+        x_end, y_end, first_tile = Signal(name="x_end"), Signal(name="y_end"), Signal(name="first_tile")
+        loops = ("g", "kx", "ky", "band", "co_tile")
+        ends = {name: Signal(name=f"{name}_end") for name in loops}
+        through = {"g": ends["g"], **{name: Signal(name=f"through_{name}") for name in loops[1:-1]}}
+        counters = {"g": g, "kx": kx, "ky": ky}
+        near = {name: Signal(name=f"{name}_near") for name in REDUCTION_LOOPS}
+        # The loop counts' registers in a fixed order (a set's followed PYTHONHASHSEED: the Verilog changed from one
+        # run to the next). Which order is free, and it moves nextpnr's placement of the nearly full parts, whose
+        # default builds each order was measured with: kernel's first on the ECP5 (the ULX3S-85F ResNet-20 core,
+        # 100.62 MHz against 85.51), groups' first elsewhere (the UP5K digits core, 41.97 MHz against 37.78).
+        count_names = ("kernel", "groups") if slow_block_ram(platform) else ("groups", "kernel")
+        if self.network:
+            before_last = {name: Signal.like(cfg[name], name=f"before_last_{name}") for name in count_names}
+            once = {name: Signal(name=f"once_{name}") for name in count_names}
+            m.d.sync += [before_last[name].eq(cfg[name] - 2) for name in count_names]
+            m.d.sync += [once[name].eq(cfg[name] == 1) for name in count_names]
+        else:
+            before_last = {name: cfg[name] - 2 for name in count_names}
+            once = {name: cfg[name] == 1 for name in count_names}
+        m.d.sync += [near[name].eq(counters[name] == before_last[count]) for name, count in REDUCTION_LOOPS.items()]
+        at_last = {"band": band["end_y"] == last["out_h"], "co_tile": co_tile == last["co_tiles"]}
+        m.d.sync += [ends[name].eq(at_last[name]) for name in at_last]
+        reduction_ends = Cat(ends[name] for name in REDUCTION_LOOPS).all()
+        m.d.sync += [through["kx"].eq(ends["g"] & ends["kx"]), through["ky"].eq(reduction_ends),
+                     through["band"].eq(reduction_ends & at_last["band"])]
+        # Each reduction loop's end as the loop moves (back to 0 from its last, else one on).
+        moved_ends = {name: Mux(ends[name], once[count], near[name]) for name, count in REDUCTION_LOOPS.items()}
+        tile_ends = through["ky"]
+        seq.x_end, seq.y_end, seq.first_tile, seq.ends, seq.through = x_end, y_end, first_tile, ends, through
+        seq.once, seq.moved_ends, seq.tile_ends = once, moved_ends, tile_ends
+
+    def _position_tags(self, m):
+        """The tags of the issued positions, a register per pipeline stage (``tags[n]``: the position issued ``n``
+        cycles before; ``tags[0]``, driven by ISSUE): ``valid``, ``inside`` the image, ``swap`` (the tile's first:
+        the PEs swap to the new weights), ``first`` (the first reduction tile: no partial sum to add) and the
+        accumulator address ``out_addr``."""
+        p = self.params
+        R, Cn = p.rows, p.cols
+        # The tag of each issued position, delayed one cycle per stage of the pipeline: flip-flops of their own,
+        # not merged with the array's valid and swap bits, which equal theirs (hw.flip_flops.OWN_FLIP_FLOP).
+        tag_layout = data.StructLayout({"valid": 1, "inside": 1, "swap": 1, "first": 1,
+                                        "out_addr": range(p.out_depth + 1)})
+        lag = self.lag
+        tags = [own(Signal(tag_layout, name=f"tag_{n}")) for n in range(R + Cn + 1 + lag + ARRAY_PIPELINE)]
+        m.d.sync += [tags[n].eq(tags[n - 1]) for n in range(1, len(tags))]
+        return tags
+
+    def _writer_handshake(self, m, cfg, seq):
+        """Network mode: the sequencer's handshake with the writer (:meth:`_writer`), into ``seq``: ``tile_issued``,
+        ``writer_done``, and the accumulator ring's count (``spare``, ``unit_begins``, ``unit_written``,
+        ``ring_full``)."""
+        # Network mode: tile_issued pulses in the cycle a channel tile's last position is issued (for
+        # the writer, below); writer_done, in the last cycle of the layer's write-back (both continuous
+        # assignments, below the FSMs).
+        tile_issued = Signal(name="tile_issued")
+        writer_done = Signal(name="writer_done")
+        # Network mode: the accumulator memory is a ring of ``acc_units`` units (band of a channel tile): a unit
+        # begins only while fewer than that are begun and not yet written back, so that it overwrites no unit the
+        # writer has still to read. (``spare``: ``acc_units - 1`` less the units begun and not written back,
+        # down with each ``unit_begins``, up with the writer's ``unit_written``; the full test, ``ring_full``,
+        # its sign as it moves, a register set with it. A unit's begin counts a cycle late, out of the FSM's
+        # logic; the next test comes a tile later.)
+        spare = Signal(signed(len(cfg["acc_units"]) + 1), name="spare")
+        unit_begins, unit_written, ring_full = (Signal(name=name) for name in ("unit_begins", "unit_written",
+                                                                              "ring_full"))
+        step = Signal(signed(2), name="spare_step")
+        m.d.comb += step.eq(unit_written - delayed(m, unit_begins, 1, "unit_begun"))
+        spare_next = spare + step
+        m.d.sync += [spare.eq(spare_next), ring_full.eq(spare_next[-1])]
+        seq.tile_issued, seq.writer_done, seq.spare, seq.ring_full = tile_issued, writer_done, spare, ring_full
+        seq.unit_begins, seq.unit_written = unit_begins, unit_written
+
+    def _weight_fetch(self, m, cfg, seq, weight_read_addr):
+        """Network mode: the weights buffer's read address ``fetch`` (drives ``weight_read_addr``) and the overlap
+        of a tile's weight loads with the previous tile's positions, into ``seq``: ``overlap``, ``left``,
+        ``last_rows``, ``fetch``, ``issue_first``, ``band_wrap``."""
+        p = self.params
+        R, Cn = p.rows, p.cols
+        counter = self._counter
+        tile_ends, ends = seq.tile_ends, seq.ends
+        # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
+        # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
+        # weight rows are read during the last ``rows`` positions of a tile (``left`` counts the band's
+        # positions still to issue), from the band's first tile's where the tile is the band's last and
+        # another band of the channel tile follows (``band_wrap``), else from the next ones (``weight_addr``),
+        # set in the tile's first cycle (``issue_first``); the next tile then issues without LOAD_WEIGHTS.
+        # (``last_rows``: fewer than ``rows`` left, a register set with ``left``.) WAIT points ``fetch`` at
+        # ``weight_addr`` (an overlapping tile sets it again in its first cycle).
+        overlap, left = Signal(name="overlap"), Signal(range(p.pos_depth + 1), name="left")
+        last_rows = Signal(name="last_rows")
+        fetch, issue_first = counter("fetch"), Signal(name="issue_first")
+        m.d.sync += overlap.eq(cfg["band_positions"] >= R + Cn + 3)
+        m.d.comb += weight_read_addr.eq(fetch)
+        band_wrap = tile_ends & ~ends["band"]
+        seq.overlap, seq.left, seq.last_rows, seq.fetch, seq.issue_first = overlap, left, last_rows, fetch, issue_first
+        seq.band_wrap = band_wrap
+
+    def _sequencer(self, m, cfg, last, seq, back, start, act_addrs, weight_read_addr):
+        """The sequencer (FSM ``fsm``), returned: IDLE until ``start`` (:meth:`_start_layer`); per reduction tile
+        LOAD_WEIGHTS (:meth:`_load_weights`, ``rows`` cycles; network mode: none where the tile's loads overlap the
+        previous tile's positions), ISSUE (:meth:`_issue`, a position a cycle) and WAIT (:meth:`_wait`); then network
+        mode WRITE_BACK (until the writer is done), layer mode the read-back states (:meth:`_read_back_states`)."""
+        m.d.sync += seq.w_rows.eq(0)
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(start):
+                    self._start_layer(m, cfg, seq)
+                    m.next = "LOAD_WEIGHTS"
+            with m.State("LOAD_WEIGHTS"):
+                self._load_weights(m, cfg, last, seq, weight_read_addr)
+            with m.State("ISSUE"):
+                self._issue(m, cfg, last, seq, act_addrs)
+            with m.State("WAIT"):
+                self._wait(m, cfg, last, seq, back)
+            if self.network:
+                with m.State("WRITE_BACK"):
+                    # The writer (below) writes back the last channel tile.
+                    with m.If(seq.writer_done):
+                        m.next = "IDLE"
+            else:
+                self._read_back_states(m, last, seq, back)
+        one_hot(fsm)
+        return fsm
+
+    def _begin_row(self, m, cfg, last, seq):
+        """The position counters at a row's first position."""
+        m.d.sync += [seq.x_left.eq(last["out_w"]), seq.x_end.eq(last["out_w"] == 0),
+                     seq.ix.eq(seq.kx - cfg["padding"])]
+
+    def _first_position(self, m, cfg, last, seq):
+        """The position counters at the tile's first position: set in every cycle of the states that may
+        go to ISSUE (WAIT, LOAD_WEIGHTS; only ISSUE reads them), so that their enables decode no decision."""
+        p = self.params
+        R = p.rows
+        self._begin_row(m, cfg, last, seq)
+        m.d.sync += [seq.y_left.eq(seq.last_band_row), seq.y_end.eq(seq.last_band_row == 0),
+                     seq.pos.eq(seq.band["pos"]), seq.iy.eq(seq.band["iy"] + seq.ky - cfg["padding"]),
+                     seq.row_addr.eq(seq.plane_base + seq.ky_offset + seq.band["row"])]
+        if self.network:
+            m.d.sync += [seq.left.eq(last["band_positions"]), seq.last_rows.eq(last["band_positions"] < R),
+                         seq.issue_first.eq(1)]
+
+    @staticmethod
+    def _first_band(m, band, band_cfg):
+        """The band counters at the layer's first band."""
+        m.d.sync += [band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
+                     band["end_y"].eq(band_cfg["rows"] - 1)]
+
+    def _start_layer(self, m, cfg, seq):
+        """IDLE, at ``start``: the counters at the layer's first tile and band (its weights at ``weight_base``;
+        network mode: an empty accumulator ring)."""
+        m.d.sync += [seq.co_tile.eq(0), seq.ky.eq(0), seq.kx.eq(0), seq.g.eq(0), seq.plane_base.eq(0),
+                     seq.ky_offset.eq(cfg["top_offset"]), seq.weight_addr.eq(cfg["weight_base"]),
+                     seq.out_base.eq(0), seq.row_count.eq(0), seq.band["weight_addr"].eq(cfg["weight_base"]),
+                     seq.first_tile.eq(1)]
+        m.d.sync += [seq.ends[name].eq(seq.once[count]) for name, count in REDUCTION_LOOPS.items()]
+        if self.network:
+            m.d.sync += [seq.tile_plane.eq(0), seq.fetch.eq(cfg["weight_base"]), seq.spare.eq(cfg["acc_units"] - 2),
+                         seq.ring_full.eq(cfg["acc_units"] <= 1)]
+        self._first_band(m, seq.band, seq.band_cfg)
+
+    def _load_weights(self, m, cfg, last, seq, weight_read_addr):
+        """LOAD_WEIGHTS, ``rows`` cycles: the tile's weight rows read from ``weight_addr`` on (network mode:
+        ``fetch``), row ``r``'s in cycle ``r`` (``w_rows``); then ISSUE."""
+        p = self.params
+        R = p.rows
+        # Read one row's weight word per cycle; the row's copy takes it in the next cycle (network
+        # mode: BANKED_LATENCY + 1 cycles on), its shadow weights a cycle after the copy.
+        if self.network:
+            m.d.sync += seq.fetch.eq(seq.fetch + 1)
+        else:
+            m.d.comb += weight_read_addr.eq(seq.weight_addr)
+        m.d.sync += [seq.weight_addr.eq(seq.weight_addr + 1), seq.row_count.eq(seq.row_count + 1),
+                     seq.w_rows.eq(Cat(seq.row_count == r for r in range(R)))]
+        self._first_position(m, cfg, last, seq)
+        with m.If(seq.row_count == R - 1):
+            m.next = "ISSUE"
+
+    def _issue(self, m, cfg, last, seq, act_addrs):
+        """ISSUE, a position a cycle: its activation word's address (``act_addrs``; row 0's code ``lag`` cycles
+        later) and its tag (``tags[0]``); the position counters move on (x, then y); after the tile's last position
+        the loops move on (:meth:`_next_tile`), then WAIT."""
+        p = self.params
+        R, Cn = p.rows, p.cols
+        inside = (seq.iy >= 0) & (seq.iy < cfg["in_h"]) & (seq.ix >= 0) & (seq.ix < cfg["in_w"])
+        if self.network:
+            m.d.sync += [act_addr.eq(cfg["act_base"] + seq.row_addr + seq.ix) for act_addr in act_addrs]
+        else:
+            m.d.comb += act_addrs[0].eq(seq.row_addr + seq.ix)
+        m.d.comb += [seq.tags[0].valid.eq(1), seq.tags[0].inside.eq(inside),
+                     seq.tags[0].swap.eq(seq.pos == seq.band["pos"]), seq.tags[0].first.eq(seq.first_tile),
+                     seq.tags[0].out_addr.eq(seq.out_base + seq.pos)]
+        m.d.sync += seq.pos.eq(seq.pos + 1)
+        if self.network:
+            m.d.sync += [seq.left.eq(seq.left - 1), seq.last_rows.eq(seq.left <= R), seq.issue_first.eq(0)]
+            with m.If(seq.issue_first):
+                m.d.sync += seq.fetch.eq(Mux(seq.band_wrap, seq.band["weight_addr"], seq.weight_addr))
+            with m.If(seq.overlap & seq.last_rows):
+                m.d.sync += [seq.fetch.eq(seq.fetch + 1),
+                             seq.w_rows.eq(Cat(seq.left == R - 1 - r for r in range(R)))]
+        with m.If(seq.x_end):
+            self._begin_row(m, cfg, last, seq)
+            m.d.sync += [seq.y_left.eq(seq.y_left - 1), seq.y_end.eq(seq.y_left == 1),
+                         seq.iy.eq(seq.iy + cfg["stride"]), seq.row_addr.eq(seq.row_addr + cfg["row_step"])]
+            with m.If(seq.y_end):
+                m.d.sync += seq.first_tile.eq(seq.tile_ends)
+                self._next_tile(m, cfg, seq)
+                if self.network:
+                    with m.If(seq.overlap):
+                        m.d.sync += seq.weight_addr.eq(seq.fetch + 1)       # past the next tile's last row
+                # The next tile's shadow weights must not be written before this tile's
+                # first element has passed the last column, nor a partial sum read
+                # before it is written: at least cols + 2 cycles from a tile's first
+                # issue to the next tile's loads. The last tile waits for the pipeline.
+                m.d.sync += [seq.wait.eq(Cn + 2 - seq.band_cfg["positions"]),
+                             seq.waiting.eq(seq.band_cfg["positions"] < Cn + 2)]
+                m.next = "WAIT"
+        with m.Else():
+            m.d.sync += [seq.x_left.eq(seq.x_left - 1), seq.x_end.eq(seq.x_left == 1),
+                         seq.ix.eq(seq.ix + cfg["stride"])]
+
+    def _next_tile(self, m, cfg, seq):
+        """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile (network
+        mode: whose row groups start ``tile_step`` activation words on, at ``next_tile_plane``, a register);
+        ``ends``: the loops' end registers; ``moved_ends``: the reduction loops' ends as they move, set with
+        them; ``through``: registers, the loops from the group out to the named one all at their ends (all of
+        ``seq``)."""
+        with m.If(~seq.ends["g"]):
+            m.d.sync += [seq.g.eq(seq.g + 1), seq.plane_base.eq(seq.plane_base + cfg["plane"])]
+        with m.Else():
+            m.d.sync += [seq.g.eq(0), seq.plane_base.eq(seq.tile_plane)]
+        m.d.sync += seq.ends["g"].eq(seq.moved_ends["g"])
+        with m.If(seq.through["g"]):
+            m.d.sync += [seq.kx.eq(Mux(seq.ends["kx"], 0, seq.kx + 1)), seq.ends["kx"].eq(seq.moved_ends["kx"])]
+        with m.If(seq.through["kx"]):
+            m.d.sync += seq.ends["ky"].eq(seq.moved_ends["ky"])
+            with m.If(~seq.ends["ky"]):
+                m.d.sync += [seq.ky.eq(seq.ky + 1), seq.ky_offset.eq(seq.ky_offset + cfg["in_w"])]
+            with m.Else():
+                m.d.sync += [seq.ky.eq(0), seq.ky_offset.eq(cfg["top_offset"])]
+        with m.If(seq.through["ky"] & ~seq.ends["band"]):
+            m.d.sync += [seq.weight_addr.eq(seq.band["weight_addr"]),
+                         seq.band["pos"].eq(seq.band["pos"] + seq.band_cfg["positions"]),
+                         seq.band["iy"].eq(seq.band["iy"] + seq.band_cfg["in_rows"]),
+                         seq.band["row"].eq(seq.band["row"] + seq.band_cfg["step"]),
+                         seq.band["end_y"].eq(seq.band["end_y"] + seq.band_cfg["rows"])]
+        with m.If(seq.through["band"]):
+            LayerEngine._first_band(m, seq.band, seq.band_cfg)
+            m.d.sync += [seq.co_tile.eq(seq.co_tile + 1), seq.out_base.eq(seq.out_base + cfg["positions"]),
+                         seq.band["weight_addr"].eq(seq.weight_addr)]
+            if self.network:
+                m.d.sync += [seq.tile_plane.eq(seq.next_tile_plane), seq.plane_base.eq(seq.next_tile_plane)]
+            with m.If(seq.ends["co_tile"]):
+                m.d.sync += seq.finishing.eq(1)
+
+    def _wait(self, m, cfg, last, seq, back):
+        """WAIT, ``1 + gap`` cycles after a tile (``1 + drain`` after the last, ``finishing``): then the next tile's
+        LOAD_WEIGHTS (network mode: ISSUE where its loads overlap, and no unit begins while the accumulator ring is
+        full), or after the last tile the read-back (layer mode: READ_WORD) or WRITE_BACK."""
+        # (What a LOAD_WEIGHTS or ISSUE that may follow starts from: in every cycle, so that no enable
+        # decodes WAIT's decisions.)
+        m.d.sync += seq.row_count.eq(0)
+        if self.network:
+            m.d.sync += seq.fetch.eq(seq.weight_addr)
+        self._first_position(m, cfg, last, seq)
+        with m.If(seq.finishing):
+            # This cycle, the decrements and the last: drain + 1 cycles, for 1 + gap.
+            m.d.sync += [seq.finishing.eq(0), seq.wait.eq(self.drain - 1), seq.waiting.eq(self.drain > 1)]
+        with m.Elif(seq.waiting):
+            m.d.sync += [seq.wait.eq(seq.wait - 1), seq.waiting.eq(seq.wait > 1)]
+        with m.Elif(seq.all_tiles):
+            if self.network:
+                m.next = "WRITE_BACK"
+            else:
+                m.d.sync += [back.read_addr.eq(0), back.read_pos.eq(0), back.read_slot.eq(cfg["stage_base"])]
+                m.next = "READ_WORD"
+        if self.network:
+            with m.Elif(seq.first_tile & seq.ring_full):
+                pass        # the accumulator ring is full: the next unit waits for the writer
+            with m.Elif(seq.overlap):
+                m.d.comb += seq.unit_begins.eq(seq.first_tile)
+                m.next = "ISSUE"
+        with m.Else():
+            if self.network:
+                m.d.comb += seq.unit_begins.eq(seq.first_tile)
+            m.next = "LOAD_WEIGHTS"
+
+    def _read_back_states(self, m, last, seq, back):
+        """Layer mode: the read-back of each position's word: READ_WORD (a cycle: the column memories read
+        ``read_addr``), FEED (``cols`` cycles, a column's accumulator a cycle into the output stage), COLLECT (until
+        the word's ``cols`` results are in, the last ``STAGE_LATENCY`` cycles after it was fed), OFFER (until ``out``
+        takes the word); after the layer's last word, IDLE."""
+        Cn = self.params.cols
+        with m.State("READ_WORD"):
+            # The column memories read word read_addr (data in the next cycle, held there).
+            m.d.sync += back.feed_col.eq(0)
+            m.next = "FEED"
+        with m.State("FEED"):
+            m.d.sync += back.feed_col.eq(back.feed_col + 1)
+            with m.If(back.feed_col == Cn - 1):
+                m.next = "COLLECT"
+        with m.State("COLLECT"):
+            with m.If(back.collected == Cn):
+                m.d.sync += self.out.valid.eq(1)
+                m.next = "OFFER"
+        with m.State("OFFER"):
+            with m.If(self.out.ready):
+                m.d.sync += [self.out.valid.eq(0), back.read_addr.eq(back.read_addr + 1),
+                             back.read_pos.eq(back.read_pos + 1)]
+                with m.If(back.read_pos == last["positions"]):
+                    m.d.sync += [back.read_pos.eq(0), back.read_slot.eq(back.read_slot + 1)]
+                with m.If(back.read_addr == seq.out_base - 1):
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "READ_WORD"
+
+    def _read_back_control(self, m, cfg, last, seq, back, start, pair, fsm, platform):
+        """What feeds the output stage when. Network mode: the writer (:meth:`_writer`), as each band's accumulators
+        are final; layer mode: the sequencer's read-back states. Returns ``(feeding, holding, reading)``: an
+        accumulator enters the output stage; the even position's are held (network mode in pairs, else None); the
+        read-back reads the column memories (layer mode, else None)."""
+        if self.network:
+            m.d.comb += seq.tile_issued.eq(fsm.ongoing("ISSUE") & seq.x_end & seq.y_end & seq.tile_ends)
+            feeding, holding = self._writer(m, cfg, last, back.dest, start, seq.tile_issued, seq.writer_done,
+                                            seq.unit_written, back.read_addrs, back.read_pos, back.read_slot,
+                                            back.feed_col, pair, registered_last_column=slow_block_ram(platform),
+                                            late_tile_step=slow_block_ram(platform))
+            return feeding, holding, None
+        reading = Signal()
+        m.d.comb += reading.eq(Cat(*(fsm.ongoing(state) for state in ("READ_WORD", "FEED", "COLLECT",
+                                                                           "OFFER"))).any())
+        return fsm.ongoing("FEED"), None, reading
+
+    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addrs, read_pos,
+                read_slot, feed_col, pair, registered_last_column=False, late_tile_step=False):
+        """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
+
+        A band's accumulators are final ``drain`` cycles after its last position is issued
+        (``tile_issued``): it is then counted in ``ahead`` (bands done, not yet written back). The writer,
+        waiting while ``ahead`` is 0, reads each of the band's positions (READ_WORD, one cycle)
+        and feeds its ``tile_cols`` accumulators to the output stage (FEED, one per cycle), and goes on
+        with the next band at once if that one is done. After the last channel tile's last band,
+        FLUSH waits ``STAGE_LATENCY`` cycles (plus ``FUSED_LATENCY`` with ``act_fuse``) for the last
+        results to be written; ``writer_done`` marks its last cycle. In pairs (``pair``), READ_WORD reads
+        the even position and READ_SECOND the odd one (the even one's accumulators are held meanwhile),
+        and FEED feeds both. A band is written back when its last accumulators are read (``unit_written``
+        pulses as the writer moves on, and ``ahead`` counts it down). Returns the FEED signal (accumulators enter the
+        output stages) and the READ_SECOND one (hold the even position's). ``read_addrs``: the accumulators'
+        read address, as copies that are all set alike. ``registered_last_column``: FEED tests a register set as
+        ``feed_col`` moves on, not a compare of it (on the ECP5: that compare into the enables of the word's
+        counters was the ULX3S-85F ResNet-20's worst path at ef69201, 11.6 ns). ``late_tile_step``: the output
+        stage's slot and the count of channel tiles written move on a cycle after a channel tile's last word, from
+        a register (READ_WORD comes between, and FEED reads the slot only after it; on the ECP5: the FEED's tests
+        into their enables were the ULX3S-85F ResNet-20's worst path at 8bcfa9e and at 67755e1, 11.9 and 11.7
+        ns)."""
+        p = self.params
+        ready = delayed(m, tile_issued, self.drain, "tile_ready")
+        ahead = Signal(range(p.out_depth + 2), name="ahead")
+        # (The channel tiles a layer has are bounded by its stage slots, not by the accumulators: a ring may hold
+        # fewer words than the layer has channel tiles.)
+        channel_tiles_written = Signal(range(max(p.out_depth, p.stage_depth) + 1))
+        band_pos = Signal(range(p.pos_depth + 1))
+        flush = Signal(range(self._stage_latency + self.FUSED_LATENCY))
+        m.d.sync += ahead.eq(ahead + ready - unit_written)
+        # The FEED's tests as registers, a cycle behind their counters (each changes as a word's last accumulator
+        # is fed, and is next tested as the next word's is, two cycles on at the earliest): the word is its band's
+        # last, its channel tile's last, the channel tile the layer's last.
+        band_end, tile_end, layer_end = (Signal(name=name) for name in ("band_end", "tile_end", "layer_end"))
+        # A channel tile's last word moves the slot and the tile count on: at once, or a cycle later from
+        # ``tile_step`` (late_tile_step).
+        if late_tile_step:
+            tile_step = Signal(name="tile_step")
+            m.d.sync += tile_step.eq(0)
+            with m.If(tile_step):
+                m.d.sync += [read_slot.eq(read_slot + 1), channel_tiles_written.eq(channel_tiles_written + 1)]
+        m.d.sync += [band_end.eq(band_pos + pair == last["band_positions"]),
+                     tile_end.eq(read_pos + pair == last["positions"]),
+                     layer_end.eq(channel_tiles_written == last["co_tiles"])]
+        # The channel tile's last column: register tile_cols's where some layers' tiles are narrower, else cols - 1.
+        tile_last = last["tile_cols"] if p.multiply_cols else p.cols - 1
+        last_column = feed_col == tile_last
+        if registered_last_column:
+            last_column = Signal(name="last_column")
+        with m.FSM(name="writer") as writer:
+            with m.State("IDLE"):
+                # The read address copies start at 0 whenever the writer is idle, not at ``start``: that came from
+                # across the die into the enables of every copy (the ULX3S-85F ResNet-20's worst path at 3e18baf,
+                # 10.7 ns).
+                m.d.sync += [read_addr.eq(0) for read_addr in read_addrs]
+                with m.If(start):
+                    m.d.sync += [ahead.eq(0), channel_tiles_written.eq(0), band_pos.eq(0), read_pos.eq(0),
+                                 read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
+                                 dest["tile_lane"].eq(0), dest["tile_value_base"].eq(cfg["dst_base"]),
+                                 dest["tile_code_base"].eq(Mux(cfg["act_fuse"][0], cfg["act_dst"], cfg["dst_base"]))]
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                with m.If(ahead != 0):
+                    m.next = "READ_WORD"
+            with m.State("READ_WORD"):
+                # The column memories read word read_addr (data in the next cycle, held there).
+                m.d.sync += [feed_col.eq(0)] + [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
+                if registered_last_column:
+                    m.d.sync += last_column.eq(tile_last == 0)
+                if p.write_pairs:
+                    with m.If(pair):
+                        m.d.sync += [read_addr.eq(read_addr + 1) for read_addr in read_addrs]
+                        m.next = "READ_SECOND"
+                    with m.Else():
+                        m.next = "FEED"
+                else:
+                    m.next = "FEED"
+            if p.write_pairs:
+                with m.State("READ_SECOND"):
+                    m.next = "FEED"
+            with m.State("FEED"):
+                m.d.sync += feed_col.eq(feed_col + 1)
+                if registered_last_column:
+                    m.d.sync += last_column.eq(feed_col + 1 == tile_last)
+                self._step_destination(m, cfg, dest)
+                with m.If(last_column):
+                    m.d.sync += [*[read_addr.eq(read_addr + 1) for read_addr in read_addrs],
+                                 read_pos.eq(read_pos + 1 + pair),
+                                 band_pos.eq(band_pos + 1 + pair)]
+                    with m.If(band_end):
+                        # The band's last word: the next band's, if it is done, or wait for it.
+                        m.d.sync += band_pos.eq(0)
+                        m.d.comb += unit_written.eq(1)
+                        with m.If(ahead != 1):          # the next band is done too
+                            m.next = "READ_WORD"
+                        with m.Else():
+                            m.next = "WAIT"
+                        with m.If(tile_end):
+                            # ... and the channel tile's: the next tile's destinations, or the end.
+                            if late_tile_step:
+                                m.d.sync += [read_pos.eq(0), tile_step.eq(1)]
+                            else:
+                                m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
+                                             channel_tiles_written.eq(channel_tiles_written + 1)]
+                            self._step_destination(m, cfg, dest, tile=True)
+                            with m.If(layer_end):
+                                m.d.sync += flush.eq(Mux(cfg["act_fuse"][0], self.FUSED_LATENCY, 0)
+                                                     + self._stage_latency - 1)
+                                m.next = "FLUSH"
+                    with m.Else():
+                        m.next = "READ_WORD"
+            with m.State("FLUSH"):
+                # The last results leave the output stage and are written.
+                m.d.sync += flush.eq(flush - 1)
+                with m.If(flush == 0):
+                    m.next = "IDLE"
+        one_hot(writer)
+        m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
+        return writer.ongoing("FEED"), (writer.ongoing("READ_SECOND") if p.write_pairs else C(0, 1))
+
+    def _step_destination(self, m, cfg, dest, tile=False):
+        """Network mode: the destination counters move to the next channel (``tile``: the channel
+        tile's first counters move to the channel after the word being fed, the next tile's first)."""
+        target = {name: dest["tile_" + name] if tile else dest[name] for name in DEST_COUNTERS}
+        last_lane = dest["lane"] == self.params.rows - 1
+        m.d.sync += [target["channel"].eq(dest["channel"] + 1),
+                     target["value_base"].eq(dest["value_base"] + cfg["positions"]),
+                     target["lane"].eq(Mux(last_lane, 0, dest["lane"] + 1)),
+                     target["code_base"].eq(Mux(last_lane, dest["code_base"] + cfg["positions"], dest["code_base"]))]
 
     def _pe_array(self, m, platform, cfg, load, loads, w_rows, weight_data, act_data, tags):
         """The PE array (submodule ``array``, :func:`array_variant`) and what feeds it: each row's weight word from
@@ -924,22 +1334,6 @@ class LayerEngine(wiring.Component):
                    for value, suffix in zip(values, ("", "_odd"))]
         return results, relu
 
-    def _output_word(self, m, feeding, feed_col, result, collected, fsm):
-        """Layer mode: each result (``STAGE_LATENCY`` cycles after ``feeding``) into its column's field of the
-        ``out`` word; ``collected`` counts the word's results (back to 0 in READ_WORD)."""
-        p = self.params
-        Cn = p.cols
-        back_valid = delayed(m, feeding, self._stage_latency, "back_valid")
-        back_col = delayed(m, feed_col, self._stage_latency, "back_col")
-        fields = [Signal(signed(p.out_bits), name=f"out_{c}") for c in range(Cn)]
-        with m.If(back_valid):
-            with m.Switch(back_col):
-                for c in range(Cn):
-                    with m.Case(c):
-                        m.d.sync += fields[c].eq(result)
-        m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
-        m.d.comb += self.out.payload.eq(Cat(*fields))
-
     def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, platform, lag):
         """One output stage (the units named with ``suffix``): ``value`` of ``channel`` (entering while
         ``feeding``; the value ``lag`` cycles after them) -> its result ``STAGE_LATENCY`` cycles after
@@ -998,247 +1392,21 @@ class LayerEngine(wiring.Component):
             result = delayed(m, value, self._stage_latency - lag, f"raw{suffix}")
         return Mux(stage == STAGE_THRESHOLDS, code, result) if p.code_bits else result
 
-    def _load_beat(self, m, idle, platform):
-        """The load beat as the registers and buffers take it: ``(payload, valid, start)``. Layer mode:
-        the ``load`` stream's beat (taken while idle) and ``start`` as they come, neither while the PE array's
-        rows may still be in reset after the engine's (:func:`hw.reset_tree.settling`; in network mode the
-        core holds its beats so). Network mode: the beat a
-        cycle later, from flip-flops, so that no write enable depends on the FSM's state (the ResNet-20
-        core's worst path ran from the state into a configuration register's enable), and ``start`` two
-        cycles later, so that a layer started right after its last register word sees that word (written a
-        cycle after its beat). ``busy``
-        is high, and ``load`` not ready, from the cycle after ``start``."""
-        if not self.network:
-            settled = when_settled(m, platform, self.RESET_LEVELS)
-            m.d.comb += [self.load.ready.eq(settled(idle)), self.busy.eq(~idle)]
-            return self.load.payload, settled(self.load.valid & idle), settled(self.start)
-        pending, late = Signal(name="start_pending"), Signal(name="start_late")
-        m.d.comb += [self.load.ready.eq(idle & ~pending & ~late), self.busy.eq(~idle | pending | late)]
-        beat, beat_valid = Signal(self.load.payload.shape(), name="beat"), Signal(name="beat_valid")
-        # Ifs, not the conditions assigned: an X on ``start`` or ``valid`` (Icarus, before the sequencer's
-        # FSM first changes state) then reads as false instead of latching an X.
-        m.d.sync += [beat.eq(self.load.payload), beat_valid.eq(0), pending.eq(0), late.eq(pending)]
-        with m.If(self.load.valid & self.load.ready):
-            m.d.sync += beat_valid.eq(1)
-        with m.If(self.start & idle & ~pending & ~late):
-            m.d.sync += pending.eq(1)
-        return beat, beat_valid, late
-
-    def _weights_of_layer(self, m, cfg, idle, load, platform, load_en, narrow, read_addr, spram,
-                          registered_choice=False):
-        """With a wide weights buffer (in SPRAM where ``spram``): the PE weight words of the layer, from the
-        wide buffer where the ``wide_weights`` register says so, else the narrow words (``wbits`` per column:
-        sign on top of ``k``) widened to ``weight_bits`` (sign on top, ``k`` zero-extended). Both read at
-        ``read_addr``. ``registered_choice``: each group of WORD_GROUP_COLUMNS columns chooses by a copy of
-        ``wide_weights`` of its own, a cycle later (a layer's registers are set long before its first weights
-        are read; on the ECP5 the one register into every bit's choice was the ULX3S-85F ResNet-20's worst path at
-        8017110, 10.9 ns of routing)."""
+    def _output_word(self, m, feeding, feed_col, result, collected, fsm):
+        """Layer mode: each result (``STAGE_LATENCY`` cycles after ``feeding``) into its column's field of the
+        ``out`` word; ``collected`` counts the word's results (back to 0 in READ_WORD)."""
         p = self.params
-        wide, wide_addr = self._buffer(m, idle, load, platform, "wide_weights", p.cols * p.weight_bits,
-                                       p.wide_depth, load_en, spram)
-        m.d.comb += wide_addr.eq(read_addr)
-        fields = []
-        for c in range(p.cols):
-            field = narrow.word_select(c, p.wbits)
-            fields.append(Cat(field[:p.wbits - 1], C(0, p.weight_bits - p.wbits), field[p.wbits - 1]))
-        group = self.WORD_GROUP_COLUMNS
-        words = []
-        for g in range(0, p.cols, group):
-            choice = cfg["wide_weights"][0]
-            if registered_choice:
-                choice = delayed(m, choice, 1, f"wide_weights_{g // group}", own_flip_flops=True, reset_less=True)
-            columns = slice(g * p.weight_bits, min(g + group, p.cols) * p.weight_bits)
-            words.append(Mux(choice, wide[columns], Cat(*fields[g:g + group])))
-        return Cat(*words)
-
-    def _step_destination(self, m, cfg, dest, tile=False):
-        """Network mode: the destination counters move to the next channel (``tile``: the channel
-        tile's first counters move to the channel after the word being fed, the next tile's first)."""
-        target = {name: dest["tile_" + name] if tile else dest[name] for name in DEST_COUNTERS}
-        last_lane = dest["lane"] == self.params.rows - 1
-        m.d.sync += [target["channel"].eq(dest["channel"] + 1),
-                     target["value_base"].eq(dest["value_base"] + cfg["positions"]),
-                     target["lane"].eq(Mux(last_lane, 0, dest["lane"] + 1)),
-                     target["code_base"].eq(Mux(last_lane, dest["code_base"] + cfg["positions"], dest["code_base"]))]
-
-    def _code_buffer(self, m, idle, registered_writes, reset_less):
-        """Network mode: the activation buffer with a write enable per lane, simple dual port (the
-        write-back of one channel tile goes on while the next one's codes are read); with
-        ``write_pairs``, words of two positions (activation words ``2w``, ``2w + 1``), so that the
-        write-back writes a pair at once. Returns its read data (the activation word at the address of
-        the cycle before), the compute read addresses to drive (copies, all set alike) and the write-back
-        port ``(en, addr, data)`` of whole words (:func:`network_signature`'s ``code_written``) to drive while
-        busy; ``code_write`` and ``code_read`` (one activation word each) drive it while idle.
-        ``registered_writes`` (the ECP5): a write reaches the buffer a cycle later, from registers (the
-        choice between the writers ran into the address of its blocks across the die, 16.6 ns at 506dd57;
-        no step reads a code in the cycle after it is written), and each lane is a memory of its own with its
-        own copies of the read address, the write registers and the choice between the compute and the lent
-        read address (one address register into all 16 blocks of ResNet-20's buffer, placed by the rows they
-        feed, was the ULX3S-85F's worst path at d2b037a, 11.9 ns); ``reset_less``: its address and data
-        registers ignore the reset."""
-        p = self.params
-        halves, word_bits = p.halves, p.rows * p.abits
-        depth = -(-p.act_depth // halves)
-        back = {"en": Signal(halves * p.rows, name="code_back_en"), "addr": Signal(range(depth), name="code_back_addr"),
-                "data": Signal(halves * word_bits, name="code_back_data")}
-        idle_write = self.code_write
-        if halves == 1:
-            idle_en, idle_addr = idle_write.en, idle_write.addr
-        else:
-            idle_en = Mux(idle_write.addr[0], Cat(C(0, p.rows), idle_write.en), Cat(idle_write.en, C(0, p.rows)))
-            idle_addr = idle_write.addr >> 1
-        written = self.code_written
-        m.d.comb += [written.en.eq(Mux(idle, idle_en, back["en"])), written.addr.eq(Mux(idle, idle_addr, back["addr"])),
-                     written.data.eq(Mux(idle, Cat(*[idle_write.data] * halves), back["data"]))]
-        # (memory name, lanes it holds): one memory of every lane, or on the ECP5 one per lane.
-        parts = [(f"activations_{r}", [r]) for r in range(p.rows)] if registered_writes else [
-            ("activations", list(range(p.rows)))]
-        addrs, lanes_data = [], []
-        for name, lanes in parts:
-            width = len(lanes) * p.abits
-            m.submodules[name] = memory = Memory(shape=halves * width, depth=depth, init=[])
-            write, read = memory.write_port(granularity=p.abits), memory.read_port()
-            addr = Signal(range(p.act_depth), name=f"{name}_addr", reset_less=registered_writes and reset_less)
-            if registered_writes:
-                own(addr)
-            addrs.append(addr)
-            read_addr = Mux(idle, self.code_read.addr, addr)
-            read_word, read_half = read_addr, C(0, 1)
-            if halves == 2:
-                read_word, read_half = read_addr >> 1, delayed(m, read_addr[0], 1, f"{name}_half")
-            m.d.comb += read.addr.eq(read_word)
-            lanes_data.append(read.data.word_select(read_half, width))
-            # The lanes' bits of each half of the write port.
-            port = [Cat(*(written.en[h * p.rows + r] for h in range(halves) for r in lanes)), written.addr,
-                    Cat(*(written.data.word_select(h * p.rows + r, p.abits) for h in range(halves) for r in lanes))]
-            if registered_writes:
-                port = [delayed(m, value, 1, f"{name}_write_{kind}", reset_less=reset_less and kind != "en",
-                                own_flip_flops=True) for value, kind in zip(port, ("en", "addr", "data"))]
-            m.d.comb += [write.en.eq(port[0]), write.addr.eq(port[1]), write.data.eq(port[2])]
-        data = Cat(*lanes_data)
-        m.d.comb += self.code_read.data.eq(data)
-        return data, addrs, back
-
-    def _writer(self, m, cfg, last, dest, start, tile_issued, writer_done, unit_written, read_addrs, read_pos,
-                read_slot, feed_col, pair, registered_last_column=False, late_tile_step=False):
-        """Network mode: the write-back of each band of a channel tile while the array computes the next ones.
-
-        A band's accumulators are final ``drain`` cycles after its last position is issued
-        (``tile_issued``): it is then counted in ``ahead`` (bands done, not yet written back). The writer,
-        waiting while ``ahead`` is 0, reads each of the band's positions (READ_WORD, one cycle)
-        and feeds its ``tile_cols`` accumulators to the output stage (FEED, one per cycle), and goes on
-        with the next band at once if that one is done. After the last channel tile's last band,
-        FLUSH waits ``STAGE_LATENCY`` cycles (plus ``FUSED_LATENCY`` with ``act_fuse``) for the last
-        results to be written; ``writer_done`` marks its last cycle. In pairs (``pair``), READ_WORD reads
-        the even position and READ_SECOND the odd one (the even one's accumulators are held meanwhile),
-        and FEED feeds both. A band is written back when its last accumulators are read (``unit_written``
-        pulses as the writer moves on, and ``ahead`` counts it down). Returns the FEED signal (accumulators enter the
-        output stages) and the READ_SECOND one (hold the even position's). ``read_addrs``: the accumulators'
-        read address, as copies that are all set alike. ``registered_last_column``: FEED tests a register set as
-        ``feed_col`` moves on, not a compare of it (on the ECP5: that compare into the enables of the word's
-        counters was the ULX3S-85F ResNet-20's worst path at ef69201, 11.6 ns). ``late_tile_step``: the output
-        stage's slot and the count of channel tiles written move on a cycle after a channel tile's last word, from
-        a register (READ_WORD comes between, and FEED reads the slot only after it; on the ECP5: the FEED's tests
-        into their enables were the ULX3S-85F ResNet-20's worst path at 8bcfa9e and at 67755e1, 11.9 and 11.7
-        ns)."""
-        p = self.params
-        ready = delayed(m, tile_issued, self.drain, "tile_ready")
-        ahead = Signal(range(p.out_depth + 2), name="ahead")
-        # (The channel tiles a layer has are bounded by its stage slots, not by the accumulators: a ring may hold
-        # fewer words than the layer has channel tiles.)
-        channel_tiles_written = Signal(range(max(p.out_depth, p.stage_depth) + 1))
-        band_pos = Signal(range(p.pos_depth + 1))
-        flush = Signal(range(self._stage_latency + self.FUSED_LATENCY))
-        m.d.sync += ahead.eq(ahead + ready - unit_written)
-        # The FEED's tests as registers, a cycle behind their counters (each changes as a word's last accumulator
-        # is fed, and is next tested as the next word's is, two cycles on at the earliest): the word is its band's
-        # last, its channel tile's last, the channel tile the layer's last.
-        band_end, tile_end, layer_end = (Signal(name=name) for name in ("band_end", "tile_end", "layer_end"))
-        # A channel tile's last word moves the slot and the tile count on: at once, or a cycle later from
-        # ``tile_step`` (late_tile_step).
-        if late_tile_step:
-            tile_step = Signal(name="tile_step")
-            m.d.sync += tile_step.eq(0)
-            with m.If(tile_step):
-                m.d.sync += [read_slot.eq(read_slot + 1), channel_tiles_written.eq(channel_tiles_written + 1)]
-        m.d.sync += [band_end.eq(band_pos + pair == last["band_positions"]),
-                     tile_end.eq(read_pos + pair == last["positions"]),
-                     layer_end.eq(channel_tiles_written == last["co_tiles"])]
-        # The channel tile's last column: register tile_cols's where some layers' tiles are narrower, else cols - 1.
-        tile_last = last["tile_cols"] if p.multiply_cols else p.cols - 1
-        last_column = feed_col == tile_last
-        if registered_last_column:
-            last_column = Signal(name="last_column")
-        with m.FSM(name="writer") as writer:
-            with m.State("IDLE"):
-                # The read address copies start at 0 whenever the writer is idle, not at ``start``: that came from
-                # across the die into the enables of every copy (the ULX3S-85F ResNet-20's worst path at 3e18baf,
-                # 10.7 ns).
-                m.d.sync += [read_addr.eq(0) for read_addr in read_addrs]
-                with m.If(start):
-                    m.d.sync += [ahead.eq(0), channel_tiles_written.eq(0), band_pos.eq(0), read_pos.eq(0),
-                                 read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
-                                 dest["tile_lane"].eq(0), dest["tile_value_base"].eq(cfg["dst_base"]),
-                                 dest["tile_code_base"].eq(Mux(cfg["act_fuse"][0], cfg["act_dst"], cfg["dst_base"]))]
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                with m.If(ahead != 0):
-                    m.next = "READ_WORD"
-            with m.State("READ_WORD"):
-                # The column memories read word read_addr (data in the next cycle, held there).
-                m.d.sync += [feed_col.eq(0)] + [dest[name].eq(dest["tile_" + name]) for name in DEST_COUNTERS]
-                if registered_last_column:
-                    m.d.sync += last_column.eq(tile_last == 0)
-                if p.write_pairs:
-                    with m.If(pair):
-                        m.d.sync += [read_addr.eq(read_addr + 1) for read_addr in read_addrs]
-                        m.next = "READ_SECOND"
-                    with m.Else():
-                        m.next = "FEED"
-                else:
-                    m.next = "FEED"
-            if p.write_pairs:
-                with m.State("READ_SECOND"):
-                    m.next = "FEED"
-            with m.State("FEED"):
-                m.d.sync += feed_col.eq(feed_col + 1)
-                if registered_last_column:
-                    m.d.sync += last_column.eq(feed_col + 1 == tile_last)
-                self._step_destination(m, cfg, dest)
-                with m.If(last_column):
-                    m.d.sync += [*[read_addr.eq(read_addr + 1) for read_addr in read_addrs],
-                                 read_pos.eq(read_pos + 1 + pair),
-                                 band_pos.eq(band_pos + 1 + pair)]
-                    with m.If(band_end):
-                        # The band's last word: the next band's, if it is done, or wait for it.
-                        m.d.sync += band_pos.eq(0)
-                        m.d.comb += unit_written.eq(1)
-                        with m.If(ahead != 1):          # the next band is done too
-                            m.next = "READ_WORD"
-                        with m.Else():
-                            m.next = "WAIT"
-                        with m.If(tile_end):
-                            # ... and the channel tile's: the next tile's destinations, or the end.
-                            if late_tile_step:
-                                m.d.sync += [read_pos.eq(0), tile_step.eq(1)]
-                            else:
-                                m.d.sync += [read_pos.eq(0), read_slot.eq(read_slot + 1),
-                                             channel_tiles_written.eq(channel_tiles_written + 1)]
-                            self._step_destination(m, cfg, dest, tile=True)
-                            with m.If(layer_end):
-                                m.d.sync += flush.eq(Mux(cfg["act_fuse"][0], self.FUSED_LATENCY, 0)
-                                                     + self._stage_latency - 1)
-                                m.next = "FLUSH"
-                    with m.Else():
-                        m.next = "READ_WORD"
-            with m.State("FLUSH"):
-                # The last results leave the output stage and are written.
-                m.d.sync += flush.eq(flush - 1)
-                with m.If(flush == 0):
-                    m.next = "IDLE"
-        one_hot(writer)
-        m.d.comb += writer_done.eq(writer.ongoing("FLUSH") & (flush == 0))
-        return writer.ongoing("FEED"), (writer.ongoing("READ_SECOND") if p.write_pairs else C(0, 1))
+        Cn = p.cols
+        back_valid = delayed(m, feeding, self._stage_latency, "back_valid")
+        back_col = delayed(m, feed_col, self._stage_latency, "back_col")
+        fields = [Signal(signed(p.out_bits), name=f"out_{c}") for c in range(Cn)]
+        with m.If(back_valid):
+            with m.Switch(back_col):
+                for c in range(Cn):
+                    with m.Case(c):
+                        m.d.sync += fields[c].eq(result)
+        m.d.sync += collected.eq(Mux(back_valid, collected + 1, Mux(fsm.ongoing("READ_WORD"), 0, collected)))
+        m.d.comb += self.out.payload.eq(Cat(*fields))
 
     def _write_back(self, m, cfg, dest, feeding, read_pos, results, code_out, relu, pair, platform):
         """Network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
@@ -1326,43 +1494,3 @@ class LayerEngine(wiring.Component):
                      code_out["data"].eq(Cat(*[Cat(*[code] * p.rows) for code in codes]))]
         if p.fused_adds:
             m.d.comb += self.val_read.addr.eq(word(read_addr))
-
-    @staticmethod
-    def _first_band(m, band, band_cfg):
-        """The band counters at the layer's first band."""
-        m.d.sync += [band["pos"].eq(0), band["iy"].eq(0), band["row"].eq(0),
-                     band["end_y"].eq(band_cfg["rows"] - 1)]
-
-    def _next_tile(self, m, cfg, ends, moved_ends, through, g, kx, ky, co_tile, plane_base, tile_plane,
-                   next_tile_plane, ky_offset, out_base, finishing, band, band_cfg, weight_addr):
-        """Advance the reduction tile (group, then kx, then ky), then the band, then the channel tile (network
-        mode: whose row groups start ``tile_step`` activation words on, at ``next_tile_plane``, a register);
-        ``ends``: the loops' end registers; ``moved_ends``: the reduction loops' ends as they move, set with
-        them; ``through``: registers, the loops from the group out to the named one all at their ends."""
-        with m.If(~ends["g"]):
-            m.d.sync += [g.eq(g + 1), plane_base.eq(plane_base + cfg["plane"])]
-        with m.Else():
-            m.d.sync += [g.eq(0), plane_base.eq(tile_plane)]
-        m.d.sync += ends["g"].eq(moved_ends["g"])
-        with m.If(through["g"]):
-            m.d.sync += [kx.eq(Mux(ends["kx"], 0, kx + 1)), ends["kx"].eq(moved_ends["kx"])]
-        with m.If(through["kx"]):
-            m.d.sync += ends["ky"].eq(moved_ends["ky"])
-            with m.If(~ends["ky"]):
-                m.d.sync += [ky.eq(ky + 1), ky_offset.eq(ky_offset + cfg["in_w"])]
-            with m.Else():
-                m.d.sync += [ky.eq(0), ky_offset.eq(cfg["top_offset"])]
-        with m.If(through["ky"] & ~ends["band"]):
-            m.d.sync += [weight_addr.eq(band["weight_addr"]),
-                         band["pos"].eq(band["pos"] + band_cfg["positions"]),
-                         band["iy"].eq(band["iy"] + band_cfg["in_rows"]),
-                         band["row"].eq(band["row"] + band_cfg["step"]),
-                         band["end_y"].eq(band["end_y"] + band_cfg["rows"])]
-        with m.If(through["band"]):
-            LayerEngine._first_band(m, band, band_cfg)
-            m.d.sync += [co_tile.eq(co_tile + 1), out_base.eq(out_base + cfg["positions"]),
-                         band["weight_addr"].eq(weight_addr)]
-            if self.network:
-                m.d.sync += [tile_plane.eq(next_tile_plane), plane_base.eq(next_tile_plane)]
-            with m.If(ends["co_tile"]):
-                m.d.sync += finishing.eq(1)
