@@ -164,18 +164,21 @@ def step_destination(m, rows, cfg, dest, tile=False):
 
 def write_back(m, params, cfg, dest, feeding, read_pos, results, code_out, relu, pair, *, val_write, val_read,
                activation, value_bits, stage_latency, fused_latency, read_latency, lent_lag, reset_less):
-    """The engine of ``params`` in network mode: each output stage result is written, ``STAGE_LATENCY`` cycles after its
-    accumulator was fed, as a value (``dst_values``; plus the value read at its address the value memory's
-    read latency and a cycle before, with ``dst_add`` (engines with ``fused_adds``); then ``max(0, value)``
-    where ``relu``) or as a code into its lane; with ``act_fuse`` (engines with ``fused_activations``), the
-    value's code (lent thresholds of slot ``act_slot + channel``) into its lane ``FUSED_LATENCY`` cycles
-    later. The padding
-    channels of the last channel tile (``channel >= c_out``) are not written. ``results``: the even
-    position's stage (the only one without ``write_pairs``) and the odd one's; in pairs both are written
-    at once into the two halves of a word (the position being fed is even, and so is every tensor's
-    base), else the first into its position's half. On the ECP5 the fused activation's valid and slot go to
-    the lent thresholds :func:`~hw.thresholds.lent_value_lag` cycles ahead of its value (``activation``,
-    :func:`hw.engine_signature.network_signature`)."""
+    """The writes of the engine of ``params`` in network mode: each output stage result is written,
+    ``stage_latency`` cycles after its accumulator was fed (``feeding``), as a value (``dst_values``; plus the
+    value read at its address the value memory's read latency and a cycle before, with ``dst_add`` (engines with
+    ``fused_adds``); then ``max(0, value)`` where ``relu``) or as a code into its lane; with ``act_fuse`` (engines
+    with ``fused_activations``), the value's code (lent thresholds of slot ``act_slot + channel``) into its lane
+    ``fused_latency`` cycles later. The padding channels of the last channel tile (``channel >= c_out``) are not
+    written. ``results``: the even position's stage (the only one without ``write_pairs``) and the odd one's; in
+    pairs both are written at once into the two halves of a word (the position being fed is even, and so is every
+    tensor's base), else the first into its position's half. The fused activation's valid and slot go to the lent
+    thresholds ``lent_lag`` cycles ahead of its value (:func:`~hw.thresholds.lent_value_lag`).
+
+    ``val_write``, ``val_read``, ``activation``: the engine's ports (:func:`hw.engine_signature.network_signature`);
+    ``code_out``: the code buffer's write-back port (:func:`hw.code_buffer.code_buffer`); ``read_latency``: the
+    value memory's (:func:`hw.column_memory.value_read_latency`); ``reset_less``: the data registers ignore the
+    reset (:func:`hw.delay.reset_less_data`)."""
     p = params
     halves, vb = p.halves, value_bits
     rl = reset_less     # of the data registers below (hw.delay)
