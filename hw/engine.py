@@ -103,12 +103,12 @@ from .banked import banked_buffer
 from .code_buffer import code_buffer
 from .column_memory import value_read_latency
 from .delay import delayed, delays, late_write, own, reset_less_data
-from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, REQUANTIZE, SPRAM_BLOCKS, SPRAM_DEPTH,
-                            STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS, WIDE_WEIGHTS,
-                            EngineParams)
+from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH,
+                            STAGE_REQUANTIZE_RELU, TABLE, WEIGHTS, WIDE_WEIGHTS, EngineParams)
 from .engine_signature import EngineSignature, network_signature
 from .fsm_encoding import one_hot
 from .memories import slow_block_ram
+from .output_stage import output_stage
 from .pe import PEArray, RowTable, multiply_in_logic
 from .reset_tree import when_settled
 from .pe_words import ARRAY_PIPELINE
@@ -1024,9 +1024,9 @@ class LayerEngine(wiring.Component):
         return values
 
     def _output_stages(self, m, platform, cfg, load, loads, feeding, values, feed_col, read_slot):
-        """One output stage per value of ``values`` (:meth:`_output_stage`; the odd position's named ``_odd``), fed
-        while ``feeding`` with column ``feed_col`` of stage slot ``read_slot``, as register ``stage`` says. Returns
-        their results (``STAGE_LATENCY`` cycles after ``feeding``) and ``relu`` (the stage is
+        """One output stage per value of ``values`` (:func:`hw.output_stage.output_stage`; the odd position's named
+        ``_odd``), fed while ``feeding`` with column ``feed_col`` of stage slot ``read_slot``, as register ``stage``
+        says. Returns their results (``STAGE_LATENCY`` cycles after ``feeding``) and ``relu`` (the stage is
         STAGE_REQUANTIZE_RELU)."""
         p = self.params
         lag = 2 * int(slow_block_ram(platform))
@@ -1035,67 +1035,11 @@ class LayerEngine(wiring.Component):
         relu = C(0, 1)      # STAGE_REQUANTIZE_RELU: in layer mode here, in network mode after the fused addition
         if p.requantize and p.requantize.relu:
             relu = stage == STAGE_REQUANTIZE_RELU
-        results = [self._output_stage(m, load, loads, feeding, value, channel, stage, relu, suffix, platform, lag)
+        results = [output_stage(m, p, load, loads, feeding, value, channel, stage, relu, suffix,
+                                latency=self._stage_latency, lag=lag, relu_in_stage=not self.network,
+                                slow=slow_block_ram(platform), reset_less=reset_less_data(platform))
                    for value, suffix in zip(values, ("", "_odd"))]
         return results, relu
-
-    def _output_stage(self, m, load, loads, feeding, value, channel, stage, relu, suffix, platform, lag):
-        """One output stage (the units named with ``suffix``): ``value`` of ``channel`` (entering while
-        ``feeding``; the value ``lag`` cycles after them) -> its result ``STAGE_LATENCY`` cycles after
-        ``feeding``: the code, the requantized value (in layer mode then ReLU'd with ``relu``) or the raw value,
-        as ``stage`` says. With requantize units the raw value goes through them (the program gives its layers
-        identity constants, STAGE_REQUANTIZE), without them through a delay line. On ``platform``'s ECP5 the
-        units register their block RAM words (:func:`hw.memories.slow_block_ram`), as a ``lag`` needs."""
-        p = self.params
-        depth, shared = p.stage_depth << p.col_bits, p.shared_stage_memory
-        if shared:
-            # One memory for both units' words: a layer's channel slots hold either kind, never both. Loaded a
-            # piece a beat (EngineParams.stage_pieces), the piece's index below the channel in the address.
-            pieces, bits, index_bits = p.stage_pieces, p.stage_piece_bits, p.stage_piece_index_bits
-            m.submodules[f"stage_constants{suffix}"] = memory = Memory(shape=pieces * bits, depth=depth, init=[])
-            write, read = memory.write_port(granularity=bits), memory.read_port()
-            piece = load.addr[:index_bits]
-            stage_load = loads(THRESHOLDS) | loads(REQUANTIZE)
-            ports = [Cat(stage_load & (piece == i) for i in range(pieces)), load.addr[index_bits:],
-                     load.data[:bits].replicate(pieces)]
-            if slow_block_ram(platform):
-                # The write a cycle later (loads come while idle), from flip-flops of its own: the load beat's
-                # registers, shared with the row tables, reached these block RAMs across the die (12.5 ns on the
-                # ULX3S-85F at 072dec6).
-                ports = late_write(m, ports, f"stage{suffix}", ("write_en", "write_addr", "write_data"),
-                                   reset_less=reset_less_data(platform))
-            m.d.comb += [write.en.eq(ports[0]), write.addr.eq(ports[1]), write.data.eq(ports[2]),
-                         read.addr.eq(channel)]
-
-        def connect(unit, target):
-            m.d.comb += [unit.valid.eq(feeding), unit.acc.eq(value)]
-            if shared:
-                m.d.comb += unit.word.eq(read.data)
-            else:
-                m.d.comb += [unit.load_en.eq(loads(target)), unit.load_addr.eq(load.addr),
-                             unit.load_data.eq(load.data), unit.channel.eq(channel)]
-
-        if p.code_bits:
-            # On the ECP5 the value and the word pass one more register each, into the stage's last cycle.
-            m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(
-                p.acc_bits, p.code_bits, depth, p.threshold_bits, own_memory=not shared,
-                registered_word=slow_block_ram(platform), late_value=lag, registered_inputs=slow_block_ram(platform))
-            code = delayed(m, unit.code, self._stage_latency - unit.latency, f"code{suffix}")
-            connect(unit, THRESHOLDS)
-        if p.requantize:
-            q = p.requantize
-            m.submodules[f"requantize{suffix}"] = unit = RequantizeUnit(
-                p.acc_bits, depth, q.multiplier_bits, q.bias_bits, q.max_shift, q.out_bits, own_memory=not shared,
-                registered_constants=slow_block_ram(platform), late_value=lag,
-                registered_inputs=slow_block_ram(platform), registered_total=slow_block_ram(platform))
-            connect(unit, REQUANTIZE)
-            out = delayed(m, unit.out, self._stage_latency - unit.latency, f"requantized{suffix}")
-            if q.relu and not self.network:
-                out = Mux(relu & (out < 0), 0, out)
-            result = out
-        else:
-            result = delayed(m, value, self._stage_latency - lag, f"raw{suffix}")
-        return Mux(stage == STAGE_THRESHOLDS, code, result) if p.code_bits else result
 
     def _output_word(self, m, feeding, feed_col, result, collected, fsm):
         """Layer mode: each result (``STAGE_LATENCY`` cycles after ``feeding``) into its column's field of the
