@@ -157,6 +157,17 @@ class LayerEngine(wiring.Component):
     from a value's write to its fused activation's code write (a register, then the lent threshold
     unit); ``drain``: see the module docstring. ``WORD_GROUP_COLUMNS``: columns of a row's weight word
     loaded by one flip-flop's enable (network mode).
+
+    The parts, in the order :meth:`elaborate` builds them: the configuration registers and load beats
+    (:meth:`_configuration`, :meth:`_load_beat`); the activation buffer (:meth:`_activation_buffer`; network mode
+    :mod:`hw.code_buffer`) and the weights buffers (:meth:`_weights_buffer`); the sequencer: its loop counters
+    and their ends, the positions' pipeline tags, network mode's handshake with the writer and weight fetch, and
+    the FSM (:meth:`_sequencer`), whose states' work is :meth:`_start_layer`, :meth:`_load_weights`,
+    :meth:`_issue` (the tile and position addresses), :meth:`_wait` and, in layer mode, :meth:`_read_back_states`;
+    the read-back's control (:meth:`_read_back_control`; network mode the writer of :mod:`hw.write_back`); the PE
+    array and its feed (:meth:`_pe_array`), the column memories (:meth:`_accumulators`), the read-back's column
+    choice (:meth:`_column_select`), the output stages (:mod:`hw.output_stage`), and the results' way out: in
+    network mode the writes of :mod:`hw.write_back`, in layer mode the ``out`` word (:meth:`_output_word`).
     """
 
     STAGE_LATENCY = max(ThresholdUnit.LATENCY, RequantizeUnit.LATENCY)
