@@ -122,10 +122,6 @@ from .write_back import destination_counters, write_back, writer
 LAST_COUNTS = ("out_w", "out_h", "co_tiles", "positions", "band_positions", "band_rows", "tile_cols")
 # The reduction tile's loops (group, kx, ky) and the configuration register each counts to.
 REDUCTION_LOOPS = {"g": "groups", "kx": "kernel", "ky": "kernel"}
-# The name Amaranth gives a Signal whose name its tracer cannot find: given explicitly to the registers that had it
-# (the tracer names a tuple assignment's last Signal or not, as CPython compiles it), so that the Verilog keeps its
-# names.
-UNNAMED = "$signal"
 
 
 def array_variant(params: EngineParams, platform) -> RowTable:
@@ -488,12 +484,13 @@ class LayerEngine(wiring.Component):
         # The position's column and row within the band, counted down to 0 (``x_left``, ``y_left``).
         x_left, y_left, iy, ix = (counter(name, True) for name in ("x_left", "y_left", "iy", "ix"))
         row_addr = counter("row_addr")
-        pos = Signal(range(p.pos_depth + 1), name=UNNAMED)
+        pos = Signal(range(p.pos_depth + 1), name="pos")
         row_count = Signal(range(R + 1))
         # ``wait``: cycles left in WAIT; ``waiting``: it is above 0, a register set with it. ``all_tiles``: every
         # channel tile is done, a cycle behind ``co_tile`` (WAIT tests it in its second cycle at the earliest: it
         # changes as the last tile ends, which sets ``finishing``, and is below ``co_tiles`` before).
-        wait, waiting, finishing = Signal(signed(p.reg_bits)), Signal(name="waiting"), Signal()
+        wait = Signal(signed(p.reg_bits), name="wait_count")    # "wait" is a Verilog keyword
+        waiting, finishing = Signal(name="waiting"), Signal(name="finishing")
         all_tiles = Signal(name="all_tiles")
         m.d.sync += all_tiles.eq(co_tile == cfg["co_tiles"])
         # The rows whose shadow weights take the weight word (one bit per row, row 0 lowest).
@@ -531,9 +528,9 @@ class LayerEngine(wiring.Component):
         if self.network and slow_block_ram(platform):
             read_addrs = [own(Signal.like(read_addr, name=f"read_addr_{n}", reset_less=True))
                           for n in range(-(-Cn // self.WORD_GROUP_COLUMNS))]
-        read_pos = Signal(range(p.pos_depth + 1), name=UNNAMED)
+        read_pos = Signal(range(p.pos_depth + 1), name="read_pos")
         read_slot = Signal(range(p.stage_depth + 1))
-        feed_col, collected = Signal(range(Cn + 1), name=UNNAMED), Signal(range(Cn + 2), name=UNNAMED)
+        feed_col, collected = Signal(range(Cn + 1), name="feed_col"), Signal(range(Cn + 2), name="collected")
         dest = destination_counters(p, self.data_addr_bits)
         return SimpleNamespace(read_addr=read_addr, read_addrs=read_addrs, read_pos=read_pos, read_slot=read_slot,
                                feed_col=feed_col, collected=collected, dest=dest)
