@@ -188,7 +188,9 @@ def test_lcq_run_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_
         data = load_dataset("digits")
         images = data.test_x[2:5].numpy()
         report = json.loads((build_dir / "report.json").read_text())
-        params = NetworkParams.for_model(model, report["network"]["rows"], report["network"]["cols"])
+        network = report["network"]     # the core as `lcq run` rebuilds it from the report (boards.cli.cmd_run)
+        params = NetworkParams.for_model(model, network["rows"], network["cols"],
+                                         multiply_cols=network.get("multiply_cols", 0))
         with SerialPort(port, out["baud"], timeout=PORT_TIMEOUT_S) as serial_port:
             runner = NetworkRunner(LinkHost(serial_port), model, params)
             runner.assume_loaded()
