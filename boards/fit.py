@@ -7,7 +7,8 @@
   bridge's frame buffer takes one more block.
 - DSP: on iCE40, one per PE that multiplies levels (``multiply``, in the first ``multiply_cols`` columns; ECP5
   engines multiply in logic cells, :func:`hw.pe_words.logic_multiplies`), and the requantize unit's
-  ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces.
+  ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces; on the ECP5 the link
+  bridge's too (:func:`bridge_dsps`).
 - LUT4: :data:`BASE_LUTS` for control, output stage, link and UART, plus
   :func:`pe_luts` for the PEs, calibrated on the digits CNN's 2 x 2 iCEBreaker build
   (4,512 LUT4s) and, for PEs that multiply in logic, the ResNet-20 8 x 8 ULX3S-85F build
@@ -34,7 +35,7 @@ from hw.engine_params import SPRAM_BLOCKS, EngineParams, spram_blocks
 from hw.memories import BLOCK_RAM_SHAPES, column_blocks
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
-from hw.protocol import payload_bytes
+from hw.protocol import OUT_HEAD_BYTES, payload_bytes, whole_bytes
 from hw.residency import DESCRIPTION
 
 from .boards import LINK_PAYLOAD, Board
@@ -106,6 +107,18 @@ def memory_blocks(board: Board, memories, spram=("weights",), columns=None) -> l
     return out
 
 
+def bridge_dsps(board: Board, out_bits: int, code_out_bits: int = 0) -> int:
+    """DSPs of the link bridge on ``board`` for OUT words of ``out_bits`` (``code_out_bits`` in the CODES format):
+    an OUT frame's length is its count of words times a word's bytes (:class:`hw.link.LinkBridge`), which Yosys
+    maps to a MULT18X18D on the ECP5 where those bytes are not a power of two (ResNet-20's 35-bit logits: 5 bytes),
+    one per distinct size. None on the iCE40: no routed build has had such a size there to count it."""
+    if board.family != "ecp5":
+        return 0
+    sizes = {whole_bytes(bits) for bits in (out_bits, code_out_bits) if bits}
+    words = {size: (LINK_PAYLOAD[board.family] - OUT_HEAD_BYTES) // size for size in sizes}
+    return sum(1 for size, k in words.items() if size & (size - 1) and k > 1)
+
+
 def estimate(board: Board, params: EngineParams) -> dict[str, int]:
     """{resource: estimated use} of the accelerator (engine, link, UART) for ``params`` on ``board``."""
     family = board.family
@@ -117,6 +130,7 @@ def estimate(board: Board, params: EngineParams) -> dict[str, int]:
     use["DSP"] = 0 if logic_multiply else multiplying_pes(params)
     if params.requantize:
         use["DSP"] += ceil(params.acc_bits / piece) * ceil(params.requantize.multiplier_bits / piece)
+    use["DSP"] += bridge_dsps(board, params.cols * params.out_bits, params.cols * params.code_bits)
     use["LUT4"] = BASE_LUTS + pe_luts(params, logic_multiply)
     return use
 
@@ -196,6 +210,8 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     where a memory cannot be built at all (:func:`check_network_columns`)."""
     check_network_columns(board, params)
     use = estimate(board, params.engine)
+    e = params.engine
+    use["DSP"] += bridge_dsps(board, params.value_bits) - bridge_dsps(board, e.cols * e.out_bits, e.cols * e.code_bits)
     blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params))
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
