@@ -4,7 +4,8 @@
   the fewest blocks of any aspect ratio of the part's block RAM (iCE40 EBR: 256 x 16,
   512 x 8, 1024 x 4, 2048 x 2; ECP5 DP16KD: 512 x 36 ... 16384 x 1). On the UP5K the
   weight buffer goes to SPRAM (16K x 16 blocks) as the engine builds it there. The link
-  bridge's frame buffer takes one more block.
+  bridge's frame buffer takes one more block. On the ECP5 a memory written in pieces (the shared stage
+  memory) takes whole 9-bit write-enable lanes a piece (:func:`lane_blocks`).
 - DSP: on iCE40, one per PE that multiplies levels (``multiply``, in the first ``multiply_cols`` columns; ECP5
   engines multiply in logic cells, :func:`hw.pe_words.logic_multiplies`), and the requantize unit's
   ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces; on the ECP5 the link
@@ -41,6 +42,7 @@ from hw.residency import DESCRIPTION
 from .boards import LINK_PAYLOAD, Board
 
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
+LANE_BITS = 9           # bits of an ECP5 DP16KD's write-enable lane (its 9-, 18- and 36-bit ports)
 BASE_LUTS = 4150
 # A PE's 7 x 8 multiplier in logic cells and its registers (ResNet-20 on the ECP5): 376 as seven shifted copies of
 # the level (8 x 8); 34 fewer as four two-bit weight digits, each selecting a multiple (hw.pe: 36,811 LUT4 against
@@ -67,6 +69,28 @@ def ram_blocks(family: str, width: int, depth: int) -> int:
     return min(ceil(width / w) * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])
 
 
+def lane_blocks(family: str, depth: int, granularity: int, read_bits: int) -> int:
+    """Block RAMs of ``family`` holding a ``depth``-deep memory written ``granularity`` bits at a time of which
+    ``read_bits`` (from the lowest) are read: Yosys keeps only the read bits, and on the ECP5 puts each piece in
+    whole :data:`LANE_BITS`-bit lanes of a DP16KD's 9-, 18- or 36-bit port (one write enable a lane; two pieces
+    never share one), in columns of their own on its narrower ones. The iCE40's blocks mask every bit:
+    :func:`ram_blocks` of the read bits."""
+    if family != "ecp5":
+        return ram_blocks(family, read_bits, depth)
+    pieces = [min(granularity, read_bits - low) for low in range(0, read_bits, granularity)]
+    lanes = sum(ceil(piece / LANE_BITS) for piece in pieces)
+    return min((ceil(lanes * LANE_BITS / w) if w >= LANE_BITS else sum(ceil(piece / w) for piece in pieces))
+               * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])
+
+
+def written_in_pieces(params: EngineParams) -> dict[str, tuple[int, int]]:
+    """``{name: (granularity, read_bits)}`` of the engine's memories written in pieces (:func:`lane_blocks`):
+    the shared stage memory where a stage word takes more than one (:attr:`~EngineParams.stage_pieces`)."""
+    if params.stage_pieces == 1:
+        return {}
+    return {"stage constants": (params.stage_piece_bits, max(params.stage_word_bits))}
+
+
 def multiplying_pes(params: EngineParams) -> int:
     """PEs of ``params``'s array that multiply: those of its first ``multiply_cols`` columns (all where 0), none
     where the engine does not multiply."""
@@ -90,16 +114,20 @@ def pe_luts(params: EngineParams, logic_multiply: bool) -> int:
             + multiplying_pes(params) * multiplier)
 
 
-def memory_blocks(board: Board, memories, spram=("weights",), columns=None) -> list[tuple[str, int, str, int]]:
+def memory_blocks(board: Board, memories, spram=("weights",), columns=None,
+                  pieces=None) -> list[tuple[str, int, str, int]]:
     """``(name, bits, kind, blocks)`` of each ``(name, width, depth, copies)`` memory on ``board``:
     SPRAM for the memories named in ``spram`` where the part has it and the memory fits its blocks (as the
     engine builds its weights buffer, :attr:`~hw.engine_params.EngineParams.weights_fit_spram`, and the network
     core its value memory), block RAM ("EBR") otherwise; on the ECP5, those named in ``columns`` (name: the
-    granularity of its writes) as the network core builds its value memory there (:mod:`hw.column_memory`)."""
+    granularity of its writes) as the network core builds its value memory there (:mod:`hw.column_memory`); those
+    named in ``pieces`` (:func:`written_in_pieces`) by :func:`lane_blocks`."""
     out = []
     for name, width, depth, copies in memories:
         if name in spram and "SPRAM" in board.resources and spram_blocks(width, depth) <= SPRAM_BLOCKS:
             out.append((name, width * depth * copies, "SPRAM", spram_blocks(width, depth)))
+        elif name in (pieces or {}):
+            out.append((name, width * depth * copies, "EBR", copies * lane_blocks(board.family, depth, *pieces[name])))
         elif board.family == "ecp5" and name in (columns or {}):
             out.append((name, width * depth * copies, "EBR", copies * column_blocks(width, depth, columns[name])))
         else:
@@ -123,7 +151,7 @@ def estimate(board: Board, params: EngineParams) -> dict[str, int]:
     """{resource: estimated use} of the accelerator (engine, link, UART) for ``params`` on ``board``."""
     family = board.family
     use = {"EBR": LINK_BUFFER_BLOCKS, "SPRAM": 0}
-    for _, _, kind, blocks in memory_blocks(board, params.memories()):
+    for _, _, kind, blocks in memory_blocks(board, params.memories(), pieces=written_in_pieces(params)):
         use[kind] += blocks
     piece = DSP_WIDTH[family]
     logic_multiply = logic_multiplies(board.device)
@@ -212,7 +240,8 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     use = estimate(board, params.engine)
     e = params.engine
     use["DSP"] += bridge_dsps(board, params.value_bits) - bridge_dsps(board, e.cols * e.out_bits, e.cols * e.code_bits)
-    blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params))
+    blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params),
+                           written_in_pieces(params.engine))
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
     if board.family == "ice40":
@@ -244,7 +273,8 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float | 
         if used <= limits[name]:
             continue
         if name in ("EBR", "SPRAM"):
-            blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params))
+            blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params),
+                                   written_in_pieces(params.engine))
             largest = sorted((b for b in blocks if b[2] == name), key=lambda b: -b[3])[:3]
             buffers = "; ".join(f"{n}: {bits:,} bits in {count} blocks" for n, bits, _, count in largest)
             raise FitError(f"{engine} on {board.name} ({board.device}): its buffers need {used} {name} blocks, "

@@ -1,14 +1,17 @@
 """The fit estimate (boards.fit) against the counts of routed builds recorded in benchmarks/results: block RAM,
 SPRAM and DSPs, which the estimate counts exactly, equal the recorded ones (no build is run here)."""
 
+import json
 from pathlib import Path
 
 from boards.boards import BOARDS
-from boards.fit import network_estimate
+from boards.fit import estimate, network_estimate
 from compiler.format import load
+from hw.engine_params import EngineParams
 from hw.network_params import NetworkParams
 
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def test_the_link_bridge_multiplier_is_counted_on_the_ecp5():
@@ -20,3 +23,16 @@ def test_the_link_bridge_multiplier_is_counted_on_the_ecp5():
     digits = load(ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq")      # 30-bit logits: 4 bytes, a shift
     assert network_estimate(BOARDS["ulx3s-85f"], NetworkParams.for_model(digits, 8, 8, multiply_cols=2))["DSP"] == 4
 
+
+def test_stage_constants_written_in_pieces_take_whole_byte_lanes_on_the_ecp5():
+    """The shared stage memory of the 4/4-outer-width digits CNN at 2 x 2 (outer_widths_hw.json, cfc6dbf): 7 pieces
+    of 20 bits (134 of them read), each written alone; a DP16KD's write enables are per 9-bit lane, so a piece
+    takes 3 lanes (the last, 14 bits read, 2): 20 lanes, 5 blocks of 36 bits where 140 bits would be 4. The ECP5
+    build took 25 DP16KD, the iCE40's (per-bit write masks) 28 EBR."""
+    records = json.loads((RESULTS / "outer_widths_hw.json").read_text())
+    counted = {}
+    for r in records:
+        if r["model"] == "digits-w3a3-o4-4.lcq":
+            params = EngineParams.from_dict(r["engine"]["params"])
+            counted[r["board"]] = (estimate(BOARDS[r["board"]], params)["EBR"], r["resources"]["EBR"]["used"])
+    assert counted["ulx3s-85f"] == (25, 25)
