@@ -33,7 +33,7 @@ from math import ceil
 
 from compiler.graph import CompiledModel
 from hw.engine_params import SPRAM_BLOCKS, EngineParams, spram_blocks
-from hw.memories import BLOCK_RAM_SHAPES, column_blocks
+from hw.memories import BLOCK_RAM_SHAPES, bank_depth, column_blocks
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
 from hw.protocol import OUT_HEAD_BYTES, payload_bytes, whole_bytes
@@ -58,6 +58,8 @@ VECTOR_LUTS = 2000
 # and a PE's, from the digits CNN's UP5K builds (1 x 1: 5,213 cells at afb53c9, routed; 1 x 2: 168 more at
 # ccc8cce), against all of the part's cells: the UP5K's last percent is the placer's to find.
 NETWORK_CELLS_ICE40 = (5045, 168)
+# The whole-network core's memories built in banks (hw.engine's buffers in network mode, hw.banked).
+NETWORK_BANKED = ("weights", "wide weights")
 
 
 class FitError(ValueError):
@@ -67,6 +69,13 @@ class FitError(ValueError):
 def ram_blocks(family: str, width: int, depth: int) -> int:
     """Block RAMs of ``family`` holding one ``width`` x ``depth`` memory."""
     return min(ceil(width / w) * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])
+
+
+def banked_blocks(family: str, width: int, depth: int) -> int:
+    """Block RAMs of ``family`` holding a ``width`` x ``depth`` buffer built in banks (:func:`hw.banked.banked_buffer`:
+    :func:`hw.memories.bank_depth` words each, the last the rest), each bank mapped alone."""
+    words = bank_depth(width)
+    return sum(ram_blocks(family, width, min(words, depth - low)) for low in range(0, depth, words))
 
 
 def lane_blocks(family: str, depth: int, granularity: int, read_bits: int) -> int:
@@ -115,19 +124,22 @@ def pe_luts(params: EngineParams, logic_multiply: bool) -> int:
 
 
 def memory_blocks(board: Board, memories, spram=("weights",), columns=None,
-                  pieces=None) -> list[tuple[str, int, str, int]]:
+                  pieces=None, banked=()) -> list[tuple[str, int, str, int]]:
     """``(name, bits, kind, blocks)`` of each ``(name, width, depth, copies)`` memory on ``board``:
     SPRAM for the memories named in ``spram`` where the part has it and the memory fits its blocks (as the
     engine builds its weights buffer, :attr:`~hw.engine_params.EngineParams.weights_fit_spram`, and the network
     core its value memory), block RAM ("EBR") otherwise; on the ECP5, those named in ``columns`` (name: the
     granularity of its writes) as the network core builds its value memory there (:mod:`hw.column_memory`); those
-    named in ``pieces`` (:func:`written_in_pieces`) by :func:`lane_blocks`."""
+    named in ``pieces`` (:func:`written_in_pieces`) by :func:`lane_blocks`, those named in ``banked`` (the network
+    core's weights buffers, :data:`NETWORK_BANKED`) by :func:`banked_blocks`."""
     out = []
     for name, width, depth, copies in memories:
         if name in spram and "SPRAM" in board.resources and spram_blocks(width, depth) <= SPRAM_BLOCKS:
             out.append((name, width * depth * copies, "SPRAM", spram_blocks(width, depth)))
         elif name in (pieces or {}):
             out.append((name, width * depth * copies, "EBR", copies * lane_blocks(board.family, depth, *pieces[name])))
+        elif name in banked:
+            out.append((name, width * depth * copies, "EBR", copies * banked_blocks(board.family, width, depth)))
         elif board.family == "ecp5" and name in (columns or {}):
             out.append((name, width * depth * copies, "EBR", copies * column_blocks(width, depth, columns[name])))
         else:
@@ -241,7 +253,7 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     e = params.engine
     use["DSP"] += bridge_dsps(board, params.value_bits) - bridge_dsps(board, e.cols * e.out_bits, e.cols * e.code_bits)
     blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params),
-                           written_in_pieces(params.engine))
+                           written_in_pieces(params.engine), NETWORK_BANKED)
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
     if board.family == "ice40":
@@ -274,7 +286,7 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float | 
             continue
         if name in ("EBR", "SPRAM"):
             blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params),
-                                   written_in_pieces(params.engine))
+                                   written_in_pieces(params.engine), NETWORK_BANKED)
             largest = sorted((b for b in blocks if b[2] == name), key=lambda b: -b[3])[:3]
             buffers = "; ".join(f"{n}: {bits:,} bits in {count} blocks" for n, bits, _, count in largest)
             raise FitError(f"{engine} on {board.name} ({board.device}): its buffers need {used} {name} blocks, "

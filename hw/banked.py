@@ -36,16 +36,10 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
 from .delay import delayed
-from .memories import BLOCK_RAM_SHAPES
+from .memories import bank_depth
 
 LATENCY = 3
 GROUP_BANKS = 4     # banks that share write registers (grouped_writes)
-
-
-def bank_depth(width: int) -> int:
-    """Words of one bank of ``width``-bit words: the depth of the shape with the fewest blocks per word
-    (``ceil(width / shape width) / shape depth``), the shallowest of those."""
-    return min(BLOCK_RAM_SHAPES["ecp5"], key=lambda shape: (-(-width // shape[1]) / shape[0], shape[0]))[0]
 
 
 def banked_buffer(m: Module, name: str, width: int, depth: int, write_en, write_addr, write_data, read_addr,

@@ -48,6 +48,12 @@ BLOCK_RAM_SHAPES = {"ice40": ((256, 16), (512, 8), (1024, 4), (2048, 2)),
                     "ecp5": ((512, 36), (1024, 18), (2048, 9), (4096, 4), (8192, 2), (16384, 1))}
 
 
+def bank_depth(width: int) -> int:
+    """Words of one bank of ``width``-bit words (:func:`hw.banked.banked_buffer`): the depth of the ECP5 shape with
+    the fewest blocks per word (``ceil(width / shape width) / shape depth``), the shallowest of those."""
+    return min(BLOCK_RAM_SHAPES["ecp5"], key=lambda shape: (-(-width // shape[1]) / shape[0], shape[0]))[0]
+
+
 def column_bits(depth: int, family: str = "ecp5") -> int:
     """The width of one block RAM of ``family`` at least ``depth`` deep (its widest such shape); ValueError
     where no block is that deep."""

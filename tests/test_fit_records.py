@@ -36,3 +36,12 @@ def test_stage_constants_written_in_pieces_take_whole_byte_lanes_on_the_ecp5():
             params = EngineParams.from_dict(r["engine"]["params"])
             counted[r["board"]] = (estimate(BOARDS[r["board"]], params)["EBR"], r["resources"]["EBR"]["used"])
     assert counted["ulx3s-85f"] == (25, 25)
+
+
+def test_the_network_cores_banked_weights_are_counted_bank_by_bank():
+    """ResNet-20's whole-network core at 8 x 16 on the ULX3S-85F (board_builds.json, eda2dd9: 175 DP16KD): its
+    48-bit x 16,864-word weights buffer is 16 banks of 1,024 words (3 blocks each) and one of 480 (2, as 512 x 36),
+    50 blocks where the whole buffer would take 51 (hw.banked)."""
+    resnet20 = load(ROOT / "tests" / "data" / "cifar10-resnet20-lcq-w3a3.lcq")
+    params = NetworkParams.for_model(resnet20, 8, 16, multiply_cols=4)
+    assert network_estimate(BOARDS["ulx3s-85f"], params)["EBR"] == 175
