@@ -5,7 +5,9 @@
   512 x 8, 1024 x 4, 2048 x 2; ECP5 DP16KD: 512 x 36 ... 16384 x 1). On the UP5K the
   weight buffer goes to SPRAM (16K x 16 blocks) as the engine builds it there. The link
   bridge's frame buffer takes one more block. On the ECP5 a memory written in pieces (the shared stage
-  memory) takes whole 9-bit write-enable lanes a piece (:func:`lane_blocks`).
+  memory) takes whole 9-bit write-enable lanes a piece (:func:`lane_blocks`), the network core's code buffer
+  is a memory per lane, and a memory Yosys builds in logic cells takes none (:func:`in_logic_cells`); the
+  network core's weights buffers count bank by bank (:func:`banked_blocks`).
 - DSP: on iCE40, one per PE that multiplies levels (``multiply``, in the first ``multiply_cols`` columns; ECP5
   engines multiply in logic cells, :func:`hw.pe_words.logic_multiplies`), and the requantize unit's
   ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces; on the ECP5 the link
@@ -43,6 +45,10 @@ from .boards import LINK_PAYLOAD, Board
 
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
 LANE_BITS = 9           # bits of an ECP5 DP16KD's write-enable lane (its 9-, 18- and 36-bit ports)
+# Yosys's costs of mapping a memory (memory_libmap; techlibs/lattice brams_16kd.txt, lutrams.txt): a DP16KD,
+# and the ECP5's distributed RAM (TRELLIS_DPR16X4: words, bits, cost).
+BLOCK_RAM_COST = 128
+DISTRIBUTED_RAM = (16, 4, 4)
 BASE_LUTS = 4150
 # A PE's 7 x 8 multiplier in logic cells and its registers (ResNet-20 on the ECP5): 376 as seven shifted copies of
 # the level (8 x 8); 34 fewer as four two-bit weight digits, each selecting a multiple (hw.pe: 36,811 LUT4 against
@@ -69,6 +75,21 @@ class FitError(ValueError):
 def ram_blocks(family: str, width: int, depth: int) -> int:
     """Block RAMs of ``family`` holding one ``width`` x ``depth`` memory."""
     return min(ceil(width / w) * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])
+
+
+def in_logic_cells(family: str, width: int, depth: int, blocks: int) -> bool:
+    """Whether Yosys builds a ``width`` x ``depth`` memory with one read port of ``family`` in logic cells rather
+    than its ``blocks`` block RAMs: on the ECP5 where its cost of distributed RAM (:data:`DISTRIBUTED_RAM`: 16 x 4
+    cells at 4 each, a multiplexer bit per word beyond the first 16 and a write decode at half a bit each) is
+    below :data:`BLOCK_RAM_COST` a block RAM: the digits CNN's 16-word product tables and 64-pixel image, and a
+    16 x 16 core's 128-word code lanes; 64-word accumulators stay in block RAM. Never on the iCE40 (no
+    distributed RAM)."""
+    if family != "ecp5":
+        return False
+    words, bits, cost = DISTRIBUTED_RAM
+    rows = ceil(depth / words)
+    logic = cost * ceil(rows * width / bits) + 0.5 * (rows - 1) * width + (0.5 * rows if rows > 1 else 0)
+    return logic < BLOCK_RAM_COST * blocks
 
 
 def banked_blocks(family: str, width: int, depth: int) -> int:
@@ -124,26 +145,38 @@ def pe_luts(params: EngineParams, logic_multiply: bool) -> int:
 
 
 def memory_blocks(board: Board, memories, spram=("weights",), columns=None,
-                  pieces=None, banked=()) -> list[tuple[str, int, str, int]]:
+                  pieces=None, banked=(), lanes=None) -> list[tuple[str, int, str, int]]:
     """``(name, bits, kind, blocks)`` of each ``(name, width, depth, copies)`` memory on ``board``:
     SPRAM for the memories named in ``spram`` where the part has it and the memory fits its blocks (as the
     engine builds its weights buffer, :attr:`~hw.engine_params.EngineParams.weights_fit_spram`, and the network
     core its value memory), block RAM ("EBR") otherwise; on the ECP5, those named in ``columns`` (name: the
     granularity of its writes) as the network core builds its value memory there (:mod:`hw.column_memory`); those
     named in ``pieces`` (:func:`written_in_pieces`) by :func:`lane_blocks`, those named in ``banked`` (the network
-    core's weights buffers, :data:`NETWORK_BANKED`) by :func:`banked_blocks`."""
+    core's weights buffers, :data:`NETWORK_BANKED`) by :func:`banked_blocks`, those named in ``lanes`` (name:
+    ``(lanes, lane_bits)``, :func:`network_lanes`) as that many memories of a lane's share of the word, each
+    written ``lane_bits`` at a time (:func:`lane_blocks`). A memory (a lane's, in ``lanes``) that Yosys builds in
+    logic cells (:func:`in_logic_cells`) takes none."""
     out = []
     for name, width, depth, copies in memories:
         if name in spram and "SPRAM" in board.resources and spram_blocks(width, depth) <= SPRAM_BLOCKS:
             out.append((name, width * depth * copies, "SPRAM", spram_blocks(width, depth)))
         elif name in (pieces or {}):
             out.append((name, width * depth * copies, "EBR", copies * lane_blocks(board.family, depth, *pieces[name])))
+        elif name in (lanes or {}):
+            parts, bits = lanes[name]
+            blocks = lane_blocks(board.family, depth, bits, width // parts)
+            if in_logic_cells(board.family, width // parts, depth, blocks):
+                blocks = 0
+            out.append((name, width * depth * copies, "EBR", copies * parts * blocks))
         elif name in banked:
             out.append((name, width * depth * copies, "EBR", copies * banked_blocks(board.family, width, depth)))
         elif board.family == "ecp5" and name in (columns or {}):
             out.append((name, width * depth * copies, "EBR", copies * column_blocks(width, depth, columns[name])))
         else:
-            out.append((name, width * depth * copies, "EBR", copies * ram_blocks(board.family, width, depth)))
+            blocks = ram_blocks(board.family, width, depth)
+            if in_logic_cells(board.family, width, depth, blocks):
+                blocks = 0
+            out.append((name, width * depth * copies, "EBR", copies * blocks))
     return out
 
 
@@ -245,6 +278,19 @@ def check_network_columns(board: Board, params: NetworkParams) -> None:
                            f"network's live values, one a word: `lcq report MODEL --lanes R` lists them)")
 
 
+def network_lanes(board: Board, params: NetworkParams) -> dict[str, tuple[int, int]]:
+    """The whole-network core's memories built as a memory per lane on ``board`` (``memory_blocks``'s ``lanes``):
+    on the ECP5 the code buffer, one lane of ``abits``-bit codes (both halves of a word pair) each
+    (:func:`hw.code_buffer.code_buffer`'s registered writes)."""
+    return {"activations": (params.engine.rows, params.engine.abits)} if board.family == "ecp5" else {}
+
+
+def network_blocks(board: Board, params: NetworkParams) -> list[tuple[str, int, str, int]]:
+    """:func:`memory_blocks` of every memory of the whole-network core on ``board``, as the core builds them."""
+    return memory_blocks(board, network_memories(params), network_spram(params), network_columns(params),
+                         written_in_pieces(params.engine), NETWORK_BANKED, network_lanes(board, params))
+
+
 def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     """{resource: estimated use} of the whole-network core (with link and UART) on ``board``; :class:`FitError`
     where a memory cannot be built at all (:func:`check_network_columns`)."""
@@ -252,8 +298,7 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     use = estimate(board, params.engine)
     e = params.engine
     use["DSP"] += bridge_dsps(board, params.value_bits) - bridge_dsps(board, e.cols * e.out_bits, e.cols * e.code_bits)
-    blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params),
-                           written_in_pieces(params.engine), NETWORK_BANKED)
+    blocks = network_blocks(board, params)
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
     if board.family == "ice40":
@@ -285,8 +330,7 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float | 
         if used <= limits[name]:
             continue
         if name in ("EBR", "SPRAM"):
-            blocks = memory_blocks(board, network_memories(params), network_spram(params), network_columns(params),
-                                   written_in_pieces(params.engine), NETWORK_BANKED)
+            blocks = network_blocks(board, params)
             largest = sorted((b for b in blocks if b[2] == name), key=lambda b: -b[3])[:3]
             buffers = "; ".join(f"{n}: {bits:,} bits in {count} blocks" for n, bits, _, count in largest)
             raise FitError(f"{engine} on {board.name} ({board.device}): its buffers need {used} {name} blocks, "
