@@ -288,7 +288,7 @@ def table(records: list[dict]) -> str:
         if e:
             engine += " (asked)" if r.get("asked_rows") else " (chosen)"
             if r.get("multiply_cols"):
-                engine += f", multiplying in {r['multiply_cols']} columns"
+                engine += f", multiplying in {r['multiply_cols']} column{'s' if r['multiply_cols'] != 1 else ''}"
         if r["status"] == "ok":
             clock = f"{r['clock_mhz']:g} MHz ({r['fmax_mhz']})"
             status = "routed, timing " + ("met" if r.get("timing_met") else "NOT met")
