@@ -3,12 +3,12 @@ operating system sees as a serial device (a pseudo-terminal bridged bit by bit t
 board's own top in Verilator, at the board's baud rate).
 
 ``lcq board-sim`` runs in a subprocess as a user runs it (the digits CNN's whole network on the ULX3S-12F:
-a 2 x 2 array at the board's 60 MHz, 3 Mbaud), waited for (with a deadline) until its device path exists, and is
-stopped with SIGTERM at the end. The quick test pings it through pyserial with a byte corrupted each way;
-the ``slow`` one (about 3 minutes with the Verilator build cached, 5 without) is the whole path: the
-unmodified ``lcq run`` classifying images with a byte corrupted each way, then, on the same board (its
-constants still loaded), the host runtime through :class:`boards.link_host.SerialPort` for the logits
-themselves, which ``lcq run`` does not print.
+the array ``lcq build`` picks for it (4 x 4) at the board's 60 MHz, 3 Mbaud), waited for (with a deadline)
+until its device path exists, and is stopped with SIGTERM at the end. The quick test pings it through
+pyserial with a byte corrupted each way; the ``slow`` one (about 3 minutes with the Verilator build
+cached, 5 without) is the whole path: the unmodified ``lcq run`` classifying images with a byte corrupted
+each way, then, on the same board (its constants still loaded), the host runtime through
+:class:`boards.link_host.SerialPort` for the logits themselves, which ``lcq run`` does not print.
 """
 
 import contextlib
