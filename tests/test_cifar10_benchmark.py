@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +17,31 @@ DATA = Path(os.environ.get("LCQ_TEST_CIFAR10") or REPO.parent / "shared" / "data
 PAPER = ("--clip-init", "fixed", "--bn-batches", "0")        # the paper's recipe: run names without a suffix
 
 
-@pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
-def test_tiny_run_writes_the_table_and_json(tmp_path):
-    out, result = tmp_path / "runs", tmp_path / "result.json"
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The paper recipe's tiny benchmark (FP, uniform and LCQ W3/A3), run once for this file: ``(stdout, its
+    result file, restore)``; ``restore()`` puts the run directory back as that run left it and returns it, at the
+    path the runs were trained at (their checkpoints record it)."""
+    root = tmp_path_factory.mktemp("cifar10-tiny")
+    out, result, pristine = root / "runs", root / "result.json", root / "pristine"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
                            "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "| lcq | 3/3 | 2 |" in proc.stdout and "92.80" in proc.stdout     # beside the paper's number
+    shutil.copytree(out, pristine)
+
+    def restore() -> Path:
+        shutil.rmtree(out)
+        shutil.copytree(pristine, out)
+        return out
+
+    return proc.stdout, result, restore
+
+
+@pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
+def test_tiny_run_writes_the_table_and_json(tiny):
+    stdout, result, restore = tiny
+    out = restore()
+    assert "| lcq | 3/3 | 2 |" in stdout and "92.80" in stdout     # beside the paper's number
     data = json.loads(result.read_text())
     assert data["benchmark"] == "cifar10-resnet20" and data["complete"] is True
     assert data["schedule"]["fp_epochs"] == 2 and data["schedule"]["epochs"] == 2 and data["schedule"]["bits"] == [3]
@@ -78,16 +97,14 @@ def test_tiny_run_writes_the_table_and_json(tmp_path):
 
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
-def test_a_finished_run_killed_before_its_metrics_json_is_reused_not_failed(tmp_path):
+def test_a_finished_run_killed_before_its_metrics_json_is_reused_not_failed(tmp_path, tiny):
     """A run killed after its last checkpoint but before its metrics.json was started again with lcq train --resume,
     which rebuilt the file, then said "already finished ... nothing to train" (exit 2): the run was recorded FAILED
     and the result incomplete. A finished checkpoint is now taken as the run done: its metrics.json (missing, or
     damaged) rebuilt from it, said in one line, and the run reused without starting lcq train."""
-    out, result = tmp_path / "runs", tmp_path / "result.json"
+    out, result = tiny[2](), tmp_path / "result.json"          # the tiny benchmark's runs, trained
     argv = [sys.executable, str(SCRIPT), "--tiny", "--methods", "lcq", *PAPER, "--data-dir", str(DATA), "--out",
             str(out), "--json-out", str(result)]
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     trained = {name: json.loads((out / name / "metrics.json").read_text()) for name in ("fp", "lcq-w3a3")}
     (out / "lcq-w3a3" / "metrics.json").unlink()               # killed between its last checkpoint and metrics.json
     (out / "fp" / "metrics.json").write_text("")              # cut short
@@ -102,17 +119,16 @@ def test_a_finished_run_killed_before_its_metrics_json_is_reused_not_failed(tmp_
         assert "--resume" not in (out / f"{name}.log").read_text()          # no lcq train started again
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
-def test_a_damaged_checkpoint_fails_its_run_and_the_others_go_on(tmp_path):
+def test_a_damaged_checkpoint_fails_its_run_and_the_others_go_on(tmp_path, tiny):
     """A run whose checkpoint is damaged (here cut short, its metrics.json gone) stopped the whole benchmark with
     an error naming the file, found only once the FP run had trained, with no results written; a run that fails
     otherwise is recorded FAILED and the others go on. The damaged run is now FAILED (not started), its reason
     naming the file and the fix, the other runs trained, and the results written (incomplete, exit 1); --report
     records it the same way."""
-    out, result = tmp_path / "runs", tmp_path / "result.json"
+    out, result = tiny[2](), tmp_path / "result.json"          # the tiny benchmark's runs, trained
     argv = [sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
             "--json-out", str(result)]
-    proc = subprocess.run([*argv, "--methods", "lcq"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    shutil.rmtree(out / "uniform-w3a3")                                    # a run still to train (the others go on)
     checkpoint = out / "lcq-w3a3" / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])                  # cut short
     (out / "lcq-w3a3" / "metrics.json").unlink()                           # (so that the checkpoint is read)
