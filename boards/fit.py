@@ -192,8 +192,9 @@ def bridge_dsps(board: Board, out_bits: int, code_out_bits: int = 0) -> int:
     return sum(1 for size, k in words.items() if size & (size - 1) and k > 1)
 
 
-def estimate(board: Board, params: EngineParams) -> dict[str, int]:
-    """{resource: estimated use} of the accelerator (engine, link, UART) for ``params`` on ``board``."""
+def estimate(board: Board, params: EngineParams, bridge_out: tuple[int, int] | None = None) -> dict[str, int]:
+    """{resource: estimated use} of the accelerator (engine, link, UART) for ``params`` on ``board``; ``bridge_out``:
+    the bridge's OUT word and CODES word bits (:func:`bridge_dsps`; default the layer engine's, ``cols`` fields)."""
     family = board.family
     use = {"EBR": LINK_BUFFER_BLOCKS, "SPRAM": 0}
     for _, _, kind, blocks in memory_blocks(board, params.memories(), pieces=written_in_pieces(params)):
@@ -203,7 +204,7 @@ def estimate(board: Board, params: EngineParams) -> dict[str, int]:
     use["DSP"] = 0 if logic_multiply else multiplying_pes(params)
     if params.requantize:
         use["DSP"] += ceil(params.acc_bits / piece) * ceil(params.requantize.multiplier_bits / piece)
-    use["DSP"] += bridge_dsps(board, params.cols * params.out_bits, params.cols * params.code_bits)
+    use["DSP"] += bridge_dsps(board, *(bridge_out or (params.cols * params.out_bits, params.cols * params.code_bits)))
     use["LUT4"] = BASE_LUTS + pe_luts(params, logic_multiply)
     return use
 
@@ -295,9 +296,7 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     """{resource: estimated use} of the whole-network core (with link and UART) on ``board``; :class:`FitError`
     where a memory cannot be built at all (:func:`check_network_columns`)."""
     check_network_columns(board, params)
-    use = estimate(board, params.engine)
-    e = params.engine
-    use["DSP"] += bridge_dsps(board, params.value_bits) - bridge_dsps(board, e.cols * e.out_bits, e.cols * e.code_bits)
+    use = estimate(board, params.engine, bridge_out=(params.value_bits, 0))     # a logit a word, no CODES
     blocks = network_blocks(board, params)
     use["EBR"] = LINK_BUFFER_BLOCKS + sum(b for _, _, kind, b in blocks if kind == "EBR")
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
