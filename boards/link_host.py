@@ -190,8 +190,8 @@ class LinkHost:
             nonlocal got
             if time.monotonic() > end:
                 raise LinkTimeout(f"{expecting} did not arrive within the {self.deadline:g} s deadline "
-                                  f"({got} byte{'' if got == 1 else 's'} of it came, too slowly): check the baud rate and cable, "
-                                  f"reset the board, or give the host a longer deadline", got)
+                                  f"({got} byte{'' if got == 1 else 's'} of it came, too slowly): check the baud "
+                                  f"rate and cable, reset the board, or give the host a longer deadline", got)
             data = self.port.read(n)
             got += len(data)
             return data

@@ -600,7 +600,8 @@ class _Lowering:
         if not (np.all(var >= 0) and np.all(np.isfinite(var)) and np.all(np.isfinite(mean))):
             self.refuse(node, "has running statistics no folding can use (a variance below 0, or one not finite, or "
                         "a mean not finite: a damaged file, or a training that diverged or overflowed float32): "
-                        "retrain the model (a lower learning rate, if it diverged), or restore its checkpoint from a copy")
+                        "retrain the model (a lower learning rate, if it diverged), or restore its checkpoint from "
+                        "a copy")
         zero = np.flatnonzero(var + bn.eps <= 0)
         if zero.size:
             self.refuse(node, f"divides by zero: channel {zero[0]} has running variance {var[zero[0]]:g} and eps "
