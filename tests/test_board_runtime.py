@@ -180,7 +180,7 @@ def test_network_mode_board_resends_a_load_whose_length_was_damaged(tmp_path):
     assert out["retried"] == 1 and out["repeated"] == 0
 
 
-@pytest.mark.parametrize("mode", ["network", "layers"])
+@pytest.mark.parametrize("mode", ["network", pytest.param("layers", marks=pytest.mark.slow)])
 def test_a_board_reset_mid_run_ends_the_run_in_board_reset(mode, tmp_path):
     """The board's reset pulsed after the first image's logits arrived (the DUT's ``rst``, as its button: the core's
     state and the bridge's session cleared, INFO unchanged): the host's next DONE (network mode: the second image's

@@ -104,7 +104,7 @@ def test_digits_cnn_on_the_network_core(sim, rows, cols, n_images, stall, backpr
     assert (report.logits == reference.run(model, images)[model.logits].reshape(n_images, -1)).all()
 
 
-@pytest.mark.parametrize("cols", [2, 1])
+@pytest.mark.parametrize("cols", [pytest.param(2, marks=pytest.mark.slow), 1])    # 1: the iCEBreaker's pick
 def test_digits_cnn_with_its_memories_in_spram(tmp_path, cols):
     """The UP5K's choice: the weights buffer and the value memory (the digits CNN adds nothing, so one port
     serves it) in ``SB_SPRAM256KA`` blocks, simulated with Yosys's model: on a 1 x 2 core the wide weights
@@ -271,7 +271,8 @@ def test_odd_geometries_on_the_engine_and_the_network_core(tmp_path):
     assert len(report.layers) == 12
 
 
-@pytest.mark.parametrize("write_pairs, multiply_cols", [(False, 0), (True, 0), (True, 1)])
+@pytest.mark.parametrize("write_pairs, multiply_cols", [pytest.param(False, 0, marks=pytest.mark.slow),
+                                                        pytest.param(True, 0, marks=pytest.mark.slow), (True, 1)])
 def test_random_resnet_with_shortcuts_and_pooling(write_pairs, multiply_cols, tmp_path):
     """Random pre-activation ResNet-8 on (3, 8, 8): an identity shortcut, two strided 1x1 shortcuts,
     residual additions and the global pool, every tensor exact; also with the write-back in pairs of

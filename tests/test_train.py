@@ -296,7 +296,7 @@ def test_resume_in_python_takes_the_runs_learning_rate_and_augmentation(tmp_path
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (
         __import__("pathlib").Path(sys.executable).parent / "torchrun").exists(), reason="torchrun not installed")
-@pytest.mark.parametrize("method", ["fp", "lcq"])
+@pytest.mark.parametrize("method", [pytest.param("fp", marks=pytest.mark.slow), "lcq"])
 def test_distributed_data_parallel_on_cpu(tmp_path, method):
     """Two gloo processes through torchrun train one epoch and write one checkpoint, with every gradient in its
     parameter's layout (else DDP copies it into its bucket each step, and warns)."""
