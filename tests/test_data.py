@@ -201,6 +201,36 @@ def test_digits_split_is_deterministic_and_ignores_data_dir(digits, tmp_path):
     assert_same(digits, again)
 
 
+def test_the_shipped_digits_are_scikit_learns_in_its_split(digits):
+    """lcq_train/digits.npz holds scikit-learn's digits, scaled, in the split its train_test_split makes (loading
+    them imported scikit-learn, 0.7 s of every training process's start)."""
+    datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn (the test extra) checks the digits' origin")
+    from sklearn.model_selection import train_test_split
+
+    bunch = datasets.load_digits()
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    train_x, test_x, train_y, test_y = train_test_split(x, bunch.target, test_size=360, stratify=bunch.target,
+                                                        random_state=0)
+    for got, want in ((digits.train_x, train_x), (digits.test_x, test_x), (digits.train_y, train_y),
+                      (digits.test_y, test_y)):
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_a_damaged_digits_file_is_refused_with_the_fix(tmp_path, monkeypatch):
+    import lcq_train.data as data
+
+    damaged = tmp_path / "digits.npz"
+    payload = bytearray(data.DIGITS_FILE.read_bytes())
+    payload[-100] ^= 1
+    damaged.write_bytes(bytes(payload))
+    monkeypatch.setattr(data, "DIGITS_FILE", damaged)
+    with pytest.raises(DatasetError, match=r"digits\.npz is damaged .*reinstall the package"):
+        load_dataset("digits")
+    damaged.unlink()
+    with pytest.raises(DatasetError, match=r"digits\.npz is missing .*reinstall it"):
+        load_dataset("digits")
+
+
 # --------------------------------------------------------------------------- MNIST / Fashion-MNIST
 
 
