@@ -60,8 +60,10 @@ rules, besides exact types, dtypes and shapes of every field and array:
   (the compiler keeps only what the logits depend on), the logits the last
   node's ``(num_classes, 1, 1)`` value tensor, ``scales`` exactly the value tensors (positive, finite, equal
   across an addition), ``source`` empty or the compiler's record, whose
-  options agree with the nodes (``mac``, pool ``frac_bits``) and whose dataset is one the trainer reads, of
-  the input's image shape.
+  options agree with the nodes (``mac``, pool ``frac_bits``), whose dataset is one the trainer reads, of
+  the input's image shape, and whose plan describes the nodes: ``layer_bits`` names conv nodes only, the
+  input image has 8-bit codes, and every conv node has the ``wbits``, ``abits`` and outer widths the plan
+  gives its layer (:func:`plan_layer_widths`, the trainer's rule).
 """
 
 from __future__ import annotations
@@ -233,6 +235,24 @@ def check_plan(plan: dict) -> None:
             raise ModelRuleError(where, "source.plan.outer_bits", f"= {show(outer)} is narrower than the widest "
                                  f"quantizer ({need_w}-bit weights, {need_a}-bit activations, the input image's "
                                  "included)")
+
+
+def plan_layer_widths(plan: dict, layers: list[tuple[str, str]], image: str | None) -> dict[str, tuple[int, ...]]:
+    """``(wbits, abits, b'_w, b'_a)`` that ``plan`` (a ``source.plan`` :func:`check_plan` accepts) gives each layer
+    of ``layers``, (layer, activation quantizer feeding it) pairs in forward order, ``abits`` being the bits of the
+    codes it reads: the trainer's rule (:func:`lcq_train.plan.layer_bits` and ``outer_widths``; a test holds them
+    equal; not imported, as above): the first and last layers at ``edge_bits``, the others at ``wbits``/``abits``,
+    unless ``layer_bits`` gives a layer its own (and its own outer widths, with four entries); the quantizer
+    ``image`` of the input image at :data:`PLAN_INPUT_BITS`."""
+    outer = plan["outer_bits"]
+    outer_w, outer_a = outer if isinstance(outer, list) else (outer, outer)
+    widths = {}
+    for i, (name, act) in enumerate(layers):
+        edge = i in (0, len(layers) - 1)
+        own = tuple(plan["layer_bits"].get(name, ()))
+        wbits, abits = own[:2] or ((plan["edge_bits"],) * 2 if edge else (plan["wbits"], plan["abits"]))
+        widths[name] = (wbits, PLAN_INPUT_BITS if act == image else abits, *(own[2:] or (outer_w, outer_a)))
+    return widths
 
 
 def rule_name(where: str, name: str, value) -> str:
@@ -843,6 +863,8 @@ class CompiledModel:
             raise ModelRuleError("model", "source.dataset", f"= {self.source['dataset']!r}, whose images are "
                                  f"{list(DATASET_SHAPES[self.source['dataset']])}, but the input node takes "
                                  f"{list(self.input.shape)}")
+        if options is not None:
+            self._check_plan_widths()
         values = {name for name, t in tensors.items() if t.bits is None}
         for name in self.scales:
             if name not in values:
@@ -851,6 +873,58 @@ class CompiledModel:
             if name not in self.scales:
                 raise ModelRuleError("model", "scales", f"has no entry for value tensor {name!r}")
         return tensors
+
+    def _check_plan_widths(self) -> None:
+        """``source.plan`` describes the conv nodes: ``layer_bits`` names only them, the input image has
+        :data:`PLAN_INPUT_BITS`-bit codes, and each conv node has the bit-widths and outer widths the plan gives its
+        layer (:func:`plan_layer_widths`, the nodes in their order; the first layer is one that reads the image, the
+        last the last conv node). A broken one names the plan's field (the nodes are what runs)."""
+        plan = self.source["plan"]
+        convs = [(i, node) for i, node in enumerate(self.nodes) if isinstance(node, ConvNode)]
+        names = [node.name for _, node in convs]
+        for name in plan["layer_bits"]:
+            if name not in names:
+                shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+                raise ModelRuleError("model", f"source.plan.layer_bits[{show(name)}]", "names no conv or linear "
+                                     f"node; the layers are {shown}")
+        image = self.input.output
+        if self.input.bits != PLAN_INPUT_BITS:
+            raise ModelRuleError(node_where(0, self.input), "bits", f"= {self.input.bits}; source.plan quantizes "
+                                 f"the input image to its {PLAN_INPUT_BITS}-bit codes")
+        # the trainer's first layer is the first the forward calls: one that reads the image, not necessarily
+        # the first of the nodes (which follow the logits' inputs in argument order)
+        first = [k for k, (_, node) in enumerate(convs[:-1]) if node.input == image] or [0]
+        problems = []
+        for k in first:
+            order = [convs[k], *convs[:k], *convs[k + 1:]]
+            problems.append(self._plan_width_problem(plan, order, image))
+            if problems[-1] is None:
+                return
+        raise max(problems, key=lambda p: p[0])[1]     # (the order that agrees longest: the likely first layer)
+
+    @staticmethod
+    def _plan_width_problem(plan: dict, convs: list, image: str) -> tuple[int, ModelRuleError] | None:
+        """The first conv node of ``convs`` ((index, node) in the trainer's layer order) whose widths are not the
+        ones ``plan`` gives it: its place in ``convs`` and an error naming the plan's field; None if there is none."""
+        widths = plan_layer_widths(plan, [(node.name, node.input) for _, node in convs], image)
+        for k, (i, node) in enumerate(convs):
+            own = plan["layer_bits"].get(node.name, ())
+            edge = k in (0, len(convs) - 1)
+            keys = [("edge_bits" if edge else key) if not own else None for key in ("wbits", "abits")]
+            keys += [None if len(own) == 4 else "outer_bits"] * 2
+            for key, want, field_name, what in zip(keys, widths[node.name],
+                                                   ("wbits", "abits", "outer_wbits", "outer_abits"),
+                                                   ("{}-bit weights", "reads {}-bit codes", "b'_w {}", "b'_a {}")):
+                have = getattr(node, field_name)
+                if have != want:
+                    name = f"source.plan.{key}" if key else f"source.plan.layer_bits[{node.name!r}]"
+                    value = plan[key] if key else plan["layer_bits"][node.name]
+                    verb = "" if what.startswith("reads") else "has "
+                    return k, ModelRuleError("model", name, f"= {show(value)}, but {node_where(i, node)} {verb}"
+                                             f"{what.format(have)} ({field_name} {have}, where the plan gives "
+                                             f"{want}); a compiled model records the plan its nodes were compiled "
+                                             "with")
+        return None
 
     def _scale(self, where: str, tensor: str) -> float:
         return rule_positive(where, f"scales[{tensor!r}]", self.scales.get(tensor))

@@ -20,6 +20,7 @@ from compiler.reference import run
 from lcq.cli import main
 from lcq_train.data import load_dataset
 from lcq_train.layers import QAct, QConv2d, QLinear
+from lcq_train.models.cnn import SmallCNN
 from lcq_train.models.resnet import PreActResNet
 from lcq_train.plan import QuantPlan, apply_plan, quantize_model
 import lcq_train.train as train_mod
@@ -988,3 +989,43 @@ def test_an_addition_of_two_fixed_scales_says_how_to_order_it(kind, operands, fi
                                           r"on that operand before the addition\); the compiler lowers: "):
         compile_model(model, (1, 8, 8))
     assert _fix_mismatches(lambda: _Sums(fix), 18) == 0
+
+
+class _TwoStems(nn.Module):
+    """Two convs read the image; the forward calls ``a`` first (the trainer's first, 8-bit edge layer), while the
+    compiled nodes follow the addition's operands, ``b`` first."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        a = self.a(x)
+        b = self.b(x)
+        return self.fc(torch.relu(b + a).mean((2, 3)))
+
+
+@pytest.mark.parametrize("make, plan", [
+    (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("uniform", 2, 4, (6, 4), K=1, edge_bits=6,
+                                                layer_bits={"conv0": (8, 8, 8, 8), "conv1": (4, 2), "fc": (5, 3)})),
+    (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("lcq", 3, 3, layer_bits={"conv1": (4, 3, 6, 8)})),
+    (lambda: cm.TorchvisionResNet(10, 1), QuantPlan("lcq", 3, 3, 8, edge_bits=6,
+                                                     layer_bits={"layer2.0.downsample.0": (4, 3)})),
+    (_TwoStems, QuantPlan("lcq", 3, 3)),
+])
+def test_models_compiled_under_their_plans_load_with_them(make, plan, tmp_path):
+    """A compiled model's ``source.plan`` gives each conv node its widths (the loader checks it): models compiled
+    under plans with edge bits, per-layer bits and outer widths, the uniform method, quantizers shared by a block's
+    conv and shortcut, and two layers reading the image (the forward's first is not the nodes' first) load; the
+    same file with another plan's widths is refused, naming the plan's field."""
+    torch.manual_seed(0)
+    net = randomize(quantize_model(make(), plan), seed=1)
+    compiled = compile_model(net, (1, 8, 8))
+    compiled.source = {"checkpoint": "/x/checkpoint.pt", "sha256": "0" * 64, "model": "m", "dataset": "digits",
+                       "plan": plan.to_dict(), "epoch": 1, "test_top1": None, "options": CompileOptions().__dict__}
+    save(compiled, tmp_path / "m.lcq")
+    assert load(tmp_path / "m.lcq").source["plan"] == plan.to_dict()
+    compiled.source["plan"] = dataclasses.replace(plan, wbits=plan.wbits + 1).to_dict()
+    with pytest.raises(ValueError, match=r"field 'source\.plan\.wbits' = \d, but node \d+ \(conv '[\w.]+'\) has "
+                                         r"\d-bit weights"):
+        save(compiled, tmp_path / "other.lcq")

@@ -325,6 +325,41 @@ MUTATIONS = {
                                         [r"\"source\.plan\.layer_bits\['conv1'\]\" must be \[wbits, abits\]"]),
     "source.plan weight_norm unknown": (DIGITS, lambda m, a: m["source"]["plan"].update(weight_norm="l2"),
                                         [r"'source\.plan\.weight_norm' must be one of 'lwn', 'standardize'"]),
+    # the plan against the nodes it describes (DIGITS: conv0 and fc the 8-bit edge layers, conv1 and conv2 W3/A3,
+    # every outer width 8; RESNET: conv1 and fc at 8 bits, the shortcuts blocks.3/6.shortcut)
+    "source.plan W2/A2 of W3/A3 nodes": (DIGITS, lambda m, a: m["source"]["plan"].update(wbits=2, abits=2),
+                                         [r"'source\.plan\.wbits' = 2, but node 2 \(conv 'conv1'\) has 3-bit "
+                                          r"weights"]),
+    "source.plan abits of other nodes": (DIGITS, lambda m, a: m["source"]["plan"].update(abits=4),
+                                         [r"'source\.plan\.abits' = 4, but node 2 \(conv 'conv1'\) reads 3-bit"]),
+    "source.plan edge bits of other nodes": (DIGITS, lambda m, a: m["source"]["plan"].update(edge_bits=4),
+                                             [r"'source\.plan\.edge_bits' = 4, but node 1 \(conv 'conv0'\) has "
+                                              r"8-bit weights"]),
+    "source.plan outer bits of other nodes": (DIGITS, lambda m, a: m["source"]["plan"].update(outer_bits=[8, 10]),
+                                              [r"'source\.plan\.outer_bits' = \[8, 10\], but node 1 \(conv "
+                                               r"'conv0'\) has b'_a 8"]),
+    "source.plan layer bits of another layer's": (DIGITS, lambda m, a: m["source"]["plan"].update(
+                                                      layer_bits={"conv1": [4, 4]}),
+                                                  [r"\"source\.plan\.layer_bits\['conv1'\]\" = \[4, 4\], but node 2 "
+                                                   r"\(conv 'conv1'\) has 3-bit weights"]),
+    "source.plan layer outer widths of other nodes": (RESNET, lambda m, a: m["source"]["plan"].update(
+                                                          layer_bits={"blocks.3.shortcut": [3, 3, 6, 8]}),
+                                                      [r"\"source\.plan\.layer_bits\['blocks\.3\.shortcut'\]\" = "
+                                                       r"\[3, 3, 6, 8\], but node \d+ \(conv 'blocks\.3\.shortcut'\) "
+                                                       r"has b'_w 8"]),
+    "source.plan layer bits naming no node": (DIGITS, lambda m, a: m["source"]["plan"].update(
+                                                  layer_bits={"conv9": [3, 3]}),
+                                              [r"\"source\.plan\.layer_bits\['conv9'\]\" names no conv or linear "
+                                               r"node; the layers are conv0, conv1, conv2, fc"]),
+    "source.plan layer bits of a renamed node": (DIGITS, lambda m, a: (m["source"]["plan"].update(
+                                                     layer_bits={"conv1": [3, 3]}),
+                                                                       m["nodes"][2].update(name="conv1b")),
+                                                 [r"\"source\.plan\.layer_bits\['conv1'\]\" names no conv"]),
+    "source.plan layer bits as the nodes have them": (DIGITS, lambda m, a: m["source"]["plan"].update(
+                                                          layer_bits={"conv0": [8, 8], "conv1": [3, 3, 8, 8]}),
+                                                      HARMLESS),
+    "source.plan layer bits of the shortcut as it has them": (RESNET, lambda m, a: m["source"]["plan"].update(
+                                                                  layer_bits={"blocks.6.shortcut": [3, 3]}), HARMLESS),
     "version 3": (DIGITS, top(version=3), [r"format version 3; this lcq reads version 2: update lcq"]),
     "version 2.5": (DIGITS, top(version=2.5), [r"format version 2\.5; this lcq reads version 2"]),
     "version true": (DIGITS, top(version=True), [r"format version True"]),
@@ -453,6 +488,47 @@ def test_the_plans_a_model_file_may_hold_are_the_trainers():
         assert compiler(d) == trainer(d), d
         seen.add(trainer(d))
     assert seen == {True, False}
+
+
+def test_the_widths_a_plan_gives_each_layer_are_the_trainers():
+    """The loader holds each conv node to the widths ``source.plan`` gives its layer by the compiler's own rule
+    (:func:`compiler.graph.plan_layer_widths`; the host reads model files without the trainer). On the layers of
+    built-in and traced models and 600 random plans the trainer accepts, it gives what the trainer installs
+    (:func:`lcq_train.plan.layer_bits` and ``outer_widths``, the input image's quantizer at 8 bits)."""
+    import random
+    import sys
+
+    from compiler.graph import plan_layer_widths
+    from lcq_train.models.cnn import SmallCNN
+    from lcq_train.models.resnet import PreActResNet
+    from lcq_train.plan import INPUT_BITS, QuantPlan, _image, layer_bits, outer_widths, quantize_model
+
+    sys.path.insert(0, str(DATA))
+    import compile_models as cm
+
+    models = [SmallCNN((1, 8, 8), 10), PreActResNet(8, 10, 3), quantize_model(cm.TorchvisionResNet(10, 1), method="fp"),
+              quantize_model(cm.MobileNet(10, 1), method="fp")]
+    rng = random.Random(1)
+    checked = 0
+    for i in range(600):
+        model = models[i % len(models)]
+        pairs = model.quant_layers()
+        bits = lambda: rng.randint(2, 8)  # noqa: E731
+        outer = rng.choice([8, 16, (8, 10), (rng.randint(2, 16), rng.randint(2, 16))])
+        own = {name: rng.choice([(bits(), bits()), (bits(), bits(), rng.randint(8, 16), rng.randint(8, 16))])
+               for name, _ in rng.sample(pairs, rng.randint(0, 3))}
+        try:
+            plan = QuantPlan(rng.choice(["lcq", "uniform"]), bits(), bits(), outer, K=rng.choice([1, 16]),
+                             edge_bits=bits(), layer_bits=own)
+            want_bits, want_outer = layer_bits(model, plan), outer_widths(model, plan)
+        except ValueError:
+            continue
+        image = _image(model, pairs)
+        want = {name: (want_bits[name][0], INPUT_BITS if act == image else want_bits[name][1], *want_outer[name])
+                for name, act in pairs}
+        assert plan_layer_widths(plan.to_dict(), pairs, image) == want, plan
+        checked += 1
+    assert checked > 300, checked
 
 
 @pytest.mark.parametrize("name", MUTATIONS)
