@@ -61,9 +61,10 @@ rules, besides exact types, dtypes and shapes of every field and array:
   node's ``(num_classes, 1, 1)`` value tensor, ``scales`` exactly the value tensors (positive, finite, equal
   across an addition), ``source`` empty or the compiler's record, whose
   options agree with the nodes (``mac``, pool ``frac_bits``), whose dataset is one the trainer reads, of
-  the input's image shape, and whose plan describes the nodes: ``layer_bits`` names conv nodes only, the
-  input image has 8-bit codes, and every conv node has the ``wbits``, ``abits`` and outer widths the plan
-  gives its layer (:func:`plan_layer_widths`, the trainer's rule).
+  the input's image shape, and whose plan describes the nodes: the input image has 8-bit codes, and every
+  conv node has the ``wbits``, ``abits`` and outer widths the plan gives its layer (:func:`plan_layer_widths`,
+  the trainer's rule; a ``layer_bits`` entry may name a layer the logits do not depend on, which the compiler
+  leaves out).
 """
 
 from __future__ import annotations
@@ -875,18 +876,12 @@ class CompiledModel:
         return tensors
 
     def _check_plan_widths(self) -> None:
-        """``source.plan`` describes the conv nodes: ``layer_bits`` names only them, the input image has
-        :data:`PLAN_INPUT_BITS`-bit codes, and each conv node has the bit-widths and outer widths the plan gives its
-        layer (:func:`plan_layer_widths`, the nodes in their order; the first layer is one that reads the image, the
-        last the last conv node). A broken one names the plan's field (the nodes are what runs)."""
+        """``source.plan`` describes the conv nodes: the input image has :data:`PLAN_INPUT_BITS`-bit codes, and each
+        conv node has the bit-widths and outer widths the plan gives its layer (:func:`plan_layer_widths`, the nodes
+        in their order; the first layer is one that reads the image, the last the last conv node). A broken one
+        names the plan's field (the nodes are what runs)."""
         plan = self.source["plan"]
         convs = [(i, node) for i, node in enumerate(self.nodes) if isinstance(node, ConvNode)]
-        names = [node.name for _, node in convs]
-        for name in plan["layer_bits"]:
-            if name not in names:
-                shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
-                raise ModelRuleError("model", f"source.plan.layer_bits[{show(name)}]", "names no conv or linear "
-                                     f"node; the layers are {shown}")
         image = self.input.output
         if self.input.bits != PLAN_INPUT_BITS:
             raise ModelRuleError(node_where(0, self.input), "bits", f"= {self.input.bits}; source.plan quantizes "

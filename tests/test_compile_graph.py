@@ -1012,11 +1012,13 @@ class _TwoStems(nn.Module):
     (lambda: cm.TorchvisionResNet(10, 1), QuantPlan("lcq", 3, 3, 8, edge_bits=6,
                                                      layer_bits={"layer2.0.downsample.0": (4, 3)})),
     (_TwoStems, QuantPlan("lcq", 3, 3)),
+    (_UnusedHead, QuantPlan("lcq", 3, 3, layer_bits={"aux": (4, 4)})),     # a layer the compiler leaves out
 ])
 def test_models_compiled_under_their_plans_load_with_them(make, plan, tmp_path):
     """A compiled model's ``source.plan`` gives each conv node its widths (the loader checks it): models compiled
     under plans with edge bits, per-layer bits and outer widths, the uniform method, quantizers shared by a block's
-    conv and shortcut, and two layers reading the image (the forward's first is not the nodes' first) load; the
+    conv and shortcut, two layers reading the image (the forward's first is not the nodes' first), and per-layer
+    bits of a head the logits do not depend on load; the
     same file with another plan's widths is refused, naming the plan's field."""
     torch.manual_seed(0)
     net = randomize(quantize_model(make(), plan), seed=1)
