@@ -20,6 +20,12 @@ from pathlib import Path
 
 # Verb modules in the order of the data flow (also the order of ``lcq --help``).
 VERB_MODULES = ("lcq_train.cli", "compiler.cli", "hw.cli", "sim.cli", "boards.cli", "lcq.demo")
+# The module that adds each verb (tests/test_cli.py holds it equal to what their ``add_parsers`` add): ``lcq VERB``
+# imports that module only, so that ``lcq report`` (say) starts without importing torch or Amaranth.
+VERBS = {"train": "lcq_train.cli", "plot": "lcq_train.cli", "export-onnx": "lcq_train.cli",
+         "compile": "compiler.cli", "eval": "compiler.cli", "report": "compiler.cli", "generate": "hw.cli",
+         "sim": "sim.cli", "board-sim": "sim.cli", "build": "boards.cli", "flash": "boards.cli", "run": "boards.cli",
+         "demo": "lcq.demo"}
 DISTRIBUTION = "lcq-accel"     # pyproject.toml's project name, whose version `lcq --version` prints
 PROJECT_PACKAGES = {"lcq", "lcq_train", "compiler", "hw", "sim", "boards"}
 
@@ -34,14 +40,16 @@ def _version() -> str:
         return f"(unknown: the {DISTRIBUTION} distribution is not installed; pip install -e . records it)"
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction, dict]:
-    """The ``lcq`` parser, its verbs' subparsers (``sub.choices``) and ``{verb: handler}``; parsing runs nothing."""
+def build_parser(modules: tuple[str, ...] = VERB_MODULES) -> tuple[argparse.ArgumentParser,
+                                                                    argparse._SubParsersAction, dict]:
+    """The ``lcq`` parser with the verbs of ``modules`` (default: every verb), its verbs' subparsers
+    (``sub.choices``) and ``{verb: handler}``; parsing runs nothing."""
     parser = argparse.ArgumentParser(prog="lcq",
                                      description="LCQ: train low-bit CNNs and map them to FPGA LUT-MAC arrays")
     parser.add_argument("--version", action="version", version=f"lcq {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands, missing = {}, []
-    for name in VERB_MODULES:
+    for name in modules:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -56,8 +64,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, sub, commands = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    parser, sub, commands = build_parser((VERBS[argv[0]],)) if argv and argv[0] in VERBS else (None, None, {})
+    if not commands:        # `lcq --help`, a verb not known or whose module cannot be imported here: every verb
+        parser, sub, commands = build_parser()
     args, unknown = parser.parse_known_args(argv)
     name = args.command
     if unknown:     # said by the verb that has none such, with its usage (argparse would say it as `lcq`'s)

@@ -174,3 +174,26 @@ def test_a_fifo_or_a_device_given_as_a_bitstream_or_a_report_is_named_as_such(tm
     for path in ("pipe", "/dev/null"):
         assert main([*argv, path]) == 2
         assert f"{path} is not a regular file (a named pipe or a device)" in capsys.readouterr().err
+
+
+def test_each_verb_imports_its_own_module_only():
+    """``lcq VERB`` built every stage's parser, importing torch and Amaranth (1.5 s) before ``lcq report`` read a
+    byte; it now imports the module that adds VERB (:data:`lcq.cli.VERBS`, equal to what each module adds) only:
+    ``lcq report`` and ``lcq run --help`` start without torch or Amaranth."""
+    import importlib
+
+    from lcq import cli
+
+    added = {}
+    for name in cli.VERB_MODULES:
+        sub = argparse.ArgumentParser().add_subparsers()
+        added.update(dict.fromkeys(importlib.import_module(name).add_parsers(sub), name))
+    assert cli.VERBS == added and set(VERBS) == set(added)
+    root = Path(__file__).resolve().parent.parent
+    probe = ("import sys\nfrom lcq.cli import main\ntry:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    code = e.code\nprint(sorted(m for m in ('torch', 'amaranth', 'sklearn') if m in sys.modules), code)")
+    for argv in (["report", "tests/data/digits-cnn-lcq-w3a3.lcq"], ["run", "--help"], ["generate", "--help"]):
+        proc = subprocess.run([sys.executable, "-c", probe, *argv], cwd=root, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.stdout.splitlines()[-1] == "[] 0" and proc.returncode == 0, (argv, proc.stdout[-500:],
+                                                                                proc.stderr[-2000:])
