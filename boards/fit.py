@@ -1,8 +1,9 @@
 """Fit estimate before synthesis: do an engine's RAMs, multipliers and logic fit the board's part?
 
 - RAM: every memory of :meth:`hw.engine_params.EngineParams.memories` takes, per copy,
-  the fewest blocks of any aspect ratio of the part's block RAM (iCE40 EBR: 256 x 16,
-  512 x 8, 1024 x 4, 2048 x 2; ECP5 DP16KD: 512 x 36 ... 16384 x 1). On the UP5K the
+  the fewest blocks of any aspect ratio of the part's block RAM (ECP5 DP16KD: 512 x 36 ... 16384 x 1), or on the
+  iCE40 (EBR: 256 x 16, 512 x 8, 1024 x 4, 2048 x 2) the blocks Yosys maps it to, the chunks of a memory deeper
+  than a block side by side in its bits (:func:`ice40_blocks`). On the UP5K the
   weight buffer goes to SPRAM (16K x 16 blocks) as the engine builds it there. The link
   bridge's frame buffer takes one more block. On the ECP5 a memory written in pieces (the shared stage
   memory) takes whole 9-bit write-enable lanes a piece (:func:`lane_blocks`), the network core's code buffer
@@ -48,6 +49,10 @@ LANE_BITS = 9           # bits of an ECP5 DP16KD's write-enable lane (its 9-, 18
 # Yosys's costs of mapping a memory (memory_libmap; techlibs/lattice brams_16kd.txt, lutrams.txt): a DP16KD,
 # and the ECP5's distributed RAM (TRELLIS_DPR16X4: words, bits, cost).
 BLOCK_RAM_COST = 128
+# Yosys's costs of mapping a memory to iCE40 block RAM (memory_libmap, techlibs/ice40/brams.txt): an SB_RAM40_4K, and
+# a bit of the multiplexer (reads) or decoder (writes) choosing among the chunks of a memory deeper than a block.
+ICE40_BLOCK_COST = 64
+ICE40_MUX_COST = 0.5
 DISTRIBUTED_RAM = (16, 4, 4)
 BASE_LUTS = 4150
 # A PE's 7 x 8 multiplier in logic cells and its registers (ResNet-20 on the ECP5): 376 as seven shifted copies of
@@ -73,8 +78,36 @@ class FitError(ValueError):
 
 
 def ram_blocks(family: str, width: int, depth: int) -> int:
-    """Block RAMs of ``family`` holding one ``width`` x ``depth`` memory."""
+    """Block RAMs of ``family`` holding one ``width`` x ``depth`` memory: on the ECP5 those of its best aspect ratio,
+    on the iCE40 as Yosys maps it (:func:`ice40_blocks`)."""
+    if family == "ice40":
+        return ice40_blocks(depth, [width])
     return min(ceil(width / w) * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])
+
+
+def ice40_blocks(depth: int, pieces: list[int]) -> int:
+    """SB_RAM40_4Ks that Yosys maps a ``depth``-word memory to whose words are ``pieces`` bits written alone (one
+    piece: written whole), as its memory_libmap does with techlibs/ice40/brams.txt: for each shape of
+    :data:`hw.memories.BLOCK_RAM_SHAPES` (``u`` bits by ``4096 / u`` words) the memory is cut in chunks of the
+    shape's depth laid side by side in the blocks' bits, ``ceil(chunks * bits / u)`` blocks, where ``bits`` is the
+    word's where the block is written with per-bit masks (any shape) and, written ``u`` bits at a time (2, 4 and 8
+    bits), its pieces' each padded to whole ``u``; the cheapest (:data:`ICE40_BLOCK_COST` a block,
+    :data:`ICE40_MUX_COST` a bit of the read multiplexer and write decoder of a memory of several chunks), the first
+    of a tie. A 22-bit x 528-word memory: 3 chunks of 256 words, 66 bits, 5 blocks of 16 bits, where one shape
+    holding the memory whole takes 6."""
+    width, best = sum(pieces), None
+    shapes = sorted(BLOCK_RAM_SHAPES["ice40"], key=lambda shape: shape[1])
+    for masked in (False, True):
+        for words, u in shapes:
+            if not masked and u == shapes[-1][1]:
+                continue        # (the widest is written with masks only)
+            chunks = ceil(depth / words)
+            bits = width if masked else sum(ceil(piece / u) * u for piece in pieces)
+            blocks = ceil(chunks * bits / u)
+            decode = ICE40_MUX_COST * ((chunks - 1) * width + chunks * len(pieces)) if chunks > 1 else 0
+            if best is None or ICE40_BLOCK_COST * blocks + decode < best[0]:
+                best = (ICE40_BLOCK_COST * blocks + decode, blocks)
+    return best[1]
 
 
 def in_logic_cells(family: str, width: int, depth: int, blocks: int) -> bool:
@@ -103,11 +136,11 @@ def lane_blocks(family: str, depth: int, granularity: int, read_bits: int) -> in
     """Block RAMs of ``family`` holding a ``depth``-deep memory written ``granularity`` bits at a time of which
     ``read_bits`` (from the lowest) are read: Yosys keeps only the read bits, and on the ECP5 puts each piece in
     whole :data:`LANE_BITS`-bit lanes of a DP16KD's 9-, 18- or 36-bit port (one write enable a lane; two pieces
-    never share one), in columns of their own on its narrower ones. The iCE40's blocks mask every bit:
-    :func:`ram_blocks` of the read bits."""
-    if family != "ecp5":
-        return ram_blocks(family, read_bits, depth)
+    never share one), in columns of their own on its narrower ones. On the iCE40, :func:`ice40_blocks` of the
+    read bits' pieces."""
     pieces = [min(granularity, read_bits - low) for low in range(0, read_bits, granularity)]
+    if family != "ecp5":
+        return ice40_blocks(depth, pieces)
     lanes = sum(ceil(piece / LANE_BITS) for piece in pieces)
     return min((ceil(lanes * LANE_BITS / w) if w >= LANE_BITS else sum(ceil(piece / w) for piece in pieces))
                * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])

@@ -30,7 +30,7 @@ from boards import cli  # noqa: E402
 from boards.boards import BOARDS, get_board, uart_baud  # noqa: E402
 from boards.build import BuildError, build, default_placements, default_placer, default_router  # noqa: E402
 from boards.clock import ecp5_pll, ice40_pll, pll_plan  # noqa: E402
-from boards.fit import FitError, check_fit, estimate, ram_blocks  # noqa: E402
+from boards.fit import FitError, check_fit, estimate, lane_blocks, ram_blocks  # noqa: E402
 from boards.flash import FlashError, flash, flash_command  # noqa: E402
 from boards.report import format_table, parse_build, parse_nextpnr, yosys_ff_count  # noqa: E402
 from boards.stages import Progress  # noqa: E402
@@ -209,6 +209,18 @@ def test_ram_blocks_pick_the_best_aspect_ratio():
     assert ram_blocks("ice40", 25, 512) == 4
     assert ram_blocks("ecp5", 36, 512) == 1
     assert ram_blocks("ecp5", 8, 16384) == 8         # 2048 x 9 blocks
+
+
+def test_ice40_ram_blocks_lay_a_deep_memorys_chunks_side_by_side_as_yosys_does():
+    """Yosys (memory_libmap, techlibs/ice40/brams.txt) puts the 256-word chunks of a memory deeper than 256 words
+    side by side in the 16 bits of SB_RAM40_4Ks written with per-bit masks: the 4/4-outer-width digits CNN's
+    22-bit x 528-word product tables are 66 bits of 3 chunks, 5 blocks where one shape alone takes 6 (its iCEBreaker
+    build, outer_widths_hw.json: 28 EBR); the rest as each memory alone synthesized with ``synth_ice40 -dsp
+    -spram`` counts them (Yosys 0.70): 4 blocks for 18 x 600 (not 5), 7 for 20 x 1100 (not 9), 8 for 25 x 1258
+    (not 10), 21 for 37 x 2061 (not 25); 140 bits x 122 words written in 20-bit pieces, 9."""
+    assert [ram_blocks("ice40", w, d) for w, d in ((22, 528), (18, 600), (20, 1100), (25, 1258), (37, 2061))] == [
+        5, 4, 7, 8, 21]
+    assert lane_blocks("ice40", 122, 20, 140) == 9
 
 
 def test_fit_estimate_of_the_digits_cnn_on_the_icebreaker():
