@@ -11,8 +11,8 @@
   network core's weights buffers count bank by bank (:func:`banked_blocks`).
 - DSP: on iCE40, one per PE that multiplies levels (``multiply``, in the first ``multiply_cols`` columns; ECP5
   engines multiply in logic cells, :func:`hw.pe_words.logic_multiplies`), and the requantize unit's
-  ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces; on the ECP5 the link
-  bridge's too (:func:`bridge_dsps`).
+  ``acc_bits x multiplier_bits`` product in 16 x 16 (iCE40) or 18 x 18 (ECP5) pieces, and the link bridge's
+  frame length where Yosys maps it to one (:func:`bridge_dsps`: on the ECP5 only).
 - LUT4: :data:`BASE_LUTS` for control, output stage, link and UART, plus
   :func:`pe_luts` for the PEs, calibrated on the digits CNN's 2 x 2 iCEBreaker build
   (4,512 LUT4s) and, for PEs that multiply in logic, the ResNet-20 8 x 8 ULX3S-85F build
@@ -45,6 +45,8 @@ from hw.residency import DESCRIPTION
 from .boards import LINK_PAYLOAD, Board
 
 DSP_WIDTH = {"ice40": 16, "ecp5": 18}
+# The narrowest product Yosys puts in a DSP (its mul2dsp's DSP_Y_MINWIDTH: synth_ice40 -dsp sets 11, synth_ecp5 none).
+DSP_PRODUCT_BITS = {"ice40": 11, "ecp5": 0}
 LANE_BITS = 9           # bits of an ECP5 DP16KD's write-enable lane (its 9-, 18- and 36-bit ports)
 # Yosys's costs of mapping a memory (memory_libmap; techlibs/lattice brams_16kd.txt, lutrams.txt): a DP16KD,
 # and the ECP5's distributed RAM (TRELLIS_DPR16X4: words, bits, cost).
@@ -215,14 +217,15 @@ def memory_blocks(board: Board, memories, spram=("weights",), columns=None,
 
 def bridge_dsps(board: Board, out_bits: int, code_out_bits: int = 0) -> int:
     """DSPs of the link bridge on ``board`` for OUT words of ``out_bits`` (``code_out_bits`` in the CODES format):
-    an OUT frame's length is its count of words times a word's bytes (:class:`hw.link.LinkBridge`), which Yosys
-    maps to a MULT18X18D on the ECP5 where those bytes are not a power of two (ResNet-20's 35-bit logits: 5 bytes),
-    one per distinct size. None on the iCE40: no routed build has had such a size there to count it."""
-    if board.family != "ecp5":
-        return 0
+    an OUT frame's length is its count of words (``k`` at most, a ``k.bit_length()``-bit operand) times a word's
+    bytes (:class:`hw.link.LinkBridge`), which Yosys maps to a DSP where those bytes are not a power of two
+    (ResNet-20's 35-bit logits: 5 bytes), both operands are 2 bits or more and the product is at least
+    :data:`DSP_PRODUCT_BITS` wide, one per distinct size: a MULT18X18D on the ECP5 (2,048-byte frames, 408 words of
+    5 bytes), none on the iCE40 (512-byte frames: 101 words, a 9-bit product, in logic cells)."""
     sizes = {whole_bytes(bits) for bits in (out_bits, code_out_bits) if bits}
     words = {size: (LINK_PAYLOAD[board.family] - OUT_HEAD_BYTES) // size for size in sizes}
-    return sum(1 for size, k in words.items() if size & (size - 1) and k > 1)
+    return sum(1 for size, k in words.items()
+               if size & (size - 1) and k > 1 and (k * size).bit_length() >= DSP_PRODUCT_BITS[board.family])
 
 
 def estimate(board: Board, params: EngineParams, bridge_out: tuple[int, int] | None = None) -> dict[str, int]:
