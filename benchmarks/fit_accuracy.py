@@ -116,9 +116,10 @@ def rebuilt(record: dict, models: dict):
 
 
 def logic_limit(board, kind: str) -> int:
-    """The LUT4s ``lcq build`` accepts for a core of ``kind`` on ``board`` (boards.fit's ``logic_share``)."""
-    share = 1.0 if kind == "network" and board.family == "ice40" else 0.9
-    return int(share * board.resources["LUT4"])
+    """The LUT4s ``lcq build`` accepts for a core of ``kind`` on ``board`` (:func:`boards.fit.logic_limit`)."""
+    from boards.fit import logic_limit as limit
+
+    return limit(board, network=kind == "network")
 
 
 def audit(records: list[tuple[str, dict]]) -> tuple[list[dict], list[dict]]:

@@ -25,7 +25,9 @@ Amaranth here: ``lcq run`` sizes the engine of a flashed board with it.
 
 The whole-network core (:class:`hw.network_params.NetworkParams`) is estimated the same way over
 all of its memories (the engine's, the vector unit's, the value memory, the program and the input
-table) plus :data:`VECTOR_LUTS` of logic; :func:`network_for_board` picks its array, and a model
+table) plus :data:`VECTOR_LUTS` of logic (on the iCE40 the logic cells its routed builds count,
+:data:`NETWORK_CELLS_ICE40`, within :data:`NETWORK_LOGIC_SHARE_ICE40` of the part: what nextpnr has placed
+there); :func:`network_for_board` picks its array, and a model
 whose memories fit no array is refused naming the largest buffers, their sizes and the part.
 """
 
@@ -68,9 +70,16 @@ LINK_BUFFER_BLOCKS = 1
 # for ResNet-20's in a 16-lane ECP5 synthesis) and the sequencer.
 VECTOR_LUTS = 2000
 # The whole-network core's logic cells on an iCE40, as routed builds count them (packing included): a base
-# and a PE's, from the digits CNN's UP5K builds (1 x 1: 5,213 cells at afb53c9, routed; 1 x 2: 168 more at
-# ccc8cce), against all of the part's cells: the UP5K's last percent is the placer's to find.
-NETWORK_CELLS_ICE40 = (5045, 168)
+# and a PE's, from the digits CNN's UP5K builds (1 x 1: 5,128 cells at 048587d and 27e9aab, board_builds.json #181;
+# the first calibration, afb53c9, counted 5,213; 1 x 2: 168 more at ccc8cce).
+NETWORK_CELLS_ICE40 = (4960, 168)
+# Of the part's LUT4s, what an estimate may take: 90%, leaving room for routing; the iCE40 whole-network core's
+# estimate (routed cells) up to 5,203 of the UP5K's 5,280 (98.5%): nextpnr found no placement for the digits CNN's
+# 1 x 1 core packed in 5,204 to 5,283 cells (10 placements: 7 builds, board_builds.json #69 .. #122 at 9785cf2 ..
+# 777e5dc, and the first seed of 3 builds a second seed placed, 5,215 .. 5,250), placed each of the 27 packed in
+# 5,051 to 5,201 cells, and of the 33 over 5,203 (to 5,257) some with one seed and not with another.
+LOGIC_SHARE = 0.9
+NETWORK_LOGIC_SHARE_ICE40 = 0.9855
 # The whole-network core's memories built in banks (hw.engine's buffers in network mode, hw.banked).
 NETWORK_BANKED = ("weights", "wide weights")
 
@@ -259,13 +268,21 @@ def check_link_payload(board: Board, what: str, addr_bits: int, target_bits, out
                            f"buffer ({', '.join(f'{family}: {n} bytes' for family, n in LINK_PAYLOAD.items())})")
 
 
-def check_fit(board: Board, params: EngineParams, logic_share: float = 0.9) -> dict[str, int]:
+def logic_limit(board: Board, network: bool = False, logic_share: float | None = None) -> int:
+    """The LUT4s an estimate may take on ``board``: ``logic_share`` of the part's (None: :data:`LOGIC_SHARE`, or for
+    the iCE40 whole-network core, ``network``, :data:`NETWORK_LOGIC_SHARE_ICE40`)."""
+    if logic_share is None:
+        logic_share = NETWORK_LOGIC_SHARE_ICE40 if network and board.family == "ice40" else LOGIC_SHARE
+    return int(logic_share * board.resources["LUT4"])
+
+
+def check_fit(board: Board, params: EngineParams, logic_share: float = LOGIC_SHARE) -> dict[str, int]:
     """The estimate of :func:`estimate`; :class:`FitError` naming the first resource that does not fit, then a link
     payload the board's frame buffer cannot hold (:func:`check_link_payload`; after the resources, whose error
     names the fix that works where both fail)."""
     use = estimate(board, params)
     limits = {name: board.resources.get(name, 0) for name in use}
-    limits["LUT4"] = int(logic_share * board.resources["LUT4"])
+    limits["LUT4"] = logic_limit(board, logic_share=logic_share)
     for name, used in use.items():
         if used > limits[name]:
             memories = ", ".join(f"{n} {w}x{d}" + (f" (x{c})" if c > 1 else "") for n, w, d, c in params.memories())
@@ -353,13 +370,11 @@ def check_network_link(board: Board, params: NetworkParams) -> None:
 def check_network_fit(board: Board, params: NetworkParams, logic_share: float | None = None) -> dict[str, int]:
     """The estimate of :func:`network_estimate`; :class:`FitError` naming the resource that does not fit
     and, for RAM, the largest buffers, their sizes and the part. ``logic_share``: of the part's LUT4s the
-    estimate may take (default 0.9; on the iCE40, whose estimate counts routed cells, all). Then the link's
-    payloads, as :func:`check_fit`."""
+    estimate may take (default: :func:`logic_limit`'s; on the iCE40, whose estimate counts routed cells, what
+    nextpnr has placed). Then the link's payloads, as :func:`check_fit`."""
     use = network_estimate(board, params)
     limits = {name: board.resources.get(name, 0) for name in use}
-    if logic_share is None:
-        logic_share = 1.0 if board.family == "ice40" else 0.9
-    limits["LUT4"] = int(logic_share * board.resources["LUT4"])
+    limits["LUT4"] = logic_limit(board, network=True, logic_share=logic_share)
     engine = f"{params.engine.rows} x {params.engine.cols} whole-network core"
     for name, used in use.items():
         if used <= limits[name]:
