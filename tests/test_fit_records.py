@@ -4,6 +4,7 @@ SPRAM and DSPs, which the estimate counts exactly, equal the recorded ones (no b
 import json
 from pathlib import Path
 
+import pytest
 from helpers import load_benchmark
 
 from boards.boards import BOARDS
@@ -92,13 +93,19 @@ def test_the_ecp5_network_cores_small_memories_are_in_logic_cells_and_its_code_b
     assert network_estimate(BOARDS["icebreaker"], NetworkParams.for_model(digits, 1, 1))["EBR"] == 28
 
 
-def test_no_build_that_failed_placement_unforced_had_an_estimate_the_fit_rule_accepts():
+@pytest.fixture(scope="module")
+def audited() -> tuple[list[dict], list[dict]]:
+    """benchmarks/fit_accuracy.py's audit of every recorded build (rows, skipped): 11 s, once for this file."""
+    module = load_benchmark("fit_accuracy")
+    return module.audit(module.build_records())
+
+
+def test_no_build_that_failed_placement_unforced_had_an_estimate_the_fit_rule_accepts(audited):
     """The UP5K's whole-network core: 7 builds of the digits CNN at 1 x 1 estimated at 5,213 logic cells, within
     the part's 5,280, failed placement (board_builds.json #69 .. #122: 5,204 to 5,283 packed cells). The fit rule
     (boards.fit.logic_limit: 5,203 cells on the UP5K, the fewest of a failed placement less one) refuses each of their
     estimates; a build forced past the estimate is the user's to try."""
-    module = load_benchmark("fit_accuracy")
-    rows, skipped = module.audit(module.build_records())
+    rows, skipped = audited
     failed = [row for row in rows + skipped if row["status"] == "failed" and row["reached"] == "placement"
               and not row["forced"] and isinstance(row["then"], dict)]
     assert len(failed) >= 7
@@ -106,14 +113,13 @@ def test_no_build_that_failed_placement_unforced_had_an_estimate_the_fit_rule_ac
         assert row["then"]["LUT4"] > row["logic_limit"], f"{row['source']}: {row['then']['LUT4']} estimated"
 
 
-def test_the_icebreaker_digits_networks_estimate_holds_its_newest_routed_build_within_the_limit():
+def test_the_icebreaker_digits_networks_estimate_holds_its_newest_routed_build_within_the_limit(audited):
     """The core the picker takes for the digits CNN on the iCEBreaker (1 x 1, the only array whose estimate fits)
     is estimated at no fewer logic cells than the newest routed build of today's core counted, and is within the
     fit rule's limit: a build that grew past the estimate fails here (recalibrate boards.fit.NETWORK_CELLS_ICE40)."""
     from boards.fit import logic_limit, network_for_board
 
-    module = load_benchmark("fit_accuracy")
-    rows, _ = module.audit(module.build_records())
+    rows, _ = audited
     board = BOARDS["icebreaker"]
     chosen = network_for_board(load(ROOT / "tests" / "data" / "digits-cnn-lcq-w3a3.lcq"), board)
     assert (chosen.params.engine.rows, chosen.params.engine.cols) == (1, 1)
