@@ -9,17 +9,19 @@ The data (written by :mod:`sim.network_run`) holds ``model`` (the compiled model
 ``rows``, ``cols``, ``write_pairs`` and ``multiply_cols`` (the core is ``NetworkParams.for_model(model, rows, cols,
 write_pairs, multiply_cols)``, recomputed here: it is deterministic), ``load_fields`` (the bit offset of each field of
 ``load__payload``), ``images`` (uint8 nested lists), ``stall`` (probability that
-``load__valid`` is low in a cycle), ``backpressure`` (probability that
-``out__ready`` is low), ``seed``, ``max_cycles`` (per image), ``idle_cycles`` (the most cycles
+``load__valid`` is low in a cycle), ``backpressure`` (probability that ``out__ready`` is low in a
+cycle the core offers a logit), ``seed``, ``max_cycles`` (per image), ``idle_cycles`` (the most cycles
 without any progress: a memory write, a step done, a logit sent) and
 ``results`` (the JSON file to write).
 
 The core is loaded once (``hw.network_program.load_beats``); then per image its pixels are
 loaded (``image_beats``, into the staging buffer), ``start`` is pulsed and the logits come out on
-``out``; nothing else passes between the host and the core. Every cycle the probe port is sampled
-into a ``hw.network_program.MemoryMirror``; at each ``probe__step_done`` the output tensor of the
-next step (``network_plan(...).steps`` in order, the input first: the staged image copied) is read
-from it.
+``out``; nothing else passes between the host and the core. The probe port's writes are sampled into
+a ``hw.network_program.MemoryMirror`` cycle by cycle while the core writes, offers a logit or ends a
+step; across the cycles in which it does none of these the bench waits once (until one of those
+signals changes, ``busy`` falls or a deadline passes), so that its time goes to the cycles it has to
+look at. At each ``probe__step_done`` the output tensor of the next step (``network_plan(...).steps``
+in order, the input first: the staged image copied) is read from it.
 
 Per image the results hold ``cycles`` (from the clock edge that samples ``start`` to the first
 cycle ``busy`` is low), ``logits`` (the out stream's words, unsigned), ``pixels`` and
@@ -34,9 +36,10 @@ from __future__ import annotations
 import json
 
 import cocotb
-from cocotb.triggers import FallingEdge
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import FallingEdge, First, Timer
 
-from sim.engine_cocotb import Engine, unsigned
+from sim.engine_cocotb import PERIOD_NS, Engine, unsigned
 from sim.runner import load_data
 
 
@@ -89,6 +92,8 @@ class Core(Engine):
         await FallingEdge(self.clk)
         dut.start.value = 0
         cycle, logits, step, step_cycles, last_progress, probes = 1, [], 0, [], 1, {}
+        start_ns = get_sim_time("ns")
+        events = (out_valid, dut.probe__code_en, dut.probe__value_en, step_done)
 
         def where() -> str:
             if step < len(steps):
@@ -119,8 +124,12 @@ class Core(Engine):
                 step_cycles.append(cycle)
                 step += 1
                 last_progress = cycle
+            if not any(int(signal.value) for signal in events):     # nothing to sample until one of them changes
+                cycles = min(max_cycles + 1 - cycle, idle_cycles + 1 - (cycle - last_progress))
+                await First(*(signal.value_change for signal in events), FallingEdge(busy),
+                            Timer(cycles * PERIOD_NS, "ns"))
             await FallingEdge(self.clk)
-            cycle += 1
+            cycle = 1 + round((get_sim_time("ns") - start_ns) / PERIOD_NS)
         out_ready.value = 0
         if step != len(steps) or len(logits) != classes:
             raise AssertionError(f"image {image}: the core went idle after {cycle} cycles with {step} of "
