@@ -64,7 +64,9 @@ rules, besides exact types, dtypes and shapes of every field and array:
   the input's image shape, and whose plan describes the nodes: the input image has 8-bit codes, and every
   conv node has the ``wbits``, ``abits`` and outer widths the plan gives its layer (:func:`plan_layer_widths`,
   the trainer's rule; a ``layer_bits`` entry may name a layer the logits do not depend on, which the compiler
-  leaves out).
+  leaves out), and the level tables of every quantizer the plan makes uniform (:func:`plan_uniform_quantizers`:
+  method "uniform", K = 1, the first and last layers, the input image, 2-bit weights) are the uniform
+  quantizer's, ``round(s' * k / s)`` (:func:`uniform_levels`).
 """
 
 from __future__ import annotations
@@ -254,6 +256,49 @@ def plan_layer_widths(plan: dict, layers: list[tuple[str, str]], image: str | No
         wbits, abits = own[:2] or ((plan["edge_bits"],) * 2 if edge else (plan["wbits"], plan["abits"]))
         widths[name] = (wbits, PLAN_INPUT_BITS if act == image else abits, *(own[2:] or (outer_w, outer_a)))
     return widths
+
+
+def uniform_levels(bits: int, outer_bits: int, signed: bool) -> np.ndarray:
+    """The uniform quantizer's level table (f the identity): ``round(s' * k / s)``, k = 0..s, in float64, half to
+    even (int64; :func:`lcq_train.quant.level_table` with no theta, a test holds them equal)."""
+    s = weight_scale(bits) if signed else act_scale(bits)
+    top = weight_scale(outer_bits) if signed else act_scale(outer_bits)
+    return np.round(np.arange(s + 1, dtype=np.float64) / s * top).astype(np.int64)
+
+
+# Why a quantizer is uniform: (the plan's field, or "input" for the image's quantizer, and the reason in words).
+EDGE_UNIFORM = ("source.plan.method", "the first and last layers' quantizers are uniform under every method")
+IMAGE_UNIFORM = ("input", f"it reads the input image, whose quantizer is uniform under every plan "
+                          f"({PLAN_INPUT_BITS} bits, alpha 1)")
+
+
+def plan_uniform_quantizers(plan: dict, layers: list[tuple[str, str]],
+                            image: str | None) -> dict[str, tuple[tuple[str, str] | None, tuple[str, str] | None]]:
+    """Which quantizers ``plan`` (a ``source.plan`` :func:`check_plan` accepts) makes uniform, so that their level
+    tables are :func:`uniform_levels`: per layer of ``layers`` ((layer, activation quantizer feeding it) pairs in
+    forward order, as :func:`plan_layer_widths` takes them), (weights, activations), each None (LCQ: companded) or
+    (the plan's field that makes it uniform, why). The trainer's rule (:func:`lcq_train.plan.quantize_model` and
+    :class:`lcq_train.quantizer.Quantizer`; a test holds them equal; not imported, as above): every quantizer under
+    method "uniform", or with K = 1 (the softmax of one theta is 1: f is the identity); the first and last layers'
+    under every method; the input image's (:data:`IMAGE_UNIFORM`); 2-bit weights (ternary). An activation quantizer
+    that several layers read is the first one's."""
+    if plan["method"] == "uniform":
+        every = ("source.plan.method", "the plan's method 'uniform' makes them uniform")
+    elif plan["K"] == 1:
+        every = ("source.plan.K", "K = 1 (one compander interval: f is the identity) makes them uniform")
+    else:
+        every = None
+    widths = plan_layer_widths(plan, layers, image)
+    installed: dict[str, tuple[str, str] | None] = {}
+    out = {}
+    for i, (name, act) in enumerate(layers):
+        weights = every or (EDGE_UNIFORM if i in (0, len(layers) - 1) else None)
+        acts = IMAGE_UNIFORM if act == image else weights
+        if weights is None and widths[name][0] == 2:
+            key = f"layer_bits[{name!r}]" if name in plan["layer_bits"] else "wbits"
+            weights = (f"source.plan.{key}", "2-bit weights are ternary: uniform under every method")
+        out[name] = (weights, installed.setdefault(act, acts))
+    return out
 
 
 def rule_name(where: str, name: str, value) -> str:
@@ -865,7 +910,9 @@ class CompiledModel:
                                  f"{list(DATASET_SHAPES[self.source['dataset']])}, but the input node takes "
                                  f"{list(self.input.shape)}")
         if options is not None:
-            self._check_plan_widths()
+            convs = self._check_plan_widths()
+            if arrays:
+                self._check_plan_levels(convs)
         values = {name for name, t in tensors.items() if t.bits is None}
         for name in self.scales:
             if name not in values:
@@ -894,8 +941,48 @@ class CompiledModel:
             order = [convs[k], *convs[:k], *convs[k + 1:]]
             problems.append(self._plan_width_problem(plan, order, image))
             if problems[-1] is None:
-                return
+                return order
         raise max(problems, key=lambda p: p[0])[1]     # (the order that agrees longest: the likely first layer)
+
+    def _check_plan_levels(self, convs: list) -> None:
+        """The level tables of the quantizers ``source.plan`` makes uniform (:func:`plan_uniform_quantizers`, the
+        conv nodes ``convs`` in the trainer's order, as :meth:`_check_plan_widths` found it) are
+        :func:`uniform_levels`; a broken one names the plan's field (the input node's, for the image's quantizer).
+        The last layer's activations are held to it only where the plan makes every quantizer uniform: a layer the
+        compiler leaves out (a training-only head) may read them first, and then they are that layer's (LCQ)."""
+        plan = self.source["plan"]
+        pooled = {node.output: node.input for node in self.nodes if isinstance(node, MaxPoolNode)}
+
+        def quantizer(tensor: str) -> str:          # the codes a max pooling reads are its quantizer's
+            while tensor in pooled:
+                tensor = pooled[tensor]
+            return tensor
+
+        image = self.input.output
+        uniform = plan_uniform_quantizers(plan, [(node.name, quantizer(node.input)) for _, node in convs], image)
+        for k, (i, node) in enumerate(convs):
+            weights, acts = uniform[node.name]
+            if k == len(convs) - 1 and acts is EDGE_UNIFORM:
+                acts = None
+            for why, field_name, bits, outer, signed, what in (
+                    (weights, "w_levels", node.wbits, node.outer_wbits, True, "weight"),
+                    (acts, "a_levels", node.abits, node.outer_abits, False, "activation")):
+                have = getattr(node, field_name)
+                want = uniform_levels(bits, outer, signed)
+                if why is None or np.array_equal(have, want):
+                    continue
+                j = int(np.flatnonzero(have != want)[0])
+                index, symbol = ("k", "w") if signed else ("j", "a")
+                formula = f"round(s'_{symbol} * {index} / s_{symbol}) = {show(want.tolist())}"
+                differs = f"([{j}] = {show(have[j])}, not {show(want[j])})"
+                if why[0] == "input":
+                    raise ModelRuleError(node_where(i, node), field_name, f"= {show(have.tolist())} {differs}; "
+                                         f"{why[1]}: its levels are {formula}")
+                key = why[0].removeprefix("source.plan.")
+                value = plan["layer_bits"][node.name] if key.startswith("layer_bits") else plan[key]
+                raise ModelRuleError("model", why[0], f"= {show(value)}, but {node_where(i, node)} has non-uniform "
+                                     f"{what} levels {field_name} {show(have.tolist())} {differs}; {why[1]}: "
+                                     f"{formula}; a compiled model records the plan its nodes were compiled with")
 
     @staticmethod
     def _plan_width_problem(plan: dict, convs: list, image: str) -> tuple[int, ModelRuleError] | None:

@@ -1005,6 +1005,22 @@ class _TwoStems(nn.Module):
         return self.fc(torch.relu(b + a).mean((2, 3)))
 
 
+class _SharedFeatures(nn.Module):
+    """An auxiliary head reads the pooled features before the classifier does: their activation quantizer is the
+    head's (LCQ under method lcq), though the classifier, an edge layer, is uniform, and the compiler leaves the
+    head out."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.aux, self.fc = nn.Linear(8, 10), nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3))
+        self.aux(h)
+        return self.fc(h)
+
+
 @pytest.mark.parametrize("make, plan", [
     (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("uniform", 2, 4, (6, 4), K=1, edge_bits=6,
                                                 layer_bits={"conv0": (8, 8, 8, 8), "conv1": (4, 2), "fc": (5, 3)})),
@@ -1013,13 +1029,17 @@ class _TwoStems(nn.Module):
                                                      layer_bits={"layer2.0.downsample.0": (4, 3)})),
     (_TwoStems, QuantPlan("lcq", 3, 3)),
     (_UnusedHead, QuantPlan("lcq", 3, 3, layer_bits={"aux": (4, 4)})),     # a layer the compiler leaves out
+    (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("lcq", 2, 3)),               # ternary (uniform) inner weights
+    (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("lcq", 3, 3, K=1)),          # one compander interval: uniform
+    (_SharedFeatures, QuantPlan("lcq", 3, 3, edge_bits=3)),                  # the last layer reads LCQ codes
 ])
 def test_models_compiled_under_their_plans_load_with_them(make, plan, tmp_path):
-    """A compiled model's ``source.plan`` gives each conv node its widths (the loader checks it): models compiled
-    under plans with edge bits, per-layer bits and outer widths, the uniform method, quantizers shared by a block's
-    conv and shortcut, two layers reading the image (the forward's first is not the nodes' first), and per-layer
-    bits of a head the logits do not depend on load; the
-    same file with another plan's widths is refused, naming the plan's field."""
+    """A compiled model's ``source.plan`` gives each conv node its widths and makes some of its level tables
+    uniform (the loader checks both): models compiled under plans with edge bits, per-layer bits and outer widths,
+    the uniform method, K = 1, 2-bit weights, quantizers shared by a block's conv and shortcut, two layers reading
+    the image (the forward's first is not the nodes' first), per-layer bits of a head the logits do not depend on,
+    and a last layer reading the activations of such a head load; the same file with another plan's widths is
+    refused, naming the plan's field, and so is one of LCQ levels under a plan that makes them uniform."""
     torch.manual_seed(0)
     net = randomize(quantize_model(make(), plan), seed=1)
     compiled = compile_model(net, (1, 8, 8))
@@ -1031,3 +1051,18 @@ def test_models_compiled_under_their_plans_load_with_them(make, plan, tmp_path):
     with pytest.raises(ValueError, match=r"field 'source\.plan\.wbits' = \d, but node \d+ \(conv '[\w.]+'\) has "
                                          r"\d-bit weights"):
         save(compiled, tmp_path / "other.lcq")
+    companded = [node for node in compiled.convs
+                 if not np.array_equal(node.w_levels, np.round(np.arange(len(node.w_levels)) / (len(node.w_levels) - 1)
+                                                               * node.w_levels[-1]))
+                 or not np.array_equal(node.a_levels, np.round(np.arange(len(node.a_levels)) / (len(node.a_levels) - 1)
+                                                               * node.a_levels[-1]))]
+    assert bool(companded) == (plan.method == "lcq" and plan.K > 1)
+    for field, value in (("method", "uniform"), ("K", 1)):
+        compiled.source["plan"] = dataclasses.replace(plan, **{field: value}).to_dict()
+        if companded:
+            with pytest.raises(ValueError, match=rf"field 'source\.plan\.{field}' = '?{value}'?, but node \d+ "
+                                                 rf"\(conv '{companded[0].name}'\) has non-uniform (weight|activation) "
+                                                 "levels"):
+                save(compiled, tmp_path / "other.lcq")
+        else:
+            save(compiled, tmp_path / "other.lcq")

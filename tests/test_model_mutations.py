@@ -153,6 +153,18 @@ def _lut_of(i):
     return edit
 
 
+
+def _uniform_weights(i):
+    """Node ``i``'s weight levels the uniform quantizer's (its LUT to match, where it has one)."""
+    def edit(m, a):
+        levels = a[f"nodes/{i}/w_levels"]
+        s, top = len(levels) - 1, int(levels[-1])
+        a[f"nodes/{i}/w_levels"] = np.round(np.arange(s + 1) / s * top).astype(levels.dtype)
+        if f"nodes/{i}/lut" in a:
+            _lut_of(i)(m, a)
+    return edit
+
+
 MUTATIONS = {
     # graph: names, producers, order, cycles
     "duplicate node name": (DIGITS, setf(3, name="conv1"), [r"node 3 \(conv 'conv1'\)", r"field 'name' 'conv1' is the "
@@ -355,6 +367,38 @@ MUTATIONS = {
                                                       HARMLESS),
     "source.plan layer bits of the shortcut as it has them": (RESNET, lambda m, a: m["source"]["plan"].update(
                                                                   layer_bits={"blocks.6.shortcut": [3, 3]}), HARMLESS),
+    # level tables the plan makes uniform must be the uniform quantizer's, round(s' * k / s) (DIGITS: conv1 and conv2
+    # LCQ, conv0 and fc the 8-bit edge layers, uniform under every method, conv0 reading the image's uniform codes)
+    "source.plan uniform over LCQ levels": (DIGITS, lambda m, a: m["source"]["plan"].update(method="uniform"),
+                                            [r"'source\.plan\.method' = 'uniform', but node 2 \(conv 'conv1'\) has "
+                                             r"non-uniform weight levels w_levels \[0, 42, 84, 127\] \(\[2\] = 84, "
+                                             r"not 85\); the plan's method 'uniform' makes them uniform: "
+                                             r"round\(s'_w \* k / s_w\) = \[0, 42, 85, 127\]"]),
+    "source.plan uniform over LCQ activation levels": (DIGITS, both(
+                                                           lambda m, a: m["source"]["plan"].update(method="uniform"),
+                                                           _uniform_weights(2), _uniform_weights(3)),
+                                                       [r"'source\.plan\.method' = 'uniform', but node 2 \(conv "
+                                                        r"'conv1'\) has non-uniform activation levels a_levels \[0, "
+                                                        r"31, 63, 100, .*\(\[1\] = 31, not 36\); .* round\(s'_a \* j "
+                                                        r"/ s_a\) = \[0, 36, 73, 109, 146, 182, 219, 255\]"]),
+    "source.plan uniform over the ResNet's LCQ levels": (RESNET, lambda m, a: m["source"]["plan"].update(
+                                                             method="uniform"),
+                                                         [r"'source\.plan\.method' = 'uniform', but node \d+ \(conv "
+                                                          r"'blocks\.0\.conv1'\) has non-uniform weight levels"]),
+    "source.plan K 1 over LCQ levels": (DIGITS, lambda m, a: m["source"]["plan"].update(K=1),
+                                        [r"'source\.plan\.K' = 1, but node 2 \(conv 'conv1'\) has non-uniform weight "
+                                         r"levels .*one compander interval"]),
+    "source.plan K 4 over LCQ levels": (DIGITS, lambda m, a: m["source"]["plan"].update(K=4), HARMLESS),
+    "first layer's weight levels not uniform": (DIGITS, seti("nodes/1/w_levels", 64, 65),
+                                                [r"'source\.plan\.method' = 'lcq', but node 1 \(conv 'conv0'\) has "
+                                                 r"non-uniform weight levels .*\(\[64\] = 65, not 64\); the first and "
+                                                 r"last layers' quantizers are uniform under every method"]),
+    "last layer's weight levels not uniform": (DIGITS, seti("nodes/5/w_levels", 3, 2),
+                                               [r"'source\.plan\.method' = 'lcq', but node 5 \(conv 'fc'\) has "
+                                                r"non-uniform weight levels .*\(\[3\] = 2, not 3\)"]),
+    "image's levels not uniform": (DIGITS, seti("nodes/1/a_levels", 100, 101),
+                                   [r"node 1 \(conv 'conv0'\): field 'a_levels' = \[0, 1, 2, .*\(\[100\] = 101, not "
+                                    r"100\); it reads the input image, whose quantizer is uniform under every plan"]),
     "version 3": (DIGITS, top(version=3), [r"format version 3; this lcq reads version 2: update lcq"]),
     "version 2.5": (DIGITS, top(version=2.5), [r"format version 2\.5; this lcq reads version 2"]),
     "version true": (DIGITS, top(version=True), [r"format version True"]),
@@ -524,6 +568,78 @@ def test_the_widths_a_plan_gives_each_layer_are_the_trainers():
         assert plan_layer_widths(plan.to_dict(), pairs, image) == want, plan
         checked += 1
     assert checked > 300, checked
+
+
+def _shared_features():
+    """A model whose auxiliary head reads the pooled features first, then the classifier (the trainer's last layer)
+    reads the same activation quantizer, which the head's (inner) method makes LCQ (torch imported here)."""
+    import torch
+    from torch import nn
+
+    class SharedFeatures(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            self.aux, self.fc = nn.Linear(8, 10), nn.Linear(8, 10)
+
+        def forward(self, x):
+            h = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3))
+            return self.fc(h) + 0 * self.aux(h)
+
+    return SharedFeatures()
+
+
+def test_the_quantizers_a_plan_makes_uniform_are_the_trainers():
+    """The loader holds the level tables of the quantizers ``source.plan`` makes uniform to the uniform quantizer's
+    (:func:`compiler.graph.plan_uniform_quantizers` and ``uniform_levels``; the host reads model files without the
+    trainer). On the layers of built-in and traced models and 400 random plans the trainer accepts, it names exactly
+    the weight and activation quantizers the trainer installs uniform or with K = 1 (an LCQ quantizer whose levels,
+    whatever its theta, are the uniform quantizer's), and its uniform table is the trainer's."""
+    import random
+    import sys
+
+    import torch
+
+    from compiler.graph import plan_uniform_quantizers, uniform_levels
+    from lcq_train.models.cnn import SmallCNN
+    from lcq_train.models.resnet import PreActResNet
+    from lcq_train.plan import QuantPlan, _image, _install, quantize_model
+    from lcq_train.quant import level_table
+
+    for bits in range(2, 9):
+        for outer in range(bits, 17):
+            for signed in (True, False):
+                want = uniform_levels(bits, outer, signed)
+                assert np.array_equal(level_table(None, bits, outer, signed).numpy(), want), (bits, outer, signed)
+                theta = torch.randn(1, dtype=torch.float64) * 5       # K = 1 under lcq: f is the identity
+                assert np.array_equal(level_table(theta, bits, outer, signed).numpy(), want), (bits, outer, signed)
+
+    sys.path.insert(0, str(DATA))
+    import compile_models as cm
+
+    models = [SmallCNN((1, 8, 8), 10), PreActResNet(8, 10, 3), quantize_model(cm.TorchvisionResNet(10, 1), method="fp"),
+              quantize_model(_shared_features(), method="fp")]
+    rng = random.Random(2)
+    checked, kinds = 0, set()
+    for i in range(400):
+        model = copy.deepcopy(models[i % len(models)])
+        pairs = model.quant_layers()
+        bits = lambda: rng.choice([2, 2, 3, 4, 8])  # noqa: E731
+        own = {name: (bits(), bits()) for name, _ in rng.sample(pairs, rng.randint(0, 3))}
+        try:
+            plan = QuantPlan(rng.choice(["lcq", "lcq", "uniform"]), bits(), bits(), 8, K=rng.choice([1, 16, 16]),
+                             edge_bits=bits(), layer_bits=own)
+            _install(model, plan)
+        except ValueError:
+            continue
+        modules = dict(model.named_modules())
+        uniform = lambda q: q.method == "uniform" or q.spec.K == 1  # noqa: E731
+        want = {name: (uniform(modules[name].wq), uniform(modules[act])) for name, act in pairs}
+        got = plan_uniform_quantizers(plan.to_dict(), pairs, _image(model, pairs))
+        assert {name: (w is not None, a is not None) for name, (w, a) in got.items()} == want, plan
+        kinds |= {(w, a) for w, a in want.values()}
+        checked += 1
+    assert checked > 200 and kinds == {(True, True), (True, False), (False, False)}, (checked, kinds)
 
 
 @pytest.mark.parametrize("name", MUTATIONS)
