@@ -6,8 +6,8 @@ The DUT's ports are ``hw.engine.EngineSignature``'s as Amaranth writes them: ``l
 
 The data (written by :mod:`sim.engine_run`) holds ``params`` (an ``EngineParams``
 description), ``load_fields`` (the bit offset of each field of ``load__payload``),
-``stall`` and ``backpressure`` (probabilities that ``load__valid`` or ``out__ready`` is
-low in a cycle), ``seed``, ``results`` (the JSON file to write), and
+``stall`` and ``backpressure`` (probabilities that ``load__valid`` is low in a cycle or that
+``out__ready`` is low in a cycle an output word is offered), ``seed``, ``results`` (the JSON file to write), and
 the work, either
 
 - ``jobs``: ``[{"index", "beats": [[target, addr, data], ...], "out_words"}]``, or
@@ -20,7 +20,8 @@ For every layer run the results hold ``index``, ``cycles`` (from the clock edge 
 samples ``start`` to the one that accepts the last output word), ``compute_cycles`` (to
 the first cycle an output word is offered: computing, without read-back), ``words`` (the
 output words) and ``word_cycles`` (the cycle, counted the same way, each word was
-accepted at).
+accepted at). Across the cycles in which no word is offered the bench waits once, until ``out__valid``
+or ``busy`` changes or the deadline passes.
 Comparison with the integer reference happens outside the simulator. A run that does
 not finish within ``max_cycles`` fails with the layer, the words received and the state; a
 load beat not taken within :data:`LOAD_WAIT_CYCLES` cycles of offering it fails naming the beat.
@@ -34,7 +35,8 @@ import random
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly
+from cocotb.simtime import get_sim_time
+from cocotb.triggers import FallingEdge, First, ReadOnly, Timer
 from cocotb.types import Logic
 
 from sim.runner import load_data
@@ -95,6 +97,7 @@ class Engine:
         await FallingEdge(self.clk)
         dut.start.value = 0
         words, word_cycles, cycle, first_valid = [], [], 1, None
+        start_ns = get_sim_time("ns")
         while len(words) < out_words or int(dut.busy.value):
             if cycle > max_cycles:
                 raise AssertionError(f"layer {index}: no end after {max_cycles} cycles: {len(words)} of "
@@ -113,8 +116,11 @@ class Engine:
                                          f"{value} (column 0 is the lowest field)")
                 words.append(unsigned(value))
                 word_cycles.append(cycle)
+            if not valid:           # nothing to take until a word is offered (or the engine ends)
+                await First(dut.out__valid.value_change, dut.busy.value_change,
+                            Timer((max_cycles + 1 - cycle) * PERIOD_NS, "ns"))
             await FallingEdge(self.clk)
-            cycle += 1
+            cycle = 1 + round((get_sim_time("ns") - start_ns) / PERIOD_NS)
         dut.out__ready.value = 0
         return {"index": index, "cycles": word_cycles[-1] if word_cycles else cycle, "words": words,
                 "word_cycles": word_cycles, "compute_cycles": first_valid or cycle}
