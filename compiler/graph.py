@@ -947,10 +947,17 @@ class CompiledModel:
     def _check_plan_levels(self, convs: list) -> None:
         """The level tables of the quantizers ``source.plan`` makes uniform (:func:`plan_uniform_quantizers`, the
         conv nodes ``convs`` in the trainer's order, as :meth:`_check_plan_widths` found it) are
-        :func:`uniform_levels`; a broken one names the plan's field (the input node's, for the image's quantizer).
+        :func:`uniform_levels`, and the input node's table is the pixels' own codes; a broken one names the plan's
+        field (the input node's, for the image's quantizer).
         The last layer's activations are held to it only where the plan makes every quantizer uniform: a layer the
         compiler leaves out (a training-only head) may read them first, and then they are that layer's (LCQ)."""
         plan = self.source["plan"]
+        pixels = np.arange(256)
+        if not np.array_equal(self.input.table, pixels):   # uniform, 8 bits, clip 1 (the loader's pixel / 255)
+            j = int(np.flatnonzero(self.input.table != pixels)[0])
+            raise ModelRuleError(node_where(0, self.input), "table", f"[{j}] = {show(self.input.table[j])}, not {j}: "
+                                 "source.plan quantizes the input image uniformly to its 8-bit codes with clip 1, "
+                                 "code = pixel")
         pooled = {node.output: node.input for node in self.nodes if isinstance(node, MaxPoolNode)}
 
         def quantizer(tensor: str) -> str:          # the codes a max pooling reads are its quantizer's

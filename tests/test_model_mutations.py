@@ -263,6 +263,8 @@ MUTATIONS = {
     "threshold one past the bound": (DIGITS, seti("nodes/2/stage/thresholds", (0, 6), 4663442),
                                      [r"'stage\.thresholds' \[0, 6\] = 4663442 is out of range"]),
     "input table 255 -> 8": (DIGITS, seti("nodes/0/table", 255, 8), [r"node 0 .*'table' must be non-decreasing"]),
+    "input table 100 -> 101": (DIGITS, seti("nodes/0/table", 100, 101), [r"node 0 .*'table' \[100\] = 101, not "
+                                                                          r"100: source\.plan quantizes the input"]),
     "pool signs all 0": (DIGITS, lambda m, a: a.update({"nodes/4/sign": np.zeros(64, np.int8)}),
                          [r"node 4 .*'offset' \[0\] = \d+: must be 0 where sign is 0"]),
     # arrays against their references and headers
