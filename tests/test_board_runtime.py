@@ -194,3 +194,38 @@ def test_a_board_reset_mid_run_ends_the_run_in_board_reset(mode, tmp_path):
     assert "states session 0x00," in out["error"]["message"]
     assert "the board was reset or reconfigured" in out["error"]["message"]
     assert out["done_cycles"] and len(out["done_cycles"]) == 1     # the first image's logits came, then the reset
+
+
+# A device that sends back each byte it receives (the board core's byte-stream ports, nothing behind them).
+ECHO_VERILOG = """module echo(input clk, input rst, input rx_valid, input [7:0] rx_data, input rx_error,
+            output reg tx_valid, input tx_ready, output reg [7:0] tx_data);
+  always @(posedge clk)
+    if (rst) tx_valid <= 0;
+    else if (tx_valid && tx_ready) tx_valid <= 0;
+    else if (rx_valid) begin tx_valid <= 1; tx_data <= rx_data; end
+endmodule
+"""
+
+
+@pytest.mark.parametrize("byte_cycles", [1, 3])
+def test_a_simulated_port_read_past_its_timeout_ends_at_its_timeout_at_once(byte_cycles, tmp_path):
+    """``sim.board_cocotb.SimPort``: a read of a byte the device never sends returns short at the first of its
+    checks (every ``byte_cycles`` cycles from its start) at which its timeout (200,000 cycles) has passed, as when
+    the port stepped through every byte slot: waiting once across the slots in which nothing passes, it neither
+    stops short of the timeout nor runs past it (nor waits for a change that never comes: the run has a
+    deadline)."""
+    from lcq_train.atomic import write_text_if_changed
+
+    require_simulators("verilator")
+    build_dir = BUILD_ROOT / "verilator-board-port-echo"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    write_text_if_changed(build_dir / "echo.v", ECHO_VERILOG)
+    built = build("verilator", [build_dir / "echo.v"], "echo", build_dir)
+    results, read_timeout = tmp_path / "results.json", 200_000
+    run_test(built, "sim.board_port_cocotb", tmp_path, timeout=120,
+             data={"byte_cycles": byte_cycles, "read_timeout_cycles": read_timeout, "results": str(results)})
+    out = json.loads(results.read_text())
+    timeout = read_timeout + byte_cycles        # SimPort's: the read timeout plus the awaited byte's time
+    checks = -(-timeout // byte_cycles)
+    assert out["echo"] == [0x5A] and out["short"] == []
+    assert out["cycles"] == checks * byte_cycles and out["ns"] == checks * byte_cycles * 10, out
