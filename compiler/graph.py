@@ -922,11 +922,12 @@ class CompiledModel:
                 raise ModelRuleError("model", "scales", f"has no entry for value tensor {name!r}")
         return tensors
 
-    def _check_plan_widths(self) -> None:
+    def _check_plan_widths(self) -> list[tuple[int, ConvNode]]:
         """``source.plan`` describes the conv nodes: the input image has :data:`PLAN_INPUT_BITS`-bit codes, and each
         conv node has the bit-widths and outer widths the plan gives its layer (:func:`plan_layer_widths`, the nodes
         in their order; the first layer is one that reads the image, the last the last conv node). A broken one
-        names the plan's field (the nodes are what runs)."""
+        names the plan's field (the nodes are what runs). Returns the conv nodes (index, node) in the trainer's
+        layer order it found."""
         plan = self.source["plan"]
         convs = [(i, node) for i, node in enumerate(self.nodes) if isinstance(node, ConvNode)]
         image = self.input.output
