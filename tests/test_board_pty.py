@@ -137,8 +137,8 @@ def test_ping_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_pat
 
     # The first PING's checksum (bytes 4, 5), and a payload byte of the INFO after the NACK (8 bytes).
     to_board, from_board = 4, FRAME_BYTES + 2 + 6
-    with board_sim(tmp_path, "--corrupt-to-board", str(to_board),
-                   "--corrupt-from-board", str(from_board)) as (port, build_dir):
+    with board_sim(tmp_path, "--corrupt-to-board", str(to_board), "--corrupt-from-board", str(from_board),
+                   "--quick-build") as (port, build_dir):      # (a few frames: the -O0 build, in half the time)
         report = json.loads((build_dir / "report.json").read_text())
         assert report["simulated"] and report["mode"] == "network" and report["pll_mhz"] == 60.0
         with SerialPort(port, 3_000_000, timeout=3) as serial_port:
@@ -153,6 +153,8 @@ def test_ping_through_a_serial_device_recovers_a_corrupted_byte_each_way(tmp_pat
     assert info == network_info(model, params, 2048) and info.build == build_digest(params) != 0
     assert status["corrupted_to_board"] == [to_board] and status["corrupted_from_board"] == [from_board]
     assert status["framing_errors"] == 0
+    user_cflags = (build_dir / "Vtop.mk").read_text().split("VM_USER_CFLAGS = \\\n")[1].split("\n\n")[0]
+    assert user_cflags.split() == ["-O0", "\\"], user_cflags          # --quick-build: the test benches' -O0
 
 
 @pytest.mark.slow
