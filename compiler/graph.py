@@ -64,7 +64,8 @@ rules, besides exact types, dtypes and shapes of every field and array:
   the input's image shape, and whose plan describes the nodes: the input image has 8-bit codes, and every
   conv node has the ``wbits``, ``abits`` and outer widths the plan gives its layer (:func:`plan_layer_widths`,
   the trainer's rule; a ``layer_bits`` entry may name a layer the logits do not depend on, which the compiler
-  leaves out), and the level tables of every quantizer the plan makes uniform (:func:`plan_uniform_quantizers`:
+  leaves out, and such a layer may be the trainer's first or last), and the level tables of every quantizer the
+  plan makes uniform (:func:`plan_uniform_quantizers`:
   method "uniform", K = 1, the first and last layers, the input image, 2-bit weights) are the uniform
   quantizer's, ``round(s' * k / s)`` (:func:`uniform_levels`).
 """
@@ -299,6 +300,12 @@ def plan_uniform_quantizers(plan: dict, layers: list[tuple[str, str]],
             weights = (f"source.plan.{key}", "2-bit weights are ternary: uniform under every method")
         out[name] = (weights, installed.setdefault(act, acts))
     return out
+
+
+def _with_left_out(layers: list[tuple[str, str]], image: str, lead: bool, tail: bool) -> list[tuple[str, str]]:
+    """``layers`` ((layer, activation quantizer) in forward order) with a layer the compiler left out (a training-only
+    head, named "", which no node is) before them reading the image (``lead``), and one after them (``tail``)."""
+    return [*([("", image)] if lead else []), *layers, *([("", "")] if tail else [])]
 
 
 def rule_name(where: str, name: str, value) -> str:
@@ -910,9 +917,7 @@ class CompiledModel:
                                  f"{list(DATASET_SHAPES[self.source['dataset']])}, but the input node takes "
                                  f"{list(self.input.shape)}")
         if options is not None:
-            convs = self._check_plan_widths()
-            if arrays:
-                self._check_plan_levels(convs)
+            self._check_plan(arrays)
         values = {name for name, t in tensors.items() if t.bits is None}
         for name in self.scales:
             if name not in values:
@@ -922,12 +927,13 @@ class CompiledModel:
                 raise ModelRuleError("model", "scales", f"has no entry for value tensor {name!r}")
         return tensors
 
-    def _check_plan_widths(self) -> list[tuple[int, ConvNode]]:
-        """``source.plan`` describes the conv nodes: the input image has :data:`PLAN_INPUT_BITS`-bit codes, and each
-        conv node has the bit-widths and outer widths the plan gives its layer (:func:`plan_layer_widths`, the nodes
-        in their order; the first layer is one that reads the image, the last the last conv node). A broken one
-        names the plan's field (the nodes are what runs). Returns the conv nodes (index, node) in the trainer's
-        layer order it found."""
+    def _check_plan(self, arrays: bool) -> None:
+        """``source.plan`` describes the conv nodes: the input image has :data:`PLAN_INPUT_BITS`-bit codes, each conv
+        node has the bit-widths and outer widths the plan gives its layer (:func:`plan_layer_widths`, the nodes in
+        their order; the first layer is one that reads the image, the last the last conv node, unless the trainer's
+        first or last layer is one the compiler left out: a training-only head the forward calls before the others,
+        on the image, or after the classifier), and, with ``arrays``, the level tables it makes uniform are
+        (:meth:`_check_plan_levels`). A broken one names the plan's field (the nodes are what runs)."""
         plan = self.source["plan"]
         convs = [(i, node) for i, node in enumerate(self.nodes) if isinstance(node, ConvNode)]
         image = self.input.output
@@ -940,16 +946,23 @@ class CompiledModel:
         problems = []
         for k in first:
             order = [convs[k], *convs[:k], *convs[k + 1:]]
-            problems.append(self._plan_width_problem(plan, order, image))
-            if problems[-1] is None:
-                return order
+            for lead, tail in ((False, False), (False, True), (True, False), (True, True)):
+                problem = self._plan_width_problem(plan, order, image, lead, tail)
+                if problem is None and arrays:
+                    try:
+                        self._check_plan_levels(order, lead, tail)
+                    except ModelRuleError as e:
+                        problem = len(order), e     # (after every width problem: the widths agreed)
+                if problem is None:
+                    return
+                problems.append(problem)
         raise max(problems, key=lambda p: p[0])[1]     # (the order that agrees longest: the likely first layer)
 
-    def _check_plan_levels(self, convs: list) -> None:
+    def _check_plan_levels(self, convs: list, lead: bool, tail: bool) -> None:
         """The level tables of the quantizers ``source.plan`` makes uniform (:func:`plan_uniform_quantizers`, the
-        conv nodes ``convs`` in the trainer's order, as :meth:`_check_plan_widths` found it) are
-        :func:`uniform_levels`, and the input node's table is the pixels' own codes; a broken one names the plan's
-        field (the input node's, for the image's quantizer).
+        conv nodes ``convs`` in the trainer's order, as :meth:`_check_plan` found it, after a layer the compiler
+        left out with ``lead``, before one with ``tail``) are :func:`uniform_levels`, and the input node's table is
+        the pixels' own codes; a broken one names the plan's field (the input node's, for the image's quantizer).
         The last layer's activations are held to it only where the plan makes every quantizer uniform: a layer the
         compiler leaves out (a training-only head) may read them first, and then they are that layer's (LCQ)."""
         plan = self.source["plan"]
@@ -967,7 +980,8 @@ class CompiledModel:
             return tensor
 
         image = self.input.output
-        uniform = plan_uniform_quantizers(plan, [(node.name, quantizer(node.input)) for _, node in convs], image)
+        layers = [(node.name, quantizer(node.input)) for _, node in convs]
+        uniform = plan_uniform_quantizers(plan, _with_left_out(layers, image, lead, tail), image)
         for k, (i, node) in enumerate(convs):
             weights, acts = uniform[node.name]
             if k == len(convs) - 1 and acts is EDGE_UNIFORM:
@@ -993,13 +1007,16 @@ class CompiledModel:
                                      f"{formula}; a compiled model records the plan its nodes were compiled with")
 
     @staticmethod
-    def _plan_width_problem(plan: dict, convs: list, image: str) -> tuple[int, ModelRuleError] | None:
-        """The first conv node of ``convs`` ((index, node) in the trainer's layer order) whose widths are not the
-        ones ``plan`` gives it: its place in ``convs`` and an error naming the plan's field; None if there is none."""
-        widths = plan_layer_widths(plan, [(node.name, node.input) for _, node in convs], image)
+    def _plan_width_problem(plan: dict, convs: list, image: str, lead: bool,
+                            tail: bool) -> tuple[int, ModelRuleError] | None:
+        """The first conv node of ``convs`` ((index, node) in the trainer's layer order, after a layer the compiler
+        left out with ``lead``, before one with ``tail``) whose widths are not the ones ``plan`` gives it: its place
+        in ``convs`` and an error naming the plan's field; None if there is none."""
+        widths = plan_layer_widths(plan, _with_left_out([(node.name, node.input) for _, node in convs], image, lead,
+                                                        tail), image)
         for k, (i, node) in enumerate(convs):
             own = plan["layer_bits"].get(node.name, ())
-            edge = k in (0, len(convs) - 1)
+            edge = (k == 0 and not lead) or (k == len(convs) - 1 and not tail)
             keys = [("edge_bits" if edge else key) if not own else None for key in ("wbits", "abits")]
             keys += [None if len(own) == 4 else "outer_bits"] * 2
             for key, want, field_name, what in zip(keys, widths[node.name],

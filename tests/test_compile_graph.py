@@ -1021,6 +1021,37 @@ class _SharedFeatures(nn.Module):
         return self.fc(h)
 
 
+class _HeadAfterLogits(nn.Module):
+    """A training-only head the forward calls after the classifier (its output kept aside, not returned): the
+    trainer's last layer is the head, so the classifier, the compiled model's last layer, is an inner one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc, self.aux = nn.Linear(8, 10), nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        logits = self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+        self.aux(x.mean((2, 3)))
+        return logits
+
+
+class _HeadOnTheImage(nn.Module):
+    """A training-only head on the image, called first: the trainer's first layer is the head, so the compiled
+    model's first layer (which reads the image too) is an inner one."""
+
+    def __init__(self):
+        super().__init__()
+        self.aux, self.conv1 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2, self.fc = nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        self.aux(x)
+        x = torch.relu(self.conv1(x))
+        return self.fc(torch.relu(self.conv2(x)).mean((2, 3)))
+
+
 @pytest.mark.parametrize("make, plan", [
     (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("uniform", 2, 4, (6, 4), K=1, edge_bits=6,
                                                 layer_bits={"conv0": (8, 8, 8, 8), "conv1": (4, 2), "fc": (5, 3)})),
@@ -1032,6 +1063,9 @@ class _SharedFeatures(nn.Module):
     (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("lcq", 2, 3)),               # ternary (uniform) inner weights
     (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("lcq", 3, 3, K=1)),          # one compander interval: uniform
     (_SharedFeatures, QuantPlan("lcq", 3, 3, edge_bits=3)),                  # the last layer reads LCQ codes
+    (_HeadAfterLogits, QuantPlan("lcq", 3, 3)),              # the trainer's last layer is one the compiler leaves out
+    (_HeadAfterLogits, QuantPlan("lcq", 3, 3, edge_bits=3)),  # (the edge widths the inner ones': only levels differ)
+    (_HeadOnTheImage, QuantPlan("lcq", 3, 3)),               # the trainer's first layer is one the compiler leaves out
 ])
 def test_models_compiled_under_their_plans_load_with_them(make, plan, tmp_path):
     """A compiled model's ``source.plan`` gives each conv node its widths and makes some of its level tables
@@ -1048,7 +1082,9 @@ def test_models_compiled_under_their_plans_load_with_them(make, plan, tmp_path):
     save(compiled, tmp_path / "m.lcq")
     assert load(tmp_path / "m.lcq").source["plan"] == plan.to_dict()
     compiled.source["plan"] = dataclasses.replace(plan, wbits=plan.wbits + 1).to_dict()
-    with pytest.raises(ValueError, match=r"field 'source\.plan\.wbits' = \d, but node \d+ \(conv '[\w.]+'\) has "
+    # (a head on the image: its first conv's 3-bit weights are neither the edge's nor the other plan's inner ones)
+    wbits = r"(wbits|edge_bits)" if make is _HeadOnTheImage else "wbits"
+    with pytest.raises(ValueError, match=rf"field 'source\.plan\.{wbits}' = \d, but node \d+ \(conv '[\w.]+'\) has "
                                          r"\d-bit weights"):
         save(compiled, tmp_path / "other.lcq")
     companded = [node for node in compiled.convs
