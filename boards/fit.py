@@ -276,9 +276,11 @@ def logic_limit(board: Board, network: bool = False, logic_share: float | None =
     return int(logic_share * board.resources["LUT4"])
 
 
-def _of_part(board: Board, name: str) -> str:
-    """For LUT4, where the limit is a share of the part's: how many the part has, and why the limit is lower."""
-    return f" (of the part's {board.resources[name]}: the rest is left for placement)" if name == "LUT4" else ""
+def _of_part(board: Board, name: str, limit: int) -> str:
+    """Where the ``limit`` of ``name`` is a share of the part's (LUT4): how many the part has, and why the limit
+    is lower."""
+    part = board.resources.get(name, 0)
+    return f" (of the part's {part}: the rest is left for placement)" if limit < part else ""
 
 
 def check_fit(board: Board, params: EngineParams, logic_share: float = LOGIC_SHARE) -> dict[str, int]:
@@ -292,8 +294,8 @@ def check_fit(board: Board, params: EngineParams, logic_share: float = LOGIC_SHA
         if used > limits[name]:
             memories = ", ".join(f"{n} {w}x{d}" + (f" (x{c})" if c > 1 else "") for n, w, d, c in params.memories())
             raise FitError(f"{params.rows} x {params.cols} engine on {board.name} ({board.device}): needs about "
-                           f"{used} {name} of {limits[name]}{_of_part(board, name)} (memories: {memories}); use a "
-                           f"smaller array or model, or a larger part")
+                           f"{used} {name} of {limits[name]}{_of_part(board, name, limits[name])} (memories: "
+                           f"{memories}); use a smaller array or model, or a larger part")
     check_link_payload(board, f"{params.rows} x {params.cols} engine", params.addr_bits, params.target_bits,
                        params.cols * params.out_bits, params.cols * params.code_bits)
     return use
@@ -392,7 +394,7 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float | 
                            f"the part has {limits[name]}; the largest: {buffers}. Use a smaller model or array "
                            f"(`lcq report MODEL --lanes R` lists the network's buffers), or a larger part")
         raise FitError(f"{engine} on {board.name} ({board.device}): needs about {used} {name} of {limits[name]}"
-                       f"{_of_part(board, name)}; use a smaller array or model, or a larger part")
+                       f"{_of_part(board, name, limits[name])}; use a smaller array or model, or a larger part")
     check_network_link(board, params)
     return use
 

@@ -80,6 +80,8 @@ def test_force_takes_the_array_asked_for_past_the_estimate():
     with pytest.raises(FitError, match=r"needs about 5296 LUT4 of 5203 \(of the part's 5280: the rest is left for "
                                        r"placement\)"):
         check_network_fit(BOARDS["icebreaker"], forced.params)
+    with pytest.raises(FitError, match=r"needs about 5296 LUT4 of 5280; use"):     # a limit of the whole part
+        check_network_fit(BOARDS["icebreaker"], forced.params, logic_share=1.0)
     with pytest.raises(ValueError, match="give --rows and --cols"):
         network_for_board(DIGITS, BOARDS["icebreaker"], 1, None, force=True)
 
