@@ -220,19 +220,26 @@ def classify(d: dict, port: SimPort) -> dict:
             "repeated": runner.repeated, "done_cycles": done_cycles, **({"error": error} if error else {})}
 
 
-@cocotb.test()
-async def host_runtime_classifies(dut):
-    d = load_data()
+async def start_port(dut, *args) -> SimPort:
+    """The DUT's clock started and its reset released (two cycles), then a :class:`SimPort` of ``args`` on its
+    byte-stream ports, pumping."""
     dut.rx_valid.value = dut.rx_error.value = dut.tx_ready.value = 0
     dut.rst.value = 1
     Clock(dut.clk, PERIOD_NS, unit="ns").start(start_high=False)
     for _ in range(2):
         await FallingEdge(dut.clk)
     dut.rst.value = 0
-    port = SimPort(dut, d.get("corrupt", -1), d.get("corrupt_replies", []),
-                   d.get("byte_cycles", 1),  # paced from the first image on
-                   d.get("read_timeout_cycles", READ_TIMEOUT_CYCLES))
+    port = SimPort(dut, *args)
     cocotb.start_soon(port.pump())
+    return port
+
+
+@cocotb.test()
+async def host_runtime_classifies(dut):
+    d = load_data()
+    port = await start_port(dut, d.get("corrupt", -1), d.get("corrupt_replies", []),
+                            d.get("byte_cycles", 1),  # paced from the first image on
+                            d.get("read_timeout_cycles", READ_TIMEOUT_CYCLES))
     out = await bridge(classify)(d, port)
     with open(d["results"], "w") as f:
         json.dump(out, f)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 
 import cocotb
-from cocotb.clock import Clock
 from cocotb.task import bridge, resume
-from cocotb.triggers import FallingEdge
 
-from sim.board_cocotb import PERIOD_NS, SimPort, now_ps
+from sim.board_cocotb import SimPort, now_ps, start_port
 from sim.runner import load_data
 
 
@@ -36,14 +34,7 @@ def read_past_timeout(port: SimPort) -> dict:
 async def port_read_times_out(dut):
     """The echo, then a read past its timeout."""
     d = load_data()
-    dut.rx_valid.value = dut.rx_error.value = dut.tx_ready.value = 0
-    dut.rst.value = 1
-    Clock(dut.clk, PERIOD_NS, unit="ns").start(start_high=False)
-    for _ in range(2):
-        await FallingEdge(dut.clk)
-    dut.rst.value = 0
-    port = SimPort(dut, -1, [], d["byte_cycles"], d["read_timeout_cycles"])
-    cocotb.start_soon(port.pump())
+    port = await start_port(dut, -1, [], d["byte_cycles"], d["read_timeout_cycles"])
     out = await bridge(read_past_timeout)(port)
     with open(d["results"], "w") as f:
         json.dump(out, f)
