@@ -45,6 +45,22 @@ def randomize(model: nn.Module, seed: int, act_alpha: float = 2.0) -> nn.Module:
     return model.eval()
 
 
+class SharedFeatures(nn.Module):
+    """An auxiliary head reads the pooled features before the classifier does (its output unused): their activation
+    quantizer is the head's (LCQ under method lcq), though the classifier, an edge layer, is uniform, and the
+    compiler leaves the head out."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.aux, self.fc = nn.Linear(8, 10), nn.Linear(8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3))
+        self.aux(h)
+        return self.fc(h)
+
+
 def images(n: int, shape, seed: int) -> np.ndarray:
     """Random uint8 images plus an all-zero and an all-255 one."""
     x = np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)

@@ -27,7 +27,7 @@ import lcq_train.train as train_mod
 from lcq_train.train import TrainConfig, train
 from sim.runner import unavailable_reason
 
-from helpers import images, randomize, small_cnn
+from helpers import SharedFeatures, images, randomize, small_cnn
 
 DATA = Path(__file__).parent / "data"
 sys.path.insert(0, str(DATA))
@@ -1005,22 +1005,6 @@ class _TwoStems(nn.Module):
         return self.fc(torch.relu(b + a).mean((2, 3)))
 
 
-class _SharedFeatures(nn.Module):
-    """An auxiliary head reads the pooled features before the classifier does: their activation quantizer is the
-    head's (LCQ under method lcq), though the classifier, an edge layer, is uniform, and the compiler leaves the
-    head out."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-        self.aux, self.fc = nn.Linear(8, 10), nn.Linear(8, 10)
-
-    def forward(self, x):
-        h = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3))
-        self.aux(h)
-        return self.fc(h)
-
-
 class _HeadAfterLogits(nn.Module):
     """A training-only head the forward calls after the classifier (its output kept aside, not returned): the
     trainer's last layer is the head, so the classifier, the compiled model's last layer, is an inner one."""
@@ -1062,7 +1046,7 @@ class _HeadOnTheImage(nn.Module):
     (_UnusedHead, QuantPlan("lcq", 3, 3, layer_bits={"aux": (4, 4)})),     # a layer the compiler leaves out
     (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("lcq", 2, 3)),               # ternary (uniform) inner weights
     (lambda: SmallCNN((1, 8, 8), 10), QuantPlan("lcq", 3, 3, K=1)),          # one compander interval: uniform
-    (_SharedFeatures, QuantPlan("lcq", 3, 3, edge_bits=3)),                  # the last layer reads LCQ codes
+    (SharedFeatures, QuantPlan("lcq", 3, 3, edge_bits=3)),                  # the last layer reads LCQ codes
     (_HeadAfterLogits, QuantPlan("lcq", 3, 3)),              # the trainer's last layer is one the compiler leaves out
     (_HeadAfterLogits, QuantPlan("lcq", 3, 3, edge_bits=3)),  # (the edge widths the inner ones': only levels differ)
     (_HeadOnTheImage, QuantPlan("lcq", 3, 3)),               # the trainer's first layer is one the compiler leaves out

@@ -25,7 +25,7 @@ from compiler.reference import run
 from compiler.report import report
 from hw.network_params import NetworkParams
 
-from helpers import members
+from helpers import SharedFeatures, members
 
 DATA = Path(__file__).parent / "data"
 # nodes: 0 input act_in, 1 conv0 (8-bit multiply, thresholds -> act1), 2 conv1 (W3/A3 lut -> act2),
@@ -572,25 +572,6 @@ def test_the_widths_a_plan_gives_each_layer_are_the_trainers():
     assert checked > 300, checked
 
 
-def _shared_features():
-    """A model whose auxiliary head reads the pooled features first, then the classifier (the trainer's last layer)
-    reads the same activation quantizer, which the head's (inner) method makes LCQ (torch imported here)."""
-    import torch
-    from torch import nn
-
-    class SharedFeatures(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
-            self.aux, self.fc = nn.Linear(8, 10), nn.Linear(8, 10)
-
-        def forward(self, x):
-            h = torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3))
-            return self.fc(h) + 0 * self.aux(h)
-
-    return SharedFeatures()
-
-
 def test_the_quantizers_a_plan_makes_uniform_are_the_trainers():
     """The loader holds the level tables of the quantizers ``source.plan`` makes uniform to the uniform quantizer's
     (:func:`compiler.graph.plan_uniform_quantizers` and ``uniform_levels``; the host reads model files without the
@@ -620,7 +601,7 @@ def test_the_quantizers_a_plan_makes_uniform_are_the_trainers():
     import compile_models as cm
 
     models = [SmallCNN((1, 8, 8), 10), PreActResNet(8, 10, 3), quantize_model(cm.TorchvisionResNet(10, 1), method="fp"),
-              quantize_model(_shared_features(), method="fp")]
+              quantize_model(SharedFeatures(), method="fp")]
     rng = random.Random(2)
     checked, kinds = 0, set()
     for i in range(400):
