@@ -243,4 +243,3 @@ async def host_runtime_classifies(dut):
     out = await bridge(classify)(d, port)
     with open(d["results"], "w") as f:
         json.dump(out, f)
-
