@@ -5,8 +5,8 @@ integer reference.
 - The trained digits CNN (W3/A3) on both simulators, with load/image stalls and output
   back-pressure; a corrupted expectation is reported as a mismatch.
 - A VGG with max pooling (random parameters) on both simulators.
-- A small pre-activation ResNet with random parameters (identity and strided shortcuts,
-  residual additions, pooling) on an (3, 8, 8) input; the same with mixed per-layer bits and
+- A small pre-activation ResNet-8 (stages of 8, 12 and 16 channels) with random parameters (identity and strided
+  shortcuts, residual additions, pooling) on an (3, 8, 8) input; the same with mixed per-layer bits and
   outer widths (``--layer-bits``).
 - Geometry edges (random parameters): maps of one position with more channel tiles than the accumulator
   ring has words (17 channels, 100 classes), a 1 x 1 image with one class, and a network of odd geometries
@@ -271,11 +271,31 @@ def test_odd_geometries_on_the_engine_and_the_network_core(tmp_path):
     assert len(report.layers) == 12
 
 
+def small_resnet8():
+    """A pre-activation ResNet-8 (:class:`lcq_train.models.resnet.PreActResNet`'s layers and names: the stem, an
+    identity block, two blocks with strided 1x1 shortcuts, the FC) with stages of 8, 12 and 16 channels instead
+    of 16, 32 and 64: on a 4 x 4 or 3 x 4 core still 2 to 4 channel tiles a layer and reductions cut at the
+    array's edge, in a sixth of the cycles and load beats."""
+    from torch import nn
+
+    from lcq_train.layers import QAct, QConv2d, QLinear
+    from lcq_train.models.resnet import PreActBlock, PreActResNet
+
+    class SmallResNet8(PreActResNet):
+        def __init__(self):
+            nn.Module.__init__(self)
+            self.act_in, self.conv1 = QAct(), QConv2d(3, 8, 3, padding=1)
+            self.blocks = nn.Sequential(PreActBlock(8, 8, 1), PreActBlock(8, 12, 2), PreActBlock(12, 16, 2))
+            self.bn, self.act_fc, self.fc = nn.BatchNorm2d(16), QAct(), QLinear(16, 10)
+
+    return SmallResNet8()
+
+
 @pytest.mark.parametrize("write_pairs, multiply_cols", [pytest.param(False, 0, marks=pytest.mark.slow),
                                                         pytest.param(True, 0, marks=pytest.mark.slow), (True, 1)])
 def test_random_resnet_with_shortcuts_and_pooling(write_pairs, multiply_cols, tmp_path):
-    """Random pre-activation ResNet-8 on (3, 8, 8): an identity shortcut, two strided 1x1 shortcuts,
-    residual additions and the global pool, every tensor exact; also with the write-back in pairs of
+    """Random pre-activation ResNet-8 (:func:`small_resnet8`) on (3, 8, 8): an identity shortcut, two strided 1x1
+    shortcuts, residual additions and the global pool, every tensor exact; also with the write-back in pairs of
     positions (every conv but the FC, with its fused additions and activations), and then with PEs that
     multiply in the first column only (the 8-bit stem and FC in channel tiles of one channel)."""
     sim = first_available("verilator", "icarus")
@@ -284,15 +304,15 @@ def test_random_resnet_with_shortcuts_and_pooling(write_pairs, multiply_cols, tm
 
     from compiler.format import save
     from compiler.lower import compile_model
-    from lcq_train.models.resnet import PreActResNet
     from lcq_train.plan import QuantPlan, apply_plan
 
     torch.manual_seed(0)
-    net = randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 3)), seed=5)
+    net = randomize(apply_plan(small_resnet8(), QuantPlan("lcq", 3, 3)), seed=5)
     model = compile_model(net, (3, 8, 8))
     ops = [n.op for n in model.nodes]
     assert ops.count("add") == 3 and ops.count("pool") == 1
     assert [c.name for c in model.convs if "shortcut" in c.name] == ["blocks.1.shortcut", "blocks.2.shortcut"]
+    assert [c.out_shape[0] for c in model.convs] == [8, 8, 8, 12, 12, 12, 16, 16, 16, 10]     # 2 to 4 channel tiles of 4
     path = tmp_path / "resnet8.lcq"
     save(model, path)
     images = np.random.default_rng(5).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
@@ -319,26 +339,24 @@ def test_random_resnet_with_shortcuts_and_pooling(write_pairs, multiply_cols, tm
 
 
 def test_mixed_precision_resnet_on_the_network_core(tmp_path):
-    """Per-layer bits and outer widths (``--layer-bits NAME=W/A:BW/BA``) on a random pre-activation ResNet-8: the
-    8-bit edge layers at 8/8, the inner layers at 3/3 with outer widths 6/6, 2-bit (ternary) weights reading 8-bit
-    activations after the 8-bit stem, a 4/4 block whose strided shortcut (2/4, outer 2/8) and second conv (3/3,
-    outer 3/3) add tensors of other scales, a 2/2 layer at outer widths 2/2. Every tensor and the logits exact on
-    Verilator, as for the uniform models."""
+    """Per-layer bits and outer widths (``--layer-bits NAME=W/A:BW/BA``) on a random pre-activation ResNet-8
+    (:func:`small_resnet8`): the 8-bit edge layers at 8/8, the inner layers at 3/3 with outer widths 6/6, 2-bit
+    (ternary) weights reading 8-bit activations after the 8-bit stem, a 4/4 block whose strided shortcut (2/4,
+    outer 2/8) and second conv (3/3, outer 3/3) add tensors of other scales, a 2/2 layer at outer widths 2/2.
+    Every tensor and the logits exact on Verilator, as for the uniform models."""
     require_simulators("verilator")
     import torch
     from helpers import randomize
 
     from compiler.format import save
     from compiler.lower import compile_model
-    from lcq_train.models.resnet import PreActResNet
     from lcq_train.plan import QuantPlan, apply_plan
 
     edge = (8, 8, 8, 8)
     bits = {"conv1": edge, "fc": edge, "blocks.0.conv1": (2, 8, 2, 8), "blocks.1.conv1": (4, 4, 8, 8),
             "blocks.1.shortcut": (2, 4, 2, 8), "blocks.1.conv2": (3, 3, 3, 3), "blocks.2.conv2": (2, 2, 2, 2)}
     torch.manual_seed(0)
-    net = randomize(apply_plan(PreActResNet(8, 10, 3), QuantPlan("lcq", 3, 3, outer_bits=(6, 6), layer_bits=bits)),
-                    seed=6)
+    net = randomize(apply_plan(small_resnet8(), QuantPlan("lcq", 3, 3, outer_bits=(6, 6), layer_bits=bits)), seed=6)
     model = compile_model(net, (3, 8, 8))
     got = {c.name: (c.wbits, c.abits, c.outer_wbits, c.outer_abits) for c in model.convs}
     assert got == {**{c.name: (3, 3, 6, 6) for c in model.convs}, **bits}
