@@ -7,6 +7,7 @@ link bridge) in cocotb; the host side (``LinkHost``, ``NetworkRunner`` / ``Board
 code ``lcq run`` uses. The UART itself is tested bit by bit in ``tests/test_link.py``.
 """
 
+import functools
 import json
 import struct
 from pathlib import Path
@@ -102,19 +103,27 @@ def network_board_params(model):
     return NetworkParams.for_model(model, 2, 4, multiply_cols=1)
 
 
+@functools.lru_cache(maxsize=None)
+def network_board_build():
+    """The Verilator build of :func:`network_board_params`'s board core (``NetworkAcceleratorCore``), elaborated
+    and built once for the tests of this file that run it: (params, build)."""
+    from boards.top import NetworkAcceleratorCore
+
+    model = load(DIGITS)
+    params = network_board_params(model)
+    build_dir = BUILD_ROOT / "verilator-board-network-digits-2x4-m1"
+    source = verilog_of(NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=2_000), "board", build_dir)
+    return params, build("verilator", [source], "board", build_dir)
+
+
 def run_network_board(tmp_path, *, byte_cycles: int, images: int = 3, **faults) -> tuple:
     """The digits CNN on a simulated board of :func:`network_board_params` in network mode (the whole network on
     the chip; the testbench takes the core's parameters as generated, not recomputed from rows and cols):
     (model, params, images, the testbench's results), checked as :func:`run_board`'s."""
     require_simulators("verilator")
-    from boards.top import NetworkAcceleratorCore
-
     model = load(DIGITS)
-    params = network_board_params(model)
+    params, built = network_board_build()
     test_images, _ = digits_test_images(images)
-    build_dir = BUILD_ROOT / "verilator-board-network-digits-2x4-m1"
-    source = verilog_of(NetworkAcceleratorCore(params, model.num_classes, timeout_cycles=2_000), "board", build_dir)
-    built = build("verilator", [source], "board", build_dir)
     results = tmp_path / "results.json"
     run_test(built, "sim.board_cocotb", tmp_path, data={
         "model": str(DIGITS), "mode": "network", "rows": 2, "cols": 4, "params": params.describe(),
@@ -129,14 +138,15 @@ def test_network_mode_board_equals_reference_and_the_traffic_count(tmp_path):
     """Network mode: the constants and program loaded once, then per image its pixels (staged while the image
     before runs), the RESULT of the image before and a RUN of 0 words starting it, a byte each way every 3
     cycles; the logits equal the integer reference and the bytes and requests on the line are
-    :func:`boards.traffic.network_image_traffic`'s count."""
+    :func:`boards.traffic.network_image_traffic`'s count. Two images: the second is staged while the first runs
+    and fetches its RESULT (a third image would repeat that, at a third of the run)."""
     from boards.traffic import network_image_traffic
 
-    model, params, _, out = run_network_board(tmp_path, byte_cycles=3)
+    model, params, _, out = run_network_board(tmp_path, byte_cycles=3, images=2)
     assert out["retried"] == out["repeated"] == 0
     traffic = network_image_traffic(model, params, max_payload=512)
     for name in ("requests", "bytes_to_device", "bytes_from_device"):
-        assert out["images"][name] == 3 * traffic[name], name
+        assert out["images"][name] == 2 * traffic[name], name
     assert out["loading"]["bytes_to_device"] == traffic["loading"]["bytes_to_device"] + 6    # and a PING
     assert out["loading"]["requests"] == traffic["loading"]["requests"] + 1
 
