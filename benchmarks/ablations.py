@@ -15,12 +15,13 @@ Three tables, each over ``--seeds`` (at least 3 for a result; mean ± sample std
 Per seed, one full-precision run, then every quantized run fine-tuned from it with the same recipe
 (LCQ, K = 16, LWN, b' = 8 unless the table varies it; ``--clip-init`` and ``--bn-batches`` as ``lcq train``'s
 defaults, ``--clip-init fixed --bn-batches 0`` being the paper's); a run that two tables share (W3/A3 K = 16
-LWN 8/8) is trained once. ``--jobs N`` trains N runs side by side, one CPU thread each. Resumable: finished
+LWN 8/8) is trained once. ``--jobs N`` trains N runs side by side, one CPU thread each. ``--bits 2`` runs tables
+1 and 2 at W2/A2 alone (another invocation the other widths, into the same results file). Resumable: finished
 runs are skipped, interrupted ones resumed; and every finished run is recorded in the results file at once,
 which a later invocation with the same settings reads back, so the tables can be filled in over several
 sessions without the run directories (a seed's FP run is trained again only where runs of that seed remain,
 and must score as recorded: the same seed, threads and torch give the same), or by invocations side by side
-(other seeds or tables, one --json-out): each write re-reads the file under its lock and keeps the others' runs.
+(other seeds, tables or --bits, one --json-out): each write re-reads the file under its lock and keeps the others' runs.
 
 Run:  python benchmarks/ablations.py --dataset mnist --data-dir ../shared/datasets/mnist --schedule full --jobs 2
       python benchmarks/ablations.py --dataset digits --schedule quick --seeds 0 --epochs 1 --fp-epochs 1
@@ -87,6 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=SEED, nargs="+", default=[0, 1, 2], metavar="S",
                    help="one run of every configuration per seed (3 or more for mean ± std)")
     p.add_argument("--tables", nargs="+", choices=("K", "norm", "outer"), default=["K", "norm", "outer"])
+    p.add_argument("--bits", type=int, nargs="+", choices=NORM_BITS, metavar="B",
+                   help=f"tables 1 and 2 at W_B/A_B for these B only (default: K at {', '.join(map(str, K_BITS))}, "
+                        f"norm at {', '.join(map(str, NORM_BITS))}); table 3 is at W{OUTER_BITS_AT}/A{OUTER_BITS_AT} "
+                        "whatever this says")
     p.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)), metavar="N",
                    help="torch CPU threads (with --jobs 1)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="trainings side by side, one thread each")
@@ -115,6 +120,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--bn-batches must be >= 0")
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         p.error("--seeds must be distinct non-negative integers")
+    if args.bits is not None:
+        if len(set(args.bits)) != len(args.bits):
+            p.error("--bits must be distinct")
+        for table, widths in (("K", K_BITS), ("norm", NORM_BITS)):
+            if table in args.tables and not set(args.bits) & set(widths):
+                p.error(f"--bits {' '.join(map(str, args.bits))} leaves table {table} no width: it is at "
+                        f"{', '.join(map(str, widths))}; add one of them, or leave {table} out of --tables")
     args.out = args.out or f"runs/ablations/{args.dataset}-{args.model}-{args.schedule}"
     args.json_out = args.json_out or str(Path(__file__).resolve().parent / "results" / f"ablations-{args.dataset}.json")
     return args
@@ -123,7 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def reproduce_command(args: argparse.Namespace) -> str:
     cmd = ["python", "benchmarks/ablations.py", "--dataset", args.dataset, "--model", args.model,
            "--schedule", args.schedule, "--fp-epochs", str(args.fp_epochs), "--epochs", str(args.epochs),
-           "--seeds", *map(str, args.seeds), "--tables", *args.tables, "--threads", str(args.threads),
+           "--seeds", *map(str, args.seeds), "--tables", *args.tables,
+           *(["--bits", *map(str, args.bits)] if args.bits is not None else []), "--threads", str(args.threads),
            "--jobs", str(args.jobs), "--clip-init", args.clip_init, "--bn-batches", str(args.bn_batches),
            "--batch-size", str(args.batch_size), "--eval-images", str(args.eval_images), "--out", args.out]
     for flag, value in (("--data-dir", args.data_dir), ("--device", args.device)):
@@ -145,6 +158,11 @@ def outer_plan(ow: int, oa: int, edges: tuple[str, str]) -> QuantPlan:
     return QuantPlan("lcq", b, b, outer_bits=(ow, oa), layer_bits=layer_bits)
 
 
+def widths(args: argparse.Namespace, table_bits: tuple[int, ...]) -> list[int]:
+    """The widths B (W_B/A_B) of a table at ``table_bits`` that ``--bits`` keeps (all where it is not given)."""
+    return [b for b in table_bits if args.bits is None or b in args.bits]
+
+
 def plans(args: argparse.Namespace, edges: tuple[str, str]) -> dict[str, QuantPlan]:
     """label -> plan of every distinct quantized run the tables need (a shared run once)."""
     out: dict[str, QuantPlan] = {}
@@ -156,11 +174,11 @@ def plans(args: argparse.Namespace, edges: tuple[str, str]) -> dict[str, QuantPl
         out[label] = plan
 
     if "K" in args.tables:
-        for b in K_BITS:
+        for b in widths(args, K_BITS):
             for K in KS:
                 add(f"w{b}a{b}-K{K}", QuantPlan("lcq", b, b, K=K))
     if "norm" in args.tables:
-        for b in NORM_BITS:
+        for b in widths(args, NORM_BITS):
             for norm in NORMS:
                 add(f"w{b}a{b}-{norm}", QuantPlan("lcq", b, b, weight_norm=norm))
     if "outer" in args.tables:
@@ -241,11 +259,12 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
                    ""], {}
     if "K" in args.tables:
         lines += ["Table 1: compander intervals K (LCQ, LWN, b' = 8; K = 1 is the uniform quantizer)", "",
-                  "| K | " + " | ".join(f"W{b}/A{b}" for b in K_BITS) + " |", "|---|" + "---|" * len(K_BITS)]
+                  "| K | " + " | ".join(f"W{b}/A{b}" for b in widths(args, K_BITS)) + " |",
+                  "|---|" + "---|" * len(widths(args, K_BITS))]
         data["K"] = {}
         for K in KS:
             cells = []
-            for b in K_BITS:
+            for b in widths(args, K_BITS):
                 label = label_of(runs, QuantPlan("lcq", b, b, K=K))
                 data["K"][f"w{b}a{b}-K{K}"] = summarize(top1(label))
                 cells.append(cell(top1(label)))
@@ -255,7 +274,7 @@ def tables(args: argparse.Namespace, runs: dict[str, QuantPlan], results: dict,
         lines += ["Table 2: LWN against standardization (LCQ, K = 16, b' = 8)", "",
                   "| W/A | LWN | standardize | LWN - standardize |", "|---|---|---|---|"]
         data["norm"] = {}
-        for b in NORM_BITS:
+        for b in widths(args, NORM_BITS):
             pair = [label_of(runs, QuantPlan("lcq", b, b, weight_norm=norm)) for norm in NORMS]
             lwn, std = top1(pair[0]), top1(pair[1])
             diff = [results[s][pair[0]]["test_top1"] - results[s][pair[1]]["test_top1"] for s in seeds

@@ -222,6 +222,14 @@ def test_ablation_benchmark_plans_each_run_once(tmp_path, capsys):
     assert runs["w3a3-o8-4"] == QuantPlan("lcq", 3, 3, outer_bits=(8, 4), layer_bits=EDGES)
     assert ablations.label_of(runs, ablations.outer_plan(8, 8, ("conv0", "fc"))) == "w3a3-K16"
     assert ablations.label_of(runs, QuantPlan("lcq", 2, 2, weight_norm="lwn")) == "w2a2-K16"
+    three = ablations.parse_args(["--bits", "3"])              # one width of tables 1 and 2; table 3 as ever
+    assert sorted(ablations.plans(three, ("conv0", "fc"))) == sorted(
+        [f"w3a3-K{K}" for K in (1, 2, 4, 8, 16)] + ["w3a3-standardize"] + [
+            f"w3a3-o{ow}-{oa}" for ow, oa in ((6, 6), (4, 4), (8, 4), (4, 8))])
+    assert "--tables K norm outer --bits 3 " in ablations.reproduce_command(three)
+    with pytest.raises(SystemExit):
+        ablations.parse_args(["--tables", "K", "norm", "--bits", "4"])
+    assert "--bits 4 leaves table K no width: it is at 2, 3; add one of them" in capsys.readouterr().err
     assert ablations.main(["--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "none")]) == 2
     assert "fashion-mnist is absent" in capsys.readouterr().err
     short = ablations.parse_args(["--dataset", "cifar10", "--model", "resnet20", "--schedule", "short"])
@@ -332,43 +340,42 @@ def test_6_4_model_layers_in_verilator_bit_exact(tmp_path, capsys, small_cnn):
     assert np.sum([layer["outputs"] for layer in out["layers"]]) > 0
 
 
-def test_ablation_tables_fill_in_over_sessions_from_the_recorded_runs(tmp_path):
-    import importlib.util
+def test_ablation_tables_fill_in_over_sessions_from_the_recorded_runs(tmp_path, capsys):
+    """Each session is one call of the script's main() (its runs trained by its own pool of worker processes);
+    table 2 at W3/A3 alone (``--bits 3``) with the paper's recipe keeps each run to a few seconds."""
     import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "ablations.py"
+    from helpers import load_benchmark
+
+    module = load_benchmark("ablations")
     table, out = tmp_path / "ablations.json", tmp_path / "runs"
 
     def ablations(*argv):
-        return subprocess.run([sys.executable, str(script), "--dataset", "digits", "--tables", "norm", "--fp-epochs",
-                               "1", "--epochs", "1", "--eval-images", "0", "--out", str(out), "--json-out", str(table),
-                               *argv], capture_output=True, text=True, timeout=600)
+        rc = module.main(["--dataset", "digits", "--tables", "norm", "--bits", "3", "--fp-epochs", "1", "--epochs",
+                          "1", "--clip-init", "fixed", "--bn-batches", "0", "--eval-images", "0", "--threads", "1",
+                          "--out", str(out), "--json-out", str(table), *argv])
+        return rc, *capsys.readouterr()
 
-    proc = ablations("--seeds", "0", "--jobs", "2")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "[7/7] seed 0" in proc.stdout                                # the FP run and 6 norm runs
+    rc, stdout, stderr = ablations("--seeds", "0", "--jobs", "2")
+    assert rc == 0, stdout[-2000:] + stderr[-2000:]
+    assert "[3/3] seed 0" in stdout                                      # the FP run and 2 norm runs at W3/A3
     first = json.loads(table.read_text())
     assert sorted(first["results"]["0"]) == sorted(["fp", *first["runs"]]) and first["settings"]["threads_per_run"] == 1
     shutil.rmtree(out)                                                   # a fresh checkout: only the results file
-    proc = ablations("--seeds", "0", "1", "--jobs", "2")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"read 7 recorded runs from {table}" in proc.stdout and "[7/7] seed 1" in proc.stdout
-    assert not [line for line in proc.stdout.splitlines() if line.startswith("[") and " seed 0 " in line]
+    rc, stdout, stderr = ablations("--seeds", "0", "1", "--jobs", "2")
+    assert rc == 0, stdout[-2000:] + stderr[-2000:]
+    assert f"read 3 recorded runs from {table}" in stdout and "[3/3] seed 1" in stdout
+    assert not [line for line in stdout.splitlines() if line.startswith("[") and " seed 0 " in line]
     second = json.loads(table.read_text())
     assert second["results"]["0"] == first["results"]["0"]
     assert len(second["tables"]["norm"]["w3a3"]["lwn"]["values"]) == 2
-    del second["results"]["1"]["w4a4-standardize"]                       # one run left, and its seed's FP recorded
+    del second["results"]["1"]["w3a3-standardize"]                       # one run left, and its seed's FP recorded
     second["results"]["1"]["fp"]["test_top1"] += 1.0                     # ... as another FP model scored
     table.write_text(json.dumps(second))
     shutil.rmtree(out)
-    proc = ablations("--seeds", "0", "1", "--jobs", "2")
-    assert proc.returncode == 2 and "seed 1's FP run scored" in proc.stderr and "started from another FP" in proc.stderr
-    spec = importlib.util.spec_from_file_location("ablations", script)    # other settings: replaced
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    rc, stdout, stderr = ablations("--seeds", "0", "1", "--jobs", "2")
+    assert rc == 2 and "seed 1's FP run scored" in stderr and "started from another FP" in stderr
+    # other settings: replaced
     assert module.recorded_results(str(table), {**second["settings"], "threads_per_run": 2}, {}) == (
         {}, {}, f"replacing {table}: its settings differ (threads_per_run)")
 
