@@ -30,6 +30,15 @@ SHAPE = (1, 8, 8)
 EDGES = {"conv0": (8, 8, 8, 8), "fc": (8, 8, 8, 8)}     # the digits CNN's 8-bit first and last layers
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """ablations.main sets torch's threads (``--threads``: 2 on 2 cores): put back for the tests after this one,
+    which under pytest-xdist share the worker's one thread per core."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
