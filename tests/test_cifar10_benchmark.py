@@ -8,24 +8,34 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import running
+from helpers import load_benchmark, running
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "cifar10_resnet20.py"
 # (LCQ_TEST_CIFAR10: another copy, as a worktree outside the checkout beside shared/ needs)
 DATA = Path(os.environ.get("LCQ_TEST_CIFAR10") or REPO.parent / "shared" / "datasets" / "cifar10-jpeg")
 PAPER = ("--clip-init", "fixed", "--bn-batches", "0")        # the paper's recipe: run names without a suffix
+# half of --tiny's slice (200 / 100): every class still in it, each run's epochs half as long
+SLICE = ("--limit", "100", "--test-limit", "50")
+
+
+def bench(capsys, *argv: str) -> tuple[int, str, str]:
+    """The benchmark's main(argv) in this process (each run still ``lcq train`` in its own): exit status, stdout,
+    stderr."""
+    rc = load_benchmark("cifar10_resnet20").main(["--tiny", *SLICE, "--data-dir", str(DATA), *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The paper recipe's tiny benchmark (FP, uniform and LCQ W3/A3), run once for this file: ``(stdout, its
-    result file, restore)``; ``restore()`` puts the run directory back as that run left it and returns it, at the
-    path the runs were trained at (their checkpoints record it)."""
+    """The paper recipe's tiny benchmark (FP, uniform and LCQ W3/A3) on :data:`SLICE`, run once for this file as
+    a command: ``(stdout, its result file, restore)``; ``restore()`` puts the run directory back as that run left
+    it and returns it, at the path the runs were trained at (their checkpoints record it)."""
     root = tmp_path_factory.mktemp("cifar10-tiny")
     out, result, pristine = root / "runs", root / "result.json", root / "pristine"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
-                           "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", *SLICE, *PAPER, "--data-dir", str(DATA), "--out",
+                           str(out), "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     shutil.copytree(out, pristine)
 
@@ -38,14 +48,14 @@ def tiny(tmp_path_factory):
 
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
-def test_tiny_run_writes_the_table_and_json(tiny):
+def test_tiny_run_writes_the_table_and_json(tiny, capsys):
     stdout, result, restore = tiny
     out = restore()
     assert "| lcq | 3/3 | 2 |" in stdout and "92.80" in stdout     # beside the paper's number
     data = json.loads(result.read_text())
     assert data["benchmark"] == "cifar10-resnet20" and data["complete"] is True
     assert data["schedule"]["fp_epochs"] == 2 and data["schedule"]["epochs"] == 2 and data["schedule"]["bits"] == [3]
-    assert data["data"]["train_images"] == 200 and data["data"]["test_images"] == 100
+    assert data["data"]["train_images"] == 100 and data["data"]["test_images"] == 50
     assert {"device", "device_name", "torch", "cuda", "torch_threads", "cpu_count"} <= set(data["machine"])
     assert data["seeds"]["per_run"] == {"fp": 0, "uniform-w3a3": 0, "lcq-w3a3": 0}
     assert data["paper"]["lcq"]["3"] == 92.8 and data["paper"]["apot"]["3"] == 92.2
@@ -60,12 +70,11 @@ def test_tiny_run_writes_the_table_and_json(tiny):
     assert rows["lcq-w3a3"]["paper_lcq_top1"] == 92.8 and rows["uniform-w3a3"]["paper_lcq_top1"] is None
     from lcq_train.data import load_dataset
 
-    sliced = load_dataset("cifar10", out / "data-slice-200-100")   # the slice takes every class, equally
-    assert sliced.train_y.bincount().tolist() == [20] * 10 and sliced.test_y.bincount().tolist() == [10] * 10
+    sliced = load_dataset("cifar10", out / "data-slice-100-50")    # the slice takes every class, equally
+    assert sliced.train_y.bincount().tolist() == [10] * 10 and sliced.test_y.bincount().tolist() == [5] * 10
     # re-running reuses the finished runs
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
-                           "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.count("done earlier, reused") == 3
+    rc, stdout, stderr = bench(capsys, *PAPER, "--out", str(out), "--json-out", str(result))
+    assert rc == 0 and stdout.count("done earlier, reused") == 3, stdout[-2000:] + stderr[-2000:]
     assert rows["lcq-w3a3"]["environment"]["torch"] and rows["lcq-w3a3"]["device"] == "cpu"
     # --report tabulates what OUT holds without training: an interrupted run with its epochs so far
     metrics_path = out / "lcq-w3a3" / "metrics.json"
@@ -74,68 +83,65 @@ def test_tiny_run_writes_the_table_and_json(tiny):
     metrics["test_top1"] = metrics["best_test_top1"] = metrics["epochs"][0]["test_top1"]
     metrics_path.write_text(json.dumps(metrics))
     (out / "lcq-w3a3" / "checkpoint.pt").unlink()     # (its 2-epoch one would be taken: metrics.json behind it)
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--report", *PAPER, "--data-dir", str(DATA), "--out",
-                           str(out), "--json-out", str(result)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]       # not complete
-    assert "(partial: 1 of 2 epochs)" in proc.stdout and "trained on cpu" in proc.stdout
+    rc, stdout, stderr = bench(capsys, "--report", *PAPER, "--out", str(out), "--json-out", str(result))
+    assert rc == 1, stdout[-2000:] + stderr[-2000:]                       # not complete
+    assert "(partial: 1 of 2 epochs)" in stdout and "trained on cpu" in stdout
     report = json.loads(result.read_text())
     assert report["complete"] is False and report["mode"].startswith("report")
     rows = {r["run"]: r for r in report["rows"]}
     assert rows["lcq-w3a3"]["status"] == "partial: 1 of 2 epochs" and rows["lcq-w3a3"]["epochs_done"] == 1
     assert rows["fp"]["status"] == "done earlier, reported" and not (out / "lcq-w3a3.log").read_text().count("resum")
-    # another recipe: its own runs beside the paper's, from the same FP run
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--methods", "lcq", "--clip-init", "mse",
-                           "--bn-batches", "2", "--data-dir", str(DATA), "--out", str(out), "--json-out", str(result)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert proc.stdout.count("done earlier, reused") == 1                   # the FP run
+    # another recipe: its own runs beside the paper's, from the same FP run (one epoch, BN re-estimated on one
+    # batch, the fixed clips, which lcq train takes only when told: its own default is mse, ~20 s on ResNet-20)
+    rc, stdout, stderr = bench(capsys, "--methods", "lcq", "--epochs", "1", "--clip-init", "fixed", "--bn-batches", "1",
+                               "--out", str(out), "--json-out", str(result))
+    assert rc == 0, stdout[-2000:] + stderr[-2000:]
+    assert stdout.count("done earlier, reused") == 1                        # the FP run
     rows = {r["run"]: r for r in json.loads(result.read_text())["rows"]}
-    assert list(rows) == ["fp", "lcq-w3a3-clipmse-bn2"] and rows["lcq-w3a3-clipmse-bn2"]["status"] == "trained"
-    metrics = json.loads((out / "lcq-w3a3-clipmse-bn2" / "metrics.json").read_text())
-    assert metrics["config"]["clip_init"] == "mse" and "test_top1_before_bn" in metrics["epochs"][-1]
+    assert list(rows) == ["fp", "lcq-w3a3-clipfixed-bn1"] and rows["lcq-w3a3-clipfixed-bn1"]["status"] == "trained"
+    metrics = json.loads((out / "lcq-w3a3-clipfixed-bn1" / "metrics.json").read_text())
+    assert (metrics["config"]["clip_init"], metrics["config"]["bn_batches"]) == ("fixed", 1)
+    assert "test_top1_before_bn" in metrics["epochs"][-1]
 
 
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
-def test_a_finished_run_killed_before_its_metrics_json_is_reused_not_failed(tmp_path, tiny):
+def test_a_finished_run_killed_before_its_metrics_json_is_reused_not_failed(tmp_path, tiny, capsys):
     """A run killed after its last checkpoint but before its metrics.json was started again with lcq train --resume,
     which rebuilt the file, then said "already finished ... nothing to train" (exit 2): the run was recorded FAILED
     and the result incomplete. A finished checkpoint is now taken as the run done: its metrics.json (missing, or
     damaged) rebuilt from it, said in one line, and the run reused without starting lcq train."""
     out, result = tiny[2](), tmp_path / "result.json"          # the tiny benchmark's runs, trained
-    argv = [sys.executable, str(SCRIPT), "--tiny", "--methods", "lcq", *PAPER, "--data-dir", str(DATA), "--out",
-            str(out), "--json-out", str(result)]
     trained = {name: json.loads((out / name / "metrics.json").read_text()) for name in ("fp", "lcq-w3a3")}
     (out / "lcq-w3a3" / "metrics.json").unlink()               # killed between its last checkpoint and metrics.json
     (out / "fp" / "metrics.json").write_text("")              # cut short
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "  fp: its metrics.json was damaged: rebuilt from its checkpoint" in proc.stdout
-    assert "  lcq-w3a3: its metrics.json was missing: rebuilt from its checkpoint" in proc.stdout
-    assert proc.stdout.count("done earlier, reused") == 2 and "FAILED" not in proc.stdout
+    rc, stdout, stderr = bench(capsys, "--methods", "lcq", *PAPER, "--out", str(out), "--json-out", str(result))
+    assert rc == 0, stdout[-2000:] + stderr[-2000:]
+    assert "  fp: its metrics.json was damaged: rebuilt from its checkpoint" in stdout
+    assert "  lcq-w3a3: its metrics.json was missing: rebuilt from its checkpoint" in stdout
+    assert stdout.count("done earlier, reused") == 2 and "FAILED" not in stdout
     assert json.loads(result.read_text())["complete"] is True
     for name, metrics in trained.items():
         assert json.loads((out / name / "metrics.json").read_text()) == metrics
         assert "--resume" not in (out / f"{name}.log").read_text()          # no lcq train started again
 
 @pytest.mark.skipif(not DATA.exists(), reason=f"the CIFAR-10 copy {DATA} is absent")
-def test_a_damaged_checkpoint_fails_its_run_and_the_others_go_on(tmp_path, tiny):
+def test_a_damaged_checkpoint_fails_its_run_and_the_others_go_on(tmp_path, tiny, capsys):
     """A run whose checkpoint is damaged (here cut short, its metrics.json gone) stopped the whole benchmark with
     an error naming the file, found only once the FP run had trained, with no results written; a run that fails
     otherwise is recorded FAILED and the others go on. The damaged run is now FAILED (not started), its reason
     naming the file and the fix, the other runs trained, and the results written (incomplete, exit 1); --report
     records it the same way."""
     out, result = tiny[2](), tmp_path / "result.json"          # the tiny benchmark's runs, trained
-    argv = [sys.executable, str(SCRIPT), "--tiny", *PAPER, "--data-dir", str(DATA), "--out", str(out),
-            "--json-out", str(result)]
+    argv = [*PAPER, "--out", str(out), "--json-out", str(result)]
     shutil.rmtree(out / "uniform-w3a3")                                    # a run still to train (the others go on)
     checkpoint = out / "lcq-w3a3" / "checkpoint.pt"
     checkpoint.write_bytes(checkpoint.read_bytes()[:100])                  # cut short
     (out / "lcq-w3a3" / "metrics.json").unlink()                           # (so that the checkpoint is read)
     log = (out / "lcq-w3a3.log").read_text()
-    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]          # not complete
-    assert f"  lcq-w3a3: FAILED: {checkpoint} is truncated" in proc.stdout, proc.stdout
+    rc, stdout, stderr = bench(capsys, *argv)
+    assert rc == 1, stdout[-2000:] + stderr[-2000:]                                 # not complete
+    assert f"  lcq-w3a3: FAILED: {checkpoint} is truncated" in stdout, stdout
     data = json.loads(result.read_text())
     rows = {r["run"]: r for r in data["rows"]}
     assert data["complete"] is False and list(rows) == ["fp", "uniform-w3a3", "lcq-w3a3"]
@@ -144,9 +150,9 @@ def test_a_damaged_checkpoint_fails_its_run_and_the_others_go_on(tmp_path, tiny)
     assert rows["lcq-w3a3"]["status"] == "failed" and str(checkpoint) in error, error
     assert "restore it from a copy" in error and f"delete {out / 'lcq-w3a3'}" in error, error
     assert (out / "lcq-w3a3.log").read_text() == log                      # no lcq train started on it
-    proc = subprocess.run([*argv, "--report"], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert f"  lcq-w3a3: FAILED: {checkpoint} is truncated" in proc.stdout, proc.stdout
+    rc, stdout, stderr = bench(capsys, *argv, "--report")
+    assert rc == 1, stdout[-2000:] + stderr[-2000:]
+    assert f"  lcq-w3a3: FAILED: {checkpoint} is truncated" in stdout, stdout
     rows = {r["run"]: r for r in json.loads(result.read_text())["rows"]}
     assert rows["lcq-w3a3"]["status"] == "failed" and rows["lcq-w3a3"]["error"] == error
     assert rows["uniform-w3a3"]["status"] == "done earlier, reported"
