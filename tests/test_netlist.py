@@ -272,7 +272,7 @@ def test_yosys_version_runs_under_the_deadline(tmp_path, monkeypatch):
     from sim.runner import SimulationTimeout, deadline
 
     slow = tmp_path / "slow-yosys"
-    slow.write_text("#!/bin/sh\nsleep 5\necho 'Yosys 0.0'\n")
+    slow.write_text("#!/bin/sh\nsleep 2\necho 'Yosys 0.0'\n")          # 4 times the first deadline
     slow.chmod(0o755)
     monkeypatch.setattr(nl, "yosys_executable", lambda: str(slow))
     nl.yosys_version.cache_clear()
