@@ -27,6 +27,40 @@ def test_mse_clip_is_the_least_error_clip_of_the_grid():
         mse_clip(-x.abs(), 2, 8, signed=False)
 
 
+def _clip_of_100_passes(x, bits, outer_bits, signed):
+    """The rule as first written: each candidate's quantizer run over ``x``, the first least error kept."""
+    x = x.flatten().double()
+    if not signed:
+        x = x.clamp(min=0.0)
+    top = x.abs().max().item()
+    best, best_err = top, float("inf")
+    for i in range(1, 101):
+        alpha = torch.tensor(top * i / 100, dtype=torch.float64)
+        err = (uniform_quantize(x, alpha, bits, outer_bits, signed) - x).square().mean().item()
+        if err < best_err:
+            best, best_err = alpha.item(), err
+    return best
+
+
+@pytest.mark.parametrize("name", ["normal", "laplace", "bytes", "tied", "one", "eighths"])
+def test_mse_clip_from_one_sort_picks_what_100_quantizer_passes_pick(name):
+    """Prefix sums over the sorted values rank the candidates; ties to rounding ("tied": i = 87 and 88 have the
+    same error in exact arithmetic) and values on a rounding boundary ("eighths", "bytes") come out the same."""
+    g = torch.Generator().manual_seed(1)
+    x = {"normal": lambda: torch.randn(40_000, generator=g),
+         "laplace": lambda: torch.randn(20_000, generator=g).sign() * torch.rand(20_000, generator=g).log().neg(),
+         "bytes": lambda: torch.randint(0, 256, (20_000,), generator=g).float() / 255,
+         "tied": lambda: torch.tensor([0.5, 0.5, 1.0, 0.25, 0.0]),
+         "one": lambda: torch.tensor([-3.0]),
+         "eighths": lambda: torch.arange(-64, 64).float() / 8}[name]()
+    for bits in (2, 3, 4):
+        for outer in (None, 8, 4):
+            for signed in (True, False):
+                if signed or x.max() > 0:
+                    assert mse_clip(x, bits, outer, signed) == _clip_of_100_passes(x, bits, outer, signed), \
+                        (bits, outer, signed)
+
+
 def _model(method="lcq"):
     torch.manual_seed(0)
     return quantize_model(build_model("cnn", (1, 28, 28), 10), QuantPlan(method, 2, 2))
