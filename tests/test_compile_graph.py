@@ -379,7 +379,12 @@ def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_p
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("factory", ["torchvision_resnet", "maxpool_vgg", "avgpool_net"])
+# maxpool_vgg and avgpool_net only with -m slow: the network core's max and average pooling run bit-exact on
+# Verilator by default in test_sim_network.py::test_max_pooling_vgg_on_both_simulators[verilator] and
+# test_avgpool.py::test_avgpool_runs_bit_exact_on_the_network_core (both 2 x 2 cores, as here), and `lcq sim` on
+# Verilator in torchvision_resnet's case and test_sim_network.py::test_sim_cli_network_json.
+@pytest.mark.parametrize("factory", ["torchvision_resnet", pytest.param("maxpool_vgg", marks=pytest.mark.slow),
+                                     pytest.param("avgpool_net", marks=pytest.mark.slow)])
 def test_trained_user_network_runs_bit_exact_in_verilator(trained, factory, capsys):
     reason = unavailable_reason("verilator")
     if reason is not None:
