@@ -30,7 +30,7 @@ from hw.engine_params import EngineParams  # noqa: E402
 from hw.program import Job, act_beats, layer_beats, output_words  # noqa: E402
 from lcq_train.plan import QuantPlan  # noqa: E402
 from sim.engine_run import engine_build, simulate_jobs, simulate_model  # noqa: E402
-from simulators import BUILD_ROOT, require_simulators  # noqa: E402
+from simulators import BUILD_ROOT, core_build, require_simulators  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
@@ -68,7 +68,7 @@ def test_random_layers_of_every_bit_width_with_stalls_and_edge_tiles(sim, tmp_pa
     params = EngineParams.for_model(union, rows=3, cols=5)
     jobs = [Job(i, node, layer_beats(params, node) + act_beats(params, node, x), output_words(params, node))
             for i, (node, x, _) in enumerate(cases)]
-    built = engine_build(sim, params, BUILD_ROOT / f"{sim}-engine-random-3x5")
+    built = core_build(sim, params, BUILD_ROOT / f"{sim}-engine-random-3x5")
     report = simulate_jobs(built, params, jobs, [want for _, _, want in cases], tmp_path,
                            stall=0.3, backpressure=0.4, seed=1)
     assert_exact(report)

@@ -33,9 +33,9 @@ from hw.bands import band_rows, network_layer_cycles  # noqa: E402
 from hw.engine import LayerEngine  # noqa: E402
 from hw.engine_params import SPRAM_DEPTH  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
-from sim.network_run import network_build, simulate_network  # noqa: E402
+from sim.network_run import simulate_network  # noqa: E402
 from sim.runner import unavailable_reason  # noqa: E402
-from simulators import BUILD_ROOT, require_simulators  # noqa: E402
+from simulators import BUILD_ROOT, core_build, require_simulators  # noqa: E402
 
 pytestmark = pytest.mark.sim
 
@@ -55,8 +55,8 @@ def run_network(sim, model_path, model, rows, cols, images, test_dir, write_pair
     params = NetworkParams.for_model(model, rows, cols, write_pairs=write_pairs, multiply_cols=multiply_cols)
     suffix = (("-pairs" if params.engine.write_pairs else "") + ("-spram" if spram else "")
               + (f"-multiply{multiply_cols}" if multiply_cols else ""))
-    built = network_build(sim, params, BUILD_ROOT / f"{sim}-network-{Path(model_path).stem}-{rows}x{cols}{suffix}",
-                          spram=spram)
+    built = core_build(sim, params, BUILD_ROOT / f"{sim}-network-{Path(model_path).stem}-{rows}x{cols}{suffix}",
+                       spram=spram)
     return params, simulate_network(built, params, model_path, model, images, test_dir, **options)
 
 

@@ -36,9 +36,9 @@ from compiler.format import load  # noqa: E402
 from hw.engine import LayerEngine  # noqa: E402
 from hw.engine_params import SPRAM_DEPTH, EngineParams  # noqa: E402
 from hw.spram import LATENCY, SpramBuffer, spram_blocks  # noqa: E402
-from sim.engine_run import TOP, engine_build, simulate_model  # noqa: E402
+from sim.engine_run import TOP, simulate_model  # noqa: E402
 from sim.runner import ICE40_DEFINES, build, ice40_cells_sim, run_test, verilog_of  # noqa: E402
-from simulators import BUILD_ROOT, require_simulators  # noqa: E402
+from simulators import BUILD_ROOT, core_build, require_simulators  # noqa: E402
 
 DIGITS = Path(__file__).resolve().parent / "data" / "digits-cnn-lcq-w3a3.lcq"
 RESNET = Path(__file__).resolve().parent / "data" / "cifar10-resnet20-lcq-w3a3.lcq"
@@ -143,7 +143,7 @@ def test_icebreaker_engine_with_weights_in_spram(sim):
     on_engine = {model.nodes.index(model.convs[0]), model.nodes.index(model.convs[-1])}
     images = np.random.default_rng(8).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
     build_dir = BUILD_ROOT / f"{sim}-engine-digits-icebreaker-spram"
-    built = engine_build(sim, params, build_dir, spram=True)
+    built = core_build(sim, params, build_dir, spram=True)
     report = simulate_model(built, params, DIGITS, model, images, build_dir / "run", on_engine=on_engine,
                             resident=chosen.resident, stall=0.1, backpressure=0.1, seed=8)
     assert report.mismatches == 0, "\n".join(r.first_mismatch for r in report.layers if r.first_mismatch)
