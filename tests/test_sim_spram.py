@@ -96,9 +96,13 @@ def test_testbenches_read_ports_of_every_width():
         Buffer(dut, {}).data("word")
 
 
+# One row of two blocks on Verilator only with -m slow: by default Verilator runs one row of two blocks side by side
+# in test_sim_network.py::test_digits_cnn_with_its_memories_in_spram[1] (the value memory, 30 bits wide) and of
+# one block in test_icebreaker_engine_with_weights_in_spram[verilator] (the weights), bit-exact.
 @pytest.mark.sim
-@pytest.mark.parametrize("sim", SIMULATORS)
-@pytest.mark.parametrize("depth", [SPRAM_DEPTH, 2 * SPRAM_DEPTH])
+@pytest.mark.parametrize("depth, sim", [
+    (SPRAM_DEPTH, "icarus"), pytest.param(SPRAM_DEPTH, "verilator", marks=pytest.mark.slow),
+    (2 * SPRAM_DEPTH, "icarus"), (2 * SPRAM_DEPTH, "verilator")], ids=lambda v: str(v))
 def test_spram_model_latency_and_writes(sim, depth, tmp_path):
     """Two blocks side by side; with twice the depth, two rows of them (the row's words at both ends)."""
     require(sim)
