@@ -9,7 +9,7 @@ integer reference.
   shortcuts, residual additions, pooling) on an (3, 8, 8) input; the same with mixed per-layer bits and
   outer widths (``--layer-bits``).
 - Geometry edges (random parameters): maps of one position with more channel tiles than the accumulator
-  ring has words (17 channels, 100 classes), a 1 x 1 image with one class, and a network of odd geometries
+  ring has words (17 channels, 12 classes), a 1 x 1 image with one class, and a network of odd geometries
   (non-square odd image, 7x7 stem, depthwise conv, strided shortcut to a 1 x 1 map, single-conv residual
   branch) on the network core and, conv by conv, on the layer engine.
 - ``lcq sim MODEL --json`` (network mode is the default) has the network keys.
