@@ -698,10 +698,13 @@ def damaged_request(rnd: random.Random) -> bytes:
 
 def test_fake_device_answers_damaged_requests_as_the_bridge_does():
     """:class:`FakeDevice` and the bridge of :mod:`hw.link` in Amaranth's simulator (``tests/test_link.py``'s
-    SimPort, the bridge of :data:`INFO`), each given the same 300 seeded damaged requests, their bytes back to back:
+    SimPort, the bridge of :data:`INFO`), each given the same 160 seeded damaged requests, their bytes back to back:
     the same reply frames (OUT frames left out and DONE's count, which differ with the engine: the recording
     engine's words are its load beats; DONE's session compared) and the same load beats reach the engine. So the
-    early TYPE and LENGTH NACKs, TIMEOUT's type byte, and the bytes dropped after a refusal are the bridge's own."""
+    early TYPE and LENGTH NACKs, TIMEOUT's type byte, and the bytes dropped after a refusal are the bridge's own.
+    The 160 draw every kind of request and of damage, and every kind of reply that 300 drew (checked below):
+    silence, INFO, ACK, DONE, CRC, LENGTH and TIMEOUT NACKs of each request type, TIMEOUT before a type byte,
+    TYPE NACKs of type 0 and of others, a TARGET NACK."""
     pytest.importorskip("amaranth")
     from test_link import SimPort, split_frames
 
@@ -716,8 +719,8 @@ def test_fake_device_answers_damaged_requests_as_the_bridge_does():
             got += more
         return got
 
-    port, session = None, 0
-    for seed in range(300):
+    port, session, replies = None, 0, set()
+    for seed in range(160):
         if port is None or len(port.beats) > 40:    # the recording engine keeps 64 beats
             port, session = SimPort(gap=1, stall=False, timeout=200), 0
         data = damaged_request(random.Random(seed))
@@ -730,6 +733,15 @@ def test_fake_device_answers_damaged_requests_as_the_bridge_does():
         got = summary(reply(port))
         assert (got, port.beats[before:]) == (expected, beats), f"seed {seed}: {data.hex()}"
         session = fake.session
+        replies.add(tuple((t, *(p[:1] + bytes([min(p[1], FrameType.SESSION + 1)]) if t == FrameType.NACK else b""))
+                          for t, p in got))
+    requests = (FrameType.PING, FrameType.LOAD, FrameType.RUN, FrameType.RESULT, FrameType.SESSION)
+    assert replies == {(), ((FrameType.INFO,),), ((FrameType.ACK,),), ((FrameType.DONE,),),
+                       *(((FrameType.NACK, code, t),) for code in (NackCode.CRC, NackCode.LENGTH, NackCode.TIMEOUT)
+                         for t in requests),
+                       ((FrameType.NACK, NackCode.TIMEOUT, 0),), ((FrameType.NACK, NackCode.TYPE, 0),),
+                       ((FrameType.NACK, NackCode.TYPE, FrameType.SESSION + 1),),
+                       ((FrameType.NACK, NackCode.TARGET, FrameType.LOAD),)}
 
 
 # ------------------------------------------------------------------------------- each fault alone
