@@ -95,7 +95,7 @@ def test_the_ecp5_network_cores_small_memories_are_in_logic_cells_and_its_code_b
 
 @pytest.fixture(scope="module")
 def audited() -> tuple[list[dict], list[dict]]:
-    """benchmarks/fit_accuracy.py's audit of every recorded build (rows, skipped): 11 s, once for this file."""
+    """benchmarks/fit_accuracy.py's audit of every recorded build (rows, skipped): ~1 s, once for this file."""
     module = load_benchmark("fit_accuracy")
     return module.audit(module.build_records())
 
