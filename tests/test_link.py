@@ -347,27 +347,39 @@ class SimPort:
 
     async def _bytes(self, ctx):
         bridge, rng, wait = self.top.bridge, random.Random(0), 0
+        # The ports made once, and each set only when its value changes: a testbench's set settles the design, and
+        # a port of a View made anew each cycle is evaluated anew (together, half of a long exchange's time).
+        ports = (self.top.reset, bridge.rx.valid, bridge.rx.payload.data, bridge.tx.ready)
+        sampled = (bridge.tx.valid, bridge.tx.payload, *self._load_ports())
+        driven = [None] * len(ports)
+
+        def drive(i, value):
+            if driven[i] != value:
+                ctx.set(ports[i], value)
+                driven[i] = value
+
         while True:
-            ctx.set(self.top.reset, self.resetting > 0)
+            drive(0, int(self.resetting > 0))
             self.resetting = max(self.resetting - 1, 0)
             send = bool(self.to_device) and wait == 0
-            ctx.set(bridge.rx.valid, send)
+            drive(1, int(send))
             if send:
-                ctx.set(bridge.rx.payload.data, self.to_device.pop(0))
+                drive(2, self.to_device.pop(0))
             wait = self.gap - 1 if send else max(wait - 1, 0)
             ready = rng.random() < 0.6
-            ctx.set(bridge.tx.ready, ready)
-            _, _, valid, byte, *beat = await ctx.tick().sample(
-                bridge.tx.valid, bridge.tx.payload, *self._load_ports())
+            drive(3, int(ready))
+            _, _, valid, byte, *beat = await ctx.tick().sample(*sampled)
             if valid and ready:
                 self.from_device.append(byte)
             self._record(beat)
 
     async def _line(self, ctx):
         decoder = LineDecoder(self.divisor)
+        sampled, level = (self.top.tx, *self._load_ports()), None
         while True:
-            ctx.set(self.top.rx, self.to_device.pop(0) if self.to_device else 1)
-            _, _, line, *beat = await ctx.tick().sample(self.top.tx, *self._load_ports())
+            if level != (level := self.to_device.pop(0) if self.to_device else 1):
+                ctx.set(self.top.rx, level)
+            _, _, line, *beat = await ctx.tick().sample(*sampled)
             decoder.step(line)
             self.from_device += bytes(decoder.bytes)
             decoder.bytes.clear()
