@@ -34,12 +34,19 @@ def test_an_interrupt_cancels_the_queued_runs_and_stops_those_under_way():
     assert futures[3].cancelled()                      # queued: never started
 
 
+# The parent of the pool: it prints its workers' ids once one of them is in its run (a run that makes the file
+# sys.argv[1], then sleeps), and waits on that run.
 PARENT = """
 import os, sys, time
 from lcq_train.runs import training_pool
 with training_pool(2) as pool:
     pool.submit(os.getpid).result(timeout=120)
-    running = pool.submit(time.sleep, 600)
+    started = sys.argv[1]
+    running = pool.submit(exec, f"open({started!r}, 'w').close(); import time; time.sleep(600)")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(started):
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.01)
     print(*pool._processes, flush=True)
     running.result()
 """
@@ -60,18 +67,18 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
-def test_a_stop_signal_to_the_parent_stops_the_workers(sig):
+def test_a_stop_signal_to_the_parent_stops_the_workers(sig, tmp_path):
     """SIGTERM or SIGHUP to the process using the pool (alone, not its group): the workers are stopped with it
     (with the signals' default action they went on running with PPID 1). SIGKILL (kill -9, the out-of-memory
     killer), which no handler sees: they trained the runs queued to them, then waited forever with PPID 1."""
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=REPO, stdout=subprocess.PIPE, text=True,
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path / "started")], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
                                   str(REPO), os.environ.get("PYTHONPATH")]))})
     workers = []
     try:
         workers = [int(pid) for pid in parent.stdout.readline().split()]
-        assert workers, "the pool did not start"
-        time.sleep(1)                                          # a worker sleeps in its run
+        assert workers, "the pool did not start"                # and a worker sleeps in its run
         parent.send_signal(sig)
         parent.wait(timeout=60)
         deadline = time.monotonic() + 10
