@@ -2,6 +2,7 @@
 
 import binascii
 import errno
+import functools
 import gc
 import os
 import random
@@ -1563,13 +1564,13 @@ class NetworkBoard:
         from boards.traffic import network_info
         from compiler.reference import predict
         from hw.network_params import IMAGE
-        from hw.network_program import image_beats, load_beats
+        from hw.network_program import image_beats
 
         self.info, self.image_target = network_info(model, params, max_payload), IMAGE
         self.logits = {tuple(encode_loads(image_beats(model, params, image), self.info)): logits
                        for image, logits in zip(images, predict(model, images))}
         self.mask, self.classes = (1 << 8 * self.info.out_bytes()) - 1, model.num_classes
-        self.model_loads = len(encode_loads(load_beats(model, params), self.info))
+        self.model_loads = len(encode_loads(_load_beats(model, params), self.info))
         self.damaged = set(damaged)
         self.count = {FrameType.RUN: 0, FrameType.RESULT: 0}
         self.reset()
@@ -1627,6 +1628,20 @@ class NetworkBoard:
         return self.out(logits)
 
 
+_LOAD_BEATS: list = []
+
+
+def _load_beats(model, params):
+    """:func:`hw.network_program.load_beats`, made once for each model and core (~0.1 s each time)."""
+    from hw.network_program import load_beats
+
+    for m, p, beats in _LOAD_BEATS:
+        if m is model and p == params:
+            return beats
+    _LOAD_BEATS.append((model, params, load_beats(model, params)))
+    return _LOAD_BEATS[-1][2]
+
+
 def _network_device(model, params, images, max_payload=512):
     """A :class:`NetworkBoard`'s INFO and port."""
     board = NetworkBoard(model, params, images, max_payload)
@@ -1634,6 +1649,14 @@ def _network_device(model, params, images, max_payload=512):
 
 
 def _digits():
+    """The digits CNN, its network core at 2 x 4 and 3 random images (a copy of them each call): the model and the
+    core made once for the file (~0.1 s each time; no test changes them)."""
+    model, params, images = _digits_once()
+    return model, params, images.copy()
+
+
+@functools.lru_cache(maxsize=None)
+def _digits_once():
     from pathlib import Path
 
     from compiler.format import load
