@@ -5,7 +5,7 @@ reused across runs (Verilator rebuilds only what changed). :func:`require_simula
 test, naming the simulator and the reason, when one of them cannot run here. :func:`core_build` builds a network
 core or a layer engine as ``sim.network_run.network_build`` and ``sim.engine_run.engine_build`` do, generating the
 Verilog of one design once in the pytest process (the Icarus and the Verilator run of a core, and the tests that
-run the same core again, share it).
+run the same core again, share it). :class:`ChangedInputs` sets an Amaranth testbench's inputs only when they change.
 """
 
 import functools
@@ -66,3 +66,18 @@ def core_build(sim: str, params, build_dir, *, spram: bool = False):
     source = build_dir / f"{top}.v"
     write_text_if_changed(source, text)
     return build_core(sim, source, top, build_dir, spram)
+
+
+class ChangedInputs:
+    """An Amaranth testbench's inputs, each set only when its value changes: every ``ctx.set`` settles the design
+    (a long exchange's time, where an input was set each cycle). The caller looks each port up once and passes that
+    object (a port of a View is made anew at each look-up); ``set(port, value)`` stands for ``ctx.set``."""
+
+    def __init__(self, ctx):
+        self.ctx, self.last = ctx, {}
+
+    def set(self, port, value) -> None:
+        held = self.last.get(id(port))          # (port, value): the port kept, so that its id stays its own
+        if held is None or held[1] != value:
+            self.ctx.set(port, value)
+            self.last[id(port)] = (port, value)

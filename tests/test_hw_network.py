@@ -22,6 +22,7 @@ from hw.engine import LayerEngine  # noqa: E402
 from hw.network import NetworkCore  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
 from hw.network_program import MemoryMirror, decode_logits, image_beats, load_beats  # noqa: E402
+from simulators import ChangedInputs  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
 DIGITS = load(DATA / "digits-cnn-lcq-w3a3.lcq")
@@ -55,17 +56,13 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
     busy, engine_busy, starting, step_done = core.busy, core.engine.busy, core.starting, core.probe.step_done
     load_valid, load_ready, load_payload = core.load.valid, core.load.ready, core.load.payload
     out_valid, out_ready, out_payload = core.out.valid, core.out.ready, core.out.payload
-    driven = {"valid": None, "beat": None, "ready": None}
+    inputs = None       # the testbench's ChangedInputs
 
     def offer(ctx, beat):
         """Offer ``beat`` (or nothing, with probability ``stall``) this cycle; whether it is taken."""
         shown = rng.random() >= stall
-        if driven["valid"] != shown:
-            ctx.set(load_valid, shown)
-            driven["valid"] = shown
-        if driven["beat"] != beat:
-            ctx.set(load_payload, dict(zip(("target", "addr", "data"), beat)))
-            driven["beat"] = beat
+        inputs.set(load_valid, shown)
+        inputs.set(load_payload, dict(zip(("target", "addr", "data"), beat)))
         return shown and ctx.get(load_ready)
 
     async def load(ctx, beats):
@@ -77,12 +74,13 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
                 await ctx.tick()
                 if taken:
                     break
-        ctx.set(load_valid, 0)
-        driven["valid"] = False
+        inputs.set(load_valid, False)
         mirror.write(*(ctx.get(port) for port in probe_ports))
         await ctx.tick()
 
     async def testbench(ctx):
+        nonlocal inputs
+        inputs = ChangedInputs(ctx)
         if reset_first:
             ctx.set(rst, 1)
             await ctx.delay(2e-8)       # two clock periods (a tick in reset raises DomainReset)
@@ -102,9 +100,7 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
                     engine_cycles.append(run)
                     run = 0
                 ready = rng.random() >= backpressure
-                if driven["ready"] != ready:
-                    ctx.set(out_ready, ready)
-                    driven["ready"] = ready
+                inputs.set(out_ready, ready)
                 taken = pipelined and following and offer(ctx, following[0])
                 assert not (taken and ctx.get(starting)), "an IMAGE beat was taken while copying"
                 sent, value = ctx.get(out_valid), ctx.get(out_payload)
@@ -119,8 +115,7 @@ def simulate_network(model, params, images, *, stall=0.0, backpressure=0.0, seed
                     out.append(value)
                 cycles += 1
                 assert cycles < limit, f"the core did not finish within {limit} cycles"
-            ctx.set(load_valid, 0)
-            driven["valid"] = False
+            inputs.set(load_valid, False)
             assert step == len(steps), f"{step} of {len(steps)} steps ran"
             results.append({"logits": decode_logits(params, out, model.num_classes), "cycles": cycles,
                             "probes": probes, "engine_cycles": engine_cycles, "left_to_load": len(following)})

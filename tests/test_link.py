@@ -35,6 +35,7 @@ from hw.engine_params import TARGET_BITS  # noqa: E402
 from hw.link import LinkBridge  # noqa: E402
 from hw.baud import baud_divisor  # noqa: E402
 from hw.uart import UartRx, UartTx  # noqa: E402
+from simulators import ChangedInputs  # noqa: E402
 
 PERIOD = 1e-6
 ADDR_BITS, OUT_BITS, COLS, CODE_BITS = 6, 24, 4, 2  # 3-byte words, 1-byte CODES words
@@ -348,27 +349,20 @@ class SimPort:
 
     async def _bytes(self, ctx):
         bridge, rng, wait = self.top.bridge, random.Random(0), 0
-        # The ports made once, and each set only when its value changes: a testbench's set settles the design, and
-        # a port of a View made anew each cycle is evaluated anew (together, half of a long exchange's time).
-        ports = (self.top.reset, bridge.rx.valid, bridge.rx.payload.data, bridge.tx.ready)
+        # The ports made once (a port of a View made anew each cycle is evaluated anew), each set when it changes.
+        reset, rx_valid, rx_data, tx_ready = self.top.reset, bridge.rx.valid, bridge.rx.payload.data, bridge.tx.ready
         sampled = (bridge.tx.valid, bridge.tx.payload, *self._load_ports())
-        driven = [None] * len(ports)
-
-        def drive(i, value):
-            if driven[i] != value:
-                ctx.set(ports[i], value)
-                driven[i] = value
-
+        inputs = ChangedInputs(ctx)
         while True:
-            drive(0, int(self.resetting > 0))
+            inputs.set(reset, int(self.resetting > 0))
             self.resetting = max(self.resetting - 1, 0)
             send = bool(self.to_device) and wait == 0
-            drive(1, int(send))
+            inputs.set(rx_valid, int(send))
             if send:
-                drive(2, self.to_device.pop(0))
+                inputs.set(rx_data, self.to_device.pop(0))
             wait = self.gap - 1 if send else max(wait - 1, 0)
             ready = rng.random() < 0.6
-            drive(3, int(ready))
+            inputs.set(tx_ready, int(ready))
             _, _, valid, byte, *beat = await ctx.tick().sample(*sampled)
             if valid and ready:
                 self.from_device.append(byte)
@@ -376,10 +370,9 @@ class SimPort:
 
     async def _line(self, ctx):
         decoder = LineDecoder(self.divisor)
-        sampled, level = (self.top.tx, *self._load_ports()), None
+        sampled, rx, inputs = (self.top.tx, *self._load_ports()), self.top.rx, ChangedInputs(ctx)
         while True:
-            if level != (level := self.to_device.pop(0) if self.to_device else 1):
-                ctx.set(self.top.rx, level)
+            inputs.set(rx, self.to_device.pop(0) if self.to_device else 1)
             _, _, line, *beat = await ctx.tick().sample(*sampled)
             decoder.step(line)
             self.from_device += bytes(decoder.bytes)
