@@ -18,7 +18,7 @@ from torch import nn
 
 from lcq_train.layers import QAct
 
-from .graph import CompiledModel, MaxPoolNode
+from .graph import CompiledModel, ConcatNode, MaxPoolNode, node_inputs
 from .reference import check_images, run
 
 
@@ -41,12 +41,13 @@ class Agreement:
 
 def unmatched_codes(compiled: CompiledModel, model: nn.Module) -> list[str]:
     """Codes tensors of ``compiled`` that no activation quantizer of ``model`` is named as (the compiler names
-    each after the quantizer that produces it; codes a max pooling reads, before the quantizer's pooled codes,
-    are not compared and not counted). :func:`compare` compares no codes of these."""
+    each after the quantizer that produces it; codes a max pooling or a concatenation reads, on the way to the
+    quantizer's own codes, are not compared and not counted). :func:`compare` compares no codes of these."""
     quantizers = {name for name, m in model.named_modules() if isinstance(m, QAct)}
-    pooled = {node.input for node in compiled.nodes if isinstance(node, MaxPoolNode)}
+    on_the_way = {name for node in compiled.nodes if isinstance(node, (MaxPoolNode, ConcatNode))
+                  for name in node_inputs(node)}
     return [name for name, t in compiled.validate(arrays=False).items()
-            if t.bits is not None and name not in pooled and name not in quantizers]
+            if t.bits is not None and name not in on_the_way and name not in quantizers]
 
 
 @torch.no_grad()

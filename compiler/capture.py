@@ -45,6 +45,10 @@ SUPPORTED = (
     "ceil_mode False) of a conv's, BN's or addition's output where only ReLU, ReLU6 / hardtanh(0, max), identity, "
     "dropout, flatten and more max pooling stand between it and the activation quantizer of the next layer "
     "(it pools that quantizer's codes: the quantizer is non-decreasing, so it commutes with the maximum)",
+    "channel concatenation (torch.cat(parts, 1), torch.concat, torch.concatenate) of conv, BN or addition "
+    "outputs (through ReLU, clip or max pooling) where only ReLU, ReLU6 / hardtanh(0, max), identity, dropout and "
+    "max pooling stand between it and the activation quantizer of the next layer (each part's producer writes that "
+    "quantizer's codes for its own channels)",
     "flatten of a C x 1 x 1 tensor (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape "
     "to (x.size(0), -1) or (-1, C))",
     "identity, dropout (inference) and memory layouts (.contiguous(), .to(memory_format=...))",
@@ -77,8 +81,6 @@ HINTS = (
      "before it (or leave it out: training absorbs it); it has no product of two tensors"),
     ((torch.squeeze, "squeeze", "squeeze_"), "use torch.flatten(x, 1) (or nn.Flatten()) on the C x 1 x 1 tensor"),
     ((torch.mean, "mean"), "average over the map in one call: .mean((2, 3)) (global average pooling)"),
-    ((torch.cat, torch.concat), "the accelerator has no concatenation: make convs of one input one Conv2d with all "
-                                "their output channels, or join branches by addition (x + y, equal shapes)"),
     ((nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d), "only output size 1 compiles: use AdaptiveAvgPool2d(1), or "
                                                     "AvgPool2d(k), k = the map's known side / the output size, before "
                                                     "a conv (only a C x 1 x 1 map flattens)"),
@@ -105,14 +107,15 @@ _IMAGE_ARITHMETIC = ("normalizes the input image; the accelerator takes the imag
 
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
+_CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 
 
 @dataclass(frozen=True)
 class Op:
     """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, avgpool, maxpool,
-    flatten, reshape, size, identity, add, output), its ``module`` (None for a function), ``cap`` (the clip maximum) and
-    ``window`` (an average or max pooling's kernel, stride and padding)."""
+    flatten, reshape, size, identity, add, cat, output), its ``module`` (None for a function), ``cap`` (the clip
+    maximum) and ``window`` (an average or max pooling's kernel, stride and padding)."""
 
     kind: str
     module: nn.Module | None = None
@@ -150,6 +153,17 @@ def _add(node: fx.Node, model: str) -> Op:
                           "additions do not scale: write x + y (a conv or BN before the addition learns any scale "
                           "the branch needs)")
     return Op("add")
+
+
+def _cat(node: fx.Node, model: str) -> Op:
+    """A channel concatenation; Unsupported along any other dimension, or of anything but a list of tensors."""
+    parts, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
+    if not isinstance(parts, (tuple, list)) or not all(isinstance(p, fx.Node) for p in parts):
+        raise Unsupported(model, node, "does not join a list of the network's tensors")
+    if dim != 1:
+        raise Unsupported(model, node, f"joins along dimension {dim!r}; the accelerator joins along the channels "
+                          "only: torch.cat(parts, 1)")
+    return Op("cat")
 
 
 def _is_one(size) -> bool:
@@ -301,6 +315,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("identity")
         if f in _ADD_FUNCTIONS:
             return _add(node, model)
+        if f in _CAT_FUNCTIONS:
+            return _cat(node, model)
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")

@@ -24,8 +24,9 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   :mod:`compiler.graph`); flags (``descending``, ``relu``) are uint8 0 or 1.
 - Max pooling (``op`` "maxpool"): scalar fields only (``kernel``, ``stride``,
   ``padding``), no arrays. Average pooling (``op`` "avgpool"): a pool node's
-  fields plus ``kernel`` and ``stride``. A file without them is laid out as
-  before they existed.
+  fields plus ``kernel`` and ``stride``. Channel concatenation (``op``
+  "concat"): ``inputs``, a list of tensor names, no arrays. A file without them
+  is laid out as before they existed.
 - ReLU flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
   requantize stage that applies a ReLU; absent otherwise (never ``false``), so
   a file without one is laid out as before they existed.
@@ -55,9 +56,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode,
-                    MaxPoolNode, ModelRuleError, PoolNode, Requantize, Thresholds, act_scale, node_where, show,
-                    weight_scale)
+from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConcatNode, ConvNode,
+                    InputNode, MaxPoolNode, ModelRuleError, PoolNode, Requantize, Thresholds, act_scale, node_where,
+                    show, weight_scale)
 
 MANIFEST = "manifest.json"
 CHECKPOINT_MAGIC = b"LCQCKPT\n"   # lcq_train.checkpoint.MAGIC (not imported: that module needs torch, this one not)
@@ -84,6 +85,7 @@ NODE_FIELDS = {
     "pool": ("op", "name", "input", "output", "frac_bits", "sign", "relu", "offset", "stage"),
     "avgpool": ("op", "name", "input", "output", "frac_bits", "sign", "relu", "offset", "stage", "kernel", "stride"),
     "maxpool": ("op", "name", "input", "output", "kernel", "stride", "padding"),
+    "concat": ("op", "name", "inputs", "output"),
 }
 LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
@@ -224,6 +226,8 @@ class _Writer:
         if isinstance(node, MaxPoolNode):
             return {"op": "maxpool", "name": node.name, "input": node.input, "output": node.output,
                     **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding")}}
+        if isinstance(node, ConcatNode):
+            return {"op": "concat", "name": node.name, "inputs": list(node.inputs), "output": node.output}
         raise TypeError(f"cannot save node {node!r}")
 
 
@@ -450,6 +454,8 @@ class _Reader:
             return AddNode(d["name"], d["inputs"], d["output"], **flags)
         if op == "maxpool":
             return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"])
+        if op == "concat":
+            return ConcatNode(d["name"], d["inputs"], d["output"])
         pool = (d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")
                                                       for k in ("sign", "relu", "offset")),
                 d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))

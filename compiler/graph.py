@@ -20,6 +20,9 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
   :class:`AvgPoolNode`: the same summed over each window of an average pooling.
 - :class:`MaxPoolNode`: codes -> codes, the largest code of each window
   (max pooling before an activation quantizer, moved after it).
+- :class:`ConcatNode`: codes tensors of one width and one map size -> their
+  channels one after another (a channel concatenation before an activation
+  quantizer: the quantizer, elementwise, applied to each part).
 
 Rules. :meth:`CompiledModel.validate` is the one definition of what a compiled
 model may hold: the compiler runs it before it returns or saves a model
@@ -37,6 +40,8 @@ rules, besides exact types, dtypes and shapes of every field and array:
   ``out = (in + 2 * padding - kernel) // stride + 1`` exactly, ``in_shape``
   equal to the input tensor's shape; "linear" layers are 1x1 on (C, 1, 1);
   max pooling the same geometry on its input codes, the window within the padded input;
+  a concatenation joins 2..:data:`MAX_CONCAT` different codes tensors of one code width and one
+  ``H x W``, at most :data:`MAX_CHANNELS` channels in all;
 - level tables (DESIGN.md): ``s_w + 1`` resp. ``s_a + 1`` entries, non-decreasing,
   ``W[0] = A[0] = 0``, ``W[s_w] = s'_w``, ``A[s_a] = s'_a``; so the LUT
   ``W[k] * A[j]`` is the product table at every index, 0 included;
@@ -95,6 +100,7 @@ BIAS_LIMIT = 1 << 62         # |requantize bias - rounding half| stays below thi
 VALUE_LIMIT = 1 << 62        # bound of every value tensor: the sum of two fits int64
 INT64_LIMIT = 1 << 63
 MAX_NODES = 4096
+MAX_CONCAT = 64              # parts of one channel concatenation
 MAX_CLASSES = 1 << 16
 NAME = re.compile(r"[A-Za-z0-9_.]{1,256}")
 # What ``source.dataset`` may name: the trainer's datasets (lcq_train.data.IMAGE_SHAPES, which a test holds equal;
@@ -822,8 +828,53 @@ class MaxPoolNode:
         return self.out_shape(in_shape)
 
 
-Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode | AvgPoolNode | MaxPoolNode
-NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode, AvgPoolNode, MaxPoolNode)
+@dataclass
+class ConcatNode:
+    """Channel concatenation of codes tensors: ``out[n]`` is ``inputs[0][n]``'s channels, then ``inputs[1][n]``'s,
+    and so on (``torch.cat(parts, 1)``); same code width, same ``H x W``.
+
+    It stands for a concatenation before an activation quantizer: the quantizer is elementwise, so
+    ``Q(cat(a, b)) = cat(Q(a), Q(b))``, and each part's producer applies it (with its own BN) to its own channels.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+    op = "concat"
+
+    def apply(self, parts: list[np.ndarray]) -> np.ndarray:
+        """The codes ``(N, sum C, H, W)`` of ``parts`` (each ``(N, C_i, H, W)``, one dtype)."""
+        return np.concatenate(parts, axis=1)
+
+    def check_fields(self, where: str) -> None:
+        rule_name(where, "name", self.name)
+        if not isinstance(self.inputs, (tuple, list)) or not 2 <= len(self.inputs) <= MAX_CONCAT:
+            raise ModelRuleError(where, "inputs", f"must be 2..{MAX_CONCAT} tensor names, not {show(self.inputs)}")
+        for i, name in enumerate(self.inputs):
+            rule_name(where, f"inputs[{i}]", name)
+        if len(set(self.inputs)) != len(self.inputs):
+            raise ModelRuleError(where, "inputs", f"names a tensor twice: {show(list(self.inputs))}")
+        rule_name(where, "output", self.output)
+
+    @staticmethod
+    def check_shapes(where: str, parts: list) -> tuple[tuple[int, int, int], int]:
+        """The output shape and code width of joining codes tensors ``parts`` (:class:`TensorInfo` each)."""
+        first = parts[0]
+        for i, t in enumerate(parts[1:], start=1):
+            if t.shape[1:] != first.shape[1:]:
+                raise ModelRuleError(where, f"inputs[{i}]", f"is a {t.shape[1]}x{t.shape[2]} map; inputs[0] is "
+                                     f"{first.shape[1]}x{first.shape[2]}: a concatenation joins maps of one size")
+            if t.bits != first.bits:
+                raise ModelRuleError(where, f"inputs[{i}]", f"holds {t.bits}-bit codes, inputs[0] {first.bits}-bit: "
+                                     "a concatenation joins the codes of one quantizer")
+        channels = sum(t.shape[0] for t in parts)
+        if channels > MAX_CHANNELS:
+            raise ModelRuleError(where, "inputs", f"join {channels} channels, more than {MAX_CHANNELS}")
+        return (channels, *first.shape[1:]), first.bits
+
+
+Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode | AvgPoolNode | MaxPoolNode | ConcatNode
+NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode, AvgPoolNode, MaxPoolNode, ConcatNode)
 
 
 @dataclass
@@ -833,6 +884,13 @@ class TensorInfo:
     shape: tuple[int, int, int]
     bits: int | None
     bound: int | None = None
+
+
+def node_inputs(node) -> tuple[str, ...]:
+    """The tensors ``node`` reads (none for the input node)."""
+    if isinstance(node, InputNode):
+        return ()
+    return tuple(node.inputs) if isinstance(node, (AddNode, ConcatNode)) else (node.input,)
 
 
 def node_where(i: int, node) -> str:
@@ -906,8 +964,7 @@ class CompiledModel:
                 raise ModelRuleError(node_where(i, node), "output", f"tensor {node.output!r} is named as the "
                                      f"accumulator of {accumulators[node.output]} ('<layer>.acc', which the integer "
                                      "reference keeps beside the tensors)")
-        read = {name for node in self.nodes[1:]
-                for name in (node.inputs if isinstance(node, AddNode) else (node.input,))}
+        read = {name for node in self.nodes[1:] for name in node_inputs(node)}
         for i, node in enumerate(self.nodes[:-1]):
             if node.output not in read:
                 raise ModelRuleError(node_where(i, node), "output", f"tensor {node.output!r} is read by no later node; "
@@ -1086,6 +1143,9 @@ class CompiledModel:
         if isinstance(node, MaxPoolNode):
             t = need(node.input, True)
             return TensorInfo(node.check_shape(where, t.shape), t.bits)
+        if isinstance(node, ConcatNode):
+            parts = [need(name, True, f"inputs[{i}]") for i, name in enumerate(node.inputs)]
+            return TensorInfo(*ConcatNode.check_shapes(where, parts))
         t = need(node.input, False)
         if options is not None and node.frac_bits != options["pool_frac_bits"]:
             raise ModelRuleError(where, "frac_bits", f"= {node.frac_bits}; the compile options say "

@@ -63,8 +63,8 @@ from lcq_train.quant import level_scale
 
 from . import stages
 from .capture import Op, Unsupported, capture, describe, location, operation
-from .graph import (FRAC_BITS, INT64_LIMIT, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode,
-                    MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
+from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConcatNode,
+                    ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,9 @@ class _Value:
     ``folded``: a BN is in ``gain``/``offset``;
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`). Kind "size": a tensor's size
-    (``x.size()``, ``x.shape``), or its dimension ``dim`` of it (``x.size(0)``, ``x.shape[0]``), for a reshape."""
+    (``x.size()``, ``x.shape``), or its dimension ``dim`` of it (``x.size(0)``, ``x.shape[0]``), for a reshape.
+    Kind "concat": the channel concatenation ``concat`` (the name of its node) of ``parts`` (each kind "values",
+    not pooled), then max pooled (``maxpools``), on its way to an activation quantizer."""
 
     kind: str
     tensor: str | None = None
@@ -195,6 +197,8 @@ class _Value:
     maxpools: tuple = ()
     rectified: bool = False
     dim: int | None = None
+    parts: tuple = ()
+    concat: str | None = None
 
     @property
     def plain(self) -> bool:
@@ -216,6 +220,8 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
 
 
 GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
+# The operations that take a "concat" _Value (on its way to an activation quantizer).
+_CONCAT_READERS = ("act", "relu", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity")
 _DEFAULT_FRAC = CompileOptions.residual_frac_bits   # the fraction bits that cover a trained model's scales
 
 
@@ -269,6 +275,10 @@ class _Lowering:
         output = next(n for n in graph.nodes if n.op == "output")
         for node in _post_order(output):
             op = operation(node, self.modules, self.model)
+            if op.kind not in _CONCAT_READERS and any(self.values[a].kind == "concat" for a in node.all_input_nodes):
+                self.refuse(node, "reads a channel concatenation; a concatenation lowers only where nothing but "
+                            "ReLU, ReLU6 / hardtanh(0, max), identity, dropout, pooling and flatten stand between it "
+                            "and the activation quantizer of the next layer")
             try:
                 self.values[node] = getattr(self, "_" + op.kind)(node, op)
             except ModelRuleError as e:      # a constant out of range: the fixed-point widths chosen for it
@@ -295,7 +305,11 @@ class _Lowering:
         return replace(x, sole=x.sole and len(node.users) == 1, **changes)
 
     def shape(self, x: _Value) -> tuple[int, int, int]:
-        c, h, w = self.shapes[x.tensor]
+        if x.kind == "concat":
+            shapes = [self.shape(part) for part in x.parts]
+            c, h, w = sum(shape[0] for shape in shapes), *shapes[0][1:]
+        else:
+            c, h, w = self.shapes[x.tensor]
         if x.pooled == GLOBAL:
             return (c, 1, 1)
         if x.pooled:
@@ -436,8 +450,26 @@ class _Lowering:
         if x.kind == "codes":
             self.refuse(node, "quantizes codes again; an activation quantizer reads values")
         t = self.act_thresholds(act)
-        t = np.where(t > x.cap, np.inf, t)              # codes above the clip are never reached
         bits, shape = act.spec.bits, self.shape(x)
+        if x.kind == "concat":
+            joined = self.fresh(f"{name}.unpooled")[0] if x.maxpools else name
+            parts = self.fresh(*(f"{joined}.{i}" for i in range(len(x.parts))))
+            for part, codes in zip(x.parts, parts):
+                self.codes_of(node, part, t, bits, codes)
+            self.nodes.append(ConcatNode(x.concat, parts, joined))
+            self.shapes[joined] = (sum(self.shapes[p][0] for p in parts), *self.shapes[parts[0]][1:])
+            self.max_pools(x.maxpools, joined, name)
+        else:
+            self.codes_of(node, x, t, bits, name)
+        self.shapes[name] = shape
+        return _Value("codes", name)
+
+    def codes_of(self, node: fx.Node, x: _Value, t: np.ndarray, bits: int, out: str) -> None:
+        """Values ``x`` through the thresholds ``t`` of the ``bits``-bit quantizer ``node`` (those above ``x``'s clip
+        never reached) into codes tensor ``out``: averaged first by a pool node where ``x`` is pooled, else the
+        thresholds fold into the output stage of the layer whose accumulator ``x`` is where nothing else reads it
+        (else an activation node), then ``x``'s max poolings."""
+        t = np.where(t > x.cap, np.inf, t)
         if x.pooled:
             _, h, w = self.shapes[x.tensor]
             frac, window = self.options.pool_frac_bits, x.pooled != GLOBAL
@@ -445,22 +477,21 @@ class _Lowering:
             summed = x.pooled[0] ** 2 if window else h * w
             sign, relu, off, stage = stages.pool_constants(x.gain, x.offset, t, summed, frac, self.bounds[x.tensor],
                                                            bits)
-            pool = (name, x.tensor, name, sign, relu, off, frac, stage)
+            pool = (out, x.tensor, out, sign, relu, off, frac, stage)
             self.nodes.append(AvgPoolNode(*pool, *x.pooled) if window else PoolNode(*pool))
+            self.shapes[out] = self.shape(x)
+            return
+        codes, full = self.fresh(f"{out}.unpooled")[0] if x.maxpools else out, self.shapes[x.tensor]
+        stage = stages.thresholds(x.gain, x.offset, t, self.bounds[x.tensor], bits)
+        conv = self.raw.get(x.tensor)
+        if conv is not None and x.sole:             # fold into the layer's output stage
+            conv.stage, conv.out_scale, conv.output = stage, None, codes
+            for table in (self.shapes, self.bounds, self.scales, self.raw):
+                table.pop(x.tensor, None)
         else:
-            codes, full = self.fresh(f"{name}.unpooled")[0] if x.maxpools else name, self.shapes[x.tensor]
-            stage = stages.thresholds(x.gain, x.offset, t, self.bounds[x.tensor], bits)
-            conv = self.raw.get(x.tensor)
-            if conv is not None and x.sole:             # fold into the layer's output stage
-                conv.stage, conv.out_scale, conv.output = stage, None, codes
-                for table in (self.shapes, self.bounds, self.scales, self.raw):
-                    table.pop(x.tensor, None)
-            else:
-                self.nodes.append(ActivateNode(codes, x.tensor, codes, stage))
-            self.shapes[codes] = full
-            self.max_pools(x.maxpools, codes, name)
-        self.shapes[name] = shape
-        return _Value("codes", name)
+            self.nodes.append(ActivateNode(codes, x.tensor, codes, stage))
+        self.shapes[codes] = full
+        self.max_pools(x.maxpools, codes, out)
 
     def check_pool_unit(self, node: fx.Node, x: _Value, t: np.ndarray, frac: int) -> None:
         """Refuse pooling ``x`` into quantizer ``node`` where a unit of the pooled sum (``2^-frac`` of the
@@ -614,6 +645,8 @@ class _Lowering:
 
     def _relu(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
+        if x.kind == "concat":                          # each part's ReLU
+            return self.chain(node, x, parts=tuple(p if p.rectified else replace(p, relu=True) for p in x.parts))
         if x.kind == "codes" or x.rectified:
             return x                                    # codes are never negative; rectified values neither
         if x.kind != "values" or x.pooled:
@@ -624,6 +657,8 @@ class _Lowering:
 
     def _clip(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
+        if x.kind == "concat":                          # each part's clip
+            return self.chain(node, x, parts=tuple(replace(p, relu=True, cap=min(p.cap, op.cap)) for p in x.parts))
         if x.kind != "values" or x.pooled:
             self.refuse(node, "clips the image, codes or a pooled tensor; it folds only into the thresholds of an "
                         "activation quantizer after a conv, BN or addition")
@@ -631,8 +666,19 @@ class _Lowering:
 
     def pooling_input(self, node: fx.Node, what: str) -> _Value:
         """The input of ``node``, a global or windowed average pooling (``what``): a ReLU's output (unclipped)
-        of a conv, BN or addition, else refused."""
+        of a conv, BN or addition, or a concatenation of those, else refused."""
         x = self.arg(node)
+        self.after_max_pooling(node, x, what)
+        if x.kind == "concat":
+            for part in x.parts:
+                self.check_pooling_input(node, part, what)
+        else:
+            self.check_pooling_input(node, x, what)
+        return x
+
+    def check_pooling_input(self, node: fx.Node, x: _Value, what: str) -> None:
+        """Refuse pooling ``node`` (``what``) of ``x`` unless it is a ReLU's output (unclipped) of a conv, BN or
+        addition."""
         self.after_max_pooling(node, x, what)
         unit = "the pooling unit averages [BN +] ReLU outputs"
         if x.kind == "image":
@@ -645,10 +691,9 @@ class _Lowering:
         if x.kind != "values" or x.pooled or not x.relu:
             self.refuse(node, f"does not pool a ReLU's output of a conv, BN or addition; {unit}: put a ReLU right "
                         "before it (conv -> [BN ->] ReLU -> pooling)")
-        return x
 
     def _pool(self, node: fx.Node, op: Op) -> _Value:
-        return self.chain(node, self.pooling_input(node, "global average pooling"), pooled=GLOBAL)
+        return self.averaged(node, self.pooling_input(node, "global average pooling"), GLOBAL)
 
     def _avgpool(self, node: fx.Node, op: Op) -> _Value:
         x = self.pooling_input(node, "average pooling")
@@ -656,11 +701,18 @@ class _Lowering:
         _, h, w = self.shape(x)
         if min(h, w) < k:
             self.refuse(node, f"has a {k}x{k} window, larger than its {h}x{w} input")
-        return self.chain(node, x, pooled=(k, s))
+        return self.averaged(node, x, (k, s))
+
+    def averaged(self, node: fx.Node, x: _Value, window: tuple[int, int]) -> _Value:
+        """``x`` averaged by ``node`` over ``window`` (:data:`GLOBAL`, or kernel and stride): a concatenation's
+        parts each (the average of a channel is its part's)."""
+        if x.kind == "concat":
+            return self.chain(node, x, parts=tuple(replace(p, pooled=window) for p in x.parts))
+        return self.chain(node, x, pooled=window)
 
     def _maxpool(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
-        if x.kind != "values" or x.pooled:
+        if x.kind not in ("values", "concat") or x.pooled or any(p.pooled for p in x.parts):
             self.refuse(node, "max pools the image, codes or a globally pooled tensor; max pooling lowers between a "
                         "conv, BN or addition and the activation quantizer of the next layer")
         c, h, w = self.shape(x)
@@ -756,6 +808,29 @@ class _Lowering:
                          f"--residual-frac-bits {frac} below its step) is {1 / ratio:.3g} times coarser than "
                          f"{x.tensor!r}'s accumulator step (times its BN scale): {x.tensor!r}'s values would round "
                          f"together and the codes after the sum differ from the PyTorch model's; {fix}")
+
+    def _cat(self, node: fx.Node, op: Op) -> _Value:
+        """The channel concatenation ``node`` of conv, BN or addition outputs (through ReLU, clip or max pooling),
+        each of which will write its own channels' codes of the quantizer after it."""
+        parts = []
+        for i, arg in enumerate(node.args[0] if node.args else node.kwargs["tensors"]):
+            x = self.values[arg]
+            if x.kind != "values" or x.pooled:
+                joined = {"image": "the input image", "codes": "activation codes",
+                          "size": "a tensor's size"}.get(x.kind, "an average-pooled tensor")
+                self.refuse(node, f"joins {joined} (part {i}); a concatenation joins the outputs of conv or linear "
+                            "layers, BNs or additions (through ReLU, clip or max pooling) on their way to one "
+                            "activation quantizer")
+            parts.append(x)
+        if len({x.tensor for x in parts}) < len(parts):
+            self.refuse(node, "joins one layer's output twice; each part of a concatenation is its own layer's "
+                        "output (a conv with the channels twice is one layer)")
+        sides = {self.shape(x)[1:] for x in parts}
+        if len(sides) > 1:
+            self.refuse(node, f"joins maps of sizes {sorted(sides)}; a concatenation joins maps of one size")
+        if len(parts) > MAX_CONCAT:
+            self.refuse(node, f"joins {len(parts)} tensors, more than {MAX_CONCAT}")
+        return _Value("concat", parts=tuple(parts), concat=self.scoped(node, "cat", "cat")[0])
 
     def _output(self, node: fx.Node, op: Op) -> _Value:
         source = node.args[0]

@@ -18,6 +18,12 @@ data memories:
   width: the widest value tensor, ``signed_bits(bound)`` with the exact bounds
   that :meth:`~compiler.graph.CompiledModel.validate` propagates.
 
+A channel concatenation has no step: its tensor is one region of the code memory, and each part is
+placed inside it, at the word of its first channel, so the step that writes a part writes it into the
+concatenation (``within``: the concatenation whose region holds a part). On the chip each part
+therefore starts a word: every part but the last has a multiple of ``lanes`` channels (and, with
+``align`` 2, starts at an even word), else :class:`NetworkPlanError` names the part and the lanes that fit.
+
 Steps (``kind`` is the node's ``op``): ``input`` (pixels -> input table ->
 codes), ``conv`` (codes -> codes with a thresholds stage, else values),
 ``activate`` (values -> codes), ``add`` (values + values -> values), ``pool``
@@ -50,8 +56,9 @@ as the intervals are inclusive, a step's output never overlaps its own inputs,
 with one exception: a residual sum is written *in place* over an operand that
 this addition reads for the last time (the vector unit reads both operands of
 an element before it writes the sum). A memory's depth is the high-water mark
-of its regions. A graph the planned hardware cannot run (a conv on values,
-pooling or activating codes, max pooling values, an add of codes) raises :class:`NetworkPlanError`.
+of its regions (a concatenation's region alive from its first part's write to its last reader). A
+graph the planned hardware cannot run (a conv on values, pooling or activating codes, max pooling
+values, an add of codes) raises :class:`NetworkPlanError`.
 
 Numpy only (no torch, no amaranth), like the rest of the compiler's file side.
 """
@@ -60,8 +67,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, PoolNode,
-                    Requantize, Thresholds, node_where, signed_bits)
+from .graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConcatNode, ConvNode, InputNode, MaxPoolNode,
+                    PoolNode, Requantize, Thresholds, node_where, signed_bits)
 
 # Largest number of code lanes (the PE array's rows); the same limit as hw.engine_params.MAX_ARRAY,
 # stated here because the compiler does not import the hardware package.
@@ -118,7 +125,8 @@ class TensorPlan:
     """Where a tensor lives: ``kind`` (its memory, "codes" or "values"), ``shape`` (C, H, W), element
     width ``bits``, ``words`` of its memory from ``base``, alive from step ``first`` to ``last``
     (inclusive), ``role`` (its logical buffer, :data:`ROLES`), for values ``bound`` (largest |x|), and
-    for an addition's sum ``in_place``: the operand whose region it overwrites (or None). A conv's
+    for an addition's sum ``in_place``: the operand whose region it overwrites (or None); for a part of a
+    concatenation ``within``: the concatenation, whose region holds it (or None). A conv's
     values that a fused addition consumes are not ``stored`` (no region; ``base`` is the sum's)."""
 
     name: str
@@ -132,6 +140,7 @@ class TensorPlan:
     bound: int | None = None
     base: int = 0
     in_place: str | None = None
+    within: str | None = None
     stored: bool = True
 
     @property
@@ -148,7 +157,7 @@ class TensorPlan:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "role": self.role, "shape": list(self.shape), "bits": self.bits,
                 "bound": self.bound, "words": self.words, "base": self.base, "first": self.first, "last": self.last,
-                "in_place": self.in_place, "stored": self.stored}
+                "in_place": self.in_place, "within": self.within, "stored": self.stored}
 
 
 @dataclass
@@ -190,11 +199,17 @@ class NetworkPlan:
 
     def peak_words(self, select) -> int:
         """The most words, over steps, of the alive tensors for which ``select(tensor)`` holds (a sum
-        written in place over its operand counted once)."""
+        written in place over its operand, and a part inside its concatenation, counted once)."""
+        def holders(t: TensorPlan):                 # the concatenations whose regions hold ``t``, innermost first
+            while t.within is not None:
+                t = self.tensors[t.within]
+                yield t.name
+
         def words(step: int) -> int:
             alive = self.alive(step)
             names = {t.name for t in alive}
-            return sum(t.words for t in alive if select(t) and t.in_place not in names)
+            return sum(t.words for t in alive if select(t) and t.in_place not in names
+                       and not any(h in names for h in holders(t)))
         return max((words(s.index) for s in self.steps), default=0)
 
     def buffers(self) -> dict[str, dict]:
@@ -289,12 +304,18 @@ def _steps(model: CompiledModel) -> list[Step]:
                  "memory")
             steps.append(Step(i, node.name, "maxpool", (node.input,), node.output))
             kinds[node.output] = "codes"
+        elif isinstance(node, ConcatNode):            # no step: its parts are written into its region
+            for name in node.inputs if isinstance(node.inputs, (tuple, list)) else ():
+                need(where, "the concatenation", name, "codes", "a concatenation joins codes of the code memory")
+            kinds[node.output] = "codes"
         else:
             raise NetworkPlanError(where, f"a {type(node).__name__} is not a step the hardware runs")
     return steps
 
 
 def _role(node, model: CompiledModel) -> str:
+    if isinstance(node, ConcatNode):                  # its parts' (the first's)
+        return _role(next(n for n in model.nodes if n.output == node.inputs[0]), model)
     if node.output == model.logits:
         return "logits"
     if isinstance(node, PoolNode) and not isinstance(node, AvgPoolNode):
@@ -338,22 +359,55 @@ def allocate(tensors: list[TensorPlan], align: int = 1) -> int:
     return best[0]
 
 
-def allocate_in_place(tensors: list[TensorPlan], by_name: dict[str, TensorPlan], align: int = 1) -> int:
-    """:func:`allocate` with each sum that is ``in_place`` sharing its operand's region: the chain of
-    tensors joined so is placed as one, alive from the first's first step to the last's last."""
-    chains: dict[str, list[TensorPlan]] = {}
+def allocate_regions(tensors: list[TensorPlan], offsets: dict[str, tuple[str, int]], align: int = 1) -> int:
+    """:func:`allocate` with each tensor that ``offsets`` names placed inside another's region, ``offsets[name] =
+    (holder, words)`` ``words`` after the holder's base (a sum in place over its operand at 0, a part of a
+    concatenation at its first channel's word): the tensors joined so are placed as one region, alive from the
+    first step of any to the last step of any, as long as the furthest end. Returns the depth."""
+    regions: dict[str, list[tuple[TensorPlan, int]]] = {}
+    by_name = {t.name: t for t in tensors}
     for t in tensors:
-        head = t
-        while head.in_place is not None:
-            head = by_name[head.in_place]
-        chains.setdefault(head.name, []).append(t)
-    joined = [replace(chain[0], first=min(t.first for t in chain), last=max(t.last for t in chain),
-                      words=max(t.words for t in chain)) for chain in chains.values()]
+        head, offset = t.name, 0
+        while head in offsets:
+            head, words = offsets[head]
+            offset += words
+        regions.setdefault(head, []).append((t, offset))
+    joined = [replace(by_name[head], first=min(t.first for t, _ in members), last=max(t.last for t, _ in members),
+                      words=max(offset + t.words for t, offset in members)) for head, members in regions.items()]
     depth = allocate(joined, align)
     for region in joined:
-        for t in chains[region.name]:
-            t.base = region.base
+        for t, offset in regions[region.name]:
+            t.base = region.base + offset
     return depth
+
+
+def concat_offsets(model: CompiledModel, tensors: dict[str, TensorPlan], lanes: int,
+                   align: int) -> dict[str, tuple[str, int]]:
+    """``{part: (concatenation, words)}``: where each part of each concatenation of ``model`` starts in the
+    concatenation's region (its first channel's word; ``tensors`` planned, ``lanes`` codes a word, every base a
+    multiple of ``align``). :class:`NetworkPlanError` where a part does not start a word, or is a part twice."""
+    offsets: dict[str, tuple[str, int]] = {}
+    for i, node in enumerate(model.nodes):
+        if not isinstance(node, ConcatNode):
+            continue
+        where, (_, h, w) = node_where(i, node), tensors[node.output].shape
+        channels = 0
+        for k, part in enumerate(node.inputs):
+            if part in offsets:
+                raise NetworkPlanError(where, f"joins {part!r}, a part of {offsets[part][0]!r} already: a tensor is "
+                                              "placed in one concatenation")
+            if channels % lanes or (channels // lanes * h * w) % align:
+                fit = [n for n in range(1, MAX_LANES + 1) if all(sum(tensors[p].shape[0] for p in node.inputs[:j])
+                                                                 % n == 0 for j in range(1, len(node.inputs)))]
+                raise NetworkPlanError(where, f"part {k} ({part!r}) starts at channel {channels}, inside a word of "
+                                       f"{lanes} codes" + (" (at an odd word: positions are written in pairs)"
+                                                           if channels % lanes == 0 else "")
+                                       + f"; on the chip each part starts a word: build with rows (code lanes) "
+                                       f"dividing every part's first channel ({', '.join(map(str, fit[-4:]))} "
+                                       "would), or give the parts multiples of the rows as channels")
+            offsets[part] = (node.output, channels // lanes * h * w)
+            channels += tensors[part].shape[0]
+    return offsets
 
 
 def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
@@ -426,7 +480,10 @@ def plan_network(model: CompiledModel, lanes: int = 1, align: int = 1) -> Networ
     for node in model.nodes:
         t = info[node.output]
         shape = tuple(int(d) for d in t.shape)
-        first = fused[node.output].index if node.output in fused else written[node.output]
+        if isinstance(node, ConcatNode):              # written by its parts' steps
+            first = min(tensors[part].first for part in node.inputs)
+        else:
+            first = fused[node.output].index if node.output in fused else written[node.output]
         last = end if node.output == model.logits else last_use.get(node.output, first)
         if t.bits is not None:
             tensors[node.output] = TensorPlan(node.output, "codes", shape, t.bits, code_words(shape, lanes),
@@ -443,9 +500,12 @@ def plan_network(model: CompiledModel, lanes: int = 1, align: int = 1) -> Networ
                      if tensors[n].stored and tensors[n].last == total.first and n != model.logits]
             if dying:
                 total.in_place = dying[0].name
+    offsets = {t.name: (t.in_place, 0) for t in tensors.values() if t.in_place is not None}
+    for part, (concat, words) in concat_offsets(model, tensors, lanes, align).items():
+        tensors[part].within, offsets[part] = concat, (concat, words)
     for memory in MEMORIES:
         held = [t for t in tensors.values() if t.kind == memory and t.stored]
-        depth = allocate_in_place(held, tensors, align)
+        depth = allocate_regions(held, offsets, align)
         bits = max((t.bits for t in tensors.values() if t.kind == memory), default=0)
         width = lanes * bits if memory == "codes" else bits
         plan.memories[memory] = MemoryPlan(memory, depth, width, plan.peak_words(lambda t, m=memory: t.kind == m))

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .graph import ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, PoolNode
+from .graph import ActivateNode, AddNode, CompiledModel, ConcatNode, ConvNode, InputNode, MaxPoolNode, PoolNode
 
 
 def patches(codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
@@ -91,6 +91,8 @@ def execute(node, t: dict[str, np.ndarray], images: np.ndarray) -> None:
         t[node.output] = node.stage.apply(node.sums(t[node.input]))
     elif isinstance(node, MaxPoolNode):
         t[node.output] = node.apply(t[node.input])
+    elif isinstance(node, ConcatNode):
+        t[node.output] = node.apply([t[name] for name in node.inputs])
     else:
         raise TypeError(f"unknown node {node!r}")
 

@@ -96,7 +96,10 @@ def _kb(bits: int) -> str:
 def format_network(net: dict) -> str:
     """The network plan (:meth:`NetworkPlan.describe`) as two markdown tables (buffers, memories) and a total."""
     lanes = net["lanes"]
-    lines = [f"network on the chip: {len(net['steps'])} steps, {len(net['tensors'])} tensors; code memory "
+    parts = [t for t in net["tensors"].values() if t["within"]]
+    joined = (f" ({len({t['within'] for t in parts})} concatenations of {len(parts)} parts: each part written into "
+              "its concatenation's region, no step of their own)") if parts else ""
+    lines = [f"network on the chip: {len(net['steps'])} steps, {len(net['tensors'])} tensors{joined}; code memory "
              f"{lanes} code{'s' if lanes > 1 else ''} per word", "",
              "| buffer | memory | tensors | largest tensor (words) | words alive at once | bits | KB |",
              "|---|---|---|---|---|---|---|"]

@@ -34,7 +34,7 @@ import json
 from dataclasses import dataclass, fields, replace
 
 from compiler.graph import CompiledModel
-from compiler.network import NetworkPlan, plan_network
+from compiler.network import NetworkPlan, NetworkPlanError, plan_network
 
 from .bands import band_rows, network_layer_cycles, ring_depth
 from .engine_params import NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, WIDE_WEIGHTS, EngineParams, spram_blocks
@@ -190,7 +190,7 @@ class NetworkParams:
         engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True, skip_groups=True,
                                         identity_tables=True, multiply_cols=multiply_cols)
         if write_pairs is None:
-            write_pairs = pairs_pay(model, engine)
+            write_pairs = pairs_pay(model, engine) and places_pairs(model, engine)
         engine = replace(engine, write_pairs=write_pairs)
         plan = network_plan(model, engine)
         engine = replace(engine, act_depth=plan.memories["codes"].depth, out_depth=ring_depth(engine, model.convs),
@@ -241,6 +241,16 @@ def network_plan(model: CompiledModel, params: NetworkParams | EngineParams) -> 
     memories' positions per word (2 with ``write_pairs``)."""
     engine = params.engine if isinstance(params, NetworkParams) else params
     return plan_network(model, lanes=engine.rows, align=engine.halves)
+
+
+def places_pairs(model: CompiledModel, engine: EngineParams) -> bool:
+    """Whether the compiler can place ``model``'s tensors for ``engine`` writing back in pairs (every tensor at an
+    even word: not where a concatenation's part would start at an odd one)."""
+    try:
+        network_plan(model, replace(engine, write_pairs=True))
+    except NetworkPlanError:
+        return False
+    return True
 
 
 def pairs_pay(model: CompiledModel, engine: EngineParams, saving: float = 0.2) -> bool:

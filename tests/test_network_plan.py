@@ -4,7 +4,8 @@ Liveness and non-overlap are checked against the step list independently of the 
 ``first``/``last``: for every pair of tensors of one memory that are alive at one step (written at
 or before it, read at or after it; the logits to the end), their address ranges must be disjoint.
 Random graphs are valid compiled models built node by node (convs with every output stage,
-activations, residual additions of any two value tensors of one shape, pooling, max pooling of codes).
+activations, residual additions of any two value tensors of one shape, pooling, max pooling of codes,
+concatenations of codes of one map size and width, nested ones too).
 """
 
 import json
@@ -16,8 +17,8 @@ import numpy as np
 import pytest
 
 from compiler.format import load
-from compiler.graph import (ActivateNode, AddNode, CompiledModel, ConvNode, InputNode, MaxPoolNode, ModelRuleError,
-                            PoolNode, Requantize, Thresholds, act_scale, mac_kind, signed_bits)
+from compiler.graph import (ActivateNode, AddNode, CompiledModel, ConcatNode, ConvNode, InputNode, MaxPoolNode,
+                            ModelRuleError, PoolNode, Requantize, Thresholds, act_scale, mac_kind, signed_bits)
 from compiler.network import MAX_LANES, NetworkPlanError, code_address, plan_network, value_address
 from lcq.cli import main
 
@@ -85,14 +86,15 @@ def _model(nodes, classes):
 
 
 def random_model(rnd: random.Random) -> CompiledModel:
-    """A random valid compiled model: a DAG of convs, activations, additions, pooling and max pooling on small
-    maps."""
+    """A random valid compiled model: a DAG of convs, activations, additions, pooling, max pooling and
+    concatenations on small maps."""
     side = rnd.randint(1, 6)
     shape = (rnd.randint(1, 5), side, side)
     nodes = [_input(shape, rnd.choice((3, 8)))]
     codes = {"act_in": (shape, nodes[0].bits)}      # name -> (shape, bits)
     values = {}                                      # name -> shape
     unread = set()                                   # outputs no node reads yet: picked first, most often
+    joined = set()                                   # parts of a concatenation (none is a part twice)
 
     def pick(names):
         fresh = [n for n in names if n in unread]
@@ -106,6 +108,11 @@ def random_model(rnd: random.Random) -> CompiledModel:
         ops += ["add"] * 2 * bool(values)
         sides = {s[1:] for s, _ in codes.values()}
         ops += ["residual"] * 2 * any(s[1:] in sides for s in values.values())
+        kinds = {}
+        for n, (s, bits) in codes.items():
+            if n not in joined:
+                kinds.setdefault((s[1:], bits), []).append(n)
+        ops += ["concat"] * 2 * any(len(names) > 1 for names in kinds.values())
         op = rnd.choice(ops)
         name = f"n{i}"
         if op == "conv":
@@ -126,6 +133,13 @@ def random_model(rnd: random.Random) -> CompiledModel:
             pad = rnd.randint(max(0, (k - min(s[1:]) + 1) // 2), k // 2)
             node = MaxPoolNode(name, src, name, k, rnd.randint(1, 2), pad)
             codes[name] = (node.out_shape(s), bits)
+        elif op == "concat":
+            group = rnd.choice([names for names in kinds.values() if len(names) > 1])
+            parts = rnd.sample(group, rnd.randint(2, min(3, len(group))))
+            node = ConcatNode(name, tuple(parts), name)
+            joined.update(parts)
+            (_, h, w), bits = codes[parts[0]]
+            codes[name] = ((sum(codes[p][0][0] for p in parts), h, w), bits)
         elif op == "activate":
             src = rnd.choice(list(values))           # often an older stream: not fusable
             node = ActivateNode(name, src, name, _thresholds(values[src][0], rnd.choice((2, 3))))
@@ -154,7 +168,7 @@ def random_model(rnd: random.Random) -> CompiledModel:
             node = AddNode(name, (pick(group), pick(group)), name)
             values[name] = values[node.inputs[0]]
         nodes.append(node)
-        unread.difference_update(node.inputs if isinstance(node, AddNode) else (node.input,))
+        unread.difference_update(node_inputs(node))
         unread.add(node.output)
     flat = [n for n, (s, _) in codes.items() if s[1:] == (1, 1)]
     if not flat:
@@ -180,7 +194,7 @@ def _needed(nodes: list) -> list:
     for node in reversed(nodes):
         if node.output in read:
             kept.append(node)
-            read.update(node.inputs if isinstance(node, AddNode) else (getattr(node, "input", None),))
+            read.update(node_inputs(node))
     return kept[::-1]
 
 
@@ -188,7 +202,24 @@ def _needed(nodes: list) -> list:
 
 
 def node_inputs(node) -> list[str]:
-    return list(node.inputs) if isinstance(node, AddNode) else [] if isinstance(node, InputNode) else [node.input]
+    return list(node.inputs) if isinstance(node, (AddNode, ConcatNode)) else [] if isinstance(node, InputNode) \
+        else [node.input]
+
+
+def part_offsets(model: CompiledModel, lanes: int, align: int = 1) -> dict[str, tuple[str, int]] | None:
+    """{part: (its concatenation, the word of its first channel there)}, or None where a part would start inside a
+    word of ``lanes`` codes (or at an odd word with ``align`` 2), which the chip cannot place."""
+    info, out = model.validate(arrays=False), {}
+    for n in model.nodes:
+        if isinstance(n, ConcatNode):
+            first = 0
+            for part in n.inputs:
+                _, h, w = info[part].shape
+                if first % lanes or (first // lanes * h * w) % align:
+                    return None
+                out[part] = (n.output, first // lanes * h * w)
+                first += info[part].shape[0]
+    return out
 
 
 def fusable_adds(model: CompiledModel) -> dict[int, str]:
@@ -230,15 +261,20 @@ def check_plan(model: CompiledModel, plan) -> None:
     info = model.validate()
     fused = fusable_adds(model)
     activations = fusable_activations(model, fused)
+    concats = {i for i, n in enumerate(model.nodes) if isinstance(n, ConcatNode)}
     assert [s.index for s in plan.steps] == [i for i in range(len(model.nodes)) if i not in fused
-                                             and i not in activations]
+                                             and i not in activations and i not in concats]
     assert list(plan.tensors) == [n.output for n in model.nodes]
     step_of = {i: activations.get(i, i - 1 if i in fused else i) for i in range(len(model.nodes))}
-    defined = {n.output: step_of[i] for i, n in enumerate(model.nodes)}
+    defined = {}
+    for i, n in enumerate(model.nodes):         # a concatenation: when its first part is written
+        defined[n.output] = min(defined[p] for p in n.inputs) if i in concats else step_of[i]
     readers = {}
     steps = {s.index: s for s in plan.steps}
     for i, n in enumerate(model.nodes):
         ins = [x for x in node_inputs(n) if x != fused.get(i)]
+        if i in concats:                        # no step: its parts are written in place
+            continue
         if i in fused:
             conv = model.nodes[i - 1]
             assert steps[i - 1].inputs == (conv.input, ins[0]) and steps[i - 1].fused_add == n.name
@@ -258,7 +294,18 @@ def check_plan(model: CompiledModel, plan) -> None:
     live = {name: (defined[name], end if name == model.logits else max(readers.get(name, [defined[name]])))
             for name in defined}
     lanes = plan.lanes
+    offsets = part_offsets(model, lanes)
+
+    def holders(name):                          # (holder, words from its base) of every region holding ``name``
+        out, words = {}, 0
+        while name in offsets:
+            name, w = offsets[name]
+            words += w
+            out[name] = words
+        return out
+
     for name, t in plan.tensors.items():
+        assert t.within == offsets.get(name, (None,))[0]
         c, h, w = info[name].shape
         assert (t.first, t.last) == live[name] and t.shape == (c, h, w)
         assert t.stored == (name not in fused.values())
@@ -278,12 +325,15 @@ def check_plan(model: CompiledModel, plan) -> None:
                 lb = live[b.name]
                 if a.in_place == b.name or b.in_place == a.name:  # a sum over an operand read for the last time
                     assert a.base == b.base and (la[1] == lb[0] or lb[1] == la[0]), (memory, a, b)
+                elif b.name in holders(a.name) or a.name in holders(b.name):      # a part in its concatenation
+                    part, whole = (a, b) if b.name in holders(a.name) else (b, a)
+                    assert part.base == whole.base + holders(part.name)[whole.name] and part.end <= whole.end
                 elif la[0] <= lb[1] and lb[0] <= la[1]:     # alive at one step
                     assert a.base + a.words <= b.base or b.base + b.words <= a.base, (memory, a, b)
         def alive(t, s):
             return live[t.name][0] <= s <= live[t.name][1]
-        peak = max(sum(t.words for t in held if alive(t, s) and not (t.in_place and alive(plan.tensors[t.in_place], s)))
-                   for s in range(end + 1))
+        peak = max(sum(t.words for t in held if alive(t, s) and not (t.in_place and alive(plan.tensors[t.in_place], s))
+                       and not any(alive(plan.tensors[h], s) for h in holders(t.name))) for s in range(end + 1))
         assert plan.memories[memory].peak_live_words == peak <= plan.memories[memory].depth
     for i, name in fused.items():
         assert plan.tensors[model.nodes[i].output].in_place is not None
@@ -371,7 +421,7 @@ def test_addresses_fill_each_region_exactly():
 
 def test_random_graphs_keep_every_rule():
     rnd = random.Random(12)
-    kinds, fused, activations, kept = set(), 0, 0, 0
+    kinds, fused, activations, kept, joined, refused = set(), 0, 0, 0, 0, 0
     for _ in range(250):
         model = random_model(rnd)
         kinds |= {n.op for n in model.nodes}
@@ -380,9 +430,15 @@ def test_random_graphs_keep_every_rule():
         activations += len(fusable_activations(model, adds))
         kept += sum(n.op == "activate" for n in model.nodes) - len(fusable_activations(model, adds))
         for lanes in (1, rnd.randint(2, 9)):
-            check_plan(model, plan_network(model, lanes))
-    assert kinds == {"input", "conv", "activate", "add", "pool", "maxpool"} and fused >= 80
-    assert activations >= 40 and kept >= 20, (activations, kept)
+            if part_offsets(model, lanes) is None:
+                with pytest.raises(NetworkPlanError, match="on the chip each part starts a word"):
+                    plan_network(model, lanes)
+                refused += 1
+            else:
+                check_plan(model, plan_network(model, lanes))
+                joined += sum(n.op == "concat" for n in model.nodes)
+    assert kinds == {"input", "conv", "activate", "add", "pool", "maxpool", "concat"} and fused >= 80
+    assert activations >= 40 and kept >= 20 and joined >= 100 and refused >= 50, (activations, kept, joined, refused)
 
 
 # --------------------------------------------------------------------------- refusals

@@ -222,6 +222,39 @@ class MobileNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
+class Fire(nn.Module):
+    """SqueezeNet's fire module (Iandola et al. 2016): a 1x1 squeeze conv, then a 1x1 and a 3x3 expand conv on its
+    output, each with BN and ReLU, their channels concatenated."""
+
+    def __init__(self, c_in, squeeze, expand):
+        super().__init__()
+        self.squeeze = nn.Sequential(nn.Conv2d(c_in, squeeze, 1, bias=False), nn.BatchNorm2d(squeeze), nn.ReLU())
+        self.expand1 = nn.Sequential(nn.Conv2d(squeeze, expand, 1, bias=False), nn.BatchNorm2d(expand), nn.ReLU())
+        self.expand3 = nn.Sequential(nn.Conv2d(squeeze, expand, 3, padding=1, bias=False), nn.BatchNorm2d(expand),
+                                     nn.ReLU())
+
+    def forward(self, x):
+        x = self.squeeze(x)
+        return torch.cat([self.expand1(x), self.expand3(x)], 1)
+
+
+class SqueezeNet(nn.Module):
+    """SqueezeNet-style: a stem conv, a fire module, max pooling of its concatenated channels, a second fire
+    module, global average pooling of its concatenation, a linear classifier."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w),
+                                  nn.ReLU())
+        self.fire1, self.pool, self.fire2 = Fire(2 * w, w, w), nn.MaxPool2d(2), Fire(2 * w, w, 2 * w)
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x):
+        x = self.fire2(self.pool(self.fire1(self.stem(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
 class Gated(nn.Module):
     """A sigmoid gate."""
 
@@ -257,3 +290,7 @@ def avgpool_net(num_classes, in_channels):
 
 def mobilenet(num_classes, in_channels):
     return MobileNet(num_classes, in_channels)
+
+
+def squeeze_net(num_classes, in_channels):
+    return SqueezeNet(num_classes, in_channels)

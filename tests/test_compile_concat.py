@@ -1,0 +1,248 @@
+"""Channel concatenation (``torch.cat(parts, 1)``): compiled into a concat node of codes that agrees with PyTorch
+code for code, the file rules of that node, and the concatenations the compiler refuses."""
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compiler.agreement import compare, unmatched_codes
+from compiler.capture import Unsupported
+from compiler.format import ModelFormatError, load, save, write_members
+from compiler.graph import ConcatNode, ModelRuleError, PoolNode
+from compiler.lower import compile_model
+from compiler.network import NetworkPlanError, plan_network
+from compiler.reference import run
+from hw.network_params import NetworkParams, pairs_pay, places_pairs
+from lcq.cli import main
+from lcq_train.plan import quantize_model
+from sim.runner import unavailable_reason
+
+from helpers import images, members, randomize
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+import compile_models as cm  # noqa: E402
+
+
+class SharedPart(nn.Module):
+    """A part that another layer reads too (DenseNet-style: a block's input joined to its output), clipped parts
+    (ReLU6), and the concatenation averaged globally."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv3 = nn.Conv2d(10, 8, 3, padding=1, stride=2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        z = torch.relu(self.bn2(self.conv2(y)))
+        joined = F.relu6(torch.cat((y, z), dim=1))
+        return self.fc(torch.relu(self.conv3(joined)).mean((2, 3)))
+
+
+def _quantized(net, seed=0):
+    torch.manual_seed(seed)
+    return randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def squeeze():
+    model = _quantized(cm.squeeze_net(10, 1))
+    return model, compile_model(model, (1, 8, 8))
+
+
+def _concats(compiled):
+    return [n for n in compiled.nodes if isinstance(n, ConcatNode)]
+
+
+def test_fire_modules_compile_to_concat_nodes_of_codes(squeeze):
+    _, compiled = squeeze
+    first, second = _concats(compiled)
+    assert (first.name, second.name) == ("fire1.cat", "fire2.cat")
+    tensors = compiled.validate()
+    # the first is max pooled into the next quantizer's codes; the second's parts are each pooled globally
+    assert tensors[first.output].shape == (16, 8, 8) and [tensors[p].shape for p in first.inputs] == [(8, 8, 8)] * 2
+    readers = [n for n in compiled.nodes if getattr(n, "input", None) == first.output]
+    assert [type(n).__name__ for n in readers] == ["MaxPoolNode"]
+    assert all(isinstance(n, PoolNode) for n in compiled.nodes if n.output in second.inputs)
+    assert tensors[second.output].shape == (32, 1, 1)
+
+
+@pytest.mark.parametrize("which", ["squeeze_net", "shared_part"])
+def test_concatenations_agree_with_pytorch_code_for_code(squeeze, which):
+    model, compiled = squeeze if which == "squeeze_net" else (_quantized(SharedPart(), seed=1), None)
+    compiled = compiled or compile_model(model, (1, 8, 8))
+    x = images(64, (1, 8, 8), seed=3)
+    result = compare(compiled, model, x, np.zeros(64, dtype=np.int64))
+    assert result.disagreements == 0
+    assert result.codes and all(mismatched == 0 for _, mismatched in result.codes.values())
+    # every codes tensor is compared, or read on the way to one that is (the parts, the unpooled concatenation)
+    assert unmatched_codes(compiled, model) == []
+
+
+def test_a_concatenation_round_trips_through_the_file(squeeze, tmp_path):
+    _, compiled = squeeze
+    save(compiled, tmp_path / "m.lcq")
+    loaded = load(tmp_path / "m.lcq")
+    assert [(n.name, tuple(n.inputs), n.output) for n in _concats(loaded)] == \
+        [(n.name, tuple(n.inputs), n.output) for n in _concats(compiled)]
+    x = images(8, (1, 8, 8), seed=5)
+    np.testing.assert_array_equal(run(loaded, x)["logits"], run(compiled, x)["logits"])
+
+
+def _with_concat(compiled, index, **changes):
+    nodes = list(compiled.nodes)
+    i = nodes.index(_concats(compiled)[index])
+    nodes[i] = dataclasses.replace(nodes[i], **changes)
+    return dataclasses.replace(compiled, nodes=nodes)
+
+
+def test_concat_node_rules(squeeze):
+    _, compiled = squeeze
+    first, second = _concats(compiled)
+    value = next(n.input for n in compiled.nodes if isinstance(n, PoolNode))       # a raw accumulator
+    cases = [
+        (0, (first.inputs[0],), "must be 2..64 tensor names"),
+        (0, (first.inputs[0], first.inputs[0]), "names a tensor twice"),
+        (0, ("nowhere", first.inputs[1]), "tensor 'nowhere' is not defined by an earlier node"),
+        (1, (second.inputs[0], value), f"tensor '{value}' must be codes"),
+        (1, (second.inputs[0], first.inputs[0]), "is a 8x8 map; inputs\\[0\\] is 1x1"),
+        (0, (first.inputs[0], compiled.input.output), "holds 8-bit codes, inputs\\[0\\] 3-bit"),
+    ]
+    for index, inputs, message in cases:
+        with pytest.raises(ModelRuleError, match=message):
+            _with_concat(compiled, index, inputs=inputs).validate()
+
+
+def test_a_concat_node_of_another_shape_in_a_file_is_refused(squeeze, tmp_path):
+    _, compiled = squeeze
+    save(compiled, tmp_path / "m.lcq")
+    manifest, arrays = members(tmp_path / "m.lcq")
+    node = next(n for n in manifest["nodes"] if n["op"] == "concat")
+    node["inputs"] = "fire1.expand1"
+    write_members(tmp_path / "bad.lcq", manifest, arrays)
+    with pytest.raises(ModelFormatError, match=r"concat 'fire1\.cat'.*inputs.*must be 2\.\.64 tensor names"):
+        load(tmp_path / "bad.lcq")
+
+
+class _Cat(nn.Module):
+    """Two conv branches on the image, joined as ``how`` says."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 if how != "image" else 5, 10)
+
+    def forward(self, x):
+        a, b = torch.relu(self.a(x)), torch.relu(self.b(x))
+        if self.how == "width":
+            y = torch.cat([a, b], 2)
+        elif self.how == "image":
+            y = torch.cat([x, a], 1)
+        elif self.how == "twice":
+            y = torch.cat([a, a], 1)[:, :4]
+        elif self.how == "sizes":
+            y = torch.cat([a, F.max_pool2d(b, 2)], 1)
+        elif self.how == "bn":
+            y = torch.relu(self.bn(torch.cat([a, b], 1)))
+        elif self.how == "add":
+            y = torch.cat([a, b], 1) + torch.cat([b, a], 1)
+        else:                                                       # nested
+            y = torch.cat([torch.cat([a, b], 1), a], 1)[:, :8]
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.mark.parametrize("how, message", [
+    ("width", r"torch\.cat at .*test_compile_concat\.py:\d+ .*joins along dimension 2; the accelerator joins along "
+              r"the channels only: torch\.cat\(parts, 1\)"),
+    ("image", r"joins the input image \(part 0\); a concatenation joins the outputs of conv"),
+    ("twice", r"joins one layer's output twice"),
+    ("sizes", r"joins maps of sizes \[\(4, 4\), \(8, 8\)\]"),
+    ("bn", r"layer 'bn' \(BatchNorm2d\) .*reads a channel concatenation; a concatenation lowers only where nothing "
+           "but ReLU"),
+    ("add", r"reads a channel concatenation"),
+    ("nested", r"torch\.cat at .*reads a channel concatenation"),
+])
+def test_concatenations_the_accelerator_cannot_run_are_refused(how, message):
+    model = quantize_model(_Cat(how), method="lcq", wbits=3, abits=3).eval()
+    with pytest.raises(Unsupported, match=message):
+        compile_model(model, (1, 8, 8))
+
+
+# --------------------------------------------------------------------------- on the chip
+
+
+def test_each_part_is_placed_at_its_first_channels_word_of_the_concatenation(squeeze):
+    _, compiled = squeeze
+    first, second = _concats(compiled)
+    plan = plan_network(compiled, lanes=4)
+    assert not [s for s in plan.steps if s.name in (first.name, second.name)]       # no step of their own
+    for node in (first, second):
+        whole, channel = plan.tensors[node.output], 0
+        for part in node.inputs:
+            t = plan.tensors[part]
+            c, h, w = t.shape
+            assert t.within == node.output and t.base == whole.base + channel // 4 * h * w
+            channel += c
+        # the region is alive from its first part's write to its last reader
+        assert whole.first == min(plan.tensors[p].first for p in node.inputs) and whole.last > whole.first
+
+
+def test_a_part_that_would_start_inside_a_word_is_refused_naming_the_rows_that_fit(squeeze):
+    _, compiled = squeeze
+    with pytest.raises(NetworkPlanError, match=r"concat 'fire1\.cat'\): part 1 .* starts at channel 8, inside a "
+                                               r"word of 16 codes; on the chip each part starts a word: build with "
+                                               r"rows \(code lanes\) dividing every part's first channel \(1, 2, 4, 8 "
+                                               r"would\)"):
+        plan_network(compiled, lanes=16)
+
+
+def test_pairs_are_written_only_where_every_part_starts_at_an_even_word():
+    """Two 16-channel parts, each pooled globally: at 16 lanes the second starts at word 1, so a core that writes
+    positions in pairs (every tensor at an even word) cannot place it; on a 16 x 16 array, where pairs would pay,
+    NetworkParams goes without them."""
+    compiled = compile_model(_quantized(_PooledParts()), (1, 16, 16))
+    assert plan_network(compiled, lanes=16, align=1)
+    with pytest.raises(NetworkPlanError, match="at an odd word: positions are written in pairs"):
+        plan_network(compiled, lanes=16, align=2)
+    engine = NetworkParams.for_model(compiled, 16, 16, write_pairs=False).engine
+    assert pairs_pay(compiled, engine) and not places_pairs(compiled, engine)
+    assert not NetworkParams.for_model(compiled, 16, 16).engine.write_pairs
+
+
+class _PooledParts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.a, self.b = nn.Conv2d(16, 16, 1), nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.fc(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1).mean((2, 3)))
+
+
+@pytest.mark.sim
+def test_the_network_core_runs_fire_modules_bit_exact(squeeze, tmp_path, capsys):
+    """A random SqueezeNet-style model on a 2 x 2 whole-network core in Verilator: every step's tensor, the max
+    pooling of the first concatenation and the logits equal the integer reference."""
+    reason = unavailable_reason("verilator")
+    if reason is not None:
+        pytest.skip(f"verilator simulation skipped: {reason}")
+    _, compiled = squeeze
+    save(compiled, tmp_path / "squeeze.lcq")
+    capsys.readouterr()
+    assert main(["sim", str(tmp_path / "squeeze.lcq"), "--random", "--images", "2", "--simulator", "verilator",
+                 "--rows", "2", "--cols", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mismatches"] == 0 and result["images"] == 2
