@@ -182,8 +182,9 @@ class _Value:
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`). Kind "size": a tensor's size
     (``x.size()``, ``x.shape``), or its dimension ``dim`` of it (``x.size(0)``, ``x.shape[0]``), for a reshape.
-    Kind "concat": the channel concatenation ``concat`` (the name of its node) of ``parts`` (each kind "values",
-    not pooled), then max pooled (``maxpools``), on its way to an activation quantizer."""
+    Kind "concat": the channel concatenation ``concat`` (its graph node) of ``parts`` (each kind "values";
+    ``sole`` only while the concatenation has one consumer), then max pooled (``maxpools``), on its way to an
+    activation quantizer."""
 
     kind: str
     tensor: str | None = None
@@ -198,7 +199,7 @@ class _Value:
     rectified: bool = False
     dim: int | None = None
     parts: tuple = ()
-    concat: str | None = None
+    concat: fx.Node | None = None
 
     @property
     def plain(self) -> bool:
@@ -302,7 +303,10 @@ class _Lowering:
 
     def chain(self, node: fx.Node, x: _Value, **changes) -> _Value:
         """``x`` changed by a one-input operation ``node``."""
-        return replace(x, sole=x.sole and len(node.users) == 1, **changes)
+        sole = len(node.users) == 1
+        if x.kind == "concat" and not sole:      # read twice: no part's producer folds one reader's stage
+            changes["parts"] = tuple(replace(p, sole=False) for p in changes.get("parts", x.parts))
+        return replace(x, sole=x.sole and sole, **changes)
 
     def shape(self, x: _Value) -> tuple[int, int, int]:
         if x.kind == "concat":
@@ -456,7 +460,7 @@ class _Lowering:
             parts = self.fresh(*(f"{joined}.{i}" for i in range(len(x.parts))))
             for part, codes in zip(x.parts, parts):
                 self.codes_of(node, part, t, bits, codes)
-            self.nodes.append(ConcatNode(x.concat, parts, joined))
+            self.nodes.append(ConcatNode(self.scoped(x.concat, "cat", "cat")[0], parts, joined))
             self.shapes[joined] = (sum(self.shapes[p][0] for p in parts), *self.shapes[parts[0]][1:])
             self.max_pools(x.maxpools, joined, name)
         else:
@@ -815,13 +819,12 @@ class _Lowering:
         parts = []
         for i, arg in enumerate(node.args[0] if node.args else node.kwargs["tensors"]):
             x = self.values[arg]
-            if x.kind != "values" or x.pooled:
-                joined = {"image": "the input image", "codes": "activation codes",
-                          "size": "a tensor's size"}.get(x.kind, "an average-pooled tensor")
-                self.refuse(node, f"joins {joined} (part {i}); a concatenation joins the outputs of conv or linear "
-                            "layers, BNs or additions (through ReLU, clip or max pooling) on their way to one "
-                            "activation quantizer")
-            parts.append(x)
+            if x.kind != "values":
+                joined = {"image": "the input image", "codes": "activation codes", "size": "a tensor's size"}
+                self.refuse(node, f"joins {joined.get(x.kind, 'a concatenation')} (part {i}); a concatenation joins "
+                            "the outputs of conv or linear layers, BNs or additions (through ReLU, clip or pooling) on "
+                            "their way to one activation quantizer")
+            parts.append(x if len(node.users) == 1 else replace(x, sole=False))
         if len({x.tensor for x in parts}) < len(parts):
             self.refuse(node, "joins one layer's output twice; each part of a concatenation is its own layer's "
                         "output (a conv with the channels twice is one layer)")
@@ -830,7 +833,7 @@ class _Lowering:
             self.refuse(node, f"joins maps of sizes {sorted(sides)}; a concatenation joins maps of one size")
         if len(parts) > MAX_CONCAT:
             self.refuse(node, f"joins {len(parts)} tensors, more than {MAX_CONCAT}")
-        return _Value("concat", parts=tuple(parts), concat=self.scoped(node, "cat", "cat")[0])
+        return _Value("concat", parts=tuple(parts), concat=node)
 
     def _output(self, node: fx.Node, op: Op) -> _Value:
         source = node.args[0]

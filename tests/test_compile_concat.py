@@ -48,6 +48,23 @@ class SharedPart(nn.Module):
         return self.fc(torch.relu(self.conv3(joined)).mean((2, 3)))
 
 
+class TwoReaders(nn.Module):
+    """A concatenation that two quantizers read (one after a max pooling), and a join of globally pooled vectors
+    before the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        p = torch.relu(self.c1(F.max_pool2d(y, 2))).mean((2, 3))
+        q = torch.relu(self.c2(y)).mean((2, 3))
+        return self.fc(torch.cat([p, q], 1))
+
+
 def _quantized(net, seed=0):
     torch.manual_seed(seed)
     return randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=seed)
@@ -76,9 +93,10 @@ def test_fire_modules_compile_to_concat_nodes_of_codes(squeeze):
     assert tensors[second.output].shape == (32, 1, 1)
 
 
-@pytest.mark.parametrize("which", ["squeeze_net", "shared_part"])
+@pytest.mark.parametrize("which", ["squeeze_net", "shared_part", "two_readers"])
 def test_concatenations_agree_with_pytorch_code_for_code(squeeze, which):
-    model, compiled = squeeze if which == "squeeze_net" else (_quantized(SharedPart(), seed=1), None)
+    net = {"shared_part": SharedPart, "two_readers": TwoReaders}.get(which)
+    model, compiled = squeeze if net is None else (_quantized(net(), seed=1), None)
     compiled = compiled or compile_model(model, (1, 8, 8))
     x = images(64, (1, 8, 8), seed=3)
     result = compare(compiled, model, x, np.zeros(64, dtype=np.int64))
@@ -233,9 +251,11 @@ class _PooledParts(nn.Module):
 
 
 @pytest.mark.sim
-def test_the_network_core_runs_fire_modules_bit_exact(squeeze, tmp_path, capsys):
-    """A random SqueezeNet-style model on a 2 x 2 whole-network core in Verilator: every step's tensor, the max
-    pooling of the first concatenation and the logits equal the integer reference."""
+@pytest.mark.parametrize("mode", ["network", "layers"])
+def test_fire_modules_run_bit_exact_in_verilator(squeeze, mode, tmp_path, capsys):
+    """A random SqueezeNet-style model on a 2 x 2 array in Verilator: on the whole-network core every step's tensor,
+    the max pooling of the first concatenation and the logits equal the integer reference; on the layer engine
+    each convolution's output (the host joins the parts)."""
     reason = unavailable_reason("verilator")
     if reason is not None:
         pytest.skip(f"verilator simulation skipped: {reason}")
@@ -243,6 +263,6 @@ def test_the_network_core_runs_fire_modules_bit_exact(squeeze, tmp_path, capsys)
     save(compiled, tmp_path / "squeeze.lcq")
     capsys.readouterr()
     assert main(["sim", str(tmp_path / "squeeze.lcq"), "--random", "--images", "2", "--simulator", "verilator",
-                 "--rows", "2", "--cols", "2", "--json"]) == 0
+                 "--rows", "2", "--cols", "2", "--mode", mode, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["mismatches"] == 0 and result["images"] == 2
