@@ -48,6 +48,7 @@ from pathlib import Path
 
 from boards.boards import BOARDS, PLL_OUTPUT_MHZ, get_board
 from boards.build import PLACERS, ROUTERS, default_placer, default_router
+from boards.cli import network_report
 from boards.stages import stop_group
 from lcq_train.arguments import output_file, positive_float
 from lcq_train.atomic import save_json
@@ -207,9 +208,11 @@ def run_build(job: dict, mhz: float | None, time_limit: float, build_root: Path,
               "force": force, "asked_multiply_cols": multiply_cols, "asked_placements": placements}
     try:
         if mode == "network":
-            chosen = network_for_board(model_format.load(path), board, job["rows"], job["cols"], force, multiply_cols)
+            model = model_format.load(path)
+            chosen = network_for_board(model, board, job["rows"], job["cols"], force, multiply_cols)
             rows, cols, resident = chosen.params.engine.rows, chosen.params.engine.cols, "whole network"
             record["multiply_cols"] = chosen.params.engine.multiply_cols
+            record["network"] = network_report(model, chosen)     # (a routed build's report replaces it alike)
         else:
             chosen = engine_for_board(model_format.load(path), board, job["rows"], job["cols"])
             rows, cols, resident = chosen.params.rows, chosen.params.cols, chosen.resident

@@ -73,6 +73,13 @@ VECTOR_LUTS = 2000
 # and a PE's, from the digits CNN's UP5K builds (1 x 1: 5,128 cells at 048587d and 27e9aab, board_builds.json #181;
 # the first calibration, afb53c9, counted 5,213; 1 x 2: 168 more at ccc8cce).
 NETWORK_CELLS_ICE40 = (4960, 168)
+# What the units a model needs beyond the digits CNN's add to that on an iCE40 (1 x 1 UP5K builds packed at
+# d7d7c6d and 689931a, board_builds.json #182 and #184 .. #186, against the digits CNN's 5,128): the vector
+# unit's max pooling (the max-pooling VGG 5,441 cells, the SqueezeNet-style net 5,560: the larger); additions and
+# activations on values (the vector unit's ADD and ACTIVATE, the write-back's fused additions and activations,
+# wider values: the torchvision-style ResNet, 6,023). The average-pooling net packed in 5,098 (its AVGPOOL in
+# place of the engine's thresholds): nothing added.
+NETWORK_UNIT_CELLS_ICE40 = {"maxpool": 432, "values": 895}
 # Of the part's LUT4s, what an estimate may take: 90%, leaving room for routing; the iCE40 whole-network core's
 # estimate (routed cells) up to 5,203 of the UP5K's 5,280 (98.5%): nextpnr found no placement for the digits CNN's
 # 1 x 1 core packed in 5,204 to 5,283 cells (10 placements: 7 builds, board_builds.json #69 .. #122 at 9785cf2 ..
@@ -362,7 +369,11 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
     use["SPRAM"] = sum(b for _, _, kind, b in blocks if kind == "SPRAM")
     if board.family == "ice40":
         base, per_pe = NETWORK_CELLS_ICE40
-        use["LUT4"] = base + per_pe * params.engine.rows * params.engine.cols
+        units = {"maxpool": params.vector.maxpool_bits > 0,
+                 "values": params.vector.adds or params.vector.act_slots > 0 or params.engine.fused_adds
+                 or params.engine.fused_activations}
+        use["LUT4"] = (base + per_pe * params.engine.rows * params.engine.cols
+                       + sum(NETWORK_UNIT_CELLS_ICE40[unit] for unit, needed in units.items() if needed))
     else:
         use["LUT4"] += VECTOR_LUTS
     return use

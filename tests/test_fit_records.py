@@ -104,13 +104,19 @@ def test_no_build_that_failed_placement_unforced_had_an_estimate_the_fit_rule_ac
     """The UP5K's whole-network core: 7 builds of the digits CNN at 1 x 1 estimated at 5,213 logic cells, within
     the part's 5,280, failed placement (board_builds.json #69 .. #122: 5,204 to 5,283 packed cells). The fit rule
     (boards.fit.logic_limit: 5,203 cells on the UP5K, the fewest of a failed placement less one) refuses each of their
-    estimates; a build forced past the estimate is the user's to try."""
+    estimates; a build forced past the estimate is the user's to try. The SqueezeNet-style net's 1 x 1 core
+    (#182), estimated at the digits CNN's 5,128 cells, packed in 5,560: the estimate of today's core, which counts
+    its max-pooling unit (boards.fit.NETWORK_UNIT_CELLS_ICE40), is over the limit."""
     rows, skipped = audited
     failed = [row for row in rows + skipped if row["status"] == "failed" and row["reached"] == "placement"
               and not row["forced"] and isinstance(row["then"], dict)]
-    assert len(failed) >= 7
+    assert len(failed) >= 8
     for row in failed:
-        assert row["then"]["LUT4"] > row["logic_limit"], f"{row['source']}: {row['then']['LUT4']} estimated"
+        if row["then"]["LUT4"] > row["logic_limit"]:
+            continue
+        r, path = row["record"], load_benchmark("fit_accuracy").model_path(row["model"])
+        today = NetworkParams.for_model(load(path), row["rows"], row["cols"], multiply_cols=r.get("multiply_cols", 0))
+        assert network_estimate(BOARDS[row["board"]], today)["LUT4"] > row["logic_limit"], row["source"]
 
 
 def test_the_icebreaker_digits_networks_estimate_holds_its_newest_routed_build_within_the_limit(audited):
