@@ -44,7 +44,9 @@ SUPPORTED = (
     "max pooling (MaxPool2d, F.max_pool2d: square kernel k, stride and padding up to k // 2, no dilation, "
     "ceil_mode False) of a conv's, BN's or addition's output where only ReLU, ReLU6 / hardtanh(0, max), identity, "
     "dropout, flatten and more max pooling stand between it and the activation quantizer of the next layer "
-    "(it pools that quantizer's codes: the quantizer is non-decreasing, so it commutes with the maximum)",
+    "(it pools that quantizer's codes: the quantizer is non-decreasing, so it commutes with the maximum); global "
+    f"max pooling the same way (AdaptiveMaxPool2d(1), F.adaptive_max_pool2d(x, 1), .amax((2, 3)), torch.amax(x, "
+    f"(2, 3)): one window over a square map of side up to {MAX_KERNEL})",
     "channel concatenation (torch.cat(parts, 1), torch.concat, torch.concatenate) of conv, BN or addition "
     "outputs (through ReLU, clip or max pooling) where only ReLU, ReLU6 / hardtanh(0, max), identity, dropout and "
     "max pooling stand between it and the activation quantizer of the next layer (each part's producer writes that "
@@ -85,8 +87,8 @@ HINTS = (
                                                     "AvgPool2d(k), k = the map's known side / the output size, before "
                                                     "a conv (only a C x 1 x 1 map flattens)"),
     ((nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d, torch.amax, "amax"),
-     f"use MaxPool2d(k), k = the map's known side / the output size (the side for a global maximum; "
-     f"k <= {MAX_KERNEL}), or global average pooling (AdaptiveAvgPool2d(1))"),
+     f"only the global maximum compiles as it is (AdaptiveMaxPool2d(1), .amax((2, 3))): for output size n use "
+     f"MaxPool2d(k), k = the map's known side / n (k <= {MAX_KERNEL})"),
     ((torch.sum, "sum"), "over the map use .mean((2, 3)) (global average pooling): the sum is H*W times it, a factor "
                          "that training absorbs in the next layer"),
     ((nn.Flatten, torch.flatten, "flatten"), "only a flatten from dimension 1 to the last compiles: nn.Flatten(), "
@@ -115,7 +117,8 @@ _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 class Op:
     """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, avgpool, maxpool,
     flatten, reshape, size, identity, add, cat, output), its ``module`` (None for a function), ``cap`` (the clip
-    maximum) and ``window`` (an average or max pooling's kernel, stride and padding)."""
+    maximum) and ``window`` (an average or max pooling's kernel, stride and padding; None for the global
+    maximum)."""
 
     kind: str
     module: nn.Module | None = None
@@ -270,6 +273,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
         if type(m) is nn.MaxPool2d:
             return _max_pool(node, model, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode,
                              m.return_indices)
+        if type(m) is nn.AdaptiveMaxPool2d and _is_one(m.output_size) and not m.return_indices:
+            return Op("maxpool")                    # the global maximum: a window as large as the map
         if isinstance(m, _IDENTITY_MODULES):
             return Op("identity")
         if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -298,6 +303,10 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("pool")
         if f is torch.flatten and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
             return Op("flatten")
+        if (f is F.adaptive_max_pool2d and _is_one(_arg(node, 1, "output_size"))
+                and not _arg(node, 2, "return_indices", False)) \
+                or (f is torch.amax and _spatial_dims(_arg(node, 1, "dim"))):
+            return Op("maxpool")
         if f in (F.max_pool2d, torch.max_pool2d):
             names = (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
                      ("return_indices", False))
@@ -324,6 +333,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("flatten")
         if node.target == "mean" and _spatial_dims(_arg(node, 1, "dim")):
             return Op("pool")
+        if node.target == "amax" and _spatial_dims(_arg(node, 1, "dim")):
+            return Op("maxpool")
         if node.target in ("view", "reshape"):
             return Op("reshape")
         if node.target == "contiguous" or (node.target == "to" and len(node.args) == 1

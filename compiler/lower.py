@@ -63,8 +63,8 @@ from lcq_train.quant import level_scale
 
 from . import stages
 from .capture import Op, Unsupported, capture, describe, location, operation
-from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConcatNode,
-                    ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
+from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
+                    ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
 
 
 @dataclass(frozen=True)
@@ -720,7 +720,12 @@ class _Lowering:
             self.refuse(node, "max pools the image, codes or a globally pooled tensor; max pooling lowers between a "
                         "conv, BN or addition and the activation quantizer of the next layer")
         c, h, w = self.shape(x)
-        k, s, p = op.window
+        if op.window is None:                       # the global maximum: one window, the whole (square) map
+            if h != w or h > MAX_KERNEL:
+                self.refuse(node, f"takes the maximum of a {h}x{w} map; the max-pooling unit's windows are square "
+                            f"and at most {MAX_KERNEL} wide: make the map square (and pool it down with "
+                            "MaxPool2d(2) first, if larger)")
+        k, s, p = op.window or (h, 1, 0)
         if min(h, w) + 2 * p < k:
             self.refuse(node, f"has a {k}x{k} window, larger than its padded {h + 2 * p}x{w + 2 * p} input")
         return self.chain(node, x, maxpools=x.maxpools + ((node, k, s, p),))

@@ -129,11 +129,11 @@ _NONNEGATIVE_METHODS = {"relu", "relu_", "sigmoid", "softmax"}
 # tensor non-negative, and keep the raw image the raw image.
 _SHAPE_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity,
                   nn.Dropout, nn.Dropout2d, nn.Unflatten)
-_SHAPE_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.dropout,
-                    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute, torch.transpose,
-                    operator.getitem}
+_SHAPE_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+                    torch.amax, F.dropout, torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
+                    torch.transpose, operator.getitem}
 _SHAPE_METHODS = {"flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
-                  "mean", "clone", "detach", "float", "to"}
+                  "mean", "amax", "clone", "detach", "float", "to"}
 # Operations whose output is >= 0 when all their tensor inputs are.
 _COMBINING_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, torch.mul, torch.cat, torch.maximum,
                         torch.minimum, torch.sum, torch.mean}

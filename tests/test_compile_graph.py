@@ -660,6 +660,7 @@ class _Refusable(nn.Module):
             "LeakyReLU": nn.LeakyReLU(0.1), "Hardtanh": nn.Hardtanh(), "Hardtanh01": nn.Hardtanh(0.0, 1.0),
             "Sigmoid": nn.Sigmoid(), "AdaptiveAvgPool2d2": nn.AdaptiveAvgPool2d(2), "AvgPool2d4": nn.AvgPool2d(4),
             "AdaptiveAvgPool2d1": nn.AdaptiveAvgPool2d(1), "AdaptiveMaxPool2d1": nn.AdaptiveMaxPool2d(1),
+            "AdaptiveMaxPool2d2": nn.AdaptiveMaxPool2d(2), "MaxPool2d4": nn.MaxPool2d(4),
             "MaxPool2d8": nn.MaxPool2d(8), "BatchNorm1d": nn.BatchNorm1d(8)})
         self.fc = nn.Linear(8, 10)
 
@@ -680,7 +681,7 @@ class _Refusable(nn.Module):
             z = torch.relu(self.conv2(y))[:, :8]
         else:
             z = torch.relu(self.conv2(y))
-        if k in ("AdaptiveAvgPool2d2", "AvgPool2d4"):
+        if k in ("AdaptiveAvgPool2d2", "AvgPool2d4", "AdaptiveMaxPool2d2", "MaxPool2d4"):
             z = torch.relu(self.window(m[k](z))).flatten(1)
         elif k == "F.adaptive_avg_pool2d(x, 2)":
             z = torch.relu(self.window(torch.nn.functional.adaptive_avg_pool2d(z, 2))).flatten(1)
@@ -688,6 +689,8 @@ class _Refusable(nn.Module):
             z = m[k](z).flatten(1)
         elif k == ".amax((2, 3))":
             z = z.amax((2, 3))
+        elif k == ".amax(3).amax(2)":
+            z = z.amax(3).amax(2)
         elif k == ".sum((2, 3))":
             z = z.sum((2, 3))
         elif k == "torch.sum":
@@ -716,10 +719,11 @@ class _Refusable(nn.Module):
      r"output size, before a conv", ["AdaptiveAvgPool2d1", "AvgPool2d4"]),
     ("F.adaptive_avg_pool2d(x, 2)", r"function torch\.nn\.functional\.adaptive_avg_pool2d",
      r"only output size 1 compiles: use AdaptiveAvgPool2d\(1\), or AvgPool2d\(k\)", ["AvgPool2d4"]),
-    ("AdaptiveMaxPool2d1", r"layer 'modules_\.AdaptiveMaxPool2d1' \(AdaptiveMaxPool2d\)",
-     r"use MaxPool2d\(k\), k = the map's known side / the output size \(the side for a global maximum; k <= 32\), "
-     r"or global average pooling", ["MaxPool2d8", "AdaptiveAvgPool2d1"]),
-    (".amax((2, 3))", r"method \.amax\(\)", r"use MaxPool2d\(k\)", ["MaxPool2d8"]),
+    ("AdaptiveMaxPool2d2", r"layer 'modules_\.AdaptiveMaxPool2d2' \(AdaptiveMaxPool2d\)",
+     r"only the global maximum compiles as it is \(AdaptiveMaxPool2d\(1\), \.amax\(\(2, 3\)\)\): for output size "
+     r"n use MaxPool2d\(k\), k = the map's known side / n \(k <= 32\)", ["MaxPool2d4"]),
+    (".amax(3).amax(2)", r"method \.amax\(\)", r"only the global maximum compiles as it is",
+     [".amax((2, 3))", "AdaptiveMaxPool2d1", "MaxPool2d8"]),
     (".sum((2, 3))", r"method \.sum\(\)", r"over the map use \.mean\(\(2, 3\)\) \(global average pooling\)", ["mean"]),
     ("torch.sum", r"function torch\.sum", r"over the map use \.mean\(\(2, 3\)\)", ["mean"]),
     ("[:, :8]", r"function operator\.getitem", r"a layer's output is used whole: give the layer before only the "

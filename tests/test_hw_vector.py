@@ -587,6 +587,7 @@ def test_avgpool(avgpool_model, node_name, lanes, image, ecp5, wide, request):
     (3, (7, 6, 5), (3, 2, 1)),            # a partial last group: lanes beyond channel 6 stay as they were
     (4, (4, 3, 3), (3, 1, 1)),            # stride 1, "same" padding
     (2, (3, 4, 7), (4, 3, 2)),            # even kernel, padding kernel // 2, non-square input
+    (2, (5, 6, 6), (6, 1, 0)),            # the global maximum: one window, the whole map
 ])
 def test_maxpool(lanes, shape, window):
     """MAXPOOL on junk memories (inputs any code; words and lanes outside the output untouched), the

@@ -147,3 +147,46 @@ def test_refusals_name_the_max_pooling(body, says):
     model = quantize_model(_Net(body), method="lcq", wbits=3, abits=3)
     with pytest.raises(Unsupported, match=says):
         compile_model(model, (1, 8, 8))
+
+
+class _GlobalMax(nn.Module):
+    """A conv, BN and ReLU, then the global maximum as ``how`` spells it, a linear classifier."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.bn = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.pool, self.fc = nn.AdaptiveMaxPool2d(1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.conv(x)))
+        if self.how == "AdaptiveMaxPool2d(1)":
+            z = self.pool(y).flatten(1)
+        elif self.how == "F.adaptive_max_pool2d(x, 1)":
+            z = torch.flatten(F.adaptive_max_pool2d(y, 1), 1)
+        elif self.how == ".amax((2, 3))":
+            z = y.amax((2, 3))
+        else:
+            z = torch.amax(y, (-2, -1), keepdim=True).flatten(1)
+        return self.fc(z)
+
+
+@pytest.mark.parametrize("how", ["AdaptiveMaxPool2d(1)", "F.adaptive_max_pool2d(x, 1)", ".amax((2, 3))",
+                                 "torch.amax(x, (-2, -1), keepdim=True)"])
+def test_the_global_maximum_compiles_as_one_window_over_the_map(how):
+    model = randomize(quantize_model(_GlobalMax(how), method="lcq", wbits=3, abits=3), seed=3)
+    compiled = compile_model(model, (1, 8, 8))
+    pools = [n for n in compiled.nodes if isinstance(n, MaxPoolNode)]
+    assert [(n.kernel, n.stride, n.padding) for n in pools] == [(8, 1, 0)]
+    result = compare(compiled, model, images(64, (1, 8, 8), seed=4), np.zeros(64, dtype=np.int64))
+    assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+
+
+@pytest.mark.parametrize("shape, says", [((1, 8, 6), "takes the maximum of a 8x6 map; the max-pooling unit's windows "
+                                                     "are square and at most 32 wide"),
+                                         ((1, 40, 40), "takes the maximum of a 40x40 map")])
+def test_a_global_maximum_the_unit_cannot_take_in_one_window_is_refused(shape, says):
+    model = quantize_model(_GlobalMax("AdaptiveMaxPool2d(1)"), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=rf"layer 'pool' \(AdaptiveMaxPool2d\) .*{says}"):
+        compile_model(model, shape)
+
