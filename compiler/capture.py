@@ -31,7 +31,8 @@ SUPPORTED = (
     "dilation, bias allowed; a non-square kernel (1x3, 3x1, ...) runs as the square one with zeros around it, "
     "where the output geometry is the same (odd sides padded by side // 2); grouped and depthwise ones run as "
     "the dense conv with zero weights outside each group: groups x the MACs)",
-    "Linear (quantized; on a vector of C codes)",
+    "Linear (quantized; on a vector of C codes, or on a flattened C x H x W map, the image too: then it runs as an "
+    f"H x W convolution with the map's size as its kernel, square and at most {MAX_KERNEL} x {MAX_KERNEL})",
     "BatchNorm2d (eval-mode statistics; before a ReLU, pooling, a quantizer or a residual addition)",
     "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "
     "a conv or linear layer [+ BN] or an addition that nothing else reads (post-activation blocks)",
@@ -51,8 +52,9 @@ SUPPORTED = (
     "outputs (through ReLU, clip or max pooling) where only ReLU, ReLU6 / hardtanh(0, max), identity, dropout and "
     "max pooling stand between it and the activation quantizer of the next layer (each part's producer writes that "
     "quantizer's codes for its own channels)",
-    "flatten of a C x 1 x 1 tensor (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape "
-    "to (x.size(0), -1) or (-1, C))",
+    "flatten (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape to (x.size(0), -1) or "
+    "(-1, C * H * W)) of a C x 1 x 1 tensor, or of a map on its way through an activation quantizer to a linear "
+    "layer",
     "identity, dropout (inference) and memory layouts (.contiguous(), .to(memory_format=...))",
     "activation quantizer (QAct, unsigned) on a tensor",
     "a linear or conv layer as the network's output (the logits)",
@@ -92,7 +94,7 @@ HINTS = (
     ((torch.sum, "sum"), "over the map use .mean((2, 3)) (global average pooling): the sum is H*W times it, a factor "
                          "that training absorbs in the next layer"),
     ((nn.Flatten, torch.flatten, "flatten"), "only a flatten from dimension 1 to the last compiles: nn.Flatten(), "
-                                             "torch.flatten(x, 1) or x.flatten(1), of a C x 1 x 1 tensor"),
+                                             "torch.flatten(x, 1) or x.flatten(1)"),
     ((nn.BatchNorm1d,), "use BatchNorm2d: on the map before its ReLU and pooling, or after a 1x1 Conv2d on the "
                         "pooled map (x.mean((2, 3), keepdim=True)) in place of a Linear"),
     ((operator.getitem,), "a layer's output is used whole: give the layer before only the channels kept (its "
@@ -226,12 +228,12 @@ def _avg_pool(node: fx.Node, model: str, kernel, stride, padding, ceil_mode, cou
     return Op("avgpool", window=(k, s, 0))
 
 
-def _size(node) -> bool:
+def size_query(node) -> bool:
     """Whether ``node`` is a tensor's size or a dimension of it (``x.size()``, ``x.size(0)``, ``x.shape[0]``)."""
     return isinstance(node, fx.Node) and (
         (node.op == "call_method" and node.target == "size")
         or (node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",))
-        or (node.op == "call_function" and node.target is operator.getitem and _size(node.args[0])))
+        or (node.op == "call_function" and node.target is operator.getitem and size_query(node.args[0])))
 
 
 def _on_image(node: fx.Node) -> bool:
@@ -286,7 +288,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
         raise Unsupported(model, node, "is read outside a layer; the accelerator holds parameters only in its conv "
                           "and linear layers (weights, bias) and their BN: fold it into the bias of the conv or linear "
                           "layer before it (or into that layer's BatchNorm2d)")
-    elif _size(node):
+    elif size_query(node):
         return Op("size")
     elif node.op == "call_function":
         f = node.target

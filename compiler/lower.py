@@ -62,7 +62,7 @@ from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale
 
 from . import stages
-from .capture import Op, Unsupported, capture, describe, location, operation
+from .capture import Op, Unsupported, capture, describe, location, operation, size_query
 from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
                     ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
 
@@ -182,9 +182,10 @@ class _Value:
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`). Kind "size": a tensor's size
     (``x.size()``, ``x.shape``), or its dimension ``dim`` of it (``x.size(0)``, ``x.shape[0]``), for a reshape.
-    Kind "concat": the channel concatenation ``concat`` (its graph node) of ``parts`` (each kind "values";
-    ``sole`` only while the concatenation has one consumer), then max pooled (``maxpools``), on its way to an
-    activation quantizer."""
+    ``flat``: a C x H x W map (H * W > 1) flattened on its way to a linear layer, which then runs as an
+    H x W convolution over it. Kind "concat": the channel concatenation ``concat`` (its graph node) of ``parts``
+    (each kind "values"; ``sole`` only while the concatenation has one consumer), then max pooled (``maxpools``),
+    on its way to an activation quantizer."""
 
     kind: str
     tensor: str | None = None
@@ -200,6 +201,7 @@ class _Value:
     dim: int | None = None
     parts: tuple = ()
     concat: fx.Node | None = None
+    flat: bool = False
 
     @property
     def plain(self) -> bool:
@@ -302,8 +304,8 @@ class _Lowering:
         return self.values[x]
 
     def chain(self, node: fx.Node, x: _Value, **changes) -> _Value:
-        """``x`` changed by a one-input operation ``node``."""
-        sole = len(node.users) == 1
+        """``x`` changed by a one-input operation ``node`` (whose size a reshape may read: not a consumer)."""
+        sole = sum(not size_query(user) for user in node.users) == 1
         if x.kind == "concat" and not sole:      # read twice: no part's producer folds one reader's stage
             changes["parts"] = tuple(replace(p, sole=False) for p in changes.get("parts", x.parts))
         return replace(x, sole=x.sole and sole, **changes)
@@ -450,7 +452,7 @@ class _Lowering:
             table = act.codes(pixels).numpy().astype(np.uint8)
             self.nodes.append(InputNode(name, self.input_shape, table, act.spec.bits))
             self.shapes[name] = self.input_shape
-            return _Value("codes", name)
+            return _Value("codes", name, flat=x.flat)
         if x.kind == "codes":
             self.refuse(node, "quantizes codes again; an activation quantizer reads values")
         t = self.act_thresholds(act)
@@ -466,7 +468,7 @@ class _Lowering:
         else:
             self.codes_of(node, x, t, bits, name)
         self.shapes[name] = shape
-        return _Value("codes", name)
+        return _Value("codes", name, flat=x.flat)
 
     def codes_of(self, node: fx.Node, x: _Value, t: np.ndarray, bits: int, out: str) -> None:
         """Values ``x`` through the thresholds ``t`` of the ``bits``-bit quantizer ``node`` (those above ``x``'s clip
@@ -574,13 +576,22 @@ class _Lowering:
                             "fits the padded map".format(*layer.kernel_size, h, w, layer.padding))
             out_shape = (layer.out_channels, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
             weight = layer.weight
-        else:
-            if (h, w) != (1, 1):
-                self.refuse(node, f"reads a {c}x{h}x{w} map; a linear layer reads a vector (C x 1 x 1): pool it "
-                            "globally first")
+        elif (h, w) == (1, 1):
             k, stride, pad, out_shape = 1, 1, 0, (layer.out_features, 1, 1)
             weight = layer.weight[:, :, None, None]
-        groups = layer.groups if kind == "conv" else 1
+        else:                   # on a flattened map: the h x w convolution over it, weights (out, c, h, w)
+            if not x.flat:
+                self.refuse(node, f"reads a {c}x{h}x{w} map, not flattened; a linear layer reads a vector: flatten "
+                            "the map first (torch.flatten(x, 1)), or pool it globally")
+            if layer.in_features != c * h * w:
+                self.refuse(node, f"expects {layer.in_features} inputs, its input has {c * h * w} ({c}x{h}x{w})")
+            if h != w or h > MAX_KERNEL:
+                self.refuse(node, f"reads a flattened {c}x{h}x{w} map; the accelerator runs it as a {h}x{w} "
+                            f"convolution over the map, whose kernel must be square and at most {MAX_KERNEL} wide: "
+                            "make the map square (and smaller: pool it, or a strided conv)")
+            kind, k, stride, pad, out_shape = "conv", h, 1, 0, (layer.out_features, 1, 1)
+            weight = layer.weight.reshape(layer.out_features, c, h, w)
+        groups = getattr(layer, "groups", 1)
         if weight.shape[1] * groups != c:
             self.refuse(node, f"expects {weight.shape[1] * groups} input channels, its input has {c}")
         wq, act = layer.wq, self.modules[x.tensor]
@@ -731,11 +742,14 @@ class _Lowering:
         return self.chain(node, x, maxpools=x.maxpools + ((node, k, s, p),))
 
     def _flatten(self, node: fx.Node, op: Op, does: str = "flattens") -> _Value:
-        """A flatten of a C x 1 x 1 tensor (``does``: the verb of the refusal), else refused."""
+        """A flatten of a C x 1 x 1 tensor, or of a map (the image, or values) on its way through an activation
+        quantizer to a linear layer (``flat``); else refused (``does``: the verb of the refusal)."""
         x = self.arg(node)
         if x.kind == "image" or self.shape(x)[1:] != (1, 1):
-            shape = "the image" if x.kind == "image" else "a {}x{}x{} map".format(*self.shape(x))
-            self.refuse(node, f"{does} {shape}; only a C x 1 x 1 tensor flattens (pool globally first)")
+            if x.kind not in ("image", "values", "concat") or x.pooled:
+                self.refuse(node, "{} a {}x{}x{} map of codes; a map flattens on its way to an activation "
+                            "quantizer and a linear layer".format(does, *self.shape(x)))
+            return self.chain(node, x, flat=True)
         return self.chain(node, x)
 
     def _size(self, node: fx.Node, op: Op) -> _Value:
@@ -746,17 +760,18 @@ class _Lowering:
         return _Value("size", dim=dim if isinstance(dim, int) or dim is None else -1)
 
     def _reshape(self, node: fx.Node, op: Op) -> _Value:
-        """``x.view(x.size(0), -1)`` and the like: a flatten of a C x 1 x 1 tensor to (batch, C), else refused."""
+        """``x.view(x.size(0), -1)`` and the like: a flatten to (batch, C * H * W) (:meth:`_flatten`), else
+        refused."""
         x = self.arg(node)
         dims = list(node.args[1:]) or list(node.kwargs.get("shape", node.kwargs.get("size", ())))
         if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
             dims = list(dims[0])
-        c = self.shape(x)[0] if x.kind != "image" else self.input_shape[0]
+        n = math.prod(self.shape(x) if x.kind != "image" else self.input_shape)
         batch = [isinstance(d, fx.Node) and self.values[d].dim == 0 for d in dims]
-        if len(dims) != 2 or not ((batch[0] and dims[1] in (-1, c)) or (dims[0] == -1 and dims[1] == c)):
+        if len(dims) != 2 or not ((batch[0] and dims[1] in (-1, n)) or (dims[0] == -1 and dims[1] == n)):
             shown = ", ".join("size" if isinstance(d, fx.Node) else repr(d) for d in dims)
-            self.refuse(node, f"reshapes to [{shown}]; a reshape flattens to (batch, C): x.view(x.size(0), -1) or "
-                        f"x.view(-1, C)")
+            self.refuse(node, f"reshapes to [{shown}]; a reshape flattens to (batch, C * H * W): x.view(x.size(0), "
+                        f"-1) or x.view(-1, {n})")
         return self._flatten(node, op, "reshapes")
 
     def _identity(self, node: fx.Node, op: Op) -> _Value:

@@ -255,6 +255,22 @@ class SqueezeNet(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class LeNet(nn.Module):
+    """LeNet-style, the flatten-then-dense head of the classic MNIST examples: two convs, max pooling, the map
+    flattened (``x.view(x.size(0), -1)``) into two linear layers."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.conv1, self.conv2 = nn.Conv2d(in_channels, w, 3, padding=1), nn.Conv2d(w, 2 * w, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(2 * w * 4 * 4, 32), nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2)         # 8x8 -> 4x4
+        x = x.view(x.size(0), -1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
 class Gated(nn.Module):
     """A sigmoid gate."""
 
@@ -294,3 +310,7 @@ def mobilenet(num_classes, in_channels):
 
 def squeeze_net(num_classes, in_channels):
     return SqueezeNet(num_classes, in_channels)
+
+
+def lenet(num_classes, in_channels):
+    return LeNet(num_classes, in_channels)

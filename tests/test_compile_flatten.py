@@ -1,0 +1,117 @@
+"""A map flattened into a linear layer (LeNet's head, an MLP on the image): compiled as the convolution as large
+as the map, exact, bit-exact on the chip; and the flattened maps the accelerator cannot run, refused."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compiler.agreement import compare
+from compiler.capture import Unsupported
+from compiler.format import save
+from compiler.graph import ConvNode
+from compiler.lower import compile_model
+from lcq.cli import main
+from lcq_train.plan import quantize_model
+from sim.runner import unavailable_reason
+
+from helpers import images, randomize
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+import compile_models as cm  # noqa: E402
+
+
+class MLP(nn.Module):
+    """The image (``pixels`` of them) flattened into three linear layers."""
+
+    def __init__(self, pixels=64):
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(pixels, 32), nn.Linear(32, 24), nn.Linear(24, 10)
+
+    def forward(self, x):
+        return self.fc3(F.relu(self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))))
+
+
+class Unflattened(nn.Module):
+    """A linear layer on a conv's 4-D output (PyTorch applies it to the last dimension, the width)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x))).mean((1, 2))
+
+
+NETS = {"lenet": lambda: cm.lenet(10, 1), "mlp": MLP}
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    out = {}
+    for name, net in NETS.items():
+        torch.manual_seed(0)
+        model = randomize(quantize_model(net(), method="lcq", wbits=3, abits=3), seed=0)
+        out[name] = model, compile_model(model, (1, 8, 8))
+    return out
+
+
+@pytest.mark.parametrize("name, side, channels", [("lenet", 4, 16), ("mlp", 8, 1)])
+def test_the_linear_layer_on_a_flattened_map_is_the_convolution_as_large_as_the_map(compiled, name, side, channels):
+    model, c = compiled[name]
+    fc1 = next(n for n in c.convs if n.name == "fc1")
+    assert isinstance(fc1, ConvNode) and fc1.kind == "conv" and fc1.in_shape == (channels, side, side)
+    assert (fc1.kernel, fc1.stride, fc1.padding, fc1.out_shape) == (side, 1, 0, (32, 1, 1))
+    # the weight codes are the linear layer's, (out, C * H * W) read as (out, C, H, W)
+    codes = model.fc1.wq.codes(model.fc1.weight.double()).numpy()
+    np.testing.assert_array_equal(fc1.weight_codes.reshape(32, -1), codes)
+    result = compare(c, model, images(64, (1, 8, 8), seed=2), np.zeros(64, dtype=np.int64))
+    assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+
+
+@pytest.mark.parametrize("net, shape, says", [
+    (lambda: MLP(48), (1, 8, 6), r"layer 'fc1' \(QLinear\) .*reads a flattened 1x8x6 map; the accelerator runs it "
+                                 r"as a 8x6 convolution over the map, whose kernel must be square and at most 32 wide"),
+    (lambda: cm.lenet(10, 1), (1, 16, 16), r"layer 'fc1' .*expects 256 inputs, its input has 1024 \(16x8x8\)"),
+    (Unflattened, (1, 8, 8), r"layer 'fc' \(QLinear\) .*reads a 4x8x8 map, not flattened; a linear layer reads a "
+                             r"vector: flatten the map first"),
+])
+def test_flattened_maps_the_accelerator_cannot_run_are_refused(net, shape, says):
+    model = quantize_model(net(), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=says):
+        compile_model(model, shape)
+
+
+def test_a_map_wider_than_a_kernel_is_refused():
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(40 * 40, 10)
+
+        def forward(self, x):
+            return self.fc(x.view(x.size(0), -1))
+
+    with pytest.raises(Unsupported, match=r"reads a flattened 1x40x40 map; .* at most 32 wide: make the map square "
+                                          r"\(and smaller"):
+        compile_model(quantize_model(Wide(), method="lcq", wbits=3, abits=3), (1, 40, 40))
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("name", list(NETS))
+def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_path, capsys):
+    """LeNet's flattened 16 x 4 x 4 map and the MLP's flattened image through the whole-network core in Verilator:
+    every step and the logits equal the integer reference."""
+    reason = unavailable_reason("verilator")
+    if reason is not None:
+        pytest.skip(f"verilator simulation skipped: {reason}")
+    save(compiled[name][1], tmp_path / "m.lcq")
+    capsys.readouterr()
+    assert main(["sim", str(tmp_path / "m.lcq"), "--random", "--images", "2", "--simulator", "verilator",
+                 "--rows", "2", "--cols", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mismatches"] == 0 and result["images"] == 2
