@@ -516,5 +516,11 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
             error = e
     if len(unsized) == len(arrays):
         raise unsized[0]
+    try:
+        engine = engine_for_board(model, board, rows, cols)
+        fallback = (f"; the layer engine fits ({engine.params.rows} x {engine.params.cols}: `lcq build --mode "
+                    "layers`, each convolution over the link, the rest of the network on the host)")
+    except ValueError:                  # (a FitError too)
+        fallback = ""
     raise FitError(f"the whole network does not fit {board.name} ({board.device}) with any array tried; the "
-                   f"smallest: {error}")
+                   f"smallest: {error}{fallback}")

@@ -642,6 +642,19 @@ def test_build_refuses_a_model_that_does_not_fit(capsys):
     assert "lcq build: error: the model does not fit icebreaker (iCE40UP5K)" in err
 
 
+def test_a_whole_network_that_does_not_fit_names_the_layer_engine_where_it_does(capsys):
+    """The SqueezeNet-style net's whole-network core is over the UP5K's logic (its max-pooling unit); the layer
+    engine, which leaves the pooling and the joins to the host, fits."""
+    from lcq.cli import main
+
+    model = DATA.parent.parent / "benchmarks" / "results" / "models" / "digits-squeeze-net-lcq-w3a3.lcq"
+    assert main(["build", str(model), "--board", "icebreaker"]) == 2
+    err = capsys.readouterr().err
+    assert "lcq build: error: the whole network does not fit icebreaker (iCE40UP5K)" in err
+    assert "needs about 5560 LUT4 of 5203" in err
+    assert "; the layer engine fits (2 x 2: `lcq build --mode layers`, each convolution over the link" in err
+
+
 @pytest.mark.parametrize("board, mhz", [("icebreaker", "300"), ("icebreaker", "12"), ("ulx3s-85f", "401")])
 def test_build_refuses_a_clock_the_boards_pll_cannot_make_before_anything_runs(tmp_path, capsys, board, mhz):
     from lcq.cli import main

@@ -251,7 +251,8 @@ class _PooledParts(nn.Module):
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("mode", ["network", "layers"])
+# the layer engine only with -m slow: its host joins the parts in the integer reference, which the agreement tests run
+@pytest.mark.parametrize("mode", ["network", pytest.param("layers", marks=pytest.mark.slow)])
 def test_fire_modules_run_bit_exact_in_verilator(squeeze, mode, tmp_path, capsys):
     """A random SqueezeNet-style model on a 2 x 2 array in Verilator: on the whole-network core every step's tensor,
     the max pooling of the first concatenation and the logits equal the integer reference; on the layer engine

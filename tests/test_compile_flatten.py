@@ -102,7 +102,8 @@ def test_a_map_wider_than_a_kernel_is_refused():
 
 
 @pytest.mark.sim
-@pytest.mark.parametrize("name", list(NETS))
+# the MLP only with -m slow: its flattened image takes the same path as LeNet's flattened map (~20 s each)
+@pytest.mark.parametrize("name", ["lenet", pytest.param("mlp", marks=pytest.mark.slow)])
 def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_path, capsys):
     """LeNet's flattened 16 x 4 x 4 map and the MLP's flattened image through the whole-network core in Verilator:
     every step and the logits equal the integer reference."""
