@@ -33,7 +33,8 @@ SUPPORTED = (
     "the dense conv with zero weights outside each group: groups x the MACs)",
     "Linear (quantized; on a vector of C codes, or on a flattened C x H x W map, the image too: then it runs as an "
     f"H x W convolution with the map's size as its kernel, square and at most {MAX_KERNEL} x {MAX_KERNEL})",
-    "BatchNorm2d (eval-mode statistics; before a ReLU, pooling, a quantizer or a residual addition)",
+    "BatchNorm2d (eval-mode statistics; before a ReLU, pooling, a quantizer or a residual addition); BatchNorm1d "
+    "the same on a linear layer's output vector",
     "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "
     "a conv or linear layer [+ BN] or an addition that nothing else reads (post-activation blocks)",
     "ReLU6 / hardtanh(0, max) before an activation quantizer",
@@ -95,8 +96,6 @@ HINTS = (
                          "that training absorbs in the next layer"),
     ((nn.Flatten, torch.flatten, "flatten"), "only a flatten from dimension 1 to the last compiles: nn.Flatten(), "
                                              "torch.flatten(x, 1) or x.flatten(1)"),
-    ((nn.BatchNorm1d,), "use BatchNorm2d: on the map before its ReLU and pooling, or after a 1x1 Conv2d on the "
-                        "pooled map (x.mean((2, 3), keepdim=True)) in place of a Linear"),
     ((operator.getitem,), "a layer's output is used whole: give the layer before only the channels kept (its "
                           "out_channels), and shrink the map with its stride and padding or a pooling layer"),
 )
@@ -257,7 +256,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("conv", m)
         if isinstance(m, QLinear):
             return Op("linear", m)
-        if type(m) is nn.BatchNorm2d:
+        if type(m) in (nn.BatchNorm2d, nn.BatchNorm1d):
             return Op("bn", m)
         if type(m) is nn.ReLU:
             return Op("relu")

@@ -636,6 +636,9 @@ class _Lowering:
                         "put it right after the conv, linear layer or addition whose output it normalizes "
                         "(conv -> BN -> ReLU)")
         c = self.shapes[x.tensor][0]
+        if isinstance(bn, nn.BatchNorm1d) and x.flat:
+            self.refuse(node, "normalizes each feature of a flattened {}x{}x{} map; a BN folds per channel: put a "
+                        "BatchNorm2d before the flatten".format(*self.shape(x)))
         if bn.running_var is None or bn.running_mean is None:
             self.refuse(node, "tracks no running statistics (track_running_stats=False): PyTorch normalizes each "
                         "batch by its own statistics, in eval mode too, which no fixed stage computes; construct it "

@@ -520,6 +520,47 @@ class _AlwaysDropping(nn.Module):
         return [("conv", "act_in"), ("fc", "act_fc")]
 
 
+class _DenseHead(nn.Module):
+    """A classifier head of linear layers with a BatchNorm1d (``how`` "vector", the usual MLP head), or a
+    BatchNorm1d spelled where it does not fold: on the pooled map, or on a flattened map."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv, self.fc1, self.fc2 = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 16), nn.Linear(16, 10)
+        self.bn1d, self.bn_pooled, self.bn_flat = nn.BatchNorm1d(16), nn.BatchNorm1d(8), nn.BatchNorm1d(512)
+        self.fc_flat, self.drop = nn.Linear(512, 10), nn.Dropout(0.1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.how == "vector":
+            return self.fc2(self.drop(torch.relu(self.bn1d(self.fc1(torch.relu(y).mean((2, 3)))))))
+        if self.how == "pooled":
+            return self.fc1(torch.relu(self.bn_pooled(torch.relu(y).mean((2, 3)))))
+        return self.fc_flat(torch.relu(self.bn_flat(torch.flatten(y, 1))))
+
+
+def test_a_linear_layers_batch_norm_1d_folds_like_a_convs_batch_norm():
+    net = randomize(quantize_model(_DenseHead("vector"), method="lcq", wbits=3, abits=3), 5)
+    with torch.no_grad():           # (randomize sets BatchNorm2d statistics only)
+        net.bn1d.running_mean.uniform_(-0.3, 0.3)
+        net.bn1d.running_var.uniform_(0.5, 2.0)
+        net.bn1d.weight.uniform_(-1.0, 2.0)
+    compiled = compile_model(net, (1, 8, 8))
+    assert [n.op for n in compiled.nodes] == ["input", "conv", "pool", "conv", "conv"]
+    assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=6)) == 0
+
+
+@pytest.mark.parametrize("how, says", [
+    ("pooled", r"layer 'bn_pooled' \(BatchNorm1d\) .* does not follow a conv or linear layer or an addition directly"),
+    ("flat", r"layer 'bn_flat' \(BatchNorm1d\) .* normalizes each feature of a flattened 8x8x8 map; a BN folds per "
+             r"channel: put a BatchNorm2d before the flatten"),
+])
+def test_a_batch_norm_1d_that_does_not_fold_is_refused(how, says):
+    with pytest.raises(Unsupported, match=says):
+        compile_model(quantize_model(_DenseHead(how), method="lcq", wbits=3, abits=3), (1, 8, 8))
+
+
 def test_a_functional_dropout_that_drops_out_in_eval_mode_is_refused():
     torch.manual_seed(8)
     net = randomize(apply_plan(_AlwaysDropping(False).train(), QuantPlan("lcq", 3, 3)), 12)
@@ -656,13 +697,13 @@ class _Refusable(nn.Module):
         self.kind = kind
         self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
-        self.window, self.point, self.bn2 = nn.Conv2d(8, 8, 2), nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.window = nn.Conv2d(8, 8, 2)
         self.modules_ = nn.ModuleDict({
             "LeakyReLU": nn.LeakyReLU(0.1), "Hardtanh": nn.Hardtanh(), "Hardtanh01": nn.Hardtanh(0.0, 1.0),
             "Sigmoid": nn.Sigmoid(), "AdaptiveAvgPool2d2": nn.AdaptiveAvgPool2d(2), "AvgPool2d4": nn.AvgPool2d(4),
             "AdaptiveAvgPool2d1": nn.AdaptiveAvgPool2d(1), "AdaptiveMaxPool2d1": nn.AdaptiveMaxPool2d(1),
             "AdaptiveMaxPool2d2": nn.AdaptiveMaxPool2d(2), "MaxPool2d4": nn.MaxPool2d(4),
-            "MaxPool2d8": nn.MaxPool2d(8), "BatchNorm1d": nn.BatchNorm1d(8)})
+            "MaxPool2d8": nn.MaxPool2d(8)})
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x):
@@ -696,10 +737,6 @@ class _Refusable(nn.Module):
             z = z.sum((2, 3))
         elif k == "torch.sum":
             z = torch.sum(z, (2, 3))
-        elif k == "BatchNorm1d":
-            z = m[k](z.mean((2, 3)))
-        elif k == "1x1 conv + BatchNorm2d":
-            z = torch.relu(self.bn2(self.point(z.mean((2, 3), keepdim=True)))).flatten(1)
         else:
             z = z.mean((2, 3))
         return self.fc(z)
@@ -729,9 +766,6 @@ class _Refusable(nn.Module):
     ("torch.sum", r"function torch\.sum", r"over the map use \.mean\(\(2, 3\)\)", ["mean"]),
     ("[:, :8]", r"function operator\.getitem", r"a layer's output is used whole: give the layer before only the "
                                                r"channels kept \(its out_channels\)", ["relu"]),
-    ("BatchNorm1d", r"layer 'modules_\.BatchNorm1d' \(BatchNorm1d\)",
-     r"use BatchNorm2d: on the map before its ReLU and pooling, or after a 1x1 Conv2d on the pooled map",
-     ["mean", "1x1 conv + BatchNorm2d"]),
 ])
 def test_refusals_say_what_compiles_instead_and_the_fix_compiles_exactly(kind, what, hint, fixes):
     model = quantize_model(_Refusable(kind), method="lcq", wbits=3, abits=3)
