@@ -223,8 +223,9 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
 
 
 GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
-# The operations that take a "concat" _Value (on its way to an activation quantizer).
-_CONCAT_READERS = ("act", "relu", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity")
+# The operations that take a "concat" _Value (on its way to an activation quantizer; a size query reads its shape
+# only, for a reshape).
+_CONCAT_READERS = ("act", "relu", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity", "size")
 _DEFAULT_FRAC = CompileOptions.residual_frac_bits   # the fraction bits that cover a trained model's scales
 
 
@@ -847,7 +848,7 @@ class _Lowering:
                 self.refuse(node, f"joins {joined.get(x.kind, 'a concatenation')} (part {i}); a concatenation joins "
                             "the outputs of conv or linear layers, BNs or additions (through ReLU, clip or pooling) on "
                             "their way to one activation quantizer")
-            parts.append(x if len(node.users) == 1 else replace(x, sole=False))
+            parts.append(x if sum(not size_query(user) for user in node.users) == 1 else replace(x, sole=False))
         if len({x.tensor for x in parts}) < len(parts):
             self.refuse(node, "joins one layer's output twice; each part of a concatenation is its own layer's "
                         "output (a conv with the channels twice is one layer)")

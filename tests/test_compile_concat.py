@@ -65,6 +65,26 @@ class TwoReaders(nn.Module):
         return self.fc(torch.cat([p, q], 1))
 
 
+class SizedJoin(nn.Module):
+    """A join whose size a reshape reads: max pooled and flattened into a linear layer by
+    ``x.view(x.size(0), -1)`` (LeNet's spelling), or averaged globally and flattened by ``x.reshape(x.shape[0], -1)``
+    (the spelling of torchvision-style Inception and DenseNet heads)."""
+
+    def __init__(self, pooled=False):
+        super().__init__()
+        self.pooled = pooled
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = nn.Linear(8 if pooled else 8 * 4 * 4, 10)
+
+    def forward(self, x):
+        y = torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)
+        if self.pooled:
+            y = F.adaptive_avg_pool2d(y, 1)
+            return self.fc(y.reshape(y.shape[0], -1))
+        y = F.max_pool2d(y, 2)
+        return self.fc(y.view(y.size(0), -1))
+
+
 def _quantized(net, seed=0):
     torch.manual_seed(seed)
     return randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=seed)
@@ -93,9 +113,10 @@ def test_fire_modules_compile_to_concat_nodes_of_codes(squeeze):
     assert tensors[second.output].shape == (32, 1, 1)
 
 
-@pytest.mark.parametrize("which", ["squeeze_net", "shared_part", "two_readers"])
+@pytest.mark.parametrize("which", ["squeeze_net", "shared_part", "two_readers", "sized_join", "sized_pooled_join"])
 def test_concatenations_agree_with_pytorch_code_for_code(squeeze, which):
-    net = {"shared_part": SharedPart, "two_readers": TwoReaders}.get(which)
+    net = {"shared_part": SharedPart, "two_readers": TwoReaders, "sized_join": SizedJoin,
+           "sized_pooled_join": lambda: SizedJoin(pooled=True)}.get(which)
     model, compiled = squeeze if net is None else (_quantized(net(), seed=1), None)
     compiled = compiled or compile_model(model, (1, 8, 8))
     x = images(64, (1, 8, 8), seed=3)
