@@ -746,11 +746,12 @@ class _Lowering:
         return self.chain(node, x, maxpools=x.maxpools + ((node, k, s, p),))
 
     def _flatten(self, node: fx.Node, op: Op, does: str = "flattens") -> _Value:
-        """A flatten of a C x 1 x 1 tensor, or of a map (the image, or values) on its way through an activation
-        quantizer to a linear layer (``flat``); else refused (``does``: the verb of the refusal)."""
+        """A flatten of a C x 1 x 1 tensor, or of a map (the image, or values: max or average pooled too) on its
+        way through an activation quantizer to a linear layer (``flat``); else refused (``does``: the verb of the
+        refusal)."""
         x = self.arg(node)
         if x.kind == "image" or self.shape(x)[1:] != (1, 1):
-            if x.kind not in ("image", "values", "concat") or x.pooled:
+            if x.kind not in ("image", "values", "concat"):
                 self.refuse(node, "{} a {}x{}x{} map of codes; a map flattens on its way to an activation "
                             "quantizer and a linear layer".format(does, *self.shape(x)))
             return self.chain(node, x, flat=True)

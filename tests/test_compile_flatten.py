@@ -48,6 +48,20 @@ class Unflattened(nn.Module):
         return self.fc(F.relu(self.conv(x))).mean((1, 2))
 
 
+class AvgLeNet(nn.Module):
+    """The classic LeNet-5: average pooling (AvgPool2d(2)) before the flatten."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 16, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(16 * 2 * 2, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.avg_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.avg_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
 NETS = {"lenet": lambda: cm.lenet(10, 1), "mlp": MLP}
 
 
@@ -70,6 +84,16 @@ def test_the_linear_layer_on_a_flattened_map_is_the_convolution_as_large_as_the_
     # the weight codes are the linear layer's, (out, C * H * W) read as (out, C, H, W)
     codes = model.fc1.wq.codes(model.fc1.weight.double()).numpy()
     np.testing.assert_array_equal(fc1.weight_codes.reshape(32, -1), codes)
+    result = compare(c, model, images(64, (1, 8, 8), seed=2), np.zeros(64, dtype=np.int64))
+    assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+
+
+def test_an_average_pooled_map_flattens_into_a_linear_layer():
+    torch.manual_seed(0)
+    model = randomize(quantize_model(AvgLeNet(), method="lcq", wbits=3, abits=3), seed=0)
+    c = compile_model(model, (1, 8, 8))
+    fc1 = next(n for n in c.convs if n.name == "fc1")
+    assert (fc1.kind, fc1.in_shape, fc1.kernel, fc1.out_shape) == ("conv", (16, 2, 2), 2, (32, 1, 1))
     result = compare(c, model, images(64, (1, 8, 8), seed=2), np.zeros(64, dtype=np.int64))
     assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
 
