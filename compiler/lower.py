@@ -840,7 +840,7 @@ class _Lowering:
 
     def _cat(self, node: fx.Node, op: Op) -> _Value:
         """The channel concatenation ``node`` of conv, BN or addition outputs (through ReLU, clip or max pooling),
-        each of which will write its own channels' codes of the quantizer after it."""
+        each of which will write its own channels' codes of the quantizer after it (a join of one part: that part)."""
         parts = []
         for i, arg in enumerate(node.args[0] if node.args else node.kwargs["tensors"]):
             x = self.values[arg]
@@ -858,6 +858,8 @@ class _Lowering:
             self.refuse(node, f"joins maps of sizes {sorted(sides)}; a concatenation joins maps of one size")
         if len(parts) > MAX_CONCAT:
             self.refuse(node, f"joins {len(parts)} tensors, more than {MAX_CONCAT}")
+        if len(parts) == 1:                         # torch.cat([x], 1) is x
+            return self.chain(node, self.values[(node.args[0] if node.args else node.kwargs["tensors"])[0]])
         return _Value("concat", parts=tuple(parts), concat=node)
 
     def _output(self, node: fx.Node, op: Op) -> _Value:

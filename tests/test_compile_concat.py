@@ -218,6 +218,22 @@ def test_concatenations_the_accelerator_cannot_run_are_refused(how, message):
         compile_model(model, (1, 8, 8))
 
 
+def test_a_join_of_one_part_is_the_part():
+    class One(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 10)
+
+        def forward(self, x):
+            return self.fc(F.max_pool2d(torch.cat([torch.relu(self.a(x))], 1), 2).amax((2, 3)))
+
+    model = _quantized(One())
+    compiled = compile_model(model, (1, 8, 8))
+    assert _concats(compiled) == []
+    result = compare(compiled, model, images(32, (1, 8, 8), seed=3), np.zeros(32, dtype=np.int64))
+    assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+
+
 # --------------------------------------------------------------------------- on the chip
 
 
