@@ -164,7 +164,7 @@ def _cat(node: fx.Node, model: str) -> Op:
     parts, dim = _arg(node, 0, "tensors"), _arg(node, 1, "dim", 0)
     if not isinstance(parts, (tuple, list)) or not all(isinstance(p, fx.Node) for p in parts):
         raise Unsupported(model, node, "does not join a list of the network's tensors")
-    if dim != 1:
+    if dim not in (1, -3):              # (-3: the channels of the maps a working network joins along it)
         raise Unsupported(model, node, f"joins along dimension {dim!r}; the accelerator joins along the channels "
                           "only: torch.cat(parts, 1)")
     return Op("cat")

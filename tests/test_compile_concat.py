@@ -32,7 +32,7 @@ import compile_models as cm  # noqa: E402
 
 class SharedPart(nn.Module):
     """A part that another layer reads too (DenseNet-style: a block's input joined to its output), clipped parts
-    (ReLU6), and the concatenation averaged globally."""
+    (ReLU6), the join along dimension -3, and the concatenation averaged globally."""
 
     def __init__(self):
         super().__init__()
@@ -44,7 +44,7 @@ class SharedPart(nn.Module):
     def forward(self, x):
         y = torch.relu(self.bn1(self.conv1(x)))
         z = torch.relu(self.bn2(self.conv2(y)))
-        joined = F.relu6(torch.cat((y, z), dim=1))
+        joined = F.relu6(torch.cat((y, z), dim=-3))                   # (the channels, counted from the end)
         return self.fc(torch.relu(self.conv3(joined)).mean((2, 3)))
 
 
