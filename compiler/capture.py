@@ -50,9 +50,9 @@ SUPPORTED = (
     f"max pooling the same way (AdaptiveMaxPool2d(1), F.adaptive_max_pool2d(x, 1), .amax((2, 3)), torch.amax(x, "
     f"(2, 3)): one window over a square map of side up to {MAX_KERNEL})",
     "channel concatenation (torch.cat(parts, 1), torch.concat, torch.concatenate) of conv, BN or addition "
-    "outputs (through ReLU, clip or max pooling) where only ReLU, ReLU6 / hardtanh(0, max), identity, dropout and "
-    "max pooling stand between it and the activation quantizer of the next layer (each part's producer writes that "
-    "quantizer's codes for its own channels)",
+    "outputs (through ReLU, clip or max pooling) where only a BN (of parts without ReLU: DenseNet's), ReLU, ReLU6 / "
+    "hardtanh(0, max), identity, dropout, pooling, flatten and further joins stand between it and the activation "
+    "quantizer of the next layer (each part's producer writes that quantizer's codes for its own channels)",
     "flatten (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape to (x.size(0), -1) or "
     "(-1, C * H * W)) of a C x 1 x 1 tensor, or of a map on its way through an activation quantizer to a linear "
     "layer",

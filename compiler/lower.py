@@ -225,7 +225,8 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
 GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
 # The operations that take a "concat" _Value (on its way to an activation quantizer; a size query reads its shape
 # only, for a reshape).
-_CONCAT_READERS = ("act", "relu", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity", "size")
+_CONCAT_READERS = ("act", "relu", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity", "size", "bn",
+                   "cat")
 _DEFAULT_FRAC = CompileOptions.residual_frac_bits   # the fraction bits that cover a trained model's scales
 
 
@@ -280,9 +281,9 @@ class _Lowering:
         for node in _post_order(output):
             op = operation(node, self.modules, self.model)
             if op.kind not in _CONCAT_READERS and any(self.values[a].kind == "concat" for a in node.all_input_nodes):
-                self.refuse(node, "reads a channel concatenation; a concatenation lowers only where nothing but "
-                            "ReLU, ReLU6 / hardtanh(0, max), identity, dropout, pooling and flatten stand between it "
-                            "and the activation quantizer of the next layer")
+                self.refuse(node, "reads a channel concatenation; a concatenation lowers only where nothing but a "
+                            "BN, ReLU, ReLU6 / hardtanh(0, max), identity, dropout, pooling, flatten and further joins "
+                            "stand between it and the activation quantizer of the next layer")
             try:
                 self.values[node] = getattr(self, "_" + op.kind)(node, op)
             except ModelRuleError as e:      # a constant out of range: the fixed-point widths chosen for it
@@ -630,16 +631,33 @@ class _Lowering:
         return value
 
     def _bn(self, node: fx.Node, op: Op) -> _Value:
+        """BN ``node`` folded into the gain and offset of its input, a concatenation's into each part's (its
+        channels of the BN: DenseNet's BN of the joined features)."""
         x, bn = self.arg(node), op.module
         self.after_max_pooling(node, x, "a BN")
-        if x.kind != "values" or x.relu or x.pooled:
-            self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there folds: "
-                        "put it right after the conv, linear layer or addition whose output it normalizes "
-                        "(conv -> BN -> ReLU)")
-        c = self.shapes[x.tensor][0]
+        for part in x.parts or (x,):
+            if part.kind != "values" or part.relu or part.pooled or part.maxpools:
+                self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there "
+                            "folds: put it right after the conv, linear layer or addition whose output it "
+                            "normalizes (conv -> BN -> ReLU)" + (", or right after a join of those" if x.parts else ""))
         if isinstance(bn, nn.BatchNorm1d) and x.flat:
             self.refuse(node, "normalizes each feature of a flattened {}x{}x{} map; a BN folds per channel: put a "
                         "BatchNorm2d before the flatten".format(*self.shape(x)))
+        inv, mean, beta = self.bn_constants(node, bn, self.shape(x)[0])
+        if not x.parts:
+            return self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta, folded=True)
+        parts, first = [], 0
+        for part in x.parts:
+            own = slice(first, first + self.shape(part)[0])
+            parts.append(replace(part, gain=inv[own] * part.gain, offset=inv[own] * (part.offset - mean[own])
+                                 + beta[own], folded=True))
+            first = own.stop
+        return self.chain(node, x, parts=tuple(parts))
+
+    def bn_constants(self, node: fx.Node, bn: nn.Module, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(scale, mean, beta)`` of BN ``node`` (module ``bn``) on ``c`` channels: ``bn(x) = scale * (x - mean)
+        + beta``; a BN no fixed stage computes (batch statistics, a damaged or diverged one, a division by zero)
+        refused."""
         if bn.running_var is None or bn.running_mean is None:
             self.refuse(node, "tracks no running statistics (track_running_stats=False): PyTorch normalizes each "
                         "batch by its own statistics, in eval mode too, which no fixed stage computes; construct it "
@@ -658,9 +676,7 @@ class _Lowering:
                         f"{bn.eps:g}; construct it with eps > 0 (the default 1e-5)")
         weight = bn.weight.double().numpy() if bn.weight is not None else np.ones(c)
         beta = bn.bias.double().numpy() if bn.bias is not None else np.zeros(c)
-        inv = weight / np.sqrt(var + bn.eps)
-        return self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta,
-                          folded=True)
+        return weight / np.sqrt(var + bn.eps), mean, beta
 
     def _relu(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
@@ -844,12 +860,16 @@ class _Lowering:
         parts = []
         for i, arg in enumerate(node.args[0] if node.args else node.kwargs["tensors"]):
             x = self.values[arg]
-            if x.kind != "values":
+            if x.kind not in ("values", "concat"):
                 joined = {"image": "the input image", "codes": "activation codes", "size": "a tensor's size"}
-                self.refuse(node, f"joins {joined.get(x.kind, 'a concatenation')} (part {i}); a concatenation joins "
-                            "the outputs of conv or linear layers, BNs or additions (through ReLU, clip or pooling) on "
-                            "their way to one activation quantizer")
-            parts.append(x if sum(not size_query(user) for user in node.users) == 1 else replace(x, sole=False))
+                self.refuse(node, f"joins {joined[x.kind]} (part {i}); a concatenation joins the outputs of conv or "
+                            "linear layers, BNs or additions (through ReLU, clip or pooling) on their way to one "
+                            "activation quantizer")
+            # a join in a join: its parts, each max pooled as the join was
+            for part in x.parts or (x,):
+                part = replace(part, maxpools=part.maxpools + x.maxpools) if x.parts else part
+                parts.append(part if sum(not size_query(user) for user in node.users) == 1
+                             else replace(part, sole=False))
         if len({x.tensor for x in parts}) < len(parts):
             self.refuse(node, "joins one layer's output twice; each part of a concatenation is its own layer's "
                         "output (a conv with the channels twice is one layer)")
