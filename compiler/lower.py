@@ -880,7 +880,8 @@ class _Lowering:
             self.refuse(node, f"joins {len(parts)} tensors, more than {MAX_CONCAT}")
         if len(parts) == 1:                         # torch.cat([x], 1) is x
             return self.chain(node, self.values[(node.args[0] if node.args else node.kwargs["tensors"])[0]])
-        return _Value("concat", parts=tuple(parts), concat=node)
+        # flattened maps of one size join as their join flattened (the flatten is channel-major)
+        return _Value("concat", parts=tuple(parts), concat=node, flat=any(p.flat for p in parts))
 
     def _output(self, node: fx.Node, op: Op) -> _Value:
         source = node.args[0]

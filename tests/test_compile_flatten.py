@@ -62,7 +62,20 @@ class AvgLeNet(nn.Module):
         return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
 
 
-NETS = {"lenet": lambda: cm.lenet(10, 1), "mlp": MLP}
+class JoinedFlat(nn.Module):
+    """Two branches' maps, each flattened, joined into one linear layer: the flattened join of the maps."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(1, 4, 3, padding=1, stride=2), nn.Conv2d(1, 4, 3, padding=1, stride=2)
+        self.fc1, self.fc2 = nn.Linear(8 * 4 * 4, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        joined = torch.cat([torch.flatten(F.relu(self.a(x)), 1), torch.flatten(F.relu(self.b(x)), 1)], 1)
+        return self.fc2(F.relu(self.fc1(joined)))
+
+
+NETS = {"lenet": lambda: cm.lenet(10, 1), "mlp": MLP, "joined": JoinedFlat}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +88,7 @@ def compiled():
     return out
 
 
-@pytest.mark.parametrize("name, side, channels", [("lenet", 4, 16), ("mlp", 8, 1)])
+@pytest.mark.parametrize("name, side, channels", [("lenet", 4, 16), ("mlp", 8, 1), ("joined", 4, 8)])
 def test_the_linear_layer_on_a_flattened_map_is_the_convolution_as_large_as_the_map(compiled, name, side, channels):
     model, c = compiled[name]
     fc1 = next(n for n in c.convs if n.name == "fc1")
@@ -127,7 +140,8 @@ def test_a_map_wider_than_a_kernel_is_refused():
 
 @pytest.mark.sim
 # the MLP only with -m slow: its flattened image takes the same path as LeNet's flattened map (~20 s each)
-@pytest.mark.parametrize("name", ["lenet", pytest.param("mlp", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["lenet", pytest.param("mlp", marks=pytest.mark.slow),
+                                  pytest.param("joined", marks=pytest.mark.slow)])
 def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_path, capsys):
     """LeNet's flattened 16 x 4 x 4 map and the MLP's flattened image through the whole-network core in Verilator:
     every step and the logits equal the integer reference."""
