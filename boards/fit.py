@@ -36,8 +36,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
-from compiler.graph import CompiledModel
-from hw.engine_params import SPRAM_BLOCKS, EngineParams, spram_blocks
+from compiler.graph import CompiledModel, Thresholds
+from hw.engine_params import LUT_WBITS, SPRAM_BLOCKS, EngineParams, spram_blocks
 from hw.memories import BLOCK_RAM_SHAPES, bank_depth, column_blocks
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
@@ -523,4 +523,24 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
     except ValueError:                  # (a FitError too)
         fallback = ""
     raise FitError(f"the whole network does not fit {board.name} ({board.device}) with any array tried; the "
-                   f"smallest: {error}{fallback}")
+                   f"smallest: {error}{wide_codes_hint(model)}{fallback}")
+
+
+WIDE_CODE_BITS = 5      # codes of this many bits or more from a layer's thresholds: 31 or more comparators a channel
+
+
+def wide_codes_hint(model: CompiledModel) -> str:
+    """Where a layer's output stage writes wide codes (:data:`WIDE_CODE_BITS` bits or more: the last layer's 8-bit
+    input, by the paper's rule, read from a linear layer before it), what that costs on the chip and the fix: the
+    reader trained at the inner activation width; "" where none does."""
+    readers = {n.input: n for n in model.convs}
+    plan = model.source.get("plan") or {}
+    inner = plan.get("abits", 3)
+    for node in model.convs:
+        stage, reader = node.stage, readers.get(node.output)
+        if isinstance(stage, Thresholds) and stage.bits >= WIDE_CODE_BITS and reader is not None:
+            return (f"; layer {node.name!r} writes {stage.bits}-bit codes, the input of {reader.name!r}, and every "
+                    f"output stage then holds {2 ** stage.bits - 1} thresholds a channel: train {reader.name!r} "
+                    f"to read the inner width (lcq train ... --layer-bits {reader.name}="
+                    f"{min(reader.wbits, LUT_WBITS)}/{inner})")
+    return ""

@@ -15,7 +15,7 @@ from math import ceil
 
 import numpy as np
 
-from compiler.graph import AddNode, CompiledModel, ConvNode, Requantize, Thresholds
+from compiler.graph import AddNode, CompiledModel, ConvNode, Requantize, Thresholds, act_scale, weight_scale
 
 from .memories import memory_bits
 from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, product_width
@@ -25,6 +25,7 @@ from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requa
 
 # The largest PE array side (rows or columns).
 MAX_ARRAY = 256
+LUT_WBITS = 4                # the widest weights of a LUT layer: the PEs' LUT indices (sign and k) take 2..4 bits
 
 # iCE40 UltraPlus SB_SPRAM256KA: 16K words of 16 bits; the weights buffer of an UP5K engine.
 SPRAM_DEPTH, SPRAM_WIDTH = 16384, 16
@@ -165,9 +166,9 @@ class EngineParams:
     multiply_cols: int = 0
 
     def __post_init__(self):
-        limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, 4), "abits": (1, 8), "acc_bits": (2, 48),
-                  "code_bits": (0, 8), "product_bits": (1, PRODUCT_BITS), "act_depth": (1, 1 << 24),
-                  "weight_depth": (1, 1 << 24),
+        limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, LUT_WBITS), "abits": (1, 8),
+                  "acc_bits": (2, 48), "code_bits": (0, 8), "product_bits": (1, PRODUCT_BITS),
+                  "act_depth": (1, 1 << 24), "weight_depth": (1, 1 << 24),
                   "table_depth": (1, 1 << 24), "stage_depth": (1, 1 << 24), "pos_depth": (1, 1 << 24),
                   "out_depth": (1, 1 << 24)}
         for name, (low, high) in limits.items():
@@ -443,6 +444,7 @@ class EngineParams:
             raise ValueError("the model has no convolution or linear layer to run")
         for node in convs:
             check_outer_widths(node)
+            check_lut_weights(node)
         weights_total = sum if resident != "none" else max
         total = sum if resident == "all" else max
         thresholds = [n.stage for n in convs if isinstance(n.stage, Thresholds)]
@@ -495,6 +497,18 @@ def check_outer_widths(node: ConvNode) -> None:
                          f"2..{LEVEL_BITS} bits (levels up to {W_MAX} and {A_MAX}); train it with outer widths of "
                          f"{LEVEL_BITS} or narrower (--layer-bits {node.name}={node.wbits}/{node.abits}:"
                          f"{min(ow, LEVEL_BITS)}/{min(oa, LEVEL_BITS)}, or --outer-bits {LEVEL_BITS} for every layer)")
+
+
+def check_lut_weights(node: ConvNode) -> None:
+    """ValueError naming LUT layer ``node`` and the fixes where its weights are wider than the PEs' LUT weight
+    indices (2..:data:`LUT_WBITS` bits): a layer of wider weights must multiply."""
+    if node.mac == "lut" and node.wbits > LUT_WBITS:
+        entries = weight_scale(node.wbits) * act_scale(node.abits)
+        raise ValueError(f"layer {node.name!r} selects from a LUT of {entries} products of {node.wbits}-bit weights "
+                         f"and {node.abits}-bit activations (the compile option --max-lut-entries let it); the PEs "
+                         f"select from LUTs of 2..{LUT_WBITS}-bit weights: compile it as a multiplying layer "
+                         f"(lcq compile --max-lut-entries {entries - 1}), or train its weights at {LUT_WBITS} bits or "
+                         f"fewer (--layer-bits {node.name}={LUT_WBITS}/{node.abits})")
 
 
 def check_multiply_cols(multiply_cols, cols: int, multiply: bool = True) -> None:

@@ -11,11 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from boards.boards import BOARDS
+from boards.fit import FitError, network_for_board
 from compiler.agreement import compare
 from compiler.capture import Unsupported
 from compiler.format import save
 from compiler.graph import ConvNode
-from compiler.lower import compile_model
+from compiler.lower import CompileOptions, compile_model
+from hw.network_params import NetworkParams
 from lcq.cli import main
 from lcq_train.plan import quantize_model
 from sim.runner import unavailable_reason
@@ -154,3 +157,37 @@ def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_p
                  "--rows", "2", "--cols", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["mismatches"] == 0 and result["images"] == 2
+
+
+# --------------------------------------------------------------------------- on a board
+
+
+def _lenet(layer_bits=()):
+    torch.manual_seed(0)
+    return randomize(quantize_model(cm.lenet(10, 1), method="lcq", wbits=3, abits=3, layer_bits=dict(layer_bits)),
+                     seed=0)
+
+
+def test_a_last_layer_reading_8_bit_codes_from_a_layer_names_the_width_that_fits_a_board():
+    """LeNet's fc2, the last layer, reads 8-bit codes (the paper's rule) that fc1's output stage writes: 255
+    thresholds a channel, which no board holds; read at the inner width, it fits the ULX3S-85F."""
+    board = BOARDS["ulx3s-85f"]
+    with pytest.raises(FitError, match=r"layer 'fc1' writes 8-bit codes, the input of 'fc2', and every output stage "
+                                       r"then holds 255 thresholds a channel: train 'fc2' to read the inner width "
+                                       r"\(lcq train \.\.\. --layer-bits fc2=4/3\)"):
+        network_for_board(compile_model(_lenet(), (1, 8, 8)), board)
+    assert network_for_board(compile_model(_lenet({"fc2": (4, 3)}), (1, 8, 8)), board).estimate["EBR"] <= 208
+
+
+def test_a_lut_layer_of_weights_wider_than_the_pes_take_names_both_fixes():
+    """fc2 at 8-bit weights and 3-bit codes has 127 x 7 = 889 products, within --max-lut-entries 1024, so it compiles
+    as a LUT layer; the PEs' LUTs take weights of 2..4 bits. Compiled with --max-lut-entries 888 it multiplies."""
+    model = _lenet({"fc2": (8, 3)})
+    with pytest.raises(ValueError, match=r"layer 'fc2' selects from a LUT of 889 products of 8-bit weights and 3-bit "
+                                         r"activations .*compile it as a multiplying layer \(lcq compile "
+                                         r"--max-lut-entries 888\), or train its weights at 4 bits or fewer "
+                                         r"\(--layer-bits fc2=4/3\)"):
+        NetworkParams.for_model(compile_model(model, (1, 8, 8)), 2, 2)
+    compiled = compile_model(model, (1, 8, 8), CompileOptions(max_lut_entries=888))
+    assert next(n for n in compiled.convs if n.name == "fc2").mac == "multiply"
+    assert network_for_board(compiled, BOARDS["ulx3s-85f"]).estimate["EBR"] <= 208
