@@ -869,7 +869,7 @@ class ConcatNode:
                                      "a concatenation joins the codes of one quantizer")
         channels = sum(t.shape[0] for t in parts)
         if channels > MAX_CHANNELS:
-            raise ModelRuleError(where, "inputs", f"join {channels} channels, more than {MAX_CHANNELS}")
+            raise ModelRuleError(where, "inputs", f"joins {channels} channels, more than {MAX_CHANNELS}")
         return (channels, *first.shape[1:]), first.bits
 
 
