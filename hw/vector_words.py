@@ -89,15 +89,17 @@ def node_progressions(params: VectorParams, node: PoolNode, info: TensorInfo) ->
     return fits
 
 
-def pool_constant_words(params: VectorParams, node: PoolNode, info: TensorInfo) -> list[int]:
-    """POOL_CONSTANTS words of ``node`` (input ``info``), one per channel."""
+def pool_constant_words(params: VectorParams, node: PoolNode, info: TensorInfo,
+                        fits: list[tuple[int, int]] | None = None) -> list[int]:
+    """POOL_CONSTANTS words of ``node`` (input ``info``), one per channel; ``fits``: its progressions
+    (:func:`node_progressions`) where the caller has them."""
     sign_mask, offset_mask = (1 << POOL_SIGN_BITS) - 1, (1 << params.pool_offset_bits) - 1
     words = [int(r) | (int(s) & sign_mask) << POOL_SIGN_SHIFT | (int(o) & offset_mask) << POOL_OFFSET_SHIFT
              for s, r, o in zip(np.asarray(node.sign).tolist(), np.asarray(node.relu).tolist(),
                                 np.asarray(node.offset).tolist())]
     if not params.pool_arithmetic:
         return words
-    fits = node_progressions(params, node, info)
+    fits = fits or node_progressions(params, node, info)
     base_bits, step_bits = progression_bits(fits)
     if base_bits > params.pool_base_bits or step_bits > params.pool_step_bits:
         raise ValueError(f"pool node {node.name!r}: B' and S need {base_bits} and {step_bits} bits "
@@ -131,10 +133,11 @@ def pool_threshold_words(params: VectorParams, node: PoolNode, info: TensorInfo)
     return [[v & mask for v in row] for row in t.tolist()]
 
 
-def check_node(params: VectorParams, node, info: dict[str, TensorInfo]) -> None:
+def check_node(params: VectorParams, node, info: dict[str, TensorInfo]) -> list[tuple[int, int]] | None:
     """Raise ValueError naming what of ``node`` (an activate, add or pool node, tensors ``info``)
-    does not fit the unit, and the fix."""
-    problems = []
+    does not fit the unit, and the fix. Returns a pool node's progressions (:func:`node_progressions`) where the
+    unit holds its thresholds in the arithmetic form, else None."""
+    problems, fits = [], None
     if isinstance(node, AddNode):
         bits = signed_bits(max(info[name].bound for name in (*node.inputs, node.output)))
         if bits > params.value_bits:
@@ -176,6 +179,7 @@ def check_node(params: VectorParams, node, info: dict[str, TensorInfo]) -> None:
                 problems.append(f"frac_bits={need['frac_bits']} exceeds max_frac_bits={params.max_frac_bits}")
     if problems:
         raise ValueError(f"node {node.name!r} does not fit the vector unit: {'; '.join(problems)}; {FIX}")
+    return fits
 
 
 def constant_beats(params: VectorParams, model: CompiledModel) -> tuple[list[Beat], dict[str, int]]:
@@ -188,7 +192,7 @@ def constant_beats(params: VectorParams, model: CompiledModel) -> tuple[list[Bea
     for node in model.nodes:
         if not isinstance(node, (ActivateNode, AddNode, PoolNode)):
             continue
-        check_node(params, node, info)
+        fits = check_node(params, node, info)
         if isinstance(node, AddNode):
             continue
         base, channels = slots[node.name], info[node.input].shape[0]
@@ -200,7 +204,7 @@ def constant_beats(params: VectorParams, model: CompiledModel) -> tuple[list[Bea
             words = activate_words(params, node, info[node.input].bound)
             beats += [(ACT_THRESHOLDS, base + ch, w) for ch, w in enumerate(words)]
             continue
-        beats += pool_constant_beats(params, base, pool_constant_words(params, node, info[node.input]))
+        beats += pool_constant_beats(params, base, pool_constant_words(params, node, info[node.input], fits))
         if params.pool_arithmetic:
             continue
         for ch, row in enumerate(pool_threshold_words(params, node, info[node.input])):
