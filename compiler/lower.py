@@ -208,6 +208,11 @@ class _Value:
         return not (self.folded or self.relu or self.pooled or self.cap < math.inf or self.maxpools)
 
 
+def _sole_reader(node: fx.Node) -> bool:
+    """Whether one operation reads ``node``'s values (a size query, for a reshape, reads its shape only)."""
+    return sum(not size_query(user) for user in node.users) == 1
+
+
 def _post_order(output: fx.Node) -> list[fx.Node]:
     """The nodes ``output`` depends on, each after its inputs, inputs visited in argument order."""
     order, seen, stack = [], set(), [(output, False)]
@@ -307,7 +312,7 @@ class _Lowering:
 
     def chain(self, node: fx.Node, x: _Value, **changes) -> _Value:
         """``x`` changed by a one-input operation ``node`` (whose size a reshape may read: not a consumer)."""
-        sole = sum(not size_query(user) for user in node.users) == 1
+        sole = _sole_reader(node)
         if x.kind == "concat" and not sole:      # read twice: no part's producer folds one reader's stage
             changes["parts"] = tuple(replace(p, sole=False) for p in changes.get("parts", x.parts))
         return replace(x, sole=x.sole and sole, **changes)
@@ -868,8 +873,7 @@ class _Lowering:
             # a join in a join: its parts, each max pooled as the join was
             for part in x.parts or (x,):
                 part = replace(part, maxpools=part.maxpools + x.maxpools) if x.parts else part
-                parts.append(part if sum(not size_query(user) for user in node.users) == 1
-                             else replace(part, sole=False))
+                parts.append(part if _sole_reader(node) else replace(part, sole=False))
         if len({x.tensor for x in parts}) < len(parts):
             self.refuse(node, "joins one layer's output twice; each part of a concatenation is its own layer's "
                         "output (a conv with the channels twice is one layer)")
