@@ -81,6 +81,12 @@ class JoinedFlat(nn.Module):
 NETS = {"lenet": lambda: cm.lenet(10, 1), "mlp": MLP, "joined": JoinedFlat}
 
 
+def _lenet(layer_bits=()):
+    torch.manual_seed(0)
+    return randomize(quantize_model(cm.lenet(10, 1), method="lcq", wbits=3, abits=3, layer_bits=dict(layer_bits)),
+                     seed=0)
+
+
 @pytest.fixture(scope="module")
 def compiled():
     out = {}
@@ -88,6 +94,8 @@ def compiled():
         torch.manual_seed(0)
         model = randomize(quantize_model(net(), method="lcq", wbits=3, abits=3), seed=0)
         out[name] = model, compile_model(model, (1, 8, 8))
+    model = _lenet({"fc2": (4, 3)})         # as a board runs it (below): fc2 reads 3-bit codes
+    out["lenet fc2=4/3"] = model, compile_model(model, (1, 8, 8))
     return out
 
 
@@ -142,9 +150,10 @@ def test_a_map_wider_than_a_kernel_is_refused():
 
 
 @pytest.mark.sim
-# the MLP only with -m slow: its flattened image takes the same path as LeNet's flattened map (~20 s each)
-@pytest.mark.parametrize("name", ["lenet", pytest.param("mlp", marks=pytest.mark.slow),
-                                  pytest.param("joined", marks=pytest.mark.slow)])
+# By default LeNet as a board runs it (~10 s); with -m slow the heads whose last layer reads 8-bit codes from a
+# linear layer (~20-30 s each: 255 comparators a channel in the output stage) and the flattened join
+@pytest.mark.parametrize("name", ["lenet fc2=4/3"] + [pytest.param(name, marks=pytest.mark.slow)
+                                                      for name in ("lenet", "mlp", "joined")])
 def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_path, capsys):
     """LeNet's flattened 16 x 4 x 4 map and the MLP's flattened image through the whole-network core in Verilator:
     every step and the logits equal the integer reference."""
@@ -160,12 +169,6 @@ def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_p
 
 
 # --------------------------------------------------------------------------- on a board
-
-
-def _lenet(layer_bits=()):
-    torch.manual_seed(0)
-    return randomize(quantize_model(cm.lenet(10, 1), method="lcq", wbits=3, abits=3, layer_bits=dict(layer_bits)),
-                     seed=0)
 
 
 def test_a_last_layer_reading_8_bit_codes_from_a_layer_names_the_width_that_fits_a_board():
