@@ -186,13 +186,22 @@ class NetworkParams:
                   multiply_cols: int = 0) -> NetworkParams:
         """The core that runs all of ``model`` on a ``rows`` x ``cols`` array, every constant resident;
         ``write_pairs`` (:class:`~hw.engine_params.EngineParams`): None (default) where they pay
-        (:func:`pairs_pay`); ``multiply_cols``: the PEs of the first that many columns only multiply (0: all)."""
+        (:func:`pairs_pay`) and every tensor can be placed at an even word; ``multiply_cols``: the PEs of the first
+        that many columns only multiply (0: all)."""
         engine = EngineParams.for_model(model, rows, cols, resident="all", split_weights=True, skip_groups=True,
                                         identity_tables=True, multiply_cols=multiply_cols)
-        if write_pairs is None:
-            write_pairs = pairs_pay(model, engine) and places_pairs(model, engine)
+        chosen = write_pairs is None
+        if chosen:
+            write_pairs = pairs_pay(model, engine)
         engine = replace(engine, write_pairs=write_pairs)
-        plan = network_plan(model, engine)
+        try:
+            plan = network_plan(model, engine)
+        except NetworkPlanError:
+            if not (chosen and write_pairs):
+                raise
+            # pairs put every tensor at an even word, which a concatenation's part may not start at: none then
+            engine = replace(engine, write_pairs=False)
+            plan = network_plan(model, engine)
         engine = replace(engine, act_depth=plan.memories["codes"].depth, out_depth=ring_depth(engine, model.convs),
                          fused_adds=any(step.fused_add for step in plan.steps),
                          fused_activations=any(step.fused_activate for step in plan.steps))
@@ -241,16 +250,6 @@ def network_plan(model: CompiledModel, params: NetworkParams | EngineParams) -> 
     memories' positions per word (2 with ``write_pairs``)."""
     engine = params.engine if isinstance(params, NetworkParams) else params
     return plan_network(model, lanes=engine.rows, align=engine.halves)
-
-
-def places_pairs(model: CompiledModel, engine: EngineParams) -> bool:
-    """Whether the compiler can place ``model``'s tensors for ``engine`` writing back in pairs (every tensor at an
-    even word: not where a concatenation's part would start at an odd one)."""
-    try:
-        network_plan(model, replace(engine, write_pairs=True))
-    except NetworkPlanError:
-        return False
-    return True
 
 
 def pairs_pay(model: CompiledModel, engine: EngineParams, saving: float = 0.2) -> bool:

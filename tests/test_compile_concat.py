@@ -19,7 +19,7 @@ from compiler.graph import ConcatNode, ModelRuleError, PoolNode
 from compiler.lower import compile_model
 from compiler.network import NetworkPlanError, plan_network
 from compiler.reference import run
-from hw.network_params import NetworkParams, pairs_pay, places_pairs
+from hw.network_params import NetworkParams, pairs_pay
 from lcq.cli import main
 from lcq_train.plan import quantize_model
 from sim.runner import unavailable_reason
@@ -287,7 +287,7 @@ def test_pairs_are_written_only_where_every_part_starts_at_an_even_word():
     with pytest.raises(NetworkPlanError, match="at an odd word: positions are written in pairs"):
         plan_network(compiled, lanes=16, align=2)
     engine = NetworkParams.for_model(compiled, 16, 16, write_pairs=False).engine
-    assert pairs_pay(compiled, engine) and not places_pairs(compiled, engine)
+    assert pairs_pay(compiled, engine)
     assert not NetworkParams.for_model(compiled, 16, 16).engine.write_pairs
 
 
