@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .layers import QAct
-from .quant import _outer, level_scale, uniform_quantize
+from .quant import level_scale, outer_levels, uniform_quantize
 from .quantizer import Quantizer
 
 CLIP_INITS = ("fixed", "mse")   # --clip-init: the plan's alpha_w/alpha_a (the paper's), or the MSE rule
@@ -62,7 +62,7 @@ def mse_clip(x: torch.Tensor, bits: int, outer_bits: int | None, signed: bool) -
     sums = [torch.cat([torch.zeros(1, dtype=torch.float64), v.cumsum(0)]) for v in (a, a.square())]
     first, second = (c[edges[:, 1:]] - c[edges[:, :-1]] for c in sums)
     count = (edges[:, 1:] - edges[:, :-1]).double()
-    levels = alphas[:, None] * _outer(torch.arange(s + 1, dtype=torch.float64) / s, outer_bits, signed)
+    levels = alphas[:, None] * outer_levels(torch.arange(s + 1, dtype=torch.float64) / s, outer_bits, signed)
     errors = ((second - 2.0 * levels * first + count * levels.square()).sum(1) / n).tolist()
     # Candidates tied to rounding (a sum in another order may round the other way): the quantizer's own error.
     low = min(errors)

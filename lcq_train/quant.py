@@ -125,7 +125,9 @@ def expand_levels(theta: torch.Tensor | None, s: int, dtype: torch.dtype = torch
     return levels, j
 
 
-def _outer(levels: torch.Tensor, outer_bits: int | None, signed: bool) -> torch.Tensor:
+def outer_levels(levels: torch.Tensor, outer_bits: int | None, signed: bool) -> torch.Tensor:
+    """Normalized ``levels`` (in [-1, 1]) re-quantized to the ``outer_bits`` grid (eq. 14: ``round(s' v) / s'``);
+    unchanged where ``outer_bits`` is None."""
     if outer_bits is None:
         return levels
     s_outer = level_scale(outer_bits, signed)
@@ -438,7 +440,7 @@ class _LCQFunction(torch.autograd.Function):
         levels = tables.levels
         if outer_bits is not None:
             s_outer = level_scale(outer_bits, signed)
-            levels = np.rint(levels * s_outer) / s_outer                        # _outer() on the host
+            levels = np.rint(levels * s_outer) / s_outer                        # outer_levels() on the host
         a = levels.dtype.type(alpha.item())                                     # alpha.to(dtype)
         alpha_value, table = float(a), tables.per_segment(levels * a, signed)
         negative = tables.key.size + 1
@@ -549,7 +551,7 @@ class _UniformFunction(torch.autograd.Function):
         q = torch.round(v.clamp(0.0, 1.0) * s) / s
         ctx.save_for_backward(x, alpha)
         ctx.signed, ctx.s = signed, s
-        return (sign * alpha.to(v.dtype) * _outer(q, outer_bits, signed)).to(x.dtype)
+        return (sign * alpha.to(v.dtype) * outer_levels(q, outer_bits, signed)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad):
