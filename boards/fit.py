@@ -36,11 +36,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import ceil
 
-from compiler.graph import CompiledModel, Thresholds
+from compiler.graph import CompiledModel, ConvNode, MaxPoolNode, Thresholds
 from hw.engine_params import LUT_WBITS, SPRAM_BLOCKS, EngineParams, spram_blocks
 from hw.memories import BLOCK_RAM_SHAPES, bank_depth, column_blocks
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
+from hw.progression import PROGRESSION_MIN_BITS, stage_shift
 from hw.protocol import OUT_HEAD_BYTES, payload_bytes, whole_bytes
 from hw.residency import DESCRIPTION
 
@@ -526,21 +527,30 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
                    f"smallest: {error}{wide_codes_hint(model)}{fallback}")
 
 
-WIDE_CODE_BITS = 5      # codes of this many bits or more from a layer's thresholds: 31 or more comparators a channel
+def code_reader(model: CompiledModel, tensor: str) -> ConvNode | None:
+    """The layer that reads the codes ``tensor`` of ``model``, through max pooling (which keeps them), or None."""
+    for node in model.nodes:
+        if getattr(node, "input", None) == tensor and isinstance(node, ConvNode):
+            return node
+        if getattr(node, "input", None) == tensor and isinstance(node, MaxPoolNode):
+            return code_reader(model, node.output)
+    return None
 
 
 def wide_codes_hint(model: CompiledModel) -> str:
-    """Where a layer's output stage writes wide codes (:data:`WIDE_CODE_BITS` bits or more: the last layer's 8-bit
-    input, by the paper's rule, read from a linear layer before it), what that costs on the chip and the fix: the
-    reader trained at the inner activation width; "" where none does."""
-    readers = {n.input: n for n in model.convs}
+    """Where a layer's output stage writes wide codes (:data:`~hw.progression.PROGRESSION_MIN_BITS` bits or more:
+    the last layer's 8-bit input, by the paper's rule, read from a linear layer before it) whose thresholds are no
+    arithmetic progression (a uniform quantizer's are searched, :mod:`hw.progression`), what that costs on the
+    chip and the fix: the reader trained at the inner activation width; "" where none does."""
     plan = model.source.get("plan") or {}
     inner = plan.get("abits", 3)
     for node in model.convs:
-        stage, reader = node.stage, readers.get(node.output)
-        if isinstance(stage, Thresholds) and stage.bits >= WIDE_CODE_BITS and reader is not None:
-            return (f"; layer {node.name!r} writes {stage.bits}-bit codes, the input of {reader.name!r}, and every "
-                    f"output stage then holds {2 ** stage.bits - 1} thresholds a channel: train {reader.name!r} "
+        stage, reader = node.stage, code_reader(model, node.output)
+        if isinstance(stage, Thresholds) and stage.bits >= PROGRESSION_MIN_BITS and reader is not None and \
+                stage_shift(stage, node.acc_bound) is None:
+            return (f"; layer {node.name!r} writes {stage.bits}-bit codes, the input of {reader.name!r}, whose "
+                    f"thresholds are no arithmetic progression (a learned quantizer's, not a uniform one's), so every "
+                    f"output stage lists {2 ** stage.bits - 1} thresholds a channel: train {reader.name!r} "
                     f"to read the inner width (lcq train ... --layer-bits {reader.name}="
                     f"{min(reader.wbits, LUT_WBITS)}/{inner})")
     return ""

@@ -172,12 +172,14 @@ class LayerEngine(wiring.Component):
     RESET_LEVELS = PEArray.RESET_LEVELS     # levels of reset copies below the engine (hw.reset_tree)
 
     @classmethod
-    def stage_latency(cls, platform) -> int:
+    def stage_latency(cls, platform, params: EngineParams | None = None) -> int:
         """Cycles through the output stage on ``platform`` (an Amaranth platform, or None in simulation):
         ``STAGE_LATENCY``, two more where block RAM is slow (:func:`hw.memories.slow_block_ram`, the ECP5), whose
         requantize units register their inputs before the multipliers and their total before the shift
-        (``RequantizeUnit(registered_inputs=, registered_total=)``)."""
-        return cls.STAGE_LATENCY + 2 * int(slow_block_ram(platform))
+        (``RequantizeUnit(registered_inputs=, registered_total=)``), and ``code_bits`` more where the threshold
+        units of ``params`` search progressions (:class:`~hw.thresholds.ThresholdUnit`)."""
+        search = params.code_bits if params is not None and params.progression else 0
+        return cls.STAGE_LATENCY + 2 * int(slow_block_ram(platform)) + search
 
     def __init__(self, params: EngineParams, *, spram: bool | None = None, value_depth: int | None = None,
                  value_bits: int | None = None, wide_spram: bool = False):
@@ -241,7 +243,7 @@ class LayerEngine(wiring.Component):
         memories, the column choice, the output stage(s) and the results' way out (network mode: the write-back
         into the memories; layer mode: the ``out`` word)."""
         m = Module()
-        self._stage_latency = self.stage_latency(platform)
+        self._stage_latency = self.stage_latency(platform, self.params)
         cfg, last, idle, load, loads, start, pair = self._configuration(m, platform)
         act_data, act_addrs, code_out = self._activation_buffer(m, idle, load, loads, platform)
         weight_data, weight_read_addr = self._weights_buffer(m, cfg, idle, load, loads, platform)

@@ -19,9 +19,10 @@ from compiler.graph import AddNode, CompiledModel, ConvNode, Requantize, Thresho
 
 from .memories import memory_bits
 from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, product_width
+from .progression import PROGRESSION_MIN_BITS, ProgressionShape, progression_bits, stage_progressions, stage_shift
 from .residency import check_residency
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_word_bits, threshold_bits,
-                          threshold_word_bits)
+                          threshold_unit_word_bits)
 
 # The largest PE array side (rows or columns).
 MAX_ARRAY = 256
@@ -107,6 +108,9 @@ class EngineParams:
       layers, ``mac == "multiply"``).
     - ``acc_bits``: signed accumulator width; ``code_bits``: largest threshold-stage code
       width (0: no threshold units); ``requantize``: the requantize units' widths (None: none).
+    - ``progression``: None, or the threshold units' progression words (:mod:`hw.progression`): the stages
+      wider than its ``table_code_bits`` (:attr:`table_code_bits`) are searched, not listed
+      (:func:`searched_stage`); the units list thresholds of ``table_code_bits`` bits.
     - Buffer depths, in words: ``act_depth`` (``rows`` codes each), ``weight_depth``
       (``cols`` weight words each), ``table_depth`` (product-table entries of each row),
       ``stage_depth`` (output-stage constant slots of each column), ``pos_depth`` (output
@@ -164,6 +168,7 @@ class EngineParams:
     fused_adds: bool = True
     fused_activations: bool = True
     multiply_cols: int = 0
+    progression: ProgressionShape | None = None
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, LUT_WBITS), "abits": (1, 8),
@@ -191,11 +196,20 @@ class EngineParams:
         check_multiply_cols(self.multiply_cols, self.cols, self.multiply)
         if self.identity_tables and not self.multiply:
             raise ValueError("identity_tables is for an engine that multiplies (multiply: true)")
+        if self.progression is not None and (not isinstance(self.progression, ProgressionShape) or
+                                             not self.progression.table_code_bits < self.code_bits):
+            raise ValueError(f"progression must be None or a ProgressionShape whose table_code_bits are below "
+                             f"code_bits={self.code_bits}, got {self.progression!r}")
         if self.code_bits and self.code_bits > self.abits:
             raise ValueError(f"code_bits={self.code_bits} exceeds abits={self.abits}: threshold stages make "
                              f"next-layer codes, raise abits")
 
     # Derived widths.
+
+    @property
+    def table_code_bits(self) -> int:
+        """Code width of the thresholds the units list: ``code_bits``, or ``progression.table_code_bits``."""
+        return self.progression.table_code_bits if self.progression else self.code_bits
 
     @property
     def halves(self) -> int:
@@ -293,15 +307,16 @@ class EngineParams:
     @property
     def shared_stage_memory(self) -> bool:
         """Whether the threshold and requantize units read their words from one memory (both units, and
-        thresholds of one word a channel: ``2^code_bits - 1 <= 15``): the stage slots of a layer hold one
+        thresholds of one word a channel: ``2^table_code_bits - 1 <= 15``): the stage slots of a layer hold one
         kind, so the two memories' depths would add up to the one's, and a block RAM is wider than deep."""
-        return bool(self.code_bits and self.requantize and 2 ** self.code_bits - 1 <= 15)
+        return bool(self.code_bits and self.requantize and 2 ** self.table_code_bits - 1 <= 15)
 
     @property
     def stage_word_bits(self) -> tuple[int, int]:
         """Bits of a THRESHOLDS word and of a REQUANTIZE word (0 for a unit this engine lacks)."""
         r = self.requantize
-        return (threshold_word_bits(self.code_bits, self.threshold_bits) if self.code_bits else 0,
+        return (threshold_unit_word_bits(self.code_bits, self.threshold_bits, self.progression) if self.code_bits
+                else 0,
                 requantize_word_bits(r.multiplier_bits, r.bias_bits, r.max_shift) if r else 0)
 
     @property
@@ -362,12 +377,15 @@ class EngineParams:
         if self.shared_stage_memory:
             mems.append(("stage constants", self.stage_pieces * self.stage_piece_bits, stage_depth, self.halves))
         elif self.code_bits:
-            s = 2 ** self.code_bits - 1
-            if s <= 15:
+            # Listed thresholds of one word a channel in one memory, else one memory per threshold's bits and the
+            # rest (hw.thresholds).
+            tb = self.threshold_bits
+            if 2 ** self.table_code_bits - 1 <= 15:
                 mems.append(("thresholds", thresholds, stage_depth, self.halves))
             else:
-                mems += [("thresholds", self.threshold_bits, stage_depth, s * self.halves),
-                         ("descending", 1, stage_depth, self.halves)]
+                mems.append(("thresholds", tb, stage_depth, thresholds // tb * self.halves))
+                if thresholds % tb:
+                    mems.append(("descending", thresholds % tb, stage_depth, self.halves))
         if self.requantize and not self.shared_stage_memory:
             mems.append(("requantize", requantize, stage_depth, self.halves))
         return mems
@@ -380,6 +398,7 @@ class EngineParams:
         """Every parameter as JSON-ready values; :meth:`from_dict` reads it back."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["requantize"] = None if self.requantize is None else vars(self.requantize).copy()
+        d["progression"] = None if self.progression is None else vars(self.progression).copy()
         return d
 
     @classmethod
@@ -388,7 +407,8 @@ class EngineParams:
         a ``d`` without ``product_bits`` (written before products were sized) means 15, a requantize
         shape without ``relu`` (written before the stage had one) and one without ``skip_groups``,
         ``write_pairs`` or ``identity_tables`` mean False, without ``max_side`` 0, without ``fused_adds`` or
-        ``fused_activations`` True, without ``multiply_cols`` 0: what those engines were built with."""
+        ``fused_activations`` True, without ``multiply_cols`` 0, without ``progression`` None: what those engines
+        were built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
@@ -402,6 +422,8 @@ class EngineParams:
                 d = {**d, flag: True}
         if isinstance(d, dict) and "multiply_cols" not in d:
             d = {**d, "multiply_cols": 0}
+        if isinstance(d, dict) and "progression" not in d:
+            d = {**d, "progression": None}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"engine parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         shape = d["requantize"]
@@ -414,14 +436,21 @@ class EngineParams:
             if not isinstance(shape["relu"], bool):
                 raise ValueError(f"requantize.relu must be true or false, not {shape['relu']!r}")
             shape = RequantizeShape(**shape)
-        return cls(**{**d, "requantize": shape})
+        progression = d["progression"]
+        if progression is not None:
+            names = {f.name for f in fields(ProgressionShape)}
+            if not isinstance(progression, dict) or set(progression) != names:
+                raise ValueError(f"progression must be null or a dict with the keys {sorted(names)}, "
+                                 f"not {progression!r}")
+            progression = ProgressionShape(**progression)
+        return cls(**{**d, "requantize": shape, "progression": progression})
 
     # Sizing.
 
     @classmethod
     def for_model(cls, model: CompiledModel, rows: int, cols: int, resident: str = "none",
                   split_weights: bool = False, skip_groups: bool = False,
-                  identity_tables: bool = False, multiply_cols: int = 0) -> EngineParams:
+                  identity_tables: bool = False, multiply_cols: int = 0, progressions: bool = True) -> EngineParams:
         """The smallest engine that runs every convolution of ``model`` on a ``rows`` x ``cols`` array.
 
         ``resident`` (one of :data:`hw.residency.RESIDENCY`): what the buffers hold for every layer at once,
@@ -432,7 +461,8 @@ class EngineParams:
         layers): the multiplying layers' weights in a buffer of their own (``wide_depth``), the LUT
         layers' at ``wbits`` per column (the whole-network core's engine). ``skip_groups``,
         ``identity_tables``, ``multiply_cols``: see the class (``multiply_cols`` is 0 for a model without
-        multiplying layers).
+        multiplying layers). ``progressions``: the units search the stages that :func:`progression_shape` picks
+        (False: they list every threshold).
         """
         for name, value in (("rows", rows), ("cols", cols)):     # (before they divide the layers' sizes)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ARRAY:
@@ -447,7 +477,8 @@ class EngineParams:
             check_lut_weights(node)
         weights_total = sum if resident != "none" else max
         total = sum if resident == "all" else max
-        thresholds = [n.stage for n in convs if isinstance(n.stage, Thresholds)]
+        staged = [n for n in convs if isinstance(n.stage, Thresholds)]
+        thresholds = [n.stage for n in staged]
         requant = [n for n in convs if isinstance(n.stage, Requantize)]
         shape = None
         if requant:
@@ -463,9 +494,10 @@ class EngineParams:
         products = max((product_width(n.outer_wbits, n.outer_abits) for n in convs if n.mac == "lut"),
                        default=PRODUCT_BITS)
         code_bits = max((s.bits for s in thresholds), default=0)
-        # Narrower stored thresholds where no stage needs padding to code_bits.
-        width = max((threshold_bits(s) for s in thresholds), default=0)
-        if any(s.bits < code_bits for s in thresholds):
+        progression, listed = progression_shape(staged) if progressions else (None, thresholds)
+        # Narrower stored thresholds where no listed stage needs padding to the listed width.
+        width = max((threshold_bits(s) for s in listed), default=0)
+        if any(s.bits < max(t.bits for t in listed) for s in listed):
             width = 0
         identity_tables = identity_tables and any(identity_levels(n) for n in convs)
         multiplies = any(n.mac == "multiply" for n in convs)
@@ -480,11 +512,33 @@ class EngineParams:
             rows=rows, cols=cols, wbits=max(lut, default=2), abits=max(n.abits for n in convs),
             multiply=multiplies, multiply_cols=multiply_cols, acc_bits=max(n.acc_bits for n in convs),
             code_bits=code_bits, requantize=shape, threshold_width=width, wide_depth=wide_depth,
-            product_bits=products, skip_groups=skip_groups, identity_tables=identity_tables,
+            product_bits=products, skip_groups=skip_groups, identity_tables=identity_tables, progression=progression,
             max_side=max(layer_side(n) for n in convs),
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=max(1, total(x["table"] for x in need)), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
+
+
+def progression_shape(nodes: list[ConvNode]) -> tuple[ProgressionShape | None, list[Thresholds]]:
+    """The threshold units' progression words for the threshold stages of ``nodes`` (None: none) and the stages
+    they list: every stage of :data:`~hw.progression.PROGRESSION_MIN_BITS` bits or more that is a progression on
+    its layer's accumulators (:func:`~hw.progression.stage_shift`) and wider than every other is searched
+    (:func:`searched_stage`), at the largest of their shifts."""
+    shifts = [stage_shift(n.stage, n.acc_bound) if n.stage.bits >= PROGRESSION_MIN_BITS else None for n in nodes]
+    table = max((n.stage.bits for n, k in zip(nodes, shifts) if k is None), default=0)
+    searched = [(n, k) for n, k in zip(nodes, shifts) if k is not None and n.stage.bits > table]
+    if not searched:
+        return None, [n.stage for n in nodes]
+    shift = max(k for _, k in searched)
+    fits = [fit for n, _ in searched for fit in stage_progressions(n.stage, shift, n.acc_bound)]
+    return (ProgressionShape(shift, *progression_bits(fits), table_code_bits=table),
+            [n.stage for n in nodes if n.stage.bits <= table])
+
+
+def searched_stage(params: EngineParams, stage: Thresholds) -> bool:
+    """Whether the engine of ``params`` searches ``stage``'s codes (progression words) rather than list its
+    thresholds: it has progression words and ``stage`` is wider than the listed ones."""
+    return params.progression is not None and stage.bits > params.progression.table_code_bits
 
 
 def check_outer_widths(node: ConvNode) -> None:

@@ -55,7 +55,7 @@ def output_stage(m, params, load, loads, feeding, value, channel, stage, relu, s
         # On the ECP5 the value and the word pass one more register each, into the stage's last cycle.
         m.submodules[f"thresholds{suffix}"] = unit = ThresholdUnit(
             p.acc_bits, p.code_bits, depth, p.threshold_bits, own_memory=not shared,
-            registered_word=slow, late_value=lag, registered_inputs=slow)
+            registered_word=slow, late_value=lag, registered_inputs=slow, progression=p.progression)
         code = delayed(m, unit.code, latency - unit.latency, f"code{suffix}")
         connect(unit, THRESHOLDS)
     if p.requantize:

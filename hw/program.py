@@ -29,12 +29,14 @@ from compiler.graph import CompiledModel, ConvNode, Requantize, Thresholds
 
 from .engine_params import (ACTS, CONFIG, COUNT_REGISTERS, GEOMETRY_REGISTERS, REGISTERS, REQUANTIZE, STAGE_NONE,
                             STAGE_REQUANTIZE, STAGE_REQUANTIZE_RELU, STAGE_THRESHOLDS, TABLE, THRESHOLDS, WEIGHTS,
-                            WIDE_WEIGHTS, EngineParams, group_span, identity_levels, layer_needs, layer_side)
+                            WIDE_WEIGHTS, EngineParams, group_span, identity_levels, layer_needs, layer_side,
+                            searched_stage)
 from .memories import word_pieces
 from .pe_words import A_MAX, W_MAX, level_entry, row_vector, weight_word
 from .residency import check_residency
-from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_words, threshold_bits,
-                          threshold_words)
+from .progression import progression_bits, stage_progressions
+from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, progression_words, requantize_words,
+                          threshold_bits, threshold_words)
 
 Beat = tuple[int, int, int]
 
@@ -62,12 +64,21 @@ def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None
                         f"max_side={params.max_side}")
     if node.acc_bits > params.acc_bits:
         problems.append(f"accumulators of {node.acc_bits} bits exceed acc_bits={params.acc_bits}")
-    if isinstance(node.stage, Thresholds):
-        if node.stage.bits > params.code_bits:
-            problems.append(f"output codes of {node.stage.bits} bits exceed code_bits={params.code_bits}")
+    if isinstance(node.stage, Thresholds) and node.stage.bits > params.code_bits:
+        problems.append(f"output codes of {node.stage.bits} bits exceed code_bits={params.code_bits}")
+    elif isinstance(node.stage, Thresholds) and searched_stage(params, node.stage):
+        shape = params.progression
+        fits = stage_progressions(node.stage, shape.shift, node.acc_bound)
+        if fits is None:
+            problems.append(f"its {node.stage.bits}-bit thresholds are no arithmetic progression at the threshold "
+                            f"units' shift {shape.shift}")
+        elif any(a > b for a, b in zip(progression_bits(fits), (shape.base_bits, shape.step_bits))):
+            problems.append(f"its progressions need base and step widths {progression_bits(fits)} (the threshold "
+                            f"units' are {shape.base_bits} and {shape.step_bits})")
+    elif isinstance(node.stage, Thresholds):
         if threshold_bits(node.stage) > params.threshold_bits:
             problems.append(f"thresholds of {threshold_bits(node.stage)} bits exceed {params.threshold_bits}")
-        if node.stage.bits < params.code_bits and params.threshold_bits <= params.acc_bits:
+        if node.stage.bits < params.table_code_bits and params.threshold_bits <= params.acc_bits:
             problems.append(f"its {node.stage.bits}-bit codes need never-passed thresholds, which need "
                             f"threshold_width 0 (acc_bits + 1)")
     if isinstance(node.stage, Requantize) and params.requantize is None:
@@ -227,14 +238,17 @@ def _stage_words(params: EngineParams, node: ConvNode) -> list[int]:
         m, b, sh = (np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1), np.zeros(pad, dtype=np.int64)])
                     for a in (node.stage.multiplier, node.stage.bias, node.stage.shift))
         return requantize_words(Requantize(m, b, sh), q.multiplier_bits, q.bias_bits, q.max_shift)
-    # Codes narrower than the units' hold thresholds that are never passed.
-    s, t = 2 ** params.code_bits - 1, np.asarray(node.stage.thresholds, dtype=np.int64)
+    if searched_stage(params, node.stage):
+        return progression_words(node.stage, node.acc_bound, params.code_bits, params.threshold_bits,
+                                 params.progression, channels)
+    # Codes narrower than the units' listed ones hold thresholds that are never passed.
+    s, t = 2 ** params.table_code_bits - 1, np.asarray(node.stage.thresholds, dtype=np.int64)
     top = 2 ** (params.threshold_bits - 1) - 1
     desc = np.concatenate([np.asarray(node.stage.descending, dtype=bool), np.zeros(pad, dtype=bool)])
     never = np.where(desc, -top, top)[:, None]
     padded = never.repeat(s, axis=1)
     padded[:c_out, :t.shape[1]] = t
-    stage = Thresholds(padded, desc, params.code_bits)
+    stage = Thresholds(padded, desc, params.table_code_bits)
     return threshold_words(stage, params.threshold_bits)
 
 

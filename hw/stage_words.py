@@ -12,6 +12,8 @@ import numpy as np
 
 from compiler.graph import Requantize, Thresholds, signed_bits
 
+from .progression import ProgressionShape, stage_progressions
+
 # Thresholds: s = 2^code_bits - 1 signed thresholds per channel and a descending flag.
 
 
@@ -72,6 +74,51 @@ def threshold_words(stage: Thresholds, threshold_bits: int) -> list[int]:
 def threshold_word_bits(code_bits: int, threshold_bits: int) -> int:
     """Bits of one channel's threshold word: ``2^code_bits - 1`` thresholds and the descending flag."""
     return (2 ** code_bits - 1) * threshold_bits + 1
+
+
+# Progressions (:mod:`hw.progression`): a channel's ``B'`` and ``S``, its code mask ``2^b - 1`` (``b``: its
+# stage's bits) and the descending flag; where the unit also lists thresholds, a top bit says which a word holds.
+
+def progression_word_bits(code_bits: int, shape: ProgressionShape) -> int:
+    """Bits of one channel's progression word in a unit of ``code_bits`` codes: ``B'``, ``S``, mask, flag."""
+    return shape.base_bits + shape.step_bits + code_bits + 1
+
+
+def threshold_unit_word_bits(code_bits: int, threshold_bits: int, progression: ProgressionShape | None = None) -> int:
+    """Bits of one channel's word in a threshold unit of ``code_bits`` codes: its listed thresholds
+    (:func:`threshold_word_bits`); with ``progression``, the wider of the listed thresholds (of
+    ``progression.table_code_bits`` bits, none where 0) and a progression word (:func:`progression_word_bits`),
+    plus the form bit on top where the unit has both."""
+    if progression is None:
+        return threshold_word_bits(code_bits, threshold_bits)
+    table = progression.table_code_bits
+    listed = threshold_word_bits(table, threshold_bits) if table else 0
+    return max(listed, progression_word_bits(code_bits, progression)) + bool(table)
+
+
+def progression_words(stage: Thresholds, bound: int, code_bits: int, threshold_bits: int, shape: ProgressionShape,
+                      channels: int) -> list[int]:
+    """The word of each of ``channels`` channels (``stage``'s, then padding channels of code 0) in a unit of
+    ``code_bits`` codes (listing thresholds of ``threshold_bits``) with progression words of ``shape``: ``B'``
+    (two's complement) from bit 0, ``S``, the mask ``2^stage.bits - 1``, the descending flag, and the form bit (1)
+    where the unit also lists thresholds; exact on values ``|acc| <= bound``
+    (:func:`~hw.progression.stage_progressions`).
+    ValueError where a channel of ``stage`` is no progression at ``shape.shift`` or a constant does not fit."""
+    fits = stage_progressions(stage, shape.shift, bound)
+    if fits is None:
+        raise ValueError(f"the {stage.bits}-bit thresholds are no arithmetic progression at shift {shape.shift}")
+    if stage.bits > code_bits or channels < len(fits):
+        raise ValueError(f"{len(fits)} channels of {stage.bits}-bit codes do not fit {channels} channels of "
+                         f"{code_bits}-bit codes")
+    bb, sb = shape.base_bits, shape.step_bits
+    form = int(bool(shape.table_code_bits)) << (threshold_unit_word_bits(code_bits, threshold_bits, shape) - 1)
+    mask, words = 2 ** stage.bits - 1, []
+    for (b, s), desc in zip(fits, np.asarray(stage.descending, dtype=bool).tolist()):
+        base = b - s
+        if abs(base) > 2 ** (bb - 1) - 1 or s >= 2 ** sb:
+            raise ValueError(f"progression B' = {base}, S = {s} does not fit base_bits={bb}, step_bits={sb}")
+        words.append(form | (base & ((1 << bb) - 1)) | s << bb | mask << (bb + sb) | int(desc) << (bb + sb + code_bits))
+    return words + [form] * (channels - len(fits))
 
 
 # Requantize: unsigned multiplier M, signed bias B and a shift per channel.

@@ -13,12 +13,23 @@ A descending channel is stored with thresholds ``T + 1`` and counts the comparis
 (``acc <= T  iff  not acc >= T + 1``: each comparison's bit XOR the channel's flag), so every
 channel uses the same ``s`` ">=" comparators, with no negation of the value and no second
 comparator per threshold.
+
+Wide codes (an 8-bit edge layer's input: 255 thresholds a channel) come from a uniform quantizer, whose
+thresholds are an arithmetic progression (:mod:`hw.progression`): ``T[c] = ceil((B + c * S) / 2^k)``. A unit
+with a ``progression`` shape stores such a channel as ``B' = B - S``, ``S``, its code mask ``2^b - 1`` and the
+flag, and counts by a pipelined binary search, one bit of the code a stage: the remainder
+``R = acc * 2^k - B' - n * S`` of the code ``n`` found so far loses ``S * 2^j`` where that leaves it non-negative,
+and bit ``j`` of ``n`` is set (``acc >= T[c]`` iff ``acc * 2^k >= B + c * S``, and ``B + (n - 1) * S = B' + n * S``).
+The search runs over every ``b``-bit code of the unit; the mask clamps a narrower stage's (its count stops at
+``2^b - 1``: the comparisons are monotone in ``c``), and a descending channel's code is the mask less the count
+(XOR). Each search stage is one subtraction, where the listed form takes ``2^b - 1`` comparators and stored
+thresholds: :func:`hw.stage_words.progression_words` are the words.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from amaranth import Cat, Module, Signal
+from amaranth import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
@@ -28,7 +39,8 @@ from compiler.graph import Thresholds
 from .delay import delayed, reset_less_data
 from .memories import slow_block_ram
 from .stage_ports import stage_ports
-from .stage_words import threshold_bits, threshold_word_bits, threshold_words, thresholds_array
+from .progression import ProgressionShape
+from .stage_words import threshold_bits, threshold_unit_word_bits, threshold_words, thresholds_array
 
 
 def popcount(bits):
@@ -56,13 +68,17 @@ class ThresholdUnit(wiring.Component):
     Parameters: ``acc_bits`` (signed input width), ``code_bits`` (b; s = 2^b - 1
     thresholds per channel), ``channels``, ``threshold_bits`` (signed width of a stored
     threshold; :func:`threshold_bits`, at most ``acc_bits + 1`` for compiler stages),
-    ``own_memory`` (False: the words come in on ``word``, read outside; s <= 15 only).
+    ``own_memory`` (False: the words come in on ``word``, read outside; s <= 15 only), ``progression`` (a
+    :class:`~hw.progression.ProgressionShape`: channels may also hold progressions, searched over ``code_bits``
+    bits, and the listed thresholds are ``progression.table_code_bits`` wide, none where 0; s counts those).
 
     Ports:
 
     - load: ``load_en``, ``load_addr`` (channel), ``load_data`` (``word_bits``, a word of
       :func:`threshold_words`); written at the clock edge. Load between layers: a value
-      of the channel being written in the same cycle reads the old word. Without
+      of the channel being written in the same cycle reads the old word (with ``progression``, a word of
+      :func:`~hw.stage_words.progression_words` or of listed thresholds: ``word_bits`` is
+      :func:`~hw.stage_words.threshold_unit_word_bits`). Without
       ``own_memory``: ``word`` instead, the channel's word a cycle after the value.
     - in: ``valid``, ``acc`` (signed ``acc_bits``), ``channel`` (with its own memory).
     - out: ``code_valid``, ``code`` (unsigned ``code_bits``), registered.
@@ -82,22 +98,31 @@ class ThresholdUnit(wiring.Component):
     ``channel`` come a cycle earlier for the same value (latency one more from ``valid``, the same from the
     value): no logic between the channel's sources and the memory (the vector unit's, whose channel is its own
     slot or the lent one: 13.1 ns into the memory's address on the ULX3S-85F at 38d3741). Fully pipelined: one
-    value per cycle, gaps allowed (``valid`` low), no back-pressure.
+    value per cycle, gaps allowed (``valid`` low), no back-pressure. With ``progression``, ``code_bits`` cycles
+    more (``latency``): the search's stages, whose first takes the place of the comparisons' register; the listed
+    thresholds' count waits for it.
     """
 
     LATENCY = 3
 
     def __init__(self, acc_bits: int, code_bits: int, channels: int, threshold_bits: int, own_memory: bool = True,
                  registered_word: bool = False, late_value: int = 0, registered_inputs: bool = False,
-                 registered_channel: bool = False):
+                 registered_channel: bool = False, progression: ProgressionShape | None = None):
         for name, value, low in (("acc_bits", acc_bits, 2), ("code_bits", code_bits, 1),
                                  ("channels", channels, 1), ("threshold_bits", threshold_bits, 2)):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         self.acc_bits, self.code_bits = int(acc_bits), int(code_bits)
         self.channels, self.threshold_bits = int(channels), int(threshold_bits)
-        self.s = 2 ** self.code_bits - 1
-        self.word_bits = threshold_word_bits(self.code_bits, self.threshold_bits)
+        if progression is not None and not isinstance(progression, ProgressionShape):
+            raise TypeError(f"progression must be a ProgressionShape or None, not {progression!r}")
+        if progression is not None and progression.table_code_bits > self.code_bits:
+            raise ValueError(f"listed thresholds of {progression.table_code_bits} bits exceed code_bits="
+                             f"{self.code_bits}")
+        self.progression = progression
+        self.table_code_bits = progression.table_code_bits if progression else self.code_bits
+        self.s = 2 ** self.table_code_bits - 1
+        self.word_bits = threshold_unit_word_bits(self.code_bits, self.threshold_bits, progression)
         if not own_memory and self.s > 15:
             raise ValueError(f"{self.s} thresholds a channel are held in one memory per threshold: the unit "
                              f"needs its own (own_memory=True)")
@@ -110,7 +135,8 @@ class ThresholdUnit(wiring.Component):
         if registered_channel and not own_memory:
             raise ValueError("a registered channel (registered_channel) addresses the unit's own memory (own_memory)")
         self.registered_inputs, self.registered_channel = registered_inputs, registered_channel
-        self.latency = self.LATENCY + registered_word + registered_inputs + registered_channel
+        self.latency = (self.LATENCY + registered_word + registered_inputs + registered_channel
+                        + (self.code_bits if progression else 0))
         super().__init__({
             **stage_ports(self.channels, self.word_bits, self.acc_bits, own_memory),
             "code_valid": Out(1),
@@ -132,18 +158,18 @@ class ThresholdUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        # Small words (s <= 15) in one memory; wider ones as one memory per field of the
-        # word (each threshold, the flag), all addressed by channel: the same storage, but
-        # Amaranth's simulator cannot compile the write logic of a word thousands of bits
-        # wide (s = 255).
+        # Small words (s <= 15) in one memory; wider ones as one memory per threshold's bits of the word
+        # (each threshold, then the rest: the flag), all addressed by channel: the same storage, but
+        # Amaranth's simulator cannot compile the write logic of a word thousands of bits wide (s = 255).
         tb = self.threshold_bits
         if not self.own_memory:
             words = []
         elif self.s <= 15:
             words = [("words", self.word_bits, self.load_data)]
         else:
-            words = [(f"threshold_{i}", tb, self.load_data.word_select(i, tb)) for i in range(self.s)]
-            words.append(("descending", 1, self.load_data[-1]))
+            words = [(f"threshold_{i}", tb, self.load_data.word_select(i, tb)) for i in range(self.word_bits // tb)]
+            if self.word_bits % tb:
+                words.append(("descending", self.word_bits % tb, self.load_data[self.word_bits // tb * tb:]))
         # Data registers without the reset where the platform's data registers ignore it (hw.delay.reset_less_data):
         # only ``valid``'s matter after a reset.
         reset_less = reset_less_data(platform)
@@ -165,16 +191,56 @@ class ThresholdUnit(wiring.Component):
         word = Cat(*parts) if self.own_memory else self.word
         if self.registered_word or self.registered_inputs:
             word = delayed(m, word, self.registered_word + self.registered_inputs, "word", reset_less=reset_less)
-        data = [word.word_select(i, tb).as_signed() for i in range(self.s)] + [word[-1]]
-        *thresholds, descending = data
         # Edge t: the channel's word is read (and with ``registered_word`` registered at t + 1; with
         # ``registered_inputs`` once more, with the value); the value waits for it.
         acc = delayed(m, self.acc, 1 + self.registered_word - self.late_value + self.registered_inputs, "acc",
                       reset_less=reset_less)
         valid = delayed(m, self.valid, self.latency - 1, "valid")
-        # Edge t + 1 (t + 2): the comparisons with every stored threshold (a descending channel's failed ones count:
-        # acc <= T iff not acc >= T + 1); t + 2 (t + 3): their count.
+        m.d.sync += self.code_valid.eq(valid)
+        listed = self._count(m, word, acc, reset_less) if self.s else None
+        if self.progression is None:
+            m.d.sync += self.code.eq(listed)
+            return m
+        searched, form = self._search(m, word, acc, reset_less)
+        if listed is not None:
+            # The count waits for the search; the word's top bit says which the channel holds.
+            listed = delayed(m, listed, self.code_bits, "listed_code", reset_less=reset_less)
+            searched = Mux(delayed(m, form, 1 + self.code_bits, "form", reset_less=reset_less), searched, listed)
+        m.d.sync += self.code.eq(searched)
+        return m
+
+    def _count(self, m, word, acc, reset_less):
+        """The listed thresholds' code, one cycle after the comparisons' register (edge t + 1; t + 2 their count):
+        the comparisons with every stored threshold (a descending channel's failed ones count: acc <= T iff not
+        acc >= T + 1), then their count (combinational, into the caller's register)."""
+        tb = self.threshold_bits
+        thresholds = [word.word_select(i, tb).as_signed() for i in range(self.s)]
+        descending = word[self.s * tb]
         hits = Signal(self.s, reset_less=reset_less)
         m.d.sync += [hits[i].eq((acc >= t) ^ descending) for i, t in enumerate(thresholds)]
-        m.d.sync += [self.code.eq(popcount(hits)), self.code_valid.eq(valid)]
-        return m
+        return popcount(hits)
+
+    def _search(self, m, word, acc, reset_less):
+        """A progression word's code, ``code_bits + 1`` registers after the word (combinational out of the last
+        stage, into the caller's register), and the word's form bit (combinational)."""
+        shape, b = self.progression, self.code_bits
+        bb, sb = shape.base_bits, shape.step_bits
+        base, step = word[:bb].as_signed(), word[bb:bb + sb]
+        mask, descending = word[bb + sb:bb + sb + b], word[bb + sb + b]
+        rest = Signal(signed(max(self.acc_bits + shape.shift, bb) + 1), name="rest_in", reset_less=reset_less)
+        m.d.sync += rest.eq((acc << shape.shift) - base)
+        step, mask, descending = (delayed(m, value, 1, f"{name}_in", reset_less=reset_less)
+                                  for value, name in ((step, "step"), (mask, "mask"), (descending, "descending")))
+        found = C(0, b)
+        for j in reversed(range(b)):
+            trial = rest - (step << j)
+            kept = Signal(signed(len(rest)), name=f"rest_{j}", reset_less=reset_less)
+            code = Signal(b, name=f"found_{j}", reset_less=reset_less)
+            m.d.sync += [kept.eq(Mux(trial >= 0, trial, rest)), code.eq(found | ((trial >= 0) << j))]
+            if j:
+                step = delayed(m, step, 1, f"step_{j}", reset_less=reset_less)
+            mask, descending = (delayed(m, value, 1, f"{name}_{j}", reset_less=reset_less)
+                                for value, name in ((mask, "mask"), (descending, "descending")))
+            rest, found = kept, code
+        clamped = Mux((found & ~mask).any(), mask, found)
+        return clamped ^ Mux(descending, mask, 0), word[-1]

@@ -14,7 +14,7 @@ Pool thresholds come in one of two forms (``pool_form``):
 
 - ``"arithmetic"``: every channel's ``2^b - 1`` thresholds are ``T[c] = ceil((B + c * S) / 2^k)``
   for integers ``B``, ``S >= 0`` and one shift ``k`` (``pool_shift``) for the whole unit
-  (:func:`fit_progression`; exact, checked with Python integers). A pooled code feeds a layer
+  (:func:`hw.progression.fit_progression`; exact, checked with Python integers). A pooled code feeds a layer
   whose activation quantizer is uniform, so its thresholds are an arithmetic progression up to
   rounding and ``k`` near ``log2(2^b)`` reproduces them. The unit stores ``B' = B - S`` and
   ``S`` per channel next to its pool constants, and no threshold table.
@@ -35,6 +35,7 @@ from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, AvgPool
                             PoolNode, TensorInfo, Thresholds, signed_bits)
 
 from .memories import memory_bits
+from .progression import fit_progression, progression_bits
 from .stage_words import threshold_bits, threshold_word_bits
 
 MAX_LANES = 256
@@ -124,53 +125,6 @@ def maxpool_bits(node: MaxPoolNode | AvgPoolNode, shape: tuple[int, int, int]) -
                                                    getattr(node, "padding", 0))))
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def fit_progression(row: list[int], shift: int, padding: int = 0,
-                    never: int = 0) -> tuple[int, int] | None:
-    """Integers ``(B, S)``, ``S >= 0``, with ``ceil((B + c * S) / 2^shift) == row[c]`` for every
-    ``c < len(row)`` and ``>= never`` for the ``padding`` indices after them (thresholds no sum
-    reaches); None where there are none. Exact (Python integers).
-
-    With ``L_c = (row[c] - 1) * 2^shift + 1`` and ``U_c = row[c] * 2^shift`` (no upper bound for a
-    padding index) the condition is ``L_c <= B + c * S <= U_c`` for all ``c``; for a given ``S``,
-    ``B`` may be anything in ``[max_c(L_c - c S), min_c(U_c - c S)]``, whose width ``f(S)`` is
-    concave in ``S``. Where ``f(S) < 0`` the indices of that max and min tell on which side of
-    ``S`` the feasible ``S`` lie (if any), so a binary search between the bounds that the pairs
-    ``(0, c)`` give finds one. ``B`` is the feasible value nearest 0.
-    """
-    row = [int(t) for t in row]
-    n, one = len(row), 1 << shift
-    if n < 1:
-        raise ValueError("a channel has at least one threshold")
-    low = [(t - 1) * one + 1 for t in row] + [(int(never) - 1) * one + 1] * padding
-    high = [t * one for t in row]
-    lo = max([0] + [_ceil_div(low[j] - high[0], j) for j in range(1, len(low))])
-    hi = (high[-1] - low[0]) // (n - 1) if n > 1 else lo
-    found = None
-    while lo <= hi:
-        s = (lo + hi) // 2
-        up_c = min(range(n), key=lambda c: high[c] - c * s)
-        low_c = max(range(len(low)), key=lambda c: low[c] - c * s)
-        upper, lower = high[up_c] - up_c * s, low[low_c] - low_c * s
-        if lower <= upper:
-            found = (min(max(0, lower), upper), s)
-            break
-        if low_c > up_c:
-            lo = s + 1
-        else:
-            hi = s - 1
-    if found is None:
-        return None
-    b, s = found
-    ok = all(_ceil_div(b + c * s, one) == t for c, t in enumerate(row)) and \
-        all(_ceil_div(b + c * s, one) >= never for c in range(n, n + padding))
-    assert ok, (row, shift, found)
-    return found
-
-
 def pool_rows(node: PoolNode, code_bits: int) -> list[list[int]]:
     """The thresholds of every channel of ``node`` (Python integers), before padding to ``code_bits``."""
     t = np.asarray(node.stage.thresholds, dtype=np.int64)
@@ -206,13 +160,6 @@ def pool_shift(node: PoolNode, info: TensorInfo, code_bits: int) -> int | None:
         if pool_progressions(node, info, code_bits, k) is not None:
             return k
     return None
-
-
-def progression_bits(fits: list[tuple[int, int]]) -> tuple[int, int]:
-    """``(base_bits, step_bits)``: the signed width of every ``B' = B - S`` (at least 2) and the
-    unsigned width of every ``S`` (at least 1)."""
-    return (max(2, max(signed_bits(abs(b - s)) for b, s in fits)),
-            max(1, max(int(s).bit_length() for _, s in fits)))
 
 
 def _bits(largest: int) -> int:

@@ -19,7 +19,7 @@ Words:
   arithmetic form (``pool_form``) then ``B' = B - S`` (two's complement, ``pool_base_bits``, from
   bit ``pool_base_shift``) and ``S`` (``pool_step_bits``, from ``pool_step_shift``) of the
   channel's thresholds ``T[c] = ceil((B + c * S) / 2^pool_shift)``
-  (:func:`~hw.vector_params.fit_progression`; a narrower node's padding indices lie above the
+  (:func:`~hw.progression.fit_progression`; a narrower node's padding indices lie above the
   largest sum).
 - POOL_THRESHOLDS (table form only), address ``slot << pool_code_bits | i``: threshold ``i``
   (``0..2^pool_code_bits - 2``) of the channel, two's complement; narrower codes are padded with
@@ -37,10 +37,11 @@ from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, M
 
 from .memories import word_pieces
 from .stage_words import thresholds_array, threshold_words
+from .progression import progression_bits
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OPS,
                             OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
                             POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs,
-                            pool_progressions, pool_sum_bound, progression_bits)
+                            pool_progressions, pool_sum_bound)
 
 __all__ = ["ACT_THRESHOLDS", "POOL_CONSTANTS", "POOL_THRESHOLDS", "TARGETS", "Beat", "constant_beats",
            "op_registers", "slot_bases", "activate_words", "pool_constant_beats", "pool_constant_words",

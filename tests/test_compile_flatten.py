@@ -94,8 +94,6 @@ def compiled():
         torch.manual_seed(0)
         model = randomize(quantize_model(net(), method="lcq", wbits=3, abits=3), seed=0)
         out[name] = model, compile_model(model, (1, 8, 8))
-    model = _lenet({"fc2": (4, 3)})         # as a board runs it (below): fc2 reads 3-bit codes
-    out["lenet fc2=4/3"] = model, compile_model(model, (1, 8, 8))
     return out
 
 
@@ -150,10 +148,8 @@ def test_a_map_wider_than_a_kernel_is_refused():
 
 
 @pytest.mark.sim
-# By default LeNet as a board runs it (~10 s); with -m slow the heads whose last layer reads 8-bit codes from a
-# linear layer (~20-30 s each: 255 comparators a channel in the output stage) and the flattened join
-@pytest.mark.parametrize("name", ["lenet fc2=4/3"] + [pytest.param(name, marks=pytest.mark.slow)
-                                                      for name in ("lenet", "mlp", "joined")])
+# By default LeNet (~10 s; fc1's 8-bit codes searched, hw.progression); with -m slow the MLP and the flattened join
+@pytest.mark.parametrize("name", ["lenet"] + [pytest.param(name, marks=pytest.mark.slow) for name in ("mlp", "joined")])
 def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_path, capsys):
     """LeNet's flattened 16 x 4 x 4 map and the MLP's flattened image through the whole-network core in Verilator:
     every step and the logits equal the integer reference."""
@@ -171,15 +167,17 @@ def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_p
 # --------------------------------------------------------------------------- on a board
 
 
-def test_a_last_layer_reading_8_bit_codes_from_a_layer_names_the_width_that_fits_a_board():
-    """LeNet's fc2, the last layer, reads 8-bit codes (the paper's rule) that fc1's output stage writes: 255
-    thresholds a channel, which no board holds; read at the inner width, it fits the ULX3S-85F."""
-    board = BOARDS["ulx3s-85f"]
-    with pytest.raises(FitError, match=r"layer 'fc1' writes 8-bit codes, the input of 'fc2', and every output stage "
-                                       r"then holds 255 thresholds a channel: train 'fc2' to read the inner width "
-                                       r"\(lcq train \.\.\. --layer-bits fc2=4/3\)"):
-        network_for_board(compile_model(_lenet(), (1, 8, 8)), board)
-    assert network_for_board(compile_model(_lenet({"fc2": (4, 3)}), (1, 8, 8)), board).estimate["EBR"] <= 208
+def test_a_last_layer_reading_8_bit_codes_from_a_layer_fits_a_board():
+    """LeNet's fc2, the last layer, reads 8-bit codes (the paper's rule) that fc1's output stage writes: a uniform
+    quantizer's, searched as a progression (hw.progression), not 255 thresholds a channel: it fits the ULX3S-12F.
+    Where a layer writes 8-bit codes of a learned quantizer (fc1 reading 8-bit LCQ codes through a max pooling),
+    the refusal names the layer and the width that fits."""
+    assert network_for_board(compile_model(_lenet(), (1, 8, 8)), BOARDS["ulx3s-12f"]).estimate["EBR"] <= 32
+    with pytest.raises(FitError, match=r"layer 'conv2' writes 8-bit codes, the input of 'fc1', whose thresholds are "
+                                       r"no arithmetic progression .* every output stage lists 255 thresholds a "
+                                       r"channel: train 'fc1' to read the inner width \(lcq train \.\.\. "
+                                       r"--layer-bits fc1=3/3\)"):
+        network_for_board(compile_model(_lenet({"fc1": (3, 8)}), (1, 8, 8)), BOARDS["ulx3s-85f"])
 
 
 def test_a_lut_layer_of_weights_wider_than_the_pes_take_names_both_fixes():

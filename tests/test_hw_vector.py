@@ -29,10 +29,10 @@ from hw.delay import delayed  # noqa: E402
 from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
+from hw.progression import fit_progression, progression_bits  # noqa: E402
 from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, MAXPOOL, POOL,  # noqa: E402
                               POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_PIECE_LATENCY, THRESHOLD_LATENCY, VectorParams,
-                              fit_progression, maxpool_bits, pool_progressions, pool_shift, pool_sum_bound,
-                              progression_bits)
+                              maxpool_bits, pool_progressions, pool_shift, pool_sum_bound)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
                              constant_beats, op_registers, pool_constant_beats, pool_constant_words,
                              pool_threshold_words)

@@ -1,0 +1,143 @@
+"""Thresholds that are an arithmetic progression: ``T[c] = ceil((B + c * S) / 2^k)``, found exactly.
+
+A uniform quantizer's thresholds, seen through a channel's scale and bias, are an arithmetic progression up to
+rounding, so integers ``B``, ``S >= 0`` and a shift ``k`` reproduce every one of them. A unit then stores two
+numbers a channel instead of ``2^b - 1`` thresholds, and finds a value's code by a binary search over ``c``:
+``acc >= T[c]`` iff ``acc * 2^k >= B + c * S``. The vector unit's pool thresholds
+(:mod:`hw.vector_params`) and the engine's wide output codes (:mod:`hw.thresholds`) take this form.
+
+Pure Python: the host and the compiler side import it without Amaranth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from compiler.graph import Thresholds, signed_bits
+
+# The largest shift ``k`` of a stage's progressions, and the fewest code bits an output stage writes through one
+# (below, 2^b - 1 comparators are as small as the search: hw.thresholds).
+MAX_STAGE_SHIFT = 32
+PROGRESSION_MIN_BITS = 5
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def fit_progression(row: list[int], shift: int, padding: int = 0, never: int = 0,
+                    bound: int | None = None) -> tuple[int, int] | None:
+    """Integers ``(B, S)``, ``S >= 0``, with ``ceil((B + c * S) / 2^shift) == row[c]`` for every
+    ``c < len(row)`` and ``>= never`` for the ``padding`` indices after them (thresholds no sum
+    reaches); None where there are none. Exact (Python integers). With ``bound`` (values ``|acc| <= bound``
+    only), a threshold above ``bound`` need only stay above it (none passes it) and one at ``-bound`` or below
+    only stay there (all pass it): the compiler clamps a progression's thresholds there
+    (:func:`compiler.stages.thresholds`).
+
+    With ``L_c = (row[c] - 1) * 2^shift + 1`` and ``U_c = row[c] * 2^shift`` (no ``U_c`` for a
+    padding index or one above ``bound``, no ``L_c`` for one at ``-bound`` or below) the condition is
+    ``L_c <= B + c * S <= U_c`` for all ``c``; for a given ``S``, ``B`` may be anything in
+    ``[max_c(L_c - c S), min_c(U_c - c S)]``, whose width ``f(S)`` is concave in ``S``. Where ``f(S) < 0``
+    the indices of that max and min tell on which side of ``S`` the feasible ``S`` lie (if any), so a
+    binary search finds one. ``B`` is the feasible value nearest 0.
+    """
+    row = [int(t) for t in row]
+    n, one = len(row), 1 << shift
+    if n < 1:
+        raise ValueError("a channel has at least one threshold")
+    low, high = [], []
+    for t in row:
+        above = bound is not None and t > bound
+        below = bound is not None and t <= -bound
+        low.append(None if below else (min(t, bound + 1) - 1) * one + 1 if above else (t - 1) * one + 1)
+        high.append(-bound * one if below else None if above else t * one)
+    low += [(int(never) - 1) * one + 1] * padding
+    high += [None] * padding
+    uppers = [c for c, h in enumerate(high) if h is not None]
+    lowers = [c for c, v in enumerate(low) if v is not None]
+    if uppers and lowers:
+        values = [v for v in low + high if v is not None]
+        lo, hi = 0, max(0, max(values) - min(values))
+    else:
+        lo = hi = 0         # a bound on one side only: S = 0 and B at it
+    found = None
+    while lo <= hi:
+        s = (lo + hi) // 2
+        up_c = min(uppers, key=lambda c: high[c] - c * s) if uppers else None
+        low_c = max(lowers, key=lambda c: low[c] - c * s) if lowers else None
+        upper = high[up_c] - up_c * s if uppers else None
+        lower = low[low_c] - low_c * s if lowers else None
+        if upper is None or lower is None or lower <= upper:
+            found = (lower if upper is None else upper if lower is None else min(max(0, lower), upper), s)
+            break
+        if low_c > up_c:
+            lo = s + 1
+        else:
+            hi = s - 1
+    if found is None:
+        return None
+    b, s = found
+    assert all((low[c] is None or b + c * s >= low[c]) and (high[c] is None or b + c * s <= high[c])
+               for c in range(n + padding)), (row, shift, bound, found)
+    return found
+
+
+def progression_bits(fits: list[tuple[int, int]]) -> tuple[int, int]:
+    """``(base_bits, step_bits)``: the signed width of every ``B' = B - S`` (at least 2) and the
+    unsigned width of every ``S`` (at least 1)."""
+    return (max(2, max(signed_bits(abs(b - s)) for b, s in fits)),
+            max(1, max(int(s).bit_length() for _, s in fits)))
+
+
+def counted_rows(stage: Thresholds) -> list[list[int]]:
+    """Each channel's thresholds as a code counts them, ascending: ``T`` for an ascending channel (its code counts
+    ``acc >= T``), ``T + 1`` for a descending one (its code is ``2^b - 1`` less the count of ``acc >= T + 1``)."""
+    t = np.asarray(stage.thresholds, dtype=np.int64) + np.asarray(stage.descending, dtype=bool)[:, None]
+    return np.sort(t, axis=1).tolist()
+
+
+def stage_progressions(stage: Thresholds, shift: int, bound: int) -> list[tuple[int, int]] | None:
+    """Each channel's ``(B, S)`` (:func:`fit_progression` at ``shift``, on values ``|acc| <= bound``) of its
+    :func:`counted_rows`; None where a channel has none. A form at ``k`` gives one at every larger ``k``
+    (``(2B, 2S)``)."""
+    fits = []
+    for row in counted_rows(stage):
+        fit = fit_progression(row, shift, bound=bound)
+        if fit is None:
+            return None
+        fits.append(fit)
+    return fits
+
+
+def stage_shift(stage: Thresholds, bound: int) -> int | None:
+    """The smallest shift (0..:data:`MAX_STAGE_SHIFT`) at which every channel of ``stage`` is a progression on
+    values ``|acc| <= bound`` (:func:`stage_progressions`), or None: each channel's smallest, the largest of them."""
+    shift = 0
+    for row in counted_rows(stage):
+        while fit_progression(row, shift, bound=bound) is None:
+            if shift == MAX_STAGE_SHIFT:
+                return None
+            shift += 1
+    return shift
+
+
+@dataclass(frozen=True)
+class ProgressionShape:
+    """The progression words of an output stage's threshold unit (:class:`hw.thresholds.ThresholdUnit`): every
+    channel's ``B' = B - S`` signed in ``base_bits``, ``S`` unsigned in ``step_bits``, one ``shift`` for the unit;
+    ``table_code_bits``: the code width of the stages whose thresholds the unit's other words list (0: none)."""
+
+    shift: int
+    base_bits: int
+    step_bits: int
+    table_code_bits: int
+
+    def __post_init__(self):
+        limits = {"shift": (0, MAX_STAGE_SHIFT), "base_bits": (2, 128), "step_bits": (1, 128),
+                  "table_code_bits": (0, 8)}
+        for name, (low, high) in limits.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"progression {name} must be an integer in {low}..{high}, got {value!r}")
