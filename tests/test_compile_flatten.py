@@ -164,6 +164,21 @@ def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_p
     assert result["mismatches"] == 0 and result["images"] == 2
 
 
+@pytest.mark.sim
+def test_lenet_runs_bit_exact_on_the_layer_engine(compiled, tmp_path, capsys):
+    """LeNet on the layer engine over the link (each layer's constants loaded with it): fc1's 8-bit codes come
+    back from the thresholds unit's search, every layer's output equal to the integer reference."""
+    reason = unavailable_reason("verilator")
+    if reason is not None:
+        pytest.skip(f"verilator simulation skipped: {reason}")
+    save(compiled["lenet"][1], tmp_path / "m.lcq")
+    capsys.readouterr()
+    assert main(["sim", str(tmp_path / "m.lcq"), "--random", "--images", "1", "--simulator", "verilator",
+                 "--rows", "2", "--cols", "2", "--mode", "layers", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mismatches"] == 0 and result["images"] == 1
+
+
 # --------------------------------------------------------------------------- on a board
 
 

@@ -416,19 +416,19 @@ def layer_cycles(params, node, overlapped=True):
     T, drain = load + positions + 1 + gap, R + C + 8     # 8: the code buffer's read address and data registered
     W = positions // 2 * (tile + 2) if paired else positions * (tile + 1)
     if not overlapped:
-        return 2 + units * k * T - gap + drain + units * W + LayerEngine.stage_latency(None)
+        return 2 + units * k * T - gap + drain + units * W + LayerEngine.stage_latency(None, params.engine)
     held = params.engine.out_depth // positions
     ends, issue = [], R - load
     for u in range(units):
         issue = max(issue + k * T if u else issue, ends[u - held] + 1 if u >= held else 0)
         start = max(issue + k * T - gap + drain + 1, ends[-1] + 1 if ends else 0)
         ends.append(start + W - 1)
-    cycles = 2 + ends[-1] + LayerEngine.stage_latency(None)                     # 2: the start registered twice
+    cycles = 2 + ends[-1] + LayerEngine.stage_latency(None, params.engine)      # 2: the start registered twice
     if held >= units:
         closed = (2 + R - load + max(k * T + units * W, units * k * T + W) - gap + drain
-                  + LayerEngine.stage_latency(None))
+                  + LayerEngine.stage_latency(None, params.engine))
         assert cycles == closed
-    assert cycles == network_layer_cycles(params.engine, node, rows, LayerEngine.stage_latency(None))
+    assert cycles == network_layer_cycles(params.engine, node, rows, LayerEngine.stage_latency(None, params.engine))
     return cycles
 
 
@@ -532,3 +532,26 @@ def test_fused_additions_and_activations_in_the_ecp5_form(write_pairs, ecp5_form
         node = model.nodes[step.index]
         latency = LayerEngine.stage_latency(None) + (LayerEngine.FUSED_LATENCY if step.fused_activate else 0)
         assert cycles == network_layer_cycles(params.engine, node, band_rows(params.engine, node), latency), step.name
+
+
+# The ECP5's form by default (~25 s); simulation's, which the Verilator run of tests/test_compile_flatten.py covers
+# but for the cycles, with -m slow
+@pytest.mark.parametrize("form", ["ecp5", pytest.param("simulation", marks=pytest.mark.slow)])
+def test_searched_8_bit_codes_on_the_core(form, request):
+    """LeNet's fc1 writes the 8-bit codes fc2 reads through the thresholds unit's search (hw.progression), its
+    conv layers' 3-bit codes through the listed thresholds of the same unit, in simulation's form and in the ECP5's
+    (registered words and inputs, the value a cycle after its channel): every tensor exact, every layer's cycles
+    as the model states with the search's ``code_bits`` cycles in the stage."""
+    from compiler.lower import compile_model
+
+    from test_compile_flatten import _lenet
+
+    if form == "ecp5":
+        request.getfixturevalue("ecp5_form")
+    model = compile_model(_lenet(), (1, 8, 8))
+    params = NetworkParams.for_model(model, 2, 2)
+    assert params.engine.progression is not None and params.engine.table_code_bits == 3
+    images = np.random.default_rng(7).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    (result,) = simulate_network(model, params, images)
+    check_against_reference(model, images, [result])
+    check_layer_cycles(model, params, result)

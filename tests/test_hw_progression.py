@@ -3,8 +3,6 @@ Amaranth's simulator, bit-exact against compiler.graph's Thresholds.apply: wide 
 channels, constant rows, rows the compiler clamped at the accumulators' bound, and a unit that also lists
 thresholds; which stages an engine searches, and what that saves."""
 
-import sys
-
 import numpy as np
 import pytest
 
@@ -141,7 +139,6 @@ def test_progression_words_refuse_what_does_not_fit():
 
 @pytest.fixture(scope="module")
 def lenet():
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from test_compile_flatten import _lenet
     return compile_model(_lenet(), (1, 8, 8))
 
