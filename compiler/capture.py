@@ -59,6 +59,9 @@ SUPPORTED = (
     "identity, dropout (inference) and memory layouts (.contiguous(), .to(memory_format=...))",
     "activation quantizer (QAct, unsigned) on a tensor",
     "a linear or conv layer as the network's output (the logits)",
+    "softmax or log-softmax over the classes as the network's last operation (nn.Softmax, nn.LogSoftmax, "
+    "F.softmax, F.log_softmax, torch.softmax, .softmax(): left out, the compiled logits are those before it, with "
+    "the same top class)",
 )
 
 # The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
@@ -73,9 +76,6 @@ HINTS = (
      "class)"),
     ((torch.clamp, torch.clip, torch.clamp_min, "clamp", "clamp_", "clip", "clip_", "clamp_min"),
      "use torch.relu for clamp(min=0) and F.hardtanh(x, 0.0, max) (or nn.ReLU6) for clamp(0, max)"),
-    ((nn.Softmax, nn.LogSoftmax, F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax",
-      "log_softmax"), "leave it off: the network's output must be the logits (the top class is the same, and "
-                      "lcq train's loss applies log-softmax itself)"),
     ((F.pad, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d),
      "pad in the conv: Conv2d(..., padding=p) pads with zeros, up to kernel // 2 on each side"),
     ((operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_", operator.neg, torch.neg, "neg"),
@@ -112,19 +112,23 @@ _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
+_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+_SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+_SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
 
 @dataclass(frozen=True)
 class Op:
     """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, avgpool, maxpool,
-    flatten, reshape, size, identity, add, cat, output), its ``module`` (None for a function), ``cap`` (the clip
-    maximum) and ``window`` (an average or max pooling's kernel, stride and padding; None for the global
-    maximum)."""
+    flatten, reshape, size, identity, add, cat, softmax, output), its ``module`` (None for a function), ``cap``
+    (the clip maximum), ``window`` (an average or max pooling's kernel, stride and padding; None for the global
+    maximum) and ``dim`` (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one)."""
 
     kind: str
     module: nn.Module | None = None
     cap: float = math.inf
     window: tuple[int, int, int] | None = None
+    dim: int | None = None
 
 
 class Unsupported(ValueError):
@@ -278,6 +282,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("maxpool")                    # the global maximum: a window as large as the map
         if isinstance(m, _IDENTITY_MODULES):
             return Op("identity")
+        if type(m) in _SOFTMAX_MODULES:
+            return Op("softmax", dim=m.dim)
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             raise Unsupported(model, node, "is not quantized (quantize the model with lcq_train.quantize_model)")
     elif node.op == "get_attr":
@@ -327,6 +333,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return _add(node, model)
         if f in _CAT_FUNCTIONS:
             return _cat(node, model)
+        if f in _SOFTMAX_FUNCTIONS:
+            return Op("softmax", dim=_arg(node, 1, "dim"))
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")
@@ -343,6 +351,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("identity")           # a memory layout: the same values
         if node.target in ("add", "add_"):
             return _add(node, model)
+        if node.target in _SOFTMAX_METHODS:
+            return Op("softmax", dim=_arg(node, 1, "dim"))
     if _on_image(node):
         raise Unsupported(model, node, _IMAGE_ARITHMETIC)
     hint = _HINT.get(type(modules[node.target]) if node.op == "call_module" else node.target)

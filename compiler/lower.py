@@ -158,7 +158,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     Codes, levels and constants are computed from a float64 copy of ``model``, so
     that float32 rounding cannot decide a weight code lying on a quantizer
     threshold; the agreement check runs the PyTorch model in float64 too. PyTorch
-    runs on one thread meanwhile, so that the bytes do not depend on the thread count.
+    runs on one thread meanwhile, so that the bytes do not depend on the thread count. A softmax or log-softmax
+    on the output is left out: the compiled logits are the values before it (the same top class).
     ValueError (:class:`~compiler.capture.Unsupported` for an operation) says what cannot be compiled.
     """
     name = type(model).__name__                 # a traced network's copy is a class of its own
@@ -886,6 +887,29 @@ class _Lowering:
             return self.chain(node, self.values[(node.args[0] if node.args else node.kwargs["tensors"])[0]])
         # flattened maps of one size join as their join flattened (the flatten is channel-major)
         return _Value("concat", parts=tuple(parts), concat=node, flat=any(p.flat for p in parts))
+
+    def _softmax(self, node: fx.Node, op: Op) -> _Value:
+        """A softmax or log-softmax over the classes as the network's last operation: left out. The compiled
+        logits are the values before it (both are increasing in each logit, so the top class is the same)."""
+        x = self.arg(node)
+        if any(user.op != "output" for user in node.users):
+            self.refuse(node, "is not the network's last operation; a softmax or log-softmax compiles only on the "
+                        "logits, as the output (left out: the compiled logits are those before it, of the same top "
+                        "class): leave it off here")
+        vector = self._vector(node.args[0])
+        if op.dim not in (None, 1, -1 if vector else -3):
+            self.refuse(node, f"normalizes dimension {op.dim} of the {'(N, classes)' if vector else '(N, C, 1, 1)'} "
+                        "logits, not their classes: softmax over dim=1 (or leave it off: the compiled logits are "
+                        "those before it)")
+        return self.chain(node, x)
+
+    def _vector(self, node: fx.Node) -> bool:
+        """Whether ``node``, on the logits' way to the output, gives (N, classes) vectors (a linear layer's
+        output or a flatten), not (N, C, 1, 1) maps (a conv's)."""
+        kind = operation(node, self.modules, self.model).kind
+        if kind == "identity":
+            return self._vector(node.args[0])
+        return kind in ("linear", "flatten", "reshape")
 
     def _output(self, node: fx.Node, op: Op) -> _Value:
         source = node.args[0]

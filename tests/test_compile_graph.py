@@ -786,7 +786,7 @@ class _Unhinted(nn.Module):
         self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.conv2, self.other, self.valid = (nn.Conv2d(8, 8, 3, padding=p) for p in (1, 1, 0))
         self.layer = {"GELU": nn.GELU(), "SiLU": nn.SiLU(), "PReLU": nn.PReLU(), "Tanh": nn.Tanh(),
-                      "ZeroPad2d": nn.ZeroPad2d(1), "Softmax": nn.Softmax(1)}.get(kind, nn.Identity())
+                      "ZeroPad2d": nn.ZeroPad2d(1)}.get(kind, nn.Identity())
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x):
@@ -823,12 +823,7 @@ class _Unhinted(nn.Module):
             z = z.mean(3).mean(2)
         else:
             z = z.mean((2, 3))
-        out = self.fc(z)
-        if k == "F.softmax":
-            out = torch.nn.functional.softmax(out, 1)
-        elif k == "Softmax":
-            out = self.layer(out)
-        return out
+        return self.fc(z)
 
 
 @pytest.mark.parametrize("kind,what,hint,fixes", [
@@ -851,9 +846,6 @@ class _Unhinted(nn.Module):
     (".squeeze()", r"method \.squeeze\(\)", r"use torch\.flatten\(x, 1\) \(or nn\.Flatten\(\)\) on the C x 1 x 1 "
                                             r"tensor", ["relu"]),
     (".mean(3).mean(2)", r"method \.mean\(\)", r"average over the map in one call: \.mean\(\(2, 3\)\)", ["relu"]),
-    ("F.softmax", r"function torch\.nn\.functional\.softmax", r"leave it off: the network's output must be the "
-                                                              r"logits", ["relu"]),
-    ("Softmax", r"layer 'layer' \(Softmax\)", r"leave it off: the network's output must be the logits", ["relu"]),
 ])
 def test_refusals_of_common_operations_say_what_compiles_instead(kind, what, hint, fixes):
     model = quantize_model(_Unhinted(kind), method="lcq", wbits=3, abits=3)

@@ -1,0 +1,274 @@
+"""The small CNNs that people copy from tutorials, kept as close to their source text as possible, for
+tests/test_tutorial_models.py. Each class or function names its source; changes from it are marked
+``# changed:`` (only channel counts, for test speed, and names, to keep several in one file)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# PyTorch tutorial "Training a classifier" (beginner/blitz/cifar10_tutorial.py), on 3 x 32 x 32.
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1) # flatten all dimensions except batch
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = self.fc3(x)
+        return x
+
+
+# The same tutorial before torch.flatten (2017-2020 versions, and most copies of it).
+class NetView(Net):
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.view(-1, 16 * 5 * 5)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = self.fc3(x)
+        return x
+
+
+# PyTorch tutorial "Neural Networks" (beginner/blitz/neural_networks_tutorial.py), on 1 x 32 x 32.
+class LeNetBlitz(nn.Module):        # changed: the tutorial calls it Net
+
+    def __init__(self):
+        super(LeNetBlitz, self).__init__()
+        # 1 input image channel, 6 output channels, 5x5 square convolution
+        # kernel
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        # an affine operation: y = Wx + b
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)  # 5*5 from image dimension
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, input):
+        # Convolution layer C1: 1 input image channel, 6 output channels,
+        # 5x5 square convolution, it uses RELU activation function, and
+        # outputs a Tensor with size (N, 6, 28, 28), where N is the size of the batch
+        c1 = F.relu(self.conv1(input))
+        # Subsampling layer S2: 2x2 grid, purely functional,
+        # this layer does not have any parameter, and outputs a (N, 6, 14, 14) Tensor
+        s2 = F.max_pool2d(c1, (2, 2))
+        # Convolution layer C3: 6 input channels, 16 output channels,
+        # 5x5 square convolution, it uses RELU activation function, and
+        # outputs a (N, 16, 10, 10) Tensor
+        c3 = F.relu(self.conv2(s2))
+        # Subsampling layer S4: 2x2 grid, purely functional,
+        # this layer does not have any parameter, and outputs a (N, 16, 5, 5) Tensor
+        s4 = F.max_pool2d(c3, 2)
+        # Flatten operation: purely functional, outputs a (N, 400) Tensor
+        s4 = torch.flatten(s4, 1)
+        # Fully connected layer F5: (N, 400) Tensor input,
+        # and outputs a (N, 120) Tensor, it uses RELU activation function
+        f5 = F.relu(self.fc1(s4))
+        # Fully connected layer F6: (N, 120) Tensor input,
+        # and outputs a (N, 84) Tensor, it uses RELU activation function
+        f6 = F.relu(self.fc2(f5))
+        # Gaussian layer OUTPUT: (N, 84) Tensor input, and
+        # outputs a (N, 10) Tensor
+        output = self.fc3(f6)
+        return output
+
+
+# The same tutorial before 2021: the flat size counted in a loop over x.size(), which torch.fx cannot trace.
+class LeNetBlitzFlatFeatures(LeNetBlitz):
+    def forward(self, x):
+        # Max pooling over a (2, 2) window
+        x = F.max_pool2d(F.relu(self.conv1(x)), (2, 2))
+        # If the size is a square you can only specify a single number
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.view(-1, self.num_flat_features(x))
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        x = self.fc3(x)
+        return x
+
+    def num_flat_features(self, x):
+        size = x.size()[1:]  # all dimensions except the batch dimension
+        num_features = 1
+        for s in size:
+            num_features *= s
+        return num_features
+
+
+# pytorch/examples mnist/main.py, on 1 x 28 x 28.
+class MnistNet(nn.Module):          # changed: the example calls it Net; channel counts are arguments
+
+    def __init__(self, c1=32, c2=64, hidden=128):
+        super(MnistNet, self).__init__()
+        self.conv1 = nn.Conv2d(1, c1, 3, 1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(c2 * 12 * 12, hidden)      # changed: nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(hidden, 10)
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = F.relu(x)
+        x = self.conv2(x)
+        x = F.relu(x)
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = self.fc1(x)
+        x = F.relu(x)
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        output = F.log_softmax(x, dim=1)
+        return output
+
+
+# pytorch/examples mnist/main.py before 2019: max pooling before the ReLU, Dropout2d, dropout as a function.
+class MnistNet2018(nn.Module):      # changed: the example called it Net
+
+    def __init__(self):
+        super(MnistNet2018, self).__init__()
+        self.conv1 = nn.Conv2d(1, 10, kernel_size=5)
+        self.conv2 = nn.Conv2d(10, 20, kernel_size=5)
+        self.conv2_drop = nn.Dropout2d()
+        self.fc1 = nn.Linear(320, 50)
+        self.fc2 = nn.Linear(50, 10)
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+        x = x.view(-1, 320)
+        x = F.relu(self.fc1(x))
+        x = F.dropout(x, training=self.training)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+# The same with its dropout a module (the fix that lcq_train's refusal of MnistNet2018 names).
+class MnistNet2018Module(MnistNet2018):
+    def __init__(self):
+        super().__init__()
+        self.dropout = nn.Dropout()
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2_drop(self.conv2(x)), 2))
+        x = x.view(-1, 320)
+        x = F.relu(self.fc1(x))
+        x = self.dropout(x)
+        x = self.fc2(x)
+        return F.log_softmax(x)     # the implicit dimension of the old example (1 for a batch of vectors)
+
+
+# PyTorch "Quickstart" (beginner/basics/quickstart_tutorial.py), FashionMNIST on 1 x 28 x 28.
+class NeuralNetwork(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.linear_relu_stack = nn.Sequential(
+            nn.Linear(28*28, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10)
+        )
+
+    def forward(self, x):
+        x = self.flatten(x)
+        logits = self.linear_relu_stack(x)
+        return logits
+
+
+# The Keras "simple MNIST convnet" as people port it: conv, BN, ReLU, max pooling blocks, then a dense head.
+def keras_sequential(num_classes=10):
+    return nn.Sequential(
+        nn.Conv2d(1, 16, kernel_size=3, padding=1),     # changed: 32 channels
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(16, 32, kernel_size=3, padding=1),    # changed: 64 channels
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(128, num_classes),
+    )
+
+
+# The same with a global average pooling head (GlobalAveragePooling2D in Keras).
+def keras_global_pool(num_classes=10):
+    return nn.Sequential(
+        nn.Conv2d(1, 16, kernel_size=3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, kernel_size=3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d((1, 1)),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(32, num_classes),
+    )
+
+
+# A Keras port that keeps the model's softmax: Dense(num_classes, activation="softmax").
+def keras_softmax(num_classes=10):
+    return nn.Sequential(
+        nn.Conv2d(1, 16, kernel_size=3, padding="same"),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 14 * 14, num_classes),
+        nn.Softmax(dim=-1),
+    )
+
+
+# A MobileNet-flavoured small CNN: BN + ReLU6 blocks, view(x.size(0), -1), F.softmax on the output.
+class ReLU6Net(nn.Module):
+    def __init__(self, num_classes=10):
+        super(ReLU6Net, self).__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU6(inplace=True)
+        self.fc = nn.Linear(16 * 7 * 7, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(self.relu(self.bn2(self.conv2(x))), 2)
+        x = x.view(x.size(0), -1)
+        x = self.fc(x)
+        return F.softmax(x, dim=1)
+
+
+# torchvision's AlexNet / VGG head: AdaptiveAvgPool2d((7, 7)) before the flatten (here (4, 4)).
+class AdaptiveHead(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, kernel_size=3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=2),
+            nn.Conv2d(16, 16, kernel_size=3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=2))
+        self.avgpool = nn.AdaptiveAvgPool2d((4, 4))
+        self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(16 * 4 * 4, 32), nn.ReLU(inplace=True),
+                                        nn.Dropout(), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.classifier(x)
+        return x

@@ -1,0 +1,108 @@
+"""The CNNs people copy from tutorials (tests/data/tutorial_models.py), as written: quantized, given random
+quantizer parameters, compiled, and the integer model agreeing with PyTorch; those the accelerator cannot run
+refused, naming the operation and the fix."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compiler.agreement import compare
+from compiler.capture import Unsupported
+from compiler.lower import compile_model
+from compiler.reference import run
+from lcq_train.plan import quantize_model
+
+from helpers import images, randomize
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+import tutorial_models as tm  # noqa: E402
+
+CIFAR, MNIST, BLITZ = (3, 32, 32), (1, 28, 28), (1, 32, 32)
+LOWERED = {
+    "cifar10 tutorial Net": (tm.Net, CIFAR),
+    "cifar10 tutorial Net, x.view(-1, 16 * 5 * 5)": (tm.NetView, CIFAR),
+    "neural networks tutorial LeNet": (tm.LeNetBlitz, BLITZ),
+    "examples/mnist Net (log_softmax)": (lambda: tm.MnistNet(8, 16, 32), MNIST),
+    "examples/mnist Net of 2018, dropout a module (log_softmax)": (tm.MnistNet2018Module, MNIST),
+    "quickstart NeuralNetwork (MLP)": (tm.NeuralNetwork, MNIST),
+    "Keras-style Sequential": (tm.keras_sequential, MNIST),
+    "Keras-style Sequential, global average pooling": (tm.keras_global_pool, MNIST),
+    "Keras-style Sequential, nn.Softmax(dim=-1)": (tm.keras_softmax, MNIST),
+    "ReLU6, view(x.size(0), -1), F.softmax": (tm.ReLU6Net, MNIST),
+}
+
+
+def _quantized(net: nn.Module, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=seed)
+
+
+@pytest.mark.parametrize("name", LOWERED)
+def test_a_tutorial_model_compiles_and_agrees_with_pytorch(name):
+    factory, shape = LOWERED[name]
+    model = _quantized(factory())
+    compiled = compile_model(model, shape)
+    assert compiled.num_classes == 10
+    result = compare(compiled, model, images(6, shape, seed=1), np.zeros(6, dtype=np.int64))
+    assert result.images == 6 and result.disagreements == 0
+    assert result.codes and all(mismatched == 0 for _, mismatched in result.codes.values()), result.codes
+
+
+def _pre_softmax(model: nn.Module, last: str, x: torch.Tensor) -> np.ndarray:
+    """The output of layer ``last`` of ``model`` (float64) for ``x``: the logits before the softmax."""
+    seen = {}
+    handle = dict(model.named_modules())[last].register_forward_hook(lambda m, i, out: seen.setdefault("y", out))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    return seen["y"].numpy()
+
+
+@pytest.mark.parametrize("factory, last", [(lambda: tm.MnistNet(8, 16, 32), "fc2"), (tm.keras_softmax, "4"),
+                                           (tm.ReLU6Net, "fc")])
+def test_a_final_softmax_is_left_out_and_the_compiled_logits_are_those_before_it(factory, last):
+    model = _quantized(factory())
+    compiled = compile_model(model, MNIST)
+    x = images(6, MNIST, seed=3)
+    logits = run(compiled, x)["logits"].reshape(6, -1) * compiled.scales["logits"]
+    expected = _pre_softmax(model.double().eval(), last, torch.from_numpy(x).double() / 255.0)
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=4 * compiled.scales["logits"])
+    assert (logits.argmax(1) == expected.argmax(1)).all()
+
+
+class _Probabilities(nn.Module):
+    """A softmax where the compiler cannot leave it out: ``where`` "hidden" (on a hidden layer's output), "dim 0"
+    (over the batch), "conv logits, dim -1" (over the last dimension of a conv's (N, C, 1, 1) logits)."""
+
+    def __init__(self, where):
+        super().__init__()
+        self.where = where
+        self.conv, self.fc1, self.fc2 = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 8), nn.Linear(8, 10)
+        self.head = nn.Conv2d(8, 10, 1)
+
+    def forward(self, x):
+        x = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1)
+        if self.where == "hidden":
+            return self.fc2(F.softmax(self.fc1(torch.flatten(x, 1)), dim=1))
+        if self.where == "dim 0":
+            return F.log_softmax(self.fc2(torch.flatten(x, 1)), dim=0)
+        return self.head(x).softmax(-1)
+
+
+@pytest.mark.parametrize("where, says", [
+    ("hidden", r"function torch\.nn\.functional\.softmax at .*test_tutorial_models\.py:\d+ \(.*\) is not the "
+               r"network's last operation; a softmax or log-softmax compiles only on the logits"),
+    ("dim 0", r"function torch\.nn\.functional\.log_softmax at .* normalizes dimension 0 of the \(N, classes\) "
+              r"logits, not their classes: softmax over dim=1"),
+    ("conv logits, dim -1", r"method \.softmax\(\) at .* normalizes dimension -1 of the \(N, C, 1, 1\) logits"),
+])
+def test_a_softmax_that_changes_the_top_class_is_refused(where, says):
+    with pytest.raises(Unsupported, match=rf"^cannot compile a _Probabilities: {says}"):
+        compile_model(quantize_model(_Probabilities(where), method="lcq", wbits=3, abits=3), (1, 8, 8))
