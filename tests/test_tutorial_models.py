@@ -106,3 +106,17 @@ class _Probabilities(nn.Module):
 def test_a_softmax_that_changes_the_top_class_is_refused(where, says):
     with pytest.raises(Unsupported, match=rf"^cannot compile a _Probabilities: {says}"):
         compile_model(quantize_model(_Probabilities(where), method="lcq", wbits=3, abits=3), (1, 8, 8))
+
+
+@pytest.mark.parametrize("net, says", [
+    (tm.MnistNet2018, r"cannot quantize MnistNet2018: forward calls dropout as a function at .*tutorial_models\.py:\d+ "
+                      r"\(x = F\.dropout\(x, training=self\.training\)\) \(training=True\); .* use a "
+                      r"torch\.nn\.Dropout module, which follows train\(\) and eval\(\)"),
+    (tm.LeNetBlitzFlatFeatures, r"cannot quantize LeNetBlitzFlatFeatures: torch\.fx cannot trace its forward "
+                                r"\(TraceError: Proxy object cannot be iterated.*\); its forward loops over a "
+                                r"tensor or its size \(for s in x\.size\(\)\[1:\] in a num_flat_features method\), "
+                                r"which the trace leaves unknown: flatten with torch\.flatten\(x, 1\)"),
+])
+def test_a_tutorial_model_that_cannot_be_traced_as_written_is_refused_naming_the_fix(net, says):
+    with pytest.raises(ValueError, match=says):
+        quantize_model(net(), method="lcq", wbits=3, abits=3)
