@@ -56,7 +56,9 @@ SUPPORTED = (
     "flatten (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape to (x.size(0), -1) or "
     "(-1, C * H * W)) of a C x 1 x 1 tensor, or of a map on its way through an activation quantizer to a linear "
     "layer",
-    "identity, dropout (inference) and memory layouts (.contiguous(), .to(memory_format=...))",
+    "identity, dropout (inference) and memory layouts (.contiguous(), .to(memory_format=...)); an adaptive average "
+    "pooling (AdaptiveAvgPool2d((n, n)), F.adaptive_avg_pool2d(x, n)) of an n x n map, the identity (torchvision's "
+    "AlexNet and VGG heads at their input size)",
     "activation quantizer (QAct, unsigned) on a tensor",
     "a linear or conv layer as the network's output (the logits)",
     "softmax or log-softmax over the classes as the network's last operation (nn.Softmax, nn.LogSoftmax, "
@@ -64,6 +66,9 @@ SUPPORTED = (
     "the same top class)",
 )
 
+ADAPTIVE_AVG_HINT = ("only output size 1, or the map's own size (the identity), compiles: use AdaptiveAvgPool2d(1), "
+                     "or AvgPool2d(k), k = the map's known side / the output size, before a conv (only a C x 1 x 1 "
+                     "map flattens), or leave it out where the map has that size already")
 # The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
 HINTS = (
     ((nn.LeakyReLU, F.leaky_relu, nn.GELU, F.gelu, nn.SiLU, F.silu, nn.PReLU, F.prelu, nn.ELU, F.elu, nn.SELU,
@@ -86,9 +91,7 @@ HINTS = (
      "before it (or leave it out: training absorbs it); it has no product of two tensors"),
     ((torch.squeeze, "squeeze", "squeeze_"), "use torch.flatten(x, 1) (or nn.Flatten()) on the C x 1 x 1 tensor"),
     ((torch.mean, "mean"), "average over the map in one call: .mean((2, 3)) (global average pooling)"),
-    ((nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d), "only output size 1 compiles: use AdaptiveAvgPool2d(1), or "
-                                                    "AvgPool2d(k), k = the map's known side / the output size, before "
-                                                    "a conv (only a C x 1 x 1 map flattens)"),
+    ((nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d), ADAPTIVE_AVG_HINT),
     ((nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d, torch.amax, "amax"),
      f"only the global maximum compiles as it is (AdaptiveMaxPool2d(1), .amax((2, 3))): for output size n use "
      f"MaxPool2d(k), k = the map's known side / n (k <= {MAX_KERNEL})"),
@@ -120,15 +123,17 @@ _SOFTMAX_METHODS = {"softmax", "log_softmax"}
 @dataclass(frozen=True)
 class Op:
     """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, avgpool, maxpool,
-    flatten, reshape, size, identity, add, cat, softmax, output), its ``module`` (None for a function), ``cap``
-    (the clip maximum), ``window`` (an average or max pooling's kernel, stride and padding; None for the global
-    maximum) and ``dim`` (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one)."""
+    flatten, reshape, size, identity, add, cat, softmax, adaptive, output), its ``module`` (None for a function),
+    ``cap`` (the clip maximum), ``window`` (an average or max pooling's kernel, stride and padding; None for the
+    global maximum), ``dim`` (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one) and
+    ``side`` (the output side of an adaptive average pooling to a square larger than 1)."""
 
     kind: str
     module: nn.Module | None = None
     cap: float = math.inf
     window: tuple[int, int, int] | None = None
     dim: int | None = None
+    side: int | None = None
 
 
 class Unsupported(ValueError):
@@ -270,6 +275,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("clip", cap=float(m.max_val))
         if type(m) is nn.AdaptiveAvgPool2d and _is_one(m.output_size):
             return Op("pool")
+        if type(m) is nn.AdaptiveAvgPool2d and _square(m.output_size):
+            return Op("adaptive", side=_square(m.output_size))
         if type(m) is nn.Flatten and m.start_dim == 1 and m.end_dim == -1:
             return Op("flatten")
         if type(m) is nn.AvgPool2d:
@@ -308,6 +315,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
         if (f is F.adaptive_avg_pool2d and _is_one(_arg(node, 1, "output_size"))) or \
                 (f is torch.mean and _spatial_dims(_arg(node, 1, "dim"))):
             return Op("pool")
+        if f is F.adaptive_avg_pool2d and _square(_arg(node, 1, "output_size")):
+            return Op("adaptive", side=_square(_arg(node, 1, "output_size")))
         if f is torch.flatten and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
             return Op("flatten")
         if (f is F.adaptive_max_pool2d and _is_one(_arg(node, 1, "output_size"))

@@ -62,7 +62,7 @@ from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale
 
 from . import stages
-from .capture import Op, Unsupported, capture, describe, location, operation, size_query
+from .capture import ADAPTIVE_AVG_HINT, Op, Unsupported, capture, describe, location, operation, size_query
 from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
                     ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
 
@@ -231,8 +231,8 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
 GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
 # The operations that take a "concat" _Value (on its way to an activation quantizer; a size query reads its shape
 # only, for a reshape).
-_CONCAT_READERS = ("act", "relu", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity", "size", "bn",
-                   "cat")
+_CONCAT_READERS = ("act", "relu", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity", "adaptive",
+                   "size", "bn", "cat")
 _DEFAULT_FRAC = CompileOptions.residual_frac_bits   # the fraction bits that cover a trained model's scales
 
 
@@ -887,6 +887,15 @@ class _Lowering:
             return self.chain(node, self.values[(node.args[0] if node.args else node.kwargs["tensors"])[0]])
         # flattened maps of one size join as their join flattened (the flatten is channel-major)
         return _Value("concat", parts=tuple(parts), concat=node, flat=any(p.flat for p in parts))
+
+    def _adaptive(self, node: fx.Node, op: Op) -> _Value:
+        """An adaptive average pooling to ``op.side`` x ``op.side`` of a map of that size: the identity (each
+        window is one element); of any other map, refused."""
+        x = self.arg(node)
+        c, h, w = self.input_shape if x.kind == "image" else self.shape(x)
+        if (h, w) != (op.side, op.side):
+            self.refuse(node, f"(a {h}x{w} map to {op.side}x{op.side}) is not supported: {ADAPTIVE_AVG_HINT}")
+        return self.chain(node, x)
 
     def _softmax(self, node: fx.Node, op: Op) -> _Value:
         """A softmax or log-softmax over the classes as the network's last operation: left out. The compiled

@@ -753,10 +753,12 @@ class _Refusable(nn.Module):
      ["relu", "Hardtanh01"]),
     ("torch.sigmoid", r"function torch\.sigmoid", r"use nn\.ReLU or a clip", ["relu"]),
     ("AdaptiveAvgPool2d2", r"layer 'modules_\.AdaptiveAvgPool2d2' \(AdaptiveAvgPool2d\)",
-     r"only output size 1 compiles: use AdaptiveAvgPool2d\(1\), or AvgPool2d\(k\), k = the map's known side / the "
-     r"output size, before a conv", ["AdaptiveAvgPool2d1", "AvgPool2d4"]),
+     r"only output size 1, or the map's own size \(the identity\), compiles: use AdaptiveAvgPool2d\(1\), or "
+     r"AvgPool2d\(k\), k = the map's known side / the output size, before a conv",
+     ["AdaptiveAvgPool2d1", "AvgPool2d4"]),
     ("F.adaptive_avg_pool2d(x, 2)", r"function torch\.nn\.functional\.adaptive_avg_pool2d",
-     r"only output size 1 compiles: use AdaptiveAvgPool2d\(1\), or AvgPool2d\(k\)", ["AvgPool2d4"]),
+     r"only output size 1, or the map's own size \(the identity\), compiles: use AdaptiveAvgPool2d\(1\), or "
+     r"AvgPool2d\(k\)", ["AvgPool2d4"]),
     ("AdaptiveMaxPool2d2", r"layer 'modules_\.AdaptiveMaxPool2d2' \(AdaptiveMaxPool2d\)",
      r"only the global maximum compiles as it is \(AdaptiveMaxPool2d\(1\), \.amax\(\(2, 3\)\)\): for output size "
      r"n use MaxPool2d\(k\), k = the map's known side / n \(k <= 32\)", ["MaxPool2d4"]),

@@ -34,6 +34,7 @@ LOWERED = {
     "Keras-style Sequential, global average pooling": (tm.keras_global_pool, MNIST),
     "Keras-style Sequential, nn.Softmax(dim=-1)": (tm.keras_softmax, MNIST),
     "ReLU6, view(x.size(0), -1), F.softmax": (tm.ReLU6Net, MNIST),
+    "torchvision AlexNet/VGG head, AdaptiveAvgPool2d((4, 4)) of a 4 x 4 map": (tm.AdaptiveHead, (3, 16, 16)),
 }
 
 
@@ -42,6 +43,7 @@ def _quantized(net: nn.Module, seed: int = 0) -> nn.Module:
     return randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=seed)
 
 
+@pytest.mark.filterwarnings("ignore:Implicit dimension choice for log_softmax")   # the 2018 example's, as written
 @pytest.mark.parametrize("name", LOWERED)
 def test_a_tutorial_model_compiles_and_agrees_with_pytorch(name):
     factory, shape = LOWERED[name]
@@ -120,3 +122,11 @@ def test_a_softmax_that_changes_the_top_class_is_refused(where, says):
 def test_a_tutorial_model_that_cannot_be_traced_as_written_is_refused_naming_the_fix(net, says):
     with pytest.raises(ValueError, match=says):
         quantize_model(net(), method="lcq", wbits=3, abits=3)
+
+
+def test_an_adaptive_pooling_to_another_size_than_the_maps_is_refused_naming_the_fix():
+    model = quantize_model(tm.AdaptiveHead(), method="lcq", wbits=3, abits=3)
+    with pytest.raises(Unsupported, match=r"layer 'avgpool' \(AdaptiveAvgPool2d\) at .* \(a 8x8 map to 4x4\) is not "
+                                          r"supported: only output size 1, or the map's own size \(the identity\), "
+                                          r"compiles"):
+        compile_model(model, (3, 32, 32))
