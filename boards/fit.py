@@ -38,7 +38,7 @@ from math import ceil
 
 from compiler.graph import CompiledModel, ConvNode, MaxPoolNode, Thresholds
 from hw.engine_params import LUT_WBITS, SPRAM_BLOCKS, EngineParams, spram_blocks
-from hw.memories import BLOCK_RAM_SHAPES, bank_depth, column_blocks
+from hw.memories import BLOCK_RAM_SHAPES, bank_depth, column_spans
 from hw.network_params import NetworkParams
 from hw.pe_words import logic_multiplies
 from hw.progression import PROGRESSION_MIN_BITS, stage_shift
@@ -127,6 +127,12 @@ def ice40_blocks(depth: int, pieces: list[int]) -> int:
             if best is None or ICE40_BLOCK_COST * blocks + decode < best[0]:
                 best = (ICE40_BLOCK_COST * blocks + decode, blocks)
     return best[1]
+
+
+def column_ram_blocks(width: int, depth: int, granularity: int) -> int:
+    """Block RAMs of an ECP5 ``width`` x ``depth`` memory built as columns (:func:`hw.memories.column_spans`), a
+    memory each, less the columns Yosys builds in logic cells (:func:`in_logic_cells`: a few words deep)."""
+    return sum(not in_logic_cells("ecp5", bits, depth, 1) for _, bits in column_spans(width, depth, granularity))
 
 
 def in_logic_cells(family: str, width: int, depth: int, blocks: int) -> bool:
@@ -223,7 +229,7 @@ def memory_blocks(board: Board, memories, spram=("weights",), columns=None,
         elif name in banked:
             out.append((name, width * depth * copies, "EBR", copies * banked_blocks(board.family, width, depth)))
         elif board.family == "ecp5" and name in (columns or {}):
-            out.append((name, width * depth * copies, "EBR", copies * column_blocks(width, depth, columns[name])))
+            out.append((name, width * depth * copies, "EBR", copies * column_ram_blocks(width, depth, columns[name])))
         else:
             blocks = ram_blocks(board.family, width, depth)
             if in_logic_cells(board.family, width, depth, blocks):

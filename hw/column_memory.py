@@ -22,7 +22,7 @@ from amaranth import Module, Signal
 from amaranth.lib.memory import Memory
 
 from .delay import delayed
-from .memories import column_bits, slow_block_ram
+from .memories import column_spans, slow_block_ram
 
 GROUP_COLUMNS = 4   # columns that share address registers (registered)
 
@@ -47,14 +47,12 @@ def column_memory(m: Module, name: str, width: int, depth: int, granularity: int
     the ULX3S-85F at e3ff622; after a reset the write under way lands)."""
     if width % granularity:
         raise ValueError(f"a {width}-bit word is not whole granules of {granularity} bits")
-    bits = column_bits(depth, family)
     write = SimpleNamespace(en=Signal(width // granularity, name=f"{name}_write_en"),
                             addr=Signal(range(depth), name=f"{name}_write_addr"),
                             data=Signal(width, name=f"{name}_write_data"))
     read = SimpleNamespace(addr=Signal(range(depth), name=f"{name}_read_addr"),
                            data=Signal(width, name=f"{name}_read_data"))
-    columns = [(granule + low, min(bits, granularity - low)) for granule in range(0, width, granularity)
-               for low in range(0, granularity, bits)]
+    columns = column_spans(width, depth, granularity, family)
 
     def copy(value, copy_name):
         """``value``, or with ``registered`` its copy a cycle later in flip-flops of its own, without reset."""

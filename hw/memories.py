@@ -63,8 +63,14 @@ def column_bits(depth: int, family: str = "ecp5") -> int:
     return max(widths)
 
 
+def column_spans(width: int, depth: int, granularity: int, family: str = "ecp5") -> list[tuple[int, int]]:
+    """``(low, bits)`` of each column of a ``width`` x ``depth`` memory built as columns (:mod:`hw.column_memory`):
+    each ``granularity``-bit granule of the word in columns of :func:`column_bits` bits, a memory each."""
+    bits = column_bits(depth, family)
+    return [(granule + low, min(bits, granularity - low)) for granule in range(0, width, granularity)
+            for low in range(0, granularity, bits)]
+
+
 def column_blocks(width: int, depth: int, granularity: int, family: str = "ecp5") -> int:
-    """Block RAMs of a ``width`` x ``depth`` memory built as columns (:mod:`hw.column_memory`): each
-    ``granularity``-bit granule of the word in columns of :func:`column_bits` bits, one block each."""
-    granules = -(-width // granularity)
-    return granules * -(-granularity // column_bits(depth, family))
+    """Block RAMs of a ``width`` x ``depth`` memory built as columns (:func:`column_spans`), one block each."""
+    return len(column_spans(width, depth, granularity, family))

@@ -93,6 +93,17 @@ def test_the_ecp5_network_cores_small_memories_are_in_logic_cells_and_its_code_b
     assert network_estimate(BOARDS["icebreaker"], NetworkParams.for_model(digits, 1, 1))["EBR"] == 28
 
 
+def test_a_value_memory_of_few_words_is_in_logic_cells_on_the_ecp5():
+    """LeNet's value memory holds its 10 logits (29 bits x 10 words, one column of hw.column_memory): Yosys built it
+    in distributed RAM, and its 4 x 4 core on the ULX3S-12F took 24 DP16KD (board_builds.json #187), where the
+    estimate counted a block for it (25)."""
+    lenet = load(ROOT / "benchmarks" / "results" / "models" / "digits-lenet-lcq-w3a3.lcq")
+    params = NetworkParams.for_model(lenet, 4, 4, multiply_cols=1)
+    assert (params.value_depth, params.value_bits) == (10, 29)
+    blocks = {name: count for name, _, _, count in network_blocks(BOARDS["ulx3s-12f"], params)}
+    assert blocks["values"] == 0 and network_estimate(BOARDS["ulx3s-12f"], params)["EBR"] == 24
+
+
 @pytest.fixture(scope="module")
 def audited() -> tuple[list[dict], list[dict]]:
     """benchmarks/fit_accuracy.py's audit of every recorded build (rows, skipped): ~1 s, once for this file."""
