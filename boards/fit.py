@@ -16,7 +16,8 @@
 - LUT4: :data:`BASE_LUTS` for control, output stage, link and UART, plus
   :func:`pe_luts` for the PEs, calibrated on the digits CNN's 2 x 2 iCEBreaker build
   (4,512 LUT4s) and, for PEs that multiply in logic, the ResNet-20 8 x 8 ULX3S-85F build
-  (34,738); within ``logic_share`` of the part, leaving room for routing.
+  (34,738), and :func:`search_luts` for output stages that search progressions; within ``logic_share`` of the
+  part, leaving room for routing.
 
 The estimate decides the array before synthesis (:func:`engine_for_board`: the largest array
 of :data:`ARRAYS` that fits, with every layer's constants resident where they fit, else every
@@ -86,6 +87,13 @@ NETWORK_UNIT_CELLS_ICE40 = {"maxpool": 432, "values": 895}
 # 1 x 1 core packed in 5,204 to 5,283 cells (10 placements: 7 builds, board_builds.json #69 .. #122 at 9785cf2 ..
 # 777e5dc, and the first seed of 3 builds a second seed placed, 5,215 .. 5,250), placed each of the 27 packed in
 # 5,051 to 5,201 cells, and of the 33 over 5,203 (to 5,257) some with one seed and not with another.
+# What an output stage that searches progressions (hw.thresholds, EngineParams.progression) adds to one that lists
+# 3-bit thresholds, a code bit (a search stage: a subtraction, its remainder, code and constants registered), from
+# Yosys's synthesis of LeNet's unit alone (24-bit accumulators, 8-bit codes): on the ECP5 618 more LUT4s (CCU2C
+# counted as two) and 651 flip-flops, on the iCE40 486 LUT4s, 312 carries and 659 flip-flops more, about 700 logic
+# cells packed.
+SEARCH_LUTS_PER_BIT = 78
+SEARCH_CELLS_ICE40_PER_BIT = 88
 LOGIC_SHARE = 0.9
 NETWORK_LOGIC_SHARE_ICE40 = 0.9855
 # The whole-network core's memories built in banks (hw.engine's buffers in network mode, hw.banked).
@@ -264,8 +272,14 @@ def estimate(board: Board, params: EngineParams, bridge_out: tuple[int, int] | N
     if params.requantize:
         use["DSP"] += ceil(params.acc_bits / piece) * ceil(params.requantize.multiplier_bits / piece)
     use["DSP"] += bridge_dsps(board, *(bridge_out or (params.cols * params.out_bits, params.cols * params.code_bits)))
-    use["LUT4"] = BASE_LUTS + pe_luts(params, logic_multiply)
+    use["LUT4"] = BASE_LUTS + pe_luts(params, logic_multiply) + search_luts(params, SEARCH_LUTS_PER_BIT)
     return use
+
+
+def search_luts(params: EngineParams, per_bit: int) -> int:
+    """Logic of the output stages' progression searches (:attr:`~hw.engine_params.EngineParams.progression`):
+    ``per_bit`` a code bit, in each output stage (two with ``write_pairs``); 0 without."""
+    return per_bit * params.code_bits * params.halves if params.progression else 0
 
 
 def check_link_payload(board: Board, what: str, addr_bits: int, target_bits, out_bits: int,
@@ -380,7 +394,8 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
                  "values": params.vector.adds or params.vector.act_slots > 0 or params.engine.fused_adds
                  or params.engine.fused_activations}
         use["LUT4"] = (base + per_pe * params.engine.rows * params.engine.cols
-                       + sum(NETWORK_UNIT_CELLS_ICE40[unit] for unit, needed in units.items() if needed))
+                       + sum(NETWORK_UNIT_CELLS_ICE40[unit] for unit, needed in units.items() if needed)
+                       + search_luts(params.engine, SEARCH_CELLS_ICE40_PER_BIT))
     else:
         use["LUT4"] += VECTOR_LUTS
     return use

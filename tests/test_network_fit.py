@@ -200,3 +200,23 @@ def test_a_bad_multiply_cols_is_refused_naming_it():
         with pytest.raises(ValueError, match=rf"multiply_cols must be 0 \(every column\), or 1..cols=8 .* got {bad}"):
             EngineParams.for_model(RESNET20, 8, 8, resident="all", split_weights=True, multiply_cols=bad)
     assert network_for_board(DIGITS, BOARDS["ulx3s-85f"], 8, 8, multiply_cols=99).params.engine.multiply_cols == 8
+
+
+def test_an_output_stage_that_searches_progressions_counts_its_logic():
+    """LeNet's fc1 writes 8-bit codes that its threshold units search (hw.progression): eight search stages more
+    logic than listing its 3-bit thresholds, in LUT4s on the ECP5 and in logic cells on the UP5K, whose 1 x 1 core
+    then does not fit (the max-pooling unit's cells count too)."""
+    import dataclasses
+
+    from boards.fit import SEARCH_CELLS_ICE40_PER_BIT, SEARCH_LUTS_PER_BIT
+
+    lenet = load(Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "models"
+                 / "digits-lenet-lcq-w3a3.lcq")
+    params = NetworkParams.for_model(lenet, 4, 4, multiply_cols=1)
+    assert params.engine.progression is not None and params.engine.code_bits == 8
+    listing = dataclasses.replace(params, engine=dataclasses.replace(params.engine, progression=None))
+    for board, per_bit in (("ulx3s-12f", SEARCH_LUTS_PER_BIT), ("icebreaker", SEARCH_CELLS_ICE40_PER_BIT)):
+        added = network_estimate(BOARDS[board], params)["LUT4"] - network_estimate(BOARDS[board], listing)["LUT4"]
+        assert added == 8 * per_bit
+    with pytest.raises(FitError, match=r"1 x 1 whole-network core on icebreaker .* needs about \d+ LUT4 of 5203"):
+        network_for_board(lenet, BOARDS["icebreaker"])
