@@ -113,13 +113,22 @@ def stage_progressions(stage: Thresholds, shift: int, bound: int) -> list[tuple[
 
 def stage_shift(stage: Thresholds, bound: int) -> int | None:
     """The smallest shift (0..:data:`MAX_STAGE_SHIFT`) at which every channel of ``stage`` is a progression on
-    values ``|acc| <= bound`` (:func:`stage_progressions`), or None: each channel's smallest, the largest of them."""
+    values ``|acc| <= bound`` (:func:`stage_progressions`), or None: each channel's smallest, the largest of them
+    (a binary search where a channel needs more than the ones before it: a fit at ``k`` gives one above)."""
     shift = 0
     for row in counted_rows(stage):
-        while fit_progression(row, shift, bound=bound) is None:
-            if shift == MAX_STAGE_SHIFT:
-                return None
-            shift += 1
+        if fit_progression(row, shift, bound=bound) is not None:
+            continue
+        if fit_progression(row, MAX_STAGE_SHIFT, bound=bound) is None:
+            return None
+        low, high = shift + 1, MAX_STAGE_SHIFT
+        while low < high:
+            middle = (low + high) // 2
+            if fit_progression(row, middle, bound=bound) is None:
+                low = middle + 1
+            else:
+                high = middle
+        shift = low
     return shift
 
 
