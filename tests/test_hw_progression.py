@@ -11,8 +11,8 @@ pytest.importorskip("amaranth", reason="hardware tests need amaranth: pip instal
 from compiler.graph import Thresholds, signed_bits  # noqa: E402
 from compiler.lower import compile_model  # noqa: E402
 from hw.engine_params import EngineParams, searched_stage  # noqa: E402
-from hw.progression import (ProgressionShape, counted_rows, fit_progression, progression_bits,  # noqa: E402
-                            stage_progressions, stage_shift)
+from hw.progression import (MAX_STAGE_SHIFT, ProgressionShape, counted_rows, fit_progression,  # noqa: E402
+                            progression_bits, stage_progressions, stage_shift)
 from hw.stage_words import (progression_words, threshold_bits, threshold_unit_word_bits,  # noqa: E402
                             threshold_words)
 from hw.thresholds import ThresholdUnit  # noqa: E402
@@ -61,6 +61,40 @@ def test_uniform_stages_are_progressions_and_listed_ones_are_not():
     for (b, s), row in zip(stage_progressions(stage, shift, bound), counted_rows(stage)):
         assert [-(-(b + c * s) >> shift) for c in range(len(row))] == row
     assert stage_shift(random_thresholds(rng, 7, 3, 2**15 - 1), 2**15 - 1) is None
+
+
+def test_fit_progression():
+    """Exact fits of rounded progressions, constant rows, padding, and rows that are none."""
+    rng = np.random.default_rng(11)
+    for _ in range(200):
+        n = int(rng.choice([1, 3, 7, 15, 255]))
+        a, d = rng.uniform(-1e9, 1e9), rng.uniform(0, 1e7) * rng.choice([0, 1, 1, 1])
+        row = [int(np.ceil(a + c * d)) for c in range(n)]
+        k = next(k for k in range(MAX_STAGE_SHIFT + 1) if fit_progression(row, k) is not None)
+        b, s = fit_progression(row, k)
+        assert s >= 0 and [_ceil_shift(b + c * s, k) for c in range(n)] == row
+        assert all(fit_progression(row, j) is not None for j in range(k, k + 4))
+        if k:
+            assert fit_progression(row, k - 1) is None
+    assert fit_progression([5, 5, 5], 0) == (5, 0)
+    assert fit_progression([-7], 0) == (-7, 0)
+    assert fit_progression([0, 2, 3], 0) is None and fit_progression([0, 2, 3], 1) is not None
+    assert fit_progression([0, 1, 1, 5], MAX_STAGE_SHIFT) is None
+    assert fit_progression([3, 2], MAX_STAGE_SHIFT) is None
+    # Padding: indices after the row reach at least ``never``.
+    b, s = fit_progression([10, 20, 30], 3, padding=4, never=33)
+    assert [_ceil_shift(b + c * s, 3) for c in range(3)] == [10, 20, 30] and _ceil_shift(b + 3 * s, 3) >= 33
+    b, s = fit_progression([10, 20, 30], 3, padding=4, never=41)
+    assert [_ceil_shift(b + c * s, 3) for c in range(3)] == [10, 20, 30] and _ceil_shift(b + 3 * s, 3) == 41
+    assert fit_progression([10, 20, 30], 3, padding=4, never=42) is None
+    b, s = fit_progression([10], 2, padding=2, never=50)
+    assert _ceil_shift(b, 2) == 10 and _ceil_shift(b + s, 2) >= 50
+    assert fit_progression([10, 20, 30], 0, padding=1, never=41) is None
+    assert fit_progression([10, 20, 30], 0, padding=1, never=40) == (10, 10)
+
+
+def _ceil_shift(x: int, k: int) -> int:
+    return -(-x // (1 << k))
 
 
 def test_a_clamped_progression_fits_within_the_bound_only():

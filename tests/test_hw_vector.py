@@ -29,7 +29,7 @@ from hw.delay import delayed  # noqa: E402
 from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
-from hw.progression import fit_progression, progression_bits  # noqa: E402
+from hw.progression import progression_bits  # noqa: E402
 from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, MAXPOOL, POOL,  # noqa: E402
                               POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_PIECE_LATENCY, THRESHOLD_LATENCY, VectorParams,
                               maxpool_bits, pool_progressions, pool_shift, pool_sum_bound)
@@ -858,36 +858,6 @@ def test_pool_arithmetic_fit(name, shift):
         assert step == s and base == b - s and step < 1 << p.pool_step_bits
         assert [ceil_shift(base + (c + 1) * step, shift) for c in range(255)] == row
     assert pool_progressions(node, info[node.input], 8, shift + 3) is not None
-
-
-def test_fit_progression():
-    """Exact fits of rounded progressions, constant rows, padding, and rows that are none."""
-    rng = np.random.default_rng(11)
-    for _ in range(200):
-        n = int(rng.choice([1, 3, 7, 15, 255]))
-        a, d = rng.uniform(-1e9, 1e9), rng.uniform(0, 1e7) * rng.choice([0, 1, 1, 1])
-        row = [int(np.ceil(a + c * d)) for c in range(n)]
-        k = next(k for k in range(MAX_POOL_SHIFT + 1) if fit_progression(row, k) is not None)
-        b, s = fit_progression(row, k)
-        assert s >= 0 and [ceil_shift(b + c * s, k) for c in range(n)] == row
-        assert all(fit_progression(row, j) is not None for j in range(k, k + 4))
-        if k:
-            assert fit_progression(row, k - 1) is None
-    assert fit_progression([5, 5, 5], 0) == (5, 0)
-    assert fit_progression([-7], 0) == (-7, 0)
-    assert fit_progression([0, 2, 3], 0) is None and fit_progression([0, 2, 3], 1) is not None
-    assert fit_progression([0, 1, 1, 5], MAX_POOL_SHIFT) is None
-    assert fit_progression([3, 2], MAX_POOL_SHIFT) is None
-    # Padding: indices after the row reach at least ``never``.
-    b, s = fit_progression([10, 20, 30], 3, padding=4, never=33)
-    assert [ceil_shift(b + c * s, 3) for c in range(3)] == [10, 20, 30] and ceil_shift(b + 3 * s, 3) >= 33
-    b, s = fit_progression([10, 20, 30], 3, padding=4, never=41)
-    assert [ceil_shift(b + c * s, 3) for c in range(3)] == [10, 20, 30] and ceil_shift(b + 3 * s, 3) == 41
-    assert fit_progression([10, 20, 30], 3, padding=4, never=42) is None
-    b, s = fit_progression([10], 2, padding=2, never=50)
-    assert ceil_shift(b, 2) == 10 and ceil_shift(b + s, 2) >= 50
-    assert fit_progression([10, 20, 30], 0, padding=1, never=41) is None
-    assert fit_progression([10, 20, 30], 0, padding=1, never=40) == (10, 10)
 
 
 def narrow_pool_node(spread: bool):
