@@ -307,9 +307,48 @@ def _layer_input(node: fx.Node) -> fx.Node:
     return x
 
 
+_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+_SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+_SOFTMAX_METHODS = {"softmax", "log_softmax"}
+
+
+def _drop_output_softmax(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
+    """Leave out a softmax or log-softmax over dimension 1 (or PyTorch's implicit one, or -1 of (N, features)
+    vectors) that is the network's last operation: the quantized model's output is the logits before it. The
+    training loss (cross-entropy) applies log-softmax itself, so a softmax kept there would be applied twice and
+    train poorly; the top class is the same, and the compiler leaves it out too."""
+    output = next(n for n in graph.nodes if n.op == "output")
+    last = output.args[0]
+    if not isinstance(last, fx.Node) or len(last.users) != 1:
+        return
+    if last.op == "call_module":
+        softmax, dim = isinstance(modules[last.target], _SOFTMAX_MODULES), getattr(modules[last.target], "dim", None)
+    elif last.op == "call_function":
+        softmax, dim = last.target in _SOFTMAX_FUNCTIONS, last.kwargs.get("dim", last.args[1] if len(last.args) > 1
+                                                                           else None)
+    elif last.op == "call_method":
+        softmax, dim = last.target in _SOFTMAX_METHODS, last.kwargs.get("dim", last.args[1] if len(last.args) > 1
+                                                                         else None)
+    else:
+        return
+    source = last.args[0]
+    if softmax and isinstance(source, fx.Node) and (dim in (None, 1) or dim == -1 and _vector(source, modules)):
+        output.replace_input_with(last, source)
+        graph.erase_node(last)
+
+
+def _vector(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` gives (N, features) vectors: a Linear layer's output or a flatten (dimension -1 is then 1)."""
+    if node.op == "call_module":
+        return isinstance(modules[node.target], (nn.Linear, nn.Flatten))
+    return (node.op == "call_function" and node.target is torch.flatten) or \
+        (node.op == "call_method" and node.target in ("view", "reshape", "flatten"))
+
+
 def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     """``model`` traced, with its conv and linear layers made quantizable and activation quantizers
-    inserted where tensors enter them (all identity until a plan configures them).
+    inserted where tensors enter them (all identity until a plan configures them); a softmax on its output is left
+    out (:func:`_drop_output_softmax`: the output is the logits).
 
     ``model``'s Conv2d and Linear modules change class in place (their parameters stay); the
     returned module holds them under the same names. ValueError says what cannot be quantized;
@@ -357,6 +396,7 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                             f"{node.name!r}); use a torch.nn.Conv2d / Linear module so that it can be quantized")
     if problems:
         raise ValueError(f"cannot quantize {name}: " + "; ".join(problems))
+    _drop_output_softmax(graph, modules)
     if not layers:
         raise ValueError(f"cannot quantize {name}: it has no torch.nn.Conv2d or torch.nn.Linear layer "
                          "called in forward")

@@ -130,3 +130,35 @@ def test_an_adaptive_pooling_to_another_size_than_the_maps_is_refused_naming_the
                                           r"supported: only output size 1, or the map's own size \(the identity\), "
                                           r"compiles"):
         compile_model(model, (3, 32, 32))
+
+
+@pytest.mark.parametrize("name, normalize", [("examples/mnist Net (log_softmax)", torch.log_softmax),
+                                             ("Keras-style Sequential, nn.Softmax(dim=-1)", torch.softmax),
+                                             ("ReLU6, view(x.size(0), -1), F.softmax", torch.softmax)])
+def test_training_sees_the_logits_before_a_final_softmax(name, normalize):
+    """lcq train's loss (cross-entropy) applies log-softmax itself: the quantized model leaves a final softmax or
+    log-softmax out (lcq_train.graph), so its output is the logits, which the tutorial's normalization turns into
+    the tutorial model's output; a softmax that is not the last operation stays."""
+    import copy
+
+    factory, shape = LOWERED[name]
+    torch.manual_seed(0)
+    model = factory().eval()
+    original = copy.deepcopy(model)
+    quantized = quantize_model(model, method="fp").eval()
+    x = torch.rand(4, *shape)
+    with torch.no_grad():
+        logits, expected = quantized(x), original(x)
+    assert torch.allclose(normalize(logits, 1), expected, atol=1e-6)
+    assert not torch.allclose(logits, expected, atol=1e-3)
+
+    class Inner(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(8, 8), nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.fc2(F.softmax(self.fc1(x), dim=1))
+
+    inner = quantize_model(Inner(), method="fp")
+    assert any(n.target is F.softmax for n in inner.graph.nodes)
