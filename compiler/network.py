@@ -20,9 +20,10 @@ data memories:
 
 A channel concatenation has no step: its tensor is one region of the code memory, and each part is
 placed inside it, at the word of its first channel, so the step that writes a part writes it into the
-concatenation (``within``: the concatenation whose region holds a part). On the chip each part
-therefore starts a word: every part but the last has a multiple of ``lanes`` channels (and, with
-``align`` 2, starts at an even word), else :class:`NetworkPlanError` names the part and the lanes that fit.
+concatenation (``within``: the concatenation whose region holds a part). A part starts a word (its first
+channel a multiple of ``lanes``; with ``align`` 2 at an even word), or inside one (``lane``: its first
+channel's) where a conv writes it, from that lane on, and only its concatenation reads it (readers take a
+tensor from lane 0 of its words); else :class:`NetworkPlanError` names the part and the lanes that fit.
 
 Steps (``kind`` is the node's ``op``): ``input`` (pixels -> input table ->
 codes), ``conv`` (codes -> codes with a thresholds stage, else values),
@@ -68,7 +69,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConcatNode, ConvNode, InputNode, MaxPoolNode,
-                    PoolNode, Requantize, Thresholds, node_where, signed_bits)
+                    PoolNode, Requantize, Thresholds, node_inputs, node_where, signed_bits)
 
 # Largest number of code lanes (the PE array's rows); the same limit as hw.engine_params.MAX_ARRAY,
 # stated here because the compiler does not import the hardware package.
@@ -126,7 +127,9 @@ class TensorPlan:
     width ``bits``, ``words`` of its memory from ``base``, alive from step ``first`` to ``last``
     (inclusive), ``role`` (its logical buffer, :data:`ROLES`), for values ``bound`` (largest |x|), and
     for an addition's sum ``in_place``: the operand whose region it overwrites (or None); for a part of a
-    concatenation ``within``: the concatenation, whose region holds it (or None). A conv's
+    concatenation ``within``: the concatenation, whose region holds it (or None), and ``lane``: the lane of its
+    first channel in its first word (0 but for a part that starts inside a word: its channel ``ch`` is where
+    channel ``lane + ch`` of a tensor at ``base`` would be, :func:`code_address`). A conv's
     values that a fused addition consumes are not ``stored`` (no region; ``base`` is the sum's)."""
 
     name: str
@@ -142,6 +145,7 @@ class TensorPlan:
     in_place: str | None = None
     within: str | None = None
     stored: bool = True
+    lane: int = 0
 
     @property
     def end(self) -> int:
@@ -157,7 +161,7 @@ class TensorPlan:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "role": self.role, "shape": list(self.shape), "bits": self.bits,
                 "bound": self.bound, "words": self.words, "base": self.base, "first": self.first, "last": self.last,
-                "in_place": self.in_place, "within": self.within, "stored": self.stored}
+                "in_place": self.in_place, "within": self.within, "stored": self.stored, "lane": self.lane}
 
 
 @dataclass
@@ -247,10 +251,11 @@ def value_words(shape: tuple[int, int, int]) -> int:
     return c * h * w
 
 
-def code_address(base: int, shape: tuple[int, int, int], lanes: int, ch: int, y: int, x: int) -> tuple[int, int]:
-    """(word, lane) of code ``[ch, y, x]`` of a codes tensor at ``base``."""
+def code_address(base: int, shape: tuple[int, int, int], lanes: int, ch: int, y: int, x: int,
+                 lane: int = 0) -> tuple[int, int]:
+    """(word, lane) of code ``[ch, y, x]`` of a codes tensor at ``base`` whose first channel is at ``lane``."""
     _, h, w = shape
-    return base + (ch // lanes) * h * w + y * w + x, ch % lanes
+    return base + ((lane + ch) // lanes) * h * w + y * w + x, (lane + ch) % lanes
 
 
 def value_address(base: int, shape: tuple[int, int, int], ch: int, y: int, x: int) -> int:
@@ -382,11 +387,12 @@ def allocate_regions(tensors: list[TensorPlan], offsets: dict[str, tuple[str, in
 
 
 def concat_offsets(model: CompiledModel, tensors: dict[str, TensorPlan], lanes: int,
-                   align: int) -> dict[str, tuple[str, int]]:
-    """``{part: (concatenation, words)}``: where each part of each concatenation of ``model`` starts in the
-    concatenation's region (its first channel's word; ``tensors`` planned, ``lanes`` codes a word, every base a
-    multiple of ``align``). :class:`NetworkPlanError` where a part does not start a word, or is a part twice."""
-    offsets: dict[str, tuple[str, int]] = {}
+                   align: int) -> dict[str, tuple[str, int, int]]:
+    """``{part: (concatenation, words, lane)}``: where each part of each concatenation of ``model`` starts in the
+    concatenation's region (its first channel's word and lane; ``tensors`` planned, ``lanes`` codes a word, every
+    base a multiple of ``align``). :class:`NetworkPlanError` where a part starts inside a word and is not
+    :func:`lane_startable`, starts at a word not a multiple of ``align``, or is a part twice."""
+    offsets: dict[str, tuple[str, int, int]] = {}
     for i, node in enumerate(model.nodes):
         if not isinstance(node, ConcatNode):
             continue
@@ -396,18 +402,29 @@ def concat_offsets(model: CompiledModel, tensors: dict[str, TensorPlan], lanes: 
             if part in offsets:
                 raise NetworkPlanError(where, f"joins {part!r}, a part of {offsets[part][0]!r} already: a tensor is "
                                               "placed in one concatenation")
-            if channels % lanes or (channels // lanes * h * w) % align:
+            inside = channels % lanes != 0 and not lane_startable(model, part)
+            if inside or (channels // lanes * h * w) % align:
                 fit = [n for n in range(1, MAX_LANES + 1) if all(sum(tensors[p].shape[0] for p in node.inputs[:j])
                                                                  % n == 0 for j in range(1, len(node.inputs)))]
                 raise NetworkPlanError(where, f"part {k} ({part!r}) starts at channel {channels}, inside a word of "
                                        f"{lanes} codes" + (" (at an odd word: positions are written in pairs)"
-                                                           if channels % lanes == 0 else "")
-                                       + f"; on the chip each part starts a word: build with rows (code lanes) "
-                                       f"dividing every part's first channel ({', '.join(map(str, fit[-4:]))} "
-                                       "would), or give the parts multiples of the rows as channels")
-            offsets[part] = (node.output, channels // lanes * h * w)
+                                                           if not inside else "")
+                                       + "; on the chip a part starts a word, but for one that a conv writes and "
+                                       "only its concatenation reads: build with rows (code lanes) dividing every "
+                                       f"part's first channel ({', '.join(map(str, fit[-4:]))} would), or give the "
+                                       "parts multiples of the rows as channels")
+            offsets[part] = (node.output, channels // lanes * h * w, channels % lanes)
             channels += tensors[part].shape[0]
     return offsets
+
+
+def lane_startable(model: CompiledModel, part: str) -> bool:
+    """Whether concatenation part ``part`` of ``model`` may start inside a code-memory word: a conv writes it (its
+    write-back starts at any lane, register ``dst_lane``) and nothing but concatenations reads it (a step reads a
+    tensor from lane 0 of its words)."""
+    writer = next(n for n in model.nodes if n.output == part)
+    readers = [n for n in model.nodes if part in node_inputs(n)]
+    return isinstance(writer, ConvNode) and all(isinstance(n, ConcatNode) for n in readers)
 
 
 def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
@@ -501,8 +518,10 @@ def plan_network(model: CompiledModel, lanes: int = 1, align: int = 1) -> Networ
             if dying:
                 total.in_place = dying[0].name
     offsets = {t.name: (t.in_place, 0) for t in tensors.values() if t.in_place is not None}
-    for part, (concat, words) in concat_offsets(model, tensors, lanes, align).items():
-        tensors[part].within, offsets[part] = concat, (concat, words)
+    for part, (concat, words, lane) in concat_offsets(model, tensors, lanes, align).items():
+        t = tensors[part]
+        t.within, t.lane, offsets[part] = concat, lane, (concat, words)
+        t.words = code_words((t.shape[0] + lane, *t.shape[1:]), lanes)      # its words, from its first lane on
     for memory in MEMORIES:
         held = [t for t in tensors.values() if t.kind == memory and t.stored]
         depth = allocate_regions(held, offsets, align)

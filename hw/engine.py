@@ -103,8 +103,8 @@ from .banked import banked_buffer
 from .code_buffer import code_buffer
 from .column_memory import value_read_latency
 from .delay import delayed, delays, late_write, own, reset_less_data
-from .engine_params import (ACTS, CONFIG, NETWORK_REGISTERS, REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH,
-                            STAGE_REQUANTIZE_RELU, TABLE, WEIGHTS, WIDE_WEIGHTS, EngineParams)
+from .engine_params import (ACTS, CONFIG, REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, STAGE_REQUANTIZE_RELU, TABLE,
+                            WEIGHTS, WIDE_WEIGHTS, EngineParams, network_registers)
 from .engine_signature import EngineSignature, network_signature
 from .fsm_encoding import one_hot
 from .memories import slow_block_ram
@@ -234,7 +234,7 @@ class LayerEngine(wiring.Component):
     @property
     def registers(self) -> tuple[str, ...]:
         """The configuration registers, in the order of their ``CONFIG`` load addresses."""
-        return NETWORK_REGISTERS if self.network else REGISTERS
+        return network_registers(self.params) if self.network else REGISTERS
 
     def elaborate(self, platform):
         """The engine, part by part: configuration registers and loads, activation and weights buffers; the

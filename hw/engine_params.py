@@ -72,6 +72,9 @@ REGISTERS = ("stage", "in_h", "in_w", "out_h", "out_w", "kernel", "stride", "pad
 NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", "wide_weights", "dst_add",
                                  "band_rows", "band_positions", "band_in_rows", "band_step", "act_fuse", "act_dst",
                                  "act_slot", "tile_step", "identity_levels", "acc_units", "tile_cols")
+# After those, in engines with ``lane_starts``: ``dst_lane``, the lane of the first output channel's code in its
+# word (:func:`network_registers`).
+LANE_REGISTERS = ("dst_lane",)
 # The registers of a layer's geometry (its sides, kernel, stride, padding, and its bands' rows): signed
 # ``dim_bits`` wide (:attr:`EngineParams.dim_bits`), as are the engine's counters of rows, columns and
 # kernel taps; every other register is ``reg_bits`` wide.
@@ -131,6 +134,9 @@ class EngineParams:
     - ``fused_adds``, ``fused_activations`` (network engines): the write-back's hardware for residual
       additions and activations fused into a conv (registers ``dst_add``, ``act_fuse``); false where no step
       of the model's program fuses one.
+    - ``lane_starts`` (network engines): a conv's codes may start at any lane of their first word (register
+      ``dst_lane``, :data:`LANE_REGISTERS`): a concatenation's part inside a word
+      (:func:`compiler.network.lane_startable`); false where no part of the model's plan does.
     - ``max_side``: the largest side (input or output height or width), kernel, stride or padding of any
       layer (:func:`layer_side`): the geometry registers and counters are sized by it (:attr:`dim_bits`);
       0: as wide as the address registers (``reg_bits``).
@@ -167,6 +173,7 @@ class EngineParams:
     max_side: int = 0
     fused_adds: bool = True
     fused_activations: bool = True
+    lane_starts: bool = False
     multiply_cols: int = 0
     progression: ProgressionShape | None = None
 
@@ -190,7 +197,8 @@ class EngineParams:
                 not 0 <= self.wide_depth <= 1 << 24 or (self.wide_depth and not self.multiply):
             raise ValueError(f"wide_depth must be 0, or an integer in 1..{1 << 24} for an engine that multiplies, "
                              f"got {self.wide_depth!r}")
-        for name in ("skip_groups", "write_pairs", "identity_tables", "fused_adds", "fused_activations"):
+        for name in ("skip_groups", "write_pairs", "identity_tables", "fused_adds", "fused_activations",
+                     "lane_starts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         check_multiply_cols(self.multiply_cols, self.cols, self.multiply)
@@ -344,7 +352,7 @@ class EngineParams:
     def addr_bits(self) -> int:
         """Address width of a load beat: the deepest target's (registers, buffers, tables, stage words in
         pieces)."""
-        depths = [len(NETWORK_REGISTERS), self.act_depth, self.weight_depth, self.wide_depth, self.table_depth,
+        depths = [len(network_registers(self)), self.act_depth, self.weight_depth, self.wide_depth, self.table_depth,
                   self.stage_depth << self.col_bits << self.stage_piece_index_bits]
         return max(d - 1 for d in depths).bit_length()
 
@@ -407,12 +415,12 @@ class EngineParams:
         a ``d`` without ``product_bits`` (written before products were sized) means 15, a requantize
         shape without ``relu`` (written before the stage had one) and one without ``skip_groups``,
         ``write_pairs`` or ``identity_tables`` mean False, without ``max_side`` 0, without ``fused_adds`` or
-        ``fused_activations`` True, without ``multiply_cols`` 0, without ``progression`` None: what those engines
-        were built with."""
+        ``fused_activations`` True, without ``multiply_cols`` 0, without ``progression`` None, without
+        ``lane_starts`` False: what those engines were built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
-        for flag in ("skip_groups", "write_pairs", "identity_tables"):
+        for flag in ("skip_groups", "write_pairs", "identity_tables", "lane_starts"):
             if isinstance(d, dict) and flag not in d:
                 d = {**d, flag: False}
         if isinstance(d, dict) and "max_side" not in d:
@@ -517,6 +525,12 @@ class EngineParams:
             act_depth=max(x["act"] for x in need), weight_depth=weight_depth,
             table_depth=max(1, total(x["table"] for x in need)), stage_depth=total(x["stage"] for x in need),
             pos_depth=max(x["positions"] for x in need), out_depth=max(x["out"] for x in need))
+
+
+def network_registers(params: EngineParams) -> tuple[str, ...]:
+    """The configuration registers of a network engine of ``params``, in the order of their ``CONFIG`` addresses:
+    :data:`NETWORK_REGISTERS`, then :data:`LANE_REGISTERS` with ``lane_starts``."""
+    return NETWORK_REGISTERS + (LANE_REGISTERS if params.lane_starts else ())
 
 
 def progression_shape(nodes: list[ConvNode]) -> tuple[ProgressionShape | None, list[Thresholds]]:

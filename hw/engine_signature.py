@@ -70,7 +70,7 @@ def network_signature(params: EngineParams, reg_bits: int, value_bits: int) -> w
     """The engine's ports in network mode (``LayerEngine(..., value_depth=N)``), as the engine sees them.
 
     - ``load``, ``start``, ``busy``: as :class:`EngineSignature` (``load`` also writes the
-      :data:`~hw.engine_params.NETWORK_REGISTERS`).
+      registers of :func:`~hw.engine_params.network_registers`).
     - ``code_write`` (in, used only while idle): ``en`` (one bit per lane), ``addr``, ``data``
       (``rows`` lanes of ``abits``) write the chosen lanes of one activation-buffer word.
     - ``val_write`` (out): ``en`` (one bit per half), ``addr`` (``reg_bits``), ``data`` (``halves``

@@ -37,7 +37,8 @@ from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, NetworkPlanError, plan_network
 
 from .bands import band_rows, network_layer_cycles, ring_depth
-from .engine_params import NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, WIDE_WEIGHTS, EngineParams, spram_blocks
+from .engine_params import (LANE_REGISTERS, NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, WIDE_WEIGHTS, EngineParams,
+                            spram_blocks)
 from .memories import memory_bits
 from .protocol import BUILD_BITS, LinkMode, whole_bytes
 from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
@@ -204,7 +205,8 @@ class NetworkParams:
             plan = network_plan(model, engine)
         engine = replace(engine, act_depth=plan.memories["codes"].depth, out_depth=ring_depth(engine, model.convs),
                          fused_adds=any(step.fused_add for step in plan.steps),
-                         fused_activations=any(step.fused_activate for step in plan.steps))
+                         fused_activations=any(step.fused_activate for step in plan.steps),
+                         lane_starts=lane_starts(plan))
         values = plan.memories["values"]
         image = plan.tensors[model.input.output]
         vector = VectorParams.for_model(model, lanes=rows, lane_bits=engine.abits, value_bits=values.width,
@@ -234,14 +236,22 @@ def build_digest(params: EngineParams | NetworkParams) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:whole_bytes(BUILD_BITS)], "big")
 
 
+def lane_starts(plan: NetworkPlan) -> bool:
+    """Whether a tensor of ``plan`` starts inside a code-memory word (a concatenation's part that a conv writes):
+    the engine then needs register ``dst_lane`` (``EngineParams.lane_starts``)."""
+    return any(t.lane for t in plan.tensors.values())
+
+
 def program_length(plan: NetworkPlan) -> int:
     """Words of the program of ``plan``'s steps: every step after the input writes its registers
-    (a max- or average-pool step the window's too), then runs; OUTPUT writes the op registers too; END
-    closes (:func:`hw.network_program.program_words`)."""
+    (a max- or average-pool step the window's too; a conv step ``dst_lane`` too where a part starts inside a word,
+    :func:`lane_starts`), then runs; OUTPUT writes the op registers too; END closes
+    (:func:`hw.network_program.program_words`)."""
     convs = sum(step.kind == "conv" for step in plan.steps)
     maxpools = sum(step.kind in ("maxpool", "avgpool") for step in plan.steps)
     vector_steps = len(plan.steps) - 1 - convs
-    return (convs * (len(NETWORK_REGISTERS) + 1) + (vector_steps + 1) * (len(OP_REGISTERS) + 1)
+    registers = len(NETWORK_REGISTERS) + len(LANE_REGISTERS) * lane_starts(plan)
+    return (convs * (registers + 1) + (vector_steps + 1) * (len(OP_REGISTERS) + 1)
             + maxpools * len(MAXPOOL_REGISTERS) + 1)
 
 

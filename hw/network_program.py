@@ -15,8 +15,8 @@ from compiler import reference
 from compiler.graph import AddNode, CompiledModel, ConvNode, InputNode, Thresholds
 
 from .bands import band_registers
-from .engine_params import (CONFIG, NETWORK_REGISTERS, STAGE_REQUANTIZE_RELU, EngineParams, group_span,
-                            identity_levels)
+from .engine_params import (CONFIG, STAGE_REQUANTIZE_RELU, EngineParams, group_span, identity_levels,
+                            network_registers)
 from .network_params import (ENGINE_REG, END, IMAGE, INPUT_TABLE, OP_BITS, OPERANDS, OUTPUT, PROGRAM,
                              REG_FIELD_BITS, RUN_ENGINE, RUN_VECTOR, VECTOR_BASE, VECTOR_REG, NetworkParams,
                              network_plan, program_length)
@@ -82,9 +82,11 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
                           tile_step=tile_step(params.engine, node),
                           identity_levels=int(params.engine.identity_tables and identity_levels(node)),
                           tile_cols=params.engine.layer_cols(node),
+                          dst_lane=plan.tensors[step.output].lane if isinstance(node.stage, Thresholds) else 0,
                           **band_registers(params.engine, node))
             check_registers(params.engine, values)
-            words += [instruction(params, ENGINE_REG, i, values[name]) for i, name in enumerate(NETWORK_REGISTERS)]
+            words += [instruction(params, ENGINE_REG, i, values[name])
+                      for i, name in enumerate(network_registers(params.engine))]
             words.append(instruction(params, RUN_ENGINE))
         else:
             first = node.inputs[0] if hasattr(node, "inputs") else node.input
@@ -145,11 +147,10 @@ def read_tensor(params: NetworkParams, tensor, code_word, value_word) -> np.ndar
     positions, lanes, bits = h * w, params.engine.rows, params.engine.abits
     out = np.zeros((c, positions), dtype=np.int64)
     if tensor.kind == "codes":
-        for group in range((c + lanes - 1) // lanes):
+        for ch in range(c):
+            group, lane = divmod(tensor.lane + ch, lanes)
             for p in range(positions):
-                word = int(code_word(tensor.base + group * positions + p))
-                for lane in range(min(lanes, c - group * lanes)):
-                    out[group * lanes + lane, p] = word >> (lane * bits) & ((1 << bits) - 1)
+                out[ch, p] = int(code_word(tensor.base + group * positions + p)) >> (lane * bits) & ((1 << bits) - 1)
     else:
         top = params.value_bits
         for ch in range(c):

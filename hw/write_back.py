@@ -15,7 +15,8 @@ DEST_COUNTERS = ("channel", "value_base", "code_base", "lane")
 
 def destination_counters(params, data_addr_bits):
     """The destination of the output being fed (channel, value-memory address of its position 0, activation-buffer
-    word of its lane group, lane: :data:`DEST_COUNTERS`), and of the channel tile's first (``tile_``), by name:
+    word of its lane group, lane: :data:`DEST_COUNTERS`; a layer's first channel at lane ``dst_lane`` of its first
+    word where ``lane_starts``, else 0), and of the channel tile's first (``tile_``), by name:
     signed registers, the addresses ``data_addr_bits`` wide (:attr:`hw.engine.LayerEngine.data_addr_bits`)."""
     p = params
     R = p.rows
@@ -87,7 +88,8 @@ def writer(m, params, cfg, last, dest, start, tile_issued, writer_done, unit_wri
             with m.If(start):
                 m.d.sync += [ahead.eq(0), channel_tiles_written.eq(0), band_pos.eq(0), read_pos.eq(0),
                              read_slot.eq(cfg["stage_base"]), dest["tile_channel"].eq(0),
-                             dest["tile_lane"].eq(0), dest["tile_value_base"].eq(cfg["dst_base"]),
+                             dest["tile_lane"].eq(cfg["dst_lane"] if p.lane_starts else 0),
+                             dest["tile_value_base"].eq(cfg["dst_base"]),
                              dest["tile_code_base"].eq(Mux(cfg["act_fuse"][0], cfg["act_dst"], cfg["dst_base"]))]
                 m.next = "WAIT"
         with m.State("WAIT"):

@@ -269,13 +269,36 @@ def test_each_part_is_placed_at_its_first_channels_word_of_the_concatenation(squ
         assert whole.first == min(plan.tensors[p].first for p in node.inputs) and whole.last > whole.first
 
 
-def test_a_part_that_would_start_inside_a_word_is_refused_naming_the_rows_that_fit(squeeze):
+class SharedPartLast(SharedPart):
+    """SharedPart joining its parts the other way round: the block's input, which conv2 reads too, comes second."""
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        z = torch.relu(self.bn2(self.conv2(y)))
+        return self.fc(torch.relu(self.conv3(F.relu6(torch.cat((z, y), 1)))).mean((2, 3)))
+
+
+def test_a_part_a_conv_writes_starts_inside_a_word(squeeze):
+    """At 16 lanes the fire modules' second parts start at channel 8: their convs write them from lane 8 of the
+    join's words on (TensorPlan.lane, register dst_lane)."""
     _, compiled = squeeze
-    with pytest.raises(NetworkPlanError, match=r"concat 'fire1\.cat'\): part 1 .* starts at channel 8, inside a "
-                                               r"word of 16 codes; on the chip each part starts a word: build with "
-                                               r"rows \(code lanes\) dividing every part's first channel \(1, 2, 4, 8 "
-                                               r"would\)"):
-        plan_network(compiled, lanes=16)
+    plan = plan_network(compiled, lanes=16)
+    first, _ = _concats(compiled)
+    whole, part = plan.tensors[first.output], plan.tensors[first.inputs[1]]
+    assert (part.within, part.base, part.lane) == (first.output, whole.base, 8)
+    assert plan.tensors[first.inputs[0]].lane == 0
+
+
+def test_a_part_another_layer_reads_is_refused_inside_a_word_naming_the_rows_that_fit():
+    """SharedPartLast's second part (the block's input, 4 channels after 6) is read by conv2 as well, which takes a
+    tensor from lane 0 of its words: at 4 lanes it would start at lane 2."""
+    compiled = compile_model(_quantized(SharedPartLast()), (1, 8, 8))
+    assert plan_network(compiled, lanes=2)
+    with pytest.raises(NetworkPlanError, match=r"part 1 .* starts at channel 6, inside a word of 4 codes; on the chip "
+                                               r"a part starts a word, but for one that a conv writes and only its "
+                                               r"concatenation reads: build with rows \(code lanes\) dividing every "
+                                               r"part's first channel \(1, 2, 3, 6 would\)"):
+        plan_network(compiled, lanes=4)
 
 
 def test_pairs_are_written_only_where_every_part_starts_at_an_even_word():
@@ -301,6 +324,28 @@ class _PooledParts(nn.Module):
     def forward(self, x):
         x = torch.relu(self.stem(x))
         return self.fc(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1).mean((2, 3)))
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("net", [SharedPart, SizedJoin])
+def test_parts_that_start_inside_a_word_run_bit_exact_in_verilator(net, tmp_path, capsys):
+    """On a 3 x 3 core the second part of SharedPart and of SizedJoin starts at channel 4, lane 1 of a word (the
+    join then max pooled and flattened into a linear layer): its conv writes it from that lane on; every step's
+    tensor, each part's codes and the logits equal the integer reference in Verilator."""
+    reason = unavailable_reason("verilator")
+    if reason is not None:
+        pytest.skip(f"verilator simulation skipped: {reason}")
+    compiled = compile_model(_quantized(net(), seed=1), (1, 8, 8))
+    assert any(t.lane for t in plan_network(compiled, lanes=3).tensors.values())
+    # the engine has register dst_lane only where a part starts inside a word
+    assert NetworkParams.for_model(compiled, 3, 3).engine.lane_starts
+    assert not NetworkParams.for_model(compiled, 2, 2).engine.lane_starts
+    save(compiled, tmp_path / "m.lcq")
+    capsys.readouterr()
+    assert main(["sim", str(tmp_path / "m.lcq"), "--random", "--images", "2", "--simulator", "verilator",
+                 "--rows", "3", "--cols", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["mismatches"] == 0 and result["images"] == 2
 
 
 @pytest.mark.sim

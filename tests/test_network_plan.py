@@ -206,18 +206,22 @@ def node_inputs(node) -> list[str]:
         else [node.input]
 
 
-def part_offsets(model: CompiledModel, lanes: int, align: int = 1) -> dict[str, tuple[str, int]] | None:
-    """{part: (its concatenation, the word of its first channel there)}, or None where a part would start inside a
-    word of ``lanes`` codes (or at an odd word with ``align`` 2), which the chip cannot place."""
+def part_offsets(model: CompiledModel, lanes: int, align: int = 1) -> dict[str, tuple[str, int, int]] | None:
+    """{part: (its concatenation, the word of its first channel there, that channel's lane)}, or None where a part
+    would start inside a word of ``lanes`` codes and is not written by a conv and read by its concatenation only
+    (or would start at an odd word with ``align`` 2), which the chip cannot place."""
     info, out = model.validate(arrays=False), {}
     for n in model.nodes:
         if isinstance(n, ConcatNode):
             first = 0
             for part in n.inputs:
                 _, h, w = info[part].shape
-                if first % lanes or (first // lanes * h * w) % align:
+                writer = next(m for m in model.nodes if m.output == part)
+                readers = [m for m in model.nodes if part in node_inputs(m)]
+                conv_only = isinstance(writer, ConvNode) and all(isinstance(m, ConcatNode) for m in readers)
+                if (first % lanes and not conv_only) or (first // lanes * h * w) % align:
                     return None
-                out[part] = (n.output, first // lanes * h * w)
+                out[part] = (n.output, first // lanes * h * w, first % lanes)
                 first += info[part].shape[0]
     return out
 
@@ -299,20 +303,21 @@ def check_plan(model: CompiledModel, plan) -> None:
     def holders(name):                          # (holder, words from its base) of every region holding ``name``
         out, words = {}, 0
         while name in offsets:
-            name, w = offsets[name]
+            name, w, _ = offsets[name]
             words += w
             out[name] = words
         return out
 
     for name, t in plan.tensors.items():
-        assert t.within == offsets.get(name, (None,))[0]
+        assert (t.within, t.lane) == offsets.get(name, (None, 0, 0))[::2]
         c, h, w = info[name].shape
         assert (t.first, t.last) == live[name] and t.shape == (c, h, w)
         assert t.stored == (name not in fused.values())
         if info[name].bits is None:
             assert t.kind == "values" and t.words == c * h * w and t.bits == signed_bits(info[name].bound)
         else:
-            assert t.kind == "codes" and t.words == math.ceil(c / lanes) * h * w and t.bits == info[name].bits
+            assert t.kind == "codes" and t.bits == info[name].bits
+            assert t.words == math.ceil((t.lane + c) / lanes) * h * w
         assert 0 <= t.base and t.base + t.words <= plan.memories[t.kind].depth
     for memory in ("codes", "values"):
         bits = max(t.bits for t in plan.tensors.values() if t.kind == memory)
@@ -328,6 +333,10 @@ def check_plan(model: CompiledModel, plan) -> None:
                 elif b.name in holders(a.name) or a.name in holders(b.name):      # a part in its concatenation
                     part, whole = (a, b) if b.name in holders(a.name) else (b, a)
                     assert part.base == whole.base + holders(part.name)[whole.name] and part.end <= whole.end
+                elif a.within is not None and a.within == b.within:      # parts of one concatenation: its channels
+                    first = {t.name: (t.base - plan.tensors[t.within].base) // (t.shape[1] * t.shape[2]) * lanes
+                             + t.lane for t in (a, b)}
+                    assert first[a.name] + a.shape[0] <= first[b.name] or first[b.name] + b.shape[0] <= first[a.name]
                 elif la[0] <= lb[1] and lb[0] <= la[1]:     # alive at one step
                     assert a.base + a.words <= b.base or b.base + b.words <= a.base, (memory, a, b)
         def alive(t, s):
@@ -431,7 +440,7 @@ def test_random_graphs_keep_every_rule():
         kept += sum(n.op == "activate" for n in model.nodes) - len(fusable_activations(model, adds))
         for lanes in (1, rnd.randint(2, 9)):
             if part_offsets(model, lanes) is None:
-                with pytest.raises(NetworkPlanError, match="on the chip each part starts a word"):
+                with pytest.raises(NetworkPlanError, match="on the chip a part starts a word"):
                     plan_network(model, lanes)
                 refused += 1
             else:
@@ -439,6 +448,32 @@ def test_random_graphs_keep_every_rule():
                 joined += sum(n.op == "concat" for n in model.nodes)
     assert kinds == {"input", "conv", "activate", "add", "pool", "maxpool", "concat"} and fused >= 80
     assert activations >= 40 and kept >= 20 and joined >= 100 and refused >= 50, (activations, kept, joined, refused)
+
+
+def test_random_parts_that_a_conv_writes_start_inside_words():
+    """Random graphs whose concatenations join a part that a conv writes and only the concatenation reads, planned
+    with lanes that put its first channel inside a word: every rule kept (the part's lane and words too)."""
+    rnd, planned = random.Random(5), 0
+    for _ in range(3000):
+        model = random_model(rnd)
+        info = model.validate(arrays=False)
+        for n in (n for n in model.nodes if isinstance(n, ConcatNode)):
+            first = [sum(info[p].shape[0] for p in n.inputs[:k]) for k in range(1, len(n.inputs))]
+            for start, part in zip(first, n.inputs[1:]):
+                writer = next(m for m in model.nodes if m.output == part)
+                if not isinstance(writer, ConvNode) or any(part in node_inputs(m) for m in model.nodes
+                                                           if not isinstance(m, ConcatNode)):
+                    continue
+                lanes = next((k for k in range(2, 10) if start % k), None)
+                if lanes is None or part_offsets(model, lanes) is None:
+                    continue
+                plan = plan_network(model, lanes)
+                check_plan(model, plan)
+                assert plan.tensors[part].lane == start % lanes
+                planned += 1
+        if planned >= 12:
+            break
+    assert planned >= 12
 
 
 # --------------------------------------------------------------------------- refusals
