@@ -534,24 +534,30 @@ def test_fused_additions_and_activations_in_the_ecp5_form(write_pairs, ecp5_form
         assert cycles == network_layer_cycles(params.engine, node, band_rows(params.engine, node), latency), step.name
 
 
-# The ECP5's form by default (~25 s); simulation's, which the Verilator run of tests/test_compile_flatten.py covers
-# but for the cycles, with -m slow
+# The ECP5's form by default; simulation's, which the Verilator runs of tests/test_compile_flatten.py cover but for
+# the cycles, with -m slow
 @pytest.mark.parametrize("form", ["ecp5", pytest.param("simulation", marks=pytest.mark.slow)])
 def test_searched_8_bit_codes_on_the_core(form, request):
-    """LeNet's fc1 writes the 8-bit codes fc2 reads through the thresholds unit's search (hw.progression), its
-    conv layers' 3-bit codes through the listed thresholds of the same unit, in simulation's form and in the ECP5's
-    (registered words and inputs, the value a cycle after its channel): every tensor exact, every layer's cycles
-    as the model states with the search's ``code_bits`` cycles in the stage."""
-    from compiler.lower import compile_model
+    """An MLP on the 8 x 8 image (64 -> 32 -> 24 -> 10): fc2 writes the 8-bit codes fc3 reads through the threshold
+    unit's search (hw.progression), fc1 its 3-bit codes through the listed thresholds of the same unit, in
+    simulation's form and in the ECP5's (registered words and inputs, the value a cycle after its channel): every
+    tensor exact, every layer's cycles as the model states with the search's ``code_bits`` cycles in the stage."""
+    import torch
 
-    from test_compile_flatten import _lenet
+    from compiler.lower import compile_model
+    from lcq_train.plan import quantize_model
+
+    from helpers import randomize
+    from test_compile_flatten import MLP
 
     if form == "ecp5":
         request.getfixturevalue("ecp5_form")
-    model = compile_model(_lenet(), (1, 8, 8))
+    torch.manual_seed(0)
+    model = compile_model(randomize(quantize_model(MLP(), method="lcq", wbits=3, abits=3), seed=0), (1, 8, 8))
     params = NetworkParams.for_model(model, 2, 2)
     assert params.engine.progression is not None and params.engine.table_code_bits == 3
-    images = np.random.default_rng(7).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
-    (result,) = simulate_network(model, params, images)
-    check_against_reference(model, images, [result])
-    check_layer_cycles(model, params, result)
+    images = np.random.default_rng(7).integers(0, 256, (2, *model.input.shape), dtype=np.uint8)
+    results = simulate_network(model, params, images)
+    check_against_reference(model, images, results)
+    for result in results:
+        check_layer_cycles(model, params, result)
