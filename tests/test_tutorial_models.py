@@ -15,6 +15,7 @@ from compiler.agreement import compare
 from compiler.capture import Unsupported
 from compiler.lower import compile_model
 from compiler.reference import run
+from lcq_train.factory import build_user_model
 from lcq_train.plan import quantize_model
 
 from helpers import images, randomize
@@ -162,3 +163,12 @@ def test_training_sees_the_logits_before_a_final_softmax(name, normalize):
 
     inner = quantize_model(Inner(), method="fp")
     assert any(n.target is F.softmax for n in inner.graph.nodes)
+
+
+@pytest.mark.parametrize("shape, classes", [(CIFAR, 10), (BLITZ, 4)])
+def test_the_cifar10_tutorial_net_is_a_factory_that_lcq_train_can_build(shape, classes):
+    ref = f"{Path(__file__).parent / 'data' / 'tutorial_models.py'}:tutorial_net"
+    net = build_user_model(ref, shape, classes)
+    assert type(net).__name__ == "Net"
+    assert (net.conv1.in_channels, net.fc3.out_features) == (shape[0], classes)
+    assert [tuple(p.shape) for p in net.parameters()][2:-2] == [tuple(p.shape) for p in tm.Net().parameters()][2:-2]

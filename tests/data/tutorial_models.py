@@ -28,6 +28,17 @@ class Net(nn.Module):
         return x
 
 
+def tutorial_net(num_classes=10, in_channels=3):
+    """The tutorial's ``Net`` for ``lcq train --model tests/data/tutorial_models.py:tutorial_net``: as written for
+    CIFAR-10 (3 channels, 10 classes); another dataset's channels and classes resize only conv1 and fc3."""
+    net = Net()
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 6, 5)
+    if num_classes != 10:
+        net.fc3 = nn.Linear(84, num_classes)
+    return net
+
+
 # The same tutorial before torch.flatten (2017-2020 versions, and most copies of it).
 class NetView(Net):
     def forward(self, x):
