@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lcq_train.graph import describe, location, trace_or_explain
+from lcq_train.graph import SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX_MODULES, describe, location, trace_or_explain
 from lcq_train.layers import QAct, QConv2d, QLinear
 
 from .graph import MAX_KERNEL
@@ -115,9 +115,6 @@ _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_}
 _ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
-_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
-_SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
-_SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
 
 @dataclass(frozen=True)
@@ -289,7 +286,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("maxpool")                    # the global maximum: a window as large as the map
         if isinstance(m, _IDENTITY_MODULES):
             return Op("identity")
-        if type(m) in _SOFTMAX_MODULES:
+        if type(m) in SOFTMAX_MODULES:
             return Op("softmax", dim=m.dim)
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             raise Unsupported(model, node, "is not quantized (quantize the model with lcq_train.quantize_model)")
@@ -342,7 +339,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return _add(node, model)
         if f in _CAT_FUNCTIONS:
             return _cat(node, model)
-        if f in _SOFTMAX_FUNCTIONS:
+        if f in SOFTMAX_FUNCTIONS:
             return Op("softmax", dim=_arg(node, 1, "dim"))
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
@@ -360,7 +357,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("identity")           # a memory layout: the same values
         if node.target in ("add", "add_"):
             return _add(node, model)
-        if node.target in _SOFTMAX_METHODS:
+        if node.target in SOFTMAX_METHODS:
             return Op("softmax", dim=_arg(node, 1, "dim"))
     if _on_image(node):
         raise Unsupported(model, node, _IMAGE_ARITHMETIC)

@@ -147,10 +147,12 @@ def read_tensor(params: NetworkParams, tensor, code_word, value_word) -> np.ndar
     positions, lanes, bits = h * w, params.engine.rows, params.engine.abits
     out = np.zeros((c, positions), dtype=np.int64)
     if tensor.kind == "codes":
-        for ch in range(c):
-            group, lane = divmod(tensor.lane + ch, lanes)
+        for group in range((tensor.lane + c + lanes - 1) // lanes):       # each word read once
             for p in range(positions):
-                out[ch, p] = int(code_word(tensor.base + group * positions + p)) >> (lane * bits) & ((1 << bits) - 1)
+                word = int(code_word(tensor.base + group * positions + p))
+                for lane in range(lanes):
+                    if 0 <= group * lanes + lane - tensor.lane < c:
+                        out[group * lanes + lane - tensor.lane, p] = word >> (lane * bits) & ((1 << bits) - 1)
     else:
         top = params.value_bits
         for ch in range(c):

@@ -307,9 +307,10 @@ def _layer_input(node: fx.Node) -> fx.Node:
     return x
 
 
-_SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
-_SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
-_SOFTMAX_METHODS = {"softmax", "log_softmax"}
+# A softmax or log-softmax, as a module, a function or a method (the compiler's rule for the logits takes them too).
+SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
+SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
+SOFTMAX_METHODS = {"softmax", "log_softmax"}
 
 
 def _drop_output_softmax(graph: fx.Graph, modules: dict[str, nn.Module]) -> None:
@@ -322,17 +323,15 @@ def _drop_output_softmax(graph: fx.Graph, modules: dict[str, nn.Module]) -> None
     if not isinstance(last, fx.Node) or len(last.users) != 1:
         return
     if last.op == "call_module":
-        softmax, dim = isinstance(modules[last.target], _SOFTMAX_MODULES), getattr(modules[last.target], "dim", None)
-    elif last.op == "call_function":
-        softmax, dim = last.target in _SOFTMAX_FUNCTIONS, last.kwargs.get("dim", last.args[1] if len(last.args) > 1
-                                                                           else None)
-    elif last.op == "call_method":
-        softmax, dim = last.target in _SOFTMAX_METHODS, last.kwargs.get("dim", last.args[1] if len(last.args) > 1
-                                                                         else None)
+        softmax, dim = isinstance(modules[last.target], SOFTMAX_MODULES), getattr(modules[last.target], "dim", None)
     else:
+        softmax = (last.op == "call_function" and last.target in SOFTMAX_FUNCTIONS) or \
+            (last.op == "call_method" and last.target in SOFTMAX_METHODS)
+        dim = last.kwargs.get("dim", last.args[1] if len(last.args) > 1 else None)
+    if not softmax:
         return
     source = last.args[0]
-    if softmax and isinstance(source, fx.Node) and (dim in (None, 1) or dim == -1 and _vector(source, modules)):
+    if isinstance(source, fx.Node) and (dim in (None, 1) or dim == -1 and _vector(source, modules)):
         output.replace_input_with(last, source)
         graph.erase_node(last)
 
