@@ -118,6 +118,8 @@ _LAYERS = (nn.Conv2d, nn.Linear)
 _UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
 # Dropout as a function: its ``training`` argument is the bool it was when traced (``self.training`` included).
 _DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+# The module that does what such a function does where its ``training`` follows the model's mode.
+_DROPOUT_MODULES = {F.dropout: nn.Dropout, F.dropout2d: nn.Dropout2d}
 _FUNCTIONAL = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
                F.bilinear, torch.conv1d, torch.conv2d, torch.conv3d}
 # Operations whose output is >= 0 whatever their input.
@@ -344,6 +346,46 @@ def _vector(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         (node.op == "call_method" and node.target in ("view", "reshape", "flatten"))
 
 
+def _mode_dropouts(model: nn.Module, graph: fx.Graph) -> set[fx.Node]:
+    """The dropout calls of ``graph`` (``model`` traced) whose ``training`` argument follows the model's mode
+    (``F.dropout(x, p, training=self.training)``): ``model`` traced again in the other mode, they hold the other
+    bool. Only F.dropout and F.dropout2d, which a module of :data:`_DROPOUT_MODULES` replaces."""
+    calls = [n for n in graph.nodes if n.op == "call_function" and n.target in _DROPOUT_MODULES]
+    if not calls:
+        return set()
+    was = model.training
+    try:
+        model.train(not was)
+        other = [n for n in trace(model).nodes if n.op == "call_function" and n.target in _DROPOUT_MODULES]
+    finally:
+        model.train(was)
+
+    def training(node):
+        return node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
+
+    if len(other) != len(calls):
+        return set()
+    return {a for a, b in zip(calls, other) if a.target is b.target and training(a) is was and training(b) is not was}
+
+
+def _as_dropout_module(gm: fx.GraphModule, node: fx.Node) -> dict[str, nn.Module]:
+    """Dropout call ``node`` of ``gm`` (one of :func:`_mode_dropouts`) replaced by the module that does the same in
+    either mode (``nn.Dropout(p)``), added to ``gm``; returns ``{its name: it}``."""
+    p = node.kwargs.get("p", node.args[1] if len(node.args) > 1 else 0.5)
+    module = _DROPOUT_MODULES[node.target](p)
+    name, i = "dropout_" + node.name, 1
+    while hasattr(gm, name):
+        i += 1
+        name = f"dropout_{node.name}_{i}"
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_before(node):
+        call = gm.graph.call_module(name, (node.args[0] if node.args else node.kwargs["input"],))
+    call.meta.update(node.meta)
+    node.replace_all_uses_with(call)
+    gm.graph.erase_node(node)
+    return {name: module}
+
+
 def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     """``model`` traced, with its conv and linear layers made quantizable and activation quantizers
     inserted where tensors enter them (all identity until a plan configures them); a softmax on its output is left
@@ -363,6 +405,7 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     modules = dict(model.named_modules())
     layers: list[fx.Node] = []
     problems = []
+    following = _mode_dropouts(model, graph)
     for node in graph.nodes:
         if node.op == "call_module":
             m = modules[node.target]
@@ -380,7 +423,7 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                     problems.append(f"layer {node.target!r} is called more than once in forward; a quantized layer "
                                     "must be called once (use one module per call)")
                 layers.append(node)
-        elif node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS:
+        elif node.op == "call_function" and node.target in _DROPOUT_FUNCTIONS and node not in following:
             training = node.kwargs.get("training", node.args[2] if len(node.args) > 2 else None)
             problems.append(f"forward calls {node.target.__name__} as a function{location(node)} (training="
                             f"{training}); torch.fx fixes its training argument at the mode the "
@@ -401,6 +444,8 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                          "called in forward")
 
     gm = QuantGraphModule(model, graph, class_name=name)
+    for node in following:
+        modules.update(_as_dropout_module(gm, node))
     memo: dict = {}
     taken = set(dict(gm.named_modules())) | {n for n, _ in gm.named_parameters()} | {n for n, _ in gm.named_buffers()}
     acts: dict[fx.Node, str] = {}          # a layer's input (and its quantizer's node) -> the quantizer's name

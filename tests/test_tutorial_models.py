@@ -2,6 +2,7 @@
 quantizer parameters, compiled, and the integer model agreeing with PyTorch; those the accelerator cannot run
 refused, naming the operation and the fix."""
 
+import copy
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ LOWERED = {
     "neural networks tutorial LeNet": (tm.LeNetBlitz, BLITZ),
     "examples/mnist Net (log_softmax)": (lambda: tm.MnistNet(8, 16, 32), MNIST),
     "examples/mnist Net of 2018, dropout a module (log_softmax)": (tm.MnistNet2018Module, MNIST),
+    "examples/mnist Net of 2018, F.dropout(x, training=self.training)": (tm.MnistNet2018, MNIST),
     "quickstart NeuralNetwork (MLP)": (tm.NeuralNetwork, MNIST),
     "Keras-style Sequential": (tm.keras_sequential, MNIST),
     "Keras-style Sequential, global average pooling": (tm.keras_global_pool, MNIST),
@@ -111,10 +113,19 @@ def test_a_softmax_that_changes_the_top_class_is_refused(where, says):
         compile_model(quantize_model(_Probabilities(where), method="lcq", wbits=3, abits=3), (1, 8, 8))
 
 
+class AlwaysDropout(tm.MnistNet2018):
+    """examples/mnist's Net with F.dropout(x) as some ports write it: training=True whatever the model's mode."""
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        return self.fc2(F.dropout(F.relu(self.fc1(x.view(-1, 320)))))
+
+
 @pytest.mark.parametrize("net, says", [
-    (tm.MnistNet2018, r"cannot quantize MnistNet2018: forward calls dropout as a function at .*tutorial_models\.py:\d+ "
-                      r"\(x = F\.dropout\(x, training=self\.training\)\) \(training=True\); .* use a "
-                      r"torch\.nn\.Dropout module, which follows train\(\) and eval\(\)"),
+    (AlwaysDropout, r"cannot quantize AlwaysDropout: forward calls dropout as a function at .*test_tutorial_models"
+                    r"\.py:\d+ .*\(training=True\); .* would drop out in evaluation too; use a torch\.nn\.Dropout "
+                    r"module, which follows train\(\) and eval\(\)"),
     (tm.LeNetBlitzFlatFeatures, r"cannot quantize LeNetBlitzFlatFeatures: torch\.fx cannot trace its forward "
                                 r"\(TraceError: Proxy object cannot be iterated.*\); its forward loops over a "
                                 r"tensor or its size \(for s in x\.size\(\)\[1:\] in a num_flat_features method\), "
@@ -140,8 +151,6 @@ def test_training_sees_the_logits_before_a_final_softmax(name, normalize):
     """lcq train's loss (cross-entropy) applies log-softmax itself: the quantized model leaves a final softmax or
     log-softmax out (lcq_train.graph), so its output is the logits, which the tutorial's normalization turns into
     the tutorial model's output; a softmax that is not the last operation stays."""
-    import copy
-
     factory, shape = LOWERED[name]
     torch.manual_seed(0)
     model = factory().eval()
@@ -172,3 +181,21 @@ def test_the_cifar10_tutorial_net_is_a_factory_that_lcq_train_can_build(shape, c
     assert type(net).__name__ == "Net"
     assert (net.conv1.in_channels, net.fc3.out_features) == (shape[0], classes)
     assert [tuple(p.shape) for p in net.parameters()][2:-2] == [tuple(p.shape) for p in tm.Net().parameters()][2:-2]
+
+
+def test_a_functional_dropout_that_follows_the_mode_becomes_a_dropout_module():
+    """examples/mnist's Net of 2018 calls F.dropout(x, training=self.training), which a trace fixes at the mode it is
+    traced in; traced in both modes it follows them, so the quantized model holds an nn.Dropout in its place: it
+    drops out in training and is the identity in evaluation, as the tutorial's model."""
+    torch.manual_seed(0)
+    model = tm.MnistNet2018().eval()
+    original = copy.deepcopy(model)
+    quantized = quantize_model(model, method="fp")
+    dropouts = [m for m in quantized.modules() if type(m) is nn.Dropout]
+    assert len(dropouts) == 1 and dropouts[0].p == 0.5
+    assert not any(n.op == "call_function" and n.target is F.dropout for n in quantized.graph.nodes)
+    x = torch.rand(8, *MNIST)
+    with torch.no_grad():
+        assert torch.allclose(torch.log_softmax(quantized.eval()(x), 1), original(x), atol=1e-6)
+        quantized.train()
+        assert not torch.equal(quantized(x), quantized(x))

@@ -589,20 +589,28 @@ def test_a_module_made_in_forward_is_refused_with_where_to_make_it():
 class _FunctionalDropout(nn.Module):
     """``F.dropout(x, p, self.training)``: torch.fx records ``self.training`` as the bool it is when traced."""
 
-    def __init__(self):
+    def __init__(self, always=False):
         super().__init__()
+        self.always = always
         self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 10)
 
     def forward(self, x):
-        return self.fc(F.dropout(torch.relu(self.conv(x)).mean((2, 3)), 0.5, self.training))
+        return self.fc(F.dropout(torch.relu(self.conv(x)).mean((2, 3)), 0.3, True if self.always else self.training))
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_functional_dropout_is_refused_in_either_mode(training):
+def test_functional_dropout_that_follows_the_mode_becomes_a_dropout_module_in_either_mode(training):
+    quantized = quantize_model(_FunctionalDropout().train(training))
+    dropouts = [m for m in quantized.modules() if isinstance(m, nn.Dropout)]
+    assert [(type(m), m.p) for m in dropouts] == [(nn.Dropout, 0.3)] and quantized.training == training
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_functional_dropout_always_on_is_refused_in_either_mode(training):
     with pytest.raises(ValueError, match=r"cannot quantize _FunctionalDropout: forward calls dropout as a function "
-                                         r"at .*test_user_model\.py:\d+ \(.*\) "
-                                         rf"\(training={training}\); torch\.fx fixes .* use a torch\.nn\.Dropout"):
-        quantize_model(_FunctionalDropout().train(training))
+                                         r"at .*test_user_model\.py:\d+ \(.*\) \(training=True\); torch\.fx fixes .* "
+                                         r"would drop out in evaluation too; use a torch\.nn\.Dropout"):
+        quantize_model(_FunctionalDropout(always=True).train(training))
 
 
 class _ScaledResidual(nn.Module):
