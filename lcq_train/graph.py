@@ -346,13 +346,13 @@ def _vector(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         (node.op == "call_method" and node.target in ("view", "reshape", "flatten"))
 
 
-def _mode_dropouts(model: nn.Module, graph: fx.Graph) -> set[fx.Node]:
+def _mode_dropouts(model: nn.Module, graph: fx.Graph) -> list[fx.Node]:
     """The dropout calls of ``graph`` (``model`` traced) whose ``training`` argument follows the model's mode
     (``F.dropout(x, p, training=self.training)``): ``model`` traced again in the other mode, they hold the other
     bool. Only F.dropout and F.dropout2d, which a module of :data:`_DROPOUT_MODULES` replaces."""
     calls = [n for n in graph.nodes if n.op == "call_function" and n.target in _DROPOUT_MODULES]
     if not calls:
-        return set()
+        return []
     was = model.training
     try:
         model.train(not was)
@@ -364,8 +364,8 @@ def _mode_dropouts(model: nn.Module, graph: fx.Graph) -> set[fx.Node]:
         return node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
 
     if len(other) != len(calls):
-        return set()
-    return {a for a, b in zip(calls, other) if a.target is b.target and training(a) is was and training(b) is not was}
+        return []
+    return [a for a, b in zip(calls, other) if a.target is b.target and training(a) is was and training(b) is not was]
 
 
 def _as_dropout_module(gm: fx.GraphModule, node: fx.Node) -> dict[str, nn.Module]:
