@@ -57,8 +57,9 @@ SUPPORTED = (
     "(-1, C * H * W)) of a C x 1 x 1 tensor, or of a map on its way through an activation quantizer to a linear "
     "layer",
     "identity, dropout (inference) and memory layouts (.contiguous(), .to(memory_format=...)); an adaptive average "
-    "pooling (AdaptiveAvgPool2d((n, n)), F.adaptive_avg_pool2d(x, n)) of an n x n map, the identity (torchvision's "
-    "AlexNet and VGG heads at their input size)",
+    "or max pooling (AdaptiveAvgPool2d((n, n)), F.adaptive_avg_pool2d(x, n), AdaptiveMaxPool2d((n, n)), "
+    "F.adaptive_max_pool2d(x, n)) of an n x n map, the identity (torchvision's AlexNet and VGG heads at their input "
+    "size)",
     "activation quantizer (QAct, unsigned) on a tensor",
     "a linear or conv layer as the network's output (the logits)",
     "softmax or log-softmax over the classes as the network's last operation (nn.Softmax, nn.LogSoftmax, "
@@ -69,6 +70,9 @@ SUPPORTED = (
 ADAPTIVE_AVG_HINT = ("only output size 1, or the map's own size (the identity), compiles: use AdaptiveAvgPool2d(1), "
                      "or AvgPool2d(k), k = the map's known side / the output size, before a conv (only a C x 1 x 1 "
                      "map flattens), or leave it out where the map has that size already")
+ADAPTIVE_MAX_HINT = (f"only the global maximum compiles as it is (AdaptiveMaxPool2d(1), .amax((2, 3))), or a pooling "
+                     f"to the map's own size (the identity): for output size n use MaxPool2d(k), k = the map's known "
+                     f"side / n (k <= {MAX_KERNEL})")
 # The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
 HINTS = (
     ((nn.LeakyReLU, F.leaky_relu, nn.GELU, F.gelu, nn.SiLU, F.silu, nn.PReLU, F.prelu, nn.ELU, F.elu, nn.SELU,
@@ -92,9 +96,7 @@ HINTS = (
     ((torch.squeeze, "squeeze", "squeeze_"), "use torch.flatten(x, 1) (or nn.Flatten()) on the C x 1 x 1 tensor"),
     ((torch.mean, "mean"), "average over the map in one call: .mean((2, 3)) (global average pooling)"),
     ((nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d), ADAPTIVE_AVG_HINT),
-    ((nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d, torch.amax, "amax"),
-     f"only the global maximum compiles as it is (AdaptiveMaxPool2d(1), .amax((2, 3))): for output size n use "
-     f"MaxPool2d(k), k = the map's known side / n (k <= {MAX_KERNEL})"),
+    ((nn.AdaptiveMaxPool2d, F.adaptive_max_pool2d, torch.amax, "amax"), ADAPTIVE_MAX_HINT),
     ((torch.sum, "sum"), "over the map use .mean((2, 3)) (global average pooling): the sum is H*W times it, a factor "
                          "that training absorbs in the next layer"),
     ((nn.Flatten, torch.flatten, "flatten"), "only a flatten from dimension 1 to the last compiles: nn.Flatten(), "
@@ -123,7 +125,7 @@ class Op:
     flatten, reshape, size, identity, add, cat, softmax, adaptive, output), its ``module`` (None for a function),
     ``cap`` (the clip maximum), ``window`` (an average or max pooling's kernel, stride and padding; None for the
     global maximum), ``dim`` (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one) and
-    ``side`` (the output side of an adaptive average pooling to a square larger than 1)."""
+    ``side`` (the output side of an adaptive average or max pooling to a square larger than 1)."""
 
     kind: str
     module: nn.Module | None = None
@@ -284,6 +286,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
                              m.return_indices)
         if type(m) is nn.AdaptiveMaxPool2d and _is_one(m.output_size) and not m.return_indices:
             return Op("maxpool")                    # the global maximum: a window as large as the map
+        if type(m) is nn.AdaptiveMaxPool2d and _square(m.output_size) and not m.return_indices:
+            return Op("adaptive", side=_square(m.output_size))
         if isinstance(m, _IDENTITY_MODULES):
             return Op("identity")
         if type(m) in SOFTMAX_MODULES:
@@ -320,6 +324,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
                 and not _arg(node, 2, "return_indices", False)) \
                 or (f is torch.amax and _spatial_dims(_arg(node, 1, "dim"))):
             return Op("maxpool")
+        if f is F.adaptive_max_pool2d and _square(_arg(node, 1, "output_size")) and \
+                not _arg(node, 2, "return_indices", False):
+            return Op("adaptive", side=_square(_arg(node, 1, "output_size")))
         if f in (F.max_pool2d, torch.max_pool2d):
             names = (("kernel_size", None), ("stride", None), ("padding", 0), ("dilation", 1), ("ceil_mode", False),
                      ("return_indices", False))

@@ -54,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from lcq_train.checkpoint import load_checkpoint
@@ -62,7 +63,8 @@ from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale
 
 from . import stages
-from .capture import ADAPTIVE_AVG_HINT, Op, Unsupported, capture, describe, location, operation, size_query
+from .capture import (ADAPTIVE_AVG_HINT, ADAPTIVE_MAX_HINT, Op, Unsupported, capture, describe, location, operation,
+                      size_query)
 from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
                     ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
 
@@ -889,12 +891,15 @@ class _Lowering:
         return _Value("concat", parts=tuple(parts), concat=node, flat=any(p.flat for p in parts))
 
     def _adaptive(self, node: fx.Node, op: Op) -> _Value:
-        """An adaptive average pooling to ``op.side`` x ``op.side`` of a map of that size: the identity (each
+        """An adaptive average or max pooling to ``op.side`` x ``op.side`` of a map of that size: the identity (each
         window is one element); of any other map, refused."""
         x = self.arg(node)
         c, h, w = self.input_shape if x.kind == "image" else self.shape(x)
         if (h, w) != (op.side, op.side):
-            self.refuse(node, f"(a {h}x{w} map to {op.side}x{op.side}) is not supported: {ADAPTIVE_AVG_HINT}")
+            maximum = node.target is F.adaptive_max_pool2d or \
+                (node.op == "call_module" and isinstance(self.modules[node.target], nn.AdaptiveMaxPool2d))
+            self.refuse(node, f"(a {h}x{w} map to {op.side}x{op.side}) is not supported: "
+                        f"{ADAPTIVE_MAX_HINT if maximum else ADAPTIVE_AVG_HINT}")
         return self.chain(node, x)
 
     def _softmax(self, node: fx.Node, op: Op) -> _Value:

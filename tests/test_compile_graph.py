@@ -760,8 +760,9 @@ class _Refusable(nn.Module):
      r"only output size 1, or the map's own size \(the identity\), compiles: use AdaptiveAvgPool2d\(1\), or "
      r"AvgPool2d\(k\)", ["AvgPool2d4"]),
     ("AdaptiveMaxPool2d2", r"layer 'modules_\.AdaptiveMaxPool2d2' \(AdaptiveMaxPool2d\)",
-     r"only the global maximum compiles as it is \(AdaptiveMaxPool2d\(1\), \.amax\(\(2, 3\)\)\): for output size "
-     r"n use MaxPool2d\(k\), k = the map's known side / n \(k <= 32\)", ["MaxPool2d4"]),
+     r"only the global maximum compiles as it is \(AdaptiveMaxPool2d\(1\), \.amax\(\(2, 3\)\)\), or a pooling to "
+     r"the map's own size \(the identity\): for output size n use MaxPool2d\(k\), k = the map's known side / n "
+     r"\(k <= 32\)", ["MaxPool2d4"]),
     (".amax(3).amax(2)", r"method \.amax\(\)", r"only the global maximum compiles as it is",
      [".amax((2, 3))", "AdaptiveMaxPool2d1", "MaxPool2d8"]),
     (".sum((2, 3))", r"method \.sum\(\)", r"over the map use \.mean\(\(2, 3\)\) \(global average pooling\)", ["mean"]),

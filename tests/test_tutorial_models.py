@@ -199,3 +199,33 @@ def test_a_functional_dropout_that_follows_the_mode_becomes_a_dropout_module():
         assert torch.allclose(torch.log_softmax(quantized.eval()(x), 1), original(x), atol=1e-6)
         quantized.train()
         assert not torch.equal(quantized(x), quantized(x))
+
+
+class AdaptiveMaxHead(tm.AdaptiveHead):
+    """The AlexNet-style head with AdaptiveMaxPool2d((4, 4)), or F.adaptive_max_pool2d(x, 4) (``function``)."""
+
+    def __init__(self, function=False):
+        super().__init__()
+        self.function = function
+        self.avgpool = nn.AdaptiveMaxPool2d((4, 4))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = F.adaptive_max_pool2d(x, 4) if self.function else self.avgpool(x)
+        return self.classifier(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("function", [False, True])
+def test_an_adaptive_max_pooling_to_the_maps_size_is_the_identity(function):
+    """AdaptiveMaxPool2d((4, 4)) or F.adaptive_max_pool2d(x, 4) of a 4 x 4 map: each window one element, the
+    identity; of an 8 x 8 map refused, naming both sizes and MaxPool2d."""
+    torch.manual_seed(0)
+    model = randomize(quantize_model(AdaptiveMaxHead(function), method="lcq", wbits=3, abits=3), seed=0)
+    compiled = compile_model(model, (3, 16, 16))
+    x = images(16, (3, 16, 16), seed=2)
+    result = compare(compiled, model, x, np.zeros(16, dtype=np.int64))
+    assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+    with pytest.raises(Unsupported, match=r"\(a 8x8 map to 4x4\) is not supported: only the global maximum compiles "
+                                          r"as it is .* or a pooling to the map's own size \(the identity\): for "
+                                          r"output size n use MaxPool2d\(k\)"):
+        compile_model(model, (3, 32, 32))
