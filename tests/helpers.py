@@ -75,6 +75,28 @@ def small_cnn(shape, plan: QuantPlan, seed: int, widths=(4, 6, 8), act_alpha: fl
     return randomize(apply_plan(SmallCNN(shape, 10, widths), plan), seed, act_alpha)
 
 
+def sim_in_verilator(model, tmp_path, capsys, images: int, rows: int, cols: int, mode: str = "network") -> dict:
+    """``lcq sim`` of compiled ``model`` (saved under ``tmp_path``) on ``images`` random images in Verilator, on a
+    ``rows`` x ``cols`` array in ``mode``: its JSON report, after checking that the command succeeded. The test is
+    skipped, saying why, where Verilator is missing. The file is named after ``tmp_path`` (one per test), as the
+    simulation's build directory is after the file: tests run side by side must not share one."""
+    import pytest
+
+    from compiler.format import save
+    from lcq.cli import main
+    from sim.runner import unavailable_reason
+
+    reason = unavailable_reason("verilator")
+    if reason is not None:
+        pytest.skip(f"verilator simulation skipped: {reason}")
+    path = tmp_path / f"{tmp_path.name}.lcq"
+    save(model, path)
+    capsys.readouterr()
+    assert main(["sim", str(path), "--random", "--images", str(images), "--simulator", "verilator",
+                 "--rows", str(rows), "--cols", str(cols), "--mode", mode, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
 def members(path) -> tuple[dict, dict[str, np.ndarray]]:
     """A compiled-model file's manifest and its arrays by key, as :func:`compiler.format.write_members` takes
     them (to write an edited copy)."""

@@ -2,7 +2,6 @@
 code for code, the file rules of that node, and the concatenations the compiler refuses."""
 
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -20,11 +19,9 @@ from compiler.lower import compile_model
 from compiler.network import NetworkPlanError, plan_network
 from compiler.reference import run
 from hw.network_params import NetworkParams, pairs_pay
-from lcq.cli import main
 from lcq_train.plan import quantize_model
-from sim.runner import unavailable_reason
 
-from helpers import images, members, randomize
+from helpers import images, members, randomize, sim_in_verilator
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 import compile_models as cm  # noqa: E402
@@ -332,19 +329,12 @@ def test_parts_that_start_inside_a_word_run_bit_exact_in_verilator(net, tmp_path
     """On a 3 x 3 core the second part of SharedPart and of SizedJoin starts at channel 4, lane 1 of a word (the
     join then max pooled and flattened into a linear layer): its conv writes it from that lane on; every step's
     tensor, each part's codes and the logits equal the integer reference in Verilator."""
-    reason = unavailable_reason("verilator")
-    if reason is not None:
-        pytest.skip(f"verilator simulation skipped: {reason}")
     compiled = compile_model(_quantized(net(), seed=1), (1, 8, 8))
     assert any(t.lane for t in plan_network(compiled, lanes=3).tensors.values())
     # the engine has register dst_lane only where a part starts inside a word
     assert NetworkParams.for_model(compiled, 3, 3).engine.lane_starts
     assert not NetworkParams.for_model(compiled, 2, 2).engine.lane_starts
-    save(compiled, tmp_path / "m.lcq")
-    capsys.readouterr()
-    assert main(["sim", str(tmp_path / "m.lcq"), "--random", "--images", "2", "--simulator", "verilator",
-                 "--rows", "3", "--cols", "3", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = sim_in_verilator(compiled, tmp_path, capsys, images=2, rows=3, cols=3)
     assert result["mismatches"] == 0 and result["images"] == 2
 
 
@@ -355,13 +345,5 @@ def test_fire_modules_run_bit_exact_in_verilator(squeeze, mode, tmp_path, capsys
     """A random SqueezeNet-style model on a 2 x 2 array in Verilator: on the whole-network core every step's tensor,
     the max pooling of the first concatenation and the logits equal the integer reference; on the layer engine
     each convolution's output (the host joins the parts)."""
-    reason = unavailable_reason("verilator")
-    if reason is not None:
-        pytest.skip(f"verilator simulation skipped: {reason}")
-    _, compiled = squeeze
-    save(compiled, tmp_path / "squeeze.lcq")
-    capsys.readouterr()
-    assert main(["sim", str(tmp_path / "squeeze.lcq"), "--random", "--images", "2", "--simulator", "verilator",
-                 "--rows", "2", "--cols", "2", "--mode", mode, "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = sim_in_verilator(squeeze[1], tmp_path, capsys, images=2, rows=2, cols=2, mode=mode)
     assert result["mismatches"] == 0 and result["images"] == 2

@@ -1,7 +1,6 @@
 """A map flattened into a linear layer (LeNet's head, an MLP on the image): compiled as the convolution as large
 as the map, exact, bit-exact on the chip; and the flattened maps the accelerator cannot run, refused."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -15,15 +14,12 @@ from boards.boards import BOARDS
 from boards.fit import FitError, network_for_board
 from compiler.agreement import compare
 from compiler.capture import Unsupported
-from compiler.format import save
 from compiler.graph import ConvNode
 from compiler.lower import CompileOptions, compile_model
 from hw.network_params import NetworkParams
-from lcq.cli import main
 from lcq_train.plan import quantize_model
-from sim.runner import unavailable_reason
 
-from helpers import images, randomize
+from helpers import images, randomize, sim_in_verilator
 
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 import compile_models as cm  # noqa: E402
@@ -153,14 +149,7 @@ def test_a_map_wider_than_a_kernel_is_refused():
 def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_path, capsys):
     """LeNet's flattened 16 x 4 x 4 map and the MLP's flattened image through the whole-network core in Verilator:
     every step and the logits equal the integer reference."""
-    reason = unavailable_reason("verilator")
-    if reason is not None:
-        pytest.skip(f"verilator simulation skipped: {reason}")
-    save(compiled[name][1], tmp_path / "m.lcq")
-    capsys.readouterr()
-    assert main(["sim", str(tmp_path / "m.lcq"), "--random", "--images", "2", "--simulator", "verilator",
-                 "--rows", "2", "--cols", "2", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = sim_in_verilator(compiled[name][1], tmp_path, capsys, images=2, rows=2, cols=2)
     assert result["mismatches"] == 0 and result["images"] == 2
 
 
@@ -168,14 +157,7 @@ def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_p
 def test_lenet_runs_bit_exact_on_the_layer_engine(compiled, tmp_path, capsys):
     """LeNet on the layer engine over the link (each layer's constants loaded with it): fc1's 8-bit codes come
     back from the thresholds unit's search, every layer's output equal to the integer reference."""
-    reason = unavailable_reason("verilator")
-    if reason is not None:
-        pytest.skip(f"verilator simulation skipped: {reason}")
-    save(compiled["lenet"][1], tmp_path / "m.lcq")
-    capsys.readouterr()
-    assert main(["sim", str(tmp_path / "m.lcq"), "--random", "--images", "1", "--simulator", "verilator",
-                 "--rows", "2", "--cols", "2", "--mode", "layers", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    result = sim_in_verilator(compiled["lenet"][1], tmp_path, capsys, images=1, rows=2, cols=2, mode="layers")
     assert result["mismatches"] == 0 and result["images"] == 1
 
 
