@@ -88,10 +88,11 @@ NETWORK_UNIT_CELLS_ICE40 = {"maxpool": 432, "values": 895}
 # 777e5dc, and the first seed of 3 builds a second seed placed, 5,215 .. 5,250), placed each of the 27 packed in
 # 5,051 to 5,201 cells, and of the 33 over 5,203 (to 5,257) some with one seed and not with another.
 # What an output stage that searches progressions (hw.thresholds, EngineParams.progression) adds to one that lists
-# 3-bit thresholds, a code bit (a search stage: a subtraction, its remainder, code and constants registered), from
-# Yosys's synthesis of LeNet's unit alone (24-bit accumulators, 8-bit codes): on the ECP5 618 more LUT4s (CCU2C
-# counted as two) and 651 flip-flops, on the iCE40 486 LUT4s, 312 carries and 659 flip-flops more, about 700 logic
-# cells packed.
+# 3-bit thresholds, a code bit (a search stage: a subtraction, its remainder, code and constants registered): the
+# threshold unit of LeNet's 1 x 1 core (24-bit accumulators, 8-bit codes) against the digits CNN's in
+# benchmarks/core_cells.py (core_cells-lenet-*.json against core_cells.json and core_cells-ulx3s-12f.json): on the
+# ECP5 612 more LUT4s (a CCU2C counted as two) and 644 flip-flops, on the iCE40 486 LUT4s, 305 carries and 650
+# flip-flops more, about 700 logic cells packed.
 SEARCH_LUTS_PER_BIT = 78
 SEARCH_CELLS_ICE40_PER_BIT = 88
 LOGIC_SHARE = 0.9
