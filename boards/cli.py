@@ -154,17 +154,19 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     from lcq_train.run_lock import run_lock
 
     from .build import build, write_json
+    from .fit import describe_pace
     from .report import missed_target
     from .top import accelerator_top
 
     deadline = None if timeout is None else time.monotonic() + timeout
     model = model_format.load(model_path)
-    factory = accelerator_top(model, board, rows, cols, mode=mode, force=force, multiply_cols=multiply_cols)
+    factory = accelerator_top(model, board, rows, cols, mode=mode, force=force, multiply_cols=multiply_cols, mhz=mhz)
     engine = factory.engine
     out = Path(out or Path("build") / board.name)
     if mode == "network":
         params = factory.params
-        what = f"the whole-network core on a {params.engine.rows} x {params.engine.cols} array"
+        what = (f"the whole-network core on a {params.engine.rows} x {params.engine.cols} array ("
+                f"{describe_pace(factory.network, chosen=not (rows and cols))})")
     else:
         what = f"a {engine.params.rows} x {engine.params.cols} engine ({DESCRIPTION[engine.resident]})"
     # One build at a time in a directory: another would remove and rewrite this one's bitstream under it.
@@ -199,14 +201,15 @@ def network_report(model, network) -> dict:
     """What a build report records of a whole-network core (a :class:`boards.fit.BoardNetwork`): ``rows``,
     ``cols`` and ``multiply_cols`` (``lcq run`` recomputes the core with ``NetworkParams.for_model(model, rows,
     cols, multiply_cols=multiply_cols)``, which is deterministic), and, to read, the fit estimate, its link
-    parameters, the engine's and vector unit's parameters and the bits of each memory."""
+    parameters, the engine's and vector unit's parameters, the bits of each memory and the pace estimated for it
+    (:func:`boards.fit.image_pace`, images a second computing and on the link)."""
     params = network.params
     return {"estimate": network.estimate, "rows": params.engine.rows, "cols": params.engine.cols,
             "multiply_cols": params.engine.multiply_cols, "classes": model.num_classes,
             "addr_bits": params.addr_bits, "value_bits": params.value_bits, "target_bits": list(params.target_bits),
             "value_depth": params.value_depth, "program_depth": params.program_depth,
             "input_bits": params.input_bits, "engine": params.engine.describe(),
-            "vector": params.vector.describe(), "memory_bits": params.memory_bits()}
+            "vector": params.vector.describe(), "memory_bits": params.memory_bits(), "pace": network.pace}
 
 
 # What a network report records of the core, compared by `lcq run` with the core recomputed for its model.
@@ -368,7 +371,7 @@ def cmd_run(args) -> int:
                              f"'network.cols' ({network['cols']}); {REPORT_ADVICE}")
         params = NetworkParams.for_model(model, network["rows"], network["cols"],
                                          multiply_cols=network.get("multiply_cols", 0))
-        report = network_report(model, SimpleNamespace(params=params, estimate=None))
+        report = network_report(model, SimpleNamespace(params=params, estimate=None, pace=None))
         check_report_core(report_path, built, f"{params.engine.rows} x {params.engine.cols} whole-network core",
                           network, {field: report[field] for field in NETWORK_FIELDS}, args.model, board)
     else:

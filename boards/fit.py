@@ -28,8 +28,10 @@ The whole-network core (:class:`hw.network_params.NetworkParams`) is estimated t
 all of its memories (the engine's, the vector unit's, the value memory, the program and the input
 table) plus :data:`VECTOR_LUTS` of logic (on the iCE40 the logic cells its routed builds count,
 :data:`NETWORK_CELLS_ICE40`, within :data:`NETWORK_LOGIC_SHARE_ICE40` of the part: what nextpnr has placed
-there); :func:`network_for_board` picks its array, and a model
-whose memories fit no array is refused naming the largest buffers, their sizes and the part.
+there); :func:`network_for_board` picks its array: of those that fit, the smallest whose computation keeps up
+with the link (:func:`image_pace`, from the cycle model :func:`hw.network_cycles.image_cycles` and the protocol's
+bytes), else the fastest. A model whose memories fit no array is refused naming the largest buffers, their sizes
+and the part.
 """
 
 from __future__ import annotations
@@ -435,10 +437,41 @@ def check_network_fit(board: Board, params: NetworkParams, logic_share: float | 
 
 @dataclass(frozen=True)
 class BoardNetwork:
-    """The whole-network core chosen for a model on a board, with its resource estimate."""
+    """The whole-network core chosen for a model on a board, with its resource estimate and ``pace``
+    (:func:`image_pace`; None where not estimated)."""
 
     params: NetworkParams
     estimate: dict
+    pace: dict | None = None
+
+
+# An array keeps up with the link where an image's computation takes at most this share of the time its pixels
+# take on the line (the host sends them while the core computes the image before): a fifth to spare for the
+# estimate, the stalls of the line and a clock that the build lowers where timing does not close at the target.
+LINK_SHARE = 0.8
+
+
+def image_pace(model: CompiledModel, board: Board, params: NetworkParams, clock_hz: float) -> dict:
+    """Estimated images per second of the whole-network core ``params`` for ``model`` on ``board`` at ``clock_hz``:
+    ``compute``, the clock over :func:`hw.network_cycles.image_cycles`; ``link``, the line's rate (the board's
+    baud at that clock, 10 bits a byte) over an image's bytes both ways (:func:`boards.traffic.network_image_traffic`:
+    each request is answered before the next); ``pixels``, the line's rate over the pixels' frames and their ACKs,
+    the transfer the computation of the image before hides behind; ``stream``, both together (an image takes the
+    longer of its computation and its pixels' transfer, then the rest of its requests); ``keeps_up``: the
+    computation takes at most :data:`LINK_SHARE` of the pixels' transfer, so the link alone bounds the stream."""
+    from hw.network_cycles import image_cycles
+
+    from .boards import uart_baud
+    from .traffic import network_image_traffic
+
+    traffic = network_image_traffic(model, params, LINK_PAYLOAD[board.family], loading=False)
+    byte_rate = uart_baud(board, clock_hz) / 10
+    compute = clock_hz / image_cycles(model, params)
+    pixels = byte_rate / traffic["pixel_bytes"]
+    link = byte_rate / (traffic["bytes_to_device"] + traffic["bytes_from_device"])
+    stream = 1 / (max(1 / compute, 1 / pixels) + 1 / link - 1 / pixels)
+    return {"compute": compute, "link": link, "pixels": pixels, "stream": stream,
+            "keeps_up": compute * LINK_SHARE >= pixels, "clock_hz": clock_hz}
 
 
 # Arrays tried, largest first, when the user names none.
@@ -497,12 +530,30 @@ def engine_for_board(model: CompiledModel, board: Board, rows: int | None = None
                    f"the smallest: {errors[-1]}")
 
 
+def describe_pace(network: BoardNetwork, chosen: bool) -> str:
+    """One line on the array of ``network`` and its :func:`image_pace`: why it was ``chosen`` (by
+    :func:`network_for_board`, not given), what it computes and what the link carries."""
+    pace, engine = network.pace, network.params.engine
+    rates = (f"about {pace['stream']:,.0f} images/s (computing alone {pace['compute']:,.0f} at "
+             f"{pace['clock_hz'] / 1e6:g} MHz, the link alone {pace['link']:,.0f})")
+    if not chosen:
+        return f"{engine.rows} x {engine.cols}, as asked: {rates}"
+    if pace["keeps_up"]:
+        return (f"{engine.rows} x {engine.cols}, the smallest array that keeps up with the link: {rates}; a larger "
+                "one adds no image a second (--rows and --cols build another)")
+    return f"{engine.rows} x {engine.cols}, the fastest array that fits: {rates}"
+
+
 def network_for_board(model: CompiledModel, board: Board, rows: int | None = None,
                       cols: int | None = None, force: bool = False,
-                      multiply_cols: int | None = None) -> BoardNetwork:
-    """The whole-network core for ``model`` on ``board``: the largest ``rows`` x ``cols`` array (each
-    defaulting to the sizes of :data:`ARRAYS`) that :func:`check_network_fit` accepts; :class:`FitError`
-    naming the smallest one's largest buffers when none does (or its ValueError: an array that cannot hold the
+                      multiply_cols: int | None = None, clock_hz: float | None = None) -> BoardNetwork:
+    """The whole-network core for ``model`` on ``board``: of the ``rows`` x ``cols`` arrays (each defaulting to
+    the sizes of :data:`ARRAYS`) that :func:`check_network_fit` accepts, the smallest whose computation keeps up
+    with the link at ``clock_hz`` (default: the board's clock; :func:`image_pace`), where one does: a larger
+    array would add no image a second, only logic, block RAM and build time; else the fastest by
+    :func:`image_pace` (the arrays are tried largest first, until one falls behind the link after one that
+    kept up). :class:`FitError`
+    naming the smallest one's largest buffers when none fits (or its ValueError: an array that cannot hold the
     model at all, skipped as :func:`engine_for_board` skips it). ``force`` (with both ``rows`` and ``cols``):
     that array whatever the estimate says (the synthesis and placement tools decide), but not past a link payload
     the board's frame buffer cannot hold (:func:`check_network_link`: no bridge could be built) or a memory no block
@@ -518,14 +569,15 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
     def narrowed(c: int) -> int:
         return board_multiply_cols(board, c) if multiply_cols is None else min(multiply_cols, c)
 
+    clock_hz = board.default_mhz * 1e6 if clock_hz is None else clock_hz
     if force:
         if not rows or not cols:
             raise ValueError("forcing a build past the fit estimate needs the array: give --rows and --cols")
         params = NetworkParams.for_model(model, rows, cols, multiply_cols=narrowed(cols))
         check_network_link(board, params)
-        return BoardNetwork(params, network_estimate(board, params))
+        return BoardNetwork(params, network_estimate(board, params), image_pace(model, board, params, clock_hz))
     arrays = arrays_to_try(rows, cols)
-    error, unsized = None, []
+    error, unsized, fitting = None, [], []
     for r, c in arrays:
         try:
             params = NetworkParams.for_model(model, r, c, multiply_cols=narrowed(c))
@@ -534,9 +586,18 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
             error = f"{r} x {c} whole-network core cannot hold the model: {e}"
             continue
         try:
-            return BoardNetwork(params, check_network_fit(board, params))
+            use = check_network_fit(board, params)
         except FitError as e:
             error = e
+            continue
+        fitting.append(BoardNetwork(params, use, image_pace(model, board, params, clock_hz)))
+        if not fitting[-1].pace["keeps_up"] and any(n.pace["keeps_up"] for n in fitting):
+            break
+    keeping_up = [n for n in fitting if n.pace["keeps_up"]]
+    if keeping_up:
+        return keeping_up[-1]
+    if fitting:
+        return max(fitting, key=lambda n: n.pace["compute"])
     if len(unsized) == len(arrays):
         raise unsized[0]
     try:

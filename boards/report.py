@@ -210,8 +210,9 @@ def parse_build(build_dir, name: str, board: Board, nextpnr_report: str = "nextp
 
 def format_table(report: dict) -> str:
     """A build report as text: board, Fmax vs the PLL clock (where missed: by which path and how much,
-    :func:`missed_target`), bitstream and time per stage, the placements tried where more than one, the worst paths,
-    then a resource table."""
+    :func:`missed_target`), bitstream and time per stage, a whole-network core's estimated images a second
+    (:func:`boards.fit.image_pace`), the placements tried where more than one, the worst paths, then a resource
+    table."""
     fmax = report["fmax_mhz"]
     met = "no clocked logic" if fmax is None else ("met" if fmax >= report["pll_mhz"] else "NOT met")
     stages = ", ".join(f"{stage} {s:g} s" for stage, s in report.get("stage_seconds", {}).items())
@@ -221,6 +222,11 @@ def format_table(report: dict) -> str:
     if miss:
         lines.append(f"the path that misses it: {miss}")
     lines.append(f"bitstream {report['bitstream']} ({report['seconds']:g} s" + (f": {stages})" if stages else ")"))
+    pace = report.get("network", {}).get("pace")
+    if pace:
+        lines.append(f"images a second, estimated at {pace['clock_hz'] / 1e6:g} MHz: about {pace['stream']:,.0f} "
+                     f"(computing alone {pace['compute']:,.0f} on the {report['network']['rows']} x "
+                     f"{report['network']['cols']} array, the link alone {pace['link']:,.0f})")
     if len(report.get("placements", [])) > 1:
         tried = ", ".join(f"seed {p['seed']} " + (f"{p['fmax_mhz']} MHz" if p["outcome"] == "routed" else p["outcome"])
                           for p in report["placements"])

@@ -128,11 +128,12 @@ class AcceleratorTop(Elaboratable):
 
 
 def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None, cols: int | None = None,
-                    mode: str = "network", force: bool = False, multiply_cols: int | None = None):
+                    mode: str = "network", force: bool = False, multiply_cols: int | None = None,
+                    mhz: float | None = None):
     """``(platform, clk_hz) -> AcceleratorTop`` for ``model`` on ``board`` in ``mode`` (``"network"``: the
     whole-network core; ``"layers"``: the layer engine); the fit is checked now, before any synthesis, unless
-    ``force`` (network mode, ``rows`` x ``cols`` given: :func:`boards.fit.network_for_board`, as is
-    ``multiply_cols``).
+    ``force`` (network mode, ``rows`` x ``cols`` given: :func:`boards.fit.network_for_board`, as are
+    ``multiply_cols`` and ``mhz``, the clock it paces the array by; default the board's).
     The factory carries ``mode``, ``params`` and ``network`` (network mode: the chosen
     :class:`boards.fit.BoardNetwork`) or ``engine`` (layers mode: the chosen :class:`boards.fit.BoardEngine`);
     the other is None."""
@@ -144,7 +145,8 @@ def accelerator_top(model: CompiledModel, board: Board, rows: int | None = None,
         raise ValueError("multiplying in some columns only (--multiply-cols) is for the whole-network core "
                          "(--mode network)")
     if mode == "network":
-        network = network_for_board(model, board, rows, cols, force, multiply_cols)
+        network = network_for_board(model, board, rows, cols, force, multiply_cols,
+                                    clock_hz=None if mhz is None else mhz * 1e6)
         params = network.params
 
         def factory(platform, clk_hz):

@@ -81,15 +81,19 @@ def network_info(model: CompiledModel, params: NetworkParams, max_payload: int) 
                     max_payload, 0, params.target_bits, LinkMode.NETWORK, model.num_classes, build_digest(params))
 
 
-def network_image_traffic(model: CompiledModel, params: NetworkParams, max_payload: int) -> dict:
-    """``{"bytes_to_device", "bytes_from_device", "requests"}`` of one image on the whole-network core of
-    ``params`` (frame buffer ``max_payload`` bytes): its pixels' LOAD frames and their ACKs, the RESULT
-    with the logits' OUT frames and DONE, the RUN of 0 words that starts it with its DONE; the same under
-    ``"loading"`` for the constants and program, loaded once (:func:`_loading`). Pixel values change no
-    size, so a zero image stands in for any."""
+def network_image_traffic(model: CompiledModel, params: NetworkParams, max_payload: int, loading: bool = True) -> dict:
+    """``{"bytes_to_device", "bytes_from_device", "requests", "pixel_bytes"}`` of one image on the whole-network
+    core of ``params`` (frame buffer ``max_payload`` bytes): its pixels' LOAD frames and their ACKs (together
+    ``pixel_bytes``, what the line carries while the core computes the image before), the RESULT with the
+    logits' OUT frames and DONE, the RUN of 0 words that starts it with its DONE; the same under ``"loading"``
+    for the constants and program, loaded once (:func:`_loading`; left out with ``loading=False``, as encoding
+    them takes the most of the time). Pixel values change no size, so a zero image stands in for any."""
     info = network_info(model, params, max_payload)
     sent, acks, frames = _loads(image_beats(model, params, np.zeros(model.input.shape, dtype=np.uint8)), info)
     result, replies = _run(info, model.num_classes, OutputFormat.FULL)
     start, done = _run(info, 0, OutputFormat.FULL)
-    return {"bytes_to_device": sent + result + start, "bytes_from_device": acks + replies + done,
-            "requests": frames + 2, "loading": _loading(load_beats(model, params), info)}
+    traffic = {"bytes_to_device": sent + result + start, "bytes_from_device": acks + replies + done,
+               "requests": frames + 2, "pixel_bytes": sent + acks}
+    if loading:
+        traffic["loading"] = _loading(load_beats(model, params), info)
+    return traffic

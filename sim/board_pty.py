@@ -156,7 +156,8 @@ class BoardSim:
         self.clk_hz = pll_plan(board, board.default_mhz if mhz is None else mhz).achieved_hz
         self.baud = uart_baud(board, self.clk_hz)
         # The design lcq build would build; the fit is checked here (boards.fit.FitError, a ValueError).
-        self.factory = accelerator_top(self.model, board, rows, cols, mode=mode, multiply_cols=multiply_cols)
+        self.factory = accelerator_top(self.model, board, rows, cols, mode=mode, multiply_cols=multiply_cols,
+                                       mhz=self.clk_hz / 1e6)
         array = self.factory.params.engine if mode == "network" else self.factory.params
         self.build_dir = Path(build_dir if build_dir else Path("build") / "board-sim" / (
             f"{self.model_path.stem}-{board.name}-{mode}-{array.rows}x{array.cols}")).resolve()

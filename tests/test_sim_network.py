@@ -30,6 +30,7 @@ pytest.importorskip("amaranth", reason="simulation tests need amaranth: pip inst
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
 from hw.bands import band_rows, network_layer_cycles  # noqa: E402
+from hw.network_cycles import image_cycles  # noqa: E402
 from hw.engine import LayerEngine  # noqa: E402
 from hw.engine_params import SPRAM_DEPTH  # noqa: E402
 from hw.network_params import NetworkParams, network_plan  # noqa: E402
@@ -90,6 +91,10 @@ def assert_exact(model, params, report, n_images):
     assert all(s.cycles > 0 for s in report.steps[1:])
     assert sum(s.macs for s in report.steps) == macs * n_images
     assert sum(s.cycles for s in report.steps) < sum(im.cycles for im in report.images)
+    # the cycle model that picks a board's array (boards.fit.network_for_board) is within 1% of every image's steps
+    # and the output stage's latency, which it leaves out (20 cycles a step at most)
+    estimate = image_cycles(model, params) * n_images
+    assert abs(sum(s.cycles for s in report.steps) - estimate) <= 0.01 * estimate + 20 * len(report.steps)
 
 
 @pytest.mark.parametrize("sim, rows, cols, n_images, stall, backpressure",
