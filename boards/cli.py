@@ -165,13 +165,14 @@ def build_model(model_path, board, mhz: float | None = None, rows: int | None = 
     out = Path(out or Path("build") / board.name)
     if mode == "network":
         params = factory.params
-        what = (f"the whole-network core on a {params.engine.rows} x {params.engine.cols} array ("
-                f"{describe_pace(factory.network, chosen=not (rows and cols))})")
+        what = f"the whole-network core on a {params.engine.rows} x {params.engine.cols} array"
     else:
         what = f"a {engine.params.rows} x {engine.params.cols} engine ({DESCRIPTION[engine.resident]})"
     # One build at a time in a directory: another would remove and rewrite this one's bitstream under it.
     with run_lock(out, user="lcq build", option="-o"):
         print(f"building {what} for {board.name} ({board.device})...", file=sys.stderr, flush=True)
+        if mode == "network":
+            print(describe_pace(factory.network, chosen=not (rows and cols)), file=sys.stderr, flush=True)
         # report.json is written once, of the last attempt, complete: the first attempt's bitstream is gone once the
         # second starts, and a report of it left by a second attempt that fails would describe a missing file.
         options = dict(seed=seed, placer=placer, router=router, placements=placements, deadline=deadline,

@@ -175,6 +175,13 @@ def test_parse_build_uses_board_counts(tmp_path):
                           "resources": res})
     assert "Fmax 55.45 MHz, clock 30 MHz (asked 30): timing met" in table
     assert "| LUT4 | 82 | 5,280 | 1.6 |" in table
+    assert "images a second" not in table
+    pace = {"compute": 147.2, "link": 93.6, "pixels": 96.9, "stream": 93.6, "keeps_up": True, "clock_hz": 60e6}
+    table = format_table({"board": "ulx3s-85f", "device": "LFE5U-85F", "fmax_mhz": 80.0, "pll_mhz": 60.0,
+                          "target_mhz": 60.0, "bitstream": "top.bit", "seconds": 9.0, "resources": res,
+                          "network": {"rows": 2, "cols": 2, "pace": pace}})
+    assert ("images a second, estimated at 60 MHz: about 94 (computing alone 147 on the 2 x 2 array, the link alone "
+            "94)") in table
 
 
 def test_a_build_report_is_synced_and_a_failed_write_leaves_the_last_one_alone(tmp_path, monkeypatch):
@@ -623,6 +630,12 @@ def test_accelerator_top_modes():
     every = accelerator_top(model, board, 2, 4, multiply_cols=0)
     assert every.params == NetworkParams.for_model(model, 2, 4)
     assert network.network.estimate["LUT4"] < every.network.estimate["LUT4"]     # 2 PEs multiply, not 8
+    # the clock asked for paces the array: the OrangeCrab's 4 x 8 keeps up with its link at 48 MHz, none at 24
+    crab = get_board("orangecrab-25f")
+    for mhz, array in ((None, (4, 8)), (24.0, (8, 8))):
+        chosen = accelerator_top(model, crab, mhz=mhz).network
+        assert (chosen.params.engine.rows, chosen.params.engine.cols) == array
+        assert chosen.pace["clock_hz"] == (mhz or crab.default_mhz) * 1e6
     with pytest.raises(ValueError, match=r"--multiply-cols\) is for the whole-network core"):
         accelerator_top(model, board, 2, 4, mode="layers", multiply_cols=1)
     small = accelerator_top(model, get_board("icebreaker"))       # the digits CNN's whole network fits at 1 x 1
