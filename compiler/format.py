@@ -27,9 +27,10 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   fields plus ``kernel`` and ``stride``. Channel concatenation (``op``
   "concat"): ``inputs``, a list of tensor names, no arrays. A file without them
   is laid out as before they existed.
-- ReLU flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
-  requantize stage that applies a ReLU; absent otherwise (never ``false``), so
-  a file without one is laid out as before they existed.
+- Flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
+  requantize stage that applies a ReLU, ``"flat": true`` on an input node whose
+  codes are the image's pixels as one vector; absent otherwise (never ``false``),
+  so a file without one is laid out as before they existed.
 
 :func:`save` checks the model against the rules of :mod:`compiler.graph`
 before it writes. :func:`load` accepts only what :func:`save` can write: each
@@ -91,7 +92,7 @@ LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
                 "requantize": ("kind", "multiplier", "bias", "shift")}
 #: Optional flags by node op or stage kind: written as ``true`` where set, left out where not.
-FLAG_FIELDS = {"add": ("relu",), "requantize": ("relu",)}
+FLAG_FIELDS = {"input": ("flat",), "add": ("relu",), "requantize": ("relu",)}
 
 
 class ModelFormatError(ValueError):
@@ -193,7 +194,7 @@ class _Writer:
         p = f"nodes/{i}"
         if isinstance(node, InputNode):
             return {"op": "input", "output": node.output, "shape": [int(v) for v in node.shape], "bits": int(node.bits),
-                    "table": self.ref(f"{p}/table", "table", node.table)}
+                    "table": self.ref(f"{p}/table", "table", node.table), **_flags(node, "input")}
         if isinstance(node, ConvNode):
             d = {"op": "conv", "name": node.name, "input": node.input, "output": node.output, "kind": node.kind,
                  "in_shape": [int(v) for v in node.in_shape], "out_shape": [int(v) for v in node.out_shape],
@@ -440,7 +441,7 @@ class _Reader:
                             FLAG_FIELDS.get(op, ()))
         p = f"nodes/{i}"
         if op == "input":
-            return InputNode(d["output"], d["shape"], self.ref(d, "table", where, f"{p}/table"), d["bits"])
+            return InputNode(d["output"], d["shape"], self.ref(d, "table", where, f"{p}/table"), d["bits"], **flags)
         if op == "conv":
             refs = [self.ref(d, name, where, f"{p}/{name}") for name in ("weights", "w_levels", "a_levels")]
             if "lut" in d:

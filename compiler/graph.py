@@ -8,7 +8,8 @@ no node reads a float.
 
 Nodes, in execution order (each writes one tensor named ``node.output``):
 
-- :class:`InputNode`: uint8 pixel -> input code by a 256-entry table.
+- :class:`InputNode`: uint8 pixel -> input code by a 256-entry table (the image's map, or, ``flat``, the
+  vector of its pixels that a linear layer reads: an MLP).
 - :class:`ConvNode`: convolution or fully connected layer on codes with
   LUT-MAC accumulation, then an output stage (:class:`Thresholds`,
   :class:`Requantize`, or none: the raw accumulator).
@@ -485,18 +486,30 @@ class Requantize:
 
 @dataclass
 class InputNode:
-    """Input image (uint8 ``(N, C, H, W)``) -> codes by ``table[pixel]`` (256 entries)."""
+    """Input image (uint8 ``(N, C, H, W)``, ``shape`` = ``(C, H, W)``) -> codes by ``table[pixel]`` (256
+    entries): the ``(C, H, W)`` map, or with ``flat`` the ``(C * H * W, 1, 1)`` vector, pixel ``(c, y, x)`` its
+    channel ``(c * H + y) * W + x`` (the image flattened into a linear layer, which reads it as it reads any
+    vector: its weights ``(out, C * H * W)`` as a 1 x 1 convolution's)."""
 
     output: str
     shape: tuple[int, int, int]
     table: np.ndarray
     bits: int
+    flat: bool = False
     op = "input"
+
+    @property
+    def tensor_shape(self) -> tuple[int, int, int]:
+        """The shape of the codes tensor ``output``: ``shape``, or ``(C * H * W, 1, 1)`` where ``flat``."""
+        c, h, w = self.shape
+        return (c * h * w, 1, 1) if self.flat else (c, h, w)
 
     def check_fields(self, where: str) -> None:
         rule_name(where, "output", self.output)
         rule_shape(where, "shape", self.shape)
         rule_int(where, "bits", self.bits, *CODE_BITS)
+        if not isinstance(self.flat, bool):
+            raise ModelRuleError(where, "flat", f"must be true or false, not {show(self.flat)}")
 
     def check_arrays(self, where: str) -> None:
         table = rule_array(where, "table", self.table, np.uint8, (256,))
@@ -1105,7 +1118,7 @@ class CompiledModel:
         if isinstance(node, InputNode):
             if arrays:
                 node.check_arrays(where)
-            return TensorInfo(tuple(node.shape), node.bits)
+            return TensorInfo(node.tensor_shape, node.bits)
         if isinstance(node, ConvNode):
             t = need(node.input, True)
             if tuple(node.in_shape) != t.shape:

@@ -186,7 +186,8 @@ class _Value:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`). Kind "size": a tensor's size
     (``x.size()``, ``x.shape``), or its dimension ``dim`` of it (``x.size(0)``, ``x.shape[0]``), for a reshape.
     ``flat``: a C x H x W map (H * W > 1) flattened on its way to a linear layer, which then runs as an
-    H x W convolution over it. Kind "concat": the channel concatenation ``concat`` (its graph node) of ``parts``
+    H x W convolution over it (the image: its input node's codes are the vector of its pixels instead,
+    ``InputNode.flat``). Kind "concat": the channel concatenation ``concat`` (its graph node) of ``parts``
     (each kind "values"; ``sole`` only while the concatenation has one consumer), then max pooled (``maxpools``),
     on its way to an activation quantizer."""
 
@@ -460,9 +461,13 @@ class _Lowering:
         if x.kind == "image":
             pixels = torch.arange(256, dtype=torch.float64) / 255.0   # as the loader scales uint8 images
             table = act.codes(pixels).numpy().astype(np.uint8)
-            self.nodes.append(InputNode(name, self.input_shape, table, act.spec.bits))
-            self.shapes[name] = self.input_shape
-            return _Value("codes", name, flat=x.flat)
+            # a flattened image is the vector of its pixels, which a linear layer reads with every row of the array
+            # (as the H x W convolution over the image, its one channel would fill one row)
+            flat = x.flat and self.input_shape[1:] != (1, 1)
+            image = InputNode(name, self.input_shape, table, act.spec.bits, flat=flat)
+            self.nodes.append(image)
+            self.shapes[name] = image.tensor_shape
+            return _Value("codes", name)
         if x.kind == "codes":
             self.refuse(node, "quantizes codes again; an activation quantizer reads values")
         t = self.act_thresholds(act)

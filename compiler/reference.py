@@ -77,7 +77,7 @@ def check_images(model: CompiledModel, images: np.ndarray) -> None:
 def execute(node, t: dict[str, np.ndarray], images: np.ndarray) -> None:
     """Run one node on the tensors ``t`` (adds its output, and a layer's ``"<layer>.acc"``, to ``t``)."""
     if isinstance(node, InputNode):
-        t[node.output] = node.table[images]
+        t[node.output] = node.table[images].reshape(len(images), *node.tensor_shape)
     elif isinstance(node, ConvNode):
         acc = accumulate(node, t[node.input])
         t[f"{node.name}.acc"] = acc

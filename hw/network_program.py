@@ -110,10 +110,11 @@ def load_beats(model: CompiledModel, params: NetworkParams) -> list[Beat]:
 
 def image_beats(model: CompiledModel, params: NetworkParams, image: np.ndarray) -> list[Beat]:
     """One uint8 image ``(C, H, W)`` as IMAGE beats: pixel ``(ch, y, x)`` at staging address
-    ``ch * H * W + y * W + x`` (``start`` copies the staged codes to the input tensor's place). Loading
-    them again rewrites the same codes."""
+    ``ch * H * W + y * W + x`` (``start`` copies the staged codes to the input tensor's place; where the input is
+    ``flat``, the address is the pixel's channel in the vector and the vector's one position). Loading them again
+    rewrites the same codes."""
     reference.check_images(model, np.asarray(image)[None])
-    c, h, w = model.input.shape
+    c, h, w = model.input.tensor_shape
     if (c, h * w) != (params.image_channels, params.image_positions):
         raise ValueError(f"an image of {c} x {h * w} pixels (channels x positions) does not match the core's staging "
                          f"buffer of {params.image_channels} x {params.image_positions}; {FIX}")

@@ -1,5 +1,6 @@
-"""A map flattened into a linear layer (LeNet's head, an MLP on the image): compiled as the convolution as large
-as the map, exact, bit-exact on the chip; and the flattened maps the accelerator cannot run, refused."""
+"""A map flattened into a linear layer (LeNet's head): compiled as the convolution as large as the map; the image
+flattened into one (an MLP): the vector of its pixels; exact, bit-exact on the chip; and the flattened maps the
+accelerator cannot run, refused."""
 
 import sys
 from pathlib import Path
@@ -34,6 +35,17 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))))
+
+
+class NonSquare(nn.Module):
+    """A conv's 4 x 8 x 6 map flattened into a linear layer."""
+
+    def __init__(self, side=(8, 6)):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * side[0] * side[1], 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.relu(self.conv(x)), 1))
 
 
 class Unflattened(nn.Module):
@@ -93,7 +105,7 @@ def compiled():
     return out
 
 
-@pytest.mark.parametrize("name, side, channels", [("lenet", 4, 16), ("mlp", 8, 1), ("joined", 4, 8)])
+@pytest.mark.parametrize("name, side, channels", [("lenet", 4, 16), ("joined", 4, 8)])
 def test_the_linear_layer_on_a_flattened_map_is_the_convolution_as_large_as_the_map(compiled, name, side, channels):
     model, c = compiled[name]
     fc1 = next(n for n in c.convs if n.name == "fc1")
@@ -104,6 +116,31 @@ def test_the_linear_layer_on_a_flattened_map_is_the_convolution_as_large_as_the_
     np.testing.assert_array_equal(fc1.weight_codes.reshape(32, -1), codes)
     result = compare(c, model, images(64, (1, 8, 8), seed=2), np.zeros(64, dtype=np.int64))
     assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 8, 6), (3, 40, 40)])
+def test_a_flattened_image_is_the_vector_of_its_pixels(shape, tmp_path):
+    """An MLP's image flattened into its first linear layer: the input node's codes are the (C * H * W, 1, 1)
+    vector (``flat``), which fc1 reads as a 1 x 1 layer, every row of the array busy (as an H x W convolution over
+    a one-channel image only one row of it would be), whatever the image's sides; PyTorch agrees code for code,
+    and the flag survives the file (written only where set)."""
+    from compiler.format import load, save
+
+    pixels = int(np.prod(shape))
+    torch.manual_seed(0)
+    model = randomize(quantize_model(MLP(pixels), method="lcq", wbits=3, abits=3), seed=0)
+    c = compile_model(model, shape)
+    fc1 = next(n for n in c.convs if n.name == "fc1")
+    assert c.input.flat and c.input.shape == shape and c.input.tensor_shape == (pixels, 1, 1)
+    assert (fc1.kind, fc1.in_shape, fc1.kernel) == ("linear", (pixels, 1, 1), 1)
+    np.testing.assert_array_equal(fc1.weight_codes.reshape(32, -1), model.fc1.wq.codes(model.fc1.weight.double()))
+    result = compare(c, model, images(32, shape, seed=2), np.zeros(32, dtype=np.int64))
+    assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+    save(c, tmp_path / "mlp.lcq")
+    assert load(tmp_path / "mlp.lcq").input.flat
+    lenet = compile_model(_lenet(), (1, 8, 8))
+    save(lenet, tmp_path / "lenet.lcq")
+    assert not lenet.input.flat and not load(tmp_path / "lenet.lcq").input.flat
 
 
 def test_an_average_pooled_map_flattens_into_a_linear_layer():
@@ -117,8 +154,8 @@ def test_an_average_pooled_map_flattens_into_a_linear_layer():
 
 
 @pytest.mark.parametrize("net, shape, says", [
-    (lambda: MLP(48), (1, 8, 6), r"layer 'fc1' \(QLinear\) .*reads a flattened 1x8x6 map; the accelerator runs it "
-                                 r"as a 8x6 convolution over the map, whose kernel must be square and at most 32 wide"),
+    (NonSquare, (1, 8, 6), r"layer 'fc' \(QLinear\) .*reads a flattened 4x8x6 map; the accelerator runs it "
+                           r"as a 8x6 convolution over the map, whose kernel must be square and at most 32 wide"),
     (lambda: cm.lenet(10, 1), (1, 16, 16), r"layer 'fc1' .*expects 256 inputs, its input has 1024 \(16x8x8\)"),
     (Unflattened, (1, 8, 8), r"layer 'fc' \(QLinear\) .*reads a 4x8x8 map, not flattened; a linear layer reads a "
                              r"vector: flatten the map first"),
@@ -130,25 +167,18 @@ def test_flattened_maps_the_accelerator_cannot_run_are_refused(net, shape, says)
 
 
 def test_a_map_wider_than_a_kernel_is_refused():
-    class Wide(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc = nn.Linear(40 * 40, 10)
-
-        def forward(self, x):
-            return self.fc(x.view(x.size(0), -1))
-
-    with pytest.raises(Unsupported, match=r"reads a flattened 1x40x40 map; .* at most 32 wide: make the map square "
+    with pytest.raises(Unsupported, match=r"reads a flattened 4x40x40 map; .* at most 32 wide: make the map square "
                                           r"\(and smaller"):
-        compile_model(quantize_model(Wide(), method="lcq", wbits=3, abits=3), (1, 40, 40))
+        compile_model(quantize_model(NonSquare((40, 40)), method="lcq", wbits=3, abits=3), (1, 40, 40))
 
 
 @pytest.mark.sim
 # By default LeNet (~10 s; fc1's 8-bit codes searched, hw.progression); with -m slow the MLP and the flattened join
 @pytest.mark.parametrize("name", ["lenet"] + [pytest.param(name, marks=pytest.mark.slow) for name in ("mlp", "joined")])
 def test_flattened_heads_run_bit_exact_on_the_network_core(compiled, name, tmp_path, capsys):
-    """LeNet's flattened 16 x 4 x 4 map and the MLP's flattened image through the whole-network core in Verilator:
-    every step and the logits equal the integer reference."""
+    """LeNet's flattened 16 x 4 x 4 map and the MLP's flattened image (its pixels a vector of 64 channels, in 32
+    words of the 2 x 2 core's code memory) through the whole-network core in Verilator: every step and the logits
+    equal the integer reference."""
     result = sim_in_verilator(compiled[name][1], tmp_path, capsys, images=2, rows=2, cols=2)
     assert result["mismatches"] == 0 and result["images"] == 2
 
