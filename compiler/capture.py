@@ -31,8 +31,9 @@ SUPPORTED = (
     "dilation, bias allowed; a non-square kernel (1x3, 3x1, ...) runs as the square one with zeros around it, "
     "where the output geometry is the same (odd sides padded by side // 2); grouped and depthwise ones run as "
     "the dense conv with zero weights outside each group: groups x the MACs)",
-    "Linear (quantized; on a vector of C codes, or on a flattened C x H x W map, the image too: then it runs as an "
-    f"H x W convolution with the map's size as its kernel, square and at most {MAX_KERNEL} x {MAX_KERNEL})",
+    "Linear (quantized; on a vector of C codes, on the flattened image (the vector of its pixels), or on a flattened "
+    "C x H x W map: then it runs as an H x W convolution with the map's size as its kernel, square and at most "
+    f"{MAX_KERNEL} x {MAX_KERNEL})",
     "BatchNorm2d (eval-mode statistics; before a ReLU, pooling, a quantizer or a residual addition); BatchNorm1d "
     "the same on a linear layer's output vector",
     "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "
