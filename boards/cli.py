@@ -66,6 +66,9 @@ def add_parsers(sub) -> dict:
     p.add_argument("--force", action="store_true",
                    help="network mode: build the --rows x --cols core even where the fit estimate refuses it, to "
                         "see what Yosys and nextpnr say (a part too small fails in placement, naming the resource)")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the fit estimate and the estimated images a second of every array tried and the one "
+                        "chosen, then stop: no synthesis (network mode)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
     p = sub.add_parser("flash", help="program a board with a built bitstream", formatter_class=fmt)
@@ -110,6 +113,8 @@ def cmd_build(args) -> int:
     if args.mhz is not None and not lo <= args.mhz <= hi:
         raise ValueError(f"--mhz {args.mhz:g}: the {board.name}'s PLL makes {lo}..{hi} MHz; ask for a clock in that "
                          "range")
+    if args.estimate:
+        return print_estimate(args, board)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"-o {out} is a file: name the build directory (default: build/{board.name})")
     try:
@@ -128,6 +133,36 @@ def cmd_build(args) -> int:
         return 130
     print(json.dumps(result) if args.json else format_table(result))
     return 0
+
+
+def print_estimate(args, board) -> int:
+    """``lcq build --estimate``: the arrays tried for the whole-network core, as :func:`boards.report.format_arrays`
+    prints them (or one JSON object with ``--json``), and the one :func:`boards.fit.network_for_board` chooses;
+    exit status 1 where none fits."""
+    from compiler import format as model_format
+
+    from .boards import uart_baud
+    from .fit import FitError, describe_pace, logic_limit, network_arrays, network_for_board
+    from .report import format_arrays
+
+    if args.mode != "network":
+        raise ValueError("--estimate is for the whole-network core (--mode network); the layer engine's choice is "
+                         "printed as its build starts")
+    model = model_format.load(args.model)
+    clock_hz = (args.mhz or board.default_mhz) * 1e6
+    limits = {name: board.resources.get(name, 0) for name in ("LUT4", "EBR", "SPRAM", "DSP")}
+    limits["LUT4"] = logic_limit(board, network=True)
+    result = {"model": str(args.model), "board": board.name, "device": board.device, "clock_mhz": clock_hz / 1e6,
+              "baud": uart_baud(board, clock_hz), "limits": limits, "chosen": None, "error": None,
+              "arrays": network_arrays(model, board, args.rows, args.cols, args.multiply_cols, clock_hz)}
+    try:
+        network = network_for_board(model, board, args.rows, args.cols, args.force, args.multiply_cols, clock_hz)
+        result["chosen"] = {"rows": network.params.engine.rows, "cols": network.params.engine.cols,
+                            "why": describe_pace(network, chosen=not (args.rows and args.cols))}
+    except FitError as e:
+        result["error"] = str(e)
+    print(json.dumps(result) if args.json else format_arrays(result))
+    return 0 if result["chosen"] else 1
 
 
 def build_model(model_path, board, mhz: float | None = None, rows: int | None = None, cols: int | None = None,

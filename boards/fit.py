@@ -544,6 +544,45 @@ def describe_pace(network: BoardNetwork, chosen: bool) -> str:
     return f"{engine.rows} x {engine.cols}, the fastest array that fits: {rates}"
 
 
+def _multiplying(board: Board, multiply_cols: int | None):
+    """``cols -> multiplying columns`` of an array of ``cols`` columns on ``board``: ``multiply_cols`` at most
+    (0: every column), or :func:`board_multiply_cols` where None; a ValueError for anything else."""
+    if multiply_cols is not None and (not isinstance(multiply_cols, int) or isinstance(multiply_cols, bool)
+                                      or multiply_cols < 0):
+        raise ValueError(f"multiply_cols must be None (the board's default), 0 (every column) or a number of "
+                         f"columns (an array's at most), got {multiply_cols!r}")
+    return lambda cols: board_multiply_cols(board, cols) if multiply_cols is None else min(multiply_cols, cols)
+
+
+def network_arrays(model: CompiledModel, board: Board, rows: int | None = None, cols: int | None = None,
+                   multiply_cols: int | None = None, clock_hz: float | None = None) -> list[dict]:
+    """Every array :func:`network_for_board` may try for ``model`` on ``board`` (the same arguments), largest
+    first, each ``{"rows", "cols", "multiply_cols", "estimate", "fits", "pace", "error"}``: the resource estimate
+    (:func:`network_estimate`), whether :func:`check_network_fit` accepts it, its :func:`image_pace`, and the
+    reason it is refused (None where it fits). An array that cannot hold the model at all has only the error;
+    one whose memories cannot be built, no estimate."""
+    narrowed = _multiplying(board, multiply_cols)
+    clock_hz = board.default_mhz * 1e6 if clock_hz is None else clock_hz
+    arrays = []
+    for r, c in arrays_to_try(rows, cols):
+        row = {"rows": r, "cols": c, "multiply_cols": narrowed(c), "estimate": None, "fits": False, "pace": None,
+               "error": None}
+        arrays.append(row)
+        try:
+            params = NetworkParams.for_model(model, r, c, multiply_cols=narrowed(c))
+        except ValueError as e:
+            row["error"] = f"cannot hold the model: {e}"
+            continue
+        row["pace"] = image_pace(model, board, params, clock_hz)
+        try:
+            row["estimate"] = network_estimate(board, params)
+            check_network_fit(board, params)
+            row["fits"] = True
+        except FitError as e:
+            row["error"] = str(e)
+    return arrays
+
+
 def network_for_board(model: CompiledModel, board: Board, rows: int | None = None,
                       cols: int | None = None, force: bool = False,
                       multiply_cols: int | None = None, clock_hz: float | None = None) -> BoardNetwork:
@@ -561,14 +600,7 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
     (:class:`~hw.engine_params.EngineParams`): PEs multiply in that many columns only (at most the array's;
     0: in all; None: :func:`board_multiply_cols`)."""
 
-    if multiply_cols is not None and (not isinstance(multiply_cols, int) or isinstance(multiply_cols, bool)
-                                      or multiply_cols < 0):
-        raise ValueError(f"multiply_cols must be None (the board's default), 0 (every column) or a number of "
-                         f"columns (an array's at most), got {multiply_cols!r}")
-
-    def narrowed(c: int) -> int:
-        return board_multiply_cols(board, c) if multiply_cols is None else min(multiply_cols, c)
-
+    narrowed = _multiplying(board, multiply_cols)
     clock_hz = board.default_mhz * 1e6 if clock_hz is None else clock_hz
     if force:
         if not rows or not cols:

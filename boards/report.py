@@ -244,3 +244,31 @@ def format_table(report: dict) -> str:
         share = f"{100 * r['used'] / r['available']:.1f}" if r["available"] else "-"
         lines.append(f"| {name} | {r['used']:,} | {r['available']:,} | {share} |")
     return "\n".join(lines)
+
+
+def format_arrays(result: dict) -> str:
+    """``lcq build --estimate``'s table: per array tried (``result["arrays"]``, :func:`boards.fit.network_arrays`)
+    whether it fits and, where not, which resources are over ``result["limits"]`` (or that it cannot hold the model,
+    or build its memories), the estimate of each resource, the images a second computing and with the link; then
+    the array chosen and why (``result["chosen"]``), or why none is (``result["error"]``)."""
+    limits = result["limits"]
+    names = [name for name in ("LUT4", "EBR", "SPRAM", "DSP") if limits.get(name)]
+    lines = [f"whole-network core of {result['model']} on {result['board']} ({result['device']}), estimated before "
+             f"synthesis at {result['clock_mhz']:g} MHz, the link at {result['baud'] / 1e6:g} Mbaud:", "",
+             "| array | multiplying columns | fits | " + " | ".join(names) + " | images/s computing | images/s with "
+             "the link |", "|---|---|---|" + "---:|" * (len(names) + 2)]
+    for a in result["arrays"]:
+        use, pace = a["estimate"], a["pace"]
+        if a["fits"]:
+            fits = "yes"
+        elif use is None:
+            fits = "no: " + ("cannot hold the model" if pace is None else "memories cannot be built")
+        else:
+            fits = "no: " + ", ".join(name for name in names if use[name] > limits[name])
+        cells = [f"{use[name]:,} / {limits[name]:,}" if use else "-" for name in names]
+        speed = [f"{pace['compute']:,.0f}", f"{pace['stream']:,.0f}"] if pace else ["-", "-"]
+        row = [f"{a['rows']} x {a['cols']}", str(a["multiply_cols"] or "all"), fits, *cells, *speed]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append(f"chosen: {result['chosen']['why']}" if result["chosen"] else f"none chosen: {result['error']}")
+    return "\n".join(lines)

@@ -611,6 +611,30 @@ def test_network_bitstream_on_the_ecp5_boards(tmp_path, name):
     assert report["network"]["classes"] == 10 and "engine" not in report
 
 
+def test_build_estimate_lists_every_array_and_the_one_chosen(capsys):
+    """``lcq build --estimate``: no synthesis; per array tried whether it fits (where not, the resources over the
+    part), the estimate, the images a second computing and with the link, then the array chosen and why; --json the
+    same as one object; exit status 1 where no array fits, and the layers mode refused naming the mode."""
+    from lcq.cli import main
+
+    assert main(["build", str(DIGITS), "--board", "orangecrab-25f", "--estimate"]) == 0
+    out = capsys.readouterr().out
+    assert "on orangecrab-25f (LFE5U-25F), estimated before synthesis at 48 MHz, the link at 1 Mbaud" in out
+    assert re.search(r"\| 4 x 8 \| 2 \| yes \| [\d,]+ / 21,600 \| \d+ / 56 \| \d+ / 28 \| 2,104 \| 585 \|", out)
+    assert "| 8 x 16 | 4 | no: LUT4, EBR | 26,054 / 21,600 | 59 / 56 | 4 / 28 |" in out
+    assert "chosen: 4 x 8, the smallest array that keeps up with the link: about 585 images/s" in out
+    assert main(["build", str(DIGITS), "--board", "orangecrab-25f", "--estimate", "--rows", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(a["rows"], a["cols"]) for a in result["arrays"]] == [(2, 4), (2, 2)]
+    assert all(a["fits"] and a["error"] is None and a["pace"]["compute"] > 0 for a in result["arrays"])
+    assert (result["chosen"]["rows"], result["chosen"]["cols"]) == (2, 4) and result["baud"] == 1_000_000
+    assert main(["build", str(RESNET20), "--board", "ulx3s-45f", "--estimate", "--rows", "8", "--cols", "8"]) == 1
+    out = capsys.readouterr().out
+    assert "| 8 x 8 | 2 | no: EBR | " in out and "none chosen: the whole network does not fit ulx3s-45f" in out
+    assert main(["build", str(DIGITS), "--board", "orangecrab-25f", "--estimate", "--mode", "layers"]) == 2
+    assert "--estimate is for the whole-network core (--mode network)" in capsys.readouterr().err
+
+
 def test_accelerator_top_modes():
     """Network mode (the default) sizes the whole-network core with boards.fit.network_for_board, layers mode
     the engine with engine_for_board; the factory says which."""
