@@ -3,7 +3,8 @@ on every read against the rule that wrote it.
 
 The history is a dict with ``config`` (a dict: the run's settings, which :class:`~lcq_train.train.TrainConfig`
 checks) and ``epochs``, one row per finished epoch: ``epoch`` (1, 2, ... in order), ``train_loss`` and
-``test_loss`` (numbers; a diverged run writes NaN), ``train_top1`` and ``test_top1`` (percentages, 0..100),
+``test_loss`` (numbers, NaN allowed: an evaluation may overflow, and runs that diverged wrote it before
+``lcq train`` stopped them), ``train_top1`` and ``test_top1`` (percentages, 0..100),
 ``lr`` and ``time_s`` (finite, >= 0) and, after the last epoch of a run that re-estimates BN statistics,
 ``test_top1_before_bn`` (0..100); with at least one row, ``test_top1`` is the last row's and ``best_test_top1``
 the highest. Other keys (``layers``, ``environment``, ...) are kept as they are: nothing reads them as numbers.

@@ -474,6 +474,11 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
             if not bar.disable:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", top1=f"{100.0 * correct.item() / seen:.1f}")
         loss_sum, correct = loss_sum.item(), correct.item()
+        lr = cfg.weight_lr()
+        check_diverged(model, epoch, loss_sum / seen, ckpt_path, lr, device, world)
+        if epoch == start_epoch and rank == 0 and correct <= 1.2 * seen / data.num_classes:
+            print(f"lcq train: warning: {chance_warning(model, epoch, 100.0 * correct / seen, data.num_classes, lr)}",
+                  file=sys.stderr, flush=True)
         before_bn = None
         if cfg.bn_batches and epoch + 1 == cfg.epochs:
             before_bn = evaluate(model, test_x, test_y)["top1"] if rank == 0 else None
@@ -506,6 +511,43 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
     if "test_top1" not in metrics and rank == 0:
         metrics["test_top1"] = evaluate(model, test_x, test_y)["top1"]
     return metrics
+
+
+class TrainingDiverged(ValueError):
+    """An epoch's training loss or the weights after it are not finite: the run stops before it saves them."""
+
+
+def _lr_advice(model: nn.Module, lr: float) -> str:
+    """How to lower the run's learning rate ``lr``, for a network with or without BatchNorm."""
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return (f"train again with a lower --lr (now {lr:g}" + (")" if batch_norm else
+            "; a network without BatchNorm often needs 0.01 to 0.02: the PyTorch CIFAR-10 tutorial's Net trains at "
+            "0.02 in full precision and 0.01 with LCQ)"))
+
+
+def check_diverged(model: nn.Module, epoch: int, loss: float, ckpt_path: Path, lr: float, device: torch.device,
+                   world: int) -> None:
+    """:class:`TrainingDiverged` where the epoch's mean training ``loss`` or a parameter or buffer of ``model``
+    after it is not finite (on any process of a distributed run: all of them stop), naming the checkpoint kept
+    (the epoch before's) and the fix."""
+    weights = torch.stack([torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()])
+    diverged = not (math.isfinite(loss) and bool(weights.all()))
+    if world > 1:
+        flag = torch.tensor([float(diverged)], device=device)
+        dist.all_reduce(flag)
+        diverged = flag.item() > 0
+    if diverged:
+        kept = (f"the checkpoint of epoch {epoch} is kept ({ckpt_path})" if epoch else "no checkpoint was written")
+        what = (f"the training loss is {loss:g}" if not math.isfinite(loss) else
+                f"the weights are not finite (the training loss {loss:.3g})")
+        raise TrainingDiverged(f"epoch {epoch + 1}: {what}: the run diverged and stops; {kept}. "
+                               f"{_lr_advice(model, lr)}, into a new --out")
+
+
+def chance_warning(model: nn.Module, epoch: int, top1: float, classes: int, lr: float) -> str:
+    """What to say where the run's first epoch trained to ``top1`` (%), about chance for ``classes`` classes."""
+    return (f"after epoch {epoch + 1} the training top-1 is {top1:.2f}%, about chance for {classes} classes: the "
+            f"network may not be learning; if it stays there, {_lr_advice(model, lr)}")
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, scheduler, xb: torch.Tensor,

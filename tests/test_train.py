@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,37 @@ def test_cli_train_with_config_file(tmp_path, fp_checkpoint, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["layers"]["conv2"] == [2, 4] and metrics["layers"]["conv1"] == [3, 3]
     assert "test top-1" in capsys.readouterr().out
+
+
+def test_a_diverged_run_stops_keeping_the_last_finite_checkpoint(tmp_path, monkeypatch, capsys):
+    """A learning rate far too high: the loss or the weights are not finite after the first epoch, and the run stops
+    with an error naming the epoch and the fix instead of training on and saving them; a loss that turns NaN in the second
+    epoch stops the run keeping the first epoch's checkpoint and metrics. A first epoch at chance warns, naming
+    --lr."""
+    with pytest.raises(train_mod.TrainingDiverged, match=r"^epoch 1: the (training loss is nan|weights are not finite "
+                       r"\(the training loss .*\)): the run diverged and stops; no checkpoint was written. train "
+                       r"again with a lower --lr \(now 1000\), into a new --out$"):
+        train(_cfg(tmp_path / "fast", epochs=2, lr=1000.0))
+    assert not (tmp_path / "fast" / "checkpoint.pt").exists()
+
+    real, steps = train_mod.train_step, []
+
+    def nan_from_the_second_epoch(*args):
+        loss, hits = real(*args)
+        steps.append(1)
+        return (loss * float("nan") if len(steps) > 25 else loss), hits      # (the digits: 23 steps an epoch)
+
+    monkeypatch.setattr(train_mod, "train_step", nan_from_the_second_epoch)
+    out = tmp_path / "nan"
+    with pytest.raises(train_mod.TrainingDiverged, match=rf"^epoch 2: the training loss is nan: the run diverged "
+                       rf"and stops; the checkpoint of epoch 1 is kept \({re.escape(str(out / 'checkpoint.pt'))}\)"):
+        train(_cfg(out, epochs=3))
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 1
+    capsys.readouterr()
+    monkeypatch.setattr(train_mod, "train_step", real)
+    train(_cfg(tmp_path / "slow", epochs=1, lr=50.0))
+    assert "after epoch 1 the training top-1 is " in capsys.readouterr().err
 
 
 def test_cli_reports_bad_input(tmp_path, capsys):
