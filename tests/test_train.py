@@ -121,9 +121,9 @@ def test_cli_train_with_config_file(tmp_path, fp_checkpoint, capsys):
 
 def test_a_diverged_run_stops_keeping_the_last_finite_checkpoint(tmp_path, monkeypatch, capsys):
     """A learning rate far too high: the loss or the weights are not finite after the first epoch, and the run stops
-    with an error naming the epoch and the fix instead of training on and saving them; a loss that turns NaN in the second
-    epoch stops the run keeping the first epoch's checkpoint and metrics. A first epoch at chance warns, naming
-    --lr."""
+    with an error naming the epoch and the fix instead of training on and saving them; a loss that turns NaN in the
+    second epoch stops the run keeping the first epoch's checkpoint and metrics. A first epoch at chance warns,
+    naming --lr."""
     with pytest.raises(train_mod.TrainingDiverged, match=r"^epoch 1: the (training loss is nan|weights are not finite "
                        r"\(the training loss .*\)): the run diverged and stops; no checkpoint was written. train "
                        r"again with a lower --lr \(now 1000\), into a new --out$"):
