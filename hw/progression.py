@@ -41,7 +41,8 @@ def fit_progression(row: list[int], shift: int, padding: int = 0, never: int = 0
     ``L_c <= B + c * S <= U_c`` for all ``c``; for a given ``S``, ``B`` may be anything in
     ``[max_c(L_c - c S), min_c(U_c - c S)]``, whose width ``f(S)`` is concave in ``S``. Where ``f(S) < 0``
     the indices of that max and min tell on which side of ``S`` the feasible ``S`` lie (if any), so a
-    binary search finds one. ``B`` is the feasible value nearest 0.
+    binary search finds one. ``B`` is the feasible value nearest 0. (Each step's max and min in numpy: int64
+    where no ``L_c - c S`` or ``U_c - c S`` can reach 2^62, else Python integers.)
     """
     row = [int(t) for t in row]
     n, one = len(row), 1 << shift
@@ -57,18 +58,27 @@ def fit_progression(row: list[int], shift: int, padding: int = 0, never: int = 0
     high += [None] * padding
     uppers = [c for c, h in enumerate(high) if h is not None]
     lowers = [c for c, v in enumerate(low) if v is not None]
+    values = [v for v in low + high if v is not None]
     if uppers and lowers:
-        values = [v for v in low + high if v is not None]
         lo, hi = 0, max(0, max(values) - min(values))
     else:
         lo = hi = 0         # a bound on one side only: S = 0 and B at it
+    # |U_c - c S| and |L_c - c S| are at most max|value| * (2 (n + padding) + 1), S being at most twice it
+    dtype = np.int64 if max(map(abs, values)) * (2 * (n + padding) + 1) < 1 << 62 else object
+    up_at, up_value = np.array(uppers, dtype=dtype), np.array([high[c] for c in uppers], dtype=dtype)
+    low_at, low_value = np.array(lowers, dtype=dtype), np.array([low[c] for c in lowers], dtype=dtype)
     found = None
     while lo <= hi:
         s = (lo + hi) // 2
-        up_c = min(uppers, key=lambda c: high[c] - c * s) if uppers else None
-        low_c = max(lowers, key=lambda c: low[c] - c * s) if lowers else None
-        upper = high[up_c] - up_c * s if uppers else None
-        lower = low[low_c] - low_c * s if lowers else None
+        up_c = low_c = upper = lower = None
+        if uppers:      # the first c of the least U_c - c S, and of the largest L_c - c S (as min and max find them)
+            ups = up_value - up_at * s
+            i = int(np.argmin(ups))
+            up_c, upper = uppers[i], int(ups[i])
+        if lowers:
+            lows = low_value - low_at * s
+            i = int(np.argmax(lows))
+            low_c, lower = lowers[i], int(lows[i])
         if upper is None or lower is None or lower <= upper:
             found = (lower if upper is None else upper if lower is None else min(max(0, lower), upper), s)
             break
