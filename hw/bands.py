@@ -4,8 +4,9 @@ In network mode (:class:`hw.engine.LayerEngine` with ``value_depth``) the engine
 channel tile band by band (``band_rows`` output rows each, a divisor of the output height), all
 reduction tiles of a band before the next band, and writes each band back while the array
 computes the next one. Smaller bands shorten the write-back left over after the last band; each
-band costs a weight load (``rows`` cycles) per reduction tile, and bands of fewer than
-``cols + 2`` positions wait for the pipeline. The accumulators hold two of the largest bands, or more
+band costs a weight load (``rows`` cycles) per reduction tile (none where the band has
+:func:`overlap_positions`: the next tile's weights load while it issues), and bands of fewer than
+:func:`gap_positions` positions wait a few cycles. The accumulators hold two of the largest bands, or more
 where a layer would wait for them (:func:`ring_depth`), not the layer: a band waits while the ring is full.
 :func:`network_layer_cycles` is the engine's cycle model (``hw/engine.py``), :func:`band_rows` picks the band
 that it says is fastest and :func:`band_registers` writes it into the engine's band registers
@@ -47,10 +48,10 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     With ``k = kernel^2 * groups`` reduction tiles (``groups`` = ``ceil(C_in / rows)``, or
     :func:`~hw.engine_params.group_span`'s with ``skip_groups``), ``units = ceil(C_out / C) * bands``
     (band of a channel tile of ``C`` = :meth:`~hw.engine_params.EngineParams.layer_cols` channels), ``P =
-    rows_per_band * W_out`` positions per band, ``gap = max(0, cols + 2 - P)``, ``load`` = 0 where the next
-    tile's weights are read while a tile issues (:func:`overlaps`), else ``rows``, ``T = load + P + 1 + gap``
-    cycles per reduction tile and ``W`` cycles of write-back per unit (:func:`write_back_cycles`: ``P * (C +
-    1)``, or ``P / 2 * (C + 2)`` in pairs): unit ``u``
+    rows_per_band * W_out`` positions per band, ``gap = max(0, G - P)`` (``G``: :func:`gap_positions`), ``load`` = 0
+    where the next tile's weights are read while a tile issues (:func:`overlaps`), else ``rows``, ``T = load + P +
+    1 + gap`` cycles per reduction tile and ``W`` cycles of write-back per unit (:func:`write_back_cycles`: ``P *
+    (C + 1)``, or ``P / 2 * (C + 2)`` in pairs): unit ``u``
     issues from ``i_u = rows - load + u * k * T`` on (after the engine's twice registered ``start``, and
     with the overlap the first tile's weights ``rows``), its accumulators are final at ``i_u + k * T - gap +
     drain`` (``drain`` = :func:`network_drain`), its write-back runs ``W`` cycles from the cycle after that or
@@ -70,7 +71,7 @@ def network_layer_cycles(params: EngineParams, node: ConvNode, rows_per_band: in
     if held < 1:
         raise ValueError(f"a band of {positions} positions of {node.name} does not fit the {params.out_depth} "
                          f"accumulators of a column")
-    gap = max(0, params.cols + 2 - positions)
+    gap = max(0, gap_positions(params) - positions)
     load = 0 if overlaps(params, positions) else params.rows
     T, W = load + positions + 1 + gap, write_back_cycles(params, positions, tile)
     drain = network_drain(params)
@@ -114,11 +115,29 @@ def write_back_cycles(params: EngineParams, positions: int, tile_cols: int) -> i
     return positions * (tile_cols + 1)
 
 
+def gap_positions(params: EngineParams) -> int:
+    """Network mode: a band of ``P`` positions fewer than this, ``max(2, cols - rows - 1)``, waits ``gap = this - P``
+    cycles after each reduction tile before the next one's weights load, so that a tile takes ``T = rows + P + 1 +
+    gap >= max(rows + 3, cols)`` cycles: the next tile reads a position's partial sum after this one wrote it
+    (``rows + 1`` cycles after its read; on the ECP5 the read is a cycle early, and a read in the write's cycle
+    returns either), and a row's weight word, which its PEs take a column a cycle as the positions reach them,
+    holds for ``cols`` cycles."""
+    return max(2, params.cols - params.rows - 1)
+
+
+def overlap_positions(params: EngineParams) -> int:
+    """Network mode: a band of at least this many positions, ``max(rows + 2, cols - 1)``, has the next reduction
+    tile's weights read while it issues its last ``rows`` positions, not between tiles: ``T = P + 1 >= max(rows
+    + 3, cols)`` cycles (:func:`gap_positions`), and the loads begin two positions after the tile's first, so that
+    each row's shadow weights take the next tile's after the swap that copies this tile's."""
+    return max(params.rows + 2, params.cols - 1)
+
+
 def overlaps(params: EngineParams, positions: int) -> bool:
     """Whether the engine reads the next reduction tile's weights while it issues the last ``rows``
-    positions of a band of ``positions`` (at least ``rows + cols + 3``: the tile's first position has
-    passed the array's last column first), instead of loading them between tiles."""
-    return positions >= params.rows + params.cols + 3
+    positions of a band of ``positions`` (at least :func:`overlap_positions`), instead of loading them between
+    tiles."""
+    return positions >= overlap_positions(params)
 
 
 def band_rows(params: EngineParams, node: ConvNode) -> int:

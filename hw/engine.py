@@ -56,14 +56,17 @@ grows by ``FUSED_LATENCY`` cycles at its end). The accumulator memories have a s
 the write-back, and the code memory separate read (compute) and write (write-back) addresses, so
 neither disturbs the computation; the one output stage is shared as in layer mode. With ``k =
 kernel^2 * groups`` reduction tiles, ``units = co_tiles * bands`` (a band of a channel tile), ``P =
-band_rows * out_w`` positions per band, ``gap = max(0, cols + 2 - P)`` and ``T = load + P + 1 +
+band_rows * out_w`` positions per band, ``gap = max(0, G - P)`` with ``G = max(2, cols - rows - 1)``
+(:func:`hw.bands.gap_positions`: a tile then takes at least ``rows + 3`` cycles, which keep each position's
+partial sums in order, and ``cols``, which keep a row's weight word for its PEs) and ``T = load + P + 1 +
 gap`` cycles per reduction tile, unit ``u``'s accumulators (``u = 0 .. units - 1``) are final after
 cycle ``c_u = rows - load + (u + 1) * k * T - gap + drain`` (``drain`` cycles after its last
 position is issued; in network mode ``drain`` is ``rows + cols + 8``, the code buffer's read address
 and data registered: :func:`hw.bands.network_drain`). ``load`` is ``rows`` (LOAD_WEIGHTS between
-tiles) or, with bands of at least ``rows + cols + 3`` positions, 0: the next tile's weight rows are
-then read during a tile's last ``rows`` positions (its first position has passed the last column by
-then), and only the first tile loads. Its write-back takes ``W = P * (C + 1)`` cycles (per position
+tiles) or, with bands of at least ``max(rows + 2, cols - 1)`` positions (:func:`hw.bands.overlap_positions`), 0:
+the next tile's weight rows are then read during a tile's last ``rows`` positions (each row's shadow weights
+take them after the swap that copied this tile's: the load travels along the row as the positions do), and only
+the first tile loads. Its write-back takes ``W = P * (C + 1)`` cycles (per position
 a read cycle, then ``C`` cycles feeding the output stage, whose results are written
 ``STAGE_LATENCY`` cycles later; ``C`` = register ``tile_cols``, the layer's channel tile: ``cols``,
 or for a multiplying layer on an engine whose PEs multiply in the first ``multiply_cols`` columns
@@ -97,7 +100,7 @@ from amaranth import C, Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 
-from .bands import CODE_READ_REGISTERS
+from .bands import CODE_READ_REGISTERS, gap_positions, overlap_positions
 from .banked import LATENCY as BANKED_LATENCY
 from .banked import banked_buffer
 from .code_buffer import code_buffer
@@ -630,11 +633,10 @@ class LayerEngine(wiring.Component):
         of a tile's weight loads with the previous tile's positions, into ``seq``: ``overlap``, ``left``,
         ``last_rows``, ``fetch``, ``issue_first``, ``band_wrap``."""
         p = self.params
-        R, Cn = p.rows, p.cols
         counter = self._counter
         tile_ends, ends = seq.tile_ends, seq.ends
         # Network mode: the weights buffer reads at ``fetch``, a register (no logic before the address of
-        # its many block RAMs). Bands of at least rows + cols + 3 positions (``overlap``): the next tile's
+        # its many block RAMs). Bands of at least overlap_positions (``overlap``, hw.bands): the next tile's
         # weight rows are read during the last ``rows`` positions of a tile (``left`` counts the band's
         # positions still to issue), from the band's first tile's where the tile is the band's last and
         # another band of the channel tile follows (``band_wrap``), else from the next ones (``weight_addr``),
@@ -644,7 +646,7 @@ class LayerEngine(wiring.Component):
         overlap, left = Signal(name="overlap"), Signal(range(p.pos_depth + 1), name="left")
         last_rows = Signal(name="last_rows")
         fetch, issue_first = counter("fetch"), Signal(name="issue_first")
-        m.d.sync += overlap.eq(cfg["band_positions"] >= R + Cn + 3)
+        m.d.sync += overlap.eq(cfg["band_positions"] >= overlap_positions(p))
         m.d.comb += weight_read_addr.eq(fetch)
         band_wrap = tile_ends & ~ends["band"]
         seq.overlap, seq.left, seq.last_rows, seq.fetch, seq.issue_first = overlap, left, last_rows, fetch, issue_first
@@ -763,12 +765,14 @@ class LayerEngine(wiring.Component):
                 if self.network:
                     with m.If(seq.overlap):
                         m.d.sync += seq.weight_addr.eq(seq.fetch + 1)       # past the next tile's last row
-                # The next tile's shadow weights must not be written before this tile's
-                # first element has passed the last column, nor a partial sum read
-                # before it is written: at least cols + 2 cycles from a tile's first
-                # issue to the next tile's loads. The last tile waits for the pipeline.
-                m.d.sync += [seq.wait.eq(Cn + 2 - seq.band_cfg["positions"]),
-                             seq.waiting.eq(seq.band_cfg["positions"] < Cn + 2)]
+                # Layer mode: the next tile's shadow weights are not written before this tile's first element
+                # has passed the last column, nor a partial sum read before it is written: at least cols + 2
+                # cycles from a tile's first issue to the next tile's loads. Network mode: as few as keep a row's
+                # weight word for its columns and the partial sums in order (hw.bands.gap_positions). The last
+                # tile waits for the pipeline.
+                least = gap_positions(p) if self.network else Cn + 2
+                m.d.sync += [seq.wait.eq(least - seq.band_cfg["positions"]),
+                             seq.waiting.eq(seq.band_cfg["positions"] < least)]
                 m.next = "WAIT"
         with m.Else():
             m.d.sync += [seq.x_left.eq(seq.x_left - 1), seq.x_end.eq(seq.x_left == 1),
@@ -907,8 +911,9 @@ class LayerEngine(wiring.Component):
         # own instead of one register fanned out to all rows (the ULX3S-85F's worst path). The row's shadow
         # weights take the word two cycles after its read data (column c's c cycles later, as the positions
         # reach it; network mode: BANKED_LATENCY + 2 after its address): no later than the tile's first
-        # position reaches them, and three cycles after the previous tile's first position has passed them
-        # (with the overlap's rows + cols + 3 positions, or the wait before LOAD_WEIGHTS).
+        # position reaches them, and after the previous tile's first position has (its swap copied the shadow),
+        # column by column; the row's word holds until its last column has taken it (a tile of at least cols
+        # cycles: hw.bands.gap_positions).
         groups = -(-Cn // self.WORD_GROUP_COLUMNS)
         enables = [[w_rows[r]] * groups for r in range(R)]
         if self.network:
@@ -961,8 +966,9 @@ class LayerEngine(wiring.Component):
         # own memory; column c runs c cycles behind column 0. On the ECP5 (slow_block_ram) the partial sum read
         # for the array is registered before the top row's PE and read a cycle earlier: the block RAM's output
         # ran into the PE's two adders (13.0 ns on the ULX3S-85F at 41798fd). A position's partial sum is read
-        # again a tile later, at least cols + 2 + rows cycles after it was read (the engine's wait), and written
-        # rows + 1 cycles after that read: one cycle earlier still reads it after the write.
+        # again a tile later, at least rows + 3 cycles after it was read (network mode, hw.bands.gap_positions;
+        # layer mode cols + 2 + rows), and written rows + 1 cycles after that read: one cycle earlier still
+        # reads it after the write.
         late = slow_block_ram(platform)
         ahead = 1 if late else 0
         column_reads = []

@@ -6,9 +6,10 @@ to fetch and write its register, and a step :data:`STEP_HANDSHAKE` more; a convo
 cycle model (:func:`hw.bands.network_layer_cycles`, at the band :func:`hw.bands.band_rows` picks), a vector step
 the unit's (:meth:`hw.vector_params.VectorParams.register_cycles`). Left out: the output stage's latency once per
 layer and the block RAM's extra read cycles on the ECP5 (5 to 20 cycles a step), and the logits' out stream. It
-is within 0.7% of the cycles Verilator counted for the digits CNN and LeNet at 4 x 4, the CIFAR-10 tutorial net at
-1 x 1 and 4 x 4 and ResNet-20 at 8 x 8 and 16 x 16 (the README's), and within 1% and 20 cycles a step of every
-image's steps in ``tests/test_sim_network.py``.
+was within 0.7% of the cycles Verilator counted for the digits CNN and LeNet at 4 x 4, the CIFAR-10 tutorial net at
+1 x 1 and 4 x 4 and ResNet-20 at 8 x 8 and 16 x 16 (the README's, at 88ac717), is 31,738 against 31,794 for the
+digits CNN at 4 x 4 since the shorter waits of :func:`hw.bands.gap_positions`, and within 1% and 20 cycles a step
+of every image's steps in ``tests/test_sim_network.py``.
 """
 
 from __future__ import annotations

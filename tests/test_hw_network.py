@@ -205,57 +205,60 @@ def test_accumulator_ring_holds_back_a_band_until_it_is_written(small_cnn, depth
 
 
 def test_accumulator_ring_deep_enough_that_no_band_waits(small_cnn):
-    """hw.bands.ring_depth on a 4 x 8 array: conv0 (2 -> 16 channels, 8 x 8: two channel tiles of four bands
-    of 16 positions) writes a band back in 16 * 9 = 144 cycles, longer than the next band's computation leaves
-    after the drain, so in a ring of two bands (32 words) a band waits for the write-back of the one two before
-    it; the ring is 64 words, where conv0 takes the cycles it takes with its whole output held. In both rings
-    every tensor is exact and every layer's cycles are the model's."""
+    """hw.bands.ring_depth on a 4 x 8 array: conv0 (2 -> 16 channels, 8 x 8: two channel tiles of eight bands
+    of 8 positions, the next reduction tile's weights read while one issues) computes a band in 9 * 9 = 81 cycles
+    and writes it back in 8 * 9 = 72, but from the drain (20 cycles) after its last position on, so in a ring of
+    two bands (16 words) a band waits for the write-back of the one two before it (84 cycles in all); the ring is
+    32 words, where conv0 takes the cycles it takes with its whole output held. In both rings every tensor is
+    exact and every layer's cycles are the model's."""
     from compiler.lower import compile_model
     from lcq_train.plan import QuantPlan
 
     model = compile_model(small_cnn((2, 8, 8), QuantPlan("lcq", 3, 3), seed=3, widths=(16, 4, 4)), (2, 8, 8))
     params = NetworkParams.for_model(model, 4, 8)
     conv0, engine = model.convs[0], params.engine
-    assert band_rows(engine, conv0) * conv0.out_shape[2] == 16 and engine.out_depth == 64
+    assert band_rows(engine, conv0) * conv0.out_shape[2] == 8 and engine.out_depth == 32
     whole = dataclasses.replace(engine, out_depth=1024)
-    cycles = {depth: network_layer_cycles(dataclasses.replace(engine, out_depth=depth), conv0, 2, 0)
-              for depth in (32, 64)}
-    assert cycles[64] == network_layer_cycles(whole, conv0, band_rows(whole, conv0), 0) < cycles[32]
+    cycles = {depth: network_layer_cycles(dataclasses.replace(engine, out_depth=depth), conv0, 1, 0)
+              for depth in (16, 32)}
+    assert cycles[32] == network_layer_cycles(whole, conv0, band_rows(whole, conv0), 0) == cycles[16] - 84
     images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
     simulated = {}
-    for depth in (32, 64):
+    for depth in (16, 32):
         ringed = dataclasses.replace(params, engine=dataclasses.replace(engine, out_depth=depth))
         (result,) = simulate_network(model, ringed, images)
         check_against_reference(model, images, [result])
         check_layer_cycles(model, ringed, result)
         simulated[depth] = result["engine_cycles"][0]
-    assert simulated[32] - simulated[64] == cycles[32] - cycles[64]
+    assert simulated[16] - simulated[32] == cycles[16] - cycles[32]
 
 
 def test_resnet20_on_16x16_in_a_ring_where_no_band_waits(monkeypatch):
-    """ResNet-20 on 16 x 16: a 16-channel 32 x 32 layer's 64-position band is computed in 9 * 65 = 585 cycles
-    and written back in 32 * 18 = 576, which with the drain outlast the next band's computation: in a ring of
-    two bands (128 words) every second band waited 32 cycles, 224 a layer (96 in blocks.3.conv1's bands of 4
-    rows of 16), 1,664 an image. The ring is 256 words, where every layer takes the cycles it takes with its
-    whole output held; it grows no deeper than hw.bands.RING_FREE_DEPTH."""
+    """ResNet-20 on 16 x 16: every 3 x 3 layer runs in bands of 32 positions (the next reduction tile's weights
+    read while one issues, from hw.bands.overlap_positions' 18 on): a 16-channel 32 x 32 layer's band is computed
+    in 9 * 33 = 297 cycles and written back in 16 * 18 = 288, which with the drain outlast the next band's
+    computation, so in a ring of two bands (64 words) bands waited, 480 cycles a layer (224 in blocks.3.conv1),
+    3,104 an image. The ring is 128 words, where every layer takes the cycles it takes with its whole output
+    held; it grows no deeper than hw.bands.RING_FREE_DEPTH."""
     import hw.bands
 
     model = load(DATA / "cifar10-resnet20-lcq-w3a3.lcq")
     engine = NetworkParams.for_model(model, 16, 16).engine
-    assert engine.out_depth == 256
+    assert engine.out_depth == 128
+    assert {band_rows(engine, n) * n.out_shape[2] for n in model.convs if n.kernel == 3} == {32}
     with monkeypatch.context() as patch:
-        patch.setattr(hw.bands, "RING_FREE_DEPTH", 128)
-        assert NetworkParams.for_model(model, 16, 16).engine.out_depth == 128
+        patch.setattr(hw.bands, "RING_FREE_DEPTH", 64)
+        assert NetworkParams.for_model(model, 16, 16).engine.out_depth == 64
 
     def fastest(depth):
         ringed = dataclasses.replace(engine, out_depth=depth)
         return {node.name: network_layer_cycles(ringed, node, band_rows(ringed, node), 0) for node in model.convs}
 
-    whole, ring, two_bands = fastest(1 << 16), fastest(256), fastest(128)
+    whole, ring, two_bands = fastest(1 << 16), fastest(128), fastest(64)
     assert ring == whole
     slower = {name: two_bands[name] - ring[name] for name in ring if two_bands[name] != ring[name]}
-    assert slower == {"conv1": 224, **{f"blocks.{b}.conv{c}": 224 for b in range(3) for c in (1, 2)},
-                      "blocks.3.conv1": 96}
+    assert slower == {"conv1": 480, **{f"blocks.{b}.conv{c}": 480 for b in range(3) for c in (1, 2)},
+                      "blocks.3.conv1": 224}
 
 
 def test_next_image_loads_while_the_core_runs(small_cnn):
@@ -410,8 +413,8 @@ def layer_cycles(params, node, overlapped=True):
     rows = band_rows(params.engine, node) if overlapped else ho
     positions, units = rows * wo, -(-c_out // tile) * (ho // rows)
     k = node.kernel ** 2 * -(-c_in // R)
-    gap = max(0, C + 2 - positions)
-    load = 0 if overlapped and positions >= R + C + 3 else R     # the next tile's weights read while one issues
+    gap = max(0, max(2, C - R - 1) - positions)
+    load = 0 if overlapped and positions >= max(R + 2, C - 1) else R     # the next tile's weights read while one issues
     paired = params.engine.write_pairs and positions % 2 == 0    # two positions per tile + 2 cycles
     T, drain = load + positions + 1 + gap, R + C + 8     # 8: the code buffer's read address and data registered
     W = positions // 2 * (tile + 2) if paired else positions * (tile + 1)
