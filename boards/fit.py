@@ -591,9 +591,8 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
     with the link at ``clock_hz`` (default: the board's clock; :func:`image_pace`), where one does: a larger
     array would add no image a second, only logic, block RAM and build time; else the fastest by
     :func:`image_pace` (the arrays are tried largest first, until one falls behind the link after one that
-    kept up). :class:`FitError`
-    naming the smallest one's largest buffers when none fits (or its ValueError: an array that cannot hold the
-    model at all, skipped as :func:`engine_for_board` skips it). ``force`` (with both ``rows`` and ``cols``):
+    kept up). :class:`FitError` naming the smallest one's largest buffers when none fits (or its ValueError: an
+    array that cannot hold the model at all, skipped as :func:`engine_for_board` skips it). ``force`` (with both ``rows`` and ``cols``):
     that array whatever the estimate says (the synthesis and placement tools decide), but not past a link payload
     the board's frame buffer cannot hold (:func:`check_network_link`: no bridge could be built) or a memory no block
     RAM is deep enough for (:func:`check_network_columns`). ``multiply_cols``
