@@ -204,6 +204,34 @@ def test_accumulator_ring_holds_back_a_band_until_it_is_written(small_cnn, depth
     check_layer_cycles(model, params, result, overlapped=False)     # one band at a time: no overlap to gain
 
 
+@pytest.mark.parametrize("form", ["simulation", "ecp5"])
+def test_bands_at_the_edges_of_the_waits_on_a_wide_array(small_cnn, form, monkeypatch):
+    """hw.bands.gap_positions and overlap_positions at their edges on a 2 x 8 array (cols > rows + 3, where the
+    width bounds the tile): the first layer's 7 x 7 map in bands of one row, 7 positions (exactly
+    overlap_positions: the next tile's weights read while one issues, a tile of cols cycles), the 4 x 4 layers' of
+    8, and the FC's one position (gap_positions - 1 cycles of wait: a tile of cols cycles); every tensor exact and,
+    in simulation, every layer's cycles the model's, and so in the ECP5's form (the partial sums read a cycle
+    early)."""
+    from compiler.lower import compile_model
+    from helpers import build_as_for_the_ecp5
+    from lcq_train.plan import QuantPlan
+    from hw.bands import gap_positions, overlap_positions
+
+    if form == "ecp5":
+        build_as_for_the_ecp5(monkeypatch)
+    model = compile_model(small_cnn((1, 7, 7), QuantPlan("lcq", 3, 3), seed=3, widths=(8, 6, 8)), (1, 7, 7))
+    params = NetworkParams.for_model(model, 2, 8)
+    params = dataclasses.replace(params, engine=dataclasses.replace(params.engine, out_depth=8))
+    engine = params.engine
+    assert (gap_positions(engine), overlap_positions(engine)) == (5, 7)
+    assert [band_rows(engine, n) * n.out_shape[2] for n in model.convs] == [7, 8, 8, 1]
+    images = np.random.default_rng(3).integers(0, 256, (1, *model.input.shape), dtype=np.uint8)
+    results = simulate_network(model, params, images)
+    check_against_reference(model, images, results)
+    if form == "simulation":
+        check_layer_cycles(model, params, results[0], overlapped=False)
+
+
 def test_accumulator_ring_deep_enough_that_no_band_waits(small_cnn):
     """hw.bands.ring_depth on a 4 x 8 array: conv0 (2 -> 16 channels, 8 x 8: two channel tiles of eight bands
     of 8 positions, the next reduction tile's weights read while one issues) computes a band in 9 * 9 = 81 cycles
