@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from lcq_train.cli import apply_config_file
 
         args = apply_config_file(sub.choices["train"], argv[argv.index("train") + 1:])
+        if args.compile_check:      # (the trainer imports no other stage: the compiler's check is handed to it)
+            from compiler.preflight import check_network
+
+            args.check_model = check_network
     try:
         status = commands[name](args)
         sys.stdout.flush()      # here, not at exit: a reader that left (`lcq report M | head`) is caught below

@@ -78,6 +78,10 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="continue the run saved in OUT/checkpoint.pt: options not given keep the saved run's values, "
                         "options given must equal them (--epochs may be larger, to extend the run)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar and per-epoch lines")
+    p.add_argument("--compile-check", action=argparse.BooleanOptionalAction, default=True,
+                   help="before the first epoch of a new run, lower the network as `lcq compile` will after the "
+                        "last, and stop if the compiler refuses it (an operation it cannot run, say); "
+                        "--no-compile-check trains it anyway")
     return p
 
 
@@ -205,12 +209,14 @@ def train_config(args: argparse.Namespace):
 
 
 def cmd_train(args) -> int:
-    """``lcq train``; SIGTERM and SIGHUP end it as Ctrl-C does (:mod:`lcq_train.stop_signals`), with its way on."""
+    """``lcq train``; SIGTERM and SIGHUP end it as Ctrl-C does (:mod:`lcq_train.stop_signals`), with its way on.
+    ``args.check_model``, where set, checks a new run's network before it trains (:func:`train.train`'s
+    ``check_model``: the ``lcq`` command sets the compiler's where ``--compile-check``)."""
     from .stop_signals import stop_signals
     from .train import process_rank, train
 
     with stop_signals():
-        metrics = train(train_config(args), finished_ok=False)
+        metrics = train(train_config(args), finished_ok=False, check_model=getattr(args, "check_model", None))
     if "test_top1" in metrics and process_rank() == 0:          # (other processes evaluate nothing)
         print(f"test top-1: {metrics['test_top1']:.2f}%  ({args.out}/checkpoint.pt, {args.out}/metrics.json)")
     return 0

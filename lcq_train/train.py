@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -56,6 +57,8 @@ UNSET_IS_SAVED = ("lr", "augment")
 # Settings added since the first saved configs, with the value every run before them had: the paper's
 # recipe (``--clip-init fixed --bn-batches 0``), which the defaults below improve on (README, Results).
 PAPER_RECIPE = {"clip_init": "fixed", "bn_batches": 0}
+# What `train` may ask of a new run's network before it trains: (model, input_shape, plan); ValueError refuses it.
+CheckModel = Callable[[nn.Module, tuple, QuantPlan], None]
 CALIBRATION_BATCHES = 4      # training batches (unaugmented) that --clip-init mse looks at
 
 
@@ -342,8 +345,12 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
+def train(cfg: TrainConfig, *, finished_ok: bool = True, check_model: CheckModel | None = None) -> dict:
     """Run training per ``cfg``; returns the metrics dict also written to OUT/metrics.json.
+
+    ``check_model(model, input_shape, plan)``, where given, sees the network of a new run (not a resumed one)
+    as built, before anything trains, and raises ValueError to refuse it (nothing is written; ``lcq train``
+    passes :func:`compiler.preflight.check_network`).
 
     ``cfg.out`` must be new or empty, or, with ``cfg.resume``, hold the run to continue: its
     RECIPE settings must equal ``cfg``'s (ValueError lists the differences; ``lr`` and ``augment`` left None
@@ -360,10 +367,10 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True) -> dict:
         raise FileExistsError(f"--out {out} is a file; pass a directory")
     _check_out_dir(out, cfg.resume)            # (also before the lock, so a refused directory gets no lock file)
     with run_lock(out) if process_rank() == 0 else contextlib.nullcontext():
-        return _train(cfg, out, finished_ok)
+        return _train(cfg, out, finished_ok, check_model)
 
 
-def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
+def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckModel | None) -> dict:
     ckpt_path = out / "checkpoint.pt"
     _check_out_dir(out, cfg.resume)            # (again under the lock: nothing came in meanwhile)
     if process_rank() == 0:
@@ -399,6 +406,8 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool) -> dict:
         _load_init(model, cfg.init)
     if resume_state is None:
         _check_weight_spread(model, f"--init {cfg.init}" if cfg.init else f"--model {cfg.model}")
+        if check_model is not None:
+            check_model(model, data.input_shape, cfg.plan)
     model.to(device)
     clips, start_codes = {}, {}
     if resume_state is None and cfg.plan.method != "fp":

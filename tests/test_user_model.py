@@ -182,7 +182,7 @@ def test_signed_inputs_get_signed_quantizers():
 def test_cli_trains_a_model_with_signed_activation_quantizers(tmp_path):
     out = tmp_path / "run"
     assert main(["train", "--model", f"{DATA}/user_models.py:Normalized", "--method", "lcq", "--epochs", "1",
-                 "--out", str(out), "--no-progress"]) == 0
+                 "--out", str(out), "--no-progress", "--no-compile-check"]) == 0    # (its normalization: no compile)
     shares = json.loads((out / "metrics.json").read_text())["start_code_shares"]
     assert len(shares["act_conv"]) == len(shares["act_fc2"]) == 255 and len(shares["act_fc1"]) == 8   # -127..127
 
@@ -403,6 +403,46 @@ def test_a_zero_initialized_layer_is_refused_before_training(tmp_path, capsys):
     assert "layer '3'" in err and "standard deviation 0" in err and "NaN" in err and "--init" in err
     assert not (out / "checkpoint.pt").exists()
     assert main([*args[:4], "fp", *args[5:]]) == 0          # full precision has no weight quantizer
+
+
+_LEAKY = ("import torch.nn.functional as F\nfrom torch import nn\n\n"
+          "class Net(nn.Module):\n"
+          "    def __init__(self, num_classes):\n"
+          "        super().__init__()\n"
+          "        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, num_classes)\n\n"
+          "    def forward(self, x):\n"
+          "        return self.fc(F.leaky_relu(self.conv(x)).mean((2, 3)))\n\n"
+          "def net(num_classes, in_channels):\n"
+          "    return Net(num_classes)\n")
+
+
+@pytest.mark.parametrize("method", ["lcq", "uniform", "fp"])
+def test_a_network_the_compiler_refuses_is_refused_before_the_first_epoch(method, tmp_path, capsys):
+    nets = tmp_path / "leaky.py"
+    nets.write_text(_LEAKY)
+    out = tmp_path / "run"
+    args = ["train", "--model", f"{nets}:net", "--method", method, "--epochs", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lcq train: error: `lcq compile` would refuse this network after training (checked before "
+                          "the first epoch): cannot compile a ")
+    assert f"leaky_relu at {nets}:10 " in err and "use nn.ReLU" in err and "pass --no-compile-check" in err
+    assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+    assert main([*args, "--no-compile-check"]) == 0 and (out / "checkpoint.pt").is_file()
+
+
+def test_the_compile_check_leaves_the_run_as_it_was(tmp_path):
+    """An FP run's check draws its layers afresh on a copy, and the run's random numbers (its dropout's, here)
+    are untouched: the same seed trains to the same metrics with the check and without it."""
+    runs = []
+    for check in ("--compile-check", "--no-compile-check"):
+        out = tmp_path / check
+        assert main(["train", "--model", f"{DATA}/user_models.py:per_rank_dropout", "--method", "fp", "--epochs", "1",
+                     "--batch-size", "256", "--out", str(out), "--no-progress", check]) == 0
+        runs.append(json.loads((out / "metrics.json").read_text())["epochs"])
+        for epoch in runs[-1]:
+            epoch.pop("time_s")
+    assert runs[0] == runs[1]
 
 
 @pytest.fixture(scope="module")
