@@ -80,7 +80,8 @@ def add_parsers(sub) -> dict:
     p.add_argument("--timeout", type=positive_float, default=FLASH_TIMEOUT_S, metavar="S",
                    help="stop the programmer after S seconds, > 0")
 
-    p = sub.add_parser("run", help="classify test images on a flashed board over its serial link", formatter_class=fmt)
+    p = sub.add_parser("run", help="classify test images or image files on a flashed board over its serial link",
+                       formatter_class=fmt)
     p.add_argument("model", metavar="MODEL", help="compiled model file the board was built for")
     p.add_argument("--board", required=True, metavar="NAME", choices=BOARDS, help=f"one of: {boards}")
     p.add_argument("--port", required=True, metavar="PORT", help="serial port of the board, e.g. /dev/ttyUSB1")
@@ -88,6 +89,10 @@ def add_parsers(sub) -> dict:
     p.add_argument("--inputs", metavar="NPZ", help="images (uint8, N x C x H x W) and labels (N integer classes) "
                                                   "from this .npz (numpy.savez(NPZ, images=..., labels=...)) instead "
                                                   "of the model's test set; needs numpy only, not the trainer's torch")
+    p.add_argument("--image", nargs="+", dest="image_files", metavar="IMAGE",
+                   help="classify these PNG or JPEG files instead (as `lcq predict` reads them: the model's grey or "
+                        "RGB, the middle cropped to its aspect ratio and resized), a line each with the board's "
+                        "classes")
     p.add_argument("--images", type=positive_int, default=100, metavar="N", help="first N test images, N >= 1")
     p.add_argument("--report", metavar="FILE", help="the build's report.json (default: build/<board>/report.json): "
                                                      "clock, array and residency of the flashed design")
@@ -423,7 +428,14 @@ def cmd_run(args) -> int:
                              f"layers`, `lcq flash --board {board.name}`)")
         check_report_core(report_path, built, f"{engine.params.rows} x {engine.params.cols} engine", built["engine"],
                           {"params": engine.params.describe()}, args.model, board, " --mode layers")
-    images, labels = _test_images(args, model)
+    if args.image_files and args.inputs:
+        raise ValueError("--image and --inputs both name the images to run: give one of them")
+    if args.image_files:
+        from compiler.image_predictions import read_images
+
+        (images, notes), labels = read_images(model, args.image_files), None
+    else:
+        images, labels = _test_images(args, model)
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
     # Progress on a terminal only (as the trainer's): in a log, carriage returns join its lines into one.
     show_progress = None if args.json or not sys.stderr.isatty() else (
@@ -452,12 +464,20 @@ def cmd_run(args) -> int:
            "seconds": result.seconds, "load_seconds": result.load_seconds, "frames_resent": host.retried,
            repeated: runner.repeated,
            "equal_to_reference": int((result.predictions == reference).sum())}
+    if args.image_files:
+        from compiler.image_predictions import describe, prediction
+
+        out["predictions"] = [prediction(model, path, logits, note, min(3, model.num_classes))
+                              for path, logits, note in zip(args.image_files, result.logits, notes)]
     if args.json:
         print(json.dumps(out))
     else:
         print(end_progress, end="", file=sys.stderr)
+        for record in out.get("predictions", ()):
+            print(describe(record))
         n = out["images"]
-        print(f"{board.name}: {counted(n, 'image')}, top-1 {out['accuracy']:.2f}%, "
+        top1 = "" if out["accuracy"] is None else f", top-1 {out['accuracy']:.2f}%"
+        print(f"{board.name}: {counted(n, 'image')}{top1}, "
               f"{out['images_per_second']:.2f} images/s at {baud:,} baud (constants loaded in "
               f"{out['load_seconds']:.2f} s, {counted(host.retried, 'frame')} resent, "
               f"{counted(runner.repeated, 'image run' if mode == 'network' else 'layer run')} repeated); "

@@ -60,7 +60,16 @@ def add_parsers(sub) -> dict:
     p.add_argument("--lanes", type=LANES, default=1, metavar="R",
                    help=f"codes per word of the network's code memory (the PE array's rows R), {LANES.describe()}")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    return {"compile": cmd_compile, "eval": cmd_eval, "report": cmd_report}
+
+    p = sub.add_parser("predict", help="classify image files with the integer reference (what the chip computes)",
+                       formatter_class=fmt)
+    p.add_argument("model", metavar="MODEL", help="compiled model file")
+    p.add_argument("images", metavar="IMAGE", nargs="+",
+                   help="PNG or JPEG files; each is converted to the model's grey or RGB and, where its size is not "
+                        "the model's, its middle cropped to the model's aspect ratio and resized")
+    p.add_argument("--top", type=positive_int, default=3, metavar="K", help="classes listed per image, best first")
+    p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a line")
+    return {"compile": cmd_compile, "eval": cmd_eval, "report": cmd_report, "predict": cmd_predict}
 
 
 def _model_option(p) -> None:
@@ -86,6 +95,19 @@ def cmd_compile(args) -> int:
 def cmd_report(args) -> int:
     rep = report(model_format.load(args.model), lanes=args.lanes)
     print(json.dumps(rep) if args.json else format_table(rep))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Each image file's classes by the integer reference: one line (or JSON object) per image."""
+    from .image_predictions import describe, prediction, read_images
+    from .reference import predict
+
+    model = model_format.load(args.model)
+    images, notes = read_images(model, args.images)
+    for path, logits, note in zip(args.images, predict(model, images), notes):
+        record = prediction(model, path, logits, note, min(args.top, model.num_classes))
+        print(json.dumps(record) if args.json else describe(record))
     return 0
 
 

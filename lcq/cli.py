@@ -2,7 +2,7 @@
 
 Each stage contributes its own verbs from its own ``cli`` module (``add_parsers(sub)`` ->
 ``{verb: handler}``): ``train``, ``plot``, ``export-onnx`` (:mod:`lcq_train.cli`), ``compile``, ``eval``,
-``report`` (:mod:`compiler.cli`), ``generate`` (:mod:`hw.cli`), ``sim``, ``board-sim`` (:mod:`sim.cli`),
+``report``, ``predict`` (:mod:`compiler.cli`), ``generate`` (:mod:`hw.cli`), ``sim``, ``board-sim`` (:mod:`sim.cli`),
 ``build``, ``flash``, ``run`` (:mod:`boards.cli`); ``demo`` (:mod:`lcq.demo`) chains them. A stage
 whose third-party packages are not installed (torch for the trainer, say, on a host that
 only talks to a board) leaves its verbs out, and ``lcq --help`` says which and why.
@@ -23,7 +23,8 @@ VERB_MODULES = ("lcq_train.cli", "compiler.cli", "hw.cli", "sim.cli", "boards.cl
 # The module that adds each verb (tests/test_cli.py holds it equal to what their ``add_parsers`` add): ``lcq VERB``
 # imports that module only, so that ``lcq report`` (say) starts without importing torch or Amaranth.
 VERBS = {"train": "lcq_train.cli", "plot": "lcq_train.cli", "export-onnx": "lcq_train.cli",
-         "compile": "compiler.cli", "eval": "compiler.cli", "report": "compiler.cli", "generate": "hw.cli",
+         "compile": "compiler.cli", "eval": "compiler.cli", "report": "compiler.cli", "predict": "compiler.cli",
+         "generate": "hw.cli",
          "sim": "sim.cli", "board-sim": "sim.cli", "build": "boards.cli", "flash": "boards.cli", "run": "boards.cli",
          "demo": "lcq.demo"}
 DISTRIBUTION = "lcq-accel"     # pyproject.toml's project name, whose version `lcq --version` prints

@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 
 from .atomic import atomic_write
+from .classes import CLASS_NAMES
 from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
 
 __all__ = ["DATASETS", "IMAGE_SHAPES", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset"]
@@ -56,14 +57,6 @@ _IDX_FILES = (
 _IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 
-_FASHION_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
-_CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _IMAGE_FORMATS = ("PNG", "JPEG")  # the PIL formats decoded, whatever a file's suffix
@@ -258,7 +251,7 @@ def _load_idx_dataset(name: str, root: Path) -> Arrays:
             raise DatasetError(f"{labels_path}: label {labels.max()} out of range 0..9")
         arrays[f"{split}_x"] = images[:, None]
         arrays[f"{split}_y"] = labels.astype(np.int64)
-    classes = _FASHION_CLASSES if name == "fashion-mnist" else tuple(str(c) for c in range(10))
+    classes = CLASS_NAMES[name]
     arrays["classes"] = np.array(classes)
     return arrays
 
@@ -335,7 +328,7 @@ def _load_cifar10(root: Path) -> Arrays:
 
 def _load_cifar_python(root: Path) -> Arrays:
     """The CIFAR-10 python version: pickled ``data_batch_1..5``, ``test_batch``, optional ``batches.meta``."""
-    classes = _CIFAR10_CLASSES
+    classes = CLASS_NAMES["cifar10"]
     meta_path = root / "batches.meta"
     if meta_path.is_file():
         names = _unpickle(meta_path).get(b"label_names")

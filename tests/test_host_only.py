@@ -101,6 +101,46 @@ def test_lcq_run_with_numpy_inputs_needs_neither_amaranth_nor_torch(tmp_path, mo
     assert out["images"] == out["equal_to_reference"] == 4 and out["mode"] == mode
 
 
+def test_lcq_run_classifies_image_files_with_numpy_and_pillow_only(tmp_path):
+    """`lcq run --image`: a line per file with the board's classes (here the stub's: the reference's), no top-1
+    (no labels); neither torch nor Amaranth imported."""
+    from PIL import Image
+
+    from compiler.format import load
+
+    model = load(DIGITS)
+    rng = np.random.default_rng(0)
+    files = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(files[0])
+    Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(files[1])
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(REPORTS["network"]))
+    blocked = tuple(name for name in THIRD_PARTY if name != "PIL")
+    run = ("run", str(DIGITS), "--board", "icebreaker", "--port", "/dev/ttyUSB1", "--report", str(report), "--image",
+           *map(str, files))
+    result = _python(RUN, blocked, *run)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == {"code": 0, "loaded": []}
+    assert lines[0].startswith(f"{files[0]}: ") and "logits" in lines[0] and "[" not in lines[0]
+    assert lines[1].startswith(f"{files[1]}: ") and lines[1].endswith(
+        "[converted from RGB to L; 20x30 cropped to the model's aspect ratio and resized to 8x8]")
+    assert lines[2].startswith("icebreaker: 2 images, ") and "top-1" not in lines[2]
+    assert "2 of 2 predictions equal the integer reference" in lines[2]
+    out = json.loads(_python(RUN, blocked, *run, "--json").stdout.splitlines()[-2])
+    assert out["accuracy"] is None and [p["image"] for p in out["predictions"]] == list(map(str, files))
+    assert out["predictions"][0]["logits"] == predict_digits(model, files[0]).tolist()
+    both = _python(RUN, blocked, *run, "--inputs", str(tmp_path / "x.npz"))
+    assert "--image and --inputs both name the images to run: give one of them" in both.stderr
+
+
+def predict_digits(model, path):
+    from compiler.reference import predict
+    from lcq_train.image_file import read_image
+
+    return predict(model, read_image(path, model.input.shape)[0][None])[0]
+
+
 def test_lcq_run_inputs_are_checked(tmp_path, capsys):
     from lcq.cli import main
 
