@@ -65,6 +65,7 @@ def compare(compiled: CompiledModel, model: nn.Module, images: np.ndarray, label
     compiled_tensors = {node.output for node in compiled.nodes}
     hooks = [m.register_forward_hook(lambda m, inp, out, name=name: captured.__setitem__(name, m.codes(inp[0]).numpy()))
              for name, m in model.named_modules() if isinstance(m, QAct) and name in compiled_tensors]
+    signed = {name for name, m in model.named_modules() if isinstance(m, QAct) and m.signed}
     result = Agreement()
     try:
         for start in range(0, len(images), batch_size):
@@ -80,10 +81,19 @@ def compare(compiled: CompiledModel, model: nn.Module, images: np.ndarray, label
             for name, codes in captured.items():
                 counts = result.codes.setdefault(name, [0, 0])
                 counts[0] += codes.size
-                counts[1] += int((tensors[name].reshape(codes.shape) != codes).sum())
+                counts[1] += int((_codes(tensors[name], name in signed).reshape(codes.shape) != codes).sum())
             if progress is not None:
                 progress(result)
     finally:
         for h in hooks:
             h.remove()
     return result
+
+
+def _codes(tensor: np.ndarray, signed: bool) -> np.ndarray:
+    """The codes of an activation quantizer from its compiled tensor: a signed one's are its positive half's less
+    its negative half's (:meth:`compiler.lower._Lowering.signed_codes`: the positive half's channels first)."""
+    if not signed:
+        return tensor
+    half = tensor.shape[1] // 2
+    return tensor[:, :half].astype(np.int64) - tensor[:, half:]

@@ -61,7 +61,9 @@ SUPPORTED = (
     "or max pooling (AdaptiveAvgPool2d((n, n)), F.adaptive_avg_pool2d(x, n), AdaptiveMaxPool2d((n, n)), "
     "F.adaptive_max_pool2d(x, n)) of an n x n map, the identity (torchvision's AlexNet and VGG heads at their input "
     "size)",
-    "activation quantizer (QAct, unsigned) on a tensor",
+    "activation quantizer (QAct) on a tensor: unsigned, or signed (3 bits or more, of a conv's, linear layer's, "
+    "BN's or addition's output: MobileNetV2's linear bottlenecks), which runs as its positive and negative halves, "
+    "at twice the MACs of the layer reading it",
     "a linear or conv layer as the network's output (the logits)",
     "softmax or log-softmax over the classes as the network's last operation (nn.Softmax, nn.LogSoftmax, "
     "F.softmax, F.log_softmax, torch.softmax, .softmax(): left out, the compiled logits are those before it, with "
@@ -78,7 +80,7 @@ ADAPTIVE_MAX_HINT = (f"only the global maximum compiles as it is (AdaptiveMaxPoo
 HINTS = (
     ((nn.LeakyReLU, F.leaky_relu, nn.GELU, F.gelu, nn.SiLU, F.silu, nn.PReLU, F.prelu, nn.ELU, F.elu, nn.SELU,
       F.selu, nn.CELU, F.celu, nn.Hardswish, F.hardswish, nn.Mish, F.mish, nn.Softplus, F.softplus),
-     "use nn.ReLU (the accelerator's activation codes are unsigned)"),
+     "use nn.ReLU (an activation quantizer folds a ReLU or a clip into its thresholds, not these)"),
     ((nn.Hardtanh, F.hardtanh), "only a clip from 0 compiles: use hardtanh(0, max) (nn.Hardtanh(0.0, 1.0)), ReLU6 "
                                 "or ReLU"),
     ((nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", nn.Tanh, torch.tanh, F.tanh, "tanh"),

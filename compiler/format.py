@@ -29,8 +29,10 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   is laid out as before they existed.
 - Flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
   requantize stage that applies a ReLU, ``"flat": true`` on an input node whose
-  codes are the image's pixels as one vector; absent otherwise (never ``false``),
-  so a file without one is laid out as before they existed.
+  codes are the image's pixels as one vector, ``"signed_input": true`` on a conv
+  node that reads a signed activation as its positive and negative halves;
+  absent otherwise (never ``false``), so a file without one is laid out as
+  before they existed.
 
 :func:`save` checks the model against the rules of :mod:`compiler.graph`
 before it writes. :func:`load` accepts only what :func:`save` can write: each
@@ -92,7 +94,7 @@ LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
                 "requantize": ("kind", "multiplier", "bias", "shift")}
 #: Optional flags by node op or stage kind: written as ``true`` where set, left out where not.
-FLAG_FIELDS = {"input": ("flat",), "add": ("relu",), "requantize": ("relu",)}
+FLAG_FIELDS = {"input": ("flat",), "conv": ("signed_input",), "add": ("relu",), "requantize": ("relu",)}
 
 
 class ModelFormatError(ValueError):
@@ -205,7 +207,7 @@ class _Writer:
                  "weights": self.ref(f"{p}/weights", "weights", encode_weights(node.weight_codes, node.wbits)),
                  "w_levels": self.ref(f"{p}/w_levels", "w_levels", node.w_levels),
                  "a_levels": self.ref(f"{p}/a_levels", "a_levels", node.a_levels),
-                 "stage": self.stage(f"{p}/stage", node.stage)}
+                 "stage": self.stage(f"{p}/stage", node.stage), **_flags(node, "conv")}
             if node.mac == "lut":
                 lut = node.lut()
                 d["lut"] = self.ref(f"{p}/lut", "lut", lut, lut_dtype(lut))
@@ -448,7 +450,8 @@ class _Reader:
                 self.ref(d, "lut", where, f"{p}/lut")
             return ConvNode(d["name"], d["input"], d["output"], d["kind"], d["in_shape"], d["out_shape"], d["kernel"],
                             d["stride"], d["padding"], d["wbits"], d["abits"], d["outer_wbits"], d["outer_abits"],
-                            d["mac"], *refs, d["scale"], self.stage(d["stage"], where, f"{p}/stage"), d["out_scale"])
+                            d["mac"], *refs, d["scale"], self.stage(d["stage"], where, f"{p}/stage"), d["out_scale"],
+                            **flags)
         if op == "activate":
             return ActivateNode(d["name"], d["input"], d["output"], self.stage(d["stage"], where, f"{p}/stage"))
         if op == "add":

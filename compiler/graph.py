@@ -12,7 +12,8 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
   vector of its pixels that a linear layer reads: an MLP).
 - :class:`ConvNode`: convolution or fully connected layer on codes with
   LUT-MAC accumulation, then an output stage (:class:`Thresholds`,
-  :class:`Requantize`, or none: the raw accumulator).
+  :class:`Requantize`, or none: the raw accumulator); on a signed activation,
+  on the codes of its positive and negative halves (``signed_input``).
 - :class:`ActivateNode`: an output stage applied to a value tensor
   (BN + ReLU + compander of a residual stream into codes).
 - :class:`AddNode`: sum of two value tensors of the same scale (then a ReLU, where ``relu``).
@@ -532,7 +533,12 @@ class ConvNode:
     reduction (zero padding is code 0); ``acc_bits`` holds its worst case.
     ``mac`` is "lut" (the LUT ROM) or "multiply" (edge layers whose LUT would
     exceed the compile limit multiply the levels). ``scale``: real value of
-    one accumulator unit (``step_w * step_a``).
+    one accumulator unit (``step_w * step_a``). ``signed_input``: the layer reads
+    a signed activation quantizer as the codes of its two halves (``Q(x) = Q+(x)
+    - Q+(-x)``, the positive half's channels first): ``C_in`` is twice the
+    layer's own, the weights of the second half are those of the first negated,
+    and ``abits``, ``outer_abits`` and ``a_levels`` are the halves' (the
+    quantizer's magnitudes: a bit less than the plan gives the layer).
     """
 
     name: str
@@ -555,6 +561,7 @@ class ConvNode:
     scale: float
     stage: Thresholds | Requantize | None = None
     out_scale: float | None = None
+    signed_input: bool = False
     op = "conv"
 
     @property
@@ -609,6 +616,11 @@ class ConvNode:
         rule_int(where, "outer_abits", self.outer_abits, *OUTER_BITS)
         rule_choice(where, "mac", self.mac, ("lut", "multiply"))
         rule_positive(where, "scale", self.scale)
+        if not isinstance(self.signed_input, bool):
+            raise ModelRuleError(where, "signed_input", f"must be true or false, not {show(self.signed_input)}")
+        if self.signed_input and c % 2:
+            raise ModelRuleError(where, "in_shape", f"= {list(self.in_shape)}: a layer reading a signed activation "
+                                 "reads its positive and negative halves, an even number of channels")
         if self.stage is None:
             if self.out_scale != self.scale:
                 raise ModelRuleError(where, "out_scale", f"= {show(self.out_scale)}; a raw accumulator's scale is "
@@ -633,6 +645,12 @@ class ConvNode:
         codes = rule_array(where, "weight_codes", self.weight_codes, np.int8,
                            (self.out_shape[0], self.in_shape[0], self.kernel, self.kernel))
         rule_values(where, "weight_codes", codes, -s_w, s_w)
+        half = self.in_shape[0] // 2
+        if self.signed_input and not np.array_equal(codes[:, half:], -codes[:, :half]):
+            o, ch, y, x = np.argwhere(codes[:, half:] != -codes[:, :half])[0]
+            raise ModelRuleError(where, "weight_codes", f"[{o}, {ch + half}, {y}, {x}] = {codes[o, ch + half, y, x]}, "
+                                 f"not -{codes[o, ch, y, x]}: a layer reading a signed activation weighs its negative "
+                                 "half (the second half of its channels) with the negated weights of its positive one")
         rule_levels(where, "w_levels", self.w_levels, s_w, weight_scale(self.outer_wbits), "W")
         rule_levels(where, "a_levels", self.a_levels, act_scale(self.abits), act_scale(self.outer_abits), "A")
         bound = self.acc_bound
@@ -1092,7 +1110,8 @@ class CompiledModel:
             for key, want, field_name, what in zip(keys, widths[node.name],
                                                    ("wbits", "abits", "outer_wbits", "outer_abits"),
                                                    ("{}-bit weights", "reads {}-bit codes", "b'_w {}", "b'_a {}")):
-                have = getattr(node, field_name)
+                # (a layer reading a signed activation reads its halves: codes of a bit less, b'_a a bit less)
+                have = getattr(node, field_name) + (node.signed_input and field_name in ("abits", "outer_abits"))
                 if have != want:
                     name = f"source.plan.{key}" if key else f"source.plan.layer_bits[{node.name!r}]"
                     value = plan[key] if key else plan["layer_bits"][node.name]

@@ -280,6 +280,7 @@ class _Lowering:
         self.scales: dict[str, float] = {}
         self.raw: dict[str, ConvNode] = {}       # value tensors that are an accumulator with no stage yet
         self.sums: dict[str, AddNode] = {}       # value tensors that are a residual sum
+        self.signed: dict[str, int] = {}         # codes of a signed quantizer's halves (signed_codes): channels
         self.values: dict[fx.Node, _Value] = {}
         self.called: set[str] = set()
         self.names: set[str] = set(self.modules) | {"logits"}
@@ -456,8 +457,7 @@ class _Lowering:
         self.once(node)
         x = self.arg(node)
         if act.signed:
-            self.refuse(node, "is a signed activation quantizer; the accelerator's codes are unsigned (a ReLU before "
-                        "it, or the raw image, makes it unsigned)")
+            return self.signed_codes(node, act, x)
         if x.kind == "image":
             pixels = torch.arange(256, dtype=torch.float64) / 255.0   # as the loader scales uint8 images
             table = act.codes(pixels).numpy().astype(np.uint8)
@@ -483,6 +483,35 @@ class _Lowering:
         else:
             self.codes_of(node, x, t, bits, name)
         self.shapes[name] = shape
+        return _Value("codes", name, flat=x.flat)
+
+    def signed_codes(self, node: fx.Node, act: nn.Module, x: _Value) -> _Value:
+        """The signed quantizer ``node`` of values ``x`` as the codes of its two halves: ``Q(x) = Q+(x) - Q+(-x)``,
+        ``Q+`` its magnitude quantizer (an unsigned one of ``bits - 1`` bits and outer width ``b'_a - 1``, the same
+        levels), exact as a signed quantizer is odd. Each half is an activate node of ``x`` (the negative one with
+        the gain and offset negated), and the codes tensor ``node.target`` joins them, positive channels first:
+        a layer reading it takes ``[W, -W]`` as weights (:meth:`layer`). So the hardware, whose codes are
+        unsigned, runs a signed activation at twice the layer's MACs."""
+        name, bits = node.target, act.spec.bits
+        if bits < 3:
+            self.refuse(node, f"is a signed {bits}-bit activation quantizer (codes -1, 0, 1); the accelerator runs a "
+                        "signed activation as its positive and negative halves, of bits - 1 bits each, and codes "
+                        "have at least 2: give the layers it feeds 3 bits or more (--layer-bits NAME=W/3)")
+        if x.kind != "values" or x.relu or x.pooled or x.maxpools or x.cap < math.inf:
+            self.refuse(node, "is a signed activation quantizer of an input the accelerator quantizes only unsigned "
+                        "(a pooling, a max pooling, a concatenation or a clip); a signed one reads the output of a "
+                        "conv or linear layer, a BN or an addition")
+        theta = act.theta.double().numpy() if act.method == "lcq" else None
+        t = stages.code_thresholds(act.alpha.item(), theta, level_scale(bits, True))
+        c, h, w = self.shapes[x.tensor]
+        halves = self.fresh(f"{name}.positive", f"{name}.negative")
+        for half, sign in zip(halves, (1, -1)):
+            stage = stages.thresholds(sign * x.gain, sign * x.offset, t, self.bounds[x.tensor], bits - 1)
+            self.nodes.append(ActivateNode(half, x.tensor, half, stage))
+            self.shapes[half] = (c, h, w)
+        self.nodes.append(ConcatNode(self.fresh(f"{name}.halves")[0], halves, name))
+        self.shapes[name] = (2 * c, h, w)
+        self.signed[name] = c
         return _Value("codes", name, flat=x.flat)
 
     def codes_of(self, node: fx.Node, x: _Value, t: np.ndarray, bits: int, out: str) -> None:
@@ -583,6 +612,8 @@ class _Lowering:
         if x.kind != "codes":
             self.refuse(node, "reads a tensor that no activation quantizer turned into codes")
         c, h, w = self.shapes[x.tensor]
+        signed = x.tensor in self.signed                # (the codes of a signed quantizer's two halves)
+        c = self.signed.get(x.tensor, c)
         border = (0, 0)
         if kind == "conv":
             k, stride, pad, border = self.square_window(node, layer)
@@ -623,14 +654,16 @@ class _Lowering:
             raise ValueError(f"cannot compile a {self.model}: layer {name!r}: {why} the weight normalization's "
                              f"sigma_w (LWN or standardization) is {sigma:.3g}, where it must be positive: retrain, "
                              "or restore the checkpoint from a copy")
+        codes = square_codes(dense_codes(wq.codes(weight).numpy().astype(np.int8), groups), k, border)
+        abits, outer_abits = act.spec.bits - signed, act.spec.outer_bits - signed
         conv = ConvNode(
-            name=name, input=x.tensor, output=name, kind=kind, in_shape=(c, h, w), out_shape=out_shape,
-            kernel=k, stride=stride, padding=pad, wbits=wq.spec.bits, abits=act.spec.bits,
-            outer_wbits=wq.spec.outer_bits, outer_abits=act.spec.outer_bits,
-            mac=mac_kind(wq.spec.bits, act.spec.bits, self.options.max_lut_entries),
-            weight_codes=square_codes(dense_codes(wq.codes(weight).numpy().astype(np.int8), groups), k, border),
+            name=name, input=x.tensor, output=name, kind=kind, in_shape=((1 + signed) * c, h, w), out_shape=out_shape,
+            kernel=k, stride=stride, padding=pad, wbits=wq.spec.bits, abits=abits,
+            outer_wbits=wq.spec.outer_bits, outer_abits=outer_abits,
+            mac=mac_kind(wq.spec.bits, abits, self.options.max_lut_entries),
+            weight_codes=np.concatenate([codes, -codes], axis=1) if signed else codes,
             w_levels=wq.levels().numpy().astype(np.int64), a_levels=act.levels().numpy().astype(np.int64),
-            scale=wq.step(weight) * act.step(), out_scale=None)
+            scale=wq.step(weight) * act.step(), out_scale=None, signed_input=signed)
         conv.out_scale = conv.scale
         self.nodes.append(conv)
         self.shapes[name], self.bounds[name], self.scales[name] = out_shape, conv.acc_bound, conv.scale
@@ -658,7 +691,15 @@ class _Lowering:
                         "BatchNorm2d before the flatten".format(*self.shape(x)))
         inv, mean, beta = self.bn_constants(node, bn, self.shape(x)[0])
         if not x.parts:
-            return self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta, folded=True)
+            y = self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta, folded=True)
+            if x.tensor in self.raw and x.sole and len(node.users) > 1 and any(map(self.feeds_addition, node.users)):
+                # a residual stream's start after its BN (MobileNetV2's linear bottleneck, which the next block
+                # reads too): the layer writes conv + BN on the stream's scale
+                out_scale = stages.fraction_scale([_finest(y.gain)], self.options.residual_frac_bits)
+                self.requantize(self.raw[x.tensor], y.gain, y.offset, out_scale)
+                c = self.shapes[x.tensor][0]
+                return _Value("values", x.tensor, np.full(c, out_scale), np.zeros(c))
+            return y
         parts, first = [], 0
         for part in x.parts:
             own = slice(first, first + self.shape(part)[0])

@@ -70,7 +70,7 @@ def layer_rows(model: CompiledModel) -> list[dict]:
                      "lut_file_bytes": entries * np.dtype(lut_dtype(lut)).itemsize if entries else 0,
                      "lut_bits_needed": int(lut.max()).bit_length() if entries else 0,
                      "acc_bits": node.acc_bits, "stage": node.stage.kind if node.stage else "accumulator",
-                     "stage_bytes": _stage_bytes(node)})
+                     "stage_bytes": _stage_bytes(node), "signed_input": node.signed_input})
     return rows
 
 
@@ -123,10 +123,16 @@ def format_table(rep: dict) -> str:
              "b'_a) / 8) | LUT bytes in the file | acc bits | stage | stage bytes |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["layers"]:
-        lines.append(f"| {r['name']} | {r['kind']} | {r['wbits']}/{r['abits']} | {r['outer_wbits']}/{r['outer_abits']} "
+        # (a signed activation's bits as the plan gives them, ±; the layer reads its halves, of a bit less each)
+        sign, more = ("±", 1) if r["signed_input"] else ("", 0)
+        lines.append(f"| {r['name']} | {r['kind']} | {r['wbits']}/{sign}{r['abits'] + more} | "
+                     f"{r['outer_wbits']}/{sign}{r['outer_abits'] + more} "
                      f"| {r['mac']} | {r['macs']:,} | "
                      f"{r['weight_bytes']:,} | {r['lut_entries']} | {r['lut_bytes']} | {r['lut_file_bytes']} | "
                      f"{r['acc_bits']} | {r['stage']} | {r['stage_bytes']:,} |")
+    if any(r["signed_input"] for r in rep["layers"]):
+        lines += ["", "±: the layer reads a signed activation as its positive and negative halves, unsigned codes of "
+                  "a bit less each (LUT entries of b'_a - 1 bits, twice the layer's own MACs)"]
     lines += ["", f"total: {rep['total_bytes']:,} bytes with LUTs, {rep['total_bytes_without_luts']:,} without "
                   f"(LUTs {rep['lut_bytes']:,} bytes by the paper's formula, {rep['lut_file_bytes']:,} in the model "
                   f"file); output-stage constants {rep['stage_bytes']:,} bytes; {rep['macs']:,} MACs per image"]

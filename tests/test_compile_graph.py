@@ -345,7 +345,7 @@ def trained(tmp_path_factory):
         # (the depthwise, average-pooling and LeNet nets learn slowly at the default rate)
         for factory, lr in (("post_act_resnet", None), ("torchvision_resnet", None), ("strided_vgg", None),
                             ("mobilenet", 0.2), ("maxpool_vgg", None), ("avgpool_net", 0.2), ("squeeze_net", None),
-                            ("lenet", 0.2)):
+                            ("lenet", 0.2), ("mobilenet_v2", 0.2)):
             ref = f"{nets}:{factory}"
             train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
                               lr=lr, out=str(root / factory), progress=False))
@@ -356,7 +356,7 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("factory", ["post_act_resnet", "torchvision_resnet", "strided_vgg", "mobilenet",
-                                     "maxpool_vgg", "avgpool_net", "squeeze_net", "lenet"])
+                                     "maxpool_vgg", "avgpool_net", "squeeze_net", "lenet", "mobilenet_v2"])
 def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
     ref, checkpoint, model = trained[factory]
     compiled = load(model)
@@ -367,6 +367,18 @@ def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys
     assert result["images"] == 128 and result["agreement"] == 1.0 and result["disagreements"] == 0
     assert result["top1"] == result["torch_top1"] > 20.0
     assert all(c["mismatched"] == 0 for c in result["code_mismatches"].values())
+
+
+def test_a_layer_on_a_signed_activation_reads_its_halves_by_the_plan(trained, tmp_path):
+    """MobileNetV2's layers after a linear bottleneck read signed W3/A3 activations as two 2-bit halves (abits
+    2, b'_a 7: the plan's 3 and 8, less one); the same layer marked unsigned breaks the recorded plan."""
+    model = load(trained["mobilenet_v2"][2])
+    signed = [n for n in model.convs if n.signed_input]
+    assert [n.name for n in signed] == ["features.4.conv.0", "features.5.conv.0", "features.6"]
+    assert all((n.abits, n.outer_abits) == (2, 7) for n in signed)
+    signed[0].signed_input = False
+    with pytest.raises(ValueError, match=r"source\.plan\.abits.*features\.4\.conv\.0.*reads 2-bit codes"):
+        model.validate()
 
 
 def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_path, capsys):
@@ -385,7 +397,8 @@ def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_p
 # Verilator by default in test_sim_network.py::test_max_pooling_vgg_on_both_simulators[verilator] and
 # test_avgpool.py::test_avgpool_runs_bit_exact_on_the_network_core (both 2 x 2 cores, as here), and `lcq sim` on
 # Verilator in torchvision_resnet's case and test_sim_network.py::test_sim_cli_network_json.
-@pytest.mark.parametrize("factory", ["torchvision_resnet", pytest.param("maxpool_vgg", marks=pytest.mark.slow),
+@pytest.mark.parametrize("factory", ["torchvision_resnet", "mobilenet_v2",
+                                     pytest.param("maxpool_vgg", marks=pytest.mark.slow),
                                      pytest.param("avgpool_net", marks=pytest.mark.slow)])
 def test_trained_user_network_runs_bit_exact_in_verilator(trained, factory, capsys):
     reason = unavailable_reason("verilator")

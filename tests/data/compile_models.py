@@ -222,6 +222,42 @@ class MobileNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
 
 
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block (Sandler et al. 2018): a 1x1 expansion (BN, ReLU6; none at expansion 1), a depthwise 3x3
+    conv (BN, ReLU6), a 1x1 projection with BN and no ReLU (the linear bottleneck), and the block's input added
+    where stride and width stay: the next layer reads a signed activation."""
+
+    def __init__(self, c_in, c_out, stride, expansion):
+        super().__init__()
+        hidden = c_in * expansion
+        expand = [nn.Conv2d(c_in, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()] if expansion > 1 else []
+        self.conv = nn.Sequential(
+            *expand, nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.ReLU6(), nn.Conv2d(hidden, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.residual = stride == 1 and c_in == c_out
+
+    def forward(self, x):
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """A small MobileNetV2: stem conv (BN, ReLU6), inverted residual blocks (expansion 1 narrowing, as the first
+    of MobileNetV2's, then 2 strided, then 2 with its residual), a 1x1 head conv (BN, ReLU), global average
+    pooling, a linear classifier."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU6(),
+            InvertedResidual(2 * w, w, 1, 1), InvertedResidual(w, 2 * w, 2, 2), InvertedResidual(2 * w, 2 * w, 1, 2),
+            nn.Conv2d(2 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU())
+        self.fc = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
 class Fire(nn.Module):
     """SqueezeNet's fire module (Iandola et al. 2016): a 1x1 squeeze conv, then a 1x1 and a 3x3 expand conv on its
     output, each with BN and ReLU, their channels concatenated."""
@@ -306,6 +342,10 @@ def avgpool_net(num_classes, in_channels):
 
 def mobilenet(num_classes, in_channels):
     return MobileNet(num_classes, in_channels)
+
+
+def mobilenet_v2(num_classes, in_channels):
+    return MobileNetV2(num_classes, in_channels)
 
 
 def squeeze_net(num_classes, in_channels):
