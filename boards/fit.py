@@ -641,6 +641,17 @@ def network_for_board(model: CompiledModel, board: Board, rows: int | None = Non
                    f"smallest: {error}{wide_codes_hint(model)}{fallback}")
 
 
+def board_verdict(model: CompiledModel, board: Board) -> tuple[bool, str]:
+    """Whether the whole network of ``model`` fits ``board`` (:func:`network_for_board`, at the board's clock), and
+    a sentence saying so: the array it would take and its pace, or why none fits."""
+    try:
+        network = network_for_board(model, board)
+    except FitError as e:
+        return False, str(e)
+    return True, (f"the whole network fits {board.name} ({board.device}) by the estimate before synthesis: "
+                  f"{describe_pace(network, chosen=True)}")
+
+
 def code_reader(model: CompiledModel, tensor: str) -> ConvNode | None:
     """The layer that reads the codes ``tensor`` of ``model``, through max pooling (which keeps them), or None."""
     for node in model.nodes:

@@ -59,6 +59,8 @@ def build_parser(modules: tuple[str, ...] = VERB_MODULES) -> tuple[argparse.Argu
             missing.append(f"the verbs of {name.split('.')[0]} need {e.name!r}, which is not installed")
             continue
         commands.update(module.add_parsers(sub))
+    if "train" in sub.choices:
+        _add_board_option(sub.choices["train"])
     if missing:
         parser.epilog = "Not available here: " + "; ".join(missing) + " (pip install -e '.[hw]' installs everything)."
     return parser, sub, commands
@@ -78,10 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         from lcq_train.cli import apply_config_file
 
         args = apply_config_file(sub.choices["train"], argv[argv.index("train") + 1:])
+        if args.board and not args.compile_check:
+            sub.choices["train"].error("--board estimates the network the compile check lowers; give it without "
+                                       "--no-compile-check")
         if args.compile_check:      # (the trainer imports no other stage: the compiler's check is handed to it)
-            from compiler.preflight import check_network
-
-            args.check_model = check_network
+            args.check_model = _check_before_training(args.board)
     try:
         status = commands[name](args)
         sys.stdout.flush()      # here, not at exit: a reader that left (`lcq report M | head`) is caught below
@@ -107,6 +110,38 @@ def main(argv: list[str] | None = None) -> int:
         advice = f"; free space on its disk; {_run_again(name, args)}" if full else ""
         print(f"lcq {name}: error: {e}{advice}", file=sys.stderr)
         return 2
+
+
+def _add_board_option(train: argparse.ArgumentParser) -> None:
+    """``lcq train --board NAME``: the trainer's parser, with the option that the check before training needs
+    (:func:`_check_before_training`; the boards' names are the boards stage's, which the trainer does not import)."""
+    from boards.boards import BOARDS
+
+    train.add_argument("--board", choices=sorted(BOARDS), metavar="NAME",
+                       help="before the first epoch, also say whether the whole network would fit this board (the "
+                            f"fit estimate of `lcq build --estimate`; one of: {', '.join(sorted(BOARDS))})")
+
+
+def _check_before_training(board_name: str | None):
+    """What ``lcq train`` asks of a new run's network before it trains (:func:`lcq_train.train.train`'s
+    ``check_model``): that `lcq compile` lowers it (:func:`compiler.preflight.check_network`), and with ``--board``
+    whether the whole network fits that board, said on the first process's stdout (a warning on stderr where not)."""
+    from compiler.preflight import check_network
+
+    def check(model, input_shape, plan) -> None:
+        compiled = check_network(model, input_shape, plan)
+        if board_name is None:
+            return
+        from boards.boards import get_board
+        from boards.fit import board_verdict
+        from lcq_train.train import process_rank
+
+        fits, verdict = board_verdict(compiled, get_board(board_name))
+        if process_rank() == 0:
+            print(f"lcq train: {verdict}" if fits else f"lcq train: warning: {verdict}", flush=True,
+                  file=sys.stdout if fits else sys.stderr)
+
+    return check
 
 
 def _run_again(name: str, args) -> str:

@@ -431,6 +431,38 @@ def test_a_network_the_compiler_refuses_is_refused_before_the_first_epoch(method
     assert main([*args, "--no-compile-check"]) == 0 and (out / "checkpoint.pt").is_file()
 
 
+def test_board_says_before_training_whether_the_whole_network_fits(tmp_path, capsys):
+    """`lcq train --board`: the array `lcq build --estimate` then picks for the trained, compiled network is the one
+    said before the first epoch; a network too large for the board is a warning naming what is over, and trains."""
+    out = tmp_path / "cnn"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--no-progress", "--board", "icebreaker"]) == 0
+    said = capsys.readouterr().out.splitlines()[0]
+    assert said.startswith("lcq train: the whole network fits icebreaker (iCE40UP5K) by the estimate before "
+                           "synthesis: 1 x 1, the fastest array that fits: about ")
+    model = tmp_path / "cnn.lcq"
+    assert main(["compile", str(out / "checkpoint.pt"), "-o", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["build", str(model), "--board", "icebreaker", "--estimate", "--json"]) == 0
+    chosen = json.loads(capsys.readouterr().out)["chosen"]
+    assert said.split(": ", 2)[2].startswith(f"{chosen['rows']} x {chosen['cols']}, ")
+
+    lenet = f"{DATA}/compile_models.py:lenet"
+    assert main(["train", "--model", lenet, "--epochs", "1", "--out", str(tmp_path / "lenet"), "--no-progress",
+                 "--board", "icebreaker"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("lcq train: warning: the whole network does not fit icebreaker (iCE40UP5K) with any array "
+                          "tried; the smallest: 1 x 1 whole-network core on icebreaker (iCE40UP5K): needs about ")
+    assert (tmp_path / "lenet" / "checkpoint.pt").is_file()
+
+
+def test_board_needs_the_compile_check(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(tmp_path / "x"), "--board", "icebreaker", "--no-compile-check"])
+    assert e.value.code == 2
+    assert "lcq train: error: --board estimates the network the compile check lowers; give it without " \
+           "--no-compile-check" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_the_compile_check_leaves_the_run_as_it_was(tmp_path):
     """An FP run's check draws its layers afresh on a copy, and the run's random numbers (its dropout's, here)
     are untouched: the same seed trains to the same metrics with the check and without it."""
