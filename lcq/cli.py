@@ -24,9 +24,8 @@ VERB_MODULES = ("lcq_train.cli", "compiler.cli", "hw.cli", "sim.cli", "boards.cl
 # imports that module only, so that ``lcq report`` (say) starts without importing torch or Amaranth.
 VERBS = {"train": "lcq_train.cli", "plot": "lcq_train.cli", "export-onnx": "lcq_train.cli",
          "compile": "compiler.cli", "eval": "compiler.cli", "report": "compiler.cli", "predict": "compiler.cli",
-         "generate": "hw.cli",
-         "sim": "sim.cli", "board-sim": "sim.cli", "build": "boards.cli", "flash": "boards.cli", "run": "boards.cli",
-         "demo": "lcq.demo"}
+         "generate": "hw.cli", "sim": "sim.cli", "board-sim": "sim.cli",
+         "build": "boards.cli", "flash": "boards.cli", "run": "boards.cli", "demo": "lcq.demo"}
 DISTRIBUTION = "lcq-accel"     # pyproject.toml's project name, whose version `lcq --version` prints
 PROJECT_PACKAGES = {"lcq", "lcq_train", "compiler", "hw", "sim", "boards"}
 
