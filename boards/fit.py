@@ -149,15 +149,17 @@ def column_ram_blocks(width: int, depth: int, granularity: int) -> int:
 def in_logic_cells(family: str, width: int, depth: int, blocks: int) -> bool:
     """Whether Yosys builds a ``width`` x ``depth`` memory with one read port of ``family`` in logic cells rather
     than its ``blocks`` block RAMs: on the ECP5 where its cost of distributed RAM (:data:`DISTRIBUTED_RAM`: 16 x 4
-    cells at 4 each, a multiplexer bit per word beyond the first 16 and a write decode at half a bit each) is
-    below :data:`BLOCK_RAM_COST` a block RAM: the digits CNN's 16-word product tables and 64-pixel image, and a
-    16 x 16 core's 128-word code lanes; 64-word accumulators stay in block RAM. Never on the iCE40 (no
-    distributed RAM)."""
+    cells at 4 each, each 16 words of the width padded to whole cells, a multiplexer bit per word beyond the
+    first 16 and a write decode at half a bit each) is below :data:`BLOCK_RAM_COST` a block RAM: the digits CNN's
+    16-word product tables and 64-pixel image, and a 16 x 16 core's 128-word code lanes; 64-word accumulators
+    and the MobileNetV2's 60-word product tables of 46 bits (263 against 256) stay in block RAM. Never on the
+    iCE40 (no distributed RAM)."""
     if family != "ecp5":
         return False
     words, bits, cost = DISTRIBUTED_RAM
     rows = ceil(depth / words)
-    logic = cost * ceil(rows * width / bits) + 0.5 * (rows - 1) * width + (0.5 * rows if rows > 1 else 0)
+    # (each row of cells holds the word padded to whole cells: memory_libmap's swizzle pads it to the unit width)
+    logic = cost * rows * ceil(width / bits) + 0.5 * (rows - 1) * width + (0.5 * rows if rows > 1 else 0)
     return logic < BLOCK_RAM_COST * blocks
 
 
