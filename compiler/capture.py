@@ -38,11 +38,11 @@ SUPPORTED = (
     "the same on a linear layer's output vector",
     "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "
     "a conv or linear layer [+ BN] or an addition that nothing else reads (post-activation blocks)",
-    "ReLU6 / hardtanh(0, max) before an activation quantizer",
+    "ReLU6 / hardtanh(0, max) before an activation quantizer or a pooling",
     "residual addition of two tensors (+, torch.add, .add())",
-    "global average pooling after a ReLU (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), "
+    "global average pooling after a ReLU or ReLU6 (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), "
     "torch.mean(x, (2, 3)))",
-    "average pooling after a ReLU, before an activation quantizer (AvgPool2d, F.avg_pool2d: square kernel and "
+    "average pooling after a ReLU or ReLU6, before an activation quantizer (AvgPool2d, F.avg_pool2d: square kernel and "
     "stride, no padding, ceil_mode False, no divisor_override)",
     "max pooling (MaxPool2d, F.max_pool2d: square kernel k, stride and padding up to k // 2, no dilation, "
     "ceil_mode False) of a conv's, BN's or addition's output where only ReLU, ReLU6 / hardtanh(0, max), identity, "

@@ -24,7 +24,9 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   :mod:`compiler.graph`); flags (``descending``, ``relu``) are uint8 0 or 1.
 - Max pooling (``op`` "maxpool"): scalar fields only (``kernel``, ``stride``,
   ``padding``), no arrays. Average pooling (``op`` "avgpool"): a pool node's
-  fields plus ``kernel`` and ``stride``. Channel concatenation (``op``
+  fields plus ``kernel`` and ``stride``. A pool or average pooling node of a
+  ReLU6's output has the array ``cap`` (int64, a clip per channel); without it,
+  none (:data:`OPTIONAL_ARRAYS`). Channel concatenation (``op``
   "concat"): ``inputs``, a list of tensor names, no arrays. A file without them
   is laid out as before they existed.
 - Flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
@@ -75,7 +77,7 @@ NPY_MAX_HEADER = 65535
 #: File dtype of every array field (what :func:`save` writes and :func:`load` requires).
 ARRAY_DTYPES = {"table": "|u1", "weights": "|u1", "w_levels": "<i4", "a_levels": "<i4", "lut": ("<u2", "<u4"),
                 "thresholds": "<i8", "descending": "|u1", "multiplier": "<i8", "bias": "<i8", "shift": "<i8",
-                "sign": "|i1", "relu": "|u1", "offset": "<i8"}
+                "sign": "|i1", "relu": "|u1", "offset": "<i8", "cap": "<i8"}
 #: Fields of the manifest, of each node by op, and of each output stage by kind.
 TOP_FIELDS = ("format", "version", "num_classes", "logits", "source", "scales", "nodes", DIGEST_FIELD)
 NODE_FIELDS = {
@@ -93,6 +95,8 @@ NODE_FIELDS = {
 LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
                 "requantize": ("kind", "multiplier", "bias", "shift")}
+#: Optional arrays by node op: a reference where the node has the array, left out where not (None).
+OPTIONAL_ARRAYS = {"pool": ("cap",), "avgpool": ("cap",)}
 #: Optional flags by node op or stage kind: written as ``true`` where set, left out where not.
 FLAG_FIELDS = {"input": ("flat",), "conv": ("signed_input",), "add": ("relu",), "requantize": ("relu",)}
 
@@ -225,7 +229,8 @@ class _Writer:
                     "frac_bits": int(node.frac_bits), "sign": self.ref(f"{p}/sign", "sign", node.sign),
                     "relu": self.ref(f"{p}/relu", "relu", node.relu),
                     "offset": self.ref(f"{p}/offset", "offset", node.offset),
-                    "stage": self.stage(f"{p}/stage", node.stage), **window}
+                    "stage": self.stage(f"{p}/stage", node.stage), **window,
+                    **({} if node.cap is None else {"cap": self.ref(f"{p}/cap", "cap", node.cap)})}
         if isinstance(node, MaxPoolNode):
             return {"op": "maxpool", "name": node.name, "input": node.input, "output": node.output,
                     **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding")}}
@@ -439,8 +444,9 @@ class _Reader:
             raise self.error(f"node {i}: field 'op' must be one of {', '.join(map(repr, NODE_FIELDS))}, not "
                              f"{show(op if isinstance(d, dict) else d)}")
         where = f"node {i} ({op} {show(d.get('name', d.get('output')))})"
-        flags = self.fields(d, where, NODE_FIELDS[op] + (LUT_FIELDS if op == "conv" and d.get("mac") == "lut" else ()),
-                            FLAG_FIELDS.get(op, ()))
+        present = tuple(name for name in OPTIONAL_ARRAYS.get(op, ()) if isinstance(d, dict) and name in d)
+        flags = self.fields(d, where, NODE_FIELDS[op] + (LUT_FIELDS if op == "conv" and d.get("mac") == "lut" else ())
+                            + present, FLAG_FIELDS.get(op, ()))
         p = f"nodes/{i}"
         if op == "input":
             return InputNode(d["output"], d["shape"], self.ref(d, "table", where, f"{p}/table"), d["bits"], **flags)
@@ -463,7 +469,9 @@ class _Reader:
         pool = (d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")
                                                       for k in ("sign", "relu", "offset")),
                 d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))
-        return AvgPoolNode(*pool, d["kernel"], d["stride"]) if op == "avgpool" else PoolNode(*pool)
+        cap = self.ref(d, "cap", where, f"{p}/cap") if "cap" in present else None
+        return AvgPoolNode(*pool, cap=cap, kernel=d["kernel"], stride=d["stride"]) if op == "avgpool" \
+            else PoolNode(*pool, cap=cap)
 
     # ---- what each array must be, from the checked fields
 
@@ -496,7 +504,7 @@ class _Reader:
                 stage(p, node.stage, tensors[node.input].shape[0])
             elif isinstance(node, PoolNode):
                 c = tensors[node.input].shape[0]
-                for k in ("sign", "relu", "offset"):
+                for k in ("sign", "relu", "offset") + (("cap",) if node.cap is not None else ()):
                     want[f"{p}/{k}"] = (ARRAY_DTYPES[k], (c,))
                 stage(p, node.stage, c)
         return want
@@ -565,6 +573,8 @@ class _Reader:
                 node.sign = arrays[node.sign].astype(np.int64)
                 node.relu = self.flags(where, "relu", arrays[node.relu])
                 node.offset = arrays[node.offset].astype(np.int64)
+                if node.cap is not None:
+                    node.cap = arrays[node.cap].astype(np.int64)
                 stage(where, node.stage)
 
     def derived(self, model: CompiledModel, manifest: dict, arrays: dict[str, np.ndarray]) -> None:

@@ -709,9 +709,11 @@ class PoolNode:
     Per position ``u = sign[n] * (x * 2^frac_bits - offset[n])``, then
     ``max(0, u)`` where ``relu[n]`` (``sign`` in {-1, 0, 1}: BN's scale sign, 0
     for a channel whose ReLU output is constant; ``relu`` False where the ReLU
-    never clips on the input's range), summed over all H * W positions; the sum
-    goes through ``stage`` (thresholds, which fold the BN scale and shift, the
-    1 / (H * W) and the next quantizer).
+    never clips on the input's range), then ``min(u, cap[n])`` where ``cap`` is
+    given (a ReLU6's or ``hardtanh(0, max)``'s clip; not negative where ``relu``,
+    0 where ``sign`` is), summed over all H * W positions; the sum goes through
+    ``stage`` (thresholds, which fold the BN scale and shift, the 1 / (H * W)
+    and the next quantizer).
     """
 
     name: str
@@ -722,13 +724,15 @@ class PoolNode:
     offset: np.ndarray
     frac_bits: int
     stage: Thresholds
+    cap: np.ndarray | None = None
     op = "pool"
 
     def terms(self, x: np.ndarray) -> np.ndarray:
         """``u`` (N, C, H, W) int64 of values ``x`` (N, C, H, W)."""
         sign, offset = self.sign.reshape(1, -1, 1, 1), self.offset.reshape(1, -1, 1, 1)
         u = sign * ((x.astype(np.int64) << self.frac_bits) - offset)
-        return np.where(self.relu.reshape(1, -1, 1, 1), np.maximum(0, u), u)
+        u = np.where(self.relu.reshape(1, -1, 1, 1), np.maximum(0, u), u)
+        return u if self.cap is None else np.minimum(u, self.cap.reshape(1, -1, 1, 1))
 
     def sums(self, x: np.ndarray) -> np.ndarray:
         """The sums of ``u`` that ``stage`` reads, (N, C, 1, 1), for values ``x`` (N, C, H, W)."""
@@ -769,10 +773,16 @@ class PoolNode:
         offset = rule_array(where, "offset", self.offset, np.int64, (c,))
         rule_values(where, "sign", sign, -1, 1)
         rule_values(where, "offset", offset, -(in_bound << f), in_bound << f)
-        for name, bad, why in (("offset", (sign == 0) & (offset != 0), "must be 0 where sign is 0"),
-                               ("relu", (sign == 0) & ~relu, "must be True where sign is 0 (a constant channel)"),
-                               ("offset", ~relu & (offset != 0), "must be 0 where relu is False"),
-                               ("sign", ~relu & (sign == 0), "must be -1 or 1 where relu is False")):
+        checks = [("offset", (sign == 0) & (offset != 0), "must be 0 where sign is 0"),
+                  ("relu", (sign == 0) & ~relu, "must be True where sign is 0 (a constant channel)"),
+                  ("offset", ~relu & (offset != 0), "must be 0 where relu is False"),
+                  ("sign", ~relu & (sign == 0), "must be -1 or 1 where relu is False")]
+        if self.cap is not None:
+            cap = rule_array(where, "cap", self.cap, np.int64, (c,))
+            rule_values(where, "cap", cap, -((in_bound << (f + 1)) + 1), (in_bound << (f + 1)) + 1)
+            checks += [("cap", (sign == 0) & (cap != 0), "must be 0 where sign is 0"),
+                       ("cap", relu & (cap < 0), "must not be negative where relu is True")]
+        for name, bad, why in checks:
             if bad.any():
                 n = int(np.flatnonzero(bad)[0])
                 raise ModelRuleError(where, f"{name}", f"[{n}] = {show(getattr(self, name)[n])}: {why}")

@@ -525,10 +525,11 @@ class _Lowering:
             frac, window = self.options.pool_frac_bits, x.pooled != GLOBAL
             self.check_pool_unit(node, x, t, frac)
             summed = x.pooled[0] ** 2 if window else h * w
-            sign, relu, off, stage = stages.pool_constants(x.gain, x.offset, t, summed, frac, self.bounds[x.tensor],
-                                                           bits)
+            sign, relu, off, stage, cap = stages.pool_constants(x.gain, x.offset, t, summed, frac,
+                                                                self.bounds[x.tensor], bits, x.cap)
             pool = (out, x.tensor, out, sign, relu, off, frac, stage)
-            self.nodes.append(AvgPoolNode(*pool, *x.pooled) if window else PoolNode(*pool))
+            self.nodes.append(AvgPoolNode(*pool, cap=cap, kernel=x.pooled[0], stride=x.pooled[1]) if window
+                              else PoolNode(*pool, cap=cap))
             self.shapes[out] = self.shape(x)
             return
         codes, full = self.fresh(f"{out}.unpooled")[0] if x.maxpools else out, self.shapes[x.tensor]
@@ -769,14 +770,10 @@ class _Lowering:
         """Refuse pooling ``node`` (``what``) of ``x`` unless it is a ReLU's output (unclipped) of a conv, BN or
         addition."""
         self.after_max_pooling(node, x, what)
-        unit = "the pooling unit averages [BN +] ReLU outputs"
+        unit = "the pooling unit averages [BN +] ReLU (or ReLU6) outputs"
         if x.kind == "image":
             self.refuse(node, f"pools the input image; {unit} of a conv or addition: give the network smaller images, "
                         "or pool after the first conv's ReLU")
-        if x.kind == "values" and not x.pooled and x.relu and x.cap < math.inf:
-            self.refuse(node, f"pools a clipped ReLU's output (ReLU6 or hardtanh(0, max), at {x.cap:g}); the pooling "
-                        "unit averages unclipped [BN +] ReLU outputs: use nn.ReLU before the pooling (a clip folds "
-                        "only into an activation quantizer)")
         if x.kind != "values" or x.pooled or not x.relu:
             self.refuse(node, f"does not pool a ReLU's output of a conv, BN or addition; {unit}: put a ReLU right "
                         "before it (conv -> [BN ->] ReLU -> pooling)")

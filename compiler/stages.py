@@ -12,6 +12,8 @@ the results are the rules of :mod:`compiler.graph` (``Thresholds.limit``,
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .graph import BIAS_LIMIT, MULT_BITS, PoolNode, Requantize, Thresholds
@@ -88,35 +90,47 @@ def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, relu: bool = 
 
 
 def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, positions: int, frac_bits: int,
-                   bound: int, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, Thresholds]:
-    """(sign, relu, offset, thresholds) of a :class:`compiler.graph.PoolNode` for
-    ``mean over positions of max(0, gain * x + offset)`` with ``|x| <= bound``.
+                   bound: int, bits: int, cap: float = math.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                         Thresholds, np.ndarray | None]:
+    """(sign, relu, offset, thresholds, cap) of a :class:`compiler.graph.PoolNode` for
+    ``mean over positions of min(max(0, gain * x + offset), cap)`` with ``|x| <= bound`` (cap None where
+    ``cap`` is infinite: a ReLU, not a ReLU6).
 
     Per channel, with the kink ``c = -offset / gain``:
 
     - kink within ``[-bound, bound]``: ``u = max(0, sign * (x * 2^F - round(c * 2^F)))``
       equals ``max(0, gain * x + offset) * 2^F / |gain|``, so the code reaches c'
-      when ``sum u >= t_c' * positions * 2^F / |gain|``;
+      when ``sum u >= t_c' * positions * 2^F / |gain|``; the clip: ``min(u, round(cap * 2^F / |gain|))``;
     - ReLU always active on the input range: ``u = sign * x * 2^F`` (no ReLU, no
-      offset) and the code reaches c' when ``sum u >= positions * 2^F * (t_c' - offset) / |gain|``;
-    - ReLU never active, or ``gain == 0``: ``u = 0`` and a constant code.
+      offset) and the code reaches c' when ``sum u >= positions * 2^F * (t_c' - offset) / |gain|``; the clip:
+      ``min(u, round((cap - offset) * 2^F / |gain|))``;
+    - ReLU never active, ``gain == 0``, or the clip always active: ``u = 0`` and a constant code.
     """
     gain, offset = np.asarray(gain, np.float64), np.asarray(offset, np.float64)
     scale = 2.0**frac_bits
     PoolNode.check_sum("pooling", positions, bound, frac_bits)
     sum_limit = PoolNode.sum_limit(positions, bound, frac_bits)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    clipped = offset - np.abs(gain) * bound >= cap              # at the clip on the whole input range
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         c = np.where(gain != 0, -offset / gain, 0.0)
-        kinked = (gain != 0) & (np.abs(c) <= bound)
-        always = (gain != 0) & ~kinked & (gain * (np.sign(c) * -1.0) > 0)   # kink beyond the range, behind x
+        kinked = (gain != 0) & (np.abs(c) <= bound) & ~clipped
+        always = (gain != 0) & ~kinked & ~clipped & (gain * (np.sign(c) * -1.0) > 0)   # kink beyond the range
         tau_kinked = t[None, :] * positions * scale / np.abs(gain)[:, None]
         tau_always = (t[None, :] - offset[:, None]) * positions * scale / np.abs(gain)[:, None]
-    never = np.where(np.maximum(offset, 0)[:, None] >= t[None, :], 0, 1)      # constant code; u = 0
+        cap_kinked = cap * scale / np.abs(gain)
+        cap_always = (cap - offset) * scale / np.abs(gain)
+    constant = np.where(clipped, cap, np.minimum(np.maximum(offset, 0), cap))
+    never = np.where(constant[:, None] >= t[None, :], 0, 1)                  # constant code; u = 0
     tau = np.where(kinked[:, None], tau_kinked, np.where(always[:, None], tau_always, never))
     thresholds = np.clip(np.ceil(np.clip(tau, -sum_limit, sum_limit)).astype(np.int64), -sum_limit, sum_limit)
     sign = np.where(kinked | always, np.sign(gain), 0).astype(np.int64)
     off = np.where(kinked, np.round(c * scale), 0).astype(np.int64)
-    return sign, ~always, off, Thresholds(thresholds, np.zeros(gain.size, dtype=bool), bits)
+    stage = Thresholds(thresholds, np.zeros(gain.size, dtype=bool), bits)
+    if cap == math.inf:
+        return sign, ~always, off, stage, None
+    limit = (int(bound) << (frac_bits + 1)) + 1          # |u| <= bound * 2^F + |offset|: a larger clip never acts
+    k = np.where(kinked, cap_kinked, np.where(always, cap_always, 0.0))
+    return sign, ~always, off, stage, np.clip(np.round(np.nan_to_num(k, posinf=limit)), -limit, limit).astype(np.int64)
 
 
 def fraction_scale(scales: list[float], frac_bits: int) -> float:

@@ -432,7 +432,8 @@ class VectorUnit(wiring.Component):
         # Stage 1: the value read, registered (the value memory's read multiplexer feeds no logic);
         # stage 2: x * 2^frac; stage 3: sign * t, t = x * 2^frac - offset (one carry chain: its operands swapped
         # where the sign is negative, zeros where it is 0; a negation and a multiplexer after it were the UP5K's
-        # worst path at 41798fd); stage 4: registered again; stage 5: u = relu(sign * t);
+        # worst path at 41798fd); stage 4: registered again (clipped: min(t, cap), where the unit clips); stage 5:
+        # u = relu(sign * t);
         # stage 6: u summed (the shift, each carry chain and the ReLU's zeroing: one a cycle), the sum's high half a
         # cycle later (``_sum``), in the cycle of the search's first compare (POOL_DRAIN: two cycles into SEARCH).
         value = delays(m, self.val_read_data, 1, "pool_value", reset_less=reset_less)[1]
@@ -446,7 +447,12 @@ class VectorUnit(wiring.Component):
         m.d.sync += [t.eq(Mux(sign == 0, 0, minuend) - Mux(sign == 0, 0, subtrahend)), t_valid.eq(shifted_valid)]
         signed_t = Signal(signed(width + 1), name="signed_t", reset_less=reset_less)
         signed_valid = Signal(name="signed_valid")
-        m.d.sync += [signed_t.eq(t), signed_valid.eq(t_valid)]
+        m.d.sync += signed_valid.eq(t_valid)
+        if p.pool_cap_bits:             # the clip (a ReLU6's), where the model has one: min(t, cap)
+            cap = word[p.pool_cap_shift:p.pool_cap_shift + p.pool_cap_bits].as_signed()
+            m.d.sync += signed_t.eq(Mux(t > cap, cap, t))
+        else:
+            m.d.sync += signed_t.eq(t)
         # u: 0 where no value comes (the sum adds it every cycle). (An If, not the condition in a Mux: an X on the
         # valid, in Icarus before the FSM's first change, then reads as no value instead of entering the sum.)
         u = Signal(signed(p.pool_sum_bits), name="u")

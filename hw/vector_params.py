@@ -59,8 +59,9 @@ ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS = range(len(TARGETS))
 VECTOR_TARGETS = len(TARGETS)
 TARGET_BITS = 2
 
-# A POOL_CONSTANTS word: bit 0 relu, bits 1-2 the sign (two's complement), offset from bit 3;
-# in the arithmetic form then B' (two's complement, ``pool_base_bits``) and S (``pool_step_bits``).
+# A POOL_CONSTANTS word: bit 0 relu, bits 1-2 the sign (two's complement), offset from bit 3, then the clip
+# (``pool_cap_bits``, two's complement; none where no pool node clips); in the arithmetic form then B' (two's
+# complement, ``pool_base_bits``) and S (``pool_step_bits``).
 POOL_RELU_BIT, POOL_SIGN_SHIFT, POOL_SIGN_BITS, POOL_OFFSET_SHIFT = 0, 1, 2, 3
 # The constants memory holds each channel's word as pieces of this many bits (the width of an iCE40
 # block RAM: a word of about 100 bits would take 7 blocks side by side, its pieces take 2), read one
@@ -94,10 +95,11 @@ MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the
 
 def pool_sum_bound(node: PoolNode, shape: tuple[int, int, int], bound: int) -> int:
     """Largest ``|sum of u|`` (over all positions, or a window) of ``node`` for inputs ``|x| <= bound`` of
-    ``shape``: ``|u| <= bound * 2^frac_bits + |offset|``. (Thresholds are clamped to ``PoolNode.sum_limit``,
-    but an offset of the sign opposite to ``x`` makes sums up to twice that.)"""
+    ``shape``: ``|u| <= bound * 2^frac_bits + |offset|``, or the clip's ``|cap|`` where larger. (Thresholds are
+    clamped to ``PoolNode.sum_limit``, but an offset of the sign opposite to ``x`` makes sums up to twice that.)"""
     offset = int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())
-    return node.summed(shape) * ((int(bound) << node.frac_bits) + offset)
+    cap = 0 if node.cap is None else int(np.abs(np.asarray(node.cap, dtype=np.int64)).max())
+    return node.summed(shape) * max((int(bound) << node.frac_bits) + offset, cap)
 
 
 def activate_needs(node: ActivateNode, info: TensorInfo) -> dict[str, int]:
@@ -109,13 +111,17 @@ def activate_needs(node: ActivateNode, info: TensorInfo) -> dict[str, int]:
 
 
 def pool_needs(node: PoolNode, info: TensorInfo) -> dict[str, int]:
-    """Widths one pool node needs (as :func:`activate_needs`, plus offsets, sums and fraction bits);
-    its padding threshold is one above the largest sum (:func:`pool_sum_bound`)."""
+    """Widths one pool node needs (as :func:`activate_needs`, plus offsets, sums, fraction bits, its clip and
+    its terms ``u``: where any node clips, every node's channels hold a clip, one no term reaches where the node
+    has none); its padding threshold is one above the largest sum (:func:`pool_sum_bound`)."""
     total = pool_sum_bound(node, info.shape, info.bound)
+    offset = int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())
+    cap = 0 if node.cap is None else signed_bits(int(np.abs(np.asarray(node.cap, dtype=np.int64)).max()))
     return {"code_bits": node.stage.bits, "threshold_bits": threshold_bits(node.stage),
             "pad_bits": signed_bits(total + 1), "value_bits": signed_bits(info.bound),
-            "offset_bits": signed_bits(int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())),
-            "sum_bits": signed_bits(total), "frac_bits": node.frac_bits, "slots": info.shape[0]}
+            "offset_bits": signed_bits(offset), "sum_bits": signed_bits(total), "frac_bits": node.frac_bits,
+            "slots": info.shape[0], "cap_bits": cap, "term_bits": signed_bits((int(info.bound) << node.frac_bits)
+                                                                              + offset)}
 
 
 def maxpool_bits(node: MaxPoolNode | AvgPoolNode, shape: tuple[int, int, int]) -> int:
@@ -214,6 +220,7 @@ class VectorParams:
     maxpool_bits: int = 0
     avgpool_bits: int = 0
     adds: bool = True
+    pool_cap_bits: int = 0
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -244,6 +251,7 @@ class VectorParams:
             check("pool_code_bits", 1, self.lane_bits)
             check("pool_sum_bits", 2, MAX_VALUE_BITS)
             check("pool_offset_bits", 1, self.value_bits + self.max_frac_bits)
+            check("pool_cap_bits", 0, self.value_bits + self.max_frac_bits + 2)
             if self.pool_form == "table":
                 check("pool_threshold_bits", 2, MAX_VALUE_BITS + 1)
                 for name in arithmetic:
@@ -255,7 +263,7 @@ class VectorParams:
                 check("pool_step_bits", 1, MAX_POOL_BASE_BITS)
         else:
             for name in ("pool_code_bits", "pool_threshold_bits", "pool_offset_bits", "pool_sum_bits",
-                         "max_frac_bits", *arithmetic):
+                         "max_frac_bits", "pool_cap_bits", *arithmetic):
                 check(name, 0, 0)
             if self.pool_form != "table":
                 raise ValueError(f"pool_form must be 'table' without pool hardware (pool_slots=0), got "
@@ -320,9 +328,14 @@ class VectorParams:
         return self.pool_form == "arithmetic"
 
     @property
+    def pool_cap_shift(self) -> int:
+        """Lowest bit of the clip (``pool_cap_bits``, two's complement) in a POOL_CONSTANTS word."""
+        return POOL_OFFSET_SHIFT + self.pool_offset_bits
+
+    @property
     def pool_base_shift(self) -> int:
         """Lowest bit of ``B'`` in a POOL_CONSTANTS word (arithmetic form)."""
-        return POOL_OFFSET_SHIFT + self.pool_offset_bits
+        return self.pool_cap_shift + self.pool_cap_bits
 
     @property
     def pool_step_shift(self) -> int:
@@ -463,10 +476,12 @@ class VectorParams:
     @classmethod
     def from_dict(cls, d: dict) -> VectorParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction); a
-        ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL) means 0, without ``adds`` true."""
+        ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL) or ``pool_cap_bits`` (before it
+        clipped) means 0, without ``adds`` true."""
         names = {f.name for f in fields(cls)}
-        if isinstance(d, dict) and "avgpool_bits" not in d:
-            d = {**d, "avgpool_bits": 0}
+        for name in ("avgpool_bits", "pool_cap_bits"):
+            if isinstance(d, dict) and name not in d:
+                d = {**d, name: 0}
         if isinstance(d, dict) and "adds" not in d:
             d = {**d, "adds": True}
         if not isinstance(d, dict) or set(d) != names:
@@ -529,4 +544,6 @@ class VectorParams:
                    maxpool_bits=max((maxpool_bits(n, info[n.input].shape) for n in model.nodes
                                      if isinstance(n, MaxPoolNode)), default=0),
                    avgpool_bits=max((maxpool_bits(n, info[n.input].shape) for n in model.nodes
-                                     if isinstance(n, AvgPoolNode)), default=0), adds=adds)
+                                     if isinstance(n, AvgPoolNode)), default=0), adds=adds,
+                   pool_cap_bits=max((max(n["cap_bits"], n["term_bits"]) for n in pools), default=0)
+                   if any(n["cap_bits"] for n in pools) else 0)

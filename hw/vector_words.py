@@ -15,7 +15,8 @@ Words:
 - POOL_CONSTANTS, address ``slot << pool_piece_index_bits | piece``: piece ``piece`` (bits
   ``16 * piece`` up, :data:`~hw.vector_params.POOL_PIECE_BITS`) of the channel's word
   ``relu | sign << 1 | offset << 3`` (sign and offset two's
-  complement, :data:`~hw.vector_params.POOL_SIGN_BITS` and ``pool_offset_bits`` wide); in the
+  complement, :data:`~hw.vector_params.POOL_SIGN_BITS` and ``pool_offset_bits`` wide), then, where the
+  unit clips, the clip (``pool_cap_bits``, from bit ``pool_cap_shift``; the largest where the node has none); in the
   arithmetic form (``pool_form``) then ``B' = B - S`` (two's complement, ``pool_base_bits``, from
   bit ``pool_base_shift``) and ``S`` (``pool_step_bits``, from ``pool_step_shift``) of the
   channel's thresholds ``T[c] = ceil((B + c * S) / 2^pool_shift)``
@@ -98,6 +99,12 @@ def pool_constant_words(params: VectorParams, node: PoolNode, info: TensorInfo,
     words = [int(r) | (int(s) & sign_mask) << POOL_SIGN_SHIFT | (int(o) & offset_mask) << POOL_OFFSET_SHIFT
              for s, r, o in zip(np.asarray(node.sign).tolist(), np.asarray(node.relu).tolist(),
                                 np.asarray(node.offset).tolist())]
+    if params.pool_cap_bits:        # (a node without a clip: the largest, which no term reaches)
+        bits = params.pool_cap_bits
+        caps = [(1 << (bits - 1)) - 1] * len(words) if node.cap is None else np.asarray(node.cap).tolist()
+        if max(abs(int(c)) for c in caps) >= 1 << (bits - 1):
+            raise ValueError(f"pool node {node.name!r}: its clips need more than pool_cap_bits={bits}; {FIX}")
+        words = [w | (int(c) & ((1 << bits) - 1)) << params.pool_cap_shift for w, c in zip(words, caps)]
     if not params.pool_arithmetic:
         return words
     fits = fits or node_progressions(params, node, info)

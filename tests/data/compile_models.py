@@ -242,7 +242,7 @@ class InvertedResidual(nn.Module):
 
 class MobileNetV2(nn.Module):
     """A small MobileNetV2: stem conv (BN, ReLU6), inverted residual blocks (expansion 1 narrowing, as the first
-    of MobileNetV2's, then 2 strided, then 2 with its residual), a 1x1 head conv (BN, ReLU), global average
+    of MobileNetV2's, then 2 strided, then 2 with its residual), a 1x1 head conv (BN, ReLU6), global average
     pooling, a linear classifier."""
 
     def __init__(self, num_classes=10, in_channels=1, width=8):
@@ -251,7 +251,7 @@ class MobileNetV2(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU6(),
             InvertedResidual(2 * w, w, 1, 1), InvertedResidual(w, 2 * w, 2, 2), InvertedResidual(2 * w, 2 * w, 1, 2),
-            nn.Conv2d(2 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU())
+            nn.Conv2d(2 * w, 4 * w, 1, bias=False), nn.BatchNorm2d(4 * w), nn.ReLU6())
         self.fc = nn.Linear(4 * w, num_classes)
 
     def forward(self, x):
