@@ -190,7 +190,9 @@ class VectorParams:
       ``max_frac_bits`` (0..24), ``pool_form`` (:data:`POOL_FORMS`, module docstring) and its widths:
       "table": ``pool_threshold_bits`` (a stored threshold, signed, 2..65; the arithmetic widths 0);
       "arithmetic": ``pool_shift`` (``k``, 0..32), ``pool_base_bits`` (``B'``, signed, 2..128),
-      ``pool_step_bits`` (``S``, 1..128), ``pool_threshold_bits`` 0.
+      ``pool_step_bits`` (``S``, 1..128), ``pool_threshold_bits`` 0. ``pool_cap_bits`` (0: no clip hardware,
+      else signed, up to ``value_bits + max_frac_bits + 2``): the clip of a ReLU6 before a pooling
+      (:class:`~compiler.graph.PoolNode` ``cap``), compared in stage 4 of the pool pipeline.
     - Max pooling: ``maxpool_bits`` (0: no max-pool hardware, else 1..16): width of its window
       counters (input and output sides, kernel, stride, padding). With it, ``channels`` and
       ``positions`` also count codes (up to ``lanes * code_depth``) and ``src_a`` holds a code address.
