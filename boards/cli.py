@@ -90,9 +90,9 @@ def add_parsers(sub) -> dict:
                                                   "from this .npz (numpy.savez(NPZ, images=..., labels=...)) instead "
                                                   "of the model's test set; needs numpy only, not the trainer's torch")
     p.add_argument("--image", nargs="+", dest="image_files", metavar="IMAGE",
-                   help="classify these PNG or JPEG files instead (as `lcq predict` reads them: the model's grey or "
-                        "RGB, the middle cropped to its aspect ratio and resized), a line each with the board's "
-                        "classes")
+                   help="classify these PNG or JPEG files (or directories of them) instead, as `lcq predict` "
+                        "reads them (the model's grey or RGB, the middle cropped to its aspect ratio and resized), "
+                        "a line each with the board's classes")
     p.add_argument("--images", type=positive_int, default=100, metavar="N", help="first N test images, N >= 1")
     p.add_argument("--report", metavar="FILE", help="the build's report.json (default: build/<board>/report.json): "
                                                      "clock, array and residency of the flashed design")
@@ -432,7 +432,9 @@ def cmd_run(args) -> int:
         raise ValueError("--image and --inputs both name the images to run: give one of them")
     if args.image_files:
         from compiler.image_predictions import read_images
+        from lcq_train.image_file import image_files
 
+        args.image_files = image_files(args.image_files)
         (images, notes), labels = read_images(model, args.image_files), None
     else:
         images, labels = _test_images(args, model)

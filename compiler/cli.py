@@ -65,8 +65,9 @@ def add_parsers(sub) -> dict:
                        formatter_class=fmt)
     p.add_argument("model", metavar="MODEL", help="compiled model file")
     p.add_argument("images", metavar="IMAGE", nargs="+",
-                   help="PNG or JPEG files; each is converted to the model's grey or RGB and, where its size is not "
-                        "the model's, its middle cropped to the model's aspect ratio and resized")
+                   help="PNG or JPEG files, or directories of them (their .png, .jpg and .jpeg files, in name "
+                        "order); each is converted to the model's grey or RGB and, where its size is not the "
+                        "model's, its middle cropped to the model's aspect ratio and resized")
     p.add_argument("--top", type=positive_int, default=3, metavar="K", help="classes listed per image, best first")
     p.add_argument("--json", action="store_true", help="print one JSON object per image instead of a line")
     return {"compile": cmd_compile, "eval": cmd_eval, "report": cmd_report, "predict": cmd_predict}
@@ -100,12 +101,15 @@ def cmd_report(args) -> int:
 
 def cmd_predict(args) -> int:
     """Each image file's classes by the integer reference: one line (or JSON object) per image."""
+    from lcq_train.image_file import image_files
+
     from .image_predictions import describe, prediction, read_images
     from .reference import predict
 
     model = model_format.load(args.model)
-    images, notes = read_images(model, args.images)
-    for path, logits, note in zip(args.images, predict(model, images), notes):
+    paths = image_files(args.images)
+    images, notes = read_images(model, paths)
+    for path, logits, note in zip(paths, predict(model, images), notes):
         record = prediction(model, path, logits, note, min(args.top, model.num_classes))
         print(json.dumps(record) if args.json else describe(record))
     return 0

@@ -1,5 +1,7 @@
 """One image file (a photo, a scan) as a model's input: uint8 ``(C, H, W)`` codes, with numpy and Pillow only.
 
+:func:`image_files` expands the directories among the paths a user gives into their image files.
+
 :func:`read_image` decodes a PNG or JPEG file (the formats the dataset loader reads; nothing else, whatever
 Pillow could open), converts it to grey (C = 1) or RGB (C = 3), and where its size is not the model's, crops
 the middle to the model's aspect ratio and resizes it (Lanczos). The model sees the image as the training
@@ -15,6 +17,7 @@ import warnings
 import numpy as np
 
 FORMATS = ("PNG", "JPEG")
+SUFFIXES = (".png", ".jpg", ".jpeg")    # the files of a directory that :func:`image_files` takes
 MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK")    # 8 bits a channel or fewer
 MAX_FILE_BYTES = 64 << 20       # a 24-megapixel JPEG takes ~10 MB; a larger file is refused before it is read
 MAX_PIXELS = 1 << 26            # 67 megapixels: beyond, Pillow's decompression-bomb check stops the decoding
@@ -64,6 +67,23 @@ def read_image(path: str | os.PathLike, shape: tuple[int, int, int]) -> tuple[np
     pixels = np.asarray(image, dtype=np.uint8)
     codes = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(codes), "; ".join(notes) or None
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """``paths`` with each directory among them replaced by its PNG and JPEG files (by suffix, any case; not its
+    subdirectories'), in name order; ValueError for a directory that has none."""
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = sorted(name for name in os.listdir(path) if name.lower().endswith(SUFFIXES)
+                       and os.path.isfile(os.path.join(path, name)))
+        if not found:
+            raise ValueError(f"{path} is a directory without PNG or JPEG files ({', '.join(SUFFIXES)}); name the "
+                             "images, or a directory that holds them")
+        files += [os.path.join(path, name) for name in found]
+    return files
 
 
 def _middle(w: int, h: int, width: int, height: int) -> tuple[int, int, int, int]:

@@ -12,7 +12,7 @@ from compiler.reference import predict
 from lcq.cli import main
 from lcq_train import image_file
 from lcq_train.data import load_dataset
-from lcq_train.image_file import read_image
+from lcq_train.image_file import image_files, read_image
 
 DATA = Path(__file__).parent / "data"
 DIGITS = DATA / "digits-cnn-lcq-w3a3.lcq"
@@ -51,6 +51,23 @@ def test_the_shipped_cifar10_test_images_are_what_the_resnet_says(capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in records] == [f.name.split("-")[2] for f in files] == ["cat", "horse", "ship"]
     assert all(r["note"] is None for r in records)
+
+
+def test_a_directory_is_its_png_and_jpeg_files_in_name_order(tmp_path, capsys):
+    for name in ("b.PNG", "a.jpg", "c.jpeg"):
+        Image.new("L", (8, 8)).save(tmp_path / name, format="PNG" if name.endswith("PNG") else "JPEG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "more.png").mkdir()                        # (a directory is not one of its files)
+    Image.new("L", (8, 8)).save(tmp_path / "more.png" / "d.png")
+    assert image_files([str(tmp_path), str(tmp_path / "more.png" / "d.png")]) == [
+        str(tmp_path / name) for name in ("a.jpg", "b.PNG", "c.jpeg")] + [str(tmp_path / "more.png" / "d.png")]
+    assert main(["predict", str(DIGITS), str(tmp_path), "--json"]) == 0
+    assert [json.loads(line)["image"] for line in capsys.readouterr().out.splitlines()] == [
+        str(tmp_path / name) for name in ("a.jpg", "b.PNG", "c.jpeg")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(DIGITS), str(empty)]) == 2
+    assert f"{empty} is a directory without PNG or JPEG files" in capsys.readouterr().err
 
 
 def test_a_photo_is_made_the_models_input_and_said_so(tmp_path, capsys):
