@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from compiler.agreement import compare
-from compiler.format import load, save
+from compiler.format import ModelFormatError, load, save, write_members
 from compiler.graph import PoolNode
 from compiler.lower import compile_model
-from helpers import images, randomize
+from helpers import images, members, randomize
 from hw.network_params import NetworkParams
 from lcq_train.plan import quantize_model
 
@@ -97,6 +97,21 @@ def test_the_file_keeps_the_clip_and_checks_it(tmp_path):
     bad.cap[zero] = 5
     with pytest.raises(ValueError, match=rf"field 'cap' \[{zero}\] = 5: must be 0 where sign is 0"):
         save(model, tmp_path / "bad.lcq")
+
+
+def test_a_damaged_clip_in_the_file_is_refused_naming_it(tmp_path):
+    save(compile_model(clipping_mobilenet_v2(1), (1, 8, 8)), tmp_path / "clip.lcq")
+    manifest, arrays = members(tmp_path / "clip.lcq")
+    i = next(k for k, d in enumerate(manifest["nodes"]) if "cap" in d)
+    short = copy.deepcopy(arrays)
+    short[f"nodes/{i}/cap"] = short[f"nodes/{i}/cap"][:-1]
+    write_members(tmp_path / "short.lcq", manifest, short)
+    with pytest.raises(ModelFormatError, match=rf"nodes/{i}/cap"):
+        load(tmp_path / "short.lcq")
+    manifest["nodes"][i]["cap"] = 7
+    write_members(tmp_path / "field.lcq", manifest, arrays)
+    with pytest.raises(ModelFormatError, match=rf"node {i} \(pool 'act_fc'\): field 'cap' must be a reference"):
+        load(tmp_path / "field.lcq")
 
 
 def test_a_unit_without_clips_is_laid_out_as_before():
