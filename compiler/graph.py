@@ -649,8 +649,9 @@ class ConvNode:
         if self.signed_input and not np.array_equal(codes[:, half:], -codes[:, :half]):
             o, ch, y, x = np.argwhere(codes[:, half:] != -codes[:, :half])[0]
             raise ModelRuleError(where, "weight_codes", f"[{o}, {ch + half}, {y}, {x}] = {codes[o, ch + half, y, x]}, "
-                                 f"not -{codes[o, ch, y, x]}: a layer reading a signed activation weighs its negative "
-                                 "half (the second half of its channels) with the negated weights of its positive one")
+                                 f"not {-int(codes[o, ch, y, x])}: a layer reading a signed activation weighs its "
+                                 "negative half (the second half of its channels) with the negated weights of its "
+                                 "positive one")
         rule_levels(where, "w_levels", self.w_levels, s_w, weight_scale(self.outer_wbits), "W")
         rule_levels(where, "a_levels", self.a_levels, act_scale(self.abits), act_scale(self.outer_abits), "A")
         bound = self.acc_bound

@@ -8,6 +8,7 @@ core runs it bit-exact (tests/test_sim_network.py, and trained in tests/test_com
 """
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -75,8 +76,10 @@ def test_the_model_file_keeps_the_flag_and_checks_the_halves(mobilenet_v2, tmp_p
     c = layer.in_shape[0] // 2
     k = np.argwhere(layer.weight_codes[:, :c] != 0)[0]
     layer.weight_codes[k[0], c + k[1], k[2], k[3]] *= -1          # the negative half no longer the negation
-    with pytest.raises(ValueError, match=r"weight_codes.*a layer reading a signed activation weighs its negative "
-                                         r"half"):
+    w = int(layer.weight_codes[k[0], k[1], k[2], k[3]])
+    where = f"[{k[0]}, {c + k[1]}, {k[2]}, {k[3]}] = {w}, not {-w}"
+    with pytest.raises(ValueError, match=rf"field 'weight_codes' {re.escape(where)}: a layer reading a signed "
+                                         r"activation weighs its negative half"):
         save(model, tmp_path / "bad.lcq")
 
 
