@@ -20,7 +20,7 @@ FORMATS = ("PNG", "JPEG")
 SUFFIXES = (".png", ".jpg", ".jpeg")    # the files of a directory that :func:`image_files` takes
 MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK")    # 8 bits a channel or fewer
 MAX_FILE_BYTES = 64 << 20       # a 24-megapixel JPEG takes ~10 MB; a larger file is refused before it is read
-MAX_PIXELS = 1 << 26            # 67 megapixels: beyond, Pillow's decompression-bomb check stops the decoding
+MAX_PIXELS = 1 << 26            # 67 megapixels: a larger image is refused from its header, before it is decoded
 CONVERT = {1: "L", 3: "RGB"}
 
 
