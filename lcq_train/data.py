@@ -38,6 +38,7 @@ from PIL import Image
 
 from .atomic import atomic_write
 from .classes import CLASS_NAMES
+from .image_file import FORMATS as IMAGE_FORMATS, MODES as IMAGE_MODES, SUFFIXES as IMAGE_SUFFIXES
 from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
 
 __all__ = ["DATASETS", "IMAGE_SHAPES", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset"]
@@ -58,9 +59,6 @@ _IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
 _IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-_IMAGE_FORMATS = ("PNG", "JPEG")  # the PIL formats decoded, whatever a file's suffix
-_IMAGE_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK")  # 8 bits a channel or fewer: PIL converts to RGB
 _TAR_SUFFIXES = (".tar.gz", ".tgz")
 _SPLITS = ("train", "test")
 MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
@@ -424,9 +422,9 @@ def _list_image_folders(root: Path) -> list[tuple[str, str, Path]]:
     files = []
     for split in _SPLITS:
         for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            paths = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()]
+            paths = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
             if not paths:
-                raise DatasetError(f"cifar10: {class_dir} holds no image ({'/'.join(_IMAGE_SUFFIXES)}); add its "
+                raise DatasetError(f"cifar10: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its "
                                    "images or remove the folder")
             files += [(split, class_dir.name, path) for path in paths]
     return files
@@ -494,7 +492,7 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
                     member.isdir()
                     or len(parts) not in (3, 4)
                     or parts[-3] not in _SPLITS
-                    or PurePosixPath(parts[-1]).suffix.lower() not in _IMAGE_SUFFIXES
+                    or PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES
                 ):
                     continue
                 if ".." in parts or parts[0] == "/":
@@ -593,9 +591,9 @@ def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's warning for a huge header
         for i, (name, blob) in enumerate(chunk):
             try:
-                with Image.open(io.BytesIO(blob), formats=_IMAGE_FORMATS) as image:
+                with Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS) as image:
                     size, mode = image.size, image.mode
-                    rgb = image.convert("RGB") if size == (width, height) and mode in _IMAGE_MODES else None
+                    rgb = image.convert("RGB") if size == (width, height) and mode in IMAGE_MODES else None
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
                 raise DatasetError(f"{name}: image too large to decode ({e}); CIFAR-10 images are 32x32") from e
             except Image.UnidentifiedImageError as e:

@@ -16,9 +16,12 @@ import warnings
 
 import numpy as np
 
+# What image files are read, here and by the dataset loader (lcq_train.data): the Pillow formats decoded, whatever
+# a file's suffix (an EPS would run Ghostscript), the suffixes of a directory's image files, and the modes of 8
+# bits a channel or fewer (Pillow clips a 16-bit grey image when it converts it).
 FORMATS = ("PNG", "JPEG")
-SUFFIXES = (".png", ".jpg", ".jpeg")    # the files of a directory that :func:`image_files` takes
-MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK")    # 8 bits a channel or fewer
+SUFFIXES = (".jpg", ".jpeg", ".png")
+MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK")
 MAX_FILE_BYTES = 64 << 20       # a 24-megapixel JPEG takes ~10 MB; a larger file is refused before it is read
 MAX_PIXELS = 1 << 26            # 67 megapixels: a larger image is refused from its header, before it is decoded
 CONVERT = {1: "L", 3: "RGB"}
