@@ -430,12 +430,13 @@ def cmd_run(args) -> int:
                           {"params": engine.params.describe()}, args.model, board, " --mode layers")
     if args.image_files and args.inputs:
         raise ValueError("--image and --inputs both name the images to run: give one of them")
+    files = None
     if args.image_files:
         from compiler.image_predictions import read_images
         from lcq_train.image_file import image_files
 
-        args.image_files = image_files(args.image_files)
-        (images, notes), labels = read_images(model, args.image_files), None
+        files = image_files(args.image_files)
+        (images, notes), labels = read_images(model, files), None
     else:
         images, labels = _test_images(args, model)
     baud = uart_baud(board, built["pll_mhz"] * 1e6)
@@ -466,11 +467,11 @@ def cmd_run(args) -> int:
            "seconds": result.seconds, "load_seconds": result.load_seconds, "frames_resent": host.retried,
            repeated: runner.repeated,
            "equal_to_reference": int((result.predictions == reference).sum())}
-    if args.image_files:
+    if files:
         from compiler.image_predictions import describe, prediction
 
         out["predictions"] = [prediction(model, path, logits, note, min(3, model.num_classes))
-                              for path, logits, note in zip(args.image_files, result.logits, notes)]
+                              for path, logits, note in zip(files, result.logits, notes)]
     if args.json:
         print(json.dumps(out))
     else:

@@ -128,17 +128,17 @@ def _check_before_training(board_name: str | None):
     from compiler.preflight import check_network
 
     def check(model, input_shape, plan) -> None:
-        compiled = check_network(model, input_shape, plan)
-        if board_name is None:
+        compiled = check_network(model, input_shape, plan)      # (every process: each refuses alike)
+        from lcq_train.train import process_rank
+
+        if board_name is None or process_rank() != 0:           # (the verdict is said once: the first process's)
             return
         from boards.boards import get_board
         from boards.fit import board_verdict
-        from lcq_train.train import process_rank
 
         fits, verdict = board_verdict(compiled, get_board(board_name))
-        if process_rank() == 0:
-            print(f"lcq train: {verdict}" if fits else f"lcq train: warning: {verdict}", flush=True,
-                  file=sys.stdout if fits else sys.stderr)
+        print(f"lcq train: {verdict}" if fits else f"lcq train: warning: {verdict}", flush=True,
+              file=sys.stdout if fits else sys.stderr)
 
     return check
 
