@@ -39,6 +39,9 @@ SUPPORTED = (
     "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "
     "a conv or linear layer [+ BN] or an addition that nothing else reads (post-activation blocks)",
     "ReLU6 / hardtanh(0, max) before an activation quantizer or a pooling",
+    "LeakyReLU and PReLU (nn.LeakyReLU, F.leaky_relu, nn.PReLU; slopes >= 0) of a conv's, BN's or addition's output "
+    "before its activation quantizer (a signed one: its negative half reads the values times the slope), or "
+    "before a ReLU or clip",
     "residual addition of two tensors (+, torch.add, .add())",
     "global average pooling after a ReLU or ReLU6 (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), "
     "torch.mean(x, (2, 3)))",
@@ -78,9 +81,11 @@ ADAPTIVE_MAX_HINT = (f"only the global maximum compiles as it is (AdaptiveMaxPoo
                      f"side / n (k <= {MAX_KERNEL})")
 # The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
 HINTS = (
-    ((nn.LeakyReLU, F.leaky_relu, nn.GELU, F.gelu, nn.SiLU, F.silu, nn.PReLU, F.prelu, nn.ELU, F.elu, nn.SELU,
-      F.selu, nn.CELU, F.celu, nn.Hardswish, F.hardswish, nn.Mish, F.mish, nn.Softplus, F.softplus),
-     "use nn.ReLU (an activation quantizer folds a ReLU or a clip into its thresholds, not these)"),
+    ((nn.GELU, F.gelu, nn.SiLU, F.silu, nn.ELU, F.elu, nn.SELU, F.selu, nn.CELU, F.celu, nn.Hardswish, F.hardswish,
+      nn.Mish, F.mish, nn.Softplus, F.softplus),
+     "use nn.ReLU or nn.LeakyReLU (an activation quantizer folds a ReLU, a leaky one or a clip into its thresholds, "
+     "not these)"),
+    ((F.prelu,), "use the module nn.PReLU (its slopes a parameter of the network), or nn.LeakyReLU(slope)"),
     ((nn.Hardtanh, F.hardtanh), "only a clip from 0 compiles: use hardtanh(0, max) (nn.Hardtanh(0.0, 1.0)), ReLU6 "
                                 "or ReLU"),
     ((nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", nn.Tanh, torch.tanh, F.tanh, "tanh"),
@@ -124,14 +129,16 @@ _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 
 @dataclass(frozen=True)
 class Op:
-    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, clip, pool, avgpool, maxpool,
+    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, leaky, clip, pool, avgpool, maxpool,
     flatten, reshape, size, identity, add, cat, softmax, adaptive, output), its ``module`` (None for a function),
-    ``cap`` (the clip maximum), ``window`` (an average or max pooling's kernel, stride and padding; None for the
-    global maximum), ``dim`` (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one) and
-    ``side`` (the output side of an adaptive average or max pooling to a square larger than 1)."""
+    ``slope`` (a leaky ReLU's negative slope; a PReLU's are its module's weight), ``cap`` (the clip maximum),
+    ``window`` (an average or max pooling's kernel, stride and padding; None for the global maximum), ``dim``
+    (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one) and ``side`` (the output
+    side of an adaptive average or max pooling to a square larger than 1)."""
 
     kind: str
     module: nn.Module | None = None
+    slope: float = 0.0
     cap: float = math.inf
     window: tuple[int, int, int] | None = None
     dim: int | None = None
@@ -271,6 +278,10 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("bn", m)
         if type(m) is nn.ReLU:
             return Op("relu")
+        if type(m) is nn.LeakyReLU:
+            return Op("leaky", slope=float(m.negative_slope))
+        if type(m) is nn.PReLU:
+            return Op("leaky", module=m)
         if type(m) is nn.ReLU6:
             return Op("clip", cap=6.0)
         if type(m) is nn.Hardtanh and m.min_val == 0 and m.max_val > 0:
@@ -312,6 +323,8 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("reshape")
         if f in _RELU_FUNCTIONS:
             return Op("relu")
+        if f is F.leaky_relu and isinstance(_arg(node, 1, "negative_slope", 0.01), (int, float)):
+            return Op("leaky", slope=float(_arg(node, 1, "negative_slope", 0.01)))
         if f is F.relu6:
             return Op("clip", cap=6.0)
         if f is F.hardtanh and _arg(node, 1, "min_val", -1.0) == 0 and _arg(node, 2, "max_val", 1.0) > 0:

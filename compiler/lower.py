@@ -25,6 +25,7 @@ runs of operations into the nodes of :mod:`compiler.graph`:
   feeds a residual addition (a post-activation block's input); *none* (the
   raw accumulator) otherwise;
 - [BN] -> [ReLU] -> activation quantizer on any other value tensor: an :class:`ActivateNode`;
+- [BN] -> [LeakyReLU | PReLU] -> signed activation quantizer: two (:meth:`_Lowering.signed_codes`);
 - [BN] -> ReLU -> global average pooling -> [flatten] -> quantizer: a :class:`PoolNode`;
   [BN] -> ReLU -> average pooling (k x k windows at a stride, no padding) -> quantizer: an
   :class:`AvgPoolNode`;
@@ -178,7 +179,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
 @dataclass(frozen=True)
 class _Value:
     """What a graph node computes. ``kind`` "image"; "codes" (of tensor ``tensor``); or "values":
-    per channel ``gain * x + offset`` of value tensor ``x = tensor``, then a ReLU (``relu``),
+    per channel ``gain * x + offset`` of value tensor ``x = tensor``, then a ReLU (``relu``; a leaky one where
+    ``leak`` holds each channel's negative slope, >= 0: only a signed quantizer reads what it lets through),
     clipped at ``cap``, averaged (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)),
     max pooled (``maxpools``: the graph node and its (kernel, stride, padding) of each, in order).
     ``folded``: a BN is in ``gain``/``offset``;
@@ -197,6 +199,7 @@ class _Value:
     offset: np.ndarray | None = None
     folded: bool = False
     relu: bool = False
+    leak: np.ndarray | None = None
     cap: float = math.inf
     pooled: tuple[int, int] | None = None
     sole: bool = False
@@ -234,8 +237,8 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
 GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
 # The operations that take a "concat" _Value (on its way to an activation quantizer; a size query reads its shape
 # only, for a reshape).
-_CONCAT_READERS = ("act", "relu", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity", "adaptive",
-                   "size", "bn", "cat")
+_CONCAT_READERS = ("act", "relu", "leaky", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity",
+                   "adaptive", "size", "bn", "cat")
 _DEFAULT_FRAC = CompileOptions.residual_frac_bits   # the fraction bits that cover a trained model's scales
 
 
@@ -489,7 +492,8 @@ class _Lowering:
         """The signed quantizer ``node`` of values ``x`` as the codes of its two halves: ``Q(x) = Q+(x) - Q+(-x)``,
         ``Q+`` its magnitude quantizer (an unsigned one of ``bits - 1`` bits and outer width ``b'_a - 1``, the same
         levels), exact as a signed quantizer is odd. Each half is an activate node of ``x`` (the negative one with
-        the gain and offset negated), and the codes tensor ``node.target`` joins them, positive channels first:
+        the gain and offset negated, and times the slopes of a leaky ReLU before it: ``Q+(leaky(v)) = Q+(v)``,
+        ``Q+(-leaky(v)) = Q+(-slope * v)``), and the codes tensor ``node.target`` joins them, positive channels first:
         a layer reading it takes ``[W, -W]`` as weights (:meth:`layer`). So the hardware, whose codes are
         unsigned, runs a signed activation at twice the layer's MACs."""
         name, bits = node.target, act.spec.bits
@@ -497,15 +501,17 @@ class _Lowering:
             self.refuse(node, f"is a signed {bits}-bit activation quantizer (codes -1, 0, 1); the accelerator runs a "
                         "signed activation as its positive and negative halves, of bits - 1 bits each, and codes "
                         "have at least 2: give the layers it feeds 3 bits or more (--layer-bits NAME=W/3)")
-        if x.kind != "values" or x.relu or x.pooled or x.maxpools or x.cap < math.inf:
+        if x.kind != "values" or (x.relu and x.leak is None) or x.pooled or x.maxpools or x.cap < math.inf:
             self.refuse(node, "is a signed activation quantizer of an input the accelerator quantizes only unsigned "
-                        "(a pooling, a max pooling, a concatenation or a clip); a signed one reads the output of a "
-                        "conv or linear layer, a BN or an addition")
+                        "(a pooling, a max pooling, a concatenation, a ReLU or a clip; a max pooling's negative half "
+                        "would be a min pooling); a signed one reads the output of a conv or linear layer, a BN or an "
+                        "addition, or a LeakyReLU or PReLU of those (max pool before the conv instead)")
         theta = act.theta.double().numpy() if act.method == "lcq" else None
         t = stages.code_thresholds(act.alpha.item(), theta, level_scale(bits, True))
         c, h, w = self.shapes[x.tensor]
         halves = self.fresh(f"{name}.positive", f"{name}.negative")
-        for half, sign in zip(halves, (1, -1)):
+        negative = -(x.leak if x.leak is not None else 1.0)         # Q+(-leaky(v)) = Q+(-slope * v)
+        for half, sign in zip(halves, (1, negative)):
             stage = stages.thresholds(sign * x.gain, sign * x.offset, t, self.bounds[x.tensor], bits - 1)
             self.nodes.append(ActivateNode(half, x.tensor, half, stage))
             self.shapes[half] = (c, h, w)
@@ -736,23 +742,65 @@ class _Lowering:
     def _relu(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
         if x.kind == "concat":                          # each part's ReLU
-            return self.chain(node, x, parts=tuple(p if p.rectified else replace(p, relu=True) for p in x.parts))
+            return self.chain(node, x, parts=tuple(p if p.rectified else replace(p, relu=True, leak=None)
+                                                   for p in x.parts))
         if x.kind == "codes" or x.rectified:
             return x                                    # codes are never negative; rectified values neither
         if x.kind != "values" or x.pooled:
             self.refuse(node, "is applied to the raw image or after pooling")
         if any(self.feeds_addition(u) for u in node.users):
             return self.rectify(node, x)
-        return self.chain(node, x, relu=True)
+        return self.chain(node, x, relu=True, leak=None)          # (a ReLU of a leaky ReLU is the ReLU)
+
+    def _leaky(self, node: fx.Node, op: Op) -> _Value:
+        """A LeakyReLU or PReLU ``node``: each channel's negative values times its slope (>= 0), which only a signed
+        activation quantizer reads (:meth:`signed_codes`); to anything else it is a ReLU."""
+        x = self.arg(node)
+        if x.kind == "codes" or x.rectified:
+            return x                                    # never negative: the identity
+        if x.kind == "concat":                          # each part's channels of it
+            slopes, first, parts = self.slopes(node, op, self.shape(x)[0]), 0, []
+            for p in x.parts:
+                own = slopes[first:first + self.shape(p)[0]]
+                first += len(own)
+                parts.append(p if p.relu and p.leak is None else
+                             replace(p, relu=True, leak=own if p.leak is None else p.leak * own))
+            return self.chain(node, x, parts=tuple(parts))
+        if x.kind != "values" or x.pooled:
+            self.refuse(node, "is applied to the raw image or after pooling; a leaky ReLU folds into the thresholds "
+                        "of the activation quantizer after a conv, BN or addition")
+        if x.relu and x.leak is None:
+            return x
+        slopes = self.slopes(node, op, self.shape(x)[0])
+        return self.chain(node, x, relu=True, leak=slopes if x.leak is None else x.leak * slopes)
+
+    def slopes(self, node: fx.Node, op: Op, c: int) -> np.ndarray:
+        """The negative slopes of leaky ReLU ``node`` on ``c`` channels (a PReLU's learned ones, else its one
+        slope); a negative one refused."""
+        if op.module is None:
+            slopes = np.full(c, op.slope)
+        else:
+            slopes = op.module.weight.detach().double().numpy().ravel()
+            if len(slopes) not in (1, c):
+                self.refuse(node, f"has {len(slopes)} slopes for {c} channels")
+            slopes = np.broadcast_to(slopes, (c,)).copy()
+        bad = np.flatnonzero(~(slopes >= 0) | ~np.isfinite(slopes))
+        if bad.size:
+            where = f"channel {bad[0]}'s slope" if op.module is not None and c > 1 else "its slope"
+            self.refuse(node, f"has a negative (or not finite) slope: {where} is {slopes[bad[0]]:g}; negative inputs "
+                        "would give positive outputs, which no threshold of the quantizer after it ranks: use a "
+                        "slope >= 0 (for a PReLU, clamp its weight to >= 0 after each optimizer step)")
+        return slopes
 
     def _clip(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
         if x.kind == "concat":                          # each part's clip
-            return self.chain(node, x, parts=tuple(replace(p, relu=True, cap=min(p.cap, op.cap)) for p in x.parts))
+            return self.chain(node, x, parts=tuple(replace(p, relu=True, leak=None, cap=min(p.cap, op.cap))
+                                                   for p in x.parts))
         if x.kind != "values" or x.pooled:
             self.refuse(node, "clips the image, codes or a pooled tensor; it folds only into the thresholds of an "
                         "activation quantizer after a conv, BN or addition")
-        return self.chain(node, x, relu=True, cap=min(x.cap, op.cap))
+        return self.chain(node, x, relu=True, leak=None, cap=min(x.cap, op.cap))
 
     def pooling_input(self, node: fx.Node, what: str) -> _Value:
         """The input of ``node``, a global or windowed average pooling (``what``): a ReLU's output (unclipped)
@@ -777,6 +825,9 @@ class _Lowering:
         if x.kind != "values" or x.pooled or not x.relu:
             self.refuse(node, f"does not pool a ReLU's output of a conv, BN or addition; {unit}: put a ReLU right "
                         "before it (conv -> [BN ->] ReLU -> pooling)")
+        if x.leak is not None:
+            self.refuse(node, f"pools a leaky ReLU's output, whose negative values the average would take in; {unit}: "
+                        "use a ReLU before the pooling, or a conv with stride instead of it")
 
     def _pool(self, node: fx.Node, op: Op) -> _Value:
         return self.averaged(node, self.pooling_input(node, "global average pooling"), GLOBAL)

@@ -345,7 +345,7 @@ def trained(tmp_path_factory):
         # (the depthwise, average-pooling and LeNet nets learn slowly at the default rate)
         for factory, lr in (("post_act_resnet", None), ("torchvision_resnet", None), ("strided_vgg", None),
                             ("mobilenet", 0.2), ("maxpool_vgg", None), ("avgpool_net", 0.2), ("squeeze_net", None),
-                            ("lenet", 0.2), ("mobilenet_v2", 0.2)):
+                            ("lenet", 0.2), ("mobilenet_v2", 0.2), ("leaky_net", None)):
             ref = f"{nets}:{factory}"
             train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
                               lr=lr, out=str(root / factory), progress=False))
@@ -356,7 +356,8 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize("factory", ["post_act_resnet", "torchvision_resnet", "strided_vgg", "mobilenet",
-                                     "maxpool_vgg", "avgpool_net", "squeeze_net", "lenet", "mobilenet_v2"])
+                                     "maxpool_vgg", "avgpool_net", "squeeze_net", "lenet", "mobilenet_v2",
+                                     "leaky_net"])
 def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
     ref, checkpoint, model = trained[factory]
     compiled = load(model)
@@ -398,6 +399,7 @@ def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_p
 # test_avgpool.py::test_avgpool_runs_bit_exact_on_the_network_core (both 2 x 2 cores, as here), and `lcq sim` on
 # Verilator in torchvision_resnet's case and test_sim_network.py::test_sim_cli_network_json.
 @pytest.mark.parametrize("factory", ["torchvision_resnet", "mobilenet_v2",
+                                     pytest.param("leaky_net", marks=pytest.mark.slow),
                                      pytest.param("maxpool_vgg", marks=pytest.mark.slow),
                                      pytest.param("avgpool_net", marks=pytest.mark.slow)])
 def test_trained_user_network_runs_bit_exact_in_verilator(trained, factory, capsys):
@@ -712,8 +714,9 @@ class _Refusable(nn.Module):
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
         self.window = nn.Conv2d(8, 8, 2)
         self.modules_ = nn.ModuleDict({
-            "LeakyReLU": nn.LeakyReLU(0.1), "Hardtanh": nn.Hardtanh(), "Hardtanh01": nn.Hardtanh(0.0, 1.0),
-            "Sigmoid": nn.Sigmoid(), "AdaptiveAvgPool2d2": nn.AdaptiveAvgPool2d(2), "AvgPool2d4": nn.AvgPool2d(4),
+            "SiLU": nn.SiLU(), "LeakyReLU": nn.LeakyReLU(0.1), "Hardtanh": nn.Hardtanh(),
+            "Hardtanh01": nn.Hardtanh(0.0, 1.0), "Sigmoid": nn.Sigmoid(), "AdaptiveAvgPool2d2": nn.AdaptiveAvgPool2d(2),
+            "AvgPool2d4": nn.AvgPool2d(4),
             "AdaptiveAvgPool2d1": nn.AdaptiveAvgPool2d(1), "AdaptiveMaxPool2d1": nn.AdaptiveMaxPool2d(1),
             "AdaptiveMaxPool2d2": nn.AdaptiveMaxPool2d(2), "MaxPool2d4": nn.MaxPool2d(4),
             "MaxPool2d8": nn.MaxPool2d(8)})
@@ -722,10 +725,10 @@ class _Refusable(nn.Module):
     def forward(self, x):
         k, m = self.kind, self.modules_
         y = self.bn1(self.conv1(x))
-        if k in ("LeakyReLU", "Hardtanh", "Hardtanh01", "Sigmoid"):
+        if k in ("SiLU", "LeakyReLU", "Hardtanh", "Hardtanh01", "Sigmoid"):
             y = m[k](y)
-        elif k == "F.leaky_relu":
-            y = torch.nn.functional.leaky_relu(y, 0.1)
+        elif k == "F.silu":
+            y = torch.nn.functional.silu(y)
         elif k == "F.hardtanh(-1, 1)":
             y = torch.nn.functional.hardtanh(y, -1.0, 1.0)
         elif k == "torch.sigmoid":
@@ -756,8 +759,8 @@ class _Refusable(nn.Module):
 
 
 @pytest.mark.parametrize("kind,what,hint,fixes", [
-    ("LeakyReLU", r"layer 'modules_\.LeakyReLU' \(LeakyReLU\)", r"use nn\.ReLU", ["relu"]),
-    ("F.leaky_relu", r"function torch\.nn\.functional\.leaky_relu", r"use nn\.ReLU", ["relu"]),
+    ("SiLU", r"layer 'modules_\.SiLU' \(SiLU\)", r"use nn\.ReLU or nn\.LeakyReLU", ["relu", "LeakyReLU"]),
+    ("F.silu", r"function torch\.nn\.functional\.silu", r"use nn\.ReLU or nn\.LeakyReLU", ["relu"]),
     ("Hardtanh", r"layer 'modules_\.Hardtanh' \(Hardtanh\)",
      r"only a clip from 0 compiles: use hardtanh\(0, max\)", ["Hardtanh01", "relu"]),
     ("F.hardtanh(-1, 1)", r"function torch\.nn\.functional\.hardtanh", r"only a clip from 0 compiles",
@@ -801,14 +804,14 @@ class _Unhinted(nn.Module):
         self.kind = kind
         self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.conv2, self.other, self.valid = (nn.Conv2d(8, 8, 3, padding=p) for p in (1, 1, 0))
-        self.layer = {"GELU": nn.GELU(), "SiLU": nn.SiLU(), "PReLU": nn.PReLU(), "Tanh": nn.Tanh(),
+        self.layer = {"GELU": nn.GELU(), "SiLU": nn.SiLU(), "ELU": nn.ELU(), "PReLU": nn.PReLU(8), "Tanh": nn.Tanh(),
                       "ZeroPad2d": nn.ZeroPad2d(1)}.get(kind, nn.Identity())
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x):
         k = self.kind
         y = self.bn1(self.conv1(x))
-        if k in ("GELU", "SiLU", "PReLU", "Tanh"):
+        if k in ("GELU", "SiLU", "ELU", "PReLU", "Tanh"):
             y = self.layer(y)
         elif k == "torch.clamp(min=0)":
             y = torch.clamp(y, min=0)
@@ -843,9 +846,9 @@ class _Unhinted(nn.Module):
 
 
 @pytest.mark.parametrize("kind,what,hint,fixes", [
-    ("GELU", r"layer 'layer' \(GELU\)", r"use nn\.ReLU", ["relu"]),
+    ("GELU", r"layer 'layer' \(GELU\)", r"use nn\.ReLU or nn\.LeakyReLU", ["relu", "PReLU"]),
     ("SiLU", r"layer 'layer' \(SiLU\)", r"use nn\.ReLU", ["relu"]),
-    ("PReLU", r"layer 'layer' \(PReLU\)", r"use nn\.ReLU", ["relu"]),
+    ("ELU", r"layer 'layer' \(ELU\)", r"use nn\.ReLU", ["relu"]),
     ("Tanh", r"layer 'layer' \(Tanh\)", r"use nn\.ReLU or a clip \(nn\.Hardtanh\(0\.0, 1\.0\)\)", ["relu"]),
     ("torch.clamp(min=0)", r"function torch\.clamp", r"use torch\.relu for clamp\(min=0\) and F\.hardtanh\(x, 0\.0, "
                                                      r"max\) \(or nn\.ReLU6\) for clamp\(0, max\)", ["relu"]),

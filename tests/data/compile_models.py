@@ -354,3 +354,27 @@ def squeeze_net(num_classes, in_channels):
 
 def lenet(num_classes, in_channels):
     return LeNet(num_classes, in_channels)
+
+
+class LeakyNet(nn.Module):
+    """Leaky ReLUs (Darknet's 0.1, a functional 0.2) and a per-channel PReLU before signed activation quantizers,
+    strided convs instead of pooling, the last 2 x 2 map flattened into the linear layer."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), \
+            nn.LeakyReLU(0.1)
+        self.conv2, self.bn2, self.act2 = nn.Conv2d(w, 2 * w, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * w), \
+            nn.PReLU(2 * w, init=0.25)
+        self.conv3, self.bn3 = nn.Conv2d(2 * w, 2 * w, 3, 2, 1, bias=False), nn.BatchNorm2d(2 * w)
+        self.fc = nn.Linear(2 * w * 2 * 2, num_classes)
+
+    def forward(self, x):
+        x = self.act2(self.bn2(self.conv2(self.act1(self.bn1(self.conv1(x))))))     # 8x8 -> 4x4
+        x = F.leaky_relu(self.bn3(self.conv3(x)), 0.2)                               # -> 2x2
+        return self.fc(torch.flatten(x, 1))
+
+
+def leaky_net(num_classes, in_channels):
+    return LeakyNet(num_classes, in_channels)

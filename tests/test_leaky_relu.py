@@ -1,0 +1,101 @@
+"""Leaky ReLUs and PReLUs before signed activation quantizers (Darknet's LeakyReLU(0.1), a PReLU's learned slopes).
+
+``Q(leaky(v)) = Q+(v) - Q+(-slope * v)`` for a slope >= 0: the compiler writes the signed quantizer's two halves
+(tests/test_signed_activations.py), the negative one with the gain and offset times ``-slope``, per channel for a
+PReLU; the integer reference equals the PyTorch model code for code (with the slopes left out it does not). What
+it cannot run is refused with the reason: a negative slope, pooling a leaky ReLU's output (the average takes its
+negative values in), a max pooling before a signed quantizer (its negative half would be a min pooling). The
+trained network, tests/data/compile_models.py's ``leaky_net``, runs in tests/test_compile_graph.py.
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compiler import reference
+from compiler.agreement import compare
+from compiler.graph import ActivateNode
+from compiler.lower import compile_model
+from helpers import images, randomize
+from lcq_train.plan import quantize_model
+
+DATA = Path(__file__).resolve().parent / "data"
+sys.path.insert(0, str(DATA))
+import compile_models as cm  # noqa: E402
+
+
+def _leaky_net(seed: int, slopes=None) -> nn.Module:
+    """LeakyNet quantized LCQ W3/A3 and randomized; its PReLU's slopes ``slopes`` (default: random in [0, 0.5),
+    one of them 0); clip values small enough that the leaky ReLUs' negative values reach codes."""
+    torch.manual_seed(seed)
+    net = randomize(quantize_model(cm.leaky_net(10, 1), method="lcq", wbits=3, abits=3), seed=seed, act_alpha=0.3)
+    with torch.no_grad():
+        prelu = net.act2.weight
+        prelu.copy_(torch.rand(len(prelu)) * 0.5 if slopes is None else torch.as_tensor(slopes, dtype=prelu.dtype))
+        if slopes is None:
+            prelu[1] = 0.0
+    return net
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_integer_reference_equals_pytorch_code_for_code(seed):
+    net = _leaky_net(seed)
+    model = compile_model(net, (1, 8, 8))
+    x = images(32, model.input.shape, seed=seed)
+    result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0
+    assert set(result.codes) == {"act_conv1", "act_conv2", "act_conv3", "act_fc"}
+    assert all(mismatched == 0 for _, mismatched in result.codes.values())
+    # the leaky ReLUs' outputs are quantized signed, and their negative halves are not all zero
+    signed = {name for name, m in net.named_modules() if getattr(m, "signed", False) and name.startswith("act_")}
+    assert signed == {"act_conv2", "act_conv3", "act_fc"}
+    tensors = reference.run(model, x)
+    assert all(tensors[f"{name}.negative"].any() for name in signed)
+
+
+def test_the_negative_half_reads_the_values_times_each_channels_slope():
+    """The negative half's stage is that of the values times -slope: a slope of 0 leaves that channel's half at
+    code 0, and the stage of a model whose slopes are all 1 (the plain signed quantizer) differs."""
+    slopes = [0.0] + [0.3] * 15
+    net = _leaky_net(2, slopes)
+    model = compile_model(net, (1, 8, 8))
+    x = images(16, model.input.shape, seed=2)
+    assert compare(model, net, x, np.zeros(len(x), dtype=np.int64)).disagreements == 0
+    negative = next(n for n in model.nodes if isinstance(n, ActivateNode) and n.name == "act_conv3.negative")
+    half = reference.run(model, x)["act_conv3.negative"]
+    assert not half[:, 0].any() and half[:, 1:].any()
+    plain = compile_model(_leaky_net(2, [1.0] * 16), (1, 8, 8))
+    other = next(n for n in plain.nodes if isinstance(n, ActivateNode) and n.name == "act_conv3.negative")
+    assert not np.array_equal(negative.stage.thresholds, other.stage.thresholds)
+
+
+def test_a_negative_slope_is_refused_naming_the_channel():
+    net = _leaky_net(0, [0.2] * 5 + [-0.05] + [0.2] * 10)
+    with pytest.raises(ValueError, match=r"'act2' \(PReLU\) .*has a negative \(or not finite\) slope: channel 5's "
+                                         r"slope is -0.05; .* clamp its weight to >= 0 after each optimizer step"):
+        compile_model(net, (1, 8, 8))
+
+
+class _LeakyPool(nn.Module):
+    def __init__(self, pool):
+        super().__init__()
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3, padding=1), pool, nn.Linear(4 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(F.leaky_relu(self.conv(x), 0.1)), 1))
+
+
+@pytest.mark.parametrize("pool, why", [
+    (nn.AvgPool2d(2), r"pools a leaky ReLU's output, whose negative values the average would take in"),
+    (nn.MaxPool2d(2), r"is a signed activation quantizer of an input .* a max pooling's negative half would be a min "
+                      r"pooling"),
+])
+def test_pooling_a_leaky_relus_output_is_refused_with_the_reason(pool, why):
+    net = randomize(quantize_model(_LeakyPool(pool), method="lcq", wbits=3, abits=3), seed=0)
+    with pytest.raises(ValueError, match=why):
+        compile_model(net, (1, 8, 8))
