@@ -32,7 +32,8 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
 - Flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
   requantize stage that applies a ReLU, ``"flat": true`` on an input node whose
   codes are the image's pixels as one vector, ``"signed_input": true`` on a conv
-  node that reads a signed activation as its positive and negative halves;
+  node that reads a signed activation as its positive and negative halves,
+  ``"minimum": true`` on a max-pool node that takes each window's smallest code;
   absent otherwise (never ``false``), so a file without one is laid out as
   before they existed.
 
@@ -98,7 +99,8 @@ STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
 #: Optional arrays by node op: a reference where the node has the array, left out where not (None).
 OPTIONAL_ARRAYS = {"pool": ("cap",), "avgpool": ("cap",)}
 #: Optional flags by node op or stage kind: written as ``true`` where set, left out where not.
-FLAG_FIELDS = {"input": ("flat",), "conv": ("signed_input",), "add": ("relu",), "requantize": ("relu",)}
+FLAG_FIELDS = {"input": ("flat",), "conv": ("signed_input",), "add": ("relu",), "requantize": ("relu",),
+               "maxpool": ("minimum",)}
 
 
 class ModelFormatError(ValueError):
@@ -233,7 +235,7 @@ class _Writer:
                     **({} if node.cap is None else {"cap": self.ref(f"{p}/cap", "cap", node.cap)})}
         if isinstance(node, MaxPoolNode):
             return {"op": "maxpool", "name": node.name, "input": node.input, "output": node.output,
-                    **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding")}}
+                    **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding")}, **_flags(node, "maxpool")}
         if isinstance(node, ConcatNode):
             return {"op": "concat", "name": node.name, "inputs": list(node.inputs), "output": node.output}
         raise TypeError(f"cannot save node {node!r}")
@@ -463,7 +465,7 @@ class _Reader:
         if op == "add":
             return AddNode(d["name"], d["inputs"], d["output"], **flags)
         if op == "maxpool":
-            return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"])
+            return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"], **flags)
         if op == "concat":
             return ConcatNode(d["name"], d["inputs"], d["output"])
         pool = (d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")

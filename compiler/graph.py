@@ -21,7 +21,8 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
   codes (global average pooling followed by an activation quantizer);
   :class:`AvgPoolNode`: the same summed over each window of an average pooling.
 - :class:`MaxPoolNode`: codes -> codes, the largest code of each window
-  (max pooling before an activation quantizer, moved after it).
+  (max pooling before an activation quantizer, moved after it), or the
+  smallest (``minimum``: a signed quantizer's negative half).
 - :class:`ConcatNode`: codes tensors of one width and one map size -> their
   channels one after another (a channel concatenation before an activation
   quantizer: the quantizer, elementwise, applied to each part).
@@ -832,6 +833,10 @@ class MaxPoolNode:
     It stands for a max pooling between a ReLU and an activation quantizer: the quantizer is
     non-decreasing, so it commutes with the maximum, and code 0 is its lowest level, so zero padding
     of codes is PyTorch's -inf padding (every window holds an input position, ``padding <= kernel // 2``).
+
+    ``minimum``: the smallest code of each window instead, positions outside the input left out (the
+    negative half of a signed quantizer after a max pooling: ``Q+(-max x) = min Q+(-x)``). The hardware
+    takes it as the maximum of the codes' complements (all ones of the code lanes), complemented back.
     """
 
     name: str
@@ -840,14 +845,16 @@ class MaxPoolNode:
     kernel: int
     stride: int
     padding: int
+    minimum: bool = False
     op = "maxpool"
 
     def apply(self, codes: np.ndarray) -> np.ndarray:
         """Pooled codes ``(N, C, Ho, Wo)`` of ``codes`` ``(N, C, H, W)`` (same dtype)."""
         k, s, p = self.kernel, self.stride, self.padding
-        padded = np.pad(codes, ((0, 0), (0, 0), (p, p), (p, p))) if p else codes
+        outside = np.iinfo(codes.dtype).max if self.minimum else 0      # never a window's result
+        padded = np.pad(codes, ((0, 0), (0, 0), (p, p), (p, p)), constant_values=outside) if p else codes
         windows = sliding_window_view(padded, (k, k), axis=(2, 3))[:, :, ::s, ::s]
-        return windows.max(axis=(4, 5))
+        return windows.min(axis=(4, 5)) if self.minimum else windows.max(axis=(4, 5))
 
     def out_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         c, h, w = in_shape
@@ -860,6 +867,8 @@ class MaxPoolNode:
         k = rule_int(where, "kernel", self.kernel, 1, MAX_KERNEL)
         rule_int(where, "stride", self.stride, 1, MAX_STRIDE)
         rule_int(where, "padding", self.padding, 0, k // 2)
+        if not isinstance(self.minimum, bool):
+            raise ModelRuleError(where, "minimum", f"must be true or false, not {show(self.minimum)}")
 
     def check_shape(self, where: str, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """The output shape for input ``in_shape``; the kernel must fit the padded input."""

@@ -401,10 +401,10 @@ class _Lowering:
                 return names
             k += 1
 
-    def max_pools(self, pools: tuple, codes: str, out: str) -> None:
+    def max_pools(self, pools: tuple, codes: str, out: str, minimum: bool = False) -> None:
         """A :class:`MaxPoolNode` per max pooling of ``pools`` (graph node, kernel, stride, padding), in order,
         from codes tensor ``codes``; each is named after its module (or ``max_pool`` in its scope) and writes
-        a tensor of that name, the last one ``out``."""
+        a tensor of that name, the last one ``out``. ``minimum``: each takes the smallest code instead."""
         for i, (node, k, s, p) in enumerate(pools):
             if node.op != "call_module":
                 name = self.scoped(node, "max_pool", "max_pool")[0]
@@ -412,7 +412,7 @@ class _Lowering:
                 name = self.fresh(node.target)[0] if node.target in self.pooled else node.target
                 self.pooled.add(node.target)
             result = out if i == len(pools) - 1 else name
-            self.nodes.append(MaxPoolNode(name, codes, result, k, s, p))
+            self.nodes.append(MaxPoolNode(name, codes, result, k, s, p, minimum))
             self.shapes[result] = self.nodes[-1].out_shape(self.shapes[codes])
             codes = result
 
@@ -493,30 +493,34 @@ class _Lowering:
         ``Q+`` its magnitude quantizer (an unsigned one of ``bits - 1`` bits and outer width ``b'_a - 1``, the same
         levels), exact as a signed quantizer is odd. Each half is an activate node of ``x`` (the negative one with
         the gain and offset negated, and times the slopes of a leaky ReLU before it: ``Q+(leaky(v)) = Q+(v)``,
-        ``Q+(-leaky(v)) = Q+(-slope * v)``), and the codes tensor ``node.target`` joins them, positive channels first:
-        a layer reading it takes ``[W, -W]`` as weights (:meth:`layer`). So the hardware, whose codes are
-        unsigned, runs a signed activation at twice the layer's MACs."""
+        ``Q+(-leaky(v)) = Q+(-slope * v)``), then each max pooling of ``x``: the negative half's takes the
+        smallest code (``Q+(-max v) = min Q+(-v)``), and the codes tensor ``node.target`` joins them, positive
+        channels first: a layer reading it takes ``[W, -W]`` as weights (:meth:`layer`). So the hardware, whose
+        codes are unsigned, runs a signed activation at twice the layer's MACs."""
         name, bits = node.target, act.spec.bits
         if bits < 3:
             self.refuse(node, f"is a signed {bits}-bit activation quantizer (codes -1, 0, 1); the accelerator runs a "
                         "signed activation as its positive and negative halves, of bits - 1 bits each, and codes "
                         "have at least 2: give the layers it feeds 3 bits or more (--layer-bits NAME=W/3)")
-        if x.kind != "values" or (x.relu and x.leak is None) or x.pooled or x.maxpools or x.cap < math.inf:
+        if x.kind != "values" or (x.relu and x.leak is None) or x.pooled or x.cap < math.inf:
             self.refuse(node, "is a signed activation quantizer of an input the accelerator quantizes only unsigned "
-                        "(a pooling, a max pooling, a concatenation, a ReLU or a clip; a max pooling's negative half "
-                        "would be a min pooling); a signed one reads the output of a conv or linear layer, a BN or an "
-                        "addition, or a LeakyReLU or PReLU of those (max pool before the conv instead)")
+                        "(an average pooling, a concatenation, a ReLU or a clip); a signed one reads the output of a "
+                        "conv or linear layer, a BN or an addition, or a LeakyReLU or PReLU of those (max pooled or "
+                        "not)")
         theta = act.theta.double().numpy() if act.method == "lcq" else None
         t = stages.code_thresholds(act.alpha.item(), theta, level_scale(bits, True))
-        c, h, w = self.shapes[x.tensor]
+        c = self.shapes[x.tensor][0]
         halves = self.fresh(f"{name}.positive", f"{name}.negative")
         negative = -(x.leak if x.leak is not None else 1.0)         # Q+(-leaky(v)) = Q+(-slope * v)
         for half, sign in zip(halves, (1, negative)):
             stage = stages.thresholds(sign * x.gain, sign * x.offset, t, self.bounds[x.tensor], bits - 1)
-            self.nodes.append(ActivateNode(half, x.tensor, half, stage))
-            self.shapes[half] = (c, h, w)
+            codes = self.fresh(f"{half}.unpooled")[0] if x.maxpools else half
+            self.nodes.append(ActivateNode(codes, x.tensor, codes, stage))
+            self.shapes[codes] = self.shapes[x.tensor]
+            # Q+(max x) = max Q+(x), and Q+(-max x) = min Q+(-x): Q+ is non-decreasing
+            self.max_pools(x.maxpools, codes, half, minimum=half == halves[1])
         self.nodes.append(ConcatNode(self.fresh(f"{name}.halves")[0], halves, name))
-        self.shapes[name] = (2 * c, h, w)
+        self.shapes[name] = (2 * c, *self.shape(x)[1:])
         self.signed[name] = c
         return _Value("codes", name, flat=x.flat)
 

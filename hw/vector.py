@@ -30,6 +30,9 @@ bit-exact with :func:`compiler.reference.execute`:
   codes of one channel group), each lane's maximum kept (positions outside the input read as code 0,
   PyTorch's -inf padding on codes), one word of maxima written per output position: a whole word at
   a time, through the code memory's read port (the network core lends it from the idle engine).
+- MINPOOL (``p.minpool``): MAXPOOL with each code read and each maximum written complemented (all ones of a
+  lane), so each window's minimum, positions outside the input left out (the negative half of a signed
+  activation after a max pooling).
 
 Constants are loaded by ``(target, addr, data)`` beats (:mod:`hw.vector_words`).
 """
@@ -47,8 +50,8 @@ from .fsm_encoding import one_hot
 from .memories import slow_block_ram
 from .pe import add_with_carry
 from .thresholds import ThresholdUnit, lent_value_lag
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OP_BITS, POOL,
-                            POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
+                            OP_BITS, POOL, POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
                             POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, TARGET_BITS, VectorParams)
 
 
@@ -59,11 +62,11 @@ class VectorUnit(wiring.Component):
 
     - ``start`` (in): a one-cycle pulse, sampled only while idle (``busy`` low), and the op
       registers, read in the cycle after it (they must hold then): ``op`` (3 bits: ACTIVATE 0, ADD 1,
-      POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5; an op the unit has no hardware for is ignored),
+      POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5, MINPOOL 6; an op the unit has no hardware for is ignored),
       ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
       ``dst`` (``p.dst_bits``), ``channels``, ``positions`` (``p.count_bits``, both >= 1),
       ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's and AVGPOOL's
-      window (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.window_bits``; ``row_step``
+      (and MINPOOL's) window (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.window_bits``; ``row_step``
       ``p.code_addr_bits``, ``p.dst_bits`` with AVGPOOL hardware) with ``positions`` the input's
       ``H * W``; MAXPOOL's ``src_a`` is the word of the first window's top left corner
       (:func:`hw.vector_words.maxpool_registers`).
@@ -262,7 +265,10 @@ class VectorUnit(wiring.Component):
                             avgpool.start()
                             constants()
                     if maxpool:
-                        with m.If(self.op == MAXPOOL):
+                        pooling = self.op == MAXPOOL
+                        if p.minpool:
+                            pooling |= self.op == MINPOOL
+                        with m.If(pooling):
                             maxpool.start()
                             m.next = "MAXPOOL"
             with m.State("RUN"):
@@ -613,6 +619,9 @@ class _MaxPool:
     input reads as code 0. The cycle after the read, each lane's code goes into the running maximum
     (the window's first word replaces it); with the window's last word the maxima go into the write
     registers, for the output words in order from ``dst``, lanes of channels ``>= channels`` masked.
+    MINPOOL (``flip``, with the unit's ``minpool``): the codes read are complemented before the maximum
+    (inside the input only: outside stays code 0, the complement of the largest code), and the maxima
+    complemented as they go into the write registers.
     """
 
     def __init__(self, unit: VectorUnit, m: Module):
@@ -627,6 +636,7 @@ class _MaxPool:
                                                         for n in ("group", "out_row", "win", "row"))
         self.wr = Signal(addr, name="mp_wr")
         self.issuing = Signal(name="mp_issuing")
+        self.flip = Signal(name="mp_flip") if p.minpool else None      # MINPOOL
 
     def start(self) -> None:
         """Sample the registers (in the cycle of ``start``): the first window of the first group."""
@@ -635,6 +645,8 @@ class _MaxPool:
         m.d.sync += [self.channels.eq(u.channels), self.positions.eq(u.positions), self.ch.eq(0),
                      self.oy.eq(0), self.ox.eq(0), self.ky.eq(0), self.kx.eq(0),
                      self.iy0.eq(-u.padding), self.ix0.eq(-u.padding), self.wr.eq(u.dst)]
+        if u.params.minpool:
+            m.d.sync += self.flip.eq(u.op == MINPOOL)
         m.d.sync += [r.eq(u.src_a) for r in (self.group, self.out_row, self.win, self.row)]
 
     def issue(self):
@@ -685,8 +697,13 @@ class _MaxPool:
         b = p.lane_bits
         best = Signal(p.lanes * b, name="mp_best")
         word = Signal(p.lanes * b, name="mp_word")
+
+        def flipped(codes):
+            """``codes`` complemented for MINPOOL (without MINPOOL hardware: as they are)."""
+            return codes ^ self.flip.replicate(len(codes)) if p.minpool else codes
+
         for i in range(p.lanes):
-            code = Mux(inside1, u.code_read_data[i * b:(i + 1) * b], 0)
+            code = Mux(inside1, flipped(u.code_read_data[i * b:(i + 1) * b]), 0)
             held = best[i * b:(i + 1) * b]
             m.d.comb += word[i * b:(i + 1) * b].eq(Mux(first1 | (code > held), code, held))
         word_write, word_lanes, word_data = Signal(name="mp_write"), Signal(p.lanes, name="mp_write_lanes"), \
@@ -696,6 +713,7 @@ class _MaxPool:
             m.d.sync += best.eq(word)
             with m.If(last1):
                 m.d.sync += [u.code_write_en.eq(1), u.code_write_addr.eq(self.wr), word_write.eq(1),
-                             word_lanes.eq(lanes1), word_data.eq(word), self.wr.eq(self.wr + 1)]
+                             word_lanes.eq(lanes1), word_data.eq(flipped(word)),
+                             self.wr.eq(self.wr + 1)]
         pending.append(issued)
         return word_write, word_lanes, word_data

@@ -43,8 +43,9 @@ MAX_DEPTH = 1 << 24          # words of a data memory, and constant slots
 MAX_VALUE_BITS = 64
 
 # Ops (the ``op`` register) and their names.
-OPS = ("activate", "add", "pool", "maxpool", "add_relu", "avgpool")
-ACTIVATE, ADD, POOL, MAXPOOL, ADD_RELU, AVGPOOL = range(len(OPS))     # ADD_RELU: ADD, then max(0, sum)
+OPS = ("activate", "add", "pool", "maxpool", "add_relu", "avgpool", "minpool")
+# ADD_RELU: ADD, then max(0, sum); MINPOOL: MAXPOOL of the codes' complements, complemented (each window's minimum)
+ACTIVATE, ADD, POOL, MAXPOOL, ADD_RELU, AVGPOOL, MINPOOL = range(len(OPS))
 OP_BITS = 3
 # The op registers, sampled with ``start``; MAXPOOL and AVGPOOL also sample their window's (input and
 # output sides, kernel, stride, padding, and ``row_step`` = stride * width).
@@ -196,6 +197,8 @@ class VectorParams:
     - Max pooling: ``maxpool_bits`` (0: no max-pool hardware, else 1..16): width of its window
       counters (input and output sides, kernel, stride, padding). With it, ``channels`` and
       ``positions`` also count codes (up to ``lanes * code_depth``) and ``src_a`` holds a code address.
+    - ``minpool``: MINPOOL hardware (the max-pool hardware's complement of the codes read and written: where a
+      :class:`~compiler.graph.MaxPoolNode` takes the ``minimum``; needs ``maxpool_bits``).
     - Average pooling: ``avgpool_bits`` (0: no AVGPOOL hardware, else 1..16, with pool hardware): the
       same for the windows of average pooling nodes. The window registers are ``window_bits`` wide.
     - ``adds``: ADD and ADD_RELU hardware (false where every addition of the model is fused into a conv).
@@ -223,6 +226,7 @@ class VectorParams:
     avgpool_bits: int = 0
     adds: bool = True
     pool_cap_bits: int = 0
+    minpool: bool = False
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -245,6 +249,9 @@ class VectorParams:
                 check(name, 0, 0)
         if not isinstance(self.adds, bool):
             raise ValueError(f"adds must be true or false, got {self.adds!r}")
+        if not isinstance(self.minpool, bool) or (self.minpool and not self.maxpool_bits):
+            raise ValueError(f"minpool must be true or false, and true only with max-pool hardware (maxpool_bits > "
+                             f"0), got {self.minpool!r} with maxpool_bits={self.maxpool_bits}")
         if self.pool_form not in POOL_FORMS:
             raise ValueError(f"pool_form must be one of {', '.join(map(repr, POOL_FORMS))}, got {self.pool_form!r}")
         arithmetic = ("pool_shift", "pool_base_bits", "pool_step_bits")
@@ -404,18 +411,18 @@ class VectorParams:
     @property
     def ops(self) -> tuple[int, ...]:
         """The ops this unit runs (ADD and ADD_RELU with ``adds``; ACTIVATE and POOL where it has their
-        constants, MAXPOOL and AVGPOOL where it has ``maxpool_bits``, ``avgpool_bits``)."""
+        constants, MAXPOOL and AVGPOOL where it has ``maxpool_bits``, ``avgpool_bits``, MINPOOL with ``minpool``)."""
         return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, self.adds),
                                             (POOL, self.pool_slots), (MAXPOOL, self.maxpool_bits),
                                             (ADD_RELU, self.adds),
-                                            (AVGPOOL, self.avgpool_bits)) if present)
+                                            (AVGPOOL, self.avgpool_bits), (MINPOOL, self.minpool)) if present)
 
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1, value_latency: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented), each with the start's cycle (``START_CYCLES``): ACTIVATE
         ``N + 7`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
         (max(pool_lead_pieces + positions + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``; MAXPOOL
-        ``ceil(channels / lanes) * positions * window + 3`` with ``positions`` the output's and ``window`` =
+        (MINPOOL) ``ceil(channels / lanes) * positions * window + 3`` with ``positions`` the output's and ``window`` =
         kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions *
         (max(pool_lead_pieces + window + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2`` (each window as POOL's
         channel). ``value_latency``: the value memory's read
@@ -428,7 +435,7 @@ class VectorParams:
             run = 2 * n + ADD_DEPTH + extra
         elif op == POOL:
             run = channels * self._pooled(positions, extra) + 1
-        elif op == MAXPOOL:
+        elif op in (MAXPOOL, MINPOOL):
             run = -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
         elif op == AVGPOOL:
             run = channels * positions * self._pooled(window, extra) + 1
@@ -445,7 +452,7 @@ class VectorParams:
 
     def register_cycles(self, regs: dict[str, int], value_latency: int = 1) -> int:
         """:meth:`op_cycles` of the op that the op registers ``regs`` start (``op_registers``'s dict)."""
-        if regs["op"] in (MAXPOOL, AVGPOOL):
+        if regs["op"] in (MAXPOOL, AVGPOOL, MINPOOL):
             return self.op_cycles(regs["op"], regs["channels"], regs["out_height"] * regs["out_width"],
                                   regs["kernel"] ** 2, value_latency)
         return self.op_cycles(regs["op"], regs["channels"], regs["positions"], value_latency=value_latency)
@@ -479,13 +486,11 @@ class VectorParams:
     def from_dict(cls, d: dict) -> VectorParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction); a
         ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL) or ``pool_cap_bits`` (before it
-        clipped) means 0, without ``adds`` true."""
+        clipped) means 0, without ``adds`` true, without ``minpool`` (before MINPOOL) false."""
         names = {f.name for f in fields(cls)}
-        for name in ("avgpool_bits", "pool_cap_bits"):
+        for name, value in (("avgpool_bits", 0), ("pool_cap_bits", 0), ("adds", True), ("minpool", False)):
             if isinstance(d, dict) and name not in d:
-                d = {**d, name: 0}
-        if isinstance(d, dict) and "adds" not in d:
-            d = {**d, "adds": True}
+                d = {**d, name: value}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"vector parameters must be a dict with the keys {sorted(names)}, not {d!r}")
         return cls(**d)
@@ -548,4 +553,5 @@ class VectorParams:
                    avgpool_bits=max((maxpool_bits(n, info[n.input].shape) for n in model.nodes
                                      if isinstance(n, AvgPoolNode)), default=0), adds=adds,
                    pool_cap_bits=max((max(n["cap_bits"], n["term_bits"]) for n in pools), default=0)
-                   if any(n["cap_bits"] for n in pools) else 0)
+                   if any(n["cap_bits"] for n in pools) else 0,
+                   minpool=any(isinstance(n, MaxPoolNode) and n.minimum for n in model.nodes))

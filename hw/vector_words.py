@@ -39,8 +39,8 @@ from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, M
 from .memories import word_pieces
 from .stage_words import thresholds_array, threshold_words
 from .progression import progression_bits
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, OPS,
-                            OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
+                            OPS, OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
                             POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs,
                             pool_progressions, pool_sum_bound)
 
@@ -316,8 +316,9 @@ def maxpool_registers(params: VectorParams, node: MaxPoolNode, shape: tuple[int,
     (the unit's address arithmetic wraps there; every address it reads lies in the input)."""
     c, h, w = _check_shape(shape)
     name = f"node {node.name!r}"
-    if MAXPOOL not in params.ops:
-        raise ValueError(f"{name}: the unit has no max-pool hardware; {FIX}")
+    op = MINPOOL if node.minimum else MAXPOOL
+    if op not in params.ops:
+        raise ValueError(f"{name}: the unit has no {'min' if node.minimum else 'max'}-pool hardware; {FIX}")
     for tensor in (node.input, node.output):
         if tensor not in bases:
             raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give the input's and the "
@@ -343,7 +344,7 @@ def maxpool_registers(params: VectorParams, node: MaxPoolNode, shape: tuple[int,
     if max(c, h * w) >= 1 << params.count_bits:
         raise ValueError(f"{name}: {c} channels of {h * w} positions exceed count_bits={params.count_bits}; {FIX}")
     mask = (1 << params.code_addr_bits) - 1
-    values = {"op": MAXPOOL, "src_a": (a - node.padding * (w + 1)) & mask, "src_b": 0, "dst": x, "channels": c,
+    values = {"op": op, "src_a": (a - node.padding * (w + 1)) & mask, "src_b": 0, "dst": x, "channels": c,
               "positions": h * w, "slot_base": 0, "frac_bits": 0, "height": h, "width": w, "out_height": ho,
               "out_width": wo, "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
               "row_step": node.stride * w & mask}

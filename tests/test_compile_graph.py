@@ -345,7 +345,7 @@ def trained(tmp_path_factory):
         # (the depthwise, average-pooling and LeNet nets learn slowly at the default rate)
         for factory, lr in (("post_act_resnet", None), ("torchvision_resnet", None), ("strided_vgg", None),
                             ("mobilenet", 0.2), ("maxpool_vgg", None), ("avgpool_net", 0.2), ("squeeze_net", None),
-                            ("lenet", 0.2), ("mobilenet_v2", 0.2), ("leaky_net", None)):
+                            ("lenet", 0.2), ("mobilenet_v2", 0.2), ("leaky_net", None), ("tiny_darknet", None)):
             ref = f"{nets}:{factory}"
             train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
                               lr=lr, out=str(root / factory), progress=False))
@@ -357,7 +357,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("factory", ["post_act_resnet", "torchvision_resnet", "strided_vgg", "mobilenet",
                                      "maxpool_vgg", "avgpool_net", "squeeze_net", "lenet", "mobilenet_v2",
-                                     "leaky_net"])
+                                     "leaky_net", "tiny_darknet"])
 def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
     ref, checkpoint, model = trained[factory]
     compiled = load(model)
@@ -400,6 +400,7 @@ def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_p
 # Verilator in torchvision_resnet's case and test_sim_network.py::test_sim_cli_network_json.
 @pytest.mark.parametrize("factory", ["torchvision_resnet", "mobilenet_v2",
                                      pytest.param("leaky_net", marks=pytest.mark.slow),
+                                     pytest.param("tiny_darknet", marks=pytest.mark.slow),
                                      pytest.param("maxpool_vgg", marks=pytest.mark.slow),
                                      pytest.param("avgpool_net", marks=pytest.mark.slow)])
 def test_trained_user_network_runs_bit_exact_in_verilator(trained, factory, capsys):

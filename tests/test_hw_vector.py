@@ -30,7 +30,7 @@ from hw.thresholds import ThresholdUnit  # noqa: E402
 from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
 from hw.progression import progression_bits  # noqa: E402
-from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, MAXPOOL, POOL,  # noqa: E402
+from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, MAXPOOL, MINPOOL, POOL,  # noqa: E402
                               POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_PIECE_LATENCY, THRESHOLD_LATENCY, VectorParams,
                               maxpool_bits, pool_progressions, pool_shift, pool_sum_bound)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
@@ -592,18 +592,38 @@ def test_avgpool(avgpool_model, node_name, lanes, image, ecp5, wide, request):
 def test_maxpool(lanes, shape, window):
     """MAXPOOL on junk memories (inputs any code; words and lanes outside the output untouched), the
     input just below the output and, in a second op, far above it; busy lasts ``op_cycles``."""
+    run_pooling(MaxPoolNode("mp", "x", "y", *window), lanes, shape)
+
+
+@pytest.mark.parametrize("lanes, shape, window", [
+    (3, (7, 6, 5), (3, 2, 1)),            # padded windows: the positions outside the input left out
+    (2, (5, 6, 6), (6, 1, 0)),            # the global minimum
+])
+def test_minpool(lanes, shape, window):
+    """MINPOOL (a unit with ``minpool``): each window's smallest code, MAXPOOL's walk; a MAXPOOL op of the same
+    unit still takes the largest."""
+    node = MaxPoolNode("mp", "x", "y", *window, minimum=True)
+    params = run_pooling(node, lanes, shape)
+    assert MINPOOL in params.ops and MINPOOL not in replace(params, minpool=False).ops
+    run_pooling(MaxPoolNode("mp", "x", "y", *window), lanes, shape, minpool=True)
+
+
+def run_pooling(node, lanes, shape, minpool=None):
+    """``node`` run twice by a unit of ``lanes`` lanes (and MINPOOL hardware where ``minpool``, by default
+    where ``node`` takes the minimum) on junk memories: the input just below the output, then far above it;
+    returns the unit's params."""
     c, h, w = shape
-    node = MaxPoolNode("mp", "x", "y", *window)
     _, ho, wo = node.out_shape(shape)
     groups = -(-c // lanes)
     depth = groups * (h * w + ho * wo) + 40
     params = VectorParams(lanes=lanes, lane_bits=3, value_bits=8, value_depth=4, code_depth=depth,
-                          maxpool_bits=maxpool_bits(node, shape))
+                          maxpool_bits=maxpool_bits(node, shape), minpool=node.minimum if minpool is None else minpool)
     assert MAXPOOL in params.ops
     values, codes = junk(params, np.random.default_rng(sum(shape) + lanes))
     ops = [(node, op_registers(params, node, shape, {"x": 0, "y": groups * h * w})),
            (node, op_registers(params, node, shape, {"x": depth - groups * h * w, "y": 1}))]
     check(params, [], ops, values, codes, interfere=True)
+    return params
 
 
 def test_maxpool_registers_and_errors():
@@ -621,6 +641,12 @@ def test_maxpool_registers_and_errors():
         op_registers(params, node, (6, 8, 3), {"x": 0, "y": 60})
     with pytest.raises(ValueError, match="no max-pool hardware"):
         op_registers(replace(params, maxpool_bits=0), node, (6, 5, 5), {"x": 0, "y": 60})
+    with pytest.raises(ValueError, match="no min-pool hardware"):
+        op_registers(params, replace(node, minimum=True), (6, 5, 5), {"x": 0, "y": 60})
+    assert op_registers(replace(params, minpool=True), replace(node, minimum=True), (6, 5, 5),
+                        {"x": 3, "y": 60}) == {**regs, "op": MINPOOL}
+    with pytest.raises(ValueError, match="minpool must be true or false, and true only with max-pool hardware"):
+        replace(params, maxpool_bits=0, minpool=True)
 
 
 # ---------------------------------------------------------------- cycles, ops in sequence
@@ -702,6 +728,8 @@ def test_params_sizing():
     assert p.pool_sum_bits == signed_bits(pool_sum_bound(pool, info[pool.input].shape, info[pool.input].bound))
     assert p.pool_offset_bits == signed_bits(int(np.abs(pool.offset).max()))
     assert VectorParams.from_dict(p.describe()) == p
+    written_before = {k: v for k, v in p.describe().items() if k != "minpool"}     # (before MINPOOL: none)
+    assert VectorParams.from_dict(written_before) == p and not p.minpool
     assert (p.pool_form, p.pool_shift, p.pool_threshold_bits, p.pool_threshold_depth) == ("arithmetic", 14, 0, 0)
     assert p.pool_constant_bits == POOL_OFFSET_SHIFT + p.pool_offset_bits + p.pool_base_bits + p.pool_step_bits
     assert [name for name, *_ in p.memories()] == ["act_thresholds", "pool_constants"]

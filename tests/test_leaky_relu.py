@@ -2,12 +2,15 @@
 
 ``Q(leaky(v)) = Q+(v) - Q+(-slope * v)`` for a slope >= 0: the compiler writes the signed quantizer's two halves
 (tests/test_signed_activations.py), the negative one with the gain and offset times ``-slope``, per channel for a
-PReLU; the integer reference equals the PyTorch model code for code (with the slopes left out it does not). What
-it cannot run is refused with the reason: a negative slope, pooling a leaky ReLU's output (the average takes its
-negative values in), a max pooling before a signed quantizer (its negative half would be a min pooling). The
-trained network, tests/data/compile_models.py's ``leaky_net``, runs in tests/test_compile_graph.py.
+PReLU; the integer reference equals the PyTorch model code for code (with the slopes left out it does not). A max
+pooling between (Darknet's blocks) pools the positive half by its maximum and the negative half by its minimum
+(``MaxPoolNode.minimum``; a MINPOOL step on the chip, tests/test_hw_vector.py and tests/test_sim_network.py).
+What it cannot run is refused with the reason: a negative slope, an average pooling of a leaky ReLU's output (the
+average takes its negative values in). The trained networks, tests/data/compile_models.py's ``leaky_net`` and
+``tiny_darknet``, run in tests/test_compile_graph.py.
 """
 
+import copy
 import sys
 from pathlib import Path
 
@@ -19,9 +22,10 @@ from torch import nn
 
 from compiler import reference
 from compiler.agreement import compare
-from compiler.graph import ActivateNode
+from compiler.format import ModelFormatError, load, save, write_members
+from compiler.graph import ActivateNode, MaxPoolNode
 from compiler.lower import compile_model
-from helpers import images, randomize
+from helpers import images, members, randomize
 from lcq_train.plan import quantize_model
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -90,12 +94,49 @@ class _LeakyPool(nn.Module):
         return self.fc(torch.flatten(self.pool(F.leaky_relu(self.conv(x), 0.1)), 1))
 
 
-@pytest.mark.parametrize("pool, why", [
-    (nn.AvgPool2d(2), r"pools a leaky ReLU's output, whose negative values the average would take in"),
-    (nn.MaxPool2d(2), r"is a signed activation quantizer of an input .* a max pooling's negative half would be a min "
-                      r"pooling"),
-])
-def test_pooling_a_leaky_relus_output_is_refused_with_the_reason(pool, why):
-    net = randomize(quantize_model(_LeakyPool(pool), method="lcq", wbits=3, abits=3), seed=0)
-    with pytest.raises(ValueError, match=why):
+def test_average_pooling_a_leaky_relus_output_is_refused_with_the_reason():
+    net = randomize(quantize_model(_LeakyPool(nn.AvgPool2d(2)), method="lcq", wbits=3, abits=3), seed=0)
+    with pytest.raises(ValueError, match=r"pools a leaky ReLU's output, whose negative values the average would "
+                                         r"take in; .* use a ReLU before the pooling"):
         compile_model(net, (1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def darknet():
+    """TinyDarknet (conv, BN, LeakyReLU(0.1), max pooling) quantized LCQ W3/A3, randomized with small clips."""
+    torch.manual_seed(5)
+    net = randomize(quantize_model(cm.tiny_darknet(10, 1), method="lcq", wbits=3, abits=3), seed=5, act_alpha=0.3)
+    return net, compile_model(net, (1, 8, 8))
+
+
+def test_a_max_pooling_before_a_signed_quantizer_pools_the_negative_half_by_its_minimum(darknet):
+    """``Q+(-max v) = min Q+(-v)``: the negative half's pooling takes each window's smallest code, and the
+    integer reference equals PyTorch code for code (with the maximum there, it does not)."""
+    net, model = darknet
+    pools = {n.input: n for n in model.nodes if isinstance(n, MaxPoolNode)}
+    for name in ("act_features_4", "act_features_8"):
+        assert not pools[f"{name}.positive.unpooled"].minimum and pools[f"{name}.negative.unpooled"].minimum
+    x = images(32, model.input.shape, seed=5)
+    result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+    tensors = reference.run(model, x)
+    assert all(tensors[f"{name}.negative"].any() for name in ("act_features_4", "act_features_8"))
+    broken = copy.deepcopy(model)
+    for node in broken.nodes:
+        if isinstance(node, MaxPoolNode):
+            node.minimum = False
+    assert compare(broken, net, x, np.zeros(len(x), dtype=np.int64)).codes["act_features_4"][1] > 0
+
+
+def test_the_minimum_flag_is_kept_and_written_true_or_left_out(darknet, tmp_path):
+    path = tmp_path / "darknet.lcq"
+    save(darknet[1], path)
+    assert [getattr(n, "minimum", None) for n in load(path).nodes] == \
+        [getattr(n, "minimum", None) for n in darknet[1].nodes]
+    manifest, arrays = members(path)
+    pools = [d for d in manifest["nodes"] if d["op"] == "maxpool"]
+    assert [d.get("minimum") for d in pools] == [None, True, None, True]
+    pools[1]["minimum"] = False
+    write_members(tmp_path / "false.lcq", manifest, arrays)
+    with pytest.raises(ModelFormatError, match="field 'minimum' = False; it is written only as true"):
+        load(tmp_path / "false.lcq")

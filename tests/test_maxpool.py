@@ -36,6 +36,10 @@ def test_reference_is_torch_max_pooling_of_codes(shape, window):
     want = F.max_pool2d(torch.from_numpy(codes.astype(np.float64)), k, s, p).numpy()
     got = node.apply(codes)
     assert got.dtype == np.uint8 and got.shape[1:] == node.out_shape(shape) and (got == want).all()
+    # the minimum: PyTorch's max pooling of the negated codes, negated (its padding left out as well)
+    least = MaxPoolNode("mp", "x", "y", k, s, p, minimum=True).apply(codes)
+    assert least.dtype == np.uint8 and (least == -F.max_pool2d(-torch.from_numpy(codes.astype(np.float64)), k, s,
+                                                                p).numpy()).all()
 
 
 @pytest.mark.parametrize("field, value, says", [

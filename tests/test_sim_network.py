@@ -179,9 +179,9 @@ def test_max_pooling_vgg_on_both_simulators(sim, tmp_path):
     assert_exact(model, params, report, 1)
 
 
-def compiled_net(net, shape, path, seed):
-    """``net`` (a plain PyTorch module) quantized LCQ W3/A3, randomized (:func:`helpers.randomize`), compiled for
-    ``shape`` and saved at ``path``; returns the loaded model."""
+def compiled_net(net, shape, path, seed, act_alpha=2.0):
+    """``net`` (a plain PyTorch module) quantized LCQ W3/A3, randomized (:func:`helpers.randomize`, clip values
+    about ``act_alpha``), compiled for ``shape`` and saved at ``path``; returns the loaded model."""
     import torch
     from helpers import randomize
 
@@ -190,7 +190,8 @@ def compiled_net(net, shape, path, seed):
     from lcq_train.plan import quantize_model
 
     torch.manual_seed(seed)
-    save(compile_model(randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=seed), shape), path)
+    save(compile_model(randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=seed, act_alpha=act_alpha),
+                       shape), path)
     return load(path)
 
 
@@ -205,6 +206,27 @@ def test_signed_activations_of_a_mobilenet_v2_on_a_4x4_core(tmp_path):
     model = compiled_net(cm.mobilenet_v2(10, 1), (1, 8, 8), path, seed=3)
     assert sum(n.signed_input for n in model.convs) == 3
     run_exact(model, path, 4, 4, tmp_path / "run", seed=3, dense=False)     # (its depthwise convs)
+
+
+def test_min_pooled_negative_halves_of_a_tiny_darknet_on_a_4x4_core(tmp_path):
+    """Darknet's conv, BN, LeakyReLU, max pooling (random parameters): each signed activation's halves max and min
+    pooled (MINPOOL steps of the vector unit) into their regions of the joined codes, every tensor exact."""
+    sys.path.insert(0, str(DATA))
+    import compile_models as cm
+
+    import torch
+    from helpers import images
+
+    path = tmp_path / "tiny-darknet.lcq"
+    torch.manual_seed(5)
+    # small clip values, so that the leaky ReLUs' negative values reach codes, and both minima take some
+    model = compiled_net(cm.tiny_darknet(10, 1), (1, 8, 8), path, seed=5, act_alpha=0.3)
+    least = [n.output for n in model.nodes if getattr(n, "minimum", False)]
+    assert len(least) == 2
+    tensors = reference.run(model, images(2, (1, 8, 8), seed=5))
+    assert all(tensors[name].any() for name in least)
+    params, _ = run_exact(model, path, 4, 4, tmp_path / "run", seed=5)
+    assert params.vector.minpool
 
 
 def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):

@@ -378,3 +378,26 @@ class LeakyNet(nn.Module):
 
 def leaky_net(num_classes, in_channels):
     return LeakyNet(num_classes, in_channels)
+
+
+class TinyDarknet(nn.Module):
+    """Darknet's (YOLOv2-tiny's) blocks: conv, BN, LeakyReLU(0.1), then 2 x 2 max pooling, whose outputs the next
+    conv reads signed (the negative halves min pooled); the last conv's map flattened into the linear layer."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+
+        def block(c_in, c_out):
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.1)]
+
+        self.features = nn.Sequential(*block(in_channels, w), nn.MaxPool2d(2), *block(w, 2 * w), nn.MaxPool2d(2),
+                                      *block(2 * w, 2 * w))
+        self.fc = nn.Linear(2 * w * 2 * 2, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.features(x), 1))          # 8x8 -> 2x2
+
+
+def tiny_darknet(num_classes, in_channels):
+    return TinyDarknet(num_classes, in_channels)
