@@ -47,6 +47,7 @@ from hw.pe_words import logic_multiplies
 from hw.progression import PROGRESSION_MIN_BITS, stage_shift
 from hw.protocol import OUT_HEAD_BYTES, payload_bytes, whole_bytes
 from hw.residency import DESCRIPTION
+from hw.vector_params import VectorParams
 
 from .boards import LINK_PAYLOAD, Board
 
@@ -287,6 +288,12 @@ def search_luts(params: EngineParams, per_bit: int) -> int:
     return per_bit * params.code_bits * params.halves if params.progression else 0
 
 
+def vector_search_luts(params: VectorParams, per_bit: int) -> int:
+    """Logic of the vector unit's activate search (:attr:`~hw.vector_params.VectorParams.act_progression`), counted
+    as an output stage's (the same search: ``per_bit`` a code bit); 0 without."""
+    return per_bit * params.act_search_cycles
+
+
 def check_link_payload(board: Board, what: str, addr_bits: int, target_bits, out_bits: int,
                        code_out_bits: int = 0) -> None:
     """:class:`FitError` where a payload of the link to ``what`` (:func:`hw.protocol.payload_bytes` of its widths,
@@ -400,9 +407,10 @@ def network_estimate(board: Board, params: NetworkParams) -> dict[str, int]:
                  or params.engine.fused_activations}
         use["LUT4"] = (base + per_pe * params.engine.rows * params.engine.cols
                        + sum(NETWORK_UNIT_CELLS_ICE40[unit] for unit, needed in units.items() if needed)
-                       + search_luts(params.engine, SEARCH_CELLS_ICE40_PER_BIT))
+                       + search_luts(params.engine, SEARCH_CELLS_ICE40_PER_BIT)
+                       + vector_search_luts(params.vector, SEARCH_CELLS_ICE40_PER_BIT))
     else:
-        use["LUT4"] += VECTOR_LUTS
+        use["LUT4"] += VECTOR_LUTS + vector_search_luts(params.vector, SEARCH_LUTS_PER_BIT)
     return use
 
 

@@ -272,7 +272,8 @@ class LayerEngine(wiring.Component):
             write_back(m, self.params, cfg, back.dest, feeding, back.read_pos, results, code_out, relu, pair,
                        val_write=self.val_write, val_read=self.val_read, activation=self.activation,
                        value_bits=self.value_bits, stage_latency=self._stage_latency,
-                       fused_latency=self.FUSED_LATENCY, read_latency=value_read_latency(platform),
+                       fused_latency=self.FUSED_LATENCY + self.params.lent_search,
+                       read_latency=value_read_latency(platform),
                        lent_lag=lent_value_lag(platform), reset_less=reset_less_data(platform))
         else:
             self._output_word(m, feeding, back.feed_col, results[0], back.collected, fsm)
@@ -883,7 +884,8 @@ class LayerEngine(wiring.Component):
             feeding, holding = writer(m, self.params, cfg, last, back.dest, start, seq.tile_issued, seq.writer_done,
                                       seq.unit_written, back.read_addrs, back.read_pos, back.read_slot, back.feed_col,
                                       pair, drain=self.drain, stage_latency=self._stage_latency,
-                                      fused_latency=self.FUSED_LATENCY, registered_last_column=slow_block_ram(platform),
+                                      fused_latency=self.FUSED_LATENCY + self.params.lent_search,
+                                      registered_last_column=slow_block_ram(platform),
                                       late_tile_step=slow_block_ram(platform))
             return feeding, holding, None
         reading = Signal()

@@ -19,7 +19,7 @@ from compiler.graph import AddNode, CompiledModel, ConvNode, Requantize, Thresho
 
 from .memories import memory_bits
 from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, product_width
-from .progression import PROGRESSION_MIN_BITS, ProgressionShape, progression_bits, stage_progressions, stage_shift
+from .progression import ProgressionShape, progression_shape
 from .residency import check_residency
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_word_bits, threshold_bits,
                           threshold_unit_word_bits)
@@ -133,7 +133,8 @@ class EngineParams:
       memories of two-position words (:attr:`halves`).
     - ``fused_adds``, ``fused_activations`` (network engines): the write-back's hardware for residual
       additions and activations fused into a conv (registers ``dst_add``, ``act_fuse``); false where no step
-      of the model's program fuses one.
+      of the model's program fuses one. ``lent_search`` (0..8): cycles the vector unit's threshold search adds
+      to a fused activation's code (:attr:`hw.vector_params.VectorParams.act_search_cycles`).
     - ``lane_starts`` (network engines): a conv's codes may start at any lane of their first word (register
       ``dst_lane``, :data:`LANE_REGISTERS`): a concatenation's part inside a word
       (:func:`compiler.network.lane_startable`); false where no part of the model's plan does.
@@ -176,6 +177,7 @@ class EngineParams:
     lane_starts: bool = False
     multiply_cols: int = 0
     progression: ProgressionShape | None = None
+    lent_search: int = 0
 
     def __post_init__(self):
         limits = {"rows": (1, MAX_ARRAY), "cols": (1, MAX_ARRAY), "wbits": (2, LUT_WBITS), "abits": (1, 8),
@@ -201,6 +203,10 @@ class EngineParams:
                      "lane_starts"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.lent_search, int) or isinstance(self.lent_search, bool) or \
+                not 0 <= self.lent_search <= (8 if self.fused_activations else 0):
+            raise ValueError(f"lent_search must be an integer in 0..8, and 0 without fused activations, got "
+                             f"{self.lent_search!r}")
         check_multiply_cols(self.multiply_cols, self.cols, self.multiply)
         if self.identity_tables and not self.multiply:
             raise ValueError("identity_tables is for an engine that multiplies (multiply: true)")
@@ -416,7 +422,7 @@ class EngineParams:
         shape without ``relu`` (written before the stage had one) and one without ``skip_groups``,
         ``write_pairs`` or ``identity_tables`` mean False, without ``max_side`` 0, without ``fused_adds`` or
         ``fused_activations`` True, without ``multiply_cols`` 0, without ``progression`` None, without
-        ``lane_starts`` False: what those engines were built with."""
+        ``lane_starts`` False, without ``lent_search`` 0: what those engines were built with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
@@ -428,8 +434,9 @@ class EngineParams:
         for flag in ("fused_adds", "fused_activations"):
             if isinstance(d, dict) and flag not in d:
                 d = {**d, flag: True}
-        if isinstance(d, dict) and "multiply_cols" not in d:
-            d = {**d, "multiply_cols": 0}
+        for name in ("multiply_cols", "lent_search"):
+            if isinstance(d, dict) and name not in d:
+                d = {**d, name: 0}
         if isinstance(d, dict) and "progression" not in d:
             d = {**d, "progression": None}
         if not isinstance(d, dict) or set(d) != names:
@@ -469,8 +476,8 @@ class EngineParams:
         layers): the multiplying layers' weights in a buffer of their own (``wide_depth``), the LUT
         layers' at ``wbits`` per column (the whole-network core's engine). ``skip_groups``,
         ``identity_tables``, ``multiply_cols``: see the class (``multiply_cols`` is 0 for a model without
-        multiplying layers). ``progressions``: the units search the stages that :func:`progression_shape` picks
-        (False: they list every threshold).
+        multiplying layers). ``progressions``: the units search the stages that
+        :func:`~hw.progression.progression_shape` picks (False: they list every threshold).
         """
         for name, value in (("rows", rows), ("cols", cols)):     # (before they divide the layers' sizes)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_ARRAY:
@@ -502,7 +509,8 @@ class EngineParams:
         products = max((product_width(n.outer_wbits, n.outer_abits) for n in convs if n.mac == "lut"),
                        default=PRODUCT_BITS)
         code_bits = max((s.bits for s in thresholds), default=0)
-        progression, listed = progression_shape(staged) if progressions else (None, thresholds)
+        progression, listed = (progression_shape([(n.stage, n.acc_bound) for n in staged]) if progressions
+                               else (None, thresholds))
         # Narrower stored thresholds where no listed stage needs padding to the listed width.
         width = max((threshold_bits(s) for s in listed), default=0)
         if any(s.bits < max(t.bits for t in listed) for s in listed):
@@ -531,22 +539,6 @@ def network_registers(params: EngineParams) -> tuple[str, ...]:
     """The configuration registers of a network engine of ``params``, in the order of their ``CONFIG`` addresses:
     :data:`NETWORK_REGISTERS`, then :data:`LANE_REGISTERS` with ``lane_starts``."""
     return NETWORK_REGISTERS + (LANE_REGISTERS if params.lane_starts else ())
-
-
-def progression_shape(nodes: list[ConvNode]) -> tuple[ProgressionShape | None, list[Thresholds]]:
-    """The threshold units' progression words for the threshold stages of ``nodes`` (None: none) and the stages
-    they list: every stage of :data:`~hw.progression.PROGRESSION_MIN_BITS` bits or more that is a progression on
-    its layer's accumulators (:func:`~hw.progression.stage_shift`) and wider than every other is searched
-    (:func:`searched_stage`), at the largest of their shifts."""
-    shifts = [stage_shift(n.stage, n.acc_bound) if n.stage.bits >= PROGRESSION_MIN_BITS else None for n in nodes]
-    table = max((n.stage.bits for n, k in zip(nodes, shifts) if k is None), default=0)
-    searched = [(n, k) for n, k in zip(nodes, shifts) if k is not None and n.stage.bits > table]
-    if not searched:
-        return None, [n.stage for n in nodes]
-    shift = max(k for _, k in searched)
-    fits = [fit for n, _ in searched for fit in stage_progressions(n.stage, shift, n.acc_bound)]
-    return (ProgressionShape(shift, *progression_bits(fits), table_code_bits=table),
-            [n.stage for n in nodes if n.stage.bits <= table])
 
 
 def searched_stage(params: EngineParams, stage: Thresholds) -> bool:

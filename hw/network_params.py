@@ -87,6 +87,10 @@ class NetworkParams:
     def __post_init__(self):
         if not isinstance(self.engine, EngineParams) or not isinstance(self.vector, VectorParams):
             raise TypeError("engine must be an EngineParams and vector a VectorParams")
+        lent = self.vector.act_search_cycles if self.engine.fused_activations else 0
+        if self.engine.lent_search != lent:
+            raise ValueError(f"the engine waits {self.engine.lent_search} cycles more for a fused activation's code "
+                             f"(lent_search), the vector unit's search takes {lent} (act_search_cycles)")
         for name, low, high in (("value_bits", 2, 64), ("value_depth", 1, 1 << 24), ("program_depth", 1, 1 << 16),
                                 ("input_bits", 1, self.engine.abits), ("image_channels", 1, 1 << 16),
                                 ("image_positions", 1, 1 << 24), ("image_base", 0, self.engine.act_depth - 1)):
@@ -212,6 +216,8 @@ class NetworkParams:
         vector = VectorParams.for_model(model, lanes=rows, lane_bits=engine.abits, value_bits=values.width,
                                         value_depth=values.depth, code_depth=engine.act_depth,
                                         adds=any(step.kind == "add" for step in plan.steps))
+        if engine.fused_activations:
+            engine = replace(engine, lent_search=vector.act_search_cycles)
         return cls(engine=engine, vector=vector, value_bits=values.width, value_depth=values.depth,
                    program_depth=program_length(plan), input_bits=model.input.bits,
                    image_channels=image.shape[0], image_positions=image.shape[1] * image.shape[2],

@@ -160,3 +160,19 @@ class ProgressionShape:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
                 raise ValueError(f"progression {name} must be an integer in {low}..{high}, got {value!r}")
+
+
+def progression_shape(stages: list[tuple[Thresholds, int]]) -> tuple[ProgressionShape | None, list[Thresholds]]:
+    """The progression words of a threshold unit for ``stages`` (each with the bound of its values) and the stages
+    it lists (None: no progression words, all listed): every stage of :data:`PROGRESSION_MIN_BITS` bits or more
+    that is a progression on its values (:func:`stage_shift`) and wider than every other is searched, at the
+    largest of their shifts."""
+    shifts = [stage_shift(stage, bound) if stage.bits >= PROGRESSION_MIN_BITS else None for stage, bound in stages]
+    table = max((stage.bits for (stage, _), k in zip(stages, shifts) if k is None), default=0)
+    searched = [(stage, bound, k) for (stage, bound), k in zip(stages, shifts) if k is not None and stage.bits > table]
+    if not searched:
+        return None, [stage for stage, _ in stages]
+    shift = max(k for _, _, k in searched)
+    fits = [fit for stage, bound, _ in searched for fit in stage_progressions(stage, shift, bound)]
+    return (ProgressionShape(shift, *progression_bits(fits), table_code_bits=table),
+            [stage for stage, _ in stages if stage.bits <= table])

@@ -71,7 +71,8 @@ class VectorUnit(wiring.Component):
       ``H * W``; MAXPOOL's ``src_a`` is the word of the first window's top left corner
       (:func:`hw.vector_words.maxpool_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
-      last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 7``,
+      last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 7`` (``act_code_bits``
+      more with ``p.act_progression``: the search),
       ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL ``channels *
       (max(pool_lead_pieces + positions + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL ``channels * out_height *
@@ -341,13 +342,13 @@ class VectorUnit(wiring.Component):
             # cycles after the element's valid and slot (late_value 2, and the slot's register).
             late = lent_value_lag(platform)
             read = 2 + extra            # the value registered
-            depth = read + ThresholdUnit.LATENCY
+            depth = read + ThresholdUnit.LATENCY + p.act_search_cycles      # (with progressions, the search)
             act = delays(m, issue_act, depth, "act")
             read_value = delays(m, self.val_read_data, 1, "act_value", reset_less=rl)[1]
             m.submodules.thresholds = unit = ThresholdUnit(p.value_bits, p.act_code_bits, p.act_slots,
                                                            p.act_threshold_bits, registered_word=bool(late),
                                                            late_value=late - 1 if late else 0, registered_channel=bool(late),
-                                                           registered_inputs=bool(late))
+                                                           registered_inputs=bool(late), progression=p.act_progression)
             addr = delays(m, (group + pos)[:p.code_addr_bits], depth, "act_addr", reset_less=rl)[-1]
             act_lane = delays(m, lane, depth, "act_lane", reset_less=rl)[-1]
             lent = self.lent_valid & ~busy

@@ -35,8 +35,8 @@ from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, AvgPool
                             PoolNode, TensorInfo, Thresholds, signed_bits)
 
 from .memories import memory_bits
-from .progression import fit_progression, progression_bits
-from .stage_words import threshold_bits, threshold_word_bits
+from .progression import ProgressionShape, fit_progression, progression_bits, progression_shape
+from .stage_words import threshold_bits, threshold_unit_word_bits
 
 MAX_LANES = 256
 MAX_DEPTH = 1 << 24          # words of a data memory, and constant slots
@@ -183,7 +183,10 @@ class VectorParams:
       ``value_depth`` words (depths 1..2^24).
     - Activate thresholds: ``act_code_bits`` (0: no activate hardware, else 1..8, at most
       ``lane_bits``), ``act_threshold_bits`` (signed width of a stored threshold, 2..``value_bits
-      + 1``), ``act_slots`` (channels of all activate nodes together).
+      + 1``), ``act_slots`` (channels of all activate nodes together), ``act_progression`` (None, or the
+      threshold unit's progression words, :class:`~hw.progression.ProgressionShape`: the activate nodes wider
+      than its ``table_code_bits`` are searched, :mod:`hw.thresholds`; ACTIVATE then takes ``act_code_bits``
+      cycles more, and so does a code lent to a fused activation, :attr:`act_search_cycles`).
     - Pooling: ``pool_slots`` (channels of all pool nodes; 0: no pool hardware, then every
       ``pool_*`` width and ``max_frac_bits`` is 0 and ``pool_form`` "table"), ``pool_code_bits``
       (1..8, at most ``lane_bits``), ``pool_offset_bits`` (signed,
@@ -227,6 +230,7 @@ class VectorParams:
     adds: bool = True
     pool_cap_bits: int = 0
     minpool: bool = False
+    act_progression: ProgressionShape | None = None
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -240,6 +244,11 @@ class VectorParams:
                                 ("pool_slots", 0, MAX_DEPTH), ("maxpool_bits", 0, MAX_MAXPOOL_BITS),
                                 ("avgpool_bits", 0, MAX_MAXPOOL_BITS if self.pool_slots else 0)):
             check(name, low, high)
+        if self.act_progression is not None and (
+                not isinstance(self.act_progression, ProgressionShape)
+                or not self.act_progression.table_code_bits < self.act_code_bits):
+            raise ValueError(f"act_progression must be None or a ProgressionShape whose table_code_bits are below "
+                             f"act_code_bits={self.act_code_bits}, got {self.act_progression!r}")
         if self.act_code_bits:
             check("act_code_bits", 1, self.lane_bits)
             check("act_threshold_bits", 2, self.value_bits + 1)
@@ -328,8 +337,15 @@ class VectorParams:
 
     @property
     def act_word_bits(self) -> int:
-        """An ACT_THRESHOLDS word (:func:`hw.stage_words.threshold_words`); 0 without activate hardware."""
-        return threshold_word_bits(self.act_code_bits, self.act_threshold_bits) if self.act_code_bits else 0
+        """An ACT_THRESHOLDS word (:func:`hw.stage_words.threshold_unit_word_bits`); 0 without activate hardware."""
+        return (threshold_unit_word_bits(self.act_code_bits, self.act_threshold_bits, self.act_progression)
+                if self.act_code_bits else 0)
+
+    @property
+    def act_search_cycles(self) -> int:
+        """Cycles the activate threshold unit's search adds to ACTIVATE (and to a lent code): ``act_code_bits``
+        with ``act_progression``, else 0."""
+        return self.act_code_bits if self.act_progression is not None else 0
 
     @property
     def pool_arithmetic(self) -> bool:
@@ -420,8 +436,8 @@ class VectorParams:
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1, value_latency: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
         in which the last write is presented), each with the start's cycle (``START_CYCLES``): ACTIVATE
-        ``N + 7`` and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``; POOL ``channels *
-        (max(pool_lead_pieces + positions + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``; MAXPOOL
+        ``N + 7`` (``act_search_cycles`` more) and ADD (ADD_RELU) ``2N + 4`` with ``N = channels * positions``;
+        POOL ``channels * (max(pool_lead_pieces + positions + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``; MAXPOOL
         (MINPOOL) ``ceil(channels / lanes) * positions * window + 3`` with ``positions`` the output's and ``window`` =
         kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions *
         (max(pool_lead_pieces + window + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2`` (each window as POOL's
@@ -430,7 +446,7 @@ class VectorParams:
         one more per channel (window) for POOL (AVGPOOL)."""
         n, extra = channels * positions, value_latency - 1
         if op == ACTIVATE:
-            run = n + ACTIVATE_DEPTH + extra
+            run = n + ACTIVATE_DEPTH + self.act_search_cycles + extra
         elif op in (ADD, ADD_RELU):
             run = 2 * n + ADD_DEPTH + extra
         elif op == POOL:
@@ -461,13 +477,14 @@ class VectorParams:
         """The unit's constant RAMs as ``(name, width, depth, copies)`` (as
         :meth:`hw.engine_params.EngineParams.memories`; the data memories are the network core's)."""
         mems = []
-        if self.act_code_bits:
-            s = 2 ** self.act_code_bits - 1
+        if self.act_code_bits:      # (as hw.thresholds.ThresholdUnit builds them)
+            listed = self.act_progression.table_code_bits if self.act_progression else self.act_code_bits
+            s, tb = 2 ** listed - 1, self.act_threshold_bits
             if s <= 15:
                 mems.append(("act_thresholds", self.act_word_bits, self.act_slots, 1))
             else:
-                mems += [("act_thresholds", self.act_threshold_bits, self.act_slots, s),
-                         ("act_descending", 1, self.act_slots, 1)]
+                mems += [("act_thresholds", tb, self.act_slots, self.act_word_bits // tb),
+                         ("act_descending", self.act_word_bits % tb, self.act_slots, 1)]
         if self.pool_slots:
             mems.append(("pool_constants", self.pool_piece_bits, self.pool_constant_depth, 1))
             if not self.pool_arithmetic:
@@ -480,20 +497,31 @@ class VectorParams:
 
     def describe(self) -> dict:
         """Every parameter as JSON-ready values; :meth:`from_dict` reads it back."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["act_progression"] = None if self.act_progression is None else vars(self.act_progression).copy()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> VectorParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction); a
         ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL) or ``pool_cap_bits`` (before it
-        clipped) means 0, without ``adds`` true, without ``minpool`` (before MINPOOL) false."""
+        clipped) means 0, without ``adds`` true, without ``minpool`` (before MINPOOL) false, without
+        ``act_progression`` (before the activate thresholds were searched) None."""
         names = {f.name for f in fields(cls)}
-        for name, value in (("avgpool_bits", 0), ("pool_cap_bits", 0), ("adds", True), ("minpool", False)):
+        for name, value in (("avgpool_bits", 0), ("pool_cap_bits", 0), ("adds", True), ("minpool", False),
+                            ("act_progression", None)):
             if isinstance(d, dict) and name not in d:
                 d = {**d, name: value}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"vector parameters must be a dict with the keys {sorted(names)}, not {d!r}")
-        return cls(**d)
+        progression = d["act_progression"]
+        if progression is not None:
+            keys = {f.name for f in fields(ProgressionShape)}
+            if not isinstance(progression, dict) or set(progression) != keys:
+                raise ValueError(f"act_progression must be null or a dict with the keys {sorted(keys)}, not "
+                                 f"{progression!r}")
+            progression = ProgressionShape(**progression)
+        return cls(**{**d, "act_progression": progression})
 
     # Sizing.
 
@@ -506,7 +534,8 @@ class VectorParams:
         The pool thresholds take the arithmetic form where every pool node has one (at the largest of
         the nodes' smallest shifts, :func:`pool_shift`), else the table form. Max-pool hardware is there
         where the model has a max-pool node, its registers as wide as the largest side, kernel, stride
-        or padding of one. ``adds``: the ADD hardware (see the class).
+        or padding of one. ``adds``: the ADD hardware (see the class). The activate thresholds search the
+        nodes that :func:`~hw.progression.progression_shape` picks (``act_progression``).
         Raises ValueError when ``value_bits`` or ``lane_bits`` cannot hold the model's tensors."""
         info = model.validate()
         acts = [activate_needs(n, info[n.input]) for n in model.nodes if isinstance(n, ActivateNode)]
@@ -534,6 +563,11 @@ class VectorParams:
             return {"code_bits": code, "threshold_bits": width, "slots": sum(n["slots"] for n in needs)}
 
         act, pool = shape(acts), shape(pools)
+        staged = [(n.stage, info[n.input].bound) for n in model.nodes if isinstance(n, ActivateNode)]
+        act_progression = progression_shape(staged)[0] if staged else None
+        if act_progression is not None:     # the listed nodes' thresholds (and their padding) only
+            act["threshold_bits"] = shape([n for n in acts if n["code_bits"] <= act_progression.table_code_bits]
+                                          )["threshold_bits"] or 2
         form = {"pool_form": "table", "pool_threshold_bits": pool["threshold_bits"]}
         nodes = [(n, info[n.input]) for n in model.nodes if isinstance(n, PoolNode)]
         shifts = [pool_shift(n, i, pool["code_bits"]) for n, i in nodes]
@@ -554,4 +588,5 @@ class VectorParams:
                                      if isinstance(n, AvgPoolNode)), default=0), adds=adds,
                    pool_cap_bits=max((max(n["cap_bits"], n["term_bits"]) for n in pools), default=0)
                    if any(n["cap_bits"] for n in pools) else 0,
-                   minpool=any(isinstance(n, MaxPoolNode) and n.minimum for n in model.nodes))
+                   minpool=any(isinstance(n, MaxPoolNode) and n.minimum for n in model.nodes),
+                   act_progression=act_progression)

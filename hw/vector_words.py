@@ -11,7 +11,9 @@ Words:
 
 - ACT_THRESHOLDS, address ``slot``: the channel's :func:`hw.stage_words.threshold_words` word of
   ``act_threshold_bits`` thresholds; a node with narrower codes than ``act_code_bits`` is padded
-  with thresholds that no value passes (``bound + 1``, ascending; ``-(bound + 1)``, descending).
+  with thresholds that no value passes (``bound + 1``, ascending; ``-(bound + 1)``, descending). Where
+  the unit searches (``act_progression``), a node wider than its listed codes has
+  :func:`hw.stage_words.progression_words` instead, and the listed ones are padded to the listed width.
 - POOL_CONSTANTS, address ``slot << pool_piece_index_bits | piece``: piece ``piece`` (bits
   ``16 * piece`` up, :data:`~hw.vector_params.POOL_PIECE_BITS`) of the channel's word
   ``relu | sign << 1 | offset << 3`` (sign and offset two's
@@ -37,8 +39,8 @@ from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, M
                             Thresholds, signed_bits)
 
 from .memories import word_pieces
-from .stage_words import thresholds_array, threshold_words
-from .progression import progression_bits
+from .stage_words import progression_words, thresholds_array, threshold_words
+from .progression import progression_bits, stage_progressions
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
                             OPS, OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
                             POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs,
@@ -76,8 +78,13 @@ def _padded(stage: Thresholds, code_bits: int, never: int) -> Thresholds:
 
 
 def activate_words(params: VectorParams, node: ActivateNode, bound: int) -> list[int]:
-    """ACT_THRESHOLDS words of ``node`` (input values ``|x| <= bound``), one per channel."""
-    stage = _padded(node.stage, params.act_code_bits, Thresholds.limit(bound))
+    """ACT_THRESHOLDS words of ``node`` (input values ``|x| <= bound``), one per channel: its progression words
+    where the unit searches codes that wide (``act_progression``), else its thresholds listed."""
+    shape = params.act_progression
+    if shape is not None and node.stage.bits > shape.table_code_bits:
+        return progression_words(node.stage, bound, params.act_code_bits, params.act_threshold_bits, shape,
+                                 len(node.stage.descending))
+    stage = _padded(node.stage, shape.table_code_bits if shape else params.act_code_bits, Thresholds.limit(bound))
     return threshold_words(stage, params.act_threshold_bits)
 
 
@@ -172,8 +179,19 @@ def check_node(params: VectorParams, node, info: dict[str, TensorInfo]) -> list[
                         problems.append(f"its B' need {base_bits} bits (pool_base_bits={params.pool_base_bits})")
                     if step_bits > params.pool_step_bits:
                         problems.append(f"its S need {step_bits} bits (pool_step_bits={params.pool_step_bits})")
-            if act or not params.pool_arithmetic:
-                threshold = max(need["threshold_bits"], need["pad_bits"] if need["code_bits"] < code else 0)
+            shape = params.act_progression if act else None
+            if shape is not None and need["code_bits"] > shape.table_code_bits:     # searched
+                fits = stage_progressions(node.stage, shape.shift, info[node.input].bound)
+                if fits is None:
+                    problems.append(f"its thresholds are not ceil((B + c * S) / 2^{shape.shift}) in every channel "
+                                    f"(the unit's search, act_progression.shift={shape.shift})")
+                elif any(a > b for a, b in zip(progression_bits(fits), (shape.base_bits, shape.step_bits))):
+                    problems.append(f"its B' and S need {progression_bits(fits)} bits (act_progression: "
+                                    f"{shape.base_bits}, {shape.step_bits})")
+                fits = None
+            elif act or not params.pool_arithmetic:
+                listed = shape.table_code_bits if shape is not None else code
+                threshold = max(need["threshold_bits"], need["pad_bits"] if need["code_bits"] < listed else 0)
                 if threshold > width:
                     problems.append(f"its thresholds need {threshold} bits ({kind}_threshold_bits={width})")
         if need["value_bits"] > params.value_bits:

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import replace
 import functools
 import gc
+import sys
 import warnings
 from pathlib import Path
 
@@ -378,6 +379,43 @@ def test_activate_descending_and_padded():
     wide = VectorParams(**{**base.describe(), "act_code_bits": 4, "act_threshold_bits": base.value_bits + 1})
     for params in (base, wide):
         check(*unary_case(m, "blocks.0.act1", 3, (2, 5), seed=7, params=params))
+
+
+@functools.lru_cache(maxsize=None)
+def darknet():
+    """tests/data/compile_models.py's TinyDarknet, LCQ W3/A3 with random parameters: its linear layer reads a
+    signed 8-bit activation, two 7-bit halves (uniform: searched), the convs 2-bit halves (listed)."""
+    import torch
+    from helpers import randomize
+
+    sys.path.insert(0, str(DATA))
+    import compile_models as cm
+
+    from compiler.lower import compile_model
+    from lcq_train.plan import quantize_model
+
+    torch.manual_seed(5)
+    net = randomize(quantize_model(cm.tiny_darknet(10, 1), method="lcq", wbits=3, abits=3), seed=5, act_alpha=0.3)
+    return compile_model(net, (1, 8, 8))
+
+
+@pytest.mark.parametrize("node_name, ecp5", [("act_fc.positive", False), ("act_fc.negative", False),
+                                             ("act_fc.negative", True), ("act_features_4.negative.unpooled", False)])
+def test_activate_searches_wide_codes(node_name, ecp5, request):
+    """A unit whose activate thresholds search the wide nodes (``act_progression``: progression words, a binary
+    search of ``act_code_bits`` stages) and list the narrow ones: every code equal to the reference, ascending and
+    descending channels, in ``op_cycles`` (the search's cycles more)."""
+    if ecp5:
+        request.getfixturevalue("ecp5_form")
+    m = darknet()
+    params = params_for(m, 3, 400, 200)
+    assert params.act_progression is not None and params.act_progression.table_code_bits == 2
+    assert params.act_code_bits == 7 and params.act_search_cycles == 7
+    assert [name for name, *_ in params.memories()] == ["act_thresholds"]       # one word a slot
+    case = unary_case(m, node_name, 3, (1, 2) if node_name.startswith("act_fc") else (3, 3), seed=11, params=params)
+    check(*case)
+    assert params.register_cycles(case[2][0][1]) == params.op_cycles(ACTIVATE, 16 if "fc" in node_name else 8,
+                                                                     2 if "fc" in node_name else 9)
 
 
 def add_case(lanes, node_name, dst_is, seed, relu=False):

@@ -210,7 +210,8 @@ def test_signed_activations_of_a_mobilenet_v2_on_a_4x4_core(tmp_path):
 
 def test_min_pooled_negative_halves_of_a_tiny_darknet_on_a_4x4_core(tmp_path):
     """Darknet's conv, BN, LeakyReLU, max pooling (random parameters): each signed activation's halves max and min
-    pooled (MINPOOL steps of the vector unit) into their regions of the joined codes, every tensor exact."""
+    pooled (MINPOOL steps of the vector unit) into their regions of the joined codes, the wide halves before the
+    linear layer searched by the vector unit's thresholds, every tensor exact."""
     sys.path.insert(0, str(DATA))
     import compile_models as cm
 
@@ -227,6 +228,9 @@ def test_min_pooled_negative_halves_of_a_tiny_darknet_on_a_4x4_core(tmp_path):
     assert all(tensors[name].any() for name in least)
     params, _ = run_exact(model, path, 4, 4, tmp_path / "run", seed=5)
     assert params.vector.minpool
+    # the linear layer's 8-bit input: 7-bit halves, searched (one fused into the conv's write-back: its code lent
+    # the search's cycles late), the narrow halves' thresholds listed
+    assert (params.vector.act_progression.table_code_bits, params.engine.lent_search) == (2, 7)
 
 
 def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):
