@@ -52,7 +52,12 @@ def test_the_network_cores_banked_weights_are_counted_bank_by_bank():
 
 # Configurations whose block RAMs the estimate counts over the build's, each with what it is known to count
 # over: an estimate over the part's count refuses a core that fits, one under it is a failed build.
-OVER_COUNTED: dict[tuple[str, str, str], str] = {}
+OVER_COUNTED: dict[tuple[str, str, str], str] = {
+    ("ulx3s-12f", "digits-tiny-darknet-lcq-w3a3.lcq", "network"):
+        "the vector unit's activate thresholds, 80 words of 69 bits (progression words): Yosys maps them to one "
+        "PDPW16KD, 72 bits by 256 words (a read and a write port), the estimate to two blocks of 36 bits (25 EBR "
+        "built, 26 estimated)",
+}
 
 
 def test_the_estimate_counts_the_block_rams_spram_and_dsps_of_the_newest_build_of_each_configuration():
