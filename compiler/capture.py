@@ -23,6 +23,7 @@ from torch import fx, nn
 from lcq_train.graph import SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX_MODULES, describe, location, trace_or_explain
 from lcq_train.layers import QAct, QConv2d, QLinear
 
+from .curves import SELU_ALPHA, SELU_SCALE, Curve, elu_curve, leaky_curve, module_curve
 from .graph import MAX_KERNEL
 
 SUPPORTED = (
@@ -39,9 +40,10 @@ SUPPORTED = (
     "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "
     "a conv or linear layer [+ BN] or an addition that nothing else reads (post-activation blocks)",
     "ReLU6 / hardtanh(0, max) before an activation quantizer or a pooling",
-    "LeakyReLU and PReLU (nn.LeakyReLU, F.leaky_relu, nn.PReLU; slopes >= 0) of a conv's, BN's or addition's output "
-    "before its activation quantizer (a signed one: its negative half reads the values times the slope), or "
-    "before a ReLU or clip",
+    "a non-decreasing activation of a conv's, BN's or addition's output (through max pooling) before its activation "
+    "quantizer, which takes its thresholds back through it: LeakyReLU and PReLU (slopes >= 0), sigmoid, tanh, ELU, "
+    "CELU, SELU, softsign, hardtanh(min, max), hardsigmoid, clamp(min, max) (modules, F. and torch. functions, "
+    ".sigmoid(), .tanh(), .clamp())",
     "residual addition of two tensors (+, torch.add, .add())",
     "global average pooling after a ReLU or ReLU6 (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), "
     "torch.mean(x, (2, 3)))",
@@ -81,18 +83,10 @@ ADAPTIVE_MAX_HINT = (f"only the global maximum compiles as it is (AdaptiveMaxPoo
                      f"side / n (k <= {MAX_KERNEL})")
 # The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
 HINTS = (
-    ((nn.GELU, F.gelu, nn.SiLU, F.silu, nn.ELU, F.elu, nn.SELU, F.selu, nn.CELU, F.celu, nn.Hardswish, F.hardswish,
-      nn.Mish, F.mish, nn.Softplus, F.softplus),
-     "use nn.ReLU or nn.LeakyReLU (an activation quantizer folds a ReLU, a leaky one or a clip into its thresholds, "
-     "not these)"),
+    ((nn.GELU, F.gelu, nn.SiLU, F.silu, nn.Hardswish, F.hardswish, nn.Mish, F.mish, nn.Softplus, F.softplus),
+     "use nn.ReLU, nn.LeakyReLU or another non-decreasing activation (an activation quantizer takes its thresholds "
+     "back through a ReLU, a leaky one, a clip, sigmoid, tanh or ELU, not through these, which dip)"),
     ((F.prelu,), "use the module nn.PReLU (its slopes a parameter of the network), or nn.LeakyReLU(slope)"),
-    ((nn.Hardtanh, F.hardtanh), "only a clip from 0 compiles: use hardtanh(0, max) (nn.Hardtanh(0.0, 1.0)), ReLU6 "
-                                "or ReLU"),
-    ((nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid", nn.Tanh, torch.tanh, F.tanh, "tanh"),
-     "use nn.ReLU or a clip (nn.Hardtanh(0.0, 1.0)) between layers, and leave it off the logits (it keeps the top "
-     "class)"),
-    ((torch.clamp, torch.clip, torch.clamp_min, "clamp", "clamp_", "clip", "clip_", "clamp_min"),
-     "use torch.relu for clamp(min=0) and F.hardtanh(x, 0.0, max) (or nn.ReLU6) for clamp(0, max)"),
     ((F.pad, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d),
      "pad in the conv: Conv2d(..., padding=p) pads with zeros, up to kernel // 2 on each side"),
     ((operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_", operator.neg, torch.neg, "neg"),
@@ -129,16 +123,16 @@ _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 
 @dataclass(frozen=True)
 class Op:
-    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, leaky, clip, pool, avgpool, maxpool,
+    """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, curve, clip, pool, avgpool, maxpool,
     flatten, reshape, size, identity, add, cat, softmax, adaptive, output), its ``module`` (None for a function),
-    ``slope`` (a leaky ReLU's negative slope; a PReLU's are its module's weight), ``cap`` (the clip maximum),
+    ``curve`` (a non-decreasing activation's :class:`~compiler.curves.Curve`), ``cap`` (the clip maximum),
     ``window`` (an average or max pooling's kernel, stride and padding; None for the global maximum), ``dim``
     (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one) and ``side`` (the output
     side of an adaptive average or max pooling to a square larger than 1)."""
 
     kind: str
     module: nn.Module | None = None
-    slope: float = 0.0
+    curve: Curve | None = None
     cap: float = math.inf
     window: tuple[int, int, int] | None = None
     dim: int | None = None
@@ -164,6 +158,57 @@ def capture(model: nn.Module, name: str) -> fx.Graph:
 
 def _arg(node: fx.Node, i: int, name: str, default=None):
     return node.args[i] if len(node.args) > i else node.kwargs.get(name, default)
+
+
+# Functions (and method names) of the curves that take no numbers, by curve kind.
+_CURVE_FUNCTIONS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
+                    torch.tanh: "tanh", F.tanh: "tanh", "tanh": "tanh", "tanh_": "tanh", F.softsign: "softsign",
+                    F.hardsigmoid: "hardsigmoid"}
+_CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
+
+
+def function_curve(node: fx.Node, f) -> Curve | None:
+    """The curve of function (or method name) ``f`` called by ``node`` with numbers for its parameters, or None
+    (a clamp from 0 is a ReLU or a clip: :func:`_from_zero`)."""
+    name = f if isinstance(f, str) else f"{getattr(f, '__module__', 'torch')}.{getattr(f, '__name__', f)}"
+    number = (int, float)
+    if f in _CURVE_FUNCTIONS:
+        return Curve(_CURVE_FUNCTIONS[f], name)
+    if f is F.leaky_relu and isinstance(_arg(node, 1, "negative_slope", 0.01), number):
+        return leaky_curve(name, float(_arg(node, 1, "negative_slope", 0.01)))
+    if f in (F.elu, F.celu) and isinstance(_arg(node, 1, "alpha", 1.0), number):
+        return elu_curve("elu" if f is F.elu else "celu", name, float(_arg(node, 1, "alpha", 1.0)))
+    if f is F.selu:
+        return elu_curve("elu", name, SELU_ALPHA, SELU_SCALE)
+    if f is F.hardtanh:
+        low, high = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
+        if isinstance(low, number) and isinstance(high, number) and low < high:
+            return Curve("hardtanh", name, (float(low), float(high)))
+    if f in _CLAMPS:
+        low, high = _arg(node, 1, "min"), _arg(node, 2, "max")
+        if all(v is None or isinstance(v, number) for v in (low, high)) and (low, high) != (None, None) \
+                and (low is None or high is None or low < high):
+            return Curve("hardtanh", name, (-math.inf if low is None else float(low),
+                                            math.inf if high is None else float(high)))
+    return None
+
+
+def _from_zero(node: fx.Node) -> Op | None:
+    """A clamp from 0 as the ReLU (``clamp(min=0)``) or the clip (``clamp(0, max)``) it is, else None."""
+    low, high = _arg(node, 1, "min"), _arg(node, 2, "max")
+    if low != 0 or isinstance(low, bool):
+        return None
+    if high is None:
+        return Op("relu")
+    return Op("clip", cap=float(high)) if isinstance(high, (int, float)) and high > 0 else None
+
+
+def _curve(model: str, node: fx.Node, find) -> Curve | None:
+    """``find()``'s curve of ``node``; its ValueError (a negative slope) as :class:`Unsupported`."""
+    try:
+        return find()
+    except ValueError as e:
+        raise Unsupported(model, node, str(e)) from None
 
 
 def _add(node: fx.Node, model: str) -> Op:
@@ -278,14 +323,13 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("bn", m)
         if type(m) is nn.ReLU:
             return Op("relu")
-        if type(m) is nn.LeakyReLU:
-            return Op("leaky", slope=float(m.negative_slope))
-        if type(m) is nn.PReLU:
-            return Op("leaky", module=m)
         if type(m) is nn.ReLU6:
             return Op("clip", cap=6.0)
         if type(m) is nn.Hardtanh and m.min_val == 0 and m.max_val > 0:
             return Op("clip", cap=float(m.max_val))
+        curve = _curve(model, node, lambda: module_curve(m))
+        if curve is not None:
+            return Op("curve", curve=curve)
         if type(m) is nn.AdaptiveAvgPool2d and _is_one(m.output_size):
             return Op("pool")
         if type(m) is nn.AdaptiveAvgPool2d and _square(m.output_size):
@@ -323,12 +367,15 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("reshape")
         if f in _RELU_FUNCTIONS:
             return Op("relu")
-        if f is F.leaky_relu and isinstance(_arg(node, 1, "negative_slope", 0.01), (int, float)):
-            return Op("leaky", slope=float(_arg(node, 1, "negative_slope", 0.01)))
         if f is F.relu6:
             return Op("clip", cap=6.0)
         if f is F.hardtanh and _arg(node, 1, "min_val", -1.0) == 0 and _arg(node, 2, "max_val", 1.0) > 0:
             return Op("clip", cap=float(_arg(node, 2, "max_val", 1.0)))
+        if f in _CLAMPS and _from_zero(node) is not None:
+            return _from_zero(node)
+        curve = _curve(model, node, lambda: function_curve(node, f))
+        if curve is not None:
+            return Op("curve", curve=curve)
         if (f is F.adaptive_avg_pool2d and _is_one(_arg(node, 1, "output_size"))) or \
                 (f is torch.mean and _spatial_dims(_arg(node, 1, "dim"))):
             return Op("pool")
@@ -367,6 +414,11 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")
+        if node.target in _CLAMPS and _from_zero(node) is not None:
+            return _from_zero(node)
+        curve = _curve(model, node, lambda: function_curve(node, node.target))
+        if curve is not None:
+            return Op("curve", curve=curve)
         if node.target == "flatten" and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
             return Op("flatten")
         if node.target == "mean" and _spatial_dims(_arg(node, 1, "dim")):

@@ -25,7 +25,9 @@ runs of operations into the nodes of :mod:`compiler.graph`:
   feeds a residual addition (a post-activation block's input); *none* (the
   raw accumulator) otherwise;
 - [BN] -> [ReLU] -> activation quantizer on any other value tensor: an :class:`ActivateNode`;
-- [BN] -> [LeakyReLU | PReLU] -> signed activation quantizer: two (:meth:`_Lowering.signed_codes`);
+- [BN] -> a non-decreasing activation (LeakyReLU, PReLU, sigmoid, tanh, ELU, ...: :mod:`compiler.curves`) ->
+  activation quantizer: the quantizer's thresholds taken back through it, then as above (a signed quantizer's
+  two halves: :meth:`_Lowering.signed_codes`);
 - [BN] -> ReLU -> global average pooling -> [flatten] -> quantizer: a :class:`PoolNode`;
   [BN] -> ReLU -> average pooling (k x k windows at a stride, no padding) -> quantizer: an
   :class:`AvgPoolNode`;
@@ -66,6 +68,7 @@ from lcq_train.quant import level_scale
 from . import stages
 from .capture import (ADAPTIVE_AVG_HINT, ADAPTIVE_MAX_HINT, Op, Unsupported, capture, describe, location, operation,
                       size_query)
+from .curves import Curve
 from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
                     ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
 
@@ -179,10 +182,10 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
 @dataclass(frozen=True)
 class _Value:
     """What a graph node computes. ``kind`` "image"; "codes" (of tensor ``tensor``); or "values":
-    per channel ``gain * x + offset`` of value tensor ``x = tensor``, then a ReLU (``relu``; a leaky one where
-    ``leak`` holds each channel's negative slope, >= 0: only a signed quantizer reads what it lets through),
-    clipped at ``cap``, averaged (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)),
-    max pooled (``maxpools``: the graph node and its (kernel, stride, padding) of each, in order).
+    per channel ``gain * x + offset`` of value tensor ``x = tensor``, through a non-decreasing activation
+    (``curve``, :class:`~compiler.curves.Curve`), then a ReLU (``relu``), clipped at ``cap``, averaged
+    (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)), max pooled (``maxpools``: the graph
+    node and its (kernel, stride, padding) of each, in order).
     ``folded``: a BN is in ``gain``/``offset``;
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`). Kind "size": a tensor's size
@@ -198,8 +201,8 @@ class _Value:
     gain: np.ndarray | None = None
     offset: np.ndarray | None = None
     folded: bool = False
+    curve: Curve | None = None
     relu: bool = False
-    leak: np.ndarray | None = None
     cap: float = math.inf
     pooled: tuple[int, int] | None = None
     sole: bool = False
@@ -212,7 +215,8 @@ class _Value:
 
     @property
     def plain(self) -> bool:
-        return not (self.folded or self.relu or self.pooled or self.cap < math.inf or self.maxpools)
+        return not (self.folded or self.relu or self.pooled or self.cap < math.inf or self.maxpools
+                    or self.curve is not None)
 
 
 def _sole_reader(node: fx.Node) -> bool:
@@ -237,7 +241,7 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
 GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
 # The operations that take a "concat" _Value (on its way to an activation quantizer; a size query reads its shape
 # only, for a reshape).
-_CONCAT_READERS = ("act", "relu", "leaky", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity",
+_CONCAT_READERS = ("act", "relu", "curve", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity",
                    "adaptive", "size", "bn", "cat")
 _DEFAULT_FRAC = CompileOptions.residual_frac_bits   # the fraction bits that cover a trained model's scales
 
@@ -492,8 +496,9 @@ class _Lowering:
         """The signed quantizer ``node`` of values ``x`` as the codes of its two halves: ``Q(x) = Q+(x) - Q+(-x)``,
         ``Q+`` its magnitude quantizer (an unsigned one of ``bits - 1`` bits and outer width ``b'_a - 1``, the same
         levels), exact as a signed quantizer is odd. Each half is an activate node of ``x`` (the negative one with
-        the gain and offset negated, and times the slopes of a leaky ReLU before it: ``Q+(leaky(v)) = Q+(v)``,
-        ``Q+(-leaky(v)) = Q+(-slope * v)``), then each max pooling of ``x``: the negative half's takes the
+        the gain and offset negated; through a non-decreasing activation ``f`` before it, the thresholds ``t``
+        taken back through it: ``f^-1(t)`` and ``-f^-1(-t)``), then each max pooling of ``x``: the negative half's
+        takes the
         smallest code (``Q+(-max v) = min Q+(-v)``), and the codes tensor ``node.target`` joins them, positive
         channels first: a layer reading it takes ``[W, -W]`` as weights (:meth:`layer`). So the hardware, whose
         codes are unsigned, runs a signed activation at twice the layer's MACs."""
@@ -502,18 +507,20 @@ class _Lowering:
             self.refuse(node, f"is a signed {bits}-bit activation quantizer (codes -1, 0, 1); the accelerator runs a "
                         "signed activation as its positive and negative halves, of bits - 1 bits each, and codes "
                         "have at least 2: give the layers it feeds 3 bits or more (--layer-bits NAME=W/3)")
-        if x.kind != "values" or (x.relu and x.leak is None) or x.pooled or x.cap < math.inf:
+        if x.kind != "values" or x.relu or x.pooled or x.cap < math.inf:
             self.refuse(node, "is a signed activation quantizer of an input the accelerator quantizes only unsigned "
                         "(an average pooling, a concatenation, a ReLU or a clip); a signed one reads the output of a "
-                        "conv or linear layer, a BN or an addition, or a LeakyReLU or PReLU of those (max pooled or "
-                        "not)")
+                        "conv or linear layer, a BN or an addition, or a non-decreasing activation of those "
+                        "(LeakyReLU, tanh, ...; max pooled or not)")
         theta = act.theta.double().numpy() if act.method == "lcq" else None
         t = stages.code_thresholds(act.alpha.item(), theta, level_scale(bits, True))
         c = self.shapes[x.tensor][0]
         halves = self.fresh(f"{name}.positive", f"{name}.negative")
-        negative = -(x.leak if x.leak is not None else 1.0)         # Q+(-leaky(v)) = Q+(-slope * v)
-        for half, sign in zip(halves, (1, negative)):
-            stage = stages.thresholds(sign * x.gain, sign * x.offset, t, self.bounds[x.tensor], bits - 1)
+        # Q+(f(v)) counts t <= f(v), v >= f^-1(t); Q+(-f(v)) counts t <= -f(v), -v >= -f^-1(-t)
+        rows = np.broadcast_to(t, (c, len(t)))
+        back = (x.curve.inverse(rows), -x.curve.inverse(-rows)) if x.curve is not None else (t, t)
+        for half, sign, t_half in zip(halves, (1, -1), back):
+            stage = stages.thresholds(sign * x.gain, sign * x.offset, t_half, self.bounds[x.tensor], bits - 1)
             codes = self.fresh(f"{half}.unpooled")[0] if x.maxpools else half
             self.nodes.append(ActivateNode(codes, x.tensor, codes, stage))
             self.shapes[codes] = self.shapes[x.tensor]
@@ -530,6 +537,8 @@ class _Lowering:
         thresholds fold into the output stage of the layer whose accumulator ``x`` is where nothing else reads it
         (else an activation node), then ``x``'s max poolings."""
         t = np.where(t > x.cap, np.inf, t)
+        if x.curve is not None:             # f(v) >= t where v >= f^-1(t)
+            t = x.curve.inverse(np.broadcast_to(t, (self.shapes[x.tensor][0], len(t))))
         if x.pooled:
             _, h, w = self.shapes[x.tensor]
             frac, window = self.options.pool_frac_bits, x.pooled != GLOBAL
@@ -693,7 +702,7 @@ class _Lowering:
         x, bn = self.arg(node), op.module
         self.after_max_pooling(node, x, "a BN")
         for part in x.parts or (x,):
-            if part.kind != "values" or part.relu or part.pooled or part.maxpools:
+            if part.kind != "values" or part.relu or part.pooled or part.maxpools or part.curve is not None:
                 self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there "
                             "folds: put it right after the conv, linear layer or addition whose output it "
                             "normalizes (conv -> BN -> ReLU)" + (", or right after a join of those" if x.parts else ""))
@@ -746,65 +755,54 @@ class _Lowering:
     def _relu(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
         if x.kind == "concat":                          # each part's ReLU
-            return self.chain(node, x, parts=tuple(p if p.rectified else replace(p, relu=True, leak=None)
-                                                   for p in x.parts))
+            return self.chain(node, x, parts=tuple(p if p.rectified else replace(p, relu=True) for p in x.parts))
         if x.kind == "codes" or x.rectified:
             return x                                    # codes are never negative; rectified values neither
         if x.kind != "values" or x.pooled:
             self.refuse(node, "is applied to the raw image or after pooling")
         if any(self.feeds_addition(u) for u in node.users):
+            if x.curve is not None:
+                self.refuse(node, f"feeds a residual addition after {x.curve.name}; an addition reads a conv's, BN's "
+                            "or addition's output, or the ReLU of one")
             return self.rectify(node, x)
-        return self.chain(node, x, relu=True, leak=None)          # (a ReLU of a leaky ReLU is the ReLU)
+        return self.chain(node, x, relu=True)
 
-    def _leaky(self, node: fx.Node, op: Op) -> _Value:
-        """A LeakyReLU or PReLU ``node``: each channel's negative values times its slope (>= 0), which only a signed
-        activation quantizer reads (:meth:`signed_codes`); to anything else it is a ReLU."""
+    def _curve(self, node: fx.Node, op: Op) -> _Value:
+        """A non-decreasing activation ``node`` (:mod:`compiler.curves`) of a conv's, BN's or addition's output
+        (max pooled or not; a concatenation's parts each their channels of it): the quantizer after it takes its
+        thresholds back through it (:meth:`codes_of`, :meth:`signed_codes`)."""
         x = self.arg(node)
-        if x.kind == "codes" or x.rectified:
-            return x                                    # never negative: the identity
-        if x.kind == "concat":                          # each part's channels of it
-            slopes, first, parts = self.slopes(node, op, self.shape(x)[0]), 0, []
-            for p in x.parts:
-                own = slopes[first:first + self.shape(p)[0]]
-                first += len(own)
-                parts.append(p if p.relu and p.leak is None else
-                             replace(p, relu=True, leak=own if p.leak is None else p.leak * own))
-            return self.chain(node, x, parts=tuple(parts))
-        if x.kind != "values" or x.pooled:
-            self.refuse(node, "is applied to the raw image or after pooling; a leaky ReLU folds into the thresholds "
-                        "of the activation quantizer after a conv, BN or addition")
-        if x.relu and x.leak is None:
-            return x
-        slopes = self.slopes(node, op, self.shape(x)[0])
-        return self.chain(node, x, relu=True, leak=slopes if x.leak is None else x.leak * slopes)
+        if x.kind != "concat":
+            return self.chain(node, self.curved(node, x, op.curve))
+        parts, first = [], 0
+        for p in x.parts:
+            c = self.shape(p)[0]
+            parts.append(self.curved(node, p, op.curve.channels(first, c)))
+            first += c
+        return self.chain(node, x, parts=tuple(parts))
 
-    def slopes(self, node: fx.Node, op: Op, c: int) -> np.ndarray:
-        """The negative slopes of leaky ReLU ``node`` on ``c`` channels (a PReLU's learned ones, else its one
-        slope); a negative one refused."""
-        if op.module is None:
-            slopes = np.full(c, op.slope)
-        else:
-            slopes = op.module.weight.detach().double().numpy().ravel()
-            if len(slopes) not in (1, c):
-                self.refuse(node, f"has {len(slopes)} slopes for {c} channels")
-            slopes = np.broadcast_to(slopes, (c,)).copy()
-        bad = np.flatnonzero(~(slopes >= 0) | ~np.isfinite(slopes))
-        if bad.size:
-            where = f"channel {bad[0]}'s slope" if op.module is not None and c > 1 else "its slope"
-            self.refuse(node, f"has a negative (or not finite) slope: {where} is {slopes[bad[0]]:g}; negative inputs "
-                        "would give positive outputs, which no threshold of the quantizer after it ranks: use a "
-                        "slope >= 0 (for a PReLU, clamp its weight to >= 0 after each optimizer step)")
-        return slopes
+    def curved(self, node: fx.Node, x: _Value, curve) -> _Value:
+        """``x`` through ``curve`` (activation ``node``); refused where ``x`` is not a conv's, BN's or addition's
+        output, or where the curve's per-channel numbers (a PReLU's slopes) are not one or one a channel."""
+        if x.kind != "values" or x.pooled or x.relu or x.curve is not None or x.rectified:
+            what = ("the raw image" if x.kind == "image" else
+                    "codes, pooled values or the output of a ReLU, clip or another activation")
+            self.refuse(node, f"is applied to {what}; an activation folds into the thresholds of the quantizer "
+                        "after it where it reads a conv's, BN's or addition's output (max pooled or not): one "
+                        "activation between a layer and its quantizer")
+        c = self.shape(x)[0]
+        if curve.kind == "leaky" and np.size(curve.params[0]) not in (1, c):
+            self.refuse(node, f"has {np.size(curve.params[0])} slopes for {c} channels")
+        return replace(x, curve=curve)
 
     def _clip(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
         if x.kind == "concat":                          # each part's clip
-            return self.chain(node, x, parts=tuple(replace(p, relu=True, leak=None, cap=min(p.cap, op.cap))
-                                                   for p in x.parts))
+            return self.chain(node, x, parts=tuple(replace(p, relu=True, cap=min(p.cap, op.cap)) for p in x.parts))
         if x.kind != "values" or x.pooled:
             self.refuse(node, "clips the image, codes or a pooled tensor; it folds only into the thresholds of an "
                         "activation quantizer after a conv, BN or addition")
-        return self.chain(node, x, relu=True, leak=None, cap=min(x.cap, op.cap))
+        return self.chain(node, x, relu=True, cap=min(x.cap, op.cap))
 
     def pooling_input(self, node: fx.Node, what: str) -> _Value:
         """The input of ``node``, a global or windowed average pooling (``what``): a ReLU's output (unclipped)
@@ -826,12 +824,13 @@ class _Lowering:
         if x.kind == "image":
             self.refuse(node, f"pools the input image; {unit} of a conv or addition: give the network smaller images, "
                         "or pool after the first conv's ReLU")
+        if x.kind == "values" and x.curve is not None:
+            self.refuse(node, f"pools the output of {x.curve.name}, which the pooling unit cannot apply position by "
+                        f"position; {unit}: use a ReLU before the pooling (or ReLU6), or a max pooling or a conv with "
+                        "stride instead of it")
         if x.kind != "values" or x.pooled or not x.relu:
             self.refuse(node, f"does not pool a ReLU's output of a conv, BN or addition; {unit}: put a ReLU right "
                         "before it (conv -> [BN ->] ReLU -> pooling)")
-        if x.leak is not None:
-            self.refuse(node, f"pools a leaky ReLU's output, whose negative values the average would take in; {unit}: "
-                        "use a ReLU before the pooling, or a conv with stride instead of it")
 
     def _pool(self, node: fx.Node, op: Op) -> _Value:
         return self.averaged(node, self.pooling_input(node, "global average pooling"), GLOBAL)
@@ -908,7 +907,8 @@ class _Lowering:
         a, b = self.arg(node, 0), self.arg(node, 1)
         for x in (a, b):
             self.after_max_pooling(node, x, "a residual addition")
-        if any(x.kind != "values" or (x.relu and not x.rectified) or x.pooled or x.cap < math.inf for x in (a, b)) \
+        if any(x.kind != "values" or (x.relu and not x.rectified) or x.pooled or x.cap < math.inf
+               or x.curve is not None for x in (a, b)) \
                 or a.tensor == b.tensor:
             self.refuse(node, "does not add two different outputs of conv or linear layers, BNs, additions or the "
                         "ReLUs of those that feed additions only")
@@ -1028,6 +1028,9 @@ class _Lowering:
         if not isinstance(source, fx.Node):
             self.refuse(node, "returns more than one tensor; a compiled network returns its logits")
         x = self.values[source]
+        if x.kind == "values" and x.curve is not None:
+            self.refuse(source, f"applies {x.curve.name} to the logits: leave it off (a non-decreasing function of "
+                        "each logit keeps the top class; lcq train trains on the logits)")
         if x.kind == "values" and x.tensor in self.raw and x.folded:
             bn = self._normalizing(source)
             self.refuse(bn or source, f"normalizes the logits of the last layer {self.raw[x.tensor].name!r} (a "

@@ -43,19 +43,23 @@ def code_thresholds(alpha: float, theta: np.ndarray | None, s: int) -> np.ndarra
 
 
 def thresholds(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, bound: int, bits: int) -> Thresholds:
-    """Thresholds for ``code(max(0, gain * x + offset))`` with real code thresholds ``t`` (s,) > 0.
+    """Thresholds for the code ``#{k : gain * x + offset >= t[k]}`` with real code thresholds ``t`` (s,), or
+    (C, s) one row a channel (those of a quantizer taken back through the activation before it,
+    :mod:`compiler.curves`; ``-inf``: always passed, ``+inf``: never). With ``t > 0``, the code of
+    ``max(0, gain * x + offset)``.
 
     ``gain > 0``: ``x >= ceil((t - offset) / gain)``; ``gain < 0``: ``x <= floor(...)``
     (a descending channel); ``gain == 0``: the constant code of ``offset``.
     """
     gain, offset = np.asarray(gain, np.float64)[:, None], np.asarray(offset, np.float64)[:, None]
+    t = np.broadcast_to(np.asarray(t, np.float64), (len(gain), np.shape(t)[-1]))
     hi = Thresholds.limit(bound)
     lo = -hi
     with np.errstate(divide="ignore", invalid="ignore"):
-        tau = (t[None, :] - offset) / gain
+        tau = (t - offset) / gain
     up = np.ceil(np.clip(tau, lo, hi))
     down = np.floor(np.clip(tau, lo, hi))
-    constant = np.where(offset >= t[None, :], lo, hi)
+    constant = np.where(offset >= t, lo, hi)
     out = np.where(gain > 0, up, np.where(gain < 0, down, constant))
     with np.errstate(invalid="ignore"):   # out of int64 only where a bound breaks a rule (validate names it)
         exact = np.clip(out.astype(np.int64), max(lo, -2**63), min(hi, 2**63 - 1))   # exact limits, not float ones

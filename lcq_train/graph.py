@@ -12,7 +12,7 @@ same form, following the paper's rules:
   (a residual block's conv and its projection shortcut read the same codes); it is called
   ``act_<first layer it feeds, dots as _>``;
 - that quantizer is unsigned when the tensor cannot be negative: it comes from a ReLU (ReLU6,
-  hardtanh with min_val >= 0, sigmoid) or the input image, through pooling, flattening, reshaping,
+  hardtanh or clamp with a min >= 0, sigmoid) or the input image, through pooling, flattening, reshaping,
   dropout, concatenation or sums and products of such tensors (a parameter or a negative number in
   one makes it signed); otherwise it is signed;
 - the quantizer that sees the input image itself (through such shape-only and pooling operations
@@ -127,6 +127,8 @@ _NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softma
 _NONNEGATIVE_FUNCTIONS = {F.relu, F.relu6, torch.relu, torch.relu_, torch.sigmoid, F.sigmoid, F.hardsigmoid,
                           F.softmax, torch.softmax}
 _NONNEGATIVE_METHODS = {"relu", "relu_", "sigmoid", "softmax"}
+# Clamps (functions and methods): >= 0 where their min is.
+_CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
 # Operations that keep their input's sign and values (up to selection and averaging): they keep a
 # tensor non-negative, and keep the raw image the raw image.
 _SHAPE_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity,
@@ -161,6 +163,9 @@ def _kind(node: fx.Node, modules: dict) -> str:
         return "other"
     if node.target is F.hardtanh:       # hardtanh(x, min_val, max_val): >= 0 where min_val is
         low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        return "nonnegative" if isinstance(low, (int, float)) and low >= 0 else "other"
+    if node.target in _CLAMPS:          # clamp(x, min, max): >= 0 where min is
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
         return "nonnegative" if isinstance(low, (int, float)) and low >= 0 else "other"
     for kind, targets in zip(("nonnegative", "shape", "combine"), tables):
         if node.target in targets:

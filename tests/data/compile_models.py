@@ -401,3 +401,23 @@ class TinyDarknet(nn.Module):
 
 def tiny_darknet(num_classes, in_channels):
     return TinyDarknet(num_classes, in_channels)
+
+
+class TanhLeNet(nn.Module):
+    """LeNet-5's tanh after every layer, on an 8 x 8 image, with BN before each (signed activations, their halves'
+    max pooling a min pooling), the map flattened into two linear layers, a sigmoid on the hidden one (unsigned)."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=6):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.fc1, self.bn3, self.fc2 = nn.Linear(16 * 2 * 2, 32), nn.BatchNorm1d(32), nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.tanh(self.bn1(self.conv1(x))), 2)        # 8x8 -> 4x4
+        x = F.max_pool2d(torch.tanh(self.bn2(self.conv2(x))), 2)        # -> 2x2
+        return self.fc2(torch.sigmoid(self.bn3(self.fc1(torch.flatten(x, 1)))))
+
+
+def tanh_lenet(num_classes, in_channels):
+    return TanhLeNet(num_classes, in_channels)

@@ -1,0 +1,110 @@
+"""Non-decreasing elementwise activations that the activation quantizer after them folds into its thresholds.
+
+A quantizer counts the thresholds ``t`` its input reaches. After a non-decreasing, continuous activation ``f``
+(LeakyReLU and PReLU with slopes >= 0, sigmoid, tanh, ELU, CELU, SELU, softsign, hardtanh, hardsigmoid),
+``f(v) >= t`` exactly where ``v >= f^-1(t)``, the least ``v`` that reaches ``t`` (:meth:`Curve.inverse`: ``-inf``
+where every ``v`` does, ``+inf`` where none does), and ``-f(v) >= t`` where ``-v >= -f^-1(-t)`` (the negative half
+of a signed quantizer, up to the ties of a flat stretch of ``f``): the thresholds taken back through ``f^-1`` are
+thresholds on ``v``, from which :func:`compiler.stages.thresholds` makes the integer stage as for any other. Each
+is computed in float64; the PyTorch model compares ``f(v)`` with ``t`` instead, so the two agree but at values
+within rounding of a threshold. Non-monotone activations (GELU, SiLU, Mish, Hardswish) have no such thresholds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+# SELU's constants (torch.nn.SELU): scale * ELU(x, alpha).
+SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A non-decreasing activation ``f`` by ``kind`` ("leaky", "sigmoid", "tanh", "elu", "celu", "softsign",
+    "hardtanh", "hardsigmoid") and its numbers ``params``: a leaky ReLU's negative slopes (one, or one a channel),
+    ELU's and CELU's ``(alpha, scale)``, hardtanh's ``(min, max)``; ``name``: how the model spells it."""
+
+    kind: str
+    name: str
+    params: tuple = ()
+
+    def inverse(self, t: np.ndarray) -> np.ndarray:
+        """The least input ``v`` with ``f(v) >= t``, elementwise, for thresholds ``t`` (C, s) (channel c's row
+        through channel c's curve): ``-inf`` where every input reaches ``t``, ``+inf`` where none does."""
+        t = np.asarray(t, dtype=np.float64)
+        inf = np.inf
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.kind == "leaky":
+                slope = np.asarray(self.params[0], dtype=np.float64).reshape(-1, 1)
+                return np.where(t > 0, t, np.where(slope > 0, t / slope, -inf))
+            if self.kind == "sigmoid":
+                return np.where(t <= 0, -inf, np.where(t >= 1, inf, np.log(t) - np.log1p(-t)))
+            if self.kind == "tanh":
+                return np.where(t <= -1, -inf, np.where(t >= 1, inf, np.arctanh(t)))
+            if self.kind in ("elu", "celu"):
+                alpha, scale = self.params
+                u = t / scale
+                below = np.log1p(u / alpha) * (alpha if self.kind == "celu" else 1.0)
+                return np.where(u >= 0, u, np.where(u <= -alpha, -inf, below))
+            if self.kind == "softsign":
+                return np.where(t <= -1, -inf, np.where(t >= 1, inf, t / (1 - np.abs(t))))
+            if self.kind == "hardtanh":
+                low, high = self.params
+                return np.where(t <= low, -inf, np.where(t > high, inf, t))
+            if self.kind == "hardsigmoid":
+                return np.where(t <= 0, -inf, np.where(t > 1, inf, 6 * t - 3))
+        raise ValueError(f"no curve {self.kind!r}")
+
+    def channels(self, first: int, count: int) -> Curve:
+        """The curve of channels ``first .. first + count - 1`` (a concatenation's part)."""
+        if self.kind == "leaky" and np.size(self.params[0]) > 1:
+            return Curve(self.kind, self.name, (np.asarray(self.params[0])[first:first + count],))
+        return self
+
+    @property
+    def nonnegative(self) -> bool:
+        """Whether ``f`` is never below 0 (sigmoid, hardsigmoid)."""
+        return self.kind in ("sigmoid", "hardsigmoid")
+
+
+def module_curve(m: nn.Module) -> Curve | None:
+    """The curve of module ``m`` (None where it is none of them). A PReLU's slopes are its weight; a negative one
+    is a ValueError naming the channel and the fix."""
+    name = type(m).__name__
+    if type(m) is nn.LeakyReLU:
+        return leaky_curve(name, float(m.negative_slope))
+    if type(m) is nn.PReLU:
+        return leaky_curve(name, m.weight.detach().double().numpy().ravel().copy())
+    if type(m) in (nn.Sigmoid, nn.Tanh, nn.Softsign, nn.Hardsigmoid):
+        return Curve(name.lower(), name)
+    if type(m) is nn.ELU:
+        return elu_curve("elu", name, float(m.alpha))
+    if type(m) is nn.CELU:
+        return elu_curve("celu", name, float(m.alpha))
+    if type(m) is nn.SELU:
+        return elu_curve("elu", name, SELU_ALPHA, SELU_SCALE)
+    if type(m) is nn.Hardtanh and m.min_val < m.max_val:       # (hardtanh(0, max) is a clip: compiler.capture)
+        return Curve("hardtanh", name, (float(m.min_val), float(m.max_val)))
+    return None
+
+
+def leaky_curve(name: str, slopes) -> Curve:
+    """A leaky ReLU's curve, negative slopes ``slopes`` (one, or one a channel); ValueError for a negative one."""
+    values = np.atleast_1d(np.asarray(slopes, dtype=np.float64))
+    bad = np.flatnonzero(~(values >= 0) | ~np.isfinite(values))
+    if bad.size:
+        where = f"channel {bad[0]}'s slope" if values.size > 1 else "its slope"
+        raise ValueError(f"has a negative (or not finite) slope: {where} is {values[bad[0]]:g}; negative inputs would "
+                         "give positive outputs, which no threshold of the quantizer after it ranks: use a slope >= 0 "
+                         "(for a PReLU, clamp its weight to >= 0 after each optimizer step)")
+    return Curve("leaky", name, (values,))
+
+
+def elu_curve(kind: str, name: str, alpha: float, scale: float = 1.0) -> Curve:
+    """ELU's (``kind`` "elu", times ``scale``: SELU's) or CELU's ("celu") curve; ValueError for alpha <= 0."""
+    if not alpha > 0:
+        raise ValueError(f"has alpha {alpha:g}; an ELU with alpha <= 0 is not increasing: use alpha > 0")
+    return Curve(kind, name, (alpha, scale))
