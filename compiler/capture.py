@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lcq_train.graph import SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX_MODULES, describe, location, trace_or_explain
+from lcq_train.graph import (CLAMPS, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX_MODULES, describe, location,
+                             trace_or_explain)
 from lcq_train.layers import QAct, QConv2d, QLinear
 
 from .curves import SELU_ALPHA, SELU_SCALE, Curve, elu_curve, leaky_curve, module_curve
@@ -164,7 +165,6 @@ def _arg(node: fx.Node, i: int, name: str, default=None):
 _CURVE_FUNCTIONS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
                     torch.tanh: "tanh", F.tanh: "tanh", "tanh": "tanh", "tanh_": "tanh", F.softsign: "softsign",
                     F.hardsigmoid: "hardsigmoid"}
-_CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
 
 
 def function_curve(node: fx.Node, f) -> Curve | None:
@@ -184,7 +184,7 @@ def function_curve(node: fx.Node, f) -> Curve | None:
         low, high = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
         if isinstance(low, number) and isinstance(high, number) and low < high:
             return Curve("hardtanh", name, (float(low), float(high)))
-    if f in _CLAMPS:
+    if f in CLAMPS:
         low, high = _arg(node, 1, "min"), _arg(node, 2, "max")
         if all(v is None or isinstance(v, number) for v in (low, high)) and (low, high) != (None, None) \
                 and (low is None or high is None or low < high):
@@ -371,7 +371,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("clip", cap=6.0)
         if f is F.hardtanh and _arg(node, 1, "min_val", -1.0) == 0 and _arg(node, 2, "max_val", 1.0) > 0:
             return Op("clip", cap=float(_arg(node, 2, "max_val", 1.0)))
-        if f in _CLAMPS and _from_zero(node) is not None:
+        if f in CLAMPS and _from_zero(node) is not None:
             return _from_zero(node)
         curve = _curve(model, node, lambda: function_curve(node, f))
         if curve is not None:
@@ -414,7 +414,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")
-        if node.target in _CLAMPS and _from_zero(node) is not None:
+        if node.target in CLAMPS and _from_zero(node) is not None:
             return _from_zero(node)
         curve = _curve(model, node, lambda: function_curve(node, node.target))
         if curve is not None:

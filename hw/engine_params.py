@@ -19,7 +19,7 @@ from compiler.graph import AddNode, CompiledModel, ConvNode, Requantize, Thresho
 
 from .memories import memory_bits
 from .pe_words import A_MAX, LEVEL_BITS, PRODUCT_BITS, W_MAX, product_width
-from .progression import ProgressionShape, progression_shape
+from .progression import ProgressionShape, progression_shape, shape_from_dict
 from .residency import check_residency
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, requantize_word_bits, threshold_bits,
                           threshold_unit_word_bits)
@@ -451,14 +451,7 @@ class EngineParams:
             if not isinstance(shape["relu"], bool):
                 raise ValueError(f"requantize.relu must be true or false, not {shape['relu']!r}")
             shape = RequantizeShape(**shape)
-        progression = d["progression"]
-        if progression is not None:
-            names = {f.name for f in fields(ProgressionShape)}
-            if not isinstance(progression, dict) or set(progression) != names:
-                raise ValueError(f"progression must be null or a dict with the keys {sorted(names)}, "
-                                 f"not {progression!r}")
-            progression = ProgressionShape(**progression)
-        return cls(**{**d, "requantize": shape, "progression": progression})
+        return cls(**{**d, "requantize": shape, "progression": shape_from_dict(d["progression"], "progression")})
 
     # Sizing.
 

@@ -34,7 +34,7 @@ from .engine_params import (ACTS, CONFIG, COUNT_REGISTERS, GEOMETRY_REGISTERS, R
 from .memories import word_pieces
 from .pe_words import A_MAX, W_MAX, level_entry, row_vector, weight_word
 from .residency import check_residency
-from .progression import progression_bits, stage_progressions
+from .progression import searched_problem
 from .stage_words import (bias_bits, max_shift, multiplier_bits, out_bits, progression_words, requantize_words,
                           threshold_bits, threshold_words)
 
@@ -67,14 +67,9 @@ def check_fits(params: EngineParams, node: ConvNode, ring: bool = False) -> None
     if isinstance(node.stage, Thresholds) and node.stage.bits > params.code_bits:
         problems.append(f"output codes of {node.stage.bits} bits exceed code_bits={params.code_bits}")
     elif isinstance(node.stage, Thresholds) and searched_stage(params, node.stage):
-        shape = params.progression
-        fits = stage_progressions(node.stage, shape.shift, node.acc_bound)
-        if fits is None:
-            problems.append(f"its {node.stage.bits}-bit thresholds are no arithmetic progression at the threshold "
-                            f"units' shift {shape.shift}")
-        elif any(a > b for a, b in zip(progression_bits(fits), (shape.base_bits, shape.step_bits))):
-            problems.append(f"its progressions need base and step widths {progression_bits(fits)} (the threshold "
-                            f"units' are {shape.base_bits} and {shape.step_bits})")
+        problem = searched_problem(node.stage, node.acc_bound, params.progression)
+        if problem:
+            problems.append(problem)
     elif isinstance(node.stage, Thresholds):
         if threshold_bits(node.stage) > params.threshold_bits:
             problems.append(f"thresholds of {threshold_bits(node.stage)} bits exceed {params.threshold_bits}")

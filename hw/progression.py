@@ -11,7 +11,7 @@ Pure Python: the host and the compiler side import it without Amaranth.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -176,3 +176,27 @@ def progression_shape(stages: list[tuple[Thresholds, int]]) -> tuple[Progression
     fits = [fit for stage, bound, _ in searched for fit in stage_progressions(stage, shift, bound)]
     return (ProgressionShape(shift, *progression_bits(fits), table_code_bits=table),
             [stage for stage, _ in stages if stage.bits <= table])
+
+
+def shape_from_dict(value, field: str) -> ProgressionShape | None:
+    """The :class:`ProgressionShape` that a parameters' ``describe`` wrote as ``value`` (None: none), each number
+    checked; ``field``: its name in the error."""
+    if value is None:
+        return None
+    names = {f.name for f in fields(ProgressionShape)}
+    if not isinstance(value, dict) or set(value) != names:
+        raise ValueError(f"{field} must be null or a dict with the keys {sorted(names)}, not {value!r}")
+    return ProgressionShape(**value)
+
+
+def searched_problem(stage: Thresholds, bound: int, shape: ProgressionShape) -> str | None:
+    """Why a threshold unit of progression words ``shape`` cannot search ``stage`` (values ``|x| <= bound``): no
+    progression at its shift, or wider base and step; None where it can."""
+    fits = stage_progressions(stage, shape.shift, bound)
+    if fits is None:
+        return (f"its {stage.bits}-bit thresholds are no arithmetic progression at the threshold units' shift "
+                f"{shape.shift}")
+    if any(a > b for a, b in zip(progression_bits(fits), (shape.base_bits, shape.step_bits))):
+        return (f"its progressions need base and step widths {progression_bits(fits)} (the threshold units' are "
+                f"{shape.base_bits} and {shape.step_bits})")
+    return None

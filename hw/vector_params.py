@@ -35,7 +35,7 @@ from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, AvgPool
                             PoolNode, TensorInfo, Thresholds, signed_bits)
 
 from .memories import memory_bits
-from .progression import ProgressionShape, fit_progression, progression_bits, progression_shape
+from .progression import ProgressionShape, fit_progression, progression_bits, progression_shape, shape_from_dict
 from .stage_words import threshold_bits, threshold_unit_word_bits
 
 MAX_LANES = 256
@@ -514,14 +514,7 @@ class VectorParams:
                 d = {**d, name: value}
         if not isinstance(d, dict) or set(d) != names:
             raise ValueError(f"vector parameters must be a dict with the keys {sorted(names)}, not {d!r}")
-        progression = d["act_progression"]
-        if progression is not None:
-            keys = {f.name for f in fields(ProgressionShape)}
-            if not isinstance(progression, dict) or set(progression) != keys:
-                raise ValueError(f"act_progression must be null or a dict with the keys {sorted(keys)}, not "
-                                 f"{progression!r}")
-            progression = ProgressionShape(**progression)
-        return cls(**{**d, "act_progression": progression})
+        return cls(**{**d, "act_progression": shape_from_dict(d["act_progression"], "act_progression")})
 
     # Sizing.
 

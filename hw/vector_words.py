@@ -40,7 +40,7 @@ from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, M
 
 from .memories import word_pieces
 from .stage_words import progression_words, thresholds_array, threshold_words
-from .progression import progression_bits, stage_progressions
+from .progression import progression_bits, searched_problem
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
                             OPS, OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
                             POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs,
@@ -181,14 +181,9 @@ def check_node(params: VectorParams, node, info: dict[str, TensorInfo]) -> list[
                         problems.append(f"its S need {step_bits} bits (pool_step_bits={params.pool_step_bits})")
             shape = params.act_progression if act else None
             if shape is not None and need["code_bits"] > shape.table_code_bits:     # searched
-                fits = stage_progressions(node.stage, shape.shift, info[node.input].bound)
-                if fits is None:
-                    problems.append(f"its thresholds are not ceil((B + c * S) / 2^{shape.shift}) in every channel "
-                                    f"(the unit's search, act_progression.shift={shape.shift})")
-                elif any(a > b for a, b in zip(progression_bits(fits), (shape.base_bits, shape.step_bits))):
-                    problems.append(f"its B' and S need {progression_bits(fits)} bits (act_progression: "
-                                    f"{shape.base_bits}, {shape.step_bits})")
-                fits = None
+                problem = searched_problem(node.stage, info[node.input].bound, shape)
+                if problem:
+                    problems.append(problem)
             elif act or not params.pool_arithmetic:
                 listed = shape.table_code_bits if shape is not None else code
                 threshold = max(need["threshold_bits"], need["pad_bits"] if need["code_bits"] < listed else 0)

@@ -128,7 +128,7 @@ _NONNEGATIVE_FUNCTIONS = {F.relu, F.relu6, torch.relu, torch.relu_, torch.sigmoi
                           F.softmax, torch.softmax}
 _NONNEGATIVE_METHODS = {"relu", "relu_", "sigmoid", "softmax"}
 # Clamps (functions and methods): >= 0 where their min is.
-_CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
+CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}
 # Operations that keep their input's sign and values (up to selection and averaging): they keep a
 # tensor non-negative, and keep the raw image the raw image.
 _SHAPE_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Identity,
@@ -164,7 +164,7 @@ def _kind(node: fx.Node, modules: dict) -> str:
     if node.target is F.hardtanh:       # hardtanh(x, min_val, max_val): >= 0 where min_val is
         low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
         return "nonnegative" if isinstance(low, (int, float)) and low >= 0 else "other"
-    if node.target in _CLAMPS:          # clamp(x, min, max): >= 0 where min is
+    if node.target in CLAMPS:           # clamp(x, min, max): >= 0 where min is
         low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
         return "nonnegative" if isinstance(low, (int, float)) and low >= 0 else "other"
     for kind, targets in zip(("nonnegative", "shape", "combine"), tables):
