@@ -24,7 +24,7 @@ from lcq_train.graph import (CLAMPS, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX
                              trace_or_explain)
 from lcq_train.layers import QAct, QConv2d, QLinear
 
-from .curves import SELU_ALPHA, SELU_SCALE, Curve, elu_curve, leaky_curve, module_curve
+from .curves import SELU_ALPHA, SELU_SCALE, Curve, elu_curve, leaky_curve, module_curve, softplus_curve
 from .graph import MAX_KERNEL
 
 SUPPORTED = (
@@ -43,8 +43,8 @@ SUPPORTED = (
     "ReLU6 / hardtanh(0, max) before an activation quantizer or a pooling",
     "a non-decreasing activation of a conv's, BN's or addition's output (through max pooling) before its activation "
     "quantizer, which takes its thresholds back through it: LeakyReLU and PReLU (slopes >= 0), sigmoid, tanh, ELU, "
-    "CELU, SELU, softsign, hardtanh(min, max), hardsigmoid, clamp(min, max) (modules, F. and torch. functions, "
-    ".sigmoid(), .tanh(), .clamp())",
+    "CELU, SELU, softplus, softsign, hardtanh(min, max), hardsigmoid, clamp(min, max) (modules, F. and torch. "
+    "functions, .sigmoid(), .tanh(), .clamp())",
     "residual addition of two tensors (+, torch.add, .add())",
     "global average pooling after a ReLU or ReLU6 (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), "
     "torch.mean(x, (2, 3)))",
@@ -84,7 +84,7 @@ ADAPTIVE_MAX_HINT = (f"only the global maximum compiles as it is (AdaptiveMaxPoo
                      f"side / n (k <= {MAX_KERNEL})")
 # The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
 HINTS = (
-    ((nn.GELU, F.gelu, nn.SiLU, F.silu, nn.Hardswish, F.hardswish, nn.Mish, F.mish, nn.Softplus, F.softplus),
+    ((nn.GELU, F.gelu, nn.SiLU, F.silu, nn.Hardswish, F.hardswish, nn.Mish, F.mish),
      "use nn.ReLU, nn.LeakyReLU or another non-decreasing activation (an activation quantizer takes its thresholds "
      "back through a ReLU, a leaky one, a clip, sigmoid, tanh or ELU, not through these, which dip)"),
     ((F.prelu,), "use the module nn.PReLU (its slopes a parameter of the network), or nn.LeakyReLU(slope)"),
@@ -180,6 +180,9 @@ def function_curve(node: fx.Node, f) -> Curve | None:
         return elu_curve("elu" if f is F.elu else "celu", name, float(_arg(node, 1, "alpha", 1.0)))
     if f is F.selu:
         return elu_curve("elu", name, SELU_ALPHA, SELU_SCALE)
+    if f is F.softplus and all(isinstance(_arg(node, i, k, d), number)
+                               for i, k, d in ((1, "beta", 1.0), (2, "threshold", 20.0))):
+        return softplus_curve(name, float(_arg(node, 1, "beta", 1.0)), float(_arg(node, 2, "threshold", 20.0)))
     if f is F.hardtanh:
         low, high = _arg(node, 1, "min_val", -1.0), _arg(node, 2, "max_val", 1.0)
         if isinstance(low, number) and isinstance(high, number) and low < high:

@@ -1,7 +1,8 @@
 """Non-decreasing elementwise activations that the activation quantizer after them folds into its thresholds.
 
 A quantizer counts the thresholds ``t`` its input reaches. After a non-decreasing, continuous activation ``f``
-(LeakyReLU and PReLU with slopes >= 0, sigmoid, tanh, ELU, CELU, SELU, softsign, hardtanh, hardsigmoid),
+(LeakyReLU and PReLU with slopes >= 0, sigmoid, tanh, ELU, CELU, SELU, softplus, softsign, hardtanh,
+hardsigmoid),
 ``f(v) >= t`` exactly where ``v >= f^-1(t)``, the least ``v`` that reaches ``t`` (:meth:`Curve.inverse`: ``-inf``
 where every ``v`` does, ``+inf`` where none does), and ``-f(v) >= t`` where ``-v >= -f^-1(-t)`` (the negative half
 of a signed quantizer, up to the ties of a flat stretch of ``f``): the thresholds taken back through ``f^-1`` are
@@ -23,9 +24,10 @@ SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.050700987355480493
 
 @dataclass(frozen=True)
 class Curve:
-    """A non-decreasing activation ``f`` by ``kind`` ("leaky", "sigmoid", "tanh", "elu", "celu", "softsign",
-    "hardtanh", "hardsigmoid") and its numbers ``params``: a leaky ReLU's negative slopes (one, or one a channel),
-    ELU's and CELU's ``(alpha, scale)``, hardtanh's ``(min, max)``; ``name``: how the model spells it."""
+    """A non-decreasing activation ``f`` by ``kind`` ("leaky", "sigmoid", "tanh", "elu", "celu", "softplus",
+    "softsign", "hardtanh", "hardsigmoid") and its numbers ``params``: a leaky ReLU's negative slopes (one, or one a
+    channel), ELU's and CELU's ``(alpha, scale)``, softplus's ``(beta, threshold)`` (``log(1 + e^(beta x)) / beta``,
+    ``x`` where ``beta x > threshold``), hardtanh's ``(min, max)``; ``name``: how the model spells it."""
 
     kind: str
     name: str
@@ -49,6 +51,16 @@ class Curve:
                 u = t / scale
                 below = np.log1p(u / alpha) * (alpha if self.kind == "celu" else 1.0)
                 return np.where(u >= 0, u, np.where(u <= -alpha, -inf, below))
+            if self.kind == "softplus":
+                beta, threshold = self.params
+                # PyTorch's softplus is x where beta * x > threshold: there it steps down by log1p(e^-threshold) /
+                # beta (2e-9 at the default 20), and no one input starts the values reaching a t in the step
+                step = (t > threshold / beta) & (t <= (threshold + np.log1p(np.exp(-threshold))) / beta)
+                if step.any():
+                    raise ValueError(f"{self.name}: the quantizer after it has a threshold {t[step][0]:g} in the step "
+                                     f"where softplus turns into x (beta * x > {threshold:g}), which no threshold "
+                                     "on its input gives exactly: construct the softplus with a larger threshold")
+                return np.where(t <= 0, -inf, np.where(beta * t > threshold, t, np.log(np.expm1(beta * t)) / beta))
             if self.kind == "softsign":
                 return np.where(t <= -1, -inf, np.where(t >= 1, inf, t / (1 - np.abs(t))))
             if self.kind == "hardtanh":
@@ -63,11 +75,6 @@ class Curve:
         if self.kind == "leaky" and np.size(self.params[0]) > 1:
             return Curve(self.kind, self.name, (np.asarray(self.params[0])[first:first + count],))
         return self
-
-    @property
-    def nonnegative(self) -> bool:
-        """Whether ``f`` is never below 0 (sigmoid, hardsigmoid)."""
-        return self.kind in ("sigmoid", "hardsigmoid")
 
 
 def module_curve(m: nn.Module) -> Curve | None:
@@ -86,6 +93,8 @@ def module_curve(m: nn.Module) -> Curve | None:
         return elu_curve("celu", name, float(m.alpha))
     if type(m) is nn.SELU:
         return elu_curve("elu", name, SELU_ALPHA, SELU_SCALE)
+    if type(m) is nn.Softplus:
+        return softplus_curve(name, float(m.beta), float(m.threshold))
     if type(m) is nn.Hardtanh and m.min_val < m.max_val:       # (hardtanh(0, max) is a clip: compiler.capture)
         return Curve("hardtanh", name, (float(m.min_val), float(m.max_val)))
     return None
@@ -108,3 +117,10 @@ def elu_curve(kind: str, name: str, alpha: float, scale: float = 1.0) -> Curve:
     if not alpha > 0:
         raise ValueError(f"has alpha {alpha:g}; an ELU with alpha <= 0 is not increasing: use alpha > 0")
     return Curve(kind, name, (alpha, scale))
+
+
+def softplus_curve(name: str, beta: float, threshold: float) -> Curve:
+    """Softplus's curve (``beta`` > 0); ValueError for beta <= 0."""
+    if not beta > 0:
+        raise ValueError(f"has beta {beta:g}; a softplus with beta <= 0 is not increasing: use beta > 0")
+    return Curve("softplus", name, (beta, threshold))

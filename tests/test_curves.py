@@ -1,5 +1,6 @@
-"""Non-decreasing activations before a quantizer (compiler.curves): sigmoid, tanh, ELU, CELU, SELU, softsign,
-hardtanh, hardsigmoid, clamp and the leaky ReLUs fold into the quantizer's thresholds, taken back through them.
+"""Non-decreasing activations before a quantizer (compiler.curves): sigmoid, tanh, ELU, CELU, SELU, softplus,
+softsign, hardtanh, hardsigmoid, clamp and the leaky ReLUs fold into the quantizer's thresholds, taken back through
+them.
 
 Each curve's inverse is the least input reaching a threshold (``f(v) >= t`` exactly where ``v >= f^-1(t)``, against
 PyTorch's own function); a network with each of them between its layers, unsigned (sigmoid) and signed quantizers,
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from compiler.agreement import compare
-from compiler.curves import SELU_ALPHA, SELU_SCALE, Curve, elu_curve, leaky_curve
+from compiler.curves import SELU_ALPHA, SELU_SCALE, Curve, elu_curve, leaky_curve, softplus_curve
 from compiler.lower import compile_model
 from helpers import images, randomize
 from lcq_train.plan import quantize_model
@@ -35,6 +36,7 @@ CURVES = [
     (elu_curve("celu", "celu", 0.7), lambda v: F.celu(v, 0.7), -0.7, np.inf),
     (elu_curve("elu", "selu", SELU_ALPHA, SELU_SCALE), F.selu, -SELU_ALPHA * SELU_SCALE, np.inf),
     (Curve("softsign", "softsign"), F.softsign, -1, 1),
+    (softplus_curve("softplus", 1.5, 20.0), lambda v: F.softplus(v, 1.5), 0, np.inf),
     (Curve("hardtanh", "hardtanh", (-0.5, 0.75)), lambda v: F.hardtanh(v, -0.5, 0.75), -0.5, 0.75),
     (Curve("hardsigmoid", "hardsigmoid"), F.hardsigmoid, 0, 1),
     (leaky_curve("leaky", 0.1), lambda v: F.leaky_relu(v, 0.1), -np.inf, np.inf),
@@ -71,6 +73,7 @@ class _Curved(nn.Module):
         self.modules_ = nn.ModuleDict({"Sigmoid": nn.Sigmoid(), "Tanh": nn.Tanh(), "ELU": nn.ELU(0.5),
                                        "CELU": nn.CELU(0.5), "SELU": nn.SELU(), "Softsign": nn.Softsign(),
                                        "Hardtanh": nn.Hardtanh(-0.5, 1.0), "Hardsigmoid": nn.Hardsigmoid(),
+                                       "Softplus": nn.Softplus(2.0),
                                        "PReLU": nn.PReLU(8, 0.2)})
         self.fc = nn.Linear(8 * 2 * 2, 10)
 
@@ -79,6 +82,7 @@ class _Curved(nn.Module):
         if k in self.modules_:
             return self.modules_[k](x)
         return {"torch.tanh": torch.tanh, ".sigmoid()": lambda y: y.sigmoid(), "F.elu": lambda y: F.elu(y, 0.3),
+                "F.softplus": lambda y: F.softplus(y, 1.0, 2.0),
                 "clamp": lambda y: torch.clamp(y, -0.25, 0.75), ".clamp(max)": lambda y: y.clamp(max=0.5),
                 "F.hardtanh": lambda y: F.hardtanh(y, -2.0, 0.5)}[k](x)
 
@@ -88,8 +92,9 @@ class _Curved(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-KINDS = ["Sigmoid", "Tanh", "ELU", "CELU", "SELU", "Softsign", "Hardtanh", "Hardsigmoid", "PReLU", "torch.tanh",
-         ".sigmoid()", "F.elu", "clamp", ".clamp(max)", "F.hardtanh"]
+KINDS = ["Sigmoid", "Tanh", "ELU", "CELU", "SELU", "Softsign", "Hardtanh", "Hardsigmoid", "PReLU", "Softplus",
+         "torch.tanh",
+         ".sigmoid()", "F.elu", "F.softplus", "clamp", ".clamp(max)", "F.hardtanh"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -104,7 +109,18 @@ def test_each_curve_compiles_with_every_code_equal_to_pytorch(kind):
     assert all(mismatched == 0 for _, mismatched in result.codes.values())
     # the quantizers after the curve hold codes other than 0 (the thresholds are reached)
     signed = [m.signed for name, m in net.named_modules() if name in ("act_conv2", "act_fc")]
-    assert signed == [kind not in ("Sigmoid", ".sigmoid()", "Hardsigmoid")] * 2
+    assert signed == [kind not in ("Sigmoid", ".sigmoid()", "Hardsigmoid")] * 2     # (softplus: not known >= 0)
+
+
+def test_a_threshold_in_softplus_step_is_refused():
+    """PyTorch's softplus turns into x where beta * x > threshold, a step down there: a quantizer threshold inside
+    it has no threshold on the input, and is refused."""
+    curve = softplus_curve("nn.Softplus", 1.0, 6.0)
+    inside = 6.0 + 0.5 * np.log1p(np.exp(-6.0))
+    assert np.isfinite(curve.inverse(np.array([[5.9, 6.1]]))).all()
+    with pytest.raises(ValueError, match=r"nn.Softplus: the quantizer after it has a threshold 6.00124 in the step "
+                                         r"where softplus turns into x \(beta \* x > 6\)"):
+        curve.inverse(np.array([[1.0, inside]]))
 
 
 def test_without_the_curve_the_codes_differ():
