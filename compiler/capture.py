@@ -63,7 +63,8 @@ SUPPORTED = (
     "flatten (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape to (x.size(0), -1) or "
     "(-1, C * H * W)) of a C x 1 x 1 tensor, or of a map on its way through an activation quantizer to a linear "
     "layer",
-    "identity, dropout (inference) and memory layouts (.contiguous(), .to(memory_format=...)); an adaptive average "
+    "identity, dropout (inference), memory layouts (.contiguous(), .to(memory_format=...)) and 1 x 1 average or max "
+    "pooling at stride 1; an adaptive average "
     "or max pooling (AdaptiveAvgPool2d((n, n)), F.adaptive_avg_pool2d(x, n), AdaptiveMaxPool2d((n, n)), "
     "F.adaptive_max_pool2d(x, n)) of an n x n map, the identity (torchvision's AlexNet and VGG heads at their input "
     "size)",
@@ -277,7 +278,7 @@ def _max_pool(node: fx.Node, model: str, kernel, stride, padding, dilation, ceil
                           "needs a square kernel, stride and padding, dilation 1, ceil_mode False and no indices")
     if p > k // 2:
         raise Unsupported(model, node, f"pads by {p}, more than kernel // 2 = {k // 2}")
-    return Op("maxpool", window=(k, s, p))
+    return Op("identity") if (k, s) == (1, 1) else Op("maxpool", window=(k, s, p))     # (1 x 1: each element)
 
 
 def _avg_pool(node: fx.Node, model: str, kernel, stride, padding, ceil_mode, count_include_pad,
@@ -290,7 +291,8 @@ def _avg_pool(node: fx.Node, model: str, kernel, stride, padding, ceil_mode, cou
         raise Unsupported(model, node, f"(kernel {kernel}, stride {stride}, padding {padding}, ceil_mode {ceil_mode}, "
                           f"divisor_override {divisor_override}) is not supported: average pooling needs a square "
                           "kernel and stride, no padding, ceil_mode False and no divisor override")
-    return Op("avgpool", window=(k, s, 0))
+    # (1 x 1 windows at stride 1, kuangliu/pytorch-cifar's VGG head: each element is its own average)
+    return Op("identity") if (k, s) == (1, 1) else Op("avgpool", window=(k, s, 0))
 
 
 def size_query(node) -> bool:

@@ -38,6 +38,8 @@ LOWERED = {
     "Keras-style Sequential, nn.Softmax(dim=-1)": (tm.keras_softmax, MNIST),
     "ReLU6, view(x.size(0), -1), F.softmax": (tm.ReLU6Net, MNIST),
     "torchvision AlexNet/VGG head, AdaptiveAvgPool2d((4, 4)) of a 4 x 4 map": (tm.AdaptiveHead, (3, 16, 16)),
+    "kuangliu/pytorch-cifar VGG11, AvgPool2d(kernel_size=1, stride=1)": (lambda: tm.VGG("VGG11"), CIFAR),
+    "kuangliu/pytorch-cifar ResNet18, nn.Sequential() shortcuts, out += ...": (tm.ResNet18, CIFAR),
 }
 
 
