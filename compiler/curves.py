@@ -25,9 +25,11 @@ SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.050700987355480493
 @dataclass(frozen=True)
 class Curve:
     """A non-decreasing activation ``f`` by ``kind`` ("leaky", "sigmoid", "tanh", "elu", "celu", "softplus",
-    "softsign", "hardtanh", "hardsigmoid") and its numbers ``params``: a leaky ReLU's negative slopes (one, or one a
-    channel), ELU's and CELU's ``(alpha, scale)``, softplus's ``(beta, threshold)`` (``log(1 + e^(beta x)) / beta``,
-    ``x`` where ``beta x > threshold``), hardtanh's ``(min, max)``; ``name``: how the model spells it."""
+    "softsign", "hardtanh", "hardsigmoid", "affine", "then") and its numbers ``params``: a leaky ReLU's negative
+    slopes (one, or one a channel), ELU's and CELU's ``(alpha, scale)``, softplus's ``(beta, threshold)``
+    (``log(1 + e^(beta x)) / beta``, ``x`` where ``beta x > threshold``), hardtanh's ``(min, max)``, an affine map's
+    ``(scale, shift)`` a channel (scales >= 0: a BN after an activation), two curves one after the other's
+    ``(first, second)``; ``name``: how the model spells it."""
 
     kind: str
     name: str
@@ -68,12 +70,22 @@ class Curve:
                 return np.where(t <= low, -inf, np.where(t > high, inf, t))
             if self.kind == "hardsigmoid":
                 return np.where(t <= 0, -inf, np.where(t > 1, inf, 6 * t - 3))
+            if self.kind == "affine":           # scale * x + shift >= t: a constant where the scale is 0
+                scale, shift = (np.asarray(a, dtype=np.float64).reshape(-1, 1) for a in self.params)
+                return np.where(scale > 0, (t - shift) / scale, np.where(t <= shift, -inf, inf))
+            if self.kind == "then":
+                first, second = self.params
+                return first.inverse(second.inverse(t))
         raise ValueError(f"no curve {self.kind!r}")
 
     def channels(self, first: int, count: int) -> Curve:
         """The curve of channels ``first .. first + count - 1`` (a concatenation's part)."""
         if self.kind == "leaky" and np.size(self.params[0]) > 1:
             return Curve(self.kind, self.name, (np.asarray(self.params[0])[first:first + count],))
+        if self.kind == "affine":
+            return Curve(self.kind, self.name, tuple(np.asarray(a)[first:first + count] for a in self.params))
+        if self.kind == "then":
+            return Curve(self.kind, self.name, tuple(c.channels(first, count) for c in self.params))
         return self
 
 

@@ -700,16 +700,18 @@ class _Lowering:
         """BN ``node`` folded into the gain and offset of its input, a concatenation's into each part's (its
         channels of the BN: DenseNet's BN of the joined features)."""
         x, bn = self.arg(node), op.module
-        self.after_max_pooling(node, x, "a BN")
         for part in x.parts or (x,):
-            if part.kind != "values" or part.relu or part.pooled or part.maxpools or part.curve is not None:
-                self.refuse(node, "does not follow a conv or linear layer or an addition directly; only a BN there "
-                            "folds: put it right after the conv, linear layer or addition whose output it "
-                            "normalizes (conv -> BN -> ReLU)" + (", or right after a join of those" if x.parts else ""))
+            if part.kind != "values" or part.pooled:
+                self.refuse(node, "does not follow a conv or linear layer or an addition (or an activation or max "
+                            "pooling of one); a BN folds there: put it right after the conv, linear layer or "
+                            "addition whose output it normalizes (conv -> BN -> ReLU)"
+                            + (", or right after a join of those" if x.parts else ""))
         if isinstance(bn, nn.BatchNorm1d) and x.flat:
             self.refuse(node, "normalizes each feature of a flattened {}x{}x{} map; a BN folds per channel: put a "
                         "BatchNorm2d before the flatten".format(*self.shape(x)))
         inv, mean, beta = self.bn_constants(node, bn, self.shape(x)[0])
+        if any(p.relu or p.curve is not None or p.maxpools for p in x.parts or (x,)):
+            return self.bn_after(node, x, inv, beta - inv * mean)
         if not x.parts:
             y = self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta, folded=True)
             if x.tensor in self.raw and x.sole and len(node.users) > 1 and any(map(self.feeds_addition, node.users)):
@@ -727,6 +729,30 @@ class _Lowering:
                                  + beta[own], folded=True))
             first = own.stop
         return self.chain(node, x, parts=tuple(parts))
+
+    def bn_after(self, node: fx.Node, x: _Value, scale: np.ndarray, shift: np.ndarray) -> _Value:
+        """BN ``node`` (``scale * y + shift`` a channel) after an activation or a max pooling of ``x`` (a
+        concatenation's parts each their channels): the end of its curve (:mod:`compiler.curves`), through which the
+        quantizer after it takes its thresholds back; with scales >= 0 it keeps the order of values, so a max
+        pooling before it pools the same codes. A negative scale is refused, naming the channel."""
+        low = np.flatnonzero(scale < 0)
+        if low.size:
+            self.refuse(node, f"follows an activation or a max pooling, and scales channel {low[0]} by "
+                        f"{scale[low[0]]:.3g} < 0, which reverses the order of its values: put the BN right after the "
+                        "conv, linear layer or addition (conv -> BN -> activation) and retrain")
+        affine = Curve("affine", describe(node), (scale, shift))
+        parts, first = [], 0
+        for p in x.parts or (x,):
+            c = self.shape(p)[0]
+            own = affine.channels(first, c)
+            first += c
+            before = p.curve
+            if p.relu or p.cap < math.inf:          # the ReLU or clip first
+                clip = Curve("hardtanh", "ReLU", (0.0, p.cap))
+                before = clip if before is None else Curve("then", f"{before.name} then ReLU", (before, clip))
+            curve = own if before is None else Curve("then", f"{before.name} then {own.name}", (before, own))
+            parts.append(replace(p, curve=curve, relu=False, cap=math.inf))
+        return self.chain(node, x, parts=tuple(parts)) if x.parts else self.chain(node, parts[0])
 
     def bn_constants(self, node: fx.Node, bn: nn.Module, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(scale, mean, beta)`` of BN ``node`` (module ``bn``) on ``c`` channels: ``bn(x) = scale * (x - mean)

@@ -490,13 +490,15 @@ def test_conv_options_the_accelerator_does_not_run_are_refused_by_name(conv, pat
         compile_model(model, (1, 8, 8))
 
 
-def test_a_batch_norm_after_an_activation_is_refused_with_where_it_folds():
+def test_a_batch_norm_after_an_activation_before_a_pooling_is_refused():
+    """ReLU, BN, ReLU, global average pooling: the BN ends the ReLU's curve (which the quantizer after it would take
+    its thresholds back through, tests/test_curves.py), but the pooling unit cannot apply a curve position by
+    position."""
     act = nn.Sequential(nn.ReLU(), nn.BatchNorm2d(6), nn.ReLU())
     model = quantize_model(_Options(act=act), method="lcq", wbits=3, abits=3)
-    with pytest.raises(Unsupported, match=r"layer 'act\.1' \(BatchNorm2d\) at .* does not follow a conv or linear "
-                                          r"layer or an addition directly; only a BN there folds: put it right after "
-                                          r"the conv, linear layer or addition whose output it normalizes "
-                                          r"\(conv -> BN -> ReLU\)"):
+    with pytest.raises(Unsupported, match=r"method \.mean\(\) at .* pools the output of ReLU then layer 'act\.1' "
+                                          r"\(BatchNorm2d\), which the pooling unit cannot apply position by "
+                                          r"position"):
         compile_model(model, (1, 8, 8))
     assert _fix_mismatches(lambda: _Options(norm=nn.BatchNorm2d(6)), 13) == 0
 
@@ -571,7 +573,8 @@ def test_a_linear_layers_batch_norm_1d_folds_like_a_convs_batch_norm():
 
 
 @pytest.mark.parametrize("how, says", [
-    ("pooled", r"layer 'bn_pooled' \(BatchNorm1d\) .* does not follow a conv or linear layer or an addition directly"),
+    ("pooled", r"layer 'bn_pooled' \(BatchNorm1d\) .* does not follow a conv or linear layer or an addition \(or an "
+               r"activation or max pooling of one\)"),
     ("flat", r"layer 'bn_flat' \(BatchNorm1d\) .* normalizes each feature of a flattened 8x8x8 map; a BN folds per "
              r"channel: put a BatchNorm2d before the flatten"),
 ])

@@ -178,3 +178,59 @@ def test_lenet5_with_tanh_and_a_sigmoid_compiles_exactly():
     x = images(32, model.input.shape, seed=4)
     result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
     assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+
+
+class _BNAfter(nn.Module):
+    """A BN after the activation (Keras-style conv -> ReLU -> BN), after a max pooling, after tanh, after a join of
+    ReLU'd parts."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind = kind
+        self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.side = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn3 = nn.BatchNorm2d(16)
+        self.fc = nn.Linear(8 * 2 * 2 * (2 if kind == "join" else 1), 10)
+
+    def forward(self, x):
+        k = self.kind
+        if k == "relu, BN, max pool":
+            x = F.max_pool2d(self.bn1(F.relu(self.conv1(x))), 2)
+        elif k == "relu, max pool, BN":
+            x = self.bn1(F.max_pool2d(F.relu(self.conv1(x)), 2))
+        else:
+            x = F.max_pool2d(self.bn1(torch.tanh(self.conv1(x))), 2)
+        if k == "join":
+            x = F.relu(self.bn3(torch.cat([F.relu(self.conv2(x)), F.relu6(self.side(x))], 1)))
+        else:
+            x = self.bn2(torch.relu(self.conv2(x)))
+        return self.fc(torch.flatten(F.max_pool2d(x, 2), 1))
+
+
+@pytest.mark.parametrize("kind", ["relu, BN, max pool", "relu, max pool, BN", "tanh, BN", "join"])
+def test_a_batch_norm_after_the_activation_folds_into_the_thresholds_after_it(kind):
+    """``BN(f(v))`` with BN scales >= 0 is a non-decreasing curve of ``v`` (and keeps a max pooling's order):
+    every code equal to PyTorch's."""
+    torch.manual_seed(3)
+    net = randomize(quantize_model(_BNAfter(kind), method="lcq", wbits=3, abits=3), seed=3, act_alpha=0.6)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.abs_()                 # (randomize gives some negative scales)
+    model = compile_model(net, (1, 8, 8))
+    x = images(32, model.input.shape, seed=3)
+    result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0 and all(mismatched == 0 for _, mismatched in result.codes.values())
+
+
+def test_a_batch_norm_after_the_activation_with_a_negative_scale_is_refused():
+    torch.manual_seed(3)
+    net = randomize(quantize_model(_BNAfter("relu, BN, max pool"), method="lcq", wbits=3, abits=3), seed=3)
+    with torch.no_grad():
+        net.bn1.weight.abs_()
+        net.bn1.weight[2] = -0.5
+    with pytest.raises(ValueError, match=r"layer 'bn1' \(BatchNorm2d\) .* follows an activation or a max pooling, and "
+                                         r"scales channel 2 by -0.\d+ < 0, which reverses the order of its values: put "
+                                         r"the BN right after the conv"):
+        compile_model(net, (1, 8, 8))
