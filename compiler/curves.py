@@ -29,7 +29,8 @@ class Curve:
     slopes (one, or one a channel), ELU's and CELU's ``(alpha, scale)``, softplus's ``(beta, threshold)``
     (``log(1 + e^(beta x)) / beta``, ``x`` where ``beta x > threshold``), hardtanh's ``(min, max)``, an affine map's
     ``(scale, shift)`` a channel (scales >= 0: a BN after an activation), two curves one after the other's
-    ``(first, second)``; ``name``: how the model spells it."""
+    ``(first, second)``, a curve mirrored on some channels ``(curve, mask)`` (``-curve(-x)`` where ``mask``: a BN
+    of negative scale after it, whose input the compiler negates); ``name``: how the model spells it."""
 
     kind: str
     name: str
@@ -76,6 +77,9 @@ class Curve:
             if self.kind == "then":
                 first, second = self.params
                 return first.inverse(second.inverse(t))
+            if self.kind == "mirrored":         # -f(-x) >= t where -x <= f^-1(-t)
+                curve, mask = self.params
+                return np.where(np.asarray(mask).reshape(-1, 1), -curve.inverse(-t), curve.inverse(t))
         raise ValueError(f"no curve {self.kind!r}")
 
     def channels(self, first: int, count: int) -> Curve:
@@ -86,6 +90,9 @@ class Curve:
             return Curve(self.kind, self.name, tuple(np.asarray(a)[first:first + count] for a in self.params))
         if self.kind == "then":
             return Curve(self.kind, self.name, tuple(c.channels(first, count) for c in self.params))
+        if self.kind == "mirrored":
+            return Curve(self.kind, self.name, (self.params[0].channels(first, count),
+                                                np.asarray(self.params[1])[first:first + count]))
         return self
 
 

@@ -733,25 +733,30 @@ class _Lowering:
     def bn_after(self, node: fx.Node, x: _Value, scale: np.ndarray, shift: np.ndarray) -> _Value:
         """BN ``node`` (``scale * y + shift`` a channel) after an activation or a max pooling of ``x`` (a
         concatenation's parts each their channels): the end of its curve (:mod:`compiler.curves`), through which the
-        quantizer after it takes its thresholds back; with scales >= 0 it keeps the order of values, so a max
-        pooling before it pools the same codes. A negative scale is refused, naming the channel."""
-        low = np.flatnonzero(scale < 0)
-        if low.size:
-            self.refuse(node, f"follows an activation or a max pooling, and scales channel {low[0]} by "
-                        f"{scale[low[0]]:.3g} < 0, which reverses the order of its values: put the BN right after the "
-                        "conv, linear layer or addition (conv -> BN -> activation) and retrain")
-        affine = Curve("affine", describe(node), (scale, shift))
+        quantizer after it takes its thresholds back. A channel of negative scale reverses the order of its values:
+        its input is negated (gain and offset) and its curve mirrored, ``s f(v) = |s| (-f(-(-v)))``; after a max
+        pooling that would be a minimum, so there it is refused, naming the channel."""
+        flip = scale < 0
+        if flip.any() and any(p.maxpools for p in x.parts or (x,)):
+            k = np.flatnonzero(flip)[0]
+            self.refuse(node, f"follows a max pooling, and scales channel {k} by {scale[k]:.3g} < 0, which would turn "
+                        "the maximum into a minimum: put the BN before the max pooling (right after the conv, linear "
+                        "layer or addition: conv -> BN -> activation) and retrain")
+        affine = Curve("affine", describe(node), (np.abs(scale), shift))
         parts, first = [], 0
         for p in x.parts or (x,):
             c = self.shape(p)[0]
-            own = affine.channels(first, c)
+            own, mask = affine.channels(first, c), flip[first:first + c]
             first += c
             before = p.curve
             if p.relu or p.cap < math.inf:          # the ReLU or clip first
                 clip = Curve("hardtanh", "ReLU", (0.0, p.cap))
                 before = clip if before is None else Curve("then", f"{before.name} then ReLU", (before, clip))
+            if before is not None and mask.any():
+                before = Curve("mirrored", before.name, (before, mask))
             curve = own if before is None else Curve("then", f"{before.name} then {own.name}", (before, own))
-            parts.append(replace(p, curve=curve, relu=False, cap=math.inf))
+            sign = np.where(mask, -1.0, 1.0)
+            parts.append(replace(p, curve=curve, relu=False, cap=math.inf, gain=sign * p.gain, offset=sign * p.offset))
         return self.chain(node, x, parts=tuple(parts)) if x.parts else self.chain(node, parts[0])
 
     def bn_constants(self, node: fx.Node, bn: nn.Module, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -35,6 +35,7 @@ LOWERED = {
     "quickstart NeuralNetwork (MLP)": (tm.NeuralNetwork, MNIST),
     "Keras-style Sequential": (tm.keras_sequential, MNIST),
     "Keras-style Sequential, global average pooling": (tm.keras_global_pool, MNIST),
+    "Keras-style Sequential, BatchNorm after each ReLU": (tm.keras_bn_after_relu, MNIST),
     "Keras-style Sequential, nn.Softmax(dim=-1)": (tm.keras_softmax, MNIST),
     "ReLU6, view(x.size(0), -1), F.softmax": (tm.ReLU6Net, MNIST),
     "torchvision AlexNet/VGG head, AdaptiveAvgPool2d((4, 4)) of a 4 x 4 map": (tm.AdaptiveHead, (3, 16, 16)),

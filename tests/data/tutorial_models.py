@@ -218,6 +218,25 @@ def keras_sequential(num_classes=10):
     )
 
 
+# The same with each BatchNormalization after its activation, as many Keras models place it.
+def keras_bn_after_relu(num_classes=10):
+    return nn.Sequential(
+        nn.Conv2d(1, 16, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm2d(16),
+        nn.MaxPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(16, 32, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm2d(32),
+        nn.MaxPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(32 * 7 * 7, 128),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Linear(128, num_classes),
+    )
+
+
 # The same with a global average pooling head (GlobalAveragePooling2D in Keras).
 def keras_global_pool(num_classes=10):
     return nn.Sequential(
