@@ -1,14 +1,14 @@
 """Non-decreasing elementwise activations that the activation quantizer after them folds into its thresholds.
 
 A quantizer counts the thresholds ``t`` its input reaches. After a non-decreasing, continuous activation ``f``
-(LeakyReLU and PReLU with slopes >= 0, sigmoid, tanh, ELU, CELU, SELU, softplus, softsign, hardtanh,
-hardsigmoid),
-``f(v) >= t`` exactly where ``v >= f^-1(t)``, the least ``v`` that reaches ``t`` (:meth:`Curve.inverse`: ``-inf``
-where every ``v`` does, ``+inf`` where none does), and ``-f(v) >= t`` where ``-v >= -f^-1(-t)`` (the negative half
-of a signed quantizer, up to the ties of a flat stretch of ``f``): the thresholds taken back through ``f^-1`` are
-thresholds on ``v``, from which :func:`compiler.stages.thresholds` makes the integer stage as for any other. Each
-is computed in float64; the PyTorch model compares ``f(v)`` with ``t`` instead, so the two agree but at values
-within rounding of a threshold. Non-monotone activations (GELU, SiLU, Mish, Hardswish) have no such thresholds.
+(LeakyReLU and PReLU with slopes >= 0, sigmoid, tanh, ELU, CELU, SELU, softplus, softsign, hardtanh, hardsigmoid;
+a BN after one: an affine map at its end), ``f(v) >= t`` exactly where ``v >= f^-1(t)``, the least ``v`` that
+reaches ``t`` (:meth:`Curve.inverse`: ``-inf`` where every ``v`` does, ``+inf`` where none does), and
+``-f(v) >= t`` where ``-v >= -f^-1(-t)`` (the negative half of a signed quantizer, up to the ties of a flat stretch
+of ``f``): the thresholds taken back through ``f^-1`` are thresholds on ``v``, from which
+:func:`compiler.stages.thresholds` makes the integer stage as for any other. Each is computed in float64; the
+PyTorch model compares ``f(v)`` with ``t`` instead, so the two agree but at values within rounding of a threshold.
+Non-monotone activations (GELU, SiLU, Mish, Hardswish) have no such thresholds.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.050700987355480493
 @dataclass(frozen=True)
 class Curve:
     """A non-decreasing activation ``f`` by ``kind`` ("leaky", "sigmoid", "tanh", "elu", "celu", "softplus",
-    "softsign", "hardtanh", "hardsigmoid", "affine", "then") and its numbers ``params``: a leaky ReLU's negative
-    slopes (one, or one a channel), ELU's and CELU's ``(alpha, scale)``, softplus's ``(beta, threshold)``
+    "softsign", "hardtanh", "hardsigmoid", "affine", "then", "mirrored") and its numbers ``params``: a leaky ReLU's
+    negative slopes (one, or one a channel), ELU's and CELU's ``(alpha, scale)``, softplus's ``(beta, threshold)``
     (``log(1 + e^(beta x)) / beta``, ``x`` where ``beta x > threshold``), hardtanh's ``(min, max)``, an affine map's
     ``(scale, shift)`` a channel (scales >= 0: a BN after an activation), two curves one after the other's
     ``(first, second)``, a curve mirrored on some channels ``(curve, mask)`` (``-curve(-x)`` where ``mask``: a BN
