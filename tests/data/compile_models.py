@@ -421,3 +421,22 @@ class TanhLeNet(nn.Module):
 
 def tanh_lenet(num_classes, in_channels):
     return TanhLeNet(num_classes, in_channels)
+
+
+class BNAfterReLU(nn.Module):
+    """Keras-style blocks with each BN after its ReLU (conv -> ReLU -> BN -> max pooling), a dense head."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(w),
+                                      nn.MaxPool2d(2), nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(),
+                                      nn.BatchNorm2d(2 * w), nn.MaxPool2d(2))
+        self.fc = nn.Linear(2 * w * 2 * 2, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.features(x), 1))          # 8x8 -> 2x2
+
+
+def bn_after_relu(num_classes, in_channels):
+    return BNAfterReLU(num_classes, in_channels)
