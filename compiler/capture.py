@@ -36,8 +36,8 @@ SUPPORTED = (
     "Linear (quantized; on a vector of C codes, on the flattened image (the vector of its pixels), or on a flattened "
     "C x H x W map: then it runs as an H x W convolution with the map's size as its kernel, square and at most "
     f"{MAX_KERNEL} x {MAX_KERNEL})",
-    "BatchNorm2d (eval-mode statistics; before a ReLU, pooling, a quantizer or a residual addition); BatchNorm1d "
-    "the same on a linear layer's output vector",
+    "BatchNorm2d (eval-mode statistics; before a ReLU, pooling, a quantizer or a residual addition, or after an "
+    "activation or a max pooling of one, before a quantizer); BatchNorm1d the same on a linear layer's output vector",
     "ReLU (nn.ReLU, F.relu, torch.relu, .relu()); one whose output a residual addition reads only right after "
     "a conv or linear layer [+ BN] or an addition that nothing else reads (post-activation blocks)",
     "ReLU6 / hardtanh(0, max) before an activation quantizer or a pooling",
