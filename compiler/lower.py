@@ -498,10 +498,9 @@ class _Lowering:
         levels), exact as a signed quantizer is odd. Each half is an activate node of ``x`` (the negative one with
         the gain and offset negated; through a non-decreasing activation ``f`` before it, the thresholds ``t``
         taken back through it: ``f^-1(t)`` and ``-f^-1(-t)``), then each max pooling of ``x``: the negative half's
-        takes the
-        smallest code (``Q+(-max v) = min Q+(-v)``), and the codes tensor ``node.target`` joins them, positive
-        channels first: a layer reading it takes ``[W, -W]`` as weights (:meth:`layer`). So the hardware, whose
-        codes are unsigned, runs a signed activation at twice the layer's MACs."""
+        takes the smallest code (``Q+(-max v) = min Q+(-v)``), and the codes tensor ``node.target`` joins them,
+        positive channels first: a layer reading it takes ``[W, -W]`` as weights (:meth:`layer`). So the hardware,
+        whose codes are unsigned, runs a signed activation at twice the layer's MACs."""
         name, bits = node.target, act.spec.bits
         if bits < 3:
             self.refuse(node, f"is a signed {bits}-bit activation quantizer (codes -1, 0, 1); the accelerator runs a "

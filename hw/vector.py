@@ -97,7 +97,8 @@ class VectorUnit(wiring.Component):
     - lent thresholds (while idle, for an activation fused into a layer's write-back): ``lent_valid``,
       ``lent_value`` (signed ``p.value_bits``), ``lent_slot`` (``p.slot_bits``) in; ``lent_code``
       (``p.lane_bits``) out, the code of the value under the activate thresholds of slot ``lent_slot``,
-      ``ThresholdUnit.LATENCY`` cycles after the value is presented. On the ECP5
+      ``ThresholdUnit.LATENCY`` cycles after the value is presented (``p.act_search_cycles`` more: the search,
+      :attr:`hw.engine_params.EngineParams.lent_search`). On the ECP5
       (:func:`hw.thresholds.lent_value_lag`) the value comes three cycles after its ``lent_valid`` and ``lent_slot``:
       the slot is registered before the thresholds' memory, and the word read there twice before the compares.
       Nothing is written.
