@@ -207,6 +207,16 @@ def _from_zero(node: fx.Node) -> Op | None:
     return Op("clip", cap=float(high)) if isinstance(high, (int, float)) and high > 0 else None
 
 
+def _called_activation(model: str, node: fx.Node, f) -> Op | None:
+    """The Op of function (or method name) ``f`` called by ``node`` where it is a clamp from 0 (:func:`_from_zero`)
+    or a curve (:func:`function_curve`), else None."""
+    zero = _from_zero(node) if f in CLAMPS else None
+    if zero is not None:
+        return zero
+    curve = _curve(model, node, lambda: function_curve(node, f))
+    return None if curve is None else Op("curve", curve=curve)
+
+
 def _curve(model: str, node: fx.Node, find) -> Curve | None:
     """``find()``'s curve of ``node``; its ValueError (a negative slope) as :class:`Unsupported`."""
     try:
@@ -376,11 +386,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("clip", cap=6.0)
         if f is F.hardtanh and _arg(node, 1, "min_val", -1.0) == 0 and _arg(node, 2, "max_val", 1.0) > 0:
             return Op("clip", cap=float(_arg(node, 2, "max_val", 1.0)))
-        if f in CLAMPS and _from_zero(node) is not None:
-            return _from_zero(node)
-        curve = _curve(model, node, lambda: function_curve(node, f))
-        if curve is not None:
-            return Op("curve", curve=curve)
+        activation = _called_activation(model, node, f)
+        if activation is not None:
+            return activation
         if (f is F.adaptive_avg_pool2d and _is_one(_arg(node, 1, "output_size"))) or \
                 (f is torch.mean and _spatial_dims(_arg(node, 1, "dim"))):
             return Op("pool")
@@ -419,11 +427,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")
-        if node.target in CLAMPS and _from_zero(node) is not None:
-            return _from_zero(node)
-        curve = _curve(model, node, lambda: function_curve(node, node.target))
-        if curve is not None:
-            return Op("curve", curve=curve)
+        activation = _called_activation(model, node, node.target)
+        if activation is not None:
+            return activation
         if node.target == "flatten" and _arg(node, 1, "start_dim", 0) == 1 and _arg(node, 2, "end_dim", -1) == -1:
             return Op("flatten")
         if node.target == "mean" and _spatial_dims(_arg(node, 1, "dim")):
