@@ -71,6 +71,7 @@ from .capture import (ADAPTIVE_AVG_HINT, ADAPTIVE_MAX_HINT, Op, Unsupported, cap
 from .curves import Curve
 from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
                     ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
+from .sizes import fold_sizes
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,9 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     model = copy.deepcopy(model).double().eval()
     with _one_thread():
         lowering = _Lowering(model, name, tuple(input_shape), options)
-        lowering.run(capture(model, name))
+        graph = capture(model, name)
+        fold_sizes(model, graph, tuple(input_shape))
+        lowering.run(graph)
     num_classes = lowering.nodes[-1].out_shape[0]
     compiled = CompiledModel(lowering.nodes, "logits", num_classes, scales=lowering.scales)
     compiled.validate()   # the rules of compiler.graph, which the loader applies to every file
@@ -871,7 +874,8 @@ class _Lowering:
         _, h, w = self.shape(x)
         if min(h, w) < k:
             self.refuse(node, f"has a {k}x{k} window, larger than its {h}x{w} input")
-        return self.averaged(node, x, (k, s))
+        # (one window over the whole map, F.avg_pool2d(x, 8) on an 8 x 8 map: the global average pooling)
+        return self.averaged(node, x, GLOBAL if k == h == w else (k, s))
 
     def averaged(self, node: fx.Node, x: _Value, window: tuple[int, int]) -> _Value:
         """``x`` averaged by ``node`` over ``window`` (:data:`GLOBAL`, or kernel and stride): a concatenation's
