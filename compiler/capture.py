@@ -46,6 +46,9 @@ SUPPORTED = (
     "CELU, SELU, softplus, softsign, hardtanh(min, max), hardsigmoid, clamp(min, max) (modules, F. and torch. "
     "functions, .sigmoid(), .tanh(), .clamp())",
     "residual addition of two tensors (+, torch.add, .add())",
+    "an option-A shortcut: every s-th row and column (x[:, :, ::s, ::s]) and zero channels (F.pad(x, (0, 0, 0, 0, "
+    "before, after))) of a residual stream (an addition's output or its ReLU) that an addition reads; x[:, :, ::s, "
+    "::s] on the way to an activation quantizer is a 1 x 1 max pooling at stride s",
     "global average pooling after a ReLU or ReLU6 (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), "
     "torch.mean(x, (2, 3)))",
     "average pooling after a ReLU or ReLU6, before an activation quantizer (AvgPool2d, F.avg_pool2d: square kernel and "
@@ -92,7 +95,8 @@ HINTS = (
      "back through a ReLU, a leaky one, a clip, sigmoid, tanh or ELU, not through these, which dip)"),
     ((F.prelu,), "use the module nn.PReLU (its slopes a parameter of the network), or nn.LeakyReLU(slope)"),
     ((F.pad, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d),
-     "pad in the conv: Conv2d(..., padding=p) pads with zeros, up to kernel // 2 on each side"),
+     "pad in the conv: Conv2d(..., padding=p) pads with zeros, up to kernel // 2 on each side (zero channels of a "
+     "residual shortcut, F.pad(x, (0, 0, 0, 0, before, after)), compile)"),
     ((operator.sub, operator.isub, torch.sub, torch.subtract, "sub", "sub_", operator.neg, torch.neg, "neg"),
      "the accelerator joins branches by addition alone: write x + y (the layers before learn the sign)"),
     ((operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, operator.itruediv, torch.div,
@@ -108,7 +112,8 @@ HINTS = (
     ((nn.Flatten, torch.flatten, "flatten"), "only a flatten from dimension 1 to the last compiles: nn.Flatten(), "
                                              "torch.flatten(x, 1) or x.flatten(1)"),
     ((operator.getitem,), "a layer's output is used whole: give the layer before only the channels kept (its "
-                          "out_channels), and shrink the map with its stride and padding or a pooling layer"),
+                          "out_channels), and shrink the map with its stride and padding or a pooling layer (or "
+                          "keep every s-th row and column: x[:, :, ::s, ::s])"),
 )
 _HINT = {op: hint for ops, hint in HINTS for op in ops}
 
@@ -128,11 +133,12 @@ _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 @dataclass(frozen=True)
 class Op:
     """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, curve, clip, pool, avgpool, maxpool,
-    flatten, reshape, size, identity, add, cat, softmax, adaptive, output), its ``module`` (None for a function),
-    ``curve`` (a non-decreasing activation's :class:`~compiler.curves.Curve`), ``cap`` (the clip maximum),
+    flatten, reshape, size, identity, add, cat, softmax, adaptive, subsample, pad, output), its ``module`` (None for
+    a function), ``curve`` (a non-decreasing activation's :class:`~compiler.curves.Curve`), ``cap`` (the clip maximum),
     ``window`` (an average or max pooling's kernel, stride and padding; None for the global maximum), ``dim``
-    (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one) and ``side`` (the output
-    side of an adaptive average or max pooling to a square larger than 1)."""
+    (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one), ``side`` (the output
+    side of an adaptive average or max pooling to a square larger than 1) and ``channels`` (the zero channels a
+    channel padding puts before and after the tensor's)."""
 
     kind: str
     module: nn.Module | None = None
@@ -141,6 +147,7 @@ class Op:
     window: tuple[int, int, int] | None = None
     dim: int | None = None
     side: int | None = None
+    channels: tuple[int, int] | None = None
 
 
 class Unsupported(ValueError):
@@ -307,6 +314,31 @@ def _avg_pool(node: fx.Node, model: str, kernel, stride, padding, ceil_mode, cou
     return Op("identity") if (k, s) == (1, 1) else Op("avgpool", window=(k, s, 0))
 
 
+def _strided(index) -> int | None:
+    """The step ``s`` of an index that keeps every ``s``-th row and column of an (N, C, H, W) tensor and all else
+    whole (``x[:, :, ::s, ::s]``, ``x[..., ::s, ::s]``; 1 for ``x[:, :, :, :]``), else None."""
+    whole = slice(None)
+    if not isinstance(index, tuple):
+        return None
+    rest = index[1:] if index[:1] == (Ellipsis,) else index[2:] if index[:2] == (whole, whole) else ()
+    steps = {r.step if isinstance(r, slice) and r.start is None and r.stop is None else 0 for r in rest}
+    step = steps.pop() if len(rest) == 2 and len(steps) == 1 else 0
+    step = 1 if step is None else step
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 1 else None
+
+
+def _channel_pad(node: fx.Node) -> tuple[int, int] | None:
+    """(before, after) of ``F.pad(x, (0, 0, 0, 0, before, after))`` with zeros (``mode`` "constant", ``value`` 0):
+    zero channels around a tensor's (an option-A shortcut's); None for any other padding."""
+    pad, mode, value = _arg(node, 1, "pad"), _arg(node, 2, "mode", "constant"), _arg(node, 3, "value", None)
+    if not isinstance(pad, (tuple, list)) or len(pad) != 6 or list(pad[:4]) != [0, 0, 0, 0] or mode != "constant" \
+            or value not in (None, 0, 0.0):
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pad[4:]):
+        return None
+    return int(pad[4]), int(pad[5])
+
+
 def size_query(node) -> bool:
     """Whether ``node`` is a tensor's size or a dimension of it (``x.size()``, ``x.size(0)``, ``x.shape[0]``)."""
     return isinstance(node, fx.Node) and (
@@ -426,6 +458,11 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return _cat(node, model)
         if f in SOFTMAX_FUNCTIONS:
             return Op("softmax", dim=_arg(node, 1, "dim"))
+        if f is operator.getitem and _strided(node.args[1]) is not None:
+            s = _strided(node.args[1])
+            return Op("identity") if s == 1 else Op("subsample", window=(1, s, 0))
+        if f is F.pad and _channel_pad(node) is not None:
+            return Op("pad", channels=_channel_pad(node))
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")

@@ -27,7 +27,8 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   fields plus ``kernel`` and ``stride``. A pool or average pooling node of a
   ReLU6's output has the array ``cap`` (int64, a clip per channel); without it,
   none (:data:`OPTIONAL_ARRAYS`). Channel concatenation (``op``
-  "concat"): ``inputs``, a list of tensor names, no arrays. A file without them
+  "concat"): ``inputs``, a list of tensor names, no arrays. Subsampling (``op`` "subsample", an option-A
+  shortcut): ``stride``, ``before`` and ``after``, no arrays. A file without them
   is laid out as before they existed.
 - Flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
   requantize stage that applies a ReLU, ``"flat": true`` on an input node whose
@@ -63,8 +64,8 @@ from pathlib import Path
 import numpy as np
 
 from .graph import (FORMAT, MAX_NODES, VERSION, ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConcatNode, ConvNode,
-                    InputNode, MaxPoolNode, ModelRuleError, PoolNode, Requantize, Thresholds, act_scale, node_where,
-                    show, weight_scale)
+                    InputNode, MaxPoolNode, ModelRuleError, PoolNode, Requantize, SubsampleNode, Thresholds, act_scale,
+                    node_where, show, weight_scale)
 
 MANIFEST = "manifest.json"
 CHECKPOINT_MAGIC = b"LCQCKPT\n"   # lcq_train.checkpoint.MAGIC (not imported: that module needs torch, this one not)
@@ -92,6 +93,7 @@ NODE_FIELDS = {
     "avgpool": ("op", "name", "input", "output", "frac_bits", "sign", "relu", "offset", "stage", "kernel", "stride"),
     "maxpool": ("op", "name", "input", "output", "kernel", "stride", "padding"),
     "concat": ("op", "name", "inputs", "output"),
+    "subsample": ("op", "name", "input", "output", "stride", "before", "after"),
 }
 LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
@@ -238,6 +240,9 @@ class _Writer:
                     **{k: int(getattr(node, k)) for k in ("kernel", "stride", "padding")}, **_flags(node, "maxpool")}
         if isinstance(node, ConcatNode):
             return {"op": "concat", "name": node.name, "inputs": list(node.inputs), "output": node.output}
+        if isinstance(node, SubsampleNode):
+            return {"op": "subsample", "name": node.name, "input": node.input, "output": node.output,
+                    **{k: int(getattr(node, k)) for k in ("stride", "before", "after")}}
         raise TypeError(f"cannot save node {node!r}")
 
 
@@ -468,6 +473,8 @@ class _Reader:
             return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"], **flags)
         if op == "concat":
             return ConcatNode(d["name"], d["inputs"], d["output"])
+        if op == "subsample":
+            return SubsampleNode(d["name"], d["input"], d["output"], d["stride"], d["before"], d["after"])
         pool = (d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")
                                                       for k in ("sign", "relu", "offset")),
                 d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))

@@ -26,6 +26,8 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
 - :class:`ConcatNode`: codes tensors of one width and one map size -> their
   channels one after another (a channel concatenation before an activation
   quantizer: the quantizer, elementwise, applied to each part).
+- :class:`SubsampleNode`: values -> values, every ``stride``-th row and column between zero
+  channels (a CIFAR ResNet's option-A shortcut).
 
 Rules. :meth:`CompiledModel.validate` is the one definition of what a compiled
 model may hold: the compiler runs it before it returns or saves a model
@@ -924,8 +926,50 @@ class ConcatNode:
         return (channels, *first.shape[1:]), first.bits
 
 
-Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode | AvgPoolNode | MaxPoolNode | ConcatNode
-NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode, AvgPoolNode, MaxPoolNode, ConcatNode)
+@dataclass
+class SubsampleNode:
+    """Every ``stride``-th row and column of a value tensor, between zero channels: ``out[n, before + c, y, x] =
+    in[n, c, y * stride, x * stride]``, ``before`` zero channels ahead of them and ``after`` behind; same scale.
+
+    It stands for He et al.'s option-A shortcut of a CIFAR ResNet (akamaster's ``F.pad(x[:, :, ::2, ::2], (0, 0,
+    0, 0, planes // 4, planes // 4))``), the residual stream brought to the block's size without a conv.
+    ``Ho = ceil(H / stride)``, as the slice ``::stride`` gives.
+    """
+
+    name: str
+    input: str
+    output: str
+    stride: int
+    before: int = 0
+    after: int = 0
+    op = "subsample"
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Values ``(N, before + C + after, Ho, Wo)`` of ``x`` ``(N, C, H, W)`` (same dtype)."""
+        s = self.stride
+        return np.pad(x[:, :, ::s, ::s], ((0, 0), (self.before, self.after), (0, 0), (0, 0)))
+
+    def out_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        c, h, w = in_shape
+        return (self.before + c + self.after, -(-h // self.stride), -(-w // self.stride))
+
+    def check_fields(self, where: str) -> None:
+        for name in ("name", "input", "output"):
+            rule_name(where, name, getattr(self, name))
+        rule_int(where, "stride", self.stride, 1, MAX_STRIDE)
+        rule_int(where, "before", self.before, 0, MAX_CHANNELS)
+        rule_int(where, "after", self.after, 0, MAX_CHANNELS)
+
+    def check_shape(self, where: str, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The output shape for input ``in_shape``: at most :data:`MAX_CHANNELS` channels."""
+        shape = self.out_shape(in_shape)
+        if shape[0] > MAX_CHANNELS:
+            raise ModelRuleError(where, "after", f"makes {shape[0]} channels, more than {MAX_CHANNELS}")
+        return shape
+
+
+Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode | AvgPoolNode | MaxPoolNode | ConcatNode | SubsampleNode
+NODE_TYPES = (InputNode, ConvNode, ActivateNode, AddNode, PoolNode, AvgPoolNode, MaxPoolNode, ConcatNode, SubsampleNode)
 
 
 @dataclass
@@ -1198,6 +1242,11 @@ class CompiledModel:
         if isinstance(node, ConcatNode):
             parts = [need(name, True, f"inputs[{i}]") for i, name in enumerate(node.inputs)]
             return TensorInfo(*ConcatNode.check_shapes(where, parts))
+        if isinstance(node, SubsampleNode):
+            t = need(node.input, False)
+            if self._scale(where, node.output) != self._scale(where, node.input):
+                raise ModelRuleError(where, "output", "must have its input's scale (scales differ)")
+            return TensorInfo(node.check_shape(where, t.shape), None, t.bound)
         t = need(node.input, False)
         if options is not None and node.frac_bits != options["pool_frac_bits"]:
             raise ModelRuleError(where, "frac_bits", f"= {node.frac_bits}; the compile options say "

@@ -70,7 +70,7 @@ from .capture import (ADAPTIVE_AVG_HINT, ADAPTIVE_MAX_HINT, Op, Unsupported, cap
                       size_query)
 from .curves import Curve
 from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
-                    ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, mac_kind)
+                    ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, SubsampleNode, mac_kind)
 from .sizes import fold_sizes
 
 
@@ -290,6 +290,7 @@ class _Lowering:
         self.scales: dict[str, float] = {}
         self.raw: dict[str, ConvNode] = {}       # value tensors that are an accumulator with no stage yet
         self.sums: dict[str, AddNode] = {}       # value tensors that are a residual sum
+        self.subsampled: dict[str, SubsampleNode] = {}      # value tensors that a shortcut subsampled or padded
         self.signed: dict[str, int] = {}         # codes of a signed quantizer's halves (signed_codes): channels
         self.values: dict[fx.Node, _Value] = {}
         self.called: set[str] = set()
@@ -441,12 +442,14 @@ class _Lowering:
         return _Value("values", x.tensor, np.full(c, self.scales[x.tensor]), np.zeros(c), relu=True, rectified=True)
 
     def feeds_addition(self, node: fx.Node) -> bool:
-        """Whether ``node`` is a residual addition, or passes its input on to one unchanged."""
+        """Whether ``node`` is a residual addition, or passes its input on to one (unchanged, or subsampled or
+        padded with zero channels: an option-A shortcut)."""
         try:
             kind = operation(node, self.modules, self.model).kind
         except Unsupported:
             return False
-        return kind == "add" or (kind == "identity" and any(self.feeds_addition(u) for u in node.users))
+        return kind == "add" or (kind in ("identity", "subsample", "pad") and any(self.feeds_addition(u)
+                                                                                  for u in node.users))
 
     # ------------------------------------------------------------------ operations
 
@@ -899,6 +902,57 @@ class _Lowering:
         if min(h, w) + 2 * p < k:
             self.refuse(node, f"has a {k}x{k} window, larger than its padded {h + 2 * p}x{w + 2 * p} input")
         return self.chain(node, x, maxpools=x.maxpools + ((node, k, s, p),))
+
+    def _subsample(self, node: fx.Node, op: Op) -> _Value:
+        """``x[:, :, ::s, ::s]`` (``op.window``'s stride): of a residual stream that an addition reads, a
+        :class:`SubsampleNode` (:meth:`shortcut`); on the way to an activation quantizer, a 1 x 1 max pooling at
+        stride s (each window its one element)."""
+        if any(self.feeds_addition(u) for u in node.users):
+            return self.shortcut(node, op.window[1], (0, 0))
+        return self._maxpool(node, replace(op, kind="maxpool"))
+
+    def _pad(self, node: fx.Node, op: Op) -> _Value:
+        """Zero channels before and after a residual stream's (``op.channels``) that an addition reads: a
+        :class:`SubsampleNode` (:meth:`shortcut`); else refused."""
+        if not any(self.feeds_addition(u) for u in node.users):
+            self.refuse(node, "pads channels with zeros on the way to a layer; zero channels compile in a residual "
+                        "shortcut (an addition reads them): give the layer before more out_channels instead")
+        return self.shortcut(node, 1, op.channels)
+
+    def shortcut(self, node: fx.Node, stride: int, channels: tuple[int, int]) -> _Value:
+        """The residual stream ``node``'s input subsampled at ``stride`` between ``channels`` (before, after) zero
+        channels, for an addition: a :class:`SubsampleNode`, or the one that made its input where nothing else
+        reads that (``F.pad(x[:, :, ::2, ::2], ...)``: one node)."""
+        x = self.arg(node)
+        self.after_max_pooling(node, x, "a residual shortcut")
+        stored = x.kind == "values" and x.tensor not in self.raw and not (
+            x.folded or x.pooled or x.cap < math.inf or x.curve is not None or (x.relu and not x.rectified))
+        if not stored:
+            self.refuse(node, "subsamples or pads a tensor for a residual addition that is not a residual stream; "
+                        "a shortcut takes an addition's output, its ReLU, or a conv's [+ BN] that a ReLU's output "
+                        "of feeds additions only (akamaster's option A: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p)) "
+                        "of a block's input)")
+        made = self.subsampled.get(x.tensor)
+        if made is not None and x.sole:
+            made.stride, made.before, made.after = made.stride * stride, made.before + channels[0], \
+                made.after + channels[1]
+            out = made.output
+        else:
+            name, out = self.scoped(node, "subsample", "subsampled")
+            made = SubsampleNode(name, x.tensor, out, stride, *channels)
+            # right after the node that writes its input and the activations of it there, where the program runs
+            # it before the block's main path: the conv that ends that path adds the shortcut as it writes back
+            # (compiler.network.fuse_additions needs the conv right before the addition), and the input dies early
+            at = next(i for i, n in enumerate(self.nodes) if n.output == x.tensor) + 1
+            while at < len(self.nodes) and isinstance(self.nodes[at], ActivateNode) \
+                    and self.nodes[at].input == x.tensor:
+                at += 1
+            self.nodes.insert(at, made)
+            self.subsampled[out] = made
+            self.scales[out], self.bounds[out] = self.scales[x.tensor], self.bounds[x.tensor]
+        self.shapes[out] = made.out_shape(self.shapes[made.input])
+        c = self.shapes[out][0]
+        return _Value("values", out, np.full(c, self.scales[out]), np.zeros(c), sole=_sole_reader(node))
 
     def _flatten(self, node: fx.Node, op: Op, does: str = "flattens") -> _Value:
         """A flatten of a C x 1 x 1 tensor, or of a map (the image, or values: max or average pooled too) on its

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .graph import ActivateNode, AddNode, CompiledModel, ConcatNode, ConvNode, InputNode, MaxPoolNode, PoolNode
+from .graph import (ActivateNode, AddNode, CompiledModel, ConcatNode, ConvNode, InputNode, MaxPoolNode, PoolNode,
+                    SubsampleNode)
 
 
 def patches(codes: np.ndarray, kernel: int, stride: int, padding: int) -> np.ndarray:
@@ -93,6 +94,8 @@ def execute(node, t: dict[str, np.ndarray], images: np.ndarray) -> None:
         t[node.output] = node.apply(t[node.input])
     elif isinstance(node, ConcatNode):
         t[node.output] = node.apply([t[name] for name in node.inputs])
+    elif isinstance(node, SubsampleNode):
+        t[node.output] = node.apply(t[node.input])
     else:
         raise TypeError(f"unknown node {node!r}")
 
