@@ -30,7 +30,8 @@ codes), ``conv`` (codes -> codes with a thresholds stage, else values),
 ``activate`` (values -> codes), ``add`` (values + values -> values), ``pool``
 (values ``(C, H, W)`` -> codes ``(C, 1, 1)``), ``avgpool`` (values -> codes, window by
 window), ``maxpool`` (codes -> codes, word by
-word: a window's words, each ``lanes`` codes of one channel group, give one word of maxima). The logits, the last step's
+word: a window's words, each ``lanes`` codes of one channel group, give one word of maxima), ``subsample`` (values ->
+values: an option-A shortcut, every stride-th row and column between zero channels). The logits, the last step's
 values, are what the host reads back.
 
 A residual addition right after the conv that computes one of its operands is
@@ -69,7 +70,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConcatNode, ConvNode, InputNode, MaxPoolNode,
-                    PoolNode, Requantize, Thresholds, node_inputs, node_where, signed_bits)
+                    PoolNode, Requantize, SubsampleNode, Thresholds, node_inputs, node_where, signed_bits)
 
 # Largest number of code lanes (the PE array's rows); the same limit as hw.engine_params.MAX_ARRAY,
 # stated here because the compiler does not import the hardware package.
@@ -309,6 +310,11 @@ def _steps(model: CompiledModel) -> list[Step]:
                  "memory")
             steps.append(Step(i, node.name, "maxpool", (node.input,), node.output))
             kinds[node.output] = "codes"
+        elif isinstance(node, SubsampleNode):
+            need(where, "the subsample step", node.input, "values", "a subsample step copies values of the value "
+                 "memory")
+            steps.append(Step(i, node.name, "subsample", (node.input,), node.output))
+            kinds[node.output] = "values"
         elif isinstance(node, ConcatNode):            # no step: its parts are written into its region
             for name in node.inputs if isinstance(node.inputs, (tuple, list)) else ():
                 need(where, "the concatenation", name, "codes", "a concatenation joins codes of the code memory")
@@ -329,7 +335,8 @@ def _role(node, model: CompiledModel) -> str:
         return "activations"
     if isinstance(node, ConvNode) and isinstance(node.stage, Thresholds):
         return "activations"
-    if isinstance(node, AddNode) or (isinstance(node, ConvNode) and isinstance(node.stage, Requantize)):
+    if isinstance(node, (AddNode, SubsampleNode)) or (isinstance(node, ConvNode)
+                                                       and isinstance(node.stage, Requantize)):
         return "residual"
     return "accumulators"
 

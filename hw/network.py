@@ -62,7 +62,7 @@ from .spram import ADDR_BITS as SPRAM_ADDR_BITS
 from .spram import SpramBuffer, platform_has_spram
 from .thresholds import ThresholdUnit
 from .vector import VectorUnit
-from .vector_params import ACT_THRESHOLDS, OP_REGISTERS
+from .vector_params import ACT_THRESHOLDS
 from .vector_params import TARGETS as VECTOR_TARGETS
 
 # Levels of reset copies below the core where hw.reset_tree holds: the engine's and the vector unit's, then those
@@ -227,7 +227,7 @@ class NetworkCore(wiring.Component):
         # later, when pc has moved on by a register word): a run of register words decodes one per cycle.
         ahead = Signal(2)
         m.d.comb += program_read.addr.eq(pc + ahead)
-        present = OPERANDS if p.vector.window_bits else OP_REGISTERS     # the window's for max, average pooling
+        present = p.vector.operand_registers        # the window's for max, average pooling and subsampling
         operands = {name: Signal(signed(p.reg_bits), name=f"operand_{name}") for name in present}
 
         # The engine's load port: the host's beats while idle, the program's register writes while running.

@@ -24,7 +24,8 @@ then a signed ``value`` of ``reg_bits``, lowest first. The ops:
 
 Every step writes all its registers before it runs (:func:`program_length`): a conv step every
 engine register, a vector step :data:`~hw.vector_params.OP_REGISTERS` (a max-pool step also
-:data:`~hw.vector_params.MAXPOOL_REGISTERS`).
+:data:`~hw.vector_params.MAXPOOL_REGISTERS`, a subsample step those and
+:data:`~hw.vector_params.SUBSAMPLE_REGISTERS`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .engine_params import (LANE_REGISTERS, NETWORK_REGISTERS, SPRAM_BLOCKS, SPR
                             spram_blocks)
 from .memories import memory_bits
 from .protocol import BUILD_BITS, LinkMode, whole_bytes
-from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
+from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, SUBSAMPLE_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
 
 ENGINE_TARGETS = WIDE_WEIGHTS + 1
@@ -55,8 +56,8 @@ OPS = ("END", "ENGINE_REG", "VECTOR_REG", "RUN_ENGINE", "RUN_VECTOR", "OUTPUT")
 END, ENGINE_REG, VECTOR_REG, RUN_ENGINE, RUN_VECTOR, OUTPUT = range(len(OPS))
 OP_BITS = (len(OPS) - 1).bit_length()
 # Operand registers: the vector unit's, also used by OUTPUT (src_a, channels); a max- or average-pool
-# step also writes the window's.
-OPERANDS = OP_REGISTERS + MAXPOOL_REGISTERS
+# step also writes the window's, a subsample step the window's and its channels'.
+OPERANDS = OP_REGISTERS + MAXPOOL_REGISTERS + SUBSAMPLE_REGISTERS
 REG_FIELD_BITS = (max(len(NETWORK_REGISTERS), len(OPERANDS)) - 1).bit_length()
 PIXEL_BITS = 8
 
@@ -250,15 +251,16 @@ def lane_starts(plan: NetworkPlan) -> bool:
 
 def program_length(plan: NetworkPlan) -> int:
     """Words of the program of ``plan``'s steps: every step after the input writes its registers
-    (a max- or average-pool step the window's too; a conv step ``dst_lane`` too where a part starts inside a word,
-    :func:`lane_starts`), then runs; OUTPUT writes the op registers too; END closes
-    (:func:`hw.network_program.program_words`)."""
+    (a max- or average-pool step the window's too, a subsample step those and its channels'; a conv step
+    ``dst_lane`` too where a part starts inside a word, :func:`lane_starts`), then runs; OUTPUT writes the op
+    registers too; END closes (:func:`hw.network_program.program_words`)."""
     convs = sum(step.kind == "conv" for step in plan.steps)
-    maxpools = sum(step.kind in ("maxpool", "avgpool") for step in plan.steps)
+    maxpools = sum(step.kind in ("maxpool", "avgpool", "subsample") for step in plan.steps)
+    subsamples = sum(step.kind == "subsample" for step in plan.steps)
     vector_steps = len(plan.steps) - 1 - convs
     registers = len(NETWORK_REGISTERS) + len(LANE_REGISTERS) * lane_starts(plan)
     return (convs * (registers + 1) + (vector_steps + 1) * (len(OP_REGISTERS) + 1)
-            + maxpools * len(MAXPOOL_REGISTERS) + 1)
+            + maxpools * len(MAXPOOL_REGISTERS) + subsamples * len(SUBSAMPLE_REGISTERS) + 1)
 
 
 def network_plan(model: CompiledModel, params: NetworkParams | EngineParams) -> NetworkPlan:

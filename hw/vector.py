@@ -33,6 +33,8 @@ bit-exact with :func:`compiler.reference.execute`:
 - MINPOOL (``p.minpool``): MAXPOOL with each code read and each maximum written complemented (all ones of a
   lane), so each window's minimum, positions outside the input left out (the negative half of a signed
   activation after a max pooling).
+- SUBSAMPLE (``p.subsample_bits``): values to values, every ``stride``-th row and column of each copied channel
+  between zero channels, one element a cycle (a CIFAR ResNet's option-A shortcut: :class:`_Subsample`).
 
 Constants are loaded by ``(target, addr, data)`` beats (:mod:`hw.vector_words`).
 """
@@ -52,7 +54,8 @@ from .pe import add_with_carry
 from .thresholds import ThresholdUnit, lent_value_lag
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
                             OP_BITS, POOL, POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
-                            POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, TARGET_BITS, VectorParams)
+                            POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, SUBSAMPLE, SUBSAMPLE_REGISTERS, TARGET_BITS,
+                            VectorParams)
 
 
 class VectorUnit(wiring.Component):
@@ -62,21 +65,24 @@ class VectorUnit(wiring.Component):
 
     - ``start`` (in): a one-cycle pulse, sampled only while idle (``busy`` low), and the op
       registers, read in the cycle after it (they must hold then): ``op`` (3 bits: ACTIVATE 0, ADD 1,
-      POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5, MINPOOL 6; an op the unit has no hardware for is ignored),
+      POOL 2, MAXPOOL 3, ADD_RELU 4, AVGPOOL 5, MINPOOL 6, SUBSAMPLE 7; an op the unit has no hardware for is
+      ignored),
       ``src_a`` (``p.src_bits``), ``src_b`` (``p.value_addr_bits``),
       ``dst`` (``p.dst_bits``), ``channels``, ``positions`` (``p.count_bits``, both >= 1),
       ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's and AVGPOOL's
       (and MINPOOL's) window (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.window_bits``; ``row_step``
-      ``p.code_addr_bits``, ``p.dst_bits`` with AVGPOOL hardware) with ``positions`` the input's
+      ``p.code_addr_bits``, ``p.dst_bits`` with AVGPOOL or SUBSAMPLE hardware) with ``positions`` the input's
       ``H * W``; MAXPOOL's ``src_a`` is the word of the first window's top left corner
-      (:func:`hw.vector_words.maxpool_registers`).
+      (:func:`hw.vector_words.maxpool_registers`); SUBSAMPLE's the window's and ``skip``, ``keep``
+      (``p.count_bits``; :func:`hw.vector_words.subsample_registers`).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 7`` (``act_code_bits``
       more with ``p.act_progression``: the search),
       ADD and ADD_RELU ``2N + 4`` (``N = channels * positions``), POOL ``channels *
       (max(pool_lead_pieces + positions + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``, MAXPOOL
       ``ceil(channels / lanes) * out_height * out_width * kernel^2 + 3``, AVGPOOL ``channels * out_height *
-      out_width * (max(pool_lead_pieces + kernel^2 + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``
+      out_width * (max(pool_lead_pieces + kernel^2 + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2``, SUBSAMPLE
+      ``channels * out_height * out_width + 4``
       (each with the cycle in which the start, taken into a register, starts the op: no logic from
       ``start`` into the op registers' enables).
     - ``load_en``, ``load_target`` (2 bits), ``load_addr`` (``p.load_addr_bits``), ``load_data``
@@ -132,8 +138,9 @@ class VectorUnit(wiring.Component):
             "positions": In(p.count_bits),
             "slot_base": In(p.slot_bits),
             "frac_bits": In(p.frac_field_bits),
-            **{name: In((p.dst_bits if p.avgpool_bits else p.code_addr_bits) if name == "row_step"
+            **{name: In((p.dst_bits if p.avgpool_bits or p.subsample_bits else p.code_addr_bits) if name == "row_step"
                         else max(1, p.window_bits)) for name in MAXPOOL_REGISTERS},
+            **{name: In(p.count_bits) for name in SUBSAMPLE_REGISTERS},
             "busy": Out(1),
             "load_en": In(1),
             "load_target": In(TARGET_BITS),
@@ -241,8 +248,10 @@ class VectorUnit(wiring.Component):
 
         maxpool = _MaxPool(self, m) if p.maxpool_bits else None
         avgpool = _AvgPool(self, m, lane, group, ch, slot, channels, positions) if p.avgpool_bits else None
+        subsample = _Subsample(self, m) if p.subsample_bits else None
         windowed = op == AVGPOOL
-        m.d.comb += self.val_read_addr.eq(Mux(issue_b, rd_b, Mux(windowed, avgpool.addr, rd_a) if avgpool else rd_a))
+        read_addr = Mux(issue_b, rd_b, Mux(windowed, avgpool.addr, rd_a) if avgpool else rd_a)
+        m.d.comb += self.val_read_addr.eq(Mux(subsample.issuing, subsample.rd, read_addr) if subsample else read_addr)
         supported = Cat(*(self.op == x for x in p.ops)).any()
         go = Signal(name="go")      # a start taken: the op begins in the next cycle (START_CYCLES)
         m.d.sync += go.eq(self.start & ~busy & supported)
@@ -273,6 +282,10 @@ class VectorUnit(wiring.Component):
                         with m.If(pooling):
                             maxpool.start()
                             m.next = "MAXPOOL"
+                    if subsample:
+                        with m.If(self.op == SUBSAMPLE):
+                            subsample.start()
+                            m.next = "SUBSAMPLE"
             with m.State("RUN"):
                 # ACTIVATE: one element per cycle; ADD: operand a, then b and the next element.
                 with m.If(adding & ~phase):
@@ -290,6 +303,10 @@ class VectorUnit(wiring.Component):
             if maxpool:
                 with m.State("MAXPOOL"):
                     with m.If(maxpool.issue()):
+                        m.next = "IDLE"
+            if subsample:
+                with m.State("SUBSAMPLE"):
+                    with m.If(subsample.issue()):
                         m.next = "IDLE"
             if pool_hw:
                 if p.pool_lead_pieces:
@@ -385,6 +402,9 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [self.val_write_en.eq(1), self.val_write_addr.eq(wr2),
                              self.val_write_data.eq(Mux((op == ADD_RELU) & (add_sum < 0), 0, add_sum))]
             pending += b_stages
+
+        if subsample:
+            pending += subsample.write(extra, rl)
 
         if pool_hw:
             self._pool(m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
@@ -609,6 +629,71 @@ class _AvgPool:
         """After a window's last lane: lane 0 (its channel and slot) of the next output word."""
         self.m.d.sync += [self.lane.eq(0), self.group.eq(self.group + 1), self.ch.eq(self.first),
                           self.slot.eq(self.first_slot)]
+
+
+class _Subsample:
+    """The SUBSAMPLE datapath of a :class:`VectorUnit`: counters, the read address, the value write.
+
+    Per output channel ``ch`` (``0..channels - 1``), row ``oy`` and column ``ox``, one element a cycle: value
+    word ``rd`` is read, input position ``(oy * stride, ox * stride)`` of the channel copied (``rd`` moves on by
+    ``stride`` a column, to the next ``row_step`` words a row); a channel is copied where ``skip <= ch < skip +
+    keep`` (the next copied channel starts ``positions`` words after its first), else written with zeros (its
+    read is ignored). The output words are written in order from ``dst``, each ``2 + extra`` cycles after its read
+    (the read, the read data's register; ``extra`` the value memory's read cycles beyond one).
+    """
+
+    def __init__(self, unit: VectorUnit, m: Module):
+        self.unit, self.m, p = unit, m, unit.params
+        self.regs = {name: Signal(getattr(unit, name).shape(), name=f"sub_{name}")
+                     for name in ("out_height", "out_width", "stride", "row_step", "positions", "skip", "keep",
+                                  "channels")}
+        addr = p.value_addr_bits
+        self.ch = Signal(p.count_bits + 1, name="sub_ch")
+        self.oy, self.ox = (Signal(p.window_bits, name=f"sub_{n}") for n in ("oy", "ox"))
+        self.rd, self.row, self.first = (Signal(addr, name=f"sub_{n}") for n in ("rd", "row", "first"))
+        self.wr = Signal(addr, name="sub_wr")
+        self.end = Signal(p.count_bits + 1, name="sub_end")     # skip + keep
+        self.issuing = Signal(name="sub_issuing")
+        self.copied = Signal(name="sub_copied")
+
+    def start(self) -> None:
+        """Sample the registers (in the cycle of ``start``): the first element of channel 0."""
+        u, m = self.unit, self.m
+        m.d.sync += [reg.eq(getattr(u, name)) for name, reg in self.regs.items()]
+        m.d.sync += [self.ch.eq(0), self.oy.eq(0), self.ox.eq(0), self.wr.eq(u.dst), self.end.eq(u.skip + u.keep)]
+        m.d.sync += [a.eq(u.src_a) for a in (self.rd, self.row, self.first)]
+
+    def issue(self):
+        """In the SUBSAMPLE state: read the element, advance the counters; returns "the last element"."""
+        m, r = self.m, self.regs
+        m.d.comb += [self.issuing.eq(1), self.copied.eq((self.ch >= r["skip"]) & (self.ch < self.end))]
+        last_ox, last_oy = self.ox == r["out_width"] - 1, self.oy == r["out_height"] - 1
+        done = Signal(name="sub_done")
+        m.d.comb += done.eq(last_ox & last_oy & (self.ch == r["channels"] - 1))
+        m.d.sync += self.wr.eq(self.wr + 1)
+        with m.If(~last_ox):
+            m.d.sync += [self.ox.eq(self.ox + 1), self.rd.eq(self.rd + r["stride"])]
+        with m.Else():
+            m.d.sync += self.ox.eq(0)
+            with m.If(~last_oy):
+                following = self.row + r["row_step"]
+                m.d.sync += [self.oy.eq(self.oy + 1), self.row.eq(following), self.rd.eq(following)]
+            with m.Else():
+                following = Mux(self.copied, self.first + r["positions"], self.first)
+                m.d.sync += [self.oy.eq(0), self.ch.eq(self.ch + 1)]
+                m.d.sync += [a.eq(following) for a in (self.first, self.row, self.rd)]
+        return done
+
+    def write(self, extra: int, reset_less: bool) -> list:
+        """The value write of each element, the read value or 0; returns the pipeline's stages (busy while any)."""
+        u, m = self.unit, self.m
+        _, *stages = delays(m, self.issuing, 2 + extra, "sub")
+        wr = delays(m, self.wr, 2 + extra, "sub_wr", reset_less=reset_less)[-1]
+        copied = delays(m, self.copied, 2 + extra, "sub_copied", reset_less=reset_less)[-1]
+        value = delays(m, u.val_read_data, 1, "sub_value", reset_less=reset_less)[1]
+        with m.If(stages[-1]):
+            m.d.sync += [u.val_write_en.eq(1), u.val_write_addr.eq(wr), u.val_write_data.eq(Mux(copied, value, 0))]
+        return stages
 
 
 class _MaxPool:

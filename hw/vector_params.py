@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, AvgPoolNode, CompiledModel, MaxPoolNode,
-                            PoolNode, TensorInfo, Thresholds, signed_bits)
+                            PoolNode, SubsampleNode, TensorInfo, Thresholds, signed_bits)
 
 from .memories import memory_bits
 from .progression import ProgressionShape, fit_progression, progression_bits, progression_shape, shape_from_dict
@@ -43,14 +43,18 @@ MAX_DEPTH = 1 << 24          # words of a data memory, and constant slots
 MAX_VALUE_BITS = 64
 
 # Ops (the ``op`` register) and their names.
-OPS = ("activate", "add", "pool", "maxpool", "add_relu", "avgpool", "minpool")
-# ADD_RELU: ADD, then max(0, sum); MINPOOL: MAXPOOL of the codes' complements, complemented (each window's minimum)
-ACTIVATE, ADD, POOL, MAXPOOL, ADD_RELU, AVGPOOL, MINPOOL = range(len(OPS))
+OPS = ("activate", "add", "pool", "maxpool", "add_relu", "avgpool", "minpool", "subsample")
+# ADD_RELU: ADD, then max(0, sum); MINPOOL: MAXPOOL of the codes' complements, complemented (each window's minimum);
+# SUBSAMPLE: values, every stride-th row and column between zero channels (an option-A shortcut)
+ACTIVATE, ADD, POOL, MAXPOOL, ADD_RELU, AVGPOOL, MINPOOL, SUBSAMPLE = range(len(OPS))
 OP_BITS = 3
 # The op registers, sampled with ``start``; MAXPOOL and AVGPOOL also sample their window's (input and
 # output sides, kernel, stride, padding, and ``row_step`` = stride * width).
 OP_REGISTERS = ("op", "src_a", "src_b", "dst", "channels", "positions", "slot_base", "frac_bits")
 MAXPOOL_REGISTERS = ("height", "width", "out_height", "out_width", "kernel", "stride", "padding", "row_step")
+# SUBSAMPLE samples the window's too (``kernel`` 1, ``padding`` 0), and its zero channels before the copied ones
+# (``skip``) and the copied ones (``keep``).
+SUBSAMPLE_REGISTERS = ("skip", "keep")
 MAX_MAXPOOL_BITS = 16
 
 # Load targets (``load_target``): a channel's activate-threshold word, a pool channel's
@@ -92,6 +96,7 @@ ADD_DEPTH = 3
 POOL_DRAIN = 5
 SEARCH_STEP = 5
 MAXPOOL_DEPTH = 2             # from a window's last read address: the read, the write register
+SUBSAMPLE_DEPTH = 3           # from the last read address: the read, the read data's register, the write register
 
 
 def pool_sum_bound(node: PoolNode, shape: tuple[int, int, int], bound: int) -> int:
@@ -130,6 +135,12 @@ def maxpool_bits(node: MaxPoolNode | AvgPoolNode, shape: tuple[int, int, int]) -
     bits of its largest side (input or output), kernel, stride or padding."""
     return max(1, *(int(v).bit_length() for v in (*shape[1:], *node.out_shape(shape)[1:], node.kernel, node.stride,
                                                    getattr(node, "padding", 0))))
+
+
+def subsample_bits(node: SubsampleNode, shape: tuple[int, int, int]) -> int:
+    """Width of the window registers that subsample node ``node`` on input ``shape`` needs: the bits of its
+    sides (input and output) and stride."""
+    return max(1, *(int(v).bit_length() for v in (*shape[1:], *node.out_shape(shape)[1:], node.stride)))
 
 
 def pool_rows(node: PoolNode, code_bits: int) -> list[list[int]]:
@@ -205,6 +216,8 @@ class VectorParams:
     - Average pooling: ``avgpool_bits`` (0: no AVGPOOL hardware, else 1..16, with pool hardware): the
       same for the windows of average pooling nodes. The window registers are ``window_bits`` wide.
     - ``adds``: ADD and ADD_RELU hardware (false where every addition of the model is fused into a conv).
+    - ``subsample_bits``: 0: no SUBSAMPLE hardware; else 1..16, the width its window registers need (sides,
+      stride: :func:`subsample_bits`); with it, ``skip`` and ``keep`` (:data:`SUBSAMPLE_REGISTERS`, ``count_bits``).
     """
 
     lanes: int
@@ -231,6 +244,7 @@ class VectorParams:
     pool_cap_bits: int = 0
     minpool: bool = False
     act_progression: ProgressionShape | None = None
+    subsample_bits: int = 0
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -242,7 +256,8 @@ class VectorParams:
                                 ("value_bits", 2, MAX_VALUE_BITS), ("value_depth", 1, MAX_DEPTH),
                                 ("code_depth", 1, MAX_DEPTH), ("act_code_bits", 0, CODE_BITS[1]),
                                 ("pool_slots", 0, MAX_DEPTH), ("maxpool_bits", 0, MAX_MAXPOOL_BITS),
-                                ("avgpool_bits", 0, MAX_MAXPOOL_BITS if self.pool_slots else 0)):
+                                ("avgpool_bits", 0, MAX_MAXPOOL_BITS if self.pool_slots else 0),
+                                ("subsample_bits", 0, MAX_MAXPOOL_BITS)):
             check(name, low, high)
         if self.act_progression is not None and (
                 not isinstance(self.act_progression, ProgressionShape)
@@ -317,8 +332,16 @@ class VectorParams:
 
     @property
     def window_bits(self) -> int:
-        """The window registers (:data:`MAXPOOL_REGISTERS` but ``row_step``): 0 without MAXPOOL or AVGPOOL."""
-        return max(self.maxpool_bits, self.avgpool_bits)
+        """The window registers (:data:`MAXPOOL_REGISTERS` but ``row_step``): 0 without MAXPOOL, AVGPOOL or
+        SUBSAMPLE."""
+        return max(self.maxpool_bits, self.avgpool_bits, self.subsample_bits)
+
+    @property
+    def operand_registers(self) -> tuple[str, ...]:
+        """The op registers this unit samples: :data:`OP_REGISTERS`, the window's (:data:`MAXPOOL_REGISTERS`)
+        with MAXPOOL, AVGPOOL or SUBSAMPLE hardware, :data:`SUBSAMPLE_REGISTERS` with SUBSAMPLE's."""
+        return (OP_REGISTERS + (MAXPOOL_REGISTERS if self.window_bits else ())
+                + (SUBSAMPLE_REGISTERS if self.subsample_bits else ()))
 
     @property
     def lane_index_bits(self) -> int:
@@ -427,11 +450,12 @@ class VectorParams:
     @property
     def ops(self) -> tuple[int, ...]:
         """The ops this unit runs (ADD and ADD_RELU with ``adds``; ACTIVATE and POOL where it has their
-        constants, MAXPOOL and AVGPOOL where it has ``maxpool_bits``, ``avgpool_bits``, MINPOOL with ``minpool``)."""
+        constants, MAXPOOL, AVGPOOL and SUBSAMPLE where it has ``maxpool_bits``, ``avgpool_bits``,
+        ``subsample_bits``, MINPOOL with ``minpool``)."""
         return tuple(op for op, present in ((ACTIVATE, self.act_code_bits), (ADD, self.adds),
                                             (POOL, self.pool_slots), (MAXPOOL, self.maxpool_bits),
-                                            (ADD_RELU, self.adds),
-                                            (AVGPOOL, self.avgpool_bits), (MINPOOL, self.minpool)) if present)
+                                            (ADD_RELU, self.adds), (AVGPOOL, self.avgpool_bits),
+                                            (MINPOOL, self.minpool), (SUBSAMPLE, self.subsample_bits)) if present)
 
     def op_cycles(self, op: int, channels: int, positions: int, window: int = 1, value_latency: int = 1) -> int:
         """Cycles ``busy`` is high for one op (from the cycle after ``start``; the last is the one
@@ -441,9 +465,9 @@ class VectorParams:
         (MINPOOL) ``ceil(channels / lanes) * positions * window + 3`` with ``positions`` the output's and ``window`` =
         kernel^2: one read per cycle, a word of ``lanes`` codes; AVGPOOL ``channels * positions *
         (max(pool_lead_pieces + window + 5, pool_pieces + 2) + 5 * pool_code_bits) + 2`` (each window as POOL's
-        channel). ``value_latency``: the value memory's read
-        cycles (:func:`hw.column_memory.value_read_latency`), each beyond the first one more for ACTIVATE and ADD and
-        one more per channel (window) for POOL (AVGPOOL)."""
+        channel); SUBSAMPLE ``channels * positions + 4`` with ``positions`` the output's. ``value_latency``: the
+        value memory's read cycles (:func:`hw.column_memory.value_read_latency`), each beyond the first one more for
+        ACTIVATE, ADD and SUBSAMPLE and one more per channel (window) for POOL (AVGPOOL)."""
         n, extra = channels * positions, value_latency - 1
         if op == ACTIVATE:
             run = n + ACTIVATE_DEPTH + self.act_search_cycles + extra
@@ -455,6 +479,8 @@ class VectorParams:
             run = -(-channels // self.lanes) * positions * window + MAXPOOL_DEPTH
         elif op == AVGPOOL:
             run = channels * positions * self._pooled(window, extra) + 1
+        elif op == SUBSAMPLE:
+            run = n + SUBSAMPLE_DEPTH + extra
         else:
             names = ", ".join(f"{i} ({name})" for i, name in enumerate(OPS))
             raise ValueError(f"op must be one of {names}, got {op!r}")
@@ -468,7 +494,7 @@ class VectorParams:
 
     def register_cycles(self, regs: dict[str, int], value_latency: int = 1) -> int:
         """:meth:`op_cycles` of the op that the op registers ``regs`` start (``op_registers``'s dict)."""
-        if regs["op"] in (MAXPOOL, AVGPOOL, MINPOOL):
+        if regs["op"] in (MAXPOOL, AVGPOOL, MINPOOL, SUBSAMPLE):
             return self.op_cycles(regs["op"], regs["channels"], regs["out_height"] * regs["out_width"],
                                   regs["kernel"] ** 2, value_latency)
         return self.op_cycles(regs["op"], regs["channels"], regs["positions"], value_latency=value_latency)
@@ -504,12 +530,12 @@ class VectorParams:
     @classmethod
     def from_dict(cls, d: dict) -> VectorParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction); a
-        ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL) or ``pool_cap_bits`` (before it
-        clipped) means 0, without ``adds`` true, without ``minpool`` (before MINPOOL) false, without
-        ``act_progression`` (before the activate thresholds were searched) None."""
+        ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL), ``pool_cap_bits`` (before it
+        clipped) or ``subsample_bits`` (before SUBSAMPLE) means 0, without ``adds`` true, without ``minpool`` (before
+        MINPOOL) false, without ``act_progression`` (before the activate thresholds were searched) None."""
         names = {f.name for f in fields(cls)}
         for name, value in (("avgpool_bits", 0), ("pool_cap_bits", 0), ("adds", True), ("minpool", False),
-                            ("act_progression", None)):
+                            ("act_progression", None), ("subsample_bits", 0)):
             if isinstance(d, dict) and name not in d:
                 d = {**d, name: value}
         if not isinstance(d, dict) or set(d) != names:
@@ -529,12 +555,14 @@ class VectorParams:
         where the model has a max-pool node, its registers as wide as the largest side, kernel, stride
         or padding of one. ``adds``: the ADD hardware (see the class). The activate thresholds search the
         nodes that :func:`~hw.progression.progression_shape` picks (``act_progression``).
+        SUBSAMPLE hardware is there where the model has a subsample node.
         Raises ValueError when ``value_bits`` or ``lane_bits`` cannot hold the model's tensors."""
         info = model.validate()
         acts = [activate_needs(n, info[n.input]) for n in model.nodes if isinstance(n, ActivateNode)]
         pools = [pool_needs(n, info[n.input]) for n in model.nodes if isinstance(n, PoolNode)]
         values = [signed_bits(info[name].bound) for n in model.nodes if isinstance(n, AddNode)
                   for name in (*n.inputs, n.output)]
+        values += [signed_bits(info[n.input].bound) for n in model.nodes if isinstance(n, SubsampleNode)]
         values += [need["value_bits"] for need in acts + pools]
         if max(values, default=0) > value_bits:
             raise ValueError(f"value_bits={value_bits} cannot hold the model's values: its activate, add and pool "
@@ -582,4 +610,6 @@ class VectorParams:
                    pool_cap_bits=max((max(n["cap_bits"], n["term_bits"]) for n in pools), default=0)
                    if any(n["cap_bits"] for n in pools) else 0,
                    minpool=any(isinstance(n, MaxPoolNode) and n.minimum for n in model.nodes),
-                   act_progression=act_progression)
+                   act_progression=act_progression,
+                   subsample_bits=max((subsample_bits(n, info[n.input].shape) for n in model.nodes
+                                       if isinstance(n, SubsampleNode)), default=0))

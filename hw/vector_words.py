@@ -35,20 +35,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, MaxPoolNode, PoolNode, TensorInfo,
-                            Thresholds, signed_bits)
+from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, MaxPoolNode, PoolNode, SubsampleNode,
+                            TensorInfo, Thresholds, signed_bits)
 
 from .memories import word_pieces
 from .stage_words import progression_words, thresholds_array, threshold_words
 from .progression import progression_bits, searched_problem
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
                             OPS, OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
-                            POOL_THRESHOLDS, TARGETS, VectorParams, activate_needs, maxpool_bits, pool_needs,
-                            pool_progressions, pool_sum_bound)
+                            POOL_THRESHOLDS, SUBSAMPLE, SUBSAMPLE_REGISTERS, TARGETS, VectorParams, activate_needs,
+                            maxpool_bits, pool_needs, pool_progressions, pool_sum_bound, subsample_bits)
 
 __all__ = ["ACT_THRESHOLDS", "POOL_CONSTANTS", "POOL_THRESHOLDS", "TARGETS", "Beat", "constant_beats",
-           "op_registers", "slot_bases", "activate_words", "pool_constant_beats", "pool_constant_words",
-           "pool_threshold_words", "node_progressions"]
+           "op_registers", "subsample_registers", "slot_bases", "activate_words", "pool_constant_beats",
+           "pool_constant_words", "pool_threshold_words", "node_progressions"]
 
 Beat = tuple[int, int, int]
 FIX = "generate the unit for this model (VectorParams.for_model)"
@@ -245,7 +245,7 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     """The op registers (:data:`~hw.vector_params.OP_REGISTERS`) that run ``node`` (an activate,
     add or pool node) on its input tensor(s) of ``shape`` (C, H, W), an average-pool node's window's
     too (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``row_step`` = stride * W in values); for a
-    max-pool node :func:`maxpool_registers`.
+    max-pool node :func:`maxpool_registers`, for a subsample node :func:`subsample_registers`.
 
     ``bases``: the base address of each tensor by name (a network plan's), at least the node's
     inputs (value memory) and output (code memory; value memory for an add, where the output may
@@ -253,6 +253,8 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     node's first constant slot by name (:func:`constant_beats`' second result)."""
     if isinstance(node, MaxPoolNode):
         return maxpool_registers(params, node, shape, bases)
+    if isinstance(node, SubsampleNode):
+        return subsample_registers(params, node, shape, bases)
     c, h, w = _check_shape(shape)
     positions = h * w
     ops = {ActivateNode: ACTIVATE, AddNode: ADD, PoolNode: POOL, AvgPoolNode: AVGPOOL}
@@ -316,6 +318,45 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
         values.update(height=h, width=w, out_height=ho, out_width=wo, kernel=node.kernel, stride=node.stride,
                       padding=0, row_step=node.stride * w)
         assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS
+    return values
+
+
+def subsample_registers(params: VectorParams, node: SubsampleNode, shape: tuple[int, int, int],
+                        bases: dict[str, int]) -> dict[str, int]:
+    """The op registers (:data:`~hw.vector_params.OP_REGISTERS`, :data:`~hw.vector_params.MAXPOOL_REGISTERS`, then
+    :data:`~hw.vector_params.SUBSAMPLE_REGISTERS`) that run subsample node ``node`` on its input values of
+    ``shape`` (C, H, W) at ``bases[node.input]`` into ``bases[node.output]`` (value memory; the two regions must
+    not overlap): ``channels`` the output's, ``positions`` the input's ``H * W`` (a copied channel's step),
+    ``row_step`` = ``stride * W``, ``skip`` = ``before``, ``keep`` = C."""
+    c, h, w = _check_shape(shape)
+    name = f"node {node.name!r}"
+    if SUBSAMPLE not in params.ops:
+        raise ValueError(f"{name}: the unit has no subsample hardware; {FIX}")
+    for tensor in (node.input, node.output):
+        if tensor not in bases:
+            raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give the input's and the "
+                             f"output's base (the network plan's)")
+    out_c, ho, wo = node.out_shape((c, h, w))
+    regions = []
+    for what, tensor, words in (("input", node.input, c * h * w), ("output", node.output, out_c * ho * wo)):
+        base = bases[tensor]
+        if not isinstance(base, (int, np.integer)) or isinstance(base, bool) or base < 0 \
+                or base + words > params.value_depth:
+            raise ValueError(f"{name}: {what} {tensor!r} at {base!r} takes {words} words of the value memory, "
+                             f"which has {params.value_depth}; plan the tensors within the memory (or generate a "
+                             "deeper one)")
+        regions.append((int(base), int(base) + words))
+    (a, b), (x, y) = regions
+    if a < y and x < b:
+        raise ValueError(f"{name}: output {node.output!r} overlaps input {node.input!r}; subsampling reads its "
+                         f"input while it writes")
+    if subsample_bits(node, (c, h, w)) > params.subsample_bits:
+        raise ValueError(f"{name}: its sides (input {h}x{w}, stride {node.stride}) do not fit subsample_bits="
+                         f"{params.subsample_bits}; {FIX}")
+    values = {"op": SUBSAMPLE, "src_a": a, "src_b": 0, "dst": x, "channels": out_c, "positions": h * w,
+              "slot_base": 0, "frac_bits": 0, "height": h, "width": w, "out_height": ho, "out_width": wo, "kernel": 1,
+              "stride": node.stride, "padding": 0, "row_step": node.stride * w, "skip": node.before, "keep": c}
+    assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS + SUBSAMPLE_REGISTERS
     return values
 
 

@@ -23,8 +23,8 @@ from amaranth.sim import Simulator  # noqa: E402
 
 from compiler import reference  # noqa: E402
 from compiler.format import load  # noqa: E402
-from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, MaxPoolNode, PoolNode, TensorInfo, Thresholds,  # noqa: E402
-                            signed_bits)
+from compiler.graph import (ActivateNode, AddNode, AvgPoolNode, MaxPoolNode, PoolNode, SubsampleNode,  # noqa: E402
+                            TensorInfo, Thresholds, signed_bits)
 import hw.column_memory  # noqa: E402
 from hw.delay import delayed  # noqa: E402
 from hw.thresholds import ThresholdUnit  # noqa: E402
@@ -32,8 +32,8 @@ from hw.vector import VectorUnit  # noqa: E402
 from hw.network_params import NetworkParams  # noqa: E402
 from hw.progression import progression_bits  # noqa: E402
 from hw.vector_params import (ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAX_POOL_SHIFT, MAXPOOL, MINPOOL, POOL,  # noqa: E402
-                              POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_PIECE_LATENCY, THRESHOLD_LATENCY, VectorParams,
-                              maxpool_bits, pool_progressions, pool_shift, pool_sum_bound)
+                              POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_PIECE_LATENCY, SUBSAMPLE, THRESHOLD_LATENCY,
+                              VectorParams, maxpool_bits, pool_progressions, pool_shift, pool_sum_bound, subsample_bits)
 from hw.vector_words import (ACT_THRESHOLDS, POOL_CONSTANTS, POOL_THRESHOLDS, activate_words,  # noqa: E402
                              constant_beats, op_registers, pool_constant_beats, pool_constant_words,
                              pool_threshold_words)
@@ -172,6 +172,11 @@ def expected(params, node, regs, values, codes):
     values, codes = list(values), list(codes)
     if isinstance(node, MaxPoolNode):
         return values, expected_maxpool(params, node, regs, codes)
+    if isinstance(node, SubsampleNode):
+        c, h, w = regs["keep"], regs["height"], regs["width"]
+        x = np.array(values[regs["src_a"]:regs["src_a"] + c * h * w], dtype=np.int64).reshape(1, c, h, w)
+        put_values(values, regs["dst"], node.apply(x))
+        return values, codes
     k, n_pos = regs["channels"], regs["positions"]
     inputs = [node.input] if not isinstance(node, AddNode) else list(node.inputs)
     channels = k if isinstance(node, AddNode) else len(node.stage.thresholds)
@@ -662,6 +667,45 @@ def run_pooling(node, lanes, shape, minpool=None):
            (node, op_registers(params, node, shape, {"x": depth - groups * h * w, "y": 1}))]
     check(params, [], ops, values, codes, interfere=True)
     return params
+
+
+@pytest.mark.parametrize("shape, stride, before, after", [
+    ((4, 8, 8), 2, 2, 2),               # akamaster's option A: 16 -> 32 channels, 32 x 32 -> 16 x 16, scaled down
+    ((3, 7, 5), 3, 0, 4),               # odd sides: ceil(7 / 3) x ceil(5 / 3); zeros after only
+    ((5, 2, 3), 1, 3, 0),               # zero channels alone (F.pad without a slice), before only
+])
+def test_subsample(shape, stride, before, after):
+    """SUBSAMPLE on junk memories: every stride-th row and column of each copied channel, zeros in the padding
+    channels, written in order; the input just below the output, then far above it, and an op after it."""
+    node = SubsampleNode("sub", "x", "y", stride, before, after)
+    c, h, w = shape
+    out = node.out_shape(shape)
+    words_in, words_out = c * h * w, out[0] * out[1] * out[2]
+    depth = words_in + words_out + 30
+    params = VectorParams(lanes=2, lane_bits=3, value_bits=9, value_depth=depth, code_depth=4,
+                          subsample_bits=subsample_bits(node, shape))
+    assert SUBSAMPLE in params.ops and SUBSAMPLE not in replace(params, subsample_bits=0).ops
+    values, codes = junk(params, np.random.default_rng(sum(shape) + stride))
+    ops = [(node, op_registers(params, node, shape, {"x": 0, "y": words_in})),
+           (node, op_registers(params, node, shape, {"x": depth - words_in, "y": 1}))]
+    check(params, [], ops, values, codes, interfere=True)
+
+
+def test_subsample_registers_and_errors():
+    node = SubsampleNode("sub", "x", "y", 2, 4, 4)
+    params = VectorParams(lanes=4, lane_bits=2, value_bits=8, value_depth=500, code_depth=4,
+                          subsample_bits=subsample_bits(node, (8, 6, 6)))
+    regs = op_registers(params, node, (8, 6, 6), {"x": 3, "y": 300})
+    assert (regs["channels"], regs["positions"], regs["row_step"], regs["skip"], regs["keep"]) == (16, 36, 12, 4, 8)
+    assert params.register_cycles(regs) == 16 * 9 + 4 == params.op_cycles(SUBSAMPLE, 16, 9)
+    for bases, says in (({"x": 0, "y": 400}, "takes 144 words"), ({"x": 0, "y": -1}, "at -1"),
+                        ({"x": 3, "y": 200}, "overlaps"), ({"x": 0}, "no address")):
+        with pytest.raises(ValueError, match=says):
+            op_registers(params, node, (8, 6, 6), bases)
+    with pytest.raises(ValueError, match="subsample_bits=3"):
+        op_registers(params, node, (2, 9, 9), {"x": 0, "y": 200})
+    with pytest.raises(ValueError, match="no subsample hardware"):
+        op_registers(replace(params, subsample_bits=0), node, (8, 6, 6), {"x": 3, "y": 300})
 
 
 def test_maxpool_registers_and_errors():
