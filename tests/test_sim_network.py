@@ -13,6 +13,7 @@ integer reference.
   (non-square odd image, 7x7 stem, depthwise conv, strided shortcut to a 1 x 1 map, single-conv residual
   branch) on the network core and, conv by conv, on the layer engine.
 - A MobileNetV2 (random parameters) whose linear bottlenecks are signed activations, run as their halves.
+- akamaster's CIFAR ResNet (option-A shortcuts: SUBSAMPLE steps), random parameters.
 - ``lcq sim MODEL --json`` (network mode is the default) has the network keys.
 - The trained CIFAR-10 ResNet-20 (W3/A3), two images on an 8 x 8 array: a ``slow`` test.
 
@@ -231,6 +232,24 @@ def test_min_pooled_negative_halves_of_a_tiny_darknet_on_a_4x4_core(tmp_path):
     # the linear layer's 8-bit input: 7-bit halves, searched (one fused into the conv's write-back: its code lent
     # the search's cycles late), the narrow halves' thresholds listed
     assert (params.vector.act_progression.table_code_bits, params.engine.lent_search) == (2, 7)
+
+
+def test_option_a_shortcuts_of_akamasters_cifar_resnet_on_a_4x4_core(tmp_path):
+    """akamaster's CIFAR ResNet as written (one block a stage; random parameters): each strided block's shortcut
+    subsampled and padded with zero channels by the vector unit's SUBSAMPLE step, added in the write-back of the
+    conv that ends the block, every tensor exact."""
+    sys.path.insert(0, str(DATA))
+    import tutorial_models as tm
+
+    path = tmp_path / "akamaster-resnet8.lcq"
+    model = compiled_net(tm.resnet8(), (3, 8, 8), path, seed=3)
+    shortcuts = [n for n in model.nodes if n.op == "subsample"]
+    assert [(n.stride, n.before, n.after) for n in shortcuts] == [(2, 8, 8), (2, 16, 16)]
+    params, _ = run_exact(model, path, 4, 4, tmp_path / "run", seed=3)
+    assert params.vector.subsample_bits and not params.vector.adds      # every addition fused into its conv
+    plan = network_plan(model, params)
+    assert [s.kind for s in plan.steps].count("subsample") == 2 and all(
+        s.fused_add for s in plan.steps if s.kind == "conv" and s.name.endswith("conv2"))
 
 
 def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):

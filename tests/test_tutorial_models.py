@@ -41,6 +41,8 @@ LOWERED = {
     "torchvision AlexNet/VGG head, AdaptiveAvgPool2d((4, 4)) of a 4 x 4 map": (tm.AdaptiveHead, (3, 16, 16)),
     "kuangliu/pytorch-cifar VGG11, AvgPool2d(kernel_size=1, stride=1)": (lambda: tm.VGG("VGG11"), CIFAR),
     "kuangliu/pytorch-cifar ResNet18, nn.Sequential() shortcuts, out += ...": (tm.ResNet18, CIFAR),
+    "akamaster/pytorch_resnet_cifar10 resnet20, option-A shortcuts, F.avg_pool2d(out, out.size()[3])":
+        (tm.resnet20, CIFAR),
 }
 
 
