@@ -321,6 +321,29 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     return values
 
 
+def _apart(name: str, node, bases: dict[str, int], in_words: int, out_words: int, depth: int, memory: str,
+           doing: str) -> tuple[int, int]:
+    """The bases of ``node``'s input (``in_words`` words) and output (``out_words``) in ``bases``, each within the
+    ``memory`` memory of ``depth`` words and the two apart (``doing``: what reads the input while it writes);
+    ValueError naming the node (``name``) otherwise."""
+    for tensor in (node.input, node.output):
+        if tensor not in bases:
+            raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give the input's and the "
+                             f"output's base (the network plan's)")
+    regions = []
+    for what, tensor, words in (("input", node.input, in_words), ("output", node.output, out_words)):
+        base = bases[tensor]
+        if not isinstance(base, (int, np.integer)) or isinstance(base, bool) or base < 0 or base + words > depth:
+            raise ValueError(f"{name}: {what} {tensor!r} at {base!r} takes {words} words of the {memory} memory, which "
+                             f"has {depth}; plan the tensors within the memory (or generate a deeper one)")
+        regions.append((int(base), int(base) + words))
+    (a, b), (x, y) = regions
+    if a < y and x < b:
+        raise ValueError(f"{name}: output {node.output!r} overlaps input {node.input!r}; {doing} reads its input "
+                         "while it writes")
+    return a, x
+
+
 def subsample_registers(params: VectorParams, node: SubsampleNode, shape: tuple[int, int, int],
                         bases: dict[str, int]) -> dict[str, int]:
     """The op registers (:data:`~hw.vector_params.OP_REGISTERS`, :data:`~hw.vector_params.MAXPOOL_REGISTERS`, then
@@ -332,24 +355,8 @@ def subsample_registers(params: VectorParams, node: SubsampleNode, shape: tuple[
     name = f"node {node.name!r}"
     if SUBSAMPLE not in params.ops:
         raise ValueError(f"{name}: the unit has no subsample hardware; {FIX}")
-    for tensor in (node.input, node.output):
-        if tensor not in bases:
-            raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give the input's and the "
-                             f"output's base (the network plan's)")
     out_c, ho, wo = node.out_shape((c, h, w))
-    regions = []
-    for what, tensor, words in (("input", node.input, c * h * w), ("output", node.output, out_c * ho * wo)):
-        base = bases[tensor]
-        if not isinstance(base, (int, np.integer)) or isinstance(base, bool) or base < 0 \
-                or base + words > params.value_depth:
-            raise ValueError(f"{name}: {what} {tensor!r} at {base!r} takes {words} words of the value memory, "
-                             f"which has {params.value_depth}; plan the tensors within the memory (or generate a "
-                             "deeper one)")
-        regions.append((int(base), int(base) + words))
-    (a, b), (x, y) = regions
-    if a < y and x < b:
-        raise ValueError(f"{name}: output {node.output!r} overlaps input {node.input!r}; subsampling reads its "
-                         f"input while it writes")
+    a, x = _apart(name, node, bases, c * h * w, out_c * ho * wo, params.value_depth, "value", "subsampling")
     if subsample_bits(node, (c, h, w)) > params.subsample_bits:
         raise ValueError(f"{name}: its sides (input {h}x{w}, stride {node.stride}) do not fit subsample_bits="
                          f"{params.subsample_bits}; {FIX}")
@@ -373,24 +380,9 @@ def maxpool_registers(params: VectorParams, node: MaxPoolNode, shape: tuple[int,
     op = MINPOOL if node.minimum else MAXPOOL
     if op not in params.ops:
         raise ValueError(f"{name}: the unit has no {'min' if node.minimum else 'max'}-pool hardware; {FIX}")
-    for tensor in (node.input, node.output):
-        if tensor not in bases:
-            raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give the input's and the "
-                             f"output's base (the network plan's)")
     _, ho, wo = node.out_shape((c, h, w))
     groups = -(-c // params.lanes)
-    regions = []
-    for what, tensor, words in (("input", node.input, groups * h * w), ("output", node.output, groups * ho * wo)):
-        base = bases[tensor]
-        if not isinstance(base, (int, np.integer)) or isinstance(base, bool) or base < 0 \
-                or base + words > params.code_depth:
-            raise ValueError(f"{name}: {what} {tensor!r} at {base!r} takes {words} words of the code memory, which "
-                             f"has {params.code_depth}; plan the tensors within the memory (or generate a deeper one)")
-        regions.append((int(base), int(base) + words))
-    (a, b), (x, y) = regions
-    if a < y and x < b:
-        raise ValueError(f"{name}: output {node.output!r} overlaps input {node.input!r}; max pooling reads its "
-                         f"input while it writes")
+    a, x = _apart(name, node, bases, groups * h * w, groups * ho * wo, params.code_depth, "code", "max pooling")
     if min(h, w) + 2 * node.padding < node.kernel or maxpool_bits(node, (c, h, w)) > params.maxpool_bits:
         raise ValueError(f"{name}: its window (input {h}x{w}, kernel {node.kernel}, stride {node.stride}, padding "
                          f"{node.padding}) does not fit the padded input or maxpool_bits={params.maxpool_bits}; "
