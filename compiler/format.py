@@ -28,7 +28,8 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   ReLU6's output has the array ``cap`` (int64, a clip per channel); without it,
   none (:data:`OPTIONAL_ARRAYS`). Channel concatenation (``op``
   "concat"): ``inputs``, a list of tensor names, no arrays. Subsampling (``op`` "subsample", an option-A
-  shortcut): ``stride``, ``before`` and ``after``, no arrays. A file without them
+  shortcut): ``stride``, no arrays; its addition's ``"b_offset": C`` (an int, written only where not 0: the
+  channel of the sum that the shortcut's first adds to). A file without them
   is laid out as before they existed.
 - Flags (:data:`FLAG_FIELDS`): ``"relu": true`` on an add node or a
   requantize stage that applies a ReLU, ``"flat": true`` on an input node whose
@@ -93,13 +94,15 @@ NODE_FIELDS = {
     "avgpool": ("op", "name", "input", "output", "frac_bits", "sign", "relu", "offset", "stage", "kernel", "stride"),
     "maxpool": ("op", "name", "input", "output", "kernel", "stride", "padding"),
     "concat": ("op", "name", "inputs", "output"),
-    "subsample": ("op", "name", "input", "output", "stride", "before", "after"),
+    "subsample": ("op", "name", "input", "output", "stride"),
 }
 LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
                 "requantize": ("kind", "multiplier", "bias", "shift")}
 #: Optional arrays by node op: a reference where the node has the array, left out where not (None).
 OPTIONAL_ARRAYS = {"pool": ("cap",), "avgpool": ("cap",)}
+#: Optional scalar fields by node op: written where not 0, left out where 0.
+OPTIONAL_FIELDS = {"add": ("b_offset",)}
 #: Optional flags by node op or stage kind: written as ``true`` where set, left out where not.
 FLAG_FIELDS = {"input": ("flat",), "conv": ("signed_input",), "add": ("relu",), "requantize": ("relu",),
                "maxpool": ("minimum",)}
@@ -226,7 +229,7 @@ class _Writer:
                     "stage": self.stage(f"{p}/stage", node.stage)}
         if isinstance(node, AddNode):
             return {"op": "add", "name": node.name, "inputs": list(node.inputs), "output": node.output,
-                    **_flags(node, "add")}
+                    **_flags(node, "add"), **({"b_offset": int(node.b_offset)} if node.b_offset else {})}
         if isinstance(node, PoolNode):
             window = {k: int(getattr(node, k)) for k in ("kernel", "stride")} if node.op == "avgpool" else {}
             return {"op": node.op, "name": node.name, "input": node.input, "output": node.output,
@@ -242,7 +245,7 @@ class _Writer:
             return {"op": "concat", "name": node.name, "inputs": list(node.inputs), "output": node.output}
         if isinstance(node, SubsampleNode):
             return {"op": "subsample", "name": node.name, "input": node.input, "output": node.output,
-                    **{k: int(getattr(node, k)) for k in ("stride", "before", "after")}}
+                    "stride": int(node.stride)}
         raise TypeError(f"cannot save node {node!r}")
 
 
@@ -451,7 +454,8 @@ class _Reader:
             raise self.error(f"node {i}: field 'op' must be one of {', '.join(map(repr, NODE_FIELDS))}, not "
                              f"{show(op if isinstance(d, dict) else d)}")
         where = f"node {i} ({op} {show(d.get('name', d.get('output')))})"
-        present = tuple(name for name in OPTIONAL_ARRAYS.get(op, ()) if isinstance(d, dict) and name in d)
+        present = tuple(name for name in OPTIONAL_ARRAYS.get(op, ()) + OPTIONAL_FIELDS.get(op, ())
+                        if isinstance(d, dict) and name in d)
         flags = self.fields(d, where, NODE_FIELDS[op] + (LUT_FIELDS if op == "conv" and d.get("mac") == "lut" else ())
                             + present, FLAG_FIELDS.get(op, ()))
         p = f"nodes/{i}"
@@ -468,13 +472,15 @@ class _Reader:
         if op == "activate":
             return ActivateNode(d["name"], d["input"], d["output"], self.stage(d["stage"], where, f"{p}/stage"))
         if op == "add":
-            return AddNode(d["name"], d["inputs"], d["output"], **flags)
+            if "b_offset" in present and d["b_offset"] == 0:
+                raise self.error(f"{where}: field 'b_offset' = 0; it is written only where not 0 (left out where 0)")
+            return AddNode(d["name"], d["inputs"], d["output"], **flags, b_offset=d.get("b_offset", 0))
         if op == "maxpool":
             return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"], **flags)
         if op == "concat":
             return ConcatNode(d["name"], d["inputs"], d["output"])
         if op == "subsample":
-            return SubsampleNode(d["name"], d["input"], d["output"], d["stride"], d["before"], d["after"])
+            return SubsampleNode(d["name"], d["input"], d["output"], d["stride"])
         pool = (d["name"], d["input"], d["output"], *(self.ref(d, k, where, f"{p}/{k}")
                                                       for k in ("sign", "relu", "offset")),
                 d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))

@@ -16,7 +16,8 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
   on the codes of its positive and negative halves (``signed_input``).
 - :class:`ActivateNode`: an output stage applied to a value tensor
   (BN + ReLU + compander of a residual stream into codes).
-- :class:`AddNode`: sum of two value tensors of the same scale (then a ReLU, where ``relu``).
+- :class:`AddNode`: sum of two value tensors of the same scale (then a ReLU, where ``relu``); the second may
+  cover only some channels of the first (``b_offset``).
 - :class:`PoolNode`: BN + ReLU per position, global sum, thresholds into
   codes (global average pooling followed by an activation quantizer);
   :class:`AvgPoolNode`: the same summed over each window of an average pooling.
@@ -26,8 +27,8 @@ Nodes, in execution order (each writes one tensor named ``node.output``):
 - :class:`ConcatNode`: codes tensors of one width and one map size -> their
   channels one after another (a channel concatenation before an activation
   quantizer: the quantizer, elementwise, applied to each part).
-- :class:`SubsampleNode`: values -> values, every ``stride``-th row and column between zero
-  channels (a CIFAR ResNet's option-A shortcut).
+- :class:`SubsampleNode`: values -> values, every ``stride``-th row and column (a CIFAR ResNet's
+  option-A shortcut, whose zero channels are the addition's ``b_offset``).
 
 Rules. :meth:`CompiledModel.validate` is the one definition of what a compiled
 model may hold: the compiler runs it before it returns or saves a model
@@ -687,13 +688,22 @@ class ActivateNode:
 @dataclass
 class AddNode:
     """``output = a + b`` for two value tensors of the same scale (a residual addition), then
-    ``max(0, output)`` where ``relu`` (a post-activation block's ReLU)."""
+    ``max(0, output)`` where ``relu`` (a post-activation block's ReLU). ``b`` may have fewer channels than ``a``:
+    its channel ``c`` adds to channel ``b_offset + c`` of the sum, the others are ``a``'s (an option-A shortcut,
+    ``F.pad`` of the channels: zeros around ``b``'s)."""
 
     name: str
     inputs: tuple[str, str]
     output: str
     relu: bool = False
+    b_offset: int = 0
     op = "add"
+
+    def apply(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """The sum ``(N, C, H, W)`` of ``a`` ``(N, C, H, W)`` and ``b`` ``(N, C_b, H, W)`` (int64)."""
+        total = a.copy()
+        total[:, self.b_offset:self.b_offset + b.shape[1]] += b
+        return np.maximum(total, 0) if self.relu else total
 
     def check_fields(self, where: str) -> None:
         rule_name(where, "name", self.name)
@@ -704,6 +714,7 @@ class AddNode:
         rule_name(where, "output", self.output)
         if not isinstance(self.relu, bool):
             raise ModelRuleError(where, "relu", f"must be true or false, not {show(self.relu)}")
+        rule_int(where, "b_offset", self.b_offset, 0, MAX_CHANNELS)
 
 
 @dataclass
@@ -928,44 +939,32 @@ class ConcatNode:
 
 @dataclass
 class SubsampleNode:
-    """Every ``stride``-th row and column of a value tensor, between zero channels: ``out[n, before + c, y, x] =
-    in[n, c, y * stride, x * stride]``, ``before`` zero channels ahead of them and ``after`` behind; same scale.
+    """Every ``stride``-th row and column of a value tensor: ``out[n, c, y, x] = in[n, c, y * stride, x * stride]``,
+    ``Ho = ceil(H / stride)`` (as the slice ``::stride`` gives); same scale.
 
-    It stands for He et al.'s option-A shortcut of a CIFAR ResNet (akamaster's ``F.pad(x[:, :, ::2, ::2], (0, 0,
-    0, 0, planes // 4, planes // 4))``), the residual stream brought to the block's size without a conv.
-    ``Ho = ceil(H / stride)``, as the slice ``::stride`` gives.
+    It stands for the subsampling of He et al.'s option-A shortcut of a CIFAR ResNet (akamaster's
+    ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4))``), the residual stream brought to the
+    block's size without a conv; the zero channels of its ``F.pad`` are the addition's ``b_offset``.
     """
 
     name: str
     input: str
     output: str
     stride: int
-    before: int = 0
-    after: int = 0
     op = "subsample"
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Values ``(N, before + C + after, Ho, Wo)`` of ``x`` ``(N, C, H, W)`` (same dtype)."""
-        s = self.stride
-        return np.pad(x[:, :, ::s, ::s], ((0, 0), (self.before, self.after), (0, 0), (0, 0)))
+        """Values ``(N, C, Ho, Wo)`` of ``x`` ``(N, C, H, W)`` (same dtype)."""
+        return x[:, :, ::self.stride, ::self.stride]
 
     def out_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         c, h, w = in_shape
-        return (self.before + c + self.after, -(-h // self.stride), -(-w // self.stride))
+        return (c, -(-h // self.stride), -(-w // self.stride))
 
     def check_fields(self, where: str) -> None:
         for name in ("name", "input", "output"):
             rule_name(where, name, getattr(self, name))
         rule_int(where, "stride", self.stride, 1, MAX_STRIDE)
-        rule_int(where, "before", self.before, 0, MAX_CHANNELS)
-        rule_int(where, "after", self.after, 0, MAX_CHANNELS)
-
-    def check_shape(self, where: str, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        """The output shape for input ``in_shape``: at most :data:`MAX_CHANNELS` channels."""
-        shape = self.out_shape(in_shape)
-        if shape[0] > MAX_CHANNELS:
-            raise ModelRuleError(where, "after", f"makes {shape[0]} channels, more than {MAX_CHANNELS}")
-        return shape
 
 
 Node = InputNode | ConvNode | ActivateNode | AddNode | PoolNode | AvgPoolNode | MaxPoolNode | ConcatNode | SubsampleNode
@@ -1230,8 +1229,10 @@ class CompiledModel:
             return TensorInfo(t.shape, node.stage.bits)
         if isinstance(node, AddNode):
             a, b = need(node.inputs[0], False, "inputs[0]"), need(node.inputs[1], False, "inputs[1]")
-            if a.shape != b.shape:
-                raise ModelRuleError(where, "inputs", f"operand shapes {list(a.shape)} and {list(b.shape)} differ")
+            if a.shape[1:] != b.shape[1:] or node.b_offset + b.shape[0] > a.shape[0]:
+                raise ModelRuleError(where, "inputs", f"operand shapes {list(a.shape)} and {list(b.shape)} differ"
+                                     + (f" (b from channel b_offset = {node.b_offset})" if node.b_offset else "")
+                                     + ": b adds to channels of a, of the same H x W")
             scale = self._scale(where, node.inputs[0])
             if self._scale(where, node.inputs[1]) != scale or self._scale(where, node.output) != scale:
                 raise ModelRuleError(where, "inputs", "operands and sum must have one scale (scales differ)")
@@ -1246,7 +1247,7 @@ class CompiledModel:
             t = need(node.input, False)
             if self._scale(where, node.output) != self._scale(where, node.input):
                 raise ModelRuleError(where, "output", "must have its input's scale (scales differ)")
-            return TensorInfo(node.check_shape(where, t.shape), None, t.bound)
+            return TensorInfo(node.out_shape(t.shape), None, t.bound)
         t = need(node.input, False)
         if options is not None and node.frac_bits != options["pool_frac_bits"]:
             raise ModelRuleError(where, "frac_bits", f"= {node.frac_bits}; the compile options say "

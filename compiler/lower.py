@@ -193,6 +193,7 @@ class _Value:
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`). Kind "size": a tensor's size
     (``x.size()``, ``x.shape``), or its dimension ``dim`` of it (``x.size(0)``, ``x.shape[0]``), for a reshape.
+    ``padded``: zero channels (before, after) around ``tensor``'s, for an addition (an option-A shortcut).
     ``flat``: a C x H x W map (H * W > 1) flattened on its way to a linear layer, which then runs as an
     H x W convolution over it (the image: its input node's codes are the vector of its pixels instead,
     ``InputNode.flat``). Kind "concat": the channel concatenation ``concat`` (its graph node) of ``parts``
@@ -215,6 +216,7 @@ class _Value:
     parts: tuple = ()
     concat: fx.Node | None = None
     flat: bool = False
+    padded: tuple[int, int] = (0, 0)
 
     @property
     def plain(self) -> bool:
@@ -908,41 +910,44 @@ class _Lowering:
         :class:`SubsampleNode` (:meth:`shortcut`); on the way to an activation quantizer, a 1 x 1 max pooling at
         stride s (each window its one element)."""
         if any(self.feeds_addition(u) for u in node.users):
-            return self.shortcut(node, op.window[1], (0, 0))
+            return self.shortcut(node, op.window[1])
         return self._maxpool(node, replace(op, kind="maxpool"))
 
     def _pad(self, node: fx.Node, op: Op) -> _Value:
-        """Zero channels before and after a residual stream's (``op.channels``) that an addition reads: a
-        :class:`SubsampleNode` (:meth:`shortcut`); else refused."""
+        """Zero channels before and after a residual stream's (``op.channels``) that an addition reads: the
+        addition's ``b_offset`` (:meth:`_add`); else refused."""
         if not any(self.feeds_addition(u) for u in node.users):
             self.refuse(node, "pads channels with zeros on the way to a layer; zero channels compile in a residual "
                         "shortcut (an addition reads them): give the layer before more out_channels instead")
-        return self.shortcut(node, 1, op.channels)
+        x = self.shortcut(node, 1)
+        before, after = op.channels
+        return self.chain(node, x, padded=(x.padded[0] + before, x.padded[1] + after))
 
-    def shortcut(self, node: fx.Node, stride: int, channels: tuple[int, int]) -> _Value:
-        """The residual stream ``node``'s input subsampled at ``stride`` between ``channels`` (before, after) zero
-        channels, for an addition: a :class:`SubsampleNode`, or the one that made its input where nothing else
-        reads that (``F.pad(x[:, :, ::2, ::2], ...)``: one node)."""
+    def shortcut(self, node: fx.Node, stride: int) -> _Value:
+        """The residual stream ``node``'s input for an addition, subsampled at ``stride`` (a :class:`SubsampleNode`,
+        or the one that made the input where nothing else reads that: ``x[:, :, ::2, ::2][:, :, ::2, ::2]``;
+        ``stride`` 1: the input as it is) with its zero channels (``padded``) kept; refused where the input is no
+        stored value tensor."""
         x = self.arg(node)
         self.after_max_pooling(node, x, "a residual shortcut")
         stored = x.kind == "values" and x.tensor not in self.raw and not (
             x.folded or x.pooled or x.cap < math.inf or x.curve is not None or (x.relu and not x.rectified))
         if not stored:
             self.refuse(node, "subsamples or pads a tensor for a residual addition that is not a residual stream; "
-                        "a shortcut takes an addition's output, its ReLU, or a conv's [+ BN] that a ReLU's output "
-                        "of feeds additions only (akamaster's option A: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p)) "
-                        "of a block's input)")
+                        "a shortcut takes an addition's output or its ReLU, or a conv's [+ BN] + ReLU output that "
+                        "only additions and quantizers read (akamaster's option A: F.pad(x[:, :, ::2, ::2], (0, 0, "
+                        "0, 0, p, p)) of a block's input)")
+        if stride == 1:
+            return self.chain(node, x)
         made = self.subsampled.get(x.tensor)
         if made is not None and x.sole:
-            made.stride, made.before, made.after = made.stride * stride, made.before + channels[0], \
-                made.after + channels[1]
+            made.stride *= stride
             out = made.output
         else:
             name, out = self.scoped(node, "subsample", "subsampled")
-            made = SubsampleNode(name, x.tensor, out, stride, *channels)
+            made = SubsampleNode(name, x.tensor, out, stride)
             # right after the node that writes its input and the activations of it there, where the program runs
-            # it before the block's main path: the conv that ends that path adds the shortcut as it writes back
-            # (compiler.network.fuse_additions needs the conv right before the addition), and the input dies early
+            # it before the block's main path, and the input dies early
             at = next(i for i, n in enumerate(self.nodes) if n.output == x.tensor) + 1
             while at < len(self.nodes) and isinstance(self.nodes[at], ActivateNode) \
                     and self.nodes[at].input == x.tensor:
@@ -952,7 +957,8 @@ class _Lowering:
             self.scales[out], self.bounds[out] = self.scales[x.tensor], self.bounds[x.tensor]
         self.shapes[out] = made.out_shape(self.shapes[made.input])
         c = self.shapes[out][0]
-        return _Value("values", out, np.full(c, self.scales[out]), np.zeros(c), sole=_sole_reader(node))
+        return _Value("values", out, np.full(c, self.scales[out]), np.zeros(c), sole=_sole_reader(node),
+                      padded=x.padded)
 
     def _flatten(self, node: fx.Node, op: Op, does: str = "flattens") -> _Value:
         """A flatten of a C x 1 x 1 tensor, or of a map (the image, or values: max or average pooled too) on its
@@ -993,15 +999,23 @@ class _Lowering:
 
     def _add(self, node: fx.Node, op: Op) -> _Value:
         a, b = self.arg(node, 0), self.arg(node, 1)
+        if a.padded != (0, 0):                  # the shortcut with zero channels second: it is the narrower
+            a, b = b, a
         for x in (a, b):
             self.after_max_pooling(node, x, "a residual addition")
+        if a.padded != (0, 0):
+            self.refuse(node, "adds two tensors padded with zero channels; an option-A shortcut adds to a block's "
+                        "output")
         if any(x.kind != "values" or (x.relu and not x.rectified) or x.pooled or x.cap < math.inf
                or x.curve is not None for x in (a, b)) \
                 or a.tensor == b.tensor:
             self.refuse(node, "does not add two different outputs of conv or linear layers, BNs, additions or the "
                         "ReLUs of those that feed additions only")
-        if self.shapes[a.tensor] != self.shapes[b.tensor]:
-            self.refuse(node, f"adds shapes {self.shapes[a.tensor]} and {self.shapes[b.tensor]}")
+        (c_b, *side_b), (before, after) = self.shapes[b.tensor], b.padded
+        if self.shapes[a.tensor] != (before + c_b + after, *side_b):
+            padded = f" ({before} + {c_b} + {after} channels: the shortcut's zero channels)" if b.padded[0] or after \
+                else ""
+            self.refuse(node, f"adds shapes {self.shapes[a.tensor]} and {self.shapes[b.tensor]}{padded}")
         free = [x.tensor in self.raw and x.sole for x in (a, b)]
         for x, f in zip((a, b), free):
             if not f and (x.folded or x.tensor in self.raw):
@@ -1025,7 +1039,7 @@ class _Lowering:
             if f:
                 self.requantize(self.raw[x.tensor], x.gain, x.offset, out_scale)
         name, out = self.scoped(node, "add", "out")
-        self.nodes.append(AddNode(name, (a.tensor, b.tensor), out))
+        self.nodes.append(AddNode(name, (a.tensor, b.tensor), out, b_offset=before))
         self.sums[out] = self.nodes[-1]
         c = self.shapes[a.tensor][0]
         self.shapes[out], self.scales[out] = self.shapes[a.tensor], out_scale

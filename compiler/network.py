@@ -55,10 +55,12 @@ address of its memory (a multiple of ``align``: 2 where the hardware's memories 
 positions per word; first fit, in order of definition or largest first,
 whichever needs fewer words) so that no two tensors alive at one step overlap;
 as the intervals are inclusive, a step's output never overlaps its own inputs,
-with one exception: a residual sum is written *in place* over an operand that
+with two exceptions: a residual sum is written *in place* over an operand of its shape that
 this addition reads for the last time (the vector unit reads both operands of
-an element before it writes the sum). A memory's depth is the high-water mark
-of its regions (a concatenation's region alive from its first part's write to its last reader). A
+an element before it writes the sum), and a subsampling's output over its input where that dies there (each
+element is read before it and every later one are written, at or above their words). A region (a tensor and those
+written in place over it or into it) holds each of its tensors' words only while that is alive. A memory's depth is
+the high-water mark of its regions. A
 graph the planned hardware cannot run (a conv on values, pooling or activating codes, max pooling
 values, an add of codes) raises :class:`NetworkPlanError`.
 
@@ -127,7 +129,8 @@ class TensorPlan:
     """Where a tensor lives: ``kind`` (its memory, "codes" or "values"), ``shape`` (C, H, W), element
     width ``bits``, ``words`` of its memory from ``base``, alive from step ``first`` to ``last``
     (inclusive), ``role`` (its logical buffer, :data:`ROLES`), for values ``bound`` (largest |x|), and
-    for an addition's sum ``in_place``: the operand whose region it overwrites (or None); for a part of a
+    for an addition's sum (or a subsampling's output) ``in_place``: the operand (input) whose region it overwrites
+    from its first word (or None); for a part of a
     concatenation ``within``: the concatenation, whose region holds it (or None), and ``lane``: the lane of its
     first channel in its first word (0 but for a part that starts inside a word: its channel ``ch`` is where
     channel ``lane + ch`` of a tensor at ``base`` would be, :func:`code_address`). A conv's
@@ -341,56 +344,50 @@ def _role(node, model: CompiledModel) -> str:
     return "accumulators"
 
 
-def first_fit(tensors: list[TensorPlan], align: int = 1) -> int:
-    """Set each tensor's ``base`` (a multiple of ``align``), first fit in the given order, so that no two
-    tensors alive at one step overlap; returns the high-water mark."""
-    placed: list[TensorPlan] = []
-    for t in tensors:
-        base = 0
-        for other in sorted((p for p in placed if p.overlaps_in_time(t)), key=lambda p: p.base):
-            if other.base >= base + t.words:
-                break               # the gap below ``other`` holds t
-            base = max(base, -(-other.end // align) * align)
-        t.base = base
-        placed.append(t)
-    return max((t.end for t in tensors), default=0)
-
-
-def allocate(tensors: list[TensorPlan], align: int = 1) -> int:
-    """Place ``tensors`` (in order of definition) in one memory, at multiples of ``align``: first fit in
-    order of definition, and first fit largest first; keeps the shallower (definition order on a tie).
-    Returns the depth."""
-    orders = [list(tensors), sorted(tensors, key=lambda t: -t.words)]   # sorted() is stable
-    best = None
-    for order in orders:
-        depth = first_fit(order, align)
-        if best is None or depth < best[0]:
-            best = depth, {t.name: t.base for t in tensors}
-    for t in tensors:
-        t.base = best[1][t.name]
-    return best[0]
+def _lowest_base(members: list[tuple[TensorPlan, int]], placed: list[TensorPlan], align: int) -> int:
+    """The lowest base (a multiple of ``align``) for a region of ``members`` (each a tensor and its offset in the
+    region) at which no member overlaps a ``placed`` tensor alive at one step with it."""
+    candidates = sorted({0} | {max(0, -(-(p.end - offset) // align) * align) for t, offset in members
+                               for p in placed if p.overlaps_in_time(t)})
+    for base in candidates:
+        if not any(p.overlaps_in_time(t) and p.base < base + offset + t.words and base + offset < p.end
+                   for t, offset in members for p in placed):
+            return base
+    raise AssertionError("the highest candidate base is above every placed tensor")
 
 
 def allocate_regions(tensors: list[TensorPlan], offsets: dict[str, tuple[str, int]], align: int = 1) -> int:
-    """:func:`allocate` with each tensor that ``offsets`` names placed inside another's region, ``offsets[name] =
-    (holder, words)`` ``words`` after the holder's base (a sum in place over its operand at 0, a part of a
-    concatenation at its first channel's word): the tensors joined so are placed as one region, alive from the
-    first step of any to the last step of any, as long as the furthest end. Returns the depth."""
+    """Place ``tensors`` (in order of definition) in one memory, every base a multiple of ``align``, each tensor that
+    ``offsets`` names inside another's region, ``offsets[name] = (holder, words)`` ``words`` after the holder's base
+    (a sum in place over its operand at 0, a subsampling's output over its input at 0, a part of a concatenation at
+    its first channel's word), so that no two tensors of different regions alive at one step overlap: each region
+    at the lowest base where none of its tensors overlaps one placed before it while both are alive (a region's
+    tensors each their own lifetime and words: a subsampling's output in place takes only its own words after its
+    input dies), the regions in order of definition and largest first; keeps the shallower (definition order on a
+    tie). Returns the depth."""
     regions: dict[str, list[tuple[TensorPlan, int]]] = {}
-    by_name = {t.name: t for t in tensors}
     for t in tensors:
         head, offset = t.name, 0
         while head in offsets:
             head, words = offsets[head]
             offset += words
         regions.setdefault(head, []).append((t, offset))
-    joined = [replace(by_name[head], first=min(t.first for t, _ in members), last=max(t.last for t, _ in members),
-                      words=max(offset + t.words for t, offset in members)) for head, members in regions.items()]
-    depth = allocate(joined, align)
-    for region in joined:
-        for t, offset in regions[region.name]:
-            t.base = region.base + offset
-    return depth
+    extent = {head: max(offset + t.words for t, offset in members) for head, members in regions.items()}
+    orders = [list(regions), sorted(regions, key=lambda head: -extent[head])]   # sorted() is stable
+    best = None
+    for order in orders:
+        placed: list[TensorPlan] = []
+        bases = {}
+        for head in order:
+            bases[head] = _lowest_base(regions[head], placed, align)
+            placed += [replace(t, base=bases[head] + offset) for t, offset in regions[head]]
+        depth = max((t.end for t in placed), default=0)
+        if best is None or depth < best[0]:
+            best = depth, bases
+    for head, members in regions.items():
+        for t, offset in members:
+            t.base = best[1][head] + offset
+    return best[0]
 
 
 def concat_offsets(model: CompiledModel, tensors: dict[str, TensorPlan], lanes: int,
@@ -438,9 +435,11 @@ def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
     """``steps`` with each addition folded into the conv step right before it, where the conv writes values
     (a requantize stage without ReLU, or none where the addition has no ReLU either) that only this
     addition reads and that are not the logits, and the addition's other operand is a different tensor
-    that the addition reads last (so that the sum can take its place). The addition's step is dropped."""
+    that the addition reads last (so that the sum can take its place), of the sum's shape. The addition's step is
+    dropped."""
     readers: dict[str, int] = {}
     last_use: dict[str, int] = {}
+    info = model.validate(arrays=False)
     for step in steps:
         for name in step.inputs:
             readers[name] = readers.get(name, 0) + 1
@@ -454,7 +453,8 @@ def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
             add = model.nodes[step.index]
             stage_ok = (isinstance(node.stage, Requantize) and not node.stage.relu) or (node.stage is None
                                                                                        and not add.relu)
-            if (stage_ok and conv.output in step.inputs and len(others) == 1
+            whole = info[add.inputs[0]].shape == info[add.inputs[1]].shape     # (not an option-A shortcut's)
+            if (stage_ok and whole and conv.output in step.inputs and len(others) == 1
                     and readers.get(conv.output) == 1 and conv.output != model.logits
                     and others[0] != model.logits and last_use.get(others[0]) == step.index):
                 out[-1] = replace(conv, inputs=(conv.inputs[0], others[0]), output=step.output, fused_add=step.name)
@@ -520,10 +520,14 @@ def plan_network(model: CompiledModel, lanes: int = 1, align: int = 1) -> Networ
     for node in model.nodes:
         if isinstance(node, AddNode):
             total = tensors[node.output]
-            dying = [tensors[n] for n in node.inputs
-                     if tensors[n].stored and tensors[n].last == total.first and n != model.logits]
+            dying = [tensors[n] for n in node.inputs if tensors[n].stored and tensors[n].last == total.first
+                     and n != model.logits and tensors[n].shape == total.shape]
             if dying:
                 total.in_place = dying[0].name
+        elif isinstance(node, SubsampleNode):
+            made, source = tensors[node.output], tensors[node.input]
+            if source.stored and source.last == made.first and node.input != model.logits:
+                made.in_place = node.input
     offsets = {t.name: (t.in_place, 0) for t in tensors.values() if t.in_place is not None}
     for part, (concat, words, lane) in concat_offsets(model, tensors, lanes, align).items():
         t = tensors[part]

@@ -86,8 +86,7 @@ def execute(node, t: dict[str, np.ndarray], images: np.ndarray) -> None:
     elif isinstance(node, ActivateNode):
         t[node.output] = node.stage.apply(t[node.input])
     elif isinstance(node, AddNode):
-        total = t[node.inputs[0]] + t[node.inputs[1]]
-        t[node.output] = np.maximum(total, 0) if node.relu else total
+        t[node.output] = node.apply(t[node.inputs[0]], t[node.inputs[1]])
     elif isinstance(node, PoolNode):
         t[node.output] = node.stage.apply(node.sums(t[node.input]))
     elif isinstance(node, MaxPoolNode):

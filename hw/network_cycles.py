@@ -19,7 +19,8 @@ from compiler.graph import CompiledModel, ConvNode, InputNode
 
 from .bands import band_rows, network_layer_cycles
 from .network_params import NetworkParams, network_plan
-from .vector_words import op_registers, slot_bases
+from .network_program import vector_registers
+from .vector_words import slot_bases
 
 # Cycles of a step beyond its program words and its unit's cycles: from the sequencer's RUN to the unit's start,
 # and from its last busy cycle to the next word's fetch (Verilator, every step of the digits CNN at 4 x 4).
@@ -38,7 +39,5 @@ def image_cycles(model: CompiledModel, params: NetworkParams) -> int:
         if isinstance(node, ConvNode):
             cycles += network_layer_cycles(params.engine, node, band_rows(params.engine, node), 0)
         elif not isinstance(node, InputNode):
-            first = node.inputs[0] if hasattr(node, "inputs") else node.input
-            regs = op_registers(params.vector, node, plan.tensors[first].shape, bases, slots)
-            cycles += params.vector.register_cycles(regs)
+            cycles += params.vector.register_cycles(vector_registers(params, plan, node, bases, slots))
     return cycles

@@ -24,8 +24,8 @@ then a signed ``value`` of ``reg_bits``, lowest first. The ops:
 
 Every step writes all its registers before it runs (:func:`program_length`): a conv step every
 engine register, a vector step :data:`~hw.vector_params.OP_REGISTERS` (a max-pool step also
-:data:`~hw.vector_params.MAXPOOL_REGISTERS`, a subsample step those and
-:data:`~hw.vector_params.SUBSAMPLE_REGISTERS`).
+:data:`~hw.vector_params.MAXPOOL_REGISTERS`, a subsample step those; an add step
+:data:`~hw.vector_params.ADD_REGISTERS` too where an addition of the model is narrow, :func:`narrow_adds`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from .engine_params import (LANE_REGISTERS, NETWORK_REGISTERS, SPRAM_BLOCKS, SPR
                             spram_blocks)
 from .memories import memory_bits
 from .protocol import BUILD_BITS, LinkMode, whole_bytes
-from .vector_params import MAXPOOL_REGISTERS, OP_REGISTERS, SUBSAMPLE_REGISTERS, VectorParams
+from .vector_params import ADD_REGISTERS, MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
 from .vector_params import TARGETS as VECTOR_TARGETS
 
 ENGINE_TARGETS = WIDE_WEIGHTS + 1
@@ -55,9 +55,9 @@ NETWORK_TARGET_BITS = (NETWORK_TARGETS - 1).bit_length()
 OPS = ("END", "ENGINE_REG", "VECTOR_REG", "RUN_ENGINE", "RUN_VECTOR", "OUTPUT")
 END, ENGINE_REG, VECTOR_REG, RUN_ENGINE, RUN_VECTOR, OUTPUT = range(len(OPS))
 OP_BITS = (len(OPS) - 1).bit_length()
-# Operand registers: the vector unit's, also used by OUTPUT (src_a, channels); a max- or average-pool
-# step also writes the window's, a subsample step the window's and its channels'.
-OPERANDS = OP_REGISTERS + MAXPOOL_REGISTERS + SUBSAMPLE_REGISTERS
+# Operand registers: the vector unit's, also used by OUTPUT (src_a, channels); a max- or average-pool or
+# subsample step also writes the window's, an add step where some addition is narrow its operand b's channels.
+OPERANDS = OP_REGISTERS + MAXPOOL_REGISTERS + ADD_REGISTERS
 REG_FIELD_BITS = (max(len(NETWORK_REGISTERS), len(OPERANDS)) - 1).bit_length()
 PIXEL_BITS = 8
 
@@ -251,16 +251,24 @@ def lane_starts(plan: NetworkPlan) -> bool:
 
 def program_length(plan: NetworkPlan) -> int:
     """Words of the program of ``plan``'s steps: every step after the input writes its registers
-    (a max- or average-pool step the window's too, a subsample step those and its channels'; a conv step
-    ``dst_lane`` too where a part starts inside a word, :func:`lane_starts`), then runs; OUTPUT writes the op
-    registers too; END closes (:func:`hw.network_program.program_words`)."""
+    (a max-pool, average-pool or subsample step the window's too; an add step its operand b's channels where an
+    addition is narrow, :func:`narrow_adds`; a conv step ``dst_lane`` too where a part starts inside a word,
+    :func:`lane_starts`), then runs; OUTPUT writes the op registers too; END closes
+    (:func:`hw.network_program.program_words`)."""
     convs = sum(step.kind == "conv" for step in plan.steps)
     maxpools = sum(step.kind in ("maxpool", "avgpool", "subsample") for step in plan.steps)
-    subsamples = sum(step.kind == "subsample" for step in plan.steps)
+    windowed = sum(step.kind == "add" for step in plan.steps) if narrow_adds(plan) else 0
     vector_steps = len(plan.steps) - 1 - convs
     registers = len(NETWORK_REGISTERS) + len(LANE_REGISTERS) * lane_starts(plan)
     return (convs * (registers + 1) + (vector_steps + 1) * (len(OP_REGISTERS) + 1)
-            + maxpools * len(MAXPOOL_REGISTERS) + subsamples * len(SUBSAMPLE_REGISTERS) + 1)
+            + maxpools * len(MAXPOOL_REGISTERS) + windowed * len(ADD_REGISTERS) + 1)
+
+
+def narrow_adds(plan: NetworkPlan) -> bool:
+    """Whether an add step of ``plan`` adds an operand b of fewer channels than a (an option-A shortcut): then
+    every add step writes :data:`~hw.vector_params.ADD_REGISTERS` (the unit's ``narrow_adds``)."""
+    return any(step.kind == "add" and len({plan.tensors[name].shape for name in step.inputs}) > 1
+               for step in plan.steps)
 
 
 def network_plan(model: CompiledModel, params: NetworkParams | EngineParams) -> NetworkPlan:

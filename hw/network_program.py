@@ -43,6 +43,14 @@ def _operands(params: NetworkParams, values: dict[str, int]) -> list[int]:
     return [instruction(params, VECTOR_REG, OPERANDS.index(name), values.get(name, 0)) for name in names]
 
 
+def vector_registers(params: NetworkParams, plan, node, bases: dict[str, int], slots: dict[str, int]) -> dict[str, int]:
+    """The vector unit's op registers (:func:`hw.vector_words.op_registers`) that run ``node`` of ``plan`` (a
+    :class:`compiler.network.NetworkPlan`) on its tensors at ``bases``."""
+    first = node.inputs[0] if hasattr(node, "inputs") else node.input
+    b_channels = plan.tensors[node.inputs[1]].shape[0] if isinstance(node, AddNode) else None
+    return op_registers(params.vector, node, plan.tensors[first].shape, bases, slots, b_channels)
+
+
 def tile_step(params: EngineParams, node: ConvNode) -> int:
     """Register ``tile_step`` of layer ``node``: the activation words its reduction moves from one channel
     tile to the next, ``step * H_in * W_in`` (:func:`~hw.engine_params.group_span`; 0 without ``skip_groups``)."""
@@ -89,8 +97,7 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
                       for i, name in enumerate(network_registers(params.engine))]
             words.append(instruction(params, RUN_ENGINE))
         else:
-            first = node.inputs[0] if hasattr(node, "inputs") else node.input
-            words += _operands(params, op_registers(params.vector, node, plan.tensors[first].shape, base, slots))
+            words += _operands(params, vector_registers(params, plan, node, base, slots))
             words.append(instruction(params, RUN_VECTOR))
     words += _operands(params, {"src_a": base[model.logits], "channels": model.num_classes})
     words += [instruction(params, OUTPUT), instruction(params, END)]

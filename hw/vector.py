@@ -11,7 +11,9 @@ bit-exact with :func:`compiler.reference.execute`:
   every activate node's thresholds (one slot per channel).
 - ADD: ``VAL[dst + i] = VAL[src_a + i] + VAL[src_b + i]``, two reads per element; an element is
   written after both its reads, so ``dst`` may be ``src_a`` or ``src_b``. ADD_RELU: the same, then
-  ``max(0, sum)`` (a post-activation block's ReLU).
+  ``max(0, sum)`` (a post-activation block's ReLU). With ``p.narrow_adds`` operand b covers channels
+  ``b_first .. b_first + b_channels - 1`` only (its words from ``src_b`` in order there, 0 elsewhere: an option-A
+  shortcut's zero channels).
 - POOL: per channel, ``s = sum over positions of u`` with ``u = sign * (x * 2^frac_bits - offset)``,
   then ``max(0, u)`` where ``relu``; the code is the number of the channel's (ascending)
   thresholds that ``s`` reaches, found by a binary search (``pool_code_bits`` steps, one
@@ -33,8 +35,8 @@ bit-exact with :func:`compiler.reference.execute`:
 - MINPOOL (``p.minpool``): MAXPOOL with each code read and each maximum written complemented (all ones of a
   lane), so each window's minimum, positions outside the input left out (the negative half of a signed
   activation after a max pooling).
-- SUBSAMPLE (``p.subsample_bits``): values to values, every ``stride``-th row and column of each copied channel
-  between zero channels, one element a cycle (a CIFAR ResNet's option-A shortcut: :class:`_Subsample`).
+- SUBSAMPLE (``p.subsample_bits``): values to values, every ``stride``-th row and column of each channel, one
+  element a cycle, in place too (a CIFAR ResNet's option-A shortcut: :class:`_Subsample`).
 
 Constants are loaded by ``(target, addr, data)`` beats (:mod:`hw.vector_words`).
 """
@@ -54,7 +56,7 @@ from .pe import add_with_carry
 from .thresholds import ThresholdUnit, lent_value_lag
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
                             OP_BITS, POOL, POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
-                            POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, SUBSAMPLE, SUBSAMPLE_REGISTERS, TARGET_BITS,
+                            POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, SUBSAMPLE, ADD_REGISTERS, TARGET_BITS,
                             VectorParams)
 
 
@@ -73,8 +75,9 @@ class VectorUnit(wiring.Component):
       (and MINPOOL's) window (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.window_bits``; ``row_step``
       ``p.code_addr_bits``, ``p.dst_bits`` with AVGPOOL or SUBSAMPLE hardware) with ``positions`` the input's
       ``H * W``; MAXPOOL's ``src_a`` is the word of the first window's top left corner
-      (:func:`hw.vector_words.maxpool_registers`); SUBSAMPLE's the window's and ``skip``, ``keep``
-      (``p.count_bits``; :func:`hw.vector_words.subsample_registers`).
+      (:func:`hw.vector_words.maxpool_registers`); SUBSAMPLE's the window's
+      (:func:`hw.vector_words.subsample_registers`); with ``p.narrow_adds`` ADD's (ADD_RELU's) ``b_first`` and
+      ``b_channels`` (``p.count_bits``): the channels operand b covers (0 elsewhere).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
       last write: :meth:`~hw.vector_params.VectorParams.op_cycles` cycles, ACTIVATE ``N + 7`` (``act_code_bits``
       more with ``p.act_progression``: the search),
@@ -140,7 +143,7 @@ class VectorUnit(wiring.Component):
             "frac_bits": In(p.frac_field_bits),
             **{name: In((p.dst_bits if p.avgpool_bits or p.subsample_bits else p.code_addr_bits) if name == "row_step"
                         else max(1, p.window_bits)) for name in MAXPOOL_REGISTERS},
-            **{name: In(p.count_bits) for name in SUBSAMPLE_REGISTERS},
+            **{name: In(p.count_bits) for name in ADD_REGISTERS},
             "busy": Out(1),
             "load_en": In(1),
             "load_target": In(TARGET_BITS),
@@ -211,7 +214,13 @@ class VectorUnit(wiring.Component):
 
         issue_act, issue_a, issue_b, issue_pool = (Signal(name=name) for name in ("issue_act", "issue_a", "issue_b",
                                                                                   "issue_pool"))
-        m.d.sync += [rd_a.eq(rd_a + (issue_act | issue_a | issue_pool)), rd_b.eq(rd_b + issue_b),
+        # ``b_in``: operand b covers the element's channel (always, without ``narrow_adds``); b's address moves
+        # on only there.
+        b_in = C(1, 1)
+        if p.narrow_adds:
+            b_first, b_end = Signal(p.count_bits, name="b_first"), Signal(p.count_bits + 1, name="b_end")
+            b_in = (ch >= b_first) & (ch < b_end)
+        m.d.sync += [rd_a.eq(rd_a + (issue_act | issue_a | issue_pool)), rd_b.eq(rd_b + (issue_b & b_in)),
                      wr.eq(wr + issue_b)]
 
         # Pool state: the channel's sum, the code found so far (back to 0 as a search's last step hands its
@@ -265,6 +274,8 @@ class VectorUnit(wiring.Component):
                                  wr.eq(self.dst), group.eq(self.dst), slot.eq(self.slot_base),
                                  pos.eq(0), ch.eq(0), lane.eq(0), phase.eq(0),
                                  group_step.eq(Mux(self.op == POOL, 1, self.positions))]
+                    if p.narrow_adds:
+                        m.d.sync += [b_first.eq(self.b_first), b_end.eq(self.b_first + self.b_channels)]
                     if pool_hw:
                         new_channel()
                     m.next = "RUN"
@@ -397,7 +408,10 @@ class VectorUnit(wiring.Component):
             a_value = Signal(signed(p.value_bits))
             with m.If(a2):
                 m.d.sync += a_value.eq(read_value)
-            add_sum = a_value + read_value
+            b_value = read_value
+            if p.narrow_adds:       # 0 outside operand b's channels (its read there ignored)
+                b_value = Mux(delays(m, b_in, 2 + extra, "add_b_in")[-1], read_value, 0)
+            add_sum = a_value + b_value
             with m.If(b2):
                 m.d.sync += [self.val_write_en.eq(1), self.val_write_addr.eq(wr2),
                              self.val_write_data.eq(Mux((op == ADD_RELU) & (add_sum < 0), 0, add_sum))]
@@ -634,39 +648,37 @@ class _AvgPool:
 class _Subsample:
     """The SUBSAMPLE datapath of a :class:`VectorUnit`: counters, the read address, the value write.
 
-    Per output channel ``ch`` (``0..channels - 1``), row ``oy`` and column ``ox``, one element a cycle: value
-    word ``rd`` is read, input position ``(oy * stride, ox * stride)`` of the channel copied (``rd`` moves on by
-    ``stride`` a column, to the next ``row_step`` words a row); a channel is copied where ``skip <= ch < skip +
-    keep`` (the next copied channel starts ``positions`` words after its first), else written with zeros (its
-    read is ignored). The output words are written in order from ``dst``, each ``2 + extra`` cycles after its read
-    (the read, the read data's register; ``extra`` the value memory's read cycles beyond one).
+    Per channel ``ch`` (``0..channels - 1``), output row ``oy`` and column ``ox``, one element a cycle: value word
+    ``rd`` is read, input position ``(oy * stride, ox * stride)`` of the channel (``rd`` moves on by ``stride`` a
+    column, to the next ``row_step`` words a row, to the next channel's first ``positions`` words after the
+    last's). The output words are written in order from ``dst``, each ``2 + extra`` cycles after its read (the
+    read, the read data's register; ``extra`` the value memory's read cycles beyond one): at ``dst = src_a``
+    (in place) each word is written after its element and every later one are read, as their words are at or
+    above it.
     """
 
     def __init__(self, unit: VectorUnit, m: Module):
         self.unit, self.m, p = unit, m, unit.params
         self.regs = {name: Signal(getattr(unit, name).shape(), name=f"sub_{name}")
-                     for name in ("out_height", "out_width", "stride", "row_step", "positions", "skip", "keep",
-                                  "channels")}
+                     for name in ("out_height", "out_width", "stride", "row_step", "positions", "channels")}
         addr = p.value_addr_bits
         self.ch = Signal(p.count_bits + 1, name="sub_ch")
         self.oy, self.ox = (Signal(p.window_bits, name=f"sub_{n}") for n in ("oy", "ox"))
         self.rd, self.row, self.first = (Signal(addr, name=f"sub_{n}") for n in ("rd", "row", "first"))
         self.wr = Signal(addr, name="sub_wr")
-        self.end = Signal(p.count_bits + 1, name="sub_end")     # skip + keep
         self.issuing = Signal(name="sub_issuing")
-        self.copied = Signal(name="sub_copied")
 
     def start(self) -> None:
         """Sample the registers (in the cycle of ``start``): the first element of channel 0."""
         u, m = self.unit, self.m
         m.d.sync += [reg.eq(getattr(u, name)) for name, reg in self.regs.items()]
-        m.d.sync += [self.ch.eq(0), self.oy.eq(0), self.ox.eq(0), self.wr.eq(u.dst), self.end.eq(u.skip + u.keep)]
+        m.d.sync += [self.ch.eq(0), self.oy.eq(0), self.ox.eq(0), self.wr.eq(u.dst)]
         m.d.sync += [a.eq(u.src_a) for a in (self.rd, self.row, self.first)]
 
     def issue(self):
         """In the SUBSAMPLE state: read the element, advance the counters; returns "the last element"."""
         m, r = self.m, self.regs
-        m.d.comb += [self.issuing.eq(1), self.copied.eq((self.ch >= r["skip"]) & (self.ch < self.end))]
+        m.d.comb += self.issuing.eq(1)
         last_ox, last_oy = self.ox == r["out_width"] - 1, self.oy == r["out_height"] - 1
         done = Signal(name="sub_done")
         m.d.comb += done.eq(last_ox & last_oy & (self.ch == r["channels"] - 1))
@@ -679,20 +691,19 @@ class _Subsample:
                 following = self.row + r["row_step"]
                 m.d.sync += [self.oy.eq(self.oy + 1), self.row.eq(following), self.rd.eq(following)]
             with m.Else():
-                following = Mux(self.copied, self.first + r["positions"], self.first)
+                following = self.first + r["positions"]
                 m.d.sync += [self.oy.eq(0), self.ch.eq(self.ch + 1)]
                 m.d.sync += [a.eq(following) for a in (self.first, self.row, self.rd)]
         return done
 
     def write(self, extra: int, reset_less: bool) -> list:
-        """The value write of each element, the read value or 0; returns the pipeline's stages (busy while any)."""
+        """The value write of each element; returns the pipeline's stages (busy while any)."""
         u, m = self.unit, self.m
         _, *stages = delays(m, self.issuing, 2 + extra, "sub")
         wr = delays(m, self.wr, 2 + extra, "sub_wr", reset_less=reset_less)[-1]
-        copied = delays(m, self.copied, 2 + extra, "sub_copied", reset_less=reset_less)[-1]
         value = delays(m, u.val_read_data, 1, "sub_value", reset_less=reset_less)[1]
         with m.If(stages[-1]):
-            m.d.sync += [u.val_write_en.eq(1), u.val_write_addr.eq(wr), u.val_write_data.eq(Mux(copied, value, 0))]
+            m.d.sync += [u.val_write_en.eq(1), u.val_write_addr.eq(wr), u.val_write_data.eq(value)]
         return stages
 
 

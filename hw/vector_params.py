@@ -52,9 +52,9 @@ OP_BITS = 3
 # output sides, kernel, stride, padding, and ``row_step`` = stride * width).
 OP_REGISTERS = ("op", "src_a", "src_b", "dst", "channels", "positions", "slot_base", "frac_bits")
 MAXPOOL_REGISTERS = ("height", "width", "out_height", "out_width", "kernel", "stride", "padding", "row_step")
-# SUBSAMPLE samples the window's too (``kernel`` 1, ``padding`` 0), and its zero channels before the copied ones
-# (``skip``) and the copied ones (``keep``).
-SUBSAMPLE_REGISTERS = ("skip", "keep")
+# SUBSAMPLE samples the window's too (``kernel`` 1, ``padding`` 0). With ``narrow_adds`` ADD (ADD_RELU) also samples
+# the channels of the sum that operand b covers: from ``b_first``, ``b_channels`` of them (an option-A shortcut).
+ADD_REGISTERS = ("b_first", "b_channels")
 MAX_MAXPOOL_BITS = 16
 
 # Load targets (``load_target``): a channel's activate-threshold word, a pool channel's
@@ -217,7 +217,9 @@ class VectorParams:
       same for the windows of average pooling nodes. The window registers are ``window_bits`` wide.
     - ``adds``: ADD and ADD_RELU hardware (false where every addition of the model is fused into a conv).
     - ``subsample_bits``: 0: no SUBSAMPLE hardware; else 1..16, the width its window registers need (sides,
-      stride: :func:`subsample_bits`); with it, ``skip`` and ``keep`` (:data:`SUBSAMPLE_REGISTERS`, ``count_bits``).
+      stride: :func:`subsample_bits`).
+    - ``narrow_adds``: ADD's operand b may cover some channels of the sum only (:data:`ADD_REGISTERS`,
+      ``count_bits``; needs ``adds``).
     """
 
     lanes: int
@@ -245,6 +247,7 @@ class VectorParams:
     minpool: bool = False
     act_progression: ProgressionShape | None = None
     subsample_bits: int = 0
+    narrow_adds: bool = False
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -273,6 +276,9 @@ class VectorParams:
                 check(name, 0, 0)
         if not isinstance(self.adds, bool):
             raise ValueError(f"adds must be true or false, got {self.adds!r}")
+        if not isinstance(self.narrow_adds, bool) or (self.narrow_adds and not self.adds):
+            raise ValueError(f"narrow_adds must be true or false, and true only with ADD hardware (adds), got "
+                             f"{self.narrow_adds!r} with adds={self.adds!r}")
         if not isinstance(self.minpool, bool) or (self.minpool and not self.maxpool_bits):
             raise ValueError(f"minpool must be true or false, and true only with max-pool hardware (maxpool_bits > "
                              f"0), got {self.minpool!r} with maxpool_bits={self.maxpool_bits}")
@@ -339,9 +345,9 @@ class VectorParams:
     @property
     def operand_registers(self) -> tuple[str, ...]:
         """The op registers this unit samples: :data:`OP_REGISTERS`, the window's (:data:`MAXPOOL_REGISTERS`)
-        with MAXPOOL, AVGPOOL or SUBSAMPLE hardware, :data:`SUBSAMPLE_REGISTERS` with SUBSAMPLE's."""
+        with MAXPOOL, AVGPOOL or SUBSAMPLE hardware, :data:`ADD_REGISTERS` with ``narrow_adds``."""
         return (OP_REGISTERS + (MAXPOOL_REGISTERS if self.window_bits else ())
-                + (SUBSAMPLE_REGISTERS if self.subsample_bits else ()))
+                + (ADD_REGISTERS if self.narrow_adds else ()))
 
     @property
     def lane_index_bits(self) -> int:
@@ -532,10 +538,11 @@ class VectorParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction); a
         ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL), ``pool_cap_bits`` (before it
         clipped) or ``subsample_bits`` (before SUBSAMPLE) means 0, without ``adds`` true, without ``minpool`` (before
-        MINPOOL) false, without ``act_progression`` (before the activate thresholds were searched) None."""
+        MINPOOL) or ``narrow_adds`` (before those) false, without ``act_progression`` (before the activate thresholds
+        were searched) None."""
         names = {f.name for f in fields(cls)}
         for name, value in (("avgpool_bits", 0), ("pool_cap_bits", 0), ("adds", True), ("minpool", False),
-                            ("act_progression", None), ("subsample_bits", 0)):
+                            ("act_progression", None), ("subsample_bits", 0), ("narrow_adds", False)):
             if isinstance(d, dict) and name not in d:
                 d = {**d, name: value}
         if not isinstance(d, dict) or set(d) != names:
@@ -555,7 +562,8 @@ class VectorParams:
         where the model has a max-pool node, its registers as wide as the largest side, kernel, stride
         or padding of one. ``adds``: the ADD hardware (see the class). The activate thresholds search the
         nodes that :func:`~hw.progression.progression_shape` picks (``act_progression``).
-        SUBSAMPLE hardware is there where the model has a subsample node.
+        SUBSAMPLE hardware is there where the model has a subsample node, ``narrow_adds`` where an addition's
+        operand b covers some channels only.
         Raises ValueError when ``value_bits`` or ``lane_bits`` cannot hold the model's tensors."""
         info = model.validate()
         acts = [activate_needs(n, info[n.input]) for n in model.nodes if isinstance(n, ActivateNode)]
@@ -612,4 +620,6 @@ class VectorParams:
                    minpool=any(isinstance(n, MaxPoolNode) and n.minimum for n in model.nodes),
                    act_progression=act_progression,
                    subsample_bits=max((subsample_bits(n, info[n.input].shape) for n in model.nodes
-                                       if isinstance(n, SubsampleNode)), default=0))
+                                       if isinstance(n, SubsampleNode)), default=0),
+                   narrow_adds=any(isinstance(n, AddNode) and info[n.inputs[0]].shape != info[n.inputs[1]].shape
+                                   for n in model.nodes))

@@ -43,8 +43,8 @@ from .stage_words import progression_words, thresholds_array, threshold_words
 from .progression import progression_bits, searched_problem
 from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
                             OPS, OP_REGISTERS, POOL, POOL_CONSTANTS, POOL_OFFSET_SHIFT, POOL_SIGN_BITS, POOL_SIGN_SHIFT,
-                            POOL_THRESHOLDS, SUBSAMPLE, SUBSAMPLE_REGISTERS, TARGETS, VectorParams, activate_needs,
-                            maxpool_bits, pool_needs, pool_progressions, pool_sum_bound, subsample_bits)
+                            POOL_THRESHOLDS, SUBSAMPLE, TARGETS, VectorParams, activate_needs, maxpool_bits,
+                            pool_needs, pool_progressions, pool_sum_bound, subsample_bits)
 
 __all__ = ["ACT_THRESHOLDS", "POOL_CONSTANTS", "POOL_THRESHOLDS", "TARGETS", "Beat", "constant_beats",
            "op_registers", "subsample_registers", "slot_bases", "activate_words", "pool_constant_beats",
@@ -241,7 +241,7 @@ def _check_shape(shape) -> tuple[int, int, int]:
 
 
 def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases: dict[str, int],
-                 slots: dict[str, int] | None = None) -> dict[str, int]:
+                 slots: dict[str, int] | None = None, b_channels: int | None = None) -> dict[str, int]:
     """The op registers (:data:`~hw.vector_params.OP_REGISTERS`) that run ``node`` (an activate,
     add or pool node) on its input tensor(s) of ``shape`` (C, H, W), an average-pool node's window's
     too (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``row_step`` = stride * W in values); for a
@@ -250,7 +250,9 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     ``bases``: the base address of each tensor by name (a network plan's), at least the node's
     inputs (value memory) and output (code memory; value memory for an add, where the output may
     start at an input's base but not overlap it otherwise). ``slots``: each activate and pool
-    node's first constant slot by name (:func:`constant_beats`' second result)."""
+    node's first constant slot by name (:func:`constant_beats`' second result). ``b_channels``: an add node's
+    operand b's channels where fewer than ``shape``'s (from channel ``node.b_offset`` of the sum; with
+    ``params.narrow_adds`` the registers :data:`~hw.vector_params.ADD_REGISTERS` say so)."""
     if isinstance(node, MaxPoolNode):
         return maxpool_registers(params, node, shape, bases)
     if isinstance(node, SubsampleNode):
@@ -282,13 +284,24 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
                              f"{depth}; plan the tensors within the memory (or generate a deeper one)")
         return int(base)
 
-    src = [check_range(f"input {t!r}", b, words, params.value_depth, "value") for t, b in zip(tensors, inputs)]
+    narrow = isinstance(node, AddNode) and (node.b_offset or (b_channels is not None and b_channels != c))
+    b_channels = c if b_channels is None else b_channels
+    if isinstance(node, AddNode) and (not isinstance(b_channels, int) or b_channels < 1
+                                      or node.b_offset + b_channels > c):
+        raise ValueError(f"{name}: operand b of {b_channels!r} channels from channel {node.b_offset} does not fit "
+                         f"the sum's {c}")
+    sizes = [words, b_channels * positions]
+    src = [check_range(f"input {t!r}", b, size, params.value_depth, "value")
+           for t, b, size in zip(tensors, inputs, sizes)]
+    if narrow and not params.narrow_adds:
+        raise ValueError(f"{name}: its operand b covers channels {node.b_offset}..{node.b_offset + b_channels - 1} "
+                         f"of {c} only, and the unit has no narrow ADD hardware (narrow_adds); {FIX}")
     if isinstance(node, AddNode):
         dst = check_range(f"output {node.output!r}", output, words, params.value_depth, "value")
-        for t, s in zip(tensors, src):
-            if s != dst and s < dst + words and dst < s + words:
+        for t, s, size in zip(tensors, src, sizes):
+            if (s != dst or size != words) and s < dst + words and dst < s + size:
                 raise ValueError(f"{name}: output {node.output!r} at {dst} overlaps input {t!r} at {s} without "
-                                 f"starting there; an add may only write over an input exactly")
+                                 f"starting there; an add may only write over an input of its size exactly")
     else:
         _, out_h, out_w = (c, h, w) if op == ACTIVATE else node.out_shape((c, h, w))   # a pool: 1 x 1 or windowed
         out_positions = out_h * out_w
@@ -310,6 +323,8 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     values = {"op": op, "src_a": src[0], "src_b": src[1] if isinstance(node, AddNode) else 0, "dst": dst, "channels": c,
               "positions": positions, "slot_base": int(slot_base), "frac_bits": frac}
     assert tuple(values) == OP_REGISTERS
+    if isinstance(node, AddNode) and params.narrow_adds:
+        values.update(b_first=node.b_offset, b_channels=b_channels)
     if op == AVGPOOL:
         if min(h, w) < node.kernel or maxpool_bits(node, (c, h, w)) > params.avgpool_bits:
             raise ValueError(f"{name}: its window (input {h}x{w}, kernel {node.kernel}, stride {node.stride}) does "
@@ -322,10 +337,10 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
 
 
 def _apart(name: str, node, bases: dict[str, int], in_words: int, out_words: int, depth: int, memory: str,
-           doing: str) -> tuple[int, int]:
+           doing: str, in_place: bool = False) -> tuple[int, int]:
     """The bases of ``node``'s input (``in_words`` words) and output (``out_words``) in ``bases``, each within the
-    ``memory`` memory of ``depth`` words and the two apart (``doing``: what reads the input while it writes);
-    ValueError naming the node (``name``) otherwise."""
+    ``memory`` memory of ``depth`` words and the two apart (``doing``: what reads the input while it writes), or,
+    with ``in_place``, the output at the input's base; ValueError naming the node (``name``) otherwise."""
     for tensor in (node.input, node.output):
         if tensor not in bases:
             raise ValueError(f"{name}: bases has no address for tensor {tensor!r}; give the input's and the "
@@ -338,32 +353,34 @@ def _apart(name: str, node, bases: dict[str, int], in_words: int, out_words: int
                              f"has {depth}; plan the tensors within the memory (or generate a deeper one)")
         regions.append((int(base), int(base) + words))
     (a, b), (x, y) = regions
-    if a < y and x < b:
-        raise ValueError(f"{name}: output {node.output!r} overlaps input {node.input!r}; {doing} reads its input "
-                         "while it writes")
+    if a < y and x < b and not (in_place and a == x):
+        raise ValueError(f"{name}: output {node.output!r} overlaps input {node.input!r}"
+                         + (" without starting at its base" if in_place else "")
+                         + f"; {doing} reads its input while it writes")
     return a, x
 
 
 def subsample_registers(params: VectorParams, node: SubsampleNode, shape: tuple[int, int, int],
                         bases: dict[str, int]) -> dict[str, int]:
-    """The op registers (:data:`~hw.vector_params.OP_REGISTERS`, :data:`~hw.vector_params.MAXPOOL_REGISTERS`, then
-    :data:`~hw.vector_params.SUBSAMPLE_REGISTERS`) that run subsample node ``node`` on its input values of
-    ``shape`` (C, H, W) at ``bases[node.input]`` into ``bases[node.output]`` (value memory; the two regions must
-    not overlap): ``channels`` the output's, ``positions`` the input's ``H * W`` (a copied channel's step),
-    ``row_step`` = ``stride * W``, ``skip`` = ``before``, ``keep`` = C."""
+    """The op registers (:data:`~hw.vector_params.OP_REGISTERS`, then :data:`~hw.vector_params.MAXPOOL_REGISTERS`)
+    that run subsample node ``node`` on its input values of
+    ``shape`` (C, H, W) at ``bases[node.input]`` into ``bases[node.output]`` (value memory; the output apart from
+    the input or in place, at its base: each element is read before it and every later one are written, at or
+    above their words): ``positions`` the input's ``H * W`` (a channel's step), ``row_step`` = ``stride * W``."""
     c, h, w = _check_shape(shape)
     name = f"node {node.name!r}"
     if SUBSAMPLE not in params.ops:
         raise ValueError(f"{name}: the unit has no subsample hardware; {FIX}")
-    out_c, ho, wo = node.out_shape((c, h, w))
-    a, x = _apart(name, node, bases, c * h * w, out_c * ho * wo, params.value_depth, "value", "subsampling")
+    _, ho, wo = node.out_shape((c, h, w))
+    a, x = _apart(name, node, bases, c * h * w, c * ho * wo, params.value_depth, "value", "subsampling",
+                  in_place=True)
     if subsample_bits(node, (c, h, w)) > params.subsample_bits:
         raise ValueError(f"{name}: its sides (input {h}x{w}, stride {node.stride}) do not fit subsample_bits="
                          f"{params.subsample_bits}; {FIX}")
-    values = {"op": SUBSAMPLE, "src_a": a, "src_b": 0, "dst": x, "channels": out_c, "positions": h * w,
+    values = {"op": SUBSAMPLE, "src_a": a, "src_b": 0, "dst": x, "channels": c, "positions": h * w,
               "slot_base": 0, "frac_bits": 0, "height": h, "width": w, "out_height": ho, "out_width": wo, "kernel": 1,
-              "stride": node.stride, "padding": 0, "row_step": node.stride * w, "skip": node.before, "keep": c}
-    assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS + SUBSAMPLE_REGISTERS
+              "stride": node.stride, "padding": 0, "row_step": node.stride * w}
+    assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS
     return values
 
 

@@ -937,6 +937,47 @@ def test_a_pooling_window_taken_from_a_tensors_size_is_the_number_the_input_size
     assert [n.op for n in compiled.nodes] == ["input", "conv", "maxpool" if how.startswith("max") else "pool", "conv"]
 
 
+class _Strided(nn.Module):
+    """``x[:, :, ::2, ::2]`` and ``F.pad`` of channels (``how``): on the way to a conv (a 1 x 1 max pooling at
+    stride 2; zero channels: refused), or into an addition a shortcut of a BN output that a ReLU reads too (stored,
+    requantized where it is made) or of a sigmoid's (refused: the stream holds no sigmoid)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.how = how
+        self.conv1, self.bn1 = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.conv2, self.bn2 = nn.Conv2d(4, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        z = self.bn1(self.conv1(x))
+        if self.how == "slice to a conv":
+            out = torch.relu(self.bn2(self.conv2(torch.relu(z)[:, :, ::2, ::2])))
+        elif self.how == "pad to a conv":
+            out = torch.relu(self.bn2(self.conv2(torch.nn.functional.pad(torch.relu(z), (0, 0, 0, 0, 1, 1))[:, 1:5])))
+        else:                                   # a shortcut of the BN output, or of its sigmoid
+            short = torch.sigmoid(z) if self.how == "shortcut of a sigmoid" else z
+            out = torch.relu(self.bn2(self.conv2(torch.relu(z))) + torch.nn.functional.pad(short[:, :, ::2, ::2],
+                                                                                           (0, 0, 0, 0, 2, 2)))
+        return self.fc(out.mean((2, 3)))
+
+
+def test_every_other_row_and_column_before_a_layer_is_a_max_pooling_and_of_a_bn_output_a_shortcut():
+    assert _fix_mismatches(lambda: _Strided("slice to a conv"), 21) == 0
+    assert _fix_mismatches(lambda: _Strided("shortcut of a BN"), 21) == 0
+    compiled = compile_model(quantize_model(_Strided("slice to a conv"), method="lcq", wbits=3, abits=3), (1, 8, 8))
+    pooled = next(n for n in compiled.nodes if n.op == "maxpool")
+    assert (pooled.kernel, pooled.stride, pooled.padding) == (1, 2, 0)
+
+
+@pytest.mark.parametrize("how, says", [
+    ("pad to a conv", r"pads channels with zeros on the way to a layer; zero channels compile in a residual shortcut"),
+    ("shortcut of a sigmoid", r"subsamples or pads a tensor for a residual addition that is not a residual stream")])
+def test_zero_channels_and_shortcuts_outside_a_residual_stream_are_refused(how, says):
+    with pytest.raises(Unsupported, match=says):
+        compile_model(quantize_model(_Strided(how), method="lcq", wbits=3, abits=3), (1, 8, 8))
+
+
 class _ChannelsLast(nn.Module):
     """The image and a feature map put in channels_last memory format (``how``: by ``.to`` or ``.contiguous``):
     the same values, another layout."""

@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import replace
 import functools
 import gc
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -173,9 +174,15 @@ def expected(params, node, regs, values, codes):
     if isinstance(node, MaxPoolNode):
         return values, expected_maxpool(params, node, regs, codes)
     if isinstance(node, SubsampleNode):
-        c, h, w = regs["keep"], regs["height"], regs["width"]
+        c, h, w = regs["channels"], regs["height"], regs["width"]
         x = np.array(values[regs["src_a"]:regs["src_a"] + c * h * w], dtype=np.int64).reshape(1, c, h, w)
         put_values(values, regs["dst"], node.apply(x))
+        return values, codes
+    if isinstance(node, AddNode) and "b_channels" in regs:      # operand b over some channels of the sum
+        k, n_pos, kb = regs["channels"], regs["positions"], regs["b_channels"]
+        a = np.array(values[regs["src_a"]:regs["src_a"] + k * n_pos], dtype=np.int64).reshape(1, k, n_pos, 1)
+        b = np.array(values[regs["src_b"]:regs["src_b"] + kb * n_pos], dtype=np.int64).reshape(1, kb, n_pos, 1)
+        put_values(values, regs["dst"], replace(node, b_offset=regs["b_first"]).apply(a, b))
         return values, codes
     k, n_pos = regs["channels"], regs["positions"]
     inputs = [node.input] if not isinstance(node, AddNode) else list(node.inputs)
@@ -669,41 +676,65 @@ def run_pooling(node, lanes, shape, minpool=None):
     return params
 
 
-@pytest.mark.parametrize("shape, stride, before, after", [
-    ((4, 8, 8), 2, 2, 2),               # akamaster's option A: 16 -> 32 channels, 32 x 32 -> 16 x 16, scaled down
-    ((3, 7, 5), 3, 0, 4),               # odd sides: ceil(7 / 3) x ceil(5 / 3); zeros after only
-    ((5, 2, 3), 1, 3, 0),               # zero channels alone (F.pad without a slice), before only
+@pytest.mark.parametrize("shape, stride", [
+    ((4, 8, 8), 2),                     # akamaster's option A: 32 x 32 -> 16 x 16, scaled down
+    ((3, 7, 5), 3),                     # odd sides: ceil(7 / 3) x ceil(5 / 3)
 ])
-def test_subsample(shape, stride, before, after):
-    """SUBSAMPLE on junk memories: every stride-th row and column of each copied channel, zeros in the padding
-    channels, written in order; the input just below the output, then far above it, and an op after it."""
-    node = SubsampleNode("sub", "x", "y", stride, before, after)
+def test_subsample(shape, stride):
+    """SUBSAMPLE on junk memories: every stride-th row and column of each channel, written in order; the input just
+    below the output, far above it, and under it (in place: the output at the input's base)."""
+    node = SubsampleNode("sub", "x", "y", stride)
     c, h, w = shape
-    out = node.out_shape(shape)
-    words_in, words_out = c * h * w, out[0] * out[1] * out[2]
+    words_in, words_out = c * h * w, math.prod(node.out_shape(shape))
     depth = words_in + words_out + 30
     params = VectorParams(lanes=2, lane_bits=3, value_bits=9, value_depth=depth, code_depth=4,
                           subsample_bits=subsample_bits(node, shape))
     assert SUBSAMPLE in params.ops and SUBSAMPLE not in replace(params, subsample_bits=0).ops
     values, codes = junk(params, np.random.default_rng(sum(shape) + stride))
     ops = [(node, op_registers(params, node, shape, {"x": 0, "y": words_in})),
-           (node, op_registers(params, node, shape, {"x": depth - words_in, "y": 1}))]
+           (node, op_registers(params, node, shape, {"x": depth - words_in, "y": 1})),
+           (node, op_registers(params, node, shape, {"x": 5, "y": 5}))]
     check(params, [], ops, values, codes, interfere=True)
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_of_an_operand_over_some_channels(relu):
+    """ADD (ADD_RELU) with ``narrow_adds``: operand b (3 channels) adds to channels 2..4 of a's 7, the others are
+    a's (an option-A shortcut's zero channels); the sum in place over a; a whole add after it on the same unit."""
+    node, whole = AddNode("add", ("a", "b"), "y", relu=relu, b_offset=2), AddNode("add", ("a", "b"), "y", relu=relu)
+    shape, positions = (7, 3, 3), 9
+    params = VectorParams(lanes=2, lane_bits=3, value_bits=9, value_depth=250, code_depth=4, narrow_adds=True)
+    rng = np.random.default_rng(7 + relu)
+    values, codes = junk(params, rng)
+    for base, words in ((10, 63), (100, 63)):           # operands that sum within the 9-bit words
+        put_values(values, base, rng.integers(-63, 64, words))
+    ops = [(node, op_registers(params, node, shape, {"a": 10, "b": 100, "y": 10}, b_channels=3)),
+           (whole, op_registers(params, whole, shape, {"a": 100, "b": 10, "y": 170}))]
+    assert (ops[0][1]["b_first"], ops[0][1]["b_channels"], ops[1][1]["b_channels"]) == (2, 3, 7)
+    assert params.register_cycles(ops[0][1]) == 2 * 7 * positions + 4
+    check(params, [], ops, values, codes, interfere=True)
+    with pytest.raises(ValueError, match="no narrow ADD hardware"):
+        op_registers(replace(params, narrow_adds=False), node, shape, {"a": 10, "b": 100, "y": 10}, b_channels=3)
+    with pytest.raises(ValueError, match="does not fit the sum's 7"):
+        op_registers(params, node, shape, {"a": 10, "b": 100, "y": 10}, b_channels=6)
+    with pytest.raises(ValueError, match="narrow_adds must be true or false, and true only with ADD hardware"):
+        replace(params, adds=False)
+
+
 def test_subsample_registers_and_errors():
-    node = SubsampleNode("sub", "x", "y", 2, 4, 4)
+    node = SubsampleNode("sub", "x", "y", 2)
     params = VectorParams(lanes=4, lane_bits=2, value_bits=8, value_depth=500, code_depth=4,
                           subsample_bits=subsample_bits(node, (8, 6, 6)))
     regs = op_registers(params, node, (8, 6, 6), {"x": 3, "y": 300})
-    assert (regs["channels"], regs["positions"], regs["row_step"], regs["skip"], regs["keep"]) == (16, 36, 12, 4, 8)
-    assert params.register_cycles(regs) == 16 * 9 + 4 == params.op_cycles(SUBSAMPLE, 16, 9)
-    for bases, says in (({"x": 0, "y": 400}, "takes 144 words"), ({"x": 0, "y": -1}, "at -1"),
-                        ({"x": 3, "y": 200}, "overlaps"), ({"x": 0}, "no address")):
+    assert (regs["channels"], regs["positions"], regs["row_step"]) == (8, 36, 12)
+    assert params.register_cycles(regs) == 8 * 9 + 4 == params.op_cycles(SUBSAMPLE, 8, 9)
+    for bases, says in (({"x": 0, "y": 450}, "takes 72 words"), ({"x": 0, "y": -1}, "at -1"),
+                        ({"x": 3, "y": 200}, "overlaps input 'x' without starting at its base"),
+                        ({"x": 0}, "no address")):
         with pytest.raises(ValueError, match=says):
             op_registers(params, node, (8, 6, 6), bases)
     with pytest.raises(ValueError, match="subsample_bits=3"):
-        op_registers(params, node, (2, 9, 9), {"x": 0, "y": 200})
+        op_registers(params, node, (2, 9, 9), {"x": 0, "y": 300})
     with pytest.raises(ValueError, match="no subsample hardware"):
         op_registers(replace(params, subsample_bits=0), node, (8, 6, 6), {"x": 3, "y": 300})
 

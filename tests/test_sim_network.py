@@ -13,7 +13,7 @@ integer reference.
   (non-square odd image, 7x7 stem, depthwise conv, strided shortcut to a 1 x 1 map, single-conv residual
   branch) on the network core and, conv by conv, on the layer engine.
 - A MobileNetV2 (random parameters) whose linear bottlenecks are signed activations, run as their halves.
-- akamaster's CIFAR ResNet (option-A shortcuts: SUBSAMPLE steps), random parameters.
+- akamaster's CIFAR ResNet (option-A shortcuts: SUBSAMPLE and narrow ADD steps), random parameters.
 - ``lcq sim MODEL --json`` (network mode is the default) has the network keys.
 - The trained CIFAR-10 ResNet-20 (W3/A3), two images on an 8 x 8 array: a ``slow`` test.
 
@@ -236,20 +236,20 @@ def test_min_pooled_negative_halves_of_a_tiny_darknet_on_a_4x4_core(tmp_path):
 
 def test_option_a_shortcuts_of_akamasters_cifar_resnet_on_a_4x4_core(tmp_path):
     """akamaster's CIFAR ResNet as written (one block a stage; random parameters): each strided block's shortcut
-    subsampled and padded with zero channels by the vector unit's SUBSAMPLE step, added in the write-back of the
-    conv that ends the block, every tensor exact."""
+    subsampled in place by the vector unit's SUBSAMPLE step and added to the channels between its zero ones by an
+    ADD step (the other additions in the write-back of the conv that ends the block), every tensor exact."""
     sys.path.insert(0, str(DATA))
     import tutorial_models as tm
 
     path = tmp_path / "akamaster-resnet8.lcq"
     model = compiled_net(tm.resnet8(), (3, 8, 8), path, seed=3)
-    shortcuts = [n for n in model.nodes if n.op == "subsample"]
-    assert [(n.stride, n.before, n.after) for n in shortcuts] == [(2, 8, 8), (2, 16, 16)]
+    assert [n.stride for n in model.nodes if n.op == "subsample"] == [2, 2]
+    assert [n.b_offset for n in model.nodes if n.op == "add"] == [0, 8, 16]
     params, _ = run_exact(model, path, 4, 4, tmp_path / "run", seed=3)
-    assert params.vector.subsample_bits and not params.vector.adds      # every addition fused into its conv
+    assert params.vector.subsample_bits and params.vector.narrow_adds
     plan = network_plan(model, params)
-    assert [s.kind for s in plan.steps].count("subsample") == 2 and all(
-        s.fused_add for s in plan.steps if s.kind == "conv" and s.name.endswith("conv2"))
+    assert [s.kind for s in plan.steps].count("subsample") == 2 and [s.kind for s in plan.steps].count("add") == 2
+    assert all(plan.tensors[n.output].in_place == n.input for n in model.nodes if n.op == "subsample")
 
 
 def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):
