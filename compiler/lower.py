@@ -38,7 +38,10 @@ runs of operations into the nodes of :mod:`compiler.graph`:
   quantizer (after ReLU and clip) is non-decreasing, so it commutes with the maximum;
 - an addition: an :class:`AddNode` named after the module whose forward adds
   (``blocks.0.add``, writing ``blocks.0.out``); a ReLU right after it whose output
-  feeds another addition (a post-activation block) sets its ``relu`` flag.
+  feeds another addition (a post-activation block) sets its ``relu`` flag;
+- an option-A shortcut, ``F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, p, p))`` of a residual stream into an
+  addition: a :class:`SubsampleNode` right after the node that writes the stream, its zero channels the
+  addition's ``b_offset`` (:meth:`_Lowering.shortcut`).
 
 Tensors are named after modules: codes after their activation quantizer, raw
 accumulators after their layer, the output ``logits``. Any other operation is

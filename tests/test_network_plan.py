@@ -233,10 +233,12 @@ def fusable_adds(model: CompiledModel) -> dict[int, str]:
     for i, n in enumerate(model.nodes):
         for name in node_inputs(n):
             readers.setdefault(name, []).append(i)
+    info = model.validate(arrays=False)
     out = {}
     for i, n in enumerate(model.nodes):
         conv = model.nodes[i - 1] if i else None
-        if not isinstance(n, AddNode) or not isinstance(conv, ConvNode) or isinstance(conv.stage, Thresholds):
+        if not isinstance(n, AddNode) or not isinstance(conv, ConvNode) or isinstance(conv.stage, Thresholds) \
+                or info[n.inputs[0]].shape != info[n.inputs[1]].shape:        # (an option-A shortcut's: a step)
             continue
         others = [x for x in n.inputs if x != conv.output]
         if (conv.output in n.inputs and len(others) == 1 and readers[conv.output] == [i]
@@ -404,6 +406,31 @@ def test_resnet20_plan(resnet):
     plan8 = plan_network(resnet, 8)
     assert (plan8.memories["codes"].depth, plan8.memories["codes"].width) == (2 * 2048, 64)
     assert plan8.memories["values"].to_dict() == plan.memories["values"].to_dict()
+
+
+def test_option_a_resnet20_plan():
+    """akamaster's ResNet-20 (random parameters): each strided block's shortcut subsampled in place over the stream,
+    which dies there, and added by a step of its own (its operand covers the middle channels); the other additions
+    fused; the values peak at one 16 x 32 x 32 map, as the built-in ResNet-20's (a stored copy would add 8,192)."""
+    import sys
+
+    import torch
+
+    from compiler.lower import compile_model
+    from helpers import randomize
+    from lcq_train.plan import quantize_model
+    sys.path.insert(0, str(DATA))
+    import tutorial_models as tm
+
+    torch.manual_seed(0)
+    model = compile_model(randomize(quantize_model(tm.resnet20(), method="lcq", wbits=3, abits=3), 0), (3, 32, 32))
+    plan = plan_network(model, 8)
+    check_plan(model, plan)
+    shortcuts = [n for n in model.nodes if n.op == "subsample"]
+    assert [plan.tensors[n.output].in_place for n in shortcuts] == ["layer1.2.out", "layer2.2.out"]
+    assert [s.name for s in plan.steps if s.kind == "add"] == ["layer2.0.add", "layer3.0.add"]
+    assert sum(bool(s.fused_add) for s in plan.steps) == 7
+    assert (plan.memories["values"].depth, plan.memories["values"].peak_live_words) == (16384, 16384)
 
 
 def test_values_width_is_the_widest_exact_bound(resnet, digits):

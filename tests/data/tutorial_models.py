@@ -491,8 +491,8 @@ class CifarResNet(nn.Module):           # changed: akamaster calls it ResNet
         return out
 
 
-def resnet20():
-    return CifarResNet(CifarBasicBlock, [3, 3, 3])
+def resnet20(num_classes=10, in_channels=3):     # changed: the arguments lcq train passes (3 channels only)
+    return CifarResNet(CifarBasicBlock, [3, 3, 3], num_classes)
 
 
 def resnet8(num_classes=10, in_channels=3):      # changed: not in the source, the same blocks one per stage
