@@ -31,7 +31,8 @@ codes), ``conv`` (codes -> codes with a thresholds stage, else values),
 (values ``(C, H, W)`` -> codes ``(C, 1, 1)``), ``avgpool`` (values -> codes, window by
 window), ``maxpool`` (codes -> codes, word by
 word: a window's words, each ``lanes`` codes of one channel group, give one word of maxima), ``subsample`` (values ->
-values: an option-A shortcut, every stride-th row and column between zero channels). The logits, the last step's
+values: an option-A shortcut, every stride-th row and column; its addition's operand covers some channels of the
+sum, an add step of its own). The logits, the last step's
 values, are what the host reads back.
 
 A residual addition right after the conv that computes one of its operands is

@@ -54,10 +54,10 @@ from .fsm_encoding import one_hot
 from .memories import slow_block_ram
 from .pe import add_with_carry
 from .thresholds import ThresholdUnit, lent_value_lag
-from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_RELU, AVGPOOL, MAXPOOL, MAXPOOL_REGISTERS, MINPOOL,
-                            OP_BITS, POOL, POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT, POOL_RELU_BIT, POOL_SIGN_BITS,
-                            POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, SUBSAMPLE, ADD_REGISTERS, TARGET_BITS,
-                            VectorParams)
+from .vector_params import (ACT_THRESHOLDS, ACTIVATE, ADD, ADD_REGISTERS, ADD_RELU, AVGPOOL, MAXPOOL,
+                            MAXPOOL_REGISTERS, MINPOOL, OP_BITS, POOL, POOL_CONSTANTS, POOL_DRAIN, POOL_OFFSET_SHIFT,
+                            POOL_RELU_BIT, POOL_SIGN_BITS, POOL_SIGN_SHIFT, POOL_THRESHOLDS, SEARCH_STEP, SUBSAMPLE,
+                            TARGET_BITS, VectorParams)
 
 
 class VectorUnit(wiring.Component):
@@ -143,7 +143,7 @@ class VectorUnit(wiring.Component):
             "frac_bits": In(p.frac_field_bits),
             **{name: In((p.dst_bits if p.avgpool_bits or p.subsample_bits else p.code_addr_bits) if name == "row_step"
                         else max(1, p.window_bits)) for name in MAXPOOL_REGISTERS},
-            **{name: In(p.count_bits) for name in ADD_REGISTERS},
+            **{name: In(p.count_bits) for name in (ADD_REGISTERS if p.narrow_adds else ())},
             "busy": Out(1),
             "load_en": In(1),
             "load_target": In(TARGET_BITS),

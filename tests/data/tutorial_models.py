@@ -411,7 +411,7 @@ def ResNet18():
 # akamaster/pytorch_resnet_cifar10 resnet.py (the most copied CIFAR ResNet-20, He et al.'s option A: the
 # shortcut of a strided block subsamples its input and pads it with zero channels, no conv).
 def _weights_init(m):
-    classname = m.__class__.__name__
+    classname = m.__class__.__name__  # noqa: F841 (unused in the source too)
     if isinstance(m, nn.Linear) or isinstance(m, nn.Conv2d):
         init.kaiming_normal_(m.weight)
 
