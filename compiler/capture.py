@@ -53,8 +53,8 @@ SUPPORTED = (
     "torch.mean(x, (2, 3)))",
     "average pooling after a ReLU or ReLU6, before an activation quantizer (AvgPool2d, F.avg_pool2d: square kernel and "
     "stride, no padding, ceil_mode False, no divisor_override; one window over the whole map is the global pooling)",
-    "sizes that the input's C x H x W decides, for a pooling's window or a reshape (F.avg_pool2d(x, x.size(3)): "
-    "the number)",
+    "numbers that the input's C x H x W decides, for a pooling's window or a reshape (F.avg_pool2d(x, x.size(3)), "
+    "x.view(-1, x.size(1) * x.size(2) * x.size(3)): the number)",
     "max pooling (MaxPool2d, F.max_pool2d: square kernel k, stride and padding up to k // 2, no dilation, "
     "ceil_mode False) of a conv's, BN's or addition's output where only ReLU, ReLU6 / hardtanh(0, max), identity, "
     "dropout, flatten and more max pooling stand between it and the activation quantizer of the next layer "

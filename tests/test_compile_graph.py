@@ -633,6 +633,8 @@ class _ViewHead(nn.Module):
             out = torch.reshape(out, (out.shape[0], -1))
         elif self.how == "-1":
             out = out.view(-1, 8)
+        elif self.how == "product of sizes":
+            out = out.view(-1, out.size(1) * out.size(2) * out.size(3))
         elif self.how == "map":             # a map of 8 x 8 x 8 into a linear layer of 8 inputs: refused
             out = y.view(x.size(0), -1)
         else:                               # the batch dimension is not the size's first: refused
@@ -640,7 +642,7 @@ class _ViewHead(nn.Module):
         return self.fc(out)
 
 
-@pytest.mark.parametrize("how", ["size", "size()[0]", "shape", "-1"])
+@pytest.mark.parametrize("how", ["size", "size()[0]", "shape", "-1", "product of sizes"])
 def test_view_and_reshape_to_a_vector_flatten(how):
     torch.manual_seed(9)
     net = randomize(quantize_model(_ViewHead(how), method="lcq", wbits=3, abits=3), 13)
