@@ -458,11 +458,12 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return _cat(node, model)
         if f in SOFTMAX_FUNCTIONS:
             return Op("softmax", dim=_arg(node, 1, "dim"))
-        if f is operator.getitem and _strided(node.args[1]) is not None:
-            s = _strided(node.args[1])
-            return Op("identity") if s == 1 else Op("subsample", window=(1, s, 0))
-        if f is F.pad and _channel_pad(node) is not None:
-            return Op("pad", channels=_channel_pad(node))
+        step = _strided(node.args[1]) if f is operator.getitem else None
+        if step is not None:
+            return Op("identity") if step == 1 else Op("subsample", window=(1, step, 0))
+        channels = _channel_pad(node) if f is F.pad else None
+        if channels is not None:
+            return Op("pad", channels=channels)
     elif node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")

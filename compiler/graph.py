@@ -699,6 +699,11 @@ class AddNode:
     b_offset: int = 0
     op = "add"
 
+    def narrow(self, tensors: dict) -> bool:
+        """Whether operand b covers some channels of the sum only: its shape in ``tensors`` (name -> a
+        :class:`TensorInfo`) is not a's."""
+        return tensors[self.inputs[0]].shape != tensors[self.inputs[1]].shape
+
     def apply(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """The sum ``(N, C, H, W)`` of ``a`` ``(N, C, H, W)`` and ``b`` ``(N, C_b, H, W)`` (int64)."""
         total = a.copy()

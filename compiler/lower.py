@@ -295,7 +295,7 @@ class _Lowering:
         self.scales: dict[str, float] = {}
         self.raw: dict[str, ConvNode] = {}       # value tensors that are an accumulator with no stage yet
         self.sums: dict[str, AddNode] = {}       # value tensors that are a residual sum
-        self.subsampled: dict[str, SubsampleNode] = {}      # value tensors that a shortcut subsampled or padded
+        self.subsampled: dict[str, SubsampleNode] = {}      # value tensors that a shortcut subsampled
         self.signed: dict[str, int] = {}         # codes of a signed quantizer's halves (signed_codes): channels
         self.values: dict[fx.Node, _Value] = {}
         self.called: set[str] = set()
@@ -1016,7 +1016,7 @@ class _Lowering:
                         "ReLUs of those that feed additions only")
         (c_b, *side_b), (before, after) = self.shapes[b.tensor], b.padded
         if self.shapes[a.tensor] != (before + c_b + after, *side_b):
-            padded = f" ({before} + {c_b} + {after} channels: the shortcut's zero channels)" if b.padded[0] or after \
+            padded = f" ({before} + {c_b} + {after} channels: the shortcut's zero channels)" if b.padded != (0, 0) \
                 else ""
             self.refuse(node, f"adds shapes {self.shapes[a.tensor]} and {self.shapes[b.tensor]}{padded}")
         free = [x.tensor in self.raw and x.sole for x in (a, b)]

@@ -73,7 +73,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .graph import (ActivateNode, AddNode, AvgPoolNode, CompiledModel, ConcatNode, ConvNode, InputNode, MaxPoolNode,
-                    PoolNode, Requantize, SubsampleNode, Thresholds, node_inputs, node_where, signed_bits)
+                    PoolNode, Requantize, SubsampleNode, TensorInfo, Thresholds, node_inputs, node_where, signed_bits)
 
 # Largest number of code lanes (the PE array's rows); the same limit as hw.engine_params.MAX_ARRAY,
 # stated here because the compiler does not import the hardware package.
@@ -432,15 +432,14 @@ def lane_startable(model: CompiledModel, part: str) -> bool:
     return isinstance(writer, ConvNode) and all(isinstance(n, ConcatNode) for n in readers)
 
 
-def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
+def fuse_additions(steps: list[Step], model: CompiledModel, info: dict[str, TensorInfo]) -> list[Step]:
     """``steps`` with each addition folded into the conv step right before it, where the conv writes values
     (a requantize stage without ReLU, or none where the addition has no ReLU either) that only this
     addition reads and that are not the logits, and the addition's other operand is a different tensor
-    that the addition reads last (so that the sum can take its place), of the sum's shape. The addition's step is
-    dropped."""
+    that the addition reads last (so that the sum can take its place), of the sum's shape (``info``: the model's
+    tensors, :meth:`~compiler.graph.CompiledModel.validate`). The addition's step is dropped."""
     readers: dict[str, int] = {}
     last_use: dict[str, int] = {}
-    info = model.validate(arrays=False)
     for step in steps:
         for name in step.inputs:
             readers[name] = readers.get(name, 0) + 1
@@ -454,8 +453,7 @@ def fuse_additions(steps: list[Step], model: CompiledModel) -> list[Step]:
             add = model.nodes[step.index]
             stage_ok = (isinstance(node.stage, Requantize) and not node.stage.relu) or (node.stage is None
                                                                                        and not add.relu)
-            whole = info[add.inputs[0]].shape == info[add.inputs[1]].shape     # (not an option-A shortcut's)
-            if (stage_ok and whole and conv.output in step.inputs and len(others) == 1
+            if (stage_ok and not add.narrow(info) and conv.output in step.inputs and len(others) == 1
                     and readers.get(conv.output) == 1 and conv.output != model.logits
                     and others[0] != model.logits and last_use.get(others[0]) == step.index):
                 out[-1] = replace(conv, inputs=(conv.inputs[0], others[0]), output=step.output, fused_add=step.name)
@@ -493,7 +491,7 @@ def plan_network(model: CompiledModel, lanes: int = 1, align: int = 1) -> Networ
         raise ValueError(f"align must be 1 or 2, not {align!r}")
     steps = _steps(model)
     info = model.validate()          # shapes, code bits and exact value bounds, as the compiler propagates them
-    steps = fuse_activations(fuse_additions(steps, model), model)
+    steps = fuse_activations(fuse_additions(steps, model, info), model)
     written = {name: step.index for step in steps for name in step.outputs}
     fused = {model.nodes[step.index].output: step for step in steps if step.fused_add}   # conv values -> step
     last_use = {}

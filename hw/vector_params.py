@@ -621,5 +621,4 @@ class VectorParams:
                    act_progression=act_progression,
                    subsample_bits=max((subsample_bits(n, info[n.input].shape) for n in model.nodes
                                        if isinstance(n, SubsampleNode)), default=0),
-                   narrow_adds=any(isinstance(n, AddNode) and info[n.inputs[0]].shape != info[n.inputs[1]].shape
-                                   for n in model.nodes))
+                   narrow_adds=any(isinstance(n, AddNode) and n.narrow(info) for n in model.nodes))
