@@ -49,10 +49,12 @@ SUPPORTED = (
     "an option-A shortcut: every s-th row and column (x[:, :, ::s, ::s]) and zero channels (F.pad(x, (0, 0, 0, 0, "
     "before, after))) of a residual stream (an addition's output or its ReLU) that an addition reads; x[:, :, ::s, "
     "::s] on the way to an activation quantizer is a 1 x 1 max pooling at stride s",
-    "global average pooling after a ReLU or ReLU6 (AdaptiveAvgPool2d(1), F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), "
-    "torch.mean(x, (2, 3)))",
-    "average pooling after a ReLU or ReLU6, before an activation quantizer (AvgPool2d, F.avg_pool2d: square kernel and "
-    "stride, no padding, ceil_mode False, no divisor_override; one window over the whole map is the global pooling)",
+    "global average pooling of a conv's, BN's or addition's output, or of its ReLU or ReLU6 (AdaptiveAvgPool2d(1), "
+    "F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), torch.mean(x, (2, 3))), before an activation quantizer (signed "
+    "too), a BN and a ReLU standing between where no ReLU came before it",
+    "average pooling the same way (AvgPool2d, F.avg_pool2d: square kernel and stride, no padding, ceil_mode False, "
+    "no divisor_override; one window over the whole map is the global pooling); of a 1 x 1 conv's output [+ BN] "
+    "(DenseNet's transition) it folds into the conv, which then runs as a k x k conv at the pooling's stride",
     "numbers that the input's C x H x W decides, for a pooling's window or a reshape (F.avg_pool2d(x, x.size(3)), "
     "x.view(-1, x.size(1) * x.size(2) * x.size(3)): the number)",
     "max pooling (MaxPool2d, F.max_pool2d: square kernel k, stride and padding up to k // 2, no dilation, "

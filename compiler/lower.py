@@ -190,8 +190,9 @@ class _Value:
     """What a graph node computes. ``kind`` "image"; "codes" (of tensor ``tensor``); or "values":
     per channel ``gain * x + offset`` of value tensor ``x = tensor``, through a non-decreasing activation
     (``curve``, :class:`~compiler.curves.Curve`), then a ReLU (``relu``), clipped at ``cap``, averaged
-    (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)), max pooled (``maxpools``: the graph
-    node and its (kernel, stride, padding) of each, in order).
+    (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)), then a ReLU of the average
+    (``pooled_relu``: where nothing rectified it before the pooling; an unsigned quantizer's thresholds, all above
+    0, imply it), max pooled (``maxpools``: the graph node and its (kernel, stride, padding) of each, in order).
     ``folded``: a BN is in ``gain``/``offset``;
     ``sole``: the raw accumulator (or the sum) ``tensor`` has no consumer but this chain; ``rectified``:
     ``tensor`` holds the ReLU's output already (see :meth:`_Lowering.rectify`). Kind "size": a tensor's size
@@ -212,6 +213,7 @@ class _Value:
     relu: bool = False
     cap: float = math.inf
     pooled: tuple[int, int] | None = None
+    pooled_relu: bool = False
     sole: bool = False
     maxpools: tuple = ()
     rectified: bool = False
@@ -225,6 +227,13 @@ class _Value:
     def plain(self) -> bool:
         return not (self.folded or self.relu or self.pooled or self.cap < math.inf or self.maxpools
                     or self.curve is not None)
+
+    @property
+    def linear_mean(self) -> bool:
+        """Whether this is the average pooling of a conv's, BN's or addition's output as it is (no ReLU, clip or
+        curve before or after it): an affine map of the average, which a BN after it folds into."""
+        return bool(self.pooled) and not (self.relu or self.pooled_relu or self.cap < math.inf
+                                          or self.curve is not None)
 
 
 def _sole_reader(node: fx.Node) -> bool:
@@ -511,17 +520,18 @@ class _Lowering:
         taken back through it: ``f^-1(t)`` and ``-f^-1(-t)``), then each max pooling of ``x``: the negative half's
         takes the smallest code (``Q+(-max v) = min Q+(-v)``), and the codes tensor ``node.target`` joins them,
         positive channels first: a layer reading it takes ``[W, -W]`` as weights (:meth:`layer`). So the hardware,
-        whose codes are unsigned, runs a signed activation at twice the layer's MACs."""
+        whose codes are unsigned, runs a signed activation at twice the layer's MACs. Of an average pooling, each
+        half is a pool node (the negative one pooling ``-v``)."""
         name, bits = node.target, act.spec.bits
         if bits < 3:
             self.refuse(node, f"is a signed {bits}-bit activation quantizer (codes -1, 0, 1); the accelerator runs a "
                         "signed activation as its positive and negative halves, of bits - 1 bits each, and codes "
                         "have at least 2: give the layers it feeds 3 bits or more (--layer-bits NAME=W/3)")
-        if x.kind != "values" or x.relu or x.pooled or x.cap < math.inf:
+        if x.kind != "values" or x.relu or (x.pooled and not x.linear_mean) or x.cap < math.inf:
             self.refuse(node, "is a signed activation quantizer of an input the accelerator quantizes only unsigned "
-                        "(an average pooling, a concatenation, a ReLU or a clip); a signed one reads the output of a "
-                        "conv or linear layer, a BN or an addition, or a non-decreasing activation of those "
-                        "(LeakyReLU, tanh, ...; max pooled or not)")
+                        "(a concatenation, a ReLU or a clip, or an average pooling of those); a signed one reads the "
+                        "output of a conv or linear layer, a BN or an addition (average pooled or not), or a "
+                        "non-decreasing activation of those (LeakyReLU, tanh, ...; max pooled or not)")
         theta = act.theta.double().numpy() if act.method == "lcq" else None
         t = stages.code_thresholds(act.alpha.item(), theta, level_scale(bits, True))
         c = self.shapes[x.tensor][0]
@@ -530,6 +540,9 @@ class _Lowering:
         rows = np.broadcast_to(t, (c, len(t)))
         back = (x.curve.inverse(rows), -x.curve.inverse(-rows)) if x.curve is not None else (t, t)
         for half, sign, t_half in zip(halves, (1, -1), back):
+            if x.pooled:                    # each half the pooling of its own sign: Q+(-mean v) of mean(-v)
+                self.codes_of(node, replace(x, gain=sign * x.gain, offset=sign * x.offset), t_half, bits - 1, half)
+                continue
             stage = stages.thresholds(sign * x.gain, sign * x.offset, t_half, self.bounds[x.tensor], bits - 1)
             codes = self.fresh(f"{half}.unpooled")[0] if x.maxpools else half
             self.nodes.append(ActivateNode(codes, x.tensor, codes, stage))
@@ -555,7 +568,7 @@ class _Lowering:
             self.check_pool_unit(node, x, t, frac)
             summed = x.pooled[0] ** 2 if window else h * w
             sign, relu, off, stage, cap = stages.pool_constants(x.gain, x.offset, t, summed, frac,
-                                                                self.bounds[x.tensor], bits, x.cap)
+                                                                self.bounds[x.tensor], bits, x.cap, x.relu)
             pool = (out, x.tensor, out, sign, relu, off, frac, stage)
             self.nodes.append(AvgPoolNode(*pool, cap=cap, kernel=x.pooled[0], stride=x.pooled[1]) if window
                               else PoolNode(*pool, cap=cap))
@@ -711,10 +724,10 @@ class _Lowering:
         channels of the BN: DenseNet's BN of the joined features)."""
         x, bn = self.arg(node), op.module
         for part in x.parts or (x,):
-            if part.kind != "values" or part.pooled:
-                self.refuse(node, "does not follow a conv or linear layer or an addition (or an activation or max "
-                            "pooling of one); a BN folds there: put it right after the conv, linear layer or "
-                            "addition whose output it normalizes (conv -> BN -> ReLU)"
+            if part.kind != "values" or (part.pooled and not part.linear_mean):
+                self.refuse(node, "does not follow a conv or linear layer or an addition (or an activation, a max "
+                            "pooling, or an average pooling without a ReLU, of one); a BN folds there: put it right "
+                            "after the conv, linear layer or addition whose output it normalizes (conv -> BN -> ReLU)"
                             + (", or right after a join of those" if x.parts else ""))
         if isinstance(bn, nn.BatchNorm1d) and x.flat:
             self.refuse(node, "normalizes each feature of a flattened {}x{}x{} map; a BN folds per channel: put a "
@@ -724,7 +737,8 @@ class _Lowering:
             return self.bn_after(node, x, inv, beta - inv * mean)
         if not x.parts:
             y = self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta, folded=True)
-            if x.tensor in self.raw and x.sole and len(node.users) > 1 and any(map(self.feeds_addition, node.users)):
+            if (x.tensor in self.raw and x.sole and not x.pooled and len(node.users) > 1
+                    and any(map(self.feeds_addition, node.users))):
                 # a residual stream's start after its BN (MobileNetV2's linear bottleneck, which the next block
                 # reads too): the layer writes conv + BN on the stream's scale
                 out_scale = stages.fraction_scale([_finest(y.gain)], self.options.residual_frac_bits)
@@ -796,11 +810,15 @@ class _Lowering:
     def _relu(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
         if x.kind == "concat":                          # each part's ReLU
-            return self.chain(node, x, parts=tuple(p if p.rectified else replace(p, relu=True) for p in x.parts))
+            return self.chain(node, x, parts=tuple(p if p.rectified else replace(p, pooled_relu=True)
+                                                   if p.linear_mean else replace(p, relu=True) for p in x.parts))
         if x.kind == "codes" or x.rectified:
             return x                                    # codes are never negative; rectified values neither
+        if x.kind == "values" and x.linear_mean:
+            return self.chain(node, x, pooled_relu=True)
         if x.kind != "values" or x.pooled:
-            self.refuse(node, "is applied to the raw image or after pooling")
+            self.refuse(node, "is applied to the raw image or after a ReLU and a pooling; ReLU the layer's output "
+                        "once, before or after the pooling")
         if any(self.feeds_addition(u) for u in node.users):
             if x.curve is not None:
                 self.refuse(node, f"feeds a residual addition after {x.curve.name}; an addition reads a conv's, BN's "
@@ -846,8 +864,8 @@ class _Lowering:
         return self.chain(node, x, relu=True, cap=min(x.cap, op.cap))
 
     def pooling_input(self, node: fx.Node, what: str) -> _Value:
-        """The input of ``node``, a global or windowed average pooling (``what``): a ReLU's output (unclipped)
-        of a conv, BN or addition, or a concatenation of those, else refused."""
+        """The input of ``node``, a global or windowed average pooling (``what``): a conv's, BN's or addition's
+        output, or a ReLU's (or ReLU6's) of one, or a concatenation of those, else refused."""
         x = self.arg(node)
         self.after_max_pooling(node, x, what)
         if x.kind == "concat":
@@ -858,32 +876,52 @@ class _Lowering:
         return x
 
     def check_pooling_input(self, node: fx.Node, x: _Value, what: str) -> None:
-        """Refuse pooling ``node`` (``what``) of ``x`` unless it is a ReLU's output (unclipped) of a conv, BN or
-        addition."""
+        """Refuse pooling ``node`` (``what``) of ``x`` unless it is a conv's, BN's or addition's output, or a
+        ReLU's (or ReLU6's) of one."""
         self.after_max_pooling(node, x, what)
-        unit = "the pooling unit averages [BN +] ReLU (or ReLU6) outputs"
+        unit = "the pooling unit averages a conv's, BN's or addition's outputs, or their ReLU (or ReLU6)"
         if x.kind == "image":
-            self.refuse(node, f"pools the input image; {unit} of a conv or addition: give the network smaller images, "
-                        "or pool after the first conv's ReLU")
+            self.refuse(node, f"pools the input image; {unit}: give the network smaller images, or pool after the "
+                        "first conv")
         if x.kind == "values" and x.curve is not None:
             self.refuse(node, f"pools the output of {x.curve.name}, which the pooling unit cannot apply position by "
                         f"position; {unit}: use a ReLU before the pooling (or ReLU6), or a max pooling or a conv with "
                         "stride instead of it")
-        if x.kind != "values" or x.pooled or not x.relu:
-            self.refuse(node, f"does not pool a ReLU's output of a conv, BN or addition; {unit}: put a ReLU right "
-                        "before it (conv -> [BN ->] ReLU -> pooling)")
+        if x.kind != "values" or x.pooled:
+            self.refuse(node, f"pools codes or a pooled tensor; {unit} on their way to the next activation "
+                        "quantizer: pool once, between the layer (conv -> [BN ->] [ReLU ->]) and the quantizer")
 
     def _pool(self, node: fx.Node, op: Op) -> _Value:
         return self.averaged(node, self.pooling_input(node, "global average pooling"), GLOBAL)
 
     def _avgpool(self, node: fx.Node, op: Op) -> _Value:
-        x = self.pooling_input(node, "average pooling")
         k, s, _ = op.window
+        x = self.arg(node)
+        conv = self.raw.get(x.tensor) if x.kind == "values" else None
+        if (conv is not None and x.sole and conv.kind == "conv" and conv.stage is None
+                and (conv.kernel, conv.stride, conv.padding) == (1, 1, 0) and min(conv.out_shape[1:]) >= k
+                and not (x.relu or x.curve is not None or x.maxpools)):
+            return self.pooled_pointwise(node, conv, x, k, s)
+        x = self.pooling_input(node, "average pooling")
         _, h, w = self.shape(x)
         if min(h, w) < k:
             self.refuse(node, f"has a {k}x{k} window, larger than its {h}x{w} input")
         # (one window over the whole map, F.avg_pool2d(x, 8) on an 8 x 8 map: the global average pooling)
         return self.averaged(node, x, GLOBAL if k == h == w else (k, s))
+
+    def pooled_pointwise(self, node: fx.Node, conv: ConvNode, x: _Value, k: int, s: int) -> _Value:
+        """The k x k average pooling ``node`` at stride ``s`` of a 1 x 1 conv's output ``x`` (its BN folded or
+        not, nothing else between; DenseNet's transition) as one conv: k x k at stride s, each tap the 1 x 1
+        weights, its accumulator the sum of the k^2 the pooling averages (its scale 1 / k^2 of theirs). The same
+        MACs, and no pooled tensor to store."""
+        h, w = conv.out_shape[1:]
+        conv.kernel, conv.stride = k, s
+        conv.weight_codes = np.tile(conv.weight_codes, (1, 1, k, k))
+        conv.out_shape = (conv.out_shape[0], (h - k) // s + 1, (w - k) // s + 1)
+        conv.scale = conv.out_scale = conv.scale / k**2
+        self.shapes[conv.output], self.bounds[conv.output] = conv.out_shape, conv.acc_bound
+        self.scales[conv.output] = conv.scale
+        return self.chain(node, x, gain=x.gain / k**2)
 
     def averaged(self, node: fx.Node, x: _Value, window: tuple[int, int]) -> _Value:
         """``x`` averaged by ``node`` over ``window`` (:data:`GLOBAL`, or kernel and stride): a concatenation's

@@ -94,11 +94,12 @@ def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, relu: bool = 
 
 
 def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, positions: int, frac_bits: int,
-                   bound: int, bits: int, cap: float = math.inf) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                                         Thresholds, np.ndarray | None]:
+                   bound: int, bits: int, cap: float = math.inf, relu: bool = True) -> tuple[
+                       np.ndarray, np.ndarray, np.ndarray, Thresholds, np.ndarray | None]:
     """(sign, relu, offset, thresholds, cap) of a :class:`compiler.graph.PoolNode` for
     ``mean over positions of min(max(0, gain * x + offset), cap)`` with ``|x| <= bound`` (cap None where
-    ``cap`` is infinite: a ReLU, not a ReLU6).
+    ``cap`` is infinite: a ReLU, not a ReLU6); with ``relu`` False, of ``mean of gain * x + offset`` (no ReLU
+    before the pooling: a residual stream's or a conv's output, averaged as it is; ``cap`` infinite).
 
     Per channel, with the kink ``c = -offset / gain``:
 
@@ -109,7 +110,12 @@ def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, position
       offset) and the code reaches c' when ``sum u >= positions * 2^F * (t_c' - offset) / |gain|``; the clip:
       ``min(u, round((cap - offset) * 2^F / |gain|))``;
     - ReLU never active, ``gain == 0``, or the clip always active: ``u = 0`` and a constant code.
+
+    Without ``relu`` every channel of ``gain != 0`` is the second case (``u = sign * x * 2^F``) and one of
+    ``gain == 0`` has the constant code of ``offset``.
     """
+    if not relu and cap != math.inf:
+        raise ValueError(f"a pooling without a ReLU before it takes no clip, not cap={cap}")
     gain, offset = np.asarray(gain, np.float64), np.asarray(offset, np.float64)
     scale = 2.0**frac_bits
     PoolNode.check_sum("pooling", positions, bound, frac_bits)
@@ -117,13 +123,13 @@ def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, position
     clipped = offset - np.abs(gain) * bound >= cap              # at the clip on the whole input range
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         c = np.where(gain != 0, -offset / gain, 0.0)
-        kinked = (gain != 0) & (np.abs(c) <= bound) & ~clipped
-        always = (gain != 0) & ~kinked & ~clipped & (gain * (np.sign(c) * -1.0) > 0)   # kink beyond the range
+        kinked = (gain != 0) & (np.abs(c) <= bound) & ~clipped & relu
+        always = (gain != 0) & ~kinked & ~clipped & ((gain * (np.sign(c) * -1.0) > 0) | (not relu))  # kink beyond
         tau_kinked = t[None, :] * positions * scale / np.abs(gain)[:, None]
         tau_always = (t[None, :] - offset[:, None]) * positions * scale / np.abs(gain)[:, None]
         cap_kinked = cap * scale / np.abs(gain)
         cap_always = (cap - offset) * scale / np.abs(gain)
-    constant = np.where(clipped, cap, np.minimum(np.maximum(offset, 0), cap))
+    constant = np.where(clipped, cap, np.minimum(np.maximum(offset, 0) if relu else offset, cap))
     never = np.where(constant[:, None] >= t[None, :], 0, 1)                  # constant code; u = 0
     tau = np.where(kinked[:, None], tau_kinked, np.where(always[:, None], tau_always, never))
     thresholds = np.clip(np.ceil(np.clip(tau, -sum_limit, sum_limit)).astype(np.int64), -sum_limit, sum_limit)

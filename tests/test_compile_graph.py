@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from compiler.agreement import compare
@@ -574,7 +575,7 @@ def test_a_linear_layers_batch_norm_1d_folds_like_a_convs_batch_norm():
 
 @pytest.mark.parametrize("how, says", [
     ("pooled", r"layer 'bn_pooled' \(BatchNorm1d\) .* does not follow a conv or linear layer or an addition \(or an "
-               r"activation or max pooling of one\)"),
+               r"activation, a max pooling, or an average pooling without a ReLU, of one\)"),
     ("flat", r"layer 'bn_flat' \(BatchNorm1d\) .* normalizes each feature of a flattened 8x8x8 map; a BN folds per "
              r"channel: put a BatchNorm2d before the flatten"),
 ])
@@ -887,14 +888,23 @@ class _PooledImage(nn.Module):
         return self.fc(torch.relu(self.conv(self.pool(x))).mean((2, 3)))
 
 
+class _PooledTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.relu(F.avg_pool2d(self.conv(x), 2)).mean((2, 3)))
+
+
 @pytest.mark.parametrize("net,what,says", [
-    (lambda: _Options(act=nn.Identity()), r"method \.mean\(\)", r"does not pool a ReLU's output of a conv, BN or "
-     r"addition; the pooling unit averages \[BN \+\] ReLU \(or ReLU6\) outputs: put a ReLU right before it \(conv -> "
-     r"\[BN ->\] ReLU -> pooling\)"),
-    (_PooledImage, r"layer 'pool' \(AvgPool2d\)", r"pools the input image; the pooling unit averages \[BN \+\] ReLU "
-     r"\(or ReLU6\) outputs of a conv or addition: give the network smaller images, or pool after the first conv's "
-     r"ReLU"),
-], ids=["no ReLU", "image"])
+    (_PooledImage, r"layer 'pool' \(AvgPool2d\)", r"pools the input image; the pooling unit averages a conv's, BN's "
+     r"or addition's outputs, or their ReLU \(or ReLU6\): give the network smaller images, or pool after the first "
+     r"conv"),
+    (_PooledTwice, r"method \.mean\(\)", r"pools codes or a pooled tensor; the pooling unit averages a conv's, BN's "
+     r"or addition's outputs, or their ReLU \(or ReLU6\) on their way to the next activation quantizer: pool once, "
+     r"between the layer \(conv -> \[BN ->\] \[ReLU ->\]\) and the quantizer"),
+], ids=["image", "twice"])
 def test_an_average_pooling_of_what_the_pooling_unit_does_not_average_says_what_to_pool(net, what, says):
     model = quantize_model(net(), method="lcq", wbits=3, abits=3)
     with pytest.raises(Unsupported, match=rf"{what} at .*test_compile_graph\.py:\d+ \(.*\) {says}; the compiler "):

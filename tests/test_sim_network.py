@@ -252,6 +252,34 @@ def test_option_a_shortcuts_of_akamasters_cifar_resnet_on_a_4x4_core(tmp_path):
     assert all(plan.tensors[n.output].in_place == n.input for n in model.nodes if n.op == "subsample")
 
 
+def test_kuangliu_preact_resnet_averaging_its_residual_stream_on_a_4x4_core(tmp_path):
+    """kuangliu's PreActResNet as written (one block a stage, a sixteenth of the channels; random parameters): the
+    head averages the last block's sum, no ReLU before it, into the linear layer's signed quantizer: two POOL
+    steps (the negative half pooling the negated stream) joined into its codes, every tensor exact."""
+    sys.path.insert(0, str(DATA))
+    import tutorial_models as tm
+
+    path = tmp_path / "kuangliu-preact-resnet10.lcq"
+    model = compiled_net(tm.preact_resnet10(), (3, 32, 32), path, seed=4)
+    pools = [n for n in model.nodes if n.op == "pool"]
+    assert len(pools) == 2 and not any(n.relu.any() for n in pools) and model.convs[-1].signed_input
+    run_exact(model, path, 4, 4, tmp_path / "run", seed=4)
+
+
+def test_kuangliu_densenet_on_a_4x4_core(tmp_path):
+    """kuangliu's DenseNet as written (one or two layers a block, growth 4; random parameters): each join's parts
+    written by their own layers, each transition's average pooling run as its 1 x 1 conv widened to 2 x 2 at
+    stride 2, every tensor exact."""
+    sys.path.insert(0, str(DATA))
+    import tutorial_models as tm
+
+    path = tmp_path / "kuangliu-densenet-tiny.lcq"
+    model = compiled_net(tm.densenet_tiny(), (3, 32, 32), path, seed=6)
+    assert [(n.kernel, n.stride) for n in model.convs if n.name.endswith("trans1.conv")] == [(2, 2)]
+    assert not any(n.op in ("avgpool", "add") for n in model.nodes)
+    run_exact(model, path, 4, 4, tmp_path / "run", seed=6)
+
+
 def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):
     """Every map one position (a 3 x 3 image under a 3 x 3 conv): the accumulator ring is two words deep, but on
     a 4 x 4 core the 17-channel conv has 5 channel tiles and the 12-class linear layer 3. The writer counted

@@ -43,6 +43,10 @@ LOWERED = {
     "kuangliu/pytorch-cifar ResNet18, nn.Sequential() shortcuts, out += ...": (tm.ResNet18, CIFAR),
     "akamaster/pytorch_resnet_cifar10 resnet20, option-A shortcuts, F.avg_pool2d(out, out.size()[3])":
         (tm.resnet20, CIFAR),
+    "kuangliu/pytorch-cifar PreActResNet18, the residual stream averaged (no BN or ReLU after the last block)":
+        (tm.PreActResNet18, CIFAR),
+    "kuangliu/pytorch-cifar densenet_cifar, 58 joins, transitions averaging a 1x1 conv's output":
+        (tm.densenet_cifar, CIFAR),
 }
 
 
