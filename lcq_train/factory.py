@@ -7,8 +7,10 @@ directory is added to ``sys.path``, as running it would). Either way **importing
 a reference is only ever imported because you passed it (``--model``, ``--config``, a
 :class:`~lcq_train.train.TrainConfig`, ``factory=`` of :func:`model_from_checkpoint`).
 
-The factory is called with keyword arguments ``num_classes`` and ``in_channels`` (the dataset's),
-and ``input_shape=(C, H, W)`` too if it has a parameter of that name (or ``**kwargs``); the
+The factory is called with those of the keyword arguments ``num_classes``, ``in_channels`` and
+``input_shape=(C, H, W)`` (the dataset's) that it has parameters of that name for (all three with
+``**kwargs``): ``resnet20(num_classes=10)`` gets num_classes=, kuangliu's ``ResNet18()`` nothing, and
+what it builds is checked against the dataset on two images (its input channels, its classes); the
 trainer then quantizes what it returns with :func:`lcq_train.plan.quantize_model`.
 
 A checkpoint records the reference as the run's ``config.model`` (a file's path made absolute),
@@ -154,24 +156,31 @@ def load_factory(ref: str, where: str = ""):
 
 def build_user_model(ref: str, input_shape, num_classes: int, where: str = ""):
     """The full-precision network that factory ``ref`` builds for ``input_shape`` (C, H, W) and
-    ``num_classes`` (the factory gets num_classes=, in_channels= and, if it takes it, input_shape=)."""
+    ``num_classes``: the factory gets those of num_classes=, in_channels= and input_shape= it names (all
+    three where it takes ``**kwargs``; a callable whose signature Python cannot read, num_classes= and
+    in_channels=), and what it returns must map the dataset's images to ``num_classes`` logits."""
     from torch import nn
 
     factory = load_factory(ref, where)
-    kwargs = {"num_classes": int(num_classes), "in_channels": int(input_shape[0])}
+    offered = {"num_classes": int(num_classes), "in_channels": int(input_shape[0]),
+               "input_shape": tuple(int(n) for n in input_shape)}
     try:
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = None
-    if params is not None:
-        if "input_shape" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            kwargs["input_shape"] = tuple(int(n) for n in input_shape)
+    if params is None:
+        kwargs = {name: offered[name] for name in ("num_classes", "in_channels")}
+    else:
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        kwargs = {name: value for name, value in offered.items()
+                  if takes_all or (name in params and params[name].kind in (params[name].POSITIONAL_OR_KEYWORD,
+                                                                            params[name].KEYWORD_ONLY))}
         try:
             inspect.signature(factory).bind(**kwargs)
         except TypeError as e:
             raise ValueError(f"the model factory {ref!r} cannot be called as {_call(ref, kwargs)} ({e}); a factory "
-                             "takes the keyword arguments num_classes and in_channels (and input_shape=(C, H, W) "
-                             "if it has that parameter)") from None
+                             "takes no parameters but those of the keyword arguments num_classes, in_channels and "
+                             "input_shape=(C, H, W) that it names (the others with defaults)") from None
     try:
         model = factory(**kwargs)
     except Exception as e:  # noqa: BLE001 -- the user's factory failed: say which, where, and its error

@@ -321,6 +321,28 @@ def test_factory_reference_errors(tmp_path):
         main(["train", "--model", "resnet21", "--out", str(tmp_path / "x")])
 
 
+@pytest.mark.parametrize("factory, shape, classes, says", [
+    ("no_parameters", (1, 8, 8), 10, None),
+    ("classes_only", (1, 8, 8), 7, None),
+    ("keywords", (2, 8, 8), 3, None),
+    ("no_parameters", (1, 8, 8), 5, r"gives logits of shape \(2, 10\) for 2 images; the dataset has 5 classes"),
+    ("classes_only", (3, 8, 8), 10, r"fails on 2 images of shape \(3, 8, 8\) \(the dataset's\), in training mode: "
+                                    r"RuntimeError: .*; its layers must fit in_channels=3"),
+])
+def test_a_factory_gets_the_arguments_it_names(factory, shape, classes, says):
+    """num_classes=, in_channels= and input_shape= as the factory's parameters name them (all with **kwargs, none
+    for kuangliu's ResNet18()); what it builds is checked against the dataset either way."""
+    build = lambda: build_quantized_model(f"{DATA}/user_models.py:{factory}", shape, classes,  # noqa: E731
+                                          QuantPlan("lcq", 3, 3), allow_factory=True)
+    if says is not None:
+        with pytest.raises(ValueError, match=says):
+            build()
+        return
+    model = build()
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, *shape)).shape == (2, classes)
+
+
 @pytest.mark.parametrize("factory,says", [
     ("with_features", r"returns a tuple in training mode and in eval mode, not a tensor of logits: its forward must "
                       r"return the logits alone, of shape \(N, 10\)"),

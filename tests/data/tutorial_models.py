@@ -493,12 +493,12 @@ class CifarResNet(nn.Module):           # changed: akamaster calls it ResNet
         return out
 
 
-def resnet20(num_classes=10, in_channels=3):     # changed: the arguments lcq train passes (3 channels only)
-    return CifarResNet(CifarBasicBlock, [3, 3, 3], num_classes)
+def resnet20():
+    return CifarResNet(CifarBasicBlock, [3, 3, 3])
 
 
-def resnet8(num_classes=10, in_channels=3):      # changed: not in the source, the same blocks one per stage
-    return CifarResNet(CifarBasicBlock, [1, 1, 1], num_classes)
+def resnet8():      # changed: not in the source, the same blocks one per stage
+    return CifarResNet(CifarBasicBlock, [1, 1, 1])
 
 
 # kuangliu/pytorch-cifar models/preact_resnet.py: pre-activation blocks, whose sum the next block's BN reads, and
@@ -649,9 +649,9 @@ def densenet_cifar():
     return DenseNet(Bottleneck, [6, 12, 24, 16], growth_rate=12)
 
 
-def densenet_tiny(num_classes=10, in_channels=3):   # changed: not in the source, one or two layers a block, growth 4
-    return DenseNet(Bottleneck, [1, 2, 2, 1], growth_rate=4, num_classes=num_classes)
+def densenet_tiny():         # changed: not in the source, one or two layers a block, growth 4
+    return DenseNet(Bottleneck, [1, 2, 2, 1], growth_rate=4)
 
 
-def preact_resnet10(num_classes=10, in_channels=3):  # changed: not in the source, one block a stage, width / 16
-    return PreActResNet(PreActBlock, [1, 1, 1, 1], num_classes, width=16)
+def preact_resnet10():       # changed: not in the source, one block a stage, width / 16
+    return PreActResNet(PreActBlock, [1, 1, 1, 1], width=16)

@@ -233,3 +233,19 @@ def lazy(num_classes, in_channels):
     return nn.Sequential(nn.LazyConv2d(8, 3, padding=1, bias=False), nn.LazyBatchNorm2d(), nn.ReLU(),
                          nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LazyLinear(num_classes))
+
+
+def no_parameters():
+    """As kuangliu's ResNet18(): no parameters, the network for one dataset (10 classes, one channel)."""
+    return PlainCNN()
+
+
+def classes_only(num_classes=10):
+    """Takes the class count alone (akamaster's resnet20(num_classes=10)): one channel."""
+    return PlainCNN(num_classes)
+
+
+def keywords(**options):
+    """Takes any keyword: gets num_classes, in_channels and input_shape."""
+    assert options["input_shape"][0] == options["in_channels"]
+    return PlainCNN(options["num_classes"], options["in_channels"])
