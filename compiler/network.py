@@ -32,7 +32,7 @@ codes), ``conv`` (codes -> codes with a thresholds stage, else values),
 window), ``maxpool`` (codes -> codes, word by
 word: a window's words, each ``lanes`` codes of one channel group, give one word of maxima), ``subsample`` (values ->
 values: an option-A shortcut, every stride-th row and column; its addition's operand covers some channels of the
-sum, an add step of its own). The logits, the last step's
+sum). The logits, the last step's
 values, are what the host reads back.
 
 A residual addition right after the conv that computes one of its operands is
@@ -41,7 +41,10 @@ by nothing else and the other operand dies at the addition: the conv's
 write-back adds each output to the other operand's element and writes the sum
 in its place. That conv step (``fused_add``: the addition's name) reads the
 codes and the other operand and writes the sum; its own values are never stored
-(``stored`` false), and the addition has no step of its own. This halves the
+(``stored`` false), and the addition has no step of its own. An option-A shortcut's
+operand, which covers some channels of the sum only, is fused the same way where the
+conv writes the other operand: the write-back adds it to those channels, read at its
+own base (the sum goes elsewhere). This halves the
 residual stream's memory (one value tensor alive instead of two) and saves the
 addition's pass over it. An activation right after a conv that writes values (the
 conv's own, or a fused addition's sum) is *fused* into it too (:func:`fuse_activations`):
@@ -436,8 +439,10 @@ def fuse_additions(steps: list[Step], model: CompiledModel, info: dict[str, Tens
     """``steps`` with each addition folded into the conv step right before it, where the conv writes values
     (a requantize stage without ReLU, or none where the addition has no ReLU either) that only this
     addition reads and that are not the logits, and the addition's other operand is a different tensor
-    that the addition reads last (so that the sum can take its place), of the sum's shape (``info``: the model's
-    tensors, :meth:`~compiler.graph.CompiledModel.validate`). The addition's step is dropped."""
+    that the addition reads last, of the sum's shape (so that the sum can take its place) or, an option-A
+    shortcut, some of its channels (operand b of a narrow addition, the conv's values its operand a: the sum
+    goes elsewhere, and the conv's write-back reads b at its own base; ``info``: the model's tensors,
+    :meth:`~compiler.graph.CompiledModel.validate`). The addition's step is dropped."""
     readers: dict[str, int] = {}
     last_use: dict[str, int] = {}
     for step in steps:
@@ -453,7 +458,8 @@ def fuse_additions(steps: list[Step], model: CompiledModel, info: dict[str, Tens
             add = model.nodes[step.index]
             stage_ok = (isinstance(node.stage, Requantize) and not node.stage.relu) or (node.stage is None
                                                                                        and not add.relu)
-            if (stage_ok and not add.narrow(info) and conv.output in step.inputs and len(others) == 1
+            wide_side = not add.narrow(info) or conv.output == add.inputs[0]
+            if (stage_ok and wide_side and conv.output in step.inputs and len(others) == 1
                     and readers.get(conv.output) == 1 and conv.output != model.logits
                     and others[0] != model.logits and last_use.get(others[0]) == step.index):
                 out[-1] = replace(conv, inputs=(conv.inputs[0], others[0]), output=step.output, fused_add=step.name)

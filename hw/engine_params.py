@@ -75,12 +75,18 @@ NETWORK_REGISTERS = REGISTERS + ("act_base", "dst_base", "dst_values", "c_out", 
 # After those, in engines with ``lane_starts``: ``dst_lane``, the lane of the first output channel's code in its
 # word (:func:`network_registers`).
 LANE_REGISTERS = ("dst_lane",)
+# After those, in engines with ``windowed_adds``: a fused addition adds to the outputs of channels ``add_first`` ..
+# ``add_end - 1`` only (an option-A shortcut's operand b covers those), reading the value ``add_shift`` words from
+# each output's address (b at a base of its own: ``add_shift = base(b) - base(sum) - add_first * positions``; 0 where
+# b is of the sum's shape, in its place).
+WINDOW_REGISTERS = ("add_first", "add_end", "add_shift")
 # The registers of a layer's geometry (its sides, kernel, stride, padding, and its bands' rows): signed
 # ``dim_bits`` wide (:attr:`EngineParams.dim_bits`), as are the engine's counters of rows, columns and
 # kernel taps; every other register is ``reg_bits`` wide.
 GEOMETRY_REGISTERS = ("in_h", "in_w", "out_h", "out_w", "kernel", "stride", "padding", "band_rows", "band_in_rows")
 # The registers of counts that the buffers bound (:meth:`EngineParams.register_bits`).
-COUNT_REGISTERS = ("positions", "band_positions", "acc_units", "co_tiles", "c_out", "groups", "tile_cols")
+COUNT_REGISTERS = ("positions", "band_positions", "acc_units", "co_tiles", "c_out", "groups", "tile_cols", "add_first",
+                   "add_end")
 # Values of the ``stage`` register: what the output stage does. STAGE_REQUANTIZE_RELU (engines whose
 # ``requantize.relu`` is set): requantize, then ``max(0, y)``; in network mode after the fused addition,
 # if any (a post-activation block's ReLU). STAGE_NONE (the accumulators as they are) only in engines
@@ -138,6 +144,9 @@ class EngineParams:
     - ``lane_starts`` (network engines): a conv's codes may start at any lane of their first word (register
       ``dst_lane``, :data:`LANE_REGISTERS`): a concatenation's part inside a word
       (:func:`compiler.network.lane_startable`); false where no part of the model's plan does.
+    - ``windowed_adds`` (network engines with ``fused_adds``): a fused addition's operand b may cover some of the
+      sum's channels, at a base of its own (registers :data:`WINDOW_REGISTERS`: an option-A shortcut); false where
+      every fused addition of the model's plan adds a tensor of the sum's shape.
     - ``max_side``: the largest side (input or output height or width), kernel, stride or padding of any
       layer (:func:`layer_side`): the geometry registers and counters are sized by it (:attr:`dim_bits`);
       0: as wide as the address registers (``reg_bits``).
@@ -175,6 +184,7 @@ class EngineParams:
     fused_adds: bool = True
     fused_activations: bool = True
     lane_starts: bool = False
+    windowed_adds: bool = False
     multiply_cols: int = 0
     progression: ProgressionShape | None = None
     lent_search: int = 0
@@ -200,9 +210,11 @@ class EngineParams:
             raise ValueError(f"wide_depth must be 0, or an integer in 1..{1 << 24} for an engine that multiplies, "
                              f"got {self.wide_depth!r}")
         for name in ("skip_groups", "write_pairs", "identity_tables", "fused_adds", "fused_activations",
-                     "lane_starts"):
+                     "lane_starts", "windowed_adds"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.windowed_adds and not self.fused_adds:
+            raise ValueError("windowed_adds is for an engine with fused_adds")
         if not isinstance(self.lent_search, int) or isinstance(self.lent_search, bool) or \
                 not 0 <= self.lent_search <= (8 if self.fused_activations else 0):
             raise ValueError(f"lent_search must be an integer in 0..8, and 0 without fused activations, got "
@@ -288,17 +300,17 @@ class EngineParams:
     def register_bits(self, name: str, reg_bits: int | None = None) -> int:
         """Signed width of configuration register ``name``: :attr:`dim_bits` for the geometry registers, as
         many bits as the largest value for the counts the buffers bound (``positions`` by ``pos_depth``;
-        ``band_positions`` and ``acc_units`` by ``out_depth``; ``co_tiles`` by ``stage_depth`` and ``c_out``
-        by its channels; ``groups`` by ``act_depth``, each group at least a word; ``tile_cols`` by ``cols``), and
-        ``reg_bits`` (default :attr:`reg_bits`; a network engine's also covers its value memory) for the rest, the
-        addresses. The
-        engine's counters of those counts are as wide; a program value that does not fit is refused
+        ``band_positions`` and ``acc_units`` by ``out_depth``; ``co_tiles`` by ``stage_depth`` and ``c_out``,
+        ``add_first`` and ``add_end`` by its channels; ``groups`` by ``act_depth``, each group at least a word;
+        ``tile_cols`` by ``cols``), and ``reg_bits`` (default :attr:`reg_bits`; a network engine's also covers its
+        value memory) for the rest, the addresses. The engine's counters of those counts are as wide; a program value that does not fit is refused
         (:func:`hw.program.check_registers`)."""
         reg_bits = self.reg_bits if reg_bits is None else reg_bits
         if name in GEOMETRY_REGISTERS:
             return self.dim_bits
+        channels = self.stage_depth << self.col_bits
         bounds = dict(zip(COUNT_REGISTERS, (self.pos_depth, self.out_depth, self.out_depth, self.stage_depth,
-                                            self.stage_depth << self.col_bits, self.act_depth, self.cols)))
+                                            channels, self.act_depth, self.cols, channels, channels)))
         bound = bounds.get(name)
         return reg_bits if bound is None else min(reg_bits, bound.bit_length() + 1)
 
@@ -422,11 +434,12 @@ class EngineParams:
         shape without ``relu`` (written before the stage had one) and one without ``skip_groups``,
         ``write_pairs`` or ``identity_tables`` mean False, without ``max_side`` 0, without ``fused_adds`` or
         ``fused_activations`` True, without ``multiply_cols`` 0, without ``progression`` None, without
-        ``lane_starts`` False, without ``lent_search`` 0: what those engines were built with."""
+        ``lane_starts`` or ``windowed_adds`` False, without ``lent_search`` 0: what those engines were built
+        with."""
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and "product_bits" not in d:
             d = {**d, "product_bits": PRODUCT_BITS}
-        for flag in ("skip_groups", "write_pairs", "identity_tables", "lane_starts"):
+        for flag in ("skip_groups", "write_pairs", "identity_tables", "lane_starts", "windowed_adds"):
             if isinstance(d, dict) and flag not in d:
                 d = {**d, flag: False}
         if isinstance(d, dict) and "max_side" not in d:
@@ -530,8 +543,10 @@ class EngineParams:
 
 def network_registers(params: EngineParams) -> tuple[str, ...]:
     """The configuration registers of a network engine of ``params``, in the order of their ``CONFIG`` addresses:
-    :data:`NETWORK_REGISTERS`, then :data:`LANE_REGISTERS` with ``lane_starts``."""
-    return NETWORK_REGISTERS + (LANE_REGISTERS if params.lane_starts else ())
+    :data:`NETWORK_REGISTERS`, then :data:`LANE_REGISTERS` with ``lane_starts``, then :data:`WINDOW_REGISTERS`
+    with ``windowed_adds``."""
+    return (NETWORK_REGISTERS + (LANE_REGISTERS if params.lane_starts else ())
+            + (WINDOW_REGISTERS if params.windowed_adds else ()))
 
 
 def searched_stage(params: EngineParams, stage: Thresholds) -> bool:

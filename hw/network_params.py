@@ -38,8 +38,8 @@ from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, NetworkPlanError, plan_network
 
 from .bands import band_rows, network_layer_cycles, ring_depth
-from .engine_params import (LANE_REGISTERS, NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, WIDE_WEIGHTS, EngineParams,
-                            spram_blocks)
+from .engine_params import (LANE_REGISTERS, NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, WIDE_WEIGHTS,
+                            WINDOW_REGISTERS, EngineParams, spram_blocks)
 from .memories import memory_bits
 from .protocol import BUILD_BITS, LinkMode, whole_bytes
 from .vector_params import ADD_REGISTERS, MAXPOOL_REGISTERS, OP_REGISTERS, VectorParams
@@ -58,7 +58,7 @@ OP_BITS = (len(OPS) - 1).bit_length()
 # Operand registers: the vector unit's, also used by OUTPUT (src_a, channels); a max- or average-pool or
 # subsample step also writes the window's, an add step where some addition is narrow its operand b's channels.
 OPERANDS = OP_REGISTERS + MAXPOOL_REGISTERS + ADD_REGISTERS
-REG_FIELD_BITS = (max(len(NETWORK_REGISTERS), len(OPERANDS)) - 1).bit_length()
+REG_FIELD_BITS = (max(len(NETWORK_REGISTERS + LANE_REGISTERS + WINDOW_REGISTERS), len(OPERANDS)) - 1).bit_length()
 PIXEL_BITS = 8
 
 
@@ -211,12 +211,13 @@ class NetworkParams:
         engine = replace(engine, act_depth=plan.memories["codes"].depth, out_depth=ring_depth(engine, model.convs),
                          fused_adds=any(step.fused_add for step in plan.steps),
                          fused_activations=any(step.fused_activate for step in plan.steps),
-                         lane_starts=lane_starts(plan))
+                         lane_starts=lane_starts(plan), windowed_adds=windowed_adds(plan))
         values = plan.memories["values"]
         image = plan.tensors[model.input.output]
         vector = VectorParams.for_model(model, lanes=rows, lane_bits=engine.abits, value_bits=values.width,
                                         value_depth=values.depth, code_depth=engine.act_depth,
-                                        adds=any(step.kind == "add" for step in plan.steps))
+                                        adds=any(step.kind == "add" for step in plan.steps),
+                                        narrow_adds=narrow_adds(plan))
         if engine.fused_activations:
             engine = replace(engine, lent_search=vector.act_search_cycles)
         return cls(engine=engine, vector=vector, value_bits=values.width, value_depth=values.depth,
@@ -249,17 +250,27 @@ def lane_starts(plan: NetworkPlan) -> bool:
     return any(t.lane for t in plan.tensors.values())
 
 
+def windowed_adds(plan: NetworkPlan) -> bool:
+    """Whether a conv step of ``plan`` fuses an addition whose operand b covers some channels of the sum only (an
+    option-A shortcut): the engine then needs registers ``add_first``, ``add_end`` and ``add_shift``
+    (``EngineParams.windowed_adds``)."""
+    return any(step.fused_add and plan.tensors[step.inputs[1]].shape != plan.tensors[step.output].shape
+               for step in plan.steps)
+
+
 def program_length(plan: NetworkPlan) -> int:
     """Words of the program of ``plan``'s steps: every step after the input writes its registers
     (a max-pool, average-pool or subsample step the window's too; an add step its operand b's channels where an
     addition is narrow, :func:`narrow_adds`; a conv step ``dst_lane`` too where a part starts inside a word,
-    :func:`lane_starts`), then runs; OUTPUT writes the op registers too; END closes
+    :func:`lane_starts`, and the window registers where a fused addition is narrow, :func:`windowed_adds`), then
+    runs; OUTPUT writes the op registers too; END closes
     (:func:`hw.network_program.program_words`)."""
     convs = sum(step.kind == "conv" for step in plan.steps)
     maxpools = sum(step.kind in ("maxpool", "avgpool", "subsample") for step in plan.steps)
     windowed = sum(step.kind == "add" for step in plan.steps) if narrow_adds(plan) else 0
     vector_steps = len(plan.steps) - 1 - convs
-    registers = len(NETWORK_REGISTERS) + len(LANE_REGISTERS) * lane_starts(plan)
+    registers = (len(NETWORK_REGISTERS) + len(LANE_REGISTERS) * lane_starts(plan)
+                 + len(WINDOW_REGISTERS) * windowed_adds(plan))
     return (convs * (registers + 1) + (vector_steps + 1) * (len(OP_REGISTERS) + 1)
             + maxpools * len(MAXPOOL_REGISTERS) + windowed * len(ADD_REGISTERS) + 1)
 

@@ -58,10 +58,24 @@ def tile_step(params: EngineParams, node: ConvNode) -> int:
     return step * node.in_shape[1] * node.in_shape[2]
 
 
+def window_registers(plan, step, adds: dict[str, AddNode]) -> dict[str, int]:
+    """Registers ``add_first``, ``add_end`` and ``add_shift`` (:data:`~hw.engine_params.WINDOW_REGISTERS`) of conv
+    ``step`` of ``plan``: its fused addition's operand b covers channels ``add_first .. add_end - 1`` of the sum and
+    lies ``add_shift`` words from where the sum's channel ``add_first`` does (b of the sum's shape: in its place,
+    every channel, no shift); 0 without a fused addition."""
+    if not step.fused_add:
+        return {"add_first": 0, "add_end": 0, "add_shift": 0}
+    b, total = plan.tensors[step.inputs[1]], plan.tensors[step.output]
+    first = adds[step.fused_add].b_offset
+    return {"add_first": first, "add_end": first + b.shape[0],
+            "add_shift": b.base - total.base - first * total.shape[1] * total.shape[2]}
+
+
 def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
     """The program that runs ``model`` on one image loaded by :func:`image_beats`: every step of the
     compiler's plan after the input in order (a conv with a fused addition adds its outputs into the
-    sum's place: ``dst_add``, and the stage STAGE_REQUANTIZE_RELU where the addition has a ReLU; with a
+    sum's place: ``dst_add``, an option-A shortcut's to the channels it covers, read at its own base:
+    :func:`window_registers`, and the stage STAGE_REQUANTIZE_RELU where the addition has a ReLU; with a
     fused activation it also writes their codes: ``act_fuse``), output, end."""
     plan = network_plan(model, params)
     if program_length(plan) != params.program_depth:
@@ -91,7 +105,7 @@ def program_words(model: CompiledModel, params: NetworkParams) -> list[int]:
                           identity_levels=int(params.engine.identity_tables and identity_levels(node)),
                           tile_cols=params.engine.layer_cols(node),
                           dst_lane=plan.tensors[step.output].lane if isinstance(node.stage, Thresholds) else 0,
-                          **band_registers(params.engine, node))
+                          **band_registers(params.engine, node), **window_registers(plan, step, adds))
             check_registers(params.engine, values)
             words += [instruction(params, ENGINE_REG, i, values[name])
                       for i, name in enumerate(network_registers(params.engine))]

@@ -553,7 +553,7 @@ class VectorParams:
 
     @classmethod
     def for_model(cls, model: CompiledModel, lanes: int, lane_bits: int, value_bits: int, value_depth: int,
-                  code_depth: int, adds: bool = True) -> VectorParams:
+                  code_depth: int, adds: bool = True, narrow_adds: bool | None = None) -> VectorParams:
         """The smallest unit that runs every activate, add and pool node of ``model`` on data memories
         of the given shape: each width exactly what the widest node needs (from the value bounds
         :meth:`~compiler.graph.CompiledModel.validate` propagates), every node's constants resident.
@@ -562,8 +562,9 @@ class VectorParams:
         where the model has a max-pool node, its registers as wide as the largest side, kernel, stride
         or padding of one. ``adds``: the ADD hardware (see the class). The activate thresholds search the
         nodes that :func:`~hw.progression.progression_shape` picks (``act_progression``).
-        SUBSAMPLE hardware is there where the model has a subsample node, ``narrow_adds`` where an addition's
-        operand b covers some channels only.
+        SUBSAMPLE hardware is there where the model has a subsample node; ``narrow_adds``: the narrow ADD hardware
+        (None: where an addition's operand b covers some channels only; a network core's plan says where an add
+        step does, those fused into a conv need none).
         Raises ValueError when ``value_bits`` or ``lane_bits`` cannot hold the model's tensors."""
         info = model.validate()
         acts = [activate_needs(n, info[n.input]) for n in model.nodes if isinstance(n, ActivateNode)]
@@ -621,4 +622,5 @@ class VectorParams:
                    act_progression=act_progression,
                    subsample_bits=max((subsample_bits(n, info[n.input].shape) for n in model.nodes
                                        if isinstance(n, SubsampleNode)), default=0),
-                   narrow_adds=any(isinstance(n, AddNode) and n.narrow(info) for n in model.nodes))
+                   narrow_adds=any(isinstance(n, AddNode) and n.narrow(info) for n in model.nodes)
+                   if narrow_adds is None else narrow_adds)

@@ -169,9 +169,10 @@ def write_back(m, params, cfg, dest, feeding, read_pos, results, code_out, relu,
     """The writes of the engine of ``params`` in network mode: each output stage result is written,
     ``stage_latency`` cycles after its accumulator was fed (``feeding``), as a value (``dst_values``; plus the
     value read at its address the value memory's read latency and a cycle before, with ``dst_add`` (engines with
-    ``fused_adds``); then ``max(0, value)`` where ``relu``) or as a code into its lane; with ``act_fuse`` (engines
-    with ``fused_activations``), the value's code (lent thresholds of slot ``act_slot + channel``) into its lane
-    ``fused_latency`` cycles later. The padding channels of the last channel tile (``channel >= c_out``) are not
+    ``fused_adds``; with ``windowed_adds`` only to channels ``add_first .. add_end - 1``, the value read
+    ``add_shift`` words from its address); then ``max(0, value)`` where ``relu``) or as a code into its lane; with
+    ``act_fuse`` (engines with ``fused_activations``), the value's code (lent thresholds of slot ``act_slot +
+    channel``) into its lane ``fused_latency`` cycles later. The padding channels of the last channel tile (``channel >= c_out``) are not
     written. ``results``: the even position's stage (the only one without ``write_pairs``) and the odd one's; in
     pairs both are written at once into the two halves of a word (the position being fed is even, and so is every
     tensor's base), else the first into its position's half. The fused activation's valid and slot go to the lent
@@ -191,9 +192,21 @@ def write_back(m, params, cfg, dest, feeding, read_pos, results, code_out, relu,
     # read multiplexer and the addition): the read of a position's value precedes its write by the latency
     # and a cycle, and no other position writes that word between them.
     ahead = read_latency + 1
-    read_addr = delayed(m, dest["value_base"] + read_pos, stage_latency - ahead, "back_value_read_addr",
+    if p.windowed_adds:
+        # operand b at its own base: read add_shift words away (added in a register of its own, a cycle ahead)
+        assert stage_latency > ahead, "the shifted read address takes a register of its own"
+        early = delayed(m, dest["value_base"] + read_pos, stage_latency - ahead - 1, "back_value_early",
                         reset_less=rl)
-    value_addr = delayed(m, read_addr, ahead, "back_value_addr", reset_less=rl)
+        read_addr = Signal(early.shape(), name="back_value_read_addr", reset_less=rl)
+        m.d.sync += read_addr.eq(early + cfg["add_shift"])
+        value_addr = delayed(m, early, ahead + 1, "back_value_addr", reset_less=rl)
+        inside = (dest["channel"] >= cfg["add_first"]) & (dest["channel"] < cfg["add_end"])
+        adding = cfg["dst_add"][0] & delays(m, inside, stage_latency, "back_window")[-1]
+    else:
+        read_addr = delayed(m, dest["value_base"] + read_pos, stage_latency - ahead, "back_value_read_addr",
+                            reset_less=rl)
+        value_addr = delayed(m, read_addr, ahead, "back_value_addr", reset_less=rl)
+        adding = cfg["dst_add"][0]
     code_addr = delayed(m, dest["code_base"] + read_pos, stage_latency, "back_code_addr", reset_less=rl)
     lane = delayed(m, dest["lane"][:max(1, (p.rows - 1).bit_length())], stage_latency, "back_lane",
                    reset_less=rl)
@@ -213,7 +226,7 @@ def write_back(m, params, cfg, dest, feeding, read_pos, results, code_out, relu,
             old[0] = Mux(pair | ~value_addr[0], old[0], old[1])
     totals = []
     for h, result in enumerate(results):
-        summed = result + Mux(cfg["dst_add"][0], old[h], 0) if p.fused_adds else result
+        summed = result + Mux(adding, old[h], 0) if p.fused_adds else result
         total = Signal(signed(vb), name="back_value" + ("_odd" if h else ""))
         m.d.comb += total.eq(Mux(relu & (summed < 0), 0, summed))
         totals.append(total)

@@ -63,15 +63,16 @@ def run_network(sim, model_path, model, rows, cols, images, test_dir, write_pair
     return params, simulate_network(built, params, model_path, model, images, test_dir, **options)
 
 
-def run_exact(model, path, rows, cols, test_dir, seed, dense=True):
-    """``model`` (file ``path``) on a ``rows`` x ``cols`` network core of the first simulator available, two
-    random images with load stalls and output back-pressure, every tensor exact (:func:`assert_exact`);
-    returns (params, report)."""
+def run_exact(model, path, rows, cols, test_dir, seed, dense=True, write_pairs=None):
+    """``model`` (file ``path``) on a ``rows`` x ``cols`` network core of the first simulator available (writing
+    back in pairs or not: ``write_pairs``, None where they pay), two random images with load stalls and output
+    back-pressure, every tensor exact (:func:`assert_exact`); returns (params, report)."""
     from helpers import images
 
     sim = first_available("verilator", "icarus")
     x = images(2, model.input.shape, seed=seed)
-    params, report = run_network(sim, path, model, rows, cols, x, test_dir, stall=0.2, backpressure=0.3, seed=seed)
+    params, report = run_network(sim, path, model, rows, cols, x, test_dir, write_pairs=write_pairs, stall=0.2,
+                                 backpressure=0.3, seed=seed)
     assert_exact(model, params, report, len(x), dense)
     return params, report
 
@@ -234,10 +235,12 @@ def test_min_pooled_negative_halves_of_a_tiny_darknet_on_a_4x4_core(tmp_path):
     assert (params.vector.act_progression.table_code_bits, params.engine.lent_search) == (2, 7)
 
 
-def test_option_a_shortcuts_of_akamasters_cifar_resnet_on_a_4x4_core(tmp_path):
+@pytest.mark.parametrize("write_pairs", [None, True], ids=["one position a write", "pairs"])
+def test_option_a_shortcuts_of_akamasters_cifar_resnet_on_a_4x4_core(write_pairs, tmp_path):
     """akamaster's CIFAR ResNet as written (one block a stage; random parameters): each strided block's shortcut
-    subsampled in place by the vector unit's SUBSAMPLE step and added to the channels between its zero ones by an
-    ADD step (the other additions in the write-back of the conv that ends the block), every tensor exact."""
+    subsampled in place by the vector unit's SUBSAMPLE step and added to the channels between its zero ones in the
+    write-back of the conv that ends the block (read at its own base: the window registers), as the other
+    additions are, every tensor exact."""
     sys.path.insert(0, str(DATA))
     import tutorial_models as tm
 
@@ -245,10 +248,11 @@ def test_option_a_shortcuts_of_akamasters_cifar_resnet_on_a_4x4_core(tmp_path):
     model = compiled_net(tm.resnet8(), (3, 8, 8), path, seed=3)
     assert [n.stride for n in model.nodes if n.op == "subsample"] == [2, 2]
     assert [n.b_offset for n in model.nodes if n.op == "add"] == [0, 8, 16]
-    params, _ = run_exact(model, path, 4, 4, tmp_path / "run", seed=3)
-    assert params.vector.subsample_bits and params.vector.narrow_adds
+    params, _ = run_exact(model, path, 4, 4, tmp_path / "run", seed=3, write_pairs=write_pairs)
+    assert params.vector.subsample_bits and params.engine.windowed_adds and not params.vector.adds
+    assert params.engine.write_pairs == bool(write_pairs)
     plan = network_plan(model, params)
-    assert [s.kind for s in plan.steps].count("subsample") == 2 and [s.kind for s in plan.steps].count("add") == 2
+    assert [s.kind for s in plan.steps].count("subsample") == 2 and sum(bool(s.fused_add) for s in plan.steps) == 3
     assert all(plan.tensors[n.output].in_place == n.input for n in model.nodes if n.op == "subsample")
 
 
