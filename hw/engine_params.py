@@ -303,8 +303,8 @@ class EngineParams:
         ``band_positions`` and ``acc_units`` by ``out_depth``; ``co_tiles`` by ``stage_depth`` and ``c_out``,
         ``add_first`` and ``add_end`` by its channels; ``groups`` by ``act_depth``, each group at least a word;
         ``tile_cols`` by ``cols``), and ``reg_bits`` (default :attr:`reg_bits`; a network engine's also covers its
-        value memory) for the rest, the addresses. The engine's counters of those counts are as wide; a program value that does not fit is refused
-        (:func:`hw.program.check_registers`)."""
+        value memory) for the rest, the addresses. The engine's counters of those counts are as wide; a program
+        value that does not fit is refused (:func:`hw.program.check_registers`)."""
         reg_bits = self.reg_bits if reg_bits is None else reg_bits
         if name in GEOMETRY_REGISTERS:
             return self.dim_bits

@@ -172,11 +172,12 @@ def write_back(m, params, cfg, dest, feeding, read_pos, results, code_out, relu,
     ``fused_adds``; with ``windowed_adds`` only to channels ``add_first .. add_end - 1``, the value read
     ``add_shift`` words from its address); then ``max(0, value)`` where ``relu``) or as a code into its lane; with
     ``act_fuse`` (engines with ``fused_activations``), the value's code (lent thresholds of slot ``act_slot +
-    channel``) into its lane ``fused_latency`` cycles later. The padding channels of the last channel tile (``channel >= c_out``) are not
-    written. ``results``: the even position's stage (the only one without ``write_pairs``) and the odd one's; in
-    pairs both are written at once into the two halves of a word (the position being fed is even, and so is every
-    tensor's base), else the first into its position's half. The fused activation's valid and slot go to the lent
-    thresholds ``lent_lag`` cycles ahead of its value (:func:`~hw.thresholds.lent_value_lag`).
+    channel``) into its lane ``fused_latency`` cycles later. The padding channels of the last channel tile
+    (``channel >= c_out``) are not written. ``results``: the even position's stage (the only one without
+    ``write_pairs``) and the odd one's; in pairs both are written at once into the two halves of a word (the
+    position being fed is even, and so is every tensor's base), else the first into its position's half. The
+    fused activation's valid and slot go to the lent thresholds ``lent_lag`` cycles ahead of its value
+    (:func:`~hw.thresholds.lent_value_lag`).
 
     ``val_write``, ``val_read``, ``activation``: the engine's ports (:func:`hw.engine_signature.network_signature`);
     ``code_out``: the code buffer's write-back port (:func:`hw.code_buffer.code_buffer`); ``read_latency``: the
