@@ -810,9 +810,9 @@ class _Lowering:
     def _relu(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
         if x.kind == "concat":                          # each part's ReLU
-            return self.chain(node, x, parts=tuple(p if p.rectified else replace(p, pooled_relu=True)
+            return self.chain(node, x, parts=tuple(p if p.rectified or p.pooled_relu else replace(p, pooled_relu=True)
                                                    if p.linear_mean else replace(p, relu=True) for p in x.parts))
-        if x.kind == "codes" or x.rectified:
+        if x.kind == "codes" or x.rectified or x.pooled_relu:
             return x                                    # codes are never negative; rectified values neither
         if x.kind == "values" and x.linear_mean:
             return self.chain(node, x, pooled_relu=True)
@@ -900,7 +900,7 @@ class _Lowering:
         conv = self.raw.get(x.tensor) if x.kind == "values" else None
         if (conv is not None and x.sole and conv.kind == "conv" and conv.stage is None
                 and (conv.kernel, conv.stride, conv.padding) == (1, 1, 0) and min(conv.out_shape[1:]) >= k
-                and not (x.relu or x.curve is not None or x.maxpools)):
+                and not (x.relu or x.curve is not None or x.maxpools or x.pooled)):
             return self.pooled_pointwise(node, conv, x, k, s)
         x = self.pooling_input(node, "average pooling")
         _, h, w = self.shape(x)

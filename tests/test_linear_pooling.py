@@ -80,9 +80,10 @@ class _Head(nn.Module):
     (lambda: _Head(residual=False), 2, True),
     (lambda: _Head(pool="window"), 2, True),
     (lambda: _Head(after=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU())), 1, False),
+    (lambda: _Head(after=nn.Sequential(nn.ReLU(), nn.ReLU())), 1, False),
     (lambda: _Head(residual=False, pool="window", after=nn.Sequential(nn.BatchNorm2d(8), nn.ReLU6())), None, None),
 ], ids=["sum, global, signed", "conv + BN, global, signed", "sum, 2x2, signed", "sum, global, BN, ReLU",
-        "conv + BN, 2x2, BN, ReLU6"])
+        "ReLU twice", "conv + BN, 2x2, BN, ReLU6"])
 def test_an_average_without_a_relu_before_it_is_exact(make, pools, signed):
     """The pooled values into the classifier's quantizer: signed (two pool nodes, the classifier reading both
     halves) where nothing rectifies them, unsigned after a BN and a ReLU; a ReLU6 after the pooling is refused
@@ -129,6 +130,19 @@ def test_a_1x1_convs_average_pooling_is_a_kxk_conv(k, s, bn):
         assert all(np.array_equal(conv.weight_codes[:, :, y, x], conv.weight_codes[:, :, 0, 0])
                    for y in range(k) for x in range(k))
         assert not any(n.op == "avgpool" for n in compiled.nodes)
+
+
+class _PooledTwice(_Transition):
+    def forward(self, x):
+        out = F.avg_pool2d(F.avg_pool2d(self.conv(torch.relu(self.conv0(x))), 2), 2)
+        return self.fc(torch.relu(self.conv2(torch.relu(self.bn2(out)))).mean((2, 3)))
+
+
+def test_a_1x1_convs_second_average_pooling_pools_the_widened_convs_output():
+    compiled, wrong = _mismatches(_PooledTwice(), 4)
+    assert wrong == 0
+    assert next(n for n in compiled.convs if n.name == "conv").kernel == 2
+    assert [n.op for n in compiled.nodes].count("avgpool") == 1
 
 
 def test_a_wider_convs_average_pooling_stays_a_pooling():
