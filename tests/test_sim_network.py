@@ -300,6 +300,29 @@ def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):
     assert params.engine.out_depth == 2
 
 
+def test_a_first_band_longer_than_the_old_progress_deadline_on_a_1x1_core(tmp_path):
+    """A 3 x 3 conv of 16 channels over a 16 x 16 map on a 1 x 1 core writes nothing while its first band's 144
+    reduction tiles issue (the whole map: 36,864 positions): the testbench's no-progress deadline, once 20,000 +
+    64 cycles per output's MACs (29,216 here; kuangliu's DenseNet on the OrangeCrab's 1 x 2 core was stopped as
+    hung), now covers the longest layer's cycle model; every tensor exact."""
+    import torch
+    from torch import nn
+
+    from helpers import images
+
+    path = tmp_path / "long-band.lcq"
+    net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 2, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 10))
+    torch.manual_seed(7)
+    model = compiled_net(net, (1, 16, 16), path, seed=7)
+    params = NetworkParams.for_model(model, 1, 1)
+    conv = model.convs[1]
+    assert 16 * 9 * band_rows(params.engine, conv) * 16 > 20_000 + 64 * 16 * 9
+    sim = first_available("verilator", "icarus")
+    params, report = run_network(sim, path, model, 1, 1, images(1, (1, 16, 16), seed=7), tmp_path / "run")
+    assert_exact(model, params, report, 1)
+
+
 def test_a_one_pixel_image_and_one_class(tmp_path):
     """A 1 x 1 image, a 1x1 conv, one class: the code memory is so small that the probe port's address is one bit,
     which cocotb hands over as a ``Logic``, not a ``LogicArray``; the testbench failed on it (``'Logic' object has
