@@ -214,3 +214,11 @@ def within(seconds: float, what: str):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def default_signals() -> None:
+    """``preexec_fn`` of a child that a test signals: SIGINT, SIGHUP and SIGTERM at their default actions there,
+    whatever this test run inherited (``nohup`` ignores SIGHUP, a shell's background job SIGINT, and a Python
+    child would keep ignoring them): the child is then what a user's Ctrl-C, hangup or kill reaches."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)

@@ -37,6 +37,7 @@ from boards.stages import Progress  # noqa: E402
 from boards.fit import engine_for_board  # noqa: E402
 from compiler.format import load  # noqa: E402
 from fake_toolchain import SLOW_REAPER, gone_soon, wait_written  # noqa: E402
+from helpers import default_signals  # noqa: E402
 from hw.engine_params import EngineParams  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
@@ -409,7 +410,8 @@ def test_an_interrupted_or_killed_flash_leaves_no_programmer(tmp_path, monkeypat
     bit, child = _hanging_programmer(tmp_path, monkeypatch)
     script = ("from boards.boards import get_board\nfrom boards.flash import flash\n"
               f"flash(get_board('icebreaker'), {str(bit)!r})")
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent, stderr=subprocess.PIPE,
+                            preexec_fn=default_signals)
     wait_written(child, 10, 0.05)
     proc.send_signal(sig)
     proc.communicate(timeout=20)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from fake_toolchain import SLOW_REAPER, alive, gone_soon, wait_written
+from helpers import default_signals
 
 from boards.cli import BUILD_TIMEOUT_S
 from boards.report import format_table, missed_target, worst_paths
@@ -376,7 +377,7 @@ def test_a_stopped_board_builds_run_stops_its_build(tmp_path, fake_tools, monkey
               "from board_builds import parse_spec, run_build\n"
               f"run_build(parse_spec('icebreaker:digits', None), None, 600, Path({str(build_root)!r}), 'layers')\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent.parent)
+                            cwd=Path(__file__).parent.parent, preexec_fn=default_signals)
     try:
         child = build_root / "icebreaker-digits-cnn-lcq-w3a3-auto-layers" / "yosys.child"
         deadline = time.monotonic() + 120           # (the layer engine is elaborated first)
@@ -778,7 +779,7 @@ def test_a_build_killed_while_its_packer_writes_leaves_no_bitstream(tmp_path, fa
     script = ("from amaranth.hdl import Module\nfrom boards.build import build\n"
               f"build(lambda platform, clk_hz: Module(), 'icebreaker', None, {str(out)!r}, progress_every=None)\n")
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parent.parent)
+                            cwd=Path(__file__).parent.parent, preexec_fn=default_signals)
     child = out / "icepack.child"
     wait_written(child, seconds=60)
     assert child.exists(), proc.stderr.read() if proc.poll() is not None else "the packer did not start in 60 s"

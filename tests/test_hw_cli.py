@@ -77,6 +77,7 @@ import sys  # noqa: E402
 import time  # noqa: E402
 
 from fake_toolchain import SLOW_REAPER  # noqa: E402
+from helpers import default_signals  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -374,7 +375,8 @@ def test_a_command_dies_with_its_parents_process_group(tmp_path, sig):
         pytest.skip("needs /proc")
     pid_file = str(tmp_path / "command.pid")
     parent = subprocess.Popen([sys.executable, "-c", PARENT_OF_SLEEPER, str(ROOT), SLEEPER, pid_file],
-                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              preexec_fn=default_signals)
     command = None
     try:
         deadline = time.monotonic() + 60
