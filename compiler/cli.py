@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from lcq_train.arguments import (DefaultsHelpFormatter, IntRange, counted, output_file, positive_int,
@@ -82,10 +83,18 @@ def _model_option(p) -> None:
 
 def cmd_compile(args) -> int:
     from .lower import CompileOptions, compile_checkpoint
+    from .precision import WeightCodeWarning
 
     options = CompileOptions(args.residual_frac_bits, args.pool_frac_bits, args.logit_frac_bits, args.max_lut_entries)
     refuse_overwriting(args.output, args.checkpoint, "checkpoint", args.output)
-    compiled = compile_checkpoint(args.checkpoint, options, args.factory)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", WeightCodeWarning)
+        compiled = compile_checkpoint(args.checkpoint, options, args.factory)
+    for warning in seen:                # this one said as the command's own; any other as Python shows it
+        if issubclass(warning.category, WeightCodeWarning):
+            print(f"lcq compile: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     model_format.save(compiled, args.output)
     rep = report(compiled)
     print(format_table(rep))

@@ -55,6 +55,7 @@ import contextlib
 import copy
 import math
 import operator
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -74,6 +75,7 @@ from .capture import (ADAPTIVE_AVG_HINT, ADAPTIVE_MAX_HINT, Op, Unsupported, cap
 from .curves import Curve
 from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
                     ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, SubsampleNode, mac_kind)
+from .precision import WeightCodeWarning, weight_code_differences
 from .sizes import fold_sizes
 
 
@@ -167,12 +169,21 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
 
     Codes, levels and constants are computed from a float64 copy of ``model``, so
     that float32 rounding cannot decide a weight code lying on a quantizer
-    threshold; the agreement check runs the PyTorch model in float64 too. PyTorch
+    threshold; the agreement check runs the PyTorch model in float64 too. Where the
+    model's own precision gives a weight another code (a weight within its rounding
+    of a threshold: :mod:`compiler.precision`), a :class:`~compiler.precision.WeightCodeWarning`
+    names the layer and the count. PyTorch
     runs on one thread meanwhile, so that the bytes do not depend on the thread count. A softmax or log-softmax
     on the output is left out: the compiled logits are the values before it (the same top class).
     ValueError (:class:`~compiler.capture.Unsupported` for an operation) says what cannot be compiled.
     """
     name = type(model).__name__                 # a traced network's copy is a class of its own
+    for layer, (differing, weights) in weight_code_differences(model).items():
+        warnings.warn(f"layer {layer!r}: {differing} of its {weights} weight codes differ between the model's own "
+                      "precision (as it was trained and scored) and float64 (as compiled, and as lcq eval's PyTorch "
+                      "model computes them): a weight lies within rounding of a quantizer threshold, so the compiled "
+                      "model's accuracy may differ from the trainer's; lcq eval measures it", WeightCodeWarning,
+                      stacklevel=2)
     model = copy.deepcopy(model).double().eval()
     with _one_thread():
         lowering = _Lowering(model, name, tuple(input_shape), options)
