@@ -183,7 +183,7 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
                       "precision (as it was trained and scored) and float64 (as compiled, and as lcq eval's PyTorch "
                       "model computes them): a weight lies within rounding of a quantizer threshold, so the compiled "
                       "model's accuracy may differ from the trainer's; lcq eval measures it", WeightCodeWarning,
-                      stacklevel=2)
+                      stacklevel=3)     # (the caller's line: compile_model runs inside torch.no_grad's wrapper)
     model = copy.deepcopy(model).double().eval()
     with _one_thread():
         lowering = _Lowering(model, name, tuple(input_shape), options)
