@@ -247,6 +247,14 @@ class _Value:
                                           or self.curve is not None)
 
 
+def _relu_of_part(p: _Value) -> _Value:
+    """A concatenation's part through a ReLU: as it is where rectified already (before or after an average), a
+    ReLU of the average where it is an average of its layer's output as it is, else a ReLU of its values."""
+    if p.rectified or p.pooled_relu:
+        return p
+    return replace(p, pooled_relu=True) if p.linear_mean else replace(p, relu=True)
+
+
 def _sole_reader(node: fx.Node) -> bool:
     """Whether one operation reads ``node``'s values (a size query, for a reshape, reads its shape only)."""
     return sum(not size_query(user) for user in node.users) == 1
@@ -821,8 +829,7 @@ class _Lowering:
     def _relu(self, node: fx.Node, op: Op) -> _Value:
         x = self.arg(node)
         if x.kind == "concat":                          # each part's ReLU
-            return self.chain(node, x, parts=tuple(p if p.rectified or p.pooled_relu else replace(p, pooled_relu=True)
-                                                   if p.linear_mean else replace(p, relu=True) for p in x.parts))
+            return self.chain(node, x, parts=tuple(map(_relu_of_part, x.parts)))
         if x.kind == "codes" or x.rectified or x.pooled_relu:
             return x                                    # codes are never negative; rectified values neither
         if x.kind == "values" and x.linear_mean:

@@ -41,12 +41,12 @@ by nothing else and the other operand dies at the addition: the conv's
 write-back adds each output to the other operand's element and writes the sum
 in its place. That conv step (``fused_add``: the addition's name) reads the
 codes and the other operand and writes the sum; its own values are never stored
-(``stored`` false), and the addition has no step of its own. An option-A shortcut's
-operand, which covers some channels of the sum only, is fused the same way where the
-conv writes the other operand: the write-back adds it to those channels, read at its
-own base (the sum goes elsewhere). This halves the
+(``stored`` false), and the addition has no step of its own. This halves the
 residual stream's memory (one value tensor alive instead of two) and saves the
-addition's pass over it. An activation right after a conv that writes values (the
+addition's pass over it. An option-A shortcut's operand, which covers some channels
+of the sum only, is fused the same way where the conv writes the other operand: the
+write-back adds it to those channels, read at its own base (the sum goes elsewhere,
+so only the pass is saved). An activation right after a conv that writes values (the
 conv's own, or a fused addition's sum) is *fused* into it too (:func:`fuse_activations`):
 as the conv writes each value, it also writes the value's code through the activation's
 thresholds (``fused_activate``: the activation's name; ``activated``: its codes tensor,

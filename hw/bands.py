@@ -96,12 +96,8 @@ def ring_depth(params: EngineParams, nodes) -> int:
     of two), where that is less than the largest layer's outputs (``out_depth``)."""
     largest = max(band_rows(params, node) * node.out_shape[2] for node in nodes)
     ring = 1 << (2 * largest - 1).bit_length()
-
-    def fastest(engine: EngineParams, node: ConvNode) -> int:
-        return network_layer_cycles(engine, node, band_rows(engine, node), 0)
-
     while ring < min(params.out_depth, RING_FREE_DEPTH) and any(
-            fastest(replace(params, out_depth=ring), node) > fastest(params, node) for node in nodes):
+            layer_cycles(replace(params, out_depth=ring), node) > layer_cycles(params, node) for node in nodes):
         ring *= 2
     return ring if ring < params.out_depth else params.out_depth
 
@@ -149,6 +145,12 @@ def band_rows(params: EngineParams, node: ConvNode) -> int:
         raise ValueError(f"no band of {node.name} ({wo} positions a row) fits the {params.out_depth} accumulators "
                          f"of a column")
     return min(fits, key=lambda r: (network_layer_cycles(params, node, r, 0), -r))
+
+
+def layer_cycles(params: EngineParams, node: ConvNode) -> int:
+    """:func:`network_layer_cycles` of layer ``node`` at the band :func:`band_rows` picks, the output stage's
+    latency left out."""
+    return network_layer_cycles(params, node, band_rows(params, node), 0)
 
 
 def band_registers(params: EngineParams, node: ConvNode) -> dict[str, int]:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields, replace
 from compiler.graph import CompiledModel
 from compiler.network import NetworkPlan, NetworkPlanError, plan_network
 
-from .bands import band_rows, network_layer_cycles, ring_depth
+from .bands import layer_cycles, ring_depth
 from .engine_params import (LANE_REGISTERS, NETWORK_REGISTERS, SPRAM_BLOCKS, SPRAM_DEPTH, WIDE_WEIGHTS,
                             WINDOW_REGISTERS, EngineParams, spram_blocks)
 from .memories import memory_bits
@@ -290,11 +290,11 @@ def network_plan(model: CompiledModel, params: NetworkParams | EngineParams) -> 
 
 
 def pairs_pay(model: CompiledModel, engine: EngineParams, saving: float = 0.2) -> bool:
-    """Whether writing back in pairs cuts ``model``'s engine cycles (:func:`hw.bands.network_layer_cycles`,
-    each layer at its best band) by at least ``saving``: where the write-back bounds the layers, as for
+    """Whether writing back in pairs cuts ``model``'s engine cycles (:func:`hw.bands.layer_cycles`, each layer
+    at its best band) by at least ``saving``: where the write-back bounds the layers, as for
     16-channel layers on a 16 x 16 array (CIFAR-10 ResNet-20: 28% fewer), not for 8 x 8 (2%), whose
     two output stages would cost block RAM for nothing."""
     def cycles(params: EngineParams) -> int:
-        return sum(network_layer_cycles(params, node, band_rows(params, node), 0) for node in model.convs)
+        return sum(layer_cycles(params, node) for node in model.convs)
 
     return cycles(replace(engine, write_pairs=True)) <= (1 - saving) * cycles(replace(engine, write_pairs=False))

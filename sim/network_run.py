@@ -35,7 +35,7 @@ import numpy as np
 
 from compiler import reference
 from compiler.graph import CompiledModel, ConvNode
-from hw.bands import band_rows, network_layer_cycles
+from hw.bands import layer_cycles
 from hw.network import NetworkCore, NetworkSignature
 from hw.network_params import PIXEL_BITS, NetworkParams, network_plan
 from hw.network_program import decode_logits
@@ -147,13 +147,13 @@ def deadlines(model: CompiledModel, params: NetworkParams, stall: float, backpre
     written, no step ended, no logit sent): generous bounds that only a hung core or testbench exceeds. A conv
     writes nothing until its first band's accumulators are final, every reduction tile of the band issued: on a
     small array that can take most of the layer, so the second bound covers the longest layer's cycle model
-    (:func:`hw.bands.network_layer_cycles`; a 3 x 3 conv of 16 channels over a 32 x 32 map on a 1 x 2 array
+    (:func:`hw.bands.layer_cycles`; a 3 x 3 conv of 16 channels over a 32 x 32 map on a 1 x 2 array
     writes its first value after about 150,000 cycles)."""
     slow = 1 / max(0.02, 1 - max(stall, backpressure))
     elements = sum(int(np.prod(t.shape)) for t in network_plan(model, params).tensors.values())
     macs = sum(node.macs for node in model.convs)
     per_output = max(node.macs // int(np.prod(node.out_shape)) for node in model.convs)   # C_in * K * K
-    longest = max(network_layer_cycles(params.engine, node, band_rows(params.engine, node), 0) for node in model.convs)
+    longest = max(layer_cycles(params.engine, node) for node in model.convs)
     per_image = 20_000 + 8 * macs // min(params.engine.rows, params.engine.cols) + 64 * elements
     return int(per_image * slow), int((20_000 + max(64 * per_output, 2 * longest)) * slow)
 
