@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compiler.agreement import as_compiled
 from compiler.graph import FRAC_BITS, signed_bits
 from compiler.lower import CompileOptions, compile_checkpoint, load_model
 from compiler.network import plan_network
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_dataset(first.source["dataset"], args.data_dir)
     images, labels = data.test_x.numpy()[:args.images], data.test_y.numpy()[:args.images]
 
-    model = load_model(args.checkpoint)[0].double().eval()
+    model = as_compiled(load_model(args.checkpoint)[0])
     captured: dict[str, np.ndarray] = {}
     hooks = [m.register_forward_hook(lambda m, inp, out, name=name: captured.__setitem__(name, m.codes(inp[0]).numpy()))
              for name, m in model.named_modules() if isinstance(m, QAct)]

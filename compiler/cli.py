@@ -82,16 +82,17 @@ def _model_option(p) -> None:
 
 
 def cmd_compile(args) -> int:
+    from lcq_train.weight_codes import UnsettledWeightWarning
+
     from .lower import CompileOptions, compile_checkpoint
-    from .precision import WeightCodeWarning
 
     options = CompileOptions(args.residual_frac_bits, args.pool_frac_bits, args.logit_frac_bits, args.max_lut_entries)
     refuse_overwriting(args.output, args.checkpoint, "checkpoint", args.output)
     with warnings.catch_warnings(record=True) as seen:
-        warnings.simplefilter("always", WeightCodeWarning)
+        warnings.simplefilter("always", UnsettledWeightWarning)
         compiled = compile_checkpoint(args.checkpoint, options, args.factory)
     for warning in seen:                # this one said as the command's own; any other as Python shows it
-        if issubclass(warning.category, WeightCodeWarning):
+        if issubclass(warning.category, UnsettledWeightWarning):
             print(f"lcq compile: warning: {warning.message}", file=sys.stderr)
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)

@@ -55,7 +55,6 @@ import contextlib
 import copy
 import math
 import operator
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -68,6 +67,7 @@ from lcq_train.checkpoint import load_checkpoint
 from lcq_train.factory import model_from_checkpoint
 from lcq_train.plan import QuantPlan
 from lcq_train.quant import level_scale
+from lcq_train.weight_codes import settle_weight_codes
 
 from . import stages
 from .capture import (ADAPTIVE_AVG_HINT, ADAPTIVE_MAX_HINT, Op, Unsupported, capture, describe, location, operation,
@@ -75,7 +75,6 @@ from .capture import (ADAPTIVE_AVG_HINT, ADAPTIVE_MAX_HINT, Op, Unsupported, cap
 from .curves import Curve
 from .graph import (FRAC_BITS, INT64_LIMIT, MAX_CONCAT, MAX_KERNEL, ActivateNode, AddNode, AvgPoolNode, CompiledModel,
                     ConcatNode, ConvNode, InputNode, MaxPoolNode, ModelRuleError, PoolNode, SubsampleNode, mac_kind)
-from .precision import WeightCodeWarning, weight_code_differences
 from .sizes import fold_sizes
 
 
@@ -150,7 +149,7 @@ def compile_checkpoint(path: str | Path, options: CompileOptions = CompileOption
 
 
 @contextlib.contextmanager
-def _one_thread():
+def one_thread():
     """PyTorch on one thread inside: its parallel reductions (LWN's mean and standard deviation of a
     weight tensor, hence a layer's scale) split their sums by thread, so their last bits vary with
     the thread count; on one thread they add in one order."""
@@ -167,25 +166,22 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
                   options: CompileOptions = CompileOptions()) -> CompiledModel:
     """Lower ``model`` (quantizers installed, trained) for inputs of ``input_shape`` (C, H, W).
 
-    Codes, levels and constants are computed from a float64 copy of ``model``, so
-    that float32 rounding cannot decide a weight code lying on a quantizer
-    threshold; the agreement check runs the PyTorch model in float64 too. Where the
-    model's own precision gives a weight another code (a weight within its rounding
-    of a threshold: :mod:`compiler.precision`), a :class:`~compiler.precision.WeightCodeWarning`
-    names the layer and the count. PyTorch
+    Codes, levels and constants are computed from a float64 copy of ``model``. A
+    weight training left within
+    float32's rounding of a quantizer threshold, which float64 would give another
+    code, is first moved clear of it on the side of the code the model's own
+    precision gives (:func:`lcq_train.weight_codes.settle_weight_codes`, only
+    those): the compiled codes are the ones the model was trained and scored with.
+    The agreement check runs the PyTorch model so too. PyTorch
     runs on one thread meanwhile, so that the bytes do not depend on the thread count. A softmax or log-softmax
     on the output is left out: the compiled logits are the values before it (the same top class).
     ValueError (:class:`~compiler.capture.Unsupported` for an operation) says what cannot be compiled.
     """
     name = type(model).__name__                 # a traced network's copy is a class of its own
-    for layer, (differing, weights) in weight_code_differences(model).items():
-        warnings.warn(f"layer {layer!r}: {differing} of its {weights} weight codes differ between the model's own "
-                      "precision (as it was trained and scored) and float64 (as compiled, and as lcq eval's PyTorch "
-                      "model computes them): a weight lies within rounding of a quantizer threshold, so the compiled "
-                      "model's accuracy may differ from the trainer's; lcq eval measures it", WeightCodeWarning,
-                      stacklevel=3)     # (the caller's line: compile_model runs inside torch.no_grad's wrapper)
-    model = copy.deepcopy(model).double().eval()
-    with _one_thread():
+    model = copy.deepcopy(model).eval()
+    with one_thread():
+        settle_weight_codes(model, only_differing=True)
+        model = model.double()
         lowering = _Lowering(model, name, tuple(input_shape), options)
         graph = capture(model, name)
         fold_sizes(model, graph, tuple(input_shape))

@@ -6,8 +6,10 @@ checks) and ``epochs``, one row per finished epoch: ``epoch`` (1, 2, ... in orde
 ``test_loss`` (numbers, NaN allowed: an evaluation may overflow, and runs that diverged wrote it before
 ``lcq train`` stopped them), ``train_top1`` and ``test_top1`` (percentages, 0..100),
 ``lr`` and ``time_s`` (finite, >= 0) and, after the last epoch of a run that re-estimates BN statistics,
-``test_top1_before_bn`` (0..100); with at least one row, ``test_top1`` is the last row's and ``best_test_top1``
-the highest. Other keys (``layers``, ``environment``, ...) are kept as they are: nothing reads them as numbers.
+``test_top1_before_bn`` (0..100), and after the last epoch ``settled_weights`` (an integer >= 0: the weights
+moved off a quantizer threshold, :mod:`lcq_train.weight_codes`); with at least one row, ``test_top1`` is the
+last row's and ``best_test_top1`` the highest. Other keys (``layers``, ``environment``, ...) are kept as they
+are: nothing reads them as numbers.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def metrics_problem(metrics, epochs: int | None = None) -> str | None:
                 return f"epoch {i}'s {key!r} is {row.get(key)!r}, not {kind}"
         if "test_top1_before_bn" in row and not _fits(row["test_top1_before_bn"], "a percentage"):
             return f"epoch {i}'s 'test_top1_before_bn' is {row['test_top1_before_bn']!r}, not a percentage"
+        settled = row.get("settled_weights", 0)
+        if not isinstance(settled, int) or isinstance(settled, bool) or settled < 0:
+            return f"epoch {i}'s 'settled_weights' is {settled!r}, not an integer >= 0"
     if rows:
         if metrics.get("test_top1") != rows[-1]["test_top1"]:
             return f"has test_top1 {metrics.get('test_top1')!r}, not its last epoch's {rows[-1]['test_top1']!r}"

@@ -114,6 +114,11 @@ class Quantizer(nn.Module):
         if self.weight_norm:
             mu, sigma = self.normalization(x)
             x = (x - mu) / sigma
+        return self.normalized_codes(x)
+
+    def normalized_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`codes` of an already normalized tensor (as :meth:`quantize` is Q of one)."""
+        self._require_integer_levels()
         if self.method == "lcq":
             return lcq_codes(x, self.alpha, self.theta, self.spec.bits, self.signed)
         return uniform_codes(x, self.alpha, self.spec.bits, self.signed)

@@ -2,7 +2,10 @@
 
 Recipe (paper): SGD with Nesterov momentum 0.9, cosine decay per step after an
 optional linear warm-up, separate learning rates for weights and quantizer
-parameters (alpha, theta; no weight decay on them). Each epoch writes
+parameters (alpha, theta; no weight decay on them). After the last step the
+weights are settled off their quantizers' thresholds
+(:func:`~lcq_train.weight_codes.settle_weight_codes`) and BN statistics
+re-estimated (``bn_batches``) before the last evaluation. Each epoch writes
 ``OUT/checkpoint.pt`` (:mod:`lcq_train.checkpoint`) and ``OUT/metrics.json``
 atomically; ``resume=True`` continues from ``OUT/checkpoint.pt`` (same settings,
 or more epochs to extend the run). Under torchrun (WORLD_SIZE > 1) it runs
@@ -44,6 +47,7 @@ from .plan import QuantPlan, apply_plan, layer_bits, quantizer_parameters
 from .quantizer import Quantizer
 from .run_lock import LOCK_NAME, run_lock
 from .training_state import optimizer_state_problem, scheduler_state_problem
+from .weight_codes import settle_weight_codes
 
 SEED = IntRange(0, 2**32 - 1)        # what numpy's generator accepts
 MOMENTUM = FloatRange(0.0, 1.0, lo_open=True)     # Nesterov momentum: torch refuses 0
@@ -488,7 +492,9 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
         if epoch == start_epoch and rank == 0 and correct <= 1.2 * seen / data.num_classes:
             print(f"lcq train: warning: {chance_warning(model, epoch, 100.0 * correct / seen, data.num_classes, lr)}",
                   file=sys.stderr, flush=True)
-        before_bn = None
+        before_bn, settled = None, None
+        if epoch + 1 == cfg.epochs:     # every rank alike: the same weights give the same moves
+            settled = sum(settle_weight_codes(model).values())
         if cfg.bn_batches and epoch + 1 == cfg.epochs:
             before_bn = evaluate(model, test_x, test_y)["top1"] if rank == 0 else None
             reestimate_bn(model, _inputs(train_x, train_y, cfg, cfg.bn_batches, augment=augment, rank=rank,
@@ -501,6 +507,8 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
                    "time_s": time.perf_counter() - t0}
             if before_bn is not None:
                 row["test_top1_before_bn"] = before_bn
+            if settled is not None:
+                row["settled_weights"] = settled
             metrics["epochs"].append(row)
             metrics["test_top1"] = row["test_top1"]
             metrics["best_test_top1"] = max(r["test_top1"] for r in metrics["epochs"])

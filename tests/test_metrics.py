@@ -13,6 +13,7 @@ def history(epochs=2, **changes):
              "lr": 0.1 / i, "time_s": 2.5} for i in range(1, epochs + 1)]
     if rows:
         rows[-1]["test_top1_before_bn"] = 77.5
+        rows[-1]["settled_weights"] = 2
     metrics = {"config": {"model": "cnn"}, "layers": {"conv0": [8, 8]}, "epochs": rows,
                **({"test_top1": rows[-1]["test_top1"], "best_test_top1": max(r["test_top1"] for r in rows)}
                   if rows else {})}
@@ -45,6 +46,8 @@ def test_what_the_trainer_writes_is_a_history():
     (history(**{"epochs.1.lr": -0.1}), "epoch 2's 'lr' is -0.1, not a finite number >= 0"),
     (history(**{"epochs.1.time_s": math.inf}), "epoch 2's 'time_s' is inf, not a finite number >= 0"),
     (history(**{"epochs.1.test_top1_before_bn": None}), "epoch 2's 'test_top1_before_bn' is None, not a percentage"),
+    (history(**{"epochs.1.settled_weights": -1}), "epoch 2's 'settled_weights' is -1, not an integer >= 0"),
+    (history(**{"epochs.1.settled_weights": 1.0}), "epoch 2's 'settled_weights' is 1.0, not an integer >= 0"),
     (history(test_top1=79.0), "has test_top1 79.0, not its last epoch's 80.0"),
     (history(best_test_top1=81.0), "has best_test_top1 81.0, not its epochs' best 80.0"),
 ])
