@@ -47,6 +47,8 @@ def settle_weight_codes(model: nn.Module, margin: float = MARGIN, only_differing
         if wq is None or wq.method == "fp" or wq.spec.outer_bits is None:
             continue
         weight = module.weight
+        if not _Exact(weight, wq, margin).defined():
+            continue                                # (no scale: the compiler says why)
         own, original = wq.codes(weight), weight.detach().clone()
         for _ in range(_ROUNDS):
             move, target = _moves(_Exact(weight, wq, margin), own, not only_differing)
@@ -76,6 +78,10 @@ class _Exact:
         self.mu, self.sigma = self.quantizer.normalization(w) if wq.weight_norm else (0.0, 1.0)
         self.x = (w - self.mu) / self.sigma
         self.step = margin * float(self.quantizer.alpha)
+
+    def defined(self) -> bool:
+        """Whether the codes are defined: a clip above 0, and a normalization with sigma_w above 0."""
+        return self.step > 0 and bool(torch.isfinite(self.x).all())
 
     def settled(self, own: torch.Tensor, moves: int = 0, clear: bool = True) -> torch.Tensor:
         """Where ``x`` moved by ``moves`` margins has the code ``own`` (and, ``clear``, a margin either side)."""

@@ -159,3 +159,15 @@ def test_the_trainer_saves_settled_weights(tmp_path):
     for name, layer in model.named_modules():
         if hasattr(layer, "wq"):
             assert torch.equal(_codes(layer, layer.weight, torch.float32), _codes(layer, layer.weight, torch.float64))
+
+
+def test_a_layer_without_a_weight_scale_is_left_to_the_compiler():
+    """All weights equal (sigma_w = 0) or a clip of 0: no code is defined, nothing moves and nothing is said here
+    (compile_model names the problem: test_numeric_edges)."""
+    net = _net(3)
+    with torch.no_grad():
+        net.get_submodule("2").weight.fill_(0.3)
+        net.get_submodule("6").wq.alpha.fill_(0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert settle_weight_codes(net) == {}
