@@ -24,7 +24,8 @@ from lcq_train.graph import (CLAMPS, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX
                              trace_or_explain)
 from lcq_train.layers import QAct, QConv2d, QLinear
 
-from .curves import SELU_ALPHA, SELU_SCALE, Curve, elu_curve, leaky_curve, module_curve, softplus_curve
+from .curves import (SELU_ALPHA, SELU_SCALE, Curve, elu_curve, gelu_curve, leaky_curve, module_curve,
+                     softplus_curve)
 from .graph import MAX_KERNEL
 
 SUPPORTED = (
@@ -44,7 +45,8 @@ SUPPORTED = (
     "a non-decreasing activation of a conv's, BN's or addition's output (through max pooling) before its activation "
     "quantizer, which takes its thresholds back through it: LeakyReLU and PReLU (slopes >= 0), sigmoid, tanh, ELU, "
     "CELU, SELU, softplus, softsign, hardtanh(min, max), hardsigmoid, clamp(min, max) (modules, F. and torch. "
-    "functions, .sigmoid(), .tanh(), .clamp())",
+    "functions, .sigmoid(), .tanh(), .clamp()); SiLU, GELU (either form), Mish and hardswish the same where an "
+    "unsigned quantizer reads them, clipping their dip below zero (lcq_train's plan makes it so), with no BN between",
     "residual addition of two tensors (+, torch.add, .add())",
     "an option-A shortcut: every s-th row and column (x[:, :, ::s, ::s]) and zero channels (F.pad(x, (0, 0, 0, 0, "
     "before, after))) of a residual stream (an addition's output or its ReLU) that an addition reads; x[:, :, ::s, "
@@ -92,9 +94,10 @@ ADAPTIVE_MAX_HINT = (f"only the global maximum compiles as it is (AdaptiveMaxPoo
                      f"side / n (k <= {MAX_KERNEL})")
 # The one-line fix of a refused operation, by its module class, function or method name (what compiles instead).
 HINTS = (
-    ((nn.GELU, F.gelu, nn.SiLU, F.silu, nn.Hardswish, F.hardswish, nn.Mish, F.mish),
-     "use nn.ReLU, nn.LeakyReLU or another non-decreasing activation (an activation quantizer takes its thresholds "
-     "back through a ReLU, a leaky one, a clip, sigmoid, tanh or ELU, not through these, which dip)"),
+    ((nn.LogSigmoid, F.logsigmoid, nn.Softshrink, F.softshrink, nn.Hardshrink, F.hardshrink, nn.Tanhshrink,
+      F.tanhshrink, nn.Threshold, F.threshold, nn.RReLU, F.rrelu),
+     "use nn.ReLU, nn.LeakyReLU or another activation the quantizer after it takes its thresholds back through "
+     "(a clip, sigmoid, tanh, ELU, softplus, SiLU, GELU, ...)"),
     ((F.prelu,), "use the module nn.PReLU (its slopes a parameter of the network), or nn.LeakyReLU(slope)"),
     ((F.pad, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d),
      "pad in the conv: Conv2d(..., padding=p) pads with zeros, up to kernel // 2 on each side (zero channels of a "
@@ -177,6 +180,8 @@ def _arg(node: fx.Node, i: int, name: str, default=None):
 _CURVE_FUNCTIONS = {torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid", "sigmoid": "sigmoid", "sigmoid_": "sigmoid",
                     torch.tanh: "tanh", F.tanh: "tanh", "tanh": "tanh", "tanh_": "tanh", F.softsign: "softsign",
                     F.hardsigmoid: "hardsigmoid"}
+# Those of the activations that dip below zero (compiler.curves.DIPS) but GELU, which takes a parameter.
+_DIP_FUNCTIONS = {F.silu: "silu", F.mish: "mish", F.hardswish: "hardswish"}
 
 
 def function_curve(node: fx.Node, f) -> Curve | None:
@@ -192,6 +197,10 @@ def function_curve(node: fx.Node, f) -> Curve | None:
         return elu_curve("elu" if f is F.elu else "celu", name, float(_arg(node, 1, "alpha", 1.0)))
     if f is F.selu:
         return elu_curve("elu", name, SELU_ALPHA, SELU_SCALE)
+    if f in _DIP_FUNCTIONS:
+        return Curve("dip", name, (_DIP_FUNCTIONS[f],))
+    if f is F.gelu and _arg(node, 1, "approximate", "none") in ("none", "tanh"):
+        return gelu_curve(name, _arg(node, 1, "approximate", "none"))
     if f is F.softplus and all(isinstance(_arg(node, i, k, d), number)
                                for i, k, d in ((1, "beta", 1.0), (2, "threshold", 20.0))):
         return softplus_curve(name, float(_arg(node, 1, "beta", 1.0)), float(_arg(node, 2, "threshold", 20.0)))

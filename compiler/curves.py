@@ -8,7 +8,11 @@ reaches ``t`` (:meth:`Curve.inverse`: ``-inf`` where every ``v`` does, ``+inf`` 
 of ``f``): the thresholds taken back through ``f^-1`` are thresholds on ``v``, from which
 :func:`compiler.stages.thresholds` makes the integer stage as for any other. Each is computed in float64; the
 PyTorch model compares ``f(v)`` with ``t`` instead, so the two agree but at values within rounding of a threshold.
-Non-monotone activations (GELU, SiLU, Mish, Hardswish) have no such thresholds.
+
+SiLU, GELU, Mish and hardswish dip below zero before they rise (to at least -0.375); above 0 they rise, and take
+values above 0 exactly at inputs above 0. An unsigned quantizer after one (``lcq_train``'s plan makes it so: it
+clips the dip) has thresholds above 0 only, each reached exactly from the least input PyTorch's function (in
+float64) reaches it at (bisection); a threshold inside the dip, which no one input starts, is refused.
 """
 
 from __future__ import annotations
@@ -16,16 +20,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 # SELU's constants (torch.nn.SELU): scale * ELU(x, alpha).
 SELU_ALPHA, SELU_SCALE = 1.6732632423543772848170429916717, 1.0507009873554804934193349852946
 
+# The activations that dip below zero before they rise, by name: PyTorch's function and the least value it takes
+# (to 1e-10, rounded down: a threshold between it and 0 is refused).
+DIPS = {"silu": (F.silu, -0.2784645428), "gelu": (F.gelu, -0.1699712075),
+        "gelu-tanh": (lambda x: F.gelu(x, approximate="tanh"), -0.1700407506), "mish": (F.mish, -0.3088434131),
+        "hardswish": (F.hardswish, -0.375)}
+
 
 @dataclass(frozen=True)
 class Curve:
     """A non-decreasing activation ``f`` by ``kind`` ("leaky", "sigmoid", "tanh", "elu", "celu", "softplus",
-    "softsign", "hardtanh", "hardsigmoid", "affine", "then", "mirrored") and its numbers ``params``: a leaky ReLU's
+    "softsign", "hardtanh", "hardsigmoid", "affine", "then", "mirrored"; "dip": one of :data:`DIPS`, non-decreasing
+    above 0, its name the one parameter) and its numbers ``params``: a leaky ReLU's
     negative slopes (one, or one a channel), ELU's and CELU's ``(alpha, scale)``, softplus's ``(beta, threshold)``
     (``log(1 + e^(beta x)) / beta``, ``x`` where ``beta x > threshold``), hardtanh's ``(min, max)``, an affine map's
     ``(scale, shift)`` a channel (scales >= 0: a BN after an activation), two curves one after the other's
@@ -74,6 +87,15 @@ class Curve:
             if self.kind == "affine":           # scale * x + shift >= t: a constant where the scale is 0
                 scale, shift = (np.asarray(a, dtype=np.float64).reshape(-1, 1) for a in self.params)
                 return np.where(scale > 0, (t - shift) / scale, np.where(t <= shift, -inf, inf))
+            if self.kind == "dip":
+                f, low = DIPS[self.params[0]]
+                inside = (t > low) & (t <= 0)
+                if inside.any():
+                    raise ValueError(f"{self.name}: the quantizer after it has a threshold {t[inside][0]:g} inside "
+                                     f"its dip (it falls to {low:.4f} before it rises), which no one input starts: "
+                                     "quantize its output with an unsigned quantizer (lcq_train's plan does), with "
+                                     "no BN between")
+                return np.where(t <= low, -inf, _least_reaching(f, np.where(t > 0, t, 1.0)))
             if self.kind == "then":
                 first, second = self.params
                 return first.inverse(second.inverse(t))
@@ -81,6 +103,12 @@ class Curve:
                 curve, mask = self.params
                 return np.where(np.asarray(mask).reshape(-1, 1), -curve.inverse(-t), curve.inverse(t))
         raise ValueError(f"no curve {self.kind!r}")
+
+    @property
+    def dips(self) -> bool:
+        """Whether ``f`` takes in a dip (:data:`DIPS`) anywhere in it."""
+        return self.kind == "dip" or (self.kind in ("then", "mirrored")
+                                      and any(isinstance(c, Curve) and c.dips for c in self.params))
 
     def channels(self, first: int, count: int) -> Curve:
         """The curve of channels ``first .. first + count - 1`` (a concatenation's part)."""
@@ -116,7 +144,30 @@ def module_curve(m: nn.Module) -> Curve | None:
         return softplus_curve(name, float(m.beta), float(m.threshold))
     if type(m) is nn.Hardtanh and m.min_val < m.max_val:       # (hardtanh(0, max) is a clip: compiler.capture)
         return Curve("hardtanh", name, (float(m.min_val), float(m.max_val)))
+    if type(m) in (nn.SiLU, nn.Mish, nn.Hardswish):
+        return Curve("dip", name, (name.lower(),))
+    if type(m) is nn.GELU:
+        return gelu_curve(name, m.approximate)
     return None
+
+
+def gelu_curve(name: str, approximate: str) -> Curve:
+    """GELU's curve, exact (``approximate`` "none") or its tanh form ("tanh")."""
+    return Curve("dip", name, ("gelu" if approximate == "none" else "gelu-tanh",))
+
+
+def _least_reaching(f, t: np.ndarray) -> np.ndarray:
+    """The least float64 ``v`` > 0 with ``f(v) >= t`` (``f`` PyTorch's, in float64), elementwise, for ``t`` > 0:
+    bisection on the float64 values between 0 (``f(0) = 0``) and ``4 t`` (``f(v) >= v / 2`` above 0)."""
+    low = np.zeros(t.shape, dtype=np.float64).view(np.int64)
+    high = (4 * t).view(np.int64)
+    while True:
+        open_ = high - low > 1
+        if not open_.any():
+            return high.view(np.float64)
+        mid = low + (high - low) // 2
+        reached = f(torch.from_numpy(mid.view(np.float64))).numpy() >= t
+        high, low = np.where(open_ & reached, mid, high), np.where(open_ & ~reached, mid, low)
 
 
 def leaky_curve(name: str, slopes) -> Curve:

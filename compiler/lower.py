@@ -25,9 +25,10 @@ runs of operations into the nodes of :mod:`compiler.graph`:
   feeds a residual addition (a post-activation block's input); *none* (the
   raw accumulator) otherwise;
 - [BN] -> [ReLU] -> activation quantizer on any other value tensor: an :class:`ActivateNode`;
-- [BN] -> a non-decreasing activation (LeakyReLU, PReLU, sigmoid, tanh, ELU, ...: :mod:`compiler.curves`) ->
-  activation quantizer: the quantizer's thresholds taken back through it, then as above (a signed quantizer's
-  two halves: :meth:`_Lowering.signed_codes`);
+- [BN] -> a non-decreasing activation (LeakyReLU, PReLU, sigmoid, tanh, ELU, ...: :mod:`compiler.curves`;
+  SiLU, GELU, Mish, hardswish before an unsigned one, no BN after them) -> activation quantizer: the quantizer's
+  thresholds taken back through it, then as above (a signed quantizer's two halves:
+  :meth:`_Lowering.signed_codes`);
 - [BN] -> ReLU -> global average pooling -> [flatten] -> quantizer: a :class:`PoolNode`;
   [BN] -> ReLU -> average pooling (k x k windows at a stride, no padding) -> quantizer: an
   :class:`AvgPoolNode`;
@@ -781,6 +782,11 @@ class _Lowering:
             self.refuse(node, f"follows a max pooling, and scales channel {k} by {scale[k]:.3g} < 0, which would turn "
                         "the maximum into a minimum: put the BN before the max pooling (right after the conv, linear "
                         "layer or addition: conv -> BN -> activation) and retrain")
+        dipping = next((p.curve for p in x.parts or (x,) if p.curve is not None and p.curve.dips), None)
+        if dipping is not None:
+            self.refuse(node, f"follows {dipping.name}, which dips below zero before it rises: the quantizer after "
+                        "the BN would need thresholds inside the dip, which no one input starts; put the BN before "
+                        f"the activation (conv -> BN -> {dipping.name}) and retrain")
         affine = Curve("affine", describe(node), (np.abs(scale), shift))
         parts, first = [], 0
         for p in x.parts or (x,):

@@ -122,10 +122,13 @@ _DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_
 _DROPOUT_MODULES = {F.dropout: nn.Dropout, F.dropout2d: nn.Dropout2d}
 _FUNCTIONAL = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d, F.linear,
                F.bilinear, torch.conv1d, torch.conv2d, torch.conv3d}
-# Operations whose output is >= 0 whatever their input.
-_NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softmax)
+# Operations whose output is >= 0 whatever their input; and SiLU, GELU, Mish and hardswish, which dip below 0
+# (to at least -0.375) before they rise: the quantizer after them is unsigned, and clips the dip, so that the
+# accelerator's thresholds can take it (compiler.curves).
+_NONNEGATIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Softmax, nn.SiLU, nn.GELU, nn.Mish,
+                        nn.Hardswish)
 _NONNEGATIVE_FUNCTIONS = {F.relu, F.relu6, torch.relu, torch.relu_, torch.sigmoid, F.sigmoid, F.hardsigmoid,
-                          F.softmax, torch.softmax}
+                          F.softmax, torch.softmax, F.silu, F.gelu, F.mish, F.hardswish}
 _NONNEGATIVE_METHODS = {"relu", "relu_", "sigmoid", "softmax"}
 # Clamps (functions and methods): >= 0 where their min is.
 CLAMPS = {torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_"}

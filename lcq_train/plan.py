@@ -314,7 +314,8 @@ def quantize_model(model: nn.Module, plan: QuantPlan | None = None, **fields) ->
 
     The paper's rules: the weights of every conv and linear layer go through an LWN weight
     quantizer (the inner layers' through standardization with ``weight_norm="standardize"``),
-    activations are quantized where they enter those layers (unsigned after ReLU),
+    activations are quantized where they enter those layers (unsigned after ReLU, and after SiLU, GELU, Mish
+    and hardswish: their dip clipped),
     the first and last layers are at ``edge_bits`` with the uniform quantizer, the input image is
     quantized to its uint8 codes, 2-bit weights are ternary; ``layer_bits`` overrides the bits of
     layers by name (ValueError lists the model's layer names when one does not exist).

@@ -348,7 +348,7 @@ def trained(tmp_path_factory):
         for factory, lr in (("post_act_resnet", None), ("torchvision_resnet", None), ("strided_vgg", None),
                             ("mobilenet", 0.2), ("maxpool_vgg", None), ("avgpool_net", 0.2), ("squeeze_net", None),
                             ("lenet", 0.2), ("mobilenet_v2", 0.2), ("leaky_net", None), ("tiny_darknet", None),
-                            ("tanh_lenet", 0.2), ("bn_after_relu", None)):
+                            ("tanh_lenet", 0.2), ("bn_after_relu", None), ("swish_net", None)):
             ref = f"{nets}:{factory}"
             train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
                               lr=lr, out=str(root / factory), progress=False))
@@ -360,7 +360,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("factory", ["post_act_resnet", "torchvision_resnet", "strided_vgg", "mobilenet",
                                      "maxpool_vgg", "avgpool_net", "squeeze_net", "lenet", "mobilenet_v2",
-                                     "leaky_net", "tiny_darknet", "tanh_lenet", "bn_after_relu"])
+                                     "leaky_net", "tiny_darknet", "tanh_lenet", "bn_after_relu", "swish_net"])
 def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
     ref, checkpoint, model = trained[factory]
     compiled = load(model)
@@ -405,6 +405,7 @@ def test_compile_of_a_user_checkpoint_needs_the_factory_confirmed(trained, tmp_p
                                      pytest.param("leaky_net", marks=pytest.mark.slow),
                                      pytest.param("tiny_darknet", marks=pytest.mark.slow),
                                      pytest.param("tanh_lenet", marks=pytest.mark.slow),
+                                     pytest.param("swish_net", marks=pytest.mark.slow),
                                      pytest.param("maxpool_vgg", marks=pytest.mark.slow),
                                      pytest.param("avgpool_net", marks=pytest.mark.slow)])
 def test_trained_user_network_runs_bit_exact_in_verilator(trained, factory, capsys):
@@ -724,7 +725,7 @@ class _Refusable(nn.Module):
         self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
         self.window = nn.Conv2d(8, 8, 2)
         self.modules_ = nn.ModuleDict({
-            "SiLU": nn.SiLU(), "LeakyReLU": nn.LeakyReLU(0.1), "Hardtanh": nn.Hardtanh(),
+            "LogSigmoid": nn.LogSigmoid(), "SiLU": nn.SiLU(), "LeakyReLU": nn.LeakyReLU(0.1), "Hardtanh": nn.Hardtanh(),
             "Hardtanh01": nn.Hardtanh(0.0, 1.0), "Sigmoid": nn.Sigmoid(), "AdaptiveAvgPool2d2": nn.AdaptiveAvgPool2d(2),
             "AvgPool2d4": nn.AvgPool2d(4),
             "AdaptiveAvgPool2d1": nn.AdaptiveAvgPool2d(1), "AdaptiveMaxPool2d1": nn.AdaptiveMaxPool2d(1),
@@ -735,8 +736,10 @@ class _Refusable(nn.Module):
     def forward(self, x):
         k, m = self.kind, self.modules_
         y = self.bn1(self.conv1(x))
-        if k in ("SiLU", "LeakyReLU", "Hardtanh", "Hardtanh01", "Sigmoid"):
+        if k in ("LogSigmoid", "SiLU", "LeakyReLU", "Hardtanh", "Hardtanh01", "Sigmoid"):
             y = m[k](y)
+        elif k == "F.softshrink":
+            y = torch.nn.functional.softshrink(y)
         elif k == "F.silu":
             y = torch.nn.functional.silu(y)
         elif k == "F.hardtanh(-1, 1)":
@@ -769,11 +772,13 @@ class _Refusable(nn.Module):
 
 
 @pytest.mark.parametrize("kind,what,hint,fixes", [
-    # (LeakyReLU, hardtanh(-1, 1) and sigmoid fold into the thresholds after them, tests/test_curves.py)
-    ("SiLU", r"layer 'modules_\.SiLU' \(SiLU\)", r"use nn\.ReLU, nn\.LeakyReLU or another non-decreasing activation",
-     ["relu", "LeakyReLU", "Hardtanh", "Sigmoid"]),
-    ("F.silu", r"function torch\.nn\.functional\.silu", r"use nn\.ReLU, nn\.LeakyReLU or another non-decreasing",
-     ["relu", "F.hardtanh(-1, 1)", "torch.sigmoid", "Hardtanh01"]),
+    # (LeakyReLU, hardtanh(-1, 1), sigmoid and SiLU fold into the thresholds after them, tests/test_curves.py,
+    # tests/test_dip_activations.py)
+    ("LogSigmoid", r"layer 'modules_\.LogSigmoid' \(LogSigmoid\)", r"use nn\.ReLU, nn\.LeakyReLU or another "
+     r"activation the quantizer after it takes its thresholds back through", ["relu", "LeakyReLU", "Hardtanh",
+                                                                              "Sigmoid", "SiLU"]),
+    ("F.softshrink", r"function torch\.nn\.functional\.softshrink", r"use nn\.ReLU, nn\.LeakyReLU or another",
+     ["relu", "F.hardtanh(-1, 1)", "torch.sigmoid", "Hardtanh01", "F.silu"]),
     ("AdaptiveAvgPool2d2", r"layer 'modules_\.AdaptiveAvgPool2d2' \(AdaptiveAvgPool2d\)",
      r"only output size 1, or the map's own size \(the identity\), compiles: use AdaptiveAvgPool2d\(1\), or "
      r"AvgPool2d\(k\), k = the map's known side / the output size, before a conv",
@@ -810,14 +815,15 @@ class _Unhinted(nn.Module):
         self.kind = kind
         self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
         self.conv2, self.other, self.valid = (nn.Conv2d(8, 8, 3, padding=p) for p in (1, 1, 0))
-        self.layer = {"GELU": nn.GELU(), "SiLU": nn.SiLU(), "ELU": nn.ELU(), "PReLU": nn.PReLU(8), "Tanh": nn.Tanh(),
+        self.layer = {"Tanhshrink": nn.Tanhshrink(), "Hardshrink": nn.Hardshrink(), "GELU": nn.GELU(),
+                      "SiLU": nn.SiLU(), "ELU": nn.ELU(), "PReLU": nn.PReLU(8), "Tanh": nn.Tanh(),
                       "ZeroPad2d": nn.ZeroPad2d(1)}.get(kind, nn.Identity())
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x):
         k = self.kind
         y = self.bn1(self.conv1(x))
-        if k in ("GELU", "SiLU", "ELU", "PReLU", "Tanh"):
+        if k in ("Tanhshrink", "Hardshrink", "GELU", "SiLU", "ELU", "PReLU", "Tanh"):
             y = self.layer(y)
         elif k == "torch.clamp(min=0)":
             y = torch.clamp(y, min=0)
@@ -852,11 +858,11 @@ class _Unhinted(nn.Module):
 
 
 @pytest.mark.parametrize("kind,what,hint,fixes", [
-    # (PReLU, ELU, tanh and clamps fold into the thresholds after them, tests/test_curves.py)
-    ("GELU", r"layer 'layer' \(GELU\)", r"use nn\.ReLU, nn\.LeakyReLU or another non-decreasing activation",
-     ["relu", "PReLU", "ELU", "Tanh"]),
-    ("SiLU", r"layer 'layer' \(SiLU\)", r"use nn\.ReLU", ["relu", "torch.clamp(min=0)", ".clamp(0, 6)",
-                                                          "F.hardtanh(0, 6)"]),
+    # (PReLU, ELU, tanh, GELU, SiLU and clamps fold into the thresholds after them, tests/test_curves.py)
+    ("Tanhshrink", r"layer 'layer' \(Tanhshrink\)", r"use nn\.ReLU, nn\.LeakyReLU or another activation",
+     ["relu", "PReLU", "ELU", "Tanh", "GELU"]),
+    ("Hardshrink", r"layer 'layer' \(Hardshrink\)", r"use nn\.ReLU", ["relu", "torch.clamp(min=0)", ".clamp(0, 6)",
+                                                                      "F.hardtanh(0, 6)", "SiLU"]),
     ("ZeroPad2d", r"layer 'layer' \(ZeroPad2d\)", r"pad in the conv: Conv2d\(\.\.\., padding=p\) pads with zeros",
      ["relu"]),
     ("F.pad", r"function torch\.nn\.functional\.pad", r"pad in the conv: Conv2d\(\.\.\., padding=p\)", ["relu"]),

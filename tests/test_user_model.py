@@ -427,28 +427,28 @@ def test_a_zero_initialized_layer_is_refused_before_training(tmp_path, capsys):
     assert main([*args[:4], "fp", *args[5:]]) == 0          # full precision has no weight quantizer
 
 
-_SILU = ("import torch.nn.functional as F\nfrom torch import nn\n\n"
-          "class Net(nn.Module):\n"
-          "    def __init__(self, num_classes):\n"
-          "        super().__init__()\n"
-          "        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, num_classes)\n\n"
-          "    def forward(self, x):\n"
-          "        return self.fc(F.silu(self.conv(x)).mean((2, 3)))\n\n"
-          "def net(num_classes, in_channels):\n"
-          "    return Net(num_classes)\n")
+_SOFTSHRINK = ("import torch.nn.functional as F\nfrom torch import nn\n\n"
+               "class Net(nn.Module):\n"
+               "    def __init__(self, num_classes):\n"
+               "        super().__init__()\n"
+               "        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, num_classes)\n\n"
+               "    def forward(self, x):\n"
+               "        return self.fc(F.softshrink(self.conv(x)).amax((2, 3)))\n\n"
+               "def net(num_classes, in_channels):\n"
+               "    return Net(num_classes)\n")
 
 
 @pytest.mark.parametrize("method", ["lcq", "uniform", "fp"])
 def test_a_network_the_compiler_refuses_is_refused_before_the_first_epoch(method, tmp_path, capsys):
-    nets = tmp_path / "silu.py"
-    nets.write_text(_SILU)
+    nets = tmp_path / "softshrink.py"
+    nets.write_text(_SOFTSHRINK)
     out = tmp_path / "run"
     args = ["train", "--model", f"{nets}:net", "--method", method, "--epochs", "1", "--out", str(out), "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("lcq train: error: `lcq compile` would refuse this network after training (checked before "
                           "the first epoch): cannot compile a ")
-    assert f"silu at {nets}:10 " in err and "use nn.ReLU" in err and "pass --no-compile-check" in err
+    assert f"softshrink at {nets}:10 " in err and "use nn.ReLU" in err and "pass --no-compile-check" in err
     assert not (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
     assert main([*args, "--no-compile-check"]) == 0 and (out / "checkpoint.pt").is_file()
 

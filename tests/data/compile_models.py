@@ -440,3 +440,34 @@ class BNAfterReLU(nn.Module):
 
 def bn_after_relu(num_classes, in_channels):
     return BNAfterReLU(num_classes, in_channels)
+
+
+class SwishNet(nn.Module):
+    """The activations that dip below zero before they rise, each before an (unsigned) activation quantizer: a
+    conv-BN-SiLU stem, an inverted residual block of EfficientNet's kind without squeeze-excitation (1x1 expansion,
+    BN, hardswish, depthwise 3x3, BN, GELU (tanh form), 1x1 projection, BN, the block's input added), Mish and GELU
+    blocks (F. forms) with max pooling, a flattened linear head."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=8):
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.SiLU())
+        self.project_in = nn.Sequential(nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w))
+        self.expand = nn.Sequential(nn.Conv2d(w, 2 * w, 1, bias=False), nn.BatchNorm2d(2 * w), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, padding=1, groups=2 * w, bias=False),
+                                       nn.BatchNorm2d(2 * w), nn.GELU(approximate="tanh"))
+        self.project = nn.Sequential(nn.Conv2d(2 * w, w, 1, bias=False), nn.BatchNorm2d(w))
+        self.conv3, self.bn3 = nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
+        self.conv4, self.bn4 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
+        self.fc = nn.Linear(2 * w * 2 * 2, num_classes)
+
+    def forward(self, x):
+        x = self.project_in(self.stem(x))                                 # a linear bottleneck, signed
+        x = x + self.project(self.depthwise(self.expand(x)))
+        x = F.max_pool2d(F.mish(self.bn3(self.conv3(x))), 2)             # 8x8 -> 4x4
+        x = F.max_pool2d(F.gelu(self.bn4(self.conv4(x))), 2)             # -> 2x2
+        return self.fc(torch.flatten(x, 1))
+
+
+def swish_net(num_classes, in_channels):
+    return SwishNet(num_classes, in_channels)

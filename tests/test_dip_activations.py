@@ -1,0 +1,112 @@
+"""SiLU, GELU, Mish and hardswish, which dip below zero before they rise (:data:`compiler.curves.DIPS`): the plan
+quantizes their output unsigned (the dip clipped), and the compiler takes that quantizer's thresholds back through
+their rising part, exact code for code; a threshold inside the dip (a BN after one, a signed quantizer) is refused
+with the fix."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compiler.agreement import compare
+from compiler.capture import Unsupported
+from compiler.curves import DIPS, Curve
+from compiler.lower import compile_model
+from helpers import images, randomize
+from lcq_train.layers import QAct
+from lcq_train.plan import quantize_model
+from lcq_train.quantizer import QuantSpec
+
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+import compile_models as cm  # noqa: E402
+
+
+@pytest.mark.parametrize("kind", list(DIPS))
+def test_each_threshold_goes_back_to_the_least_input_that_reaches_it(kind):
+    f, low = DIPS[kind]
+    t = np.array([[1e-300, 1e-9, 0.01, 0.2784, 0.5, 1.0, 2.999, 3.0, 7.5, 1e4]])
+    v = Curve("dip", kind, (kind,)).inverse(t)[0]
+    reached = f(torch.from_numpy(v)).numpy()
+    below = f(torch.from_numpy(np.nextafter(v, -np.inf))).numpy()
+    assert np.all(v > 0) and np.all(reached >= t[0]) and np.all(below < t[0])
+    assert f(torch.linspace(-6, 0, 60001, dtype=torch.float64)).min() >= low          # the least value it takes
+    assert Curve("dip", kind, (kind,)).inverse(np.array([[low, -1.0, -np.inf]])).tolist() == [[-np.inf] * 3]
+    with pytest.raises(ValueError, match=rf"threshold -0.01 inside its dip \(it falls to {low:.4f}"):
+        Curve("dip", kind, (kind,)).inverse(np.array([[-0.01, 0.5]]))
+
+
+class _Block(nn.Module):
+    """conv -> BN -> the activation -> (max pooling) twice, then a linear layer."""
+
+    def __init__(self, first, second):
+        super().__init__()
+        self.conv1, self.bn1, self.act1 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), first
+        self.conv2, self.bn2, self.second = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), second
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = self.act1(self.bn1(self.conv1(x)))
+        x = F.max_pool2d(self.second(self.bn2(self.conv2(x))), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+FORMS = {"SiLU": (nn.SiLU(), F.silu), "GELU": (nn.GELU(), F.gelu),
+         "GELU-tanh": (nn.GELU(approximate="tanh"), lambda x: F.gelu(x, approximate="tanh")),
+         "Mish": (nn.Mish(), F.mish), "Hardswish": (nn.Hardswish(), F.hardswish)}
+
+
+@pytest.mark.parametrize("name", list(FORMS))
+def test_a_network_of_each_is_exact_code_for_code_with_its_dip_in_use(name):
+    module, function = FORMS[name]
+    torch.manual_seed(0)
+    net = randomize(quantize_model(_Block(module, function), method="lcq", wbits=3, abits=3), seed=1)
+    assert not net.act_conv2.signed and not net.act_fc.signed             # the dip clipped
+    seen = {}
+    hooks = [getattr(net, q).register_forward_hook(lambda m, inp, out, q=q: seen.__setitem__(q, (inp[0], out)))
+             for q in ("act_conv2", "act_fc")]
+    x = images(64, (1, 8, 8), seed=2)
+    result = compare(compile_model(net, (1, 8, 8)), net, x, np.zeros(64, dtype=np.int64))
+    for hook in hooks:
+        hook.remove()
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+    for q, (inp, out) in seen.items():          # inputs in the dip (code 0) and above it (codes above 0)
+        assert (inp < 0).any() and (out > 0).any(), q
+
+
+def test_a_bn_after_one_is_refused_naming_the_fix():
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.SiLU(), nn.BatchNorm2d(4), nn.Flatten(),
+                        nn.Linear(4 * 8 * 8, 10))
+    net = randomize(quantize_model(net, method="lcq", wbits=3, abits=3), seed=0)
+    with pytest.raises(Unsupported, match=r"follows SiLU, which dips below zero before it rises: .* put the BN "
+                                          r"before the activation \(conv -> BN -> SiLU\)"):
+        compile_model(net, (1, 8, 8))
+
+
+@pytest.mark.parametrize("alpha, exact", [(8.0, True), (0.5, False)])
+def test_a_signed_quantizer_after_one_compiles_while_its_negative_codes_stay_out_of_the_dip(alpha, exact):
+    """A signed quantizer (not the plan's) after SiLU: where its first negative threshold lies below SiLU's least
+    value (-0.278) no input gets a negative code, and it compiles exactly; where that threshold is inside the dip
+    it is refused, naming it."""
+    torch.manual_seed(0)
+    net = randomize(quantize_model(_Block(nn.SiLU(), F.silu), method="lcq", wbits=3, abits=3), seed=1)
+    net.act_conv2 = QAct(QuantSpec("lcq", 3, 8, alpha=alpha), signed=True)
+    if exact:
+        result = compare(compile_model(net, (1, 8, 8)), net, images(32, (1, 8, 8), seed=2), np.zeros(32, np.int64))
+        assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+    else:
+        with pytest.raises(ValueError, match=r"SiLU: the quantizer after it has a threshold -0.08\d* inside its dip"):
+            compile_model(net, (1, 8, 8))
+
+
+def test_an_efficientnet_style_network_without_squeeze_excitation_is_exact():
+    """tests/data/compile_models.py's SwishNet: SiLU stem, an inverted residual block (hardswish, GELU), Mish and
+    GELU blocks with max pooling; quantized by the plan, every code equal."""
+    torch.manual_seed(0)
+    net = randomize(quantize_model(cm.swish_net(10, 1), method="lcq", wbits=3, abits=3), seed=1)
+    result = compare(compile_model(net, (1, 8, 8)), net, images(64, (1, 8, 8), seed=2), np.zeros(64, np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+    assert len(result.codes) == 8
