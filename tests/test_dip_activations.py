@@ -110,3 +110,38 @@ def test_an_efficientnet_style_network_without_squeeze_excitation_is_exact():
     result = compare(compile_model(net, (1, 8, 8)), net, images(64, (1, 8, 8), seed=2), np.zeros(64, np.int64))
     assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
     assert len(result.codes) == 8
+
+
+class _PreActBlock(nn.Module):
+    """A pre-activation residual block with SiLU: BN, SiLU, conv twice, added to the input (or its 1x1 conv)."""
+
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(c_in), nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(c_out), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+
+    def forward(self, x):
+        out = F.silu(self.bn1(x))
+        shortcut = self.shortcut(out) if self.shortcut is not None else x
+        return self.conv2(F.silu(self.bn2(self.conv1(out)))) + shortcut
+
+
+class _PreActSiLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, 1, 1, bias=False)
+        self.blocks = nn.Sequential(_PreActBlock(8, 8, 1), _PreActBlock(8, 16, 2))
+        self.bn, self.fc = nn.BatchNorm2d(16), nn.Linear(16 * 4 * 4, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.silu(self.bn(self.blocks(self.conv(x)))), 1))
+
+
+def test_a_pre_activation_resnet_with_silu_is_exact():
+    """The residual stream carries the sums (no activation on it), each branch BN -> SiLU -> conv: exact."""
+    torch.manual_seed(0)
+    net = randomize(quantize_model(_PreActSiLU(), method="lcq", wbits=3, abits=3), seed=1)
+    result = compare(compile_model(net, (1, 8, 8)), net, images(64, (1, 8, 8), seed=2), np.zeros(64, np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+    assert len(result.codes) == 6
