@@ -106,7 +106,7 @@ class Curve:
 
     @property
     def dips(self) -> bool:
-        """Whether ``f`` takes in a dip (:data:`DIPS`) anywhere in it."""
+        """Whether ``f`` is, or applies, an activation that dips (:data:`DIPS`)."""
         return self.kind == "dip" or (self.kind in ("then", "mirrored")
                                       and any(isinstance(c, Curve) and c.dips for c in self.params))
 

@@ -167,16 +167,13 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
                   options: CompileOptions = CompileOptions()) -> CompiledModel:
     """Lower ``model`` (quantizers installed, trained) for inputs of ``input_shape`` (C, H, W).
 
-    Codes, levels and constants are computed from a float64 copy of ``model``. A
-    weight training left within
-    float32's rounding of a quantizer threshold, which float64 would give another
-    code, is first moved clear of it on the side of the code the model's own
-    precision gives (:func:`lcq_train.weight_codes.settle_weight_codes`, only
-    those): the compiled codes are the ones the model was trained and scored with.
-    The agreement check runs the PyTorch model so too. PyTorch
-    runs on one thread meanwhile, so that the bytes do not depend on the thread count. A softmax or log-softmax
-    on the output is left out: the compiled logits are the values before it (the same top class).
-    ValueError (:class:`~compiler.capture.Unsupported` for an operation) says what cannot be compiled.
+    Codes, levels and constants are computed from a float64 copy of ``model``. A weight training left within
+    float32's rounding of a quantizer threshold, which float64 would give another code, is first moved clear of it
+    on the side of the code the model's own precision gives (:func:`lcq_train.weight_codes.settle_weight_codes`,
+    only those): the compiled codes are the ones the model was trained and scored with. The agreement check runs
+    the PyTorch model so too. PyTorch runs on one thread meanwhile, so that the bytes do not depend on the thread
+    count. A softmax or log-softmax on the output is left out: the compiled logits are the values before it (the
+    same top class). ValueError (:class:`~compiler.capture.Unsupported` for an operation) says what cannot be compiled.
     """
     name = type(model).__name__                 # a traced network's copy is a class of its own
     model = copy.deepcopy(model).eval()
