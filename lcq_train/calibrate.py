@@ -142,12 +142,11 @@ def activation_codes(model: nn.Module, inputs: Iterable[torch.Tensor]) -> dict[s
     counts, hooks = {}, []
     for name, module in model.named_modules():
         if isinstance(module, QAct) and module.method != "fp" and module.spec.outer_bits is not None:
-            s = level_scale(module.spec.bits, module.signed)
-            low = -s if module.signed else 0
+            low = -level_scale(module.spec.bits, True) if module.signed else 0
 
-            def hook(mod, args, name=name, s=s, low=low):
+            def hook(mod, args, name=name, low=low, count=code_count(module)):
                 codes = mod.codes(args[0]).flatten() - low
-                counts[name] = counts.get(name, 0) + torch.bincount(codes, minlength=s - low + 1).cpu()
+                counts[name] = counts.get(name, 0) + torch.bincount(codes, minlength=count).cpu()
             hooks.append(module.register_forward_pre_hook(hook))
     try:
         for xb in inputs:
@@ -156,6 +155,26 @@ def activation_codes(model: nn.Module, inputs: Iterable[torch.Tensor]) -> dict[s
         for h in hooks:
             h.remove()
     return counts
+
+
+def code_count(quantizer: QAct) -> int:
+    """How many codes activation quantizer ``quantizer`` has: ``s + 1`` (0..s), or ``2s + 1`` signed (-s..s)."""
+    s = level_scale(quantizer.spec.bits, quantizer.signed)
+    return 2 * s + 1 if quantizer.signed else s + 1
+
+
+def code_count_problem(model: nn.Module, shares: dict[str, list]) -> str | None:
+    """Where an activation quantizer of ``model`` has another number of codes than a run recorded for it when its
+    training started (``shares``, :func:`code_shares`' of it), what: this lcq quantizes the network otherwise than
+    the one that trained it (a quantizer signed there and unsigned here, or the reverse). None where none has."""
+    for name, module in model.named_modules():
+        if isinstance(module, QAct) and name in shares and len(shares[name]) != code_count(module):
+            now = "signed" if module.signed else "unsigned"
+            return (f"its activation quantizer {name!r} had {len(shares[name])} codes when training started, and "
+                    f"this lcq builds it {now} with {code_count(module)}: it quantizes the network otherwise than "
+                    "the lcq that trained it (since SiLU, GELU, Mish and hardswish compile, the quantizer after "
+                    "them is unsigned); retrain the model with this lcq")
+    return None
 
 
 def code_shares(counts: dict[str, torch.Tensor]) -> dict[str, list[float]]:

@@ -267,6 +267,7 @@ def model_from_checkpoint(checkpoint, factory: str | None = None, option: str | 
     that its code may run); ValueError says so otherwise (naming the command-line ``option`` that
     gives ``factory``, e.g. ``--model``, where a command calls this), when it cannot be imported,
     and when it now builds a network that does not fit the saved weights."""
+    from .calibrate import code_count_problem
     from .checkpoint import load_checkpoint
     from .plan import QuantPlan
     from .train import build_quantized_model
@@ -292,4 +293,8 @@ def model_from_checkpoint(checkpoint, factory: str | None = None, option: str | 
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         raise ValueError(f"the model {recorded!r} no longer fits the weights saved in {where} ({lines[-1]}); "
                          "has its code changed?") from None
+    problem = code_count_problem(model, state["metrics"].get("start_code_shares", {}))
+    if problem:
+        raise ValueError(f"{where}: {problem}")
     return model.eval()
+

@@ -8,8 +8,10 @@ checks) and ``epochs``, one row per finished epoch: ``epoch`` (1, 2, ... in orde
 ``lr`` and ``time_s`` (finite, >= 0) and, after the last epoch of a run that re-estimates BN statistics,
 ``test_top1_before_bn`` (0..100), and after the last epoch ``settled_weights`` (an integer >= 0: the weights
 moved off a quantizer threshold, :mod:`lcq_train.weight_codes`); with at least one row, ``test_top1`` is the
-last row's and ``best_test_top1`` the highest. Other keys (``layers``, ``environment``, ...) are kept as they
-are: nothing reads them as numbers.
+last row's and ``best_test_top1`` the highest. A quantized run's ``start_code_shares`` maps each activation
+quantizer's name to its codes' shares (numbers in 0..1, one a code: how many codes it has, which loading the
+checkpoint compares). Other keys (``layers``, ``environment``, ...) are kept as they are: nothing reads them as
+numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def _fits(v, kind: str) -> bool:
         return False
     if kind == "a percentage":
         return 0.0 <= v <= 100.0
+    if kind == "a share":
+        return 0.0 <= v <= 1.0
     return kind == "a number" or (math.isfinite(v) and v >= 0)
 
 
@@ -66,6 +70,11 @@ def metrics_problem(metrics, epochs: int | None = None) -> str | None:
         settled = row.get("settled_weights", 0)
         if not isinstance(settled, int) or isinstance(settled, bool) or settled < 0:
             return f"epoch {i}'s 'settled_weights' is {settled!r}, not an integer >= 0"
+    shares = metrics.get("start_code_shares", {})
+    if not isinstance(shares, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and v and all(_fits(x, "a share") for x in v)
+            for k, v in shares.items()):
+        return "has a 'start_code_shares' that is not a map of quantizer names to lists of shares in 0..1"
     if rows:
         if metrics.get("test_top1") != rows[-1]["test_top1"]:
             return f"has test_top1 {metrics.get('test_top1')!r}, not its last epoch's {rows[-1]['test_top1']!r}"

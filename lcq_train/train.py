@@ -37,7 +37,8 @@ from tqdm import tqdm
 from .arguments import (FloatRange, IntRange, decay_rate, default_device, device_problem, learning_rate,
                         nonnegative_float, nonnegative_int, positive_int, quantizer_rate)
 from .atomic import leftovers
-from .calibrate import CLIP_INITS, activation_codes, calibrate_clips, code_shares, reestimate_bn
+from .calibrate import (CLIP_INITS, activation_codes, calibrate_clips, code_count_problem, code_shares,
+                        reestimate_bn)
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rank_rng, save_checkpoint, save_json
 from .data import DATASETS, IMAGE_SHAPES, load_dataset
 from .loader import batches
@@ -454,6 +455,9 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
                 raise CheckpointError(f"{ckpt_path}: its {what} state does not fit this run ({e}); it is not a "
                                       "checkpoint this lcq wrote for these settings") from None
+        problem = code_count_problem(model, resume_state["metrics"].get("start_code_shares", {}))
+        if problem:
+            raise CheckpointError(f"{ckpt_path}: {problem}")
         # the learning rates at the saved step of this run's schedule (the same values where it is the saved
         # run's; an extended run's schedule is stretched)
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):

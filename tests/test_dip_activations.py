@@ -145,3 +145,30 @@ def test_a_pre_activation_resnet_with_silu_is_exact():
     result = compare(compile_model(net, (1, 8, 8)), net, images(64, (1, 8, 8), seed=2), np.zeros(64, np.int64))
     assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
     assert len(result.codes) == 6
+
+
+def test_a_checkpoint_whose_quantizer_was_signed_there_is_refused(tmp_path):
+    """A run an earlier lcq trained (with --no-compile-check) quantized SiLU's output signed: 7 codes of 3 bits
+    where this lcq builds 8. Loading its checkpoint, to compile it or to resume the run, says so instead of
+    quietly quantizing another network."""
+    from lcq_train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+    from lcq_train.factory import model_from_checkpoint
+    from lcq_train.plan import QuantPlan
+    from lcq_train.train import TrainConfig, train
+
+    ref = f"{Path(__file__).parent / 'data' / 'compile_models.py'}:swish_net"
+    train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=1, out=str(tmp_path),
+                      progress=False))
+    path = tmp_path / "checkpoint.pt"
+    model_from_checkpoint(path, ref)                                     # as this lcq trained it
+    state = load_checkpoint(path)
+    assert len(state["metrics"]["start_code_shares"]["act_depthwise_0"]) == 8
+    state["metrics"]["start_code_shares"]["act_depthwise_0"] = [0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]
+    save_checkpoint(state, tmp_path / "earlier.pt")
+    with pytest.raises(ValueError, match=r"earlier\.pt: its activation quantizer 'act_depthwise_0' had 7 codes when "
+                                         r"training started, and this lcq builds it unsigned with 8: .* retrain"):
+        model_from_checkpoint(tmp_path / "earlier.pt", ref)
+    save_checkpoint(state, path)                     # the run itself, as the earlier lcq would have left it
+    with pytest.raises(CheckpointError, match=rf"{path}: its activation quantizer 'act_depthwise_0' had 7 codes"):
+        train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=2, out=str(tmp_path),
+                          progress=False, resume=True))

@@ -15,6 +15,7 @@ def history(epochs=2, **changes):
         rows[-1]["test_top1_before_bn"] = 77.5
         rows[-1]["settled_weights"] = 2
     metrics = {"config": {"model": "cnn"}, "layers": {"conv0": [8, 8]}, "epochs": rows,
+               "start_code_shares": {"act1": [0.25, 0.75]},
                **({"test_top1": rows[-1]["test_top1"], "best_test_top1": max(r["test_top1"] for r in rows)}
                   if rows else {})}
     for path, value in changes.items():       # "epochs.1.lr" -> metrics["epochs"][1]["lr"]
@@ -48,6 +49,12 @@ def test_what_the_trainer_writes_is_a_history():
     (history(**{"epochs.1.test_top1_before_bn": None}), "epoch 2's 'test_top1_before_bn' is None, not a percentage"),
     (history(**{"epochs.1.settled_weights": -1}), "epoch 2's 'settled_weights' is -1, not an integer >= 0"),
     (history(**{"epochs.1.settled_weights": 1.0}), "epoch 2's 'settled_weights' is 1.0, not an integer >= 0"),
+    (history(start_code_shares=[0.5, 0.5]), "has a 'start_code_shares' that is not a map of quantizer names to "
+                                            "lists of shares in 0..1"),
+    (history(start_code_shares={"act1": [0.5, 1.5]}), "has a 'start_code_shares' that is not a map of quantizer "
+                                                       "names to lists of shares in 0..1"),
+    (history(start_code_shares={"act1": []}), "has a 'start_code_shares' that is not a map of quantizer names to "
+                                              "lists of shares in 0..1"),
     (history(test_top1=79.0), "has test_top1 79.0, not its last epoch's 80.0"),
     (history(best_test_top1=81.0), "has best_test_top1 81.0, not its epochs' best 80.0"),
 ])
