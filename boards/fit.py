@@ -684,7 +684,8 @@ def wide_codes_hint(model: CompiledModel) -> str:
         if isinstance(stage, Thresholds) and stage.bits >= PROGRESSION_MIN_BITS and reader is not None and \
                 stage_shift(stage, node.acc_bound) is None:
             return (f"; layer {node.name!r} writes {stage.bits}-bit codes, the input of {reader.name!r}, whose "
-                    f"thresholds are no arithmetic progression (a learned quantizer's, not a uniform one's), so every "
+                    f"thresholds are no arithmetic progression (a learned quantizer's, or a uniform one's taken "
+                    f"back through an activation such as sigmoid, tanh or GELU), so every "
                     f"output stage lists {2 ** stage.bits - 1} thresholds a channel: train {reader.name!r} "
                     f"to read the inner width (lcq train ... --layer-bits {reader.name}="
                     f"{min(reader.wbits, LUT_WBITS)}/{inner})")
