@@ -303,6 +303,9 @@ def format_network_table(result: dict) -> str:
         lines.append(f"image {im['image']}: {im['cycles']:,} cycles, {result['macs_per_image']:,} MACs, "
                      f"{im['macs_per_cycle']:.2f} MACs/cycle ({100 * im['utilization']:.1f}% of {rc}), "
                      f"{counted(im['mismatches'], 'mismatch', 'mismatches')} ({im['logit_mismatches']} in the logits)")
+    if any(s["utilization"] > 1 for s in result["steps"]):
+        lines.append("(MACs count a grouped or depthwise conv as the dense conv it is compiled to, whose zero blocks "
+                     "the array skips: such a step does more than R*C of them a cycle)")
     lines.append(f"\n{counted(result['mismatches'], 'value differs', 'values differ')} from the integer reference")
     if logits["first_mismatch"]:
         lines.append(logits["first_mismatch"])

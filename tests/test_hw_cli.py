@@ -1082,6 +1082,9 @@ def test_sim_tables_read_right_for_one():
     table = format_network_table(network)
     assert table.startswith("verilator: 1 image on the network core, 2 x 2 array, multiplying in the first column; ")
     assert "1 mismatch (1 in the logits)" in table and table.endswith("\n1 value differs from the integer reference")
+    assert "dense conv" not in table
+    skipping = format_network_table({**network, "steps": [{**step, "macs_per_cycle": 5.0, "utilization": 1.25}]})
+    assert "| 5.00 | 125.0% |" in skipping and "(MACs count a grouped or depthwise conv as the dense conv" in skipping
 
 
 def _digits_scaled(tmp_path, factor: int, source: dict | None = None) -> Path:
