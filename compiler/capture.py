@@ -498,5 +498,24 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("softmax", dim=_arg(node, 1, "dim"))
     if _on_image(node):
         raise Unsupported(model, node, _IMAGE_ARITHMETIC)
-    hint = _HINT.get(type(modules[node.target]) if node.op == "call_module" else node.target)
+    hint = SILU_HINT if _spelled_silu(node, modules) else \
+        _HINT.get(type(modules[node.target]) if node.op == "call_module" else node.target)
     raise Unsupported(model, node, "is not supported" + (f": {hint}" if hint else ""))
+
+
+SILU_HINT = "x * sigmoid(x) is SiLU: write F.silu(x) or nn.SiLU(), which compile"
+_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+
+
+def _spelled_silu(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` multiplies a tensor by its own sigmoid: SiLU written out (EfficientNet's and YOLOv5's
+    ``Swish``, ``x * torch.sigmoid(x)``), a product of two tensors as such."""
+    if node.target not in _PRODUCTS or len(node.args) != 2:
+        return False
+    for x, s in (node.args, node.args[::-1]):
+        if isinstance(s, fx.Node) and s.args and s.args[0] is x and (
+                (s.op == "call_function" and s.target in (torch.sigmoid, F.sigmoid))
+                or (s.op == "call_method" and s.target == "sigmoid")
+                or (s.op == "call_module" and isinstance(modules[s.target], nn.Sigmoid))):
+            return True
+    return False

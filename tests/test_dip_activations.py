@@ -172,3 +172,29 @@ def test_a_checkpoint_whose_quantizer_was_signed_there_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=rf"{path}: its activation quantizer 'act_depthwise_0' had 7 codes"):
         train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=2, out=str(tmp_path),
                           progress=False, resume=True))
+
+
+class _Swish(nn.Module):
+    """SiLU written out, as EfficientNet-PyTorch's and YOLOv5's ``Swish`` modules write it."""
+
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling, self.conv, self.sigmoid = spelling, nn.Conv2d(1, 4, 3, padding=1), nn.Sigmoid()
+        self.fc = nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = {"x * torch.sigmoid(x)": lambda: x * torch.sigmoid(x), "x.sigmoid() * x": lambda: x.sigmoid() * x,
+             "x * self.sigmoid(x)": lambda: x * self.sigmoid(x), "F.silu(x)": lambda: F.silu(x)}[self.spelling]()
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("spelling", ["x * torch.sigmoid(x)", "x.sigmoid() * x", "x * self.sigmoid(x)"])
+def test_silu_written_out_is_refused_naming_f_silu_which_compiles(spelling):
+    net = randomize(quantize_model(_Swish(spelling), method="lcq", wbits=3, abits=3), seed=0)
+    with pytest.raises(Unsupported, match=r"is not supported: x \* sigmoid\(x\) is SiLU: write F\.silu\(x\) or "
+                                          r"nn\.SiLU\(\), which compile"):
+        compile_model(net, (1, 8, 8))
+    fixed = randomize(quantize_model(_Swish("F.silu(x)"), method="lcq", wbits=3, abits=3), seed=0)
+    result = compare(compile_model(fixed, (1, 8, 8)), fixed, images(16, (1, 8, 8), seed=1), np.zeros(16, np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
