@@ -84,7 +84,7 @@ def test_a_weight_near_a_threshold_moves_for_the_trainer_not_for_the_compiler():
     on = layer.weight.detach().clone()
     settle_weight_codes(net)
     with torch.no_grad():
-        layer.weight.copy_(on + 0.3 * (layer.weight - on))        # a third of the way back
+        layer.weight.copy_(on + 0.3 * (layer.weight - on))        # 0.3 of the way out from the threshold
     near = layer.weight.detach().clone()
     assert torch.equal(_codes(layer, near, torch.float32), _codes(layer, near, torch.float64))
     assert settle_weight_codes(net, only_differing=True) == {} and torch.equal(layer.weight.detach(), near)
