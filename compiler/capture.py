@@ -53,7 +53,9 @@ SUPPORTED = (
     "::s] on the way to an activation quantizer is a 1 x 1 max pooling at stride s",
     "global average pooling of a conv's, BN's or addition's output, or of its ReLU or ReLU6 (AdaptiveAvgPool2d(1), "
     "F.adaptive_avg_pool2d(x, 1), .mean((2, 3)), torch.mean(x, (2, 3))), before an activation quantizer (signed "
-    "too), a BN and a ReLU standing between where no ReLU came before it",
+    "too), a BN and a ReLU standing between where no ReLU came before it; of an activation's codes (its quantizer "
+    "before the pooling, where lcq_train's plan puts it after any other activation), read by a linear layer or a "
+    "1 x 1 conv, which runs as the H x W conv over the codes",
     "average pooling the same way (AvgPool2d, F.avg_pool2d: square kernel and stride, no padding, ceil_mode False, "
     "no divisor_override; one window over the whole map is the global pooling); of a 1 x 1 conv's output [+ BN] "
     "(DenseNet's transition) it folds into the conv, which then runs as a k x k conv at the pooling's stride",

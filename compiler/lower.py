@@ -670,8 +670,11 @@ class _Lowering:
         c, h, w = self.shapes[x.tensor]
         signed = x.tensor in self.signed                # (the codes of a signed quantizer's two halves)
         c = self.signed.get(x.tensor, c)
-        border = (0, 0)
-        if kind == "conv":
+        border, tile = (0, 0), 1
+        if x.pooled:
+            tile, weight = self.pooled_reader(node, layer, kind, x, c, h, w)
+            kind, k, stride, pad, out_shape = "conv", 1, 1, 0, (weight.shape[0], 1, 1)
+        elif kind == "conv":
             k, stride, pad, border = self.square_window(node, layer)
             if min(h, w) + 2 * pad < k:
                 self.refuse(node, "has a {}x{} kernel, larger than its {}x{} input padded by {}; use a kernel that "
@@ -711,6 +714,8 @@ class _Lowering:
                              f"sigma_w (LWN or standardization) is {sigma:.3g}, where it must be positive: retrain, "
                              "or restore the checkpoint from a copy")
         codes = square_codes(dense_codes(wq.codes(weight).numpy().astype(np.int8), groups), k, border)
+        if tile > 1:                    # each position of the map a tap of the layer's weights
+            codes, k = np.tile(codes, (1, 1, tile, tile)), tile
         abits, outer_abits = act.spec.bits - signed, act.spec.outer_bits - signed
         conv = ConvNode(
             name=name, input=x.tensor, output=name, kind=kind, in_shape=((1 + signed) * c, h, w), out_shape=out_shape,
@@ -719,7 +724,7 @@ class _Lowering:
             mac=mac_kind(wq.spec.bits, abits, self.options.max_lut_entries),
             weight_codes=np.concatenate([codes, -codes], axis=1) if signed else codes,
             w_levels=wq.levels().numpy().astype(np.int64), a_levels=act.levels().numpy().astype(np.int64),
-            scale=wq.step(weight) * act.step(), out_scale=None, signed_input=signed)
+            scale=wq.step(weight) * act.step() / tile**2, out_scale=None, signed_input=signed)
         conv.out_scale = conv.scale
         self.nodes.append(conv)
         self.shapes[name], self.bounds[name], self.scales[name] = out_shape, conv.acc_bound, conv.scale
@@ -731,6 +736,24 @@ class _Lowering:
             self.requantize(conv, value.gain, bias, out_scale)
             value = _Value("values", name, np.full(out_shape[0], out_scale), np.zeros(out_shape[0]))
         return value
+
+    def pooled_reader(self, node: fx.Node, layer: nn.Module, kind: str, x: _Value, c: int, h: int,
+                      w: int) -> tuple[int, torch.Tensor]:
+        """``(side, weight)`` of a linear layer or 1 x 1 conv ``node`` that reads the global average of codes ``x``
+        (a c x h x w map: an activation whose output the average pools, quantized before the pooling): it runs as
+        the h x h conv over the codes, each tap its own weights (out, c, 1, 1), the accumulator the sum the average
+        divides by h * w. The same arithmetic; no pooling step."""
+        if kind == "conv" and (layer.kernel_size, layer.stride, layer.padding, layer.groups) != ((1, 1), (1, 1),
+                                                                                             (0, 0), 1):
+            self.refuse(node, "reads a globally pooled tensor with a kernel larger than 1 x 1 (or groups, stride, "
+                        "padding); a pooled map is 1 x 1: use a 1 x 1 conv or a linear layer")
+        if h != w or h > MAX_KERNEL:
+            self.refuse(node, f"reads the average of a {c}x{h}x{w} map of codes, which runs as a {h}x{w} "
+                        f"convolution over the map, whose kernel must be square and at most {MAX_KERNEL} wide: make "
+                        "the map square (and smaller: pool it, or a strided conv)")
+        if kind == "linear" and layer.in_features != c:
+            self.refuse(node, f"expects {layer.in_features} inputs, its input has {c}")
+        return h, layer.weight if kind == "conv" else layer.weight[:, :, None, None]
 
     def _bn(self, node: fx.Node, op: Op) -> _Value:
         """BN ``node`` folded into the gain and offset of its input, a concatenation's into each part's (its
@@ -909,6 +932,9 @@ class _Lowering:
                         "quantizer: pool once, between the layer (conv -> [BN ->] [ReLU ->]) and the quantizer")
 
     def _pool(self, node: fx.Node, op: Op) -> _Value:
+        x = self.arg(node)
+        if x.kind == "codes" and not (x.pooled or x.flat):
+            return self.chain(node, x, pooled=GLOBAL)       # the codes' average, which a layer reads: layer()
         return self.averaged(node, self.pooling_input(node, "global average pooling"), GLOBAL)
 
     def _avgpool(self, node: fx.Node, op: Op) -> _Value:
@@ -919,6 +945,13 @@ class _Lowering:
                 and (conv.kernel, conv.stride, conv.padding) == (1, 1, 0) and min(conv.out_shape[1:]) >= k
                 and not (x.relu or x.curve is not None or x.maxpools or x.pooled)):
             return self.pooled_pointwise(node, conv, x, k, s)
+        if x.kind == "codes" and not (x.pooled or x.flat):
+            if k == self.shape(x)[1] == self.shape(x)[2]:
+                return self.chain(node, x, pooled=GLOBAL)   # (one window over the whole map: _pool's)
+            self.refuse(node, f"averages {k}x{k} windows of an activation's codes (its quantizer stands before the "
+                        "pooling, since no pooling unit applies the activation position by position); only the "
+                        "average over the whole map folds into the layer that reads it: use a max pooling or a conv "
+                        "with stride instead, or a ReLU before the pooling")
         x = self.pooling_input(node, "average pooling")
         _, h, w = self.shape(x)
         if min(h, w) < k:

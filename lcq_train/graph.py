@@ -317,6 +317,48 @@ def _layer_input(node: fx.Node) -> fx.Node:
     return x
 
 
+# Activations other than ReLU and clips, which a quantizer takes its thresholds back through (compiler.curves): no
+# pooling unit applies them position by position, so the quantizer of a layer that reads the average pooling of
+# one's output quantizes it before the pooling, and the layer reads the average of the codes.
+_CURVE_MODULES = (nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.Softplus,
+                  nn.Softsign, nn.LeakyReLU, nn.PReLU, nn.Hardsigmoid)
+_CURVE_FUNCTIONS = {F.silu, F.gelu, F.mish, F.hardswish, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.elu, F.celu,
+                    F.selu, F.softplus, F.softsign, F.leaky_relu, F.hardsigmoid, "sigmoid", "tanh"}
+_PASSING = {nn.Flatten, nn.Identity, nn.Dropout, torch.flatten, F.dropout, "flatten", "view", "reshape", "contiguous"}
+
+
+def _average_pooling(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` averages each channel over windows of its map: ``AvgPool2d``, ``F.avg_pool2d``, or over the
+    whole map: ``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))``, ``torch.mean(x, (2,
+    3))`` (the compiler takes the whole map's, a window as large as the map's too)."""
+    if node.op == "call_module":
+        m = modules[node.target]
+        return isinstance(m, nn.AvgPool2d) or (isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)))
+    size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size", node.kwargs.get("dim"))
+    if node.target is F.adaptive_avg_pool2d:
+        return size in (1, (1, 1))
+    return node.target is F.avg_pool2d or (node.target in ("mean", torch.mean) and isinstance(size, (tuple, list))
+                                           and sorted(size) == [2, 3])
+
+
+def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
+    """``(pooling, activation)`` where layer input ``x`` is (through flatten, dropout or identity) the average
+    pooling of an activation's output (:data:`_CURVE_MODULES`, :data:`_CURVE_FUNCTIONS`); else None."""
+    def target(n: fx.Node):
+        return type(modules[n.target]) if n.op == "call_module" else n.target
+
+    while x.op in ("call_module", "call_function", "call_method") and target(x) in _PASSING and x.args:
+        x = x.args[0]
+    if not (x.op in ("call_module", "call_function", "call_method") and _average_pooling(x, modules)):
+        return None
+    curve = x.args[0] if x.args else None
+    if isinstance(curve, fx.Node) and curve.op != "placeholder" and (
+            isinstance(modules.get(curve.target), _CURVE_MODULES) if curve.op == "call_module"
+            else curve.target in _CURVE_FUNCTIONS):
+        return x, curve
+    return None
+
+
 # A softmax or log-softmax, as a module, a function or a method (the compiler's rule for the logits takes them too).
 SOFTMAX_MODULES = (nn.Softmax, nn.LogSoftmax)
 SOFTMAX_FUNCTIONS = {F.softmax, F.log_softmax, torch.softmax, torch.log_softmax}
@@ -468,14 +510,18 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                 i += 1
                 act = f"{base}_{i}"
             taken.add(act)
-            signed = not _nonnegative(x, modules, memo)
+            pooled = _pooled_curve(x, modules)
+            quantized = pooled[1] if pooled else x          # (before the pooling of an activation's output)
+            signed = not _nonnegative(quantized, modules, memo)
             if image is None and not pairs and _is_image(x, modules):
                 image = act
             gm.add_submodule(act, QAct(signed=signed))
-            with gm.graph.inserting_after(x):
-                q = gm.graph.call_module(act, (x,))
+            with gm.graph.inserting_after(quantized):
+                q = gm.graph.call_module(act, (quantized,))
             acts[x] = acts[q] = act
-            for user in [u for u in x.users if u in layer_set]:
+            if pooled:                                      # the layers read the average of the codes
+                pooled[0].replace_input_with(quantized, q)
+            for user in [u for u in x.users if u in layer_set and not pooled]:
                 user.replace_input_with(x, q)
         pairs.append((node.target, acts[x]))
     if check is not None:

@@ -272,8 +272,6 @@ def test_agreement_counts_images_when_the_logits_are_a_conv_output():
     (cm.PaddedAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
                        r"F\.avg_pool2d.*padding 1.*average pooling needs .* no padding"),
     (cm.WithMaxPool, r"function torch\.nn\.functional\.max_pool2d at .*compile_models\.py:\d+ \(x = F\.max_pool2d"),
-    (cm.Gated, r"function torch\.nn\.functional\.adaptive_avg_pool2d at .*compile_models\.py:\d+ .* pools the output "
-               r"of torch\.sigmoid"),
 ])
 def test_unsupported_operations_are_named_with_their_place_and_the_supported_list(net, pattern):
     model = quantize_model(net(10, 1), method="lcq", wbits=3, abits=3)

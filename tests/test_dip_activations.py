@@ -198,3 +198,51 @@ def test_silu_written_out_is_refused_naming_f_silu_which_compiles(spelling):
     fixed = randomize(quantize_model(_Swish("F.silu(x)"), method="lcq", wbits=3, abits=3), seed=0)
     result = compare(compile_model(fixed, (1, 8, 8)), fixed, images(16, (1, 8, 8), seed=1), np.zeros(16, np.int64))
     assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+
+
+class _Head(nn.Module):
+    """EfficientNet's and MobileNetV3's head: a 1 x 1 conv, BN and an activation, globally averaged (spelled as
+    ``pool`` says), then the classifier (a linear layer, or a 1 x 1 conv flattened)."""
+
+    def __init__(self, act, pool, classifier="linear"):
+        super().__init__()
+        self.act, self.pool_spelling, self.classifier = act, pool, classifier
+        self.conv, self.bn = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.head, self.bn2 = nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16)
+        self.pool = nn.AdaptiveAvgPool2d(1) if pool == "AdaptiveAvgPool2d(1)" else nn.AvgPool2d(8)
+        self.fc = nn.Linear(16, 10) if classifier == "linear" else nn.Conv2d(16, 10, 1)
+
+    def forward(self, x):
+        x = F.silu(self.bn(self.conv(x)))
+        x = self.act(self.bn2(self.head(x)))
+        x = {"x.mean((2, 3))": lambda: x.mean((2, 3)), "F.adaptive_avg_pool2d(x, 1)": lambda: F.adaptive_avg_pool2d(
+            x, 1)}.get(self.pool_spelling, lambda: self.pool(x))()
+        return self.fc(torch.flatten(x, 1)) if self.classifier == "linear" else torch.flatten(self.fc(x), 1)
+
+
+@pytest.mark.parametrize("act, pool, classifier", [
+    (nn.SiLU(), "AdaptiveAvgPool2d(1)", "linear"), (nn.Hardswish(), "x.mean((2, 3))", "linear"),
+    (nn.GELU(), "F.adaptive_avg_pool2d(x, 1)", "linear"), (nn.SiLU(), "AvgPool2d(8)", "linear"),
+    (nn.Tanh(), "AdaptiveAvgPool2d(1)", "linear"), (nn.SiLU(), "AdaptiveAvgPool2d(1)", "1x1 conv")])
+def test_the_global_average_of_an_activation_is_quantized_before_it_and_exact(act, pool, classifier):
+    """The classifier's quantizer stands before the pooling (the plan's rule: no pooling unit applies a curve
+    position by position), and the classifier runs as the 8 x 8 conv over the codes, its weights at every tap and
+    its scale 1/64: every code and logit class equal to PyTorch's (a signed quantizer after tanh too)."""
+    torch.manual_seed(0)
+    net = randomize(quantize_model(_Head(act, pool, classifier), method="lcq", wbits=3, abits=3), seed=1)
+    pooling = next(n for n in net.graph.nodes if n.op == "call_module" and n.target == "act_fc").users
+    assert len(pooling) == 1 and next(iter(pooling)).name not in ("fc", "flatten")          # before the pooling
+    compiled = compile_model(net, (1, 8, 8))
+    fc = next(n for n in compiled.convs if n.name == "fc")
+    assert (fc.kernel, fc.in_shape[1:], fc.out_shape) == (8, (8, 8), (10, 1, 1))
+    result = compare(compiled, net, images(64, (1, 8, 8), seed=2), np.zeros(64, np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+
+
+def test_a_sigmoid_averaged_into_the_classifier_is_exact():
+    """tests/data/compile_models.py's Gated (conv, sigmoid, F.adaptive_avg_pool2d(x, 1), flatten, linear), refused
+    before the plan quantized the sigmoid's output ahead of the pooling."""
+    torch.manual_seed(0)
+    net = randomize(quantize_model(cm.Gated(10, 1), method="lcq", wbits=3, abits=3), seed=1)
+    result = compare(compile_model(net, (1, 8, 8)), net, images(32, (1, 8, 8), seed=2), np.zeros(32, np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())

@@ -284,6 +284,20 @@ def test_kuangliu_densenet_on_a_4x4_core(tmp_path):
     run_exact(model, path, 4, 4, tmp_path / "run", seed=6)
 
 
+def test_an_activations_average_read_by_the_classifier_on_a_4x4_core(tmp_path):
+    """EfficientNet's head (1 x 1 conv, BN, SiLU, global average pooling, linear; random parameters): the
+    classifier's quantizer stands before the pooling, and the classifier runs as the 8 x 8 conv over its codes,
+    every tensor exact."""
+    from torch import nn
+
+    from test_dip_activations import _Head
+
+    path = tmp_path / "head.lcq"
+    model = compiled_net(_Head(nn.SiLU(), "AdaptiveAvgPool2d(1)"), (1, 8, 8), path, seed=8)
+    assert [(n.name, n.kernel) for n in model.convs][-1] == ("fc", 8)
+    run_exact(model, path, 4, 4, tmp_path / "run", seed=8)
+
+
 def test_more_channel_tiles_than_the_accumulator_ring_holds_bands(tmp_path):
     """Every map one position (a 3 x 3 image under a 3 x 3 conv): the accumulator ring is two words deep, but on
     a 4 x 4 core the 17-channel conv has 5 channel tiles and the 12-class linear layer 3. The writer counted

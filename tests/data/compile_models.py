@@ -308,7 +308,7 @@ class LeNet(nn.Module):
 
 
 class Gated(nn.Module):
-    """A sigmoid gate."""
+    """A sigmoid, globally averaged into the classifier (whose quantizer stands before the pooling)."""
 
     def __init__(self, num_classes=10, in_channels=1):
         super().__init__()
