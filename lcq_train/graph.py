@@ -332,7 +332,7 @@ def _average_pooling(node: fx.Node, modules: dict) -> bool:
     whole map: ``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))``, ``torch.mean(x, (2,
     3))`` (the compiler takes the whole map's, a window as large as the map's too)."""
     if node.op == "call_module":
-        m = modules[node.target]
+        m = modules.get(node.target)
         return isinstance(m, nn.AvgPool2d) or (isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1)))
     size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size", node.kwargs.get("dim"))
     if node.target is F.adaptive_avg_pool2d:
@@ -345,13 +345,15 @@ def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
     """``(pooling, activation)`` where layer input ``x`` is (through flatten, dropout or identity) the average
     pooling of an activation's output (:data:`_CURVE_MODULES`, :data:`_CURVE_FUNCTIONS`); else None."""
     def target(n: fx.Node):
-        return type(modules[n.target]) if n.op == "call_module" else n.target
+        return type(modules.get(n.target)) if n.op == "call_module" else n.target
 
     while x.op in ("call_module", "call_function", "call_method") and target(x) in _PASSING and x.args:
         x = x.args[0]
     if not (x.op in ("call_module", "call_function", "call_method") and _average_pooling(x, modules)):
         return None
     curve = x.args[0] if x.args else None
+    if isinstance(curve, fx.Node) and curve.op == "call_module" and curve.target not in modules:
+        curve = curve.args[0]           # (a quantizer this plan put there for another layer reading the average)
     if isinstance(curve, fx.Node) and curve.op != "placeholder" and (
             isinstance(modules.get(curve.target), _CURVE_MODULES) if curve.op == "call_module"
             else curve.target in _CURVE_FUNCTIONS):
@@ -498,32 +500,33 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
         modules.update(_as_dropout_module(gm, node))
     memo: dict = {}
     taken = set(dict(gm.named_modules())) | {n for n, _ in gm.named_parameters()} | {n for n, _ in gm.named_buffers()}
-    acts: dict[fx.Node, str] = {}          # a layer's input (and its quantizer's node) -> the quantizer's name
     layer_set = set(layers)
     pairs, image = [], None
+    quantizers: dict[fx.Node, fx.Node] = {}      # a quantized tensor (and its quantizer's node) -> that node
     for node in layers:
         x = _layer_input(node)
-        if x not in acts:
+        pooled = _pooled_curve(x, modules)
+        quantized = pooled[1] if pooled else x          # (before the average pooling of an activation's output)
+        if quantized not in quantizers:
             act = base = "act_" + node.target.replace(".", "_")
             i = 1
             while act in taken or hasattr(gm, act):
                 i += 1
                 act = f"{base}_{i}"
             taken.add(act)
-            pooled = _pooled_curve(x, modules)
-            quantized = pooled[1] if pooled else x          # (before the pooling of an activation's output)
             signed = not _nonnegative(quantized, modules, memo)
-            if image is None and not pairs and _is_image(x, modules):
+            if image is None and not pairs and _is_image(quantized, modules):
                 image = act
             gm.add_submodule(act, QAct(signed=signed))
             with gm.graph.inserting_after(quantized):
-                q = gm.graph.call_module(act, (quantized,))
-            acts[x] = acts[q] = act
-            if pooled:                                      # the layers read the average of the codes
-                pooled[0].replace_input_with(quantized, q)
-            for user in [u for u in x.users if u in layer_set and not pooled]:
-                user.replace_input_with(x, q)
-        pairs.append((node.target, acts[x]))
+                q = quantizers[quantized] = gm.graph.call_module(act, (quantized,))
+            quantizers[q] = q                           # (what the layers reading ``quantized`` now read)
+            for user in [u for u in quantized.users if u in layer_set]:
+                user.replace_input_with(quantized, q)
+        q = quantizers[quantized]
+        if pooled:                                      # the layer reads the average of the codes
+            pooled[0].replace_input_with(quantized, q)
+        pairs.append((node.target, q.target))
     if check is not None:
         check(pairs, image)
     for node in layers:          # now nothing can fail: make the layers quantizable

@@ -246,3 +246,44 @@ def test_a_sigmoid_averaged_into_the_classifier_is_exact():
     net = randomize(quantize_model(cm.Gated(10, 1), method="lcq", wbits=3, abits=3), seed=1)
     result = compare(compile_model(net, (1, 8, 8)), net, images(32, (1, 8, 8), seed=2), np.zeros(32, np.int64))
     assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+
+
+class _SharedSiLU(nn.Module):
+    """SiLU's output read by a conv directly and by the classifier through a global average pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc, self.fc2 = nn.Linear(8, 10), nn.Linear(8, 10)
+
+    def forward(self, x):
+        y = F.silu(self.bn(self.conv(x)))
+        return self.fc(y.mean((2, 3))) + self.fc2(torch.relu(self.conv2(y)).mean((2, 3)))
+
+
+def test_one_quantizer_serves_a_direct_and_an_averaging_reader():
+    """The conv reads the SiLU's codes, the classifier their average: one quantizer, before the pooling; the other
+    classifier's quantizer (after a ReLU) stays after its pooling."""
+    net = quantize_model(_SharedSiLU(), method="lcq", wbits=3, abits=3)
+    pairs = dict(net.quant_layers())
+    assert pairs["conv2"] == pairs["fc"] and pairs["fc2"] != pairs["fc"]
+    node = {n.name: n for n in net.graph.nodes}
+    assert node[pairs["fc"]].args[0].target is F.silu and node[pairs["fc2"]].args[0].target == "mean"
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.fc2 = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8, 10), nn.Linear(8, 10)
+
+    def forward(self, x):
+        pooled = F.silu(self.conv(x)).mean((2, 3))
+        return self.fc(pooled) + self.fc2(pooled)
+
+
+def test_two_layers_reading_one_average_share_its_quantizer():
+    net = quantize_model(_TwoHeads(), method="lcq", wbits=3, abits=3, edge_bits=3)    # (sharing: the same bits)
+    pairs = dict(net.quant_layers())
+    assert pairs["fc"] == pairs["fc2"]
+    assert [n.name for n in net.graph.nodes if n.op == "call_module" and n.target.startswith("act_")] == \
+        ["act_conv", pairs["fc"]]
