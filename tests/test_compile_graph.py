@@ -346,7 +346,8 @@ def trained(tmp_path_factory):
         for factory, lr in (("post_act_resnet", None), ("torchvision_resnet", None), ("strided_vgg", None),
                             ("mobilenet", 0.2), ("maxpool_vgg", None), ("avgpool_net", 0.2), ("squeeze_net", None),
                             ("lenet", 0.2), ("mobilenet_v2", 0.2), ("leaky_net", None), ("tiny_darknet", None),
-                            ("tanh_lenet", 0.2), ("bn_after_relu", None), ("swish_net", None)):
+                            ("tanh_lenet", 0.2), ("bn_after_relu", None), ("swish_net", None),
+                            ("swish_head", None)):
             ref = f"{nets}:{factory}"
             train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
                               lr=lr, out=str(root / factory), progress=False))
@@ -358,7 +359,8 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("factory", ["post_act_resnet", "torchvision_resnet", "strided_vgg", "mobilenet",
                                      "maxpool_vgg", "avgpool_net", "squeeze_net", "lenet", "mobilenet_v2",
-                                     "leaky_net", "tiny_darknet", "tanh_lenet", "bn_after_relu", "swish_net"])
+                                     "leaky_net", "tiny_darknet", "tanh_lenet", "bn_after_relu", "swish_net",
+                                     "swish_head"])
 def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
     ref, checkpoint, model = trained[factory]
     compiled = load(model)

@@ -471,3 +471,25 @@ class SwishNet(nn.Module):
 
 def swish_net(num_classes, in_channels):
     return SwishNet(num_classes, in_channels)
+
+
+class SwishHead(nn.Module):
+    """EfficientNet's and MobileNetV3's head on a small body: two conv-BN-SiLU blocks (the second strided), a 1x1
+    conv-BN-hardswish, global average pooling, linear: the linear layer's quantizer stands before the pooling."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32)
+        self.c3, self.b3 = nn.Conv2d(32, 64, 1, bias=False), nn.BatchNorm2d(64)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = F.silu(self.b1(self.c1(x)))
+        x = F.silu(self.b2(self.c2(x)))
+        x = F.hardswish(self.b3(self.c3(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def swish_head(num_classes, in_channels):
+    return SwishHead(num_classes, in_channels)
