@@ -672,7 +672,7 @@ class _Lowering:
         c = self.signed.get(x.tensor, c)
         border, tile = (0, 0), 1
         if x.pooled:
-            tile, weight = self.pooled_reader(node, layer, kind, x, c, h, w)
+            tile, weight = self.pooled_reader(node, layer, kind, c, h, w)
             kind, k, stride, pad, out_shape = "conv", 1, 1, 0, (weight.shape[0], 1, 1)
         elif kind == "conv":
             k, stride, pad, border = self.square_window(node, layer)
@@ -737,10 +737,10 @@ class _Lowering:
             value = _Value("values", name, np.full(out_shape[0], out_scale), np.zeros(out_shape[0]))
         return value
 
-    def pooled_reader(self, node: fx.Node, layer: nn.Module, kind: str, x: _Value, c: int, h: int,
+    def pooled_reader(self, node: fx.Node, layer: nn.Module, kind: str, c: int, h: int,
                       w: int) -> tuple[int, torch.Tensor]:
-        """``(side, weight)`` of a linear layer or 1 x 1 conv ``node`` that reads the global average of codes ``x``
-        (a c x h x w map: an activation whose output the average pools, quantized before the pooling): it runs as
+        """``(side, weight)`` of a linear layer or 1 x 1 conv ``node`` that reads the global average of a c x h x w
+        map of codes (an activation whose output the average pools, quantized before the pooling): it runs as
         the h x h conv over the codes, each tap its own weights (out, c, 1, 1), the accumulator the sum the average
         divides by h * w. The same arithmetic; no pooling step."""
         if kind == "conv" and (layer.kernel_size, layer.stride, layer.padding, layer.groups) != ((1, 1), (1, 1),
