@@ -29,9 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compiler.agreement import as_compiled
 from compiler.graph import FRAC_BITS, signed_bits
-from compiler.lower import CompileOptions, compile_checkpoint, load_model
+from compiler.lower import CompileOptions, as_compiled, compile_checkpoint, load_model
 from compiler.network import plan_network
 from compiler.reference import run
 from lcq_train.arguments import IntRange, output_file, positive_int

@@ -1,7 +1,7 @@
 """Agreement of the integer reference with the PyTorch fake-quantized model it was compiled from.
 
 The PyTorch side runs in float64 (the fake-quantized forward, unchanged
-otherwise, its weights settled as the compiler settles them: :func:`as_compiled`)
+otherwise, its weights settled as the compiler settles them: :func:`compiler.lower.as_compiled`)
 so that its float rounding cannot decide a code; each activation
 quantizer's codes are captured with a forward hook. The integer side is
 :func:`compiler.reference.run`. Codes can differ only through the documented
@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from lcq_train.layers import QAct
-from lcq_train.weight_codes import settle_weight_codes
 
 from .graph import CompiledModel, ConcatNode, MaxPoolNode, node_inputs
-from .lower import one_thread
+from .lower import as_compiled
 from .reference import check_images, run
 
 
@@ -53,15 +52,6 @@ def unmatched_codes(compiled: CompiledModel, model: nn.Module) -> list[str]:
             if t.bits is not None and name not in on_the_way and name not in quantizers]
 
 
-def as_compiled(model: nn.Module) -> nn.Module:
-    """``model`` as :func:`compiler.lower.compile_model` computes it, in place: its weights settled (a weight that
-    float64 would give another code than the model's own precision moved clear of the threshold,
-    :func:`lcq_train.weight_codes.settle_weight_codes`), in float64, in eval mode."""
-    with one_thread():
-        settle_weight_codes(model, only_differing=True)
-    return model.double().eval()
-
-
 @torch.no_grad()
 def compare(compiled: CompiledModel, model: nn.Module, images: np.ndarray, labels: np.ndarray,
             batch_size: int = 128, progress=None) -> Agreement:
@@ -69,7 +59,7 @@ def compare(compiled: CompiledModel, model: nn.Module, images: np.ndarray, label
 
     Codes are compared for each activation quantizer of ``compiled`` (one the logits do not depend
     on, in a head the forward computes but does not return, is not compiled and not compared).
-    ``model`` is made :func:`as_compiled`, in place. ``progress(result)`` is called after each batch.
+    ``model`` is made :func:`~compiler.lower.as_compiled`, in place. ``progress(result)`` is called after each batch.
     """
     check_images(compiled, images)
     model = as_compiled(model)

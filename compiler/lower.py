@@ -162,6 +162,15 @@ def one_thread():
         torch.set_num_threads(threads)
 
 
+def as_compiled(model: nn.Module) -> nn.Module:
+    """``model`` as :func:`compile_model` computes it, in place: its weights settled (a weight that float64 would
+    give another code than the model's own precision moved clear of the threshold,
+    :func:`lcq_train.weight_codes.settle_weight_codes`, on one thread), in float64, in eval mode."""
+    with one_thread():
+        settle_weight_codes(model, only_differing=True)
+    return model.double().eval()
+
+
 @torch.no_grad()
 def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
                   options: CompileOptions = CompileOptions()) -> CompiledModel:
@@ -176,10 +185,8 @@ def compile_model(model: nn.Module, input_shape: tuple[int, int, int],
     same top class). ValueError (:class:`~compiler.capture.Unsupported` for an operation) says what cannot be compiled.
     """
     name = type(model).__name__                 # a traced network's copy is a class of its own
-    model = copy.deepcopy(model).eval()
+    model = as_compiled(copy.deepcopy(model))
     with one_thread():
-        settle_weight_codes(model, only_differing=True)
-        model = model.double()
         lowering = _Lowering(model, name, tuple(input_shape), options)
         graph = capture(model, name)
         fold_sizes(model, graph, tuple(input_shape))

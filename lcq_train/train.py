@@ -499,10 +499,10 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
         before_bn, settled = None, None
         if epoch + 1 == cfg.epochs:     # every rank alike: the same weights give the same moves
             settled = sum(settle_weight_codes(model).values())
-        if cfg.bn_batches and epoch + 1 == cfg.epochs:
-            before_bn = evaluate(model, test_x, test_y)["top1"] if rank == 0 else None
-            reestimate_bn(model, _inputs(train_x, train_y, cfg, cfg.bn_batches, augment=augment, rank=rank,
-                                         world=world))
+            if cfg.bn_batches:
+                before_bn = evaluate(model, test_x, test_y)["top1"] if rank == 0 else None
+                reestimate_bn(model, _inputs(train_x, train_y, cfg, cfg.bn_batches, augment=augment, rank=rank,
+                                             world=world))
         test = evaluate(model, test_x, test_y) if rank == 0 else None
         rngs = _gather_rng(world)                  # (after rank 0's evaluation, which may draw)
         if rank == 0:

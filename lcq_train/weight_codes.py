@@ -46,18 +46,20 @@ def settle_weight_codes(model: nn.Module, margin: float = MARGIN, only_differing
         wq = getattr(module, "wq", None)
         if wq is None or wq.method == "fp" or wq.spec.outer_bits is None:
             continue
-        weight = module.weight
-        if not _Exact(weight, wq, margin).defined():
+        weight, exact = module.weight, _Exact(module.weight, wq, margin)
+        if not exact.defined():
             continue                                # (no scale: the compiler says why)
         own, original = wq.codes(weight), weight.detach().clone()
         for _ in range(_ROUNDS):
-            move, target = _moves(_Exact(weight, wq, margin), own, not only_differing)
+            move, target = _moves(exact, own, not only_differing)
             if not move.any():
                 break
             weight.copy_(torch.where(move, target.to(weight.dtype), weight))
+            exact = _Exact(weight, wq, margin)
         if not torch.equal(wq.codes(weight), own):
             weight.copy_(original)
-        unsettled = int((~_Exact(weight, wq, margin).settled(own, clear=not only_differing)).sum())
+            exact = _Exact(weight, wq, margin)
+        unsettled = int((~exact.settled(own, clear=not only_differing)).sum())
         if unsettled:
             warnings.warn(f"layer {name!r}: {unsettled} weights stay within {margin:g} of a quantizer threshold, "
                           "where float32 and float64 may give them different codes (an interval too narrow to move "
