@@ -90,6 +90,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from lcq_train.dataset_rules import DATASETS, class_names_problem, image_shape_problem
+
 FORMAT = "lcq-compiled-model"
 VERSION = 2
 
@@ -109,9 +111,6 @@ MAX_NODES = 4096
 MAX_CONCAT = 64              # parts of one channel concatenation
 MAX_CLASSES = 1 << 16
 NAME = re.compile(r"[A-Za-z0-9_.]{1,256}")
-# What ``source.dataset`` may name: the trainer's datasets (lcq_train.data.IMAGE_SHAPES, which a test holds equal;
-# not imported, so that the host side reads model files without the trainer) and their images' (C, H, W).
-DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 # What ``source.plan`` may hold: what lcq_train.plan.QuantPlan.to_dict writes of a plan the compiler compiles (a
 # method other than "fp", outer widths), by QuantPlan's rules (a test holds them equal; not imported, as above).
 PLAN_FIELDS = ("method", "wbits", "abits", "outer_bits", "K", "alpha_w", "alpha_a", "edge_bits", "layer_bits",
@@ -125,6 +124,9 @@ PLAN_CLIP = 1e6                         # alpha_w and alpha_a are in (0, PLAN_CL
 PLAN_INPUT_BITS = 8                     # the input image's codes, which the inner outer widths must hold
 SOURCE_FIELDS = {"checkpoint": str, "sha256": str, "model": str, "dataset": str, "plan": dict, "epoch": int,
                  "test_top1": (float, int, type(None)), "options": dict}
+# ``source.classes``: the class names, in label order, of a checkpoint that records them (lcq_train.dataset_rules'
+# rule); a model of a folder dataset has them, one compiled before they were recorded none.
+SOURCE_OPTIONAL = {"classes": list}
 OPTION_FIELDS = ("residual_frac_bits", "pool_frac_bits", "logit_frac_bits", "max_lut_entries")
 
 
@@ -1068,10 +1070,14 @@ class CompiledModel:
             if node.output not in read:
                 raise ModelRuleError(node_where(i, node), "output", f"tensor {node.output!r} is read by no later node; "
                                      "a compiled model holds only the nodes its logits depend on")
-        if options is not None and tuple(self.input.shape) != DATASET_SHAPES[self.source["dataset"]]:
-            raise ModelRuleError("model", "source.dataset", f"= {self.source['dataset']!r}, whose images are "
-                                 f"{list(DATASET_SHAPES[self.source['dataset']])}, but the input node takes "
-                                 f"{list(self.input.shape)}")
+        problem = image_shape_problem(self.source["dataset"], list(self.input.shape)) if options is not None else None
+        if problem:
+            raise ModelRuleError("model", "source.dataset", f"= {self.source['dataset']!r}, but the input node's "
+                                 f"shape {problem}")
+        classes = self.source.get("classes") if options is not None else None
+        if classes is not None and len(classes) != self.num_classes:
+            raise ModelRuleError("model", "source.classes", f"names {len(classes)} classes, but the logits are "
+                                 f"{self.num_classes}")
         if options is not None:
             self._check_plan(arrays)
         values = {name for name, t in tensors.items() if t.bits is None}
@@ -1273,15 +1279,24 @@ class CompiledModel:
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ModelRuleError("model", f"source.{key}", f"must be {getattr(kind, '__name__', 'a number')}, "
                                                                f"not {show(value) if value is not ... else 'missing'}")
-        extra = set(self.source) - set(SOURCE_FIELDS)
+        for key, kind in SOURCE_OPTIONAL.items():
+            if key in self.source and not isinstance(self.source[key], kind):
+                raise ModelRuleError("model", f"source.{key}", f"must be {kind.__name__}, not {show(self.source[key])}")
+        extra = set(self.source) - set(SOURCE_FIELDS) - set(SOURCE_OPTIONAL)
         if extra:
             raise ModelRuleError("model", "source", f"has unknown entries {sorted(map(show, extra))}")
         if not self.source["checkpoint"]:       # Path("") is ".": a directory, never the checkpoint
             raise ModelRuleError("model", "source.checkpoint", "must be the path of the checkpoint the model was "
                                                                "compiled from, not ''")
-        if self.source["dataset"] not in DATASET_SHAPES:
+        if self.source["dataset"] not in DATASETS:
             raise ModelRuleError("model", "source.dataset", "must name the dataset the checkpoint was trained on, "
-                                 f"one of {', '.join(DATASET_SHAPES)}; not {show(self.source['dataset'])}")
+                                 f"one of {', '.join(DATASETS)}; not {show(self.source['dataset'])}")
+        problem = class_names_problem(self.source["classes"]) if "classes" in self.source else None
+        if problem:
+            raise ModelRuleError("model", "source.classes", f"gives {problem}")
+        if self.source["dataset"] == "folder" and "classes" not in self.source:
+            raise ModelRuleError("model", "source.classes", "is missing: a model of a folder of images records its "
+                                 "class names")
         if not re.fullmatch(r"[0-9a-f]{64}", self.source["sha256"]):
             raise ModelRuleError("model", "source.sha256", f"must be 64 hex digits, not {show(self.source['sha256'])}")
         check_plan(self.source["plan"])

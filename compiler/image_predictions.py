@@ -3,7 +3,8 @@ board) read and say, numpy and Pillow only.
 
 :func:`read_images` gives a compiled model's input of each file (:func:`lcq_train.image_file.read_image`:
 grey or RGB, its middle cropped and resized to the model's size, said in a note); :func:`prediction` is
-one image's record: its top classes by logit, named where the model's dataset is known (``source.dataset``),
+one image's record: its top classes by logit, named where the model records its class names (``source.classes``)
+or its dataset is known (``source.dataset``),
 the logits in real units (the integers times the model's logit scale) and the integers themselves;
 :func:`describe` is that record as a line.
 """
@@ -28,10 +29,12 @@ def prediction(model: CompiledModel, path: str, logits: np.ndarray, note: str | 
     """The record of image ``path`` with integer ``logits`` (``num_classes``): ``class`` (the top one, ties to
     the lowest, as argmax), ``name`` (None where unknown), ``top`` (the ``top`` best: class, name, logit in real
     units), ``logits`` (the integers), ``scale`` and ``note``."""
-    dataset = model.source.get("dataset") if isinstance(model.source, dict) else None
+    source = model.source if isinstance(model.source, dict) else {}
+    names = source.get("classes")
     scale = model.scales[model.logits]
     order = sorted(range(len(logits)), key=lambda c: (-int(logits[c]), c))
-    best = [{"class": c, "name": class_name(dataset, c), "logit": float(logits[c]) * scale} for c in order[:top]]
+    best = [{"class": c, "name": names[c] if names else class_name(source.get("dataset"), c),
+             "logit": float(logits[c]) * scale} for c in order[:top]]
     return {"image": str(path), "class": order[0], "name": best[0]["name"], "top": best,
             "logits": [int(v) for v in logits], "scale": scale, "note": note}
 

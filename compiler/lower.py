@@ -145,7 +145,7 @@ def compile_checkpoint(path: str | Path, options: CompileOptions = CompileOption
     compiled.source = {"checkpoint": str(Path(path).resolve()), "sha256": state["sha256"],
                        "model": cfg["model"], "dataset": cfg["dataset"], "plan": state["plan"],
                        "epoch": state["epoch"], "test_top1": state["metrics"].get("test_top1"),
-                       "options": options.__dict__}
+                       "options": options.__dict__, **({"classes": state["classes"]} if "classes" in state else {})}
     return compiled
 
 

@@ -18,7 +18,8 @@ STATE is the checkpoint dict as JSON, where a tensor is ``{"__tensor__": NAME}``
 ``{"__tuple__": [...]}`` and a dict whose keys are not all plain strings (the optimizer's parameter
 indices) ``{"__items__": [[KEY, VALUE], ...]}``. The dict holds what the compiler needs: ``config``
 (the run's :class:`~lcq_train.train.TrainConfig`), ``plan`` (its quantization plan), ``input_shape``,
-``num_classes``, ``layers`` (per-layer bit-widths), ``model`` (state dict: weights, BN, alpha,
+``num_classes``, ``classes`` (their names, in label order; a checkpoint written before lcq recorded them has
+none), ``layers`` (per-layer bit-widths), ``model`` (state dict: weights, BN, alpha,
 theta); and what ``--resume`` needs: ``optimizer``, ``scheduler``, ``epoch`` (completed), ``rng``
 (:func:`capture_rng` of the process of rank 0, the only one of a single-process run) and ``metrics``
 (the history that metrics.json shows). A run of N > 1 processes (torchrun) adds ``rank_rng``: the
@@ -64,7 +65,7 @@ MAGIC = b"LCQCKPT\n"
 _PREFIX = struct.Struct("<8sIQ32s")      # magic, version, header length, SHA-256 of the rest: 52 bytes
 KEYS = ("config", "plan", "input_shape", "num_classes", "layers", "model", "optimizer", "scheduler", "epoch",
         "rng", "metrics")
-OPTIONAL_KEYS = ("rank_rng",)      # a multi-process run's only
+OPTIONAL_KEYS = ("rank_rng", "classes")      # a multi-process run's only; written since lcq recorded them
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
            "BOOL": torch.bool}
@@ -317,7 +318,7 @@ def _decode(obj, tensors: dict, used: set):
 
 def _check_state(state, where: str) -> None:
     """Check checkpoint dict ``state`` field by field; CheckpointError names ``where`` and the field."""
-    from .data import IMAGE_SHAPES, MAX_CLASSES
+    from .data import MAX_CLASSES, class_names_problem, image_shape_problem
     from .plan import QuantPlan
     from .quantizer import BITS
     from .train import TrainConfig
@@ -341,12 +342,21 @@ def _check_state(state, where: str) -> None:
         bad("plan", f"is invalid: {e}")
     if plan != config.plan:
         bad("plan", "differs from the plan in its config")
-    shape, image = state["input_shape"], list(IMAGE_SHAPES[config.dataset])     # (the only shape training writes)
-    if not isinstance(shape, (list, tuple)) or not all(IntRange(1).accepts(n) for n in shape) or list(shape) != image:
-        bad("input_shape", f"is {shape!r}, not {image}, the image shape of its dataset {config.dataset}")
+    problem = image_shape_problem(config.dataset, state["input_shape"])     # (the loader's rule)
+    if problem:
+        bad("input_shape", problem)
     classes = IntRange(2, MAX_CLASSES)       # the rule of the datasets' class lists
     if not classes.accepts(state["num_classes"]):
         bad("num_classes", f"is {state['num_classes']!r}, not {classes.describe()}")
+    if "classes" in state:
+        names = state["classes"]
+        problem = class_names_problem(names) if isinstance(names, list) else f"a {type(names).__name__}, not a list"
+        if problem is None and len(names) != state["num_classes"]:
+            problem = f"{len(names)} names for {state['num_classes']} classes"
+        if problem:
+            bad("classes", f"is wrong: {problem}")
+    elif config.dataset == "folder":
+        bad("classes", "is missing: a run on a folder of images records its class names")
     layers = state["layers"]
     if not isinstance(layers, dict) or not all(
             isinstance(k, str) and isinstance(v, (list, tuple)) and len(v) == 2 and all(BITS.accepts(b) for b in v)

@@ -29,7 +29,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                         "THAT CODE. The checkpoint records the reference; --resume of such a run needs the same "
                         "--model again (a checkpoint alone never imports code)")
     p.add_argument("--dataset", choices=DATASETS, default="digits",
-                   help="digits is built in (8x8 images); the others load from --data-dir")
+                   help="digits is built in (8x8 images); the others load from --data-dir; folder: your own "
+                        "images, DIR/train/<class>/*.png (or .jpg) and DIR/test/<class>/*.png, or a .tar.gz of "
+                        "them, all of one size (sides up to 256), grey or RGB; the folder names are the classes")
     p.add_argument("--data-dir", metavar="DIR", help="dataset directory (not needed for digits)")
     p.add_argument("--method", choices=METHODS, default="lcq",
                    help="fp = full precision; uniform = the uniform quantizer (the baseline); lcq = learnable "
@@ -68,7 +70,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
                    help="after the last epoch, re-estimate the BN statistics on N training batches (at most an "
                         "epoch's), layer after layer, with the quantizers frozen (0: none, the paper's)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop + flip (default: on for 32x32 RGB data)")
+                   help="random crop + flip (default: on for cifar10, off for the others)")
     p.add_argument("--seed", type=SEED, default=0, help=f"random seed: initialization, data order, augmentation "
                    f"({SEED.describe()})")
     p.add_argument("--device", type=torch_device, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -1,4 +1,4 @@
-"""Offline dataset loading: digits, MNIST, Fashion-MNIST and CIFAR-10.
+"""Offline dataset loading: digits, MNIST, Fashion-MNIST, CIFAR-10 and your own images.
 
 Every loader returns a :class:`Dataset` of uint8 images ``(N, C, H, W)``
 (pixel value = ``x / 255``) and int64 labels. Nothing is downloaded: the data
@@ -10,8 +10,12 @@ must already be on disk in the dataset's standard layout, found via the
   with the package (``lcq_train/digits.npz``).
 - ``mnist``, ``fashion-mnist``: the four IDX files, raw or ``.gz``.
 - ``cifar10``: the python pickle batches, ``train/<class>/*.jpg`` image
-  folders, or a ``.tar.gz`` of those folders. Decoded images are cached as an
-  ``.npz`` under ``$LCQ_CACHE_DIR`` (default ``~/.cache/lcq``).
+  folders, or a ``.tar.gz`` of those folders.
+- ``folder``: your own images, ``train/<class>/*.png`` (or ``.jpg``) and ``test/<class>/...`` folders or a
+  ``.tar.gz`` of them: every image of one size (each side up to :data:`FOLDER_MAX_SIDE`), grey (C = 1) where
+  every image is grey, else RGB; the classes are the folder names, sorted.
+
+Decoded images are cached as an ``.npz`` under ``$LCQ_CACHE_DIR`` (default ``~/.cache/lcq``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import tarfile
 import warnings
 import zipfile
 import zlib
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
@@ -38,14 +41,15 @@ from PIL import Image
 
 from .atomic import atomic_write
 from .classes import CLASS_NAMES
+from .dataset_rules import (DATASETS, FOLDER_MAX_SIDE, IMAGE_SHAPES, MAX_CLASSES, class_names_problem,
+                            image_shape_problem)
 from .image_file import FORMATS as IMAGE_FORMATS, MODES as IMAGE_MODES, SUFFIXES as IMAGE_SUFFIXES
 from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
 
-__all__ = ["DATASETS", "IMAGE_SHAPES", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "FOLDER_MAX_SIDE", "IMAGE_SHAPES", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset",
+           "image_shape_problem", "class_names_problem"]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
-# each dataset's image shape (C, H, W): its reader refuses images of any other
-IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+_GREY_MODES = ("1", "L", "LA")     # image modes that make a grey (one-channel) folder dataset where all are
 
 _DEFAULT_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
@@ -61,14 +65,13 @@ _IDX_LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dimension
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _TAR_SUFFIXES = (".tar.gz", ".tgz")
 _SPLITS = ("train", "test")
-MAX_CLASSES = 1 << 16  # the most classes a compiled model holds (compiler.graph.MAX_CLASSES)
 _MAX_IDX_BYTES = 1 << 28  # MNIST's training images take 47 MB; an IDX file declaring more is refused
 _MAX_IMAGE_BYTES = 1 << 20  # an encoded 32x32 image takes a few KB; a larger file is refused before it is read
 _MAX_TAR_HEADER_BYTES = 1 << 20  # a long name or pax header of a .tar.gz member, read whole; larger ones are refused
 _TAR_EXTRA_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
                       tarfile.SOLARIS_XHDTYPE)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2     # (2: a folder dataset's shape and name in the file name)
 _CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "classes")
 _DECODE_CHUNK = 2000  # images per worker task
 _DECODE_WORKERS = max(1, min(8, os.cpu_count() or 1))
@@ -124,7 +127,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         arrays = _load_digits()
     else:
         root = _resolve_root(name, data_dir)
-        arrays = _load_cifar10(root) if name == "cifar10" else _load_idx_dataset(name, root)
+        arrays = _load_idx_dataset(name, root) if name in ("mnist", "fashion-mnist") else _load_images(name, root)
     classes = tuple(str(c) for c in arrays["classes"])
     return Dataset(
         name=name,
@@ -158,6 +161,13 @@ def _expected_layout(name: str, where: str) -> str:
             f"  2. image folders: {where}/train/<class>/*.jpg and {where}/test/<class>/*.jpg (.jpg/.jpeg/.png, 32x32)\n"
             f"  3. one .tar.gz/.tgz archive in {where} (or passed directly) holding that train/ test/ layout, "
             "optionally under one top-level folder"
+        )
+    if name == "folder":
+        return (
+            f"Expected your images in class folders: {where}/train/<class>/*.png and {where}/test/<class>/*.png "
+            f"(.png/.jpg/.jpeg; every image of one size, each side up to {FOLDER_MAX_SIDE}; grey where all are grey, "
+            f"else RGB; the folder names are the classes), or one .tar.gz/.tgz archive in {where} (or passed "
+            "directly) holding that train/ test/ layout, optionally under one top-level folder"
         )
     return "Expected the four IDX files (raw or .gz): " + ", ".join(f"{where}/{f}[.gz]" for f in _IDX_FILES)
 
@@ -296,30 +306,32 @@ def _read_at_most(f, n: int, chunk: int = 1 << 20) -> bytes:
 # --------------------------------------------------------------------------- CIFAR-10
 
 
-def _load_cifar10(root: Path) -> Arrays:
-    """CIFAR-10 from the first recognised layout at ``root`` (see :func:`_expected_layout`)."""
+def _load_images(name: str, root: Path) -> Arrays:
+    """CIFAR-10 or a folder dataset (``name``) from the first recognised layout at ``root`` (see
+    :func:`_expected_layout`)."""
     if root.is_dir():
-        for candidate in (root / "cifar-10-batches-py", root):
+        for candidate in (root / "cifar-10-batches-py", root) if name == "cifar10" else ():
             if any((candidate / batch).is_file() for batch in _CIFAR_BATCHES):
                 return _load_cifar_python(candidate)
         if (root / "train").is_dir() and (root / "test").is_dir():
-            files = _list_image_folders(root)
+            files = _list_image_folders(name, root)
             stats = [(str(p), st.st_size, st.st_mtime_ns) for _, _, p in files for st in [p.stat()]]
             fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()
-            return _cached(root, fingerprint, lambda: _decode_images(_read_image_folders(files)))
+            return _cached(name, root, fingerprint, lambda: _decode_images(name, _read_image_folders(name, files)))
         archives = sorted(p for p in root.iterdir() if p.is_file() and p.name.endswith(_TAR_SUFFIXES))
         if len(archives) > 1:
             raise DatasetError(
-                f"cifar10: several archives in {root}: {', '.join(p.name for p in archives)}; "
+                f"{name}: several archives in {root}: {', '.join(p.name for p in archives)}; "
                 "pass the one to use with --data-dir FILE"
             )
         if archives:
             root = archives[0]
     if root.is_file() and root.name.endswith(_TAR_SUFFIXES):
         stat = root.stat()
-        return _cached(root, f"{stat.st_size}:{stat.st_mtime_ns}", lambda: _decode_images(_iter_tar_images(root)))
+        return _cached(name, root, f"{stat.st_size}:{stat.st_mtime_ns}",
+                       lambda: _decode_images(name, _iter_tar_images(name, root)))
     raise DatasetError(
-        f"cifar10: no recognised layout in {root}. {_expected_layout('cifar10', str(root))}\n"
+        f"{name}: no recognised layout in {root}. {_expected_layout(name, str(root))}\n"
         "Pass the location with --data-dir DIR."
     )
 
@@ -336,7 +348,7 @@ def _load_cifar_python(root: Path) -> Arrays:
             classes = tuple(n.decode() if isinstance(n, bytes) else n for n in names)
         except UnicodeDecodeError as e:
             raise DatasetError(f"{meta_path}: a b'label_names' entry is not UTF-8 ({e})") from e
-        problem = _class_names_problem(classes)
+        problem = class_names_problem(classes)
         if problem:
             raise DatasetError(f"{meta_path}: b'label_names' gives {problem}; restore CIFAR-10's batches.meta "
                                "(its 10 class names), or delete it to use those names")
@@ -380,19 +392,6 @@ def _load_cifar_python(root: Path) -> Arrays:
     return arrays
 
 
-def _class_names_problem(names: Iterable[str]) -> str | None:
-    """What makes ``names`` other than a classifier's class names (2..MAX_CLASSES distinct); None when nothing."""
-    names = list(names)
-    if len(names) < 2:
-        return f"{len(names)} class(es), but a classifier needs at least 2"
-    if len(names) > MAX_CLASSES:
-        return f"{len(names)} classes, more than the {MAX_CLASSES} a compiled model holds"
-    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
-    if repeated:
-        return f"the class names {repeated[:5]} more than once"
-    return None
-
-
 class _CifarUnpickler(NumpyUnpickler):
     """The unpickler of a CIFAR batch (:class:`~lcq_train.safe_pickle.NumpyUnpickler`): numpy arrays, their
     dtypes and scalars, Python 2 strings as bytes. A pickle that names any other callable (os.system, exec,
@@ -416,33 +415,37 @@ def _unpickle(path: Path) -> dict:
     return obj
 
 
-def _list_image_folders(root: Path) -> list[tuple[str, str, Path]]:
-    """(split, class, path) of every image under ``root/{train,test}/<class>/``, sorted; a class folder
-    without one is a DatasetError (its class would be left out)."""
+def _list_image_folders(name: str, root: Path) -> list[tuple[str, str, Path]]:
+    """(split, class, path) of every image of dataset ``name`` under ``root/{train,test}/<class>/``, sorted; a
+    class folder without one is a DatasetError (its class would be left out)."""
     files = []
     for split in _SPLITS:
         for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
             paths = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
             if not paths:
-                raise DatasetError(f"cifar10: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its "
+                raise DatasetError(f"{name}: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its "
                                    "images or remove the folder")
             files += [(split, class_dir.name, path) for path in paths]
     return files
 
 
-def _read_image_folders(files: list[tuple[str, str, Path]]) -> Iterator[tuple[str, str, str, bytes]]:
-    """(split, class, name, encoded bytes) for each listed image file."""
+def _read_image_folders(name: str, files: list[tuple[str, str, Path]]) -> Iterator[tuple[str, str, str, bytes]]:
+    """(split, class, name, encoded bytes) for each listed image file of dataset ``name``."""
     for split, label, path in files:
-        _check_image_size(str(path), path.stat().st_size)
+        _check_image_size(name, str(path), path.stat().st_size)
         yield split, label, str(path), path.read_bytes()
 
 
-def _check_image_size(name: str, size: int) -> None:
-    """Refuse an image file of ``size`` bytes over :data:`_MAX_IMAGE_BYTES` before it is read into memory
+def _check_image_size(dataset: str, name: str, size: int) -> None:
+    """Refuse an image file ``name`` of ``size`` bytes over :data:`_MAX_IMAGE_BYTES` before it is read into memory
     (a .tar.gz member of zeros compresses 1000:1)."""
-    if size > _MAX_IMAGE_BYTES:
+    if size > _MAX_IMAGE_BYTES and dataset == "cifar10":
         raise DatasetError(f"{name}: {size} bytes, more than the {_MAX_IMAGE_BYTES} a 32x32 image file takes; "
                            "remove it or replace it with the CIFAR-10 image")
+    if size > _MAX_IMAGE_BYTES:
+        raise DatasetError(f"{name}: {size} bytes, more than the {_MAX_IMAGE_BYTES} an image file of a folder dataset "
+                           f"may take (a {FOLDER_MAX_SIDE} x {FOLDER_MAX_SIDE} PNG takes at most about 200 KB); "
+                           "save it as a smaller PNG or JPEG")
 
 
 class _CheckedTarInfo(tarfile.TarInfo):
@@ -476,8 +479,9 @@ class _CheckedTarInfo(tarfile.TarInfo):
                                  "--sparse")
 
 
-def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
-    """(split, class, name, encoded bytes) for each ``[top/]{train,test}/<class>/<image>`` member, streamed.
+def _iter_tar_images(dataset: str, archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
+    """(split, class, name, encoded bytes) for each ``[top/]{train,test}/<class>/<image>`` member of dataset
+    ``dataset``'s archive, streamed.
 
     The archive is read to its end, so a cut or corrupt one is a DatasetError: every member header up to the
     end-of-archive marker (:class:`_CheckedTarInfo`), then the rest of the gzip stream, whose length and CRC
@@ -498,7 +502,7 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
                 if ".." in parts or parts[0] == "/":
                     raise DatasetError(f"{archive}:{member.name}: a path with '..' or from the root, which extracting "
                                        "puts outside the archive's folder; create the archive of train/ and test/ "
-                                       "with relative paths (tar czf cifar10.tar.gz train test)")
+                                       f"with relative paths (tar czf {dataset}.tar.gz train test)")
                 if not member.isfile():             # (a link is never followed: it may point outside the archive)
                     what = f"a link to {member.linkname}" if member.islnk() or member.issym() else "a special file"
                     raise DatasetError(f"{archive}:{member.name}: {what}, not a file; create the archive of the image "
@@ -514,7 +518,7 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
                     raise DatasetError(f"{archive}:{member.name}: the image {'/'.join(parts)} a second time "
                                        "(extracting keeps the last copy); create the archive anew, each image once")
                 seen.add(tuple(parts))
-                _check_image_size(f"{archive}:{member.name}", member.size)
+                _check_image_size(dataset, f"{archive}:{member.name}", member.size)
                 yield parts[-3], parts[-2], f"{archive}:{member.name}", tar.extractfile(member).read()
             while gz.read(1 << 20):
                 pass
@@ -523,8 +527,10 @@ def _iter_tar_images(archive: Path) -> Iterator[tuple[str, str, str, bytes]]:
                            "(tar czf)") from e
 
 
-def _decode_images(items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:
-    """Decode (split, class, name, bytes) images into arrays; classes sorted by name -> label index.
+def _decode_images(dataset: str, items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:
+    """Decode (split, class, name, bytes) images of ``dataset`` (cifar10 or folder) into arrays; classes sorted by
+    name -> label index. CIFAR-10's are 32 x 32 RGB; a folder dataset's all of the first image's size, grey (C = 1)
+    where every image's mode is grey (:data:`_GREY_MODES`), else RGB.
 
     Chunks are decoded in a process pool while ``items`` is still being read; a chunk not decoded
     ``_DECODE_DEADLINE_S`` after the one before it (a worker killed: the pool never answers for it) is a
@@ -532,38 +538,46 @@ def _decode_images(items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:
     Output order is (class, name) within each split, whatever the input order.
     """
     keys: list[tuple[str, str, str]] = []
+    size = first = None
+    if dataset == "cifar10":
+        size = IMAGE_SHAPES["cifar10"][:0:-1]
     with _decode_pool() as pool:
         pending, chunk = [], []
         for split, label, name, blob in items:
+            if size is None:
+                size, first = _folder_image_size(name, blob), name
             keys.append((split, label, name))
             chunk.append((name, blob))
             if len(chunk) == _DECODE_CHUNK:
-                pending.append(pool.apply_async(_decode_chunk, (chunk,)))
+                pending.append(pool.apply_async(_decode_chunk, (dataset, chunk, size, first)))
                 chunk = []
         if chunk:
-            pending.append(pool.apply_async(_decode_chunk, (chunk,)))
+            pending.append(pool.apply_async(_decode_chunk, (dataset, chunk, size, first)))
         try:
             decoded = [task.get(timeout=_DECODE_DEADLINE_S) for task in pending]
         except multiprocessing.TimeoutError:
-            raise DatasetError(f"cifar10: a chunk of {_DECODE_CHUNK} images took over {_DECODE_DEADLINE_S} s to decode "
-                               "(a decoding process died, perhaps out of memory, or hung on an image); free memory "
-                               "and retry, or check the images") from None
+            raise DatasetError(f"{dataset}: a chunk of {_DECODE_CHUNK} images took over {_DECODE_DEADLINE_S} s to "
+                               "decode (a decoding process died, perhaps out of memory, or hung on an image); free "
+                               "memory and retry, or check the images") from None
     classes = {split: sorted({label for s, label, _ in keys if s == split}) for split in _SPLITS}
     if not classes["train"] or not classes["test"]:
         raise DatasetError(
-            "cifar10: no images found under train/<class>/ and test/<class>/ "
+            f"{dataset}: no images found under train/<class>/ and test/<class>/ "
             f"(found train classes {classes['train']}, test classes {classes['test']}). "
-            + _expected_layout("cifar10", "DIR")
-            + "\n(The python-version archive cifar-10-python.tar.gz must be extracted first.)"
+            + _expected_layout(dataset, "DIR")
+            + ("\n(The python-version archive cifar-10-python.tar.gz must be extracted first.)"
+               if dataset == "cifar10" else "")
         )
-    problem = _class_names_problem(classes["train"])
+    problem = class_names_problem(classes["train"])
     if problem:
-        raise DatasetError(f"cifar10: the train/<class>/ folders give {problem}; each class is a folder of images")
+        raise DatasetError(f"{dataset}: the train/<class>/ folders give {problem}; each class is a folder of images")
     if not set(classes["test"]) <= set(classes["train"]):
         raise DatasetError(
-            f"cifar10: test classes {sorted(set(classes['test']) - set(classes['train']))} have no train folder"
+            f"{dataset}: test classes {sorted(set(classes['test']) - set(classes['train']))} have no train folder"
         )
-    images = np.concatenate(decoded)
+    images = np.concatenate([pixels for pixels, _ in decoded])
+    if dataset == "folder" and all(grey.all() for _, grey in decoded):
+        images = images[..., :1]            # (grey converted to RGB: three equal channels)
     index = {label: i for i, label in enumerate(classes["train"])}
     arrays: Arrays = {"classes": np.array(classes["train"])}
     for split in _SPLITS:
@@ -579,35 +593,65 @@ def _decode_pool() -> multiprocessing.pool.Pool:
     return multiprocessing.get_context(method).Pool(_DECODE_WORKERS)
 
 
-def _decode_chunk(chunk: list[tuple[str, bytes]]) -> np.ndarray:
-    """Decode encoded 32x32 images to RGB uint8 ``(n, 32, 32, 3)``; errors name the offending file.
+def _opened(dataset: str, name: str, blob: bytes):
+    """The PIL image of encoded ``blob`` (file ``name`` of ``dataset``), its header read: PNG and JPEG only,
+    whatever PIL could open (an EPS would run Ghostscript on its program); errors name the file."""
+    try:
+        return Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        sides = "CIFAR-10 images are 32x32" if dataset == "cifar10" else \
+            f"a folder dataset's images have sides up to {FOLDER_MAX_SIDE}"
+        raise DatasetError(f"{name}: image too large to decode ({e}); {sides}") from e
+    except Image.UnidentifiedImageError as e:
+        raise DatasetError(f"{name}: cannot decode image: not a PNG or JPEG file (the formats read), or a "
+                           "damaged one; convert it to PNG or replace it") from e
+    except (OSError, ValueError) as e:
+        raise DatasetError(f"{name}: cannot decode image ({e})") from e
 
-    Only PNG and JPEG are decoded, whatever PIL could open (an EPS would run Ghostscript on its program), and
-    only 8-bit modes (PIL clips a 16-bit grey image to RGB). An image's size and mode are read from its header
-    and any other refused before its pixels are decoded."""
-    channels, height, width = IMAGE_SHAPES["cifar10"]
-    out = np.empty((len(chunk), height, width, channels), dtype=np.uint8)
+
+def _folder_image_size(name: str, blob: bytes) -> tuple[int, int]:
+    """(width, height) of a folder dataset's first image ``name`` (from its header): every other must have it;
+    a side over :data:`FOLDER_MAX_SIDE` is a DatasetError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's warning for a huge header
+        with _opened("folder", name, blob) as image:
+            size = image.size
+    if max(size) > FOLDER_MAX_SIDE:
+        raise DatasetError(f"{name}: image is {size[0]}x{size[1]}, larger than the {FOLDER_MAX_SIDE} x "
+                           f"{FOLDER_MAX_SIDE} of a folder dataset's images; resize the images (all to one size)")
+    return size
+
+
+def _decode_chunk(dataset: str, chunk: list[tuple[str, bytes]], size: tuple[int, int],
+                  first: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode encoded images of ``size`` (width, height) to RGB uint8 ``(n, height, width, 3)``, and whether each
+    was grey (:data:`_GREY_MODES`); errors name the offending file (and ``first``, the folder dataset's image that
+    set the size).
+
+    Only 8-bit modes are decoded (PIL clips a 16-bit grey image to RGB). An image's size and mode are read from its
+    header and any other refused before its pixels are decoded."""
+    width, height = size
+    out = np.empty((len(chunk), height, width, 3), dtype=np.uint8)
+    grey = np.zeros(len(chunk), dtype=bool)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL's warning for a huge header
         for i, (name, blob) in enumerate(chunk):
-            try:
-                with Image.open(io.BytesIO(blob), formats=IMAGE_FORMATS) as image:
-                    size, mode = image.size, image.mode
-                    rgb = image.convert("RGB") if size == (width, height) and mode in IMAGE_MODES else None
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                raise DatasetError(f"{name}: image too large to decode ({e}); CIFAR-10 images are 32x32") from e
-            except Image.UnidentifiedImageError as e:
-                raise DatasetError(f"{name}: cannot decode image: not a PNG or JPEG file (the formats read), or a "
-                                   "damaged one; convert it to PNG or replace it") from e
-            except (OSError, ValueError) as e:
-                raise DatasetError(f"{name}: cannot decode image ({e})") from e
-            if size != (width, height):
-                raise DatasetError(f"{name}: image is {size[0]}x{size[1]}, expected 32x32")
+            with _opened(dataset, name, blob) as image:
+                found, mode = image.size, image.mode
+                try:
+                    rgb = image.convert("RGB") if found == (width, height) and mode in IMAGE_MODES else None
+                except (OSError, ValueError) as e:
+                    raise DatasetError(f"{name}: cannot decode image ({e})") from e
+            if found != (width, height) and dataset == "cifar10":
+                raise DatasetError(f"{name}: image is {found[0]}x{found[1]}, expected 32x32")
+            if found != (width, height):
+                raise DatasetError(f"{name}: image is {found[0]}x{found[1]}, but {first} is {width}x{height}; the "
+                                   "images of a folder dataset share one size: resize them (all to one size)")
             if rgb is None:
                 raise DatasetError(f"{name}: an image of PIL mode {mode} (16 bits or more a pixel); save it as an "
                                    "8-bit PNG or JPEG")
-            out[i] = np.asarray(rgb)
-    return out
+            out[i], grey[i] = np.asarray(rgb), mode in _GREY_MODES
+    return out, grey
 
 
 # --------------------------------------------------------------------------- cache
@@ -618,19 +662,20 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("LCQ_CACHE_DIR") or Path.home() / ".cache" / "lcq")
 
 
-def _cached(source: Path, fingerprint: str, build: Callable[[], Arrays]) -> Arrays:
-    """Arrays for ``source`` from the ``.npz`` cache, else ``build()`` them and cache them atomically.
+def _cached(dataset: str, source: Path, fingerprint: str, build: Callable[[], Arrays]) -> Arrays:
+    """Arrays of ``dataset`` for ``source`` from the ``.npz`` cache, else ``build()`` them and cache them
+    atomically.
 
     The cache file is keyed by the source's absolute path and ``fingerprint``
     (size/mtime); a file that cannot be read back, or holds arrays that
     :func:`_decode_images` does not write (:func:`_is_decoded_dataset`), is ignored and rebuilt.
     """
     key = hashlib.sha256(f"{_CACHE_VERSION}|{source.resolve()}|{fingerprint}".encode()).hexdigest()[:24]
-    path = _cache_dir() / f"cifar10-{key}.npz"
+    path = _cache_dir() / f"{dataset}-{key}.npz"
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in _CACHE_KEYS}
-        if _is_decoded_dataset(arrays):
+        if _is_decoded_dataset(dataset, arrays):
             return arrays
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass
@@ -639,19 +684,20 @@ def _cached(source: Path, fingerprint: str, build: Callable[[], Arrays]) -> Arra
     return arrays
 
 
-def _is_decoded_dataset(arrays: Arrays) -> bool:
-    """Whether ``arrays`` are what :func:`_decode_images` writes: sorted class names that pass
-    :func:`_class_names_problem`, and per split uint8 ``(N, 3, 32, 32)`` images, N > 0, with int64 ``(N,)``
-    labels indexing the classes."""
+def _is_decoded_dataset(dataset: str, arrays: Arrays) -> bool:
+    """Whether ``arrays`` are what :func:`_decode_images` writes for ``dataset``: sorted class names that pass
+    :func:`class_names_problem`, and per split uint8 ``(N, C, H, W)`` images of one shape that
+    :func:`image_shape_problem` takes, N > 0, with int64 ``(N,)`` labels indexing the classes."""
     classes = arrays["classes"]
     if classes.dtype.kind != "U" or classes.ndim != 1:
         return False
     names = classes.tolist()
-    if _class_names_problem(names) or names != sorted(names):
+    if class_names_problem(names) or names != sorted(names):
         return False
     for split in _SPLITS:
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPES["cifar10"] or not len(x):
+        if x.dtype != np.uint8 or x.ndim != 4 or image_shape_problem(dataset, list(x.shape[1:])) or not len(x) \
+                or x.shape[1:] != arrays["train_x"].shape[1:]:
             return False
         if y.dtype != np.int64 or y.shape != x.shape[:1] or y.min() < 0 or y.max() >= len(names):
             return False

@@ -40,7 +40,7 @@ from .atomic import leftovers
 from .calibrate import (CLIP_INITS, activation_codes, calibrate_clips, code_count_problem, code_shares,
                         reestimate_bn)
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rank_rng, save_checkpoint, save_json
-from .data import DATASETS, IMAGE_SHAPES, load_dataset
+from .data import DATASETS, load_dataset
 from .loader import batches
 from .factory import build_user_model, is_factory, normalize_model
 from .models import build_model
@@ -84,7 +84,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     momentum: float = 0.9
     warmup_epochs: float = 0.0
-    augment: bool | None = None      # default: crop+flip for 32x32 RGB data
+    augment: bool | None = None      # default: crop+flip for CIFAR-10
     # quantized runs only (an FP run records PAPER_RECIPE's values):
     clip_init: str = "mse"           # initial clips: "mse" (lcq_train.calibrate; from the init checkpoint, so
                                      # "fixed" without one), or "fixed": the plan's alpha_w/alpha_a
@@ -253,9 +253,10 @@ def default_lr(method: str) -> float:
     return 0.1 if method == "fp" else 0.04
 
 
-def default_augment(input_shape) -> bool:
-    """Augmentation when none is asked: on (crop and flip) for 32 x 32 colour images, off otherwise."""
-    return tuple(input_shape) == (3, 32, 32)
+def default_augment(dataset: str) -> bool:
+    """Augmentation when none is asked: on (crop and flip) for CIFAR-10, off otherwise (a flipped digit is no
+    digit, and your own images' may not be either: --augment turns it on)."""
+    return dataset == "cifar10"
 
 
 def _ran_with(name: str, config: dict):
@@ -265,7 +266,7 @@ def _ran_with(name: str, config: dict):
     if value is None and name == "lr":
         return default_lr(config["plan"]["method"])
     if value is None and name == "augment":
-        return default_augment(IMAGE_SHAPES.get(config["dataset"], ()))
+        return default_augment(config["dataset"])
     return value
 
 
@@ -404,7 +405,7 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
     data = load_dataset(cfg.dataset, cfg.data_dir)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    augment = cfg.augment if cfg.augment is not None else default_augment(data.input_shape)
+    augment = cfg.augment if cfg.augment is not None else default_augment(cfg.dataset)
 
     model = build_quantized_model(cfg.model, data.input_shape, data.num_classes, cfg.plan, allow_factory=True)
     if cfg.init and resume_state is None:
@@ -440,6 +441,12 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
         metrics["start_code_shares"] = start_codes        # per activation quantizer: each code's share
     start_epoch = 0
     if resume_state is not None:
+        saved_data = (resume_state["input_shape"], resume_state.get("classes", list(data.classes)))
+        if saved_data != (list(data.input_shape), list(data.classes)):
+            raise ValueError(f"{ckpt_path}: the run trained on {cfg.dataset} images of shape {saved_data[0]} in the "
+                             f"classes {saved_data[1]}, but {cfg.data_dir} holds images of shape "
+                             f"{list(data.input_shape)} in the classes {list(data.classes)}; resume with the run's "
+                             "images (--data-dir), or train a new run (--out)")
         problems = {"optimizer": optimizer_state_problem(resume_state["optimizer"], optimizer),
                     "scheduler": scheduler_state_problem(resume_state["scheduler"], scheduler,
                                                          resume_state["epoch"] * steps_per_epoch),
@@ -518,6 +525,7 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
             metrics["best_test_top1"] = max(r["test_top1"] for r in metrics["epochs"])
             save_checkpoint({"config": cfg.to_dict(), "plan": cfg.plan.to_dict(),
                              "input_shape": list(data.input_shape), "num_classes": data.num_classes,
+                             "classes": list(data.classes),
                              "layers": metrics["layers"], "model": model.state_dict(),
                              "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "epoch": epoch + 1, "rng": rngs[0], **({"rank_rng": rngs[1:]} if world > 1 else {}),

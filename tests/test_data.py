@@ -147,7 +147,7 @@ def _isolated_env(tmp_path, monkeypatch):
 
 
 def test_datasets_tuple_and_unknown_name():
-    assert DATASETS == ("digits", "mnist", "fashion-mnist", "cifar10")
+    assert DATASETS == ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
     with pytest.raises(DatasetError, match=r"unknown dataset 'svhn'; choose one of: digits, mnist"):
         load_dataset("svhn")
 
@@ -656,7 +656,7 @@ def test_image_cache_reused_and_invalidated(tmp_path, monkeypatch):
     first = load_dataset("cifar10", tmp_path / "data")
     (cache,) = (tmp_path / "cache").glob("cifar10-*.npz")
 
-    def no_decode(items):
+    def no_decode(dataset, items):
         raise AssertionError("images decoded again instead of read from the cache")
 
     with monkeypatch.context() as m:
@@ -987,11 +987,11 @@ def _png() -> bytes:
 _decode_chunk = data_mod._decode_chunk
 
 
-def _dying_decode(chunk):
+def _dying_decode(dataset, chunk, size, first):
     """A decoding worker killed mid-chunk (the out-of-memory killer, a crash in a codec)."""
     if any(name == "boom.png" for name, _ in chunk):
         os.kill(os.getpid(), signal.SIGKILL)
-    return _decode_chunk(chunk)
+    return _decode_chunk(dataset, chunk, size, first)
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork (the patched decoder)")
@@ -1000,4 +1000,4 @@ def test_a_decoding_worker_that_dies_is_an_error_within_the_deadline(monkeypatch
     monkeypatch.setattr(data_mod, "_DECODE_DEADLINE_S", 2)
     items = [("train", "a", "a0.png", _png()), ("train", "b", "boom.png", _png()), ("test", "a", "t.png", _png())]
     with pytest.raises(DatasetError, match="took over 2 s to decode \\(a decoding process died"):
-        data_mod._decode_images(items)
+        data_mod._decode_images("cifar10", items)
