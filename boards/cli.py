@@ -492,9 +492,10 @@ def cmd_run(args) -> int:
 def _test_images(args, model) -> tuple:
     """The first ``--images`` images and labels of ``--inputs`` or, without it, of the model's test set."""
     if args.inputs is None:
-        from lcq_train.data import load_dataset
+        from lcq_train.data import load_dataset_for
 
-        data = load_dataset(model.source.get("dataset", "digits"), args.data_dir)
+        data = load_dataset_for(model.source.get("dataset", "digits"), args.data_dir, model.input.shape,
+                                model.source.get("classes"))
         return data.test_x[:args.images].numpy(), data.test_y[:args.images].numpy()
     from .inputs import read_inputs
 

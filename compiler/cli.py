@@ -139,7 +139,7 @@ def cmd_eval(args) -> int:
     """The model's integer top-1 and its agreement with the checkpoint it was compiled from (same digest), on the
     test set of the dataset that checkpoint was trained on (a model file naming another is refused)."""
     from lcq_train.checkpoint import load_checkpoint
-    from lcq_train.data import load_dataset
+    from lcq_train.data import load_dataset_for
 
     from .agreement import compare, unmatched_codes
     from .lower import quantized_model
@@ -178,7 +178,7 @@ def cmd_eval(args) -> int:
         raise ValueError(f"{args.model} names the codes tensor {unmatched[0]!r}, which is no activation quantizer of "
                          f"the network of {checkpoint}, so its codes could not be compared: the model file was edited "
                          f"since `lcq compile`. Recompile it: `lcq compile {checkpoint} -o {args.model}`")
-    data = load_dataset(dataset, args.data_dir)
+    data = load_dataset_for(dataset, args.data_dir, state["input_shape"], state.get("classes"))
     images, labels = data.test_x.numpy(), data.test_y.numpy()
     if args.images is not None:
         if args.images > len(images):

@@ -47,7 +47,7 @@ from .image_file import FORMATS as IMAGE_FORMATS, MODES as IMAGE_MODES, SUFFIXES
 from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
 
 __all__ = ["DATASETS", "FOLDER_MAX_SIDE", "IMAGE_SHAPES", "MAX_CLASSES", "DatasetError", "Dataset", "load_dataset",
-           "image_shape_problem", "class_names_problem"]
+           "load_dataset_for", "image_shape_problem", "class_names_problem"]
 
 _GREY_MODES = ("1", "L", "LA")     # image modes that make a grey (one-channel) folder dataset where all are
 
@@ -138,6 +138,19 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
         num_classes=len(classes),
         classes=classes,
     )
+
+
+def load_dataset_for(name: str, data_dir: str | os.PathLike | None, input_shape, classes=None) -> Dataset:
+    """:func:`load_dataset`, and a DatasetError unless its images are what a model of ``input_shape`` (C, H, W)
+    and, where given, class names ``classes`` (in label order) was trained on: a folder dataset is whatever the
+    directory holds, and another folder's images (or classes) would be read as the model's."""
+    data = load_dataset(name, data_dir)
+    known = list(classes) if classes is not None else list(data.classes)
+    if (list(data.input_shape), list(data.classes)) != (list(input_shape), known):
+        raise DatasetError(f"{name} ({data_dir}): images of shape {list(data.input_shape)} in the classes "
+                           f"{list(data.classes)}, but the model was trained on images of shape {list(input_shape)} "
+                           f"in the classes {known}; pass the images it was trained on (--data-dir)")
+    return data
 
 
 def _row_major(a: np.ndarray) -> torch.Tensor:

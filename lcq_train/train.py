@@ -40,7 +40,7 @@ from .atomic import leftovers
 from .calibrate import (CLIP_INITS, activation_codes, calibrate_clips, code_count_problem, code_shares,
                         reestimate_bn)
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rank_rng, save_checkpoint, save_json
-from .data import DATASETS, load_dataset
+from .data import DATASETS, load_dataset, load_dataset_for
 from .loader import batches
 from .factory import build_user_model, is_factory, normalize_model
 from .models import build_model
@@ -402,7 +402,8 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data_dir)
+    data = load_dataset(cfg.dataset, cfg.data_dir) if resume_state is None else \
+        load_dataset_for(cfg.dataset, cfg.data_dir, resume_state["input_shape"], resume_state.get("classes"))
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     augment = cfg.augment if cfg.augment is not None else default_augment(cfg.dataset)
@@ -441,12 +442,6 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
         metrics["start_code_shares"] = start_codes        # per activation quantizer: each code's share
     start_epoch = 0
     if resume_state is not None:
-        saved_data = (resume_state["input_shape"], resume_state.get("classes", list(data.classes)))
-        if saved_data != (list(data.input_shape), list(data.classes)):
-            raise ValueError(f"{ckpt_path}: the run trained on {cfg.dataset} images of shape {saved_data[0]} in the "
-                             f"classes {saved_data[1]}, but {cfg.data_dir} holds images of shape "
-                             f"{list(data.input_shape)} in the classes {list(data.classes)}; resume with the run's "
-                             "images (--data-dir), or train a new run (--out)")
         problems = {"optimizer": optimizer_state_problem(resume_state["optimizer"], optimizer),
                     "scheduler": scheduler_state_problem(resume_state["scheduler"], scheduler,
                                                          resume_state["epoch"] * steps_per_epoch),

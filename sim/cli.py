@@ -144,10 +144,10 @@ def _images(args, model) -> np.ndarray:
                              f"most {MAX_RANDOM_PIXELS:,} random pixels, the largest test set's)")
         rng = np.random.default_rng(args.seed)
         return rng.integers(0, 256, size=(args.images, *model.input.shape), dtype=np.uint8)
-    from lcq_train.data import load_dataset
+    from lcq_train.data import load_dataset_for
 
     dataset = model.source.get("dataset", "digits")
-    data = load_dataset(dataset, args.data_dir)
+    data = load_dataset_for(dataset, args.data_dir, model.input.shape, model.source.get("classes"))
     if args.images > len(data.test_x):
         raise ValueError(f"--images {args.images}: the {dataset} test set has {len(data.test_x)} images; pass at "
                          f"most that many, or --random for random images")

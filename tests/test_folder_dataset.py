@@ -168,7 +168,7 @@ def test_training_on_a_folder_records_its_classes_and_they_name_the_predictions(
     assert f"{image}: {record['name']} ({record['class']}); logits {record['name']} " in capsys.readouterr().out
 
 
-def test_a_run_resumes_only_on_its_own_images(trained, tmp_path, capsys):
+def test_a_run_resumes_and_a_model_evaluates_only_on_its_own_images(trained, tmp_path, capsys):
     root, checkpoint = trained
     other = tmp_path / "other"
     make_folder(other, per_class=(2, 1))
@@ -177,12 +177,18 @@ def test_a_run_resumes_only_on_its_own_images(trained, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint.pt").write_bytes(checkpoint.read_bytes())
-    with pytest.raises(ValueError, match=r"the run trained on folder images of shape \[1, 10, 12\] in the classes "
-                                         r"\['bar', 'cross', 'ring'\], but .*other holds images of shape \[1, 10, "
-                                         r"12\] in the classes \['bar', 'cross', 'rings'\]; resume with the run's "
-                                         r"images \(--data-dir\)"):
+    with pytest.raises(DatasetError, match=r"folder \(.*other\): images of shape \[1, 10, 12\] in the classes "
+                                           r"\['bar', 'cross', 'rings'\], but the model was trained on images of "
+                                           r"shape \[1, 10, 12\] in the classes \['bar', 'cross', 'ring'\]; pass the "
+                                           r"images it was trained on \(--data-dir\)"):
         train(TrainConfig(model="cnn", dataset="folder", data_dir=str(other), plan=QuantPlan("lcq", 3, 3),
                           epochs=3, batch_size=16, out=str(run), progress=False, resume=True))
+    model = tmp_path / "model.lcq"
+    assert main(["compile", str(checkpoint), "-o", str(model)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(model), "--data-dir", str(other)]) == 2
+    assert "in the classes ['bar', 'cross', 'rings'], but the model was trained on images of shape [1, 10, 12] in " \
+           "the classes ['bar', 'cross', 'ring']; pass the images it was trained on" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("classes, pattern", [
