@@ -85,12 +85,12 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-
-from lcq_train.dataset_rules import DATASETS, class_names_problem, image_shape_problem
 
 FORMAT = "lcq-compiled-model"
 VERSION = 2
@@ -111,6 +111,45 @@ MAX_NODES = 4096
 MAX_CONCAT = 64              # parts of one channel concatenation
 MAX_CLASSES = 1 << 16
 NAME = re.compile(r"[A-Za-z0-9_.]{1,256}")
+# What ``source.dataset`` may name, its images' (C, H, W) and the rule of ``source.classes``: the trainer's
+# (lcq_train.dataset_rules, which a test holds equal; not imported, so that the host side reads model files without
+# the trainer): the named datasets' own shapes, a folder dataset's C 1 or 3 with sides up to FOLDER_MAX_SIDE.
+DATASET_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32),
+                  "folder": None}
+FOLDER_MAX_SIDE = 256
+MAX_CLASS_NAME = 255
+
+
+def image_shape_problem(name: str, shape) -> str | None:
+    """Why ``shape`` is not the (C, H, W) of an image of dataset ``name`` (said after the field: "is [3, 8, 8], not
+    [1, 8, 8], the image shape of its dataset digits"); None where it is."""
+    whole = isinstance(shape, (list, tuple)) and len(shape) == 3 and all(_is_int(n) for n in shape)
+    if DATASET_SHAPES[name] is not None:
+        return None if whole and tuple(shape) == DATASET_SHAPES[name] else \
+            f"is {shape!r}, not {list(DATASET_SHAPES[name])}, the image shape of its dataset {name}"
+    if not whole or shape[0] not in (1, 3) or not all(1 <= n <= FOLDER_MAX_SIDE for n in shape[1:]):
+        return f"is {shape!r}, not the image shape of a folder dataset (C 1 or 3, sides 1..{FOLDER_MAX_SIDE})"
+    return None
+
+
+def class_names_problem(names: list) -> str | None:
+    """What makes ``names`` other than a classifier's class names (2..MAX_CLASSES distinct strings of
+    1..MAX_CLASS_NAME characters, none a control character); None when nothing."""
+    odd = next((n for n in names if not isinstance(n, str) or not 1 <= len(n) <= MAX_CLASS_NAME
+                or any(unicodedata.category(ch) == "Cc" for ch in n)), None)
+    if odd is not None:
+        return (f"the class name {odd!r}, which is no string of 1..{MAX_CLASS_NAME} characters without control "
+                "characters")
+    if len(names) < 2:
+        return f"{len(names)} class(es), but a classifier needs at least 2"
+    if len(names) > MAX_CLASSES:
+        return f"{len(names)} classes, more than the {MAX_CLASSES} a compiled model holds"
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
+    if repeated:
+        return f"the class names {repeated[:5]} more than once"
+    return None
+
+
 # What ``source.plan`` may hold: what lcq_train.plan.QuantPlan.to_dict writes of a plan the compiler compiles (a
 # method other than "fp", outer widths), by QuantPlan's rules (a test holds them equal; not imported, as above).
 PLAN_FIELDS = ("method", "wbits", "abits", "outer_bits", "K", "alpha_w", "alpha_a", "edge_bits", "layer_bits",
@@ -1288,9 +1327,9 @@ class CompiledModel:
         if not self.source["checkpoint"]:       # Path("") is ".": a directory, never the checkpoint
             raise ModelRuleError("model", "source.checkpoint", "must be the path of the checkpoint the model was "
                                                                "compiled from, not ''")
-        if self.source["dataset"] not in DATASETS:
+        if self.source["dataset"] not in DATASET_SHAPES:
             raise ModelRuleError("model", "source.dataset", "must name the dataset the checkpoint was trained on, "
-                                 f"one of {', '.join(DATASETS)}; not {show(self.source['dataset'])}")
+                                 f"one of {', '.join(DATASET_SHAPES)}; not {show(self.source['dataset'])}")
         problem = class_names_problem(self.source["classes"]) if "classes" in self.source else None
         if problem:
             raise ModelRuleError("model", "source.classes", f"gives {problem}")

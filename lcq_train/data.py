@@ -113,6 +113,17 @@ class Dataset:
         c, h, w = self.train_x.shape[1:]
         return (c, h, w)
 
+    def check_trained_on(self, input_shape, classes=None, data_dir=None) -> None:
+        """A DatasetError unless these are images of what a model of ``input_shape`` (C, H, W) and, where given,
+        class names ``classes`` (in label order) was trained on: a folder dataset is whatever the directory
+        (``data_dir``, for the message) holds, and another folder's images would be read as the model's."""
+        known = list(classes) if classes is not None else list(self.classes)
+        if (list(self.input_shape), list(self.classes)) != (list(input_shape), known):
+            raise DatasetError(f"{self.name} ({data_dir}): images of shape {list(self.input_shape)} in the classes "
+                               f"{list(self.classes)}, but the model was trained on images of shape "
+                               f"{list(input_shape)} in the classes {known}; pass the images it was trained on "
+                               "(--data-dir)")
+
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
     """Load dataset ``name`` (one of :data:`DATASETS`) from ``data_dir``.
@@ -145,11 +156,7 @@ def load_dataset_for(name: str, data_dir: str | os.PathLike | None, input_shape,
     and, where given, class names ``classes`` (in label order) was trained on: a folder dataset is whatever the
     directory holds, and another folder's images (or classes) would be read as the model's."""
     data = load_dataset(name, data_dir)
-    known = list(classes) if classes is not None else list(data.classes)
-    if (list(data.input_shape), list(data.classes)) != (list(input_shape), known):
-        raise DatasetError(f"{name} ({data_dir}): images of shape {list(data.input_shape)} in the classes "
-                           f"{list(data.classes)}, but the model was trained on images of shape {list(input_shape)} "
-                           f"in the classes {known}; pass the images it was trained on (--data-dir)")
+    data.check_trained_on(input_shape, classes, data_dir)
     return data
 
 

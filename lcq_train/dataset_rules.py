@@ -10,6 +10,7 @@ their data to these.
 from __future__ import annotations
 
 import unicodedata
+from collections import Counter
 from typing import Iterable
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "folder")
@@ -48,7 +49,7 @@ def class_names_problem(names: Iterable[str]) -> str | None:
         return f"{len(names)} class(es), but a classifier needs at least 2"
     if len(names) > MAX_CLASSES:
         return f"{len(names)} classes, more than the {MAX_CLASSES} a compiled model holds"
-    repeated = sorted(n for n, count in {n: names.count(n) for n in set(names)}.items() if count > 1)
+    repeated = sorted(n for n, count in Counter(names).items() if count > 1)
     if repeated:
         return f"the class names {repeated[:5]} more than once"
     return None

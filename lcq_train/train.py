@@ -40,7 +40,7 @@ from .atomic import leftovers
 from .calibrate import (CLIP_INITS, activation_codes, calibrate_clips, code_count_problem, code_shares,
                         reestimate_bn)
 from .checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rank_rng, save_checkpoint, save_json
-from .data import DATASETS, load_dataset, load_dataset_for
+from .data import DATASETS, load_dataset
 from .loader import batches
 from .factory import build_user_model, is_factory, normalize_model
 from .models import build_model
@@ -402,8 +402,9 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    data = load_dataset(cfg.dataset, cfg.data_dir) if resume_state is None else \
-        load_dataset_for(cfg.dataset, cfg.data_dir, resume_state["input_shape"], resume_state.get("classes"))
+    data = load_dataset(cfg.dataset, cfg.data_dir)
+    if resume_state is not None:
+        data.check_trained_on(resume_state["input_shape"], resume_state.get("classes"), cfg.data_dir)
     train_x, train_y = data.train_x.to(device), data.train_y.to(device)
     test_x, test_y = data.test_x.to(device), data.test_y.to(device)
     augment = cfg.augment if cfg.augment is not None else default_augment(cfg.dataset)

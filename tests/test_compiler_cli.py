@@ -194,9 +194,9 @@ def test_eval_refuses_a_model_naming_another_dataset_than_its_checkpoint(compile
     Fashion-MNIST share theirs, so here MNIST's images take the digits' shape.)"""
     from helpers import members
 
-    from lcq_train.dataset_rules import IMAGE_SHAPES
+    from compiler.graph import DATASET_SHAPES
 
-    monkeypatch.setitem(IMAGE_SHAPES, "mnist", IMAGE_SHAPES["digits"])
+    monkeypatch.setitem(DATASET_SHAPES, "mnist", DATASET_SHAPES["digits"])
     checkpoint, model = compiled
     manifest, arrays = members(model)
     manifest["source"]["dataset"] = "mnist"

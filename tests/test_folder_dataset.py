@@ -4,7 +4,9 @@ one size, grey or colour; trained, compiled and run with their class names; bad 
 import hashlib
 import io
 import json
+import sys
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,39 +20,8 @@ from lcq_train.data import DatasetError, load_dataset
 from lcq_train.plan import QuantPlan
 from lcq_train.train import TrainConfig, train
 
-CLASSES = ("bar", "cross", "ring")     # folder names, sorted: labels 0, 1, 2
-HEIGHT, WIDTH = 10, 12
-
-
-def _pattern(label: int, rng: np.random.Generator) -> np.ndarray:
-    """A grey HEIGHT x WIDTH image of class ``label``: a horizontal bar, a cross or a ring, shifted and noisy."""
-    y, x = np.mgrid[:HEIGHT, :WIDTH]
-    cy, cx = HEIGHT / 2 + rng.integers(-1, 2), WIDTH / 2 + rng.integers(-1, 2)
-    if label == 0:
-        shape = np.abs(y - cy) < 1.5
-    elif label == 1:
-        shape = (np.abs(y - cy) < 1) | (np.abs(x - cx) < 1)
-    else:
-        shape = np.abs(np.hypot(y - cy, x - cx) - 3.5) < 1
-    return np.clip(shape * 200 + rng.integers(0, 50, shape.shape), 0, 255).astype(np.uint8)
-
-
-def make_folder(root, per_class=(30, 10), colour_one=False, seed=0) -> dict:
-    """Write ``root/{train,test}/<class>/<i>.png`` (grey; one RGB image where ``colour_one``); returns
-    ``{(split, class, i): pixels}``."""
-    rng = np.random.default_rng(seed)
-    written = {}
-    for split, n in zip(("train", "test"), per_class):
-        for label, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = _pattern(label, rng)
-                if colour_one and (split, label, i) == ("train", 0, 0):
-                    pixels = np.stack([pixels, pixels // 2, 255 - pixels], axis=-1)
-                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-                written[(split, name, i)] = pixels
-    return written
+sys.path.insert(0, str(Path(__file__).parent / "data"))
+from shapes_folder import CLASSES, HEIGHT, WIDTH, make_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1139,8 +1139,9 @@ def test_a_model_file_of_huge_images_is_refused_when_read(tmp_path):
                                                    r"of range; allowed 1\.\.16384"):
         fmt.load(_digits_scaled(tmp_path, 7500))
     source = members(DIGITS)[0]["source"]
-    with pytest.raises(fmt.ModelFormatError, match=r"'source\.dataset' = 'digits', whose images are \[1, 8, 8\], "
-                                                   r"but the input node takes \[1, 16384, 16384\]"):
+    with pytest.raises(fmt.ModelFormatError, match=r"'source\.dataset' = 'digits', but the input node's shape is "
+                                                   r"\[1, 16384, 16384\], not \[1, 8, 8\], the image shape of its "
+                                                   r"dataset digits"):
         fmt.load(_digits_scaled(tmp_path, 2048, source))
 
 

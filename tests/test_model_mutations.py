@@ -466,6 +466,32 @@ def named(message: str) -> bool:
                           message))
 
 
+@pytest.mark.parametrize("shape", [[1, 8, 8], [1, 28, 28], [3, 32, 32], [3, 8, 8], [1, 10, 12], [3, 256, 256],
+                                   [3, 257, 8], [2, 8, 8], [1, 0, 8], [True, 8, 8], [1, 8], "1x8x8", [1.0, 8, 8]])
+def test_the_datasets_and_image_shapes_a_model_file_may_name_are_the_trainers(shape):
+    """``source.dataset`` and the input's shape are checked by the compiler's own rule (the host reads model files
+    without the trainer); it must be the trainer's, the rule that wrote the fields."""
+    from compiler import graph
+    from lcq_train import dataset_rules as trainer
+
+    assert tuple(graph.DATASET_SHAPES) == trainer.DATASETS and graph.FOLDER_MAX_SIDE == trainer.FOLDER_MAX_SIDE
+    assert {k: v for k, v in graph.DATASET_SHAPES.items() if v is not None} == trainer.IMAGE_SHAPES
+    for name in trainer.DATASETS:
+        assert graph.image_shape_problem(name, shape) == trainer.image_shape_problem(name, shape), (name, shape)
+
+
+@pytest.mark.parametrize("names", [["a", "b"], ["a"], [], ["a", "a", "b"], ["cat", "dog", ""], ["x" * 255, "y"],
+                                   ["x" * 256, "y"], ["a\x07", "b"], ["a\u200bb", "c"], ["a", 3], ["a", None],
+                                   [str(i) for i in range(1 << 16)], [str(i) for i in range((1 << 16) + 1)]],
+                         ids=lambda names: f"{len(names)} names" if len(names) > 8 else repr(names))
+def test_the_class_names_a_model_file_may_record_are_the_trainers(names):
+    from compiler import graph
+    from lcq_train import dataset_rules as trainer
+
+    assert graph.MAX_CLASSES == trainer.MAX_CLASSES and graph.MAX_CLASS_NAME == trainer.MAX_NAME_CHARS
+    assert graph.class_names_problem(names) == trainer.class_names_problem(names)
+
+
 def test_the_plans_a_model_file_may_hold_are_the_trainers():
     """``source.plan`` is checked by the compiler's own rule (the host reads model files without the trainer): it
     must accept what :meth:`QuantPlan.to_dict` writes of a plan the compiler compiles (a method other than "fp",
