@@ -11,9 +11,10 @@ must already be on disk in the dataset's standard layout, found via the
 - ``mnist``, ``fashion-mnist``: the four IDX files, raw or ``.gz``.
 - ``cifar10``: the python pickle batches, ``train/<class>/*.jpg`` image
   folders, or a ``.tar.gz`` of those folders.
-- ``folder``: your own images, ``train/<class>/*.png`` (or ``.jpg``) and ``test/<class>/...`` folders or a
-  ``.tar.gz`` of them: every image of one size (each side up to :data:`FOLDER_MAX_SIDE`), grey (C = 1) where
-  every image is grey, else RGB; the classes are the folder names, sorted.
+- ``folder``: your own images, ``train/<class>/*.png`` (or ``.jpg``) and ``test/<class>/...`` folders, a
+  ``.tar.gz`` of them, or ``<class>/*.png`` folders alone (every 5th image of a class, by name, a test image):
+  every image of one size (each side up to :data:`FOLDER_MAX_SIDE`), grey (C = 1) where every image is grey,
+  else RGB; the classes are the folder names, sorted.
 
 Decoded images are cached as an ``.npz`` under ``$LCQ_CACHE_DIR`` (default ``~/.cache/lcq``).
 """
@@ -50,6 +51,7 @@ __all__ = ["DATASETS", "FOLDER_MAX_SIDE", "IMAGE_SHAPES", "MAX_CLASSES", "Datase
            "load_dataset_for", "image_shape_problem", "class_names_problem"]
 
 _GREY_MODES = ("1", "L", "LA")     # image modes that make a grey (one-channel) folder dataset where all are
+FOLDER_TEST_EVERY = 5              # class folders alone: every 5th image of a class (by name) is a test image
 
 _DEFAULT_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
@@ -186,8 +188,9 @@ def _expected_layout(name: str, where: str) -> str:
         return (
             f"Expected your images in class folders: {where}/train/<class>/*.png and {where}/test/<class>/*.png "
             f"(.png/.jpg/.jpeg; every image of one size, each side up to {FOLDER_MAX_SIDE}; grey where all are grey, "
-            f"else RGB; the folder names are the classes), or one .tar.gz/.tgz archive in {where} (or passed "
-            "directly) holding that train/ test/ layout, optionally under one top-level folder"
+            f"else RGB; the folder names are the classes), or {where}/<class>/*.png alone (every "
+            f"{FOLDER_TEST_EVERY}th image of a class by name a test image), or one .tar.gz/.tgz archive in {where} "
+            "(or passed directly) holding the train/ test/ layout, optionally under one top-level folder"
         )
     return "Expected the four IDX files (raw or .gz): " + ", ".join(f"{where}/{f}[.gz]" for f in _IDX_FILES)
 
@@ -333,8 +336,11 @@ def _load_images(name: str, root: Path) -> Arrays:
         for candidate in (root / "cifar-10-batches-py", root) if name == "cifar10" else ():
             if any((candidate / batch).is_file() for batch in _CIFAR_BATCHES):
                 return _load_cifar_python(candidate)
-        if (root / "train").is_dir() and (root / "test").is_dir():
-            files = _list_image_folders(name, root)
+        split = (root / "train").is_dir() and (root / "test").is_dir()
+        unsplit = name == "folder" and not any((root / s).exists() for s in _SPLITS) and \
+            any(p.is_dir() for p in root.iterdir())
+        if split or unsplit:
+            files = _list_image_folders(name, root) if split else _split_class_folders(root)
             stats = [(str(p), st.st_size, st.st_mtime_ns) for _, _, p in files for st in [p.stat()]]
             fingerprint = hashlib.sha256(repr(stats).encode()).hexdigest()
             return _cached(name, root, fingerprint, lambda: _decode_images(name, _read_image_folders(name, files)))
@@ -446,6 +452,21 @@ def _list_image_folders(name: str, root: Path) -> list[tuple[str, str, Path]]:
                 raise DatasetError(f"{name}: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its "
                                    "images or remove the folder")
             files += [(split, class_dir.name, path) for path in paths]
+    return files
+
+
+def _split_class_folders(root: Path) -> list[tuple[str, str, Path]]:
+    """(split, class, path) of every image under ``root/<class>/`` (a folder dataset given as class folders alone),
+    sorted: in each class, by file name, every :data:`FOLDER_TEST_EVERY`-th image is a test image (the 5th, the
+    10th, ...), the others training images. A class folder without an image is a DatasetError."""
+    files = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        paths = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        if not paths:
+            raise DatasetError(f"folder: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its images or "
+                               "remove the folder")
+        files += [("test" if i % FOLDER_TEST_EVERY == FOLDER_TEST_EVERY - 1 else "train", class_dir.name, path)
+                  for i, path in enumerate(paths)]
     return files
 
 

@@ -210,3 +210,21 @@ def test_a_model_file_is_held_to_the_rule_of_class_names(trained, tmp_path, edit
     model_format.write_members(edited, manifest, arrays)
     with pytest.raises(ValueError, match=pattern):
         model_format.load(edited)
+
+
+def test_class_folders_alone_split_every_fifth_image_of_a_class_into_the_test_set(tmp_path, monkeypatch):
+    """``DIR/<class>/*.png`` without train/ and test/ (a dataset as it is often shared): every 5th image of a class,
+    by file name, is a test image."""
+    monkeypatch.setenv("LCQ_CACHE_DIR", str(tmp_path / "cache"))
+    written = make_folder(tmp_path / "split", per_class=(12, 0))
+    alone = tmp_path / "alone"
+    (tmp_path / "split" / "train").rename(alone)
+    data = load_dataset("folder", alone)
+    assert data.classes == CLASSES and (len(data.train_x), len(data.test_x)) == (30, 6)
+    assert data.test_y.tolist() == [0, 0, 1, 1, 2, 2] and data.train_y.tolist() == [0] * 10 + [1] * 10 + [2] * 10
+    assert np.array_equal(data.test_x[2, 0].numpy(), written[("train", "cross", 4)])
+    assert np.array_equal(data.test_x[3, 0].numpy(), written[("train", "cross", 9)])
+    assert np.array_equal(data.train_x[10 + 4, 0].numpy(), written[("train", "cross", 5)])
+    (alone / "train").mkdir()                        # a train/ beside class folders: which layout is meant is unclear
+    with pytest.raises(DatasetError, match=r"folder: no recognised layout in .*alone\. Expected your images"):
+        load_dataset("folder", alone)
