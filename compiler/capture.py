@@ -500,7 +500,7 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("softmax", dim=_arg(node, 1, "dim"))
     if _on_image(node):
         raise Unsupported(model, node, _IMAGE_ARITHMETIC)
-    hint = SILU_HINT if _spelled_silu(node, modules) else \
+    hint = SILU_HINT if _spelled_silu(node, modules) else SE_HINT if _squeeze_excitation(node, modules) else \
         _HINT.get(type(modules[node.target]) if node.op == "call_module" else node.target)
     raise Unsupported(model, node, "is not supported" + (f": {hint}" if hint else ""))
 
@@ -520,4 +520,37 @@ def _spelled_silu(node: fx.Node, modules: dict) -> bool:
                 or (s.op == "call_method" and s.target == "sigmoid")
                 or (s.op == "call_module" and isinstance(modules[s.target], nn.Sigmoid))):
             return True
+    return False
+
+
+SE_HINT = ("x times a gate computed from x's global average is a squeeze-excitation block, a product of two tensors, "
+           "for which the accelerator has no unit: leave the SE blocks out (as EfficientNet-lite and "
+           "MobileNet-EdgeTPU do for integer accelerators); the rest of the network compiles")
+_SE_DEPTH = 16          # nodes searched back from a gate for the pooling of the tensor it multiplies
+
+
+def _global_average(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` averages its input over the map (any of the spellings :func:`operation` takes as "pool",
+    and adaptive averages to other sizes)."""
+    if node.op == "call_module":
+        return isinstance(modules.get(node.target), nn.AdaptiveAvgPool2d)
+    return (node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, torch.mean)) or \
+        (node.op == "call_method" and node.target == "mean")
+
+
+def _squeeze_excitation(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` multiplies a tensor by a gate computed from that tensor's global average pooling (within
+    :data:`_SE_DEPTH` nodes): a squeeze-excitation block (SENet, MobileNetV3, EfficientNet, RegNetY)."""
+    if node.target not in _PRODUCTS or len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args):
+        return False
+    for x, gate in (node.args, node.args[::-1]):
+        seen, frontier = set(), [gate]
+        while frontier and len(seen) < _SE_DEPTH:
+            n = frontier.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if _global_average(n, modules) and n.args and n.args[0] is x:
+                return True
+            frontier += n.all_input_nodes
     return False

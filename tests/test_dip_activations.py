@@ -287,3 +287,45 @@ def test_two_layers_reading_one_average_share_its_quantizer():
     assert pairs["fc"] == pairs["fc2"]
     assert [n.name for n in net.graph.nodes if n.op == "call_module" and n.target.startswith("act_")] == \
         ["act_conv", pairs["fc"]]
+
+
+class _SqueezeExcitation(nn.Module):
+    """A conv block with a squeeze-excitation gate, as SENet (kuangliu: F.adaptive_avg_pool2d, 1x1 convs,
+    .sigmoid()) or torchvision's SqueezeExcitation (AdaptiveAvgPool2d, ReLU, Hardsigmoid, ``scale * input``) write
+    it; ``"product"``: a product of two branches that is no gate."""
+
+    def __init__(self, spelling):
+        super().__init__()
+        self.spelling = spelling
+        self.conv, self.bn = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.pool, self.fc1, self.fc2 = nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.other, self.gate = nn.Conv2d(1, 8, 3, padding=1), nn.Hardsigmoid()
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        image = x
+        x = F.relu(self.bn(self.conv(x)))
+        if self.spelling == "kuangliu":
+            x = x * self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, (1, 1))))).sigmoid()
+        elif self.spelling == "torchvision":
+            scale = self.gate(self.fc2(F.relu(self.fc1(self.pool(x)))))
+            x = scale * x
+        else:
+            x = x * torch.sigmoid(self.other(image))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@pytest.mark.parametrize("spelling", ["kuangliu", "torchvision"])
+def test_a_squeeze_excitation_gate_is_refused_naming_the_fix(spelling):
+    net = randomize(quantize_model(_SqueezeExcitation(spelling), method="lcq", wbits=3, abits=3), seed=0)
+    with pytest.raises(Unsupported, match=r"is not supported: x times a gate computed from x's global average is a "
+                                          r"squeeze-excitation block, a product of two tensors, .*leave the SE blocks "
+                                          r"out \(as EfficientNet-lite"):
+        compile_model(net, (1, 8, 8))
+
+
+def test_a_product_of_two_branches_keeps_the_products_hint():
+    net = randomize(quantize_model(_SqueezeExcitation("product"), method="lcq", wbits=3, abits=3), seed=0)
+    with pytest.raises(Unsupported, match=r"is not supported: the accelerator multiplies only in its conv and linear "
+                                          r"layers"):
+        compile_model(net, (1, 8, 8))
