@@ -338,7 +338,7 @@ def _load_images(name: str, root: Path) -> Arrays:
                 return _load_cifar_python(candidate)
         split = (root / "train").is_dir() and (root / "test").is_dir()
         unsplit = name == "folder" and not any((root / s).exists() for s in _SPLITS) and \
-            any(p.is_dir() for p in root.iterdir())
+            any(_visible(p) and p.is_dir() for p in root.iterdir())
         if split or unsplit:
             files = _list_image_folders(name, root) if split else _split_class_folders(root)
             stats = [(str(p), st.st_size, st.st_mtime_ns) for _, _, p in files for st in [p.stat()]]
@@ -441,13 +441,24 @@ def _unpickle(path: Path) -> dict:
     return obj
 
 
+def _visible(path: Path) -> bool:
+    """Whether ``path`` is no hidden file or folder (a name from ``.``: Jupyter's ``.ipynb_checkpoints``, macOS's
+    ``._x.png`` resource forks and ``.DS_Store``), which the image readers pass over."""
+    return not path.name.startswith(".")
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` (:data:`IMAGE_SUFFIXES`, hidden ones passed over), sorted."""
+    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p) and p.is_file()]
+
+
 def _list_image_folders(name: str, root: Path) -> list[tuple[str, str, Path]]:
     """(split, class, path) of every image of dataset ``name`` under ``root/{train,test}/<class>/``, sorted; a
     class folder without one is a DatasetError (its class would be left out)."""
     files = []
     for split in _SPLITS:
-        for class_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            paths = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        for class_dir in sorted(p for p in (root / split).iterdir() if _visible(p) and p.is_dir()):
+            paths = _image_files(class_dir)
             if not paths:
                 raise DatasetError(f"{name}: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its "
                                    "images or remove the folder")
@@ -460,8 +471,8 @@ def _split_class_folders(root: Path) -> list[tuple[str, str, Path]]:
     sorted: in each class, by file name, every :data:`FOLDER_TEST_EVERY`-th image is a test image (the 5th, the
     10th, ...), the others training images. A class folder without an image is a DatasetError."""
     files = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        paths = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    for class_dir in sorted(p for p in root.iterdir() if _visible(p) and p.is_dir()):
+        paths = _image_files(class_dir)
         if not paths:
             raise DatasetError(f"folder: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its images or "
                                "remove the folder")
@@ -526,7 +537,8 @@ def _iter_tar_images(dataset: str, archive: Path) -> Iterator[tuple[str, str, st
 
     The archive is read to its end, so a cut or corrupt one is a DatasetError: every member header up to the
     end-of-archive marker (:class:`_CheckedTarInfo`), then the rest of the gzip stream, whose length and CRC
-    its trailer checks. An image stored twice (``tar -r``) is a DatasetError, not two images."""
+    its trailer checks. An image stored twice (``tar -r``) is a DatasetError, not two images. Hidden members (a
+    class, split or file name from ``.``, as macOS's tar adds ``._x.png``) are passed over."""
     prefix, seen = None, set()
     try:
         with open(archive, "rb") as raw, gzip.GzipFile(fileobj=raw) as gz, \
@@ -538,6 +550,7 @@ def _iter_tar_images(dataset: str, archive: Path) -> Iterator[tuple[str, str, st
                     or len(parts) not in (3, 4)
                     or parts[-3] not in _SPLITS
                     or PurePosixPath(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES
+                    or any(part.startswith(".") and part != ".." for part in parts[-3:])     # hidden: _visible
                 ):
                     continue
                 if ".." in parts or parts[0] == "/":
@@ -607,7 +620,8 @@ def _decode_images(dataset: str, items: Iterable[tuple[str, str, str, bytes]]) -
             f"(found train classes {classes['train']}, test classes {classes['test']}). "
             + _expected_layout(dataset, "DIR")
             + ("\n(The python-version archive cifar-10-python.tar.gz must be extracted first.)"
-               if dataset == "cifar10" else "")
+               if dataset == "cifar10" else f"\n(Of class folders alone every {FOLDER_TEST_EVERY}th image of a "
+               f"class is a test image: a class with fewer than {FOLDER_TEST_EVERY} has none.)")
         )
     problem = class_names_problem(classes["train"])
     if problem:

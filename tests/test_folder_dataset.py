@@ -228,3 +228,34 @@ def test_class_folders_alone_split_every_fifth_image_of_a_class_into_the_test_se
     (alone / "train").mkdir()                        # a train/ beside class folders: which layout is meant is unclear
     with pytest.raises(DatasetError, match=r"folder: no recognised layout in .*alone\. Expected your images"):
         load_dataset("folder", alone)
+
+
+def test_hidden_files_and_folders_are_passed_over(tmp_path, monkeypatch):
+    """Jupyter's .ipynb_checkpoints folders, macOS's ._x.png resource forks (no image) and .DS_Store files, in the
+    folders and in an archive made of them, are no classes or images."""
+    monkeypatch.setenv("LCQ_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "d"
+    make_folder(root, per_class=(5, 2))
+    clean = load_dataset("folder", root)
+    for folder in (root, root / "train", root / "test" / "bar"):
+        (folder / ".ipynb_checkpoints").mkdir()
+        (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (root / "train" / "ring" / "._000.png").write_bytes(b"\0\5\26\7 resource fork")
+    (root / "train" / ".hidden").mkdir()
+    (root / "train" / ".hidden" / "0.png").write_bytes(_png(np.zeros((10, 12), np.uint8)))
+    again = load_dataset("folder", root)
+    assert again.classes == CLASSES and np.array_equal(again.train_x.numpy(), clean.train_x.numpy())
+    archive = tmp_path / "d.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root / "train", arcname="train")
+        tar.add(root / "test", arcname="test")
+    packed = load_dataset("folder", archive)
+    assert packed.classes == CLASSES and np.array_equal(packed.train_x.numpy(), clean.train_x.numpy())
+    alone = tmp_path / "alone"
+    (root / "train").rename(alone)
+    assert load_dataset("folder", alone).classes == CLASSES
+    for name in CLASSES:
+        (alone / name / "004.png").unlink()
+    with pytest.raises(DatasetError, match=r"\(Of class folders alone every 5th image of a class is a test image: a "
+                                           r"class with fewer than 5 has none\.\)"):
+        load_dataset("folder", alone)
