@@ -432,6 +432,9 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
         groups.append({"params": q_params, "lr": cfg.q_lr, "weight_decay": 0.0})
     optimizer = torch.optim.SGD(groups, momentum=cfg.momentum, nesterov=True)
     steps_per_epoch = math.ceil((train_x.shape[0] // world) / cfg.batch_size)
+    warning = few_steps_warning(model, cfg.epochs, steps_per_epoch, train_x.shape[0], cfg.batch_size)
+    if warning and rank == 0:
+        print(f"lcq train: warning: {warning}", file=sys.stderr, flush=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)))
 
@@ -567,6 +570,20 @@ def check_diverged(model: nn.Module, epoch: int, loss: float, ckpt_path: Path, l
                 f"the weights are not finite (the training loss {loss:.3g})")
         raise TrainingDiverged(f"epoch {epoch + 1}: {what}: the run diverged and stops; {kept}. "
                                f"{_lr_advice(model, lr)}, into a new --out")
+
+
+def few_steps_warning(model: nn.Module, epochs: int, steps_per_epoch: int, images: int, batch_size: int) -> str | None:
+    """What to say where a run's ``epochs`` x ``steps_per_epoch`` steps leave over 5% of their starting values in
+    the running statistics of ``model``'s BN layers (each step keeps ``1 - momentum`` of them): eval mode (the
+    test top-1, and the compiled model) then lags training, as on a small folder of images; None otherwise."""
+    kept = max(((1 - m.momentum) ** (epochs * steps_per_epoch) for m in model.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum is not None), default=0.0)
+    if kept <= 0.05:
+        return None
+    return (f"the run takes {epochs * steps_per_epoch} steps ({epochs} epoch(s) of {steps_per_epoch}: {images} "
+            f"training images at --batch-size {batch_size}), after which the BN layers' running statistics keep "
+            f"{100 * kept:.0f}% of their starting values, so eval mode (the test top-1, the compiled model) lags "
+            "training: train more epochs (--epochs) or take smaller batches (--batch-size)")
 
 
 def chance_warning(model: nn.Module, epoch: int, top1: float, classes: int, lr: float) -> str:

@@ -259,3 +259,19 @@ def test_hidden_files_and_folders_are_passed_over(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match=r"\(Of class folders alone every 5th image of a class is a test image: a "
                                            r"class with fewer than 5 has none\.\)"):
         load_dataset("folder", alone)
+
+
+def test_a_run_of_few_steps_warns_that_the_bn_statistics_lag(folder, tmp_path, capsys):
+    """90 images at the default batch of 128 take a step an epoch: after 3 epochs the BN running statistics keep
+    0.9^3 = 73% of their start (a run of 4 epochs on twice the images had a test top-1 in eval mode at chance while
+    training was at 100%); at batches of 4, 69 steps keep 0.07%."""
+    root, _ = folder
+    assert main(["train", "--dataset", "folder", "--data-dir", str(root), "--method", "fp", "--epochs", "3",
+                 "--out", str(tmp_path / "few"), "--no-progress"]) == 0
+    assert ("lcq train: warning: the run takes 3 steps (3 epoch(s) of 1: 90 training images at --batch-size 128), "
+            "after which the BN layers' running statistics keep 73% of their starting values, so eval mode (the test "
+            "top-1, the compiled model) lags training: train more epochs (--epochs) or take smaller batches "
+            "(--batch-size)") in capsys.readouterr().err
+    assert main(["train", "--dataset", "folder", "--data-dir", str(root), "--method", "fp", "--epochs", "3",
+                 "--batch-size", "4", "--out", str(tmp_path / "enough"), "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
