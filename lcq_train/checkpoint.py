@@ -318,7 +318,7 @@ def _decode(obj, tensors: dict, used: set):
 
 def _check_state(state, where: str) -> None:
     """Check checkpoint dict ``state`` field by field; CheckpointError names ``where`` and the field."""
-    from .data import MAX_CLASSES, class_names_problem, image_shape_problem
+    from .dataset_rules import MAX_CLASSES, class_names_problem, image_shape_problem
     from .plan import QuantPlan
     from .quantizer import BITS
     from .train import TrainConfig

@@ -73,7 +73,7 @@ _MAX_TAR_HEADER_BYTES = 1 << 20  # a long name or pax header of a .tar.gz member
 _TAR_EXTRA_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
                       tarfile.SOLARIS_XHDTYPE)
 
-_CACHE_VERSION = 2     # (2: a folder dataset's shape and name in the file name)
+_CACHE_VERSION = 1
 _CACHE_KEYS = ("train_x", "train_y", "test_x", "test_y", "classes")
 _DECODE_CHUNK = 2000  # images per worker task
 _DECODE_WORKERS = max(1, min(8, os.cpu_count() or 1))
