@@ -244,6 +244,10 @@ def trace_or_explain(model: nn.Module, failing: str, advice: str) -> fx.Graph:
         if isinstance(e, NameError) and "not installed as a submodule" in reason:
             advice = ("its forward calls a module it creates there: create it in __init__ (self.relu = nn.ReLU()) "
                       "and call that, or call the function (torch.relu)")
+        elif "not 'Proxy'" in reason:
+            advice = ("its forward makes a Python number of a tensor's size (int(x.size(1) * ratio), as kuangliu's "
+                      "ShuffleNetV2 splits its channels), which the trace leaves unknown: compute the number in "
+                      "__init__ from the layer's arguments (self.c = int(in_channels * ratio)) and use that")
         elif "cannot be iterated" in reason:
             advice = ("its forward loops over a tensor or its size (for s in x.size()[1:] in a num_flat_features "
                       "method), which the trace leaves unknown: flatten with torch.flatten(x, 1), or x.view(x.size(0), "

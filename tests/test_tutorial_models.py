@@ -131,7 +131,20 @@ class AlwaysDropout(tm.MnistNet2018):
         return self.fc2(F.dropout(F.relu(self.fc1(x.view(-1, 320)))))
 
 
+class SizeNumber(tm.MnistNet2018):
+    """A number made of a tensor's size, as kuangliu's ShuffleNetV2 splits its channels (int(x.size(1) * ratio))."""
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        c = int(x.size(1) * 0.5)
+        return self.fc2(F.relu(self.fc1(torch.cat([x[:, :c], x[:, c:]], 1).view(-1, 320))))
+
+
 @pytest.mark.parametrize("net, says", [
+    (SizeNumber, r"cannot quantize SizeNumber: torch\.fx cannot trace its forward \(TypeError: int\(\) argument must "
+                 r"be .*not 'Proxy'\); its forward makes a Python number of a tensor's size \(int\(x\.size\(1\) \* "
+                 r"ratio\), as kuangliu's ShuffleNetV2 splits its channels\), .*compute the number in __init__"),
     (AlwaysDropout, r"cannot quantize AlwaysDropout: forward calls dropout as a function at .*test_tutorial_models"
                     r"\.py:\d+ .*\(training=True\); .* would drop out in evaluation too; use a torch\.nn\.Dropout "
                     r"module, which follows train\(\) and eval\(\)"),
