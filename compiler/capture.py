@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from lcq_train.graph import (CLAMPS, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX_MODULES, describe, location,
-                             trace_or_explain)
+from lcq_train.graph import (CLAMPS, SOFTMAX_FUNCTIONS, SOFTMAX_METHODS, SOFTMAX_MODULES, describe, eval_identity,
+                             location, trace_or_explain, train_only)
 from lcq_train.layers import QAct, QConv2d, QLinear
 
 from .curves import (SELU_ALPHA, SELU_SCALE, Curve, elu_curve, gelu_curve, leaky_curve, module_curve,
@@ -74,8 +74,9 @@ SUPPORTED = (
     "flatten (nn.Flatten, torch.flatten(x, 1), .flatten(1), .view / .reshape / torch.reshape to (x.size(0), -1) or "
     "(-1, C * H * W)) of a C x 1 x 1 tensor, or of a map on its way through an activation quantizer to a linear "
     "layer",
-    "identity, dropout (inference), memory layouts (.contiguous(), .to(memory_format=...)) and 1 x 1 average or max "
-    "pooling at stride 1; an adaptive average "
+    "identity, dropout (inference), stochastic depth (a module of yours without parameters whose forward reads "
+    "self.training and returns its input in eval mode: timm's DropPath), memory layouts (.contiguous(), "
+    ".to(memory_format=...)) and 1 x 1 average or max pooling at stride 1; an adaptive average "
     "or max pooling (AdaptiveAvgPool2d((n, n)), F.adaptive_avg_pool2d(x, n), AdaptiveMaxPool2d((n, n)), "
     "F.adaptive_max_pool2d(x, n)) of an n x n map, the identity (torchvision's AlexNet and VGG heads at their input "
     "size)",
@@ -410,6 +411,12 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
             return Op("adaptive", side=_square(m.output_size))
         if isinstance(m, _IDENTITY_MODULES):
             return Op("identity")
+        if train_only(m):
+            if eval_identity(m):
+                return Op("identity")       # a stochastic depth: the identity at inference
+            raise Unsupported(model, node, "reads self.training and does not return its input in eval mode; the "
+                              "accelerator runs the network in eval mode: a module that changes its input there "
+                              "needs writing with supported operations")
         if type(m) in SOFTMAX_MODULES:
             return Op("softmax", dim=m.dim)
         if isinstance(m, (nn.Conv2d, nn.Linear)):

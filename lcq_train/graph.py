@@ -111,7 +111,37 @@ class _Tracer(fx.Tracer):
         return super().to_bool(obj)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (Quantizer, QConv2d, QLinear)) or super().is_leaf_module(m, qualname)
+        return isinstance(m, (Quantizer, QConv2d, QLinear)) or train_only(m) or super().is_leaf_module(m, qualname)
+
+
+def train_only(m: nn.Module) -> bool:
+    """Whether ``m`` is a module of the user's (not torch's) without parameters or buffers whose forward reads
+    ``self.training``: a stochastic depth (timm's ``DropPath``, torchvision's ``StochasticDepth``, EfficientNet's
+    drop connect), which the trace keeps as one call (a leaf), so that it follows the model's mode as eager PyTorch
+    runs it; traced through, the branch of the mode at tracing would be fixed into the graph. The compiler takes
+    one that returns its input in eval mode as the identity (:func:`eval_identity`)."""
+    if type(m).__module__.startswith("torch.") or any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
+        return False
+    try:
+        source = inspect.getsource(type(m).forward)
+    except (OSError, TypeError):        # (defined where no source is kept)
+        return False
+    return "self.training" in source
+
+
+def eval_identity(m: nn.Module) -> bool:
+    """Whether :func:`train_only` module ``m`` returns its input itself in eval mode (tried on a small tensor; its
+    mode restored): what a stochastic depth does at inference."""
+    was = m.training
+    try:
+        m.eval()
+        x = torch.zeros(2, 4, 3, 3)
+        with torch.no_grad():
+            return m(x) is x
+    except Exception:  # noqa: BLE001 -- a module that cannot take the tensor is no identity
+        return False
+    finally:
+        m.train(was)
 
 
 _LAYERS = (nn.Conv2d, nn.Linear)
@@ -159,7 +189,7 @@ def _kind(node: fx.Node, modules: dict) -> str:
         m = modules[node.target]
         if isinstance(m, _NONNEGATIVE_MODULES) or (isinstance(m, nn.Hardtanh) and m.min_val >= 0):
             return "nonnegative"
-        return "shape" if isinstance(m, _SHAPE_MODULES) else "other"
+        return "shape" if isinstance(m, _SHAPE_MODULES) or (train_only(m) and eval_identity(m)) else "other"
     tables = {"call_function": (_NONNEGATIVE_FUNCTIONS, _SHAPE_FUNCTIONS, _COMBINING_FUNCTIONS),
               "call_method": (_NONNEGATIVE_METHODS, _SHAPE_METHODS, _COMBINING_METHODS)}.get(node.op)
     if tables is None:

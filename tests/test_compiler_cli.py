@@ -99,6 +99,7 @@ def test_eval_of_another_kind_of_checkpoint_says_it_is_not_the_models(compiled, 
     (a full-precision checkpoint compiles to no model)."""
     _, model = compiled
     fp = _train(tmp_path / "fp", QuantPlan("fp"), epochs=1)
+    capsys.readouterr()                         # (the training run's own warnings)
     assert main(["eval", str(model), "--checkpoint", str(fp)]) == 2
     err = capsys.readouterr().err
     assert f"--checkpoint {fp} is not the checkpoint {model} was compiled from" in err and "lcq train" not in err

@@ -466,6 +466,11 @@ def test_a_config_that_is_no_regular_file_is_refused(tmp_path, capsys):
     assert f"cannot read --config {fifo}: it is not a regular file" in capsys.readouterr().err
 
 
+def _errors(err: str) -> str:
+    """``err`` without the run's warnings (its 12 steps leave the BN statistics lagging: lcq train says so)."""
+    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith("lcq train: warning:"))
+
+
 @pytest.mark.parametrize("full_at, hint", [(1, "no epoch had finished: run the same command again, without --resume"),
                                            (2, "the run's last finished epoch is in its checkpoint: run the same "
                                                "command with --resume")])
@@ -485,8 +490,8 @@ def test_a_full_disk_says_how_to_go_on(tmp_path, capsys, monkeypatch, full_at, h
     monkeypatch.setattr(train_mod, "save_checkpoint", save)
     argv = ["train", "--method", "fp", "--epochs", "2", "--batch-size", "256", "--no-progress", "--out", str(out)]
     assert main(argv) == 2
-    assert capsys.readouterr().err == f"lcq train: error: [Errno 28] No space left on device: '{saves[-1]}'; " \
-                                      f"free space on its disk; {hint}\n"
+    assert _errors(capsys.readouterr().err) == f"lcq train: error: [Errno 28] No space left on device: " \
+                                               f"'{saves[-1]}'; free space on its disk; {hint}\n"
     if full_at == 2:
         assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
 
@@ -519,5 +524,5 @@ def test_a_stop_signal_ends_lcq_train_as_ctrl_c_does_with_the_way_on(tmp_path, s
                           timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
                               str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 143, proc.stderr[-2000:]
-    assert proc.stderr == f"lcq train: stopped by SIGTERM; files are written whole or not at all; {hint}\n"
+    assert _errors(proc.stderr) == f"lcq train: stopped by SIGTERM; files are written whole or not at all; {hint}\n"
     assert (out / "checkpoint.pt").is_file() == (step > 6)           # (digits: 6 steps of 256 per epoch)
