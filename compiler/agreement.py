@@ -26,19 +26,25 @@ from .reference import check_images, run
 
 @dataclass
 class Agreement:
-    """Counts over ``images``: per activation quantizer, codes compared and codes that differ."""
+    """Counts over ``images``: per activation quantizer, codes compared and codes that differ; per class (label),
+    images and integer top-1 hits."""
 
     images: int = 0
     correct: int = 0                   # integer top-1 equal to the label
     torch_correct: int = 0
     disagreements: int = 0             # images whose integer and PyTorch top-1 differ
     codes: dict[str, list[int]] = field(default_factory=dict)   # name -> [compared, mismatched]
+    class_images: dict[int, int] = field(default_factory=dict)    # label -> images
+    class_correct: dict[int, int] = field(default_factory=dict)   # label -> integer top-1 hits
 
     def to_dict(self) -> dict:
         n = max(self.images, 1)
         return {"images": self.images, "top1": 100.0 * self.correct / n, "torch_top1": 100.0 * self.torch_correct / n,
                 "agreement": (self.images - self.disagreements) / n, "disagreements": self.disagreements,
-                "code_mismatches": {k: {"compared": c, "mismatched": m} for k, (c, m) in self.codes.items()}}
+                "code_mismatches": {k: {"compared": c, "mismatched": m} for k, (c, m) in self.codes.items()},
+                "per_class": [{"class": c, "images": self.class_images[c],
+                               "top1": 100.0 * self.class_correct.get(c, 0) / self.class_images[c]}
+                              for c in sorted(self.class_images)]}
 
 
 def unmatched_codes(compiled: CompiledModel, model: nn.Module) -> list[str]:
@@ -80,6 +86,9 @@ def compare(compiled: CompiledModel, model: nn.Module, images: np.ndarray, label
             result.correct += int((int_pred == y).sum())
             result.torch_correct += int((torch_pred == y).sum())
             result.disagreements += int((int_pred != torch_pred).sum())
+            for label, hit in zip(y.tolist(), (int_pred == y).tolist()):
+                result.class_images[label] = result.class_images.get(label, 0) + 1
+                result.class_correct[label] = result.class_correct.get(label, 0) + hit
             for name, codes in captured.items():
                 counts = result.codes.setdefault(name, [0, 0])
                 counts[0] += codes.size

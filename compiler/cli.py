@@ -125,6 +125,9 @@ def cmd_predict(args) -> int:
     return 0
 
 
+MAX_CLASS_ROWS = 20     # lcq eval's per-class table, up to this many classes (all in --json)
+
+
 def _recorded_path(recorded: str, model: str) -> Path:
     """The checkpoint path a model records: absolute (this compiler), or, from older compilers,
     relative to the working directory of the compile, tried here and beside the model file."""
@@ -142,6 +145,7 @@ def cmd_eval(args) -> int:
     from lcq_train.data import load_dataset_for
 
     from .agreement import compare, unmatched_codes
+    from .image_predictions import class_of, named
     from .lower import quantized_model
 
     compiled = model_format.load(args.model)
@@ -191,6 +195,8 @@ def cmd_eval(args) -> int:
         lambda r: print(f"\r{r.images}/{len(images)} images", end="", file=sys.stderr, flush=True))
     result = compare(compiled, model, images, labels, args.batch_size, show).to_dict()
     result["seconds"] = time.perf_counter() - t0
+    for row in result["per_class"]:
+        row["name"] = class_of(compiled.source, row["class"])
     if args.json:
         print(json.dumps(result))
         return 0
@@ -203,4 +209,8 @@ def cmd_eval(args) -> int:
     print("\n| activation codes | compared | mismatched |\n|---|---|---|")
     for name, c in result["code_mismatches"].items():
         print(f"| {name} | {c['compared']:,} | {c['mismatched']:,} |")
+    if len(result["per_class"]) <= MAX_CLASS_ROWS:
+        print("\n| class | test images | integer top-1 |\n|---|---:|---:|")
+        for row in result["per_class"]:
+            print(f"| {named(row['name'], row['class'])} | {row['images']:,} | {row['top1']:.2f}% |")
     return 0

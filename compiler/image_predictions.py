@@ -29,23 +29,31 @@ def prediction(model: CompiledModel, path: str, logits: np.ndarray, note: str | 
     """The record of image ``path`` with integer ``logits`` (``num_classes``): ``class`` (the top one, ties to
     the lowest, as argmax), ``name`` (None where unknown), ``top`` (the ``top`` best: class, name, logit in real
     units), ``logits`` (the integers), ``scale`` and ``note``."""
-    source = model.source if isinstance(model.source, dict) else {}
-    names = source.get("classes")
     scale = model.scales[model.logits]
     order = sorted(range(len(logits)), key=lambda c: (-int(logits[c]), c))
-    best = [{"class": c, "name": names[c] if names else class_name(source.get("dataset"), c),
-             "logit": float(logits[c]) * scale} for c in order[:top]]
+    best = [{"class": c, "name": class_of(model.source, c), "logit": float(logits[c]) * scale} for c in order[:top]]
     return {"image": str(path), "class": order[0], "name": best[0]["name"], "top": best,
             "logits": [int(v) for v in logits], "scale": scale, "note": note}
 
 
 def describe(record: dict) -> str:
     """``record`` (:func:`prediction`) as one line: the image, its class, the top logits and the note."""
-    def label(entry: dict) -> str:          # ("cat (3)"; a digit's name is its class: "7")
-        if entry["name"] is None:
-            return f"class {entry['class']}"
-        return entry["name"] if entry["name"] == str(entry["class"]) else f"{entry['name']} ({entry['class']})"
-
-    scores = ", ".join(f"{label(entry)} {entry['logit']:.3f}" for entry in record["top"])
+    scores = ", ".join(f"{named(entry['name'], entry['class'])} {entry['logit']:.3f}" for entry in record["top"])
     note = f"  [{record['note']}]" if record["note"] else ""
-    return f"{record['image']}: {label(record['top'][0])}; logits {scores}{note}"
+    return f"{record['image']}: {named(record['top'][0]['name'], record['top'][0]['class'])}; logits {scores}{note}"
+
+
+def class_of(source, label: int) -> str | None:
+    """The name of class ``label`` of a model of ``source``: its recorded class names (``source.classes``), else its
+    dataset's (``source.dataset``); None where neither names it."""
+    source = source if isinstance(source, dict) else {}
+    names = source.get("classes")
+    return names[label] if names and 0 <= label < len(names) else class_name(source.get("dataset"), label)
+
+
+def named(name: str | None, label: int) -> str:
+    """Class ``label`` of ``name`` as a line shows it: "cat (3)"; a digit's name is its class: "7"; unnamed:
+    "class 3"."""
+    if name is None:
+        return f"class {label}"
+    return name if name == str(label) else f"{name} ({label})"

@@ -58,6 +58,12 @@ def test_eval_json_reports_top1_and_full_agreement(compiled, capsys):
     assert result["top1"] == result["torch_top1"] > 50.0
     assert all(c["mismatched"] == 0 for c in result["code_mismatches"].values())
     assert result["code_mismatches"]["act1"]["compared"] == 360 * 16 * 8 * 8
+    from lcq_train.data import load_dataset
+
+    per_class = result["per_class"]         # digits: ten classes named by their digits
+    counts = load_dataset("digits").test_y.bincount().tolist()
+    assert [(r["class"], r["name"], r["images"]) for r in per_class] == [(c, str(c), counts[c]) for c in range(10)]
+    assert sum(r["top1"] * r["images"] for r in per_class) / 360 == pytest.approx(result["top1"])
 
 
 def test_eval_table_and_image_limit(compiled, capsys):

@@ -130,6 +130,12 @@ def test_training_on_a_folder_records_its_classes_and_they_name_the_predictions(
     assert main(["eval", str(model), "--data-dir", str(root), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 30 and result["disagreements"] == 0
+    assert [(r["class"], r["name"], r["images"]) for r in result["per_class"]] == [(0, "bar", 10), (1, "cross", 10),
+                                                                                 (2, "ring", 10)]
+    assert sum(r["top1"] * r["images"] for r in result["per_class"]) / 30 == pytest.approx(result["top1"])
+    assert main(["eval", str(model), "--data-dir", str(root)]) == 0
+    table = capsys.readouterr().out
+    assert "| class | test images | integer top-1 |" in table and "| cross (1) | 10 | " in table
     image = root / "test" / "ring" / "000.png"
     assert main(["predict", str(model), str(image), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
