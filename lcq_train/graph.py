@@ -116,10 +116,10 @@ class _Tracer(fx.Tracer):
 
 def train_only(m: nn.Module) -> bool:
     """Whether ``m`` is a module of the user's (not torch's) without parameters or buffers whose forward reads
-    ``self.training``: a stochastic depth (timm's ``DropPath``, torchvision's ``StochasticDepth``, EfficientNet's
-    drop connect), which the trace keeps as one call (a leaf), so that it follows the model's mode as eager PyTorch
-    runs it; traced through, the branch of the mode at tracing would be fixed into the graph. The compiler takes
-    one that returns its input in eval mode as the identity (:func:`eval_identity`)."""
+    ``self.training``: a stochastic depth (timm's ``DropPath``, torchvision's ``StochasticDepth``), which the trace
+    keeps as one call (a leaf), so that it follows the model's mode as eager PyTorch runs it; traced through, the
+    branch of the mode at tracing would be fixed into the graph. The compiler takes one that returns its input in
+    eval mode as the identity (:func:`eval_identity`)."""
     if type(m).__module__.startswith("torch.") or any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
         return False
     try:
