@@ -35,6 +35,7 @@ tensor read after an in-place change of it (:mod:`lcq_train.in_place`).
 from __future__ import annotations
 
 import inspect
+import itertools
 import operator
 import re
 import traceback
@@ -454,6 +455,39 @@ def _mode_dropouts(model: nn.Module, graph: fx.Graph) -> list[fx.Node]:
     return [a for a, b in zip(calls, other) if a.target is b.target and training(a) is was and training(b) is not was]
 
 
+def _reads_training(m: nn.Module) -> bool:
+    """Whether ``m``'s forward, a module of the user's (not torch's), reads ``self.training`` (its source says so)."""
+    if type(m).__module__.startswith("torch."):
+        return False
+    try:
+        return "self.training" in inspect.getsource(type(m).forward)
+    except (OSError, TypeError):        # (defined where no source is kept)
+        return False
+
+
+def _mode_branch(model: nn.Module, graph: fx.Graph) -> fx.Node | None:
+    """Where ``model``'s forward takes another path in training than in eval mode (``graph`` is it traced in its
+    mode): the first operation of its training-mode graph that differs from the other's (their operations compared
+    in order, not their constants), or None. Traced again only where a module's forward reads ``self.training``
+    (kept as one call where :func:`train_only`)."""
+    if not any(_reads_training(m) and not train_only(m) for m in model.modules()):
+        return None
+    was = model.training
+    try:
+        model.train(not was)
+        other = trace(model)
+    except Exception:  # noqa: BLE001 -- the other mode's trace fails as the mode's own would: nothing to compare
+        return None
+    finally:
+        model.train(was)
+    training, evaluating = (graph, other) if was else (other, graph)
+    steps = [list(g.nodes) for g in (training, evaluating)]
+    for a, b in itertools.zip_longest(*steps):
+        if a is None or b is None or (a.op, a.target) != (b.op, b.target):
+            return a if a is not None else steps[0][-1]
+    return None
+
+
 def _as_dropout_module(gm: fx.GraphModule, node: fx.Node) -> dict[str, nn.Module]:
     """Dropout call ``node`` of ``gm`` (one of :func:`_mode_dropouts`) replaced by the module that does the same in
     either mode (``nn.Dropout(p)``), added to ``gm``; returns ``{its name: it}``."""
@@ -492,6 +526,12 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     layers: list[fx.Node] = []
     problems = []
     following = _mode_dropouts(model, graph)
+    branch = _mode_branch(model, graph)
+    if branch is not None:
+        problems.append(f"its forward takes another path in training than in eval mode (first "
+                        f"{location(branch).strip() or 'at ' + describe(branch, modules)}), and the quantized model is "
+                        "one graph for both: put what runs in training only (a drop connect, a stochastic depth) in a module of its "
+                        "own without parameters, as timm's DropPath, which lcq keeps as one call, or leave it out")
     for node in graph.nodes:
         if node.op == "call_module":
             m = modules[node.target]

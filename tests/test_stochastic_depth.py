@@ -76,3 +76,40 @@ def test_a_module_that_changes_its_input_in_eval_mode_is_refused():
     with pytest.raises(Unsupported, match=r"layer 'path' \(HalvedInEval\) .*reads self\.training and does not return "
                                           r"its input in eval mode"):
         compile_model(net, (1, 8, 8))
+
+
+def drop_connect(x, p, training):
+    """EfficientNet-PyTorch's drop connect, a function its blocks call where ``self.training``."""
+    if not training:
+        return x
+    keep = 1 - p
+    mask = keep + torch.rand([x.shape[0], 1, 1, 1], dtype=x.dtype, device=x.device)
+    return x / keep * torch.floor(mask)
+
+
+class InlineDropConnect(Net):
+    """A block with parameters whose forward drops connections in training itself (EfficientNet-PyTorch's way)."""
+
+    def __init__(self):
+        super().__init__(nn.Identity())
+
+    def forward(self, x):
+        x = F.relu(self.b1(self.c1(x)))
+        y = self.b2(self.c2(x))
+        if self.training:
+            y = drop_connect(y, 0.2, self.training)
+        x = F.relu(x + y)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_forward_that_branches_on_the_mode_is_refused_naming_where(mode):
+    """One graph serves both modes: traced in training, the drop connect ran in eval mode too; traced in eval, it
+    was never trained with. Either way the first operation of the training path is named, with the fix."""
+    net = InlineDropConnect().train(mode == "train")
+    with pytest.raises(ValueError, match=r"cannot quantize InlineDropConnect: its forward takes another path in "
+                                         r"training than in eval mode \(first at .*test_stochastic_depth\.py:\d+ "
+                                         r"\(mask = keep \+ torch\.rand\(.*\)\)\), and the quantized model is one "
+                                         r"graph for both: .*in a module of its own without parameters, as timm's "
+                                         r"DropPath"):
+        quantize_model(net, method="lcq", wbits=3, abits=3)
