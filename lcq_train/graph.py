@@ -528,10 +528,11 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     following = _mode_dropouts(model, graph)
     branch = _mode_branch(model, graph)
     if branch is not None:
-        problems.append(f"its forward takes another path in training than in eval mode (first "
-                        f"{location(branch).strip() or 'at ' + describe(branch, modules)}), and the quantized model is "
-                        "one graph for both: put what runs in training only (a drop connect, a stochastic depth) in a module of its "
-                        "own without parameters, as timm's DropPath, which lcq keeps as one call, or leave it out")
+        where = location(branch).strip() or "at " + describe(branch, modules)
+        problems.append(f"its forward takes another path in training than in eval mode (first {where}), and the "
+                        "quantized model is one graph for both: put what runs in training only (a drop connect, a "
+                        "stochastic depth) in a module of its own without parameters, as timm's DropPath, which lcq "
+                        "keeps as one call, or leave it out")
     for node in graph.nodes:
         if node.op == "call_module":
             m = modules[node.target]
