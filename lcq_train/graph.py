@@ -362,6 +362,25 @@ _CURVE_FUNCTIONS = {F.silu, F.gelu, F.mish, F.hardswish, torch.sigmoid, F.sigmoi
 _PASSING = {nn.Flatten, nn.Identity, nn.Dropout, torch.flatten, F.dropout, "flatten", "view", "reshape", "contiguous"}
 
 
+def curve_activation(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` is an activation other than ReLU and the clips from 0 that the compiler takes as one
+    (:data:`_CURVE_MODULES`, :data:`_CURVE_FUNCTIONS`, and hardtanh or a clamp whose minimum is not 0:
+    compiler.capture's rule, which a test holds equal)."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        return isinstance(m, _CURVE_MODULES) or (type(m) is nn.Hardtanh and not (m.min_val == 0 and m.max_val > 0))
+    if node.op not in ("call_function", "call_method"):
+        return False
+    if node.target is F.hardtanh:
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+        high = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+        return not (low == 0 and isinstance(high, (int, float)) and high > 0)
+    if node.target in CLAMPS:
+        low = node.args[1] if len(node.args) > 1 else node.kwargs.get("min")
+        return low != 0 or isinstance(low, bool)
+    return node.target in _CURVE_FUNCTIONS
+
+
 def _average_pooling(node: fx.Node, modules: dict) -> bool:
     """Whether ``node`` averages each channel over windows of its map: ``AvgPool2d``, ``F.avg_pool2d``, or over the
     whole map: ``AdaptiveAvgPool2d(1)``, ``F.adaptive_avg_pool2d(x, 1)``, ``x.mean((2, 3))``, ``torch.mean(x, (2,
@@ -378,7 +397,7 @@ def _average_pooling(node: fx.Node, modules: dict) -> bool:
 
 def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
     """``(pooling, activation)`` where layer input ``x`` is (through flatten, dropout or identity) the average
-    pooling of an activation's output (:data:`_CURVE_MODULES`, :data:`_CURVE_FUNCTIONS`); else None."""
+    pooling of an activation's output (:func:`curve_activation`); else None."""
     def target(n: fx.Node):
         return type(modules.get(n.target)) if n.op == "call_module" else n.target
 
@@ -389,9 +408,7 @@ def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
     curve = x.args[0] if x.args else None
     if isinstance(curve, fx.Node) and curve.op == "call_module" and curve.target not in modules:
         curve = curve.args[0]           # (a quantizer this plan put there for another layer reading the average)
-    if isinstance(curve, fx.Node) and curve.op != "placeholder" and (
-            isinstance(modules.get(curve.target), _CURVE_MODULES) if curve.op == "call_module"
-            else curve.target in _CURVE_FUNCTIONS):
+    if isinstance(curve, fx.Node) and curve_activation(curve, modules):
         return x, curve
     return None
 

@@ -329,3 +329,66 @@ def test_a_product_of_two_branches_keeps_the_products_hint():
     with pytest.raises(Unsupported, match=r"is not supported: the accelerator multiplies only in its conv and linear "
                                           r"layers"):
         compile_model(net, (1, 8, 8))
+
+
+_SPELLINGS = {
+    **{f"nn.{type(m).__name__}{'' if not args else args}": (lambda m=m: m) for m, args in [
+        (nn.ReLU(), ""), (nn.ReLU6(), ""), (nn.Hardtanh(), ""), (nn.Hardtanh(0.0, 6.0), "(0, 6)"),
+        (nn.Hardtanh(-2.0, 2.0), "(-2, 2)"), (nn.Hardtanh(0.5, 2.0), "(0.5, 2)"), (nn.LeakyReLU(0.1), ""),
+        (nn.PReLU(), ""), (nn.Sigmoid(), ""), (nn.Tanh(), ""), (nn.Softsign(), ""), (nn.Hardsigmoid(), ""),
+        (nn.ELU(), ""), (nn.CELU(), ""), (nn.SELU(), ""), (nn.Softplus(), ""), (nn.SiLU(), ""), (nn.Mish(), ""),
+        (nn.Hardswish(), ""), (nn.GELU(), ""), (nn.GELU("tanh"), "(tanh)")]},
+    "F.relu": lambda: F.relu, "torch.relu": lambda: torch.relu, "F.relu6": lambda: F.relu6,
+    "F.hardtanh": lambda: F.hardtanh, "F.hardtanh(x, 0, 6)": lambda: lambda x: F.hardtanh(x, 0.0, 6.0),
+    "F.hardtanh(x, -3, 3)": lambda: lambda x: F.hardtanh(x, -3.0, 3.0),
+    "x.clamp(0, 6)": lambda: lambda x: x.clamp(0, 6), "x.clamp(min=0)": lambda: lambda x: x.clamp(min=0),
+    "x.clamp(-1, 1)": lambda: lambda x: x.clamp(-1, 1),
+    "torch.clamp(x, max=1)": lambda: lambda x: torch.clamp(x, max=1),
+    "torch.sigmoid": lambda: torch.sigmoid, "x.sigmoid()": lambda: lambda x: x.sigmoid(),
+    "torch.tanh": lambda: torch.tanh,
+    "x.tanh()": lambda: lambda x: x.tanh(), "F.elu": lambda: F.elu, "F.celu": lambda: F.celu, "F.selu": lambda: F.selu,
+    "F.softplus": lambda: F.softplus, "F.softsign": lambda: F.softsign, "F.leaky_relu": lambda: F.leaky_relu,
+    "F.hardsigmoid": lambda: F.hardsigmoid, "F.silu": lambda: F.silu, "F.gelu": lambda: F.gelu,
+    "F.mish": lambda: F.mish, "F.hardswish": lambda: F.hardswish,
+}
+
+
+class _Activated(nn.Module):
+    def __init__(self, activation):
+        super().__init__()
+        self.conv, self.activation = nn.Conv2d(1, 4, 3, padding=1), activation
+
+    def forward(self, x):
+        return self.activation(self.conv(x))
+
+
+@pytest.mark.parametrize("spelling", _SPELLINGS)
+def test_the_plans_curves_are_the_compilers(spelling):
+    """The plan puts a quantizer before the average pooling of exactly the activations the compiler lowers as curves
+    (lcq_train.graph.curve_activation against compiler.capture.operation): one it missed (hardtanh(-1, 1), a clamp
+    from -1) had its quantizer after the pooling, which the compiler then refused."""
+    from compiler.capture import operation
+    from lcq_train.graph import curve_activation, trace
+
+    net = _Activated(_SPELLINGS[spelling]())
+    graph, modules = trace(net), dict(net.named_modules())
+    (node,) = [n for n in graph.nodes if n.op != "placeholder" and n.op != "output" and n.target != "conv"]
+    assert curve_activation(node, modules) == (operation(node, modules, "net").kind == "curve"), spelling
+    assert operation(node, modules, "net").kind in ("curve", "relu", "clip")
+
+
+@pytest.mark.parametrize("activation", [nn.Hardtanh(), nn.Hardtanh(0.5, 2.0)])
+def test_a_hardtanh_from_below_zero_before_global_pooling_compiles(activation):
+    net = randomize(quantize_model(_HardtanhHead(activation), method="lcq", wbits=3, abits=3), seed=0)
+    result = compare(compile_model(net, (1, 8, 8)), net, images(8, (1, 8, 8), seed=1), np.zeros(8, np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+
+
+class _HardtanhHead(nn.Module):
+    def __init__(self, activation):
+        super().__init__()
+        self.conv, self.bn, self.activation, self.fc = nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), \
+            activation, nn.Linear(8, 10)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.activation(self.bn(self.conv(x))), 1), 1))
