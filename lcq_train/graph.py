@@ -34,11 +34,13 @@ tensor read after an in-place change of it (:mod:`lcq_train.in_place`).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import operator
 import re
 import traceback
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -121,13 +123,7 @@ def train_only(m: nn.Module) -> bool:
     keeps as one call (a leaf), so that it follows the model's mode as eager PyTorch runs it; traced through, the
     branch of the mode at tracing would be fixed into the graph. The compiler takes one that returns its input in
     eval mode as the identity (:func:`eval_identity`)."""
-    if type(m).__module__.startswith("torch.") or any(True for _ in m.parameters()) or any(True for _ in m.buffers()):
-        return False
-    try:
-        source = inspect.getsource(type(m).forward)
-    except (OSError, TypeError):        # (defined where no source is kept)
-        return False
-    return "self.training" in source
+    return not any(True for _ in m.parameters()) and not any(True for _ in m.buffers()) and _reads_training(m)
 
 
 def eval_identity(m: nn.Module) -> bool:
@@ -450,19 +446,25 @@ def _vector(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         (node.op == "call_method" and node.target in ("view", "reshape", "flatten"))
 
 
-def _mode_dropouts(model: nn.Module, graph: fx.Graph) -> list[fx.Node]:
+def _other_mode_trace(model: nn.Module) -> fx.Graph:
+    """:func:`trace` of ``model`` in the mode it is not in (its mode restored after)."""
+    was = model.training
+    try:
+        model.train(not was)
+        return trace(model)
+    finally:
+        model.train(was)
+
+
+def _mode_dropouts(model: nn.Module, graph: fx.Graph, other: Callable[[], fx.Graph]) -> list[fx.Node]:
     """The dropout calls of ``graph`` (``model`` traced) whose ``training`` argument follows the model's mode
-    (``F.dropout(x, p, training=self.training)``): ``model`` traced again in the other mode, they hold the other
-    bool. Only F.dropout and F.dropout2d, which a module of :data:`_DROPOUT_MODULES` replaces."""
+    (``F.dropout(x, p, training=self.training)``): in ``other()``, ``model`` traced in the other mode, they hold
+    the other bool. Only F.dropout and F.dropout2d, which a module of :data:`_DROPOUT_MODULES` replaces."""
     calls = [n for n in graph.nodes if n.op == "call_function" and n.target in _DROPOUT_MODULES]
     if not calls:
         return []
     was = model.training
-    try:
-        model.train(not was)
-        other = [n for n in trace(model).nodes if n.op == "call_function" and n.target in _DROPOUT_MODULES]
-    finally:
-        model.train(was)
+    other = [n for n in other().nodes if n.op == "call_function" and n.target in _DROPOUT_MODULES]
 
     def training(node):
         return node.kwargs.get("training", node.args[2] if len(node.args) > 2 else True)
@@ -482,22 +484,18 @@ def _reads_training(m: nn.Module) -> bool:
         return False
 
 
-def _mode_branch(model: nn.Module, graph: fx.Graph) -> fx.Node | None:
+def _mode_branch(model: nn.Module, graph: fx.Graph, other: Callable[[], fx.Graph]) -> fx.Node | None:
     """Where ``model``'s forward takes another path in training than in eval mode (``graph`` is it traced in its
-    mode): the first operation of its training-mode graph that differs from the other's (their operations compared
-    in order, not their constants), or None. Traced again only where a module's forward reads ``self.training``
-    (kept as one call where :func:`train_only`)."""
+    mode, ``other()`` in the other): the first operation of its training-mode graph that differs from the other's
+    (their operations compared in order, not their constants), or None. The other traced only where a module's
+    forward reads ``self.training`` (kept as one call where :func:`train_only`)."""
     if not any(_reads_training(m) and not train_only(m) for m in model.modules()):
         return None
-    was = model.training
     try:
-        model.train(not was)
-        other = trace(model)
+        other_graph = other()
     except Exception:  # noqa: BLE001 -- the other mode's trace fails as the mode's own would: nothing to compare
         return None
-    finally:
-        model.train(was)
-    training, evaluating = (graph, other) if was else (other, graph)
+    training, evaluating = (graph, other_graph) if model.training else (other_graph, graph)
     steps = [list(g.nodes) for g in (training, evaluating)]
     for a, b in itertools.zip_longest(*steps):
         if a is None or b is None or (a.op, a.target) != (b.op, b.target):
@@ -542,8 +540,9 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     modules = dict(model.named_modules())
     layers: list[fx.Node] = []
     problems = []
-    following = _mode_dropouts(model, graph)
-    branch = _mode_branch(model, graph)
+    other = functools.cache(lambda: _other_mode_trace(model))      # (traced once, for whichever asks)
+    following = _mode_dropouts(model, graph, other)
+    branch = _mode_branch(model, graph, other)
     if branch is not None:
         where = location(branch).strip() or "at " + describe(branch, modules)
         problems.append(f"its forward takes another path in training than in eval mode (first {where}), and the "
