@@ -447,38 +447,34 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """The image files of ``folder`` (:data:`IMAGE_SUFFIXES`, hidden ones passed over), sorted."""
-    return [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p) and p.is_file()]
+def _class_folders(name: str, folder: Path) -> list[tuple[str, list[Path]]]:
+    """(class, its image files) of each class folder in ``folder`` of dataset ``name``, both sorted, hidden ones
+    passed over; a class folder without an image (:data:`IMAGE_SUFFIXES`) is a DatasetError (its class would be
+    left out)."""
+    classes = []
+    for class_dir in sorted(p for p in folder.iterdir() if _visible(p) and p.is_dir()):
+        paths = [p for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and _visible(p)
+                 and p.is_file()]
+        if not paths:
+            raise DatasetError(f"{name}: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its images or "
+                               "remove the folder")
+        classes.append((class_dir.name, paths))
+    return classes
 
 
 def _list_image_folders(name: str, root: Path) -> list[tuple[str, str, Path]]:
-    """(split, class, path) of every image of dataset ``name`` under ``root/{train,test}/<class>/``, sorted; a
-    class folder without one is a DatasetError (its class would be left out)."""
-    files = []
-    for split in _SPLITS:
-        for class_dir in sorted(p for p in (root / split).iterdir() if _visible(p) and p.is_dir()):
-            paths = _image_files(class_dir)
-            if not paths:
-                raise DatasetError(f"{name}: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its "
-                                   "images or remove the folder")
-            files += [(split, class_dir.name, path) for path in paths]
-    return files
+    """(split, class, path) of every image of dataset ``name`` under ``root/{train,test}/<class>/``, sorted
+    (:func:`_class_folders`)."""
+    return [(split, label, path) for split in _SPLITS for label, paths in _class_folders(name, root / split)
+            for path in paths]
 
 
 def _split_class_folders(root: Path) -> list[tuple[str, str, Path]]:
     """(split, class, path) of every image under ``root/<class>/`` (a folder dataset given as class folders alone),
     sorted: in each class, by file name, every :data:`FOLDER_TEST_EVERY`-th image is a test image (the 5th, the
-    10th, ...), the others training images. A class folder without an image is a DatasetError."""
-    files = []
-    for class_dir in sorted(p for p in root.iterdir() if _visible(p) and p.is_dir()):
-        paths = _image_files(class_dir)
-        if not paths:
-            raise DatasetError(f"folder: {class_dir} holds no image ({'/'.join(IMAGE_SUFFIXES)}); add its images or "
-                               "remove the folder")
-        files += [("test" if i % FOLDER_TEST_EVERY == FOLDER_TEST_EVERY - 1 else "train", class_dir.name, path)
-                  for i, path in enumerate(paths)]
-    return files
+    10th, ...), the others training images (:func:`_class_folders`)."""
+    return [("test" if i % FOLDER_TEST_EVERY == FOLDER_TEST_EVERY - 1 else "train", label, path)
+            for label, paths in _class_folders("folder", root) for i, path in enumerate(paths)]
 
 
 def _read_image_folders(name: str, files: list[tuple[str, str, Path]]) -> Iterator[tuple[str, str, str, bytes]]:
