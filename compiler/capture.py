@@ -30,10 +30,11 @@ from .graph import MAX_KERNEL
 
 SUPPORTED = (
     "the input image into its activation quantizer (QAct, uint8 codes)",
-    "Conv2d (quantized; square stride, zero padding up to kernel // 2 ('same' with odd kernel sides), no "
-    "dilation, bias allowed; a non-square kernel (1x3, 3x1, ...) runs as the square one with zeros around it, "
-    "where the output geometry is the same (odd sides padded by side // 2); grouped and depthwise ones run as "
-    "the dense conv with zero weights outside each group: groups x the MACs)",
+    "Conv2d (quantized; square stride, zero padding up to kernel // 2 ('same' with odd kernel sides), bias "
+    "allowed; a non-square kernel (1x3, 3x1, ...) runs as the square one with zeros around it, where the output "
+    "geometry is the same (odd sides padded by side // 2); a dilated one as its spread-out kernel with zeros "
+    "between the taps (a 3x3 at dilation d as a (2d + 1) x (2d + 1), padding counted on it); grouped and "
+    "depthwise ones run as the dense conv with zero weights outside each group: groups x the MACs)",
     "Linear (quantized; on a vector of C codes, on the flattened image (the vector of its pixels), or on a flattened "
     "C x H x W map: then it runs as an H x W convolution with the map's size as its kernel, square and at most "
     f"{MAX_KERNEL} x {MAX_KERNEL})",

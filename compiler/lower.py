@@ -12,7 +12,8 @@ runs of operations into the nodes of :mod:`compiler.graph`:
 - quantized conv or linear layer on codes: a :class:`ConvNode` (a grouped or
   depthwise conv as the dense conv whose weights are 0 outside each group's
   block, :func:`dense_codes`: exact, at ``groups`` times its MACs; a kh x kw
-  kernel as the square one with zeros around it, :func:`square_codes`), whose output
+  kernel as the square one with zeros around it, :func:`square_codes`; a dilated
+  one as its spread-out kernel, zeros between the taps, :func:`dilated_codes`), whose output
   stage its consumers decide: *thresholds* when its only consumer is
   [BN] -> [ReLU | ReLU6 | hardtanh(0, max)] -> activation quantizer (all folded);
   *requantize* when it is an operand of a residual addition (to the other
@@ -294,6 +295,16 @@ def square_codes(codes: np.ndarray, k: int, border: tuple[int, int]) -> np.ndarr
     left) and code 0 around them."""
     (top, left), (kh, kw) = border, codes.shape[2:]
     return np.pad(codes, ((0, 0), (0, 0), (top, k - kh - top), (left, k - kw - left)))
+
+
+def dilated_codes(codes: np.ndarray, dilation: tuple[int, int]) -> np.ndarray:
+    """Weight codes ``(C_out, C_in, kh, kw)`` of a conv with ``dilation`` (dh, dw) as the undilated kernel
+    ``(C_out, C_in, dh * (kh - 1) + 1, dw * (kw - 1) + 1)`` that computes it exactly: tap (i, j) at (dh * i,
+    dw * j), code 0 (weight 0) between."""
+    (dh, dw), (kh, kw) = dilation, codes.shape[2:]
+    spread = np.zeros((*codes.shape[:2], dh * (kh - 1) + 1, dw * (kw - 1) + 1), dtype=codes.dtype)
+    spread[:, :, ::dh, ::dw] = codes
+    return spread
 
 
 def dense_codes(codes: np.ndarray, groups: int) -> np.ndarray:
@@ -633,11 +644,10 @@ class _Lowering:
         """(kernel, stride, padding, (top, left)) of the square conv that runs conv ``layer`` exactly: its
         own, or for a kh x kw kernel the k x k one (k the larger side) with the kernel at ``(top, left)`` and
         zeros around it, where the output geometry is the same (odd sides padded by side // 2, as "same"
-        convs are, or any sides that differ by an even number with padding to match)."""
+        convs are, or any sides that differ by an even number with padding to match). A dilated kernel counts
+        as its spread-out one (``dilated_codes``): kh = dh * (kh - 1) + 1."""
         (kh, kw), (sh, sw), padding = layer.kernel_size, layer.stride, layer.padding
-        if layer.dilation != (1, 1):
-            self.refuse(node, f"has dilation {layer.dilation}; the accelerator runs convs without dilation: use "
-                        "dilation=1")
+        (kh, kw) = (d * (side - 1) + 1 for d, side in zip(layer.dilation, (kh, kw)))
         if padding == "valid":
             padding = (0, 0)
         elif padding == "same":
@@ -684,8 +694,9 @@ class _Lowering:
         elif kind == "conv":
             k, stride, pad, border = self.square_window(node, layer)
             if min(h, w) + 2 * pad < k:
-                self.refuse(node, "has a {}x{} kernel, larger than its {}x{} input padded by {}; use a kernel that "
-                            "fits the padded map".format(*layer.kernel_size, h, w, layer.padding))
+                spread = f" at dilation {layer.dilation} ({k}x{k} spread out)" if layer.dilation != (1, 1) else ""
+                self.refuse(node, "has a {}x{} kernel{}, larger than its {}x{} input padded by {}; use a kernel "
+                            "that fits the padded map".format(*layer.kernel_size, spread, h, w, layer.padding))
             out_shape = (layer.out_channels, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1)
             weight = layer.weight
         elif (h, w) == (1, 1):
@@ -720,7 +731,8 @@ class _Lowering:
             raise ValueError(f"cannot compile a {self.model}: layer {name!r}: {why} the weight normalization's "
                              f"sigma_w (LWN or standardization) is {sigma:.3g}, where it must be positive: retrain, "
                              "or restore the checkpoint from a copy")
-        codes = square_codes(dense_codes(wq.codes(weight).numpy().astype(np.int8), groups), k, border)
+        codes = dense_codes(wq.codes(weight).numpy().astype(np.int8), groups)
+        codes = square_codes(dilated_codes(codes, getattr(layer, "dilation", (1, 1))), k, border)
         if tile > 1:                    # each position of the map a tap of the layer's weights
             codes, k = np.tile(codes, (1, 1, tile, tile)), tile
         abits, outer_abits = act.spec.bits - signed, act.spec.outer_bits - signed

@@ -175,6 +175,35 @@ def test_non_square_kernels_run_as_square_ones_exactly():
     assert _mismatches(compiled, net, images(40, (1, 8, 8), seed=5)) == 0
 
 
+@pytest.mark.parametrize("conv,window", [
+    (nn.Conv2d(6, 6, 3, padding=2, dilation=2), (5, 1, 2, (0, 0))),
+    (nn.Conv2d(6, 6, 3, padding="same", dilation=3), (7, 1, 3, (0, 0))),
+    (nn.Conv2d(6, 6, 3, stride=2, padding=2, dilation=2), (5, 2, 2, (0, 0))),
+    (nn.Conv2d(6, 6, 3, padding=(1, 2), dilation=(1, 2)), (5, 1, 2, (1, 0))),
+    (nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6), (5, 1, 2, (0, 0))),
+    (nn.Conv2d(6, 6, 2, dilation=3), (4, 1, 0, (0, 0))),
+], ids=["d2", "same-d3", "stride2-d2", "d1x2", "depthwise-d2", "2x2-d3"])
+def test_dilated_convs_run_as_their_spread_out_kernels_exactly(conv, window):
+    """A conv at dilation (dh, dw) is the undilated one of kernel dh * (kh - 1) + 1 (and so on) with its taps
+    spread out and code 0 (weight 0) between them: the same output geometry and sums, so every code is PyTorch's."""
+    torch.manual_seed(5)
+    net = randomize(quantize_model(_Options(conv=conv), method="lcq", wbits=3, abits=3), 9)
+    compiled = compile_model(net, (1, 8, 8))
+    node = compiled.convs[1]
+    k, stride, padding, (top, left) = window
+    assert (node.kernel, node.stride, node.padding) == (k, stride, padding)
+    assert node.out_shape[1:] == net.conv(torch.zeros(1, 6, 8, 8)).shape[2:]
+    (dh, dw), (kh, kw) = conv.dilation, conv.kernel_size
+    taps = np.zeros((k, k), bool)
+    taps[top:top + dh * (kh - 1) + 1:dh, left:left + dw * (kw - 1) + 1:dw] = True
+    wanted = net.conv.wq.codes(net.conv.weight).numpy()
+    for o in range(6):
+        group = slice(o, o + 1) if conv.groups > 1 else slice(None)
+        assert np.array_equal(node.weight_codes[o, group][:, taps].reshape(wanted[o].shape), wanted[o])
+    assert not node.weight_codes[:, :, ~taps].any()
+    assert _mismatches(compiled, net, images(30, (1, 8, 8), seed=6)) == 0
+
+
 class _UnevenKernel(nn.Module):
     def __init__(self):
         super().__init__()
@@ -469,8 +498,10 @@ def test_a_batch_norm_without_running_statistics_is_refused():
 
 
 @pytest.mark.parametrize("conv,pattern", [
-    (nn.Conv2d(6, 6, 3, padding=2, dilation=2), r"has dilation \(2, 2\); the accelerator runs convs without dilation: "
-                                                r"use dilation=1"),
+    (nn.Conv2d(6, 6, 3, dilation=5), r"has a 3x3 kernel at dilation \(5, 5\) \(11x11 spread out\), larger than its "
+                                     r"8x8 input padded by \(0, 0\); use a kernel that fits"),
+    (nn.Conv2d(6, 6, 3, padding=3, dilation=2), r"pads by 3, more than kernel // 2 = 2; the accelerator pads each side "
+                                                r"by at most the kernel's side // 2"),
     (nn.Conv2d(6, 6, 3, padding=1, padding_mode="reflect"), r"pads in mode 'reflect'; the accelerator pads with zeros: "
                                                             r"use padding_mode='zeros' \(the default\)"),
     (nn.Conv2d(6, 6, 3, padding=1, padding_mode="replicate"), r"pads in mode 'replicate'; .* use padding_mode='zeros'"),
@@ -484,7 +515,8 @@ def test_a_batch_norm_without_running_statistics_is_refused():
     (nn.Conv2d(6, 6, 1, padding=1), r"pads by 1, more than kernel // 2 = 0; the accelerator pads each side by "
                                     r"at most the kernel's side // 2"),
     (nn.Conv2d(6, 6, 9), r"has a 9x9 kernel, larger than its 8x8 input padded by \(0, 0\); use a kernel that fits"),
-], ids=["dilation", "reflect", "replicate", "circular", "same-even", "stride", "padding", "pad-over-half", "kernel"])
+], ids=["dilated-kernel", "dilated-pad", "reflect", "replicate", "circular", "same-even", "stride", "padding",
+        "pad-over-half", "kernel"])
 def test_conv_options_the_accelerator_does_not_run_are_refused_by_name(conv, pattern):
     model = quantize_model(_Options(conv=conv), method="lcq", wbits=3, abits=3)
     with pytest.raises(Unsupported, match=r"^cannot compile a _Options: layer 'conv' \(QConv2d\) at "
