@@ -49,6 +49,10 @@ SUPPORTED = (
     "functions, .sigmoid(), .tanh(), .clamp()); SiLU, GELU (either form), Mish and hardswish the same where an "
     "unsigned quantizer reads them, clipping their dip below zero (lcq_train's plan makes it so), with no BN between",
     "residual addition of two tensors (+, torch.add, .add())",
+    "a constant factor (x * c, c * x, x / c, torch.mul, torch.div, .mul(), .div(): c a number, or a parameter or "
+    "buffer of one value or of shape (C, 1, 1) or (1, C, 1, 1): residual scaling, LayerScale, SkipInit) of a "
+    "conv's, linear layer's, BN's or addition's output or of its activation, folded into the layer (or into the "
+    "thresholds of the quantizer after it)",
     "an option-A shortcut: every s-th row and column (x[:, :, ::s, ::s]) and zero channels (F.pad(x, (0, 0, 0, 0, "
     "before, after))) of a residual stream (an addition's output or its ReLU) that an addition reads; x[:, :, ::s, "
     "::s] on the way to an activation quantizer is a 1 x 1 max pooling at stride s",
@@ -110,8 +114,9 @@ HINTS = (
      "the accelerator joins branches by addition alone: write x + y (the layers before learn the sign)"),
     ((operator.mul, operator.imul, torch.mul, "mul", "mul_", operator.truediv, operator.itruediv, torch.div,
       torch.true_divide, "div", "div_"),
-     "the accelerator multiplies only in its conv and linear layers: fold a constant factor into the layer or BN "
-     "before it (or leave it out: training absorbs it); it has no product of two tensors"),
+     "the accelerator multiplies a tensor only by a constant (a number, or a parameter or buffer of one value or "
+     "of shape (C, 1, 1)), which folds into the layer before it; it has no product or quotient of two tensors, "
+     "nor divides a constant by a tensor"),
     ((torch.squeeze, "squeeze", "squeeze_"), "use torch.flatten(x, 1) (or nn.Flatten()) on the C x 1 x 1 tensor"),
     ((torch.mean, "mean"), "average over the map in one call: .mean((2, 3)) (global average pooling)"),
     ((nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d), ADAPTIVE_AVG_HINT),
@@ -142,12 +147,13 @@ _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout2d)
 @dataclass(frozen=True)
 class Op:
     """What a graph node does: ``kind`` (input, act, conv, linear, bn, relu, curve, clip, pool, avgpool, maxpool,
-    flatten, reshape, size, identity, add, cat, softmax, adaptive, subsample, pad, output), its ``module`` (None for
-    a function), ``curve`` (a non-decreasing activation's :class:`~compiler.curves.Curve`), ``cap`` (the clip maximum),
-    ``window`` (an average or max pooling's kernel, stride and padding; None for the global maximum), ``dim``
-    (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one), ``side`` (the output
-    side of an adaptive average or max pooling to a square larger than 1) and ``channels`` (the zero channels a
-    channel padding puts before and after the tensor's)."""
+    flatten, reshape, size, identity, add, cat, softmax, adaptive, subsample, pad, scale, constant, output), its
+    ``module`` (None for a function), ``curve`` (a non-decreasing activation's :class:`~compiler.curves.Curve`),
+    ``cap`` (the clip maximum), ``window`` (an average or max pooling's kernel, stride and padding; None for the
+    global maximum), ``dim`` (the dimension a softmax or log-softmax normalizes; None: PyTorch's implicit one),
+    ``side`` (the output side of an adaptive average or max pooling to a square larger than 1), ``channels`` (the
+    zero channels a channel padding puts before and after the tensor's), ``factor`` (a constant factor's one value
+    or one a channel) and ``operand`` (the argument it multiplies)."""
 
     kind: str
     module: nn.Module | None = None
@@ -157,6 +163,8 @@ class Op:
     dim: int | None = None
     side: int | None = None
     channels: tuple[int, int] | None = None
+    factor: tuple[float, ...] = ()
+    operand: int = 0
 
 
 class Unsupported(ValueError):
@@ -269,6 +277,66 @@ def _cat(node: fx.Node, model: str) -> Op:
         raise Unsupported(model, node, f"joins along dimension {dim!r}; the accelerator joins along the channels "
                           "only: torch.cat(parts, 1)")
     return Op("cat")
+
+
+_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+_DIVISIONS = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide"}
+
+
+def _operand(node: fx.Node) -> int:
+    """The argument of product or quotient ``node`` that is the tensor it scales (of two, the first that is a
+    node other than a parameter or buffer: ``gamma * x`` scales the second)."""
+    a = node.args[:2]
+    return 1 if len(a) == 2 and isinstance(a[1], fx.Node) and (not isinstance(a[0], fx.Node)
+                                                              or a[0].op == "get_attr") else 0
+
+
+def _factor_of(node: fx.Node, modules: dict, model: str) -> tuple[float, ...] | None:
+    """The constant factor of ``node`` where it is ``x * c``, ``c * x``, ``x / c`` (the operator, ``torch.mul``,
+    ``torch.div`` or the method; ``c`` a number, or a parameter or buffer): its one value or its C values; None
+    for anything else (a product of two tensors, ``c / x``, a rounding division). :class:`Unsupported` for a
+    factor that no stage folds: not finite, a zero divisor, a parameter of another shape than (), (1,), (C, 1, 1)
+    or (1, C, 1, 1)."""
+    if node.op not in ("call_function", "call_method") or len(node.args) != 2 or node.kwargs:
+        return None
+    divide = node.target in _DIVISIONS
+    if node.target not in _PRODUCTS and not divide:
+        return None
+    i = _operand(node)
+    if divide and i == 1:
+        return None
+    c, x = node.args[1 - i], node.args[i]
+    if not isinstance(x, fx.Node) or x.op == "get_attr":
+        return None
+    what = "divides by" if divide else "multiplies by"
+    if isinstance(c, fx.Node):
+        if c.op != "get_attr":
+            return None
+        t = _attribute(modules, c.target)
+        if not isinstance(t, torch.Tensor):
+            return None
+        shape = tuple(t.shape)
+        if not (t.numel() == 1 and t.dim() <= 4 or len(shape) in (3, 4) and shape[-2:] == (1, 1)
+                and (len(shape) == 3 or shape[0] == 1)):
+            raise Unsupported(model, node, f"{what} {c.target!r} of shape {shape}; a factor has one value, or one a "
+                              "channel: shape (C, 1, 1) or (1, C, 1, 1)")
+        values, named = tuple(float(v) for v in t.detach().double().flatten()), repr(c.target)
+    elif isinstance(c, (int, float)) and not isinstance(c, bool):
+        values, named = (float(c),), f"{c!r}"
+    else:
+        return None
+    bad = next((k for k, v in enumerate(values) if not math.isfinite(v) or (v == 0 and divide)), None)
+    if bad is not None:
+        where = f" (channel {bad}: {values[bad]:g})" if len(values) > 1 else ""
+        raise Unsupported(model, node, f"{what} {named}{where}, which no stage folds (a factor is finite, a divisor "
+                          "not 0): retrain with another value, or restore the checkpoint from a copy")
+    return tuple(1 / v for v in values) if divide else values
+
+
+def _attribute(modules: dict, target: str):
+    """The parameter or buffer that a get_attr node's ``target`` names (``layer.gamma``); None if none."""
+    owner, _, name = target.rpartition(".")
+    return getattr(modules.get(owner), name, None)
 
 
 def _is_one(size) -> bool:
@@ -426,6 +494,9 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
         normalizing = next((user for user in node.users if _on_image(user)), None)
         if normalizing is not None:
             raise Unsupported(model, normalizing, _IMAGE_ARITHMETIC)
+        if all(_factor_of(user, modules, model) is not None and user.args[_operand(user)] is not node
+               for user in node.users):
+            return Op("constant")           # a constant factor of the tensors it scales (LayerScale's gamma)
         raise Unsupported(model, node, "is read outside a layer; the accelerator holds parameters only in its conv "
                           "and linear layers (weights, bias) and their BN: fold it into the bias of the conv or linear "
                           "layer before it (or into that layer's BatchNorm2d)")
@@ -485,7 +556,11 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
         channels = _channel_pad(node) if f is F.pad else None
         if channels is not None:
             return Op("pad", channels=channels)
-    elif node.op == "call_method":
+    if node.op in ("call_function", "call_method") and not _on_image(node):
+        factor = _factor_of(node, modules, model)
+        if factor is not None:
+            return Op("scale", factor=factor, operand=_operand(node))
+    if node.op == "call_method":
         if node.target in ("relu", "relu_"):
             return Op("relu")
         activation = _called_activation(model, node, node.target)
@@ -514,7 +589,6 @@ def operation(node: fx.Node, modules: dict[str, nn.Module], model: str) -> Op:
 
 
 SILU_HINT = "x * sigmoid(x) is SiLU: write F.silu(x) or nn.SiLU(), which compile"
-_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
 
 
 def _spelled_silu(node: fx.Node, modules: dict) -> bool:

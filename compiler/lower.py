@@ -280,7 +280,7 @@ GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
 # The operations that take a "concat" _Value (on its way to an activation quantizer; a size query reads its shape
 # only, for a reshape).
 _CONCAT_READERS = ("act", "relu", "curve", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity",
-                   "adaptive", "size", "bn", "cat")
+                   "adaptive", "size", "bn", "scale", "cat")
 _DEFAULT_FRAC = CompileOptions.residual_frac_bits   # the fraction bits that cover a trained model's scales
 
 
@@ -778,18 +778,60 @@ class _Lowering:
         """BN ``node`` folded into the gain and offset of its input, a concatenation's into each part's (its
         channels of the BN: DenseNet's BN of the joined features)."""
         x, bn = self.arg(node), op.module
-        for part in x.parts or (x,):
-            if part.kind != "values" or (part.pooled and not part.linear_mean):
-                self.refuse(node, "does not follow a conv or linear layer or an addition (or an activation, a max "
-                            "pooling, or an average pooling without a ReLU, of one); a BN folds there: put it right "
-                            "after the conv, linear layer or addition whose output it normalizes (conv -> BN -> ReLU)"
-                            + (", or right after a join of those" if x.parts else ""))
+        self.check_affine_input(node, x, "a BN folds there: put it right after the conv, linear layer or addition "
+                                "whose output it normalizes (conv -> BN -> ReLU)")
         if isinstance(bn, nn.BatchNorm1d) and x.flat:
             self.refuse(node, "normalizes each feature of a flattened {}x{}x{} map; a BN folds per channel: put a "
                         "BatchNorm2d before the flatten".format(*self.shape(x)))
-        inv, mean, beta = self.bn_constants(node, bn, self.shape(x)[0])
+        return self.affine(node, x, *self.bn_constants(node, bn, self.shape(x)[0]), "the BN")
+
+    def _constant(self, node: fx.Node, op: Op) -> _Value:
+        return _Value("constant")                       # read by the scalings alone (capture.operation)
+
+    def _scale(self, node: fx.Node, op: Op) -> _Value:
+        """A constant factor ``node`` (one, or one a channel) of a conv's, linear layer's, BN's or addition's
+        output: folded into its gain and offset as a BN without statistics (:meth:`affine`). After a ReLU, clip
+        or max pooling, a positive number folds in before them, as it commutes with them (so an average pooling
+        may follow, and the quantizer after it is unsigned, as lcq_train's plan makes it); any other factor after
+        an activation (a parameter, whose sign training may change: lcq_train quantizes it signed) is the end of
+        its curve (:meth:`bn_after`)."""
+        x = self.arg(node, op.operand)
+        self.check_affine_input(node, x, "a constant factor folds there: multiply the output of a conv, linear "
+                                "layer, BN or addition (or of its activation)")
+        c = self.shape(x)[0]
+        if len(op.factor) not in (1, c) or (len(op.factor) > 1 and x.flat):
+            self.refuse(node, f"has {len(op.factor)} factors for {c} channels" + (
+                " of a flattened map" if x.flat else "") + "; a factor is one number or one a channel (C, 1, 1)")
+        factor = np.broadcast_to(np.asarray(op.factor, dtype=np.float64), c)
+        parts = x.parts or (x,)
+        number = not isinstance(node.args[1 - op.operand], fx.Node)     # (lcq_train: a parameter may be < 0)
+        if number and factor[0] > 0 and any(p.relu or p.maxpools for p in parts) and all(
+                p.curve is None for p in parts):
+            scaled, first = [], 0
+            for p in parts:
+                own = factor[first:first + self.shape(p)[0]]
+                first += own.size
+                scaled.append(replace(p, gain=own * p.gain, offset=own * p.offset, cap=p.cap * own[0], folded=True))
+            return self.chain(node, x, parts=tuple(scaled)) if x.parts else self.chain(node, scaled[0])
+        return self.affine(node, x, factor, np.zeros(c), np.zeros(c), "the factor")
+
+    def check_affine_input(self, node: fx.Node, x: _Value, fix: str) -> None:
+        """Refuse a BN or constant factor ``node`` where its input ``x`` is not a conv's or linear layer's output,
+        an addition's, or an activation, max pooling or average pooling without a ReLU of one (a
+        concatenation's parts each); ``fix`` says where it folds."""
+        for part in x.parts or (x,):
+            if part.kind != "values" or (part.pooled and not part.linear_mean):
+                self.refuse(node, "does not follow a conv or linear layer or an addition (or an activation, a max "
+                            f"pooling, or an average pooling without a ReLU, of one); {fix}"
+                            + (", or right after a join of those" if x.parts else ""))
+
+    def affine(self, node: fx.Node, x: _Value, inv: np.ndarray, mean: np.ndarray, beta: np.ndarray,
+               what: str) -> _Value:
+        """``inv * (x - mean) + beta`` a channel (BN ``node``, or a constant factor: ``what``) folded into the
+        gain and offset of ``x``, or a concatenation's parts each; after an activation or a max pooling the
+        end of its curve (:meth:`bn_after`)."""
         if any(p.relu or p.curve is not None or p.maxpools for p in x.parts or (x,)):
-            return self.bn_after(node, x, inv, beta - inv * mean)
+            return self.bn_after(node, x, inv, beta - inv * mean, what)
         if not x.parts:
             y = self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta, folded=True)
             if (x.tensor in self.raw and x.sole and not x.pooled and len(node.users) > 1
@@ -809,22 +851,22 @@ class _Lowering:
             first = own.stop
         return self.chain(node, x, parts=tuple(parts))
 
-    def bn_after(self, node: fx.Node, x: _Value, scale: np.ndarray, shift: np.ndarray) -> _Value:
-        """BN ``node`` (``scale * y + shift`` a channel) after an activation or a max pooling of ``x`` (a
-        concatenation's parts each their channels): the end of its curve (:mod:`compiler.curves`), through which the
-        quantizer after it takes its thresholds back. A channel of negative scale reverses the order of its values:
-        its input is negated (gain and offset) and its curve mirrored, ``s f(v) = |s| (-f(-(-v)))``; after a max
-        pooling that would be a minimum, so there it is refused, naming the channel."""
+    def bn_after(self, node: fx.Node, x: _Value, scale: np.ndarray, shift: np.ndarray, what: str) -> _Value:
+        """BN or constant factor ``node`` (``what``: ``scale * y + shift`` a channel) after an activation or a max
+        pooling of ``x`` (a concatenation's parts each their channels): the end of its curve (:mod:`compiler.curves`),
+        through which the quantizer after it takes its thresholds back. A channel of negative scale reverses the
+        order of its values: its input is negated (gain and offset) and its curve mirrored, ``s f(v) = |s|
+        (-f(-(-v)))``; after a max pooling that would be a minimum, so there it is refused, naming the channel."""
         flip = scale < 0
         if flip.any() and any(p.maxpools for p in x.parts or (x,)):
             k = np.flatnonzero(flip)[0]
             self.refuse(node, f"follows a max pooling, and scales channel {k} by {scale[k]:.3g} < 0, which would turn "
-                        "the maximum into a minimum: put the BN before the max pooling (right after the conv, linear "
+                        f"the maximum into a minimum: put {what} before the max pooling (right after the conv, linear "
                         "layer or addition: conv -> BN -> activation) and retrain")
         dipping = next((p.curve for p in x.parts or (x,) if p.curve is not None and p.curve.dips), None)
         if dipping is not None:
             self.refuse(node, f"follows {dipping.name}, which dips below zero before it rises: the quantizer after "
-                        "the BN would need thresholds inside the dip, which no one input starts; put the BN before "
+                        f"{what} would need thresholds inside the dip, which no one input starts; put {what} before "
                         f"the activation (conv -> BN -> {dipping.name}) and retrain")
         affine = Curve("affine", describe(node), (np.abs(scale), shift))
         parts, first = [], 0
@@ -1244,11 +1286,14 @@ class _Lowering:
             self.refuse(source, f"applies {x.curve.name} to the logits: leave it off (a non-decreasing function of "
                         "each logit keeps the top class; lcq train trains on the logits)")
         if x.kind == "values" and x.tensor in self.raw and x.folded:
-            bn = self._normalizing(source)
-            self.refuse(bn or source, f"normalizes the logits of the last layer {self.raw[x.tensor].name!r} (a "
-                        "BatchNorm after it, which the compiler folds only before a ReLU, pooling, a quantizer or "
-                        "an addition): drop it and retrain (the layer's bias learns the shift), or put it before the "
-                        "last layer")
+            after, last = self._after_last_layer(source, x.tensor), self.raw[x.tensor].name
+            if after is not None and operation(after, self.modules, self.model).kind == "scale":
+                self.refuse(after, f"scales the logits of the last layer {last!r}: leave the factor out (a positive "
+                            "one keeps the top class; a temperature belongs in the loss), or fold it into that "
+                            "layer's weights and bias")
+            self.refuse(after or source, f"normalizes the logits of the last layer {last!r} (a BatchNorm after it, "
+                        "which the compiler folds only before a ReLU, pooling, a quantizer or an addition): drop it "
+                        "and retrain (the layer's bias learns the shift), or put it before the last layer")
         if x.kind != "values" or x.tensor not in self.raw or not x.plain or not x.sole \
                 or self.shapes[x.tensor][1:] != (1, 1):
             self.refuse(source, "gives the network's output; the output must be a linear layer's (or a conv's "
@@ -1268,13 +1313,14 @@ class _Lowering:
         self.requantize(conv, x.gain, x.offset, out_scale)
         return x
 
-    def _normalizing(self, node: fx.Node) -> fx.Node | None:
-        """The BatchNorm module call that ``node`` is, or reads through its first arguments (None: none)."""
-        while isinstance(node, fx.Node) and node.op != "placeholder":
-            if node.op == "call_module" and isinstance(self.modules.get(node.target),
-                                                       nn.modules.batchnorm._BatchNorm):
+    def _after_last_layer(self, node: fx.Node, layer: str) -> fx.Node | None:
+        """The first BN or constant factor (from the output back) that ``node`` is or reads through its tensor
+        arguments, back to the call of layer ``layer`` (None: none)."""
+        while isinstance(node, fx.Node) and node.op not in ("placeholder", "get_attr") and node.target != layer:
+            op = operation(node, self.modules, self.model)
+            if op.kind in ("bn", "scale"):
                 return node
-            node = node.args[0] if node.args else None
+            node = node.args[op.operand] if node.args else None
         return None
 
     def describe_step(self, conv: ConvNode) -> str:

@@ -13,7 +13,7 @@ same form, following the paper's rules:
   ``act_<first layer it feeds, dots as _>``;
 - that quantizer is unsigned when the tensor cannot be negative: it comes from a ReLU (ReLU6,
   hardtanh or clamp with a min >= 0, sigmoid) or the input image, through pooling, flattening, reshaping,
-  dropout, concatenation or sums and products of such tensors (a parameter or a negative number in
+  dropout, concatenation or sums, products and quotients of such tensors (a parameter or a negative number in
   one makes it signed); otherwise it is signed;
 - the quantizer that sees the input image itself (through such shape-only and pooling operations
   alone) is the image quantizer: 8 bits, clip 1, frozen, so a pixel in [0, 1] maps to its uint8
@@ -169,11 +169,14 @@ _SHAPE_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, F.avg_pool2d, F.adaptive_avg
 _SHAPE_METHODS = {"flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
                   "mean", "amax", "clone", "detach", "float", "to"}
 # Operations whose output is >= 0 when all their tensor inputs are.
-_COMBINING_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, torch.mul, torch.cat, torch.maximum,
+_COMBINING_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul,
+                        operator.truediv, operator.itruediv, torch.div, torch.true_divide, torch.cat, torch.maximum,
                         torch.minimum, torch.sum, torch.mean}
-_COMBINING_METHODS = {"add", "add_", "mul", "mul_", "sum"}
+_COMBINING_METHODS = {"add", "add_", "mul", "mul_", "div", "div_", "true_divide", "sum"}
 # Of those, the ones whose number arguments are values (a negative one makes the output signed), not dimensions.
-_ARITHMETIC = {operator.add, operator.iadd, torch.add, operator.mul, torch.mul, "add", "add_", "mul", "mul_"}
+_ARITHMETIC = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul, operator.truediv,
+               operator.itruediv, torch.div, torch.true_divide, "add", "add_", "mul", "mul_", "div", "div_",
+               "true_divide"}
 
 
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:

@@ -877,6 +877,10 @@ class _Unhinted(nn.Module):
             z = self.conv2(y) * 2
         elif k == "x / 2":
             z = self.conv2(y) / 2
+        elif k == "x * y":
+            z = self.conv2(y) * self.other(y)
+        elif k == "2 / x":
+            z = 2 / self.conv2(y)
         else:
             z = self.conv2(y)
         z = torch.relu(z)
@@ -900,10 +904,12 @@ class _Unhinted(nn.Module):
     ("F.pad", r"function torch\.nn\.functional\.pad", r"pad in the conv: Conv2d\(\.\.\., padding=p\)", ["relu"]),
     ("x - y", r"function operator\.sub", r"the accelerator joins branches by addition alone: write x \+ y",
      ["x + y"]),
-    ("x * 2", r"function operator\.mul", r"the accelerator multiplies only in its conv and linear layers: fold a "
-                                         r"constant factor into the layer or BN before it", ["relu"]),
-    ("x / 2", r"function operator\.truediv", r"the accelerator multiplies only in its conv and linear layers",
-     ["relu"]),
+    ("x * y", r"function operator\.mul", r"the accelerator multiplies a tensor only by a constant \(a number, or a "
+                                         r"parameter or buffer of one value or of shape \(C, 1, 1\)\), which folds "
+                                         r"into the layer before it; it has no product or quotient of two tensors",
+     ["x * 2", "x + y"]),
+    ("2 / x", r"function operator\.truediv", r"the accelerator multiplies a tensor only by a constant .* nor divides "
+                                           r"a constant by a tensor", ["x / 2"]),
     (".squeeze()", r"method \.squeeze\(\)", r"use torch\.flatten\(x, 1\) \(or nn\.Flatten\(\)\) on the C x 1 x 1 "
                                             r"tensor", ["relu"]),
     (".mean(3).mean(2)", r"method \.mean\(\)", r"average over the map in one call: \.mean\(\(2, 3\)\)", ["relu"]),
