@@ -51,6 +51,7 @@ __all__ = ["DATASETS", "FOLDER_MAX_SIDE", "IMAGE_SHAPES", "MAX_CLASSES", "Datase
            "load_dataset_for", "image_shape_problem", "class_names_problem"]
 
 _GREY_MODES = ("1", "L", "LA")     # image modes that make a grey (one-channel) folder dataset where all are
+_PALETTE_MODES = ("P", "PA")        # and palette ones, where the colours the image uses are grey
 FOLDER_TEST_EVERY = 5              # class folders alone: every 5th image of a class (by name) is a test image
 
 _DEFAULT_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
@@ -580,7 +581,7 @@ def _iter_tar_images(dataset: str, archive: Path) -> Iterator[tuple[str, str, st
 def _decode_images(dataset: str, items: Iterable[tuple[str, str, str, bytes]]) -> Arrays:
     """Decode (split, class, name, bytes) images of ``dataset`` (cifar10 or folder) into arrays; classes sorted by
     name -> label index. CIFAR-10's are 32 x 32 RGB; a folder dataset's all of the first image's size, grey (C = 1)
-    where every image's mode is grey (:data:`_GREY_MODES`), else RGB.
+    where every image is grey (its mode one of :data:`_GREY_MODES`, or a palette mode with grey pixels), else RGB.
 
     Chunks are decoded in a process pool while ``items`` is still being read; a chunk not decoded
     ``_DECODE_DEADLINE_S`` after the one before it (a worker killed: the pool never answers for it) is a
@@ -676,7 +677,7 @@ def _folder_image_size(name: str, blob: bytes) -> tuple[int, int]:
 def _decode_chunk(dataset: str, chunk: list[tuple[str, bytes]], size: tuple[int, int],
                   first: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Decode encoded images of ``size`` (width, height) to RGB uint8 ``(n, height, width, 3)``, and whether each
-    was grey (:data:`_GREY_MODES`); errors name the offending file (and ``first``, the folder dataset's image that
+    was grey (a mode of :data:`_GREY_MODES`, or a palette image whose pixels are grey); errors name the offending file (and ``first``, the folder dataset's image that
     set the size).
 
     Only 8-bit modes are decoded (PIL clips a 16-bit grey image to RGB). An image's size and mode are read from its
@@ -701,8 +702,14 @@ def _decode_chunk(dataset: str, chunk: list[tuple[str, bytes]], size: tuple[int,
             if rgb is None:
                 raise DatasetError(f"{name}: an image of PIL mode {mode} (16 bits or more a pixel); save it as an "
                                    "8-bit PNG or JPEG")
-            out[i], grey[i] = np.asarray(rgb), mode in _GREY_MODES
+            out[i] = np.asarray(rgb)
+            grey[i] = mode in _GREY_MODES or (mode in _PALETTE_MODES and _equal_channels(out[i]))
     return out, grey
+
+
+def _equal_channels(pixels: np.ndarray) -> bool:
+    """Whether every pixel of an (H, W, 3) image has equal red, green and blue: a grey one."""
+    return bool((pixels[..., :1] == pixels[..., 1:]).all())
 
 
 # --------------------------------------------------------------------------- cache

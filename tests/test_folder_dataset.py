@@ -61,6 +61,26 @@ def test_one_colour_image_makes_the_dataset_rgb_and_a_tar_gz_loads_the_same(tmp_
     assert np.array_equal(packed.test_y.numpy(), data.test_y.numpy())
 
 
+def test_palette_images_of_grey_colours_keep_the_dataset_grey(tmp_path, monkeypatch):
+    """A PNG saved with a palette (mode P, as image editors and optimizers write few-colour images) counts as grey
+    where the colours it uses are grey; one colour pixel in one makes the dataset RGB."""
+    monkeypatch.setenv("LCQ_CACHE_DIR", str(tmp_path / "cache"))
+    written = make_folder(tmp_path / "d", per_class=(3, 2))
+    first = tmp_path / "d" / "train" / "bar" / "000.png"
+    Image.fromarray(written[("train", "bar", 0)]).convert("P").save(first)
+    assert Image.open(first).mode == "P"
+    data = load_dataset("folder", tmp_path / "d")
+    assert data.input_shape == (1, HEIGHT, WIDTH)
+    assert np.array_equal(data.train_x[0, 0].numpy(), written[("train", "bar", 0)])
+    coloured = np.repeat(written[("train", "bar", 0)][..., None], 3, axis=2)
+    coloured[0, 0] = (200, 10, 10)
+    Image.fromarray(coloured).convert("P", palette=Image.Palette.ADAPTIVE).save(first)
+    assert Image.open(first).mode == "P"
+    data = load_dataset("folder", tmp_path / "d")
+    assert data.input_shape == (3, HEIGHT, WIDTH)
+    assert data.train_x[0, 0, 0, 0].item() != data.train_x[0, 1, 0, 0].item()
+
+
 def _png(pixels) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")
