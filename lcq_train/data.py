@@ -677,8 +677,8 @@ def _folder_image_size(name: str, blob: bytes) -> tuple[int, int]:
 def _decode_chunk(dataset: str, chunk: list[tuple[str, bytes]], size: tuple[int, int],
                   first: str | None) -> tuple[np.ndarray, np.ndarray]:
     """Decode encoded images of ``size`` (width, height) to RGB uint8 ``(n, height, width, 3)``, and whether each
-    was grey (a mode of :data:`_GREY_MODES`, or a palette image whose pixels are grey); errors name the offending file (and ``first``, the folder dataset's image that
-    set the size).
+    was grey (a mode of :data:`_GREY_MODES`, or a palette image whose pixels are grey); errors name the offending
+    file (and ``first``, the folder dataset's image that set the size).
 
     Only 8-bit modes are decoded (PIL clips a 16-bit grey image to RGB). An image's size and mode are read from its
     header and any other refused before its pixels are decoded."""
