@@ -45,7 +45,7 @@ import random
 import struct
 import sys
 import zipfile
-from collections import Counter, OrderedDict
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +54,7 @@ import torch
 from .arguments import IntRange
 from .atomic import atomic_write, save_json
 from .metrics import metrics_problem
-from .safe_pickle import NUMPY_GLOBALS, NumpyUnpickler
+from .torch_save import read_torch_save
 
 __all__ = ["FORMAT", "VERSION", "MAGIC", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "upgrade_checkpoint", "capture_rng", "restore_rng", "restore_rank_rng", "save_json"]
@@ -176,7 +176,7 @@ def load_checkpoint(path) -> dict:
             data += f.read()         # (a file of another kind or version is refused by its frame, not read whole)
     digest, header_len = _check_frame(data, path)
     header = _parse_header(data[_PREFIX.size:_PREFIX.size + header_len], path)
-    tensors = _read_tensors(header["tensors"], memoryview(data)[_PREFIX.size + header_len:], path)
+    tensors = read_tensors(header["tensors"], memoryview(data)[_PREFIX.size + header_len:], path)
     used: set[str] = set()
     try:
         state = _decode(header["state"], tensors, used)
@@ -190,7 +190,7 @@ def load_checkpoint(path) -> dict:
     return state
 
 
-def _is_compiled_model(path: Path) -> bool:
+def is_compiled_model(path: Path) -> bool:
     """Whether the zip archive at ``path`` is a compiled model (:mod:`compiler.format`: its manifest member)."""
     try:
         with zipfile.ZipFile(path) as archive:
@@ -202,7 +202,7 @@ def _is_compiled_model(path: Path) -> bool:
 def _check_frame(data: bytes, path: Path) -> tuple[str, int]:
     """The digest (hex) and header length of checkpoint bytes ``data``, after checking magic,
     version, length and digest."""
-    if data[:4] == b"PK\x03\x04" and _is_compiled_model(path):
+    if data[:4] == b"PK\x03\x04" and is_compiled_model(path):
         raise CheckpointError(f"{path} is a compiled model (`lcq compile` writes it), not a checkpoint: pass the "
                               "checkpoint.pt it was compiled from (`lcq train --out DIR` writes DIR/checkpoint.pt)")
     if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
@@ -235,7 +235,8 @@ def _check_frame(data: bytes, path: Path) -> tuple[str, int]:
     return digest.hex(), header_len
 
 
-def _unique_keys(pairs):
+def unique_keys(pairs):
+    """A JSON object's ``pairs`` as a dict; ValueError where a key repeats (JSON would keep the last silently)."""
     out = dict(pairs)
     if len(out) != len(pairs):
         raise ValueError(f"duplicate keys {sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)}")
@@ -244,7 +245,7 @@ def _unique_keys(pairs):
 
 def _parse_header(raw: bytes, path: Path) -> dict:
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+        header = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"{path} has an unreadable header ({e}); retrain or restore it from a copy") from None
     if not isinstance(header, dict) or set(header) != {"format", "version", "tensors", "state"}:
@@ -257,7 +258,10 @@ def _parse_header(raw: bytes, path: Path) -> dict:
     return header
 
 
-def _read_tensors(index: dict, data: memoryview, path: Path) -> dict[str, torch.Tensor]:
+def read_tensors(index: dict, data: memoryview, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors-style ``index`` ({NAME: {"dtype", "shape", "data_offsets"}}, in the order of
+    their bytes) over ``data``, each a copy; :class:`CheckpointError` (naming ``path``) unless the tensors tile
+    the data exactly, each of its dtype's size."""
     tensors, end = {}, 0
     for name, entry in index.items():
         def bad(what):
@@ -478,137 +482,12 @@ def restore_rank_rng(state: dict, rank: int, world: int, where: str = "the check
     return notices
 
 
-# ---------------------------------------------------------------------------------------------- version 1
-
-_STORAGES = {"DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
-             "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-             "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-             "BoolStorage": torch.bool}
-
-
-class _StorageType:
-    """What a name ``torch.XStorage`` resolves to: the dtype of the storages the pickle says are X."""
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-
-def _rebuild_tensor(storage, offset, size, stride, requires_grad, hooks, metadata=None):
-    """``torch._utils._rebuild_tensor_v2`` as ``torch.save`` calls it for a plain tensor: a copy of the
-    elements it views, each within its storage, and no more elements than the storage holds (a zero
-    stride would make any number from one)."""
-    sizes = isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride) \
-        and all(IntRange(0).accepts(n) for n in (offset, *size, *stride))
-    if not isinstance(storage, torch.Tensor) or not sizes or not isinstance(requires_grad, bool) \
-            or not isinstance(hooks, OrderedDict) or hooks or metadata not in (None, {}):
-        raise pickle.UnpicklingError("it rebuilds a tensor with arguments torch.save never writes")
-    count = math.prod(size)
-    if count and (count > storage.numel() - offset
-                  or offset + sum((n - 1) * step for n, step in zip(size, stride)) >= storage.numel()):
-        raise pickle.UnpicklingError(f"it views a tensor of shape {size} beyond its storage of {storage.numel()}")
-    return storage.as_strided(size, stride, offset).clone() if count else torch.empty(size, dtype=storage.dtype)
-
-
-def _ordered_dict(*args):
-    """``collections.OrderedDict`` as ``torch.save`` calls it: with no arguments (the pickle then sets its items,
-    whose keys :class:`~lcq_train.safe_pickle.NumpyUnpickler` checks; items passed here would not be)."""
-    if args:
-        raise pickle.UnpicklingError("it calls OrderedDict with arguments, where torch.save writes an empty one and "
-                                     "sets its items")
-    return OrderedDict()
-
-
-class _Version1Unpickler(NumpyUnpickler):
-    """The unpickler of a version-1 checkpoint's ``data.pkl`` (:class:`~lcq_train.safe_pickle.NumpyUnpickler`):
-    tensors, their storages (read from ``zip``'s members under ``prefix``), state dicts, and the numpy array
-    of numpy's generator state; nothing else is looked up."""
-
-    STAND_INS = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor, ("collections", "OrderedDict"): _ordered_dict,
-                 **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGES.items()}}
-    GLOBALS = NUMPY_GLOBALS.union(STAND_INS)
-    HOLDS = "an lcq checkpoint"
-
-    def __init__(self, file, zip: zipfile.ZipFile, prefix: str):
-        super().__init__(file)
-        self.zip, self.prefix, self.storages = zip, prefix, {}
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)
-                and isinstance(pid[2], str) and isinstance(pid[3], str) and IntRange(0).accepts(pid[4])):
-            raise pickle.UnpicklingError(f"it refers to {pid!r:.80}, not to a storage of the file")
-        _, kind, key, _, count = pid
-        if key not in self.storages:
-            info = _stored_member(self.zip, f"{self.prefix}data/{key}")
-            size = count * torch.empty((), dtype=kind.dtype).element_size()
-            if info.file_size != size:
-                raise pickle.UnpicklingError(f"its storage {key} holds {info.file_size} bytes, not the {size} of "
-                                             f"{count} elements")
-            data = bytearray(self.zip.read(info))
-            self.storages[key] = torch.frombuffer(data, dtype=kind.dtype) if data else torch.empty(0, dtype=kind.dtype)
-        if self.storages[key].dtype != kind.dtype:
-            raise pickle.UnpicklingError(f"it reads storage {key} as two dtypes")
-        return self.storages[key]
-
-    def build_problem(self, inst, state) -> str | None:
-        if isinstance(inst, OrderedDict):        # a state dict's _metadata
-            return None if isinstance(state, dict) and set(state) <= {"_metadata"} else "it sets an OrderedDict's state"
-        return super().build_problem(inst, state)
-
-
-def _stored_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
-    """The member ``name`` of ``archive``, stored uncompressed as torch.save stores each (so that the bytes it
-    declares are bytes of the file, not of a decompression)."""
-    try:
-        info = archive.getinfo(name)
-    except KeyError:
-        raise pickle.UnpicklingError(f"it has no member {name}") from None
-    if info.compress_type != zipfile.ZIP_STORED:
-        raise pickle.UnpicklingError(f"its member {name} is compressed; torch.save stores them as they are")
-    return info
-
-
-def _read_version_1(path: Path):
-    """The object a version-1 checkpoint (a ``torch.save`` zip archive) holds, read by :class:`_Version1Unpickler`."""
-    if not zipfile.is_zipfile(path):
-        raise pickle.UnpicklingError("it is not a zip archive, the format torch.save writes")
-    with zipfile.ZipFile(path) as archive:
-        pickles = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
-        if len(pickles) != 1:
-            raise pickle.UnpicklingError(f"it holds {len(pickles)} data.pkl members, not the one torch.save writes")
-        prefix = pickles[0][:-len("data.pkl")]
-        if f"{prefix}byteorder" in archive.namelist() \
-                and archive.read(_stored_member(archive, f"{prefix}byteorder")) != b"little":
-            raise pickle.UnpicklingError("its tensors are big-endian")
-        with archive.open(_stored_member(archive, pickles[0])) as f:
-            state = _Version1Unpickler(f, archive, prefix).load()
-    _check_values(state, path.stat().st_size)
-    return state
-
-
-def _check_values(obj, limit: int) -> None:
-    """UnpicklingError if ``obj``, counted as a tree, has more than ``limit`` values (keys, items, leaves).
-    A pickle stores a value once however often it is referred to: nested lists holding the next one twice
-    stand for 2^N values in a few bytes each, which converting would write out one by one. A file holds
-    each of its values in a byte at least (an lcq checkpoint of 220 KB has about 1,100)."""
-    stack, count = [obj], 0
-    while stack:
-        value = stack.pop()
-        count += 1
-        if count > limit:
-            raise pickle.UnpicklingError(f"it refers to more values than its {limit} bytes can hold (one value "
-                                         "referred to many times)")
-        if isinstance(value, dict):
-            stack += [*value.keys(), *value.values()]
-        elif isinstance(value, (list, tuple)):
-            stack += value
-
-
 def upgrade_checkpoint(old, new) -> str:
     """Convert an older lcq's checkpoint (format version 1, a ``torch.save`` zip archive) at ``old`` to
     this format at ``new``; returns the new digest.
 
-    The old file's pickle is read by :class:`_Version1Unpickler`, which runs no code it names and builds
-    tensors (each within its stored bytes), containers, numbers and numpy's integer arrays only, as
+    The old file's pickle is read by :func:`~lcq_train.torch_save.read_torch_save`, which runs no code it names
+    and builds tensors (each within its stored bytes), containers, numbers and numpy's integer arrays only, as
     torch.save and numpy write them; then every field is checked as :func:`load_checkpoint` checks it."""
     old, new = Path(old), Path(new)
     if not old.is_file():
@@ -619,7 +498,7 @@ def upgrade_checkpoint(old, new) -> str:
         if f.read(len(MAGIC)) == MAGIC:
             raise CheckpointError(f"{old} is already in checkpoint format version {VERSION}; nothing to convert")
     try:
-        state = _read_version_1(old)
+        state = read_torch_save(old, "an lcq checkpoint")
     except Exception as e:  # noqa: BLE001 -- unpickling garbage can raise almost any exception type
         reason = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
         raise CheckpointError(f"{old} cannot be converted: {reason}; it is not an lcq checkpoint as torch.save "

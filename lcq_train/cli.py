@@ -53,7 +53,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--K", type=INTERVALS, default=16, help=f"compander intervals ({INTERVALS.describe()})")
     p.add_argument("--alpha-w", type=CLIP, default=3.0, help="initial weight clip (in units of sigma_w)")
     p.add_argument("--alpha-a", type=CLIP, default=8.0, help="initial activation clip")
-    p.add_argument("--init", metavar="CHECKPOINT", help="start from this checkpoint (e.g. the FP pretrained one)")
+    p.add_argument("--init", metavar="WEIGHTS", help="start from these weights: an lcq checkpoint (e.g. the FP "
+                   "pretrained one), or your network's own, a state dict saved by torch.save(model.state_dict(), "
+                   "PATH) or a safetensors file (read without running code)")
     p.add_argument("--epochs", type=positive_int, default=10,
                    help="epochs of the run (with --resume: omit to finish the saved run, more to extend it)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="training images per step")

@@ -49,6 +49,7 @@ from .quantizer import Quantizer
 from .run_lock import LOCK_NAME, run_lock
 from .training_state import optimizer_state_problem, scheduler_state_problem
 from .weight_codes import settle_weight_codes
+from .weights_file import read_weights
 
 SEED = IntRange(0, 2**32 - 1)        # what numpy's generator accepts
 MOMENTUM = FloatRange(0.0, 1.0, lo_open=True)     # Nesterov momentum: torch refuses 0
@@ -188,16 +189,24 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def _load_init(model: nn.Module, path: str) -> None:
-    state = load_checkpoint(path)["model"]
-    fix = "pretrain with the same --model and --dataset"
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        raise ValueError(f"--init {path} does not fit this model ({str(e).splitlines()[-1].strip()}); {fix}") from None
-    bad_missing = [k for k in missing if not k.endswith((".alpha", ".theta"))]
-    if bad_missing or unexpected:
-        raise ValueError(f"--init {path} does not fit this model: missing {bad_missing[:5]}, unexpected {unexpected[:5]}; "
-                         f"{fix}")
+    """Load the weights of ``--init path`` (:func:`~lcq_train.weights_file.read_weights`: an lcq checkpoint, a
+    torch.save state dict or a safetensors file) into ``model``; ValueError naming the names and shapes that do
+    not fit. The quantizers' clips and slopes (``alpha``, ``theta``) may be absent (an FP network has none),
+    and so may a BN's ``num_batches_tracked``."""
+    state, kind = read_weights(path)
+    own = model.state_dict()
+    fix = ("pretrain with the same --model and --dataset" if kind == "an lcq checkpoint" else
+           "save the state dict of the same network, built for this dataset's image shape and classes")
+    shapes = [f"{k} {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model" for k, v in state.items()
+              if k in own and v.shape != own[k].shape]
+    missing = [k for k in own if k not in state and not k.endswith((".alpha", ".theta", ".num_batches_tracked"))]
+    unexpected = [k for k in state if k not in own]
+    if shapes or missing or unexpected:
+        problems = [f"{what} {names[:5]}" + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
+                    for what, names in (("shapes differ:", shapes), ("the file lacks", missing),
+                                        ("the model has no", unexpected)) if names]
+        raise ValueError(f"--init {path} ({kind}) does not fit this model: {'; '.join(problems)}; {fix}")
+    model.load_state_dict(state, strict=False)
 
 
 def _check_weight_spread(model: nn.Module, where: str) -> None:

@@ -122,13 +122,17 @@ def test_a_crafted_pickle_is_refused_everywhere_and_runs_nothing(run, tmp_path, 
         assert not (tmp_path / "converted.pt").exists()
     capsys.readouterr()
     commands = [["compile", str(evil), "-o", str(tmp_path / "m.lcq")],
-                ["train", "--init", str(evil), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"],
                 ["train", "--resume", "--out", str(evil_dir), "--no-progress"],
                 ["eval", str(model), "--checkpoint", str(evil)]]
     for argv in commands:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "does not load pickle files" in err and str(evil) in err, (argv, err)
+    # --init reads a torch.save state dict too (tests/test_init_weights.py), with the unpickler that runs nothing
+    assert main(["train", "--init", str(evil), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"{evil} cannot be read as a state dict: it names __builtin__.exec, which a state dict never holds; a " \
+           "pickle that does could run any code, so it is not loaded" in err, err
     assert not marker.exists()
     assert not (tmp_path / "m.lcq").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
 
