@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 import random
 import struct
 import sys
@@ -54,7 +53,7 @@ import torch
 from .arguments import IntRange
 from .atomic import atomic_write, save_json
 from .metrics import metrics_problem
-from .torch_save import read_torch_save
+from .torch_save import TorchSaveError, read_torch_save
 
 __all__ = ["FORMAT", "VERSION", "MAGIC", "CheckpointError", "save_checkpoint", "load_checkpoint",
            "upgrade_checkpoint", "capture_rng", "restore_rng", "restore_rank_rng", "save_json"]
@@ -499,9 +498,8 @@ def upgrade_checkpoint(old, new) -> str:
             raise CheckpointError(f"{old} is already in checkpoint format version {VERSION}; nothing to convert")
     try:
         state = read_torch_save(old, "an lcq checkpoint")
-    except Exception as e:  # noqa: BLE001 -- unpickling garbage can raise almost any exception type
-        reason = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
-        raise CheckpointError(f"{old} cannot be converted: {reason}; it is not an lcq checkpoint as torch.save "
+    except TorchSaveError as e:
+        raise CheckpointError(f"{old} cannot be converted: {e}; it is not an lcq checkpoint as torch.save "
                               "wrote it") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("version") != 1:
         raise CheckpointError(f"{old} is not an lcq checkpoint of format version 1")

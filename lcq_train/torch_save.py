@@ -5,7 +5,7 @@ state dicts that torch.save writes (and numpy's integer arrays), each tensor bui
 (:func:`lcq_train.checkpoint.upgrade_checkpoint`) and how a network's own state dict
 (``torch.save(model.state_dict(), PATH)``) starts a training run (:mod:`lcq_train.weights_file`). Anything else
 in the pickle (a whole pickled model, an argparse namespace, a numpy float array) is a
-:class:`pickle.UnpicklingError` that names it.
+:class:`TorchSaveError` that names it.
 """
 
 from __future__ import annotations
@@ -108,9 +108,21 @@ def _stored_member(archive: zipfile.ZipFile, name: str) -> zipfile.ZipInfo:
     return info
 
 
+class TorchSaveError(ValueError):
+    """Why a file is not read as a torch.save archive (its message: "it names os.system, ...")."""
+
+
 def read_torch_save(path: Path, holds: str):
     """The object the ``torch.save`` zip archive at ``path`` holds, read by :class:`_TorchSaveUnpickler`;
-    :class:`pickle.UnpicklingError` saying why not (``holds``: what the file should be, as "a state dict")."""
+    :class:`TorchSaveError` saying why not (``holds``: what the file should be, as "a state dict")."""
+    try:
+        return _read(path, holds)
+    except Exception as e:  # noqa: BLE001 -- unpickling garbage can raise almost any exception type
+        reason = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
+        raise TorchSaveError(reason) from None
+
+
+def _read(path: Path, holds: str):
     if not zipfile.is_zipfile(path):
         raise pickle.UnpicklingError("it is not a zip archive, the format torch.save writes")
     with zipfile.ZipFile(path) as archive:

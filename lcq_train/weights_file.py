@@ -19,14 +19,13 @@ the file, what it holds and how to save the weights instead.
 from __future__ import annotations
 
 import json
-import pickle
 import struct
 from pathlib import Path
 
 import torch
 
 from .checkpoint import MAGIC, CheckpointError, is_compiled_model, load_checkpoint, read_tensors, unique_keys
-from .torch_save import read_torch_save
+from .torch_save import TorchSaveError, read_torch_save
 
 SAVE = "save the network's weights with torch.save(model.state_dict(), PATH)"
 MAX_HEADER = 100 << 20          # a safetensors header's bytes (the library's own limit)
@@ -64,9 +63,8 @@ def _torch_save_state(path: Path) -> dict:
     """The state dict a torch.save archive holds (or the one state dict inside the dict it holds)."""
     try:
         obj = read_torch_save(path, "a state dict")
-    except Exception as e:  # noqa: BLE001 -- unpickling garbage can raise almost any exception type
-        reason = str(e) if isinstance(e, pickle.UnpicklingError) else f"{type(e).__name__}: {e}"
-        raise WeightsError(f"{path} cannot be read as a state dict: {reason}; {SAVE} (a pickled model, "
+    except TorchSaveError as e:
+        raise WeightsError(f"{path} cannot be read as a state dict: {e}; {SAVE} (a pickled model, "
                            "torch.save(model, PATH), holds its class, which lcq does not run)") from None
     if _is_state_dict(obj):
         return obj
