@@ -56,7 +56,8 @@ from .metrics import metrics_problem
 from .torch_save import TorchSaveError, read_torch_save
 
 __all__ = ["FORMAT", "VERSION", "MAGIC", "CheckpointError", "save_checkpoint", "load_checkpoint",
-           "upgrade_checkpoint", "capture_rng", "restore_rng", "restore_rank_rng", "save_json"]
+           "upgrade_checkpoint", "capture_rng", "restore_rng", "restore_rank_rng", "save_json", "read_tensors",
+           "unique_keys", "is_compiled_model"]
 
 FORMAT = "lcq-checkpoint"
 VERSION = 2

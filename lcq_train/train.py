@@ -199,7 +199,9 @@ def _load_init(model: nn.Module, path: str) -> None:
            "save the state dict of the same network, built for this dataset's image shape and classes")
     shapes = [f"{k} {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model" for k, v in state.items()
               if k in own and v.shape != own[k].shape]
-    missing = [k for k in own if k not in state and not k.endswith((".alpha", ".theta", ".num_batches_tracked"))]
+    quantizers = {f"{name}.{p}" for name, m in model.named_modules() if isinstance(m, Quantizer)
+                  for p in ("alpha", "theta")}
+    missing = [k for k in own if k not in state and k not in quantizers and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in state if k not in own]
     if shapes or missing or unexpected:
         problems = [f"{what} {names[:5]}" + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
