@@ -56,6 +56,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="WEIGHTS", help="start from these weights: an lcq checkpoint (e.g. the FP "
                    "pretrained one), or your network's own, a state dict saved by torch.save(model.state_dict(), "
                    "PATH) or a safetensors file (read without running code)")
+    p.add_argument("--init-skip", metavar="LAYER", action="append", default=[],
+                   help="leave LAYER's weights out of --init: they keep their fresh initialization (a new "
+                        "classifier for your classes: --init-skip fc); repeat for more layers")
     p.add_argument("--epochs", type=positive_int, default=10,
                    help="epochs of the run (with --resume: omit to finish the saved run, more to extend it)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="training images per step")
@@ -142,6 +145,9 @@ def _config_values(parser: argparse.ArgumentParser, path: str) -> dict:
 
 def _config_problem(action: argparse.Action, value) -> str | None:
     """Why ``value`` from a config file breaks the rule of ``action``'s option (None: it does not)."""
+    if action.dest == "init_skip":
+        return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else \
+            f'must be a list of layer names ["fc", ...], not {value!r}'
     if action.dest == "layer_bits":
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return None
@@ -192,6 +198,7 @@ def train_config(args: argparse.Namespace):
              "weight_decay": args.weight_decay, "momentum": TrainConfig.momentum, "warmup_epochs": args.warmup_epochs,
              "augment": args.augment, "clip_init": args.clip_init, "bn_batches": args.bn_batches,
              "init": str(Path(args.init).absolute()) if args.init else None,      # (a resume from elsewhere: the same)
+             "init_skip": list(args.init_skip),
              "seed": args.seed, "device": args.device, "out": args.out,
              "resume": args.resume, "progress": args.progress}
     given = getattr(args, "given", None)

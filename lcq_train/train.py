@@ -56,13 +56,15 @@ MOMENTUM = FloatRange(0.0, 1.0, lo_open=True)     # Nesterov momentum: torch ref
 # The settings a resumed run keeps: --resume refuses others. ``epochs`` may grow (extending the run);
 # data_dir, device, out, progress may change.
 RECIPE = ("model", "dataset", "plan", "batch_size", "lr", "q_lr", "weight_decay", "momentum", "warmup_epochs",
-          "augment", "seed", "init", "clip_init", "bn_batches")
+          "augment", "seed", "init", "init_skip", "clip_init", "bn_batches")
 # RECIPE settings whose None means a default (of the plan, of the data set): left None, a resumed run keeps the
 # saved run's; given, they are compared with the value the saved run had.
 UNSET_IS_SAVED = ("lr", "augment")
 # Settings added since the first saved configs, with the value every run before them had: the paper's
 # recipe (``--clip-init fixed --bn-batches 0``), which the defaults below improve on (README, Results).
 PAPER_RECIPE = {"clip_init": "fixed", "bn_batches": 0}
+# Settings added since the first checkpoints, and the value runs had before them (a file without one takes it).
+LATER_SETTINGS = {"init_skip": []}
 # What `train` may ask of a new run's network before it trains: (model, input_shape, plan); ValueError refuses it.
 CheckModel = Callable[[nn.Module, tuple, QuantPlan], None]
 CALIBRATION_BATCHES = 4      # training batches (unaugmented) that --clip-init mse looks at
@@ -90,7 +92,8 @@ class TrainConfig:
     clip_init: str = "mse"           # initial clips: "mse" (lcq_train.calibrate; from the init checkpoint, so
                                      # "fixed" without one), or "fixed": the plan's alpha_w/alpha_a
     bn_batches: int = 50             # after the last epoch, BN statistics re-estimated on this many batches
-    init: str | None = None          # checkpoint to start from (e.g. the FP one)
+    init: str | None = None          # weights to start from (lcq_train.weights_file: e.g. the FP checkpoint)
+    init_skip: list[str] = field(default_factory=list)     # layers whose --init weights are left out (a new head)
     seed: int = 0
     device: str | None = None        # default: cuda if available
     out: str = "runs/default"
@@ -127,6 +130,12 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, bool) and not (name == "augment" and value is None):
                 raise ValueError(f"{name} must be true or false{' or null' if name == 'augment' else ''}, not {value!r}")
+        if not isinstance(self.init_skip, list) or not all(isinstance(n, str) and n.strip() == n and n
+                                                              for n in self.init_skip):
+            raise ValueError(f"init_skip must be a list of layer names, not {self.init_skip!r}")
+        if self.init_skip and self.init is None:
+            raise ValueError(f"--init-skip {' '.join(self.init_skip)} leaves layers out of --init weights: give "
+                             "--init too")
         for name in ("data_dir", "init", "device", "out"):
             value = getattr(self, name)
             if not isinstance(value, str) and not (name != "out" and value is None):
@@ -144,15 +153,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         """The config of :meth:`to_dict`'s ``d``; ValueError names a key that does not belong or a bad value.
-        Keys of :data:`PAPER_RECIPE` missing (a file written before them) take the value runs had then."""
+        Keys of :data:`PAPER_RECIPE` and :data:`LATER_SETTINGS` missing (a file written before them) take the
+        value runs had then."""
         if not isinstance(d, dict):
             raise ValueError(f"a training config must be a JSON object, not {d!r}")
         known = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(d) - known), sorted(known - set(d) - set(PAPER_RECIPE))
+        unknown = sorted(set(d) - known)
+        missing = sorted(known - set(d) - set(PAPER_RECIPE) - set(LATER_SETTINGS))
         if unknown or missing:
             raise ValueError(f"a training config has the keys {sorted(known)} (unknown here: {unknown}, "
                              f"missing: {missing})")
-        d = {**PAPER_RECIPE, **d}
+        d = {**PAPER_RECIPE, **LATER_SETTINGS, **d}
         d["plan"] = QuantPlan.from_dict(d["plan"])
         return cls(**d)
 
@@ -188,13 +199,26 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return {"top1": 100.0 * correct / n, "loss": loss / n}
 
 
-def _load_init(model: nn.Module, path: str) -> None:
+def _load_init(model: nn.Module, path: str, skip: list[str]) -> None:
     """Load the weights of ``--init path`` (:func:`~lcq_train.weights_file.read_weights`: an lcq checkpoint, a
-    torch.save state dict or a safetensors file) into ``model``; ValueError naming the names and shapes that do
-    not fit. The quantizers' clips and slopes (``alpha``, ``theta``) may be absent (an FP network has none),
-    and so may a BN's ``num_batches_tracked``."""
+    torch.save state dict or a safetensors file) into ``model``, but for those of the layers ``skip`` names
+    (each a module name: its parameters and buffers keep the model's own initialization); ValueError naming the
+    names and shapes that do not fit, or a skipped name that is no module's. The quantizers' clips and slopes
+    (``alpha``, ``theta``) may be absent (an FP network has none), and so may a BN's ``num_batches_tracked``."""
     state, kind = read_weights(path)
     own = model.state_dict()
+    modules = dict(model.named_modules())
+    unknown = [name for name in skip if name not in modules or not name]
+    if unknown:
+        layers = [n for n, m in modules.items() if not isinstance(m, Quantizer) and list(m.parameters(recurse=False))]
+        raise ValueError(f"--init-skip {unknown[0]!r} names no layer of this model; its layers: {layers[:12]}"
+                         + (f" (and {len(layers) - 12} more)" if len(layers) > 12 else ""))
+
+    def skipped(key: str) -> bool:
+        return any(key.startswith(f"{name}.") for name in skip)
+
+    state = {k: v for k, v in state.items() if not skipped(k)}
+    own = {k: v for k, v in own.items() if not skipped(k)}
     fix = ("pretrain with the same --model and --dataset" if kind == "an lcq checkpoint" else
            "save the state dict of the same network, built for this dataset's image shape and classes")
     shapes = [f"{k} {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model" for k, v in state.items()
@@ -207,6 +231,9 @@ def _load_init(model: nn.Module, path: str) -> None:
         problems = [f"{what} {names[:5]}" + (f" (and {len(names) - 5} more)" if len(names) > 5 else "")
                     for what, names in (("shapes differ:", shapes), ("the file lacks", missing),
                                         ("the model has no", unexpected)) if names]
+        heads = sorted({k.rpartition(".")[0] for k, v in state.items() if k in own and v.shape != own[k].shape})
+        if heads and not (missing or unexpected):
+            fix += f", or leave those layers out (--init-skip {' --init-skip '.join(heads)}: a new classifier)"
         raise ValueError(f"--init {path} ({kind}) does not fit this model: {'; '.join(problems)}; {fix}")
     model.load_state_dict(state, strict=False)
 
@@ -422,7 +449,7 @@ def _train(cfg: TrainConfig, out: Path, finished_ok: bool, check_model: CheckMod
 
     model = build_quantized_model(cfg.model, data.input_shape, data.num_classes, cfg.plan, allow_factory=True)
     if cfg.init and resume_state is None:
-        _load_init(model, cfg.init)
+        _load_init(model, cfg.init, cfg.init_skip)
     if resume_state is None:
         _check_weight_spread(model, f"--init {cfg.init}" if cfg.init else f"--model {cfg.model}")
         if check_model is not None:

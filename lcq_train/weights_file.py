@@ -53,6 +53,10 @@ def read_weights(path) -> tuple[dict[str, torch.Tensor], str]:
                            "it was compiled from (`lcq train --out DIR` writes DIR/checkpoint.pt)")
     if head[:4] == b"PK\x03\x04":
         return _named(_torch_save_state(path), path), "a torch.save state dict"
+    if head[:1] == b"\x80":             # a pickle protocol 2+ opcode: torch.save's format before PyTorch 1.6
+        raise WeightsError(f"{path} is a pickle in torch.save's legacy format (not the zip archive PyTorch 1.6 and "
+                           "later write), which lcq does not read: load it in your code and save it again with "
+                           "torch.save(model.state_dict(), PATH) in a current PyTorch")
     if len(head) == 9 and 2 <= struct.unpack_from("<Q", head)[0] <= MAX_HEADER and head[8:] == b"{":
         return _named(_safetensors(path), path), "a safetensors file"
     raise WeightsError(f"{path} is neither an lcq checkpoint, a torch.save state dict nor a safetensors file "

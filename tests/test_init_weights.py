@@ -93,6 +93,8 @@ class _Whole(nn.Module):
     ("a list", r"list\.pt holds a list, not one state dict \(a dict of tensors by parameter name\)"),
     ("empty", r"empty\.pt is empty \(0 bytes\)"),
     ("text", r"text\.pt is neither an lcq checkpoint, a torch\.save state dict nor a safetensors file"),
+    ("legacy", r"legacy\.pt is a pickle in torch\.save's legacy format \(not the zip archive PyTorch 1\.6 and later "
+               r"write\), which lcq does not read"),
     ("not finite", r"nan\.pt: 'conv0\.weight' holds values that are not finite"),
     ("truncated safetensors", r"cut\.safetensors is truncated: its safetensors header announces"),
     ("bad offsets", r"offsets\.safetensors: tensor 'w' has data_offsets \[0, 8\]; a F32 tensor of shape \[3\] "
@@ -103,8 +105,9 @@ class _Whole(nn.Module):
 def test_a_file_that_holds_no_state_dict_is_refused_naming_what_it_holds(pretrained, tmp_path, case, pattern):
     _, state = pretrained
     name = {"whole model": "whole.pt", "two state dicts": "two.pt", "a list": "list.pt", "empty": "empty.pt",
-            "text": "text.pt", "not finite": "nan.pt", "truncated safetensors": "cut.safetensors",
-            "bad offsets": "offsets.safetensors", "compiled model": "model.lcq"}[case]
+            "text": "text.pt", "legacy": "legacy.pt", "not finite": "nan.pt",
+            "truncated safetensors": "cut.safetensors", "bad offsets": "offsets.safetensors",
+            "compiled model": "model.lcq"}[case]
     path = tmp_path / name
     if case == "whole model":
         torch.save(_Whole(), path)
@@ -116,6 +119,8 @@ def test_a_file_that_holds_no_state_dict_is_refused_naming_what_it_holds(pretrai
         path.write_bytes(b"")
     elif case == "text":
         path.write_text("weights, please\n")
+    elif case == "legacy":
+        torch.save(state, path, _use_new_zipfile_serialization=False)
     elif case == "not finite":
         torch.save({**state, "conv0.weight": torch.full_like(state["conv0.weight"], float("nan"))}, path)
     elif case == "truncated safetensors":
@@ -153,6 +158,45 @@ def test_weights_of_another_network_are_refused_naming_the_names_and_shapes(pret
     assert main(["train", "--model", "cnn", "--dataset", "digits", "--epochs", "1", "--init",
                  str(tmp_path / "more.pt"), "--out", str(tmp_path / "cli"), "--no-progress"]) == 2
     assert "the model has no ['head.weight']" in capsys.readouterr().err
+
+
+def test_init_skip_leaves_a_layer_out_for_a_new_classifier(pretrained, tmp_path, capsys):
+    """Weights of the same network for 4 classes: refused, naming --init-skip fc; with it, every other layer
+    starts from the file and fc from the model's own initialization (the run's seed)."""
+    _, state = pretrained
+    four = SmallCNN((1, 8, 8), 4)
+    four.load_state_dict({k: (v[:4] if k.startswith("fc.") else v) for k, v in state.items()})
+    torch.save(four.state_dict(), tmp_path / "four.pt")
+    with pytest.raises(ValueError, match=r"or leave those layers out \(--init-skip fc: a new classifier\)"):
+        train(_cfg(tmp_path / "refused", init=str(tmp_path / "four.pt")))
+    loaded = {}
+    original = torch.nn.Module.load_state_dict
+
+    def spy(module, weights, strict=True, **kw):        # the weights --init loads, before training changes them
+        loaded.update(weights)
+        return original(module, weights, strict, **kw)
+
+    torch.nn.Module.load_state_dict = spy
+    try:
+        train(_cfg(tmp_path / "skip", init=str(tmp_path / "four.pt"), init_skip=["fc"], epochs=1))
+    finally:
+        torch.nn.Module.load_state_dict = original
+    assert sorted(loaded) == sorted(k for k in state if not k.startswith("fc."))
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded)
+    saved = load_checkpoint(tmp_path / "skip" / "checkpoint.pt")
+    assert saved["config"]["init_skip"] == ["fc"] and saved["model"]["fc.weight"].shape[0] == 10
+    with pytest.raises(ValueError, match=r"--init-skip 'head' names no layer of this model; its layers: \['conv0'"):
+        train(_cfg(tmp_path / "unknown", init=str(tmp_path / "four.pt"), init_skip=["head"]))
+    with pytest.raises(ValueError, match=r"--init-skip fc leaves layers out of --init weights: give --init too"):
+        _cfg(tmp_path / "alone", init_skip=["fc"])
+    assert main(["train", "--model", "cnn", "--dataset", "digits", "--method", "lcq", "--epochs", "1", "--init",
+                 str(tmp_path / "four.pt"), "--init-skip", "fc", "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 0
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"init_skip": "fc"}))
+    with pytest.raises(SystemExit, match="2"):
+        main(["train", "--config", str(config), "--out", str(tmp_path / "bad")])
+    assert "key 'init_skip' must be a list of layer names" in capsys.readouterr().err
 
 
 def test_no_code_runs_while_a_file_is_read(tmp_path):
