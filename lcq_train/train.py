@@ -133,9 +133,6 @@ class TrainConfig:
         if not isinstance(self.init_skip, list) or not all(isinstance(n, str) and n.strip() == n and n
                                                               for n in self.init_skip):
             raise ValueError(f"init_skip must be a list of layer names, not {self.init_skip!r}")
-        if self.init_skip and self.init is None:
-            raise ValueError(f"--init-skip {' '.join(self.init_skip)} leaves layers out of --init weights: give "
-                             "--init too")
         for name in ("data_dir", "init", "device", "out"):
             value = getattr(self, name)
             if not isinstance(value, str) and not (name != "out" and value is None):
@@ -406,6 +403,9 @@ def train(cfg: TrainConfig, *, finished_ok: bool = True, check_model: CheckModel
     """
     if cfg.device is not None and device_problem(cfg.device):
         raise ValueError(f"--device {cfg.device}: {device_problem(cfg.device)}")
+    if cfg.init_skip and cfg.init is None and not cfg.resume:      # (a resumed run's --init is the saved one)
+        raise ValueError(f"--init-skip {' '.join(cfg.init_skip)} leaves layers out of --init weights: give "
+                         "--init too")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file; pass a directory")

@@ -188,7 +188,10 @@ def test_init_skip_leaves_a_layer_out_for_a_new_classifier(pretrained, tmp_path,
     with pytest.raises(ValueError, match=r"--init-skip 'head' names no layer of this model; its layers: \['conv0'"):
         train(_cfg(tmp_path / "unknown", init=str(tmp_path / "four.pt"), init_skip=["head"]))
     with pytest.raises(ValueError, match=r"--init-skip fc leaves layers out of --init weights: give --init too"):
-        _cfg(tmp_path / "alone", init_skip=["fc"])
+        train(_cfg(tmp_path / "alone", init_skip=["fc"]))
+    with pytest.raises(ValueError, match=r"holds a run with other settings.*--init-skip \['fc'\] there, \['conv1'\] "
+                                         r"asked"):
+        train(_cfg(tmp_path / "skip", init_skip=["conv1"], epochs=2, resume=True))
     assert main(["train", "--model", "cnn", "--dataset", "digits", "--method", "lcq", "--epochs", "1", "--init",
                  str(tmp_path / "four.pt"), "--init-skip", "fc", "--out", str(tmp_path / "cli"),
                  "--no-progress"]) == 0
