@@ -5,6 +5,7 @@ network, is refused naming what it holds and how to save the weights."""
 import json
 import pickle
 import struct
+import sys
 from pathlib import Path
 
 import pytest
@@ -200,6 +201,21 @@ def test_init_skip_leaves_a_layer_out_for_a_new_classifier(pretrained, tmp_path,
     with pytest.raises(SystemExit, match="2"):
         main(["train", "--config", str(config), "--out", str(tmp_path / "bad")])
     assert "key 'init_skip' must be a list of layer names" in capsys.readouterr().err
+
+
+def test_the_readme_example_of_own_training_starts_an_lcq_run(tmp_path, capsys):
+    """tests/data/own_training.py (the README's example): its saved dict of model, optimizer and epoch starts
+    `lcq train --model tests/data/own_training.py:Net --init`, above chance after the first epoch."""
+    sys.path.insert(0, str(Path(__file__).parent / "data"))
+    from own_training import main as own_training
+
+    own_training(str(tmp_path / "own.pth"))
+    assert "own training, full precision: test top-1" in capsys.readouterr().out
+    model = f"{Path(__file__).parent / 'data' / 'own_training.py'}:Net"
+    assert main(["train", "--model", model, "--dataset", "digits", "--method", "lcq", "--wbits", "3", "--abits",
+                 "3", "--init", str(tmp_path / "own.pth"), "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"][0]["test_top1"] > 80
 
 
 def test_no_code_runs_while_a_file_is_read(tmp_path):
