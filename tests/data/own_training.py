@@ -9,6 +9,7 @@ training scripts save: ``{"epoch", "model_state_dict", "optimizer"}`` with ``tor
 """
 
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,7 @@ def main(out: str) -> None:
     with torch.no_grad():
         top1 = (net(data.test_x.float() / 255).argmax(1) == data.test_y).float().mean().item()
     print(f"own training, full precision: test top-1 {100 * top1:.2f}% on {len(data.test_y)} images")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"epoch": 15, "model_state_dict": net.state_dict(), "optimizer": optimizer.state_dict()}, out)
     print(f"wrote {out}")
 
