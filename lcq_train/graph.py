@@ -353,7 +353,8 @@ def _layer_input(node: fx.Node) -> fx.Node:
 
 # Activations other than ReLU and clips, which a quantizer takes its thresholds back through (compiler.curves): no
 # pooling unit applies them position by position, so the quantizer of a layer that reads the average pooling of
-# one's output quantizes it before the pooling, and the layer reads the average of the codes.
+# one's output (or of a constant factor of it) quantizes it before the pooling, and the layer reads the average of
+# the codes.
 _CURVE_MODULES = (nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.Softplus,
                   nn.Softsign, nn.LeakyReLU, nn.PReLU, nn.Hardsigmoid)
 _CURVE_FUNCTIONS = {F.silu, F.gelu, F.mish, F.hardswish, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.elu, F.celu,
@@ -395,8 +396,9 @@ def _average_pooling(node: fx.Node, modules: dict) -> bool:
 
 
 def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
-    """``(pooling, activation)`` where layer input ``x`` is (through flatten, dropout or identity) the average
-    pooling of an activation's output (:func:`curve_activation`); else None."""
+    """``(pooling, pooled)`` where layer input ``x`` is (through flatten, dropout or identity) the average
+    pooling of ``pooled``, an activation's output (:func:`curve_activation`) or a constant factor of one (the
+    compiler's curve then ends in the factor); else None."""
     def target(n: fx.Node):
         return type(modules.get(n.target)) if n.op == "call_module" else n.target
 
@@ -404,12 +406,35 @@ def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
         x = x.args[0]
     if not (x.op in ("call_module", "call_function", "call_method") and _average_pooling(x, modules)):
         return None
-    curve = x.args[0] if x.args else None
-    if isinstance(curve, fx.Node) and curve.op == "call_module" and curve.target not in modules:
-        curve = curve.args[0]           # (a quantizer this plan put there for another layer reading the average)
+    pooled = x.args[0] if x.args else None
+    if isinstance(pooled, fx.Node) and pooled.op == "call_module" and pooled.target not in modules:
+        pooled = pooled.args[0]         # (a quantizer this plan put there for another layer reading the average)
+    curve = pooled
+    while isinstance(curve, fx.Node) and _scaled(curve) is not None:
+        curve = _scaled(curve)
     if isinstance(curve, fx.Node) and curve_activation(curve, modules):
-        return x, curve
+        return x, pooled
     return None
+
+
+_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+_QUOTIENTS = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide"}
+
+
+def _scaled(node: fx.Node) -> fx.Node | None:
+    """The tensor that ``node`` multiplies or divides by a constant (``x * c``, ``c * x``, ``x / c``; ``c`` a number
+    or a parameter or buffer), as the compiler folds such factors; None for anything else."""
+    if node.op not in ("call_function", "call_method") or len(node.args) != 2 or node.kwargs or \
+            node.target not in _PRODUCTS | _QUOTIENTS:
+        return None
+
+    def constant(a) -> bool:
+        return (isinstance(a, (int, float)) and not isinstance(a, bool)) or (isinstance(a, fx.Node)
+                                                                             and a.op == "get_attr")
+    a, b = node.args
+    if isinstance(a, fx.Node) and not constant(a) and constant(b):
+        return a
+    return b if node.target in _PRODUCTS and constant(a) and isinstance(b, fx.Node) and not constant(b) else None
 
 
 # A softmax or log-softmax, as a module, a function or a method (the compiler's rule for the logits takes them too).
