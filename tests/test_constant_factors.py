@@ -158,27 +158,38 @@ class CurveThenPool(nn.Module):
     parameter), then the global average pooling: lcq_train's plan puts the quantizer before the pooling, after the
     factor, as it does right after such an activation (the compiler's curve ends in the factor)."""
 
-    def __init__(self, curve, factor):
+    def __init__(self, curve, factor, spelling=SPELLINGS["mul"]):
         super().__init__()
-        self.curve, self.factor = curve, factor
+        self.curve, self.factor, self.spelling = curve, factor, spelling
         self.conv1, self.conv2 = nn.Conv2d(1, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
         self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, 8).reshape(8, 1, 1))
         self.fc = nn.Linear(8, 10)
 
     def forward(self, x):
         x = self.curve(self.conv2(F.relu(self.conv1(x))))
-        x = x * (self.gamma if self.factor == "parameter" else 2.0)
+        x = self.spelling(x, self.gamma if self.factor == "parameter" else 2.0)
         return self.fc(x.mean((2, 3)))
 
 
+@pytest.mark.parametrize("spelling", ["mul", "rmul", "torch.mul", "method-mul", "in-place"])
 @pytest.mark.parametrize("factor", ["number", "parameter"])
 @pytest.mark.parametrize("curve", [torch.sigmoid, lambda x: F.leaky_relu(x, 0.1)], ids=["sigmoid", "leaky"])
-def test_a_factor_between_an_activation_and_its_pooling_compiles_exactly(curve, factor):
-    net = quantized(CurveThenPool(curve, factor), 11)
+def test_a_factor_between_an_activation_and_its_pooling_compiles_exactly(curve, factor, spelling):
+    net = quantized(CurveThenPool(curve, factor, SPELLINGS[spelling]), 11)
     assert "mean" in [n.target for n in net.graph.nodes if n.op == "call_method"]
     pooled = next(n for n in net.graph.nodes if n.target == "mean")
     assert pooled.args[0].op == "call_module" and pooled.args[0].target == "act_fc"       # (codes pooled)
     assert mismatches(net, 12) == 0
+
+
+@pytest.mark.parametrize("spelling", ["div", "torch.div", "method-div"])
+def test_a_divisor_between_an_activation_and_its_pooling_compiles_exactly(spelling):
+    """(A division by a parameter would divide by 1 / gamma: the spellings above by numbers.)"""
+    net = quantized(CurveThenPool(torch.sigmoid, "number", SPELLINGS[spelling]), 13)
+    pooled = next(n for n in net.graph.nodes if n.target == "mean")
+    assert pooled.args[0].op == "call_module" and pooled.args[0].target == "act_fc"
+    assert mismatches(net, 14) == 0
+
 
 
 class Refused(nn.Module):
