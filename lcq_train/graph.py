@@ -168,15 +168,15 @@ _SHAPE_FUNCTIONS = {F.max_pool2d, torch.max_pool2d, F.avg_pool2d, F.adaptive_avg
                     torch.transpose, operator.getitem}
 _SHAPE_METHODS = {"flatten", "view", "reshape", "permute", "transpose", "contiguous", "squeeze", "unsqueeze",
                   "mean", "amax", "clone", "detach", "float", "to"}
+# Sums, products and quotients (functions and method names): their number arguments are values (a negative one
+# makes the output signed), not dimensions.
+_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
+_QUOTIENTS = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide"}
+_ARITHMETIC = {operator.add, operator.iadd, torch.add, "add", "add_"} | _PRODUCTS | _QUOTIENTS
 # Operations whose output is >= 0 when all their tensor inputs are.
-_COMBINING_FUNCTIONS = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul,
-                        operator.truediv, operator.itruediv, torch.div, torch.true_divide, torch.cat, torch.maximum,
-                        torch.minimum, torch.sum, torch.mean}
-_COMBINING_METHODS = {"add", "add_", "mul", "mul_", "div", "div_", "true_divide", "sum"}
-# Of those, the ones whose number arguments are values (a negative one makes the output signed), not dimensions.
-_ARITHMETIC = {operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul, operator.truediv,
-               operator.itruediv, torch.div, torch.true_divide, "add", "add_", "mul", "mul_", "div", "div_",
-               "true_divide"}
+_COMBINING_FUNCTIONS = {f for f in _ARITHMETIC if not isinstance(f, str)} | {torch.cat, torch.maximum, torch.minimum,
+                                                                              torch.sum, torch.mean}
+_COMBINING_METHODS = {f for f in _ARITHMETIC if isinstance(f, str)} | {"sum"}
 
 
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
@@ -410,15 +410,12 @@ def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
     if isinstance(pooled, fx.Node) and pooled.op == "call_module" and pooled.target not in modules:
         pooled = pooled.args[0]         # (a quantizer this plan put there for another layer reading the average)
     curve = pooled
-    while isinstance(curve, fx.Node) and _scaled(curve) is not None:
-        curve = _scaled(curve)
+    while isinstance(curve, fx.Node) and (inner := _scaled(curve)) is not None:
+        curve = inner
     if isinstance(curve, fx.Node) and curve_activation(curve, modules):
         return x, pooled
     return None
 
-
-_PRODUCTS = {operator.mul, operator.imul, torch.mul, "mul", "mul_"}
-_QUOTIENTS = {operator.truediv, operator.itruediv, torch.div, torch.true_divide, "div", "div_", "true_divide"}
 
 
 def _scaled(node: fx.Node) -> fx.Node | None:
