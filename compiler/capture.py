@@ -61,8 +61,9 @@ SUPPORTED = (
     "too), a BN and a ReLU standing between where no ReLU came before it; of an activation's codes (its quantizer "
     "before the pooling, where lcq_train's plan puts it after any other activation), read by a linear layer or a "
     "1 x 1 conv, which runs as the H x W conv over the codes",
-    "average pooling the same way (AvgPool2d, F.avg_pool2d: square kernel and stride, no padding, ceil_mode False, "
-    "no divisor_override; one window over the whole map is the global pooling); of a 1 x 1 conv's output [+ BN] "
+    "average pooling the same way (AvgPool2d, F.avg_pool2d: square kernel and stride, zero padding up to k // 2 "
+    "counted in the divisor (count_include_pad=True, InceptionV3's pool branch), ceil_mode False, no "
+    "divisor_override; one window over the whole map is the global pooling); of a 1 x 1 conv's output [+ BN] "
     "(DenseNet's transition) it folds into the conv, which then runs as a k x k conv at the pooling's stride",
     "numbers that the input's C x H x W decides, for a pooling's window or a reshape (F.avg_pool2d(x, x.size(3)), "
     "x.view(-1, x.size(1) * x.size(2) * x.size(3)): the number)",
@@ -386,15 +387,22 @@ def _max_pool(node: fx.Node, model: str, kernel, stride, padding, dilation, ceil
 def _avg_pool(node: fx.Node, model: str, kernel, stride, padding, ceil_mode, count_include_pad,
               divisor_override) -> Op:
     """The avgpool Op of an average pooling's arguments; :class:`Unsupported` for those the compiler does not
-    lower (padding, ceil_mode or a divisor override: a window's divisor must be kernel^2)."""
+    lower (ceil_mode, a divisor override, padding that leaves positions outside the map out of the count: a
+    window's divisor must be kernel^2)."""
     _fixed_window(node, model, kernel, stride, padding)
     k, s, p = _window(kernel, stride, padding)
-    if None in (k, s) or p != 0 or ceil_mode or divisor_override is not None:
+    if None in (k, s, p) or ceil_mode or divisor_override is not None:
         raise Unsupported(model, node, f"(kernel {kernel}, stride {stride}, padding {padding}, ceil_mode {ceil_mode}, "
                           f"divisor_override {divisor_override}) is not supported: average pooling needs a square "
-                          "kernel and stride, no padding, ceil_mode False and no divisor override")
+                          "kernel, stride and padding, ceil_mode False and no divisor override")
+    if p > k // 2:
+        raise Unsupported(model, node, f"pads by {p}, more than kernel // 2 = {k // 2}")
+    if p and not count_include_pad:
+        raise Unsupported(model, node, "pads with count_include_pad=False, which divides a border window by the "
+                          "positions it covers inside the map (a divisor per window); the accelerator divides every "
+                          "window by kernel^2: use count_include_pad=True (PyTorch's default), and train with it")
     # (1 x 1 windows at stride 1, kuangliu/pytorch-cifar's VGG head: each element is its own average)
-    return Op("identity") if (k, s) == (1, 1) else Op("avgpool", window=(k, s, 0))
+    return Op("identity") if (k, s, p) == (1, 1, 0) else Op("avgpool", window=(k, s, p))
 
 
 def _strided(index) -> int | None:

@@ -24,7 +24,8 @@ Readable with numpy alone (``np.load`` opens it; no PyTorch). Layout, version 2:
   :mod:`compiler.graph`); flags (``descending``, ``relu``) are uint8 0 or 1.
 - Max pooling (``op`` "maxpool"): scalar fields only (``kernel``, ``stride``,
   ``padding``), no arrays. Average pooling (``op`` "avgpool"): a pool node's
-  fields plus ``kernel`` and ``stride``. A pool or average pooling node of a
+  fields plus ``kernel``, ``stride`` and ``"padding": P`` (an int, written only where not 0), then the
+  array ``outside`` (int64, a term per channel outside the map). A pool or average pooling node of a
   ReLU6's output has the array ``cap`` (int64, a clip per channel); without it,
   none (:data:`OPTIONAL_ARRAYS`). Channel concatenation (``op``
   "concat"): ``inputs``, a list of tensor names, no arrays. Subsampling (``op`` "subsample", an option-A
@@ -80,7 +81,8 @@ NPY_MAX_HEADER = 65535
 #: File dtype of every array field (what :func:`save` writes and :func:`load` requires).
 ARRAY_DTYPES = {"table": "|u1", "weights": "|u1", "w_levels": "<i4", "a_levels": "<i4", "lut": ("<u2", "<u4"),
                 "thresholds": "<i8", "descending": "|u1", "multiplier": "<i8", "bias": "<i8", "shift": "<i8",
-                "sign": "|i1", "relu": "|u1", "offset": "<i8", "cap": "<i8"}
+                "sign": "|i1", "relu": "|u1", "offset": "<i8", "cap": "<i8",
+                "outside": "<i8"}
 #: Fields of the manifest, of each node by op, and of each output stage by kind.
 TOP_FIELDS = ("format", "version", "num_classes", "logits", "source", "scales", "nodes", DIGEST_FIELD)
 NODE_FIELDS = {
@@ -100,9 +102,9 @@ LUT_FIELDS = ("lut", "lut_bits")      # conv nodes with mac "lut" only
 STAGE_FIELDS = {"thresholds": ("kind", "bits", "thresholds", "descending"),
                 "requantize": ("kind", "multiplier", "bias", "shift")}
 #: Optional arrays by node op: a reference where the node has the array, left out where not (None).
-OPTIONAL_ARRAYS = {"pool": ("cap",), "avgpool": ("cap",)}
+OPTIONAL_ARRAYS = {"pool": ("cap",), "avgpool": ("cap", "outside")}
 #: Optional scalar fields by node op: written where not 0, left out where 0.
-OPTIONAL_FIELDS = {"add": ("b_offset",)}
+OPTIONAL_FIELDS = {"add": ("b_offset",), "avgpool": ("padding",)}
 #: Optional flags by node op or stage kind: written as ``true`` where set, left out where not.
 FLAG_FIELDS = {"input": ("flat",), "conv": ("signed_input",), "add": ("relu",), "requantize": ("relu",),
                "maxpool": ("minimum",)}
@@ -232,6 +234,8 @@ class _Writer:
                     **_flags(node, "add"), **({"b_offset": int(node.b_offset)} if node.b_offset else {})}
         if isinstance(node, PoolNode):
             window = {k: int(getattr(node, k)) for k in ("kernel", "stride")} if node.op == "avgpool" else {}
+            if node.op == "avgpool" and node.padding:
+                window.update(padding=int(node.padding), outside=self.ref(f"{p}/outside", "outside", node.outside))
             return {"op": node.op, "name": node.name, "input": node.input, "output": node.output,
                     "frac_bits": int(node.frac_bits), "sign": self.ref(f"{p}/sign", "sign", node.sign),
                     "relu": self.ref(f"{p}/relu", "relu", node.relu),
@@ -458,6 +462,9 @@ class _Reader:
                         if isinstance(d, dict) and name in d)
         flags = self.fields(d, where, NODE_FIELDS[op] + (LUT_FIELDS if op == "conv" and d.get("mac") == "lut" else ())
                             + present, FLAG_FIELDS.get(op, ()))
+        for name in OPTIONAL_FIELDS.get(op, ()):
+            if name in present and type(d[name]) is int and d[name] == 0:
+                raise self.error(f"{where}: field {name!r} = 0; it is written only where not 0 (left out where 0)")
         p = f"nodes/{i}"
         if op == "input":
             return InputNode(d["output"], d["shape"], self.ref(d, "table", where, f"{p}/table"), d["bits"], **flags)
@@ -472,8 +479,6 @@ class _Reader:
         if op == "activate":
             return ActivateNode(d["name"], d["input"], d["output"], self.stage(d["stage"], where, f"{p}/stage"))
         if op == "add":
-            if "b_offset" in present and d["b_offset"] == 0:
-                raise self.error(f"{where}: field 'b_offset' = 0; it is written only where not 0 (left out where 0)")
             return AddNode(d["name"], d["inputs"], d["output"], **flags, b_offset=d.get("b_offset", 0))
         if op == "maxpool":
             return MaxPoolNode(d["name"], d["input"], d["output"], d["kernel"], d["stride"], d["padding"], **flags)
@@ -485,8 +490,11 @@ class _Reader:
                                                       for k in ("sign", "relu", "offset")),
                 d["frac_bits"], self.stage(d["stage"], where, f"{p}/stage"))
         cap = self.ref(d, "cap", where, f"{p}/cap") if "cap" in present else None
-        return AvgPoolNode(*pool, cap=cap, kernel=d["kernel"], stride=d["stride"]) if op == "avgpool" \
-            else PoolNode(*pool, cap=cap)
+        if op == "avgpool":
+            outside = self.ref(d, "outside", where, f"{p}/outside") if "outside" in present else None
+            return AvgPoolNode(*pool, cap=cap, kernel=d["kernel"], stride=d["stride"], padding=d.get("padding", 0),
+                               outside=outside)
+        return PoolNode(*pool, cap=cap)
 
     # ---- what each array must be, from the checked fields
 
@@ -519,8 +527,9 @@ class _Reader:
                 stage(p, node.stage, tensors[node.input].shape[0])
             elif isinstance(node, PoolNode):
                 c = tensors[node.input].shape[0]
-                for k in ("sign", "relu", "offset") + (("cap",) if node.cap is not None else ()):
-                    want[f"{p}/{k}"] = (ARRAY_DTYPES[k], (c,))
+                for k in ("sign", "relu", "offset", "cap", "outside"):
+                    if getattr(node, k, None) is not None:
+                        want[f"{p}/{k}"] = (ARRAY_DTYPES[k], (c,))
                 stage(p, node.stage, c)
         return want
 
@@ -590,6 +599,8 @@ class _Reader:
                 node.offset = arrays[node.offset].astype(np.int64)
                 if node.cap is not None:
                     node.cap = arrays[node.cap].astype(np.int64)
+                if getattr(node, "outside", None) is not None:
+                    node.outside = arrays[node.outside].astype(np.int64)
                 stage(where, node.stage)
 
     def derived(self, model: CompiledModel, manifest: dict, arrays: dict[str, np.ndarray]) -> None:

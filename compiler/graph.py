@@ -107,6 +107,7 @@ MAX_SHIFT = 62
 BIAS_LIMIT = 1 << 62         # |requantize bias - rounding half| stays below this
 VALUE_LIMIT = 1 << 62        # bound of every value tensor: the sum of two fits int64
 INT64_LIMIT = 1 << 63
+PAD_HEADROOM_BITS = 10       # a padded average pooling's terms outside the map: up to 2^10 times those inside
 MAX_NODES = 4096
 MAX_CONCAT = 64              # parts of one channel concatenation
 MAX_CLASSES = 1 << 16
@@ -826,9 +827,13 @@ class PoolNode:
             raise ModelRuleError(where, "stage", f"must be thresholds, not {show(self.stage)}")
         self.stage.check_fields(where)
 
+    def headroom_bits(self) -> int:
+        """Bits that the sums may take beyond those of terms up to ``bound * 2^frac_bits`` (0 here)."""
+        return 0
+
     def check_arrays(self, where: str, in_shape: tuple[int, int, int], in_bound: int) -> None:
         c, positions, f = in_shape[0], self.summed(in_shape), self.frac_bits
-        self.check_sum(where, positions, in_bound, f)
+        self.check_sum(where, positions, in_bound, f + self.headroom_bits())
         sign = rule_array(where, "sign", self.sign, np.int64, (c,))
         relu = rule_array(where, "relu", self.relu, np.bool_, (c,))
         offset = rule_array(where, "offset", self.offset, np.int64, (c,))
@@ -847,40 +852,71 @@ class PoolNode:
             if bad.any():
                 n = int(np.flatnonzero(bad)[0])
                 raise ModelRuleError(where, f"{name}", f"[{n}] = {show(getattr(self, name)[n])}: {why}")
-        self.stage.check_arrays(where, c, self.sum_limit(positions, in_bound, f), ascending_only=True)
+        self.stage.check_arrays(where, c, self.sum_limit(positions, in_bound, f + self.headroom_bits()),
+                                ascending_only=True)
 
 
 @dataclass
 class AvgPoolNode(PoolNode):
-    """Average pooling (``kernel`` x ``kernel`` windows at ``stride``, no padding) between BN + ReLU and an
-    activation quantizer: :class:`PoolNode`'s ``u`` summed over each window instead of the whole map, each
-    sum through ``stage`` (which folds the 1 / kernel^2); codes ``(C, Ho, Wo)``,
-    ``Ho = (H - kernel) // stride + 1``."""
+    """Average pooling (``kernel`` x ``kernel`` windows at ``stride``, the map padded by ``padding`` on each side)
+    between BN + ReLU and an activation quantizer: :class:`PoolNode`'s ``u`` summed over each window instead of
+    the whole map, each sum through ``stage`` (which folds the 1 / kernel^2: PyTorch's ``count_include_pad=True``);
+    codes ``(C, Ho, Wo)``, ``Ho = (H + 2 * padding - kernel) // stride + 1``.
+
+    ``outside`` (given where ``padding`` > 0, else None): channel ``n``'s term at a position outside the map, the ``u``
+    of a zero of the pooled tensor (0 where ``u`` is proportional to it; :func:`compiler.stages.pool_constants`),
+    ``|outside| <= bound * 2^(frac_bits + PAD_HEADROOM_BITS)``; the sums' limits take those bits more."""
 
     kernel: int = 1
     stride: int = 1
+    padding: int = 0
+    outside: np.ndarray | None = None
     op = "avgpool"
 
     def sums(self, x: np.ndarray) -> np.ndarray:
-        k, s = self.kernel, self.stride
-        return sliding_window_view(self.terms(x), (k, k), axis=(2, 3))[:, :, ::s, ::s].sum(axis=(4, 5))
+        k, s, p = self.kernel, self.stride, self.padding
+        u = self.terms(x)
+        if p:
+            n, c, h, w = u.shape
+            padded = np.empty((n, c, h + 2 * p, w + 2 * p), dtype=np.int64)
+            padded[...] = self.outside.reshape(1, c, 1, 1)
+            padded[:, :, p:p + h, p:p + w] = u
+            u = padded
+        return sliding_window_view(u, (k, k), axis=(2, 3))[:, :, ::s, ::s].sum(axis=(4, 5))
+
+    def headroom_bits(self) -> int:
+        return PAD_HEADROOM_BITS if self.padding else 0
 
     def summed(self, in_shape: tuple[int, int, int]) -> int:
         return self.kernel ** 2
 
     def out_shape(self, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         c, h, w = in_shape
-        return (c, ConvNode.out_side(h, self.kernel, self.stride, 0), ConvNode.out_side(w, self.kernel, self.stride, 0))
+        k, s, p = self.kernel, self.stride, self.padding
+        return (c, ConvNode.out_side(h, k, s, p), ConvNode.out_side(w, k, s, p))
 
     def check_fields(self, where: str) -> None:
         super().check_fields(where)
-        rule_int(where, "kernel", self.kernel, 1, MAX_KERNEL)
+        k = rule_int(where, "kernel", self.kernel, 1, MAX_KERNEL)
         rule_int(where, "stride", self.stride, 1, MAX_STRIDE)
+        rule_int(where, "padding", self.padding, 0, k // 2)
+        if (self.outside is None) != (self.padding == 0):
+            raise ModelRuleError(where, "outside", "is required where padding is not 0" if self.outside is None
+                                 else "must be absent where padding is 0")
+
+    def check_arrays(self, where: str, in_shape: tuple[int, int, int], in_bound: int) -> None:
+        super().check_arrays(where, in_shape, in_bound)
+        if self.outside is not None:
+            limit = int(in_bound) << (self.frac_bits + PAD_HEADROOM_BITS)
+            rule_values(where, "outside", rule_array(where, "outside", self.outside, np.int64, (in_shape[0],)), -limit,
+                        limit)
 
     def check_shape(self, where: str, in_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-        """The output shape for input ``in_shape``; the kernel must fit the input."""
-        if min(in_shape[1:]) < self.kernel:
-            raise ModelRuleError(where, "kernel", f"= {self.kernel} exceeds the {in_shape[1]}x{in_shape[2]} input")
+        """The output shape for input ``in_shape``; the kernel must fit the (padded) input."""
+        h, w = (side + 2 * self.padding for side in in_shape[1:])
+        if min(h, w) < self.kernel:
+            raise ModelRuleError(where, "kernel", f"= {self.kernel} exceeds the {'padded ' if self.padding else ''}"
+                                                  f"{h}x{w} input")
         return self.out_shape(in_shape)
 
 

@@ -203,7 +203,7 @@ class _Value:
     """What a graph node computes. ``kind`` "image"; "codes" (of tensor ``tensor``); or "values":
     per channel ``gain * x + offset`` of value tensor ``x = tensor``, through a non-decreasing activation
     (``curve``, :class:`~compiler.curves.Curve`), then a ReLU (``relu``), clipped at ``cap``, averaged
-    (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride)), then a ReLU of the average
+    (``pooled``: :data:`GLOBAL`, or an average pooling's (kernel, stride, padding)), then a ReLU of the average
     (``pooled_relu``: where nothing rectified it before the pooling; an unsigned quantizer's thresholds, all above
     0, imply it), max pooled (``maxpools``: the graph node and its (kernel, stride, padding) of each, in order).
     ``folded``: a BN is in ``gain``/``offset``;
@@ -225,7 +225,7 @@ class _Value:
     curve: Curve | None = None
     relu: bool = False
     cap: float = math.inf
-    pooled: tuple[int, int] | None = None
+    pooled: tuple[int, int, int] | None = None
     pooled_relu: bool = False
     sole: bool = False
     maxpools: tuple = ()
@@ -276,7 +276,7 @@ def _post_order(output: fx.Node) -> list[fx.Node]:
     return order
 
 
-GLOBAL = (0, 0)      # ``_Value.pooled`` of a global average pooling
+GLOBAL = (0, 0, 0)   # ``_Value.pooled`` of a global average pooling
 # The operations that take a "concat" _Value (on its way to an activation quantizer; a size query reads its shape
 # only, for a reshape).
 _CONCAT_READERS = ("act", "relu", "curve", "clip", "maxpool", "pool", "avgpool", "flatten", "reshape", "identity",
@@ -387,8 +387,8 @@ class _Lowering:
         if x.pooled == GLOBAL:
             return (c, 1, 1)
         if x.pooled:
-            k, s = x.pooled
-            return (c, ConvNode.out_side(h, k, s, 0), ConvNode.out_side(w, k, s, 0))
+            k, s, p = x.pooled
+            return (c, ConvNode.out_side(h, k, s, p), ConvNode.out_side(w, k, s, p))
         for _, k, s, p in x.maxpools:
             h, w = ConvNode.out_side(h, k, s, p), ConvNode.out_side(w, k, s, p)
         return (c, h, w)
@@ -598,11 +598,12 @@ class _Lowering:
             frac, window = self.options.pool_frac_bits, x.pooled != GLOBAL
             self.check_pool_unit(node, x, t, frac)
             summed = x.pooled[0] ** 2 if window else h * w
-            sign, relu, off, stage, cap = stages.pool_constants(x.gain, x.offset, t, summed, frac,
-                                                                self.bounds[x.tensor], bits, x.cap, x.relu)
+            padding = x.pooled[2]
+            sign, relu, off, stage, cap, outside = stages.pool_constants(
+                x.gain, x.offset, t, summed, frac, self.bounds[x.tensor], bits, x.cap, x.relu, padded=padding > 0)
             pool = (out, x.tensor, out, sign, relu, off, frac, stage)
-            self.nodes.append(AvgPoolNode(*pool, cap=cap, kernel=x.pooled[0], stride=x.pooled[1]) if window
-                              else PoolNode(*pool, cap=cap))
+            self.nodes.append(AvgPoolNode(*pool, cap=cap, kernel=x.pooled[0], stride=x.pooled[1], padding=padding,
+                                          outside=outside) if window else PoolNode(*pool, cap=cap))
             self.shapes[out] = self.shape(x)
             return
         codes, full = self.fresh(f"{out}.unpooled")[0] if x.maxpools else out, self.shapes[x.tensor]
@@ -832,6 +833,9 @@ class _Lowering:
         end of its curve (:meth:`bn_after`)."""
         if any(p.relu or p.curve is not None or p.maxpools for p in x.parts or (x,)):
             return self.bn_after(node, x, inv, beta - inv * mean, what)
+        if any(p.pooled and p.pooled[2] for p in x.parts or (x,)) and np.any(beta - inv * mean):
+            self.refuse(node, f"shifts an average pooling with padding, whose zeros outside the map the shift does "
+                        f"not reach (it folds only into what the pooling averages): put {what} before the pooling")
         if not x.parts:
             y = self.chain(node, x, gain=inv * x.gain, offset=inv * (x.offset - mean) + beta, folded=True)
             if (x.tensor in self.raw and x.sole and not x.pooled and len(node.users) > 1
@@ -999,15 +1003,15 @@ class _Lowering:
         return self.averaged(node, self.pooling_input(node, "global average pooling"), GLOBAL)
 
     def _avgpool(self, node: fx.Node, op: Op) -> _Value:
-        k, s, _ = op.window
+        k, s, p = op.window
         x = self.arg(node)
         conv = self.raw.get(x.tensor) if x.kind == "values" else None
-        if (conv is not None and x.sole and conv.kind == "conv" and conv.stage is None
+        if (conv is not None and x.sole and conv.kind == "conv" and conv.stage is None and p == 0
                 and (conv.kernel, conv.stride, conv.padding) == (1, 1, 0) and min(conv.out_shape[1:]) >= k
                 and not (x.relu or x.curve is not None or x.maxpools or x.pooled)):
             return self.pooled_pointwise(node, conv, x, k, s)
         if x.kind == "codes" and not (x.pooled or x.flat):
-            if k == self.shape(x)[1] == self.shape(x)[2]:
+            if k == self.shape(x)[1] == self.shape(x)[2] and p == 0:
                 return self.chain(node, x, pooled=GLOBAL)   # (one window over the whole map: _pool's)
             self.refuse(node, f"averages {k}x{k} windows of an activation's codes (its quantizer stands before the "
                         "pooling, since no pooling unit applies the activation position by position); only the "
@@ -1015,10 +1019,11 @@ class _Lowering:
                         "with stride instead, or a ReLU before the pooling")
         x = self.pooling_input(node, "average pooling")
         _, h, w = self.shape(x)
-        if min(h, w) < k:
-            self.refuse(node, f"has a {k}x{k} window, larger than its {h}x{w} input")
+        if min(h, w) + 2 * p < k:
+            self.refuse(node, f"has a {k}x{k} window, larger than its {'padded ' if p else ''}{h + 2 * p}x{w + 2 * p} "
+                        "input")
         # (one window over the whole map, F.avg_pool2d(x, 8) on an 8 x 8 map: the global average pooling)
-        return self.averaged(node, x, GLOBAL if k == h == w else (k, s))
+        return self.averaged(node, x, GLOBAL if k == h == w and p == 0 else (k, s, p))
 
     def pooled_pointwise(self, node: fx.Node, conv: ConvNode, x: _Value, k: int, s: int) -> _Value:
         """The k x k average pooling ``node`` at stride ``s`` of a 1 x 1 conv's output ``x`` (its BN folded or

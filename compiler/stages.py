@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .graph import BIAS_LIMIT, MULT_BITS, PoolNode, Requantize, Thresholds
+from .graph import BIAS_LIMIT, MULT_BITS, PAD_HEADROOM_BITS, PoolNode, Requantize, Thresholds
 
 
 def compander_inverse(theta: np.ndarray | None, u: np.ndarray) -> np.ndarray:
@@ -94,9 +94,9 @@ def requantize(ratio: np.ndarray, bias: np.ndarray, in_bound: int, relu: bool = 
 
 
 def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, positions: int, frac_bits: int,
-                   bound: int, bits: int, cap: float = math.inf, relu: bool = True) -> tuple[
-                       np.ndarray, np.ndarray, np.ndarray, Thresholds, np.ndarray | None]:
-    """(sign, relu, offset, thresholds, cap) of a :class:`compiler.graph.PoolNode` for
+                   bound: int, bits: int, cap: float = math.inf, relu: bool = True, padded: bool = False) -> tuple[
+                       np.ndarray, np.ndarray, np.ndarray, Thresholds, np.ndarray | None, np.ndarray | None]:
+    """(sign, relu, offset, thresholds, cap, outside) of a :class:`compiler.graph.PoolNode` for
     ``mean over positions of min(max(0, gain * x + offset), cap)`` with ``|x| <= bound`` (cap None where
     ``cap`` is infinite: a ReLU, not a ReLU6); with ``relu`` False, of ``mean of gain * x + offset`` (no ReLU
     before the pooling: a residual stream's or a conv's output, averaged as it is; ``cap`` infinite).
@@ -113,34 +113,60 @@ def pool_constants(gain: np.ndarray, offset: np.ndarray, t: np.ndarray, position
 
     Without ``relu`` every channel of ``gain != 0`` is the second case (``u = sign * x * 2^F``) and one of
     ``gain == 0`` has the constant code of ``offset``.
+
+    ``padded``: the windows of an average pooling reach outside the map, where the pooled tensor is 0 and each
+    counts in the divisor ``positions``; ``outside`` (else None) is each channel's term there
+    (:class:`~compiler.graph.AvgPoolNode`): the first case's 0; the second's ``round(-offset * 2^F / |gain|)``, the
+    ``u`` of a zero (the sums' limits take :data:`~compiler.graph.PAD_HEADROOM_BITS` more bits); a channel of
+    constant output ``K`` (the third case, and a second-case one whose ``outside`` would exceed ``bound * 2^(F +
+    PAD_HEADROOM_BITS)``: ``|gain| * bound`` below ``|offset| / 2^PAD_HEADROOM_BITS``, taken as its ``K`` at x = 0)
+    has ``u = 0`` inside the map and ``outside = -sign(K) * P``, ``P = max(1, bound * 2^F)``: the mean is ``K + |K| *
+    sum / (positions * P)``, so the code reaches c' when ``sum >= (t_c' - K) * positions * P / |K|``.
     """
     if not relu and cap != math.inf:
         raise ValueError(f"a pooling without a ReLU before it takes no clip, not cap={cap}")
     gain, offset = np.asarray(gain, np.float64), np.asarray(offset, np.float64)
     scale = 2.0**frac_bits
-    PoolNode.check_sum("pooling", positions, bound, frac_bits)
-    sum_limit = PoolNode.sum_limit(positions, bound, frac_bits)
+    headroom = frac_bits + (PAD_HEADROOM_BITS if padded else 0)
+    PoolNode.check_sum("pooling", positions, bound, headroom)
+    sum_limit = PoolNode.sum_limit(positions, bound, headroom)
     clipped = offset - np.abs(gain) * bound >= cap              # at the clip on the whole input range
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         c = np.where(gain != 0, -offset / gain, 0.0)
         kinked = (gain != 0) & (np.abs(c) <= bound) & ~clipped & relu
         always = (gain != 0) & ~kinked & ~clipped & ((gain * (np.sign(c) * -1.0) > 0) | (not relu))  # kink beyond
+        outside_always = np.where(always, -offset * scale / np.abs(gain), 0.0)
+        if padded:                                              # (a term too far out: the constant at x = 0)
+            always &= np.abs(outside_always) <= float(int(bound) << headroom)
         tau_kinked = t[None, :] * positions * scale / np.abs(gain)[:, None]
         tau_always = (t[None, :] - offset[:, None]) * positions * scale / np.abs(gain)[:, None]
         cap_kinked = cap * scale / np.abs(gain)
         cap_always = (cap - offset) * scale / np.abs(gain)
     constant = np.where(clipped, cap, np.minimum(np.maximum(offset, 0) if relu else offset, cap))
     never = np.where(constant[:, None] >= t[None, :], 0, 1)                  # constant code; u = 0
+    outside = None
+    if padded:                  # a constant K != 0 inside the map, 0 outside: u = 0 inside, -sign(K) * P outside
+        unit = max(1, int(bound) << frac_bits)
+        varying = ~kinked & ~always & (constant != 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tau_constant = (t[None, :] - constant[:, None]) * positions * unit / np.abs(constant)[:, None]
+        never = np.where(varying[:, None], tau_constant, never)
+        outside = np.where(always, np.round(outside_always), np.where(varying, -np.sign(constant) * unit, 0))
+        outside = outside.astype(np.int64)
     tau = np.where(kinked[:, None], tau_kinked, np.where(always[:, None], tau_always, never))
-    thresholds = np.clip(np.ceil(np.clip(tau, -sum_limit, sum_limit)).astype(np.int64), -sum_limit, sum_limit)
     sign = np.where(kinked | always, np.sign(gain), 0).astype(np.int64)
     off = np.where(kinked, np.round(c * scale), 0).astype(np.int64)
+    if padded:      # (within the sums' reach, not the wider limit: a narrower node's padding lies above them)
+        inside = (int(bound) << frac_bits) + int(np.abs(off).max(initial=0))
+        sum_limit = min(sum_limit, positions * max(inside, int(np.abs(outside).max(initial=0))) + 1)
+    thresholds = np.clip(np.ceil(np.clip(tau, -sum_limit, sum_limit)).astype(np.int64), -sum_limit, sum_limit)
     stage = Thresholds(thresholds, np.zeros(gain.size, dtype=bool), bits)
     if cap == math.inf:
-        return sign, ~always, off, stage, None
+        return sign, ~always, off, stage, None, outside
     limit = (int(bound) << (frac_bits + 1)) + 1          # |u| <= bound * 2^F + |offset|: a larger clip never acts
     k = np.where(kinked, cap_kinked, np.where(always, cap_always, 0.0))
-    return sign, ~always, off, stage, np.clip(np.round(np.nan_to_num(k, posinf=limit)), -limit, limit).astype(np.int64)
+    return sign, ~always, off, stage, np.clip(np.round(np.nan_to_num(k, posinf=limit)), -limit, limit).astype(
+        np.int64), outside
 
 
 def fraction_scale(scales: list[float], frac_bits: int) -> float:

@@ -26,8 +26,10 @@ bit-exact with :func:`compiler.reference.execute`:
   ``code * S`` is kept by adding ``p * S`` whenever ``code`` takes ``p``, and ``p * S`` by
   shifting ``S << (b - 1)`` right each step: adders only, no multiplier and no threshold
   memory; or read from a threshold memory (``pool_form`` "table", ``2^b`` words per channel).
-- AVGPOOL: POOL's sum and search for each window of an average pooling (no padding) instead of each
-  channel, lane by lane within a lane group: one code per window, into its lane of the output word.
+- AVGPOOL: POOL's sum and search for each window of an average pooling instead of each channel, lane by lane
+  within a lane group: one code per window, into its lane of the output word. With ``p.pool_outside_bits`` the
+  windows may reach outside the map (``padding``): each position there enters the sum as the channel's term
+  outside the map (its constants') in place of its value's ``u``.
 - MAXPOOL: per lane group, output position and window element, one code-memory word read (``lanes``
   codes of one channel group), each lane's maximum kept (positions outside the input read as code 0,
   PyTorch's -inf padding on codes), one word of maxima written per output position: a whole word at
@@ -74,8 +76,9 @@ class VectorUnit(wiring.Component):
       ``slot_base`` (``p.slot_bits``), ``frac_bits`` (``p.frac_field_bits``); MAXPOOL's and AVGPOOL's
       (and MINPOOL's) window (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``p.window_bits``; ``row_step``
       ``p.code_addr_bits``, ``p.dst_bits`` with AVGPOOL or SUBSAMPLE hardware) with ``positions`` the input's
-      ``H * W``; MAXPOOL's ``src_a`` is the word of the first window's top left corner
-      (:func:`hw.vector_words.maxpool_registers`); SUBSAMPLE's the window's
+      ``H * W``; MAXPOOL's and AVGPOOL's ``src_a`` is the word of the first window's top left corner
+      (:func:`hw.vector_words.maxpool_registers`, :func:`hw.vector_words.op_registers`; AVGPOOL's padding is 0
+      without ``p.pool_outside_bits``); SUBSAMPLE's the window's
       (:func:`hw.vector_words.subsample_registers`); with ``p.narrow_adds`` ADD's (ADD_RELU's) ``b_first`` and
       ``b_channels`` (``p.count_bits``): the channels operand b covers (0 elsewhere).
     - ``busy`` (out): high from the cycle after ``start`` through the cycle that presents the
@@ -421,8 +424,11 @@ class VectorUnit(wiring.Component):
             pending += subsample.write(extra, rl)
 
         if pool_hw:
-            self._pool(m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-                       fsm.ongoing("SEARCH"), fetching, pieces_pending, piece, extra, slow_block_ram(platform), rl)
+            # (an AVGPOOL element outside the map: its term outside the map enters the sum instead of its value's)
+            outside = issue_pool & windowed & avgpool.outside if avgpool else C(0, 1)
+            self._pool(m, load, slot, frac, issue_pool, outside, clear_total, code, probe, step_phase, pool_write,
+                       group, lane, fsm.ongoing("SEARCH"), fetching, pieces_pending, piece, extra,
+                       slow_block_ram(platform), rl)
 
         # The write as a whole code-memory word: a max-pool word, or one lane of a code.
         word_write, word_lanes, word_data = (maxpool.write(pending) if maxpool
@@ -434,11 +440,12 @@ class VectorUnit(wiring.Component):
         m.d.comb += self.busy.eq(busy)
         return m
 
-    def _pool(self, m, load, slot, frac, issue_pool, clear_total, code, probe, step_phase, pool_write, group, lane,
-              searching, reading, pending, piece, extra, registered_read, reset_less):
+    def _pool(self, m, load, slot, frac, issue_pool, outside, clear_total, code, probe, step_phase, pool_write, group,
+              lane, searching, reading, pending, piece, extra, registered_read, reset_less):
         """The pool datapath: constants (and thresholds) memories, the channel's constants register (its
         pieces read while ``reading``; ``pending`` set while one is still on its way into it), ``u`` and the sum
-        (back to 0 where ``clear_total``), the search step; ``extra``: the value memory's read cycles beyond one;
+        (back to 0 where ``clear_total``; the channel's term outside the map in place of ``u`` for an element issued
+        with ``outside``), the search step; ``extra``: the value memory's read cycles beyond one;
         ``registered_read``: each piece read is registered before it goes into its place in the constants register
         (a cycle later, as the values come a cycle later: the ECP5, whose block RAM output ran into the nine
         registers of each bit, 12.3 ns on the ULX3S-85F at 7bd78e4); ``reset_less``: the datapath's registers ignore
@@ -501,6 +508,9 @@ class VectorUnit(wiring.Component):
         m.d.sync += u.eq(0)
         with m.If(signed_valid & ~(relu & signed_t[-1])):
             m.d.sync += u.eq(signed_t)
+        if p.pool_outside_bits:     # (its value read from wherever the address wrapped: left out)
+            with m.If(delays(m, outside, 5 + extra, "pool_outside")[-1]):
+                m.d.sync += u.eq(word[p.pool_outside_shift:p.pool_outside_shift + p.pool_outside_bits].as_signed())
         total = self._sum(m, u, clear_total)
         # Search step, candidate ``code | probe`` (threshold index ``code + probe - 1``): phases 0 and 1, read its
         # threshold (table) or compute ``B' + code * S``, then plus ``probe * S`` (arithmetic: a carry chain a
@@ -573,17 +583,26 @@ class _AvgPool:
     Per lane group (first channel ``first``), output row ``oy``, column ``ox`` and lane ``l`` (channel
     ``ch = first + l``, constants slot ``slot_base + ch``), the window's ``kernel^2`` values are read one per
     cycle, row by row (``ky``, ``kx``): word ``row + kx``, ``row`` = ``src_a + ch * positions + (oy * stride +
-    ky) * width + ox * stride``. The window's code goes to lane ``l`` of the unit's ``group`` word, which
-    starts at ``dst`` and moves on by one after the group's last lane: the output words in order.
+    ky) * width + ox * stride`` (``src_a``: the first window's top left corner, ``padding`` rows and columns before
+    the map's first value, addresses wrapping at ``2^value_addr_bits``). ``outside``: the element read is at input
+    position ``(iy0 + ky, ix0 + kx)`` (the window origin from ``-padding`` on) outside the map, where it reads no
+    value of the map (with ``p.pool_outside_bits``; else never). The window's code goes to lane ``l`` of the unit's
+    ``group`` word, which starts at ``dst`` and moves on by one after the group's last lane: the output words in
+    order.
     """
 
     def __init__(self, unit: VectorUnit, m: Module, lane, group, ch, slot, channels, positions):
         self.unit, self.m, p = unit, m, unit.params
         self.lane, self.group, self.ch, self.slot, self.channels, self.positions = (lane, group, ch, slot, channels,
                                                                                     positions)
+        self.padded = bool(p.pool_outside_bits)
         self.regs = {name: Signal(getattr(unit, name).shape(), name=f"ap_{name}")
-                     for name in ("width", "out_height", "out_width", "kernel", "stride", "row_step")}
+                     for name in ("width", "out_height", "out_width", "kernel", "stride", "row_step")
+                     + (("height", "padding") if self.padded else ())}
         self.oy, self.ox, self.ky, self.kx = (Signal(p.avgpool_bits, name=f"ap_{n}") for n in ("oy", "ox", "ky", "kx"))
+        # The window origin's input position (signed), with padding hardware.
+        wide = signed(p.avgpool_bits + 3)
+        self.iy0, self.ix0 = Signal(wide, name="ap_iy0"), Signal(wide, name="ap_ix0")
         # Value addresses: the group's first window, the output row's first window, the window (lane 0),
         # the window of lane l, the window row being read; ``span`` = lanes * positions (a group's values).
         self.base, self.out_row, self.win, self.lane_win, self.row, self.span = (
@@ -596,6 +615,10 @@ class _AvgPool:
         self.last = (self.kx == r["kernel"] - 1) & (self.ky == r["kernel"] - 1)
         self.done = self.last_lane & (self.ox == r["out_width"] - 1) & (self.oy == r["out_height"] - 1) & \
             (self.first + p.lanes >= channels)
+        self.outside = C(0, 1)
+        if self.padded:
+            iy, ix = self.iy0 + self.ky, self.ix0 + self.kx
+            self.outside = (iy < 0) | (iy >= r["height"]) | (ix < 0) | (ix >= r["width"])
 
     def start(self) -> None:
         """Sample the registers (in the cycle of ``start``): the first window of the first group."""
@@ -604,6 +627,8 @@ class _AvgPool:
         m.d.sync += [c.eq(0) for c in (self.oy, self.ox, self.ky, self.kx, self.first)]
         m.d.sync += [a.eq(u.src_a) for a in (self.base, self.out_row, self.win, self.lane_win, self.row)]
         m.d.sync += [self.span.eq(u.positions * p.lanes), self.first_slot.eq(u.slot_base)]
+        if self.padded:
+            m.d.sync += [self.iy0.eq(-u.padding), self.ix0.eq(-u.padding)]
 
     def element(self) -> None:
         """In SUM: the next element of the window (the address moves on; ``last``: this is its last)."""
@@ -627,12 +652,18 @@ class _AvgPool:
             self._lane_zero()
             m.d.sync += self.ox.eq(self.ox + 1)
             m.d.sync += [a.eq(self.win + r["stride"]) for a in (self.win, self.lane_win, self.row)]
+            if self.padded:
+                m.d.sync += self.ix0.eq(self.ix0 + r["stride"])
         with m.Elif(self.oy != r["out_height"] - 1):
             self._lane_zero()
             m.d.sync += [self.ox.eq(0), self.oy.eq(self.oy + 1)]
             m.d.sync += [a.eq(self.out_row + r["row_step"]) for a in (self.out_row, self.win, self.lane_win, self.row)]
+            if self.padded:
+                m.d.sync += [self.ix0.eq(-r["padding"]), self.iy0.eq(self.iy0 + r["stride"])]
         with m.Else():
             self._lane_zero()
+            if self.padded:
+                m.d.sync += [self.ix0.eq(-r["padding"]), self.iy0.eq(-r["padding"])]
             m.d.sync += [self.ox.eq(0), self.oy.eq(0), self.first.eq(self.first + p.lanes),
                          self.ch.eq(self.first + p.lanes), self.slot.eq(self.first_slot + p.lanes),
                          self.first_slot.eq(self.first_slot + p.lanes)]

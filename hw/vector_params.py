@@ -32,7 +32,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from compiler.graph import (CODE_BITS, FRAC_BITS, ActivateNode, AddNode, AvgPoolNode, CompiledModel, MaxPoolNode,
-                            PoolNode, SubsampleNode, TensorInfo, Thresholds, signed_bits)
+                            PAD_HEADROOM_BITS, PoolNode, SubsampleNode, TensorInfo, Thresholds, signed_bits)
 
 from .memories import memory_bits
 from .progression import ProgressionShape, fit_progression, progression_bits, progression_shape, shape_from_dict
@@ -65,8 +65,9 @@ VECTOR_TARGETS = len(TARGETS)
 TARGET_BITS = 2
 
 # A POOL_CONSTANTS word: bit 0 relu, bits 1-2 the sign (two's complement), offset from bit 3, then the clip
-# (``pool_cap_bits``, two's complement; none where no pool node clips); in the arithmetic form then B' (two's
-# complement, ``pool_base_bits``) and S (``pool_step_bits``).
+# (``pool_cap_bits``, two's complement; none where no pool node clips), the term outside the map (``pool_outside_bits``,
+# two's complement; none where no average pooling pads); in the arithmetic form then B' (two's complement,
+# ``pool_base_bits``) and S (``pool_step_bits``).
 POOL_RELU_BIT, POOL_SIGN_SHIFT, POOL_SIGN_BITS, POOL_OFFSET_SHIFT = 0, 1, 2, 3
 # The constants memory holds each channel's word as pieces of this many bits (the width of an iCE40
 # block RAM: a word of about 100 bits would take 7 blocks side by side, its pieces take 2), read one
@@ -101,11 +102,17 @@ SUBSAMPLE_DEPTH = 3           # from the last read address: the read, the read d
 
 def pool_sum_bound(node: PoolNode, shape: tuple[int, int, int], bound: int) -> int:
     """Largest ``|sum of u|`` (over all positions, or a window) of ``node`` for inputs ``|x| <= bound`` of
-    ``shape``: ``|u| <= bound * 2^frac_bits + |offset|``, or the clip's ``|cap|`` where larger. (Thresholds are
-    clamped to ``PoolNode.sum_limit``, but an offset of the sign opposite to ``x`` makes sums up to twice that.)"""
+    ``shape``: ``|u| <= bound * 2^frac_bits + |offset|``, or the clip's ``|cap|`` or the term outside the map's
+    where larger. (Thresholds are clamped to ``PoolNode.sum_limit``, but an offset of the sign opposite to ``x``
+    makes sums up to twice that.)"""
     offset = int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())
-    cap = 0 if node.cap is None else int(np.abs(np.asarray(node.cap, dtype=np.int64)).max())
-    return node.summed(shape) * max((int(bound) << node.frac_bits) + offset, cap)
+    return node.summed(shape) * max((int(bound) << node.frac_bits) + offset, _largest(node.cap),
+                                    _largest(getattr(node, "outside", None)))
+
+
+def _largest(a: np.ndarray | None) -> int:
+    """The largest ``|element|`` of an int64 array (0 for None)."""
+    return 0 if a is None else int(np.abs(np.asarray(a, dtype=np.int64)).max())
 
 
 def activate_needs(node: ActivateNode, info: TensorInfo) -> dict[str, int]:
@@ -119,11 +126,14 @@ def activate_needs(node: ActivateNode, info: TensorInfo) -> dict[str, int]:
 def pool_needs(node: PoolNode, info: TensorInfo) -> dict[str, int]:
     """Widths one pool node needs (as :func:`activate_needs`, plus offsets, sums, fraction bits, its clip and
     its terms ``u``: where any node clips, every node's channels hold a clip, one no term reaches where the node
-    has none); its padding threshold is one above the largest sum (:func:`pool_sum_bound`)."""
+    has none; an average pooling with padding its terms outside the map); its padding threshold is one above the
+    largest sum (:func:`pool_sum_bound`)."""
     total = pool_sum_bound(node, info.shape, info.bound)
     offset = int(np.abs(np.asarray(node.offset, dtype=np.int64)).max())
-    cap = 0 if node.cap is None else signed_bits(int(np.abs(np.asarray(node.cap, dtype=np.int64)).max()))
-    return {"code_bits": node.stage.bits, "threshold_bits": threshold_bits(node.stage),
+    cap = 0 if node.cap is None else signed_bits(_largest(node.cap))
+    outside = getattr(node, "outside", None)
+    return {"code_bits": node.stage.bits, "outside_bits": 0 if outside is None else signed_bits(_largest(outside)),
+            "threshold_bits": threshold_bits(node.stage),
             "pad_bits": signed_bits(total + 1), "value_bits": signed_bits(info.bound),
             "offset_bits": signed_bits(offset), "sum_bits": signed_bits(total), "frac_bits": node.frac_bits,
             "slots": info.shape[0], "cap_bits": cap, "term_bits": signed_bits((int(info.bound) << node.frac_bits)
@@ -215,6 +225,9 @@ class VectorParams:
       :class:`~compiler.graph.MaxPoolNode` takes the ``minimum``; needs ``maxpool_bits``).
     - Average pooling: ``avgpool_bits`` (0: no AVGPOOL hardware, else 1..16, with pool hardware): the
       same for the windows of average pooling nodes. The window registers are ``window_bits`` wide.
+      ``pool_outside_bits`` (0: windows within the map only; else, with AVGPOOL hardware, signed, up to
+      ``value_bits + max_frac_bits + PAD_HEADROOM_BITS + 1``): padded windows, each position outside the map a
+      term of the channel's constants (:class:`~compiler.graph.AvgPoolNode` ``outside``) instead of a value's.
     - ``adds``: ADD and ADD_RELU hardware (false where every addition of the model is fused into a conv).
     - ``subsample_bits``: 0: no SUBSAMPLE hardware; else 1..16, the width its window registers need (sides,
       stride: :func:`subsample_bits`).
@@ -248,6 +261,7 @@ class VectorParams:
     act_progression: ProgressionShape | None = None
     subsample_bits: int = 0
     narrow_adds: bool = False
+    pool_outside_bits: int = 0
 
     def __post_init__(self):
         def check(name: str, low: int, high: int) -> None:
@@ -291,6 +305,8 @@ class VectorParams:
             check("pool_sum_bits", 2, MAX_VALUE_BITS)
             check("pool_offset_bits", 1, self.value_bits + self.max_frac_bits)
             check("pool_cap_bits", 0, self.value_bits + self.max_frac_bits + 2)
+            check("pool_outside_bits", 0, self.value_bits + self.max_frac_bits + PAD_HEADROOM_BITS + 1
+                  if self.avgpool_bits else 0)
             if self.pool_form == "table":
                 check("pool_threshold_bits", 2, MAX_VALUE_BITS + 1)
                 for name in arithmetic:
@@ -302,7 +318,7 @@ class VectorParams:
                 check("pool_step_bits", 1, MAX_POOL_BASE_BITS)
         else:
             for name in ("pool_code_bits", "pool_threshold_bits", "pool_offset_bits", "pool_sum_bits",
-                         "max_frac_bits", "pool_cap_bits", *arithmetic):
+                         "max_frac_bits", "pool_cap_bits", "pool_outside_bits", *arithmetic):
                 check(name, 0, 0)
             if self.pool_form != "table":
                 raise ValueError(f"pool_form must be 'table' without pool hardware (pool_slots=0), got "
@@ -387,9 +403,15 @@ class VectorParams:
         return POOL_OFFSET_SHIFT + self.pool_offset_bits
 
     @property
+    def pool_outside_shift(self) -> int:
+        """Lowest bit of the term outside the map (``pool_outside_bits``, two's complement) in a POOL_CONSTANTS
+        word."""
+        return self.pool_cap_shift + self.pool_cap_bits
+
+    @property
     def pool_base_shift(self) -> int:
         """Lowest bit of ``B'`` in a POOL_CONSTANTS word (arithmetic form)."""
-        return self.pool_cap_shift + self.pool_cap_bits
+        return self.pool_outside_shift + self.pool_outside_bits
 
     @property
     def pool_step_shift(self) -> int:
@@ -398,8 +420,8 @@ class VectorParams:
 
     @property
     def pool_constant_bits(self) -> int:
-        """A POOL_CONSTANTS word: relu, sign, offset (and ``B'``, ``S`` in the arithmetic form); 0
-        without pool hardware."""
+        """A POOL_CONSTANTS word: relu, sign, offset, clip, term outside the map (and ``B'``, ``S`` in the
+        arithmetic form); 0 without pool hardware."""
         return self.pool_step_shift + self.pool_step_bits if self.pool_slots else 0
 
     @property
@@ -411,8 +433,8 @@ class VectorParams:
     @property
     def pool_lead_pieces(self) -> int:
         """Pieces of a POOL_CONSTANTS word read before the channel's (window's) first value: those that hold
-        relu, sign and offset, the sum's constants, less :data:`POOL_PIECE_SLACK`; the others are read while
-        the values are. 0 without pool hardware."""
+        relu, sign, offset, clip and term outside the map, the sum's constants, less :data:`POOL_PIECE_SLACK`;
+        the others are read while the values are. 0 without pool hardware."""
         sum_pieces = -(-self.pool_base_shift // POOL_PIECE_BITS) if self.pool_slots else 0
         return max(0, sum_pieces - POOL_PIECE_SLACK)
 
@@ -537,12 +559,14 @@ class VectorParams:
     def from_dict(cls, d: dict) -> VectorParams:
         """The parameters that :meth:`describe` wrote as ``d`` (each value checked as on construction); a
         ``d`` without ``avgpool_bits`` (written before the unit had AVGPOOL), ``pool_cap_bits`` (before it
-        clipped) or ``subsample_bits`` (before SUBSAMPLE) means 0, without ``adds`` true, without ``minpool`` (before
+        clipped), ``subsample_bits`` (before SUBSAMPLE) or ``pool_outside_bits`` (before padded average pooling)
+        means 0, without ``adds`` true, without ``minpool`` (before
         MINPOOL) or ``narrow_adds`` (before those) false, without ``act_progression`` (before the activate thresholds
         were searched) None."""
         names = {f.name for f in fields(cls)}
         for name, value in (("avgpool_bits", 0), ("pool_cap_bits", 0), ("adds", True), ("minpool", False),
-                            ("act_progression", None), ("subsample_bits", 0), ("narrow_adds", False)):
+                            ("act_progression", None), ("subsample_bits", 0), ("narrow_adds", False),
+                            ("pool_outside_bits", 0)):
             if isinstance(d, dict) and name not in d:
                 d = {**d, name: value}
         if not isinstance(d, dict) or set(d) != names:
@@ -560,7 +584,8 @@ class VectorParams:
         The pool thresholds take the arithmetic form where every pool node has one (at the largest of
         the nodes' smallest shifts, :func:`pool_shift`), else the table form. Max-pool hardware is there
         where the model has a max-pool node, its registers as wide as the largest side, kernel, stride
-        or padding of one. ``adds``: the ADD hardware (see the class). The activate thresholds search the
+        or padding of one; an average pooling's too, and where one pads, terms outside the map as wide as its
+        largest (``pool_outside_bits``). ``adds``: the ADD hardware (see the class). The activate thresholds search the
         nodes that :func:`~hw.progression.progression_shape` picks (``act_progression``).
         SUBSAMPLE hardware is there where the model has a subsample node; ``narrow_adds``: the narrow ADD hardware
         (None: where an addition's operand b covers some channels only; a network core's plan says where an add
@@ -623,4 +648,5 @@ class VectorParams:
                    subsample_bits=max((subsample_bits(n, info[n.input].shape) for n in model.nodes
                                        if isinstance(n, SubsampleNode)), default=0),
                    narrow_adds=any(isinstance(n, AddNode) and n.narrow(info) for n in model.nodes)
-                   if narrow_adds is None else narrow_adds)
+                   if narrow_adds is None else narrow_adds,
+                   pool_outside_bits=max((n["outside_bits"] for n in pools), default=0))

@@ -18,11 +18,12 @@ Words:
   ``16 * piece`` up, :data:`~hw.vector_params.POOL_PIECE_BITS`) of the channel's word
   ``relu | sign << 1 | offset << 3`` (sign and offset two's
   complement, :data:`~hw.vector_params.POOL_SIGN_BITS` and ``pool_offset_bits`` wide), then, where the
-  unit clips, the clip (``pool_cap_bits``, from bit ``pool_cap_shift``; the largest where the node has none); in the
-  arithmetic form (``pool_form``) then ``B' = B - S`` (two's complement, ``pool_base_bits``, from
-  bit ``pool_base_shift``) and ``S`` (``pool_step_bits``, from ``pool_step_shift``) of the
-  channel's thresholds ``T[c] = ceil((B + c * S) / 2^pool_shift)``
-  (:func:`~hw.progression.fit_progression`; a narrower node's padding indices lie above the
+  unit clips, the clip (``pool_cap_bits``, from bit ``pool_cap_shift``; the largest where the node has none); where
+  it pads, the term outside the map (``pool_outside_bits``, from bit ``pool_outside_shift``; 0 where the node has
+  none: a pool node, or an average pooling without padding); in the arithmetic form (``pool_form``) then
+  ``B' = B - S`` (two's complement, ``pool_base_bits``, from bit ``pool_base_shift``) and ``S``
+  (``pool_step_bits``, from ``pool_step_shift``) of the channel's thresholds ``T[c] = ceil((B + c * S) /
+  2^pool_shift)`` (:func:`~hw.progression.fit_progression`; a narrower node's padding indices lie above the
   largest sum).
 - POOL_THRESHOLDS (table form only), address ``slot << pool_code_bits | i``: threshold ``i``
   (``0..2^pool_code_bits - 2``) of the channel, two's complement; narrower codes are padded with
@@ -112,6 +113,14 @@ def pool_constant_words(params: VectorParams, node: PoolNode, info: TensorInfo,
         if max(abs(int(c)) for c in caps) >= 1 << (bits - 1):
             raise ValueError(f"pool node {node.name!r}: its clips need more than pool_cap_bits={bits}; {FIX}")
         words = [w | (int(c) & ((1 << bits) - 1)) << params.pool_cap_shift for w, c in zip(words, caps)]
+    outside = getattr(node, "outside", None)
+    if outside is not None:
+        bits = params.pool_outside_bits
+        terms = np.asarray(outside).tolist()
+        if not bits or max(abs(int(t)) for t in terms) >= 1 << (bits - 1):
+            raise ValueError(f"pool node {node.name!r}: its terms outside the map need more than pool_outside_bits="
+                             f"{bits}; {FIX}")
+        words = [w | (int(t) & ((1 << bits) - 1)) << params.pool_outside_shift for w, t in zip(words, terms)]
     if not params.pool_arithmetic:
         return words
     fits = fits or node_progressions(params, node, info)
@@ -244,7 +253,8 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
                  slots: dict[str, int] | None = None, b_channels: int | None = None) -> dict[str, int]:
     """The op registers (:data:`~hw.vector_params.OP_REGISTERS`) that run ``node`` (an activate,
     add or pool node) on its input tensor(s) of ``shape`` (C, H, W), an average-pool node's window's
-    too (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``row_step`` = stride * W in values); for a
+    too (:data:`~hw.vector_params.MAXPOOL_REGISTERS`, ``row_step`` = stride * W in values, ``src_a`` the value
+    word of the first window's top left corner, ``base - padding * (W + 1)`` modulo ``2^value_addr_bits``); for a
     max-pool node :func:`maxpool_registers`, for a subsample node :func:`subsample_registers`.
 
     ``bases``: the base address of each tensor by name (a network plan's), at least the node's
@@ -326,12 +336,16 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
     if isinstance(node, AddNode) and params.narrow_adds:
         values.update(b_first=node.b_offset, b_channels=b_channels)
     if op == AVGPOOL:
-        if min(h, w) < node.kernel or maxpool_bits(node, (c, h, w)) > params.avgpool_bits:
-            raise ValueError(f"{name}: its window (input {h}x{w}, kernel {node.kernel}, stride {node.stride}) does "
-                             f"not fit the input or avgpool_bits={params.avgpool_bits}; {FIX}")
+        k, stride, pad = node.kernel, node.stride, node.padding
+        if min(h, w) + 2 * pad < k or maxpool_bits(node, (c, h, w)) > params.avgpool_bits \
+                or (pad and not params.pool_outside_bits):
+            raise ValueError(f"{name}: its window (input {h}x{w}, kernel {k}, stride {stride}, padding {pad}) does "
+                             f"not fit the padded input, avgpool_bits={params.avgpool_bits} or the unit's padding "
+                             f"(pool_outside_bits={params.pool_outside_bits}); {FIX}")
         _, ho, wo = node.out_shape((c, h, w))
-        values.update(height=h, width=w, out_height=ho, out_width=wo, kernel=node.kernel, stride=node.stride,
-                      padding=0, row_step=node.stride * w)
+        # (the first window's top left corner, modulo the value addresses: the unit's arithmetic wraps there)
+        values.update(src_a=(src[0] - pad * (w + 1)) % (1 << params.value_addr_bits), height=h, width=w,
+                      out_height=ho, out_width=wo, kernel=k, stride=stride, padding=pad, row_step=stride * w)
         assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS
     return values
 

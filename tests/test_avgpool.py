@@ -1,5 +1,5 @@
-"""Average pooling (``AvgPool2d(k, s)``, no padding) before an activation quantizer: the compiled node in
-the file and its rules, and the network core running it bit-exact (the vector unit's AVGPOOL)."""
+"""Average pooling (``AvgPool2d(k, s, p)``, zero padding counted in the divisor) before an activation quantizer:
+the compiled node in the file and its rules, and the network core running it bit-exact (the vector unit's AVGPOOL)."""
 
 import sys
 from pathlib import Path
@@ -63,3 +63,115 @@ def test_avgpool_runs_bit_exact_on_the_network_core(compiled, tmp_path):
     params, report = run_exact(load(path), path, 2, 2, tmp_path, seed=7)
     assert AVGPOOL in params.vector.ops
     assert [s.kind for s in report.steps if "pool" in s.kind] == ["avgpool", "avgpool", "pool"]
+
+
+# ---------------------------------------------------------------- padded windows (count_include_pad=True)
+
+
+def _pooled_codes(gain, offset, t, x, kernel, stride, padding, cap=np.inf, relu=True):
+    """The codes PyTorch's float arithmetic gives: ``min(max(0, gain * x + offset), cap)`` (no ReLU: as it is) per
+    channel, averaged over each window of the map padded with zeros (divided by kernel^2), through thresholds
+    ``t``; and the distance of each mean from the nearest threshold."""
+    y = gain[None, :, None, None] * x + offset[None, :, None, None]
+    y = np.minimum(np.maximum(y, 0), cap) if relu else y
+    y = np.pad(y, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    from numpy.lib.stride_tricks import sliding_window_view
+    mean = sliding_window_view(y, (kernel, kernel), axis=(2, 3))[:, :, ::stride, ::stride].mean(axis=(4, 5))
+    return (mean[..., None] >= t).sum(-1), np.abs(mean[..., None] - t).min(-1)
+
+
+@pytest.mark.parametrize("relu, cap", [(True, np.inf), (True, 1.5), (False, np.inf)])
+def test_padded_pooling_constants_give_the_float_codes_for_every_kind_of_channel(relu, cap):
+    """Each kind of channel of :func:`compiler.stages.pool_constants` with ``padded``: the kink within the input's
+    range (its term outside the map 0), the ReLU always active (the term of a zero; both signs of the gain), a
+    constant output (gain 0; at the clip throughout) and a kink so far out that the term would exceed its limit
+    (taken as the constant at 0), and the ReLU never active: the reference's codes of an AvgPoolNode from them are
+    the float codes wherever a mean is not within rounding of a threshold."""
+    from compiler.graph import PAD_HEADROOM_BITS
+    from compiler.stages import pool_constants
+
+    bound, frac, k, s, p = 40, 8, 3, 2, 1
+    gain = np.array([0.05, 0.03, -0.04, 0.0, 0.02, 1e-9, 0.04, -0.03])
+    offset = np.array([0.3, 2.5, 2.2, 0.7, 4.0, 0.9, -3.0, 0.1])
+    kinds = ["kink", "always", "always", "constant", "clipped", "far", "never", "kink"]
+    if not relu:
+        offset[6] = -1.0                                      # (no never-active channel without a ReLU)
+    t = np.array([0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+    sign, relus, off, stage, caps, outside = pool_constants(gain, offset, t, k * k, frac, bound, 3, cap, relu,
+                                                            padded=True)
+    node = AvgPoolNode("pool", "x", "pool", sign.astype(np.int64), relus, off, frac, stage, cap=caps, kernel=k,
+                       stride=s, padding=p, outside=outside)
+    node.check_fields("pool")
+    node.check_arrays("pool", (8, 7, 7), bound)
+    assert outside[1] < 0 and outside[2] < 0                  # a zero's u: -offset * 2^F / |gain|
+    assert (outside[0] == outside[7] == 0) == relu            # (without a ReLU every channel is of that kind)
+    assert abs(outside[1]) > bound << frac and abs(outside[5]) <= bound << (frac + PAD_HEADROOM_BITS)
+    constant = [3, 5] + ([4] if cap < np.inf else [])       # (a constant K > 0: -P outside the map)
+    assert not sign[constant].any() and (outside[constant] == -(bound << frac)).all()
+    x = np.random.default_rng(1).integers(-bound, bound + 1, (20, 8, 7, 7))
+    got = stage.apply(node.sums(x))
+    want, margin = _pooled_codes(gain, offset, t, x, k, s, p, cap, relu)
+    exact = margin > 0.02 if relu else margin > 0.02 + np.abs(gain * 2.0**-frac)[None, :, None, None] * 2
+    exact[:, 5] = margin[:, 5] > 1e-3                         # (the far channel: its gain * x left out)
+    assert exact.mean() > 0.7 and np.array_equal(got[exact], want[exact])
+    for n, kind in enumerate(kinds):                            # every kind seen with codes that vary by window
+        if kind in ("always", "constant", "clipped", "far") and (relu or kind != "clipped"):
+            assert len(np.unique(got[:, n])) > 1, kind
+
+
+@pytest.fixture(scope="module")
+def padded(tmp_path_factory):
+    torch.manual_seed(4)
+    net = randomize(quantize_model(cm.PaddedAvgPool(10, 1), method="lcq", wbits=3, abits=3), 6, act_alpha=0.2)
+    model = compile_model(net, (1, 8, 8))
+    path = tmp_path_factory.mktemp("padded") / "padded.lcq"
+    save(model, path)
+    return net, model, path
+
+
+def test_padded_average_pooling_compiles_exactly_and_round_trips(padded, tmp_path):
+    """InceptionV3's pool branch (3 x 3 at stride 1, padding 1) and a strided padded pooling of a join: every code
+    PyTorch's on random images; the file keeps the padding and the terms outside the map, and checks them."""
+    from compiler.agreement import compare
+    from helpers import images
+
+    net, model, path = padded
+    pools = [n for n in model.nodes if isinstance(n, AvgPoolNode)]
+    assert [(n.kernel, n.stride, n.padding) for n in pools] == [(3, 1, 1), (3, 2, 1), (3, 2, 1)]
+    x = images(40, (1, 8, 8), seed=9)
+    result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+    again = load(path)
+    for a, b in zip(pools, [n for n in again.nodes if isinstance(n, AvgPoolNode)]):
+        assert (a.padding, a.outside.tolist()) == (b.padding, b.outside.tolist())
+    manifest, arrays = members(path)
+    node = next(d for d in manifest["nodes"] if d["op"] == "avgpool")
+    bad = tmp_path / "bad.lcq"
+    for change, pattern in ((dict(padding=2), r"field 'padding' = 2.*0\.\.1"),
+                            (dict(padding=0), r"field 'padding' = 0; it is written only where not 0"),
+                            (dict(padding=None), r"field 'outside' must be absent where padding is 0")):
+        edited = {**node, **change}
+        if change["padding"] is None:
+            del edited["padding"]
+        manifest["nodes"][manifest["nodes"].index(node)] = edited
+        write_members(bad, manifest, arrays)
+        with pytest.raises(ModelFormatError, match=pattern):
+            load(bad)
+        manifest["nodes"][manifest["nodes"].index(edited)] = node
+    key = node["outside"]["array"]
+    too_far = arrays[key].copy()
+    too_far[0] = np.iinfo(np.int64).max
+    write_members(bad, manifest, {**arrays, key: too_far})
+    with pytest.raises(ModelFormatError, match=r"field 'outside' \[0\] = 9223372036854775807 is out of range"):
+        load(bad)
+
+
+@pytest.mark.sim
+def test_padded_avgpool_runs_bit_exact_on_the_network_core(padded, tmp_path):
+    from hw.vector_params import AVGPOOL
+    from test_sim_network import run_exact
+
+    _, model, path = padded
+    params, report = run_exact(load(path), path, 2, 2, tmp_path, seed=3)
+    assert AVGPOOL in params.vector.ops and params.vector.pool_outside_bits > 0
+    assert [s.kind for s in report.steps if "pool" in s.kind] == ["avgpool"] * 3 + ["pool"]

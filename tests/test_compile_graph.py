@@ -298,8 +298,8 @@ def test_agreement_counts_images_when_the_logits_are_a_conv_output():
 
 
 @pytest.mark.parametrize("net,pattern", [
-    (cm.PaddedAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
-                       r"F\.avg_pool2d.*padding 1.*average pooling needs .* no padding"),
+    (cm.UncountedPadAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
+                             r"F\.avg_pool2d.*pads with count_include_pad=False.*use count_include_pad=True"),
     (cm.WithMaxPool, r"function torch\.nn\.functional\.max_pool2d at .*compile_models\.py:\d+ \(x = F\.max_pool2d"),
 ])
 def test_unsupported_operations_are_named_with_their_place_and_the_supported_list(net, pattern):
@@ -376,7 +376,7 @@ def trained(tmp_path_factory):
                             ("mobilenet", 0.2), ("maxpool_vgg", None), ("avgpool_net", 0.2), ("squeeze_net", None),
                             ("lenet", 0.2), ("mobilenet_v2", 0.2), ("leaky_net", None), ("tiny_darknet", None),
                             ("tanh_lenet", 0.2), ("bn_after_relu", None), ("swish_net", None),
-                            ("swish_head", None)):
+                            ("swish_head", None), ("padded_avgpool", 0.2)):
             ref = f"{nets}:{factory}"
             train(TrainConfig(model=ref, dataset="digits", plan=QuantPlan("lcq", 3, 3), epochs=3, batch_size=32,
                               lr=lr, out=str(root / factory), progress=False))
@@ -389,7 +389,7 @@ def trained(tmp_path_factory):
 @pytest.mark.parametrize("factory", ["post_act_resnet", "torchvision_resnet", "strided_vgg", "mobilenet",
                                      "maxpool_vgg", "avgpool_net", "squeeze_net", "lenet", "mobilenet_v2",
                                      "leaky_net", "tiny_darknet", "tanh_lenet", "bn_after_relu", "swish_net",
-                                     "swish_head"])
+                                     "swish_head", "padded_avgpool"])
 def test_trained_user_network_compiles_and_agrees_fully(trained, factory, capsys):
     ref, checkpoint, model = trained[factory]
     compiled = load(model)

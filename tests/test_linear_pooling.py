@@ -42,7 +42,7 @@ def test_the_pool_constants_of_a_linear_average_give_the_quantizers_codes(seed):
     gain = rng.uniform(-0.05, 0.05, c) * (rng.random(c) > 0.2)          # some channels 0
     offset = rng.uniform(-2.0, 2.0, c)
     t = np.sort(rng.uniform(0.05, 3.0, 7))
-    sign, relu, off, stage, cap = pool_constants(gain, offset, t, positions, frac, bound, 3, relu=False)
+    sign, relu, off, stage, cap, _ = pool_constants(gain, offset, t, positions, frac, bound, 3, relu=False)
     assert cap is None and not off.any() and not relu[sign != 0].any()      # (relu is the format's where sign is 0)
     node = PoolNode("p", "x", "p", sign, relu, off, frac, stage)
     x = rng.integers(-bound, bound + 1, (50, c, 3, 3))

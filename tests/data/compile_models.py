@@ -150,7 +150,31 @@ class AvgPoolNet(nn.Module):
 
 
 class PaddedAvgPool(nn.Module):
-    """Average pooling with padding, which the accelerator does not run (a border window's divisor)."""
+    """InceptionV3's pool branch: ``F.avg_pool2d(x, 3, 1, 1)`` (zero padding, counted in the divisor) of a block's
+    input, then a 1 x 1 conv, beside a 3 x 3 conv of the input, joined; then a strided padded pooling of the join
+    (``AvgPool2d(3, 2, 1)``, each part's channels), a 3 x 3 conv, global pooling, a linear classifier."""
+
+    def __init__(self, num_classes=10, in_channels=1, width=6):
+        super().__init__()
+        w = width
+        self.conv1, self.bn1 = nn.Conv2d(in_channels, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)
+        self.branch, self.bn_branch = nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)
+        self.pool_conv, self.bn_pool = nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w)
+        self.pool = nn.AvgPool2d(3, 2, 1)
+        self.conv3, self.bn3 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        pooled = F.avg_pool2d(x, 3, 1, 1)
+        x = torch.cat([F.relu(self.bn_branch(self.branch(x))), F.relu(self.bn_pool(self.pool_conv(pooled)))], 1)
+        x = F.relu(self.bn3(self.conv3(self.pool(x))))                      # 8x8 -> 4x4
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class UncountedPadAvgPool(nn.Module):
+    """Average pooling whose border windows divide by the positions inside the map (``count_include_pad=False``),
+    which the accelerator does not run (a divisor per window)."""
 
     def __init__(self, num_classes=10, in_channels=1):
         super().__init__()
@@ -158,7 +182,7 @@ class PaddedAvgPool(nn.Module):
         self.fc = nn.Linear(4, num_classes)
 
     def forward(self, x):
-        x = F.avg_pool2d(F.relu(self.conv(x)), 3, 2, 1)
+        x = F.avg_pool2d(F.relu(self.conv(x)), 3, 2, 1, count_include_pad=False)
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
@@ -338,6 +362,10 @@ def maxpool_vgg(num_classes, in_channels):
 
 def avgpool_net(num_classes, in_channels):
     return AvgPoolNet(num_classes, in_channels)
+
+
+def padded_avgpool(num_classes, in_channels):
+    return PaddedAvgPool(num_classes, in_channels)
 
 
 def mobilenet(num_classes, in_channels):
