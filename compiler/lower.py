@@ -690,8 +690,8 @@ class _Lowering:
         c = self.signed.get(x.tensor, c)
         border, tile = (0, 0), 1
         if x.pooled:
-            tile, weight = self.pooled_reader(node, layer, kind, c, h, w)
-            kind, k, stride, pad, out_shape = "conv", 1, 1, 0, (weight.shape[0], 1, 1)
+            tile, stride, pad, weight, out_shape = self.pooled_reader(node, layer, kind, x.pooled, c, h, w)
+            kind, k = "conv", 1
         elif kind == "conv":
             k, stride, pad, border = self.square_window(node, layer)
             if min(h, w) + 2 * pad < k:
@@ -757,23 +757,34 @@ class _Lowering:
             value = _Value("values", name, np.full(out_shape[0], out_scale), np.zeros(out_shape[0]))
         return value
 
-    def pooled_reader(self, node: fx.Node, layer: nn.Module, kind: str, c: int, h: int,
-                      w: int) -> tuple[int, torch.Tensor]:
-        """``(side, weight)`` of a linear layer or 1 x 1 conv ``node`` that reads the global average of a c x h x w
-        map of codes (an activation whose output the average pools, quantized before the pooling): it runs as
-        the h x h conv over the codes, each tap its own weights (out, c, 1, 1), the accumulator the sum the average
-        divides by h * w. The same arithmetic; no pooling step."""
+    def pooled_reader(self, node: fx.Node, layer: nn.Module, kind: str, pooled: tuple[int, int, int], c: int, h: int,
+                      w: int) -> tuple[int, int, int, torch.Tensor, tuple[int, int, int]]:
+        """``(side, stride, padding, weight, out_shape)`` of a linear layer or 1 x 1 conv ``node`` that reads the
+        average pooling ``pooled`` (:data:`GLOBAL`, or a window's kernel, stride and padding) of a c x h x w map of
+        codes (an activation whose output the average pools, quantized before the pooling): it runs as the side x
+        side conv over the codes (the map's side, or the window's) at the pooling's stride and padding, each tap its
+        own weights (out, c, 1, 1), the accumulator the sum the average divides by side^2 (zeros outside the map
+        counted, as count_include_pad=True). The same arithmetic; no pooling step."""
+        what = "globally pooled tensor" if pooled == GLOBAL else "tensor average pooled in windows"
         if kind == "conv" and (layer.kernel_size, layer.stride, layer.padding, layer.groups) != ((1, 1), (1, 1),
                                                                                              (0, 0), 1):
-            self.refuse(node, "reads a globally pooled tensor with a kernel larger than 1 x 1 (or groups, stride, "
-                        "padding); a pooled map is 1 x 1: use a 1 x 1 conv or a linear layer")
+            self.refuse(node, f"reads a {what} with a kernel larger than 1 x 1 (or groups, stride, padding); a layer "
+                        "reads the average of codes as one conv over them: use a 1 x 1 conv"
+                        + (" or a linear layer" if pooled == GLOBAL else ""))
+        weight = layer.weight if kind == "conv" else layer.weight[:, :, None, None]
+        if kind == "linear" and layer.in_features != c:
+            self.refuse(node, f"expects {layer.in_features} inputs, its input has {c}")
+        if pooled != GLOBAL:
+            k, s, p = pooled
+            if kind == "linear":
+                self.refuse(node, "reads a tensor average pooled in windows as a vector; a layer reads the average "
+                            "of codes as one conv over them: read it with a 1 x 1 conv, or pool globally")
+            return k, s, p, weight, (weight.shape[0], (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
         if h != w or h > MAX_KERNEL:
             self.refuse(node, f"reads the average of a {c}x{h}x{w} map of codes, which runs as a {h}x{w} "
                         f"convolution over the map, whose kernel must be square and at most {MAX_KERNEL} wide: make "
                         "the map square (and smaller: pool it, or a strided conv)")
-        if kind == "linear" and layer.in_features != c:
-            self.refuse(node, f"expects {layer.in_features} inputs, its input has {c}")
-        return h, layer.weight if kind == "conv" else layer.weight[:, :, None, None]
+        return h, 1, 0, weight, (weight.shape[0], 1, 1)
 
     def _bn(self, node: fx.Node, op: Op) -> _Value:
         """BN ``node`` folded into the gain and offset of its input, a concatenation's into each part's (its
@@ -1011,12 +1022,12 @@ class _Lowering:
                 and not (x.relu or x.curve is not None or x.maxpools or x.pooled)):
             return self.pooled_pointwise(node, conv, x, k, s)
         if x.kind == "codes" and not (x.pooled or x.flat):
-            if k == self.shape(x)[1] == self.shape(x)[2] and p == 0:
-                return self.chain(node, x, pooled=GLOBAL)   # (one window over the whole map: _pool's)
-            self.refuse(node, f"averages {k}x{k} windows of an activation's codes (its quantizer stands before the "
-                        "pooling, since no pooling unit applies the activation position by position); only the "
-                        "average over the whole map folds into the layer that reads it: use a max pooling or a conv "
-                        "with stride instead, or a ReLU before the pooling")
+            # (the codes of an activation, or of a max pooling, quantized before the pooling: the layer reading the
+            # average runs as one conv over them; one window over the whole map is _pool's)
+            _, h, w = self.shape(x)
+            if min(h, w) + 2 * p < k:
+                self.refuse(node, f"has a {k}x{k} window, larger than its {h + 2 * p}x{w + 2 * p} input")
+            return self.chain(node, x, pooled=GLOBAL if k == h == w and p == 0 else (k, s, p))
         x = self.pooling_input(node, "average pooling")
         _, h, w = self.shape(x)
         if min(h, w) + 2 * p < k:
@@ -1123,6 +1134,13 @@ class _Lowering:
         refusal)."""
         x = self.arg(node)
         if x.kind == "image" or self.shape(x)[1:] != (1, 1):
+            if x.kind == "codes" and x.pooled:
+                k, _, _ = x.pooled
+                self.refuse(node, "{} the average of {}x{} windows of an activation's (or a max pooling's) codes (its "
+                            "quantizer stands before the pooling, since no pooling unit applies it position by "
+                            "position); a layer reads such an average only as a 1 x 1 conv (or, pooled over the "
+                            "whole map, a linear layer): read it with a 1 x 1 conv, pool globally, use a max pooling "
+                            "or a conv with stride instead, or a ReLU before the pooling".format(does, k, k))
             if x.kind not in ("image", "values", "concat"):
                 self.refuse(node, "{} a {}x{}x{} map of codes; a map flattens on its way to an activation "
                             "quantizer and a linear layer".format(does, *self.shape(x)))

@@ -354,12 +354,15 @@ def _layer_input(node: fx.Node) -> fx.Node:
 # Activations other than ReLU and clips, which a quantizer takes its thresholds back through (compiler.curves): no
 # pooling unit applies them position by position, so the quantizer of a layer that reads the average pooling of
 # one's output (or of a constant factor of it) quantizes it before the pooling, and the layer reads the average of
-# the codes.
+# the codes. So does one that reads the average pooling of a max pooling (or of a join with a max-pooled part,
+# InceptionV3's pool branch after a reduction block): the compiler max pools codes, not values.
 _CURVE_MODULES = (nn.SiLU, nn.GELU, nn.Mish, nn.Hardswish, nn.Sigmoid, nn.Tanh, nn.ELU, nn.CELU, nn.SELU, nn.Softplus,
                   nn.Softsign, nn.LeakyReLU, nn.PReLU, nn.Hardsigmoid)
 _CURVE_FUNCTIONS = {F.silu, F.gelu, F.mish, F.hardswish, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh, F.elu, F.celu,
                     F.selu, F.softplus, F.softsign, F.leaky_relu, F.hardsigmoid, "sigmoid", "tanh"}
 _PASSING = {nn.Flatten, nn.Identity, nn.Dropout, torch.flatten, F.dropout, "flatten", "view", "reshape", "contiguous"}
+_MAX_POOLINGS = {nn.MaxPool2d, nn.AdaptiveMaxPool2d, F.max_pool2d, torch.max_pool2d, F.adaptive_max_pool2d}
+_JOINS = {torch.cat, torch.concat, torch.concatenate}
 
 
 def curve_activation(node: fx.Node, modules: dict) -> bool:
@@ -395,10 +398,28 @@ def _average_pooling(node: fx.Node, modules: dict) -> bool:
                                            and sorted(size) == [2, 3])
 
 
+def _max_pooled(node, modules: dict) -> bool:
+    """Whether ``node`` is a max pooling's output (through ReLU, clips and :data:`_PASSING` operations), or a join
+    with such a part."""
+    def target(n: fx.Node):
+        return type(modules.get(n.target)) if n.op == "call_module" else n.target
+
+    if not isinstance(node, fx.Node) or node.op not in ("call_module", "call_function", "call_method"):
+        return False
+    if target(node) in _MAX_POOLINGS:
+        return True
+    if target(node) in _JOINS:
+        parts = node.args[0] if node.args else node.kwargs.get("tensors", ())
+        return any(_max_pooled(part, modules) for part in parts)
+    rectifier = _kind(node, modules) == "nonnegative" and not curve_activation(node, modules)     # (ReLU, clips)
+    return (target(node) in _PASSING or rectifier) and bool(node.args) and _max_pooled(node.args[0], modules)
+
+
 def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
     """``(pooling, pooled)`` where layer input ``x`` is (through flatten, dropout or identity) the average
     pooling of ``pooled``, an activation's output (:func:`curve_activation`) or a constant factor of one (the
-    compiler's curve then ends in the factor); else None."""
+    compiler's curve then ends in the factor), or a max pooling's output or a join with one (:func:`_max_pooled`);
+    else None."""
     def target(n: fx.Node):
         return type(modules.get(n.target)) if n.op == "call_module" else n.target
 
@@ -412,7 +433,7 @@ def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
     curve = pooled
     while isinstance(curve, fx.Node) and (inner := _scaled(curve)) is not None:
         curve = inner
-    if isinstance(curve, fx.Node) and curve_activation(curve, modules):
+    if (isinstance(curve, fx.Node) and curve_activation(curve, modules)) or _max_pooled(pooled, modules):
         return x, pooled
     return None
 

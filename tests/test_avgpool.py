@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from compiler.format import ModelFormatError, load, save, write_members
 from compiler.graph import AvgPoolNode
@@ -175,3 +177,78 @@ def test_padded_avgpool_runs_bit_exact_on_the_network_core(padded, tmp_path):
     params, report = run_exact(load(path), path, 2, 2, tmp_path, seed=3)
     assert AVGPOOL in params.vector.ops and params.vector.pool_outside_bits > 0
     assert [s.kind for s in report.steps if "pool" in s.kind] == ["avgpool"] * 3 + ["pool"]
+
+
+class _AfterPaddedPooling(nn.Module):
+    """A padded average pooling of a conv's output as it is, then a BN or a constant factor, a ReLU and the
+    quantizer of a conv."""
+
+    def __init__(self, after: str):
+        super().__init__()
+        self.after = after
+        self.conv, self.bn = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2, self.fc = nn.Conv2d(6, 6, 3, padding=1), nn.Linear(6, 10)
+
+    def forward(self, x):
+        x = F.avg_pool2d(self.conv(x), 3, 2, 1)
+        x = self.conv2(F.relu(self.bn(x) if self.after == "bn" else x * 1.5))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(x), 1), 1))
+
+
+def test_a_bn_after_a_padded_pooling_is_refused_and_a_factor_folds():
+    """A BN's shift after a padded pooling would reach the zeros outside the map, which its fold into what the
+    pooling averages cannot give: refused with the fix; a constant factor (no shift) folds and is exact."""
+    from compiler.agreement import compare
+    from compiler.capture import Unsupported
+    from helpers import images
+
+    torch.manual_seed(2)
+    net = randomize(quantize_model(_AfterPaddedPooling("bn"), method="lcq", wbits=3, abits=3), 5, act_alpha=0.5)
+    with pytest.raises(Unsupported, match=r"shifts an average pooling with padding.*put the BN before the pooling"):
+        compile_model(net, (1, 8, 8))
+    net = randomize(quantize_model(_AfterPaddedPooling("factor"), method="lcq", wbits=3, abits=3), 5, act_alpha=0.5)
+    model = compile_model(net, (1, 8, 8))
+    assert [(n.padding, n.relu.all()) for n in model.nodes if isinstance(n, AvgPoolNode)] == [(1, False)]
+    x = images(30, (1, 8, 8), seed=4)
+    result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+
+
+class _CodesAveraged(nn.Module):
+    """Average poolings of codes, each read by a 1 x 1 conv: of a SiLU's output (2 x 2 at stride 2), and of a join
+    with a max-pooled part (3 x 3 at stride 1, padded: InceptionV3's pool branch after a reduction block)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 6, 1)
+        self.branch = nn.Conv2d(6, 4, 3, stride=2, padding=1)
+        self.pool_conv = nn.Conv2d(10, 4, 1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        y = F.relu(self.conv2(F.avg_pool2d(F.silu(self.bn1(self.conv1(x))), 2)))           # 8x8 -> 4x4
+        joined = torch.cat([F.relu(self.branch(y)), F.max_pool2d(y, 3, 2, 1)], 1)            # 4x4 -> 2x2
+        y = F.relu(self.pool_conv(F.avg_pool2d(joined, 3, 1, 1)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_an_average_of_codes_runs_as_the_conv_that_reads_it():
+    """Where the pooled tensor's codes are all there is (an activation no pooling unit applies, a max pooling,
+    which pools codes), lcq_train's plan quantizes before the average pooling and the 1 x 1 conv reading it runs
+    as one k x k conv over the codes at the pooling's stride and padding, each tap its weights: every code
+    PyTorch's, and no pooling step."""
+    from compiler.agreement import compare
+    from helpers import images
+
+    torch.manual_seed(6)
+    net = randomize(quantize_model(_CodesAveraged(), method="lcq", wbits=3, abits=3), 7, act_alpha=0.5)
+    pooled = [n for n in net.graph.nodes if n.target is F.avg_pool2d]
+    assert [net.get_submodule(n.args[0].target).__class__.__name__ for n in pooled] == ["QAct", "QAct"]
+    model = compile_model(net, (1, 8, 8))
+    assert not any(isinstance(n, AvgPoolNode) for n in model.nodes)
+    convs = {n.name: (n.kernel, n.stride, n.padding, n.out_shape) for n in model.convs}
+    assert convs["conv2"] == (2, 2, 0, (6, 4, 4)) and convs["pool_conv"] == (3, 1, 1, (4, 2, 2))
+    x = images(30, (1, 8, 8), seed=2)
+    result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())

@@ -157,7 +157,8 @@ class _Refused(nn.Module):
 
 
 @pytest.mark.parametrize("kind, says", [
-    ("pooled", r"function torch.nn.functional.avg_pool2d .* averages 2x2 windows of an activation's codes"),
+    ("pooled", r"function torch.flatten .* flattens the average of 2x2 windows of an activation's \(or a max "
+               r"pooling's\) codes .* read it with a 1 x 1 conv, pool globally"),
     ("logits", r"applies torch.sigmoid to the logits: leave it off \(a non-decreasing function of each logit keeps "
                r"the top class"),
     ("twice", r"function torch.tanh .* is applied to codes, pooled values or the output of a ReLU, clip or another "

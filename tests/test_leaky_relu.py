@@ -96,9 +96,9 @@ class _LeakyPool(nn.Module):
 
 def test_average_pooling_a_leaky_relus_output_is_refused_with_the_reason():
     net = randomize(quantize_model(_LeakyPool(nn.AvgPool2d(2)), method="lcq", wbits=3, abits=3), seed=0)
-    with pytest.raises(ValueError, match=r"averages 2x2 windows of an activation's codes \(its quantizer stands "
-                                         r"before the pooling, .*\); only the average over the whole map folds .* a "
-                                         r"ReLU before the pooling"):
+    with pytest.raises(ValueError, match=r"flattens the average of 2x2 windows of an activation's \(or a max "
+                                         r"pooling's\) codes \(its quantizer stands before the pooling, .*\); a layer "
+                                         r"reads such an average only as a 1 x 1 conv .* or a ReLU before the pooling"):
         compile_model(net, (1, 8, 8))
 
 

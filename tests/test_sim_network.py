@@ -284,6 +284,26 @@ def test_kuangliu_densenet_on_a_4x4_core(tmp_path):
     run_exact(model, path, 4, 4, tmp_path / "run", seed=6)
 
 
+@pytest.mark.slow
+def test_torchvision_inception_blocks_on_a_2x2_core(tmp_path):
+    """torchvision's InceptionV3 blocks as written (a sixteenth of the channels, one block of each kind, two A;
+    random parameters) on 16 x 16 images (about 40 s): the second A block's pool branch a padded AVGPOOL step of each part of
+    the join (the terms outside the map from the constants), the first's and those after a reduction block (a join
+    with a max pooling: codes) run as the 3 x 3 conv over the codes, 1 x 7 and 7 x 1 convs as 7 x 7 ones, every
+    tensor exact."""
+    sys.path.insert(0, str(DATA))
+    import tutorial_models as tm
+
+    path = tmp_path / "mini-inception3.lcq"
+    model = compiled_net(tm.MiniInception3(10, 3), (3, 16, 16), path, seed=0)
+    pools = [n for n in model.nodes if n.op == "avgpool"]
+    assert len(pools) == 4 and all(n.padding == 1 and n.outside is not None for n in pools)
+    assert [(n.kernel, n.padding) for n in model.convs if n.name.endswith("branch_pool.conv")] == [
+        (3, 1), (1, 0), (3, 1), (3, 1)]
+    params, _ = run_exact(model, path, 2, 2, tmp_path / "run", seed=1)     # (parts of odd widths: 2 lanes)
+    assert params.vector.pool_outside_bits > 0
+
+
 def test_an_activations_average_read_by_the_classifier_on_a_4x4_core(tmp_path):
     """EfficientNet's head (1 x 1 conv, BN, SiLU, global average pooling, linear; random parameters): the
     classifier's quantizer stands before the pooling, and the classifier runs as the 8 x 8 conv over its codes,

@@ -47,6 +47,7 @@ LOWERED = {
         (tm.PreActResNet18, CIFAR),
     "kuangliu/pytorch-cifar densenet_cifar, 58 joins, transitions averaging a 1x1 conv's output":
         (tm.densenet_cifar, CIFAR),
+    "torchvision InceptionV3's blocks A to E, pool branches averaging max-pooled joins": (tm.MiniInception3, CIFAR),
 }
 
 

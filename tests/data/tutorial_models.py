@@ -655,3 +655,244 @@ def densenet_tiny():         # changed: not in the source, one or two layers a b
 
 def preact_resnet10():       # changed: not in the source, one block a stage, width / 16
     return PreActResNet(PreActBlock, [1, 1, 1, 1], width=16)
+
+
+# torchvision/models/inception.py (InceptionV3's blocks, as written there but for the marked channel counts: the
+# source's / 16), and a network of one block of each kind.
+class BasicConv2d(nn.Module):
+    def __init__(self, in_channels, out_channels, **kwargs):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x):
+        x = self.conv(x)
+        x = self.bn(x)
+        return F.relu(x, inplace=True)
+
+
+class InceptionA(nn.Module):
+    def __init__(self, in_channels, pool_features, conv_block=None):
+        super().__init__()
+        if conv_block is None:
+            conv_block = BasicConv2d
+        self.branch1x1 = conv_block(in_channels, 4, kernel_size=1)          # changed: 64
+
+        self.branch5x5_1 = conv_block(in_channels, 3, kernel_size=1)        # changed: 48
+        self.branch5x5_2 = conv_block(3, 4, kernel_size=5, padding=2)       # changed: 48, 64
+
+        self.branch3x3dbl_1 = conv_block(in_channels, 4, kernel_size=1)     # changed: 64
+        self.branch3x3dbl_2 = conv_block(4, 6, kernel_size=3, padding=1)    # changed: 64, 96
+        self.branch3x3dbl_3 = conv_block(6, 6, kernel_size=3, padding=1)    # changed: 96, 96
+
+        self.branch_pool = conv_block(in_channels, pool_features, kernel_size=1)
+
+    def _forward(self, x):
+        branch1x1 = self.branch1x1(x)
+
+        branch5x5 = self.branch5x5_1(x)
+        branch5x5 = self.branch5x5_2(branch5x5)
+
+        branch3x3dbl = self.branch3x3dbl_1(x)
+        branch3x3dbl = self.branch3x3dbl_2(branch3x3dbl)
+        branch3x3dbl = self.branch3x3dbl_3(branch3x3dbl)
+
+        branch_pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)
+        branch_pool = self.branch_pool(branch_pool)
+
+        outputs = [branch1x1, branch5x5, branch3x3dbl, branch_pool]
+        return outputs
+
+    def forward(self, x):
+        outputs = self._forward(x)
+        return torch.cat(outputs, 1)
+
+
+class InceptionB(nn.Module):
+    def __init__(self, in_channels, conv_block=None):
+        super().__init__()
+        if conv_block is None:
+            conv_block = BasicConv2d
+        self.branch3x3 = conv_block(in_channels, 24, kernel_size=3, stride=2)      # changed: 384
+
+        self.branch3x3dbl_1 = conv_block(in_channels, 4, kernel_size=1)             # changed: 64
+        self.branch3x3dbl_2 = conv_block(4, 6, kernel_size=3, padding=1)            # changed: 64, 96
+        self.branch3x3dbl_3 = conv_block(6, 6, kernel_size=3, stride=2)             # changed: 96, 96
+
+    def _forward(self, x):
+        branch3x3 = self.branch3x3(x)
+
+        branch3x3dbl = self.branch3x3dbl_1(x)
+        branch3x3dbl = self.branch3x3dbl_2(branch3x3dbl)
+        branch3x3dbl = self.branch3x3dbl_3(branch3x3dbl)
+
+        branch_pool = F.max_pool2d(x, kernel_size=3, stride=2)
+
+        outputs = [branch3x3, branch3x3dbl, branch_pool]
+        return outputs
+
+    def forward(self, x):
+        outputs = self._forward(x)
+        return torch.cat(outputs, 1)
+
+
+class InceptionC(nn.Module):
+    def __init__(self, in_channels, channels_7x7, conv_block=None):
+        super().__init__()
+        if conv_block is None:
+            conv_block = BasicConv2d
+        self.branch1x1 = conv_block(in_channels, 12, kernel_size=1)                        # changed: 192
+
+        c7 = channels_7x7
+        self.branch7x7_1 = conv_block(in_channels, c7, kernel_size=1)
+        self.branch7x7_2 = conv_block(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7_3 = conv_block(c7, 12, kernel_size=(7, 1), padding=(3, 0))         # changed: 192
+
+        self.branch7x7dbl_1 = conv_block(in_channels, c7, kernel_size=1)
+        self.branch7x7dbl_2 = conv_block(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = conv_block(c7, c7, kernel_size=(1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = conv_block(c7, c7, kernel_size=(7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = conv_block(c7, 12, kernel_size=(1, 7), padding=(0, 3))      # changed: 192
+
+        self.branch_pool = conv_block(in_channels, 12, kernel_size=1)                      # changed: 192
+
+    def _forward(self, x):
+        branch1x1 = self.branch1x1(x)
+
+        branch7x7 = self.branch7x7_1(x)
+        branch7x7 = self.branch7x7_2(branch7x7)
+        branch7x7 = self.branch7x7_3(branch7x7)
+
+        branch7x7dbl = self.branch7x7dbl_1(x)
+        branch7x7dbl = self.branch7x7dbl_2(branch7x7dbl)
+        branch7x7dbl = self.branch7x7dbl_3(branch7x7dbl)
+        branch7x7dbl = self.branch7x7dbl_4(branch7x7dbl)
+        branch7x7dbl = self.branch7x7dbl_5(branch7x7dbl)
+
+        branch_pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)
+        branch_pool = self.branch_pool(branch_pool)
+
+        outputs = [branch1x1, branch7x7, branch7x7dbl, branch_pool]
+        return outputs
+
+    def forward(self, x):
+        outputs = self._forward(x)
+        return torch.cat(outputs, 1)
+
+
+class InceptionD(nn.Module):
+    def __init__(self, in_channels, conv_block=None):
+        super().__init__()
+        if conv_block is None:
+            conv_block = BasicConv2d
+        self.branch3x3_1 = conv_block(in_channels, 12, kernel_size=1)                  # changed: 192
+        self.branch3x3_2 = conv_block(12, 20, kernel_size=3, stride=2)                 # changed: 192, 320
+
+        self.branch7x7x3_1 = conv_block(in_channels, 12, kernel_size=1)                # changed: 192
+        self.branch7x7x3_2 = conv_block(12, 12, kernel_size=(1, 7), padding=(0, 3))    # changed: 192, 192
+        self.branch7x7x3_3 = conv_block(12, 12, kernel_size=(7, 1), padding=(3, 0))    # changed: 192, 192
+        self.branch7x7x3_4 = conv_block(12, 12, kernel_size=3, stride=2)               # changed: 192, 192
+
+    def _forward(self, x):
+        branch3x3 = self.branch3x3_1(x)
+        branch3x3 = self.branch3x3_2(branch3x3)
+
+        branch7x7x3 = self.branch7x7x3_1(x)
+        branch7x7x3 = self.branch7x7x3_2(branch7x7x3)
+        branch7x7x3 = self.branch7x7x3_3(branch7x7x3)
+        branch7x7x3 = self.branch7x7x3_4(branch7x7x3)
+
+        branch_pool = F.max_pool2d(x, kernel_size=3, stride=2)
+        outputs = [branch3x3, branch7x7x3, branch_pool]
+        return outputs
+
+    def forward(self, x):
+        outputs = self._forward(x)
+        return torch.cat(outputs, 1)
+
+
+class InceptionE(nn.Module):
+    def __init__(self, in_channels, conv_block=None):
+        super().__init__()
+        if conv_block is None:
+            conv_block = BasicConv2d
+        self.branch1x1 = conv_block(in_channels, 20, kernel_size=1)                        # changed: 320
+
+        self.branch3x3_1 = conv_block(in_channels, 24, kernel_size=1)                      # changed: 384
+        self.branch3x3_2a = conv_block(24, 24, kernel_size=(1, 3), padding=(0, 1))         # changed: 384, 384
+        self.branch3x3_2b = conv_block(24, 24, kernel_size=(3, 1), padding=(1, 0))         # changed: 384, 384
+
+        self.branch3x3dbl_1 = conv_block(in_channels, 28, kernel_size=1)                   # changed: 448
+        self.branch3x3dbl_2 = conv_block(28, 24, kernel_size=3, padding=1)                 # changed: 448, 384
+        self.branch3x3dbl_3a = conv_block(24, 24, kernel_size=(1, 3), padding=(0, 1))      # changed: 384, 384
+        self.branch3x3dbl_3b = conv_block(24, 24, kernel_size=(3, 1), padding=(1, 0))      # changed: 384, 384
+
+        self.branch_pool = conv_block(in_channels, 12, kernel_size=1)                      # changed: 192
+
+    def _forward(self, x):
+        branch1x1 = self.branch1x1(x)
+
+        branch3x3 = self.branch3x3_1(x)
+        branch3x3 = [
+            self.branch3x3_2a(branch3x3),
+            self.branch3x3_2b(branch3x3),
+        ]
+        branch3x3 = torch.cat(branch3x3, 1)
+
+        branch3x3dbl = self.branch3x3dbl_1(x)
+        branch3x3dbl = self.branch3x3dbl_2(branch3x3dbl)
+        branch3x3dbl = [
+            self.branch3x3dbl_3a(branch3x3dbl),
+            self.branch3x3dbl_3b(branch3x3dbl),
+        ]
+        branch3x3dbl = torch.cat(branch3x3dbl, 1)
+
+        branch_pool = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1)
+        branch_pool = self.branch_pool(branch_pool)
+
+        outputs = [branch1x1, branch3x3, branch3x3dbl, branch_pool]
+        return outputs
+
+    def forward(self, x):
+        outputs = self._forward(x)
+        return torch.cat(outputs, 1)
+
+
+class MiniInception3(nn.Module):     # changed: not in the source, Inception3's stem cut to two convs and a max
+    # pooling, then two blocks A (the first averages the max pooling's codes, the second a join of conv outputs: a
+    # padded pooling step) and one of each other kind (the source's Mixed_5b, 5c, 6a, 6b, 7a, 7b), its head (no aux
+    # logits)
+    def __init__(self, num_classes=10, in_channels=3, dropout=0.5):
+        super().__init__()
+        self.Conv2d_1a_3x3 = BasicConv2d(in_channels, 4, kernel_size=3, stride=2)
+        self.Conv2d_2b_3x3 = BasicConv2d(4, 8, kernel_size=3, padding=1)
+        self.maxpool1 = nn.MaxPool2d(kernel_size=3, stride=1, padding=1)
+        self.Mixed_5b = InceptionA(8, pool_features=2)              # 16 channels
+        self.Mixed_5c = InceptionA(16, pool_features=2)             # 16
+        self.Mixed_6a = InceptionB(16)                              # 46
+        self.Mixed_6b = InceptionC(46, channels_7x7=8)              # 48
+        self.Mixed_7a = InceptionD(48)                              # 80
+        self.Mixed_7b = InceptionE(80)                              # 128
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        x = self.Conv2d_1a_3x3(x)
+        x = self.Conv2d_2b_3x3(x)
+        x = self.maxpool1(x)
+        x = self.Mixed_5b(x)
+        x = self.Mixed_5c(x)
+        x = self.Mixed_6a(x)
+        x = self.Mixed_6b(x)
+        x = self.Mixed_7a(x)
+        x = self.Mixed_7b(x)
+        x = self.avgpool(x)
+        x = self.dropout(x)
+        x = torch.flatten(x, 1)
+        x = self.fc(x)
+        return x
+
+
+def mini_inception3(num_classes=10, in_channels=3):
+    return MiniInception3(num_classes, in_channels)
