@@ -21,14 +21,20 @@ sys.path.insert(0, str(Path(__file__).parent / "data"))
 import compile_models as cm  # noqa: E402
 
 
+def _compiled(tmp_path_factory, net_class, seed: int, parameter_seed: int):
+    """(net, compiled model, its file) of a tests/data/compile_models.py network, LCQ W3/A3 with random
+    parameters (from ``parameter_seed``; torch seeded with ``seed``), on 8 x 8 digits."""
+    torch.manual_seed(seed)
+    net = randomize(quantize_model(net_class(10, 1), method="lcq", wbits=3, abits=3), parameter_seed, act_alpha=0.2)
+    model = compile_model(net, (1, 8, 8))
+    path = tmp_path_factory.mktemp(net_class.__name__) / "model.lcq"
+    save(model, path)
+    return net, model, path
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    torch.manual_seed(3)
-    net = randomize(quantize_model(cm.AvgPoolNet(10, 1), method="lcq", wbits=3, abits=3), 8, act_alpha=0.2)
-    model = compile_model(net, (1, 8, 8))
-    path = tmp_path_factory.mktemp("avgpool") / "avgpool.lcq"
-    save(model, path)
-    return model, path
+    return _compiled(tmp_path_factory, cm.AvgPoolNet, 3, 8)[1:]
 
 
 def test_avgpool_nodes_round_trip_and_their_window_is_checked(compiled, tmp_path):
@@ -123,12 +129,7 @@ def test_padded_pooling_constants_give_the_float_codes_for_every_kind_of_channel
 
 @pytest.fixture(scope="module")
 def padded(tmp_path_factory):
-    torch.manual_seed(4)
-    net = randomize(quantize_model(cm.PaddedAvgPool(10, 1), method="lcq", wbits=3, abits=3), 6, act_alpha=0.2)
-    model = compile_model(net, (1, 8, 8))
-    path = tmp_path_factory.mktemp("padded") / "padded.lcq"
-    save(model, path)
-    return net, model, path
+    return _compiled(tmp_path_factory, cm.PaddedAvgPool, 4, 6)
 
 
 def test_padded_average_pooling_compiles_exactly_and_round_trips(padded, tmp_path):
@@ -231,6 +232,21 @@ class _CodesAveraged(nn.Module):
         joined = torch.cat([F.relu(self.branch(y)), F.max_pool2d(y, 3, 2, 1)], 1)            # 4x4 -> 2x2
         y = F.relu(self.pool_conv(F.avg_pool2d(joined, 3, 1, 1)))
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+def test_a_global_average_of_max_pooled_codes_is_read_by_the_classifier():
+    """Max pooling, then global average pooling, then the classifier (refused before: the compiler max pools
+    codes): the classifier's quantizer stands before the average, and it runs as the 4 x 4 conv over the codes."""
+    from compiler.agreement import compare
+    from helpers import images
+
+    torch.manual_seed(1)
+    net = randomize(quantize_model(cm.WithMaxPool(10, 1), method="lcq", wbits=3, abits=3), 3, act_alpha=0.5)
+    model = compile_model(net, (1, 8, 8))
+    assert [(n.name, n.kernel) for n in model.convs][-1] == ("fc", 4)
+    x = images(30, (1, 8, 8), seed=5)
+    result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
 
 
 def test_an_average_of_codes_runs_as_the_conv_that_reads_it():

@@ -208,8 +208,8 @@ class Factorized(nn.Module):
 
 
 class WithMaxPool(nn.Module):
-    """Max pooling before global average pooling, which the accelerator does not run (max pooling lowers only
-    on the way to an activation quantizer)."""
+    """Max pooling before global average pooling: the classifier's quantizer stands before the average (the
+    compiler max pools codes), and the classifier reads the average of the max-pooled codes."""
 
     def __init__(self, num_classes=10, in_channels=1):
         super().__init__()
@@ -219,6 +219,22 @@ class WithMaxPool(nn.Module):
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class MaxPoolIntoAdd(nn.Module):
+    """Max pooling whose output a residual addition reads, which the accelerator does not run (max pooling lowers
+    only on the way to an activation quantizer)."""
+
+    def __init__(self, num_classes=10, in_channels=1):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        x = F.relu(F.max_pool2d(x, 3, 1, 1) + x)
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
