@@ -257,6 +257,15 @@ def _relu_of_part(p: _Value) -> _Value:
     return replace(p, pooled_relu=True) if p.linear_mean else replace(p, relu=True)
 
 
+def _tiling_window(pooled: tuple[int, int, int] | None, h: int, w: int) -> int:
+    """The side of an average pooling's windows (``pooled``, :attr:`_Value.pooled`) that tile an h x w map: kernel
+    = stride, no padding, dividing both sides; 1 for any other pooling, or none."""
+    if not pooled or pooled == GLOBAL:
+        return 1
+    k, s, p = pooled
+    return k if k == s and p == 0 and h % k == 0 and w % k == 0 else 1
+
+
 def _sole_reader(node: fx.Node) -> bool:
     """Whether one operation reads ``node``'s values (a size query, for a reshape, reads its shape only)."""
     return sum(not size_query(user) for user in node.users) == 1
@@ -685,11 +694,16 @@ class _Lowering:
         x = self.arg(node)
         if x.kind != "codes":
             self.refuse(node, "reads a tensor that no activation quantizer turned into codes")
-        c, h, w = self.shapes[x.tensor]
+        c, full_h, full_w = self.shapes[x.tensor]
         signed = x.tensor in self.signed                # (the codes of a signed quantizer's two halves)
         c = self.signed.get(x.tensor, c)
         border, tile = (0, 0), 1
-        if x.pooled:
+        # A layer reading an average of codes in windows that tile the map (kernel = stride, no padding) takes its
+        # own geometry on the pooled map, each tap then spread over a window of the codes (below); one reading
+        # overlapping windows or the whole map's average runs as a conv over the codes (pooled_reader).
+        side = _tiling_window(x.pooled, full_h, full_w)
+        h, w = full_h // side, full_w // side
+        if x.pooled and side == 1:
             tile, stride, pad, weight, out_shape = self.pooled_reader(node, layer, kind, x.pooled, c, h, w)
             kind, k = "conv", 1
         elif kind == "conv":
@@ -736,9 +750,17 @@ class _Lowering:
         codes = square_codes(dilated_codes(codes, getattr(layer, "dilation", (1, 1))), k, border)
         if tile > 1:                    # each position of the map a tap of the layer's weights
             codes, k = np.tile(codes, (1, 1, tile, tile)), tile
+        if side > 1:                    # each tap over its window of the codes: the same sums, scale / side^2
+            codes, k, stride, pad = codes.repeat(side, axis=2).repeat(side, axis=3), k * side, stride * side, pad * side
+            kind, tile = "conv", side
+            if k > MAX_KERNEL:
+                self.refuse(node, f"reads the average of {side}x{side} windows of codes, which it runs as its kernel "
+                            f"spread over the windows: {k}x{k}, wider than {MAX_KERNEL}; pool further first (or use "
+                            "a smaller kernel)")
         abits, outer_abits = act.spec.bits - signed, act.spec.outer_bits - signed
         conv = ConvNode(
-            name=name, input=x.tensor, output=name, kind=kind, in_shape=((1 + signed) * c, h, w), out_shape=out_shape,
+            name=name, input=x.tensor, output=name, kind=kind, in_shape=((1 + signed) * c, full_h, full_w),
+            out_shape=out_shape,
             kernel=k, stride=stride, padding=pad, wbits=wq.spec.bits, abits=abits,
             outer_wbits=wq.spec.outer_bits, outer_abits=outer_abits,
             mac=mac_kind(wq.spec.bits, abits, self.options.max_lut_entries),
@@ -770,7 +792,8 @@ class _Lowering:
                                                                                              (0, 0), 1):
             self.refuse(node, f"reads a {what} with a kernel larger than 1 x 1 (or groups, stride, padding); a layer "
                         "reads the average of codes as one conv over them: use a 1 x 1 conv"
-                        + (" or a linear layer" if pooled == GLOBAL else ""))
+                        + (" or a linear layer" if pooled == GLOBAL else ", or windows that tile the map (kernel = "
+                           "stride, no padding, dividing its sides: LeNet's AvgPool2d(2)), which any layer reads"))
         weight = layer.weight if kind == "conv" else layer.weight[:, :, None, None]
         if kind == "linear" and layer.in_features != c:
             self.refuse(node, f"expects {layer.in_features} inputs, its input has {c}")
@@ -1130,18 +1153,20 @@ class _Lowering:
 
     def _flatten(self, node: fx.Node, op: Op, does: str = "flattens") -> _Value:
         """A flatten of a C x 1 x 1 tensor, or of a map (the image, or values: max or average pooled too) on its
-        way through an activation quantizer to a linear layer (``flat``); else refused (``does``: the verb of the
-        refusal)."""
+        way through an activation quantizer to a linear layer, or of codes averaged in windows that tile the map
+        (``flat``); else refused (``does``: the verb of the refusal)."""
         x = self.arg(node)
         if x.kind == "image" or self.shape(x)[1:] != (1, 1):
-            if x.kind == "codes" and x.pooled:
+            tiled = x.kind == "codes" and x.pooled and _tiling_window(x.pooled, *self.shapes[x.tensor][1:]) > 1
+            if x.kind == "codes" and x.pooled and not tiled:
                 k, _, _ = x.pooled
                 self.refuse(node, "{} the average of {}x{} windows of an activation's (or a max pooling's) codes (its "
                             "quantizer stands before the pooling, since no pooling unit applies it position by "
-                            "position); a layer reads such an average only as a 1 x 1 conv (or, pooled over the "
-                            "whole map, a linear layer): read it with a 1 x 1 conv, pool globally, use a max pooling "
-                            "or a conv with stride instead, or a ReLU before the pooling".format(does, k, k))
-            if x.kind not in ("image", "values", "concat"):
+                            "position); a linear layer reads such an average where the windows tile the map (kernel = "
+                            "stride, no padding, dividing its sides), or over the whole map: pool so, read it with a "
+                            "1 x 1 conv, use a max pooling or a conv with stride instead, or a ReLU before the "
+                            "pooling".format(does, k, k))
+            if x.kind not in ("image", "values", "concat") and not tiled:
                 self.refuse(node, "{} a {}x{}x{} map of codes; a map flattens on its way to an activation "
                             "quantizer and a linear layer".format(does, *self.shape(x)))
             return self.chain(node, x, flat=True)

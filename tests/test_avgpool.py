@@ -268,3 +268,34 @@ def test_an_average_of_codes_runs_as_the_conv_that_reads_it():
     x = images(30, (1, 8, 8), seed=2)
     result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
     assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+
+
+class _TiledReaders(nn.Module):
+    """Averages of codes in windows that tile the map, read by a padded 3 x 3 conv and by a linear layer on the
+    flattened map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.fc = nn.Linear(6 * 2 * 2, 10)
+
+    def forward(self, x):
+        x = self.conv2(F.avg_pool2d(F.silu(self.conv1(x)), 2))                  # 8x8 -> 4x4
+        return self.fc(torch.flatten(F.avg_pool2d(torch.tanh(x), 2), 1))        # 4x4 -> 2x2
+
+
+def test_averages_of_codes_in_tiling_windows_spread_each_tap_of_the_layer_reading_them():
+    """A layer reading codes averaged in windows that tile the map takes its geometry on the pooled map, each tap
+    spread over its window: the padded 3 x 3 conv as a 6 x 6 one at stride 2, padding 2; the linear layer on the
+    flattened 6 x 2 x 2 map as the 4 x 4 conv over the codes (its one position at stride 2). Every code PyTorch's."""
+    from compiler.agreement import compare
+    from helpers import images
+
+    torch.manual_seed(8)
+    net = randomize(quantize_model(_TiledReaders(), method="lcq", wbits=3, abits=3), 9, act_alpha=0.5)
+    model = compile_model(net, (1, 8, 8))
+    assert [(n.name, n.kernel, n.stride, n.padding, n.out_shape) for n in model.convs] == [
+        ("conv1", 3, 1, 1, (6, 8, 8)), ("conv2", 6, 2, 2, (6, 4, 4)), ("fc", 4, 2, 0, (10, 1, 1))]
+    x = images(30, (1, 8, 8), seed=3)
+    result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
+    assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())

@@ -143,12 +143,12 @@ class _Refused(nn.Module):
     def __init__(self, kind):
         super().__init__()
         self.kind, self.conv, self.fc = kind, nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4, 10)
-        self.wide = nn.Linear(4 * 4 * 4, 10)
+        self.wide = nn.Linear(4 * 8 * 8, 10)
 
     def forward(self, x):
         y = self.conv(x)
         if self.kind == "pooled":
-            return self.wide(torch.flatten(F.avg_pool2d(torch.sigmoid(y), 2), 1))
+            return self.wide(torch.flatten(F.avg_pool2d(torch.sigmoid(y), 3, 1, 1), 1))
         if self.kind == "logits":
             return torch.sigmoid(self.fc(torch.relu(y).mean((2, 3))))
         if self.kind == "twice":
@@ -157,8 +157,8 @@ class _Refused(nn.Module):
 
 
 @pytest.mark.parametrize("kind, says", [
-    ("pooled", r"function torch.flatten .* flattens the average of 2x2 windows of an activation's \(or a max "
-               r"pooling's\) codes .* read it with a 1 x 1 conv, pool globally"),
+    ("pooled", r"function torch.flatten .* flattens the average of 3x3 windows of an activation's \(or a max "
+               r"pooling's\) codes .* where the windows tile the map .* read it with a 1 x 1 conv"),
     ("logits", r"applies torch.sigmoid to the logits: leave it off \(a non-decreasing function of each logit keeps "
                r"the top class"),
     ("twice", r"function torch.tanh .* is applied to codes, pooled values or the output of a ReLU, clip or another "

@@ -88,17 +88,18 @@ def test_a_negative_slope_is_refused_naming_the_channel():
 class _LeakyPool(nn.Module):
     def __init__(self, pool):
         super().__init__()
-        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3, padding=1), pool, nn.Linear(4 * 4 * 4, 10)
+        self.conv, self.pool, self.fc = nn.Conv2d(1, 4, 3, padding=1), pool, nn.Linear(4 * 7 * 7, 10)
 
     def forward(self, x):
         return self.fc(torch.flatten(self.pool(F.leaky_relu(self.conv(x), 0.1)), 1))
 
 
-def test_average_pooling_a_leaky_relus_output_is_refused_with_the_reason():
-    net = randomize(quantize_model(_LeakyPool(nn.AvgPool2d(2)), method="lcq", wbits=3, abits=3), seed=0)
+def test_a_flattened_average_of_overlapping_windows_of_a_leaky_relus_output_is_refused_with_the_reason():
+    net = randomize(quantize_model(_LeakyPool(nn.AvgPool2d(2, 1)), method="lcq", wbits=3, abits=3), seed=0)
     with pytest.raises(ValueError, match=r"flattens the average of 2x2 windows of an activation's \(or a max "
-                                         r"pooling's\) codes \(its quantizer stands before the pooling, .*\); a layer "
-                                         r"reads such an average only as a 1 x 1 conv .* or a ReLU before the pooling"):
+                                         r"pooling's\) codes \(its quantizer stands before the pooling, .*\); a linear "
+                                         r"layer reads such an average where the windows tile the map .* or a ReLU "
+                                         r"before the pooling"):
         compile_model(net, (1, 8, 8))
 
 

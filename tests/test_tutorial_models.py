@@ -33,6 +33,7 @@ LOWERED = {
     "examples/mnist Net of 2018, dropout a module (log_softmax)": (tm.MnistNet2018Module, MNIST),
     "examples/mnist Net of 2018, F.dropout(x, training=self.training)": (tm.MnistNet2018, MNIST),
     "quickstart NeuralNetwork (MLP)": (tm.NeuralNetwork, MNIST),
+    "d2l.ai LeNet: sigmoids, AvgPool2d(2, 2) read by 5 x 5 convs and a flattening linear layer": (tm.d2l_lenet, MNIST),
     "Keras-style Sequential": (tm.keras_sequential, MNIST),
     "Keras-style Sequential, global average pooling": (tm.keras_global_pool, MNIST),
     "Keras-style Sequential, BatchNorm after each ReLU": (tm.keras_bn_after_relu, MNIST),

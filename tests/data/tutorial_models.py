@@ -184,6 +184,21 @@ class MnistNet2018Module(MnistNet2018):
 
 
 # PyTorch "Quickstart" (beginner/basics/quickstart_tutorial.py), FashionMNIST on 1 x 28 x 28.
+# Dive into Deep Learning (d2l.ai, 2020 edition), chapter "Convolutional Neural Networks (LeNet)": LeNet-5 as it was
+# published, sigmoids and 2 x 2 average pooling, for 1 x 28 x 28 images.
+def d2l_lenet(num_classes=10, in_channels=1):       # changed: the book writes `net = nn.Sequential(...)` at top level
+    net = nn.Sequential(
+        nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), nn.Sigmoid(),      # changed: 1 (in_channels)
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
+        nn.AvgPool2d(kernel_size=2, stride=2),
+        nn.Flatten(),
+        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
+        nn.Linear(120, 84), nn.Sigmoid(),
+        nn.Linear(84, num_classes))                                             # changed: 10 (num_classes)
+    return net
+
+
 class NeuralNetwork(nn.Module):
     def __init__(self):
         super().__init__()
