@@ -326,6 +326,19 @@ def _scaled_add(node: fx.Node) -> bool:
     return add and node.kwargs.get("alpha", 1) != 1
 
 
+def _uncounted_padding(node: fx.Node, modules: dict) -> bool:
+    """Whether ``node`` is an average pooling with padding that leaves the positions outside the map out of each
+    window's divisor (``count_include_pad=False``: ``AvgPool2d`` or ``F.avg_pool2d``)."""
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        return isinstance(m, nn.AvgPool2d) and m.padding not in (0, (0, 0)) and not m.count_include_pad
+    if node.op != "call_function" or node.target is not F.avg_pool2d:
+        return False
+    padding = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
+    counted = node.args[5] if len(node.args) > 5 else node.kwargs.get("count_include_pad", True)
+    return padding not in (0, (0, 0)) and not counted
+
+
 def location(node: fx.Node) -> str:
     """`` at FILE:LINE (code)``: the innermost frame outside torch of ``node``'s recorded stack trace
     (empty when none was recorded, as for the quantizers that tracing inserted)."""
@@ -596,6 +609,10 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
                         "stochastic depth) in a module of its own without parameters, as timm's DropPath, which lcq "
                         "keeps as one call, or leave it out")
     for node in graph.nodes:
+        if _uncounted_padding(node, modules):
+            problems.append(f"{describe(node, modules)}{location(node)} averages with count_include_pad=False, which "
+                            "divides a border window by the positions it covers inside the map; the accelerator "
+                            "divides every window by kernel^2: use count_include_pad=True (PyTorch's default)")
         if node.op == "call_module":
             m = modules[node.target]
             if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
@@ -622,6 +639,7 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
         elif _scaled_add(node):
             problems.append(f"forward adds alpha={node.kwargs['alpha']!r} times its second operand{location(node)}; "
                             "the accelerator's integer additions add two tensors unscaled: write x + y")
+
         elif node.op == "call_function" and node.target in _FUNCTIONAL:
             problems.append(f"forward calls {getattr(node.target, '__name__', node.target)} directly (node "
                             f"{node.name!r}); use a torch.nn.Conv2d / Linear module so that it can be quantized")

@@ -299,3 +299,40 @@ def test_averages_of_codes_in_tiling_windows_spread_each_tap_of_the_layer_readin
     x = images(30, (1, 8, 8), seed=3)
     result = compare(model, net, x, np.zeros(len(x), dtype=np.int64))
     assert result.disagreements == 0 and all(m == 0 for _, m in result.codes.values())
+
+
+class _Uncounted(nn.Module):
+    """A padded average pooling (a module or the function) with ``count_include_pad`` as given."""
+
+    def __init__(self, module: bool, counted: bool):
+        super().__init__()
+        self.module, self.counted = module, counted
+        self.conv, self.pool = nn.Conv2d(1, 4, 3, padding=1), nn.AvgPool2d(3, 2, 1, count_include_pad=counted)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv(x))
+        x = self.pool(x) if self.module else F.avg_pool2d(x, 3, 2, 1, count_include_pad=self.counted)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(F.relu(x), 1), 1))
+
+
+@pytest.mark.parametrize("module", [False, True])
+def test_an_average_pooling_that_leaves_its_padding_out_of_the_divisor_is_refused(module):
+    """``count_include_pad=False`` divides a border window by the positions it covers inside the map; every
+    window of the accelerator divides by kernel^2. The trainer refuses it before training, naming the fix, and so
+    does the compiler for a traced graph that holds one."""
+    from compiler.capture import Unsupported
+
+    with pytest.raises(ValueError, match=r"cannot quantize _Uncounted: .*avg_?pool2d.* averages with "
+                                         r"count_include_pad=False, .*use count_include_pad=True"):
+        quantize_model(_Uncounted(module, counted=False), method="lcq", wbits=3, abits=3)
+    net = randomize(quantize_model(_Uncounted(module, counted=True), method="lcq", wbits=3, abits=3), 0)
+    if module:
+        net.get_submodule("pool").count_include_pad = False
+    else:                                               # (the traced call, given the flag after the trainer's check)
+        for node in net.graph.nodes:
+            if node.target is F.avg_pool2d and len(node.args) > 3:
+                node.kwargs = {**node.kwargs, "count_include_pad": False}
+        net.recompile()
+    with pytest.raises(Unsupported, match=r"pads with count_include_pad=False, .*use count_include_pad=True"):
+        compile_model(net, (1, 8, 8))

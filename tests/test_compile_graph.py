@@ -298,8 +298,6 @@ def test_agreement_counts_images_when_the_logits_are_a_conv_output():
 
 
 @pytest.mark.parametrize("net,pattern", [
-    (cm.UncountedPadAvgPool, r"function torch\.nn\.functional\.avg_pool2d at .*compile_models\.py:\d+ \(x = "
-                             r"F\.avg_pool2d.*pads with count_include_pad=False.*use count_include_pad=True"),
     (cm.MaxPoolIntoAdd, r"function torch\.nn\.functional\.max_pool2d at .*compile_models\.py:\d+ \(x = F\.relu\(F\.max_pool2d"
                         r".* is followed by a residual addition"),
 ])

@@ -172,20 +172,6 @@ class PaddedAvgPool(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class UncountedPadAvgPool(nn.Module):
-    """Average pooling whose border windows divide by the positions inside the map (``count_include_pad=False``),
-    which the accelerator does not run (a divisor per window)."""
-
-    def __init__(self, num_classes=10, in_channels=1):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
-        self.fc = nn.Linear(4, num_classes)
-
-    def forward(self, x):
-        x = F.avg_pool2d(F.relu(self.conv(x)), 3, 2, 1, count_include_pad=False)
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
 class Factorized(nn.Module):
     """Factorized convolutions (Inception-style): a 1x3 then a 3x1 conv (padding (0, 1), (1, 0)), a strided
     1x5 conv with padding "valid" on the width, a conv with padding "same", global pooling, a linear layer."""
