@@ -1,9 +1,9 @@
 """Fit estimate before synthesis: do an engine's RAMs, multipliers and logic fit the board's part?
 
-- RAM: every memory of :meth:`hw.engine_params.EngineParams.memories` takes, per copy,
-  the fewest blocks of any aspect ratio of the part's block RAM (ECP5 DP16KD: 512 x 36 ... 16384 x 1), or on the
-  iCE40 (EBR: 256 x 16, 512 x 8, 1024 x 4, 2048 x 2) the blocks Yosys maps it to, the chunks of a memory deeper
-  than a block side by side in its bits (:func:`ice40_blocks`). On the UP5K the
+- RAM: every memory of :meth:`hw.engine_params.EngineParams.memories` takes, per copy, the blocks Yosys maps it
+  to: on the ECP5 (DP16KD: 512 x 36 ... 16384 x 1) those of the shape of least cost, blocks and the multiplexer of a
+  memory deeper than a block (:func:`ram_blocks`), on the iCE40 (EBR: 256 x 16, 512 x 8, 1024 x 4, 2048 x 2) the
+  same with the chunks of such a memory side by side in its bits (:func:`ice40_blocks`). On the UP5K the
   weight buffer goes to SPRAM (16K x 16 blocks) as the engine builds it there. The link
   bridge's frame buffer takes one more block. On the ECP5 a memory written in pieces (the shared stage
   memory) takes whole 9-bit write-enable lanes a piece (:func:`lane_blocks`), the network core's code buffer
@@ -62,6 +62,8 @@ BLOCK_RAM_COST = 128
 # a bit of the multiplexer (reads) or decoder (writes) choosing among the chunks of a memory deeper than a block.
 ICE40_BLOCK_COST = 64
 ICE40_MUX_COST = 0.5
+# The same for the ECP5 (techlibs/lattice/brams_16kd.txt: DP16KD and PDPW16KD alike).
+ECP5_BLOCK_COST = 128
 DISTRIBUTED_RAM = (16, 4, 4)
 BASE_LUTS = 4150
 # A PE's 7 x 8 multiplier in logic cells and its registers (ResNet-20 on the ECP5): 376 as seven shifted copies of
@@ -109,11 +111,23 @@ class FitError(ValueError):
 
 
 def ram_blocks(family: str, width: int, depth: int) -> int:
-    """Block RAMs of ``family`` holding one ``width`` x ``depth`` memory: on the ECP5 those of its best aspect ratio,
-    on the iCE40 as Yosys maps it (:func:`ice40_blocks`)."""
+    """Block RAMs of ``family`` holding one ``width`` x ``depth`` memory as Yosys maps it: on the iCE40
+    :func:`ice40_blocks`; on the ECP5, as its memory_libmap does with techlibs/lattice/brams_16kd.txt, the shape
+    (:data:`hw.memories.BLOCK_RAM_SHAPES`) of the least cost, ``ceil(width / w) * ceil(depth / d)`` blocks of
+    :data:`ECP5_BLOCK_COST` each and, where the memory takes several chunks of ``d`` words, :data:`ICE40_MUX_COST` a
+    bit of its read multiplexer and write decoder (the same rule): a 33-bit x 7,680-word pool threshold table takes
+    16 blocks of 9 bits by 2,048 words (4 chunks), where 15 of 36 bits by 512 would need a 15-way multiplexer
+    (board_builds.json: the average-pooling net at 2 x 2 on the ULX3S-85F)."""
     if family == "ice40":
         return ice40_blocks(depth, [width])
-    return min(ceil(width / w) * ceil(depth / d) for d, w in BLOCK_RAM_SHAPES[family])
+    best = None
+    for words, bits in sorted(BLOCK_RAM_SHAPES[family], key=lambda shape: shape[1]):
+        chunks = ceil(depth / words)
+        blocks = ceil(width / bits) * chunks
+        decode = ICE40_MUX_COST * ((chunks - 1) * width + chunks) if chunks > 1 else 0
+        if best is None or ECP5_BLOCK_COST * blocks + decode < best[0]:
+            best = (ECP5_BLOCK_COST * blocks + decode, blocks)
+    return best[1]
 
 
 def ice40_blocks(depth: int, pieces: list[int]) -> int:
