@@ -81,8 +81,7 @@ NPY_MAX_HEADER = 65535
 #: File dtype of every array field (what :func:`save` writes and :func:`load` requires).
 ARRAY_DTYPES = {"table": "|u1", "weights": "|u1", "w_levels": "<i4", "a_levels": "<i4", "lut": ("<u2", "<u4"),
                 "thresholds": "<i8", "descending": "|u1", "multiplier": "<i8", "bias": "<i8", "shift": "<i8",
-                "sign": "|i1", "relu": "|u1", "offset": "<i8", "cap": "<i8",
-                "outside": "<i8"}
+                "sign": "|i1", "relu": "|u1", "offset": "<i8", "cap": "<i8", "outside": "<i8"}
 #: Fields of the manifest, of each node by op, and of each output stage by kind.
 TOP_FIELDS = ("format", "version", "num_classes", "logits", "source", "scales", "nodes", DIGEST_FIELD)
 NODE_FIELDS = {

@@ -428,7 +428,7 @@ def _max_pooled(node, modules: dict) -> bool:
     return (target(node) in _PASSING or rectifier) and bool(node.args) and _max_pooled(node.args[0], modules)
 
 
-def _pooled_curve(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
+def _averaged_codes(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
     """``(pooling, pooled)`` where layer input ``x`` is (through flatten, dropout or identity) the average
     pooling of ``pooled``, an activation's output (:func:`curve_activation`) or a constant factor of one (the
     compiler's curve then ends in the factor), or a max pooling's output or a join with one (:func:`_max_pooled`);
@@ -639,7 +639,6 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
         elif _scaled_add(node):
             problems.append(f"forward adds alpha={node.kwargs['alpha']!r} times its second operand{location(node)}; "
                             "the accelerator's integer additions add two tensors unscaled: write x + y")
-
         elif node.op == "call_function" and node.target in _FUNCTIONAL:
             problems.append(f"forward calls {getattr(node.target, '__name__', node.target)} directly (node "
                             f"{node.name!r}); use a torch.nn.Conv2d / Linear module so that it can be quantized")
@@ -660,7 +659,7 @@ def prepare(model: nn.Module, check=None) -> QuantGraphModule:
     quantizers: dict[fx.Node, fx.Node] = {}      # a quantized tensor (and its quantizer's node) -> that node
     for node in layers:
         x = _layer_input(node)
-        pooled = _pooled_curve(x, modules)
+        pooled = _averaged_codes(x, modules)
         quantized = pooled[1] if pooled else x          # (before the average pooling of an activation's output)
         if quantized not in quantizers:
             act = base = "act_" + node.target.replace(".", "_")
