@@ -208,15 +208,9 @@ class WithMaxPool(nn.Module):
         return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class MaxPoolIntoAdd(nn.Module):
+class MaxPoolIntoAdd(WithMaxPool):
     """Max pooling whose output a residual addition reads, which the accelerator does not run (max pooling lowers
     only on the way to an activation quantizer)."""
-
-    def __init__(self, num_classes=10, in_channels=1):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
-        self.bn = nn.BatchNorm2d(4)
-        self.fc = nn.Linear(4, num_classes)
 
     def forward(self, x):
         x = self.bn(self.conv(x))
