@@ -63,8 +63,11 @@ SUPPORTED = (
     "1 x 1 conv, which runs as the H x W conv over the codes",
     "average pooling the same way (AvgPool2d, F.avg_pool2d: square kernel and stride, zero padding up to k // 2 "
     "counted in the divisor (count_include_pad=True, InceptionV3's pool branch), ceil_mode False, no "
-    "divisor_override; one window over the whole map is the global pooling); of a 1 x 1 conv's output [+ BN] "
-    "(DenseNet's transition) it folds into the conv, which then runs as a k x k conv at the pooling's stride",
+    "divisor_override; one window over the whole map is the global pooling); of codes (an activation's, or a max "
+    "pooling's: its quantizer before the pooling) read by a 1 x 1 conv, which runs as the k x k conv over them, or "
+    "in windows that tile the map (kernel = stride, no padding: LeNet-5's) by any layer, its taps spread over the "
+    "windows; of a 1 x 1 conv's output [+ BN] (DenseNet's transition) it folds into the conv, which then runs as a "
+    "k x k conv at the pooling's stride",
     "numbers that the input's C x H x W decides, for a pooling's window or a reshape (F.avg_pool2d(x, x.size(3)), "
     "x.view(-1, x.size(1) * x.size(2) * x.size(3)): the number)",
     "max pooling (MaxPool2d, F.max_pool2d: square kernel k, stride and padding up to k // 2, no dilation, "
