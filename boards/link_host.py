@@ -248,11 +248,16 @@ class LinkHost:
         system's: a seeded one makes a fuzz campaign repeat itself; a SESSION frame, sent again as a LOAD is),
         which each DONE from now on must state: call it before loading what the device must keep. Returns the
         value (also ``session``). It pings first (:meth:`ping`) unless the last request was a PING: a board
-        configured since with another bitstream is a LinkError, not loaded with frames encoded for the first."""
+        configured since with another bitstream is a LinkError, not loaded with frames encoded for the first. The
+        value is never the session the device's last DONE stated (``stated_session``, another host's where one
+        set it), so that host's next DONE tells it of the change."""
         self.session = None         # the session the device held is given up, whether or not the new one is taken
         if not self._pinged:
             self.ping()
-        session = (rnd or random.SystemRandom()).randrange(1, 1 << SESSION_BITS)
+        held = self.stated_session or 0
+        session = (rnd or random.SystemRandom()).randrange(1, (1 << SESSION_BITS) - (held > 0))
+        if held and session >= held:        # (the values from the device's on, one place up)
+            session += 1
         self._acknowledged(FrameType.SESSION, encode_session(session), "SESSION")
         self.session = session
         return session
