@@ -124,10 +124,16 @@ def ram_blocks(family: str, width: int, depth: int) -> int:
     for words, bits in sorted(BLOCK_RAM_SHAPES[family], key=lambda shape: shape[1]):
         chunks = ceil(depth / words)
         blocks = ceil(width / bits) * chunks
-        decode = ICE40_MUX_COST * ((chunks - 1) * width + chunks) if chunks > 1 else 0
+        decode = decode_cost(chunks, width, 1)
         if best is None or ECP5_BLOCK_COST * blocks + decode < best[0]:
             best = (ECP5_BLOCK_COST * blocks + decode, blocks)
     return best[1]
+
+
+def decode_cost(chunks: int, width: int, pieces: int) -> float:
+    """Yosys memory_libmap's cost of the read multiplexer and write decoder of a ``width``-bit memory of ``pieces``
+    write enables cut in ``chunks`` chunks of a block's depth (:data:`ICE40_MUX_COST` a bit; none for one chunk)."""
+    return ICE40_MUX_COST * ((chunks - 1) * width + chunks * pieces) if chunks > 1 else 0
 
 
 def ice40_blocks(depth: int, pieces: list[int]) -> int:
@@ -149,7 +155,7 @@ def ice40_blocks(depth: int, pieces: list[int]) -> int:
             chunks = ceil(depth / words)
             bits = width if masked else sum(ceil(piece / u) * u for piece in pieces)
             blocks = ceil(chunks * bits / u)
-            decode = ICE40_MUX_COST * ((chunks - 1) * width + chunks * len(pieces)) if chunks > 1 else 0
+            decode = decode_cost(chunks, width, len(pieces))
             if best is None or ICE40_BLOCK_COST * blocks + decode < best[0]:
                 best = (ICE40_BLOCK_COST * blocks + decode, blocks)
     return best[1]

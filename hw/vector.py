@@ -577,6 +577,12 @@ class VectorUnit(wiring.Component):
         return Cat(low, high).as_signed()
 
 
+def _in_map(iy, ix, regs: dict):
+    """Whether input position ``(iy, ix)`` (signed) lies in the map of the window registers ``regs`` (``height``,
+    ``width``)."""
+    return (iy >= 0) & (iy < regs["height"]) & (ix >= 0) & (ix < regs["width"])
+
+
 class _AvgPool:
     """The AVGPOOL counters of a :class:`VectorUnit`; its sums and searches are POOL's, a window for a channel.
 
@@ -615,10 +621,7 @@ class _AvgPool:
         self.last = (self.kx == r["kernel"] - 1) & (self.ky == r["kernel"] - 1)
         self.done = self.last_lane & (self.ox == r["out_width"] - 1) & (self.oy == r["out_height"] - 1) & \
             (self.first + p.lanes >= channels)
-        self.outside = C(0, 1)
-        if self.padded:
-            iy, ix = self.iy0 + self.ky, self.ix0 + self.kx
-            self.outside = (iy < 0) | (iy >= r["height"]) | (ix < 0) | (ix >= r["width"])
+        self.outside = ~_in_map(self.iy0 + self.ky, self.ix0 + self.kx, r) if self.padded else C(0, 1)
 
     def start(self) -> None:
         """Sample the registers (in the cycle of ``start``): the first window of the first group."""
@@ -816,8 +819,7 @@ class _MaxPool:
         """The read data's maxima and the write registers; returns (word write, its lanes, its data)."""
         u, m, r = self.unit, self.m, self.regs
         p = u.params
-        iy, ix = self.iy0 + self.ky, self.ix0 + self.kx
-        inside = (iy >= 0) & (iy < r["height"]) & (ix >= 0) & (ix < r["width"])
+        inside = _in_map(self.iy0 + self.ky, self.ix0 + self.kx, r)
         lanes = Cat(*(self.ch + i < self.channels for i in range(p.lanes)))
         first = (self.kx == 0) & (self.ky == 0)
         last = (self.kx == r["kernel"] - 1) & (self.ky == r["kernel"] - 1)

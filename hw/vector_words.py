@@ -343,11 +343,16 @@ def op_registers(params: VectorParams, node, shape: tuple[int, int, int], bases:
                              f"not fit the padded input, avgpool_bits={params.avgpool_bits} or the unit's padding "
                              f"(pool_outside_bits={params.pool_outside_bits}); {FIX}")
         _, ho, wo = node.out_shape((c, h, w))
-        # (the first window's top left corner, modulo the value addresses: the unit's arithmetic wraps there)
-        values.update(src_a=(src[0] - pad * (w + 1)) % (1 << params.value_addr_bits), height=h, width=w,
+        values.update(src_a=_window_corner(src[0], pad, w, params.value_addr_bits), height=h, width=w,
                       out_height=ho, out_width=wo, kernel=k, stride=stride, padding=pad, row_step=stride * w)
         assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS
     return values
+
+
+def _window_corner(base: int, padding: int, width: int, addr_bits: int) -> int:
+    """The word of a padded pooling's first window's top left corner, ``padding`` rows and columns before the map
+    at ``base`` (``width`` words a row), modulo ``2^addr_bits``: the unit's address arithmetic wraps there."""
+    return (base - padding * (width + 1)) & ((1 << addr_bits) - 1)
 
 
 def _apart(name: str, node, bases: dict[str, int], in_words: int, out_words: int, depth: int, memory: str,
@@ -421,9 +426,9 @@ def maxpool_registers(params: VectorParams, node: MaxPoolNode, shape: tuple[int,
     if max(c, h * w) >= 1 << params.count_bits:
         raise ValueError(f"{name}: {c} channels of {h * w} positions exceed count_bits={params.count_bits}; {FIX}")
     mask = (1 << params.code_addr_bits) - 1
-    values = {"op": op, "src_a": (a - node.padding * (w + 1)) & mask, "src_b": 0, "dst": x, "channels": c,
-              "positions": h * w, "slot_base": 0, "frac_bits": 0, "height": h, "width": w, "out_height": ho,
-              "out_width": wo, "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
+    values = {"op": op, "src_a": _window_corner(a, node.padding, w, params.code_addr_bits), "src_b": 0, "dst": x,
+              "channels": c, "positions": h * w, "slot_base": 0, "frac_bits": 0, "height": h, "width": w,
+              "out_height": ho, "out_width": wo, "kernel": node.kernel, "stride": node.stride, "padding": node.padding,
               "row_step": node.stride * w & mask}
     assert tuple(values) == OP_REGISTERS + MAXPOOL_REGISTERS
     return values

@@ -411,21 +411,23 @@ def _average_pooling(node: fx.Node, modules: dict) -> bool:
                                            and sorted(size) == [2, 3])
 
 
+def _target(node: fx.Node, modules: dict):
+    """What ``node`` calls: its module's type, or its function or method."""
+    return type(modules.get(node.target)) if node.op == "call_module" else node.target
+
+
 def _max_pooled(node, modules: dict) -> bool:
     """Whether ``node`` is a max pooling's output (through ReLU, clips and :data:`_PASSING` operations), or a join
     with such a part."""
-    def target(n: fx.Node):
-        return type(modules.get(n.target)) if n.op == "call_module" else n.target
-
     if not isinstance(node, fx.Node) or node.op not in ("call_module", "call_function", "call_method"):
         return False
-    if target(node) in _MAX_POOLINGS:
+    if _target(node, modules) in _MAX_POOLINGS:
         return True
-    if target(node) in _JOINS:
+    if _target(node, modules) in _JOINS:
         parts = node.args[0] if node.args else node.kwargs.get("tensors", ())
         return any(_max_pooled(part, modules) for part in parts)
     rectifier = _kind(node, modules) == "nonnegative" and not curve_activation(node, modules)     # (ReLU, clips)
-    return (target(node) in _PASSING or rectifier) and bool(node.args) and _max_pooled(node.args[0], modules)
+    return (_target(node, modules) in _PASSING or rectifier) and bool(node.args) and _max_pooled(node.args[0], modules)
 
 
 def _averaged_codes(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None:
@@ -433,10 +435,7 @@ def _averaged_codes(x: fx.Node, modules: dict) -> tuple[fx.Node, fx.Node] | None
     pooling of ``pooled``, an activation's output (:func:`curve_activation`) or a constant factor of one (the
     compiler's curve then ends in the factor), or a max pooling's output or a join with one (:func:`_max_pooled`);
     else None."""
-    def target(n: fx.Node):
-        return type(modules.get(n.target)) if n.op == "call_module" else n.target
-
-    while x.op in ("call_module", "call_function", "call_method") and target(x) in _PASSING and x.args:
+    while x.op in ("call_module", "call_function", "call_method") and _target(x, modules) in _PASSING and x.args:
         x = x.args[0]
     if not (x.op in ("call_module", "call_function", "call_method") and _average_pooling(x, modules)):
         return None
